@@ -1,0 +1,245 @@
+"""`fne` command line: a thin argparse layer over the Python API of the same verbs.
+
+Each verb has its own `_add_<verb>` function; user mistakes (FneError) print one line and
+exit 2, Ctrl-C exits 130 after the verb has kept what it committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+
+def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
+    """Options that pick the activation store (shared by extract, fit, export)."""
+    from fne.backbones import CROPS, REGISTRY
+
+    p.add_argument("--arch", default="vgg16", choices=sorted(REGISTRY), help="backbone (default vgg16)")
+    p.add_argument("--weights", default="imagenet",
+                   help="imagenet (default; downloads once), random (seeded, for tests) or a state dict path")
+    p.add_argument("--crop", default="center", choices=CROPS,
+                   help="center: shorter side 256, center 224 (default); squash: 224x224; ten: 10 crops")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--storage-dtype", default="float16", choices=["float16", "float32"],
+                   help="how cached activations are stored (default float16)")
+    p.add_argument("--cache", default=None, help="cache folder (default: $FNE_CACHE or ./cache)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed",
+                   help="seed of --weights random")
+    if extraction:
+        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
+        p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on large runs)")
+
+
+def _store_kwargs(a: argparse.Namespace) -> dict:
+    return dict(arch=a.arch, weights=a.weights, crop=a.crop, precision=a.precision,
+                storage_dtype=a.storage_dtype, cache=a.cache, device=a.device, weights_seed=a.weights_seed)
+
+
+def _extract_kwargs(a: argparse.Namespace) -> dict:
+    return dict(batch_size=a.batch_size, workers=a.workers, compile=a.compile)
+
+
+# ----------------------------------------------------------------- extract
+def _add_extract(sub) -> None:
+    p = sub.add_parser("extract", help="run the frozen network once per image into the cache")
+    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
+    _store_args(p)
+    p.add_argument("--shard", default=None, help="I/N: process a deterministic 1/N of DATA (slurm arrays)")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _cmd_extract(a) -> int:
+    from fne.extract import extract
+
+    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=a.shard)
+    print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
+          f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped")
+    for ident, why in list(r.skipped.items())[:20]:
+        print(f"  skipped {ident}: {why}")
+    print(f"store: {r.store}")
+    return 0
+
+
+# --------------------------------------------------------------------- fit
+def _add_fit(sub) -> None:
+    p = sub.add_parser("fit", help="train a linear head on cached features and evaluate it")
+    p.add_argument("data")
+    p.add_argument("--features", default="fne", help="fne, fc6, fc7, last, or LAYER,... (L2-normalised)")
+    p.add_argument("--head", default="svm", choices=["svm", "logreg", "sgd-svm", "sgd-logreg"])
+    p.add_argument("--C", default="1.0", help="regularisation (default 1.0) or 'auto' (validation grid)")
+    p.add_argument("--splits", type=int, default=5, help="random stratified splits when DATA has no split")
+    p.add_argument("--test-size", type=float, default=0.25)
+    p.add_argument("--train-per-class", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
+    p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
+    _store_args(p)
+    p.set_defaults(func=_cmd_fit)
+
+
+def _cmd_fit(a) -> int:
+    from fne.fit import fit
+
+    m = fit(a.data, features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
+            train_per_class=a.train_per_class, seed=a.seed, out=a.out, extract_missing=a.extract,
+            **_store_kwargs(a), **_extract_kwargs(a))
+    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
+          f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
+          f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
+    print(f"wrote {a.out}/metrics.json and {a.out}/model.joblib")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict DATA's images with a model from `fne fit`")
+    p.add_argument("run_dir")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--cache", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a) -> int:
+    from fne.fit import predict
+
+    r = predict(a.run_dir, a.data, out=a.out, cache=a.cache, device=a.device,
+                batch_size=a.batch_size, workers=a.workers)
+    acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
+    print(f"wrote {r['n']} predictions to {a.out}{acc}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write cached activations / embeddings of DATA to HDF5")
+    p.add_argument("data")
+    p.add_argument("--features", default="fne")
+    p.add_argument("--out", required=True, help="FILE.h5")
+    p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
+    _store_args(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a) -> int:
+    from fne.fit import export
+
+    r = export(a.data, features=a.features, out=a.out, extract_missing=a.extract,
+               **_store_kwargs(a), **_extract_kwargs(a))
+    print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="inspect the activation cache")
+    csub = p.add_subparsers(dest="cache_cmd", required=True)
+    info = csub.add_parser("info", help="list stores: key, rows, size")
+    info.add_argument("--cache", default=None)
+    info.set_defaults(func=_cmd_cache_info)
+    ver = csub.add_parser("verify", help="check stores' integrity")
+    ver.add_argument("store", nargs="?", default=None, help="one store folder (default: all)")
+    ver.add_argument("--cache", default=None)
+    ver.add_argument("--clean", action="store_true", help="remove unfinished parts of interrupted runs")
+    ver.set_defaults(func=_cmd_cache_verify)
+
+
+def _cmd_cache_info(a) -> int:
+    from fne.cache import cache_root, list_stores
+
+    stores = list_stores(a.cache)
+    if not stores:
+        print(f"no stores in {cache_root(a.cache)}")
+    for s in stores:
+        m = s.meta
+        print(f"{s.path.name}\n  arch {m['arch']}  weights {m['weights']}  preprocess {m['preprocess']}  "
+              f"precision {m['precision']}  dtype {m['dtype']}\n  rows {len(s)}  bad {len(s.bad())}  "
+              f"parts {len(s.parts())}  size {s.size_bytes() / 2**20:.1f} MiB")
+    return 0
+
+
+def _cmd_cache_verify(a) -> int:
+    from fne.cache import Store, list_stores
+
+    stores = [Store.at(a.store)] if a.store else list_stores(a.cache)
+    bad = 0
+    for s in stores:
+        if a.clean:
+            print(f"{s.path.name}: removed {s.clean()} unfinished part(s)")
+        problems = s.verify()
+        bad += bool(problems)
+        print(f"{s.path.name}: {'OK' if not problems else 'PROBLEMS'} ({len(s)} rows)")
+        for msg in problems:
+            print(f"  - {msg}")
+    return 1 if bad else 0
+
+
+# ---------------------------------------------------------- train (issue 3)
+def _add_train(sub) -> None:
+    from fne.train import add_arguments, run_cli
+
+    p = sub.add_parser("train", help="direct / scratch / frozen / finetune transfer experiments")
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
+# ------------------------------------------------- run, report, advise (issue 4)
+def _add_run(sub) -> None:
+    from fne.pipeline import add_arguments, run_cli
+
+    p = sub.add_parser("run", help="run a pipelines/*.toml experiment end to end")
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
+def _add_report(sub) -> None:
+    from fne.report import add_arguments, run_cli
+
+    p = sub.add_parser("report", help="Markdown + HTML report from run folders")
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
+def _add_advise(sub) -> None:
+    from fne.advise import add_arguments, run_cli
+
+    p = sub.add_parser("advise", help="which transfer-learning experiment suits DATA, and why")
+    add_arguments(p)
+    p.set_defaults(func=run_cli)
+
+
+VERBS = (_add_extract, _add_fit, _add_predict, _add_export, _add_cache, _add_train, _add_run,
+         _add_report, _add_advise)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fne", description="transfer learning with full-network embeddings")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in VERBS:
+        try:
+            add(sub)
+        except ImportError:  # a verb whose module is not there yet
+            continue
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fne.errors import FneError
+
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return int(args.func(args) or 0)
+    except FneError as e:
+        print(f"fne {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fne {args.command}: interrupted; committed work is kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
