@@ -1,0 +1,81 @@
+"""Embeddings as scikit-learn transformers, so they sit in a Pipeline in front of a head.
+
+`FullNetworkEmbedding` is Garcia-Gasulla et al. 2018: per-feature standardisation with
+training-set statistics, then discretisation to {-1, 0, 1}. The baselines use sklearn's own
+`Normalizer` (instance-wise L2); `make_transform` picks one for a feature spec.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.preprocessing import Normalizer
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+
+class FullNetworkEmbedding(TransformerMixin, BaseEstimator):
+    """Standardise each feature with training statistics, then map to {-1, 0, 1} (int8).
+
+    A value above `high` becomes 1, below `low` becomes -1, anything in [low, high] becomes 0.
+    Features with zero standard deviation on the training rows carry no information: 0.
+    """
+
+    def __init__(self, low: float = -0.25, high: float = 0.15, chunk: int = 4096):
+        self.low = low
+        self.high = high
+        self.chunk = chunk
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=[np.float32, np.float64, np.float16], reset=True)
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        # Two passes in float64 by chunks: exact population statistics, flat memory.
+        n = X.shape[0]
+        total = np.zeros(X.shape[1])
+        for s in range(0, n, self.chunk):
+            total += X[s:s + self.chunk].sum(axis=0, dtype=np.float64)
+        self.mean_ = total / n
+        sq = np.zeros(X.shape[1])
+        for s in range(0, n, self.chunk):
+            sq += ((X[s:s + self.chunk] - self.mean_) ** 2).sum(axis=0)
+        self.std_ = np.sqrt(sq / n)
+        self.n_samples_seen_, self._m2 = n, sq
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Accumulate statistics chunk by chunk (Chan et al.'s pairwise update), for streaming fits."""
+        X = np.asarray(X, dtype=np.float64)
+        n_b, mean_b = len(X), X.mean(axis=0)
+        m2_b = ((X - mean_b) ** 2).sum(axis=0)
+        if not hasattr(self, "n_samples_seen_"):
+            self.n_features_in_ = X.shape[1]
+            self.n_samples_seen_, self.mean_, self._m2 = n_b, mean_b, m2_b
+        else:
+            n_a, delta = self.n_samples_seen_, mean_b - self.mean_
+            n = n_a + n_b
+            self.mean_ = self.mean_ + delta * n_b / n
+            self._m2 = self._m2 + m2_b + delta**2 * n_a * n_b / n
+            self.n_samples_seen_ = n
+        self.std_ = np.sqrt(self._m2 / self.n_samples_seen_)
+        return self
+
+    def standardize(self, X) -> np.ndarray:
+        check_is_fitted(self, "mean_")
+        X = validate_data(self, X, dtype=[np.float32, np.float64, np.float16], reset=False)
+        safe = np.where(self.std_ > 0, self.std_, 1.0)
+        z = (X - self.mean_) / safe
+        z[:, self.std_ == 0] = 0.0
+        return z
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self, "mean_")
+        out = np.empty((len(X), len(self.mean_)), dtype=np.int8)
+        for s in range(0, len(X), self.chunk):
+            z = self.standardize(X[s:s + self.chunk])
+            out[s:s + self.chunk] = (z > self.high).astype(np.int8) - (z < self.low).astype(np.int8)
+        return out
+
+
+def make_transform(kind: str):
+    """`fne` -> FullNetworkEmbedding; `l2` -> instance-wise L2 normalisation."""
+    return FullNetworkEmbedding() if kind == "fne" else Normalizer(norm="l2")

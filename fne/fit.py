@@ -1,0 +1,378 @@
+"""`fne fit`, `fne predict`, `fne export`: linear heads on cached activations.
+
+fit never runs the network on its own: rows missing from the cache are an error that gives
+the `fne extract` command, unless the caller asks for extraction (`extract_missing`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+import warnings
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from fne import backbones
+from fne.cache import Store
+from fne.data import Dataset, load_dataset
+from fne.embedding import FullNetworkEmbedding, make_transform
+from fne.errors import FneError
+from fne.extract import StoreSpec, extract
+from fne.heads import HEADS, fit_pipeline, make_head, parse_C
+
+MODEL_FORMAT = 1
+
+
+# ------------------------------------------------------------------ features
+def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
+    """`fne` | `fne:L1,L2` -> (layers, "fne"); `last` | `fc7` | `L1,L2` -> (layers, "l2")."""
+    spec = spec.strip()
+    if spec == "fne":
+        return [t.name for t in backbone.taps], "fne"
+    kind = "l2"
+    if spec.startswith("fne:"):
+        kind, spec = "fne", spec[4:]
+    names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise FneError(f"bad --features {spec!r}; use fne, fc6, fc7, last or layer names")
+    for n in names:
+        backbone.tap(n)  # raises with the list of layers
+    return names, kind
+
+
+def _store_spec(kw: dict) -> StoreSpec:
+    return StoreSpec(kw["arch"], kw["weights"], kw["crop"], kw["precision"], kw["storage_dtype"],
+                     kw["cache"], kw["device"], kw["weights_seed"])
+
+
+def _extract_command(data, kw: dict) -> str:
+    parts = [f"fne extract {data} --arch {kw['arch']} --weights {kw['weights']}"]
+    defaults = {"crop": "center", "precision": "auto", "storage_dtype": "float16", "cache": None}
+    for k, d in defaults.items():
+        if kw.get(k) != d:
+            parts.append(f"--{k.replace('_', '-')} {kw[k]}")
+    return " ".join(parts)
+
+
+def _rows(dataset: Dataset, store: Store, data, kw: dict, extract_missing: bool, extract_kw: dict,
+          action: str) -> tuple[Dataset, float | None]:
+    """The dataset restricted to images with cached rows; extraction seconds if it extracted."""
+    keys = dataset.keys()
+    missing = store.missing(keys)
+    seconds = None
+    if missing:
+        if not extract_missing:
+            raise FneError(
+                f"{len(missing)} of {len(set(keys))} images of {data} are not in the cache "
+                f"{store.path}; add them with:\n  {_extract_command(data, kw)}\n"
+                f"(or pass --extract to let `fne {action}` run the network)")
+        print(f"fne {action}: extracting {len(missing)} images missing from the cache")
+        r = extract(dataset, kw["arch"], kw["weights"], cache=kw["cache"], crop=kw["crop"],
+                    precision=kw["precision"], storage_dtype=kw["storage_dtype"], device=kw["device"],
+                    weights_seed=kw["weights_seed"], **extract_kw)
+        seconds = r.seconds
+        store.refresh()
+    bad = store.bad()
+    keep = [i for i, k in enumerate(keys) if k not in bad]
+    if len(keep) < len(keys):
+        skipped = [dataset.ids[i] for i, k in enumerate(keys) if k in bad]
+        warnings.warn(f"{len(skipped)} unreadable image(s) left out: {', '.join(skipped[:5])}", stacklevel=3)
+        dataset = dataset.subset(keep)
+    if len(dataset) == 0:
+        raise FneError(f"{data}: no readable images")
+    return dataset, seconds
+
+
+def load_features(store: Store, dataset: Dataset, layers: list[str]) -> np.ndarray:
+    """(n, views, D) float32, layers concatenated in the order given."""
+    arrays = store.read(dataset.keys(), layers)
+    return np.concatenate([arrays[la] for la in layers], axis=2)
+
+
+def _extract_rate(store: Store) -> float | None:
+    done = [(r.get("n_computed", 0), r.get("stage_seconds", {}).get("run", 0.0)) for r in store.records()]
+    n = sum(a for a, _ in done)
+    s = sum(b for _, b in done)
+    return n / s if n and s else None
+
+
+# -------------------------------------------------------------------- splits
+def make_splits(dataset: Dataset, y: np.ndarray, splits: int, test_size: float,
+                train_per_class: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if dataset.has_split:
+        s = np.array(dataset.splits)
+        tr, te = np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
+        if len(tr) == 0 or len(te) == 0:
+            raise FneError(f"{dataset.name}: predefined split needs both train and test images")
+        return [(tr, te)]
+    if splits < 1:
+        raise FneError(f"--splits must be >= 1, got {splits}")
+    counts = np.bincount(y, minlength=len(dataset.classes))
+    if train_per_class is not None:
+        short = [dataset.classes[c] for c in range(len(counts)) if counts[c] <= train_per_class]
+        if train_per_class < 1 or short:
+            raise FneError(f"--train-per-class {train_per_class}: classes with too few images "
+                           f"to keep test images: {', '.join(short[:5]) or '-'}")
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(splits):
+            tr = np.concatenate([rng.choice(np.flatnonzero(y == c), train_per_class, replace=False)
+                                 for c in range(len(counts)) if counts[c]])
+            out.append((np.sort(tr), np.setdiff1d(np.arange(len(y)), tr)))
+        return out
+    if not 0 < test_size < 1:
+        raise FneError(f"--test-size must be in (0, 1), got {test_size}")
+    if counts[counts > 0].min() < 2:
+        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split")
+    sss = StratifiedShuffleSplit(n_splits=splits, test_size=test_size, random_state=seed)
+    return list(sss.split(np.zeros(len(y)), y))
+
+
+# ----------------------------------------------------------------- scoring
+def class_scores(pipe, X: np.ndarray) -> np.ndarray:
+    """(n, views, D) -> (n, classes): probabilities (logreg) or margins, averaged over views."""
+    n, v, d = X.shape
+    flat = X.reshape(n * v, d)
+    s = pipe.predict_proba(flat) if hasattr(pipe, "predict_proba") else pipe.decision_function(flat)
+    if s.ndim == 1:  # binary margins
+        s = np.stack([-s, s], axis=1)
+    return s.reshape(n, v, -1).mean(axis=1)
+
+
+def _fit_one(kind: str, head: str, C, X: np.ndarray, y: np.ndarray, seed: int, stream_chunk: int):
+    """Views become training samples; SGD heads learn chunk by chunk with partial_fit."""
+    n, v, d = X.shape
+    Xf, yf = X.reshape(n * v, d), np.repeat(y, v)
+    if not head.startswith("sgd"):
+        return fit_pipeline(make_transform(kind), head, C, Xf, yf, seed)
+    if C == "auto":
+        raise FneError("--C auto is not available with SGD heads; give a number")
+    from sklearn.pipeline import Pipeline
+
+    embed = make_transform(kind)
+    if kind == "fne":
+        for s in range(0, len(Xf), stream_chunk):
+            embed.partial_fit(Xf[s:s + stream_chunk])
+    clf = make_head(head, C, seed, n_samples=len(Xf))
+    classes = np.unique(yf)
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        order = rng.permutation(len(Xf))
+        for s in range(0, len(Xf), stream_chunk):
+            idx = np.sort(order[s:s + stream_chunk])
+            clf.partial_fit(embed.transform(Xf[idx]), yf[idx], classes=classes)
+    return Pipeline([("embed", embed), ("head", clf)]), C
+
+
+def _machine() -> str:
+    return f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})"
+
+
+# -------------------------------------------------------------------- fit
+def fit(
+    data: str | Path,
+    features: str = "fne",
+    head: str = "svm",
+    C: str | float = 1.0,
+    splits: int = 5,
+    test_size: float = 0.25,
+    train_per_class: int | None = None,
+    seed: int = 0,
+    out: str | Path = "runs/fit",
+    extract_missing: bool = False,
+    arch: str = "vgg16",
+    weights: str = "imagenet",
+    crop: str = "center",
+    precision: str = "auto",
+    storage_dtype: str = "float16",
+    cache: str | None = None,
+    device: str = "auto",
+    weights_seed: int = 0,
+    batch_size: int = 32,
+    workers: int | None = None,
+    compile: bool = False,
+    stream_chunk: int = 4096,
+) -> dict:
+    """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib."""
+    if head not in HEADS:
+        raise FneError(f"unknown --head {head!r}; choose from {', '.join(HEADS)}")
+    C = parse_C(C)
+    kw = dict(arch=arch, weights=weights, crop=crop, precision=precision, storage_dtype=storage_dtype,
+              cache=cache, device=device, weights_seed=weights_seed)
+    dataset = load_dataset(data)
+    if dataset.labels is None:
+        raise FneError(f"{data}: fit needs labels")
+    backbone = backbones.get(arch)
+    layers, kind = parse_features(features, backbone)
+    spec = _store_spec(kw)
+    store = spec.open()
+    dataset, extract_s = _rows(dataset, store, data, kw, extract_missing,
+                               dict(batch_size=batch_size, workers=workers, compile=compile), "fit")
+    y = dataset.label_indices()
+    X = load_features(store, dataset, layers)
+    split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
+
+    k = len(dataset.classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    per_split, Cs = [], []
+    t0 = time.perf_counter()
+    pipe = None
+    for tr, te in split_list:
+        pipe, c_used = _fit_one(kind, head, C, X[tr], y[tr], seed, stream_chunk)
+        classes_seen = pipe.classes_
+        pred = classes_seen[class_scores(pipe, X[te]).argmax(axis=1)]
+        per_split.append({
+            "accuracy": float(accuracy_score(y[te], pred)),
+            "mean_class_accuracy": float(balanced_accuracy_score(y[te], pred)),
+            "n_train": int(len(tr)), "n_test": int(len(te)),
+        })
+        Cs.append(c_used)
+        confusion += confusion_matrix(y[te], pred, labels=np.arange(k))
+    fit_seconds = (time.perf_counter() - t0) / len(split_list)
+    if not dataset.has_split:  # the saved model learns from every labelled image
+        pipe, _ = _fit_one(kind, head, Cs[0] if C == "auto" else C, X, y, seed, stream_chunk)
+
+    acc = np.array([s["accuracy"] for s in per_split])
+    mca = np.array([s["mean_class_accuracy"] for s in per_split])
+    rate = _extract_rate(store)
+    precision_used = store.meta["precision"]
+    metrics = {
+        "kind": "fit",
+        "method": f"{features}+{head}",
+        "dataset": dataset.name,
+        "data": str(data),
+        "accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
+        "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
+        "splits": per_split, "n_splits": len(per_split),
+        "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
+        "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
+        "n_images": len(dataset),
+        "classes": dataset.classes,
+        "arch": arch, "weights": weights, "weights_fingerprint": store.meta["weights"],
+        "precision": precision_used, "crop": crop, "storage_dtype": storage_dtype,
+        "features": features, "layers": layers, "embedding": kind, "head": head,
+        "C": Cs[0] if len(set(Cs)) == 1 else Cs,
+        "fit_seconds": fit_seconds,
+        "extract_seconds": extract_s if extract_s is not None else (len(dataset) / rate if rate else None),
+        "extract_images_per_s": rate,
+        "confusion": confusion.tolist(),
+        "seed": seed, "split_protocol": "predefined" if dataset.has_split else (
+            f"{len(per_split)}x {train_per_class} per class" if train_per_class
+            else f"{len(per_split)}x stratified test_size={test_size}"),
+        "store": str(store.path),
+        "machine": _machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    joblib.dump({
+        "format": MODEL_FORMAT, "pipeline": pipe, "classes": dataset.classes,
+        "features": features, "layers": layers, "embedding": kind, "head": head,
+        "store_spec": {**asdict(spec), "precision": precision_used}, "views": store.views, "thresholds": (
+            {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
+            if kind == "fne" else None),
+    }, out / "model.joblib")
+    return metrics
+
+
+# ----------------------------------------------------------------- predict
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, cache: str | None = None,
+            device: str = "auto", batch_size: int = 32, workers: int | None = None) -> dict:
+    """Scores and predicted class for every image of DATA with a model saved by `fit`."""
+    path = Path(run_dir) / "model.joblib"
+    if not path.is_file():
+        raise FneError(f"{run_dir}: no model.joblib (is it a `fne fit` run folder?)")
+    model = joblib.load(path)
+    if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
+        raise FneError(f"{path}: not a model written by this version of fne fit")
+    kw = dict(model["store_spec"])
+    kw["storage_dtype"] = kw.pop("dtype")
+    if cache is not None:
+        kw["cache"] = cache
+    kw["device"] = device
+    dataset = load_dataset(data)
+    spec = _store_spec(kw)
+    store = spec.open()
+    dataset, _ = _rows(dataset, store, data, kw, True, dict(batch_size=batch_size, workers=workers), "predict")
+    X = load_features(store, dataset, model["layers"])
+    pipe, classes = model["pipeline"], model["classes"]
+    scores = class_scores(pipe, X)
+    pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "predicted", *score_cols] + (["true"] if dataset.labels else []))
+        for i in range(len(dataset)):
+            row = [dataset.ids[i], pred[i], *(f"{v:.6g}" for v in scores[i])]
+            w.writerow(row + ([dataset.labels[i]] if dataset.labels else []))
+    acc = None
+    if dataset.labels:
+        acc = float(np.mean([p == t for p, t in zip(pred, dataset.labels)]))
+    return {"n": len(dataset), "accuracy": acc, "out": str(out)}
+
+
+# ------------------------------------------------------------------ export
+def export(data: str | Path, features: str = "fne", out: str | Path = "features.h5",
+           extract_missing: bool = False, arch: str = "vgg16", weights: str = "imagenet",
+           crop: str = "center", precision: str = "auto", storage_dtype: str = "float16",
+           cache: str | None = None, device: str = "auto", weights_seed: int = 0,
+           batch_size: int = 32, workers: int | None = None, compile: bool = False) -> dict:
+    """Cached activations (one dataset per layer) and the embedding, with paths/labels/split.
+
+    The FNE embedding is standardised with the training rows (the `train` split when DATA
+    has one, otherwise all rows); the attribute `fit_rows` says which.
+    """
+    import h5py
+
+    kw = dict(arch=arch, weights=weights, crop=crop, precision=precision, storage_dtype=storage_dtype,
+              cache=cache, device=device, weights_seed=weights_seed)
+    dataset = load_dataset(data)
+    layers, kind = parse_features(features, backbones.get(arch))
+    store = _store_spec(kw).open()
+    dataset, _ = _rows(dataset, store, data, kw, extract_missing,
+                       dict(batch_size=batch_size, workers=workers, compile=compile), "export")
+    arrays = store.read(dataset.keys(), layers)
+    X = np.concatenate([arrays[la] for la in layers], axis=2)
+    n, v, d = X.shape
+    fit_rows = np.arange(n)
+    if dataset.has_split:
+        fit_rows = np.flatnonzero(np.array(dataset.splits) == "train")
+    embed = make_transform(kind).fit(X[fit_rows].reshape(-1, d))
+    emb = embed.transform(X.reshape(n * v, d)).reshape(n, v, -1)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{out.name}")
+    str_t = h5py.string_dtype()
+    with h5py.File(tmp, "w") as f:
+        for la in layers:
+            f.create_dataset(f"layers/{la}", data=arrays[la].squeeze(1) if v == 1 else arrays[la],
+                             compression="gzip")
+        e = f.create_dataset("embedding", data=emb.squeeze(1) if v == 1 else emb, compression="gzip")
+        e.attrs["kind"] = kind
+        e.attrs["fit_rows"] = "train split" if dataset.has_split else "all rows"
+        if isinstance(embed, FullNetworkEmbedding):
+            e.attrs["low"], e.attrs["high"] = embed.low, embed.high
+            f.create_dataset("embedding_mean", data=embed.mean_)
+            f.create_dataset("embedding_std", data=embed.std_)
+        f.create_dataset("paths", data=np.array(dataset.ids, dtype=object), dtype=str_t)
+        if dataset.labels is not None:
+            f.create_dataset("labels", data=np.array(dataset.labels, dtype=object), dtype=str_t)
+            f.create_dataset("label_index", data=dataset.label_indices())
+            f.attrs["classes"] = np.array(dataset.classes, dtype=object)
+        if dataset.splits is not None:
+            f.create_dataset("split", data=np.array(dataset.splits, dtype=object), dtype=str_t)
+        f.attrs.update({"arch": arch, "weights": weights, "weights_fingerprint": store.meta["weights"],
+                        "crop": crop, "precision": store.meta["precision"], "features": features})
+    tmp.replace(out)
+    return {"n": n, "datasets": [f"layers/{la}" for la in layers] + ["embedding"], "out": str(out)}
