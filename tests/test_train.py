@@ -1,0 +1,219 @@
+"""`fne train`: frozen/finetune/scratch/direct on a tiny digits subset with EfficientNet-Lite0.
+
+Random weights at 32x32 keep the file fast; what is checked is the mechanics (what learns,
+what is imported, resume, outputs, errors), not accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fne import backbones
+from fne.cli import main
+from fne.data import load_dataset
+from fne.errors import FneError
+
+pytest.importorskip("efficientnet_lite_pytorch")
+
+ARCH = "efficientnet_lite0"
+FAST = dict(arch=ARCH, image_size=32, batch_size=32, workers=0, progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """On a shared, busy CPU one thread is several times faster than OpenMP threads that wait."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """16 images per class: 120 train (12 of them val) and 40 test after the stratified split."""
+    d = load_dataset("digits")
+    y = d.label_indices()
+    return d.subset(np.concatenate([np.flatnonzero(y == c)[:16] for c in range(10)]))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A seeded random EfficientNet-Lite0 state dict on disk: the 'pretrained' source."""
+    path = tmp_path_factory.mktemp("src") / "source.pt"
+    torch.save(backbones.load_backbone(ARCH, "random", seed=7).state_dict(), path)
+    return path
+
+
+def _csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _rel_change(a: dict, b: dict, names) -> float:
+    """Mean relative change ||a - b|| / ||b|| over tensors that do not start at zero."""
+    return float(np.mean([((a[n] - b[n]).norm() / b[n].norm()).item() for n in names if b[n].norm() > 0]))
+
+
+def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_path):
+    from fne.train import build_model, train
+
+    out = tmp_path / "run"
+    m = train(digits, "frozen", out, weights=str(source), epochs=2, lr=0.01, **FAST)
+    final = torch.load(out / "model.pt", weights_only=True)
+    src = torch.load(source, weights_only=True)
+    imported = [n for n in final if not n.startswith("_fc.")]
+    assert len(imported) > 250
+    changed = [n for n in imported if not torch.equal(final[n], src[n])]
+    assert changed == []  # parameters and BatchNorm statistics alike
+    init, _, _ = build_model(ARCH, "frozen", 10, str(source), seed=0)
+    assert not torch.equal(final["_fc.weight"], init.state_dict()["_fc.weight"])  # the head learnt
+    assert final["_fc.weight"].shape == (10, 1280)
+
+    # outputs: metrics, predictions, and model.pt usable as --weights (classifier mismatch tolerated)
+    assert m["kind"] == "train" and m["method"] == "train:frozen" and m["n_splits"] == 1
+    assert m["imported_lr"] == 0.0 and m["best_epoch"] in (1, 2) and m["n_test"] == 40
+    assert np.array(m["confusion"]).sum() == m["n_test"] and len(m["confusion"]) == 10
+    assert json.loads((out / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    rows = _csv(out / "predictions.csv")
+    assert len(rows) == 40 and list(rows[0])[:2] == ["path", "predicted"] and list(rows[0])[-1] == "true"
+    assert np.mean([r["predicted"] == r["true"] for r in rows]) == pytest.approx(m["accuracy"])
+    backbones.load_backbone(ARCH, str(out / "model.pt"))
+
+
+def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tmp_path):
+    from fne.train import build_model, train
+
+    m = train(digits, "finetune", tmp_path, weights=str(source), epochs=2, lr=0.01,
+              imported_lr_mult=1e-3, **FAST)
+    final = torch.load(tmp_path / "model.pt", weights_only=True)
+    init_model, report, _ = build_model(ARCH, "finetune", 10, str(source), seed=0)
+    init = init_model.state_dict()
+    params = {n for n, _ in init_model.named_parameters()}
+    old = [n for n in report.imported if n in params]
+    new = ["_fc.weight"]
+    d_old, d_new = _rel_change(final, init, old), _rel_change(final, init, new)
+    assert d_old > 0  # imported layers do train in finetune ...
+    assert d_old < d_new / 50  # ... at a thousandth of the lr
+    assert m["imported_lr"] == pytest.approx(0.01 * 1e-3)
+
+
+def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path):
+    from fne.train import build_model, describe_import
+
+    state = torch.load(source, weights_only=True)
+    bad = torch.randn(640, 320, 1, 1)  # the source's head conv is 1280x320x1x1
+    state["_conv_head.weight"] = bad
+    del state["_bn1.running_var"]
+    path = tmp_path / "partial.pt"
+    torch.save(state, path)
+    model, report, renew = build_model(ARCH, "finetune", 10, str(path))
+    why = dict(report.skipped)
+    assert why["_conv_head.weight"] == "shape (640, 320, 1, 1) in source, (1280, 320, 1, 1) here"
+    assert why["_bn1.running_var"] == "not in source"
+    assert why["_fc.weight"] == "renewed layer" and renew == ("_fc",)
+    got = model.state_dict()
+    assert got["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    assert torch.equal(got["_conv_stem.weight"], state["_conv_stem.weight"])
+    lines = describe_import(report, renew)
+    assert "not imported _conv_head.weight: shape (640, 320, 1, 1) in source, (1280, 320, 1, 1) here" in lines
+    assert not any("_fc.weight" in line for line in lines if line.startswith("not imported"))
+
+
+def test_vgg_new_layers_replace_fc6_fc7_output_under_torchvision_names():
+    from fne.train import build_model, new_layer_names
+
+    vgg = backbones.get("vgg16")
+    assert new_layer_names(vgg, "frozen", "last") == ("classifier.6",)
+    model, report, renew = build_model("vgg16", "frozen", 5, "random", new_layers="fc")
+    assert renew == ("classifier.0", "classifier.3", "classifier.6")
+    why = dict(report.skipped)
+    assert all(why[f"classifier.{i}.weight"] == "renewed layer" for i in (0, 3, 6))
+    assert "features.28.weight" in report.imported and "classifier.0.weight" not in report.imported
+    assert model.classifier[6].out_features == 5 and model.classifier[0].in_features == 25088
+    assert model.classifier[0].bias.abs().sum() == 0  # Xavier layers start with zero biases
+
+
+def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_path, monkeypatch):
+    import fne.train as tr
+
+    kw = dict(weights=str(source), epochs=3, lr=0.02, scheduler="cosine", save_every=1, **FAST)
+    tr.train(digits, "finetune", tmp_path / "a", **kw)
+
+    real, calls = tr._train_one_epoch, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during epoch 2
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "_train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(digits, "finetune", tmp_path / "b", **kw)
+    monkeypatch.setattr(tr, "_train_one_epoch", real)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["scheduler"] is not None and set(ckpt["rng"]) >= {"torch", "numpy", "python"}
+    assert not (tmp_path / "b" / "model.pt").exists()
+    assert set(backbones.read_state_dict(tmp_path / "b" / "checkpoint.pt")) == set(ckpt["model"])
+
+    mb = tr.train(digits, "finetune", tmp_path / "b", resume=True, **kw)
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    assert [n for n in a if not torch.equal(a[n], b[n])] == []
+    ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert [h["train_loss"] for h in ma["history"]] == [h["train_loss"] for h in mb["history"]]
+    assert ma["best_epoch"] == mb["best_epoch"]
+
+    with pytest.raises(FneError, match="belongs to another run.*--lr"):
+        tr.train(digits, "finetune", tmp_path / "b", resume=True, **{**kw, "lr": 0.1})
+
+
+def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
+    cmap = {"0": [i for i in range(1000) if i != 985], "1": ["daisy"]}  # 985 is "daisy"
+    (tmp_path / "map.json").write_text(json.dumps(cmap))
+    out = tmp_path / "run"
+    rc = main(["train", "digits", "--mode", "direct", "--arch", ARCH, "--weights", "random",
+               "--class-map", str(tmp_path / "map.json"), "--image-size", "32", "--workers", "0",
+               "--no-progress", "--out", str(out)])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rows = _csv(out / "predictions.csv")
+    assert m["classes"] == ["0", "1"] and m["mode"] == "direct" and m["epochs"] == 0
+    assert m["class_map"]["1"] == ["daisy"] and m["n_excluded"] > 0
+    assert len(rows) == m["n_test"] > 0 and {r["true"] for r in rows} == {"0", "1"}
+    s0, s1 = (np.array([float(r[f"score_{c}"]) for r in rows]) for c in "01")
+    assert np.allclose(s0 + s1, 1.0, atol=1e-4)  # together the two targets cover all 1000 classes
+    assert all(r["predicted"] == ("0" if a > b else "1") for r, a, b in zip(rows, s0, s1, strict=True))
+    assert np.mean([r["predicted"] == r["true"] for r in rows]) == pytest.approx(m["accuracy"])
+    assert "train:direct on digits" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, cmap, expected", [
+    (["--mode", "bogus"], None, "unknown --mode 'bogus'; choose from direct, scratch, frozen, finetune"),
+    (["--mode", "direct"], None, "--mode direct needs --class-map"),
+    (["--mode", "direct"], {"cat": [1]}, "unknown target class(es) 'cat'"),
+    (["--mode", "direct"], {"0": ["daisies"]}, "unknown source class 'daisies'; did you mean 'daisy'"),
+    (["--mode", "direct"], {"0": [5000]}, "source index 5000 out of range"),
+    (["--mode", "frozen", "--arch", "vgg16", "--weights", "SOURCE"], None,
+     "does not fit --arch vgg16: only 0 of 26 tensors match by name and shape"),
+    (["--mode", "scratch", "--weights", "imagenet"], None, "--mode scratch trains from a random"),
+    (["--mode", "finetune", "--weights", "missing.pt"], None, "--weights missing.pt: no such file"),
+    (["--mode", "finetune", "--resume"], None, "--resume: no checkpoint"),
+    (["--mode", "frozen", "--val-fraction", "1.5"], None, "bad --val-fraction 1.5"),
+])
+def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, tmp_path, capsys):
+    args = ["train", "digits", "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "run"),
+            "--no-progress", *[str(source) if a == "SOURCE" else a for a in extra]]
+    if cmap is not None:
+        (tmp_path / "map.json").write_text(json.dumps(cmap))
+        args += ["--class-map", str(tmp_path / "map.json")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fne train: error:") and "\n" not in err and "Traceback" not in err
+    assert expected in err
