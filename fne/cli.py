@@ -171,7 +171,8 @@ def _cmd_cache_verify(a) -> int:
             print(f"{s.path.name}: removed {s.clean()} unfinished part(s)")
         problems = s.verify()
         bad += bool(problems)
-        print(f"{s.path.name}: {'OK' if not problems else 'PROBLEMS'} ({len(s)} rows)")
+        dup = f", {s.duplicates} duplicate rows (reads use the first)" if s.duplicates else ""
+        print(f"{s.path.name}: {'OK' if not problems else 'PROBLEMS'} ({len(s)} rows{dup})")
         for msg in problems:
             print(f"  - {msg}")
     return 1 if bad else 0

@@ -1,0 +1,52 @@
+"""Shared fixtures: small real image folders made from scikit-learn's digits, and one warm cache.
+
+Extraction in tests uses efficientnet_lite0 with seeded random weights in fp32: cheap on a
+CPU and deterministic, with no network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+FAST = dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
+
+
+def write_digits(root: Path, per_class: int = 6, classes: int = 4, split: bool = False) -> Path:
+    """A class-per-folder (optionally train/test) image folder of real handwritten digits."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for c in range(classes):
+        idx = np.flatnonzero(d.target == c)[:per_class]
+        for j, i in enumerate(idx):
+            part = ("train" if j < per_class * 2 // 3 else "test") if split else None
+            folder = root / part / str(c) if part else root / str(c)
+            folder.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(np.clip(d.images[i] * 16, 0, 255).astype(np.uint8)).resize((32, 32))
+            img.save(folder / f"d{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits") / "data", per_class=6, classes=4)
+
+
+@pytest.fixture(scope="session")
+def digits_split(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits_split") / "data", per_class=9, classes=3, split=True)
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory, digits_folder) -> Path:
+    """A cache that already holds digits_folder's rows."""
+    from fne.extract import extract
+
+    cache = tmp_path_factory.mktemp("cache")
+    extract(digits_folder, cache=str(cache), batch_size=8, progress=False, **FAST)
+    return cache

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fne import backbones
+from fne.errors import WeightsError
+from fne.extract import TapModel
+
+
+def test_registry_declares_taps():
+    vgg = backbones.get("vgg16")
+    names = [t.name for t in vgg.taps]
+    assert names[:3] == ["conv1_1", "conv1_2", "conv2_1"] and names[-3:] == ["conv5_3", "fc6", "fc7"]
+    assert len(vgg.taps) == 15 and vgg.dim == 12416
+    assert len(backbones.get("vgg19").taps) == 18
+    assert backbones.get("efficientnet_lite0").dim == sum(backbones._LITE0_BLOCKS) + 1280
+    with pytest.raises(Exception, match="available: efficientnet_lite0, vgg16, vgg19"):
+        backbones.get("resnet9000")
+
+
+def _vgg_plain_forward(model, x):
+    """Post-ReLU activations computed without hooks and without in-place ops."""
+    acts = []
+    for m in model.features:
+        if isinstance(m, torch.nn.ReLU):
+            x = F.relu(x)
+            acts.append(x.mean(dim=(2, 3)))
+        else:
+            x = m(x)
+    x = torch.flatten(model.avgpool(x), 1)
+    c = model.classifier
+    fc6 = F.relu(c[0](x))
+    fc7 = F.relu(c[3](fc6))
+    return acts + [fc6, fc7]
+
+
+def test_vgg16_taps_equal_plain_forward_after_relu():
+    b = backbones.get("vgg16")
+    model = backbones.load_backbone("vgg16", "random", seed=3)
+    tap = TapModel(model, b).eval()
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        got = tap(x)
+        # same memory layout as TapModel, so only the tapping can make a difference
+        want = _vgg_plain_forward(model, tap.norm(x).contiguous(memory_format=torch.channels_last))
+    assert len(got) == len(want) == 15
+    for t, g, w in zip(b.taps, got, want):
+        assert g.shape == (2, t.channels)
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=t.name)
+    assert all((g >= 0).all() for g in got)  # after ReLU, never pre-activation values
+    assert any((w < 0).any() for w in [model.features[0](tap.norm(x)).mean((2, 3))])
+
+
+def test_efficientnet_taps_equal_block_outputs():
+    b = backbones.get("efficientnet_lite0")
+    model = backbones.load_backbone("efficientnet_lite0", "random")
+    tap = TapModel(model, b).eval()
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        got = tap(x)
+        h = tap.norm(x).contiguous(memory_format=torch.channels_last)
+        h = model._swish(model._bn0(model._conv_stem(h)))
+        want = []
+        for block in model._blocks:
+            h = block(h)
+            want.append(h.mean((2, 3)))
+        want.append(model._swish(model._bn1(model._conv_head(h))).mean((2, 3)))
+    for t, g, w in zip(b.taps, got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=t.name)
+
+
+def test_random_weights_are_seeded():
+    a = backbones.load_backbone("efficientnet_lite0", "random", seed=1).state_dict()
+    b = backbones.load_backbone("efficientnet_lite0", "random", seed=1).state_dict()
+    c = backbones.load_backbone("efficientnet_lite0", "random", seed=2).state_dict()
+    k = "_conv_stem.weight"
+    assert torch.equal(a[k], b[k]) and not torch.equal(a[k], c[k])
+    assert backbones.fingerprint("vgg16", "random", 1) != backbones.fingerprint("vgg16", "random", 2)
+
+
+def test_weights_path_roundtrip_and_wrong_arch(tmp_path):
+    model = backbones.load_backbone("efficientnet_lite0", "random", seed=5)
+    torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")  # fne train style
+    again = backbones.load_backbone("efficientnet_lite0", str(tmp_path / "ckpt.pt"))
+    assert torch.equal(again.state_dict()["_fc.weight"], model.state_dict()["_fc.weight"])
+    fp = backbones.fingerprint("efficientnet_lite0", str(tmp_path / "ckpt.pt"))
+    assert fp.startswith("file-")
+    with pytest.raises(WeightsError, match="does not fit --arch vgg16"):
+        backbones.load_backbone("vgg16", str(tmp_path / "ckpt.pt"))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(WeightsError, match="junk.pt"):
+        backbones.load_backbone("vgg16", str(tmp_path / "junk.pt"))
+    with pytest.raises(WeightsError, match="no such file"):
+        backbones.fingerprint("vgg16", str(tmp_path / "absent.pt"))
+
+
+def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError) as e:
+        backbones.load_backbone("vgg16", "imagenet")
+    msg = str(e.value)
+    assert "vgg16-397923af.pth" in msg and "--weights PATH" in msg and "checkpoints" in msg
+
+
+def test_import_matching_reports_shape_mismatch():
+    src = backbones.get("vgg16").build(1000).state_dict()
+    target = backbones.get("vgg16").build(7)
+    report = backbones.import_matching(target, src)
+    assert "classifier.6.weight" not in report.imported
+    why = dict(report.skipped)["classifier.6.weight"]
+    assert "(1000, 4096)" in why and "(7, 4096)" in why
+    assert "features.0.weight" in report.imported

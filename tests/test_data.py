@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import io
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from fne.cli import main
+from fne.data import load_dataset, read_image
+from fne.errors import DataError
+
+
+def test_folder_and_split_folder(digits_folder, digits_split):
+    d = load_dataset(digits_folder)
+    assert len(d) == 24 and d.classes == ["0", "1", "2", "3"] and d.splits is None
+    assert d.labels[0] == "0" and d.ids[0].startswith("0/")
+    s = load_dataset(digits_split)
+    assert set(s.splits) == {"train", "test"}
+    assert s.splits.count("train") == 18 and s.splits.count("test") == 9
+
+
+def test_csv_with_split_and_relative_paths(digits_folder, tmp_path):
+    files = sorted(digits_folder.rglob("*.png"))[:6]
+    csv = tmp_path / "sub" / "list.csv"
+    csv.parent.mkdir()
+    rows = ["path,label,split"] + [f"{f},{'odd' if k % 2 else 'even'},{'test' if k > 3 else 'train'}"
+                                   for k, f in enumerate(files)]
+    csv.write_text("\n".join(rows) + "\n")
+    d = load_dataset(csv)
+    assert d.classes == ["even", "odd"] and d.splits.count("test") == 2
+    # the same images under other labels share the content keys (cache reuse)
+    assert d.keys() == load_dataset(digits_folder).subset(range(6)).keys()
+
+
+def test_hdf5_forms_and_digits(tmp_path):
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "gray.h5", "w") as f:
+        f["images"] = rng.integers(0, 255, (5, 16, 16), dtype=np.uint8)
+        f["labels"] = np.array([0, 1, 0, 1, 1])
+        f["split"] = np.array([b"train", b"train", b"train", b"test", b"test"])
+    d = load_dataset(tmp_path / "gray.h5")
+    assert d.classes == ["0", "1"] and d.splits[-1] == "test"
+    assert d.load(0).mode == "RGB" and d.load(0).size == (16, 16)
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, n in (("train", 4), ("test", 2)):
+        with h5py.File(pair / f"{name}.h5", "w") as f:
+            f["images"] = rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
+            f["labels"] = np.arange(n) % 2
+    p = load_dataset(pair)
+    assert len(p) == 6 and p.splits == ["train"] * 4 + ["test"] * 2
+    assert np.array_equal(np.asarray(p.load(5)), np.asarray(Image.open(io.BytesIO(_png(pair / "test.h5", 1)))))
+    digits = load_dataset("digits")
+    assert len(digits) == 1797 and digits.classes == [str(i) for i in range(10)]
+
+
+def _png(h5path, i) -> bytes:
+    with h5py.File(h5path) as f:
+        buf = io.BytesIO()
+        Image.fromarray(f["images"][i]).save(buf, format="PNG")
+        return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "I;16", "LA"])
+def test_modes_become_rgb(tmp_path, mode):
+    base = Image.new("RGB", (10, 6), (200, 100, 50))
+    img = base.convert(mode) if mode != "I;16" else Image.fromarray(
+        np.full((6, 10), 40000, dtype=np.uint16))
+    ext = "tif" if mode in ("CMYK", "I;16") else "png"
+    img.save(tmp_path / f"x.{ext}")
+    out = read_image(tmp_path / f"x.{ext}")
+    assert out.mode == "RGB" and out.size == (10, 6)
+    if mode == "I;16":  # 16-bit scaled to 8-bit, not clipped to white
+        assert abs(int(np.asarray(out)[0, 0, 0]) - round(40000 / 65535 * 255)) <= 1
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 10))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    out = np.asarray(read_image(tmp_path / "r.jpg"))
+    assert out.shape[:2] == (20, 10)  # portrait after orientation
+    assert out[:8].mean() > 200 and out[-8:].mean() < 50  # white half now on top
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing", "does not exist"),
+    ("empty", "no class sub-folders"),
+    ("empty_class", "class folder 'b' has no images"),
+    ("csv_columns", "missing column(s) label"),
+    ("csv_files", "do not exist: nope.png"),
+    ("h5_missing", "missing dataset 'labels'"),
+])
+def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, capsys, case, expect):
+    import fne.backbones
+
+    def no_network(*a, **k):
+        raise AssertionError("the network must not be built for bad DATA")
+
+    monkeypatch.setattr(fne.backbones, "load_backbone", no_network)
+    target = tmp_path / "x"
+    if case == "empty":
+        target.mkdir()
+    elif case == "empty_class":
+        (target / "a").mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(target / "a" / "i.png")
+        (target / "b").mkdir()
+    elif case == "csv_columns":
+        target = tmp_path / "l.csv"
+        target.write_text("path,class\nx.png,a\n")
+    elif case == "csv_files":
+        target = tmp_path / "l.csv"
+        target.write_text("path,label\nnope.png,a\n")
+    elif case == "h5_missing":
+        target = tmp_path / "d.h5"
+        with h5py.File(target, "w") as f:
+            f["images"] = np.zeros((2, 4, 4), np.uint8)
+    with pytest.raises(DataError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(target)
+    assert main(["extract", str(target), "--weights", "random", "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and expect in err and "Traceback" not in err

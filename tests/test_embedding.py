@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import LinearSVC
+
+from fne.embedding import FullNetworkEmbedding
+
+
+def test_discretization_boundaries():
+    # column 0 has mean 0 and population std 1 on these rows: z equals the value
+    base = np.array([-1.0, 1.0, -1.0, 1.0])
+    X = np.stack([base, base * 2 + 5, np.full(4, 3.0)], axis=1)
+    fne = FullNetworkEmbedding().fit(X)
+    assert np.allclose(fne.mean_, [0, 5, 3]) and np.allclose(fne.std_, [1, 2, 0])
+    z = np.array([0.15, 0.1500001, -0.25, -0.2500001, 0.0, 2.0, -2.0])
+    probe = np.stack([z, np.full_like(z, 5.0), np.full_like(z, 99.0)], axis=1)
+    out = fne.transform(probe)
+    assert out.dtype == np.int8
+    assert out[:, 0].tolist() == [0, 1, 0, -1, 0, 1, -1]
+    assert (out[:, 2] == 0).all()  # zero-std feature carries nothing, whatever the value
+
+
+def test_thresholds_are_configurable():
+    X = np.array([[-1.0], [1.0]])
+    out = FullNetworkEmbedding(low=-0.5, high=0.5).fit(X).transform(np.array([[0.4], [0.6], [-0.6]]))
+    assert out[:, 0].tolist() == [0, 1, -1]
+    with pytest.raises(ValueError, match="low"):
+        FullNetworkEmbedding(low=1.0, high=0.0).fit(X)
+
+
+def test_statistics_come_from_training_rows_only():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(0, 1, (50, 4)), rng.normal(10, 5, (30, 4))
+    fne = FullNetworkEmbedding().fit(train)
+    assert np.allclose(fne.mean_, train.mean(0)) and np.allclose(fne.std_, train.std(0))  # population std
+    out = fne.transform(test)
+    assert np.allclose(fne.mean_, train.mean(0))  # transform never refits
+    assert (out == 1).mean() > 0.9  # test rows far above the training mean
+
+
+def test_partial_fit_matches_fit_and_chunks_do_not_matter():
+    rng = np.random.default_rng(1)
+    X = rng.normal(3, 2, (103, 6))
+    full = FullNetworkEmbedding().fit(X)
+    streamed = FullNetworkEmbedding()
+    for s in range(0, 103, 17):
+        streamed.partial_fit(X[s:s + 17])
+    assert np.allclose(full.mean_, streamed.mean_) and np.allclose(full.std_, streamed.std_)
+    assert np.array_equal(FullNetworkEmbedding(chunk=7).fit(X).transform(X), full.transform(X))
+
+
+def test_works_in_a_sklearn_pipeline():
+    rng = np.random.default_rng(2)
+    X = np.concatenate([rng.normal(0, 1, (40, 8)), rng.normal(1.5, 1, (40, 8))])
+    y = np.repeat([0, 1], 40)
+    pipe = make_pipeline(clone(FullNetworkEmbedding(high=0.3)), LinearSVC())
+    assert pipe.fit(X, y).score(X, y) > 0.8
+    assert pipe.get_params()["fullnetworkembedding__high"] == 0.3

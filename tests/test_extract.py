@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fne.extract as fx
+from fne.cache import list_stores
+from fne.cli import main
+from fne.data import load_dataset
+
+from .conftest import FAST
+
+
+def _store(cache):
+    (store,) = list_stores(cache)
+    return store
+
+
+def test_second_task_runs_zero_forward_passes(digits_folder, warm_cache, tmp_path, monkeypatch):
+    # another task over the same images: a CSV with other labels, in another folder
+    files = sorted(digits_folder.rglob("*.png"))
+    csv = tmp_path / "other.csv"
+    csv.write_text("path,label\n" + "".join(f"{f},{'big' if int(f.parent.name) > 1 else 'small'}\n"
+                                             for f in files))
+    before = fx.FORWARD_IMAGES
+
+    def must_not_build(*a, **k):
+        raise AssertionError("network built although every row is cached")
+
+    monkeypatch.setattr(fx.backbones, "load_backbone", must_not_build)
+    r = fx.extract(csv, cache=str(warm_cache), progress=False, **FAST)
+    assert r.n_computed == 0 and r.n_cached == len(files) and fx.FORWARD_IMAGES == before
+    from fne.fit import fit
+
+    m = fit(csv, features="last", head="logreg", splits=2, out=tmp_path / "run", cache=str(warm_cache),
+            arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
+    assert fx.FORWARD_IMAGES == before and m["classes"] == ["big", "small"]
+
+
+def test_only_new_images_are_computed(digits_folder, tmp_path):
+    part = tmp_path / "data"
+    shutil.copytree(digits_folder, part)
+    for f in sorted(part.rglob("*.png"))[::2]:
+        f.unlink()
+    cache = str(tmp_path / "cache")
+    first = fx.extract(part, cache=cache, progress=False, **FAST)
+    full = fx.extract(digits_folder, cache=cache, progress=False, **FAST)
+    assert first.n_computed == 12 and full.n_cached == 12 and full.n_computed == 12
+    assert len(_store(cache)) == 24
+
+
+def test_unreadable_images_are_skipped_named_and_recorded(digits_folder, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    (data / "0" / "not_image.jpg").write_text("this is text")
+    good = sorted((data / "1").glob("*.png"))[0].read_bytes()
+    (data / "1" / "truncated.png").write_bytes(good[: len(good) // 2])
+    cache = str(tmp_path / "cache")
+    with pytest.warns(UserWarning, match="not_image.jpg"):
+        r = fx.extract(data, cache=cache, progress=False, **FAST)
+    assert r.n_skipped == 2 and r.n_computed == 24
+    assert set(r.skipped) == {"0/not_image.jpg", "1/truncated.png"}
+    store = _store(cache)
+    assert len(store.bad()) == 2 and store.records()[-1]["skipped"] == r.skipped
+    again = fx.extract(data, cache=cache, progress=False, **FAST)  # bad files are not retried forever
+    assert again.n_computed == 0
+
+
+def _rows(cache, dataset):
+    store = _store(cache)
+    names = [t for t, _ in store.taps]
+    return store.read(dataset.keys(), names)
+
+
+KILL_SCRIPT = """
+import sys, fne.extract as fx
+fx.extract(sys.argv[1], cache=sys.argv[2], batch_size=2, chunk=4, workers=0, progress=False,
+           arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
+"""
+
+
+def test_killed_extraction_resumes_to_identical_rows(digits_folder, tmp_path):
+    cache_killed, cache_clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(digits_folder), str(cache_killed)])
+    deadline = time.time() + 120
+    parts = []
+    while time.time() < deadline and proc.poll() is None:
+        parts = [p for d in cache_killed.glob("*/parts") for p in d.iterdir() if not p.name.startswith(".")]
+        if parts:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "extraction finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = _store(cache_killed)
+    committed = len(store)
+    assert 0 < committed < 24 and store.verify() == []  # only whole parts are visible
+    resumed = fx.extract(digits_folder, cache=str(cache_killed), batch_size=2, progress=False, **FAST)
+    assert resumed.n_computed == 24 - committed
+    fx.extract(digits_folder, cache=str(cache_clean), batch_size=2, progress=False, **FAST)
+    d = load_dataset(digits_folder)
+    a, b = _rows(cache_killed, d), _rows(cache_clean, d)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    assert main(["cache", "verify", "--cache", str(cache_killed)]) == 0
+
+
+def test_concurrent_extractions_do_not_corrupt(digits_folder, tmp_path):
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(digits_folder), str(cache)])
+             for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    store = _store(cache)
+    assert store.verify() == [] and len(store) == 24
+    rows = _rows(cache, load_dataset(digits_folder))
+    assert all(np.isfinite(v).all() for v in rows.values())
+
+
+def test_cache_info_and_verify_detect_damage(digits_folder, warm_cache, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    assert main(["cache", "info", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_lite0" in out and "rows 24" in out
+    store = _store(cache)
+    victim = next(p for p in (store.parts()[0] / "head").rglob("*") if p.is_file() and p.name != "zarr.json")
+    victim.write_bytes(b"garbage")
+    assert main(["cache", "verify", "--cache", str(cache)]) == 1
+    assert "unreadable" in capsys.readouterr().out
+
+
+def test_ten_crop_rows_and_vote(digits_split, tmp_path):
+    from fne.fit import fit
+
+    cache = str(tmp_path / "cache")
+    full = load_dataset(digits_split)
+    idx = [i for c in full.classes for s in ("train", "test")
+           for i in [j for j in range(len(full)) if full.labels[j] == c and full.splits[j] == s][:2]]
+    csv = tmp_path / "small.csv"
+    csv.write_text("path,label,split\n" + "".join(
+        f"{full.sources[i]},{full.labels[i]},{full.splits[i]}\n" for i in idx))
+    fx.extract(csv, cache=cache, crop="ten", progress=False, **FAST)
+    store = _store(cache)
+    assert store.views == 10
+    rows = store.read(load_dataset(csv).keys()[:2], ["head"])["head"]
+    assert rows.shape == (2, 10, 1280) and not np.allclose(rows[:, 0], rows[:, 5], rtol=1e-3, atol=0)  # mirrored differs
+    m = fit(csv, features="last", head="logreg", out=tmp_path / "run", cache=cache, crop="ten", arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
+    assert m["n_train"] == 6 and m["n_test"] == 6 and 0 <= m["accuracy"] <= 1
+
+
+def test_extract_cli_reports_counts(digits_folder, warm_cache, capsys):
+    args = ["extract", str(digits_folder), "--arch", "efficientnet_lite0", "--weights", "random",
+            "--precision", "fp32", "--storage-dtype", "float32", "--cache", str(warm_cache)]
+    assert main(args) == 0
+    assert "24 already cached, 0 computed" in capsys.readouterr().out
+    assert main(args + ["--shard", "3/2"]) == 2
+    assert "bad --shard" in capsys.readouterr().err
+
+
+def test_fne_cache_env_sets_default(monkeypatch, tmp_path):
+    from fne.cache import cache_root
+
+    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "elsewhere"))
+    assert cache_root(None) == Path(tmp_path / "elsewhere")

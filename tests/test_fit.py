@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+
+from fne.cache import list_stores
+from fne.cli import main
+from fne.data import load_dataset
+from fne.errors import FneError
+from fne.fit import export, fit, load_features
+
+from .conftest import FAST
+
+STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
+
+
+def test_fit_writes_metrics_and_model(digits_folder, warm_cache, tmp_path):
+    m = fit(digits_folder, features="fne", head="svm", splits=3, out=tmp_path / "run",
+            cache=str(warm_cache), **STORE)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved == m
+    for key in ("accuracy", "mean_class_accuracy", "accuracy_std", "mean_class_accuracy_std", "n_train",
+                "n_test", "classes", "arch", "weights", "features", "head", "C", "fit_seconds"):
+        assert key in m
+    assert m["n_splits"] == 3 and len(m["splits"]) == 3 and m["n_train"] + m["n_test"] == 24
+    assert np.isclose(m["accuracy"], np.mean([s["accuracy"] for s in m["splits"]]))
+    assert 0 <= m["mean_class_accuracy"] <= 1 and m["C"] == 1.0 and m["layers"][-1] == "head"
+    assert np.array(m["confusion"]).sum() == 3 * m["n_test"]
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    assert model["classes"] == ["0", "1", "2", "3"] and model["thresholds"] == {"low": -0.25, "high": 0.15}
+    assert model["pipeline"].named_steps["embed"].mean_.shape == (1808 + 1280,)
+
+
+def test_standardisation_uses_training_split_only(digits_split, tmp_path):
+    cache = str(tmp_path / "cache")
+    fit(digits_split, out=tmp_path / "run", cache=cache, extract_missing=True, **STORE)
+    d = load_dataset(digits_split)
+    (store,) = list_stores(cache)
+    X = load_features(store, d, [t for t, _ in store.taps])[:, 0]
+    train = np.array(d.splits) == "train"
+    embed = joblib.load(tmp_path / "run" / "model.joblib")["pipeline"].named_steps["embed"]
+    assert np.allclose(embed.mean_, X[train].mean(0), rtol=1e-6)
+    assert not np.allclose(embed.mean_, X.mean(0), rtol=1e-6)
+
+
+def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    m = fit(digits_split, features="last", head="logreg", out=tmp_path / "run", cache=cache,
+            extract_missing=True, **STORE)
+    assert main(["predict", str(tmp_path / "run"), str(digits_split), "--out", str(tmp_path / "p.csv"),
+                 "--cache", cache]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert len(rows) == 27
+    assert list(rows[0]) == ["path", "predicted", "score_0", "score_1", "score_2", "true"]
+    test_rows = [r for r in rows if r["path"].startswith("test/")]
+    acc = np.mean([r["predicted"] == r["true"] for r in test_rows])
+    assert np.isclose(acc, m["accuracy"])  # same model, same test images
+    probs = np.array([[float(r[f"score_{c}"]) for c in "012"] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)  # logreg scores are probabilities
+    assert all(r["predicted"] == "012"[int(np.argmax(p))] for r, p in zip(rows, probs))
+
+
+def test_fit_never_runs_the_network_silently(digits_folder, tmp_path, capsys):
+    args = ["fit", str(digits_folder), "--arch", "efficientnet_lite0", "--weights", "random",
+            "--precision", "fp32", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "24 of 24 images" in err and "fne extract" in err and "--extract" in err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_auto_C_train_per_class_and_sgd(digits_folder, warm_cache, tmp_path):
+    m = fit(digits_folder, features="last", head="logreg", C="auto", train_per_class=3, splits=2,
+            out=tmp_path / "a", cache=str(warm_cache), **STORE)
+    assert m["n_train"] == 12 and m["n_test"] == 12
+    from fne.heads import C_GRID
+
+    assert all(c in C_GRID for c in np.atleast_1d(m["C"]))
+    s = fit(digits_folder, features="fne", head="sgd-svm", splits=2, out=tmp_path / "s",
+            cache=str(warm_cache), stream_chunk=5, **STORE)
+    assert 0 <= s["accuracy"] <= 1 and s["head"] == "sgd-svm"
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(features="fc6"), "has no layer 'fc6'"),
+    (dict(head="tree"), "unknown --head"),
+    (dict(C="-1"), "must be > 0"),
+    (dict(train_per_class=6), "too few images"),
+    (dict(test_size=1.5), "--test-size"),
+])
+def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
+    with pytest.raises(FneError, match=msg):
+        fit(digits_folder, out=tmp_path / "r", cache=str(warm_cache), **{**STORE, **kwargs})
+
+
+def test_export_h5(digits_folder, warm_cache, tmp_path):
+    r = export(digits_folder, features="fne", out=tmp_path / "f.h5", cache=str(warm_cache), **STORE)
+    assert r["n"] == 24
+    with h5py.File(tmp_path / "f.h5") as f:
+        assert f["layers/head"].shape == (24, 1280) and f["embedding"].shape == (24, 3088)
+        assert f["embedding"].dtype == np.int8 and set(np.unique(f["embedding"][()])) <= {-1, 0, 1}
+        assert f["paths"].asstr()[0] == "0/" + sorted((digits_folder / "0").iterdir())[0].name
+        assert list(f.attrs["classes"]) == ["0", "1", "2", "3"]
