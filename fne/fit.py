@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 from sklearn.model_selection import StratifiedShuffleSplit
 
-from fne import backbones
+from fne import backbones, verb_module
 from fne.cache import Store
 from fne.data import Dataset, load_dataset
 from fne.embedding import FullNetworkEmbedding, make_transform
@@ -376,3 +376,6 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
                         "crop": crop, "precision": store.meta["precision"], "features": features})
     tmp.replace(out)
     return {"n": n, "datasets": [f"layers/{la}" for la in layers] + ["embedding"], "out": str(out)}
+
+
+verb_module(__name__)
