@@ -196,6 +196,11 @@ def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) ->
 
 
 def _folder(root: Path) -> Dataset:
+    has_dirs = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
+        return Dataset(name=root.name, ids=[p.name for p in loose], labels=None, splits=None,
+                       classes=[], sources=[str(p) for p in loose])
     files, labels = _class_folder(root, None)
     return _file_dataset(root.name, root, files, labels, None)
 

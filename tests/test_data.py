@@ -21,6 +21,13 @@ def test_folder_and_split_folder(digits_folder, digits_split):
     assert s.splits.count("train") == 18 and s.splits.count("test") == 9
 
 
+def test_flat_folder_is_unlabelled(digits_folder, tmp_path):
+    for f in sorted(digits_folder.rglob("*.png"))[:3]:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    d = load_dataset(tmp_path)
+    assert len(d) == 3 and d.labels is None and d.ids[0].endswith(".png")
+
+
 def test_csv_with_split_and_relative_paths(digits_folder, tmp_path):
     files = sorted(digits_folder.rglob("*.png"))[:6]
     csv = tmp_path / "sub" / "list.csv"

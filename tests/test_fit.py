@@ -63,6 +63,14 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
     probs = np.array([[float(r[f"score_{c}"]) for c in "012"] for r in rows])
     assert np.allclose(probs.sum(1), 1, atol=1e-4)  # logreg scores are probabilities
     assert all(r["predicted"] == "012"[int(np.argmax(p))] for r, p in zip(rows, probs))
+    flat = tmp_path / "new"  # unlabelled new images: a flat folder
+    flat.mkdir()
+    for f in sorted(digits_split.rglob("*.png"))[:2]:
+        (flat / f.name).write_bytes(f.read_bytes())
+    assert main(["predict", str(tmp_path / "run"), str(flat), "--out", str(tmp_path / "q.csv"),
+                 "--cache", cache]) == 0
+    new = list(csv.DictReader((tmp_path / "q.csv").read_text().splitlines()))
+    assert len(new) == 2 and "true" not in new[0] and new[0]["predicted"] in "012"
 
 
 def test_fit_never_runs_the_network_silently(digits_folder, tmp_path, capsys):
