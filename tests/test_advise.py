@@ -1,0 +1,135 @@
+"""fne advise: the course's size x similarity rule on measured quantities."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from fne import advise as A
+from fne.data import Dataset
+
+
+@pytest.mark.parametrize("per_class, msp, code, families", [
+    (20, 0.8, "features-linear", ["feature-extraction"]),            # small, similar
+    (5000, 0.8, "finetune", ["fine-tuning"]),                         # large, similar
+    (20, 0.05, "early-features-linear", ["feature-extraction"]),     # small, different
+    (5000, 0.05, "train-all-from-pretrained", ["fine-tuning", "scratch"]),  # large, different
+])
+def test_quadrants(per_class, msp, code, families):
+    d = A.decide(per_class, msp, entropy=0.5)
+    assert d["recommendation"] == code
+    assert d["families"] == families
+    assert d["size"] == ("large" if per_class >= A.LARGE_PER_CLASS else "small")
+    assert d["similar"] == ("similar" if msp >= A.SIMILAR_MSP else "different")
+    assert any(str(A.LARGE_PER_CLASS) in r for r in d["reasons"])  # thresholds are stated
+    assert any(f"{A.SIMILAR_MSP:.2f}" in r for r in d["reasons"])
+
+
+def test_thresholds_are_the_boundaries():
+    assert A.decide(A.LARGE_PER_CLASS, 0.9)["size"] == "large"
+    assert A.decide(A.LARGE_PER_CLASS - 1, 0.9)["size"] == "small"
+    assert A.decide(50, A.SIMILAR_MSP)["similar"] == "similar"
+    assert A.decide(50, A.SIMILAR_MSP - 0.01)["similar"] == "different"
+    assert "borderline" in " ".join(A.decide(A.LARGE_PER_CLASS * 1.5, 0.9)["reasons"])
+    assert "borderline" not in " ".join(A.decide(10, 0.95)["reasons"])
+
+
+def test_random_weights_similarity_not_judged():
+    small, large = A.decide(20, None), A.decide(5000, None)
+    assert small["similar"] is None and large["similar"] is None
+    assert small["recommendation"] == "features-linear" and large["recommendation"] == "finetune"
+    assert any("cannot be judged" in r for r in small["reasons"])
+
+
+def test_softmax_stats_extremes():
+    flat = A.softmax_stats(np.zeros((4, 1000)))
+    assert flat["max_softmax_mean"] == pytest.approx(1 / 1000)
+    assert flat["entropy_norm_mean"] == pytest.approx(1.0)
+    peaked = np.full((3, 1000), -50.0)
+    peaked[np.arange(3), [1, 2, 3]] = 50.0
+    s = A.softmax_stats(peaked)
+    assert s["max_softmax_mean"] == pytest.approx(1.0) and s["entropy_norm_mean"] < 1e-6
+    assert list(s["top"]) == [1, 2, 3]
+
+
+def _synthetic(counts: dict[str, int], split: dict[str, int] | None = None) -> Dataset:
+    labels, splits = [], []
+    for c, n in counts.items():
+        labels += [c] * n
+        if split is not None:
+            splits += ["train"] * split[c] + ["test"] * (n - split[c])
+    n = len(labels)
+    return Dataset(name="syn", ids=[str(i) for i in range(n)], labels=labels,
+                   splits=splits if split is not None else None, classes=sorted(counts), sources=list(range(n)))
+
+
+def test_training_images_per_class():
+    d = _synthetic({"a": 100, "b": 40, "c": 8})
+    ipc = A.training_images_per_class(d, test_size=0.25)
+    assert ipc["median"] == 30 and ipc["min"] == 6 and ipc["max"] == 75  # floor(0.75 n)
+    assert A.training_images_per_class(d, 0.25, train_per_class=10)["max"] == 10
+    s = _synthetic({"a": 80, "b": 80}, split={"a": 60, "b": 50})
+    ipc = A.training_images_per_class(s)
+    assert ipc["median"] == 55 and ipc["basis"] == "train split"
+
+
+def test_stratified_sample_balanced_and_seeded():
+    d = _synthetic({"a": 100, "b": 100, "c": 5})
+    idx = A.stratified_sample(d, 30, seed=1)
+    got = [d.labels[i] for i in idx]
+    assert len(idx) == 30 and got.count("c") == 5 and abs(got.count("a") - got.count("b")) <= 1
+    assert idx == A.stratified_sample(d, 30, seed=1) and idx != A.stratified_sample(d, 30, seed=2)
+
+
+def test_method_family():
+    assert A.method_family("fne+svm") == "feature-extraction"
+    assert A.method_family("fc7+logreg") == "feature-extraction"
+    assert A.method_family("train:finetune") == "fine-tuning"
+    assert A.method_family("train:scratch") == "scratch"
+    assert A.method_family("train:frozen") == "feature-extraction"
+
+
+def test_advise_digits_random_weights_end_to_end(capsys):
+    """Measured size, similarity explicitly not judged: nothing runs through the network."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    A.add_arguments(parser)
+    args = parser.parse_args(["digits", "--arch", "efficientnet_lite0", "--weights", "random", "--json"])
+    assert A.run_cli(args) == 0
+    a = json.loads(capsys.readouterr().out)
+    # digits: 1797 images, ~180 per class, 75 % of them train: small (< 200)
+    assert a["images_per_class"] == pytest.approx(math.floor(0.75 * 180), abs=2)
+    assert a["recommendation"] == "features-linear" and a["size"] == "small"
+    assert a["similarity"]["judged"] is False and a["similarity"]["verdict"] is None
+    assert a["thresholds"] == {"large_per_class": A.LARGE_PER_CLASS, "similar_max_softmax": A.SIMILAR_MSP,
+                               "borderline_max_softmax": A.MSP_BORDER}
+
+
+def test_similarity_measured_from_the_source_classifier(tmp_path, monkeypatch):
+    """The classifier reads the cached `last` tap: a classifier that is sure gives MSP ~ 1."""
+    import torch
+
+    from fne.data import load_dataset
+
+    def confident(features, arch, weights, seed):  # a stand-in for an ImageNet head: always class 7
+        n, v, _ = features.shape
+        out = np.full((n, v, 1000), -30.0, dtype=np.float32)
+        out[:, :, 7] = 30.0
+        assert features.shape[2] == 1280  # efficientnet_lite0's `last` (head) tap
+        return out
+
+    monkeypatch.setattr(A, "_classifier_logits", confident)
+    torch.manual_seed(0)
+    d = load_dataset("digits")
+    idx = A.stratified_sample(d, 10, seed=0)
+    stats = A.measure_similarity(d, idx, "efficientnet_lite0", "random", cache=str(tmp_path),
+                                 precision="fp32", storage_dtype="float32", batch_size=10, workers=0,
+                                 progress=False)
+    assert stats["n"] == 10 and stats["max_softmax_mean"] == pytest.approx(1.0)
+    assert stats["top_source_classes"][0]["share"] == 1.0
+    d2 = A.decide(3000, stats["max_softmax_mean"], entropy=stats["entropy_norm_mean"])
+    assert d2["recommendation"] == "finetune"

@@ -1,0 +1,294 @@
+"""fne run: validation names key and line; finished steps are never redone; shipped files load."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fne import pipeline as P
+from fne.pipeline import PipelineError, load_pipeline
+from tests.conftest import SHARED, write_digits
+
+REPO = Path(__file__).resolve().parents[1]
+PIPELINES = REPO / "pipelines"
+PAPER = ("mit67", "cub200", "flowers102", "pets", "sdogs", "caltech101", "food101", "dtd")
+
+TINY = """\
+[pipeline]
+name = "tiny"
+workers = 0
+advise_sample = 10
+
+[datasets.digits]
+data = "digits"
+max_per_class = 4
+
+[[backbones]]
+arch = "efficientnet_lite0"
+weights = "random"
+precision = "fp32"
+storage_dtype = "float32"
+
+[fit]
+features = ["last"]
+heads = ["svm", "logreg"]
+C = "1.0"
+splits = 2
+test_size = 0.5
+
+[train]
+modes = ["frozen"]
+epochs = 1
+image_size = 32
+batch_size = 20
+val_fraction = 0.0
+test_size = 0.5
+workers = 0
+progress = false
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+# ------------------------------------------------------------------ validation
+
+GOOD = """\
+[pipeline]
+name = "x"
+
+[datasets.digits]
+data = "digits"
+
+[[backbones]]
+arch = "vgg16"
+weights = "random"
+
+[fit]
+features = ["fc7", "fne"]
+heads = ["svm"]
+
+[train]
+modes = ["frozen"]
+epochs = 2
+"""
+
+
+@pytest.mark.parametrize("old, new, line, key, words", [
+    ('name = "x"', 'name = "x"\ncolour = "red"', 3, "pipeline.colour", "unknown key"),
+    ('data = "digits"', 'data = "digits"\nmax_per_clas = 3', 6, "datasets.digits.max_per_clas",
+     "did you mean 'max_per_class'"),
+    ('data = "digits"', 'data = "no/such/dir"', 5, "datasets.digits.data", "does not exist"),
+    ('arch = "vgg16"', 'arch = "vgg17"', 8, "backbones[0].arch", "unknown arch"),
+    ('weights = "random"', 'weights = "imagenett"', 9, "backbones[0].weights", "neither"),
+    ('heads = ["svm"]', 'heads = ["svn"]', 13, "fit.heads", "unknown head 'svn'"),
+    ('features = ["fc7", "fne"]', 'features = ["fc9"]', 12, "fit.features", "no layer 'fc9'"),
+    ('epochs = 2', 'epochs = "two"', 17, "train.epochs", "expected an integer"),
+    ('epochs = 2', 'epochs = 0', 17, "train.epochs", "expected an integer >= 1"),
+    ('modes = ["frozen"]', 'modes = ["frozen", "warp"]', 16, "train.modes", "unknown mode 'warp'"),
+    ('epochs = 2', 'epochs = 2\n\n[train.frozen]\nimage_sise = 32', 20, "train.frozen.image_sise",
+     "did you mean 'image_size'"),
+])
+def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
+    assert old in GOOD
+    f = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    msg = str(e.value)
+    assert f"{f}:{line}: {key}: " in msg, msg
+    assert words in msg
+
+
+def test_every_error_reported_before_anything_runs(tmp_path, monkeypatch):
+    import fne.extract
+
+    def boom(*a, **k):
+        raise AssertionError("nothing may run before validation passes")
+
+    monkeypatch.setattr(fne.extract, "extract", boom)
+    text = GOOD.replace('heads = ["svm"]', 'heads = ["svn"]').replace('epochs = 2', 'epochs = -1')
+    f = write(tmp_path, text)
+    with pytest.raises(PipelineError) as e:
+        P.run(f, tmp_path / "out")
+    msg = str(e.value)
+    assert msg.startswith("2 problems") and ":13: fit.heads" in msg and ":17: train.epochs" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_good_file_is_valid(tmp_path):
+    p = load_pipeline(write(tmp_path, GOOD))
+    assert [d.key for d in p.datasets] == ["digits"] and p.backbones[0].arch == "vgg16"
+    assert p.fit["features"] == ["fc7", "fne"] and p.train == {"frozen": {"epochs": 2}}
+
+
+def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):
+    write_digits(tmp_path / "data" / "imgs", per_class=2, classes=2)
+    (tmp_path / "pipes").mkdir()
+    text = GOOD.replace('data = "digits"', 'data = "../data/imgs"') + (
+        '\n[datasets.absent]\ndata = "${FNE_TEST_NOT_SET}/x"\noptional = true\n')
+    monkeypatch.delenv("FNE_TEST_NOT_SET", raising=False)
+    monkeypatch.chdir(tmp_path / "data")  # resolution is against the file's folder, not the cwd
+    p = load_pipeline(write(tmp_path / "pipes", text))
+    by = {d.key: d for d in p.datasets}
+    assert by["digits"].data == str((tmp_path / "data" / "imgs").resolve())
+    assert by["digits"].n_images == 4
+    assert by["absent"].skipped and "FNE_TEST_NOT_SET" in by["absent"].skipped
+    assert any("absent skipped" in n for n in p.notes)
+    # the same dataset, not optional: an error naming its key and line
+    f = write(tmp_path / "pipes", text.replace("optional = true\n", ""), "q.toml")
+    with pytest.raises(PipelineError, match=r"q\.toml:\d+: datasets\.absent\.data: .*FNE_TEST_NOT_SET not set"):
+        load_pipeline(f)
+
+
+# ------------------------------------------------------------------ resume
+
+
+class Counter:
+    def __init__(self, monkeypatch, module, name):
+        self.calls = 0
+        self.original = getattr(module, name)
+
+        def wrapper(*a, **k):
+            self.calls += 1
+            return self.original(*a, **k)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+
+def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
+    import fne.advise
+    import fne.extract
+    import fne.fit
+    import fne.train
+
+    f = write(tmp_path, TINY)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    root = out / "digits" / "efficientnet_lite0-random"
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    # 1. interrupted in the last step (train): advise and both fits are committed
+    with monkeypatch.context() as m:
+        m.setattr(fne.train, "train", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            P.run(f, out, cache, report=False, log=lambda s: None)
+    fits = [root / "fit-last-svm-C1.0-s0", root / "fit-last-logreg-C1.0-s0"]
+    for d in fits + [root / "advice"]:
+        assert (d / "step.json").is_file()
+    assert not (root / "train-frozen-s0" / "step.json").exists()
+    mtimes = {d: (d / "metrics.json").stat().st_mtime_ns for d in fits}
+
+    # 2. resumed: only the train step runs; nothing is extracted again
+    with monkeypatch.context() as m:
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.fit, "fit"), (fne.train, "train"),
+                                                       (fne.extract, "extract"), (fne.advise, "advise"))}
+        r = P.run(f, out, cache, report=True, log=lambda s: None)
+    assert {n: c.calls for n, c in counts.items()} == {"fit": 0, "train": 1, "extract": 0, "advise": 0}
+    assert (r["ran"], r["skipped"]) == (1, 3)
+    assert all((d / "metrics.json").stat().st_mtime_ns == t for d, t in mtimes.items())
+    md = (out / "report.md").read_text()
+    assert "last+svm" in md and "train:frozen" in md and "weights are random" in md
+    svm = json.loads((fits[0] / "metrics.json").read_text())
+    assert f"{100 * svm['accuracy']:.1f}" in md
+
+    # 3. nothing left to do
+    with monkeypatch.context() as m:
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.fit, "fit"), (fne.train, "train"))}
+        r = P.run(f, out, cache, report=False, log=lambda s: None)
+    assert (r["ran"], counts["fit"].calls, counts["train"].calls) == (0, 0, 0)
+
+    # 4. a changed setting reruns exactly the steps it touches (the fits), from the cache
+    f.write_text(TINY.replace('C = "1.0"', 'C = "0.5"'))
+    forward = fne.extract.FORWARD_IMAGES
+    with monkeypatch.context() as m:
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.fit, "fit"), (fne.train, "train"))}
+        r = P.run(f, out, cache, report=False, log=lambda s: None)
+    assert (counts["fit"].calls, counts["train"].calls, r["ran"]) == (2, 0, 2)
+    assert fne.extract.FORWARD_IMAGES == forward  # every row came from the cache
+
+    # 5. a metrics.json rewritten behind the pipeline's back is not trusted
+    target = root / "train-frozen-s0" / "metrics.json"
+    target.write_text(target.read_text().replace('"kind"', '"kind" ', 1))
+    with monkeypatch.context() as m:
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.train, "train"),)}
+        P.run(f, out, cache, report=False, log=lambda s: None)
+    assert counts["train"].calls == 1
+
+
+# ------------------------------------------------------------------ shipped files
+
+
+def test_quickstart_is_valid():
+    p = load_pipeline(PIPELINES / "quickstart.toml")
+    assert p.datasets[0].data == "digits" and p.backbones[0].weights == "imagenet-or-random"
+    assert p.fit and p.train
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent (a clone without ../shared)")
+@pytest.mark.parametrize("name", ["flowers12", "pets37"])
+def test_shared_dataset_pipelines_are_valid(name):
+    p = load_pipeline(PIPELINES / f"{name}.toml")
+    d = p.datasets[0]
+    assert Path(d.data) == (SHARED / name).resolve() and d.n_images
+    assert p.backbones[0].arch == "efficientnet_lite0" and p.backbones[0].weights == "imagenet"
+    assert {"frozen", "finetune", "scratch"} <= set(p.train)
+
+
+def test_pets37_class_map_names_imagenet_classes():
+    from fne.backbones import get
+    from fne.train import read_class_map
+
+    p = load_pipeline(PIPELINES / "pets37.toml", check_data=False)
+    cm = p.datasets[0].class_map
+    f = Path(os.environ.get("TMPDIR", "/tmp")) / f"fne-test-cmap-{os.getpid()}.json"
+    f.write_text(json.dumps(cm))
+    try:
+        mapped = read_class_map(f, sorted(cm), get("efficientnet_lite0").categories())
+    finally:
+        f.unlink()
+    assert len(mapped) == 25
+
+
+@pytest.mark.parametrize("key", PAPER)
+def test_fne_paper_pipelines(tmp_path, monkeypatch, key):
+    f = PIPELINES / f"fne-paper-{key}.toml"
+    monkeypatch.delenv("FNE_DATASETS", raising=False)
+    with pytest.raises(PipelineError, match=rf"fne-paper-{key}\.toml:\d+: datasets\.{key}\.data: .*FNE_DATASETS"):
+        load_pipeline(f)
+    write_digits(tmp_path / key, per_class=2, classes=2)
+    monkeypatch.setenv("FNE_DATASETS", str(tmp_path))
+    p = load_pipeline(f)
+    pub = p.datasets[0].published
+    assert "fne-paper-results.md" in pub["source"]
+    # every published method is one the pipeline measures, or is labelled as not a method
+    methods = {f"{feat}+{head}" for feat in p.fit["features"] for head in p.fit["heads"]}
+    assert set(pub["values"]) - methods == {"SotA at the time"}
+    assert pub["values"]["fne+svm"]["mean"] > 0
+    assert p.backbones[0].arch == "vgg16" and p.backbones[0].weights == "imagenet"
+
+
+def test_fne_paper_reference_values_match_the_source():
+    """Every published number in the paper pipelines appears in the reference file."""
+    ref = (SHARED.parent / "references" / "fne-paper-results.md")
+    if not ref.is_file():
+        pytest.skip(f"{ref} is absent")
+    text = ref.read_text()
+    for key in PAPER:
+        p = load_pipeline(PIPELINES / f"fne-paper-{key}.toml", check_data=False)
+        for v in p.datasets[0].published["values"].values():
+            s = f"{v['mean']:.1f}" + (f" ± {v['std']:.1f}" if v["std"] is not None else "")
+            assert s in text, (key, s)
+
+
+def test_all_paper_datasets_optional(monkeypatch):
+    monkeypatch.delenv("FNE_DATASETS", raising=False)
+    p = load_pipeline(PIPELINES / "fne-paper-all.toml")
+    assert sorted(d.key for d in p.datasets) == sorted(PAPER)
+    assert all(d.skipped for d in p.datasets) and len(p.notes) == len(PAPER)

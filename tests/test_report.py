@@ -1,0 +1,208 @@
+"""fne report: the numbers in report.md / report.html / report.json are metrics.json's values."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from fne.errors import FneError
+from fne.report import report
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def fake_metrics(method: str, acc: float, acc_std: float, mca: float, mca_std: float, *, kind: str = "fit",
+                 seconds: float = 1.0, extract: float | None = 10.0, dataset: str = "pets", weights="imagenet",
+                 confusion=None, splits=None, **extra) -> dict:
+    m = {
+        "kind": kind, "method": method, "dataset": dataset, "data": f"/data/{dataset}",
+        "accuracy": acc, "accuracy_std": acc_std, "mean_class_accuracy": mca, "mean_class_accuracy_std": mca_std,
+        "splits": splits or [{"accuracy": acc - acc_std, "mean_class_accuracy": mca, "n_train": 30, "n_test": 10},
+                             {"accuracy": acc + acc_std, "mean_class_accuracy": mca, "n_train": 30, "n_test": 10}],
+        "n_splits": len(splits) if splits else 2, "n_train": 30, "n_test": 10, "n_images": 40,
+        "classes": CLASSES, "arch": "vgg16", "weights": weights, "weights_fingerprint": f"{weights}-x",
+        "precision": "fp32", "crop": "center", "confusion": confusion or [[9, 1, 0], [4, 6, 0], [0, 0, 10]],
+        "device": "cpu", "machine": "testbox", "date": "2024-01-02T03:04:05+00:00",
+        **({"fit_seconds": seconds, "extract_seconds": extract} if kind == "fit" else {"train_seconds": seconds}),
+        **extra,
+    }
+    return m
+
+
+def write_run(root: Path, name: str, m: dict) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps(m))
+    return d
+
+
+def make_runs(root: Path) -> Path:
+    write_run(root, "a/fne", fake_metrics("fne+svm", 0.912345, 0.0123, 0.9011, 0.0202, seconds=2.5, extract=40.0))
+    write_run(root, "a/fc7", fake_metrics("fc7+svm", 0.87654, 0.0321, 0.9111, 0.0111, seconds=1.25, extract=40.0))
+    write_run(root, "b/deeper/ft", fake_metrics(
+        "train:finetune", 0.5, 0.0, 0.45, 0.0, kind="train", seconds=300.0,
+        splits=[{"accuracy": 0.5, "mean_class_accuracy": 0.45, "n_train": 30, "n_test": 10}]))
+    write_run(root, "c/other", fake_metrics("fne+svm", 0.70, 0.05, 0.69, 0.04, dataset="flowers"))
+    # published references travel in pipeline.json (written by fne run)
+    (root / "pipeline.json").write_text(json.dumps({"name": "t", "notes": ["a note for the header"], "datasets": {
+        "pets": {"published": {"source": "Paper 2018, table 1", "values": {
+            "fne+svm": {"mean": 89.2, "std": None}, "fc7+svm": {"mean": 89.6, "std": 0.4},
+            "SotA at the time": {"mean": 91.6, "std": None}}}}}}))
+    (root / "adv").mkdir()
+    (root / "adv" / "advice.json").write_text(json.dumps({
+        "recommendation": "finetune", "text": "Fine-tune.", "families": ["fine-tuning"], "dataset": "pets",
+        "arch": "vgg16", "weights": "imagenet", "reasons": ["big set"], "images_per_class": 500.0,
+        "similarity": {"judged": True, "max_softmax_mean": 0.61, "entropy_norm_mean": 0.3, "sample": 50}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One report over the fake runs (figures are slow to draw on a busy 2-core machine)."""
+    base = tmp_path_factory.mktemp("report")
+    runs = make_runs(base / "runs")
+    out = base / "rep"
+    r = report([runs], out)
+    return {"runs": runs, "out": out, "r": r, "md": (out / "report.md").read_text(),
+            "html": (out / "report.html").read_text(), "json": json.loads((out / "report.json").read_text())}
+
+
+def md_rows(md: str, dataset: str) -> dict[str, list[str]]:
+    section = md.split(f"## {dataset}\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| ") and not line.startswith("| method"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_numbers_equal_metrics(built):
+    runs, md, r = built["runs"], built["md"], built["r"]
+    rows = md_rows(md, "pets")
+    # every measured value, formatted as a percentage with one decimal, is metrics.json's
+    for name, dirname in (("fne+svm", "a/fne"), ("fc7+svm", "a/fc7")):
+        m = json.loads((runs / dirname / "metrics.json").read_text())
+        acc, mca, pub, secs, ext, imgs, splits = rows[name]
+        assert acc.strip("*") == f"{100 * m['accuracy']:.1f} ± {100 * m['accuracy_std']:.1f}"
+        assert mca.strip("*") == f"{100 * m['mean_class_accuracy']:.1f} ± {100 * m['mean_class_accuracy_std']:.1f}"
+        assert secs.strip("*") == f"{m['fit_seconds']:.2f}"
+        assert ext.strip("*") == f"{m['extract_seconds']:.1f}"
+        assert imgs == f"{m['n_images']} ({m['n_train']}/{m['n_test']})"
+        assert splits == str(m["n_splits"])
+    # report.json keeps the exact numbers
+    data = built["json"]
+    pets = next(d for d in data["datasets"] if d["dataset"] == "pets")
+    by = {row["method"]: row for row in pets["rows"]}
+    assert by["fne+svm"]["accuracy"] == 0.912345 and by["fc7+svm"]["mean_class_accuracy_std"] == 0.0111
+    assert by["train:finetune"]["seconds"] == 300.0 and by["train:finetune"]["extract_seconds"] is None
+    # a single split has no spread to print
+    assert rows["train:finetune"][0] == "50.0"
+    # datasets are separate sections, each from its own metrics
+    assert md_rows(md, "flowers")["fne+svm"][0].strip("*") == "70.0 ± 5.0"
+    assert r["datasets"][0]["dataset"] == "flowers"
+
+
+def test_best_values_marked(built):
+    rows = md_rows(built["md"], "pets")
+    assert rows["fne+svm"][0].startswith("**")  # highest accuracy
+    assert not rows["fc7+svm"][0].startswith("**")
+    assert rows["fc7+svm"][3].startswith("**")  # fewest fit seconds
+    assert not rows["fne+svm"][3].startswith("**")
+    assert rows["fc7+svm"][1].startswith("**")  # highest mean class accuracy
+    html = built["html"]
+    best = re.findall(r"<td class='best' data-col='accuracy'>([^<]*)</td>", html)
+    assert sorted(best) == ["70.0 ± 5.0", "91.2 ± 1.2"]
+
+
+def test_published_separate_and_labelled(built):
+    md = built["md"]
+    rows = md_rows(md, "pets")
+    assert rows["fne+svm"][2] == "89.2 (published)"
+    assert rows["fc7+svm"][2] == "89.6 ± 0.4 (published)"
+    assert rows["train:finetune"][2] == "—"
+    # a published-only method is its own labelled row with no measured values
+    only = rows["SotA at the time (published only)"]
+    assert only[:2] == ["—", "—"] and only[2] == "91.6 (published)"
+    assert "Paper 2018, table 1" in md
+    # the best-marking ignores published numbers (91.6 would beat every measurement)
+    assert rows["fne+svm"][0].startswith("**")
+    html = built["html"]
+    assert "<td class='published'>89.2 <small>(published)</small></td>" in html
+    # no published values for a dataset without references
+    assert all(c[2] == "—" for c in md_rows(md, "flowers").values())
+
+
+def test_header_figures_and_confusions(built):
+    md, html = built["md"], built["html"]
+    for text in ("backbone: vgg16: imagenet weights", "precision: fp32", "crop: center", "machine: testbox",
+                 "date: 2024-01-02T03:04:05+00:00", "Note: a note for the header"):
+        assert text in md
+    assert "random" not in md.lower().split("## ")[0]  # no random-weights warning for imagenet runs
+    # three figures per dataset, embedded as decodable PNGs: the HTML needs no other file
+    imgs = re.findall(r"src='data:image/png;base64,([^']+)'", html)
+    assert len(imgs) == 6
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in imgs)
+    assert "report_files/" not in html
+    # the most confused pair of the best method: dog -> cat, 4 of 10
+    assert "- dog → cat: 4 (40 %)" in md
+    assert "Measured winner: **fne+svm**" in md
+
+
+def test_random_weights_warning(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "r", fake_metrics("fne+svm", 0.3, 0.01, 0.3, 0.01, weights="random"))
+    out = tmp_path / "rep"
+    report([root], out, figures=False)
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "WARNING" in md and "weights are random" in md and "say nothing about transfer" in md
+    assert "id='random-weights-warning'" in html
+
+
+def test_seeds_pooled_over_splits(tmp_path):
+    root = tmp_path / "runs"
+    for seed, accs in ((0, (0.6, 0.8)), (1, (0.7, 0.9))):
+        splits = [{"accuracy": a, "mean_class_accuracy": a, "n_train": 3, "n_test": 3} for a in accs]
+        write_run(root, f"s{seed}", fake_metrics("fne+svm", sum(accs) / 2, 0.1, sum(accs) / 2, 0.1, splits=splits,
+                                                  seconds=1.0 + seed))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    row = r["datasets"][0]["rows"][0]
+    assert row["runs"] == 2 and row["n_splits"] == 4
+    assert row["accuracy"] == pytest.approx(0.75) and row["accuracy_std"] == pytest.approx(0.1118034)
+    assert row["seconds"] == pytest.approx(1.5)
+
+
+def test_advice_shown_with_match(built):
+    pets = built["md"].split("## pets\n", 1)[1]
+    assert "**finetune**" in pets and "max-softmax 0.61" in pets
+    assert "the measured winner fne+svm (feature-extraction) does not match the advice" in pets
+    assert "class='nomatch'" in built["html"]
+
+
+def test_no_runs_is_a_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FneError, match="no metrics.json"):
+        report([tmp_path / "empty"], tmp_path / "rep")
+    with pytest.raises(FneError, match="does not exist"):
+        report([tmp_path / "missing"], tmp_path / "rep")
+
+
+def test_cli(tmp_path, capsys):
+    import argparse
+
+    from fne.report import add_arguments, run_cli
+
+    runs = make_runs(tmp_path / "runs")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(runs / "a"), str(runs / "b"), "--out", str(tmp_path / "rep")])
+    assert run_cli(args) == 0
+    out = capsys.readouterr().out
+    assert "fne+svm" in out and "train:finetune" in out and "91.2 ± 1.2" in out
+    assert "flowers" not in out  # only the folders given
+    assert (tmp_path / "rep" / "report.html").is_file()
