@@ -49,7 +49,7 @@ DIRECT_SCORES = ("sum", "max")
 CHECKPOINT = "checkpoint.pt"
 MIN_IMPORTED = 0.5  # below this fraction of the kept tensors, --weights is another architecture
 # Arguments that define a run: --resume refuses a checkpoint written with other values.
-RUN_DEFINING = ("data", "mode", "arch", "weights", "weights_seed", "new_layers", "batch_size", "lr",
+RUN_DEFINING = ("data", "mode", "arch", "weights", "weights_seed", "new_layers", "train_bn", "batch_size", "lr",
                 "imported_lr_mult", "momentum", "weight_decay", "scheduler", "image_size", "augment",
                 "val_fraction", "test_size", "seed", "precision")
 
@@ -84,6 +84,7 @@ class TrainConfig:
     workers: int | None = None
     save_every: int = 0
     resume: bool = False
+    train_bn: bool = False  # finetune: imported BatchNorm uses batch statistics and updates them
     deterministic: bool = False
     progress: bool = True
 
@@ -356,14 +357,25 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _train_mode(model: nn.Module, mode: str) -> None:
-    """Frozen layers do not learn: BatchNorm whose parameters are frozen keeps its statistics too."""
+def kept_statistics(model: nn.Module, mode: str, imported: set[str], train_bn: bool = False) -> list[str]:
+    """Imported BatchNorm layers that stay in inference mode while the rest trains.
+
+    frozen: always (frozen layers do not learn, statistics included). finetune: by default too
+    (the Keras fine-tuning practice): with small target batches, batch statistics drift far
+    faster than imported weights learn at lr * 0.001, and the head learns on features that
+    the stored statistics do not reproduce at test time. `--train-bn` lets them update.
+    """
+    if mode not in ("frozen", "finetune") or (mode == "finetune" and train_bn):
+        return []
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.running_mean" in imported]
+
+
+def _train_mode(model: nn.Module, keep: list[str]) -> None:
+    """Training mode, except the BatchNorm layers that keep their imported statistics."""
     model.train()
-    if mode == "frozen":
-        for m in model.modules():
-            params = list(m.parameters(recurse=False))
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and params and not any(p.requires_grad for p in params):
-                m.eval()
+    for name in keep:
+        model.get_submodule(name).eval()
 
 
 @dataclass
@@ -391,7 +403,7 @@ def _train_one_epoch(model: nn.Module, loader, optimizer, ctx: _Ctx, desc: str) 
             _note_bad(ctx, loader.dataset.dataset, bad)
             if x is None:
                 continue
-            x, y = ctx.norm(x.to(ctx.device, non_blocking=True)), y.to(ctx.device)
+            x, y = _inputs(ctx, x), y.to(ctx.device)
             with autocast(ctx.device, ctx.precision):
                 logits = model(x)
             loss = criterion(logits.float(), y)
@@ -417,6 +429,11 @@ def _train_one_epoch(model: nn.Module, loader, optimizer, ctx: _Ctx, desc: str) 
             "img_s": n / max(s, 1e-9), "seconds": s}
 
 
+def _inputs(ctx: _Ctx, x: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> normalised float on the device, channels-last (faster convolutions on CPU)."""
+    return ctx.norm(x.to(ctx.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+
+
 def _note_bad(ctx: _Ctx, dataset: Dataset, bad) -> None:
     for i, err in bad:
         if dataset.ids[i] not in ctx.skipped:
@@ -438,7 +455,7 @@ def _evaluate(model: nn.Module, loader, ctx: _Ctx, desc: str) -> tuple[np.ndarra
             if x is None:
                 continue
             with autocast(ctx.device, ctx.precision):
-                logits = model(ctx.norm(x.to(ctx.device, non_blocking=True)))
+                logits = model(_inputs(ctx, x))
             probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
             ids += idx
             ys.append(y.numpy())
@@ -571,7 +588,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     if cfg.mode == "frozen":
         for n, p in model.named_parameters():
             p.requires_grad_(n not in imported)
-    model.to(dev)
+    keep = kept_statistics(model, cfg.mode, imported, cfg.train_bn)
+    model.to(dev).to(memory_format=torch.channels_last)
 
     workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if cfg.workers is None else cfg.workers
     train_tf, eval_tf = _transforms(size, cfg.augment)
@@ -603,6 +621,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
             start, history, best = ckpt["epoch"], ckpt["history"], ckpt["best"]
             train_seconds = ckpt["train_seconds"]
             print(f"resumed {ckpt_path} after epoch {start}")
+        elif ckpt_path.exists():
+            print(f"note: starting a new run; {ckpt_path} is replaced at the next save (--resume continues it)")
         out.mkdir(parents=True, exist_ok=True)
         gen = torch.Generator()
         train_loader = loader(tr, train_tf, shuffle=True, gen=gen)
@@ -612,7 +632,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
             s = _epoch_seed(cfg.seed, epoch)  # the epoch's randomness depends on nothing before it
             _seed_all(s)
             gen.manual_seed(s)
-            _train_mode(model, cfg.mode)
+            _train_mode(model, keep)
             row = {"epoch": epoch + 1, "lr": optimizer.param_groups[-1]["lr"],
                    **_train_one_epoch(model, train_loader, optimizer, ctx, f"{cfg.mode} {epoch + 1}/{cfg.epochs}")}
             if scheduler is not None:
@@ -659,16 +679,17 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
         mca = float(balanced_accuracy_score(yt, pred))
     acc = float(accuracy_score(yt, pred))
+    n_train = 0 if direct else int(len(tr))  # direct learns nothing from the training part
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out / "predictions.csv", dataset, classes, ids, scores, pred)
-    torch.save({kk: v.detach().cpu() for kk, v in model.state_dict().items()}, out / "model.pt")
+    torch.save({kk: v.detach().cpu().contiguous() for kk, v in model.state_dict().items()}, out / "model.pt")
 
     metrics = {
         "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
         "dataset": dataset.name, "data": cfg.data,
         "accuracy": acc, "accuracy_std": 0.0, "mean_class_accuracy": mca, "mean_class_accuracy_std": 0.0,
-        "splits": [{"accuracy": acc, "mean_class_accuracy": mca, "n_train": int(len(tr)), "n_test": int(len(ids))}],
-        "n_splits": 1, "n_train": int(len(tr)), "n_val": int(len(va)), "n_test": int(len(ids)),
+        "splits": [{"accuracy": acc, "mean_class_accuracy": mca, "n_train": n_train, "n_test": int(len(ids))}],
+        "n_splits": 1, "n_train": n_train, "n_val": int(len(va)), "n_test": int(len(ids)),
         "n_images": len(dataset), "classes": classes,
         "arch": cfg.arch, "weights": weights,
         "weights_fingerprint": backbones.fingerprint(cfg.arch, weights,
@@ -676,6 +697,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         "new_layers": list(renew) if cfg.mode != "scratch" else "all",
         "imported": report.layers() if report is not None else [],
         "not_imported": {n: w for n, w in report.skipped if w != "renewed layer"} if report else {},
+        "train_bn": cfg.mode == "scratch" or (cfg.mode == "finetune" and cfg.train_bn),
         "precision": prec, "crop": "center", "image_size": size, "augment": cfg.augment,
         "train_seconds": train_seconds, "eval_seconds": eval_seconds,
         "epochs": cfg.epochs if not direct else 0, "best_epoch": best["epoch"],
@@ -727,6 +749,8 @@ def _check(cfg: TrainConfig) -> None:
     ):
         if not ok:
             raise FneError(f"bad --{name.replace('_', '-')} {getattr(cfg, name)!r}; expected {want}")
+    if cfg.train_bn and cfg.mode != "finetune":
+        raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
     if cfg.resume and cfg.mode == "direct":
         raise FneError("--resume: direct mode does not train, there is nothing to resume")
 
@@ -755,6 +779,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="base learning rate (new layers)")
     p.add_argument("--imported-lr-mult", type=float, default=1e-3,
                    help="finetune: imported layers learn at lr * this (default 0.001)")
+    p.add_argument("--train-bn", action="store_true",
+                   help="finetune: imported BatchNorm layers use batch statistics and update them "
+                        "(default: they keep the imported statistics)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--scheduler", default="none", choices=SCHEDULERS, help="per-epoch lr schedule (default none)")
@@ -778,9 +805,13 @@ def run_cli(args: argparse.Namespace) -> int:
     kw = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
           if f not in ("data", "mode", "out") and hasattr(args, f)}
     m = train(args.data, args.mode, args.out, **kw)
-    extra = f", {m['n_excluded']} test images of unmapped classes left out" if m.get("n_excluded") else ""
-    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f}, mean class accuracy "
-          f"{m['mean_class_accuracy']:.4f} (best epoch {m['best_epoch']}/{m['epochs']}, n_train {m['n_train']}, "
-          f"n_test {m['n_test']}{extra}, train {m['train_seconds']:.1f} s)")
+    if m["mode"] == "direct":
+        how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
+               f"{m['n_excluded']} test images of unmapped classes left out")
+    else:
+        how = (f"best epoch {m['best_epoch']}/{m['epochs']}, n_train {m['n_train']}, n_test {m['n_test']}, "
+               f"train {m['train_seconds']:.1f} s")
+    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f}, "
+          f"mean class accuracy {m['mean_class_accuracy']:.4f} ({how})")
     print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt")
     return 0

@@ -100,6 +100,24 @@ def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tm
     assert d_old > 0  # imported layers do train in finetune ...
     assert d_old < d_new / 50  # ... at a thousandth of the lr
     assert m["imported_lr"] == pytest.approx(0.01 * 1e-3)
+    # imported BatchNorm keeps the source's statistics unless --train-bn
+    src = torch.load(source, weights_only=True)
+    assert torch.equal(final["_bn1.running_mean"], src["_bn1.running_mean"]) and not m["train_bn"]
+
+
+def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source):
+    from fne.train import _train_mode, build_model, kept_statistics
+
+    model, report, _ = build_model(ARCH, "finetune", 10, str(source))
+    imported = set(report.imported)
+    keep = kept_statistics(model, "finetune", imported)
+    assert "_bn0" in keep and "_blocks.3._bn1" in keep and len(keep) == 49
+    _train_mode(model, keep)
+    assert not model._bn0.training and model._blocks[3]._bn1.training is False
+    assert model._blocks[3].training and model._dropout.training  # the rest trains
+    assert kept_statistics(model, "finetune", imported, train_bn=True) == []
+    assert kept_statistics(model, "frozen", imported, train_bn=True) == keep
+    assert kept_statistics(model, "scratch", set()) == []
 
 
 def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path):
@@ -206,6 +224,7 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     (["--mode", "finetune", "--weights", "missing.pt"], None, "--weights missing.pt: no such file"),
     (["--mode", "finetune", "--resume"], None, "--resume: no checkpoint"),
     (["--mode", "frozen", "--val-fraction", "1.5"], None, "bad --val-fraction 1.5"),
+    (["--mode", "frozen", "--train-bn"], None, "--train-bn applies to --mode finetune only"),
 ])
 def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, tmp_path, capsys):
     args = ["train", "digits", "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "run"),
