@@ -439,6 +439,8 @@ def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
         schema = _train_schema()
         t = top["train"]
         modes = t.get("modes", [])
+        if "modes" not in t:
+            err.add(("train",), f"missing key 'modes' (a list of {', '.join(MODES)})")
         if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
             err.add(("train", "modes"), f"expected a list of strings, got {modes!r}")
             modes = []
@@ -920,7 +922,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
             continue
         b = step.backbone
         pair = (step.dataset.key, b.label)
-        needs_rows = step.kind == "fit" or (step.kind == "advise" and (b.resolved_weights or b.weights) != "random")
+        # fits read every row: extract the dataset once, before the first fit (or before the advice,
+        # which then reads its sample from the same rows); without fits the advice extracts its sample
+        needs_rows = step.kind == "fit" or (step.kind == "advise" and bool(p.fit)
+                                            and (b.resolved_weights or b.weights) != "random")
         if needs_rows and pair not in extracted:
             extracted.add(pair)
             t = time.perf_counter()

@@ -91,7 +91,14 @@ def dataset_key(run: dict) -> str:
     return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
 
 
+def is_scratch(m: dict) -> bool:
+    """Training from a random initialisation is the experiment itself, not missing weights."""
+    return m.get("mode") == "scratch" or str(m.get("method")) == "train:scratch"
+
+
 def backbone_label(m: dict) -> str:
+    if is_scratch(m):
+        return f"{m.get('arch', '?')} (random init)"
     return f"{m.get('arch', '?')} ({m.get('weights', '?')})"
 
 
@@ -113,6 +120,8 @@ def _row(runs: list[dict]) -> dict:
         "backbone": backbone_label(m0),
         "arch": m0.get("arch"), "weights": m0.get("weights"),
         "runs": len(runs),
+        "scratch": is_scratch(m0),
+        "partial": bool(m0.get("n_excluded")),  # scored on a subset of the classes: not comparable
         "paths": [r["path"] for r in runs],
         "n_images": m0.get("n_images"), "n_train": m0.get("n_train"), "n_test": m0.get("n_test"),
         "n_splits": m0.get("n_splits", len(m0.get("splits") or []) or None),
@@ -178,21 +187,24 @@ def tabulate(collected: dict) -> list[dict]:
     out = []
     for key in sorted(groups):
         rows = [_row(rs) for rs in groups[key].values()]
-        rows.sort(key=lambda r: (-(r["accuracy"] if r["accuracy"] is not None else -1), r["method"]))
+        rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
+                                 r["method"]))
         best = {}
         for col in COLUMNS:
-            vals = [r[col] for r in rows if r.get(col) is not None]
-            if vals:
+            vals = [r[col] for r in rows if r.get(col) is not None
+                    and not (r["partial"] and col in ("accuracy", "mean_class_accuracy"))]
+            if len(set(vals)) > 1:  # a column where every value is the same has no best
                 best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
         for r in rows:
-            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and r[c] == best[c]]
+            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and r[c] == best[c]
+                         and not (r["partial"] and c in ("accuracy", "mean_class_accuracy"))]
         pub = published.get(key) or {}
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
         measured = {r["method"] for r in rows}
         for r in rows:
             r["published"] = pub_vals.get(r["method"])
-        winner = rows[0] if rows and rows[0]["accuracy"] is not None else None
+        winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
         names = {str(r["metrics"].get("dataset")) for rs in groups[key].values() for r in rs}
         advice = [a for a in collected["advice"]
                   if a.get("dataset_key") == key or (not a.get("dataset_key") and a.get("dataset") in names)]
@@ -205,9 +217,16 @@ def tabulate(collected: dict) -> list[dict]:
                           "values": pub_vals},
             "winner": winner,
             "advice": [_advice_check(a, winner) for a in advice],
-            "multi_backbone": len({r["backbone"] for r in rows}) > 1,
+            "multi_backbone": _multi_backbone(rows),
         })
     return out
+
+
+def _multi_backbone(rows: list[dict]) -> bool:
+    """More than one (arch, weights) among the rows; a scratch run only counts by its arch."""
+    pre = {(r["arch"], r["weights"]) for r in rows if not r["scratch"]}
+    scratch = {r["arch"] for r in rows if r["scratch"]}
+    return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
 
 
 def _advice_check(a: dict, winner: dict | None) -> dict:
@@ -232,8 +251,9 @@ def header(collected: dict) -> dict:
     notes = [n for pj in collected["pipelines"] for n in (pj.get("notes") or [])]
     backbones = sorted({f"{m.get('arch', '?')}: {m.get('weights', '?')} weights"
                         + (f" [{m['weights_fingerprint']}]" if m.get("weights_fingerprint") else "")
-                        for m in ms})
-    random = sorted({str(m.get("arch")) for m in ms if str(m.get("weights")) == "random"})
+                        for m in ms if not is_scratch(m)}
+                       | {f"{m.get('arch', '?')}: random initialisation (train:scratch)" for m in ms if is_scratch(m)})
+    random = sorted({str(m.get("arch")) for m in ms if str(m.get("weights")) == "random" and not is_scratch(m)})
     names = [pj.get("name") for pj in collected["pipelines"] if pj.get("name")]
     return {
         "pipeline": sorted(set(names)),
@@ -385,14 +405,38 @@ def fig_time(ds: dict) -> str | None:
         if sel:
             ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color, marker=marker, s=40,
                        label="linear head on cached features" if kind == "fit" else "network training")
-    for k, (t, a, lab, _) in enumerate(sorted(pts)):
-        ax.annotate(lab, (t, a), textcoords="offset points", xytext=(5, 3 + 9 * (k % 3) - 9), fontsize=7)
     ax.set_xscale("log")
+    accs = [p[1] for p in pts]
+    lo, hi = max(0.0, min(accs) - 8), min(100.0, max(accs) + 8)
+    ax.set_ylim(lo, hi)
+    ts = [p[0] for p in pts]
+    ax.set_xlim(min(ts) / 1.5, max(ts) * 4)  # room on the right for the labels
+    # Points close in time form a cluster; its labels stack beside it with leader lines.
+    step = (hi - lo) * 0.055
+    groups: list[list] = []
+    for p in sorted(pts):
+        near = [g for g in groups if math.log10(p[0]) - math.log10(g[-1][0]) < 0.12
+                and min(abs(p[1] - q[1]) for q in g) < 2 * step]
+        if near:
+            near[0].append(p)
+        else:
+            groups.append([p])
+    for g in groups:
+        g.sort(key=lambda p: -p[1])
+        x = max(p[0] for p in g) * 1.35
+        top = min(hi - step * 0.6, max(p[1] for p in g) + step * (len(g) - 1) / 2)
+        if len(g) == 1:
+            t, a, lab, _ = g[0]
+            ax.annotate(lab, (t, a), xytext=(7, 0), textcoords="offset points", fontsize=7, va="center")
+            continue
+        for k, (t, a, lab, _) in enumerate(g):
+            ax.annotate(lab, (t, a), xytext=(x, top - k * step), textcoords="data", fontsize=7, va="center",
+                        arrowprops=dict(arrowstyle="-", color="#999", lw=0.6))
     ax.set_xlabel("seconds: fit/train + feature extraction (log scale)")
     ax.set_ylabel("accuracy %")
     ax.set_title(f"{ds['dataset']}: accuracy against time", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="best")
     return _png(fig)
 
 
@@ -459,7 +503,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             ]) + " |")
         for name, p in ds["published"]["only"].items():
             L.append(f"| {name} (published only) | — | — | {pub_str(p)} (published) | — | — | — | — |")
-        L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds). "
+        L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds); rows "
+              "scored on a subset of the classes (direct mode's class map) are not ranked. "
               "Accuracy: mean ± std over splits. Published values are references from the pipeline file, "
               "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
                                                else "") + "."]
@@ -572,7 +617,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append("</tbody></table>")
         src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
         H.append("<p><small>Highlighted: the best measured value of each column (highest accuracy, lowest "
-                 "seconds). Accuracy: mean ± std over splits. Published values (italic) are references from the "
+                 "seconds); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
+                 "Accuracy: mean ± std over splits. Published values (italic) are references from the "
                  f"pipeline file, not measurements of this run.{src}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")

@@ -94,6 +94,8 @@ epochs = 2
     ('modes = ["frozen"]', 'modes = ["frozen", "warp"]', 16, "train.modes", "unknown mode 'warp'"),
     ('epochs = 2', 'epochs = 2\n\n[train.frozen]\nimage_sise = 32', 20, "train.frozen.image_sise",
      "did you mean 'image_size'"),
+    ('modes = ["frozen"]\n', '', 15, "train", "missing key 'modes'"),
+    ('[[backbones]]\narch = "vgg16"\n', '[[backbones]]\n', 7, "backbones[0]", "missing key 'arch'"),
 ])
 def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
     assert old in GOOD

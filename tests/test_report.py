@@ -116,7 +116,7 @@ def test_best_values_marked(built):
     assert rows["fc7+svm"][1].startswith("**")  # highest mean class accuracy
     html = built["html"]
     best = re.findall(r"<td class='best' data-col='accuracy'>([^<]*)</td>", html)
-    assert sorted(best) == ["70.0 ± 5.0", "91.2 ± 1.2"]
+    assert best == ["91.2 ± 1.2"]  # flowers has a single row: nothing to rank
 
 
 def test_published_separate_and_labelled(built):
@@ -163,6 +163,20 @@ def test_random_weights_warning(tmp_path):
     assert "id='random-weights-warning'" in html
 
 
+def test_scratch_runs_are_not_random_weight_warnings(tmp_path):
+    """train:scratch starts from random weights by design: no warning, same backbone label."""
+    root = tmp_path / "runs"
+    write_run(root, "f", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    write_run(root, "s", fake_metrics("train:scratch", 0.1, 0.0, 0.1, 0.0, kind="train", weights="random",
+                                      mode="scratch"))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    md = (out / "report.md").read_text()
+    assert r["header"]["warning"] is None and "WARNING" not in md
+    assert "vgg16: random initialisation (train:scratch)" in md
+    assert set(md_rows(md, "pets")) == {"fne+svm", "train:scratch"}  # no per-backbone labels
+
+
 def test_seeds_pooled_over_splits(tmp_path):
     root = tmp_path / "runs"
     for seed, accs in ((0, (0.6, 0.8)), (1, (0.7, 0.9))):
@@ -206,3 +220,19 @@ def test_cli(tmp_path, capsys):
     assert "fne+svm" in out and "train:finetune" in out and "91.2 ± 1.2" in out
     assert "flowers" not in out  # only the folders given
     assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
+    root = tmp_path / "runs"
+    write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
+    write_run(root, "g", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01))
+    write_run(root, "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct",
+                                      n_excluded=7, classes=["cat", "dog"],
+                                      splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    rows = md_rows((out / "report.md").read_text(), "pets")
+    direct = rows["train:direct (2 mapped classes; 7 test images of unmapped classes left out)"]
+    assert direct[0] == "95.0"  # shown as measured, but not bold: it is not comparable
+    assert rows["fne+svm"][0].startswith("**")
+    assert r["datasets"][0]["winner"]["method"] == "fne+svm"
