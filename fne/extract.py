@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fne import backbones
+from fne import backbones, verb_module
 from fne.backbones import Normalize, Preprocess
 from fne.cache import STORAGE_DTYPES, Store, StoreKey
 from fne.data import Dataset, load_dataset
@@ -82,6 +82,36 @@ class TapModel(nn.Module):
         self.model(self.norm(x).contiguous(memory_format=torch.channels_last))
         out, self._out = self._out, {}
         return [out[n] for n in self.names]
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep large freed buffers in glibc's heap instead of unmapping them (Linux, glibc only).
+
+    By default glibc serves every allocation over 32 MiB with a fresh mmap and gives it back on
+    free, so each activation map of every batch is page-faulted in anew: measured on VGG-16 bf16
+    that costs ~15% of the forward pass and doubles the cost of pooling the taps. With mmap off
+    and trimming off, the same buffers are reused batch after batch; peak memory is unchanged
+    (freed memory is kept for reuse, not returned). No-op elsewhere, with jemalloc/tcmalloc
+    preloaded, or with FNE_MALLOC_TUNING=0.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or os.environ.get("FNE_MALLOC_TUNING", "1") == "0":
+        return _ALLOCATOR_TUNED
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_max, 0)) and bool(
+            libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    return _ALLOCATOR_TUNED
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -170,6 +200,7 @@ class ExtractResult:
     skipped: dict[str, str] = field(default_factory=dict)  # image id -> reason
     seconds: float = 0.0
     images_per_s: float = 0.0
+    steady_images_per_s: float = 0.0  # after the first batch (set-up, compilation)
     stage_seconds: dict[str, float] = field(default_factory=dict)
     shard: str | None = None
     shard_marker: str | None = None  # written once every image of the shard is committed
@@ -420,10 +451,13 @@ def shard_status(data: str | Path | Dataset, n: int, **spec: object) -> dict[int
 
 
 # ------------------------------------------------------------------ model
-# torch.compile pays off once the images it speeds up repay its compile time; measured on a
-# 2-core Sapphire Rapids (benchmarks/RESULTS.md): VGG-16 bf16 compiles in ~60-100 s and then
-# saves ~10 ms per image, so `compile="auto"` compiles from this many images to extract.
-COMPILE_AUTO_MIN_IMAGES = {"cpu": 20_000, "cuda": 20_000}
+# torch.compile pays off once the time it saves per image repays its compile time. Measured
+# (benchmarks/RESULTS.md) on 2 CPU cores: a cold compile of VGG-16 takes 60-100 s (a few
+# seconds once inductor's on-disk cache is warm) and saves 3 ms (AVX512-BF16) to 10 ms (AMX)
+# per image, so `compile="auto"` compiles from 20,000 images on a CPU. On CUDA the convolutions
+# are cuDNN's either way and a GPU extracts 20,000 images in seconds: auto compiles only for
+# very large runs there (an estimate; no GPU was measured).
+COMPILE_AUTO_MIN_IMAGES = {"cpu": 20_000, "cuda": 1_000_000}
 
 
 def resolve_compile(compile: bool | str, n_images: int, device: torch.device) -> bool:
@@ -432,7 +466,7 @@ def resolve_compile(compile: bool | str, n_images: int, device: torch.device) ->
     if compile in (False, None, "off", "false", "no"):
         return False
     if compile == "auto":
-        return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 20_000)
+        return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
     raise FneError(f"bad compile {compile!r}; use auto, on or off")
 
 
@@ -477,7 +511,7 @@ def extract(
     workers: int | None = None,
     storage_dtype: str = "float16",
     shard: str | tuple[int, int] | None = None,
-    compile: bool | str = False,
+    compile: bool | str = "auto",
     chunk: int = 256,
     weights_seed: int = 0,
     progress: bool = True,
@@ -491,6 +525,11 @@ def extract(
     RANK/WORLD_SIZE under torchrun) only that shard's images are computed, and once they are all
     committed a marker `shards/<dataset>-<I>of<N>.json` records it; a rerun reuses every
     committed row, so a killed shard is simply run again.
+
+    compile: True, False or "auto" (compile when at least COMPILE_AUTO_MIN_IMAGES images are to
+    be computed; a compile failure falls back to eager). threads: torch CPU threads (default:
+    torch's). decode: "pil" (default; decoded and cropped in the workers) or "device" (plain
+    JPEGs decoded where the network runs: nvjpeg on CUDA; rows go to a store of their own).
     """
     global FORWARD_IMAGES
     t0 = time.perf_counter()
@@ -501,8 +540,12 @@ def extract(
         raise FneError(f"--batch-size must be >= 1, got {batch_size}")
     if threads is not None:
         torch.set_num_threads(max(1, threads))
+    if resolve_device(device).type == "cpu":
+        tune_allocator()
     spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed, decode)
     dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
     prec = resolve_precision(precision, dev)
     store = spec.open()
     keys = dataset.keys()
@@ -557,7 +600,9 @@ def extract(
     writer.start()
     out_dtype = torch.float16 if storage_dtype == "float16" else torch.float32
     views = prep.views
-    read_s = fwd_s = 0.0
+    read_s = fwd_s = first_s = 0.0
+    first_batch = (0, 0.0)  # images, seconds from the start of the run to its end
+    cpu0 = _cpu_seconds()
     t_run = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {arch}", disable=not progress, file=sys.stderr)
     try:
@@ -577,7 +622,11 @@ def extract(
                 n = x.shape[0]
                 if use_compile and n < batch_size * views:  # one shape: no recompilation
                     x = torch.cat([x, x.new_zeros((batch_size * views - n, *x.shape[1:]))])
+                t_fwd = time.perf_counter()
                 model, pooled = _forward(model, x, dev, prec)
+                if not first_s:  # includes compilation and oneDNN's first-call setup
+                    first_s = time.perf_counter() - t_fwd
+                    first_batch = (b, time.perf_counter() - t_run)
                 flat = torch.cat(pooled, dim=1)[:n].to(out_dtype).reshape(b, views, -1)
                 if dev.type == "cuda":  # asynchronous copy into pinned memory; the writer waits
                     rows = flat.to("cpu", non_blocking=True)
@@ -599,13 +648,19 @@ def extract(
     finally:
         bar.close()
         writer.close()  # commits what is buffered, also on Ctrl-C
+    del batches  # joins the workers, so that their CPU time is counted below
+    cpu_run = _cpu_seconds() - cpu0
     result.compiled = bool(getattr(model, "_orig_mod", None) is not None)
     result.n_skipped = len(result.skipped)
     result.seconds = time.perf_counter() - t0
     run_s = time.perf_counter() - t_run
     result.images_per_s = result.n_computed / run_s if run_s > 0 else 0.0
     result.stage_seconds = {"model_load": load_seconds, "read_wait": read_s, "forward": fwd_s,
-                            "write": writer.seconds, "run": run_s}
+                            "first_forward": first_s, "write": writer.seconds, "run": run_s,
+                            "cpu_run": cpu_run}  # CPU seconds of this process and its workers
+    # Steady state: the run after its first batch (pipeline fill, compilation, oneDNN set-up).
+    if result.n_computed > first_batch[0] and run_s > first_batch[1]:
+        result.steady_images_per_s = (result.n_computed - first_batch[0]) / (run_s - first_batch[1])
     if marker is not None:
         _finish_shard(marker, fp, shard_t, dataset, in_shard, result)
         result.shard_marker = str(marker)
@@ -614,6 +669,14 @@ def extract(
                   "threads": torch.get_num_threads(), "decode": decode,
                   **{k: v for k, v in result.to_dict().items() if k != "store"}})
     return result
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its finished children (the workers)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list) -> torch.Tensor | None:
@@ -660,3 +723,6 @@ def _finish_shard(marker: Path, fp: str, shard_t: tuple[int, int], dataset: Data
         "host": socket.gethostname(), "pid": os.getpid(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
+
+
+verb_module(__name__)

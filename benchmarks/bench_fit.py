@@ -1,0 +1,111 @@
+"""`fne fit` time and peak memory as the number of images grows. Run by hand.
+
+Extraction is not timed here: the store is filled with synthetic VGG-16 rows (non-negative,
+class-dependent, float16, 12,416 features over 15 taps) for N tiny distinct image files, so
+that `fne.fit.fit` runs exactly as on real data (store read, FNE standardise + discretise,
+LinearSVC) at sizes the 2-core machine could not extract in minutes. Each fit runs in its own
+process; peak RSS comes from os.wait4.
+
+    python benchmarks/bench_fit.py --n 500 1000 2000 4000 --json benchmarks/fit.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fne.extract import StoreSpec  # noqa: E402
+
+SPEC = dict(arch="vgg16", weights="random", crop="center", precision="bf16", dtype="float16")
+CHILD = r"""
+import json, sys, tempfile
+from fne.fit import fit
+data, cache, features, head = sys.argv[1:5]
+with tempfile.TemporaryDirectory() as out:
+    m = fit(data, features=features, head=head, splits=1, out=out, arch="vgg16", weights="random",
+            precision="bf16", storage_dtype="float16", cache=cache)
+print(json.dumps({"accuracy": m["accuracy"], "fit_seconds": m["fit_seconds"], "n_train": m["n_train"]}))
+"""
+
+
+def load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def make_data(root: Path, n: int, classes: int, cache: str, seed: int = 0) -> Path:
+    """n distinct 8x8 PNGs in class folders, and a store holding a synthetic row for each."""
+    from fne.data import load_dataset
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        c = i % classes
+        d = root / f"c{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / f"{i:06d}.png")
+    ds = load_dataset(root)
+    store = StoreSpec(**SPEC, cache=cache).open()
+    missing = set(store.missing(ds.keys()))
+    y = ds.label_indices()
+    centers = {t: rng.gamma(1.0, 1.0, (classes, ch)).astype(np.float32) for t, ch in store.taps}
+    todo = [i for i, k in enumerate(ds.keys()) if k in missing]
+    for s in range(0, len(todo), 1024):
+        idx = todo[s:s + 1024]
+        rows = {t: np.maximum(0, centers[t][y[idx]] + rng.normal(0, 1.5, (len(idx), ch)))[:, None]
+                .astype(np.float16) for t, ch in store.taps}
+        store.commit([ds.keys()[i] for i in idx], rows)
+    return root
+
+
+def run_fit(data: Path, cache: str, features: str, head: str) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data), cache, features, head],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        raise SystemExit(f"fit failed for {data} {features} {head}")
+    r = json.loads(proc.stdout.read().decode().strip().splitlines()[-1])
+    return {**r, "wall_s": wall, "maxrss_mib": ru.ru_maxrss / 1024, "load": load()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[500, 1000, 2000, 4000])
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--features", nargs="+", default=["fne", "fc7"])
+    p.add_argument("--heads", nargs="+", default=["svm", "sgd-svm"])
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="fne-benchfit-"))
+    cache = str(tmp / "cache")
+    out = {"load_start": load(), "runs": []}
+    print(f"load average at start: {load()}")
+    for n in a.n:
+        data = make_data(tmp / f"n{n}", n, a.classes, cache)
+        for features in a.features:
+            for head in a.heads:
+                r = {"n": n, "features": features, "head": head, **run_fit(data, cache, features, head)}
+                out["runs"].append(r)
+                print(f"N={n:6d} {features:4s} {head:8s} fit {r['fit_seconds']:7.2f} s  process "
+                      f"{r['wall_s']:7.2f} s  peak RSS {r['maxrss_mib']:7.0f} MiB  accuracy "
+                      f"{r['accuracy']:.3f}  load {r['load']}", flush=True)
+    out["load_end"] = load()
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
