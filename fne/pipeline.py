@@ -23,6 +23,7 @@ import argparse
 import difflib
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -104,6 +105,9 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
 }
 TRAIN_EXCLUDED = ("data", "mode", "out", "arch", "weights", "weights_seed", "resume", "seed", "class_map")
 TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
+# settings that direct mode (no training) ignores: changing them does not rerun it
+TRAINING_ONLY = ("epochs", "lr", "imported_lr_mult", "momentum", "weight_decay", "scheduler", "val_fraction",
+                 "augment", "new_layers", "deterministic")
 
 
 class PipelineError(FneError):
@@ -211,6 +215,7 @@ class DatasetCfg:
     skipped: str | None = None  # why an optional dataset is not run
     n_images: int | None = None
     n_classes: int | None = None
+    n_train_split: int | None = None  # images in the predefined train split, if DATA has one
 
 
 @dataclass
@@ -244,6 +249,7 @@ class Pipeline:
     backbones: list[BackboneCfg] = field(default_factory=list)
     fit: dict | None = None
     train: dict[str, dict] = field(default_factory=dict)  # mode -> settings
+    train_raw: dict[str, dict] = field(default_factory=dict, repr=False)  # "" (common) / mode -> as written
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -461,8 +467,8 @@ def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
             own = _check_table(t.get(m, {}), {k: v for k, v in schema.items() if k != "modes"}, ("train", m), err)
             _check_train_values(own, ("train", m), err)
             p.train[m] = {**common, **own}
-        if "direct" in p.train:
-            p.notes.append("direct mode runs only on datasets with a class_map")
+            p.train_raw[m] = own
+        p.train_raw[""] = common
 
     # ---- datasets
     dss = top.get("datasets", {})
@@ -506,11 +512,43 @@ def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
         p.datasets.append(ds)
     if not p.fit and not p.train:
         err.add(("fit",), "nothing to run: give a [fit] grid or [train] modes")
+    for ds in p.datasets:
+        _check_split_sizes(p, ds, err)
     err.raise_if_any()
     for ds in p.datasets:
         if ds.skipped:
             p.notes.append(f"dataset {ds.key} skipped: {ds.skipped}")
     return p
+
+
+def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
+    """Stratified parts need one image per class: catch a too small test / validation part early."""
+    if not ds.n_images or not ds.n_classes or ds.skipped:
+        return
+    k = ds.n_classes
+    n = ds.n_images
+    if ds.max_per_class:
+        n = min(n, ds.max_per_class * k * (2 if ds.n_train_split is not None else 1))
+    key = ("datasets", ds.key)
+    if p.fit and ds.n_train_split is None:
+        tpc = ds.train_per_class if ds.train_per_class is not None else p.fit["train_per_class"]
+        ts = ds.test_size if ds.test_size is not None else p.fit["test_size"]
+        if tpc is None and math.ceil(ts * n) < k:
+            where = key + ("test_size",) if ds.test_size is not None else ("fit", "test_size")
+            err.add(where, f"{ds.key}: a test part of {ts} holds {math.ceil(ts * n)} of its ~{n} images, fewer "
+                           f"than its {k} classes (a stratified split needs one per class)")
+    for mode, settings in p.train.items():
+        if mode == "direct":
+            continue
+        ts = ds.test_size if ds.test_size is not None else settings.get("test_size", 0.25)
+        n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None else n - math.ceil(ts * n))
+        vf = settings.get("val_fraction", 0.1)
+        if vf and math.ceil(vf * n_train) < k:
+            where = ("train", mode, "val_fraction") if "val_fraction" in (p.train_raw.get(mode) or {}) else (
+                ("train", "val_fraction") if "val_fraction" in p.train_raw.get("", {}) else ("train", "modes"))
+            err.add(where, f"mode {mode} on {ds.key}: a validation part of {vf} holds {math.ceil(vf * n_train)} of "
+                           f"~{n_train} training images, fewer than its {k} classes (a stratified split needs one "
+                           f"per class): raise val_fraction or set it to 0 (then the last epoch is kept)")
 
 
 def _check_C(C: str, path: tuple, err: Errors) -> None:
@@ -603,6 +641,8 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
         err.add(path_ + ("data",), str(e))
         return
     ds.n_images, ds.n_classes = len(d), len(d.classes)
+    if d.has_split:
+        ds.n_train_split = sum(1 for x in d.splits if x == "train")
     if d.labels is None:
         err.add(path_ + ("data",), "has no labels")
 
@@ -719,7 +759,8 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str]) -> list[Step]:
                     s = dict(settings)
                     if ds.test_size is not None:
                         s["test_size"] = ds.test_size
-                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME}
+                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
+                                and not (mode == "direct" and k in TRAINING_ONLY)}
                     cfg = {**ident, "kind": "train", "mode": mode, "seed": seed, "settings": identity,
                            "class_map": ds.class_map if mode == "direct" else None}
                     if mode == "scratch":  # no imported weights: the backbone's weights do not matter

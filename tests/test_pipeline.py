@@ -123,6 +123,19 @@ def test_every_error_reported_before_anything_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_split_too_small_for_the_classes(tmp_path):
+    """digits, 2 per class: a 10 % validation part of ~15 training images cannot hold 10 classes."""
+    text = GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 2').replace(
+        "epochs = 2", "epochs = 2\nval_fraction = 0.1")
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(write(tmp_path, text))
+    msg = str(e.value)
+    assert "p.toml:12: fit.test_size: digits: a test part of 0.25 holds 5 of its ~20" in msg  # [fit] line
+    assert "p.toml:19: train.val_fraction: mode frozen on digits" in msg
+    load_pipeline(write(tmp_path, text.replace("val_fraction = 0.1", "val_fraction = 0.0").replace(
+        'heads = ["svm"]', 'heads = ["svm"]\ntest_size = 0.5')))
+
+
 def test_the_good_file_is_valid(tmp_path):
     p = load_pipeline(write(tmp_path, GOOD))
     assert [d.key for d in p.datasets] == ["digits"] and p.backbones[0].arch == "vgg16"
@@ -130,7 +143,7 @@ def test_the_good_file_is_valid(tmp_path):
 
 
 def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):
-    write_digits(tmp_path / "data" / "imgs", per_class=2, classes=2)
+    write_digits(tmp_path / "data" / "imgs", per_class=10, classes=2)
     (tmp_path / "pipes").mkdir()
     text = GOOD.replace('data = "digits"', 'data = "../data/imgs"') + (
         '\n[datasets.absent]\ndata = "${FNE_TEST_NOT_SET}/x"\noptional = true\n')
@@ -139,7 +152,7 @@ def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):
     p = load_pipeline(write(tmp_path / "pipes", text))
     by = {d.key: d for d in p.datasets}
     assert by["digits"].data == str((tmp_path / "data" / "imgs").resolve())
-    assert by["digits"].n_images == 4
+    assert by["digits"].n_images == 20
     assert by["absent"].skipped and "FNE_TEST_NOT_SET" in by["absent"].skipped
     assert any("absent skipped" in n for n in p.notes)
     # the same dataset, not optional: an error naming its key and line
@@ -264,7 +277,7 @@ def test_fne_paper_pipelines(tmp_path, monkeypatch, key):
     monkeypatch.delenv("FNE_DATASETS", raising=False)
     with pytest.raises(PipelineError, match=rf"fne-paper-{key}\.toml:\d+: datasets\.{key}\.data: .*FNE_DATASETS"):
         load_pipeline(f)
-    write_digits(tmp_path / key, per_class=2, classes=2)
+    write_digits(tmp_path / key, per_class=4, classes=2)
     monkeypatch.setenv("FNE_DATASETS", str(tmp_path))
     p = load_pipeline(f)
     pub = p.datasets[0].published
