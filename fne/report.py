@@ -191,13 +191,12 @@ def tabulate(collected: dict) -> list[dict]:
                                  r["method"]))
         best = {}
         for col in COLUMNS:
-            vals = [r[col] for r in rows if r.get(col) is not None
-                    and not (r["partial"] and col in ("accuracy", "mean_class_accuracy"))]
+            vals = [r[col] for r in rows if r.get(col) is not None and not r["partial"]]
             if len(set(vals)) > 1:  # a column where every value is the same has no best
                 best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
         for r in rows:
             r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and r[c] == best[c]
-                         and not (r["partial"] and c in ("accuracy", "mean_class_accuracy"))]
+                         and not r["partial"]]
         pub = published.get(key) or {}
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}

@@ -226,7 +226,7 @@ def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
     write_run(root, "g", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01))
-    write_run(root, "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct",
+    write_run(root, "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct", seconds=0.0,
                                       n_excluded=7, classes=["cat", "dog"],
                                       splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
     out = tmp_path / "rep"
@@ -234,5 +234,6 @@ def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     rows = md_rows((out / "report.md").read_text(), "pets")
     direct = rows["train:direct (2 mapped classes; 7 test images of unmapped classes left out)"]
     assert direct[0] == "95.0"  # shown as measured, but not bold: it is not comparable
+    assert not any(c.startswith("**") for c in direct)  # not even its (zero) training seconds
     assert rows["fne+svm"][0].startswith("**")
     assert r["datasets"][0]["winner"]["method"] == "fne+svm"
