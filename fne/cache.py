@@ -72,6 +72,7 @@ class Store:
         self._index: dict[str, tuple[str, int]] | None = None
         self._bad: dict[str, str] | None = None
         self.duplicates = 0
+        self.leftovers: list[str] = []
 
     # ------------------------------------------------------------ opening
     @classmethod
@@ -245,10 +246,8 @@ class Store:
                 else:
                     seen[k] = part.name
         self.duplicates = dup  # harmless: concurrent writers computed the same image; reads use the first
-        tmp = [p.name for p in (self.path / "parts").glob(".tmp-*")]
-        if tmp:
-            problems.append(f"{len(tmp)} unfinished part(s) from interrupted runs (ignored by reads; "
-                            f"`fne cache verify --clean` removes them): {', '.join(tmp[:3])}")
+        # Leftovers of killed writers: never read, so not damage; `clean()` removes them.
+        self.leftovers = sorted(p.name for p in (self.path / "parts").glob(".tmp-*"))
         return problems
 
     def clean(self) -> int:

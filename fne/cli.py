@@ -175,6 +175,9 @@ def _cmd_cache_verify(a) -> int:
         print(f"{s.path.name}: {'OK' if not problems else 'PROBLEMS'} ({len(s)} rows{dup})")
         for msg in problems:
             print(f"  - {msg}")
+        if s.leftovers:
+            print(f"  note: {len(s.leftovers)} unfinished part(s) left by interrupted runs (never read; "
+                  f"--clean removes them)")
     return 1 if bad else 0
 
 

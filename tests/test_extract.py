@@ -111,6 +111,9 @@ def test_killed_extraction_resumes_to_identical_rows(digits_folder, tmp_path):
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert main(["cache", "verify", "--cache", str(cache_killed)]) == 0
+    if store.leftovers:  # the part in flight when killed: reported, never read, removable
+        assert main(["cache", "verify", "--clean", "--cache", str(cache_killed)]) == 0
+        assert not list((store.path / "parts").glob(".tmp-*"))
 
 
 def test_concurrent_extractions_do_not_corrupt(digits_folder, tmp_path):
