@@ -30,7 +30,10 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     if extraction:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
-        p.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on large runs)")
+        p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                       help="torch.compile the network; auto: only for runs large enough to repay it")
+        p.add_argument("--decode", default="pil", choices=["pil", "device"],
+                       help="pil: decode in workers (default); device: JPEG decode on the GPU (nvjpeg)")
 
 
 def _store_kwargs(a: argparse.Namespace) -> dict:
@@ -39,7 +42,8 @@ def _store_kwargs(a: argparse.Namespace) -> dict:
 
 
 def _extract_kwargs(a: argparse.Namespace) -> dict:
-    return dict(batch_size=a.batch_size, workers=a.workers, compile=a.compile)
+    compile_ = {"on": True, "off": False}.get(a.compile, a.compile)
+    return dict(batch_size=a.batch_size, workers=a.workers, compile=compile_)
 
 
 # ----------------------------------------------------------------- extract
@@ -54,7 +58,7 @@ def _add_extract(sub) -> None:
 def _cmd_extract(a) -> int:
     from fne.extract import extract
 
-    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=a.shard)
+    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=a.shard, decode=a.decode)
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
           f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped")
     for ident, why in list(r.skipped.items())[:20]:

@@ -198,7 +198,7 @@ def fit(
     weights_seed: int = 0,
     batch_size: int = 32,
     workers: int | None = None,
-    compile: bool = False,
+    compile: bool | str = "auto",
     stream_chunk: int = 4096,
 ) -> dict:
     """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib."""
@@ -327,7 +327,7 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
            extract_missing: bool = False, arch: str = "vgg16", weights: str = "imagenet",
            crop: str = "center", precision: str = "auto", storage_dtype: str = "float16",
            cache: str | None = None, device: str = "auto", weights_seed: int = 0,
-           batch_size: int = 32, workers: int | None = None, compile: bool = False) -> dict:
+           batch_size: int = 32, workers: int | None = None, compile: bool | str = "auto") -> dict:
     """Cached activations (one dataset per layer) and the embedding, with paths/labels/split.
 
     The FNE embedding is standardised with the training rows (the `train` split when DATA
