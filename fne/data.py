@@ -168,7 +168,7 @@ def load_dataset(spec: str | Path) -> Dataset:
     return _folder(path)
 
 
-def _class_folder(root: Path, split: str | None) -> tuple[list[Path], list[str]]:
+def _class_folder(root: Path) -> tuple[list[Path], list[str]]:
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
@@ -201,14 +201,14 @@ def _folder(root: Path) -> Dataset:
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=[p.name for p in loose], labels=None, splits=None,
                        classes=[], sources=[str(p) for p in loose])
-    files, labels = _class_folder(root, None)
+    files, labels = _class_folder(root)
     return _file_dataset(root.name, root, files, labels, None)
 
 
 def _split_folder(root: Path) -> Dataset:
     files, labels, splits = [], [], []
     for split in SPLITS:
-        f, lab = _class_folder(root / split, split)
+        f, lab = _class_folder(root / split)
         files += f
         labels += lab
         splits += [split] * len(f)
