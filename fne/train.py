@@ -36,7 +36,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from fne import backbones
+from fne import backbones, verb_module
 from fne.backbones import ImportReport, Normalize, Preprocess
 from fne.data import Dataset, load_dataset
 from fne.errors import DataError, FneError, WeightsError
@@ -815,3 +815,6 @@ def run_cli(args: argparse.Namespace) -> int:
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({how})")
     print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt")
     return 0
+
+
+verb_module(__name__)
