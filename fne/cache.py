@@ -4,7 +4,8 @@ A store is append-only. Each commit writes a complete *part* (a zarr group with 
 content keys and one N×V×C array per tap) under a temporary name and renames it into place,
 so a reader sees a part whole or not at all: a killed writer leaves only a `.tmp-*` folder,
 and two writers never touch the same files. Rows are found by content key; if two writers
-computed the same image, the first committed part wins.
+computed the same image, the first committed part wins. A store may also live at an fsspec
+URL (`s3://…`); having no rename there, a part is committed by a marker object written last.
 """
 
 from __future__ import annotations
@@ -28,12 +29,30 @@ DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "cache"
 STORAGE_DTYPES = ("float16", "float32")
 
 
-def cache_root(cache: str | Path | None = None) -> Path:
-    """--cache, else $FNE_CACHE, else the repository's cache/ folder."""
-    if cache is not None:
-        return Path(cache).expanduser()
-    env = os.environ.get("FNE_CACHE")
-    return Path(env).expanduser() if env else DEFAULT_CACHE
+def is_url(root: object) -> bool:
+    return isinstance(root, str) and "://" in root
+
+
+class Url(str):
+    """A store location given as an fsspec URL: printable, with `name` and `/` like a Path."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    def __truediv__(self, other: str) -> Url:
+        return Url(f"{self.rstrip('/')}/{other}")
+
+
+def cache_root(cache: str | Path | None = None) -> Path | Url:
+    """--cache, else $FNE_CACHE, else the repository's cache/ folder. fsspec URLs stay as given."""
+    if cache is None:
+        cache = os.environ.get("FNE_CACHE") or None
+    if cache is None:
+        return DEFAULT_CACHE
+    if is_url(cache):
+        return Url(str(cache))
+    return Path(cache).expanduser()
 
 
 @dataclass(frozen=True)
@@ -63,16 +82,97 @@ def _key_strings(arr: np.ndarray) -> list[str]:
     return [bytes(row).hex() for row in arr]
 
 
-class Store:
-    """A directory of committed parts plus `store.json` (what the rows mean)."""
+COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 
-    def __init__(self, path: Path, meta: dict):
-        self.path = Path(path)
+
+class _Fs:
+    """The file operations a store needs, on an fsspec filesystem (URL stores)."""
+
+    def __init__(self, url: str):
+        import fsspec
+
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem) and not self.fs.auto_mkdir:
+            self.fs, self.root = fsspec.core.url_to_fs(url, auto_mkdir=True)  # file:// as on object stores
+        self.root = self.root.rstrip("/")
+        self._afs = None
+
+    def p(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def zarr_store(self, rel: str):
+        """An async view of the filesystem for zarr (FsspecStore needs one)."""
+        if self._afs is None:
+            if self.fs.async_impl:
+                self._afs = type(self.fs)(**{**self.fs.storage_options, "asynchronous": True})
+            else:
+                from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+                self._afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+        return zarr.storage.FsspecStore(self._afs, path=self.p(rel))
+
+    def names(self, rel: str) -> list[tuple[str, bool]]:
+        """(name, is_dir) of the entries directly under rel; empty if there is none."""
+        self.fs.invalidate_cache(self.p(rel))  # other writers commit meanwhile (s3fs caches listings)
+        try:
+            entries = self.fs.ls(self.p(rel), detail=True)
+        except FileNotFoundError:
+            return []
+        return [(e["name"].rstrip("/").rsplit("/", 1)[-1], e.get("type") == "directory") for e in entries]
+
+
+class Store:
+    """A directory of committed parts plus `store.json` (what the rows mean).
+
+    The directory is a local path or an fsspec URL (`s3://…`, `memory://…`). Object stores
+    have no atomic rename, so there a part is written under its final name and committed by a
+    small `parts/<name>.committed` object written last; readers see only committed parts.
+    """
+
+    def __init__(self, path: str | Path, meta: dict):
+        # `path` prints the location either way; `url` is the fsspec URL (None for local stores).
+        self.url: Url | None = Url(str(path)) if is_url(path) else None
+        self.path: Path | Url = self.url if self.url is not None else Path(path)
+        self._fs = _Fs(self.url) if self.url is not None else None
         self.meta = meta
         self._index: dict[str, tuple[str, int]] | None = None
         self._bad: dict[str, str] | None = None
         self.duplicates = 0
         self.leftovers: list[str] = []
+
+    # ------------------------------------------------------------ files
+    def exists(self, rel: str) -> bool:
+        if self._fs:
+            self._fs.fs.invalidate_cache(self._fs.p(rel).rsplit("/", 1)[0])
+            return self._fs.fs.exists(self._fs.p(rel))
+        return (self.path / rel).exists()
+
+    def write_json(self, rel: str, obj) -> None:
+        """Write `rel` whole: tmp + rename locally (atomic on POSIX and shared filesystems);
+        one single-object write on a URL store (object stores never show a partial object)."""
+        if self._fs:
+            self._fs.fs.pipe_file(self._fs.p(rel), json.dumps(obj, indent=1).encode())
+            return
+        path = self.path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, obj)
+
+    def read_json(self, rel: str):
+        if self._fs:
+            return json.loads(self._fs.fs.cat_file(self._fs.p(rel)))
+        return json.loads((self.path / rel).read_text())
+
+    def list_json(self, reldir: str) -> list[str]:
+        """Relative paths of the `*.json` files in reldir, sorted by name."""
+        if self._fs:
+            names = [n for n, is_dir in self._fs.names(reldir) if not is_dir]
+        else:
+            d = self.path / reldir
+            names = [f.name for f in d.glob("*.json")] if d.is_dir() else []
+        return [f"{reldir}/{n}" for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
+
+    def _zarr(self, rel: str):
+        return self._fs.zarr_store(rel) if self._fs else str(self.path / rel)
 
     # ------------------------------------------------------------ opening
     @classmethod
@@ -89,21 +189,26 @@ class Store:
             "views": views,
             "taps": [[n, c] for n, c in taps],
         }
-        meta_path = path / "store.json"
-        if not meta_path.exists():
+        store = cls(path, meta)
+        if not store.exists("store.json"):
             if not create:
                 raise CacheError(f"no cache store {path}")
-            (path / "parts").mkdir(parents=True, exist_ok=True)
-            (path / "bad").mkdir(exist_ok=True)
-            (path / "records").mkdir(exist_ok=True)
-            _write_json_atomic(meta_path, meta)
+            if store._fs:
+                for d in ("parts", "bad", "records"):
+                    store._fs.fs.makedirs(store._fs.p(d), exist_ok=True)
+            else:
+                (path / "parts").mkdir(parents=True, exist_ok=True)
+                (path / "bad").mkdir(exist_ok=True)
+                (path / "records").mkdir(exist_ok=True)
+            store.write_json("store.json", meta)
         return cls.at(path, expect=meta)
 
     @classmethod
     def at(cls, path: str | Path, expect: dict | None = None) -> Store:
-        path = Path(path)
+        store = cls(path, {})
+        path = store.path
         try:
-            meta = json.loads((path / "store.json").read_text())
+            meta = store.read_json("store.json")
         except FileNotFoundError:
             raise CacheError(f"{path} is not a cache store (no store.json)") from None
         except json.JSONDecodeError as e:
@@ -112,7 +217,8 @@ class Store:
             raise CacheError(f"{path}: store format {meta.get('format')} (this fne reads {FORMAT})")
         if expect is not None and meta != expect:
             raise CacheError(f"{path}/store.json describes other rows than asked for: {meta} vs {expect}")
-        return cls(path, meta)
+        store.meta = meta
+        return store
 
     @property
     def taps(self) -> list[tuple[str, int]]:
@@ -123,9 +229,21 @@ class Store:
         return int(self.meta["views"])
 
     # ------------------------------------------------------------ index
-    def parts(self) -> list[Path]:
+    def parts(self) -> list[Path | Url]:
+        """Committed parts, oldest first (names start with their commit time)."""
+        if self._fs:
+            names = [n for n, is_dir in self._fs.names("parts") if not is_dir and n.endswith(COMMITTED)]
+            return sorted(self.path / "parts" / n[:-len(COMMITTED)] for n in names if not n.startswith("."))
         d = self.path / "parts"
         return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.exists() else []
+
+    def _leftover_names(self) -> list[str]:
+        """Parts that were never committed: a killed (or still running) writer's."""
+        if self._fs:
+            entries = self._fs.names("parts")
+            done = {n[:-len(COMMITTED)] for n, is_dir in entries if not is_dir and n.endswith(COMMITTED)}
+            return sorted(n for n, is_dir in entries if is_dir and n not in done)
+        return sorted(p.name for p in (self.path / "parts").glob(".tmp-*"))
 
     def refresh(self) -> None:
         self._index, self._bad = None, None
@@ -134,7 +252,7 @@ class Store:
         if self._index is None:
             index: dict[str, tuple[str, int]] = {}
             for part in self.parts():
-                keys = _key_strings(zarr.open_array(str(part / "keys"), mode="r")[:])
+                keys = _key_strings(zarr.open_array(self._zarr(f"parts/{part.name}/keys"), mode="r")[:])
                 for row, k in enumerate(keys):
                     index.setdefault(k, (part.name, row))
             self._index = index
@@ -144,8 +262,8 @@ class Store:
         """Content keys recorded as undecodable, with the reason."""
         if self._bad is None:
             bad: dict[str, str] = {}
-            for f in sorted((self.path / "bad").glob("*.json")):
-                bad.update(json.loads(f.read_text()))
+            for rel in self.list_json("bad"):
+                bad.update(self.read_json(rel))
             self._bad = bad
         return self._bad
 
@@ -167,8 +285,10 @@ class Store:
         """Write one part atomically; returns its name."""
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         if keys:
-            tmp = self.path / "parts" / f".tmp-{name}"
-            group = zarr.open_group(str(tmp), mode="w")
+            # Locally: a .tmp- folder renamed into place. URL store: the final (unique) name,
+            # committed by the marker written last.
+            rel = f"parts/{name}" if self._fs else f"parts/.tmp-{name}"
+            group = zarr.open_group(self._zarr(rel), mode="w")
             group.create_array("keys", data=_key_bytes(keys))
             dtype = np.dtype(self.meta["dtype"])
             for tap, c in self.taps:
@@ -177,18 +297,21 @@ class Store:
                     raise CacheError(f"{self.path}: tap {tap} rows have shape {a.shape}, expected "
                                      f"{(len(keys), self.views, c)}")
                 group.create_array(tap, data=a.astype(dtype), chunks=(max(1, len(keys)), self.views, c))
-            os.replace(tmp, self.path / "parts" / name)
+            if self._fs:
+                self.write_json(f"parts/{name}{COMMITTED}", {"rows": len(keys)})
+            else:
+                os.replace(self.path / rel, self.path / "parts" / name)
         if bad:
-            _write_json_atomic(self.path / "bad" / f"{name}.json", bad)
+            self.write_json(f"bad/{name}.json", bad)
         self._index = None
         self._bad = None
         return name
 
     def record(self, record: dict) -> None:
-        _write_json_atomic(self.path / "records" / f"{time.time_ns():020d}-{os.getpid()}.json", record)
+        self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
 
     def records(self) -> list[dict]:
-        return [json.loads(f.read_text()) for f in sorted((self.path / "records").glob("*.json"))]
+        return [self.read_json(rel) for rel in self.list_json("records")]
 
     # ------------------------------------------------------------ reading
     def read(self, keys: list[str], layers: list[str]) -> dict[str, np.ndarray]:
@@ -207,7 +330,7 @@ class Store:
             pos = np.array([p for p, _ in pairs])
             rows = np.array([r for _, r in pairs])
             for la in layers:
-                arr = zarr.open_array(str(self.path / "parts" / part / la), mode="r")
+                arr = zarr.open_array(self._zarr(f"parts/{part}/{la}"), mode="r")
                 out[la][pos] = arr[:][rows]
         return out
 
@@ -218,6 +341,8 @@ class Store:
 
     # ------------------------------------------------------------ upkeep
     def size_bytes(self) -> int:
+        if self._fs:
+            return int(self._fs.fs.du(self._fs.root))
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
     def verify(self) -> list[str]:
@@ -227,10 +352,10 @@ class Store:
         dup = 0
         for part in self.parts():
             try:
-                keys = zarr.open_array(str(part / "keys"), mode="r")[:]
+                keys = zarr.open_array(self._zarr(f"parts/{part.name}/keys"), mode="r")[:]
                 n = len(keys)
                 for tap, c in self.taps:
-                    a = zarr.open_array(str(part / tap), mode="r")
+                    a = zarr.open_array(self._zarr(f"parts/{part.name}/{tap}"), mode="r")
                     if a.shape != (n, self.views, c):
                         problems.append(f"part {part.name}: {tap} has shape {a.shape}, expected {(n, self.views, c)}")
                         continue
@@ -247,25 +372,36 @@ class Store:
                     seen[k] = part.name
         self.duplicates = dup  # harmless: concurrent writers computed the same image; reads use the first
         # Leftovers of killed writers: never read, so not damage; `clean()` removes them.
-        self.leftovers = sorted(p.name for p in (self.path / "parts").glob(".tmp-*"))
+        self.leftovers = self._leftover_names()
         return problems
 
     def clean(self) -> int:
-        tmp = list((self.path / "parts").glob(".tmp-*"))
-        for p in tmp:
-            shutil.rmtree(p, ignore_errors=True)
-        return len(tmp)
+        left = self._leftover_names()
+        for name in left:
+            if self._fs:
+                try:
+                    self._fs.fs.rm(self._fs.p(f"parts/{name}"), recursive=True)
+                except FileNotFoundError:
+                    pass
+            else:
+                shutil.rmtree(self.path / "parts" / name, ignore_errors=True)
+        return len(left)
 
 
 def list_stores(root: str | Path | None = None) -> list[Store]:
     root = cache_root(root)
-    if not root.exists():
-        return []
+    if isinstance(root, Url):
+        fs = _Fs(root)
+        names = [n for n, is_dir in fs.names("") if is_dir]
+        candidates = [root / n for n in sorted(names) if fs.fs.exists(fs.p(f"{n}/store.json"))]
+    else:
+        if not root.exists():
+            return []
+        candidates = [d for d in sorted(root.iterdir()) if (d / "store.json").exists()]
     out = []
-    for d in sorted(root.iterdir()):
-        if (d / "store.json").exists():
-            try:
-                out.append(Store.at(d))
-            except CacheError:
-                continue
+    for d in candidates:
+        try:
+            out.append(Store.at(d))
+        except CacheError:
+            continue
     return out

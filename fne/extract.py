@@ -8,14 +8,12 @@ in parts on a background thread, so an interrupted run keeps everything committe
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 import socket
 import sys
 import threading
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -422,16 +420,15 @@ def dataset_fingerprint(keys: list[str]) -> str:
     return h.hexdigest()
 
 
-def shard_marker(store: Store, fingerprint: str, shard: tuple[int, int]) -> Path:
-    return store.path / "shards" / f"{fingerprint}-{shard[0]}of{shard[1]}.json"
+def _shard_rel(fingerprint: str, shard: tuple[int, int]) -> str:
+    """The marker's path inside the store."""
+    return f"shards/{fingerprint}-{shard[0]}of{shard[1]}.json"
 
 
-def _write_marker(path: Path, obj: dict) -> None:
-    """Atomic on POSIX and on shared filesystems (NFS, Lustre, GPFS): rename in one directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def shard_marker(store: Store, fingerprint: str, shard: tuple[int, int]) -> Path | str:
+    """Where the marker lies (a Path, or a URL string for URL stores); read and write it through
+    the store (`Store.write_json`: atomic rename locally, one object write on a URL store)."""
+    return store.path / _shard_rel(fingerprint, shard)
 
 
 def shard_status(data: str | Path | Dataset, n: int, **spec: object) -> dict[int, dict | None]:
@@ -445,8 +442,8 @@ def shard_status(data: str | Path | Dataset, n: int, **spec: object) -> dict[int
     fp = dataset_fingerprint(dataset.keys())
     out: dict[int, dict | None] = {}
     for i in range(n):
-        p = shard_marker(store, fp, (i, n))
-        out[i] = json.loads(p.read_text()) if p.exists() else None
+        rel = _shard_rel(fp, (i, n))
+        out[i] = store.read_json(rel) if store.exists(rel) else None
     return out
 
 
@@ -570,12 +567,13 @@ def extract(
     if shard_t is not None:
         fp = dataset_fingerprint(keys)
         marker = shard_marker(store, fp, shard_t)
-        if marker.exists() and todo:  # a marker never hides work: the index has the last word
+        # A marker never hides work: the index has the last word.
+        if store.exists(_shard_rel(fp, shard_t)) and todo:
             warnings.warn(f"shard marker {marker.name} exists but {len(todo)} images of the shard "
                           f"have no row; computing them", stacklevel=2)
     if not todo:
-        if marker is not None and not marker.exists():
-            _finish_shard(marker, fp, shard_t, dataset, in_shard, result)
+        if marker is not None and not store.exists(_shard_rel(fp, shard_t)):
+            _finish_shard(store, fp, shard_t, dataset, in_shard, result)
         result.shard_marker = None if marker is None else str(marker)
         result.seconds = time.perf_counter() - t0
         return result
@@ -662,7 +660,7 @@ def extract(
     if result.n_computed > first_batch[0] and run_s > first_batch[1]:
         result.steady_images_per_s = (result.n_computed - first_batch[0]) / (run_s - first_batch[1])
     if marker is not None:
-        _finish_shard(marker, fp, shard_t, dataset, in_shard, result)
+        _finish_shard(store, fp, shard_t, dataset, in_shard, result)
         result.shard_marker = str(marker)
     store.record({"kind": "extract", "dataset": dataset.name, "device": str(dev), "precision": prec,
                   "batch_size": batch_size, "workers": workers, "compile": result.compiled,
@@ -715,9 +713,9 @@ def _forward(model, x: torch.Tensor, dev: torch.device, prec: str):
             return eager, eager(x)
 
 
-def _finish_shard(marker: Path, fp: str, shard_t: tuple[int, int], dataset: Dataset, in_shard: int,
+def _finish_shard(store: Store, fp: str, shard_t: tuple[int, int], dataset: Dataset, in_shard: int,
                   result: ExtractResult) -> None:
-    _write_marker(marker, {
+    store.write_json(_shard_rel(fp, shard_t), {
         "dataset": dataset.name, "dataset_fingerprint": fp, "shard": list(shard_t),
         "n_images_in_shard": in_shard, "n_computed": result.n_computed, "n_skipped": result.n_skipped,
         "host": socket.gethostname(), "pid": os.getpid(),

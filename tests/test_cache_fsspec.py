@@ -1,0 +1,115 @@
+"""Cache stores at fsspec URLs (here fsspec's in-memory filesystem): parts are committed by a
+marker object written last, readers ignore parts without one, and rows equal a local store's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+import fne.extract as fx
+from fne.cache import COMMITTED, Store, cache_root, list_stores
+from fne.data import load_dataset
+from fne.fit import fit
+
+from .conftest import FAST, write_digits
+
+URL = "memory://fnetest/c"
+STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
+
+
+@pytest.fixture(autouse=True)
+def clean_memory_fs():
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    def clear():
+        MemoryFileSystem.store.clear()
+        MemoryFileSystem.pseudo_dirs[:] = [""]
+
+    clear()
+    yield
+    clear()
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return write_digits(tmp_path_factory.mktemp("fsspec") / "data", per_class=6, classes=3)
+
+
+def _store(cache) -> Store:
+    (store,) = list_stores(cache)
+    return store
+
+
+def test_cache_root_keeps_urls():
+    assert cache_root("s3://bucket/x") == "s3://bucket/x"
+    assert cache_root(URL) == URL
+
+
+def test_extract_twice_then_fit_on_a_url_store(digits, tmp_path):
+    r = fx.extract(digits, cache=URL, progress=False, **FAST)
+    assert r.n_computed == 18 and r.store.startswith(URL + "/")
+    again = fx.extract(digits, cache=URL, progress=False, **FAST)
+    assert again.n_computed == 0 and again.n_cached == 18
+    store = _store(URL)
+    assert store.url == store.path == r.store and store.path.name in r.store
+    assert len(store) == 18 and store.verify() == [] and store.leftovers == []
+    assert [rec["n_computed"] for rec in store.records()] == [18]  # a no-op run records nothing
+    # Shard markers go through the store too.
+    s = fx.extract(digits, cache=URL, shard="1/2", progress=False, **FAST)
+    assert s.n_computed == 0 and s.shard_marker.startswith(URL + "/") and s.shard_marker.endswith("-1of2.json")
+    status = fx.shard_status(digits, 2, cache=URL, **{k: v for k, v in FAST.items() if k != "storage_dtype"},
+                             dtype=FAST["storage_dtype"])
+    assert status[0] is None and status[1]["shard"] == [1, 2]
+
+    m = fit(digits, features="fne", head="svm", splits=2, out=tmp_path / "run", cache=URL, **STORE)
+    assert m["n_train"] + m["n_test"] == 18 and 0 <= m["accuracy"] <= 1
+
+
+def test_part_without_marker_is_ignored_and_cleaned(digits):
+    fx.extract(digits, cache=URL, progress=False, **FAST)
+    store = _store(URL)
+    n = len(store)
+    # A writer killed before its marker: a whole zarr group under its final name, uncommitted.
+    name = "00000000000000000000-1-deadbeef"
+    group = zarr.open_group(store._zarr(f"parts/{name}"), mode="w")
+    group.create_array("keys", data=np.full((1, 16), 7, dtype=np.uint8))
+    for tap, c in store.taps:
+        group.create_array(tap, data=np.zeros((1, store.views, c), dtype="float32"))
+    store.refresh()
+    assert len(store) == n and "07" * 16 not in store.index()
+    assert all(p.name != name for p in store.parts())
+    assert store.verify() == [] and store.leftovers == [name]
+    assert store.clean() == 1
+    assert not store.exists(f"parts/{name}") and store.verify() == [] and store.leftovers == []
+    # The same group with its marker is a committed part.
+    store.commit(["07" * 16], {tap: np.zeros((1, store.views, c), dtype="float32") for tap, c in store.taps})
+    assert any(store.exists(f"parts/{p.name}{COMMITTED}") for p in store.parts())
+    store.refresh()
+    assert len(store) == n + 1 and store.verify() == []
+
+
+def test_rows_equal_a_local_store(digits, tmp_path):
+    local = str(tmp_path / "cache")
+    fx.extract(digits, cache=local, progress=False, **FAST)
+    fx.extract(digits, cache=URL, progress=False, **FAST)
+    a, b = _store(local), _store(URL)
+    assert a.meta == b.meta and a.path.name == b.path.name
+    keys = load_dataset(digits).keys()
+    layers = [t for t, _ in a.taps]
+    ra, rb = a.read(keys, layers), b.read(keys, layers)
+    for la in layers:
+        assert np.array_equal(ra[la], rb[la])
+
+
+def test_file_url_store(tmp_path):
+    from fne.cache import StoreKey
+
+    url = f"file://{tmp_path}/cache"
+    s = Store.open(url, StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    s.commit(["00" * 16, "11" * 16], {"t": np.ones((2, 1, 3))}, bad={"22" * 16: "unreadable"})
+    (again,) = list_stores(url)
+    assert again.path == url + "/a__w__p__fp32__float32" and again.path.name == "a__w__p__fp32__float32"
+    assert len(again) == 2 and again.bad() == {"22" * 16: "unreadable"} and again.verify() == []
+    assert (tmp_path / "cache" / "a__w__p__fp32__float32" / "store.json").exists()
+    assert np.array_equal(again.read(["11" * 16], ["t"])["t"], np.ones((1, 1, 3), dtype=np.float32))
