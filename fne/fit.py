@@ -147,29 +147,59 @@ def class_scores(pipe, X: np.ndarray) -> np.ndarray:
     return s.reshape(n, v, -1).mean(axis=1)
 
 
-def _fit_one(kind: str, head: str, C, X: np.ndarray, y: np.ndarray, seed: int, stream_chunk: int):
-    """Views become training samples; SGD heads learn chunk by chunk with partial_fit."""
+def _fit_one(kind: str, head: str, C, X: np.ndarray, y: np.ndarray, seed: int):
+    """In-memory heads: views become training samples."""
     n, v, d = X.shape
-    Xf, yf = X.reshape(n * v, d), np.repeat(y, v)
-    if not head.startswith("sgd"):
-        return fit_pipeline(make_transform(kind), head, C, Xf, yf, seed)
-    if C == "auto":
-        raise FneError("--C auto is not available with SGD heads; give a number")
-    from sklearn.pipeline import Pipeline
+    return fit_pipeline(make_transform(kind), head, C, X.reshape(n * v, d), np.repeat(y, v), seed)
 
-    embed = make_transform(kind)
-    if kind == "fne":
-        for s in range(0, len(Xf), stream_chunk):
-            embed.partial_fit(Xf[s:s + stream_chunk])
-    clf = make_head(head, C, seed, n_samples=len(Xf))
-    classes = np.unique(yf)
-    rng = np.random.default_rng(seed)
-    for _ in range(10):
-        order = rng.permutation(len(Xf))
-        for s in range(0, len(Xf), stream_chunk):
-            idx = np.sort(order[s:s + stream_chunk])
-            clf.partial_fit(embed.transform(Xf[idx]), yf[idx], classes=classes)
-    return Pipeline([("embed", embed), ("head", clf)]), C
+
+SGD_EPOCHS = 10
+
+
+class _Streamer:
+    """Rows of the store in chunks that each touch few parts, so SGD heads never hold all rows."""
+
+    def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int):
+        self.store, self.keys, self.layers, self.chunk = store, keys, layers, chunk
+
+    def chunks(self, idx: np.ndarray, rng: np.random.Generator | None = None):
+        index = self.store.index()
+        order = sorted(idx.tolist(), key=lambda i: index[self.keys[i]])  # part by part
+        blocks = [np.array(order[s:s + self.chunk]) for s in range(0, len(order), self.chunk)]
+        if rng is not None:
+            rng.shuffle(blocks)
+            blocks = [rng.permutation(b) for b in blocks]
+        for b in blocks:
+            arrays = self.store.read([self.keys[i] for i in b], self.layers)
+            yield b, np.concatenate([arrays[la] for la in self.layers], axis=2)
+
+    def fit(self, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray, seed: int):
+        from sklearn.pipeline import Pipeline
+
+        if C == "auto":
+            raise FneError("--C auto is not available with SGD heads; give a number")
+        embed = make_transform(kind)
+        for _, X in self.chunks(idx):
+            flat = X.reshape(-1, X.shape[2])
+            if kind == "fne":
+                embed.partial_fit(flat)
+            else:
+                embed.fit(flat[:1])  # L2 normalisation is stateless
+        clf = make_head(head, C, seed, n_samples=len(idx) * self.store.views)
+        classes = np.unique(y[idx])
+        rng = np.random.default_rng(seed)
+        for _ in range(SGD_EPOCHS):
+            for b, X in self.chunks(idx, rng):
+                n, v, d = X.shape
+                clf.partial_fit(embed.transform(X.reshape(n * v, d)), np.repeat(y[b], v), classes=classes)
+        return Pipeline([("embed", embed), ("head", clf)])
+
+    def scores(self, pipe, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), len(pipe.classes_)))
+        pos = {i: p for p, i in enumerate(idx.tolist())}
+        for b, X in self.chunks(idx):
+            out[[pos[i] for i in b.tolist()]] = class_scores(pipe, X)
+        return out
 
 
 def _machine() -> str:
@@ -217,7 +247,9 @@ def fit(
     dataset, extract_s = _rows(dataset, store, data, kw, extract_missing,
                                dict(batch_size=batch_size, workers=workers, compile=compile), "fit")
     y = dataset.label_indices()
-    X = load_features(store, dataset, layers)
+    # SGD heads stream rows from the store chunk by chunk: memory flat in the number of images.
+    streamer = _Streamer(store, dataset.keys(), layers, stream_chunk) if head.startswith("sgd") else None
+    X = None if streamer else load_features(store, dataset, layers)
     split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
 
     k = len(dataset.classes)
@@ -226,9 +258,13 @@ def fit(
     t0 = time.perf_counter()
     pipe = None
     for tr, te in split_list:
-        pipe, c_used = _fit_one(kind, head, C, X[tr], y[tr], seed, stream_chunk)
-        classes_seen = pipe.classes_
-        pred = classes_seen[class_scores(pipe, X[te]).argmax(axis=1)]
+        if streamer:
+            pipe, c_used = streamer.fit(kind, head, C, y, tr, seed), C
+            scores = streamer.scores(pipe, te)
+        else:
+            pipe, c_used = _fit_one(kind, head, C, X[tr], y[tr], seed)
+            scores = class_scores(pipe, X[te])
+        pred = pipe.classes_[scores.argmax(axis=1)]
         per_split.append({
             "accuracy": float(accuracy_score(y[te], pred)),
             "mean_class_accuracy": float(balanced_accuracy_score(y[te], pred)),
@@ -238,7 +274,9 @@ def fit(
         confusion += confusion_matrix(y[te], pred, labels=np.arange(k))
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     if not dataset.has_split:  # the saved model learns from every labelled image
-        pipe, _ = _fit_one(kind, head, Cs[0] if C == "auto" else C, X, y, seed, stream_chunk)
+        every = np.arange(len(y))
+        pipe = (streamer.fit(kind, head, C, y, every, seed) if streamer
+                else _fit_one(kind, head, Cs[0] if C == "auto" else C, X, y, seed)[0])
 
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])

@@ -114,3 +114,26 @@ def test_export_h5(digits_folder, warm_cache, tmp_path):
         assert f["embedding"].dtype == np.int8 and set(np.unique(f["embedding"][()])) <= {-1, 0, 1}
         assert f["paths"].asstr()[0] == "0/" + sorted((digits_folder / "0").iterdir())[0].name
         assert list(f.attrs["classes"]) == ["0", "1", "2", "3"]
+
+
+def test_sgd_heads_stream_rows_chunk_by_chunk(digits_folder, warm_cache, tmp_path, monkeypatch):
+    import fne.fit as ff
+    from fne.cache import Store
+
+    def no_full_load(*a, **k):
+        raise AssertionError("SGD heads must not load every row at once")
+
+    sizes = []
+    real_read = Store.read
+
+    def counting_read(self, keys, layers):
+        sizes.append(len(keys))
+        return real_read(self, keys, layers)
+
+    monkeypatch.setattr(ff, "load_features", no_full_load)
+    monkeypatch.setattr(Store, "read", counting_read)
+    m = fit(digits_folder, features="last", head="sgd-logreg", splits=2, out=tmp_path / "s",
+            cache=str(warm_cache), stream_chunk=5, **STORE)
+    assert sizes and max(sizes) <= 5 and m["n_test"] == 6
+    assert 0.0 <= m["accuracy"] <= 1.0
+    assert set(joblib.load(tmp_path / "s" / "model.joblib")["pipeline"].classes_) == {0, 1, 2, 3}
