@@ -229,7 +229,7 @@ def fit(
     batch_size: int = 32,
     workers: int | None = None,
     compile: bool | str = "auto",
-    stream_chunk: int = 4096,
+    stream_chunk: int = 1024,
 ) -> dict:
     """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib."""
     if head not in HEADS:
