@@ -602,7 +602,8 @@ def extract(
     first_batch = (0, 0.0)  # images, seconds from the start of the run to its end
     cpu0 = _cpu_seconds()
     t_run = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=f"extract {arch}", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=len(todo), unit="img", desc=f"extract {arch}", disable=not progress, file=sys.stderr,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs get a line every 30 s, not a flood
     try:
         t = time.perf_counter()
         for batch in batches:

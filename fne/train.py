@@ -397,7 +397,7 @@ def _train_one_epoch(model: nn.Module, loader, optimizer, ctx: _Ctx, desc: str) 
     loss_sum = 0.0
     t0 = time.perf_counter()
     bar = tqdm(total=len(loader.dataset), unit="img", desc=desc, disable=not ctx.progress,
-               file=sys.stderr, leave=False)
+               file=sys.stderr, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     try:
         for idx, x, y, bad in loader:
             _note_bad(ctx, loader.dataset.dataset, bad)
@@ -447,7 +447,7 @@ def _evaluate(model: nn.Module, loader, ctx: _Ctx, desc: str) -> tuple[np.ndarra
     model.eval()
     ids, ys, probs = [], [], []
     bar = tqdm(total=len(loader.dataset), unit="img", desc=desc, disable=not ctx.progress,
-               file=sys.stderr, leave=False)
+               file=sys.stderr, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0)
     try:
         for idx, x, y, bad in loader:
             _note_bad(ctx, loader.dataset.dataset, bad)
