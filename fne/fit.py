@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import csv
 import json
-import platform
 import time
 import warnings
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import joblib
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 from sklearn.model_selection import StratifiedShuffleSplit
 
 from fne import backbones, verb_module
@@ -27,6 +24,7 @@ from fne.embedding import FullNetworkEmbedding, make_transform
 from fne.errors import FneError
 from fne.extract import StoreSpec, extract
 from fne.heads import HEADS, fit_pipeline, make_head, parse_C
+from fne.metrics import provenance, split_scores
 
 MODEL_FORMAT = 1
 
@@ -202,10 +200,6 @@ class _Streamer:
         return out
 
 
-def _machine() -> str:
-    return f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})"
-
-
 # -------------------------------------------------------------------- fit
 def fit(
     data: str | Path,
@@ -265,13 +259,10 @@ def fit(
             pipe, c_used = _fit_one(kind, head, C, X[tr], y[tr], seed)
             scores = class_scores(pipe, X[te])
         pred = pipe.classes_[scores.argmax(axis=1)]
-        per_split.append({
-            "accuracy": float(accuracy_score(y[te], pred)),
-            "mean_class_accuracy": float(balanced_accuracy_score(y[te], pred)),
-            "n_train": int(len(tr)), "n_test": int(len(te)),
-        })
+        scores, conf = split_scores(y[te], pred, k)
+        per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})
         Cs.append(c_used)
-        confusion += confusion_matrix(y[te], pred, labels=np.arange(k))
+        confusion += conf
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     if not dataset.has_split:  # the saved model learns from every labelled image
         every = np.arange(len(y))
@@ -306,8 +297,7 @@ def fit(
             f"{len(per_split)}x {train_per_class} per class" if train_per_class
             else f"{len(per_split)}x stratified test_size={test_size}"),
         "store": str(store.path),
-        "machine": _machine(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **provenance(),
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

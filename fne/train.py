@@ -19,18 +19,15 @@ import csv
 import difflib
 import json
 import os
-import platform
 import random
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torchvision.transforms import v2 as T
@@ -41,6 +38,7 @@ from fne.backbones import ImportReport, Normalize, Preprocess
 from fne.data import Dataset, load_dataset
 from fne.errors import DataError, FneError, WeightsError
 from fne.extract import autocast, resolve_device, resolve_precision
+from fne.metrics import provenance, split_scores
 
 MODES = ("direct", "scratch", "frozen", "finetune")
 NEW_LAYERS = ("fc", "last")
@@ -519,10 +517,6 @@ def _load_checkpoint(path: Path, cfg: TrainConfig) -> dict:
 # ------------------------------------------------------------------- outputs
 
 
-def _machine() -> str:
-    return f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})"
-
-
 def _write_predictions(path: Path, dataset: Dataset, classes: list[str], ids: np.ndarray,
                        scores: np.ndarray, pred: np.ndarray) -> None:
     with open(path, "w", newline="") as f:
@@ -674,11 +668,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     else:
         scores = probs
     pred = scores.argmax(1)
-    k = len(classes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-        mca = float(balanced_accuracy_score(yt, pred))
-    acc = float(accuracy_score(yt, pred))
+    scores_, confusion = split_scores(yt, pred, len(classes))
+    acc, mca = scores_["accuracy"], scores_["mean_class_accuracy"]
     n_train = 0 if direct else int(len(tr))  # direct learns nothing from the training part
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out / "predictions.csv", dataset, classes, ids, scores, pred)
@@ -708,10 +699,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         "batch_size": cfg.batch_size, "seed": cfg.seed,
         "split_protocol": "predefined" if dataset.has_split else f"1x stratified test_size={cfg.test_size}",
         "val_fraction": cfg.val_fraction if not direct else 0.0,
-        "confusion": confusion_matrix(yt, pred, labels=np.arange(k)).tolist(),
+        "confusion": confusion.tolist(),
         "history": history, "skipped": ctx.skipped,
-        "device": str(dev), "machine": _machine(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(dev), **provenance(),
     }
     if direct:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in cmap.items()},
