@@ -7,6 +7,7 @@ exit 2, Ctrl-C exits 130 after the verb has kept what it committed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
 
@@ -185,42 +186,24 @@ def _cmd_cache_verify(a) -> int:
     return 1 if bad else 0
 
 
-# ---------------------------------------------------------- train (issue 3)
-def _add_train(sub) -> None:
-    from fne.train import add_arguments, run_cli
-
-    p = sub.add_parser("train", help="direct / scratch / frozen / finetune transfer experiments")
-    add_arguments(p)
-    p.set_defaults(func=run_cli)
-
-
-# ------------------------------------------------- run, report, advise (issue 4)
-def _add_run(sub) -> None:
-    from fne.pipeline import add_arguments, run_cli
-
-    p = sub.add_parser("run", help="run a pipelines/*.toml experiment end to end")
-    add_arguments(p)
-    p.set_defaults(func=run_cli)
+# ------------------------------------- verbs whose module declares its own options
+# (verb, module with add_arguments(parser) and run_cli(args), help text)
+MODULE_VERBS = (
+    ("train", "fne.train", "direct / scratch / frozen / finetune transfer experiments"),
+    ("run", "fne.pipeline", "run a pipelines/*.toml experiment end to end"),
+    ("report", "fne.report", "Markdown + HTML report from run folders"),
+    ("advise", "fne.advise", "which transfer-learning experiment suits DATA, and why"),
+)
 
 
-def _add_report(sub) -> None:
-    from fne.report import add_arguments, run_cli
-
-    p = sub.add_parser("report", help="Markdown + HTML report from run folders")
-    add_arguments(p)
-    p.set_defaults(func=run_cli)
-
-
-def _add_advise(sub) -> None:
-    from fne.advise import add_arguments, run_cli
-
-    p = sub.add_parser("advise", help="which transfer-learning experiment suits DATA, and why")
-    add_arguments(p)
-    p.set_defaults(func=run_cli)
+def _add_module_verb(sub, verb: str, module: str, text: str) -> None:
+    mod = importlib.import_module(module)
+    p = sub.add_parser(verb, help=text)
+    mod.add_arguments(p)
+    p.set_defaults(func=mod.run_cli)
 
 
-VERBS = (_add_extract, _add_fit, _add_predict, _add_export, _add_cache, _add_train, _add_run,
-         _add_report, _add_advise)
+VERBS = (_add_extract, _add_fit, _add_predict, _add_export, _add_cache)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in VERBS:
         add(sub)
+    for verb, module, text in MODULE_VERBS:
+        _add_module_verb(sub, verb, module, text)
     return parser
 
 
