@@ -48,7 +48,7 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
 
 def _store_spec(kw: dict) -> StoreSpec:
     return StoreSpec(kw["arch"], kw["weights"], kw["crop"], kw["precision"], kw["storage_dtype"],
-                     kw["cache"], kw["device"], kw["weights_seed"])
+                     kw["cache"], kw["device"], kw["weights_seed"], kw.get("decode", "pil"))
 
 
 def _extract_command(data, kw: dict) -> str:
