@@ -16,6 +16,8 @@ from pathlib import Path
 import joblib
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
 from fne import backbones, verb_module
 from fne.cache import Store
@@ -23,7 +25,7 @@ from fne.data import Dataset, load_dataset
 from fne.embedding import FullNetworkEmbedding, make_transform
 from fne.errors import FneError
 from fne.extract import StoreSpec, extract
-from fne.heads import HEADS, fit_pipeline, make_head, parse_C
+from fne.heads import C_GRID, HEADS, make_head, parse_C
 from fne.metrics import provenance, split_scores
 
 MODEL_FORMAT = 1
@@ -60,8 +62,8 @@ def _extract_command(data, kw: dict) -> str:
     return " ".join(parts)
 
 
-def _rows(dataset: Dataset, store: Store, data, kw: dict, extract_missing: bool, extract_kw: dict,
-          action: str) -> tuple[Dataset, float | None]:
+def _cached_subset(dataset: Dataset, store: Store, data, kw: dict, extract_missing: bool,
+                   extract_kw: dict, action: str) -> tuple[Dataset, float | None]:
     """The dataset restricted to images with cached rows; extraction seconds if it extracted."""
     keys = dataset.keys()
     missing = store.missing(keys)
@@ -87,12 +89,6 @@ def _rows(dataset: Dataset, store: Store, data, kw: dict, extract_missing: bool,
     if len(dataset) == 0:
         raise FneError(f"{data}: no readable images")
     return dataset, seconds
-
-
-def load_features(store: Store, dataset: Dataset, layers: list[str]) -> np.ndarray:
-    """(n, views, D) float32, layers concatenated in the order given."""
-    arrays = store.read(dataset.keys(), layers)
-    return np.concatenate([arrays[la] for la in layers], axis=2)
 
 
 def _extract_rate(store: Store) -> float | None:
@@ -135,69 +131,137 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int, test_size: float,
 
 
 # ----------------------------------------------------------------- scoring
-def class_scores(pipe, X: np.ndarray) -> np.ndarray:
-    """(n, views, D) -> (n, classes): probabilities (logreg) or margins, averaged over views."""
+def class_scores(model, X: np.ndarray) -> np.ndarray:
+    """(n, views, D) -> (n, classes): probabilities (logreg) or margins, averaged over views.
+
+    `model` is a fitted pipeline on store rows, or a bare head on embedded rows.
+    """
     n, v, d = X.shape
     flat = X.reshape(n * v, d)
-    s = pipe.predict_proba(flat) if hasattr(pipe, "predict_proba") else pipe.decision_function(flat)
+    s = model.predict_proba(flat) if hasattr(model, "predict_proba") else model.decision_function(flat)
     if s.ndim == 1:  # binary margins
         s = np.stack([-s, s], axis=1)
     return s.reshape(n, v, -1).mean(axis=1)
 
 
-def _fit_one(kind: str, head: str, C, X: np.ndarray, y: np.ndarray, seed: int):
-    """In-memory heads: views become training samples."""
-    n, v, d = X.shape
-    return fit_pipeline(make_transform(kind), head, C, X.reshape(n * v, d), np.repeat(y, v), seed)
+# -------------------------------------------------------------------- rows
+class Rows:
+    """Store rows read in chunks that each touch few parts, so no head ever holds every float row.
 
+    In-memory heads (svm, logreg) get the embedding built chunk by chunk (int8 for FNE, a
+    quarter of the float32 rows); SGD heads never hold more than one chunk.
+    """
 
-SGD_EPOCHS = 10
-
-
-class _Streamer:
-    """Rows of the store in chunks that each touch few parts, so SGD heads never hold all rows."""
-
-    def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int):
+    def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024):
+        if chunk < 1:
+            raise FneError(f"stream_chunk must be >= 1, got {chunk}")
         self.store, self.keys, self.layers, self.chunk = store, keys, layers, chunk
 
     def chunks(self, idx: np.ndarray, rng: np.random.Generator | None = None):
+        """(positions in idx, (n, views, D) float32) per chunk; shuffled blocks when given rng."""
         index = self.store.index()
-        order = sorted(idx.tolist(), key=lambda i: index[self.keys[i]])  # part by part
+        order = sorted(range(len(idx)), key=lambda p: index[self.keys[idx[p]]])  # part by part
         blocks = [np.array(order[s:s + self.chunk]) for s in range(0, len(order), self.chunk)]
         if rng is not None:
             rng.shuffle(blocks)
             blocks = [rng.permutation(b) for b in blocks]
         for b in blocks:
-            arrays = self.store.read([self.keys[i] for i in b], self.layers)
+            arrays = self.store.read([self.keys[i] for i in idx[b]], self.layers)
             yield b, np.concatenate([arrays[la] for la in self.layers], axis=2)
 
-    def fit(self, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray, seed: int):
-        from sklearn.pipeline import Pipeline
-
-        if C == "auto":
-            raise FneError("--C auto is not available with SGD heads; give a number")
+    def fit_embedding(self, kind: str, idx: np.ndarray):
+        """The transform fitted on rows idx only (FNE statistics accumulate chunk by chunk)."""
         embed = make_transform(kind)
+        if kind != "fne":  # L2 normalisation is stateless
+            _, X = next(self.chunks(idx[:1]))
+            return embed.fit(X[:, 0])
         for _, X in self.chunks(idx):
-            flat = X.reshape(-1, X.shape[2])
-            if kind == "fne":
-                embed.partial_fit(flat)
-            else:
-                embed.fit(flat[:1])  # L2 normalisation is stateless
-        clf = make_head(head, C, seed, n_samples=len(idx) * self.store.views)
-        classes = np.unique(y[idx])
-        rng = np.random.default_rng(seed)
-        for _ in range(SGD_EPOCHS):
-            for b, X in self.chunks(idx, rng):
-                n, v, d = X.shape
-                clf.partial_fit(embed.transform(X.reshape(n * v, d)), np.repeat(y[b], v), classes=classes)
-        return Pipeline([("embed", embed), ("head", clf)])
+            embed.partial_fit(X.reshape(-1, X.shape[2]))
+        return embed
+
+    def embedded(self, embed, idx: np.ndarray) -> np.ndarray:
+        """(len(idx) * views, D): rows in idx order, an image's views consecutive."""
+        v = self.store.views
+        out = None
+        for b, X in self.chunks(idx):
+            Z = embed.transform(X.reshape(-1, X.shape[2])).reshape(len(b), v, -1)
+            if out is None:
+                out = np.empty((len(idx), v, Z.shape[2]), dtype=Z.dtype)
+            out[b] = Z
+        return out.reshape(len(idx) * v, -1)
 
     def scores(self, pipe, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), len(pipe.classes_)))
-        pos = {i: p for p, i in enumerate(idx.tolist())}
         for b, X in self.chunks(idx):
-            out[[pos[i] for i in b.tolist()]] = class_scores(pipe, X)
+            out[b] = class_scores(pipe, X)
         return out
+
+
+SGD_EPOCHS = 10
+
+
+def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
+                   seed: int) -> Pipeline:
+    """Views become training samples; only the embedding of rows idx is held."""
+    embed = rows.fit_embedding(kind, idx)
+    clf = make_head(head, C, seed).fit(rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views))
+    return Pipeline([("embed", embed), ("head", clf)])
+
+
+def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
+             seed: int) -> Pipeline:
+    """partial_fit over shuffled chunks: memory flat in the number of images.
+
+    SGD needs features of one scale (L2-normalised rows put every class signal in tiny
+    values and it stalls there), so the embedded rows are standardised with training
+    statistics streamed in one more pass.
+    """
+    embed = rows.fit_embedding(kind, idx)
+    scale = StandardScaler()
+    for _, X in rows.chunks(idx):
+        scale.partial_fit(embed.transform(X.reshape(-1, X.shape[2])))
+    clf = make_head(head, C, seed, n_samples=len(idx) * rows.store.views,
+                    n_features=int((scale.var_ > 0).sum()))
+    classes = np.unique(y[idx])
+    rng = np.random.default_rng(seed)
+    for _ in range(SGD_EPOCHS):
+        for b, X in rows.chunks(idx, rng):
+            n, v, d = X.shape
+            clf.partial_fit(scale.transform(embed.transform(X.reshape(n * v, d))), np.repeat(y[idx[b]], v),
+                            classes=classes)
+    return Pipeline([("embed", embed), ("scale", scale), ("head", clf)])
+
+
+def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, idx: np.ndarray,
+             seed: int = 0) -> tuple[Pipeline, float]:
+    """Fit embedding + head on rows idx; with C='auto' pick C on a validation part of them.
+
+    The validation part is carved from the training images only (Kornblith et al. 2019's
+    linear-probe protocol; all views of an image on one side), its embedding is fitted on the
+    rest, and the chosen C is refitted on every training image. Returns (pipeline, C used).
+    """
+    fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
+    if C != "auto":
+        return fitter(rows, kind, head, C, y, idx, seed), C
+    if head.startswith("sgd"):
+        raise FneError("--C auto is not available with SGD heads; give a number")
+    counts = np.bincount(y[idx])
+    counts = counts[counts > 0]
+    if counts.min() < 2:
+        raise FneError("--C auto needs at least 2 training images per class")
+    val = StratifiedShuffleSplit(n_splits=1, test_size=max(0.2, len(counts) / len(idx)), random_state=seed)
+    sub, held = next(val.split(np.zeros(len(idx)), y[idx]))
+    sub, held = idx[sub], idx[held]
+    embed = rows.fit_embedding(kind, sub)
+    v = rows.store.views
+    Z_sub, Z_held = rows.embedded(embed, sub), rows.embedded(embed, held)
+    accuracy = []
+    for c in C_GRID:
+        clf = make_head(head, c, seed).fit(Z_sub, np.repeat(y[sub], v))
+        pred = clf.classes_[class_scores(clf, Z_held.reshape(len(held), v, -1)).argmax(axis=1)]
+        accuracy.append(float(np.mean(pred == y[held])))
+    best = C_GRID[int(np.argmax(accuracy))]  # the smallest C among ties: the most regularised
+    return fitter(rows, kind, head, best, y, idx, seed), best
 
 
 # -------------------------------------------------------------------- fit
@@ -238,12 +302,10 @@ def fit(
     layers, kind = parse_features(features, backbone)
     spec = _store_spec(kw)
     store = spec.open()
-    dataset, extract_s = _rows(dataset, store, data, kw, extract_missing,
-                               dict(batch_size=batch_size, workers=workers, compile=compile), "fit")
+    dataset, extract_s = _cached_subset(dataset, store, data, kw, extract_missing,
+                                        dict(batch_size=batch_size, workers=workers, compile=compile), "fit")
     y = dataset.label_indices()
-    # SGD heads stream rows from the store chunk by chunk: memory flat in the number of images.
-    streamer = _Streamer(store, dataset.keys(), layers, stream_chunk) if head.startswith("sgd") else None
-    X = None if streamer else load_features(store, dataset, layers)
+    rows = Rows(store, dataset.keys(), layers, stream_chunk)
     split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
 
     k = len(dataset.classes)
@@ -252,22 +314,15 @@ def fit(
     t0 = time.perf_counter()
     pipe = None
     for tr, te in split_list:
-        if streamer:
-            pipe, c_used = streamer.fit(kind, head, C, y, tr, seed), C
-            scores = streamer.scores(pipe, te)
-        else:
-            pipe, c_used = _fit_one(kind, head, C, X[tr], y[tr], seed)
-            scores = class_scores(pipe, X[te])
-        pred = pipe.classes_[scores.argmax(axis=1)]
+        pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed)
+        pred = pipe.classes_[rows.scores(pipe, te).argmax(axis=1)]
         scores, conf = split_scores(y[te], pred, k)
         per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})
         Cs.append(c_used)
         confusion += conf
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     if not dataset.has_split:  # the saved model learns from every labelled image
-        every = np.arange(len(y))
-        pipe = (streamer.fit(kind, head, C, y, every, seed) if streamer
-                else _fit_one(kind, head, Cs[0] if C == "auto" else C, X, y, seed)[0])
+        pipe = fit_head(rows, kind, head, Cs[0] if C == "auto" else C, y, np.arange(len(y)), seed)[0]
 
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
@@ -330,10 +385,9 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, cache: str |
     dataset = load_dataset(data)
     spec = _store_spec(kw)
     store = spec.open()
-    dataset, _ = _rows(dataset, store, data, kw, True, dict(batch_size=batch_size, workers=workers), "predict")
-    X = load_features(store, dataset, model["layers"])
+    dataset, _ = _cached_subset(dataset, store, data, kw, True, dict(batch_size=batch_size, workers=workers), "predict")
     pipe, classes = model["pipeline"], model["classes"]
-    scores = class_scores(pipe, X)
+    scores = Rows(store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,8 +422,8 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
     dataset = load_dataset(data)
     layers, kind = parse_features(features, backbones.get(arch))
     store = _store_spec(kw).open()
-    dataset, _ = _rows(dataset, store, data, kw, extract_missing,
-                       dict(batch_size=batch_size, workers=workers, compile=compile), "export")
+    dataset, _ = _cached_subset(dataset, store, data, kw, extract_missing,
+                                dict(batch_size=batch_size, workers=workers, compile=compile), "export")
     arrays = store.read(dataset.keys(), layers)
     X = np.concatenate([arrays[la] for la in layers], axis=2)
     n, v, d = X.shape
