@@ -145,6 +145,9 @@ def class_scores(model, X: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------------- rows
+SGD_EPOCHS = 10
+
+
 class Rows:
     """Store rows read in chunks that each touch few parts, so no head ever holds every float row.
 
@@ -158,11 +161,11 @@ class Rows:
         self.store, self.keys, self.layers, self.chunk = store, keys, layers, chunk
 
     def chunks(self, idx: np.ndarray, rng: np.random.Generator | None = None):
-        """(positions in idx, (n, views, D) float32) per chunk; shuffled blocks when given rng."""
+        """(positions in idx, (n, views, D) float32) per chunk, part by part; shuffled when given rng."""
         index = self.store.index()
-        order = sorted(range(len(idx)), key=lambda p: index[self.keys[idx[p]]])  # part by part
-        blocks = [np.array(order[s:s + self.chunk]) for s in range(0, len(order), self.chunk)]
-        if rng is not None:
+        order = np.array(sorted(range(len(idx)), key=lambda p: index[self.keys[idx[p]]]), dtype=np.int64)
+        blocks = [order[s:s + self.chunk] for s in range(0, len(order), self.chunk)]
+        if rng is not None:  # blocks in random order, rows shuffled within each
             rng.shuffle(blocks)
             blocks = [rng.permutation(b) for b in blocks]
         for b in blocks:
@@ -196,8 +199,6 @@ class Rows:
             out[b] = class_scores(pipe, X)
         return out
 
-
-SGD_EPOCHS = 10
 
 
 def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
