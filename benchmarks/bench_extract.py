@@ -295,7 +295,7 @@ def main() -> int:
         add("bare bf16", bare_forward(a.arch, "bf16", x, a.batches, taps=False))
         add("bare compiled bf16", bare_forward(a.arch, "bf16", x, a.batches, taps=False, compile=True))
         add("bare+taps compiled bf16", bare_forward(a.arch, "bf16", x, a.batches, taps=True, compile=True))
-        add("extract --compile bf16", fne_extract(n2_dir, a.arch, "bf16", a.batch_size, [*workers, "--compile"]))
+        add("extract --compile bf16", fne_extract(n2_dir, a.arch, "bf16", a.batch_size, [*workers, "--compile", "on"]))
 
     # ---------------------------------------------------------------- summary
     def best(name, key):

@@ -200,7 +200,6 @@ class Rows:
         return out
 
 
-
 def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
                    seed: int) -> Pipeline:
     """Views become training samples; only the embedding of rows idx is held."""
@@ -386,7 +385,8 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, cache: str |
     dataset = load_dataset(data)
     spec = _store_spec(kw)
     store = spec.open()
-    dataset, _ = _cached_subset(dataset, store, data, kw, True, dict(batch_size=batch_size, workers=workers), "predict")
+    dataset, _ = _cached_subset(dataset, store, data, kw, True, dict(batch_size=batch_size, workers=workers),
+                                "predict")
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
@@ -410,11 +410,13 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
            extract_missing: bool = False, arch: str = "vgg16", weights: str = "imagenet",
            crop: str = "center", precision: str = "auto", storage_dtype: str = "float16",
            cache: str | None = None, device: str = "auto", weights_seed: int = 0,
-           batch_size: int = 32, workers: int | None = None, compile: bool | str = "auto") -> dict:
+           batch_size: int = 32, workers: int | None = None, compile: bool | str = "auto",
+           stream_chunk: int = 1024) -> dict:
     """Cached activations (one dataset per layer) and the embedding, with paths/labels/split.
 
     The FNE embedding is standardised with the training rows (the `train` split when DATA
-    has one, otherwise all rows); the attribute `fit_rows` says which.
+    has one, otherwise all rows); the attribute `fit_rows` says which. Rows are copied chunk
+    by chunk, so memory does not grow with the dataset.
     """
     import h5py
 
@@ -425,23 +427,31 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
     store = _store_spec(kw).open()
     dataset, _ = _cached_subset(dataset, store, data, kw, extract_missing,
                                 dict(batch_size=batch_size, workers=workers, compile=compile), "export")
-    arrays = store.read(dataset.keys(), layers)
-    X = np.concatenate([arrays[la] for la in layers], axis=2)
-    n, v, d = X.shape
+    n, v = len(dataset), store.views
     fit_rows = np.arange(n)
     if dataset.has_split:
         fit_rows = np.flatnonzero(np.array(dataset.splits) == "train")
-    embed = make_transform(kind).fit(X[fit_rows].reshape(-1, d))
-    emb = embed.transform(X.reshape(n * v, d)).reshape(n, v, -1)
+    rows = Rows(store, dataset.keys(), layers, stream_chunk)
+    embed = rows.fit_embedding(kind, fit_rows)
+    dims = dict(store.taps)
+    ends = np.cumsum([dims[la] for la in layers])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
     str_t = h5py.string_dtype()
     with h5py.File(tmp, "w") as f:
-        for la in layers:
-            f.create_dataset(f"layers/{la}", data=arrays[la].squeeze(1) if v == 1 else arrays[la],
-                             compression="gzip")
-        e = f.create_dataset("embedding", data=emb.squeeze(1) if v == 1 else emb, compression="gzip")
+        # One view: (n, D) datasets, as before; ten-crop stores: (n, views, D).
+        shape, squeeze = ((n,), lambda a: a[:, 0]) if v == 1 else ((n, v), lambda a: a)
+        targets = [f.create_dataset(f"layers/{la}", shape=(*shape, dims[la]), dtype=np.float32,
+                                    compression="gzip") for la in layers]
+        e = f.create_dataset("embedding", shape=(*shape, int(ends[-1])),  # both embeddings keep D
+                             dtype=np.int8 if kind == "fne" else np.float32, compression="gzip")
+        for b, X in rows.chunks(np.arange(n)):
+            at = np.argsort(b)  # h5py writes rows at increasing positions
+            X, b = X[at], b[at]
+            for t, part in zip(targets, np.split(X, ends[:-1], axis=2)):
+                t[b] = squeeze(part)
+            e[b] = squeeze(embed.transform(X.reshape(-1, X.shape[2])).reshape(len(b), v, -1))
         e.attrs["kind"] = kind
         e.attrs["fit_rows"] = "train split" if dataset.has_split else "all rows"
         if isinstance(embed, FullNetworkEmbedding):

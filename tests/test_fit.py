@@ -110,11 +110,19 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
 
 
 def test_export_h5(digits_folder, warm_cache, tmp_path):
-    r = export(digits_folder, features="fne", out=tmp_path / "f.h5", cache=str(warm_cache), **STORE)
+    from fne.embedding import FullNetworkEmbedding
+
+    r = export(digits_folder, features="fne", out=tmp_path / "f.h5", cache=str(warm_cache), stream_chunk=5,
+               **STORE)
     assert r["n"] == 24
+    (store,) = list_stores(warm_cache)
+    X = load_features(store, load_dataset(digits_folder), [t for t, _ in store.taps])[:, 0]
     with h5py.File(tmp_path / "f.h5") as f:
         assert f["layers/head"].shape == (24, 1280) and f["embedding"].shape == (24, 3088)
         assert f["embedding"].dtype == np.int8 and set(np.unique(f["embedding"][()])) <= {-1, 0, 1}
+        # written in chunks of 5, in store order: every row lands at its image's position
+        assert np.array_equal(f["layers/head"][()], X[:, -1280:])
+        assert np.array_equal(f["embedding"][()], FullNetworkEmbedding().fit(X).transform(X))
         assert f["paths"].asstr()[0] == "0/" + sorted((digits_folder / "0").iterdir())[0].name
         assert list(f.attrs["classes"]) == ["0", "1", "2", "3"]
 
