@@ -69,6 +69,11 @@ def _cmd_extract(a) -> int:
 
 
 # --------------------------------------------------------------------- fit
+def _stream_arg(p) -> None:
+    p.add_argument("--stream-chunk", type=int, default=1024, metavar="ROWS",
+                   help="rows read from the cache at a time: memory follows this, not the dataset (default 1024)")
+
+
 def _add_fit(sub) -> None:
     p = sub.add_parser("fit", help="train a linear head on cached features and evaluate it")
     p.add_argument("data")
@@ -81,6 +86,7 @@ def _add_fit(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
     p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
+    _stream_arg(p)
     _store_args(p)
     p.set_defaults(func=_cmd_fit)
 
@@ -90,7 +96,7 @@ def _cmd_fit(a) -> int:
 
     m = fit(a.data, features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
             train_per_class=a.train_per_class, seed=a.seed, out=a.out, extract_missing=a.extract,
-            **_store_kwargs(a), **_extract_kwargs(a))
+            stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
     print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
@@ -126,6 +132,7 @@ def _add_export(sub) -> None:
     p.add_argument("--features", default="fne")
     p.add_argument("--out", required=True, help="FILE.h5")
     p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
+    _stream_arg(p)
     _store_args(p)
     p.set_defaults(func=_cmd_export)
 
@@ -134,7 +141,7 @@ def _cmd_export(a) -> int:
     from fne.fit import export
 
     r = export(a.data, features=a.features, out=a.out, extract_missing=a.extract,
-               **_store_kwargs(a), **_extract_kwargs(a))
+               stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
     return 0
 

@@ -157,8 +157,10 @@ class Rows:
 
     def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024):
         if chunk < 1:
-            raise FneError(f"stream_chunk must be >= 1, got {chunk}")
-        self.store, self.keys, self.layers, self.chunk = store, keys, layers, chunk
+            raise FneError(f"--stream-chunk must be >= 1, got {chunk}")
+        # chunk counts rows (image views): a ten-crop store reads a tenth as many images at a time
+        self.store, self.keys, self.layers = store, keys, layers
+        self.chunk = max(1, chunk // store.views)
 
     def chunks(self, idx: np.ndarray, rng: np.random.Generator | None = None):
         """(positions in idx, (n, views, D) float32) per chunk, part by part; shuffled when given rng."""

@@ -155,8 +155,25 @@ def test_ten_crop_rows_and_vote(digits_split, tmp_path):
     assert store.views == 10
     rows = store.read(load_dataset(csv).keys()[:2], ["head"])["head"]
     assert rows.shape == (2, 10, 1280) and not np.allclose(rows[:, 0], rows[:, 5], rtol=1e-3, atol=0)  # mirrored differs
-    m = fit(csv, features="last", head="logreg", out=tmp_path / "run", cache=cache, crop="ten", arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
+    kw = dict(features="fne", head="logreg", cache=cache, crop="ten", arch=FAST["arch"], weights="random",
+              precision="fp32", storage_dtype="float32")
+    m = fit(csv, out=tmp_path / "run", **kw)
     assert m["n_train"] == 6 and m["n_test"] == 6 and 0 <= m["accuracy"] <= 1
+    # --stream-chunk counts rows (views): 20 rows of a ten-crop store are 2 images per read,
+    # and reading in small chunks changes nothing in the result
+    from fne.cache import Store
+
+    sizes, real_read = [], Store.read
+
+    def counting_read(self, keys, layers):
+        sizes.append(len(keys))
+        return real_read(self, keys, layers)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Store, "read", counting_read)
+        small = fit(csv, out=tmp_path / "small", stream_chunk=20, **kw)
+    assert max(sizes) == 2
+    assert small["confusion"] == m["confusion"] and small["accuracy"] == m["accuracy"]
 
 
 def test_extract_cli_reports_counts(digits_folder, warm_cache, capsys):

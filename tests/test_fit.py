@@ -103,6 +103,7 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),
     (dict(test_size=1.5), "--test-size"),
+    (dict(stream_chunk=0), "--stream-chunk must be >= 1"),
 ])
 def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     with pytest.raises(FneError, match=msg):
