@@ -223,7 +223,7 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
     for _, X in rows.chunks(idx):
         scale.partial_fit(embed.transform(X.reshape(-1, X.shape[2])))
     clf = make_head(head, C, seed, n_samples=len(idx) * rows.store.views,
-                    n_features=int((scale.var_ > 0).sum()))
+                    n_features=max(1, int((scale.var_ > 0).sum())))
     classes = np.unique(y[idx])
     rng = np.random.default_rng(seed)
     for _ in range(SGD_EPOCHS):

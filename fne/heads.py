@@ -11,8 +11,6 @@ from fne.errors import FneError
 
 HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
-
-
 SGD_STEP = 0.3  # eta0 = SGD_STEP / (features + 1) on standardised rows; see make_head
 
 
