@@ -50,3 +50,19 @@ def warm_cache(tmp_path_factory, digits_folder) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     extract(digits_folder, cache=str(cache), batch_size=8, progress=False, **FAST)
     return cache
+
+
+@pytest.fixture
+def store_reads(monkeypatch) -> list[int]:
+    """The number of rows of every `Store.read` call made during the test, in order."""
+    from fne.cache import Store
+
+    sizes: list[int] = []
+    real_read = Store.read
+
+    def counting_read(self, keys, layers):
+        sizes.append(len(keys))
+        return real_read(self, keys, layers)
+
+    monkeypatch.setattr(Store, "read", counting_read)
+    return sizes

@@ -140,7 +140,7 @@ def test_cache_info_and_verify_detect_damage(digits_folder, warm_cache, tmp_path
     assert "unreadable" in capsys.readouterr().out
 
 
-def test_ten_crop_rows_and_vote(digits_split, tmp_path):
+def test_ten_crop_rows_and_vote(digits_split, tmp_path, store_reads):
     from fne.fit import fit
 
     cache = str(tmp_path / "cache")
@@ -161,18 +161,9 @@ def test_ten_crop_rows_and_vote(digits_split, tmp_path):
     assert m["n_train"] == 6 and m["n_test"] == 6 and 0 <= m["accuracy"] <= 1
     # --stream-chunk counts rows (views): 20 rows of a ten-crop store are 2 images per read,
     # and reading in small chunks changes nothing in the result
-    from fne.cache import Store
-
-    sizes, real_read = [], Store.read
-
-    def counting_read(self, keys, layers):
-        sizes.append(len(keys))
-        return real_read(self, keys, layers)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Store, "read", counting_read)
-        small = fit(csv, out=tmp_path / "small", stream_chunk=20, **kw)
-    assert max(sizes) == 2
+    store_reads.clear()
+    small = fit(csv, out=tmp_path / "small", stream_chunk=20, **kw)
+    assert max(store_reads) == 2
     assert small["confusion"] == m["confusion"] and small["accuracy"] == m["accuracy"]
 
 

@@ -129,20 +129,10 @@ def test_export_h5(digits_folder, warm_cache, tmp_path):
 
 
 @pytest.mark.parametrize("head", ["svm", "sgd-logreg"])
-def test_fit_reads_rows_chunk_by_chunk(digits_folder, warm_cache, tmp_path, monkeypatch, head):
-    from fne.cache import Store
-
-    sizes = []
-    real_read = Store.read
-
-    def counting_read(self, keys, layers):
-        sizes.append(len(keys))
-        return real_read(self, keys, layers)
-
-    monkeypatch.setattr(Store, "read", counting_read)
+def test_fit_reads_rows_chunk_by_chunk(digits_folder, warm_cache, tmp_path, store_reads, head):
     m = fit(digits_folder, features="last", head=head, splits=2, out=tmp_path / "s",
             cache=str(warm_cache), stream_chunk=5, **STORE)
-    assert sizes and max(sizes) <= 5 and m["n_test"] == 6
+    assert store_reads and max(store_reads) <= 5 and m["n_test"] == 6
     assert set(joblib.load(tmp_path / "s" / "model.joblib")["pipeline"].classes_) == {0, 1, 2, 3}
 
 
