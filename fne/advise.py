@@ -353,7 +353,8 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fne.backbones import CROPS, REGISTRY
+    from fne.backbones import REGISTRY
+    from fne.names import CROPS
 
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
     p.add_argument("--arch", default="vgg16", choices=sorted(REGISTRY))

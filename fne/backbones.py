@@ -17,8 +17,7 @@ from PIL import Image
 from torch import nn
 
 from fne.errors import FneError, WeightsError
-
-CROPS = ("center", "squash", "ten")
+from fne.names import CROPS
 
 
 @dataclass(frozen=True)

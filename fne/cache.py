@@ -26,7 +26,6 @@ from fne.errors import CacheError
 
 FORMAT = 1
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "cache"
-STORAGE_DTYPES = ("float16", "float32")
 
 
 def is_url(root: object) -> bool:

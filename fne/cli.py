@@ -14,7 +14,8 @@ import warnings
 
 def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     """Options that pick the activation store (shared by extract, fit, export)."""
-    from fne.backbones import CROPS, REGISTRY
+    from fne.backbones import REGISTRY
+    from fne.names import CROPS
 
     p.add_argument("--arch", default="vgg16", choices=sorted(REGISTRY), help="backbone (default vgg16)")
     p.add_argument("--weights", default="imagenet",

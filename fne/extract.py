@@ -26,12 +26,11 @@ from tqdm.auto import tqdm
 
 from fne import backbones, verb_module
 from fne.backbones import Normalize, Preprocess
-from fne.cache import STORAGE_DTYPES, Store, StoreKey
+from fne.cache import Store, StoreKey
 from fne.data import Dataset, load_dataset
 from fne.errors import FneError
+from fne.names import DECODERS, PRECISIONS, STORAGE_DTYPES
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DECODERS = ("pil", "device")
 # Images that went through a forward pass in this process: tests count reuse with it.
 FORWARD_IMAGES = 0
 

@@ -25,8 +25,9 @@ from fne.data import Dataset, load_dataset
 from fne.embedding import FullNetworkEmbedding, make_transform
 from fne.errors import FneError
 from fne.extract import StoreSpec, extract
-from fne.heads import C_GRID, HEADS, make_head, parse_C
+from fne.heads import C_GRID, make_head, parse_C
 from fne.metrics import provenance, split_scores
+from fne.names import HEADS
 
 MODEL_FORMAT = 1
 

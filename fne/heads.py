@@ -8,8 +8,8 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
 from fne.errors import FneError
+from fne.names import HEADS
 
-HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
 SGD_STEP = 0.3  # eta0 = SGD_STEP / (features + 1) on standardised rows; see make_head
 

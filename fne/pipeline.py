@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from fne.errors import FneError, WeightsError
+from fne.names import CROPS, HEADS, MODES, PRECISIONS, STORAGE_DTYPES, WEIGHT_CHOICES, slug
 
 try:
     import tomllib
@@ -40,11 +41,6 @@ except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
 STEP_FORMAT = 1
-WEIGHT_CHOICES = ("imagenet", "random", "imagenet-or-random")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-STORAGE_DTYPES = ("float16", "float32")
-MODES = ("direct", "scratch", "frozen", "finetune")
-HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
 # "list[str]", "list[int]", "table", "str|float", "str|table".
@@ -396,7 +392,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
         for k in ("crop", "precision", "storage_dtype", "weights_seed", "features"):
             if k in b:
                 setattr(cfg, k, b[k])
-        for k, choices in (("crop", bb.CROPS), ("precision", PRECISIONS), ("storage_dtype", STORAGE_DTYPES)):
+        for k, choices in (("crop", CROPS), ("precision", PRECISIONS), ("storage_dtype", STORAGE_DTYPES)):
             if getattr(cfg, k) not in choices:
                 err.add(path_ + (k,), f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
         if cfg.weights not in WEIGHT_CHOICES:
@@ -406,7 +402,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
                 err.add(path_ + ("weights",), f"{cfg.weights!r} is neither one of {', '.join(WEIGHT_CHOICES)} "
                                               f"nor an existing state dict file ({wpath})")
             cfg.weights = str(wpath)
-        cfg.label = b.get("label") or _slug(f"{cfg.arch}-{Path(cfg.weights).stem if cfg.weights not in WEIGHT_CHOICES else cfg.weights}")
+        cfg.label = b.get("label") or slug(f"{cfg.arch}-{Path(cfg.weights).stem if cfg.weights not in WEIGHT_CHOICES else cfg.weights}")
         if cfg.label in labels:
             err.add(path_, f"same folder label {cfg.label!r} as backbones[{labels[cfg.label]}]; give a distinct 'label'")
         labels[cfg.label] = i
@@ -647,10 +643,6 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
         err.add(path_ + ("data",), "has no labels")
 
 
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
-
-
 # ------------------------------------------------------------------ steps
 
 
@@ -722,7 +714,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str]) -> list[Step]:
             continue
         data = data_for.get(ds.key, ds.data)
         for b in p.backbones:
-            root = out / _slug(ds.key) / b.label
+            root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
             store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
                          storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
@@ -747,7 +739,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str]) -> list[Step]:
                         for seed in p.seeds:
                             cfg = {**ident, "kind": "fit", "features": feat, "head": head, "C": p.fit["C"],
                                    "seed": seed, **proto}
-                            name = f"fit-{_slug(feat)}-{head}-C{_slug(p.fit['C'])}-s{seed}"
+                            name = f"fit-{slug(feat)}-{head}-C{slug(p.fit['C'])}-s{seed}"
                             steps.append(Step("fit", ds, b, root / name, cfg,
                                               dict(data=data, features=feat, head=head, C=p.fit["C"], seed=seed,
                                                    **proto, **store),
@@ -818,7 +810,7 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
             if len(idx):
                 keep += sorted(rng.choice(idx, min(ds.max_per_class, len(idx)), replace=False).tolist())
     keep.sort()
-    folder = out / _slug(ds.key) / "data"
+    folder = out / slug(ds.key) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d)})
     stamp = folder / "subset.json"
@@ -858,7 +850,7 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
 def _write_class_map(ds: DatasetCfg, out: Path) -> str | None:
     if ds.class_map is None or isinstance(ds.class_map, str):
         return ds.class_map
-    folder = out / _slug(ds.key) / "data"
+    folder = out / slug(ds.key) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "class_map.json"
     path.write_text(json.dumps(ds.class_map, indent=1))
@@ -920,7 +912,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         p.device = device
     if workers is not None:
         p.workers = workers
-    out = Path(out or p.out or Path("runs") / _slug(p.name))
+    out = Path(out or p.out or Path("runs") / slug(p.name))
     cache = cache if cache is not None else p.cache
     for d in p.datasets:
         if d.skipped:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.errors import FneError
+from fne.names import slug
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -686,7 +687,7 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
             if png:
                 b64[(ds["dataset"], key)] = png
                 fig_dir.mkdir(exist_ok=True)
-                name = f"{_slug(ds['dataset'])}-{key}.png"
+                name = f"{slug(ds['dataset'])}-{key}.png"
                 (fig_dir / name).write_bytes(base64.b64decode(png))
                 files[(ds["dataset"], key)] = f"report_files/{name}"
     (out / "report.md").write_text(render_md(head, datasets, files))
@@ -694,10 +695,6 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
     (out / "report.json").write_text(json.dumps({"header": head, "datasets": _jsonable(datasets)}, indent=1))
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
             "header": head, "datasets": datasets}
-
-
-def _slug(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
 
 def table_text(datasets: list[dict]) -> str:

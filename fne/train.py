@@ -39,11 +39,8 @@ from fne.data import Dataset, load_dataset
 from fne.errors import DataError, FneError, WeightsError
 from fne.extract import autocast, resolve_device, resolve_precision
 from fne.metrics import provenance, split_scores
+from fne.names import DIRECT_SCORES, MODES, NEW_LAYERS, SCHEDULERS
 
-MODES = ("direct", "scratch", "frozen", "finetune")
-NEW_LAYERS = ("fc", "last")
-SCHEDULERS = ("none", "step", "cosine")
-DIRECT_SCORES = ("sum", "max")
 CHECKPOINT = "checkpoint.pt"
 MIN_IMPORTED = 0.5  # below this fraction of the kept tensors, --weights is another architecture
 # Arguments that define a run: --resume refuses a checkpoint written with other values.

@@ -1,0 +1,25 @@
+"""Every name list fne accepts, defined once, and the one `slug` rule.
+
+Pure Python with no heavy imports: the CLI, the pipeline configuration and the verbs all
+read their choices from here, so a new head or precision is added in one place.
+"""
+
+from __future__ import annotations
+
+import re
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+STORAGE_DTYPES = ("float16", "float32")
+DECODERS = ("pil", "device")
+CROPS = ("center", "squash", "ten")
+HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
+MODES = ("direct", "scratch", "frozen", "finetune")
+NEW_LAYERS = ("fc", "last")
+SCHEDULERS = ("none", "step", "cosine")
+DIRECT_SCORES = ("sum", "max")
+WEIGHT_CHOICES = ("imagenet", "random", "imagenet-or-random")
+
+
+def slug(s: str) -> str:
+    """A file-name-safe form of `s`: runs of other characters become one '_'."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
