@@ -353,11 +353,11 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fne.backbones import REGISTRY
+    from fne.backbones import ARCH_HELP
     from fne.names import CROPS
 
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
-    p.add_argument("--arch", default="vgg16", choices=sorted(REGISTRY))
+    p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
     p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state dict path")
     p.add_argument("--cache", default=None)
     p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,

@@ -1,11 +1,15 @@
-"""Backbone registry: each entry declares its taps, preprocessing, weights and head layers.
+"""Backbones: a registry of curated entries, plus any torchvision or timm model by name.
 
-Adding a backbone means adding one `register(Backbone(...))`; nothing else in fne branches on
+Each backbone declares its taps (module, channels, pooling), preprocessing, weights and head
+layers. The registry holds vgg16 (the default), vgg19 and efficientnet_lite0 with hand-named
+taps; every other name (`resnet50`, `vit_b_16`, `timm:convnext_atto`, ...) is resolved by
+`fne.zoo`, which finds the taps from the model's structure. Nothing else in fne branches on
 model names.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,15 +23,28 @@ from torch import nn
 from fne.errors import FneError, WeightsError
 from fne.names import CROPS
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class Tap:
-    """A layer whose spatially averaged output is cached. `on_input` taps the module's input."""
+    """A layer whose pooled output is cached. `on_input` taps the module's input.
+
+    `pool` names a function of `fne.pooling` (mean_nchw, mean_nhwc, cls, mean_tokens);
+    `prefix_tokens` is the number of class/register tokens ahead of the patch tokens.
+    """
 
     name: str
     module: str
     channels: int
     on_input: bool = False
+    pool: str = "mean_nchw"
+    prefix_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "module": self.module, "channels": self.channels, "pool": self.pool,
+                "prefix_tokens": self.prefix_tokens, "on_input": self.on_input}
 
 
 @dataclass(frozen=True)
@@ -42,12 +59,32 @@ class Backbone:
     imagenet_id: Callable[[], str]  # identifies those weights without loading them
     classifier: str  # module path of the source-task output layer
     fc_layers: tuple[str, ...]  # modules renewed by `fne train --new-layers fc`
-    input_size: int = 224
+    input_size: int = 224  # crop size
     categories: Callable[[], list[str]] = field(default=lambda: _imagenet_categories())
+    resize: int | None = None  # shorter side before the center crop; None: input_size * 256 / 224
+    interpolation: str = "bilinear"
+    num_classes: int = 1000  # outputs of the source classifier (timm: 0 when it has none)
+    pretrained_model: Callable[[], nn.Module] | None = None  # loads the whole model (timm)
+    source: str = "registry"  # registry, torchvision or timm
 
     @property
     def dim(self) -> int:
         return sum(t.channels for t in self.taps)
+
+    def preprocess(self, crop: str = "center", size: int | None = None) -> Preprocess:
+        """The weights' own preprocessing; `size` (fne train --image-size) scales the resize too."""
+        size = size or self.input_size
+        resize = self.resize
+        if resize is not None and size != self.input_size:
+            resize = round(resize * size / self.input_size)
+        return Preprocess(size, crop, resize=resize, interpolation=self.interpolation, mean=self.mean,
+                          std=self.std)
+
+    def describe(self) -> dict:
+        """`fne backbones ARCH --json`."""
+        return {"arch": self.name, "source": self.source, "dim": self.dim, "last": self.last,
+                "classifier": self.classifier, "fc_layers": list(self.fc_layers),
+                "taps": [t.to_dict() for t in self.taps], "preprocess": self.preprocess().to_dict()}
 
     def tap(self, name: str) -> Tap:
         for t in self.taps:
@@ -59,6 +96,11 @@ class Backbone:
 
 
 REGISTRY: dict[str, Backbone] = {}
+ARCH_HELP = ("backbone: vgg16 (default), vgg19, efficientnet_lite0, any torchvision classification model "
+             "(resnet50, convnext_tiny, vit_b_16, swin_t, ...) or timm:NAME[.TAG]; `fne backbones` lists them")
+WEIGHTS_HELP = ("imagenet (default: the model's default pretrained weights; downloads once), a torchvision "
+                "weights name (IMAGENET1K_V2), random (seeded, for tests) or a state dict path "
+                "(.pth/.pt/.safetensors)")
 
 
 def register(backbone: Backbone) -> Backbone:
@@ -66,11 +108,88 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
-def get(name: str) -> Backbone:
-    try:
+def get(name: str, weights: str | None = None) -> Backbone:
+    """The backbone NAME: a registry entry, a torchvision model name or timm:NAME.
+
+    `weights` matters only where it changes the preprocessing: a torchvision weights name
+    (IMAGENET1K_V2, IMAGENET1K_SWAG_E2E_V1, ...) brings its own resize/crop/interpolation.
+    """
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise FneError(f"unknown --arch {name!r}; available: {', '.join(sorted(REGISTRY))}") from None
+    if not isinstance(name, str) or not name:
+        raise FneError(f"bad --arch {name!r}")
+    named = weights not in (None, "imagenet", "random") and not Path(weights).is_file()
+    return _zoo_backbone(name, weights if named else "imagenet")
+
+
+def how_to_name() -> str:
+    from fne import zoo
+
+    return zoo.HOW_TO_NAME.format(registry=", ".join(sorted(REGISTRY)))
+
+
+@functools.cache
+def _zoo_backbone(name: str, weights: str) -> Backbone:
+    from fne import zoo
+
+    if name.startswith("timm:"):
+        model_name = name.removeprefix("timm:")
+        zoo.timm_check(model_name)
+        if weights != "imagenet":
+            raise WeightsError(f"--weights {weights}: no such file; {name} takes imagenet (its pretrained "
+                               f"tag; name another as timm:ARCH.TAG), random or a state dict path")
+        cfg = zoo.timm_pretrained_cfg(model_name)
+        full = f"{cfg.get('architecture', model_name)}.{cfg['tag']}" if cfg.get("tag") else model_name
+        d = zoo.timm_discover(model_name)
+        p = zoo.timm_preprocess(model_name)
+        build = zoo.timm_build(model_name)
+
+        def categories() -> list[str]:
+            if d.num_classes != 1000:
+                raise FneError(f"{name} has {d.num_classes} source classes, not ImageNet's 1000")
+            return _imagenet_categories()
+
+        return Backbone(
+            name=name, build=lambda num_classes=d.num_classes: build(num_classes), taps=d.taps, last=d.last,
+            mean=p["mean"], std=p["std"], imagenet=lambda: zoo.timm_pretrained(model_name).state_dict(),
+            imagenet_id=lambda: "timm-" + full, classifier=d.classifier, fc_layers=d.fc_layers,
+            input_size=p["crop_size"], categories=categories, resize=p["resize"],
+            interpolation=p["interpolation"], num_classes=d.num_classes,
+            pretrained_model=lambda: zoo.timm_pretrained(model_name), source="timm")
+    if name not in zoo.tv_names():
+        raise zoo.unknown(name, sorted(REGISTRY))
+    w = zoo.tv_weights(name, weights)
+    if w is None and weights != "imagenet":
+        names = zoo.tv_weight_names(name)
+        raise WeightsError(f"--weights {weights}: no such file or {name} weights name; give imagenet, "
+                           f"random, a state dict path or one of: {', '.join(names) or '(none)'}")
+    p = zoo.tv_preprocess(w)
+    image_size = p["crop_size"] if p["crop_size"] != 224 and _takes_image_size(name) else None
+    d = zoo.tv_discover(name, image_size)
+
+    def imagenet() -> dict:
+        if w is None:
+            raise WeightsError(f"torchvision has no pretrained weights for {name}; pass --weights PATH or random")
+        return zoo.tv_state(name, w)
+
+    return Backbone(
+        name=name, build=zoo.tv_build(name, image_size), taps=d.taps, last=d.last, mean=p["mean"],
+        std=p["std"], imagenet=imagenet,
+        imagenet_id=lambda: "imagenet-" + Path(w.url).stem if w is not None else "none",
+        classifier=d.classifier, fc_layers=d.fc_layers, input_size=p["crop_size"],
+        categories=lambda: list(w.meta["categories"]) if w is not None else _imagenet_categories(),
+        resize=p["resize"], interpolation=p["interpolation"], source="torchvision")
+
+
+def _takes_image_size(name: str) -> bool:
+    from fne import zoo
+
+    try:
+        with torch.device("meta"):
+            zoo.tv_build(name, 256)(1000)
+        return True
+    except TypeError:
+        return False
 
 
 def _imagenet_categories() -> list[str]:
@@ -233,16 +352,24 @@ def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = ()) -
 
 
 def read_state_dict(path: str | Path) -> dict:
-    """A state dict file, or a checkpoint from `fne train` (its `model` entry)."""
+    """A state dict file (.pth/.pt, or .safetensors), or a checkpoint from `fne train` (its `model`)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"--weights {path}: no such file (give 'imagenet', 'random' or a state dict path)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as e:
+        raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
         raise WeightsError(f"--weights {path}: not a readable PyTorch state dict ({e})") from e
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
+    for k in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
+            obj = obj[k]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"--weights {path}: does not hold a state dict of tensors")
     prefixes = ("module.", "_orig_mod.")
@@ -268,23 +395,48 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0) -> str:
         return f"random-seed{seed}"
     if weights == "imagenet":
         return get(arch).imagenet_id()
-    if not Path(weights).is_file():
+    if Path(weights).is_file():
+        return "file-" + file_fingerprint(weights)
+    if arch in REGISTRY:
         raise WeightsError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a state dict path)")
-    return "file-" + file_fingerprint(weights)
+    return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
+
+
+def check_weights(arch: str, weights: str | None) -> None:
+    """WeightsError for a --weights that is neither imagenet, random, a file nor a weights name."""
+    if weights not in (None, "imagenet", "random"):
+        fingerprint(arch, weights)
 
 
 def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0) -> nn.Module:
-    """Model in eval mode with the requested weights."""
-    b = get(arch)
+    """Model in eval mode with the requested weights.
+
+    Loaded weights are adopted by a model built on the meta device (no random initialisation
+    to throw away) where its state dict covers every tensor.
+    """
+    b = get(arch, weights)
+
+    def build() -> nn.Module:
+        return b.build(b.num_classes)
+
     if weights == "random":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return b.build(1000).eval()
-    model = b.build(1000)
-    if weights == "imagenet":
-        model.load_state_dict(b.imagenet())
-        return model.eval()
+            return build().eval()
+    if weights != "random" and not Path(weights).is_file():  # imagenet or a weights name
+        if b.pretrained_model is not None:
+            return b.pretrained_model().eval()
+        return build_assign(build, b.imagenet()).eval()
     state = read_state_dict(weights)
+    try:
+        with torch.device("meta"):
+            model = build()
+        model.load_state_dict(state, strict=True, assign=True)
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model.eval()
+    except Exception:  # not an exact fit: import by name and shape, and say what is missing
+        pass
+    model = build()
     report = import_matching(model, state)
     missing = [n for n, _ in report.skipped if not n.startswith(b.classifier + ".")]
     if missing:
@@ -296,17 +448,37 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0) -> nn.Mod
     return model.eval()
 
 
+def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:
+    from fne import zoo
+
+    return zoo.build_assign(build, state)
+
+
 # --------------------------------------------------------------- preprocessing
+
+# Normalisations of the stores made before preprocessing entered the key: left out of the key.
+_UNKEYED_NORMS = {(IMAGENET_MEAN, IMAGENET_STD), ((127.0 / 255,) * 3, (128.0 / 255,) * 3)}
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
 
 
 class Preprocess:
-    """PIL image -> uint8 tensor (views, 3, S, S); normalisation happens on the device."""
+    """PIL image -> uint8 tensor (views, 3, S, S); normalisation happens on the device.
 
-    def __init__(self, size: int = 224, crop: str = "center"):
+    center: shorter side to `resize`, center crop of `size`; squash: `size` x `size`; ten: the
+    four corners and the center of the resized image, and their mirror images.
+    """
+
+    def __init__(self, size: int = 224, crop: str = "center", *, resize: int | None = None,
+                 interpolation: str = "bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD):
         if crop not in CROPS:
             raise FneError(f"unknown --crop {crop!r}; choose from {', '.join(CROPS)}")
+        if interpolation not in _PIL_FILTERS:
+            raise FneError(f"unknown interpolation {interpolation!r}; choose from {', '.join(_PIL_FILTERS)}")
         self.size, self.crop = size, crop
-        self.resize = round(size * 256 / 224)
+        self.resize = max(size, resize) if resize else round(size * 256 / 224)
+        self.interpolation = interpolation
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     @property
     def views(self) -> int:
@@ -314,16 +486,29 @@ class Preprocess:
 
     @property
     def key(self) -> str:
-        return f"{self.crop}{self.size}"
+        """Part of the store key: `center224` for the original preprocessing, more when it differs."""
+        key = f"{self.crop}{self.size}"
+        if self.resize != round(self.size * 256 / 224) and self.crop != "squash":
+            key += f"-r{self.resize}"
+        if self.interpolation != "bilinear":
+            key += f"-{self.interpolation}"
+        norm = (tuple(round(v, 6) for v in self.mean), tuple(round(v, 6) for v in self.std))
+        if not any(norm == tuple(tuple(round(v, 6) for v in part) for part in n) for n in _UNKEYED_NORMS):
+            key += "-n" + hashlib.blake2b(repr(norm).encode(), digest_size=3).hexdigest()
+        return key
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "crop_size": self.size, "crop": self.crop, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        s = self.size
+        s, f = self.size, _PIL_FILTERS[self.interpolation]
         if self.crop == "squash":
-            crops = [img.resize((s, s), Image.BILINEAR)]
+            crops = [img.resize((s, s), f)]
         else:
             w, h = img.size
             scale = self.resize / min(w, h)
-            img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
+            img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), f)
             w, h = img.size
             boxes = [((w - s) // 2, (h - s) // 2)]
             if self.crop == "ten":

@@ -14,12 +14,11 @@ import warnings
 
 def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     """Options that pick the activation store (shared by extract, fit, export)."""
-    from fne.backbones import REGISTRY
+    from fne.backbones import ARCH_HELP, WEIGHTS_HELP
     from fne.names import CROPS
 
-    p.add_argument("--arch", default="vgg16", choices=sorted(REGISTRY), help="backbone (default vgg16)")
-    p.add_argument("--weights", default="imagenet",
-                   help="imagenet (default; downloads once), random (seeded, for tests) or a state dict path")
+    p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
+    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
     p.add_argument("--crop", default="center", choices=CROPS,
                    help="center: shorter side 256, center 224 (default); squash: 224x224; ten: 10 crops")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -194,6 +193,38 @@ def _cmd_cache_verify(a) -> int:
     return 1 if bad else 0
 
 
+def _add_backbones(sub) -> None:
+    p = sub.add_parser("backbones", help="list the backbone registry, or show one backbone's taps")
+    p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME")
+    p.add_argument("--weights", default="imagenet", help="weights whose preprocessing to show (default imagenet)")
+    p.add_argument("--json", action="store_true", help="print the taps and preprocessing as JSON")
+    p.set_defaults(func=_cmd_backbones)
+
+
+def _cmd_backbones(a) -> int:
+    import json
+
+    from fne import backbones
+
+    if a.arch is None:
+        for name in sorted(backbones.REGISTRY):
+            b = backbones.REGISTRY[name]
+            print(f"{name:20s} {len(b.taps):3d} taps, {b.dim:6d} features, last {b.last}")
+        print(f"\nother backbones by name: {backbones.how_to_name()}")
+        return 0
+    d = backbones.get(a.arch, a.weights).describe()
+    if a.json:
+        print(json.dumps(d, indent=1))
+        return 0
+    print(f"{d['arch']} ({d['source']}): {len(d['taps'])} taps, {d['dim']} features, last {d['last']}, "
+          f"classifier {d['classifier']}")
+    print("preprocess: " + ", ".join(f"{k} {v}" for k, v in d["preprocess"].items()))
+    for t in d["taps"]:
+        print(f"  {t['name']:40s} {t['module']:36s} {t['channels']:6d} {t['pool']}"
+              + (f" (prefix tokens {t['prefix_tokens']})" if t["pool"] in ("cls", "mean_tokens") else ""))
+    return 0
+
+
 # ------------------------------------- verbs whose module declares its own options
 # (verb, module with add_arguments(parser) and run_cli(args), help text)
 MODULE_VERBS = (
@@ -211,7 +242,7 @@ def _add_module_verb(sub, verb: str, module: str, text: str) -> None:
     p.set_defaults(func=mod.run_cli)
 
 
-VERBS = (_add_extract, _add_fit, _add_predict, _add_export, _add_cache)
+VERBS = (_add_extract, _add_fit, _add_predict, _add_export, _add_cache, _add_backbones)
 
 
 def build_parser() -> argparse.ArgumentParser:

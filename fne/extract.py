@@ -30,6 +30,7 @@ from fne.cache import Store, StoreKey
 from fne.data import Dataset, load_dataset
 from fne.errors import FneError
 from fne.names import DECODERS, PRECISIONS, STORAGE_DTYPES
+from fne.pooling import POOLS
 
 # Images that went through a forward pass in this process: tests count reuse with it.
 FORWARD_IMAGES = 0
@@ -51,25 +52,25 @@ class TapModel(nn.Module):
         for t in backbone.taps:
             module = model.get_submodule(t.module)
             if t.on_input:
-                module.register_forward_pre_hook(self._pre_hook(t.name))
+                module.register_forward_pre_hook(self._pre_hook(t))
             else:
-                module.register_forward_hook(self._hook(t.name))
+                module.register_forward_hook(self._hook(t))
 
-    @staticmethod
-    def _pool(x: torch.Tensor) -> torch.Tensor:
-        # Accumulate in float32 without first materialising a float32 copy of a bf16/fp16 map
-        # (for VGG-16's conv1 that copy alone is B x 64 x 224 x 224 x 4 bytes).
-        return x.mean(dim=(2, 3), dtype=torch.float32) if x.dim() == 4 else x.float()
+    # Pooling (fne.pooling) accumulates in float32 without first materialising a float32 copy of
+    # a bf16/fp16 map (for VGG-16's conv1 that copy alone is B x 64 x 224 x 224 x 4 bytes).
+    def _hook(self, tap: backbones.Tap):
+        pool, k = POOLS[tap.pool], tap.prefix_tokens
 
-    def _hook(self, name: str):
         def hook(module, inputs, output):
-            self._out[name] = self._pool(output)
+            self._out[tap.name] = pool(output[0] if isinstance(output, (tuple, list)) else output, k)
 
         return hook
 
-    def _pre_hook(self, name: str):
+    def _pre_hook(self, tap: backbones.Tap):
+        pool, k = POOLS[tap.pool], tap.prefix_tokens
+
         def hook(module, inputs):
-            self._out[name] = self._pool(inputs[0])
+            self._out[tap.name] = pool(inputs[0], k)
 
         return hook
 
@@ -167,10 +168,10 @@ class StoreSpec:
     decode: str = "pil"  # "device": JPEGs decoded where the network runs (nvjpeg on CUDA)
 
     def backbone(self) -> backbones.Backbone:
-        return backbones.get(self.arch)
+        return backbones.get(self.arch, self.weights)
 
     def preprocess(self) -> Preprocess:
-        return Preprocess(self.backbone().input_size, self.crop)
+        return self.backbone().preprocess(self.crop)
 
     def open(self) -> Store:
         if self.dtype not in STORAGE_DTYPES:
@@ -269,19 +270,21 @@ def tensor_views(img: torch.Tensor, prep: Preprocess) -> torch.Tensor:
     Antialiased bilinear like PIL's resize; pixels differ from PIL's by a rounding step here and
     there, which is why device-decoded rows live in their own store (`decode="device"`).
     """
+    from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
-    s = prep.size
+    s, how = prep.size, InterpolationMode(prep.interpolation)
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
     x = img.float()
     if prep.crop == "squash":
-        x = F.resize(x, [s, s], antialias=True)
+        x = F.resize(x, [s, s], interpolation=how, antialias=True)
         boxes = [(0, 0)]
     else:
         h, w = x.shape[-2:]
         scale = prep.resize / min(w, h)
-        x = F.resize(x, [max(s, round(h * scale)), max(s, round(w * scale))], antialias=True)
+        x = F.resize(x, [max(s, round(h * scale)), max(s, round(w * scale))], interpolation=how,
+                     antialias=True)
         h, w = x.shape[-2:]
         boxes = [((w - s) // 2, (h - s) // 2)]
         if prep.crop == "ten":

@@ -426,8 +426,10 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
     kw = dict(arch=arch, weights=weights, crop=crop, precision=precision, storage_dtype=storage_dtype,
               cache=cache, device=device, weights_seed=weights_seed)
     dataset = load_dataset(data)
-    layers, kind = parse_features(features, backbones.get(arch))
-    store = _store_spec(kw).open()
+    layers, kind = parse_features(features, backbones.get(arch, weights))
+    spec = _store_spec(kw)
+    prep = spec.preprocess()
+    store = spec.open()
     dataset, _ = _cached_subset(dataset, store, data, kw, extract_missing,
                                 dict(batch_size=batch_size, workers=workers, compile=compile), "export")
     n, v = len(dataset), store.views
@@ -469,7 +471,11 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
         if dataset.splits is not None:
             f.create_dataset("split", data=np.array(dataset.splits, dtype=object), dtype=str_t)
         f.attrs.update({"arch": arch, "weights": weights, "weights_fingerprint": store.meta["weights"],
-                        "crop": crop, "precision": store.meta["precision"], "features": features})
+                        "crop": crop, "precision": store.meta["precision"], "features": features,
+                        "resize": prep.resize, "crop_size": prep.size, "mean": list(prep.mean),
+                        "std": list(prep.std), "interpolation": prep.interpolation,
+                        "root": str(Path(data).resolve()) if isinstance(data, (str, Path)) and Path(data).exists()
+                        else (data.name if isinstance(data, Dataset) else str(data))})
     tmp.replace(out)
     return {"n": n, "datasets": [f"layers/{la}" for la in layers] + ["embedding"], "out": str(out)}
 

@@ -385,8 +385,10 @@ def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
         if "arch" not in b:
             err.add(path_, "missing key 'arch'")
             continue
-        if b["arch"] not in bb.REGISTRY:
-            err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(bb.REGISTRY))}")
+        try:
+            bb.get(b["arch"])
+        except FneError as e:
+            err.add(path_ + ("arch",), str(e))
             continue
         cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
         for k in ("crop", "precision", "storage_dtype", "weights_seed", "features"):

@@ -212,18 +212,18 @@ def _collate(items):
 
 
 class _Center:
-    """Eval view: `fne extract`'s center crop (shorter side size*256/224), as one uint8 tensor."""
+    """Eval view: `fne extract`'s center crop (the weights' resize and interpolation), one uint8 tensor."""
 
-    def __init__(self, size: int):
-        self.prep = Preprocess(size, "center")
+    def __init__(self, size: int, backbone: backbones.Backbone | None = None):
+        self.prep = backbone.preprocess("center", size) if backbone is not None else Preprocess(size, "center")
 
     def __call__(self, img) -> torch.Tensor:
         return self.prep(img)[0]
 
 
-def _transforms(size: int, augment: bool):
+def _transforms(size: int, augment: bool, backbone: backbones.Backbone | None = None):
     """(train, eval) transforms to uint8 (3, S, S); normalisation happens on the device."""
-    center = _Center(size)
+    center = _Center(size, backbone)
     if not augment:
         return center, center
     # scale from 0.25: milder than torchvision's 0.08, since the runs here are a few epochs.
@@ -545,7 +545,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         dataset = load_dataset(cfg.data)
     if dataset.labels is None or len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
-    b = backbones.get(cfg.arch)
+    weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
+    b = backbones.get(cfg.arch, weights)
     size = cfg.image_size or b.input_size
     dev = resolve_device(cfg.device)
     prec = resolve_precision(cfg.precision, dev)
@@ -570,7 +571,6 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         if len(te) == 0:
             raise FneError(f"--class-map {cfg.class_map}: no test images of the mapped classes")
 
-    weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
     model, report, renew = build_model(cfg.arch, cfg.mode, len(dataset.classes), weights, cfg.new_layers,
                                        cfg.seed, cfg.weights_seed)
     for line in describe_import(report, renew):
@@ -583,7 +583,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     model.to(dev).to(memory_format=torch.channels_last)
 
     workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if cfg.workers is None else cfg.workers
-    train_tf, eval_tf = _transforms(size, cfg.augment)
+    train_tf, eval_tf = _transforms(size, cfg.augment, b)
 
     def loader(idx, tf, shuffle=False, gen=None):
         return torch.utils.data.DataLoader(
@@ -719,8 +719,7 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.mode == "scratch" and cfg.weights not in (None, "random"):
         raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
                        f"does not apply (use frozen or finetune to import weights)")
-    if cfg.weights not in (None, "imagenet", "random") and not Path(cfg.weights).is_file():
-        raise WeightsError(f"--weights {cfg.weights}: no such file (give 'imagenet', 'random' or a state dict path)")
+    backbones.check_weights(cfg.arch, cfg.weights)
     for name, ok, want in (
         ("new_layers", cfg.new_layers in NEW_LAYERS, ", ".join(NEW_LAYERS)),
         ("scheduler", cfg.scheduler in SCHEDULERS, ", ".join(SCHEDULERS)),
@@ -750,7 +749,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
     p.add_argument("--mode", required=True, help=f"{' | '.join(MODES)}")
     p.add_argument("--out", required=True, help="run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt")
-    p.add_argument("--arch", default="vgg16", choices=sorted(backbones.REGISTRY), help="backbone (default vgg16)")
+    p.add_argument("--arch", default="vgg16", help=backbones.ARCH_HELP)
     p.add_argument("--weights", default=None,
                    help="imagenet (default; scratch: random), random (seeded) or a state dict / checkpoint path")
     p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed", help="seed of --weights random")

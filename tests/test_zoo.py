@@ -1,0 +1,241 @@
+"""Backbones by name (fne.zoo): torchvision and timm models with taps found from their structure.
+
+Every tap is checked against an independent forward hook on the module it names, pooled here
+with its own code; `last` against the classifier's actual input. Seeded random weights, small
+inputs where the model allows, one thread: the whole file runs in well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+
+from fne import backbones
+from fne.cli import main
+from fne.errors import FneError, WeightsError
+from fne.extract import TapModel
+
+timm = pytest.importorskip("timm")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _reference(model: torch.nn.Module, b: backbones.Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each tap's value from plain hooks (pooling written out here), plus the classifier's input."""
+    want, handles = {}, []
+
+    def pooled(t, tensor):
+        tensor = tensor[0] if isinstance(tensor, (tuple, list)) else tensor
+        tensor = tensor.detach().float()
+        if t.pool == "cls":
+            return tensor[:, 0].clone()
+        if t.pool == "mean_tokens":
+            return tensor[:, t.prefix_tokens:].mean(1)
+        if t.pool == "mean_nhwc":
+            return tensor.permute(0, 3, 1, 2).mean((2, 3))
+        return tensor.mean((2, 3)) if tensor.dim() == 4 else tensor.clone()
+
+    for t in b.taps:
+        m = model.get_submodule(t.module)
+        if t.on_input:
+            handles.append(m.register_forward_pre_hook(lambda mod, i, t=t: want.__setitem__(t.name, pooled(t, i[0]))))
+        else:
+            handles.append(m.register_forward_hook(lambda mod, i, o, t=t: want.__setitem__(t.name, pooled(t, o))))
+    clf = model.get_submodule(b.classifier)
+    handles.append(clf.register_forward_pre_hook(
+        lambda mod, i: want.__setitem__("<classifier input>", i[0].detach().float().flatten(1).clone())))
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return want
+
+
+CASES = [  # (arch, model built for the test or None: load_backbone's, input size)
+    ("resnet18", None, 64),
+    ("timm:convnext_atto", None, 64),
+    ("mobilenet_v3_small", None, 64),
+    ("regnet_y_400mf", None, 64),
+    ("densenet121", None, 64),
+    ("vit_b_16", lambda: tvm.vit_b_16(image_size=32), 32),
+    ("swin_t", None, 64),
+    ("timm:vit_tiny_patch16_224", lambda: timm.create_model("vit_tiny_patch16_224", img_size=32), 32),
+]
+
+
+@pytest.mark.parametrize("arch,make,size", CASES, ids=[c[0] for c in CASES])
+def test_taps_equal_independent_hooks(arch, make, size):
+    b = backbones.get(arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = (make() if make else backbones.load_backbone(arch, "random", seed=0)).eval()
+    tap = TapModel(model, b).eval()
+    x = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        got = tap(x)
+    # TapModel's hooks stay on `model` and fire too; the reference's are separate and pool on their own
+    want = _reference(model, b, tap.norm(x).contiguous(memory_format=torch.channels_last))
+    assert len(got) == len(b.taps) and sum(g.shape[1] for g in got) == b.dim
+    for t, g in zip(b.taps, got):
+        w = want[t.name]
+        assert g.dtype == torch.float32 and g.shape == (2, t.channels), t.name
+        assert ((g - w).norm() / w.norm().clamp_min(1e-12)).item() < 1e-3, t.name
+    # `last` is what the source classifier reads
+    last = got[[t.name for t in b.taps].index(b.last)]
+    w = want["<classifier input>"]
+    assert ((last - w).norm() / w.norm()).item() < 1e-3
+
+
+def test_families_tap_what_the_rules_say():
+    r = backbones.get("resnet50")
+    assert [t.module for t in r.taps][:2] == ["relu", "layer1.0"] and r.last == "layer4.2"
+    assert sum(t.module.startswith("layer") for t in r.taps) == 16 and r.classifier == "fc"
+    v = backbones.get("vit_b_16")
+    blocks = [t for t in v.taps if t.module.startswith("encoder.layers.")]
+    assert len(blocks) == 24 and {t.pool for t in blocks} == {"cls", "mean_tokens"}
+    assert all(t.prefix_tokens == 1 for t in blocks) and v.last == "pre_logits" and v.classifier == "heads.head"
+    s = backbones.get("swin_t")
+    assert {t.pool for t in s.taps if t.name != "pre_logits"} == {"mean_nhwc"}
+    m = backbones.get("mobilenet_v3_large")
+    assert m.last == "classifier.1" and m.fc_layers == ("classifier.0", "classifier.3")  # hidden fc after Hardswish
+    e = backbones.get("efficientnet_b0")
+    assert e.last == "features.8.2" and e.preprocess().interpolation == "bicubic"
+    # the same rules applied to torchvision's VGG-16 find the registry's hand-named taps
+    from fne import zoo
+
+    found = zoo.tv_discover("vgg16")
+    assert [t.module for t in found.taps] == [t.module for t in backbones.get("vgg16").taps]
+    assert found.fc_layers == backbones.get("vgg16").fc_layers
+
+
+def test_preprocessing_comes_from_the_weights_and_keys_the_store():
+    assert backbones.get("vgg16").preprocess().key == "center224"  # existing stores stay valid
+    assert backbones.get("efficientnet_lite0").preprocess().key == "center224"
+    r = backbones.get("resnet50")  # DEFAULT = IMAGENET1K_V2: resize 232
+    assert r.preprocess().to_dict()["resize"] == 232 and r.preprocess().key == "center224-r232"
+    v1 = backbones.get("resnet50", "IMAGENET1K_V1")
+    assert v1.preprocess().resize == 256 and v1.preprocess().key == "center224"
+    assert backbones.fingerprint("resnet50", "IMAGENET1K_V2") == backbones.fingerprint("resnet50")
+    assert backbones.fingerprint("resnet50", "IMAGENET1K_V1") != backbones.fingerprint("resnet50")
+    t = backbones.get("timm:vit_tiny_patch16_224").preprocess()
+    assert t.interpolation == "bicubic" and t.mean == (0.5, 0.5, 0.5) and t.key != "center224-r248-bicubic"
+    with pytest.raises(WeightsError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+        backbones.fingerprint("resnet50", "IMAGENET1K_V9")
+
+
+def test_bad_names_say_how_to_name_models(capsys):
+    with pytest.raises(FneError) as e:
+        backbones.get("resnet5")
+    msg = str(e.value)
+    assert "Did you mean: resnet50" in msg and "timm:NAME" in msg and "vgg16" in msg
+    with pytest.raises(FneError, match="Did you mean: timm:vit_tiny_patch16_224"):
+        backbones.get("timm:vit_tiny_patch16_22")
+    with pytest.raises(FneError, match="no pretrained tag 'nope'.*resnet18.a1_in1k"):
+        backbones.get("timm:resnet18.nope")
+    assert main(["backbones", "convnxt_tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "Did you mean: convnext_tiny" in err and "Traceback" not in err
+
+
+def test_cli_backbones_json_and_list(capsys):
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg16" in out and "timm:NAME" in out and "torchvision" in out
+    assert main(["backbones", "timm:vit_tiny_patch16_224", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["arch"] == "timm:vit_tiny_patch16_224"
+    assert set(d["preprocess"]) >= {"resize", "crop_size", "mean", "std", "interpolation"}
+    tap = d["taps"][0]
+    assert {"name", "module", "channels", "pool", "prefix_tokens"} <= set(tap)
+    assert tap == {"name": "blocks.0.cls", "module": "blocks.0", "channels": 192, "pool": "cls",
+                   "prefix_tokens": 1, "on_input": False}
+    model = timm.create_model("vit_tiny_patch16_224")  # `module` names the model timm builds
+    for t in d["taps"]:
+        model.get_submodule(t["module"])
+
+
+def test_offline_imagenet_says_where_to_put_the_file(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(WeightsError) as e:
+        backbones.load_backbone("resnet18", "imagenet")
+    msg = str(e.value)
+    assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg
+    assert "--weights PATH" in msg
+    # timm: the Hugging Face cache or torch hub's, named in one line, no traceback
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["extract", "digits", "--arch", "timm:resnet18", "--cache", str(tmp_path / "c"),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "timm:resnet18" in err and "--weights PATH" in err and "Traceback" not in err
+    assert "huggingface" in err.lower() and "checkpoints" in err
+
+
+def test_weights_files_and_meta_build(tmp_path):
+    model = backbones.load_backbone("timm:vit_tiny_patch16_224", "random", seed=4)
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    again = backbones.load_backbone("timm:vit_tiny_patch16_224", str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert not any(p.is_meta for p in again.parameters())
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    assert backbones.fingerprint("timm:vit_tiny_patch16_224", str(tmp_path / "w.pt")).startswith("file-")
+    with pytest.raises(WeightsError, match="does not fit --arch resnet18"):
+        backbones.load_backbone("resnet18", str(tmp_path / "w.pt"))
+
+
+def test_extract_fit_export_with_a_timm_vit(tmp_path):
+    from fne.fit import export, fit
+
+    from .conftest import write_digits
+
+    digits_folder = write_digits(tmp_path / "data", per_class=4, classes=2)
+    kw = dict(arch="timm:vit_tiny_patch16_224", weights="random", precision="fp32", storage_dtype="float32",
+              cache=str(tmp_path / "cache"), device="cpu", workers=0, batch_size=8)
+    m = fit(digits_folder, features="fne", head="logreg", splits=1, out=str(tmp_path / "run"),
+            extract_missing=True, **kw)
+    assert m["n_train"] > 0 and 0 <= m["accuracy"] <= 1
+    r = export(digits_folder, features="fne", out=tmp_path / "x.h5", **kw)
+    b = backbones.get("timm:vit_tiny_patch16_224")
+    with h5py.File(tmp_path / "x.h5") as f:
+        assert f["embedding"].shape == (8, b.dim)
+        assert [f"layers/{t.name}" for t in b.taps] == r["datasets"][:-1]
+        assert f["layers/blocks.0.cls"].shape == (8, 192)
+        a = f.attrs
+        assert a["crop_size"] == 224 and a["resize"] == 248 and a["interpolation"] == "bicubic"
+        assert np.allclose(a["mean"], 0.5) and np.allclose(a["std"], 0.5)
+        assert a["root"] == str(digits_folder.resolve())
+
+
+@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("timm:vit_tiny_patch16_224", None)])
+def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
+    from fne.train import train
+
+    m = train(str(digits_split), "frozen", tmp_path / "run", arch=arch, weights="random", epochs=1,
+              image_size=size, batch_size=16, workers=0, progress=False, precision="fp32", lr=0.01,
+              val_fraction=0.0)
+    assert m["mode"] == "frozen" and 0 <= m["accuracy"] <= 1
+    b = backbones.get(arch)
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert state[b.classifier + ".weight"].shape[0] == 3  # the new head replaced the classifier
