@@ -397,12 +397,17 @@ def timm_pretrained(model_name: str) -> nn.Module:
         return timm.create_model(model_name, pretrained=True)
     except Exception as e:  # no network, no cached copy
         hub = cfg.get("hf_hub_id")
-        where = (f"the Hugging Face hub cache (HF_HOME, default ~/.cache/huggingface/hub; copy "
-                 f"models--{hub.replace('/', '--')} there from a machine that has a network)"
-                 if hub else "")
+        where = ""
+        if hub:
+            try:
+                from huggingface_hub.constants import HF_HUB_CACHE as cache
+            except ImportError:
+                cache = "~/.cache/huggingface/hub"
+            where = (f"{cache}/models--{hub.replace('/', '--')} (the Hugging Face hub cache; HF_HOME moves "
+                     f"it: copy that folder from a machine that has a network)")
         url = cfg.get("url")
         if url:
-            where += (" or " if where else "") + (
+            where += (" or, with TIMM_USE_OLD_CACHE=1, " if where else "") + (
                 f"{Path(torch.hub.get_dir()) / 'checkpoints' / Path(url).name} (torch hub's cache; "
                 f"TORCH_HOME moves it), downloaded from {url}")
         raise WeightsError(
