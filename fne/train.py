@@ -112,8 +112,8 @@ def _new_layer(old: nn.Module, name: str, out_features: int | None) -> nn.Module
 
 def source_state(arch: str, weights: str, weights_seed: int = 0) -> dict:
     """The tensors to import: ImageNet, a seeded random network, or a file (state dict or checkpoint)."""
-    if weights == "imagenet":
-        return backbones.get(arch).imagenet()
+    if weights == "imagenet" or (weights != "random" and not Path(weights).is_file()):
+        return backbones.get(arch, weights).imagenet()  # imagenet, or a torchvision weights name
     if weights == "random":
         return backbones.load_backbone(arch, "random", weights_seed).state_dict()
     return backbones.read_state_dict(weights)
