@@ -40,7 +40,9 @@ sys.path.insert(0, str(ROOT))
 from fne import backbones  # noqa: E402
 from fne.backbones import Normalize  # noqa: E402
 from fne.data import IMAGE_EXTENSIONS  # noqa: E402
-from fne.extract import StoreSpec, autocast, build_tap_model, tune_allocator  # noqa: E402
+from fne.devices import autocast, tune_allocator  # noqa: E402
+from fne.stores import StoreSpec  # noqa: E402
+from fne.taps import build_tap_model  # noqa: E402
 
 HPAI_SCRIPT = r"""
 import json, resource, sys, time

@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fne.extract import StoreSpec  # noqa: E402
+from fne.stores import StoreSpec  # noqa: E402
 
 SPEC = dict(arch="vgg16", weights="random", crop="center", precision="bf16", dtype="float16")
 CHILD = r"""

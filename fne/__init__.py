@@ -26,8 +26,8 @@ def verb_module(name: str) -> None:
 
 
 # verbs that live in a module of another name
-_ELSEWHERE = {"predict": "fne.fit", "export": "fne.fit", "run": "fne.pipeline"}
-_VERBS = ("extract", "fit", "train", "report", "advise")
+_ELSEWHERE = {"run": "fne.pipeline"}
+_VERBS = ("extract", "fit", "predict", "export", "train", "report", "advise")
 
 
 def __getattr__(name: str):

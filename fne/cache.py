@@ -25,7 +25,18 @@ import zarr
 from fne.errors import CacheError
 
 FORMAT = 1
-DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "cache"
+_CHECKOUT = Path(__file__).resolve().parent.parent  # the project folder when run from a checkout
+
+
+def default_cache() -> Path:
+    """The project's cache/ folder when fne runs from its checkout (as today), else the user's
+    cache directory (~/.cache/fne on Linux): never inside site-packages."""
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "cache").is_dir() \
+            and "site-packages" not in _CHECKOUT.parts:
+        return _CHECKOUT / "cache"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("fne", appauthor=False))
 
 
 def is_url(root: object) -> bool:
@@ -44,11 +55,11 @@ class Url(str):
 
 
 def cache_root(cache: str | Path | None = None) -> Path | Url:
-    """--cache, else $FNE_CACHE, else the repository's cache/ folder. fsspec URLs stay as given."""
+    """--cache, else $FNE_CACHE, else `default_cache()`. fsspec URLs stay as given."""
     if cache is None:
         cache = os.environ.get("FNE_CACHE") or None
     if cache is None:
-        return DEFAULT_CACHE
+        return default_cache()
     if is_url(cache):
         return Url(str(cache))
     return Path(cache).expanduser()

@@ -15,16 +15,19 @@ import warnings
 def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     """Options that pick the activation store (shared by extract, fit, export)."""
     from fne.backbones import ARCH_HELP, WEIGHTS_HELP
-    from fne.names import CROPS
+    from fne.names import CROPS, PRECISIONS
 
     p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
     p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
     p.add_argument("--crop", default="center", choices=CROPS,
                    help="center: shorter side 256, center 224 (default); squash: 224x224; ten: 10 crops")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--storage-dtype", default="float16", choices=["float16", "float32"],
-                   help="how cached activations are stored (default float16)")
-    p.add_argument("--cache", default=None, help="cache folder (default: $FNE_CACHE or ./cache)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto (default): extraction picks the machine's fastest; reading finds rows "
+                        "of any precision. A value pins the store.")
+    p.add_argument("--storage-dtype", default="auto", choices=["auto", "float16", "float32"],
+                   help="how cached activations are stored; auto (default): float16 when extracting, "
+                        "any stored precision when reading (see README, 'Which store is read')")
+    p.add_argument("--cache", default=None, help="cache folder (default: $FNE_CACHE, else `fne cache info`)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed",
                    help="seed of --weights random")
@@ -52,14 +55,19 @@ def _add_extract(sub) -> None:
     p = sub.add_parser("extract", help="run the frozen network once per image into the cache")
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
     _store_args(p)
-    p.add_argument("--shard", default=None, help="I/N: process a deterministic 1/N of DATA (slurm arrays)")
+    p.add_argument("--shard", default=None,
+                   help="I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "
+                        "RANK/WORLD_SIZE)")
     p.set_defaults(func=_cmd_extract)
 
 
 def _cmd_extract(a) -> int:
     from fne.extract import extract
+    from fne.shards import parse_shard, shard_from_env
 
-    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=a.shard, decode=a.decode)
+    # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
+    shard = parse_shard(a.shard) if a.shard else shard_from_env()
+    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=shard, decode=a.decode)
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
           f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped")
     for ident, why in list(r.skipped.items())[:20]:
@@ -117,7 +125,7 @@ def _add_predict(sub) -> None:
 
 
 def _cmd_predict(a) -> int:
-    from fne.fit import predict
+    from fne.predict import predict
 
     r = predict(a.run_dir, a.data, out=a.out, cache=a.cache, device=a.device,
                 batch_size=a.batch_size, workers=a.workers)
@@ -138,7 +146,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(a) -> int:
-    from fne.fit import export
+    from fne.export import export
 
     r = export(a.data, features=a.features, out=a.out, extract_missing=a.extract,
                stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
@@ -163,8 +171,9 @@ def _cmd_cache_info(a) -> int:
     from fne.cache import cache_root, list_stores
 
     stores = list_stores(a.cache)
+    print(f"cache root: {cache_root(a.cache)}")
     if not stores:
-        print(f"no stores in {cache_root(a.cache)}")
+        print("no stores")
     for s in stores:
         m = s.meta
         print(f"{s.path.name}\n  arch {m['arch']}  weights {m['weights']}  preprocess {m['preprocess']}  "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ class Dataset:
     sources: list = field(repr=False)
     array_source: ArraySource | None = field(default=None, repr=False)
     _keys: list[str] | None = field(default=None, repr=False)
+    root: str | None = None  # the folder file sources are relative to (its manifest's key)
+    _stats: list | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,6 +61,18 @@ class Dataset:
                 self._keys = [file_key(p) for p in self.sources]
         return self._keys
 
+    def stats(self) -> list:
+        """`os.stat` of every file source, taken once (sizes and mtimes: the manifest, shards)."""
+        if self._stats is None:
+            out = []
+            for p in self.sources:
+                try:
+                    out.append(os.stat(p))
+                except OSError as e:
+                    raise DataError(f"cannot read {p}: {e.strerror or e}") from e
+            self._stats = out
+        return self._stats
+
     def label_indices(self) -> np.ndarray:
         if self.labels is None:
             raise DataError(f"{self.name}: has no labels")
@@ -76,6 +91,8 @@ class Dataset:
             sources=[self.sources[i] for i in idx],
             array_source=self.array_source,
             _keys=keys,
+            root=self.root,
+            _stats=None if self._stats is None else [self._stats[i] for i in idx],
         )
 
 
@@ -192,6 +209,7 @@ def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) ->
         splits=splits,
         classes=classes or sorted(set(labels)),
         sources=[str(p) for p in files],
+        root=str(root),
     )
 
 
@@ -200,7 +218,7 @@ def _folder(root: Path) -> Dataset:
     loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=[p.name for p in loose], labels=None, splits=None,
-                       classes=[], sources=[str(p) for p in loose])
+                       classes=[], sources=[str(p) for p in loose], root=str(root))
     files, labels = _class_folder(root)
     return _file_dataset(root.name, root, files, labels, None)
 

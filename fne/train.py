@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from fne import backbones, verb_module
 from fne.backbones import ImportReport, Normalize, Preprocess
 from fne.data import Dataset, load_dataset
+from fne.devices import autocast, resolve_device, resolve_precision
 from fne.errors import DataError, FneError, WeightsError
-from fne.extract import autocast, resolve_device, resolve_precision
 from fne.metrics import provenance, split_scores
 from fne.names import DIRECT_SCORES, MODES, NEW_LAYERS, SCHEDULERS
 

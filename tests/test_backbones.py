@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from fne import backbones
 from fne.errors import WeightsError
-from fne.extract import TapModel
+from fne.taps import TapModel
 
 
 def test_registry_declares_taps():

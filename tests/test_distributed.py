@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import fne.extract as fx
+from fne import shards
 from fne.cache import list_stores
 from fne.data import load_dataset
 
@@ -33,12 +34,12 @@ CLI_FAST = ["--arch", "efficientnet_lite0", "--weights", "random", "--precision"
 # One rank of a 2-way split, slowed down (a sleep per batch, no CPU) so that it can be killed
 # after its first committed part and before it finishes.
 SLOW_SHARD = """
-import sys, time, fne.extract as fx
-forward = fx._forward
+import sys, time, fne.extract as fx, fne.taps as taps
+forward = taps.forward
 def slow(*a, **k):
     time.sleep(0.4)
     return forward(*a, **k)
-fx._forward = slow
+taps.forward = slow
 fx.extract(sys.argv[1], cache=sys.argv[2], shard="0/2", batch_size=2, chunk=2, workers=0,
            progress=False, arch="efficientnet_lite0", weights="random", precision="fp32",
            storage_dtype="float32")
@@ -107,10 +108,10 @@ def test_torchrun_shards_equal_one_process(data, reference, tmp_path):
     assert min(done.values()) > 0
     by_part: dict[str, set[int]] = {}
     for k, (part, _) in store.index().items():
-        by_part.setdefault(part, set()).add(fx.shard_of(k, 2))
+        by_part.setdefault(part, set()).add(_shard_of_key(data)[k])
     assert all(len(s) == 1 for s in by_part.values())  # no part mixes the two shards
     markers = _markers(store)
-    fp = fx.dataset_fingerprint(load_dataset(data).keys())
+    fp = shards.listing_fingerprint(load_dataset(data))
     assert set(markers) == {f"{fp}-0of2.json", f"{fp}-1of2.json"}
     assert sum(m["n_images_in_shard"] for m in markers.values()) == 28
 
@@ -131,8 +132,8 @@ def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path):
     store = _store(cache)
     before = len(store)
     assert 0 < before < 28
-    assert all(fx.shard_of(k, 2) == 0 for k in store.index())
-    status = fx.shard_status(data, 2, cache=str(cache), **_spec())
+    assert all(_shard_of_key(data)[k] == 0 for k in store.index())
+    status = shards.shard_status(data, 2, cache=str(cache), **_spec())
     assert status == {0: None, 1: None}  # the killed shard is not marked finished
 
     proc2 = _torchrun(data, cache)  # the whole job again: rank 0 resumes, rank 1 runs
@@ -145,14 +146,14 @@ def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path):
     runs = [r for r in store.records() if r.get("kind") == "extract"]
     resumed = [r for r in runs if r["shard"] == "0/2"]
     assert len(resumed) == 1  # the killed run wrote no record
-    in_shard0 = sum(1 for k in reference if fx.shard_of(k, 2) == 0)
+    in_shard0 = sum(1 for k in reference if _shard_of_key(data)[k] == 0)
     assert resumed[0]["n_computed"] == in_shard0 - before  # committed rows were reused
 
-    status = fx.shard_status(data, 2, cache=str(cache), **_spec())
+    status = shards.shard_status(data, 2, cache=str(cache), **_spec())
     assert all(status[i] is not None for i in (0, 1))
 
     # A finished shard is skipped: no forward pass, marker kept as it was.
-    marker = Path(fx.shard_marker(store, fx.dataset_fingerprint(load_dataset(data).keys()), (1, 2)))
+    marker = Path(shards.shard_marker(store, shards.listing_fingerprint(load_dataset(data)), (1, 2)))
     stamp = marker.read_text()
     n0 = fx.FORWARD_IMAGES
     again = fx.extract(data, cache=str(cache), shard="1/2", progress=False, **FAST)
@@ -161,6 +162,12 @@ def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path):
     # Another split of the same complete store finishes at once and is marked too.
     other = fx.extract(data, cache=str(cache), shard="2/3", progress=False, **FAST)
     assert other.n_computed == 0 and Path(other.shard_marker).name.endswith("-2of3.json")
+
+
+def _shard_of_key(data: Path) -> dict[str, int]:
+    """Content key -> its shard of 2 (membership is decided per file, by size or path)."""
+    d = load_dataset(data)
+    return dict(zip(d.keys(), shards.shard_of(d, 2), strict=True))
 
 
 def _spec() -> dict:

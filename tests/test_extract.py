@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fne.backbones
 import fne.extract as fx
 from fne.cache import list_stores
 from fne.cli import main
@@ -35,7 +36,7 @@ def test_second_task_runs_zero_forward_passes(digits_folder, warm_cache, tmp_pat
     def must_not_build(*a, **k):
         raise AssertionError("network built although every row is cached")
 
-    monkeypatch.setattr(fx.backbones, "load_backbone", must_not_build)
+    monkeypatch.setattr(fne.backbones, "load_backbone", must_not_build)
     r = fx.extract(csv, cache=str(warm_cache), progress=False, **FAST)
     assert r.n_computed == 0 and r.n_cached == len(files) and fx.FORWARD_IMAGES == before
     from fne.fit import fit

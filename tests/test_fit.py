@@ -12,7 +12,8 @@ from fne.cache import list_stores
 from fne.cli import main
 from fne.data import load_dataset
 from fne.errors import FneError
-from fne.fit import export, fit
+from fne.export import export
+from fne.fit import fit
 
 from .conftest import FAST
 
@@ -145,7 +146,7 @@ def synthetic_store(tmp_path_factory):
     """
     from PIL import Image
 
-    from fne.extract import StoreSpec
+    from fne.stores import StoreSpec
 
     root, cache = tmp_path_factory.mktemp("synthetic") / "data", tmp_path_factory.mktemp("synthetic-cache")
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ import torchvision.models as tvm
 from fne import backbones
 from fne.cli import main
 from fne.errors import FneError, WeightsError
-from fne.extract import TapModel
+from fne.taps import TapModel
 
 timm = pytest.importorskip("timm")
 
@@ -206,7 +206,8 @@ def test_weights_files_and_meta_build(tmp_path):
 
 
 def test_extract_fit_export_with_a_timm_vit(tmp_path):
-    from fne.fit import export, fit
+    from fne.export import export
+    from fne.fit import fit
 
     from .conftest import write_digits
 

@@ -1,0 +1,117 @@
+"""Where and how the network runs: device, precision, autocast, compilation, workers, allocator.
+
+Shared by `fne extract` and `fne train`, so both resolve `auto` the same way on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from fne.errors import FneError
+from fne.names import PRECISIONS
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep large freed buffers in glibc's heap instead of unmapping them (Linux, glibc only).
+
+    By default glibc serves every allocation over 32 MiB with a fresh mmap and gives it back on
+    free, so each activation map of every batch is page-faulted in anew: measured on VGG-16 bf16
+    that costs ~15% of the forward pass and doubles the cost of pooling the taps. With mmap off
+    and trimming off, the same buffers are reused batch after batch; peak memory is unchanged
+    (freed memory is kept for reuse, not returned). No-op elsewhere, with jemalloc/tcmalloc
+    preloaded, or with FNE_MALLOC_TUNING=0.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED or os.environ.get("FNE_MALLOC_TUNING", "1") == "0":
+        return _ALLOCATOR_TUNED
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        _ALLOCATOR_TUNED = bool(libc.mallopt(m_mmap_max, 0)) and bool(
+            libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    return _ALLOCATOR_TUNED
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        local = os.environ.get("LOCAL_RANK")
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{local or 0}")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise FneError(f"bad --device {device!r}; use auto, cpu or cuda[:i]") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FneError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 where the hardware runs it natively (AMX CPUs, bf16 GPUs), else fp32/fp16."""
+    if precision not in PRECISIONS:
+        raise FneError(f"bad --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_bf16_native() else "fp32"
+
+
+def cpu_bf16_native() -> bool:
+    """oneDNN runs bf16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# torch.compile pays off once the time it saves per image repays its compile time. Measured
+# (benchmarks/RESULTS.md) on 2 CPU cores: a cold compile of VGG-16 takes 60-100 s (a few
+# seconds once inductor's on-disk cache is warm) and saves 3 ms (AVX512-BF16) to 10 ms (AMX)
+# per image, so `compile="auto"` compiles from 20,000 images on a CPU. On CUDA the convolutions
+# are cuDNN's either way and a GPU extracts 20,000 images in seconds: auto compiles only for
+# very large runs there (an estimate; no GPU was measured).
+COMPILE_AUTO_MIN_IMAGES = {"cpu": 20_000, "cuda": 1_000_000}
+
+
+def resolve_compile(compile: bool | str, n_images: int, device: torch.device) -> bool:
+    if compile in (True, "on", "true", "yes"):
+        return True
+    if compile in (False, None, "off", "false", "no"):
+        return False
+    if compile == "auto":
+        return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
+    raise FneError(f"bad compile {compile!r}; use auto, on or off")
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes per extracting process.
+
+    On CPU the network already uses every core, so decoding takes cycles from it whatever the
+    split; one worker overlaps decoding with compute, more only add contention (measured in
+    benchmarks/RESULTS.md). On CUDA the CPU only decodes: one worker per core this rank owns.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if device.type == "cuda":
+        return min(16, max(1, per_rank - 1))
+    return 1
