@@ -26,7 +26,7 @@ def verb_module(name: str) -> None:
 
 
 # verbs that live in a module of another name
-_ELSEWHERE = {"predict": "fne.fit", "export": "fne.fit", "run": "fne.pipeline"}
+_ELSEWHERE = {"predict": "fne.fit", "export": "fne.fit", "run": "fne.runner"}
 _VERBS = ("extract", "fit", "train", "report", "advise")
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fne import verb_module
 from fne.errors import FneError
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
@@ -387,6 +388,4 @@ def run_cli(args) -> int:
     return 0
 
 
-import fne  # noqa: E402
-
-fne.verb_module(__name__)
+verb_module(__name__)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fne import pipeline as P
-from fne.pipeline import PipelineError, load_pipeline
+from fne import runner as P
+from fne.runner import PipelineError, load_pipeline
 from tests.conftest import SHARED, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
