@@ -114,6 +114,70 @@ def _f(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
+# What a run's setting is, besides its method and backbone: runs that agree on all of these
+# (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
+SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "crop", "precision", "storage_dtype",
+                "split_protocol", "n_images", "new_layers", "train_bn", "image_size", "augment", "epochs", "lr",
+                "imported_lr", "momentum", "weight_decay", "scheduler", "batch_size", "val_fraction",
+                "direct_score", "class_map")
+SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dtype": "storage"}
+
+
+def settings(run: dict) -> dict:
+    """The setting of a run (SETTING_KEYS found in metrics.json); C as asked for (fne run's step
+    records it: with C = auto, metrics.json holds the C each seed's validation chose)."""
+    m = run["metrics"]
+    out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
+    asked = (run["step"].get("config") or {}).get("C")
+    if asked is not None:
+        out["C"] = asked
+    return out
+
+
+def _setting_str(k: str, v) -> str:
+    if isinstance(v, str):
+        try:
+            v = float(v)  # C = "1.0" (asked) and 1.0 (used) read the same
+        except ValueError:
+            return f"{SETTING_NAMES.get(k, k)}={v}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{SETTING_NAMES.get(k, k)}={v:g}"
+    return f"{SETTING_NAMES.get(k, k)}={json.dumps(v, default=str)}"
+
+
+def _name_variants(rows: list[dict]) -> None:
+    """Rows of the same method and backbone: their label shows the settings that tell them apart."""
+    same: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        same[(r["method"], r["backbone"])].append(r)
+    for group in same.values():
+        if len(group) < 2:
+            continue
+        full = [{**r["settings"], "weights": r["weights_fingerprint"]} for r in group]
+        keys = sorted({k for s in full for k in s})
+        differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in full}) > 1]
+        for r, s in zip(group, full, strict=True):
+            r["variant"] = ", ".join(_setting_str(k, s.get(k)) for k in differ)
+
+
+def extraction(run: dict) -> tuple[float | None, bool]:
+    """(measured seconds of the extraction that computed this run's rows, True if none ran for it).
+
+    `fne run` records the extraction in step.json ("extract"): its measured seconds when it
+    computed rows, else the rows were cached. Without that record, metrics.json's
+    extract_seconds is measured when `fne fit --extract` extracted; when it equals
+    n_images / extract_images_per_s, it is fit's estimate from the store's past rate: cached.
+    """
+    ex = run["step"].get("extract")
+    if isinstance(ex, dict):
+        return (_f(ex.get("seconds")), False) if ex.get("n_computed") else (None, True)
+    m = run["metrics"]
+    s, rate = _f(m.get("extract_seconds")), _f(m.get("extract_images_per_s"))
+    if s is not None and rate and isinstance(m.get("n_images"), int) and s == m["n_images"] / rate:
+        return None, True
+    return s, False
+
+
 def _row(runs: list[dict]) -> dict:
     """One table row from one run (values verbatim) or several (pooled over their splits)."""
     ms = [r["metrics"] for r in runs]
@@ -123,6 +187,8 @@ def _row(runs: list[dict]) -> dict:
         "kind": m0.get("kind"),
         "backbone": backbone_label(m0),
         "arch": m0.get("arch"), "weights": m0.get("weights"),
+        "weights_fingerprint": None if is_scratch(m0) else m0.get("weights_fingerprint"),
+        "settings": settings(runs[0]), "variant": None,
         "runs": len(runs),
         "scratch": is_scratch(m0),
         "partial": bool(m0.get("n_excluded")),  # scored on a subset of the classes: not comparable
@@ -138,7 +204,7 @@ def _row(runs: list[dict]) -> dict:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
             row[k] = _f(m0.get(k))
         row["seconds"] = _f(m0.get("fit_seconds", m0.get("train_seconds")))
-        row["extract_seconds"] = _f(m0.get("extract_seconds"))
+        row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
         row["confusion"] = m0.get("confusion")
         return row
     splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
@@ -147,10 +213,12 @@ def _row(runs: list[dict]) -> dict:
         vals = np.array([v for v in (_f(s.get(k)) for s in splits) if v is not None])
         row[k] = float(vals.mean()) if len(vals) else None
         row[k + "_std"] = float(vals.std()) if len(vals) else None
-    for k, keys in (("seconds", ("fit_seconds", "train_seconds")), ("extract_seconds", ("extract_seconds",))):
-        vals = [v for m in ms for v in [next((_f(m.get(x)) for x in keys if m.get(x) is not None), None)]
-                if v is not None]
-        row[k] = float(np.mean(vals)) if vals else None
+    vals = [v for m in ms for v in [_f(m.get("fit_seconds", m.get("train_seconds")))] if v is not None]
+    row["seconds"] = float(np.mean(vals)) if vals else None
+    ext = [extraction(r) for r in runs]
+    measured = [s for s, _ in ext if s is not None]
+    row["extract_seconds"] = float(np.mean(measured)) if measured else None
+    row["extract_cached"] = not measured and any(c for _, c in ext)
     row["n_splits"] = len(splits)
     conf = [np.array(m["confusion"]) for m in ms if m.get("confusion")]
     row["confusion"] = (sum(conf[1:], conf[0]).tolist()
@@ -186,11 +254,13 @@ def tabulate(collected: dict) -> list[dict]:
     for r in collected["runs"]:
         m = r["metrics"]
         groups[dataset_key(r)][(str(m.get("method")), m.get("arch"), m.get("weights"),
-                                m.get("weights_fingerprint"))].append(r)
+                                None if is_scratch(m) else m.get("weights_fingerprint"),
+                                json.dumps(settings(r), sort_keys=True, default=str))].append(r)
     published = published_for(collected["pipelines"])
     out = []
     for key in sorted(groups):
         rows = [_row(rs) for rs in groups[key].values()]
+        _name_variants(rows)
         rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
                                  r["method"]))
         best = {}

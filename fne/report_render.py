@@ -45,7 +45,8 @@ def cells(r: dict) -> dict[str, str]:
         "accuracy": pct(r.get("accuracy"), None if one else r.get("accuracy_std")),
         "mean_class_accuracy": pct(r.get("mean_class_accuracy"), None if one else r.get("mean_class_accuracy_std")),
         "seconds": secs(r.get("seconds")),
-        "extract_seconds": secs(r.get("extract_seconds")),
+        "extract_seconds": ("cached" if r.get("extract_cached") and r.get("extract_seconds") is None
+                            else secs(r.get("extract_seconds"))),
     }
 
 
@@ -72,8 +73,11 @@ def confused_pairs(confusion, classes, k: int = 5) -> list[dict]:
 
 
 def label(r: dict, multi: bool) -> str:
-    label = f"{r['method']} [{r['backbone']}]" if multi else r["method"]
-    return label + (f" ({r['note']})" if r.get("note") else "")
+    """The row's name: its method, [backbone] where several, (settings that tell it from rows of
+    the same method), (a note: direct mode's mapped classes)."""
+    text = f"{r['method']} [{r['backbone']}]" if multi else r["method"]
+    text += f" ({r['variant']})" if r.get("variant") else ""
+    return text + (f" ({r['note']})" if r.get("note") else "")
 
 
 def _md_cell(text: str, best: bool) -> str:
