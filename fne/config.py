@@ -328,7 +328,8 @@ def _check_table(tbl: dict, schema: dict, path: tuple, err: Errors) -> dict:
     return ok
 
 
-def _expand(spec: str) -> tuple[str, list[str]]:
+def expand_vars(spec: str) -> tuple[str, list[str]]:
+    """`spec` with ${VAR}s expanded, and the names of those not set (left as written)."""
     unset = []
 
     def sub(m):
@@ -625,7 +626,7 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
     if ds.spec == "digits":
         ds.data = "digits"
     else:
-        expanded, unset = _expand(ds.spec)
+        expanded, unset = expand_vars(ds.spec)
         p = Path(os.path.expanduser(expanded))
         p = p if p.is_absolute() else (base / p)
         ds.data = str(p.resolve()) if p.exists() else str(p)

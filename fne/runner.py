@@ -372,8 +372,14 @@ def _announce_skips(p: Pipeline, path, say) -> None:
     """Notes on skipped datasets and modes; no dataset present at all is an error (nothing would run)."""
     skipped = [d for d in p.datasets if d.skipped]
     if skipped and len(skipped) == len(p.datasets):
-        raise FneError(f"{path}: nothing to run: no dataset is present ("
-                       + "; ".join(f"{d.key}: {d.skipped}" for d in skipped) + ")")
+        unset = sorted({v for d in skipped for v in config.expand_vars(d.spec)[1]})
+        if unset and all(config.expand_vars(d.spec)[1] for d in skipped):
+            why = (f"environment variable {', '.join(unset)} not set, so none of "
+                   + ", ".join(d.spec for d in skipped) + " can be found; set it to the folder that holds "
+                   "them, see the comments in the file")
+        else:
+            why = "; ".join(f"{d.key}: {d.skipped}" for d in skipped)
+        raise FneError(f"{path}: nothing to run: none of its datasets is present ({why})")
     for d in skipped:
         say(f"note: optional dataset {d.key} skipped: {d.skipped}")
     if "direct" in p.train:
