@@ -355,7 +355,7 @@ def format_advice(a: dict) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from fne.backbones import REGISTRY
-    from fne.names import CROPS
+    from fne.names import CROPS, PRECISIONS
 
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
     p.add_argument("--arch", default="vgg16", choices=sorted(REGISTRY))
@@ -368,7 +368,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share held out when DATA has no split (as in fne fit)")
     p.add_argument("--train-per-class", type=int, default=None)
     p.add_argument("--crop", default="center", choices=CROPS)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None)

@@ -281,34 +281,27 @@ class Pipeline:
 # ------------------------------------------------------------------ validation
 
 
-def _type_ok(v, t: str) -> bool:
-    if t == "str":
-        return isinstance(v, str)
-    if t == "int":
-        return isinstance(v, int) and not isinstance(v, bool)
-    if t == "float":
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
-    if t == "bool":
-        return isinstance(v, bool)
-    if t == "table":
-        return isinstance(v, dict)
-    if t == "array":
-        return isinstance(v, list) and all(isinstance(x, dict) for x in v)
-    if t == "list[str]":
-        return isinstance(v, list) and all(isinstance(x, str) for x in v)
-    if t == "list[int]":
-        return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
-    if t == "str|float":
-        return isinstance(v, (str, int, float)) and not isinstance(v, bool)
-    if t == "str|table":
-        return isinstance(v, (str, dict))
-    raise AssertionError(t)
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-_TYPE_WORDS = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-               "table": "a table", "array": "an array of tables ([[...]])", "list[str]": "a list of strings",
-               "list[int]": "a list of integers", "str|float": "a number or a string",
-               "str|table": "a string or an inline table"}
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# schema type -> (test, how a message names it)
+_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "table": (lambda v: isinstance(v, dict), "a table"),
+    "array": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "an array of tables ([[...]])"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "list[int]": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of integers"),
+    "str|float": (lambda v: isinstance(v, str) or _is_number(v), "a number or a string"),
+    "str|table": (lambda v: isinstance(v, (str, dict)), "a string or an inline table"),
+}
 
 
 def _check_table(tbl: dict, schema: dict, path: tuple, err: Errors) -> dict:
@@ -320,9 +313,9 @@ def _check_table(tbl: dict, schema: dict, path: tuple, err: Errors) -> dict:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             err.add(path + (k,), f"unknown key{hint} (allowed: {', '.join(schema)})")
             continue
-        t = schema[k][0]
-        if not _type_ok(v, t):
-            err.add(path + (k,), f"expected {_TYPE_WORDS[t]}, got {v!r}")
+        test, words = _TYPES[schema[k][0]]
+        if not test(v):
+            err.add(path + (k,), f"expected {words}, got {v!r}")
             continue
         ok[k] = v
     return ok
