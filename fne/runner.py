@@ -10,7 +10,9 @@ the schema in fne.config.SCHEMA. `fne run` then
    (`fne advise`), fits every feature × head × seed from the cache and trains every mode;
 3. skips steps that are done: RUN_DIR/metrics.json exists and RUN_DIR/step.json holds the
    hash of the same step configuration (and of that metrics.json), so an interrupted run
-   resumes where it stopped and a changed setting reruns only the steps it touches;
+   resumes where it stopped and a changed setting reruns only the steps it touches; a fit's
+   step.json also records the extraction that computed its rows in this run (its measured
+   seconds, or none computed: cached), which is what the report shows;
 4. ends with `fne report` over exactly the steps of this pipeline (OUT/report.md, .html).
 
 Layout of OUT: pipeline.json, report.*, and per step
@@ -43,7 +45,6 @@ TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a
 # settings that direct mode (no training) ignores: changing them does not rerun it
 TRAINING_ONLY = ("epochs", "lr", "imported_lr_mult", "momentum", "weight_decay", "scheduler", "val_fraction",
                  "augment", "new_layers", "deterministic")
-
 
 
 def checks() -> config.Checks:
