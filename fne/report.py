@@ -3,15 +3,18 @@
 Inputs are found recursively under each RUN_DIR:
 
 * `metrics.json` (written by `fne fit` / `fne train`): one measured method each;
-* `step.json` (written by `fne run` beside metrics.json): the pipeline's dataset key;
+* `step.json` (written by `fne run` beside metrics.json): the pipeline's dataset key, the C
+  asked for, and the extraction that computed the run's rows (measured seconds, or cached);
 * `advice.json` (`fne advise` / `fne run`): the recommendation shown beside the winner;
 * `pipeline.json` (`fne run`): notes (e.g. a fallback to random weights) and the published
   reference values of the pipeline file, which are shown in their own labelled column and
   rows, never mixed with measurements.
 
 Every measured number in the tables is taken from metrics.json as it is (fractions shown as
-percentages); runs of the same method on the same dataset and backbone (several seeds) are
-pooled over their splits. `report.json` holds the rows as numbers, for scripts and tests.
+percentages); runs of the same setting (method, backbone, SETTING_KEYS: they differ only in
+the seed) are pooled over their splits, and rows of one method that differ in a setting say
+how in their label. Tables and figures are drawn by fne.report_render and fne.figures.
+`report.json` holds the rows as numbers, for scripts and tests.
 """
 
 from __future__ import annotations
