@@ -207,7 +207,7 @@ def _cmd_cache_verify(a) -> int:
 # (verb, module with add_arguments(parser) and run_cli(args), help text)
 MODULE_VERBS = (
     ("train", "fne.train", "direct / scratch / frozen / finetune transfer experiments"),
-    ("run", "fne.pipeline", "run a pipelines/*.toml experiment end to end"),
+    ("run", "fne.runner", "run a pipelines/*.toml experiment end to end"),
     ("report", "fne.report", "Markdown + HTML report from run folders"),
     ("advise", "fne.advise", "which transfer-learning experiment suits DATA, and why"),
 )
