@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import fne
 from fne import config
 from fne.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.errors import FneError, WeightsError
@@ -134,19 +135,38 @@ def _backbone_identity(b: BackboneCfg) -> dict:
             "storage_dtype": b.storage_dtype, "weights_seed": b.weights_seed}
 
 
-def plan(p: Pipeline, out: Path, data_for: dict[str, str]) -> list[Step]:
-    """Every step of the pipeline in run order (per dataset, per backbone: advise, fit, train)."""
+def content_fingerprint(data: str, cache: str | None) -> str | None:
+    """The images' content (sorted keys, from the data root's manifest: an unchanged folder is
+    only stat'ed); None where DATA cannot be read (a dry run without its data)."""
+    from fne.errors import DataError
+    from fne.features import load_data
+    from fne.shards import content_fingerprint as fingerprint
+
+    try:
+        return fingerprint(load_data(data, cache).keys())
+    except DataError:
+        return None
+
+
+def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = None) -> list[Step]:
+    """Every step of the pipeline in run order (per dataset, per backbone: advise, fit, train).
+
+    A step's identity holds its settings, the images' content fingerprint and the fne version:
+    changed images or a new release rerun the steps they affect, and nothing else.
+    """
     steps = []
     for ds in p.datasets:
         if ds.skipped:
             continue
         data = data_for.get(ds.key, ds.data)
+        content = content_fingerprint(data, cache)
         for b in p.backbones:
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
             store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
                          storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
-            ident = {"v": STEP_FORMAT, "dataset": _data_identity(ds), "backbone": _backbone_identity(b)}
+            ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content},
+                     "backbone": _backbone_identity(b)}
             if p.advise:
                 cfg = {**ident, "kind": "advise", "sample": p.advise_sample,
                        "test_size": ds.test_size if ds.test_size is not None else (p.fit or {}).get("test_size", 0.25),
@@ -343,7 +363,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
-        steps = plan(p, out, {})
+        steps = plan(p, out, {}, cache)
         say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
         for s in steps:
             say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
@@ -358,7 +378,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     for d in p.datasets:
         if d.max_per_class and not d.skipped:
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
-    steps = plan(p, out, data_for)
+    steps = plan(p, out, data_for, cache)
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
     ran, skipped = _run_steps(steps, p, cache, out, data_for, force, say)
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))

@@ -384,3 +384,32 @@ def test_extraction_seconds_recorded_per_step(tmp_path):
     P.run(f, tmp_path / "out2", cache, log=lambda s: None)  # the same rows, now cached
     md = (tmp_path / "out2" / "report.md").read_text()
     assert md.count(" | cached | ") == 2
+
+
+def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
+    """Step identity holds the images' content (from the manifest) and the fne version."""
+    import fne
+    import fne.fit
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "imgs", per_class=4, classes=3)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', f'data = "{data}"').replace(
+        "[train]", "[train_off]").split("[train_off]")[0]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+
+    def fits_run() -> int:
+        with monkeypatch.context() as m:
+            c = Counter(m, fne.fit, "fit")
+            P.run(f, out, cache, report=False, log=lambda s: None)
+        return c.calls
+
+    assert fits_run() == 0  # unchanged images, same release: nothing reruns
+    victim, other = sorted(data.rglob("*.png"))[0], sorted(data.rglob("*.png"))[-1]
+    victim.write_bytes(other.read_bytes())
+    assert fits_run() == 2  # both fits read the changed image
+    assert fits_run() == 0
+    monkeypatch.setattr(fne, "__version__", fne.__version__ + ".post1")
+    assert fits_run() == 2
