@@ -26,7 +26,7 @@ def verb_module(name: str) -> None:
 
 
 # verbs that live in a module of another name
-_ELSEWHERE = {"run": "fne.pipeline"}
+_ELSEWHERE = {"run": "fne.runner"}
 _VERBS = ("extract", "fit", "predict", "export", "train", "report", "advise")
 
 

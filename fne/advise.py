@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fne import verb_module
 from fne.errors import FneError
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
@@ -203,7 +204,8 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
                        batch_size=32, workers=None, progress=True) -> dict:
     """Source-classifier confidence on dataset[idx]; extracts missing rows into the cache first."""
     from fne import backbones
-    from fne.extract import StoreSpec, extract
+    from fne.extract import extract
+    from fne.stores import StoreSpec
 
     sub = dataset.subset(idx)
     extract(sub, arch, weights, cache=cache, batch_size=batch_size, device=device, precision=precision,
@@ -354,7 +356,7 @@ def format_advice(a: dict) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from fne.backbones import ARCH_HELP
-    from fne.names import CROPS
+    from fne.names import CROPS, PRECISIONS
 
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
     p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
@@ -367,7 +369,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="share held out when DATA has no split (as in fne fit)")
     p.add_argument("--train-per-class", type=int, default=None)
     p.add_argument("--crop", default="center", choices=CROPS)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None)
@@ -387,6 +389,4 @@ def run_cli(args) -> int:
     return 0
 
 
-import fne  # noqa: E402
-
-fne.verb_module(__name__)
+verb_module(__name__)

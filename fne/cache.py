@@ -10,9 +10,11 @@ URL (`s3://…`); having no rename there, a part is committed by a marker object
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -93,6 +95,29 @@ def _key_strings(arr: np.ndarray) -> list[str]:
 
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
+QUARANTINE = "quarantine"  # damaged parts are moved here by `clean()`: never read, never deleted
+# A part's name is <time_ns>-<pid>-<host>-<random>: an unfinished part whose writer is alive on
+# this host is spared by `clean()`; one from another host, while younger than this.
+LIVE_WRITER_SECONDS = 3600
+HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def writer_alive(name: str, now_ns: int | None = None) -> bool:
+    """Whether the writer of the unfinished part `name` may still be running."""
+    fields = name.removeprefix(".tmp-").split("-")
+    try:
+        born, pid = int(fields[0]), int(fields[1])
+    except (IndexError, ValueError):
+        return False
+    if len(fields) == 4 and fields[2] == HOST:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
+    return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
 
 
 class _Fs:
@@ -149,6 +174,7 @@ class Store:
         self._bad: dict[str, str] | None = None
         self.duplicates = 0
         self.leftovers: list[str] = []
+        self.damaged: list[str] = []  # parts `verify()` could not read
 
     # ------------------------------------------------------------ files
     def exists(self, rel: str) -> bool:
@@ -292,21 +318,18 @@ class Store:
 
     # ------------------------------------------------------------ writing
     def commit(self, keys: list[str], arrays: dict[str, np.ndarray], bad: dict[str, str] | None = None) -> str:
-        """Write one part atomically; returns its name."""
-        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        """Write one part atomically; returns its name. A failed write (a full disk) removes its
+        unfinished part, so that it frees what it took and leaves nothing to clean."""
+        name = f"{time.time_ns():020d}-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}"
         if keys:
             # Locally: a .tmp- folder renamed into place. URL store: the final (unique) name,
             # committed by the marker written last.
             rel = f"parts/{name}" if self._fs else f"parts/.tmp-{name}"
-            group = zarr.open_group(self._zarr(rel), mode="w")
-            group.create_array("keys", data=_key_bytes(keys))
-            dtype = np.dtype(self.meta["dtype"])
-            for tap, c in self.taps:
-                a = np.asarray(arrays[tap])
-                if a.shape != (len(keys), self.views, c):
-                    raise CacheError(f"{self.path}: tap {tap} rows have shape {a.shape}, expected "
-                                     f"{(len(keys), self.views, c)}")
-                group.create_array(tap, data=a.astype(dtype), chunks=(max(1, len(keys)), self.views, c))
+            try:
+                self._write_part(rel, keys, arrays)
+            except BaseException:
+                self._remove(rel)
+                raise
             if self._fs:
                 self.write_json(f"parts/{name}{COMMITTED}", {"rows": len(keys)})
             else:
@@ -316,6 +339,39 @@ class Store:
         self._index = None
         self._bad = None
         return name
+
+    def _write_part(self, rel: str, keys: list[str], arrays: dict[str, np.ndarray]) -> None:
+        group = zarr.open_group(self._zarr(rel), mode="w")
+        group.create_array("keys", data=_key_bytes(keys))
+        dtype = np.dtype(self.meta["dtype"])
+        for tap, c in self.taps:
+            a = np.asarray(arrays[tap])
+            if a.shape != (len(keys), self.views, c):
+                raise CacheError(f"{self.path}: tap {tap} rows have shape {a.shape}, expected "
+                                 f"{(len(keys), self.views, c)}")
+            group.create_array(tap, data=a.astype(dtype), chunks=(max(1, len(keys)), self.views, c))
+
+    def _remove(self, rel: str) -> None:
+        if self._fs:
+            try:
+                self._fs.fs.rm(self._fs.p(rel), recursive=True)
+            except FileNotFoundError:
+                pass
+        else:
+            shutil.rmtree(self.path / rel, ignore_errors=True)
+
+    def forget_bad(self, keys: Iterable[str]) -> int:
+        """Drop the bad-image records of `keys` (a transient read failure), so that they are
+        read again; returns how many were dropped."""
+        keys, dropped = set(keys), 0
+        for rel in self.list_json("bad"):
+            recs = self.read_json(rel)
+            keep = {k: v for k, v in recs.items() if k not in keys}
+            if len(keep) < len(recs):
+                dropped += len(recs) - len(keep)
+                self.write_json(rel, keep)
+        self._bad = None
+        return dropped
 
     def record(self, record: dict) -> None:
         self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
@@ -340,8 +396,13 @@ class Store:
             pos = np.array([p for p, _ in pairs])
             rows = np.array([r for _, r in pairs])
             for la in layers:
-                arr = zarr.open_array(self._zarr(f"parts/{part}/{la}"), mode="r")
-                out[la][pos] = arr[:][rows]
+                try:
+                    out[la][pos] = zarr.open_array(self._zarr(f"parts/{part}/{la}"), mode="r")[:][rows]
+                except Exception as e:
+                    raise CacheError(
+                        f"part {part} of {self.path} is damaged ({type(e).__name__}: {e}); run "
+                        f"`fne cache verify --clean` to move it aside, then `fne extract` recomputes "
+                        f"its rows") from None
         return out
 
     def iter_read(self, keys: list[str], layers: list[str], chunk: int = 4096) -> Iterator[dict[str, np.ndarray]]:
@@ -360,6 +421,7 @@ class Store:
         problems = []
         seen: dict[str, str] = {}
         dup = 0
+        self.damaged = []
         for part in self.parts():
             try:
                 keys = zarr.open_array(self._zarr(f"parts/{part.name}/keys"), mode="r")[:]
@@ -374,6 +436,7 @@ class Store:
                         problems.append(f"part {part.name}: {tap} holds NaN or infinite values")
             except Exception as e:  # a damaged part: report, keep checking the others
                 problems.append(f"part {part.name}: unreadable ({type(e).__name__}: {e})")
+                self.damaged.append(part.name)
                 continue
             for k in _key_strings(keys):
                 if k in seen:
@@ -386,16 +449,31 @@ class Store:
         return problems
 
     def clean(self) -> int:
-        left = self._leftover_names()
+        """Remove unfinished parts of writers that are gone; -> how many. Unfinished parts of live
+        writers are spared (see `writer_alive`)."""
+        left = [n for n in self._leftover_names() if not writer_alive(n)]
         for name in left:
-            if self._fs:
-                try:
-                    self._fs.fs.rm(self._fs.p(f"parts/{name}"), recursive=True)
-                except FileNotFoundError:
-                    pass
-            else:
-                shutil.rmtree(self.path / "parts" / name, ignore_errors=True)
+            self._remove(f"parts/{name}")
         return len(left)
+
+    def quarantine_damaged(self) -> list[str]:
+        """Move the parts `verify()` could not read to quarantine/, where reads never look (kept
+        for inspection, not deleted); a later `fne extract` recomputes their rows."""
+        if not self.damaged:
+            self.verify()
+        moved, self.damaged = list(self.damaged), []
+        for name in moved:
+            self._quarantine(name)
+        self.refresh()
+        return moved
+
+    def _quarantine(self, name: str) -> None:
+        if self._fs:
+            self._fs.fs.rm(self._fs.p(f"parts/{name}{COMMITTED}"))  # uncommitted: no reader sees it
+            self._fs.fs.mv(self._fs.p(f"parts/{name}"), self._fs.p(f"{QUARANTINE}/{name}"), recursive=True)
+        else:
+            (self.path / QUARANTINE).mkdir(exist_ok=True)
+            os.replace(self.path / "parts" / name, self.path / QUARANTINE / name)
 
 
 def list_stores(root: str | Path | None = None) -> list[Store]:

@@ -58,6 +58,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--shard", default=None,
                    help="I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "
                         "RANK/WORLD_SIZE)")
+    p.add_argument("--retry-bad", action="store_true",
+                   help="read again the images recorded as unreadable (after a transient failure)")
     p.set_defaults(func=_cmd_extract)
 
 
@@ -67,11 +69,11 @@ def _cmd_extract(a) -> int:
 
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     shard = parse_shard(a.shard) if a.shard else shard_from_env()
-    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=shard, decode=a.decode)
+    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=shard, decode=a.decode,
+                retry_bad=a.retry_bad)
+    named = " (each named above)" if r.n_skipped else ""
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
-          f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped")
-    for ident, why in list(r.skipped.items())[:20]:
-        print(f"  skipped {ident}: {why}")
+          f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped{named}")
     print(f"store: {r.store}")
     return 0
 
@@ -163,7 +165,9 @@ def _add_cache(sub) -> None:
     ver = csub.add_parser("verify", help="check stores' integrity")
     ver.add_argument("store", nargs="?", default=None, help="one store folder (default: all)")
     ver.add_argument("--cache", default=None)
-    ver.add_argument("--clean", action="store_true", help="remove unfinished parts of interrupted runs")
+    ver.add_argument("--clean", action="store_true",
+                     help="remove unfinished parts of interrupted runs (live writers' are spared) and move "
+                          "damaged parts to quarantine/")
     ver.set_defaults(func=_cmd_cache_verify)
 
 
@@ -189,7 +193,10 @@ def _cmd_cache_verify(a) -> int:
     bad = 0
     for s in stores:
         if a.clean:
-            print(f"{s.path.name}: removed {s.clean()} unfinished part(s)")
+            print(f"{s.path.name}: removed {s.clean()} unfinished part(s) of interrupted runs")
+            for name in s.quarantine_damaged():
+                print(f"{s.path.name}: damaged part {name} moved to {s.path / 'quarantine' / name}; "
+                      f"`fne extract` recomputes its rows")
         problems = s.verify()
         bad += bool(problems)
         dup = f", {s.duplicates} duplicate rows (reads use the first)" if s.duplicates else ""
@@ -238,7 +245,7 @@ def _cmd_backbones(a) -> int:
 # (verb, module with add_arguments(parser) and run_cli(args), help text)
 MODULE_VERBS = (
     ("train", "fne.train", "direct / scratch / frozen / finetune transfer experiments"),
-    ("run", "fne.pipeline", "run a pipelines/*.toml experiment end to end"),
+    ("run", "fne.runner", "run a pipelines/*.toml experiment end to end"),
     ("report", "fne.report", "Markdown + HTML report from run folders"),
     ("advise", "fne.advise", "which transfer-learning experiment suits DATA, and why"),
 )
@@ -264,11 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one clean line (`fne: warning: skipped a.jpg: not an image file`), not
+    Python's format with a source file and a line of code."""
+    print(f"fne: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     from fne.errors import FneError
 
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    warnings.showwarning = _one_line
     try:
         return int(args.func(args) or 0)
     except FneError as e:

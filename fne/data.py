@@ -49,7 +49,10 @@ class Dataset:
     def load(self, i: int) -> Image.Image:
         """Decode item i as an RGB PIL image; raises `OSError`/`ValueError` on a bad file."""
         if self.array_source is not None:
-            return to_rgb(Image.fromarray(self.array_source.get(self.sources[i])))
+            a = self.array_source.get(self.sources[i])
+            if a.ndim == 3 and a.shape[-1] == 1:  # grey stored as H×W×1
+                a = a[..., 0]
+            return to_rgb(Image.fromarray(a))
         return read_image(self.sources[i])
 
     def keys(self) -> list[str]:

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from fne import reader, shards, taps, verb_module
 from fne.cache import Store
@@ -25,6 +24,7 @@ from fne.data import Dataset, load_dataset
 from fne.devices import default_workers, resolve_compile, resolve_device, tune_allocator
 from fne.errors import FneError
 from fne.manifest import Manifest, known_keys, manifest_for
+from fne.progress import progress as progress_bar
 from fne.stores import StoreSpec
 from fne.writer import Writer
 
@@ -63,13 +63,16 @@ class _Plan:
     manifest: Manifest | None
 
 
-def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache) -> _Plan:
+def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, retry_bad: bool) -> _Plan:
     members = shards.members(dataset, shard)
     manifest = manifest_for(dataset, cache)
     if dataset._keys is not None or dataset.array_source is not None:
         known: list[str | None] = list(dataset.keys())
     else:
         known = known_keys(dataset, manifest)
+    if retry_bad:
+        n = store.forget_bad(known[i] for i in members if known[i] is not None)
+        print(f"fne extract: {n} image(s) recorded as unreadable will be read again", file=sys.stderr)
     index, bad = store.index(), store.bad()
     todo, taken = [], set()
     for i in members:
@@ -101,6 +104,7 @@ def extract(
     progress: bool = True,
     threads: int | None = None,
     decode: str = "pil",
+    retry_bad: bool = False,
 ) -> ExtractResult:
     """Compute and store the rows of DATA's images that the store does not hold yet.
 
@@ -114,6 +118,8 @@ def extract(
     be computed; a compile failure falls back to eager). threads: torch CPU threads (default:
     torch's). decode: "pil" (default; decoded and cropped in the workers) or "device" (plain
     JPEGs decoded where the network runs: nvjpeg on CUDA; rows go to a store of their own).
+    retry_bad: read again the images recorded as unreadable (a transient failure: an NFS hiccup).
+    A file that could not be read at all is never recorded, so it is tried again on every run.
     """
     t0 = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
@@ -131,7 +137,7 @@ def extract(
     spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed, decode)
     store = spec.open()
     shard_t = shards.parse_shard(shard)
-    plan = _plan(dataset, store, shard_t, cache)
+    plan = _plan(dataset, store, shard_t, cache, retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0,
                            shard=None if shard_t is None else f"{shard_t[0]}/{shard_t[1]}")
@@ -196,8 +202,7 @@ class _Run:
         writer.start()
         self.pad_to = batch_size if use_compile else 0
         cpu0, t_run = _cpu_seconds(), time.perf_counter()
-        bar = tqdm(total=len(plan.todo), unit="img", desc=f"extract {self.spec.arch}", disable=not progress,
-                   file=sys.stderr, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        bar = progress_bar(len(plan.todo), f"extract {self.spec.arch}", progress)
         self.first = (0, 0.0)
         try:
             t = time.perf_counter()
@@ -238,7 +243,7 @@ class _Run:
         bad_keys = {}
         for i, key, err in bad:
             self.result.skipped[self.dataset.ids[i]] = err
-            warnings.warn(f"skipped unreadable image {self.dataset.ids[i]}: {err}", stacklevel=2)
+            warnings.warn(f"skipped {self.dataset.ids[i]}: {err}", stacklevel=2)
             if key is not None:
                 bad_keys[key] = err
         writer.put(keys, rows, bad_keys, event)

@@ -94,10 +94,10 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
                     weights_seed=pinned.weights_seed, decode=pinned.decode, **(extract_kw or {}))
         seconds = r.seconds
         store.refresh()
-    bad = store.bad()
-    keep = [i for i, k in enumerate(keys) if k not in bad]
+    bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record
+    keep = [i for i, k in enumerate(keys) if k in index or k not in bad]
     if len(keep) < len(keys):
-        skipped = [dataset.ids[i] for i, k in enumerate(keys) if k in bad]
+        skipped = [dataset.ids[i] for i, k in enumerate(keys) if k not in index and k in bad]
         warnings.warn(f"{len(skipped)} unreadable image(s) left out: {', '.join(skipped[:5])}", stacklevel=3)
         dataset = dataset.subset(keep)
     if len(dataset) == 0:

@@ -55,7 +55,9 @@ class ImageItems(torch.utils.data.Dataset):
             st, read_ns = os.stat(path), time.time_ns()
             with open(path, "rb") as f:
                 data = f.read()
-        except OSError as e:  # no key without bytes: named as skipped, not recorded in the store
+            if len(data) != st.st_size:  # changed while read, or a short read: no trustworthy key
+                raise OSError(f"read {len(data)} of {st.st_size} bytes")
+        except OSError as e:  # no key without bytes: named as skipped, not recorded, read next run
             return i, None, None, f"cannot read: {e.strerror or e}", None
         key, stat = content_key(data), (st.st_size, st.st_mtime_ns, read_ns)
         try:

@@ -20,7 +20,6 @@ import difflib
 import json
 import os
 import random
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -31,7 +30,6 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
 from torchvision.transforms import v2 as T
-from tqdm.auto import tqdm
 
 from fne import backbones, verb_module
 from fne.backbones import ImportReport, Normalize, Preprocess
@@ -40,6 +38,7 @@ from fne.devices import autocast, resolve_device, resolve_precision
 from fne.errors import DataError, FneError, WeightsError
 from fne.metrics import provenance, split_scores
 from fne.names import DIRECT_SCORES, MODES, NEW_LAYERS, SCHEDULERS
+from fne.progress import progress
 
 CHECKPOINT = "checkpoint.pt"
 MIN_IMPORTED = 0.5  # below this fraction of the kept tensors, --weights is another architecture
@@ -391,8 +390,7 @@ def _train_one_epoch(model: nn.Module, loader, optimizer, ctx: _Ctx, desc: str) 
     n = correct = 0
     loss_sum = 0.0
     t0 = time.perf_counter()
-    bar = tqdm(total=len(loader.dataset), unit="img", desc=desc, disable=not ctx.progress,
-               file=sys.stderr, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
     try:
         for idx, x, y, bad in loader:
             _note_bad(ctx, loader.dataset.dataset, bad)
@@ -433,7 +431,7 @@ def _note_bad(ctx: _Ctx, dataset: Dataset, bad) -> None:
     for i, err in bad:
         if dataset.ids[i] not in ctx.skipped:
             ctx.skipped[dataset.ids[i]] = err
-            warnings.warn(f"skipped unreadable image {dataset.ids[i]}: {err}", stacklevel=2)
+            warnings.warn(f"skipped {dataset.ids[i]}: {err}", stacklevel=2)
 
 
 @torch.no_grad()
@@ -441,8 +439,7 @@ def _evaluate(model: nn.Module, loader, ctx: _Ctx, desc: str) -> tuple[np.ndarra
     """(dataset indices, labels, softmax probabilities) of every readable image."""
     model.eval()
     ids, ys, probs = [], [], []
-    bar = tqdm(total=len(loader.dataset), unit="img", desc=desc, disable=not ctx.progress,
-               file=sys.stderr, leave=False, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+    bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
     try:
         for idx, x, y, bad in loader:
             _note_bad(ctx, loader.dataset.dataset, bad)

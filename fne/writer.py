@@ -6,6 +6,7 @@ thread is raised in the main thread at the next `put` or at `close`.
 
 from __future__ import annotations
 
+import errno
 import queue
 import threading
 import time
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from fne.cache import Store
+from fne.errors import CacheError
 
 
 class Writer(threading.Thread):
@@ -37,9 +39,18 @@ class Writer(threading.Thread):
         self._bad: dict[str, str] = {}
 
     def put(self, keys, rows, bad, event=None):
-        if self.error is not None:
-            raise self.error
-        self.q.put((keys, rows, bad, event))
+        self._put((keys, rows, bad, event))
+
+    def _put(self, item) -> None:
+        """Queue `item`, waiting for room, but never on a writer that has died (a full disk)."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def _flush(self):
         if not self._keys and not self._bad:
@@ -71,10 +82,23 @@ class Writer(threading.Thread):
                 if len(self._keys) >= self.chunk:
                     self._flush()
         except BaseException as e:  # surfaced to the main thread by put()/close()
-            self.error = e
+            self.error = _explain(e, self.store)
 
     def close(self):
-        self.q.put(None)
-        self.join()
+        try:
+            self._put(None)
+        finally:
+            self.join()
         if self.error is not None:
             raise self.error
+
+
+def _explain(e: BaseException, store: Store) -> BaseException:
+    """A full disk (ENOSPC anywhere in the chain) as one clear CacheError naming the cache."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return CacheError(f"no space left on device writing to the cache {store.path}; every row "
+                              f"committed so far is kept: free space (or pass --cache) and run again")
+        cause = cause.__cause__ or cause.__context__
+    return e

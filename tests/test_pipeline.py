@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fne import pipeline as P
-from fne.pipeline import PipelineError, load_pipeline
+from fne import runner as P
+from fne.runner import PipelineError, load_pipeline
 from tests.conftest import SHARED, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -307,3 +307,110 @@ def test_all_paper_datasets_optional(monkeypatch):
     p = load_pipeline(PIPELINES / "fne-paper-all.toml")
     assert sorted(d.key for d in p.datasets) == sorted(PAPER)
     assert all(d.skipped for d in p.datasets) and len(p.notes) == len(PAPER)
+
+
+# ------------------------------------------------------------------ dry runs, structure
+
+
+def _data_present(f: Path) -> bool:
+    from fne.config import load_pipeline as read
+
+    p = read(f, check_data=False)
+    return any(d.data == "digits" or Path(d.data).exists() for d in p.datasets)
+
+
+@pytest.mark.parametrize("f", sorted(PIPELINES.glob("*.toml")), ids=lambda f: f.name)
+def test_every_shipped_pipeline_dry_runs(f, monkeypatch, capsys):
+    """Exit 0 with the plan where the data is present; else one line naming the missing folder."""
+    from fne.cli import main
+
+    monkeypatch.delenv("FNE_DATASETS", raising=False)
+    present = _data_present(f)
+    rc = main(["run", str(f), "--dry-run"])
+    out, err = capsys.readouterr()
+    if present:
+        assert rc == 0, err
+        assert f"{f}: valid;" in out and "  ->  " in out
+    else:
+        assert rc == 2 and out == ""
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert "${FNE_DATASETS}/" in err or "does not exist" in err
+
+
+@pytest.mark.parametrize("key", PAPER + ("all",))
+def test_paper_pipelines_dry_run_with_their_data(tmp_path, monkeypatch, capsys, key):
+    from fne.cli import main
+
+    for k in PAPER:
+        write_digits(tmp_path / k, per_class=4, classes=2)
+    monkeypatch.setenv("FNE_DATASETS", str(tmp_path))
+    assert main(["run", str(PIPELINES / f"fne-paper-{key}.toml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    n = len(PAPER) if key == "all" else 1
+    assert f"valid; {4 * n} steps" in out and out.count("vgg16-imagenet fit ") == 3 * n  # + advise
+
+
+def test_config_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, fne.config; heavy = {'torch', 'sklearn'} & set(sys.modules); "
+            "verbs = [m for m in sys.modules if m.startswith('fne.') and m not in "
+            "('fne.config', 'fne.config_errors', 'fne.errors', 'fne.names')]; "
+            "assert not heavy and not verbs, (heavy, verbs)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+
+
+def test_train_schema_is_train_configs_options():
+    from fne.config import TRAIN_EXCLUDED, TRAIN_SCHEMA
+    from fne.train import TrainConfig
+
+    fields = {k: str(f.type).replace(" ", "").split("|")[0] for k, f in TrainConfig.__dataclass_fields__.items()
+              if k not in TRAIN_EXCLUDED}
+    assert {k: t for k, (t, _) in TRAIN_SCHEMA.items() if k != "modes"} == fields
+
+
+def test_extraction_seconds_recorded_per_step(tmp_path):
+    """The report's extraction seconds are the pipeline's measured extraction; a rerun on a warm
+    cache says cached."""
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text)
+    cache = str(tmp_path / "cache")
+    P.run(f, tmp_path / "out", cache, log=lambda s: None)
+    step = json.loads((tmp_path / "out/digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0/step.json").read_text())
+    assert step["extract"]["n_computed"] == 40 and step["extract"]["seconds"] > 0
+    rep = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {r["extract_seconds"] for r in rep["datasets"][0]["rows"]} == {step["extract"]["seconds"]}
+    P.run(f, tmp_path / "out2", cache, log=lambda s: None)  # the same rows, now cached
+    md = (tmp_path / "out2" / "report.md").read_text()
+    assert md.count(" | cached | ") == 2
+
+
+def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
+    """Step identity holds the images' content (from the manifest) and the fne version."""
+    import fne
+    import fne.fit
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "imgs", per_class=4, classes=3)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', f'data = "{data}"').replace(
+        "[train]", "[train_off]").split("[train_off]")[0]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+
+    def fits_run() -> int:
+        with monkeypatch.context() as m:
+            c = Counter(m, fne.fit, "fit")
+            P.run(f, out, cache, report=False, log=lambda s: None)
+        return c.calls
+
+    assert fits_run() == 0  # unchanged images, same release: nothing reruns
+    victim, other = sorted(data.rglob("*.png"))[0], sorted(data.rglob("*.png"))[-1]
+    victim.write_bytes(other.read_bytes())
+    assert fits_run() == 2  # both fits read the changed image
+    assert fits_run() == 0
+    monkeypatch.setattr(fne, "__version__", fne.__version__ + ".post1")
+    assert fits_run() == 2

@@ -237,3 +237,56 @@ def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     assert not any(c.startswith("**") for c in direct)  # not even its (zero) training seconds
     assert rows["fne+svm"][0].startswith("**")
     assert r["datasets"][0]["winner"]["method"] == "fne+svm"
+
+
+def test_runs_of_different_settings_are_separate_rows(tmp_path):
+    """Only seeds pool: a different C (or training setting) is its own row, labelled by what differs."""
+    root = tmp_path / "runs"
+    write_run(root, "c1s0", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, C=1.0, seed=0))
+    write_run(root, "c1s1", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, C=1.0, seed=1))
+    write_run(root, "c05", fake_metrics("fne+svm", 0.6, 0.01, 0.6, 0.01, C=0.5, seed=0))
+    for epochs in (3, 10):
+        write_run(root, f"e{epochs}", fake_metrics("train:finetune", 0.5, 0.0, 0.5, 0.0, kind="train", epochs=epochs,
+                                                   splits=[{"accuracy": 0.5, "mean_class_accuracy": 0.5}]))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    rows = md_rows((out / "report.md").read_text(), "pets")
+    assert set(rows) == {"fne+svm (C=1) (2 runs)", "fne+svm (C=0.5)", "train:finetune (epochs=3)",
+                         "train:finetune (epochs=10)"}
+    assert rows["fne+svm (C=1) (2 runs)"][0].strip("*") == "85.0 ± 5.1"  # over the 4 splits
+    assert rows["fne+svm (C=0.5)"][0] == "60.0 ± 1.0"
+    by = {(row["method"], row["settings"].get("C")): row for row in r["datasets"][0]["rows"]}
+    assert by[("fne+svm", 1.0)]["runs"] == 2 and by[("fne+svm", 0.5)]["runs"] == 1
+
+
+def test_extraction_seconds_are_measured_or_cached(tmp_path):
+    """The extraction that computed a run's rows, as measured; "cached" where none ran for it,
+    never an estimate from the store's past rates."""
+    root = tmp_path / "runs"
+    rate = 4.0  # fne fit's estimate: n_images / the store's past rate = 40 / 4 = 10 s
+    est = dict(extract=40 / rate, extract_images_per_s=rate)
+    d = write_run(root, "ran", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, **est))
+    (d / "step.json").write_text(json.dumps({"dataset_key": "pets", "extract": {"seconds": 12.5, "n_computed": 40}}))
+    d = write_run(root, "warm", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, **est))
+    (d / "step.json").write_text(json.dumps({"dataset_key": "pets", "extract": {"seconds": 0.2, "n_computed": 0}}))
+    write_run(root, "fit-alone", fake_metrics("fc6+svm", 0.6, 0.01, 0.6, 0.01, **est))
+    write_run(root, "fit-extracted", fake_metrics("last+svm", 0.5, 0.01, 0.5, 0.01, extract=33.0,
+                                                  extract_images_per_s=rate))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    rows = md_rows((out / "report.md").read_text(), "pets")
+    ext = {name: cells[4].strip("*") for name, cells in rows.items()}
+    assert ext == {"fne+svm": "12.5", "fc7+svm": "cached", "fc6+svm": "cached", "last+svm": "33.0"}
+    by = {row["method"]: row for row in r["datasets"][0]["rows"]}
+    assert by["fne+svm"]["extract_seconds"] == 12.5 and by["fc7+svm"]["extract_seconds"] is None
+    assert by["fc7+svm"]["extract_cached"] and not by["last+svm"]["extract_cached"]
+
+
+def test_report_with_a_pipeline_whose_datasets_are_absent(tmp_path, monkeypatch):
+    monkeypatch.delenv("FNE_DATASETS", raising=False)
+    root = tmp_path / "runs"
+    write_run(root, "f", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    pipeline = Path(__file__).resolve().parents[1] / "pipelines" / "fne-paper-pets.toml"
+    out = tmp_path / "rep"
+    report([root], out, pipeline=pipeline, figures=False)
+    assert md_rows((out / "report.md").read_text(), "pets")["fne+svm"][2] == "89.2 (published)"

@@ -1,0 +1,61 @@
+"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log.
+
+A log (stderr not a terminal: CI, Slurm, `2> file`) gets whole newline-terminated lines, so
+warnings printed meanwhile stay on lines of their own.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+LOG_INTERVAL_S = 30.0
+
+
+class _LogLines:
+    """tqdm's update / set_postfix / close, written as one line per interval and one at the end."""
+
+    def __init__(self, total: int, desc: str, unit: str):
+        self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.postfix = ""
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.last >= LOG_INTERVAL_S:
+            self._line()
+
+    def set_postfix(self, **kw) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+
+    def _line(self) -> None:
+        self.last = time.monotonic()
+        rate = self.n / max(self.last - self.t0, 1e-9)
+        extra = f", {self.postfix}" if self.postfix else ""
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s{extra})",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self._line()
+
+
+class _Off:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", leave: bool = True):
+    """A bar with tqdm's `update`, `set_postfix` and `close`."""
+    if not enabled:
+        return _Off()
+    if not sys.stderr.isatty():
+        return _LogLines(total, desc, unit)
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)

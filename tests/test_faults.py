@@ -1,0 +1,264 @@
+"""Faults and mistakes: a full disk, a damaged part, a live writer, transient read failures,
+hostile files, grey HDF5 images. Each ends in a clear message naming the file or the cache,
+with nothing already computed lost."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+from PIL import Image
+
+import fne.data
+import fne.extract as fx
+import fne.reader
+from fne.cache import HOST, Store, list_stores
+from fne.cli import main
+from fne.errors import CacheError, FneError
+from fne.fit import fit
+
+from .conftest import FAST, write_digits
+
+CLI_FAST = ["--arch", "efficientnet_lite0", "--weights", "random", "--precision", "fp32",
+            "--storage-dtype", "float32", "--workers", "0"]
+
+
+def _store(cache) -> Store:
+    (store,) = list_stores(cache)
+    return store
+
+
+def _enospc(*a, **k):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# ------------------------------------------------------------------ 1. disk full
+def test_full_disk_stops_clearly_and_keeps_committed_rows(digits_folder, tmp_path, monkeypatch):
+    cache = str(tmp_path / "cache")
+    real_commit, calls = Store.commit, []
+
+    def fills_up(self, keys, arrays, bad=None):
+        calls.append(len(keys))
+        if len(calls) > 1:
+            _enospc()
+        return real_commit(self, keys, arrays, bad)
+
+    monkeypatch.setattr(Store, "commit", fills_up)
+    with pytest.raises(CacheError, match="no space left on device") as e:
+        fx.extract(digits_folder, cache=cache, batch_size=4, chunk=4, workers=0, progress=False, **FAST)
+    assert cache in str(e.value)
+    monkeypatch.setattr(Store, "commit", real_commit)
+    store = _store(cache)
+    assert store.verify() == [] and len(store) == 4  # the part committed before the disk filled
+    again = fx.extract(digits_folder, cache=cache, batch_size=4, workers=0, progress=False, **FAST)
+    assert again.n_computed == 20 and len(_store(cache)) == 24
+
+
+def test_full_disk_with_a_full_queue_does_not_hang(digits_folder, tmp_path, monkeypatch):
+    """The writer dies while the reader waits on a full queue: the process must still stop."""
+
+    def slow_then_full(self, keys, arrays, bad=None):
+        time.sleep(1.0)  # meanwhile the main thread fills the queue and blocks on it
+        _enospc()
+
+    monkeypatch.setattr(Store, "commit", slow_then_full)
+    outcome: list[BaseException] = []
+
+    def run():
+        try:
+            fx.extract(digits_folder, cache=str(tmp_path / "c"), batch_size=1, chunk=1, workers=0,
+                       progress=False, **FAST)
+        except BaseException as e:  # noqa: BLE001 (what it raised is the assertion)
+            outcome.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)
+    assert not t.is_alive(), "extraction hung after its writer failed"
+    assert len(outcome) == 1 and "no space left on device" in str(outcome[0])
+
+
+def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())
+    code = main(["extract", str(digits_folder), "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "no space left on device" in err and str(tmp_path / "c") in err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 2. damaged part
+def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    store = _store(cache)
+    part = store.parts()[0]
+    n_part = zarr.open_array(str(part / "keys"), mode="r").shape[0]
+    chunk = next(p for p in (part / "head").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # truncated
+    kw = dict(out=tmp_path / "run", cache=str(cache), splits=2, **FAST)
+    with pytest.raises(FneError, match=f"part {part.name} .* is damaged.*verify --clean"):
+        fit(digits_folder, **kw)
+    assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
+    out = capsys.readouterr().out
+    assert f"damaged part {part.name} moved to" in out
+    assert (store.path / "quarantine" / part.name).is_dir() and not part.exists()  # kept, aside
+    store.refresh()
+    assert store.verify() == []
+    r = fx.extract(digits_folder, cache=str(cache), progress=False, **FAST)
+    assert r.n_computed == n_part
+    assert fit(digits_folder, **kw)["n_images"] == 24
+
+
+# ------------------------------------------------------------------ 3. live writer
+def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    store = _store(cache)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now, old = time.time_ns(), time.time_ns() - 2 * 3600 * 10**9
+    names = {
+        "live here": f".tmp-{now:020d}-{os.getpid()}-{HOST}-aaaaaaaa",
+        "dead here": f".tmp-{now:020d}-{dead.pid}-{HOST}-bbbbbbbb",
+        "young elsewhere": f".tmp-{now:020d}-1-0badc0de-cccccccc",
+        "old elsewhere": f".tmp-{old:020d}-1-0badc0de-dddddddd",
+    }
+    for n in names.values():
+        (store.path / "parts" / n).mkdir()
+    assert store.clean() == 2
+    left = {p.name for p in (store.path / "parts").glob(".tmp-*")}
+    assert left == {names["live here"], names["young elsewhere"]}
+    assert store.verify() == [] and len(store) == 24
+
+
+# ------------------------------------------------------------------ 9. transient failures
+def test_unreadable_file_is_not_recorded_and_read_next_time(tmp_path, monkeypatch):
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    victim = str(sorted(data.rglob("*.png"))[0])
+    real_open = open
+
+    def nfs_hiccup(file, *a, **k):
+        if str(file) == victim:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, *a, **k)
+
+    cache = str(tmp_path / "cache")
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", nfs_hiccup)
+        with pytest.warns(UserWarning, match="cannot read: Input/output error"):
+            r = fx.extract(data, cache=cache, workers=0, progress=False, **FAST)
+    assert r.n_computed == 5 and r.n_skipped == 1 and _store(cache).bad() == {}
+    assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST).n_computed == 1
+
+
+def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch):
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    past = time.time() - 3600  # an hour old: the manifest vouches for their keys from now on
+    for p in data.rglob("*.png"):
+        os.utime(p, (past, past))
+    victim = sorted(data.rglob("*.png"))[0]
+    real_read = fne.reader.read_image
+
+    def flaky(src):
+        raise OSError("decoder hiccup")
+
+    cache = str(tmp_path / "cache")
+    with monkeypatch.context() as m:
+        m.setattr(fne.reader, "read_image", lambda src: flaky(src) if _is(src, victim) else real_read(src))
+        with pytest.warns(UserWarning, match="decoder hiccup"):
+            fx.extract(data, cache=cache, workers=0, progress=False, **FAST)
+    assert len(_store(cache).bad()) == 1
+    assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST).n_computed == 0  # recorded
+    code = main(["extract", str(data), "--cache", cache, "--retry-bad", *CLI_FAST])
+    assert code == 0 and len(_store(cache)) == 6
+    m = fit(data, out=tmp_path / "run", cache=cache, splits=1, test_size=0.5, **FAST)
+    assert m["n_images"] == 6  # the old bad record no longer hides the row
+
+
+def _is(src, path: Path) -> bool:
+    """read_image gets the file's bytes: compare them with the victim's."""
+    return isinstance(src, io.BytesIO) and src.getvalue() == path.read_bytes()
+
+
+# ------------------------------------------------------------------ 5. hostile files, one line each
+def _png_bomb(path: Path) -> None:
+    """A tiny PNG whose header claims 30000×30000 pixels: PIL refuses to open it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                     + chunk(b"IEND", b""))
+
+
+def _hostile(root: Path) -> tuple[list[str], list[str]]:
+    """-> (names that must be skipped, names that must be read), in class folder `x/`."""
+    d = root / "x"
+    d.mkdir(parents=True)
+    base = Image.fromarray((np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48, 64, 3))
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.png").write_text("just some text\n")
+    (d / "page.jpg").write_text("<html><body>404 Not Found</body></html>")
+    buf = io.BytesIO()
+    base.save(buf, "JPEG")
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (d / "random.png").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    _png_bomb(d / "bomb.png")
+    base.convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20).save(d / "grey16.png")
+    base.convert("P").save(d / "palette.png")
+    base.convert("RGBA").save(d / "rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    base.save(d / "rotated.jpg", exif=exif)
+    base.save(d / "png_named.jpg", "PNG")  # wrong extension
+    base.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(d / "with spaces in name.png")
+    bad = ["empty.jpg", "text.png", "page.jpg", "truncated.jpg", "random.png", "bomb.png"]
+    good = ["cmyk.jpg", "grey16.png", "palette.png", "rgba.png", "rotated.jpg", "png_named.jpg",
+            "with spaces in name.png"]
+    return [f"x/{n}" for n in bad], [f"x/{n}" for n in good]
+
+
+def test_hostile_files_one_clean_line_each(tmp_path, capsys):
+    bad, good = _hostile(tmp_path / "data")
+    code = main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST])
+    out, err = capsys.readouterr()
+    assert code == 0
+    warned = [line for line in err.splitlines() if line.startswith("fne: warning: ")]
+    assert sorted(line.split(": ")[2].removeprefix("skipped ") for line in warned) == sorted(bad)
+    assert "not an image file" in err and "Traceback" not in err and "UserWarning" not in err
+    assert "fne/" not in err and ".py:" not in err  # no source locations, no lines of code
+    progress_lines = [line for line in err.splitlines() if line not in warned]
+    assert all(line.startswith("extract efficientnet_lite0: ") for line in progress_lines)
+    assert len(progress_lines) == 1  # a log gets the final line only on a run this short
+    assert f"{len(good)} computed" in out and f"{len(bad)} skipped" in out
+
+
+# ------------------------------------------------------------------ 6. HDF5 grey N×H×W×1
+def test_hdf5_grey_with_a_channel_axis_works_like_without(tmp_path):
+    imgs = (np.arange(6 * 16 * 16) % 255).astype(np.uint8).reshape(6, 16, 16)
+    rows = {}
+    for name, arr in (("flat", imgs), ("chan", imgs[..., None])):
+        path = tmp_path / f"{name}.h5"
+        with h5py.File(path, "w") as f:
+            f["images"] = arr
+            f["labels"] = np.array([0, 1, 0, 1, 0, 1])
+        r = fx.extract(path, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+        assert r.n_computed == 6 and r.n_skipped == 0
+        store = _store(tmp_path / "c")
+        ds = fne.data.load_dataset(path)
+        rows[name] = store.read(ds.keys(), ["head"])["head"]
+    np.testing.assert_allclose(rows["flat"], rows["chan"], rtol=1e-5)

@@ -1,0 +1,177 @@
+"""Rows that follow the user: found whatever precision computed them, pinned by a fitted model,
+keyed through a manifest that spares unchanged folders, sharded without reading every file."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import fne.data
+import fne.devices
+import fne.extract as fx
+from fne import backbones
+from fne.cache import list_stores
+from fne.cli import main
+from fne.errors import FneError
+from fne.fit import fit
+from fne.predict import predict
+
+from .conftest import FAST, write_digits
+
+ARCH = FAST["arch"]
+IMAGE_SUFFIXES = (".png", ".jpg")
+
+
+def _age(root: Path, seconds: float = 3600) -> Path:
+    """Files last modified an hour ago, as a folder of a real dataset is (the manifest trusts
+    an entry only for files older than the moment they were hashed)."""
+    past = time.time() - seconds
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (past, past))
+    return root
+
+
+@pytest.fixture
+def image_opens(monkeypatch) -> Counter:
+    """Path -> times an image file was opened by `open()` in this process."""
+    opened: Counter = Counter()
+    real_open = builtins.open
+
+    def counting_open(file, *a, **k):
+        if isinstance(file, (str, os.PathLike)) and str(file).lower().endswith(IMAGE_SUFFIXES):
+            opened[str(file)] += 1
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return opened
+
+
+def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_path, monkeypatch, capsys):
+    cache = str(tmp_path / "cache")
+    fx.extract(digits_folder, ARCH, "random", cache=cache, precision="fp32", progress=False)
+    # Another machine, where `auto` means bf16: the rows are still found, nothing is recomputed.
+    monkeypatch.setattr(fne.devices, "cpu_bf16_native", lambda: True)
+    before = fx.FORWARD_IMAGES
+    m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2)
+    assert fx.FORWARD_IMAGES == before
+    assert m["precision"] == "fp32" and m["storage_dtype"] == "float16" and m["rows"] == "cached"
+    # An explicit precision pins: bf16 rows do not exist, so it says how to make them.
+    with pytest.raises(FneError, match="are not in the cache"):
+        fit(digits_folder, out=tmp_path / "run2", cache=cache, arch=ARCH, weights="random", precision="bf16")
+
+
+def test_several_stores_most_rows_then_highest_precision(digits_folder, tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    fx.extract(digits_folder, ARCH, "random", cache=cache, precision="bf16", progress=False)
+    fx.extract(digits_folder, ARCH, "random", cache=cache, precision="fp32", progress=False)
+    m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2)
+    assert m["precision"] == "fp32"  # both hold every row: the higher precision wins
+    assert "reading 24 rows from store" in capsys.readouterr().err
+    # A store holding more of the requested rows wins over a higher precision.
+    extra = write_digits(tmp_path / "more", per_class=8, classes=4)
+    fx.extract(extra, ARCH, "random", cache=cache, precision="bf16", progress=False)
+    m = fit(extra, out=tmp_path / "run2", cache=cache, arch=ARCH, weights="random", splits=2,
+            extract_missing=True)
+    assert m["precision"] == "bf16" and m["rows"] == "cached"
+
+
+def test_fit_extract_fills_the_store_it_reads(digits_folder, tmp_path):
+    """Missing rows are extracted into the store already holding the others, whatever `auto`
+    means here, so a dataset never ends split across two stores."""
+    cache = str(tmp_path / "cache")
+    first = fne.data.load_dataset(digits_folder).subset(range(12))
+    fx.extract(first, ARCH, "random", cache=cache, precision="fp32", progress=False)
+    m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2,
+            extract_missing=True)
+    assert m["precision"] == "fp32" and m["rows"] == "extracted"
+    assert [len(s) for s in list_stores(cache)] == [24]
+
+
+def test_predict_refuses_weights_that_changed(digits_split, tmp_path, capsys):
+    weights = tmp_path / "w.pt"
+    torch.save(backbones.load_backbone(ARCH, "random", seed=1).state_dict(), weights)
+    cache = str(tmp_path / "cache")
+    kw = dict(arch=ARCH, weights=str(weights), precision="fp32", cache=cache)
+    fit(digits_split, out=tmp_path / "run", extract_missing=True, **kw)
+    ok = predict(tmp_path / "run", digits_split, out=tmp_path / "p.csv")
+    assert ok["n"] == 27
+    # The same path now holds other weights (a rerun of `fne train` into the same folder).
+    torch.save(backbones.load_backbone(ARCH, "random", seed=2).state_dict(), weights)
+    with pytest.raises(FneError, match="changed since") as e:
+        predict(tmp_path / "run", digits_split, out=tmp_path / "p2.csv")
+    new_fp = backbones.fingerprint(ARCH, str(weights))
+    assert new_fp in str(e.value) and "fit again" in str(e.value)
+    assert not (tmp_path / "p2.csv").exists()
+    code = main(["predict", str(tmp_path / "run"), str(digits_split), "--out", str(tmp_path / "p3.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and "changed since" in err and "Traceback" not in err
+
+
+def test_second_fit_over_an_unchanged_folder_opens_no_image(tmp_path, image_opens):
+    data = _age(write_digits(tmp_path / "data", per_class=5, classes=3))
+    cache = str(tmp_path / "cache")
+    image_opens.clear()  # writing the images opened them
+    fx.extract(data, cache=cache, progress=False, workers=0, **FAST)
+    assert sum(image_opens.values()) == 15 and set(image_opens.values()) == {1}  # read once each
+    image_opens.clear()
+    fit(data, out=tmp_path / "run", cache=cache, splits=2, **{k: v for k, v in FAST.items()})
+    fit(data, out=tmp_path / "run2", cache=cache, splits=2, head="logreg", **FAST)
+    assert sum(image_opens.values()) == 0
+    # A changed file is hashed again, and only that one.
+    victim, other = sorted(data.rglob("*.png"))[0], sorted(data.rglob("*.png"))[-1]
+    victim.write_bytes(other.read_bytes())  # new content (a copy of another image), new mtime
+    past = time.time() - 1800
+    os.utime(victim, (past, past))
+    image_opens.clear()
+    fit(data, out=tmp_path / "run3", cache=cache, splits=2, **FAST)
+    assert list(image_opens) == [str(victim)]
+
+
+def test_four_shards_open_each_image_once_in_total(tmp_path, image_opens):
+    data = write_digits(tmp_path / "data", per_class=6, classes=4)
+    cache = str(tmp_path / "cache")
+    image_opens.clear()  # writing the images opened them
+    computed = 0
+    for i in range(4):
+        r = fx.extract(data, cache=cache, shard=f"{i}/4", progress=False, workers=0, **FAST)
+        computed += r.n_computed
+        assert r.shard_marker is not None
+    files = sorted(str(p) for p in data.rglob("*.png"))
+    assert sorted(image_opens) == files and set(image_opens.values()) == {1}
+    assert computed == 24
+    (store,) = list_stores(cache)
+    assert len(store) == 24 and store.verify() == [] and store.duplicates == 0
+
+
+def test_fit_extract_under_torchrun_variables_computes_every_image(digits_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cache = str(tmp_path / "cache")
+    m = fit(digits_folder, out=tmp_path / "run", cache=cache, extract_missing=True, splits=2, **FAST)
+    assert m["n_images"] == 24 and m["rows"] == "extracted"
+    (store,) = list_stores(cache)
+    assert len(store) == 24
+    assert all(r["shard"] is None for r in store.records())
+
+
+def test_cache_info_prints_the_root(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FNE_CACHE", raising=False)
+    assert main(["cache", "info", "--cache", str(tmp_path / "c")]) == 0
+    assert f"cache root: {tmp_path / 'c'}" in capsys.readouterr().out
+
+
+def test_default_cache_outside_a_checkout_is_the_user_cache_dir(monkeypatch, tmp_path):
+    import platformdirs
+
+    import fne.cache as fc
+
+    monkeypatch.setattr(fc, "_CHECKOUT", tmp_path / "venv" / "lib" / "site-packages")
+    assert fc.default_cache() == Path(platformdirs.user_cache_dir("fne", appauthor=False))
+    assert "site-packages" not in str(fc.default_cache())
