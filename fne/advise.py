@@ -191,6 +191,9 @@ def _classifier_logits(features: np.ndarray, arch: str, weights: str, weights_se
     from fne import backbones
 
     b = backbones.get(arch)
+    if b.num_classes == 0:
+        raise FneError(f"{arch} has no source classifier (its pretrained weights carry none): advise cannot "
+                       f"measure how close DATA is to the source task; pass --weights random to skip that")
     model = backbones.load_backbone(arch, weights, weights_seed)
     head = model.get_submodule(b.classifier)
     n, v, c = features.shape
