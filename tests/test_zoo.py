@@ -240,3 +240,11 @@ def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
     b = backbones.get(arch)
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert state[b.classifier + ".weight"].shape[0] == 3  # the new head replaced the classifier
+
+
+def test_pipelines_accept_any_backbone_name():
+    from fne.runner import checks
+
+    archs = checks().archs
+    assert "vgg16" in archs and "resnet18" in archs and "timm:resnet18" in archs
+    assert "resnet5" not in archs and "timm:nope" not in archs
