@@ -15,7 +15,7 @@ the verdict is "no clear winner".
 from __future__ import annotations
 
 import csv
-import json
+import hashlib
 import math
 from pathlib import Path
 
@@ -86,42 +86,38 @@ def write_predictions(path: Path, dataset, y: np.ndarray, preds) -> None:
             w.writerows((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p]) for i, p in zip(te, pred))
 
 
-def _predictions(run_dir: str) -> dict[tuple[str, str], bool] | None:
-    """{(split, path): correct} from a fit run's predictions.csv, or None."""
-    p = Path(run_dir) / "predictions.csv"
-    if not p.is_file():
-        return None
-    with open(p, newline="") as f:
-        return {(r["split"], r["path"]): r["predicted"] == r["true"] for r in csv.DictReader(f)}
+def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
+    """What a paired test needs of one split, kept in metrics.json: which test images were
+    classified correctly ("1"/"0" in test order) and a hash of those images' ids."""
+    ids = [str(i) for i in ids]
+    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
+            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
 
 
 def _split_accuracies(m: dict) -> list[float] | None:
-    s = m.get("splits") or []
-    vals = [x.get("accuracy") for x in s]
+    vals = [x.get("accuracy") for x in m.get("splits") or []]
     return vals if vals and all(isinstance(v, (int, float)) for v in vals) else None
 
 
 def _same_splits(m1: dict, m2: dict) -> bool:
     keys = ("split_protocol", "seed", "n_images", "n_splits", "data")
-    return all(m1.get(k) == m2.get(k) for k in keys)
+    if not all(m1.get(k) == m2.get(k) for k in keys):
+        return False
+    h1 = [s.get("test_hash") for s in m1.get("splits") or []]
+    h2 = [s.get("test_hash") for s in m2.get("splits") or []]
+    return h1 == h2  # both None lists (older runs) pass on the keys above
 
 
-def compare_runs(winner: dict, runner_up: dict) -> dict | None:
-    """Winner vs runner-up from two single fit runs ({"path", "metrics"}) scored on the same splits.
-
-    None when they were not scored on the same splits (or a run lacks what a test needs).
-    """
-    m1, m2 = winner["metrics"], runner_up["metrics"]
+def compare_runs(m1: dict, m2: dict) -> dict | None:
+    """Winner vs runner-up from two fit runs' metrics scored on the same splits; None when they
+    were not (or a run lacks what the test needs). One split: McNemar; several: corrected t."""
     if not _same_splits(m1, m2):
         return None
     if m1.get("n_splits") == 1:
-        p1, p2 = _predictions(winner["path"]), _predictions(runner_up["path"])
-        if not p1 or not p2:
+        c1, c2 = (m["splits"][0].get("correct") for m in (m1, m2))
+        if not c1 or not c2 or len(c1) != len(c2) or not m1["splits"][0].get("test_hash"):
             return None
-        shared = sorted(set(p1) & set(p2))
-        if not shared:
-            return None
-        return mcnemar([p1[k] for k in shared], [p2[k] for k in shared])
+        return mcnemar([c == "1" for c in c1], [c == "1" for c in c2])
     a, b = _split_accuracies(m1), _split_accuracies(m2)
     if a is None or b is None or len(a) != len(b):
         return None
@@ -129,22 +125,16 @@ def compare_runs(winner: dict, runner_up: dict) -> dict | None:
     return corrected_paired_t(a, b, n_te / n_tr if n_tr else 0.0)
 
 
-def winner_vs_runner_up(rows: list[dict]) -> str | None:
+def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> str | None:
     """A report line for the two best ranked rows of one dataset, or None where no test applies."""
     ranked = [r for r in rows if r.get("accuracy") is not None and not r.get("partial")]
-    if len(ranked) < 2 or ranked[0]["runs"] != 1 or ranked[1]["runs"] != 1:
+    if len(ranked) < 2 or ranked[0].get("runs") != 1 or ranked[1].get("runs") != 1:
         return None
-    runs = []
-    for r in ranked[:2]:
-        try:
-            runs.append({"path": r["paths"][0],
-                         "metrics": json.loads((Path(r["paths"][0]) / "metrics.json").read_text())})
-        except (OSError, ValueError):
-            return None
-    result = compare_runs(runs[0], runs[1])
-    if result is None:
+    ms = [metrics_by_path.get(r["paths"][0]) for r in ranked[:2]]
+    if None in ms:
         return None
-    return describe(result, ranked[0]["method"], ranked[1]["method"])
+    result = compare_runs(ms[0], ms[1])
+    return None if result is None else describe(result, ranked[0]["method"], ranked[1]["method"])
 
 
 def choice_note(m: dict) -> str | None:

@@ -164,6 +164,8 @@ def fit(
         features, layers = selection.most_common(chosen)["features"], rows.layers
     if not dataset.has_split:  # the saved model learns from every labelled image
         pipe = fit_head(rows, kind, head, Cs[0] if C == "auto" else C, y, np.arange(len(y)), seed)[0]
+    for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.compare)
+        s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
     metrics = {

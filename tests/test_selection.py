@@ -203,6 +203,10 @@ def test_fit_auto_records_candidates_and_choice(digits_folder, warm_cache, tmp_p
     with open(tmp_path / "run" / "predictions.csv") as f:
         preds = list(csv.DictReader(f))
     assert len(preds) == 2 * m["n_test"] and {p["split"] for p in preds} == {"0", "1"}
+    for si, s in enumerate(m["splits"]):  # the per-split record agrees with predictions.csv
+        rows = [p for p in preds if p["split"] == str(si)]
+        assert s["correct"] == "".join("1" if p["true"] == p["predicted"] else "0" for p in rows)
+        assert np.isclose(s["accuracy"], s["correct"].count("1") / len(rows))
 
 
 def test_fit_C_auto_alone_keeps_the_features(digits_folder, warm_cache, tmp_path):
@@ -230,26 +234,22 @@ def test_report_shows_the_choice_and_the_paired_verdict(digits_folder, warm_cach
     assert "corrected paired t" in ds["winner_test"] and "Winner vs runner-up: " in md
 
 
-def test_compare_runs_uses_mcnemar_on_one_split(tmp_path):
-    def run(name, correct):
-        d = tmp_path / name
-        d.mkdir()
-        m = {"split_protocol": "predefined", "seed": 0, "n_images": 20, "n_splits": 1, "data": "x",
-             "splits": [{"accuracy": float(np.mean(correct))}]}
-        (d / "metrics.json").write_text(json.dumps(m))
-        with open(d / "predictions.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["split", "path", "true", "predicted"])
-            w.writerows([(0, f"img{i}", "a", "a" if c else "b") for i, c in enumerate(correct)])
-        return {"path": str(d), "metrics": m}
+def test_compare_runs_uses_mcnemar_on_one_split():
+    ids = [f"img{i}" for i in range(20)]
+    y = np.zeros(20, dtype=int)
 
-    a = run("a", [True] * 20)
-    b = run("b", [False] * 8 + [True] * 12)
+    def run(correct, seed=0):
+        pred = np.where(correct, 0, 1)
+        return {"split_protocol": "predefined", "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
+                "splits": [{"accuracy": float(np.mean(correct)), **compare.split_record(ids, y, pred)}]}
+
+    a, b = run(np.ones(20, bool)), run(np.r_[np.zeros(8, bool), np.ones(12, bool)])
     r = compare.compare_runs(a, b)
     assert r["test"] == "McNemar exact" and (r["only_a"], r["only_b"]) == (8, 0)
     assert np.isclose(r["p"], 2 / 256) and compare.verdict(r) == "beats the runner-up beyond noise"
-    other = run("c", [True] * 20)
-    other["metrics"]["seed"] = 1  # different splits: no paired test
+    assert compare.compare_runs(a, run(np.ones(20, bool), seed=1)) is None  # other splits: no test
+    other = run(np.ones(20, bool))
+    other["splits"][0]["test_hash"] = "0" * 16  # same settings, other test images: no test
     assert compare.compare_runs(a, other) is None
 
 
