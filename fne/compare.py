@@ -145,5 +145,5 @@ def choice_note(m: dict) -> str | None:
     c = sel["choice"]
     text = f"auto chose {c.get('features')}+{c.get('head')}, C {c.get('C'):g}"
     if sel.get("per_split_choices") and len(set(map(str, sel["per_split_choices"]))) > 1:
-        text += f" (most often of {len(sel['per_split_choices'])} splits)"
+        text += f"; the most frequent of {len(sel['per_split_choices'])} splits' choices"
     return text
