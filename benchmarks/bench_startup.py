@@ -1,7 +1,7 @@
 """`fne fit` start-up over an unchanged folder of many files: before and after the manifest.
 Run by hand.
 
-The store is filled with synthetic EfficientNet-Lite0 rows for N tiny distinct PNGs (a stand-in
+The store is filled with synthetic EfficientNet-Lite0 rows for N distinct 256x256 JPEGs (a stand-in
 for extraction, which is not what is measured), the files are dated an hour back (as in a real
 dataset), and `fne fit` runs as a user would, in a fresh process each time:
 
@@ -60,9 +60,11 @@ def make(root: Path, n: int, cache: str) -> Path:
     for i in range(n):
         d = data / f"c{i % 10}"
         d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(d / f"{i:06d}.png")
+        # ~256x256 JPEGs of some 40 KB: hashing them costs what hashing a photo collection costs
+        img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+        Image.fromarray(img).save(d / f"{i:06d}.jpg", quality=90)
     past = time.time() - 3600
-    for p in data.rglob("*.png"):
+    for p in data.rglob("*.jpg"):
         os.utime(p, (past, past))
     keys = load_dataset(data).keys()
     store = StoreSpec("efficientnet_lite0", "random", precision="fp32", dtype="float16", cache=cache).open()

@@ -87,9 +87,10 @@ def _stream_arg(p) -> None:
 def _add_fit(sub) -> None:
     p = sub.add_parser("fit", help="train a linear head on cached features and evaluate it")
     p.add_argument("data")
-    p.add_argument("--features", default="fne", help="fne, fc6, fc7, last, or LAYER,... (L2-normalised)")
-    p.add_argument("--head", default="svm", choices=["svm", "logreg", "sgd-svm", "sgd-logreg"])
-    p.add_argument("--C", default="1.0", help="regularisation (default 1.0) or 'auto' (validation grid)")
+    p.add_argument("--features", default="fne", help="fne, fc6, fc7, last, LAYER,... (L2-normalised), or auto (cross-validated)")
+    p.add_argument("--head", default="svm", choices=["svm", "logreg", "sgd-svm", "sgd-logreg", "auto"],
+                   help="auto: svm or logreg, whichever cross-validates better")
+    p.add_argument("--C", default="1.0", help="regularisation (default 1.0) or 'auto' (k-fold CV on the training images)")
     p.add_argument("--splits", type=int, default=5, help="random stratified splits when DATA has no split")
     p.add_argument("--test-size", type=float, default=0.25)
     p.add_argument("--train-per-class", type=int, default=None)

@@ -194,14 +194,21 @@ def _class_folder(root: Path) -> tuple[list[Path], list[str]]:
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
     files, labels = [], []
     for d in class_dirs:
-        imgs = sorted(
-            p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
+        imgs = sorted(_image_files(d))
         if not imgs:
             raise DataError(f"DATA {root}: class folder {d.name!r} has no images")
         files += imgs
         labels += [d.name] * len(imgs)
     return files, labels
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files anywhere under `folder`. os.walk reads directory entries only (no stat per
+    file), which matters on a shared filesystem with a million images."""
+    out = []
+    for dirpath, _, names in os.walk(folder):
+        out += [Path(dirpath, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return out
 
 
 def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) -> Dataset:

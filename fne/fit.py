@@ -16,11 +16,11 @@ from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fne import backbones, verb_module
+from fne import backbones, compare, selection, verb_module
 from fne.data import Dataset
 from fne.errors import FneError
-from fne.features import Rows, Source, class_scores, open_rows, parse_features
-from fne.heads import C_GRID, make_head, parse_C
+from fne.features import Rows, Source, open_rows, parse_features
+from fne.heads import make_head, parse_C
 from fne.metrics import provenance, split_scores
 from fne.names import HEADS
 from fne.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
@@ -95,34 +95,14 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
 
 def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, idx: np.ndarray,
              seed: int = 0) -> tuple[Pipeline, float]:
-    """Fit embedding + head on rows idx; with C='auto' pick C on a validation part of them.
-
-    The validation part is carved from the training images only (Kornblith et al. 2019's
-    linear-probe protocol; all views of an image on one side), its embedding is fitted on the
-    rest, and the chosen C is refitted on every training image. Returns (pipeline, C used).
-    """
+    """Fit embedding + head on rows idx; with C='auto' pick C by k-fold CV on them (fne.selection),
+    then refit the chosen C on every training image. Returns (pipeline, C used)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
-    if C != "auto":
-        return fitter(rows, kind, head, C, y, idx, seed), C
-    if head.startswith("sgd"):
-        raise FneError("--C auto is not available with SGD heads; give a number")
-    counts = np.bincount(y[idx])
-    counts = counts[counts > 0]
-    if counts.min() < 2:
-        raise FneError("--C auto needs at least 2 training images per class")
-    val = StratifiedShuffleSplit(n_splits=1, test_size=max(0.2, len(counts) / len(idx)), random_state=seed)
-    sub, held = next(val.split(np.zeros(len(idx)), y[idx]))
-    sub, held = idx[sub], idx[held]
-    embed = rows.fit_embedding(kind, sub)
-    v = rows.store.views
-    Z_sub, Z_held = rows.embedded(embed, sub), rows.embedded(embed, held)
-    accuracy = []
-    for c in C_GRID:
-        clf = make_head(head, c, seed).fit(Z_sub, np.repeat(y[sub], v))
-        pred = clf.classes_[class_scores(clf, Z_held.reshape(len(held), v, -1)).argmax(axis=1)]
-        accuracy.append(float(np.mean(pred == y[held])))
-    best = C_GRID[int(np.argmax(accuracy))]  # the smallest C among ties: the most regularised
-    return fitter(rows, kind, head, best, y, idx, seed), best
+    if C == "auto":
+        if head.startswith("sgd"):
+            raise FneError("--C auto is not available with SGD heads; give a number")
+        C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed).C
+    return fitter(rows, kind, head, C, y, idx, seed), C
 
 
 # -------------------------------------------------------------------- fit
@@ -155,10 +135,14 @@ def fit(
     The rows are read through the features layer: with precision / storage_dtype "auto" from
     whichever store holds them; the model records the store it read (pinned by `predict`).
     """
-    if head not in HEADS:
-        raise FneError(f"unknown --head {head!r}; choose from {', '.join(HEADS)}")
+    if head not in HEADS and head != "auto":
+        raise FneError(f"unknown --head {head!r}; choose from {', '.join(HEADS)} or auto")
     C = parse_C(C)
-    layers, kind = parse_features(features, backbones.get(arch, weights))
+    auto = "auto" in (features, head, C)  # fne.selection: k-fold CV on each split's training images
+    if auto and head.startswith("sgd"):
+        raise FneError("auto selection is not available with SGD heads")
+    method = f"{features}+{head}"
+    layers, kind = parse_features("fne" if features == "auto" else features, backbones.get(arch, weights))
     spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed)
     src = open_rows(data, spec, "fit", extract_missing, dict(batch_size=batch_size, workers=workers,
                                                              compile=compile))
@@ -168,16 +152,25 @@ def fit(
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, stream_chunk)
     split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
+    chosen: list[dict] = []  # --features/--head/--C auto: fne.selection's record per split
+    choose = selection.chooser(features, head, C, backbones.get(arch), parse_features, y, seed, chosen,
+                               lambda la: Rows(store, dataset.keys(), la, stream_chunk)) if auto else None
     t0 = time.perf_counter()
-    per_split, Cs, confusion, pipe = _evaluate(rows, kind, head, C, y, split_list, len(dataset.classes), seed)
+    per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, head, C, y, split_list, len(dataset.classes),
+                                                      seed, choose)
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
+    if auto:  # the saved model: the choice made most often over the splits
+        rows, kind, head, C = choose(None)
+        features, layers = selection.most_common(chosen)["features"], rows.layers
     if not dataset.has_split:  # the saved model learns from every labelled image
         pipe = fit_head(rows, kind, head, Cs[0] if C == "auto" else C, y, np.arange(len(y)), seed)[0]
+    for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.compare)
+        s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
     metrics = {
         "kind": "fit",
-        "method": f"{features}+{head}",
+        "method": method,
         "dataset": dataset.name,
         "data": str(data),
         "accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
@@ -199,22 +192,30 @@ def fit(
             else f"{len(per_split)}x stratified test_size={test_size}"),
         **provenance(),
     }
+    if auto:
+        metrics["selection"] = selection.summary(chosen)
     _save(Path(out), metrics, pipe, src, layers, kind)
+    compare.write_predictions(Path(out) / "predictions.csv", dataset, y, preds)
     return metrics
 
 
-def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int):
-    """Fit and score every split; -> (per-split scores, C per split, summed confusion, last model)."""
+def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
+              choose=None):
+    """Fit and score every split; -> (per-split scores, C per split, summed confusion, last model,
+    (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split."""
     confusion = np.zeros((k, k), dtype=np.int64)
-    per_split, Cs = [], []
+    per_split, Cs, preds = [], [], []
     for tr, te in split_list:
+        if choose is not None:
+            rows, kind, head, C = choose(tr)
         pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed)
         pred = pipe.classes_[rows.scores(pipe, te).argmax(axis=1)]
         scores, conf = split_scores(y[te], pred, k)
         per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})
         Cs.append(c_used)
         confusion += conf
-    return per_split, Cs, confusion, pipe
+        preds.append((te, pred))
+    return per_split, Cs, confusion, pipe, preds
 
 
 def store_identity(src: Source) -> dict:

@@ -10,7 +10,9 @@ from sklearn.svm import LinearSVC
 from fne.errors import FneError
 from fne.names import HEADS
 
-C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
+# --C auto's grid (fne.selection): decades 10^-3 .. 10^3, centred on the default C = 1. L2-normalised
+# rows (norm 1) want C >= 1, FNE's {-1, 0, 1} rows (squared norm in the thousands) want C <= 1.
+C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
 SGD_STEP = 0.3  # eta0 = SGD_STEP / (features + 1) on standardised rows; see make_head
 
 
@@ -39,7 +41,7 @@ def make_head(kind: str, C: float = 1.0, seed: int = 0, n_samples: int | None = 
 def parse_C(C: str | float) -> float | str:
     if isinstance(C, (int, float)):
         return float(C)
-    if str(C).lower() == "auto":
+    if str(C).lower() == "auto":  # chosen by cross-validation: fne.selection
         return "auto"
     try:
         value = float(C)

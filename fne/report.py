@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fne import verb_module
+from fne import compare, verb_module
 from fne.advise import method_family
 from fne.config import load_pipeline
 from fne.errors import FneError
@@ -201,7 +201,7 @@ def _row(runs: list[dict]) -> dict:
         "classes": m0.get("classes"),
         # direct mode scores only the classes its class map covers: say so beside the method
         "note": (f"{len(m0.get('classes') or [])} mapped classes; {m0['n_excluded']} test images of "
-                 f"unmapped classes left out" if m0.get("n_excluded") else None),
+                 f"unmapped classes left out" if m0.get("n_excluded") else compare.choice_note(m0)),
     }
     if len(ms) == 1:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
@@ -292,6 +292,8 @@ def tabulate(collected: dict) -> list[dict]:
                           "only": {k: v for k, v in pub_vals.items() if k not in measured},
                           "values": pub_vals},
             "winner": winner,
+            "winner_test": compare.winner_vs_runner_up(  # paired test on shared splits, or None
+                rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs}),
             "advice": [_advice_check(a, winner) for a in advice],
             "multi_backbone": _multi_backbone(rows),
         })

@@ -143,6 +143,8 @@ def _winner_lines(ds: dict, md: bool) -> list[str]:
     w = ds["winner"]
     if w:
         L += [f"Measured winner: **{label(w, ds['multi_backbone'])}**, accuracy {cells(w)['accuracy']} %.", ""]
+        if ds.get("winner_test"):
+            L += [f"Winner vs runner-up: {ds['winner_test']}.", ""]
         pairs = confused_pairs(w.get("confusion"), w.get("classes"))
         if pairs:
             L.append("Classes it confuses most (true → predicted, count, share of the true class):")
@@ -236,6 +238,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         if w:
             H.append(f"<p>Measured winner: <b>{_e(label(w, ds['multi_backbone']))}</b>, accuracy "
                      f"{_e(cells(w)['accuracy'])} %.</p>")
+            if ds.get("winner_test"):
+                H.append(f"<p class='winner-test'>Winner vs runner-up: {_e(ds['winner_test'])}.</p>")
             pairs = confused_pairs(w.get("confusion"), w.get("classes"))
             if pairs:
                 H.append("<p>Classes it confuses most:</p><ul class='confused'>" + "".join(

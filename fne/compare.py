@@ -1,0 +1,149 @@
+"""Is the winner better than the runner-up beyond noise? Paired tests on shared splits.
+
+* Several splits (random train/test splits, or the folds of a cross-validation): the
+  corrected resampled t-test of Nadeau & Bengio (2003) on the per-split accuracy differences.
+  The plain paired t-test treats the splits as independent, but their training sets overlap,
+  so it is far too confident; the correction multiplies the variance of the mean difference
+  by (1/k + n_test/n_train) instead of 1/k. With test_train_ratio = 0 it is the plain test.
+* One predefined split: McNemar's exact test on the images that exactly one of the two
+  methods classified correctly (binomial, p = 1/2, two-sided).
+
+A winner "beats the runner-up beyond noise" when its mean is higher and p < ALPHA; otherwise
+the verdict is "no clear winner".
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+
+
+def corrected_paired_t(a, b, test_train_ratio: float = 0.0) -> dict:
+    """Paired t-test of a - b over splits, variance corrected for overlapping training sets."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("a and b must be 1-d arrays of equal length (one value per split)")
+    k = len(a)
+    d = a - b
+    mean = float(d.mean()) if k else 0.0
+    out = {"test": "corrected paired t" if test_train_ratio else "paired t", "n": k, "mean_diff": mean,
+           "t": None, "df": k - 1, "p": 1.0}
+    if k < 2:
+        return out
+    var = float(d.var(ddof=1))
+    if var == 0.0:  # every split agrees exactly: no spread to judge by
+        out["p"] = 1.0 if mean == 0 else 0.0
+        out["t"] = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+        return out
+    t = mean / math.sqrt((1.0 / k + test_train_ratio) * var)
+    out["t"] = float(t)
+    out["p"] = float(2 * stats.t.sf(abs(t), k - 1))
+    return out
+
+
+def mcnemar(correct_a, correct_b) -> dict:
+    """McNemar's exact test on paired correctness (booleans per test image, same order)."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError("correct_a and correct_b must have one entry per shared test image")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = only_a + only_b
+    p = 1.0 if n == 0 else min(1.0, 2 * float(stats.binom.cdf(min(only_a, only_b), n, 0.5)))
+    return {"test": "McNemar exact", "n": int(len(a)), "only_a": only_a, "only_b": only_b,
+            "mean_diff": float(a.mean() - b.mean()) if len(a) else 0.0, "p": p}
+
+
+def verdict(result: dict, alpha: float = ALPHA) -> str:
+    if result["mean_diff"] > 0 and result["p"] < alpha:
+        return "beats the runner-up beyond noise"
+    return "no clear winner"
+
+
+def describe(result: dict, winner: str, runner_up: str) -> str:
+    """One sentence: the verdict, the test and its p-value."""
+    v = verdict(result)
+    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.2f} points "
+              f"over {result['n']} {'test images' if result['test'].startswith('McNemar') else 'splits'}")
+    if v == "no clear winner":
+        return f"no clear winner: {winner} vs {runner_up} ({detail})"
+    return f"{winner} {v} {runner_up} ({detail})"
+
+
+# ---------------------------------------------------------- runs on disk (fne report)
+def write_predictions(path: Path, dataset, y: np.ndarray, preds) -> None:
+    """predictions.csv of a fit run: split, path, true and predicted class of every test image."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["split", "path", "true", "predicted"])
+        for si, (te, pred) in enumerate(preds):
+            w.writerows((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p]) for i, p in zip(te, pred))
+
+
+def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
+    """What a paired test needs of one split, kept in metrics.json: which test images were
+    classified correctly ("1"/"0" in test order) and a hash of those images' ids."""
+    ids = [str(i) for i in ids]
+    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
+            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
+
+
+def _split_accuracies(m: dict) -> list[float] | None:
+    vals = [x.get("accuracy") for x in m.get("splits") or []]
+    return vals if vals and all(isinstance(v, (int, float)) for v in vals) else None
+
+
+def _same_splits(m1: dict, m2: dict) -> bool:
+    keys = ("split_protocol", "seed", "n_images", "n_splits", "data")
+    if not all(m1.get(k) == m2.get(k) for k in keys):
+        return False
+    h1 = [s.get("test_hash") for s in m1.get("splits") or []]
+    h2 = [s.get("test_hash") for s in m2.get("splits") or []]
+    return h1 == h2  # both None lists (older runs) pass on the keys above
+
+
+def compare_runs(m1: dict, m2: dict) -> dict | None:
+    """Winner vs runner-up from two fit runs' metrics scored on the same splits; None when they
+    were not (or a run lacks what the test needs). One split: McNemar; several: corrected t."""
+    if not _same_splits(m1, m2):
+        return None
+    if m1.get("n_splits") == 1:
+        c1, c2 = (m["splits"][0].get("correct") for m in (m1, m2))
+        if not c1 or not c2 or len(c1) != len(c2) or not m1["splits"][0].get("test_hash"):
+            return None
+        return mcnemar([c == "1" for c in c1], [c == "1" for c in c2])
+    a, b = _split_accuracies(m1), _split_accuracies(m2)
+    if a is None or b is None or len(a) != len(b):
+        return None
+    n_tr, n_te = m1.get("n_train") or 0, m1.get("n_test") or 0
+    return corrected_paired_t(a, b, n_te / n_tr if n_tr else 0.0)
+
+
+def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> str | None:
+    """A report line for the two best ranked rows of one dataset, or None where no test applies."""
+    ranked = [r for r in rows if r.get("accuracy") is not None and not r.get("partial")]
+    if len(ranked) < 2 or ranked[0].get("runs") != 1 or ranked[1].get("runs") != 1:
+        return None
+    ms = [metrics_by_path.get(r["paths"][0]) for r in ranked[:2]]
+    if None in ms:
+        return None
+    result = compare_runs(ms[0], ms[1])
+    return None if result is None else describe(result, ranked[0]["method"], ranked[1]["method"])
+
+
+def choice_note(m: dict) -> str | None:
+    """'auto chose fne+svm, C 1' for a fit run whose metrics hold a selection; None otherwise."""
+    sel = m.get("selection")
+    if not isinstance(sel, dict) or not sel.get("choice"):
+        return None
+    c = sel["choice"]
+    text = f"auto chose {c.get('features')}+{c.get('head')}, C {c.get('C'):g}"
+    if sel.get("per_split_choices") and len(set(map(str, sel["per_split_choices"]))) > 1:
+        text += f"; the most frequent of {len(sel['per_split_choices'])} splits' choices"
+    return text

@@ -1,0 +1,263 @@
+"""Cross-validated model selection (fne.selection) and the paired tests (fne.compare)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fne import compare, selection
+from fne.embedding import FullNetworkEmbedding
+from fne.fit import Rows, fit
+from fne.heads import C_GRID
+
+from .conftest import FAST
+
+STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
+
+
+class FakeStore:
+    """What Rows needs of a Store: views, index() and read(); rows in memory, (n, views, D)."""
+
+    def __init__(self, X: np.ndarray):
+        self.X, self.views = X, X.shape[1]
+        self.keys = [f"k{i}" for i in range(len(X))]
+
+    def index(self):
+        return {k: i for i, k in enumerate(self.keys)}
+
+    def read(self, keys, layers):
+        return {"f": self.X[[int(k[1:]) for k in keys]]}
+
+
+def blobs(n_per_class=12, classes=3, views=1, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(classes), n_per_class)
+    centres = rng.normal(size=(classes, d)) * 3
+    X = centres[y][:, None, :] + rng.normal(size=(len(y), views, d))
+    return X.astype(np.float32), y
+
+
+# ------------------------------------------------------------------- folds
+def test_folds_keep_every_view_of_an_image_on_one_side():
+    views = 10
+    y = np.repeat(np.arange(4), 7)
+    for tr, va in selection.image_folds(y, 5, seed=3):
+        rows_tr, rows_va = selection.view_rows(tr, views), selection.view_rows(va, views)
+        assert not set(rows_tr // views) & set(rows_va // views)  # no image on both sides
+        assert len(rows_tr) == views * len(tr) and len(rows_va) == views * len(va)
+        assert set(rows_tr) | set(rows_va) == set(range(views * len(y)))
+
+
+def test_folds_shrink_to_the_smallest_class_and_stratify():
+    y = np.array([0] * 10 + [1] * 3)
+    folds = selection.image_folds(y, 5)
+    assert len(folds) == 3
+    for _, va in folds:
+        assert (y[va] == 1).sum() == 1
+    with pytest.raises(Exception, match="at least 2"):
+        selection.image_folds(np.array([0, 0, 0, 1]), 5)
+
+
+def test_select_scores_views_of_an_image_together():
+    """Ten-view rows: the CV fits the head on fold rows whose images never appear in validation."""
+    X, y = blobs(views=4)
+    rows = Rows(FakeStore(X), [f"k{i}" for i in range(len(X))], ["f"])
+    seen = []
+    real = selection._Fold.__init__
+
+    def spy(self, Z_tr, y_tr, Z_va, y_va, views):
+        seen.append((Z_tr, Z_va, views))
+        real(self, Z_tr, y_tr, Z_va, y_va, views)
+
+    selection._Fold.__init__ = spy
+    try:
+        selection.select([selection.Candidate("last", ["f"], "l2", "svm", rows)], 1.0, y, np.arange(len(y)))
+    finally:
+        selection._Fold.__init__ = real
+    assert seen
+    for Z_tr, Z_va, views in seen:
+        assert views == 4
+        tr_rows = {r.tobytes() for r in Z_tr}
+        assert not tr_rows & {r.tobytes() for r in Z_va}
+
+
+# ------------------------------------------------------------- no leakage
+def test_fne_statistics_are_fitted_inside_each_fold(monkeypatch):
+    """A constructed leak: feature 0 is the image's id. The statistics of each fold must see
+    exactly that fold's training images, never a validation image."""
+    X, y = blobs(n_per_class=10)
+    X[:, 0, 0] = np.arange(len(X))
+    rows = Rows(FakeStore(X), [f"k{i}" for i in range(len(X))], ["f"], chunk=7)
+    fitted: list[set] = []
+    real = FullNetworkEmbedding.partial_fit
+
+    def spy(self, Xc, y=None):
+        if not hasattr(self, "n_samples_seen_"):
+            fitted.append(set())
+        fitted[-1] |= {int(v) for v in np.asarray(Xc)[:, 0]}
+        return real(self, Xc, y)
+
+    monkeypatch.setattr(FullNetworkEmbedding, "partial_fit", spy)
+    idx = np.arange(0, len(X), 1)[2:]  # training images of an outer split: 0 and 1 are test images
+    selection.select([selection.Candidate("fne", ["f"], "fne", "svm", rows)], 1.0, y, idx, seed=1)
+    folds = selection.image_folds(y[idx], selection.FOLDS, seed=1)
+    assert len(fitted) == len(folds)
+    for seen, (tr, va) in zip(fitted, folds):
+        assert seen == set(idx[tr].tolist())
+        assert not seen & set(idx[va].tolist()) and not seen & {0, 1}
+
+
+# ----------------------------------------------------------------- tie rule
+def test_tie_rule_takes_the_central_C_on_a_flat_curve():
+    grid = C_GRID
+    assert grid[len(grid) // 2] == 1.0 and min(grid) <= 1e-3 and max(grid) >= 1e3
+    flat = np.full((len(grid), 5), 0.9)
+    assert grid[selection.choose_C(grid, flat)] == 1.0
+    noisy = flat + np.random.default_rng(0).normal(0, 0.02, flat.shape)  # noise, no trend
+    assert grid[selection.choose_C(grid, noisy)] == 1.0
+    # the old rule's failure: the smallest C scores a hair higher on one fold
+    edge = flat.copy()
+    edge[0, 0] += 0.01
+    assert grid[selection.choose_C(grid, edge)] == 1.0
+
+
+def test_tie_rule_follows_a_clear_optimum_off_centre():
+    grid = C_GRID
+    s = np.tile(np.array([0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 0.95])[:, None], (1, 5))
+    s += np.array([0.0, 0.01, -0.01, 0.005, 0.0])  # same fold effects for every C
+    assert grid[selection.choose_C(grid, s)] == 1e3
+    # a plateau from C=10 on: the tied C nearest the centre is 10
+    p = s.copy()
+    p[4:] = p[4]
+    assert grid[selection.choose_C(grid, p)] == 10.0
+
+
+def test_candidate_rule_keeps_the_default_unless_clearly_beaten():
+    fne_svm = np.array([0.965, 0.972, 0.979, 0.986, 1.0])  # flowers12's CV folds: a noise-level gap
+    last_svm = np.array([0.979, 0.979, 0.979, 1.0, 0.986])
+    assert selection.choose_candidate(np.stack([fne_svm, last_svm])) == 0
+    better = fne_svm + 0.02  # every fold 2 points better: beyond noise
+    assert selection.choose_candidate(np.stack([fne_svm, better])) == 1
+    assert selection.choose_candidate(np.stack([better, fne_svm])) == 0
+
+
+# ---------------------------------------------------------------- statistics
+def test_paired_t_matches_scipy_and_the_correction_widens_it():
+    a = np.array([0.90, 0.92, 0.88, 0.93, 0.91])
+    b = np.array([0.88, 0.91, 0.87, 0.90, 0.90])
+    plain = compare.corrected_paired_t(a, b)
+    ref = stats.ttest_rel(a, b)
+    assert np.isclose(plain["t"], ref.statistic) and np.isclose(plain["p"], ref.pvalue)
+    corr = compare.corrected_paired_t(a, b, test_train_ratio=1 / 3)
+    d = a - b
+    t = d.mean() / np.sqrt((1 / 5 + 1 / 3) * d.var(ddof=1))
+    assert np.isclose(corr["t"], t) and np.isclose(corr["p"], 2 * stats.t.sf(t, 4))
+    assert corr["p"] > plain["p"]
+    assert compare.verdict(plain) == "beats the runner-up beyond noise"
+    assert compare.verdict(corr) == "no clear winner"  # p ≈ 0.07 once the overlap is counted
+
+
+def test_paired_t_degenerate_inputs():
+    assert compare.corrected_paired_t([0.9, 0.9], [0.9, 0.9])["p"] == 1.0
+    assert compare.corrected_paired_t([0.9], [0.8])["p"] == 1.0  # one split: nothing to test
+    assert compare.verdict(compare.corrected_paired_t([0.8, 0.7, 0.8], [0.9, 0.95, 0.9])) == "no clear winner"
+
+
+def test_mcnemar_exact_values():
+    # 10 images only A got right, 2 only B: p = 2 * P(X <= 2 | n=12, 1/2) = 2 * 79 / 4096
+    a = np.array([1] * 10 + [0] * 2 + [1] * 50 + [0] * 5, dtype=bool)
+    b = np.array([0] * 10 + [1] * 2 + [1] * 50 + [0] * 5, dtype=bool)
+    r = compare.mcnemar(a, b)
+    assert (r["only_a"], r["only_b"]) == (10, 2)
+    assert np.isclose(r["p"], 2 * 79 / 4096)
+    assert compare.verdict(r) == "beats the runner-up beyond noise"
+    r2 = compare.mcnemar(a[2:], b[2:])  # 8 vs 2: p = 2 * 56 / 1024 ≈ 0.109
+    assert np.isclose(r2["p"], 2 * 56 / 1024) and compare.verdict(r2) == "no clear winner"
+    assert compare.mcnemar(a, a)["p"] == 1.0
+
+
+# ------------------------------------------------------------------- fit
+def test_fit_auto_records_candidates_and_choice(digits_folder, warm_cache, tmp_path):
+    m = fit(digits_folder, features="auto", head="auto", C="auto", splits=2, out=tmp_path / "run",
+            cache=str(warm_cache), **STORE)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["method"] == "auto+auto" and saved == m
+    sel = m["selection"]
+    assert len(sel["per_split"]) == 2
+    for rec in sel["per_split"]:
+        names = {(c["features"], c["head"]) for c in rec["candidates"]}
+        assert names == {(f, h) for f in ("fne", "last") for h in ("svm", "logreg")}
+        for c in rec["candidates"]:
+            assert 0 <= c["cv_mean"] <= 1 and c["cv_std"] >= 0 and c["C"] in C_GRID
+            assert 3 <= len(c["grid"]) <= len(C_GRID) and {"0.1", "1", "10"} <= set(c["grid"])
+            assert len(c["cv_folds"]) == rec["folds"] and np.isclose(np.mean(c["cv_folds"]), c["cv_mean"])
+        folds = np.array([c["cv_folds"] for c in rec["candidates"]])
+        first = rec["candidates"][selection.choose_candidate(folds)]
+        assert (rec["choice"]["features"], rec["choice"]["head"]) == (first["features"], first["head"])
+        assert rec["winner_vs_runner_up"]["verdict"] in ("beats the runner-up beyond noise", "no clear winner")
+    assert m["features"] == sel["choice"]["features"] and m["head"] == sel["choice"]["head"]
+    with open(tmp_path / "run" / "predictions.csv") as f:
+        preds = list(csv.DictReader(f))
+    assert len(preds) == 2 * m["n_test"] and {p["split"] for p in preds} == {"0", "1"}
+    for si, s in enumerate(m["splits"]):  # the per-split record agrees with predictions.csv
+        rows = [p for p in preds if p["split"] == str(si)]
+        assert s["correct"] == "".join("1" if p["true"] == p["predicted"] else "0" for p in rows)
+        assert np.isclose(s["accuracy"], s["correct"].count("1") / len(rows))
+
+
+def test_fit_C_auto_alone_keeps_the_features(digits_folder, warm_cache, tmp_path):
+    m = fit(digits_folder, features="last", head="logreg", C="auto", splits=1, out=tmp_path / "run",
+            cache=str(warm_cache), **STORE)
+    rec = m["selection"]["per_split"][0]
+    assert [(c["features"], c["head"]) for c in rec["candidates"]] == [("last", "logreg")]
+    assert rec["winner_vs_runner_up"] is None and m["C"] == rec["choice"]["C"]
+
+
+def test_report_shows_the_choice_and_the_paired_verdict(digits_folder, warm_cache, tmp_path):
+    from fne.report import report
+
+    kw = dict(splits=3, cache=str(warm_cache), **STORE)
+    fit(digits_folder, features="fne", head="svm", out=tmp_path / "runs" / "a", **kw)
+    fit(digits_folder, features="last", head="logreg", out=tmp_path / "runs" / "b", **kw)
+    m = fit(digits_folder, features="last", head="auto", C=1.0, out=tmp_path / "runs" / "c", **kw)
+    r = report([tmp_path / "runs"], tmp_path / "rep", figures=False)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"auto chose last+{m['selection']['choice']['head']}, C 1" in md
+    (ds,) = r["datasets"]
+    ranked = ds["rows"]
+    if ranked[0]["accuracy"] == ranked[1]["accuracy"]:
+        assert "no clear winner" in ds["winner_test"]
+    assert "corrected paired t" in ds["winner_test"] and "Winner vs runner-up: " in md
+
+
+def test_compare_runs_uses_mcnemar_on_one_split():
+    ids = [f"img{i}" for i in range(20)]
+    y = np.zeros(20, dtype=int)
+
+    def run(correct, seed=0):
+        pred = np.where(correct, 0, 1)
+        return {"split_protocol": "predefined", "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
+                "splits": [{"accuracy": float(np.mean(correct)), **compare.split_record(ids, y, pred)}]}
+
+    a, b = run(np.ones(20, bool)), run(np.r_[np.zeros(8, bool), np.ones(12, bool)])
+    r = compare.compare_runs(a, b)
+    assert r["test"] == "McNemar exact" and (r["only_a"], r["only_b"]) == (8, 0)
+    assert np.isclose(r["p"], 2 / 256) and compare.verdict(r) == "beats the runner-up beyond noise"
+    assert compare.compare_runs(a, run(np.ones(20, bool), seed=1)) is None  # other splits: no test
+    other = run(np.ones(20, bool))
+    other["splits"][0]["test_hash"] = "0" * 16  # same settings, other test images: no test
+    assert compare.compare_runs(a, other) is None
+
+
+def test_walk_grid_goes_outward_while_the_score_improves():
+    grid = C_GRID
+    for curve, expect in (([0.9] * 7, {2, 3, 4}),  # flat: C=1 and one step each way
+                          ([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], {2, 3, 4, 5, 6}),
+                          ([0.9, 0.8, 0.7, 0.6, 0.7, 0.65, 0.6], set(range(7)) - {6})):
+        asked = []
+        selection.walk_grid(grid, lambda i, c=curve, a=asked: a.append(i) or c[i])
+        assert set(asked) == expect and asked[0] == 3
