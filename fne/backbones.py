@@ -22,29 +22,10 @@ from torch import nn
 
 from fne.errors import FneError, WeightsError
 from fne.names import CROPS
+from fne.pooling import Tap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A layer whose pooled output is cached. `on_input` taps the module's input.
-
-    `pool` names a function of `fne.pooling` (mean_nchw, mean_nhwc, cls, mean_tokens);
-    `prefix_tokens` is the number of class/register tokens ahead of the patch tokens.
-    """
-
-    name: str
-    module: str
-    channels: int
-    on_input: bool = False
-    pool: str = "mean_nchw"
-    prefix_tokens: int = 0
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "module": self.module, "channels": self.channels, "pool": self.pool,
-                "prefix_tokens": self.prefix_tokens, "on_input": self.on_input}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from fne.errors import FneError, WeightsError
+from fne.pooling import Tap
 
 TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"
 
@@ -112,8 +113,6 @@ def _layout(shape: tuple) -> tuple[str, int] | None:
 def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_classes: int,
              prefix_tokens: int) -> Discovered:
     """Taps of `model` (built on any device, `x` an input of its native size on that device)."""
-    from fne.backbones import Tap
-
     events = _trace(model, x)
     posts = [(n, s) for k, n, s in events if k == "post"]
     calls = Counter(n for n, _ in posts)
@@ -247,11 +246,7 @@ HOW_TO_NAME = ("fne's registry ({registry}); any torchvision classification mode
                "timm.list_models(pretrained=True))")
 
 
-def unknown(name: str, registry: list[str] | None = None) -> FneError:
-    if registry is None:
-        from fne.backbones import REGISTRY
-
-        registry = sorted(REGISTRY)
+def unknown(name: str, registry: list[str]) -> FneError:
     names = list(registry) + tv_names()
     if name.startswith("timm:"):
         try:
@@ -357,7 +352,7 @@ def timm_check(model_name: str) -> None:
     timm = need_timm()
     arch, tag = timm.models.split_model_name_tag(model_name)
     if not timm.is_model(arch):
-        raise unknown("timm:" + model_name)
+        raise unknown("timm:" + model_name, [])
     if tag and model_name not in timm.list_pretrained(arch + ".*"):
         tags = timm.list_pretrained(arch + ".*")
         raise FneError(f"timm:{arch} has no pretrained tag {tag!r}.{_suggest(model_name, tags)} Tags: "
