@@ -153,7 +153,7 @@ def fit(
     rows = Rows(store, dataset.keys(), layers, stream_chunk)
     split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.selection's record per split
-    choose = selection.chooser(features, head, C, backbones.get(arch), parse_features, y, seed, chosen,
+    choose = selection.chooser(features, head, C, backbones.get(arch, weights), parse_features, y, seed, chosen,
                                lambda la: Rows(store, dataset.keys(), la, stream_chunk)) if auto else None
     t0 = time.perf_counter()
     per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, head, C, y, split_list, len(dataset.classes),
@@ -166,27 +166,16 @@ def fit(
         pipe = fit_head(rows, kind, head, Cs[0] if C == "auto" else C, y, np.arange(len(y)), seed)[0]
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.compare)
         s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
-    acc = np.array([s["accuracy"] for s in per_split])
-    mca = np.array([s["mean_class_accuracy"] for s in per_split])
     metrics = {
-        "kind": "fit",
-        "method": method,
-        "dataset": dataset.name,
-        "data": str(data),
-        "accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
-        "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
-        "splits": per_split, "n_splits": len(per_split),
-        "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
-        "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
-        "n_images": len(dataset),
-        "classes": dataset.classes,
+        "kind": "fit", "method": method, "dataset": dataset.name, "data": str(data),
+        **_scores(per_split, confusion),
+        "n_images": len(dataset), "classes": dataset.classes,
         **store_identity(src),
         "features": features, "layers": layers, "embedding": kind, "head": head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
         "fit_seconds": fit_seconds,
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
-        "confusion": confusion.tolist(),
         "seed": seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {train_per_class} per class" if train_per_class
             else f"{len(per_split)}x stratified test_size={test_size}"),
@@ -197,6 +186,18 @@ def fit(
     _save(Path(out), metrics, pipe, src, layers, kind)
     compare.write_predictions(Path(out) / "predictions.csv", dataset, y, preds)
     return metrics
+
+
+def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
+    """Accuracy and mean class accuracy over the splits (mean ± std), sizes, confusion."""
+    acc = np.array([s["accuracy"] for s in per_split])
+    mca = np.array([s["mean_class_accuracy"] for s in per_split])
+    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
+            "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
+            "splits": per_split, "n_splits": len(per_split),
+            "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
+            "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
+            "confusion": confusion.tolist()}
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
