@@ -73,6 +73,41 @@ class TrainConfig:
     progress: bool = True
 
 
+def _check(cfg: TrainConfig) -> None:
+    """Argument mistakes, before any data or weights are loaded."""
+    if cfg.mode not in MODES:
+        raise FneError(f"unknown --mode {cfg.mode!r}; choose from {', '.join(MODES)}")
+    backbones.get(cfg.arch)
+    if cfg.mode == "direct" and not cfg.class_map:
+        raise FneError("--mode direct needs --class-map MAP.json (target class -> source classes)")
+    if cfg.mode != "direct" and cfg.class_map:
+        raise FneError(f"--class-map applies to --mode direct only, not {cfg.mode}")
+    if cfg.mode == "scratch" and cfg.weights not in (None, "random"):
+        raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
+                       f"does not apply (use frozen or finetune to import weights)")
+    if cfg.weights not in (None, "imagenet", "random") and not Path(cfg.weights).is_file():
+        raise WeightsError(f"--weights {cfg.weights}: no such file (give 'imagenet', 'random' or a state dict path)")
+    for name, ok, want in (
+        ("new_layers", cfg.new_layers in NEW_LAYERS, ", ".join(NEW_LAYERS)),
+        ("scheduler", cfg.scheduler in SCHEDULERS, ", ".join(SCHEDULERS)),
+        ("direct_score", cfg.direct_score in DIRECT_SCORES, ", ".join(DIRECT_SCORES)),
+        ("epochs", cfg.epochs >= 1 or cfg.mode == "direct", "an integer >= 1"),
+        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
+        ("lr", cfg.lr > 0, "a positive number"),
+        ("imported_lr_mult", cfg.imported_lr_mult >= 0, "a number >= 0"),
+        ("image_size", cfg.image_size is None or cfg.image_size >= 8, "an integer >= 8"),
+        ("val_fraction", 0 <= cfg.val_fraction < 1, "a number in [0, 1)"),
+        ("test_size", 0 < cfg.test_size < 1, "a number in (0, 1)"),
+        ("save_every", cfg.save_every >= 0, "an integer >= 0"),
+    ):
+        if not ok:
+            raise FneError(f"bad --{name.replace('_', '-')} {getattr(cfg, name)!r}; expected {want}")
+    if cfg.train_bn and cfg.mode != "finetune":
+        raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
+    if cfg.resume and cfg.mode == "direct":
+        raise FneError("--resume: direct mode does not train, there is nothing to resume")
+
+
 @dataclass
 class _Split:
     """The run's images: dataset indices of each part, and the classes scored on the test part."""
@@ -300,41 +335,6 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
 def _imported(report: ImportReport | None) -> dict:
     return {"imported": report.layers() if report is not None else [],
             "not_imported": {n: w for n, w in report.skipped if w != "renewed layer"} if report else {}}
-
-
-def _check(cfg: TrainConfig) -> None:
-    """Argument mistakes, before any data or weights are loaded."""
-    if cfg.mode not in MODES:
-        raise FneError(f"unknown --mode {cfg.mode!r}; choose from {', '.join(MODES)}")
-    backbones.get(cfg.arch)
-    if cfg.mode == "direct" and not cfg.class_map:
-        raise FneError("--mode direct needs --class-map MAP.json (target class -> source classes)")
-    if cfg.mode != "direct" and cfg.class_map:
-        raise FneError(f"--class-map applies to --mode direct only, not {cfg.mode}")
-    if cfg.mode == "scratch" and cfg.weights not in (None, "random"):
-        raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
-                       f"does not apply (use frozen or finetune to import weights)")
-    if cfg.weights not in (None, "imagenet", "random") and not Path(cfg.weights).is_file():
-        raise WeightsError(f"--weights {cfg.weights}: no such file (give 'imagenet', 'random' or a state dict path)")
-    for name, ok, want in (
-        ("new_layers", cfg.new_layers in NEW_LAYERS, ", ".join(NEW_LAYERS)),
-        ("scheduler", cfg.scheduler in SCHEDULERS, ", ".join(SCHEDULERS)),
-        ("direct_score", cfg.direct_score in DIRECT_SCORES, ", ".join(DIRECT_SCORES)),
-        ("epochs", cfg.epochs >= 1 or cfg.mode == "direct", "an integer >= 1"),
-        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-        ("lr", cfg.lr > 0, "a positive number"),
-        ("imported_lr_mult", cfg.imported_lr_mult >= 0, "a number >= 0"),
-        ("image_size", cfg.image_size is None or cfg.image_size >= 8, "an integer >= 8"),
-        ("val_fraction", 0 <= cfg.val_fraction < 1, "a number in [0, 1)"),
-        ("test_size", 0 < cfg.test_size < 1, "a number in (0, 1)"),
-        ("save_every", cfg.save_every >= 0, "an integer >= 0"),
-    ):
-        if not ok:
-            raise FneError(f"bad --{name.replace('_', '-')} {getattr(cfg, name)!r}; expected {want}")
-    if cfg.train_bn and cfg.mode != "finetune":
-        raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
-    if cfg.resume and cfg.mode == "direct":
-        raise FneError("--resume: direct mode does not train, there is nothing to resume")
 
 
 # ---------------------------------------------------------------------- CLI
