@@ -60,7 +60,8 @@ def _rel_change(a: dict, b: dict, names) -> float:
 
 
 def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_path):
-    from fne.train import build_model, train
+    from fne.train import train
+    from fne.transfer import build_model
 
     out = tmp_path / "run"
     m = train(digits, "frozen", out, weights=str(source), epochs=2, lr=0.01, **FAST)
@@ -86,7 +87,8 @@ def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_pa
 
 
 def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tmp_path):
-    from fne.train import build_model, train
+    from fne.train import train
+    from fne.transfer import build_model
 
     m = train(digits, "finetune", tmp_path, weights=str(source), epochs=2, lr=0.01,
               imported_lr_mult=1e-3, **FAST)
@@ -121,7 +123,7 @@ def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source
 
 
 def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path):
-    from fne.train import build_model, describe_import
+    from fne.transfer import build_model, describe_import
 
     state = torch.load(source, weights_only=True)
     bad = torch.randn(640, 320, 1, 1)  # the source's head conv is 1280x320x1x1
