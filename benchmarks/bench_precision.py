@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from fne.data import load_dataset  # noqa: E402
 from fne.embedding import FullNetworkEmbedding  # noqa: E402
 from fne.extract import extract  # noqa: E402
-from fne.fit import fit, make_splits  # noqa: E402
+from fne.fit import fit  # noqa: E402
+from fne.splits import make_splits  # noqa: E402
 from fne.stores import StoreSpec  # noqa: E402
 
 VARIANTS = [("fp32", "float32"), ("fp32", "float16"), ("bf16", "float32"), ("bf16", "float16")]

@@ -12,53 +12,20 @@ from pathlib import Path
 
 import joblib
 import numpy as np
-from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fne import backbones, compare, selection, verb_module
-from fne.data import Dataset
 from fne.errors import FneError
 from fne.features import Rows, Source, open_rows, parse_features
 from fne.heads import make_head, parse_C
 from fne.metrics import provenance, split_scores
 from fne.names import HEADS
 from fne.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
+from fne.splits import make_splits
 from fne.stores import StoreSpec
 
 SGD_EPOCHS = 10
-
-
-# -------------------------------------------------------------------- splits
-def make_splits(dataset: Dataset, y: np.ndarray, splits: int, test_size: float,
-                train_per_class: int | None, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    if dataset.has_split:
-        s = np.array(dataset.splits)
-        tr, te = np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
-        if len(tr) == 0 or len(te) == 0:
-            raise FneError(f"{dataset.name}: predefined split needs both train and test images")
-        return [(tr, te)]
-    if splits < 1:
-        raise FneError(f"--splits must be >= 1, got {splits}")
-    counts = np.bincount(y, minlength=len(dataset.classes))
-    if train_per_class is not None:
-        short = [dataset.classes[c] for c in range(len(counts)) if counts[c] <= train_per_class]
-        if train_per_class < 1 or short:
-            raise FneError(f"--train-per-class {train_per_class}: classes with too few images "
-                           f"to keep test images: {', '.join(short[:5]) or '-'}")
-        rng = np.random.default_rng(seed)
-        out = []
-        for _ in range(splits):
-            tr = np.concatenate([rng.choice(np.flatnonzero(y == c), train_per_class, replace=False)
-                                 for c in range(len(counts)) if counts[c]])
-            out.append((np.sort(tr), np.setdiff1d(np.arange(len(y)), tr)))
-        return out
-    if not 0 < test_size < 1:
-        raise FneError(f"--test-size must be in (0, 1), got {test_size}")
-    if counts[counts > 0].min() < 2:
-        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split")
-    sss = StratifiedShuffleSplit(n_splits=splits, test_size=test_size, random_state=seed)
-    return list(sss.split(np.zeros(len(y)), y))
 
 
 def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,

@@ -120,13 +120,8 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     order = {n: i for i, (n, _) in enumerate(posts)}
     modules = dict(model.named_modules())
 
-    if classifier is None:  # the last layer that maps to the classes
-        lin = [n for n, _ in posts if isinstance(modules[n], (nn.Linear, nn.Conv2d))]
-        fit = [n for n in lin if getattr(modules[n], "out_features", getattr(modules[n], "out_channels", 0))
-               == num_classes]
-        if not (fit or lin):
-            raise FneError(f"cannot find the classifier of {type(model).__name__}")
-        classifier = (fit or lin)[-1]
+    if classifier is None:
+        classifier = _find_classifier(model, posts, modules, num_classes)
 
     found: list[tuple[int, object]] = []
 
@@ -169,28 +164,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     if not taps:
         raise FneError(f"found no layers to tap in {type(model).__name__}")
 
-    # `last`: walk back from the classifier's input over modules that do not change it.
-    by_module = {t.module: t for t in taps if t.pool == "mean_nchw"}
-    start = next(i for i, (k, n, _) in enumerate(events) if k == "pre" and n == classifier)
-    last = None
-    for k, n, _ in reversed(events[:start]):
-        if k == "pre":
-            continue
-        m = modules[n]
-        if n in by_module:
-            last = by_module[n].name
-            break
-        kind = type(m).__name__
-        if _is_container(m) or kind in PASS_THROUGH:
-            continue
-        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
-            continue
-        if kind == "SelectAdaptivePool2d" and getattr(m, "pool_type", "") == "avg":
-            continue
-        if any(True for _ in m.children()) and not any(
-                True for _ in m.parameters()) and kind not in ACTIVATIONS:
-            continue  # a parameter-free wrapper whose leaves were checked one by one
-        break
+    last = _find_last(events, modules, taps, classifier)
     if last is None:
         ch = next(s for k, n, s in events[start:] if k == "pre" and n == classifier)
         taps.append(Tap("pre_logits", classifier, int(math.prod(ch[1:])), on_input=True))
@@ -202,6 +176,41 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
         fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
                    if isinstance(m, nn.Linear) and calls[f"{parent}.{n}"])
     return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _find_classifier(model: nn.Module, posts, modules: dict, num_classes: int) -> str:
+    """The last Linear/Conv layer that maps to the classes (else the last one)."""
+    lin = [n for n, _ in posts if isinstance(modules[n], (nn.Linear, nn.Conv2d))]
+    fit = [n for n in lin if getattr(modules[n], "out_features", getattr(modules[n], "out_channels", 0))
+           == num_classes]
+    if not (fit or lin):
+        raise FneError(f"cannot find the classifier of {type(model).__name__}")
+    return (fit or lin)[-1]
+
+
+def _find_last(events, modules: dict, taps, classifier: str) -> str | None:
+    """`last`: the tap reached walking back from the classifier's input over modules that do not
+    change it (containers, dropout, flatten, average pooling); None if something else is between."""
+    by_module = {t.module: t for t in taps if t.pool == "mean_nchw"}
+    start = next(i for i, (k, n, _) in enumerate(events) if k == "pre" and n == classifier)
+    for k, n, _ in reversed(events[:start]):
+        if k == "pre":
+            continue
+        m = modules[n]
+        if n in by_module:
+            return by_module[n].name
+        kind = type(m).__name__
+        if _is_container(m) or kind in PASS_THROUGH:
+            continue
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            continue
+        if kind == "SelectAdaptivePool2d" and getattr(m, "pool_type", "") == "avg":
+            continue
+        if any(True for _ in m.children()) and not any(
+                True for _ in m.parameters()) and kind not in ACTIVATIONS:
+            continue  # a parameter-free wrapper whose leaves were checked one by one
+        return None
+    return None
 
 
 # ------------------------------------------------------------------ helpers

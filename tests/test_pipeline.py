@@ -258,7 +258,7 @@ def test_shared_dataset_pipelines_are_valid(name):
 
 def test_pets37_class_map_names_imagenet_classes():
     from fne.backbones import get
-    from fne.train import read_class_map
+    from fne.class_map import read_class_map
 
     p = load_pipeline(PIPELINES / "pets37.toml", check_data=False)
     cm = p.datasets[0].class_map

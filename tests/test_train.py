@@ -60,7 +60,8 @@ def _rel_change(a: dict, b: dict, names) -> float:
 
 
 def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_path):
-    from fne.train import build_model, train
+    from fne.train import train
+    from fne.transfer import build_model
 
     out = tmp_path / "run"
     m = train(digits, "frozen", out, weights=str(source), epochs=2, lr=0.01, **FAST)
@@ -86,7 +87,8 @@ def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_pa
 
 
 def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tmp_path):
-    from fne.train import build_model, train
+    from fne.train import train
+    from fne.transfer import build_model
 
     m = train(digits, "finetune", tmp_path, weights=str(source), epochs=2, lr=0.01,
               imported_lr_mult=1e-3, **FAST)
@@ -106,13 +108,13 @@ def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tm
 
 
 def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source):
-    from fne.train import _train_mode, build_model, kept_statistics
+    from fne.transfer import build_model, kept_statistics, train_mode
 
     model, report, _ = build_model(ARCH, "finetune", 10, str(source))
     imported = set(report.imported)
     keep = kept_statistics(model, "finetune", imported)
     assert "_bn0" in keep and "_blocks.3._bn1" in keep and len(keep) == 49
-    _train_mode(model, keep)
+    train_mode(model, keep)
     assert not model._bn0.training and model._blocks[3]._bn1.training is False
     assert model._blocks[3].training and model._dropout.training  # the rest trains
     assert kept_statistics(model, "finetune", imported, train_bn=True) == []
@@ -121,7 +123,7 @@ def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source
 
 
 def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path):
-    from fne.train import build_model, describe_import
+    from fne.transfer import build_model, describe_import
 
     state = torch.load(source, weights_only=True)
     bad = torch.randn(640, 320, 1, 1)  # the source's head conv is 1280x320x1x1
@@ -143,7 +145,7 @@ def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path)
 
 
 def test_vgg_new_layers_replace_fc6_fc7_output_under_torchvision_names():
-    from fne.train import build_model, new_layer_names
+    from fne.transfer import build_model, new_layer_names
 
     vgg = backbones.get("vgg16")
     assert new_layer_names(vgg, "frozen", "last") == ("classifier.6",)
@@ -157,12 +159,13 @@ def test_vgg_new_layers_replace_fc6_fc7_output_under_torchvision_names():
 
 
 def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_path, monkeypatch):
+    import fne.epochs
     import fne.train as tr
 
     kw = dict(weights=str(source), epochs=3, lr=0.02, scheduler="cosine", save_every=1, **FAST)
     tr.train(digits, "finetune", tmp_path / "a", **kw)
 
-    real, calls = tr._train_one_epoch, []
+    real, calls = fne.epochs.train_one_epoch, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -170,10 +173,10 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_pat
             raise KeyboardInterrupt  # Ctrl-C during epoch 2
         return real(*a, **k)
 
-    monkeypatch.setattr(tr, "_train_one_epoch", interrupted)
+    monkeypatch.setattr(fne.epochs, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tr.train(digits, "finetune", tmp_path / "b", **kw)
-    monkeypatch.setattr(tr, "_train_one_epoch", real)
+    monkeypatch.setattr(fne.epochs, "train_one_epoch", real)
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["scheduler"] is not None and set(ckpt["rng"]) >= {"torch", "numpy", "python"}
     assert not (tmp_path / "b" / "model.pt").exists()

@@ -1,0 +1,86 @@
+"""Direct mode's class map: target classes read through the source network's own classifier.
+
+A map is JSON {target class: [source index or name, ...]}; a target's score is the sum (or max)
+of the softmax probabilities of its source classes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fne.errors import FneError
+
+
+def read_class_map(path: str | Path, classes: list[str], categories: list[str]) -> dict[str, list[int]]:
+    """JSON {target class: [source index or name, ...]} -> {target: [source indices]}, checked."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FneError(f"--class-map {path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise FneError(f"--class-map {path}: not readable JSON ({e})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise FneError(f"--class-map {path}: expected a JSON object {{target class: [source classes]}}")
+    unknown = [t for t in raw if t not in classes]
+    if unknown:
+        raise FneError(f"--class-map {path}: unknown target class(es) {', '.join(map(repr, unknown))}; "
+                       f"DATA classes: {', '.join(classes)}")
+    lower: dict[str, list[int]] = {}
+    for k, c in enumerate(categories):
+        lower.setdefault(c.lower(), []).append(k)
+    out: dict[str, list[int]] = {}
+    owner: dict[int, str] = {}
+    for target in classes:  # DATA's class order
+        if target not in raw:
+            continue
+        srcs = raw[target] if isinstance(raw[target], list) else [raw[target]]
+        if not srcs:
+            raise FneError(f"--class-map {path}: target class {target!r} maps to no source class")
+        idx = []
+        for s in srcs:
+            k = _source_index(s, lower, categories, path)
+            if k in owner:
+                raise FneError(f"--class-map {path}: source class {categories[k]!r} ({k}) is mapped to "
+                               f"both {owner[k]!r} and {target!r}")
+            owner[k] = target
+            idx.append(k)
+        out[target] = idx
+    return out
+
+
+def _source_index(s, lower: dict[str, list[int]], categories: list[str], path) -> int:
+    if isinstance(s, int) and not isinstance(s, bool):
+        if not 0 <= s < len(categories):
+            raise FneError(f"--class-map {path}: source index {s} out of range 0..{len(categories) - 1}")
+        return s
+    if not isinstance(s, str):
+        raise FneError(f"--class-map {path}: source class {s!r} is neither a name nor an index")
+    hits = lower.get(s.strip().lower(), [])
+    if len(hits) > 1:
+        raise FneError(f"--class-map {path}: source class name {s!r} is ambiguous (indices "
+                       f"{', '.join(map(str, hits))}); give the index")
+    if not hits:
+        close = difflib.get_close_matches(s, categories, n=3)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise FneError(f"--class-map {path}: unknown source class {s!r}{hint}")
+    return hits[0]
+
+
+def mapped_test_images(te: np.ndarray, y: np.ndarray, classes: list[str], cmap: dict[str, list[int]],
+                       path) -> tuple[np.ndarray, int]:
+    """(the test images of mapped classes, how many were left out): only those can be scored."""
+    mapped = np.array([classes.index(c) for c in cmap])
+    keep = np.isin(y[te], mapped)
+    if not keep.any():
+        raise FneError(f"--class-map {path}: no test images of the mapped classes")
+    return te[keep], int((~keep).sum())
+
+
+def direct_scores(probs: np.ndarray, cmap: dict[str, list[int]], how: str) -> np.ndarray:
+    """Target score = sum (default) or max of the softmax of its source classes."""
+    cols = [probs[:, src] for src in cmap.values()]
+    return np.stack([c.sum(1) if how == "sum" else c.max(1) for c in cols], axis=1)

@@ -1,0 +1,87 @@
+"""The shape of the code a newcomer reads: no import cycles (lazy imports included), modules
+and functions of a readable size, one definition of each name list."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "fne"
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {f"fne.{p.stem}" if p.stem != "__init__" else "fne": ast.parse(p.read_text())
+            for p in sorted(PKG.glob("*.py"))}
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """fne modules `name` imports anywhere in its body (top level or inside functions)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in known}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fne"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
+    out.discard(name)
+    return out & known
+
+
+def test_no_import_cycles():
+    mods = _modules()
+    graph = {m: _imports(m, t, set(mods)) for m, t in mods.items()}
+    # `fne` itself imports no submodule statically (verbs load on first use), so importing the
+    # package from a submodule closes no cycle.
+    assert graph["fne"] == set()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycle = stack[stack.index(n):] + [n]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_modules_and_functions_fit_on_a_screen():
+    too_long = []
+    for p in sorted(PKG.glob("*.py")):
+        text = p.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{p.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    too_long.append(f"{p.name}:{node.lineno} {node.name}(): {n} lines")
+    assert not too_long, "\n".join(too_long)
+
+
+def test_name_lists_are_defined_once():
+    """Choices (precisions, heads, modes, crops, ...) live in fne/names.py only."""
+    from fne import names
+
+    lists = {k for k, v in vars(names).items() if k.isupper() and isinstance(v, tuple)}
+    again = []
+    for p in sorted(PKG.glob("*.py")):
+        if p.name == "names.py":
+            continue
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                again += [f"{p.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in lists]
+    assert not again, again

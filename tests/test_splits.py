@@ -1,0 +1,50 @@
+"""One split rule for `fne fit` and `fne train` (fne.splits): same DATA and seed, same test images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.model_selection import train_test_split
+
+from fne.data import load_dataset
+from fne.errors import FneError
+from fne.splits import make_splits, train_val_test
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_dataset("digits")
+    return d, d.label_indices()
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_fit_and_train_hold_out_the_same_test_images(digits, seed):
+    d, y = digits
+    fit_train, fit_test = make_splits(d, y, splits=3, test_size=0.25, seed=seed)[0]  # what fit scores first
+    tr, va, te = train_val_test(d, y, 0.25, 0.1, seed)  # what train uses
+    assert np.array_equal(np.sort(fit_test), te)
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.sort(fit_train))
+    assert len(np.intersect1d(tr, va)) == 0 and len(va) == pytest.approx(0.1 * len(fit_train), abs=1)
+
+
+def test_train_split_is_the_one_train_test_split_gave_before(digits):
+    """Before fne.splits, train split with scikit-learn's train_test_split, val carved from train."""
+    d, y = digits
+    a, b = train_test_split(np.arange(len(y)), test_size=0.25, stratify=y, random_state=5)
+    a, v = train_test_split(a, test_size=0.1, stratify=y[a], random_state=5)
+    got = train_val_test(d, y, 0.25, 0.1, 5)
+    assert all(np.array_equal(g, np.sort(w)) for g, w in zip(got, (a, v, b), strict=True))
+
+
+def test_predefined_split_and_too_small_classes(digits):
+    d, y = digits
+    s = d.subset(np.arange(40))
+    s.splits = ["train"] * 30 + ["test"] * 10
+    tr, te = make_splits(s, s.label_indices())[0]
+    assert list(tr) == list(range(30)) and list(te) == list(range(30, 40))
+    assert [len(p) for p in train_val_test(s, s.label_indices(), 0.25, 0.0, 0)] == [30, 0, 10]
+    one = d.subset([int(np.flatnonzero(y == 0)[0]), *np.flatnonzero(y == 1)[:5]])
+    for call in (lambda: make_splits(one, one.label_indices()),
+                 lambda: train_val_test(one, one.label_indices(), 0.25, 0.1, 0)):
+        with pytest.raises(FneError, match="every class needs at least 2 images"):
+            call()
