@@ -166,7 +166,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
 
     last = _find_last(events, modules, taps, classifier)
     if last is None:
-        ch = next(s for k, n, s in events[start:] if k == "pre" and n == classifier)
+        ch = next(s for k, n, s in events if k == "pre" and n == classifier)
         taps.append(Tap("pre_logits", classifier, int(math.prod(ch[1:])), on_input=True))
         last = "pre_logits"
 
