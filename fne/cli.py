@@ -51,8 +51,7 @@ def _extract_kwargs(a: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------- extract
-def _add_extract(sub) -> None:
-    p = sub.add_parser("extract", help="run the frozen network once per image into the cache")
+def _add_extract(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
     _store_args(p)
     p.add_argument("--shard", default=None,
@@ -84,8 +83,7 @@ def _stream_arg(p) -> None:
                    help="rows read from the cache at a time: memory follows this, not the dataset (default 1024)")
 
 
-def _add_fit(sub) -> None:
-    p = sub.add_parser("fit", help="train a linear head on cached features and evaluate it")
+def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("data")
     p.add_argument("--features", default="fne", help="fne, fc6, fc7, last, LAYER,... (L2-normalised), or auto (cross-validated)")
     p.add_argument("--head", default="svm", choices=["svm", "logreg", "sgd-svm", "sgd-logreg", "auto"],
@@ -115,8 +113,7 @@ def _cmd_fit(a) -> int:
     return 0
 
 
-def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="predict DATA's images with a model from `fne fit`")
+def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir")
     p.add_argument("data")
     p.add_argument("--out", required=True, help="predictions CSV")
@@ -137,8 +134,7 @@ def _cmd_predict(a) -> int:
     return 0
 
 
-def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write cached activations / embeddings of DATA to HDF5")
+def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("data")
     p.add_argument("--features", default="fne")
     p.add_argument("--out", required=True, help="FILE.h5")
@@ -157,8 +153,7 @@ def _cmd_export(a) -> int:
     return 0
 
 
-def _add_cache(sub) -> None:
-    p = sub.add_parser("cache", help="inspect the activation cache")
+def _add_cache(p: argparse.ArgumentParser) -> None:
     csub = p.add_subparsers(dest="cache_cmd", required=True)
     info = csub.add_parser("info", help="list stores: key, rows, size")
     info.add_argument("--cache", default=None)
@@ -210,8 +205,7 @@ def _cmd_cache_verify(a) -> int:
     return 1 if bad else 0
 
 
-def _add_backbones(sub) -> None:
-    p = sub.add_parser("backbones", help="list the backbone registry, or show one backbone's taps")
+def _add_backbones(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME")
     p.add_argument("--weights", default="imagenet", help="weights whose preprocessing to show (default imagenet)")
     p.add_argument("--json", action="store_true", help="print the taps and preprocessing as JSON")
@@ -242,33 +236,44 @@ def _cmd_backbones(a) -> int:
     return 0
 
 
-# ------------------------------------- verbs whose module declares its own options
-# (verb, module with add_arguments(parser) and run_cli(args), help text)
-MODULE_VERBS = (
-    ("train", "fne.train", "direct / scratch / frozen / finetune transfer experiments"),
-    ("run", "fne.runner", "run a pipelines/*.toml experiment end to end"),
-    ("report", "fne.report", "Markdown + HTML report from run folders"),
-    ("advise", "fne.advise", "which transfer-learning experiment suits DATA, and why"),
-)
+# ------------------------------------------------------------------ the verbs
+def _module_verb(module: str):
+    """A verb whose module declares its own options (add_arguments) and runs them (run_cli)."""
+
+    def add(p: argparse.ArgumentParser) -> None:
+        mod = importlib.import_module(module)
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.run_cli)
+
+    return add
 
 
-def _add_module_verb(sub, verb: str, module: str, text: str) -> None:
-    mod = importlib.import_module(module)
-    p = sub.add_parser(verb, help=text)
-    mod.add_arguments(p)
-    p.set_defaults(func=mod.run_cli)
+# verb -> (help, adds its options). Only the verb being run is built: building a parser imports
+# its module, and `fne cache info` should not wait for torch and scikit-learn.
+VERBS = {
+    "extract": ("run the frozen network once per image into the cache", _add_extract),
+    "fit": ("train a linear head on cached features and evaluate it", _add_fit),
+    "predict": ("predict DATA's images with a model from `fne fit`", _add_predict),
+    "export": ("write cached activations / embeddings of DATA to HDF5", _add_export),
+    "train": ("direct / scratch / frozen / finetune transfer experiments", _module_verb("fne.train")),
+    "run": ("run a pipelines/*.toml experiment end to end", _module_verb("fne.runner")),
+    "report": ("Markdown + HTML report from run folders", _module_verb("fne.report")),
+    "advise": ("which transfer-learning experiment suits DATA, and why", _module_verb("fne.advise")),
+    "cache": ("inspect the activation cache", _add_cache),
+    "backbones": ("list the backbone registry, or show one backbone's taps", _add_backbones),
+}
 
 
-VERBS = (_add_extract, _add_fit, _add_predict, _add_export, _add_cache, _add_backbones)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for `argv`: every verb listed, the options of the verb in argv[0] only (all
+    verbs' options when argv is None)."""
     parser = argparse.ArgumentParser(prog="fne", description="transfer learning with full-network embeddings")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in VERBS:
-        add(sub)
-    for verb, module, text in MODULE_VERBS:
-        _add_module_verb(sub, verb, module, text)
+    chosen = argv[0] if argv else None
+    for verb, (text, add) in VERBS.items():
+        p = sub.add_parser(verb, help=text)
+        if argv is None or verb == chosen:
+            add(p)
     return parser
 
 
@@ -281,7 +286,8 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
 def main(argv: list[str] | None = None) -> int:
     from fne.errors import FneError
 
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line
     try:
