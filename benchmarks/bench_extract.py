@@ -250,9 +250,10 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fne-bench-"))
     data = Path(a.data)
     n_dir = subset(data, a.n, tmp / f"n{a.n}")
-    n2_dir = subset(data, 2 * a.n, tmp / f"n{2 * a.n}")
-    fp32_dir = subset(data, a.n_fp32, tmp / f"fp32_{a.n_fp32}") if a.n_fp32 else None
-    hpai_dir = subset(data, a.hpai_n, tmp / f"hpai{a.hpai_n}")
+    if not a.startup:  # the other modes' image sets
+        n2_dir = subset(data, 2 * a.n, tmp / f"n{2 * a.n}")
+        fp32_dir = subset(data, a.n_fp32, tmp / f"fp32_{a.n_fp32}") if a.n_fp32 else None
+        hpai_dir = subset(data, a.hpai_n, tmp / f"hpai{a.hpai_n}")
     workers = ["--workers", "1"]
     x = None if a.rss else real_batch(n_dir, a.arch, a.batch_size)
     print(f"load average at start: {load()}  ({os.cpu_count()} CPUs, torch {torch.__version__})")

@@ -40,16 +40,15 @@ FIT = ["fit", "--arch", "efficientnet_lite0", "--weights", "random", "--precisio
        "--storage-dtype", "float16", "--features", "last", "--head", "logreg", "--splits", "1",
        "--train-per-class", "2"]
 KEYS_ONLY = r"""
-import sys, time
-t = time.perf_counter()
+import os, sys, time
+import fne
 from fne.data import load_dataset
-d = load_dataset(sys.argv[1])
-try:
+if os.path.exists(os.path.join(os.path.dirname(fne.__file__), "features.py")):
     from fne.features import load_data
-    d = load_data(d, sys.argv[2])
-except ImportError:  # fne before the features layer
-    pass
-d.keys()
+else:  # fne before the features layer: keys are file hashes
+    load_data = lambda d, cache: d
+t = time.perf_counter()  # imports excluded: DATA -> content keys only
+load_data(load_dataset(sys.argv[1]), sys.argv[2]).keys()
 print(time.perf_counter() - t)
 """
 
@@ -74,9 +73,17 @@ def make(root: Path, n: int, cache: str) -> Path:
     return data
 
 
-def timed(cmd: list[str], env: dict) -> float:
+def drop_caches(on: bool) -> None:
+    """Empty the page cache (root only): files are then read from disk, as a dataset larger than
+    memory, or one on a network filesystem, is."""
+    if on:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed(cmd: list[str], env: dict, cwd: str) -> float:
     t = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if r.returncode:
         raise SystemExit(r.stdout + r.stderr)
     return time.perf_counter() - t
@@ -87,14 +94,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--old", default=None, help="another fne checkout to time on the same data")
+    ap.add_argument("--drop-caches", action="store_true", help="empty the page cache before every run (root)")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fne-startup-"))
     cache = str(work / "cache")
     data = make(work, a.n, cache)
     (store,) = list_stores(cache)
-    print(f"{a.n} files, store {store.path.name} with {len(store)} rows; load {os.getloadavg()[0]:.2f}")
+    print(f"{a.n} files, store {store.path.name} with {len(store)} rows; load {os.getloadavg()[0]:.2f}; "
+          f"page cache {'dropped before every run' if a.drop_caches else 'warm'}")
     variants = [("this fne", str(ROOT))] + ([("old fne", a.old)] if a.old else [])
     for label, src in variants:
+        # run from the checkout itself: `python -c` / `-m` put the current folder ahead of PYTHONPATH
         env = {**os.environ, "PYTHONPATH": src}
         fit = [sys.executable, "-m", "fne.cli", *FIT, str(data), "--cache", cache]
         keys = [sys.executable, "-c", KEYS_ONLY, str(data), cache]
@@ -103,11 +113,13 @@ def main() -> None:
             for r in range(a.reps):
                 if phase == "cold":
                     shutil.rmtree(Path(cache) / "manifests", ignore_errors=True)
-                key_s.append(float(subprocess.run(keys, capture_output=True, text=True, env=env,
+                drop_caches(a.drop_caches)
+                key_s.append(float(subprocess.run(keys, capture_output=True, text=True, env=env, cwd=src,
                                                   check=True).stdout.split()[-1]))
                 if phase == "cold":
                     shutil.rmtree(Path(cache) / "manifests", ignore_errors=True)
-                fit_s.append(timed(fit + ["--out", str(work / f"run-{label}-{phase}-{r}")], env))
+                drop_caches(a.drop_caches)
+                fit_s.append(timed(fit + ["--out", str(work / f"run-{label}-{phase}-{r}")], env, src))
             print(f"{label:9s} {phase}: fne fit {min(fit_s):6.2f} s (min of {a.reps}: "
                   f"{', '.join(f'{x:.2f}' for x in fit_s)}); DATA -> keys {min(key_s):6.2f} s")
     shutil.rmtree(work, ignore_errors=True)
