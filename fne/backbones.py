@@ -211,18 +211,9 @@ def _tv_weights(arch: str):
 
 def _torchvision_imagenet(arch: str) -> Callable[[], dict]:
     def load() -> dict:
-        weights = _tv_weights(arch)
-        try:
-            state = weights.get_state_dict(progress=True)
-        except Exception as e:  # URLError, OSError, SSL errors: all mean "no network/cached copy"
-            hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-            raise WeightsError(
-                f"cannot load ImageNet weights for {arch}: download of {weights.url} failed ({e}). "
-                f"With no network, copy that file from a machine that has one to {hub} "
-                f"(torch hub's cache; TORCH_HOME moves it), or pass --weights PATH to a state dict, "
-                f"or --weights random for a test run."
-            ) from e
-        return state
+        from fne import zoo
+
+        return zoo.tv_state(arch, _tv_weights(arch))  # offline: says where to put the file
 
     return load
 

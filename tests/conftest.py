@@ -52,6 +52,17 @@ def warm_cache(tmp_path_factory, digits_folder) -> Path:
     return cache
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """On a shared, busy CPU one thread is several times faster than OpenMP threads that wait."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def store_reads(monkeypatch) -> list[int]:
     """The number of rows of every `Store.read` call made during the test, in order."""

@@ -24,13 +24,7 @@ ARCH = "efficientnet_lite0"
 FAST = dict(arch=ARCH, image_size=32, batch_size=32, workers=0, progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared, busy CPU one thread is several times faster than OpenMP threads that wait."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

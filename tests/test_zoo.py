@@ -24,12 +24,7 @@ from fne.taps import TapModel
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reference(model: torch.nn.Module, b: backbones.Backbone, x: torch.Tensor) -> dict[str, torch.Tensor]:
