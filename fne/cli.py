@@ -15,7 +15,7 @@ import warnings
 def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     """Options that pick the activation store (shared by extract, fit, export)."""
     from fne.backbones import ARCH_HELP, WEIGHTS_HELP
-    from fne.names import CROPS, PRECISIONS
+    from fne.names import CROPS, DECODERS, PRECISIONS, STORAGE_DTYPES
 
     p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
     p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
@@ -24,7 +24,7 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): extraction picks the machine's fastest; reading finds rows "
                         "of any precision. A value pins the store.")
-    p.add_argument("--storage-dtype", default="auto", choices=["auto", "float16", "float32"],
+    p.add_argument("--storage-dtype", default="auto", choices=["auto", *STORAGE_DTYPES],
                    help="how cached activations are stored; auto (default): float16 when extracting, "
                         "any stored precision when reading (see README, 'Which store is read')")
     p.add_argument("--cache", default=None, help="cache folder (default: $FNE_CACHE, else `fne cache info`)")
@@ -36,7 +36,7 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
         p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
         p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                        help="torch.compile the network; auto: only for runs large enough to repay it")
-        p.add_argument("--decode", default="pil", choices=["pil", "device"],
+        p.add_argument("--decode", default="pil", choices=DECODERS,
                        help="pil: decode in workers (default); device: JPEG decode on the GPU (nvjpeg)")
 
 
@@ -84,9 +84,11 @@ def _stream_arg(p) -> None:
 
 
 def _add_fit(p: argparse.ArgumentParser) -> None:
+    from fne.names import HEADS
+
     p.add_argument("data")
     p.add_argument("--features", default="fne", help="fne, fc6, fc7, last, LAYER,... (L2-normalised), or auto (cross-validated)")
-    p.add_argument("--head", default="svm", choices=["svm", "logreg", "sgd-svm", "sgd-logreg", "auto"],
+    p.add_argument("--head", default="svm", choices=[*HEADS, "auto"],
                    help="auto: svm or logreg, whichever cross-validates better")
     p.add_argument("--C", default="1.0", help="regularisation (default 1.0) or 'auto' (k-fold CV on the training images)")
     p.add_argument("--splits", type=int, default=5, help="random stratified splits when DATA has no split")

@@ -131,8 +131,20 @@ class ArraySource:
         return h.hexdigest()
 
 
+def _hasher():
+    return hashlib.blake2b(digest_size=16)
+
+
+def content_key(data: bytes) -> str:
+    """The cache key of an image file's bytes (what `file_key` computes reading the file)."""
+    h = _hasher()
+    h.update(data)
+    return h.hexdigest()
+
+
 def file_key(path: str | Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
+    """The cache key of an image file, read in blocks."""
+    h = _hasher()
     try:
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -167,7 +167,8 @@ def _count(result: ExtractResult, plan: _Plan, store: Store) -> None:
     """n_unique / n_cached over this process's images, now that every key read is known."""
     keys = {plan.known[i] for i in plan.members if plan.known[i] is not None}
     result.n_unique = len(keys)
-    result.n_cached = max(0, len(keys) - result.n_computed - len({k for k in keys if k in store.bad()}))
+    bad = store.bad()
+    result.n_cached = max(0, len(keys) - result.n_computed - len(keys & bad.keys()))
     result.n_skipped = len(result.skipped)
 
 

@@ -7,7 +7,6 @@ instead travel as their bytes, to be decoded where the network runs (`decode="de
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import time
@@ -16,14 +15,9 @@ import warnings
 import torch
 
 from fne.backbones import Preprocess
-from fne.data import Dataset, read_image
+from fne.data import Dataset, content_key, read_image
 
 _JPEG = (".jpg", ".jpeg")
-
-
-def content_key(data: bytes) -> str:
-    """The cache key of a file's bytes (the same as `fne.data.file_key` of the file)."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 class ImageItems(torch.utils.data.Dataset):

@@ -131,3 +131,14 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
     assert main(["extract", str(target), "--weights", "random", "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "error" in err and expect in err and "Traceback" not in err
+
+
+def test_reader_and_dataset_keys_agree(digits_folder):
+    """Extraction keys a file from the bytes it read; fit/predict from the file: one key."""
+    from fne.data import content_key, file_key
+
+    d = load_dataset(digits_folder)
+    for p in d.sources[:5]:
+        with open(p, "rb") as f:
+            assert content_key(f.read()) == file_key(p)
+    assert len({file_key(p) for p in d.sources}) == len(d)  # distinct images, distinct keys
