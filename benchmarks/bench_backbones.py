@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_extract import bare_forward, fne_extract, load, real_batch, subset  # noqa: E402
 
-from fne import backbones  # noqa: E402
+from fne.backbones import registry as backbones  # noqa: E402
 from fne.devices import tune_allocator  # noqa: E402
 
 

@@ -37,12 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fne import backbones  # noqa: E402
-from fne.backbones import Normalize  # noqa: E402
-from fne.data import IMAGE_EXTENSIONS  # noqa: E402
+from fne.backbones import registry as backbones  # noqa: E402
+from fne.backbones.registry import Normalize  # noqa: E402
+from fne.cache.spec import StoreSpec  # noqa: E402
+from fne.data.datasets import IMAGE_EXTENSIONS  # noqa: E402
 from fne.devices import autocast, tune_allocator  # noqa: E402
-from fne.stores import StoreSpec  # noqa: E402
-from fne.taps import build_tap_model  # noqa: E402
+from fne.extraction.taps import build_tap_model  # noqa: E402
 
 HPAI_SCRIPT = r"""
 import json, resource, sys, time
@@ -117,7 +117,7 @@ def subset(data: Path, n: int, dest: Path) -> Path:
 
 
 def real_batch(folder: Path, arch: str, batch: int) -> torch.Tensor:
-    from fne.data import load_dataset
+    from fne.data.datasets import load_dataset
 
     ds = load_dataset(folder)
     prep = StoreSpec(arch).preprocess()

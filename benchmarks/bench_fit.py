@@ -26,12 +26,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fne.stores import StoreSpec  # noqa: E402
+from fne.cache.spec import StoreSpec  # noqa: E402
 
 SPEC = dict(arch="vgg16", weights="random", crop="center", precision="bf16", dtype="float16")
 CHILD = r"""
 import json, sys, tempfile
-from fne.fit import fit
+from fne.linear.fit import fit
 data, cache, features, head = sys.argv[1:5]
 with tempfile.TemporaryDirectory() as out:
     m = fit(data, features=features, head=head, splits=1, out=out, arch="vgg16", weights="random",
@@ -54,7 +54,7 @@ def make_data(root: Path, n: int, classes: int, cache: str) -> Path:
 
     Seeded by n: the images of different sizes differ, so no size reuses another's rows.
     """
-    from fne.data import load_dataset
+    from fne.data.datasets import load_dataset
 
     rng = np.random.default_rng(n)
     for i in range(n):

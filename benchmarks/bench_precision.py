@@ -29,12 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fne.data import load_dataset  # noqa: E402
-from fne.embedding import FullNetworkEmbedding  # noqa: E402
-from fne.extract import extract  # noqa: E402
-from fne.fit import fit  # noqa: E402
-from fne.splits import make_splits  # noqa: E402
-from fne.stores import StoreSpec  # noqa: E402
+from fne.cache.spec import StoreSpec  # noqa: E402
+from fne.data.datasets import load_dataset  # noqa: E402
+from fne.data.splits import make_splits  # noqa: E402
+from fne.extraction.extract import extract  # noqa: E402
+from fne.linear.embedding import FullNetworkEmbedding  # noqa: E402
+from fne.linear.fit import fit  # noqa: E402
 
 VARIANTS = [("fp32", "float32"), ("fp32", "float16"), ("bf16", "float32"), ("bf16", "float16")]
 

@@ -32,9 +32,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fne.cache import list_stores  # noqa: E402
-from fne.data import load_dataset  # noqa: E402
-from fne.stores import StoreSpec  # noqa: E402
+from fne.cache.spec import StoreSpec  # noqa: E402
+from fne.cache.store import list_stores  # noqa: E402
+from fne.data.datasets import load_dataset  # noqa: E402
 
 FIT = ["fit", "--arch", "efficientnet_lite0", "--weights", "random", "--precision", "fp32",
        "--storage-dtype", "float16", "--features", "last", "--head", "logreg", "--splits", "1",
@@ -42,9 +42,9 @@ FIT = ["fit", "--arch", "efficientnet_lite0", "--weights", "random", "--precisio
 KEYS_ONLY = r"""
 import os, sys, time
 import fne
-from fne.data import load_dataset
+from fne.data.datasets import load_dataset
 if os.path.exists(os.path.join(os.path.dirname(fne.__file__), "features.py")):
-    from fne.features import load_data
+    from fne.linear.features import load_data
 else:  # fne before the features layer: keys are file hashes
     load_data = lambda d, cache: d
 t = time.perf_counter()  # imports excluded: DATA -> content keys only

@@ -25,14 +25,22 @@ def verb_module(name: str) -> None:
     sys.modules[name].__class__ = _VerbModule
 
 
-# verbs that live in a module of another name
-_ELSEWHERE = {"run": "fne.runner"}
-_VERBS = ("extract", "fit", "predict", "export", "train", "report", "advise")
+# verb -> the module that defines it (each stage's subpackage)
+_VERBS = {
+    "extract": "fne.extraction.extract",
+    "fit": "fne.linear.fit",
+    "predict": "fne.linear.predict",
+    "export": "fne.linear.export",
+    "train": "fne.training.train",
+    "run": "fne.pipeline.runner",
+    "report": "fne.reporting.report",
+    "advise": "fne.reporting.advise",
+}
 
 
 def __getattr__(name: str):
-    if name in _ELSEWHERE:
-        return getattr(importlib.import_module(_ELSEWHERE[name]), name)
+    if name == "run":  # the runner module is not named after its verb
+        return getattr(importlib.import_module(_VERBS[name]), name)
     if name in _VERBS:
-        return importlib.import_module(f"fne.{name}")
+        return importlib.import_module(_VERBS[name])
     raise AttributeError(f"module 'fne' has no attribute {name!r}")

@@ -14,7 +14,7 @@ import warnings
 
 def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     """Options that pick the activation store (shared by extract, fit, export)."""
-    from fne.backbones import ARCH_HELP, WEIGHTS_HELP
+    from fne.backbones.registry import ARCH_HELP, WEIGHTS_HELP
     from fne.names import CROPS, DECODERS, PRECISIONS, STORAGE_DTYPES
 
     p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
@@ -63,8 +63,8 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_extract(a) -> int:
-    from fne.extract import extract
-    from fne.shards import parse_shard, shard_from_env
+    from fne.data.shards import parse_shard, shard_from_env
+    from fne.extraction.extract import extract
 
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     shard = parse_shard(a.shard) if a.shard else shard_from_env()
@@ -103,7 +103,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fit(a) -> int:
-    from fne.fit import fit
+    from fne.linear.fit import fit
 
     m = fit(a.data, features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
             train_per_class=a.train_per_class, seed=a.seed, out=a.out, extract_missing=a.extract,
@@ -127,7 +127,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_predict(a) -> int:
-    from fne.predict import predict
+    from fne.linear.predict import predict
 
     r = predict(a.run_dir, a.data, out=a.out, cache=a.cache, device=a.device,
                 batch_size=a.batch_size, workers=a.workers)
@@ -147,7 +147,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(a) -> int:
-    from fne.export import export
+    from fne.linear.export import export
 
     r = export(a.data, features=a.features, out=a.out, extract_missing=a.extract,
                stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
@@ -170,7 +170,7 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_cache_info(a) -> int:
-    from fne.cache import cache_root, list_stores
+    from fne.cache.store import cache_root, list_stores
 
     stores = list_stores(a.cache)
     print(f"cache root: {cache_root(a.cache)}")
@@ -185,7 +185,7 @@ def _cmd_cache_info(a) -> int:
 
 
 def _cmd_cache_verify(a) -> int:
-    from fne.cache import Store, list_stores
+    from fne.cache.store import Store, list_stores
 
     stores = [Store.at(a.store)] if a.store else list_stores(a.cache)
     bad = 0
@@ -217,7 +217,7 @@ def _add_backbones(p: argparse.ArgumentParser) -> None:
 def _cmd_backbones(a) -> int:
     import json
 
-    from fne import backbones
+    from fne.backbones import registry as backbones
 
     if a.arch is None:
         for name in sorted(backbones.REGISTRY):
@@ -257,10 +257,10 @@ VERBS = {
     "fit": ("train a linear head on cached features and evaluate it", _add_fit),
     "predict": ("predict DATA's images with a model from `fne fit`", _add_predict),
     "export": ("write cached activations / embeddings of DATA to HDF5", _add_export),
-    "train": ("direct / scratch / frozen / finetune transfer experiments", _module_verb("fne.train")),
-    "run": ("run a pipelines/*.toml experiment end to end", _module_verb("fne.runner")),
-    "report": ("Markdown + HTML report from run folders", _module_verb("fne.report")),
-    "advise": ("which transfer-learning experiment suits DATA, and why", _module_verb("fne.advise")),
+    "train": ("direct / scratch / frozen / finetune transfer experiments", _module_verb("fne.training.train")),
+    "run": ("run a pipelines/*.toml experiment end to end", _module_verb("fne.pipeline.runner")),
+    "report": ("Markdown + HTML report from run folders", _module_verb("fne.reporting.report")),
+    "advise": ("which transfer-learning experiment suits DATA, and why", _module_verb("fne.reporting.advise")),
     "cache": ("inspect the activation cache", _add_cache),
     "backbones": ("list the backbone registry, or show one backbone's taps", _add_backbones),
 }

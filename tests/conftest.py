@@ -45,7 +45,7 @@ def digits_split(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def warm_cache(tmp_path_factory, digits_folder) -> Path:
     """A cache that already holds digits_folder's rows."""
-    from fne.extract import extract
+    from fne.extraction.extract import extract
 
     cache = tmp_path_factory.mktemp("cache")
     extract(digits_folder, cache=str(cache), batch_size=8, progress=False, **FAST)
@@ -66,7 +66,7 @@ def one_torch_thread():
 @pytest.fixture
 def store_reads(monkeypatch) -> list[int]:
     """The number of rows of every `Store.read` call made during the test, in order."""
-    from fne.cache import Store
+    from fne.cache.store import Store
 
     sizes: list[int] = []
     real_read = Store.read

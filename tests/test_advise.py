@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from fne import advise as A
-from fne.data import Dataset
+from fne.data.datasets import Dataset
+from fne.reporting import advise as A
 
 
 @pytest.mark.parametrize("per_class, msp, code, families", [
@@ -113,7 +113,7 @@ def test_similarity_measured_from_the_source_classifier(tmp_path, monkeypatch):
     """The classifier reads the cached `last` tap: a classifier that is sure gives MSP ~ 1."""
     import torch
 
-    from fne.data import load_dataset
+    from fne.data.datasets import load_dataset
 
     def confident(features, arch, weights, seed):  # a stand-in for an ImageNet head: always class 7
         n, v, _ = features.shape

@@ -11,11 +11,20 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "fne"
 MAX_MODULE_LINES = 600
 MAX_FUNCTION_LINES = 80
+MAX_CLASS_LINES = 200
+
+
+def _files() -> list[Path]:
+    return sorted(PKG.rglob("*.py"))
+
+
+def _name(p: Path) -> str:
+    parts = ("fne", *p.relative_to(PKG).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _modules() -> dict[str, ast.Module]:
-    return {f"fne.{p.stem}" if p.stem != "__init__" else "fne": ast.parse(p.read_text())
-            for p in sorted(PKG.glob("*.py"))}
+    return {_name(p): ast.parse(p.read_text()) for p in _files()}
 
 
 def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
@@ -59,15 +68,16 @@ def test_no_import_cycles():
 
 def test_modules_and_functions_fit_on_a_screen():
     too_long = []
-    for p in sorted(PKG.glob("*.py")):
+    for p in _files():
         text = p.read_text()
         if len(text.splitlines()) > MAX_MODULE_LINES:
-            too_long.append(f"{p.name}: {len(text.splitlines())} lines")
+            too_long.append(f"{_name(p)}: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = node.end_lineno - node.lineno + 1
-                if n > MAX_FUNCTION_LINES:
-                    too_long.append(f"{p.name}:{node.lineno} {node.name}(): {n} lines")
+            n = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and n > MAX_FUNCTION_LINES:
+                too_long.append(f"{_name(p)}:{node.lineno} {node.name}(): {n} lines")
+            elif isinstance(node, ast.ClassDef) and n > MAX_CLASS_LINES:
+                too_long.append(f"{_name(p)}:{node.lineno} class {node.name}: {n} lines")
     assert not too_long, "\n".join(too_long)
 
 
@@ -77,7 +87,7 @@ def test_name_lists_are_defined_once():
 
     lists = {k for k, v in vars(names).items() if k.isupper() and isinstance(v, tuple)}
     again = []
-    for p in sorted(PKG.glob("*.py")):
+    for p in _files():
         if p.name == "names.py":
             continue
         for node in ast.parse(p.read_text()).body:

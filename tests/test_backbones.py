@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fne import backbones
+from fne.backbones import registry as backbones
 from fne.errors import WeightsError
-from fne.taps import TapModel
+from fne.extraction.taps import TapModel
 
 
 def test_registry_declares_taps():

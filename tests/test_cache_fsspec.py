@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import zarr
 
-import fne.extract as fx
-from fne import shards
-from fne.cache import COMMITTED, Store, cache_root, list_stores
-from fne.data import load_dataset
-from fne.fit import fit
+import fne.extraction.extract as fx
+from fne.cache.store import COMMITTED, Store, cache_root, list_stores
+from fne.data import shards
+from fne.data.datasets import load_dataset
+from fne.linear.fit import fit
 
 from .conftest import FAST, write_digits
 
@@ -104,7 +104,7 @@ def test_rows_equal_a_local_store(digits, tmp_path):
 
 
 def test_file_url_store(tmp_path):
-    from fne.cache import StoreKey
+    from fne.cache.store import StoreKey
 
     url = f"file://{tmp_path}/cache"
     s = Store.open(url, StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fne.cli import main
-from fne.data import load_dataset, read_image
+from fne.data.datasets import load_dataset, read_image
 from fne.errors import DataError
 
 
@@ -103,12 +103,12 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_missing", "missing dataset 'labels'"),
 ])
 def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, capsys, case, expect):
-    import fne.backbones
+    import fne.backbones.registry
 
     def no_network(*a, **k):
         raise AssertionError("the network must not be built for bad DATA")
 
-    monkeypatch.setattr(fne.backbones, "load_backbone", no_network)
+    monkeypatch.setattr(fne.backbones.registry, "load_backbone", no_network)
     target = tmp_path / "x"
     if case == "empty":
         target.mkdir()
@@ -135,7 +135,7 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
 
 def test_reader_and_dataset_keys_agree(digits_folder):
     """Extraction keys a file from the bytes it read; fit/predict from the file: one key."""
-    from fne.data import content_key, file_key
+    from fne.data.datasets import content_key, file_key
 
     d = load_dataset(digits_folder)
     for p in d.sources[:5]:

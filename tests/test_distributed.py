@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fne.extract as fx
-from fne import shards
-from fne.cache import list_stores
-from fne.data import load_dataset
+import fne.extraction.extract as fx
+from fne.cache.store import list_stores
+from fne.data import shards
+from fne.data.datasets import load_dataset
 
 from .conftest import FAST, write_digits
 
@@ -34,7 +34,7 @@ CLI_FAST = ["--arch", "efficientnet_lite0", "--weights", "random", "--precision"
 # One rank of a 2-way split, slowed down (a sleep per batch, no CPU) so that it can be killed
 # after its first committed part and before it finishes.
 SLOW_SHARD = """
-import sys, time, fne.extract as fx, fne.taps as taps
+import sys, time, fne.extraction.extract as fx, fne.extraction.taps as taps
 forward = taps.forward
 def slow(*a, **k):
     time.sleep(0.4)

@@ -6,7 +6,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
 
-from fne.embedding import FullNetworkEmbedding
+from fne.linear.embedding import FullNetworkEmbedding
 
 
 def test_discretization_boundaries():

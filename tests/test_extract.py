@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import fne.backbones
-import fne.extract as fx
-from fne.cache import list_stores
+import fne.backbones.registry
+import fne.extraction.extract as fx
+from fne.cache.store import list_stores
 from fne.cli import main
-from fne.data import load_dataset
+from fne.data.datasets import load_dataset
 
 from .conftest import FAST
 
@@ -36,10 +36,10 @@ def test_second_task_runs_zero_forward_passes(digits_folder, warm_cache, tmp_pat
     def must_not_build(*a, **k):
         raise AssertionError("network built although every row is cached")
 
-    monkeypatch.setattr(fne.backbones, "load_backbone", must_not_build)
+    monkeypatch.setattr(fne.backbones.registry, "load_backbone", must_not_build)
     r = fx.extract(csv, cache=str(warm_cache), progress=False, **FAST)
     assert r.n_computed == 0 and r.n_cached == len(files) and fx.FORWARD_IMAGES == before
-    from fne.fit import fit
+    from fne.linear.fit import fit
 
     m = fit(csv, features="last", head="logreg", splits=2, out=tmp_path / "run", cache=str(warm_cache),
             arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
@@ -82,7 +82,7 @@ def _rows(cache, dataset):
 
 
 KILL_SCRIPT = """
-import sys, fne.extract as fx
+import sys, fne.extraction.extract as fx
 fx.extract(sys.argv[1], cache=sys.argv[2], batch_size=2, chunk=4, workers=0, progress=False,
            arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
 """
@@ -142,7 +142,7 @@ def test_cache_info_and_verify_detect_damage(digits_folder, warm_cache, tmp_path
 
 
 def test_ten_crop_rows_and_vote(digits_split, tmp_path, store_reads):
-    from fne.fit import fit
+    from fne.linear.fit import fit
 
     cache = str(tmp_path / "cache")
     full = load_dataset(digits_split)
@@ -178,7 +178,7 @@ def test_extract_cli_reports_counts(digits_folder, warm_cache, capsys):
 
 
 def test_fne_cache_env_sets_default(monkeypatch, tmp_path):
-    from fne.cache import cache_root
+    from fne.cache.store import cache_root
 
     monkeypatch.setenv("FNE_CACHE", str(tmp_path / "elsewhere"))
     assert cache_root(None) == Path(tmp_path / "elsewhere")

@@ -22,13 +22,13 @@ import pytest
 import zarr
 from PIL import Image
 
-import fne.data
-import fne.extract as fx
-import fne.reader
-from fne.cache import HOST, Store, list_stores
+import fne.data.datasets
+import fne.extraction.extract as fx
+import fne.extraction.reader
+from fne.cache.store import HOST, Store, list_stores
 from fne.cli import main
 from fne.errors import CacheError, FneError
-from fne.fit import fit
+from fne.linear.fit import fit
 
 from .conftest import FAST, write_digits
 
@@ -170,14 +170,14 @@ def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch):
     for p in data.rglob("*.png"):
         os.utime(p, (past, past))
     victim = sorted(data.rglob("*.png"))[0]
-    real_read = fne.reader.read_image
+    real_read = fne.extraction.reader.read_image
 
     def flaky(src):
         raise OSError("decoder hiccup")
 
     cache = str(tmp_path / "cache")
     with monkeypatch.context() as m:
-        m.setattr(fne.reader, "read_image", lambda src: flaky(src) if _is(src, victim) else real_read(src))
+        m.setattr(fne.extraction.reader, "read_image", lambda src: flaky(src) if _is(src, victim) else real_read(src))
         with pytest.warns(UserWarning, match="decoder hiccup"):
             fx.extract(data, cache=cache, workers=0, progress=False, **FAST)
     assert len(_store(cache).bad()) == 1
@@ -259,6 +259,6 @@ def test_hdf5_grey_with_a_channel_axis_works_like_without(tmp_path):
         r = fx.extract(path, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
         assert r.n_computed == 6 and r.n_skipped == 0
         store = _store(tmp_path / "c")
-        ds = fne.data.load_dataset(path)
+        ds = fne.data.datasets.load_dataset(path)
         rows[name] = store.read(ds.keys(), ["head"])["head"]
     np.testing.assert_allclose(rows["flat"], rows["chan"], rtol=1e-5)

@@ -8,12 +8,12 @@ import joblib
 import numpy as np
 import pytest
 
-from fne.cache import list_stores
+from fne.cache.store import list_stores
 from fne.cli import main
-from fne.data import load_dataset
+from fne.data.datasets import load_dataset
 from fne.errors import FneError
-from fne.export import export
-from fne.fit import fit
+from fne.linear.export import export
+from fne.linear.fit import fit
 
 from .conftest import FAST
 
@@ -93,7 +93,7 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
     m = fit(digits_folder, features="last", head="logreg", C="auto", train_per_class=3, splits=2,
             out=tmp_path / "a", cache=str(warm_cache), **STORE)
     assert m["n_train"] == 12 and m["n_test"] == 12
-    from fne.heads import C_GRID
+    from fne.linear.heads import C_GRID
 
     assert all(c in C_GRID for c in np.atleast_1d(m["C"]))
 
@@ -112,7 +112,7 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
 
 
 def test_export_h5(digits_folder, warm_cache, tmp_path):
-    from fne.embedding import FullNetworkEmbedding
+    from fne.linear.embedding import FullNetworkEmbedding
 
     r = export(digits_folder, features="fne", out=tmp_path / "f.h5", cache=str(warm_cache), stream_chunk=5,
                **STORE)
@@ -146,7 +146,7 @@ def synthetic_store(tmp_path_factory):
     """
     from PIL import Image
 
-    from fne.stores import StoreSpec
+    from fne.cache.spec import StoreSpec
 
     root, cache = tmp_path_factory.mktemp("synthetic") / "data", tmp_path_factory.mktemp("synthetic-cache")
     rng = np.random.default_rng(0)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fne import runner as P
-from fne.runner import PipelineError, load_pipeline
+from fne.pipeline import runner as P
+from fne.pipeline.runner import PipelineError, load_pipeline
 from tests.conftest import SHARED, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,12 +108,12 @@ def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
 
 
 def test_every_error_reported_before_anything_runs(tmp_path, monkeypatch):
-    import fne.extract
+    import fne.extraction.extract
 
     def boom(*a, **k):
         raise AssertionError("nothing may run before validation passes")
 
-    monkeypatch.setattr(fne.extract, "extract", boom)
+    monkeypatch.setattr(fne.extraction.extract, "extract", boom)
     text = GOOD.replace('heads = ["svm"]', 'heads = ["svn"]').replace('epochs = 2', 'epochs = -1')
     f = write(tmp_path, text)
     with pytest.raises(PipelineError) as e:
@@ -177,10 +177,10 @@ class Counter:
 
 
 def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
-    import fne.advise
-    import fne.extract
-    import fne.fit
-    import fne.train
+    import fne.extraction.extract
+    import fne.linear.fit
+    import fne.reporting.advise
+    import fne.training.train
 
     f = write(tmp_path, TINY)
     out, cache = tmp_path / "out", str(tmp_path / "cache")
@@ -191,7 +191,7 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
 
     # 1. interrupted in the last step (train): advise and both fits are committed
     with monkeypatch.context() as m:
-        m.setattr(fne.train, "train", interrupt)
+        m.setattr(fne.training.train, "train", interrupt)
         with pytest.raises(KeyboardInterrupt):
             P.run(f, out, cache, report=False, log=lambda s: None)
     fits = [root / "fit-last-svm-C1.0-s0", root / "fit-last-logreg-C1.0-s0"]
@@ -202,8 +202,8 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
 
     # 2. resumed: only the train step runs; nothing is extracted again
     with monkeypatch.context() as m:
-        counts = {n: Counter(m, mod, n) for mod, n in ((fne.fit, "fit"), (fne.train, "train"),
-                                                       (fne.extract, "extract"), (fne.advise, "advise"))}
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.linear.fit, "fit"), (fne.training.train, "train"),
+                                                       (fne.extraction.extract, "extract"), (fne.reporting.advise, "advise"))}
         r = P.run(f, out, cache, report=True, log=lambda s: None)
     assert {n: c.calls for n, c in counts.items()} == {"fit": 0, "train": 1, "extract": 0, "advise": 0}
     assert (r["ran"], r["skipped"]) == (1, 3)
@@ -215,24 +215,24 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
 
     # 3. nothing left to do
     with monkeypatch.context() as m:
-        counts = {n: Counter(m, mod, n) for mod, n in ((fne.fit, "fit"), (fne.train, "train"))}
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.linear.fit, "fit"), (fne.training.train, "train"))}
         r = P.run(f, out, cache, report=False, log=lambda s: None)
     assert (r["ran"], counts["fit"].calls, counts["train"].calls) == (0, 0, 0)
 
     # 4. a changed setting reruns exactly the steps it touches (the fits), from the cache
     f.write_text(TINY.replace('C = "1.0"', 'C = "0.5"'))
-    forward = fne.extract.FORWARD_IMAGES
+    forward = fne.extraction.extract.FORWARD_IMAGES
     with monkeypatch.context() as m:
-        counts = {n: Counter(m, mod, n) for mod, n in ((fne.fit, "fit"), (fne.train, "train"))}
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.linear.fit, "fit"), (fne.training.train, "train"))}
         r = P.run(f, out, cache, report=False, log=lambda s: None)
     assert (counts["fit"].calls, counts["train"].calls, r["ran"]) == (2, 0, 2)
-    assert fne.extract.FORWARD_IMAGES == forward  # every row came from the cache
+    assert fne.extraction.extract.FORWARD_IMAGES == forward  # every row came from the cache
 
     # 5. a metrics.json rewritten behind the pipeline's back is not trusted
     target = root / "train-frozen-s0" / "metrics.json"
     target.write_text(target.read_text().replace('"kind"', '"kind" ', 1))
     with monkeypatch.context() as m:
-        counts = {n: Counter(m, mod, n) for mod, n in ((fne.train, "train"),)}
+        counts = {n: Counter(m, mod, n) for mod, n in ((fne.training.train, "train"),)}
         P.run(f, out, cache, report=False, log=lambda s: None)
     assert counts["train"].calls == 1
 
@@ -257,8 +257,8 @@ def test_shared_dataset_pipelines_are_valid(name):
 
 
 def test_pets37_class_map_names_imagenet_classes():
-    from fne.backbones import get
-    from fne.class_map import read_class_map
+    from fne.backbones.registry import get
+    from fne.training.class_map import read_class_map
 
     p = load_pipeline(PIPELINES / "pets37.toml", check_data=False)
     cm = p.datasets[0].class_map
@@ -313,7 +313,7 @@ def test_all_paper_datasets_optional(monkeypatch):
 
 
 def _data_present(f: Path) -> bool:
-    from fne.config import load_pipeline as read
+    from fne.pipeline.config import load_pipeline as read
 
     p = read(f, check_data=False)
     return any(d.data == "digits" or Path(d.data).exists() for d in p.datasets)
@@ -354,17 +354,17 @@ def test_config_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, fne.config; heavy = {'torch', 'sklearn'} & set(sys.modules); "
+    code = ("import sys, fne.pipeline.config; heavy = {'torch', 'sklearn'} & set(sys.modules); "
             "verbs = [m for m in sys.modules if m.startswith('fne.') and m not in "
-            "('fne.config', 'fne.config_errors', 'fne.errors', 'fne.names')]; "
+            "('fne.pipeline', 'fne.pipeline.config', 'fne.pipeline.config_errors', 'fne.errors', 'fne.names')]; "
             "assert not heavy and not verbs, (heavy, verbs)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
 
 
 def test_train_schema_is_train_configs_options():
-    from fne.config import TRAIN_EXCLUDED, TRAIN_SCHEMA
-    from fne.train import TrainConfig
+    from fne.pipeline.config import TRAIN_EXCLUDED, TRAIN_SCHEMA
+    from fne.training.train import TrainConfig
 
     fields = {k: str(f.type).replace(" ", "").split("|")[0] for k, f in TrainConfig.__dataclass_fields__.items()
               if k not in TRAIN_EXCLUDED}
@@ -390,7 +390,7 @@ def test_extraction_seconds_recorded_per_step(tmp_path):
 def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
     """Step identity holds the images' content (from the manifest) and the fne version."""
     import fne
-    import fne.fit
+    import fne.linear.fit
 
     from .conftest import write_digits
 
@@ -403,7 +403,7 @@ def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
 
     def fits_run() -> int:
         with monkeypatch.context() as m:
-            c = Counter(m, fne.fit, "fit")
+            c = Counter(m, fne.linear.fit, "fit")
             P.run(f, out, cache, report=False, log=lambda s: None)
         return c.calls
 

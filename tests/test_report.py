@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fne.errors import FneError
-from fne.report import report
+from fne.reporting.report import report
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -209,7 +209,7 @@ def test_no_runs_is_a_user_error(tmp_path):
 def test_cli(tmp_path, capsys):
     import argparse
 
-    from fne.report import add_arguments, run_cli
+    from fne.reporting.report import add_arguments, run_cli
 
     runs = make_runs(tmp_path / "runs")
     parser = argparse.ArgumentParser()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fne.report import report
+from fne.reporting.report import report
 from tests.test_report import fake_metrics, make_runs, write_run
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fne import compare, selection
-from fne.embedding import FullNetworkEmbedding
-from fne.fit import Rows, fit
-from fne.heads import C_GRID
+from fne.linear import compare, selection
+from fne.linear.embedding import FullNetworkEmbedding
+from fne.linear.fit import Rows, fit
+from fne.linear.heads import C_GRID
 
 from .conftest import FAST
 
@@ -218,7 +218,7 @@ def test_fit_C_auto_alone_keeps_the_features(digits_folder, warm_cache, tmp_path
 
 
 def test_report_shows_the_choice_and_the_paired_verdict(digits_folder, warm_cache, tmp_path):
-    from fne.report import report
+    from fne.reporting.report import report
 
     kw = dict(splits=3, cache=str(warm_cache), **STORE)
     fit(digits_folder, features="fne", head="svm", out=tmp_path / "runs" / "a", **kw)

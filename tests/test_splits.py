@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from fne.data import load_dataset
+from fne.data.datasets import load_dataset
+from fne.data.splits import make_splits, train_val_test
 from fne.errors import FneError
-from fne.splits import make_splits, train_val_test
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import fne.data
+import fne.data.datasets
 import fne.devices
-import fne.extract as fx
-from fne import backbones
-from fne.cache import list_stores
+import fne.extraction.extract as fx
+from fne.backbones import registry as backbones
+from fne.cache.store import list_stores
 from fne.cli import main
 from fne.errors import FneError
-from fne.fit import fit
-from fne.predict import predict
+from fne.linear.fit import fit
+from fne.linear.predict import predict
 
 from .conftest import FAST, write_digits
 
@@ -86,7 +86,7 @@ def test_fit_extract_fills_the_store_it_reads(digits_folder, tmp_path):
     """Missing rows are extracted into the store already holding the others, whatever `auto`
     means here, so a dataset never ends split across two stores."""
     cache = str(tmp_path / "cache")
-    first = fne.data.load_dataset(digits_folder).subset(range(12))
+    first = fne.data.datasets.load_dataset(digits_folder).subset(range(12))
     fx.extract(first, ARCH, "random", cache=cache, precision="fp32", progress=False)
     m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2,
             extract_missing=True)
@@ -170,7 +170,7 @@ def test_cache_info_prints_the_root(tmp_path, capsys, monkeypatch):
 def test_default_cache_outside_a_checkout_is_the_user_cache_dir(monkeypatch, tmp_path):
     import platformdirs
 
-    import fne.cache as fc
+    import fne.cache.store as fc
 
     monkeypatch.setattr(fc, "_CHECKOUT", tmp_path / "venv" / "lib" / "site-packages")
     assert fc.default_cache() == Path(platformdirs.user_cache_dir("fne", appauthor=False))

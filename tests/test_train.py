@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from fne import backbones
+from fne.backbones import registry as backbones
 from fne.cli import main
-from fne.data import load_dataset
+from fne.data.datasets import load_dataset
 from fne.errors import FneError
 
 pytest.importorskip("efficientnet_lite_pytorch")
@@ -54,8 +54,8 @@ def _rel_change(a: dict, b: dict, names) -> float:
 
 
 def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_path):
-    from fne.train import train
-    from fne.transfer import build_model
+    from fne.training.train import train
+    from fne.training.transfer import build_model
 
     out = tmp_path / "run"
     m = train(digits, "frozen", out, weights=str(source), epochs=2, lr=0.01, **FAST)
@@ -81,8 +81,8 @@ def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_pa
 
 
 def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tmp_path):
-    from fne.train import train
-    from fne.transfer import build_model
+    from fne.training.train import train
+    from fne.training.transfer import build_model
 
     m = train(digits, "finetune", tmp_path, weights=str(source), epochs=2, lr=0.01,
               imported_lr_mult=1e-3, **FAST)
@@ -102,7 +102,7 @@ def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tm
 
 
 def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source):
-    from fne.transfer import build_model, kept_statistics, train_mode
+    from fne.training.transfer import build_model, kept_statistics, train_mode
 
     model, report, _ = build_model(ARCH, "finetune", 10, str(source))
     imported = set(report.imported)
@@ -117,7 +117,7 @@ def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source
 
 
 def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path):
-    from fne.transfer import build_model, describe_import
+    from fne.training.transfer import build_model, describe_import
 
     state = torch.load(source, weights_only=True)
     bad = torch.randn(640, 320, 1, 1)  # the source's head conv is 1280x320x1x1
@@ -139,7 +139,7 @@ def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path)
 
 
 def test_vgg_new_layers_replace_fc6_fc7_output_under_torchvision_names():
-    from fne.transfer import build_model, new_layer_names
+    from fne.training.transfer import build_model, new_layer_names
 
     vgg = backbones.get("vgg16")
     assert new_layer_names(vgg, "frozen", "last") == ("classifier.6",)
@@ -153,13 +153,13 @@ def test_vgg_new_layers_replace_fc6_fc7_output_under_torchvision_names():
 
 
 def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_path, monkeypatch):
-    import fne.epochs
-    import fne.train as tr
+    import fne.training.epochs
+    import fne.training.train as tr
 
     kw = dict(weights=str(source), epochs=3, lr=0.02, scheduler="cosine", save_every=1, **FAST)
     tr.train(digits, "finetune", tmp_path / "a", **kw)
 
-    real, calls = fne.epochs.train_one_epoch, []
+    real, calls = fne.training.epochs.train_one_epoch, []
 
     def interrupted(*a, **k):
         calls.append(1)
@@ -167,10 +167,10 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_pat
             raise KeyboardInterrupt  # Ctrl-C during epoch 2
         return real(*a, **k)
 
-    monkeypatch.setattr(fne.epochs, "train_one_epoch", interrupted)
+    monkeypatch.setattr(fne.training.epochs, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tr.train(digits, "finetune", tmp_path / "b", **kw)
-    monkeypatch.setattr(fne.epochs, "train_one_epoch", real)
+    monkeypatch.setattr(fne.training.epochs, "train_one_epoch", real)
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["scheduler"] is not None and set(ckpt["rng"]) >= {"torch", "numpy", "python"}
     assert not (tmp_path / "b" / "model.pt").exists()

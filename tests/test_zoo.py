@@ -16,10 +16,10 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from fne import backbones
+from fne.backbones import registry as backbones
 from fne.cli import main
 from fne.errors import FneError, WeightsError
-from fne.taps import TapModel
+from fne.extraction.taps import TapModel
 
 timm = pytest.importorskip("timm")
 
@@ -108,7 +108,7 @@ def test_families_tap_what_the_rules_say():
     e = backbones.get("efficientnet_b0")
     assert e.last == "features.8.2" and e.preprocess().interpolation == "bicubic"
     # the same rules applied to torchvision's VGG-16 find the registry's hand-named taps
-    from fne import zoo
+    from fne.backbones import zoo
 
     found = zoo.tv_discover("vgg16")
     assert [t.module for t in found.taps] == [t.module for t in backbones.get("vgg16").taps]
@@ -201,8 +201,8 @@ def test_weights_files_and_meta_build(tmp_path):
 
 
 def test_extract_fit_export_with_a_timm_vit(tmp_path):
-    from fne.export import export
-    from fne.fit import fit
+    from fne.linear.export import export
+    from fne.linear.fit import fit
 
     from .conftest import write_digits
 
@@ -226,7 +226,7 @@ def test_extract_fit_export_with_a_timm_vit(tmp_path):
 
 @pytest.mark.parametrize("arch,size", [("resnet18", 32), ("timm:vit_tiny_patch16_224", None)])
 def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
-    from fne.train import train
+    from fne.training.train import train
 
     m = train(str(digits_split), "frozen", tmp_path / "run", arch=arch, weights="random", epochs=1,
               image_size=size, batch_size=16, workers=0, progress=False, precision="fp32", lr=0.01,
@@ -238,7 +238,7 @@ def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
 
 
 def test_pipelines_accept_any_backbone_name():
-    from fne.runner import checks
+    from fne.pipeline.runner import checks
 
     archs = checks().archs
     assert "vgg16" in archs and "resnet18" in archs and "timm:resnet18" in archs

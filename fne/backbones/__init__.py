@@ -1,0 +1,1 @@
+"""Frozen networks: the registry, torchvision/timm discovery of taps, pooling, weights, preprocessing."""

@@ -1,0 +1,69 @@
+"""What a tap is, and how its output becomes one float32 (B, C) row: the pooling each `Tap`
+declares.
+
+Every function reduces on the tensor's own device without first copying it to float32
+(`mean(..., dtype=float32)` accumulates in float32 directly; token pools slice a view first),
+so pooling inside a forward hook costs one pass over the activation and nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A layer whose pooled output is cached. `on_input` taps the module's input.
+
+    `pool` names a function of `fne.backbones.pooling` (mean_nchw, mean_nhwc, cls, mean_tokens);
+    `prefix_tokens` is the number of class/register tokens ahead of the patch tokens.
+    """
+
+    name: str
+    module: str
+    channels: int
+    on_input: bool = False
+    pool: str = "mean_nchw"
+    prefix_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "module": self.module, "channels": self.channels, "pool": self.pool,
+                "prefix_tokens": self.prefix_tokens, "on_input": self.on_input}
+
+
+def mean_nchw(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
+    """(B, C, H, W) -> spatial mean; (B, C) fc outputs pass through as float32."""
+    return x.mean(dim=(2, 3), dtype=torch.float32) if x.dim() == 4 else x.float().flatten(1)
+
+
+def mean_nhwc(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
+    """(B, H, W, C) channels-last maps (torchvision / timm Swin) -> spatial mean."""
+    return x.mean(dim=(1, 2), dtype=torch.float32)
+
+
+def cls(x: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
+    """(B, N, C) tokens -> the class token (token 0)."""
+    return x[:, 0].float()
+
+
+def mean_tokens(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
+    """(B, N, C) tokens -> mean of the patch tokens (class/register tokens left out)."""
+    return x[:, prefix_tokens:].mean(dim=1, dtype=torch.float32)
+
+
+POOLS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "mean_nchw": mean_nchw,
+    "mean_nhwc": mean_nhwc,
+    "cls": cls,
+    "mean_tokens": mean_tokens,
+}
+
+
+def pool(name: str, x, prefix_tokens: int = 0) -> torch.Tensor:
+    """Apply the named pooling to a hook's tensor (a tuple output: its first element)."""
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    return POOLS[name](x, prefix_tokens)

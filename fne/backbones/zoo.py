@@ -1,0 +1,434 @@
+"""Any torchvision classification model, or `timm:NAME`, as an fne backbone.
+
+Taps are found from the model's structure, never from its name: the model is built on the meta
+device (no memory, no initialisation cost), one dry forward records which modules run, in what
+order and with what output shape, and a small rule table turns that into taps:
+
+- a *container* (nn.Sequential and subclasses that keep its forward, nn.ModuleList/ModuleDict,
+  timm's `*Stage` modules) is looked through;
+- a *block* is a module with its own forward that sits in a container (or repeats among its
+  siblings): ResNet BasicBlock/Bottleneck, ConvNeXt blocks, inverted residuals / MBConv,
+  DenseNet dense blocks, RegNet blocks, Inception modules, ViT/Swin encoder blocks. Its output
+  is tapped and its inside is not looked at;
+- outside blocks, every activation module (ReLU, GELU, SiLU, Hardswish, ...) is a tap: the
+  plain-network rule that gives VGG's conv1_1..conv5_3, fc6, fc7 and stem/head convolutions;
+- pooling follows the output's layout: (B, C, H, W) spatial mean, (B, H, W, C) Swin maps,
+  (B, N, C) tokens give two taps, the class token and the mean of the patch tokens;
+- `last` is what the classifier reads: the last tap when only pooling / dropout / flatten run
+  between them, else a `pre_logits` tap on the classifier's input.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fne.backbones.pooling import Tap
+from fne.errors import FneError, WeightsError
+
+TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"
+
+ACTIVATIONS = frozenset({"ReLU", "ReLU6", "GELU", "GELUTanh", "QuickGELU", "SiLU", "Swish", "Hardswish",
+                         "HardSwish", "HardSwishMe", "SwishMe", "Mish", "MishMe", "LeakyReLU", "ELU",
+                         "CELU", "SELU", "PReLU"})
+# Modules with their own forward that are not blocks of the network (their inside is walked).
+NOT_BLOCK_TYPES = frozenset({"PatchMerging", "PatchMergingV2", "PatchEmbed", "Downsample",
+                             "SelectAdaptivePool2d", "ClassifierHead", "NormMlpClassifierHead"})
+NOT_BLOCK_NAMES = frozenset({"downsample", "patch_embed", "stem", "head", "heads", "global_pool", "attn_pool"})
+# Leaves that leave the classifier's input equal to the last tap's pooled output.
+PASS_THROUGH = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Identity", "Flatten", "DropPath"})
+
+
+@dataclass(frozen=True)
+class Discovered:
+    taps: tuple  # of backbones.Tap
+    last: str
+    classifier: str
+    fc_layers: tuple[str, ...]
+    num_classes: int
+
+
+def _is_container(m: nn.Module) -> bool:
+    t = type(m)
+    if isinstance(m, nn.Sequential):
+        return t.forward is nn.Sequential.forward
+    if isinstance(m, (nn.ModuleList, nn.ModuleDict)):
+        return t.forward is nn.Module.forward
+    return t.__name__.endswith("Stage")  # timm stages: downsample + blocks; the blocks are tapped
+
+
+def _tensor(x):
+    while isinstance(x, (tuple, list)) and x:
+        x = x[0]
+    return x if isinstance(x, torch.Tensor) else None
+
+
+def _trace(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, tuple]]:
+    """One forward; events (kind 'pre'/'post', module name, shape) in the order they happen."""
+    events: list[tuple[str, str, tuple]] = []
+    handles = []
+    for name, m in model.named_modules():
+        if not name:
+            continue
+
+        def pre(mod, inputs, name=name):
+            t = _tensor(inputs)
+            events.append(("pre", name, tuple(t.shape) if t is not None else ()))
+
+        def post(mod, inputs, output, name=name):
+            t = _tensor(output)
+            events.append(("post", name, tuple(t.shape) if t is not None else ()))
+
+        handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return events
+
+
+def _layout(shape: tuple) -> tuple[str, int] | None:
+    """(pool, channels) for an output shape, or None when it is not a feature map/vector."""
+    if len(shape) == 2:
+        return "mean_nchw", shape[1]
+    if len(shape) == 3:
+        return "tokens", shape[2]
+    if len(shape) == 4:
+        if shape[1] == shape[2] and shape[3] != shape[2]:
+            return "mean_nhwc", shape[3]
+        return "mean_nchw", shape[1]
+    return None
+
+
+def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_classes: int,
+             prefix_tokens: int) -> Discovered:
+    """Taps of `model` (built on any device, `x` an input of its native size on that device)."""
+    events = _trace(model, x)
+    posts = [(n, s) for k, n, s in events if k == "post"]
+    calls = Counter(n for n, _ in posts)
+    shape = dict(posts)  # last call's shape
+    order = {n: i for i, (n, _) in enumerate(posts)}
+    modules = dict(model.named_modules())
+
+    if classifier is None:
+        classifier = _find_classifier(model, posts, modules, num_classes)
+
+    found: list[tuple[int, object]] = []
+
+    def add(name: str, mod: nn.Module) -> None:
+        lay = _layout(shape.get(name, ()))
+        if lay is None:
+            return
+        pool, ch = lay
+        if pool == "tokens":
+            if prefix_tokens > 0:
+                found.append((order[name], Tap(f"{name}.cls", name, ch, pool="cls", prefix_tokens=prefix_tokens)))
+            found.append((order[name], Tap(f"{name}.mean", name, ch, pool="mean_tokens",
+                                           prefix_tokens=prefix_tokens)))
+        else:
+            found.append((order[name], Tap(name, name, ch, pool=pool)))
+
+    def walk(parent: nn.Module, prefix: str) -> None:
+        kids = list(parent.named_children())
+        repeats = Counter(type(m) for _, m in kids if any(True for _ in m.children()) and not _is_container(m))
+        for n, m in kids:
+            full = prefix + n
+            if calls[full] == 0 or full == classifier:
+                continue
+            if not any(True for _ in m.children()):
+                if type(m).__name__ in ACTIVATIONS and calls[full] == 1:
+                    add(full, m)
+                continue
+            if _is_container(m):
+                walk(m, full + ".")
+                continue
+            block = ((_is_container(parent) or repeats[type(m)] >= 2) and calls[full] == 1
+                     and n not in NOT_BLOCK_NAMES and type(m).__name__ not in NOT_BLOCK_TYPES)
+            if block:
+                add(full, m)
+            else:
+                walk(m, full + ".")
+
+    walk(model, "")
+    taps = [t for _, t in sorted(found, key=lambda p: p[0])]
+    if not taps:
+        raise FneError(f"found no layers to tap in {type(model).__name__}")
+
+    last = _find_last(events, modules, taps, classifier)
+    if last is None:
+        ch = next(s for k, n, s in events if k == "pre" and n == classifier)
+        taps.append(Tap("pre_logits", classifier, int(math.prod(ch[1:])), on_input=True))
+        last = "pre_logits"
+
+    parent = classifier.rpartition(".")[0]
+    fc = (classifier,)
+    if parent and _is_container(modules[parent]):
+        fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
+                   if isinstance(m, nn.Linear) and calls[f"{parent}.{n}"])
+    return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _find_classifier(model: nn.Module, posts, modules: dict, num_classes: int) -> str:
+    """The last Linear/Conv layer that maps to the classes (else the last one)."""
+    lin = [n for n, _ in posts if isinstance(modules[n], (nn.Linear, nn.Conv2d))]
+    fit = [n for n in lin if getattr(modules[n], "out_features", getattr(modules[n], "out_channels", 0))
+           == num_classes]
+    if not (fit or lin):
+        raise FneError(f"cannot find the classifier of {type(model).__name__}")
+    return (fit or lin)[-1]
+
+
+def _find_last(events, modules: dict, taps, classifier: str) -> str | None:
+    """`last`: the tap reached walking back from the classifier's input over modules that do not
+    change it (containers, dropout, flatten, average pooling); None if something else is between."""
+    by_module = {t.module: t for t in taps if t.pool == "mean_nchw"}
+    start = next(i for i, (k, n, _) in enumerate(events) if k == "pre" and n == classifier)
+    for k, n, _ in reversed(events[:start]):
+        if k == "pre":
+            continue
+        m = modules[n]
+        if n in by_module:
+            return by_module[n].name
+        kind = type(m).__name__
+        if _is_container(m) or kind in PASS_THROUGH:
+            continue
+        if isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)):
+            continue
+        if kind == "SelectAdaptivePool2d" and getattr(m, "pool_type", "") == "avg":
+            continue
+        if any(True for _ in m.children()) and not any(
+                True for _ in m.parameters()) and kind not in ACTIVATIONS:
+            continue  # a parameter-free wrapper whose leaves were checked one by one
+        return None
+    return None
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def meta_model(build: Callable[[], nn.Module]) -> nn.Module:
+    """The model on the meta device, in eval mode: built there when its init code allows (no
+    memory, no initialisation), else built on the CPU and moved."""
+    try:
+        with torch.device("meta"):
+            return build().eval()
+    except Exception:  # init code that reads tensor values (e.g. RegNet's width rounding)
+        return build().to("meta").eval()
+
+
+def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:
+    """Build on the meta device and adopt `state`'s tensors (no random initialisation); a model
+    that does not fit that way (non-persistent buffers, init code that needs real tensors) is
+    built normally and loaded."""
+    try:
+        with torch.device("meta"):
+            model = build()
+        model.load_state_dict(state, strict=True, assign=True)
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            return model
+    except Exception:  # fall back to an ordinary build, which reports real mismatches itself
+        pass
+    model = build()
+    model.load_state_dict(state)
+    return model
+
+
+def _suggest(name: str, names: list[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+HOW_TO_NAME = ("fne's registry ({registry}); any torchvision classification model by its name "
+               "(resnet50, convnext_tiny, vit_b_16, swin_t, ...: torchvision.models.list_models("
+               "module=torchvision.models)); any timm model as timm:NAME, with an optional "
+               "pretrained tag (timm:convnext_atto, timm:vit_small_patch14_dinov2.lvd142m: "
+               "timm.list_models(pretrained=True))")
+
+
+def unknown(name: str, registry: list[str]) -> FneError:
+    names = list(registry) + tv_names()
+    if name.startswith("timm:"):
+        try:
+            import timm
+
+            names = ["timm:" + n for n in timm.list_models()]
+        except ImportError:
+            pass
+    how = HOW_TO_NAME.format(registry=", ".join(registry))
+    return FneError(f"unknown --arch {name!r}.{_suggest(name, names)} Name a backbone as one of: {how}")
+
+
+@functools.cache
+def tv_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return list(tvm.list_models(module=tvm))
+
+
+# ------------------------------------------------------------------ torchvision
+
+
+def _tv_enum(name: str):
+    import torchvision.models as tvm
+
+    try:
+        return tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        return None
+
+
+def tv_weights(name: str, weights: str):
+    """The weights enum member for 'imagenet' (DEFAULT), an enum name, or Enum.NAME; else None."""
+    enum = _tv_enum(name)
+    if enum is None:
+        return None
+    if weights == "imagenet":
+        return enum.DEFAULT
+    member = weights.rpartition(".")[2]
+    if weights.rpartition(".")[0] not in ("", enum.__name__) or member not in enum.__members__:
+        return None
+    return enum[member]
+
+
+def tv_weight_names(name: str) -> list[str]:
+    enum = _tv_enum(name)
+    return list(enum.__members__) if enum is not None else []
+
+
+def tv_preprocess(w) -> dict:
+    if w is None:
+        return {"resize": 256, "crop_size": 224, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                "interpolation": "bilinear"}
+    t = w.transforms()
+    return {"resize": int(t.resize_size[0]), "crop_size": int(t.crop_size[0]), "mean": tuple(t.mean),
+            "std": tuple(t.std), "interpolation": t.interpolation.value}
+
+
+def tv_state(name: str, w) -> dict:
+    try:
+        return w.get_state_dict(progress=True)
+    except Exception as e:  # URLError, OSError, SSL errors: all mean "no network/cached copy"
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+        raise WeightsError(
+            f"cannot load ImageNet weights for {name}: download of {w.url} failed ({e}). "
+            f"With no network, copy that file from a machine that has one to {hub} "
+            f"(torch hub's cache; TORCH_HOME moves it), or pass --weights PATH to a state dict, "
+            f"or --weights random for a test run.") from None
+
+
+def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Module]:
+    def build(num_classes: int = 1000) -> nn.Module:
+        import torchvision.models as tvm
+
+        kw = {"image_size": image_size} if image_size else {}
+        return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
+
+    return build
+
+
+@functools.cache
+def tv_discover(name: str, image_size: int | None = None) -> Discovered:
+    model = meta_model(lambda: tv_build(name, image_size)(1000))
+    x = torch.zeros(1, 3, image_size or 224, image_size or 224, device="meta")
+    prefix = getattr(model, "num_prefix_tokens", None)
+    if prefix is None:
+        prefix = int(any(hasattr(model, a) for a in ("class_token", "cls_token")))
+    return discover(model, x, None, 1000, prefix)
+
+
+# ------------------------------------------------------------------ timm
+
+
+def need_timm():
+    try:
+        import timm
+    except ImportError as e:
+        raise FneError(f"timm backbones need the timm package: {TIMM_HINT}") from e
+    return timm
+
+
+def timm_check(model_name: str) -> None:
+    timm = need_timm()
+    arch, tag = timm.models.split_model_name_tag(model_name)
+    if not timm.is_model(arch):
+        raise unknown("timm:" + model_name, [])
+    if tag and model_name not in timm.list_pretrained(arch + ".*"):
+        tags = timm.list_pretrained(arch + ".*")
+        raise FneError(f"timm:{arch} has no pretrained tag {tag!r}.{_suggest(model_name, tags)} Tags: "
+                       f"{', '.join(tags) or 'none'}")
+
+
+def timm_pretrained_cfg(model_name: str) -> dict:
+    timm = need_timm()
+    cfg = timm.models.get_pretrained_cfg(model_name)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def timm_preprocess(model_name: str) -> dict:
+    from timm.data import resolve_data_config
+
+    cfg = timm_pretrained_cfg(model_name)
+    d = resolve_data_config(pretrained_cfg=cfg) if cfg else resolve_data_config({})
+    crop = int(d["input_size"][-1])
+    return {"resize": int(math.floor(crop / d.get("crop_pct", 0.875))), "crop_size": crop,
+            "mean": tuple(float(v) for v in d["mean"]), "std": tuple(float(v) for v in d["std"]),
+            "interpolation": str(d.get("interpolation", "bicubic"))}
+
+
+def timm_build(model_name: str) -> Callable[[int | None], nn.Module]:
+    def build(num_classes: int | None = None) -> nn.Module:
+        timm = need_timm()
+        kw = {} if num_classes is None else {"num_classes": num_classes}
+        return timm.create_model(model_name, pretrained=False, **kw)
+
+    return build
+
+
+def timm_pretrained(model_name: str) -> nn.Module:
+    timm = need_timm()
+    cfg = timm_pretrained_cfg(model_name)
+    try:
+        return timm.create_model(model_name, pretrained=True)
+    except Exception as e:  # no network, no cached copy
+        hub = cfg.get("hf_hub_id")
+        where = ""
+        if hub:
+            try:
+                from huggingface_hub.constants import HF_HUB_CACHE as cache
+            except ImportError:
+                cache = "~/.cache/huggingface/hub"
+            where = (f"{cache}/models--{hub.replace('/', '--')} (the Hugging Face hub cache; HF_HOME moves "
+                     f"it: copy that folder from a machine that has a network)")
+        url = cfg.get("url")
+        if url:
+            where += (" or, with TIMM_USE_OLD_CACHE=1, " if where else "") + (
+                f"{Path(torch.hub.get_dir()) / 'checkpoints' / Path(url).name} (torch hub's cache; "
+                f"TORCH_HOME moves it), downloaded from {url}")
+        raise WeightsError(
+            f"cannot load pretrained weights for timm:{model_name}: {type(e).__name__}: {e}. "
+            f"With no network, put the weights in {where or 'the Hugging Face hub cache'}, or pass "
+            f"--weights PATH to a state dict (.pth/.pt/.safetensors), or --weights random for a test "
+            f"run.") from None
+
+
+@functools.cache
+def timm_discover(model_name: str) -> Discovered:
+    model = meta_model(timm_build(model_name))
+    size = timm_preprocess(model_name)["crop_size"]
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img:
+        size = img[0] if isinstance(img, (tuple, list)) else img
+    x = torch.zeros(1, 3, size, size, device="meta")
+    clf = model.get_classifier()
+    name = next(n for n, m in model.named_modules() if m is clf)
+    return discover(model, x, name, getattr(model, "num_classes", 0), int(getattr(model, "num_prefix_tokens", 0)))

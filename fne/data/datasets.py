@@ -1,0 +1,415 @@
+"""Datasets: every DATA form resolves to one `Dataset` of images, labels and an optional split.
+
+A dataset never holds decoded images; it knows how to load item i (in a worker process) and
+how to key it by content, so that the activation cache is shared by any task over the same
+images whatever folder, CSV or split they come from.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from fne.errors import DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SPLITS = ("train", "test")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not come back half grey
+
+
+@dataclass
+class Dataset:
+    """Images with string labels; `sources[i]` is a file path or an index into `array_source`."""
+
+    name: str
+    ids: list[str]
+    labels: list[str] | None
+    splits: list[str] | None
+    classes: list[str]
+    sources: list = field(repr=False)
+    array_source: ArraySource | None = field(default=None, repr=False)
+    _keys: list[str] | None = field(default=None, repr=False)
+    root: str | None = None  # the folder file sources are relative to (its manifest's key)
+    _stats: list | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_split(self) -> bool:
+        return self.splits is not None
+
+    def load(self, i: int) -> Image.Image:
+        """Decode item i as an RGB PIL image; raises `OSError`/`ValueError` on a bad file."""
+        if self.array_source is not None:
+            a = self.array_source.get(self.sources[i])
+            if a.ndim == 3 and a.shape[-1] == 1:  # grey stored as H×W×1
+                a = a[..., 0]
+            return to_rgb(Image.fromarray(a))
+        return read_image(self.sources[i])
+
+    def read_bytes(self, i: int) -> tuple[bytes, tuple[int, int, int]]:
+        """The encoded bytes of file item i and (size, mtime_ns, read time ns) taken before the
+        read (for the manifest). Raises `OSError` when the file cannot be read whole: a short
+        read gives no trustworthy content key."""
+        path = self.sources[i]
+        st, read_ns = os.stat(path), time.time_ns()
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) != st.st_size:  # changed while read, or a short read
+            raise OSError(f"read {len(data)} of {st.st_size} bytes")
+        return data, (st.st_size, st.st_mtime_ns, read_ns)
+
+    def keys(self) -> list[str]:
+        """Content hashes: identical images share a key wherever they live."""
+        if self._keys is None:
+            if self.array_source is not None:
+                self._keys = [self.array_source.key(s) for s in self.sources]
+            else:
+                self._keys = [file_key(p) for p in self.sources]
+        return self._keys
+
+    def stats(self) -> list:
+        """`os.stat` of every file source, taken once (sizes and mtimes: the manifest, shards)."""
+        if self._stats is None:
+            out = []
+            for p in self.sources:
+                try:
+                    out.append(os.stat(p))
+                except OSError as e:
+                    raise DataError(f"cannot read {p}: {e.strerror or e}") from e
+            self._stats = out
+        return self._stats
+
+    def label_indices(self) -> np.ndarray:
+        if self.labels is None:
+            raise DataError(f"{self.name}: has no labels")
+        index = {c: k for k, c in enumerate(self.classes)}
+        return np.array([index[label] for label in self.labels], dtype=np.int64)
+
+    def subset(self, idx: Sequence[int]) -> Dataset:
+        idx = list(idx)
+        keys = None if self._keys is None else [self._keys[i] for i in idx]
+        return Dataset(
+            name=self.name,
+            ids=[self.ids[i] for i in idx],
+            labels=None if self.labels is None else [self.labels[i] for i in idx],
+            splits=None if self.splits is None else [self.splits[i] for i in idx],
+            classes=self.classes,
+            sources=[self.sources[i] for i in idx],
+            array_source=self.array_source,
+            _keys=keys,
+            root=self.root,
+            _stats=None if self._stats is None else [self._stats[i] for i in idx],
+        )
+
+
+class ArraySource:
+    """Images held in an array (digits) or an HDF5 dataset, opened lazily so workers can fork."""
+
+    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None, h5_name: str = "images"):
+        self._array = array
+        self.h5_path = h5_path
+        self.h5_name = h5_name
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.h5_path is not None:
+            state["_array"] = None  # reopen in the worker; h5py handles do not pickle
+        return state
+
+    def _data(self):
+        if self._array is None:
+            import h5py
+
+            self._array = h5py.File(self.h5_path, "r")[self.h5_name]
+        return self._array
+
+    def get(self, i: int) -> np.ndarray:
+        return np.asarray(self._data()[i])
+
+    def key(self, i: int) -> str:
+        a = np.ascontiguousarray(self.get(i))
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+        return h.hexdigest()
+
+
+def _hasher():
+    return hashlib.blake2b(digest_size=16)
+
+
+def content_key(data: bytes) -> str:
+    """The cache key of an image file's bytes (what `file_key` computes reading the file)."""
+    h = _hasher()
+    h.update(data)
+    return h.hexdigest()
+
+
+def file_key(path: str | Path) -> str:
+    """The cache key of an image file, read in blocks."""
+    h = _hasher()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    return h.hexdigest()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB (16-bit and float scaled, palette/alpha/CMYK converted)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+def read_image(path: str | Path) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()  # decode now so truncation raises here, inside the reader
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+
+
+# ---------------------------------------------------------------- DATA forms
+
+
+def load_dataset(spec: str | Path) -> Dataset:
+    """Resolve DATA (folder, CSV, HDF5, folder of train.h5/test.h5, or `digits`)."""
+    spec_s = str(spec)
+    if spec_s == "digits":
+        return _digits()
+    path = Path(spec_s).expanduser()
+    if not path.exists():
+        raise DataError(f"DATA {spec_s!r} does not exist (give a folder, a .csv, a .h5 file or 'digits')")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            return _csv(path)
+        if suffix in (".h5", ".hdf5"):
+            return _h5(path)
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv or .h5)")
+    if (path / "train.h5").is_file() and (path / "test.h5").is_file():
+        return _h5_pair(path)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _split_folder(path)
+    return _folder(path)
+
+
+def _class_folder(root: Path) -> tuple[list[Path], list[str]]:
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
+    files, labels = [], []
+    for d in class_dirs:
+        imgs = sorted(_image_files(d))
+        if not imgs:
+            raise DataError(f"DATA {root}: class folder {d.name!r} has no images")
+        files += imgs
+        labels += [d.name] * len(imgs)
+    return files, labels
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files anywhere under `folder`. os.walk reads directory entries only (no stat per
+    file), which matters on a shared filesystem with a million images."""
+    out = []
+    for dirpath, _, names in os.walk(folder):
+        out += [Path(dirpath, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return out
+
+
+def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) -> Dataset:
+    return Dataset(
+        name=name,
+        ids=[str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
+        labels=labels,
+        splits=splits,
+        classes=classes or sorted(set(labels)),
+        sources=[str(p) for p in files],
+        root=str(root),
+    )
+
+
+def _folder(root: Path) -> Dataset:
+    has_dirs = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
+    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
+        return Dataset(name=root.name, ids=[p.name for p in loose], labels=None, splits=None,
+                       classes=[], sources=[str(p) for p in loose], root=str(root))
+    files, labels = _class_folder(root)
+    return _file_dataset(root.name, root, files, labels, None)
+
+
+def _split_folder(root: Path) -> Dataset:
+    files, labels, splits = [], [], []
+    for split in SPLITS:
+        f, lab = _class_folder(root / split)
+        files += f
+        labels += lab
+        splits += [split] * len(f)
+    train_classes = {lab for lab, s in zip(labels, splits) if s == "train"}
+    unseen = sorted({lab for lab, s in zip(labels, splits) if s == "test"} - train_classes)
+    if unseen:
+        raise DataError(f"DATA {root}: test classes with no training images: {', '.join(unseen)}")
+    return _file_dataset(root.name, root, files, labels, splits)
+
+
+def _csv(path: Path) -> Dataset:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        missing = [c for c in ("path", "label") if c not in cols]
+        if missing:
+            raise DataError(
+                f"CSV {path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})"
+            )
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"CSV {path}: has no rows")
+    base = path.parent
+    files = [base / r["path"] for r in rows]
+    absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
+    if absent:
+        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
+        raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {', '.join(absent[:5])}{more}")
+    labels = [r["label"].strip() for r in rows]
+    splits = None
+    if "split" in cols:
+        splits = [r["split"].strip().lower() for r in rows]
+        bad = sorted(set(splits) - set(SPLITS))
+        if bad:
+            raise DataError(f"CSV {path}: column split has values {bad}; allowed: train, test")
+    return _file_dataset(path.stem, base, files, labels, splits)
+
+
+def _h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"HDF5 {path}: cannot open ({e})") from e
+    with f:
+        for name in ("images", "labels"):
+            if name not in f:
+                raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
+        images = f["images"]
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+            raise DataError(f"HDF5 {path}: images must be N×H×W or N×H×W×3, got shape {images.shape}")
+        n = images.shape[0]
+        raw = f["labels"][()]
+        if len(raw) != n:
+            raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
+        names = f["labels"].attrs.get("class_names")
+        labels = [_decode(v) for v in raw]
+        if names is not None:
+            names = [_decode(v) for v in names]
+            labels = [names[int(v)] for v in labels]
+        splits = None
+        if "split" in f:
+            splits = [_decode(v).lower() for v in f["split"][()]]
+            splits = [{"0": "train", "1": "test"}.get(s, s) for s in splits]
+            bad = sorted(set(splits) - set(SPLITS))
+            if bad:
+                raise DataError(f"HDF5 {path}: dataset split has values {bad}; allowed: train, test, 0, 1")
+    if n == 0:
+        raise DataError(f"HDF5 {path}: has no images")
+    return n, labels, splits, names
+
+
+def _decode(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def _h5(path: Path) -> Dataset:
+    n, labels, splits, names = _h5_arrays(path)
+    return Dataset(
+        name=path.stem,
+        ids=[f"{path.name}:{i}" for i in range(n)],
+        labels=labels,
+        splits=splits,
+        classes=_sorted_classes(labels, names),
+        sources=list(range(n)),
+        array_source=ArraySource(h5_path=str(path)),
+    )
+
+
+def _h5_pair(root: Path) -> Dataset:
+    parts = [_h5(root / f"{s}.h5") for s in SPLITS]
+    for part, split in zip(parts, SPLITS):
+        part.splits = [split] * len(part)
+    train, test = parts
+    # Two files mean two array sources: key and load through a combined view.
+    source = _PairSource(train.array_source, test.array_source, len(train))
+    labels = train.labels + test.labels
+    return Dataset(
+        name=root.name,
+        ids=train.ids + test.ids,
+        labels=labels,
+        splits=train.splits + test.splits,
+        classes=_sorted_classes(labels, None),
+        sources=list(range(len(labels))),
+        array_source=source,
+    )
+
+
+class _PairSource(ArraySource):
+    def __init__(self, a: ArraySource, b: ArraySource, n_a: int):
+        self.a, self.b, self.n_a = a, b, n_a
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def get(self, i: int) -> np.ndarray:
+        return self.a.get(i) if i < self.n_a else self.b.get(i - self.n_a)
+
+
+def _sorted_classes(labels: list[str], names: list[str] | None) -> list[str]:
+    if names is not None:
+        return list(names)
+    uniq = set(labels)
+    if all(s.lstrip("-").isdigit() for s in uniq):
+        return sorted(uniq, key=int)
+    return sorted(uniq)
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(d.images * 16.0, 0, 255).astype(np.uint8)  # 0..16 -> 0..255 grey
+    n = len(images)
+    labels = [str(int(t)) for t in d.target]
+    return Dataset(
+        name="digits",
+        ids=[f"digits:{i:04d}" for i in range(n)],
+        labels=labels,
+        splits=None,
+        classes=[str(i) for i in range(10)],
+        sources=list(range(n)),
+        array_source=ArraySource(array=images),
+    )

@@ -1,0 +1,111 @@
+"""A manifest per data root, kept in the cache: (relative path, size, mtime) -> content key.
+
+Content keys make the cache independent of folders and file names, but computing them means
+reading every byte. The manifest remembers each file's key with the size and modification
+time it had when it was hashed, so an unchanged folder is only stat'ed: a file whose size or
+mtime changed is hashed again. An entry is trusted only if the file was last modified more
+than `RACY_NS` before it was hashed (a file rewritten within the same clock tick, at the same
+size, could otherwise keep a stale key: git's "racily clean" rule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+from fne.data.datasets import Dataset, file_key
+
+FORMAT = 1
+RACY_NS = 2_000_000_000
+
+
+def _local_dir(cache: str | Path | None) -> Path:
+    """Manifests live beside the stores; a URL cache keeps them in the user's cache folder."""
+    from fne.cache.store import Url, cache_root, default_cache
+
+    root = cache_root(cache)
+    return (default_cache() if isinstance(root, Url) else root) / "manifests"
+
+
+class Manifest:
+    """The (size, mtime_ns, key, hashed_at_ns) of every file seen under one data root."""
+
+    def __init__(self, root: str | Path, cache: str | Path | None = None):
+        self.root = str(Path(root).resolve())
+        name = hashlib.blake2b(self.root.encode(), digest_size=10).hexdigest()
+        self.path = _local_dir(cache) / f"{name}.json"
+        self.entries: dict[str, list] = {}
+        self._new: dict[str, list] = {}
+        try:
+            doc = json.loads(self.path.read_text())
+            if doc.get("format") == FORMAT and doc.get("root") == self.root:
+                self.entries = doc["files"]
+        except (OSError, ValueError, KeyError):
+            pass  # no manifest yet, or a damaged one: every file is hashed again
+
+    def rel(self, path: str | Path) -> str:
+        return os.path.relpath(os.path.abspath(path), self.root)
+
+    def lookup(self, path: str | Path, st: os.stat_result) -> str | None:
+        e = self.entries.get(self.rel(path))
+        if e is None or e[0] != st.st_size or e[1] != st.st_mtime_ns or st.st_mtime_ns > e[3] - RACY_NS:
+            return None
+        return e[2]
+
+    def add(self, path: str | Path, size: int, mtime_ns: int, key: str, hashed_at_ns: int) -> None:
+        entry = [size, mtime_ns, key, hashed_at_ns]
+        rel = self.rel(path)
+        self.entries[rel] = self._new[rel] = entry
+
+    def save(self) -> None:
+        """Merge this process's entries into the file (other shards may have added theirs)."""
+        if not self._new:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            on_disk = json.loads(self.path.read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            on_disk = {}
+        on_disk.update(self._new)
+        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
+        tmp.write_text(json.dumps({"format": FORMAT, "root": self.root, "files": on_disk}))
+        os.replace(tmp, self.path)
+        self.entries, self._new = on_disk, {}
+
+
+def manifest_for(dataset: Dataset, cache: str | Path | None) -> Manifest | None:
+    """The manifest of a file dataset's root; None for array datasets (HDF5, digits)."""
+    if dataset.array_source is not None or dataset.root is None:
+        return None
+    return Manifest(dataset.root, cache)
+
+
+def known_keys(dataset: Dataset, manifest: Manifest | None) -> list[str | None]:
+    """Each image's key from the manifest (a stat, no read), or None where it must be hashed."""
+    if manifest is None:
+        return [None] * len(dataset)
+    stats = dataset.stats()
+    return [manifest.lookup(p, st) for p, st in zip(dataset.sources, stats, strict=True)]
+
+
+def attach_keys(dataset: Dataset, cache: str | Path | None) -> Dataset:
+    """Fill `dataset.keys()` from the manifest, hashing only new or changed files."""
+    if dataset._keys is not None:
+        return dataset
+    manifest = manifest_for(dataset, cache)
+    if manifest is None:
+        return dataset
+    keys = known_keys(dataset, manifest)
+    for i, k in enumerate(keys):
+        if k is None:
+            st = dataset.stats()[i]
+            now = time.time_ns()
+            keys[i] = file_key(dataset.sources[i])
+            manifest.add(dataset.sources[i], st.st_size, st.st_mtime_ns, keys[i], now)
+    manifest.save()
+    dataset._keys = keys
+    return dataset

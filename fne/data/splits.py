@@ -1,0 +1,75 @@
+"""Which images train and which test: one split rule for `fne fit` and `fne train`.
+
+`make_splits` gives (train, test) index pairs: DATA's predefined split, a fixed number of
+training images per class, or stratified random splits (scikit-learn's
+StratifiedShuffleSplit). `fne train` takes the first pair and carves its validation part from
+the training images with the same splitter (`train_val_test`), so for one DATA and seed fit's
+first split and train's test images are the same images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from fne.data.datasets import Dataset
+from fne.errors import DataError, FneError
+
+
+def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
+                train_per_class: int | None = None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) dataset indices of each split, in the splitter's order."""
+    if dataset.has_split:
+        s = np.array(dataset.splits)
+        tr, te = np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
+        if len(tr) == 0 or len(te) == 0:
+            raise DataError(f"{dataset.name}: predefined split needs both train and test images")
+        return [(tr, te)]
+    if splits < 1:
+        raise FneError(f"--splits must be >= 1, got {splits}")
+    counts = np.bincount(y, minlength=len(dataset.classes))
+    if train_per_class is not None:
+        return _per_class(dataset, y, counts, splits, train_per_class, seed)
+    if not 0 < test_size < 1:
+        raise FneError(f"--test-size must be in (0, 1), got {test_size}")
+    if counts[counts > 0].min() < 2:
+        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split")
+    return stratified(np.arange(len(y)), y, test_size, seed, "--test-size", splits)
+
+
+def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,
+               splits: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (kept, held-out) parts of `idx` (labels `y`), `size` of them held out."""
+    sss = StratifiedShuffleSplit(n_splits=splits, test_size=size, random_state=seed)
+    try:
+        return [(idx[a], idx[b]) for a, b in sss.split(np.zeros(len(idx)), y)]
+    except ValueError as e:  # a class with one image, or fewer held-out images than classes
+        raise DataError(f"cannot carve a stratified {what} {size} part: {e}") from None
+
+
+def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int, n: int,
+               seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n` random training images of every class; every other image tests."""
+    short = [dataset.classes[c] for c in range(len(counts)) if counts[c] <= n]
+    if n < 1 or short:
+        raise FneError(f"--train-per-class {n}: classes with too few images "
+                       f"to keep test images: {', '.join(short[:5]) or '-'}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(splits):
+        tr = np.concatenate([rng.choice(np.flatnonzero(y == c), n, replace=False)
+                             for c in range(len(counts)) if counts[c]])
+        out.append((np.sort(tr), np.setdiff1d(np.arange(len(y)), tr)))
+    return out
+
+
+def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fraction: float, seed: int,
+                   need_val: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fne train`'s sorted (train, val, test) indices: `make_splits`' first split, val from train."""
+    tr, te = make_splits(dataset, y, 1, test_size, None, seed)[0]
+    if not need_val or val_fraction == 0:
+        return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
+    if not 0 <= val_fraction < 1:
+        raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    tr, va = stratified(tr, y[tr], val_fraction, seed, "--val-fraction")[0]
+    return np.sort(tr), np.sort(va), np.sort(te)

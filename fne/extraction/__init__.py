@@ -1,0 +1,1 @@
+"""`fne extract`: reader -> tap model -> writer."""

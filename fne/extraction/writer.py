@@ -1,0 +1,104 @@
+"""The writer: commits rows to the store in parts, on a thread of its own.
+
+The forward pass never waits on compression or the filesystem; a failure on the writer
+thread is raised in the main thread at the next `put` or at `close`.
+"""
+
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+import time
+
+import numpy as np
+import torch
+
+from fne.cache.store import Store
+from fne.errors import CacheError
+
+
+class Writer(threading.Thread):
+    """Commits rows in parts of `chunk` images off the main thread.
+
+    Batches arrive as one (B, V, D) array of all taps side by side (one device-to-host copy per
+    batch); on CUDA the copy is asynchronous and the writer waits for its event before reading.
+    """
+
+    def __init__(self, store: Store, chunk: int, taps: list[tuple[str, int]]):
+        super().__init__(daemon=True)
+        self.store, self.chunk = store, chunk
+        self.names = [n for n, _ in taps]
+        self.cuts = np.cumsum([c for _, c in taps])[:-1]
+        self.q: queue.Queue = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+        self.committed = 0
+        self._keys: list[str] = []
+        self._rows: list[np.ndarray] = []
+        self._bad: dict[str, str] = {}
+
+    def put(self, keys, rows, bad, event=None):
+        self._put((keys, rows, bad, event))
+
+    def _put(self, item) -> None:
+        """Queue `item`, waiting for room, but never on a writer that has died (a full disk)."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _flush(self):
+        if not self._keys and not self._bad:
+            return
+        t = time.perf_counter()
+        arrays = {}
+        if self._keys:
+            rows = np.concatenate(self._rows)
+            arrays = dict(zip(self.names, np.split(rows, self.cuts, axis=2), strict=True))
+        self.store.commit(self._keys, arrays, self._bad)
+        self.committed += len(self._keys)
+        self._keys, self._rows, self._bad = [], [], {}
+        self.seconds += time.perf_counter() - t
+
+    def run(self):
+        try:
+            while True:
+                item = self.q.get()
+                if item is None:
+                    self._flush()
+                    return
+                keys, rows, bad, event = item
+                if event is not None:
+                    event.synchronize()
+                if keys:
+                    self._keys += keys
+                    self._rows.append(rows.numpy() if isinstance(rows, torch.Tensor) else rows)
+                self._bad.update(bad)
+                if len(self._keys) >= self.chunk:
+                    self._flush()
+        except BaseException as e:  # surfaced to the main thread by put()/close()
+            self.error = _explain(e, self.store)
+
+    def close(self):
+        try:
+            self._put(None)
+        finally:
+            self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _explain(e: BaseException, store: Store) -> BaseException:
+    """A full disk (ENOSPC anywhere in the chain) as one clear CacheError naming the cache."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return CacheError(f"no space left on device writing to the cache {store.path}; every row "
+                              f"committed so far is kept: free space (or pass --cache) and run again")
+        cause = cause.__cause__ or cause.__context__
+    return e

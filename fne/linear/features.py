@@ -1,0 +1,173 @@
+"""The features layer: between DATA and every verb that consumes rows (fit, predict, export,
+advise, run).
+
+It owns store identity (via `fne.cache.spec.StoreSpec`: which store holds the rows, found whatever
+precision they were extracted at), the image keys (via the data root's manifest, so an
+unchanged folder is only stat'ed), extraction of missing rows on request, and reading rows
+chunk by chunk (`Rows`).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fne.backbones import registry as backbones
+from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
+from fne.cache.store import Store
+from fne.data.datasets import Dataset, load_dataset
+from fne.data.manifest import attach_keys
+from fne.errors import FneError
+from fne.linear.embedding import make_transform
+
+
+def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
+    """`fne` | `fne:L1,L2` -> (layers, "fne"); `last` | `fc7` | `L1,L2` -> (layers, "l2")."""
+    spec = spec.strip()
+    if spec == "fne":
+        return [t.name for t in backbone.taps], "fne"
+    kind = "l2"
+    if spec.startswith("fne:"):
+        kind, spec = "fne", spec[4:]
+    names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise FneError(f"bad --features {spec!r}; use fne, fc6, fc7, last or layer names")
+    for n in names:
+        backbone.tap(n)  # raises with the list of layers
+    return names, kind
+
+
+@dataclass
+class Source:
+    """What a verb reads: DATA's readable images, the store holding their rows, and how it was found."""
+
+    dataset: Dataset
+    store: Store
+    spec: StoreSpec  # pinned to the store's precision and storage dtype
+    extract_seconds: float | None  # measured, when this call extracted missing rows; None: cached
+
+
+def load_data(data: str | Path | Dataset, cache: str | None) -> Dataset:
+    """DATA as a Dataset whose content keys come from the manifest (hashing only new files)."""
+    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    return attach_keys(dataset, cache)
+
+
+def extract_command(data, spec: StoreSpec) -> str:
+    """The `fne extract` line that computes what `spec` reads."""
+    parts = [f"fne extract {data} --arch {spec.arch} --weights {spec.weights}"]
+    if spec.crop != "center":
+        parts.append(f"--crop {spec.crop}")
+    if spec.precision != "auto":
+        parts.append(f"--precision {spec.precision}")
+    if spec.dtype not in ("auto", DEFAULT_DTYPE):
+        parts.append(f"--storage-dtype {spec.dtype}")
+    if spec.cache:
+        parts.append(f"--cache {spec.cache}")
+    return " ".join(parts)
+
+
+def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool = False,
+              extract_kw: dict | None = None) -> Source:
+    """DATA's images with rows: found in the cache, or extracted first when `extract_missing`."""
+    dataset = load_data(data, spec.cache)
+    keys = dataset.keys()
+    store = spec.find(keys, verb)
+    missing = store.missing(keys)
+    seconds = None
+    if missing:
+        if not extract_missing:
+            raise FneError(
+                f"{len(missing)} of {len(set(keys))} images of {data} are not in the cache "
+                f"{store.path}; add them with:\n  {extract_command(data, spec)}\n"
+                f"(or pass --extract to let `fne {verb}` run the network)")
+        print(f"fne {verb}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
+        from fne.extraction.extract import extract
+
+        pinned = spec.pinned(store)
+        r = extract(dataset, pinned.arch, pinned.weights, cache=pinned.cache, crop=pinned.crop,
+                    precision=pinned.precision, storage_dtype=pinned.dtype, device=pinned.device,
+                    weights_seed=pinned.weights_seed, decode=pinned.decode, **(extract_kw or {}))
+        seconds = r.seconds
+        store.refresh()
+    bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record
+    keep = [i for i, k in enumerate(keys) if k in index or k not in bad]
+    if len(keep) < len(keys):
+        skipped = [dataset.ids[i] for i, k in enumerate(keys) if k not in index and k in bad]
+        warnings.warn(f"{len(skipped)} unreadable image(s) left out: {', '.join(skipped[:5])}", stacklevel=3)
+        dataset = dataset.subset(keep)
+    if len(dataset) == 0:
+        raise FneError(f"{data}: no readable images")
+    return Source(dataset, store, spec.pinned(store), seconds)
+
+
+# ----------------------------------------------------------------- rows
+def class_scores(model, X: np.ndarray) -> np.ndarray:
+    """(n, views, D) -> (n, classes): probabilities (logreg) or margins, averaged over views.
+
+    `model` is a fitted pipeline on store rows, or a bare head on embedded rows.
+    """
+    n, v, d = X.shape
+    flat = X.reshape(n * v, d)
+    s = model.predict_proba(flat) if hasattr(model, "predict_proba") else model.decision_function(flat)
+    if s.ndim == 1:  # binary margins
+        s = np.stack([-s, s], axis=1)
+    return s.reshape(n, v, -1).mean(axis=1)
+
+
+class Rows:
+    """Store rows read in chunks that each touch few parts, so no head ever holds every float row.
+
+    In-memory heads (svm, logreg) get the embedding built chunk by chunk (int8 for FNE, a
+    quarter of the float32 rows); SGD heads never hold more than one chunk.
+    """
+
+    def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024):
+        if chunk < 1:
+            raise FneError(f"--stream-chunk must be >= 1, got {chunk}")
+        # chunk counts rows (image views): a ten-crop store reads a tenth as many images at a time
+        self.store, self.keys, self.layers = store, keys, layers
+        self.chunk = max(1, chunk // store.views)
+
+    def chunks(self, idx: np.ndarray, rng: np.random.Generator | None = None):
+        """(positions in idx, (n, views, D) float32) per chunk, part by part; shuffled when given rng."""
+        index = self.store.index()
+        order = np.array(sorted(range(len(idx)), key=lambda p: index[self.keys[idx[p]]]), dtype=np.int64)
+        blocks = [order[s:s + self.chunk] for s in range(0, len(order), self.chunk)]
+        if rng is not None:  # blocks in random order, rows shuffled within each
+            rng.shuffle(blocks)
+            blocks = [rng.permutation(b) for b in blocks]
+        for b in blocks:
+            arrays = self.store.read([self.keys[i] for i in idx[b]], self.layers)
+            yield b, np.concatenate([arrays[la] for la in self.layers], axis=2)
+
+    def fit_embedding(self, kind: str, idx: np.ndarray):
+        """The transform fitted on rows idx only (FNE statistics accumulate chunk by chunk)."""
+        embed = make_transform(kind)
+        if kind != "fne":  # L2 normalisation is stateless
+            _, X = next(self.chunks(idx[:1]))
+            return embed.fit(X[:, 0])
+        for _, X in self.chunks(idx):
+            embed.partial_fit(X.reshape(-1, X.shape[2]))
+        return embed
+
+    def embedded(self, embed, idx: np.ndarray) -> np.ndarray:
+        """(len(idx) * views, D): rows in idx order, an image's views consecutive."""
+        v = self.store.views
+        out = None
+        for b, X in self.chunks(idx):
+            Z = embed.transform(X.reshape(-1, X.shape[2])).reshape(len(b), v, -1)
+            if out is None:
+                out = np.empty((len(idx), v, Z.shape[2]), dtype=Z.dtype)
+            out[b] = Z
+        return out.reshape(len(idx) * v, -1)
+
+    def scores(self, pipe, idx: np.ndarray) -> np.ndarray:
+        out = np.empty((len(idx), len(pipe.classes_)))
+        for b, X in self.chunks(idx):
+            out[b] = class_scores(pipe, X)
+        return out

@@ -1,0 +1,212 @@
+"""`fne fit`: linear heads on cached activations, evaluated on held-out images.
+
+fit never runs the network on its own: rows missing from the cache are an error that gives
+the `fne extract` command, unless the caller asks for extraction (`extract_missing`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fne import verb_module
+from fne.backbones import registry as backbones
+from fne.cache.spec import StoreSpec
+from fne.data.splits import make_splits
+from fne.errors import FneError
+from fne.linear import compare, selection
+from fne.linear.features import Rows, Source, open_rows, parse_features
+from fne.linear.heads import make_head, parse_C
+from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
+from fne.metrics import provenance, split_scores
+from fne.names import HEADS
+
+SGD_EPOCHS = 10
+
+
+def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
+                   seed: int) -> Pipeline:
+    """Views become training samples; only the embedding of rows idx is held."""
+    embed = rows.fit_embedding(kind, idx)
+    clf = make_head(head, C, seed).fit(rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views))
+    return Pipeline([("embed", embed), ("head", clf)])
+
+
+def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
+             seed: int) -> Pipeline:
+    """partial_fit over shuffled chunks: memory flat in the number of images.
+
+    SGD needs features of one scale (L2-normalised rows put every class signal in tiny
+    values and it stalls there), so the embedded rows are standardised with training
+    statistics streamed in one more pass.
+    """
+    embed = rows.fit_embedding(kind, idx)
+    scale = StandardScaler()
+    for _, X in rows.chunks(idx):
+        scale.partial_fit(embed.transform(X.reshape(-1, X.shape[2])))
+    clf = make_head(head, C, seed, n_samples=len(idx) * rows.store.views,
+                    n_features=max(1, int((scale.var_ > 0).sum())))
+    classes = np.unique(y[idx])
+    rng = np.random.default_rng(seed)
+    for _ in range(SGD_EPOCHS):
+        for b, X in rows.chunks(idx, rng):
+            n, v, d = X.shape
+            clf.partial_fit(scale.transform(embed.transform(X.reshape(n * v, d))), np.repeat(y[idx[b]], v),
+                            classes=classes)
+    return Pipeline([("embed", embed), ("scale", scale), ("head", clf)])
+
+
+def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, idx: np.ndarray,
+             seed: int = 0) -> tuple[Pipeline, float]:
+    """Fit embedding + head on rows idx; with C='auto' pick C by k-fold CV on them (fne.linear.selection),
+    then refit the chosen C on every training image. Returns (pipeline, C used)."""
+    fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
+    if C == "auto":
+        if head.startswith("sgd"):
+            raise FneError("--C auto is not available with SGD heads; give a number")
+        C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed).C
+    return fitter(rows, kind, head, C, y, idx, seed), C
+
+
+# -------------------------------------------------------------------- fit
+def fit(
+    data: str | Path,
+    features: str = "fne",
+    head: str = "svm",
+    C: str | float = 1.0,
+    splits: int = 5,
+    test_size: float = 0.25,
+    train_per_class: int | None = None,
+    seed: int = 0,
+    out: str | Path = "runs/fit",
+    extract_missing: bool = False,
+    arch: str = "vgg16",
+    weights: str = "imagenet",
+    crop: str = "center",
+    precision: str = "auto",
+    storage_dtype: str = "auto",
+    cache: str | None = None,
+    device: str = "auto",
+    weights_seed: int = 0,
+    batch_size: int = 32,
+    workers: int | None = None,
+    compile: bool | str = "auto",
+    stream_chunk: int = 1024,
+) -> dict:
+    """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib.
+
+    The rows are read through the features layer: with precision / storage_dtype "auto" from
+    whichever store holds them; the model records the store it read (pinned by `predict`).
+    """
+    if head not in HEADS and head != "auto":
+        raise FneError(f"unknown --head {head!r}; choose from {', '.join(HEADS)} or auto")
+    C = parse_C(C)
+    auto = "auto" in (features, head, C)  # fne.linear.selection: k-fold CV on each split's training images
+    if auto and head.startswith("sgd"):
+        raise FneError("auto selection is not available with SGD heads")
+    method = f"{features}+{head}"
+    layers, kind = parse_features("fne" if features == "auto" else features, backbones.get(arch, weights))
+    spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed)
+    src = open_rows(data, spec, "fit", extract_missing, dict(batch_size=batch_size, workers=workers,
+                                                             compile=compile))
+    dataset, store = src.dataset, src.store
+    if dataset.labels is None:
+        raise FneError(f"{data}: fit needs labels")
+    y = dataset.label_indices()
+    rows = Rows(store, dataset.keys(), layers, stream_chunk)
+    split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
+    chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
+    choose = selection.chooser(features, head, C, backbones.get(arch, weights), parse_features, y, seed, chosen,
+                               lambda la: Rows(store, dataset.keys(), la, stream_chunk)) if auto else None
+    t0 = time.perf_counter()
+    per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, head, C, y, split_list, len(dataset.classes),
+                                                      seed, choose)
+    fit_seconds = (time.perf_counter() - t0) / len(split_list)
+    if auto:  # the saved model: the choice made most often over the splits
+        rows, kind, head, C = choose(None)
+        features, layers = selection.most_common(chosen)["features"], rows.layers
+    if not dataset.has_split:  # the saved model learns from every labelled image
+        pipe = fit_head(rows, kind, head, Cs[0] if C == "auto" else C, y, np.arange(len(y)), seed)[0]
+    for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
+        s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
+    metrics = {
+        "kind": "fit", "method": method, "dataset": dataset.name, "data": str(data),
+        **_scores(per_split, confusion),
+        "n_images": len(dataset), "classes": dataset.classes,
+        **store_identity(src),
+        "features": features, "layers": layers, "embedding": kind, "head": head,
+        "C": Cs[0] if len(set(Cs)) == 1 else Cs,
+        "fit_seconds": fit_seconds,
+        "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
+        "rows": "extracted" if src.extract_seconds is not None else "cached",
+        "seed": seed, "split_protocol": "predefined" if dataset.has_split else (
+            f"{len(per_split)}x {train_per_class} per class" if train_per_class
+            else f"{len(per_split)}x stratified test_size={test_size}"),
+        **provenance(),
+    }
+    if auto:
+        metrics["selection"] = selection.summary(chosen)
+    _save(Path(out), metrics, pipe, src, layers, kind)
+    compare.write_predictions(Path(out) / "predictions.csv", dataset, y, preds)
+    return metrics
+
+
+def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
+    """Accuracy and mean class accuracy over the splits (mean ± std), sizes, confusion."""
+    acc = np.array([s["accuracy"] for s in per_split])
+    mca = np.array([s["mean_class_accuracy"] for s in per_split])
+    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
+            "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
+            "splits": per_split, "n_splits": len(per_split),
+            "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
+            "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
+            "confusion": confusion.tolist()}
+
+
+def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
+              choose=None):
+    """Fit and score every split; -> (per-split scores, C per split, summed confusion, last model,
+    (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split."""
+    confusion = np.zeros((k, k), dtype=np.int64)
+    per_split, Cs, preds = [], [], []
+    for tr, te in split_list:
+        if choose is not None:
+            rows, kind, head, C = choose(tr)
+        pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed)
+        pred = pipe.classes_[rows.scores(pipe, te).argmax(axis=1)]
+        scores, conf = split_scores(y[te], pred, k)
+        per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})
+        Cs.append(c_used)
+        confusion += conf
+        preds.append((te, pred))
+    return per_split, Cs, confusion, pipe, preds
+
+
+def store_identity(src: Source) -> dict:
+    """What pins a model to its rows: recorded in metrics.json and model.joblib."""
+    m, spec = src.store.meta, src.spec
+    return {"arch": spec.arch, "weights": spec.weights, "weights_seed": spec.weights_seed,
+            "weights_fingerprint": m["weights"], "crop": spec.crop, "preprocess": m["preprocess"],
+            "decode": spec.decode, "precision": m["precision"], "storage_dtype": m["dtype"],
+            "cache": spec.cache, "store": str(src.store.path)}
+
+
+def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    joblib.dump({
+        "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
+        "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
+        "store": store_identity(src), "views": src.store.views, "thresholds": (
+            {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
+            if kind == "fne" else None),
+    }, out / "model.joblib")
+
+
+verb_module(__name__)

@@ -1,0 +1,52 @@
+"""Linear heads on top of an embedding: LinearSVC (the FNE paper's), logistic regression, and
+SGD variants that learn with `partial_fit` for data that does not fit in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression, SGDClassifier
+from sklearn.svm import LinearSVC
+
+from fne.errors import FneError
+from fne.names import HEADS
+
+# --C auto's grid (fne.linear.selection): decades 10^-3 .. 10^3, centred on the default C = 1. L2-normalised
+# rows (norm 1) want C >= 1, FNE's {-1, 0, 1} rows (squared norm in the thousands) want C <= 1.
+C_GRID = tuple(float(c) for c in np.logspace(-3, 3, 7))
+SGD_STEP = 0.3  # eta0 = SGD_STEP / (features + 1) on standardised rows; see make_head
+
+
+def make_head(kind: str, C: float = 1.0, seed: int = 0, n_samples: int | None = None,
+              n_features: int | None = None):
+    """An unfitted head; the SGD ones need the number of training rows and of (standardised) features.
+
+    SGD heads take the penalty of their batch twins, alpha = 1 / (C · n_samples), and run
+    averaged SGD (Polyak–Juditsky) with a constant step below 1 / ||x||² on standardised rows.
+    sklearn's default 'optimal' step (∝ 1 / (alpha · t)) is huge at this alpha: on raw
+    L2-normalised rows it stayed at chance where LinearSVC reached 0.98 (tests/test_fit.py).
+    """
+    if kind == "svm":
+        return LinearSVC(C=C, max_iter=5000, random_state=seed)
+    if kind == "logreg":
+        return LogisticRegression(C=C, max_iter=2000, solver="lbfgs", random_state=seed)
+    if kind in ("sgd-svm", "sgd-logreg"):
+        if not n_samples or not n_features:
+            raise ValueError("SGD heads need n_samples and n_features")
+        loss = "hinge" if kind == "sgd-svm" else "log_loss"
+        return SGDClassifier(loss=loss, alpha=1.0 / (C * n_samples), learning_rate="constant",
+                             eta0=SGD_STEP / (n_features + 1), average=True, random_state=seed)
+    raise FneError(f"unknown --head {kind!r}; choose from {', '.join(HEADS)}")
+
+
+def parse_C(C: str | float) -> float | str:
+    if isinstance(C, (int, float)):
+        return float(C)
+    if str(C).lower() == "auto":  # chosen by cross-validation: fne.linear.selection
+        return "auto"
+    try:
+        value = float(C)
+    except ValueError:
+        raise FneError(f"bad --C {C!r}; give a positive number or 'auto'") from None
+    if value <= 0:
+        raise FneError(f"bad --C {C!r}; must be > 0")
+    return value

@@ -1,0 +1,1 @@
+"""`fne run`: pipeline files and their runner."""

@@ -1,0 +1,565 @@
+"""Pipeline files (`fne run PIPELINE.toml`): schema, validation and the TOML line locator.
+
+Pure configuration: this module imports no torch, no scikit-learn and no verb module, so
+`fne report --pipeline FILE` and tools can read a pipeline file cheaply. What validation needs
+from the heavy modules (backbone names, which layers a feature spec names, what C parses to)
+is passed in as `Checks` (fne.pipeline.runner builds the real ones); without it those checks are skipped.
+
+A pipeline file declares datasets, backbones, the feature × head grid of `fne fit`, the
+modes of `fne train` and optional published reference numbers; see pipelines/*.toml and
+`SCHEMA` below. `load_pipeline` reports every mistake at once, each as `file:line: key: why`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Collection
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fne.errors import FneError
+from fne.names import (
+    CROPS,
+    DIRECT_SCORES,
+    HEADS,
+    MODES,
+    NEW_LAYERS,
+    PRECISIONS,
+    SCHEDULERS,
+    STORAGE_DTYPES,
+    WEIGHT_CHOICES,
+    slug,
+)
+from fne.pipeline.config_errors import Errors, Locator, PipelineError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser as a package
+    import tomli as tomllib
+
+# key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
+# "list[str]", "list[int]", "table", "str|float", "str|table".
+SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
+    "": {
+        "pipeline": ("table", "name, description, out, cache, seeds, advise, advise_sample, report"),
+        "datasets": ("table", "[datasets.KEY] tables"),
+        "backbones": ("array", "[[backbones]] tables"),
+        "fit": ("table", "the feature x head grid"),
+        "train": ("table", "the fne train modes"),
+    },
+    "pipeline": {
+        "name": ("str", "label of the experiment"),
+        "description": ("str", "free text"),
+        "out": ("str", "default --out (relative to the current folder)"),
+        "cache": ("str", "default --cache"),
+        "seeds": ("list[int]", "seeds of fit's random splits and of training (default [0])"),
+        "advise": ("bool", "run fne advise per dataset and backbone (default true)"),
+        "advise_sample": ("int", "images the source classifier sees for the advice (default 200)"),
+        "report": ("bool", "write the report at the end (default true)"),
+        "device": ("str", "auto, cpu or cuda[:i]"),
+        "workers": ("int", "decoding processes"),
+        "batch_size": ("int", "extraction batch size (default 32)"),
+    },
+    "datasets.*": {
+        "data": ("str", "any DATA form of fne fit; relative paths resolve against this file's folder; "
+                        "${VAR} expands environment variables"),
+        "optional": ("bool", "a dataset whose path is absent is skipped with a note instead of failing"),
+        "max_per_class": ("int", "use at most N images per class (per split), seeded: a cheap subset"),
+        "splits": ("int", "overrides fit.splits for this dataset"),
+        "test_size": ("float", "overrides fit.test_size / train.test_size for this dataset"),
+        "train_per_class": ("int", "overrides fit.train_per_class for this dataset"),
+        "class_map": ("str|table", "direct mode: JSON file or inline {target class = [ImageNet names]}"),
+        "protocol": ("str", "free text: the evaluation protocol, shown in pipeline.json"),
+        "note": ("str", "free text"),
+        "published": ("table", "published reference values: method = 93.3 or [mean, std], plus source, note"),
+    },
+    "backbones[]": {
+        "arch": ("str", "backbone (vgg16, vgg19, efficientnet_lite0)"),
+        "weights": ("str", "imagenet, random, imagenet-or-random (fall back to random with a warning) "
+                           "or a state dict path"),
+        "crop": ("str", "center, squash or ten"),
+        "precision": ("str", "auto, fp32, bf16 or fp16"),
+        "storage_dtype": ("str", "float16 or float32"),
+        "weights_seed": ("int", "seed of random weights"),
+        "label": ("str", "folder name of this backbone's runs"),
+        "features": ("list[str]", "overrides fit.features for this backbone"),
+    },
+    "fit": {
+        "enabled": ("bool", "default true"),
+        "features": ("list[str]", "fne, fc6, fc7, last, fne:L1,L2 or L1,L2"),
+        "heads": ("list[str]", "svm, logreg, sgd-svm, sgd-logreg"),
+        "C": ("str|float", "regularisation, or 'auto'"),
+        "splits": ("int", "random stratified splits when DATA has no split (default 5)"),
+        "test_size": ("float", "default 0.25"),
+        "train_per_class": ("int", "training images per class per split"),
+    },
+}
+# [train] and [train.MODE]: the options of `fne train` (fne.training.train.TrainConfig's fields less
+# TRAIN_EXCLUDED; tests/test_pipeline.py checks that the two agree)
+TRAIN_SCHEMA: dict[str, tuple[str, str]] = {
+    "modes": ("list[str]", f"which of {', '.join(MODES)} to run"),
+    **{k: (t, f"fne train --{k.replace('_', '-')}") for k, t in (
+        ("new_layers", "str"), ("direct_score", "str"), ("epochs", "int"), ("batch_size", "int"),
+        ("lr", "float"), ("imported_lr_mult", "float"), ("momentum", "float"), ("weight_decay", "float"),
+        ("scheduler", "str"), ("image_size", "int"), ("augment", "bool"), ("val_fraction", "float"),
+        ("test_size", "float"), ("precision", "str"), ("device", "str"), ("workers", "int"),
+        ("save_every", "int"), ("train_bn", "bool"), ("deterministic", "bool"), ("progress", "bool"))},
+}
+TRAIN_EXCLUDED = ("data", "mode", "out", "arch", "weights", "weights_seed", "resume", "seed", "class_map")
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Validation that needs the heavy modules, passed in by the caller (see fne.pipeline.runner.checks).
+
+    archs: the backbone names; features(spec, arch) and C(value) raise FneError saying why
+    a feature spec does not apply to a backbone or a C does not parse.
+    """
+
+    archs: Collection[str]
+    features: Callable[[str, str], object]
+    C: Callable[[str], object]
+
+
+# ------------------------------------------------------------------ the model
+
+
+@dataclass
+class DatasetCfg:
+    key: str
+    data: str  # resolved: "digits" or an absolute path
+    spec: str  # as written
+    optional: bool = False
+    max_per_class: int | None = None
+    splits: int | None = None
+    test_size: float | None = None
+    train_per_class: int | None = None
+    class_map: str | dict | None = None
+    protocol: str | None = None
+    note: str | None = None
+    published: dict | None = None
+    skipped: str | None = None  # why an optional dataset is not run
+    n_images: int | None = None
+    n_classes: int | None = None
+    n_train_split: int | None = None  # images in the predefined train split, if DATA has one
+
+
+@dataclass
+class BackboneCfg:
+    arch: str
+    weights: str
+    crop: str = "center"
+    precision: str = "auto"
+    storage_dtype: str = "float16"
+    weights_seed: int = 0
+    label: str = ""
+    features: list[str] | None = None
+    resolved_weights: str | None = None  # after imagenet-or-random
+
+
+@dataclass
+class Pipeline:
+    file: Path
+    name: str
+    description: str = ""
+    out: str | None = None
+    cache: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    advise: bool = True
+    advise_sample: int = 200
+    report: bool = True
+    device: str = "auto"
+    workers: int | None = None
+    batch_size: int = 32
+    datasets: list[DatasetCfg] = field(default_factory=list)
+    backbones: list[BackboneCfg] = field(default_factory=list)
+    fit: dict | None = None
+    train: dict[str, dict] = field(default_factory=dict)  # mode -> settings
+    train_raw: dict[str, dict] = field(default_factory=dict, repr=False)  # "" (common) / mode -> as written
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """What pipeline.json holds: the report reads notes and published values from it."""
+        return {
+            "kind": "pipeline", "name": self.name, "file": str(self.file), "description": self.description,
+            "datasets": {d.key: {"data": d.data, "optional": d.optional, "skipped": d.skipped,
+                                 "max_per_class": d.max_per_class, "protocol": d.protocol, "note": d.note,
+                                 "published": d.published} for d in self.datasets},
+            "backbones": [asdict(b) for b in self.backbones],
+            "fit": self.fit, "train": self.train, "seeds": self.seeds, "notes": list(self.notes),
+        }
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# schema type -> (test, how a message names it)
+_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (_is_int, "an integer"),
+    "float": (_is_number, "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "table": (lambda v: isinstance(v, dict), "a table"),
+    "array": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "an array of tables ([[...]])"),
+    "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+    "list[int]": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of integers"),
+    "str|float": (lambda v: isinstance(v, str) or _is_number(v), "a number or a string"),
+    "str|table": (lambda v: isinstance(v, (str, dict)), "a string or an inline table"),
+}
+
+
+def _check_table(tbl: dict, schema: dict, path: tuple, err: Errors) -> dict:
+    """Unknown keys and types; returns the entries that passed."""
+    ok = {}
+    for k, v in tbl.items():
+        if k not in schema:
+            close = difflib.get_close_matches(k, list(schema), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            err.add(path + (k,), f"unknown key{hint} (allowed: {', '.join(schema)})")
+            continue
+        test, words = _TYPES[schema[k][0]]
+        if not test(v):
+            err.add(path + (k,), f"expected {words}, got {v!r}")
+            continue
+        ok[k] = v
+    return ok
+
+
+def expand_vars(spec: str) -> tuple[str, list[str]]:
+    """`spec` with ${VAR}s expanded, and the names of those not set (left as written)."""
+    unset = []
+
+    def sub(m):
+        name = m.group(1)
+        if name not in os.environ:
+            unset.append(name)
+            return m.group(0)
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, spec), unset
+
+
+def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks | None = None) -> Pipeline:
+    """Parse and validate a pipeline file; raises PipelineError listing every problem.
+
+    check_data=False resolves dataset paths without opening them (nor requiring them).
+    checks: the backbone, feature and C checks of the heavy modules (fne.pipeline.runner.checks());
+    None skips them (enough to read settings and published values).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise PipelineError(f"pipeline file {path}: no such file")
+    text = file.read_text()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PipelineError(f"{file}: not valid TOML: {e}") from None
+    err = Errors(file, Locator(text))
+    base = file.resolve().parent
+    top = _check_table(raw, SCHEMA[""], (), err)
+    p = Pipeline(file=file, name=file.stem)
+    _load_head(p, top.get("pipeline", {}), err)
+    _load_backbones(p, top.get("backbones"), "backbones" in raw, base, err, checks)
+    _load_fit(p, top, err, checks)
+    if "train" in top:
+        _load_train(p, top["train"], err)
+    dss = top.get("datasets", {})
+    if not dss:
+        err.add(("datasets",) if "datasets" in raw else (), "at least one [datasets.KEY] table is required")
+    for key, d in dss.items():
+        ds = _load_dataset(key, d, base, err)
+        if ds is not None:
+            _resolve_data(ds, base, ("datasets", key), err, check_data)
+            p.datasets.append(ds)
+    if not p.fit and not p.train:
+        err.add(("fit",), "nothing to run: give a [fit] grid or [train] modes")
+    for ds in p.datasets:
+        _check_split_sizes(p, ds, err)
+    err.raise_if_any()
+    for ds in p.datasets:
+        if ds.skipped:
+            p.notes.append(f"dataset {ds.key} skipped: {ds.skipped}")
+    return p
+
+
+def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
+    head = _check_table(table, SCHEMA["pipeline"], ("pipeline",), err)
+    for k in ("name", "description", "out", "cache", "advise", "report", "device", "workers", "batch_size"):
+        if k in head:
+            setattr(p, k, head[k])
+    if "seeds" in head:
+        if not head["seeds"]:
+            err.add(("pipeline", "seeds"), "needs at least one seed")
+        p.seeds = head["seeds"] or [0]
+    if "advise_sample" in head:
+        if head["advise_sample"] < 1:
+            err.add(("pipeline", "advise_sample"), f"must be >= 1, got {head['advise_sample']}")
+        p.advise_sample = head["advise_sample"]
+    for k in ("workers", "batch_size"):
+        if k in head and head[k] < (0 if k == "workers" else 1):
+            err.add(("pipeline", k), f"must be >= {0 if k == 'workers' else 1}, got {head[k]}")
+
+
+def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, checks: Checks | None) -> None:
+    if not bbs:
+        err.add(("backbones",) if present else (), "at least one [[backbones]] table is required")
+        bbs = []
+    labels: dict[str, int] = {}
+    for i, b in enumerate(bbs):
+        path_ = ("backbones", i)
+        b = _check_table(b, SCHEMA["backbones[]"], path_, err)
+        if "arch" not in b:
+            err.add(path_, "missing key 'arch'")
+            continue
+        if checks is not None and b["arch"] not in checks.archs:
+            err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
+            continue
+        cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
+        for k in ("crop", "precision", "storage_dtype", "weights_seed", "features"):
+            if k in b:
+                setattr(cfg, k, b[k])
+        for k, choices in (("crop", CROPS), ("precision", PRECISIONS), ("storage_dtype", STORAGE_DTYPES)):
+            if getattr(cfg, k) not in choices:
+                err.add(path_ + (k,), f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
+        if cfg.weights not in WEIGHT_CHOICES:
+            wpath = Path(os.path.expanduser(cfg.weights))
+            wpath = wpath if wpath.is_absolute() else base / wpath
+            if not wpath.is_file():
+                err.add(path_ + ("weights",), f"{cfg.weights!r} is neither one of {', '.join(WEIGHT_CHOICES)} "
+                                              f"nor an existing state dict file ({wpath})")
+            cfg.weights = str(wpath)
+        stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
+        cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}")
+        if cfg.label in labels:
+            err.add(path_, f"same folder label {cfg.label!r} as backbones[{labels[cfg.label]}]; give a distinct 'label'")
+        labels[cfg.label] = i
+        p.backbones.append(cfg)
+
+
+def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> None:
+    if "fit" in top:
+        f = _check_table(top["fit"], SCHEMA["fit"], ("fit",), err)
+        if f.get("enabled", True):
+            p.fit = {"features": f.get("features", ["fne"]), "heads": f.get("heads", ["svm"]),
+                     "C": str(f.get("C", "1.0")), "splits": f.get("splits", 5),
+                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class")}
+            for h in p.fit["heads"]:
+                if h not in HEADS:
+                    err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")
+            if not p.fit["features"]:
+                err.add(("fit", "features"), "needs at least one feature spec")
+            if not p.fit["heads"]:
+                err.add(("fit", "heads"), "needs at least one head")
+            if checks is not None:
+                _check_call(checks.C, (p.fit["C"],), ("fit", "C"), err)
+            _check_protocol(p.fit, ("fit",), err)
+    if p.fit is None or checks is None:
+        return
+    for i, cfg in enumerate(p.backbones):
+        feats = cfg.features if cfg.features is not None else p.fit["features"]
+        where = ("backbones", i, "features") if cfg.features is not None else ("fit", "features")
+        for spec in feats:
+            _check_call(checks.features, (spec, cfg.arch), where, err, f"{spec!r} does not apply to {cfg.arch}: ")
+
+
+def _check_call(fn: Callable, args: tuple, path: tuple, err: Errors, prefix: str = "") -> None:
+    try:
+        fn(*args)
+    except (FneError, ValueError) as e:
+        err.add(path, f"{prefix}{e}")
+
+
+def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
+    modes = t.get("modes", [])
+    if "modes" not in t:
+        err.add(("train",), f"missing key 'modes' (a list of {', '.join(MODES)})")
+    if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+        err.add(("train", "modes"), f"expected a list of strings, got {modes!r}")
+        modes = []
+    for m in modes:
+        if m not in MODES:
+            err.add(("train", "modes"), f"unknown mode {m!r}; choose from {', '.join(MODES)}")
+    common = _check_table({k: v for k, v in t.items() if k not in MODES}, TRAIN_SCHEMA, ("train",), err)
+    common.pop("modes", None)
+    _check_train_values(common, ("train",), err)
+    for m in MODES:
+        if m in t and not isinstance(t[m], dict):
+            err.add(("train", m), f"expected a table [train.{m}], got {t[m]!r}")
+        elif m in t and m not in modes:
+            err.add(("train", m), f"settings for mode {m!r}, which train.modes does not list")
+    own_schema = {k: v for k, v in TRAIN_SCHEMA.items() if k != "modes"}
+    for m in modes:
+        if m not in MODES:
+            continue
+        own = _check_table(t.get(m, {}), own_schema, ("train", m), err)
+        _check_train_values(own, ("train", m), err)
+        p.train[m] = {**common, **own}
+        p.train_raw[m] = own
+    p.train_raw[""] = common
+
+
+def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
+    path_ = ("datasets", key)
+    if not isinstance(d, dict):
+        err.add(path_, f"expected a table [datasets.{key}], got {d!r}")
+        return None
+    d = _check_table(d, SCHEMA["datasets.*"], path_, err)
+    if "data" not in d:
+        err.add(path_, "missing key 'data' (a folder, CSV, HDF5 file or 'digits')")
+        return None
+    ds = DatasetCfg(key=key, data=d["data"], spec=d["data"], optional=d.get("optional", False))
+    for k in ("max_per_class", "splits", "test_size", "train_per_class", "protocol", "note"):
+        if k in d:
+            setattr(ds, k, d[k])
+    for k in ("max_per_class", "splits", "train_per_class"):
+        if getattr(ds, k) is not None and getattr(ds, k) < 1:
+            err.add(path_ + (k,), f"must be >= 1, got {getattr(ds, k)}")
+    if ds.test_size is not None and not 0 < ds.test_size < 1:
+        err.add(path_ + ("test_size",), f"must be in (0, 1), got {ds.test_size}")
+    if "published" in d:
+        ds.published = _check_published(d["published"], path_ + ("published",), err)
+    if "class_map" in d:
+        ds.class_map = _check_class_map(d["class_map"], base, path_ + ("class_map",), err)
+    return ds
+
+
+def _check_class_map(cm, base: Path, path: tuple, err: Errors) -> str | dict:
+    if isinstance(cm, str):
+        cpath = Path(os.path.expanduser(cm))
+        cpath = cpath if cpath.is_absolute() else base / cpath
+        if not cpath.is_file():
+            err.add(path, f"no such file {cpath}")
+        return str(cpath)
+    bad = [k for k, v in cm.items() if not (isinstance(v, (str, int)) or (
+        isinstance(v, list) and all(isinstance(x, (str, int)) for x in v)))]
+    if bad:
+        err.add(path, f"values must be ImageNet class names/indices: {bad}")
+    return dict(cm)
+
+
+def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
+    """Stratified parts need one image per class: catch a too small test / validation part early."""
+    if not ds.n_images or not ds.n_classes or ds.skipped:
+        return
+    k = ds.n_classes
+    n = ds.n_images
+    if ds.max_per_class:
+        n = min(n, ds.max_per_class * k * (2 if ds.n_train_split is not None else 1))
+    key = ("datasets", ds.key)
+    if p.fit and ds.n_train_split is None:
+        tpc = ds.train_per_class if ds.train_per_class is not None else p.fit["train_per_class"]
+        ts = ds.test_size if ds.test_size is not None else p.fit["test_size"]
+        if tpc is None and math.ceil(ts * n) < k:
+            where = key + ("test_size",) if ds.test_size is not None else ("fit", "test_size")
+            err.add(where, f"{ds.key}: a test part of {ts} holds {math.ceil(ts * n)} of its ~{n} images, fewer "
+                           f"than its {k} classes (a stratified split needs one per class)")
+    for mode, settings in p.train.items():
+        if mode == "direct":
+            continue
+        ts = ds.test_size if ds.test_size is not None else settings.get("test_size", 0.25)
+        n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None else n - math.ceil(ts * n))
+        vf = settings.get("val_fraction", 0.1)
+        if vf and math.ceil(vf * n_train) < k:
+            where = ("train", mode, "val_fraction") if "val_fraction" in (p.train_raw.get(mode) or {}) else (
+                ("train", "val_fraction") if "val_fraction" in p.train_raw.get("", {}) else ("train", "modes"))
+            err.add(where, f"mode {mode} on {ds.key}: a validation part of {vf} holds {math.ceil(vf * n_train)} of "
+                           f"~{n_train} training images, fewer than its {k} classes (a stratified split needs one "
+                           f"per class): raise val_fraction or set it to 0 (then the last epoch is kept)")
+
+
+def _check_protocol(f: dict, path: tuple, err: Errors) -> None:
+    if f.get("splits") is not None and f["splits"] < 1:
+        err.add(path + ("splits",), f"must be >= 1, got {f['splits']}")
+    if not 0 < f["test_size"] < 1:
+        err.add(path + ("test_size",), f"must be in (0, 1), got {f['test_size']}")
+    if f.get("train_per_class") is not None and f["train_per_class"] < 1:
+        err.add(path + ("train_per_class",), f"must be >= 1, got {f['train_per_class']}")
+
+
+def _check_train_values(s: dict, path: tuple, err: Errors) -> None:
+    checks = {
+        "epochs": (lambda v: v >= 1, "an integer >= 1"),
+        "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+        "lr": (lambda v: v > 0, "a positive number"),
+        "imported_lr_mult": (lambda v: v >= 0, "a number >= 0"),
+        "image_size": (lambda v: v >= 8, "an integer >= 8"),
+        "val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+        "test_size": (lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "new_layers": (lambda v: v in NEW_LAYERS, f"one of {', '.join(NEW_LAYERS)}"),
+        "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
+        "direct_score": (lambda v: v in DIRECT_SCORES, f"one of {', '.join(DIRECT_SCORES)}"),
+        "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    }
+    for k, (ok, want) in checks.items():
+        if k in s and not ok(s[k]):
+            key = path + (k,)
+            err.add(key, f"{s[k]!r}: expected {want}")
+
+
+def _check_published(pub: dict, path: tuple, err: Errors) -> dict:
+    out = {"source": None, "note": None, "values": {}}
+    for k, v in pub.items():
+        if k in ("source", "note"):
+            if not isinstance(v, str):
+                err.add(path + (k,), f"expected a string, got {v!r}")
+            out[k] = v
+        elif (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
+                isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)):
+            vals = v if isinstance(v, list) else [v]
+            if not all(0 <= x <= 100 for x in vals[:1]):
+                err.add(path + (k,), f"published accuracy is a percentage in [0, 100], got {v!r}")
+            out["values"][k] = {"mean": float(vals[0]), "std": float(vals[1]) if len(vals) == 2 else None}
+        else:
+            err.add(path + (k,), f"expected a percentage (93.3) or [mean, std], got {v!r}")
+    if out["values"] and not out["source"]:
+        err.add(path, "published values need a 'source' (where the numbers come from)")
+    return out
+
+
+def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_data: bool) -> None:
+    from fne.data.datasets import load_dataset  # numpy only: no torch
+    from fne.errors import DataError
+
+    if ds.spec == "digits":
+        ds.data = "digits"
+    else:
+        expanded, unset = expand_vars(ds.spec)
+        p = Path(os.path.expanduser(expanded))
+        p = p if p.is_absolute() else (base / p)
+        ds.data = str(p.resolve()) if p.exists() else str(p)
+        if not check_data:  # resolve only: the caller wants the file's settings, not the data
+            return
+        if not p.exists():
+            why = (f"{ds.spec!r}: environment variable{'s' * (len(unset) > 1)} {', '.join(unset)} "
+                   f"not set" if unset else f"path {p} does not exist")
+            if ds.optional:
+                ds.skipped = why
+            else:
+                err.add(path_ + ("data",), f"{why}; this dataset must be supplied by you (see the comments "
+                                           f"in the file), or mark it optional = true to skip it")
+            return
+    if not check_data:
+        return
+    try:
+        d = load_dataset(ds.data)
+    except DataError as e:
+        err.add(path_ + ("data",), str(e))
+        return
+    ds.n_images, ds.n_classes = len(d), len(d.classes)
+    if d.has_split:
+        ds.n_train_split = sum(1 for x in d.splits if x == "train")
+    if d.labels is None:
+        err.add(path_ + ("data",), "has no labels")
+
+

@@ -1,0 +1,516 @@
+"""`fne run PIPELINE.toml`: an experiment declared in a file, run end to end, resumable.
+
+A pipeline file declares datasets, backbones, the feature × head grid of `fne fit`, the
+modes of `fne train` and optional published reference numbers; see pipelines/*.toml and
+the schema in fne.pipeline.config.SCHEMA. `fne run` then
+
+1. validates the whole file (unknown keys, bad values, missing datasets) and reports every
+   mistake with its key and line before anything runs;
+2. per (dataset, backbone): extracts the activations once into the cache, writes the advice
+   (`fne advise`), fits every feature × head × seed from the cache and trains every mode;
+3. skips steps that are done: RUN_DIR/metrics.json exists and RUN_DIR/step.json holds the
+   hash of the same step configuration (and of that metrics.json), so an interrupted run
+   resumes where it stopped and a changed setting reruns only the steps it touches; a fit's
+   step.json also records the extraction that computed its rows in this run (its measured
+   seconds, or none computed: cached), which is what the report shows;
+4. ends with `fne report` over exactly the steps of this pipeline (OUT/report.md, .html).
+
+Layout of OUT: pipeline.json, report.*, and per step
+OUT/<dataset>/<backbone>/{advice, fit-<features>-<head>-C<C>-s<seed>, train-<mode>-s<seed>}/.
+
+Validation lives in fne.pipeline.config (pure); this module plans the steps and runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import fne
+from fne.errors import FneError, WeightsError
+from fne.names import slug
+from fne.pipeline import config
+from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
+
+__all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
+
+STEP_FORMAT = 1
+TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
+# settings that direct mode (no training) ignores: changing them does not rerun it
+TRAINING_ONLY = ("epochs", "lr", "imported_lr_mult", "momentum", "weight_decay", "scheduler", "val_fraction",
+                 "augment", "new_layers", "deterministic")
+
+
+def checks() -> config.Checks:
+    """The validation of fne.pipeline.config that needs the backbones, fit and heads modules."""
+    from fne.backbones import registry as bb
+    from fne.linear.features import parse_features
+    from fne.linear.heads import parse_C
+
+    return config.Checks(archs=_Archs(), features=lambda spec, arch: parse_features(spec, bb.get(arch)),
+                         C=parse_C)
+
+
+class _Archs:
+    """Every name fne.backbones.get resolves: the registry, torchvision model names, timm:NAME."""
+
+    def __contains__(self, name) -> bool:
+        from fne.backbones import registry as bb
+
+        try:
+            bb.get(name)
+        except FneError:
+            return False
+        return True
+
+    def __iter__(self):
+        from fne.backbones import registry as bb
+
+        return iter([*bb.REGISTRY, "any torchvision model name", "timm:NAME"])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
+    """fne.pipeline.config.load_pipeline with every check, backbones and feature specs included."""
+    return config.load_pipeline(path, check_data=check_data, checks=checks())
+
+
+# ------------------------------------------------------------------ steps
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+
+
+@dataclass
+class Step:
+    kind: str  # advise | fit | train
+    dataset: DatasetCfg
+    backbone: BackboneCfg
+    dir: Path
+    config: dict
+    kwargs: dict
+    label: str
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def result_file(self) -> Path:
+        return self.dir / ("advice.json" if self.kind == "advise" else "metrics.json")
+
+    def done(self) -> bool:
+        rf, sf = self.result_file, self.dir / "step.json"
+        if not (rf.is_file() and sf.is_file()):
+            return False
+        try:
+            s = json.loads(sf.read_text())
+        except (OSError, ValueError):
+            return False
+        return s.get("hash") == self.hash and s.get("result_sha") == _file_sha(rf)
+
+    def mark_done(self, seconds: float, extract: dict | None = None) -> None:
+        """step.json: the step's hash and its result's; `extract` is the extraction that computed
+        the rows this step read in the same `fne run` (its measured seconds, rows computed)."""
+        record = {"format": STEP_FORMAT, "hash": self.hash, "kind": self.kind, "label": self.label,
+                  "dataset_key": self.dataset.key, "backbone": self.backbone.label,
+                  "result_sha": _file_sha(self.result_file), "seconds": seconds,
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config}
+        if extract is not None:
+            record["extract"] = extract
+        tmp = self.dir / ".step.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, self.dir / "step.json")
+
+
+def _data_identity(ds: DatasetCfg) -> dict:
+    return {"key": ds.key, "data": ds.data, "max_per_class": ds.max_per_class, "n_images": ds.n_images,
+            "classes": ds.n_classes}
+
+
+def _backbone_identity(b: BackboneCfg) -> dict:
+    from fne.backbones import registry as bb
+
+    w = b.resolved_weights or b.weights
+    try:
+        fp = None if w == "imagenet-or-random" else bb.fingerprint(b.arch, w, b.weights_seed)
+    except WeightsError:
+        if b.resolved_weights:
+            raise
+        fp = None  # a dry run: weights are not resolved, nor required to be available
+    return {"arch": b.arch, "weights": w, "fingerprint": fp, "crop": b.crop, "precision": b.precision,
+            "storage_dtype": b.storage_dtype, "weights_seed": b.weights_seed}
+
+
+def content_fingerprint(data: str, cache: str | None) -> str | None:
+    """The images' content (sorted keys, from the data root's manifest: an unchanged folder is
+    only stat'ed); None where DATA cannot be read (a dry run without its data)."""
+    from fne.data.shards import content_fingerprint as fingerprint
+    from fne.errors import DataError
+    from fne.linear.features import load_data
+
+    try:
+        return fingerprint(load_data(data, cache).keys())
+    except DataError:
+        return None
+
+
+def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = None) -> list[Step]:
+    """Every step of the pipeline in run order (per dataset, per backbone: advise, fit, train).
+
+    A step's identity holds its settings, the images' content fingerprint and the fne version:
+    changed images or a new release rerun the steps they affect, and nothing else.
+    """
+    steps = []
+    for ds in p.datasets:
+        if ds.skipped:
+            continue
+        data = data_for.get(ds.key, ds.data)
+        content = content_fingerprint(data, cache)
+        for b in p.backbones:
+            root = out / slug(ds.key) / b.label
+            w = b.resolved_weights or b.weights
+            store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
+                         storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
+            ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content},
+                     "backbone": _backbone_identity(b)}
+            if p.advise:
+                cfg = {**ident, "kind": "advise", "sample": p.advise_sample,
+                       "test_size": ds.test_size if ds.test_size is not None else (p.fit or {}).get("test_size", 0.25),
+                       "train_per_class": ds.train_per_class if ds.train_per_class is not None
+                       else (p.fit or {}).get("train_per_class")}
+                steps.append(Step("advise", ds, b, root / "advice", cfg,
+                                  dict(data=data, sample=p.advise_sample, test_size=cfg["test_size"],
+                                       train_per_class=cfg["train_per_class"], **store),
+                                  f"{ds.key} {b.label} advise"))
+            if p.fit:
+                feats = b.features if b.features is not None else p.fit["features"]
+                proto = {"splits": ds.splits or p.fit["splits"],
+                         "test_size": ds.test_size if ds.test_size is not None else p.fit["test_size"],
+                         "train_per_class": ds.train_per_class if ds.train_per_class is not None
+                         else p.fit["train_per_class"]}
+                for feat in feats:
+                    for head in p.fit["heads"]:
+                        for seed in p.seeds:
+                            cfg = {**ident, "kind": "fit", "features": feat, "head": head, "C": p.fit["C"],
+                                   "seed": seed, **proto}
+                            name = f"fit-{slug(feat)}-{head}-C{slug(p.fit['C'])}-s{seed}"
+                            steps.append(Step("fit", ds, b, root / name, cfg,
+                                              dict(data=data, features=feat, head=head, C=p.fit["C"], seed=seed,
+                                                   **proto, **store),
+                                              f"{ds.key} {b.label} fit {feat}+{head} seed {seed}"))
+            for mode, settings in p.train.items():
+                if mode == "direct" and not ds.class_map:
+                    continue
+                for seed in p.seeds:
+                    s = dict(settings)
+                    if ds.test_size is not None:
+                        s["test_size"] = ds.test_size
+                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
+                                and not (mode == "direct" and k in TRAINING_ONLY)}
+                    cfg = {**ident, "kind": "train", "mode": mode, "seed": seed, "settings": identity,
+                           "class_map": ds.class_map if mode == "direct" else None}
+                    if mode == "scratch":  # no imported weights: the backbone's weights do not matter
+                        cfg["backbone"] = {k: v for k, v in cfg["backbone"].items()
+                                           if k not in ("weights", "fingerprint")}
+                    steps.append(Step("train", ds, b, root / f"train-{mode}-s{seed}", cfg,
+                                      dict(data=data, mode=mode, seed=seed, settings=s),
+                                      f"{ds.key} {b.label} train {mode} seed {seed}"))
+    return steps
+
+
+# ------------------------------------------------------------------ running
+
+
+def resolve_weights(b: BackboneCfg, say) -> None:
+    """imagenet-or-random: imagenet when it loads, else random with a loud warning."""
+    from fne.backbones import registry as bb
+
+    if b.weights == "imagenet-or-random":
+        try:
+            bb.get(b.arch).imagenet()
+            b.resolved_weights = "imagenet"
+            say(f"{b.arch}: ImageNet weights available")
+        except WeightsError as e:
+            b.resolved_weights = "random"
+            say(f"WARNING: ImageNet weights for {b.arch} are not available, so this run uses RANDOM weights "
+                f"(seed {b.weights_seed}): its numbers say nothing about transfer learning. Reason: {e}")
+            return
+    elif b.weights == "imagenet":
+        try:
+            bb.get(b.arch).imagenet()
+        except WeightsError as e:
+            raise FneError(f"backbone {b.label}: {e}") from None
+        b.resolved_weights = "imagenet"
+    else:
+        b.resolved_weights = b.weights
+
+
+def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
+    """max_per_class: write the seeded subset as a DATA file (HDF5 for arrays, CSV for files)."""
+    if not ds.max_per_class:
+        return ds.data
+    import numpy as np
+
+    from fne.data.datasets import load_dataset
+
+    d = load_dataset(ds.data)
+    rng = np.random.default_rng(seed)
+    labels = np.array(d.labels)
+    groups = np.array(d.splits) if d.has_split else np.array([""] * len(d))
+    keep = []
+    for g in sorted(set(groups)):
+        for c in d.classes:
+            idx = np.flatnonzero((labels == c) & (groups == g))
+            if len(idx):
+                keep += sorted(rng.choice(idx, min(ds.max_per_class, len(idx)), replace=False).tolist())
+    keep.sort()
+    folder = out / slug(ds.key) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d)})
+    stamp = folder / "subset.json"
+    if d.array_source is not None:
+        target = folder / f"{d.name}.h5"
+    else:
+        target = folder / f"{d.name}.csv"
+    if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == ident:
+        return str(target)
+    if d.array_source is not None:
+        import h5py
+
+        imgs = np.stack([d.array_source.get(d.sources[i]) for i in keep])
+        tmp = folder / f".tmp-{d.name}.h5"
+        with h5py.File(tmp, "w") as f:
+            f["images"] = imgs
+            codes = {c: k for k, c in enumerate(d.classes)}
+            f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
+            f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
+            if d.has_split:
+                f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
+        os.replace(tmp, target)
+    else:
+        import csv
+
+        tmp = folder / f".tmp-{d.name}.csv"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label"] + (["split"] if d.has_split else []))
+            for i in keep:
+                w.writerow([str(Path(d.sources[i]).resolve()), d.labels[i]] + ([d.splits[i]] if d.has_split else []))
+        os.replace(tmp, target)
+    stamp.write_text(json.dumps({"hash": ident, "n": len(keep), "of": len(d), "max_per_class": ds.max_per_class}))
+    return str(target)
+
+
+def _write_class_map(ds: DatasetCfg, out: Path) -> str | None:
+    if ds.class_map is None or isinstance(ds.class_map, str):
+        return ds.class_map
+    folder = out / slug(ds.key) / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "class_map.json"
+    path.write_text(json.dumps(ds.class_map, indent=1))
+    return str(path)
+
+
+def run_step(step: Step, p: Pipeline, cache: str | None, out: Path) -> dict:
+    """Run one step into step.dir; returns its result dict."""
+    from fne.linear import fit as fit_mod
+    from fne.reporting import advise as advise_mod
+    from fne.training import train as train_mod
+
+    step.dir.mkdir(parents=True, exist_ok=True)
+    (step.dir / "step.json").unlink(missing_ok=True)  # a half-written result never looks done
+    k = dict(step.kwargs)
+    b = step.backbone
+    if step.kind == "advise":
+        a = advise_mod.advise(k.pop("data"), k.pop("arch"), k.pop("weights"), cache=cache, device=p.device,
+                              batch_size=p.batch_size, workers=p.workers, **k)
+        a["dataset_key"] = step.dataset.key
+        a["backbone"] = b.label
+        step.result_file.write_text(json.dumps(a, indent=1))
+        return a
+    if step.kind == "fit":
+        return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
+                           batch_size=p.batch_size, workers=p.workers, **k)
+    settings = dict(k["settings"])
+    mode = k["mode"]
+    w = b.resolved_weights or b.weights
+    kwargs = dict(arch=b.arch, weights=None if mode == "scratch" else w, weights_seed=b.weights_seed,
+                  seed=k["seed"], **settings)
+    if mode == "direct":
+        kwargs["class_map"] = _write_class_map(step.dataset, out)
+    if "device" not in kwargs and p.device != "auto":
+        kwargs["device"] = p.device
+    if "workers" not in kwargs and p.workers is not None:
+        kwargs["workers"] = p.workers
+    return train_mod.train(k["data"], mode, str(step.dir), **kwargs)
+
+
+def _summary_line(step: Step, r: dict) -> str:
+    if step.kind == "advise":
+        sim = r.get("similarity", {})
+        s = f"{sim['max_softmax_mean']:.2f}" if sim.get("judged") else "not judged"
+        return f"{r['recommendation']} ({r['images_per_class']:g} train images/class, similarity {s})"
+    return f"accuracy {100 * r['accuracy']:.1f} % (mean class {100 * r['mean_class_accuracy']:.1f} %)"
+
+
+def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
+        dry_run: bool = False, report: bool | None = None, device: str | None = None,
+        workers: int | None = None, log=None) -> dict:
+    """Validate, then run every pending step; returns {"steps", "ran", "skipped", "out", "report"}."""
+    say = log or (lambda s: print(s, flush=True))
+    t_start = time.perf_counter()
+    p = load_pipeline(path)
+    if device is not None:
+        p.device = device
+    if workers is not None:
+        p.workers = workers
+    out = Path(out or p.out or Path("runs") / slug(p.name))
+    cache = cache if cache is not None else p.cache
+    _announce_skips(p, path, say)
+    result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
+    if dry_run:
+        steps = plan(p, out, {}, cache)
+        say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
+        for s in steps:
+            say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
+        return {**result, "steps": len(steps)}
+    for b in p.backbones:
+        resolve_weights(b, say)
+        if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
+            p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
+                           f"weights, so its numbers say nothing about transfer learning")
+    out.mkdir(parents=True, exist_ok=True)
+    data_for = {d.key: materialise(d, out) for d in p.datasets if not d.skipped}
+    for d in p.datasets:
+        if d.max_per_class and not d.skipped:
+            say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
+    steps = plan(p, out, data_for, cache)
+    (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
+    ran, skipped = _run_steps(steps, p, cache, out, data_for, force, say)
+    (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
+    rep = None
+    if p.report if report is None else report:
+        rep = _report(steps, p, out, say)
+    say(f"{ran} step(s) run, {skipped} skipped as done, in {time.perf_counter() - t_start:.1f} s")
+    return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _announce_skips(p: Pipeline, path, say) -> None:
+    """Notes on skipped datasets and modes; no dataset present at all is an error (nothing would run)."""
+    skipped = [d for d in p.datasets if d.skipped]
+    if skipped and len(skipped) == len(p.datasets):
+        unset = sorted({v for d in skipped for v in config.expand_vars(d.spec)[1]})
+        if unset and all(config.expand_vars(d.spec)[1] for d in skipped):
+            why = (f"environment variable {', '.join(unset)} not set, so none of "
+                   + ", ".join(d.spec for d in skipped) + " can be found; set it to the folder that holds "
+                   "them, see the comments in the file")
+        else:
+            why = "; ".join(f"{d.key}: {d.skipped}" for d in skipped)
+        raise FneError(f"{path}: nothing to run: none of its datasets is present ({why})")
+    for d in skipped:
+        say(f"note: optional dataset {d.key} skipped: {d.skipped}")
+    if "direct" in p.train:
+        for d in p.datasets:
+            if not d.skipped and not d.class_map:
+                note = f"direct mode not run on {d.key}: it has no class_map"
+                p.notes.append(note)
+                say(f"note: {note}")
+
+
+def _needs_rows(step: Step, p: Pipeline) -> bool:
+    """Fits read every row: extract the dataset once, before the first fit (or before the advice,
+    which then reads its sample from the same rows); without fits the advice extracts its sample."""
+    b = step.backbone
+    return step.kind == "fit" or (step.kind == "advise" and bool(p.fit) and (b.resolved_weights or b.weights) != "random")
+
+
+def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict:
+    """Extract the step's dataset with its backbone; returns what step.json records of it."""
+    from fne.extraction import extract as extract_mod
+
+    b = step.backbone
+    t = time.perf_counter()
+    r = extract_mod.extract(data, b.arch, b.resolved_weights, cache=cache, batch_size=p.batch_size,
+                            device=p.device, precision=b.precision, crop=b.crop, workers=p.workers,
+                            storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
+    say(f"extract {step.dataset.key} with {b.label}: {r.n_computed} computed"
+        + (f" at {r.images_per_s:.1f} img/s" if r.n_computed else "")
+        + f", {r.n_cached} already cached ({time.perf_counter() - t:.1f} s)")
+    return {"seconds": r.seconds, "n_computed": r.n_computed, "n_cached": r.n_cached,
+            "images_per_s": r.images_per_s, "store": r.store}
+
+
+def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, data_for: dict[str, str],
+               force: bool, say) -> tuple[int, int]:
+    """Run the steps not done; returns (ran, skipped)."""
+    ran = skipped = 0
+    extracted: dict[tuple, dict] = {}
+    for i, step in enumerate(steps, 1):
+        tag = f"[{i}/{len(steps)}] {step.label}"
+        if not force and step.done():
+            skipped += 1
+            say(f"{tag}: done before, skipped")
+            continue
+        pair = (step.dataset.key, step.backbone.label)
+        if _needs_rows(step, p) and pair not in extracted:
+            extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
+        say(f"{tag} ...")
+        t = time.perf_counter()
+        result = run_step(step, p, cache, out)
+        secs = time.perf_counter() - t
+        step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
+        ran += 1
+        say(f"{tag}: {_summary_line(step, result)} [{secs:.1f} s]")
+    return ran, skipped
+
+
+def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict:
+    from fne.reporting import report as report_mod
+
+    dirs = [s.dir for s in steps if s.result_file.is_file()]
+    rep = report_mod.report(dirs, out, extra_pipelines=[p.summary()])
+    for n in rep["header"]["notes"]:
+        say(f"note: {n}")
+    if rep["header"]["warning"]:
+        say(rep["header"]["warning"])
+    say(report_mod.table_text(rep["datasets"]))
+    say(f"report: {rep['md']} and {rep['html']}")
+    return rep
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="a pipelines/*.toml file")
+    parser.add_argument("--out", default=None, help="run folder (default: the file's pipeline.out, else runs/NAME)")
+    parser.add_argument("--cache", default=None, help="cache folder (default: the file's pipeline.cache, "
+                                                      "$FNE_CACHE or ./cache)")
+    parser.add_argument("--force", action="store_true", help="rerun steps that are already done")
+    parser.add_argument("--dry-run", action="store_true", help="validate and list the steps, run nothing")
+    parser.add_argument("--no-report", dest="report", action="store_const", const=False, default=None,
+                        help="do not write the report at the end")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:i] (overrides the file)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (overrides the file)")
+
+
+def run_cli(args) -> int:
+    run(args.pipeline, args.out, args.cache, force=args.force, dry_run=args.dry_run, report=args.report,
+        device=args.device, workers=args.workers)
+    sys.stdout.flush()
+    return 0

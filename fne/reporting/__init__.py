@@ -1,0 +1,1 @@
+"""`fne report` and `fne advise`: reports and advice from run folders."""

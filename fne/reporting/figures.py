@@ -1,0 +1,144 @@
+"""The figures of `fne report`, as base64 PNGs (embedded in report.html, files beside report.md)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+
+import numpy as np
+
+from fne.reporting.render import label
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    _plt().close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def fig_bars(ds: dict) -> str:
+    plt = _plt()
+    rows = [r for r in ds["rows"] if r.get("accuracy") is not None][::-1]
+    only = ds["published"]["only"]
+    labels = [label(r, ds["multi_backbone"]) for r in rows]
+    n = len(rows) + len(only)
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * max(n, 1) * (1.6 if ds["published"]["values"] else 1)))
+    y = np.arange(len(rows), dtype=float)
+    h = 0.38
+    acc = [100 * r["accuracy"] for r in rows]
+    err = [100 * (r.get("accuracy_std") or 0) for r in rows]
+    mca = [100 * (r.get("mean_class_accuracy") or 0) for r in rows]
+    ax.barh(y + h / 2, acc, h, xerr=err, color="#3b73b9", label="accuracy (measured)", capsize=2)
+    ax.barh(y - h / 2, mca, h, color="#9cc3e6", label="mean class accuracy (measured)")
+    py = [(i, r["published"]["mean"]) for i, r in enumerate(rows) if r.get("published")]
+    for k, (name, p) in enumerate(only.items()):
+        labels.append(f"{name} (published only)")
+        py.append((len(rows) + k, p["mean"]))
+    if py:
+        ax.scatter([v for _, v in py], [i for i, _ in py], marker="D", s=42, facecolor="white",
+                   edgecolor="#c0392b", linewidth=1.6, zorder=5, label="published (reference, not measured)")
+    ax.set_yticks(np.arange(n))
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xlabel("%")
+    ax.set_xlim(0, 100)
+    ax.set_title(f"{ds['dataset']}: methods", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _png(fig)
+
+
+def fig_time(ds: dict) -> str | None:
+    plt = _plt()
+    pts = []
+    for r in ds["rows"]:
+        if r.get("accuracy") is None:
+            continue
+        t = (r.get("seconds") or 0.0) + (r.get("extract_seconds") or 0.0)
+        if t > 0:
+            pts.append((t, 100 * r["accuracy"], label(r, ds["multi_backbone"]), r.get("kind")))
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for kind, color, marker in (("fit", "#3b73b9", "o"), ("train", "#e67e22", "s")):
+        sel = [p for p in pts if (p[3] == kind) or (kind == "fit" and p[3] not in ("fit", "train"))]
+        if sel:
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color, marker=marker, s=40,
+                       label="linear head on cached features" if kind == "fit" else "network training")
+    ax.set_xscale("log")
+    accs = [p[1] for p in pts]
+    lo, hi = max(0.0, min(accs) - 8), min(100.0, max(accs) + 8)
+    ax.set_ylim(lo, hi)
+    ts = [p[0] for p in pts]
+    ax.set_xlim(min(ts) / 1.5, max(ts) * 4)  # room on the right for the labels
+    # Points close in time form a cluster; its labels stack beside it with leader lines.
+    step = (hi - lo) * 0.055
+    groups: list[list] = []
+    for p in sorted(pts):
+        near = [g for g in groups if math.log10(p[0]) - math.log10(g[-1][0]) < 0.12
+                and min(abs(p[1] - q[1]) for q in g) < 2 * step]
+        if near:
+            near[0].append(p)
+        else:
+            groups.append([p])
+    for g in groups:
+        g.sort(key=lambda p: -p[1])
+        x = max(p[0] for p in g) * 1.35
+        top = min(hi - step * 0.6, max(p[1] for p in g) + step * (len(g) - 1) / 2)
+        if len(g) == 1:
+            t, a, lab, _ = g[0]
+            ax.annotate(lab, (t, a), xytext=(7, 0), textcoords="offset points", fontsize=7, va="center")
+            continue
+        for k, (t, a, lab, _) in enumerate(g):
+            ax.annotate(lab, (t, a), xytext=(x, top - k * step), textcoords="data", fontsize=7, va="center",
+                        arrowprops=dict(arrowstyle="-", color="#999", lw=0.6))
+    ax.set_xlabel("seconds: fit/train + feature extraction (log scale)")
+    ax.set_ylabel("accuracy %")
+    ax.set_title(f"{ds['dataset']}: accuracy against time", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def fig_confusion(ds: dict) -> str | None:
+    w = ds["winner"]
+    if not w or not w.get("confusion"):
+        return None
+    c = np.asarray(w["confusion"], dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.sum() == 0:
+        return None
+    plt = _plt()
+    norm = c / np.clip(c.sum(axis=1, keepdims=True), 1, None)
+    k = len(c)
+    size = min(9.0, 3.0 + 0.22 * k)
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    classes = w.get("classes") if w.get("classes") and len(w["classes"]) == k else [str(i) for i in range(k)]
+    if k <= 40:
+        ax.set_xticks(range(k))
+        ax.set_yticks(range(k))
+        ax.set_xticklabels(classes, rotation=90, fontsize=7)
+        ax.set_yticklabels(classes, fontsize=7)
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                if c[i, j]:
+                    ax.text(j, i, int(c[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{ds['dataset']}: confusion of {label(w, ds['multi_backbone'])} (rows normalised)", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    return _png(fig)
+
+

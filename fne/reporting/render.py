@@ -1,0 +1,267 @@
+"""How `fne report` writes its tables: cell formats, report.md and report.html.
+
+Pure formatting of the rows that fne.reporting.report tabulates; no files are read here.
+"""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+
+def pct(v: float | None, std: float | None = None) -> str:
+    if v is None:
+        return "—"
+    s = f"{100 * v:.1f}"
+    return s + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def pub_str(p: dict | None) -> str:
+    if not p:
+        return "—"
+    return f"{p['mean']:.1f}" + (f" ± {p['std']:.1f}" if p.get("std") is not None else "")
+
+
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else "?"
+
+
+def secs(v: float | None) -> str:
+    if v is None:
+        return "—"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
+
+
+def images_str(r: dict) -> str:
+    n = r.get("n_images")
+    parts = f" ({r['n_train']}/{r['n_test']})" if r.get("n_train") is not None and r.get("n_test") is not None else ""
+    return f"{n}{parts}" if n is not None else "—"
+
+
+def cells(r: dict) -> dict[str, str]:
+    one = r.get("n_splits") == 1  # a single split has no spread: print no "± 0.0"
+    return {
+        "accuracy": pct(r.get("accuracy"), None if one else r.get("accuracy_std")),
+        "mean_class_accuracy": pct(r.get("mean_class_accuracy"), None if one else r.get("mean_class_accuracy_std")),
+        "seconds": secs(r.get("seconds")),
+        "extract_seconds": ("cached" if r.get("extract_cached") and r.get("extract_seconds") is None
+                            else secs(r.get("extract_seconds"))),
+    }
+
+
+TABLE_HEAD = ("method", "accuracy %", "mean class accuracy %", "published accuracy %",
+              "fit/train s", "extraction s", "images (train/test)", "splits")
+
+
+def confused_pairs(confusion, classes, k: int = 5) -> list[dict]:
+    c = np.asarray(confusion, dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.sum() == 0:
+        return []
+    names = list(classes) if classes and len(classes) == len(c) else [str(i) for i in range(len(c))]
+    off = c.copy()
+    np.fill_diagonal(off, 0)
+    order = np.dstack(np.unravel_index(np.argsort(-off, axis=None), off.shape))[0]
+    out = []
+    for i, j in order[:k]:
+        if off[i, j] <= 0:
+            break
+        row = c[i].sum()
+        out.append({"true": names[i], "predicted": names[j], "count": int(off[i, j]),
+                    "share": float(off[i, j] / row) if row else 0.0})
+    return out
+
+
+def label(r: dict, multi: bool) -> str:
+    """The row's name: its method, [backbone] where several, (settings that tell it from rows of
+    the same method), (a note: direct mode's mapped classes)."""
+    text = f"{r['method']} [{r['backbone']}]" if multi else r["method"]
+    text += f" ({r['variant']})" if r.get("variant") else ""
+    return text + (f" ({r['note']})" if r.get("note") else "")
+
+
+def _md_cell(text: str, best: bool) -> str:
+    return f"**{text}**" if best and text != "—" else text
+
+
+def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
+    L = ["# fne report", ""]
+    if head["warning"]:
+        L += [f"> **{head['warning']}**", ""]
+    for n in head["notes"]:
+        L += [f"> Note: {n}", ""]
+    L += _header_lines(head, md=True) + [""]
+    for ds in datasets:
+        L += [f"## {ds['dataset']}", ""]
+        L.append("| " + " | ".join(TABLE_HEAD) + " |")
+        L.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + "|")
+        for r in ds["rows"]:
+            c = cells(r)
+            L.append("| " + " | ".join([
+                label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else ""),
+                _md_cell(c["accuracy"], "accuracy" in r["best"]),
+                _md_cell(c["mean_class_accuracy"], "mean_class_accuracy" in r["best"]),
+                (pub_str(r["published"]) + " (published)") if r.get("published") else "—",
+                _md_cell(c["seconds"], "seconds" in r["best"]),
+                _md_cell(c["extract_seconds"], "extract_seconds" in r["best"]),
+                images_str(r), str(r.get("n_splits") or "—"),
+            ]) + " |")
+        for name, p in ds["published"]["only"].items():
+            L.append(f"| {name} (published only) | — | — | {pub_str(p)} (published) | — | — | — | — |")
+        L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds); rows "
+              "scored on a subset of the classes (direct mode's class map) are not ranked. "
+              "Accuracy: mean ± std over splits. Published values are references from the pipeline file, "
+              "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
+                                               else "") + "."]
+        if ds["published"].get("note"):
+            L += ["", f"Published values note: {ds['published']['note']}"]
+        L.append("")
+        for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
+            f = figures.get((ds["dataset"], key))
+            if f:
+                L += [f"![{ds['dataset']}: {alt}]({f})", ""]
+        L += _winner_lines(ds, md=True)
+    return "\n".join(L).rstrip() + "\n"
+
+
+def _header_lines(head: dict, md: bool) -> list[str]:
+    items = [
+        ("pipeline", ", ".join(head["pipeline"])),
+        ("backbone", "; ".join(head["backbones"])),
+        ("precision", ", ".join(head["precision"])),
+        ("crop", ", ".join(head["crop"])),
+        ("device", ", ".join(head["device"])),
+        ("machine", "; ".join(head["machine"])),
+        ("date", head["date"] or ""),
+        ("runs", str(head["runs"])),
+    ]
+    return [f"- {k}: {v}" for k, v in items if v]
+
+
+def _winner_lines(ds: dict, md: bool) -> list[str]:
+    L = []
+    w = ds["winner"]
+    if w:
+        L += [f"Measured winner: **{label(w, ds['multi_backbone'])}**, accuracy {cells(w)['accuracy']} %.", ""]
+        if ds.get("winner_test"):
+            L += [f"Winner vs runner-up: {ds['winner_test']}.", ""]
+        pairs = confused_pairs(w.get("confusion"), w.get("classes"))
+        if pairs:
+            L.append("Classes it confuses most (true → predicted, count, share of the true class):")
+            L += [f"- {p['true']} → {p['predicted']}: {p['count']} ({100 * p['share']:.0f} %)" for p in pairs]
+            L.append("")
+    for a in ds["advice"]:
+        sim = a.get("similarity") or {}
+        L.append(f"Advice (`fne advise`, {a.get('arch')} {a.get('weights')}): **{a['recommendation']}**: {a.get('text', '')}")
+        L += [f"- {r}" for r in a.get("reasons", [])]
+        L.append(f"- measured: {_num(a.get('images_per_class'))} training images per class; similarity "
+                 + (f"max-softmax {sim.get('max_softmax_mean', float('nan')):.2f}, normalised entropy "
+                    f"{sim.get('entropy_norm_mean', float('nan')):.2f} on {sim.get('sample')} images"
+                    if sim.get("judged") else "not judged"))
+        if "matched" in a:
+            verdict = "matches the advice" if a["matched"] else "does not match the advice"
+            L.append(f"- the measured winner {a['winner']} ({a['winner_family']}) {verdict} "
+                     f"(recommended: {', '.join(a.get('families', []))})")
+        L.append("")
+    return L
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f0f3f7}
+td.method{text-align:left}
+td.best{font-weight:bold;background:#e3f4e1}
+td.published,tr.published td{color:#8e3b2b;font-style:italic;background:#fbf3f1}
+.warning{border:2px solid #c0392b;background:#fdecea;color:#7b1f16;padding:.6em 1em;font-weight:bold;margin:1em 0}
+.note{border-left:4px solid #e67e22;background:#fff6ec;padding:.4em 1em;margin:.6em 0}
+figure{margin:1em 0}
+img.figure{max-width:100%;border:1px solid #eee}
+.advice{border:1px solid #bcd;background:#f5f9fd;padding:.5em 1em;margin:1em 0}
+.match{color:#1e7b34;font-weight:bold}.nomatch{color:#b03a2e;font-weight:bold}
+small{color:#666}
+"""
+
+
+def _e(s) -> str:
+    return html.escape(str(s))
+
+
+def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
+    H = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+         "<title>fne report</title>", f"<style>{CSS}</style></head><body>", "<h1>fne report</h1>"]
+    if head["warning"]:
+        H.append(f"<div class='warning' id='random-weights-warning'>{_e(head['warning'])}</div>")
+    for n in head["notes"]:
+        H.append(f"<div class='note'>Note: {_e(n)}</div>")
+    H.append("<ul class='header'>")
+    H += [f"<li>{_e(line[2:])}</li>" for line in _header_lines(head, md=False)]
+    H.append("</ul>")
+    for ds in datasets:
+        H.append(f"<h2>{_e(ds['dataset'])}</h2>")
+        H.append("<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD)
+                 + "</tr></thead><tbody>")
+        for r in ds["rows"]:
+            c = cells(r)
+
+            def td(col, r=r, c=c):
+                cls = " class='best'" if col in r["best"] and c[col] != "—" else ""
+                return f"<td{cls} data-col='{col}'>{_e(c[col])}</td>"
+
+            pub = (f"<td class='published'>{_e(pub_str(r['published']))} <small>(published)</small></td>"
+                   if r.get("published") else "<td>—</td>")
+            runs = f" <small>({r['runs']} runs)</small>" if r["runs"] > 1 else ""
+            H.append(f"<tr><td class='method'>{_e(label(r, ds['multi_backbone']))}{runs}</td>"
+                     + td("accuracy") + td("mean_class_accuracy") + pub + td("seconds") + td("extract_seconds")
+                     + f"<td>{_e(images_str(r))}</td><td>{_e(r.get('n_splits') or '—')}</td></tr>")
+        for name, p in ds["published"]["only"].items():
+            H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
+                     f"<td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
+                     "<td>—</td><td>—</td><td>—</td><td>—</td></tr>")
+        H.append("</tbody></table>")
+        src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
+        H.append("<p><small>Highlighted: the best measured value of each column (highest accuracy, lowest "
+                 "seconds); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
+                 "Accuracy: mean ± std over splits. Published values (italic) are references from the "
+                 f"pipeline file, not measurements of this run.{src}</small></p>")
+        if ds["published"].get("note"):
+            H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
+        for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
+            f = figures.get((ds["dataset"], key))
+            if f:
+                H.append(f"<figure><img class='figure' alt='{_e(ds['dataset'])}: {alt}' "
+                         f"src='data:image/png;base64,{f}'></figure>")
+        w = ds["winner"]
+        if w:
+            H.append(f"<p>Measured winner: <b>{_e(label(w, ds['multi_backbone']))}</b>, accuracy "
+                     f"{_e(cells(w)['accuracy'])} %.</p>")
+            if ds.get("winner_test"):
+                H.append(f"<p class='winner-test'>Winner vs runner-up: {_e(ds['winner_test'])}.</p>")
+            pairs = confused_pairs(w.get("confusion"), w.get("classes"))
+            if pairs:
+                H.append("<p>Classes it confuses most:</p><ul class='confused'>" + "".join(
+                    f"<li>{_e(p['true'])} → {_e(p['predicted'])}: {p['count']} ({100 * p['share']:.0f} %)</li>"
+                    for p in pairs) + "</ul>")
+        for a in ds["advice"]:
+            sim = a.get("similarity") or {}
+            H.append("<div class='advice'>")
+            H.append(f"<p><b>Advice</b> (fne advise, {_e(a.get('arch'))} {_e(a.get('weights'))}): "
+                     f"<b>{_e(a['recommendation'])}</b>: {_e(a.get('text', ''))}</p><ul>")
+            H += [f"<li>{_e(r)}</li>" for r in a.get("reasons", [])]
+            H.append("</ul>")
+            if sim.get("judged"):
+                H.append(f"<p><small>max-softmax {sim.get('max_softmax_mean', 0):.2f}, normalised entropy "
+                         f"{sim.get('entropy_norm_mean', 0):.2f} on {_e(sim.get('sample'))} images; "
+                         f"{_num(a.get('images_per_class'))} training images per class</small></p>")
+            if "matched" in a:
+                cls, verdict = ("match", "matches") if a["matched"] else ("nomatch", "does not match")
+                H.append(f"<p class='{cls}'>The measured winner {_e(a['winner'])} ({_e(a['winner_family'])}) "
+                         f"{verdict} the advice.</p>")
+            H.append("</div>")
+    H.append("</body></html>")
+    return "\n".join(H) + "\n"
+
+

@@ -1,0 +1,427 @@
+"""`fne report`: report.md and a self-contained report.html from run folders.
+
+Inputs are found recursively under each RUN_DIR:
+
+* `metrics.json` (written by `fne fit` / `fne train`): one measured method each;
+* `step.json` (written by `fne run` beside metrics.json): the pipeline's dataset key, the C
+  asked for, and the extraction that computed the run's rows (measured seconds, or cached);
+* `advice.json` (`fne advise` / `fne run`): the recommendation shown beside the winner;
+* `pipeline.json` (`fne run`): notes (e.g. a fallback to random weights) and the published
+  reference values of the pipeline file, which are shown in their own labelled column and
+  rows, never mixed with measurements.
+
+Every measured number in the tables is taken from metrics.json as it is (fractions shown as
+percentages); runs of the same setting (method, backbone, SETTING_KEYS: they differ only in
+the seed) are pooled over their splits, and rows of one method that differ in a setting say
+how in their label. Tables and figures are drawn by fne.reporting.render and fne.reporting.figures.
+`report.json` holds the rows as numbers, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fne import verb_module
+from fne.errors import FneError
+from fne.linear import compare
+from fne.names import slug
+from fne.pipeline.config import load_pipeline
+from fne.reporting.advise import method_family
+from fne.reporting.figures import fig_bars, fig_confusion, fig_time
+from fne.reporting.render import cells, label, pub_str, render_html, render_md
+
+RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
+                  "nothing about transfer learning")
+COLUMNS = ("accuracy", "mean_class_accuracy", "seconds", "extract_seconds")
+
+
+# ------------------------------------------------------------------ collecting
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=3)
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _find(root: Path, name: str) -> list[Path]:
+    if root.is_file():
+        return [root] if root.name == name else []
+    return sorted(p for p in root.rglob(name) if p.is_file() and not any(
+        part.startswith(".tmp") for part in p.parts))
+
+
+def collect(run_dirs: list[str | Path]) -> dict:
+    """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
+    runs, advice, pipelines, seen = [], [], [], set()
+    for d in run_dirs:
+        root = Path(d).expanduser()
+        if not root.exists():
+            raise FneError(f"RUN_DIR {d}: does not exist")
+        for p in _find(root, "metrics.json"):
+            if p.resolve() in seen:
+                continue
+            seen.add(p.resolve())
+            m = _read_json(p)
+            if m is None or "accuracy" not in m:
+                continue
+            step = _read_json(p.parent / "step.json") if (p.parent / "step.json").is_file() else None
+            runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
+        for p in _find(root, "advice.json"):
+            a = _read_json(p)
+            if a is not None and "recommendation" in a:
+                advice.append({**a, "_path": str(p)})
+        for p in _find(root, "pipeline.json"):
+            pj = _read_json(p)
+            if pj is not None:
+                pipelines.append(pj)
+    if not runs:
+        raise FneError(f"no metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
+                       f"`fne train` or `fne run` first)")
+    return {"runs": runs, "advice": advice, "pipelines": pipelines}
+
+
+# ------------------------------------------------------------------ tabulating
+
+
+def dataset_key(run: dict) -> str:
+    return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
+
+
+def is_scratch(m: dict) -> bool:
+    """Training from a random initialisation is the experiment itself, not missing weights."""
+    return m.get("mode") == "scratch" or str(m.get("method")) == "train:scratch"
+
+
+def backbone_label(m: dict) -> str:
+    if is_scratch(m):
+        return f"{m.get('arch', '?')} (random init)"
+    return f"{m.get('arch', '?')} ({m.get('weights', '?')})"
+
+
+def _f(v) -> float | None:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+# What a run's setting is, besides its method and backbone: runs that agree on all of these
+# (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
+SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "crop", "precision", "storage_dtype",
+                "split_protocol", "n_images", "new_layers", "train_bn", "image_size", "augment", "epochs", "lr",
+                "imported_lr", "momentum", "weight_decay", "scheduler", "batch_size", "val_fraction",
+                "direct_score", "class_map")
+SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dtype": "storage"}
+
+
+def settings(run: dict) -> dict:
+    """The setting of a run (SETTING_KEYS found in metrics.json); C as asked for (fne run's step
+    records it: with C = auto, metrics.json holds the C each seed's validation chose)."""
+    m = run["metrics"]
+    out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
+    asked = (run["step"].get("config") or {}).get("C")
+    if asked is not None:
+        out["C"] = asked
+    return out
+
+
+def _setting_str(k: str, v) -> str:
+    if isinstance(v, str):
+        try:
+            v = float(v)  # C = "1.0" (asked) and 1.0 (used) read the same
+        except ValueError:
+            return f"{SETTING_NAMES.get(k, k)}={v}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{SETTING_NAMES.get(k, k)}={v:g}"
+    return f"{SETTING_NAMES.get(k, k)}={json.dumps(v, default=str)}"
+
+
+def _name_variants(rows: list[dict]) -> None:
+    """Rows of the same method and backbone: their label shows the settings that tell them apart."""
+    same: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        same[(r["method"], r["backbone"])].append(r)
+    for group in same.values():
+        if len(group) < 2:
+            continue
+        full = [{**r["settings"], "weights": r["weights_fingerprint"]} for r in group]
+        keys = sorted({k for s in full for k in s})
+        differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in full}) > 1]
+        for r, s in zip(group, full, strict=True):
+            r["variant"] = ", ".join(_setting_str(k, s.get(k)) for k in differ)
+
+
+def extraction(run: dict) -> tuple[float | None, bool]:
+    """(measured seconds of the extraction that computed this run's rows, True if none ran for it).
+
+    `fne run` records the extraction in step.json ("extract"): its measured seconds when it
+    computed rows, else the rows were cached. Without that record, metrics.json's
+    extract_seconds is measured when `fne fit --extract` extracted; when it equals
+    n_images / extract_images_per_s, it is fit's estimate from the store's past rate: cached.
+    """
+    ex = run["step"].get("extract")
+    if isinstance(ex, dict):
+        return (_f(ex.get("seconds")), False) if ex.get("n_computed") else (None, True)
+    m = run["metrics"]
+    s, rate = _f(m.get("extract_seconds")), _f(m.get("extract_images_per_s"))
+    if s is not None and rate and isinstance(m.get("n_images"), int) and s == m["n_images"] / rate:
+        return None, True
+    return s, False
+
+
+def _row(runs: list[dict]) -> dict:
+    """One table row from one run (values verbatim) or several (pooled over their splits)."""
+    ms = [r["metrics"] for r in runs]
+    m0 = ms[0]
+    row = {
+        "method": str(m0.get("method", "?")),
+        "kind": m0.get("kind"),
+        "backbone": backbone_label(m0),
+        "arch": m0.get("arch"), "weights": m0.get("weights"),
+        "weights_fingerprint": None if is_scratch(m0) else m0.get("weights_fingerprint"),
+        "settings": settings(runs[0]), "variant": None,
+        "runs": len(runs),
+        "scratch": is_scratch(m0),
+        "partial": bool(m0.get("n_excluded")),  # scored on a subset of the classes: not comparable
+        "paths": [r["path"] for r in runs],
+        "n_images": m0.get("n_images"), "n_train": m0.get("n_train"), "n_test": m0.get("n_test"),
+        "n_splits": m0.get("n_splits", len(m0.get("splits") or []) or None),
+        "classes": m0.get("classes"),
+        # direct mode scores only the classes its class map covers: say so beside the method
+        "note": (f"{len(m0.get('classes') or [])} mapped classes; {m0['n_excluded']} test images of "
+                 f"unmapped classes left out" if m0.get("n_excluded") else compare.choice_note(m0)),
+    }
+    if len(ms) == 1:
+        for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
+            row[k] = _f(m0.get(k))
+        row["seconds"] = _f(m0.get("fit_seconds", m0.get("train_seconds")))
+        row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
+        row["confusion"] = m0.get("confusion")
+        return row
+    splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
+                                                           "mean_class_accuracy": m.get("mean_class_accuracy")}])]
+    for k in ("accuracy", "mean_class_accuracy"):
+        vals = np.array([v for v in (_f(s.get(k)) for s in splits) if v is not None])
+        row[k] = float(vals.mean()) if len(vals) else None
+        row[k + "_std"] = float(vals.std()) if len(vals) else None
+    vals = [v for m in ms for v in [_f(m.get("fit_seconds", m.get("train_seconds")))] if v is not None]
+    row["seconds"] = float(np.mean(vals)) if vals else None
+    ext = [extraction(r) for r in runs]
+    measured = [s for s, _ in ext if s is not None]
+    row["extract_seconds"] = float(np.mean(measured)) if measured else None
+    row["extract_cached"] = not measured and any(c for _, c in ext)
+    row["n_splits"] = len(splits)
+    conf = [np.array(m["confusion"]) for m in ms if m.get("confusion")]
+    row["confusion"] = (sum(conf[1:], conf[0]).tolist()
+                        if conf and all(c.shape == conf[0].shape for c in conf) else None)
+    return row
+
+
+def published_for(pipelines: list[dict]) -> dict[str, dict]:
+    """{dataset key: {"source":..., "note":..., "values": {method: {"mean", "std"}}}} from pipeline.json."""
+    out: dict[str, dict] = {}
+    for pj in pipelines:
+        for key, d in (pj.get("datasets") or {}).items():
+            pub = (d or {}).get("published")
+            if pub and pub.get("values"):
+                out[key] = pub
+    return out
+
+
+def published_value(v) -> dict | None:
+    """A published figure as {"mean", "std"} in percent: 93.3, [91.4, 0.6] or {"mean":.., "std":..}."""
+    if isinstance(v, dict):
+        mean, std = _f(v.get("mean")), _f(v.get("std"))
+    elif isinstance(v, (list, tuple)) and len(v) == 2:
+        mean, std = _f(v[0]), _f(v[1])
+    else:
+        mean, std = _f(v), None
+    return None if mean is None else {"mean": mean, "std": std}
+
+
+def tabulate(collected: dict) -> list[dict]:
+    """Per dataset: rows, best values, published values, winner, advice."""
+    groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in collected["runs"]:
+        m = r["metrics"]
+        groups[dataset_key(r)][(str(m.get("method")), m.get("arch"), m.get("weights"),
+                                None if is_scratch(m) else m.get("weights_fingerprint"),
+                                json.dumps(settings(r), sort_keys=True, default=str))].append(r)
+    published = published_for(collected["pipelines"])
+    out = []
+    for key in sorted(groups):
+        rows = [_row(rs) for rs in groups[key].values()]
+        _name_variants(rows)
+        rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
+                                 r["method"]))
+        best = {}
+        for col in COLUMNS:
+            vals = [r[col] for r in rows if r.get(col) is not None and not r["partial"]]
+            if len(set(vals)) > 1:  # a column where every value is the same has no best
+                best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
+        for r in rows:
+            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and r[c] == best[c]
+                         and not r["partial"]]
+        pub = published.get(key) or {}
+        pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
+        pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
+        measured = {r["method"] for r in rows}
+        for r in rows:
+            r["published"] = pub_vals.get(r["method"])
+        winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
+        names = {str(r["metrics"].get("dataset")) for rs in groups[key].values() for r in rs}
+        advice = [a for a in collected["advice"]
+                  if a.get("dataset_key") == key or (not a.get("dataset_key") and a.get("dataset") in names)]
+        out.append({
+            "dataset": key,
+            "rows": rows,
+            "best": best,
+            "published": {"source": pub.get("source"), "note": pub.get("note"),
+                          "only": {k: v for k, v in pub_vals.items() if k not in measured},
+                          "values": pub_vals},
+            "winner": winner,
+            "winner_test": compare.winner_vs_runner_up(  # paired test on shared splits, or None
+                rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs}),
+            "advice": [_advice_check(a, winner) for a in advice],
+            "multi_backbone": _multi_backbone(rows),
+        })
+    return out
+
+
+def _multi_backbone(rows: list[dict]) -> bool:
+    """More than one (arch, weights) among the rows; a scratch run only counts by its arch."""
+    pre = {(r["arch"], r["weights"]) for r in rows if not r["scratch"]}
+    scratch = {r["arch"] for r in rows if r["scratch"]}
+    return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
+
+
+def _advice_check(a: dict, winner: dict | None) -> dict:
+    a = {k: v for k, v in a.items() if not k.startswith("_")}
+    if winner is not None:
+        fam = method_family(winner["method"])
+        a["winner"] = winner["method"]
+        a["winner_family"] = fam
+        a["matched"] = fam in (a.get("families") or [])
+    return a
+
+
+def header(collected: dict) -> dict:
+    ms = [r["metrics"] for r in collected["runs"]]
+
+    def uniq(k):
+        return sorted({str(m[k]) for m in ms if m.get(k) not in (None, "")})
+
+    dates = uniq("date")
+    notes = [n for pj in collected["pipelines"] for n in (pj.get("notes") or [])]
+    backbones = sorted({f"{m.get('arch', '?')}: {m.get('weights', '?')} weights"
+                        + (f" [{m['weights_fingerprint']}]" if m.get("weights_fingerprint") else "")
+                        for m in ms if not is_scratch(m)}
+                       | {f"{m.get('arch', '?')}: random initialisation (train:scratch)" for m in ms if is_scratch(m)})
+    random = sorted({str(m.get("arch")) for m in ms if str(m.get("weights")) == "random" and not is_scratch(m)})
+    names = [pj.get("name") for pj in collected["pipelines"] if pj.get("name")]
+    return {
+        "pipeline": sorted(set(names)),
+        "backbones": backbones,
+        "weights": uniq("weights"),
+        "random_weights": random,
+        "warning": (f"WARNING: {RANDOM_WARNING} ({', '.join(random)})" if random else None),
+        "precision": uniq("precision"), "crop": uniq("crop"), "device": uniq("device"),
+        "machine": uniq("machine"),
+        "date": dates[0] if len(dates) == 1 else (f"{dates[0]} … {dates[-1]}" if dates else None),
+        "notes": notes,
+        "runs": len(ms),
+    }
+
+
+def _jsonable(datasets: list[dict]) -> list[dict]:
+    out = []
+    for ds in datasets:
+        rows = [{k: v for k, v in r.items() if k not in ("confusion",)} for r in ds["rows"]]
+        out.append({**{k: v for k, v in ds.items() if k not in ("rows", "winner")}, "rows": rows,
+                    "winner": ds["winner"]["method"] if ds["winner"] else None})
+    return out
+
+
+def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | None = None,
+           extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
+    """Write out/report.md, out/report.html (figures inline) and out/report.json."""
+    collected = collect(list(run_dirs))
+    collected["pipelines"] += list(extra_pipelines or [])
+    if pipeline is not None:  # its published values; its datasets need not be present
+        collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())
+    datasets = tabulate(collected)
+    head = header(collected)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    b64: dict = {}
+    files: dict = {}
+    fig_dir = out / "report_files"
+    for ds in datasets if figures else []:
+        for key, fn in (("bars", fig_bars), ("time", fig_time), ("confusion", fig_confusion)):
+            png = fn(ds)
+            if png:
+                b64[(ds["dataset"], key)] = png
+                fig_dir.mkdir(exist_ok=True)
+                name = f"{slug(ds['dataset'])}-{key}.png"
+                (fig_dir / name).write_bytes(base64.b64decode(png))
+                files[(ds["dataset"], key)] = f"report_files/{name}"
+    (out / "report.md").write_text(render_md(head, datasets, files))
+    (out / "report.html").write_text(render_html(head, datasets, b64))
+    (out / "report.json").write_text(json.dumps({"header": head, "datasets": _jsonable(datasets)}, indent=1))
+    return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
+            "header": head, "datasets": datasets}
+
+
+def table_text(datasets: list[dict]) -> str:
+    """A compact console table of every dataset."""
+    L = []
+    for ds in datasets:
+        L.append(f"{ds['dataset']}:")
+        width = max([len(label(r, ds["multi_backbone"])) for r in ds["rows"]] + [6])
+        L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'mean class %':>13}  {'published':>11}  "
+                 f"{'fit/train s':>11}  {'extract s':>9}")
+        for r in ds["rows"]:
+            c = cells(r)
+            L.append(f"  {label(r, ds['multi_backbone']):<{width}}  {c['accuracy']:>13}  "
+                     f"{c['mean_class_accuracy']:>13}  {pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
+                     f"{c['extract_seconds']:>9}")
+        for name, p in ds["published"]["only"].items():
+            L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>13}  {pub_str(p):>11}")
+    return "\n".join(L)
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders, or folders holding run folders (searched recursively)")
+    p.add_argument("--out", required=True, help="folder for report.md, report.html and report.json")
+    p.add_argument("--pipeline", default=None, help="take published reference values from this pipeline file")
+
+
+def run_cli(args) -> int:
+    r = report(args.run_dirs, args.out, pipeline=args.pipeline)
+    if r["header"]["warning"]:
+        print(r["header"]["warning"])
+    print(table_text(r["datasets"]))
+    print(f"wrote {r['md']} and {r['html']}")
+    return 0
+
+
+
+
+verb_module(__name__)

@@ -1,0 +1,1 @@
+"""`fne train`: direct use, from scratch, frozen + new head, fine-tuning."""

@@ -1,0 +1,173 @@
+"""One pass over a split: SGD steps on the training part, softmax outputs on val and test.
+
+Images come from `fne.extraction.reader.ImageItems`, the dataset `fne extract` reads with, its `prep`
+being train's transform (`transforms`): uint8 (3, S, S) views, normalised on the device.
+An unreadable image is skipped with a warning and named in metrics.json's `skipped`.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms import v2 as T
+
+from fne.backbones.registry import Preprocess
+from fne.data.datasets import Dataset
+from fne.devices import autocast
+from fne.errors import DataError
+from fne.extraction import reader
+from fne.progress import progress
+
+
+@dataclass
+class Ctx:
+    """What a pass needs besides the model and the loader."""
+
+    dataset: Dataset
+    labels: np.ndarray  # the dataset's label indices
+    device: torch.device
+    precision: str
+    norm: nn.Module
+    scaler: torch.amp.GradScaler | None
+    progress: bool
+    skipped: dict  # image id -> why it was unreadable
+
+
+# ------------------------------------------------------------------ images
+
+
+class _Center:
+    """Eval view: `fne extract`'s center crop (the weights' resize and interpolation), one uint8 tensor."""
+
+    def __init__(self, size: int, backbone=None):
+        self.prep = backbone.preprocess("center", size) if backbone is not None else Preprocess(size, "center")
+
+    def __call__(self, img) -> torch.Tensor:
+        return self.prep(img)[0]
+
+
+def transforms(size: int, augment: bool, backbone=None):
+    """(train, eval) transforms to uint8 (3, S, S); normalisation happens on the device."""
+    center = _Center(size, backbone)
+    if not augment:
+        return center, center
+    # scale from 0.25: milder than torchvision's 0.08, since the runs here are a few epochs.
+    train = T.Compose([T.PILToTensor(), T.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
+                       T.RandomHorizontalFlip()])
+    return train, center
+
+
+def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
+    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given."""
+    return torch.utils.data.DataLoader(
+        reader.ImageItems(ctx.dataset, [int(i) for i in idx], prep), batch_size=batch_size,
+        shuffle=gen is not None, generator=gen, num_workers=workers, collate_fn=reader.collate,
+        pin_memory=ctx.device.type == "cuda")
+
+
+def _batches(loader, ctx: Ctx, bar):
+    """(dataset indices, normalised inputs, labels) of each batch's readable images."""
+    for batch in loader:
+        for i, _, err in batch["bad"]:
+            if ctx.dataset.ids[i] not in ctx.skipped:
+                ctx.skipped[ctx.dataset.ids[i]] = err
+                warnings.warn(f"skipped {ctx.dataset.ids[i]}: {err}", stacklevel=2)
+        bar.update(len(batch["idx"]) + len(batch["bad"]))
+        if batch["pixels"] is None:
+            continue
+        # channels-last: faster convolutions on CPU
+        x = ctx.norm(batch["pixels"].to(ctx.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        yield batch["idx"], x, torch.as_tensor(ctx.labels[batch["idx"]])
+
+
+# ------------------------------------------------------------------ passes
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) -> dict:
+    """One pass over the training part; returns mean loss, accuracy, images/s."""
+    criterion = nn.CrossEntropyLoss()
+    n = correct = 0
+    loss_sum = 0.0
+    t0 = time.perf_counter()
+    bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
+    try:
+        for idx, x, y in _batches(loader, ctx, bar):
+            y = y.to(ctx.device)
+            with autocast(ctx.device, ctx.precision):
+                logits = model(x)
+            loss = criterion(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            if ctx.scaler is not None:
+                ctx.scaler.scale(loss).backward()
+                ctx.scaler.step(optimizer)
+                ctx.scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            n += len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.3f}",
+                            img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}")
+    finally:
+        bar.close()
+    s = time.perf_counter() - t0
+    return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
+            "img_s": n / max(s, 1e-9), "seconds": s}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dataset indices, labels, softmax probabilities) of every readable image."""
+    model.eval()
+    ids, ys, probs = [], [], []
+    bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
+    try:
+        for idx, x, y in _batches(loader, ctx, bar):
+            with autocast(ctx.device, ctx.precision):
+                logits = model(x)
+            probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+            ids += idx
+            ys.append(y.numpy())
+    finally:
+        bar.close()
+    if not ids:
+        raise DataError(f"{desc}: no readable images")
+    return np.array(ids), np.concatenate(ys), np.concatenate(probs)
+
+
+def mean_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Cross-entropy of softmax outputs `p` for labels `y`."""
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+
+# --------------------------------------------------------------- optimizer
+
+
+def optimizer(model: nn.Module, mode: str, lr: float, imported_lr_mult: float, momentum: float,
+              weight_decay: float, imported: set[str]) -> torch.optim.Optimizer:
+    """SGD; finetune gives imported parameters lr * imported_lr_mult, new ones the base lr."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if mode == "finetune":
+        old = [p for n, p in params if n in imported]
+        new = [p for n, p in params if n not in imported]
+        groups = [{"params": old, "lr": lr * imported_lr_mult, "name": "imported"},
+                  {"params": new, "lr": lr, "name": "new"}]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [{"params": [p for _, p in params], "lr": lr, "name": "new"}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def scheduler(optimizer, name: str, epochs: int):
+    """Per-epoch lr schedule, or None."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "step":  # a tenth of the lr at each third of the run
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    return None

@@ -1,0 +1,409 @@
+"""`fne train`: the transfer experiments that run the network end to end.
+
+One run, in the order `train()` goes:
+
+1. `fne.data.splits`     which images train, validate and test (the split `fne fit` uses);
+   `fne.training.class_map`  direct mode: the target classes read through the source classifier;
+2. `fne.training.transfer`   the network of the mode (direct / scratch / frozen / finetune): new layers,
+                    imported weights, what learns;
+3. `fne.training.epochs`     passes over the images (read by `fne.extraction.reader`, as `fne extract` reads them):
+                    SGD epochs with validation to pick the best epoch, then the test split once;
+   `fne.training.checkpoint` `--save-every N` and `--resume`: a bit-identical continuation on CPU;
+4. outputs: RUN_DIR/metrics.json, predictions.csv and model.pt (a state dict whose module
+   names are the backbone's own, so `--weights RUN_DIR/model.pt` works in `fne extract`/`fne train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fne import verb_module
+from fne.backbones import registry as backbones
+from fne.backbones.registry import ImportReport, Normalize
+from fne.data.datasets import Dataset, load_dataset
+from fne.data.splits import train_val_test
+from fne.devices import resolve_device, resolve_precision
+from fne.errors import DataError, FneError
+from fne.metrics import provenance, split_scores
+from fne.names import DIRECT_SCORES, MODES, NEW_LAYERS, SCHEDULERS
+from fne.training import checkpoint, epochs
+from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
+from fne.training.transfer import (
+    build_model,
+    describe_import,
+    freeze_imported,
+    kept_statistics,
+    train_mode,
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the checkpoint as `args`."""
+
+    data: str
+    mode: str
+    out: str
+    arch: str = "vgg16"
+    weights: str | None = None  # None: imagenet, or random for scratch
+    weights_seed: int = 0
+    new_layers: str = "fc"
+    class_map: str | None = None
+    direct_score: str = "sum"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    imported_lr_mult: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    scheduler: str = "none"
+    image_size: int | None = None  # None: the backbone's input size (224)
+    augment: bool = True
+    val_fraction: float = 0.1
+    test_size: float = 0.25
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+    workers: int | None = None
+    save_every: int = 0
+    resume: bool = False
+    train_bn: bool = False  # finetune: imported BatchNorm uses batch statistics and updates them
+    deterministic: bool = False
+    progress: bool = True
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Argument mistakes, before any data or weights are loaded."""
+    if cfg.mode not in MODES:
+        raise FneError(f"unknown --mode {cfg.mode!r}; choose from {', '.join(MODES)}")
+    backbones.get(cfg.arch)
+    if cfg.mode == "direct" and not cfg.class_map:
+        raise FneError("--mode direct needs --class-map MAP.json (target class -> source classes)")
+    if cfg.mode != "direct" and cfg.class_map:
+        raise FneError(f"--class-map applies to --mode direct only, not {cfg.mode}")
+    if cfg.mode == "scratch" and cfg.weights not in (None, "random"):
+        raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
+                       f"does not apply (use frozen or finetune to import weights)")
+    backbones.check_weights(cfg.arch, cfg.weights)
+    for name, ok, want in (
+        ("new_layers", cfg.new_layers in NEW_LAYERS, ", ".join(NEW_LAYERS)),
+        ("scheduler", cfg.scheduler in SCHEDULERS, ", ".join(SCHEDULERS)),
+        ("direct_score", cfg.direct_score in DIRECT_SCORES, ", ".join(DIRECT_SCORES)),
+        ("epochs", cfg.epochs >= 1 or cfg.mode == "direct", "an integer >= 1"),
+        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
+        ("lr", cfg.lr > 0, "a positive number"),
+        ("imported_lr_mult", cfg.imported_lr_mult >= 0, "a number >= 0"),
+        ("image_size", cfg.image_size is None or cfg.image_size >= 8, "an integer >= 8"),
+        ("val_fraction", 0 <= cfg.val_fraction < 1, "a number in [0, 1)"),
+        ("test_size", 0 < cfg.test_size < 1, "a number in (0, 1)"),
+        ("save_every", cfg.save_every >= 0, "an integer >= 0"),
+    ):
+        if not ok:
+            raise FneError(f"bad --{name.replace('_', '-')} {getattr(cfg, name)!r}; expected {want}")
+    if cfg.train_bn and cfg.mode != "finetune":
+        raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
+    if cfg.resume and cfg.mode == "direct":
+        raise FneError("--resume: direct mode does not train, there is nothing to resume")
+
+
+@dataclass
+class _Split:
+    """The run's images: dataset indices of each part, and the classes scored on the test part."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    classes: list[str]
+    cmap: dict[str, list[int]] | None = None  # direct: target class -> source indices
+    n_excluded: int = 0  # direct: test images of unmapped classes
+
+
+# ---------------------------------------------------------------------- API
+
+
+def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
+    """Run one transfer experiment (see TrainConfig for the options); returns metrics.json's dict.
+
+    Seeds the global RNGs (python, numpy, torch) like torchvision's reference scripts do.
+    """
+    dataset = data if isinstance(data, Dataset) else None
+    cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
+                      **kwargs)
+    _check(cfg)
+    if dataset is None:
+        dataset = load_dataset(cfg.data)
+    if dataset.labels is None or len(dataset) == 0:
+        raise DataError(f"{cfg.data}: fne train needs labelled images")
+    b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
+    ctx = _context(cfg, dataset, b)
+    split = _split(cfg, dataset, b)
+    model, source = _model(cfg, len(dataset.classes), ctx.device)
+    workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if cfg.workers is None else cfg.workers
+    train_tf, eval_tf = epochs.transforms(cfg.image_size or b.input_size, cfg.augment, b)
+
+    def loader(idx, tf, gen=None):
+        return epochs.loader(ctx, idx, tf, cfg.batch_size, workers, gen)
+
+    run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf) if cfg.mode != "direct" else _start()
+    t0 = time.perf_counter()
+    ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
+    test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
+    return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test)
+
+
+def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epochs.Ctx:
+    """Device, precision and normalisation of the passes; seeds the global RNGs."""
+    dev = resolve_device(cfg.device)
+    prec = resolve_precision(cfg.precision, dev)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    checkpoint.seed_all(cfg.seed)
+    scaler = torch.amp.GradScaler(dev.type) if (prec == "fp16" and dev.type == "cuda") else None
+    return epochs.Ctx(dataset, dataset.label_indices(), dev, prec, Normalize(b.mean, b.std).to(dev), scaler,
+                      cfg.progress, {})
+
+
+def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """The mode's network on `device`; -> (model, where its weights came from: weights, report,
+    renew, imported, keep)."""
+    weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
+    model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
+                                       cfg.seed, cfg.weights_seed)
+    for line in describe_import(report, renew):
+        print(line)
+    imported = set(report.imported) if report is not None else set()
+    freeze_imported(model, cfg.mode, imported)
+    keep = kept_statistics(model, cfg.mode, imported, cfg.train_bn)
+    model.to(device).to(memory_format=torch.channels_last)
+    return model, {"weights": weights, "report": report, "renew": renew, "imported": imported, "keep": keep}
+
+
+def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
+    """The run's images; direct mode learns nothing and scores only test images of mapped classes."""
+    y = dataset.label_indices()
+    if cfg.mode != "direct":
+        return _Split(*train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed),
+                      classes=list(dataset.classes))
+    cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
+    tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False)
+    te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
+    return _Split(tr, va, te, list(cmap), cmap, n_excluded)
+
+
+# ----------------------------------------------------------------- epochs
+
+
+def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict, split: _Split, loader,
+         train_tf, eval_tf) -> dict:
+    """The training epochs (resumed from the checkpoint with --resume); leaves the best epoch's
+    weights in `model`; -> the run's progress (epoch, history, best, train_seconds)."""
+    opt = epochs.optimizer(model, cfg.mode, cfg.lr, cfg.imported_lr_mult, cfg.momentum, cfg.weight_decay,
+                           source["imported"])
+    parts = {"model": model, "optimizer": opt, "scheduler": epochs.scheduler(opt, cfg.scheduler, cfg.epochs),
+             "scaler": ctx.scaler}
+    path = Path(cfg.out) / checkpoint.CHECKPOINT
+    run = _start()
+    if cfg.resume:
+        run = checkpoint.resume(path, cfg, parts)
+        print(f"resumed {path} after epoch {run['epoch']}")
+    elif path.exists():
+        print(f"note: starting a new run; {path} is replaced at the next save (--resume continues it)")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator()
+    loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
+    for epoch in range(run["epoch"], cfg.epochs):
+        _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
+        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+            checkpoint.save(path, cfg, parts, run)
+    if run["best"]["state"] is not None:
+        model.load_state_dict(run["best"]["state"])
+    return run
+
+
+def _start() -> dict:
+    """A run's progress before its first epoch."""
+    return {"epoch": 0, "history": [], "best": {"epoch": 0, "val_accuracy": None, "val_loss": None, "state": None},
+            "train_seconds": 0.0}
+
+
+def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple, gen: torch.Generator,
+           keep: list[str], epoch: int, run: dict) -> None:
+    """One epoch, its row appended to run["history"]; the best weights so far kept in run["best"]."""
+    t0 = time.perf_counter()
+    checkpoint.seed_epoch(cfg.seed, epoch, gen)
+    train_mode(model, keep)
+    opt, sched, (train_loader, val_loader) = parts["optimizer"], parts["scheduler"], loaders
+    row = {"epoch": epoch + 1, "lr": opt.param_groups[-1]["lr"],
+           **epochs.train_one_epoch(model, train_loader, opt, ctx, f"{cfg.mode} {epoch + 1}/{cfg.epochs}")}
+    if sched is not None:
+        sched.step()
+    if val_loader is not None:
+        _, vy, vp = epochs.evaluate(model, val_loader, ctx, "val")
+        row["val_accuracy"] = float((vp.argmax(1) == vy).mean())
+        row["val_loss"] = epochs.mean_loss(vy, vp)
+    best = run["best"]
+    if (best["state"] is None or val_loader is None
+            or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])):
+        run["best"] = {"epoch": epoch + 1, "val_accuracy": row.get("val_accuracy"), "val_loss": row.get("val_loss"),
+                       "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}}
+    run["train_seconds"] += time.perf_counter() - t0
+    row["seconds"] = time.perf_counter() - t0
+    run["history"].append(row)
+    run["epoch"] = epoch + 1
+    print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
+          + (f" val_acc {row['val_accuracy']:.3f} val_loss {row['val_loss']:.4f}" if val_loader else "")
+          + f" ({row['img_s']:.1f} img/s)")
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _test(model, ctx: epochs.Ctx, split: _Split, loader, direct_score: str):
+    """(dataset indices, labels among split.classes, scores over split.classes) of the test images."""
+    ids, yt, probs = epochs.evaluate(model, loader, ctx, "test")
+    if split.cmap is None:
+        return ids, yt, probs
+    names = ctx.dataset.classes
+    return ids, np.array([split.classes.index(names[v]) for v in yt]), direct_scores(probs, split.cmap, direct_score)
+
+
+def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, ctx: epochs.Ctx,
+                   split: _Split, source: dict, run: dict, test: dict) -> dict:
+    """predictions.csv, model.pt and metrics.json; -> metrics.json's dict."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = test["scores"].argmax(1)
+    _write_predictions(out / "predictions.csv", dataset, split.classes, test["ids"], test["scores"], pred)
+    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "model.pt")
+    metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred)
+    if split.cmap is not None:
+        metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
+                       direct_score=cfg.direct_score, n_excluded=split.n_excluded)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _write_predictions(path: Path, dataset: Dataset, classes: list[str], ids: np.ndarray,
+                       scores: np.ndarray, pred: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "predicted", *[f"score_{c}" for c in classes], "true"])
+        for i, s, p in zip(ids, scores, pred, strict=True):
+            w.writerow([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]])
+
+
+def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
+             test: dict, pred: np.ndarray) -> dict:
+    weights, report, renew = source["weights"], source["report"], source["renew"]
+    direct = split.cmap is not None
+    scores, confusion = split_scores(test["y"], pred, len(split.classes))
+    acc, mca, n_test = scores["accuracy"], scores["mean_class_accuracy"], int(len(test["ids"]))
+    n_train = 0 if direct else int(len(split.train))  # direct learns nothing from the training part
+    return {
+        "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
+        "dataset": dataset.name, "data": cfg.data,
+        "accuracy": acc, "accuracy_std": 0.0, "mean_class_accuracy": mca, "mean_class_accuracy_std": 0.0,
+        "splits": [{"accuracy": acc, "mean_class_accuracy": mca, "n_train": n_train, "n_test": n_test}],
+        "n_splits": 1, "n_train": n_train, "n_val": int(len(split.val)), "n_test": n_test,
+        "n_images": len(dataset), "classes": split.classes,
+        "arch": cfg.arch, "weights": weights,
+        "weights_fingerprint": backbones.fingerprint(cfg.arch, weights,
+                                                     cfg.seed if cfg.mode == "scratch" else cfg.weights_seed),
+        "new_layers": list(renew) if cfg.mode != "scratch" else "all",
+        **_imported(report),
+        "train_bn": cfg.mode == "scratch" or (cfg.mode == "finetune" and cfg.train_bn),
+        "precision": ctx.precision, "crop": "center", "image_size": cfg.image_size or backbones.get(cfg.arch, weights).input_size,
+        "augment": cfg.augment,
+        "train_seconds": run["train_seconds"], "eval_seconds": test["eval_seconds"],
+        "epochs": cfg.epochs if not direct else 0, "best_epoch": run["best"]["epoch"],
+        "val_accuracy": run["best"]["val_accuracy"],
+        "lr": cfg.lr if not direct else None,
+        "imported_lr": {"finetune": cfg.lr * cfg.imported_lr_mult, "frozen": 0.0}.get(cfg.mode),
+        "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "scheduler": cfg.scheduler,
+        "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "split_protocol": "predefined" if dataset.has_split else f"1x stratified test_size={cfg.test_size}",
+        "val_fraction": cfg.val_fraction if not direct else 0.0,
+        "confusion": confusion.tolist(),
+        "history": run["history"], "skipped": ctx.skipped,
+        "device": str(ctx.device), **provenance(),
+    }
+
+
+def _imported(report: ImportReport | None) -> dict:
+    return {"imported": report.layers() if report is not None else [],
+            "not_imported": {n: w for n, w in report.skipped if w != "renewed layer"} if report else {}}
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `fne train`; defaults follow the course practice (SGD 0.9, wd 5e-4, lr 1e-3)."""
+    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
+    p.add_argument("--mode", required=True, help=f"{' | '.join(MODES)}")
+    p.add_argument("--out", required=True, help="run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt")
+    p.add_argument("--arch", default="vgg16", help=backbones.ARCH_HELP)
+    p.add_argument("--weights", default=None,
+                   help="imagenet (default; scratch: random), random (seeded) or a state dict / checkpoint path")
+    p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed", help="seed of --weights random")
+    p.add_argument("--new-layers", default="fc", choices=NEW_LAYERS,
+                   help="frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, output), "
+                        "last only the output layer (default fc)")
+    p.add_argument("--class-map", default=None,
+                   help="direct: JSON {target class: [ImageNet index or name, ...]}")
+    p.add_argument("--direct-score", default="sum", choices=DIRECT_SCORES,
+                   help="direct: a target's score is the sum (default) or max of its source softmax probs")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="base learning rate (new layers)")
+    p.add_argument("--imported-lr-mult", type=float, default=1e-3,
+                   help="finetune: imported layers learn at lr * this (default 0.001)")
+    p.add_argument("--train-bn", action="store_true",
+                   help="finetune: imported BatchNorm layers use batch statistics and update them "
+                        "(default: they keep the imported statistics)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--scheduler", default="none", choices=SCHEDULERS, help="per-epoch lr schedule (default none)")
+    p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's, 224)")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on center crops instead of RandomResizedCrop + horizontal flip")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="stratified part of the training data that picks the best epoch (default 0.1)")
+    p.add_argument("--test-size", type=float, default=0.25, help="when DATA has no predefined split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2, at most 4)")
+    p.add_argument("--save-every", type=int, default=0, help="write RUN_DIR/checkpoint.pt every N epochs")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    kw = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
+          if f not in ("data", "mode", "out") and hasattr(args, f)}
+    m = train(args.data, args.mode, args.out, **kw)
+    if m["mode"] == "direct":
+        how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
+               f"{m['n_excluded']} test images of unmapped classes left out")
+    else:
+        how = (f"best epoch {m['best_epoch']}/{m['epochs']}, n_train {m['n_train']}, n_test {m['n_test']}, "
+               f"train {m['train_seconds']:.1f} s")
+    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f}, "
+          f"mean class accuracy {m['mean_class_accuracy']:.4f} ({how})")
+    print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt")
+    return 0
+
+
+verb_module(__name__)

@@ -1,0 +1,157 @@
+"""The network of each transfer mode: which layers are new, which are imported, what learns.
+
+- direct:   the source network unchanged (its 1000-way classifier, read through a class map);
+- scratch:  the same architecture, every layer Xavier-initialised;
+- frozen:   imported layers fixed, new head layers (`--new-layers`) trained;
+- finetune: imported and new layers train (the optimizer gives imported ones a smaller lr).
+
+Renewed layers keep the backbone's module names (classifier.6), so a trained model's state dict
+loads wherever the backbone's does. Imported tensors are copied by name and shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fne.backbones import registry as backbones
+from fne.backbones.registry import ImportReport
+from fne.errors import FneError, WeightsError
+from fne.names import MODES, NEW_LAYERS
+
+MIN_IMPORTED = 0.5  # below this fraction of the kept tensors, --weights is another architecture
+
+
+def _init_xavier(module: nn.Module) -> None:
+    """The course model's initialisation: Glorot-uniform weights, zero biases."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Swap a submodule in place, so state-dict names stay the backbone's own (classifier.6)."""
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _new_layer(old: nn.Module, name: str, out_features: int | None) -> nn.Module:
+    if not isinstance(old, nn.Linear):
+        raise FneError(f"cannot renew {name}: it is a {type(old).__name__}, not a Linear layer")
+    new = nn.Linear(old.in_features, out_features or old.out_features, bias=old.bias is not None)
+    _init_xavier(new)
+    return new
+
+
+def source_state(arch: str, weights: str, weights_seed: int = 0) -> dict:
+    """The tensors to import: ImageNet, a seeded random network, or a file (state dict or checkpoint)."""
+    if weights == "imagenet" or (weights != "random" and not Path(weights).is_file()):
+        return backbones.get(arch, weights).imagenet()  # imagenet, or a torchvision weights name
+    if weights == "random":
+        return backbones.load_backbone(arch, "random", weights_seed).state_dict()
+    return backbones.read_state_dict(weights)
+
+
+# The two functions below are the only ones that know which layers are the classifier.
+def new_layer_names(backbone: backbones.Backbone, mode: str, new_layers: str) -> tuple[str, ...]:
+    if mode == "direct":
+        return ()
+    if new_layers not in NEW_LAYERS:
+        raise FneError(f"unknown --new-layers {new_layers!r}; choose from {', '.join(NEW_LAYERS)}")
+    return backbone.fc_layers if new_layers == "fc" else (backbone.classifier,)
+
+
+def _renew(model: nn.Module, backbone: backbones.Backbone, names: tuple[str, ...], num_classes: int) -> None:
+    """Replace layers `names` by Xavier-initialised ones; the classifier gets `num_classes` outputs."""
+    for name in names:
+        out = num_classes if name == backbone.classifier else None
+        _replace(model, name, _new_layer(model.get_submodule(name), name, out))
+
+
+def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet",
+                new_layers: str = "fc", seed: int = 0, weights_seed: int = 0,
+                ) -> tuple[nn.Module, ImportReport | None, tuple[str, ...]]:
+    """(model, import report or None for scratch, names of the renewed layers).
+
+    New layers are seeded by `seed` so that a run can be rebuilt; imported tensors are copied
+    by name and shape (`backbones.import_matching`).
+    """
+    if mode not in MODES:
+        raise FneError(f"unknown --mode {mode!r}; choose from {', '.join(MODES)}")
+    b = backbones.get(arch)
+    renew = new_layer_names(b, mode, new_layers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = b.build(1000)
+        if mode == "scratch":
+            _renew(model, b, (b.classifier,), num_classes)
+            _init_xavier(model)
+            return model, None, tuple(n for n, _ in model.named_modules() if n)
+        _renew(model, b, renew, num_classes)
+    report = backbones.import_matching(model, source_state(arch, weights, weights_seed), skip=renew)
+    _check_import(report, mode, arch, weights)
+    return model, report, renew
+
+
+def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> None:
+    """Refuse weights of another architecture (and, for direct, any tensor that does not fit)."""
+    kept = [n for n, why in report.skipped if why != "renewed layer"]
+    total = len(report.imported) + len(kept)
+    if mode == "direct" and kept:
+        raise WeightsError(
+            f"--weights {weights}: direct mode applies the source network unchanged, but "
+            f"{len(kept)} tensors do not fit --arch {arch}: " + _examples(report))
+    if total and len(report.imported) < MIN_IMPORTED * total:
+        raise WeightsError(
+            f"--weights {weights}: does not fit --arch {arch}: only {len(report.imported)} of {total} "
+            f"tensors match by name and shape (e.g. {_examples(report)}); is it a state dict of "
+            f"another architecture?")
+
+
+def _examples(report: ImportReport, n: int = 3) -> str:
+    bad = [(k, w) for k, w in report.skipped if w != "renewed layer"][:n]
+    return "; ".join(f"{k}: {w}" for k, w in bad)
+
+
+def describe_import(report: ImportReport | None, renew: tuple[str, ...]) -> list[str]:
+    """Human-readable import summary: imported layers, and every tensor left out with why."""
+    if report is None:
+        return ["scratch: every layer randomly initialised (Xavier-uniform, zero biases)"]
+    lines = [f"imported {len(report.imported)} tensors of {len(report.layers())} layers: "
+             + ", ".join(report.layers())]
+    if renew:
+        lines.append("new layers (randomly initialised): " + ", ".join(renew))
+    lines += [f"not imported {n}: {why}" for n, why in report.skipped if why != "renewed layer"]
+    return lines
+
+
+def freeze_imported(model: nn.Module, mode: str, imported: set[str]) -> None:
+    """frozen: imported parameters stop learning; only the new layers' parameters get gradients."""
+    if mode == "frozen":
+        for n, p in model.named_parameters():
+            p.requires_grad_(n not in imported)
+
+
+def kept_statistics(model: nn.Module, mode: str, imported: set[str], train_bn: bool = False) -> list[str]:
+    """Imported BatchNorm layers that stay in inference mode while the rest trains.
+
+    frozen: always (frozen layers do not learn, statistics included). finetune: by default too
+    (the Keras fine-tuning practice): with small target batches, batch statistics drift far
+    faster than imported weights learn at lr * 0.001, and the head learns on features that
+    the stored statistics do not reproduce at test time. `--train-bn` lets them update.
+    """
+    if mode not in ("frozen", "finetune") or (mode == "finetune" and train_bn):
+        return []
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and f"{n}.running_mean" in imported]
+
+
+def train_mode(model: nn.Module, keep: list[str]) -> None:
+    """Training mode, except the BatchNorm layers that keep their imported statistics."""
+    model.train()
+    for name in keep:
+        model.get_submodule(name).eval()
