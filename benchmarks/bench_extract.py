@@ -120,7 +120,7 @@ def real_batch(folder: Path, arch: str, batch: int) -> torch.Tensor:
     from fne.data.datasets import load_dataset
 
     ds = load_dataset(folder)
-    prep = StoreSpec(arch).preprocess()
+    prep = StoreSpec(arch=arch).preprocess()
     xs = [prep(ds.load(i % len(ds))) for i in range(batch)]
     return torch.stack(xs)[:, 0]
 
@@ -130,7 +130,7 @@ def bare_forward(arch: str, precision: str, x: torch.Tensor, batches: int, taps:
     """img/s of the network alone on a resident uint8 batch (normalisation included)."""
     dev = torch.device("cpu")
     if taps:
-        model = build_tap_model(StoreSpec(arch, "random"), dev, compile)
+        model = build_tap_model(StoreSpec(arch=arch, weights="random"), dev, compile)
 
         def fwd():
             return model(x)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from fne.cache.spec import StoreSpec  # noqa: E402
 
-SPEC = dict(arch="vgg16", weights="random", crop="center", precision="bf16", dtype="float16")
+SPEC = dict(arch="vgg16", weights="random", crop="center", precision="bf16", storage_dtype="float16")
 CHILD = r"""
 import json, sys, tempfile
 from fne.linear.fit import fit

@@ -75,11 +75,12 @@ def main() -> int:
         tr, _ = make_splits(ds, y, 1, 0.25, None, 0)[0]  # the training rows of the first split
         rows, accs = {}, {}
         for prec, dtype in VARIANTS:
-            store = StoreSpec(a.arch, a.weights, "center", prec, dtype, cache).open()
+            spec = StoreSpec(arch=a.arch, weights=a.weights, precision=prec, storage_dtype=dtype, cache=cache)
+            store = spec.open()
             if dtype == "float16":
-                _cast_from_float32(ds, store, StoreSpec(a.arch, a.weights, "center", prec, "float32",
-                                                        cache).open())
-            r = extract(ds, a.arch, a.weights, cache=cache, precision=prec, storage_dtype=dtype,
+                _cast_from_float32(ds, store, StoreSpec(arch=a.arch, weights=a.weights, precision=prec,
+                                                        storage_dtype="float32", cache=cache).open())
+            r = extract(ds, spec,
                         progress=False)
             taps = [t for t, _ in store.taps]
             arrs = store.read(keys, taps)

@@ -66,7 +66,7 @@ def make(root: Path, n: int, cache: str) -> Path:
     for p in data.rglob("*.jpg"):
         os.utime(p, (past, past))
     keys = load_dataset(data).keys()
-    store = StoreSpec("efficientnet_lite0", "random", precision="fp32", dtype="float16", cache=cache).open()
+    store = StoreSpec(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float16", cache=cache).open()
     for s in range(0, n, 2000):
         k = keys[s:s + 2000]
         store.commit(k, {t: rng.random((len(k), 1, c), dtype=np.float32) for t, c in store.taps})

@@ -11,65 +11,27 @@ import importlib
 import sys
 import warnings
 
-
-def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
-    """Options that pick the activation store (shared by extract, fit, export)."""
-    from fne.backbones.registry import ARCH_HELP, WEIGHTS_HELP
-    from fne.names import CROPS, DECODERS, PRECISIONS, STORAGE_DTYPES
-
-    p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
-    p.add_argument("--weights", default="imagenet", help=WEIGHTS_HELP)
-    p.add_argument("--crop", default="center", choices=CROPS,
-                   help="center: shorter side 256, center 224 (default); squash: 224x224; ten: 10 crops")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto (default): extraction picks the machine's fastest; reading finds rows "
-                        "of any precision. A value pins the store.")
-    p.add_argument("--storage-dtype", default="auto", choices=["auto", *STORAGE_DTYPES],
-                   help="how cached activations are stored; auto (default): float16 when extracting, "
-                        "any stored precision when reading (see README, 'Which store is read')")
-    p.add_argument("--cache", default=None, help="cache folder (default: $FNE_CACHE, else `fne cache info`)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed",
-                   help="seed of --weights random")
-    if extraction:
-        p.add_argument("--batch-size", type=int, default=32)
-        p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
-        p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
-                       help="torch.compile the network; auto: only for runs large enough to repay it")
-        p.add_argument("--decode", default="pil", choices=DECODERS,
-                       help="pil: decode in workers (default); device: JPEG decode on the GPU (nvjpeg)")
-
-
-def _store_kwargs(a: argparse.Namespace) -> dict:
-    return dict(arch=a.arch, weights=a.weights, crop=a.crop, precision=a.precision,
-                storage_dtype=a.storage_dtype, cache=a.cache, device=a.device, weights_seed=a.weights_seed)
-
-
-def _extract_kwargs(a: argparse.Namespace) -> dict:
-    compile_ = {"on": True, "off": False}.get(a.compile, a.compile)
-    return dict(batch_size=a.batch_size, workers=a.workers, compile=compile_)
+DATA_HELP = "image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'"
 
 
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
-    _store_args(p)
-    p.add_argument("--shard", default=None,
-                   help="I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "
-                        "RANK/WORLD_SIZE)")
-    p.add_argument("--retry-bad", action="store_true",
-                   help="read again the images recorded as unreadable (after a transient failure)")
+    from fne.options import ExtractOptions, StoreOptions, add_arguments
+
+    p.add_argument("data", help=DATA_HELP)
+    add_arguments(p, StoreOptions, ExtractOptions)
     p.set_defaults(func=_cmd_extract)
 
 
 def _cmd_extract(a) -> int:
-    from fne.data.shards import parse_shard, shard_from_env
+    from fne.data.shards import shard_from_env
     from fne.extraction.extract import extract
+    from fne.options import ExtractOptions, StoreOptions, from_args
 
+    kw = from_args(a, StoreOptions, ExtractOptions)
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
-    shard = parse_shard(a.shard) if a.shard else shard_from_env()
-    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=shard, decode=a.decode,
-                retry_bad=a.retry_bad)
+    kw["shard"] = a.shard or shard_from_env()
+    r = extract(a.data, **kw)
     named = " (each named above)" if r.n_skipped else ""
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
           f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped{named}")
@@ -78,36 +40,20 @@ def _cmd_extract(a) -> int:
 
 
 # --------------------------------------------------------------------- fit
-def _stream_arg(p) -> None:
-    p.add_argument("--stream-chunk", type=int, default=1024, metavar="ROWS",
-                   help="rows read from the cache at a time: memory follows this, not the dataset (default 1024)")
-
-
 def _add_fit(p: argparse.ArgumentParser) -> None:
-    from fne.names import HEADS
+    from fne.options import FitOptions, ForwardOptions, StoreOptions, add_arguments
 
-    p.add_argument("data")
-    p.add_argument("--features", default="fne", help="fne, fc6, fc7, last, LAYER,... (L2-normalised), or auto (cross-validated)")
-    p.add_argument("--head", default="svm", choices=[*HEADS, "auto"],
-                   help="auto: svm or logreg, whichever cross-validates better")
-    p.add_argument("--C", default="1.0", help="regularisation (default 1.0) or 'auto' (k-fold CV on the training images)")
-    p.add_argument("--splits", type=int, default=5, help="random stratified splits when DATA has no split")
-    p.add_argument("--test-size", type=float, default=0.25)
-    p.add_argument("--train-per-class", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
-    p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
-    _stream_arg(p)
-    _store_args(p)
+    add_arguments(p, FitOptions, StoreOptions, ForwardOptions)
     p.set_defaults(func=_cmd_fit)
 
 
 def _cmd_fit(a) -> int:
     from fne.linear.fit import fit
+    from fne.options import FitOptions, ForwardOptions, StoreOptions, from_args
 
-    m = fit(a.data, features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
-            train_per_class=a.train_per_class, seed=a.seed, out=a.out, extract_missing=a.extract,
-            stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
+    m = fit(a.data, a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
     print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
@@ -116,41 +62,42 @@ def _cmd_fit(a) -> int:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
+    from fne.linear.predict import STORE_OPTIONS
+    from fne.options import ForwardOptions, StoreOptions, add_arguments
+
     p.add_argument("run_dir")
-    p.add_argument("data")
+    p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="predictions CSV")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None)
+    add_arguments(p, StoreOptions, only=STORE_OPTIONS)
+    add_arguments(p, ForwardOptions)
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(a) -> int:
-    from fne.linear.predict import predict
+    from fne.linear.predict import STORE_OPTIONS, predict
+    from fne.options import ForwardOptions, from_args
 
-    r = predict(a.run_dir, a.data, out=a.out, cache=a.cache, device=a.device,
-                batch_size=a.batch_size, workers=a.workers)
+    store = {k: getattr(a, k) for k in STORE_OPTIONS}
+    r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, ForwardOptions))
     acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
     print(f"wrote {r['n']} predictions to {a.out}{acc}")
     return 0
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data")
-    p.add_argument("--features", default="fne")
+    from fne.options import ForwardOptions, RowsOptions, StoreOptions, add_arguments
+
+    p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="FILE.h5")
-    p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
-    _stream_arg(p)
-    _store_args(p)
+    add_arguments(p, RowsOptions, StoreOptions, ForwardOptions)
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(a) -> int:
     from fne.linear.export import export
+    from fne.options import ForwardOptions, RowsOptions, StoreOptions, from_args
 
-    r = export(a.data, features=a.features, out=a.out, extract_missing=a.extract,
-               stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
+    r = export(a.data, a.out, **from_args(a, RowsOptions, StoreOptions, ForwardOptions))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
     return 0
 

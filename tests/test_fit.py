@@ -154,8 +154,7 @@ def synthetic_store(tmp_path_factory):
         (root / f"c{i % 4}").mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(root / f"c{i % 4}" / f"{i:04d}.png")
     ds = load_dataset(root)
-    store = StoreSpec(STORE["arch"], STORE["weights"], "center", STORE["precision"], STORE["storage_dtype"],
-                      str(cache)).open()
+    store = StoreSpec(**STORE, cache=str(cache)).open()
     y = ds.label_indices()
     rows = {}
     for tap, ch in store.taps:

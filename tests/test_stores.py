@@ -55,7 +55,7 @@ def image_opens(monkeypatch) -> Counter:
 
 def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_path, monkeypatch, capsys):
     cache = str(tmp_path / "cache")
-    fx.extract(digits_folder, ARCH, "random", cache=cache, precision="fp32", progress=False)
+    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="fp32", progress=False)
     # Another machine, where `auto` means bf16: the rows are still found, nothing is recomputed.
     monkeypatch.setattr(fne.devices, "cpu_bf16_native", lambda: True)
     before = fx.FORWARD_IMAGES
@@ -69,14 +69,14 @@ def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_pa
 
 def test_several_stores_most_rows_then_highest_precision(digits_folder, tmp_path, capsys):
     cache = str(tmp_path / "cache")
-    fx.extract(digits_folder, ARCH, "random", cache=cache, precision="bf16", progress=False)
-    fx.extract(digits_folder, ARCH, "random", cache=cache, precision="fp32", progress=False)
+    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False)
+    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="fp32", progress=False)
     m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2)
     assert m["precision"] == "fp32"  # both hold every row: the higher precision wins
     assert "reading 24 rows from store" in capsys.readouterr().err
     # A store holding more of the requested rows wins over a higher precision.
     extra = write_digits(tmp_path / "more", per_class=8, classes=4)
-    fx.extract(extra, ARCH, "random", cache=cache, precision="bf16", progress=False)
+    fx.extract(extra, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False)
     m = fit(extra, out=tmp_path / "run2", cache=cache, arch=ARCH, weights="random", splits=2,
             extract_missing=True)
     assert m["precision"] == "bf16" and m["rows"] == "cached"
@@ -87,7 +87,7 @@ def test_fit_extract_fills_the_store_it_reads(digits_folder, tmp_path):
     means here, so a dataset never ends split across two stores."""
     cache = str(tmp_path / "cache")
     first = fne.data.datasets.load_dataset(digits_folder).subset(range(12))
-    fx.extract(first, ARCH, "random", cache=cache, precision="fp32", progress=False)
+    fx.extract(first, arch=ARCH, weights="random", cache=cache, precision="fp32", progress=False)
     m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2,
             extract_missing=True)
     assert m["precision"] == "fp32" and m["rows"] == "extracted"

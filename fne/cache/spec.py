@@ -13,11 +13,11 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 
+from fne import options
 from fne.backbones import registry as backbones
 from fne.backbones.registry import Preprocess
 from fne.cache.store import Store, StoreKey, list_stores
-from fne.errors import FneError
-from fne.names import DECODERS, PRECISIONS, STORAGE_DTYPES
+from fne.options import StoreOptions
 
 PRECISION_RANK = {"fp32": 3, "bf16": 2, "fp16": 1}
 DTYPE_RANK = {"float32": 2, "float16": 1}
@@ -25,18 +25,10 @@ DEFAULT_DTYPE = "float16"
 
 
 @dataclass
-class StoreSpec:
-    """Everything that decides which store holds a dataset's rows."""
-
-    arch: str = "vgg16"
-    weights: str = "imagenet"
-    crop: str = "center"
-    precision: str = "auto"
-    dtype: str = DEFAULT_DTYPE  # or "auto": any when reading, float16 when writing
-    cache: str | None = None
-    device: str = "auto"
-    weights_seed: int = 0
-    decode: str = "pil"  # "device": JPEGs decoded where the network runs (nvjpeg on CUDA)
+class StoreSpec(StoreOptions):
+    """Everything that decides which store holds a dataset's rows: the fields of
+    `fne.options.StoreOptions` (declared there once, with the CLI's and the pipeline's), plus how
+    to open the store this machine writes and find the one that holds given rows."""
 
     def backbone(self) -> backbones.Backbone:
         return backbones.get(self.arch, self.weights)
@@ -45,12 +37,7 @@ class StoreSpec:
         return self.backbone().preprocess(self.crop)
 
     def _check(self) -> None:
-        if self.dtype not in (*STORAGE_DTYPES, "auto"):
-            raise FneError(f"bad --storage-dtype {self.dtype!r}; choose from auto, {', '.join(STORAGE_DTYPES)}")
-        if self.precision not in PRECISIONS:
-            raise FneError(f"bad --precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
-        if self.decode not in DECODERS:
-            raise FneError(f"bad decode {self.decode!r}; choose from {', '.join(DECODERS)}")
+        options.check(self)
 
     def prep_key(self) -> str:
         # Device-decoded pixels differ from PIL's by rounding: their rows get a store of their own.
@@ -67,26 +54,26 @@ class StoreSpec:
         self._check()
         b = self.backbone()
         precision = resolve_precision(self.precision, resolve_device(self.device))
-        dtype = DEFAULT_DTYPE if self.dtype == "auto" else self.dtype
+        dtype = DEFAULT_DTYPE if self.storage_dtype == "auto" else self.storage_dtype
         key = StoreKey(b.name, self.fingerprint(), self.prep_key(), precision, dtype)
         return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views)
 
     def pinned(self, store: Store) -> StoreSpec:
         """This spec pinned to `store`'s precision and storage dtype."""
-        return StoreSpec(**{**asdict(self), "precision": store.meta["precision"], "dtype": store.meta["dtype"]})
+        return StoreSpec(**{**asdict(self), "precision": store.meta["precision"], "storage_dtype": store.meta["dtype"]})
 
     def find(self, keys: list[str], verb: str = "fne") -> Store:
         """The store to read `keys`' rows from (see the module's rule); this machine's own store
         when no store holds any of them."""
         self._check()
-        if self.precision != "auto" and self.dtype != "auto":
+        if self.precision != "auto" and self.storage_dtype != "auto":
             return self.open()
         b = self.backbone()
         fp, prep = self.fingerprint(), self.prep_key()
         candidates = [s for s in list_stores(self.cache)
                       if (s.meta["arch"], s.meta["weights"], s.meta["preprocess"]) == (b.name, fp, prep)
                       and self.precision in ("auto", s.meta["precision"])
-                      and self.dtype in ("auto", s.meta["dtype"])]
+                      and self.storage_dtype in ("auto", s.meta["dtype"])]
         wanted = set(keys)
         held = {id(s): sum(1 for k in s.index() if k in wanted) for s in candidates}
         candidates = [s for s in candidates if held[id(s)]]

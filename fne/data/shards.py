@@ -113,7 +113,7 @@ def finish_shard(store: Store, fingerprint: str, shard: tuple[int, int], dataset
 def shard_status(data, n: int, **spec: object) -> dict[int, dict | None]:
     """For each of N shards of DATA: its finished-marker, or None if it must be (re)run.
 
-    `spec` takes StoreSpec's fields (arch, weights, crop, precision, dtype, cache, ...). A job
+    `spec` takes StoreSpec's fields (arch, weights, crop, precision, storage_dtype, cache, ...). A job
     scheduler resubmits exactly the shards that map to None.
     """
     from fne.cache.spec import StoreSpec

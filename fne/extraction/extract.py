@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from fne import options as opts
 from fne import verb_module
 from fne.cache.spec import StoreSpec
 from fne.cache.store import Store
@@ -28,6 +29,7 @@ from fne.devices import default_workers, resolve_compile, resolve_device, tune_a
 from fne.errors import FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
+from fne.options import ExtractOptions
 from fne.progress import progress as progress_bar
 
 # Images that went through a forward pass in this process: tests count reuse with it.
@@ -87,48 +89,40 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
     return _Plan(todo, members, known, manifest)
 
 
-def extract(
-    data: str | Path | Dataset,
-    arch: str = "vgg16",
-    weights: str = "imagenet",
-    *,
-    cache: str | None = None,
-    batch_size: int = 32,
-    device: str = "auto",
-    precision: str = "auto",
-    crop: str = "center",
-    workers: int | None = None,
-    storage_dtype: str = "float16",
-    shard: str | tuple[int, int] | None = None,
-    compile: bool | str = "auto",
-    chunk: int = 256,
-    weights_seed: int = 0,
-    progress: bool = True,
-    threads: int | None = None,
-    decode: str = "pil",
-    retry_bad: bool = False,
-) -> ExtractResult:
+def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> ExtractResult:
     """Compute and store the rows of DATA's images that the store does not hold yet.
 
     Memory is flat in the number of images: the reader prefetches a few batches, the writer
     commits every `chunk` rows, and nothing else holds pixels or rows. With a shard (I/N; the
     CLI also reads torchrun's RANK/WORLD_SIZE) only that shard's images are read and computed,
     and once they are all committed a marker `shards/<listing>-<I>of<N>.json` records it; a
-    rerun reuses every committed row, so a killed shard is simply run again.
+    rerun reuses every committed row, so a killed shard is simply run again. A file that could
+    not be read at all is never recorded, so it is tried again on every run.
 
-    compile: True, False or "auto" (compile when at least COMPILE_AUTO_MIN_IMAGES images are to
-    be computed; a compile failure falls back to eager). threads: torch CPU threads (default:
-    torch's). decode: "pil" (default; decoded and cropped in the workers) or "device" (plain
-    JPEGs decoded where the network runs: nvjpeg on CUDA; rows go to a store of their own).
-    retry_bad: read again the images recorded as unreadable (a transient failure: an NFS hiccup).
-    A file that could not be read at all is never recorded, so it is tried again on every run.
+    Parameters
+    ----------
+    data : str, Path or Dataset
+        Any DATA form (see `fne.data.datasets.load_dataset`).
+    store : StoreSpec, optional
+        Which store receives the rows (backbone, weights, preprocessing, precision, ...).
+    **options
+        Fields of `StoreSpec` (overriding `store`'s: ``arch="resnet50"``) and of
+        `fne.options.ExtractOptions` (``batch_size``, ``workers``, ``compile``, ``shard``,
+        ``retry_bad``, ``progress``, ``chunk``, ``threads``), as on the command line.
+
+    Returns
+    -------
+    ExtractResult
+        Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
     """
+    spec, o = opts.resolve(options, StoreSpec, ExtractOptions, given={StoreSpec: store})
+    batch_size, workers, progress, chunk, threads = o.batch_size, o.workers, o.progress, o.chunk, o.threads
+    compile = {"on": True, "off": False}.get(o.compile, "auto")
+    cache, device, retry_bad, shard = spec.cache, spec.device, o.retry_bad, o.shard
     t0 = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
-    if batch_size < 1:
-        raise FneError(f"--batch-size must be >= 1, got {batch_size}")
     if threads is not None:
         torch.set_num_threads(max(1, threads))
     dev = resolve_device(device)
@@ -136,7 +130,6 @@ def extract(
         tune_allocator()
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
-    spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed, decode)
     store = spec.open()
     shard_t = shards.parse_shard(shard)
     plan = _plan(dataset, store, shard_t, cache, retry_bad)

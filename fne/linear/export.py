@@ -11,35 +11,49 @@ from pathlib import Path
 
 import numpy as np
 
+from fne import options as opts
 from fne import verb_module
-from fne.backbones import registry as backbones
 from fne.cache.spec import StoreSpec
 from fne.linear.embedding import FullNetworkEmbedding
 from fne.linear.features import Rows, Source, open_rows, parse_features
+from fne.options import ForwardOptions, RowsOptions
 
 
-def export(data: str | Path, features: str = "fne", out: str | Path = "features.h5",
-           extract_missing: bool = False, arch: str = "vgg16", weights: str = "imagenet",
-           crop: str = "center", precision: str = "auto", storage_dtype: str = "auto",
-           cache: str | None = None, device: str = "auto", weights_seed: int = 0,
-           batch_size: int = 32, workers: int | None = None, compile: bool | str = "auto",
-           stream_chunk: int = 1024) -> dict:
+def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec | None = None,
+           **options) -> dict:
     """Cached activations (one dataset `layers/<tap>` per layer) and the embedding, with
-    paths/labels/split.
+    paths/labels/split, written chunk by chunk to one HDF5 file.
 
     The FNE embedding is standardised with the training rows (the `train` split when DATA
     has one, otherwise all rows); the attribute `fit_rows` says which.
+
+    Parameters
+    ----------
+    data : str or Path
+        Any DATA form.
+    out : str or Path
+        The HDF5 file to write (replaced whole: written under a temporary name first).
+    store : StoreSpec, optional
+        Which rows to read.
+    **options
+        Fields of `fne.options.RowsOptions` (``features``, ``stream_chunk``, ``extract_missing``),
+        of `StoreSpec` (overriding `store`'s) and of `fne.options.ForwardOptions`.
+
+    Returns
+    -------
+    dict
+        ``n`` rows written, the HDF5 ``datasets`` and the ``out`` path.
     """
     import h5py
 
-    layers, kind = parse_features(features, backbones.get(arch, weights))
-    spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed)
-    src = open_rows(data, spec, "export", extract_missing,
-                    dict(batch_size=batch_size, workers=workers, compile=compile))
+    spec, o, ext = opts.resolve(options, StoreSpec, RowsOptions, ForwardOptions, given={StoreSpec: store})
+    features = o.features
+    layers, kind = parse_features(features, spec.backbone())
+    src = open_rows(data, spec, "export", o.extract_missing, ext)
     dataset, store = src.dataset, src.store
     n = len(dataset)
     fit_rows = np.flatnonzero(np.array(dataset.splits) == "train") if dataset.has_split else np.arange(n)
-    rows = Rows(store, dataset.keys(), layers, stream_chunk)
+    rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     embed = rows.fit_embedding(kind, fit_rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

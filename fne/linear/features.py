@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
+from fne.options import ForwardOptions
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -64,15 +65,17 @@ def extract_command(data, spec: StoreSpec) -> str:
         parts.append(f"--crop {spec.crop}")
     if spec.precision != "auto":
         parts.append(f"--precision {spec.precision}")
-    if spec.dtype not in ("auto", DEFAULT_DTYPE):
-        parts.append(f"--storage-dtype {spec.dtype}")
+    if spec.storage_dtype not in ("auto", DEFAULT_DTYPE):
+        parts.append(f"--storage-dtype {spec.storage_dtype}")
+    if spec.decode != "pil":
+        parts.append(f"--decode {spec.decode}")
     if spec.cache:
         parts.append(f"--cache {spec.cache}")
     return " ".join(parts)
 
 
 def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool = False,
-              extract_kw: dict | None = None) -> Source:
+              extraction: ForwardOptions | None = None) -> Source:
     """DATA's images with rows: found in the cache, or extracted first when `extract_missing`."""
     dataset = load_data(data, spec.cache)
     keys = dataset.keys()
@@ -88,10 +91,7 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
         print(f"fne {verb}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
         from fne.extraction.extract import extract
 
-        pinned = spec.pinned(store)
-        r = extract(dataset, pinned.arch, pinned.weights, cache=pinned.cache, crop=pinned.crop,
-                    precision=pinned.precision, storage_dtype=pinned.dtype, device=pinned.device,
-                    weights_seed=pinned.weights_seed, decode=pinned.decode, **(extract_kw or {}))
+        r = extract(dataset, spec.pinned(store), **asdict(extraction or ForwardOptions()))
         seconds = r.seconds
         store.refresh()
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record

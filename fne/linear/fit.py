@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import joblib
@@ -15,8 +16,8 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fne import options as opts
 from fne import verb_module
-from fne.backbones import registry as backbones
 from fne.cache.spec import StoreSpec
 from fne.data.splits import make_splits
 from fne.errors import FneError
@@ -25,7 +26,7 @@ from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.metrics import provenance, split_scores
-from fne.names import HEADS
+from fne.options import FitOptions, ForwardOptions
 
 SGD_EPOCHS = 10
 
@@ -75,84 +76,92 @@ def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, id
 
 
 # -------------------------------------------------------------------- fit
-def fit(
-    data: str | Path,
-    features: str = "fne",
-    head: str = "svm",
-    C: str | float = 1.0,
-    splits: int = 5,
-    test_size: float = 0.25,
-    train_per_class: int | None = None,
-    seed: int = 0,
-    out: str | Path = "runs/fit",
-    extract_missing: bool = False,
-    arch: str = "vgg16",
-    weights: str = "imagenet",
-    crop: str = "center",
-    precision: str = "auto",
-    storage_dtype: str = "auto",
-    cache: str | None = None,
-    device: str = "auto",
-    weights_seed: int = 0,
-    batch_size: int = 32,
-    workers: int | None = None,
-    compile: bool | str = "auto",
-    stream_chunk: int = 1024,
-) -> dict:
+@dataclass
+class _Final:
+    """What the saved model is made of: the options as given, or the choice of auto selection."""
+
+    rows: Rows
+    kind: str
+    head: str
+    C: float | str
+    features: str
+    layers: list[str]
+
+
+def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None = None, **options) -> dict:
     """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib.
 
     The rows are read through the features layer: with precision / storage_dtype "auto" from
     whichever store holds them; the model records the store it read (pinned by `predict`).
+
+    Parameters
+    ----------
+    data : str or Path
+        Any DATA form with labels.
+    out : str or Path
+        Run folder for metrics.json, model.joblib and predictions.csv.
+    store : StoreSpec, optional
+        Which rows to read (backbone, weights, preprocessing, ...).
+    **options
+        Fields of `fne.options.FitOptions` (``features``, ``head``, ``C``, ``splits``,
+        ``test_size``, ``train_per_class``, ``seed``, ``stream_chunk``, ``extract_missing``), of
+        `StoreSpec` (overriding `store`'s) and of `fne.options.ForwardOptions` (used with
+        ``extract_missing``), as on the command line.
+
+    Returns
+    -------
+    dict
+        The metrics written to metrics.json: accuracy and mean class accuracy (mean and std over
+        the splits), per-split scores, the store read, timings and provenance.
     """
-    if head not in HEADS and head != "auto":
-        raise FneError(f"unknown --head {head!r}; choose from {', '.join(HEADS)} or auto")
-    C = parse_C(C)
-    auto = "auto" in (features, head, C)  # fne.linear.selection: k-fold CV on each split's training images
-    if auto and head.startswith("sgd"):
+    spec, o, ext = opts.resolve(options, StoreSpec, FitOptions, ForwardOptions, given={StoreSpec: store})
+    C = parse_C(o.C)
+    auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
+    if auto and o.head.startswith("sgd"):
         raise FneError("auto selection is not available with SGD heads")
-    method = f"{features}+{head}"
-    layers, kind = parse_features("fne" if features == "auto" else features, backbones.get(arch, weights))
-    spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed)
-    src = open_rows(data, spec, "fit", extract_missing, dict(batch_size=batch_size, workers=workers,
-                                                             compile=compile))
+    backbone = spec.backbone()
+    layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
+    src = open_rows(data, spec, "fit", o.extract_missing, ext)
     dataset, store = src.dataset, src.store
     if dataset.labels is None:
         raise FneError(f"{data}: fit needs labels")
     y = dataset.label_indices()
-    rows = Rows(store, dataset.keys(), layers, stream_chunk)
-    split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
+    rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
+    split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
-    choose = selection.chooser(features, head, C, backbones.get(arch, weights), parse_features, y, seed, chosen,
-                               lambda la: Rows(store, dataset.keys(), la, stream_chunk)) if auto else None
+    choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
+                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk)) if auto else None
     t0 = time.perf_counter()
-    per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, head, C, y, split_list, len(dataset.classes),
-                                                      seed, choose)
+    per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
+                                                      o.seed, choose)
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
+    final = _Final(rows, kind, o.head, C, o.features, layers)
     if auto:  # the saved model: the choice made most often over the splits
-        rows, kind, head, C = choose(None)
-        features, layers = selection.most_common(chosen)["features"], rows.layers
+        r, k, h, c = choose(None)
+        final = _Final(r, k, h, c, selection.most_common(chosen)["features"], r.layers)
     if not dataset.has_split:  # the saved model learns from every labelled image
-        pipe = fit_head(rows, kind, head, Cs[0] if C == "auto" else C, y, np.arange(len(y)), seed)[0]
+        pipe = fit_head(final.rows, final.kind, final.head, Cs[0] if final.C == "auto" else final.C, y,
+                        np.arange(len(y)), o.seed)[0]
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
-        "kind": "fit", "method": method, "dataset": dataset.name, "data": str(data),
+        "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         **_scores(per_split, confusion),
         "n_images": len(dataset), "classes": dataset.classes,
         **store_identity(src),
-        "features": features, "layers": layers, "embedding": kind, "head": head,
+        "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
         "fit_seconds": fit_seconds,
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
-        "seed": seed, "split_protocol": "predefined" if dataset.has_split else (
-            f"{len(per_split)}x {train_per_class} per class" if train_per_class
-            else f"{len(per_split)}x stratified test_size={test_size}"),
+        "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
+            f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
+            else f"{len(per_split)}x stratified test_size={o.test_size}"),
         **provenance(),
     }
     if auto:
         metrics["selection"] = selection.summary(chosen)
-    _save(Path(out), metrics, pipe, src, layers, kind)
+    _save(Path(out), metrics, pipe, src, final.layers, final.kind)
     compare.write_predictions(Path(out) / "predictions.csv", dataset, y, preds)
     return metrics
 

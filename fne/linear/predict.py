@@ -14,11 +14,13 @@ from pathlib import Path
 import joblib
 import numpy as np
 
+from fne import options as opts
 from fne import verb_module
 from fne.backbones import registry as backbones
 from fne.cache.spec import StoreSpec
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
+from fne.options import ForwardOptions
 
 MODEL_FORMAT = 2
 
@@ -33,7 +35,7 @@ def load_model(run_dir: str | Path) -> dict:
     return model
 
 
-def pinned_spec(model: dict, cache: str | None, device: str, where: str) -> StoreSpec:
+def pinned_spec(model: dict, where: str) -> StoreSpec:
     """The store spec the model was fitted on; refuses weights that changed since."""
     s = model["store"]
     try:
@@ -46,16 +48,46 @@ def pinned_spec(model: dict, cache: str | None, device: str, where: str) -> Stor
             f"the weights at {s['weights']} changed since {where} was fitted: fingerprint {now}, "
             f"the model's {s['weights_fingerprint']}. Its head only fits rows of the old weights: "
             f"restore that file, or fit again on the new weights (`fne fit ... --weights {s['weights']}`)")
-    return StoreSpec(s["arch"], s["weights"], s["crop"], s["precision"], s["storage_dtype"], cache or s["cache"],
-                     device, s["weights_seed"], s["decode"])
+    return StoreSpec(arch=s["arch"], weights=s["weights"], crop=s["crop"], precision=s["precision"],
+                     storage_dtype=s["storage_dtype"], cache=s["cache"], weights_seed=s["weights_seed"],
+                     decode=s["decode"])
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path, cache: str | None = None,
-            device: str = "auto", batch_size: int = 32, workers: int | None = None) -> dict:
-    """Scores and predicted class for every image of DATA with a model saved by `fit`."""
+# The store options a prediction may change: where the cache is and where the network runs. The
+# others (backbone, weights, preprocessing, ...) are the model's: its head only fits those rows.
+STORE_OPTIONS = ("cache", "device")
+
+
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -> dict:
+    """Scores and predicted class for every image of DATA with a model saved by `fit`.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A `fne fit` run folder (model.joblib).
+    data : str or Path
+        Any DATA form; rows missing from the cache are extracted with the model's store settings.
+    out : str or Path
+        The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels).
+    **options
+        ``cache`` and ``device`` (the model pins every other store setting) and the fields of
+        `fne.options.ForwardOptions`.
+
+    Returns
+    -------
+    dict
+        ``n`` predictions, ``accuracy`` (None without labels), ``out`` and the ``store`` read.
+    """
+    fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
+    if fixed:
+        raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
+                       f"{' and '.join(STORE_OPTIONS)}")
     model = load_model(run_dir)
-    spec = pinned_spec(model, cache, device, str(run_dir))
-    src = open_rows(data, spec, "predict", True, dict(batch_size=batch_size, workers=workers))
+    pinned = pinned_spec(model, str(run_dir))
+    if options.get("cache") is None:  # the cache the model was fitted from
+        options = {**options, "cache": pinned.cache}
+    spec, ext = opts.resolve(options, StoreSpec, ForwardOptions, given={StoreSpec: pinned})
+    src = open_rows(data, spec, "predict", True, ext)
     dataset = src.dataset
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))

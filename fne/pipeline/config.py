@@ -21,17 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fne.errors import FneError
-from fne.names import (
-    CROPS,
-    DIRECT_SCORES,
-    HEADS,
-    MODES,
-    NEW_LAYERS,
-    PRECISIONS,
-    SCHEDULERS,
-    STORAGE_DTYPES,
-    WEIGHT_CHOICES,
-    slug,
+from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
+from fne.options import (
+    FitOptions,
+    ForwardOptions,
+    StoreOptions,
+    TrainConfig,
+    not_in_pipelines,
+    problems,
+    schema,
 )
 from fne.pipeline.config_errors import Errors, Locator, PipelineError
 
@@ -59,9 +57,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "advise": ("bool", "run fne advise per dataset and backbone (default true)"),
         "advise_sample": ("int", "images the source classifier sees for the advice (default 200)"),
         "report": ("bool", "write the report at the end (default true)"),
-        "device": ("str", "auto, cpu or cuda[:i]"),
-        "workers": ("int", "decoding processes"),
-        "batch_size": ("int", "extraction batch size (default 32)"),
+        **schema(StoreOptions, only=["device"]),
+        **schema(ForwardOptions),  # batch_size, workers
     },
     "datasets.*": {
         "data": ("str", "any DATA form of fne fit; relative paths resolve against this file's folder; "
@@ -77,13 +74,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "published": ("table", "published reference values: method = 93.3 or [mean, std], plus source, note"),
     },
     "backbones[]": {
-        "arch": ("str", "backbone (vgg16, vgg19, efficientnet_lite0)"),
-        "weights": ("str", "imagenet, random, imagenet-or-random (fall back to random with a warning) "
-                           "or a state dict path"),
-        "crop": ("str", "center, squash or ten"),
-        "precision": ("str", "auto, fp32, bf16 or fp16"),
-        "storage_dtype": ("str", "float16 or float32"),
-        "weights_seed": ("int", "seed of random weights"),
+        **schema(StoreOptions),  # arch, weights, crop, precision, storage_dtype, weights_seed
         "label": ("str", "folder name of this backbone's runs"),
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
@@ -91,24 +82,16 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "enabled": ("bool", "default true"),
         "features": ("list[str]", "fne, fc6, fc7, last, fne:L1,L2 or L1,L2"),
         "heads": ("list[str]", "svm, logreg, sgd-svm, sgd-logreg"),
-        "C": ("str|float", "regularisation, or 'auto'"),
-        "splits": ("int", "random stratified splits when DATA has no split (default 5)"),
-        "test_size": ("float", "default 0.25"),
-        "train_per_class": ("int", "training images per class per split"),
+        **schema(FitOptions, exclude=["features", "head"]),  # C, splits, test_size, train_per_class
     },
 }
 # [train] and [train.MODE]: the options of `fne train` (fne.training.train.TrainConfig's fields less
 # TRAIN_EXCLUDED; tests/test_pipeline.py checks that the two agree)
 TRAIN_SCHEMA: dict[str, tuple[str, str]] = {
     "modes": ("list[str]", f"which of {', '.join(MODES)} to run"),
-    **{k: (t, f"fne train --{k.replace('_', '-')}") for k, t in (
-        ("new_layers", "str"), ("direct_score", "str"), ("epochs", "int"), ("batch_size", "int"),
-        ("lr", "float"), ("imported_lr_mult", "float"), ("momentum", "float"), ("weight_decay", "float"),
-        ("scheduler", "str"), ("image_size", "int"), ("augment", "bool"), ("val_fraction", "float"),
-        ("test_size", "float"), ("precision", "str"), ("device", "str"), ("workers", "int"),
-        ("save_every", "int"), ("train_bn", "bool"), ("deterministic", "bool"), ("progress", "bool"))},
+    **schema(TrainConfig),
 }
-TRAIN_EXCLUDED = ("data", "mode", "out", "arch", "weights", "weights_seed", "resume", "seed", "class_map")
+TRAIN_EXCLUDED = not_in_pipelines(TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -306,9 +289,7 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
         if head["advise_sample"] < 1:
             err.add(("pipeline", "advise_sample"), f"must be >= 1, got {head['advise_sample']}")
         p.advise_sample = head["advise_sample"]
-    for k in ("workers", "batch_size"):
-        if k in head and head[k] < (0 if k == "workers" else 1):
-            err.add(("pipeline", k), f"must be >= {0 if k == 'workers' else 1}, got {head[k]}")
+    _add_problems(ForwardOptions, head, ("pipeline",), err)
 
 
 def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, checks: Checks | None) -> None:
@@ -329,9 +310,7 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
         for k in ("crop", "precision", "storage_dtype", "weights_seed", "features"):
             if k in b:
                 setattr(cfg, k, b[k])
-        for k, choices in (("crop", CROPS), ("precision", PRECISIONS), ("storage_dtype", STORAGE_DTYPES)):
-            if getattr(cfg, k) not in choices:
-                err.add(path_ + (k,), f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
+        _add_problems(StoreOptions, b, path_, err)
         if cfg.weights not in WEIGHT_CHOICES:
             wpath = Path(os.path.expanduser(cfg.weights))
             wpath = wpath if wpath.is_absolute() else base / wpath
@@ -363,7 +342,7 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
                 err.add(("fit", "heads"), "needs at least one head")
             if checks is not None:
                 _check_call(checks.C, (p.fit["C"],), ("fit", "C"), err)
-            _check_protocol(p.fit, ("fit",), err)
+            _add_problems(FitOptions, p.fit, ("fit",), err)
     if p.fit is None or checks is None:
         return
     for i, cfg in enumerate(p.backbones):
@@ -392,7 +371,7 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
             err.add(("train", "modes"), f"unknown mode {m!r}; choose from {', '.join(MODES)}")
     common = _check_table({k: v for k, v in t.items() if k not in MODES}, TRAIN_SCHEMA, ("train",), err)
     common.pop("modes", None)
-    _check_train_values(common, ("train",), err)
+    _add_problems(TrainConfig, common, ("train",), err)
     for m in MODES:
         if m in t and not isinstance(t[m], dict):
             err.add(("train", m), f"expected a table [train.{m}], got {t[m]!r}")
@@ -403,7 +382,7 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
         if m not in MODES:
             continue
         own = _check_table(t.get(m, {}), own_schema, ("train", m), err)
-        _check_train_values(own, ("train", m), err)
+        _add_problems(TrainConfig, own, ("train", m), err)
         p.train[m] = {**common, **own}
         p.train_raw[m] = own
     p.train_raw[""] = common
@@ -478,33 +457,10 @@ def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
                            f"per class): raise val_fraction or set it to 0 (then the last epoch is kept)")
 
 
-def _check_protocol(f: dict, path: tuple, err: Errors) -> None:
-    if f.get("splits") is not None and f["splits"] < 1:
-        err.add(path + ("splits",), f"must be >= 1, got {f['splits']}")
-    if not 0 < f["test_size"] < 1:
-        err.add(path + ("test_size",), f"must be in (0, 1), got {f['test_size']}")
-    if f.get("train_per_class") is not None and f["train_per_class"] < 1:
-        err.add(path + ("train_per_class",), f"must be >= 1, got {f['train_per_class']}")
-
-
-def _check_train_values(s: dict, path: tuple, err: Errors) -> None:
-    checks = {
-        "epochs": (lambda v: v >= 1, "an integer >= 1"),
-        "batch_size": (lambda v: v >= 1, "an integer >= 1"),
-        "lr": (lambda v: v > 0, "a positive number"),
-        "imported_lr_mult": (lambda v: v >= 0, "a number >= 0"),
-        "image_size": (lambda v: v >= 8, "an integer >= 8"),
-        "val_fraction": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-        "test_size": (lambda v: 0 < v < 1, "a number in (0, 1)"),
-        "new_layers": (lambda v: v in NEW_LAYERS, f"one of {', '.join(NEW_LAYERS)}"),
-        "scheduler": (lambda v: v in SCHEDULERS, f"one of {', '.join(SCHEDULERS)}"),
-        "direct_score": (lambda v: v in DIRECT_SCORES, f"one of {', '.join(DIRECT_SCORES)}"),
-        "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
-    }
-    for k, (ok, want) in checks.items():
-        if k in s and not ok(s[k]):
-            key = path + (k,)
-            err.add(key, f"{s[k]!r}: expected {want}")
+def _add_problems(cls, values: dict, path: tuple, err: Errors) -> None:
+    """The values `cls`' declaration (fne.options) refuses, each at its key."""
+    for k, why in problems(cls, values):
+        err.add(path + (k,), why)
 
 
 def _check_published(pub: dict, path: tuple, err: Errors) -> dict:

@@ -445,7 +445,7 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
 
     b = step.backbone
     t = time.perf_counter()
-    r = extract_mod.extract(data, b.arch, b.resolved_weights, cache=cache, batch_size=p.batch_size,
+    r = extract_mod.extract(data, arch=b.arch, weights=b.resolved_weights, cache=cache, batch_size=p.batch_size,
                             device=p.device, precision=b.precision, crop=b.crop, workers=p.workers,
                             storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
     say(f"extract {step.dataset.key} with {b.label}: {r.n_computed} computed"

@@ -211,10 +211,10 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
     from fne.extraction.extract import extract
 
     sub = dataset.subset(idx)
-    extract(sub, arch, weights, cache=cache, batch_size=batch_size, device=device, precision=precision,
-            crop=crop, workers=workers, storage_dtype=storage_dtype, weights_seed=weights_seed,
-            progress=progress)
-    store = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed).open()
+    spec = StoreSpec(arch=arch, weights=weights, crop=crop, precision=precision, storage_dtype=storage_dtype,
+                     cache=cache, device=device, weights_seed=weights_seed)
+    extract(sub, spec, batch_size=batch_size, workers=workers, progress=progress)
+    store = spec.open()
     store.refresh()
     bad = store.bad()
     keys = [k for k in sub.keys() if k not in bad]

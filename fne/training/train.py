@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fne import verb_module
+from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.registry import ImportReport, Normalize
 from fne.data.datasets import Dataset, load_dataset
@@ -34,7 +34,7 @@ from fne.data.splits import train_val_test
 from fne.devices import resolve_device, resolve_precision
 from fne.errors import DataError, FneError
 from fne.metrics import provenance, split_scores
-from fne.names import DIRECT_SCORES, MODES, NEW_LAYERS, SCHEDULERS
+from fne.options import TrainConfig
 from fne.training import checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -46,45 +46,10 @@ from fne.training.transfer import (
 )
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in the checkpoint as `args`."""
-
-    data: str
-    mode: str
-    out: str
-    arch: str = "vgg16"
-    weights: str | None = None  # None: imagenet, or random for scratch
-    weights_seed: int = 0
-    new_layers: str = "fc"
-    class_map: str | None = None
-    direct_score: str = "sum"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    imported_lr_mult: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    scheduler: str = "none"
-    image_size: int | None = None  # None: the backbone's input size (224)
-    augment: bool = True
-    val_fraction: float = 0.1
-    test_size: float = 0.25
-    seed: int = 0
-    precision: str = "auto"
-    device: str = "auto"
-    workers: int | None = None
-    save_every: int = 0
-    resume: bool = False
-    train_bn: bool = False  # finetune: imported BatchNorm uses batch statistics and updates them
-    deterministic: bool = False
-    progress: bool = True
-
-
 def _check(cfg: TrainConfig) -> None:
-    """Argument mistakes, before any data or weights are loaded."""
-    if cfg.mode not in MODES:
-        raise FneError(f"unknown --mode {cfg.mode!r}; choose from {', '.join(MODES)}")
+    """Argument mistakes, before any data or weights are loaded: each value against its
+    declaration (fne.options.TrainConfig), then the rules between options."""
+    options.check(cfg)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
         raise FneError("--mode direct needs --class-map MAP.json (target class -> source classes)")
@@ -94,21 +59,6 @@ def _check(cfg: TrainConfig) -> None:
         raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
                        f"does not apply (use frozen or finetune to import weights)")
     backbones.check_weights(cfg.arch, cfg.weights)
-    for name, ok, want in (
-        ("new_layers", cfg.new_layers in NEW_LAYERS, ", ".join(NEW_LAYERS)),
-        ("scheduler", cfg.scheduler in SCHEDULERS, ", ".join(SCHEDULERS)),
-        ("direct_score", cfg.direct_score in DIRECT_SCORES, ", ".join(DIRECT_SCORES)),
-        ("epochs", cfg.epochs >= 1 or cfg.mode == "direct", "an integer >= 1"),
-        ("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
-        ("lr", cfg.lr > 0, "a positive number"),
-        ("imported_lr_mult", cfg.imported_lr_mult >= 0, "a number >= 0"),
-        ("image_size", cfg.image_size is None or cfg.image_size >= 8, "an integer >= 8"),
-        ("val_fraction", 0 <= cfg.val_fraction < 1, "a number in [0, 1)"),
-        ("test_size", 0 < cfg.test_size < 1, "a number in (0, 1)"),
-        ("save_every", cfg.save_every >= 0, "an integer >= 0"),
-    ):
-        if not ok:
-            raise FneError(f"bad --{name.replace('_', '-')} {getattr(cfg, name)!r}; expected {want}")
     if cfg.train_bn and cfg.mode != "finetune":
         raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
     if cfg.resume and cfg.mode == "direct":
@@ -348,52 +298,14 @@ def _imported(report: ImportReport | None) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of `fne train`; defaults follow the course practice (SGD 0.9, wd 5e-4, lr 1e-3)."""
+    """Options of `fne train`: the fields of fne.options.TrainConfig."""
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
-    p.add_argument("--mode", required=True, help=f"{' | '.join(MODES)}")
-    p.add_argument("--out", required=True, help="run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt")
-    p.add_argument("--arch", default="vgg16", help=backbones.ARCH_HELP)
-    p.add_argument("--weights", default=None,
-                   help="imagenet (default; scratch: random), random (seeded) or a state dict / checkpoint path")
-    p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed", help="seed of --weights random")
-    p.add_argument("--new-layers", default="fc", choices=NEW_LAYERS,
-                   help="frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, output), "
-                        "last only the output layer (default fc)")
-    p.add_argument("--class-map", default=None,
-                   help="direct: JSON {target class: [ImageNet index or name, ...]}")
-    p.add_argument("--direct-score", default="sum", choices=DIRECT_SCORES,
-                   help="direct: a target's score is the sum (default) or max of its source softmax probs")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="base learning rate (new layers)")
-    p.add_argument("--imported-lr-mult", type=float, default=1e-3,
-                   help="finetune: imported layers learn at lr * this (default 0.001)")
-    p.add_argument("--train-bn", action="store_true",
-                   help="finetune: imported BatchNorm layers use batch statistics and update them "
-                        "(default: they keep the imported statistics)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--scheduler", default="none", choices=SCHEDULERS, help="per-epoch lr schedule (default none)")
-    p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's, 224)")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="train on center crops instead of RandomResizedCrop + horizontal flip")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="stratified part of the training data that picks the best epoch (default 0.1)")
-    p.add_argument("--test-size", type=float, default=0.25, help="when DATA has no predefined split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2, at most 4)")
-    p.add_argument("--save-every", type=int, default=0, help="write RUN_DIR/checkpoint.pt every N epochs")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    options.add_arguments(p, TrainConfig)
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    kw = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
-          if f not in ("data", "mode", "out") and hasattr(args, f)}
-    m = train(args.data, args.mode, args.out, **kw)
+    kw = options.from_args(args, TrainConfig)
+    m = train(args.data, kw.pop("mode"), kw.pop("out"), **kw)
     if m["mode"] == "direct":
         how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
                f"{m['n_excluded']} test images of unmapped classes left out")

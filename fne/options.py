@@ -1,0 +1,321 @@
+"""One declaration of each verb's options.
+
+Every option of `fne extract`, `fit`, `export`, `predict` and `train` is a field of one
+dataclass below, declared with `option(...)`: its default, help text, accepted choices or
+bounds, its command-line flag and whether a pipeline file may set it. From that declaration come
+
+- the command line: `add_arguments` (argparse) and `from_args` (back to keywords), so the CLI
+  cannot drop an option the API takes;
+- the Python API's defaults and checks: `resolve` turns a verb's keywords into these objects and
+  `check` raises one `FneError` naming the flag of a bad value;
+- the pipeline schema (`schema`) and its value checks (`problems`), read by fne.pipeline.config.
+
+Pure Python (no torch, no scikit-learn): the CLI and the pipeline configuration import it cheaply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, dataclass, field, fields, replace
+
+from fne.errors import FneError
+from fne.names import (
+    COMPILE,
+    CROPS,
+    DECODERS,
+    DIRECT_SCORES,
+    HEADS,
+    MODES,
+    NEW_LAYERS,
+    PRECISIONS,
+    SCHEDULERS,
+    STORAGE_DTYPES,
+)
+
+ARCH_HELP = ("backbone: a registry name (vgg16, vgg19, efficientnet_lite0), any torchvision "
+             "classification model (resnet50, vit_b_16, ...) or timm:NAME; `fne backbones` lists them")
+WEIGHTS_HELP = ("imagenet (default), a torchvision weights name (IMAGENET1K_V2), random (seeded), or a "
+                "weights file (.pth/.pt/.safetensors)")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """How one field is offered: flag, help, accepted values, where it may be set."""
+
+    help: str = ""
+    flag: str | None = None  # default: --field-name
+    choices: tuple | None = None
+    check: Callable[[object], bool] | None = None  # on a value that is not None
+    bound: str = ""  # what `check` wants: ">= 1", "in (0, 1)"
+    kind: str = "a number"  # "an integer": for a pipeline file's message
+    cli: bool = True
+    pipeline: bool = True
+    metavar: str | None = None
+
+
+def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
+    """A dataclass field declared with how it is offered (see `Opt`)."""
+    return field(default=default, metadata={"opt": Opt(help=help, **how)})
+
+
+def at_least(n: float, kind: str = "an integer") -> dict:
+    return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}
+
+
+def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
+    if closed_lo:
+        return {"check": lambda v: lo <= v < hi, "bound": f"in [{lo}, {hi})"}
+    return {"check": lambda v: lo < v < hi, "bound": f"in ({lo}, {hi})"}
+
+
+# ------------------------------------------------------------------ the verbs' options
+
+
+@dataclass
+class StoreOptions:
+    """What decides which store holds a dataset's rows (`fne.cache.spec.StoreSpec` adds the
+    methods that open and find stores)."""
+
+    arch: str = option("vgg16", ARCH_HELP)
+    weights: str = option("imagenet", WEIGHTS_HELP)
+    crop: str = option("center", "center: shorter side to the weights' resize, center crop (default); "
+                                 "squash: resized to the crop size; ten: 10 crops", choices=CROPS)
+    precision: str = option("auto", "auto (default): extraction picks the machine's fastest; reading "
+                                    "finds rows of any precision. A value pins the store.", choices=PRECISIONS)
+    storage_dtype: str = option("auto", "how cached activations are stored; auto (default): float16 when "
+                                        "extracting, any stored dtype when reading",
+                                choices=("auto", *STORAGE_DTYPES))
+    cache: str | None = option(None, "cache folder or fsspec URL (default: $FNE_CACHE, else `fne cache info`)",
+                               pipeline=False)
+    device: str = option("auto", "auto, cpu or cuda[:i]", pipeline=False)
+    weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
+    decode: str = option("pil", "pil: decode in loader workers (default); device: JPEGs decoded where the "
+                                "network runs (nvjpeg on CUDA; rows in a store of their own)",
+                         choices=DECODERS, pipeline=False)
+
+
+@dataclass
+class ForwardOptions:
+    """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
+
+    batch_size: int = option(32, "images per forward pass", **at_least(1))
+    workers: int | None = option(None, "decoding processes (default: cores/2)", **at_least(0))
+    compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
+                          choices=COMPILE, pipeline=False)
+    progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
+    chunk: int = option(256, "rows per committed part", cli=False, pipeline=False, **at_least(1))
+    threads: int | None = option(None, "torch CPU threads (default: torch's)", cli=False, pipeline=False,
+                                 **at_least(1))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # the API also takes True / False
+            self.compile = "on" if self.compile else "off"
+
+
+@dataclass
+class ExtractOptions(ForwardOptions):
+    """`fne extract`: the forward options, and which images to read."""
+
+    shard: str | tuple[int, int] | None = option(
+        None, "I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "
+              "RANK/WORLD_SIZE)", pipeline=False)
+    retry_bad: bool = option(False, "read again the images recorded as unreadable (after a transient "
+                                    "failure)", pipeline=False)
+
+
+@dataclass
+class RowsOptions:
+    """How fit and export read rows from the cache."""
+
+    features: str = option("fne", "fne, fne:L1,L2, fc6, fc7, last, LAYER,... (L2-normalised); fit also takes "
+                                  "auto (cross-validated)")
+    stream_chunk: int = option(1024, "rows read from the cache at a time: memory follows this, not the "
+                                     "dataset (default 1024)", metavar="ROWS", pipeline=False, **at_least(1))
+    extract_missing: bool = option(False, "extract rows missing from the cache first", flag="--extract",
+                                   pipeline=False)
+
+
+@dataclass
+class FitOptions(RowsOptions):
+    """`fne fit`: the head and the evaluation protocol."""
+
+    head: str = option("svm", "linear head; auto: svm or logreg, whichever cross-validates better",
+                       choices=(*HEADS, "auto"))
+    C: str | float = option("1.0", "regularisation (default 1.0) or 'auto' (k-fold CV on the training images)",
+                            flag="--C")
+    splits: int = option(5, "random stratified splits when DATA has no split", **at_least(1))
+    test_size: float = option(0.25, "test fraction of each random split", **between(0, 1))
+    train_per_class: int | None = option(None, "training images per class per split", **at_least(1))
+    seed: int = option(0, "seed of the splits and the heads", pipeline=False)
+
+
+@dataclass
+class TrainConfig:
+    """`fne train`: everything a run depends on; stored in the checkpoint as `args`. Defaults follow
+    the course practice (SGD, momentum 0.9, weight decay 5e-4, lr 1e-3)."""
+
+    data: str = option(MISSING, "image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'",
+                       cli=False, pipeline=False)
+    mode: str = option(MISSING, "which experiment", choices=MODES, pipeline=False)
+    out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt",
+                      pipeline=False)
+    arch: str = option("vgg16", ARCH_HELP, pipeline=False)
+    weights: str | None = option(None, "imagenet (default; scratch: random), random (seeded) or a state dict "
+                                       "/ checkpoint path", pipeline=False)
+    weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", pipeline=False)
+    new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
+                                   "output), last only the output layer", choices=NEW_LAYERS)
+    class_map: str | None = option(None, "direct: JSON {target class: [ImageNet index or name, ...]}",
+                                   pipeline=False)
+    direct_score: str = option("sum", "direct: a target's score is the sum (default) or max of its source "
+                                      "softmax probabilities", choices=DIRECT_SCORES)
+    epochs: int = option(10, "passes over the training images", **at_least(1))
+    batch_size: int = option(32, "training batch size", **at_least(1))
+    lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0")
+    imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this",
+                                     **at_least(0, "a number"))
+    momentum: float = option(0.9, "SGD momentum", **at_least(0, "a number"))
+    weight_decay: float = option(5e-4, "SGD weight decay", **at_least(0, "a number"))
+    scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS)
+    image_size: int | None = option(None, "input size (default: the backbone's, 224)", **at_least(8))
+    augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
+                           flag="--no-augment")
+    val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
+                                 **between(0, 1, closed_lo=True))
+    test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
+    seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False)
+    precision: str = option("auto", "autocast precision", choices=PRECISIONS)
+    device: str = option("auto", "auto, cpu or cuda[:i]")
+    workers: int | None = option(None, "decoding processes (default: cores/2, at most 4)", **at_least(0))
+    save_every: int = option(0, "write RUN_DIR/checkpoint.pt every N epochs", **at_least(0))
+    resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt", pipeline=False)
+    train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
+                                   "(default: they keep the imported statistics)")
+    deterministic: bool = option(False, "deterministic algorithms only")
+    progress: bool = option(True, "no progress bars", flag="--no-progress")
+
+
+# ------------------------------------------------------------------ one declaration, four uses
+
+
+def _opts(cls) -> list[tuple[dataclasses.Field, Opt]]:
+    return [(f, f.metadata.get("opt", Opt())) for f in fields(cls)]
+
+
+def flag(f: dataclasses.Field) -> str:
+    o = f.metadata.get("opt", Opt())
+    return o.flag or "--" + f.name.replace("_", "-")
+
+
+def _types(cls) -> dict[str, object]:
+    import fne.options as me
+
+    return typing.get_type_hints(cls, vars(me))
+
+
+def _base(t) -> type:
+    """int for `int | None`, str for `str | None`, ..."""
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if args else t
+
+
+def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
+    """Add the command-line options of `classes`' fields (those with cli=True, or named in `only`)."""
+    only = set(only) if only is not None else None
+    for cls in classes:
+        hints = _types(cls)
+        for f, o in _opts(cls):
+            if (only is not None and f.name not in only) or (only is None and not o.cli):
+                continue
+            kind = _base(hints[f.name])
+            kw: dict = {"dest": f.name, "help": o.help}
+            if kind is bool:
+                kw["action"] = "store_false" if f.default is True else "store_true"
+            else:
+                kw["type"] = kind if kind in (int, float) else str
+                if o.choices or o.metavar:  # checked by `check`, which names the flag in one line
+                    kw["metavar"] = o.metavar or "{" + ",".join(map(str, o.choices)) + "}"
+            if f.default is MISSING:
+                kw["required"] = True
+            else:
+                kw["default"] = f.default
+            parser.add_argument(flag(f), **kw)
+
+
+def names(*classes, cli_only: bool = False) -> list[str]:
+    return [f.name for cls in classes for f, o in _opts(cls) if o.cli or not cli_only]
+
+
+def from_args(args, *classes) -> dict:
+    """The keywords of `classes`' fields that `args` (an argparse Namespace) holds."""
+    return {n: getattr(args, n) for n in names(*classes) if hasattr(args, n)}
+
+
+def check(obj) -> None:
+    """Raise FneError naming the flag of the first value `obj` does not accept."""
+    for f, o in _opts(type(obj)):
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        if o.choices and v not in o.choices:
+            raise FneError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
+        if o.check is not None and not o.check(v):
+            raise FneError(f"bad {flag(f)} {v!r}: {flag(f)} must be {o.bound}")
+
+
+def problems(cls, values: dict) -> list[tuple[str, str]]:
+    """(key, why) for each value of a pipeline table that `cls`' declaration refuses."""
+    declared = {f.name: o for f, o in _opts(cls)}
+    out = []
+    for k, v in values.items():
+        o = declared.get(k)
+        if o is None or v is None:
+            continue
+        if o.choices and v not in o.choices:
+            out.append((k, f"{v!r}: expected one of {', '.join(map(str, o.choices))}"))
+        elif o.check is not None and not o.check(v):
+            out.append((k, f"{v!r}: expected {o.kind} {o.bound}"))
+    return out
+
+
+_SCHEMA_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
+
+
+def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
+    """key -> (pipeline type, description) of the fields a pipeline file may set (or of `only`)."""
+    hints, exclude = _types(cls), set(exclude)
+    only = set(only) if only is not None else None
+    out = {}
+    for f, o in _opts(cls):
+        if f.name in exclude or (only is not None and f.name not in only) or (only is None and not o.pipeline):
+            continue
+        kinds = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)]
+        out[f.name] = ("|".join(_SCHEMA_TYPES[k] for k in kinds), o.help or f"fne {flag(f)}")
+    return out
+
+
+def not_in_pipelines(cls) -> tuple[str, ...]:
+    """The fields of `cls` that a pipeline file does not set (the runner sets them per step)."""
+    return tuple(f.name for f, o in _opts(cls) if not o.pipeline)
+
+
+def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
+    """Split a verb's keywords among its option classes; -> one checked instance per class.
+
+    given: class -> an instance to start from (e.g. the caller's StoreSpec); keywords override
+    its fields. A keyword no class declares is a TypeError, as for any Python function.
+    """
+    given = given or {}
+    left = dict(kwargs)
+    out = []
+    for cls in classes:
+        mine = {n: left.pop(n) for n in [f.name for f in fields(cls)] if n in left}
+        base = given.get(cls)
+        obj = replace(base, **mine) if base is not None else cls(**mine)
+        check(obj)
+        out.append(obj)
+    if left:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")
+    return out
