@@ -133,3 +133,73 @@ def test_similarity_measured_from_the_source_classifier(tmp_path, monkeypatch):
     assert stats["top_source_classes"][0]["share"] == 1.0
     d2 = A.decide(3000, stats["max_softmax_mean"], entropy=stats["entropy_norm_mean"])
     assert d2["recommendation"] == "finetune"
+
+
+def _always_class_7(features, arch, weights, seed):
+    n, v, _ = features.shape
+    out = np.full((n, v, 1000), -30.0, dtype=np.float32)
+    out[:, :, 7] = 30.0
+    return out
+
+
+def _aged_digits(root):
+    import os
+    import time
+
+    from .conftest import write_digits
+
+    folder = write_digits(root, per_class=3, classes=3)
+    past = time.time() - 3600  # the manifest trusts files modified before they were hashed
+    for p in folder.rglob("*.png"):
+        os.utime(p, (past, past))
+    return folder
+
+
+def test_similarity_sample_is_keyed_through_the_manifest(tmp_path, monkeypatch):
+    """A second advice over an unchanged folder opens no image: keys come from the manifest."""
+    import builtins
+
+    from fne.data.datasets import load_dataset
+
+    monkeypatch.setattr(A, "_classifier_logits", _always_class_7)
+    d = load_dataset(_aged_digits(tmp_path / "data"))
+    idx = A.stratified_sample(d, 6, seed=0)
+    kw = dict(cache=str(tmp_path / "cache"), precision="fp32", storage_dtype="float32", batch_size=6,
+              workers=0, progress=False)
+    assert A.measure_similarity(d, idx, "efficientnet_lite0", "random", **kw)["n"] == 6
+    opened, real_open = [], builtins.open
+
+    def counting_open(file, *a, **k):
+        if str(file).endswith(".png"):
+            opened.append(str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    assert A.measure_similarity(load_dataset(tmp_path / "data"), idx, "efficientnet_lite0", "random",
+                                **kw)["n"] == 6
+    assert opened == []
+
+
+def test_an_unreadable_sample_file_is_skipped_not_fatal(tmp_path, monkeypatch, recwarn):
+    """A file that cannot be read (an I/O error) is named and left out of the measure."""
+    import builtins
+    import errno
+
+    from fne.data.datasets import load_dataset
+
+    monkeypatch.setattr(A, "_classifier_logits", _always_class_7)
+    d = load_dataset(_aged_digits(tmp_path / "data"))
+    idx = A.stratified_sample(d, 6, seed=0)
+    broken, real_open = d.sources[idx[0]], builtins.open
+
+    def failing_open(file, *a, **k):
+        if str(file) == str(broken):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    stats = A.measure_similarity(d, idx, "efficientnet_lite0", "random", cache=str(tmp_path / "cache"),
+                                 precision="fp32", storage_dtype="float32", batch_size=6, workers=0,
+                                 progress=False)
+    assert stats["n"] == 5
+    assert any(d.ids[idx[0]] in str(w.message) and "cannot read" in str(w.message) for w in recwarn)
