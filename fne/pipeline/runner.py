@@ -156,20 +156,31 @@ def _backbone_identity(b: BackboneCfg) -> dict:
             "storage_dtype": b.storage_dtype, "weights_seed": b.weights_seed}
 
 
-def content_fingerprint(data: str, cache: str | None) -> str | None:
+def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str | None:
     """The images' content (sorted keys, from the data root's manifest: an unchanged folder is
-    only stat'ed); None where DATA cannot be read (a dry run without its data)."""
+    only stat'ed); None where DATA cannot be read (a dry run without its data).
+
+    read=False (a dry run) reads no image and writes nothing: the fingerprint comes from the
+    manifest alone, and is None unless the manifest knows every file as it is now."""
+    from fne.data.datasets import load_dataset
+    from fne.data.manifest import known_keys, manifest_for
     from fne.data.shards import content_fingerprint as fingerprint
     from fne.errors import DataError
     from fne.linear.features import load_data
 
     try:
-        return fingerprint(load_data(data, cache).keys())
+        if read:
+            return fingerprint(load_data(data, cache).keys())
+        dataset = load_dataset(data)
+        manifest = manifest_for(dataset, cache)
+        keys = known_keys(dataset, manifest) if manifest is not None else [None]
+        return None if None in keys else fingerprint(keys)
     except DataError:
         return None
 
 
-def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = None) -> list[Step]:
+def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = None,
+         read: bool = True) -> list[Step]:
     """Every step of the pipeline in run order (per dataset, per backbone: advise, fit, train).
 
     A step's identity holds its settings, the images' content fingerprint and the fne version:
@@ -180,7 +191,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
         if ds.skipped:
             continue
         data = data_for.get(ds.key, ds.data)
-        content = content_fingerprint(data, cache)
+        content = content_fingerprint(data, cache, read)
         for b in p.backbones:
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
@@ -384,7 +395,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
-        steps = plan(p, out, {}, cache)
+        steps = plan(p, out, {}, cache, read=False)  # a dry run reads no image and writes nothing
         say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
         for s in steps:
             say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
