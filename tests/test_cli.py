@@ -1,0 +1,116 @@
+"""The command line: each verb's options declared once (fne/options.py) and agreeing with the
+Python API and the pipeline schema; a CLI that behaves as a Unix filter."""
+
+from __future__ import annotations
+
+import sys
+
+
+def test_output_piped_into_a_closed_pipe_exits_quietly():
+    """`fne backbones vgg16 --json | head -c 0`: the reader is gone before fne writes; no traceback."""
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-m", "fne.cli", "backbones", "vgg16", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # long before the interpreter has started and imported torch
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert err == ""
+
+
+# ------------------------------------------------------------------ one declaration per verb
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+from fne import options as O  # noqa: E402
+from fne.cli import build_parser, main  # noqa: E402
+
+VERBS = {  # verb -> (option classes, what the verb declares beside them)
+    "extract": ((O.StoreOptions, O.ExtractOptions), {"data"}),
+    "fit": ((O.FitOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
+    "export": ((O.RowsOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
+    "train": ((O.TrainConfig,), {"data"}),
+}
+
+
+def _actions(verb: str) -> dict[str, argparse.Action]:
+    parser = build_parser([verb])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    return {a.dest: a for a in sub._actions if a.dest not in ("help",)}
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
+    classes, own = VERBS[verb]
+    actions = _actions(verb)
+    declared = {f.name: f for c in classes for f in dataclasses.fields(c)
+                if f.metadata["opt"].cli}
+    assert set(actions) - own == set(declared)
+    for name, f in declared.items():
+        if f.default is not dataclasses.MISSING:
+            assert actions[name].default == f.default, name
+        assert actions[name].option_strings == [O.flag(f)]
+
+
+def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_store():
+    from fne.linear.predict import STORE_OPTIONS
+
+    actions = _actions("predict")
+    forward = {f.name for f in dataclasses.fields(O.ForwardOptions) if f.metadata["opt"].cli}
+    assert set(actions) == {"run_dir", "data", "out", *STORE_OPTIONS, *forward}
+
+
+class _Reached(Exception):
+    pass
+
+
+@pytest.mark.parametrize("verb, module", [("fit", "fne.linear.fit"), ("export", "fne.linear.export")])
+def test_every_cli_option_reaches_the_api(verb, module, monkeypatch, tmp_path):
+    """What the CLI parses is what the verb reads its rows with: --decode device included
+    (it used to be parsed and then dropped, so device-decoded rows were never found)."""
+    import importlib
+
+    seen = {}
+
+    def reached(data, spec, verb_name, extract_missing, extraction):
+        seen.update(spec=spec, extract_missing=extract_missing, extraction=extraction)
+        raise _Reached
+
+    monkeypatch.setattr(importlib.import_module(module), "open_rows", reached)
+    with pytest.raises(_Reached):
+        main([verb, "digits", "--out", str(tmp_path / "x"), "--arch", "efficientnet_lite0", "--weights",
+              "random", "--decode", "device", "--crop", "squash", "--precision", "fp32", "--storage-dtype",
+              "float32", "--seed-weights", "3", "--device", "cpu", "--batch-size", "7", "--workers", "0",
+              "--compile", "off", "--extract"])
+    s, e = seen["spec"], seen["extraction"]
+    assert (s.arch, s.weights, s.decode, s.crop, s.precision, s.storage_dtype, s.weights_seed, s.device) == (
+        "efficientnet_lite0", "random", "device", "squash", "fp32", "float32", 3, "cpu")
+    assert (e.batch_size, e.workers, e.compile, seen["extract_missing"]) == (7, 0, "off", True)
+
+
+def test_pipeline_schema_is_the_declared_options():
+    from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA
+
+    def pipeline_fields(cls):
+        return {f.name for f in dataclasses.fields(cls) if f.metadata["opt"].pipeline}
+
+    assert set(SCHEMA["backbones[]"]) - {"label", "features"} == pipeline_fields(O.StoreOptions)
+    assert set(TRAIN_SCHEMA) - {"modes"} == pipeline_fields(O.TrainConfig)
+    # the grid: lists of features and heads, each a FitOptions value
+    assert set(SCHEMA["fit"]) - {"enabled", "heads"} == pipeline_fields(O.FitOptions) - {"head"}
+    assert pipeline_fields(O.ForwardOptions) <= set(SCHEMA["pipeline"])
+
+
+def test_a_bad_value_is_refused_alike_by_the_cli_and_a_pipeline(tmp_path, capsys):
+    from fne.pipeline.config import load_pipeline
+    from fne.pipeline.config_errors import PipelineError
+
+    assert main(["extract", "digits", "--crop", "middle"]) == 2
+    assert "unknown --crop 'middle'; choose from center, squash, ten" in capsys.readouterr().err
+    f = tmp_path / "p.toml"
+    f.write_text('[datasets.d]\ndata = "digits"\n\n[[backbones]]\narch = "vgg16"\ncrop = "middle"\n\n'
+                 '[fit]\nfeatures = ["fc7"]\n')
+    with pytest.raises(PipelineError, match=r"backbones\[0\]\.crop: 'middle': expected one of center, squash, ten"):
+        load_pipeline(f)
