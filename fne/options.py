@@ -34,10 +34,11 @@ from fne.names import (
     STORAGE_DTYPES,
 )
 
-ARCH_HELP = ("backbone: a registry name (vgg16, vgg19, efficientnet_lite0), any torchvision "
-             "classification model (resnet50, vit_b_16, ...) or timm:NAME; `fne backbones` lists them")
-WEIGHTS_HELP = ("imagenet (default), a torchvision weights name (IMAGENET1K_V2), random (seeded), or a "
-                "weights file (.pth/.pt/.safetensors)")
+ARCH_HELP = ("backbone: vgg16 (default), vgg19, efficientnet_lite0, any torchvision classification model "
+             "(resnet50, convnext_tiny, vit_b_16, swin_t, ...) or timm:NAME[.TAG]; `fne backbones` lists them")
+WEIGHTS_HELP = ("imagenet (default: the model's default pretrained weights; downloads once), a torchvision "
+                "weights name (IMAGENET1K_V2), random (seeded, for tests) or a state dict path "
+                "(.pth/.pt/.safetensors)")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,16 @@ class FitOptions(RowsOptions):
 
 
 @dataclass
+class AdviseOptions:
+    """`fne advise`: how the target data is measured (with the store and forward options)."""
+
+    sample: int = option(200, "images run through the source classifier", **at_least(1))
+    seed: int = option(0, "seed of the sample")
+    test_size: float = option(0.25, "share held out when DATA has no split (as in fne fit)", **between(0, 1))
+    train_per_class: int | None = option(None, "training images per class (as in fne fit)", **at_least(1))
+
+
+@dataclass
 class TrainConfig:
     """`fne train`: everything a run depends on; stored in the checkpoint as `args`. Defaults follow
     the course practice (SGD, momentum 0.9, weight decay 5e-4, lr 1e-3)."""
@@ -250,7 +261,7 @@ def names(*classes, cli_only: bool = False) -> list[str]:
 
 def from_args(args, *classes) -> dict:
     """The keywords of `classes`' fields that `args` (an argparse Namespace) holds."""
-    return {n: getattr(args, n) for n in names(*classes) if hasattr(args, n)}
+    return {n: getattr(args, n) for n in names(*classes, cli_only=True) if hasattr(args, n)}
 
 
 def check(obj) -> None:

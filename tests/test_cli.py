@@ -32,6 +32,7 @@ VERBS = {  # verb -> (option classes, what the verb declares beside them)
     "fit": ((O.FitOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
     "export": ((O.RowsOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
     "train": ((O.TrainConfig,), {"data"}),
+    "advise": ((O.AdviseOptions, O.StoreOptions, O.ForwardOptions), {"data", "json", "out"}),
 }
 
 

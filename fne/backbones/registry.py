@@ -77,11 +77,6 @@ class Backbone:
 
 
 REGISTRY: dict[str, Backbone] = {}
-ARCH_HELP = ("backbone: vgg16 (default), vgg19, efficientnet_lite0, any torchvision classification model "
-             "(resnet50, convnext_tiny, vit_b_16, swin_t, ...) or timm:NAME[.TAG]; `fne backbones` lists them")
-WEIGHTS_HELP = ("imagenet (default: the model's default pretrained weights; downloads once), a torchvision "
-                "weights name (IMAGENET1K_V2), random (seeded, for tests) or a state dict path "
-                "(.pth/.pt/.safetensors)")
 
 
 def register(backbone: Backbone) -> Backbone:

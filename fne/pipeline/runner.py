@@ -348,8 +348,8 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path) -> dict:
     k = dict(step.kwargs)
     b = step.backbone
     if step.kind == "advise":
-        a = advise_mod.advise(k.pop("data"), k.pop("arch"), k.pop("weights"), cache=cache, device=p.device,
-                              batch_size=p.batch_size, workers=p.workers, **k)
+        a = advise_mod.advise(k.pop("data"), cache=cache, device=p.device, batch_size=p.batch_size,
+                              workers=p.workers, **k)
         a["dataset_key"] = step.dataset.key
         a["backbone"] = b.label
         step.result_file.write_text(json.dumps(a, indent=1))

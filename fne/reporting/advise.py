@@ -54,8 +54,6 @@ from fne.errors import FneError
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
 MSP_BORDER = 0.10  # |MSP - SIMILAR_MSP| below this: borderline
-DEFAULT_SAMPLE = 200
-DEFAULT_TEST_SIZE = 0.25
 
 # Method families, so that a report can tell whether a measured winner follows the advice.
 FEATURE_EXTRACTION = "feature-extraction"
@@ -129,7 +127,7 @@ def method_family(method: str) -> str:
 # ------------------------------------------------------------------ measuring
 
 
-def training_images_per_class(dataset, test_size: float = DEFAULT_TEST_SIZE,
+def training_images_per_class(dataset, test_size: float = 0.25,
                               train_per_class: int | None = None) -> dict:
     """Per-class training counts: the train split if DATA has one, else the fit protocol's share."""
     if dataset.labels is None:
@@ -313,32 +311,46 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
             "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons}
 
 
-def advise(data, arch: str = "vgg16", weights: str = "imagenet", *, cache=None, sample: int = DEFAULT_SAMPLE,
-           seed: int = 0, test_size: float = DEFAULT_TEST_SIZE, train_per_class: int | None = None,
-           crop: str = "center", precision: str = "auto", storage_dtype: str = "float16", device: str = "auto",
-           weights_seed: int = 0, batch_size: int = 32, workers: int | None = None,
-           progress: bool = True) -> dict:
-    """Recommendation with its reasons and the measured quantities behind it."""
-    from fne.backbones import registry as backbones
-    from fne.data.datasets import Dataset, load_dataset
+def advise(data, store=None, **options) -> dict:
+    """Recommendation with its reasons and the measured quantities behind it.
 
-    backbones.get(arch)  # unknown arch: FneError before any work
-    if sample < 1:
-        raise FneError(f"--sample must be >= 1, got {sample}")
-    if not 0 < test_size < 1:
-        raise FneError(f"--test-size must be in (0, 1), got {test_size}")
+    Parameters
+    ----------
+    data : str, Path or Dataset
+        Any DATA form with labels.
+    store : StoreSpec, optional
+        The backbone whose source classifier judges how close DATA is to its source task.
+    **options
+        Fields of `fne.options.AdviseOptions` (``sample``, ``seed``, ``test_size``,
+        ``train_per_class``), of `StoreSpec` (overriding `store`'s) and of
+        `fne.options.ForwardOptions` (for the sample's extraction).
+
+    Returns
+    -------
+    dict
+        The recommendation, its reasons and commands, the training images per class and the
+        similarity measured (or why it was not judged), and the thresholds used.
+    """
+    from fne.cache.spec import StoreSpec
+    from fne.data.datasets import Dataset, load_dataset
+    from fne.options import AdviseOptions, ForwardOptions, resolve
+
+    spec, o, fwd = resolve(options, StoreSpec, AdviseOptions, ForwardOptions, given={StoreSpec: store})
+    spec.backbone()  # unknown arch: FneError before any work
+    arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    ipc = training_images_per_class(dataset, test_size, train_per_class)
+    ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}
     msp = entropy = None
     if weights == "random":
         similarity["why_not"] = "random weights: no source task"
     else:
-        idx = stratified_sample(dataset, sample, seed)
-        stats = measure_similarity(dataset, idx, arch, weights, cache=cache, crop=crop, precision=precision,
-                                   storage_dtype=storage_dtype, device=device, weights_seed=weights_seed,
-                                   batch_size=batch_size, workers=workers, progress=progress)
+        idx = stratified_sample(dataset, o.sample, o.seed)
+        stats = measure_similarity(dataset, idx, arch, weights, cache=spec.cache, crop=spec.crop,
+                                   precision=spec.precision, storage_dtype=spec.storage_dtype, device=spec.device,
+                                   weights_seed=spec.weights_seed, batch_size=fwd.batch_size, workers=fwd.workers,
+                                   progress=fwd.progress)
         similarity.update(stats, judged=True, sample=stats["n"])
         msp, entropy = stats["max_softmax_mean"], stats["entropy_norm_mean"]
         if weights not in ("imagenet",):
@@ -386,33 +398,20 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fne.backbones.registry import ARCH_HELP
-    from fne.names import CROPS, PRECISIONS
+    from fne.options import AdviseOptions, ForwardOptions, StoreOptions
+    from fne.options import add_arguments as add_options
 
     p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
-    p.add_argument("--arch", default="vgg16", help=ARCH_HELP)
-    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a state dict path")
-    p.add_argument("--cache", default=None)
-    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
-                   help=f"images run through the source classifier (default {DEFAULT_SAMPLE})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-size", type=float, default=DEFAULT_TEST_SIZE,
-                   help="share held out when DATA has no split (as in fne fit)")
-    p.add_argument("--train-per-class", type=int, default=None)
-    p.add_argument("--crop", default="center", choices=CROPS)
-    p.add_argument("--precision", default="auto", choices=PRECISIONS)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None)
+    add_options(p, AdviseOptions, StoreOptions, ForwardOptions)
     p.add_argument("--json", action="store_true", help="print the advice as JSON")
     p.add_argument("--out", default=None, help="also write the advice to this JSON file")
 
 
 def run_cli(args) -> int:
-    a = advise(args.data, args.arch, args.weights, cache=args.cache, sample=args.sample, seed=args.seed,
-               test_size=args.test_size, train_per_class=args.train_per_class, crop=args.crop,
-               precision=args.precision, device=args.device, batch_size=args.batch_size,
-               workers=args.workers, progress=not args.json)
+    from fne.options import AdviseOptions, ForwardOptions, StoreOptions, from_args
+
+    kw = from_args(args, AdviseOptions, StoreOptions, ForwardOptions)
+    a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(a, indent=1))
