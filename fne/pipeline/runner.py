@@ -382,7 +382,33 @@ def _summary_line(step: Step, r: dict) -> str:
 def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
         dry_run: bool = False, report: bool | None = None, device: str | None = None,
         workers: int | None = None, log=None) -> dict:
-    """Validate, then run every pending step; returns {"steps", "ran", "skipped", "out", "report"}."""
+    """Validate a pipeline file, then run every pending step and write the report.
+
+    Parameters
+    ----------
+    path : str or Path
+        The pipeline TOML file; every problem in it is reported at once (file:line: key: why).
+    out : str or Path, optional
+        The output folder (default: the file's `out`, else runs/<name>).
+    cache : str, optional
+        The cache (default: the file's `cache`, else fne's default).
+    force : bool
+        Rerun steps that are done.
+    dry_run : bool
+        List the steps and which are done; read no image, write nothing.
+    report : bool, optional
+        Write the report at the end (default: the file's `report`).
+    device, workers : optional
+        Override the file's `device` / `workers`.
+    log : callable, optional
+        Receives each progress line (default: print).
+
+    Returns
+    -------
+    dict
+        ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (the report folder or None) and the
+        parsed ``pipeline``.
+    """
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
     p = load_pipeline(path)

@@ -357,7 +357,27 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
 
 def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | None = None,
            extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
-    """Write out/report.md, out/report.html (figures inline) and out/report.json."""
+    """Write out/report.md, out/report.html (figures inline) and out/report.json.
+
+    Parameters
+    ----------
+    run_dirs : list of str or Path
+        Run folders of `fne fit` / `fne train` / `fne run` (their metrics.json), or folders
+        holding them.
+    out : str or Path
+        The report folder.
+    pipeline : str or Path, optional
+        A pipeline file whose published reference values are shown beside the measured ones.
+    extra_pipelines : list of dict, optional
+        Pipeline summaries (pipeline.json) to add, as `fne run` passes its own.
+    figures : bool
+        Draw the figures (matplotlib); False writes the tables only.
+
+    Returns
+    -------
+    dict
+        What report.json holds: the rows per dataset, the winners and the files written.
+    """
     collected = collect(list(run_dirs))
     collected["pipelines"] += list(extra_pipelines or [])
     if pipeline is not None:  # its published values; its datasets need not be present

@@ -81,9 +81,26 @@ class _Split:
 
 
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
-    """Run one transfer experiment (see TrainConfig for the options); returns metrics.json's dict.
+    """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
 
     Seeds the global RNGs (python, numpy, torch) like torchvision's reference scripts do.
+
+    Parameters
+    ----------
+    data : str, Path or Dataset
+        Any DATA form with labels.
+    mode : {"direct", "scratch", "frozen", "finetune"}
+        The experiment.
+    out : str or Path
+        The run folder (also holds checkpoint.pt with ``save_every``).
+    **kwargs
+        The other fields of `fne.options.TrainConfig` (the options of `fne train`).
+
+    Returns
+    -------
+    dict
+        What metrics.json holds: accuracy and mean class accuracy, the best epoch, timings, the
+        learning rates and what was imported.
     """
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
