@@ -28,8 +28,7 @@ class Writer(threading.Thread):
     def __init__(self, store: Store, chunk: int, taps: list[tuple[str, int]]):
         super().__init__(daemon=True)
         self.store, self.chunk = store, chunk
-        self.names = [n for n, _ in taps]
-        self.cuts = np.cumsum([c for _, c in taps])[:-1]
+        self.width = sum(c for _, c in taps)
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.seconds = 0.0
@@ -38,7 +37,8 @@ class Writer(threading.Thread):
         self._rows: list[np.ndarray] = []
         self._bad: dict[str, str] = {}
 
-    def put(self, keys, rows, bad, event=None):
+    def put(self, keys: list[str], rows, bad: dict[str, str], event=None) -> None:
+        """Queue one batch: `rows` (B, V, D) every tap side by side, `bad` {key: reason}."""
         self._put((keys, rows, bad, event))
 
     def _put(self, item) -> None:
@@ -56,11 +56,9 @@ class Writer(threading.Thread):
         if not self._keys and not self._bad:
             return
         t = time.perf_counter()
-        arrays = {}
-        if self._keys:
-            rows = np.concatenate(self._rows)
-            arrays = dict(zip(self.names, np.split(rows, self.cuts, axis=2), strict=True))
-        self.store.commit(self._keys, arrays, self._bad)
+        # One (N, V, D) array, every tap side by side: the store's part layout, so no split here.
+        rows = np.concatenate(self._rows) if self._keys else np.empty((0, self.store.views, self.width))
+        self.store.commit(self._keys, rows, self._bad)
         self.committed += len(self._keys)
         self._keys, self._rows, self._bad = [], [], {}
         self.seconds += time.perf_counter() - t
