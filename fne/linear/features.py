@@ -164,6 +164,10 @@ class Rows:
             if out is None:
                 out = np.empty((len(idx), v, Z.shape[2]), dtype=Z.dtype)
             out[b] = Z
+        if out is None:  # no rows asked for: the embedding's width, from one row of zeros
+            dims = dict(self.store.taps)
+            Z = embed.transform(np.zeros((1, sum(dims[la] for la in self.layers)), dtype=np.float32))
+            return np.empty((0, Z.shape[1]), dtype=Z.dtype)
         return out.reshape(len(idx) * v, -1)
 
     def scores(self, pipe, idx: np.ndarray) -> np.ndarray:
