@@ -81,8 +81,9 @@ def read_keys(zstore) -> tuple[list[str], str]:
         raise Damaged(f"{type(e).__name__}: {e}") from None
 
 
-def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list[str]) -> dict[str, np.ndarray]:
-    """Every row of a part, for `layers`: {layer: (N, V, C)} in the storage dtype.
+def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list[str]) -> np.ndarray:
+    """Every row of a part for `layers`: (N, V, C1 + C2 + …), the layers side by side in the order
+    given, in the storage dtype (a view of the part's rows where the layers are adjacent).
 
     `open_array(name)` opens one array of the part read-only.
     """
@@ -91,8 +92,21 @@ def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list
             rows = open_array(ROWS)[...]
             if rows.size and np.isnan(rows.flat[0]):  # the fill value: the chunk is gone
                 raise FileNotFoundError("rows chunk missing")
-            return {la: rows[:, :, slice(*cols[la])] for la in layers}
-        return {la: open_array(la)[...] for la in layers}
+            spans = _merged([cols[la] for la in layers])
+            return rows[:, :, slice(*spans[0])] if len(spans) == 1 else \
+                np.concatenate([rows[:, :, lo:hi] for lo, hi in spans], axis=2)
+        arrays = [open_array(la)[...] for la in layers]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=2)
     except DAMAGE as e:
         raise Damaged(f"{type(e).__name__}: {e}") from None
 
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Column ranges with adjacent ones joined (all taps in order: one range)."""
+    out = [spans[0]]
+    for lo, hi in spans[1:]:
+        if lo == out[-1][1]:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out

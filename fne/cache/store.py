@@ -85,6 +85,17 @@ def _damaged(path: object, part: str, e: Exception) -> CacheError:
                       f"to move it aside, then `fne extract` recomputes its rows")
 
 
+def _by_part(index: dict[str, tuple[str, int]], keys: list[str], where: object) -> dict[str, np.ndarray]:
+    """part -> (positions in keys, rows in the part) of `keys`, which must all be stored."""
+    absent = [k for k in keys if k not in index]
+    if absent:
+        raise CacheError(f"{where}: {len(absent)} requested rows are not stored")
+    by_part: dict[str, list[tuple[int, int]]] = {}
+    for pos, (part, row) in enumerate(index[k] for k in keys):
+        by_part.setdefault(part, []).append((pos, row))
+    return {part: np.array(pairs).T for part, pairs in by_part.items()}
+
+
 def _same_rows(old: dict, new: dict) -> bool:
     """Whether a format-1 store.json describes the rows `new` does (so that it can be upgraded)."""
     drop = ("format", "columns")
@@ -257,33 +268,33 @@ class Store:
         return [self.read_json(rel) for rel in self.files.list_json("records")]
 
     # ------------------------------------------------------------ reading
-    def read_part(self, name: str, layers: list[str]) -> dict[str, np.ndarray]:
-        """Every row of part `name` for `layers`, in the storage dtype; raises `parts.Damaged`."""
+    def read_part(self, name: str, layers: list[str]) -> np.ndarray:
+        """Every row of part `name`, `layers` side by side, in the storage dtype; raises `parts.Damaged`."""
         if name not in self._layouts:
             self._layouts[name] = parts.read_keys(self.files.zarr_store(f"parts/{name}/keys"))[1]
         cols = {n: tuple(lo_hi) for n, lo_hi in self.meta.get("columns", {}).items()} or parts.columns(self.taps)
         return parts.read(lambda a: zarr.open_array(self.files.zarr_store(f"parts/{name}/{a}"), mode="r"),
                           self._layouts[name], cols, layers)
 
-    def read(self, keys: list[str], layers: list[str]) -> dict[str, np.ndarray]:
-        """Rows for `keys` (all must be present) as float32 arrays (len(keys), views, C)."""
-        index = self.index()
-        absent = [k for k in keys if k not in index]
-        if absent:
-            raise CacheError(f"{self.path}: {len(absent)} requested rows are not stored")
+    def read_rows(self, keys: list[str], layers: list[str]) -> np.ndarray:
+        """Rows for `keys` (all must be present), `layers` side by side: float32 (len(keys), views, D)."""
         dims = dict(self.taps)
-        out = {la: np.empty((len(keys), self.views, dims[la]), dtype=np.float32) for la in layers}
-        by_part: dict[str, list[tuple[int, int]]] = {}
-        for pos, (part, row) in enumerate(index[k] for k in keys):
-            by_part.setdefault(part, []).append((pos, row))
-        for part, pairs in by_part.items():
-            pos, rows = np.array(pairs).T
+        out = np.empty((len(keys), self.views, sum(dims[la] for la in layers)), dtype=np.float32)
+        for part, (pos, rows) in _by_part(self.index(), keys, self.path).items():
             try:
-                data = self.read_part(part, layers)
+                block = self.read_part(part, layers)
             except parts.Damaged as e:
                 raise _damaged(self.path, part, e) from None
-            for la in layers:
-                out[la][pos] = data[la][rows]
+            out[pos] = block if len(rows) == len(block) and (rows == np.arange(len(block))).all() \
+                else np.take(block, rows, axis=0)
+        return out
+
+    def read(self, keys: list[str], layers: list[str]) -> dict[str, np.ndarray]:
+        """Rows for `keys` (all must be present) as float32 arrays {layer: (len(keys), views, C)}."""
+        x, dims, lo = self.read_rows(keys, layers), dict(self.taps), 0
+        out = {}
+        for la in layers:
+            out[la], lo = x[:, :, lo:lo + dims[la]], lo + dims[la]
         return out
 
     def size_bytes(self) -> int:

@@ -51,9 +51,9 @@ def _check_part(store: Store, name: str) -> tuple[list[str], list[str]]:
     """(content keys, problems) of one part; raises `parts.Damaged` when it cannot be read."""
     keys, _ = parts.read_keys(store.files.zarr_store(f"parts/{name}/keys"))
     n, problems = len(keys), []
-    data = store.read_part(name, [t for t, _ in store.taps])
+    data, lo = store.read_part(name, [t for t, _ in store.taps]), 0
     for tap, c in store.taps:
-        a = data[tap]
+        a, lo = data[:, :, lo:lo + c], lo + c
         if a.shape != (n, store.views, c):
             problems.append(f"part {name}: {tap} has shape {a.shape}, expected {(n, store.views, c)}")
         elif not np.isfinite(a).all():

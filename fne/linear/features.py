@@ -142,8 +142,7 @@ class Rows:
             rng.shuffle(blocks)
             blocks = [rng.permutation(b) for b in blocks]
         for b in blocks:
-            arrays = self.store.read([self.keys[i] for i in idx[b]], self.layers)
-            yield b, np.concatenate([arrays[la] for la in self.layers], axis=2)
+            yield b, self.store.read_rows([self.keys[i] for i in idx[b]], self.layers)
 
     def fit_embedding(self, kind: str, idx: np.ndarray):
         """The transform fitted on rows idx only (FNE statistics accumulate chunk by chunk)."""
