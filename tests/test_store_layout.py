@@ -176,3 +176,17 @@ def test_extracted_rows_read_back_through_the_new_layout(digits_folder, warm_cac
     rows = store.read(keys, [t for t, _ in store.taps])
     assert all(r.shape[0] == len(keys) and np.isfinite(r).all() for r in rows.values())
     assert all(sorted(p.name for p in part.iterdir() if p.is_dir()) == ["keys", "rows"] for part in store.parts())
+
+
+def test_float16_rows_read_back_exactly_in_any_order(tmp_path):
+    import torch  # noqa: F401  (loaded, as by every verb: reading widens through it)
+
+    store = StoreSpec(**{**SPEC, "dtype": "float16"}, cache=str(tmp_path / "cache")).open()
+    rows = _rows(store, 6)
+    store.commit(_keys(6)[:3], {t: r[:3] for t, r in rows.items()})
+    store.commit(_keys(6)[3:], {t: r[3:] for t, r in rows.items()})
+    layers = [store.taps[1][0], store.taps[-1][0]]
+    for order in (np.arange(6), np.array([4, 0, 5, 2, 1, 3])):
+        got = store.read_rows([_keys(6)[i] for i in order], layers)
+        want = np.concatenate([rows[la][order].astype(np.float16).astype(np.float32) for la in layers], axis=2)
+        assert got.dtype == np.float32 and np.array_equal(got, want)

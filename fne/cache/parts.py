@@ -2,8 +2,9 @@
 
 Layout "rows" (format 2, written today): a zarr group with `keys` (N×16 bytes) and one
 uncompressed N×V×D array `rows` holding every tap side by side, in one chunk; each tap is a
-column range recorded in store.json (`columns`). One array per part keeps the writer at
-memory speed (benchmarks/bench_writer.py chose it by measurement). Its fill value is NaN, so
+column range recorded in store.json (`columns`). One array per part, uncompressed, in parts of
+1,024 rows (`fne extract`'s default) keeps the writer near memory speed: benchmarks/bench_writer.py
+chose it by measurement against the layouts beside it. Its fill value is NaN, so
 that a chunk gone missing reads as damage, never as zeros.
 
 Layout "taps" (format 1, read only): one zstd-compressed N×V×C array per tap.
@@ -12,6 +13,7 @@ Layout "taps" (format 1, read only): one zstd-compressed N×V×C array per tap.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import zarr
@@ -99,6 +101,19 @@ def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=2)
     except DAMAGE as e:
         raise Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def place(out: np.ndarray, pos: np.ndarray, block: np.ndarray, rows: np.ndarray) -> None:
+    """out[pos] = block[rows], as float32. float16 goes through torch's F16C copy (numpy's is
+    several times slower) when torch is loaded already, as it is by every verb that reads rows,
+    and `pos` is a run of positions (rows read part by part, the usual case)."""
+    if len(rows) != len(block) or (rows != np.arange(len(block))).any():
+        block = np.take(block, rows, axis=0)
+    torch = sys.modules.get("torch")
+    if torch is not None and block.dtype == np.float16 and (np.diff(pos) == 1).all():
+        torch.from_numpy(out[pos[0]:pos[-1] + 1]).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+    else:
+        out[pos] = block
 
 
 def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

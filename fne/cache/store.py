@@ -285,8 +285,7 @@ class Store:
                 block = self.read_part(part, layers)
             except parts.Damaged as e:
                 raise _damaged(self.path, part, e) from None
-            out[pos] = block if len(rows) == len(block) and (rows == np.arange(len(block))).all() \
-                else np.take(block, rows, axis=0)
+            parts.place(out, pos, block, rows)
         return out
 
     def read(self, keys: list[str], layers: list[str]) -> dict[str, np.ndarray]:

@@ -101,7 +101,7 @@ def extract(
     storage_dtype: str = "float16",
     shard: str | tuple[int, int] | None = None,
     compile: bool | str = "auto",
-    chunk: int = 256,
+    chunk: int = 1024,
     weights_seed: int = 0,
     progress: bool = True,
     threads: int | None = None,
