@@ -19,7 +19,7 @@ from fne.errors import CacheError
 
 
 class Writer(threading.Thread):
-    """Commits rows in parts of `chunk` images off the main thread.
+    """Commits rows in parts of `chunk` rows (images × views) off the main thread.
 
     Batches arrive as one (B, V, D) array of all taps side by side (one device-to-host copy per
     batch); on CUDA the copy is asynchronous and the writer waits for its event before reading.
@@ -77,7 +77,7 @@ class Writer(threading.Thread):
                     self._keys += keys
                     self._rows.append(rows.numpy() if isinstance(rows, torch.Tensor) else rows)
                 self._bad.update(bad)
-                if len(self._keys) >= self.chunk:
+                if len(self._keys) * self.store.views >= self.chunk:  # rows: a ten-crop part holds a tenth the images
                     self._flush()
         except BaseException as e:  # surfaced to the main thread by put()/close()
             self.error = _explain(e, self.store)
