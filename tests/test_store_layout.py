@@ -97,6 +97,16 @@ def test_a_missing_chunk_is_damage_not_zeros(store):
     assert quarantine(store, found.damaged) == [name] and len(store) == 0
 
 
+def test_a_damaged_format1_part_is_named(store):
+    _write_format1(store, _keys(3), _rows(store, 3))
+    (part,) = Store.at(store.path).parts()
+    chunk = next(p for p in (part / store.taps[-1][0]).rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # a zstd frame cut short
+    with pytest.raises(CacheError, match=f"part {part.name} .* is damaged.*verify --clean"):
+        Store.at(store.path).read(_keys(3), [store.taps[-1][0]])
+    assert verify(Store.at(store.path)).damaged == [part.name]
+
+
 def test_verify_returns_findings_and_leaves_no_state(store):
     store.commit(_keys(2), _rows(store, 2))
     store.commit(_keys(3), _rows(store, 3))  # two writers computed the same images

@@ -27,6 +27,12 @@ ROWS = "rows"
 DAMAGE = (FileNotFoundError, ValueError, KeyError, EOFError, json.JSONDecodeError, zarr.errors.BaseZarrError)
 
 
+def is_damage(e: BaseException) -> bool:
+    """Whether `e`, raised reading a part, says its data is damaged (numcodecs reports a corrupt
+    zstd frame of a format-1 part as a RuntimeError "Zstd decompression error")."""
+    return isinstance(e, DAMAGE) or (isinstance(e, RuntimeError) and "decompression error" in str(e).lower())
+
+
 class Damaged(Exception):
     """A part that cannot be read: missing or corrupt data."""
 
@@ -79,7 +85,9 @@ def read_keys(zstore) -> tuple[list[str], str]:
     try:
         a = zarr.open_array(zstore, mode="r")
         return key_strings(a[:]), a.attrs.get("layout", "taps")
-    except DAMAGE as e:
+    except Exception as e:
+        if not is_damage(e):
+            raise
         raise Damaged(f"{type(e).__name__}: {e}") from None
 
 
@@ -99,7 +107,9 @@ def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list
                 np.concatenate([rows[:, :, lo:hi] for lo, hi in spans], axis=2)
         arrays = [open_array(la)[...] for la in layers]
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=2)
-    except DAMAGE as e:
+    except Exception as e:
+        if not is_damage(e):
+            raise
         raise Damaged(f"{type(e).__name__}: {e}") from None
 
 
