@@ -134,24 +134,25 @@ def _cmd_cache_info(a) -> int:
 
 
 def _cmd_cache_verify(a) -> int:
+    from fne.cache import upkeep
     from fne.cache.store import Store, list_stores
 
     stores = [Store.at(a.store)] if a.store else list_stores(a.cache)
     bad = 0
     for s in stores:
         if a.clean:
-            print(f"{s.path.name}: removed {s.clean()} unfinished part(s) of interrupted runs")
-            for name in s.quarantine_damaged():
-                print(f"{s.path.name}: damaged part {name} moved to {s.path / 'quarantine' / name}; "
+            print(f"{s.path.name}: removed {upkeep.clean(s)} unfinished part(s) of interrupted runs")
+            for name in upkeep.quarantine(s, upkeep.verify(s).damaged):
+                print(f"{s.path.name}: damaged part {name} moved to {s.path / upkeep.QUARANTINE / name}; "
                       f"`fne extract` recomputes its rows")
-        problems = s.verify()
-        bad += bool(problems)
-        dup = f", {s.duplicates} duplicate rows (reads use the first)" if s.duplicates else ""
-        print(f"{s.path.name}: {'OK' if not problems else 'PROBLEMS'} ({len(s)} rows{dup})")
-        for msg in problems:
+        found = upkeep.verify(s)
+        bad += not found.ok
+        dup = f", {found.duplicates} duplicate rows (reads use the first)" if found.duplicates else ""
+        print(f"{s.path.name}: {'OK' if found.ok else 'PROBLEMS'} ({found.rows} rows{dup})")
+        for msg in found.problems:
             print(f"  - {msg}")
-        if s.leftovers:
-            print(f"  note: {len(s.leftovers)} unfinished part(s) left by interrupted runs (never read; "
+        if found.leftovers:
+            print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; "
                   f"--clean removes them)")
     return 1 if bad else 0
 

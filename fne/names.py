@@ -10,7 +10,7 @@ import re
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORAGE_DTYPES = ("float16", "float32")
-DECODERS = ("pil", "device")
+DECODERS = ("pil", "device", "auto")  # auto: reading takes either; writing decodes with PIL
 CROPS = ("center", "squash", "ten")
 COMPILE = ("auto", "on", "off")
 HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")

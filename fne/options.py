@@ -92,8 +92,9 @@ class StoreOptions:
                                pipeline=False)
     device: str = option("auto", "auto, cpu or cuda[:i]", pipeline=False)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
-    decode: str = option("pil", "pil: decode in loader workers (default); device: JPEGs decoded where the "
-                                "network runs (nvjpeg on CUDA; rows in a store of their own)",
+    decode: str = option("auto", "auto (default): extraction decodes JPEGs on the GPU where it pays and with "
+                                 "PIL elsewhere, reading finds rows of either; pil: decode in loader workers; "
+                                 "device: JPEGs decoded where the network runs (rows in a store of their own)",
                          choices=DECODERS, pipeline=False)
 
 
@@ -106,7 +107,7 @@ class ForwardOptions:
     compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
-    chunk: int = option(256, "rows per committed part", cli=False, pipeline=False, **at_least(1))
+    chunk: int = option(1024, "rows per committed part", cli=False, pipeline=False, **at_least(1))
     threads: int | None = option(None, "torch CPU threads (default: torch's)", cli=False, pipeline=False,
                                  **at_least(1))
 

@@ -65,15 +65,16 @@ def one_torch_thread():
 
 @pytest.fixture
 def store_reads(monkeypatch) -> list[int]:
-    """The number of rows of every `Store.read` call made during the test, in order."""
+    """The number of rows of every read of a store made during the test, in order
+    (`Store.read_rows`, which `Store.read` goes through)."""
     from fne.cache.store import Store
 
     sizes: list[int] = []
-    real_read = Store.read
+    real_read = Store.read_rows
 
     def counting_read(self, keys, layers):
         sizes.append(len(keys))
         return real_read(self, keys, layers)
 
-    monkeypatch.setattr(Store, "read", counting_read)
+    monkeypatch.setattr(Store, "read_rows", counting_read)
     return sizes

@@ -9,6 +9,7 @@ import zarr
 
 import fne.extraction.extract as fx
 from fne.cache.store import COMMITTED, Store, cache_root, list_stores
+from fne.cache.upkeep import clean, verify
 from fne.data import shards
 from fne.data.datasets import load_dataset
 from fne.linear.fit import fit
@@ -54,7 +55,7 @@ def test_extract_twice_then_fit_on_a_url_store(digits, tmp_path):
     assert again.n_computed == 0 and again.n_cached == 18
     store = _store(URL)
     assert store.url == store.path == r.store and store.path.name in r.store
-    assert len(store) == 18 and store.verify() == [] and store.leftovers == []
+    assert len(store) == 18 and verify(store).problems == [] and verify(store).leftovers == []
     assert [rec["n_computed"] for rec in store.records()] == [18]  # a no-op run records nothing
     # Shard markers go through the store too.
     s = fx.extract(digits, cache=URL, shard="1/2", progress=False, **FAST)
@@ -73,21 +74,21 @@ def test_part_without_marker_is_ignored_and_cleaned(digits):
     n = len(store)
     # A writer killed before its marker: a whole zarr group under its final name, uncommitted.
     name = "00000000000000000000-1-deadbeef"
-    group = zarr.open_group(store._zarr(f"parts/{name}"), mode="w")
+    group = zarr.open_group(store.files.zarr_store(f"parts/{name}"), mode="w")
     group.create_array("keys", data=np.full((1, 16), 7, dtype=np.uint8))
     for tap, c in store.taps:
         group.create_array(tap, data=np.zeros((1, store.views, c), dtype="float32"))
     store.refresh()
     assert len(store) == n and "07" * 16 not in store.index()
     assert all(p.name != name for p in store.parts())
-    assert store.verify() == [] and store.leftovers == [name]
-    assert store.clean() == 1
-    assert not store.exists(f"parts/{name}") and store.verify() == [] and store.leftovers == []
+    assert verify(store).problems == [] and verify(store).leftovers == [name]
+    assert clean(store) == 1
+    assert not store.exists(f"parts/{name}") and verify(store).problems == [] and verify(store).leftovers == []
     # The same group with its marker is a committed part.
     store.commit(["07" * 16], {tap: np.zeros((1, store.views, c), dtype="float32") for tap, c in store.taps})
     assert any(store.exists(f"parts/{p.name}{COMMITTED}") for p in store.parts())
     store.refresh()
-    assert len(store) == n + 1 and store.verify() == []
+    assert len(store) == n + 1 and verify(store).problems == []
 
 
 def test_rows_equal_a_local_store(digits, tmp_path):
@@ -111,6 +112,6 @@ def test_file_url_store(tmp_path):
     s.commit(["00" * 16, "11" * 16], {"t": np.ones((2, 1, 3))}, bad={"22" * 16: "unreadable"})
     (again,) = list_stores(url)
     assert again.path == url + "/a__w__p__fp32__float32" and again.path.name == "a__w__p__fp32__float32"
-    assert len(again) == 2 and again.bad() == {"22" * 16: "unreadable"} and again.verify() == []
+    assert len(again) == 2 and again.bad() == {"22" * 16: "unreadable"} and verify(again).problems == []
     assert (tmp_path / "cache" / "a__w__p__fp32__float32" / "store.json").exists()
     assert np.array_equal(again.read(["11" * 16], ["t"])["t"], np.ones((1, 1, 3), dtype=np.float32))

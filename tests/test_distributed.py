@@ -21,6 +21,7 @@ import pytest
 
 import fne.extraction.extract as fx
 from fne.cache.store import list_stores
+from fne.cache.upkeep import clean, verify
 from fne.data import shards
 from fne.data.datasets import load_dataset
 
@@ -98,7 +99,7 @@ def test_torchrun_shards_equal_one_process(data, reference, tmp_path):
     proc = _torchrun(data, cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     store = _store(cache)
-    assert store.verify() == [] and store.duplicates == 0
+    assert verify(store).problems == [] and verify(store).duplicates == 0
     assert len(store) == 28
     _assert_same_rows(store, reference)
 
@@ -139,8 +140,8 @@ def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path):
     proc2 = _torchrun(data, cache)  # the whole job again: rank 0 resumes, rank 1 runs
     assert proc2.returncode == 0, proc2.stdout + proc2.stderr
     store.refresh()
-    store.clean()  # the killed rank may have left a half-written .tmp part; reads ignore it
-    assert store.verify() == [] and store.duplicates == 0
+    clean(store)  # the killed rank may have left a half-written .tmp part; reads ignore it
+    assert verify(store).problems == [] and verify(store).duplicates == 0
     assert len(store) == 28  # every unique image once
     _assert_same_rows(store, reference)
     runs = [r for r in store.records() if r.get("kind") == "extract"]

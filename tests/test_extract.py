@@ -14,6 +14,7 @@ import pytest
 import fne.backbones.registry
 import fne.extraction.extract as fx
 from fne.cache.store import list_stores
+from fne.cache.upkeep import verify
 from fne.cli import main
 from fne.data.datasets import load_dataset
 
@@ -103,7 +104,7 @@ def test_killed_extraction_resumes_to_identical_rows(digits_folder, tmp_path):
     proc.wait()
     store = _store(cache_killed)
     committed = len(store)
-    assert 0 < committed < 24 and store.verify() == []  # only whole parts are visible
+    assert 0 < committed < 24 and verify(store).problems == []  # only whole parts are visible
     resumed = fx.extract(digits_folder, cache=str(cache_killed), batch_size=2, progress=False, **FAST)
     assert resumed.n_computed == 24 - committed
     fx.extract(digits_folder, cache=str(cache_clean), batch_size=2, progress=False, **FAST)
@@ -112,7 +113,7 @@ def test_killed_extraction_resumes_to_identical_rows(digits_folder, tmp_path):
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert main(["cache", "verify", "--cache", str(cache_killed)]) == 0
-    if store.leftovers:  # the part in flight when killed: reported, never read, removable
+    if verify(store).leftovers:  # the part in flight when killed: reported, never read, removable
         assert main(["cache", "verify", "--clean", "--cache", str(cache_killed)]) == 0
         assert not list((store.path / "parts").glob(".tmp-*"))
 
@@ -123,7 +124,7 @@ def test_concurrent_extractions_do_not_corrupt(digits_folder, tmp_path):
              for _ in range(2)]
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     store = _store(cache)
-    assert store.verify() == [] and len(store) == 24
+    assert verify(store).problems == [] and len(store) == 24
     rows = _rows(cache, load_dataset(digits_folder))
     assert all(np.isfinite(v).all() for v in rows.values())
 
@@ -135,7 +136,7 @@ def test_cache_info_and_verify_detect_damage(digits_folder, warm_cache, tmp_path
     out = capsys.readouterr().out
     assert "efficientnet_lite0" in out and "rows 24" in out
     store = _store(cache)
-    victim = next(p for p in (store.parts()[0] / "head").rglob("*") if p.is_file() and p.name != "zarr.json")
+    victim = next(p for p in (store.parts()[0] / "rows").rglob("*") if p.is_file() and p.name != "zarr.json")
     victim.write_bytes(b"garbage")
     assert main(["cache", "verify", "--cache", str(cache)]) == 1
     assert "unreadable" in capsys.readouterr().out

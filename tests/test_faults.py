@@ -26,6 +26,7 @@ import fne.data.datasets
 import fne.extraction.extract as fx
 import fne.extraction.reader
 from fne.cache.store import HOST, Store, list_stores
+from fne.cache.upkeep import clean, verify
 from fne.cli import main
 from fne.errors import CacheError, FneError
 from fne.linear.fit import fit
@@ -62,7 +63,7 @@ def test_full_disk_stops_clearly_and_keeps_committed_rows(digits_folder, tmp_pat
     assert cache in str(e.value)
     monkeypatch.setattr(Store, "commit", real_commit)
     store = _store(cache)
-    assert store.verify() == [] and len(store) == 4  # the part committed before the disk filled
+    assert verify(store).problems == [] and len(store) == 4  # the part committed before the disk filled
     again = fx.extract(digits_folder, cache=cache, batch_size=4, workers=0, progress=False, **FAST)
     assert again.n_computed == 20 and len(_store(cache)) == 24
 
@@ -106,7 +107,7 @@ def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, 
     store = _store(cache)
     part = store.parts()[0]
     n_part = zarr.open_array(str(part / "keys"), mode="r").shape[0]
-    chunk = next(p for p in (part / "head").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk = next(p for p in (part / "rows").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # truncated
     kw = dict(out=tmp_path / "run", cache=str(cache), splits=2, **FAST)
     with pytest.raises(FneError, match=f"part {part.name} .* is damaged.*verify --clean"):
@@ -116,7 +117,7 @@ def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, 
     assert f"damaged part {part.name} moved to" in out
     assert (store.path / "quarantine" / part.name).is_dir() and not part.exists()  # kept, aside
     store.refresh()
-    assert store.verify() == []
+    assert verify(store).problems == []
     r = fx.extract(digits_folder, cache=str(cache), progress=False, **FAST)
     assert r.n_computed == n_part
     assert fit(digits_folder, **kw)["n_images"] == 24
@@ -138,10 +139,10 @@ def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache, tmp_path)
     }
     for n in names.values():
         (store.path / "parts" / n).mkdir()
-    assert store.clean() == 2
+    assert clean(store) == 2
     left = {p.name for p in (store.path / "parts").glob(".tmp-*")}
     assert left == {names["live here"], names["young elsewhere"]}
-    assert store.verify() == [] and len(store) == 24
+    assert verify(store).problems == [] and len(store) == 24
 
 
 # ------------------------------------------------------------------ 9. transient failures

@@ -20,7 +20,7 @@ STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtyp
 
 
 class FakeStore:
-    """What Rows needs of a Store: views, index() and read(); rows in memory, (n, views, D)."""
+    """What Rows needs of a Store: views, index() and read_rows(); rows in memory, (n, views, D)."""
 
     def __init__(self, X: np.ndarray):
         self.X, self.views = X, X.shape[1]
@@ -29,8 +29,8 @@ class FakeStore:
     def index(self):
         return {k: i for i, k in enumerate(self.keys)}
 
-    def read(self, keys, layers):
-        return {"f": self.X[[int(k[1:]) for k in keys]]}
+    def read_rows(self, keys, layers):
+        return self.X[[int(k[1:]) for k in keys]]
 
 
 def blobs(n_per_class=12, classes=3, views=1, d=6, seed=0):

@@ -17,6 +17,7 @@ import fne.devices
 import fne.extraction.extract as fx
 from fne.backbones import registry as backbones
 from fne.cache.store import list_stores
+from fne.cache.upkeep import verify
 from fne.cli import main
 from fne.errors import FneError
 from fne.linear.fit import fit
@@ -147,7 +148,7 @@ def test_four_shards_open_each_image_once_in_total(tmp_path, image_opens):
     assert sorted(image_opens) == files and set(image_opens.values()) == {1}
     assert computed == 24
     (store,) = list_stores(cache)
-    assert len(store) == 24 and store.verify() == [] and store.duplicates == 0
+    assert len(store) == 24 and verify(store).problems == [] and verify(store).duplicates == 0
 
 
 def test_fit_extract_under_torchrun_variables_computes_every_image(digits_folder, tmp_path, monkeypatch):

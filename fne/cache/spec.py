@@ -3,9 +3,10 @@
 A store is named by (arch, weights fingerprint, preprocessing, decode, precision, storage
 dtype). Extraction resolves `precision="auto"` on the machine that computes. Reading with
 `auto` (the default) takes rows wherever they were computed: among the stores of the same
-(arch, weights fingerprint, preprocessing, decode), the one holding most of the requested rows,
-then the highest precision (fp32 > bf16 > fp16), then the wider storage (float32 > float16).
-An explicit precision or storage dtype pins the store.
+(arch, weights fingerprint, preprocessing), the one holding most of the requested rows, then
+rows of the default PIL decoder over device-decoded ones (when `decode="auto"`), then the
+highest precision (fp32 > bf16 > fp16), then the wider storage (float32 > float16). An explicit
+precision, storage dtype or decoder pins that field. Reading never creates a store.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fne.options import StoreOptions
 PRECISION_RANK = {"fp32": 3, "bf16": 2, "fp16": 1}
 DTYPE_RANK = {"float32": 2, "float16": 1}
 DEFAULT_DTYPE = "float16"
+DEVICE_SUFFIX = "-devjpeg"  # of the preprocessing key of device-decoded rows
 
 
 @dataclass
@@ -42,13 +44,14 @@ class StoreSpec(StoreOptions):
     def prep_key(self) -> str:
         # Device-decoded pixels differ from PIL's by rounding: their rows get a store of their own.
         key = self.preprocess().key
-        return key if self.decode == "pil" else f"{key}-devjpeg"
+        return f"{key}{DEVICE_SUFFIX}" if self.decode == "device" else key
 
     def fingerprint(self) -> str:
         return backbones.fingerprint(self.arch, self.weights, self.weights_seed)
 
-    def open(self) -> Store:
-        """The store this machine writes to (created if absent): `auto` resolved here."""
+    def open(self, create: bool = True) -> Store:
+        """The store this machine writes to: `auto` resolved here. Created if absent when
+        `create`; otherwise an absent store is returned unwritten (it holds no rows)."""
         from fne.devices import resolve_device, resolve_precision
 
         self._check()
@@ -56,34 +59,43 @@ class StoreSpec(StoreOptions):
         precision = resolve_precision(self.precision, resolve_device(self.device))
         dtype = DEFAULT_DTYPE if self.storage_dtype == "auto" else self.storage_dtype
         key = StoreKey(b.name, self.fingerprint(), self.prep_key(), precision, dtype)
-        return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views)
+        return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views,
+                          create=create)
 
     def pinned(self, store: Store) -> StoreSpec:
-        """This spec pinned to `store`'s precision and storage dtype."""
-        return StoreSpec(**{**asdict(self), "precision": store.meta["precision"], "storage_dtype": store.meta["dtype"]})
+        """This spec pinned to `store`'s precision, storage dtype and decoder."""
+        decode = "device" if store.meta["preprocess"].endswith(DEVICE_SUFFIX) else "pil"
+        return StoreSpec(**{**asdict(self), "precision": store.meta["precision"],
+                            "storage_dtype": store.meta["dtype"], "decode": decode})
 
     def find(self, keys: list[str], verb: str = "fne") -> Store:
         """The store to read `keys`' rows from (see the module's rule); this machine's own store
-        when no store holds any of them."""
+        (not created: reading writes nothing) when no store holds any of them."""
         self._check()
-        if self.precision != "auto" and self.storage_dtype != "auto":
-            return self.open()
+        if "auto" not in (self.precision, self.storage_dtype, self.decode):
+            return self.open(create=False)
         b = self.backbone()
-        fp, prep = self.fingerprint(), self.prep_key()
+        fp, prep = self.fingerprint(), self.preprocess().key
+        preps = {"pil": [prep], "device": [prep + DEVICE_SUFFIX]}.get(self.decode, [prep, prep + DEVICE_SUFFIX])
         candidates = [s for s in list_stores(self.cache)
-                      if (s.meta["arch"], s.meta["weights"], s.meta["preprocess"]) == (b.name, fp, prep)
+                      if s.meta["arch"] == b.name and s.meta["weights"] == fp and s.meta["preprocess"] in preps
                       and self.precision in ("auto", s.meta["precision"])
                       and self.storage_dtype in ("auto", s.meta["dtype"])]
         wanted = set(keys)
         held = {id(s): sum(1 for k in s.index() if k in wanted) for s in candidates}
         candidates = [s for s in candidates if held[id(s)]]
         if not candidates:
-            return self.open()
-        best = max(candidates, key=lambda s: (held[id(s)], PRECISION_RANK.get(s.meta["precision"], 0),
+            return self.open(create=False)
+        best = max(candidates, key=lambda s: (held[id(s)], s.meta["preprocess"] == prep,
+                                              PRECISION_RANK.get(s.meta["precision"], 0),
                                               DTYPE_RANK.get(s.meta["dtype"], 0)))
         if len(candidates) > 1:
-            others = ", ".join(f"{s.meta['precision']}/{s.meta['dtype']} ({held[id(s)]} rows)"
-                               for s in candidates if s is not best)
+            others = ", ".join(f"{_describe(s)} ({held[id(s)]} rows)" for s in candidates if s is not best)
             print(f"fne {verb}: reading {held[id(best)]} rows from store {best.path.name} "
-                  f"({best.meta['precision']}/{best.meta['dtype']}); also held: {others}", file=sys.stderr)
+                  f"({_describe(best)}); also held: {others}", file=sys.stderr)
         return best
+
+
+def _describe(s: Store) -> str:
+    dev = "/device-decoded" if s.meta["preprocess"].endswith(DEVICE_SUFFIX) else ""
+    return f"{s.meta['precision']}/{s.meta['dtype']}{dev}"

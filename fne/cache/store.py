@@ -1,33 +1,39 @@
 """Activation cache: one zarr store per (arch, weights, preprocessing, precision, storage dtype).
 
-A store is append-only. Each commit writes a complete *part* (a zarr group with the rows'
-content keys and one N×V×C array per tap) under a temporary name and renames it into place,
-so a reader sees a part whole or not at all: a killed writer leaves only a `.tmp-*` folder,
-and two writers never touch the same files. Rows are found by content key; if two writers
-computed the same image, the first committed part wins. A store may also live at an fsspec
-URL (`s3://…`); having no rename there, a part is committed by a marker object written last.
+A store is append-only. Each commit writes a complete *part* (the rows' content keys and
+their values, see `fne.cache.parts`) out of readers' sight and then commits it (see
+`fne.cache.fs`), so a reader sees a part whole or not at all: a killed writer leaves only an
+unfinished part, and two writers never touch the same files. Rows are found by content key;
+if two writers computed the same image, the first committed part wins. A store may live in a
+local folder or at an fsspec URL (`s3://…`). Upkeep (verify, clean, quarantine) is in
+`fne.cache.upkeep`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from fne.cache import parts
+from fne.cache.fs import COMMITTED, LocalFiles, Url, UrlFiles, files_at, is_url
 from fne.errors import CacheError
 
-FORMAT = 1
+__all__ = ["COMMITTED", "FORMAT", "HOST", "Store", "StoreKey", "Url", "cache_root", "default_cache",
+           "is_url", "list_stores"]
+
+FORMAT = 2  # 2: one `rows` array per part; 1 (read, and upgraded on the first write): one array per tap
+READS = (1, 2)
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the project folder when run from a checkout
+HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
 
 
 def default_cache() -> Path:
@@ -39,21 +45,6 @@ def default_cache() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("fne", appauthor=False))
-
-
-def is_url(root: object) -> bool:
-    return isinstance(root, str) and "://" in root
-
-
-class Url(str):
-    """A store location given as an fsspec URL: printable, with `name` and `/` like a Path."""
-
-    @property
-    def name(self) -> str:
-        return self.rstrip("/").rsplit("/", 1)[-1]
-
-    def __truediv__(self, other: str) -> Url:
-        return Url(f"{self.rstrip('/')}/{other}")
 
 
 def cache_root(cache: str | Path | None = None) -> Path | Url:
@@ -69,6 +60,8 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
 
 @dataclass(frozen=True)
 class StoreKey:
+    """What a store's rows are: its folder is named after these five fields."""
+
     arch: str
     weights: str  # fingerprint
     preprocess: str  # e.g. center224
@@ -80,179 +73,103 @@ class StoreKey:
         return f"{self.arch}__{self.weights}__{self.preprocess}__{self.precision}__{self.dtype}"
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def _meta(key: StoreKey, taps: list[tuple[str, int]], views: int) -> dict:
+    """store.json of a new store: what its rows are, and each tap's column range in a part."""
+    return {"format": FORMAT, "arch": key.arch, "weights": key.weights, "preprocess": key.preprocess,
+            "precision": key.precision, "dtype": key.dtype, "views": views, "taps": [[n, c] for n, c in taps],
+            "columns": {n: list(lo_hi) for n, lo_hi in parts.columns(taps).items()}}
 
 
-def _key_bytes(keys: list[str]) -> np.ndarray:
-    return np.frombuffer(b"".join(bytes.fromhex(k) for k in keys), dtype=np.uint8).reshape(len(keys), 16)
+def _damaged(path: object, part: str, e: Exception) -> CacheError:
+    return CacheError(f"part {part} of {path} is damaged ({e}); run `fne cache verify --clean` "
+                      f"to move it aside, then `fne extract` recomputes its rows")
 
 
-def _key_strings(arr: np.ndarray) -> list[str]:
-    return [bytes(row).hex() for row in arr]
+def _by_part(index: dict[str, tuple[str, int]], keys: list[str], where: object) -> dict[str, np.ndarray]:
+    """part -> (positions in keys, rows in the part) of `keys`, which must all be stored."""
+    absent = [k for k in keys if k not in index]
+    if absent:
+        raise CacheError(f"{where}: {len(absent)} requested rows are not stored")
+    by_part: dict[str, list[tuple[int, int]]] = {}
+    for pos, (part, row) in enumerate(index[k] for k in keys):
+        by_part.setdefault(part, []).append((pos, row))
+    return {part: np.array(pairs).T for part, pairs in by_part.items()}
 
 
-COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
-QUARANTINE = "quarantine"  # damaged parts are moved here by `clean()`: never read, never deleted
-# A part's name is <time_ns>-<pid>-<host>-<random>: an unfinished part whose writer is alive on
-# this host is spared by `clean()`; one from another host, while younger than this.
-LIVE_WRITER_SECONDS = 3600
-HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
-
-
-def writer_alive(name: str, now_ns: int | None = None) -> bool:
-    """Whether the writer of the unfinished part `name` may still be running."""
-    fields = name.removeprefix(".tmp-").split("-")
-    try:
-        born, pid = int(fields[0]), int(fields[1])
-    except (IndexError, ValueError):
-        return False
-    if len(fields) == 4 and fields[2] == HOST:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, another user's
-            return True
-        return True
-    return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
-
-
-class _Fs:
-    """The file operations a store needs, on an fsspec filesystem (URL stores)."""
-
-    def __init__(self, url: str):
-        import fsspec
-
-        self.fs, self.root = fsspec.core.url_to_fs(url)
-        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem) and not self.fs.auto_mkdir:
-            self.fs, self.root = fsspec.core.url_to_fs(url, auto_mkdir=True)  # file:// as on object stores
-        self.root = self.root.rstrip("/")
-        self._afs = None
-
-    def p(self, rel: str) -> str:
-        return f"{self.root}/{rel}" if rel else self.root
-
-    def zarr_store(self, rel: str):
-        """An async view of the filesystem for zarr (FsspecStore needs one)."""
-        if self._afs is None:
-            if self.fs.async_impl:
-                self._afs = type(self.fs)(**{**self.fs.storage_options, "asynchronous": True})
-            else:
-                from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
-
-                self._afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
-        return zarr.storage.FsspecStore(self._afs, path=self.p(rel))
-
-    def names(self, rel: str) -> list[tuple[str, bool]]:
-        """(name, is_dir) of the entries directly under rel; empty if there is none."""
-        self.fs.invalidate_cache(self.p(rel))  # other writers commit meanwhile (s3fs caches listings)
-        try:
-            entries = self.fs.ls(self.p(rel), detail=True)
-        except FileNotFoundError:
-            return []
-        return [(e["name"].rstrip("/").rsplit("/", 1)[-1], e.get("type") == "directory") for e in entries]
+def _same_rows(old: dict, new: dict) -> bool:
+    """Whether a format-1 store.json describes the rows `new` does (so that it can be upgraded)."""
+    drop = ("format", "columns")
+    return {k: v for k, v in old.items() if k not in drop} == {k: v for k, v in new.items() if k not in drop}
 
 
 class Store:
-    """A directory of committed parts plus `store.json` (what the rows mean).
+    """A folder (or fsspec URL) of committed parts plus `store.json` (what the rows mean).
 
-    The directory is a local path or an fsspec URL (`s3://…`, `memory://…`). Object stores
-    have no atomic rename, so there a part is written under its final name and committed by a
-    small `parts/<name>.committed` object written last; readers see only committed parts.
+    Parameters
+    ----------
+    path : str or Path
+        The store's folder, or an fsspec URL (`memory://…`, `s3://…`).
+    meta : dict
+        store.json's content.
     """
 
-    def __init__(self, path: str | Path, meta: dict):
-        # `path` prints the location either way; `url` is the fsspec URL (None for local stores).
-        self.url: Url | None = Url(str(path)) if is_url(path) else None
-        self.path: Path | Url = self.url if self.url is not None else Path(path)
-        self._fs = _Fs(self.url) if self.url is not None else None
+    def __init__(self, path: str | Path, meta: dict):  # noqa: D107
+        self.files: LocalFiles | UrlFiles = files_at(path)
+        self.url: Url | None = self.files.url  # the fsspec URL; None for a local store
+        self.path: Path | Url = self.files.path
         self.meta = meta
         self._index: dict[str, tuple[str, int]] | None = None
+        self._layouts: dict[str, str] = {}
         self._bad: dict[str, str] | None = None
-        self.duplicates = 0
-        self.leftovers: list[str] = []
-        self.damaged: list[str] = []  # parts `verify()` could not read
 
     # ------------------------------------------------------------ files
     def exists(self, rel: str) -> bool:
-        if self._fs:
-            self._fs.fs.invalidate_cache(self._fs.p(rel).rsplit("/", 1)[0])
-            return self._fs.fs.exists(self._fs.p(rel))
-        return (self.path / rel).exists()
+        return self.files.exists(rel)
 
     def write_json(self, rel: str, obj) -> None:
-        """Write `rel` whole: tmp + rename locally (atomic on POSIX and shared filesystems);
-        one single-object write on a URL store (object stores never show a partial object)."""
-        if self._fs:
-            self._fs.fs.pipe_file(self._fs.p(rel), json.dumps(obj, indent=1).encode())
-            return
-        path = self.path / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(path, obj)
+        """Write `rel` whole (atomic rename locally, one object write on a URL store)."""
+        self.files.write_json(rel, obj)
 
     def read_json(self, rel: str):
-        if self._fs:
-            return json.loads(self._fs.fs.cat_file(self._fs.p(rel)))
-        return json.loads((self.path / rel).read_text())
-
-    def list_json(self, reldir: str) -> list[str]:
-        """Relative paths of the `*.json` files in reldir, sorted by name."""
-        if self._fs:
-            names = [n for n, is_dir in self._fs.names(reldir) if not is_dir]
-        else:
-            d = self.path / reldir
-            names = [f.name for f in d.glob("*.json")] if d.is_dir() else []
-        return [f"{reldir}/{n}" for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
-
-    def _zarr(self, rel: str):
-        return self._fs.zarr_store(rel) if self._fs else str(self.path / rel)
+        return self.files.read_json(rel)
 
     # ------------------------------------------------------------ opening
     @classmethod
     def open(cls, root: str | Path | None, key: StoreKey, taps: list[tuple[str, int]], views: int,
              create: bool = True) -> Store:
-        path = cache_root(root) / key.dirname
-        meta = {
-            "format": FORMAT,
-            "arch": key.arch,
-            "weights": key.weights,
-            "preprocess": key.preprocess,
-            "precision": key.precision,
-            "dtype": key.dtype,
-            "views": views,
-            "taps": [[n, c] for n, c in taps],
-        }
-        store = cls(path, meta)
+        """The store of `key` under `root`. Created if absent when `create`; otherwise an absent
+        store is returned as it is (it holds no rows) and nothing is written."""
+        meta = _meta(key, taps, views)
+        store = cls(cache_root(root) / key.dirname, meta)
         if not store.exists("store.json"):
             if not create:
-                raise CacheError(f"no cache store {path}")
-            if store._fs:
-                for d in ("parts", "bad", "records"):
-                    store._fs.fs.makedirs(store._fs.p(d), exist_ok=True)
-            else:
-                (path / "parts").mkdir(parents=True, exist_ok=True)
-                (path / "bad").mkdir(exist_ok=True)
-                (path / "records").mkdir(exist_ok=True)
+                return store
+            for d in ("parts", "bad", "records"):
+                store.files.makedirs(d)
             store.write_json("store.json", meta)
-        return cls.at(path, expect=meta)
+        found = cls.at(store.path)
+        if found.meta != meta:
+            if not _same_rows(found.meta, meta):
+                raise CacheError(f"{store.path}/store.json describes other rows than asked for: "
+                                 f"{found.meta} vs {meta}")
+            if create:  # a format-1 store: its parts stay readable, new ones get the new layout
+                found.write_json("store.json", meta)
+                found.meta = meta
+        return found
 
     @classmethod
-    def at(cls, path: str | Path, expect: dict | None = None) -> Store:
+    def at(cls, path: str | Path) -> Store:
+        """The store at `path`, which must exist."""
         store = cls(path, {})
-        path = store.path
         try:
             meta = store.read_json("store.json")
         except FileNotFoundError:
-            raise CacheError(f"{path} is not a cache store (no store.json)") from None
-        except json.JSONDecodeError as e:
-            raise CacheError(f"{path}/store.json is damaged: {e}") from None
-        if meta.get("format") != FORMAT:
-            raise CacheError(f"{path}: store format {meta.get('format')} (this fne reads {FORMAT})")
-        if expect is not None and meta != expect:
-            raise CacheError(f"{path}/store.json describes other rows than asked for: {meta} vs {expect}")
+            raise CacheError(f"{store.path} is not a cache store (no store.json)") from None
+        except ValueError as e:
+            raise CacheError(f"{store.path}/store.json is damaged: {e}") from None
+        if meta.get("format") not in READS:
+            raise CacheError(f"{store.path}: store format {meta.get('format')} (this fne reads "
+                             f"{', '.join(map(str, READS))})")
         store.meta = meta
         return store
 
@@ -267,30 +184,22 @@ class Store:
     # ------------------------------------------------------------ index
     def parts(self) -> list[Path | Url]:
         """Committed parts, oldest first (names start with their commit time)."""
-        if self._fs:
-            names = [n for n, is_dir in self._fs.names("parts") if not is_dir and n.endswith(COMMITTED)]
-            return sorted(self.path / "parts" / n[:-len(COMMITTED)] for n in names if not n.startswith("."))
-        d = self.path / "parts"
-        return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.exists() else []
-
-    def _leftover_names(self) -> list[str]:
-        """Parts that were never committed: a killed (or still running) writer's."""
-        if self._fs:
-            entries = self._fs.names("parts")
-            done = {n[:-len(COMMITTED)] for n, is_dir in entries if not is_dir and n.endswith(COMMITTED)}
-            return sorted(n for n, is_dir in entries if is_dir and n not in done)
-        return sorted(p.name for p in (self.path / "parts").glob(".tmp-*"))
+        return [self.path / "parts" / n for n in self.files.committed()]
 
     def refresh(self) -> None:
         self._index, self._bad = None, None
 
     def index(self) -> dict[str, tuple[str, int]]:
+        """content key -> (part, row) of every committed row (the first part wins)."""
         if self._index is None:
             index: dict[str, tuple[str, int]] = {}
-            for part in self.parts():
-                keys = _key_strings(zarr.open_array(self._zarr(f"parts/{part.name}/keys"), mode="r")[:])
+            for name in self.files.committed():
+                try:
+                    keys, self._layouts[name] = parts.read_keys(self.files.zarr_store(f"parts/{name}/keys"))
+                except parts.Damaged as e:
+                    raise _damaged(self.path, name, e) from None
                 for row, k in enumerate(keys):
-                    index.setdefault(k, (part.name, row))
+                    index.setdefault(k, (name, row))
             self._index = index
         return self._index
 
@@ -298,7 +207,7 @@ class Store:
         """Content keys recorded as undecodable, with the reason."""
         if self._bad is None:
             bad: dict[str, str] = {}
-            for rel in self.list_json("bad"):
+            for rel in self.files.list_json("bad"):
                 bad.update(self.read_json(rel))
             self._bad = bad
         return self._bad
@@ -317,54 +226,33 @@ class Store:
         return out
 
     # ------------------------------------------------------------ writing
-    def commit(self, keys: list[str], arrays: dict[str, np.ndarray], bad: dict[str, str] | None = None) -> str:
-        """Write one part atomically; returns its name. A failed write (a full disk) removes its
-        unfinished part, so that it frees what it took and leaves nothing to clean."""
+    def commit(self, keys: list[str], arrays: dict[str, np.ndarray] | np.ndarray,
+               bad: dict[str, str] | None = None) -> str:
+        """Write one part atomically; returns its name.
+
+        `arrays` is {tap: (N, V, C)} or one (N, V, D) array of every tap side by side. A failed
+        write (a full disk) removes its unfinished part, so that it frees what it took.
+        """
         name = f"{time.time_ns():020d}-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}"
         if keys:
-            # Locally: a .tmp- folder renamed into place. URL store: the final (unique) name,
-            # committed by the marker written last.
-            rel = f"parts/{name}" if self._fs else f"parts/.tmp-{name}"
+            rows = parts.side_by_side(arrays, len(keys), self.views, self.taps, self.meta["dtype"], self.path)
+            rel = self.files.part_rel(name)
             try:
-                self._write_part(rel, keys, arrays)
+                parts.write(self.files.zarr_store(rel), keys, rows)
             except BaseException:
-                self._remove(rel)
+                self.files.remove(rel)
                 raise
-            if self._fs:
-                self.write_json(f"parts/{name}{COMMITTED}", {"rows": len(keys)})
-            else:
-                os.replace(self.path / rel, self.path / "parts" / name)
+            self.files.commit_part(name, len(keys))
         if bad:
             self.write_json(f"bad/{name}.json", bad)
-        self._index = None
-        self._bad = None
+        self.refresh()
         return name
-
-    def _write_part(self, rel: str, keys: list[str], arrays: dict[str, np.ndarray]) -> None:
-        group = zarr.open_group(self._zarr(rel), mode="w")
-        group.create_array("keys", data=_key_bytes(keys))
-        dtype = np.dtype(self.meta["dtype"])
-        for tap, c in self.taps:
-            a = np.asarray(arrays[tap])
-            if a.shape != (len(keys), self.views, c):
-                raise CacheError(f"{self.path}: tap {tap} rows have shape {a.shape}, expected "
-                                 f"{(len(keys), self.views, c)}")
-            group.create_array(tap, data=a.astype(dtype), chunks=(max(1, len(keys)), self.views, c))
-
-    def _remove(self, rel: str) -> None:
-        if self._fs:
-            try:
-                self._fs.fs.rm(self._fs.p(rel), recursive=True)
-            except FileNotFoundError:
-                pass
-        else:
-            shutil.rmtree(self.path / rel, ignore_errors=True)
 
     def forget_bad(self, keys: Iterable[str]) -> int:
         """Drop the bad-image records of `keys` (a transient read failure), so that they are
         read again; returns how many were dropped."""
         keys, dropped = set(keys), 0
-        for rel in self.list_json("bad"):
+        for rel in self.files.list_json("bad"):
             recs = self.read_json(rel)
             keep = {k: v for k, v in recs.items() if k not in keys}
             if len(keep) < len(recs):
@@ -377,119 +265,49 @@ class Store:
         self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
 
     def records(self) -> list[dict]:
-        return [self.read_json(rel) for rel in self.list_json("records")]
+        return [self.read_json(rel) for rel in self.files.list_json("records")]
 
     # ------------------------------------------------------------ reading
-    def read(self, keys: list[str], layers: list[str]) -> dict[str, np.ndarray]:
-        """Rows for `keys` (all must be present) as float32 arrays (len(keys), views, C)."""
-        index = self.index()
-        absent = [k for k in keys if k not in index]
-        if absent:
-            raise CacheError(f"{self.path}: {len(absent)} requested rows are not stored")
+    def read_part(self, name: str, layers: list[str]) -> np.ndarray:
+        """Every row of part `name`, `layers` side by side, in the storage dtype; raises `parts.Damaged`."""
+        if name not in self._layouts:
+            self._layouts[name] = parts.read_keys(self.files.zarr_store(f"parts/{name}/keys"))[1]
+        cols = {n: tuple(lo_hi) for n, lo_hi in self.meta.get("columns", {}).items()} or parts.columns(self.taps)
+        return parts.read(lambda a: zarr.open_array(self.files.zarr_store(f"parts/{name}/{a}"), mode="r"),
+                          self._layouts[name], cols, layers)
+
+    def read_rows(self, keys: list[str], layers: list[str]) -> np.ndarray:
+        """Rows for `keys` (all must be present), `layers` side by side: float32 (len(keys), views, D)."""
         dims = dict(self.taps)
-        out = {la: np.empty((len(keys), self.views, dims[la]), dtype=np.float32) for la in layers}
-        by_part: dict[str, list[tuple[int, int]]] = {}
-        for pos, k in enumerate(keys):
-            part, row = index[k]
-            by_part.setdefault(part, []).append((pos, row))
-        for part, pairs in by_part.items():
-            pos = np.array([p for p, _ in pairs])
-            rows = np.array([r for _, r in pairs])
-            for la in layers:
-                try:
-                    out[la][pos] = zarr.open_array(self._zarr(f"parts/{part}/{la}"), mode="r")[:][rows]
-                except Exception as e:
-                    raise CacheError(
-                        f"part {part} of {self.path} is damaged ({type(e).__name__}: {e}); run "
-                        f"`fne cache verify --clean` to move it aside, then `fne extract` recomputes "
-                        f"its rows") from None
+        out = np.empty((len(keys), self.views, sum(dims[la] for la in layers)), dtype=np.float32)
+        for part, (pos, rows) in _by_part(self.index(), keys, self.path).items():
+            try:
+                block = self.read_part(part, layers)
+            except parts.Damaged as e:
+                raise _damaged(self.path, part, e) from None
+            parts.place(out, pos, block, rows)
         return out
 
-    def iter_read(self, keys: list[str], layers: list[str], chunk: int = 4096) -> Iterator[dict[str, np.ndarray]]:
-        """`read` in chunks of rows, so memory stays flat however many keys there are."""
-        for start in range(0, len(keys), chunk):
-            yield self.read(keys[start:start + chunk], layers)
+    def read(self, keys: list[str], layers: list[str]) -> dict[str, np.ndarray]:
+        """Rows for `keys` (all must be present) as float32 arrays {layer: (len(keys), views, C)}."""
+        x, dims, lo = self.read_rows(keys, layers), dict(self.taps), 0
+        out = {}
+        for la in layers:
+            out[la], lo = x[:, :, lo:lo + dims[la]], lo + dims[la]
+        return out
 
-    # ------------------------------------------------------------ upkeep
     def size_bytes(self) -> int:
-        if self._fs:
-            return int(self._fs.fs.du(self._fs.root))
-        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
-
-    def verify(self) -> list[str]:
-        """Problems found, empty when the store is sound."""
-        problems = []
-        seen: dict[str, str] = {}
-        dup = 0
-        self.damaged = []
-        for part in self.parts():
-            try:
-                keys = zarr.open_array(self._zarr(f"parts/{part.name}/keys"), mode="r")[:]
-                n = len(keys)
-                for tap, c in self.taps:
-                    a = zarr.open_array(self._zarr(f"parts/{part.name}/{tap}"), mode="r")
-                    if a.shape != (n, self.views, c):
-                        problems.append(f"part {part.name}: {tap} has shape {a.shape}, expected {(n, self.views, c)}")
-                        continue
-                    data = a[:]
-                    if not np.isfinite(data).all():
-                        problems.append(f"part {part.name}: {tap} holds NaN or infinite values")
-            except Exception as e:  # a damaged part: report, keep checking the others
-                problems.append(f"part {part.name}: unreadable ({type(e).__name__}: {e})")
-                self.damaged.append(part.name)
-                continue
-            for k in _key_strings(keys):
-                if k in seen:
-                    dup += 1
-                else:
-                    seen[k] = part.name
-        self.duplicates = dup  # harmless: concurrent writers computed the same image; reads use the first
-        # Leftovers of killed writers: never read, so not damage; `clean()` removes them.
-        self.leftovers = self._leftover_names()
-        return problems
-
-    def clean(self) -> int:
-        """Remove unfinished parts of writers that are gone; -> how many. Unfinished parts of live
-        writers are spared (see `writer_alive`)."""
-        left = [n for n in self._leftover_names() if not writer_alive(n)]
-        for name in left:
-            self._remove(f"parts/{name}")
-        return len(left)
-
-    def quarantine_damaged(self) -> list[str]:
-        """Move the parts `verify()` could not read to quarantine/, where reads never look (kept
-        for inspection, not deleted); a later `fne extract` recomputes their rows."""
-        if not self.damaged:
-            self.verify()
-        moved, self.damaged = list(self.damaged), []
-        for name in moved:
-            self._quarantine(name)
-        self.refresh()
-        return moved
-
-    def _quarantine(self, name: str) -> None:
-        if self._fs:
-            self._fs.fs.rm(self._fs.p(f"parts/{name}{COMMITTED}"))  # uncommitted: no reader sees it
-            self._fs.fs.mv(self._fs.p(f"parts/{name}"), self._fs.p(f"{QUARANTINE}/{name}"), recursive=True)
-        else:
-            (self.path / QUARANTINE).mkdir(exist_ok=True)
-            os.replace(self.path / "parts" / name, self.path / QUARANTINE / name)
+        return self.files.size()
 
 
 def list_stores(root: str | Path | None = None) -> list[Store]:
-    root = cache_root(root)
-    if isinstance(root, Url):
-        fs = _Fs(root)
-        names = [n for n, is_dir in fs.names("") if is_dir]
-        candidates = [root / n for n in sorted(names) if fs.fs.exists(fs.p(f"{n}/store.json"))]
-    else:
-        if not root.exists():
-            return []
-        candidates = [d for d in sorted(root.iterdir()) if (d / "store.json").exists()]
+    """The readable stores under the cache root (see `cache_root`)."""
+    files = files_at(cache_root(root))
     out = []
-    for d in candidates:
-        try:
-            out.append(Store.at(d))
-        except CacheError:
-            continue
+    for name in sorted(n for n, is_dir in files.names("") if is_dir):
+        if files.exists(f"{name}/store.json"):
+            try:
+                out.append(Store.at(files.path / name))
+            except CacheError:
+                continue
     return out

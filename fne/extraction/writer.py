@@ -19,7 +19,7 @@ from fne.errors import CacheError
 
 
 class Writer(threading.Thread):
-    """Commits rows in parts of `chunk` images off the main thread.
+    """Commits rows in parts of `chunk` rows (images × views) off the main thread.
 
     Batches arrive as one (B, V, D) array of all taps side by side (one device-to-host copy per
     batch); on CUDA the copy is asynchronous and the writer waits for its event before reading.
@@ -28,8 +28,7 @@ class Writer(threading.Thread):
     def __init__(self, store: Store, chunk: int, taps: list[tuple[str, int]]):
         super().__init__(daemon=True)
         self.store, self.chunk = store, chunk
-        self.names = [n for n, _ in taps]
-        self.cuts = np.cumsum([c for _, c in taps])[:-1]
+        self.width = sum(c for _, c in taps)
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.seconds = 0.0
@@ -38,7 +37,8 @@ class Writer(threading.Thread):
         self._rows: list[np.ndarray] = []
         self._bad: dict[str, str] = {}
 
-    def put(self, keys, rows, bad, event=None):
+    def put(self, keys: list[str], rows, bad: dict[str, str], event=None) -> None:
+        """Queue one batch: `rows` (B, V, D) every tap side by side, `bad` {key: reason}."""
         self._put((keys, rows, bad, event))
 
     def _put(self, item) -> None:
@@ -56,11 +56,9 @@ class Writer(threading.Thread):
         if not self._keys and not self._bad:
             return
         t = time.perf_counter()
-        arrays = {}
-        if self._keys:
-            rows = np.concatenate(self._rows)
-            arrays = dict(zip(self.names, np.split(rows, self.cuts, axis=2), strict=True))
-        self.store.commit(self._keys, arrays, self._bad)
+        # One (N, V, D) array, every tap side by side: the store's part layout, so no split here.
+        rows = np.concatenate(self._rows) if self._keys else np.empty((0, self.store.views, self.width))
+        self.store.commit(self._keys, rows, self._bad)
         self.committed += len(self._keys)
         self._keys, self._rows, self._bad = [], [], {}
         self.seconds += time.perf_counter() - t
@@ -79,7 +77,7 @@ class Writer(threading.Thread):
                     self._keys += keys
                     self._rows.append(rows.numpy() if isinstance(rows, torch.Tensor) else rows)
                 self._bad.update(bad)
-                if len(self._keys) >= self.chunk:
+                if len(self._keys) * self.store.views >= self.chunk:  # rows: a ten-crop part holds a tenth the images
                     self._flush()
         except BaseException as e:  # surfaced to the main thread by put()/close()
             self.error = _explain(e, self.store)

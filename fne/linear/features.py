@@ -142,8 +142,7 @@ class Rows:
             rng.shuffle(blocks)
             blocks = [rng.permutation(b) for b in blocks]
         for b in blocks:
-            arrays = self.store.read([self.keys[i] for i in idx[b]], self.layers)
-            yield b, np.concatenate([arrays[la] for la in self.layers], axis=2)
+            yield b, self.store.read_rows([self.keys[i] for i in idx[b]], self.layers)
 
     def fit_embedding(self, kind: str, idx: np.ndarray):
         """The transform fitted on rows idx only (FNE statistics accumulate chunk by chunk)."""
@@ -164,6 +163,10 @@ class Rows:
             if out is None:
                 out = np.empty((len(idx), v, Z.shape[2]), dtype=Z.dtype)
             out[b] = Z
+        if out is None:  # no rows asked for: the embedding's width, from one row of zeros
+            dims = dict(self.store.taps)
+            Z = embed.transform(np.zeros((1, sum(dims[la] for la in self.layers)), dtype=np.float32))
+            return np.empty((0, Z.shape[1]), dtype=Z.dtype)
         return out.reshape(len(idx) * v, -1)
 
     def scores(self, pipe, idx: np.ndarray) -> np.ndarray:

@@ -1,0 +1,192 @@
+"""The filesystems a store lives on: a local folder, or an fsspec URL (`s3://…`, `memory://…`).
+
+Both offer the same few operations on paths relative to the store's root, so that the store,
+its index and its upkeep never ask which one they hold. They differ in one thing only, how a
+part is committed: a local part is written under `.tmp-<name>` and renamed into place (atomic
+on POSIX and shared filesystems); object stores have no rename, so there a part is written
+under its final name and committed by a small `<name>.committed` object written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import zarr
+
+COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
+
+
+def is_url(root: object) -> bool:
+    """Whether `root` names an fsspec URL rather than a local path."""
+    return isinstance(root, str) and "://" in root
+
+
+class Url(str):
+    """A store location given as an fsspec URL: printable, with `name` and `/` like a Path."""
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    def __truediv__(self, other: str) -> Url:
+        return Url(f"{self.rstrip('/')}/{other}")
+
+
+class _Common:
+    def list_json(self, reldir: str) -> list[str]:
+        """Relative paths of the `*.json` files in reldir, sorted by name."""
+        names = [n for n, is_dir in self.names(reldir) if not is_dir]
+        return [f"{reldir}/{n}" for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
+
+
+class LocalFiles(_Common):
+    """A store's files in a local folder; parts are committed by renaming `.tmp-<name>`."""
+
+    url = None
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def exists(self, rel: str) -> bool:
+        return (self.path / rel).exists()
+
+    def makedirs(self, rel: str) -> None:
+        (self.path / rel).mkdir(parents=True, exist_ok=True)
+
+    def write_json(self, rel: str, obj) -> None:
+        """Write `rel` whole: a temporary file renamed into place."""
+        path = self.path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+
+    def read_json(self, rel: str):
+        return json.loads((self.path / rel).read_text())
+
+    def names(self, rel: str) -> list[tuple[str, bool]]:
+        """(name, is_dir) of the entries directly under rel; empty if there is none."""
+        d = self.path / rel
+        return [(p.name, p.is_dir()) for p in d.iterdir()] if d.is_dir() else []
+
+    def remove(self, rel: str) -> None:
+        shutil.rmtree(self.path / rel, ignore_errors=True)
+
+    def move(self, rel: str, to: str) -> None:
+        (self.path / to).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path / rel, self.path / to)
+
+    def zarr_store(self, rel: str):
+        return zarr.storage.LocalStore(self.path / rel)
+
+    def size(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    # parts
+    def part_rel(self, name: str) -> str:
+        """Where a part is written before it is committed."""
+        return f"parts/.tmp-{name}"
+
+    def commit_part(self, name: str, rows: int) -> None:
+        os.replace(self.path / self.part_rel(name), self.path / "parts" / name)
+
+    def committed(self) -> list[str]:
+        return sorted(n for n, is_dir in self.names("parts") if is_dir and not n.startswith("."))
+
+    def unfinished(self) -> list[str]:
+        """Parts written but never committed (their folder names, as `remove` takes them)."""
+        return sorted(n for n, is_dir in self.names("parts") if is_dir and n.startswith(".tmp-"))
+
+    def uncommit(self, name: str) -> None:
+        """Nothing to do locally: moving the part's folder away uncommits it."""
+
+
+class UrlFiles(_Common):
+    """A store's files at an fsspec URL; parts are committed by a marker object written last."""
+
+    def __init__(self, url: str):
+        import fsspec
+
+        self.url = self.path = Url(url)
+        self.fs, self.root = fsspec.core.url_to_fs(url)
+        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem) and not self.fs.auto_mkdir:
+            self.fs, self.root = fsspec.core.url_to_fs(url, auto_mkdir=True)  # file:// as on object stores
+        self.root = self.root.rstrip("/")
+        self._afs = None
+
+    def p(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def exists(self, rel: str) -> bool:
+        self.fs.invalidate_cache(self.p(rel).rsplit("/", 1)[0])
+        return self.fs.exists(self.p(rel))
+
+    def makedirs(self, rel: str) -> None:
+        self.fs.makedirs(self.p(rel), exist_ok=True)
+
+    def write_json(self, rel: str, obj) -> None:
+        """One single-object write: object stores never show a partial object."""
+        self.fs.pipe_file(self.p(rel), json.dumps(obj, indent=1).encode())
+
+    def read_json(self, rel: str):
+        return json.loads(self.fs.cat_file(self.p(rel)))
+
+    def names(self, rel: str) -> list[tuple[str, bool]]:
+        self.fs.invalidate_cache(self.p(rel))  # other writers commit meanwhile (s3fs caches listings)
+        try:
+            entries = self.fs.ls(self.p(rel), detail=True)
+        except FileNotFoundError:
+            return []
+        return [(e["name"].rstrip("/").rsplit("/", 1)[-1], e.get("type") == "directory") for e in entries]
+
+    def remove(self, rel: str) -> None:
+        try:
+            self.fs.rm(self.p(rel), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def move(self, rel: str, to: str) -> None:
+        self.fs.mv(self.p(rel), self.p(to), recursive=True)
+
+    def zarr_store(self, rel: str):
+        """An async view of the filesystem for zarr (FsspecStore needs one)."""
+        if self._afs is None:
+            if self.fs.async_impl:
+                self._afs = type(self.fs)(**{**self.fs.storage_options, "asynchronous": True})
+            else:
+                from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+                self._afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+        return zarr.storage.FsspecStore(self._afs, path=self.p(rel))
+
+    def size(self) -> int:
+        return int(self.fs.du(self.root))
+
+    # parts
+    def part_rel(self, name: str) -> str:
+        return f"parts/{name}"
+
+    def commit_part(self, name: str, rows: int) -> None:
+        self.write_json(f"parts/{name}{COMMITTED}", {"rows": rows})
+
+    def committed(self) -> list[str]:
+        return sorted(n[:-len(COMMITTED)] for n, is_dir in self.names("parts")
+                      if not is_dir and n.endswith(COMMITTED) and not n.startswith("."))
+
+    def unfinished(self) -> list[str]:
+        entries = self.names("parts")
+        done = {n[:-len(COMMITTED)] for n, is_dir in entries if not is_dir and n.endswith(COMMITTED)}
+        return sorted(n for n, is_dir in entries if is_dir and n not in done)
+
+    def uncommit(self, name: str) -> None:
+        """Remove `name`'s marker first, so that no reader sees the part while it moves."""
+        self.fs.rm(self.p(f"parts/{name}{COMMITTED}"))
+
+
+def files_at(location: str | Path) -> LocalFiles | UrlFiles:
+    """The filesystem of a store at `location` (a local path or an fsspec URL)."""
+    return UrlFiles(str(location)) if is_url(location) else LocalFiles(location)

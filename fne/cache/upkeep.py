@@ -1,0 +1,136 @@
+"""Store upkeep: verify (a function returning its findings), clean unfinished parts of writers
+that are gone, and move damaged parts to quarantine/ where reads never look."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fne.cache import parts
+from fne.cache.store import HOST, Store
+
+QUARANTINE = "quarantine"  # damaged parts are moved here: never read, never deleted
+# A part's name is <time_ns>-<pid>-<host>-<random>: an unfinished part whose writer is alive on
+# this host is spared by `clean`; one from another host, while younger than this.
+LIVE_WRITER_SECONDS = 3600
+
+
+@dataclass
+class Findings:
+    """What `verify` found in one store.
+
+    Attributes
+    ----------
+    problems : list of str
+        One line per problem; empty when the store is sound.
+    damaged : list of str
+        Names of the parts that could not be read (`quarantine` moves them aside).
+    duplicates : int
+        Rows stored twice (two writers computed the same image; reads use the first): harmless.
+    leftovers : list of str
+        Unfinished parts of interrupted (or running) writers: never read; `clean` removes them.
+    rows : int
+        Distinct rows held.
+    """
+
+    problems: list[str] = field(default_factory=list)
+    damaged: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    leftovers: list[str] = field(default_factory=list)
+    rows: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _check_part(store: Store, name: str) -> tuple[list[str], list[str]]:
+    """(content keys, problems) of one part; raises `parts.Damaged` when it cannot be read."""
+    keys, _ = parts.read_keys(store.files.zarr_store(f"parts/{name}/keys"))
+    n, problems = len(keys), []
+    data, lo = store.read_part(name, [t for t, _ in store.taps]), 0
+    for tap, c in store.taps:
+        a, lo = data[:, :, lo:lo + c], lo + c
+        if a.shape != (n, store.views, c):
+            problems.append(f"part {name}: {tap} has shape {a.shape}, expected {(n, store.views, c)}")
+        elif not np.isfinite(a).all():
+            problems.append(f"part {name}: {tap} holds NaN or infinite values")
+    return keys, problems
+
+
+def verify(store: Store) -> Findings:
+    """Read every committed part of `store` whole and report what is wrong; changes nothing.
+
+    Parameters
+    ----------
+    store : Store
+        The store to check.
+
+    Returns
+    -------
+    Findings
+        Problems (empty when sound), damaged parts, duplicate rows and unfinished parts.
+    """
+    found = Findings()
+    seen: set[str] = set()
+    for name in store.files.committed():
+        try:
+            keys, problems = _check_part(store, name)
+        except parts.Damaged as e:  # report, keep checking the others
+            found.problems.append(f"part {name}: unreadable ({e})")
+            found.damaged.append(name)
+            continue
+        found.problems += problems
+        for k in keys:
+            if k in seen:
+                found.duplicates += 1
+            seen.add(k)
+    found.rows = len(seen)
+    found.leftovers = store.files.unfinished()
+    return found
+
+
+def writer_alive(name: str, now_ns: int | None = None) -> bool:
+    """Whether the writer of the unfinished part `name` may still be running."""
+    fields = name.removeprefix(".tmp-").split("-")
+    try:
+        born, pid = int(fields[0]), int(fields[1])
+    except (IndexError, ValueError):
+        return False
+    if len(fields) == 4 and fields[2] == HOST:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
+    return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
+
+
+def clean(store: Store) -> int:
+    """Remove unfinished parts of writers that are gone; returns how many. Unfinished parts of
+    live writers are spared (see `writer_alive`)."""
+    left = [n for n in store.files.unfinished() if not writer_alive(n)]
+    for name in left:
+        store.files.remove(f"parts/{name}")
+    return len(left)
+
+
+def quarantine(store: Store, damaged: list[str]) -> list[str]:
+    """Move the parts named in `damaged` (from `verify`) to quarantine/, where reads never look
+    (kept for inspection, not deleted); a later `fne extract` recomputes their rows.
+
+    Returns
+    -------
+    list of str
+        The parts moved.
+    """
+    for name in damaged:
+        store.files.uncommit(name)
+        store.files.move(f"parts/{name}", f"{QUARANTINE}/{name}")
+    store.refresh()
+    return list(damaged)

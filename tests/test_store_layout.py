@@ -1,0 +1,202 @@
+"""The store's part layout and reading: one rows array per part (every tap side by side, column
+ranges in store.json), stores of the previous layout still read, reading never creates a store
+nor calls a passing failure damage, and device-decoded rows found by `decode="auto"`."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from fne.cache import parts
+from fne.cache.spec import StoreSpec
+from fne.cache.store import Store, list_stores
+from fne.cache.upkeep import quarantine, verify
+from fne.data.datasets import load_dataset
+from fne.errors import CacheError, FneError
+from fne.linear.embedding import make_transform
+from fne.linear.features import Rows
+from fne.linear.fit import fit
+
+from .conftest import FAST
+
+SPEC = dict(arch=FAST["arch"], weights="random", precision="fp32", dtype="float32")
+
+
+def _keys(n: int, salt: int = 0) -> list[str]:
+    return [f"{salt:02x}{i:030x}" for i in range(n)]
+
+
+def _rows(store: Store, n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {t: rng.random((n, store.views, c), dtype=np.float32) for t, c in store.taps}
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return StoreSpec(**SPEC, cache=str(tmp_path / "cache")).open()
+
+
+def test_a_part_is_one_rows_array_with_tap_column_ranges(store):
+    rows = _rows(store, 5)
+    name = store.commit(_keys(5), rows)
+    arrays = sorted(p.name for p in (store.path / "parts" / name).iterdir() if p.is_dir())
+    assert arrays == ["keys", "rows"]
+    meta = json.loads((store.path / "store.json").read_text())
+    assert meta["format"] == 2
+    lo = 0
+    for tap, c in store.taps:
+        assert meta["columns"][tap] == [lo, lo + c]
+        lo += c
+    back = store.read(_keys(5)[::-1], [t for t, _ in store.taps])
+    for tap, _ in store.taps:
+        np.testing.assert_array_equal(back[tap], rows[tap][::-1])
+
+
+def _write_format1(store: Store, keys: list[str], rows: dict[str, np.ndarray]) -> None:
+    """A part as fne wrote them before format 2: one zstd array per tap, store.json format 1."""
+    group = zarr.open_group(str(store.path / "parts" / "00000000000000000001-1-00000000-aaaaaaaa"), mode="w")
+    group.create_array("keys", data=parts.key_bytes(keys))
+    for tap, c in store.taps:
+        group.create_array(tap, data=rows[tap], chunks=(len(keys), store.views, c))
+    meta = {k: v for k, v in store.meta.items() if k != "columns"}
+    (store.path / "store.json").write_text(json.dumps({**meta, "format": 1}))
+
+
+def test_a_format1_store_is_read_then_upgraded_by_the_next_write(store):
+    old = _rows(store, 3, seed=1)
+    _write_format1(store, _keys(3), old)
+    spec = StoreSpec(**SPEC, cache=str(store.path.parent))
+    reread = spec.open(create=False)
+    assert reread.meta["format"] == 1  # reading writes nothing
+    got = reread.read(_keys(3), [t for t, _ in store.taps])
+    assert all(np.array_equal(got[t], old[t]) for t, _ in store.taps)
+    writer = spec.open()
+    assert writer.meta["format"] == 2 and json.loads((store.path / "store.json").read_text())["format"] == 2
+    new = _rows(store, 2, seed=2)
+    writer.commit(_keys(2, salt=1), new)
+    both = Store.at(store.path).read([*_keys(3), *_keys(2, salt=1)], [store.taps[-1][0]])
+    last = store.taps[-1][0]
+    assert np.array_equal(both[last], np.concatenate([old[last], new[last]]))
+    assert verify(writer).problems == []
+
+
+def test_a_missing_chunk_is_damage_not_zeros(store):
+    name = store.commit(_keys(4), _rows(store, 4))
+    next(p for p in (store.path / "parts" / name / "rows").rglob("*") if p.is_file()
+         and p.name != "zarr.json").unlink()
+    store.refresh()
+    with pytest.raises(CacheError, match=f"part {name} .* is damaged.*verify --clean"):
+        store.read(_keys(4), [store.taps[0][0]])
+    found = verify(store)
+    assert found.damaged == [name] and "unreadable" in found.problems[0]
+    assert quarantine(store, found.damaged) == [name] and len(store) == 0
+
+
+def test_a_damaged_format1_part_is_named(store):
+    _write_format1(store, _keys(3), _rows(store, 3))
+    (part,) = Store.at(store.path).parts()
+    chunk = next(p for p in (part / store.taps[-1][0]).rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # a zstd frame cut short
+    with pytest.raises(CacheError, match=f"part {part.name} .* is damaged.*verify --clean"):
+        Store.at(store.path).read(_keys(3), [store.taps[-1][0]])
+    assert verify(Store.at(store.path)).damaged == [part.name]
+
+
+def test_verify_returns_findings_and_leaves_no_state(store):
+    store.commit(_keys(2), _rows(store, 2))
+    store.commit(_keys(3), _rows(store, 3))  # two writers computed the same images
+    found = verify(store)
+    assert found.ok and found.duplicates == 2 and found.rows == 3 and found.leftovers == []
+    assert not {"damaged", "duplicates", "leftovers"} & set(vars(store))
+
+
+# ------------------------------------------------------------------ defects of issue 17
+def test_a_read_only_verb_on_rows_no_store_holds_creates_no_store(digits_folder, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(FneError, match="not in the cache"):
+        fit(digits_folder, out=tmp_path / "run", cache=str(cache), splits=2, **FAST)
+    assert list_stores(cache) == []
+    assert not [d for d in cache.iterdir() if (d / "parts").exists()] if cache.exists() else True
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OSError(errno.EIO, "Input/output error"),
+                                   TimeoutError("read timed out")])
+def test_a_passing_failure_while_reading_is_not_called_damage(store, monkeypatch, error):
+    store.commit(_keys(2), _rows(store, 2))
+    store.index()
+    real = zarr.open_array
+
+    def hiccup(where, *a, **k):
+        if "keys" not in str(where):
+            raise error
+        return real(where, *a, **k)
+
+    monkeypatch.setattr(zarr, "open_array", hiccup)
+    with pytest.raises(type(error)) as e:
+        store.read(_keys(2), [store.taps[0][0]])
+    assert not isinstance(e.value, CacheError) and "damaged" not in str(e.value)
+
+
+def test_rows_embedded_on_an_empty_index(store):
+    store.commit(_keys(4), _rows(store, 4))
+    layers = [t for t, _ in store.taps]
+    rows = Rows(store, _keys(4), layers)
+    embed = rows.fit_embedding("fne", np.arange(4))
+    z = rows.embedded(embed, np.array([], dtype=np.int64))
+    full = rows.embedded(embed, np.arange(4))
+    assert z.shape == (0, full.shape[1]) and z.dtype == full.dtype
+    l2 = make_transform("l2").fit(np.ones((1, full.shape[1]), np.float32))
+    assert rows.embedded(l2, np.array([], dtype=np.int64)).shape == (0, full.shape[1])
+
+
+# ------------------------------------------------------------------ decode auto (issue 19, store side)
+def test_decode_auto_reads_device_decoded_rows_and_prefers_pil_on_a_tie(tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    dev = StoreSpec(**SPEC, cache=cache, decode="device").open()
+    dev.commit(_keys(4), _rows(dev, 4))
+    auto = StoreSpec(**SPEC, cache=cache)
+    assert auto.decode == "auto"
+    found = auto.find(_keys(4))
+    assert found.path == dev.path and auto.pinned(found).decode == "device"
+    assert StoreSpec(**SPEC, cache=cache, decode="pil").find(_keys(4)).path != dev.path
+    pil = StoreSpec(**SPEC, cache=cache, decode="pil").open()
+    pil.commit(_keys(4), _rows(pil, 4))
+    assert auto.find(_keys(4), "fit").path == pil.path  # a tie: PIL's rows
+    assert "device-decoded (4 rows)" in capsys.readouterr().err
+    pil.commit(_keys(2, salt=9), _rows(pil, 2))
+    dev.commit(_keys(3, salt=8), _rows(dev, 3))
+    assert auto.find([*_keys(4), *_keys(3, salt=8)]).path == dev.path  # most rows first
+
+
+def test_decode_auto_writes_where_pil_rows_go(tmp_path):
+    cache = str(tmp_path / "cache")
+    assert StoreSpec(**SPEC, cache=cache).open().path == StoreSpec(**SPEC, cache=cache, decode="pil").open().path
+
+
+def test_extracted_rows_read_back_through_the_new_layout(digits_folder, warm_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    (store,) = list_stores(cache)
+    keys = load_dataset(digits_folder).keys()
+    rows = store.read(keys, [t for t, _ in store.taps])
+    assert all(r.shape[0] == len(keys) and np.isfinite(r).all() for r in rows.values())
+    assert all(sorted(p.name for p in part.iterdir() if p.is_dir()) == ["keys", "rows"] for part in store.parts())
+
+
+def test_float16_rows_read_back_exactly_in_any_order(tmp_path):
+    import torch  # noqa: F401  (loaded, as by every verb: reading widens through it)
+
+    store = StoreSpec(**{**SPEC, "dtype": "float16"}, cache=str(tmp_path / "cache")).open()
+    rows = _rows(store, 6)
+    store.commit(_keys(6)[:3], {t: r[:3] for t, r in rows.items()})
+    store.commit(_keys(6)[3:], {t: r[3:] for t, r in rows.items()})
+    layers = [store.taps[1][0], store.taps[-1][0]]
+    for order in (np.arange(6), np.array([4, 0, 5, 2, 1, 3])):
+        got = store.read_rows([_keys(6)[i] for i in order], layers)
+        want = np.concatenate([rows[la][order].astype(np.float16).astype(np.float32) for la in layers], axis=2)
+        assert got.dtype == np.float32 and np.array_equal(got, want)
