@@ -60,8 +60,7 @@ def test_extract_twice_then_fit_on_a_url_store(digits, tmp_path):
     # Shard markers go through the store too.
     s = fx.extract(digits, cache=URL, shard="1/2", progress=False, **FAST)
     assert s.n_computed == 0 and s.shard_marker.startswith(URL + "/") and s.shard_marker.endswith("-1of2.json")
-    status = shards.shard_status(digits, 2, cache=URL, **{k: v for k, v in FAST.items() if k != "storage_dtype"},
-                             dtype=FAST["storage_dtype"])
+    status = shards.shard_status(digits, 2, cache=URL, **FAST)
     assert status[0] is None and status[1]["shard"] == [1, 2]
 
     m = fit(digits, features="fne", head="svm", splits=2, out=tmp_path / "run", cache=URL, **STORE)

@@ -172,4 +172,4 @@ def _shard_of_key(data: Path) -> dict[str, int]:
 
 
 def _spec() -> dict:
-    return dict(arch="efficientnet_lite0", weights="random", precision="fp32", dtype="float32")
+    return dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")

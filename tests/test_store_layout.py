@@ -24,7 +24,7 @@ from fne.linear.fit import fit
 
 from .conftest import FAST
 
-SPEC = dict(arch=FAST["arch"], weights="random", precision="fp32", dtype="float32")
+SPEC = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
 
 
 def _keys(n: int, salt: int = 0) -> list[str]:
@@ -191,7 +191,7 @@ def test_extracted_rows_read_back_through_the_new_layout(digits_folder, warm_cac
 def test_float16_rows_read_back_exactly_in_any_order(tmp_path):
     import torch  # noqa: F401  (loaded, as by every verb: reading widens through it)
 
-    store = StoreSpec(**{**SPEC, "dtype": "float16"}, cache=str(tmp_path / "cache")).open()
+    store = StoreSpec(**{**SPEC, "storage_dtype": "float16"}, cache=str(tmp_path / "cache")).open()
     rows = _rows(store, 6)
     store.commit(_keys(6)[:3], {t: r[:3] for t, r in rows.items()})
     store.commit(_keys(6)[3:], {t: r[3:] for t, r in rows.items()})
