@@ -32,12 +32,18 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed",
                    help="seed of --weights random")
     if extraction:
-        p.add_argument("--batch-size", type=int, default=32)
+        p.add_argument("--batch-size", type=parse_batch_size, default="auto",
+                       help="images per forward pass; auto (default): 32 on a CPU, up to 256 on CUDA")
         p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
         p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                        help="torch.compile the network; auto: only for runs large enough to repay it")
         p.add_argument("--decode", default="pil", choices=DECODERS,
                        help="pil: decode in workers (default); device: JPEG decode on the GPU (nvjpeg)")
+
+
+def parse_batch_size(text: str) -> int | str:
+    """argparse type of --batch-size: an integer, or "auto" (the device's default)."""
+    return "auto" if text == "auto" else int(text)
 
 
 def _store_kwargs(a: argparse.Namespace) -> dict:
@@ -121,7 +127,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="predictions CSV")
     p.add_argument("--cache", default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=parse_batch_size, default="auto")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_cmd_predict)
 

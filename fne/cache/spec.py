@@ -58,7 +58,12 @@ class StoreSpec:
         return key if self.decode == "pil" else f"{key}-devjpeg"
 
     def fingerprint(self) -> str:
-        return backbones.fingerprint(self.arch, self.weights, self.weights_seed)
+        device_type = "cpu"
+        if self.weights == "random":  # random weights are drawn on the device (load_backbone)
+            from fne.devices import resolve_device
+
+            device_type = resolve_device(self.device).type
+        return backbones.fingerprint(self.arch, self.weights, self.weights_seed, device_type)
 
     def open(self) -> Store:
         """The store this machine writes to (created if absent): `auto` resolved here."""

@@ -24,7 +24,13 @@ from fne.cache.store import Store
 from fne.data import shards
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import Manifest, known_keys, manifest_for
-from fne.devices import default_workers, resolve_compile, resolve_device, tune_allocator
+from fne.devices import (
+    default_workers,
+    resolve_batch_size,
+    resolve_compile,
+    resolve_device,
+    tune_allocator,
+)
 from fne.errors import FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
@@ -93,7 +99,7 @@ def extract(
     weights: str = "imagenet",
     *,
     cache: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | str | None = None,
     device: str = "auto",
     precision: str = "auto",
     crop: str = "center",
@@ -116,6 +122,8 @@ def extract(
     and once they are all committed a marker `shards/<listing>-<I>of<N>.json` records it; a
     rerun reuses every committed row, so a killed shard is simply run again.
 
+    batch_size: an integer, or None / "auto" for `fne.devices.default_batch_size` (32 on a CPU,
+    up to 256 on CUDA, sized from free memory).
     compile: True, False or "auto" (compile when at least COMPILE_AUTO_MIN_IMAGES images are to
     be computed; a compile failure falls back to eager). threads: torch CPU threads (default:
     torch's). decode: "pil" (default; decoded and cropped in the workers) or "device" (plain
@@ -127,8 +135,6 @@ def extract(
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
-    if batch_size < 1:
-        raise FneError(f"--batch-size must be >= 1, got {batch_size}")
     if threads is not None:
         torch.set_num_threads(max(1, threads))
     dev = resolve_device(device)
@@ -138,6 +144,7 @@ def extract(
         torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
     spec = StoreSpec(arch, weights, crop, precision, storage_dtype, cache, device, weights_seed, decode)
     store = spec.open()
+    batch_size = resolve_batch_size(batch_size, dev, spec.preprocess().size, store.meta["precision"])
     shard_t = shards.parse_shard(shard)
     plan = _plan(dataset, store, shard_t, cache, retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,

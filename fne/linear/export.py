@@ -22,7 +22,7 @@ def export(data: str | Path, features: str = "fne", out: str | Path = "features.
            extract_missing: bool = False, arch: str = "vgg16", weights: str = "imagenet",
            crop: str = "center", precision: str = "auto", storage_dtype: str = "auto",
            cache: str | None = None, device: str = "auto", weights_seed: int = 0,
-           batch_size: int = 32, workers: int | None = None, compile: bool | str = "auto",
+           batch_size: int | str | None = None, workers: int | None = None, compile: bool | str = "auto",
            stream_chunk: int = 1024) -> dict:
     """Cached activations (one dataset `layers/<tap>` per layer) and the embedding, with
     paths/labels/split.

@@ -94,7 +94,7 @@ def fit(
     cache: str | None = None,
     device: str = "auto",
     weights_seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | str | None = None,
     workers: int | None = None,
     compile: bool | str = "auto",
     stream_chunk: int = 1024,

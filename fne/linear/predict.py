@@ -51,7 +51,7 @@ def pinned_spec(model: dict, cache: str | None, device: str, where: str) -> Stor
 
 
 def predict(run_dir: str | Path, data: str | Path, out: str | Path, cache: str | None = None,
-            device: str = "auto", batch_size: int = 32, workers: int | None = None) -> dict:
+            device: str = "auto", batch_size: int | str | None = None, workers: int | None = None) -> dict:
     """Scores and predicted class for every image of DATA with a model saved by `fit`."""
     model = load_model(run_dir)
     spec = pinned_spec(model, cache, device, str(run_dir))
