@@ -222,6 +222,7 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     (["--mode", "finetune", "--resume"], None, "--resume: no checkpoint"),
     (["--mode", "frozen", "--val-fraction", "1.5"], None, "bad --val-fraction 1.5"),
     (["--mode", "frozen", "--train-bn"], None, "--train-bn applies to --mode finetune only"),
+    (["--mode", "frozen", "--augment-on", "gpu"], None, "invalid choice: 'gpu'"),
 ])
 def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, tmp_path, capsys):
     args = ["train", "digits", "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "run"),
@@ -233,3 +234,71 @@ def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, t
     err = capsys.readouterr().err.strip()
     assert err.startswith("fne train: error:") and "\n" not in err and "Traceback" not in err
     assert expected in err
+
+
+# ------------------------------------------------------- augmentation on the device (issue 19)
+
+
+def test_device_crop_boxes_follow_random_resized_crop_on_the_original_image():
+    from fne.training.augment import crop_boxes
+
+    torch.manual_seed(0)
+    side, n = 336, 4000
+    for a in (0.3, 0.75, 1.0, 1.6, 3.0):  # width / height of the original images
+        aspect = torch.full((n,), a)
+        b = crop_boxes(aspect, side).double()
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all()
+        assert (b[:, 2] <= side + 1e-3).all() and (b[:, 3] <= side + 1e-3).all()
+        # back to the original image's units (a x 1)
+        w, h = (b[:, 2] - b[:, 0]) * a / side, (b[:, 3] - b[:, 1]) / side
+        ratio = w / h
+        assert (ratio >= 3 / 4 - 1e-4).all() and (ratio <= 4 / 3 + 1e-4).all()
+        frac = w * h / a
+        if 0.75 <= a <= 4 / 3:  # every try fits sometimes: area fractions fill the scale range
+            assert (frac >= 0.25 - 1e-4).all() and (frac <= 1 + 1e-4).all()
+            assert frac.min() < 0.3 and frac.max() > 0.9
+        # positions spread over the image, not always centred
+        assert b[:, 0].std() > 0 or a > 4 / 3
+    assert torch.equal(crop_boxes(torch.ones(8), 64, generator=torch.Generator().manual_seed(3)),
+                       crop_boxes(torch.ones(8), 64, generator=torch.Generator().manual_seed(3)))
+
+
+def test_device_augment_cuts_each_box_and_flips_about_half():
+    from fne.training.augment import DeviceAugment
+
+    torch.manual_seed(1)
+    side, size, n = 48, 16, 64
+    ramp = torch.arange(side, dtype=torch.float32).mul(255 / (side - 1)).round().to(torch.uint8)
+    x = ramp.view(1, 1, 1, side).expand(n, 3, side, side).contiguous()
+    out = DeviceAugment(size, side)(x, torch.ones(n))
+    assert out.shape == (n, 3, size, size) and out.dtype == torch.float32
+    d = out[:, 0, size // 2].diff(dim=-1)  # one row of each crop: a ramp up (kept) or down (flipped)
+    up, down = (d >= 0).all(1), (d <= 0).all(1)
+    assert (up | down).all()
+    assert 16 <= int(down.sum()) <= 48
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, tmp_path):
+    from fne.training.train import train
+
+    kw = dict(weights=str(source), epochs=1, lr=0.01, **FAST)
+    m1 = train(digits, "frozen", tmp_path / "a", augment_on="device", **kw)
+    m2 = train(digits, "frozen", tmp_path / "b", augment_on="device", **kw)
+    m3 = train(digits, "frozen", tmp_path / "c", augment_on="cpu", **kw)
+    assert m1["augment_on"] == "device" and m3["augment_on"] == "cpu"
+    a, b, c = (torch.load(tmp_path / r / "model.pt", weights_only=True)["_fc.weight"] for r in "abc")
+    assert torch.equal(a, b)  # crops drawn from the seeded CPU generator
+    assert not torch.equal(a, c)  # the other path drew other crops
+    assert m1["history"][0]["img_s"] > 0
+
+
+def test_train_workers_default_like_extract_on_cuda():
+    from fne.devices import default_workers
+    from fne.training.train import TrainConfig, _workers
+
+    cfg = TrainConfig(data="digits", mode="frozen", out="x")
+    assert _workers(cfg, torch.device("cuda")) == default_workers(torch.device("cuda"))
+    assert _workers(cfg, torch.device("cpu")) <= 4
+    cfg.workers = 3
+    assert _workers(cfg, torch.device("cuda")) == 3

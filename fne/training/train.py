@@ -31,11 +31,11 @@ from fne.backbones import registry as backbones
 from fne.backbones.registry import ImportReport, Normalize
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
-from fne.devices import resolve_device, resolve_precision
+from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import DataError, FneError
 from fne.metrics import provenance, split_scores
 from fne.names import DIRECT_SCORES, MODES, NEW_LAYERS, SCHEDULERS
-from fne.training import checkpoint, epochs
+from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
     build_model,
@@ -44,6 +44,9 @@ from fne.training.transfer import (
     kept_statistics,
     train_mode,
 )
+
+
+AUGMENT_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -68,6 +71,7 @@ class TrainConfig:
     scheduler: str = "none"
     image_size: int | None = None  # None: the backbone's input size (224)
     augment: bool = True
+    augment_on: str = "auto"  # cpu, device, or auto: device on CUDA (fne.training.augment)
     val_fraction: float = 0.1
     test_size: float = 0.25
     seed: int = 0
@@ -109,6 +113,8 @@ def _check(cfg: TrainConfig) -> None:
     ):
         if not ok:
             raise FneError(f"bad --{name.replace('_', '-')} {getattr(cfg, name)!r}; expected {want}")
+    if cfg.augment_on not in AUGMENT_ON:
+        raise FneError(f"bad --augment-on {cfg.augment_on!r}; choose from {', '.join(AUGMENT_ON)}")
     if cfg.train_bn and cfg.mode != "finetune":
         raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
     if cfg.resume and cfg.mode == "direct":
@@ -147,8 +153,12 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b)
     model, source = _model(cfg, len(dataset.classes), ctx.device)
-    workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if cfg.workers is None else cfg.workers
-    train_tf, eval_tf = epochs.transforms(cfg.image_size or b.input_size, cfg.augment, b)
+    workers = _workers(cfg, ctx.device)
+    size = cfg.image_size or b.input_size
+    on_device = cfg.augment and (cfg.augment_on == "device" or (cfg.augment_on == "auto" and ctx.device.type == "cuda"))
+    train_tf, eval_tf = epochs.transforms(size, cfg.augment, b, on_device)
+    if on_device:
+        ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
     def loader(idx, tf, gen=None):
         return epochs.loader(ctx, idx, tf, cfg.batch_size, workers, gen)
@@ -158,6 +168,16 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test)
+
+
+def _workers(cfg: TrainConfig, dev: torch.device) -> int:
+    """--workers, else as many as `fne extract` uses on CUDA (`devices.default_workers`: one per
+    core but one), and on a CPU half the cores, at most 4 (the network needs the rest)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    if dev.type == "cuda":
+        return default_workers(dev)
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
 def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epochs.Ctx:
@@ -323,7 +343,8 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         **_imported(report),
         "train_bn": cfg.mode == "scratch" or (cfg.mode == "finetune" and cfg.train_bn),
         "precision": ctx.precision, "crop": "center", "image_size": cfg.image_size or backbones.get(cfg.arch, weights).input_size,
-        "augment": cfg.augment,
+        "augment": cfg.augment, "augment_on": ("device" if ctx.augment is not None else "cpu") if cfg.augment else None,
+        "workers": _workers(cfg, ctx.device),
         "train_seconds": run["train_seconds"], "eval_seconds": test["eval_seconds"],
         "epochs": cfg.epochs if not direct else 0, "best_epoch": run["best"]["epoch"],
         "val_accuracy": run["best"]["val_accuracy"],
@@ -377,13 +398,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None, help="input size (default: the backbone's, 224)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on center crops instead of RandomResizedCrop + horizontal flip")
+    p.add_argument("--augment-on", default="auto", choices=AUGMENT_ON,
+                   help="where the random crop + flip run: cpu (in the loader workers), device (batched, "
+                        "after the workers squash each image), auto (default): device on CUDA")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="stratified part of the training data that picks the best epoch (default 0.1)")
     p.add_argument("--test-size", type=float, default=0.25, help="when DATA has no predefined split")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2, at most 4)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: on CUDA one per core but one, as fne extract; "
+                        "on a CPU cores/2, at most 4)")
     p.add_argument("--save-every", type=int, default=0, help="write RUN_DIR/checkpoint.pt every N epochs")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only")
