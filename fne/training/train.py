@@ -45,7 +45,6 @@ from fne.training.transfer import (
     train_mode,
 )
 
-
 AUGMENT_ON = ("auto", "cpu", "device")
 
 
