@@ -136,17 +136,17 @@ def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: i
     b = backbones.get(arch, weights)
     x = torch.randint(0, 256, (batch, 3, b.input_size, b.input_size), dtype=torch.uint8, device=dev)
     t = time.perf_counter()
-    bare = backbones.load_backbone(arch, weights, device=dev).to(memory_format=torch.channels_last)
+    models = {"bare": backbones.load_backbone(arch, weights, device=dev).to(memory_format=torch.channels_last)}
     _sync(dev)
     load_s = time.perf_counter() - t
     norm = Normalize(b.mean, b.std).to(dev)
 
     def run_bare():
         with torch.inference_mode(), autocast(dev, prec):
-            bare(norm(x).contiguous(memory_format=torch.channels_last))
+            models["bare"](norm(x).contiguous(memory_format=torch.channels_last))
 
     out = {"load_s": load_s, "bare": _rate(run_bare, batch, dev, seconds)}
-    del bare
+    models.clear()  # its memory back before the tap model
     tap = taps.build_tap_model(StoreSpec(arch, weights), dev)
 
     def run_tap():
@@ -275,6 +275,33 @@ def peer(data: Path, out: Path, arch: str, weights_file: Path, batch: int, prec:
     return _child(f"import sys; sys.argv = ['peer', {args!r}]\n" + PEER)
 
 
+def loader_rows(data: Path, n: int, dev: torch.device, workers: int) -> list[tuple]:
+    """What `fne train`'s loader alone delivers (no network): training images/s with the crop +
+    flip in the workers (PIL) and with the workers only squashing (the crop + flip on `dev`)."""
+    from fne.data.datasets import load_dataset
+    from fne.training import augment, epochs
+
+    d = load_dataset(str(data))
+    idx = np.arange(min(n, len(d)))
+    ctx = epochs.Ctx(d, d.label_indices(), dev, "fp32", None, None, False, {})
+    rows = []
+    for on_device in (False, True):
+        train_tf, _ = epochs.transforms(224, True, None, on_device)
+        aug = augment.DeviceAugment(224, train_tf.side) if on_device else None
+        loader = epochs.loader(ctx, idx, train_tf, 64, workers, torch.Generator().manual_seed(0))
+        t, k = time.perf_counter(), 0
+        for batch in loader:
+            x = batch["pixels"].to(dev, non_blocking=True)
+            if aug is not None:
+                x = aug(x, batch["aspect"])
+            k += len(x)
+        _sync(dev)
+        where = f"crop + flip on {dev.type}, workers squash" if on_device else "crop + flip in the workers (PIL)"
+        rows.append((f"fne train loader alone, {where}", f"{k / (time.perf_counter() - t):,.0f} img/s",
+                     f"{workers} workers, {k} images, batch 64"))
+    return rows
+
+
 def train_rows(data: Path, n: int, dev: torch.device, smoke: bool, out: Path) -> list[tuple]:
     """`fne train` frozen / finetune img/s (second epoch) on EfficientNet-Lite0."""
     from fne.data.datasets import load_dataset
@@ -375,6 +402,10 @@ def main(argv=None) -> int:
 
     files = sorted(imgs.rglob("*.jpg"))[: (8 if smoke else 64)]
     for r in device_rows(arch, weights, files, dev, smoke):
+        row(*r)
+    from fne.devices import default_workers
+
+    for r in loader_rows(imgs, 16 if smoke else 8192, dev, 1 if smoke else default_workers(dev)):
         row(*r)
     for r in train_rows(imgs, 16 if smoke else 4096, dev, smoke, work / "train"):
         row(*r)

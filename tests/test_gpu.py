@@ -69,7 +69,7 @@ def test_weights_file_is_read_to_the_device_without_a_random_init(tmp_path, monk
     torch.save(sd, path)
     calls = []
     real = torch.nn.init.kaiming_uniform_
-    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", 
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_",
                         lambda *a, **k: calls.append((a[0] if a else k["tensor"]).device.type) or real(*a, **k))
     m = backbones.load_backbone("efficientnet_lite0", str(path), device="cpu")
     assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())

@@ -1,21 +1,27 @@
 """Training augmentation as batched ops on the device: RandomResizedCrop + horizontal flip.
 
-On CUDA the loader's workers only decode and squash each image to a fixed R x R square (R =
-1.5 x the input size), remembering its aspect ratio; the device then cuts every image's random
-crop and resizes it in one `torchvision.ops.roi_align` call (bilinear, averaging several samples
-per output pixel where it shrinks), and flips half of them. The crop boxes follow torchvision's
-RandomResizedCrop on the original image (area fraction in `scale`, aspect ratio in `ratio` of
-the original's pixels, ten tries, then the largest centred box of a valid ratio), drawn from
-torch's CPU generator, which `fne train` seeds per epoch.
+With `--augment-on device` (the default on CUDA) the loader's workers do almost nothing: plain
+JPEGs travel as their bytes (`reader.ImageItems(raw_jpeg=True)`) with their aspect ratio read
+from the header, and are decoded on the device (`torchvision.io.decode_jpeg`, batched nvjpeg on
+CUDA); other images (PNG, EXIF-rotated or CMYK JPEGs, arrays) are decoded in the workers and
+squashed to a fixed R x R square (R = 1.5 x the input size). Each image's random crop is then cut
+and resized on the device by `torchvision.ops.roi_align` (bilinear, averaging several samples per
+output pixel where it shrinks): one call for the squashed ones, one per device-decoded image.
+The crop boxes follow torchvision's RandomResizedCrop on the original image (area fraction in
+`scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
+box of a valid ratio), drawn with the flips from torch's CPU generator, which `fne train` seeds
+per epoch. A JPEG the device decoder refuses goes to PIL; one both refuse is skipped and named.
 """
 
 from __future__ import annotations
 
+import io
 import math
 
 import torch
 from PIL import Image
 
+from fne.data.datasets import read_image
 from fne.extraction import reader
 
 SQUASH = 1.5  # the workers' square side, in input sizes
@@ -36,18 +42,29 @@ class Squash:
         self.last_aspect = 1.0
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
         self.last_aspect = img.width / img.height
-        sq = img.resize((self.side, self.side), Image.BILINEAR, reducing_gap=3.0)
-        return torch.frombuffer(bytearray(sq.tobytes()), dtype=torch.uint8).view(
-            self.side, self.side, 3).permute(2, 0, 1).contiguous()
+        # torchvision's uint8 resize (antialiased bilinear): ~4x faster than PIL's here
+        return F.resize(F.pil_to_tensor(img), [self.side, self.side], antialias=True)
 
 
 class SizedItems(reader.ImageItems):
-    """`reader.ImageItems` with a `Squash` prep whose items also carry the aspect ratio."""
+    """`reader.ImageItems` with a `Squash` prep (plain JPEGs as bytes) whose items also carry
+    the image's aspect ratio (width / height)."""
+
+    def __init__(self, dataset, indices: list[int], prep: Squash):
+        super().__init__(dataset, indices, prep, raw_jpeg=True)
 
     def __getitem__(self, j: int):
         self.prep.last_aspect = 1.0
         item = super().__getitem__(j)
+        x = item[2]
+        if x is not None and x.dim() == 1:  # JPEG bytes: the size from the header
+            import io
+
+            with Image.open(io.BytesIO(x.numpy().tobytes())) as img:
+                return (*item, img.width / img.height)
         return (*item, self.prep.last_aspect)
 
 
@@ -58,16 +75,34 @@ def collate(items):
     return out
 
 
-def crop_boxes(aspect: torch.Tensor, side: int, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
+def _decode(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes -> uint8 (3, H, W) on `dev` each, None where the device decoder refuses it."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its image codecs deprecated
+        try:
+            return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev))
+        except Exception:  # one bad file fails the whole call: one by one
+            out = []
+            for r in raw:
+                try:
+                    out.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
+                except Exception:
+                    out.append(None)
+            return out
+
+
+def crop_boxes(aspect: torch.Tensor, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """RandomResizedCrop boxes for a batch, in pixels of the R x R squashed images.
+    """RandomResizedCrop boxes for a batch, as fractions of each image's sides.
 
     Parameters
     ----------
     aspect : torch.Tensor
         (B,) width / height of each original image.
-    side : int
-        R, the side of the squashed images.
     scale, ratio
         As torchvision's RandomResizedCrop: area fraction and aspect ratio of the crop.
     generator : torch.Generator, optional
@@ -76,7 +111,7 @@ def crop_boxes(aspect: torch.Tensor, side: int, scale=(0.25, 1.0), ratio=(3 / 4,
     Returns
     -------
     torch.Tensor
-        (B, 4) float boxes x1, y1, x2, y2.
+        (B, 4) float boxes x1, y1, x2, y2, as fractions of the image's width and height.
     """
     b, tries = len(aspect), 10
     a = aspect.double().view(b, 1)  # the original image as a (aspect x 1) rectangle
@@ -97,8 +132,7 @@ def crop_boxes(aspect: torch.Tensor, side: int, scale=(0.25, 1.0), ratio=(3 / 4,
     u = torch.rand(b, 2, dtype=torch.float64, generator=generator)
     x0 = torch.where(none, (aa - w) / 2, u[:, 0] * (aa - w))
     y0 = torch.where(none, (1 - h) / 2, u[:, 1] * (1 - h))
-    sx = side / aa
-    return torch.stack([x0 * sx, y0 * side, (x0 + w) * sx, (y0 + h) * side], 1).float()
+    return torch.stack([x0 / aa, y0, (x0 + w) / aa, y0 + h], 1).float()
 
 
 class DeviceAugment:
@@ -115,16 +149,40 @@ class DeviceAugment:
     """
 
     def __init__(self, size: int, side: int, scale=(0.25, 1.0)):
+        """See the class."""
         self.size, self.side, self.scale = size, side, scale
 
-    def __call__(self, x: torch.Tensor, aspect: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, R, R) on the device -> float (B, 3, S, S) in 0..255, cropped and flipped."""
+    def __call__(self, batch: dict, dev: torch.device, bad: list) -> tuple[torch.Tensor | None, list[int]]:
+        """A `collate` batch -> (float (B, 3, S, S) in 0..255 on `dev`, cropped and flipped, or
+        None; the dataset indices of its rows). Images no decoder reads are appended to `bad`
+        as (index, key, error)."""
         from torchvision.ops import roi_align
 
-        b = x.shape[0]
-        boxes = crop_boxes(aspect, self.side, self.scale)
-        flip = torch.rand(b) < 0.5
-        rois = torch.cat([torch.arange(b, dtype=torch.float32).view(b, 1), boxes], 1).to(x.device)
-        out = roi_align(x.float(), rois, output_size=(self.size, self.size), spatial_scale=1.0,
-                        sampling_ratio=-1, aligned=True)
-        return torch.where(flip.to(x.device).view(b, 1, 1, 1), out.flip(-1), out)
+        idx, n, s = batch["idx"], len(batch["idx"]), (self.size, self.size)
+        boxes = crop_boxes(batch["aspect"], self.scale)
+        flip = torch.rand(n) < 0.5
+        out: list[torch.Tensor | None] = [None] * n
+        squashed = [(p, x) for p, x in zip(batch["pix_pos"], batch["pixels"] if batch["pixels"] is not None else [])]
+        for p, img in zip(batch["raw_pos"], _decode(batch["raw"], dev) if batch["raw"] else []):
+            if img is not None:
+                h, w = img.shape[-2:]
+                roi = torch.cat([torch.zeros(1), boxes[p] * torch.tensor([w, h, w, h])]).view(1, 5)
+                out[p] = roi_align(img[None].float(), roi.to(dev), s, 1.0, -1, True)[0]
+                continue
+            try:  # what the device decoder refused, PIL may still read
+                data = batch["raw"][batch["raw_pos"].index(p)].numpy().tobytes()
+                squashed.append((p, Squash(self.side)(read_image(io.BytesIO(data)))))
+            except Exception as e:
+                bad.append((idx[p], batch["keys"][p], reader.why_unreadable(e)))
+        if squashed:
+            x = torch.stack([x for _, x in squashed]).to(dev, non_blocking=True)
+            pos = [p for p, _ in squashed]
+            rois = torch.cat([torch.arange(len(pos), dtype=torch.float32).view(-1, 1), boxes[pos] * self.side], 1)
+            for p, y in zip(pos, roi_align(x.float(), rois.to(dev), s, 1.0, -1, True)):
+                out[p] = y
+        keep = [p for p in range(n) if out[p] is not None]
+        if not keep:
+            return None, []
+        x = torch.stack([out[p] for p in keep])
+        f = flip[keep].to(dev).view(-1, 1, 1, 1)
+        return torch.where(f, x.flip(-1), x), [idx[p] for p in keep]

@@ -87,21 +87,24 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
 
 def _batches(loader, ctx: Ctx, bar, augment=None):
     """(dataset indices, normalised inputs, labels) of each batch's readable images; `augment`
-    (a `DeviceAugment`) crops and flips them on the device first."""
+    (a `DeviceAugment`) decodes, crops and flips them on the device first."""
     for batch in loader:
-        for i, _, err in batch["bad"]:
+        bad = list(batch["bad"])
+        if augment is not None:
+            x, idx = augment(batch, ctx.device, bad)
+        else:
+            idx, x = batch["idx"], batch["pixels"]
+            x = x.to(ctx.device, non_blocking=True) if x is not None else None
+        for i, _, err in bad:
             if ctx.dataset.ids[i] not in ctx.skipped:
                 ctx.skipped[ctx.dataset.ids[i]] = err
                 warnings.warn(f"skipped {ctx.dataset.ids[i]}: {err}", stacklevel=2)
         bar.update(len(batch["idx"]) + len(batch["bad"]))
-        if batch["pixels"] is None:
+        if x is None:
             continue
         # channels-last: faster convolutions on CPU
-        x = batch["pixels"].to(ctx.device, non_blocking=True)
-        if augment is not None:
-            x = augment(x, batch["aspect"])
         x = ctx.norm(x).contiguous(memory_format=torch.channels_last)
-        yield batch["idx"], x, torch.as_tensor(ctx.labels[batch["idx"]])
+        yield idx, x, torch.as_tensor(ctx.labels[idx])
 
 
 # ------------------------------------------------------------------ passes
