@@ -276,8 +276,9 @@ def peer(data: Path, out: Path, arch: str, weights_file: Path, batch: int, prec:
 
 
 def loader_rows(data: Path, n: int, dev: torch.device, workers: int) -> list[tuple]:
-    """What `fne train`'s loader alone delivers (no network): training images/s with the crop +
-    flip in the workers (PIL) and with the workers only squashing (the crop + flip on `dev`)."""
+    """What `fne train`'s loader alone delivers (no network): training images/s with decode, crop
+    and flip in the workers (PIL), and with `--augment-on device` (workers send JPEG bytes; decode,
+    crop and flip on `dev`)."""
     from fne.data.datasets import load_dataset
     from fne.training import augment, epochs
 
@@ -291,12 +292,14 @@ def loader_rows(data: Path, n: int, dev: torch.device, workers: int) -> list[tup
         loader = epochs.loader(ctx, idx, train_tf, 64, workers, torch.Generator().manual_seed(0))
         t, k = time.perf_counter(), 0
         for batch in loader:
-            x = batch["pixels"].to(dev, non_blocking=True)
-            if aug is not None:
-                x = aug(x, batch["aspect"])
-            k += len(x)
+            if aug is not None:  # decode (JPEGs), crop and flip on the device
+                x, _ = aug(batch, dev, [])
+            else:
+                x = batch["pixels"].to(dev, non_blocking=True)
+            k += len(x) if x is not None else 0
         _sync(dev)
-        where = f"crop + flip on {dev.type}, workers squash" if on_device else "crop + flip in the workers (PIL)"
+        where = (f"decode + crop + flip on {dev.type} (--augment-on device)" if on_device
+                 else "decode + crop + flip in the workers (PIL)")
         rows.append((f"fne train loader alone, {where}", f"{k / (time.perf_counter() - t):,.0f} img/s",
                      f"{workers} workers, {k} images, batch 64"))
     return rows
