@@ -339,3 +339,24 @@ def test_bad_augment_on_is_one_clear_error(digits, tmp_path):
 
     with pytest.raises(FneError, match=r"bad --augment-on 'gpu'; choose from auto, cpu, device"):
         train(digits, "frozen", tmp_path / "run", augment_on="gpu", **FAST)
+
+
+def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_the_unreadable(tmp_path):
+    """A folder of JPEGs, PNGs and one broken JPEG through `--augment-on device` with a worker:
+    the run trains, and the broken file is named in `skipped`."""
+    from PIL import Image
+
+    from fne.training.train import train
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for k in range(10):
+            img = Image.fromarray(rng.integers(0, 255, (30 + k, 40, 3), dtype=np.uint8))
+            img.save(tmp_path / "data" / c / f"{k}.{'png' if k % 3 == 0 else 'jpg'}")
+    (tmp_path / "data" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    m = train(str(tmp_path / "data"), "frozen", tmp_path / "run", augment_on="device", epochs=1,
+              test_size=0.2, **{**FAST, "workers": 1, "weights": "random"})
+    assert m["augment_on"] == "device"
+    assert len(m["skipped"]) == 1 and "broken.jpg" in next(iter(m["skipped"]))
+    assert m["n_train"] + m["n_test"] + m["n_val"] == 21

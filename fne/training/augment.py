@@ -61,8 +61,6 @@ class SizedItems(reader.ImageItems):
         item = super().__getitem__(j)
         x = item[2]
         if x is not None and x.dim() == 1:  # JPEG bytes: the size from the header
-            import io
-
             with Image.open(io.BytesIO(x.numpy().tobytes())) as img:
                 return (*item, img.width / img.height)
         return (*item, self.prep.last_aspect)
