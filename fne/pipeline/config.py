@@ -104,7 +104,7 @@ TRAIN_SCHEMA: dict[str, tuple[str, str]] = {
     **{k: (t, f"fne train --{k.replace('_', '-')}") for k, t in (
         ("new_layers", "str"), ("direct_score", "str"), ("epochs", "int"), ("batch_size", "int"),
         ("lr", "float"), ("imported_lr_mult", "float"), ("momentum", "float"), ("weight_decay", "float"),
-        ("scheduler", "str"), ("image_size", "int"), ("augment", "bool"), ("val_fraction", "float"),
+        ("scheduler", "str"), ("image_size", "int"), ("augment", "bool"), ("augment_on", "str"), ("val_fraction", "float"),
         ("test_size", "float"), ("precision", "str"), ("device", "str"), ("workers", "int"),
         ("save_every", "int"), ("train_bn", "bool"), ("deterministic", "bool"), ("progress", "bool"))},
 }
