@@ -13,6 +13,7 @@ STORAGE_DTYPES = ("float16", "float32")
 DECODERS = ("pil", "device", "auto")  # auto: reading takes either; writing decodes with PIL
 CROPS = ("center", "squash", "ten")
 COMPILE = ("auto", "on", "off")
+AUGMENT_ON = ("auto", "cpu", "device")
 HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
 MODES = ("direct", "scratch", "frozen", "finetune")
 NEW_LAYERS = ("fc", "last")

@@ -22,6 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 
 from fne.errors import FneError
 from fne.names import (
+    AUGMENT_ON,
     COMPILE,
     CROPS,
     DECODERS,
@@ -54,11 +55,17 @@ class Opt:
     cli: bool = True
     pipeline: bool = True
     metavar: str | None = None
+    parse: Callable[[str], object] | None = None  # the command line's string -> the value
 
 
 def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
     """A dataclass field declared with how it is offered (see `Opt`)."""
     return field(default=default, metadata={"opt": Opt(help=help, **how)})
+
+
+def parse_batch_size(s: str) -> int | str:
+    """--batch-size: an integer, or auto."""
+    return s if s == "auto" else int(s)
 
 
 def at_least(n: float, kind: str = "an integer") -> dict:
@@ -102,7 +109,10 @@ class StoreOptions:
 class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
-    batch_size: int = option(32, "images per forward pass", **at_least(1))
+    batch_size: int | str = option("auto", "images per forward pass; auto (default): 32 on a CPU, up to 256 on "
+                                           "CUDA (sized from free memory)", parse=parse_batch_size,
+                                   check=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
+                                   bound=">= 1 or auto", kind="an integer")
     workers: int | None = option(None, "decoding processes (default: cores/2)", **at_least(0))
     compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
                           choices=COMPILE, pipeline=False)
@@ -194,6 +204,9 @@ class TrainConfig:
     image_size: int | None = option(None, "input size (default: the backbone's, 224)", **at_least(8))
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
                            flag="--no-augment")
+    augment_on: str = option("auto", "where the augmentation runs; auto: on the GPU when training on CUDA "
+                                     "(workers only read JPEG bytes), else in the loader workers",
+                             choices=AUGMENT_ON)
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  **between(0, 1, closed_lo=True))
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
@@ -246,7 +259,7 @@ def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
             if kind is bool:
                 kw["action"] = "store_false" if f.default is True else "store_true"
             else:
-                kw["type"] = kind if kind in (int, float) else str
+                kw["type"] = o.parse or (kind if kind in (int, float) else str)
                 if o.choices or o.metavar:  # checked by `check`, which names the flag in one line
                     kw["metavar"] = o.metavar or "{" + ",".join(map(str, o.choices)) + "}"
             if f.default is MISSING:

@@ -233,3 +233,130 @@ def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, t
     err = capsys.readouterr().err.strip()
     assert err.startswith("fne train: error:") and "\n" not in err and "Traceback" not in err
     assert expected in err
+
+
+# ------------------------------------------------------- augmentation on the device (issue 19)
+
+
+def test_device_crop_boxes_follow_random_resized_crop_on_the_original_image():
+    from fne.training.augment import crop_boxes
+
+    torch.manual_seed(0)
+    n = 4000
+    for a in (0.3, 0.75, 1.0, 1.6, 3.0):  # width / height of the original images
+        b = crop_boxes(torch.full((n,), a)).double()  # fractions of the width and height
+        assert (b >= -1e-6).all() and (b <= 1 + 1e-6).all()
+        w, h = (b[:, 2] - b[:, 0]) * a, b[:, 3] - b[:, 1]  # in the original's units (a x 1)
+        ratio = w / h
+        assert (ratio >= 3 / 4 - 1e-4).all() and (ratio <= 4 / 3 + 1e-4).all()
+        frac = w * h / a
+        if 0.75 <= a <= 4 / 3:  # every try fits sometimes: area fractions fill the scale range
+            assert (frac >= 0.25 - 1e-4).all() and (frac <= 1 + 1e-4).all()
+            assert frac.min() < 0.3 and frac.max() > 0.9
+            assert b[:, 0].std() > 0.05  # positions spread over the image, not always centred
+    assert torch.equal(crop_boxes(torch.ones(8), generator=torch.Generator().manual_seed(3)),
+                       crop_boxes(torch.ones(8), generator=torch.Generator().manual_seed(3)))
+
+
+def _batch(pixels=None, raw=(), aspect=None):
+    n = (0 if pixels is None else len(pixels)) + len(raw)
+    npix = n - len(raw)
+    return {"idx": list(range(n)), "keys": [f"k{i}" for i in range(n)], "pixels": pixels,
+            "pix_pos": list(range(npix)), "raw": list(raw), "raw_pos": list(range(npix, n)), "bad": [],
+            "aspect": aspect if aspect is not None else torch.ones(n)}
+
+
+def test_device_augment_cuts_each_box_and_flips_about_half():
+    from fne.training.augment import DeviceAugment
+
+    torch.manual_seed(1)
+    side, size, n = 48, 16, 64
+    ramp = torch.arange(side, dtype=torch.float32).mul(255 / (side - 1)).round().to(torch.uint8)
+    x = ramp.view(1, 1, 1, side).expand(n, 3, side, side).contiguous()
+    out, idx = DeviceAugment(size, side)(_batch(x), torch.device("cpu"), [])
+    assert out.shape == (n, 3, size, size) and out.dtype == torch.float32 and idx == list(range(n))
+    d = out[:, 0, size // 2].diff(dim=-1)  # one row of each crop: a ramp up (kept) or down (flipped)
+    up, down = (d >= 0).all(1), (d <= 0).all(1)
+    assert (up | down).all()
+    assert 16 <= int(down.sum()) <= 48
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_device_decoded_and_squashed_images_get_the_same_crop():
+    """A JPEG decoded on the device and the same picture squashed in a worker: same box, same
+    flip (same seed) -> nearly the same pixels; a file no decoder reads is named in `bad`."""
+    import io
+
+    from PIL import Image
+
+    from fne.data.datasets import read_image
+    from fne.training.augment import DeviceAugment, Squash
+
+    yy, xx = np.mgrid[0:60, 0:90]
+    img = Image.fromarray(np.stack([xx * 2.8, yy * 4.2, (xx + yy) * 1.6], -1).astype(np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=95)
+    raw = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+    junk = torch.frombuffer(bytearray(b"\xff\xd8not a jpeg"), dtype=torch.uint8)
+    sq = Squash(48)(read_image(io.BytesIO(buf.getvalue())))
+    aug, cpu = DeviceAugment(24, 48), torch.device("cpu")
+    torch.manual_seed(5)
+    a, ia = aug(_batch(raw=[raw, junk], aspect=torch.tensor([1.5, 1.0])), cpu, bad := [])
+    torch.manual_seed(5)
+    b, ib = aug(_batch(sq[None], raw=[junk], aspect=torch.tensor([1.5, 1.0])), cpu, [])
+    assert ia == ib == [0] and a.shape == b.shape == (1, 3, 24, 24)
+    assert float((a - b).abs().mean()) < 6.0  # the squash resamples once more
+    assert len(bad) == 1 and bad[0][:2] == (1, "k1")
+
+
+def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, tmp_path):
+    from fne.training.train import train
+
+    kw = dict(weights=str(source), epochs=1, lr=0.01, **FAST)
+    m1 = train(digits, "frozen", tmp_path / "a", augment_on="device", **kw)
+    train(digits, "frozen", tmp_path / "b", augment_on="device", **kw)
+    m3 = train(digits, "frozen", tmp_path / "c", augment_on="cpu", **kw)
+    assert m1["augment_on"] == "device" and m3["augment_on"] == "cpu"
+    a, b, c = (torch.load(tmp_path / r / "model.pt", weights_only=True)["_fc.weight"] for r in "abc")
+    assert torch.equal(a, b)  # crops drawn from the seeded CPU generator
+    assert not torch.equal(a, c)  # the other path drew other crops
+    assert m1["history"][0]["img_s"] > 0
+
+
+def test_train_workers_default_like_extract_on_cuda():
+    from fne.devices import default_workers
+    from fne.training.train import TrainConfig, _workers
+
+    cfg = TrainConfig(data="digits", mode="frozen", out="x")
+    assert _workers(cfg, torch.device("cuda")) == default_workers(torch.device("cuda"))
+    assert _workers(cfg, torch.device("cpu")) <= 4
+    cfg.workers = 3
+    assert _workers(cfg, torch.device("cuda")) == 3
+
+
+def test_bad_augment_on_is_one_clear_error(digits, tmp_path):
+    from fne.training.train import train
+
+    with pytest.raises(FneError, match=r"unknown --augment-on 'gpu'; choose from auto, cpu, device"):
+        train(digits, "frozen", tmp_path / "run", augment_on="gpu", **FAST)
+
+
+def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_the_unreadable(tmp_path):
+    """A folder of JPEGs, PNGs and one broken JPEG through `--augment-on device` with a worker:
+    the run trains, and the broken file is named in `skipped`."""
+    from PIL import Image
+
+    from fne.training.train import train
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for k in range(10):
+            img = Image.fromarray(rng.integers(0, 255, (30 + k, 40, 3), dtype=np.uint8))
+            img.save(tmp_path / "data" / c / f"{k}.{'png' if k % 3 == 0 else 'jpg'}")
+    (tmp_path / "data" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    m = train(str(tmp_path / "data"), "frozen", tmp_path / "run", augment_on="device", epochs=1,
+              test_size=0.2, **{**FAST, "workers": 1, "weights": "random"})
+    assert m["augment_on"] == "device"
+    assert len(m["skipped"]) == 1 and "broken.jpg" in next(iter(m["skipped"]))
+    assert m["n_train"] + m["n_test"] + m["n_val"] == 21

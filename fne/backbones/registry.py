@@ -318,8 +318,22 @@ def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = ()) -
     return report
 
 
-def read_state_dict(path: str | Path) -> dict:
-    """A state dict file (.pth/.pt, or .safetensors), or a checkpoint from `fne train` (its `model`)."""
+def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """A state dict file (.pth/.pt, or .safetensors), or a checkpoint from `fne train` (its `model`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    device : str or torch.device
+        Where the tensors go. A .pth/.pt file is memory-mapped (`torch.load(mmap=True)`): pages are
+        read as tensors are used, and on CUDA go straight from the page cache to the device.
+
+    Returns
+    -------
+    dict
+        Parameter name -> tensor, without `module.` / `_orig_mod.` prefixes.
+    """
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"--weights {path}: no such file (give 'imagenet', 'random' or a state dict path)")
@@ -327,9 +341,12 @@ def read_state_dict(path: str | Path) -> dict:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            obj = load_file(str(path), device="cpu")
+            obj = load_file(str(path), device=str(device))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
+            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                obj = torch.load(path, map_location=device, weights_only=True)
     except ImportError as e:
         raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
@@ -349,6 +366,13 @@ def read_state_dict(path: str | Path) -> dict:
 
 
 def file_fingerprint(path: str | Path) -> str:
+    """blake2b of a file's bytes, hashed once per process per (path, size, mtime)."""
+    st = Path(path).stat()
+    return _file_fingerprint(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_fingerprint(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.blake2b(digest_size=8)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -356,10 +380,15 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0) -> str:
-    """Identifies the weights for cache keys without building the network."""
+def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type: str = "cpu") -> str:
+    """Identifies the weights for cache keys without building the network.
+
+    Random weights are drawn on the device that runs the network (`load_backbone`), and a CUDA
+    generator draws other numbers than the CPU's for the same seed: off the CPU their key names
+    the device type (`random-seed0-cuda`).
+    """
     if weights == "random":
-        return f"random-seed{seed}"
+        return f"random-seed{seed}" + ("" if device_type == "cpu" else f"-{device_type}")
     if weights == "imagenet":
         return get(arch).imagenet_id()
     if Path(weights).is_file():
@@ -375,32 +404,46 @@ def check_weights(arch: str, weights: str | None) -> None:
         fingerprint(arch, weights)
 
 
-def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0) -> nn.Module:
-    """Model in eval mode with the requested weights.
+def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
+                  device: str | torch.device | None = None) -> nn.Module:
+    """Model in eval mode with the requested weights, built where it runs.
 
-    Loaded weights are adopted by a model built on the meta device (no random initialisation
-    to throw away) where its state dict covers every tensor.
+    Parameters
+    ----------
+    arch, weights, seed
+        The backbone, its weights (imagenet, random, a weights name or a state dict file) and
+        the seed of random weights.
+    device : str or torch.device, optional
+        Where the model runs (default: the CPU). Random weights are initialised there (on CUDA
+        with CUDA's generator: see `fingerprint`); loaded weights are adopted by a model built on
+        the meta device (no random initialisation to throw away) where its state dict covers
+        every tensor, a weights file being read straight to the device.
+
+    Returns
+    -------
+    nn.Module
+        The model, on `device`, in eval mode.
     """
     b = get(arch, weights)
+    dev = torch.device(device or "cpu")
 
     def build() -> nn.Module:
         return b.build(b.num_classes)
 
     if weights == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return build().eval()
+        return _random_init(build, seed, dev)
     if weights != "random" and not Path(weights).is_file():  # imagenet or a weights name
         if b.pretrained_model is not None:
-            return b.pretrained_model().eval()
-        return build_assign(build, b.imagenet()).eval()
-    state = read_state_dict(weights)
+            return b.pretrained_model().eval().to(dev)
+        state = {k: v.to(dev) for k, v in b.imagenet().items()}
+        return build_assign(build, state).eval().to(dev)
+    state = read_state_dict(weights, dev)
     try:
         with torch.device("meta"):
             model = build()
         model.load_state_dict(state, strict=True, assign=True)
         if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            return model.eval()
+            return model.eval().to(dev)
     except Exception:  # not an exact fit: import by name and shape, and say what is missing
         pass
     model = build()
@@ -412,7 +455,22 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0) -> nn.Mod
             f"--weights {weights}: does not fit --arch {arch} ({len(missing)} tensors missing or "
             f"mismatched, e.g. {why})"
         )
-    return model.eval()
+    return model.eval().to(dev)
+
+
+def _random_init(build: Callable[[], nn.Module], seed: int, dev: torch.device) -> nn.Module:
+    """Seeded random weights drawn on `dev` (no global RNG touched); a model whose init code
+    cannot run there is initialised on the CPU and moved."""
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        if dev.type != "cpu":
+            try:
+                with dev:
+                    return build().eval()
+            except Exception:
+                torch.manual_seed(seed)
+        return build().eval().to(dev)
 
 
 def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:

@@ -47,7 +47,12 @@ class StoreSpec(StoreOptions):
         return f"{key}{DEVICE_SUFFIX}" if self.decode == "device" else key
 
     def fingerprint(self) -> str:
-        return backbones.fingerprint(self.arch, self.weights, self.weights_seed)
+        device_type = "cpu"
+        if self.weights == "random":  # random weights are drawn on the device (load_backbone)
+            from fne.devices import resolve_device
+
+            device_type = resolve_device(self.device).type
+        return backbones.fingerprint(self.arch, self.weights, self.weights_seed, device_type)
 
     def open(self, create: bool = True) -> Store:
         """The store this machine writes to: `auto` resolved here. Created if absent when

@@ -25,7 +25,13 @@ from fne.cache.store import Store
 from fne.data import shards
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import Manifest, known_keys, manifest_for
-from fne.devices import default_workers, resolve_compile, resolve_device, tune_allocator
+from fne.devices import (
+    default_workers,
+    resolve_batch_size,
+    resolve_compile,
+    resolve_device,
+    tune_allocator,
+)
 from fne.errors import FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
@@ -131,6 +137,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
     store = spec.open()
+    batch_size = resolve_batch_size(batch_size, dev, spec.preprocess().size, store.meta["precision"])
     shard_t = shards.parse_shard(shard)
     plan = _plan(dataset, store, shard_t, cache, retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,

@@ -66,7 +66,7 @@ class TapModel(nn.Module):
 
 def build_tap_model(spec, device: torch.device, compile: bool = False) -> TapModel:
     b = spec.backbone()
-    model = backbones.load_backbone(spec.arch, spec.weights, spec.weights_seed)
+    model = backbones.load_backbone(spec.arch, spec.weights, spec.weights_seed, device)
     for p in model.parameters():
         p.requires_grad_(False)
     tap = TapModel(model, b).eval().to(device)

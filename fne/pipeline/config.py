@@ -156,7 +156,7 @@ class Pipeline:
     report: bool = True
     device: str = "auto"
     workers: int | None = None
-    batch_size: int = 32
+    batch_size: int | str = "auto"
     datasets: list[DatasetCfg] = field(default_factory=list)
     backbones: list[BackboneCfg] = field(default_factory=list)
     fit: dict | None = None
@@ -198,6 +198,7 @@ _TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
     "list[str]": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "list[int]": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of integers"),
     "str|float": (lambda v: isinstance(v, str) or _is_number(v), "a number or a string"),
+    "int|str": (lambda v: _is_int(v) or isinstance(v, str), "an integer or a string"),
     "str|table": (lambda v: isinstance(v, (str, dict)), "a string or an inline table"),
 }
 

@@ -230,7 +230,7 @@ def _keyed(sample, cache):
 
 def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cache=None, crop="center",
                        precision="auto", storage_dtype="float16", device="auto", weights_seed=0,
-                       batch_size=32, workers=None, progress=True) -> dict:
+                       batch_size="auto", workers=None, progress=True) -> dict:
     """Source-classifier confidence on dataset[idx]; extracts missing rows into the cache first."""
     from fne.backbones import registry as backbones
     from fne.cache.spec import StoreSpec

@@ -22,6 +22,7 @@ from fne.devices import autocast
 from fne.errors import DataError
 from fne.extraction import reader
 from fne.progress import progress
+from fne.training import augment as augment_mod
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Ctx:
     scaler: torch.amp.GradScaler | None
     progress: bool
     skipped: dict  # image id -> why it was unreadable
+    augment: augment_mod.DeviceAugment | None = None  # training batches' crop + flip on the device
 
 
 # ------------------------------------------------------------------ images
@@ -51,11 +53,17 @@ class _Center:
         return self.prep(img)[0]
 
 
-def transforms(size: int, augment: bool, backbone=None):
-    """(train, eval) transforms to uint8 (3, S, S); normalisation happens on the device."""
+def transforms(size: int, augment: bool, backbone=None, on_device: bool = False):
+    """(train, eval) transforms to uint8 (3, S, S); normalisation happens on the device.
+
+    With `on_device`, train's transform only squashes each image to `augment.SQUASH` x S (an
+    `augment.Squash`): the crop and flip are then `augment.DeviceAugment`'s, on the device.
+    """
     center = _Center(size, backbone)
     if not augment:
         return center, center
+    if on_device:
+        return augment_mod.Squash(round(size * augment_mod.SQUASH)), center
     # scale from 0.25: milder than torchvision's 0.08, since the runs here are a few epochs.
     train = T.Compose([T.PILToTensor(), T.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
                        T.RandomHorizontalFlip()])
@@ -63,26 +71,40 @@ def transforms(size: int, augment: bool, backbone=None):
 
 
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
-    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given."""
+    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given. A `Squash` prep
+    (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`."""
+    sized = isinstance(prep, augment_mod.Squash)
+    # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
+    # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
+    cuda = ctx.device.type == "cuda" and workers > 0
+    keep = cuda and not isinstance(prep, T.Compose)
+    items = (augment_mod.SizedItems if sized else reader.ImageItems)(ctx.dataset, [int(i) for i in idx], prep)
     return torch.utils.data.DataLoader(
-        reader.ImageItems(ctx.dataset, [int(i) for i in idx], prep), batch_size=batch_size,
-        shuffle=gen is not None, generator=gen, num_workers=workers, collate_fn=reader.collate,
-        pin_memory=ctx.device.type == "cuda")
+        items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
+        collate_fn=augment_mod.collate if sized else reader.collate, pin_memory=ctx.device.type == "cuda",
+        persistent_workers=keep, prefetch_factor=4 if cuda else None)
 
 
-def _batches(loader, ctx: Ctx, bar):
-    """(dataset indices, normalised inputs, labels) of each batch's readable images."""
+def _batches(loader, ctx: Ctx, bar, augment=None):
+    """(dataset indices, normalised inputs, labels) of each batch's readable images; `augment`
+    (a `DeviceAugment`) decodes, crops and flips them on the device first."""
     for batch in loader:
-        for i, _, err in batch["bad"]:
+        bad = list(batch["bad"])
+        if augment is not None:
+            x, idx = augment(batch, ctx.device, bad)
+        else:
+            idx, x = batch["idx"], batch["pixels"]
+            x = x.to(ctx.device, non_blocking=True) if x is not None else None
+        for i, _, err in bad:
             if ctx.dataset.ids[i] not in ctx.skipped:
                 ctx.skipped[ctx.dataset.ids[i]] = err
                 warnings.warn(f"skipped {ctx.dataset.ids[i]}: {err}", stacklevel=2)
         bar.update(len(batch["idx"]) + len(batch["bad"]))
-        if batch["pixels"] is None:
+        if x is None:
             continue
         # channels-last: faster convolutions on CPU
-        x = ctx.norm(batch["pixels"].to(ctx.device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
-        yield batch["idx"], x, torch.as_tensor(ctx.labels[batch["idx"]])
+        x = ctx.norm(x).contiguous(memory_format=torch.channels_last)
+        yield idx, x, torch.as_tensor(ctx.labels[idx])
 
 
 # ------------------------------------------------------------------ passes
@@ -96,8 +118,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
     t0 = time.perf_counter()
     bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
     try:
-        for idx, x, y in _batches(loader, ctx, bar):
-            y = y.to(ctx.device)
+        for idx, x, y in _batches(loader, ctx, bar, ctx.augment):
+            y = y.to(ctx.device, non_blocking=True)
             with autocast(ctx.device, ctx.precision):
                 logits = model(x)
             loss = criterion(logits.float(), y)

@@ -31,11 +31,11 @@ from fne.backbones import registry as backbones
 from fne.backbones.registry import ImportReport, Normalize
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
-from fne.devices import resolve_device, resolve_precision
+from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import DataError, FneError
 from fne.metrics import provenance, split_scores
 from fne.options import TrainConfig
-from fne.training import checkpoint, epochs
+from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
     build_model,
@@ -114,8 +114,12 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b)
     model, source = _model(cfg, len(dataset.classes), ctx.device)
-    workers = min(4, max(1, (os.cpu_count() or 2) // 2)) if cfg.workers is None else cfg.workers
-    train_tf, eval_tf = epochs.transforms(cfg.image_size or b.input_size, cfg.augment, b)
+    workers = _workers(cfg, ctx.device)
+    size = cfg.image_size or b.input_size
+    on_device = cfg.augment and (cfg.augment_on == "device" or (cfg.augment_on == "auto" and ctx.device.type == "cuda"))
+    train_tf, eval_tf = epochs.transforms(size, cfg.augment, b, on_device)
+    if on_device:
+        ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
     def loader(idx, tf, gen=None):
         return epochs.loader(ctx, idx, tf, cfg.batch_size, workers, gen)
@@ -125,6 +129,16 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test)
+
+
+def _workers(cfg: TrainConfig, dev: torch.device) -> int:
+    """--workers, else as many as `fne extract` uses on CUDA (`devices.default_workers`: one per
+    core but one), and on a CPU half the cores, at most 4 (the network needs the rest)."""
+    if cfg.workers is not None:
+        return cfg.workers
+    if dev.type == "cuda":
+        return default_workers(dev)
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
 def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epochs.Ctx:
@@ -290,7 +304,8 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         **_imported(report),
         "train_bn": cfg.mode == "scratch" or (cfg.mode == "finetune" and cfg.train_bn),
         "precision": ctx.precision, "crop": "center", "image_size": cfg.image_size or backbones.get(cfg.arch, weights).input_size,
-        "augment": cfg.augment,
+        "augment": cfg.augment, "augment_on": ("device" if ctx.augment is not None else "cpu") if cfg.augment else None,
+        "workers": _workers(cfg, ctx.device),
         "train_seconds": run["train_seconds"], "eval_seconds": test["eval_seconds"],
         "epochs": cfg.epochs if not direct else 0, "best_epoch": run["best"]["epoch"],
         "val_accuracy": run["best"]["val_accuracy"],

@@ -1,0 +1,432 @@
+"""The GPU stage in one call (issue 19), measured by hand (not a test): prints one table.
+
+On one machine, on the same JPEG files:
+
+* images: N distinct JPEGs (436 x 383, quality 90) made from pets37 (else flowers12, else
+  synthetic pictures), each a different seeded crop of a source image, in class folders;
+* bare forward: the network alone on a batch in device memory (the ceiling), and the tap model
+  (fne's hooks + pooling), at the tuned batch size;
+* `fne extract` as a subprocess (process start included) with its defaults, tuned
+  (`--batch-size 256`), `--decode device` and `--compile on`, each into an empty cache, then
+  the cached rerun of the defaults: run-phase img/s, steady img/s (after the first batch), wall
+  seconds, CPU-seconds of all processes, model-load seconds;
+* the peer: the extraction script the field writes by hand (torchvision ImageFolder + DataLoader
+  with every core + forward hooks pooling each of the same taps + np.save), as a subprocess;
+* CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
+  and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
+  (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
+* training throughput: `fne train` frozen and finetune, EfficientNet-Lite0 (ImageNet weights
+  where installed, else random), img/s of the second epoch on a subset of the images.
+
+Needs only torch, torchvision and fne's own dependencies (on the device: `source
+.gpu-kit/setup.sh` first, see ../shared/tools/gpu-kit.sh). About 5 minutes on an H100/H200:
+
+    python3 benchmarks/bench_gpu.py                 # CUDA, 32,768 images, VGG-16 bf16
+    python3 benchmarks/bench_gpu.py --smoke         # CPU, tiny sizes, < 1 minute: tests the script
+
+`--smoke` runs the "subprocesses" in this process (its walls exclude a Python start) and skips
+the compile row (a CPU compile takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fne.backbones import registry as backbones  # noqa: E402
+from fne.devices import autocast  # noqa: E402
+
+SOURCES = (ROOT / "../shared/datasets/pets37", ROOT / "../shared/datasets/flowers12",
+           ROOT / ".gpu-kit/flowers12")
+JPEG_SIZE = (436, 383)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _source_files(limit: int = 2000) -> tuple[list[Path], str]:
+    for root in SOURCES:
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+            if files:
+                return files[:limit], root.resolve().name
+    return [], "synthetic"
+
+
+def _make_one(job: tuple) -> None:
+    k, src, out, n_classes = job
+    rng = np.random.default_rng(k)
+    if src is None:  # a synthetic picture: smooth colour field plus a few shapes
+        yy, xx = np.mgrid[0:JPEG_SIZE[1], 0:JPEG_SIZE[0]] / 100.0
+        f = rng.uniform(0.5, 3, 6)
+        arr = np.stack([np.sin(f[c] * xx + f[c + 3] * yy + rng.uniform(0, 6)) for c in range(3)], -1)
+        img = Image.fromarray(((arr + 1) * 127.5).astype(np.uint8))
+    else:
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            s = rng.uniform(0.6, 1.0)
+            cw, ch = max(8, int(w * s)), max(8, int(h * s))
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            img = im.crop((x0, y0, x0 + cw, y0 + ch)).resize(JPEG_SIZE, Image.BILINEAR)
+            if rng.random() < 0.5:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    px = img.load()
+    px[k % JPEG_SIZE[0], 0] = (k % 251, (k // 251) % 251, 7)  # distinct content, always
+    d = Path(out) / f"c{k % n_classes:02d}"
+    d.mkdir(parents=True, exist_ok=True)
+    img.save(d / f"img{k:06d}.jpg", quality=90)
+
+
+def make_images(out: Path, n: int, n_classes: int = 37) -> str:
+    """N distinct JPEGs in class folders under `out`; -> where they came from."""
+    files, origin = _source_files()
+    jobs = [(k, str(files[k % len(files)]) if files else None, str(out), n_classes) for k in range(n)]
+    with Pool(max(1, os.cpu_count() or 1)) as pool:
+        pool.map(_make_one, jobs, chunksize=64)
+    return origin
+
+
+# ------------------------------------------------------------------- in-process rows
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _rate(fn, n_per_call: int, dev: torch.device, seconds: float) -> float:
+    """Images/s of `fn` (one batch per call) after two warm-up calls, for about `seconds`."""
+    fn()
+    fn()
+    _sync(dev)
+    calls, t0 = 0, time.perf_counter()
+    while calls < 3 or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+        if calls % 4 == 0:
+            _sync(dev)
+    _sync(dev)
+    return calls * n_per_call / (time.perf_counter() - t0)
+
+
+def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: int, seconds: float) -> dict:
+    """Bare forward and tap model img/s on a batch of random pixels in device memory."""
+    from fne.backbones.registry import Normalize
+    from fne.cache.spec import StoreSpec
+    from fne.extraction import taps
+
+    b = backbones.get(arch, weights)
+    x = torch.randint(0, 256, (batch, 3, b.input_size, b.input_size), dtype=torch.uint8, device=dev)
+    t = time.perf_counter()
+    models = {"bare": backbones.load_backbone(arch, weights, device=dev).to(memory_format=torch.channels_last)}
+    _sync(dev)
+    load_s = time.perf_counter() - t
+    norm = Normalize(b.mean, b.std).to(dev)
+
+    def run_bare():
+        with torch.inference_mode(), autocast(dev, prec):
+            models["bare"](norm(x).contiguous(memory_format=torch.channels_last))
+
+    out = {"load_s": load_s, "bare": _rate(run_bare, batch, dev, seconds)}
+    models.clear()  # its memory back before the tap model
+    tap = taps.build_tap_model(StoreSpec(arch, weights), dev)
+
+    def run_tap():
+        taps.forward(tap, x, dev, prec)
+
+    out["tap"] = _rate(run_tap, batch, dev, seconds)
+    return out
+
+
+def _views(files: list[Path], prep) -> torch.Tensor:
+    from fne.data.datasets import read_image
+
+    return torch.stack([prep(read_image(f))[0] for f in files])
+
+
+def device_rows(arch: str, weights: str, files: list[Path], dev: torch.device, smoke: bool) -> list[tuple]:
+    """Max relative error per tap of rows on `dev` (fp32, fp16, bf16, bf16 + device decode)
+    against CPU fp32 rows of the same images."""
+    from fne.cache.spec import StoreSpec
+    from fne.extraction import reader, taps
+
+    spec = StoreSpec(arch, weights)
+    prep = spec.preprocess()
+    x = _views(files, prep)
+    cpu = torch.device("cpu")
+    ref = [r.float() for r in taps.forward(taps.build_tap_model(spec, cpu), x, cpu, "fp32")[1]]
+    model = taps.build_tap_model(spec, dev)
+    raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+    cases = [("fp32", x.to(dev)), ("fp16", x.to(dev)), ("bf16", x.to(dev))]
+    try:  # the reader's device decoding (its API may move: then this row says so)
+        decoded = reader.decode_raw(raw, dev, prep)
+        x_dev = torch.stack([d[0] if not isinstance(d, str) else x[i].to(dev) for i, d in enumerate(decoded)])
+        cases.append(("bf16 + decode device", x_dev))
+    except (AttributeError, TypeError) as e:
+        print(f"decode device row skipped: {e}", file=sys.stderr)
+    if smoke:  # a CPU has no fp16 kernels worth timing; the rows still exercise the code
+        cases = [c for c in cases if c[0] != "fp16"]
+    out = []
+    for name, xs in cases:
+        if dev.type == "cuda" and name == "fp32":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        rows = [r.float().cpu() for r in taps.forward(model, xs, dev, name.split()[0])[1]]
+        err = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in zip(rows, ref))
+        nan = any(bool(torch.isnan(a).any()) for a in rows)
+        out.append((f"rows on {dev.type} {name} vs CPU fp32", f"{err:.1e}", "NaN!" if nan else "no NaN"))
+    return out
+
+
+# ----------------------------------------------------------------------- subprocesses
+
+
+IN_PROCESS = False  # --smoke: run the "subprocesses" here (a Python start costs ~10 s on a busy CPU)
+
+
+def _child(code: str, env: dict | None = None, timeout: float = 1200) -> tuple[dict, float, float]:
+    """Run python code in a fresh process; -> (its last stdout line as JSON, wall s, CPU s of it
+    and its children)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    if IN_PROCESS:
+        import contextlib
+
+        buf, me = io.StringIO(), resource.getrusage(resource.RUSAGE_SELF)
+        with contextlib.redirect_stdout(buf):
+            exec(compile(code, "<bench child>", "exec"), {"__name__": "__bench_child__"})
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        return (json.loads(buf.getvalue().strip().splitlines()[-1]), time.perf_counter() - t,
+                now.ru_utime + now.ru_stime - me.ru_utime - me.ru_stime)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", **(env or {})})
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    if p.returncode != 0:
+        raise RuntimeError(f"child failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1]), wall, cpu
+
+
+def fne_extract(data: Path, cache: Path, arch: str, weights: str, **kw) -> tuple[dict, float, float]:
+    code = (
+        "import json, warnings; warnings.simplefilter('ignore')\n"
+        "from fne.extraction.extract import extract\n"
+        f"r = extract({str(data)!r}, {arch!r}, {weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
+        "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
+        "                  'steady': r.steady_images_per_s, 'load': r.stage_seconds.get('model_load', 0.0)}))\n")
+    return _child(code)
+
+
+PEER = r'''
+import json, sys, time
+import numpy as np, torch, torchvision
+from torchvision import datasets, transforms
+
+root, out, arch, weights, taps, batch, workers, prec, mean, std = json.loads(sys.argv[1])
+dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                         transforms.Normalize(mean, std)])
+loader = torch.utils.data.DataLoader(datasets.ImageFolder(root, tf), batch_size=batch, num_workers=workers,
+                                     pin_memory=dev.type == "cuda")
+model = torchvision.models.get_model(arch)
+model.load_state_dict(torch.load(weights, map_location="cpu"))
+model = model.to(dev).eval().to(memory_format=torch.channels_last)
+feats = {name: [] for name, _ in taps}
+
+def pool(t):
+    return (t.float().mean((2, 3)) if t.dim() == 4 else t.float()).cpu()
+
+for name, on_input in taps:
+    m = model.get_submodule(name)
+    if on_input:
+        m.register_forward_pre_hook(lambda mod, inp, name=name: feats[name].append(pool(inp[0])))
+    else:
+        m.register_forward_hook(lambda mod, inp, o, name=name: feats[name].append(pool(o)))
+dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+n, t0 = 0, time.perf_counter()
+with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    for x, _ in loader:
+        model(x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last))
+        n += len(x)
+np.save(out, np.concatenate([torch.cat(feats[name]).numpy() for name, _ in taps], 1))
+print(json.dumps({"n": n, "img_s": n / (time.perf_counter() - t0)}))
+'''
+
+
+def peer(data: Path, out: Path, arch: str, weights_file: Path, batch: int, prec: str) -> tuple[dict, float, float]:
+    b = backbones.get(arch, str(weights_file))
+    taps = [(t.module, bool(t.on_input)) for t in b.taps]
+    args = json.dumps([str(data), str(out), arch, str(weights_file), taps, batch, os.cpu_count() or 1, prec,
+                       list(b.mean), list(b.std)])
+    return _child(f"import sys; sys.argv = ['peer', {args!r}]\n" + PEER)
+
+
+def loader_rows(data: Path, n: int, dev: torch.device, workers: int) -> list[tuple]:
+    """What `fne train`'s loader alone delivers (no network): training images/s with decode, crop
+    and flip in the workers (PIL), and with `--augment-on device` (workers send JPEG bytes; decode,
+    crop and flip on `dev`)."""
+    from fne.data.datasets import load_dataset
+    from fne.training import augment, epochs
+
+    d = load_dataset(str(data))
+    idx = np.arange(min(n, len(d)))
+    ctx = epochs.Ctx(d, d.label_indices(), dev, "fp32", None, None, False, {})
+    rows = []
+    for on_device in (False, True):
+        train_tf, _ = epochs.transforms(224, True, None, on_device)
+        aug = augment.DeviceAugment(224, train_tf.side) if on_device else None
+        loader = epochs.loader(ctx, idx, train_tf, 64, workers, torch.Generator().manual_seed(0))
+        t, k = time.perf_counter(), 0
+        for batch in loader:
+            if aug is not None:  # decode (JPEGs), crop and flip on the device
+                x, _ = aug(batch, dev, [])
+            else:
+                x = batch["pixels"].to(dev, non_blocking=True)
+            k += len(x) if x is not None else 0
+        _sync(dev)
+        where = (f"decode + crop + flip on {dev.type} (--augment-on device)" if on_device
+                 else "decode + crop + flip in the workers (PIL)")
+        rows.append((f"fne train loader alone, {where}", f"{k / (time.perf_counter() - t):,.0f} img/s",
+                     f"{workers} workers, {k} images, batch 64"))
+    return rows
+
+
+def train_rows(data: Path, n: int, dev: torch.device, smoke: bool, out: Path) -> list[tuple]:
+    """`fne train` frozen / finetune img/s (second epoch) on EfficientNet-Lite0."""
+    from fne.data.datasets import load_dataset
+    from fne.training.train import train
+
+    try:
+        import efficientnet_lite_pytorch  # noqa: F401
+    except ImportError:
+        return [("fne train (EfficientNet-Lite0)", "skipped", "efficientnet-lite-pytorch not installed")]
+    weights = "imagenet"
+    try:
+        backbones.load_backbone("efficientnet_lite0", "imagenet")
+    except Exception:
+        weights = "random"
+    d = load_dataset(str(data))
+    d = d.subset(np.arange(min(n, len(d))))
+    rows = []
+    for mode in ("frozen", "finetune"):
+        kw = dict(arch="efficientnet_lite0", weights=weights, epochs=2, batch_size=32, lr=0.01, progress=False,
+                  device=str(dev), val_fraction=0.1)
+        if smoke:  # the device path of the augmentation, on the CPU: tests it
+            kw.update(image_size=32, workers=0, augment_on="device")
+        m = train(d, mode, out / mode, **kw)
+        h = m["history"][-1]
+        rows.append((f"fne train {mode} (EfficientNet-Lite0 {weights}, batch 32, augment on "
+                     f"{m.get('augment_on')}, {m.get('workers')} workers)", f"{h['img_s']:,.0f} img/s",
+                     f"epoch 2 of {m['n_train']} images: {h['seconds']:.1f} s"))
+    return rows
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (tests the script)")
+    ap.add_argument("--images", type=int, default=None, help="JPEGs to make (default 32,768; smoke 24)")
+    ap.add_argument("--arch", default=None, help="torchvision backbone (default vgg16; smoke mobilenet_v3_small)")
+    ap.add_argument("--precision", default=None, help="default bf16 on CUDA, fp32 in --smoke")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--json", default=None, help="also write the table as JSON here")
+    a = ap.parse_args(argv)
+    smoke = a.smoke
+    global IN_PROCESS
+    IN_PROCESS = smoke
+    dev = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
+    n = a.images or (16 if smoke else 32_768)
+    arch = a.arch or ("mobilenet_v3_small" if smoke else "vgg16")
+    prec = a.precision or ("fp32" if dev.type == "cpu" else "bf16")
+    batch = 8 if smoke else 256
+    seconds = 0.5 if smoke else 4.0
+    work = Path(a.work or tempfile.mkdtemp(prefix="bench_gpu_"))
+    work.mkdir(parents=True, exist_ok=True)
+    table: list[tuple] = []
+
+    def row(*r):
+        table.append(tuple(str(x) for x in r))
+        print(" | ".join(table[-1]), flush=True)
+
+    t_all = time.perf_counter()
+    if dev.type == "cuda":
+        row("device", torch.cuda.get_device_name(dev), f"torch {torch.__version__}, {os.cpu_count()} cores")
+    else:
+        row("device", "cpu (no CUDA)" if not smoke else "cpu (--smoke)", f"torch {torch.__version__}")
+    t = time.perf_counter()
+    imgs = work / "images"
+    origin = make_images(imgs, n, 2 if smoke else 37) if not imgs.is_dir() else "reused"
+    row("images", f"{n:,} JPEGs {JPEG_SIZE[0]}x{JPEG_SIZE[1]}", f"from {origin} in {time.perf_counter() - t:.1f} s")
+
+    # Random weights, saved as a file: nothing downloads, the peer loads the same tensors, and
+    # fne's weights-file path (memory-mapped, built on the meta device) is what gets timed.
+    wfile = work / f"{arch}.pth"
+    torch.save(backbones.load_backbone(arch, "random").state_dict(), wfile)
+    weights = str(wfile)
+
+    f = forward_rows(arch, weights, dev, prec, batch, seconds)
+    row(f"bare forward {arch} {prec}, batch {batch}", f"{f['bare']:,.0f} img/s", f"load {f['load_s']:.2f} s")
+    row(f"tap model (hooks + pooling), batch {batch}", f"{f['tap']:,.0f} img/s",
+        f"{f['tap'] / f['bare']:.2f} of bare")
+
+    runs = [("fne extract, defaults", {}), (f"--batch-size {batch}", {"batch_size": batch}),
+            (f"--batch-size {batch} --decode device", {"batch_size": batch, "decode": "device"}),
+            (f"--batch-size {batch} --compile on", {"batch_size": batch, "compile": True})]
+    if smoke:  # a CPU compile takes minutes; on a CPU the defaults are the tuned batch
+        runs = [runs[0], runs[2]]
+    for i, (name, kw) in enumerate(runs):
+        cache = work / f"cache{i}"
+        shutil.rmtree(cache, ignore_errors=True)
+        r, wall, cpu = fne_extract(imgs, cache, arch, weights, precision=prec, **kw)
+        row(name, f"run {r['img_s']:,.0f} img/s, steady {r['steady']:,.0f}",
+            f"wall {wall:.1f} s incl. start, {cpu:.0f} CPU-s, model load {r['load']:.2f} s")
+        if i == 0:
+            r, wall, _ = fne_extract(imgs, cache, arch, weights, precision=prec)
+            row("rerun, everything cached", f"{r['cached']:,} cached, {r['n']} computed", f"wall {wall:.1f} s")
+    r, wall, cpu = peer(imgs, work / "peer.npy", arch, wfile, batch if dev.type == "cuda" else 8, prec)
+    row(f"peer: ImageFolder + DataLoader ({os.cpu_count()} workers) + hooks + np.save",
+        f"run {r['img_s']:,.0f} img/s", f"wall {wall:.1f} s incl. start, {cpu:.0f} CPU-s")
+
+    files = sorted(imgs.rglob("*.jpg"))[: (8 if smoke else 64)]
+    for r in device_rows(arch, weights, files, dev, smoke):
+        row(*r)
+    from fne.devices import default_workers
+
+    for r in loader_rows(imgs, 16 if smoke else 8192, dev, 1 if smoke else default_workers(dev)):
+        row(*r)
+    for r in train_rows(imgs, 16 if smoke else 4096, dev, smoke, work / "train"):
+        row(*r)
+    row("total", f"{time.perf_counter() - t_all:.0f} s", "")
+
+    print("\n| what | figure | notes |\n|---|---|---|")
+    for r in table:
+        print("| " + " | ".join(r) + " |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(table, indent=1))
+    if not a.work:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

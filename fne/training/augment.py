@@ -1,0 +1,186 @@
+"""Training augmentation as batched ops on the device: RandomResizedCrop + horizontal flip.
+
+With `--augment-on device` (the default on CUDA) the loader's workers do almost nothing: plain
+JPEGs travel as their bytes (`reader.ImageItems(raw_jpeg=True)`) with their aspect ratio read
+from the header, and are decoded on the device (`torchvision.io.decode_jpeg`, batched nvjpeg on
+CUDA); other images (PNG, EXIF-rotated or CMYK JPEGs, arrays) are decoded in the workers and
+squashed to a fixed R x R square (R = 1.5 x the input size). Each image's random crop is then cut
+and resized on the device by `torchvision.ops.roi_align` (bilinear, averaging several samples per
+output pixel where it shrinks): one call for the squashed ones, one per device-decoded image.
+The crop boxes follow torchvision's RandomResizedCrop on the original image (area fraction in
+`scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
+box of a valid ratio), drawn with the flips from torch's CPU generator, which `fne train` seeds
+per epoch. A JPEG the device decoder refuses goes to PIL; one both refuse is skipped and named.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import torch
+from PIL import Image
+
+from fne.data.datasets import read_image
+from fne.extraction import reader
+
+SQUASH = 1.5  # the workers' square side, in input sizes
+
+
+class Squash:
+    """Worker transform: RGB PIL image -> uint8 (3, R, R), every image the same size; the
+    image's aspect ratio (width / height) is left in `last_aspect` for `SizedItems`.
+
+    Parameters
+    ----------
+    side : int
+        R, the square's side.
+    """
+
+    def __init__(self, side: int):
+        self.side = side
+        self.last_aspect = 1.0
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        self.last_aspect = img.width / img.height
+        # torchvision's uint8 resize (antialiased bilinear): ~4x faster than PIL's here
+        return F.resize(F.pil_to_tensor(img), [self.side, self.side], antialias=True)
+
+
+class SizedItems(reader.ImageItems):
+    """`reader.ImageItems` with a `Squash` prep (plain JPEGs as bytes) whose items also carry
+    the image's aspect ratio (width / height)."""
+
+    def __init__(self, dataset, indices: list[int], prep: Squash):
+        super().__init__(dataset, indices, prep, raw_jpeg=True)
+
+    def __getitem__(self, j: int):
+        self.prep.last_aspect = 1.0
+        item = super().__getitem__(j)
+        x = item[2]
+        if x is not None and x.dim() == 1:  # JPEG bytes: the size from the header
+            with Image.open(io.BytesIO(x.numpy().tobytes())) as img:
+                return (*item, img.width / img.height)
+        return (*item, self.prep.last_aspect)
+
+
+def collate(items):
+    """`reader.collate` plus `aspect`: a float tensor, one per good item, in batch order."""
+    out = reader.collate([it[:5] for it in items])
+    out["aspect"] = torch.tensor([it[5] for it in items if it[3] is None], dtype=torch.float32)
+    return out
+
+
+def _decode(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
+    """JPEG bytes -> uint8 (3, H, W) on `dev` each, None where the device decoder refuses it."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 marks its image codecs deprecated
+        try:
+            return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev))
+        except Exception:  # one bad file fails the whole call: one by one
+            out = []
+            for r in raw:
+                try:
+                    out.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
+                except Exception:
+                    out.append(None)
+            return out
+
+
+def crop_boxes(aspect: torch.Tensor, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """RandomResizedCrop boxes for a batch, as fractions of each image's sides.
+
+    Parameters
+    ----------
+    aspect : torch.Tensor
+        (B,) width / height of each original image.
+    scale, ratio
+        As torchvision's RandomResizedCrop: area fraction and aspect ratio of the crop.
+    generator : torch.Generator, optional
+        CPU generator (default: torch's global one).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, 4) float boxes x1, y1, x2, y2, as fractions of the image's width and height.
+    """
+    b, tries = len(aspect), 10
+    a = aspect.double().view(b, 1)  # the original image as a (aspect x 1) rectangle
+    area = a * torch.empty(b, tries, dtype=torch.float64).uniform_(*scale, generator=generator)
+    log_r = torch.empty(b, tries, dtype=torch.float64).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                                generator=generator)
+    w, h = (area * log_r.exp()).sqrt(), (area / log_r.exp()).sqrt()
+    ok = (w <= a) & (h <= 1)
+    first = torch.where(ok.any(1), ok.double().argmax(1), torch.full((b,), -1))
+    pick = first.clamp(min=0).view(b, 1)
+    w, h = w.gather(1, pick).view(b), h.gather(1, pick).view(b)
+    # no valid try: the whole image, trimmed to the nearest allowed ratio, centred
+    aa = a.view(b)
+    fw = torch.where(aa > ratio[1], ratio[1] * torch.ones_like(aa), aa)
+    fh = torch.where(aa < ratio[0], aa / ratio[0], torch.ones_like(aa))
+    none = first < 0
+    w, h = torch.where(none, fw, w), torch.where(none, fh, h)
+    u = torch.rand(b, 2, dtype=torch.float64, generator=generator)
+    x0 = torch.where(none, (aa - w) / 2, u[:, 0] * (aa - w))
+    y0 = torch.where(none, (1 - h) / 2, u[:, 1] * (1 - h))
+    return torch.stack([x0 / aa, y0, (x0 + w) / aa, y0 + h], 1).float()
+
+
+class DeviceAugment:
+    """RandomResizedCrop(size, scale) + RandomHorizontalFlip on a batch on its device.
+
+    Parameters
+    ----------
+    size : int
+        Output side S.
+    side : int
+        R, the side of the squashed input images.
+    scale : tuple of float
+        Area fraction range of the crop (train's 0.25..1).
+    """
+
+    def __init__(self, size: int, side: int, scale=(0.25, 1.0)):
+        """See the class."""
+        self.size, self.side, self.scale = size, side, scale
+
+    def __call__(self, batch: dict, dev: torch.device, bad: list) -> tuple[torch.Tensor | None, list[int]]:
+        """A `collate` batch -> (float (B, 3, S, S) in 0..255 on `dev`, cropped and flipped, or
+        None; the dataset indices of its rows). Images no decoder reads are appended to `bad`
+        as (index, key, error)."""
+        from torchvision.ops import roi_align
+
+        idx, n, s = batch["idx"], len(batch["idx"]), (self.size, self.size)
+        boxes = crop_boxes(batch["aspect"], self.scale)
+        flip = torch.rand(n) < 0.5
+        out: list[torch.Tensor | None] = [None] * n
+        squashed = [(p, x) for p, x in zip(batch["pix_pos"], batch["pixels"] if batch["pixels"] is not None else [])]
+        for p, img in zip(batch["raw_pos"], _decode(batch["raw"], dev) if batch["raw"] else []):
+            if img is not None:
+                h, w = img.shape[-2:]
+                roi = torch.cat([torch.zeros(1), boxes[p] * torch.tensor([w, h, w, h])]).view(1, 5)
+                out[p] = roi_align(img[None].float(), roi.to(dev), s, 1.0, -1, True)[0]
+                continue
+            try:  # what the device decoder refused, PIL may still read
+                data = batch["raw"][batch["raw_pos"].index(p)].numpy().tobytes()
+                squashed.append((p, Squash(self.side)(read_image(io.BytesIO(data)))))
+            except Exception as e:
+                bad.append((idx[p], batch["keys"][p], reader.why_unreadable(e)))
+        if squashed:
+            x = torch.stack([x for _, x in squashed]).to(dev, non_blocking=True)
+            pos = [p for p, _ in squashed]
+            rois = torch.cat([torch.arange(len(pos), dtype=torch.float32).view(-1, 1), boxes[pos] * self.side], 1)
+            for p, y in zip(pos, roi_align(x.float(), rois.to(dev), s, 1.0, -1, True)):
+                out[p] = y
+        keep = [p for p in range(n) if out[p] is not None]
+        if not keep:
+            return None, []
+        x = torch.stack([out[p] for p in keep])
+        f = flip[keep].to(dev).view(-1, 1, 1, 1)
+        return torch.where(f, x.flip(-1), x), [idx[p] for p in keep]
