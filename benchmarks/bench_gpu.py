@@ -147,7 +147,7 @@ def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: i
 
     out = {"load_s": load_s, "bare": _rate(run_bare, batch, dev, seconds)}
     models.clear()  # its memory back before the tap model
-    tap = taps.build_tap_model(StoreSpec(arch, weights), dev)
+    tap = taps.build_tap_model(StoreSpec(arch=arch, weights=weights), dev)
 
     def run_tap():
         taps.forward(tap, x, dev, prec)
@@ -168,7 +168,7 @@ def device_rows(arch: str, weights: str, files: list[Path], dev: torch.device, s
     from fne.cache.spec import StoreSpec
     from fne.extraction import reader, taps
 
-    spec = StoreSpec(arch, weights)
+    spec = StoreSpec(arch=arch, weights=weights)
     prep = spec.preprocess()
     x = _views(files, prep)
     cpu = torch.device("cpu")
@@ -229,7 +229,7 @@ def fne_extract(data: Path, cache: Path, arch: str, weights: str, **kw) -> tuple
     code = (
         "import json, warnings; warnings.simplefilter('ignore')\n"
         "from fne.extraction.extract import extract\n"
-        f"r = extract({str(data)!r}, {arch!r}, {weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
+        f"r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': r.stage_seconds.get('model_load', 0.0)}))\n")
     return _child(code)
