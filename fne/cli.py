@@ -31,6 +31,7 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed",
                    help="seed of --weights random")
+    p.add_argument("--label-key", default=None, help="tar shards: label member (cls, txt) or .json field; Parquet: label column")
     if extraction:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
@@ -43,6 +44,15 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
 def _store_kwargs(a: argparse.Namespace) -> dict:
     return dict(arch=a.arch, weights=a.weights, crop=a.crop, precision=a.precision,
                 storage_dtype=a.storage_dtype, cache=a.cache, device=a.device, weights_seed=a.weights_seed)
+
+
+def _data(a: argparse.Namespace):
+    """DATA, loaded here only when --label-key says where its labels are."""
+    if getattr(a, "label_key", None) is None:
+        return a.data
+    from fne.data.datasets import load_dataset
+
+    return load_dataset(a.data, label_key=a.label_key)
 
 
 def _extract_kwargs(a: argparse.Namespace) -> dict:
@@ -68,7 +78,7 @@ def _cmd_extract(a) -> int:
 
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     shard = parse_shard(a.shard) if a.shard else shard_from_env()
-    r = extract(a.data, **_store_kwargs(a), **_extract_kwargs(a), shard=shard, decode=a.decode,
+    r = extract(_data(a), **_store_kwargs(a), **_extract_kwargs(a), shard=shard, decode=a.decode,
                 retry_bad=a.retry_bad)
     named = " (each named above)" if r.n_skipped else ""
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
@@ -105,7 +115,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
 def _cmd_fit(a) -> int:
     from fne.linear.fit import fit
 
-    m = fit(a.data, features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
+    m = fit(_data(a), features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
             train_per_class=a.train_per_class, seed=a.seed, out=a.out, extract_missing=a.extract,
             stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
     print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
@@ -149,7 +159,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 def _cmd_export(a) -> int:
     from fne.linear.export import export
 
-    r = export(a.data, features=a.features, out=a.out, extract_missing=a.extract,
+    r = export(_data(a), features=a.features, out=a.out, extract_missing=a.extract,
                stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
     return 0

@@ -52,6 +52,9 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __str__(self) -> str:  # where it came from, in records and messages
+        return self.root or self.name
+
     @property
     def has_split(self) -> bool:
         return self.splits is not None

@@ -54,6 +54,8 @@ def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
                 last = info.name
         except (tarfile.TarError, OSError, EOFError) as e:
             listing.broken = f"truncated after member {last} ({e})" if last else f"unreadable ({e})"
+        if listing.broken is None and not _ends_cleanly(path, tf.offset):
+            listing.broken = f"truncated after member {last}" if last else "truncated"
     for s in samples.values():
         if "image" not in s:
             continue
@@ -65,6 +67,15 @@ def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
             continue
         listing.members.append([name, offset, size, label, split])
     return listing
+
+
+def _ends_cleanly(path: str, offset: int) -> bool:
+    """True when the tar's end-of-archive block (512 zero bytes) follows its last member: tarfile
+    stops silently at a short or damaged header, which is how a cut tar looks."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(512)
+    return len(block) == 512 and not any(block)
 
 
 def _text(raw: bytes) -> str:

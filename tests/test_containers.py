@@ -1,0 +1,305 @@
+"""DATA in containers: WebDataset tar shards and Parquet files, keyed like the same files loose.
+
+Shards and Parquet files are built inside the tests from the shared datasets or from generated
+images; forward passes are counted with a wrapper around the tap model's forward.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import fne.data.containers
+import fne.extraction.taps
+from fne.cli import main
+from fne.data.datasets import load_dataset
+from fne.data.manifest import attach_keys
+from fne.data.shards import shard_of
+from fne.errors import DataError
+from fne.extraction.extract import extract
+
+from .conftest import FAST, SHARED, write_digits
+from .test_faults import CLI_FAST, _hostile
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+OLD = 1_600_000_000  # an mtime well before any listing: the listing is trusted (not racy)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Listings are remembered in $FNE_CACHE/manifests: one per test."""
+    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "fne-cache"))
+
+
+def _files(root: Path) -> list[tuple[Path, str, str | None]]:
+    """(file, label, split) of an image folder (class folders, optionally under train/ test/)."""
+    out = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".png")):
+        rel = f.relative_to(root).parts
+        out.append((f, rel[-2], rel[0] if len(rel) == 3 else None))
+    return out
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_shards(src: Path, out: Path, per_shard: int = 50, label: str = "cls") -> list[Path]:
+    """WebDataset shards of an image folder, named by split (`train-000000.tar`, ...)."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = _files(src)
+    classes = sorted({lab for _, lab, _ in items})
+    shards = []
+    for split in sorted({s for _, _, s in items}, key=str):
+        part = [t for t in items if t[2] == split]
+        for k in range(0, len(part), per_shard):
+            path = out / f"{split or 'data'}-{k // per_shard:06d}.tar"
+            with tarfile.open(path, "w") as tf:
+                for j, (f, lab, _) in enumerate(part[k:k + per_shard]):
+                    key = f"{k + j:06d}"
+                    tf.add(f, arcname=f"{key}{f.suffix.lower()}")
+                    if label == "cls":
+                        _add(tf, f"{key}.cls", str(classes.index(lab)).encode())
+                    elif label == "txt":
+                        _add(tf, f"{key}.txt", lab.encode())
+                    else:
+                        _add(tf, f"{key}.json", json.dumps({label: lab}).encode())
+            shards.append(path)
+    return shards
+
+
+def write_parquet(src: Path, out: Path, rows_per_group: int = 40) -> list[Path]:
+    """Parquet files the Hub's way: `{split}-00000-of-00001.parquet`, image as {bytes, path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = _files(src)
+    files = []
+    for split in sorted({s for _, _, s in items}, key=str):
+        part = [t for t in items if t[2] == split]
+        table = pa.table({"image": [{"bytes": f.read_bytes(), "path": f.name} for f, _, _ in part],
+                          "label": [lab for _, lab, _ in part]})
+        path = out / f"{split or 'train'}-00000-of-00001.parquet"
+        pq.write_table(table, path, row_group_size=rows_per_group)
+        files.append(path)
+    return files
+
+
+class Forwards:
+    """Counts images through the tap model."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = fne.extraction.taps.forward
+
+        def counted(model, x, dev, prec):
+            self.n += x.shape[0]
+            return real(model, x, dev, prec)
+
+        monkeypatch.setattr(fne.extraction.taps, "forward", counted)
+
+
+def _flowers_subset(dst: Path, per_class: int = 4) -> Path:
+    src = Path(os.environ.get("FNE_SHARED_DATASETS", SHARED)) / "flowers12"
+    if not src.is_dir():
+        pytest.skip("flowers12 not in /work/shared/datasets")
+    for split in ("train", "test"):
+        for d in sorted((src / split).iterdir()):
+            (dst / split / d.name).mkdir(parents=True)
+            for f in sorted(d.glob("*.jpg"))[:per_class]:
+                shutil.copy(f, dst / split / d.name / f.name)
+    return dst
+
+
+# ----------------------------------------------------------------- 3. the same rows as files
+def test_folder_then_tar_then_parquet_zero_forward_passes(tmp_path, monkeypatch):
+    folder = _flowers_subset(tmp_path / "flowers")
+    shards = write_shards(folder, tmp_path / "tar", per_shard=20, label="txt")
+    write_parquet(folder, tmp_path / "pq")
+    fwd = Forwards(monkeypatch)
+    cache = str(tmp_path / "c")
+    first = extract(folder, cache=cache, batch_size=16, workers=0, progress=False, **FAST)
+    assert first.n_computed == fwd.n == len(load_dataset(folder)) > 0
+    for data in (tmp_path / "tar", str(tmp_path / "tar" / "train-{000000..000002}.tar"), tmp_path / "pq"):
+        d = load_dataset(data)
+        r = extract(d, cache=cache, batch_size=16, workers=0, progress=False, **FAST)
+        assert (r.n_computed, r.n_skipped) == (0, 0) and r.n_cached == len(set(d.keys()))
+    assert fwd.n == first.n_computed  # not one forward pass after the folder's
+    tar, pqd, files = (load_dataset(p) for p in (tmp_path / "tar", tmp_path / "pq", folder))
+    assert set(tar.keys()) == set(pqd.keys()) == set(files.keys())
+    assert tar.has_split and pqd.has_split and tar.classes == pqd.classes == files.classes
+    assert sorted(zip(tar.keys(), tar.labels, tar.splits)) == sorted(zip(files.keys(), files.labels, files.splits))
+    assert len(shards) == 6 and tar.ids[0] == "test-000000.tar:000000.jpg"
+
+
+# ----------------------------------------------------------------- 1. tar forms and labels
+@pytest.mark.parametrize("label", ["cls", "txt", "label"])
+def test_tar_labels_from_cls_txt_or_json(tmp_path, label):
+    src = write_digits(tmp_path / "digits", per_class=3, classes=3)
+    write_shards(src, tmp_path / "tar", per_shard=4, label=label)
+    d = load_dataset(tmp_path / "tar")
+    assert len(d) == 9 and d.splits is None
+    if label == "cls":
+        assert d.classes == ["0", "1", "2"]  # class indices
+    files = load_dataset(src)
+    assert sorted(zip(d.keys(), d.labels)) == sorted(zip(files.keys(), files.labels))
+
+
+def test_label_key_picks_the_json_field_and_missing_labels_are_named(tmp_path, capsys):
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tf:
+        for j, (f, lab, _) in enumerate(_files(src)):
+            tf.add(f, arcname=f"{j:04d}.png")
+            doc = {"species": f"c{lab}"} if j else {"other": 1}  # sample 0000 has no species
+            _add(tf, f"{j:04d}.json", json.dumps(doc).encode())
+    with pytest.warns(UserWarning, match=r"skipped s\.tar:0000\.png: no label"):
+        d = load_dataset(path, label_key="species")
+    assert len(d) == 3 and set(d.labels) == {"c0", "c1"}
+    code = main(["extract", str(path), "--label-key", "species", "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err
+    assert code == 0 and "fne: warning: skipped s.tar:0000.png: no label" in err and "Traceback" not in err
+
+
+def test_split_from_a_member_and_from_a_shard_folder(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    path = tmp_path / "mixed.tar"
+    with tarfile.open(path, "w") as tf:
+        for j, (f, lab, _) in enumerate(_files(src)):
+            tf.add(f, arcname=f"{j:04d}.png")
+            _add(tf, f"{j:04d}.json", json.dumps({"label": lab, "split": "test" if j % 3 == 0 else "train"}).encode())
+    d = load_dataset(path)
+    assert d.splits == ["test" if j % 3 == 0 else "train" for j in range(6)]
+    split_src = write_digits(tmp_path / "split", per_class=6, classes=2, split=True)
+    for split in ("train", "test"):
+        (tmp_path / "byfolder" / split).mkdir(parents=True)
+        write_shards(split_src / split, tmp_path / "byfolder" / split, per_shard=100)
+    d = load_dataset(tmp_path / "byfolder")
+    assert sorted(set(d.splits)) == ["test", "train"] and d.splits.count("test") == 4
+
+
+def test_shards_assign_whole_tars(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=6, classes=4)
+    write_shards(src, tmp_path / "tar", per_shard=3)
+    d = load_dataset(tmp_path / "tar")
+    owner = {}
+    for m, s in zip(d.sources, shard_of(d, 3), strict=True):
+        assert owner.setdefault(m.container, s) == s
+    assert len(set(owner.values())) > 1
+
+
+def test_unknown_pattern_and_mixed_kinds_fail_in_one_line(tmp_path):
+    with pytest.raises(DataError, match="do not exist"):
+        load_dataset(str(tmp_path / "train-{000000..000003}.tar"))
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    write_shards(src, tmp_path / "both", per_shard=10)
+    write_parquet(src, tmp_path / "both")
+    with pytest.raises(DataError, match="mixes .tar and .parquet"):
+        load_dataset(tmp_path / "both")
+
+
+# ----------------------------------------------------------------- 4. the manifest
+def test_unchanged_shards_are_not_read_again(tmp_path, monkeypatch):
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    shards = write_shards(src, tmp_path / "tar", per_shard=4)
+    write_parquet(src, tmp_path / "pq", rows_per_group=2)
+    for f in [*shards, *(tmp_path / "pq").iterdir()]:
+        os.utime(f, (OLD, OLD))
+    cache = str(tmp_path / "c")
+    for data in (tmp_path / "tar", tmp_path / "pq"):
+        keys = attach_keys(load_dataset(data), cache).keys()  # lists and hashes once
+        extract(load_dataset(data), cache=cache, batch_size=4, workers=0, progress=False, **FAST)
+        with monkeypatch.context() as m:
+            def no_read(*a, **k):
+                raise AssertionError("read a container member again")
+
+            m.setattr(fne.data.containers.ContainerReader, "read", no_read)
+            m.setattr(tarfile, "open", no_read)
+            m.setattr(pq, "ParquetFile", no_read)
+            again = load_dataset(data)  # listing remembered: no tar header or Parquet footer read
+            assert attach_keys(again, cache).keys() == keys  # fit / export / predict
+            r = extract(again, cache=cache, batch_size=4, workers=0, progress=False, **FAST)
+            assert r.n_computed == 0 and r.n_cached == len(set(keys))
+    # A changed shard is listed and hashed again; the others are not.
+    with tarfile.open(shards[0], "a") as tf:
+        tf.add(_files(src)[0][0], arcname="extra.png")
+        _add(tf, "extra.cls", b"1")
+    d = load_dataset(tmp_path / "tar")
+    assert len(d) == 7 and any(i.endswith(":extra.png") for i in d.ids)
+
+
+# ----------------------------------------------------------------- 5. bad members
+def _hostile_containers(tmp_path: Path) -> tuple[Path, Path, list[str], list[str]]:
+    bad, good = _hostile(tmp_path / "h")
+    names = sorted(bad + good)
+    tar = tmp_path / "hostile.tar"
+    with tarfile.open(tar, "w") as tf:
+        for j, n in enumerate(names):
+            ext = Path(n).suffix
+            tf.add(tmp_path / "h" / n, arcname=f"{j:04d}{ext}")
+            _add(tf, f"{j:04d}.txt", b"x")
+    table = pa.table({"image": [(tmp_path / "h" / n).read_bytes() for n in names], "label": ["x"] * len(names)})
+    parquet = tmp_path / "hostile.parquet"
+    pq.write_table(table, parquet, row_group_size=5)
+    tar_bad = [f"hostile.tar:{j:04d}{Path(n).suffix}" for j, n in enumerate(names) if n in bad]
+    pq_bad = [f"hostile.parquet:{j}" for j, n in enumerate(names) if n in bad]
+    return tar, parquet, tar_bad, pq_bad
+
+
+def test_hostile_members_one_clean_line_each(tmp_path, capsys):
+    tar, parquet, tar_bad, pq_bad = _hostile_containers(tmp_path)
+    for data, bad in ((tar, tar_bad), (parquet, pq_bad)):
+        code = main(["extract", str(data), "--cache", str(tmp_path / "c"), *CLI_FAST])
+        out, err = capsys.readouterr()
+        assert code == 0 and "Traceback" not in err and ".py:" not in err
+        warned = [line.removeprefix("fne: warning: skipped ").split(": ")[0]
+                  for line in err.splitlines() if line.startswith("fne: warning: ")]
+        assert sorted(warned) == sorted(bad)
+        assert f"{len(bad)} skipped" in out and "7 computed" in out or "already cached" in out
+
+
+def test_truncated_tar_yields_its_good_members_and_names_the_break(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=4, classes=2)
+    (shard,) = write_shards(src, tmp_path / "tar", per_shard=100)
+    data = shard.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.warns(UserWarning, match=r"cut\.tar: truncated"):
+        d = load_dataset(cut)
+    assert 0 < len(d) < 8
+    whole = dict(zip(load_dataset(shard).ids, load_dataset(shard).keys(), strict=True))
+    assert all(whole[i.replace("cut.tar", "data-000000.tar")] == k for i, k in zip(d.ids, d.keys(), strict=True))
+
+
+def test_parquet_written_by_hugging_face_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    src = write_digits(tmp_path / "digits", per_class=3, classes=3)
+    items = _files(src)
+    names = ["zero", "one", "two"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": f.name} for f, _, _ in items],
+                                     "label": [int(lab) for _, lab, _ in items]}, features=features)
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    ds.to_parquet(str(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet"))
+    ds.to_parquet(str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+    d = load_dataset(tmp_path / "hub")
+    assert d.classes == names and d.has_split and len(d) == 18
+    assert set(d.keys()) == set(load_dataset(src).keys())
+
+
+def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code = main(["extract", "hf:someone/flowers-nowhere@train", "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "hf download someone/flowers-nowhere --repo-type dataset" in err
