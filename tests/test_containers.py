@@ -303,3 +303,45 @@ def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err
     assert "hf download someone/flowers-nowhere --repo-type dataset" in err
+
+
+# ----------------------------------------------------------------- whole shards per worker
+def test_each_loader_worker_reads_whole_shards(tmp_path):
+    from fne.data.lanes import container_batches
+
+    src = write_digits(tmp_path / "digits", per_class=7, classes=3)
+    write_shards(src, tmp_path / "tar", per_shard=5)  # 5 shards: 5, 5, 5, 5, 1 images
+    d = load_dataset(tmp_path / "tar")
+    todo = list(range(1, len(d)))
+    batches = container_batches(d, todo, batch_size=2, workers=2)
+    assert sorted(p for b in batches for p in b) == list(range(len(todo)))
+    worker_of = {}  # the DataLoader hands batch k to worker k mod 2
+    for k, b in enumerate(batches):
+        for p in b:
+            assert worker_of.setdefault(d.sources[todo[p]].container, k % 2) == k % 2
+    for w in (0, 1):  # each worker reads its shards front to back
+        mine = [d.sources[todo[p]] for k, b in enumerate(batches) if k % 2 == w for p in b]
+        assert mine == sorted(mine, key=lambda m: (m.container, m.a))
+    assert container_batches(load_dataset(src), todo, 2, 2) is None  # files: plain batches
+
+
+def test_extract_with_workers_over_shards_stores_what_files_store(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=4, classes=3)
+    write_shards(src, tmp_path / "tar", per_shard=3, label="txt")
+    r = extract(tmp_path / "tar", cache=str(tmp_path / "c"), batch_size=2, workers=2, progress=False, **FAST)
+    assert r.n_computed == 12 and r.n_skipped == 0
+    again = extract(src, cache=str(tmp_path / "c"), batch_size=4, workers=0, progress=False, **FAST)
+    assert again.n_computed == 0 and again.n_cached == 12
+
+
+def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
+    from fne.pipeline.runner import run
+
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "hf"\n\n[datasets.flowers]\ndata = "hf:someone/flowers-nowhere"\n\n'
+                    '[[backbones]]\narch = "efficientnet_lite0"\nweights = "random"\n\n'
+                    '[fit]\nfeatures = ["fne"]\nheads = ["svm"]\n')
+    said = []
+    run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
+    assert any("flowers: hf:someone/flowers-nowhere is not here yet" in s and "hf download someone/flowers-nowhere"
+               in s for s in said)

@@ -384,8 +384,13 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
+        from fne.data.parquet import hf_available, hf_download_hint
+
         steps = plan(p, out, {}, cache)
         say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
+        for d in p.datasets:
+            if d.data.startswith("hf:") and not hf_available(d.data):
+                say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data)}")
         for s in steps:
             say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
         return {**result, "steps": len(steps)}
