@@ -345,3 +345,36 @@ def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
     run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
     assert any("flowers: hf:someone/flowers-nowhere is not here yet" in s and "hf download someone/flowers-nowhere"
                in s for s in said)
+
+
+# ----------------------------------------------------------------- kill -9
+@pytest.mark.parametrize("form", ["tar", "parquet"])
+def test_killed_extraction_over_containers_resumes(tmp_path, form):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fne.cache.store import list_stores
+
+    from .test_extract import KILL_SCRIPT
+
+    src = write_digits(tmp_path / "digits", per_class=8, classes=3)
+    data = tmp_path / form
+    (write_shards if form == "tar" else write_parquet)(src, data, 6)
+    cache = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(data), str(cache)])
+    deadline, parts = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None and not parts:
+        parts = [p for d in cache.glob("*/parts") for p in d.iterdir() if not p.name.startswith(".")]
+        time.sleep(0.05)
+    assert proc.poll() is None, "extraction finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (store,) = list_stores(str(cache))
+    committed = len(store)
+    assert 0 < committed < 24 and store.verify() == []
+    resumed = extract(data, cache=str(cache), batch_size=4, workers=0, progress=False, **FAST)
+    assert resumed.n_computed == 24 - committed and resumed.n_skipped == 0
+    (store,) = list_stores(str(cache))
+    assert set(store.index()) >= set(load_dataset(src).keys()) and store.verify() == []
