@@ -378,3 +378,17 @@ def test_killed_extraction_over_containers_resumes(tmp_path, form):
     assert resumed.n_computed == 24 - committed and resumed.n_skipped == 0
     (store,) = list_stores(str(cache))
     assert set(store.index()) >= set(load_dataset(src).keys()) and store.verify() == []
+
+
+def test_pipeline_subset_of_parquet_data_is_a_shard_of_the_same_images(tmp_path):
+    from fne.pipeline.config import DatasetCfg
+    from fne.pipeline.runner import materialise
+
+    src = write_digits(tmp_path / "digits", per_class=6, classes=3, split=True)
+    write_parquet(src, tmp_path / "pq")
+    ds = DatasetCfg(key="d", data=str(tmp_path / "pq"), spec=str(tmp_path / "pq"), max_per_class=2)
+    sub = load_dataset(materialise(ds, tmp_path / "out"))
+    full = load_dataset(tmp_path / "pq")
+    assert len(sub) == 12 and sub.has_split and set(sub.keys()) <= set(full.keys())
+    truth = dict(zip(full.keys(), zip(full.labels, full.splits)))
+    assert all(truth[k] == (lab, s) for k, lab, s in zip(sub.keys(), sub.labels, sub.splits))

@@ -124,3 +124,38 @@ def _split(s: dict) -> str | None:
     if split is None:
         raise ValueError(f"split {raw!r} is not train, test or validation")
     return split
+
+
+def write_shard(dataset, indices: list[int], path: str | os.PathLike) -> None:
+    """Write items of a container dataset as one WebDataset shard (image, .txt label, .split),
+    atomically: a pipeline's `max_per_class` subset of tar or Parquet DATA.
+
+    Parameters
+    ----------
+    dataset
+        A `Dataset` whose items are container members.
+    indices
+        The items to write, in order.
+    path
+        The shard to write (replaced whole once written).
+    """
+    import io
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tarfile.open(tmp, "w") as tf:
+        for k, i in enumerate(indices):
+            m = dataset.sources[i]
+            ext = os.path.splitext(m.name)[1].lower() if dataset.container.listings[m.container].kind == "tar" \
+                else ".jpg"  # any extension of IMAGE_EXTENSIONS: PIL reads the format from the bytes
+            parts = [(ext, dataset.container.read(m))]
+            if dataset.labels is not None:
+                parts.append((".txt", dataset.labels[i].encode()))
+            if dataset.splits is not None:
+                parts.append((".split", dataset.splits[i].encode()))
+            for suffix, payload in parts:
+                info = tarfile.TarInfo(f"{k:07d}{suffix}")
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    os.replace(tmp, path)
+

@@ -285,6 +285,8 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
     stamp = folder / "subset.json"
     if d.array_source is not None:
         target = folder / f"{d.name}.h5"
+    elif d.container is not None:  # tar / Parquet DATA: the subset as one tar shard
+        target = folder / f"{d.name}.tar"
     else:
         target = folder / f"{d.name}.csv"
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == ident:
@@ -302,6 +304,10 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
             if d.has_split:
                 f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
         os.replace(tmp, target)
+    elif d.container is not None:
+        from fne.data.webdataset import write_shard
+
+        write_shard(d, keep, target)
     else:
         import csv
 
