@@ -189,13 +189,12 @@ class ContainerReader:
 
 def expand(spec: str) -> list[str]:
     """Brace ranges and lists (`train-{000000..000127}.tar`, `{a,b}.tar`) and globs -> paths."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}", spec)
-    if m:
+    m = re.search(r"\{(\d+)\.\.(\d+)\}|\{([^{}]*,[^{}]*)\}", spec)  # the leftmost group first
+    if m and m[1] is not None:
         lo, hi, width = int(m[1]), int(m[2]), len(m[1])
         return [p for k in range(lo, hi + 1) for p in expand(f"{spec[:m.start()]}{k:0{width}d}{spec[m.end():]}")]
-    m = re.search(r"\{([^{}]*,[^{}]*)\}", spec)
     if m:
-        return [p for part in m[1].split(",") for p in expand(spec[:m.start()] + part + spec[m.end():])]
+        return [p for part in m[3].split(",") for p in expand(spec[:m.start()] + part + spec[m.end():])]
     if glob.has_magic(spec):
         return sorted(glob.glob(os.path.expanduser(spec)))
     return [spec]
