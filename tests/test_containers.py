@@ -299,6 +299,11 @@ def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     code = main(["extract", "hf:someone/flowers-nowhere@train", "--cache", str(tmp_path / "c"), *CLI_FAST])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -392,3 +397,30 @@ def test_pipeline_subset_of_parquet_data_is_a_shard_of_the_same_images(tmp_path)
     assert len(sub) == 12 and sub.has_split and set(sub.keys()) <= set(full.keys())
     truth = dict(zip(full.keys(), zip(full.labels, full.splits)))
     assert all(truth[k] == (lab, s) for k, lab, s in zip(sub.keys(), sub.labels, sub.splits))
+
+
+def test_hf_dataset_is_kept_as_parquet_and_read_offline_after(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2, split=True)
+    items = _files(src)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+
+    def part(split):
+        rows = [t for t in items if t[2] == split]
+        return datasets.Dataset.from_dict({"image": [str(f) for f, _, _ in rows],
+                                           "label": [int(lab) for _, lab, _ in rows]}, features=features)
+
+    calls = []
+
+    def hub(name, config=None, **k):
+        calls.append((name, config))
+        return datasets.DatasetDict({"train": part("train"), "test": part("test")})
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    d = load_dataset("hf:someone/digits")
+    assert calls == [("someone/digits", None)] and d.name == "digits" and d.classes == ["a", "b"]
+    assert d.has_split and set(d.keys()) == set(load_dataset(src).keys())
+    test = load_dataset("hf:someone/digits@test")  # from the cache: no second load
+    assert calls == [("someone/digits", None)] and len(test) == 2 and test.splits is None
+    with pytest.raises(DataError, match="no split 'validation'.*test, train"):
+        load_dataset("hf:someone/digits@validation")

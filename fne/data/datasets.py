@@ -558,9 +558,16 @@ def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
 
 
 def _hf(spec: str, label_key: str | None) -> Dataset:
-    """`hf:NAME[:CONFIG][@SPLIT]`: the Hub dataset's Parquet files (loaded once into the cache)."""
+    """`hf:NAME[:CONFIG][@SPLIT]`: the Hub dataset's Parquet files (loaded once into the cache);
+    with @SPLIT, that split's files only (then DATA has no predefined split)."""
     folder, split = materialise_hf(spec)
-    want = None if split is None else containers.normalise_split(split)
-    files = [str(f) for f in containers.find_containers(folder)]
-    return _container_dataset(spec.split(":")[1].split("/")[-1].split("@")[0], files, "parquet", str(folder),
-                              label_key, want_split=want)
+    files = containers.find_containers(folder)
+    chosen = [f for f in files if split is None or f.name.startswith(f"{split}-")]
+    if not chosen:
+        have = sorted({f.name.split("-")[0] for f in files})
+        raise DataError(f"DATA {spec}: no split {split!r} (this dataset has: {', '.join(have)})")
+    d = _container_dataset(spec.split("@")[0].split("/")[-1].split(":")[-1 if spec.count(":") == 1 else -2],
+                           [str(f) for f in chosen], "parquet", str(folder), label_key)
+    if split is not None:
+        d.splits = None
+    return d

@@ -154,16 +154,29 @@ def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path) -> No
     except ImportError:
         raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install 'fne[hf]'), "
                         f"or {hf_download_hint(spec)}") from None
+    import logging
+    import warnings
+
+    quiet = [logging.getLogger(n) for n in ("datasets", "huggingface_hub")]
+    levels = [q.level for q in quiet]
     try:
-        parts = datasets.load_dataset(name, config)
+        for q in quiet:  # their retry notices would bury the one line below
+            q.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts = datasets.load_dataset(name, config)
     except Exception as e:  # offline, unknown name, gated: one line, what to download and where
         why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise DataError(f"DATA {spec}: cannot load from the Hugging Face Hub ({why}); "
                         f"{hf_download_hint(spec)}") from None
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
     folder.mkdir(parents=True, exist_ok=True)
+    from datasets.table import embed_table_storage
+
     for split_name, part in parts.items():
-        col = next((c for c, f in part.features.items() if isinstance(f, datasets.Image)), None)
-        if col is not None:
-            part = part.cast_column(col, datasets.Image(decode=False))
+        # Images the Hub keeps as paths get their bytes in the file, as `push_to_hub` does.
+        part = part.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
         part.to_parquet(str(folder / f"{split_name}-00000-of-00001.parquet"))
     (folder / ".complete").write_text(spec + "\n")
