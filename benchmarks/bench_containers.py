@@ -128,9 +128,10 @@ def main() -> None:
                 print(f"rep {rep} {name:8s} CPU {c / n * 1000:6.2f} ms/img  wall {n / w:6.1f} img/s  "
                       f"load {os.getloadavg()[0]:.1f}", flush=True)
         best = {k: min(v) for k, v in cpu.items()}
+        mean = {k: sum(v) / len(v) for k, v in cpu.items()}
         for k in ("tar", "parquet"):
-            print(f"{k} / files CPU per image (best of {a.reps}): {best[k] / best['files']:.2f} "
-                  f"({best[k]:.2f} vs {best['files']:.2f} ms)")
+            print(f"{k} / files CPU per image: best of {a.reps} {best[k] / best['files']:.2f} "
+                  f"({best[k]:.2f} vs {best['files']:.2f} ms), mean {mean[k] / mean['files']:.2f}")
 
 
 if __name__ == "__main__":
