@@ -62,7 +62,7 @@ def _extract_kwargs(a: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
+    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, .tar shards (a file, folder or 'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], or 'digits'")
     _store_args(p)
     p.add_argument("--shard", default=None,
                    help="I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "

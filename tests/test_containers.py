@@ -424,3 +424,17 @@ def test_hf_dataset_is_kept_as_parquet_and_read_offline_after(tmp_path, monkeypa
     assert calls == [("someone/digits", None)] and len(test) == 2 and test.splits is None
     with pytest.raises(DataError, match="no split 'validation'.*test, train"):
         load_dataset("hf:someone/digits@validation")
+
+
+def test_parquet_rows_read_in_any_order_give_their_bytes(tmp_path, monkeypatch):
+    import random
+
+    src = write_digits(tmp_path / "digits", per_class=5, classes=2)
+    write_parquet(src, tmp_path / "pq", rows_per_group=3)
+    d = load_dataset(tmp_path / "pq")
+    biggest = max(len(f.read_bytes()) for f, _, _ in _files(src))
+    monkeypatch.setattr(fne.data.containers, "GROUP_CACHE_BYTES", 6 * biggest)  # about 2 groups of 3
+    order = list(range(len(d))) * 2
+    random.Random(0).shuffle(order)  # as `fne train` reads: shuffled, row groups evicted and read again
+    rows = [f.read_bytes() for f, _, _ in _files(src)]  # write_parquet keeps this order
+    assert all(d.read_bytes(i)[0] == rows[i] for i in order) and len(d.container._groups) <= 2

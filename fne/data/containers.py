@@ -22,6 +22,7 @@ import os
 import re
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from fne.errors import DataError
 
 FORMAT = 1
 RACY_NS = 2_000_000_000
+GROUP_CACHE_BYTES = 256 << 20  # Parquet row groups kept per reading process
 TAR_SUFFIXES = (".tar",)
 PARQUET_SUFFIXES = (".parquet",)
 # Split names as the Hub and WebDataset lay them out; validation joins train (the FNE paper's
@@ -144,14 +146,14 @@ class ContainerReader:
         self._pid = -1
         self._fds: dict[str, int] = {}
         self._stats: dict[str, os.stat_result] = {}
-        self._group: tuple[str | None, int, list] = (None, -1, [])
+        self._groups: OrderedDict[tuple[str, int], tuple[list, int]] = OrderedDict()  # Parquet, LRU
 
     def __getstate__(self):
-        return {"listings": self.listings, "_pid": -1, "_fds": {}, "_stats": {}, "_group": (None, -1, [])}
+        return {"listings": self.listings, "_pid": -1, "_fds": {}, "_stats": {}, "_groups": OrderedDict()}
 
     def _fresh(self) -> None:
         if self._pid != os.getpid():  # a forked worker: its own handles and row group
-            self._pid, self._fds, self._group = os.getpid(), {}, (None, -1, [])
+            self._pid, self._fds, self._groups = os.getpid(), {}, OrderedDict()
 
     def stat(self, path: str) -> os.stat_result:
         if path not in self._stats:
@@ -173,11 +175,20 @@ class ContainerReader:
             if len(data) != m.b:
                 raise OSError(f"read {len(data)} of {m.b} bytes")
             return data
-        path, group, values = self._group
-        if path != m.container or group != m.a:
-            values = read_column(m.container, m.a, listing.column)
-            self._group = (m.container, m.a, values)
-        return cell_bytes(values[m.b])
+        return cell_bytes(self._row_group(m.container, m.a, listing.column)[m.b])
+
+    def _row_group(self, path: str, group: int, column: str) -> list:
+        """A row group's image cells, kept while the kept ones total under GROUP_CACHE_BYTES: in
+        order (extract) each group is read once; shuffled (train) a small set stays in memory."""
+        key = (path, group)
+        if key in self._groups:
+            self._groups.move_to_end(key)
+            return self._groups[key][0]
+        values = read_column(path, group, column)
+        self._groups[key] = (values, sum(len((v.get("bytes") if isinstance(v, dict) else v) or b"") for v in values))
+        while len(self._groups) > 1 and sum(n for _, n in self._groups.values()) > GROUP_CACHE_BYTES:
+            self._groups.popitem(last=False)
+        return values
 
     def read_bytes(self, m: Member) -> tuple[bytes, tuple[int, int, int]]:
         st, read_ns = self.stat(m.container), time.time_ns()
