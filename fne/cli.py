@@ -31,7 +31,8 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--seed-weights", type=int, default=0, dest="weights_seed",
                    help="seed of --weights random")
-    p.add_argument("--label-key", default=None, help="tar shards: label member (cls, txt) or .json field; Parquet: label column")
+    p.add_argument("--label-key", default=None,
+                   help="tar shards: the label member (cls, txt) or .json field; Parquet: the label column")
     if extraction:
         p.add_argument("--batch-size", type=int, default=32)
         p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
@@ -62,7 +63,9 @@ def _extract_kwargs(a: argparse.Namespace) -> dict:
 
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, .tar shards (a file, folder or 'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], or 'digits'")
+    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, .tar shards (a file, a "
+                                "folder, 'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], "
+                                "or 'digits'")
     _store_args(p)
     p.add_argument("--shard", default=None,
                    help="I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "

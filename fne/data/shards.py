@@ -1,8 +1,8 @@
 """Shards: a deterministic 1/N of DATA per process, decided without reading any image.
 
-A tar shard goes whole to one shard (a Parquet row group likewise). A file's shard comes from its size when few files share that size, else from its relative
-path. Only files of equal size can hold the same bytes, so duplicates (one image under two
-names) land in one shard and end as one row; a size shared by more than `SIZE_GROUP_MAX` files
+A tar shard goes whole to one shard (a Parquet row group likewise). A file's shard comes from
+its size when few files share that size, else from its relative path. Only files of equal size
+can hold the same bytes, so duplicates (one image under two names) land in one shard and end as one row; a size shared by more than `SIZE_GROUP_MAX` files
 (uncompressed images of one resolution) is spread by path instead, where a duplicate may be
 computed by two shards (reads still see one row). Items of array datasets (HDF5) are sharded
 by content key, which costs no file opens. A finished shard writes a marker named after the

@@ -196,7 +196,8 @@ class _Run:
         lanes = container_batches(self.dataset, plan.todo, batch_size, workers)  # a worker per tar
         loader = torch.utils.data.DataLoader(
             reader.ImageItems(self.dataset, plan.todo, self.prep, self.spec.decode == "device"),
-            **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers, collate_fn=reader.collate,
+            **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
+            collate_fn=reader.collate,
             pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
         # Start the workers first: they fork before the model exists (small children) and keep
         # decoding while the weights load. The model is built on the first batch that needs it:
