@@ -203,6 +203,9 @@ def test_unknown_pattern_and_mixed_kinds_fail_in_one_line(tmp_path):
     write_parquet(src, tmp_path / "both")
     with pytest.raises(DataError, match="mixes .tar and .parquet"):
         load_dataset(tmp_path / "both")
+    shutil.copy(next((tmp_path / "both").glob("*.tar")), src / "stray.tar")
+    files = load_dataset(src)  # still an image folder: the stray tar is not DATA
+    assert len(files) == 4 and not any(i.endswith(".tar") for i in files.ids)
 
 
 # ----------------------------------------------------------------- 4. the manifest

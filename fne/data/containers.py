@@ -221,10 +221,16 @@ def is_container_spec(spec: str) -> bool:
 
 
 def find_containers(root: Path, depth: int = 3) -> list[Path]:
-    """Tar or Parquet files in a folder (the Hub's data/ or CONFIG/ layouts included), without
-    walking into image folders: a folder holding an image is a class folder, not a container's."""
-    found = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    """Tar or Parquet files in a folder (the Hub's data/ or CONFIG/ layouts included); none when
+    the folder holds images (an image folder with a stray .tar stays an image folder). Stops at
+    the first image: an image folder costs a few directory reads, not a walk."""
+    found: list[Path] = []
+    return found if _scan(Path(root), depth, found) else []
+
+
+def _scan(folder: Path, depth: int, found: list[Path]) -> bool:
+    """Collect containers into `found`; False as soon as an image file is seen."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
         if entry.is_file():
@@ -232,10 +238,10 @@ def find_containers(root: Path, depth: int = 3) -> list[Path]:
             if low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES):
                 found.append(Path(entry.path))
             elif os.path.splitext(low)[1] in IMAGE_EXTENSIONS:
-                return []  # an image folder
-        elif entry.is_dir() and depth > 1:
-            found += find_containers(Path(entry.path), depth - 1)
-    return found
+                return False
+        elif entry.is_dir() and depth > 1 and not _scan(Path(entry.path), depth - 1, found):
+            return False
+    return True
 
 
 def split_of_name(path: str, root: str | None = None) -> str | None:

@@ -22,7 +22,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
-from fne.data.parquet import list_parquet, materialise_hf
+from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
 from fne.errors import DataError
 
@@ -566,8 +566,8 @@ def _hf(spec: str, label_key: str | None) -> Dataset:
     if not chosen:
         have = sorted({f.name.split("-")[0] for f in files})
         raise DataError(f"DATA {spec}: no split {split!r} (this dataset has: {', '.join(have)})")
-    d = _container_dataset(spec.split("@")[0].split("/")[-1].split(":")[-1 if spec.count(":") == 1 else -2],
-                           [str(f) for f in chosen], "parquet", str(folder), label_key)
+    d = _container_dataset(parse_hf(spec)[0].split("/")[-1], [str(f) for f in chosen], "parquet", str(folder),
+                           label_key)
     if split is not None:
         d.splits = None
     return d
