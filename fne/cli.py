@@ -13,15 +13,25 @@ import signal
 import sys
 import warnings
 
-DATA_HELP = "image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'"
+DATA_HELP = ("image folder, CSV, HDF5, folder of train.h5/test.h5, .tar shards (a file, a folder, "
+             "'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], or 'digits'")
+
+
+def _data(a: argparse.Namespace):
+    """DATA, loaded here only when --label-key says where its labels are."""
+    if getattr(a, "label_key", None) is None:
+        return a.data
+    from fne.data.datasets import load_dataset
+
+    return load_dataset(a.data, label_key=a.label_key)
 
 
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    from fne.options import ExtractOptions, StoreOptions, add_arguments
+    from fne.options import DataOptions, ExtractOptions, StoreOptions, add_arguments
 
     p.add_argument("data", help=DATA_HELP)
-    add_arguments(p, StoreOptions, ExtractOptions)
+    add_arguments(p, DataOptions, StoreOptions, ExtractOptions)
     p.set_defaults(func=_cmd_extract)
 
 
@@ -33,7 +43,7 @@ def _cmd_extract(a) -> int:
     kw = from_args(a, StoreOptions, ExtractOptions)
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     kw["shard"] = a.shard or shard_from_env()
-    r = extract(a.data, **kw)
+    r = extract(_data(a), **kw)
     named = " (each named above)" if r.n_skipped else ""
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
           f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped{named}")
@@ -43,11 +53,11 @@ def _cmd_extract(a) -> int:
 
 # --------------------------------------------------------------------- fit
 def _add_fit(p: argparse.ArgumentParser) -> None:
-    from fne.options import FitOptions, ForwardOptions, StoreOptions, add_arguments
+    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions, add_arguments
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
-    add_arguments(p, FitOptions, StoreOptions, ForwardOptions)
+    add_arguments(p, DataOptions, FitOptions, StoreOptions, ForwardOptions)
     p.set_defaults(func=_cmd_fit)
 
 
@@ -55,7 +65,7 @@ def _cmd_fit(a) -> int:
     from fne.linear.fit import fit
     from fne.options import FitOptions, ForwardOptions, StoreOptions, from_args
 
-    m = fit(a.data, a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
+    m = fit(_data(a), a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
     print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
@@ -87,11 +97,11 @@ def _cmd_predict(a) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from fne.options import ForwardOptions, RowsOptions, StoreOptions, add_arguments
+    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions, add_arguments
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="FILE.h5")
-    add_arguments(p, RowsOptions, StoreOptions, ForwardOptions)
+    add_arguments(p, DataOptions, RowsOptions, StoreOptions, ForwardOptions)
     p.set_defaults(func=_cmd_export)
 
 
@@ -99,7 +109,7 @@ def _cmd_export(a) -> int:
     from fne.linear.export import export
     from fne.options import ForwardOptions, RowsOptions, StoreOptions, from_args
 
-    r = export(a.data, a.out, **from_args(a, RowsOptions, StoreOptions, ForwardOptions))
+    r = export(_data(a), a.out, **from_args(a, RowsOptions, StoreOptions, ForwardOptions))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
     return 0
 

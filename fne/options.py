@@ -82,6 +82,14 @@ def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
 
 
 @dataclass
+class DataOptions:
+    """How DATA is read, beyond its form (folder, CSV, HDF5, tar shards, Parquet, hf:)."""
+
+    label_key: str | None = option(None, "tar shards: the label member (cls, txt) or a .json field; Parquet: "
+                                         "the label column", pipeline=False)
+
+
+@dataclass
 class StoreOptions:
     """What decides which store holds a dataset's rows (`fne.cache.spec.StoreSpec` adds the
     methods that open and find stores)."""

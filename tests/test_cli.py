@@ -28,9 +28,9 @@ from fne import options as O  # noqa: E402
 from fne.cli import build_parser, main  # noqa: E402
 
 VERBS = {  # verb -> (option classes, what the verb declares beside them)
-    "extract": ((O.StoreOptions, O.ExtractOptions), {"data"}),
-    "fit": ((O.FitOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
-    "export": ((O.RowsOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
+    "extract": ((O.DataOptions, O.StoreOptions, O.ExtractOptions), {"data"}),
+    "fit": ((O.DataOptions, O.FitOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
+    "export": ((O.DataOptions, O.RowsOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
     "train": ((O.TrainConfig,), {"data"}),
     "advise": ((O.AdviseOptions, O.StoreOptions, O.ForwardOptions), {"data", "json", "out"}),
 }

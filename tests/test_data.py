@@ -142,3 +142,18 @@ def test_reader_and_dataset_keys_agree(digits_folder):
         with open(p, "rb") as f:
             assert content_key(f.read()) == file_key(p)
     assert len({file_key(p) for p in d.sources}) == len(d)  # distinct images, distinct keys
+
+
+def test_shard_patterns_and_split_names():
+    from fne.data.containers import expand, is_container_spec, split_of_name
+
+    assert expand("d/train-{000008..000011}.tar") == [f"d/train-{k:06d}.tar" for k in range(8, 12)]
+    assert expand("{train,test}-{0..1}.tar") == ["train-0.tar", "train-1.tar", "test-0.tar", "test-1.tar"]
+    assert is_container_spec("x/train-{000000..000003}.tar") and is_container_spec("hf:a/b@train")
+    assert not is_container_spec("images/") and not is_container_spec("data.csv")
+    for name, split in [("train-00000-of-00003.parquet", "train"), ("test-000001.tar", "test"),
+                        ("validation-00000-of-00001.parquet", "train"), ("shard-000001.tar", None),
+                        ("contest-0001.tar", None)]:
+        assert split_of_name(f"/d/{name}") == split, name
+    assert split_of_name("/d/test/000.tar", "/d") == "test"
+

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +20,22 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from fne.data import containers
+from fne.data.formats import IMAGE_EXTENSIONS
+from fne.data.parquet import list_parquet, materialise_hf, parse_hf
+from fne.data.webdataset import list_tar
 from fne.errors import DataError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+__all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
+
 SPLITS = ("train", "test")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not come back half grey
 
 
 @dataclass
 class Dataset:
-    """Images with string labels; `sources[i]` is a file path or an index into `array_source`."""
+    """Images with string labels; `sources[i]` is a file path, an index into `array_source`, or
+    a `containers.Member` (a tar member or Parquet row) read through `container`."""
 
     name: str
     ids: list[str]
@@ -39,9 +47,13 @@ class Dataset:
     _keys: list[str] | None = field(default=None, repr=False)
     root: str | None = None  # the folder file sources are relative to (its manifest's key)
     _stats: list | None = field(default=None, repr=False)
+    container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __str__(self) -> str:  # where it came from, in records and messages
+        return self.root or self.name
 
     @property
     def has_split(self) -> bool:
@@ -54,12 +66,16 @@ class Dataset:
             if a.ndim == 3 and a.shape[-1] == 1:  # grey stored as H×W×1
                 a = a[..., 0]
             return to_rgb(Image.fromarray(a))
+        if self.container is not None:
+            return read_image(io.BytesIO(self.container.read(self.sources[i])))
         return read_image(self.sources[i])
 
     def read_bytes(self, i: int) -> tuple[bytes, tuple[int, int, int]]:
         """The encoded bytes of file item i and (size, mtime_ns, read time ns) taken before the
         read (for the manifest). Raises `OSError` when the file cannot be read whole: a short
-        read gives no trustworthy content key."""
+        read gives no trustworthy content key. A container member's stat is its container's."""
+        if self.container is not None:
+            return self.container.read_bytes(self.sources[i])
         path = self.sources[i]
         st, read_ns = os.stat(path), time.time_ns()
         with open(path, "rb") as f:
@@ -73,12 +89,23 @@ class Dataset:
         if self._keys is None:
             if self.array_source is not None:
                 self._keys = [self.array_source.key(s) for s in self.sources]
+            elif self.container is not None:
+                self._keys = [content_key(self._member_bytes(m)) for m in self.sources]
             else:
                 self._keys = [file_key(p) for p in self.sources]
         return self._keys
 
+    def _member_bytes(self, m) -> bytes:
+        try:
+            return self.container.read(m)
+        except OSError as e:
+            raise DataError(f"cannot read {m}: {e.strerror or e}") from e
+
     def stats(self) -> list:
-        """`os.stat` of every file source, taken once (sizes and mtimes: the manifest, shards)."""
+        """`os.stat` of every file source, taken once (sizes and mtimes: the manifest, shards);
+        a container member's is its container's."""
+        if self._stats is None and self.container is not None:
+            self._stats = [self.container.stat(m.container) for m in self.sources]
         if self._stats is None:
             out = []
             for p in self.sources:
@@ -109,6 +136,7 @@ class Dataset:
             _keys=keys,
             root=self.root,
             _stats=None if self._stats is None else [self._stats[i] for i in idx],
+            container=self.container,
         )
 
 
@@ -191,21 +219,43 @@ def read_image(path: str | Path) -> Image.Image:
 # ---------------------------------------------------------------- DATA forms
 
 
-def load_dataset(spec: str | Path) -> Dataset:
-    """Resolve DATA (folder, CSV, HDF5, folder of train.h5/test.h5, or `digits`)."""
+def load_dataset(spec: str | Path, label_key: str | None = None) -> Dataset:
+    """Resolve DATA: a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
+    shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
+    folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`.
+
+    Parameters
+    ----------
+    spec
+        The DATA argument.
+    label_key
+        Tar shards: the member extension (`cls`, `txt`) or .json field holding the label;
+        Parquet: the label column. Default: .cls, .txt, then .json's `label`; column `label`.
+
+    Returns
+    -------
+    Dataset
+    """
     spec_s = str(spec)
     if spec_s == "digits":
         return _digits()
+    if spec_s.startswith("hf:"):
+        return _hf(spec_s, label_key)
     path = Path(spec_s).expanduser()
+    if containers.is_container_spec(spec_s):
+        return _containers(spec_s, label_key)
     if not path.exists():
-        raise DataError(f"DATA {spec_s!r} does not exist (give a folder, a .csv, a .h5 file or 'digits')")
+        raise DataError(f"DATA {spec_s!r} does not exist (give a folder, a .csv, a .h5 file, .tar shards, "
+                        f".parquet files, hf:NAME or 'digits')")
+    if path.is_dir() and containers.find_containers(path):
+        return _containers(spec_s, label_key)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
-        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv or .h5)")
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
     if (path / "train.h5").is_file() and (path / "test.h5").is_file():
         return _h5_pair(path)
     if (path / "train").is_dir() and (path / "test").is_dir():
@@ -413,3 +463,111 @@ def _digits() -> Dataset:
         sources=list(range(n)),
         array_source=ArraySource(array=images),
     )
+
+
+# ---------------------------------------------------------------- tar shards, Parquet
+
+
+def _containers(spec: str, label_key: str | None = None) -> Dataset:
+    """DATA as tar shards or Parquet files: one file, a folder, a brace pattern or a glob."""
+    p = Path(os.path.expanduser(spec))
+    if p.is_dir():
+        files, root = containers.find_containers(p), p
+        if not files:
+            raise DataError(f"DATA {spec}: no .tar or .parquet files")
+    else:
+        files = [Path(f) for f in containers.expand(spec)]
+        missing = [str(f) for f in files if not f.is_file()]
+        if not files or missing:
+            raise DataError(f"DATA {spec!r}: {len(missing) or 'no'} file(s) do not exist"
+                            + (f": {', '.join(missing[:3])}" if missing else ""))
+        root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
+    kinds = {"tar" if f.suffix.lower() in containers.TAR_SUFFIXES else "parquet" for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"DATA {spec}: mixes .tar and .parquet files; give one kind")
+    name = p.stem if p.is_file() else (p.name if p.is_dir() else Path(spec).parent.name or "data")
+    return _container_dataset(name, [str(f.resolve()) for f in files], kinds.pop(), str(root.resolve()), label_key)
+
+
+def _listing(path: str, kind: str, label_key: str | None) -> containers.Listing:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+    listing = containers.cached_listing(path, st, label_key)
+    if listing is not None:
+        return listing
+    listed_at = time.time_ns()
+    listing = (list_tar if kind == "tar" else list_parquet)(path, st, label_key)
+    listing.listed_at_ns, listing.label_key = listed_at, label_key
+    containers.save_listing(listing)
+    return listing
+
+
+def _container_dataset(name: str, files: list[str], kind: str, root: str, label_key: str | None,
+                  want_split: str | None = None) -> Dataset:
+    """One Dataset over the members of `files` (in file order, then member order)."""
+    listings: dict[str, containers.Listing] = {}
+    ids, labels, splits, sources = [], [], [], []
+    class_names = None
+    for path in files:
+        listing = listings[path] = _listing(path, kind, label_key)
+        rel = os.path.relpath(path, root)
+        if listing.broken:
+            warnings.warn(f"{rel}: {listing.broken}; its members before that are read", stacklevel=2)
+        for member, why in listing.bad:
+            warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
+        file_split = containers.split_of_name(path, root)
+        for mname, a, b, label, split in listing.members:
+            split = split or file_split
+            if want_split is not None and split != want_split:
+                continue
+            ids.append(f"{rel}:{mname}")
+            labels.append(label)
+            splits.append(split)
+            sources.append(containers.Member(path, mname, a, b))
+        class_names = class_names or listing.class_names
+    if not sources:
+        raise DataError(f"DATA {name}: no images in {len(files)} {kind} file(s)")
+    labels = _member_labels(name, ids, labels)
+    has_split = want_split is None and all(s is not None for s in splits)
+    if want_split is None and not has_split and any(s is not None for s in splits):
+        raise DataError(f"DATA {name}: some images have a split and some do not "
+                        f"(e.g. {ids[splits.index(None)]}); name every shard train-* / test-*, or none")
+    if has_split and not {"train", "test"} <= set(splits):
+        has_split = False  # one split only: a plain labelled set (random splits apply)
+    keep = range(len(ids)) if labels is None else [i for i, lab in enumerate(labels) if lab is not None]
+    dataset = Dataset(name=name, ids=[ids[i] for i in keep],
+                      labels=None if labels is None else [labels[i] for i in keep],
+                      splits=[splits[i] for i in keep] if has_split else None, classes=[],
+                      sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings))
+    if dataset.labels is not None:
+        names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
+        dataset.classes = _sorted_classes(dataset.labels, names)
+    return dataset
+
+
+def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
+    """None when no member has a label (unlabelled DATA); else members without one are skipped."""
+    if all(lab is None for lab in labels):
+        return None
+    for ident, lab in zip(ids, labels, strict=True):
+        if lab is None:
+            warnings.warn(f"skipped {ident}: no label", stacklevel=3)
+    return labels
+
+
+def _hf(spec: str, label_key: str | None) -> Dataset:
+    """`hf:NAME[:CONFIG][@SPLIT]`: the Hub dataset's Parquet files (loaded once into the cache);
+    with @SPLIT, that split's files only (then DATA has no predefined split)."""
+    folder, split = materialise_hf(spec)
+    files = containers.find_containers(folder)
+    chosen = [f for f in files if split is None or f.name.startswith(f"{split}-")]
+    if not chosen:
+        have = sorted({f.name.split("-")[0] for f in files})
+        raise DataError(f"DATA {spec}: no split {split!r} (this dataset has: {', '.join(have)})")
+    d = _container_dataset(parse_hf(spec)[0].split("/")[-1], [str(f) for f in chosen], "parquet", str(folder),
+                           label_key)
+    if split is not None:
+        d.splits = None
+    return d

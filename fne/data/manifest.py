@@ -17,7 +17,9 @@ import time
 import uuid
 from pathlib import Path
 
-from fne.data.datasets import Dataset, file_key
+from fne.data import containers
+from fne.data.datasets import Dataset, content_key, file_key
+from fne.errors import DataError
 
 FORMAT = 1
 RACY_NS = 2_000_000_000
@@ -25,10 +27,7 @@ RACY_NS = 2_000_000_000
 
 def _local_dir(cache: str | Path | None) -> Path:
     """Manifests live beside the stores; a URL cache keeps them in the user's cache folder."""
-    from fne.cache.store import Url, cache_root, default_cache
-
-    root = cache_root(cache)
-    return (default_cache() if isinstance(root, Url) else root) / "manifests"
+    return containers.manifest_dir(cache)
 
 
 class Manifest:
@@ -77,8 +76,35 @@ class Manifest:
         self.entries, self._new = on_disk, {}
 
 
-def manifest_for(dataset: Dataset, cache: str | Path | None) -> Manifest | None:
-    """The manifest of a file dataset's root; None for array datasets (HDF5, digits)."""
+class ContainerManifest:
+    """The manifest of tar / Parquet DATA: each container's remembered listing holds its members'
+    keys, valid while the container keeps the (size, mtime) it was listed with."""
+
+    def __init__(self, reader: containers.ContainerReader):
+        self.listings = reader.listings
+
+    def lookup(self, m: containers.Member, st: os.stat_result) -> str | None:
+        listing = self.listings[m.container]
+        if (listing.size, listing.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            return None
+        return listing.keys.get(m.name)
+
+    def add(self, m: containers.Member, size: int, mtime_ns: int, key: str, hashed_at_ns: int) -> None:
+        listing = self.listings[m.container]
+        if (listing.size, listing.mtime_ns) == (size, mtime_ns):  # else: changed since listed
+            listing.keys[m.name] = key
+            listing.dirty = True
+
+    def save(self) -> None:
+        for listing in self.listings.values():
+            if listing.dirty:
+                containers.save_listing(listing)
+
+
+def manifest_for(dataset: Dataset, cache: str | Path | None) -> Manifest | ContainerManifest | None:
+    """The manifest of a file dataset's root, or of its containers; None for array datasets."""
+    if dataset.container is not None:
+        return ContainerManifest(dataset.container)
     if dataset.array_source is not None or dataset.root is None:
         return None
     return Manifest(dataset.root, cache)
@@ -102,10 +128,17 @@ def attach_keys(dataset: Dataset, cache: str | Path | None) -> Dataset:
     keys = known_keys(dataset, manifest)
     for i, k in enumerate(keys):
         if k is None:
-            st = dataset.stats()[i]
-            now = time.time_ns()
-            keys[i] = file_key(dataset.sources[i])
-            manifest.add(dataset.sources[i], st.st_size, st.st_mtime_ns, keys[i], now)
+            if dataset.container is not None:  # members in order: each container read front to back
+                try:
+                    data, (size, mtime_ns, now) = dataset.read_bytes(i)
+                except OSError as e:
+                    raise DataError(f"cannot read {dataset.ids[i]}: {e.strerror or e}") from e
+                keys[i] = content_key(data)
+            else:
+                st = dataset.stats()[i]
+                size, mtime_ns, now = st.st_size, st.st_mtime_ns, time.time_ns()
+                keys[i] = file_key(dataset.sources[i])
+            manifest.add(dataset.sources[i], size, mtime_ns, keys[i], now)
     manifest.save()
     dataset._keys = keys
     return dataset

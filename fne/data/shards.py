@@ -1,8 +1,8 @@
 """Shards: a deterministic 1/N of DATA per process, decided without reading any image.
 
-A file's shard comes from its size when few files share that size, else from its relative
-path. Only files of equal size can hold the same bytes, so duplicates (one image under two
-names) land in one shard and end as one row; a size shared by more than `SIZE_GROUP_MAX` files
+A tar shard goes whole to one shard (a Parquet row group likewise). A file's shard comes from
+its size when few files share that size, else from its relative path. Only files of equal size
+can hold the same bytes, so duplicates (one image under two names) land in one shard and end as one row; a size shared by more than `SIZE_GROUP_MAX` files
 (uncompressed images of one resolution) is spread by path instead, where a duplicate may be
 computed by two shards (reads still see one row). Items of array datasets (HDF5) are sharded
 by content key, which costs no file opens. A finished shard writes a marker named after the
@@ -56,6 +56,10 @@ def shard_of(dataset: Dataset, n: int) -> list[int]:
     """The shard (0..n-1) of every item of DATA."""
     if dataset.array_source is not None:
         return [_bucket(k, n) for k in dataset.keys()]
+    if dataset.container is not None:  # whole tars, whole Parquet row groups
+        return [_bucket(f"container:{os.path.relpath(m.container, dataset.root)}#"
+                        f"{m.a if dataset.container.listings[m.container].kind == 'parquet' else 0}", n)
+                for m in dataset.sources]
     sizes = [st.st_size for st in dataset.stats()]
     count = Counter(sizes)
     return [_bucket(f"size:{s}" if count[s] <= SIZE_GROUP_MAX else f"path:{ident}", n)

@@ -24,6 +24,7 @@ from fne.cache.spec import StoreSpec
 from fne.cache.store import Store
 from fne.data import shards
 from fne.data.datasets import Dataset, load_dataset
+from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
     default_workers,
@@ -192,9 +193,11 @@ class _Run:
         plan, dev, result = self.plan, self.dev, self.result
         use_compile = resolve_compile(compile, len(plan.todo), dev)
         workers = default_workers(dev) if workers is None else workers
+        lanes = container_batches(self.dataset, plan.todo, batch_size, workers)  # a worker per tar
         loader = torch.utils.data.DataLoader(
             reader.ImageItems(self.dataset, plan.todo, self.prep, self.spec.decode == "device"),
-            batch_size=batch_size, num_workers=workers, collate_fn=reader.collate,
+            **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
+            collate_fn=reader.collate,
             pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
         # Start the workers first: they fork before the model exists (small children) and keep
         # decoding while the weights load. The model is built on the first batch that needs it:

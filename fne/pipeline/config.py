@@ -485,11 +485,17 @@ def _check_published(pub: dict, path: tuple, err: Errors) -> dict:
 
 
 def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_data: bool) -> None:
+    from fne.data.containers import expand
     from fne.data.datasets import load_dataset  # numpy only: no torch
+    from fne.data.parquet import hf_available
     from fne.errors import DataError
 
     if ds.spec == "digits":
         ds.data = "digits"
+    elif ds.spec.startswith("hf:"):
+        ds.data = ds.spec
+        if not check_data or not hf_available(ds.spec):
+            return  # loaded on first use; a dry run names the download it needs
     else:
         expanded, unset = expand_vars(ds.spec)
         p = Path(os.path.expanduser(expanded))
@@ -497,7 +503,7 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
         ds.data = str(p.resolve()) if p.exists() else str(p)
         if not check_data:  # resolve only: the caller wants the file's settings, not the data
             return
-        if not p.exists():
+        if not p.exists() and not any(Path(f).is_file() for f in expand(str(p))):  # a shard pattern
             why = (f"{ds.spec!r}: environment variable{'s' * (len(unset) > 1)} {', '.join(unset)} "
                    f"not set" if unset else f"path {p} does not exist")
             if ds.optional:

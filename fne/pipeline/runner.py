@@ -296,6 +296,8 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
     stamp = folder / "subset.json"
     if d.array_source is not None:
         target = folder / f"{d.name}.h5"
+    elif d.container is not None:  # tar / Parquet DATA: the subset as one tar shard
+        target = folder / f"{d.name}.tar"
     else:
         target = folder / f"{d.name}.csv"
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == ident:
@@ -313,6 +315,10 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
             if d.has_split:
                 f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
         os.replace(tmp, target)
+    elif d.container is not None:
+        from fne.data.webdataset import write_shard
+
+        write_shard(d, keep, target)
     else:
         import csv
 
@@ -421,8 +427,13 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
+        from fne.data.parquet import hf_available, hf_download_hint
+
         steps = plan(p, out, {}, cache, read=False)  # a dry run reads no image and writes nothing
         say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
+        for d in p.datasets:
+            if d.data.startswith("hf:") and not hf_available(d.data):
+                say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data)}")
         for s in steps:
             say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
         return {**result, "steps": len(steps)}

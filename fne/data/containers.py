@@ -1,0 +1,284 @@
+"""Images inside containers: WebDataset tar shards and Parquet files, keyed like loose files.
+
+A container dataset's `sources[i]` is a `Member`: (container file, member name, and where its
+bytes lie: a tar member's offset and size, a Parquet row's row group and row in it). The reader
+gets a member's bytes through `Dataset.read_bytes` like a file's, so the content key (the hash
+of the image's bytes) is the same for one JPEG as a file, a tar member or a Parquet cell.
+
+Listing a container (tar headers, label members; Parquet metadata and label column) is
+remembered per container in the manifest folder: (path, size, mtime) -> its members, their
+labels and, once hashed, their content keys. An unchanged container is then neither listed nor
+read again by fit, predict or export, and one whose images are all stored is not read by
+extract. Bad members (no label, truncated, not an image) are skipped with one line naming
+`shard.tar:member` or `file.parquet:row`.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fne.data.formats import IMAGE_EXTENSIONS
+from fne.errors import DataError
+
+FORMAT = 1
+RACY_NS = 2_000_000_000
+GROUP_CACHE_BYTES = 256 << 20  # Parquet row groups kept per reading process
+TAR_SUFFIXES = (".tar",)
+PARQUET_SUFFIXES = (".parquet",)
+# Split names as the Hub and WebDataset lay them out; validation joins train (the FNE paper's
+# protocol: train = train + val), since fne's predefined split is train / test.
+_SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                "validation": "train", "valid": "train", "val": "train", "dev": "train"}
+_SPLIT_RE = re.compile(r"(?:^|[-_.])(train|training|test|testing|validation|valid|val|dev)(?=$|[-_.])")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One image inside a container: tar (`a`, `b`) = (data offset, size); Parquet (row group,
+    row in the group)."""
+
+    container: str  # absolute path
+    name: str  # tar member name; Parquet: the row number in the file
+    a: int
+    b: int
+
+    def __str__(self) -> str:
+        return f"{self.container}:{self.name}"
+
+
+@dataclass
+class Listing:
+    """What a container holds: members (name, a, b, label, split), bad members (name, why)."""
+
+    path: str
+    kind: str  # "tar" or "parquet"
+    size: int
+    mtime_ns: int
+    members: list[list] = field(default_factory=list)
+    bad: list[list] = field(default_factory=list)
+    broken: str | None = None  # where a truncated container stopped
+    column: str | None = None  # Parquet: the image column
+    class_names: list[str] | None = None  # Parquet: Hugging Face ClassLabel names
+    keys: dict[str, str] = field(default_factory=dict)  # member name -> content key
+    listed_at_ns: int = 0
+    label_key: str | None = None
+    dirty: bool = False
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in ("path", "kind", "size", "mtime_ns", "members", "bad", "broken",
+                                           "column", "class_names", "keys", "listed_at_ns", "label_key")}
+        return {"format": FORMAT, **d}
+
+
+# ----------------------------------------------------------------- the listing cache (manifest)
+
+
+def manifest_dir(cache: str | Path | None = None) -> Path:
+    """Manifests live beside the stores; a URL cache keeps them in the user's cache folder."""
+    from fne.cache.store import Url, cache_root, default_cache
+
+    root = cache_root(cache)
+    return (default_cache() if isinstance(root, Url) else root) / "manifests"
+
+
+def _index_dir() -> Path:
+    return manifest_dir(None) / "containers"
+
+
+def _index_path(path: str, label_key: str | None) -> Path:
+    name = hashlib.blake2b(f"{path}\0{label_key}".encode(), digest_size=10).hexdigest()
+    return _index_dir() / f"{name}.json"
+
+
+def cached_listing(path: str, st: os.stat_result, label_key: str | None) -> Listing | None:
+    """The remembered listing of an unchanged container (same size and mtime, not racy)."""
+    try:
+        doc = json.loads(_index_path(path, label_key).read_text())
+        if doc.pop("format") != FORMAT or doc["path"] != path:
+            return None
+        listing = Listing(**doc)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if (listing.size, listing.mtime_ns) != (st.st_size, st.st_mtime_ns) \
+            or st.st_mtime_ns > listing.listed_at_ns - RACY_NS:
+        return None
+    return listing
+
+
+def save_listing(listing: Listing) -> None:
+    """Write a listing (merging keys another process added); a racy one is not kept."""
+    if listing.mtime_ns > listing.listed_at_ns - RACY_NS:
+        return  # modified within the clock's uncertainty of the listing: list it again next time
+    target = _index_path(listing.path, listing.label_key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            on_disk = json.loads(target.read_text())
+            if (on_disk.get("size"), on_disk.get("mtime_ns")) == (listing.size, listing.mtime_ns):
+                listing.keys = {**on_disk.get("keys", {}), **listing.keys}
+        except (OSError, ValueError):
+            pass
+        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
+        tmp.write_text(json.dumps(listing.to_json()))
+        os.replace(tmp, target)
+        listing.dirty = False
+    except OSError:
+        pass  # a read-only cache only costs a new listing next time
+
+
+# ----------------------------------------------------------------- reading members
+
+
+class ContainerReader:
+    """Reads members' bytes; file handles and the current Parquet row group are per process."""
+
+    def __init__(self, listings: dict[str, Listing]):
+        self.listings = listings
+        self._pid = -1
+        self._fds: dict[str, int] = {}
+        self._stats: dict[str, os.stat_result] = {}
+        self._groups: OrderedDict[tuple[str, int], tuple[list, int]] = OrderedDict()  # Parquet, LRU
+
+    def __getstate__(self):
+        return {"listings": self.listings, "_pid": -1, "_fds": {}, "_stats": {}, "_groups": OrderedDict()}
+
+    def _fresh(self) -> None:
+        if self._pid != os.getpid():  # a forked worker: its own handles and row group
+            self._pid, self._fds, self._groups = os.getpid(), {}, OrderedDict()
+
+    def stat(self, path: str) -> os.stat_result:
+        if path not in self._stats:
+            try:
+                self._stats[path] = os.stat(path)
+            except OSError as e:
+                raise DataError(f"cannot read {path}: {e.strerror or e}") from e
+        return self._stats[path]
+
+    def read(self, m: Member) -> bytes:
+        """A member's bytes; `OSError` when they cannot be read whole."""
+        self._fresh()
+        listing = self.listings[m.container]
+        if listing.kind == "tar":
+            fd = self._fds.get(m.container)
+            if fd is None:
+                fd = self._fds[m.container] = os.open(m.container, os.O_RDONLY)
+            data = os.pread(fd, m.b, m.a)
+            if len(data) != m.b:
+                raise OSError(f"read {len(data)} of {m.b} bytes")
+            return data
+        return cell_bytes(self._row_group(m.container, m.a, listing.column)[m.b])
+
+    def _row_group(self, path: str, group: int, column: str) -> list:
+        """A row group's image cells, kept while the kept ones total under GROUP_CACHE_BYTES: in
+        order (extract) each group is read once; shuffled (train) a small set stays in memory."""
+        key = (path, group)
+        if key in self._groups:
+            self._groups.move_to_end(key)
+            return self._groups[key][0]
+        values = read_column(path, group, column)
+        self._groups[key] = (values, sum(len((v.get("bytes") if isinstance(v, dict) else v) or b"") for v in values))
+        while len(self._groups) > 1 and sum(n for _, n in self._groups.values()) > GROUP_CACHE_BYTES:
+            self._groups.popitem(last=False)
+        return values
+
+    def read_bytes(self, m: Member) -> tuple[bytes, tuple[int, int, int]]:
+        st, read_ns = self.stat(m.container), time.time_ns()
+        return self.read(m), (st.st_size, st.st_mtime_ns, read_ns)
+
+
+# ----------------------------------------------------------------- DATA forms
+
+
+def expand(spec: str) -> list[str]:
+    """Brace ranges and lists (`train-{000000..000127}.tar`, `{a,b}.tar`) and globs -> paths."""
+    m = re.search(r"\{(\d+)\.\.(\d+)\}|\{([^{}]*,[^{}]*)\}", spec)  # the leftmost group first
+    if m and m[1] is not None:
+        lo, hi, width = int(m[1]), int(m[2]), len(m[1])
+        return [p for k in range(lo, hi + 1) for p in expand(f"{spec[:m.start()]}{k:0{width}d}{spec[m.end():]}")]
+    if m:
+        return [p for part in m[3].split(",") for p in expand(spec[:m.start()] + part + spec[m.end():])]
+    if glob.has_magic(spec):
+        return sorted(glob.glob(os.path.expanduser(spec)))
+    return [spec]
+
+
+def is_container_spec(spec: str) -> bool:
+    """True when DATA names tar shards or Parquet files (a file, a pattern, or hf:)."""
+    if spec.startswith("hf:"):
+        return True
+    low = spec.lower()
+    return low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES) and (Path(spec).is_file() or "{" in spec
+                                                               or glob.has_magic(spec))
+
+
+def find_containers(root: Path, depth: int = 3) -> list[Path]:
+    """Tar or Parquet files in a folder (the Hub's data/ or CONFIG/ layouts included); none when
+    the folder holds images (an image folder with a stray .tar stays an image folder). Stops at
+    the first image: an image folder costs a few directory reads, not a walk."""
+    found: list[Path] = []
+    return found if _scan(Path(root), depth, found) else []
+
+
+def _scan(folder: Path, depth: int, found: list[Path]) -> bool:
+    """Collect containers into `found`; False as soon as an image file is seen."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file():
+            low = entry.name.lower()
+            if low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES):
+                found.append(Path(entry.path))
+            elif os.path.splitext(low)[1] in IMAGE_EXTENSIONS:
+                return False
+        elif entry.is_dir() and depth > 1 and not _scan(Path(entry.path), depth - 1, found):
+            return False
+    return True
+
+
+def split_of_name(path: str, root: str | None = None) -> str | None:
+    """train / test from a container's name (`train-000000.tar`, `test-00000-of-00003.parquet`)
+    or its folder inside DATA (`train/000.tar`); validation counts as train."""
+    rel = os.path.relpath(path, root) if root else os.path.basename(path)
+    for part in reversed(Path(rel).parts):
+        m = _SPLIT_RE.search(part.lower())
+        if m:
+            return _SPLIT_WORDS[m[1]]
+    return None
+
+
+def normalise_split(value: str) -> str | None:
+    return _SPLIT_WORDS.get(str(value).strip().lower())
+
+
+def _parquet_file(path: str):
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path)
+
+
+def read_column(path: str, group: int, column: str) -> list:
+    """One row group's image cells, in row order; `OSError` when the group cannot be read."""
+    try:
+        return _parquet_file(path).read_row_group(group, columns=[column]).column(0).to_pylist()
+    except Exception as e:
+        raise OSError(f"row group {group}: {e}") from e
+
+
+def cell_bytes(v) -> bytes:
+    """An image cell's bytes (bytes, or the `bytes` of Hugging Face's {bytes, path} struct)."""
+    if isinstance(v, dict):
+        if v.get("bytes") is None:
+            raise OSError(f"image cell has no bytes (path {v.get('path')!r} only)")
+        v = v["bytes"]
+    if v is None:
+        raise OSError("image cell is empty")
+    return bytes(v)

@@ -1,0 +1,182 @@
+"""Parquet files (and Hugging Face Hub datasets) as DATA: an image column and a label column.
+
+The image column holds encoded bytes, or Hugging Face's `{bytes, path}` struct; files saved by
+`datasets` work as they are, their ClassLabel names included. Row groups are read in order, one
+at a time per loader worker. `hf:NAME[:CONFIG][@SPLIT]` loads a Hub dataset through the
+optional `datasets` package (`pip install 'fne[hf]'`) once, into Parquet files in the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from fne.data.containers import Listing, normalise_split
+from fne.errors import DataError
+
+IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "cls", "class", "target")
+
+
+def _pq():
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError("Parquet DATA needs pyarrow: pip install 'fne[parquet]'") from None
+    return pq
+
+
+def _image_column(schema) -> str | None:
+    import pyarrow as pa
+
+    def holds_bytes(t) -> bool:
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or (
+            pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
+
+    for name in IMAGE_COLUMNS:
+        if name in schema.names and holds_bytes(schema.field(name).type):
+            return name
+    return next((f.name for f in schema if holds_bytes(f.type)), None)
+
+
+def _class_names(schema, column: str) -> list[str] | None:
+    """Hugging Face ClassLabel names of `column`, from the file's `huggingface` metadata."""
+    raw = (schema.metadata or {}).get(b"huggingface")
+    try:
+        feature = json.loads(raw)["info"]["features"][column]
+        names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    return [str(n) for n in names] if names else None
+
+
+def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listing:
+    """Read a Parquet file's metadata and its label and split columns -> its `Listing`."""
+    pq = _pq()
+    listing = Listing(path=path, kind="parquet", size=st.st_size, mtime_ns=st.st_mtime_ns)
+    try:
+        pf = pq.ParquetFile(path)
+        schema = pf.schema_arrow
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
+        listing.broken = f"unreadable Parquet file ({e}); skipped"
+        return listing
+    column = _image_column(schema)
+    if column is None:
+        raise DataError(f"{path}: no image column (bytes, or a {{bytes, path}} struct) among "
+                        f"{', '.join(schema.names)}")
+    if label_key and label_key not in schema.names:
+        raise DataError(f"{path}: no label column {label_key!r} (columns: {', '.join(schema.names)})")
+    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names), None)
+    listing.column, listing.class_names = column, (_class_names(schema, label_col) if label_col else None)
+    cols = [c for c in (label_col, "split") if c and c in schema.names]
+    row = 0
+    for g in range(pf.num_row_groups):
+        try:
+            meta = pf.read_row_group(g, columns=cols).to_pydict() if cols else {}
+            n = pf.metadata.row_group(g).num_rows
+        except Exception as e:
+            listing.broken = f"unreadable from row {row} ({e})"
+            break
+        labels = meta.get(label_col, [None] * n) if label_col else [None] * n
+        splits = meta.get("split", [None] * n)
+        for k in range(n):
+            name = str(row + k)
+            try:
+                split = None if splits[k] is None else normalise_split(splits[k])
+                if splits[k] is not None and split is None:
+                    raise ValueError(f"split {splits[k]!r} is not train, test or validation")
+                listing.members.append([name, g, k, _label(labels[k], listing.class_names), split])
+            except ValueError as e:
+                listing.bad.append([name, str(e)])
+        row += n
+    return listing
+
+
+def _label(v, names: list[str] | None) -> str | None:
+    if v is None or (isinstance(v, int) and v < 0 and names):  # HF uses -1 for "no label"
+        return None
+    if names is not None and isinstance(v, int):
+        if v >= len(names):
+            raise ValueError(f"label {v} outside the {len(names)} class names")
+        return names[v]
+    return str(v).strip() or None
+
+
+# ----------------------------------------------------------------- hf:NAME[:CONFIG][@SPLIT]
+
+_HF_RE = re.compile(r"^hf:(?P<name>[\w.\-]+(?:/[\w.\-]+)?)(?::(?P<config>[\w.\-]+))?(?:@(?P<split>[\w.\-]+))?$")
+
+
+def parse_hf(spec: str) -> tuple[str, str | None, str | None]:
+    m = _HF_RE.match(spec)
+    if not m:
+        raise DataError(f"DATA {spec!r}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:nelorth/oxford-flowers@train")
+    return m["name"], m["config"], m["split"]
+
+
+def hf_folder(spec: str) -> Path:
+    """Where `hf:` DATA is kept as Parquet files once loaded (in the cache folder)."""
+    from fne.cache.store import Url, cache_root, default_cache
+
+    name, config, _ = parse_hf(spec)
+    root = cache_root(None)
+    root = default_cache() if isinstance(root, Url) else root
+    return root / "hf" / name.replace("/", "--") / (config or "default")
+
+
+def hf_download_hint(spec: str) -> str:
+    name, config, _ = parse_hf(spec)
+    folder = hf_folder(spec)
+    return (f"download it where there is a network (`hf download {name} --repo-type dataset "
+            f"--local-dir DIR`{'' if config is None else f', config {config}'}) and give DIR as DATA, "
+            f"or run once with a network to fill {folder}")
+
+
+def hf_available(spec: str) -> bool:
+    return (hf_folder(spec) / ".complete").is_file()
+
+
+def materialise_hf(spec: str) -> tuple[Path, str | None]:
+    """`hf:NAME[:CONFIG][@SPLIT]` -> (the folder of its Parquet files, the split asked for),
+    loading it through `datasets` the first time."""
+    name, config, split = parse_hf(spec)
+    folder = hf_folder(spec)
+    if not hf_available(spec):
+        _hf_to_parquet(spec, name, config, folder)
+    return folder, split
+
+
+def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path) -> None:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install 'fne[hf]'), "
+                        f"or {hf_download_hint(spec)}") from None
+    import logging
+    import warnings
+
+    quiet = [logging.getLogger(n) for n in ("datasets", "huggingface_hub")]
+    levels = [q.level for q in quiet]
+    try:
+        for q in quiet:  # their retry notices would bury the one line below
+            q.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            parts = datasets.load_dataset(name, config)
+    except Exception as e:  # offline, unknown name, gated: one line, what to download and where
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise DataError(f"DATA {spec}: cannot load from the Hugging Face Hub ({why}); "
+                        f"{hf_download_hint(spec)}") from None
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
+    folder.mkdir(parents=True, exist_ok=True)
+    from datasets.table import embed_table_storage
+
+    for split_name, part in parts.items():
+        # Images the Hub keeps as paths get their bytes in the file, as `push_to_hub` does.
+        part = part.with_format("arrow").map(embed_table_storage, batched=True).with_format(None)
+        part.to_parquet(str(folder / f"{split_name}-00000-of-00001.parquet"))
+    (folder / ".complete").write_text(spec + "\n")

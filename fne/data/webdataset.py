@@ -1,0 +1,161 @@
+"""WebDataset tar shards: members grouped by basename, an image plus its label.
+
+`000017.jpg` + `000017.cls` (or `.txt`, or a field of `000017.json`) make one sample. Listing
+reads the tar's headers and its small label members, front to back; image bytes are read later
+by offset (`ContainerReader.read`). A truncated tar yields the members before the break.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+
+from fne.data.containers import Listing, normalise_split
+from fne.data.formats import IMAGE_EXTENSIONS
+from fne.errors import DataError
+
+LABEL_EXTENSIONS = ("cls", "txt")  # then the `label` field of .json
+LABEL_MAX_BYTES = 1 << 16
+
+
+def sample_key(name: str) -> tuple[str, str]:
+    """WebDataset's rule: the key is the path up to the first dot of the basename; the rest is
+    the extension (`a/b/0001.seg.png` -> (`a/b/0001`, `seg.png`))."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
+
+
+def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
+    """Read a tar's headers (and label members) once, front to back -> its `Listing`."""
+    listing = Listing(path=path, kind="tar", size=st.st_size, mtime_ns=st.st_mtime_ns)
+    samples: dict[str, dict] = {}
+    try:
+        tf = tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{path}: not a readable tar file ({e}); WebDataset shards are plain .tar") from e
+    last = None
+    with tf:
+        try:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                if info.offset_data + info.size > st.st_size:
+                    listing.broken = f"truncated inside member {info.name}"
+                    break
+                key, ext = sample_key(info.name)
+                s = samples.setdefault(key, {})
+                if ext in LABEL_EXTENSIONS or ext in ("json", "split") or ext == (label_key or "").lower():
+                    if info.size <= LABEL_MAX_BYTES:
+                        s[ext] = tf.extractfile(info).read()
+                elif os.path.splitext(info.name)[1].lower() in IMAGE_EXTENSIONS and "image" not in s:
+                    s["image"] = (info.name, info.offset_data, info.size)
+                last = info.name
+        except (tarfile.TarError, OSError, EOFError) as e:
+            listing.broken = f"truncated after member {last} ({e})" if last else f"unreadable ({e})"
+        if listing.broken is None and not _ends_cleanly(path, tf.offset):
+            listing.broken = f"truncated after member {last}" if last else "truncated"
+    for s in samples.values():
+        if "image" not in s:
+            continue
+        name, offset, size = s["image"]
+        try:
+            label, split = _label(s, label_key), _split(s)
+        except ValueError as e:
+            listing.bad.append([name, str(e)])
+            continue
+        listing.members.append([name, offset, size, label, split])
+    return listing
+
+
+def _ends_cleanly(path: str, offset: int) -> bool:
+    """True when the tar's end-of-archive block (512 zero bytes) follows its last member: tarfile
+    stops silently at a short or damaged header, which is how a cut tar looks."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(512)
+    return len(block) == 512 and not any(block)
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8").strip()
+
+
+def _json(s: dict) -> dict:
+    try:
+        doc = json.loads(s["json"])
+    except ValueError as e:
+        raise ValueError(f"bad .json ({e})") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _label(s: dict, label_key: str | None) -> str | None:
+    """The sample's label: the `label_key` member or .json field, else .cls, .txt, .json's label."""
+    try:
+        if label_key:
+            if label_key.lower() in s:
+                return _text(s[label_key.lower()])
+            if "json" in s and label_key in _json(s):
+                return str(_json(s)[label_key]).strip()
+            return None
+        for ext in LABEL_EXTENSIONS:
+            if ext in s:
+                return _text(s[ext]) or None
+        if "json" in s:
+            doc = _json(s)
+            for field in ("label", "cls", "class"):
+                if field in doc:
+                    return str(doc[field]).strip()
+    except UnicodeDecodeError:
+        raise ValueError("label is not text") from None
+    return None
+
+
+def _split(s: dict) -> str | None:
+    raw = None
+    if "split" in s:
+        raw = _text(s["split"])
+    elif "json" in s:
+        raw = _json(s).get("split")
+    if raw is None:
+        return None
+    split = normalise_split(raw)
+    if split is None:
+        raise ValueError(f"split {raw!r} is not train, test or validation")
+    return split
+
+
+def write_shard(dataset, indices: list[int], path: str | os.PathLike) -> None:
+    """Write items of a container dataset as one WebDataset shard (image, .txt label, .split),
+    atomically: a pipeline's `max_per_class` subset of tar or Parquet DATA.
+
+    Parameters
+    ----------
+    dataset
+        A `Dataset` whose items are container members.
+    indices
+        The items to write, in order.
+    path
+        The shard to write (replaced whole once written).
+    """
+    import io
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tarfile.open(tmp, "w") as tf:
+        for k, i in enumerate(indices):
+            m = dataset.sources[i]
+            ext = os.path.splitext(m.name)[1].lower() if dataset.container.listings[m.container].kind == "tar" \
+                else ".jpg"  # any extension of IMAGE_EXTENSIONS: PIL reads the format from the bytes
+            parts = [(ext, dataset.container.read(m))]
+            if dataset.labels is not None:
+                parts.append((".txt", dataset.labels[i].encode()))
+            if dataset.splits is not None:
+                parts.append((".split", dataset.splits[i].encode()))
+            for suffix, payload in parts:
+                info = tarfile.TarInfo(f"{k:07d}{suffix}")
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    os.replace(tmp, path)
+

@@ -1,0 +1,444 @@
+"""DATA in containers: WebDataset tar shards and Parquet files, keyed like the same files loose.
+
+Shards and Parquet files are built inside the tests from the shared datasets or from generated
+images; forward passes are counted with a wrapper around the tap model's forward.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import fne.data.containers
+import fne.extraction.taps
+from fne.cli import main
+from fne.data.datasets import load_dataset
+from fne.data.manifest import attach_keys
+from fne.data.shards import shard_of
+from fne.errors import DataError
+from fne.extraction.extract import extract
+
+from .conftest import FAST, SHARED, write_digits
+from .test_faults import CLI_FAST, _hostile
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+OLD = 1_600_000_000  # an mtime well before any listing: the listing is trusted (not racy)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Listings are remembered in $FNE_CACHE/manifests: one per test."""
+    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "fne-cache"))
+
+
+def _files(root: Path) -> list[tuple[Path, str, str | None]]:
+    """(file, label, split) of an image folder (class folders, optionally under train/ test/)."""
+    out = []
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in (".jpg", ".png")):
+        rel = f.relative_to(root).parts
+        out.append((f, rel[-2], rel[0] if len(rel) == 3 else None))
+    return out
+
+
+def _add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_shards(src: Path, out: Path, per_shard: int = 50, label: str = "cls") -> list[Path]:
+    """WebDataset shards of an image folder, named by split (`train-000000.tar`, ...)."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = _files(src)
+    classes = sorted({lab for _, lab, _ in items})
+    shards = []
+    for split in sorted({s for _, _, s in items}, key=str):
+        part = [t for t in items if t[2] == split]
+        for k in range(0, len(part), per_shard):
+            path = out / f"{split or 'data'}-{k // per_shard:06d}.tar"
+            with tarfile.open(path, "w") as tf:
+                for j, (f, lab, _) in enumerate(part[k:k + per_shard]):
+                    key = f"{k + j:06d}"
+                    tf.add(f, arcname=f"{key}{f.suffix.lower()}")
+                    if label == "cls":
+                        _add(tf, f"{key}.cls", str(classes.index(lab)).encode())
+                    elif label == "txt":
+                        _add(tf, f"{key}.txt", lab.encode())
+                    else:
+                        _add(tf, f"{key}.json", json.dumps({label: lab}).encode())
+            shards.append(path)
+    return shards
+
+
+def write_parquet(src: Path, out: Path, rows_per_group: int = 40) -> list[Path]:
+    """Parquet files the Hub's way: `{split}-00000-of-00001.parquet`, image as {bytes, path}."""
+    out.mkdir(parents=True, exist_ok=True)
+    items = _files(src)
+    files = []
+    for split in sorted({s for _, _, s in items}, key=str):
+        part = [t for t in items if t[2] == split]
+        table = pa.table({"image": [{"bytes": f.read_bytes(), "path": f.name} for f, _, _ in part],
+                          "label": [lab for _, lab, _ in part]})
+        path = out / f"{split or 'train'}-00000-of-00001.parquet"
+        pq.write_table(table, path, row_group_size=rows_per_group)
+        files.append(path)
+    return files
+
+
+class Forwards:
+    """Counts images through the tap model."""
+
+    def __init__(self, monkeypatch):
+        self.n = 0
+        real = fne.extraction.taps.forward
+
+        def counted(model, x, dev, prec):
+            self.n += x.shape[0]
+            return real(model, x, dev, prec)
+
+        monkeypatch.setattr(fne.extraction.taps, "forward", counted)
+
+
+def _flowers_subset(dst: Path, per_class: int = 4) -> Path:
+    src = Path(os.environ.get("FNE_SHARED_DATASETS", SHARED)) / "flowers12"
+    if not src.is_dir():
+        pytest.skip("flowers12 not in /work/shared/datasets")
+    for split in ("train", "test"):
+        for d in sorted((src / split).iterdir()):
+            (dst / split / d.name).mkdir(parents=True)
+            for f in sorted(d.glob("*.jpg"))[:per_class]:
+                shutil.copy(f, dst / split / d.name / f.name)
+    return dst
+
+
+# ----------------------------------------------------------------- 3. the same rows as files
+def test_folder_then_tar_then_parquet_zero_forward_passes(tmp_path, monkeypatch):
+    folder = _flowers_subset(tmp_path / "flowers")
+    shards = write_shards(folder, tmp_path / "tar", per_shard=20, label="txt")
+    write_parquet(folder, tmp_path / "pq")
+    fwd = Forwards(monkeypatch)
+    cache = str(tmp_path / "c")
+    first = extract(folder, cache=cache, batch_size=16, workers=0, progress=False, **FAST)
+    assert first.n_computed == fwd.n == len(load_dataset(folder)) > 0
+    for data in (tmp_path / "tar", str(tmp_path / "tar" / "train-{000000..000002}.tar"), tmp_path / "pq"):
+        d = load_dataset(data)
+        r = extract(d, cache=cache, batch_size=16, workers=0, progress=False, **FAST)
+        assert (r.n_computed, r.n_skipped) == (0, 0) and r.n_cached == len(set(d.keys()))
+    assert fwd.n == first.n_computed  # not one forward pass after the folder's
+    tar, pqd, files = (load_dataset(p) for p in (tmp_path / "tar", tmp_path / "pq", folder))
+    assert set(tar.keys()) == set(pqd.keys()) == set(files.keys())
+    assert tar.has_split and pqd.has_split and tar.classes == pqd.classes == files.classes
+    assert sorted(zip(tar.keys(), tar.labels, tar.splits)) == sorted(zip(files.keys(), files.labels, files.splits))
+    assert len(shards) == 6 and tar.ids[0] == "test-000000.tar:000000.jpg"
+
+
+# ----------------------------------------------------------------- 1. tar forms and labels
+@pytest.mark.parametrize("label", ["cls", "txt", "label"])
+def test_tar_labels_from_cls_txt_or_json(tmp_path, label):
+    src = write_digits(tmp_path / "digits", per_class=3, classes=3)
+    write_shards(src, tmp_path / "tar", per_shard=4, label=label)
+    d = load_dataset(tmp_path / "tar")
+    assert len(d) == 9 and d.splits is None
+    if label == "cls":
+        assert d.classes == ["0", "1", "2"]  # class indices
+    files = load_dataset(src)
+    assert sorted(zip(d.keys(), d.labels)) == sorted(zip(files.keys(), files.labels))
+
+
+def test_label_key_picks_the_json_field_and_missing_labels_are_named(tmp_path, capsys):
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tf:
+        for j, (f, lab, _) in enumerate(_files(src)):
+            tf.add(f, arcname=f"{j:04d}.png")
+            doc = {"species": f"c{lab}"} if j else {"other": 1}  # sample 0000 has no species
+            _add(tf, f"{j:04d}.json", json.dumps(doc).encode())
+    with pytest.warns(UserWarning, match=r"skipped s\.tar:0000\.png: no label"):
+        d = load_dataset(path, label_key="species")
+    assert len(d) == 3 and set(d.labels) == {"c0", "c1"}
+    code = main(["extract", str(path), "--label-key", "species", "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err
+    assert code == 0 and "fne: warning: skipped s.tar:0000.png: no label" in err and "Traceback" not in err
+
+
+def test_split_from_a_member_and_from_a_shard_folder(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    path = tmp_path / "mixed.tar"
+    with tarfile.open(path, "w") as tf:
+        for j, (f, lab, _) in enumerate(_files(src)):
+            tf.add(f, arcname=f"{j:04d}.png")
+            _add(tf, f"{j:04d}.json", json.dumps({"label": lab, "split": "test" if j % 3 == 0 else "train"}).encode())
+    d = load_dataset(path)
+    assert d.splits == ["test" if j % 3 == 0 else "train" for j in range(6)]
+    split_src = write_digits(tmp_path / "split", per_class=6, classes=2, split=True)
+    for split in ("train", "test"):
+        (tmp_path / "byfolder" / split).mkdir(parents=True)
+        write_shards(split_src / split, tmp_path / "byfolder" / split, per_shard=100)
+    d = load_dataset(tmp_path / "byfolder")
+    assert sorted(set(d.splits)) == ["test", "train"] and d.splits.count("test") == 4
+
+
+def test_shards_assign_whole_tars(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=6, classes=4)
+    write_shards(src, tmp_path / "tar", per_shard=3)
+    d = load_dataset(tmp_path / "tar")
+    owner = {}
+    for m, s in zip(d.sources, shard_of(d, 3), strict=True):
+        assert owner.setdefault(m.container, s) == s
+    assert len(set(owner.values())) > 1
+
+
+def test_unknown_pattern_and_mixed_kinds_fail_in_one_line(tmp_path):
+    with pytest.raises(DataError, match="do not exist"):
+        load_dataset(str(tmp_path / "train-{000000..000003}.tar"))
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    write_shards(src, tmp_path / "both", per_shard=10)
+    write_parquet(src, tmp_path / "both")
+    with pytest.raises(DataError, match="mixes .tar and .parquet"):
+        load_dataset(tmp_path / "both")
+    shutil.copy(next((tmp_path / "both").glob("*.tar")), src / "stray.tar")
+    files = load_dataset(src)  # still an image folder: the stray tar is not DATA
+    assert len(files) == 4 and not any(i.endswith(".tar") for i in files.ids)
+
+
+# ----------------------------------------------------------------- 4. the manifest
+def test_unchanged_shards_are_not_read_again(tmp_path, monkeypatch):
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    shards = write_shards(src, tmp_path / "tar", per_shard=4)
+    write_parquet(src, tmp_path / "pq", rows_per_group=2)
+    for f in [*shards, *(tmp_path / "pq").iterdir()]:
+        os.utime(f, (OLD, OLD))
+    cache = str(tmp_path / "c")
+    for data in (tmp_path / "tar", tmp_path / "pq"):
+        keys = attach_keys(load_dataset(data), cache).keys()  # lists and hashes once
+        extract(load_dataset(data), cache=cache, batch_size=4, workers=0, progress=False, **FAST)
+        with monkeypatch.context() as m:
+            def no_read(*a, **k):
+                raise AssertionError("read a container member again")
+
+            m.setattr(fne.data.containers.ContainerReader, "read", no_read)
+            m.setattr(tarfile, "open", no_read)
+            m.setattr(pq, "ParquetFile", no_read)
+            again = load_dataset(data)  # listing remembered: no tar header or Parquet footer read
+            assert attach_keys(again, cache).keys() == keys  # fit / export / predict
+            r = extract(again, cache=cache, batch_size=4, workers=0, progress=False, **FAST)
+            assert r.n_computed == 0 and r.n_cached == len(set(keys))
+    # A changed shard is listed and hashed again; the others are not.
+    with tarfile.open(shards[0], "a") as tf:
+        tf.add(_files(src)[0][0], arcname="extra.png")
+        _add(tf, "extra.cls", b"1")
+    d = load_dataset(tmp_path / "tar")
+    assert len(d) == 7 and any(i.endswith(":extra.png") for i in d.ids)
+
+
+# ----------------------------------------------------------------- 5. bad members
+def _hostile_containers(tmp_path: Path) -> tuple[Path, Path, list[str], list[str]]:
+    bad, good = _hostile(tmp_path / "h")
+    names = sorted(bad + good)
+    tar = tmp_path / "hostile.tar"
+    with tarfile.open(tar, "w") as tf:
+        for j, n in enumerate(names):
+            ext = Path(n).suffix
+            tf.add(tmp_path / "h" / n, arcname=f"{j:04d}{ext}")
+            _add(tf, f"{j:04d}.txt", b"x")
+    table = pa.table({"image": [(tmp_path / "h" / n).read_bytes() for n in names], "label": ["x"] * len(names)})
+    parquet = tmp_path / "hostile.parquet"
+    pq.write_table(table, parquet, row_group_size=5)
+    tar_bad = [f"hostile.tar:{j:04d}{Path(n).suffix}" for j, n in enumerate(names) if n in bad]
+    pq_bad = [f"hostile.parquet:{j}" for j, n in enumerate(names) if n in bad]
+    return tar, parquet, tar_bad, pq_bad
+
+
+def test_hostile_members_one_clean_line_each(tmp_path, capsys):
+    tar, parquet, tar_bad, pq_bad = _hostile_containers(tmp_path)
+    for data, bad in ((tar, tar_bad), (parquet, pq_bad)):
+        code = main(["extract", str(data), "--cache", str(tmp_path / "c"), *CLI_FAST])
+        out, err = capsys.readouterr()
+        assert code == 0 and "Traceback" not in err and ".py:" not in err
+        warned = [line.removeprefix("fne: warning: skipped ").split(": ")[0]
+                  for line in err.splitlines() if line.startswith("fne: warning: ")]
+        assert sorted(warned) == sorted(bad)
+        assert f"{len(bad)} skipped" in out  # the good 7: computed from the tar, cached for Parquet
+        assert ("7 computed" if data == tar else "7 already cached, 0 computed") in out
+
+
+def test_truncated_tar_yields_its_good_members_and_names_the_break(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=4, classes=2)
+    (shard,) = write_shards(src, tmp_path / "tar", per_shard=100)
+    data = shard.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.warns(UserWarning, match=r"cut\.tar: truncated"):
+        d = load_dataset(cut)
+    assert 0 < len(d) < 8
+    whole = dict(zip(load_dataset(shard).ids, load_dataset(shard).keys(), strict=True))
+    assert all(whole[i.replace("cut.tar", "data-000000.tar")] == k for i, k in zip(d.ids, d.keys(), strict=True))
+
+
+def test_parquet_written_by_hugging_face_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    src = write_digits(tmp_path / "digits", per_class=3, classes=3)
+    items = _files(src)
+    names = ["zero", "one", "two"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": f.read_bytes(), "path": f.name} for f, _, _ in items],
+                                     "label": [int(lab) for _, lab, _ in items]}, features=features)
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    ds.to_parquet(str(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet"))
+    ds.to_parquet(str(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet"))
+    d = load_dataset(tmp_path / "hub")
+    assert d.classes == names and d.has_split and len(d) == 18
+    assert set(d.keys()) == set(load_dataset(src).keys())
+
+
+def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    code = main(["extract", "hf:someone/flowers-nowhere@train", "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "hf download someone/flowers-nowhere --repo-type dataset" in err
+
+
+# ----------------------------------------------------------------- whole shards per worker
+def test_each_loader_worker_reads_whole_shards(tmp_path):
+    from fne.data.lanes import container_batches
+
+    src = write_digits(tmp_path / "digits", per_class=7, classes=3)
+    write_shards(src, tmp_path / "tar", per_shard=5)  # 5 shards: 5, 5, 5, 5, 1 images
+    d = load_dataset(tmp_path / "tar")
+    todo = list(range(1, len(d)))
+    batches = container_batches(d, todo, batch_size=2, workers=2)
+    assert sorted(p for b in batches for p in b) == list(range(len(todo)))
+    worker_of = {}  # the DataLoader hands batch k to worker k mod 2
+    for k, b in enumerate(batches):
+        for p in b:
+            assert worker_of.setdefault(d.sources[todo[p]].container, k % 2) == k % 2
+    for w in (0, 1):  # each worker reads its shards front to back
+        mine = [d.sources[todo[p]] for k, b in enumerate(batches) if k % 2 == w for p in b]
+        assert mine == sorted(mine, key=lambda m: (m.container, m.a))
+    assert container_batches(load_dataset(src), todo, 2, 2) is None  # files: plain batches
+
+
+def test_extract_with_workers_over_shards_stores_what_files_store(tmp_path):
+    src = write_digits(tmp_path / "digits", per_class=4, classes=3)
+    write_shards(src, tmp_path / "tar", per_shard=3, label="txt")
+    r = extract(tmp_path / "tar", cache=str(tmp_path / "c"), batch_size=2, workers=2, progress=False, **FAST)
+    assert r.n_computed == 12 and r.n_skipped == 0
+    again = extract(src, cache=str(tmp_path / "c"), batch_size=4, workers=0, progress=False, **FAST)
+    assert again.n_computed == 0 and again.n_cached == 12
+
+
+def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
+    from fne.pipeline.runner import run
+
+    toml = tmp_path / "p.toml"
+    toml.write_text('[pipeline]\nname = "hf"\n\n[datasets.flowers]\ndata = "hf:someone/flowers-nowhere"\n\n'
+                    '[[backbones]]\narch = "efficientnet_lite0"\nweights = "random"\n\n'
+                    '[fit]\nfeatures = ["fne"]\nheads = ["svm"]\n')
+    said = []
+    run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
+    assert any("flowers: hf:someone/flowers-nowhere is not here yet" in s and "hf download someone/flowers-nowhere"
+               in s for s in said)
+
+
+# ----------------------------------------------------------------- kill -9
+@pytest.mark.parametrize("form", ["tar", "parquet"])
+def test_killed_extraction_over_containers_resumes(tmp_path, form):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fne.cache.store import list_stores
+
+    from .test_extract import KILL_SCRIPT
+
+    src = write_digits(tmp_path / "digits", per_class=8, classes=3)
+    data = tmp_path / form
+    (write_shards if form == "tar" else write_parquet)(src, data, 6)
+    cache = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(data), str(cache)])
+    deadline, parts = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None and not parts:
+        parts = [p for d in cache.glob("*/parts") for p in d.iterdir() if not p.name.startswith(".")]
+        time.sleep(0.05)
+    assert proc.poll() is None, "extraction finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (store,) = list_stores(str(cache))
+    committed = len(store)
+    assert 0 < committed < 24 and store.verify() == []
+    resumed = extract(data, cache=str(cache), batch_size=4, workers=0, progress=False, **FAST)
+    assert resumed.n_computed == 24 - committed and resumed.n_skipped == 0
+    (store,) = list_stores(str(cache))
+    assert set(store.index()) >= set(load_dataset(src).keys()) and store.verify() == []
+
+
+def test_pipeline_subset_of_parquet_data_is_a_shard_of_the_same_images(tmp_path):
+    from fne.pipeline.config import DatasetCfg
+    from fne.pipeline.runner import materialise
+
+    src = write_digits(tmp_path / "digits", per_class=6, classes=3, split=True)
+    write_parquet(src, tmp_path / "pq")
+    ds = DatasetCfg(key="d", data=str(tmp_path / "pq"), spec=str(tmp_path / "pq"), max_per_class=2)
+    sub = load_dataset(materialise(ds, tmp_path / "out"))
+    full = load_dataset(tmp_path / "pq")
+    assert len(sub) == 12 and sub.has_split and set(sub.keys()) <= set(full.keys())
+    truth = dict(zip(full.keys(), zip(full.labels, full.splits)))
+    assert all(truth[k] == (lab, s) for k, lab, s in zip(sub.keys(), sub.labels, sub.splits))
+
+
+def test_hf_dataset_is_kept_as_parquet_and_read_offline_after(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2, split=True)
+    items = _files(src)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+
+    def part(split):
+        rows = [t for t in items if t[2] == split]
+        return datasets.Dataset.from_dict({"image": [str(f) for f, _, _ in rows],
+                                           "label": [int(lab) for _, lab, _ in rows]}, features=features)
+
+    calls = []
+
+    def hub(name, config=None, **k):
+        calls.append((name, config))
+        return datasets.DatasetDict({"train": part("train"), "test": part("test")})
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    d = load_dataset("hf:someone/digits")
+    assert calls == [("someone/digits", None)] and d.name == "digits" and d.classes == ["a", "b"]
+    assert d.has_split and set(d.keys()) == set(load_dataset(src).keys())
+    test = load_dataset("hf:someone/digits@test")  # from the cache: no second load
+    assert calls == [("someone/digits", None)] and len(test) == 2 and test.splits is None
+    with pytest.raises(DataError, match="no split 'validation'.*test, train"):
+        load_dataset("hf:someone/digits@validation")
+
+
+def test_parquet_rows_read_in_any_order_give_their_bytes(tmp_path, monkeypatch):
+    import random
+
+    src = write_digits(tmp_path / "digits", per_class=5, classes=2)
+    write_parquet(src, tmp_path / "pq", rows_per_group=3)
+    d = load_dataset(tmp_path / "pq")
+    biggest = max(len(f.read_bytes()) for f, _, _ in _files(src))
+    monkeypatch.setattr(fne.data.containers, "GROUP_CACHE_BYTES", 6 * biggest)  # about 2 groups of 3
+    order = list(range(len(d))) * 2
+    random.Random(0).shuffle(order)  # as `fne train` reads: shuffled, row groups evicted and read again
+    rows = [f.read_bytes() for f, _, _ in _files(src)]  # write_parquet keeps this order
+    assert all(d.read_bytes(i)[0] == rows[i] for i in order) and len(d.container._groups) <= 2
