@@ -15,8 +15,8 @@ layers (fne). Layouts:
 
 Reading right after writing finds the rows in the page cache for every layout alike.
 
-    python benchmarks/bench_writer.py            # 32,768 rows per layout
-    python benchmarks/bench_writer.py --quick    # 16,384 rows, under two minutes
+    python benchmarks/bench_writer.py            # 32,768 rows per layout, best of 3 rounds
+    python benchmarks/bench_writer.py --quick    # 8,192 rows, 2 rounds: under two minutes
 """
 
 from __future__ import annotations

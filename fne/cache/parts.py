@@ -38,10 +38,12 @@ class Damaged(Exception):
 
 
 def key_bytes(keys: list[str]) -> np.ndarray:
+    """Hex content keys as an (N, 16) uint8 array, as a part stores them."""
     return np.frombuffer(b"".join(bytes.fromhex(k) for k in keys), dtype=np.uint8).reshape(len(keys), 16)
 
 
 def key_strings(arr: np.ndarray) -> list[str]:
+    """The inverse of `key_bytes`."""
     return [bytes(row).hex() for row in arr]
 
 
@@ -71,7 +73,17 @@ def side_by_side(arrays: dict[str, np.ndarray] | np.ndarray, n: int, views: int,
 
 
 def write(zstore, keys: list[str], rows: np.ndarray) -> None:
-    """Write a part: `rows` is (N, V, D), every tap side by side, already in the storage dtype."""
+    """Write a part (out of readers' sight: the store commits it afterwards).
+
+    Parameters
+    ----------
+    zstore : zarr store
+        Where the part's group goes.
+    keys : list of str
+        The rows' content keys (hex).
+    rows : ndarray
+        (N, V, D), every tap side by side, already in the storage dtype.
+    """
     group = zarr.open_group(zstore, mode="w")
     group.create_array("keys", data=key_bytes(keys), attributes={"layout": ROWS},
                        config={"write_empty_chunks": True})
@@ -92,10 +104,29 @@ def read_keys(zstore) -> tuple[list[str], str]:
 
 
 def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list[str]) -> np.ndarray:
-    """Every row of a part for `layers`: (N, V, C1 + C2 + …), the layers side by side in the order
-    given, in the storage dtype (a view of the part's rows where the layers are adjacent).
+    """Every row of a part for `layers`, side by side in the order given.
 
-    `open_array(name)` opens one array of the part read-only.
+    Parameters
+    ----------
+    open_array : callable
+        `open_array(name)` opens one array of the part read-only.
+    layout : str
+        "rows" (format 2) or "taps" (format 1), as `read_keys` found it.
+    cols : dict
+        Each tap's column range in a "rows" array.
+    layers : list of str
+        The taps to read.
+
+    Returns
+    -------
+    ndarray
+        (N, V, C1 + C2 + …) in the storage dtype (a view of the part's rows where the layers
+        are adjacent).
+
+    Raises
+    ------
+    Damaged
+        When the part's data is missing or corrupt; any other failure propagates as it is.
     """
     try:
         if layout == ROWS:

@@ -122,7 +122,6 @@ class Store:
         self._layouts: dict[str, str] = {}
         self._bad: dict[str, str] | None = None
 
-    # ------------------------------------------------------------ files
     def exists(self, rel: str) -> bool:
         return self.files.exists(rel)
 
@@ -133,7 +132,6 @@ class Store:
     def read_json(self, rel: str):
         return self.files.read_json(rel)
 
-    # ------------------------------------------------------------ opening
     @classmethod
     def open(cls, root: str | Path | None, key: StoreKey, taps: list[tuple[str, int]], views: int,
              create: bool = True) -> Store:
@@ -181,7 +179,6 @@ class Store:
     def views(self) -> int:
         return int(self.meta["views"])
 
-    # ------------------------------------------------------------ index
     def parts(self) -> list[Path | Url]:
         """Committed parts, oldest first (names start with their commit time)."""
         return [self.path / "parts" / n for n in self.files.committed()]
@@ -225,7 +222,6 @@ class Store:
                 out.append(k)
         return out
 
-    # ------------------------------------------------------------ writing
     def commit(self, keys: list[str], arrays: dict[str, np.ndarray] | np.ndarray,
                bad: dict[str, str] | None = None) -> str:
         """Write one part atomically; returns its name.
@@ -249,8 +245,7 @@ class Store:
         return name
 
     def forget_bad(self, keys: Iterable[str]) -> int:
-        """Drop the bad-image records of `keys` (a transient read failure), so that they are
-        read again; returns how many were dropped."""
+        """Drop the bad-image records of `keys` (read again after a transient failure); -> how many."""
         keys, dropped = set(keys), 0
         for rel in self.files.list_json("bad"):
             recs = self.read_json(rel)
@@ -261,13 +256,12 @@ class Store:
         self._bad = None
         return dropped
 
-    def record(self, record: dict) -> None:
+    def record(self, record: dict) -> None:  # one run's record: records/<time>-<pid>.json
         self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
 
     def records(self) -> list[dict]:
         return [self.read_json(rel) for rel in self.files.list_json("records")]
 
-    # ------------------------------------------------------------ reading
     def read_part(self, name: str, layers: list[str]) -> np.ndarray:
         """Every row of part `name`, `layers` side by side, in the storage dtype; raises `parts.Damaged`."""
         if name not in self._layouts:
@@ -277,9 +271,19 @@ class Store:
                           self._layouts[name], cols, layers)
 
     def read_rows(self, keys: list[str], layers: list[str]) -> np.ndarray:
-        """Rows for `keys` (all must be present), `layers` side by side: float32 (len(keys), views, D)."""
-        dims = dict(self.taps)
-        out = np.empty((len(keys), self.views, sum(dims[la] for la in layers)), dtype=np.float32)
+        """Rows for `keys`, `layers` side by side.
+
+        Parameters
+        ----------
+        keys, layers : list of str
+            Content keys (all stored: a CacheError says how many are not), tap names.
+
+        Returns
+        -------
+        ndarray
+            float32 (len(keys), views, sum of the layers' widths).
+        """
+        out = np.empty((len(keys), self.views, sum(dict(self.taps)[la] for la in layers)), dtype=np.float32)
         for part, (pos, rows) in _by_part(self.index(), keys, self.path).items():
             try:
                 block = self.read_part(part, layers)
