@@ -17,6 +17,7 @@ import pytest
 
 import fne.data.containers
 import fne.extraction.taps
+from fne.cache.upkeep import verify
 from fne.cli import main
 from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys
@@ -382,11 +383,11 @@ def test_killed_extraction_over_containers_resumes(tmp_path, form):
     proc.wait()
     (store,) = list_stores(str(cache))
     committed = len(store)
-    assert 0 < committed < 24 and store.verify() == []
+    assert 0 < committed < 24 and verify(store).problems == []
     resumed = extract(data, cache=str(cache), batch_size=4, workers=0, progress=False, **FAST)
     assert resumed.n_computed == 24 - committed and resumed.n_skipped == 0
     (store,) = list_stores(str(cache))
-    assert set(store.index()) >= set(load_dataset(src).keys()) and store.verify() == []
+    assert set(store.index()) >= set(load_dataset(src).keys()) and verify(store).problems == []
 
 
 def test_pipeline_subset_of_parquet_data_is_a_shard_of_the_same_images(tmp_path):
