@@ -36,8 +36,9 @@ def _store_args(p: argparse.ArgumentParser, extraction: bool = True) -> None:
         p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores/2)")
         p.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                        help="torch.compile the network; auto: only for runs large enough to repay it")
-        p.add_argument("--decode", default="pil", choices=DECODERS,
-                       help="pil: decode in workers (default); device: JPEG decode on the GPU (nvjpeg)")
+        p.add_argument("--decode", default="auto", choices=DECODERS,
+                       help="auto (default): device on CUDA, pil elsewhere; pil: decode in workers; "
+                            "device: batched JPEG decode where the network runs (nvjpeg on CUDA)")
 
 
 def _store_kwargs(a: argparse.Namespace) -> dict:

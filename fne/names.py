@@ -10,7 +10,7 @@ import re
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORAGE_DTYPES = ("float16", "float32")
-DECODERS = ("pil", "device")
+DECODERS = ("auto", "pil", "device")
 CROPS = ("center", "squash", "ten")
 HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
 MODES = ("direct", "scratch", "frozen", "finetune")

@@ -499,22 +499,23 @@ class Preprocess:
         return [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> uint8 (views, 3, S, S): exactly torchvision.transforms.v2's pixels
-        (`Resize(resize)` + `CenterCrop(size)`, `Resize((size, size))` or `Resize` + `TenCrop`)."""
+        """RGB PIL image -> uint8 (views, 3, S, S), channels-last in memory: exactly the pixels of
+        torchvision.transforms.v2's `Resize(resize)` + `CenterCrop(size)`, `Resize((size, size))`
+        or `Resize(resize)` + `TenCrop(size)` on the same PIL image."""
         s, f = self.size, _PIL_FILTERS[self.interpolation]
         w, h = self.resized_size(*img.size)
         if img.size != (w, h):
             img = img.resize((w, h), f)
         arr = np.asarray(img, dtype=np.uint8)
         if self.crop == "squash":
-            views = arr[None]
+            crops = [arr]
         else:
             crops = [arr[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
             if self.crop == "ten":  # TenCrop: the five crops of the mirrored image come second
                 flipped = arr[:, ::-1]
                 crops += [flipped[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
-            views = np.stack(crops)
-        return torch.from_numpy(np.ascontiguousarray(views.transpose(0, 3, 1, 2)))
+        # (V, S, S, 3) in memory, seen as (V, 3, S, S): channels-last, as the network takes it.
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
 
 
 class Normalize(nn.Module):

@@ -54,8 +54,11 @@ class StoreSpec:
 
     def prep_key(self) -> str:
         # Device-decoded pixels differ from PIL's by rounding: their rows get a store of their own.
+        from fne.devices import resolve_decode, resolve_device
+
         key = self.preprocess().key
-        return key if self.decode == "pil" else f"{key}-devjpeg"
+        decode = resolve_decode(self.decode, resolve_device(self.device))  # auto: pil on CPU
+        return key if decode == "pil" else f"{key}-devjpeg"
 
     def fingerprint(self) -> str:
         return backbones.fingerprint(self.arch, self.weights, self.weights_seed)
