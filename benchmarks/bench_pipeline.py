@@ -49,7 +49,7 @@ class StandIn(torch.nn.Module):
     def __init__(self, widths):
         super().__init__()
         self.widths = widths
-        self.block = torch.rand(4096, sum(widths))
+        self.block = torch.rand(256, sum(widths))
 
     def forward(self, x):
         n = x.shape[0]
@@ -129,46 +129,46 @@ def run_loop(tree: Path, data: Path, batch: int, workers: int) -> dict:
     return r
 
 
-def breakdown(files: list[Path]) -> dict[str, float]:
-    """CPU-ms per image of each step of the new reader, in this process, one image at a time."""
+def breakdown(data: Path, n: int) -> dict[str, float]:
+    """CPU-ms per image, in this process on one thread: the new reader (read, hash, decode,
+    resize, crop, collate), and its parts; the floor is decoding plus resizing alone."""
     sys.path.insert(0, str(ROOT))
-    import numpy as np
     import torch
     from PIL import Image
 
     from fne.backbones import registry as backbones
-    from fne.data.datasets import content_key, read_image
+    from fne.data.datasets import content_key, load_dataset, read_image
+    from fne.extraction import reader
 
+    torch.set_num_threads(1)
+    dataset = load_dataset(data)
+    n = min(n, len(dataset))
     prep = backbones.get("vgg16").preprocess()
-    t = dict.fromkeys(["read", "hash", "decode", "resize_crop", "collate"], 0.0)
-    views = []
-    for f in files:
-        c = time.process_time()
-        data = f.read_bytes()
-        c1 = time.process_time()
-        content_key(data)
-        c2 = time.process_time()
-        img = read_image(io.BytesIO(data))
-        c3 = time.process_time()
-        views.append(prep(img))
-        c4 = time.process_time()
-        t["read"] += c1 - c
-        t["hash"] += c2 - c1
-        t["decode"] += c3 - c2
-        t["resize_crop"] += c4 - c3
+    items = reader.ImageItems(dataset, list(range(n)), prep)
+    datas = [dataset.read_bytes(i)[0] for i in range(n)]
+    t: dict[str, float] = {}
     c = time.process_time()
-    for j in range(0, len(views), 32):
-        torch.stack(views[j:j + 32])
-    t["collate"] = time.process_time() - c
-    # The floor: decode + resize only (PIL, one core), no hash, no crop, no tensor.
+    for j in range(0, n, 32):
+        reader.collate([items[i] for i in range(j, min(n, j + 32))])
+    t["reader"] = time.process_time() - c
     c = time.process_time()
-    for f in files:
-        with Image.open(f) as img:
+    for d in datas:
+        content_key(d)
+    t["hash"] = time.process_time() - c
+    c = time.process_time()
+    imgs = [read_image(io.BytesIO(d)) for d in datas]
+    t["decode"] = time.process_time() - c
+    c = time.process_time()
+    for img in imgs:
+        img.resize(prep.resized_size(*img.size), Image.BILINEAR)
+    t["resize"] = time.process_time() - c
+    c = time.process_time()
+    for d in datas:  # the floor: decode + resize only, no hash, no crop, no tensor
+        with Image.open(io.BytesIO(d)) as img:
             img.load()
             img.resize(prep.resized_size(*img.size), Image.BILINEAR)
     t["floor_decode_resize"] = time.process_time() - c
-    np.asarray(views[0])
-    return {k: 1000 * v / len(files) for k, v in t.items()}
+    return {k: 1000 * v / n for k, v in t.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                 runs[name].append(r)
                 print(f"{name} rep {rep}: {r['img_s']:.0f} img/s, {r['cpu_ms']:.2f} CPU-ms/image "
                       f"(main {r['main_ms']:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
-        parts = breakdown(files[: min(len(files), 300)])
+        parts = breakdown(images, 400)
     best = {k: min(v, key=lambda r: r["cpu_ms"]) for k, v in runs.items()}
     print(f"\n{len(files)} JPEGs (pets37 at q90), batch {a.batch_size}, {a.workers} workers, "
           f"VGG-16 widths, stand-in network; best of {a.reps}:")
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|")
     for k, r in best.items():
         print(f"| {k} | {r['img_s']:.0f} | {r['cpu_ms']:.2f} | {r['main_ms']:.2f} |")
-    print("\nnew reader, one process, CPU-ms per image: "
+    print("\nnew reader in one process, one thread, CPU-ms per image: "
           + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "breakdown": parts, "n": len(files)}, indent=1))
