@@ -1,8 +1,11 @@
 """The reader: image files (or array items) -> content key + uint8 views, in loader workers.
 
-Each file is read once: its bytes are hashed for the content key and decoded from memory,
-so extracting a folder for the first time opens every image exactly once. Plain JPEGs may
-instead travel as their bytes, to be decoded where the network runs (`decode="device"`).
+Each image's bytes come from `Dataset.read_bytes` once: they are hashed for the content key
+and decoded from memory, so extracting a folder for the first time reads every image exactly
+once. Views are torchvision's pixels (`Preprocess`), channels-last, and a batch is collated
+straight into shared memory (one copy on the way to the main process). Plain JPEGs may instead
+travel as their bytes, to be decoded where the network runs (`decode="device"`): one batched
+decode call, then one resize call per image size.
 """
 
 from __future__ import annotations
