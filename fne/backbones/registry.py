@@ -506,6 +506,10 @@ class Preprocess:
         w, h = self.resized_size(*img.size)
         if img.size != (w, h):
             img = img.resize((w, h), f)
+        if self.crop == "center":  # one crop: taken before the array copy
+            (x, y), = self.boxes(w, h)
+            crops = [np.asarray(img.crop((x, y, x + s, y + s)), dtype=np.uint8)]
+            return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
         arr = np.asarray(img, dtype=np.uint8)
         if self.crop == "squash":
             crops = [arr]
