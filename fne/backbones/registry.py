@@ -481,8 +481,16 @@ class Preprocess:
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
         """(width, height) after the resize, as torchvision's `Resize` computes it.
 
-        squash: (size, size); otherwise the shorter side becomes `resize` and the longer one
-        `int(resize * long / short)` (truncated, as `Resize(resize)` does).
+        Parameters
+        ----------
+        w, h : int
+            The image's width and height.
+
+        Returns
+        -------
+        tuple of int
+            squash: (size, size); otherwise the shorter side becomes `resize` and the longer
+            one `int(resize * long / short)` (truncated, as `Resize(resize)` does).
         """
         if self.crop == "squash":
             return self.size, self.size
@@ -490,8 +498,19 @@ class Preprocess:
         return (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
 
     def boxes(self, w: int, h: int) -> list[tuple[int, int]]:
-        """(left, top) of each crop in a resized image of `w` x `h`: torchvision's `CenterCrop`
-        (offsets `int(round((w - size) / 2))`) or `FiveCrop` order (corners, then center)."""
+        """Where the crops lie in a resized image.
+
+        Parameters
+        ----------
+        w, h : int
+            The resized image's width and height.
+
+        Returns
+        -------
+        list of (int, int)
+            (left, top) of each crop: torchvision's `CenterCrop` (offsets
+            `int(round((w - size) / 2))`), or for "ten" `FiveCrop`'s order (corners, then center).
+        """
         s = self.size
         center = (int(round((w - s) / 2.0)), int(round((h - s) / 2.0)))
         if self.crop != "ten":
