@@ -119,3 +119,23 @@ def test_device_decode_runs_end_to_end_on_cpu(tmp_path, forward_images):
     dev = fx.extract(data.parent, decode="device", **kw)
     assert dev.n_computed == 4 and dev.store != pil.store and "devjpeg" in dev.store
     assert forward_images.n == 8
+
+
+def test_auto_reading_finds_device_decoded_rows(tmp_path):
+    """Rows extracted with decode="device" are found by a reader left at decode="auto" (the
+    default of fit, predict, export), and the spec pinned to that store keeps decoding so."""
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j, (w, h) in enumerate(SIZES[:3]):
+        (data / f"{j}.jpg").write_bytes(_jpeg(w, h, j))
+    cache = str(tmp_path / "cache")
+    r = fx.extract(data.parent, decode="device", cache=cache, device="cpu", workers=0, progress=False, **FAST)
+    spec = StoreSpec(FAST["arch"], FAST["weights"], cache=cache, device="cpu", dtype="auto")
+    from fne.data.datasets import load_dataset
+
+    keys = load_dataset(data.parent).keys()
+    store = spec.find(keys)
+    assert str(store.path) == r.store and len(store) == 3
+    assert spec.pinned(store).decode == "device"
+    pil = StoreSpec(FAST["arch"], FAST["weights"], cache=cache, device="cpu", dtype="auto", decode="pil")
+    assert pil.prep_key() != spec.pinned(store).prep_key()

@@ -36,7 +36,8 @@ class StoreSpec:
     cache: str | None = None
     device: str = "auto"
     weights_seed: int = 0
-    decode: str = "pil"  # "device": JPEGs decoded where the network runs (nvjpeg on CUDA)
+    decode: str = "auto"  # "device": JPEGs decoded where the network runs (nvjpeg on CUDA);
+    # "auto": writing, "device" on CUDA and "pil" elsewhere; reading, rows of either
 
     def backbone(self) -> backbones.Backbone:
         return backbones.get(self.arch, self.weights)
@@ -75,8 +76,10 @@ class StoreSpec:
         return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views)
 
     def pinned(self, store: Store) -> StoreSpec:
-        """This spec pinned to `store`'s precision and storage dtype."""
-        return StoreSpec(**{**asdict(self), "precision": store.meta["precision"], "dtype": store.meta["dtype"]})
+        """This spec pinned to `store`'s precision, storage dtype and decoder."""
+        decode = "device" if store.meta["preprocess"].endswith("-devjpeg") else "pil"
+        return StoreSpec(**{**asdict(self), "precision": store.meta["precision"], "dtype": store.meta["dtype"],
+                            "decode": decode})
 
     def find(self, keys: list[str], verb: str = "fne") -> Store:
         """The store to read `keys`' rows from (see the module's rule); this machine's own store
@@ -86,8 +89,10 @@ class StoreSpec:
             return self.open()
         b = self.backbone()
         fp, prep = self.fingerprint(), self.prep_key()
+        # decode "auto" reads rows of either decoder, as `auto` precision reads any precision
+        preps = {self.preprocess().key, f"{self.preprocess().key}-devjpeg"} if self.decode == "auto" else {prep}
         candidates = [s for s in list_stores(self.cache)
-                      if (s.meta["arch"], s.meta["weights"], s.meta["preprocess"]) == (b.name, fp, prep)
+                      if (s.meta["arch"], s.meta["weights"]) == (b.name, fp) and s.meta["preprocess"] in preps
                       and self.precision in ("auto", s.meta["precision"])
                       and self.dtype in ("auto", s.meta["dtype"])]
         wanted = set(keys)
