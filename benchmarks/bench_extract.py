@@ -24,10 +24,12 @@ and the load average is printed next to every figure. Example (about 6-8 min on 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -170,15 +172,19 @@ def bare_forward_subprocess(folder: Path, arch: str, precision: str, batch: int,
 
 
 def fne_extract(folder: Path, arch: str, precision: str, batch: int, extra: list[str],
-                env: dict | None = None, weights: str = "random") -> dict:
-    """`fne extract` in a fresh cache, as its own process: wall, peak RSS, its run record."""
+                env: dict | None = None, weights: str = "random", tree: Path | None = None) -> dict:
+    """`fne extract` in a fresh cache, as its own process: wall, peak RSS, its run record.
+    tree: run the fne package found there (e.g. an older commit's) instead of this one."""
     with tempfile.TemporaryDirectory() as cache:
         cmd = [sys.executable, "-c", CLI_RUNNER, "extract", str(folder), "--arch", arch,
                "--weights", weights, "--precision", precision, "--cache", cache,
                "--batch-size", str(batch), *extra]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "TQDM_DISABLE": "1", **(env or {})})
+        env = {**os.environ, "TQDM_DISABLE": "1", **(env or {})}
+        if tree is not None:  # its own fne first; run from there so that `-c`'s '' finds it
+            env["PYTHONPATH"] = str(tree)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                cwd=tree or None)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         out = proc.stdout.read().decode()
@@ -193,6 +199,16 @@ def fne_extract(folder: Path, arch: str, precision: str, batch: int, extra: list
             "process_cpu_s": ru.ru_utime + ru.ru_stime, "maxrss_mib": rss["peak_rss_mib"],
             "worker_maxrss_mib": rss["worker_peak_rss_mib"],
             "wall_s": wall, "load": load()}
+
+
+def old_tree(rev: str, into: Path) -> Path:
+    """The fne package at git revision `rev`, unpacked under `into` (once)."""
+    if not (into / "fne").is_dir():
+        blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "fne"], check=True,
+                              capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(blob)) as t:
+            t.extractall(into, filter="data")
+    return into
 
 
 def hpai(python: str, folder: Path, batch: int, workers: int) -> dict | None:
@@ -220,6 +236,8 @@ def main() -> int:
     p.add_argument("--startup", default=None, metavar="PRECISION",
                    help="only: bare forward vs `fne extract` wall rate (process start included) at "
                         "PRECISION on N images, interleaved --reps times")
+    p.add_argument("--old", default=None, metavar="REV",
+                   help="with --startup: also run `fne extract` of git revision REV, interleaved")
     p.add_argument("--sweep", action="store_true",
                    help="only compare decoding workers 0/1/2 and compute threads (interleaved)")
     p.add_argument("--hpai-python", default="/work/hpai-venv/bin/python")
@@ -279,6 +297,12 @@ def main() -> int:
             r["wall_over_bare"] = r["wall_images_per_s"] / bare["images_per_s"]
             r["run_over_bare"] = r["run_images_per_s"] / bare["images_per_s"]
             add(f"extract {a.startup} (wall: process start included)", r)
+            if a.old:
+                r = fne_extract(n_dir, a.arch, a.startup, a.batch_size, workers, weights=str(wfile),
+                                tree=old_tree(a.old, tmp / "old"))
+                r["wall_over_bare"] = r["wall_images_per_s"] / bare["images_per_s"]
+                r["run_over_bare"] = r["run_images_per_s"] / bare["images_per_s"]
+                add(f"extract {a.startup} at {a.old} (wall: process start included)", r)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))
         return 0

@@ -183,3 +183,23 @@ def default_workers(device: torch.device) -> int:
     if device.type == "cuda":
         return min(16, max(1, per_rank - 1))
     return 1
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """`auto` -> "device" on CUDA (batched nvjpeg pays there), "pil" elsewhere; others as given.
+
+    Parameters
+    ----------
+    decode : str
+        "auto", "pil" or "device".
+    device : torch.device
+        Where the network runs.
+
+    Returns
+    -------
+    str
+        "pil" or "device".
+    """
+    if decode == "auto":
+        return "device" if device.type == "cuda" else "pil"
+    return decode

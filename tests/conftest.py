@@ -78,3 +78,23 @@ def store_reads(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(Store, "read_rows", counting_read)
     return sizes
+
+
+class _Counter:
+    n = 0
+
+
+@pytest.fixture
+def forward_images(monkeypatch) -> _Counter:
+    """Counts the images that go through the tap model during the test (`.n`)."""
+    from fne.extraction.taps import TapRunner
+
+    counter = _Counter()
+    real_call = TapRunner.__call__
+
+    def counting_call(self, x):
+        counter.n += x.shape[0]
+        return real_call(self, x)
+
+    monkeypatch.setattr(TapRunner, "__call__", counting_call)
+    return counter

@@ -117,7 +117,7 @@ def test_torchrun_shards_equal_one_process(data, reference, tmp_path):
     assert sum(m["n_images_in_shard"] for m in markers.values()) == 28
 
 
-def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path):
+def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path, forward_images):
     cache = tmp_path / "cache"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_SHARD, str(data), str(cache)])
     deadline, committed = time.time() + 120, []
@@ -156,9 +156,9 @@ def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path):
     # A finished shard is skipped: no forward pass, marker kept as it was.
     marker = Path(shards.shard_marker(store, shards.listing_fingerprint(load_dataset(data)), (1, 2)))
     stamp = marker.read_text()
-    n0 = fx.FORWARD_IMAGES
+    n0 = forward_images.n
     again = fx.extract(data, cache=str(cache), shard="1/2", progress=False, **FAST)
-    assert again.n_computed == 0 and fx.FORWARD_IMAGES == n0
+    assert again.n_computed == 0 and forward_images.n == n0
     assert again.shard_marker == str(marker) and marker.read_text() == stamp
     # Another split of the same complete store finishes at once and is marked too.
     other = fx.extract(data, cache=str(cache), shard="2/3", progress=False, **FAST)

@@ -26,25 +26,25 @@ def _store(cache):
     return store
 
 
-def test_second_task_runs_zero_forward_passes(digits_folder, warm_cache, tmp_path, monkeypatch):
+def test_second_task_runs_zero_forward_passes(digits_folder, warm_cache, tmp_path, monkeypatch, forward_images):
     # another task over the same images: a CSV with other labels, in another folder
     files = sorted(digits_folder.rglob("*.png"))
     csv = tmp_path / "other.csv"
     csv.write_text("path,label\n" + "".join(f"{f},{'big' if int(f.parent.name) > 1 else 'small'}\n"
                                              for f in files))
-    before = fx.FORWARD_IMAGES
+    before = forward_images.n
 
     def must_not_build(*a, **k):
         raise AssertionError("network built although every row is cached")
 
     monkeypatch.setattr(fne.backbones.registry, "load_backbone", must_not_build)
     r = fx.extract(csv, cache=str(warm_cache), progress=False, **FAST)
-    assert r.n_computed == 0 and r.n_cached == len(files) and fx.FORWARD_IMAGES == before
+    assert r.n_computed == 0 and r.n_cached == len(files) and forward_images.n == before
     from fne.linear.fit import fit
 
     m = fit(csv, features="last", head="logreg", splits=2, out=tmp_path / "run", cache=str(warm_cache),
             arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
-    assert fx.FORWARD_IMAGES == before and m["classes"] == ["big", "small"]
+    assert forward_images.n == before and m["classes"] == ["big", "small"]
 
 
 def test_only_new_images_are_computed(digits_folder, tmp_path):

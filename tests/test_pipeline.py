@@ -176,7 +176,7 @@ class Counter:
         monkeypatch.setattr(module, name, wrapper)
 
 
-def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
+def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch, forward_images):
     import fne.extraction.extract
     import fne.linear.fit
     import fne.reporting.advise
@@ -221,12 +221,12 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch):
 
     # 4. a changed setting reruns exactly the steps it touches (the fits), from the cache
     f.write_text(TINY.replace('C = "1.0"', 'C = "0.5"'))
-    forward = fne.extraction.extract.FORWARD_IMAGES
+    forward = forward_images.n
     with monkeypatch.context() as m:
         counts = {n: Counter(m, mod, n) for mod, n in ((fne.linear.fit, "fit"), (fne.training.train, "train"))}
         r = P.run(f, out, cache, report=False, log=lambda s: None)
     assert (counts["fit"].calls, counts["train"].calls, r["ran"]) == (2, 0, 2)
-    assert fne.extraction.extract.FORWARD_IMAGES == forward  # every row came from the cache
+    assert forward_images.n == forward  # every row came from the cache
 
     # 5. a metrics.json rewritten behind the pipeline's back is not trusted
     target = root / "train-frozen-s0" / "metrics.json"

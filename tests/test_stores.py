@@ -54,14 +54,14 @@ def image_opens(monkeypatch) -> Counter:
     return opened
 
 
-def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_path, monkeypatch, capsys):
+def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_path, monkeypatch, capsys, forward_images):
     cache = str(tmp_path / "cache")
     fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="fp32", progress=False)
     # Another machine, where `auto` means bf16: the rows are still found, nothing is recomputed.
     monkeypatch.setattr(fne.devices, "cpu_bf16_native", lambda: True)
-    before = fx.FORWARD_IMAGES
+    before = forward_images.n
     m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2)
-    assert fx.FORWARD_IMAGES == before
+    assert forward_images.n == before
     assert m["precision"] == "fp32" and m["storage_dtype"] == "float16" and m["rows"] == "cached"
     # An explicit precision pins: bf16 rows do not exist, so it says how to make them.
     with pytest.raises(FneError, match="are not in the cache"):

@@ -116,12 +116,12 @@ def test_families_tap_what_the_rules_say():
 
 
 def test_preprocessing_comes_from_the_weights_and_keys_the_store():
-    assert backbones.get("vgg16").preprocess().key == "center224"  # existing stores stay valid
-    assert backbones.get("efficientnet_lite0").preprocess().key == "center224"
+    assert backbones.get("vgg16").preprocess().key == "center224-tv"  # torchvision pixels (issue 18): a key of their own
+    assert backbones.get("efficientnet_lite0").preprocess().key == "center224-tv"
     r = backbones.get("resnet50")  # DEFAULT = IMAGENET1K_V2: resize 232
-    assert r.preprocess().to_dict()["resize"] == 232 and r.preprocess().key == "center224-r232"
+    assert r.preprocess().to_dict()["resize"] == 232 and r.preprocess().key == "center224-r232-tv"
     v1 = backbones.get("resnet50", "IMAGENET1K_V1")
-    assert v1.preprocess().resize == 256 and v1.preprocess().key == "center224"
+    assert v1.preprocess().resize == 256 and v1.preprocess().key == "center224-tv"
     assert backbones.fingerprint("resnet50", "IMAGENET1K_V2") == backbones.fingerprint("resnet50")
     assert backbones.fingerprint("resnet50", "IMAGENET1K_V1") != backbones.fingerprint("resnet50")
     t = backbones.get("timm:vit_tiny_patch16_224").preprocess()

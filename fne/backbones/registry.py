@@ -511,7 +511,12 @@ class Preprocess:
 
     @property
     def key(self) -> str:
-        """Part of the store key: `center224` for the original preprocessing, more when it differs."""
+        """Part of the store key: `center224-tv` for the default preprocessing, more when it differs.
+
+        `-tv` marks pixels made as torchvision's transforms make them (the resized size
+        truncates, the crop offset rounds); rows of the earlier, rounding crop (keys without
+        it) are never mixed with these.
+        """
         key = f"{self.crop}{self.size}"
         if self.resize != round(self.size * 256 / 224) and self.crop != "squash":
             key += f"-r{self.resize}"
@@ -520,29 +525,73 @@ class Preprocess:
         norm = (tuple(round(v, 6) for v in self.mean), tuple(round(v, 6) for v in self.std))
         if not any(norm == tuple(tuple(round(v, 6) for v in part) for part in n) for n in _UNKEYED_NORMS):
             key += "-n" + hashlib.blake2b(repr(norm).encode(), digest_size=3).hexdigest()
-        return key
+        return key + "-tv"
 
     def to_dict(self) -> dict:
         return {"resize": self.resize, "crop_size": self.size, "crop": self.crop, "mean": list(self.mean),
                 "std": list(self.std), "interpolation": self.interpolation}
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        s, f = self.size, _PIL_FILTERS[self.interpolation]
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after the resize, as torchvision's `Resize` computes it.
+
+        Parameters
+        ----------
+        w, h : int
+            The image's width and height.
+
+        Returns
+        -------
+        tuple of int
+            squash: (size, size); otherwise the shorter side becomes `resize` and the longer
+            one `int(resize * long / short)` (truncated, as `Resize(resize)` does).
+        """
         if self.crop == "squash":
-            crops = [img.resize((s, s), f)]
+            return self.size, self.size
+        r = self.resize
+        return (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+
+    def boxes(self, w: int, h: int) -> list[tuple[int, int]]:
+        """Where the crops lie in a resized image.
+
+        Parameters
+        ----------
+        w, h : int
+            The resized image's width and height.
+
+        Returns
+        -------
+        list of (int, int)
+            (left, top) of each crop: torchvision's `CenterCrop` (offsets
+            `int(round((w - size) / 2))`), or for "ten" `FiveCrop`'s order (corners, then center).
+        """
+        s = self.size
+        center = (int(round((w - s) / 2.0)), int(round((h - s) / 2.0)))
+        if self.crop != "ten":
+            return [center]
+        return [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> uint8 (views, 3, S, S), channels-last in memory: exactly the pixels of
+        torchvision.transforms.v2's `Resize(resize)` + `CenterCrop(size)`, `Resize((size, size))`
+        or `Resize(resize)` + `TenCrop(size)` on the same PIL image."""
+        s, f = self.size, _PIL_FILTERS[self.interpolation]
+        w, h = self.resized_size(*img.size)
+        if img.size != (w, h):
+            img = img.resize((w, h), f)
+        if self.crop == "center":  # one crop: taken before the array copy
+            (x, y), = self.boxes(w, h)
+            crops = [np.asarray(img.crop((x, y, x + s, y + s)), dtype=np.uint8)]
+            return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+        arr = np.asarray(img, dtype=np.uint8)
+        if self.crop == "squash":
+            crops = [arr]
         else:
-            w, h = img.size
-            scale = self.resize / min(w, h)
-            img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), f)
-            w, h = img.size
-            boxes = [((w - s) // 2, (h - s) // 2)]
-            if self.crop == "ten":
-                boxes = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s)] + boxes
-            crops = [img.crop((x, y, x + s, y + s)) for x, y in boxes]
-            if self.crop == "ten":
-                crops += [c.transpose(Image.FLIP_LEFT_RIGHT) for c in crops]
-        arr = np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+            crops = [arr[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
+            if self.crop == "ten":  # TenCrop: the five crops of the mirrored image come second
+                flipped = arr[:, ::-1]
+                crops += [flipped[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
+        # (V, S, S, 3) in memory, seen as (V, 3, S, S): channels-last, as the network takes it.
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
 
 
 class Normalize(nn.Module):

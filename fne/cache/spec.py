@@ -43,8 +43,11 @@ class StoreSpec(StoreOptions):
 
     def prep_key(self) -> str:
         # Device-decoded pixels differ from PIL's by rounding: their rows get a store of their own.
+        from fne.devices import resolve_decode, resolve_device
+
         key = self.preprocess().key
-        return f"{key}{DEVICE_SUFFIX}" if self.decode == "device" else key
+        decode = resolve_decode(self.decode, resolve_device(self.device))  # auto: device on CUDA, else pil
+        return f"{key}{DEVICE_SUFFIX}" if decode == "device" else key
 
     def fingerprint(self) -> str:
         device_type = "cpu"

@@ -212,7 +212,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def read_image(path: str | Path) -> Image.Image:
     with Image.open(path) as img:
         img.load()  # decode now so truncation raises here, inside the reader
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image
         return to_rgb(img)
 
 

@@ -47,7 +47,9 @@ class Manifest:
             pass  # no manifest yet, or a damaged one: every file is hashed again
 
     def rel(self, path: str | Path) -> str:
-        return os.path.relpath(os.path.abspath(path), self.root)
+        p = os.path.abspath(path)
+        prefix = self.root + os.sep  # the common case, without relpath's per-call cost
+        return p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, self.root)
 
     def lookup(self, path: str | Path, st: os.stat_result) -> str | None:
         e = self.entries.get(self.rel(path))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from fne.devices import (
     default_workers,
     resolve_batch_size,
     resolve_compile,
+    resolve_decode,
     resolve_device,
     tune_allocator,
 )
@@ -38,9 +39,6 @@ from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
 from fne.options import ExtractOptions
 from fne.progress import progress as progress_bar
-
-# Images that went through a forward pass in this process: tests count reuse with it.
-FORWARD_IMAGES = 0
 
 
 @dataclass
@@ -112,6 +110,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         Any DATA form (see `fne.data.datasets.load_dataset`).
     store : StoreSpec, optional
         Which store receives the rows (backbone, weights, preprocessing, precision, ...).
+        ``decode="auto"`` decodes JPEGs in batches on the GPU on CUDA, with PIL elsewhere.
     **options
         Fields of `StoreSpec` (overriding `store`'s: ``arch="resnet50"``) and of
         `fne.options.ExtractOptions` (``batch_size``, ``workers``, ``compile``, ``shard``,
@@ -123,24 +122,16 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
     """
     spec, o = opts.resolve(options, StoreSpec, ExtractOptions, given={StoreSpec: store})
-    batch_size, workers, progress, chunk, threads = o.batch_size, o.workers, o.progress, o.chunk, o.threads
-    compile = {"on": True, "off": False}.get(o.compile, "auto")
-    cache, device, retry_bad, shard = spec.cache, spec.device, o.retry_bad, o.shard
     t0 = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-    dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_allocator()
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
+    dev = _device(spec.device, o.threads)
+    spec = replace(spec, decode=resolve_decode(spec.decode, dev))
     store = spec.open()
-    batch_size = resolve_batch_size(batch_size, dev, spec.preprocess().size, store.meta["precision"])
-    shard_t = shards.parse_shard(shard)
-    plan = _plan(dataset, store, shard_t, cache, retry_bad)
+    batch_size = resolve_batch_size(o.batch_size, dev, spec.preprocess().size, store.meta["precision"])
+    shard_t = shards.parse_shard(o.shard)
+    plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0,
                            shard=None if shard_t is None else f"{shard_t[0]}/{shard_t[1]}")
@@ -149,10 +140,14 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         # A marker never hides work: the index has the last word.
         warnings.warn(f"shard marker {shards.marker_rel(fp, shard_t)} exists but {len(plan.todo)} "
                       f"images of the shard have no known row; reading them", stacklevel=2)
-    settings = None
+    done = _Pass()
     if plan.todo:
-        settings = _Run(spec, store, dataset, plan, dev, result).go(batch_size, workers, compile, chunk,
-                                                                    progress)
+        try:
+            compile = {"on": True, "off": False}.get(o.compile, "auto")
+            _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
+        finally:
+            _remember(done.reads, plan, dataset)
+        _fill(result, done)
     _count(result, plan, store)
     if fp is not None:
         if plan.todo or not store.exists(shards.marker_rel(fp, shard_t)):
@@ -160,10 +155,34 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
                                 result.n_skipped)
         result.shard_marker = str(shards.shard_marker(store, fp, shard_t))
     result.seconds = time.perf_counter() - t0
-    if settings is not None and (result.n_computed or result.skipped):  # a no-op run records nothing
+    if done.settings and (result.n_computed or result.skipped):  # a no-op run records nothing
+        settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
                       **{k: v for k, v in result.to_dict().items() if k != "store"}})
     return result
+
+
+def _device(device: str, threads: int | None) -> torch.device:
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        tune_allocator()
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
+    return dev
+
+
+def _fill(result: ExtractResult, done: _Pass) -> None:
+    st = done.stats
+    result.n_computed, result.skipped = done.computed, done.skipped
+    result.compiled = done.settings["compile"]
+    result.stage_seconds = done.settings["stage_seconds"]
+    result.images_per_s = done.computed / st.run if st.run > 0 else 0.0
+    # Steady state: the run after its first batch (pipeline fill, compilation, oneDNN set-up).
+    n0, t0 = st.first_batch
+    if done.computed > n0 and st.run > t0:
+        result.steady_images_per_s = (done.computed - n0) / (st.run - t0)
 
 
 def _count(result: ExtractResult, plan: _Plan, store: Store) -> None:
@@ -175,130 +194,123 @@ def _count(result: ExtractResult, plan: _Plan, store: Store) -> None:
     result.n_skipped = len(result.skipped)
 
 
-class _Run:
-    """One pass of the reader -> tap model -> writer loop over `plan.todo`, timed by stage."""
+@dataclass
+class Stats:
+    """Timings of one pass of the loop, in seconds (the store's record keeps them)."""
 
-    def __init__(self, spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, dev: torch.device,
-                 result: ExtractResult):
-        self.spec, self.store, self.dataset, self.plan, self.dev, self.result = \
-            spec, store, dataset, plan, dev, result
-        self.prec = store.meta["precision"]
-        self.prep = spec.preprocess()
-        self.present = set(store.index())  # snapshot: the writer thread commits meanwhile
-        self.seen: set[str] = set()  # keys queued for writing in this run
-        self.t = dict(read_wait=0.0, forward=0.0, first_forward=0.0, model_load=0.0)
+    read_wait: float = 0.0  # waiting on the reader
+    forward: float = 0.0  # tap model and queueing the rows
+    run: float = 0.0  # first batch request to the last commit
+    cpu_run: float = 0.0  # CPU of this process and its finished workers meanwhile
+    first_batch: tuple[int, float] = (0, 0.0)  # images in the first forward, seconds to its end
 
-    def go(self, batch_size: int, workers: int | None, compile, chunk: int, progress: bool) -> dict:
-        """Run the loop; -> the settings it ran with (for the store's record)."""
-        plan, dev, result = self.plan, self.dev, self.result
-        use_compile = resolve_compile(compile, len(plan.todo), dev)
-        workers = default_workers(dev) if workers is None else workers
-        lanes = container_batches(self.dataset, plan.todo, batch_size, workers)  # a worker per tar
-        loader = torch.utils.data.DataLoader(
-            reader.ImageItems(self.dataset, plan.todo, self.prep, self.spec.decode == "device"),
-            **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
-            collate_fn=reader.collate,
-            pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
-        # Start the workers first: they fork before the model exists (small children) and keep
-        # decoding while the weights load. The model is built on the first batch that needs it:
-        # images whose content turns out to be stored already never cost a network.
-        batches = iter(loader)
-        self.model, self.use_compile = None, use_compile
-        writer = Writer(self.store, chunk, [(tp.name, tp.channels) for tp in self.spec.backbone().taps])
-        writer.start()
-        self.pad_to = batch_size if use_compile else 0
-        cpu0, t_run = _cpu_seconds(), time.perf_counter()
-        bar = progress_bar(len(plan.todo), f"extract {self.spec.arch}", progress)
-        self.first = (0, 0.0)
-        try:
+    def seconds(self, model: taps.TapRunner, write: float) -> dict[str, float]:
+        return {"read_wait": self.read_wait, "forward": self.forward, "first_forward": model.first_forward,
+                "model_load": model.model_load, "write": write, "run": self.run, "cpu_run": self.cpu_run}
+
+
+@dataclass
+class _Pass:
+    """What one pass of the loop produced; `reads` are the (index, key, stat) the reader hashed."""
+
+    computed: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+    reads: list[tuple] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+    settings: dict = field(default_factory=dict)
+
+
+def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.device, batch_size: int,
+            workers: int) -> torch.utils.data.DataLoader:
+    items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device")
+    lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
+    return torch.utils.data.DataLoader(
+        items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
+        collate_fn=reader.collate,
+        pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: torch.device, out: _Pass,
+         batch_size: int, workers: int | None, compile, chunk: int, progress: bool) -> None:
+    """The loop: reader -> tap model -> writer over `todo`; what it learns goes into `out`."""
+    use_compile = resolve_compile(compile, len(todo), dev)
+    workers = default_workers(dev) if workers is None else workers
+    # Start the workers first: they fork before the model exists (small children) and keep
+    # decoding while the weights load. The model is built on the first batch that needs it:
+    # images whose content turns out to be stored already never cost a network.
+    batches = iter(_loader(spec, dataset, todo, dev, batch_size, workers))
+    dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
+    model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
+    fresh = _Fresh(store.index())
+    writer = Writer(store, chunk, [(tp.name, tp.channels) for tp in spec.backbone().taps])
+    writer.start()
+    st, prep = out.stats, spec.preprocess()
+    cpu0, t_run = _cpu_seconds(), time.perf_counter()
+    bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
+    try:
+        t = time.perf_counter()
+        for batch in batches:
+            st.read_wait += time.perf_counter() - t
             t = time.perf_counter()
-            for batch in batches:
-                self.t["read_wait"] += time.perf_counter() - t
-                t = time.perf_counter()
-                n_done = self._batch(batch, writer, t_run)
-                self.t["forward"] += time.perf_counter() - t
-                bar.update(n_done)
-                bar.set_postfix(img_s=f"{result.n_computed / max(time.perf_counter() - t_run, 1e-9):.1f}")
-                t = time.perf_counter()
-        finally:
-            bar.close()
-            writer.close()  # commits what is buffered, also on Ctrl-C
-            if plan.manifest is not None:
-                plan.manifest.save()
-        del batches  # joins the workers, so that their CPU time is counted below
-        return self._finish(writer, time.perf_counter() - t_run, _cpu_seconds() - cpu0, batch_size, workers)
+            out.reads += batch["stats"]
+            bad = list(batch["bad"])
+            x, idx, keys = fresh.select(*reader.assemble(batch, dev, prep, bad))
+            rows, event = model(x) if x is not None else (None, None)
+            if x is not None and not st.first_batch[0]:
+                st.first_batch = (len(idx), time.perf_counter() - t_run)
+            writer.put(keys, rows, _skip(bad, dataset, out.skipped), event)
+            out.computed += len(idx)
+            st.forward += time.perf_counter() - t
+            bar.update(len(batch["idx"]) + len(batch["bad"]))
+            t = time.perf_counter()
+    finally:
+        bar.close()
+        writer.close()  # commits what is buffered, also on Ctrl-C
+    del batches  # joins the workers, so that their CPU time is counted below
+    st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
+    out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,
+                    "workers": workers, "compile": model.compiled, "threads": torch.get_num_threads(),
+                    "decode": spec.decode, "stage_seconds": st.seconds(model, writer.seconds)}
 
-    def _batch(self, batch: dict, writer: Writer, t_run: float) -> int:
-        """Forward the batch's new images, queue their rows; -> images handled."""
-        global FORWARD_IMAGES
-        self._note_reads(batch)
-        bad = list(batch["bad"])
-        x, idx, keys = reader.assemble(batch, self.dev, self.prep, bad)
+
+class _Fresh:
+    """Keeps the images whose rows are neither stored (a snapshot: the writer commits meanwhile)
+    nor queued earlier in this run."""
+
+    def __init__(self, present):
+        self.present, self.seen = set(present), set()
+
+    def select(self, x: torch.Tensor | None, idx: list[int], keys: list[str]):
         keep = []
-        for p, k in enumerate(keys):  # drop what is stored already, or a duplicate of this run
+        for p, k in enumerate(keys):
             if k not in self.seen and k not in self.present:
                 self.seen.add(k)
                 keep.append(p)
-        if x is not None and len(keep) < len(keys):
-            x = x[keep] if keep else None
-        idx, keys = [idx[p] for p in keep], [keys[p] for p in keep]
-        rows, event = None, None
-        if x is not None:
-            rows, event = self._forward(x, t_run)
-            FORWARD_IMAGES += len(idx)
-        bad_keys = {}
-        for i, key, err in bad:
-            self.result.skipped[self.dataset.ids[i]] = err
-            warnings.warn(f"skipped {self.dataset.ids[i]}: {err}", stacklevel=2)
-            if key is not None:
-                bad_keys[key] = err
-        writer.put(keys, rows, bad_keys, event)
-        self.result.n_computed += len(idx)
-        return len(batch["idx"]) + len(batch["bad"])
+        if len(keep) == len(keys):
+            return x, idx, keys
+        x = x[keep] if x is not None and keep else None
+        return x, [idx[p] for p in keep], [keys[p] for p in keep]
 
-    def _note_reads(self, batch: dict) -> None:
-        """Keys the reader computed: into the plan (counts) and the manifest (next runs)."""
-        for i, key, stat in batch["stats"]:
-            self.plan.known[i] = key
-            if self.plan.manifest is not None and key is not None:
-                self.plan.manifest.add(self.dataset.sources[i], stat[0], stat[1], key, stat[2])
 
-    def _forward(self, x: torch.Tensor, t_run: float):
-        """uint8 (B, V, 3, S, S) -> (B, V, D) rows in the storage dtype (async copy on CUDA)."""
-        b, views = x.shape[:2]
-        x = x.reshape(b * views, *x.shape[2:])
-        n = x.shape[0]
-        if self.pad_to and n < self.pad_to * views:  # one shape: no recompilation
-            x = torch.cat([x, x.new_zeros((self.pad_to * views - n, *x.shape[1:]))])
-        if self.model is None:
-            t = time.perf_counter()
-            self.model = taps.build_tap_model(self.spec, self.dev, self.use_compile)
-            self.t["model_load"] = time.perf_counter() - t
-        t = time.perf_counter()
-        self.model, pooled = taps.forward(self.model, x, self.dev, self.prec)
-        if not self.t["first_forward"]:  # includes compilation and oneDNN's first-call setup
-            self.t["first_forward"] = time.perf_counter() - t
-            self.first = (b, time.perf_counter() - t_run)
-        out_dtype = torch.float16 if self.store.meta["dtype"] == "float16" else torch.float32
-        flat = torch.cat(pooled, dim=1)[:n].to(out_dtype).reshape(b, views, -1)
-        if self.dev.type != "cuda":
-            return flat, None
-        rows = flat.to("cpu", non_blocking=True)  # into pinned memory; the writer waits on the event
-        event = torch.cuda.Event()
-        event.record()
-        return rows, event
+def _skip(bad: list, dataset: Dataset, skipped: dict[str, str]) -> dict[str, str]:
+    """Name each unreadable image once (warning + `skipped`); -> {key: why} of those with a key."""
+    bad_keys = {}
+    for i, key, err in bad:
+        skipped[dataset.ids[i]] = err
+        warnings.warn(f"skipped {dataset.ids[i]}: {err}", stacklevel=3)
+        if key is not None:
+            bad_keys[key] = err
+    return bad_keys
 
-    def _finish(self, writer: Writer, run_s: float, cpu_run: float, batch_size: int, workers: int) -> dict:
-        r = self.result
-        r.compiled = bool(getattr(self.model, "_orig_mod", None) is not None)
-        r.images_per_s = r.n_computed / run_s if run_s > 0 else 0.0
-        r.stage_seconds = {**self.t, "write": writer.seconds, "run": run_s, "cpu_run": cpu_run}
-        # Steady state: the run after its first batch (pipeline fill, compilation, oneDNN set-up).
-        if r.n_computed > self.first[0] and run_s > self.first[1]:
-            r.steady_images_per_s = (r.n_computed - self.first[0]) / (run_s - self.first[1])
-        return {"device": str(self.dev), "precision": self.prec, "batch_size": batch_size,
-                "workers": workers, "compile": r.compiled, "threads": torch.get_num_threads(),
-                "decode": self.spec.decode}
+
+def _remember(reads: list[tuple], plan: _Plan, dataset: Dataset) -> None:
+    """Keys the reader computed: into the plan (counts) and the manifest (next runs)."""
+    for i, key, stat in reads:
+        plan.known[i] = key
+        if plan.manifest is not None and key is not None:
+            plan.manifest.add(dataset.sources[i], stat[0], stat[1], key, stat[2])
+    if plan.manifest is not None:
+        plan.manifest.save()
 
 
 def _cpu_seconds() -> float:

@@ -1,13 +1,17 @@
 """The reader: image files (or array items) -> content key + uint8 views, in loader workers.
 
-Each file is read once: its bytes are hashed for the content key and decoded from memory,
-so extracting a folder for the first time opens every image exactly once. Plain JPEGs may
-instead travel as their bytes, to be decoded where the network runs (`decode="device"`).
+Each image's bytes come from `Dataset.read_bytes` once: they are hashed for the content key
+and decoded from memory, so extracting a folder for the first time reads every image exactly
+once. Views are torchvision's pixels (`Preprocess`), channels-last, and a batch is collated
+straight into shared memory (one copy on the way to the main process). Plain JPEGs may instead
+travel as their bytes, to be decoded where the network runs (`decode="device"`): one batched
+decode call, then one resize call per image size.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 
 import torch
@@ -76,7 +80,8 @@ def _plain_jpeg(data: bytes) -> bool:
 
 def collate(items):
     """-> dict: `idx`/`keys`/`stats` of the good items in batch order; `pixels` stacks the decoded
-    ones, `raw` holds JPEG bytes; `bad` lists (index, key or None, error)."""
+    ones (in shared memory when run in a loader worker: one copy, none on the way to the main
+    process), `raw` holds JPEG bytes; `bad` lists (index, key or None, error)."""
     out = {"idx": [], "keys": [], "stats": [], "pix": [], "pix_pos": [], "raw": [], "raw_pos": [], "bad": []}
     for i, key, x, err, stat in items:
         if stat is not None:
@@ -89,65 +94,92 @@ def collate(items):
         out["raw_pos" if is_raw else "pix_pos"].append(len(out["idx"]))
         out["idx"].append(i)
         out["keys"].append(key)
-    out["pixels"] = torch.stack(out.pop("pix")) if out["pix_pos"] else None
+    out["pixels"] = _stack(out.pop("pix")) if out["pix_pos"] else None
     return out
 
 
-def tensor_views(img: torch.Tensor, prep: Preprocess) -> torch.Tensor:
-    """`Preprocess` on a decoded (3, H, W) uint8 tensor, on its device: (V, 3, S, S) uint8.
+def _stack(views: list[torch.Tensor]) -> torch.Tensor:
+    """Tensors of one shape -> (B, *shape), keeping their memory layout (channels-last views
+    stay so: no transposing copy); in shared memory when run in a loader worker."""
+    x0 = views[0]
+    order = sorted(range(x0.dim()), key=lambda d: -x0.stride(d))  # outermost dimension first
+    shape = (len(views), *(x0.shape[d] for d in order))
+    n = math.prod(shape)
+    if torch.utils.data.get_worker_info() is not None:
+        flat = torch.empty(0, dtype=x0.dtype).set_(torch.UntypedStorage._new_shared(n * x0.element_size()))
+    else:
+        flat = torch.empty(n, dtype=x0.dtype)
+    out = flat.view(shape)
+    for j, x in enumerate(views):
+        out[j].copy_(x.permute(order))
+    back = [order.index(d) + 1 for d in range(x0.dim())]
+    return out.permute(0, *back)
 
-    Antialiased, with the weights' interpolation, like PIL's resize; pixels differ from PIL's by a rounding step here and
-    there, which is why device-decoded rows live in their own store (`decode="device"`).
+
+def _device_views(x: torch.Tensor, prep: Preprocess) -> torch.Tensor:
+    """float (N, 3, H, W) of one size -> float (N, V, 3, S, S): `Preprocess`' geometry, on x's device.
+
+    Antialiased, with the weights' interpolation, like PIL's resize; pixels differ from PIL's
+    by a rounding step here and there, which is why device-decoded rows live in their own store.
     """
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     s, how = prep.size, InterpolationMode(prep.interpolation)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    x = img.float()
+    h, w = x.shape[-2:]
+    rw, rh = prep.resized_size(w, h)
+    if (rh, rw) != (h, w):
+        x = F.resize(x, [rh, rw], interpolation=how, antialias=True)
     if prep.crop == "squash":
-        x = F.resize(x, [s, s], interpolation=how, antialias=True)
-        boxes = [(0, 0)]
-    else:
-        h, w = x.shape[-2:]
-        scale = prep.resize / min(w, h)
-        x = F.resize(x, [max(s, round(h * scale)), max(s, round(w * scale))], interpolation=how,
-                     antialias=True)
-        h, w = x.shape[-2:]
-        boxes = [((w - s) // 2, (h - s) // 2)]
-        if prep.crop == "ten":
-            boxes = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s)] + boxes
-    crops = [x[:, y:y + s, x0:x0 + s] for x0, y in boxes]
-    if prep.crop == "ten":
-        crops += [c.flip(-1) for c in crops]
-    return torch.stack(crops).round_().clamp_(0, 255).to(torch.uint8)
+        return x[:, None]
+    boxes = prep.boxes(rw, rh)
+    crops = [x[..., y:y + s, x0:x0 + s] for x0, y in boxes]
+    if prep.crop == "ten":  # TenCrop: the five crops of the mirrored image come second
+        flipped = x.flip(-1)
+        crops += [flipped[..., y:y + s, x0:x0 + s] for x0, y in boxes]
+    return torch.stack(crops, dim=1)
 
 
-def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess):
-    """JPEG bytes -> list of (V, 3, S, S) uint8 on `dev`, or an error string per image."""
+def _decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
+    """One batched decode (nvjpeg on CUDA); if it fails, one by one, None where refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 marks its image codecs deprecated
         try:
-            imgs = decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev)  # batched nvjpeg on CUDA
+            return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev))
         except Exception:  # one bad file fails the whole call: decode one by one
-            imgs = []
+            imgs: list[torch.Tensor | None] = []
             for r in raw:
                 try:
                     imgs.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
                 except Exception:
                     imgs.append(None)
-    out = []
-    for r, img in zip(raw, imgs, strict=True):
-        try:
-            if img is None:  # what the device decoder refused, PIL may still read
-                out.append(prep(read_image(io.BytesIO(r.numpy().tobytes()))).to(dev))
-            else:
-                out.append(tensor_views(img, prep))
+            return imgs
+
+
+def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> list[torch.Tensor | str]:
+    """JPEG bytes -> (V, 3, S, S) uint8 on `dev` per image, or an error string.
+
+    Decoded in one call, then resized in batches: the images of one size share one resize
+    call. What the device decoder refuses, PIL may still read; what both refuse is an error.
+    """
+    imgs = _decode_jpegs(raw, dev)
+    out: list[torch.Tensor | str | None] = [None] * len(raw)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for p, img in enumerate(imgs):
+        if img is not None:
+            groups.setdefault(tuple(img.shape), []).append(p)
+            continue
+        try:  # what the device decoder refused, PIL may still read
+            out[p] = prep(read_image(io.BytesIO(raw[p].numpy().tobytes()))).to(dev)
         except Exception as e:
-            out.append(f"{type(e).__name__}: {e}")
+            out[p] = f"{type(e).__name__}: {e}"
+    for ps in groups.values():
+        x = torch.stack([imgs[p] for p in ps]).float()
+        views = _device_views(x, prep).round_().clamp_(0, 255).to(torch.uint8)
+        for p, v in zip(ps, views, strict=True):
+            out[p] = v
     return out
 
 

@@ -6,6 +6,7 @@ activation map outlives its layer.
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -91,3 +92,64 @@ def forward(model, x: torch.Tensor, dev: torch.device, prec: str):
                       stacklevel=3)
         with torch.inference_mode(), autocast(dev, prec):
             return eager, eager(x)
+
+
+class TapRunner:
+    """The tap model as the extraction loop sees it: uint8 views in, rows in the storage dtype out.
+
+    Behind one call: building the model on first use (images already stored never cost a
+    network), padding to one batch shape when compiled, precision (autocast), the compile
+    fallback to eager, and the copy of the rows to the host (asynchronous on CUDA, with an event
+    the writer waits on). `model_load` and `first_forward` (compilation and first-call set-up
+    included) are its timings.
+
+    Parameters
+    ----------
+    spec : StoreSpec
+        Which backbone, weights and taps.
+    device : torch.device
+        Where the network runs.
+    precision : str
+        Resolved precision ("fp32", "bf16", "fp16").
+    out_dtype : torch.dtype
+        The rows' storage dtype.
+    compile : bool
+        Compile the model (padding every batch to `pad_to` images).
+    pad_to : int
+        Batch size every compiled call is padded to.
+    """
+
+    def __init__(self, spec, device: torch.device, precision: str, out_dtype: torch.dtype,
+                 compile: bool = False, pad_to: int = 0):
+        self.spec, self.device, self.precision, self.out_dtype = spec, device, precision, out_dtype
+        self.compile, self.pad_to = compile, pad_to if compile else 0
+        self.model = None
+        self.model_load = 0.0
+        self.first_forward = 0.0
+
+    @property
+    def compiled(self) -> bool:
+        return getattr(self.model, "_orig_mod", None) is not None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """uint8 (B, V, 3, S, S) -> ((B, V, D) rows on the host, CUDA event or None)."""
+        b, views = x.shape[:2]
+        x = x.reshape(b * views, *x.shape[2:])
+        n = x.shape[0]
+        if self.pad_to and n < self.pad_to * views:  # one shape: no recompilation
+            x = torch.cat([x, x.new_zeros((self.pad_to * views - n, *x.shape[1:]))])
+        if self.model is None:
+            t = time.perf_counter()
+            self.model = build_tap_model(self.spec, self.device, self.compile)
+            self.model_load = time.perf_counter() - t
+        t = time.perf_counter()
+        self.model, pooled = forward(self.model, x, self.device, self.precision)
+        if not self.first_forward:
+            self.first_forward = time.perf_counter() - t
+        flat = torch.cat(pooled, dim=1)[:n].to(self.out_dtype).reshape(b, views, -1)
+        if self.device.type != "cuda":
+            return flat, None
+        rows = flat.to("cpu", non_blocking=True)  # into pinned memory; the writer waits on the event
+        event = torch.cuda.Event()
+        event.record()
+        return rows, event

@@ -1,0 +1,216 @@
+"""The extraction loop's CPU cost per image (issue 18 §2), measured by hand (not a test).
+
+The whole loop runs (reader in DataLoader workers -> tap model -> writer thread) on JPEGs made
+from pets37 (re-encoded at quality 90, distinct contents), with the network replaced by a
+stand-in that returns rows of VGG-16's tap widths at once: what remains is the CPU path around
+the network. For the old code (a `git archive` of --old, the commit this work branched from)
+and the new code (this tree), alternating, in subprocesses of one run:
+
+* img/s of the loop (first batch to last commit) and CPU-ms per image, all processes counted
+  (the extracting process's threads and its finished DataLoader workers, via getrusage);
+* a single-process breakdown of the new reader's per-image CPU by stage (read, hash, decode,
+  resize + crop, collate), and the floor: decoding plus resizing alone.
+
+The stand-in is a benchmark-only hook: `fne.extraction.taps.build_tap_model` is replaced in
+the subprocess, so nothing in fne knows about it. Example (about 1.5 min on 2 cores):
+
+    python benchmarks/bench_pipeline.py --quick
+    python benchmarks/bench_pipeline.py --n 2000 --reps 3 --json benchmarks/pipeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OLD_DEFAULT = "8e45dec"  # the restructure commit this branch started from
+
+RUNNER = r"""
+import json, resource, sys, time
+import torch
+from fne.extraction import taps
+from fne.extraction.extract import extract
+
+data, cache, batch, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+torch.set_num_threads(1)
+
+
+class StandIn(torch.nn.Module):
+    # VGG-16's tap widths, rows at once: the network costs nothing.
+    def __init__(self, widths):
+        super().__init__()
+        self.widths = widths
+        self.block = torch.rand(256, sum(widths))
+
+    def forward(self, x):
+        n = x.shape[0]
+        rows = self.block[torch.arange(n) % self.block.shape[0]]
+        return list(rows.split(self.widths, dim=1))
+
+
+def build(spec, device, compile=False):
+    return StandIn([t.channels for t in spec.backbone().taps])
+
+
+taps.build_tap_model = build
+
+
+def cpu():
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+t0, (m0, k0) = time.perf_counter(), cpu()
+r = extract(data, "vgg16", "random", cache=cache, batch_size=batch, workers=workers, progress=False,
+            precision="fp32")
+wall, (m1, k1) = time.perf_counter() - t0, cpu()
+print(json.dumps({"n": r.n_computed, "wall": wall, "run": r.stage_seconds.get("run"),
+                  "main_cpu": m1 - m0, "worker_cpu": k1 - k0, "write": r.stage_seconds.get("write"),
+                  "skipped": r.n_skipped}))
+"""
+
+
+def make_images(src: Path, out: Path, n: int) -> list[Path]:
+    """n distinct JPEGs (quality 90) from the photos under src: each photo as is, mirrored, and
+    with a few pixels cropped off an edge, until n are made."""
+    from PIL import Image, ImageOps
+
+    photos = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not photos:
+        sys.exit(f"bench_pipeline: no images under {src}")
+    out.mkdir(parents=True, exist_ok=True)
+    made = sorted(out.glob("*.jpg"))
+    if len(made) >= n:
+        return made[:n]
+    files = []
+    for j in range(n):
+        p, variant = photos[j % len(photos)], j // len(photos)
+        with Image.open(p) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+        if variant % 2:
+            img = ImageOps.mirror(img)
+        if variant // 2:
+            img = img.crop((variant // 2, 0, img.width, img.height))
+        f = out / f"img{j:05d}.jpg"
+        img.save(f, quality=90)
+        files.append(f)
+    return files
+
+
+def old_tree(rev: str, into: Path) -> Path:
+    """The fne package at git revision `rev`, unpacked under `into`."""
+    blob = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "fne"], check=True,
+                          capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as t:
+        t.extractall(into, filter="data")
+    return into
+
+
+def run_loop(tree: Path, data: Path, batch: int, workers: int) -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "PYTHONPATH": str(tree), "FNE_CACHE": cache}
+        out = subprocess.run([sys.executable, "-c", RUNNER, str(data), cache, str(batch), str(workers)],
+                             env=env, capture_output=True, text=True, cwd=tree)
+    if out.returncode:
+        sys.exit(f"bench_pipeline: the loop failed under {tree}:\n{out.stderr[-3000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["cpu_ms"] = 1000 * (r["main_cpu"] + r["worker_cpu"]) / max(r["n"], 1)
+    r["main_ms"] = 1000 * r["main_cpu"] / max(r["n"], 1)
+    r["img_s"] = r["n"] / r["run"] if r.get("run") else r["n"] / r["wall"]
+    return r
+
+
+def breakdown(data: Path, n: int) -> dict[str, float]:
+    """CPU-ms per image, in this process on one thread: the new reader (read, hash, decode,
+    resize, crop, collate), and its parts; the floor is decoding plus resizing alone."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+    from PIL import Image
+
+    from fne.backbones import registry as backbones
+    from fne.data.datasets import content_key, load_dataset, read_image
+    from fne.extraction import reader
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(data)
+    n = min(n, len(dataset))
+    prep = backbones.get("vgg16").preprocess()
+    items = reader.ImageItems(dataset, list(range(n)), prep)
+    datas = [dataset.read_bytes(i)[0] for i in range(n)]
+    t: dict[str, float] = {}
+    c = time.process_time()
+    for j in range(0, n, 32):
+        reader.collate([items[i] for i in range(j, min(n, j + 32))])
+    t["reader"] = time.process_time() - c
+    c = time.process_time()
+    for d in datas:
+        content_key(d)
+    t["hash"] = time.process_time() - c
+    c = time.process_time()
+    imgs = [read_image(io.BytesIO(d)) for d in datas]
+    t["decode"] = time.process_time() - c
+    c = time.process_time()
+    for img in imgs:
+        img.resize(prep.resized_size(*img.size), Image.BILINEAR)
+    t["resize"] = time.process_time() - c
+    c = time.process_time()
+    for d in datas:  # the floor: decode + resize only, no hash, no crop, no tensor
+        with Image.open(io.BytesIO(d)) as img:
+            img.load()
+            img.resize(prep.resized_size(*img.size), Image.BILINEAR)
+    t["floor_decode_resize"] = time.process_time() - c
+    return {k: 1000 * v / n for k, v in t.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parents[1] / "shared/datasets/pets37"),
+                    help="photos to re-encode (default /work/shared/datasets/pets37)")
+    ap.add_argument("--images", help="folder for the re-encoded JPEGs (kept; default a temp dir)")
+    ap.add_argument("--n", type=int, default=2000, help="images (default 2000)")
+    ap.add_argument("--reps", type=int, default=2, help="runs of each variant, alternating (default 2)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    ap.add_argument("--old", default=OLD_DEFAULT, help=f"git revision of the old code (default {OLD_DEFAULT})")
+    ap.add_argument("--quick", action="store_true", help="1000 images, 1 rep each: under two minutes")
+    ap.add_argument("--json", help="write the figures here")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.n, a.reps = 1000, 1
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(a.images) if a.images else Path(tmp) / "images"
+        files = make_images(Path(a.data), images / "all", a.n)
+        trees = {"old": old_tree(a.old, Path(tmp) / "old"), "new": ROOT}
+        runs: dict[str, list[dict]] = {"old": [], "new": []}
+        for rep in range(a.reps):
+            for name, tree in trees.items():
+                r = run_loop(tree, images, a.batch_size, a.workers)
+                runs[name].append(r)
+                print(f"{name} rep {rep}: {r['img_s']:.0f} img/s, {r['cpu_ms']:.2f} CPU-ms/image "
+                      f"(main {r['main_ms']:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
+        parts = breakdown(images, 400)
+    best = {k: min(v, key=lambda r: r["cpu_ms"]) for k, v in runs.items()}
+    print(f"\n{len(files)} JPEGs (pets37 at q90), batch {a.batch_size}, {a.workers} workers, "
+          f"VGG-16 widths, stand-in network; best of {a.reps}:")
+    print("| code | img/s | CPU-ms/image (all) | of which main process |")
+    print("|---|---:|---:|---:|")
+    for k, r in best.items():
+        print(f"| {k} | {r['img_s']:.0f} | {r['cpu_ms']:.2f} | {r['main_ms']:.2f} |")
+    print("\nnew reader in one process, one thread, CPU-ms per image: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"runs": runs, "breakdown": parts, "n": len(files)}, indent=1))
+    print(f"pipeline: {best['new']['cpu_ms']:.2f} CPU-ms per image")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""fne's PIL preprocessing gives exactly torchvision.transforms.v2's pixels (issue 18 §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from fne.backbones.registry import Preprocess
+
+# Odd sizes, both orientations, and sizes where rounding and truncation differ:
+# 450x313 -> torchvision 367x256 (fne used to round to 368); odd (w - s) makes the crop offset round.
+SIZES = [(450, 313), (313, 450), (257, 999), (999, 257), (301, 301), (225, 224), (511, 383), (640, 427)]
+MODES = {"bilinear": v2.InterpolationMode.BILINEAR, "bicubic": v2.InterpolationMode.BICUBIC}
+
+
+def _image(w: int, h: int, seed: int) -> Image.Image:
+    """Smooth gradients plus noise: any shift or rescale changes the pixels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 255 / w), (yy * 255 / h), ((xx + yy) % 97) * 2.6], axis=-1)
+    arr = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB")
+
+
+def _tv(img: Image.Image, prep: Preprocess) -> np.ndarray:
+    how = MODES[prep.interpolation]
+    if prep.crop == "squash":
+        views = [v2.Resize((prep.size, prep.size), interpolation=how)(img)]
+    elif prep.crop == "center":
+        views = [v2.Compose([v2.Resize(prep.resize, interpolation=how), v2.CenterCrop(prep.size)])(img)]
+    else:
+        views = list(v2.Compose([v2.Resize(prep.resize, interpolation=how), v2.TenCrop(prep.size)])(img))
+    assert all(isinstance(v, Image.Image) for v in views)
+    return np.stack([np.asarray(v) for v in views]).transpose(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("crop", ["center", "squash", "ten"])
+@pytest.mark.parametrize("size", SIZES)
+def test_pixels_equal_torchvision(crop, size):
+    prep = Preprocess(224, crop)
+    img = _image(*size, seed=size[0] * 7 + size[1])
+    ours = prep(img)
+    assert ours.dtype == torch.uint8 and ours.shape == (prep.views, 3, 224, 224)
+    np.testing.assert_array_equal(ours.numpy(), _tv(img, prep))
+
+
+@pytest.mark.parametrize("size", [(450, 313), (313, 451), (1001, 600)])
+def test_pixels_equal_torchvision_other_weights(size):
+    """A resize other than 256 with bicubic (vit-like weights), and an odd crop size."""
+    img = _image(*size, seed=1)
+    for prep in (Preprocess(224, "center", resize=232, interpolation="bicubic"),
+                 Preprocess(225, "ten", resize=249), Preprocess(199, "squash", interpolation="bicubic")):
+        np.testing.assert_array_equal(prep(img).numpy(), _tv(img, prep))
+
+
+def test_resized_size_truncates_and_offset_rounds():
+    prep = Preprocess(224, "center")
+    assert prep.resized_size(511, 383) == (341, 256)  # 256 * 511 / 383 = 341.6: truncated, not rounded
+    assert prep.resized_size(383, 511) == (256, 341)
+    assert prep.boxes(257, 995) == [(16, 386)]  # (995 - 224) / 2 = 385.5 rounds (to even), not floors
+    assert prep.boxes(383, 256) == [(80, 16)]  # 79.5 -> 80
+    assert Preprocess(224, "center", resize=232).resized_size(450, 313) == (333, 232)  # not 334
+
+
+def test_key_marks_torchvision_pixels():
+    """Rows of the old, rounding crop live under keys without `-tv`: never mixed with these."""
+    assert Preprocess(224, "center").key == "center224-tv"
+    assert Preprocess(224, "ten").key == "ten224-tv"

@@ -1,0 +1,141 @@
+"""The reader: batched device decoding (run on CPU tensors here), its PIL fallback, decode=auto,
+and batches that keep the views' channels-last layout."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+import fne.extraction.extract as fx
+from fne.backbones.registry import Preprocess
+from fne.cache.spec import StoreSpec
+from fne.data.datasets import read_image
+from fne.devices import resolve_decode
+from fne.extraction import reader
+
+CPU = torch.device("cpu")
+FAST = dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
+
+
+def _jpeg(w: int, h: int, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) % 61 * 4.0], axis=-1)
+    arr = np.clip(base + rng.normal(0, 12, (h, w, 3)), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _raw(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+SIZES = [(450, 313), (313, 450), (450, 313), (257, 301), (450, 313), (640, 427)]
+
+
+@pytest.mark.parametrize("crop", ["center", "squash", "ten"])
+def test_device_decode_matches_pil_within_rounding(crop):
+    prep = Preprocess(224, crop)
+    jpegs = [_jpeg(w, h, j) for j, (w, h) in enumerate(SIZES)]
+    out = reader.decode_raw([_raw(d) for d in jpegs], CPU, prep)
+    for d, x in zip(jpegs, out, strict=True):
+        pil = prep(read_image(io.BytesIO(d)))
+        assert x.dtype == torch.uint8 and x.shape == pil.shape == (prep.views, 3, 224, 224)
+        diff = (x.int() - pil.int()).abs().float()
+        # Decoder (IDCT, upsampling) and resize arithmetic differ by a rounding step, not by a shift.
+        assert diff.mean() < 2.0 and np.percentile(diff.numpy(), 99) <= 12
+
+
+def test_device_resize_is_one_call_per_image_size(monkeypatch):
+    calls = []
+    real = F.resize
+
+    def counting(x, *a, **k):
+        calls.append(tuple(x.shape))
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(F, "resize", counting)
+    out = reader.decode_raw([_raw(_jpeg(w, h, j)) for j, (w, h) in enumerate(SIZES)], CPU, Preprocess(224))
+    assert len(out) == len(SIZES)
+    assert sorted(c[0] for c in calls) == [1, 1, 1, 3]  # 450x313 three times: one batched call
+
+
+def test_refused_jpeg_goes_to_pil_and_unreadable_is_named(monkeypatch):
+    prep = Preprocess(224)
+    good, refused = _jpeg(300, 200, 1), _jpeg(200, 300, 2)
+    real = reader._decode_jpegs
+
+    def refuse_second(raw, dev):
+        imgs = real(raw, dev)
+        return [None if bytes(r.numpy()) == refused else im for r, im in zip(raw, imgs, strict=True)]
+
+    monkeypatch.setattr(reader, "_decode_jpegs", refuse_second)
+    out = reader.decode_raw([_raw(good), _raw(refused), _raw(b"\xff\xd8 not a jpeg")], CPU, prep)
+    assert torch.equal(out[1], prep(read_image(io.BytesIO(refused))))  # PIL's exact pixels
+    assert isinstance(out[2], str) and "UnidentifiedImageError" in out[2]
+    assert isinstance(out[0], torch.Tensor)
+
+
+def test_collated_batch_is_channels_last_and_equal():
+    prep = Preprocess(224, "ten")
+    imgs = [read_image(io.BytesIO(_jpeg(w, h, j))) for j, (w, h) in enumerate(SIZES[:3])]
+    items = [(j, f"k{j}", prep(im), None, None) for j, im in enumerate(imgs)]
+    batch = reader.collate(items)
+    x = batch["pixels"]
+    assert torch.equal(x, torch.stack([it[2] for it in items]))
+    assert x.reshape(-1, 3, 224, 224).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_auto_decode_is_pil_on_cpu(tmp_path):
+    assert resolve_decode("auto", CPU) == "pil" and resolve_decode("auto", torch.device("cuda")) == "device"
+    assert StoreSpec(decode="auto", device="cpu").prep_key() == StoreSpec(decode="pil").prep_key()
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j in range(3):
+        (data / f"{j}.jpg").write_bytes(_jpeg(120 + j, 90, j))
+    cache = str(tmp_path / "cache")
+    first = fx.extract(Path(data).parent, cache=cache, device="cpu", workers=0, progress=False, **FAST)
+    again = fx.extract(Path(data).parent, cache=cache, device="cpu", decode="pil", workers=0,
+                       progress=False, **FAST)
+    assert first.n_computed == 3 and again.n_computed == 0 and again.store == first.store
+
+
+def test_device_decode_runs_end_to_end_on_cpu(tmp_path, forward_images):
+    """decode="device" on CPU (torchvision's CPU decoder): rows of their own store, close to PIL's."""
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j, (w, h) in enumerate(SIZES[:4]):
+        (data / f"{j}.jpg").write_bytes(_jpeg(w, h, j))
+    cache = str(tmp_path / "cache")
+    kw = dict(cache=cache, device="cpu", workers=0, progress=False, **FAST)
+    pil = fx.extract(data.parent, decode="pil", **kw)
+    dev = fx.extract(data.parent, decode="device", **kw)
+    assert dev.n_computed == 4 and dev.store != pil.store and "devjpeg" in dev.store
+    assert forward_images.n == 8
+
+
+def test_auto_reading_finds_device_decoded_rows(tmp_path):
+    """Rows extracted with decode="device" are found by a reader left at decode="auto" (the
+    default of fit, predict, export), and the spec pinned to that store keeps decoding so."""
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j, (w, h) in enumerate(SIZES[:3]):
+        (data / f"{j}.jpg").write_bytes(_jpeg(w, h, j))
+    cache = str(tmp_path / "cache")
+    r = fx.extract(data.parent, decode="device", cache=cache, device="cpu", workers=0, progress=False, **FAST)
+    spec = StoreSpec(FAST["arch"], FAST["weights"], cache=cache, device="cpu", dtype="auto")
+    from fne.data.datasets import load_dataset
+
+    keys = load_dataset(data.parent).keys()
+    store = spec.find(keys)
+    assert str(store.path) == r.store and len(store) == 3
+    assert spec.pinned(store).decode == "device"
+    pil = StoreSpec(FAST["arch"], FAST["weights"], cache=cache, device="cpu", dtype="auto", decode="pil")
+    assert pil.prep_key() != spec.pinned(store).prep_key()
