@@ -92,7 +92,7 @@ def _cpu() -> float:
 
 def read_all(data: Path, workers: int, batch: int) -> tuple[float, float, int]:
     """-> (CPU s, wall s, images) of loading DATA and reading every image as extract does."""
-    prep = StoreSpec("efficientnet_lite0", "random", "center", "fp32", "float32", None, "cpu", 0, "pil").preprocess()
+    prep = StoreSpec(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32", device="cpu", decode="pil").preprocess()
     cpu0, t0 = _cpu(), time.perf_counter()
     d = load_dataset(data)
     todo = list(range(len(d)))

@@ -129,7 +129,7 @@ def _rate(fn, n_per_call: int, dev: torch.device, seconds: float) -> float:
 
 def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: int, seconds: float) -> dict:
     """Bare forward and tap model img/s on a batch of random pixels in device memory."""
-    from fne.backbones.registry import Normalize
+    from fne.backbones.preprocess import Normalize
     from fne.cache.spec import StoreSpec
     from fne.extraction import taps
 

@@ -89,7 +89,7 @@ class DataOptions:
                                          "the label column", pipeline=False)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StoreOptions:
     """What decides which store holds a dataset's rows (`fne.cache.spec.StoreSpec` adds the
     methods that open and find stores)."""

@@ -118,7 +118,7 @@ def test_taps_on_cuda_match_cpu_fp32(precision, tol):
     from fne.data.datasets import read_image
     from fne.extraction import taps
 
-    spec = StoreSpec("efficientnet_lite0", "imagenet")
+    spec = StoreSpec(arch="efficientnet_lite0", weights="imagenet")
     x = torch.stack([spec.preprocess()(read_image(f))[0] for f in _jpegs()])
     cpu, dev = torch.device("cpu"), torch.device("cuda")
     ref = taps.forward(taps.build_tap_model(spec, cpu), x, cpu, "fp32")[1]
@@ -135,7 +135,7 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
     from fne.data.datasets import read_image
     from fne.extraction import reader, taps
 
-    spec = StoreSpec("efficientnet_lite0", "imagenet")
+    spec = StoreSpec(arch="efficientnet_lite0", weights="imagenet")
     prep, files, dev = spec.preprocess(), _jpegs(), torch.device("cuda")
     pil = torch.stack([prep(read_image(f))[0] for f in files])
     raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]

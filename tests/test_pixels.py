@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from fne.backbones.registry import Preprocess
+from fne.backbones.preprocess import Preprocess
 
 # Odd sizes, both orientations, and sizes where rounding and truncation differ:
 # 450x313 -> torchvision 367x256 (fne used to round to 368); odd (w - s) makes the crop offset round.

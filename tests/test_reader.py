@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 import fne.extraction.extract as fx
-from fne.backbones.registry import Preprocess
+from fne.backbones.preprocess import Preprocess
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import read_image
 from fne.devices import resolve_decode
@@ -130,12 +130,12 @@ def test_auto_reading_finds_device_decoded_rows(tmp_path):
         (data / f"{j}.jpg").write_bytes(_jpeg(w, h, j))
     cache = str(tmp_path / "cache")
     r = fx.extract(data.parent, decode="device", cache=cache, device="cpu", workers=0, progress=False, **FAST)
-    spec = StoreSpec(FAST["arch"], FAST["weights"], cache=cache, device="cpu", dtype="auto")
+    spec = StoreSpec(arch=FAST["arch"], weights=FAST["weights"], cache=cache, device="cpu", storage_dtype="auto")
     from fne.data.datasets import load_dataset
 
     keys = load_dataset(data.parent).keys()
     store = spec.find(keys)
     assert str(store.path) == r.store and len(store) == 3
     assert spec.pinned(store).decode == "device"
-    pil = StoreSpec(FAST["arch"], FAST["weights"], cache=cache, device="cpu", dtype="auto", decode="pil")
+    pil = StoreSpec(arch=FAST["arch"], weights=FAST["weights"], cache=cache, device="cpu", storage_dtype="auto", decode="pil")
     assert pil.prep_key() != spec.pinned(store).prep_key()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from fne import options
 from fne.backbones import registry as backbones
-from fne.backbones.registry import Preprocess
+from fne.backbones.preprocess import Preprocess
 from fne.cache.store import Store, StoreKey, list_stores
 from fne.options import StoreOptions
 
@@ -26,7 +26,7 @@ DEFAULT_DTYPE = "float16"
 DEVICE_SUFFIX = "-devjpeg"  # of the preprocessing key of device-decoded rows
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StoreSpec(StoreOptions):
     """Everything that decides which store holds a dataset's rows: the fields of
     `fne.options.StoreOptions` (declared there once, with the CLI's and the pipeline's), plus how

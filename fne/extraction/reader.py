@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from fne.backbones.registry import Preprocess
+from fne.backbones.preprocess import Preprocess
 from fne.data.datasets import Dataset, content_key, read_image
 
 _JPEG = (".jpg", ".jpeg")

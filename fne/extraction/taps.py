@@ -14,7 +14,7 @@ from torch import nn
 
 from fne.backbones import registry as backbones
 from fne.backbones.pooling import POOLS
-from fne.backbones.registry import Normalize
+from fne.backbones.preprocess import Normalize
 from fne.devices import autocast
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from fne.backbones.registry import Preprocess
+from fne.backbones.preprocess import Preprocess
 from fne.data.datasets import Dataset
 from fne.devices import autocast
 from fne.errors import DataError

@@ -28,7 +28,8 @@ import torch
 
 from fne import options, verb_module
 from fne.backbones import registry as backbones
-from fne.backbones.registry import ImportReport, Normalize
+from fne.backbones.preprocess import Normalize
+from fne.backbones.registry import ImportReport
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
 from fne.devices import default_workers, resolve_device, resolve_precision

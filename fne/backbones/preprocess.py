@@ -1,0 +1,146 @@
+"""Preprocessing: what a backbone's weights expect of an image, as torchvision's transforms make it.
+
+`Preprocess` turns a PIL image into uint8 views (resize, crop) in the loader workers; its `key`
+is part of the store key. `Normalize` maps uint8 pixels to the weights' mean and std on the
+device, where the network runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from fne.errors import FneError
+from fne.names import CROPS
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# Normalisations of the stores made before preprocessing entered the key: left out of the key.
+_UNKEYED_NORMS = {(IMAGENET_MEAN, IMAGENET_STD), ((127.0 / 255,) * 3, (128.0 / 255,) * 3)}
+_PIL_FILTERS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+class Preprocess:
+    """PIL image -> uint8 tensor (views, 3, S, S); normalisation happens on the device.
+
+    center: shorter side to `resize`, center crop of `size`; squash: `size` x `size`; ten: the
+    four corners and the center of the resized image, and their mirror images.
+    """
+
+    def __init__(self, size: int = 224, crop: str = "center", *, resize: int | None = None,
+                 interpolation: str = "bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        if crop not in CROPS:
+            raise FneError(f"unknown --crop {crop!r}; choose from {', '.join(CROPS)}")
+        if interpolation not in _PIL_FILTERS:
+            raise FneError(f"unknown interpolation {interpolation!r}; choose from {', '.join(_PIL_FILTERS)}")
+        self.size, self.crop = size, crop
+        self.resize = max(size, resize) if resize else round(size * 256 / 224)
+        self.interpolation = interpolation
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    @property
+    def views(self) -> int:
+        return 10 if self.crop == "ten" else 1
+
+    @property
+    def key(self) -> str:
+        """Part of the store key: `center224-tv` for the default preprocessing, more when it differs.
+
+        `-tv` marks pixels made as torchvision's transforms make them (the resized size
+        truncates, the crop offset rounds); rows of the earlier, rounding crop (keys without
+        it) are never mixed with these.
+        """
+        key = f"{self.crop}{self.size}"
+        if self.resize != round(self.size * 256 / 224) and self.crop != "squash":
+            key += f"-r{self.resize}"
+        if self.interpolation != "bilinear":
+            key += f"-{self.interpolation}"
+        norm = (tuple(round(v, 6) for v in self.mean), tuple(round(v, 6) for v in self.std))
+        if not any(norm == tuple(tuple(round(v, 6) for v in part) for part in n) for n in _UNKEYED_NORMS):
+            key += "-n" + hashlib.blake2b(repr(norm).encode(), digest_size=3).hexdigest()
+        return key + "-tv"
+
+    def to_dict(self) -> dict:
+        return {"resize": self.resize, "crop_size": self.size, "crop": self.crop, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation}
+
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height) after the resize, as torchvision's `Resize` computes it.
+
+        Parameters
+        ----------
+        w, h : int
+            The image's width and height.
+
+        Returns
+        -------
+        tuple of int
+            squash: (size, size); otherwise the shorter side becomes `resize` and the longer
+            one `int(resize * long / short)` (truncated, as `Resize(resize)` does).
+        """
+        if self.crop == "squash":
+            return self.size, self.size
+        r = self.resize
+        return (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+
+    def boxes(self, w: int, h: int) -> list[tuple[int, int]]:
+        """Where the crops lie in a resized image.
+
+        Parameters
+        ----------
+        w, h : int
+            The resized image's width and height.
+
+        Returns
+        -------
+        list of (int, int)
+            (left, top) of each crop: torchvision's `CenterCrop` (offsets
+            `int(round((w - size) / 2))`), or for "ten" `FiveCrop`'s order (corners, then center).
+        """
+        s = self.size
+        center = (int(round((w - s) / 2.0)), int(round((h - s) / 2.0)))
+        if self.crop != "ten":
+            return [center]
+        return [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s), center]
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> uint8 (views, 3, S, S), channels-last in memory: exactly the pixels of
+        torchvision.transforms.v2's `Resize(resize)` + `CenterCrop(size)`, `Resize((size, size))`
+        or `Resize(resize)` + `TenCrop(size)` on the same PIL image."""
+        s, f = self.size, _PIL_FILTERS[self.interpolation]
+        w, h = self.resized_size(*img.size)
+        if img.size != (w, h):
+            img = img.resize((w, h), f)
+        if self.crop == "center":  # one crop: taken before the array copy
+            (x, y), = self.boxes(w, h)
+            crops = [np.asarray(img.crop((x, y, x + s, y + s)), dtype=np.uint8)]
+            return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+        arr = np.asarray(img, dtype=np.uint8)
+        if self.crop == "squash":
+            crops = [arr]
+        else:
+            crops = [arr[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
+            if self.crop == "ten":  # TenCrop: the five crops of the mirrored image come second
+                flipped = arr[:, ::-1]
+                crops += [flipped[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
+        # (V, S, S, 3) in memory, seen as (V, 3, S, S): channels-last, as the network takes it.
+        return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+
+
+class Normalize(nn.Module):
+    """uint8 pixels to the weights' normalisation, on whatever device the batch is on."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
