@@ -6,6 +6,10 @@ CPU and deterministic, with no network.
 
 from __future__ import annotations
 
+import builtins
+import os
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +102,31 @@ def forward_images(monkeypatch) -> _Counter:
 
     monkeypatch.setattr(TapRunner, "__call__", counting_call)
     return counter
+
+
+IMAGE_SUFFIXES = (".png", ".jpg")
+
+
+def age(root: Path, seconds: float = 3600) -> Path:
+    """Files last modified an hour ago, as a folder of a real dataset is (the manifest trusts
+    an entry only for files older than the moment they were hashed)."""
+    past = time.time() - seconds
+    for p in root.rglob("*"):
+        if p.is_file():
+            os.utime(p, (past, past))
+    return root
+
+
+@pytest.fixture
+def image_opens(monkeypatch) -> Counter:
+    """Path -> times an image file was opened by `open()` in this process."""
+    opened: Counter = Counter()
+    real_open = builtins.open
+
+    def counting_open(file, *a, **k):
+        if isinstance(file, (str, os.PathLike)) and str(file).lower().endswith(IMAGE_SUFFIXES):
+            opened[str(file)] += 1
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    return opened

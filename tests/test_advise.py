@@ -143,22 +143,13 @@ def _always_class_7(features, arch, weights, seed):
 
 
 def _aged_digits(root):
-    import os
-    import time
+    from .conftest import age, write_digits
 
-    from .conftest import write_digits
-
-    folder = write_digits(root, per_class=3, classes=3)
-    past = time.time() - 3600  # the manifest trusts files modified before they were hashed
-    for p in folder.rglob("*.png"):
-        os.utime(p, (past, past))
-    return folder
+    return age(write_digits(root, per_class=3, classes=3))
 
 
-def test_similarity_sample_is_keyed_through_the_manifest(tmp_path, monkeypatch):
+def test_similarity_sample_is_keyed_through_the_manifest(tmp_path, monkeypatch, image_opens):
     """A second advice over an unchanged folder opens no image: keys come from the manifest."""
-    import builtins
-
     from fne.data.datasets import load_dataset
 
     monkeypatch.setattr(A, "_classifier_logits", _always_class_7)
@@ -167,17 +158,10 @@ def test_similarity_sample_is_keyed_through_the_manifest(tmp_path, monkeypatch):
     kw = dict(cache=str(tmp_path / "cache"), precision="fp32", storage_dtype="float32", batch_size=6,
               workers=0, progress=False)
     assert A.measure_similarity(d, idx, "efficientnet_lite0", "random", **kw)["n"] == 6
-    opened, real_open = [], builtins.open
-
-    def counting_open(file, *a, **k):
-        if str(file).endswith(".png"):
-            opened.append(str(file))
-        return real_open(file, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", counting_open)
+    image_opens.clear()
     assert A.measure_similarity(load_dataset(tmp_path / "data"), idx, "efficientnet_lite0", "random",
                                 **kw)["n"] == 6
-    assert opened == []
+    assert sum(image_opens.values()) == 0
 
 
 def test_an_unreadable_sample_file_is_skipped_not_fatal(tmp_path, monkeypatch, recwarn):

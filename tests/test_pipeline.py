@@ -416,25 +416,16 @@ def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
     assert fits_run() == 2
 
 
-def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens):
     """`fne run --dry-run` lists the steps from the file and a stat of the data: no image is
     opened, and neither the cache (manifests) nor the output folder is written."""
-    import builtins
-
     from fne.cli import main
 
     write_digits(tmp_path / "images", per_class=3, classes=2)
     f = write(tmp_path, TINY.replace('data = "digits"', 'data = "images"'))
-    opened, real_open = [], builtins.open
-
-    def counting_open(file, *a, **k):
-        if str(file).endswith(".png"):
-            opened.append(str(file))
-        return real_open(file, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", counting_open)
+    image_opens.clear()
     cache, out = tmp_path / "cache", tmp_path / "out"
     assert main(["run", str(f), "--dry-run", "--cache", str(cache), "--out", str(out)]) == 0
     assert "valid;" in capsys.readouterr().out
-    assert opened == []
+    assert sum(image_opens.values()) == 0
     assert not cache.exists() and not out.exists()

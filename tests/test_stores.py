@@ -3,10 +3,8 @@ keyed through a manifest that spares unchanged folders, sharded without reading 
 
 from __future__ import annotations
 
-import builtins
 import os
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -23,35 +21,9 @@ from fne.errors import FneError
 from fne.linear.fit import fit
 from fne.linear.predict import predict
 
-from .conftest import FAST, write_digits
+from .conftest import FAST, age, write_digits
 
 ARCH = FAST["arch"]
-IMAGE_SUFFIXES = (".png", ".jpg")
-
-
-def _age(root: Path, seconds: float = 3600) -> Path:
-    """Files last modified an hour ago, as a folder of a real dataset is (the manifest trusts
-    an entry only for files older than the moment they were hashed)."""
-    past = time.time() - seconds
-    for p in root.rglob("*"):
-        if p.is_file():
-            os.utime(p, (past, past))
-    return root
-
-
-@pytest.fixture
-def image_opens(monkeypatch) -> Counter:
-    """Path -> times an image file was opened by `open()` in this process."""
-    opened: Counter = Counter()
-    real_open = builtins.open
-
-    def counting_open(file, *a, **k):
-        if isinstance(file, (str, os.PathLike)) and str(file).lower().endswith(IMAGE_SUFFIXES):
-            opened[str(file)] += 1
-        return real_open(file, *a, **k)
-
-    monkeypatch.setattr(builtins, "open", counting_open)
-    return opened
 
 
 def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_path, monkeypatch, capsys, forward_images):
@@ -116,7 +88,7 @@ def test_predict_refuses_weights_that_changed(digits_split, tmp_path, capsys):
 
 
 def test_second_fit_over_an_unchanged_folder_opens_no_image(tmp_path, image_opens):
-    data = _age(write_digits(tmp_path / "data", per_class=5, classes=3))
+    data = age(write_digits(tmp_path / "data", per_class=5, classes=3))
     cache = str(tmp_path / "cache")
     image_opens.clear()  # writing the images opened them
     fx.extract(data, cache=cache, progress=False, workers=0, **FAST)
