@@ -140,7 +140,7 @@ def _device_views(x: torch.Tensor, prep: Preprocess) -> torch.Tensor:
     return torch.stack(crops, dim=1)
 
 
-def _decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
+def decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
     """One batched decode (nvjpeg on CUDA); if it fails, one by one, None where refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -164,7 +164,7 @@ def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> 
     Decoded in one call, then resized in batches: the images of one size share one resize
     call. What the device decoder refuses, PIL may still read; what both refuse is an error.
     """
-    imgs = _decode_jpegs(raw, dev)
+    imgs = decode_jpegs(raw, dev)
     out: list[torch.Tensor | str | None] = [None] * len(raw)
     groups: dict[tuple[int, ...], list[int]] = {}
     for p, img in enumerate(imgs):

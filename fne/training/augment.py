@@ -73,26 +73,6 @@ def collate(items):
     return out
 
 
-def _decode(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
-    """JPEG bytes -> uint8 (3, H, W) on `dev` each, None where the device decoder refuses it."""
-    import warnings
-
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision 0.29 marks its image codecs deprecated
-        try:
-            return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev))
-        except Exception:  # one bad file fails the whole call: one by one
-            out = []
-            for r in raw:
-                try:
-                    out.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
-                except Exception:
-                    out.append(None)
-            return out
-
-
 def crop_boxes(aspect: torch.Tensor, scale=(0.25, 1.0), ratio=(3 / 4, 4 / 3),
                generator: torch.Generator | None = None) -> torch.Tensor:
     """RandomResizedCrop boxes for a batch, as fractions of each image's sides.
@@ -161,7 +141,7 @@ class DeviceAugment:
         flip = torch.rand(n) < 0.5
         out: list[torch.Tensor | None] = [None] * n
         squashed = [(p, x) for p, x in zip(batch["pix_pos"], batch["pixels"] if batch["pixels"] is not None else [])]
-        for p, img in zip(batch["raw_pos"], _decode(batch["raw"], dev) if batch["raw"] else []):
+        for p, img in zip(batch["raw_pos"], reader.decode_jpegs(batch["raw"], dev) if batch["raw"] else []):
             if img is not None:
                 h, w = img.shape[-2:]
                 roi = torch.cat([torch.zeros(1), boxes[p] * torch.tensor([w, h, w, h])]).view(1, 5)
