@@ -97,6 +97,9 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
     p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
+    p.add_argument("--solver", default="auto", choices=["auto", "sklearn", "torch"],
+                   help="svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
+                        "auto (default): torch above a measured size (fne.linear.solver.TORCH_ABOVE)")
     _stream_arg(p)
     _store_args(p)
     p.set_defaults(func=_cmd_fit)
@@ -107,7 +110,7 @@ def _cmd_fit(a) -> int:
 
     m = fit(a.data, features=a.features, head=a.head, C=a.C, splits=a.splits, test_size=a.test_size,
             train_per_class=a.train_per_class, seed=a.seed, out=a.out, extract_missing=a.extract,
-            stream_chunk=a.stream_chunk, **_store_kwargs(a), **_extract_kwargs(a))
+            stream_chunk=a.stream_chunk, solver=a.solver, **_store_kwargs(a), **_extract_kwargs(a))
     print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")

@@ -1,0 +1,272 @@
+"""A torch solver for the linear heads' own objectives, for rows scikit-learn cannot hold or fit fast.
+
+Objectives (the same as scikit-learn's defaults, so the optimum is the same):
+
+- ``svm``: LinearSVC's primal, one-vs-rest L2-regularised squared hinge with the intercept as
+  one more feature of value 1 (``intercept_scaling=1``), regularised like the weights:
+  ``0.5 ||[w, b]||² + C Σ max(0, 1 - y (w·x + b))²`` per class.
+- ``logreg``: LogisticRegression's, multinomial cross-entropy (binary logistic for two classes)
+  with L2 on the weights and a free intercept: ``0.5 ||W||² + C Σ log-loss``.
+
+Method: scipy's L-BFGS-B (deterministic, full batch; the one LogisticRegression itself uses),
+on the objective divided by C·n, with scikit-learn's stopping rule for logreg (``gtol = tol``,
+``ftol = 64 eps``) and a tenfold tighter gradient tolerance for svm (liblinear's dual solver stops
+on another criterion; this one lands at or below its primal value). Each function and gradient
+evaluation streams the rows in chunks: int8 FNE rows stay int8 in memory (on the device when
+it is CUDA), and each chunk is converted to float32 as it is used, so memory is the rows plus
+O(chunk × features + features × classes). On CPU it uses every core.
+
+The fitted head is handed back as a scikit-learn LinearSVC / LogisticRegression carrying
+``coef_``, ``intercept_`` and ``classes_`` (`TorchHead.sklearn_model`), so a saved model is the
+same whichever solver fitted it and predict / report / export never import torch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+
+from fne.errors import FneError
+
+SOLVERS = ("auto", "sklearn", "torch")
+# `--solver auto` takes torch at or above this many rows x features x classes (problem size, the
+# cost of one pass over the rows). Measured with benchmarks/bench_fit.py (benchmarks/RESULTS.md,
+# 2026-11-28, 2-core EPYC): liblinear and the torch solver cross near 1,000 VGG-16 FNE rows of
+# 10 classes (~1.2e8); beyond that liblinear's time grows with rows x classes and its float64
+# copy of the rows with rows x features, so torch wins by more as the problem grows.
+TORCH_ABOVE = 1.5e8
+CHUNK_BYTES = 64 << 20  # float32 bytes of one converted chunk
+SVM_GTOL_FACTOR = 0.1
+
+
+def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_classes: int) -> str:
+    """'sklearn' or 'torch' for `solver` ('auto' picks by problem size, see TORCH_ABOVE).
+
+    Parameters
+    ----------
+    solver : str
+        'auto', 'sklearn' or 'torch'.
+    head : str
+        The head kind; only 'svm' and 'logreg' have a torch solver (SGD heads stay scikit-learn).
+    n_rows, n_features, n_classes : int
+        The training problem's size.
+
+    Returns
+    -------
+    str
+        'sklearn' or 'torch'.
+    """
+    if solver not in SOLVERS:
+        raise FneError(f"unknown --solver {solver!r}; choose from {', '.join(SOLVERS)}")
+    if head not in ("svm", "logreg"):
+        return "sklearn"
+    if solver != "auto":
+        return solver
+    return "torch" if float(n_rows) * n_features * max(n_classes, 2) >= TORCH_ABOVE else "sklearn"
+
+
+def torch_device(device: str = "auto"):
+    """The torch device for `device` ('auto': CUDA when present, else CPU with every core)."""
+    import torch
+
+    if device in ("auto", None):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FneError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cpu":
+        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    return dev
+
+
+def primal_objective(head: str, C: float, coef: np.ndarray, intercept: np.ndarray, X: np.ndarray,
+                     y: np.ndarray, classes: np.ndarray | None = None) -> float:
+    """scikit-learn's primal objective of a fitted linear head (for parity checks).
+
+    Parameters
+    ----------
+    head : str
+        'svm' (LinearSVC: squared hinge, regularised intercept) or 'logreg' (LogisticRegression:
+        multinomial, or binary for two classes, free intercept).
+    C : float
+        Inverse regularisation strength.
+    coef, intercept : ndarray
+        (K, d) and (K,), as scikit-learn's ``coef_`` and ``intercept_`` (K = 1 for two classes).
+    X, y : ndarray
+        Rows and labels.
+    classes : ndarray, optional
+        The label values in column order (default: sorted unique y).
+
+    Returns
+    -------
+    float
+        ``0.5 ||W||² (+ 0.5 ||b||² for svm) + C Σ loss``.
+    """
+    classes = np.unique(y) if classes is None else classes
+    yi = np.searchsorted(classes, y)
+    S = np.asarray(X, dtype=np.float64) @ coef.T.astype(np.float64) + intercept
+    if head == "svm":
+        Y = _signs(yi, len(classes))
+        loss = (np.maximum(0.0, 1.0 - Y * S) ** 2).sum()
+        return float(0.5 * (coef**2).sum() + 0.5 * (intercept**2).sum() + C * loss)
+    if coef.shape[0] == 1:
+        s = np.where(yi == 1, 1.0, -1.0) * S[:, 0]
+        loss = np.logaddexp(0.0, -s).sum()
+    else:
+        m = S.max(axis=1, keepdims=True)
+        loss = (np.log(np.exp(S - m).sum(axis=1)) + m[:, 0] - S[np.arange(len(yi)), yi]).sum()
+    return float(0.5 * (coef**2).sum() + C * loss)
+
+
+def _signs(yi: np.ndarray, k: int) -> np.ndarray:
+    """±1 targets, one column per class (one column, +1 = second class, for two classes)."""
+    if k == 2:
+        return np.where(yi == 1, 1.0, -1.0)[:, None]
+    Y = -np.ones((len(yi), k))
+    Y[np.arange(len(yi)), yi] = 1.0
+    return Y
+
+
+class _Problem:
+    """Loss and gradient over streamed chunks; parameters flattened as [W (K', d), b (K')]."""
+
+    def __init__(self, head: str, C: float, X: np.ndarray, yi: np.ndarray, k: int, device, chunk: int):
+        import torch
+
+        self.torch, self.head, self.device = torch, head, device
+        self.n, self.d = X.shape
+        self.kout = 1 if k == 2 else k
+        self.scale = 1.0 / (C * self.n)  # the objective divided by C·n: mean loss + penalty / (C n)
+        on_gpu = device.type == "cuda"
+        self.X = torch.from_numpy(np.ascontiguousarray(X))
+        if on_gpu:  # int8 stays int8 on the device too; chunks converted there
+            self.X = self.X.to(device)
+        self.yi = torch.from_numpy(yi.astype(np.int64)).to(device)
+        self.chunk = chunk
+
+    def rows(self):
+        for s in range(0, self.n, self.chunk):
+            Xc = self.X[s:s + self.chunk].to(self.device, dtype=self.torch.float32, non_blocking=True)
+            yield Xc, self.yi[s:s + self.chunk]
+
+    def chunk_loss(self, S, yc):
+        """(summed loss, dLoss/dS) of one chunk's scores S (m, K')."""
+        torch = self.torch
+        if self.head == "svm":
+            if self.kout == 1:
+                Y = (yc == 1).to(S.dtype)[:, None] * 2 - 1
+            else:
+                Y = -torch.ones_like(S)
+                Y[torch.arange(len(yc), device=S.device), yc] = 1.0
+            h = torch.clamp(1.0 - Y * S, min=0.0)
+            return (h * h).sum(dtype=torch.float64), -2.0 * Y * h
+        if self.kout == 1:
+            sgn = (yc == 1).to(S.dtype)[:, None] * 2 - 1
+            z = sgn * S
+            return torch.nn.functional.softplus(-z).sum(dtype=torch.float64), -sgn * torch.sigmoid(-z)
+        lse = torch.logsumexp(S, dim=1)
+        loss = (lse - S.gather(1, yc[:, None])[:, 0]).sum(dtype=torch.float64)
+        G = torch.softmax(S, dim=1)
+        G[torch.arange(len(yc), device=S.device), yc] -= 1.0
+        return loss, G
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        torch = self.torch
+        kd = self.kout * self.d
+        W = torch.from_numpy(theta[:kd].reshape(self.kout, self.d).astype(np.float32)).to(self.device)
+        b = torch.from_numpy(theta[kd:].astype(np.float32)).to(self.device)
+        gW = torch.zeros((self.kout, self.d), dtype=torch.float64, device=self.device)
+        gb = torch.zeros(self.kout, dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for Xc, yc in self.rows():
+            loss, G = self.chunk_loss(Xc @ W.T + b, yc)
+            total += loss
+            gW += (G.T @ Xc).double()
+            gb += G.sum(dim=0, dtype=torch.float64)
+        n = self.n
+        Wn = theta[:kd]
+        bn = theta[kd:]
+        f = float(total.item()) / n + 0.5 * self.scale * float(Wn @ Wn)
+        g = np.concatenate([gW.cpu().numpy().ravel() / n + self.scale * Wn, gb.cpu().numpy() / n])
+        if self.head == "svm":  # the intercept is one more regularised weight (intercept_scaling=1)
+            f += 0.5 * self.scale * float(bn @ bn)
+            g[kd:] += self.scale * bn
+        return f, g
+
+
+class TorchHead(ClassifierMixin, BaseEstimator):
+    """LinearSVC / LogisticRegression's objective solved by L-BFGS over streamed chunks (see module doc).
+
+    Parameters
+    ----------
+    head : str
+        'svm' or 'logreg'.
+    C : float
+        Inverse regularisation strength, as scikit-learn's.
+    tol : float
+        Gradient tolerance on the objective divided by C·n (scikit-learn's, 1e-4; svm uses a tenth).
+    max_iter : int
+        L-BFGS iterations at most.
+    device : str
+        'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.
+    warm_start : bool
+        Start from ``coef_`` / ``intercept_`` when they are set (as scikit-learn's warm_start).
+    chunk : int or None
+        Rows converted to float32 at a time (default: 64 MiB of them).
+    """
+
+    def __init__(self, head: str = "svm", C: float = 1.0, tol: float = 1e-4, max_iter: int = 5000,
+                 device: str = "auto", warm_start: bool = False, chunk: int | None = None):
+        self.head, self.C, self.tol, self.max_iter = head, C, tol, max_iter
+        self.device, self.warm_start, self.chunk = device, warm_start, chunk
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
+        """Fit on rows X (any numeric dtype; int8 stays int8) and labels y; returns self."""
+        if self.head not in ("svm", "logreg"):
+            raise FneError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        k = len(self.classes_)
+        if k < 2:
+            raise FneError("a linear head needs at least two classes in its training rows")
+        n, d = X.shape
+        chunk = self.chunk or max(256, CHUNK_BYTES // (4 * max(d, 1)))
+        prob = _Problem(self.head, float(self.C), X, yi, k, torch_device(self.device), chunk)
+        theta0 = np.zeros(prob.kout * (d + 1))
+        if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (prob.kout, d):
+            theta0 = np.concatenate([np.ravel(self.coef_), np.ravel(self.intercept_)]).astype(np.float64)
+        gtol = self.tol * (SVM_GTOL_FACTOR if self.head == "svm" else 1.0)
+        res = minimize(prob, theta0, method="L-BFGS-B", jac=True,
+                       options={"maxiter": self.max_iter, "maxls": 50, "gtol": gtol,
+                                "ftol": 64 * np.finfo(float).eps})
+        kd = prob.kout * d
+        self.coef_ = res.x[:kd].reshape(prob.kout, d)
+        self.intercept_ = res.x[kd:].copy()
+        self.n_iter_ = int(res.nit)
+        self.n_features_in_ = d
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Margins (n, K), or (n,) for two classes, as scikit-learn's."""
+        s = np.asarray(X, dtype=np.float32) @ self.coef_.T.astype(np.float32) + self.intercept_.astype(np.float32)
+        return s[:, 0] if s.shape[1] == 1 else s
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The class with the highest margin."""
+        s = self.decision_function(X)
+        return self.classes_[(s > 0).astype(int) if s.ndim == 1 else s.argmax(axis=1)]
+
+    def sklearn_model(self):
+        """The fitted head as scikit-learn's own estimator (same coef_ / intercept_ / classes_),
+        which is what `fne fit` saves."""
+        if self.head == "svm":
+            m = LinearSVC(C=self.C)
+        else:
+            m = LogisticRegression(C=self.C)
+        m.coef_, m.intercept_, m.classes_ = self.coef_.copy(), self.intercept_.copy(), self.classes_.copy()
+        m.n_features_in_, m.n_iter_ = self.n_features_in_, np.array([self.n_iter_])
+        return m
