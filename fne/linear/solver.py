@@ -8,10 +8,12 @@ Objectives (the same as scikit-learn's defaults, so the optimum is the same):
 - ``logreg``: LogisticRegression's, multinomial cross-entropy (binary logistic for two classes)
   with L2 on the weights and a free intercept: ``0.5 ||W||² + C Σ log-loss``.
 
-Method: scipy's L-BFGS-B (deterministic, full batch; the one LogisticRegression itself uses),
-on the objective divided by C·n, with scikit-learn's stopping rule for logreg (``gtol = tol``,
-``ftol = 64 eps``) and a tenfold tighter gradient tolerance for svm (liblinear's dual solver stops
-on another criterion; this one lands at or below its primal value). Each function and gradient
+Method: L-BFGS with a strong-Wolfe line search (torch.optim.LBFGS; deterministic, full batch,
+float64 parameters on the device), on the objective divided by C·n, stopped when the largest
+gradient entry is below a tenth of scikit-learn's ``tol`` (at ``tol`` itself L-BFGS stopped 1e-4
+relative above LogisticRegression's objective on digits; liblinear's dual solver stops on another
+criterion; a tenth lands at or below both). scipy's L-BFGS-B spent 0.18 s per iteration of its
+own on 37,000 parameters, ten times the evaluation; torch's keeps the parameters on the device. Each function and gradient
 evaluation streams the rows in chunks: int8 FNE rows stay int8 in memory (on the device when
 it is CUDA), and each chunk is converted to float32 as it is used, so memory is the rows plus
 O(chunk × features + features × classes). On CPU it uses every core.
@@ -23,10 +25,7 @@ same whichever solver fitted it and predict / report / export never import torch
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
@@ -41,7 +40,8 @@ SOLVERS = ("auto", "sklearn", "torch")
 # copy of the rows with rows x features, so torch wins by more as the problem grows.
 TORCH_ABOVE = 1.5e8
 CHUNK_BYTES = 64 << 20  # float32 bytes of one converted chunk
-SVM_GTOL_FACTOR = 0.1
+HISTORY = 20  # L-BFGS memory (pairs kept): O(HISTORY x features x classes)
+GTOL_FACTOR = 0.01  # gradient tolerance = GTOL_FACTOR * tol: see the module doc
 
 
 def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_classes: int) -> str:
@@ -79,9 +79,7 @@ def torch_device(device: str = "auto"):
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FneError(f"--device {device}: CUDA is not available on this machine")
-    if dev.type == "cpu":
-        torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    return dev
+    return dev  # on CPU, torch's own thread pool: every core unless the caller set fewer
 
 
 def primal_objective(head: str, C: float, coef: np.ndarray, intercept: np.ndarray, X: np.ndarray,
@@ -175,27 +173,24 @@ class _Problem:
         G[torch.arange(len(yc), device=S.device), yc] -= 1.0
         return loss, G
 
-    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+    def __call__(self, theta):
+        """(objective / (C n), its gradient) at theta, a float64 tensor on the device."""
         torch = self.torch
         kd = self.kout * self.d
-        W = torch.from_numpy(theta[:kd].reshape(self.kout, self.d).astype(np.float32)).to(self.device)
-        b = torch.from_numpy(theta[kd:].astype(np.float32)).to(self.device)
+        W = theta[:kd].reshape(self.kout, self.d).float()
+        b = theta[kd:].float()
         gW = torch.zeros((self.kout, self.d), dtype=torch.float64, device=self.device)
         gb = torch.zeros(self.kout, dtype=torch.float64, device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for Xc, yc in self.rows():
-            loss, G = self.chunk_loss(Xc @ W.T + b, yc)
+            loss, G = self.chunk_loss(torch.addmm(b, Xc, W.T), yc)
             total += loss
             gW += (G.T @ Xc).double()
             gb += G.sum(dim=0, dtype=torch.float64)
-        n = self.n
-        Wn = theta[:kd]
-        bn = theta[kd:]
-        f = float(total.item()) / n + 0.5 * self.scale * float(Wn @ Wn)
-        g = np.concatenate([gW.cpu().numpy().ravel() / n + self.scale * Wn, gb.cpu().numpy() / n])
-        if self.head == "svm":  # the intercept is one more regularised weight (intercept_scaling=1)
-            f += 0.5 * self.scale * float(bn @ bn)
-            g[kd:] += self.scale * bn
+        reg = theta if self.head == "svm" else theta[:kd]  # svm: the intercept is one more weight
+        f = total / self.n + 0.5 * self.scale * (reg @ reg)
+        g = torch.cat([gW.reshape(-1), gb]) / self.n
+        g[:len(reg)] += self.scale * reg
         return f, g
 
 
@@ -209,7 +204,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
     C : float
         Inverse regularisation strength, as scikit-learn's.
     tol : float
-        Gradient tolerance on the objective divided by C·n (scikit-learn's, 1e-4; svm uses a tenth).
+        scikit-learn's tol (1e-4); L-BFGS stops at a gradient of a tenth of it on the objective / (C·n).
     max_iter : int
         L-BFGS iterations at most.
     device : str
@@ -236,17 +231,29 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         n, d = X.shape
         chunk = self.chunk or max(256, CHUNK_BYTES // (4 * max(d, 1)))
         prob = _Problem(self.head, float(self.C), X, yi, k, torch_device(self.device), chunk)
-        theta0 = np.zeros(prob.kout * (d + 1))
+        torch = prob.torch
+        theta = torch.zeros(prob.kout * (d + 1), dtype=torch.float64, device=prob.device)
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (prob.kout, d):
-            theta0 = np.concatenate([np.ravel(self.coef_), np.ravel(self.intercept_)]).astype(np.float64)
-        gtol = self.tol * (SVM_GTOL_FACTOR if self.head == "svm" else 1.0)
-        res = minimize(prob, theta0, method="L-BFGS-B", jac=True,
-                       options={"maxiter": self.max_iter, "maxls": 50, "gtol": gtol,
-                                "ftol": 64 * np.finfo(float).eps})
+            theta = torch.from_numpy(np.concatenate([np.ravel(self.coef_), np.ravel(self.intercept_)])
+                                     .astype(np.float64)).to(prob.device)
+        theta.requires_grad_(False)
+        param = torch.nn.Parameter(theta)
+        opt = torch.optim.LBFGS([param], lr=1, max_iter=self.max_iter, max_eval=int(self.max_iter * 1.25),
+                                tolerance_grad=self.tol * GTOL_FACTOR, tolerance_change=1e-12 * self.tol,
+                                history_size=HISTORY, line_search_fn="strong_wolfe")
+
+        def closure():
+            with torch.no_grad():
+                f, g = prob(param.detach())
+            param.grad = g
+            return f
+
+        opt.step(closure)
         kd = prob.kout * d
-        self.coef_ = res.x[:kd].reshape(prob.kout, d)
-        self.intercept_ = res.x[kd:].copy()
-        self.n_iter_ = int(res.nit)
+        x = param.detach().cpu().numpy()
+        self.coef_ = x[:kd].reshape(prob.kout, d).copy()
+        self.intercept_ = x[kd:].copy()
+        self.n_iter_ = int(opt.state[param].get("n_iter", 0))
         self.n_features_in_ = d
         return self
 

@@ -95,6 +95,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "splits": ("int", "random stratified splits when DATA has no split (default 5)"),
         "test_size": ("float", "default 0.25"),
         "train_per_class": ("int", "training images per class per split"),
+        "solver": ("str", "svm/logreg solver: auto (default: torch above a measured size), sklearn or torch"),
     },
 }
 # [train] and [train.MODE]: the options of `fne train` (fne.training.train.TrainConfig's fields less
@@ -353,7 +354,10 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
         if f.get("enabled", True):
             p.fit = {"features": f.get("features", ["fne"]), "heads": f.get("heads", ["svm"]),
                      "C": str(f.get("C", "1.0")), "splits": f.get("splits", 5),
-                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class")}
+                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class"),
+                     "solver": f.get("solver", "auto")}
+            if p.fit["solver"] not in ("auto", "sklearn", "torch"):
+                err.add(("fit", "solver"), f"unknown solver {p.fit['solver']!r}; choose from auto, sklearn, torch")
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")
