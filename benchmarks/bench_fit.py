@@ -98,6 +98,38 @@ def run_fit(data: Path, cache: str, features: str, head: str, solver: str = "aut
     return {**r, "wall_s": wall, "maxrss_mib": r.pop("peak_rss_mib"), "load": load()}
 
 
+def solver_scale(n: int, d: int, classes: int, iters: int, device: str) -> dict:
+    """The torch solver alone on n int8 FNE-like rows (d features, `classes` classes) for `iters`
+    L-BFGS iterations, in this process: seconds per objective evaluation and peak RSS (VmHWM).
+
+    The rows are drawn chunk by chunk straight into one int8 matrix (what `fne fit` holds for FNE
+    rows), so the peak is the int8 rows plus the solver's own memory.
+    """
+    import fne.linear.solver as solver
+
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    lean = rng.normal(0, 0.3, (classes, d)).astype(np.float32)
+    X = np.empty((n, d), dtype=np.int8)
+    for s in range(0, n, 2048):
+        z = lean[y[s:s + 2048]] + rng.standard_normal((min(2048, n - s), d), dtype=np.float32)
+        X[s:s + 2048] = (z > 0.6).astype(np.int8) - (z < -0.6).astype(np.int8)
+    calls, real = [0], solver._Problem.__call__
+
+    def counted(self, theta):
+        calls[0] += 1
+        return real(self, theta)
+
+    solver._Problem.__call__ = counted
+    t0 = time.perf_counter()
+    head = solver.TorchHead("svm", 1.0, max_iter=iters, device=device).fit(X, y)
+    secs = time.perf_counter() - t0
+    hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0] / 1024
+    return {"n": n, "d": d, "classes": classes, "iterations": head.n_iter_, "evaluations": calls[0],
+            "seconds": secs, "seconds_per_evaluation": secs / max(calls[0], 1), "peak_rss_mib": hwm,
+            "int8_rows_mib": X.nbytes / 2**20, "load": load()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[500, 1000, 2000, 4000])
@@ -108,7 +140,19 @@ def main() -> int:
     p.add_argument("--sklearn-max", type=int, default=None, help="skip solver sklearn above this many rows")
     p.add_argument("--device", default="auto", help="the torch solver's device")
     p.add_argument("--json", default=None)
+    p.add_argument("--solver-scale", type=int, default=None, metavar="ITERS",
+                   help="instead: the torch solver alone on --n int8 rows of 12,416 features for ITERS "
+                        "L-BFGS iterations (time per evaluation, peak RSS), one process per N")
     a = p.parse_args()
+    if a.solver_scale:
+        for n in a.n:
+            code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+                    f"import bench_fit; print(json.dumps(bench_fit.solver_scale({n}, 12416, {a.classes}, "
+                    f"{a.solver_scale}, {a.device!r})))")
+            r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                          check=True).stdout.strip().splitlines()[-1])
+            print(json.dumps(r), flush=True)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="fne-benchfit-"))
     cache = str(tmp / "cache")
     out = {"load_start": load(), "runs": []}

@@ -125,13 +125,13 @@ def test_chunks_give_the_same_model_and_int8_stays_int8(fne_rows, monkeypatch):
     np.testing.assert_allclose(small.coef_, one.coef_, atol=1e-4)
 
 
-def test_warm_start_from_the_optimum_stops_at_once(digits):
+def test_warm_start_from_the_optimum_stops_early(digits):
     Xtr, ytr, _, _ = digits
     cold = TorchHead("logreg", 1.0, device="cpu").fit(Xtr, ytr)
     warm = TorchHead("logreg", 1.0, device="cpu", warm_start=True)
     warm.coef_, warm.intercept_ = cold.coef_.copy(), cold.intercept_.copy()
     warm.fit(Xtr, ytr)
-    assert warm.n_iter_ <= 2 < cold.n_iter_
+    assert 5 * warm.n_iter_ < cold.n_iter_  # a few steps to re-tighten the history, not a new descent
 
 
 # ------------------------------------------------------------ the solver choice
@@ -203,3 +203,18 @@ def test_select_with_the_torch_solver_agrees_with_sklearn(fne_rows):
     assert out["torch"].C == out["sklearn"].C
     t, s = out["torch"].table[0], out["sklearn"].table[0]
     assert abs(t["cv_mean"] - s["cv_mean"]) <= 0.01
+
+
+def test_pipeline_dry_run_names_the_solver_by_size():
+    """`fne run --dry-run` labels fit steps with the solver `fne fit` takes at the dataset's size."""
+    from fne.pipeline.config import BackboneCfg, DatasetCfg
+    from fne.pipeline.runner import fit_solver
+
+    vgg = BackboneCfg("vgg16", "random")
+    proto = {"test_size": 0.25, "train_per_class": None}
+    food = DatasetCfg("food101", "/x", "/x", n_images=101_000, n_classes=101)
+    assert fit_solver("auto", "svm", "fne", vgg, food, proto) == " (solver torch)"
+    small = DatasetCfg("flowers12", "/x", "/x", n_images=960, n_classes=12, n_train_split=720)
+    assert fit_solver("auto", "svm", "fc7", vgg, small, proto) == " (solver sklearn)"
+    assert fit_solver("sklearn", "svm", "fne", vgg, food, proto) == " (solver sklearn)"
+    assert fit_solver("auto", "sgd-svm", "fne", vgg, food, proto) == ""
