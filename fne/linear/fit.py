@@ -109,8 +109,7 @@ def fit(
     batch_size: int = 32,
     workers: int | None = None,
     compile: bool | str = "auto",
-    stream_chunk: int = 1024,
-    solver: str = "auto",
+    stream_chunk: int = 1024, solver: str = "auto",
 ) -> dict:
     """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib.
 
@@ -119,8 +118,7 @@ def fit(
     """
     if head not in HEADS and head != "auto":
         raise FneError(f"unknown --head {head!r}; choose from {', '.join(HEADS)} or auto")
-    C = parse_C(C)
-    resolve_solver(solver, "svm", 0, 0, 0)  # a bad --solver fails before any row is read
+    C, _ = parse_C(C), resolve_solver(solver, "svm", 0, 0, 0)  # a bad --solver fails before any row is read
     auto = "auto" in (features, head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and head.startswith("sgd"):
         raise FneError("auto selection is not available with SGD heads")
@@ -137,10 +135,8 @@ def fit(
     split_list = make_splits(dataset, y, splits, test_size, train_per_class, seed)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(features, head, C, backbones.get(arch, weights), parse_features, y, seed, chosen,
-                               lambda la: Rows(store, dataset.keys(), la, stream_chunk),
-                               solver=solver, device=device) if auto else None
-    how = dict(solver=solver, device=device)
-    t0 = time.perf_counter()
+                               lambda la: Rows(store, dataset.keys(), la, stream_chunk), solver, device) if auto else None
+    how, t0 = dict(solver=solver, device=device), time.perf_counter()
     per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, head, C, y, split_list, len(dataset.classes),
                                                       seed, choose, how)
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
@@ -158,8 +154,7 @@ def fit(
         **store_identity(src),
         "features": features, "layers": layers, "embedding": kind, "head": head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
-        "fit_seconds": fit_seconds,
-        "solver": pipe.solver_,  # which fitted the saved head: sklearn or torch (fne.linear.solver)
+        "fit_seconds": fit_seconds, "solver": pipe.solver_,  # which fitted the saved head (fne.linear.solver)
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
         "seed": seed, "split_protocol": "predefined" if dataset.has_split else (
