@@ -99,7 +99,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extract", action="store_true", help="extract rows missing from the cache first")
     p.add_argument("--solver", default="auto", choices=["auto", "sklearn", "torch"],
                    help="svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
-                        "auto (default): torch above a measured size (fne.linear.solver.TORCH_ABOVE)")
+                        "auto (default): torch above a measured size (fne.linear.solver.CPU_TORCH_ABOVE)")
     _stream_arg(p)
     _store_args(p)
     p.set_defaults(func=_cmd_fit)

@@ -135,7 +135,11 @@ def test_warm_start_from_the_optimum_stops_early(digits):
 
 
 # ------------------------------------------------------------ the solver choice
-def test_auto_solver_by_size():
+def test_auto_solver_by_size(monkeypatch):
+    monkeypatch.setattr(solver, "_cuda", lambda: False)
+    assert resolve_solver("auto", "svm", 20_000, 3_000, 101) == "sklearn"  # liblinear's copy fits: faster on CPU
+    monkeypatch.setattr(solver, "_cuda", lambda: True)
+    assert resolve_solver("auto", "svm", 20_000, 3_000, 101) == "torch"  # a pass is cheap on the GPU
     assert resolve_solver("auto", "svm", 720, 1000, 12) == "sklearn"  # flowers12-sized
     assert resolve_solver("auto", "svm", 75_750, 12_416, 101) == "torch"  # Food-101 with VGG-16 FNE
     assert resolve_solver("torch", "sgd-svm", 10**6, 10**4, 100) == "sklearn"  # SGD heads stay sklearn

@@ -34,24 +34,27 @@ from sklearn.svm import LinearSVC
 from fne.errors import FneError
 
 SOLVERS = ("auto", "sklearn", "torch")
-# `--solver auto` takes torch at or above this many rows x features x classes (problem size, the
-# cost of one pass over the rows). Measured with benchmarks/bench_fit.py (benchmarks/RESULTS.md,
-# 2026-11-28, 2-core EPYC): liblinear and the torch solver cross near 1,000 VGG-16 FNE rows of
-# 10 classes (~1.2e8); beyond that liblinear's time grows with rows x classes and its float64
-# copy of the rows with rows x features, so torch wins by more as the problem grows.
-TORCH_ABOVE = 1.5e8
+# `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
+# on CPU liblinear is the faster solver wherever its float64 copy of the rows fits (flowers12's FNE
+# rows, 720 x 3,088 x 12 classes: 39 s against 728 s for the torch solver at C = 1, load 12-17),
+# so auto keeps it until that copy (~21 bytes per row value: 0.25 MiB per 12,416-feature row)
+# reaches ~2 GB, i.e. rows x features >= CPU_TORCH_ABOVE. With CUDA present a pass over the rows is
+# cheap, and torch takes over from rows x features x classes >= GPU_TORCH_ABOVE (not measured on a
+# GPU in this session: a first guess, flowers12-sized problems stay on scikit-learn).
+CPU_TORCH_ABOVE = 1e8
+GPU_TORCH_ABOVE = 1.5e8
 CHUNK_BYTES = 64 << 20  # float32 bytes of one converted chunk
 HISTORY = 20  # L-BFGS memory (pairs kept): O(HISTORY x features x classes)
 GTOL_FACTOR = 0.01  # gradient tolerance = GTOL_FACTOR * tol: see the module doc
 
 
 def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_classes: int) -> str:
-    """'sklearn' or 'torch' for `solver` ('auto' picks by problem size, see TORCH_ABOVE).
+    """'sklearn' or 'torch' for `solver` ('auto' picks by problem size, see CPU_TORCH_ABOVE).
 
     Parameters
     ----------
     solver : str
-        'auto', 'sklearn' or 'torch'.
+        'auto', 'sklearn' or 'torch'; auto: CPU_TORCH_ABOVE / GPU_TORCH_ABOVE.
     head : str
         The head kind; only 'svm' and 'logreg' have a torch solver (SGD heads stay scikit-learn).
     n_rows, n_features, n_classes : int
@@ -68,7 +71,16 @@ def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_class
         return "sklearn"
     if solver != "auto":
         return solver
-    return "torch" if float(n_rows) * n_features * max(n_classes, 2) >= TORCH_ABOVE else "sklearn"
+    if float(n_rows) * n_features >= CPU_TORCH_ABOVE:
+        return "torch"
+    big = float(n_rows) * n_features * max(n_classes, 2) >= GPU_TORCH_ABOVE
+    return "torch" if big and _cuda() else "sklearn"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def torch_device(device: str = "auto"):
