@@ -7,6 +7,13 @@ LinearSVC) at sizes the 2-core machine could not extract in minutes. Each fit ru
 process; peak RSS is its VmHWM.
 
     python benchmarks/bench_fit.py --n 500 1000 2000 4000 --json benchmarks/fit.json
+
+scikit-learn and the torch solver (fne.linear.solver) side by side on the same rows, at the FNE
+paper's Food-101 scale (101 classes, up to 75,750 rows); scikit-learn only up to --sklearn-max
+rows (liblinear's float64 copy of the rows takes ~0.25 MiB per image):
+
+    python benchmarks/bench_fit.py --n 1000 4000 16000 75750 --classes 101 --features fne \
+        --heads svm --solvers sklearn torch --sklearn-max 8000 --json benchmarks/fit-scale.json
 """
 
 from __future__ import annotations
@@ -32,13 +39,13 @@ SPEC = dict(arch="vgg16", weights="random", crop="center", precision="bf16", sto
 CHILD = r"""
 import json, sys, tempfile
 from fne.linear.fit import fit
-data, cache, features, head = sys.argv[1:5]
+data, cache, features, head, solver, device = sys.argv[1:7]
 with tempfile.TemporaryDirectory() as out:
     m = fit(data, features=features, head=head, splits=1, out=out, arch="vgg16", weights="random",
-            precision="bf16", storage_dtype="float16", cache=cache)
+            precision="bf16", storage_dtype="float16", cache=cache, solver=solver, device=device)
 hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0] / 1024
 print(json.dumps({"accuracy": m["accuracy"], "fit_seconds": m["fit_seconds"], "n_train": m["n_train"],
-                  "peak_rss_mib": hwm}))
+                  "peak_rss_mib": hwm, "solver": m["solver"]}))
 """
 
 
@@ -78,9 +85,9 @@ def make_data(root: Path, n: int, classes: int, cache: str) -> Path:
     return root
 
 
-def run_fit(data: Path, cache: str, features: str, head: str) -> dict:
+def run_fit(data: Path, cache: str, features: str, head: str, solver: str = "auto", device: str = "auto") -> dict:
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data), cache, features, head],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(data), cache, features, head, solver, device],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
@@ -91,14 +98,61 @@ def run_fit(data: Path, cache: str, features: str, head: str) -> dict:
     return {**r, "wall_s": wall, "maxrss_mib": r.pop("peak_rss_mib"), "load": load()}
 
 
+def solver_scale(n: int, d: int, classes: int, iters: int, device: str) -> dict:
+    """The torch solver alone on n int8 FNE-like rows (d features, `classes` classes) for `iters`
+    L-BFGS iterations, in this process: seconds per objective evaluation and peak RSS (VmHWM).
+
+    The rows are drawn chunk by chunk straight into one int8 matrix (what `fne fit` holds for FNE
+    rows), so the peak is the int8 rows plus the solver's own memory.
+    """
+    import fne.linear.solver as solver
+
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % classes
+    lean = rng.normal(0, 0.3, (classes, d)).astype(np.float32)
+    X = np.empty((n, d), dtype=np.int8)
+    for s in range(0, n, 2048):
+        z = lean[y[s:s + 2048]] + rng.standard_normal((min(2048, n - s), d), dtype=np.float32)
+        X[s:s + 2048] = (z > 0.6).astype(np.int8) - (z < -0.6).astype(np.int8)
+    calls, real = [0], solver._Problem.__call__
+
+    def counted(self, theta):
+        calls[0] += 1
+        return real(self, theta)
+
+    solver._Problem.__call__ = counted
+    t0 = time.perf_counter()
+    head = solver.TorchHead("svm", 1.0, max_iter=iters, device=device).fit(X, y)
+    secs = time.perf_counter() - t0
+    hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0] / 1024
+    return {"n": n, "d": d, "classes": classes, "iterations": head.n_iter_, "evaluations": calls[0],
+            "seconds": secs, "seconds_per_evaluation": secs / max(calls[0], 1), "peak_rss_mib": hwm,
+            "int8_rows_mib": X.nbytes / 2**20, "load": load()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, nargs="+", default=[500, 1000, 2000, 4000])
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--features", nargs="+", default=["fne", "fc7"])
     p.add_argument("--heads", nargs="+", default=["svm", "sgd-svm"])
+    p.add_argument("--solvers", nargs="+", default=["auto"], help="auto, sklearn, torch: each on the same rows")
+    p.add_argument("--sklearn-max", type=int, default=None, help="skip solver sklearn above this many rows")
+    p.add_argument("--device", default="auto", help="the torch solver's device")
     p.add_argument("--json", default=None)
+    p.add_argument("--solver-scale", type=int, default=None, metavar="ITERS",
+                   help="instead: the torch solver alone on --n int8 rows of 12,416 features for ITERS "
+                        "L-BFGS iterations (time per evaluation, peak RSS), one process per N")
     a = p.parse_args()
+    if a.solver_scale:
+        for n in a.n:
+            code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
+                    f"import bench_fit; print(json.dumps(bench_fit.solver_scale({n}, 12416, {a.classes}, "
+                    f"{a.solver_scale}, {a.device!r})))")
+            r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                          check=True).stdout.strip().splitlines()[-1])
+            print(json.dumps(r), flush=True)
+        return 0
     tmp = Path(tempfile.mkdtemp(prefix="fne-benchfit-"))
     cache = str(tmp / "cache")
     out = {"load_start": load(), "runs": []}
@@ -107,11 +161,18 @@ def main() -> int:
         data = make_data(tmp / f"n{n}", n, a.classes, cache)
         for features in a.features:
             for head in a.heads:
-                r = {"n": n, "features": features, "head": head, **run_fit(data, cache, features, head)}
-                out["runs"].append(r)
-                print(f"N={n:6d} {features:4s} {head:8s} fit {r['fit_seconds']:7.2f} s  process "
-                      f"{r['wall_s']:7.2f} s  peak RSS {r['maxrss_mib']:7.0f} MiB  accuracy "
-                      f"{r['accuracy']:.3f}  load {r['load']}", flush=True)
+                for solver in a.solvers:
+                    if solver == "sklearn" and a.sklearn_max is not None and n > a.sklearn_max:
+                        print(f"N={n:6d} {features:4s} {head:8s} sklearn  skipped (> --sklearn-max)", flush=True)
+                        continue
+                    r = {"n": n, "features": features, "head": head, "requested": solver,
+                         **run_fit(data, cache, features, head, solver, a.device)}
+                    out["runs"].append(r)
+                    if a.json:  # every run kept as it comes: a long benchmark interrupted keeps its figures
+                        Path(a.json).write_text(json.dumps(out, indent=1))
+                    print(f"N={n:6d} {features:4s} {head:8s} {r['solver']:7s} fit {r['fit_seconds']:7.2f} s  "
+                          f"process {r['wall_s']:7.2f} s  peak RSS {r['maxrss_mib']:7.0f} MiB  accuracy "
+                          f"{r['accuracy']:.3f}  load {r['load']}", flush=True)
     out["load_end"] = load()
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))

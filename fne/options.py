@@ -32,6 +32,7 @@ from fne.names import (
     NEW_LAYERS,
     PRECISIONS,
     SCHEDULERS,
+    SOLVERS,
     STORAGE_DTYPES,
 )
 
@@ -169,6 +170,9 @@ class FitOptions(RowsOptions):
     test_size: float = option(0.25, "test fraction of each random split", **between(0, 1))
     train_per_class: int | None = option(None, "training images per class per split", **at_least(1))
     seed: int = option(0, "seed of the splits and the heads", pipeline=False)
+    solver: str = option("auto", "svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
+                                 "auto (default): scikit-learn while its copy of the rows fits in memory, torch "
+                                 "above (fne.linear.solver)", choices=SOLVERS)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from fne.linear import compare, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
+from fne.linear.solver import resolve_solver
 from fne.metrics import provenance, split_scores
 from fne.options import FitOptions, ForwardOptions
 
@@ -32,15 +33,23 @@ SGD_EPOCHS = 10
 
 
 def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
-                   seed: int) -> Pipeline:
-    """Views become training samples; only the embedding of rows idx is held."""
+                   seed: int, solver: str = "auto", device: str = "auto") -> Pipeline:
+    """Views become training samples; only the embedding of rows idx is held (int8 for FNE).
+
+    The head is fitted by scikit-learn or fne.linear.solver (`solver`, "auto": by size) and saved
+    as scikit-learn's estimator either way; the pipeline's `solver_` says which fitted it."""
     embed = rows.fit_embedding(kind, idx)
-    clf = make_head(head, C, seed).fit(rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views))
-    return Pipeline([("embed", embed), ("head", clf)])
+    Z, yy = rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views)
+    used = resolve_solver(solver, head, Z.shape[0], Z.shape[1], len(np.unique(yy)))
+    clf = make_head(head, C, seed, solver=used, device=device).fit(Z, yy)
+    del Z
+    pipe = Pipeline([("embed", embed), ("head", clf.sklearn_model() if used == "torch" else clf)])
+    pipe.solver_ = used
+    return pipe
 
 
 def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
-             seed: int) -> Pipeline:
+             seed: int, solver: str = "auto", device: str = "auto") -> Pipeline:
     """partial_fit over shuffled chunks: memory flat in the number of images.
 
     SGD needs features of one scale (L2-normalised rows put every class signal in tiny
@@ -60,19 +69,22 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
             n, v, d = X.shape
             clf.partial_fit(scale.transform(embed.transform(X.reshape(n * v, d))), np.repeat(y[idx[b]], v),
                             classes=classes)
-    return Pipeline([("embed", embed), ("scale", scale), ("head", clf)])
+    pipe = Pipeline([("embed", embed), ("scale", scale), ("head", clf)])
+    pipe.solver_ = "sklearn"
+    return pipe
 
 
 def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, idx: np.ndarray,
-             seed: int = 0) -> tuple[Pipeline, float]:
+             seed: int = 0, solver: str = "auto", device: str = "auto") -> tuple[Pipeline, float]:
     """Fit embedding + head on rows idx; with C='auto' pick C by k-fold CV on them (fne.linear.selection),
     then refit the chosen C on every training image. Returns (pipeline, C used)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
     if C == "auto":
         if head.startswith("sgd"):
             raise FneError("--C auto is not available with SGD heads; give a number")
-        C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed).C
-    return fitter(rows, kind, head, C, y, idx, seed), C
+        C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
+                             solver=solver, device=device).C
+    return fitter(rows, kind, head, C, y, idx, seed, solver, device), C
 
 
 # -------------------------------------------------------------------- fit
@@ -130,10 +142,11 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
-                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk)) if auto else None
-    t0 = time.perf_counter()
+                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
+                               spec.device) if auto else None
+    how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
     per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
-                                                      o.seed, choose)
+                                                      o.seed, choose, how)
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     final = _Final(rows, kind, o.head, C, o.features, layers)
     if auto:  # the saved model: the choice made most often over the splits
@@ -141,7 +154,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         final = _Final(r, k, h, c, selection.most_common(chosen)["features"], r.layers)
     if not dataset.has_split:  # the saved model learns from every labelled image
         pipe = fit_head(final.rows, final.kind, final.head, Cs[0] if final.C == "auto" else final.C, y,
-                        np.arange(len(y)), o.seed)[0]
+                        np.arange(len(y)), o.seed, **how)[0]
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
@@ -151,7 +164,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
-        "fit_seconds": fit_seconds,
+        "fit_seconds": fit_seconds, "solver": pipe.solver_,  # which fitted the saved head (fne.linear.solver)
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
@@ -179,7 +192,7 @@ def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
-              choose=None):
+              choose=None, how: dict | None = None):
     """Fit and score every split; -> (per-split scores, C per split, summed confusion, last model,
     (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split."""
     confusion = np.zeros((k, k), dtype=np.int64)
@@ -187,7 +200,7 @@ def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k:
     for tr, te in split_list:
         if choose is not None:
             rows, kind, head, C = choose(tr)
-        pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed)
+        pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed, **(how or {}))
         pred = pipe.classes_[rows.scores(pipe, te).argmax(axis=1)]
         scores, conf = split_scores(y[te], pred, k)
         per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})

@@ -8,6 +8,7 @@ from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
 from fne.errors import FneError
+from fne.linear.solver import TorchHead
 from fne.names import HEADS
 
 # --C auto's grid (fne.linear.selection): decades 10^-3 .. 10^3, centred on the default C = 1. L2-normalised
@@ -17,14 +18,19 @@ SGD_STEP = 0.3  # eta0 = SGD_STEP / (features + 1) on standardised rows; see mak
 
 
 def make_head(kind: str, C: float = 1.0, seed: int = 0, n_samples: int | None = None,
-              n_features: int | None = None):
+              n_features: int | None = None, solver: str = "sklearn", device: str = "auto"):
     """An unfitted head; the SGD ones need the number of training rows and of (standardised) features.
+
+    solver "torch" gives svm and logreg as fne.linear.solver.TorchHead (same objective, solved by
+    L-BFGS over streamed chunks on `device`); resolve "auto" first with solver.resolve_solver.
 
     SGD heads take the penalty of their batch twins, alpha = 1 / (C · n_samples), and run
     averaged SGD (Polyak–Juditsky) with a constant step below 1 / ||x||² on standardised rows.
     sklearn's default 'optimal' step (∝ 1 / (alpha · t)) is huge at this alpha: on raw
     L2-normalised rows it stayed at chance where LinearSVC reached 0.98 (tests/test_fit.py).
     """
+    if solver == "torch" and kind in ("svm", "logreg"):
+        return TorchHead(kind, C, device=device)
     if kind == "svm":
         return LinearSVC(C=C, max_iter=5000, random_state=seed)
     if kind == "logreg":

@@ -24,7 +24,13 @@ Procedure, on the training images of one split only (the test images are never s
 6. The caller refits the chosen (features, head, C) on all training images.
 
 Reuse: each fold's embedding is built once (int8 for FNE) and shared by every head and C; L2 rows once for all folds; logistic regression warm-starts from the nearest
-C already fitted on the same fold.
+C already fitted on the same fold, and so does every torch-solved head (fne.linear.solver).
+
+Racing (`_Race`): a C's folds are fitted one at a time, and once even perfect scores on its
+remaining folds could not lift its mean above the best of its side of the walk, its other folds
+are skipped: `walk_grid` would stop there whatever they scored. Such a C is listed in the record
+("raced": folds fitted) and is not a candidate for the choice; a C chosen by the exhaustive walk
+is never raced out (it is the best of its side or the centre, which always runs every fold).
 """
 
 from __future__ import annotations
@@ -40,12 +46,16 @@ from sklearn.model_selection import StratifiedKFold
 from fne.errors import FneError
 from fne.linear import compare
 from fne.linear.heads import C_GRID, make_head
+from fne.linear.solver import resolve_solver
 
 FOLDS = 5
 # LinearSVC's stopping tolerance inside the CV only (the refit keeps make_head's 1e-4): on
 # flowers12's FNE rows 1e-2 stopped after 70-110 instead of ~1100 dual passes (3-12x less time)
 # with the same test accuracy at C = 0.1, 1 and 10. The CV ranks settings; it needs no more.
 CV_SVM_TOL = 1e-2
+# The torch solver's gradient tolerance inside the CV (the refit keeps 1e-4), warm-started along
+# the C path: see README "at scale" for the choices it makes against the exhaustive sklearn CV.
+CV_TORCH_TOL = 1e-3
 AUTO_HEADS = ("svm", "logreg")
 
 
@@ -161,11 +171,14 @@ class _Fold:
         self.Z_tr, self.y_tr, self.Z_va, self.y_va, self.views = Z_tr, y_tr, Z_va, y_va, views
         self.coef: dict[tuple[str, float], tuple] = {}
 
-    def score(self, head: str, C: float, seed: int) -> float:
-        model = make_head(head, C, seed)
-        if head == "svm":
+    def score(self, head: str, C: float, seed: int, solver: str = "sklearn", device: str = "auto") -> float:
+        used = resolve_solver(solver, head, self.Z_tr.shape[0], self.Z_tr.shape[1], len(np.unique(self.y_tr)))
+        model = make_head(head, C, seed, solver=used, device=device)
+        if used == "torch":
+            model.set_params(tol=CV_TORCH_TOL)
+        elif head == "svm":
             model.set_params(tol=CV_SVM_TOL)
-        if head == "logreg" and self.coef:  # warm start from the nearest C fitted so far
+        if (head == "logreg" or used == "torch") and self.coef:  # warm start from the nearest C fitted so far
             near = min((c for h, c in self.coef if h == head), key=lambda c: abs(np.log10(c / C)), default=None)
             if near is not None:
                 model.set_params(warm_start=True)
@@ -173,7 +186,7 @@ class _Fold:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(self.Z_tr, self.y_tr)
-        if head == "logreg":
+        if head == "logreg" or used == "torch":
             self.coef[(head, C)] = (model.coef_, model.intercept_)
         return _view_accuracy(model, self.Z_va, self.y_va, self.views)
 
@@ -211,8 +224,36 @@ class Selection:
                 "seconds": self.seconds}
 
 
+class _Race:
+    """A C's folds scored one by one, stopped once its mean cannot beat the best of its side.
+
+    The bar of grid index i is the best complete mean among the evaluated indices from the centre
+    to i (walk_grid's "best so far on that side"); the centre itself always runs every fold.
+    """
+
+    def __init__(self, grid, scores: np.ndarray, folds: list, centre: float = 1.0):
+        self.scores, self.folds, self.raced = scores, folds, {}
+        self.c = int(np.argmin(np.abs(np.log10(np.asarray(grid, dtype=float)) - np.log10(centre))))
+
+    def bar(self, i: int) -> float:
+        lo, hi = sorted((self.c, i))
+        done = [j for j in range(lo, hi + 1) if j != i and not np.isnan(self.scores[j]).any()]
+        return max((float(self.scores[j].mean()) for j in done), default=-np.inf)
+
+    def __call__(self, i: int, fit_fold) -> float:
+        """Mean CV accuracy of grid index i (an upper bound, <= the bar, when raced out)."""
+        k, bar = len(self.folds), (self.bar(i) if i != self.c else -np.inf)
+        for f, fold in enumerate(self.folds):
+            self.scores[i, f] = fit_fold(fold)
+            upper = (np.nansum(self.scores[i, :f + 1]) + (k - f - 1)) / k
+            if f + 1 < k and upper <= bar:
+                self.raced[i] = f + 1
+                return float(upper)
+        return float(self.scores[i].mean())
+
+
 def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int = 0,
-           n_folds: int = FOLDS) -> Selection:
+           n_folds: int = FOLDS, solver: str = "sklearn", device: str = "auto") -> Selection:
     """Score every candidate (and C when C == 'auto') by k-fold CV on images idx; pick one."""
     t0 = time.perf_counter()
     grid = tuple(C_GRID) if C == "auto" else (float(C),)
@@ -220,6 +261,7 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
     folds = image_folds(yi, n_folds, seed)
     k = len(folds)
     scores = {c.name: np.full((len(grid), k), np.nan) for c in cands}  # NaN: C not evaluated
+    races = {}
     by_rows: dict[int, list[Candidate]] = {}
     for c in cands:
         by_rows.setdefault(id(c.rows), []).append(c)
@@ -238,21 +280,22 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
                 Z_tr, Z_va = Z_all[view_rows(tr, v)], Z_all[view_rows(va, v)]
             data.append(_Fold(Z_tr, np.repeat(yi[tr], v), Z_va, yi[va], v))
         for c in group:
-            def evaluate(i, c=c, data=data):
-                s = scores[c.name]
-                s[i] = [fold.score(c.head, grid[i], seed) for fold in data]
-                return float(s[i].mean())
+            race = races[c.name] = _Race(grid, scores[c.name], data)
+
+            def evaluate(i, c=c, race=race):
+                return race(i, lambda fold: fold.score(c.head, grid[i], seed, solver, device))
             walk_grid(grid, evaluate)
     table, best_C, best_row = [], {}, {}
     for c in cands:
-        done = np.flatnonzero(~np.isnan(scores[c.name][:, 0]))
         s = scores[c.name]
+        done = np.flatnonzero(~np.isnan(s).any(axis=1))  # raced-out C's are not candidates
         i = int(done[choose_C([grid[j] for j in done], s[done])])
         best_C[c.name], best_row[c.name] = grid[i], s[i]
         table.append({"features": c.features, "head": c.head, "C": grid[i],
                       "cv_mean": float(s[i].mean()), "cv_std": float(s[i].std()),
                       "cv_folds": [float(x) for x in s[i]],
-                      "grid": {f"{grid[j]:g}": float(s[j].mean()) for j in done}})
+                      "grid": {f"{grid[j]:g}": float(np.nanmean(s[j])) for j in np.flatnonzero(~np.isnan(s[:, 0]))},
+                      "raced": {f"{grid[j]:g}": n for j, n in races[c.name].raced.items()}})
     # the first candidate in the default order tied with the best (one paired SE); runner-up:
     # the best scoring of the others
     j_win = choose_candidate(np.stack([best_row[c.name] for c in cands]))
@@ -281,7 +324,7 @@ def summary(records: list[dict]) -> dict:
 
 
 def chooser(features: str, head: str, C, backbone, parse_features, y: np.ndarray, seed: int,
-            records: list[dict], rows_for):
+            records: list[dict], rows_for, solver: str = "sklearn", device: str = "auto"):
     """For fne.linear.fit: choose(train) -> (rows, kind, head, C) chosen by CV on the images `train`,
     its record appended to `records`; choose(None) -> the choice made most often so far."""
     cands = candidates(features, head, backbone, parse_features, rows_for)
@@ -291,7 +334,7 @@ def chooser(features: str, head: str, C, backbone, parse_features, y: np.ndarray
             ch = most_common(records)
             c = next(x for x in cands if (x.features, x.head) == (ch["features"], ch["head"]))
             return c.rows, c.kind, c.head, ch["C"]
-        sel = select(cands, C, y, train, seed)
+        sel = select(cands, C, y, train, seed, solver=solver, device=device)
         records.append(sel.record())
         return sel.choice.rows, sel.choice.kind, sel.choice.head, sel.C
 

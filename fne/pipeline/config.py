@@ -333,7 +333,8 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
         if f.get("enabled", True):
             p.fit = {"features": f.get("features", ["fne"]), "heads": f.get("heads", ["svm"]),
                      "C": str(f.get("C", "1.0")), "splits": f.get("splits", 5),
-                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class")}
+                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class"),
+                     "solver": f.get("solver", "auto")}
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")

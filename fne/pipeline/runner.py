@@ -179,6 +179,26 @@ def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str 
         return None
 
 
+def fit_solver(solver: str, head: str, feat: str, b: BackboneCfg, ds: DatasetCfg, proto: dict) -> str:
+    """' (solver X)' for a fit step's label: the solver `fne fit --solver` takes at this dataset's size
+    (fne.linear.solver.resolve_solver on training rows x features x classes); '' when unknown."""
+    from fne.backbones import registry
+    from fne.linear.features import parse_features
+    from fne.linear.solver import resolve_solver
+
+    if head not in ("svm", "logreg") or not ds.n_images or not ds.n_classes:
+        return f" (solver {solver})" if solver != "auto" and head in ("svm", "logreg") else ""
+    try:
+        bb = registry.get(b.arch, b.resolved_weights or b.weights)
+        dims = sum(t.channels for t in bb.taps if t.name in parse_features(feat, bb)[0])
+    except (FneError, WeightsError, KeyError):
+        return ""
+    n = ds.n_train_split or ds.n_images - int(ds.n_images * proto["test_size"])
+    if proto.get("train_per_class"):
+        n = min(n, proto["train_per_class"] * ds.n_classes)
+    return f" (solver {resolve_solver(solver, head, n, dims, ds.n_classes)})"
+
+
 def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = None,
          read: bool = True) -> list[Step]:
     """Every step of the pipeline in run order (per dataset, per backbone: advise, fit, train).
@@ -214,16 +234,18 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                          "test_size": ds.test_size if ds.test_size is not None else p.fit["test_size"],
                          "train_per_class": ds.train_per_class if ds.train_per_class is not None
                          else p.fit["train_per_class"]}
+                solver = p.fit.get("solver", "auto")
                 for feat in feats:
                     for head in p.fit["heads"]:
+                        how = fit_solver(solver, head, feat, b, ds, proto)
                         for seed in p.seeds:
                             cfg = {**ident, "kind": "fit", "features": feat, "head": head, "C": p.fit["C"],
-                                   "seed": seed, **proto}
+                                   "seed": seed, **proto, **({"solver": solver} if solver != "auto" else {})}
                             name = f"fit-{slug(feat)}-{head}-C{slug(p.fit['C'])}-s{seed}"
                             steps.append(Step("fit", ds, b, root / name, cfg,
                                               dict(data=data, features=feat, head=head, C=p.fit["C"], seed=seed,
-                                                   **proto, **store),
-                                              f"{ds.key} {b.label} fit {feat}+{head} seed {seed}"))
+                                                   solver=solver, **proto, **store),
+                                              f"{ds.key} {b.label} fit {feat}+{head} seed {seed}{how}"))
             for mode, settings in p.train.items():
                 if mode == "direct" and not ds.class_map:
                     continue

@@ -1,0 +1,294 @@
+"""A torch solver for the linear heads' own objectives, for rows scikit-learn cannot hold or fit fast.
+
+Objectives (the same as scikit-learn's defaults, so the optimum is the same):
+
+- ``svm``: LinearSVC's primal, one-vs-rest L2-regularised squared hinge with the intercept as
+  one more feature of value 1 (``intercept_scaling=1``), regularised like the weights:
+  ``0.5 ||[w, b]||² + C Σ max(0, 1 - y (w·x + b))²`` per class.
+- ``logreg``: LogisticRegression's, multinomial cross-entropy (binary logistic for two classes)
+  with L2 on the weights and a free intercept: ``0.5 ||W||² + C Σ log-loss``.
+
+Method: L-BFGS with a strong-Wolfe line search (torch.optim.LBFGS; deterministic, full batch,
+float64 parameters on the device), on the objective divided by C·n, stopped when the largest
+gradient entry is below a hundredth of scikit-learn's ``tol`` (at ``tol`` itself L-BFGS stopped
+1e-4 relative above LogisticRegression's objective on digits, and at a tenth 1e-3 above
+LinearSVC's on flowers12's FNE rows at C = 1, where the objective / (C·n) is ~3e-4; liblinear's
+dual solver stops on another criterion). scipy's L-BFGS-B spent 0.18 s per iteration of its
+own on 37,000 parameters, ten times the evaluation; torch's keeps the parameters on the device.
+Each function and gradient evaluation streams the rows in chunks: int8 FNE rows stay int8 in memory (on the device when
+it is CUDA), and each chunk is converted to float64 as it is used, so memory is the rows plus
+O(chunk × features + features × classes). On CPU it uses every core.
+
+The fitted head is handed back as a scikit-learn LinearSVC / LogisticRegression carrying
+``coef_``, ``intercept_`` and ``classes_`` (`TorchHead.sklearn_model`), so a saved model is the
+same whichever solver fitted it and predict / report / export never import torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+
+from fne.errors import FneError
+from fne.names import SOLVERS
+
+# `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
+# on CPU liblinear is the faster solver wherever its float64 copy of the rows fits (flowers12's FNE
+# rows, 720 x 3,088 x 12 classes: 3.1 s against 243 s for the torch solver at C = 1),
+# so auto keeps it until that copy (~21 bytes per row value: 0.25 MiB per 12,416-feature row)
+# reaches ~2 GB, i.e. rows x features >= CPU_TORCH_ABOVE. With CUDA present a pass over the rows is
+# cheap, and torch takes over from rows x features x classes >= GPU_TORCH_ABOVE (not measured on a
+# GPU in this session: a first guess, flowers12-sized problems stay on scikit-learn).
+CPU_TORCH_ABOVE = 1e8
+GPU_TORCH_ABOVE = 1.5e8
+CHUNK_BYTES = 64 << 20  # bytes of one converted (float64) chunk
+# Chunks are computed in float64: in float32 the objective's rounding noise stalled the line search
+# 5e-3 (relative) above LogisticRegression's optimum on flowers12's FNE rows; in float64 7.7e-5.
+HISTORY = 20  # L-BFGS memory (pairs kept): O(HISTORY x features x classes)
+GTOL_FACTOR = 0.01  # gradient tolerance = GTOL_FACTOR * tol: see the module doc
+
+
+def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_classes: int) -> str:
+    """'sklearn' or 'torch' for `solver` ('auto' picks by problem size, see CPU_TORCH_ABOVE).
+
+    Parameters
+    ----------
+    solver : str
+        'auto', 'sklearn' or 'torch'; auto: CPU_TORCH_ABOVE / GPU_TORCH_ABOVE.
+    head : str
+        The head kind; only 'svm' and 'logreg' have a torch solver (SGD heads stay scikit-learn).
+    n_rows, n_features, n_classes : int
+        The training problem's size.
+
+    Returns
+    -------
+    str
+        'sklearn' or 'torch'.
+    """
+    if solver not in SOLVERS:
+        raise FneError(f"unknown --solver {solver!r}; choose from {', '.join(SOLVERS)}")
+    if head not in ("svm", "logreg"):
+        return "sklearn"
+    if solver != "auto":
+        return solver
+    if float(n_rows) * n_features >= CPU_TORCH_ABOVE:
+        return "torch"
+    big = float(n_rows) * n_features * max(n_classes, 2) >= GPU_TORCH_ABOVE
+    return "torch" if big and _cuda() else "sklearn"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def torch_device(device: str = "auto"):
+    """The torch device for `device` ('auto': CUDA when present, else CPU with every core)."""
+    import torch
+
+    if device in ("auto", None):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FneError(f"--device {device}: CUDA is not available on this machine")
+    return dev  # on CPU, torch's own thread pool: every core unless the caller set fewer
+
+
+def primal_objective(head: str, C: float, coef: np.ndarray, intercept: np.ndarray, X: np.ndarray,
+                     y: np.ndarray, classes: np.ndarray | None = None) -> float:
+    """scikit-learn's primal objective of a fitted linear head (for parity checks).
+
+    Parameters
+    ----------
+    head : str
+        'svm' (LinearSVC: squared hinge, regularised intercept) or 'logreg' (LogisticRegression:
+        multinomial, or binary for two classes, free intercept).
+    C : float
+        Inverse regularisation strength.
+    coef, intercept : ndarray
+        (K, d) and (K,), as scikit-learn's ``coef_`` and ``intercept_`` (K = 1 for two classes).
+    X, y : ndarray
+        Rows and labels.
+    classes : ndarray, optional
+        The label values in column order (default: sorted unique y).
+
+    Returns
+    -------
+    float
+        ``0.5 ||W||² (+ 0.5 ||b||² for svm) + C Σ loss``.
+    """
+    classes = np.unique(y) if classes is None else classes
+    yi = np.searchsorted(classes, y)
+    S = np.asarray(X, dtype=np.float64) @ coef.T.astype(np.float64) + intercept
+    if head == "svm":
+        Y = _signs(yi, len(classes))
+        loss = (np.maximum(0.0, 1.0 - Y * S) ** 2).sum()
+        return float(0.5 * (coef**2).sum() + 0.5 * (intercept**2).sum() + C * loss)
+    if coef.shape[0] == 1:
+        s = np.where(yi == 1, 1.0, -1.0) * S[:, 0]
+        loss = np.logaddexp(0.0, -s).sum()
+    else:
+        m = S.max(axis=1, keepdims=True)
+        loss = (np.log(np.exp(S - m).sum(axis=1)) + m[:, 0] - S[np.arange(len(yi)), yi]).sum()
+    return float(0.5 * (coef**2).sum() + C * loss)
+
+
+def _signs(yi: np.ndarray, k: int) -> np.ndarray:
+    """±1 targets, one column per class (one column, +1 = second class, for two classes)."""
+    if k == 2:
+        return np.where(yi == 1, 1.0, -1.0)[:, None]
+    Y = -np.ones((len(yi), k))
+    Y[np.arange(len(yi)), yi] = 1.0
+    return Y
+
+
+class _Problem:
+    """Loss and gradient over streamed chunks; parameters flattened as [W (K', d), b (K')]."""
+
+    def __init__(self, head: str, C: float, X: np.ndarray, yi: np.ndarray, k: int, device, chunk: int):
+        import torch
+
+        self.torch, self.head, self.device = torch, head, device
+        self.n, self.d = X.shape
+        self.kout = 1 if k == 2 else k
+        self.scale = 1.0 / (C * self.n)  # the objective divided by C·n: mean loss + penalty / (C n)
+        on_gpu = device.type == "cuda"
+        self.X = torch.from_numpy(np.ascontiguousarray(X))
+        if on_gpu:  # int8 stays int8 on the device too; chunks converted there
+            self.X = self.X.to(device)
+        self.yi = torch.from_numpy(yi.astype(np.int64)).to(device)
+        self.chunk = chunk
+
+    def rows(self):
+        for s in range(0, self.n, self.chunk):
+            Xc = self.X[s:s + self.chunk].to(self.device, dtype=self.torch.float64, non_blocking=True)
+            yield Xc, self.yi[s:s + self.chunk]
+
+    def chunk_loss(self, S, yc):
+        """(summed loss, dLoss/dS) of one chunk's scores S (m, K')."""
+        torch = self.torch
+        if self.head == "svm":
+            if self.kout == 1:
+                Y = (yc == 1).to(S.dtype)[:, None] * 2 - 1
+            else:
+                Y = -torch.ones_like(S)
+                Y[torch.arange(len(yc), device=S.device), yc] = 1.0
+            h = torch.clamp(1.0 - Y * S, min=0.0)
+            return (h * h).sum(dtype=torch.float64), -2.0 * Y * h
+        if self.kout == 1:
+            sgn = (yc == 1).to(S.dtype)[:, None] * 2 - 1
+            z = sgn * S
+            return torch.nn.functional.softplus(-z).sum(dtype=torch.float64), -sgn * torch.sigmoid(-z)
+        lse = torch.logsumexp(S, dim=1)
+        loss = (lse - S.gather(1, yc[:, None])[:, 0]).sum(dtype=torch.float64)
+        G = torch.softmax(S, dim=1)
+        G[torch.arange(len(yc), device=S.device), yc] -= 1.0
+        return loss, G
+
+    def __call__(self, theta):
+        """(objective / (C n), its gradient) at theta, a float64 tensor on the device."""
+        torch = self.torch
+        kd = self.kout * self.d
+        W = theta[:kd].reshape(self.kout, self.d)
+        b = theta[kd:]
+        gW = torch.zeros((self.kout, self.d), dtype=torch.float64, device=self.device)
+        gb = torch.zeros(self.kout, dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for Xc, yc in self.rows():
+            loss, G = self.chunk_loss(torch.addmm(b, Xc, W.T), yc)
+            total += loss
+            gW += G.T @ Xc
+            gb += G.sum(dim=0, dtype=torch.float64)
+        reg = theta if self.head == "svm" else theta[:kd]  # svm: the intercept is one more weight
+        f = total / self.n + 0.5 * self.scale * (reg @ reg)
+        g = torch.cat([gW.reshape(-1), gb]) / self.n
+        g[:len(reg)] += self.scale * reg
+        return f, g
+
+
+class TorchHead(ClassifierMixin, BaseEstimator):
+    """LinearSVC / LogisticRegression's objective solved by L-BFGS over streamed chunks (see module doc).
+
+    Parameters
+    ----------
+    head : str
+        'svm' or 'logreg'.
+    C : float
+        Inverse regularisation strength, as scikit-learn's.
+    tol : float
+        scikit-learn's tol (1e-4); L-BFGS stops at a gradient of GTOL_FACTOR times it on the objective / (C·n).
+    max_iter : int
+        L-BFGS iterations at most.
+    device : str
+        'auto' (CUDA when present), 'cpu' or 'cuda[:i]'.
+    warm_start : bool
+        Start from ``coef_`` / ``intercept_`` when they are set (as scikit-learn's warm_start).
+    chunk : int or None
+        Rows converted to float64 at a time (default: 64 MiB of them).
+    """
+
+    def __init__(self, head: str = "svm", C: float = 1.0, tol: float = 1e-4, max_iter: int = 5000,
+                 device: str = "auto", warm_start: bool = False, chunk: int | None = None):
+        self.head, self.C, self.tol, self.max_iter = head, C, tol, max_iter
+        self.device, self.warm_start, self.chunk = device, warm_start, chunk
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
+        """Fit on rows X (any numeric dtype; int8 stays int8) and labels y; returns self."""
+        if self.head not in ("svm", "logreg"):
+            raise FneError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        k = len(self.classes_)
+        if k < 2:
+            raise FneError("a linear head needs at least two classes in its training rows")
+        n, d = X.shape
+        chunk = self.chunk or max(256, CHUNK_BYTES // (8 * max(d, 1)))
+        prob = _Problem(self.head, float(self.C), X, yi, k, torch_device(self.device), chunk)
+        torch = prob.torch
+        theta = torch.zeros(prob.kout * (d + 1), dtype=torch.float64, device=prob.device)
+        if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (prob.kout, d):
+            theta = torch.from_numpy(np.concatenate([np.ravel(self.coef_), np.ravel(self.intercept_)])
+                                     .astype(np.float64)).to(prob.device)
+        theta.requires_grad_(False)
+        param = torch.nn.Parameter(theta)
+        opt = torch.optim.LBFGS([param], lr=1, max_iter=self.max_iter, max_eval=int(self.max_iter * 1.25),
+                                tolerance_grad=self.tol * GTOL_FACTOR, tolerance_change=1e-12 * self.tol,
+                                history_size=HISTORY, line_search_fn="strong_wolfe")
+
+        def closure():
+            with torch.no_grad():
+                f, g = prob(param.detach())
+            param.grad = g
+            return f
+
+        opt.step(closure)
+        kd = prob.kout * d
+        x = param.detach().cpu().numpy()
+        self.coef_ = x[:kd].reshape(prob.kout, d).copy()
+        self.intercept_ = x[kd:].copy()
+        self.n_iter_ = int(opt.state[param].get("n_iter", 0))
+        self.n_features_in_ = d
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Margins (n, K), or (n,) for two classes, as scikit-learn's."""
+        s = np.asarray(X, dtype=np.float32) @ self.coef_.T.astype(np.float32) + self.intercept_.astype(np.float32)
+        return s[:, 0] if s.shape[1] == 1 else s
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The class with the highest margin."""
+        s = self.decision_function(X)
+        return self.classes_[(s > 0).astype(int) if s.ndim == 1 else s.argmax(axis=1)]
+
+    def sklearn_model(self):
+        """The fitted head as scikit-learn's own estimator (same coef_ / intercept_ / classes_),
+        which is what `fne fit` saves."""
+        if self.head == "svm":
+            m = LinearSVC(C=self.C)
+        else:
+            m = LogisticRegression(C=self.C)
+        m.coef_, m.intercept_, m.classes_ = self.coef_.copy(), self.intercept_.copy(), self.classes_.copy()
+        m.n_features_in_, m.n_iter_ = self.n_features_in_, np.array([self.n_iter_])
+        return m
