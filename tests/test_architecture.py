@@ -4,6 +4,7 @@ and functions of a readable size, one definition of each name list."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,44 @@ def test_name_lists_are_defined_once():
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 again += [f"{p.name}: {t.id}" for t in targets if isinstance(t, ast.Name) and t.id in lists]
     assert not again, again
+
+
+def test_every_imported_package_is_declared():
+    """Each third-party package fne imports (at the top or lazily) is a dependency or in an extra
+    of pyproject.toml, under its distribution's name."""
+    import importlib.metadata as md
+    import re
+    import sys
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    project = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {norm(re.match(r"[A-Za-z0-9_.-]+", r).group(0)) for r in reqs}
+    imported = set()
+    for tree in _modules().values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"fne", "__future__"})
+    dists = md.packages_distributions()
+    undeclared = [m for m in third_party if not any(norm(d) in declared for d in dists.get(m, [m]))]
+    assert not undeclared, undeclared
+
+
+def test_scikit_learn_floor_has_what_fne_imports():
+    """validate_data (sklearn.utils.validation) exists from scikit-learn 1.6 on."""
+    text = "\n".join(p.read_text() for p in _files())
+    deps = (PKG.parent / "pyproject.toml").read_text()
+    if "validate_data" in text:
+        floor = re.search(r'"scikit-learn>=(\d+)\.(\d+)', deps)
+        assert floor and (int(floor.group(1)), int(floor.group(2))) >= (1, 6), "scikit-learn>=1.6 needed"

@@ -67,7 +67,7 @@ def extract_command(data, spec: StoreSpec) -> str:
         parts.append(f"--precision {spec.precision}")
     if spec.storage_dtype not in ("auto", DEFAULT_DTYPE):
         parts.append(f"--storage-dtype {spec.storage_dtype}")
-    if spec.decode != "pil":
+    if spec.decode == "device":
         parts.append(f"--decode {spec.decode}")
     if spec.cache:
         parts.append(f"--cache {spec.cache}")
