@@ -70,13 +70,13 @@ def test_device_resize_is_one_call_per_image_size(monkeypatch):
 def test_refused_jpeg_goes_to_pil_and_unreadable_is_named(monkeypatch):
     prep = Preprocess(224)
     good, refused = _jpeg(300, 200, 1), _jpeg(200, 300, 2)
-    real = reader._decode_jpegs
+    real = reader.decode_jpegs
 
     def refuse_second(raw, dev):
         imgs = real(raw, dev)
         return [None if bytes(r.numpy()) == refused else im for r, im in zip(raw, imgs, strict=True)]
 
-    monkeypatch.setattr(reader, "_decode_jpegs", refuse_second)
+    monkeypatch.setattr(reader, "decode_jpegs", refuse_second)
     out = reader.decode_raw([_raw(good), _raw(refused), _raw(b"\xff\xd8 not a jpeg")], CPU, prep)
     assert torch.equal(out[1], prep(read_image(io.BytesIO(refused))))  # PIL's exact pixels
     assert isinstance(out[2], str) and "UnidentifiedImageError" in out[2]
