@@ -70,7 +70,7 @@ def cpu():
 
 
 t0, (m0, k0) = time.perf_counter(), cpu()
-r = extract(data, "vgg16", "random", cache=cache, batch_size=batch, workers=workers, progress=False,
+r = extract(data, arch="vgg16", weights="random", cache=cache, batch_size=batch, workers=workers, progress=False,
             precision="fp32")
 wall, (m1, k1) = time.perf_counter() - t0, cpu()
 print(json.dumps({"n": r.n_computed, "wall": wall, "run": r.stage_seconds.get("run"),
@@ -173,7 +173,7 @@ def breakdown(data: Path, n: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parents[1] / "shared/datasets/pets37"),
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/pets37"),
                     help="photos to re-encode (default /work/shared/datasets/pets37)")
     ap.add_argument("--images", help="folder for the re-encoded JPEGs (kept; default a temp dir)")
     ap.add_argument("--n", type=int, default=2000, help="images (default 2000)")
