@@ -290,15 +290,24 @@ def from_args(args, *classes) -> dict:
     return {n: getattr(args, n) for n in names(*classes, cli_only=True) if hasattr(args, n)}
 
 
+def _refused(v, o: Opt) -> str | None:
+    """"choice" or "bound" when `o` does not accept the value `v`; None when it does."""
+    if v is None:
+        return None
+    if o.choices and v not in o.choices:
+        return "choice"
+    if o.check is not None and not o.check(v):
+        return "bound"
+    return None
+
+
 def check(obj) -> None:
     """Raise FneError naming the flag of the first value `obj` does not accept."""
     for f, o in _opts(type(obj)):
-        v = getattr(obj, f.name)
-        if v is None:
-            continue
-        if o.choices and v not in o.choices:
+        v, why = getattr(obj, f.name), _refused(getattr(obj, f.name), o)
+        if why == "choice":
             raise FneError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
-        if o.check is not None and not o.check(v):
+        if why == "bound":
             raise FneError(f"bad {flag(f)} {v!r}: {flag(f)} must be {o.bound}")
 
 
@@ -307,13 +316,11 @@ def problems(cls, values: dict) -> list[tuple[str, str]]:
     declared = {f.name: o for f, o in _opts(cls)}
     out = []
     for k, v in values.items():
-        o = declared.get(k)
-        if o is None or v is None:
-            continue
-        if o.choices and v not in o.choices:
-            out.append((k, f"{v!r}: expected one of {', '.join(map(str, o.choices))}"))
-        elif o.check is not None and not o.check(v):
-            out.append((k, f"{v!r}: expected {o.kind} {o.bound}"))
+        why = _refused(v, declared[k]) if k in declared else None
+        if why == "choice":
+            out.append((k, f"{v!r}: expected one of {', '.join(map(str, declared[k].choices))}"))
+        elif why == "bound":
+            out.append((k, f"{v!r}: expected {declared[k].kind} {declared[k].bound}"))
     return out
 
 
