@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import uuid
+import warnings
 from pathlib import Path
 
 from fne.data import containers
-from fne.data.datasets import Dataset, content_key, file_key
+from fne.data.datasets import Dataset, content_key
 from fne.errors import DataError
 
 FORMAT = 1
@@ -120,27 +120,37 @@ def known_keys(dataset: Dataset, manifest: Manifest | None) -> list[str | None]:
     return [manifest.lookup(p, st) for p, st in zip(dataset.sources, stats, strict=True)]
 
 
-def attach_keys(dataset: Dataset, cache: str | Path | None) -> Dataset:
-    """Fill `dataset.keys()` from the manifest, hashing only new or changed files."""
+def attach_keys(dataset: Dataset, cache: str | Path | None, skip_unreadable: bool = False) -> Dataset:
+    """Fill `dataset.keys()` from the manifest, hashing only new or changed files.
+
+    A file that cannot be read is a DataError; with `skip_unreadable` it is named in a warning
+    and left out of the dataset returned instead (a sample that one bad file must not stop).
+    """
     if dataset._keys is not None:
         return dataset
     manifest = manifest_for(dataset, cache)
     if manifest is None:
         return dataset
-    keys = known_keys(dataset, manifest)
+    keys, keep = known_keys(dataset, manifest), []
     for i, k in enumerate(keys):
         if k is None:
-            if dataset.container is not None:  # members in order: each container read front to back
-                try:
-                    data, (size, mtime_ns, now) = dataset.read_bytes(i)
-                except OSError as e:
-                    raise DataError(f"cannot read {dataset.ids[i]}: {e.strerror or e}") from e
-                keys[i] = content_key(data)
-            else:
-                st = dataset.stats()[i]
-                size, mtime_ns, now = st.st_size, st.st_mtime_ns, time.time_ns()
-                keys[i] = file_key(dataset.sources[i])
+            try:
+                keys[i], (size, mtime_ns, now) = _hash(dataset, i)
+            except OSError as e:
+                if not skip_unreadable:
+                    raise DataError(f"cannot read {dataset.ids[i] if dataset.container is not None else dataset.sources[i]}: "
+                                    f"{e.strerror or e}") from e
+                warnings.warn(f"skipped {dataset.ids[i]}: cannot read: {e.strerror or e}", stacklevel=2)
+                continue
             manifest.add(dataset.sources[i], size, mtime_ns, keys[i], now)
+        keep.append(i)
     manifest.save()
     dataset._keys = keys
-    return dataset
+    return dataset if len(keep) == len(keys) else dataset.subset(keep)
+
+
+def _hash(dataset: Dataset, i: int) -> tuple[str, tuple[int, int, int]]:
+    """Item i's content key and the (size, mtime_ns, read at ns) the manifest records: its bytes
+    read as the reader reads them (containers' members in order, each read front to back)."""
+    data, stat = dataset.read_bytes(i)
+    return content_key(data), stat

@@ -42,7 +42,6 @@ import argparse
 import json
 import math
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -201,42 +200,18 @@ def _classifier_logits(features: np.ndarray, arch: str, weights: str, weights_se
     return logits.reshape(n, v, -1)
 
 
-def _keyed(sample, cache):
-    """The sample with its content keys: from the data root's manifest where a file is unchanged
-    (no read), hashed otherwise (and remembered). A file that cannot be read is named in a
-    warning and left out, as extraction leaves it out: one bad file never stops the advice."""
-    from fne.data.datasets import content_key
-    from fne.data.manifest import known_keys, manifest_for
-
-    manifest = manifest_for(sample, cache)
-    if manifest is None:  # arrays (HDF5, digits): keyed from their bytes in memory
-        return sample
-    keys, keep = known_keys(sample, manifest), []
-    for i, k in enumerate(keys):
-        if k is None:
-            try:
-                data, (size, mtime_ns, read_ns) = sample.read_bytes(i)
-            except OSError as e:
-                warnings.warn(f"skipped {sample.ids[i]}: cannot read: {e.strerror or e}", stacklevel=3)
-                continue
-            keys[i] = content_key(data)
-            manifest.add(sample.sources[i], size, mtime_ns, keys[i], read_ns)
-        keep.append(i)
-    manifest.save()
-    keyed = sample.subset(keep)
-    keyed._keys = [keys[i] for i in keep]
-    return keyed
-
-
 def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cache=None, crop="center",
                        precision="auto", storage_dtype="float16", device="auto", weights_seed=0,
                        batch_size="auto", workers=None, progress=True) -> dict:
     """Source-classifier confidence on dataset[idx]; extracts missing rows into the cache first."""
     from fne.backbones import registry as backbones
     from fne.cache.spec import StoreSpec
+    from fne.data.manifest import attach_keys
     from fne.extraction.extract import extract
 
-    sub = _keyed(dataset.subset(idx), cache)
+    # keyed through the data root's manifest (an unchanged folder is not read again); a file that
+    # cannot be read is named and left out: one bad file never stops the advice
+    sub = attach_keys(dataset.subset(idx), cache, skip_unreadable=True)
     spec = StoreSpec(arch=arch, weights=weights, crop=crop, precision=precision, storage_dtype=storage_dtype,
                      cache=cache, device=device, weights_seed=weights_seed)
     extract(sub, spec, batch_size=batch_size, workers=workers, progress=progress)
