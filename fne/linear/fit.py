@@ -21,7 +21,7 @@ from fne import verb_module
 from fne.cache.spec import StoreSpec
 from fne.data.splits import make_splits
 from fne.errors import FneError
-from fne.linear import compare, selection
+from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
@@ -41,7 +41,11 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
     embed = rows.fit_embedding(kind, idx)
     Z, yy = rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views)
     used = resolve_solver(solver, head, Z.shape[0], Z.shape[1], len(np.unique(yy)))
-    clf = make_head(head, C, seed, solver=used, device=device).fit(Z, yy)
+    clf = make_head(head, C, seed, solver=used, device=device)
+    if used == "sklearn" and rowspace.worth_it(clf, *Z.shape):  # fewer rows than features: fit in their span
+        clf = rowspace.fit(clf, Z, yy)
+    else:
+        clf = clf.fit(Z, yy)
     del Z
     pipe = Pipeline([("embed", embed), ("head", clf.sklearn_model() if used == "torch" else clf)])
     pipe.solver_ = used

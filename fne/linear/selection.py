@@ -35,6 +35,7 @@ is never raced out (it is the best of its side or the centre, which always runs 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -42,9 +43,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import LinearSVC
 
 from fne.errors import FneError
-from fne.linear import compare
+from fne.linear import compare, rowspace
 from fne.linear.heads import C_GRID, make_head
 from fne.linear.solver import resolve_solver
 
@@ -165,11 +167,31 @@ def _view_accuracy(clf, Z: np.ndarray, y: np.ndarray, views: int) -> float:
 
 
 class _Fold:
-    """One fold's embedded rows and, per head, the fitted models by C (logreg warm starts)."""
+    """One fold's embedded rows and, per head, the fitted models by C (warm starts).
+
+    With fewer training rows than features, scikit-learn's heads are fitted in the rows' span
+    (fne.linear.rowspace: the same optimum, each pass costing n x n instead of n x d); the basis
+    is computed once per fold and head kind, and the validation rows are scored in it.
+    """
 
     def __init__(self, Z_tr, y_tr, Z_va, y_va, views):
         self.Z_tr, self.y_tr, self.Z_va, self.y_va, self.views = Z_tr, y_tr, Z_va, y_va, views
         self.coef: dict[tuple[str, float], tuple] = {}
+        self.spaces: dict[bool, tuple] = {}
+        self.gram = None
+
+    def _rows(self, model) -> tuple[np.ndarray, np.ndarray, object]:
+        """(training rows, validation rows, model to fit): reduced to the span when it pays."""
+        if not rowspace.worth_it(model, *self.Z_tr.shape):
+            return self.Z_tr, self.Z_va, model
+        constant = isinstance(model, LinearSVC)
+        if constant not in self.spaces:
+            if self.gram is None:
+                self.gram = rowspace.gram_matrix(self.Z_tr)
+            space = rowspace.RowSpace(self.Z_tr, constant, self.gram)
+            self.spaces[constant] = (space, space.transform(self.Z_va))
+        space, F_va = self.spaces[constant]
+        return space.rows_, F_va, rowspace.reduced(model, space)
 
     def score(self, head: str, C: float, seed: int, solver: str = "sklearn", device: str = "auto") -> float:
         used = resolve_solver(solver, head, self.Z_tr.shape[0], self.Z_tr.shape[1], len(np.unique(self.y_tr)))
@@ -178,17 +200,19 @@ class _Fold:
             model.set_params(tol=CV_TORCH_TOL)
         elif head == "svm":
             model.set_params(tol=CV_SVM_TOL)
+        X_tr, X_va, model = self._rows(model)
+        small = X_tr is not self.Z_tr
         if (head == "logreg" or used == "torch") and self.coef:  # warm start from the nearest C fitted so far
             near = min((c for h, c in self.coef if h == head), key=lambda c: abs(np.log10(c / C)), default=None)
             if near is not None:
                 model.set_params(warm_start=True)
                 model.coef_, model.intercept_ = (a.copy() for a in self.coef[(head, near)])
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), (rowspace.one_thread() if small else contextlib.nullcontext()):
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(self.Z_tr, self.y_tr)
+            model.fit(X_tr, self.y_tr)
         if head == "logreg" or used == "torch":
             self.coef[(head, C)] = (model.coef_, model.intercept_)
-        return _view_accuracy(model, self.Z_va, self.y_va, self.views)
+        return _view_accuracy(model, X_va, self.y_va, self.views)
 
 
 def walk_grid(grid, evaluate, centre: float = 1.0) -> None:

@@ -148,7 +148,8 @@ def _signs(yi: np.ndarray, k: int) -> np.ndarray:
 class _Problem:
     """Loss and gradient over streamed chunks; parameters flattened as [W (K', d), b (K')]."""
 
-    def __init__(self, head: str, C: float, X: np.ndarray, yi: np.ndarray, k: int, device, chunk: int):
+    def __init__(self, head: str, C: float, X: np.ndarray, yi: np.ndarray, k: int, device, chunk: int,
+                 compute: str = "float32"):
         import torch
 
         self.torch, self.head, self.device = torch, head, device
@@ -160,11 +161,16 @@ class _Problem:
         if on_gpu:  # int8 stays int8 on the device too; chunks converted there
             self.X = self.X.to(device)
         self.yi = torch.from_numpy(yi.astype(np.int64)).to(device)
-        self.chunk = chunk
+        self.chunk = min(chunk, self.n)
+        self.compute = getattr(torch, compute)
+        # one buffer for every chunk: converting into memory already touched costs a third of
+        # converting into a fresh allocation (page faults) on the development CPU
+        self.buf = torch.empty((self.chunk, self.d), dtype=self.compute, device=device)
 
     def rows(self):
         for s in range(0, self.n, self.chunk):
-            Xc = self.X[s:s + self.chunk].to(self.device, dtype=self.torch.float64, non_blocking=True)
+            Xc = self.buf[:min(self.chunk, self.n - s)]
+            Xc.copy_(self.X[s:s + self.chunk], non_blocking=True)
             yield Xc, self.yi[s:s + self.chunk]
 
     def chunk_loss(self, S, yc):
@@ -197,10 +203,11 @@ class _Problem:
         gW = torch.zeros((self.kout, self.d), dtype=torch.float64, device=self.device)
         gb = torch.zeros(self.kout, dtype=torch.float64, device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for Xc, yc in self.rows():
-            loss, G = self.chunk_loss(torch.addmm(b, Xc, W.T), yc)
+        Wc, bc = W.to(self.compute), b.to(self.compute)
+        for Xc, yc in self.rows():  # matmuls in `compute`, losses and sums in float64
+            loss, G = self.chunk_loss(torch.addmm(bc, Xc, Wc.T).to(torch.float64), yc)
             total += loss
-            gW += G.T @ Xc
+            gW += (G.to(self.compute).T @ Xc).to(torch.float64)
             gb += G.sum(dim=0, dtype=torch.float64)
         reg = theta if self.head == "svm" else theta[:kd]  # svm: the intercept is one more weight
         f = total / self.n + 0.5 * self.scale * (reg @ reg)
@@ -227,13 +234,17 @@ class TorchHead(ClassifierMixin, BaseEstimator):
     warm_start : bool
         Start from ``coef_`` / ``intercept_`` when they are set (as scikit-learn's warm_start).
     chunk : int or None
-        Rows converted to float64 at a time (default: 64 MiB of them).
+        Rows converted at a time (default: 64 MiB of them).
+    precision : str
+        The matmuls' dtype, 'float32' (default) or 'float64'; parameters, losses and their sums are
+        float64 either way.
     """
 
     def __init__(self, head: str = "svm", C: float = 1.0, tol: float = 1e-4, max_iter: int = 5000,
-                 device: str = "auto", warm_start: bool = False, chunk: int | None = None):
+                 device: str = "auto", warm_start: bool = False, chunk: int | None = None,
+                 precision: str = "float32"):
         self.head, self.C, self.tol, self.max_iter = head, C, tol, max_iter
-        self.device, self.warm_start, self.chunk = device, warm_start, chunk
+        self.device, self.warm_start, self.chunk, self.precision = device, warm_start, chunk, precision
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
         """Fit on rows X (any numeric dtype; int8 stays int8) and labels y; returns self."""
@@ -244,8 +255,11 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         if k < 2:
             raise FneError("a linear head needs at least two classes in its training rows")
         n, d = X.shape
-        chunk = self.chunk or max(256, CHUNK_BYTES // (8 * max(d, 1)))
-        prob = _Problem(self.head, float(self.C), X, yi, k, torch_device(self.device), chunk)
+        if self.precision not in ("float32", "float64"):
+            raise FneError(f"precision must be 'float32' or 'float64', not {self.precision!r}")
+        width = 4 if self.precision == "float32" else 8
+        chunk = self.chunk or max(256, CHUNK_BYTES // (width * max(d, 1)))
+        prob = _Problem(self.head, float(self.C), X, yi, k, torch_device(self.device), chunk, self.precision)
         torch = prob.torch
         theta = torch.zeros(prob.kout * (d + 1), dtype=torch.float64, device=prob.device)
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (prob.kout, d):
