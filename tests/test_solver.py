@@ -125,6 +125,17 @@ def test_chunks_give_the_same_model_and_int8_stays_int8(fne_rows, monkeypatch):
     np.testing.assert_allclose(small.coef_, one.coef_, atol=1e-4)
 
 
+@pytest.mark.parametrize("head", ["svm", "logreg"])
+def test_float32_matmuls_reach_the_float64_optimum(fne_rows, head):
+    """float32 matmuls (the default) with float64 sums: the objective of the float64 solver."""
+    Xtr, ytr, _, _ = fne_rows
+    o = {p: primal_objective(head, 0.1, m.coef_, m.intercept_, Xtr, ytr) for p, m in
+         ((p, TorchHead(head, 0.1, device="cpu", precision=p).fit(Xtr, ytr)) for p in ("float32", "float64"))}
+    assert abs(o["float32"] - o["float64"]) <= 1e-5 * o["float64"]
+    with pytest.raises(FneError, match="precision"):
+        TorchHead(head, precision="bfloat16").fit(Xtr, ytr)
+
+
 def test_warm_start_from_the_optimum_stops_early(digits):
     Xtr, ytr, _, _ = digits
     cold = TorchHead("logreg", 1.0, device="cpu").fit(Xtr, ytr)
