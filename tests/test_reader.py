@@ -194,8 +194,19 @@ def test_slot_pool_never_overwrites_what_was_not_given_back(tmp_path):
 def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monkeypatch):
     """`fne extract` on the CPU with loader workers reads batches in the slot pool and gives
     them back after the forward: the network sees what it sees without workers."""
+    from fne.extraction import taps
     from fne.extraction.taps import TapRunner
 
+    class StandIn(torch.nn.Module):  # rows of the taps' widths: the network is not what is tested
+        def __init__(self, widths):
+            super().__init__()
+            self.widths = widths
+
+        def forward(self, x):
+            return list(x.float().mean(dim=(1, 2, 3))[:, None].expand(-1, sum(self.widths)).split(self.widths, 1))
+
+    monkeypatch.setattr(taps, "build_tap_model", lambda spec, device, compile=False: StandIn(
+        [t.channels for t in spec.backbone().taps]))
     root, fed, pooled = _folder(tmp_path, 8), [], []
     real_call, real_release = TapRunner.__call__, reader.release
     monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
