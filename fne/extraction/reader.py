@@ -172,7 +172,10 @@ class SlotPool:
     consecutive free slots and marks them busy; the batch carries where they lie; the main
     process reads them in place (`pixels_of`) and frees them once it is done (`release`). A
     worker that finds no free run (the main process holds more batches than foreseen, or does
-    not release them) collates into fresh shared memory instead: slower, never wrong.
+    not release them) collates into fresh shared memory instead: slower, never wrong. The busy
+    flags are plain bytes in that memory: the main process writes 0 only after it has read the
+    pixels (and gone through the loader's queue and locks since), a worker writes a slot only
+    after reading 0.
 
     Parameters
     ----------
