@@ -11,6 +11,9 @@ and the new code (this tree), alternating, in subprocesses of one run:
 * a single-process breakdown of the new reader's per-image CPU by stage (read, hash, decode,
   resize + crop, collate), and the floor: decoding plus resizing alone.
 
+The old code's DataLoader workers collate every batch into fresh shared memory; the new code's
+reuse a `SlotPool` that the loop gives back after the forward.
+
 The stand-in is a benchmark-only hook: `fne.extraction.taps.build_tap_model` is replaced in
 the subprocess, so nothing in fne knows about it. Example (about 1.5 min on 2 cores):
 
@@ -32,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OLD_DEFAULT = "8e45dec"  # the restructure commit this branch started from
+OLD_DEFAULT = "f9734fb"  # main when the slot pool and the two-pass center crop began
 
 RUNNER = r"""
 import json, resource, sys, time
@@ -131,12 +134,15 @@ def run_loop(tree: Path, data: Path, batch: int, workers: int) -> dict:
 
 def breakdown(data: Path, n: int) -> dict[str, float]:
     """CPU-ms per image, in this process on one thread: the new reader (read, hash, decode,
-    resize, crop, collate), and its parts; the floor is decoding plus resizing alone."""
+    resize, crop, collate), and its parts (resize: the whole image, as torchvision does;
+    resize_crop: what the center crop resizes now); the floor is decoding plus resizing the
+    whole image alone."""
     sys.path.insert(0, str(ROOT))
     import torch
     from PIL import Image
 
     from fne.backbones import registry as backbones
+    from fne.backbones.preprocess import resize_crop
     from fne.data.datasets import content_key, load_dataset, read_image
     from fne.extraction import reader
 
@@ -162,6 +168,11 @@ def breakdown(data: Path, n: int) -> dict[str, float]:
     for img in imgs:
         img.resize(prep.resized_size(*img.size), Image.BILINEAR)
     t["resize"] = time.process_time() - c
+    c = time.process_time()
+    for img in imgs:  # what the center crop resizes: the second pass over the crop only
+        w, h = prep.resized_size(*img.size)
+        resize_crop(img, (w, h), prep.boxes(w, h)[0], prep.size, Image.BILINEAR)
+    t["resize_crop"] = time.process_time() - c
     c = time.process_time()
     for d in datas:  # the floor: decode + resize only, no hash, no crop, no tensor
         with Image.open(io.BytesIO(d)) as img:

@@ -69,3 +69,60 @@ def test_key_marks_torchvision_pixels():
     """Rows of the old, rounding crop live under keys without `-tv`: never mixed with these."""
     assert Preprocess(224, "center").key == "center224-tv"
     assert Preprocess(224, "ten").key == "ten224-tv"
+
+
+def _pass_order_edges() -> list[tuple[int, int]]:
+    """Sizes where Pillow's choice of which pass comes first flips: H - h against 2 (W - w)."""
+    prep, edges = Preprocess(224, "center"), []
+    for w in range(257, 420, 7):
+        for h in range(w + 1, 4 * w):
+            rw, rh = prep.resized_size(w, h)
+            if abs((h - rh) - 2 * (w - rw)) <= 1:
+                edges.append((w, h))
+    return edges
+
+
+def _many_sizes() -> list[tuple[int, int]]:
+    rng = np.random.default_rng(18)
+    sizes = [(int(a), int(b)) for a, b in rng.integers(224, 1200, (160, 2))]
+    sizes += [(int(a), int(b)) for a, b in rng.integers(224, 300, (40, 2))]  # barely above the crop
+    sizes += [(224, 224), (224, 225), (225, 224), (256, 256), (224, 1000), (1000, 224), (230, 231)]
+    sizes += [(512, 512), (512, 768), (768, 512), (448, 448), (1024, 768), (640, 480), (480, 640)]  # x2, x3, x4
+    sizes += [(511, 383), (383, 511), (450, 313), (257, 995), (300, 1199), (1199, 300)]  # truncation, rounding
+    edges = _pass_order_edges()
+    sizes += edges[:: max(1, len(edges) // 40)] + [(h, w) for w, h in edges[:: max(1, len(edges) // 20)]]
+    return sizes
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_center_crop_equals_torchvision_on_many_sizes(interpolation):
+    """The center crop resizes little more than the crop (two 1-D passes, the second over the
+    crop only): still torchvision's pixels, on ~300 sizes incl. both pass orders, tiny images,
+    upscaling, integer factors."""
+    rng = np.random.default_rng(7)
+    prep = Preprocess(224, "center", interpolation=interpolation)
+    failed = []
+    for w, h in _many_sizes():
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB")
+        if not np.array_equal(prep(img).numpy(), _tv(img, prep)):
+            failed.append((w, h))
+    assert not failed, f"pixels differ from torchvision at {failed}"
+
+
+@pytest.mark.parametrize("filt", ["bilinear", "bicubic", "lanczos", "box", "hamming", "nearest"])
+def test_resize_crop_equals_resize_then_crop(filt):
+    """Every filter, grey and RGB, crops off-center and of other sizes: as a full resize then a crop."""
+    from fne.backbones.preprocess import _PIL_FILTERS, resize_crop
+
+    f = _PIL_FILTERS[filt]
+    rng = np.random.default_rng(3)
+    for k in range(60):
+        w, h = (int(v) for v in rng.integers(40, 700, 2))
+        mode = "L" if k % 3 == 0 else "RGB"
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB").convert(mode)
+        rw, rh = (int(v) for v in rng.integers(30, 500, 2))
+        s = int(rng.integers(1, min(rw, rh) + 1))
+        x, y = int(rng.integers(0, rw - s + 1)), int(rng.integers(0, rh - s + 1))
+        want = np.asarray(img.resize((rw, rh), f).crop((x, y, x + s, y + s)))
+        np.testing.assert_array_equal(np.asarray(resize_crop(img, (rw, rh), (x, y), s, f)), want,
+                                      err_msg=f"{mode} {w}x{h} -> {rw}x{rh}, crop {s} at {x},{y}")

@@ -139,3 +139,81 @@ def test_auto_reading_finds_device_decoded_rows(tmp_path):
     assert spec.pinned(store).decode == "device"
     pil = StoreSpec(arch=FAST["arch"], weights=FAST["weights"], cache=cache, device="cpu", storage_dtype="auto", decode="pil")
     assert pil.prep_key() != spec.pinned(store).prep_key()
+
+
+def _folder(tmp_path: Path, n: int) -> Path:
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j in range(n):
+        w, h = SIZES[j % len(SIZES)]
+        (data / f"{j:02d}.jpg").write_bytes(_jpeg(w // 4, h // 4, j))
+    return data.parent
+
+
+def _pooled_loader(root: Path, context: str | None = None):
+    from fne.data.datasets import load_dataset
+
+    dataset = load_dataset(root)
+    prep = Preprocess(32, "center", resize=40)
+    items = reader.ImageItems(dataset, list(range(len(dataset))), prep)
+    # 9 slots a worker: 3 batches (2 prefetched + the one the consumer holds), then reused
+    items.share_slots(batch_size=3, workers=2, in_flight=3)
+    loader = torch.utils.data.DataLoader(items, batch_size=3, num_workers=2, collate_fn=reader.collate,
+                                         multiprocessing_context=context)
+    want = {i: prep(read_image(dataset.sources[i])) for i in range(len(dataset))}
+    return loader, want
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_slot_pool_is_reused_and_gives_the_pixels(tmp_path, context):
+    """Batches come back in the pool's shared slots (no fresh shared memory), each worker's ring
+    reused once given back, with exactly the pixels of the image; inherited (fork) or pickled (spawn)."""
+    loader, want = _pooled_loader(_folder(tmp_path, 30), context)
+    seen = 0
+    for batch in loader:
+        assert batch["pixels"] is None and batch["slots"] is not None  # 10 batches through 2 x 3 batch slots
+        x = reader.pixels_of(batch)
+        assert x.shape == (3, 1, 3, 32, 32)
+        assert torch.equal(x, torch.stack([want[i] for i in batch["idx"]]))
+        reader.release(batch)
+        reader.release(batch)  # a second call frees nothing (the slots may be another batch's by now)
+        seen += len(batch["idx"])
+    assert seen == 30
+
+
+def test_slot_pool_never_overwrites_what_was_not_given_back(tmp_path):
+    """A consumer that keeps its batches: the workers fill free slots, then collate into fresh
+    shared memory; every batch kept keeps its pixels."""
+    loader, want = _pooled_loader(_folder(tmp_path, 30))
+    kept = [(batch["idx"], reader.pixels_of(batch), batch.get("slots") is not None) for batch in loader]
+    assert [pooled for _, _, pooled in kept] == [True] * 6 + [False] * 4  # 3 batches a worker, then fresh
+    for idx, x, _ in kept:
+        assert torch.equal(x, torch.stack([want[i] for i in idx]))
+
+
+def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monkeypatch):
+    """`fne extract` on the CPU with loader workers reads batches in the slot pool and gives
+    them back after the forward: the network sees what it sees without workers."""
+    from fne.extraction import taps
+    from fne.extraction.taps import TapRunner
+
+    class StandIn(torch.nn.Module):  # rows of the taps' widths: the network is not what is tested
+        def __init__(self, widths):
+            super().__init__()
+            self.widths = widths
+
+        def forward(self, x):
+            return list(x.float().mean(dim=(1, 2, 3))[:, None].expand(-1, sum(self.widths)).split(self.widths, 1))
+
+    monkeypatch.setattr(taps, "build_tap_model", lambda spec, device, compile=False: StandIn(
+        [t.channels for t in spec.backbone().taps]))
+    root, fed, pooled = _folder(tmp_path, 8), [], []
+    real_call, real_release = TapRunner.__call__, reader.release
+    monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
+    monkeypatch.setattr(reader, "release", lambda b: (pooled.append(b.get("slots") is not None), real_release(b)))
+    kw = dict(device="cpu", batch_size=2, progress=False, **FAST)
+    fx.extract(root, cache=str(tmp_path / "c1"), workers=2, **kw)
+    with_workers, fed[:] = list(fed), []
+    fx.extract(root, cache=str(tmp_path / "c0"), workers=0, **kw)
+    assert len(with_workers) == 4 and all(torch.equal(a, b) for a, b in zip(with_workers, fed, strict=True))
+    assert pooled[:4] == [True] * 4 and pooled[4:] == [False] * 4

@@ -116,12 +116,11 @@ class Preprocess:
         or `Resize(resize)` + `TenCrop(size)` on the same PIL image."""
         s, f = self.size, _PIL_FILTERS[self.interpolation]
         w, h = self.resized_size(*img.size)
+        if self.crop == "center":  # one crop: resized (mostly) and taken before the array copy
+            img = resize_crop(img, (w, h), self.boxes(w, h)[0], s, f)
+            return torch.from_numpy(np.array(img, dtype=np.uint8)[None]).permute(0, 3, 1, 2)
         if img.size != (w, h):
             img = img.resize((w, h), f)
-        if self.crop == "center":  # one crop: taken before the array copy
-            (x, y), = self.boxes(w, h)
-            crops = [np.asarray(img.crop((x, y, x + s, y + s)), dtype=np.uint8)]
-            return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
         arr = np.asarray(img, dtype=np.uint8)
         if self.crop == "squash":
             crops = [arr]
@@ -132,6 +131,50 @@ class Preprocess:
                 crops += [flipped[y:y + s, x:x + s] for x, y in self.boxes(w, h)]
         # (V, S, S, 3) in memory, seen as (V, 3, S, S): channels-last, as the network takes it.
         return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+
+
+def resize_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], s: int, f: int) -> Image.Image:
+    """`img.resize(size, f).crop((x, y, x + s, y + s))`, pixel for pixel, with less resizing.
+
+    Pillow resizes in two one-dimensional passes through an 8-bit intermediate image,
+    horizontal first unless the height shrinks by more than twice as many pixels as the width
+    (`ImagingResampleInner` in Pillow's Resample.c). Made as two one-dimensional resizes in
+    that order, with the crop along the first pass's axis taken in between, the second pass
+    computes only the crop's columns (or rows): the same coefficients (no `box`, whose float32
+    coordinates would change them) on the same intermediate pixels.
+
+    Parameters
+    ----------
+    img : PIL.Image.Image
+        The image.
+    size : tuple of int
+        (width, height) of the full resize.
+    at : tuple of int
+        (left, top) of the crop in the resized image.
+    s : int
+        The crop's side.
+    f : int
+        PIL's resampling filter.
+
+    Returns
+    -------
+    PIL.Image.Image
+        The s x s crop.
+    """
+    (W, H), (w, h), (x, y) = img.size, size, at
+    if f == Image.NEAREST or img.mode not in ("RGB", "L"):  # not (known to be) two passes: resize, crop
+        if img.size != size:
+            img = img.resize(size, f)
+        return img.crop((x, y, x + s, y + s))
+    if H - h > 0 and H - h > (W - w) * 2:  # vertical pass first: rows of the crop, then its columns
+        img = img.resize((W, h), f) if h != H else img
+        img = img.crop((0, y, W, y + s))
+        img = img.resize((w, s), f) if w != W else img
+        return img.crop((x, 0, x + s, s))
+    img = img.resize((w, H), f) if w != W else img  # horizontal first: columns, then rows
+    img = img.crop((x, 0, x + s, H))
+    img = img.resize((s, h), f) if h != H else img
+    return img.crop((0, y, s, y + s))
 
 
 class Normalize(nn.Module):

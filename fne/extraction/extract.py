@@ -223,6 +223,8 @@ class _Pass:
 def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.device, batch_size: int,
             workers: int) -> torch.utils.data.DataLoader:
     items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device")
+    if dev.type == "cpu":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
+        items.share_slots(batch_size, workers, in_flight=4 + 2)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
@@ -256,6 +258,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             bad = list(batch["bad"])
             x, idx, keys = fresh.select(*reader.assemble(batch, dev, prep, bad))
             rows, event = model(x) if x is not None else (None, None)
+            reader.release(batch)  # its pixels are read: their slots go back to the workers
             if x is not None and not st.first_batch[0]:
                 st.first_batch = (len(idx), time.perf_counter() - t_run)
             writer.put(keys, rows, _skip(bad, dataset, out.skipped), event)

@@ -3,7 +3,9 @@
 Each image's bytes come from `Dataset.read_bytes` once: they are hashed for the content key
 and decoded from memory, so extracting a folder for the first time reads every image exactly
 once. Views are torchvision's pixels (`Preprocess`), channels-last, and a batch is collated
-straight into shared memory (one copy on the way to the main process). Plain JPEGs may instead
+straight into shared memory (one copy on the way to the main process): into slots of a
+`SlotPool` reused batch after batch where the main process gives them back (`release`), since
+fresh shared memory for every batch cost the kernel about 0.1 ms per image. Plain JPEGs may instead
 travel as their bytes, to be decoded where the network runs (`decode="device"`): one batched
 decode call, then one resize call per image size.
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import io
 import math
+import uuid
 import warnings
+import weakref
 
 import torch
 
@@ -36,6 +40,39 @@ class ImageItems(torch.utils.data.Dataset):
     def __init__(self, dataset: Dataset, indices: list[int], prep, raw_jpeg: bool = False):
         self.dataset, self.indices, self.prep = dataset, indices, prep
         self.raw_jpeg = raw_jpeg and dataset.array_source is None
+        self.pool: SlotPool | None = None
+
+    def share_slots(self, batch_size: int, workers: int, in_flight: int) -> None:
+        """Let the loader workers collate into a `SlotPool` (call before the DataLoader starts them).
+
+        Parameters
+        ----------
+        batch_size : int
+            The DataLoader's batch size.
+        workers : int
+            Its number of workers (none: nothing to share).
+        in_flight : int
+            Batches per worker that may be on their way or held by the main process at once
+            (the prefetch factor plus those the consumer holds); more only cost a fresh
+            allocation each.
+
+        Notes
+        -----
+        The consumer must call `release(batch)` once it has read a batch's pixels; without it
+        the workers run out of free slots and fall back to fresh shared memory, as without a pool.
+        """
+        if workers < 1 or not isinstance(self.prep, Preprocess):
+            return
+        slot = self.prep.views * 3 * self.prep.size ** 2
+        per_worker = batch_size * in_flight
+        if per_worker * slot > _POOL_BYTES:  # ten crops of large batches: fewer batches in the pool
+            per_worker = _POOL_BYTES // slot // batch_size * batch_size
+        if per_worker < batch_size:
+            return
+        try:
+            self.pool = SlotPool(slot, per_worker, workers)
+        except RuntimeError:  # no room in shared memory (/dev/shm): fresh memory per batch, as before
+            self.pool = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -81,7 +118,8 @@ def _plain_jpeg(data: bytes) -> bool:
 def collate(items):
     """-> dict: `idx`/`keys`/`stats` of the good items in batch order; `pixels` stacks the decoded
     ones (in shared memory when run in a loader worker: one copy, none on the way to the main
-    process), `raw` holds JPEG bytes; `bad` lists (index, key or None, error)."""
+    process), `raw` holds JPEG bytes; `bad` lists (index, key or None, error). Where the dataset
+    shares a `SlotPool`, `pixels` is None and `slots` says where they lie in it (`pixels_of`)."""
     out = {"idx": [], "keys": [], "stats": [], "pix": [], "pix_pos": [], "raw": [], "raw_pos": [], "bad": []}
     for i, key, x, err, stat in items:
         if stat is not None:
@@ -94,26 +132,109 @@ def collate(items):
         out["raw_pos" if is_raw else "pix_pos"].append(len(out["idx"]))
         out["idx"].append(i)
         out["keys"].append(key)
-    out["pixels"] = _stack(out.pop("pix")) if out["pix_pos"] else None
+    out["pixels"] = _stack(out.pop("pix"), out) if out["pix_pos"] else None
     return out
 
 
-def _stack(views: list[torch.Tensor]) -> torch.Tensor:
+def _stack(views: list[torch.Tensor], batch: dict) -> torch.Tensor | None:
     """Tensors of one shape -> (B, *shape), keeping their memory layout (channels-last views
-    stay so: no transposing copy); in shared memory when run in a loader worker."""
+    stay so: no transposing copy); in shared memory when run in a loader worker: slots of the
+    dataset's `SlotPool` if it has free ones (then None, and `batch["slots"]` says where)."""
     x0 = views[0]
     order = sorted(range(x0.dim()), key=lambda d: -x0.stride(d))  # outermost dimension first
     shape = (len(views), *(x0.shape[d] for d in order))
+    back = (0, *(order.index(d) + 1 for d in range(x0.dim())))
     n = math.prod(shape)
-    if torch.utils.data.get_worker_info() is not None:
+    claim = SlotPool.claim(len(views), x0) if torch.utils.data.get_worker_info() is not None else None
+    if claim is not None:
+        pool, first = claim
+        flat = pool.data[first * pool.slot_bytes:(first + len(views)) * pool.slot_bytes]
+        batch["slots"] = (pool.token, first, shape, back)
+    elif torch.utils.data.get_worker_info() is not None:
         flat = torch.empty(0, dtype=x0.dtype).set_(torch.UntypedStorage._new_shared(n * x0.element_size()))
     else:
         flat = torch.empty(n, dtype=x0.dtype)
     out = flat.view(shape)
     for j, x in enumerate(views):
         out[j].copy_(x.permute(order))
-    back = [order.index(d) + 1 for d in range(x0.dim())]
-    return out.permute(0, *back)
+    return None if claim is not None else out.permute(*back)
+
+
+_POOL_BYTES = 64 << 20  # shared memory per worker at most
+_POOLS: weakref.WeakValueDictionary[str, SlotPool] = weakref.WeakValueDictionary()  # this process's
+
+
+class SlotPool:
+    """Shared memory the loader workers collate pixels into, reused batch after batch.
+
+    Made in the main process before the workers start (they inherit it, or receive it
+    pickled): `per_worker` slots of `slot_bytes` for each worker, its own ring. A worker fills
+    consecutive free slots and marks them busy; the batch carries where they lie; the main
+    process reads them in place (`pixels_of`) and frees them once it is done (`release`). A
+    worker that finds no free run (the main process holds more batches than foreseen, or does
+    not release them) collates into fresh shared memory instead: slower, never wrong. The busy
+    flags are plain bytes in that memory: the main process writes 0 only after it has read the
+    pixels (and gone through the loader's queue and locks since), a worker writes a slot only
+    after reading 0.
+
+    Parameters
+    ----------
+    slot_bytes : int
+        Bytes of one image's views.
+    per_worker : int
+        Slots of each worker's ring.
+    workers : int
+        Loader workers.
+    """
+
+    def __init__(self, slot_bytes: int, per_worker: int, workers: int):
+        self.token = uuid.uuid4().hex
+        self.slot_bytes, self.per_worker, self.workers = slot_bytes, per_worker, workers
+        self.data = _shared_bytes(slot_bytes * per_worker * workers)
+        self.busy = _shared_bytes(per_worker * workers).zero_()  # 1: a batch in flight lies there
+        self.next = 0  # where this worker's ring goes on (each worker process has its own copy)
+        _POOLS[self.token] = self
+
+    @staticmethod
+    def claim(n: int, x0: torch.Tensor) -> tuple[SlotPool, int] | None:
+        """In a loader worker: (pool, first slot) of n free consecutive slots for views like x0,
+        marked busy; None where the dataset has no pool, or no such run is free."""
+        info = torch.utils.data.get_worker_info()
+        pool = getattr(info.dataset, "pool", None) if info is not None else None
+        if (pool is None or info.num_workers != pool.workers or n > pool.per_worker or x0.dtype != torch.uint8
+                or x0.numel() != pool.slot_bytes):
+            return None
+        start = pool.next if pool.next + n <= pool.per_worker else 0
+        first = info.id * pool.per_worker + start
+        if bool(pool.busy[first:first + n].any()):
+            return None
+        pool.busy[first:first + n] = 1
+        pool.next = start + n
+        return pool, first
+
+
+def _shared_bytes(n: int) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
+
+
+def pixels_of(batch: dict) -> torch.Tensor | None:
+    """A `collate` batch's uint8 pixels (B, V, 3, S, S) or None: in place in the `SlotPool`
+    where the batch lies in one (valid until `release(batch)`)."""
+    if batch.get("slots") is None:
+        return batch["pixels"]
+    token, first, shape, back = batch["slots"]
+    pool = _POOLS[token]
+    n = shape[0]
+    flat = pool.data[first * pool.slot_bytes:(first + n) * pool.slot_bytes]
+    return flat.view(shape).permute(*back)
+
+
+def release(batch: dict) -> None:
+    """Give a batch's `SlotPool` slots back to its worker (once; after the pixels were read)."""
+    slots = batch.pop("slots", None)
+    pool = _POOLS.get(slots[0]) if slots is not None else None
+    if pool is not None:
+        pool.busy[slots[1]:slots[1] + slots[2][0]] = 0
 
 
 def _device_views(x: torch.Tensor, prep: Preprocess) -> torch.Tensor:
@@ -185,8 +306,9 @@ def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> 
 
 def assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list):
     """-> (uint8 (B, V, 3, S, S) on `dev` or None, indices, keys) of the images that decoded;
-    images the device decoder and PIL both refused are appended to `bad` as (index, key, error)."""
-    idx, keys, pixels = batch["idx"], batch["keys"], batch["pixels"]
+    images the device decoder and PIL both refused are appended to `bad` as (index, key, error).
+    On the CPU the pixels may lie in a `SlotPool`: read them before `release(batch)`."""
+    idx, keys, pixels = batch["idx"], batch["keys"], pixels_of(batch)
     if pixels is not None:
         pixels = pixels.to(dev, non_blocking=True)
     if not batch["raw"]:
