@@ -39,8 +39,9 @@ from fne.errors import FneError
 from fne.names import SOLVERS
 
 # `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
-# on CPU liblinear is the faster solver wherever its float64 copy of the rows fits (flowers12's FNE
-# rows, 720 x 3,088 x 12 classes: 3.1 s against 243 s for the torch solver at C = 1),
+# on CPU liblinear is as fast or faster wherever its float64 copy of the rows fits (flowers12's FNE
+# rows, 720 x 3,088 x 12 classes, C = 1, quiet machine: 1.1 s in the rows' span (fne.linear.rowspace),
+# 2.3-2.6 s on the rows, against 2.1 s for the torch solver's 654 L-BFGS iterations),
 # so auto keeps it until that copy (~21 bytes per row value: 0.25 MiB per 12,416-feature row)
 # reaches ~2 GB, i.e. rows x features >= CPU_TORCH_ABOVE. With CUDA present a pass over the rows is
 # cheap, and torch takes over from rows x features x classes >= GPU_TORCH_ABOVE (not measured on a
