@@ -23,9 +23,9 @@ from functools import cache
 
 import numpy as np
 from sklearn.base import clone
-from threadpoolctl import ThreadpoolController
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
+from threadpoolctl import ThreadpoolController
 
 RTOL = 1e-10
 # Reduce only when the span is much smaller than the features: below that the Gram matrix and
