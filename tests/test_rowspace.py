@@ -56,6 +56,7 @@ def test_only_where_it_pays():
     assert rowspace.worth_it(LinearSVC(), 100, 1000)
     assert rowspace.worth_it(LogisticRegression(), 100, 1000)
     assert not rowspace.worth_it(LinearSVC(), 800, 1000)  # about as many rows as features
+    assert not rowspace.worth_it(LinearSVC(), rowspace.MAX_ROWS + 1, 100_000)  # n x n rows too big to hold
     assert not rowspace.worth_it(LinearSVC(intercept_scaling=10), 100, 1000)
     assert not rowspace.worth_it(LinearSVC(penalty="l1", dual=False), 100, 1000)
     assert not rowspace.worth_it(SGDClassifier(), 100, 1000)

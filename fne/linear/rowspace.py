@@ -29,8 +29,10 @@ from threadpoolctl import ThreadpoolController
 
 RTOL = 1e-10
 # Reduce only when the span is much smaller than the features: below that the Gram matrix and
-# its eigendecomposition (n²·d and n³) cost about what they save.
+# its eigendecomposition (n²·d and n³) cost about what they save. And only up to MAX_ROWS rows:
+# the reduced rows are float64 n x n (32 MiB at 2,048 rows; --C auto holds two per fold).
 MAX_ROW_RATIO = 0.5
+MAX_ROWS = 2048
 
 
 def one_thread():
@@ -53,7 +55,12 @@ def worth_it(model, n_rows: int, n_features: int) -> bool:
     else:  # scikit-learn >= 1.8 says L2 with l1_ratio = 0 (penalty "deprecated"), older with penalty
         ok = isinstance(model, LogisticRegression) and model.penalty in ("l2", "deprecated") and not (
             model.penalty == "deprecated" and model.l1_ratio not in (0, 0.0, None))
-    return ok and n_rows <= MAX_ROW_RATIO * n_features
+    return ok and n_rows <= min(MAX_ROWS, MAX_ROW_RATIO * n_features)
+
+
+def needs_constant(model) -> bool:
+    """LinearSVC's intercept is a regularised weight of a constant feature: its basis spans it too."""
+    return isinstance(model, LinearSVC) and model.fit_intercept
 
 
 def gram_matrix(X: np.ndarray) -> np.ndarray:
@@ -111,10 +118,11 @@ class RowSpace:
         return W, intercept
 
 
-def reduced(model, space: RowSpace):
-    """A clone of `model` set to be fitted on `space.rows_` (LinearSVC: its intercept is the basis' constant)."""
+def reduced(model, constant: bool):
+    """A clone of `model` set to be fitted on the reduced rows of a basis with or without the
+    constant column (with it, the intercept is that column's weight)."""
     m = clone(model)
-    if space.constant:
+    if constant:
         m.set_params(fit_intercept=False)
     if isinstance(m, LinearSVC) and m.dual == "auto":  # what "auto" picks on the full rows (n < d);
         m.set_params(dual=True)  # on the n x r reduced rows it would take the (slower) primal
@@ -137,9 +145,9 @@ def fit(model, X: np.ndarray, y: np.ndarray):
     estimator
         `model`, fitted: what scikit-learn would give on X up to its own stopping tolerance.
     """
-    space = RowSpace(X, constant=isinstance(model, LinearSVC) and model.fit_intercept)
+    space = RowSpace(X, constant=needs_constant(model))
     with one_thread():
-        inner = reduced(model, space).fit(space.rows_, y)
+        inner = reduced(model, space.constant).fit(space.rows_, y)
     coef, intercept = space.weights(inner.coef_, np.broadcast_to(inner.intercept_, (len(inner.coef_),)))
     model.coef_, model.intercept_ = coef, np.array(intercept, dtype=np.float64)
     model.classes_, model.n_iter_, model.n_features_in_ = inner.classes_, inner.n_iter_, X.shape[1]

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedKFold
-from sklearn.svm import LinearSVC
 
 from fne.errors import FneError
 from fne.linear import compare, rowspace
@@ -184,14 +183,14 @@ class _Fold:
         """(training rows, validation rows, model to fit): reduced to the span when it pays."""
         if not rowspace.worth_it(model, *self.Z_tr.shape):
             return self.Z_tr, self.Z_va, model
-        constant = isinstance(model, LinearSVC)
-        if constant not in self.spaces:
+        constant = rowspace.needs_constant(model)
+        if constant not in self.spaces:  # the reduced rows only: the basis (d x n) is not needed again
             if self.gram is None:
                 self.gram = rowspace.gram_matrix(self.Z_tr)
             space = rowspace.RowSpace(self.Z_tr, constant, self.gram)
-            self.spaces[constant] = (space, space.transform(self.Z_va))
-        space, F_va = self.spaces[constant]
-        return space.rows_, F_va, rowspace.reduced(model, space)
+            self.spaces[constant] = (space.rows_, space.transform(self.Z_va))
+        F_tr, F_va = self.spaces[constant]
+        return F_tr, F_va, rowspace.reduced(model, constant)
 
     def score(self, head: str, C: float, seed: int, solver: str = "sklearn", device: str = "auto") -> float:
         used = resolve_solver(solver, head, self.Z_tr.shape[0], self.Z_tr.shape[1], len(np.unique(self.y_tr)))
