@@ -185,10 +185,11 @@ class _Fold:
             return self.Z_tr, self.Z_va, model
         constant = rowspace.needs_constant(model)
         if constant not in self.spaces:  # the reduced rows only: the basis (d x n) is not needed again
-            if self.gram is None:
-                self.gram = rowspace.gram_matrix(self.Z_tr)
-            space = rowspace.RowSpace(self.Z_tr, constant, self.gram)
-            self.spaces[constant] = (space.rows_, space.transform(self.Z_va))
+            with rowspace.one_thread():
+                if self.gram is None:
+                    self.gram = rowspace.gram_matrix(self.Z_tr)
+                space = rowspace.RowSpace(self.Z_tr, constant, self.gram)
+                self.spaces[constant] = (space.rows_, space.transform(self.Z_va))
         F_tr, F_va = self.spaces[constant]
         return F_tr, F_va, rowspace.reduced(model, constant)
 
