@@ -41,7 +41,7 @@ def fit(code: Path, data: str, cache: str, extra: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code)}
     cmd = [sys.executable, "-m", "fne.cli", "fit", data, *STORE, "--cache", cache, "--extract", *extra,
            "--out", str(out)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=code)  # cwd: `-m` puts it first on sys.path
     if r.returncode:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
     m = json.loads((out / "metrics.json").read_text())
@@ -62,11 +62,11 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = a.cache or str(tmp / "cache")
+        cache = str(Path(a.cache).resolve()) if a.cache else str(tmp / "cache")
         codes = {"new": ROOT}
         if a.old:
             codes = {"old": code_tree(a.old, tmp / "old"), "new": ROOT}
-        for data in a.data:
+        for data in (str(Path(d).resolve()) for d in a.data):
             for name, extra in RUNS.items():
                 for label, code in codes.items():
                     r = fit(code, data, cache, extra, tmp / f"{label}-{name}")
