@@ -25,6 +25,10 @@ Procedure, on the training images of one split only (the test images are never s
 
 Reuse: each fold's embedding is built once (int8 for FNE) and shared by every head and C; L2 rows once for all folds; logistic regression warm-starts from the nearest
 C already fitted on the same fold, and so does every torch-solved head (fne.linear.solver).
+Small data: rows read from the store once for all folds (`_held`); with fewer training rows than
+features every head is fitted in the span of its fold's rows (fne.linear.rowspace, reduced rows
+built once per fold), on one BLAS thread, and the candidates sharing those folds run side by side
+(`_walk`).
 
 Racing (`_Race`): a C's folds are fitted one at a time, and once even perfect scores on its
 remaining folds could not lift its mean above the best of its side of the walk, its other folds
