@@ -91,19 +91,16 @@ class RowSpace:
 
     def __init__(self, X: np.ndarray, constant: bool, gram: np.ndarray | None = None):
         self.constant = constant
-        A = self._augment(X)
+        A = np.asarray(X, dtype=np.float64)
         if gram is None:
-            gram = gram_matrix(X)
-        lam, V = np.linalg.eigh(gram + 1.0 if constant else gram)
+            gram = A @ A.T
+        lam, V = np.linalg.eigh(gram + 1.0 if constant else gram)  # + 1: the constant column's products
         keep = lam > RTOL * max(float(lam[-1]), np.finfo(float).tiny)
         lam, V = lam[keep], V[:, keep]
         root = np.sqrt(lam)
         self.rows_ = V * root
-        self.basis_ = (A.T @ V) / root
-
-    def _augment(self, X: np.ndarray) -> np.ndarray:
-        A = np.asarray(X, dtype=np.float64)
-        return np.hstack([A, np.ones((len(A), 1))]) if self.constant else A
+        basis = A.T @ V  # [X | 1]ᵀ V without building [X | 1]
+        self.basis_ = (np.vstack([basis, V.sum(axis=0)]) if constant else basis) / root
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Other rows (validation, test) in the basis: their scores under any reduced fit are theirs
