@@ -148,3 +148,33 @@ def test_default_cache_outside_a_checkout_is_the_user_cache_dir(monkeypatch, tmp
     monkeypatch.setattr(fc, "_CHECKOUT", tmp_path / "venv" / "lib" / "site-packages")
     assert fc.default_cache() == Path(platformdirs.user_cache_dir("fne", appauthor=False))
     assert "site-packages" not in str(fc.default_cache())
+
+
+_SAVER = """
+import sys, time
+from fne.data.manifest import Manifest
+root, cache, who, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+while time.time() < start:
+    pass
+for j in range(25):  # many saves, each racing the other processes' read-merge-replace
+    m = Manifest(root, cache)
+    m.add(f"{root}/{who}-{j}.png", 1, 1, f"key-{who}-{j}", 10**19)
+    m.save()
+"""
+
+
+def test_ranks_saving_one_manifest_at_once_lose_no_entry(tmp_path):
+    import subprocess
+    import sys
+
+    from fne.data.manifest import Manifest
+
+    root, cache = tmp_path / "images", tmp_path / "cache"
+    root.mkdir()
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([sys.executable, "-c", _SAVER, str(root), str(cache), str(w), str(start)])
+             for w in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    entries = Manifest(root, cache).entries
+    assert sorted(entries) == sorted(f"{w}-{j}.png" for w in range(4) for j in range(25))
+    assert entries["3-7.png"][2] == "key-3-7"

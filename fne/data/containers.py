@@ -21,12 +21,12 @@ import json
 import os
 import re
 import time
-import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fne.data.formats import IMAGE_EXTENSIONS
+from fne.data.sidecar import merge_json
 from fne.errors import DataError
 
 FORMAT = 1
@@ -120,16 +120,12 @@ def save_listing(listing: Listing) -> None:
         return  # modified within the clock's uncertainty of the listing: list it again next time
     target = _index_path(listing.path, listing.label_key)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            on_disk = json.loads(target.read_text())
-            if (on_disk.get("size"), on_disk.get("mtime_ns")) == (listing.size, listing.mtime_ns):
+        def merge(on_disk: dict | None) -> dict:
+            if on_disk and (on_disk.get("size"), on_disk.get("mtime_ns")) == (listing.size, listing.mtime_ns):
                 listing.keys = {**on_disk.get("keys", {}), **listing.keys}
-        except (OSError, ValueError):
-            pass
-        tmp = target.with_name(f".tmp-{uuid.uuid4().hex}-{target.name}")
-        tmp.write_text(json.dumps(listing.to_json()))
-        os.replace(tmp, target)
+            return listing.to_json()
+
+        merge_json(target, merge)
         listing.dirty = False
     except OSError:
         pass  # a read-only cache only costs a new listing next time

@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 from fne.data import containers
 from fne.data.datasets import Dataset, content_key
+from fne.data.sidecar import merge_json
 from fne.errors import DataError
 
 FORMAT = 1
@@ -66,15 +66,13 @@ class Manifest:
         """Merge this process's entries into the file (other shards may have added theirs)."""
         if not self._new:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            on_disk = json.loads(self.path.read_text())["files"]
-        except (OSError, ValueError, KeyError):
-            on_disk = {}
-        on_disk.update(self._new)
-        tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
-        tmp.write_text(json.dumps({"format": FORMAT, "root": self.root, "files": on_disk}))
-        os.replace(tmp, self.path)
+        new = self._new
+
+        def merge(doc: dict | None) -> dict:
+            files = doc["files"] if doc and doc.get("format") == FORMAT and doc.get("root") == self.root else {}
+            return {"format": FORMAT, "root": self.root, "files": {**files, **new}}
+
+        on_disk = merge_json(self.path, merge)["files"]
         self.entries, self._new = on_disk, {}
 
 
