@@ -98,7 +98,8 @@ def run_fit(data: Path, cache: str, features: str, head: str, solver: str = "aut
     return {**r, "wall_s": wall, "maxrss_mib": r.pop("peak_rss_mib"), "load": load()}
 
 
-def solver_scale(n: int, d: int, classes: int, iters: int, device: str) -> dict:
+def solver_scale(n: int, d: int, classes: int, iters: int, device: str, precision: str = "auto",
+                 tol: float = 1e-4) -> dict:
     """The torch solver alone on n int8 FNE-like rows (d features, `classes` classes) for `iters`
     L-BFGS iterations, in this process: seconds per objective evaluation and peak RSS (VmHWM).
 
@@ -121,20 +122,23 @@ def solver_scale(n: int, d: int, classes: int, iters: int, device: str) -> dict:
         calls[0] += 1
         f, g = real(self, theta)
         trace.append((round(time.perf_counter() - t0, 2), float(f)))
+        if calls[0] % 25 == 0:  # progress on stderr: a long run shows where it is
+            print(f"evaluation {calls[0]}: {trace[-1][0]:.0f} s, objective/(Cn) {float(f):.6e}, "
+                  f"max |gradient| {float(g.abs().max()):.2e}", file=sys.stderr, flush=True)
         return f, g
 
     solver._Problem.__call__ = counted
-    head = solver.TorchHead("svm", 1.0, max_iter=iters or 5000, device=device).fit(X, y)
+    head = solver.TorchHead("svm", 1.0, tol=tol, max_iter=iters or 5000, device=device, precision=precision).fit(X, y)
     secs = time.perf_counter() - t0
     final = trace[-1][1]
-    reached = {f"{tol:g}": next((t for t, f in trace if (f - final) <= tol * final), None)
-               for tol in (1e-2, 1e-3, 1e-4)}
+    reached = {f"{e:g}": next((t for t, f in trace if (f - final) <= e * final), None) for e in (1e-2, 1e-3, 1e-4)}
     hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")][0] / 1024
-    return {"n": n, "d": d, "classes": classes, "iterations": head.n_iter_, "evaluations": calls[0],
+    compute = solver.resolve_precision(precision, X.dtype, solver.torch_device(device))
+    return {"n": n, "d": d, "classes": classes, "precision": compute, "iterations": head.n_iter_, "evaluations": calls[0],
             "seconds": secs, "seconds_per_evaluation": secs / max(calls[0], 1), "peak_rss_mib": hwm,
             "int8_rows_mib": X.nbytes / 2**20, "load": load(),
             # with ITERS 0 (to convergence): seconds until the objective was within tol of its final value
-            "seconds_to_within": reached if not iters else None, "trace": trace}
+            "seconds_to_within": reached if not iters else None, "objective": final, "trace": trace}
 
 
 def main() -> int:
@@ -146,6 +150,10 @@ def main() -> int:
     p.add_argument("--solvers", nargs="+", default=["auto"], help="auto, sklearn, torch: each on the same rows")
     p.add_argument("--sklearn-max", type=int, default=None, help="skip solver sklearn above this many rows")
     p.add_argument("--device", default="auto", help="the torch solver's device")
+    p.add_argument("--precision", default="auto", help="--solver-scale: the torch solver's matmul "
+                   "arithmetic (auto, float32, float64, int8)")
+    p.add_argument("--tol", type=float, default=1e-4, help="--solver-scale: the head's tol (L-BFGS stops at a "
+                   "gradient of a hundredth of it)")
     p.add_argument("--json", default=None)
     p.add_argument("--solver-scale", type=int, default=None, metavar="ITERS",
                    help="instead: the torch solver alone on --n int8 rows of 12,416 features for ITERS "
@@ -156,8 +164,8 @@ def main() -> int:
         for n in a.n:
             code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); "
                     f"import bench_fit; print(json.dumps(bench_fit.solver_scale({n}, 12416, {a.classes}, "
-                    f"{a.solver_scale}, {a.device!r})))")
-            r = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                    f"{a.solver_scale}, {a.device!r}, {a.precision!r}, {a.tol!r})))")
+            r = json.loads(subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                                           check=True).stdout.strip().splitlines()[-1])
             print(json.dumps({k: v for k, v in r.items() if k != "trace"}), flush=True)
             if a.json:

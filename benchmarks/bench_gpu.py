@@ -16,7 +16,9 @@ On one machine, on the same JPEG files:
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
 * training throughput: `fne train` frozen and finetune, EfficientNet-Lite0 (ImageNet weights
-  where installed, else random), img/s of the second epoch on a subset of the images.
+  where installed, else random), img/s of the second epoch on a subset of the images;
+* the linear head at the FNE paper's Food-101 size: the torch solver's svm fit on 75,750 x
+  12,416 int8 rows of 101 classes (issue 20's GPU goal: <= 60 s).
 
 Needs only torch, torchvision and fne's own dependencies (on the device: `source
 .gpu-kit/setup.sh` first, see ../shared/tools/gpu-kit.sh). About 5 minutes on an H100/H200:
@@ -339,6 +341,31 @@ def train_rows(data: Path, n: int, dev: torch.device, smoke: bool, out: Path) ->
     return rows
 
 
+def head_rows(dev: torch.device, smoke: bool) -> list[tuple]:
+    """The torch solver (fne.linear.solver) at the FNE paper's Food-101 size (issue 20: <= 60 s):
+    `TorchHead("svm", C=1)` on 75,750 x 12,416 int8 FNE-like rows of 101 classes, drawn on the
+    device by bench_fit's generator (a class lean plus noise, thresholded to {-1, 0, 1})."""
+    from fne.linear.solver import TorchHead
+
+    n, d, k = (1_000, 256, 10) if smoke else (75_750, 12_416, 101)
+    g = torch.Generator(device=dev).manual_seed(0)
+    y = torch.arange(n, device=dev) % k
+    lean = 0.3 * torch.randn((k, d), generator=g, device=dev)
+    X = torch.empty((n, d), dtype=torch.int8, device=dev)
+    for s in range(0, n, 4096):
+        z = lean[y[s:s + 4096]] + torch.randn((min(4096, n - s), d), generator=g, device=dev)
+        X[s:s + 4096] = (z > 0.6).to(torch.int8) - (z < -0.6).to(torch.int8)
+    X, y = X.cpu().numpy(), y.cpu().numpy()
+    _sync(dev)
+    t = time.perf_counter()
+    head = TorchHead("svm", 1.0, device=str(dev)).fit(X, y)
+    _sync(dev)
+    secs = time.perf_counter() - t
+    acc = float((head.predict(X[:4096]) == y[:4096]).mean())
+    return [(f"linear head svm C=1, {n:,} x {d:,} int8 rows x {k} classes (torch solver on {dev.type})",
+             f"{secs:.1f} s", f"{head.n_iter_} L-BFGS iterations, train accuracy {acc:.3f}")]
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -415,6 +442,8 @@ def main(argv=None) -> int:
     for r in loader_rows(imgs, 16 if smoke else 8192, dev, 1 if smoke else default_workers(dev)):
         row(*r)
     for r in train_rows(imgs, 16 if smoke else 4096, dev, smoke, work / "train"):
+        row(*r)
+    for r in head_rows(dev, smoke):
         row(*r)
     row("total", f"{time.perf_counter() - t_all:.0f} s", "")
 

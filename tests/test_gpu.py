@@ -91,10 +91,13 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
     names = list(rows)
     for want in ("images", "bare forward", "tap model", "fne extract, defaults", "rerun, everything cached",
                  "--decode device", "peer: ImageFolder", "rows on cpu fp32 vs CPU fp32",
-                 "rows on cpu bf16 + decode device", "fne train frozen", "fne train finetune"):
+                 "rows on cpu bf16 + decode device", "fne train frozen", "fne train finetune",
+                 "linear head svm C=1"):
         assert any(n.startswith(want) or want in n for n in names), want
     assert rows["rerun, everything cached"][1].startswith("16 cached, 0 computed")
     assert rows["rows on cpu fp32 vs CPU fp32"][1] == "0.0e+00"
+    head = next(r for n, r in rows.items() if n.startswith("linear head svm C=1"))
+    assert float(head[1].rstrip(" s")) > 0 and float(head[2].split("train accuracy ")[1]) > 0.5
     peer = np.load(tmp_path / "w" / "peer.npy")
     b = backbones.get("mobilenet_v3_small", "random")
     assert peer.shape == (16, sum(t.channels for t in b.taps))  # the same taps, one row per image

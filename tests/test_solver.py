@@ -79,7 +79,8 @@ def test_same_optimum_on_int8_fne_rows(fne_rows, head):
     Xtr, ytr, Xte, yte = fne_rows
     assert Xtr.dtype == np.int8
     assert_parity(head, 0.01, Xtr.astype(np.float64), ytr, Xte.astype(np.float64), yte)
-    ours = TorchHead(head, 0.01, device="cpu").fit(Xtr, ytr)  # int8 in: the same model
+    # int8 in, float32 arithmetic: the same model as from float32 rows (int8 arithmetic: below)
+    ours = TorchHead(head, 0.01, device="cpu", precision="float32").fit(Xtr, ytr)
     ref = TorchHead(head, 0.01, device="cpu").fit(Xtr.astype(np.float32), ytr)
     np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-6)
 
@@ -126,14 +127,49 @@ def test_chunks_give_the_same_model_and_int8_stays_int8(fne_rows, monkeypatch):
 
 
 @pytest.mark.parametrize("head", ["svm", "logreg"])
-def test_float32_matmuls_reach_the_float64_optimum(fne_rows, head):
-    """float32 matmuls (the default) with float64 sums: the objective of the float64 solver."""
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_float32_and_int8_matmuls_reach_the_float64_optimum(fne_rows, head, precision):
+    """float32 matmuls, or int8 ones with limbs, with float64 sums: the float64 solver's objective."""
     Xtr, ytr, _, _ = fne_rows
     o = {p: primal_objective(head, 0.1, m.coef_, m.intercept_, Xtr, ytr) for p, m in
-         ((p, TorchHead(head, 0.1, device="cpu", precision=p).fit(Xtr, ytr)) for p in ("float32", "float64"))}
-    assert abs(o["float32"] - o["float64"]) <= 1e-5 * o["float64"]
+         ((p, TorchHead(head, 0.1, device="cpu", precision=p).fit(Xtr, ytr)) for p in (precision, "float64"))}
+    assert abs(o[precision] - o["float64"]) <= 1e-5 * o["float64"]
+
+
+def test_precision_is_checked_and_auto_takes_int8_only_for_int8_rows_on_a_cpu_that_has_it(fne_rows, monkeypatch):
+    import torch
+
+    Xtr, ytr, _, _ = fne_rows
     with pytest.raises(FneError, match="precision"):
-        TorchHead(head, precision="bfloat16").fit(Xtr, ytr)
+        TorchHead("svm", precision="bfloat16").fit(Xtr, ytr)
+    with pytest.raises(FneError, match="int8 rows"):
+        TorchHead("svm", precision="int8").fit(Xtr.astype(np.float32), ytr)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with pytest.raises(FneError, match="CPU"):
+        solver.resolve_precision("int8", np.int8, cuda)
+    monkeypatch.setattr(solver, "cpu_int8_dot", lambda: True)
+    assert solver.resolve_precision("auto", np.int8, cpu) == "int8"
+    assert solver.resolve_precision("auto", np.float32, cpu) == "float32"
+    assert solver.resolve_precision("auto", np.int8, cuda) == "float32"
+    monkeypatch.setattr(solver, "cpu_int8_dot", lambda: False)
+    assert solver.resolve_precision("auto", np.int8, cpu) == "float32"
+    assert solver.resolve_precision("float64", np.int8, cpu) == "float64"
+
+
+def test_int8_limbs_give_the_float64_product():
+    """Three int8 limbs per column: integer products within ~1e-7 of each column's scale."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    X = torch.from_numpy(rng.integers(-1, 2, (300, 517)).astype(np.int8))
+    W = torch.from_numpy(rng.normal(0, 1, (517, 7)) * np.array([1e-6, 1e-3, 1, 10, 1e3, 0, 1]))
+    W[:, 6] = 0
+    Q, scale = solver._limbs(W)
+    assert Q.dtype == torch.int8 and Q.shape == (517, 21)
+    got = solver._unlimb(torch._int_mm(X, Q), scale)
+    want = X.double() @ W
+    bound = 517 * 1e-7 * W.abs().amax(dim=0)  # |x| <= 1: each entry's limb error summed over d
+    assert torch.all((got - want).abs() <= bound) and torch.all(got[:, 6] == 0)
 
 
 def test_warm_start_from_the_optimum_stops_early(digits):

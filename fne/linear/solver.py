@@ -9,19 +9,34 @@ Objectives (the same as scikit-learn's defaults, so the optimum is the same):
   with L2 on the weights and a free intercept: ``0.5 ||W||² + C Σ log-loss``.
 
 Method: L-BFGS with a strong-Wolfe line search (torch.optim.LBFGS; deterministic, full batch,
-float64 parameters on the device), on the objective divided by C·n, stopped when the largest
-gradient entry is below a hundredth of scikit-learn's ``tol`` (at ``tol`` itself L-BFGS stopped
-1e-4 relative above LogisticRegression's objective on digits, and at a tenth 1e-3 above
-LinearSVC's on flowers12's FNE rows at C = 1, where the objective / (C·n) is ~3e-4; liblinear's
-dual solver stops on another criterion). scipy's L-BFGS-B spent 0.18 s per iteration of its
-own on 37,000 parameters, ten times the evaluation; torch's keeps the parameters on the device.
-Each function and gradient evaluation streams the rows in chunks: int8 FNE rows stay int8 in memory
-(on the device when it is CUDA), and each chunk is converted into one reused float32 buffer as it
-is used; the two matmuls per chunk run in float32 and everything after them (scores, losses,
-gradient sums, parameters) in float64, so memory is the rows plus O(chunk × features + features ×
-classes). On CPU it uses every core. (All-float32 arithmetic stalled the line search 5e-3 above
-LogisticRegression's optimum on flowers12's FNE rows; float32 matmuls with float64 sums land
-within 1e-5 of the float64 solver's objective there, at half the matmul time.)
+float64 parameters on the device), on the objective divided by C·n. scipy's L-BFGS-B spent 0.18 s
+per iteration of its own on 37,000 parameters, ten times the evaluation; torch's keeps the
+parameters on the device.
+
+Stopping: when the largest gradient entry is below a hundredth of scikit-learn's ``tol`` (at
+``tol`` itself L-BFGS stopped 1e-4 relative above LogisticRegression's objective on digits, and at
+a tenth 1e-3 above LinearSVC's on flowers12's FNE rows at C = 1, where the objective / (C·n) is
+~3e-4; liblinear's dual solver stops on another criterion). That gradient shrinks with n: on
+75,750 separable FNE-like rows it stops 1.3 % above the objective a longer run reaches
+(benchmarks/RESULTS.md). The squared hinge's duality gap, from the dual point α = 2C·h, was
+tried as a certificate and is too loose there to stop on (still 0.6 × the objective after 275
+passes at that size; 1e-3 after 3,900 passes on 6,000 rows whose objective had settled to 1e-6).
+
+Arithmetic. Each evaluation streams the rows in chunks and holds them as they are: int8 FNE rows
+stay int8 (on the device when it is CUDA). Two matmuls per chunk; scores, losses, gradient sums
+and parameters are float64, so memory is the rows plus O(chunk × features + features × classes).
+``precision`` picks the matmuls' arithmetic:
+
+- ``int8`` (int8 rows on a CPU with int8 dot-product instructions: `auto`'s choice there): the
+  rows as they are against three int8 limbs of the weights (and of the loss gradients), one
+  scale per class, through `torch._int_mm`; the int32 products are exact, so the only rounding is
+  the limbs' (~6e-8 of each class's largest weight, float32's own resolution). On the AVX512-VNNI
+  development CPU a pass over 75,750 × 12,416 × 101 takes ~0.9 s against 2.8 s in float32.
+- ``float32`` (elsewhere, and on CUDA): each chunk converted into one reused float32 buffer.
+  (All-float32 arithmetic stalled the line search 5e-3 above LogisticRegression's optimum on
+  flowers12's FNE rows; float32 matmuls with float64 sums land within 1e-5 of the float64
+  solver's objective there, at half the matmul time.)
+- ``float64``: the reference.
 
 The fitted head is handed back as a scikit-learn LinearSVC / LogisticRegression carrying
 ``coef_``, ``intercept_`` and ``classes_`` (`TorchHead.sklearn_model`), so a saved model is the
@@ -29,6 +44,9 @@ same whichever solver fitted it and predict / report / export never import torch
 """
 
 from __future__ import annotations
+
+import functools
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -100,6 +118,39 @@ def torch_device(device: str = "auto"):
     return dev  # on CPU, torch's own thread pool: every core unless the caller set fewer
 
 
+PRECISIONS = ("auto", "float32", "float64", "int8")
+
+
+def resolve_precision(precision: str, dtype, device) -> str:
+    """The matmuls' arithmetic: 'int8' (exact integer products with three int8 limbs of the
+    weights) for int8 rows on a CPU with int8 dot-product instructions, else 'float32', for 'auto'."""
+    if precision not in PRECISIONS:
+        raise FneError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    int8_rows = np.dtype(dtype) == np.int8
+    if precision == "int8":
+        if not int8_rows:
+            raise FneError(f"precision 'int8' needs int8 rows (the FNE embedding), not {np.dtype(dtype)}")
+        if device.type != "cpu":
+            raise FneError("precision 'int8' runs on the CPU; on a GPU use 'float32'")
+        return "int8"
+    if precision == "auto":
+        return "int8" if int8_rows and device.type == "cpu" and cpu_int8_dot() else "float32"
+    return precision
+
+
+@functools.cache
+def cpu_int8_dot() -> bool:
+    """The CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX), where
+    `torch._int_mm` is ~4x float32's matmul (benchmarks/RESULTS.md); elsewhere float32 is used."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    import torch
+
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)) and hasattr(torch, "_int_mm")
+
+
 def primal_objective(head: str, C: float, coef: np.ndarray, intercept: np.ndarray, X: np.ndarray,
                      y: np.ndarray, classes: np.ndarray | None = None) -> float:
     """scikit-learn's primal objective of a fitted linear head (for parity checks).
@@ -148,6 +199,32 @@ def _signs(yi: np.ndarray, k: int) -> np.ndarray:
     return Y
 
 
+LIMB = 254  # each int8 limb carries the previous one's rounding error times LIMB (|error| <= 0.5)
+
+
+def _limbs(M):
+    """M (r, c) float64 as three int8 limbs side by side (r, 3c) and one scale per column:
+    M ≈ scale · (L1 + L2 / LIMB + L3 / LIMB²), within 0.5 / LIMB² of a unit of scale, i.e. ~6e-8 of
+    the column's largest entry (float32's own rounding is 6e-8 of each entry)."""
+    import torch
+
+    scale = M.abs().amax(dim=0) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    r, parts = M / scale, []
+    for _ in range(3):
+        q = torch.round(r)
+        parts.append(q.to(torch.int8))
+        r = (r - q) * LIMB
+    return torch.cat(parts, dim=1), scale
+
+
+def _unlimb(R, scale):
+    """The float64 product from `torch._int_mm`'s exact int32 products with the three limbs."""
+    c = R.shape[1] // 3
+    R = R.to(scale.dtype)
+    return (R[:, :c] + R[:, c:2 * c] / LIMB + R[:, 2 * c:] / LIMB**2) * scale
+
+
 class _Problem:
     """Loss and gradient over streamed chunks; parameters flattened as [W (K', d), b (K')]."""
 
@@ -165,13 +242,17 @@ class _Problem:
             self.X = self.X.to(device)
         self.yi = torch.from_numpy(yi.astype(np.int64)).to(device)
         self.chunk = min(chunk, self.n)
-        self.compute = getattr(torch, compute)
+        self.int8 = compute == "int8"
+        self.compute = torch.int8 if self.int8 else getattr(torch, compute)
         # one buffer for every chunk: converting into memory already touched costs a third of
         # converting into a fresh allocation (page faults) on the development CPU
-        self.buf = torch.empty((self.chunk, self.d), dtype=self.compute, device=device)
+        self.buf = None if self.int8 else torch.empty((self.chunk, self.d), dtype=self.compute, device=device)
 
     def rows(self):
         for s in range(0, self.n, self.chunk):
+            if self.int8:  # the rows themselves: integer matmuls need no conversion
+                yield self.X[s:s + self.chunk], self.yi[s:s + self.chunk]
+                continue
             Xc = self.buf[:min(self.chunk, self.n - s)]
             Xc.copy_(self.X[s:s + self.chunk], non_blocking=True)
             yield Xc, self.yi[s:s + self.chunk]
@@ -206,11 +287,19 @@ class _Problem:
         gW = torch.zeros((self.kout, self.d), dtype=torch.float64, device=self.device)
         gb = torch.zeros(self.kout, dtype=torch.float64, device=self.device)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        Wc, bc = W.to(self.compute), b.to(self.compute)
+        if self.int8:
+            Q, qs = _limbs(W.T)  # (d, 3K') int8 limbs of the weights, one scale per class
+        else:
+            Wc, bc = W.to(self.compute), b.to(self.compute)
         for Xc, yc in self.rows():  # matmuls in `compute`, losses and sums in float64
-            loss, G = self.chunk_loss(torch.addmm(bc, Xc, Wc.T).to(torch.float64), yc)
+            if self.int8:
+                loss, G = self.chunk_loss(_unlimb(torch._int_mm(Xc, Q), qs) + b, yc)
+                GQ, gs = _limbs(G)
+                gW += _unlimb(torch._int_mm(Xc.T, GQ), gs).T
+            else:
+                loss, G = self.chunk_loss(torch.addmm(bc, Xc, Wc.T).to(torch.float64), yc)
+                gW += (G.to(self.compute).T @ Xc).to(torch.float64)
             total += loss
-            gW += (G.to(self.compute).T @ Xc).to(torch.float64)
             gb += G.sum(dim=0, dtype=torch.float64)
         reg = theta if self.head == "svm" else theta[:kd]  # svm: the intercept is one more weight
         f = total / self.n + 0.5 * self.scale * (reg @ reg)
@@ -239,13 +328,16 @@ class TorchHead(ClassifierMixin, BaseEstimator):
     chunk : int or None
         Rows converted at a time (default: 64 MiB of them).
     precision : str
-        The matmuls' dtype, 'float32' (default) or 'float64'; parameters, losses and their sums are
-        float64 either way.
+        The matmuls' arithmetic: 'auto' (default: 'int8' where `resolve_precision` finds it
+        pays, else 'float32'), 'float32', 'float64', or 'int8' (int8 rows only, CPU: exact int32
+        products of the rows with three int8 limbs of the weights and of the loss gradients, ~fp32's
+        resolution at a quarter of its matmul time). Parameters, losses and their sums are float64
+        either way.
     """
 
     def __init__(self, head: str = "svm", C: float = 1.0, tol: float = 1e-4, max_iter: int = 5000,
                  device: str = "auto", warm_start: bool = False, chunk: int | None = None,
-                 precision: str = "float32"):
+                 precision: str = "auto"):
         self.head, self.C, self.tol, self.max_iter = head, C, tol, max_iter
         self.device, self.warm_start, self.chunk, self.precision = device, warm_start, chunk, precision
 
@@ -258,11 +350,11 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         if k < 2:
             raise FneError("a linear head needs at least two classes in its training rows")
         n, d = X.shape
-        if self.precision not in ("float32", "float64"):
-            raise FneError(f"precision must be 'float32' or 'float64', not {self.precision!r}")
-        width = 4 if self.precision == "float32" else 8
+        dev = torch_device(self.device)
+        compute = resolve_precision(self.precision, X.dtype, dev)
+        width = {"int8": 1, "float32": 4, "float64": 8}[compute]
         chunk = self.chunk or max(256, CHUNK_BYTES // (width * max(d, 1)))
-        prob = _Problem(self.head, float(self.C), X, yi, k, torch_device(self.device), chunk, self.precision)
+        prob = _Problem(self.head, float(self.C), X, yi, k, dev, chunk, compute)
         torch = prob.torch
         theta = torch.zeros(prob.kout * (d + 1), dtype=torch.float64, device=prob.device)
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (prob.kout, d):
@@ -281,11 +373,11 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             return f
 
         opt.step(closure)
+        self.n_iter_ = int(opt.state[param].get("n_iter", 0))
         kd = prob.kout * d
         x = param.detach().cpu().numpy()
         self.coef_ = x[:kd].reshape(prob.kout, d).copy()
         self.intercept_ = x[kd:].copy()
-        self.n_iter_ = int(opt.state[param].get("n_iter", 0))
         self.n_features_in_ = d
         return self
 
