@@ -16,6 +16,7 @@ COMPILE = ("auto", "on", "off")
 AUGMENT_ON = ("auto", "cpu", "device")
 HEADS = ("svm", "logreg", "sgd-svm", "sgd-logreg")
 SOLVERS = ("auto", "sklearn", "torch")
+SOLVER_PRECISIONS = ("auto", "float32", "float64", "int8")  # the torch solver's matmuls
 MODES = ("direct", "scratch", "frozen", "finetune")
 NEW_LAYERS = ("fc", "last")
 SCHEDULERS = ("none", "step", "cosine")

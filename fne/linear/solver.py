@@ -54,7 +54,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 
 from fne.errors import FneError
-from fne.names import SOLVERS
+from fne.names import SOLVER_PRECISIONS, SOLVERS
 
 # `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
 # on CPU liblinear is as fast or faster wherever its float64 copy of the rows fits (flowers12's FNE
@@ -118,14 +118,11 @@ def torch_device(device: str = "auto"):
     return dev  # on CPU, torch's own thread pool: every core unless the caller set fewer
 
 
-PRECISIONS = ("auto", "float32", "float64", "int8")
-
-
 def resolve_precision(precision: str, dtype, device) -> str:
     """The matmuls' arithmetic: 'int8' (exact integer products with three int8 limbs of the
     weights) for int8 rows on a CPU with int8 dot-product instructions, else 'float32', for 'auto'."""
-    if precision not in PRECISIONS:
-        raise FneError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision not in SOLVER_PRECISIONS:
+        raise FneError(f"precision must be one of {', '.join(SOLVER_PRECISIONS)}, not {precision!r}")
     int8_rows = np.dtype(dtype) == np.int8
     if precision == "int8":
         if not int8_rows:
