@@ -45,11 +45,23 @@ def test_same_optimum_as_the_direct_fit(head, make, k):
 def test_weights_lie_in_the_rows_span():
     """What makes the reduction exact: the direct optimum has no part orthogonal to the rows."""
     X, y = _rows()
-    space = rowspace.RowSpace(X, constant=True)
+    space = rowspace.RowSpace(X)
     assert np.allclose(space.basis_.T @ space.basis_, np.eye(space.basis_.shape[1]), atol=1e-8)
-    np.testing.assert_allclose(space.rows_ @ space.rows_.T, np.hstack([X, np.ones((len(X), 1))]) @
-                               np.hstack([X, np.ones((len(X), 1))]).T, rtol=1e-9, atol=1e-6)
+    Xf = X.astype(np.float64)
+    np.testing.assert_allclose(space.rows_ @ space.rows_.T, Xf @ Xf.T, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(space.transform(X), space.rows_, atol=1e-8)
     assert space.basis_.shape[1] == len(X) - 1  # the duplicate row adds no direction
+
+
+def test_linearsvc_keeps_its_own_regularised_intercept_column():
+    """LinearSVC's intercept is the weight of a constant feature of value intercept_scaling: the
+    reduced fit keeps that feature, and the weights on the real ones stay in the rows' span."""
+    X, y = _rows(k=4)
+    for scaling in (1.0, 10.0):
+        kw = dict(C=0.5, tol=1e-9, max_iter=100000, intercept_scaling=scaling)
+        direct, reduced = LinearSVC(**kw).fit(X, y), rowspace.fit(LinearSVC(**kw), X, y)
+        np.testing.assert_allclose(reduced.coef_, direct.coef_, atol=1e-4)
+        np.testing.assert_allclose(reduced.intercept_, direct.intercept_, atol=1e-4)
 
 
 def test_only_where_it_pays():
@@ -57,7 +69,7 @@ def test_only_where_it_pays():
     assert rowspace.worth_it(LogisticRegression(), 100, 1000)
     assert not rowspace.worth_it(LinearSVC(), 800, 1000)  # about as many rows as features
     assert not rowspace.worth_it(LinearSVC(), rowspace.MAX_ROWS + 1, 100_000)  # n x n rows too big to hold
-    assert not rowspace.worth_it(LinearSVC(intercept_scaling=10), 100, 1000)
+    assert rowspace.worth_it(LinearSVC(intercept_scaling=10), 100, 1000)  # its own constant feature
     assert not rowspace.worth_it(LinearSVC(penalty="l1", dual=False), 100, 1000)
     assert not rowspace.worth_it(SGDClassifier(), 100, 1000)
     assert not rowspace.worth_it(LogisticRegression(l1_ratio=1.0, solver="saga"), 100, 1000)
@@ -74,4 +86,4 @@ def test_cross_validation_scores_the_same_in_the_span():
             direct = (LinearSVC(C=C, tol=selection.CV_SVM_TOL, max_iter=5000) if head == "svm"
                       else LogisticRegression(C=C, max_iter=2000)).fit(X, y)
             assert got == pytest.approx(float(np.mean(direct.predict(Xv) == yv)), abs=1.5 / len(yv))
-    assert set(fold.spaces) == {True, False}  # one basis per intercept kind, reused across C
+    assert fold.space is not None and fold.space[0].shape == (len(X), len(X) - 1)  # one basis for every head and C

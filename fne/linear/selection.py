@@ -177,27 +177,23 @@ class _Fold:
 
     With fewer training rows than features, scikit-learn's heads are fitted in the rows' span
     (fne.linear.rowspace: the same optimum, each pass costing n x n instead of n x d); the basis
-    is computed once per fold and head kind, and the validation rows are scored in it.
+    is computed once per fold for every head, and the validation rows are scored in it.
     """
 
     def __init__(self, Z_tr, y_tr, Z_va, y_va, views):
         self.Z_tr, self.y_tr, self.Z_va, self.y_va, self.views = Z_tr, y_tr, Z_va, y_va, views
         self.coef: dict[tuple[str, float], tuple] = {}
-        self.spaces: dict[bool, tuple] = {}
-        self.gram = None
+        self.space: tuple | None = None  # (training, validation) rows in the training rows' span
 
     def _rows(self, model) -> tuple[np.ndarray, np.ndarray, object]:
         """(training rows, validation rows, model to fit): reduced to the span when it pays."""
         if not rowspace.worth_it(model, *self.Z_tr.shape):
             return self.Z_tr, self.Z_va, model
-        constant = rowspace.needs_constant(model)
-        if constant not in self.spaces:  # the reduced rows only: the basis (d x n) is not needed again
-            if self.gram is None:
-                self.gram = rowspace.gram_matrix(self.Z_tr)
-            space = rowspace.RowSpace(self.Z_tr, constant, self.gram)
-            self.spaces[constant] = (space.rows_, space.transform(self.Z_va))
-        F_tr, F_va = self.spaces[constant]
-        return F_tr, F_va, rowspace.reduced(model, constant)
+        if self.space is None:  # the reduced rows only: the basis (d x n) is not needed again
+            space = rowspace.RowSpace(self.Z_tr)
+            self.space = (space.rows_, space.transform(self.Z_va))
+        F_tr, F_va = self.space
+        return F_tr, F_va, rowspace.reduced(model)
 
     def plan(self, head: str, C: float, seed: int, solver: str = "sklearn", device: str = "auto"):
         """(model to fit, training rows, validation rows, solver used) for `head` at C on this fold."""
