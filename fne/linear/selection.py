@@ -27,8 +27,8 @@ Reuse: each fold's embedding is built once (int8 for FNE) and shared by every he
 C already fitted on the same fold, and so does every torch-solved head (fne.linear.solver).
 Small data: rows read from the store once for all folds (`_held`); with fewer training rows than
 features every head is fitted in the span of its fold's rows (fne.linear.rowspace, reduced rows
-built once per fold), on one BLAS thread, and the candidates sharing those folds run side by side
-(`_walk`).
+built once per fold), on one BLAS thread, and all such candidates, whichever rows they read, run
+side by side in one pool of threads (`_walk`).
 
 Racing (`_Race`): a C's folds are fitted one at a time, and once even perfect scores on its
 remaining folds could not lift its mean above the best of its side of the walk, its other folds
@@ -224,29 +224,31 @@ class _Fold:
         return _view_accuracy(model, X_va, self.y_va, self.views)
 
 
-def _walk(group: list[Candidate], data: list[_Fold], grid, scores: dict, races: dict, seed: int,
+def _walk(jobs: list[tuple[Candidate, list[_Fold]]], grid, scores: dict, races: dict, seed: int,
           solver: str, device: str) -> None:
-    """Walk every candidate's C grid over the folds `data` (fills scores and races).
+    """Walk every candidate's C grid over its folds (fills scores and races).
 
     Where every fit is a small problem in the rows' span, the fits run on one BLAS thread each and
     the candidates side by side, one per core: liblinear releases the GIL (two threads fitted
-    pets37's folds 1.9x as fast as one). Each candidate has its own scores, race and warm starts, so
-    the result does not depend on the order the threads run in.
+    pets37's folds 1.9x as fast as one). All candidates share one pool, whichever rows they read,
+    so a core that finishes its candidate takes the next. Each candidate has its own scores, race
+    and warm starts, so the result does not depend on the order the threads run in.
     """
-    def walk(c: Candidate) -> None:
+    def walk(job: tuple[Candidate, list[_Fold]]) -> None:
+        c, data = job
         race = races[c.name] = _Race(grid, scores[c.name], data)
         walk_grid(grid, lambda i: race(i, lambda fold: fold.score(c.head, grid[i], seed, solver, device)))
 
-    small = all(fold.reduces(c.head, seed, solver, device) for fold in data for c in group)
-    workers = min(len(group), os.cpu_count() or 1) if small else 1
+    small = all(fold.reduces(c.head, seed, solver, device) for c, data in jobs for fold in data)
+    workers = min(len(jobs), os.cpu_count() or 1) if small else 1
     with warnings.catch_warnings(), (rowspace.one_thread() if small else contextlib.nullcontext()):
         warnings.simplefilter("ignore", ConvergenceWarning)
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(walk, group))
+                list(pool.map(walk, jobs))
         else:
-            for c in group:
-                walk(c)
+            for job in jobs:
+                walk(job)
 
 
 def walk_grid(grid, evaluate, centre: float = 1.0) -> None:
@@ -339,6 +341,7 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
     by_rows: dict[int, list[Candidate]] = {}
     for c in cands:
         by_rows.setdefault(id(c.rows), []).append(c)
+    jobs: list[tuple[Candidate, list[_Fold]]] = []
     for group in by_rows.values():
         rows, kind = group[0].rows, group[0].kind
         v = rows.store.views
@@ -358,7 +361,12 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
             else:
                 Z_tr, Z_va = Z_all[view_rows(tr, v)], Z_all[view_rows(va, v)]
             data.append(_Fold(Z_tr, np.repeat(yi[tr], v), Z_va, yi[va], v))
-        _walk(group, data, grid, scores, races, seed, solver, device)
+        if all(fold.reduces(c.head, seed, solver, device) for c in group for fold in data):
+            jobs += [(c, data) for c in group]  # small: every such candidate in one pool, below
+        else:  # walked now: its folds are freed before the next group's are built
+            _walk([(c, data) for c in group], grid, scores, races, seed, solver, device)
+    if jobs:
+        _walk(jobs, grid, scores, races, seed, solver, device)
     table, best_C, best_row = [], {}, {}
     for c in cands:
         s = scores[c.name]
