@@ -224,14 +224,14 @@ class _Fold:
         return _view_accuracy(model, X_va, self.y_va, self.views)
 
 
-def _walk(jobs: list[tuple[Candidate, list[_Fold]]], grid, scores: dict, races: dict, seed: int,
+def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: dict, races: dict, seed: int,
           solver: str, device: str) -> None:
     """Walk every candidate's C grid over its folds (fills scores and races).
 
-    Where every fit is a small problem in the rows' span, the fits run on one BLAS thread each and
-    the candidates side by side, one per core: liblinear releases the GIL (two threads fitted
-    pets37's folds 1.9x as fast as one). All candidates share one pool, whichever rows they read,
-    so a core that finishes its candidate takes the next. Each candidate has its own scores, race
+    `small`: every fit is a small problem in the rows' span (`_Fold.reduces`). Then the fits run on
+    one BLAS thread each and the candidates side by side, one per core: liblinear releases the GIL
+    (two threads fitted pets37's folds 1.9x as fast as one). All candidates share one pool, whichever
+    rows they read, so a core that finishes its candidate takes the next. Each candidate has its own scores, race
     and warm starts, so the result does not depend on the order the threads run in.
     """
     def walk(job: tuple[Candidate, list[_Fold]]) -> None:
@@ -239,7 +239,6 @@ def _walk(jobs: list[tuple[Candidate, list[_Fold]]], grid, scores: dict, races: 
         race = races[c.name] = _Race(grid, scores[c.name], data)
         walk_grid(grid, lambda i: race(i, lambda fold: fold.score(c.head, grid[i], seed, solver, device)))
 
-    small = all(fold.reduces(c.head, seed, solver, device) for c, data in jobs for fold in data)
     workers = min(len(jobs), os.cpu_count() or 1) if small else 1
     with warnings.catch_warnings(), (rowspace.one_thread() if small else contextlib.nullcontext()):
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -364,9 +363,9 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
         if all(fold.reduces(c.head, seed, solver, device) for c in group for fold in data):
             jobs += [(c, data) for c in group]  # small: every such candidate in one pool, below
         else:  # walked now: its folds are freed before the next group's are built
-            _walk([(c, data) for c in group], grid, scores, races, seed, solver, device)
+            _walk([(c, data) for c in group], False, grid, scores, races, seed, solver, device)
     if jobs:
-        _walk(jobs, grid, scores, races, seed, solver, device)
+        _walk(jobs, True, grid, scores, races, seed, solver, device)
     table, best_C, best_row = [], {}, {}
     for c in cands:
         s = scores[c.name]
