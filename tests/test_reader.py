@@ -93,6 +93,31 @@ def test_collated_batch_is_channels_last_and_equal():
     assert x.reshape(-1, 3, 224, 224).is_contiguous(memory_format=torch.channels_last)
 
 
+def test_jpeg_bytes_cross_from_workers_packed_in_one_tensor(tmp_path):
+    """decode="device": a batch's JPEG files reach the main process end to end in one uint8
+    tensor (one shared block, not one per image), each view exactly the file's bytes; a PNG in
+    the same batch still comes decoded."""
+    from fne.data.datasets import load_dataset
+
+    root = _folder(tmp_path, 7)
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(root / "a" / "png.png")
+    dataset = load_dataset(root)
+    prep = Preprocess(32, "center", resize=40)
+    items = reader.ImageItems(dataset, list(range(len(dataset))), prep, raw_jpeg=True)
+    loader = torch.utils.data.DataLoader(items, batch_size=4, num_workers=2, collate_fn=reader.collate)
+    jpegs = pngs = 0
+    for batch in loader:
+        views = reader.raw_jpegs(batch)
+        assert len(views) == len(batch["raw_pos"]) and batch["raw"].dim() == 1
+        for pos, v in zip(batch["raw_pos"], views, strict=True):
+            assert v.untyped_storage().data_ptr() == batch["raw"].untyped_storage().data_ptr()
+            assert bytes(v.numpy()) == Path(dataset.sources[batch["idx"][pos]]).read_bytes()
+        jpegs += len(views)
+        pngs += len(batch["pix_pos"])
+    assert (jpegs, pngs) == (7, 1)
+    assert reader.collate([(0, "k", torch.zeros(1, 3, 2, 2, dtype=torch.uint8), None, None)])["raw"] is None
+
+
 def test_auto_decode_is_pil_on_cpu(tmp_path):
     assert resolve_decode("auto", CPU) == "pil" and resolve_decode("auto", torch.device("cuda")) == "device"
     assert StoreSpec(decode="auto", device="cpu").prep_key() == StoreSpec(decode="pil").prep_key()

@@ -259,10 +259,13 @@ def test_device_crop_boxes_follow_random_resized_crop_on_the_original_image():
 
 
 def _batch(pixels=None, raw=(), aspect=None):
+    from fne.extraction import reader
+
     n = (0 if pixels is None else len(pixels)) + len(raw)
     npix = n - len(raw)
+    packed, ends = reader.pack_raw([r.numpy().tobytes() for r in raw])
     return {"idx": list(range(n)), "keys": [f"k{i}" for i in range(n)], "pixels": pixels,
-            "pix_pos": list(range(npix)), "raw": list(raw), "raw_pos": list(range(npix, n)), "bad": [],
+            "pix_pos": list(range(npix)), "raw": packed, "raw_ends": ends, "raw_pos": list(range(npix, n)), "bad": [],
             "aspect": aspect if aspect is not None else torch.ones(n)}
 
 
@@ -307,6 +310,41 @@ def test_device_decoded_and_squashed_images_get_the_same_crop():
     assert ia == ib == [0] and a.shape == b.shape == (1, 3, 24, 24)
     assert float((a - b).abs().mean()) < 6.0  # the squash resamples once more
     assert len(bad) == 1 and bad[0][:2] == (1, "k1")
+
+
+def test_device_augment_crops_each_image_size_in_one_call(monkeypatch):
+    """Device-decoded JPEGs of one size share one roi_align call, and each crop is what a call
+    for that image alone gives with its box."""
+    import io
+
+    import torchvision.ops
+    from PIL import Image
+
+    from fne.training import augment
+
+    sizes = [(90, 60), (60, 90), (90, 60), (90, 60), (70, 50)]
+    raw = []
+    for j, (w, h) in enumerate(sizes):
+        rng = np.random.default_rng(j)
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+        raw.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    calls, real = [], torchvision.ops.roi_align
+    monkeypatch.setattr(torchvision.ops, "roi_align", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
+    aspect = torch.tensor([w / h for w, h in sizes])
+    torch.manual_seed(3)
+    boxes = augment.crop_boxes(aspect)
+    flip = torch.rand(len(sizes)) < 0.5
+    torch.manual_seed(3)
+    out, idx = augment.DeviceAugment(24, 48)(_batch(raw=raw, aspect=aspect), torch.device("cpu"), [])
+    assert sorted(calls) == [1, 1, 3] and idx == list(range(5))
+    from torchvision.io import decode_jpeg
+
+    for p, (w, h) in enumerate(sizes):
+        img = decode_jpeg(raw[p])[None].float()
+        roi = torch.cat([torch.zeros(1), boxes[p] * torch.tensor([w, h, w, h], dtype=torch.float32)]).view(1, 5)
+        want = real(img, roi, (24, 24), 1.0, -1, True)[0]
+        assert torch.allclose(out[p], want.flip(-1) if flip[p] else want, atol=1e-4)
 
 
 def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, tmp_path):

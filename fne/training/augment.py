@@ -6,7 +6,7 @@ from the header, and are decoded on the device (`torchvision.io.decode_jpeg`, ba
 CUDA); other images (PNG, EXIF-rotated or CMYK JPEGs, arrays) are decoded in the workers and
 squashed to a fixed R x R square (R = 1.5 x the input size). Each image's random crop is then cut
 and resized on the device by `torchvision.ops.roi_align` (bilinear, averaging several samples per
-output pixel where it shrinks): one call for the squashed ones, one per device-decoded image.
+output pixel where it shrinks): one call per image size (the squashed ones are one size).
 The crop boxes follow torchvision's RandomResizedCrop on the original image (area fraction in
 `scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
 box of a valid ratio), drawn with the flips from torch's CPU generator, which `fne train` seeds
@@ -60,8 +60,8 @@ class SizedItems(reader.ImageItems):
         self.prep.last_aspect = 1.0
         item = super().__getitem__(j)
         x = item[2]
-        if x is not None and x.dim() == 1:  # JPEG bytes: the size from the header
-            with Image.open(io.BytesIO(x.numpy().tobytes())) as img:
+        if isinstance(x, bytes):  # JPEG bytes: the size from the header
+            with Image.open(io.BytesIO(x)) as img:
                 return (*item, img.width / img.height)
         return (*item, self.prep.last_aspect)
 
@@ -134,29 +134,25 @@ class DeviceAugment:
         """A `collate` batch -> (float (B, 3, S, S) in 0..255 on `dev`, cropped and flipped, or
         None; the dataset indices of its rows). Images no decoder reads are appended to `bad`
         as (index, key, error)."""
-        from torchvision.ops import roi_align
-
-        idx, n, s = batch["idx"], len(batch["idx"]), (self.size, self.size)
+        idx, n = batch["idx"], len(batch["idx"])
         boxes = crop_boxes(batch["aspect"], self.scale)
         flip = torch.rand(n) < 0.5
         out: list[torch.Tensor | None] = [None] * n
-        squashed = [(p, x) for p, x in zip(batch["pix_pos"], batch["pixels"] if batch["pixels"] is not None else [])]
-        for p, img in zip(batch["raw_pos"], reader.decode_jpegs(batch["raw"], dev) if batch["raw"] else []):
+        groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}  # decoded images by size
+        if batch["pixels"] is not None:
+            groups[("squashed",)] = list(zip(batch["pix_pos"], batch["pixels"], strict=True))
+        raw = reader.raw_jpegs(batch)
+        for p, data, img in zip(batch["raw_pos"], raw, reader.decode_jpegs(raw, dev) if raw else [], strict=True):
             if img is not None:
-                h, w = img.shape[-2:]
-                roi = torch.cat([torch.zeros(1), boxes[p] * torch.tensor([w, h, w, h])]).view(1, 5)
-                out[p] = roi_align(img[None].float(), roi.to(dev), s, 1.0, -1, True)[0]
+                groups.setdefault(tuple(img.shape), []).append((p, img))
                 continue
             try:  # what the device decoder refused, PIL may still read
-                data = batch["raw"][batch["raw_pos"].index(p)].numpy().tobytes()
-                squashed.append((p, Squash(self.side)(read_image(io.BytesIO(data)))))
+                squashed = Squash(self.side)(read_image(io.BytesIO(data.numpy().tobytes())))
+                groups.setdefault(("squashed",), []).append((p, squashed))
             except Exception as e:
                 bad.append((idx[p], batch["keys"][p], reader.why_unreadable(e)))
-        if squashed:
-            x = torch.stack([x for _, x in squashed]).to(dev, non_blocking=True)
-            pos = [p for p, _ in squashed]
-            rois = torch.cat([torch.arange(len(pos), dtype=torch.float32).view(-1, 1), boxes[pos] * self.side], 1)
-            for p, y in zip(pos, roi_align(x.float(), rois.to(dev), s, 1.0, -1, True)):
+        for members in groups.values():  # one roi_align per size: every crop of that size at once
+            for p, y in zip([p for p, _ in members], self._crops(members, boxes, dev), strict=True):
                 out[p] = y
         keep = [p for p in range(n) if out[p] is not None]
         if not keep:
@@ -164,3 +160,16 @@ class DeviceAugment:
         x = torch.stack([out[p] for p in keep])
         f = flip[keep].to(dev).view(-1, 1, 1, 1)
         return torch.where(f, x.flip(-1), x), [idx[p] for p in keep]
+
+    def _crops(self, members: list[tuple[int, torch.Tensor]], boxes: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """Images of one size, (batch position, uint8 (3, H, W)) -> their boxes' crops, float
+        (n, 3, S, S) on `dev`."""
+        from torchvision.ops import roi_align
+
+        pos = [p for p, _ in members]
+        x = torch.stack([img for _, img in members]).to(dev, non_blocking=True)
+        h, w = x.shape[-2:]
+        rois = torch.cat([torch.arange(len(pos), dtype=torch.float32).view(-1, 1),
+                          boxes[pos] * torch.tensor([w, h, w, h], dtype=torch.float32)], 1)
+        return roi_align(x.float(), rois.to(dev), (self.size, self.size), 1.0, -1, True)
+
