@@ -101,6 +101,32 @@ def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tm
     assert torch.equal(final["_bn1.running_mean"], src["_bn1.running_mean"]) and not m["train_bn"]
 
 
+def test_full_import_builds_on_meta_and_draws_only_the_new_layers(source, monkeypatch):
+    """A source covering every kept tensor: the network is built on the meta device (no
+    architecture init to throw away), takes copies of the source's tensors (training them leaves
+    the source alone), and only its new layers are drawn, from the seed."""
+    from fne.training import transfer
+
+    def no_real_build(*a, **k):
+        raise AssertionError("a full import built the architecture on real memory")
+
+    monkeypatch.setattr(backbones, "seeded_build", no_real_build)
+    state = torch.load(source, weights_only=True)
+    monkeypatch.setattr(transfer, "source_state", lambda *a, **k: state)
+    a, report, renew = transfer.build_model(ARCH, "finetune", 10, str(source), seed=0)
+    b, _, _ = transfer.build_model(ARCH, "finetune", 10, str(source), seed=0)
+    c, _, _ = transfer.build_model(ARCH, "finetune", 10, str(source), seed=1)
+    got = a.state_dict()
+    assert not any(t.is_meta for t in got.values()) and renew == ("_fc",)
+    assert all(torch.equal(got[n], state[n]) for n in report.imported) and len(report.imported) > 250
+    assert got["_conv_stem.weight"].data_ptr() != state["_conv_stem.weight"].data_ptr()
+    with torch.no_grad():
+        a._conv_stem.weight.add_(1.0)
+    assert not torch.equal(a._conv_stem.weight, state["_conv_stem.weight"])
+    assert torch.equal(a._fc.weight, b._fc.weight) and not torch.equal(a._fc.weight, c._fc.weight)
+    assert a._fc.weight.shape == (10, 1280) and a.training
+
+
 def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source):
     from fne.training.transfer import build_model, kept_statistics, train_mode
 

@@ -9,6 +9,7 @@ model names.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from collections.abc import Callable
@@ -292,8 +293,12 @@ class ImportReport:
         return out
 
 
-def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = ()) -> ImportReport:
-    """Copy every tensor whose name and shape match (the course's import_matching_layers)."""
+def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = (), assign: bool = False) -> ImportReport:
+    """Copy every tensor whose name and shape match (the course's import_matching_layers).
+
+    With `assign`, the model's tensors become copies of the source's, on the source's device in
+    the model's dtype: what a model built on the meta device takes (its own tensors have no data).
+    """
     report = ImportReport()
     own = model.state_dict()
     matched = {}
@@ -307,9 +312,9 @@ def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = ()) -
                 (name, f"shape {tuple(state[name].shape)} in source, {tuple(tensor.shape)} here")
             )
         else:
-            matched[name] = state[name]
+            matched[name] = state[name].to(dtype=tensor.dtype, copy=True) if assign else state[name]
             report.imported.append(name)
-    model.load_state_dict(matched, strict=False)
+    model.load_state_dict(matched, strict=False, assign=assign)
     return report
 
 
@@ -426,7 +431,7 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
         return b.build(b.num_classes)
 
     if weights == "random":
-        return _random_init(build, seed, dev)
+        return seeded_build(build, seed, dev).eval()
     if weights != "random" and not Path(weights).is_file():  # imagenet or a weights name
         if b.pretrained_model is not None:
             return b.pretrained_model().eval().to(dev)
@@ -453,19 +458,27 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     return model.eval().to(dev)
 
 
-def _random_init(build: Callable[[], nn.Module], seed: int, dev: torch.device) -> nn.Module:
-    """Seeded random weights drawn on `dev` (no global RNG touched); a model whose init code
-    cannot run there is initialised on the CPU and moved."""
-    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(seed)
+def seeded_build(build: Callable[[], nn.Module], seed: int, dev: torch.device) -> nn.Module:
+    """`build()` run on `dev` from `seed`: its random weights drawn there (no global RNG touched;
+    CUDA's generator draws other numbers than the CPU's). A model whose init code cannot run
+    there is initialised on the CPU and moved."""
+    with seeded(seed, dev):
         if dev.type != "cpu":
             try:
                 with dev:
-                    return build().eval()
+                    return build()
             except Exception:
                 torch.manual_seed(seed)
-        return build().eval().to(dev)
+        return build().to(dev)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, dev: torch.device):
+    """Within: torch's generators of the CPU and of `dev` seeded by `seed`; restored after."""
+    cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        yield
 
 
 def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:

@@ -160,13 +160,13 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[to
     renew, imported, keep)."""
     weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
     model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
-                                       cfg.seed, cfg.weights_seed)
+                                       cfg.seed, cfg.weights_seed, device)
     for line in describe_import(report, renew):
         print(line)
     imported = set(report.imported) if report is not None else set()
     freeze_imported(model, cfg.mode, imported)
     keep = kept_statistics(model, cfg.mode, imported, cfg.train_bn)
-    model.to(device).to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     return model, {"weights": weights, "report": report, "renew": renew, "imported": imported, "keep": keep}
 
 

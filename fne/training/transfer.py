@@ -47,13 +47,15 @@ def _new_layer(old: nn.Module, name: str, out_features: int | None) -> nn.Module
     return new
 
 
-def source_state(arch: str, weights: str, weights_seed: int = 0) -> dict:
-    """The tensors to import: ImageNet, a seeded random network, or a file (state dict or checkpoint)."""
+def source_state(arch: str, weights: str, weights_seed: int = 0, device: torch.device | None = None) -> dict:
+    """The tensors to import, on `device` (default the CPU): ImageNet, a seeded random network
+    (drawn there, as `fne extract` draws it), or a file (state dict or checkpoint)."""
+    dev = torch.device(device or "cpu")
     if weights == "imagenet" or (weights != "random" and not Path(weights).is_file()):
-        return backbones.get(arch, weights).imagenet()  # imagenet, or a torchvision weights name
+        return {k: v.to(dev) for k, v in backbones.get(arch, weights).imagenet().items()}
     if weights == "random":
-        return backbones.load_backbone(arch, "random", weights_seed).state_dict()
-    return backbones.read_state_dict(weights)
+        return backbones.load_backbone(arch, "random", weights_seed, device=dev).state_dict()
+    return backbones.read_state_dict(weights, dev)
 
 
 # The two functions below are the only ones that know which layers are the classifier.
@@ -74,25 +76,45 @@ def _renew(model: nn.Module, backbone: backbones.Backbone, names: tuple[str, ...
 
 def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet",
                 new_layers: str = "fc", seed: int = 0, weights_seed: int = 0,
+                device: str | torch.device | None = None,
                 ) -> tuple[nn.Module, ImportReport | None, tuple[str, ...]]:
-    """(model, import report or None for scratch, names of the renewed layers).
+    """(model on `device`, import report or None for scratch, names of the renewed layers).
 
-    New layers are seeded by `seed` so that a run can be rebuilt; imported tensors are copied
-    by name and shape (`backbones.import_matching`).
+    The network is built where it trains: its random layers (every layer in scratch, the new
+    ones otherwise) are drawn on `device` from `seed`, so that a run can be rebuilt there;
+    imported tensors are copied by name and shape (`backbones.import_matching`) into a model
+    built on the meta device, so nothing is initialised only to be overwritten. Where the
+    source covers less than every kept tensor, the rest keeps the architecture's own seeded
+    initialisation.
     """
     if mode not in MODES:
         raise FneError(f"unknown --mode {mode!r}; choose from {', '.join(MODES)}")
+    dev = torch.device(device or "cpu")
     b = backbones.get(arch)
     renew = new_layer_names(b, mode, new_layers)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = b.build(1000)
-        if mode == "scratch":
+    if mode == "scratch":
+        def scratch() -> nn.Module:
+            model = b.build(1000)
             _renew(model, b, (b.classifier,), num_classes)
             _init_xavier(model)
-            return model, None, tuple(n for n, _ in model.named_modules() if n)
+            return model
+
+        model = backbones.seeded_build(scratch, seed, dev)
+        return model, None, tuple(n for n, _ in model.named_modules() if n)
+    state = source_state(arch, weights, weights_seed, dev)
+    with torch.device("meta"):
+        model = b.build(1000)
+    with backbones.seeded(seed, dev), dev:
         _renew(model, b, renew, num_classes)
-    report = backbones.import_matching(model, source_state(arch, weights, weights_seed), skip=renew)
+    report = backbones.import_matching(model, state, skip=renew, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a partial import
+        def partial() -> nn.Module:
+            model = b.build(1000)
+            _renew(model, b, renew, num_classes)
+            return model
+
+        model = backbones.seeded_build(partial, seed, dev)
+        report = backbones.import_matching(model, state, skip=renew)
     _check_import(report, mode, arch, weights)
     return model, report, renew
 
