@@ -19,6 +19,12 @@ the subprocess, so nothing in fne knows about it. Example (about 1.5 min on 2 co
 
     python benchmarks/bench_pipeline.py --quick
     python benchmarks/bench_pipeline.py --n 2000 --reps 3 --json benchmarks/pipeline.json
+    python benchmarks/bench_pipeline.py --decode device --n 8192 --old 44f5cc8
+
+`--decode device` measures the host's share of the GPU path on a CPU: the workers read, key and
+check each JPEG and hand its bytes over, the main process runs the loop and the writer, and a
+stand-in takes the place of the device decoder (nothing is decoded). Its last line is the rate
+15 workers and the main process could feed a GPU at, on this CPU.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import torch
 from fne.extraction import taps
 from fne.extraction.extract import extract
 
-data, cache, batch, workers = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+data, cache, batch, workers, decode = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(1)
 
 
@@ -65,6 +71,11 @@ def build(spec, device, compile=False):
 
 
 taps.build_tap_model = build
+if decode == "device":  # the host's share of device decoding: JPEG bytes travel, nothing decodes them
+    from fne.extraction import reader
+
+    view = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)  # pixels stay on the GPU: none to copy here
+    reader.decode_raw = lambda raw, dev, prep: [view] * len(raw)
 
 
 def cpu():
@@ -74,7 +85,7 @@ def cpu():
 
 t0, (m0, k0) = time.perf_counter(), cpu()
 r = extract(data, arch="vgg16", weights="random", cache=cache, batch_size=batch, workers=workers, progress=False,
-            precision="fp32")
+            precision="fp32", decode=decode)
 wall, (m1, k1) = time.perf_counter() - t0, cpu()
 print(json.dumps({"n": r.n_computed, "wall": wall, "run": r.stage_seconds.get("run"),
                   "main_cpu": m1 - m0, "worker_cpu": k1 - k0, "write": r.stage_seconds.get("write"),
@@ -118,16 +129,17 @@ def old_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def run_loop(tree: Path, data: Path, batch: int, workers: int) -> dict:
+def run_loop(tree: Path, data: Path, batch: int, workers: int, decode: str = "pil") -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PYTHONPATH": str(tree), "FNE_CACHE": cache}
-        out = subprocess.run([sys.executable, "-c", RUNNER, str(data), cache, str(batch), str(workers)],
+        out = subprocess.run([sys.executable, "-c", RUNNER, str(data), cache, str(batch), str(workers), decode],
                              env=env, capture_output=True, text=True, cwd=tree)
     if out.returncode:
         sys.exit(f"bench_pipeline: the loop failed under {tree}:\n{out.stderr[-3000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["cpu_ms"] = 1000 * (r["main_cpu"] + r["worker_cpu"]) / max(r["n"], 1)
     r["main_ms"] = 1000 * r["main_cpu"] / max(r["n"], 1)
+    r["worker_ms"] = 1000 * r["worker_cpu"] / max(r["n"], 1)
     r["img_s"] = r["n"] / r["run"] if r.get("run") else r["n"] / r["wall"]
     return r
 
@@ -189,7 +201,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", help="folder for the re-encoded JPEGs (kept; default a temp dir)")
     ap.add_argument("--n", type=int, default=2000, help="images (default 2000)")
     ap.add_argument("--reps", type=int, default=2, help="runs of each variant, alternating (default 2)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=None, help="default 32 (pil), 256 (device: a GPU's)")
+    ap.add_argument("--decode", choices=["pil", "device"], default="pil",
+                    help="pil: the CPU path; device: the host's share of the GPU path (JPEG bytes read, "
+                         "keyed and handed over; a stand-in returns the device decoder's pixels)")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     ap.add_argument("--old", default=OLD_DEFAULT, help=f"git revision of the old code (default {OLD_DEFAULT})")
     ap.add_argument("--quick", action="store_true", help="1000 images, 1 rep each: under two minutes")
@@ -197,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.quick:
         a.n, a.reps = 1000, 1
+    a.batch_size = a.batch_size or (256 if a.decode == "device" else 32)
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(a.images) if a.images else Path(tmp) / "images"
         files = make_images(Path(a.data), images / "all", a.n)
@@ -204,20 +220,25 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {"old": [], "new": []}
         for rep in range(a.reps):
             for name, tree in trees.items():
-                r = run_loop(tree, images, a.batch_size, a.workers)
+                r = run_loop(tree, images, a.batch_size, a.workers, a.decode)
                 runs[name].append(r)
                 print(f"{name} rep {rep}: {r['img_s']:.0f} img/s, {r['cpu_ms']:.2f} CPU-ms/image "
-                      f"(main {r['main_ms']:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
-        parts = breakdown(images, 400)
+                      f"(main {r['main_ms']:.3f}), load {os.getloadavg()[0]:.1f}", flush=True)
+        parts = breakdown(images, 400) if a.decode == "pil" else {}
     best = {k: min(v, key=lambda r: r["cpu_ms"]) for k, v in runs.items()}
-    print(f"\n{len(files)} JPEGs (pets37 at q90), batch {a.batch_size}, {a.workers} workers, "
+    print(f"\n{len(files)} JPEGs (pets37 at q90), decode {a.decode}, batch {a.batch_size}, {a.workers} workers, "
           f"VGG-16 widths, stand-in network; best of {a.reps}:")
-    print("| code | img/s | CPU-ms/image (all) | of which main process |")
-    print("|---|---:|---:|---:|")
+    print("| code | img/s | CPU-ms/image (all) | of which main process | workers |")
+    print("|---|---:|---:|---:|---:|")
     for k, r in best.items():
-        print(f"| {k} | {r['img_s']:.0f} | {r['cpu_ms']:.2f} | {r['main_ms']:.2f} |")
-    print("\nnew reader in one process, one thread, CPU-ms per image: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+        print(f"| {k} | {r['img_s']:.0f} | {r['cpu_ms']:.3f} | {r['main_ms']:.3f} | {r['worker_ms']:.3f} |")
+    if parts:
+        print("\nnew reader in one process, one thread, CPU-ms per image: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    else:  # what 15 workers and one main process could feed, were nothing else slower
+        r = best["new"]
+        print(f"\nhost ceiling with 15 workers: {min(15 / r['worker_ms'], 1 / r['main_ms']) * 1000:,.0f} img/s "
+              f"(workers {15 / r['worker_ms'] * 1000:,.0f}, main process {1000 / r['main_ms']:,.0f})")
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "breakdown": parts, "n": len(files)}, indent=1))
     print(f"pipeline: {best['new']['cpu_ms']:.2f} CPU-ms per image")

@@ -122,7 +122,8 @@ class ForwardOptions:
                                            "CUDA (sized from free memory)", parse=parse_batch_size,
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                                    bound=">= 1 or auto", kind="an integer")
-    workers: int | None = option(None, "decoding processes (default: cores/2)", **at_least(0))
+    workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
+                                       "CUDA, at most 16)", **at_least(0))
     compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
@@ -225,7 +226,8 @@ class TrainConfig:
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu or cuda[:i]")
-    workers: int | None = option(None, "decoding processes (default: cores/2, at most 4)", **at_least(0))
+    workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
+                                       "core but one, at most 16, on CUDA)", **at_least(0))
     save_every: int = option(0, "write RUN_DIR/checkpoint.pt every N epochs", **at_least(0))
     resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "

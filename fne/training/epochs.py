@@ -113,9 +113,12 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
 def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) -> dict:
     """One pass over the training part; returns mean loss, accuracy, images/s."""
     criterion = nn.CrossEntropyLoss()
-    n = correct = 0
-    loss_sum = 0.0
-    t0 = time.perf_counter()
+    n = 0
+    # Sums stay on the device: reading them every step would make the host wait for each step
+    # before it prepares the next batch (on CUDA, the GPU would idle meanwhile).
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
+    t0 = t_shown = time.perf_counter()
     bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
     try:
         for idx, x, y in _batches(loader, ctx, bar, ctx.augment):
@@ -132,12 +135,15 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
                 loss.backward()
                 optimizer.step()
             n += len(idx)
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.3f}",
-                            img_s=f"{n / max(time.perf_counter() - t0, 1e-9):.1f}")
+            loss_sum += loss.detach().double() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            if ctx.progress and time.perf_counter() - t_shown > 1.0:  # one wait a second at most
+                t_shown = time.perf_counter()
+                bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{int(correct) / n:.3f}",
+                                img_s=f"{n / max(t_shown - t0, 1e-9):.1f}")
     finally:
         bar.close()
+    loss_sum, correct = float(loss_sum), int(correct)
     s = time.perf_counter() - t0
     return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
             "img_s": n / max(s, 1e-9), "seconds": s}
@@ -153,14 +159,14 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
         for idx, x, y in _batches(loader, ctx, bar):
             with autocast(ctx.device, ctx.precision):
                 logits = model(x)
-            probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+            probs.append(torch.softmax(logits.float(), 1))  # on the device until the end: no wait per batch
             ids += idx
             ys.append(y.numpy())
     finally:
         bar.close()
     if not ids:
         raise DataError(f"{desc}: no readable images")
-    return np.array(ids), np.concatenate(ys), np.concatenate(probs)
+    return np.array(ids), np.concatenate(ys), torch.cat(probs).cpu().numpy()
 
 
 def mean_loss(y: np.ndarray, p: np.ndarray) -> float:
