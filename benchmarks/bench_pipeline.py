@@ -23,8 +23,9 @@ the subprocess, so nothing in fne knows about it. Example (about 1.5 min on 2 co
 
 `--decode device` measures the host's share of the GPU path on a CPU: the workers read, key and
 check each JPEG and hand its bytes over, the main process runs the loop and the writer, and a
-stand-in takes the place of the device decoder (nothing is decoded). Its last line is the rate
-15 workers and the main process could feed a GPU at, on this CPU.
+stand-in takes the place of the device decoder (nothing is decoded); then `fne train`'s loader
+with `--augment-on device` alone. Its last line is the rate 15 workers and the main process could
+feed a GPU at, on this CPU.
 """
 
 from __future__ import annotations
@@ -91,6 +92,39 @@ print(json.dumps({"n": r.n_computed, "wall": wall, "run": r.stage_seconds.get("r
                   "main_cpu": m1 - m0, "worker_cpu": k1 - k0, "write": r.stage_seconds.get("write"),
                   "skipped": r.n_skipped}))
 """
+
+
+TRAIN_RUNNER = r"""
+import json, resource, sys, time
+import numpy as np, torch
+from fne.data.datasets import load_dataset
+from fne.training import augment, epochs
+
+torch.set_num_threads(1)
+data, batch, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d = load_dataset(data)
+ctx = epochs.Ctx(d, d.label_indices(), torch.device("cpu"), "fp32", None, None, False, {})
+train_tf, _ = epochs.transforms(224, True, None, True)  # --augment-on device: workers send JPEG bytes
+loader = epochs.loader(ctx, np.arange(len(d)), train_tf, batch, workers, torch.Generator().manual_seed(0))
+r0, t, n = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), 0
+for b in loader:
+    n += len(b["idx"])
+wall, r1 = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF)
+kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"n": n, "img_s": n / wall, "main_ms": 1000 * (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / n,
+                  "worker_ms": 1000 * (kids.ru_utime + kids.ru_stime) / n}))
+"""
+
+
+def train_loader(tree: Path, data: Path, batch: int, workers: int) -> dict:
+    """`fne train`'s loader with `--augment-on device` alone (what reaches the main process per
+    image: JPEG bytes, keys, aspect ratios), under `tree`'s code."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run([sys.executable, "-c", TRAIN_RUNNER, str(data), str(batch), str(workers)],
+                         env=env, capture_output=True, text=True, cwd=tree)
+    if out.returncode:
+        sys.exit(f"bench_pipeline: the train loader failed under {tree}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def make_images(src: Path, out: Path, n: int) -> list[Path]:
@@ -225,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{name} rep {rep}: {r['img_s']:.0f} img/s, {r['cpu_ms']:.2f} CPU-ms/image "
                       f"(main {r['main_ms']:.3f}), load {os.getloadavg()[0]:.1f}", flush=True)
         parts = breakdown(images, 400) if a.decode == "pil" else {}
+        loaders = {name: train_loader(tree, images, a.batch_size, a.workers) for name in trees
+                   for tree in [trees[name]]} if a.decode == "device" else {}
     best = {k: min(v, key=lambda r: r["cpu_ms"]) for k, v in runs.items()}
     print(f"\n{len(files)} JPEGs (pets37 at q90), decode {a.decode}, batch {a.batch_size}, {a.workers} workers, "
           f"VGG-16 widths, stand-in network; best of {a.reps}:")
@@ -236,11 +272,17 @@ def main(argv: list[str] | None = None) -> None:
         print("\nnew reader in one process, one thread, CPU-ms per image: "
               + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     else:  # what 15 workers and one main process could feed, were nothing else slower
+        print("\nfne train's loader alone, --augment-on device (JPEG bytes to the main process):")
+        print("| code | img/s | main process CPU-ms/image | workers |")
+        print("|---|---:|---:|---:|")
+        for k, r in loaders.items():
+            print(f"| {k} | {r['img_s']:.0f} | {r['main_ms']:.3f} | {r['worker_ms']:.3f} |")
         r = best["new"]
         print(f"\nhost ceiling with 15 workers: {min(15 / r['worker_ms'], 1 / r['main_ms']) * 1000:,.0f} img/s "
               f"(workers {15 / r['worker_ms'] * 1000:,.0f}, main process {1000 / r['main_ms']:,.0f})")
     if a.json:
-        Path(a.json).write_text(json.dumps({"runs": runs, "breakdown": parts, "n": len(files)}, indent=1))
+        Path(a.json).write_text(json.dumps({"runs": runs, "breakdown": parts, "train_loader": loaders,
+                                            "n": len(files)}, indent=1))
     print(f"pipeline: {best['new']['cpu_ms']:.2f} CPU-ms per image")
 
 
