@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -26,6 +27,22 @@ def test_flat_folder_is_unlabelled(digits_folder, tmp_path):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     d = load_dataset(tmp_path)
     assert len(d) == 3 and d.labels is None and d.ids[0].endswith(".png")
+
+
+def test_folder_listing_order_is_component_by_component(tmp_path):
+    """Files are listed as `Path` orders them, one path component at a time ('a/x/...' before
+    'a/x-y/...', 'a/...' before 'a-b/...'), which a plain string sort does not do ('-' sorts
+    before '/'): the order decides splits and shards, so it must not change."""
+    for rel in ["a/1.jpg", "a/x-y/2.jpg", "a/x/3.jpg", "a/x/.h.jpg", "a-b/4.png", "a-b/sub/5.JPG",
+                "B/6.jpeg", "a/notes.txt", ".hidden/7.jpg"]:
+        f = tmp_path / "d" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    d = load_dataset(tmp_path / "d")
+    assert d.ids == ["B/6.jpeg", "a/1.jpg", "a/x/.h.jpg", "a/x/3.jpg", "a/x-y/2.jpg", "a-b/4.png", "a-b/sub/5.JPG"]
+    assert d.ids == [str(p.relative_to(tmp_path / "d")) for p in sorted(map(Path, d.sources))]
+    assert d.labels == ["B", "a", "a", "a", "a", "a-b", "a-b"] and d.classes == ["B", "a", "a-b"]
+    assert all(Path(src).is_file() for src in d.sources)
 
 
 def test_csv_with_split_and_relative_paths(digits_folder, tmp_path):

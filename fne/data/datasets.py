@@ -263,47 +263,57 @@ def load_dataset(spec: str | Path, label_key: str | None = None) -> Dataset:
     return _folder(path)
 
 
-def _class_folder(root: Path) -> tuple[list[Path], list[str]]:
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+def _class_folder(root: Path) -> tuple[list[str], list[str]]:
+    class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not class_dirs:
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
     files, labels = [], []
-    for d in class_dirs:
-        imgs = sorted(_image_files(d))
+    for name in class_dirs:
+        imgs = _image_files(os.path.join(root, name))
         if not imgs:
-            raise DataError(f"DATA {root}: class folder {d.name!r} has no images")
+            raise DataError(f"DATA {root}: class folder {name!r} has no images")
         files += imgs
-        labels += [d.name] * len(imgs)
+        labels += [name] * len(imgs)
     return files, labels
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files anywhere under `folder`. os.walk reads directory entries only (no stat per
-    file), which matters on a shared filesystem with a million images."""
+def _image_files(folder: str) -> list[str]:
+    """Paths of the image files anywhere under `folder`, in `Path` order (component by
+    component). os.walk reads directory entries only (no stat per file), which matters on a
+    shared filesystem with a million images; strings, not `Path` objects: a listing of 32,768
+    files took 0.6 s through pathlib."""
     out = []
     for dirpath, _, names in os.walk(folder):
-        out += [Path(dirpath, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
-    return out
+        out += [os.path.join(dirpath, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    return sorted(out, key=lambda f: f.split(os.sep))
 
 
 def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) -> Dataset:
+    sources = [str(f) for f in files]
+    prefix = os.path.join(str(root), "")
     return Dataset(
         name=name,
-        ids=[str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in files],
+        ids=[f[len(prefix):] if f.startswith(prefix) else _relative_id(f, root) for f in sources],
         labels=labels,
         splits=splits,
         classes=classes or sorted(set(labels)),
-        sources=[str(p) for p in files],
+        sources=sources,
         root=str(root),
     )
 
 
+def _relative_id(path: str, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path
+
+
 def _folder(root: Path) -> Dataset:
-    has_dirs = any(d.is_dir() and not d.name.startswith(".") for d in root.iterdir())
-    loose = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    entries = list(os.scandir(root))
+    has_dirs = any(e.is_dir() and not e.name.startswith(".") for e in entries)
+    loose = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
-        return Dataset(name=root.name, ids=[p.name for p in loose], labels=None, splits=None,
-                       classes=[], sources=[str(p) for p in loose], root=str(root))
+        return Dataset(name=root.name, ids=loose, labels=None, splits=None,
+                       classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root))
     files, labels = _class_folder(root)
     return _file_dataset(root.name, root, files, labels, None)
 
