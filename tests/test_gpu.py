@@ -165,3 +165,37 @@ def test_train_one_epoch_on_cuda_with_device_augmentation(tmp_path):
     assert m["device"].startswith("cuda") and m["augment_on"] == "device"
     assert m["history"][0]["img_s"] > 0 and 0 <= m["accuracy"] <= 1
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["_fc.weight"].device.type == "cpu"
+
+
+@cuda
+def test_extract_and_train_read_jpeg_bytes_through_pinned_workers_on_cuda(tmp_path):
+    """The whole device path: loader workers pack JPEG bytes, the batch is pinned, nvjpeg decodes
+    it; extraction rows stay close to the PIL rows, and a training epoch runs on them."""
+    device_path_end_to_end(tmp_path, "cuda")
+
+
+def device_path_end_to_end(tmp_path: Path, device: str) -> None:
+    import shutil
+
+    from fne.cache.store import Store
+    from fne.data.datasets import load_dataset
+    from fne.extraction.extract import extract
+    from fne.training.train import train
+
+    for j, f in enumerate(_jpegs(24)):
+        dest = tmp_path / "data" / f"c{j % 2}" / f.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest)
+    data = tmp_path / "data"
+    kw = dict(arch="efficientnet_lite0", weights="imagenet", cache=str(tmp_path / "cache"), precision="fp32",
+              storage_dtype="float32", workers=2, batch_size=8, progress=False)
+    dev = extract(data, decode="device", device=device, **kw)
+    pil = extract(data, decode="pil", device="cpu", **kw)
+    assert dev.n_computed == pil.n_computed == 24 and dev.n_skipped == 0 and "devjpeg" in dev.store
+    keys = load_dataset(data).keys()
+    last = backbones.get("efficientnet_lite0").taps[-1].name
+    a, b = (Store.at(r.store).read(keys, [last])[last] for r in (dev, pil))
+    assert float(np.abs(a - b).max() / np.abs(b).max()) < 3e-2
+    m = train(data, "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="imagenet", epochs=1,
+              image_size=64, progress=False, device=device, workers=2, batch_size=8, augment_on="device")
+    assert m["augment_on"] == "device" and m["history"][0]["img_s"] > 0 and not m["skipped"]
