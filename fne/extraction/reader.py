@@ -33,8 +33,9 @@ class ImageItems(torch.utils.data.Dataset):
     The one image dataset of fne: `fne extract` and `fne train` both read through it.
     pixels: what `prep` makes of the RGB PIL image (extract: `Preprocess`' uint8 (V, 3, S, S)
     views; train: its transform's one uint8 (3, S, S) view). With `raw_jpeg`, plain JPEG files
-    (RGB or grey, no EXIF rotation) travel as their bytes (`bytes`) for the device decoder. `stat` is (size, mtime_ns) of a file taken before it was read (for the manifest),
-    None for arrays.
+    (RGB or grey, no EXIF rotation) travel as their bytes (`bytes`) for the device decoder.
+    `stat` is (size, mtime_ns) of a file taken before it was read (for the manifest), None for
+    arrays.
     """
 
     def __init__(self, dataset: Dataset, indices: list[int], prep, raw_jpeg: bool = False):

@@ -138,7 +138,7 @@ class DeviceAugment:
         boxes = crop_boxes(batch["aspect"], self.scale)
         flip = torch.rand(n) < 0.5
         out: list[torch.Tensor | None] = [None] * n
-        groups: dict[tuple[int, ...], list[tuple[int, torch.Tensor]]] = {}  # decoded images by size
+        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # images by size (decoded shape)
         if batch["pixels"] is not None:
             groups[("squashed",)] = list(zip(batch["pix_pos"], batch["pixels"], strict=True))
         raw = reader.raw_jpegs(batch)
@@ -172,4 +172,3 @@ class DeviceAugment:
         rois = torch.cat([torch.arange(len(pos), dtype=torch.float32).view(-1, 1),
                           boxes[pos] * torch.tensor([w, h, w, h], dtype=torch.float32)], 1)
         return roi_align(x.float(), rois.to(dev), (self.size, self.size), 1.0, -1, True)
-
