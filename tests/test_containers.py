@@ -357,6 +357,24 @@ def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
                in s for s in said)
 
 
+@pytest.mark.parametrize("form", ["tar", "parquet"])
+def test_jpegs_in_containers_take_the_device_decoder(tmp_path, monkeypatch, form):
+    """decode="device" (run here on the CPU's decoder): JPEGs are known by their bytes, not their
+    names, so Parquet cells (named by row number) and tar members alike reach the device decoder;
+    the rows are those of the folder's own JPEGs."""
+    from fne.extraction import reader
+
+    folder = _flowers_subset(tmp_path / "flowers", per_class=1)
+    (write_shards if form == "tar" else write_parquet)(folder, tmp_path / form)
+    seen, real = [], reader.decode_raw
+    monkeypatch.setattr(reader, "decode_raw", lambda raw, dev, prep: seen.extend(raw) or real(raw, dev, prep))
+    kw = dict(cache=str(tmp_path / "c"), batch_size=8, workers=0, progress=False, decode="device", **FAST)
+    r = extract(tmp_path / form, **kw)
+    n = len(load_dataset(folder))
+    assert r.n_computed == len(seen) == n > 0 and r.n_skipped == 0 and "devjpeg" in r.store
+    assert extract(folder, **kw).n_computed == 0  # the same bytes, the same keys
+
+
 # ----------------------------------------------------------------- kill -9
 @pytest.mark.parametrize("form", ["tar", "parquet"])
 def test_killed_extraction_over_containers_resumes(tmp_path, form):

@@ -24,16 +24,15 @@ import torch
 from fne.backbones.preprocess import Preprocess
 from fne.data.datasets import Dataset, content_key, read_image
 
-_JPEG = (".jpg", ".jpeg")
-
 
 class ImageItems(torch.utils.data.Dataset):
     """Item j -> (dataset index, content key, pixels or JPEG bytes or None, error, stat).
 
     The one image dataset of fne: `fne extract` and `fne train` both read through it.
     pixels: what `prep` makes of the RGB PIL image (extract: `Preprocess`' uint8 (V, 3, S, S)
-    views; train: its transform's one uint8 (3, S, S) view). With `raw_jpeg`, plain JPEG files
-    (RGB or grey, no EXIF rotation) travel as their bytes (`bytes`) for the device decoder.
+    views; train: its transform's one uint8 (3, S, S) view). With `raw_jpeg`, plain JPEGs (RGB or
+    grey, no EXIF rotation; files, tar members or Parquet cells alike) travel as their bytes
+    (`bytes`) for the device decoder.
     `stat` is (size, mtime_ns) of a file taken before it was read (for the manifest), None for
     arrays.
     """
@@ -93,7 +92,7 @@ class ImageItems(torch.utils.data.Dataset):
             return i, None, None, f"cannot read: {e.strerror or e}", None
         key = content_key(data)
         try:
-            if self.raw_jpeg and str(d.sources[i]).lower().endswith(_JPEG) and _plain_jpeg(data):
+            if self.raw_jpeg and _plain_jpeg(data):  # by its header: Parquet rows have no file name
                 return i, key, bytes(data), None, stat  # packed with the batch's others by `collate`
             return i, key, self.prep(read_image(io.BytesIO(data))), None, stat
         except Exception as e:  # unreadable, truncated or not an image: skip it, say why
@@ -109,9 +108,12 @@ def why_unreadable(e: Exception) -> str:
 
 
 def _plain_jpeg(data: bytes) -> bool:
-    """True when a device decoder gives what PIL gives (else PIL decodes)."""
+    """True for a JPEG (by its first bytes and header, whatever its name) that a device decoder
+    decodes as PIL does (else PIL decodes)."""
     from PIL import Image
 
+    if bytes(data[:2]) != b"\xff\xd8":  # JPEG's start-of-image marker: PNGs and others go to PIL
+        return False
     with Image.open(io.BytesIO(data)) as img:  # reads the header only
         return img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
 
