@@ -76,7 +76,14 @@ if decode == "device":  # the host's share of device decoding: JPEG bytes travel
     from fne.extraction import reader
 
     view = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)  # pixels stay on the GPU: none to copy here
-    reader.decode_raw = lambda raw, dev, prep: [view] * len(raw)
+    rate = float(sys.argv[6])  # > 0: block as nvjpeg's call does (GIL released) for len(raw) / rate s
+
+    def stand_in(raw, dev, prep):
+        if rate > 0:
+            time.sleep(len(raw) / rate)
+        return [view] * len(raw)
+
+    reader.decode_raw = stand_in
 
 
 def cpu():
@@ -163,10 +170,11 @@ def old_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def run_loop(tree: Path, data: Path, batch: int, workers: int, decode: str = "pil") -> dict:
+def run_loop(tree: Path, data: Path, batch: int, workers: int, decode: str = "pil", rate: float = 0) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PYTHONPATH": str(tree), "FNE_CACHE": cache}
-        out = subprocess.run([sys.executable, "-c", RUNNER, str(data), cache, str(batch), str(workers), decode],
+        out = subprocess.run([sys.executable, "-c", RUNNER, str(data), cache, str(batch), str(workers), decode,
+                              str(rate)],
                              env=env, capture_output=True, text=True, cwd=tree)
     if out.returncode:
         sys.exit(f"bench_pipeline: the loop failed under {tree}:\n{out.stderr[-3000:]}")
@@ -239,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode", choices=["pil", "device"], default="pil",
                     help="pil: the CPU path; device: the host's share of the GPU path (JPEG bytes read, "
                          "keyed and handed over; a stand-in returns the device decoder's pixels)")
+    ap.add_argument("--decoder-rate", type=float, default=0,
+                    help="device: the stand-in decoder blocks its caller for images / RATE seconds, GIL "
+                         "released, as torchvision's nvjpeg call does (18079: its rate on the H200); 0: never")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     ap.add_argument("--old", default=OLD_DEFAULT, help=f"git revision of the old code (default {OLD_DEFAULT})")
     ap.add_argument("--quick", action="store_true", help="1000 images, 1 rep each: under two minutes")
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         runs: dict[str, list[dict]] = {"old": [], "new": []}
         for rep in range(a.reps):
             for name, tree in trees.items():
-                r = run_loop(tree, images, a.batch_size, a.workers, a.decode)
+                r = run_loop(tree, images, a.batch_size, a.workers, a.decode, a.decoder_rate)
                 runs[name].append(r)
                 print(f"{name} rep {rep}: {r['img_s']:.0f} img/s, {r['cpu_ms']:.2f} CPU-ms/image "
                       f"(main {r['main_ms']:.3f}), load {os.getloadavg()[0]:.1f}", flush=True)

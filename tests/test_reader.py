@@ -4,6 +4,7 @@ and batches that keep the views' channels-last layout."""
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,71 @@ def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monk
     fx.extract(root, cache=str(tmp_path / "c0"), workers=0, **kw)
     assert len(with_workers) == 4 and all(torch.equal(a, b) for a, b in zip(with_workers, fed, strict=True))
     assert pooled[:4] == [True] * 4 and pooled[4:] == [False] * 4
+
+
+def _raw_batches(tmp_path: Path, n: int = 14, batch: int = 4):
+    from fne.data.datasets import load_dataset
+
+    dataset = load_dataset(_folder(tmp_path, n))
+    prep = Preprocess(32, "center", resize=40)
+    items = reader.ImageItems(dataset, list(range(len(dataset))), prep, raw_jpeg=True)
+    return torch.utils.data.DataLoader(items, batch_size=batch, num_workers=1, collate_fn=reader.collate), prep
+
+
+def test_assembling_ahead_gives_what_assembling_in_line_gives(tmp_path):
+    loader, prep = _raw_batches(tmp_path)
+    inline = list(reader.Assembled(loader, CPU, prep, ahead=0))
+    ahead = reader.Assembled(loader, CPU, prep, ahead=2)
+    got = list(ahead)
+    ahead.close()
+    assert len(got) == len(inline) == 4
+    for (b1, (x1, i1, k1), bad1), (b2, (x2, i2, k2), bad2) in zip(inline, got, strict=True):
+        assert i1 == i2 == b1["idx"] == b2["idx"] and k1 == k2 and bad1 == bad2 == []
+        assert torch.equal(x1, x2) and x1.shape == (len(i1), 1, 3, 32, 32)
+
+
+def test_assembling_ahead_overlaps_the_consumer(tmp_path, monkeypatch):
+    """Batch 2 is decoded while the consumer still holds batch 1 (in line, it could not be)."""
+    import threading
+
+    loader, prep = _raw_batches(tmp_path)
+    started, real = [], reader.decode_raw
+
+    def decode(raw, dev, p):
+        started.append(threading.current_thread().name)
+        return real(raw, dev, p)
+
+    monkeypatch.setattr(reader, "decode_raw", decode)
+    ahead = reader.Assembled(loader, CPU, prep, ahead=1)
+    it = iter(ahead)
+    next(it)
+    deadline = time.monotonic() + 30
+    while len(started) < 2 and time.monotonic() < deadline:  # the consumer holds batch 1
+        time.sleep(0.01)
+    assert len(started) >= 2 and set(started) == {"fne-assemble"}
+    ahead.close()
+
+
+def test_an_error_while_assembling_ahead_reaches_the_consumer_and_close_returns(tmp_path, monkeypatch):
+    loader, prep = _raw_batches(tmp_path)
+    calls = []
+
+    def failing(raw, dev, p):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("decoder fell over")
+        return [torch.zeros(1, 3, 32, 32, dtype=torch.uint8)] * len(raw)
+
+    monkeypatch.setattr(reader, "decode_raw", failing)
+    ahead = reader.Assembled(loader, CPU, prep, ahead=2)
+    seen = 0
+    with pytest.raises(RuntimeError, match="decoder fell over"):
+        for _ in ahead:
+            seen += 1
+    ahead.close()
+    assert seen == 1
+    stopped = reader.Assembled(loader, CPU, prep, ahead=1)  # a consumer that stops after one batch
+    for _ in stopped:
+        break
+    stopped.close()
+    assert not stopped._thread.is_alive()

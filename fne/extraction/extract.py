@@ -249,14 +249,16 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     st, prep = out.stats, spec.preprocess()
     cpu0, t_run = _cpu_seconds(), time.perf_counter()
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
+    # Device decoding blocks its thread until a batch is decoded: on a thread of its own, two
+    # batches ahead, it overlaps this loop's work on the batch before.
+    assembled = reader.Assembled(batches, dev, prep, ahead=2 if spec.decode == "device" else 0)
     try:
         t = time.perf_counter()
-        for batch in batches:
+        for batch, (x, idx, keys), bad in assembled:
             st.read_wait += time.perf_counter() - t
             t = time.perf_counter()
             out.reads += batch["stats"]
-            bad = list(batch["bad"])
-            x, idx, keys = fresh.select(*reader.assemble(batch, dev, prep, bad))
+            x, idx, keys = fresh.select(x, idx, keys)
             rows, event = model(x) if x is not None else (None, None)
             reader.release(batch)  # its pixels are read: their slots go back to the workers
             if x is not None and not st.first_batch[0]:
@@ -267,6 +269,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             bar.update(len(batch["idx"]) + len(batch["bad"]))
             t = time.perf_counter()
     finally:
+        assembled.close()
         bar.close()
         writer.close()  # commits what is buffered, also on Ctrl-C
     del batches  # joins the workers, so that their CPU time is counted below

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+import queue
+import threading
 import uuid
 import warnings
 import weakref
@@ -360,3 +362,84 @@ def assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list):
     if not good:
         return None, [], []
     return torch.stack([slots[p] for p in good]), [idx[p] for p in good], [keys[p] for p in good]
+
+
+class Assembled:
+    """`assemble` over a loader's batches -> (batch, (x, indices, keys), bad) in order, on a thread
+    of its own `ahead` batches in advance when `ahead` > 0.
+
+    Decoding on the device blocks the calling thread until the batch is decoded (torchvision's
+    nvjpeg call ends in a stream synchronisation) and releases the GIL meanwhile: on a thread of
+    its own it overlaps the main thread's work on the batch before (the forward's launches, the
+    writer's hand-over), where in line the two add up. Its kernels go to the same stream as the
+    forward's, so the forward of a batch still follows its decoding. An error on the thread is
+    raised at the next batch; closing (also on an error in the consumer) stops the thread.
+
+    Parameters
+    ----------
+    batches : iterable of dict
+        `collate` batches (a DataLoader).
+    dev : torch.device
+        Where the pixels go.
+    prep : Preprocess
+        The views to make of device-decoded JPEGs.
+    ahead : int
+        Batches assembled in advance (0: in the consumer's thread, one at a time).
+    """
+
+    def __init__(self, batches, dev: torch.device, prep: Preprocess, ahead: int = 0):
+        self.batches, self.dev, self.prep, self.ahead = batches, dev, prep, ahead
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _one(self, batch: dict):
+        bad = list(batch["bad"])
+        return batch, assemble(batch, self.dev, self.prep, bad), bad
+
+    def __iter__(self):
+        if self.ahead < 1:
+            yield from (self._one(b) for b in self.batches)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.ahead)
+        self._thread = threading.Thread(target=self._fill, args=(q,), daemon=True, name="fne-assemble")
+        self._thread.start()
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    def _fill(self, q: queue.Queue) -> None:
+        try:
+            for batch in self.batches:
+                if not self._put(q, self._one(batch)):
+                    return
+            self._put(q, _END)
+        except BaseException as e:  # surfaced in the consumer's thread
+            self._put(q, _Failed(e))
+
+    def _put(self, q: queue.Queue, item) -> bool:
+        """Queue `item` once there is room; False if the consumer closed meanwhile."""
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> None:
+        """Stop the thread (if any) and wait for it: the loader may then be shut down."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+_END = object()
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
