@@ -256,8 +256,8 @@ def _raw_batches(tmp_path: Path, n: int = 14, batch: int = 4):
 
 def test_assembling_ahead_gives_what_assembling_in_line_gives(tmp_path):
     loader, prep = _raw_batches(tmp_path)
-    inline = list(reader.Assembled(loader, CPU, prep, ahead=0))
-    ahead = reader.Assembled(loader, CPU, prep, ahead=2)
+    inline = list(reader.assembled(loader, CPU, prep, ahead=0))
+    ahead = reader.assembled(loader, CPU, prep, ahead=2)
     got = list(ahead)
     ahead.close()
     assert len(got) == len(inline) == 4
@@ -278,13 +278,13 @@ def test_assembling_ahead_overlaps_the_consumer(tmp_path, monkeypatch):
         return real(raw, dev, p)
 
     monkeypatch.setattr(reader, "decode_raw", decode)
-    ahead = reader.Assembled(loader, CPU, prep, ahead=1)
+    ahead = reader.assembled(loader, CPU, prep, ahead=1)
     it = iter(ahead)
     next(it)
     deadline = time.monotonic() + 30
     while len(started) < 2 and time.monotonic() < deadline:  # the consumer holds batch 1
         time.sleep(0.01)
-    assert len(started) >= 2 and set(started) == {"fne-assemble"}
+    assert len(started) >= 2 and set(started) == {"fne-ahead"}
     ahead.close()
 
 
@@ -299,14 +299,14 @@ def test_an_error_while_assembling_ahead_reaches_the_consumer_and_close_returns(
         return [torch.zeros(1, 3, 32, 32, dtype=torch.uint8)] * len(raw)
 
     monkeypatch.setattr(reader, "decode_raw", failing)
-    ahead = reader.Assembled(loader, CPU, prep, ahead=2)
+    ahead = reader.assembled(loader, CPU, prep, ahead=2)
     seen = 0
     with pytest.raises(RuntimeError, match="decoder fell over"):
         for _ in ahead:
             seen += 1
     ahead.close()
     assert seen == 1
-    stopped = reader.Assembled(loader, CPU, prep, ahead=1)  # a consumer that stops after one batch
+    stopped = reader.assembled(loader, CPU, prep, ahead=1)  # a consumer that stops after one batch
     for _ in stopped:
         break
     stopped.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -33,6 +34,21 @@ def digits():
     d = load_dataset("digits")
     y = d.label_indices()
     return d.subset(np.concatenate([np.flatnonzero(y == c)[:16] for c in range(10)]))
+
+
+@pytest.fixture(scope="module")
+def digits_jpegs(tmp_path_factory):
+    """Handwritten digits as RGB JPEG files (4 classes x 12): what the device decoder reads."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root, d = tmp_path_factory.mktemp("digits_jpeg") / "data", load_digits()
+    for c in range(4):
+        (root / str(c)).mkdir(parents=True)
+        for i in np.flatnonzero(d.target == c)[:12]:
+            img = Image.fromarray(np.clip(d.images[i] * 16, 0, 255).astype(np.uint8)).resize((40, 40))
+            img.convert("RGB").save(root / str(c) / f"d{i:04d}.jpg", quality=95)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -385,6 +401,28 @@ def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, 
     assert torch.equal(a, b)  # crops drawn from the seeded CPU generator
     assert not torch.equal(a, c)  # the other path drew other crops
     assert m1["history"][0]["img_s"] > 0
+
+
+def test_decoding_ahead_on_a_thread_changes_no_weight(digits_jpegs, source, tmp_path, monkeypatch):
+    """On CUDA the JPEGs of `--augment-on device` are decoded on a thread ahead of the steps;
+    the crops and flips are still drawn in the steps' thread, in order: the same weights as
+    decoding in line (forced here on the CPU)."""
+    from fne.extraction import reader
+    from fne.training.train import train
+
+    kw = dict(weights=str(source), epochs=1, lr=0.01, augment_on="device", **FAST)
+    train(digits_jpegs, "frozen", tmp_path / "inline", **kw)
+    threads = []
+
+    class Threaded(reader.Ahead):
+        def __init__(self, items, fn, ahead=0):
+            super().__init__(items, lambda b: threads.append(threading.current_thread().name) or fn(b), 2)
+
+    monkeypatch.setattr(reader, "Ahead", Threaded)
+    train(digits_jpegs, "frozen", tmp_path / "ahead", **kw)
+    a, b = (torch.load(tmp_path / r / "model.pt", weights_only=True)["_fc.weight"] for r in ("inline", "ahead"))
+    assert threads and set(threads) == {"fne-ahead"}
+    assert torch.equal(a, b)
 
 
 def test_train_workers_default_like_extract_on_cuda():

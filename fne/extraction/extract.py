@@ -251,7 +251,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
     # Device decoding blocks its thread until a batch is decoded: on a thread of its own, two
     # batches ahead, it overlaps this loop's work on the batch before.
-    assembled = reader.Assembled(batches, dev, prep, ahead=2 if spec.decode == "device" else 0)
+    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" else 0)
     try:
         t = time.perf_counter()
         for batch, (x, idx, keys), bad in assembled:

@@ -364,44 +364,39 @@ def assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list):
     return torch.stack([slots[p] for p in good]), [idx[p] for p in good], [keys[p] for p in good]
 
 
-class Assembled:
-    """`assemble` over a loader's batches -> (batch, (x, indices, keys), bad) in order, on a thread
-    of its own `ahead` batches in advance when `ahead` > 0.
+class Ahead:
+    """`fn(item)` for each item of `items`, in order, computed on a thread of its own `ahead`
+    items in advance (`ahead` = 0: in the consumer's thread, one at a time).
 
-    Decoding on the device blocks the calling thread until the batch is decoded (torchvision's
-    nvjpeg call ends in a stream synchronisation) and releases the GIL meanwhile: on a thread of
-    its own it overlaps the main thread's work on the batch before (the forward's launches, the
-    writer's hand-over), where in line the two add up. Its kernels go to the same stream as the
-    forward's, so the forward of a batch still follows its decoding. An error on the thread is
-    raised at the next batch; closing (also on an error in the consumer) stops the thread.
+    For work that blocks its thread with the GIL released: decoding JPEGs on the device
+    (torchvision's nvjpeg call ends in a stream synchronisation) overlaps the consumer's work on
+    the item before, where in line the two add up. Kernels launched on the thread go to the
+    same stream as the consumer's, so what the consumer launches on a result still follows the
+    work that made it. An error on the thread is raised at the consumer's next item; `close`
+    (also after an error in the consumer) stops the thread and waits for it.
 
     Parameters
     ----------
-    batches : iterable of dict
-        `collate` batches (a DataLoader).
-    dev : torch.device
-        Where the pixels go.
-    prep : Preprocess
-        The views to make of device-decoded JPEGs.
+    items : iterable
+        What to map (a DataLoader's batches).
+    fn : callable
+        item -> result, run on the thread (it must not draw from a shared random generator, so
+        that runs repeat themselves).
     ahead : int
-        Batches assembled in advance (0: in the consumer's thread, one at a time).
+        Results computed in advance.
     """
 
-    def __init__(self, batches, dev: torch.device, prep: Preprocess, ahead: int = 0):
-        self.batches, self.dev, self.prep, self.ahead = batches, dev, prep, ahead
+    def __init__(self, items, fn, ahead: int = 0):
+        self.items, self.fn, self.ahead = items, fn, ahead
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def _one(self, batch: dict):
-        bad = list(batch["bad"])
-        return batch, assemble(batch, self.dev, self.prep, bad), bad
-
     def __iter__(self):
         if self.ahead < 1:
-            yield from (self._one(b) for b in self.batches)
+            yield from (self.fn(item) for item in self.items)
             return
         q: queue.Queue = queue.Queue(maxsize=self.ahead)
-        self._thread = threading.Thread(target=self._fill, args=(q,), daemon=True, name="fne-assemble")
+        self._thread = threading.Thread(target=self._fill, args=(q,), daemon=True, name="fne-ahead")
         self._thread.start()
         while True:
             item = q.get()
@@ -413,8 +408,8 @@ class Assembled:
 
     def _fill(self, q: queue.Queue) -> None:
         try:
-            for batch in self.batches:
-                if not self._put(q, self._one(batch)):
+            for item in self.items:
+                if not self._put(q, self.fn(item)):
                     return
             self._put(q, _END)
         except BaseException as e:  # surfaced in the consumer's thread
@@ -435,6 +430,16 @@ class Assembled:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> Ahead:
+    """`assemble` over a loader's batches -> (batch, (x, indices, keys), bad), `ahead` batches
+    in advance on a thread of its own (see `Ahead`)."""
+    def one(batch: dict):
+        bad = list(batch["bad"])
+        return batch, assemble(batch, dev, prep, bad), bad
+
+    return Ahead(batches, one, ahead)
 
 
 _END = object()

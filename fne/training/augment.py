@@ -135,14 +135,14 @@ class DeviceAugment:
         None; the dataset indices of its rows). Images no decoder reads are appended to `bad`
         as (index, key, error)."""
         idx, n = batch["idx"], len(batch["idx"])
+        decoded = (batch if "decoded" in batch else self.decode(batch, dev))["decoded"]
         boxes = crop_boxes(batch["aspect"], self.scale)
         flip = torch.rand(n) < 0.5
         out: list[torch.Tensor | None] = [None] * n
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # images by size (decoded shape)
         if batch["pixels"] is not None:
             groups[("squashed",)] = list(zip(batch["pix_pos"], batch["pixels"], strict=True))
-        raw = reader.raw_jpegs(batch)
-        for p, data, img in zip(batch["raw_pos"], raw, reader.decode_jpegs(raw, dev) if raw else [], strict=True):
+        for p, data, img in zip(batch["raw_pos"], reader.raw_jpegs(batch), decoded, strict=True):
             if img is not None:
                 groups.setdefault(tuple(img.shape), []).append((p, img))
                 continue
@@ -160,6 +160,14 @@ class DeviceAugment:
         x = torch.stack([out[p] for p in keep])
         f = flip[keep].to(dev).view(-1, 1, 1, 1)
         return torch.where(f, x.flip(-1), x), [idx[p] for p in keep]
+
+    @staticmethod
+    def decode(batch: dict, dev: torch.device) -> dict:
+        """The batch, its JPEGs decoded on `dev` in one call under "decoded" (None where the
+        device decoder refused one). No random draws: it may run on a thread ahead of the steps."""
+        raw = reader.raw_jpegs(batch)
+        batch["decoded"] = reader.decode_jpegs(raw, dev) if raw else []
+        return batch
 
     def _crops(self, members: list[tuple[int, torch.Tensor]], boxes: torch.Tensor, dev: torch.device) -> torch.Tensor:
         """Images of one size, (batch position, uint8 (3, H, W)) -> their boxes' crops, float

@@ -87,8 +87,20 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
 
 def _batches(loader, ctx: Ctx, bar, augment=None):
     """(dataset indices, normalised inputs, labels) of each batch's readable images; `augment`
-    (a `DeviceAugment`) decodes, crops and flips them on the device first."""
-    for batch in loader:
+    (a `DeviceAugment`) decodes, crops and flips them on the device first. On CUDA the JPEGs
+    are decoded on a thread of its own, two batches ahead (`reader.Ahead`): nvjpeg's call
+    blocks its thread until a batch is decoded, which would otherwise stall the steps; the
+    random crops and flips are still drawn here, in batch order."""
+    ahead = 2 if augment is not None and ctx.device.type == "cuda" else 0
+    decoded = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device) if augment else b, ahead)
+    try:
+        yield from _ready(decoded, ctx, bar, augment)
+    finally:
+        decoded.close()
+
+
+def _ready(batches, ctx: Ctx, bar, augment):
+    for batch in batches:
         bad = list(batch["bad"])
         if augment is not None:
             x, idx = augment(batch, ctx.device, bad)
@@ -120,8 +132,9 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
     correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
     t0 = t_shown = time.perf_counter()
     bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
+    batches = _batches(loader, ctx, bar, ctx.augment)
     try:
-        for idx, x, y in _batches(loader, ctx, bar, ctx.augment):
+        for idx, x, y in batches:
             y = y.to(ctx.device, non_blocking=True)
             with autocast(ctx.device, ctx.precision):
                 logits = model(x)
@@ -142,6 +155,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
                 bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{int(correct) / n:.3f}",
                                 img_s=f"{n / max(t_shown - t0, 1e-9):.1f}")
     finally:
+        batches.close()  # stops its decoding thread, also on an error
         bar.close()
     loss_sum, correct = float(loss_sum), int(correct)
     s = time.perf_counter() - t0
@@ -155,14 +169,16 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
     model.eval()
     ids, ys, probs = [], [], []
     bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
+    batches = _batches(loader, ctx, bar)
     try:
-        for idx, x, y in _batches(loader, ctx, bar):
+        for idx, x, y in batches:
             with autocast(ctx.device, ctx.precision):
                 logits = model(x)
             probs.append(torch.softmax(logits.float(), 1))  # on the device until the end: no wait per batch
             ids += idx
             ys.append(y.numpy())
     finally:
+        batches.close()  # stops its decoding thread, also on an error
         bar.close()
     if not ids:
         raise DataError(f"{desc}: no readable images")
