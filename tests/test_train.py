@@ -415,8 +415,8 @@ def test_decoding_ahead_on_a_thread_changes_no_weight(digits_jpegs, source, tmp_
     threads = []
 
     class Threaded(reader.Ahead):
-        def __init__(self, items, fn, ahead=0):
-            super().__init__(items, lambda b: threads.append(threading.current_thread().name) or fn(b), 2)
+        def __init__(self, items, fn, ahead=0, device=None):
+            super().__init__(items, lambda b: threads.append(threading.current_thread().name) or fn(b), 2, device)
 
     monkeypatch.setattr(reader, "Ahead", Threaded)
     train(digits_jpegs, "frozen", tmp_path / "ahead", **kw)

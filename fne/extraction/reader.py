@@ -384,10 +384,13 @@ class Ahead:
         that runs repeat themselves).
     ahead : int
         Results computed in advance.
+    device : torch.device, optional
+        A CUDA device the thread makes its current one (as the consumer's thread did: a rank's
+        GPU), so that its kernels and streams are that device's.
     """
 
-    def __init__(self, items, fn, ahead: int = 0):
-        self.items, self.fn, self.ahead = items, fn, ahead
+    def __init__(self, items, fn, ahead: int = 0, device: torch.device | None = None):
+        self.items, self.fn, self.ahead, self.device = items, fn, ahead, device
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -408,6 +411,8 @@ class Ahead:
 
     def _fill(self, q: queue.Queue) -> None:
         try:
+            if self.device is not None and self.device.type == "cuda" and self.device.index is not None:
+                torch.cuda.set_device(self.device)
             for item in self.items:
                 if not self._put(q, self.fn(item)):
                     return
@@ -439,7 +444,7 @@ def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> A
         bad = list(batch["bad"])
         return batch, assemble(batch, dev, prep, bad), bad
 
-    return Ahead(batches, one, ahead)
+    return Ahead(batches, one, ahead, dev)
 
 
 _END = object()

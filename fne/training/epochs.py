@@ -92,7 +92,7 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
     blocks its thread until a batch is decoded, which would otherwise stall the steps; the
     random crops and flips are still drawn here, in batch order."""
     ahead = 2 if augment is not None and ctx.device.type == "cuda" else 0
-    decoded = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device) if augment else b, ahead)
+    decoded = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device) if augment else b, ahead, ctx.device)
     try:
         yield from _ready(decoded, ctx, bar, augment)
     finally:
