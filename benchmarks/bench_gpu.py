@@ -17,8 +17,9 @@ On one machine, on the same JPEG files:
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
-* training throughput: `fne train` frozen and finetune, EfficientNet-Lite0 (ImageNet weights
-  where installed, else random), img/s of the second epoch on a subset of the images;
+* training throughput: `fne train` frozen and finetune at batch 32 (the default), finetune at
+  batch 256, EfficientNet-Lite0 (ImageNet weights where installed, else random), img/s of the
+  second epoch on a subset of the images;
 * the linear head at the FNE paper's Food-101 size: the torch solver's svm fit on 75,750 x
   12,416 int8 rows of 101 classes (issue 20's GPU goal: <= 60 s).
 
@@ -332,14 +333,14 @@ def train_rows(data: Path, n: int, dev: torch.device, smoke: bool, out: Path) ->
     d = load_dataset(str(data))
     d = d.subset(np.arange(min(n, len(d))))
     rows = []
-    for mode in ("frozen", "finetune"):
-        kw = dict(arch="efficientnet_lite0", weights=weights, epochs=2, batch_size=32, lr=0.01, progress=False,
+    for mode, batch in (("frozen", 32), ("finetune", 32), ("finetune", 256)):  # 256: does the batch size bound it?
+        kw = dict(arch="efficientnet_lite0", weights=weights, epochs=2, batch_size=batch, lr=0.01, progress=False,
                   device=str(dev), val_fraction=0.1)
         if smoke:  # the device path of the augmentation, on the CPU: tests it
             kw.update(image_size=32, workers=0, augment_on="device")
-        m = train(d, mode, out / mode, **kw)
+        m = train(d, mode, out / f"{mode}{batch}", **kw)
         h = m["history"][-1]
-        rows.append((f"fne train {mode} (EfficientNet-Lite0 {weights}, batch 32, augment on "
+        rows.append((f"fne train {mode} (EfficientNet-Lite0 {weights}, batch {batch}, augment on "
                      f"{m.get('augment_on')}, {m.get('workers')} workers)", f"{h['img_s']:,.0f} img/s",
                      f"epoch 2 of {m['n_train']} images: {h['seconds']:.1f} s"))
     return rows
