@@ -78,7 +78,7 @@ if decode == "device":  # the host's share of device decoding: JPEG bytes travel
     view = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)  # pixels stay on the GPU: none to copy here
     rate = float(sys.argv[6])  # > 0: block as nvjpeg's call does (GIL released) for len(raw) / rate s
 
-    def stand_in(raw, dev, prep):
+    def stand_in(raw, dev, prep, sizes=None):
         if rate > 0:
             time.sleep(len(raw) / rate)
         return [view] * len(raw)

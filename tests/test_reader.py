@@ -68,6 +68,32 @@ def test_device_resize_is_one_call_per_image_size(monkeypatch):
     assert sorted(c[0] for c in calls) == [1, 1, 1, 3]  # 450x313 three times: one batched call
 
 
+def test_large_photos_are_decoded_in_parts_with_the_same_pixels(monkeypatch):
+    """Given their sizes, JPEGs are decoded in consecutive parts of at most DECODE_PIXELS pixels
+    (an image larger than that alone), with the pixels of one call."""
+    prep = Preprocess(224)
+    jpegs = [_raw(_jpeg(w, h, j)) for j, (w, h) in enumerate(SIZES)]
+    whole = reader.decode_raw(jpegs, CPU, prep)
+    calls, real = [], reader.decode_jpegs
+    monkeypatch.setattr(reader, "decode_jpegs", lambda raw, dev: calls.append(len(raw)) or real(raw, dev))
+    monkeypatch.setattr(reader, "DECODE_PIXELS", 450 * 313 * 2)
+    parts = reader.decode_raw(jpegs, CPU, prep, SIZES)
+    assert calls == [2, 2, 1, 1]  # 450x313 twice; 450x313 + 257x301 ... 640x427 alone
+    assert all(torch.equal(a, b) for a, b in zip(whole, parts, strict=True))
+    assert [list(r) for r in reader._parts([(10, 10)] * 3, 3)] == [[0, 1, 2]]
+    assert reader._parts([], 0) == []
+
+
+def test_workers_send_each_jpegs_size_from_its_header(tmp_path):
+    from fne.data.datasets import load_dataset
+
+    dataset = load_dataset(_folder(tmp_path, 6))
+    items = reader.ImageItems(dataset, list(range(6)), Preprocess(32, resize=40), raw_jpeg=True)
+    batch = reader.collate([items[j] for j in range(6)])
+    want = [Image.open(dataset.sources[i]).size for i in batch["idx"]]
+    assert batch["raw_sizes"] == want and len(want) == 6
+
+
 def test_refused_jpeg_goes_to_pil_and_unreadable_is_named(monkeypatch):
     prep = Preprocess(224)
     good, refused = _jpeg(300, 200, 1), _jpeg(200, 300, 2)
@@ -273,9 +299,9 @@ def test_assembling_ahead_overlaps_the_consumer(tmp_path, monkeypatch):
     loader, prep = _raw_batches(tmp_path)
     started, real = [], reader.decode_raw
 
-    def decode(raw, dev, p):
+    def decode(raw, dev, p, *a):
         started.append(threading.current_thread().name)
-        return real(raw, dev, p)
+        return real(raw, dev, p, *a)
 
     monkeypatch.setattr(reader, "decode_raw", decode)
     ahead = reader.assembled(loader, CPU, prep, ahead=1)
@@ -292,7 +318,7 @@ def test_an_error_while_assembling_ahead_reaches_the_consumer_and_close_returns(
     loader, prep = _raw_batches(tmp_path)
     calls = []
 
-    def failing(raw, dev, p):
+    def failing(raw, dev, p, *a):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("decoder fell over")

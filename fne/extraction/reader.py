@@ -94,8 +94,9 @@ class ImageItems(torch.utils.data.Dataset):
             return i, None, None, f"cannot read: {e.strerror or e}", None
         key = content_key(data)
         try:
-            if self.raw_jpeg and _plain_jpeg(data):  # by its header: Parquet rows have no file name
-                return i, key, bytes(data), None, stat  # packed with the batch's others by `collate`
+            size = _plain_jpeg(data) if self.raw_jpeg else None  # by its header: Parquet rows have no name
+            if size is not None:
+                return i, key, Jpeg.of(data, size), None, stat  # packed with the batch's others by `collate`
             return i, key, self.prep(read_image(io.BytesIO(data))), None, stat
         except Exception as e:  # unreadable, truncated or not an image: skip it, say why
             return i, key, None, why_unreadable(e), stat
@@ -109,22 +110,35 @@ def why_unreadable(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _plain_jpeg(data: bytes) -> bool:
-    """True for a JPEG (by its first bytes and header, whatever its name) that a device decoder
-    decodes as PIL does (else PIL decodes)."""
+def _plain_jpeg(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a JPEG (known by its first bytes and header, whatever its name) that a
+    device decoder decodes as PIL does; None for anything else (PIL decodes it)."""
     from PIL import Image
 
     if bytes(data[:2]) != b"\xff\xd8":  # JPEG's start-of-image marker: PNGs and others go to PIL
-        return False
+        return None
     with Image.open(io.BytesIO(data)) as img:  # reads the header only
-        return img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
+        plain = img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
+        return img.size if plain else None
+
+
+class Jpeg(bytes):
+    """A JPEG file's bytes with its (width, height), read from its header in the worker."""
+
+    size: tuple[int, int]
+
+    @classmethod
+    def of(cls, data: bytes, size: tuple[int, int]) -> Jpeg:
+        j = cls(data)
+        j.size = size
+        return j
 
 
 def collate(items):
     """-> dict: `idx`/`keys`/`stats` of the good items in batch order; `pixels` stacks the decoded
     ones (in shared memory when run in a loader worker: one copy, none on the way to the main
     process); `raw`/`raw_ends` pack the JPEG bytes of the others end to end (`pack_raw`; read
-    them with `raw_jpegs`); `bad` lists (index, key or None, error). Where the dataset shares a
+    them with `raw_jpegs`), `raw_sizes` their (width, height); `bad` lists (index, key or None, error). Where the dataset shares a
     `SlotPool`, `pixels` is None and `slots` says where they lie in it (`pixels_of`)."""
     out = {"idx": [], "keys": [], "stats": [], "pix": [], "pix_pos": [], "jpeg": [], "raw_pos": [], "bad": []}
     for i, key, x, err, stat in items:
@@ -139,6 +153,7 @@ def collate(items):
         out["idx"].append(i)
         out["keys"].append(key)
     out["pixels"] = _stack(out.pop("pix"), out) if out["pix_pos"] else None
+    out["raw_sizes"] = [j.size for j in out["jpeg"]]
     out["raw"], out["raw_ends"] = pack_raw(out.pop("jpeg"))
     return out
 
@@ -315,12 +330,38 @@ def decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tenso
             return imgs
 
 
-def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> list[torch.Tensor | str]:
+DECODE_PIXELS = 64 << 20  # pixels decoded at once (~192 MiB as uint8, 4x that while resizing)
+
+
+def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess,
+               sizes: list[tuple[int, int]] | None = None) -> list[torch.Tensor | str]:
     """JPEG bytes -> (V, 3, S, S) uint8 on `dev` per image, or an error string.
 
     Decoded in one call, then resized in batches: the images of one size share one resize
-    call. What the device decoder refuses, PIL may still read; what both refuse is an error.
+    call. Given the images' (width, height), a batch of large photos is decoded in parts of at
+    most `DECODE_PIXELS` pixels (a batch of 256 twelve-megapixel photos would take 9 GiB
+    decoded). What the device decoder refuses, PIL may still read; what both refuse is an error.
     """
+    out: list[torch.Tensor | str] = []
+    for part in _parts(sizes, len(raw)):
+        out += _decode_part([raw[p] for p in part], dev, prep)
+    return out
+
+
+def _parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
+    """Consecutive runs of images holding at most `DECODE_PIXELS` pixels (at least one image)."""
+    if sizes is None:
+        return [range(n)]
+    parts, start, total = [], 0, 0
+    for p, (w, h) in enumerate(sizes):
+        if p > start and total + w * h > DECODE_PIXELS:
+            parts.append(range(start, p))
+            start, total = p, 0
+        total += w * h
+    return [*parts, range(start, n)] if n else []
+
+
+def _decode_part(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> list[torch.Tensor | str]:
     imgs = decode_jpegs(raw, dev)
     out: list[torch.Tensor | str | None] = [None] * len(raw)
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -349,7 +390,7 @@ def assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list):
         pixels = pixels.to(dev, non_blocking=True)
     if batch["raw"] is None:
         return pixels, idx, keys
-    decoded = decode_raw(raw_jpegs(batch), dev, prep)
+    decoded = decode_raw(raw_jpegs(batch), dev, prep, batch.get("raw_sizes"))
     slots: list[torch.Tensor | None] = [None] * len(idx)
     for pos, x in zip(batch["pix_pos"], pixels if pixels is not None else [], strict=True):
         slots[pos] = x

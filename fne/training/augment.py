@@ -60,9 +60,8 @@ class SizedItems(reader.ImageItems):
         self.prep.last_aspect = 1.0
         item = super().__getitem__(j)
         x = item[2]
-        if isinstance(x, bytes):  # JPEG bytes: the size from the header
-            with Image.open(io.BytesIO(x)) as img:
-                return (*item, img.width / img.height)
+        if isinstance(x, reader.Jpeg):  # JPEG bytes: the size read from the header
+            return (*item, x.size[0] / x.size[1])
         return (*item, self.prep.last_aspect)
 
 
