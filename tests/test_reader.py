@@ -80,8 +80,8 @@ def test_large_photos_are_decoded_in_parts_with_the_same_pixels(monkeypatch):
     parts = reader.decode_raw(jpegs, CPU, prep, SIZES)
     assert calls == [2, 2, 1, 1]  # 450x313 twice; 450x313 + 257x301 ... 640x427 alone
     assert all(torch.equal(a, b) for a, b in zip(whole, parts, strict=True))
-    assert [list(r) for r in reader._parts([(10, 10)] * 3, 3)] == [[0, 1, 2]]
-    assert reader._parts([], 0) == []
+    assert [list(r) for r in reader.parts([(10, 10)] * 3, 3)] == [[0, 1, 2]]
+    assert reader.parts([], 0) == []
 
 
 def test_workers_send_each_jpegs_size_from_its_header(tmp_path):

@@ -354,9 +354,10 @@ def test_device_decoded_and_squashed_images_get_the_same_crop():
     assert len(bad) == 1 and bad[0][:2] == (1, "k1")
 
 
-def test_device_augment_crops_each_image_size_in_one_call(monkeypatch):
-    """Device-decoded JPEGs of one size share one roi_align call, and each crop is what a call
-    for that image alone gives with its box."""
+@pytest.mark.parametrize("budget, want_calls", [(None, [1, 1, 3]), (90 * 60 * 2, [1, 1, 1, 2])])
+def test_device_augment_crops_each_image_size_in_one_call(monkeypatch, budget, want_calls):
+    """Device-decoded JPEGs of one size share one roi_align call (large photos: as many as fit
+    in DECODE_PIXELS), and each crop is what a call for that image alone gives with its box."""
     import io
 
     import torchvision.ops
@@ -371,6 +372,10 @@ def test_device_augment_crops_each_image_size_in_one_call(monkeypatch):
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
         raw.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
+    if budget is not None:
+        from fne.extraction import reader
+
+        monkeypatch.setattr(reader, "DECODE_PIXELS", budget)
     calls, real = [], torchvision.ops.roi_align
     monkeypatch.setattr(torchvision.ops, "roi_align", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
     aspect = torch.tensor([w / h for w, h in sizes])
@@ -379,7 +384,7 @@ def test_device_augment_crops_each_image_size_in_one_call(monkeypatch):
     flip = torch.rand(len(sizes)) < 0.5
     torch.manual_seed(3)
     out, idx = augment.DeviceAugment(24, 48)(_batch(raw=raw, aspect=aspect), torch.device("cpu"), [])
-    assert sorted(calls) == [1, 1, 3] and idx == list(range(5))
+    assert sorted(calls) == want_calls and idx == list(range(5))
     from torchvision.io import decode_jpeg
 
     for p, (w, h) in enumerate(sizes):

@@ -343,22 +343,22 @@ def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess,
     decoded). What the device decoder refuses, PIL may still read; what both refuse is an error.
     """
     out: list[torch.Tensor | str] = []
-    for part in _parts(sizes, len(raw)):
+    for part in parts(sizes, len(raw)):
         out += _decode_part([raw[p] for p in part], dev, prep)
     return out
 
 
-def _parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
+def parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
     """Consecutive runs of images holding at most `DECODE_PIXELS` pixels (at least one image)."""
     if sizes is None:
         return [range(n)]
-    parts, start, total = [], 0, 0
+    out, start, total = [], 0, 0
     for p, (w, h) in enumerate(sizes):
         if p > start and total + w * h > DECODE_PIXELS:
-            parts.append(range(start, p))
+            out.append(range(start, p))
             start, total = p, 0
         total += w * h
-    return [*parts, range(start, n)] if n else []
+    return [*out, range(start, n)] if n else []
 
 
 def _decode_part(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> list[torch.Tensor | str]:

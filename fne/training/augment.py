@@ -150,9 +150,12 @@ class DeviceAugment:
                 groups.setdefault(("squashed",), []).append((p, squashed))
             except Exception as e:
                 bad.append((idx[p], batch["keys"][p], reader.why_unreadable(e)))
-        for members in groups.values():  # one roi_align per size: every crop of that size at once
-            for p, y in zip([p for p, _ in members], self._crops(members, boxes, dev), strict=True):
-                out[p] = y
+        for members in groups.values():  # one roi_align per size (large photos: per DECODE_PIXELS)
+            sizes = [(img.shape[-1], img.shape[-2]) for _, img in members]
+            for part in reader.parts(sizes, len(members)):
+                some = [members[j] for j in part]
+                for p, y in zip([p for p, _ in some], self._crops(some, boxes, dev), strict=True):
+                    out[p] = y
         keep = [p for p in range(n) if out[p] is not None]
         if not keep:
             return None, []
