@@ -6,8 +6,9 @@ once. Views are torchvision's pixels (`Preprocess`), channels-last, and a batch 
 straight into shared memory (one copy on the way to the main process): into slots of a
 `SlotPool` reused batch after batch where the main process gives them back (`release`), since
 fresh shared memory for every batch cost the kernel about 0.1 ms per image. Plain JPEGs may instead
-travel as their bytes, to be decoded where the network runs (`decode="device"`): one batched
-decode call, then one resize call per image size.
+travel as their bytes, a batch's packed in one tensor, to be decoded where the network runs
+(`decode="device"`): one batched decode call (several for large photos), then one resize call
+per image size, on a thread of its own ahead of the loop (`Ahead`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ImageItems(torch.utils.data.Dataset):
     pixels: what `prep` makes of the RGB PIL image (extract: `Preprocess`' uint8 (V, 3, S, S)
     views; train: its transform's one uint8 (3, S, S) view). With `raw_jpeg`, plain JPEGs (RGB or
     grey, no EXIF rotation; files, tar members or Parquet cells alike) travel as their bytes
-    (`bytes`) for the device decoder.
+    with their size (`Jpeg`) for the device decoder.
     `stat` is (size, mtime_ns) of a file taken before it was read (for the manifest), None for
     arrays.
     """
@@ -138,8 +139,9 @@ def collate(items):
     """-> dict: `idx`/`keys`/`stats` of the good items in batch order; `pixels` stacks the decoded
     ones (in shared memory when run in a loader worker: one copy, none on the way to the main
     process); `raw`/`raw_ends` pack the JPEG bytes of the others end to end (`pack_raw`; read
-    them with `raw_jpegs`), `raw_sizes` their (width, height); `bad` lists (index, key or None, error). Where the dataset shares a
-    `SlotPool`, `pixels` is None and `slots` says where they lie in it (`pixels_of`)."""
+    them with `raw_jpegs`), `raw_sizes` their (width, height); `bad` lists (index, key or None,
+    error). Where the dataset shares a `SlotPool`, `pixels` is None and `slots` says where they
+    lie in it (`pixels_of`)."""
     out = {"idx": [], "keys": [], "stats": [], "pix": [], "pix_pos": [], "jpeg": [], "raw_pos": [], "bad": []}
     for i, key, x, err, stat in items:
         if stat is not None:
