@@ -143,6 +143,23 @@ def test_full_import_builds_on_meta_and_draws_only_the_new_layers(source, monkey
     assert a._fc.weight.shape == (10, 1280) and a.training
 
 
+def test_an_architecture_that_cannot_be_built_on_meta_is_built_for_real(tmp_path):
+    """torchvision's regnets run init code that needs real tensors: build_model falls back to
+    an ordinary seeded build and imports into it."""
+    arch = "regnet_y_400mf"
+    with pytest.raises(NotImplementedError), torch.device("meta"):
+        backbones.get(arch).build(1000)
+    state = backbones.load_backbone(arch, "random", seed=2).state_dict()
+    torch.save(state, tmp_path / "w.pth")
+    from fne.training.transfer import build_model
+
+    model, report, renew = build_model(arch, "frozen", 7, str(tmp_path / "w.pth"))
+    got = model.state_dict()
+    assert renew == ("fc",) and got["fc.weight"].shape == (7, 440) and len(report.imported) > 300
+    assert all(torch.equal(got[n], state[n]) for n in report.imported)
+    assert not any(t.is_meta for t in got.values())
+
+
 def test_train_bn_decides_which_batchnorm_layers_keep_imported_statistics(source):
     from fne.training.transfer import build_model, kept_statistics, train_mode
 

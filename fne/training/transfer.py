@@ -102,12 +102,13 @@ def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet
         model = backbones.seeded_build(scratch, seed, dev)
         return model, None, tuple(n for n, _ in model.named_modules() if n)
     state = source_state(arch, weights, weights_seed, dev)
-    with torch.device("meta"):
-        model = b.build(1000)
-    with backbones.seeded(seed, dev), dev:
-        _renew(model, b, renew, num_classes)
-    report = backbones.import_matching(model, state, skip=renew, assign=True)
-    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a partial import
+    model = _on_meta(b)
+    if model is not None:
+        with backbones.seeded(seed, dev), dev:
+            _renew(model, b, renew, num_classes)
+        report = backbones.import_matching(model, state, skip=renew, assign=True)
+    if model is None or any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        # init code that needs real tensors, non-persistent buffers, or a partial import
         def partial() -> nn.Module:
             model = b.build(1000)
             _renew(model, b, renew, num_classes)
@@ -117,6 +118,16 @@ def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet
         report = backbones.import_matching(model, state, skip=renew)
     _check_import(report, mode, arch, weights)
     return model, report, renew
+
+
+def _on_meta(b: backbones.Backbone) -> nn.Module | None:
+    """The 1000-class network built on the meta device (no memory, no initialisation), or None
+    where its init code needs real tensors (torchvision's regnets, for one)."""
+    try:
+        with torch.device("meta"):
+            return b.build(1000)
+    except Exception:
+        return None
 
 
 def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> None:
