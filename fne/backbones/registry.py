@@ -438,15 +438,12 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
         state = {k: v.to(dev) for k, v in b.imagenet().items()}
         return build_assign(build, state).eval().to(dev)
     state = read_state_dict(weights, dev)
-    try:
-        with torch.device("meta"):
-            model = build()
-        model.load_state_dict(state, strict=True, assign=True)
-        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            return model.eval().to(dev)
-    except Exception:  # not an exact fit: import by name and shape, and say what is missing
-        pass
-    model = build()
+    from fne.backbones import zoo
+
+    model = zoo.assigned(build, state)
+    if model is not None:
+        return model.eval().to(dev)
+    model = build()  # not an exact fit: import by name and shape, and say what is missing
     report = import_matching(model, state)
     missing = [n for n, _ in report.skipped if not n.startswith(b.classifier + ".")]
     if missing:

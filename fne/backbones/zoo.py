@@ -230,17 +230,34 @@ def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:
     """Build on the meta device and adopt `state`'s tensors (no random initialisation); a model
     that does not fit that way (non-persistent buffers, init code that needs real tensors) is
     built normally and loaded."""
+    model = assigned(build, state)
+    if model is None:  # an ordinary build, which reports real mismatches itself
+        model = build()
+        model.load_state_dict(state)
+    return model
+
+
+def assigned(build: Callable[[], nn.Module], state: dict) -> nn.Module | None:
+    """`build()` on the meta device holding exactly `state`'s tensors, or None where it does
+    not fit that way (a mismatch, non-persistent buffers, init code that needs real tensors)."""
+    model = on_meta(build)
+    if model is None:
+        return None
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except Exception:
+        return None
+    return None if any(t.is_meta for t in (*model.parameters(), *model.buffers())) else model
+
+
+def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """`build()` on the meta device (no memory, no initialisation), or None where its init code
+    needs real tensors (torchvision's regnets, for one)."""
     try:
         with torch.device("meta"):
-            model = build()
-        model.load_state_dict(state, strict=True, assign=True)
-        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
-            return model
-    except Exception:  # fall back to an ordinary build, which reports real mismatches itself
-        pass
-    model = build()
-    model.load_state_dict(state)
-    return model
+            return build()
+    except Exception:
+        return None
 
 
 def _suggest(name: str, names: list[str]) -> str:

@@ -91,8 +91,11 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
     are decoded on a thread of its own, two batches ahead (`reader.Ahead`): nvjpeg's call
     blocks its thread until a batch is decoded, which would otherwise stall the steps; the
     random crops and flips are still drawn here, in batch order."""
-    ahead = 2 if augment is not None and ctx.device.type == "cuda" else 0
-    decoded = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device) if augment else b, ahead, ctx.device)
+    if augment is None:
+        yield from _ready(loader, ctx, bar, None)
+        return
+    decoded = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device), 2 if ctx.device.type == "cuda" else 0,
+                           ctx.device)
     try:
         yield from _ready(decoded, ctx, bar, augment)
     finally:

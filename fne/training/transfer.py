@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from fne.backbones import registry as backbones
+from fne.backbones import zoo
 from fne.backbones.registry import ImportReport
 from fne.errors import FneError, WeightsError
 from fne.names import MODES, NEW_LAYERS
@@ -102,7 +103,7 @@ def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet
         model = backbones.seeded_build(scratch, seed, dev)
         return model, None, tuple(n for n, _ in model.named_modules() if n)
     state = source_state(arch, weights, weights_seed, dev)
-    model = _on_meta(b)
+    model = zoo.on_meta(lambda: b.build(1000))
     if model is not None:
         with backbones.seeded(seed, dev), dev:
             _renew(model, b, renew, num_classes)
@@ -118,16 +119,6 @@ def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet
         report = backbones.import_matching(model, state, skip=renew)
     _check_import(report, mode, arch, weights)
     return model, report, renew
-
-
-def _on_meta(b: backbones.Backbone) -> nn.Module | None:
-    """The 1000-class network built on the meta device (no memory, no initialisation), or None
-    where its init code needs real tensors (torchvision's regnets, for one)."""
-    try:
-        with torch.device("meta"):
-            return b.build(1000)
-    except Exception:
-        return None
 
 
 def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> None:
