@@ -14,6 +14,8 @@ On one machine, on the same JPEG files:
   seconds, and the share of the run spent waiting on the reader (high: the host bounds it);
 * the peer: the extraction script the field writes by hand (torchvision ImageFolder + DataLoader
   with every core + forward hooks pooling each of the same taps + np.save), as a subprocess;
+* the device path's decoding and its batched resize + crop alone, on a batch of those JPEGs and
+  on one of the source dataset's own mixed sizes;
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
@@ -158,6 +160,29 @@ def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: i
         taps.forward(tap, x, dev, prec)
 
     out["tap"] = _rate(run_tap, batch, dev, seconds)
+    return out
+
+
+def decode_rows(uniform: list[Path], dev: torch.device, batch: int, seconds: float) -> list[tuple]:
+    """The device path's decoding and resizing alone (`fne extract --decode device`'s work on
+    a batch): img/s of the batched decode, and of the batched resize + crop on the benchmark's
+    uniform JPEGs and on the source dataset's own mixed sizes (pets37: ~90 sizes in 256)."""
+    from fne.backbones.preprocess import Preprocess
+    from fne.backbones.resample import resize_views
+    from fne.extraction import reader
+
+    mixed = _source_files()[0][:batch]
+    prep, out = Preprocess(224), []
+    for name, files in (("uniform", uniform[:batch]), ("mixed", mixed)):
+        raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+        imgs = reader.decode_jpegs(raw, dev)
+        if not files or any(i is None for i in imgs):
+            continue
+        sizes = len({tuple(i.shape) for i in imgs})
+        dec = _rate(lambda raw=raw: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
+        rs = _rate(lambda imgs=imgs: resize_views(imgs, prep), len(imgs), dev, seconds)
+        out.append((f"decode {len(raw)} JPEGs on {dev.type} ({name}: {sizes} sizes)", f"{dec:,.0f} img/s",
+                    f"resize + crop to 224 in one call: {rs:,.0f} img/s"))
     return out
 
 
@@ -441,6 +466,8 @@ def main(argv=None) -> int:
     row(f"peer: ImageFolder + DataLoader ({os.cpu_count()} workers) + hooks + np.save",
         f"run {r['img_s']:,.0f} img/s", f"wall {wall:.1f} s incl. start, {cpu:.0f} CPU-s")
 
+    for r in decode_rows(sorted(imgs.rglob("*.jpg")), dev, batch, seconds):
+        row(*r)
     files = sorted(imgs.rglob("*.jpg"))[: (8 if smoke else 64)]
     for r in device_rows(arch, weights, files, dev, smoke):
         row(*r)

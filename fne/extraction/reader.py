@@ -7,8 +7,9 @@ straight into shared memory (one copy on the way to the main process): into slot
 `SlotPool` reused batch after batch where the main process gives them back (`release`), since
 fresh shared memory for every batch cost the kernel about 0.1 ms per image. Plain JPEGs may instead
 travel as their bytes, a batch's packed in one tensor, to be decoded where the network runs
-(`decode="device"`): one batched decode call (several for large photos), then one resize call
-per image size, on a thread of its own ahead of the loop (`Ahead`).
+(`decode="device"`): one batched decode call (several for large photos), then one batched
+resize and crop whatever the images' sizes (`resample`), on a thread of its own ahead of the
+loop (`Ahead`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from fne.backbones.preprocess import Preprocess
+from fne.backbones.resample import resize_views
 from fne.data.datasets import Dataset, content_key, read_image
 
 
@@ -290,30 +292,6 @@ def release(batch: dict) -> None:
         pool.busy[slots[1]:slots[1] + slots[2][0]] = 0
 
 
-def _device_views(x: torch.Tensor, prep: Preprocess) -> torch.Tensor:
-    """float (N, 3, H, W) of one size -> float (N, V, 3, S, S): `Preprocess`' geometry, on x's device.
-
-    Antialiased, with the weights' interpolation, like PIL's resize; pixels differ from PIL's
-    by a rounding step here and there, which is why device-decoded rows live in their own store.
-    """
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as F
-
-    s, how = prep.size, InterpolationMode(prep.interpolation)
-    h, w = x.shape[-2:]
-    rw, rh = prep.resized_size(w, h)
-    if (rh, rw) != (h, w):
-        x = F.resize(x, [rh, rw], interpolation=how, antialias=True)
-    if prep.crop == "squash":
-        return x[:, None]
-    boxes = prep.boxes(rw, rh)
-    crops = [x[..., y:y + s, x0:x0 + s] for x0, y in boxes]
-    if prep.crop == "ten":  # TenCrop: the five crops of the mirrored image come second
-        flipped = x.flip(-1)
-        crops += [flipped[..., y:y + s, x0:x0 + s] for x0, y in boxes]
-    return torch.stack(crops, dim=1)
-
-
 def decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
     """One batched decode (nvjpeg on CUDA); if it fails, one by one, None where refused."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -339,8 +317,8 @@ def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess,
                sizes: list[tuple[int, int]] | None = None) -> list[torch.Tensor | str]:
     """JPEG bytes -> (V, 3, S, S) uint8 on `dev` per image, or an error string.
 
-    Decoded in one call, then resized in batches: the images of one size share one resize
-    call. Given the images' (width, height), a batch of large photos is decoded in parts of at
+    Decoded in one call, then resized and cropped together whatever their sizes
+    (`resample.resize_views`: two batched matrix products with PIL's coefficients). Given the images' (width, height), a batch of large photos is decoded in parts of at
     most `DECODE_PIXELS` pixels (a batch of 256 twelve-megapixel photos would take 9 GiB
     decoded). What the device decoder refuses, PIL may still read; what both refuse is an error.
     """
@@ -366,20 +344,16 @@ def parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
 def _decode_part(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> list[torch.Tensor | str]:
     imgs = decode_jpegs(raw, dev)
     out: list[torch.Tensor | str | None] = [None] * len(raw)
-    groups: dict[tuple[int, ...], list[int]] = {}
     for p, img in enumerate(imgs):
         if img is not None:
-            groups.setdefault(tuple(img.shape), []).append(p)
             continue
         try:  # what the device decoder refused, PIL may still read
             out[p] = prep(read_image(io.BytesIO(raw[p].numpy().tobytes()))).to(dev)
         except Exception as e:
             out[p] = f"{type(e).__name__}: {e}"
-    for ps in groups.values():
-        x = torch.stack([imgs[p] for p in ps]).float()
-        views = _device_views(x, prep).round_().clamp_(0, 255).to(torch.uint8)
-        for p, v in zip(ps, views, strict=True):
-            out[p] = v
+    good = [p for p, img in enumerate(imgs) if img is not None]
+    for p, views in zip(good, resize_views([imgs[p] for p in good], prep), strict=True):
+        out[p] = views
     return out
 
 
