@@ -21,15 +21,29 @@ SIZES = [(450, 313), (313, 450), (257, 301), (640, 427), (224, 224), (1000, 150)
 def test_coefficients_are_pils(how, n_in, n_out):
     """Each filter resizes a line as PIL resizes a float ("F") image, which has no 8-bit step."""
     line = np.random.default_rng(n_in * n_out).uniform(0, 255, n_in).astype(np.float32)
-    pil = np.asarray(Image.fromarray(line[None], mode="F").resize((n_out, 1), _PIL_FILTERS[how]))[0]
-    first, w = resample.axis_weights(n_in, n_out, 0, 1, n_out, how)
-    got = (w * line[np.minimum(first[:, None] + np.arange(w.shape[1]), n_in - 1)]).sum(axis=1)
-    np.testing.assert_allclose(got, pil, atol=1e-3)
+    f = _PIL_FILTERS[how]
+    pil = np.asarray(Image.fromarray(line[None]).resize((n_out, 1), f))[0]
+    np.testing.assert_allclose(_apply(line, (n_in, n_in / n_out, 0, 1, 0.0), n_out, how), pil, atol=1e-3)
     # a crop of the outputs, and the same crop mirrored, read the same coefficients
-    f2, w2 = resample.axis_weights(n_in, n_out, n_out // 3, 1, n_out // 2, how)
-    f3, w3 = resample.axis_weights(n_in, n_out, n_out // 3 + n_out // 2 - 1, -1, n_out // 2, how)
-    assert np.array_equal(f2, first[n_out // 3:n_out // 3 + n_out // 2]) and np.array_equal(f3, f2[::-1])
-    assert np.allclose(w3, w2[::-1])
+    a, m = n_out // 3, n_out // 2
+    lines = np.array([(n_in, n_in / n_out, 0, 1, 0.0), (n_in, n_in / n_out, a, 1, 0.0),
+                      (n_in, n_in / n_out, a + m - 1, -1, 0.0)])
+    first, last, w = resample.line_weights(lines, n_out, how)
+    assert np.array_equal(first[1, :m], first[0, a:a + m]) and np.array_equal(first[2, :m], first[1, :m][::-1])
+    assert np.allclose(w[1, :m], w[0, a:a + m]) and np.allclose(w[2, :m], w[1, :m][::-1])
+    assert (first[:, :m] < last[:, :m]).all() and (last[:, :m] <= n_in).all()
+    # a box of the line resized (PIL's resize(box=...)): training's random crops
+    x0, x1 = (float(np.float32(n_in * f)) for f in (0.21, 0.83))  # PIL holds a box in float32
+    if how != "nearest":
+        pil = np.asarray(Image.fromarray(line[None]).resize((n_out, 1), f, box=(x0, 0, x1, 1)))[0]
+        scale = float(np.float32(x1) - np.float32(x0)) / n_out  # PIL subtracts in float32 too
+        np.testing.assert_allclose(_apply(line, (n_in, scale, 0, 1, x0), n_out, how), pil, atol=1e-3)
+
+
+def _apply(line: np.ndarray, spec: tuple, s: int, how: str) -> np.ndarray:
+    first, _, w = resample.line_weights(np.array([spec], dtype=np.float64), s, how)
+    taps = np.minimum(first[0, :, None] + np.arange(w.shape[-1]), len(line) - 1)
+    return (w[0] * line[taps]).sum(axis=1)
 
 
 def _images(seed: int = 0) -> list[torch.Tensor]:

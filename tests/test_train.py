@@ -371,15 +371,16 @@ def test_device_decoded_and_squashed_images_get_the_same_crop():
     assert len(bad) == 1 and bad[0][:2] == (1, "k1")
 
 
-@pytest.mark.parametrize("budget, want_calls", [(None, [1, 1, 3]), (90 * 60 * 2, [1, 1, 1, 2])])
-def test_device_augment_crops_each_image_size_in_one_call(monkeypatch, budget, want_calls):
-    """Device-decoded JPEGs of one size share one roi_align call (large photos: as many as fit
-    in DECODE_PIXELS), and each crop is what a call for that image alone gives with its box."""
+def test_device_augment_crops_a_batch_of_any_sizes_in_one_call_as_pil_resizes_each_box(monkeypatch):
+    """Device-decoded JPEGs of several sizes are cropped in one call, each crop what PIL's
+    antialiased bilinear resize of its box gives (torchvision's RandomResizedCrop on a PIL
+    image), mirrored where flipped."""
     import io
 
-    import torchvision.ops
     from PIL import Image
+    from torchvision.io import decode_jpeg
 
+    from fne.backbones import resample
     from fne.training import augment
 
     sizes = [(90, 60), (60, 90), (90, 60), (90, 60), (70, 50)]
@@ -389,26 +390,23 @@ def test_device_augment_crops_each_image_size_in_one_call(monkeypatch, budget, w
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
         raw.append(torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8))
-    if budget is not None:
-        from fne.extraction import reader
-
-        monkeypatch.setattr(reader, "DECODE_PIXELS", budget)
-    calls, real = [], torchvision.ops.roi_align
-    monkeypatch.setattr(torchvision.ops, "roi_align", lambda x, *a, **k: calls.append(len(x)) or real(x, *a, **k))
+    calls, real = [], resample._resize
+    monkeypatch.setattr(resample, "_resize", lambda plans, *a: calls.append(len(plans)) or real(plans, *a))
     aspect = torch.tensor([w / h for w, h in sizes])
     torch.manual_seed(3)
     boxes = augment.crop_boxes(aspect)
     flip = torch.rand(len(sizes)) < 0.5
     torch.manual_seed(3)
     out, idx = augment.DeviceAugment(24, 48)(_batch(raw=raw, aspect=aspect), torch.device("cpu"), [])
-    assert sorted(calls) == want_calls and idx == list(range(5))
-    from torchvision.io import decode_jpeg
-
+    assert calls == [5] and idx == list(range(5)) and out.shape == (5, 3, 24, 24)
+    assert 0 < int(flip.sum()) < 5
     for p, (w, h) in enumerate(sizes):
-        img = decode_jpeg(raw[p])[None].float()
-        roi = torch.cat([torch.zeros(1), boxes[p] * torch.tensor([w, h, w, h], dtype=torch.float32)]).view(1, 5)
-        want = real(img, roi, (24, 24), 1.0, -1, True)[0]
-        assert torch.allclose(out[p], want.flip(-1) if flip[p] else want, atol=1e-4)
+        img = decode_jpeg(raw[p]).numpy().astype(np.float32)
+        box = tuple(float(v) for v in boxes[p].double() * torch.tensor([w, h, w, h], dtype=torch.float64))
+        want = np.stack([np.asarray(Image.fromarray(c).resize((24, 24), Image.BILINEAR, box=box))
+                         for c in img])
+        want = torch.from_numpy(want[..., ::-1].copy() if flip[p] else want)
+        assert torch.allclose(out[p], want, atol=0.05)  # PIL holds the box in float32
 
 
 def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, tmp_path):

@@ -1,5 +1,7 @@
-"""`Preprocess`' resize and crops for a batch of decoded images of any sizes, in a fixed number
-of calls: PIL's resampling filters written as matrices, applied by two batched matrix products.
+"""Resizing and cropping a batch of decoded images of any sizes in a fixed number of calls:
+PIL's resampling filters written as matrices, applied by two batched matrix products. Used for
+`Preprocess`' views of device-decoded JPEGs (`resize_views`) and for training's random resized
+crops on the device (`resize_boxes`).
 
 Resizing is separable: an image's resized rows are ``A @ X`` and its resized columns
 ``X @ B.T``, where each row of ``A`` (``B``) holds the filter's coefficients of one output row
@@ -16,7 +18,7 @@ PIL's 8-bit intermediate image: pixels differ from PIL's by a rounding step here
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from itertools import groupby
 
 import numpy as np
 import torch
@@ -47,46 +49,59 @@ def _cubic(x: np.ndarray, a: float) -> np.ndarray:
     return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
 
 
-@lru_cache(maxsize=4096)
-def axis_weights(n_in: int, n_out: int, start: int, step: int, s: int,
-                 interpolation: str) -> tuple[np.ndarray, np.ndarray]:
-    """PIL's coefficients for outputs `start`, `start + step`, ... (`s` of them) of resizing a
-    line of `n_in` pixels to `n_out`.
+Line = tuple[int, float, int, int, float]
+"""One output axis of one view: (n_in, scale, start, step, shift). Output pixel ``o`` (of S)
+centres on input position ``(start + step * o + 0.5) * scale + shift`` of a line of `n_in`
+pixels: a resize by `scale` then a crop from `start` (mirrored where `step` is -1), or the
+resize of a box from `shift` (PIL's ``resize(box=...)``)."""
+
+
+def line_weights(lines: np.ndarray, s: int, interpolation: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PIL's coefficients (Pillow's `precompute_coeffs`) of `s` output pixels of each line.
 
     Parameters
     ----------
-    n_in, n_out : int
-        The line's length before and after the resize.
-    start, step : int
-        The first output pixel kept, and 1 (a crop) or -1 (a mirrored crop).
+    lines : float64 array (m, 5)
+        `Line`s.
     s : int
-        How many output pixels are kept.
+        Output pixels per line.
     interpolation : str
-        One of `FILTERS`, or "nearest" (the input pixel under the output pixel's center).
+        One of `FILTERS`, or "nearest" (the input pixel under the output pixel's center, as
+        PIL's scaling finds it).
 
     Returns
     -------
-    first : int64 array (s,)
-        The first input pixel each output pixel reads.
-    weights : float64 array (s, k)
-        Their coefficients for pixels ``first``, ``first + 1``, ...; zero past the filter's
-        support and the line's end.
+    first, last : int64 arrays (m, s)
+        The input pixels ``[first, last)`` each output pixel reads.
+    weights : float64 array (m, s, k)
+        Their coefficients for pixels ``first``, ``first + 1``, ...; zero from `last` on.
     """
-    out = start + step * np.arange(s)
-    scale = n_in / n_out
-    if interpolation == "nearest":  # PIL's ImagingScaleAffine: the center, summed step by step
-        centers = np.add.accumulate(np.r_[scale * 0.5, np.full(n_out - 1, scale)])
-        return np.minimum(centers[out].astype(np.int64), n_in - 1), np.ones((s, 1))
+    n_in, scale, start, step, shift = (c[:, None] for c in lines.T)
+    o = start + step * np.arange(s)
+    if interpolation == "nearest":
+        first = np.minimum(_nearest(lines, o), n_in - 1).astype(np.int64)
+        return first, first + 1, np.ones((*first.shape, 1))
     support, fn = FILTERS[interpolation]
-    fscale = max(scale, 1.0)
-    support *= fscale
-    center = (out + 0.5) * scale
+    fscale = np.maximum(scale, 1.0)
+    support = support * fscale
+    center = (o + 0.5) * scale + shift
     first = np.maximum((center - support + 0.5).astype(np.int64), 0)  # C's (int): toward zero
-    last = np.minimum((center + support + 0.5).astype(np.int64), n_in)
-    x = first[:, None] + np.arange(math.ceil(support) * 2 + 1)
-    w = np.where(x < last[:, None], fn((x - center[:, None] + 0.5) / fscale), 0.0)
-    total = w.sum(axis=1, keepdims=True)
-    return first, np.divide(w, total, out=np.zeros_like(w), where=total != 0)
+    last = np.minimum((center + support + 0.5).astype(np.int64), n_in.astype(np.int64))
+    x = first[..., None] + np.arange(math.ceil(support.max(initial=0.0)) * 2 + 1)
+    w = np.where(x < last[..., None], fn((x - center[..., None] + 0.5) / fscale[..., None]), 0.0)
+    total = w.sum(axis=-1, keepdims=True)
+    return first, last, np.divide(w, total, out=np.zeros_like(w), where=total != 0)
+
+
+def _nearest(lines: np.ndarray, o: np.ndarray) -> np.ndarray:
+    """PIL scales with nearest by adding `scale` pixel by pixel (ImagingScaleAffine): where an
+    output pixel's center falls on an input pixel's edge, the sum's rounding picks the side."""
+    out = np.empty(o.shape, dtype=np.int64)
+    for j, (_, scale, _, _, shift) in enumerate(lines):
+        n = int(max(o[j].max(), 0)) + 1
+        centers = np.add.accumulate(np.r_[shift + scale * 0.5, np.full(n - 1, scale)])
+        out[j] = np.maximum(centers[np.maximum(o[j], 0).astype(np.int64)], 0).astype(np.int64)
+    return out
 
 
 def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
@@ -104,49 +119,91 @@ def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
     uint8 tensor (N, V, 3, S, S)
         On the images' device; the same geometry as ``prep(image)`` (`Preprocess.__call__`).
     """
-    n, s = len(imgs), prep.size
+    views = []
+    for im in imgs:
+        h, w = im.shape[-2:]
+        rw, rh = prep.resized_size(w, h)
+        boxes = prep.boxes(rw, rh)
+        down = [(h, h / rh, y, 1, 0.0) for _, y in boxes]
+        across = [(w, w / rw, x, 1, 0.0) for x, _ in boxes]
+        if prep.crop == "ten":  # the five crops of the mirrored image: its column x is rw - 1 - x
+            down += down
+            across += [(w, w / rw, rw - 1 - x, -1, 0.0) for x, _ in boxes]
+        views.append((down, across))
+    y = resize_lines(imgs, views, prep.size, prep.interpolation, prep.views)
+    return y.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, s: int,
+                 interpolation: str = "bilinear") -> torch.Tensor:
+    """Each image's box resized to `s` x `s` (mirrored where `flip`): torchvision's
+    ``resized_crop`` on PIL images, as batched calls.
+
+    Parameters
+    ----------
+    imgs : list of uint8 tensors (3, H, W)
+        The images, on one device, of any sizes.
+    boxes : float array (N, 4)
+        x0, y0, x1, y1 of each box in its image's pixels.
+    flip : bool array (N,)
+        Mirror the crop left to right.
+    s : int
+        The output side.
+    interpolation : str
+        One of `FILTERS` or "nearest".
+
+    Returns
+    -------
+    float32 tensor (N, 3, S, S)
+        Pixels in 0..255, on the images' device.
+    """
+    views = []
+    for im, (x0, y0, x1, y1), f in zip(imgs, np.asarray(boxes, dtype=np.float64), flip, strict=True):
+        h, w = im.shape[-2:]
+        across = (w, (x1 - x0) / s, s - 1, -1, x0) if f else (w, (x1 - x0) / s, 0, 1, x0)
+        views.append(([(h, (y1 - y0) / s, 0, 1, y0)], [across]))
+    return resize_lines(imgs, views, s, interpolation, 1)[:, 0]
+
+
+def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Line]]], s: int,
+                 interpolation: str, v: int) -> torch.Tensor:
+    """float32 (N, V, 3, S, S): each image's views, given by their `Line`s down and across."""
+    n = len(imgs)
     dev = imgs[0].device if imgs else torch.device("cpu")
-    out = torch.empty((n, prep.views, 3, s, s), dtype=torch.uint8, device=dev)
-    plans = [_plan(prep, im) for im in imgs]
-    order = sorted(range(n), key=lambda i: plans[i].region.shape[-2:])
-    for chunk in _chunks(order, [p.region.shape[-2:] for p in plans]):
-        y = _resize([plans[i] for i in chunk], s, prep.interpolation, dev)
-        out[_to_device(np.array(chunk), dev)] = y
+    out = torch.empty((n, v, 3, s, s), dtype=torch.float32, device=dev)
+    if not n:
+        return out
+    keys = sorted({line for down, across in views for line in (*down, *across)})
+    pos = {key: u for u, key in enumerate(keys)}
+    table = line_weights(np.array(keys, dtype=np.float64), s, interpolation)
+    lo, hi = table[0].min(axis=1).tolist(), table[1].max(axis=1).tolist()  # each line's input span
+    plans = []
+    for im, (down, across) in zip(imgs, views, strict=True):
+        ids = [[pos[line] for line in lines] for lines in (down, across)]
+        (y0, y1), (x0, x1) = ((min(lo[u] for u in us), max(hi[u] for u in us)) for us in ids)
+        if y1 - y0 <= x1 - x0:
+            plans.append(_Plan(im, (y0, y1, x0, x1), (y0, ids[0]), (x0, ids[1]), False))
+        else:  # turned, to pad less: its columns become the padded rows
+            plans.append(_Plan(im, (y0, y1, x0, x1), (x0, ids[1]), (y0, ids[0]), True))
+    order = sorted(range(n), key=lambda i: plans[i].key)
+    on_dev = (_to_device(table[0], dev), _to_device(table[2].astype(np.float32), dev))
+    for chunk in _chunks(order, [p.key[0] for p in plans]):
+        out[_to_device(np.array(chunk), dev)] = _resize([plans[i] for i in chunk], on_dev, s, dev)
     return out
 
 
 class _Plan:
-    """One image's part read by its views (`region`, turned so that it is wider than tall) and
-    its views' lines (n_in, n_out, start, step) along the region's rows and columns, each
-    with the band's first pixel."""
+    """One image, the pixels its views read (`band`: rows y0:y1, columns x0:x1; turned where
+    taller than wide, to pad less), and its views' lines (ids in the batch's table) along the
+    turned band's rows and columns, each with the band's first pixel along that axis."""
 
-    def __init__(self, region: torch.Tensor, rows: tuple[int, list], cols: tuple[int, list], turned: bool):
-        self.region, self.rows, self.cols, self.turned = region, rows, cols, turned
-
-
-def _plan(prep: Preprocess, im: torch.Tensor) -> _Plan:
-    h, w = im.shape[-2:]
-    rw, rh = prep.resized_size(w, h)
-    boxes = prep.boxes(rw, rh)
-    down = [(h, rh, y, 1) for _, y in boxes]
-    across = [(w, rw, x, 1) for x, _ in boxes]
-    if prep.crop == "ten":  # the five crops of the mirrored image: its column x is rw - 1 - x
-        down += down
-        across += [(w, rw, rw - 1 - x, -1) for x, _ in boxes]
-    (y0, y1), (x0, x1) = (_band(lines, prep.size, prep.interpolation) for lines in (down, across))
-    region = im[:, y0:y1, x0:x1]
-    if y1 - y0 <= x1 - x0:
-        return _Plan(region, (y0, down), (x0, across), False)
-    return _Plan(region.transpose(-1, -2), (x0, across), (y0, down), True)
-
-
-def _band(lines: list[tuple], s: int, interpolation: str) -> tuple[int, int]:
-    """[lo, hi): the input pixels the lines read."""
-    lo, hi = lines[0][0], 0
-    for line in lines:
-        first, w = axis_weights(*line, s, interpolation)
-        lo, hi = min(lo, int(first.min())), max(hi, int(first.max()) + w.shape[1])
-    return lo, min(hi, lines[0][0])
+    def __init__(self, image: torch.Tensor, band: tuple[int, int, int, int], rows: tuple[int, list[int]],
+                 cols: tuple[int, list[int]], turned: bool):
+        self.image, self.band, self.rows, self.cols, self.turned = image, band, rows, cols, turned
+        y0, y1, x0, x1 = band
+        shape = (x1 - x0, y1 - y0) if turned else (y1 - y0, x1 - x0)
+        # sorted by this: images of one size and band lie together, and are copied together
+        self.key = (shape, tuple(image.shape), band, turned)
 
 
 def _chunks(order: list[int], shapes: list[tuple[int, int]]) -> list[list[int]]:
@@ -164,45 +221,42 @@ def _chunks(order: list[int], shapes: list[tuple[int, int]]) -> list[list[int]]:
     return [*out, cur] if cur else out
 
 
-def _resize(plans: list[_Plan], s: int, interpolation: str, dev: torch.device) -> torch.Tensor:
-    """uint8 (n, V, 3, S, S): ``A @ X @ B.T`` over the images, zero-padded to one size."""
-    p = max(pl.region.shape[-2] for pl in plans)
-    q = max(pl.region.shape[-1] for pl in plans)
+def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torch.Tensor:
+    """float32 (n, V, 3, S, S): ``A @ X @ B.T`` over the images, zero-padded to one size."""
+    p = max(pl.key[0][0] for pl in plans)
+    q = max(pl.key[0][1] for pl in plans)
     x = torch.zeros((len(plans), 3, p, q), dtype=torch.float32, device=dev)
-    for j, pl in enumerate(plans):
-        x[j, :, :pl.region.shape[-2], :pl.region.shape[-1]].copy_(pl.region)
-    a = _matrices([pl.rows for pl in plans], p, s, interpolation, dev)  # (n, V, S, p)
-    b = _matrices([pl.cols for pl in plans], q, s, interpolation, dev)  # (n, V, S, q)
+    j = 0
+    for ((r, c), _, (y0, y1, x0, x1), turned), same in groupby(plans, key=lambda pl: pl.key):
+        same = [pl.image for pl in same]  # one copy for the images of one size and band
+        region = (torch.stack(same) if len(same) > 1 else same[0][None])[..., y0:y1, x0:x1]
+        x[j:j + len(same), :, :r, :c].copy_(region.transpose(-1, -2) if turned else region)
+        j += len(same)
+    a = _matrices([pl.rows for pl in plans], table, p, dev)  # (n, V, S, p)
+    b = _matrices([pl.cols for pl in plans], table, q, dev)  # (n, V, S, q)
     n, v = a.shape[:2]
     xb = x.view(n, 3 * p, q) @ b.view(n, v * s, q).transpose(1, 2)  # every view's columns at once
     y = a[:, :, None] @ xb.view(n, 3, p, v, s).permute(0, 3, 1, 2, 4)  # (n, V, 3, S, S)
     turned = [pl.turned for pl in plans]
     if any(turned):
         y = torch.where(_to_device(np.array(turned), dev)[:, None, None, None, None], y.transpose(-1, -2), y)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
+    return y
 
 
-def _matrices(axes: list[tuple[int, list[tuple]]], width: int, s: int, interpolation: str,
-              dev: torch.device) -> torch.Tensor:
-    """float32 (n, V, S, width): each view's coefficients over its image's band (from `lo`)."""
-    keys = sorted({line for _, lines in axes for line in lines})
-    rows = [axis_weights(*key, s, interpolation) for key in keys]
-    k = max(w.shape[1] for _, w in rows)
-    firsts = np.stack([f for f, _ in rows])  # (U, S): one row per distinct line
-    weights = np.zeros((len(keys), s, k), dtype=np.float32)
-    for u, (_, w) in enumerate(rows):
-        weights[u, :, :w.shape[1]] = w
-    pos = {key: u for u, key in enumerate(keys)}
-    ids = np.array([[pos[line] for line in lines] for _, lines in axes])  # (n, V)
-    lo = np.array([lo for lo, _ in axes])
-    idx = _to_device(firsts[ids] - lo[:, None, None], dev)[..., None] + torch.arange(k, device=dev)
-    m = torch.zeros((*ids.shape, s, width), dtype=torch.float32, device=dev)
-    return m.scatter_add_(-1, idx.clamp_(0, width - 1), _to_device(weights[ids], dev))
+def _matrices(axes: list[tuple[int, list[int]]], table: tuple, width: int, dev: torch.device) -> torch.Tensor:
+    """float32 (n, V, S, width): each view's coefficients over its image's region (from `lo`);
+    `table` holds every line's first pixels (U, S) and coefficients (U, S, k) on the device."""
+    first, weights = table
+    ids = _to_device(np.array([u for _, u in axes]), dev)  # (n, V)
+    lo = _to_device(np.array([lo for lo, _ in axes]), dev)
+    idx = (first[ids] - lo[:, None, None])[..., None] + torch.arange(weights.shape[-1], device=dev)
+    m = torch.zeros((*idx.shape[:-1], width), dtype=torch.float32, device=dev)
+    return m.scatter_add_(-1, idx.clamp_(0, width - 1), weights[ids])
 
 
 def _to_device(a: np.ndarray, dev: torch.device) -> torch.Tensor:
     """A host array on `dev`; to a GPU from pinned memory, not waiting for the stream's work."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if dev.type != "cuda":
-        return t
+        return t.to(dev)
     return t.pin_memory().to(dev, non_blocking=True)

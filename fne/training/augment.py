@@ -5,8 +5,9 @@ JPEGs travel as their bytes (`reader.ImageItems(raw_jpeg=True)`) with their aspe
 from the header, and are decoded on the device (`torchvision.io.decode_jpeg`, batched nvjpeg on
 CUDA); other images (PNG, EXIF-rotated or CMYK JPEGs, arrays) are decoded in the workers and
 squashed to a fixed R x R square (R = 1.5 x the input size). Each image's random crop is then cut
-and resized on the device by `torchvision.ops.roi_align` (bilinear, averaging several samples per
-output pixel where it shrinks): one call per image size (the squashed ones are one size).
+and resized on the device with the antialiased bilinear coefficients torchvision's
+RandomResizedCrop gets from PIL (`resample.resize_boxes`), mirrored where flipped: the whole
+batch in one call, whatever its images' sizes.
 The crop boxes follow torchvision's RandomResizedCrop on the original image (area fraction in
 `scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
 box of a valid ratio), drawn with the flips from torch's CPU generator, which `fne train` seeds
@@ -21,6 +22,7 @@ import math
 import torch
 from PIL import Image
 
+from fne.backbones.resample import resize_boxes
 from fne.data.datasets import read_image
 from fne.extraction import reader
 
@@ -137,31 +139,25 @@ class DeviceAugment:
         decoded = (batch if "decoded" in batch else self.decode(batch, dev))["decoded"]
         boxes = crop_boxes(batch["aspect"], self.scale)
         flip = torch.rand(n) < 0.5
-        out: list[torch.Tensor | None] = [None] * n
-        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # images by size (decoded shape)
-        if batch["pixels"] is not None:
-            groups[("squashed",)] = list(zip(batch["pix_pos"], batch["pixels"], strict=True))
+        imgs: list[torch.Tensor | None] = [None] * n
+        if batch["pixels"] is not None:  # squashed in the workers: one transfer
+            for p, x in zip(batch["pix_pos"], batch["pixels"].to(dev, non_blocking=True), strict=True):
+                imgs[p] = x
         for p, data, img in zip(batch["raw_pos"], reader.raw_jpegs(batch), decoded, strict=True):
             if img is not None:
-                groups.setdefault(tuple(img.shape), []).append((p, img))
+                imgs[p] = img
                 continue
             try:  # what the device decoder refused, PIL may still read
-                squashed = Squash(self.side)(read_image(io.BytesIO(data.numpy().tobytes())))
-                groups.setdefault(("squashed",), []).append((p, squashed))
+                imgs[p] = Squash(self.side)(read_image(io.BytesIO(data.numpy().tobytes()))).to(dev)
             except Exception as e:
                 bad.append((idx[p], batch["keys"][p], reader.why_unreadable(e)))
-        for members in groups.values():  # one roi_align per size (large photos: per DECODE_PIXELS)
-            sizes = [(img.shape[-1], img.shape[-2]) for _, img in members]
-            for part in reader.parts(sizes, len(members)):
-                some = [members[j] for j in part]
-                for p, y in zip([p for p, _ in some], self._crops(some, boxes, dev), strict=True):
-                    out[p] = y
-        keep = [p for p in range(n) if out[p] is not None]
+        keep = [p for p in range(n) if imgs[p] is not None]
         if not keep:
             return None, []
-        x = torch.stack([out[p] for p in keep])
-        f = flip[keep].to(dev).view(-1, 1, 1, 1)
-        return torch.where(f, x.flip(-1), x), [idx[p] for p in keep]
+        sides = torch.tensor([[imgs[p].shape[-1], imgs[p].shape[-2]] * 2 for p in keep], dtype=torch.float64)
+        x = resize_boxes([imgs[p] for p in keep], (boxes[keep].double() * sides).numpy(), flip[keep].numpy(),
+                         self.size)
+        return x, [idx[p] for p in keep]
 
     @staticmethod
     def decode(batch: dict, dev: torch.device) -> dict:
@@ -170,15 +166,3 @@ class DeviceAugment:
         raw = reader.raw_jpegs(batch)
         batch["decoded"] = reader.decode_jpegs(raw, dev) if raw else []
         return batch
-
-    def _crops(self, members: list[tuple[int, torch.Tensor]], boxes: torch.Tensor, dev: torch.device) -> torch.Tensor:
-        """Images of one size, (batch position, uint8 (3, H, W)) -> their boxes' crops, float
-        (n, 3, S, S) on `dev`."""
-        from torchvision.ops import roi_align
-
-        pos = [p for p, _ in members]
-        x = torch.stack([img for _, img in members]).to(dev, non_blocking=True)
-        h, w = x.shape[-2:]
-        rois = torch.cat([torch.arange(len(pos), dtype=torch.float32).view(-1, 1),
-                          boxes[pos] * torch.tensor([w, h, w, h], dtype=torch.float32)], 1)
-        return roi_align(x.float(), rois.to(dev), (self.size, self.size), 1.0, -1, True)
