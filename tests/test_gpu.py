@@ -154,6 +154,27 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
 
 
 @cuda
+def test_batched_resize_on_cuda_gives_the_cpus_pixels():
+    """`resample` on CUDA (fp32 matmuls, pinned uploads) against the same call on CPU tensors:
+    every view and every box within one rounding step."""
+    from fne.backbones.preprocess import Preprocess
+    from fne.backbones.resample import resize_boxes, resize_views
+
+    g = torch.Generator().manual_seed(0)
+    imgs = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+            for w, h in [(450, 313), (313, 450), (640, 427), (37, 61), (1000, 150)]]
+    dev = torch.device("cuda")
+    for crop in ("center", "ten"):
+        prep = Preprocess(224, crop, interpolation="bicubic")
+        a, b = resize_views(imgs, prep), resize_views([i.to(dev) for i in imgs], prep).cpu()
+        assert (a.int() - b.int()).abs().max() <= 1
+    boxes = np.array([[10.5, 20.25, 300.0, 290.5]] * len(imgs)) * 0.1
+    flip = np.array([True, False, True, False, True])
+    a, b = resize_boxes(imgs, boxes, flip, 32), resize_boxes([i.to(dev) for i in imgs], boxes, flip, 32).cpu()
+    assert (a - b).abs().max() < 1e-2
+
+
+@cuda
 def test_train_one_epoch_on_cuda_with_device_augmentation(tmp_path):
     from fne.data.datasets import load_dataset
     from fne.training.train import train

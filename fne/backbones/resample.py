@@ -28,18 +28,15 @@ from fne.backbones.preprocess import Preprocess
 PAD_PIXELS = 64 << 20  # padded pixels resized at once (768 MiB as float32 RGB)
 
 
-def _sinc(x: np.ndarray) -> np.ndarray:
-    return np.sinc(x)  # sin(pi x) / (pi x), 1 at 0
-
-
-# PIL's filters (Resample.c): support, coefficient of an input pixel `x` output pixels away.
+# PIL's filters (Resample.c): support, coefficient of an input pixel `x` output pixels away
+# (np.sinc(x) is sin(pi x) / (pi x); hamming's constants are C floats there).
 FILTERS = {
     "box": (0.5, lambda x: ((x > -0.5) & (x <= 0.5)).astype(np.float64)),
     "bilinear": (1.0, lambda x: np.clip(1.0 - np.abs(x), 0.0, None)),
-    "hamming": (1.0, lambda x: np.where(np.abs(x) < 1.0, _sinc(x) * (np.float32(0.54) + np.float32(0.46)
-                                                                   * np.cos(np.pi * x)), 0.0)),
+    "hamming": (1.0, lambda x: np.where(np.abs(x) < 1.0, np.sinc(x) * (np.float32(0.54) + np.float32(0.46)
+                                                                       * np.cos(np.pi * x)), 0.0)),
     "bicubic": (2.0, lambda x: _cubic(np.abs(x), -0.5)),
-    "lanczos": (3.0, lambda x: np.where((x >= -3.0) & (x < 3.0), _sinc(x) * _sinc(x / 3.0), 0.0)),
+    "lanczos": (3.0, lambda x: np.where((x >= -3.0) & (x < 3.0), np.sinc(x) * np.sinc(x / 3.0), 0.0)),
 }
 
 
