@@ -217,8 +217,9 @@ class TrainConfig:
     image_size: int | None = option(None, "input size (default: the backbone's, 224)", **at_least(8))
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
                            flag="--no-augment")
-    augment_on: str = option("auto", "where the augmentation runs; auto: on the GPU when training on CUDA "
-                                     "(workers only read JPEG bytes), else in the loader workers",
+    augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
+                                     "on the GPU when training on CUDA (workers only read JPEG bytes), else "
+                                     "in the loader workers",
                              choices=AUGMENT_ON)
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  **between(0, 1, closed_lo=True))

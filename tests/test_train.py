@@ -463,12 +463,23 @@ def test_bad_augment_on_is_one_clear_error(digits, tmp_path):
         train(digits, "frozen", tmp_path / "run", augment_on="gpu", **FAST)
 
 
-def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_the_unreadable(tmp_path):
+def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_the_unreadable(tmp_path, monkeypatch):
     """A folder of JPEGs, PNGs and one broken JPEG through `--augment-on device` with a worker:
-    the run trains, and the broken file is named in `skipped`."""
+    the run trains, evaluation decodes its JPEGs on the device too (center crops, as `fne
+    extract --decode device`), and the broken file is named in `skipped`."""
     from PIL import Image
 
+    from fne.extraction import reader
     from fne.training.train import train
+
+    evaluated, real = [], reader.decode_raw
+
+    def decode_raw(raw, dev, prep, *a):
+        out = real(raw, dev, prep, *a)
+        evaluated.extend(tuple(x.shape) for x in out if not isinstance(x, str))
+        return out
+
+    monkeypatch.setattr(reader, "decode_raw", decode_raw)
 
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
@@ -482,3 +493,5 @@ def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_th
     assert m["augment_on"] == "device"
     assert len(m["skipped"]) == 1 and "broken.jpg" in next(iter(m["skipped"]))
     assert m["n_train"] + m["n_test"] + m["n_val"] == 21
+    # the validation and test splits' JPEGs were decoded on the device, as center crops
+    assert evaluated and set(evaluated) == {(1, 3, 32, 32)}

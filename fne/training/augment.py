@@ -12,6 +12,8 @@ The crop boxes follow torchvision's RandomResizedCrop on the original image (are
 `scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
 box of a valid ratio), drawn with the flips from torch's CPU generator, which `fne train` seeds
 per epoch. A JPEG the device decoder refuses goes to PIL; one both refuse is skipped and named.
+Validation and test images then take `fne extract --decode device`'s path (`epochs.transforms`):
+JPEG bytes from the workers, their center crops decoded and cut on the device.
 """
 
 from __future__ import annotations

@@ -57,13 +57,15 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
     """(train, eval) transforms to uint8 (3, S, S); normalisation happens on the device.
 
     With `on_device`, train's transform only squashes each image to `augment.SQUASH` x S (an
-    `augment.Squash`): the crop and flip are then `augment.DeviceAugment`'s, on the device.
+    `augment.Squash`): the crop and flip are then `augment.DeviceAugment`'s, on the device. The
+    eval view is then the center crop's `Preprocess` itself: its JPEGs are decoded, resized and
+    cropped on the device too, as `fne extract --decode device` does (`reader.assembled`).
     """
     center = _Center(size, backbone)
     if not augment:
         return center, center
     if on_device:
-        return augment_mod.Squash(round(size * augment_mod.SQUASH)), center
+        return augment_mod.Squash(round(size * augment_mod.SQUASH)), center.prep
     # scale from 0.25: milder than torchvision's 0.08, since the runs here are a few epochs.
     train = T.Compose([T.PILToTensor(), T.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
                        T.RandomHorizontalFlip()])
@@ -72,13 +74,18 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
 
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
     """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given. A `Squash` prep
-    (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`."""
+    (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`; a
+    `Preprocess` (its eval view) sends plain JPEGs as their bytes, for the device to decode."""
     sized = isinstance(prep, augment_mod.Squash)
     # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
     # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
     cuda = ctx.device.type == "cuda" and workers > 0
     keep = cuda and not isinstance(prep, T.Compose)
-    items = (augment_mod.SizedItems if sized else reader.ImageItems)(ctx.dataset, [int(i) for i in idx], prep)
+    indices = [int(i) for i in idx]
+    if sized:
+        items = augment_mod.SizedItems(ctx.dataset, indices, prep)
+    else:
+        items = reader.ImageItems(ctx.dataset, indices, prep, raw_jpeg=isinstance(prep, Preprocess))
     return torch.utils.data.DataLoader(
         items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
         collate_fn=augment_mod.collate if sized else reader.collate, pin_memory=ctx.device.type == "cuda",
@@ -87,27 +94,36 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
 
 def _batches(loader, ctx: Ctx, bar, augment=None):
     """(dataset indices, normalised inputs, labels) of each batch's readable images; `augment`
-    (a `DeviceAugment`) decodes, crops and flips them on the device first. On CUDA the JPEGs
-    are decoded on a thread of its own, two batches ahead (`reader.Ahead`): nvjpeg's call
-    blocks its thread until a batch is decoded, which would otherwise stall the steps; the
-    random crops and flips are still drawn here, in batch order."""
-    if augment is None:
+    (a `DeviceAugment`) decodes, crops and flips them on the device first, and an eval loader of
+    JPEG bytes has them decoded and center-cropped there. On CUDA the JPEGs are decoded on a
+    thread of its own, two batches ahead (`reader.Ahead`): nvjpeg's call blocks its thread
+    until a batch is decoded, which would otherwise stall the steps; the random crops and flips
+    are still drawn here, in batch order."""
+    ahead = 2 if ctx.device.type == "cuda" else 0
+    if augment is not None:
+        batches = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device), ahead, ctx.device)
+    elif isinstance(loader.dataset.prep, Preprocess):  # views, of JPEG bytes where it could
+        batches = reader.assembled(loader, ctx.device, loader.dataset.prep, ahead)
+    else:
         yield from _ready(loader, ctx, bar, None)
         return
-    decoded = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device), 2 if ctx.device.type == "cuda" else 0,
-                           ctx.device)
     try:
-        yield from _ready(decoded, ctx, bar, augment)
+        yield from _ready(batches, ctx, bar, augment)
     finally:
-        decoded.close()
+        batches.close()
 
 
 def _ready(batches, ctx: Ctx, bar, augment):
-    for batch in batches:
-        bad = list(batch["bad"])
+    for item in batches:
         if augment is not None:
+            batch = item
+            bad = list(batch["bad"])
             x, idx = augment(batch, ctx.device, bad)
+        elif isinstance(item, tuple):  # reader.assembled: (B, 1, 3, S, S) views, JPEGs device-decoded
+            batch, (x, idx, _), bad = item
+            x = x[:, 0] if x is not None else None
         else:
+            batch, bad = item, list(item["bad"])
             idx, x = batch["idx"], batch["pixels"]
             x = x.to(ctx.device, non_blocking=True) if x is not None else None
         for i, _, err in bad:
