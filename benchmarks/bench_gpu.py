@@ -19,6 +19,8 @@ On one machine, on the same JPEG files:
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
+* the training loader alone (decode, random crop, flip) in the workers and on the device, on
+  those JPEGs and on the source dataset's own (mixed sizes);
 * training throughput: `fne train` frozen and finetune at batch 32 (the default), finetune at
   batch 256, EfficientNet-Lite0 (ImageNet weights where installed, else random), img/s of the
   second epoch on a subset of the images;
@@ -311,10 +313,10 @@ def peer(data: Path, out: Path, arch: str, weights_file: Path, batch: int, prec:
     return _child(f"import sys; sys.argv = ['peer', {args!r}]\n" + PEER)
 
 
-def loader_rows(data: Path, n: int, dev: torch.device, workers: int) -> list[tuple]:
+def loader_rows(data: Path, n: int, dev: torch.device, workers: int, what: str = "") -> list[tuple]:
     """What `fne train`'s loader alone delivers (no network): training images/s with decode, crop
     and flip in the workers (PIL), and with `--augment-on device` (workers send JPEG bytes; decode,
-    crop and flip on `dev`)."""
+    crop and flip on `dev`). `what` names the images in the rows."""
     from fne.data.datasets import load_dataset
     from fne.training import augment, epochs
 
@@ -336,7 +338,7 @@ def loader_rows(data: Path, n: int, dev: torch.device, workers: int) -> list[tup
         _sync(dev)
         where = (f"decode + crop + flip on {dev.type} (--augment-on device)" if on_device
                  else "decode + crop + flip in the workers (PIL)")
-        rows.append((f"fne train loader alone, {where}", f"{k / (time.perf_counter() - t):,.0f} img/s",
+        rows.append((f"fne train loader alone{what}, {where}", f"{k / (time.perf_counter() - t):,.0f} img/s",
                      f"{workers} workers, {k} images, batch 64"))
     return rows
 
@@ -473,8 +475,13 @@ def main(argv=None) -> int:
         row(*r)
     from fne.devices import default_workers
 
-    for r in loader_rows(imgs, 16 if smoke else 8192, dev, 1 if smoke else default_workers(dev)):
+    workers = 1 if smoke else default_workers(dev)
+    for r in loader_rows(imgs, 16 if smoke else 8192, dev, workers):
         row(*r)
+    source = next((root for root in SOURCES if root.is_dir()), None)
+    if source is not None:  # a real dataset's own JPEGs: mixed sizes (pets37: ~90 in 256)
+        for r in loader_rows(source, 16 if smoke else 8192, dev, workers, f" ({source.resolve().name}'s JPEGs)"):
+            row(*r)
     for r in train_rows(imgs, 16 if smoke else 4096, dev, smoke, work / "train"):
         row(*r)
     for r in head_rows(dev, smoke):

@@ -92,8 +92,11 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
     for want in ("images", "bare forward", "tap model", "fne extract, defaults", "rerun, everything cached",
                  "--decode device", "peer: ImageFolder", "rows on cpu fp32 vs CPU fp32",
                  "rows on cpu bf16 + decode device", "fne train frozen", "fne train finetune",
-                 "linear head svm C=1"):
+                 "linear head svm C=1", "decode 8 JPEGs on cpu (uniform", "fne train loader alone, decode"):
         assert any(n.startswith(want) or want in n for n in names), want
+    if any(root.is_dir() for root in bench_gpu.SOURCES):  # a dataset's own JPEGs, of mixed sizes
+        assert any(n.startswith("fne train loader alone (") for n in names)
+        assert any(n.startswith("decode 8 JPEGs on cpu (mixed") for n in names)
     assert rows["rerun, everything cached"][1].startswith("16 cached, 0 computed")
     assert rows["rows on cpu fp32 vs CPU fp32"][1] == "0.0e+00"
     head = next(r for n, r in rows.items() if n.startswith("linear head svm C=1"))
