@@ -159,7 +159,7 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
 @cuda
 def test_batched_resize_on_cuda_gives_the_cpus_pixels():
     """`resample` on CUDA (fp32 matmuls, pinned uploads) against the same call on CPU tensors:
-    every view and every box within one rounding step."""
+    every view and every box within one rounding step (float32 sums in another order)."""
     from fne.backbones.preprocess import Preprocess
     from fne.backbones.resample import resize_boxes, resize_views
 
@@ -174,7 +174,7 @@ def test_batched_resize_on_cuda_gives_the_cpus_pixels():
     boxes = np.array([[10.5, 20.25, 300.0, 290.5]] * len(imgs)) * 0.1
     flip = np.array([True, False, True, False, True])
     a, b = resize_boxes(imgs, boxes, flip, 32), resize_boxes([i.to(dev) for i in imgs], boxes, flip, 32).cpu()
-    assert (a - b).abs().max() < 1e-2
+    assert (a - b).abs().max() <= 1 and ((a - b).abs() > 0).float().mean() < 0.05
 
 
 @cuda

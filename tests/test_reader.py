@@ -49,8 +49,9 @@ def test_device_decode_matches_pil_within_rounding(crop):
         pil = prep(read_image(io.BytesIO(d)))
         assert x.dtype == torch.uint8 and x.shape == pil.shape == (prep.views, 3, 224, 224)
         diff = (x.int() - pil.int()).abs().float()
-        # Decoder (IDCT, upsampling) and resize arithmetic differ by a rounding step, not by a shift.
-        assert diff.mean() < 2.0 and np.percentile(diff.numpy(), 99) <= 12
+        # On the CPU torchvision and Pillow decode with libjpeg-turbo alike, and `resample` resizes
+        # with Pillow's arithmetic: one level apart at float32's rounding edges (~0.1 % here).
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
 
 
 def test_device_resize_is_one_call_for_any_mix_of_sizes(monkeypatch):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as Fn
 from PIL import Image
 
 from fne.backbones import resample
-from fne.backbones.preprocess import _PIL_FILTERS, Preprocess
+from fne.backbones.preprocess import _PIL_FILTERS, Preprocess, vertical_first
 
 SIZES = [(450, 313), (313, 450), (257, 301), (640, 427), (224, 224), (1000, 150), (37, 61)]
 
@@ -52,23 +51,31 @@ def _images(seed: int = 0) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("crop", ["center", "squash", "ten"])
-@pytest.mark.parametrize("how", ["bilinear", "bicubic"])
-def test_views_match_torchs_antialiased_interpolate(crop, how):
-    """torch's antialiased interpolate follows PIL's formula in its own code: resizing the whole
-    image and then cropping (and mirroring) gives the same pixels up to a rounding step."""
+@pytest.mark.parametrize("how", sorted(_PIL_FILTERS))
+def test_views_are_pils_pixels(crop, how, monkeypatch):
+    """The batch's views are what Pillow makes of each image (`Preprocess.__call__`: torchvision's
+    transforms on PIL images): its fixed-point coefficients, pass order and 8-bit intermediate
+    image. With float64 products, exactly, clipped overshoots of bicubic and lanczos on noise
+    included; with float32 (the default), one level apart where a sum sits at a rounding edge."""
     prep = Preprocess(64, crop, interpolation=how)
-    imgs = _images()
-    got = resample.resize_views(imgs, prep)
-    assert got.shape == (len(imgs), prep.views, 3, 64, 64) and got.dtype == torch.uint8
-    for im, g in zip(imgs, got, strict=True):
-        h, w = im.shape[-2:]
-        rw, rh = prep.resized_size(w, h)
-        r = Fn.interpolate(im[None].float(), size=(rh, rw), mode=how, antialias=True)[0]
-        views = [r[:, y:y + 64, x:x + 64] for x, y in prep.boxes(rw, rh)]
-        if crop == "ten":
-            views += [r.flip(-1)[:, y:y + 64, x:x + 64] for x, y in prep.boxes(rw, rh)]
-        diff = (g.float() - torch.stack(views).round().clamp(0, 255)).abs()
-        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01
+    imgs = _images() + [torch.randint(0, 256, (3, 600, 80), dtype=torch.uint8)]
+    if crop != "squash":  # Pillow resizes the 80 x 600 one vertically first
+        assert vertical_first(80, 600, *prep.resized_size(80, 600))
+    pil = torch.stack([prep(Image.fromarray(im.permute(1, 2, 0).numpy())) for im in imgs])
+    monkeypatch.setattr(resample, "DTYPE", torch.float64)
+    exact = resample.resize_views(imgs, prep)
+    assert exact.shape == (len(imgs), prep.views, 3, 64, 64) and exact.dtype == torch.uint8
+    assert torch.equal(exact, pil)
+    monkeypatch.setattr(resample, "DTYPE", torch.float32)
+    diff = (resample.resize_views(imgs, prep).int() - pil.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05
+
+
+def _same_but_rounding_edges(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal but where a float32 sum, added in another order, fell on the other side of a
+    rounding edge: by 1, on at most 1 value in 10,000."""
+    d = (a.int() - b.int()).abs()
+    return int(d.max()) <= 1 and int((d > 0).sum()) <= d.numel() // 10_000
 
 
 def test_a_batch_of_any_sizes_is_one_call_with_each_images_own_pixels(monkeypatch):
@@ -79,19 +86,11 @@ def test_a_batch_of_any_sizes_is_one_call_with_each_images_own_pixels(monkeypatc
     monkeypatch.setattr(resample, "_resize", lambda plans, *a: calls.append(len(plans)) or real(plans, *a))
     together = resample.resize_views(imgs, prep)
     assert calls == [len(imgs)]
-    assert torch.equal(together, alone)
-    # padding held to PAD_PIXELS: the batch goes in several calls, with the same pixels
+    assert _same_but_rounding_edges(together, alone)
+    assert torch.equal(resample.resize_views(imgs, prep), together)  # the same batch: the same pixels
+    # padding held to PAD_PIXELS: the batch goes in several calls
     calls.clear()
     monkeypatch.setattr(resample, "PAD_PIXELS", 3 * 300 * 300)
-    assert torch.equal(resample.resize_views(imgs, prep), alone)
+    assert _same_but_rounding_edges(resample.resize_views(imgs, prep), alone)
     assert len(calls) > 1 and sum(calls) == len(imgs)
     assert resample.resize_views([], prep).shape == (0, 10, 3, 64, 64)
-
-
-def test_portrait_and_landscape_read_the_same_coefficients():
-    """An image resized on its side (turned to pad less) gives its transposed pixels."""
-    prep = Preprocess(48, "center", interpolation="bicubic")
-    im = _images(2)[0]
-    a = resample.resize_views([im], prep)[0, 0]
-    b = resample.resize_views([im.transpose(-1, -2).contiguous()], prep)[0, 0]
-    assert torch.equal(a, b.transpose(-1, -2))

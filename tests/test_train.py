@@ -374,7 +374,7 @@ def test_device_decoded_and_squashed_images_get_the_same_crop():
 def test_device_augment_crops_a_batch_of_any_sizes_in_one_call_as_pil_resizes_each_box(monkeypatch):
     """Device-decoded JPEGs of several sizes are cropped in one call, each crop what PIL's
     antialiased bilinear resize of its box gives (torchvision's RandomResizedCrop on a PIL
-    image), mirrored where flipped."""
+    image), mirrored where flipped, within a rounding step."""
     import io
 
     from PIL import Image
@@ -401,12 +401,12 @@ def test_device_augment_crops_a_batch_of_any_sizes_in_one_call_as_pil_resizes_ea
     assert calls == [5] and idx == list(range(5)) and out.shape == (5, 3, 24, 24)
     assert 0 < int(flip.sum()) < 5
     for p, (w, h) in enumerate(sizes):
-        img = decode_jpeg(raw[p]).numpy().astype(np.float32)
+        img = Image.fromarray(decode_jpeg(raw[p]).permute(1, 2, 0).numpy())
         box = tuple(float(v) for v in boxes[p].double() * torch.tensor([w, h, w, h], dtype=torch.float64))
-        want = np.stack([np.asarray(Image.fromarray(c).resize((24, 24), Image.BILINEAR, box=box))
-                         for c in img])
-        want = torch.from_numpy(want[..., ::-1].copy() if flip[p] else want)
-        assert torch.allclose(out[p], want, atol=0.05)  # PIL holds the box in float32
+        want = np.asarray(img.resize((24, 24), Image.BILINEAR, box=box)).transpose(2, 0, 1)
+        want = torch.from_numpy(want[..., ::-1].copy() if flip[p] else want).float()
+        diff = (out[p] - want).abs()  # PIL holds the box in float32, and sums in integers
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05
 
 
 def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, tmp_path):

@@ -136,9 +136,8 @@ class Preprocess:
 def resize_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], s: int, f: int) -> Image.Image:
     """`img.resize(size, f).crop((x, y, x + s, y + s))`, pixel for pixel, with less resizing.
 
-    Pillow resizes in two one-dimensional passes through an 8-bit intermediate image,
-    horizontal first unless the height shrinks by more than twice as many pixels as the width
-    (`ImagingResampleInner` in Pillow's Resample.c). Made as two one-dimensional resizes in
+    Pillow resizes in two one-dimensional passes through an 8-bit intermediate image, in the
+    order `vertical_first` gives. Made as two one-dimensional resizes in
     that order, with the crop along the first pass's axis taken in between, the second pass
     computes only the crop's columns (or rows): the same coefficients (no `box`, whose float32
     coordinates would change them) on the same intermediate pixels.
@@ -166,7 +165,7 @@ def resize_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], s:
         if img.size != size:
             img = img.resize(size, f)
         return img.crop((x, y, x + s, y + s))
-    if H - h > 0 and H - h > (W - w) * 2:  # vertical pass first: rows of the crop, then its columns
+    if vertical_first(W, H, w, h):  # rows of the crop, then its columns
         img = img.resize((W, h), f) if h != H else img
         img = img.crop((0, y, W, y + s))
         img = img.resize((w, s), f) if w != W else img
@@ -175,6 +174,13 @@ def resize_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], s:
     img = img.crop((x, 0, x + s, H))
     img = img.resize((s, h), f) if h != H else img
     return img.crop((0, y, s, y + s))
+
+
+def vertical_first(W: float, H: float, w: int, h: int) -> bool:
+    """Whether Pillow resizes (W, H) to (w, h) vertically first: its two one-dimensional passes
+    go horizontal first unless the height shrinks by more than twice as many pixels as the width
+    (`ImagingResampleInner` in Pillow's Resample.c; checked against Pillow 13 by the tests)."""
+    return H - h > 0 and H - h > (W - w) * 2
 
 
 class Normalize(nn.Module):

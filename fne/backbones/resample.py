@@ -7,12 +7,17 @@ Resizing is separable: an image's resized rows are ``A @ X`` and its resized col
 ``X @ B.T``, where each row of ``A`` (``B``) holds the filter's coefficients of one output row
 (column). A crop keeps rows of ``A`` and ``B``; a mirrored crop reverses ``B``'s. Images of
 different sizes then differ only in their matrices, so a whole batch is resized and cropped by
-``A @ X @ B.T`` over the batch, the images zero-padded to a common size (and turned so that
-their longer side runs along the columns, to pad less) and each matrix zero outside its image.
+``A @ X @ B.T`` over the batch, the images zero-padded to a common size and each matrix zero outside its image.
 
-The coefficients are PIL's (`precompute_coeffs` in Pillow's Resample.c, the formula torch's
-antialiased `interpolate` follows too), computed in float64 and applied in float32 without
-PIL's 8-bit intermediate image: pixels differ from PIL's by a rounding step here and there.
+The arithmetic is Pillow's for 8-bit images (Resample.c): its coefficients (`precompute_coeffs`,
+the formula torch's antialiased `interpolate` follows too) rounded to its 22-bit fixed point,
+its pass order (`preprocess.vertical_first`: the first product runs along the axis Pillow
+resizes first; such images are turned), and its 8-bit intermediate image (rounded half up and
+clipped after the first product). The products run in `DTYPE`: in float64 they give
+Pillow's pixels exactly (on the same decoded pixels; the tests check it); in float32, the
+default, a sum that Pillow's integers put within float32's error of a rounding edge (often
+x.5 - 2**-21) may fall on its other side: then one level apart (0.045 % of the values of
+pets37's center crops), and the same image may differ so between batches.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from itertools import groupby
 import numpy as np
 import torch
 
-from fne.backbones.preprocess import Preprocess
+from fne.backbones.preprocess import Preprocess, vertical_first
 
 PAD_PIXELS = 64 << 20  # padded pixels resized at once (768 MiB as float32 RGB)
+DTYPE = torch.float32  # of the matrix products (float64: Pillow's pixels exactly, at GPUs' fp64 speed)
 
 
 # PIL's filters (Resample.c): support, coefficient of an input pixel `x` output pixels away
@@ -126,9 +132,8 @@ def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
         if prep.crop == "ten":  # the five crops of the mirrored image: its column x is rw - 1 - x
             down += down
             across += [(w, w / rw, rw - 1 - x, -1, 0.0) for x, _ in boxes]
-        views.append((down, across))
-    y = resize_lines(imgs, views, prep.size, prep.interpolation, prep.views)
-    return y.round_().clamp_(0, 255).to(torch.uint8)
+        views.append((down, across, vertical_first(w, h, rw, rh)))
+    return resize_lines(imgs, views, prep.size, prep.interpolation, prep.views).to(torch.uint8)
 
 
 def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, s: int,
@@ -152,46 +157,48 @@ def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, 
     Returns
     -------
     float32 tensor (N, 3, S, S)
-        Pixels in 0..255, on the images' device.
+        Whole pixel values in 0..255, on the images' device.
     """
     views = []
     for im, (x0, y0, x1, y1), f in zip(imgs, np.asarray(boxes, dtype=np.float64), flip, strict=True):
         h, w = im.shape[-2:]
         across = (w, (x1 - x0) / s, s - 1, -1, x0) if f else (w, (x1 - x0) / s, 0, 1, x0)
-        views.append(([(h, (y1 - y0) / s, 0, 1, y0)], [across]))
+        views.append(([(h, (y1 - y0) / s, 0, 1, y0)], [across], vertical_first(x1 - x0, y1 - y0, s, s)))
     return resize_lines(imgs, views, s, interpolation, 1)[:, 0]
 
 
-def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Line]]], s: int,
+def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Line], bool]], s: int,
                  interpolation: str, v: int) -> torch.Tensor:
-    """float32 (N, V, 3, S, S): each image's views, given by their `Line`s down and across."""
+    """float32 (N, V, 3, S, S) of whole values in 0..255: each image's views, given by their
+    `Line`s down and across and whether Pillow would resize it vertically first."""
     n = len(imgs)
     dev = imgs[0].device if imgs else torch.device("cpu")
     out = torch.empty((n, v, 3, s, s), dtype=torch.float32, device=dev)
     if not n:
         return out
-    keys = sorted({line for down, across in views for line in (*down, *across)})
+    keys = sorted({line for down, across, _ in views for line in (*down, *across)})
     pos = {key: u for u, key in enumerate(keys)}
     table = line_weights(np.array(keys, dtype=np.float64), s, interpolation)
     lo, hi = table[0].min(axis=1).tolist(), table[1].max(axis=1).tolist()  # each line's input span
     plans = []
-    for im, (down, across) in zip(imgs, views, strict=True):
+    for im, (down, across, turned) in zip(imgs, views, strict=True):
         ids = [[pos[line] for line in lines] for lines in (down, across)]
         (y0, y1), (x0, x1) = ((min(lo[u] for u in us), max(hi[u] for u in us)) for us in ids)
-        if y1 - y0 <= x1 - x0:
+        if not turned:  # the first product runs along the columns: Pillow's horizontal pass
             plans.append(_Plan(im, (y0, y1, x0, x1), (y0, ids[0]), (x0, ids[1]), False))
-        else:  # turned, to pad less: its columns become the padded rows
+        else:  # vertical first: turned, its columns become the padded rows
             plans.append(_Plan(im, (y0, y1, x0, x1), (x0, ids[1]), (y0, ids[0]), True))
     order = sorted(range(n), key=lambda i: plans[i].key)
-    on_dev = (_to_device(table[0], dev), _to_device(table[2].astype(np.float32), dev))
+    fixed = np.trunc(table[2] * (1 << 22) + np.copysign(0.5, table[2])) / (1 << 22)  # Pillow's 8-bit kk
+    on_dev = (_to_device(table[0], dev), _to_device(fixed, dev).to(DTYPE))
     for chunk in _chunks(order, [p.key[0] for p in plans]):
-        out[_to_device(np.array(chunk), dev)] = _resize([plans[i] for i in chunk], on_dev, s, dev)
+        out[_to_device(np.array(chunk), dev)] = _resize([plans[i] for i in chunk], on_dev, s, dev).float()
     return out
 
 
 class _Plan:
     """One image, the pixels its views read (`band`: rows y0:y1, columns x0:x1; turned where
-    taller than wide, to pad less), and its views' lines (ids in the batch's table) along the
+    Pillow resizes vertically first), and its views' lines (ids in the batch's table) along the
     turned band's rows and columns, each with the band's first pixel along that axis."""
 
     def __init__(self, image: torch.Tensor, band: tuple[int, int, int, int], rows: tuple[int, list[int]],
@@ -219,10 +226,10 @@ def _chunks(order: list[int], shapes: list[tuple[int, int]]) -> list[list[int]]:
 
 
 def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torch.Tensor:
-    """float32 (n, V, 3, S, S): ``A @ X @ B.T`` over the images, zero-padded to one size."""
+    """(n, V, 3, S, S): ``A @ X @ B.T`` over the images, zero-padded to one size."""
     p = max(pl.key[0][0] for pl in plans)
     q = max(pl.key[0][1] for pl in plans)
-    x = torch.zeros((len(plans), 3, p, q), dtype=torch.float32, device=dev)
+    x = torch.zeros((len(plans), 3, p, q), dtype=DTYPE, device=dev)
     j = 0
     for ((r, c), _, (y0, y1, x0, x1), turned), same in groupby(plans, key=lambda pl: pl.key):
         same = [pl.image for pl in same]  # one copy for the images of one size and band
@@ -233,7 +240,9 @@ def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torc
     b = _matrices([pl.cols for pl in plans], table, q, dev)  # (n, V, S, q)
     n, v = a.shape[:2]
     xb = x.view(n, 3 * p, q) @ b.view(n, v * s, q).transpose(1, 2)  # every view's columns at once
+    xb = xb.add_(0.5).floor_().clamp_(0, 255)  # Pillow's 8-bit intermediate image
     y = a[:, :, None] @ xb.view(n, 3, p, v, s).permute(0, 3, 1, 2, 4)  # (n, V, 3, S, S)
+    y = y.add_(0.5).floor_().clamp_(0, 255)
     turned = [pl.turned for pl in plans]
     if any(turned):
         y = torch.where(_to_device(np.array(turned), dev)[:, None, None, None, None], y.transpose(-1, -2), y)
@@ -241,13 +250,13 @@ def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torc
 
 
 def _matrices(axes: list[tuple[int, list[int]]], table: tuple, width: int, dev: torch.device) -> torch.Tensor:
-    """float32 (n, V, S, width): each view's coefficients over its image's region (from `lo`);
+    """(n, V, S, width): each view's coefficients over its image's region (from `lo`);
     `table` holds every line's first pixels (U, S) and coefficients (U, S, k) on the device."""
     first, weights = table
     ids = _to_device(np.array([u for _, u in axes]), dev)  # (n, V)
     lo = _to_device(np.array([lo for lo, _ in axes]), dev)
     idx = (first[ids] - lo[:, None, None])[..., None] + torch.arange(weights.shape[-1], device=dev)
-    m = torch.zeros((*idx.shape[:-1], width), dtype=torch.float32, device=dev)
+    m = torch.zeros((*idx.shape[:-1], width), dtype=DTYPE, device=dev)
     return m.scatter_add_(-1, idx.clamp_(0, width - 1), weights[ids])
 
 
