@@ -7,13 +7,14 @@ Resizing is separable: an image's resized rows are ``A @ X`` and its resized col
 ``X @ B.T``, where each row of ``A`` (``B``) holds the filter's coefficients of one output row
 (column). A crop keeps rows of ``A`` and ``B``; a mirrored crop reverses ``B``'s. Images of
 different sizes then differ only in their matrices, so a whole batch is resized and cropped by
-``A @ X @ B.T`` over the batch, the images zero-padded to a common size and each matrix zero outside its image.
+``A @ X @ B.T`` over the batch, the images zero-padded to a common size and each matrix zero
+outside its image.
 
 The arithmetic is Pillow's for 8-bit images (Resample.c): its coefficients (`precompute_coeffs`,
 the formula torch's antialiased `interpolate` follows too) rounded to its 22-bit fixed point,
 its pass order (`preprocess.vertical_first`: the first product runs along the axis Pillow
-resizes first; such images are turned), and its 8-bit intermediate image (rounded half up and
-clipped after the first product). The products run in `DTYPE`: in float64 they give
+resizes first, so images it resizes vertically first are turned), and its 8-bit intermediate
+image (rounded half up and clipped after the first product). The products run in `DTYPE`: in float64 they give
 Pillow's pixels exactly (on the same decoded pixels; the tests check it); in float32, the
 default, a sum that Pillow's integers put within float32's error of a rounding edge (often
 x.5 - 2**-21) may fall on its other side: then one level apart (0.045 % of the values of
