@@ -137,10 +137,10 @@ def resize_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], s:
     """`img.resize(size, f).crop((x, y, x + s, y + s))`, pixel for pixel, with less resizing.
 
     Pillow resizes in two one-dimensional passes through an 8-bit intermediate image, in the
-    order `vertical_first` gives. Made as two one-dimensional resizes in
-    that order, with the crop along the first pass's axis taken in between, the second pass
-    computes only the crop's columns (or rows): the same coefficients (no `box`, whose float32
-    coordinates would change them) on the same intermediate pixels.
+    order `vertical_first` gives. Made as two one-dimensional resizes in that order, with the
+    crop along the first pass's axis taken in between, the second pass computes only the crop's
+    columns (or rows): the same coefficients (no `box`, whose float32 coordinates would change
+    them) on the same intermediate pixels.
 
     Parameters
     ----------

@@ -24,7 +24,7 @@ PRECISION_RANK = {"fp32": 3, "bf16": 2, "fp16": 1}
 DTYPE_RANK = {"float32": 2, "float16": 1}
 DEFAULT_DTYPE = "float16"
 # Of the preprocessing key of device-decoded rows. "8": resized with Pillow's 8-bit arithmetic
-# (`resample`); the earlier "-devjpeg" rows (float resizing, a level off on ~16 % of the pixels)
+# (`resample`); the earlier "-devjpeg" rows (float resizing, a level off on ~16 % of the values)
 # are not mixed with these.
 DEVICE_SUFFIX = "-devjpeg8"
 

@@ -318,9 +318,10 @@ def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess,
     """JPEG bytes -> (V, 3, S, S) uint8 on `dev` per image, or an error string.
 
     Decoded in one call, then resized and cropped together whatever their sizes
-    (`resample.resize_views`: two batched matrix products with PIL's coefficients). Given the images' (width, height), a batch of large photos is decoded in parts of at
-    most `DECODE_PIXELS` pixels (a batch of 256 twelve-megapixel photos would take 9 GiB
-    decoded). What the device decoder refuses, PIL may still read; what both refuse is an error.
+    (`resample.resize_views`: two batched matrix products with Pillow's arithmetic). Given the
+    images' (width, height), a batch of large photos is decoded in parts of at most
+    `DECODE_PIXELS` pixels (a batch of 256 twelve-megapixel photos would take 9 GiB decoded).
+    What the device decoder refuses, PIL may still read; what both refuse is an error.
     """
     out: list[torch.Tensor | str] = []
     for part in parts(sizes, len(raw)):
