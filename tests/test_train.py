@@ -424,9 +424,9 @@ def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, 
 
 
 def test_decoding_ahead_on_a_thread_changes_no_weight(digits_jpegs, source, tmp_path, monkeypatch):
-    """On CUDA the JPEGs of `--augment-on device` are decoded on a thread ahead of the steps;
-    the crops and flips are still drawn in the steps' thread, in order: the same weights as
-    decoding in line (forced here on the CPU)."""
+    """On CUDA `--augment-on device` decodes, crops and flips on a thread ahead of the steps,
+    the crops and flips drawn in batch order from a generator of their own: the same weights as
+    in line (the thread forced here on the CPU)."""
     from fne.extraction import reader
     from fne.training.train import train
 

@@ -10,8 +10,10 @@ RandomResizedCrop gets from PIL (`resample.resize_boxes`), mirrored where flippe
 batch in one call, whatever its images' sizes.
 The crop boxes follow torchvision's RandomResizedCrop on the original image (area fraction in
 `scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
-box of a valid ratio), drawn with the flips from torch's CPU generator, which `fne train` seeds
-per epoch. A JPEG the device decoder refuses goes to PIL; one both refuse is skipped and named.
+box of a valid ratio), drawn with the flips from a CPU generator that `fne train` seeds each
+epoch from the epoch's seed, in batch order, on the thread that decodes ahead of the steps
+(`epochs._batches`). A JPEG the device decoder refuses goes to PIL; one both refuse is skipped
+and named.
 Validation and test images then take `fne extract --decode device`'s path (`epochs.transforms`):
 JPEG bytes from the workers, their center crops decoded and cut on the device.
 """
@@ -133,19 +135,22 @@ class DeviceAugment:
         """See the class."""
         self.size, self.side, self.scale = size, side, scale
 
-    def __call__(self, batch: dict, dev: torch.device, bad: list) -> tuple[torch.Tensor | None, list[int]]:
+    def __call__(self, batch: dict, dev: torch.device, bad: list,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, list[int]]:
         """A `collate` batch -> (float (B, 3, S, S) in 0..255 on `dev`, cropped and flipped, or
         None; the dataset indices of its rows). Images no decoder reads are appended to `bad`
-        as (index, key, error)."""
+        as (index, key, error). The boxes and flips are drawn from `generator` (default: torch's
+        global one)."""
         idx, n = batch["idx"], len(batch["idx"])
-        decoded = (batch if "decoded" in batch else self.decode(batch, dev))["decoded"]
-        boxes = crop_boxes(batch["aspect"], self.scale)
-        flip = torch.rand(n) < 0.5
+        raw = reader.raw_jpegs(batch)
+        decoded = reader.decode_jpegs(raw, dev) if raw else []  # one call (nvjpeg on CUDA)
+        boxes = crop_boxes(batch["aspect"], self.scale, generator=generator)
+        flip = torch.rand(n, generator=generator) < 0.5
         imgs: list[torch.Tensor | None] = [None] * n
         if batch["pixels"] is not None:  # squashed in the workers: one transfer
             for p, x in zip(batch["pix_pos"], batch["pixels"].to(dev, non_blocking=True), strict=True):
                 imgs[p] = x
-        for p, data, img in zip(batch["raw_pos"], reader.raw_jpegs(batch), decoded, strict=True):
+        for p, data, img in zip(batch["raw_pos"], raw, decoded, strict=True):
             if img is not None:
                 imgs[p] = img
                 continue
@@ -160,11 +165,3 @@ class DeviceAugment:
         x = resize_boxes([imgs[p] for p in keep], (boxes[keep].double() * sides).numpy(), flip[keep].numpy(),
                          self.size)
         return x, [idx[p] for p in keep]
-
-    @staticmethod
-    def decode(batch: dict, dev: torch.device) -> dict:
-        """The batch, its JPEGs decoded on `dev` in one call under "decoded" (None where the
-        device decoder refused one). No random draws: it may run on a thread ahead of the steps."""
-        raw = reader.raw_jpegs(batch)
-        batch["decoded"] = reader.decode_jpegs(raw, dev) if raw else []
-        return batch

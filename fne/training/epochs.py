@@ -95,33 +95,37 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
 def _batches(loader, ctx: Ctx, bar, augment=None):
     """(dataset indices, normalised inputs, labels) of each batch's readable images; `augment`
     (a `DeviceAugment`) decodes, crops and flips them on the device first, and an eval loader of
-    JPEG bytes has them decoded and center-cropped there. On CUDA the JPEGs are decoded on a
+    JPEG bytes has them decoded and center-cropped there. On CUDA that device work runs on a
     thread of its own, two batches ahead (`reader.Ahead`): nvjpeg's call blocks its thread
-    until a batch is decoded, which would otherwise stall the steps; the random crops and flips
-    are still drawn here, in batch order."""
-    ahead = 2 if ctx.device.type == "cuda" else 0
+    until a batch is decoded, and the steps' thread is left with the steps. The random crops and
+    flips come from a generator of their own, seeded here from the epoch's global one and drawn
+    in batch order: the same crops on the thread as in line."""
+    prep, ahead = loader.dataset.prep, 2 if ctx.device.type == "cuda" else 0
     if augment is not None:
-        batches = reader.Ahead(loader, lambda b: augment.decode(b, ctx.device), ahead, ctx.device)
-    elif isinstance(loader.dataset.prep, Preprocess):  # views, of JPEG bytes where it could
-        batches = reader.assembled(loader, ctx.device, loader.dataset.prep, ahead)
+        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
+
+        def on_device(batch: dict):  # (batch, (x, indices), bad)
+            bad = list(batch["bad"])
+            return batch, augment(batch, ctx.device, bad, generator=g), bad
+    elif isinstance(prep, Preprocess):  # center views, JPEG bytes decoded on the device
+        def on_device(batch: dict):
+            bad = list(batch["bad"])
+            x, idx, _ = reader.assemble(batch, ctx.device, prep, bad)
+            return batch, (x[:, 0] if x is not None else None, idx), bad
     else:
-        yield from _ready(loader, ctx, bar, None)
+        yield from _ready(loader, ctx, bar)
         return
+    batches = reader.Ahead(loader, on_device, ahead, ctx.device)
     try:
-        yield from _ready(batches, ctx, bar, augment)
+        yield from _ready(batches, ctx, bar)
     finally:
         batches.close()
 
 
-def _ready(batches, ctx: Ctx, bar, augment):
+def _ready(batches, ctx: Ctx, bar):
     for item in batches:
-        if augment is not None:
-            batch = item
-            bad = list(batch["bad"])
-            x, idx = augment(batch, ctx.device, bad)
-        elif isinstance(item, tuple):  # reader.assembled: (B, 1, 3, S, S) views, JPEGs device-decoded
-            batch, (x, idx, _), bad = item
-            x = x[:, 0] if x is not None else None
+        if isinstance(item, tuple):  # made on the device: (batch, (x, indices), bad)
+            batch, (x, idx), bad = item
         else:
             batch, bad = item, list(item["bad"])
             idx, x = batch["idx"], batch["pixels"]
