@@ -59,7 +59,7 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
     With `on_device`, train's transform only squashes each image to `augment.SQUASH` x S (an
     `augment.Squash`): the crop and flip are then `augment.DeviceAugment`'s, on the device. The
     eval view is then the center crop's `Preprocess` itself: its JPEGs are decoded, resized and
-    cropped on the device too, as `fne extract --decode device` does (`reader.assembled`).
+    cropped on the device too, as `fne extract --decode device` does (`reader.assemble`).
     """
     center = _Center(size, backbone)
     if not augment:
@@ -112,9 +112,13 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
             bad = list(batch["bad"])
             x, idx, _ = reader.assemble(batch, ctx.device, prep, bad)
             return batch, (x[:, 0] if x is not None else None, idx), bad
-    else:
-        yield from _ready(loader, ctx, bar)
-        return
+    else:  # pixels from the workers: moved, in line
+        ahead = 0
+
+        def on_device(batch: dict):
+            x = batch["pixels"]
+            x = x.to(ctx.device, non_blocking=True) if x is not None else None
+            return batch, (x, batch["idx"]), list(batch["bad"])
     batches = reader.Ahead(loader, on_device, ahead, ctx.device)
     try:
         yield from _ready(batches, ctx, bar)
@@ -123,13 +127,7 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
 
 
 def _ready(batches, ctx: Ctx, bar):
-    for item in batches:
-        if isinstance(item, tuple):  # made on the device: (batch, (x, indices), bad)
-            batch, (x, idx), bad = item
-        else:
-            batch, bad = item, list(item["bad"])
-            idx, x = batch["idx"], batch["pixels"]
-            x = x.to(ctx.device, non_blocking=True) if x is not None else None
+    for batch, (x, idx), bad in batches:
         for i, _, err in bad:
             if ctx.dataset.ids[i] not in ctx.skipped:
                 ctx.skipped[ctx.dataset.ids[i]] = err
