@@ -159,7 +159,8 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
 @cuda
 def test_batched_resize_on_cuda_gives_the_cpus_pixels():
     """`resample` on CUDA (fp32 matmuls, pinned uploads) against the same call on CPU tensors:
-    every view and every box within one rounding step (float32 sums in another order)."""
+    every view and every box within one rounding step (float32 sums in another order); and
+    unchanged where the process asked for TF32 matmuls."""
     from fne.backbones.preprocess import Preprocess
     from fne.backbones.resample import resize_boxes, resize_views
 
@@ -171,6 +172,12 @@ def test_batched_resize_on_cuda_gives_the_cpus_pixels():
         prep = Preprocess(224, crop, interpolation="bicubic")
         a, b = resize_views(imgs, prep), resize_views([i.to(dev) for i in imgs], prep).cpu()
         assert (a.int() - b.int()).abs().max() <= 1
+        before = torch.get_float32_matmul_precision()
+        try:  # a process that asked for TF32 matmuls: the same pixels (the products run at "highest")
+            torch.set_float32_matmul_precision("high")
+            assert torch.equal(resize_views([i.to(dev) for i in imgs], prep).cpu(), b)
+        finally:
+            torch.set_float32_matmul_precision(before)
     boxes = np.array([[10.5, 20.25, 300.0, 290.5]] * len(imgs)) * 0.1
     flip = np.array([True, False, True, False, True])
     a, b = resize_boxes(imgs, boxes, flip, 32), resize_boxes([i.to(dev) for i in imgs], boxes, flip, 32).cpu()

@@ -94,3 +94,41 @@ def test_a_batch_of_any_sizes_is_one_call_with_each_images_own_pixels(monkeypatc
     assert _same_but_rounding_edges(resample.resize_views(imgs, prep), alone)
     assert len(calls) > 1 and sum(calls) == len(imgs)
     assert resample.resize_views([], prep).shape == (0, 10, 3, 64, 64)
+
+
+def _tf32(t: torch.Tensor) -> torch.Tensor:
+    """float32 rounded to TF32's 10-bit mantissa (to nearest, ties to even), as CUDA's TF32
+    products round their operands."""
+    i = t.contiguous().view(torch.int32)
+    return ((i + 0xFFF + ((i >> 13) & 1)) & ~0x1FFF).view(torch.float32)
+
+
+def test_products_run_in_full_float32_whatever_the_process_chose(monkeypatch):
+    """A process that asked for TF32 matmuls (``torch.set_float32_matmul_precision("high")``,
+    common in training scripts) gets the same pixels: the products run at "highest", and the
+    process's setting is back after. CUDA's TF32 is emulated: operands rounded where the
+    setting in force at the product is not "highest"."""
+    prep = Preprocess(64, "center", interpolation="bicubic")
+    imgs = _images(2)
+    exact = resample.resize_views(imgs, prep)
+    seen, real = [], torch.Tensor.__matmul__
+
+    def matmul(a, b):
+        seen.append(torch.get_float32_matmul_precision())
+        return real(a, b) if seen[-1] == "highest" else real(_tf32(a), _tf32(b))
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", matmul)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        third = torch.tensor([1 / 3])
+        assert _tf32(third) != third and abs(float(_tf32(third)) - 1 / 3) < 2**-12  # the emulation rounds
+        assert torch.equal(resample.resize_views(imgs, prep), exact)
+        assert seen and set(seen) == {"highest"}
+        assert torch.get_float32_matmul_precision() == "high"
+        with resample.full_precision():  # nested (or another thread's): the last one out restores
+            resample.resize_views(imgs, prep)
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
