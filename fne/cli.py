@@ -263,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + signal.SIGPIPE
+    except Exception as e:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(e, torch.OutOfMemoryError):
+            raise
+        smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
+        print(f"fne {args.command}: error: the device ran out of memory ({str(e).splitlines()[0]}); "
+              f"committed work is kept, rerun{smaller} to resume", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

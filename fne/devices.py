@@ -113,7 +113,7 @@ _BYTES_PER_IMAGE_224 = 24 * 2**20
 
 
 def default_batch_size(device: torch.device, image_size: int = 224, precision: str = "bf16",
-                       free_bytes: int | None = None) -> int:
+                       free_bytes: int | None = None, views: int = 1) -> int:
     """Extraction batch size for `device` when the user gives none.
 
     Parameters
@@ -126,6 +126,8 @@ def default_batch_size(device: torch.device, image_size: int = 224, precision: s
         fp32 doubles the memory an image takes; bf16/fp16 do not.
     free_bytes : int, optional
         Free device memory (default: asked from CUDA).
+    views : int
+        Views per image the network sees (10 for ten-crop).
 
     Returns
     -------
@@ -137,7 +139,7 @@ def default_batch_size(device: torch.device, image_size: int = 224, precision: s
         return CPU_BATCH
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0]
-    per_image = _BYTES_PER_IMAGE_224 * (image_size / 224) ** 2 * (2 if precision == "fp32" else 1)
+    per_image = _BYTES_PER_IMAGE_224 * (image_size / 224) ** 2 * (2 if precision == "fp32" else 1) * views
     batch = CUDA_BATCH
     while batch > 1 and batch * per_image > free_bytes / 2:
         batch //= 2
@@ -145,14 +147,14 @@ def default_batch_size(device: torch.device, image_size: int = 224, precision: s
 
 
 def resolve_batch_size(batch_size: int | str | None, device: torch.device, image_size: int = 224,
-                       precision: str = "bf16") -> int:
+                       precision: str = "bf16", views: int = 1) -> int:
     """`batch_size` as given (an int >= 1), or `default_batch_size` for None / "auto".
 
     Parameters
     ----------
     batch_size : int, str or None
         The user's --batch-size.
-    device, image_size, precision
+    device, image_size, precision, views
         As for `default_batch_size`.
 
     Returns
@@ -161,7 +163,7 @@ def resolve_batch_size(batch_size: int | str | None, device: torch.device, image
         The batch size to use; FneError for anything else than a positive integer or auto.
     """
     if batch_size is None or batch_size == "auto":
-        return default_batch_size(device, image_size, precision)
+        return default_batch_size(device, image_size, precision, views=views)
     try:
         n = int(batch_size)
     except (TypeError, ValueError):

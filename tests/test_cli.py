@@ -115,3 +115,23 @@ def test_a_bad_value_is_refused_alike_by_the_cli_and_a_pipeline(tmp_path, capsys
                  '[fit]\nfeatures = ["fc7"]\n')
     with pytest.raises(PipelineError, match=r"backbones\[0\]\.crop: 'middle': expected one of center, squash, ten"):
         load_pipeline(f)
+
+
+def test_running_out_of_device_memory_is_one_line_that_says_what_to_do(monkeypatch, capsys):
+    """A batch too large for the GPU: one line (no traceback) that says the committed rows are
+    kept and what to rerun with."""
+    import torch
+
+    import fne.extraction.extract as fx
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(fx, "extract", oom)
+    assert main(["extract", "digits", "--batch-size", "4096"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("fne extract: error: the device ran out of memory (CUDA out of memory. Tried to allocate "
+                   "2.00 GiB); committed work is kept, rerun with a smaller --batch-size to resume")
+    monkeypatch.setattr(fx, "extract", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # other errors are not dressed up as this one
+        main(["extract", "digits"])

@@ -35,6 +35,9 @@ def test_default_batch_size_follows_the_device_and_its_free_memory():
     assert 1 <= small < 256 and small & (small - 1) == 0
     assert default_batch_size(gpu, 448, "fp32", free_bytes=8 * 2**30) < default_batch_size(gpu, free_bytes=8 * 2**30)
     assert default_batch_size(gpu, free_bytes=0) == 1
+    # half of 8 GiB holds 170 views of 24 MiB: 128 images of one view, 16 of ten (ten-crop)
+    assert default_batch_size(gpu, free_bytes=8 * 2**30) == 128
+    assert default_batch_size(gpu, free_bytes=8 * 2**30, views=10) == 16
     assert resolve_batch_size(None, cpu) == resolve_batch_size("auto", cpu) == 32
     assert resolve_batch_size(7, gpu) == 7
     for bad in (0, -3, "x", 2.5):
@@ -77,14 +80,19 @@ def test_weights_file_is_read_to_the_device_without_a_random_init(tmp_path, monk
     assert set(calls) <= {"meta"}  # built on the meta device: no initialisation thrown away
 
 
-def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
-    """`benchmarks/bench_gpu.py --smoke`: every row of the GPU table, on CPU at tiny sizes."""
-    pytest.importorskip("efficientnet_lite_pytorch")
+def _bench_gpu():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import bench_gpu
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_gpu
+
+
+def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
+    """`benchmarks/bench_gpu.py --smoke`: every row of the GPU table, on CPU at tiny sizes."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    bench_gpu = _bench_gpu()
     out = tmp_path / "table.json"
     assert bench_gpu.main(["--smoke", "--work", str(tmp_path / "w"), "--json", str(out)]) == 0
     rows = {r[0]: r for r in json.loads(out.read_text())}
@@ -104,6 +112,28 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
     peer = np.load(tmp_path / "w" / "peer.npy")
     b = backbones.get("mobilenet_v3_small", "random")
     assert peer.shape == (16, sum(t.channels for t in b.taps))  # the same taps, one row per image
+
+
+def test_bench_gpu_brings_back_what_it_measured_when_a_part_fails_or_time_runs_out(tmp_path, monkeypatch):
+    """One try on a lent GPU: a part that fails is a row saying why, a part past `--budget` is
+    skipped, and the table is in $OUT/bench_gpu.json after every row."""
+    bench_gpu = _bench_gpu()
+    monkeypatch.setenv("OUT", str(tmp_path))
+
+    def no_images(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bench_gpu, "make_images", no_images)
+    assert bench_gpu.main(["--smoke", "--work", str(tmp_path / "w")]) == 0
+    rows = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert ["images", "failed", "RuntimeError: disk full"] in rows
+    assert rows[-1][0] == "total" and not any(r[0] == "forward" for r in rows)  # nothing to measure without images
+    (tmp_path / "w2" / "images").mkdir(parents=True)  # images there: the parts after them are tried
+    assert bench_gpu.main(["--smoke", "--work", str(tmp_path / "w2"), "--budget", "0"]) == 0
+    rows = json.loads((tmp_path / "bench_gpu.json").read_text())
+    skipped = [r[0] for r in rows if r[1] == "skipped"]
+    assert skipped[:3] == ["images", "forward", "fne extract, defaults"] and "--decode pil" in skipped
+    assert all(r[2] == "out of the 0 s budget" for r in rows if r[1] == "skipped")
 
 
 # ---------------------------------------------------------------- CUDA only
@@ -230,3 +260,52 @@ def device_path_end_to_end(tmp_path: Path, device: str) -> None:
     m = train(data, "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="imagenet", epochs=1,
               image_size=64, progress=False, device=device, workers=2, batch_size=8, augment_on="device")
     assert m["augment_on"] == "device" and m["history"][0]["img_s"] > 0 and not m["skipped"]
+
+
+def _noise_jpeg(seed: int, h: int = 256, w: int = 256) -> torch.Tensor:
+    from torchvision.io import encode_jpeg
+
+    g = torch.Generator().manual_seed(seed)
+    return encode_jpeg(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), quality=90)
+
+
+@cuda
+def test_device_decoding_does_not_write_memory_that_queued_work_still_reads():
+    """pytorch/vision#9606: nvjpeg's hardware decoder writes its outputs without waiting for the
+    work queued on the caller's stream, into memory the caching allocator may have just taken
+    back from that work. `decode_jpegs` waits for the stream first. A stalled stream queues a
+    sum over buffers of the decoded images' size, frees them, then decodes: the sums must hold."""
+    from fne.extraction.reader import decode_jpegs
+
+    dev = torch.device("cuda")
+    raw = [_noise_jpeg(i) for i in range(4)]
+    for _ in range(20):
+        victims = [torch.ones(3 * 256 * 256, dtype=torch.uint8, device=dev) for _ in raw]
+        torch.cuda._sleep(20_000_000)  # the stream stalls; what follows waits behind it
+        sums = [v.sum(dtype=torch.int64) for v in victims]
+        del victims  # free for the next allocations of their size on this stream
+        decoded = decode_jpegs(raw, dev)
+        assert [int(s) for s in sums] == [3 * 256 * 256] * len(raw)
+        assert all(d is not None and d.shape == (3, 256, 256) for d in decoded)
+
+
+@cuda
+def test_results_made_ahead_on_their_own_stream_equal_those_made_in_line():
+    """`reader.Ahead` on CUDA: the thread decodes on a stream of its own; the consumer's stream
+    waits for each result, and its memory is not handed back while the consumer still reads it
+    (here a stalled stream, then the results freed): the same pixels as in line, every time."""
+    from fne.backbones.preprocess import Preprocess
+    from fne.extraction import reader
+
+    dev, prep = torch.device("cuda"), Preprocess(224, "center")
+    batches = [[_noise_jpeg(8 * b + i, 200 + 16 * i, 300 - 8 * i) for i in range(8)] for b in range(12)]
+    inline = [torch.stack(reader.decode_raw(raw, dev, prep)).cpu() for raw in batches]
+    ahead = reader.Ahead(batches, lambda raw: torch.stack(reader.decode_raw(raw, dev, prep)), 2, dev)
+    got = []
+    for x in ahead:
+        torch.cuda._sleep(20_000_000)  # the consumer's stream lags behind the thread
+        got.append(x.float().sum(dim=(1, 2, 3, 4)))  # read after the stall; `x` is freed meanwhile
+        del x
+    ahead.close()
+    assert len(got) == len(inline)
+    assert all(torch.equal(g.cpu(), b.float().sum(dim=(1, 2, 3, 4))) for g, b in zip(got, inline))

@@ -332,3 +332,24 @@ def test_an_error_while_assembling_ahead_reaches_the_consumer_and_close_returns(
         break
     stopped.close()
     assert not stopped._thread.is_alive()
+
+
+def test_only_whole_jpegs_go_to_the_device_decoder(tmp_path):
+    """A JPEG cut short is not sent to the device decoder (nvjpeg's batched decode may return
+    part of an image without an error): PIL, in the worker, names it, as on the PIL path. Zero
+    padding after the end-of-image marker still makes a whole file."""
+    from fne.data.datasets import load_dataset
+
+    whole = _jpeg(64, 48, 0)
+    assert reader._plain_jpeg(whole) == (64, 48)
+    assert reader._plain_jpeg(whole + b"\0" * 100) == (64, 48)
+    assert reader._plain_jpeg(whole[: len(whole) * 2 // 3]) is None
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    (data / "whole.jpg").write_bytes(whole)
+    (data / "cut.jpg").write_bytes(whole[: len(whole) * 2 // 3])
+    dataset = load_dataset(data.parent)
+    items = reader.ImageItems(dataset, [0, 1], Preprocess(32, "center", resize=40), raw_jpeg=True)
+    got = {dataset.ids[i]: (x, err) for i, _, x, err, _ in (items[j] for j in range(2))}
+    assert isinstance(got["a/whole.jpg"][0], reader.Jpeg) and got["a/whole.jpg"][1] is None
+    assert got["a/cut.jpg"][0] is None and "truncated" in got["a/cut.jpg"][1]

@@ -103,32 +103,42 @@ def _tf32(t: torch.Tensor) -> torch.Tensor:
     return ((i + 0xFFF + ((i >> 13) & 1)) & ~0x1FFF).view(torch.float32)
 
 
-def test_products_run_in_full_float32_whatever_the_process_chose(monkeypatch):
+@pytest.mark.parametrize("ask", ["legacy", "backend"])
+def test_products_run_in_full_float32_whatever_the_process_chose(monkeypatch, ask):
     """A process that asked for TF32 matmuls (``torch.set_float32_matmul_precision("high")``,
-    common in training scripts) gets the same pixels: the products run at "highest", and the
-    process's setting is back after. CUDA's TF32 is emulated: operands rounded where the
-    setting in force at the product is not "highest"."""
+    common in training scripts, or ``torch.backends.cuda.matmul.fp32_precision = "tf32"``) gets
+    the same pixels: the products run in full float32, and the process's settings are back
+    after. CUDA's TF32 is emulated: operands rounded where the CUDA setting in force at the
+    product is not "ieee"."""
     prep = Preprocess(64, "center", interpolation="bicubic")
     imgs = _images(2)
     exact = resample.resize_views(imgs, prep)
-    seen, real = [], torch.Tensor.__matmul__
+    cuda, seen, real = torch.backends.cuda.matmul, [], torch.Tensor.__matmul__
 
     def matmul(a, b):
-        seen.append(torch.get_float32_matmul_precision())
-        return real(a, b) if seen[-1] == "highest" else real(_tf32(a), _tf32(b))
+        seen.append(cuda.fp32_precision)
+        return real(a, b) if seen[-1] == "ieee" else real(_tf32(a), _tf32(b))
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", matmul)
-    before = torch.get_float32_matmul_precision()
+    third = torch.tensor([1 / 3])
+    assert _tf32(third) != third and abs(float(_tf32(third)) - 1 / 3) < 2**-12  # the emulation rounds
+    before = [b.fp32_precision for b in resample._MATMUL]
     try:
-        torch.set_float32_matmul_precision("high")
-        third = torch.tensor([1 / 3])
-        assert _tf32(third) != third and abs(float(_tf32(third)) - 1 / 3) < 2**-12  # the emulation rounds
+        if ask == "legacy":
+            torch.set_float32_matmul_precision("high")
+        else:
+            cuda.fp32_precision = "tf32"
+        asked = [b.fp32_precision for b in resample._MATMUL]
+        assert asked[0] == "tf32"
         assert torch.equal(resample.resize_views(imgs, prep), exact)
-        assert seen and set(seen) == {"highest"}
-        assert torch.get_float32_matmul_precision() == "high"
+        assert seen and set(seen) == {"ieee"}
+        assert [b.fp32_precision for b in resample._MATMUL] == asked
         with resample.full_precision():  # nested (or another thread's): the last one out restores
             resample.resize_views(imgs, prep)
-            assert torch.get_float32_matmul_precision() == "highest"
-        assert torch.get_float32_matmul_precision() == "high"
+            assert cuda.fp32_precision == "ieee"
+        assert [b.fp32_precision for b in resample._MATMUL] == asked
+        if ask == "legacy":
+            assert torch.get_float32_matmul_precision() == "high"
     finally:
-        torch.set_float32_matmul_precision(before)
+        for b, was in zip(resample._MATMUL, before, strict=True):
+            b.fp32_precision = was

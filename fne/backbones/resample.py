@@ -254,21 +254,23 @@ def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torc
     return y
 
 
-_held = [0, "highest"]  # threads inside `full_precision`, the process's setting they restore
+_MATMUL = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)  # each backend's fp32 precision
+_held: list = [0, None]  # threads inside `full_precision`, the process's settings they restore
 _lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def full_precision() -> Iterator[None]:
-    """float32 products in full float32 inside, whatever ``torch.set_float32_matmul_precision``
-    the process chose: with "high", CUDA multiplies in TF32 (operands rounded to 10-bit
-    mantissas), which moves 2.8 % of the values of pets37's center crops, by up to two levels
-    (TF32 emulated on a CPU). The setting is global, so the threads inside at once share one
-    change, and the last one out restores it."""
+    """float32 products in full float32 inside ("ieee"), whatever the process asked for
+    (``torch.set_float32_matmul_precision`` or the backends' ``fp32_precision``): in TF32
+    (CUDA's "high"; operands rounded to 10-bit mantissas) 2.8 % of the values of pets37's center
+    crops move, by up to two levels (TF32 emulated on a CPU). The settings are global, so the
+    threads inside at once share one change, and the last one out restores them."""
     with _lock:
         if not _held[0]:
-            _held[1] = torch.get_float32_matmul_precision()
-            torch.set_float32_matmul_precision("highest")
+            _held[1] = [b.fp32_precision for b in _MATMUL]
+            for b in _MATMUL:
+                b.fp32_precision = "ieee"
         _held[0] += 1
     try:
         yield
@@ -276,7 +278,8 @@ def full_precision() -> Iterator[None]:
         with _lock:
             _held[0] -= 1
             if not _held[0]:
-                torch.set_float32_matmul_precision(_held[1])
+                for b, was in zip(_MATMUL, _held[1], strict=True):
+                    b.fp32_precision = was
 
 
 def _matrices(axes: list[tuple[int, list[int]]], table: tuple, width: int, dev: torch.device) -> torch.Tensor:

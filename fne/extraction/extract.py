@@ -129,7 +129,8 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     dev = _device(spec.device, o.threads)
     spec = replace(spec, decode=resolve_decode(spec.decode, dev))
     store = spec.open()
-    batch_size = resolve_batch_size(o.batch_size, dev, spec.preprocess().size, store.meta["precision"])
+    prep = spec.preprocess()
+    batch_size = resolve_batch_size(o.batch_size, dev, prep.size, store.meta["precision"], prep.views)
     shard_t = shards.parse_shard(o.shard)
     plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,

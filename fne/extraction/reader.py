@@ -115,10 +115,16 @@ def why_unreadable(e: Exception) -> str:
 
 def _plain_jpeg(data: bytes) -> tuple[int, int] | None:
     """(width, height) of a JPEG (known by its first bytes and header, whatever its name) that a
-    device decoder decodes as PIL does; None for anything else (PIL decodes it)."""
+    device decoder decodes as PIL does; None for anything else (PIL decodes it, or says why not).
+
+    Only whole files: one that does not end in the end-of-image marker (after any zero padding)
+    goes to PIL, which refuses a cut file, where nvjpeg's batched decoder may return a partial
+    image without an error."""
     from PIL import Image
 
     if bytes(data[:2]) != b"\xff\xd8":  # JPEG's start-of-image marker: PNGs and others go to PIL
+        return None
+    if not bytes(data[-4096:]).rstrip(b"\x00").endswith(b"\xff\xd9"):  # zero padding: to a sector
         return None
     with Image.open(io.BytesIO(data)) as img:  # reads the header only
         plain = img.format == "JPEG" and img.mode in ("RGB", "L") and img.getexif().get(0x0112, 1) == 1
@@ -293,18 +299,34 @@ def release(batch: dict) -> None:
 
 
 def decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
-    """One batched decode (nvjpeg on CUDA); if it fails, one by one, None where refused."""
+    """One batched decode (nvjpeg on CUDA); if it fails, one by one, None where refused.
+
+    On CUDA the current stream is synchronised before each call: nvjpeg's hardware decoder
+    writes its outputs without waiting for the work queued on that stream, and the caching
+    allocator may have handed it memory that queued kernels still read (pytorch/vision#9606,
+    reproduced on an H100). Run on a stream of its own (`Ahead`), the wait is for that
+    thread's own work only. Running out of device memory is raised, not taken for a bad file.
+    """
     from torchvision.io import ImageReadMode, decode_jpeg
+
+    def one_call(data):
+        if dev.type == "cuda":
+            torch.cuda.current_stream(dev).synchronize()
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 marks its image codecs deprecated
         try:
-            return list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev))
+            return list(one_call(raw))
+        except torch.OutOfMemoryError:
+            raise
         except Exception:  # one bad file fails the whole call: decode one by one
             imgs: list[torch.Tensor | None] = []
             for r in raw:
                 try:
-                    imgs.append(decode_jpeg(r, mode=ImageReadMode.RGB, device=dev))
+                    imgs.append(one_call(r))
+                except torch.OutOfMemoryError:
+                    raise
                 except Exception:
                     imgs.append(None)
             return imgs
@@ -349,9 +371,11 @@ def _decode_part(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -
         if img is not None:
             continue
         try:  # what the device decoder refused, PIL may still read
-            out[p] = prep(read_image(io.BytesIO(raw[p].numpy().tobytes()))).to(dev)
+            views = prep(read_image(io.BytesIO(raw[p].numpy().tobytes())))
         except Exception as e:
             out[p] = f"{type(e).__name__}: {e}"
+            continue
+        out[p] = views.to(dev)  # outside the try: a device error is not the file's
     good = [p for p, img in enumerate(imgs) if img is not None]
     for p, views in zip(good, resize_views([imgs[p] for p in good], prep), strict=True):
         out[p] = views
@@ -388,10 +412,13 @@ class Ahead:
 
     For work that blocks its thread with the GIL released: decoding JPEGs on the device
     (torchvision's nvjpeg call ends in a stream synchronisation) overlaps the consumer's work on
-    the item before, where in line the two add up. Kernels launched on the thread go to the
-    same stream as the consumer's, so what the consumer launches on a result still follows the
-    work that made it. An error on the thread is raised at the consumer's next item; `close`
-    (also after an error in the consumer) stops the thread and waits for it.
+    the item before, where in line the two add up. On CUDA the thread launches on a stream of
+    its own, so that its waits (`decode_jpegs`) are for its own work, not the consumer's: the
+    consumer's stream waits for each result's work (an event), and the result's device
+    tensors are marked as used there (``record_stream``), so that their memory is not handed
+    back to the thread while the consumer's kernels may still read it. An error on the thread
+    is raised at the consumer's next item; `close` (also after an error in the consumer) stops
+    the thread and waits for it.
 
     Parameters
     ----------
@@ -425,14 +452,24 @@ class Ahead:
                 return
             if isinstance(item, _Failed):
                 raise item.error
+            if isinstance(item, _Made):
+                item = item.take()
             yield item
 
     def _fill(self, q: queue.Queue) -> None:
         try:
-            if self.device is not None and self.device.type == "cuda" and self.device.index is not None:
-                torch.cuda.set_device(self.device)
+            side = None
+            if self.device is not None and self.device.type == "cuda":
+                if self.device.index is not None:
+                    torch.cuda.set_device(self.device)
+                side = torch.cuda.Stream(self.device)
             for item in self.items:
-                if not self._put(q, self.fn(item)):
+                if side is None:
+                    out = self.fn(item)
+                else:
+                    with torch.cuda.stream(side):
+                        out = _Made(self.fn(item), side)
+                if not self._put(q, out):
                     return
             self._put(q, _END)
         except BaseException as e:  # surfaced in the consumer's thread
@@ -466,6 +503,34 @@ def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> A
 
 
 _END = object()
+
+
+class _Made:
+    """A result made on `stream` (another thread's): `take` makes the taking thread's stream
+    wait for that work and marks the result's device tensors as used there."""
+
+    def __init__(self, result, stream: torch.cuda.Stream):
+        self.result, self.device, self.done = result, stream.device, stream.record_event()
+
+    def take(self):
+        here = torch.cuda.current_stream(self.device)
+        here.wait_event(self.done)
+        for t in _device_tensors(self.result):
+            t.record_stream(here)
+        return self.result
+
+
+def _device_tensors(x):
+    """The CUDA tensors in nested tuples, lists and dicts."""
+    if isinstance(x, torch.Tensor):
+        if x.is_cuda:
+            yield x
+    elif isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _device_tensors(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _device_tensors(y)
 
 
 class _Failed:

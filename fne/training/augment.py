@@ -155,9 +155,11 @@ class DeviceAugment:
                 imgs[p] = img
                 continue
             try:  # what the device decoder refused, PIL may still read
-                imgs[p] = Squash(self.side)(read_image(io.BytesIO(data.numpy().tobytes()))).to(dev)
+                pil = Squash(self.side)(read_image(io.BytesIO(data.numpy().tobytes())))
             except Exception as e:
                 bad.append((idx[p], batch["keys"][p], reader.why_unreadable(e)))
+                continue
+            imgs[p] = pil.to(dev)  # outside the try: a device error is not the file's
         keep = [p for p in range(n) if imgs[p] is not None]
         if not keep:
             return None, []
