@@ -188,7 +188,8 @@ def default_workers(device: torch.device) -> int:
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
-    """`auto` -> "device" on CUDA (batched nvjpeg pays there), "pil" elsewhere; others as given.
+    """`auto` -> "device" on CUDA (batched nvjpeg pays there) where torchvision decodes on a
+    device (`device_decoder`), "pil" elsewhere; others as given.
 
     Parameters
     ----------
@@ -203,5 +204,24 @@ def resolve_decode(decode: str, device: torch.device) -> str:
         "pil" or "device".
     """
     if decode == "auto":
-        return "device" if device.type == "cuda" else "pil"
+        return "device" if device.type == "cuda" and device_decoder() else "pil"
     return decode
+
+
+def require_device_decoder(option: str = "--decode") -> None:
+    """FneError naming `option` where this torchvision cannot decode on a device (asked for
+    where images are to be decoded: rows already cached are read without it)."""
+    if not device_decoder():
+        import torchvision
+
+        raise FneError(f"{option} device needs torchvision.io.decode_jpeg, which torchvision "
+                       f"{torchvision.__version__} no longer has: use {option} auto")
+
+
+def device_decoder() -> bool:
+    """Whether this torchvision decodes JPEGs on a device (``torchvision.io.decode_jpeg``;
+    deprecated since 0.29 in favour of TorchCodec, "to be removed in a future release"). Without
+    it `--decode auto` and `--augment-on auto` decode with PIL."""
+    import torchvision.io
+
+    return hasattr(torchvision.io, "decode_jpeg")

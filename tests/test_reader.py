@@ -4,6 +4,7 @@ and batches that keep the views' channels-last layout."""
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 
@@ -353,3 +354,33 @@ def test_only_whole_jpegs_go_to_the_device_decoder(tmp_path):
     got = {dataset.ids[i]: (x, err) for i, _, x, err, _ in (items[j] for j in range(2))}
     assert isinstance(got["a/whole.jpg"][0], reader.Jpeg) and got["a/whole.jpg"][1] is None
     assert got["a/cut.jpg"][0] is None and "truncated" in got["a/cut.jpg"][1]
+
+
+def test_a_torchvision_without_device_decoding_falls_back_to_pil_or_says_so(tmp_path, monkeypatch):
+    """torchvision's image codecs are deprecated since 0.29 (to TorchCodec): where decode_jpeg is
+    gone, auto decodes with PIL on CUDA too, an explicit device decode that has images to
+    decode is one clear error naming its option, and rows already cached are still read."""
+    import torchvision.io
+
+    from fne.errors import FneError
+    from fne.training.train import train
+
+    data = tmp_path / "data"
+    for k, c in enumerate("ab"):
+        (data / c).mkdir(parents=True)
+        for j in range(3):
+            (data / c / f"{j}.jpg").write_bytes(_jpeg(40 + j, 30, 3 * k + j))
+            os.utime(data / c / f"{j}.jpg", (time.time() - 60, time.time() - 60))  # the manifest trusts them
+    cache = str(tmp_path / "cache")
+    kw = dict(cache=cache, device="cpu", workers=0, progress=False, **FAST)
+    first = fx.extract(data, decode="device", **kw)  # while the decoder is there
+    monkeypatch.delattr(torchvision.io, "decode_jpeg")
+    assert resolve_decode("auto", torch.device("cuda")) == "pil" and resolve_decode("auto", CPU) == "pil"
+    again = fx.extract(data, decode="device", **kw)
+    assert again.n_cached == 6 and again.n_computed == 0 and again.store == first.store
+    (data / "a" / "new.jpg").write_bytes(_jpeg(50, 30, 9))
+    with pytest.raises(FneError, match=r"--decode device needs torchvision\.io\.decode_jpeg.*use --decode auto"):
+        fx.extract(data, decode="device", **kw)
+    with pytest.raises(FneError, match=r"--augment-on device needs torchvision\.io\.decode_jpeg"):
+        train("digits", "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="random", epochs=1,
+              image_size=32, workers=0, progress=False, augment_on="device", device="cpu")

@@ -28,6 +28,7 @@ from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
     default_workers,
+    require_device_decoder,
     resolve_batch_size,
     resolve_compile,
     resolve_decode,
@@ -223,6 +224,8 @@ class _Pass:
 
 def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.device, batch_size: int,
             workers: int) -> torch.utils.data.DataLoader:
+    if spec.decode == "device":  # images to decode (cached rows are read without a decoder)
+        require_device_decoder()
     items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device")
     if dev.type == "cpu":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
         items.share_slots(batch_size, workers, in_flight=4 + 2)

@@ -32,7 +32,13 @@ from fne.backbones.preprocess import Normalize
 from fne.backbones.registry import ImportReport
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
-from fne.devices import default_workers, resolve_device, resolve_precision
+from fne.devices import (
+    default_workers,
+    require_device_decoder,
+    resolve_decode,
+    resolve_device,
+    resolve_precision,
+)
 from fne.errors import DataError, FneError
 from fne.metrics import provenance, split_scores
 from fne.options import TrainConfig
@@ -117,7 +123,10 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     model, source = _model(cfg, len(dataset.classes), ctx.device)
     workers = _workers(cfg, ctx.device)
     size = cfg.image_size or b.input_size
-    on_device = cfg.augment and (cfg.augment_on == "device" or (cfg.augment_on == "auto" and ctx.device.type == "cuda"))
+    # placed as extraction's decoding is: auto -> the device on CUDA where torchvision decodes there
+    on_device = cfg.augment and resolve_decode({"cpu": "pil"}.get(cfg.augment_on, cfg.augment_on), ctx.device) == "device"
+    if on_device:
+        require_device_decoder("--augment-on")
     train_tf, eval_tf = epochs.transforms(size, cfg.augment, b, on_device)
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
