@@ -235,6 +235,8 @@ def _hostile(root: Path) -> tuple[list[str], list[str]]:
 
 def test_hostile_files_one_clean_line_each(tmp_path, capsys):
     bad, good = _hostile(tmp_path / "data")
+    for f in (tmp_path / "data").rglob("*"):  # old files: the manifest keeps their keys for the rerun
+        os.utime(f, (time.time() - 60, time.time() - 60))
     code = main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST])
     out, err = capsys.readouterr()
     assert code == 0
@@ -246,6 +248,12 @@ def test_hostile_files_one_clean_line_each(tmp_path, capsys):
     assert all(line.startswith("extract efficientnet_lite0: ") for line in progress_lines)
     assert len(progress_lines) == 1  # a log gets the final line only on a run this short
     assert f"{len(good)} computed" in out and f"{len(bad)} skipped" in out
+    # a rerun does not read them again, and says so (they were missing from its counts)
+    assert main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    out, err = capsys.readouterr()
+    assert "fne: warning" not in err
+    assert (f"{len(good)} already cached, 0 computed at 0.0 img/s, 0 skipped, {len(bad)} recorded unreadable "
+            "by an earlier run (--retry-bad reads them again)") in out
 
 
 # ------------------------------------------------------------------ 6. HDF5 grey N×H×W×1

@@ -49,8 +49,9 @@ class ExtractResult:
     n_unique: int  # distinct contents among them
     n_cached: int  # of those, rows already in the store
     n_computed: int  # forward passes this run
-    n_skipped: int
+    n_skipped: int  # unreadable, found so by this run (named in `skipped`)
     skipped: dict[str, str] = field(default_factory=dict)  # image id -> reason
+    n_unreadable: int = 0  # distinct contents an earlier run recorded unreadable: not read again
     seconds: float = 0.0
     images_per_s: float = 0.0
     steady_images_per_s: float = 0.0  # after the first batch (set-up, compilation)
@@ -71,6 +72,7 @@ class _Plan:
     members: list[int]
     known: list[str | None]
     manifest: Manifest | None
+    unreadable: int = 0  # distinct known contents recorded unreadable earlier (not in `todo`)
 
 
 def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, retry_bad: bool) -> _Plan:
@@ -84,15 +86,17 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
         n = store.forget_bad(known[i] for i in members if known[i] is not None)
         print(f"fne extract: {n} image(s) recorded as unreadable will be read again", file=sys.stderr)
     index, bad = store.index(), store.bad()
-    todo, taken = [], set()
+    todo, taken, unreadable = [], set(), set()
     for i in members:
         k = known[i]
         if k is None:
             todo.append(i)  # unknown content: the reader hashes it
-        elif k not in index and k not in bad and k not in taken:
+        elif k in bad:
+            unreadable.add(k)
+        elif k not in index and k not in taken:
             taken.add(k)
             todo.append(i)
-    return _Plan(todo, members, known, manifest)
+    return _Plan(todo, members, known, manifest, len(unreadable))
 
 
 def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> ExtractResult:
@@ -194,6 +198,7 @@ def _count(result: ExtractResult, plan: _Plan, store: Store) -> None:
     bad = store.bad()
     result.n_cached = max(0, len(keys) - result.n_computed - len(keys & bad.keys()))
     result.n_skipped = len(result.skipped)
+    result.n_unreadable = plan.unreadable
 
 
 @dataclass
