@@ -276,7 +276,7 @@ def fne_extract(data: Path, cache: Path, arch: str, weights: str, **kw) -> tuple
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
-        "                  'wait': st.get('read_wait', 0.0) / st['run'] if st.get('run') else 0.0}))\n")
+        "                  'wait': st.get('read_wait', 0.0) / st['run'] if st.get('run') else 0.0, 'stages': st}))\n")
     return _child(code)
 
 
@@ -446,6 +446,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out_json = Path(a.json) if a.json else Path(os.environ["OUT"], "bench_gpu.json") if os.environ.get("OUT") else None
     table: list[tuple] = []
+    stages: dict[str, dict] = {}  # each fne extract run's stage seconds, in a JSON file beside the table's
     t_all = time.perf_counter()
     deadline = t_all + a.budget
 
@@ -454,6 +455,7 @@ def main(argv=None) -> int:
         print(" | ".join(table[-1]), flush=True)
         if out_json is not None:  # what was measured comes back even if the run is cut short
             out_json.write_text(json.dumps(table, indent=1))
+            out_json.with_name(out_json.stem + "_stages.json").write_text(json.dumps(stages, indent=1))
 
     def section(name: str, fn) -> bool:
         """Run one part of the table; a failure or the budget's end is a row, and the rest goes on."""
@@ -505,6 +507,7 @@ def main(argv=None) -> int:
             cache = work / f"cache{i}"
             shutil.rmtree(cache, ignore_errors=True)
             r, wall, cpu = fne_extract(imgs, cache, arch, weights, precision=prec, **kw)
+            stages[name] = r.get("stages", {})
             of_tap = f" ({r['steady'] / f['tap']:.2f} of tap model)" if f.get("tap") else ""
             row(name, f"run {r['img_s']:,.0f} img/s, steady {r['steady']:,.0f}{of_tap}",
                 f"wall {wall:.1f} s incl. start, {cpu:.0f} CPU-s, model load {r['load']:.2f} s, "
