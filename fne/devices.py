@@ -45,9 +45,8 @@ def tune_allocator() -> bool:
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        local = os.environ.get("LOCAL_RANK")
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{local or 0}")
+        if torch.cuda.is_available():  # torchrun's ranks take the GPUs in turn (more ranks than GPUs share)
+            return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK') or 0) % torch.cuda.device_count()}")
         return torch.device("cpu")
     try:
         dev = torch.device(device)
@@ -55,6 +54,10 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise FneError(f"bad --device {device!r}; use auto, cpu or cuda[:i]") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FneError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise FneError(f"--device {device}: this machine has {n} CUDA device{'s' * (n != 1)} "
+                       f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     return dev
 
 

@@ -78,6 +78,15 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
                  "--cache", cache]) == 0
     new = list(csv.DictReader((tmp_path / "q.csv").read_text().splitlines()))
     assert len(new) == 2 and "true" not in new[0] and new[0]["predicted"] in "012"
+    # Random weights are drawn where they run: a model fitted on CUDA's draw, predicted on the CPU's
+    saved = joblib.load(tmp_path / "run" / "model.joblib")
+    saved["store"]["weights_fingerprint"] = "random-seed0-cuda"
+    joblib.dump(saved, tmp_path / "run" / "model.joblib")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(flat), "--out", str(tmp_path / "r.csv"),
+                 "--cache", cache, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fitted on random weights drawn on cuda (random-seed0-cuda)" in err and err.endswith("--device cuda")
 
 
 def test_fit_never_runs_the_network_silently(digits_folder, tmp_path, capsys):

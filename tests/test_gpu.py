@@ -1,8 +1,12 @@
 """The GPU stage (issue 19): CUDA checks that skip without CUDA, and the GPU benchmark's --smoke.
 
-The CUDA tests compare against CPU fp32 within the tolerances measured on an H200 (issue 19):
-fp32 (TF32 convolutions) 8.7e-4, fp16 9.9e-4, bf16 7.7e-3, bf16 with device decoding 1.0e-2,
-given here with a margin (2e-3, 2e-3, 2e-2, 3e-2).
+The CUDA tests compare EfficientNet-Lite0's rows against CPU fp32 rows by the largest difference
+over the largest value of each tap, within twice what two runs on an H200 measured (28 Nov 2026;
+the worst tap): fp32 (TF32 convolutions) < 2e-3, fp16 2.2e-3, bf16 2.0e-2 and 4.1e-2 (the
+convolution algorithms differ between runs). nvjpeg's hardware decoder is another JPEG decoder:
+it changed 48 % of flowers12's pixels by 0.9 on average (up to 42 levels, chroma edges), and the
+fp32 rows by up to 7.0 % (bf16: 8.2 %), every row at cosine >= 0.997 to the PIL rows. (VGG-16's
+rows move less: 1.1e-3, 1.1e-3, 8.6e-3, and 1.9e-2 with device decoding; bench_gpu.py.)
 """
 
 from __future__ import annotations
@@ -55,6 +59,26 @@ def test_cli_batch_size_auto_is_the_default_and_bad_values_are_one_line(tmp_path
                  "--arch", "efficientnet_lite0", "--weights", "random"]) == 2
     err = capsys.readouterr().err.strip()
     assert "bad --batch-size 0" in err and "\n" not in err
+
+
+def test_torchrun_ranks_take_the_gpus_in_turn_and_a_missing_gpu_is_one_line(monkeypatch):
+    """More ranks than GPUs (torchrun --nproc-per-node 2 on one H200 failed with "invalid device
+    ordinal"): rank k runs on cuda:(k mod GPUs); an explicit cuda:i the machine lacks is an error
+    naming --device."""
+    from fne.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for rank, want in (("0", "cuda:0"), ("1", "cuda:1"), ("2", "cuda:0"), ("5", "cuda:1")):
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert resolve_device("auto") == torch.device(want)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == torch.device("cuda:0") and resolve_device("cuda:1").index == 1
+    with pytest.raises(FneError, match=r"--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(FneError, match=r"has 1 CUDA device \(cuda:0\)$"):
+        resolve_device("cuda:1")
 
 
 def test_random_weights_are_drawn_on_the_device_and_keyed_by_it():
@@ -147,8 +171,16 @@ def _jpegs(n: int = 16) -> list[Path]:
     pytest.skip("no flowers12 JPEGs")
 
 
+def _close(rows, ref, tol: float) -> None:
+    """Each tap: no NaN, and its largest difference over its largest value below `tol`."""
+    for a, b in zip(rows, ref):
+        a, b = torch.as_tensor(a).float().cpu(), torch.as_tensor(b).float().cpu()
+        assert not torch.isnan(a).any()
+        assert float((a - b).abs().max() / b.abs().max()) < tol
+
+
 @cuda
-@pytest.mark.parametrize("precision, tol", [("fp32", 2e-3), ("fp16", 2e-3), ("bf16", 2e-2)])
+@pytest.mark.parametrize("precision, tol", [("fp32", 2e-3), ("fp16", 5e-3), ("bf16", 8e-2)])
 def test_taps_on_cuda_match_cpu_fp32(precision, tol):
     from fne.cache.spec import StoreSpec
     from fne.data.datasets import read_image
@@ -159,10 +191,7 @@ def test_taps_on_cuda_match_cpu_fp32(precision, tol):
     cpu, dev = torch.device("cpu"), torch.device("cuda")
     ref = taps.forward(taps.build_tap_model(spec, cpu), x, cpu, "fp32")[1]
     got = taps.forward(taps.build_tap_model(spec, dev), x.to(dev), dev, precision)[1]
-    for a, b in zip(got, ref):
-        a = a.float().cpu()
-        assert not torch.isnan(a).any()
-        assert float((a - b).abs().max() / b.abs().max()) < tol
+    _close(got, ref, tol)
 
 
 @cuda
@@ -183,7 +212,7 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
     cpu = torch.device("cpu")
     ref = taps.forward(taps.build_tap_model(spec, cpu), pil, cpu, "fp32")[1]
     rows = taps.forward(taps.build_tap_model(spec, dev), dec.to(dev), dev, "bf16")[1]
-    assert max(float((a.float().cpu() - b).abs().max() / b.abs().max()) for a, b in zip(rows, ref)) < 3e-2
+    _close(rows, ref, 0.15)  # another decoder: see the module doc
 
 
 @cuda
@@ -256,7 +285,7 @@ def device_path_end_to_end(tmp_path: Path, device: str) -> None:
     keys = load_dataset(data).keys()
     last = backbones.get("efficientnet_lite0").taps[-1].name
     a, b = (Store.at(r.store).read(keys, [last])[last] for r in (dev, pil))
-    assert float(np.abs(a - b).max() / np.abs(b).max()) < 3e-2
+    _close([a], [b], 0.15)  # nvjpeg: another decoder (module doc)
     m = train(data, "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="imagenet", epochs=1,
               image_size=64, progress=False, device=device, workers=2, batch_size=8, augment_on="device")
     assert m["augment_on"] == "device" and m["history"][0]["img_s"] > 0 and not m["skipped"]
@@ -304,8 +333,9 @@ def test_results_made_ahead_on_their_own_stream_equal_those_made_in_line():
     got = []
     for x in ahead:
         torch.cuda._sleep(20_000_000)  # the consumer's stream lags behind the thread
-        got.append(x.float().sum(dim=(1, 2, 3, 4)))  # read after the stall; `x` is freed meanwhile
+        got.append(x.sum(dim=(1, 2, 3, 4), dtype=torch.int64))  # read after the stall; `x` is freed meanwhile
         del x
     ahead.close()
     assert len(got) == len(inline)
-    assert all(torch.equal(g.cpu(), b.float().sum(dim=(1, 2, 3, 4))) for g, b in zip(got, inline))
+    # exact sums (float32 sums of 150,528 pixels differ between CPU and GPU summation orders)
+    assert all(torch.equal(g.cpu(), b.sum(dim=(1, 2, 3, 4), dtype=torch.int64)) for g, b in zip(got, inline))

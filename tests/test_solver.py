@@ -173,12 +173,15 @@ def test_int8_limbs_give_the_float64_product():
 
 
 def test_warm_start_from_the_optimum_stops_early(digits):
+    """In float64. With float32 products the gradient at the optimum sits at the stopping
+    tolerance, where CPUs differ: a warm start took 2 iterations here, but 131 (one thread) and
+    705 (16) on the H200 machine's Xeon, against 140 cold (benchmarks/RESULTS.md)."""
     Xtr, ytr, _, _ = digits
-    cold = TorchHead("logreg", 1.0, device="cpu").fit(Xtr, ytr)
-    warm = TorchHead("logreg", 1.0, device="cpu", warm_start=True)
+    cold = TorchHead("logreg", 1.0, device="cpu", precision="float64").fit(Xtr, ytr)
+    warm = TorchHead("logreg", 1.0, device="cpu", warm_start=True, precision="float64")
     warm.coef_, warm.intercept_ = cold.coef_.copy(), cold.intercept_.copy()
     warm.fit(Xtr, ytr)
-    assert 5 * warm.n_iter_ < cold.n_iter_  # a few steps to re-tighten the history, not a new descent
+    assert cold.n_iter_ > 50 and 5 * warm.n_iter_ < cold.n_iter_  # not a new descent
 
 
 # ------------------------------------------------------------ the solver choice

@@ -173,9 +173,10 @@ def test_decode_auto_reads_device_decoded_rows_and_prefers_pil_on_a_tie(tmp_path
     assert auto.find([*_keys(4), *_keys(3, salt=8)]).path == dev.path  # most rows first
 
 
-def test_decode_auto_writes_where_pil_rows_go(tmp_path):
-    cache = str(tmp_path / "cache")
-    assert StoreSpec(**SPEC, cache=cache).open().path == StoreSpec(**SPEC, cache=cache, decode="pil").open().path
+def test_decode_auto_writes_where_pil_rows_go_on_a_cpu(tmp_path):
+    cache = str(tmp_path / "cache")  # (on CUDA auto decodes on the device: a store of its own, test_gpu)
+    on_cpu = dict(SPEC, cache=cache, device="cpu")
+    assert StoreSpec(**on_cpu).open().path == StoreSpec(**on_cpu, decode="pil").open().path
 
 
 def test_extracted_rows_read_back_through_the_new_layout(digits_folder, warm_cache, tmp_path):

@@ -176,11 +176,16 @@ def resize_crop(img: Image.Image, size: tuple[int, int], at: tuple[int, int], s:
     return img.crop((0, y, s, y + s))
 
 
+# Pillow 13 chose the order of its two passes by the work each saves; before, always horizontal first.
+_PASS_ORDER_BY_SIZE = int(Image.__version__.split(".")[0]) >= 13
+
+
 def vertical_first(W: float, H: float, w: int, h: int) -> bool:
-    """Whether Pillow resizes (W, H) to (w, h) vertically first: its two one-dimensional passes
-    go horizontal first unless the height shrinks by more than twice as many pixels as the width
-    (`ImagingResampleInner` in Pillow's Resample.c; checked against Pillow 13 by the tests)."""
-    return H - h > 0 and H - h > (W - w) * 2
+    """Whether Pillow resizes (W, H) to (w, h) vertically first: from Pillow 13 its two
+    one-dimensional passes go horizontal first unless the height shrinks by more than twice as
+    many pixels as the width (`ImagingResampleInner` in Pillow's Resample.c); before 13 always
+    horizontal first (the tests check both against the Pillow installed)."""
+    return _PASS_ORDER_BY_SIZE and H - h > 0 and H - h > (W - w) * 2
 
 
 class Normalize(nn.Module):

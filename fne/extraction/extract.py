@@ -135,7 +135,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     spec = replace(spec, decode=resolve_decode(spec.decode, dev))
     store = spec.open()
     prep = spec.preprocess()
-    batch_size = resolve_batch_size(o.batch_size, dev, prep.size, store.meta["precision"], prep.views)
+    # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
+    # rerun that finds every row stored never starts the GPU).
+    batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
     shard_t = shards.parse_shard(o.shard)
     plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
@@ -150,6 +152,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     if plan.todo:
         try:
             compile = {"on": True, "off": False}.get(o.compile, "auto")
+            if dev.type == "cuda" and dev.index is not None:
+                torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
+            batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
             _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
         finally:
             _remember(done.reads, plan, dataset)
@@ -174,8 +179,6 @@ def _device(device: str, threads: int | None) -> torch.device:
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_allocator()
-    if dev.type == "cuda" and dev.index is not None:
-        torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
     return dev
 
 

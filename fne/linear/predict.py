@@ -16,7 +16,6 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
-from fne.backbones import registry as backbones
 from fne.cache.spec import StoreSpec
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
@@ -35,22 +34,29 @@ def load_model(run_dir: str | Path) -> dict:
     return model
 
 
-def pinned_spec(model: dict, where: str) -> StoreSpec:
-    """The store spec the model was fitted on; refuses weights that changed since."""
+def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec:
+    """The store spec the model was fitted on, run on `device`; refuses weights that changed
+    since, and random weights that `device` would draw otherwise (they are drawn where they run)."""
     s = model["store"]
+    spec = StoreSpec(arch=s["arch"], weights=s["weights"], crop=s["crop"], precision=s["precision"],
+                     storage_dtype=s["storage_dtype"], cache=s["cache"], weights_seed=s["weights_seed"],
+                     decode=s["decode"], device=device or "auto")
     try:
-        now = backbones.fingerprint(s["arch"], s["weights"], s["weights_seed"])
+        now = spec.fingerprint()
     except WeightsError as e:
         raise FneError(f"{where} was fitted on weights {s['weights']} (fingerprint "
                        f"{s['weights_fingerprint']}), which cannot be read now: {e}") from None
-    if now != s["weights_fingerprint"]:
+    then = s["weights_fingerprint"]
+    if now != then and s["weights"] == "random":
+        drawn = then.removeprefix(f"random-seed{s['weights_seed']}").lstrip("-") or "cpu"
+        raise FneError(f"{where} was fitted on random weights drawn on {drawn} ({then}); this run would "
+                       f"draw other ones ({now}): predict with --device {drawn}")
+    if now != then:
         raise FneError(
             f"the weights at {s['weights']} changed since {where} was fitted: fingerprint {now}, "
-            f"the model's {s['weights_fingerprint']}. Its head only fits rows of the old weights: "
+            f"the model's {then}. Its head only fits rows of the old weights: "
             f"restore that file, or fit again on the new weights (`fne fit ... --weights {s['weights']}`)")
-    return StoreSpec(arch=s["arch"], weights=s["weights"], crop=s["crop"], precision=s["precision"],
-                     storage_dtype=s["storage_dtype"], cache=s["cache"], weights_seed=s["weights_seed"],
-                     decode=s["decode"])
+    return spec
 
 
 # The store options a prediction may change: where the cache is and where the network runs. The
@@ -83,7 +89,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
     model = load_model(run_dir)
-    pinned = pinned_spec(model, str(run_dir))
+    pinned = pinned_spec(model, str(run_dir), options.get("device"))
     if options.get("cache") is None:  # the cache the model was fitted from
         options = {**options, "cache": pinned.cache}
     spec, ext = opts.resolve(options, StoreSpec, ForwardOptions, given={StoreSpec: pinned})
