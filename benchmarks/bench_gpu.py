@@ -29,7 +29,7 @@ On one machine, on the same JPEG files:
 
 Needs only torch, torchvision and fne's own dependencies (on the device: `source
 .gpu-kit/setup.sh` first, see ../shared/tools/gpu-kit.sh; with pets37 copied into the kit, see
-SOURCES). About 5 minutes on an H100/H200:
+SOURCES). 260 s on an H200 (28 Nov 2026; figures in RESULTS.md):
 
     python3 benchmarks/bench_gpu.py                 # CUDA, 32,768 images, VGG-16 bf16
     python3 benchmarks/bench_gpu.py --smoke         # CPU, tiny sizes, < 1 minute: tests the script
