@@ -160,6 +160,28 @@ def test_bench_gpu_brings_back_what_it_measured_when_a_part_fails_or_time_runs_o
     assert all(r[2] == "out of the 0 s budget" for r in rows if r[1] == "skipped")
 
 
+def test_prof_extract_profiles_every_run(tmp_path, capsys):
+    """`benchmarks/prof_extract.py` (where the device path's time went on the H200), on CPU at
+    tiny sizes: each run's profile names the main thread, the reruns find every row cached, and
+    the fresh process reports its import times without starting CUDA."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import prof_extract
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    out = tmp_path / "prof.txt"
+    assert prof_extract.main(["--images", "24", "--arch", "mobilenet_v3_small", "--precision", "fp32",
+                              "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
+    text = out.read_text()
+    for run in ("defaults", "high-priority", "ahead4"):
+        assert f"== {run}: " in text and f"== {run}: wall" in text
+    assert "computed 24, cached 0" in text and "== rerun: " in text and "computed 0, cached 24" in text
+    assert text.count("-- MainThread: ") == 4
+    fresh = json.loads(text.split("== fresh-rerun: ")[1].splitlines()[0])
+    assert fresh["cached"] == 24 and fresh["computed"] == 0 and fresh["cuda initialised"] is False
+    assert fresh["import torch s"] > 0
+
+
 # ---------------------------------------------------------------- CUDA only
 
 

@@ -1,0 +1,196 @@
+"""Where `fne extract`'s threads spend a run, measured by hand (not a test): prints one profile per run.
+
+A sampler thread reads every thread's Python stack every 2 ms (``sys._current_frames``) and
+counts, per thread, the innermost frame and the innermost frame in fne. A thread blocked in a
+call that releases the GIL (a decode on the device, a stream synchronisation) is counted where
+it waits, so the reader thread's share inside the decoder shows whether the decoder bounds the
+run. On the same JPEGs (`bench_gpu.make_images`):
+
+* ``defaults``: `fne extract` with its defaults, the first extraction in the process;
+* ``rerun``: the same again, every row cached;
+* ``high-priority``: the reader thread's CUDA stream at high priority (a stand-in: every
+  `torch.cuda.Stream` made during the run is);
+* ``ahead4``: four batches decoded ahead on the reader thread instead of two;
+* ``fresh-rerun``: a fresh process imports torch, torchvision and fne and runs the cached rerun,
+  each phase timed (the process start that `bench_gpu.py`'s walls include).
+
+    python3 benchmarks/prof_extract.py                          # CUDA: 32,768 JPEGs, VGG-16 bf16
+    python3 benchmarks/prof_extract.py --images 64 --arch mobilenet_v3_small --precision fp32   # a CPU
+
+The profiles are appended to `--out` (default `$OUT/prof.txt` where `$OUT` is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_gpu  # noqa: E402
+import torch  # noqa: E402
+
+IDLE = ("threading.py:wait:", "thread.py:_worker:", "selectors.py:select:", "queues.py:_feed:")
+
+
+def _where(frame) -> tuple[str, str | None]:
+    """(innermost frame, innermost frame in fne) as file:function:line."""
+    def name(f):
+        return f"{Path(f.f_code.co_filename).name}:{f.f_code.co_name}:{f.f_lineno}"
+
+    inner, f = name(frame), frame
+    while f is not None and f"{os.sep}fne{os.sep}" not in f.f_code.co_filename:
+        f = f.f_back
+    return inner, name(f) if f is not None else None
+
+
+def sampled(label: str, fn, out: Path | None, every: float = 0.002):
+    """Run fn() while sampling every thread's stack; print (and append to `out`) the profile."""
+    inner, ours, total = collections.Counter(), collections.Counter(), collections.Counter()
+    stop = threading.Event()
+
+    def sampler():
+        me = threading.get_ident()
+        while not stop.is_set():
+            names = {th.ident: th.name for th in threading.enumerate()}
+            for tid, frame in sys._current_frames().items():
+                if tid != me:
+                    thread = names.get(tid, str(tid))
+                    thread = "pin_memory" if "pin_memory" in thread else thread
+                    a, b = _where(frame)
+                    inner[thread, a] += 1
+                    ours[thread, b] += 1
+                    total[thread] += 1
+            time.sleep(every)
+
+    th = threading.Thread(target=sampler, daemon=True, name="sampler")
+    th.start()
+    t0 = time.perf_counter()
+    try:
+        r = fn()
+    finally:
+        wall = time.perf_counter() - t0
+        stop.set()
+        th.join()
+    lines = [f"== {label}: wall {wall:.2f} s, computed {r.n_computed}, cached {r.n_cached}, "
+             f"run {r.images_per_s:,.0f} img/s, steady {r.steady_images_per_s:,.0f}",
+             "stages " + json.dumps({k: round(v, 3) for k, v in r.stage_seconds.items()})]
+    for thread, n in total.most_common():
+        busy = sum(c for (t, f), c in inner.items() if t == thread and not f.startswith(IDLE))
+        if busy < 0.03 * n and thread != "MainThread":
+            continue
+        lines.append(f"-- {thread}: {n} samples, {100 * busy / n:.0f} % not idle; innermost | innermost in fne")
+        top = [sorted(((f, c) for (t, f), c in counts.items() if t == thread), key=lambda x: -x[1])[:8]
+               for counts in (inner, ours)]
+        for (a, ca), (b, cb) in zip(top[0], top[1] + [("", 0)] * 8):
+            lines.append(f"   {100 * ca / n:5.1f} % {a:<58} | {100 * cb / n:5.1f} % {b}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    if out is not None:
+        with open(out, "a") as f:
+            f.write(text + "\n")
+    return r
+
+
+@contextlib.contextmanager
+def high_priority_streams():
+    """Every `torch.cuda.Stream` made inside is at high priority (the reader thread's among them)."""
+    made = torch.cuda.Stream
+
+    class HighPriority(made):
+        def __new__(cls, device=None, priority=0, **kw):
+            return made.__new__(cls, device, priority=-1, **kw)
+
+    torch.cuda.Stream = HighPriority
+    try:
+        yield
+    finally:
+        torch.cuda.Stream = made
+
+
+@contextlib.contextmanager
+def ahead(n: int):
+    """The reader thread decodes `n` batches ahead (where it decodes ahead at all)."""
+    from fne.extraction import reader
+
+    made = reader.assembled
+    reader.assembled = lambda batches, dev, prep, ahead=0: made(batches, dev, prep, n if ahead else 0)
+    try:
+        yield
+    finally:
+        reader.assembled = made
+
+
+FRESH = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import torchvision
+t2 = time.perf_counter()
+from fne.extraction.extract import extract
+t3 = time.perf_counter()
+data, cache, kw = json.loads(sys.argv[1])
+r = extract(data, cache=cache, progress=False, **kw)
+t4 = time.perf_counter()
+print(json.dumps({"import torch s": round(t1 - t0, 2), "import torchvision s": round(t2 - t1, 2),
+                  "import fne s": round(t3 - t2, 2), "extract s": round(t4 - t3, 2), "cached": r.n_cached,
+                  "computed": r.n_computed,
+                  "cuda initialised": torch.cuda.is_available() and torch.cuda.is_initialized()}))
+'''
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=32_768)
+    ap.add_argument("--arch", default="vgg16")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--runs", default="defaults,rerun,high-priority,ahead4,fresh-rerun",
+                    help="which runs, in order (default: all)")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    ap.add_argument("--out", default=None, help="append the profiles here (default: $OUT/prof.txt where set)")
+    a = ap.parse_args(argv)
+    from fne.extraction.extract import extract
+
+    work = Path(a.work or tempfile.mkdtemp(prefix="prof_extract_"))
+    imgs = work / "images"
+    out = Path(a.out) if a.out else Path(os.environ["OUT"], "prof.txt") if os.environ.get("OUT") else None
+    t = time.perf_counter()
+    if not imgs.is_dir():
+        bench_gpu.make_images(imgs, a.images, 37)
+    print(f"{a.images:,} images in {time.perf_counter() - t:.1f} s", flush=True)
+    kw = dict(arch=a.arch, weights="random", precision=a.precision)
+    cache = {"defaults": "cache", "rerun": "cache", "fresh-rerun": "cache", "high-priority": "cache_hp",
+             "ahead4": "cache_a4"}
+    setting = {"high-priority": high_priority_streams, "ahead4": lambda: ahead(4)}
+    for run in a.runs.split(","):
+        if run not in cache:
+            ap.error(f"unknown run {run!r}; choose from {', '.join(cache)}")
+        where = str(work / cache[run])
+        if run == "fresh-rerun":
+            p = subprocess.run([sys.executable, "-c", FRESH, json.dumps([str(imgs), where, kw])], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+            line = f"== fresh-rerun: {p.stdout.strip().splitlines()[-1] if p.returncode == 0 else p.stderr[-2000:]}"
+            print(line, flush=True)
+            if out is not None:
+                with open(out, "a") as f:
+                    f.write(line + "\n")
+            continue
+        with setting.get(run, contextlib.nullcontext)():
+            sampled(run, lambda where=where: extract(str(imgs), cache=where, progress=False, **kw), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
