@@ -119,3 +119,27 @@ def test_import_matching_reports_shape_mismatch():
     why = dict(report.skipped)["classifier.6.weight"]
     assert "(1000, 4096)" in why and "(7, 4096)" in why
     assert "features.0.weight" in report.imported
+
+
+def test_cache_keys_need_no_torchvision_import():
+    """A cached rerun reads rows without importing torchvision (4.8 s on the H200 machine): VGG's
+    ImageNet weights are declared by torchvision's file names, and whether this torchvision decodes
+    on a device is known from its release (every one through 0.29 does)."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+    from pathlib import Path
+
+    import torchvision.models as tvm
+
+    from fne import devices
+
+    for arch, stem in backbones._VGG_IMAGENET_FILES.items():
+        assert Path(tvm.get_model_weights(arch).IMAGENET1K_V1.url).stem == stem
+    code = ("import sys; from fne.backbones import registry; from fne.devices import device_decoder; "
+            "print(registry.fingerprint('vgg16'), registry.fingerprint('vgg19'), device_decoder(), "
+            "'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    known = tuple(int(p) for p in version("torchvision").split("+")[0].split(".")[:2]) <= devices._DECODE_JPEG_THROUGH
+    assert out[:2] == ["imagenet-vgg16-397923af", "imagenet-vgg19-dcbb9e9d"]
+    assert out[2] == "True" and out[3] == str(not known)
