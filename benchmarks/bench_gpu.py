@@ -15,7 +15,9 @@ On one machine, on the same JPEG files:
 * the peer: the extraction script the field writes by hand (torchvision ImageFolder + DataLoader
   with every core + forward hooks pooling each of the same taps + np.save), as a subprocess;
 * the device path's decoding and its batched resize + crop alone, on a batch of those JPEGs and
-  on one of the source dataset's own mixed sizes;
+  on one of the source dataset's own mixed sizes; and the decoding again while the tap model
+  runs on a thread and stream of its own (in the H200's pipeline a decode call took three times
+  its time alone);
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
@@ -36,6 +38,8 @@ SOURCES). 260 s on an H200 (28 Nov 2026; figures in RESULTS.md):
 
 `--smoke` runs the "subprocesses" in this process (its walls exclude a Python start) and skips
 the compile row (a CPU compile takes minutes).
+
+`--parts extract,decode` runs only those parts (and the images they read).
 
 One try on a lent GPU has to bring its figures back, so: the sections run in the order the goals
 need them (the forward and `fne extract`'s defaults first, compile last); one that fails is a
@@ -198,6 +202,45 @@ def decode_rows(uniform: list[Path], dev: torch.device, batch: int, seconds: flo
         out.append((f"decode {len(raw)} JPEGs on {dev.type} ({name}: {sizes} sizes)", f"{dec:,.0f} img/s",
                     f"resize + crop to 224 in one call: {rs:,.0f} img/s"))
     return out
+
+
+def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.device, prec: str, batch: int,
+                    seconds: float) -> list[tuple]:
+    """The batched decode alone, then while the tap model runs batch after batch on a thread and
+    stream of its own (as `fne extract`'s forward does beside its reader): in the H200's pipeline a
+    decode call took three times its time alone (RESULTS.md). Also the forward's own rate meanwhile."""
+    import threading
+
+    from fne.cache.spec import StoreSpec
+    from fne.extraction import reader, taps
+
+    raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files[:batch]]
+    alone = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
+    spec = StoreSpec(arch=arch, weights=weights)
+    model = taps.build_tap_model(spec, dev)
+    side = spec.backbone().input_size
+    x = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=dev)
+    stop, done = threading.Event(), [0, 0.0]
+
+    def busy():  # one batch at a time, as extract's writer waits for each batch's rows
+        with torch.cuda.stream(torch.cuda.Stream(dev)) if dev.type == "cuda" else contextlib.nullcontext():
+            t = time.perf_counter()
+            while not stop.is_set():
+                taps.forward(model, x, dev, prec)
+                _sync(dev)
+                done[0] += 1
+            done[1] = time.perf_counter() - t
+
+    th = threading.Thread(target=busy, daemon=True, name="bench-forward")
+    th.start()
+    try:
+        shared = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
+    finally:
+        stop.set()
+        th.join()
+    fwd = done[0] * batch / done[1] if done[1] else 0.0
+    return [(f"decode {len(raw)} JPEGs on {dev.type}: alone / while the tap model runs", f"{alone:,.0f} / {shared:,.0f} img/s",
+             f"{alone / max(shared, 1e-9):.1f}x slower beside the forward; the forward meanwhile {fwd:,.0f} img/s")]
 
 
 def _views(files: list[Path], prep) -> torch.Tensor:
@@ -429,6 +472,9 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--json", default=None, help="write the table as JSON here, rewritten after each row "
                                                   "(default: $OUT/bench_gpu.json where $OUT is set)")
+    ap.add_argument("--parts", default="all",
+                    help="comma-separated parts to run (default all): images, forward, extract, rows, decode, "
+                         "train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
     ap.add_argument("--budget", type=float, default=500.0,
                     help="seconds for the whole benchmark (default 500): a section that would end past it "
                          "is cut short and says so, the sections after it are skipped")
@@ -542,26 +588,37 @@ def main(argv=None) -> int:
 
     # In order of what the goals need: the forward and fne's defaults first, the compile row last
     # (it may take minutes). On CUDA the defaults are batch 256 and nvjpeg decoding, on a CPU PIL's.
-    parts = [("images", images), ("forward", forward),
-             ("fne extract, defaults", extract_run(0, "fne extract, defaults", {}, rerun=True)),
-             ("CUDA vs CPU rows", rows_of(lambda: device_rows(arch, weights, sorted(imgs.rglob("*.jpg"))[: (8 if smoke else 64)],
-                                                              dev, smoke))),
-             ("decode rows", rows_of(lambda: decode_rows(sorted(imgs.rglob("*.jpg")), dev, batch, seconds))),
-             ("fne train", training),
-             ("linear head", rows_of(head_rows, dev, smoke)),
-             ("peer", peer_run),
-             ("--decode pil", extract_run(1, "--decode pil (CPU decoders in the workers)", {"decode": "pil"})),
-             ("loader rows", rows_of(loader_rows, imgs, 16 if smoke else 8192, dev, workers))]
+    jpegs = lambda: sorted(imgs.rglob("*.jpg"))  # noqa: E731
+    parts = [("images", "images", images), ("forward", "forward", forward),
+             ("extract", "fne extract, defaults", extract_run(0, "fne extract, defaults", {}, rerun=True)),
+             ("rows", "CUDA vs CPU rows", rows_of(lambda: device_rows(arch, weights, jpegs()[: (8 if smoke else 64)],
+                                                                      dev, smoke))),
+             ("decode", "decode rows", rows_of(lambda: decode_rows(jpegs(), dev, batch, seconds))),
+             ("decode", "decode beside the forward", rows_of(lambda: contention_rows(jpegs(), arch, weights, dev, prec,
+                                                                                     batch, seconds))),
+             ("train", "fne train", training),
+             ("head", "linear head", rows_of(head_rows, dev, smoke)),
+             ("peer", "peer", peer_run),
+             ("pil", "--decode pil", extract_run(1, "--decode pil (CPU decoders in the workers)", {"decode": "pil"})),
+             ("loaders", "loader rows", rows_of(loader_rows, imgs, 16 if smoke else 8192, dev, workers))]
     if source is not None:  # a real dataset's own JPEGs: mixed sizes (pets37: ~90 in 256)
-        parts.append((f"loader rows ({source.name})", rows_of(loader_rows, source, 16 if smoke else 8192, dev,
-                                                             workers, f" ({source.resolve().name}'s JPEGs)")))
+        parts.append(("loaders", f"loader rows ({source.name})", rows_of(
+            loader_rows, source, 16 if smoke else 8192, dev, workers, f" ({source.resolve().name}'s JPEGs)")))
     if smoke:  # on a CPU the defaults are PIL's: the device decode gets its own row
-        parts.append(("--decode device", extract_run(2, f"--batch-size {batch} --decode device",
-                                                      {"batch_size": batch, "decode": "device"})))
+        parts.append(("compile", "--decode device", extract_run(2, f"--batch-size {batch} --decode device",
+                                                                {"batch_size": batch, "decode": "device"})))
     else:  # a CPU compile takes minutes
-        parts.append(("--compile on", extract_run(3, "--compile on", {"compile": True})))
-    for name, fn in parts:
-        if not section(name, fn) and name in ("images", "forward") and not imgs.is_dir():
+        parts.append(("compile", "--compile on", extract_run(3, "--compile on", {"compile": True})))
+    keys = list(dict.fromkeys(k for k, _, _ in parts))
+    chosen = keys if a.parts == "all" else a.parts.split(",")
+    if set(chosen) - set(keys):
+        ap.error(f"--parts: unknown {', '.join(sorted(set(chosen) - set(keys)))}; choose from {', '.join(keys)}")
+    if set(chosen) - {"forward", "head"}:
+        chosen.append("images")  # every other part reads the images
+    for key, name, fn in parts:
+        if key not in chosen:
+            continue
+        if not section(name, fn) and key in ("images", "forward") and not imgs.is_dir():
             break  # nothing to measure without the images
     row("total", f"{time.perf_counter() - t_all:.0f} s", "")
 

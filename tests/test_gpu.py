@@ -124,7 +124,8 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
     for want in ("images", "bare forward", "tap model", "fne extract, defaults", "rerun, everything cached",
                  "--decode device", "peer: ImageFolder", "rows on cpu fp32 vs CPU fp32",
                  "rows on cpu bf16 + decode device", "fne train frozen", "fne train finetune",
-                 "linear head svm C=1", "decode 8 JPEGs on cpu (uniform", "fne train loader alone, decode"):
+                 "linear head svm C=1", "decode 8 JPEGs on cpu (uniform", "fne train loader alone, decode",
+                 "decode 8 JPEGs on cpu: alone / while the tap model runs"):
         assert any(n.startswith(want) or want in n for n in names), want
     if any(root.is_dir() for root in bench_gpu.SOURCES):  # a dataset's own JPEGs, of mixed sizes
         assert any(n.startswith("fne train loader alone (") for n in names)
@@ -136,6 +137,17 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
     peer = np.load(tmp_path / "w" / "peer.npy")
     b = backbones.get("mobilenet_v3_small", "random")
     assert peer.shape == (16, sum(t.channels for t in b.taps))  # the same taps, one row per image
+    shared = rows["decode 8 JPEGs on cpu: alone / while the tap model runs"]
+    assert all(float(v.replace(",", "")) > 0 for v in shared[1].removesuffix(" img/s").split(" / "))
+    assert "the forward meanwhile" in shared[2] and not shared[2].endswith(" 0 img/s")
+    # --parts: only what is asked for (the images where a part reads them)
+    assert bench_gpu.main(["--smoke", "--work", str(tmp_path / "w"), "--json", str(out), "--parts", "head"]) == 0
+    assert [r[0].split(",")[0] for r in json.loads(out.read_text())] == ["device", "linear head svm C=1", "total"]
+    assert bench_gpu.main(["--smoke", "--work", str(tmp_path / "w"), "--json", str(out), "--parts", "extract"]) == 0
+    assert [r[0] for r in json.loads(out.read_text())][1:4] == ["images", "fne extract, defaults",
+                                                                "rerun, everything cached"]
+    with pytest.raises(SystemExit):
+        bench_gpu.main(["--smoke", "--parts", "extrct"])
 
 
 def test_bench_gpu_brings_back_what_it_measured_when_a_part_fails_or_time_runs_out(tmp_path, monkeypatch):
