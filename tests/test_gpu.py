@@ -125,7 +125,7 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
                  "--decode device", "peer: ImageFolder", "rows on cpu fp32 vs CPU fp32",
                  "rows on cpu bf16 + decode device", "fne train frozen", "fne train finetune",
                  "linear head svm C=1", "decode 8 JPEGs on cpu (uniform", "fne train loader alone, decode",
-                 "decode 8 JPEGs on cpu: alone / while the tap model runs"):
+                 "decode 8 JPEGs on cpu: alone / while the tap model runs", "augment on cpu", "augment on device"):
         assert any(n.startswith(want) or want in n for n in names), want
     if any(root.is_dir() for root in bench_gpu.SOURCES):  # a dataset's own JPEGs, of mixed sizes
         assert any(n.startswith("fne train loader alone (") for n in names)
@@ -185,10 +185,10 @@ def test_prof_extract_profiles_every_run(tmp_path, capsys):
     assert prof_extract.main(["--images", "24", "--arch", "mobilenet_v3_small", "--precision", "fp32",
                               "--work", str(tmp_path / "w"), "--out", str(out)]) == 0
     text = out.read_text()
-    for run in ("defaults", "high-priority", "ahead4"):
+    for run in ("defaults", "high-priority", "ahead4", "pil"):
         assert f"== {run}: " in text and f"== {run}: wall" in text
     assert "computed 24, cached 0" in text and "== rerun: " in text and "computed 0, cached 24" in text
-    assert text.count("-- MainThread: ") == 4
+    assert text.count("-- MainThread: ") == 5
     fresh = json.loads(text.split("== fresh-rerun: ")[1].splitlines()[0])
     assert fresh["cached"] == 24 and fresh["computed"] == 0 and fresh["cuda initialised"] is False
     assert fresh["import torch s"] > 0
