@@ -191,8 +191,9 @@ def default_workers(device: torch.device) -> int:
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
-    """`auto` -> "device" on CUDA (batched nvjpeg pays there) where torchvision decodes on a
-    device (`device_decoder`), "pil" elsewhere; others as given.
+    """`auto` -> "device" on CUDA where torchvision decodes on a device (`device_decoder`), "pil"
+    elsewhere; others as given. (Batched nvjpeg takes a quarter of PIL's CPU; on a 16-core H200
+    node PIL in 15 workers reached a higher steady rate: benchmarks/RESULTS.md.)
 
     Parameters
     ----------

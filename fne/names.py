@@ -10,7 +10,7 @@ import re
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORAGE_DTYPES = ("float16", "float32")
-DECODERS = ("auto", "pil", "device")  # auto: extraction on the GPU where it pays; reading takes either
+DECODERS = ("auto", "pil", "device")  # auto: extraction on the GPU on CUDA; reading takes either
 CROPS = ("center", "squash", "ten")
 COMPILE = ("auto", "on", "off")
 AUGMENT_ON = ("auto", "cpu", "device")
