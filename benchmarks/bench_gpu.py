@@ -181,6 +181,11 @@ def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: i
     return out
 
 
+def _jpeg_bytes(files: list[Path]) -> list[torch.Tensor]:
+    """Each file's bytes as a uint8 tensor (what the device decoder takes)."""
+    return [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+
+
 def decode_rows(uniform: list[Path], dev: torch.device, batch: int, seconds: float) -> list[tuple]:
     """The device path's decoding and resizing alone (`fne extract --decode device`'s work on
     a batch): img/s of the batched decode, and of the batched resize + crop on the benchmark's
@@ -192,7 +197,7 @@ def decode_rows(uniform: list[Path], dev: torch.device, batch: int, seconds: flo
     mixed = _source_files()[0][:batch]
     prep, out = Preprocess(224), []
     for name, files in (("uniform", uniform[:batch]), ("mixed", mixed)):
-        raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+        raw = _jpeg_bytes(files)
         imgs = reader.decode_jpegs(raw, dev)
         if not files or any(i is None for i in imgs):
             continue
@@ -214,7 +219,7 @@ def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.devic
     from fne.cache.spec import StoreSpec
     from fne.extraction import reader, taps
 
-    raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files[:batch]]
+    raw = _jpeg_bytes(files[:batch])
     alone = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
     spec = StoreSpec(arch=arch, weights=weights)
     model = taps.build_tap_model(spec, dev)
@@ -261,7 +266,7 @@ def device_rows(arch: str, weights: str, files: list[Path], dev: torch.device, s
     cpu = torch.device("cpu")
     ref = [r.float() for r in taps.forward(taps.build_tap_model(spec, cpu), x, cpu, "fp32")[1]]
     model = taps.build_tap_model(spec, dev)
-    raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+    raw = _jpeg_bytes(files)
     cases = [("fp32", x.to(dev)), ("fp16", x.to(dev)), ("bf16", x.to(dev))]
     try:  # the reader's device decoding (its API may move: then this row says so)
         decoded = reader.decode_raw(raw, dev, prep)

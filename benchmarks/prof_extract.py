@@ -97,12 +97,16 @@ def sampled(label: str, fn, out: Path | None, every: float = 0.002):
                for counts in (inner, ours)]
         for (a, ca), (b, cb) in zip(top[0], top[1] + [("", 0)] * 8):
             lines.append(f"   {100 * ca / n:5.1f} % {a:<58} | {100 * cb / n:5.1f} % {b}")
-    text = "\n".join(lines)
+    _report("\n".join(lines), out)
+    return r
+
+
+def _report(text: str, out: Path | None) -> None:
+    """Print `text` and append it to `out`."""
     print(text, flush=True)
     if out is not None:
         with open(out, "a") as f:
             f.write(text + "\n")
-    return r
 
 
 @contextlib.contextmanager
@@ -183,11 +187,7 @@ def main(argv=None) -> int:
         if run == "fresh-rerun":
             p = subprocess.run([sys.executable, "-c", FRESH, json.dumps([str(imgs), where, kw])], capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
-            line = f"== fresh-rerun: {p.stdout.strip().splitlines()[-1] if p.returncode == 0 else p.stderr[-2000:]}"
-            print(line, flush=True)
-            if out is not None:
-                with open(out, "a") as f:
-                    f.write(line + "\n")
+            _report(f"== fresh-rerun: {p.stdout.strip().splitlines()[-1] if p.returncode == 0 else p.stderr[-2000:]}", out)
             continue
         with setting.get(run, contextlib.nullcontext)():
             decode = {"decode": "pil"} if run == "pil" else {}

@@ -227,17 +227,22 @@ def require_device_decoder(option: str = "--decode") -> None:
 _DECODE_JPEG_THROUGH = (0, 29)
 
 
+def torchvision_release() -> tuple[int, int] | None:
+    """(major, minor) of the installed torchvision, read without importing it; None if unknown."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return tuple(int(p) for p in version("torchvision").split("+")[0].split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return None
+
+
 def device_decoder() -> bool:
     """Whether this torchvision decodes JPEGs on a device (``torchvision.io.decode_jpeg``;
     deprecated since 0.29 in favour of TorchCodec, "to be removed in a future release"). Without
     it `--decode auto` and `--augment-on auto` decode with PIL."""
     if "torchvision" not in sys.modules:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            release = tuple(int(p) for p in version("torchvision").split("+")[0].split(".")[:2])
-        except (PackageNotFoundError, ValueError):
-            release = None
+        release = torchvision_release()
         if release is not None and release <= _DECODE_JPEG_THROUGH:
             return True
     import torchvision.io

@@ -127,7 +127,6 @@ def test_cache_keys_need_no_torchvision_import():
     on a device is known from its release (every one through 0.29 does)."""
     import subprocess
     import sys
-    from importlib.metadata import version
     from pathlib import Path
 
     import torchvision.models as tvm
@@ -140,6 +139,6 @@ def test_cache_keys_need_no_torchvision_import():
             "print(registry.fingerprint('vgg16'), registry.fingerprint('vgg19'), device_decoder(), "
             "'torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    known = tuple(int(p) for p in version("torchvision").split("+")[0].split(".")[:2]) <= devices._DECODE_JPEG_THROUGH
+    known = devices.torchvision_release() <= devices._DECODE_JPEG_THROUGH
     assert out[:2] == ["imagenet-vgg16-397923af", "imagenet-vgg19-dcbb9e9d"]
     assert out[2] == "True" and out[3] == str(not known)
