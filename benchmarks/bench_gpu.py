@@ -18,6 +18,11 @@ On one machine, on the same JPEG files:
   on one of the source dataset's own mixed sizes; and the decoding again while the tap model
   runs on a thread and stream of its own (in the H200's pipeline a decode call took three times
   its time alone);
+* the device decoder's candidates (`--parts decoders`): torchvision's nvjpeg call, and
+  nvImageCodec where installed (`bash benchmarks/gpu_kit_extras.sh` puts it in the kit) on a
+  stream fne chooses, at normal and high priority, with nvJPEG's chroma upsampling and with
+  libjpeg's ("fancy", as PIL): img/s alone and beside the running tap model, and each one's
+  pixels against PIL's;
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
@@ -30,8 +35,8 @@ On one machine, on the same JPEG files:
   12,416 int8 rows of 101 classes (issue 20's GPU goal: <= 60 s).
 
 Needs only torch, torchvision and fne's own dependencies (on the device: `source
-.gpu-kit/setup.sh` first, see ../shared/tools/gpu-kit.sh; with pets37 copied into the kit, see
-SOURCES). 260 s on an H200 (28 Nov 2026; figures in RESULTS.md):
+.gpu-kit/setup.sh` first, see ../shared/tools/gpu-kit.sh; with pets37 and nvImageCodec added to
+the kit by `benchmarks/gpu_kit_extras.sh`, its header says how to unpack them). 260 s on an H200 (28 Nov 2026; figures in RESULTS.md):
 
     python3 benchmarks/bench_gpu.py                 # CUDA, 32,768 images, VGG-16 bf16
     python3 benchmarks/bench_gpu.py --smoke         # CPU, tiny sizes, < 1 minute: tests the script
@@ -76,8 +81,8 @@ from fne.backbones import registry as backbones  # noqa: E402
 from fne.devices import autocast  # noqa: E402
 
 # pets37 first: its JPEGs mix sizes (~90 in 256) as real folders do; flowers12's are all 224 x 224.
-# On the device ../shared is absent: copy pets37 into the kit (`cp -r ../shared/datasets/pets37
-# .gpu-kit/`, 37 MiB; the kit with it ~51 MiB of the 64 MiB that travel).
+# On the device ../shared is absent: `bash benchmarks/gpu_kit_extras.sh` copies pets37 into the kit
+# (37 MiB; the kit with it and nvImageCodec 62.3 MiB of the 64 MiB that travel).
 SOURCES = (ROOT / "../shared/datasets/pets37", ROOT / ".gpu-kit/pets37", ROOT / "../shared/datasets/flowers12",
            ROOT / ".gpu-kit/flowers12")
 JPEG_SIZE = (436, 383)
@@ -209,23 +214,21 @@ def decode_rows(uniform: list[Path], dev: torch.device, batch: int, seconds: flo
     return out
 
 
-def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.device, prec: str, batch: int,
-                    seconds: float) -> list[tuple]:
-    """The batched decode alone, then while the tap model runs batch after batch on a thread and
-    stream of its own (as `fne extract`'s forward does beside its reader): in the H200's pipeline a
-    decode call took three times its time alone (RESULTS.md). Also the forward's own rate meanwhile."""
+@contextlib.contextmanager
+def _forward_running(arch: str, weights: str, dev: torch.device, prec: str, batch: int):
+    """The tap model running batch after batch on a thread and stream of its own (as `fne
+    extract`'s forward does beside its reader) while inside; yields a dict whose "img_s" is the
+    forward's rate once the block is left."""
     import threading
 
     from fne.cache.spec import StoreSpec
-    from fne.extraction import reader, taps
+    from fne.extraction import taps
 
-    raw = _jpeg_bytes(files[:batch])
-    alone = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
     spec = StoreSpec(arch=arch, weights=weights)
     model = taps.build_tap_model(spec, dev)
     side = spec.backbone().input_size
     x = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8, device=dev)
-    stop, done = threading.Event(), [0, 0.0]
+    stop, done, out = threading.Event(), [0, 0.0], {"img_s": 0.0}
 
     def busy():  # one batch at a time, as extract's writer waits for each batch's rows
         with torch.cuda.stream(torch.cuda.Stream(dev)) if dev.type == "cuda" else contextlib.nullcontext():
@@ -239,13 +242,97 @@ def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.devic
     th = threading.Thread(target=busy, daemon=True, name="bench-forward")
     th.start()
     try:
-        shared = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
+        yield out
     finally:
         stop.set()
         th.join()
-    fwd = done[0] * batch / done[1] if done[1] else 0.0
+        out["img_s"] = done[0] * batch / done[1] if done[1] else 0.0
+
+
+def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.device, prec: str, batch: int,
+                    seconds: float) -> list[tuple]:
+    """The batched decode alone, then while the tap model runs (`_forward_running`): in the
+    H200's pipeline a decode call took three times its time alone (RESULTS.md). Also the
+    forward's own rate meanwhile."""
+    from fne.extraction import reader
+
+    raw = _jpeg_bytes(files[:batch])
+    alone = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
+    with _forward_running(arch, weights, dev, prec, batch) as fwd:
+        shared = _rate(lambda: reader.decode_jpegs(raw, dev), len(raw), dev, seconds)
     return [(f"decode {len(raw)} JPEGs on {dev.type}: alone / while the tap model runs", f"{alone:,.0f} / {shared:,.0f} img/s",
-             f"{alone / max(shared, 1e-9):.1f}x slower beside the forward; the forward meanwhile {fwd:,.0f} img/s")]
+             f"{alone / max(shared, 1e-9):.1f}x slower beside the forward; the forward meanwhile {fwd['img_s']:,.0f} img/s")]
+
+
+def _nvimgcodec_decoders(dev: torch.device) -> dict:
+    """name -> fn(list of JPEG bytes) -> list of uint8 (3, H, W) tensors on `dev`: nvImageCodec's
+    decoder (its hardware JPEG backend where the GPU has one) on a stream the caller chooses, at
+    normal and at high priority, with nvJPEG's own chroma upsampling and with libjpeg's "fancy"
+    one (`:fancy_upsampling=1`); on a CPU its CPU decoder (the smoke test of this code)."""
+    from nvidia import nvimgcodec
+
+    out = {}
+    for fancy in (0, 1):
+        opts = f":fancy_upsampling={fancy}"
+        if dev.type != "cuda":
+            dec = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, options=opts,
+                                     backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+            out[f"nvImageCodec CPU, fancy {fancy}"] = lambda datas, dec=dec: [
+                torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in dec.decode(datas)]
+            continue
+        dec = nvimgcodec.Decoder(device_id=dev.index or 0, options=opts)
+        for prio, label in ((0, "normal"), (-1, "high")):
+            stream = torch.cuda.Stream(dev, priority=prio)
+
+            def decode(datas, dec=dec, stream=stream):
+                with torch.cuda.stream(stream):
+                    imgs = dec.decode(datas, cuda_stream=stream.cuda_stream)
+                    return [torch.as_tensor(im, device=dev).permute(2, 0, 1) for im in imgs]
+
+            out[f"nvImageCodec, {label}-priority stream, fancy {fancy}"] = decode
+    return out
+
+
+def decoder_rows(files: list[Path], arch: str, weights: str, dev: torch.device, prec: str, batch: int,
+                 seconds: float) -> list[tuple]:
+    """The device decoder's candidates against torchvision's nvjpeg call (`reader.decode_jpegs`),
+    on the same batch of JPEGs: img/s alone and while the tap model runs, and how far each one's
+    pixels lie from PIL's (share of values changed, mean and largest difference). nvImageCodec
+    (where installed: `benchmarks/gpu_kit_extras.sh`) decodes on a stream fne would choose, so
+    that its kernels may go before the forward's (high priority)."""
+    from fne.data.datasets import read_image
+    from fne.extraction import reader
+
+    raw = _jpeg_bytes(files[:batch])
+    datas = [bytes(r.numpy()) for r in raw]
+    pil = [torch.from_numpy(np.array(read_image(f))).permute(2, 0, 1) for f in files[:batch]]
+    which = "nvjpeg" if dev.type == "cuda" else "libjpeg-turbo"
+    cands = {f"torchvision {which} (fne's decode_jpegs)": lambda d: reader.decode_jpegs(raw, dev)}
+    try:
+        cands.update(_nvimgcodec_decoders(dev))
+    except ImportError as e:
+        cands["nvImageCodec"] = None
+        why = f"not installed ({e})"
+    out = []
+    alone = {}
+    for name, fn in cands.items():
+        if fn is None:
+            out.append((name, why, "bash benchmarks/gpu_kit_extras.sh puts it in the kit"))
+            continue
+        imgs = fn(datas)
+        diffs = torch.cat([(a.cpu().int() - b.int()).abs().flatten() for a, b in zip(imgs, pil, strict=True)])
+        alone[name] = _rate(lambda fn=fn: fn(datas), len(datas), dev, seconds)
+        out.append((f"decoder: {name}", f"{alone[name]:,.0f} img/s alone",
+                    f"vs PIL: {100 * float((diffs > 0).float().mean()):.1f}% of values changed, mean "
+                    f"{float(diffs.float().mean()):.2f}, max {int(diffs.max())}"))
+    with _forward_running(arch, weights, dev, prec, batch) as fwd:
+        shared = {name: _rate(lambda fn=fn: fn(datas), len(datas), dev, seconds)
+                  for name, fn in cands.items() if fn is not None}
+    for name, rate in shared.items():
+        out.append((f"decoder: {name}, beside the forward", f"{rate:,.0f} img/s",
+                    f"{alone[name] / max(rate, 1e-9):.1f}x slower than alone"))
+    out.append(("forward while the decoders ran", f"{fwd['img_s']:,.0f} img/s", "the tap model, batch after batch"))
+    return out
 
 
 def _views(files: list[Path], prep) -> torch.Tensor:
@@ -605,6 +692,8 @@ def main(argv=None) -> int:
              ("decode", "decode rows", rows_of(lambda: decode_rows(jpegs(), dev, batch, seconds))),
              ("decode", "decode beside the forward", rows_of(lambda: contention_rows(jpegs(), arch, weights, dev, prec,
                                                                                      batch, seconds))),
+             ("decoders", "device decoders", rows_of(lambda: decoder_rows(jpegs(), arch, weights, dev, prec, batch,
+                                                                          seconds))),
              ("train", "fne train", training),
              ("head", "linear head", rows_of(head_rows, dev, smoke)),
              ("peer", "peer", peer_run),

@@ -78,12 +78,15 @@ if decode == "device":  # the host's share of device decoding: JPEG bytes travel
     view = torch.zeros(1, 3, 1, 1, dtype=torch.uint8)  # pixels stay on the GPU: none to copy here
     rate = float(sys.argv[6])  # > 0: block as nvjpeg's call does (GIL released) for len(raw) / rate s
 
-    def stand_in(raw, dev, prep, sizes=None):
+    def stand_in(raw, dev, *a):
         if rate > 0:
             time.sleep(len(raw) / rate)
         return [view] * len(raw)
 
-    reader.decode_raw = stand_in
+    if hasattr(reader, "resized"):  # decoding and resizing in two stages: both stood in
+        reader.decode_jpegs, reader.resized = stand_in, lambda raw, imgs, dev, prep: [view] * len(raw)
+    else:  # the older tree's one step
+        reader.decode_raw = stand_in
 
 
 def cpu():

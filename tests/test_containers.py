@@ -366,8 +366,8 @@ def test_jpegs_in_containers_take_the_device_decoder(tmp_path, monkeypatch, form
 
     folder = _flowers_subset(tmp_path / "flowers", per_class=1)
     (write_shards if form == "tar" else write_parquet)(folder, tmp_path / form)
-    seen, real = [], reader.decode_raw
-    monkeypatch.setattr(reader, "decode_raw", lambda raw, dev, prep, *a: seen.extend(raw) or real(raw, dev, prep, *a))
+    seen, real = [], reader.decode_jpegs
+    monkeypatch.setattr(reader, "decode_jpegs", lambda raw, dev: seen.extend(raw) or real(raw, dev))
     kw = dict(cache=str(tmp_path / "c"), batch_size=8, workers=0, progress=False, decode="device", **FAST)
     r = extract(tmp_path / form, **kw)
     n = len(load_dataset(folder))

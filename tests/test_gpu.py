@@ -125,7 +125,8 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
                  "--decode device", "peer: ImageFolder", "rows on cpu fp32 vs CPU fp32",
                  "rows on cpu bf16 + decode device", "fne train frozen", "fne train finetune",
                  "linear head svm C=1", "decode 8 JPEGs on cpu (uniform", "fne train loader alone, decode",
-                 "decode 8 JPEGs on cpu: alone / while the tap model runs", "augment on cpu", "augment on device"):
+                 "decode 8 JPEGs on cpu: alone / while the tap model runs", "augment on cpu", "augment on device",
+                 "decoder: torchvision libjpeg-turbo (fne's decode_jpegs)", "forward while the decoders ran"):
         assert any(n.startswith(want) or want in n for n in names), want
     if any(root.is_dir() for root in bench_gpu.SOURCES):  # a dataset's own JPEGs, of mixed sizes
         assert any(n.startswith("fne train loader alone (") for n in names)
@@ -140,6 +141,8 @@ def test_bench_gpu_smoke_prints_every_row(tmp_path, capsys):
     shared = rows["decode 8 JPEGs on cpu: alone / while the tap model runs"]
     assert all(float(v.replace(",", "")) > 0 for v in shared[1].removesuffix(" img/s").split(" / "))
     assert "the forward meanwhile" in shared[2] and not shared[2].endswith(" 0 img/s")
+    # on the CPU torchvision and Pillow decode with libjpeg-turbo alike
+    assert rows["decoder: torchvision libjpeg-turbo (fne's decode_jpegs)"][2].startswith("vs PIL: 0.0% of values changed")
     # --parts: only what is asked for (the images where a part reads them)
     assert bench_gpu.main(["--smoke", "--work", str(tmp_path / "w"), "--json", str(out), "--parts", "head"]) == 0
     assert [r[0].split(",")[0] for r in json.loads(out.read_text())] == ["device", "linear head svm C=1", "total"]
@@ -354,16 +357,17 @@ def test_device_decoding_does_not_write_memory_that_queued_work_still_reads():
 
 @cuda
 def test_results_made_ahead_on_their_own_stream_equal_those_made_in_line():
-    """`reader.Ahead` on CUDA: the thread decodes on a stream of its own; the consumer's stream
+    """`Ahead` on CUDA: the thread decodes on a stream of its own; the consumer's stream
     waits for each result, and its memory is not handed back while the consumer still reads it
     (here a stalled stream, then the results freed): the same pixels as in line, every time."""
     from fne.backbones.preprocess import Preprocess
     from fne.extraction import reader
+    from fne.extraction.ahead import Ahead
 
     dev, prep = torch.device("cuda"), Preprocess(224, "center")
     batches = [[_noise_jpeg(8 * b + i, 200 + 16 * i, 300 - 8 * i) for i in range(8)] for b in range(12)]
     inline = [torch.stack(reader.decode_raw(raw, dev, prep)).cpu() for raw in batches]
-    ahead = reader.Ahead(batches, lambda raw: torch.stack(reader.decode_raw(raw, dev, prep)), 2, dev)
+    ahead = Ahead(batches, lambda raw: torch.stack(reader.decode_raw(raw, dev, prep)), 2, dev)
     got = []
     for x in ahead:
         torch.cuda._sleep(20_000_000)  # the consumer's stream lags behind the thread
@@ -372,4 +376,33 @@ def test_results_made_ahead_on_their_own_stream_equal_those_made_in_line():
     ahead.close()
     assert len(got) == len(inline)
     # exact sums (float32 sums of 150,528 pixels differ between CPU and GPU summation orders)
+    assert all(torch.equal(g.cpu(), b.sum(dim=(1, 2, 3, 4), dtype=torch.int64)) for g, b in zip(got, inline))
+
+
+@cuda
+def test_the_reader_stages_on_their_own_streams_give_what_in_line_gives(monkeypatch):
+    """`reader.assembled` on CUDA: JPEGs decoded on one thread and stream, resized on another
+    (a batch in several decode runs here), the consumer's stream lagging behind both: the same
+    pixels as in line, every time."""
+    from fne.backbones.preprocess import Preprocess
+    from fne.extraction import reader
+
+    monkeypatch.setattr(reader, "DECODE_PIXELS", 3 * 256 * 256)  # runs of three images or so
+    dev, prep = torch.device("cuda"), Preprocess(224, "center")
+    batches = []
+    for b in range(12):
+        sizes = [(300 - 8 * i, 200 + 16 * i) for i in range(8)]  # (width, height)
+        jpegs = [bytes(_noise_jpeg(8 * b + i, h, w).numpy()) for i, (w, h) in enumerate(sizes)]
+        batches.append(reader.collate([(8 * b + i, str(8 * b + i), reader.Jpeg.of(d, s), None, None)
+                                       for i, (d, s) in enumerate(zip(jpegs, sizes, strict=True))]))
+    inline = [x.cpu() for _, (x, _, _), _ in reader.assembled(batches, dev, prep, ahead=0)]
+    ahead = reader.assembled(batches, dev, prep, ahead=2)
+    got = []
+    for _, (x, idx, _), bad in ahead:
+        assert len(idx) == 8 and not bad
+        torch.cuda._sleep(20_000_000)  # the consumer's stream lags behind the threads
+        got.append(x.sum(dim=(1, 2, 3, 4), dtype=torch.int64))  # read after the stall; `x` is freed meanwhile
+        del x
+    ahead.close()
+    assert len(got) == len(inline) == 12
     assert all(torch.equal(g.cpu(), b.sum(dim=(1, 2, 3, 4), dtype=torch.int64)) for g, b in zip(got, inline))

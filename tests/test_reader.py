@@ -293,46 +293,92 @@ def test_assembling_ahead_overlaps_the_consumer(tmp_path, monkeypatch):
     import threading
 
     loader, prep = _raw_batches(tmp_path)
-    started, real = [], reader.decode_raw
+    started, real = [], reader.decode_jpegs
 
-    def decode(raw, dev, p, *a):
+    def decode(raw, dev):
         started.append(threading.current_thread().name)
-        return real(raw, dev, p, *a)
+        return real(raw, dev)
 
-    monkeypatch.setattr(reader, "decode_raw", decode)
+    monkeypatch.setattr(reader, "decode_jpegs", decode)
     ahead = reader.assembled(loader, CPU, prep, ahead=1)
     it = iter(ahead)
     next(it)
     deadline = time.monotonic() + 30
     while len(started) < 2 and time.monotonic() < deadline:  # the consumer holds batch 1
         time.sleep(0.01)
-    assert len(started) >= 2 and set(started) == {"fne-ahead"}
+    assert len(started) >= 2 and set(started) == {"fne-decode"}
     ahead.close()
 
 
-def test_an_error_while_assembling_ahead_reaches_the_consumer_and_close_returns(tmp_path, monkeypatch):
-    loader, prep = _raw_batches(tmp_path)
-    calls = []
+def test_the_next_batch_decodes_while_the_one_before_is_resized(tmp_path, monkeypatch):
+    """Decoding and resizing run on threads of their own: batch 1's resize waits until batch
+    2's decode has begun, which in one thread would never happen (the wait would time out)."""
+    import threading
 
-    def failing(raw, dev, p, *a):
+    loader, prep = _raw_batches(tmp_path)
+    decoding, resizing = threading.Event(), []
+    real_decode, real_resize = reader.decode_jpegs, reader.resize_views
+
+    def decode(raw, dev):
+        if resizing:  # a batch is being resized: this is a later one's decode
+            decoding.set()
+        return real_decode(raw, dev)
+
+    def resize(imgs, p):
+        resizing.append(threading.current_thread().name)
+        if len(resizing) == 1:
+            assert decoding.wait(30), "batch 2 was not decoded while batch 1 was resized"
+        return real_resize(imgs, p)
+
+    monkeypatch.setattr(reader, "decode_jpegs", decode)
+    monkeypatch.setattr(reader, "resize_views", resize)
+    ahead = reader.assembled(loader, CPU, prep, ahead=1)
+    got = list(ahead)
+    ahead.close()
+    assert len(got) == 4 and decoding.is_set() and set(resizing) == {"fne-ahead"}
+
+
+def test_assembled_batches_of_large_photos_decode_in_runs_with_the_same_pixels(tmp_path, monkeypatch):
+    """A batch decoded in several runs (`DECODE_PIXELS`) comes out as one batch, as decoded whole."""
+    loader, prep = _raw_batches(tmp_path)
+    whole = list(reader.assembled(loader, CPU, prep, ahead=0))
+    calls, real = [], reader.decode_jpegs
+    monkeypatch.setattr(reader, "decode_jpegs", lambda raw, dev: calls.append(len(raw)) or real(raw, dev))
+    monkeypatch.setattr(reader, "DECODE_PIXELS", 1)  # one image per run
+    ahead = reader.assembled(loader, CPU, prep, ahead=2)
+    runs = list(ahead)
+    ahead.close()
+    assert calls == [1] * 14  # 14 images in batches of 4, 4, 4, 2
+    assert len(runs) == len(whole) == 4
+    for (b1, (x1, i1, k1), _), (b2, (x2, i2, k2), _) in zip(whole, runs, strict=True):
+        assert b1["idx"] == b2["idx"]
+        assert i1 == i2 and k1 == k2 and torch.equal(x1, x2)
+
+
+@pytest.mark.parametrize("stage", ["decode_jpegs", "resize_views"])
+def test_an_error_while_assembling_ahead_reaches_the_consumer_and_close_returns(tmp_path, monkeypatch, stage):
+    loader, prep = _raw_batches(tmp_path)
+    calls, real = [], getattr(reader, stage)
+
+    def failing(*a):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("decoder fell over")
-        return [torch.zeros(1, 3, 32, 32, dtype=torch.uint8)] * len(raw)
+        return real(*a)
 
-    monkeypatch.setattr(reader, "decode_raw", failing)
+    monkeypatch.setattr(reader, stage, failing)
     ahead = reader.assembled(loader, CPU, prep, ahead=2)
     seen = 0
     with pytest.raises(RuntimeError, match="decoder fell over"):
         for _ in ahead:
             seen += 1
     ahead.close()
-    assert seen == 1
+    assert seen == 1 and not ahead._thread.is_alive() and not ahead.items._thread.is_alive()
     stopped = reader.assembled(loader, CPU, prep, ahead=1)  # a consumer that stops after one batch
     for _ in stopped:
         break
     stopped.close()
-    assert not stopped._thread.is_alive()
+    assert not stopped._thread.is_alive() and not stopped.items._thread.is_alive()
 
 
 def test_only_whole_jpegs_go_to_the_device_decoder(tmp_path):

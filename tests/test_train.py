@@ -424,24 +424,27 @@ def test_train_with_device_augmentation_runs_and_repeats_itself(digits, source, 
 
 
 def test_decoding_ahead_on_a_thread_changes_no_weight(digits_jpegs, source, tmp_path, monkeypatch):
-    """On CUDA `--augment-on device` decodes, crops and flips on a thread ahead of the steps,
-    the crops and flips drawn in batch order from a generator of their own: the same weights as
+    """On CUDA `--augment-on device` decodes on a thread, crops and flips on another, ahead of
+    the steps, the crops and flips drawn in batch order from a generator of their own: the same weights as
     in line (the thread forced here on the CPU)."""
-    from fne.extraction import reader
+    from fne.extraction import ahead, reader
+    from fne.training import epochs
     from fne.training.train import train
 
     kw = dict(weights=str(source), epochs=1, lr=0.01, augment_on="device", **FAST)
     train(digits_jpegs, "frozen", tmp_path / "inline", **kw)
     threads = []
 
-    class Threaded(reader.Ahead):
-        def __init__(self, items, fn, ahead=0, device=None):
-            super().__init__(items, lambda b: threads.append(threading.current_thread().name) or fn(b), 2, device)
+    class Threaded(ahead.Ahead):
+        def __init__(self, items, fn, ahead=0, device=None, name="fne-ahead"):
+            super().__init__(items, lambda b: threads.append(threading.current_thread().name) or fn(b), 2, device,
+                             name)
 
     monkeypatch.setattr(reader, "Ahead", Threaded)
+    monkeypatch.setattr(epochs, "Ahead", Threaded)
     train(digits_jpegs, "frozen", tmp_path / "ahead", **kw)
     a, b = (torch.load(tmp_path / r / "model.pt", weights_only=True)["_fc.weight"] for r in ("inline", "ahead"))
-    assert threads and set(threads) == {"fne-ahead"}
+    assert threads and set(threads) == {"fne-decode", "fne-ahead"}  # decoded on one, cropped on the other
     assert torch.equal(a, b)
 
 
@@ -472,14 +475,14 @@ def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_th
     from fne.extraction import reader
     from fne.training.train import train
 
-    evaluated, real = [], reader.decode_raw
+    evaluated, real = [], reader.resized
 
-    def decode_raw(raw, dev, prep, *a):
-        out = real(raw, dev, prep, *a)
+    def resized(raw, imgs, dev, prep):
+        out = real(raw, imgs, dev, prep)
         evaluated.extend(tuple(x.shape) for x in out if not isinstance(x, str))
         return out
 
-    monkeypatch.setattr(reader, "decode_raw", decode_raw)
+    monkeypatch.setattr(reader, "resized", resized)
 
     rng = np.random.default_rng(0)
     for c in ("a", "b"):

@@ -7,17 +7,15 @@ straight into shared memory (one copy on the way to the main process): into slot
 `SlotPool` reused batch after batch where the main process gives them back (`release`), since
 fresh shared memory for every batch cost the kernel about 0.1 ms per image. Plain JPEGs may instead
 travel as their bytes, a batch's packed in one tensor, to be decoded where the network runs
-(`decode="device"`): one batched decode call (several for large photos), then one batched
-resize and crop whatever the images' sizes (`resample`), on a thread of its own ahead of the
-loop (`Ahead`).
+(`decode="device"`): one batched decode call (several for large photos) on a thread of its
+own, then one batched resize and crop whatever the images' sizes (`resample`) on another, each
+ahead of the loop (`assembled`, `Ahead`).
 """
 
 from __future__ import annotations
 
 import io
 import math
-import queue
-import threading
 import uuid
 import warnings
 import weakref
@@ -28,6 +26,7 @@ import torch
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.resample import resize_views
 from fne.data.datasets import Dataset, content_key, read_image
+from fne.extraction.ahead import Ahead
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -347,7 +346,8 @@ def decode_raw(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess,
     """
     out: list[torch.Tensor | str] = []
     for part in parts(sizes, len(raw)):
-        out += _decode_part([raw[p] for p in part], dev, prep)
+        run = [raw[p] for p in part]
+        out += resized(run, decode_jpegs(run, dev), dev, prep)
     return out
 
 
@@ -364,8 +364,11 @@ def parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
     return [*out, range(start, n)] if n else []
 
 
-def _decode_part(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -> list[torch.Tensor | str]:
-    imgs = decode_jpegs(raw, dev)
+def resized(raw: list[torch.Tensor], imgs: list[torch.Tensor | None], dev: torch.device,
+            prep: Preprocess) -> list[torch.Tensor | str]:
+    """JPEGs and what the device decoder made of them (None where it refused) -> each one's
+    (V, 3, S, S) uint8 views on `dev` (the decoded ones resized and cropped together), or an
+    error string where PIL refuses it too."""
     out: list[torch.Tensor | str | None] = [None] * len(raw)
     for p, img in enumerate(imgs):
         if img is not None:
@@ -382,16 +385,16 @@ def _decode_part(raw: list[torch.Tensor], dev: torch.device, prep: Preprocess) -
     return out
 
 
-def assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list):
-    """-> (uint8 (B, V, 3, S, S) on `dev` or None, indices, keys) of the images that decoded;
-    images the device decoder and PIL both refused are appended to `bad` as (index, key, error).
-    On the CPU the pixels may lie in a `SlotPool`: read them before `release(batch)`."""
+def gathered(batch: dict, decoded: list[torch.Tensor | str], dev: torch.device, bad: list):
+    """-> (uint8 (B, V, 3, S, S) on `dev` or None, indices, keys) of a batch's images: the
+    workers' pixels and `decoded` (its JPEGs' views, in `raw_pos` order, or error strings,
+    appended to `bad` as (index, key, error)). On the CPU the pixels may lie in a `SlotPool`:
+    read them before `release(batch)`."""
     idx, keys, pixels = batch["idx"], batch["keys"], pixels_of(batch)
     if pixels is not None:
         pixels = pixels.to(dev, non_blocking=True)
     if batch["raw"] is None:
         return pixels, idx, keys
-    decoded = decode_raw(raw_jpegs(batch), dev, prep, batch.get("raw_sizes"))
     slots: list[torch.Tensor | None] = [None] * len(idx)
     for pos, x in zip(batch["pix_pos"], pixels if pixels is not None else [], strict=True):
         slots[pos] = x
@@ -406,133 +409,64 @@ def assemble(batch: dict, dev: torch.device, prep: Preprocess, bad: list):
     return torch.stack([slots[p] for p in good]), [idx[p] for p in good], [keys[p] for p in good]
 
 
-class Ahead:
-    """`fn(item)` for each item of `items`, in order, computed on a thread of its own `ahead`
-    items in advance (`ahead` = 0: in the consumer's thread, one at a time).
-
-    For work that blocks its thread with the GIL released: decoding JPEGs on the device
-    (torchvision's nvjpeg call ends in a stream synchronisation) overlaps the consumer's work on
-    the item before, where in line the two add up. On CUDA the thread launches on a stream of
-    its own, so that its waits (`decode_jpegs`) are for its own work, not the consumer's: the
-    consumer's stream waits for each result's work (an event), and the result's device
-    tensors are marked as used there (``record_stream``), so that their memory is not handed
-    back to the thread while the consumer's kernels may still read it. An error on the thread
-    is raised at the consumer's next item; `close` (also after an error in the consumer) stops
-    the thread and waits for it.
+def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> Ahead:
+    """The reader's first stage: each batch's JPEGs decoded on `dev`, in runs of one decode
+    call each, `ahead` runs in advance on a thread of its own (`fne-decode`; see `Ahead`).
 
     Parameters
     ----------
-    items : iterable
-        What to map (a DataLoader's batches).
-    fn : callable
-        item -> result, run on the thread (it must not draw from a shared random generator, so
-        that runs repeat themselves).
+    batches : iterable of dict
+        `collate` batches (a DataLoader).
+    dev : torch.device
+        Where to decode (nvjpeg on CUDA).
     ahead : int
-        Results computed in advance.
-    device : torch.device, optional
-        A CUDA device the thread makes its current one (as the consumer's thread did: a rank's
-        GPU), so that its kernels and streams are that device's.
+        Runs decoded in advance (0: in the consumer's thread, as it asks).
+    split : bool
+        Decode a batch of large photos in runs of at most `DECODE_PIXELS` pixels (`parts`),
+        from the sizes the workers read; False: the whole batch in one call.
+
+    Returns
+    -------
+    Ahead
+        Yields (batch, its JPEGs (`raw_jpegs`), run (a range of them), the run's decoded images
+        (None where the device decoder refused one), whether the run is the batch's last), every
+        batch at least once, those without JPEGs with an empty run.
     """
+    def runs():
+        for batch in batches:
+            raw = raw_jpegs(batch)
+            todo = parts(batch.get("raw_sizes") if split else None, len(raw)) or [range(0)]
+            for k, run in enumerate(todo):
+                yield batch, raw, run, k == len(todo) - 1
 
-    def __init__(self, items, fn, ahead: int = 0, device: torch.device | None = None):
-        self.items, self.fn, self.ahead, self.device = items, fn, ahead, device
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+    def decode(item):
+        batch, raw, run, last = item
+        return batch, raw, run, decode_jpegs([raw[p] for p in run], dev) if len(run) else [], last
 
-    def __iter__(self):
-        if self.ahead < 1:
-            yield from (self.fn(item) for item in self.items)
-            return
-        q: queue.Queue = queue.Queue(maxsize=self.ahead)
-        self._thread = threading.Thread(target=self._fill, args=(q,), daemon=True, name="fne-ahead")
-        self._thread.start()
-        while True:
-            item = q.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            if isinstance(item, _Made):
-                item = item.take()
-            yield item
-
-    def _fill(self, q: queue.Queue) -> None:
-        try:
-            side = None
-            if self.device is not None and self.device.type == "cuda":
-                if self.device.index is not None:
-                    torch.cuda.set_device(self.device)
-                side = torch.cuda.Stream(self.device)
-            for item in self.items:
-                if side is None:
-                    out = self.fn(item)
-                else:
-                    with torch.cuda.stream(side):
-                        out = _Made(self.fn(item), side)
-                if not self._put(q, out):
-                    return
-            self._put(q, _END)
-        except BaseException as e:  # surfaced in the consumer's thread
-            self._put(q, _Failed(e))
-
-    def _put(self, q: queue.Queue, item) -> bool:
-        """Queue `item` once there is room; False if the consumer closed meanwhile."""
-        while not self._stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def close(self) -> None:
-        """Stop the thread (if any) and wait for it: the loader may then be shut down."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+    return Ahead(runs(), decode, ahead, dev, name="fne-decode")
 
 
 def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> Ahead:
-    """`assemble` over a loader's batches -> (batch, (x, indices, keys), bad), `ahead` batches
-    in advance on a thread of its own (see `Ahead`)."""
-    def one(batch: dict):
+    """The reader's stages on the device over a loader's batches -> (batch, (x, indices,
+    keys), bad) (`gathered`).
+
+    Two stages, each `ahead` in advance on a thread of its own where `ahead` > 0: the JPEGs are
+    decoded (`decoding`, thread `fne-decode`), then resized and cropped (`resized`) and gathered
+    with the workers' pixels (thread `fne-ahead`). On CUDA nvjpeg's call blocks its thread until
+    its run is decoded: on a thread of its own, the next run decodes while the one before is
+    resized, where in one thread the two add up.
+    """
+    done: list[torch.Tensor | str] = []
+
+    def gather(item):
+        batch, raw, run, imgs, last = item
+        if len(run):
+            done.extend(resized([raw[p] for p in run], imgs, dev, prep))
+        if not last:
+            return None  # the batch's next run comes
         bad = list(batch["bad"])
-        return batch, assemble(batch, dev, prep, bad), bad
+        out = batch, gathered(batch, list(done), dev, bad), bad
+        done.clear()
+        return out
 
-    return Ahead(batches, one, ahead, dev)
-
-
-_END = object()
-
-
-class _Made:
-    """A result made on `stream` (another thread's): `take` makes the taking thread's stream
-    wait for that work and marks the result's device tensors as used there."""
-
-    def __init__(self, result, stream: torch.cuda.Stream):
-        self.result, self.device, self.done = result, stream.device, stream.record_event()
-
-    def take(self):
-        here = torch.cuda.current_stream(self.device)
-        here.wait_event(self.done)
-        for t in _device_tensors(self.result):
-            t.record_stream(here)
-        return self.result
-
-
-def _device_tensors(x):
-    """The CUDA tensors in nested tuples, lists and dicts."""
-    if isinstance(x, torch.Tensor):
-        if x.is_cuda:
-            yield x
-    elif isinstance(x, (list, tuple)):
-        for y in x:
-            yield from _device_tensors(y)
-    elif isinstance(x, dict):
-        for y in x.values():
-            yield from _device_tensors(y)
-
-
-class _Failed:
-    def __init__(self, error: BaseException):
-        self.error = error
+    return Ahead(decoding(batches, dev, ahead), gather, ahead, dev)

@@ -11,8 +11,8 @@ batch in one call, whatever its images' sizes.
 The crop boxes follow torchvision's RandomResizedCrop on the original image (area fraction in
 `scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
 box of a valid ratio), drawn with the flips from a CPU generator that `fne train` seeds each
-epoch from the epoch's seed, in batch order, on the thread that decodes ahead of the steps
-(`epochs._batches`). A JPEG the device decoder refuses goes to PIL; one both refuse is skipped
+epoch from the epoch's seed, in batch order, on the thread that crops ahead of the steps
+(`epochs._batches`; another decodes ahead of it). A JPEG the device decoder refuses goes to PIL; one both refuse is skipped
 and named.
 Validation and test images then take `fne extract --decode device`'s path (`epochs.transforms`):
 JPEG bytes from the workers, their center crops decoded and cut on the device.
@@ -135,15 +135,17 @@ class DeviceAugment:
         """See the class."""
         self.size, self.side, self.scale = size, side, scale
 
-    def __call__(self, batch: dict, dev: torch.device, bad: list,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, list[int]]:
+    def __call__(self, batch: dict, dev: torch.device, bad: list, generator: torch.Generator | None = None,
+                 decoded: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor | None, list[int]]:
         """A `collate` batch -> (float (B, 3, S, S) in 0..255 on `dev`, cropped and flipped, or
         None; the dataset indices of its rows). Images no decoder reads are appended to `bad`
         as (index, key, error). The boxes and flips are drawn from `generator` (default: torch's
-        global one)."""
+        global one). `decoded`: the batch's JPEGs already decoded on `dev` (`reader.decoding`;
+        None where refused); without it they are decoded here, in one call."""
         idx, n = batch["idx"], len(batch["idx"])
         raw = reader.raw_jpegs(batch)
-        decoded = reader.decode_jpegs(raw, dev) if raw else []  # one call (nvjpeg on CUDA)
+        if decoded is None:
+            decoded = reader.decode_jpegs(raw, dev) if raw else []  # one call (nvjpeg on CUDA)
         boxes = crop_boxes(batch["aspect"], self.scale, generator=generator)
         flip = torch.rand(n, generator=generator) < 0.5
         imgs: list[torch.Tensor | None] = [None] * n

@@ -21,6 +21,7 @@ from fne.data.datasets import Dataset
 from fne.devices import autocast
 from fne.errors import DataError
 from fne.extraction import reader
+from fne.extraction.ahead import Ahead
 from fne.progress import progress
 from fne.training import augment as augment_mod
 
@@ -59,7 +60,7 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
     With `on_device`, train's transform only squashes each image to `augment.SQUASH` x S (an
     `augment.Squash`): the crop and flip are then `augment.DeviceAugment`'s, on the device. The
     eval view is then the center crop's `Preprocess` itself: its JPEGs are decoded, resized and
-    cropped on the device too, as `fne extract --decode device` does (`reader.assemble`).
+    cropped on the device too, as `fne extract --decode device` does (`reader.assembled`).
     """
     center = _Center(size, backbone)
     if not augment:
@@ -95,31 +96,35 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
 def _batches(loader, ctx: Ctx, bar, augment=None):
     """(dataset indices, normalised inputs, labels) of each batch's readable images; `augment`
     (a `DeviceAugment`) decodes, crops and flips them on the device first, and an eval loader of
-    JPEG bytes has them decoded and center-cropped there. On CUDA that device work runs on a
-    thread of its own, two batches ahead (`reader.Ahead`): nvjpeg's call blocks its thread
-    until a batch is decoded, and the steps' thread is left with the steps. The random crops and
-    flips come from a generator of their own, seeded here from the epoch's global one and drawn
-    in batch order: the same crops on the thread as in line."""
+    JPEG bytes has them decoded and center-cropped there. On CUDA that device work runs on two
+    threads of their own, each two batches ahead (`reader.decoding`, `Ahead`): nvjpeg's
+    call blocks its thread until a batch is decoded, the next batch decodes while the one before
+    is cropped, and the steps' thread is left with the steps. The random crops and flips come
+    from a generator of their own, seeded here from the epoch's global one and drawn in batch
+    order: the same crops on the thread as in line."""
     prep, ahead = loader.dataset.prep, 2 if ctx.device.type == "cuda" else 0
-    if augment is not None:
+    if augment is not None:  # decoded on one thread, cropped and flipped on another
         g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, ())))
 
-        def on_device(batch: dict):  # (batch, (x, indices), bad)
+        def on_device(item):  # (batch, (x, indices), bad)
+            batch, _, _, decoded, _ = item
             bad = list(batch["bad"])
-            return batch, augment(batch, ctx.device, bad, generator=g), bad
-    elif isinstance(prep, Preprocess):  # center views, JPEG bytes decoded on the device
-        def on_device(batch: dict):
-            bad = list(batch["bad"])
-            x, idx, _ = reader.assemble(batch, ctx.device, prep, bad)
-            return batch, (x[:, 0] if x is not None else None, idx), bad
-    else:  # pixels from the workers: moved, in line
-        ahead = 0
+            return batch, augment(batch, ctx.device, bad, generator=g, decoded=decoded), bad
 
+        batches = Ahead(reader.decoding(loader, ctx.device, ahead, split=False), on_device, ahead, ctx.device)
+    elif isinstance(prep, Preprocess):  # center views, JPEG bytes decoded on the device
+        def first_view(out):  # (batch, (x, indices, keys), bad) -> (batch, (x's one view, indices), bad)
+            batch, (x, idx, _), bad = out
+            return batch, (x[:, 0] if x is not None else None, idx), bad
+
+        batches = Ahead(reader.assembled(loader, ctx.device, prep, ahead), first_view)
+    else:  # pixels from the workers: moved, in line
         def on_device(batch: dict):
             x = batch["pixels"]
             x = x.to(ctx.device, non_blocking=True) if x is not None else None
             return batch, (x, batch["idx"]), list(batch["bad"])
-    batches = reader.Ahead(loader, on_device, ahead, ctx.device)
+
+        batches = Ahead(loader, on_device)
     try:
         yield from _ready(batches, ctx, bar)
     finally:
