@@ -264,33 +264,58 @@ def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.devic
              f"{alone / max(shared, 1e-9):.1f}x slower beside the forward; the forward meanwhile {fwd['img_s']:,.0f} img/s")]
 
 
-def _nvimgcodec_decoders(dev: torch.device) -> dict:
-    """name -> fn(list of JPEG bytes) -> list of uint8 (3, H, W) tensors on `dev`: nvImageCodec's
-    decoder (its hardware JPEG backend where the GPU has one) on a stream the caller chooses, at
-    normal and at high priority, with nvJPEG's own chroma upsampling and with libjpeg's "fancy"
-    one (`:fancy_upsampling=1`); on a CPU its CPU decoder (the smoke test of this code)."""
+def nvimgcodec_decoder(dev: torch.device, priority: int = -1, fancy: int = 1):
+    """nvImageCodec's JPEG decoder as `reader.decode_jpegs`' stand-in for one device: JPEG bytes
+    (1-D uint8 CPU tensors) -> uint8 (3, H, W) views of its (H, W, 3) images on `dev`, None
+    where it refuses one. On CUDA (its hardware backend where the GPU has one) it decodes on a
+    stream of `priority` (torch's: -1 high) that waits for the caller's stream, which then waits
+    for it; `fancy`: libjpeg's chroma upsampling (`:fancy_upsampling=1`, as PIL) or nvJPEG's
+    own. On a CPU its CPU decoder (the smoke test of this code)."""
     from nvidia import nvimgcodec
 
-    out = {}
-    for fancy in (0, 1):
-        opts = f":fancy_upsampling={fancy}"
-        if dev.type != "cuda":
-            dec = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, options=opts,
-                                     backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
-            out[f"nvImageCodec CPU, fancy {fancy}"] = lambda datas, dec=dec: [
-                torch.from_numpy(np.array(im)).permute(2, 0, 1) for im in dec.decode(datas)]
-            continue
-        dec = nvimgcodec.Decoder(device_id=dev.index or 0, options=opts)
-        for prio, label in ((0, "normal"), (-1, "high")):
-            stream = torch.cuda.Stream(dev, priority=prio)
+    opts = f":fancy_upsampling={fancy}"
+    if dev.type != "cuda":
+        cpu = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, options=opts,
+                                 backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+        return lambda raw: [None if im is None else torch.from_numpy(np.array(im)).permute(2, 0, 1)
+                            for im in cpu.decode([r.numpy() for r in raw])]
+    dec = nvimgcodec.Decoder(device_id=dev.index or 0, options=opts)
+    stream = torch.cuda.Stream(dev, priority=priority)
 
-            def decode(datas, dec=dec, stream=stream):
-                with torch.cuda.stream(stream):
-                    imgs = dec.decode(datas, cuda_stream=stream.cuda_stream)
-                    return [torch.as_tensor(im, device=dev).permute(2, 0, 1) for im in imgs]
+    def decode(raw: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        here = torch.cuda.current_stream(dev)
+        stream.wait_stream(here)
+        imgs = dec.decode([r.numpy() for r in raw], cuda_stream=stream.cuda_stream)
+        out = [None if im is None else torch.as_tensor(im, device=dev).permute(2, 0, 1) for im in imgs]
+        here.wait_stream(stream)
+        return out
 
-            out[f"nvImageCodec, {label}-priority stream, fancy {fancy}"] = decode
-    return out
+    return decode
+
+
+def _has_nvimgcodec() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("nvidia.nvimgcodec") is not None
+    except ImportError:  # no `nvidia` package at all
+        return False
+
+
+def nvimgcodec_hook() -> None:
+    """Benchmark-only: `fne extract` in this process decodes its JPEGs with nvImageCodec (high
+    priority stream, fancy upsampling) in place of torchvision's nvjpeg call (`extract_run`'s
+    nvImageCodec row; nothing in fne knows of it)."""
+    from fne.extraction import reader
+
+    made: dict = {}
+
+    def decode_jpegs(raw, dev):
+        if dev not in made:
+            made[dev] = nvimgcodec_decoder(dev)
+        return made[dev](raw)
+
+    reader.decode_jpegs = decode_jpegs
 
 
 def decoder_rows(files: list[Path], arch: str, weights: str, dev: torch.device, prec: str, batch: int,
@@ -304,12 +329,14 @@ def decoder_rows(files: list[Path], arch: str, weights: str, dev: torch.device, 
     from fne.extraction import reader
 
     raw = _jpeg_bytes(files[:batch])
-    datas = [bytes(r.numpy()) for r in raw]
     pil = [torch.from_numpy(np.array(read_image(f))).permute(2, 0, 1) for f in files[:batch]]
     which = "nvjpeg" if dev.type == "cuda" else "libjpeg-turbo"
-    cands = {f"torchvision {which} (fne's decode_jpegs)": lambda d: reader.decode_jpegs(raw, dev)}
+    cands = {f"torchvision {which} (fne's decode_jpegs)": lambda r: reader.decode_jpegs(r, dev)}
     try:
-        cands.update(_nvimgcodec_decoders(dev))
+        for fancy in (0, 1):
+            for prio, label in ((0, "normal-priority stream"), (-1, "high-priority stream")) if dev.type == "cuda" \
+                    else ((0, "CPU decoder"),):
+                cands[f"nvImageCodec, {label}, fancy upsampling {fancy}"] = nvimgcodec_decoder(dev, prio, fancy)
     except ImportError as e:
         cands["nvImageCodec"] = None
         why = f"not installed ({e})"
@@ -319,14 +346,14 @@ def decoder_rows(files: list[Path], arch: str, weights: str, dev: torch.device, 
         if fn is None:
             out.append((name, why, "bash benchmarks/gpu_kit_extras.sh puts it in the kit"))
             continue
-        imgs = fn(datas)
+        imgs = fn(raw)
         diffs = torch.cat([(a.cpu().int() - b.int()).abs().flatten() for a, b in zip(imgs, pil, strict=True)])
-        alone[name] = _rate(lambda fn=fn: fn(datas), len(datas), dev, seconds)
+        alone[name] = _rate(lambda fn=fn: fn(raw), len(raw), dev, seconds)
         out.append((f"decoder: {name}", f"{alone[name]:,.0f} img/s alone",
                     f"vs PIL: {100 * float((diffs > 0).float().mean()):.1f}% of values changed, mean "
                     f"{float(diffs.float().mean()):.2f}, max {int(diffs.max())}"))
     with _forward_running(arch, weights, dev, prec, batch) as fwd:
-        shared = {name: _rate(lambda fn=fn: fn(datas), len(datas), dev, seconds)
+        shared = {name: _rate(lambda fn=fn: fn(raw), len(raw), dev, seconds)
                   for name, fn in cands.items() if fn is not None}
     for name, rate in shared.items():
         out.append((f"decoder: {name}, beside the forward", f"{rate:,.0f} img/s",
@@ -358,9 +385,14 @@ def device_rows(arch: str, weights: str, files: list[Path], dev: torch.device, s
     try:  # the reader's device decoding (its API may move: then this row says so)
         decoded = reader.decode_raw(raw, dev, prep)
         x_dev = torch.stack([d[0] if not isinstance(d, str) else x[i].to(dev) for i, d in enumerate(decoded)])
-        cases.append(("bf16 + decode device", x_dev))
+        cases += [("bf16 + decode device", x_dev), ("fp32 + decode device", x_dev)]
     except (AttributeError, TypeError) as e:
         print(f"decode device row skipped: {e}", file=sys.stderr)
+    if _has_nvimgcodec():  # the candidate decoder: its pixels' effect alone (fp32) and with bf16
+        decoded = reader.resized(raw, nvimgcodec_decoder(dev)(raw), dev, prep)
+        x_nv = torch.stack([d[0] if not isinstance(d, str) else x[i].to(dev) for i, d in enumerate(decoded)])
+        cases += [("fp32 + nvImageCodec decode, fancy upsampling", x_nv),
+                  ("bf16 + nvImageCodec decode, fancy upsampling", x_nv)]
     if smoke:  # a CPU has no fp16 kernels worth timing; the rows still exercise the code
         cases = [c for c in cases if c[0] != "fp16"]
     out = []
@@ -403,11 +435,20 @@ def _child(code: str, env: dict | None = None, timeout: float | None = None) -> 
     return json.loads(p.stdout.strip().splitlines()[-1]), wall, cpu
 
 
-def fne_extract(data: Path, cache: Path, arch: str, weights: str, **kw) -> tuple[dict, float, float]:
+def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: bool = False, **kw) -> tuple[dict, float, float]:
+    """`fne extract` in a child; `hook`: with nvImageCodec's decoder in place of torchvision's
+    (`nvimgcodec_hook`; undone after, for --smoke's in-process children)."""
     code = (
-        "import json, warnings; warnings.simplefilter('ignore')\n"
+        "import json, sys, warnings; warnings.simplefilter('ignore')\n"
+        "from fne.extraction import reader\n"
         "from fne.extraction.extract import extract\n"
-        f"r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
+        "made = reader.decode_jpegs\n"
+        + (f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\nbench_gpu.nvimgcodec_hook()\n"
+           if hook else "")
+        + "try:\n"
+        f"    r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
+        "finally:\n"
+        "    reader.decode_jpegs = made\n"
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
@@ -644,11 +685,11 @@ def main(argv=None) -> int:
         row(f"tap model (hooks + pooling), batch {batch}", f"{f['tap']:,.0f} img/s",
             f"{f['tap'] / f['bare']:.2f} of bare")
 
-    def extract_run(i: int, name: str, kw: dict, rerun: bool = False):
+    def extract_run(i: int, name: str, kw: dict, rerun: bool = False, hook: bool = False):
         def run():
             cache = work / f"cache{i}"
             shutil.rmtree(cache, ignore_errors=True)
-            r, wall, cpu = fne_extract(imgs, cache, arch, weights, precision=prec, **kw)
+            r, wall, cpu = fne_extract(imgs, cache, arch, weights, hook, precision=prec, **kw)
             stages[name] = r.get("stages", {})
             of_tap = f" ({r['steady'] / f['tap']:.2f} of tap model)" if f.get("tap") else ""
             row(name, f"run {r['img_s']:,.0f} img/s, steady {r['steady']:,.0f}{of_tap}",
@@ -694,6 +735,10 @@ def main(argv=None) -> int:
                                                                                      batch, seconds))),
              ("decoders", "device decoders", rows_of(lambda: decoder_rows(jpegs(), arch, weights, dev, prec, batch,
                                                                           seconds))),
+             ("decoders", "fne extract, nvImageCodec decoder", extract_run(
+                 4, "fne extract, nvImageCodec decoder (high priority, fancy upsampling; benchmark hook)",
+                 {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook=True)
+              if _has_nvimgcodec() else lambda: None),
              ("train", "fne train", training),
              ("head", "linear head", rows_of(head_rows, dev, smoke)),
              ("peer", "peer", peer_run),
