@@ -501,27 +501,27 @@ def peer(data: Path, out: Path, arch: str, weights_file: Path, batch: int, prec:
 
 
 def loader_rows(data: Path, n: int, dev: torch.device, workers: int, what: str = "") -> list[tuple]:
-    """What `fne train`'s loader alone delivers (no network): training images/s with decode, crop
-    and flip in the workers (PIL), and with `--augment-on device` (workers send JPEG bytes; decode,
-    crop and flip on `dev`). `what` names the images in the rows."""
+    """What `fne train`'s loader alone delivers (no network): normalised training batches/s as
+    the steps receive them (`epochs._batches`), with decode, crop and flip in the workers (PIL),
+    and with `--augment-on device` (workers send JPEG bytes; on CUDA decoded on one thread and
+    cropped and flipped on another, ahead of the steps). `what` names the images in the rows."""
+    from fne.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
     from fne.data.datasets import load_dataset
+    from fne.progress import progress
     from fne.training import augment, epochs
 
     d = load_dataset(str(data))
     idx = np.arange(min(n, len(d)))
-    ctx = epochs.Ctx(d, d.label_indices(), dev, "fp32", None, None, False, {})
+    norm = Normalize(IMAGENET_MEAN, IMAGENET_STD).to(dev)
+    ctx = epochs.Ctx(d, d.label_indices(), dev, "fp32", norm, None, False, {})
     rows = []
     for on_device in (False, True):
         train_tf, _ = epochs.transforms(224, True, None, on_device)
         aug = augment.DeviceAugment(224, train_tf.side) if on_device else None
         loader = epochs.loader(ctx, idx, train_tf, 64, workers, torch.Generator().manual_seed(0))
         t, k = time.perf_counter(), 0
-        for batch in loader:
-            if aug is not None:  # decode (JPEGs), crop and flip on the device
-                x, _ = aug(batch, dev, [])
-            else:
-                x = batch["pixels"].to(dev, non_blocking=True)
-            k += len(x) if x is not None else 0
+        for _, x, _ in epochs._batches(loader, ctx, progress(len(idx), "", False), aug):
+            k += len(x)
         _sync(dev)
         where = (f"decode + crop + flip on {dev.type} (--augment-on device)" if on_device
                  else "decode + crop + flip in the workers (PIL)")
