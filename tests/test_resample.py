@@ -96,6 +96,32 @@ def test_a_batch_of_any_sizes_is_one_call_with_each_images_own_pixels(monkeypatc
     assert resample.resize_views([], prep).shape == (0, 10, 3, 64, 64)
 
 
+@pytest.mark.parametrize("how", ["nearest", "bilinear", "lanczos"])
+def test_recurring_lines_are_computed_once_with_the_same_pixels(monkeypatch, how):
+    """`resize_views` keeps each line's coefficients for later batches: a batch computes only
+    the lines no recent batch had, and gets the pixels of a fresh computation; the table holds
+    at most `LINES_KEPT` lines."""
+    from collections import OrderedDict
+
+    monkeypatch.setattr(resample, "_LINES", OrderedDict())
+    prep = Preprocess(64, "ten", interpolation=how)
+    imgs = _images(3)
+    real_table, real_weights = resample.line_table, resample.line_weights
+    monkeypatch.setattr(resample, "line_table", lambda keys, s, i, memo=False: real_table(keys, s, i, False))
+    fresh = resample.resize_views(imgs[2:], prep)  # every line computed, none kept
+    assert not resample._LINES
+    monkeypatch.setattr(resample, "line_table", real_table)
+    computed = []
+    monkeypatch.setattr(resample, "line_weights", lambda lines, *a: computed.append(len(lines)) or real_weights(lines, *a))
+    resample.resize_views(imgs[:4], prep)  # images 2 and 3's lines are kept
+    kept = len(resample._LINES)
+    again = resample.resize_views(imgs[2:], prep)
+    assert torch.equal(again, fresh)
+    assert computed[0] == kept and computed[1] == len(resample._LINES) - kept > 0  # only the new lines
+    monkeypatch.setattr(resample, "LINES_KEPT", 5)
+    assert torch.equal(resample.resize_views(imgs[2:], prep), fresh) and len(resample._LINES) == 5
+
+
 def _tf32(t: torch.Tensor) -> torch.Tensor:
     """float32 rounded to TF32's 10-bit mantissa (to nearest, ties to even), as CUDA's TF32
     products round their operands."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import groupby
 
@@ -137,7 +138,7 @@ def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
             down += down
             across += [(w, w / rw, rw - 1 - x, -1, 0.0) for x, _ in boxes]
         views.append((down, across, vertical_first(w, h, rw, rh)))
-    return resize_lines(imgs, views, prep.size, prep.interpolation, prep.views).to(torch.uint8)
+    return resize_lines(imgs, views, prep.size, prep.interpolation, prep.views, memo=True).to(torch.uint8)
 
 
 def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, s: int,
@@ -172,9 +173,11 @@ def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, 
 
 
 def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Line], bool]], s: int,
-                 interpolation: str, v: int) -> torch.Tensor:
+                 interpolation: str, v: int, memo: bool = False) -> torch.Tensor:
     """float32 (N, V, 3, S, S) of whole values in 0..255: each image's views, given by their
-    `Line`s down and across and whether Pillow would resize it vertically first."""
+    `Line`s down and across and whether Pillow would resize it vertically first. `memo`: keep
+    each line's coefficients for later batches (`line_table`; lines that recur, as a dataset's
+    image sizes do, not random crops)."""
     n = len(imgs)
     dev = imgs[0].device if imgs else torch.device("cpu")
     out = torch.empty((n, v, 3, s, s), dtype=torch.float32, device=dev)
@@ -182,8 +185,8 @@ def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Li
         return out
     keys = sorted({line for down, across, _ in views for line in (*down, *across)})
     pos = {key: u for u, key in enumerate(keys)}
-    table = line_weights(np.array(keys, dtype=np.float64), s, interpolation)
-    lo, hi = table[0].min(axis=1).tolist(), table[1].max(axis=1).tolist()  # each line's input span
+    first, last, fixed = line_table(keys, s, interpolation, memo)
+    lo, hi = first.min(axis=1).tolist(), last.max(axis=1).tolist()  # each line's input span
     plans = []
     for im, (down, across, turned) in zip(imgs, views, strict=True):
         ids = [[pos[line] for line in lines] for lines in (down, across)]
@@ -193,11 +196,52 @@ def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Li
         else:  # vertical first: turned, its columns become the padded rows
             plans.append(_Plan(im, (y0, y1, x0, x1), (x0, ids[1]), (y0, ids[0]), True))
     order = sorted(range(n), key=lambda i: plans[i].key)
-    fixed = np.trunc(table[2] * (1 << 22) + np.copysign(0.5, table[2])) / (1 << 22)  # Pillow's 8-bit kk
-    on_dev = (_to_device(table[0], dev), _to_device(fixed, dev).to(DTYPE))
+    on_dev = (_to_device(first, dev), _to_device(fixed, dev).to(DTYPE))
     for chunk in _chunks(order, [p.key[0] for p in plans]):
         out[_to_device(np.array(chunk), dev)] = _resize([plans[i] for i in chunk], on_dev, s, dev).float()
     return out
+
+
+_LINES: OrderedDict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
+LINES_KEPT = 2048  # lines whose coefficients are kept (~8 KiB each at S = 224)
+_lines_lock = threading.Lock()
+
+
+def line_table(keys: list[Line], s: int, interpolation: str, memo: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`line_weights` of `keys`, the coefficients rounded to Pillow's 22-bit fixed point (its
+    8-bit `kk`): first, last (U, S) and coefficients (U, S, k), zero from `last` on. `memo`:
+    from and into a table of the last `LINES_KEPT` lines used (each line's coefficients depend
+    on the line alone), so that a batch computes only the lines no recent batch had."""
+    if not memo:
+        first, last, w = line_weights(np.array(keys, dtype=np.float64), s, interpolation)
+        return first, last, _fixed(w)
+    names = [(key, s, interpolation) for key in keys]
+    with _lines_lock:
+        rows = [_LINES.get(name) for name in names]
+    new = [u for u, r in enumerate(rows) if r is None]
+    if new:
+        first, last, w = line_weights(np.array([keys[u] for u in new], dtype=np.float64), s, interpolation)
+        w = _fixed(w).astype(np.float32)  # exact: multiples of 2**-22 below 1
+        for j, u in enumerate(new):
+            taps = np.flatnonzero(w[j].any(axis=0))  # this line's; the batch pads to its widest
+            rows[u] = (first[j], last[j], w[j, :, :taps[-1] + 1 if taps.size else 1])
+    with _lines_lock:  # this batch's lines become the most recent; the least recent go
+        for name, r in zip(names, rows, strict=True):
+            _LINES[name] = r
+            _LINES.move_to_end(name)
+        while len(_LINES) > LINES_KEPT:
+            _LINES.popitem(last=False)
+    k = max(r[2].shape[1] for r in rows)
+    fixed = np.zeros((len(rows), s, k), dtype=np.float64)
+    for u, r in enumerate(rows):
+        fixed[u, :, :r[2].shape[1]] = r[2]
+    return np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]), fixed
+
+
+def _fixed(w: np.ndarray) -> np.ndarray:
+    """Coefficients rounded to Pillow's 22-bit fixed point, as its 8-bit resampling uses them."""
+    return np.trunc(w * (1 << 22) + np.copysign(0.5, w)) / (1 << 22)
 
 
 class _Plan:
