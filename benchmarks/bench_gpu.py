@@ -266,11 +266,12 @@ def contention_rows(files: list[Path], arch: str, weights: str, dev: torch.devic
 
 def nvimgcodec_decoder(dev: torch.device, priority: int = -1, fancy: int = 1):
     """nvImageCodec's JPEG decoder as `reader.decode_jpegs`' stand-in for one device: JPEG bytes
-    (1-D uint8 CPU tensors) -> uint8 (3, H, W) views of its (H, W, 3) images on `dev`, None
-    where it refuses one. On CUDA (its hardware backend where the GPU has one) it decodes on a
+    (1-D uint8 CPU tensors) -> uint8 (3, H, W) tensors on `dev` (its (H, W, 3) images, copied),
+    None where it refuses one. On CUDA (its hardware backend where the GPU has one) it decodes on a
     stream of `priority` (torch's: -1 high) that waits for the caller's stream, which then waits
     for it; `fancy`: libjpeg's chroma upsampling (`:fancy_upsampling=1`, as PIL) or nvJPEG's
-    own. On a CPU its CPU decoder (the smoke test of this code)."""
+    own. The call returns once the batch is decoded, as torchvision's does. On a CPU its CPU
+    decoder (the smoke test of this code)."""
     from nvidia import nvimgcodec
 
     opts = f":fancy_upsampling={fancy}"
@@ -285,8 +286,13 @@ def nvimgcodec_decoder(dev: torch.device, priority: int = -1, fancy: int = 1):
     def decode(raw: list[torch.Tensor]) -> list[torch.Tensor | None]:
         here = torch.cuda.current_stream(dev)
         stream.wait_stream(here)
-        imgs = dec.decode([r.numpy() for r in raw], cuda_stream=stream.cuda_stream)
-        out = [None if im is None else torch.as_tensor(im, device=dev).permute(2, 0, 1) for im in imgs]
+        with torch.cuda.stream(stream):
+            imgs = dec.decode([r.numpy() for r in raw], cuda_stream=stream.cuda_stream)
+            # copied into torch's memory (channels first), on the same stream: nvImageCodec frees its
+            # own when its image goes, whatever torch's streams still read
+            out = [None if im is None else torch.as_tensor(im, device=dev).permute(2, 0, 1).contiguous()
+                   for im in imgs]
+        stream.synchronize()  # as torchvision's call does: then its images may go
         here.wait_stream(stream)
         return out
 

@@ -261,8 +261,8 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     st, prep = out.stats, spec.preprocess()
     cpu0, t_run = _cpu_seconds(), time.perf_counter()
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
-    # Device decoding blocks its thread until a batch is decoded: on a thread of its own, two
-    # batches ahead, it overlaps this loop's work on the batch before.
+    # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
+    # resize on another, each two ahead, they overlap each other and this loop's work.
     assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" else 0)
     try:
         t = time.perf_counter()
