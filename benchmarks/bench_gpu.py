@@ -388,15 +388,16 @@ def device_rows(arch: str, weights: str, files: list[Path], dev: torch.device, s
     model = taps.build_tap_model(spec, dev)
     raw = _jpeg_bytes(files)
     cases = [("fp32", x.to(dev)), ("fp16", x.to(dev)), ("bf16", x.to(dev))]
+    def views(decoded):  # the decoded views; PIL's where a decoder refused an image
+        return torch.stack([d[0] if not isinstance(d, str) else x[i].to(dev) for i, d in enumerate(decoded)])
+
     try:  # the reader's device decoding (its API may move: then this row says so)
-        decoded = reader.decode_raw(raw, dev, prep)
-        x_dev = torch.stack([d[0] if not isinstance(d, str) else x[i].to(dev) for i, d in enumerate(decoded)])
+        x_dev = views(reader.decode_raw(raw, dev, prep))
         cases += [("bf16 + decode device", x_dev), ("fp32 + decode device", x_dev)]
     except (AttributeError, TypeError) as e:
         print(f"decode device row skipped: {e}", file=sys.stderr)
     if _has_nvimgcodec():  # the candidate decoder: its pixels' effect alone (fp32) and with bf16
-        decoded = reader.resized(raw, nvimgcodec_decoder(dev)(raw), dev, prep)
-        x_nv = torch.stack([d[0] if not isinstance(d, str) else x[i].to(dev) for i, d in enumerate(decoded)])
+        x_nv = views(reader.resized(raw, nvimgcodec_decoder(dev)(raw), dev, prep))
         cases += [("fp32 + nvImageCodec decode, fancy upsampling", x_nv),
                   ("bf16 + nvImageCodec decode, fancy upsampling", x_nv)]
     if smoke:  # a CPU has no fp16 kernels worth timing; the rows still exercise the code
