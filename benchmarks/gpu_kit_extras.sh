@@ -4,7 +4,7 @@
 # for its `decoders` part (the device decoder's candidates), as .gpu-kit/extra.tar.xz: only
 # what decoding JPEGs with Python 3.12 loads (its CPU, nvJPEG and libjpeg-turbo backends).
 #
-#   bash ../shared/tools/gpu-kit.sh && bash benchmarks/gpu_kit_extras.sh     # here, project root
+#   PYTHON=.venv/bin/python bash ../shared/tools/gpu-kit.sh && bash benchmarks/gpu_kit_extras.sh  # here
 #   on the device (carry [".gpu-kit"]):
 #     source .gpu-kit/setup.sh && tar -xJf .gpu-kit/extra.tar.xz -C /tmp/site && python3 benchmarks/bench_gpu.py
 #
