@@ -22,10 +22,9 @@ python3 -m pip download -q --no-deps $plat -d "$tmp/whl" "nvidia-nvimgcodec-cu13
   | grep -v "is ignored" || true
 mkdir -p "$tmp/site"
 for w in "$tmp"/whl/*.whl; do
-  # nvidia/ stays a namespace package (no __init__.py): the machine's own nvidia.* packages stay visible
+  # nvImageCodec's nvidia/__init__.py extends nvidia's path: the machine's own nvidia.* stay visible
   python3 -m zipfile -e "$w" "$tmp/site"
 done
-rm -f "$tmp/site/nvidia/__init__.py"
 n="$tmp/site/nvidia/nvimgcodec"
 find "$n" -name 'nvimgcodec_impl.cpython-*.so' ! -name '*cpython-312-*' -delete
 rm -rf "$n/tools" "$n/include" "$tmp/site/nvidia/cu13/include" "$tmp"/site/*.dist-info
