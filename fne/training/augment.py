@@ -12,8 +12,8 @@ The crop boxes follow torchvision's RandomResizedCrop on the original image (are
 `scale`, aspect ratio in `ratio` of the original's pixels, ten tries, then the largest centred
 box of a valid ratio), drawn with the flips from a CPU generator that `fne train` seeds each
 epoch from the epoch's seed, in batch order, on the thread that crops ahead of the steps
-(`epochs._batches`; another decodes ahead of it). A JPEG the device decoder refuses goes to PIL; one both refuse is skipped
-and named.
+(`epochs._batches`; another decodes ahead of it). A JPEG the device decoder refuses goes to
+PIL; one both refuse is skipped and named.
 Validation and test images then take `fne extract --decode device`'s path (`epochs.transforms`):
 JPEG bytes from the workers, their center crops decoded and cut on the device.
 """
