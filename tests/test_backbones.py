@@ -121,24 +121,46 @@ def test_import_matching_reports_shape_mismatch():
     assert "features.0.weight" in report.imported
 
 
-def test_cache_keys_need_no_torchvision_import():
-    """A cached rerun reads rows without importing torchvision (4.8 s on the H200 machine): VGG's
-    ImageNet weights are declared by torchvision's file names, and whether this torchvision decodes
-    on a device is known from its release (every one through 0.29 does)."""
+def test_cache_keys_and_vgg_need_no_torchvision_import():
+    """A cached rerun reads rows, and VGG is built, without importing torchvision (4.8 s on the
+    H200 machine): VGG's ImageNet weights are declared by torchvision's addresses, and whether this
+    torchvision decodes on a device is known from its release (every one through 0.29 does)."""
     import subprocess
     import sys
-    from pathlib import Path
 
     import torchvision.models as tvm
 
     from fne import devices
+    from fne.backbones import vgg
 
-    for arch, stem in backbones._VGG_IMAGENET_FILES.items():
-        assert Path(tvm.get_model_weights(arch).IMAGENET1K_V1.url).stem == stem
+    for arch in vgg.IMAGENET_FILES:
+        assert vgg.imagenet_url(arch) == tvm.get_model_weights(arch).IMAGENET1K_V1.url
     code = ("import sys; from fne.backbones import registry; from fne.devices import device_decoder; "
             "print(registry.fingerprint('vgg16'), registry.fingerprint('vgg19'), device_decoder(), "
-            "'torchvision' in sys.modules)")
+            "'torchvision' in sys.modules, end=' '); registry.load_backbone('vgg16', 'random'); "
+            "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     known = devices.torchvision_release() <= devices._DECODE_JPEG_THROUGH
     assert out[:2] == ["imagenet-vgg16-397923af", "imagenet-vgg19-dcbb9e9d"]
-    assert out[2] == "True" and out[3] == str(not known)
+    assert out[2] == "True" and out[3] == str(not known) and out[4] == str(not known)
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+def test_vgg_is_torchvisions_vgg(arch):
+    """fne's VGG has torchvision's modules, names and shapes; from one seed it draws the same
+    random weights; with the same weights it computes the same outputs."""
+    import torchvision.models as tvm
+
+    def drawn(build):
+        torch.manual_seed(3)
+        return build()
+
+    ours = drawn(lambda: backbones.get(arch).build(10)).eval()
+    theirs = drawn(lambda: tvm.get_model(arch, weights=None, num_classes=10)).eval()
+    assert [(n, type(m)) for n, m in ours.named_modules() if n] == [
+        (n, type(m)) for n, m in theirs.named_modules() if n]
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))

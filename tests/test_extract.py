@@ -183,3 +183,52 @@ def test_fne_cache_env_sets_default(monkeypatch, tmp_path):
 
     monkeypatch.setenv("FNE_CACHE", str(tmp_path / "elsewhere"))
     assert cache_root(None) == Path(tmp_path / "elsewhere")
+
+
+def test_the_model_is_built_on_a_thread_of_its_own_while_the_first_batch_is_read(digits_folder, tmp_path,
+                                                                                  monkeypatch):
+    """`TapRunner.prepare`: the build (imports, weights, the device's set-up) runs on thread
+    `fne-model` while the reader reads. Here the reader (no workers: the loop's own thread)
+    waits for the build before its first image; a build made on the first batch could not end
+    meanwhile, so the wait would time out."""
+    import threading
+
+    from fne.extraction import reader, taps
+
+    built, threads, waited = threading.Event(), [], []
+    real_build, real_item = taps.build_tap_model, reader.ImageItems.__getitem__
+
+    def build(*a, **k):
+        threads.append(threading.current_thread().name)
+        model = real_build(*a, **k)
+        built.set()
+        return model
+
+    def item(self, j):
+        if not waited:
+            waited.append(built.wait(timeout=30))
+        return real_item(self, j)
+
+    monkeypatch.setattr(taps, "build_tap_model", build)
+    monkeypatch.setattr(reader.ImageItems, "__getitem__", item)
+    r = fx.extract(digits_folder, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+    assert waited == [True] and len(threads) == 1 and threads[0].startswith("fne-model")
+    assert r.n_computed == 24 and r.stage_seconds["model_wait"] < r.stage_seconds["run"]
+
+
+def test_an_error_in_the_background_build_reaches_the_caller_and_commits_nothing(digits_folder, tmp_path,
+                                                                                  monkeypatch, capsys):
+    from fne.errors import WeightsError
+    from fne.extraction import taps
+
+    def build(*a, **k):
+        raise WeightsError("--weights w.pth: does not fit --arch (test)")
+
+    monkeypatch.setattr(taps, "build_tap_model", build)
+    cache = tmp_path / "c"
+    with pytest.raises(WeightsError, match="does not fit"):
+        fx.extract(digits_folder, cache=str(cache), progress=False, **FAST)
+    assert len(_store(cache)) == 0
+    code = main(["extract", str(digits_folder), "--cache", str(cache), "--no-progress", "--arch", FAST["arch"],
+                 "--weights", "random", "--precision", FAST["precision"]])
+    assert code == 2 and "fne extract: error: --weights w.pth: does not fit" in capsys.readouterr().err

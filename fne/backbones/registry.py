@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fne.backbones import vgg
 from fne.backbones.pooling import Tap
 from fne.backbones.preprocess import Preprocess
 from fne.errors import FneError, WeightsError
@@ -171,12 +172,8 @@ def _imagenet_categories() -> list[str]:
 
 
 # ------------------------------------------------------------------------ VGG
-
-_VGG_CFG = {
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
+# Built by `fne.backbones.vgg` as torchvision builds it, without importing torchvision (4.8 s on
+# the H200 machine); its ImageNet files are named there, so that cache keys need no import either.
 
 
 def _vgg_taps(cfg: list) -> tuple[Tap, ...]:
@@ -194,46 +191,26 @@ def _vgg_taps(cfg: list) -> tuple[Tap, ...]:
     return tuple(taps)
 
 
-# The file names of torchvision's IMAGENET1K_V1 weights (a hash in each), declared so that cache
-# keys need no torchvision import (4.8 s on the H200 machine): a cached rerun reads rows without it.
-_VGG_IMAGENET_FILES = {"vgg16": "vgg16-397923af", "vgg19": "vgg19-dcbb9e9d"}
-
-
-def _tv_weights(arch: str):
-    import torchvision.models as tvm
-
-    return tvm.get_model_weights(arch).IMAGENET1K_V1
-
-
-def _torchvision_imagenet(arch: str) -> Callable[[], dict]:
+def _vgg_imagenet(arch: str) -> Callable[[], dict]:
     def load() -> dict:
         from fne.backbones import zoo
 
-        return zoo.tv_state(arch, _tv_weights(arch))  # offline: says where to put the file
+        return zoo.hub_state(arch, vgg.imagenet_url(arch))  # offline: says where to put the file
 
     return load
 
 
-def _vgg_build(arch: str) -> Callable[[int], nn.Module]:
-    def build(num_classes: int = 1000) -> nn.Module:
-        import torchvision.models as tvm
-
-        return tvm.get_model(arch, weights=None, num_classes=num_classes)
-
-    return build
-
-
-for _arch, _cfg in _VGG_CFG.items():
+for _arch, _cfg in vgg.CFG.items():
     register(
         Backbone(
             name=_arch,
-            build=_vgg_build(_arch),
+            build=functools.partial(vgg.VGG, _cfg),
             taps=_vgg_taps(_cfg),
             last="fc7",
             mean=(0.485, 0.456, 0.406),
             std=(0.229, 0.224, 0.225),
-            imagenet=_torchvision_imagenet(_arch),
-            imagenet_id=lambda a=_arch: "imagenet-" + _VGG_IMAGENET_FILES[a],  # hash in name
+            imagenet=_vgg_imagenet(_arch),
+            imagenet_id=lambda a=_arch: "imagenet-" + vgg.IMAGENET_FILES[a],  # hash in name
             classifier="classifier.6",
             fc_layers=("classifier.0", "classifier.3", "classifier.6"),
         )

@@ -332,12 +332,18 @@ def tv_preprocess(w) -> dict:
 
 
 def tv_state(name: str, w) -> dict:
+    return hub_state(name, w.url)
+
+
+def hub_state(name: str, url: str) -> dict:
+    """ImageNet weights of backbone `name` from torch hub's cache, downloaded from `url` (the
+    hash in the file's name checked) where they are not there yet."""
     try:
-        return w.get_state_dict(progress=True)
+        return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
     except Exception as e:  # URLError, OSError, SSL errors: all mean "no network/cached copy"
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
+        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         raise WeightsError(
-            f"cannot load ImageNet weights for {name}: download of {w.url} failed ({e}). "
+            f"cannot load ImageNet weights for {name}: download of {url} failed ({e}). "
             f"With no network, copy that file from a machine that has one to {hub} "
             f"(torch hub's cache; TORCH_HOME moves it), or pass --weights PATH to a state dict, "
             f"or --weights random for a test run.") from None

@@ -216,7 +216,8 @@ class Stats:
 
     def seconds(self, model: taps.TapRunner, write: float) -> dict[str, float]:
         return {"read_wait": self.read_wait, "forward": self.forward, "first_forward": model.first_forward,
-                "model_load": model.model_load, "write": write, "run": self.run, "cpu_run": self.cpu_run}
+                "model_load": model.model_load, "model_wait": model.model_wait, "write": write,
+                "run": self.run, "cpu_run": self.cpu_run}
 
 
 @dataclass
@@ -249,12 +250,13 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     """The loop: reader -> tap model -> writer over `todo`; what it learns goes into `out`."""
     use_compile = resolve_compile(compile, len(todo), dev)
     workers = default_workers(dev) if workers is None else workers
-    # Start the workers first: they fork before the model exists (small children) and keep
-    # decoding while the weights load. The model is built on the first batch that needs it:
-    # images whose content turns out to be stored already never cost a network.
+    # Start the workers first: they fork before the model exists (small children, and no other
+    # thread importing). Then the model is built on a thread of its own while they read the
+    # first batches (`TapRunner.prepare`).
     batches = iter(_loader(spec, dataset, todo, dev, batch_size, workers))
     dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
     model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
+    model.prepare()
     fresh = _Fresh(store.index())
     writer = Writer(store, chunk, [(tp.name, tp.channels) for tp in spec.backbone().taps])
     writer.start()
@@ -284,6 +286,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         assembled.close()
         bar.close()
         writer.close()  # commits what is buffered, also on Ctrl-C
+        model.close()
     del batches  # joins the workers, so that their CPU time is counted below
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,

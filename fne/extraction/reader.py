@@ -433,6 +433,9 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> 
         batch at least once, those without JPEGs with an empty run.
     """
     def runs():
+        if ahead > 0:  # on the thread: the decoder's import (4.8 s on a GPU machine) overlaps the first reads
+            import torchvision.io  # noqa: F401
+
         for batch in batches:
             raw = raw_jpegs(batch)
             todo = parts(batch.get("raw_sizes") if split else None, len(raw)) or [range(0)]

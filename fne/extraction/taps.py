@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -97,11 +98,12 @@ def forward(model, x: torch.Tensor, dev: torch.device, prec: str):
 class TapRunner:
     """The tap model as the extraction loop sees it: uint8 views in, rows in the storage dtype out.
 
-    Behind one call: building the model on first use (images already stored never cost a
-    network), padding to one batch shape when compiled, precision (autocast), the compile
-    fallback to eager, and the copy of the rows to the host (asynchronous on CUDA, with an event
-    the writer waits on). `model_load` and `first_forward` (compilation and first-call set-up
-    included) are its timings.
+    Behind one call: building the model (on first use, or on a thread of its own from `prepare`
+    on, while the reader reads the first batches), padding to one batch shape when compiled,
+    precision (autocast), the compile fallback to eager, and the copy of the rows to the host
+    (asynchronous on CUDA, with an event the writer waits on). `model_load` (the build: imports,
+    weights, device set-up), `model_wait` (how long the first call waited for it) and
+    `first_forward` (compilation and first-call set-up included) are its timings.
 
     Parameters
     ----------
@@ -124,8 +126,33 @@ class TapRunner:
         self.spec, self.device, self.precision, self.out_dtype = spec, device, precision, out_dtype
         self.compile, self.pad_to = compile, pad_to if compile else 0
         self.model = None
-        self.model_load = 0.0
-        self.first_forward = 0.0
+        self.model_load = self.model_wait = self.first_forward = 0.0
+        self._building: Future | None = None
+
+    def prepare(self) -> None:
+        """Start building the model on a thread of its own (`fne-model`): its imports (torchvision's
+        alone took 4.8 s on a GPU machine), weights and the device's set-up overlap the reader's
+        first batches, and the first call waits only for what is left. An error in the build is
+        raised by that call. Start it after the loader's workers have forked: a fork while
+        another thread imports could leave a worker holding an import lock that nobody frees."""
+        if self.model is None and self._building is None:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="fne-model")
+            self._building = pool.submit(self._build)
+            pool.shutdown(wait=False)  # the thread ends with the build
+
+    def close(self) -> None:
+        """Wait for a build still running (a run whose images all turned out stored needed no
+        network), so that no thread outlives the run; its error, if any, is not raised."""
+        if self._building is not None:
+            self._building.exception()
+
+    def _build(self) -> nn.Module:
+        t = time.perf_counter()
+        if self.device.type == "cuda" and self.device.index is not None:
+            torch.cuda.set_device(self.device)  # the current device is per thread
+        model = build_tap_model(self.spec, self.device, self.compile)
+        self.model_load = time.perf_counter() - t
+        return model
 
     @property
     def compiled(self) -> bool:
@@ -140,8 +167,8 @@ class TapRunner:
             x = torch.cat([x, x.new_zeros((self.pad_to * views - n, *x.shape[1:]))])
         if self.model is None:
             t = time.perf_counter()
-            self.model = build_tap_model(self.spec, self.device, self.compile)
-            self.model_load = time.perf_counter() - t
+            self.model = self._building.result() if self._building is not None else self._build()
+            self.model_wait = time.perf_counter() - t
         t = time.perf_counter()
         self.model, pooled = forward(self.model, x, self.device, self.precision)
         if not self.first_forward:
