@@ -701,7 +701,8 @@ def main(argv=None) -> int:
             of_tap = f" ({r['steady'] / f['tap']:.2f} of tap model)" if f.get("tap") else ""
             row(name, f"run {r['img_s']:,.0f} img/s, steady {r['steady']:,.0f}{of_tap}",
                 f"wall {wall:.1f} s incl. start, {cpu:.0f} CPU-s, model load {r['load']:.2f} s "
-                f"({stages[name].get('model_wait', 0.0):.2f} s of it waited for), "
+                f"+ warm-up {stages[name].get('warm_up', 0.0):.2f} s ({stages[name].get('model_wait', 0.0):.2f} s "
+                f"of them waited for), "
                 f"{100 * r['wait']:.0f}% of the run waiting on the reader")
             if rerun:
                 r, wall, _ = fne_extract(imgs, cache, arch, weights, precision=prec)

@@ -295,6 +295,25 @@ def test_train_one_epoch_on_cuda_with_device_augmentation(tmp_path):
 
 
 @cuda
+def test_the_model_warms_up_beside_the_reader_and_changes_no_row():
+    """On CUDA `TapRunner.prepare` also runs the model once on zeros (on thread fne-model), so
+    the first call finds its one-time set-up done; the rows are those of a model built in line."""
+    from fne.cache.spec import StoreSpec
+    from fne.extraction.taps import TapRunner
+
+    spec = StoreSpec(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
+    dev = torch.device("cuda")
+    x = torch.randint(0, 256, (4, 1, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(dev)
+    warm, cold = TapRunner(spec, dev, "fp32", torch.float32, batch_size=4), TapRunner(spec, dev, "fp32", torch.float32)
+    warm.prepare()
+    (a, done_a), (b, done_b) = warm(x), cold(x)
+    done_a.synchronize()
+    done_b.synchronize()
+    assert warm.warm_up > 0 and cold.warm_up == 0 and a.shape == b.shape == (4, 1, spec.backbone().dim)
+    _close([a.reshape(4, -1)], [b.reshape(4, -1)], 1e-5)
+
+
+@cuda
 def test_extract_and_train_read_jpeg_bytes_through_pinned_workers_on_cuda(tmp_path):
     """The whole device path: loader workers pack JPEG bytes, the batch is pinned, nvjpeg decodes
     it; extraction rows stay close to the PIL rows, and a training epoch runs on them."""

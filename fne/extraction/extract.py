@@ -216,8 +216,8 @@ class Stats:
 
     def seconds(self, model: taps.TapRunner, write: float) -> dict[str, float]:
         return {"read_wait": self.read_wait, "forward": self.forward, "first_forward": model.first_forward,
-                "model_load": model.model_load, "model_wait": model.model_wait, "write": write,
-                "run": self.run, "cpu_run": self.cpu_run}
+                "model_load": model.model_load, "warm_up": model.warm_up, "model_wait": model.model_wait,
+                "write": write, "run": self.run, "cpu_run": self.cpu_run}
 
 
 @dataclass
