@@ -304,8 +304,8 @@ def test_the_model_warms_up_beside_the_reader_and_changes_no_row():
     spec = StoreSpec(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
     dev = torch.device("cuda")
     x = torch.randint(0, 256, (4, 1, 3, 224, 224), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(dev)
-    warm, cold = TapRunner(spec, dev, "fp32", torch.float32, batch_size=4), TapRunner(spec, dev, "fp32", torch.float32)
-    warm.prepare()
+    warm, cold = (TapRunner(spec, dev, "fp32", torch.float32, batch_size=4) for _ in range(2))
+    warm.prepare()  # cold builds on its first call, in line: no forward on zeros there
     (a, done_a), (b, done_b) = warm(x), cold(x)
     done_a.synchronize()
     done_b.synchronize()

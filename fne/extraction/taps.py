@@ -142,7 +142,7 @@ class TapRunner:
         another thread imports could leave a worker holding an import lock that nobody frees."""
         if self.model is None and self._building is None:
             pool = ThreadPoolExecutor(1, thread_name_prefix="fne-model")
-            self._building = pool.submit(self._build)
+            self._building = pool.submit(self._build, warm=True)
             pool.shutdown(wait=False)  # the thread ends with the build
 
     def close(self) -> None:
@@ -151,13 +151,13 @@ class TapRunner:
         if self._building is not None:
             self._building.exception()
 
-    def _build(self) -> nn.Module:
+    def _build(self, warm: bool = False) -> nn.Module:
         t = time.perf_counter()
         if self.device.type == "cuda" and self.device.index is not None:
             torch.cuda.set_device(self.device)  # the current device is per thread
         model = build_tap_model(self.spec, self.device, self.compile)
         self.model_load = time.perf_counter() - t
-        if self.device.type == "cuda" and not self.compile and self.batch_size:
+        if warm and self.device.type == "cuda" and not self.compile and self.batch_size:
             t = time.perf_counter()
             prep = self.spec.preprocess()
             zeros = torch.zeros(self.batch_size * prep.views, 3, prep.size, prep.size, dtype=torch.uint8,
