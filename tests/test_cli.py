@@ -18,6 +18,30 @@ def test_output_piped_into_a_closed_pipe_exits_quietly():
     assert err == ""
 
 
+
+def test_the_command_leaves_complete_outputs_and_exits_with_mains_code(digits_folder, tmp_path):
+    """`fne` as a process (`fne.cli.run`: the objects left are frozen out of the garbage
+    collector before the interpreter ends): its store verifies, its run folder is whole, what it
+    printed arrives, and a user mistake still exits 2 with one line."""
+    import json
+    import subprocess
+
+    from .conftest import FAST
+
+    fast = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    fit = subprocess.run([sys.executable, "-m", "fne.cli", "fit", str(digits_folder), "--extract", "--features",
+                          "last", "--head", "logreg", "--splits", "1", "--cache", str(cache), "--out", str(out),
+                          "--no-progress", *fast], capture_output=True, text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr
+    assert "last+logreg on" in fit.stdout and json.loads((out / "metrics.json").read_text())["n_images"] == 24
+    assert {"model.joblib", "predictions.csv"} <= {p.name for p in out.iterdir()}
+    assert main(["cache", "verify", "--cache", str(cache)]) == 0
+    bad = subprocess.run([sys.executable, "-m", "fne.cli", "fit", str(tmp_path / "absent"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "fne fit: error:" in bad.stderr
+
+
 # ------------------------------------------------------------------ one declaration per verb
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
