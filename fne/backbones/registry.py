@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,10 +348,24 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     return clean
 
 
-def file_fingerprint(path: str | Path) -> str:
-    """blake2b of a file's bytes, hashed once per process per (path, size, mtime)."""
-    st = Path(path).stat()
-    return _file_fingerprint(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+def file_fingerprint(path: str | Path, cache: str | Path | None = None) -> str:
+    """blake2b of a file's bytes, hashed once per process per (path, size, mtime); given a
+    cache, also remembered there across processes (`WeightsManifest`): VGG-16's 528 MB take
+    0.46 s to hash on a 2-core machine, in every command that names the file."""
+    p = Path(path).resolve()
+    st = p.stat()
+    if cache is None:
+        return _file_fingerprint(str(p), st.st_size, st.st_mtime_ns)
+    from fne.data.manifest import WeightsManifest
+
+    known = WeightsManifest(p.parent, cache)
+    key = known.lookup(p, st)
+    if key is None:
+        hashed_at = time.time_ns()
+        key = _file_fingerprint(str(p), st.st_size, st.st_mtime_ns)
+        known.add(p, st.st_size, st.st_mtime_ns, key, hashed_at)
+        known.save()
+    return key
 
 
 @functools.lru_cache(maxsize=64)
@@ -362,19 +377,21 @@ def _file_fingerprint(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type: str = "cpu") -> str:
+def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type: str = "cpu",
+                cache: str | Path | None = None) -> str:
     """Identifies the weights for cache keys without building the network.
 
     Random weights are drawn on the device that runs the network (`load_backbone`), and a CUDA
     generator draws other numbers than the CPU's for the same seed: off the CPU their key names
-    the device type (`random-seed0-cuda`).
+    the device type (`random-seed0-cuda`). A weights file's hash is remembered in `cache`'s
+    manifests, when one is given (`file_fingerprint`).
     """
     if weights == "random":
         return f"random-seed{seed}" + ("" if device_type == "cpu" else f"-{device_type}")
     if weights == "imagenet":
         return get(arch).imagenet_id()
     if Path(weights).is_file():
-        return "file-" + file_fingerprint(weights)
+        return "file-" + file_fingerprint(weights, cache)
     if arch in REGISTRY:
         raise WeightsError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a state dict path)")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise

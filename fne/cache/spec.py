@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from fne import options
 from fne.backbones import registry as backbones
 from fne.backbones.preprocess import Preprocess
-from fne.cache.store import Store, StoreKey, list_stores
+from fne.cache.store import Store, StoreKey, cache_root, list_stores
 from fne.options import StoreOptions
 
 PRECISION_RANK = {"fp32": 3, "bf16": 2, "fp16": 1}
@@ -58,7 +58,9 @@ class StoreSpec(StoreOptions):
             from fne.devices import resolve_device
 
             device_type = resolve_device(self.device).type
-        return backbones.fingerprint(self.arch, self.weights, self.weights_seed, device_type)
+        # a weights file's hash is remembered in the manifests of the cache its rows go to
+        return backbones.fingerprint(self.arch, self.weights, self.weights_seed, device_type,
+                                     str(cache_root(self.cache)))
 
     def open(self, create: bool = True) -> Store:
         """The store this machine writes to: `auto` resolved here. Created if absent when

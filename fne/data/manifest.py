@@ -33,10 +33,12 @@ def _local_dir(cache: str | Path | None) -> Path:
 class Manifest:
     """The (size, mtime_ns, key, hashed_at_ns) of every file seen under one data root."""
 
+    PREFIX = ""  # of the file's name: kinds of keys do not share a file
+
     def __init__(self, root: str | Path, cache: str | Path | None = None):
         self.root = str(Path(root).resolve())
         name = hashlib.blake2b(self.root.encode(), digest_size=10).hexdigest()
-        self.path = _local_dir(cache) / f"{name}.json"
+        self.path = _local_dir(cache) / f"{self.PREFIX}{name}.json"
         self.entries: dict[str, list] = {}
         self._new: dict[str, list] = {}
         try:
@@ -74,6 +76,13 @@ class Manifest:
 
         on_disk = merge_json(self.path, merge)["files"]
         self.entries, self._new = on_disk, {}
+
+
+class WeightsManifest(Manifest):
+    """Weights files' fingerprints (`registry.file_fingerprint`) by folder, as a `Manifest` keeps
+    images' content keys: an unchanged file is only stat'ed, not hashed again."""
+
+    PREFIX = "weights-"
 
 
 class ContainerManifest:
