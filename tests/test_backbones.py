@@ -192,3 +192,9 @@ def test_a_weights_files_hash_is_remembered_in_the_cache(tmp_path, monkeypatch):
     second = backbones.fingerprint("vgg16", str(w), cache=cache)
     assert second != first and len(hashed) == 2
     assert backbones.fingerprint("vgg16", str(w)) == second and len(hashed) == 3  # no cache: hashed here
+
+    def read_only(*a, **k):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr("fne.data.manifest.merge_json", read_only)  # a cache fit may only read
+    assert backbones.fingerprint("vgg16", str(w), cache=tmp_path / "other") == second and len(hashed) == 4

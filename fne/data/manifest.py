@@ -74,7 +74,10 @@ class Manifest:
             files = doc["files"] if doc and doc.get("format") == FORMAT and doc.get("root") == self.root else {}
             return {"format": FORMAT, "root": self.root, "files": {**files, **new}}
 
-        on_disk = merge_json(self.path, merge)["files"]
+        try:
+            on_disk = merge_json(self.path, merge)["files"]
+        except OSError:
+            return  # a read-only cache (a shared one, read by fit): the files are hashed again next time
         self.entries, self._new = on_disk, {}
 
 
