@@ -18,7 +18,6 @@ def test_output_piped_into_a_closed_pipe_exits_quietly():
     assert err == ""
 
 
-
 def test_the_command_leaves_complete_outputs_and_exits_with_mains_code(digits_folder, tmp_path):
     """`fne` as a process (`fne.cli.run`: the objects left are frozen out of the garbage
     collector before the interpreter ends): its store verifies, its run folder is whole, what it

