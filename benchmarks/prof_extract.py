@@ -14,7 +14,10 @@ run. On the same JPEGs (`bench_gpu.make_images`):
 * ``pil``: `--decode pil`, PIL in the workers (on the H200 its model load took 6.39 s, the
   device path's 0.17 s);
 * ``fresh-rerun``: a fresh process imports torch, torchvision and fne and runs the cached rerun,
-  each phase timed (the process start that `bench_gpu.py`'s walls include).
+  each phase timed (the process start that `bench_gpu.py`'s walls include);
+* ``fresh``: the `fne extract` command in a fresh process on a fresh cache, its wall cut into
+  the interpreter's start, the imports of torch and fne, the plan, the run (the model's load,
+  warm-up and the first forward's wait in it), and the end after the verb returned.
 
     python3 benchmarks/prof_extract.py                          # CUDA: 32,768 JPEGs, VGG-16 bf16
     python3 benchmarks/prof_extract.py --images 64 --arch mobilenet_v3_small --precision fp32   # a CPU
@@ -29,6 +32,7 @@ import collections
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -157,12 +161,50 @@ print(json.dumps({"import torch s": round(t1 - t0, 2), "import torchvision s": r
 '''
 
 
+FRESH_RUN = r'''
+import atexit, json, sys, time
+marks = {"start": time.time()}
+import torch
+marks["torch"] = time.time()
+import fne.cli
+from fne.extraction import extract
+marks["fne"] = time.time()
+atexit.register(lambda: print("MARKS " + json.dumps({**marks, "returned": time.time()}), flush=True))
+sys.argv = ["fne", "extract", *json.loads(sys.argv[1])]
+fne.cli.run()
+'''
+
+
+def fresh_run(imgs: Path, where: str, kw: dict) -> str:
+    """`fne extract` (`fne.cli.run`) in a fresh process: where its wall goes, as one line."""
+    args = [str(imgs), "--cache", where, "--no-progress",
+            *[f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]]
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-c", FRESH_RUN, json.dumps(args)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+    wall = time.time() - t0
+    if p.returncode != 0:
+        return p.stderr[-2000:]
+    m = json.loads([line for line in p.stdout.splitlines() if line.startswith("MARKS ")][-1][6:])
+    (rec,) = [json.loads(f.read_text()) for f in Path(where).glob("*/records/*.json")]
+    st = rec["stage_seconds"]
+    verb = m["returned"] - m["fne"]
+    parts = {"interpreter start": m["start"] - t0, "import torch": m["torch"] - m["start"],
+             "import fne": m["fne"] - m["torch"], "extract() outside its run (key, plan, record)": verb - st["run"],
+             "run": st["run"], "end (after the verb returned)": t0 + wall - m["returned"]}
+    return (f"wall {wall:.2f} s for {rec['n_computed']:,} images: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+            + f"; in the run: model load {st['model_load']:.2f}, warm-up {st.get('warm_up', 0.0):.2f}, "
+            f"first forward waited {st.get('model_wait', 0.0):.2f}, first forward {st['first_forward']:.2f}, "
+            f"read wait {st['read_wait']:.2f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=32_768)
     ap.add_argument("--arch", default="vgg16")
     ap.add_argument("--precision", default="bf16")
-    ap.add_argument("--runs", default="defaults,rerun,high-priority,ahead4,pil,fresh-rerun",
+    ap.add_argument("--runs", default="defaults,rerun,high-priority,ahead4,pil,fresh-rerun,fresh",
                     help="which runs, in order (default: all)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=None, help="append the profiles here (default: $OUT/prof.txt where set)")
@@ -178,12 +220,16 @@ def main(argv=None) -> int:
     print(f"{a.images:,} images in {time.perf_counter() - t:.1f} s", flush=True)
     kw = dict(arch=a.arch, weights="random", precision=a.precision)
     cache = {"defaults": "cache", "rerun": "cache", "fresh-rerun": "cache", "high-priority": "cache_hp",
-             "ahead4": "cache_a4", "pil": "cache_pil"}
+             "ahead4": "cache_a4", "pil": "cache_pil", "fresh": "cache_fresh"}
     setting = {"high-priority": high_priority_streams, "ahead4": lambda: ahead(4)}
     for run in a.runs.split(","):
         if run not in cache:
             ap.error(f"unknown run {run!r}; choose from {', '.join(cache)}")
         where = str(work / cache[run])
+        if run == "fresh":
+            shutil.rmtree(where, ignore_errors=True)
+            _report(f"== fresh: {fresh_run(imgs, where, kw)}", out)
+            continue
         if run == "fresh-rerun":
             p = subprocess.run([sys.executable, "-c", FRESH, json.dumps([str(imgs), where, kw])], capture_output=True,
                                text=True, env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})

@@ -177,8 +177,9 @@ def test_bench_gpu_brings_back_what_it_measured_when_a_part_fails_or_time_runs_o
 
 def test_prof_extract_profiles_every_run(tmp_path, capsys):
     """`benchmarks/prof_extract.py` (where the device path's time went on the H200), on CPU at
-    tiny sizes: each run's profile names the main thread, the reruns find every row cached, and
-    the fresh process reports its import times without starting CUDA."""
+    tiny sizes: each run's profile names the main thread, the reruns find every row cached, the
+    fresh process reports its import times without starting CUDA, and the fresh command's wall
+    is cut into its phases."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import prof_extract
@@ -195,6 +196,8 @@ def test_prof_extract_profiles_every_run(tmp_path, capsys):
     fresh = json.loads(text.split("== fresh-rerun: ")[1].splitlines()[0])
     assert fresh["cached"] == 24 and fresh["computed"] == 0 and fresh["cuda initialised"] is False
     assert fresh["import torch s"] > 0
+    wall = text.split("== fresh: ")[1].splitlines()[0]  # the command's wall, cut into its phases
+    assert wall.startswith("wall ") and "for 24 images: interpreter start" in wall and "end (after the verb" in wall
 
 
 # ---------------------------------------------------------------- CUDA only
