@@ -233,3 +233,29 @@ def test_an_error_in_the_background_build_reaches_the_caller_and_commits_nothing
     code = main(["extract", str(digits_folder), "--cache", str(cache), "--no-progress", "--arch", FAST["arch"],
                  "--weights", "random", "--precision", FAST["precision"]])
     assert code == 2 and "fne extract: error: --weights w.pth: does not fit" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_does_not_wait_for_a_stuck_build(digits_folder, tmp_path, monkeypatch):
+    """A build that hangs (a download from a network that drops its packets) holds neither an
+    interrupted run nor the process's exit: the run stops without waiting, and the build's
+    thread is a daemon."""
+    import threading
+
+    from fne.extraction import reader, taps
+
+    release = threading.Event()
+    monkeypatch.setattr(taps, "build_tap_model", lambda *a, **k: release.wait(120))
+
+    def ctrl_c(self, j):  # while the first batch is read
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reader.ImageItems, "__getitem__", ctrl_c)
+    t = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fx.extract(digits_folder, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+        assert time.perf_counter() - t < 60
+        (build,) = [th for th in threading.enumerate() if th.name == "fne-model"]
+        assert build.daemon and build.is_alive()
+    finally:
+        release.set()

@@ -286,7 +286,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         assembled.close()
         bar.close()
         writer.close()  # commits what is buffered, also on Ctrl-C
-        model.close()
+    model.close()  # after a finished run only: an interrupted one does not wait for the build
     del batches  # joins the workers, so that their CPU time is counted below
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,

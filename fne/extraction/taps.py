@@ -6,9 +6,10 @@ activation map outlives its layer.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import torch
 from torch import nn
@@ -139,17 +140,24 @@ class TapRunner:
         alone took 4.8 s on a GPU machine), weights and the device's set-up overlap the reader's
         first batches, and the first call waits only for what is left. An error in the build is
         raised by that call. Start it after the loader's workers have forked: a fork while
-        another thread imports could leave a worker holding an import lock that nobody frees."""
+        another thread imports could leave a worker holding an import lock that nobody frees.
+        The thread is a daemon: an interrupted run does not wait at exit for a build that may
+        be stuck (a download from a network that drops its packets)."""
         if self.model is None and self._building is None:
-            pool = ThreadPoolExecutor(1, thread_name_prefix="fne-model")
-            self._building = pool.submit(self._build, warm=True)
-            pool.shutdown(wait=False)  # the thread ends with the build
+            self._building = Future()
+            threading.Thread(target=self._build_into, args=(self._building,), name="fne-model", daemon=True).start()
 
     def close(self) -> None:
         """Wait for a build still running (a run whose images all turned out stored needed no
-        network), so that no thread outlives the run; its error, if any, is not raised."""
+        network), so that no thread outlives a finished run; its error, if any, is not raised."""
         if self._building is not None:
             self._building.exception()
+
+    def _build_into(self, future: Future) -> None:
+        try:
+            future.set_result(self._build(warm=True))
+        except BaseException as e:  # raised by the call that needs the model
+            future.set_exception(e)
 
     def _build(self, warm: bool = False) -> nn.Module:
         t = time.perf_counter()
