@@ -175,13 +175,18 @@ fne.cli.run()
 '''
 
 
+def _child_env() -> dict:
+    """A child process's environment: this checkout's fne first on its path."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
+
+
 def fresh_run(imgs: Path, where: str, kw: dict) -> str:
     """`fne extract` (`fne.cli.run`) in a fresh process: where its wall goes, as one line."""
     args = [str(imgs), "--cache", where, "--no-progress",
             *[f"--{k.replace('_', '-')}={v}" for k, v in kw.items()]]
     t0 = time.time()
     p = subprocess.run([sys.executable, "-c", FRESH_RUN, json.dumps(args)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+                       env=_child_env())
     wall = time.time() - t0
     if p.returncode != 0:
         return p.stderr[-2000:]
@@ -232,7 +237,7 @@ def main(argv=None) -> int:
             continue
         if run == "fresh-rerun":
             p = subprocess.run([sys.executable, "-c", FRESH, json.dumps([str(imgs), where, kw])], capture_output=True,
-                               text=True, env={**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"})
+                               text=True, env=_child_env())
             _report(f"== fresh-rerun: {p.stdout.strip().splitlines()[-1] if p.returncode == 0 else p.stderr[-2000:]}", out)
             continue
         with setting.get(run, contextlib.nullcontext)():
