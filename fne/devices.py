@@ -5,8 +5,10 @@ Shared by `fne extract` and `fne train`, so both resolve `auto` the same way on 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -222,29 +224,83 @@ def require_device_decoder(option: str = "--decode") -> None:
                        f"{torchvision.__version__} no longer has: use {option} auto")
 
 
-# Every torchvision release up to this one has `torchvision.io.decode_jpeg`: for those the answer
-# needs no torchvision import (4.8 s on the H200 machine, where a cached rerun reads rows without it).
-_DECODE_JPEG_THROUGH = (0, 29)
-
-
-def torchvision_release() -> tuple[int, int] | None:
-    """(major, minor) of the installed torchvision, read without importing it; None if unknown."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return tuple(int(p) for p in version("torchvision").split("+")[0].split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return None
-
-
 def device_decoder() -> bool:
     """Whether this torchvision decodes JPEGs on a device (``torchvision.io.decode_jpeg``;
     deprecated since 0.29 in favour of TorchCodec, "to be removed in a future release"). Without
-    it `--decode auto` and `--augment-on auto` decode with PIL."""
-    if "torchvision" not in sys.modules:
-        release = torchvision_release()
-        if release is not None and release <= _DECODE_JPEG_THROUGH:
-            return True
+    it `--decode auto` and `--augment-on auto` decode with PIL. Answered without importing
+    torchvision where its compiled operators load (`jpeg_ops`)."""
+    if jpeg_ops():
+        return True
     import torchvision.io
 
     return hasattr(torchvision.io, "decode_jpeg")
+
+
+# torchvision's compiled JPEG operators, by the types of their arguments and results as fne calls
+# them (the same in torchvision 0.26 to 0.29), and its `ImageReadMode.RGB`
+_JPEG_OPS = {"decode_jpegs_cuda": (("List[Tensor]", "int", "Device"), ("List[Tensor]",)),
+             "decode_jpeg": (("Tensor", "int", "bool"), ("Tensor",))}
+_RGB = 3
+
+
+@functools.cache
+def jpeg_ops() -> bool:
+    """Load torchvision's compiled image operators (``torch.ops.image``) without importing torchvision.
+
+    ``torchvision.io.decode_jpeg`` is a check of its arguments around these operators, but
+    importing it imports all of torchvision, torch._dynamo included: 1.0 s on the development
+    machine, 4.8 s on the H200 machine, where device decoding waited for it before its first batch.
+    Loading the operators' library takes milliseconds.
+
+    Returns
+    -------
+    bool
+        True where the library loaded and both operators take and give the types fne passes
+        (`_JPEG_OPS`); otherwise `decode_jpegs_rgb` goes through ``torchvision.io``.
+    """
+    from importlib.machinery import EXTENSION_SUFFIXES
+    from importlib.util import find_spec
+
+    try:
+        spec = find_spec("torchvision")
+    except (ImportError, ValueError):
+        return False
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    libraries = [Path(f) / (name + suffix) for f in folders for name in ("image_stable", "image")
+                 for suffix in EXTENSION_SUFFIXES]
+    library = next((p for p in libraries if p.is_file()), None)
+    if library is None:
+        return False
+    try:
+        torch.ops.load_library(str(library))
+    except (OSError, RuntimeError):
+        return False
+    return all(_op_types(name) == types for name, types in _JPEG_OPS.items())
+
+
+def _op_types(name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    try:
+        schema = getattr(torch.ops.image, name).default._schema
+    except (AttributeError, RuntimeError):
+        return None
+    return tuple(str(a.type) for a in schema.arguments), tuple(str(r.type) for r in schema.returns)
+
+
+def decode_jpegs_rgb(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """JPEG files' bytes (uint8 tensors on the CPU) -> (3, H, W) uint8 RGB images on `device`.
+
+    torchvision's decoder: one batched nvjpeg call on CUDA, libjpeg-turbo one by one on the CPU,
+    what ``torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)`` gives. Any
+    file the decoder refuses fails the whole call.
+    """
+    if jpeg_ops():
+        if device.type == "cuda":
+            return list(torch.ops.image.decode_jpegs_cuda(data, _RGB, device))
+        return [torch.ops.image.decode_jpeg(d, _RGB, False) for d in data]
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's image codecs
+        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))

@@ -256,6 +256,27 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
 
 
 @cuda
+def test_torchvisions_jpeg_operators_decode_on_cuda_as_torchvision_io_does(monkeypatch):
+    """The batched nvjpeg call made through torchvision's operators, without its import
+    (`devices.jpeg_ops`), gives torchvision.io's pixels."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from fne import devices
+
+    dev = torch.device("cuda")
+    raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in _jpegs()]
+    assert devices.jpeg_ops()
+    got = devices.decode_jpegs_rgb(raw, dev)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        expected = decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev)
+    assert len(got) == len(expected) == len(raw)
+    assert all(g.device == e.device and torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+@cuda
 def test_batched_resize_on_cuda_gives_the_cpus_pixels():
     """`resample` on CUDA (fp32 matmuls, pinned uploads) against the same call on CPU tensors:
     every view and every box within one rounding step (float32 sums in another order); and

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import torch
 from PIL import Image
 
 import fne.extraction.extract as fx
+from fne import devices
 from fne.backbones.preprocess import Preprocess
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import read_image
@@ -421,6 +423,7 @@ def test_a_torchvision_without_device_decoding_falls_back_to_pil_or_says_so(tmp_
     kw = dict(cache=cache, device="cpu", workers=0, progress=False, **FAST)
     first = fx.extract(data, decode="device", **kw)  # while the decoder is there
     monkeypatch.delattr(torchvision.io, "decode_jpeg")
+    monkeypatch.setattr(devices, "jpeg_ops", lambda: False)  # its compiled operators gone too
     assert resolve_decode("auto", torch.device("cuda")) == "pil" and resolve_decode("auto", CPU) == "pil"
     again = fx.extract(data, decode="device", **kw)
     assert again.n_cached == 6 and again.n_computed == 0 and again.store == first.store
@@ -430,3 +433,59 @@ def test_a_torchvision_without_device_decoding_falls_back_to_pil_or_says_so(tmp_
     with pytest.raises(FneError, match=r"--augment-on device needs torchvision\.io\.decode_jpeg"):
         train("digits", "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="random", epochs=1,
               image_size=32, workers=0, progress=False, augment_on="device", device="cpu")
+
+
+def _jpeg_forms() -> list[bytes]:
+    """JPEGs in the forms a dataset holds: baseline RGB, progressive, grayscale, 4:4:4 chroma."""
+    rgb = Image.open(io.BytesIO(_jpeg(61, 47, 5)))
+    forms = [dict(), dict(progressive=True), dict(subsampling=0, quality=95)]
+    out = [_jpeg(64, 48, 4)]
+    for kw in forms:
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", **kw)
+        out.append(buf.getvalue())
+    buf = io.BytesIO()
+    rgb.convert("L").save(buf, "JPEG")
+    return out + [buf.getvalue()]
+
+
+def test_torchvisions_jpeg_operators_decode_as_torchvision_io_does(monkeypatch):
+    """`decode_jpegs_rgb` calls torchvision's compiled operators without importing torchvision
+    (`devices.jpeg_ops`): the same pixels as ``torchvision.io.decode_jpeg`` in RGB mode for every
+    form of JPEG, through the operators and through torchvision.io alike, and a cut file fails the
+    call both ways (`reader.decode_jpegs` then names it None)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    assert devices.jpeg_ops() and devices._RGB == ImageReadMode.RGB.value
+    raw = [_raw(d) for d in _jpeg_forms()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's image codecs
+        expected = decode_jpeg(raw, mode=ImageReadMode.RGB)
+    cut = _raw(_jpeg_forms()[0][:200])
+    for ops in (True, False):
+        monkeypatch.setattr(devices, "jpeg_ops", lambda ops=ops: ops)
+        got = devices.decode_jpegs_rgb(raw, CPU)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected, strict=True):
+            assert g.shape[0] == 3 and g.dtype == torch.uint8 and torch.equal(g, e)
+        with pytest.raises(RuntimeError):
+            devices.decode_jpegs_rgb([raw[0], cut], CPU)
+        decoded = reader.decode_jpegs([raw[0], cut, raw[1]], CPU)
+        assert decoded[1] is None and torch.equal(decoded[0], expected[0]) and torch.equal(decoded[2], expected[1])
+
+
+def test_device_decoding_imports_no_torchvision(tmp_path):
+    """Importing torchvision costs 1.0 s here and 4.8 s on the H200 machine, where the device
+    path's first batch waited for it: the reader's decoding stage loads only the operators."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a.jpg").write_bytes(_jpeg(64, 48, 4))
+    code = ("import sys, torch; from pathlib import Path; from fne.extraction import reader; "
+            "raw = torch.frombuffer(bytearray(Path(sys.argv[1]).read_bytes()), dtype=torch.uint8); "
+            "stage = reader.decoding(iter([{'raw': raw, 'raw_ends': [len(raw)]}]), torch.device('cpu'), ahead=1); "
+            "(batch, _, run, imgs, last), = list(stage); "
+            "print(tuple(imgs[0].shape), 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.jpg")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(3,", "48,", "64)", "False"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import math
 import uuid
-import warnings
 import weakref
 
 import numpy as np
@@ -26,6 +25,7 @@ import torch
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.resample import resize_views
 from fne.data.datasets import Dataset, content_key, read_image
+from fne.devices import decode_jpegs_rgb, device_decoder
 from fne.extraction.ahead import Ahead
 
 
@@ -306,29 +306,25 @@ def decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tenso
     reproduced on an H100). Run on a stream of its own (`Ahead`), the wait is for that
     thread's own work only. Running out of device memory is raised, not taken for a bad file.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     def one_call(data):
         if dev.type == "cuda":
             torch.cuda.current_stream(dev).synchronize()
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=dev)
+        return decode_jpegs_rgb(data, dev)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision 0.29 marks its image codecs deprecated
-        try:
-            return list(one_call(raw))
-        except torch.OutOfMemoryError:
-            raise
-        except Exception:  # one bad file fails the whole call: decode one by one
-            imgs: list[torch.Tensor | None] = []
-            for r in raw:
-                try:
-                    imgs.append(one_call(r))
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception:
-                    imgs.append(None)
-            return imgs
+    try:
+        return one_call(raw)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception:  # one bad file fails the whole call: decode one by one
+        imgs: list[torch.Tensor | None] = []
+        for r in raw:
+            try:
+                imgs.append(one_call([r])[0])
+            except torch.OutOfMemoryError:
+                raise
+            except Exception:
+                imgs.append(None)
+        return imgs
 
 
 DECODE_PIXELS = 64 << 20  # pixels decoded at once (~192 MiB as uint8, 4x that while resizing)
@@ -433,8 +429,8 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> 
         batch at least once, those without JPEGs with an empty run.
     """
     def runs():
-        if ahead > 0:  # on the thread: the decoder's import (4.8 s on a GPU machine) overlaps the first reads
-            import torchvision.io  # noqa: F401
+        if ahead > 0:  # on the thread: loading the decoder overlaps the first reads
+            device_decoder()
 
         for batch in batches:
             raw = raw_jpegs(batch)
