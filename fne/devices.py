@@ -1,4 +1,5 @@
-"""Where and how the network runs: device, precision, autocast, compilation, workers, allocator.
+"""Where and how the network runs: device, precision, autocast, compilation, workers, allocator,
+and the JPEG decoder that runs on the device (torchvision's operators, loaded without its import).
 
 Shared by `fne extract` and `fne train`, so both resolve `auto` the same way on one machine.
 """
