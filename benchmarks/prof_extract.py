@@ -13,8 +13,9 @@ run. On the same JPEGs (`bench_gpu.make_images`):
 * ``ahead4``: four batches decoded ahead on the reader thread instead of two;
 * ``pil``: `--decode pil`, PIL in the workers (on the H200 its model load took 6.39 s, the
   device path's 0.17 s);
-* ``fresh-rerun``: a fresh process imports torch, torchvision and fne and runs the cached rerun,
-  each phase timed (the process start that `bench_gpu.py`'s walls include);
+* ``fresh-rerun``: a fresh process imports torch and fne and runs the cached rerun, each phase
+  timed (the process start that `bench_gpu.py`'s walls include), then says whether the rerun
+  imported torchvision and what importing it afterwards took;
 * ``fresh``: the `fne extract` command in a fresh process on a fresh cache, its wall cut into
   the interpreter's start, the imports of torch and fne, the plan, the run (the model's load,
   warm-up and the first forward's wait in it), and the end after the verb returned.
@@ -147,16 +148,18 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-import torchvision
-t2 = time.perf_counter()
 from fne.extraction.extract import extract
-t3 = time.perf_counter()
+t2 = time.perf_counter()
 data, cache, kw = json.loads(sys.argv[1])
 r = extract(data, cache=cache, progress=False, **kw)
+t3 = time.perf_counter()
+tv_before = "torchvision" in sys.modules
+import torchvision  # after the rerun, which does not import it: what it would have cost
 t4 = time.perf_counter()
-print(json.dumps({"import torch s": round(t1 - t0, 2), "import torchvision s": round(t2 - t1, 2),
-                  "import fne s": round(t3 - t2, 2), "extract s": round(t4 - t3, 2), "cached": r.n_cached,
-                  "computed": r.n_computed,
+print(json.dumps({"import torch s": round(t1 - t0, 2), "import fne s": round(t2 - t1, 2),
+                  "extract s": round(t3 - t2, 2), "cached": r.n_cached, "computed": r.n_computed,
+                  "torchvision imported by the rerun": tv_before,
+                  "import torchvision afterwards s": round(t4 - t3, 2),
                   "cuda initialised": torch.cuda.is_available() and torch.cuda.is_initialized()}))
 '''
 

@@ -195,7 +195,7 @@ def test_prof_extract_profiles_every_run(tmp_path, capsys):
     assert text.count("-- MainThread: ") == 5
     fresh = json.loads(text.split("== fresh-rerun: ")[1].splitlines()[0])
     assert fresh["cached"] == 24 and fresh["computed"] == 0 and fresh["cuda initialised"] is False
-    assert fresh["import torch s"] > 0
+    assert fresh["import torch s"] > 0 and fresh["torchvision imported by the rerun"] is True  # a torchvision arch
     wall = text.split("== fresh: ")[1].splitlines()[0]  # the command's wall, cut into its phases
     assert wall.startswith("wall ") and "for 24 images: interpreter start" in wall and "end (after the verb" in wall
 
