@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torchvision.transforms import v2 as T
 
 from fne.backbones.preprocess import Preprocess
 from fne.data.datasets import Dataset
@@ -67,6 +66,9 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
         return center, center
     if on_device:
         return augment_mod.Squash(round(size * augment_mod.SQUASH)), center.prep
+    # imported here: device augmentation needs no torchvision (4.8 s on the H200 machine)
+    from torchvision.transforms import v2 as T
+
     # scale from 0.25: milder than torchvision's 0.08, since the runs here are a few epochs.
     train = T.Compose([T.PILToTensor(), T.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True),
                        T.RandomHorizontalFlip()])
@@ -81,7 +83,7 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
     # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
     # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
     cuda = ctx.device.type == "cuda" and workers > 0
-    keep = cuda and not isinstance(prep, T.Compose)
+    keep = cuda and isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
     indices = [int(i) for i in idx]
     if sized:
         items = augment_mod.SizedItems(ctx.dataset, indices, prep)
