@@ -21,8 +21,14 @@ STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtyp
 
 
 @pytest.fixture(autouse=True)
-def clean_memory_fs():
+def clean_memory_fs(monkeypatch, tmp_path):
+    """An empty in-memory filesystem; the images' manifests, which a URL cache keeps in the
+    local default cache, go to a temporary folder instead of the checkout's cache/."""
     from fsspec.implementations.memory import MemoryFileSystem
+
+    import fne.cache.store
+
+    monkeypatch.setattr(fne.cache.store, "default_cache", lambda: tmp_path / "local-cache")
 
     def clear():
         MemoryFileSystem.store.clear()
