@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fne.backbones import registry as backbones  # noqa: E402
-from fne.backbones.preprocess import Normalize  # noqa: E402
+from fne.backbones.normalize import Normalize  # noqa: E402
 from fne.cache.spec import StoreSpec  # noqa: E402
 from fne.data.datasets import IMAGE_EXTENSIONS  # noqa: E402
 from fne.devices import autocast, tune_allocator  # noqa: E402

@@ -159,7 +159,7 @@ def _rate(fn, n_per_call: int, dev: torch.device, seconds: float) -> float:
 
 def forward_rows(arch: str, weights: str, dev: torch.device, prec: str, batch: int, seconds: float) -> dict:
     """Bare forward and tap model img/s on a batch of random pixels in device memory."""
-    from fne.backbones.preprocess import Normalize
+    from fne.backbones.normalize import Normalize
     from fne.cache.spec import StoreSpec
     from fne.extraction import taps
 
@@ -512,7 +512,8 @@ def loader_rows(data: Path, n: int, dev: torch.device, workers: int, what: str =
     the steps receive them (`epochs._batches`), with decode, crop and flip in the workers (PIL),
     and with `--augment-on device` (workers send JPEG bytes; on CUDA decoded on one thread and
     cropped and flipped on another, ahead of the steps). `what` names the images in the rows."""
-    from fne.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD, Normalize
+    from fne.backbones.normalize import Normalize
+    from fne.backbones.preprocess import IMAGENET_MEAN, IMAGENET_STD
     from fne.data.datasets import load_dataset
     from fne.progress import progress
     from fne.training import augment, epochs

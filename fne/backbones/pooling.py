@@ -1,5 +1,4 @@
-"""What a tap is, and how its output becomes one float32 (B, C) row: the pooling each `Tap`
-declares.
+"""How a tap's output becomes one float32 (B, C) row: the pooling each `tap.Tap` declares.
 
 Every function reduces on the tensor's own device without first copying it to float32
 (`mean(..., dtype=float32)` accumulates in float32 directly; token pools slice a view first),
@@ -9,29 +8,8 @@ so pooling inside a forward hook costs one pass over the activation and nothing 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
-
-
-@dataclass(frozen=True)
-class Tap:
-    """A layer whose pooled output is cached. `on_input` taps the module's input.
-
-    `pool` names a function of `fne.backbones.pooling` (mean_nchw, mean_nhwc, cls, mean_tokens);
-    `prefix_tokens` is the number of class/register tokens ahead of the patch tokens.
-    """
-
-    name: str
-    module: str
-    channels: int
-    on_input: bool = False
-    pool: str = "mean_nchw"
-    prefix_tokens: int = 0
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "module": self.module, "channels": self.channels, "pool": self.pool,
-                "prefix_tokens": self.prefix_tokens, "on_input": self.on_input}
 
 
 def mean_nchw(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:

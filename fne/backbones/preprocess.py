@@ -1,21 +1,23 @@
 """Preprocessing: what a backbone's weights expect of an image, as torchvision's transforms make it.
 
 `Preprocess` turns a PIL image into uint8 views (resize, crop) in the loader workers; its `key`
-is part of the store key. `Normalize` maps uint8 pixels to the weights' mean and std on the
-device, where the network runs.
+is part of the store key, which is made without importing torch (`registry`). The weights'
+mean and std are applied on the device, where the network runs (`normalize.Normalize`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 from fne.errors import FneError
 from fne.names import CROPS
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -114,6 +116,8 @@ class Preprocess:
         """RGB PIL image -> uint8 (views, 3, S, S), channels-last in memory: exactly the pixels of
         torchvision.transforms.v2's `Resize(resize)` + `CenterCrop(size)`, `Resize((size, size))`
         or `Resize(resize)` + `TenCrop(size)` on the same PIL image."""
+        import torch
+
         s, f = self.size, _PIL_FILTERS[self.interpolation]
         w, h = self.resized_size(*img.size)
         if self.crop == "center":  # one crop: resized (mostly) and taken before the array copy
@@ -186,15 +190,3 @@ def vertical_first(W: float, H: float, w: int, h: int) -> bool:
     many pixels as the width (`ImagingResampleInner` in Pillow's Resample.c); before 13 always
     horizontal first (the tests check both against the Pillow installed)."""
     return _PASS_ORDER_BY_SIZE and H - h > 0 and H - h > (W - w) * 2
-
-
-class Normalize(nn.Module):
-    """uint8 pixels to the weights' normalisation, on whatever device the batch is on."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std

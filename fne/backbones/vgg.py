@@ -4,25 +4,15 @@ The FNE's default backbone is built here because importing torchvision costs mor
 network's twenty lines: 1.4 s on the 2-core development machine and 4.8 s on the H200 machine
 of issue 19, paid by every `fne extract` process. Module names, layer order and the random
 initialisation are torchvision's, so its state dicts load as they are, `--weights random` draws
-the same numbers from the same seed, and its ImageNet files are fetched from the same address
-into torch hub's cache (`tests/test_backbones.py` checks all three against torchvision).
+the same numbers from the same seed, and its ImageNet files (declared in `fne.backbones.registry`)
+are fetched from the same address into torch hub's cache (`tests/test_backbones.py` checks all
+three against torchvision).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-CFG = {
-    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512, "M"],
-}
-
-# torchvision's IMAGENET1K_V1 files (the hash in each name is checked on download); declared so
-# that cache keys and downloads need no torchvision import.
-IMAGENET_FILES = {"vgg16": "vgg16-397923af", "vgg19": "vgg19-dcbb9e9d"}
-IMAGENET_URL = "https://download.pytorch.org/models/{}.pth"
 
 
 class VGG(nn.Module):
@@ -32,7 +22,7 @@ class VGG(nn.Module):
     Parameters
     ----------
     cfg : list
-        Output channels of each convolution, "M" for a max pool (`CFG`).
+        Output channels of each convolution, "M" for a max pool (`registry.VGG_CFG`).
     num_classes : int
         Outputs of the last layer (`classifier.6`).
     dropout : float
@@ -69,7 +59,3 @@ class VGG(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
-
-def imagenet_url(arch: str) -> str:
-    """Where torchvision's ImageNet weights of `arch` are downloaded from."""
-    return IMAGENET_URL.format(IMAGENET_FILES[arch])

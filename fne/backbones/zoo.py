@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fne.backbones.pooling import Tap
+from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
 
 TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"

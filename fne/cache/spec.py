@@ -46,16 +46,17 @@ class StoreSpec(StoreOptions):
 
     def prep_key(self) -> str:
         # Device-decoded pixels may differ from PIL's (the decoder): their rows get a store of their own.
-        from fne.devices import resolve_decode, resolve_device
+        key, decode = self.preprocess().key, self.decode
+        if decode == "auto":  # device on CUDA, else pil
+            from fne.devices import resolve_decode, resolve_device
 
-        key = self.preprocess().key
-        decode = resolve_decode(self.decode, resolve_device(self.device))  # auto: device on CUDA, else pil
+            decode = resolve_decode(decode, resolve_device(self.device))
         return f"{key}{DEVICE_SUFFIX}" if decode == "device" else key
 
     def fingerprint(self) -> str:
         device_type = "cpu"
-        if self.weights == "random":  # random weights are drawn on the device (load_backbone)
-            from fne.devices import resolve_device
+        if self.weights == "random" and self.device != "cpu":  # drawn on the device (load_backbone)
+            from fne.devices import resolve_device  # imports torch: a named CPU needs none
 
             device_type = resolve_device(self.device).type
         # a weights file's hash is remembered in the manifests of the cache its rows go to
@@ -65,11 +66,13 @@ class StoreSpec(StoreOptions):
     def open(self, create: bool = True) -> Store:
         """The store this machine writes to: `auto` resolved here. Created if absent when
         `create`; otherwise an absent store is returned unwritten (it holds no rows)."""
-        from fne.devices import resolve_device, resolve_precision
-
         self._check()
         b = self.backbone()
-        precision = resolve_precision(self.precision, resolve_device(self.device))
+        precision = self.precision
+        if precision == "auto":  # the device's (importing torch: a pinned store's reader needs none)
+            from fne.devices import resolve_device, resolve_precision
+
+            precision = resolve_precision(precision, resolve_device(self.device))
         dtype = DEFAULT_DTYPE if self.storage_dtype == "auto" else self.storage_dtype
         key = StoreKey(b.name, self.fingerprint(), self.prep_key(), precision, dtype)
         return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views,

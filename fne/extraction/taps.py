@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from fne.backbones import registry as backbones
+from fne.backbones.normalize import Normalize
 from fne.backbones.pooling import POOLS
-from fne.backbones.preprocess import Normalize
 from fne.devices import autocast
 
 

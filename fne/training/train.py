@@ -28,7 +28,7 @@ import torch
 
 from fne import options, verb_module
 from fne.backbones import registry as backbones
-from fne.backbones.preprocess import Normalize
+from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
