@@ -80,7 +80,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     from fne.linear.predict import STORE_OPTIONS
     from fne.options import ForwardOptions, StoreOptions, add_arguments
 
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="predictions CSV")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)

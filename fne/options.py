@@ -15,6 +15,7 @@ Pure Python (no torch, no scikit-learn): the CLI and the pipeline configuration 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
 from collections.abc import Callable, Iterable
@@ -66,7 +67,10 @@ def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
 
 def parse_batch_size(s: str) -> int | str:
     """--batch-size: an integer, or auto."""
-    return s if s == "auto" else int(s)
+    try:
+        return s if s == "auto" else int(s)
+    except ValueError:  # argparse prints it after the flag's name
+        raise argparse.ArgumentTypeError(f"an integer or auto, not {s!r}") from None
 
 
 def at_least(n: float, kind: str = "an integer") -> dict:
@@ -272,6 +276,8 @@ def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
                 continue
             kind = _base(hints[f.name])
             kw: dict = {"dest": f.name, "help": o.help}
+            if f.default not in (MISSING, None) and kind is not bool and "default" not in o.help:
+                kw["help"] = f"{o.help} (default: {f.default})"  # --help lists every default
             if kind is bool:
                 kw["action"] = "store_false" if f.default is True else "store_true"
             else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 
 import numpy as np
 import pytest
@@ -107,6 +108,15 @@ def test_advise_digits_random_weights_end_to_end(capsys):
     assert a["similarity"]["judged"] is False and a["similarity"]["verdict"] is None
     assert a["thresholds"] == {"large_per_class": A.LARGE_PER_CLASS, "similar_max_softmax": A.SIMILAR_MSP,
                                "borderline_max_softmax": A.MSP_BORDER}
+    # each recommended command runs as printed: on the backbone advised on, into a run folder
+    assert a["commands"][0] == ("fne fit digits --features fne --head svm --arch efficientnet_lite0 "
+                                "--weights random --out runs/digits-fne-svm")
+    from fne.cli import build_parser
+
+    for cmd in a["commands"]:
+        words = shlex.split(cmd)
+        got = build_parser().parse_args(words[1:])
+        assert (words[0], got.data, got.arch, got.weights) == ("fne", "digits", "efficientnet_lite0", "random")
 
 
 def test_similarity_measured_from_the_source_classifier(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ from PIL import Image
 import fne.data.datasets
 import fne.extraction.extract as fx
 import fne.extraction.reader
-from fne.cache.store import HOST, Store, list_stores
+from fne.cache.store import HOST, Store, StoreKey, list_stores
 from fne.cache.upkeep import clean, verify
 from fne.cli import main
 from fne.errors import CacheError, FneError
@@ -187,6 +187,16 @@ def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch):
     assert code == 0 and len(_store(cache)) == 6
     m = fit(data, out=tmp_path / "run", cache=cache, splits=1, test_size=0.5, **FAST)
     assert m["n_images"] == 6  # the old bad record no longer hides the row
+
+
+def test_retry_bad_counts_each_image_once(tmp_path):
+    """Runs that each met the same unreadable image each recorded it: `--retry-bad` reads it again
+    once, and says one image, not one per record."""
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    store.commit([], {}, bad={"k1": "cannot read", "k2": "cannot read"})
+    store.commit([], {}, bad={"k1": "cannot read"})  # a second run met k1 again
+    assert store.forget_bad(["k1", "k3"]) == 1
+    assert store.bad() == {"k2": "cannot read"}
 
 
 def _is(src, path: Path) -> bool:

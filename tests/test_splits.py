@@ -7,8 +7,8 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from fne.data.datasets import load_dataset
-from fne.data.splits import make_splits, train_val_test
-from fne.errors import FneError
+from fne.data.splits import make_splits, stratified, train_val_test
+from fne.errors import DataError, FneError
 
 
 @pytest.fixture(scope="module")
@@ -48,3 +48,18 @@ def test_predefined_split_and_too_small_classes(digits):
                  lambda: train_val_test(one, one.label_indices(), 0.25, 0.1, 0)):
         with pytest.raises(FneError, match="every class needs at least 2 images"):
             call()
+
+
+def test_a_part_too_small_for_the_classes_says_what_to_give():
+    """Too few held-out images for the classes (`fne train`'s default --val-fraction on a small
+    folder): the message gives a fraction that works, not scikit-learn's wording."""
+    y = np.repeat(np.arange(4), [9, 9, 9, 3])
+    with pytest.raises(DataError, match=r"holds out 3 of 30 images, fewer than the 4 classes: "
+                                        r"give --val-fraction 0\.14 or more"):
+        stratified(np.arange(30), y, 0.1, 0, "--val-fraction")
+    ((kept, held),) = stratified(np.arange(30), y, 0.14, 0, "--val-fraction")
+    assert len(held) == 5 and len(kept) == 25
+    with pytest.raises(DataError, match="keeps 1 of 30 images, fewer than the 4 classes"):
+        stratified(np.arange(30), y, 0.95, 0, "--val-fraction")
+    with pytest.raises(DataError, match="a class has only one image"):
+        stratified(np.arange(4), np.array([0, 0, 0, 1]), 0.5, 0, "--test-size")

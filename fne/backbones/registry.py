@@ -113,7 +113,7 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
 
     if name.startswith("timm:"):
         model_name = name.removeprefix("timm:")
-        zoo.timm_check(model_name)
+        zoo.timm_check(model_name, sorted(REGISTRY))
         if weights != "imagenet":
             raise WeightsError(f"--weights {weights}: no such file; {name} takes imagenet (its pretrained "
                                f"tag; name another as timm:ARCH.TAG), random or a state dict path")
@@ -368,7 +368,11 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     except ImportError as e:
         raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
-        raise WeightsError(f"--weights {path}: not a readable PyTorch state dict ({e})") from e
+        said = (str(e).splitlines() or [""])[0]
+        said = f"{type(e).__name__}: {said[:160]}{'...' * (len(said) > 160)}" if said else type(e).__name__
+        raise WeightsError(f"--weights {path}: torch.load cannot read it ({said}); give a file written by "
+                           f"torch.save(model.state_dict(), PATH), a .safetensors file or a `fne train` "
+                           f"checkpoint") from e
     for k in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(k), dict):
             obj = obj[k]

@@ -273,7 +273,7 @@ HOW_TO_NAME = ("fne's registry ({registry}); any torchvision classification mode
 
 
 def unknown(name: str, registry: list[str]) -> FneError:
-    names = list(registry) + tv_names()
+    names = list(dict.fromkeys([*registry, *tv_names()]))  # torchvision also names vgg16, vgg19
     if name.startswith("timm:"):
         try:
             import timm
@@ -380,11 +380,13 @@ def need_timm():
     return timm
 
 
-def timm_check(model_name: str) -> None:
+def timm_check(model_name: str, registry: list[str]) -> None:
+    """FneError unless timm has `model_name` (and its pretrained tag); `registry`: fne's own names,
+    for the message."""
     timm = need_timm()
     arch, tag = timm.models.split_model_name_tag(model_name)
     if not timm.is_model(arch):
-        raise unknown("timm:" + model_name, [])
+        raise unknown("timm:" + model_name, registry)
     if tag and model_name not in timm.list_pretrained(arch + ".*"):
         tags = timm.list_pretrained(arch + ".*")
         raise FneError(f"timm:{arch} has no pretrained tag {tag!r}.{_suggest(model_name, tags)} Tags: "

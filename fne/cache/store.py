@@ -245,16 +245,16 @@ class Store:
         return name
 
     def forget_bad(self, keys: Iterable[str]) -> int:
-        """Drop the bad-image records of `keys` (read again after a transient failure); -> how many."""
-        keys, dropped = set(keys), 0
+        """Drop the bad-image records of `keys` (read again after a transient failure); -> how many images had one."""
+        keys, dropped = set(keys), set()
         for rel in self.files.list_json("bad"):
             recs = self.read_json(rel)
-            keep = {k: v for k, v in recs.items() if k not in keys}
-            if len(keep) < len(recs):
-                dropped += len(recs) - len(keep)
-                self.write_json(rel, keep)
+            gone = recs.keys() & keys
+            if gone:
+                dropped |= gone
+                self.write_json(rel, {k: v for k, v in recs.items() if k not in gone})
         self._bad = None
-        return dropped
+        return len(dropped)
 
     def record(self, record: dict) -> None:  # one run's record: records/<time>-<pid>.json
         self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)

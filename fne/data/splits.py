@@ -9,6 +9,8 @@ first split and train's test images are the same images.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
 
@@ -43,8 +45,20 @@ def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str
     sss = StratifiedShuffleSplit(n_splits=splits, test_size=size, random_state=seed)
     try:
         return [(idx[a], idx[b]) for a, b in sss.split(np.zeros(len(idx)), y)]
-    except ValueError as e:  # a class with one image, or fewer held-out images than classes
-        raise DataError(f"cannot carve a stratified {what} {size} part: {e}") from None
+    except ValueError as e:  # a class with one image, or fewer held-out (kept) images than classes
+        counts = np.unique(y, return_counts=True)[1]
+        n, k = len(y), len(counts)
+        held = math.ceil(size * n) if isinstance(size, float) else int(size)
+        if counts.min(initial=2) < 2:
+            why = "a class has only one image here, and each needs one on either side"
+        elif held < k:
+            why = (f"it holds out {held} of {n} images, fewer than the {k} classes: give {what} "
+                   f"{math.ceil(k / n * 100) / 100:g} or more")
+        elif n - held < k:
+            why = f"it keeps {n - held} of {n} images, fewer than the {k} classes: give a smaller {what}"
+        else:
+            why = str(e)
+        raise DataError(f"cannot carve a stratified {what} {size} part: {why}") from None
 
 
 def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int, n: int,

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -343,7 +344,7 @@ def advise(data, store=None, **options) -> dict:
         "recommendation": d["recommendation"],
         "text": d["text"],
         "families": d["families"],
-        "commands": [c.format(data=data_s) for c in d["commands"]],
+        "commands": [runnable(c, data_s, dataset.name, spec) for c in d["commands"]],
         "reasons": d["reasons"],
         "size": d["size"],
         "images_per_class": ipc["median"],
@@ -354,6 +355,18 @@ def advise(data, store=None, **options) -> dict:
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_max_softmax": SIMILAR_MSP,
                        "borderline_max_softmax": MSP_BORDER},
     }
+
+
+def runnable(template: str, data: str, name: str, spec) -> str:
+    """A recommended command as it runs: DATA, the backbone advised on (its arch, weights and a
+    crop other than the default), and a run folder named after the data and the method."""
+    from fne.names import slug
+
+    what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
+    words = [template.format(data=shlex.quote(data)), "--arch", spec.arch, "--weights", shlex.quote(spec.weights)]
+    if spec.crop != "center":
+        words += ["--crop", spec.crop]
+    return " ".join([*words, "--out", shlex.quote(f"runs/{slug(name)}-{what}")])
 
 
 def format_advice(a: dict) -> str:
