@@ -135,6 +135,10 @@ def test_bad_names_say_how_to_name_models(capsys):
         backbones.get("resnet5")
     msg = str(e.value)
     assert "Did you mean: resnet50" in msg and "timm:NAME" in msg and "vgg16" in msg
+    with pytest.raises(FneError, match=r"Did you mean: vgg19, vgg16, vgg13, vgg11\?"):  # each name once
+        backbones.get("vgg61")
+    with pytest.raises(FneError, match=r"fne's registry \(efficientnet_lite0, vgg16, vgg19\)"):
+        backbones.get("timm:resnet1888")
     with pytest.raises(FneError, match="Did you mean: timm:vit_tiny_patch16_224"):
         backbones.get("timm:vit_tiny_patch16_22")
     with pytest.raises(FneError, match="no pretrained tag 'nope'.*resnet18.a1_in1k"):
