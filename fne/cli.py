@@ -14,9 +14,6 @@ import signal
 import sys
 import warnings
 
-DATA_HELP = ("image folder, CSV, HDF5, folder of train.h5/test.h5, .tar shards (a file, a folder, "
-             "'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], or 'digits'")
-
 
 def _data(a: argparse.Namespace):
     """DATA, loaded here only when --label-key says where its labels are."""
@@ -29,7 +26,7 @@ def _data(a: argparse.Namespace):
 
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    from fne.options import DataOptions, ExtractOptions, StoreOptions, add_arguments
+    from fne.options import DATA_HELP, DataOptions, ExtractOptions, StoreOptions, add_arguments
 
     p.add_argument("data", help=DATA_HELP)
     add_arguments(p, DataOptions, StoreOptions, ExtractOptions)
@@ -56,7 +53,14 @@ def _cmd_extract(a) -> int:
 
 # --------------------------------------------------------------------- fit
 def _add_fit(p: argparse.ArgumentParser) -> None:
-    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions, add_arguments
+    from fne.options import (
+        DATA_HELP,
+        DataOptions,
+        FitOptions,
+        ForwardOptions,
+        StoreOptions,
+        add_arguments,
+    )
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
@@ -78,7 +82,7 @@ def _cmd_fit(a) -> int:
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
     from fne.linear.predict import STORE_OPTIONS
-    from fne.options import ForwardOptions, StoreOptions, add_arguments
+    from fne.options import DATA_HELP, ForwardOptions, StoreOptions, add_arguments
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib)")
     p.add_argument("data", help=DATA_HELP)
@@ -100,7 +104,14 @@ def _cmd_predict(a) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions, add_arguments
+    from fne.options import (
+        DATA_HELP,
+        DataOptions,
+        ForwardOptions,
+        RowsOptions,
+        StoreOptions,
+        add_arguments,
+    )
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="FILE.h5")

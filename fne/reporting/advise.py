@@ -386,10 +386,10 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fne.options import AdviseOptions, ForwardOptions, StoreOptions
+    from fne.options import DATA_HELP, AdviseOptions, ForwardOptions, StoreOptions
     from fne.options import add_arguments as add_options
 
-    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
+    p.add_argument("data", help=DATA_HELP)
     add_options(p, AdviseOptions, StoreOptions, ForwardOptions)
     p.add_argument("--json", action="store_true", help="print the advice as JSON")
     p.add_argument("--out", default=None, help="also write the advice to this JSON file")

@@ -41,7 +41,7 @@ from fne.devices import (
 )
 from fne.errors import DataError, FneError
 from fne.metrics import provenance, split_scores
-from fne.options import TrainConfig
+from fne.options import DATA_HELP, TrainConfig
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -341,7 +341,7 @@ def _imported(report: ImportReport | None) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `fne train`: the fields of fne.options.TrainConfig."""
-    p.add_argument("data", help="image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'")
+    p.add_argument("data", help=DATA_HELP)
     options.add_arguments(p, TrainConfig)
 
 
