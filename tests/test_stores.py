@@ -178,3 +178,20 @@ def test_ranks_saving_one_manifest_at_once_lose_no_entry(tmp_path):
     entries = Manifest(root, cache).entries
     assert sorted(entries) == sorted(f"{w}-{j}.png" for w in range(4) for j in range(25))
     assert entries["3-7.png"][2] == "key-3-7"
+
+
+@pytest.mark.parametrize("given", ["afile", "afile/sub", "file://{tmp}/afile", "$FNE_CACHE"])
+def test_a_cache_that_is_a_file_is_one_clear_error(digits_folder, tmp_path, monkeypatch, capsys, given):
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    args = ["extract", str(digits_folder), "--arch", ARCH, "--weights", "random", "--no-progress"]
+    if given == "$FNE_CACHE":
+        monkeypatch.setenv("FNE_CACHE", "afile")
+        says = "$FNE_CACHE afile: is a file, not a folder"
+    else:
+        cache = given.format(tmp=tmp_path)
+        args += ["--cache", cache]
+        says = f"--cache {cache}: " + ("afile is a file" if given.endswith("sub") else "is a file")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"

@@ -25,6 +25,16 @@ def is_url(root: object) -> bool:
     return isinstance(root, str) and "://" in root
 
 
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The existing file (not folder) at `path` or above it, which stops `path` being made a
+    folder; None when there is none."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
 class Url(str):
     """A store location given as an fsspec URL: printable, with `name` and `/` like a Path."""
 
