@@ -201,3 +201,37 @@ def test_sgd_heads_learn_what_batch_heads_learn(synthetic_store, tmp_path, featu
            for head in ("svm", "logreg", "sgd-svm", "sgd-logreg")}
     assert acc["svm"] >= 0.9 and acc["logreg"] >= 0.9, acc  # the rows are learnable (chance: 0.25)
     assert acc["sgd-svm"] >= acc["svm"] - 0.05 and acc["sgd-logreg"] >= acc["logreg"] - 0.05, acc
+
+
+# ---------------------------------------------------------- mistakes caught before the work
+CLI_FAST = ["--arch", FAST["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype", "float32",
+            "--workers", "0", "--no-progress"]
+
+
+def test_fit_out_that_is_a_file_is_refused_before_any_work(digits_folder, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    cache = tmp_path / "cache"
+    for out, says in [(afile, f"--out {afile}: is a file"), (afile / "run", f"{afile} is a file")]:
+        assert main(["fit", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert afile.read_text() == "mine" and not list_stores(cache)  # nothing extracted
+
+
+def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(digits_folder, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # predict: the --out check comes before the run folder is even read
+    assert main(["predict", str(tmp_path / "no-run"), str(digits_folder), "--out", str(runs)]) == 2
+    assert f"--out {runs}: is a folder; give the file to write" in capsys.readouterr().err
+    cache = tmp_path / "cache"
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file")]:
+        assert main(["export", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert not list(runs.iterdir()) and afile.read_text() == "mine" and not list_stores(cache)

@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fne import options as opts
 from fne import verb_module
+from fne.cache.fs import check_target
 from fne.cache.spec import StoreSpec
 from fne.data.splits import make_splits
 from fne.errors import FneError
@@ -135,6 +136,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
         raise FneError("auto selection is not available with SGD heads")
+    out = check_target(out, folder=True)
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
     src = open_rows(data, spec, "fit", o.extract_missing, ext)
@@ -178,8 +180,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     }
     if auto:
         metrics["selection"] = selection.summary(chosen)
-    _save(Path(out), metrics, pipe, src, final.layers, final.kind)
-    compare.write_predictions(Path(out) / "predictions.csv", dataset, y, preds)
+    _save(out, metrics, pipe, src, final.layers, final.kind)
+    compare.write_predictions(out / "predictions.csv", dataset, y, preds)
     return metrics
 
 

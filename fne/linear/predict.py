@@ -16,6 +16,7 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
+from fne.cache.fs import check_target
 from fne.cache.spec import StoreSpec
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
@@ -88,6 +89,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     if fixed:
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
+    out = check_target(out, folder=False)
     model = load_model(run_dir)
     pinned = pinned_spec(model, str(run_dir), options.get("device"))
     if options.get("cache") is None:  # the cache the model was fitted from
@@ -98,7 +100,6 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
     with open(out, "w", newline="") as f:
