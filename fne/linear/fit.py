@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import joblib
@@ -20,6 +21,7 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_target
 from fne.cache.spec import StoreSpec
+from fne.data.datasets import Dataset
 from fne.data.splits import make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
@@ -139,10 +141,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     out = check_target(out, folder=True)
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
-    src = open_rows(data, spec, "fit", o.extract_missing, ext)
+    src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data))
     dataset, store = src.dataset, src.store
-    if dataset.labels is None:
-        raise FneError(f"{data}: fit needs labels")
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
@@ -183,6 +183,24 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     _save(out, metrics, pipe, src, final.layers, final.kind)
     compare.write_predictions(out / "predictions.csv", dataset, y, preds)
     return metrics
+
+
+def _check_trainable(data, dataset: Dataset) -> None:
+    """FneError unless DATA has labels and its training images (the `train` split when it has
+    one) span at least 2 classes; called by `open_rows` before extraction and after the
+    unreadable images are left out."""
+    where = data if isinstance(data, (str, Path)) else f"DATA {dataset.name}"
+    if dataset.labels is None:
+        raise FneError(f"{where}: fit needs labels")
+    y, part = dataset.label_indices(), ""
+    if dataset.has_split:
+        y, part = y[np.array(dataset.splits) == "train"], " in the train split"
+    present = [dataset.classes[c] for c in np.unique(y)]
+    if len(present) < 2:
+        n = "1 class has" if len(present) == 1 else f"{len(present)} classes have"
+        shown = f" ({', '.join(present)})" if present else ""
+        raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
+                       f"a head needs at least 2 classes")
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
