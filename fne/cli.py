@@ -95,6 +95,8 @@ def _cmd_predict(a) -> int:
     store = {k: getattr(a, k) for k in STORE_OPTIONS}
     r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, ForwardOptions))
     acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
+    if acc and r["n_scored"] < r["n"]:
+        acc += f" over the {r['n_scored']} images whose label the model knows"
     print(f"wrote {r['n']} predictions to {a.out}{acc}")
     return 0
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import h5py
 import joblib
@@ -270,3 +271,28 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
     assert not list(runs.iterdir()) and afile.read_text() == "mine" and not list_stores(cache)
+
+
+def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):
+    fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
+        **STORE)
+    new = tmp_path / "new"  # the model's class 0, and two classes it never saw
+    for src, dst in [("0", "0"), ("1", "7"), ("2", "8")]:
+        (new / dst).mkdir(parents=True)
+        for f in (digits_folder / src).iterdir():
+            (new / dst / f.name).write_bytes(f.read_bytes())
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "p.csv"),
+                 "--cache", str(warm_cache)]) == 0
+    out, err = capsys.readouterr()
+    assert "12 of 18 images" in err and "2 labels: 7, 8" in err and len(err.strip().splitlines()) == 1
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert len(rows) == 18 and list(rows[0])[-1] == "true"  # the CSV lists every image
+    known = [r for r in rows if r["true"] == "0"]
+    acc = np.mean([r["predicted"] == "0" for r in known])
+    assert f"accuracy {acc:.4f} over the 6 images whose label the model knows" in out
+    shutil.rmtree(new / "0")  # only classes the model never saw: no accuracy at all
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"),
+                 "--cache", str(warm_cache)]) == 0
+    out, err = capsys.readouterr()
+    assert "12 of 12 images" in err and "no accuracy" in err and ", accuracy" not in out

@@ -9,6 +9,7 @@ head never saw, so predict refuses them instead of printing a silently wrong acc
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import joblib
@@ -83,7 +84,10 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     Returns
     -------
     dict
-        ``n`` predictions, ``accuracy`` (None without labels), ``out`` and the ``store`` read.
+        ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``out`` and the
+        ``store`` read. The accuracy covers only the images whose label is one of the model's
+        classes (the others it cannot get right; a warning names their labels); it is None without
+        labels or when no image has a known label. The CSV lists every image either way.
     """
     fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
     if fixed:
@@ -108,10 +112,23 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
         for i in range(len(dataset)):
             row = [dataset.ids[i], pred[i], *(f"{v:.6g}" for v in scores[i])]
             w.writerow(row + ([dataset.labels[i]] if dataset.labels else []))
-    acc = None
-    if dataset.labels:
-        acc = float(np.mean([p == t for p, t in zip(pred, dataset.labels)]))
-    return {"n": len(dataset), "accuracy": acc, "out": str(out), "store": str(src.store.path)}
+    acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
+    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "out": str(out), "store": str(src.store.path)}
+
+
+def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:
+    """(accuracy, images it covers): over the images whose label is one of the model's classes,
+    the only ones it could get right; a warning names the other labels (None: no image has one)."""
+    known = set(classes)
+    hits = [p == t for p, t in zip(pred, labels) if t in known]
+    unknown = sorted({t for t in labels if t not in known})
+    if unknown:
+        names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        covers = (f"accuracy is over the {len(hits)} others" if hits else "no accuracy")
+        warnings.warn(f"{len(labels) - len(hits)} of {len(labels)} images of {data} have labels the model "
+                      f"was not fitted on ({len(unknown)} label{'s' * (len(unknown) != 1)}: {names}): {covers}",
+                      stacklevel=3)
+    return (float(np.mean(hits)) if hits else None), len(hits)
 
 
 verb_module(__name__)
