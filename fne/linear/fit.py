@@ -243,13 +243,22 @@ def store_identity(src: Source) -> dict:
             "cache": spec.cache, "store": str(src.store.path)}
 
 
+def _weights_path(weights: str) -> str:
+    """A weights file as an absolute path, so that `fne predict` finds it from any folder; names
+    (imagenet, random, torchvision weights names) as given."""
+    if weights in ("imagenet", "random") or not Path(weights).is_file():
+        return weights
+    return str(Path(weights).absolute())
+
+
 def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str) -> None:
+    """metrics.json (the weights as given) and model.joblib (a weights file's absolute path)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     joblib.dump({
         "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
-        "store": store_identity(src), "views": src.store.views, "thresholds": (
+        "store": {**store_identity(src), "weights": _weights_path(src.spec.weights)}, "views": src.store.views, "thresholds": (
             {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
             if kind == "fne" else None),
     }, out / "model.joblib")
