@@ -296,3 +296,13 @@ def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_
                  "--cache", str(warm_cache)]) == 0
     out, err = capsys.readouterr()
     assert "12 of 12 images" in err and "no accuracy" in err and ", accuracy" not in out
+
+
+def test_fit_auto_says_what_it_chose(digits_folder, warm_cache, tmp_path, capsys):
+    from fne.linear.compare import choice_note
+
+    assert main(["fit", str(digits_folder), "--features", "auto", "--head", "auto", "--splits", "1",
+                 "--out", str(tmp_path / "a"), "--cache", str(warm_cache), *CLI_FAST]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert line.startswith(f"auto+auto ({choice_note(m)}) on data: accuracy ")
