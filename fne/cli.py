@@ -69,11 +69,13 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fit(a) -> int:
+    from fne.linear.compare import choice_note
     from fne.linear.fit import fit
     from fne.options import FitOptions, ForwardOptions, StoreOptions, from_args
 
     m = fit(_data(a), a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
-    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
+    chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
+    print(f"{m['method']}{f' ({chose})' if chose else ''} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
     print(f"wrote {a.out}/metrics.json and {a.out}/model.joblib")
@@ -99,6 +101,8 @@ def _cmd_predict(a) -> int:
     store = {k: getattr(a, k) for k in STORE_OPTIONS}
     r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, ForwardOptions))
     acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
+    if acc and r["n_scored"] < r["n"]:
+        acc += f" over the {r['n_scored']} images whose label the model knows"
     print(f"wrote {r['n']} predictions to {a.out}{acc}")
     return 0
 

@@ -107,7 +107,7 @@ def test_every_cli_option_reaches_the_api(verb, module, monkeypatch, tmp_path):
 
     seen = {}
 
-    def reached(data, spec, verb_name, extract_missing, extraction):
+    def reached(data, spec, verb_name, extract_missing, extraction, **checks):
         seen.update(spec=spec, extract_missing=extract_missing, extraction=extraction)
         raise _Reached
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import h5py
 import joblib
@@ -201,3 +202,107 @@ def test_sgd_heads_learn_what_batch_heads_learn(synthetic_store, tmp_path, featu
            for head in ("svm", "logreg", "sgd-svm", "sgd-logreg")}
     assert acc["svm"] >= 0.9 and acc["logreg"] >= 0.9, acc  # the rows are learnable (chance: 0.25)
     assert acc["sgd-svm"] >= acc["svm"] - 0.05 and acc["sgd-logreg"] >= acc["logreg"] - 0.05, acc
+
+
+# ---------------------------------------------------------- mistakes caught before the work
+CLI_FAST = ["--arch", FAST["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype", "float32",
+            "--workers", "0", "--no-progress"]
+
+
+def _unreadable(folder) -> None:
+    for i, f in enumerate(sorted(folder.glob("*.png"))):
+        f.write_bytes(b"not an image %d" % i)
+
+
+def test_fit_on_one_class_says_a_head_needs_two_before_extracting(tmp_path, capsys):
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "one", per_class=4, classes=1)
+    cache = tmp_path / "cache"
+    assert main(["fit", str(data), "--extract", "--out", str(tmp_path / "r"), "--cache", str(cache),
+                 *CLI_FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: 1 class has readable images (0), of 1; a head needs at least 2 classes" in err
+    assert "Traceback" not in err and not list_stores(cache)  # refused before any extraction
+
+
+def test_fit_where_all_but_one_class_is_unreadable_says_so(tmp_path, capsys):
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "d", per_class=3, classes=3)
+    _unreadable(data / "1")
+    _unreadable(data / "2")
+    assert main(["fit", str(data), "--extract", "--out", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
+                 *CLI_FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}: 1 class has readable images (0), of 3; a head needs at least 2 classes" in err
+    assert not (tmp_path / "r").exists()
+    split = write_digits(tmp_path / "s", per_class=6, classes=3, split=True)  # only the train part counts
+    _unreadable(split / "train" / "0")
+    _unreadable(split / "train" / "1")
+    with pytest.raises(FneError, match=r"1 class has readable images in the train split \(2\), of 3"):
+        fit(split, out=tmp_path / "r2", cache=str(tmp_path / "c"), extract_missing=True, **STORE)
+
+
+def test_fit_out_that_is_a_file_is_refused_before_any_work(digits_folder, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    cache = tmp_path / "cache"
+    for out, says in [(afile, f"--out {afile}: is a file"), (afile / "run", f"{afile} is a file")]:
+        assert main(["fit", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert afile.read_text() == "mine" and not list_stores(cache)  # nothing extracted
+
+
+def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(digits_folder, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # predict: the --out check comes before the run folder is even read
+    assert main(["predict", str(tmp_path / "no-run"), str(digits_folder), "--out", str(runs)]) == 2
+    assert f"--out {runs}: is a folder; give the file to write" in capsys.readouterr().err
+    cache = tmp_path / "cache"
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file")]:
+        assert main(["export", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err
+    assert not list(runs.iterdir()) and afile.read_text() == "mine" and not list_stores(cache)
+
+
+def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):
+    fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
+        **STORE)
+    new = tmp_path / "new"  # the model's class 0, and two classes it never saw
+    for src, dst in [("0", "0"), ("1", "7"), ("2", "8")]:
+        (new / dst).mkdir(parents=True)
+        for f in (digits_folder / src).iterdir():
+            (new / dst / f.name).write_bytes(f.read_bytes())
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "p.csv"),
+                 "--cache", str(warm_cache)]) == 0
+    out, err = capsys.readouterr()
+    assert "12 of 18 images" in err and "2 labels: 7, 8" in err and len(err.strip().splitlines()) == 1
+    rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
+    assert len(rows) == 18 and list(rows[0])[-1] == "true"  # the CSV lists every image
+    known = [r for r in rows if r["true"] == "0"]
+    acc = np.mean([r["predicted"] == "0" for r in known])
+    assert f"accuracy {acc:.4f} over the 6 images whose label the model knows" in out
+    shutil.rmtree(new / "0")  # only classes the model never saw: no accuracy at all
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"),
+                 "--cache", str(warm_cache)]) == 0
+    out, err = capsys.readouterr()
+    assert "12 of 12 images" in err and "no accuracy" in err and ", accuracy" not in out
+
+
+def test_fit_auto_says_what_it_chose(digits_folder, warm_cache, tmp_path, capsys):
+    from fne.linear.compare import choice_note
+
+    assert main(["fit", str(digits_folder), "--features", "auto", "--head", "auto", "--splits", "1",
+                 "--out", str(tmp_path / "a"), "--cache", str(warm_cache), *CLI_FAST]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert line.startswith(f"auto+auto ({choice_note(m)}) on data: accuracy ")

@@ -178,3 +178,45 @@ def test_ranks_saving_one_manifest_at_once_lose_no_entry(tmp_path):
     entries = Manifest(root, cache).entries
     assert sorted(entries) == sorted(f"{w}-{j}.png" for w in range(4) for j in range(25))
     assert entries["3-7.png"][2] == "key-3-7"
+
+
+@pytest.mark.parametrize("given", ["afile", "afile/sub", "file://{tmp}/afile", "$FNE_CACHE"])
+def test_a_cache_that_is_a_file_is_one_clear_error(digits_folder, tmp_path, monkeypatch, capsys, given):
+    (tmp_path / "afile").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    args = ["extract", str(digits_folder), "--arch", ARCH, "--weights", "random", "--no-progress"]
+    if given == "$FNE_CACHE":
+        monkeypatch.setenv("FNE_CACHE", "afile")
+        says = "$FNE_CACHE afile: is a file, not a folder"
+    else:
+        cache = given.format(tmp=tmp_path)
+        args += ["--cache", cache]
+        says = f"--cache {cache}: " + ("afile is a file" if given.endswith("sub") else "is a file")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_model_records_a_weights_file_by_its_absolute_path(digits_split, tmp_path, monkeypatch):
+    import joblib
+
+    (tmp_path / "ckpt").mkdir()
+    torch.save(backbones.load_backbone(ARCH, "random", seed=1).state_dict(), tmp_path / "ckpt" / "model.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(tmp_path)
+    cache = str(tmp_path / "cache")
+    m = fit(digits_split, out=tmp_path / "run", cache=cache, arch=ARCH, weights="ckpt/model.pt", precision="fp32",
+            extract_missing=True)
+    assert m["weights"] == "ckpt/model.pt"  # metrics.json: as given
+    saved = joblib.load(tmp_path / "run" / "model.joblib")
+    assert saved["store"]["weights"] == str(tmp_path / "ckpt" / "model.pt")
+    monkeypatch.chdir(elsewhere)  # predicted from another folder: the file is found
+    assert predict(tmp_path / "run", digits_split, out=tmp_path / "p.csv", cache=cache)["n"] == 27
+    # A model saved before recorded the path as given: it still loads, relative to the folder run in.
+    saved["store"]["weights"] = "ckpt/model.pt"
+    joblib.dump(saved, tmp_path / "run" / "model.joblib")
+    with pytest.raises(FneError, match="no such file"):
+        predict(tmp_path / "run", digits_split, out=tmp_path / "q.csv", cache=cache)
+    monkeypatch.chdir(tmp_path)
+    assert predict(tmp_path / "run", digits_split, out=tmp_path / "q.csv", cache=cache)["n"] == 27

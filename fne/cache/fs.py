@@ -17,12 +17,38 @@ from pathlib import Path
 
 import zarr
 
+from fne.errors import FneError
+
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 
 
 def is_url(root: object) -> bool:
     """Whether `root` names an fsspec URL rather than a local path."""
     return isinstance(root, str) and "://" in root
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The existing file (not folder) at `path` or above it, which stops `path` being made a
+    folder; None when there is none."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def check_target(path: str | Path, folder: bool, option: str = "--out") -> Path:
+    """`path` as a Path, or an FneError naming `option` when a verb could not write there: a
+    folder to make (`folder`) or a file to write (else), checked before any work is done."""
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise FneError(f"{option} {path}: is a folder; give the file to write")
+    blocker = file_in_the_way(path if folder else path.parent)
+    if blocker == path:
+        raise FneError(f"{option} {path}: is a file; give a folder (new or existing) to write into")
+    if blocker is not None:
+        raise FneError(f"{option} {path}: cannot be written, {blocker} is a file, not a folder")
+    return path
 
 
 class Url(str):

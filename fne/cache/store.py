@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 
 from fne.cache import parts
-from fne.cache.fs import COMMITTED, LocalFiles, Url, UrlFiles, files_at, is_url
+from fne.cache.fs import COMMITTED, LocalFiles, Url, UrlFiles, file_in_the_way, files_at, is_url
 from fne.errors import CacheError
 
 __all__ = ["COMMITTED", "FORMAT", "HOST", "Store", "StoreKey", "Url", "cache_root", "default_cache",
@@ -48,14 +48,25 @@ def default_cache() -> Path:
 
 
 def cache_root(cache: str | Path | None = None) -> Path | Url:
-    """--cache, else $FNE_CACHE, else `default_cache()`. fsspec URLs stay as given."""
+    """--cache, else $FNE_CACHE, else `default_cache()`. fsspec URLs stay as given.
+
+    A local root (a file:// URL's included) that a file stands in the way of is a CacheError
+    naming where it was given, before anything is read or written."""
+    given = "--cache"
     if cache is None:
-        cache = os.environ.get("FNE_CACHE") or None
+        cache, given = os.environ.get("FNE_CACHE") or None, "$FNE_CACHE"
     if cache is None:
         return default_cache()
     if is_url(cache):
-        return Url(str(cache))
-    return Path(cache).expanduser()
+        root = Url(str(cache))
+        local = Path(root.removeprefix("file://")) if root.startswith("file://") else None
+    else:
+        root = local = Path(cache).expanduser()
+    blocker = file_in_the_way(local) if local is not None else None
+    if blocker is not None:
+        where = "is a file" if blocker == local else f"{blocker} is a file"
+        raise CacheError(f"{given} {cache}: {where}, not a folder (the cache is a folder of stores)")
+    return root
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
+from fne.cache.fs import check_target
 from fne.cache.spec import StoreSpec
 from fne.linear.embedding import FullNetworkEmbedding
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -46,6 +47,7 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     """
     import h5py
 
+    out = check_target(out, folder=False)
     spec, o, ext = opts.resolve(options, StoreSpec, RowsOptions, ForwardOptions, given={StoreSpec: store})
     features = o.features
     layers, kind = parse_features(features, spec.backbone())
@@ -55,7 +57,6 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     fit_rows = np.flatnonzero(np.array(dataset.splits) == "train") if dataset.has_split else np.arange(n)
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     embed = rows.fit_embedding(kind, fit_rows)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
     with h5py.File(tmp, "w") as f:

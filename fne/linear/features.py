@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,9 +76,15 @@ def extract_command(data, spec: StoreSpec) -> str:
 
 
 def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool = False,
-              extraction: ForwardOptions | None = None) -> Source:
-    """DATA's images with rows: found in the cache, or extracted first when `extract_missing`."""
+              extraction: ForwardOptions | None = None,
+              check: Callable[[Dataset], None] | None = None) -> Source:
+    """DATA's images with rows: found in the cache, or extracted first when `extract_missing`.
+
+    `check(dataset)` raises for a dataset the verb cannot use: it is called before the cache is
+    read or any image extracted, and again once the unreadable images are left out."""
     dataset = load_data(data, spec.cache)
+    if check is not None:
+        check(dataset)
     keys = dataset.keys()
     store = spec.find(keys, verb)
     missing = store.missing(keys)
@@ -102,6 +109,8 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
         dataset = dataset.subset(keep)
     if len(dataset) == 0:
         raise FneError(f"{data}: no readable images")
+    if check is not None and len(keep) < len(keys):
+        check(dataset)
     return Source(dataset, store, spec.pinned(store), seconds)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import joblib
@@ -18,7 +19,9 @@ from sklearn.preprocessing import StandardScaler
 
 from fne import options as opts
 from fne import verb_module
+from fne.cache.fs import check_target
 from fne.cache.spec import StoreSpec
+from fne.data.datasets import Dataset
 from fne.data.splits import make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
@@ -135,12 +138,11 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
         raise FneError("auto selection is not available with SGD heads")
+    out = check_target(out, folder=True)
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
-    src = open_rows(data, spec, "fit", o.extract_missing, ext)
+    src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data))
     dataset, store = src.dataset, src.store
-    if dataset.labels is None:
-        raise FneError(f"{data}: fit needs labels")
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
@@ -178,9 +180,27 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     }
     if auto:
         metrics["selection"] = selection.summary(chosen)
-    _save(Path(out), metrics, pipe, src, final.layers, final.kind)
-    compare.write_predictions(Path(out) / "predictions.csv", dataset, y, preds)
+    _save(out, metrics, pipe, src, final.layers, final.kind)
+    compare.write_predictions(out / "predictions.csv", dataset, y, preds)
     return metrics
+
+
+def _check_trainable(data, dataset: Dataset) -> None:
+    """FneError unless DATA has labels and its training images (the `train` split when it has
+    one) span at least 2 classes; called by `open_rows` before extraction and after the
+    unreadable images are left out."""
+    where = data if isinstance(data, (str, Path)) else f"DATA {dataset.name}"
+    if dataset.labels is None:
+        raise FneError(f"{where}: fit needs labels")
+    y, part = dataset.label_indices(), ""
+    if dataset.has_split:
+        y, part = y[np.array(dataset.splits) == "train"], " in the train split"
+    present = [dataset.classes[c] for c in np.unique(y)]
+    if len(present) < 2:
+        n = "1 class has" if len(present) == 1 else f"{len(present)} classes have"
+        shown = f" ({', '.join(present)})" if present else ""
+        raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
+                       f"a head needs at least 2 classes")
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
@@ -223,13 +243,22 @@ def store_identity(src: Source) -> dict:
             "cache": spec.cache, "store": str(src.store.path)}
 
 
+def _weights_path(weights: str) -> str:
+    """A weights file as an absolute path, so that `fne predict` finds it from any folder; names
+    (imagenet, random, torchvision weights names) as given."""
+    if weights in ("imagenet", "random") or not Path(weights).is_file():
+        return weights
+    return str(Path(weights).absolute())
+
+
 def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str) -> None:
+    """metrics.json (the weights as given) and model.joblib (a weights file's absolute path)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     joblib.dump({
         "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
-        "store": store_identity(src), "views": src.store.views, "thresholds": (
+        "store": {**store_identity(src), "weights": _weights_path(src.spec.weights)}, "views": src.store.views, "thresholds": (
             {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
             if kind == "fne" else None),
     }, out / "model.joblib")

@@ -9,6 +9,7 @@ head never saw, so predict refuses them instead of printing a silently wrong acc
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import joblib
@@ -16,6 +17,7 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
+from fne.cache.fs import check_target
 from fne.cache.spec import StoreSpec
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
@@ -82,12 +84,16 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     Returns
     -------
     dict
-        ``n`` predictions, ``accuracy`` (None without labels), ``out`` and the ``store`` read.
+        ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``out`` and the
+        ``store`` read. The accuracy covers only the images whose label is one of the model's
+        classes (the others it cannot get right; a warning names their labels); it is None without
+        labels or when no image has a known label. The CSV lists every image either way.
     """
     fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
     if fixed:
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
+    out = check_target(out, folder=False)
     model = load_model(run_dir)
     pinned = pinned_spec(model, str(run_dir), options.get("device"))
     if options.get("cache") is None:  # the cache the model was fitted from
@@ -98,7 +104,6 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
     with open(out, "w", newline="") as f:
@@ -107,10 +112,23 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
         for i in range(len(dataset)):
             row = [dataset.ids[i], pred[i], *(f"{v:.6g}" for v in scores[i])]
             w.writerow(row + ([dataset.labels[i]] if dataset.labels else []))
-    acc = None
-    if dataset.labels:
-        acc = float(np.mean([p == t for p, t in zip(pred, dataset.labels)]))
-    return {"n": len(dataset), "accuracy": acc, "out": str(out), "store": str(src.store.path)}
+    acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
+    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "out": str(out), "store": str(src.store.path)}
+
+
+def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:
+    """(accuracy, images it covers): over the images whose label is one of the model's classes,
+    the only ones it could get right; a warning names the other labels (None: no image has one)."""
+    known = set(classes)
+    hits = [p == t for p, t in zip(pred, labels) if t in known]
+    unknown = sorted({t for t in labels if t not in known})
+    if unknown:
+        names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        covers = (f"accuracy is over the {len(hits)} others" if hits else "no accuracy")
+        warnings.warn(f"{len(labels) - len(hits)} of {len(labels)} images of {data} have labels the model "
+                      f"was not fitted on ({len(unknown)} label{'s' * (len(unknown) != 1)}: {names}): {covers}",
+                      stacklevel=3)
+    return (float(np.mean(hits)) if hits else None), len(hits)
 
 
 verb_module(__name__)
