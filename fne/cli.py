@@ -75,7 +75,8 @@ def _cmd_fit(a) -> int:
 
     m = fit(_data(a), a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
     chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
-    print(f"{m['method']}{f' ({chose})' if chose else ''} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
+    method = f"{m['method']} ({chose})" if chose else m["method"]
+    print(f"{method} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
     print(f"wrote {a.out}/metrics.json and {a.out}/model.joblib")

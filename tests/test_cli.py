@@ -80,13 +80,6 @@ def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
             assert "default" in actions[name].help, name
 
 
-def test_a_batch_size_that_is_no_number_is_one_line(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["extract", "digits", "--batch-size", "lots"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "argument --batch-size: an integer or auto, not 'lots'" in err
-
-
 def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_store():
     from fne.linear.predict import STORE_OPTIONS
 

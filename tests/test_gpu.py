@@ -54,7 +54,7 @@ def test_cli_batch_size_auto_is_the_default_and_bad_values_are_one_line(tmp_path
 
     with pytest.raises(SystemExit):
         main(["extract", "digits", "--batch-size", "many"])
-    assert "invalid parse_batch_size value: 'many'" in capsys.readouterr().err
+    assert "argument --batch-size: an integer or auto, not 'many'" in capsys.readouterr().err
     assert main(["extract", "digits", "--batch-size", "0", "--cache", str(tmp_path),
                  "--arch", "efficientnet_lite0", "--weights", "random"]) == 2
     err = capsys.readouterr().err.strip()

@@ -197,7 +197,7 @@ def test_a_cache_that_is_a_file_is_one_clear_error(digits_folder, tmp_path, monk
     assert says in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"
 
 
-def test_model_records_a_weights_file_by_its_absolute_path(digits_split, tmp_path, monkeypatch):
+def test_model_records_a_weights_file_and_its_cache_by_absolute_paths(digits_split, tmp_path, monkeypatch):
     import joblib
 
     (tmp_path / "ckpt").mkdir()
@@ -206,13 +206,15 @@ def test_model_records_a_weights_file_by_its_absolute_path(digits_split, tmp_pat
     elsewhere.mkdir()
     monkeypatch.chdir(tmp_path)
     cache = str(tmp_path / "cache")
-    m = fit(digits_split, out=tmp_path / "run", cache=cache, arch=ARCH, weights="ckpt/model.pt", precision="fp32",
-            extract_missing=True)
-    assert m["weights"] == "ckpt/model.pt"  # metrics.json: as given
+    m = fit(digits_split, out=tmp_path / "run", cache="cache", arch=ARCH, weights="ckpt/model.pt",
+            precision="fp32", extract_missing=True)
+    assert m["weights"] == "ckpt/model.pt" and m["cache"] == "cache"  # metrics.json: as given
     saved = joblib.load(tmp_path / "run" / "model.joblib")
     assert saved["store"]["weights"] == str(tmp_path / "ckpt" / "model.pt")
-    monkeypatch.chdir(elsewhere)  # predicted from another folder: the file is found
-    assert predict(tmp_path / "run", digits_split, out=tmp_path / "p.csv", cache=cache)["n"] == 27
+    assert saved["store"]["cache"] == cache
+    monkeypatch.chdir(elsewhere)  # predicted from another folder: the file and the rows are found
+    assert predict(tmp_path / "run", digits_split, out=tmp_path / "p.csv")["n"] == 27
+    assert not (elsewhere / "cache").exists()  # nothing extracted again into a cache of its own
     # A model saved before recorded the path as given: it still loads, relative to the folder run in.
     saved["store"]["weights"] = "ckpt/model.pt"
     joblib.dump(saved, tmp_path / "run" / "model.joblib")

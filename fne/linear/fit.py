@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fne import options as opts
 from fne import verb_module
-from fne.cache.fs import check_target
+from fne.cache.fs import check_target, is_url
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
 from fne.data.splits import make_splits
@@ -243,22 +243,27 @@ def store_identity(src: Source) -> dict:
             "cache": spec.cache, "store": str(src.store.path)}
 
 
-def _weights_path(weights: str) -> str:
-    """A weights file as an absolute path, so that `fne predict` finds it from any folder; names
-    (imagenet, random, torchvision weights names) as given."""
-    if weights in ("imagenet", "random") or not Path(weights).is_file():
-        return weights
-    return str(Path(weights).absolute())
+def _located(identity: dict) -> dict:
+    """The store identity as model.joblib keeps it: a weights file and a local cache folder as
+    absolute paths, so that `fne predict` finds them from any folder; names (imagenet, random,
+    torchvision weights names) and URLs as given."""
+    weights, cache = identity["weights"], identity["cache"]
+    if weights not in ("imagenet", "random") and Path(weights).is_file():
+        weights = str(Path(weights).absolute())
+    if cache is not None and not is_url(cache):
+        cache = str(Path(cache).expanduser().absolute())
+    return {**identity, "weights": weights, "cache": cache}
 
 
 def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str) -> None:
-    """metrics.json (the weights as given) and model.joblib (a weights file's absolute path)."""
+    """metrics.json (the weights and cache as given) and model.joblib (`_located`)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     joblib.dump({
         "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
-        "store": {**store_identity(src), "weights": _weights_path(src.spec.weights)}, "views": src.store.views, "thresholds": (
+        "store": _located(store_identity(src)),
+        "views": src.store.views, "thresholds": (
             {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
             if kind == "fne" else None),
     }, out / "model.joblib")
