@@ -294,6 +294,18 @@ def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, t
     assert expected in err
 
 
+def test_training_on_one_class_is_one_clear_line(tmp_path, capsys):
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "one", per_class=6, classes=1)
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--mode frozen needs images of at least 2 classes, found 1 (0)" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------- augmentation on the device (issue 19)
 
 

@@ -117,6 +117,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         dataset = load_dataset(cfg.data)
     if dataset.labels is None or len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
+    if len(dataset.classes) < 2 and cfg.mode != "direct":  # direct trains nothing: one class is scored
+        raise DataError(f"{cfg.data}: fne train --mode {cfg.mode} needs images of at least 2 classes, "
+                        f"found {len(dataset.classes)} ({', '.join(dataset.classes)})")
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b)
