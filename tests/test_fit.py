@@ -222,7 +222,7 @@ def test_fit_on_one_class_says_a_head_needs_two_before_extracting(tmp_path, caps
     assert main(["fit", str(data), "--extract", "--out", str(tmp_path / "r"), "--cache", str(cache),
                  *CLI_FAST]) == 2
     err = capsys.readouterr().err
-    assert f"{data}: 1 class has readable images (0), of 1; a head needs at least 2 classes" in err
+    assert f"{data}: 1 class has readable images (class 0), of 1; a head needs at least 2 classes" in err
     assert "Traceback" not in err and not list_stores(cache)  # refused before any extraction
 
 
@@ -235,12 +235,12 @@ def test_fit_where_all_but_one_class_is_unreadable_says_so(tmp_path, capsys):
     assert main(["fit", str(data), "--extract", "--out", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
                  *CLI_FAST]) == 2
     err = capsys.readouterr().err
-    assert f"{data}: 1 class has readable images (0), of 3; a head needs at least 2 classes" in err
+    assert f"{data}: 1 class has readable images (class 0), of 3; a head needs at least 2 classes" in err
     assert not (tmp_path / "r").exists()
     split = write_digits(tmp_path / "s", per_class=6, classes=3, split=True)  # only the train part counts
     _unreadable(split / "train" / "0")
     _unreadable(split / "train" / "1")
-    with pytest.raises(FneError, match=r"1 class has readable images in the train split \(2\), of 3"):
+    with pytest.raises(FneError, match=r"1 class has readable images in the train split \(class 2\), of 3"):
         fit(split, out=tmp_path / "r2", cache=str(tmp_path / "c"), extract_missing=True, **STORE)
 
 

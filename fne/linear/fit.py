@@ -198,7 +198,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
     present = [dataset.classes[c] for c in np.unique(y)]
     if len(present) < 2:
         n = "1 class has" if len(present) == 1 else f"{len(present)} classes have"
-        shown = f" ({', '.join(present)})" if present else ""
+        shown = f" (class {', '.join(present)})" if present else ""
         raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
                        f"a head needs at least 2 classes")
 
