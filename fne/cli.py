@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fne {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"fne {args.command}: interrupted; committed work is kept, rerun to resume", file=sys.stderr)
+        print(f"fne {args.command}: interrupted; {_how_to_resume(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -290,6 +290,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fne {args.command}: error: the device ran out of memory ({str(e).splitlines()[0]}); "
               f"committed work is kept, rerun{smaller} to resume", file=sys.stderr)
         return 2
+
+
+def _how_to_resume(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and how to go on."""
+    if args.command != "train":  # extraction commits parts; a pipeline skips its finished steps
+        return "committed work is kept, rerun to resume"
+    from pathlib import Path
+
+    from fne.training.checkpoint import CHECKPOINT
+
+    ckpt = Path(args.out) / CHECKPOINT
+    if not ckpt.is_file():
+        return "no checkpoint was written yet (--save-every); rerun to start again"
+    return f"rerun with --resume to continue after the epoch saved in {ckpt}"
 
 
 def run() -> None:

@@ -67,8 +67,8 @@ def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
     return field(default=default, metadata={"opt": Opt(help=help, **how)})
 
 
-def parse_batch_size(s: str) -> int | str:
-    """--batch-size: an integer, or auto."""
+def int_or_auto(s: str) -> int | str:
+    """An integer, or auto (--batch-size, --save-every)."""
     try:
         return s if s == "auto" else int(s)
     except ValueError:  # argparse prints it after the flag's name
@@ -126,7 +126,7 @@ class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
     batch_size: int | str = option("auto", "images per forward pass; auto (default): 32 on a CPU, up to 256 on "
-                                           "CUDA (sized from free memory)", parse=parse_batch_size,
+                                           "CUDA (sized from free memory)", parse=int_or_auto,
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                                    bound=">= 1 or auto", kind="an integer")
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
@@ -198,8 +198,7 @@ class TrainConfig:
     """`fne train`: everything a run depends on; stored in the checkpoint as `args`. Defaults follow
     the course practice (SGD, momentum 0.9, weight decay 5e-4, lr 1e-3)."""
 
-    data: str = option(MISSING, "image folder, CSV, HDF5, folder of train.h5/test.h5, or 'digits'",
-                       cli=False, pipeline=False)
+    data: str = option(MISSING, DATA_HELP, cli=False, pipeline=False)
     mode: str = option(MISSING, "which experiment", choices=MODES, pipeline=False)
     out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt",
                       pipeline=False)
@@ -236,7 +235,11 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu or cuda[:i]")
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
                                        "core but one, at most 16, on CUDA)", **at_least(0))
-    save_every: int = option(0, "write RUN_DIR/checkpoint.pt every N epochs", **at_least(0))
+    save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
+                                           "(default): after each epoch that ends 5 minutes or more after the "
+                                           "last write, so an interrupted run loses little", parse=int_or_auto,
+                                   check=lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
+                                   bound=">= 0 or auto", kind="an integer")
     resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
                                    "(default: they keep the imported statistics)")

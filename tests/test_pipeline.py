@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from fne.pipeline import runner as P
 from fne.pipeline.runner import PipelineError, load_pipeline
@@ -237,6 +238,41 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch, fo
     assert counts["train"].calls == 1
 
 
+def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C in a training step's second epoch: the rerun takes up the step's checkpoint
+    (`--save-every auto`, here due after every epoch) and trains the second epoch only; under
+    --force the step starts anew."""
+    import fne.training.checkpoint as ck
+    import fne.training.epochs as ep
+
+    f = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2"))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    monkeypatch.setattr(ck, "AUTO_EVERY_S", 0)
+    real, calls = ep.train_one_epoch, []
+
+    def second_epoch_interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(ep, "train_one_epoch", second_epoch_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            P.run(f, out, cache, report=False, log=lambda s: None)
+    step = out / "digits" / "efficientnet_lite0-random" / "train-frozen-s0"
+    assert torch.load(step / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    with monkeypatch.context() as m:
+        resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
+        P.run(f, out, cache, report=False, log=lambda s: None)
+    assert (resumed.calls, epochs_run.calls) == (1, 1)
+    assert len(json.loads((step / "metrics.json").read_text())["history"]) == 2
+    with monkeypatch.context() as m:
+        resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
+        P.run(f, out, cache, force=True, report=False, log=lambda s: None)
+    assert (resumed.calls, epochs_run.calls) == (0, 2)
+
+
 # ------------------------------------------------------------------ shipped files
 
 
@@ -366,8 +402,8 @@ def test_train_schema_is_train_configs_options():
     from fne.pipeline.config import TRAIN_EXCLUDED, TRAIN_SCHEMA
     from fne.training.train import TrainConfig
 
-    fields = {k: str(f.type).replace(" ", "").split("|")[0] for k, f in TrainConfig.__dataclass_fields__.items()
-              if k not in TRAIN_EXCLUDED}
+    fields = {k: "|".join(t for t in str(f.type).replace(" ", "").split("|") if t != "None")
+              for k, f in TrainConfig.__dataclass_fields__.items() if k not in TRAIN_EXCLUDED}
     assert {k: t for k, (t, _) in TRAIN_SCHEMA.items() if k != "modes"} == fields
 
 

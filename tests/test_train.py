@@ -294,6 +294,39 @@ def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, t
     assert expected in err
 
 
+def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(source, tmp_path, monkeypatch,
+                                                                            capsys):
+    """`--save-every auto` (the default) writes a checkpoint after each epoch that ends 5 minutes
+    after the last one (here after every epoch); Ctrl-C then says to rerun with --resume, which
+    trains the epochs left. A short run writes none, and says so when interrupted."""
+    import fne.training.checkpoint as ck
+    import fne.training.epochs as ep
+
+    real, calls = ep.train_one_epoch, []
+
+    def second_epoch_interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) % 2 == 0:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "run"
+    args = ["train", "digits", "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "2",
+            "--image-size", "32", "--workers", "0", "--test-size", "0.9", "--no-progress", "--out", str(out)]
+    monkeypatch.setattr(ep, "train_one_epoch", second_epoch_interrupted)
+    assert main(args) == 130  # checkpoints 5 minutes apart: none in a run this short
+    assert "no checkpoint was written yet (--save-every); rerun to start again" in capsys.readouterr().err
+    monkeypatch.setattr(ck, "AUTO_EVERY_S", 0)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"rerun with --resume to continue after the epoch saved in {out / 'checkpoint.pt'}" in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    ran = []
+    monkeypatch.setattr(ep, "train_one_epoch", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
+    assert main([*args, "--resume"]) == 0 and len(ran) == 1  # only the epoch left
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+
+
 def test_training_on_one_class_is_one_clear_line(tmp_path, capsys):
     from .conftest import write_digits
 

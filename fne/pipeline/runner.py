@@ -365,8 +365,9 @@ def _write_class_map(ds: DatasetCfg, out: Path) -> str | None:
     return str(path)
 
 
-def run_step(step: Step, p: Pipeline, cache: str | None, out: Path) -> dict:
-    """Run one step into step.dir; returns its result dict."""
+def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool = True) -> dict:
+    """Run one step into step.dir; returns its result dict. `resume`: a training step goes on
+    from its own checkpoint, left by an interrupted run (not under --force)."""
     from fne.linear import fit as fit_mod
     from fne.reporting import advise as advise_mod
     from fne.training import train as train_mod
@@ -396,7 +397,8 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path) -> dict:
         kwargs["device"] = p.device
     if "workers" not in kwargs and p.workers is not None:
         kwargs["workers"] = p.workers
-    return train_mod.train(k["data"], mode, str(step.dir), **kwargs)
+    # an interrupted step goes on from its checkpoint; one of other settings starts anew
+    return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, **kwargs)
 
 
 def _summary_line(step: Step, r: dict) -> str:
@@ -541,7 +543,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
             extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
         say(f"{tag} ...")
         t = time.perf_counter()
-        result = run_step(step, p, cache, out)
+        result = run_step(step, p, cache, out, resume=not force)
         secs = time.perf_counter() - t
         step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
         ran += 1

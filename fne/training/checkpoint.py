@@ -1,4 +1,4 @@
-"""`fne train --save-every N` / `--resume`: one torchvision-references style checkpoint dict.
+"""`fne train --save-every N|auto` / `--resume`: one torchvision-references style checkpoint dict.
 
 RUN_DIR/checkpoint.pt holds model, optimizer, scheduler, scaler, epoch, rng, args (the run's
 TrainConfig), best, history and train_seconds. Every epoch reseeds all RNGs from (seed, epoch)
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from fne.errors import FneError
 
 CHECKPOINT = "checkpoint.pt"
+AUTO_EVERY_S = 300  # --save-every auto: a checkpoint after the first epoch that ends this long after the last
 # Arguments that define a run: --resume refuses a checkpoint written with other values.
 RUN_DEFINING = ("data", "mode", "arch", "weights", "weights_seed", "new_layers", "train_bn", "batch_size", "lr",
                 "imported_lr_mult", "momentum", "weight_decay", "scheduler", "image_size", "augment",
@@ -77,6 +79,25 @@ def save(path: Path, cfg, parts: dict, progress: dict) -> None:
     os.replace(tmp, path)
 
 
+def due(every: int | str, epoch: int, last_write: float) -> bool:
+    """Whether `epoch` (0-based, just ended) writes a checkpoint: every `every` epochs, or with
+    "auto" once `AUTO_EVERY_S` seconds have passed since `last_write` (`time.monotonic()`)."""
+    if every == "auto":
+        return time.monotonic() - last_write >= AUTO_EVERY_S
+    return bool(every) and (epoch + 1) % every == 0
+
+
+def resumable(path: Path, cfg) -> bool:
+    """Whether `path` holds a checkpoint of the run `cfg` describes (what `--resume` would take)."""
+    if not path.is_file():
+        return False
+    try:
+        load(path, cfg)
+    except FneError:
+        return False
+    return True
+
+
 def resume(path: Path, cfg, parts: dict) -> dict:
     """Load the checkpoint into `parts` and the RNGs; -> the run's progress."""
     ckpt = load(path, cfg)
@@ -90,7 +111,7 @@ def resume(path: Path, cfg, parts: dict) -> dict:
 def load(path: Path, cfg) -> dict:
     """The checkpoint dict, after checking that it belongs to the run `cfg` describes."""
     if not path.is_file():
-        raise FneError(f"--resume: no checkpoint {path} (a run writes one with --save-every N)")
+        raise FneError(f"--resume: no checkpoint {path} (a run writes one after an epoch: see --save-every)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -99,9 +99,11 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     mode : {"direct", "scratch", "frozen", "finetune"}
         The experiment.
     out : str or Path
-        The run folder (also holds checkpoint.pt with ``save_every``).
+        The run folder (also holds checkpoint.pt: see ``save_every``).
     **kwargs
-        The other fields of `fne.options.TrainConfig` (the options of `fne train`).
+        The other fields of `fne.options.TrainConfig` (the options of `fne train`); ``resume``
+        also takes "auto": continue from the run folder's checkpoint where it belongs to this
+        run (same settings), else start anew (what `fne run` does for its training steps).
 
     Returns
     -------
@@ -112,6 +114,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
                       **kwargs)
+    if cfg.resume == "auto":  # `fne run`: this run's own checkpoint is taken up, another one's is not
+        cfg.resume = cfg.mode != "direct" and checkpoint.resumable(Path(cfg.out) / checkpoint.CHECKPOINT, cfg)
     _check(cfg)
     if dataset is None:
         dataset = load_dataset(cfg.data)
@@ -215,10 +219,12 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     gen = torch.Generator()
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
+    last_write = time.monotonic()
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
-        if cfg.save_every and (epoch + 1) % cfg.save_every == 0:
+        if checkpoint.due(cfg.save_every, epoch, last_write):
             checkpoint.save(path, cfg, parts, run)
+            last_write = time.monotonic()
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
     return run
