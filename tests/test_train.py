@@ -327,6 +327,16 @@ def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(sou
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
 
 
+def test_train_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    args = ["train", "digits", "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(afile)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--out {afile}: is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
+
+
 def test_training_on_one_class_is_one_clear_line(tmp_path, capsys):
     from .conftest import write_digits
 

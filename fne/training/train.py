@@ -30,6 +30,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
+from fne.cache.fs import check_target
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
 from fne.devices import (
@@ -117,6 +118,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     if cfg.resume == "auto":  # `fne run`: this run's own checkpoint is taken up, another one's is not
         cfg.resume = cfg.mode != "direct" and checkpoint.resumable(Path(cfg.out) / checkpoint.CHECKPOINT, cfg)
     _check(cfg)
+    check_target(cfg.out, folder=True)  # before any work: --out must be a folder it can make
     if dataset is None:
         dataset = load_dataset(cfg.data)
     if dataset.labels is None or len(dataset) == 0:
