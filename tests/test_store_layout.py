@@ -71,14 +71,14 @@ def test_a_format1_store_is_read_then_upgraded_by_the_next_write(store):
     old = _rows(store, 3, seed=1)
     _write_format1(store, _keys(3), old)
     spec = StoreSpec(**SPEC, cache=str(store.path.parent))
-    reread = spec.open(create=False)
+    reread = spec.open()
     assert reread.meta["format"] == 1  # reading writes nothing
     got = reread.read(_keys(3), [t for t, _ in store.taps])
     assert all(np.array_equal(got[t], old[t]) for t, _ in store.taps)
     writer = spec.open()
-    assert writer.meta["format"] == 2 and json.loads((store.path / "store.json").read_text())["format"] == 2
     new = _rows(store, 2, seed=2)
     writer.commit(_keys(2, salt=1), new)
+    assert writer.meta["format"] == 2 and json.loads((store.path / "store.json").read_text())["format"] == 2
     both = Store.at(store.path).read([*_keys(3), *_keys(2, salt=1)], [store.taps[-1][0]])
     last = store.taps[-1][0]
     assert np.array_equal(both[last], np.concatenate([old[last], new[last]]))

@@ -6,7 +6,8 @@ dtype). Extraction resolves `precision="auto"` on the machine that computes. Rea
 (arch, weights fingerprint, preprocessing), the one holding most of the requested rows, then
 rows of the default PIL decoder over device-decoded ones (when `decode="auto"`), then the
 highest precision (fp32 > bf16 > fp16), then the wider storage (float32 > float16). An explicit
-precision, storage dtype or decoder pins that field. Reading never creates a store.
+precision, storage dtype or decoder pins that field. Opening a store writes nothing: its first
+write makes it.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ class StoreSpec(StoreOptions):
         return backbones.fingerprint(self.arch, self.weights, self.weights_seed, device_type,
                                      str(cache_root(self.cache)))
 
-    def open(self, create: bool = True) -> Store:
-        """The store this machine writes to: `auto` resolved here. Created if absent when
-        `create`; otherwise an absent store is returned unwritten (it holds no rows)."""
+    def open(self) -> Store:
+        """The store this machine writes to: `auto` resolved here. Nothing is written: an absent
+        store holds no rows, and its first write makes it (`Store.open`)."""
         self._check()
         b = self.backbone()
         precision = self.precision
@@ -75,8 +76,7 @@ class StoreSpec(StoreOptions):
             precision = resolve_precision(precision, resolve_device(self.device))
         dtype = DEFAULT_DTYPE if self.storage_dtype == "auto" else self.storage_dtype
         key = StoreKey(b.name, self.fingerprint(), self.prep_key(), precision, dtype)
-        return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views,
-                          create=create)
+        return Store.open(self.cache, key, [(t.name, t.channels) for t in b.taps], self.preprocess().views)
 
     def pinned(self, store: Store) -> StoreSpec:
         """This spec pinned to `store`'s precision, storage dtype and decoder."""
@@ -89,7 +89,7 @@ class StoreSpec(StoreOptions):
         (not created: reading writes nothing) when no store holds any of them."""
         self._check()
         if "auto" not in (self.precision, self.storage_dtype, self.decode):
-            return self.open(create=False)
+            return self.open()
         b = self.backbone()
         fp, prep = self.fingerprint(), self.preprocess().key
         preps = {"pil": [prep], "device": [prep + DEVICE_SUFFIX]}.get(self.decode, [prep, prep + DEVICE_SUFFIX])
@@ -101,7 +101,7 @@ class StoreSpec(StoreOptions):
         held = {id(s): sum(1 for k in s.index() if k in wanted) for s in candidates}
         candidates = [s for s in candidates if held[id(s)]]
         if not candidates:
-            return self.open(create=False)
+            return self.open()
         best = max(candidates, key=lambda s: (held[id(s)], s.meta["preprocess"] == prep,
                                               PRECISION_RANK.get(s.meta["precision"], 0),
                                               DTYPE_RANK.get(s.meta["dtype"], 0)))

@@ -132,38 +132,45 @@ class Store:
         self._index: dict[str, tuple[str, int]] | None = None
         self._layouts: dict[str, str] = {}
         self._bad: dict[str, str] | None = None
+        self._unwritten: dict | None = None  # store.json to write before the first write (see `open`)
 
     def exists(self, rel: str) -> bool:
         return self.files.exists(rel)
 
     def write_json(self, rel: str, obj) -> None:
         """Write `rel` whole (atomic rename locally, one object write on a URL store)."""
+        self._materialise()
         self.files.write_json(rel, obj)
+
+    def _materialise(self) -> None:
+        """Make the store (or upgrade a format-1 store.json) before its first write; concurrent
+        writers write the same store.json, each by an atomic rename."""
+        if self._unwritten is not None:
+            meta, self._unwritten = self._unwritten, None
+            for d in ("parts", "bad", "records"):
+                self.files.makedirs(d)
+            self.files.write_json("store.json", meta)
+            self.meta = meta
 
     def read_json(self, rel: str):
         return self.files.read_json(rel)
 
     @classmethod
-    def open(cls, root: str | Path | None, key: StoreKey, taps: list[tuple[str, int]], views: int,
-             create: bool = True) -> Store:
-        """The store of `key` under `root`. Created if absent when `create`; otherwise an absent
-        store is returned as it is (it holds no rows) and nothing is written."""
+    def open(cls, root: str | Path | None, key: StoreKey, taps: list[tuple[str, int]], views: int) -> Store:
+        """The store of `key` under `root`. Nothing is written here: an absent store holds no rows
+        and is made by its first write, so a run that fails before its first row (weights that
+        cannot be loaded, an interrupt) leaves no empty store behind."""
         meta = _meta(key, taps, views)
         store = cls(cache_root(root) / key.dirname, meta)
         if not store.exists("store.json"):
-            if not create:
-                return store
-            for d in ("parts", "bad", "records"):
-                store.files.makedirs(d)
-            store.write_json("store.json", meta)
+            store._unwritten = meta
+            return store
         found = cls.at(store.path)
         if found.meta != meta:
             if not _same_rows(found.meta, meta):
                 raise CacheError(f"{store.path}/store.json describes other rows than asked for: "
                                  f"{found.meta} vs {meta}")
-            if create:  # a format-1 store: its parts stay readable, new ones get the new layout
-                found.write_json("store.json", meta)
-                found.meta = meta
+            found._unwritten = meta  # a format-1 store: its parts stay readable, its first write upgrades it
         return found
 
     @classmethod
@@ -241,6 +248,7 @@ class Store:
         write (a full disk) removes its unfinished part, so that it frees what it took.
         """
         name = f"{time.time_ns():020d}-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}"
+        self._materialise()
         if keys:
             rows = parts.side_by_side(arrays, len(keys), self.views, self.taps, self.meta["dtype"], self.path)
             rel = self.files.part_rel(name)
