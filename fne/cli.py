@@ -21,7 +21,7 @@ def _data(a: argparse.Namespace):
         return a.data
     from fne.data.datasets import load_dataset
 
-    return load_dataset(a.data, label_key=a.label_key)
+    return load_dataset(a.data, label_key=a.label_key, cache=getattr(a, "cache", None))
 
 
 # ----------------------------------------------------------------- extract

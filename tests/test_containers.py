@@ -257,6 +257,27 @@ def _hostile_containers(tmp_path: Path) -> tuple[Path, Path, list[str], list[str
     return tar, parquet, tar_bad, pq_bad
 
 
+def test_listings_are_kept_in_the_cache_given(tmp_path, monkeypatch):
+    """--cache keeps the containers' listings (and `hf:` downloads) beside its stores, not in
+    $FNE_CACHE or the default cache, and the next command with that --cache reads no tar header."""
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    for f in write_shards(src, tmp_path / "tar", per_shard=4):
+        os.utime(f, (OLD, OLD))
+    cache = tmp_path / "c"
+    assert main(["extract", str(tmp_path / "tar"), "--cache", str(cache), "--no-progress", *CLI_FAST]) == 0
+    assert len(list((cache / "manifests" / "containers").glob("*.json"))) == 2
+    assert not (tmp_path / "fne-cache").exists()  # $FNE_CACHE (this test's) untouched
+
+    def no_read(*a, **k):
+        raise AssertionError("listed a tar again")
+
+    monkeypatch.setattr(tarfile, "open", no_read)
+    assert len(load_dataset(tmp_path / "tar", cache=cache)) == 6
+    from fne.data.parquet import hf_folder
+
+    assert hf_folder("hf:someone/digits", cache) == cache / "hf" / "someone--digits" / "default"
+
+
 def test_hostile_members_one_clean_line_each(tmp_path, capsys):
     tar, parquet, tar_bad, pq_bad = _hostile_containers(tmp_path)
     for data, bad in ((tar, tar_bad), (parquet, pq_bad)):
@@ -354,7 +375,7 @@ def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
     said = []
     run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
     assert any("flowers: hf:someone/flowers-nowhere is not here yet" in s and "hf download someone/flowers-nowhere"
-               in s for s in said)
+               in s and f"to fill {tmp_path / 'c' / 'hf'}" in s for s in said)
 
 
 @pytest.mark.parametrize("form", ["tar", "parquet"])
@@ -415,7 +436,7 @@ def test_pipeline_subset_of_parquet_data_is_a_shard_of_the_same_images(tmp_path)
     src = write_digits(tmp_path / "digits", per_class=6, classes=3, split=True)
     write_parquet(src, tmp_path / "pq")
     ds = DatasetCfg(key="d", data=str(tmp_path / "pq"), spec=str(tmp_path / "pq"), max_per_class=2)
-    sub = load_dataset(materialise(ds, tmp_path / "out"))
+    sub = load_dataset(materialise(ds, tmp_path / "out", None))
     full = load_dataset(tmp_path / "pq")
     assert len(sub) == 12 and sub.has_split and set(sub.keys()) <= set(full.keys())
     truth = dict(zip(full.keys(), zip(full.labels, full.splits)))

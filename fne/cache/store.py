@@ -28,7 +28,7 @@ from fne.cache.fs import COMMITTED, LocalFiles, Url, UrlFiles, file_in_the_way, 
 from fne.errors import CacheError
 
 __all__ = ["COMMITTED", "FORMAT", "HOST", "Store", "StoreKey", "Url", "cache_root", "default_cache",
-           "is_url", "list_stores"]
+           "is_url", "list_stores", "local_root"]
 
 FORMAT = 2  # 2: one `rows` array per part; 1 (read, and upgraded on the first write): one array per tap
 READS = (1, 2)
@@ -67,6 +67,13 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
         where = "is a file" if blocker == local else f"{blocker} is a file"
         raise CacheError(f"{given} {cache}: {where}, not a folder (the cache is a folder of stores)")
     return root
+
+
+def local_root(cache: str | Path | None = None) -> Path:
+    """The local folder for what is kept beside the stores (container listings, folder manifests,
+    `hf:` downloads): the cache root, or `default_cache()` for a URL cache."""
+    root = cache_root(cache)
+    return default_cache() if isinstance(root, Url) else root
 
 
 @dataclass(frozen=True)
@@ -114,15 +121,8 @@ def _same_rows(old: dict, new: dict) -> bool:
 
 
 class Store:
-    """A folder (or fsspec URL) of committed parts plus `store.json` (what the rows mean).
-
-    Parameters
-    ----------
-    path : str or Path
-        The store's folder, or an fsspec URL (`memory://…`, `s3://…`).
-    meta : dict
-        store.json's content.
-    """
+    """A folder or fsspec URL (`s3://…`) of committed parts plus `store.json` (what the rows
+    mean, `meta`). Made by `Store.open` (by key) or `Store.at` (an existing store's folder)."""
 
     def __init__(self, path: str | Path, meta: dict):  # noqa: D107
         self.files: LocalFiles | UrlFiles = files_at(path)
@@ -143,13 +143,12 @@ class Store:
         self.files.write_json(rel, obj)
 
     def _materialise(self) -> None:
-        """Make the store (or upgrade a format-1 store.json) before its first write; concurrent
-        writers write the same store.json, each by an atomic rename."""
+        """Before the first write: make the store (see `open`) or upgrade a format-1 store.json."""
         if self._unwritten is not None:
             meta, self._unwritten = self._unwritten, None
             for d in ("parts", "bad", "records"):
                 self.files.makedirs(d)
-            self.files.write_json("store.json", meta)
+            self.files.write_json("store.json", meta)  # concurrent writers: the same file, renamed
             self.meta = meta
 
     def read_json(self, rel: str):

@@ -72,6 +72,7 @@ class Listing:
     listed_at_ns: int = 0
     label_key: str | None = None
     dirty: bool = False
+    cache: str | None = None  # the --cache whose manifests keep this listing (not saved in it)
 
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "kind", "size", "mtime_ns", "members", "bad", "broken",
@@ -84,28 +85,25 @@ class Listing:
 
 def manifest_dir(cache: str | Path | None = None) -> Path:
     """Manifests live beside the stores; a URL cache keeps them in the user's cache folder."""
-    from fne.cache.store import Url, cache_root, default_cache
+    from fne.cache.store import local_root
 
-    root = cache_root(cache)
-    return (default_cache() if isinstance(root, Url) else root) / "manifests"
-
-
-def _index_dir() -> Path:
-    return manifest_dir(None) / "containers"
+    return local_root(cache) / "manifests"
 
 
-def _index_path(path: str, label_key: str | None) -> Path:
+def _index_path(path: str, label_key: str | None, cache: str | Path | None) -> Path:
     name = hashlib.blake2b(f"{path}\0{label_key}".encode(), digest_size=10).hexdigest()
-    return _index_dir() / f"{name}.json"
+    return manifest_dir(cache) / "containers" / f"{name}.json"
 
 
-def cached_listing(path: str, st: os.stat_result, label_key: str | None) -> Listing | None:
-    """The remembered listing of an unchanged container (same size and mtime, not racy)."""
+def cached_listing(path: str, st: os.stat_result, label_key: str | None,
+                   cache: str | Path | None = None) -> Listing | None:
+    """The remembered listing of an unchanged container (same size and mtime, not racy), from the
+    manifests of cache `cache` (see `manifest_dir`)."""
     try:
-        doc = json.loads(_index_path(path, label_key).read_text())
+        doc = json.loads(_index_path(path, label_key, cache).read_text())
         if doc.pop("format") != FORMAT or doc["path"] != path:
             return None
-        listing = Listing(**doc)
+        listing = Listing(**doc, cache=None if cache is None else str(cache))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if (listing.size, listing.mtime_ns) != (st.st_size, st.st_mtime_ns) \
@@ -118,7 +116,7 @@ def save_listing(listing: Listing) -> None:
     """Write a listing (merging keys another process added); a racy one is not kept."""
     if listing.mtime_ns > listing.listed_at_ns - RACY_NS:
         return  # modified within the clock's uncertainty of the listing: list it again next time
-    target = _index_path(listing.path, listing.label_key)
+    target = _index_path(listing.path, listing.label_key, listing.cache)
     try:
         def merge(on_disk: dict | None) -> dict:
             if on_disk and (on_disk.get("size"), on_disk.get("mtime_ns")) == (listing.size, listing.mtime_ns):

@@ -219,7 +219,7 @@ def read_image(path: str | Path) -> Image.Image:
 # ---------------------------------------------------------------- DATA forms
 
 
-def load_dataset(spec: str | Path, label_key: str | None = None) -> Dataset:
+def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Path | None = None) -> Dataset:
     """Resolve DATA: a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
     shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
     folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`.
@@ -231,6 +231,9 @@ def load_dataset(spec: str | Path, label_key: str | None = None) -> Dataset:
     label_key
         Tar shards: the member extension (`cls`, `txt`) or .json field holding the label;
         Parquet: the label column. Default: .cls, .txt, then .json's `label`; column `label`.
+    cache
+        The cache (--cache) beside whose stores containers' listings and `hf:` downloads are
+        kept (see `fne.cache.store.local_root`); default $FNE_CACHE, else the default cache.
 
     Returns
     -------
@@ -240,15 +243,15 @@ def load_dataset(spec: str | Path, label_key: str | None = None) -> Dataset:
     if spec_s == "digits":
         return _digits()
     if spec_s.startswith("hf:"):
-        return _hf(spec_s, label_key)
+        return _hf(spec_s, label_key, cache)
     path = Path(spec_s).expanduser()
     if containers.is_container_spec(spec_s):
-        return _containers(spec_s, label_key)
+        return _containers(spec_s, label_key, cache)
     if not path.exists():
         raise DataError(f"DATA {spec_s!r} does not exist (give a folder, a .csv, a .h5 file, .tar shards, "
                         f".parquet files, hf:NAME or 'digits')")
     if path.is_dir() and containers.find_containers(path):
-        return _containers(spec_s, label_key)
+        return _containers(spec_s, label_key, cache)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
@@ -478,7 +481,7 @@ def _digits() -> Dataset:
 # ---------------------------------------------------------------- tar shards, Parquet
 
 
-def _containers(spec: str, label_key: str | None = None) -> Dataset:
+def _containers(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:
     """DATA as tar shards or Parquet files: one file, a folder, a brace pattern or a glob."""
     p = Path(os.path.expanduser(spec))
     if p.is_dir():
@@ -496,32 +499,34 @@ def _containers(spec: str, label_key: str | None = None) -> Dataset:
     if len(kinds) > 1:
         raise DataError(f"DATA {spec}: mixes .tar and .parquet files; give one kind")
     name = p.stem if p.is_file() else (p.name if p.is_dir() else Path(spec).parent.name or "data")
-    return _container_dataset(name, [str(f.resolve()) for f in files], kinds.pop(), str(root.resolve()), label_key)
+    return _container_dataset(name, [str(f.resolve()) for f in files], kinds.pop(), str(root.resolve()), label_key,
+                              cache)
 
 
-def _listing(path: str, kind: str, label_key: str | None) -> containers.Listing:
+def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | None) -> containers.Listing:
     try:
         st = os.stat(path)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
-    listing = containers.cached_listing(path, st, label_key)
+    listing = containers.cached_listing(path, st, label_key, cache)
     if listing is not None:
         return listing
     listed_at = time.time_ns()
     listing = (list_tar if kind == "tar" else list_parquet)(path, st, label_key)
     listing.listed_at_ns, listing.label_key = listed_at, label_key
+    listing.cache = None if cache is None else str(cache)
     containers.save_listing(listing)
     return listing
 
 
 def _container_dataset(name: str, files: list[str], kind: str, root: str, label_key: str | None,
-                  want_split: str | None = None) -> Dataset:
+                       cache: str | Path | None) -> Dataset:
     """One Dataset over the members of `files` (in file order, then member order)."""
     listings: dict[str, containers.Listing] = {}
     ids, labels, splits, sources = [], [], [], []
     class_names = None
     for path in files:
-        listing = listings[path] = _listing(path, kind, label_key)
+        listing = listings[path] = _listing(path, kind, label_key, cache)
         rel = os.path.relpath(path, root)
         if listing.broken:
             warnings.warn(f"{rel}: {listing.broken}; its members before that are read", stacklevel=2)
@@ -530,8 +535,6 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
             split = split or file_split
-            if want_split is not None and split != want_split:
-                continue
             ids.append(f"{rel}:{mname}")
             labels.append(label)
             splits.append(split)
@@ -540,8 +543,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     if not sources:
         raise DataError(f"DATA {name}: no images in {len(files)} {kind} file(s)")
     labels = _member_labels(name, ids, labels)
-    has_split = want_split is None and all(s is not None for s in splits)
-    if want_split is None and not has_split and any(s is not None for s in splits):
+    has_split = all(s is not None for s in splits)
+    if not has_split and any(s is not None for s in splits):
         raise DataError(f"DATA {name}: some images have a split and some do not "
                         f"(e.g. {ids[splits.index(None)]}); name every shard train-* / test-*, or none")
     if has_split and not {"train", "test"} <= set(splits):
@@ -567,17 +570,17 @@ def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
     return labels
 
 
-def _hf(spec: str, label_key: str | None) -> Dataset:
+def _hf(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:
     """`hf:NAME[:CONFIG][@SPLIT]`: the Hub dataset's Parquet files (loaded once into the cache);
     with @SPLIT, that split's files only (then DATA has no predefined split)."""
-    folder, split = materialise_hf(spec)
+    folder, split = materialise_hf(spec, cache)
     files = containers.find_containers(folder)
     chosen = [f for f in files if split is None or f.name.startswith(f"{split}-")]
     if not chosen:
         have = sorted({f.name.split("-")[0] for f in files})
         raise DataError(f"DATA {spec}: no split {split!r} (this dataset has: {', '.join(have)})")
     d = _container_dataset(parse_hf(spec)[0].split("/")[-1], [str(f) for f in chosen], "parquet", str(folder),
-                           label_key)
+                           label_key, cache)
     if split is not None:
         d.splits = None
     return d

@@ -116,44 +116,43 @@ def parse_hf(spec: str) -> tuple[str, str | None, str | None]:
     return m["name"], m["config"], m["split"]
 
 
-def hf_folder(spec: str) -> Path:
-    """Where `hf:` DATA is kept as Parquet files once loaded (in the cache folder)."""
-    from fne.cache.store import Url, cache_root, default_cache
+def hf_folder(spec: str, cache: str | Path | None = None) -> Path:
+    """Where `hf:` DATA is kept as Parquet files once loaded (in the cache folder, see
+    `fne.cache.store.local_root`)."""
+    from fne.cache.store import local_root
 
     name, config, _ = parse_hf(spec)
-    root = cache_root(None)
-    root = default_cache() if isinstance(root, Url) else root
-    return root / "hf" / name.replace("/", "--") / (config or "default")
+    return local_root(cache) / "hf" / name.replace("/", "--") / (config or "default")
 
 
-def hf_download_hint(spec: str) -> str:
+def hf_download_hint(spec: str, cache: str | Path | None = None) -> str:
     name, config, _ = parse_hf(spec)
-    folder = hf_folder(spec)
+    folder = hf_folder(spec, cache)
     return (f"download it where there is a network (`hf download {name} --repo-type dataset "
             f"--local-dir DIR`{'' if config is None else f', config {config}'}) and give DIR as DATA, "
             f"or run once with a network to fill {folder}")
 
 
-def hf_available(spec: str) -> bool:
-    return (hf_folder(spec) / ".complete").is_file()
+def hf_available(spec: str, cache: str | Path | None = None) -> bool:
+    return (hf_folder(spec, cache) / ".complete").is_file()
 
 
-def materialise_hf(spec: str) -> tuple[Path, str | None]:
+def materialise_hf(spec: str, cache: str | Path | None = None) -> tuple[Path, str | None]:
     """`hf:NAME[:CONFIG][@SPLIT]` -> (the folder of its Parquet files, the split asked for),
     loading it through `datasets` the first time."""
     name, config, split = parse_hf(spec)
-    folder = hf_folder(spec)
-    if not hf_available(spec):
-        _hf_to_parquet(spec, name, config, folder)
+    folder = hf_folder(spec, cache)
+    if not hf_available(spec, cache):
+        _hf_to_parquet(spec, name, config, folder, cache)
     return folder, split
 
 
-def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path) -> None:
+def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path, cache: str | Path | None) -> None:
     try:
         import datasets
     except ImportError:
         raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install 'fne[hf]'), "
-                        f"or {hf_download_hint(spec)}") from None
+                        f"or {hf_download_hint(spec, cache)}") from None
     import logging
     import warnings
 
@@ -168,7 +167,7 @@ def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path) -> No
     except Exception as e:  # offline, unknown name, gated: one line, what to download and where
         why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         raise DataError(f"DATA {spec}: cannot load from the Hugging Face Hub ({why}); "
-                        f"{hf_download_hint(spec)}") from None
+                        f"{hf_download_hint(spec, cache)}") from None
     finally:
         for q, level in zip(quiet, levels, strict=True):
             q.setLevel(level)

@@ -123,7 +123,7 @@ def shard_status(data, n: int, **spec: object) -> dict[int, dict | None]:
     from fne.cache.spec import StoreSpec
     from fne.data.datasets import load_dataset
 
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.get("cache"))
     store = StoreSpec(**spec).open()  # reading: a store nobody wrote is not created
     fp = listing_fingerprint(dataset)
     return {i: store.read_json(marker_rel(fp, (i, n))) if store.exists(marker_rel(fp, (i, n))) else None

@@ -128,7 +128,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     """
     spec, o = opts.resolve(options, StoreSpec, ExtractOptions, given={StoreSpec: store})
     t0 = time.perf_counter()
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.cache)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
     dev = _device(spec.device, o.threads)

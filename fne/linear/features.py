@@ -55,7 +55,7 @@ class Source:
 
 def load_data(data: str | Path | Dataset, cache: str | None) -> Dataset:
     """DATA as a Dataset whose content keys come from the manifest (hashing only new files)."""
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=cache)
     return attach_keys(dataset, cache)
 
 

@@ -234,10 +234,12 @@ def expand_vars(spec: str) -> tuple[str, list[str]]:
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, spec), unset
 
 
-def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks | None = None,
+                  cache: str | None = None) -> Pipeline:
     """Parse and validate a pipeline file; raises PipelineError listing every problem.
 
     check_data=False resolves dataset paths without opening them (nor requiring them).
+    cache: --cache, over the file's `cache` (containers' listings and `hf:` DATA are kept there).
     checks: the backbone, feature and C checks of the heavy modules (fne.pipeline.runner.checks());
     None skips them (enough to read settings and published values).
     """
@@ -254,6 +256,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     top = _check_table(raw, SCHEMA[""], (), err)
     p = Pipeline(file=file, name=file.stem)
     _load_head(p, top.get("pipeline", {}), err)
+    p.cache = cache if cache is not None else p.cache
     _load_backbones(p, top.get("backbones"), "backbones" in raw, base, err, checks)
     _load_fit(p, top, err, checks)
     if "train" in top:
@@ -264,7 +267,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     for key, d in dss.items():
         ds = _load_dataset(key, d, base, err)
         if ds is not None:
-            _resolve_data(ds, base, ("datasets", key), err, check_data)
+            _resolve_data(ds, base, ("datasets", key), err, check_data, p.cache)
             p.datasets.append(ds)
     if not p.fit and not p.train:
         err.add(("fit",), "nothing to run: give a [fit] grid or [train] modes")
@@ -485,7 +488,8 @@ def _check_published(pub: dict, path: tuple, err: Errors) -> dict:
     return out
 
 
-def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_data: bool) -> None:
+def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_data: bool,
+                  cache: str | None) -> None:
     from fne.data.containers import expand
     from fne.data.datasets import load_dataset  # numpy only: no torch
     from fne.data.parquet import hf_available
@@ -495,7 +499,7 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
         ds.data = "digits"
     elif ds.spec.startswith("hf:"):
         ds.data = ds.spec
-        if not check_data or not hf_available(ds.spec):
+        if not check_data or not hf_available(ds.spec, cache):
             return  # loaded on first use; a dry run names the download it needs
     else:
         expanded, unset = expand_vars(ds.spec)
@@ -516,7 +520,7 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
     if not check_data:
         return
     try:
-        d = load_dataset(ds.data)
+        d = load_dataset(ds.data, cache=cache)
     except DataError as e:
         err.add(path_ + ("data",), str(e))
         return

@@ -79,9 +79,9 @@ class _Archs:
         return len(list(iter(self)))
 
 
-def load_pipeline(path: str | Path, *, check_data: bool = True) -> Pipeline:
+def load_pipeline(path: str | Path, *, check_data: bool = True, cache: str | None = None) -> Pipeline:
     """fne.pipeline.config.load_pipeline with every check, backbones and feature specs included."""
-    return config.load_pipeline(path, check_data=check_data, checks=checks())
+    return config.load_pipeline(path, check_data=check_data, checks=checks(), cache=cache)
 
 
 # ------------------------------------------------------------------ steps
@@ -171,7 +171,7 @@ def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str 
     try:
         if read:
             return fingerprint(load_data(data, cache).keys())
-        dataset = load_dataset(data)
+        dataset = load_dataset(data, cache=cache)
         manifest = manifest_for(dataset, cache)
         keys = known_keys(dataset, manifest) if manifest is not None else [None]
         return None if None in keys else fingerprint(keys)
@@ -293,7 +293,7 @@ def resolve_weights(b: BackboneCfg, say) -> None:
         b.resolved_weights = b.weights
 
 
-def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
+def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0) -> str:
     """max_per_class: write the seeded subset as a DATA file (HDF5 for arrays, CSV for files)."""
     if not ds.max_per_class:
         return ds.data
@@ -301,7 +301,7 @@ def materialise(ds: DatasetCfg, out: Path, seed: int = 0) -> str:
 
     from fne.data.datasets import load_dataset
 
-    d = load_dataset(ds.data)
+    d = load_dataset(ds.data, cache=cache)
     rng = np.random.default_rng(seed)
     labels = np.array(d.labels)
     groups = np.array(d.splits) if d.has_split else np.array([""] * len(d))
@@ -441,13 +441,13 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     """
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
-    p = load_pipeline(path)
+    p = load_pipeline(path, cache=cache)
     if device is not None:
         p.device = device
     if workers is not None:
         p.workers = workers
     out = Path(out or p.out or Path("runs") / slug(p.name))
-    cache = cache if cache is not None else p.cache
+    cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
@@ -456,8 +456,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         steps = plan(p, out, {}, cache, read=False)  # a dry run reads no image and writes nothing
         say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
         for d in p.datasets:
-            if d.data.startswith("hf:") and not hf_available(d.data):
-                say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data)}")
+            if d.data.startswith("hf:") and not hf_available(d.data, cache):
+                say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
         for s in steps:
             say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
         return {**result, "steps": len(steps)}
@@ -467,7 +467,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
             p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
                            f"weights, so its numbers say nothing about transfer learning")
     out.mkdir(parents=True, exist_ok=True)
-    data_for = {d.key: materialise(d, out) for d in p.datasets if not d.skipped}
+    data_for = {d.key: materialise(d, out, cache) for d in p.datasets if not d.skipped}
     for d in p.datasets:
         if d.max_per_class and not d.skipped:
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")

@@ -314,7 +314,7 @@ def advise(data, store=None, **options) -> dict:
     spec, o, fwd = resolve(options, StoreSpec, AdviseOptions, ForwardOptions, given={StoreSpec: store})
     spec.backbone()  # unknown arch: FneError before any work
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.cache)
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}
