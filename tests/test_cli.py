@@ -80,6 +80,49 @@ def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
             assert "default" in actions[name].help, name
 
 
+def _readme_commands() -> tuple[list[list[str]], list[str]]:
+    """The README's `fne` commands: whole ones from its code blocks (argv after `fne`; torchrun's
+    and srun's included), and the `fne VERB …` fragments quoted in its prose."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    whole = []
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", text, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            if not re.match(r"\s*([A-Z_]+=\S+\s+)*(srun\s+)?(fne|torchrun)\s", line):
+                continue  # Python, TOML, other tools
+            toks = shlex.split(line, comments=True)
+            while toks and (re.match(r"^[A-Z_]+=", toks[0]) or toks[0] == "srun"):
+                toks = toks[1:]
+            if "fne.cli" in toks:  # torchrun ... -m fne.cli VERB ...
+                toks = ["fne", *toks[toks.index("fne.cli") + 1:]]
+            if len(toks) > 1 and toks[0] == "fne":
+                whole.append(toks[1:])
+    return whole, re.findall(r"`fne ([a-z]+ [^`]*)`", text)
+
+
+def test_the_readmes_commands_use_options_that_exist(capsys):
+    """Every `fne` command in the README's code blocks parses; every option quoted in a
+    `fne VERB …` fragment in its prose is one of that verb's."""
+    import re
+
+    whole, fragments = _readme_commands()
+    assert len(whole) >= 15 and len(fragments) >= 25  # the README's, not an empty match
+    for argv in whole:
+        try:
+            build_parser(argv).parse_args(argv)
+        except SystemExit:
+            raise AssertionError(f"README: fne {' '.join(argv)}: {capsys.readouterr().err.strip()}") from None
+    for frag in fragments:
+        verb = frag.split()[0].rstrip(":")
+        if verb not in ("cache",) and not frag.startswith(f"{verb}:"):  # not an error message
+            offered = {s for a in _actions(verb).values() for s in a.option_strings}
+            for opt in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", frag):
+                assert opt in offered, f"README: `fne {frag}` quotes {opt}, which fne {verb} does not offer"
+
+
 def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_store():
     from fne.linear.predict import STORE_OPTIONS
 
