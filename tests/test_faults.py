@@ -281,3 +281,71 @@ def test_hdf5_grey_with_a_channel_axis_works_like_without(tmp_path):
         ds = fne.data.datasets.load_dataset(path)
         rows[name] = store.read(ds.keys(), ["head"])["head"]
     np.testing.assert_allclose(rows["flat"], rows["chan"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ 7. interrupts: Ctrl-C, SIGTERM
+class _Guard(Exception):
+    """What SIGTERM raises in this test process unless `fne` handles it itself."""
+
+
+def _guard(signum, frame):
+    raise _Guard
+
+
+def test_sigterm_stops_extraction_as_ctrl_c_does_keeping_its_rows(digits_folder, tmp_path, monkeypatch, capsys):
+    """`kill` or a scheduler's preemption: the rows computed before it are committed, one line says
+    so, and the rerun computes only the rest."""
+    import signal
+
+    from fne.extraction.taps import TapRunner
+
+    real_call, calls = TapRunner.__call__, []
+
+    def terminated_at_the_second_batch(self, x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_call(self, x)
+
+    monkeypatch.setattr(TapRunner, "__call__", terminated_at_the_second_batch)
+    cache = str(tmp_path / "c")
+    before = signal.signal(signal.SIGTERM, _guard)
+    try:
+        code = main(["extract", str(digits_folder), "--cache", cache, "--batch-size", "4", *CLI_FAST])
+        assert signal.getsignal(signal.SIGTERM) is _guard  # the CLI put back what it found
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert code == 143
+    assert err.splitlines()[-1] == ("fne extract: terminated; the rows computed so far are committed to the cache; "
+                                    "rerun the same command to compute the rest")
+    assert len(_store(cache)) == 4 and verify(_store(cache)).problems == []
+    monkeypatch.setattr(TapRunner, "__call__", real_call)
+    assert fx.extract(digits_folder, cache=cache, workers=0, progress=False, **FAST).n_computed == 20
+
+
+def test_interrupted_while_the_model_builds_the_process_ends_with_its_one_line(digits_folder, tmp_path):
+    """Ctrl-C while the model is still being built on its thread, inside torch: the process exits
+    130 after its one line, instead of aborting in the interpreter's finalisation (exit 134,
+    "terminate called without an active exception")."""
+    script = f"""
+import sys, threading, torch
+import fne.cli
+from fne.extraction import reader, taps
+started = threading.Event()
+def build(*a, **k):  # a build that is busy inside torch's C++ code when the run is interrupted
+    started.set()
+    w = torch.empty(2048, 2048)
+    while True:
+        torch.nn.init.kaiming_uniform_(w)
+def ctrl_c(self, j):
+    started.wait(60)
+    raise KeyboardInterrupt
+taps.build_tap_model, reader.ImageItems.__getitem__ = build, ctrl_c
+sys.argv = ["fne", "extract", {str(digits_folder)!r}, "--cache", {str(tmp_path / "c")!r}, *{CLI_FAST!r}]
+fne.cli.run()
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.splitlines()[-1].startswith("fne extract: interrupted; the rows computed so far are committed")
+    assert "terminate called" not in p.stderr and "Traceback" not in p.stderr

@@ -34,6 +34,7 @@ from fne.devices import (
     resolve_decode,
     resolve_device,
     tune_allocator,
+    worker_init,
 )
 from fne.errors import FneError
 from fne.extraction import reader, taps
@@ -241,7 +242,7 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
-        collate_fn=reader.collate,
+        collate_fn=reader.collate, worker_init_fn=worker_init,
         pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
