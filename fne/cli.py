@@ -8,6 +8,7 @@ exit 2; Ctrl-C (exit 130) and SIGTERM (`kill`, a batch scheduler's preemption or
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib
 import os
@@ -266,6 +267,10 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     print(f"fne: warning: {message}", file=file or sys.stderr)
 
 
+# A write the machine refused (full disk, quota, read-only filesystem, permissions): the user's to fix.
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread: the verb stops as on Ctrl-C (the extraction writer
     commits the rows it holds, a training run says where it can resume), instead of dying at once
@@ -298,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + signal.SIGPIPE
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fne {args.command}: error: {where}{e.strerror or e}; what was committed before is kept",
+              file=sys.stderr)
+        return 2
     except Exception as e:
         torch = sys.modules.get("torch")
         if torch is None or not isinstance(e, torch.OutOfMemoryError):

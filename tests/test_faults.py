@@ -100,6 +100,43 @@ def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err
 
 
+def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, warm_cache, tmp_path, monkeypatch,
+                                                               capsys):
+    """metrics.json and model.joblib are written whole or not at all; the error is one line
+    naming the file."""
+    import fne.linear.fit as fl
+
+    out = tmp_path / "run"
+    args = ["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), "--splits", "1", *CLI_FAST]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(fl.joblib, "dump", lambda obj, f: (Path(f).write_bytes(b"half"), _enospc()))
+    assert main([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"fne fit: error: {out / 'model.joblib'}: No space left on device")
+    assert "Traceback" not in err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(after) == set(before)  # no temporary file left
+    assert all(after[n] == before[n] for n in ("metrics.json", "model.joblib"))  # the earlier run, whole
+
+
+def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache, tmp_path,
+                                                                      monkeypatch, capsys, forward_images):
+    """A read-only cache still serves its rows (fne fit reads them); extracting new ones into it
+    stops before the forward pass, naming the cache."""
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    parts, real_access = _store(cache).path / "parts", os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != parts and real_access(p, mode))
+    more = write_digits(tmp_path / "more", per_class=2, classes=2)
+    assert main(["extract", str(more), "--cache", str(cache), *CLI_FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to the cache {parts.parent}" in err and "pass --cache" in err
+    assert forward_images.n == 0
+    assert main(["fit", str(digits_folder), "--out", str(tmp_path / "run"), "--cache", str(cache),
+                 "--splits", "1", *CLI_FAST]) == 0
+
+
 # ------------------------------------------------------------------ 2. damaged part
 def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, tmp_path, capsys):
     cache = tmp_path / "cache"

@@ -306,3 +306,22 @@ def test_fit_auto_says_what_it_chose(digits_folder, warm_cache, tmp_path, capsys
     line = capsys.readouterr().out.splitlines()[0]
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert line.startswith(f"auto+auto ({choice_note(m)}) on data: accuracy ")
+
+
+def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_folder, tmp_path, monkeypatch,
+                                                                        capsys):
+    """A read-only folder (or filesystem) under --out: one line before any image is read, not a
+    traceback after the work."""
+    import os
+    from pathlib import Path
+
+    ro, real_access = tmp_path / "ro", os.access
+    ro.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    cache = tmp_path / "cache"
+    for verb, out in [("fit", ro / "run"), ("export", ro / "x.h5")]:
+        assert main([verb, str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: cannot be written, {ro} is not writable" in err and "Traceback" not in err
+    assert not list_stores(cache)  # nothing extracted

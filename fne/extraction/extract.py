@@ -10,6 +10,7 @@ process reads at all.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -36,7 +37,7 @@ from fne.devices import (
     tune_allocator,
     worker_init,
 )
-from fne.errors import FneError
+from fne.errors import CacheError, FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
 from fne.options import ExtractOptions
@@ -149,6 +150,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         # A marker never hides work: the index has the last word.
         warnings.warn(f"shard marker {shards.marker_rel(fp, shard_t)} exists but {len(plan.todo)} "
                       f"images of the shard have no known row; reading them", stacklevel=2)
+    if plan.todo and store.url is None and not os.access(store.path / "parts", os.W_OK):
+        raise CacheError(f"cannot write to the cache {store.path} (not writable): pass --cache a folder "
+                         f"you can write to")  # before any image is read; its rows are still read by fit
     done = _Pass()
     if plan.todo:
         try:
