@@ -1,17 +1,20 @@
 """`fne` command line: a thin argparse layer over the Python API of the same verbs.
 
 Each verb has its own `_add_<verb>` function; user mistakes (FneError) print one line and
-exit 2, Ctrl-C exits 130 after the verb has kept what it committed.
+exit 2; Ctrl-C (exit 130) and SIGTERM (`kill`, a batch scheduler's preemption or time limit; exit
+143) stop the verb alike, after it has kept what it computed, with one line saying what was kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib
 import os
 import signal
 import sys
+import threading
 import warnings
 
 
@@ -264,6 +267,21 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     print(f"fne: warning: {message}", file=file or sys.stderr)
 
 
+# A write the machine refused (full disk, quota, read-only filesystem, permissions): the user's to fix.
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: the verb stops as on Ctrl-C (the extraction writer
+    commits the rows it holds, a training run says where it can resume), instead of dying at once
+    with its rows in memory. A second SIGTERM kills the process."""
+
+
+def _terminate(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     from fne.errors import FneError
 
@@ -271,17 +289,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line
+    in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     try:
         return int(args.func(args) or 0)
     except FneError as e:
         print(f"fne {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"fne {args.command}: interrupted; {_how_to_resume(args)}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"fne {args.command}: {how}; {_how_to_resume(args)}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + signal.SIGPIPE
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fne {args.command}: error: {where}{e.strerror or e}; what was committed before is kept",
+              file=sys.stderr)
+        return 2
     except Exception as e:
         torch = sys.modules.get("torch")
         if torch is None or not isinstance(e, torch.OutOfMemoryError):
@@ -290,12 +318,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fne {args.command}: error: the device ran out of memory ({str(e).splitlines()[0]}); "
               f"committed work is kept, rerun{smaller} to resume", file=sys.stderr)
         return 2
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, before)
+
+
+# What an interrupted verb kept, and how to go on (train: `_how_to_resume` looks at its checkpoint).
+_KEPT = {
+    "extract": "the rows computed so far are committed to the cache; rerun the same command to compute "
+               "the rest",
+    "run": "finished steps are kept; rerun the same command to skip them and go on",
+    **dict.fromkeys(("fit", "predict", "export", "advise"),
+                    "rows extracted so far are kept in the cache; rerun the same command to go on"),
+}
 
 
 def _how_to_resume(args: argparse.Namespace) -> str:
     """What an interrupted command kept, and how to go on."""
-    if args.command != "train":  # extraction commits parts; a pipeline skips its finished steps
-        return "committed work is kept, rerun to resume"
+    if args.command != "train":
+        return _KEPT.get(args.command, "rerun the same command")
     from pathlib import Path
 
     from fne.training.checkpoint import CHECKPOINT
@@ -314,8 +355,17 @@ def run() -> None:
     ends (0.4-0.5 s of every command on the 2-core development machine; benchmarks/RESULTS.md).
     Everything a verb writes is closed before it returns; Python does not promise finalizers at
     exit in any case. In a process that goes on, call `main`.
+
+    An interrupted verb (Ctrl-C, SIGTERM) ends without the interpreter's finalisation: the model's
+    build may still be running on its daemon thread inside torch (`TapRunner.prepare`), and
+    finalising under it aborts the process ("terminate called without an active exception",
+    exit 134) after the one line that said what was kept.
     """
     code = main()
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     gc.freeze()
     sys.exit(code)
 

@@ -193,6 +193,17 @@ def default_workers(device: torch.device) -> int:
     return 1
 
 
+def worker_init(worker_id: int) -> None:
+    """`worker_init_fn` of every loader fne makes: a worker ignores SIGTERM and leaves it to the
+    main process. A scheduler signals the whole job, and torch's workers would die of it; the
+    main process's loader would then raise over a worker's death while the `fne` command stops
+    in order (fne.cli), committing its rows. The main process shuts its workers down, and a
+    worker whose main process is gone ends by itself (torch's watchdog)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def resolve_decode(decode: str, device: torch.device) -> str:
     """`auto` -> "device" on CUDA where torchvision decodes on a device (`device_decoder`), "pil"
     elsewhere; others as given. (Batched nvjpeg takes a quarter of PIL's CPU; on a 16-core H200

@@ -9,6 +9,10 @@ class DataError(FneError, ValueError):
     """DATA is missing, empty or malformed."""
 
 
+class OptionError(FneError, ValueError):
+    """A verb's option has a value it does not accept (a bad choice, out of bounds)."""
+
+
 class WeightsError(FneError):
     """Weights cannot be loaded or do not fit the architecture."""
 

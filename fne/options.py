@@ -7,7 +7,7 @@ bounds, its command-line flag and whether a pipeline file may set it. From that 
 - the command line: `add_arguments` (argparse) and `from_args` (back to keywords), so the CLI
   cannot drop an option the API takes;
 - the Python API's defaults and checks: `resolve` turns a verb's keywords into these objects and
-  `check` raises one `FneError` naming the flag of a bad value;
+  `check` raises one `OptionError` (a ValueError) naming the flag of a bad value;
 - the pipeline schema (`schema`) and its value checks (`problems`), read by fne.pipeline.config.
 
 Pure Python (no torch, no scikit-learn): the CLI and the pipeline configuration import it cheaply.
@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
+import os
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
 
-from fne.errors import FneError
+from fne.errors import OptionError
 from fne.names import (
     AUGMENT_ON,
     COMPILE,
@@ -316,14 +318,41 @@ def _refused(v, o: Opt) -> str | None:
     return None
 
 
+def _of_type(v, hint) -> bool:
+    """Whether `v` is of the declared type: numpy integers count as int, a Path as str, a bool
+    is not a number."""
+    for k in [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]:
+        k = typing.get_origin(k) or k  # tuple[int, int] -> tuple
+        if k is str and isinstance(v, (str, os.PathLike)):
+            return True
+        if k in (int, float) and isinstance(v, numbers.Integral if k is int else numbers.Real):
+            return not isinstance(v, bool)
+        if k not in (str, int, float) and isinstance(v, k):
+            return True
+    return False
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
+
+
 def check(obj) -> None:
-    """Raise FneError naming the flag of the first value `obj` does not accept."""
+    """Raise TypeError naming the keyword of the first value of the wrong type (the API's
+    mistake: the command line parses its strings), then OptionError (a ValueError) naming the
+    flag of the first value `obj` does not accept."""
+    hints = _types(type(obj))
+    for f, _ in _opts(type(obj)):
+        v = getattr(obj, f.name)
+        if v is not None and not _of_type(v, hints[f.name]):
+            kinds = [typing.get_origin(a) or a for a in typing.get_args(hints[f.name]) or (hints[f.name],)
+                     if a is not type(None)]
+            want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise TypeError(f"{f.name} must be {want}, not {type(v).__name__} {v!r}")
     for f, o in _opts(type(obj)):
         v, why = getattr(obj, f.name), _refused(getattr(obj, f.name), o)
         if why == "choice":
-            raise FneError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
+            raise OptionError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
         if why == "bound":
-            raise FneError(f"bad {flag(f)} {v!r}: {flag(f)} must be {o.bound}")
+            raise OptionError(f"bad {flag(f)} {v!r}: {flag(f)} must be {o.bound}")
 
 
 def problems(cls, values: dict) -> list[tuple[str, str]]:
@@ -360,6 +389,21 @@ def not_in_pipelines(cls) -> tuple[str, ...]:
     return tuple(f.name for f, o in _opts(cls) if not o.pipeline)
 
 
+def _plain(obj):
+    """`obj` with numpy numbers as Python's and Paths as strings, as the command line gives them:
+    what metrics.json, a checkpoint's arguments and the store's records write as JSON."""
+    plain = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, os.PathLike):
+            plain[f.name] = os.fspath(v)
+        elif isinstance(v, numbers.Integral) and not isinstance(v, int):
+            plain[f.name] = int(v)
+        elif isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
+            plain[f.name] = float(v)
+    return replace(obj, **plain) if plain else obj
+
+
 def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
     """Split a verb's keywords among its option classes; -> one checked instance per class.
 
@@ -372,9 +416,11 @@ def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
     for cls in classes:
         mine = {n: left.pop(n) for n in [f.name for f in fields(cls)] if n in left}
         base = given.get(cls)
+        if base is not None and not isinstance(base, cls):
+            raise TypeError(f"expected a {cls.__name__}, not {type(base).__name__} {base!r}")
         obj = replace(base, **mine) if base is not None else cls(**mine)
         check(obj)
-        out.append(obj)
+        out.append(_plain(obj))
     if left:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")
     return out

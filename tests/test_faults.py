@@ -100,6 +100,43 @@ def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err
 
 
+def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, warm_cache, tmp_path, monkeypatch,
+                                                               capsys):
+    """metrics.json and model.joblib are written whole or not at all; the error is one line
+    naming the file."""
+    import fne.linear.fit as fl
+
+    out = tmp_path / "run"
+    args = ["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), "--splits", "1", *CLI_FAST]
+    assert main(args) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(fl.joblib, "dump", lambda obj, f: (Path(f).write_bytes(b"half"), _enospc()))
+    assert main([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"fne fit: error: {out / 'model.joblib'}: No space left on device")
+    assert "Traceback" not in err
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(after) == set(before)  # no temporary file left
+    assert all(after[n] == before[n] for n in ("metrics.json", "model.joblib"))  # the earlier run, whole
+
+
+def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache, tmp_path,
+                                                                      monkeypatch, capsys, forward_images):
+    """A read-only cache still serves its rows (fne fit reads them); extracting new ones into it
+    stops before the forward pass, naming the cache."""
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    parts, real_access = _store(cache).path / "parts", os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != parts and real_access(p, mode))
+    more = write_digits(tmp_path / "more", per_class=2, classes=2)
+    assert main(["extract", str(more), "--cache", str(cache), *CLI_FAST]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write to the cache {parts.parent}" in err and "pass --cache" in err
+    assert forward_images.n == 0
+    assert main(["fit", str(digits_folder), "--out", str(tmp_path / "run"), "--cache", str(cache),
+                 "--splits", "1", *CLI_FAST]) == 0
+
+
 # ------------------------------------------------------------------ 2. damaged part
 def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, tmp_path, capsys):
     cache = tmp_path / "cache"
@@ -281,3 +318,71 @@ def test_hdf5_grey_with_a_channel_axis_works_like_without(tmp_path):
         ds = fne.data.datasets.load_dataset(path)
         rows[name] = store.read(ds.keys(), ["head"])["head"]
     np.testing.assert_allclose(rows["flat"], rows["chan"], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ 7. interrupts: Ctrl-C, SIGTERM
+class _Guard(Exception):
+    """What SIGTERM raises in this test process unless `fne` handles it itself."""
+
+
+def _guard(signum, frame):
+    raise _Guard
+
+
+def test_sigterm_stops_extraction_as_ctrl_c_does_keeping_its_rows(digits_folder, tmp_path, monkeypatch, capsys):
+    """`kill` or a scheduler's preemption: the rows computed before it are committed, one line says
+    so, and the rerun computes only the rest."""
+    import signal
+
+    from fne.extraction.taps import TapRunner
+
+    real_call, calls = TapRunner.__call__, []
+
+    def terminated_at_the_second_batch(self, x):
+        calls.append(len(x))
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_call(self, x)
+
+    monkeypatch.setattr(TapRunner, "__call__", terminated_at_the_second_batch)
+    cache = str(tmp_path / "c")
+    before = signal.signal(signal.SIGTERM, _guard)
+    try:
+        code = main(["extract", str(digits_folder), "--cache", cache, "--batch-size", "4", *CLI_FAST])
+        assert signal.getsignal(signal.SIGTERM) is _guard  # the CLI put back what it found
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert code == 143
+    assert err.splitlines()[-1] == ("fne extract: terminated; the rows computed so far are committed to the cache; "
+                                    "rerun the same command to compute the rest")
+    assert len(_store(cache)) == 4 and verify(_store(cache)).problems == []
+    monkeypatch.setattr(TapRunner, "__call__", real_call)
+    assert fx.extract(digits_folder, cache=cache, workers=0, progress=False, **FAST).n_computed == 20
+
+
+def test_interrupted_while_the_model_builds_the_process_ends_with_its_one_line(digits_folder, tmp_path):
+    """Ctrl-C while the model is still being built on its thread, inside torch: the process exits
+    130 after its one line, instead of aborting in the interpreter's finalisation (exit 134,
+    "terminate called without an active exception")."""
+    script = f"""
+import sys, threading, torch
+import fne.cli
+from fne.extraction import reader, taps
+started = threading.Event()
+def build(*a, **k):  # a build that is busy inside torch's C++ code when the run is interrupted
+    started.set()
+    w = torch.empty(2048, 2048)
+    while True:
+        torch.nn.init.kaiming_uniform_(w)
+def ctrl_c(self, j):
+    started.wait(60)
+    raise KeyboardInterrupt
+taps.build_tap_model, reader.ImageItems.__getitem__ = build, ctrl_c
+sys.argv = ["fne", "extract", {str(digits_folder)!r}, "--cache", {str(tmp_path / "c")!r}, *{CLI_FAST!r}]
+fne.cli.run()
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 130, p.stderr
+    assert p.stderr.splitlines()[-1].startswith("fne extract: interrupted; the rows computed so far are committed")
+    assert "terminate called" not in p.stderr and "Traceback" not in p.stderr

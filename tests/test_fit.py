@@ -141,6 +141,29 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
         fit(digits_folder, out=tmp_path / "r", cache=str(warm_cache), **{**STORE, **kwargs})
 
 
+@pytest.mark.parametrize("kwargs,exc,msg", [
+    (dict(splits="3"), TypeError, "splits must be an integer, not str '3'"),
+    (dict(seed=1.5), TypeError, "seed must be an integer, not float 1.5"),
+    (dict(splits=True), TypeError, "splits must be an integer"),
+    (dict(extract_missing="no"), TypeError, "extract_missing must be True or False, not str 'no'"),
+    (dict(store={"arch": "vgg16"}), TypeError, "expected a StoreSpec, not dict"),
+    (dict(C=-1), ValueError, r"bad --C -1; must be > 0"),
+    (dict(C=float("nan")), ValueError, "must be > 0"),
+    (dict(head="tree"), ValueError, "unknown --head 'tree'"),
+])
+def test_api_keywords_of_a_wrong_type_or_value_name_the_keyword(tmp_path, kwargs, exc, msg):
+    """What a scikit-learn user expects of a Python call: a TypeError or ValueError naming the
+    keyword, raised before any data is read."""
+    with pytest.raises(exc, match=msg):
+        fit(tmp_path / "absent", out=tmp_path / "r", **kwargs)
+
+
+def test_api_takes_numpy_integers_and_paths(digits_folder, warm_cache, tmp_path):
+    m = fit(digits_folder, out=tmp_path / "r", cache=warm_cache, splits=np.int64(1), C=1, seed=np.int32(0),
+            **STORE)
+    assert m["n_splits"] == 1
+
+
 def test_export_h5(digits_folder, warm_cache, tmp_path):
     from fne.linear.embedding import FullNetworkEmbedding
 
@@ -306,3 +329,22 @@ def test_fit_auto_says_what_it_chose(digits_folder, warm_cache, tmp_path, capsys
     line = capsys.readouterr().out.splitlines()[0]
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert line.startswith(f"auto+auto ({choice_note(m)}) on data: accuracy ")
+
+
+def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_folder, tmp_path, monkeypatch,
+                                                                        capsys):
+    """A read-only folder (or filesystem) under --out: one line before any image is read, not a
+    traceback after the work."""
+    import os
+    from pathlib import Path
+
+    ro, real_access = tmp_path / "ro", os.access
+    ro.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != ro and real_access(p, mode))
+    cache = tmp_path / "cache"
+    for verb, out in [("fit", ro / "run"), ("export", ro / "x.h5")]:
+        assert main([verb, str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: cannot be written, {ro} is not writable" in err and "Traceback" not in err
+    assert not list_stores(cache)  # nothing extracted

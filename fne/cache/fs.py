@@ -48,7 +48,27 @@ def check_target(path: str | Path, folder: bool, option: str = "--out") -> Path:
         raise FneError(f"{option} {path}: is a file; give a folder (new or existing) to write into")
     if blocker is not None:
         raise FneError(f"{option} {path}: cannot be written, {blocker} is a file, not a folder")
+    # what the verb creates or replaces its files in: the nearest folder that exists
+    where = next(p for p in ((path,) if folder else ()) + (path.parent, *path.parent.parents) if p.exists())
+    if not os.access(where, os.W_OK):
+        raise FneError(f"{option} {path}: cannot be written, {where} is not writable")
     return path
+
+
+def replace_file(path: Path, write) -> None:
+    """`write(tmp)` into a temporary file beside `path`, then rename it to `path`: a full disk or an
+    interrupt leaves the file as it was, never half written. The temporary file does not outlive a
+    failure, and an error of the write names `path`."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except OSError as e:
+        if e.filename is None:  # a write's error names no file
+            e.filename = str(path)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Url(str):

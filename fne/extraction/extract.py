@@ -10,6 +10,7 @@ process reads at all.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
@@ -34,8 +35,9 @@ from fne.devices import (
     resolve_decode,
     resolve_device,
     tune_allocator,
+    worker_init,
 )
-from fne.errors import FneError
+from fne.errors import CacheError, FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
 from fne.options import ExtractOptions
@@ -148,6 +150,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         # A marker never hides work: the index has the last word.
         warnings.warn(f"shard marker {shards.marker_rel(fp, shard_t)} exists but {len(plan.todo)} "
                       f"images of the shard have no known row; reading them", stacklevel=2)
+    if plan.todo and store.url is None and not os.access(store.path / "parts", os.W_OK):
+        raise CacheError(f"cannot write to the cache {store.path} (not writable): pass --cache a folder "
+                         f"you can write to")  # before any image is read; its rows are still read by fit
     done = _Pass()
     if plan.todo:
         try:
@@ -241,7 +246,7 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
-        collate_fn=reader.collate,
+        collate_fn=reader.collate, worker_init_fn=worker_init,
         pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
 
 

@@ -92,11 +92,15 @@ class Writer(threading.Thread):
 
 
 def _explain(e: BaseException, store: Store) -> BaseException:
-    """A full disk (ENOSPC anywhere in the chain) as one clear CacheError naming the cache."""
+    """A full disk or a cache that cannot be written (ENOSPC, EROFS, ... anywhere in the chain) as
+    one clear CacheError naming the cache."""
     cause: BaseException | None = e
     while cause is not None:
-        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
             return CacheError(f"no space left on device writing to the cache {store.path}; every row "
                               f"committed so far is kept: free space (or pass --cache) and run again")
+        if isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return CacheError(f"cannot write to the cache {store.path} ({cause.strerror}); every row "
+                              f"committed so far is kept: pass --cache a folder you can write to")
         cause = cause.__cause__ or cause.__context__
     return e

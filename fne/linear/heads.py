@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
-from fne.errors import FneError
+from fne.errors import FneError, OptionError
 from fne.linear.solver import TorchHead
 from fne.names import HEADS
 
@@ -45,14 +45,12 @@ def make_head(kind: str, C: float = 1.0, seed: int = 0, n_samples: int | None = 
 
 
 def parse_C(C: str | float) -> float | str:
-    if isinstance(C, (int, float)):
-        return float(C)
-    if str(C).lower() == "auto":  # chosen by cross-validation: fne.linear.selection
+    if isinstance(C, str) and C.lower() == "auto":  # chosen by cross-validation: fne.linear.selection
         return "auto"
     try:
         value = float(C)
-    except ValueError:
-        raise FneError(f"bad --C {C!r}; give a positive number or 'auto'") from None
-    if value <= 0:
-        raise FneError(f"bad --C {C!r}; must be > 0")
+    except (TypeError, ValueError):
+        raise OptionError(f"bad --C {C!r}; give a positive number or 'auto'") from None
+    if not value > 0:  # nan too
+        raise OptionError(f"bad --C {C!r}; must be > 0")
     return value
