@@ -133,6 +133,12 @@ def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_fold
     err = capsys.readouterr().err
     assert f"cannot write to the cache {parts.parent}" in err and "pass --cache" in err
     assert forward_images.n == 0
+    empty = tmp_path / "read-only"  # a new store, in a cache folder it cannot be made in
+    empty.mkdir()
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != empty and real_access(p, mode))
+    assert main(["extract", str(more), "--cache", str(empty), *CLI_FAST]) == 2
+    assert "cannot write to the cache" in capsys.readouterr().err and forward_images.n == 0
+    assert list(empty.iterdir()) == []
     assert main(["fit", str(digits_folder), "--out", str(tmp_path / "run"), "--cache", str(cache),
                  "--splits", "1", *CLI_FAST]) == 0
 

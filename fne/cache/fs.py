@@ -48,11 +48,17 @@ def check_target(path: str | Path, folder: bool, option: str = "--out") -> Path:
         raise FneError(f"{option} {path}: is a file; give a folder (new or existing) to write into")
     if blocker is not None:
         raise FneError(f"{option} {path}: cannot be written, {blocker} is a file, not a folder")
-    # what the verb creates or replaces its files in: the nearest folder that exists
-    where = next(p for p in ((path,) if folder else ()) + (path.parent, *path.parent.parents) if p.exists())
-    if not os.access(where, os.W_OK):
+    where = unwritable(path if folder else path.parent)
+    if where is not None:
         raise FneError(f"{option} {path}: cannot be written, {where} is not writable")
     return path
+
+
+def unwritable(folder: Path) -> Path | None:
+    """The nearest existing folder at or above `folder` (where its files would be made) when it
+    cannot be written, else None."""
+    where = next(p for p in (folder, *folder.parents) if p.exists())
+    return None if os.access(where, os.W_OK) else where
 
 
 def replace_file(path: Path, write) -> None:

@@ -10,7 +10,6 @@ process reads at all.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
@@ -21,6 +20,7 @@ import torch
 
 from fne import options as opts
 from fne import verb_module
+from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
 from fne.cache.store import Store
 from fne.data import shards
@@ -150,7 +150,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         # A marker never hides work: the index has the last word.
         warnings.warn(f"shard marker {shards.marker_rel(fp, shard_t)} exists but {len(plan.todo)} "
                       f"images of the shard have no known row; reading them", stacklevel=2)
-    if plan.todo and store.url is None and not os.access(store.path / "parts", os.W_OK):
+    if plan.todo and store.url is None and unwritable(store.path / "parts") is not None:
         raise CacheError(f"cannot write to the cache {store.path} (not writable): pass --cache a folder "
                          f"you can write to")  # before any image is read; its rows are still read by fit
     done = _Pass()
