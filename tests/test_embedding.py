@@ -59,3 +59,28 @@ def test_works_in_a_sklearn_pipeline():
     pipe = make_pipeline(clone(FullNetworkEmbedding(high=0.3)), LinearSVC())
     assert pipe.fit(X, y).score(X, y) > 0.8
     assert pipe.get_params()["fullnetworkembedding__high"] == 0.3
+
+
+def test_passes_scikit_learns_estimator_checks():
+    """Input checked in every method (a 1-D array, a wrong width, NaN: sklearn's errors), the
+    feature names carried through (`set_output`), the int8 output declared in its tags."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    results = check_estimator(FullNetworkEmbedding(), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert failed == [] and sum(r["status"] == "passed" for r in results) >= 40
+
+
+def test_streamed_statistics_and_parameters_are_checked():
+    rng = np.random.default_rng(3)
+    emb = FullNetworkEmbedding().partial_fit(rng.normal(size=(10, 4)))
+    with pytest.raises(ValueError, match="4 features"):
+        emb.partial_fit(rng.normal(size=(10, 5)))
+    with pytest.raises(ValueError, match="NaN"):
+        emb.partial_fit(np.full((3, 4), np.nan))
+    with pytest.raises(ValueError, match="2D array"):
+        FullNetworkEmbedding().partial_fit(np.ones(4))
+    with pytest.raises(ValueError, match="chunk must be a positive integer"):
+        FullNetworkEmbedding(chunk=0).fit(rng.normal(size=(10, 4)))
+    names = FullNetworkEmbedding().fit(rng.normal(size=(10, 2))).get_feature_names_out(["a", "b"])
+    assert list(names) == ["a", "b"]

@@ -7,17 +7,28 @@ training-set statistics, then discretisation to {-1, 0, 1}. The baselines use sk
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.preprocessing import Normalizer
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+_FLOATS = [np.float32, np.float64, np.float16]  # kept as given; anything else becomes float64
 
-class FullNetworkEmbedding(TransformerMixin, BaseEstimator):
+
+class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Standardise each feature with training statistics, then map to {-1, 0, 1} (int8).
 
     A value above `high` becomes 1, below `low` becomes -1, anything in [low, high] becomes 0.
     Features with zero standard deviation on the training rows carry no information: 0.
+
+    Parameters
+    ----------
+    low, high : float
+        The thresholds on the standardised values (the paper's -0.25 and 0.15); low <= high.
+    chunk : int
+        Rows standardised at a time (memory stays flat in the number of rows).
     """
 
     def __init__(self, low: float = -0.25, high: float = 0.15, chunk: int = 4096):
@@ -25,10 +36,21 @@ class FullNetworkEmbedding(TransformerMixin, BaseEstimator):
         self.high = high
         self.chunk = chunk
 
-    def fit(self, X, y=None):
-        X = validate_data(self, X, dtype=[np.float32, np.float64, np.float16], reset=True)
-        if self.low > self.high:
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = []  # the output is int8 whatever the input
+        return tags
+
+    def _check_params(self) -> None:
+        if not (isinstance(self.chunk, numbers.Integral) and self.chunk >= 1):
+            raise ValueError(f"chunk must be a positive integer, got {self.chunk!r}")
+        if not self.low <= self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+
+    def fit(self, X, y=None):
+        """Learn each feature's mean and standard deviation from the rows of `X`."""
+        self._check_params()
+        X = validate_data(self, X, dtype=_FLOATS, reset=True)
         # Two passes in float64 by chunks: exact population statistics, flat memory.
         n = X.shape[0]
         total = np.zeros(X.shape[1])
@@ -44,11 +66,12 @@ class FullNetworkEmbedding(TransformerMixin, BaseEstimator):
 
     def partial_fit(self, X, y=None):
         """Accumulate statistics chunk by chunk (Chan et al.'s pairwise update), for streaming fits."""
-        X = np.asarray(X, dtype=np.float64)
+        self._check_params()
+        first = not hasattr(self, "n_samples_seen_")
+        X = validate_data(self, X, dtype=_FLOATS, reset=first).astype(np.float64, copy=False)
         n_b, mean_b = len(X), X.mean(axis=0)
         m2_b = ((X - mean_b) ** 2).sum(axis=0)
-        if not hasattr(self, "n_samples_seen_"):
-            self.n_features_in_ = X.shape[1]
+        if first:
             self.n_samples_seen_, self.mean_, self._m2 = n_b, mean_b, m2_b
         else:
             n_a, delta = self.n_samples_seen_, mean_b - self.mean_
@@ -60,18 +83,24 @@ class FullNetworkEmbedding(TransformerMixin, BaseEstimator):
         return self
 
     def standardize(self, X) -> np.ndarray:
+        """`X` standardised with the training statistics (0 where a feature did not vary)."""
         check_is_fitted(self, "mean_")
-        X = validate_data(self, X, dtype=[np.float32, np.float64, np.float16], reset=False)
+        return self._z(validate_data(self, X, dtype=_FLOATS, reset=False))
+
+    def _z(self, X: np.ndarray) -> np.ndarray:
         safe = np.where(self.std_ > 0, self.std_, 1.0)
         z = (X - self.mean_) / safe
         z[:, self.std_ == 0] = 0.0
         return z
 
     def transform(self, X) -> np.ndarray:
+        """int8 (n, features) in {-1, 0, 1}: each standardised value against `low` and `high`."""
         check_is_fitted(self, "mean_")
+        self._check_params()
+        X = validate_data(self, X, dtype=_FLOATS, reset=False)
         out = np.empty((len(X), len(self.mean_)), dtype=np.int8)
         for s in range(0, len(X), self.chunk):
-            z = self.standardize(X[s:s + self.chunk])
+            z = self._z(X[s:s + self.chunk])
             out[s:s + self.chunk] = (z > self.high).astype(np.int8) - (z < self.low).astype(np.int8)
         return out
 
