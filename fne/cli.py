@@ -167,9 +167,11 @@ def _cmd_cache_info(a) -> int:
 
 def _cmd_cache_verify(a) -> int:
     from fne.cache import upkeep
-    from fne.cache.store import Store, list_stores
+    from fne.cache.store import Store, cache_root, list_stores
 
     stores = [Store.at(a.store)] if a.store else list_stores(a.cache)
+    if not stores:
+        print(f"no stores in {cache_root(a.cache)}")
     bad = 0
     for s in stores:
         if a.clean:

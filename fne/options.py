@@ -410,6 +410,7 @@ def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
     given: class -> an instance to start from (e.g. the caller's StoreSpec); keywords override
     its fields. A keyword no class declares is a TypeError, as for any Python function.
     """
+    unexpected(kwargs, *classes)
     given = given or {}
     left = dict(kwargs)
     out = []
@@ -421,6 +422,11 @@ def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
         obj = replace(base, **mine) if base is not None else cls(**mine)
         check(obj)
         out.append(_plain(obj))
+    return out
+
+
+def unexpected(kwargs: dict, *classes) -> None:
+    """A keyword that none of `classes` declares is a TypeError, as for any Python function."""
+    left = set(kwargs) - {f.name for cls in classes for f in fields(cls)}
     if left:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")
-    return out

@@ -182,6 +182,26 @@ def test_export_h5(digits_folder, warm_cache, tmp_path):
         assert list(f.attrs["classes"]) == ["0", "1", "2", "3"]
 
 
+def test_an_interrupted_export_leaves_neither_file(digits_folder, warm_cache, tmp_path, monkeypatch):
+    import fne.linear.export as ex
+
+    def interrupted(f, dataset):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "_write_labels", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(digits_folder, features="fne", out=tmp_path / "f.h5", cache=str(warm_cache), **STORE)
+    assert list(tmp_path.iterdir()) == []  # no f.h5, no .tmp-f.h5
+
+
+def test_an_unknown_train_keyword_is_named_before_any_work(tmp_path):
+    from fne.training.train import train
+
+    with pytest.raises(TypeError, match="unexpected keyword argument.*: epoch$"):
+        train(tmp_path / "absent", "frozen", tmp_path / "run", epoch=1)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("head", ["svm", "sgd-logreg"])
 def test_fit_reads_rows_chunk_by_chunk(digits_folder, warm_cache, tmp_path, store_reads, head):
     m = fit(digits_folder, features="last", head=head, splits=2, out=tmp_path / "s",

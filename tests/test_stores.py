@@ -138,6 +138,8 @@ def test_cache_info_prints_the_root(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FNE_CACHE", raising=False)
     assert main(["cache", "info", "--cache", str(tmp_path / "c")]) == 0
     assert f"cache root: {tmp_path / 'c'}" in capsys.readouterr().out
+    assert main(["cache", "verify", "--cache", str(tmp_path / "c")]) == 0  # nothing to verify: said
+    assert capsys.readouterr().out.strip() == f"no stores in {tmp_path / 'c'}"
 
 
 def test_default_cache_outside_a_checkout_is_the_user_cache_dir(monkeypatch, tmp_path):

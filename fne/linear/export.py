@@ -13,7 +13,7 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
-from fne.cache.fs import check_target
+from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.linear.embedding import FullNetworkEmbedding
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -58,18 +58,20 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     embed = rows.fit_embedding(kind, fit_rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    with h5py.File(tmp, "w") as f:
-        _write_rows(f, rows, embed, layers, dict(store.taps), store.views, n)
-        f["embedding"].attrs["kind"] = kind
-        f["embedding"].attrs["fit_rows"] = "train split" if dataset.has_split else "all rows"
-        if isinstance(embed, FullNetworkEmbedding):
-            f["embedding"].attrs["low"], f["embedding"].attrs["high"] = embed.low, embed.high
-            f.create_dataset("embedding_mean", data=embed.mean_)
-            f.create_dataset("embedding_std", data=embed.std_)
-        _write_labels(f, dataset)
-        f.attrs.update(_attributes(src, features))
-    tmp.replace(out)
+
+    def write(tmp: Path) -> None:  # under a temporary name: an interrupted export leaves nothing
+        with h5py.File(tmp, "w") as f:
+            _write_rows(f, rows, embed, layers, dict(store.taps), store.views, n)
+            f["embedding"].attrs["kind"] = kind
+            f["embedding"].attrs["fit_rows"] = "train split" if dataset.has_split else "all rows"
+            if isinstance(embed, FullNetworkEmbedding):
+                f["embedding"].attrs["low"], f["embedding"].attrs["high"] = embed.low, embed.high
+                f.create_dataset("embedding_mean", data=embed.mean_)
+                f.create_dataset("embedding_std", data=embed.std_)
+            _write_labels(f, dataset)
+            f.attrs.update(_attributes(src, features))
+
+    replace_file(out, write)
     return {"n": n, "datasets": [f"layers/{la}" for la in layers] + ["embedding"], "out": str(out)}
 
 

@@ -30,7 +30,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_target
+from fne.cache.fs import check_target, replace_file
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
 from fne.devices import (
@@ -112,6 +112,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         What metrics.json holds: accuracy and mean class accuracy, the best epoch, timings, the
         learning rates and what was imported.
     """
+    options.unexpected(kwargs, TrainConfig)
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
                       **kwargs)
@@ -286,22 +287,26 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
     _write_predictions(out / "predictions.csv", dataset, split.classes, test["ids"], test["scores"], pred)
-    torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / "model.pt")
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    replace_file(out / "model.pt", lambda f: torch.save(weights, f))
     metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
                        direct_score=cfg.direct_score, n_excluded=split.n_excluded)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    replace_file(out / "metrics.json", lambda f: f.write_text(json.dumps(metrics, indent=2)))  # last: whole
     return metrics
 
 
 def _write_predictions(path: Path, dataset: Dataset, classes: list[str], ids: np.ndarray,
                        scores: np.ndarray, pred: np.ndarray) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "predicted", *[f"score_{c}" for c in classes], "true"])
-        for i, s, p in zip(ids, scores, pred, strict=True):
-            w.writerow([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]])
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "predicted", *[f"score_{c}" for c in classes], "true"])
+            for i, s, p in zip(ids, scores, pred, strict=True):
+                w.writerow([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]])
+
+    replace_file(path, write)
 
 
 def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
