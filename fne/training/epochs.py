@@ -91,8 +91,8 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
         items = reader.ImageItems(ctx.dataset, indices, prep, raw_jpeg=isinstance(prep, Preprocess))
     return torch.utils.data.DataLoader(
         items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
-        collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init, pin_memory=ctx.device.type == "cuda",
-        persistent_workers=keep, prefetch_factor=4 if cuda else None)
+        collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init,
+        pin_memory=ctx.device.type == "cuda", persistent_workers=keep, prefetch_factor=4 if cuda else None)
 
 
 def _batches(loader, ctx: Ctx, bar, augment=None):
