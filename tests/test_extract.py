@@ -231,7 +231,7 @@ def test_an_error_in_the_background_build_reaches_the_caller_and_commits_nothing
     cache = tmp_path / "c"
     with pytest.raises(WeightsError, match="does not fit"):
         fx.extract(digits_folder, cache=str(cache), progress=False, **FAST)
-    assert {p.name for p in cache.iterdir()} == {"manifests"}  # the listing's hashes, no store
+    assert {p.name for p in cache.iterdir()} == {"manifests", "locks"}  # no store
     code = main(["extract", str(digits_folder), "--cache", str(cache), "--no-progress", "--arch", FAST["arch"],
                  "--weights", "random", "--precision", FAST["precision"]])
     assert code == 2 and "fne extract: error: --weights w.pth: does not fit" in capsys.readouterr().err

@@ -134,6 +134,52 @@ def test_fit_extract_under_torchrun_variables_computes_every_image(digits_folder
     assert all(r["shard"] is None for r in store.records())
 
 
+HOLD = """
+import sys
+from pathlib import Path
+from fne.data.sidecar import locked
+with locked(Path(sys.argv[1]), process=True):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_a_second_extraction_of_the_same_images_waits_and_computes_nothing(tmp_path, capsys, forward_images):
+    """Two processes extracting the same DATA into one store: the second waits for the first
+    (here: the test holding the lock while it puts the first's rows and manifest in place), then
+    computes only what is missing, which is nothing."""
+    import shutil
+    import subprocess
+    import sys
+    import threading
+
+    from fne.cache.spec import StoreSpec
+    from fne.data.datasets import load_dataset
+
+    data = age(write_digits(tmp_path / "data", per_class=3, classes=2))
+    first = tmp_path / "first"
+    fx.extract(data, cache=str(first), progress=False, **FAST)
+    n_first, cache, results = forward_images.n, tmp_path / "cache", []
+    lock = fx.lock_file(StoreSpec(**FAST, cache=str(cache)).open(), load_dataset(data), None)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # the first process
+    assert holder.stdout.readline() == "held\n"
+    worker = threading.Thread(target=lambda: results.append(
+        fx.extract(data, cache=str(cache), progress=False, **FAST)))
+    worker.start()
+    for _ in range(200):  # until it says it waits
+        time.sleep(0.05)
+        if "another process is computing rows" in capsys.readouterr().err:
+            break
+    else:
+        raise AssertionError("the second extraction did not wait")
+    assert worker.is_alive() and forward_images.n == n_first == 6
+    shutil.copytree(first, cache, dirs_exist_ok=True)  # what the first process leaves
+    holder.communicate("done\n", timeout=60)  # it ends
+    worker.join(timeout=120)
+    assert results[0].n_computed == 0 and results[0].n_cached == 6 and forward_images.n == n_first
+
+
 def test_cache_info_prints_the_root(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FNE_CACHE", raising=False)
     assert main(["cache", "info", "--cache", str(tmp_path / "c")]) == 0

@@ -1,4 +1,5 @@
-"""JSON files that several processes merge into: manifests and container listings.
+"""JSON files that several processes merge into (manifests and container listings), and the
+file locks that order them (also one extraction at a time of the same images into a store).
 
 Ranks of one job (and users running two commands) save the keys they hashed into the same
 file. A save reads the file, merges its own entries and replaces the file; the read-merge-write
@@ -11,6 +12,7 @@ those files again on a later run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import uuid
@@ -24,18 +26,36 @@ except ImportError:  # pragma: no cover - Windows
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(lockfile: Path, on_wait: Callable[[], None] | None = None, process: bool = False) -> Iterator[bool]:
+    """Hold an exclusive lock on `lockfile` (made if absent) inside; -> whether another process
+    held it first (`on_wait` is called before waiting for it). The lock ends with its process, so
+    a killed holder leaves none behind. Where files cannot be locked (no `fcntl`, a read-only
+    folder, a filesystem without locks) it runs unlocked.
+
+    `process`: a POSIX record lock, which this process owns: the processes it forks (loader
+    workers) do not inherit it, as they would a `flock` (held on, in a worker that outlives an
+    error, it would stop this process's next attempt), and its own threads are not excluded."""
     if fcntl is None:
-        yield
+        yield False
         return
+    lock = fcntl.lockf if process else fcntl.flock
     try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        lockfile.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lockfile, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
-        yield
+        yield False
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        try:
+            lock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except OSError as e:  # EAGAIN or EACCES: held by another process; else: no locks here
+            waited = e.errno in (errno.EAGAIN, errno.EACCES)
+            if waited:
+                if on_wait is not None:
+                    on_wait()
+                lock(fd, fcntl.LOCK_EX)
+        yield waited
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -48,7 +68,7 @@ def merge_json(path: Path, merge: Callable[[dict | None], dict]) -> dict:
     Returns the document written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with locked(path.with_name(path.name + ".lock")):
         try:
             current = json.loads(path.read_text())
         except (OSError, ValueError):

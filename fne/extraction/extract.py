@@ -10,6 +10,8 @@ process reads at all.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import sys
 import time
 import warnings
@@ -23,7 +25,7 @@ from fne import verb_module
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
 from fne.cache.store import Store
-from fne.data import shards
+from fne.data import shards, sidecar
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
@@ -136,7 +138,6 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     dev = _device(spec.device, o.threads)
     spec = replace(spec, decode=resolve_decode(spec.decode, dev))
     store = spec.open()
-    prep = spec.preprocess()
     # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
     # rerun that finds every row stored never starts the GPU).
     batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
@@ -155,15 +156,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
                          f"you can write to")  # before any image is read; its rows are still read by fit
     done = _Pass()
     if plan.todo:
-        try:
-            compile = {"on": True, "off": False}.get(o.compile, "auto")
-            if dev.type == "cuda" and dev.index is not None:
-                torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
-            batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
-            _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
-        finally:
-            _remember(done.reads, plan, dataset)
-        _fill(result, done)
+        plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
+        if done.settings:  # computed (not all done meanwhile by another process)
+            _fill(result, done)
     _count(result, plan, store)
     if fp is not None:
         if plan.todo or not store.exists(shards.marker_rel(fp, shard_t)):
@@ -176,6 +171,49 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
                       **{k: v for k, v in result.to_dict().items() if k != "store"}})
     return result
+
+
+def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard: tuple[int, int] | None,
+             dev: torch.device, batch_size: int | None, o: ExtractOptions, done: _Pass) -> _Plan:
+    """Compute the plan's missing rows into `done`; -> the plan carried out. One process at a
+    time computes a DATA's shard into a store: another that finds it at work waits, then
+    computes only what is still missing (two `fne fit --extract` on the same images compute
+    them once). Returns at once, with the rows committed so far, on an error or an interrupt."""
+    with _one_at_a_time(store, dataset, shard) as waited:
+        if waited:
+            store.refresh()
+            plan = _plan(dataset, store, shard, spec.cache, retry_bad=False)
+        if not plan.todo:
+            return plan
+        try:
+            compile = {"on": True, "off": False}.get(o.compile, "auto")
+            if dev.type == "cuda" and dev.index is not None:
+                torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
+            prep = spec.preprocess()
+            batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
+            _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
+        finally:
+            _remember(done.reads, plan, dataset)
+    return plan
+
+
+def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> Path:
+    """The lock of (store, DATA, shard), in the cache's `locks/` folder."""
+    what = hashlib.blake2b(f"{dataset.root or dataset.name}\0{len(dataset)}\0{shard}".encode(),
+                           digest_size=8).hexdigest()
+    return store.path.parent / "locks" / f"{store.path.name}--{what}.lock"
+
+
+def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None):
+    """`lock_file`'s lock (a local cache; none at a URL), held while this process computes rows."""
+    if store.url is not None:
+        return contextlib.nullcontext(False)
+
+    def say() -> None:
+        print(f"fne extract: another process is computing rows of {dataset.name} into {store.path.name}; "
+              f"waiting for it, then computing only what it leaves", file=sys.stderr, flush=True)
+
+    return sidecar.locked(lock_file(store, dataset, shard), on_wait=say, process=True)
 
 
 def _device(device: str, threads: int | None) -> torch.device:
