@@ -194,14 +194,27 @@ def default_workers(device: torch.device) -> int:
 
 
 def worker_init(worker_id: int) -> None:
-    """`worker_init_fn` of every loader fne makes: a worker ignores SIGTERM and leaves it to the
-    main process. A scheduler signals the whole job, and torch's workers would die of it; the
-    main process's loader would then raise over a worker's death while the `fne` command stops
-    in order (fne.cli), committing its rows. The main process shuts its workers down, and a
-    worker whose main process is gone ends by itself (torch's watchdog)."""
+    """`worker_init_fn` of every loader fne makes: a worker ends on its parent's SIGTERM (the
+    loader's shutdown, multiprocessing's at exit) and leaves any other SIGTERM to the main
+    process. A scheduler signals the whole job, and torch's workers would die of it; the main
+    process's loader would then raise over a worker's death while the `fne` command stops in
+    order (fne.cli), committing its rows, then shuts its workers down. (Ignoring SIGTERM outright
+    would leave a worker that its parent cannot end, and the parent's exit would wait for it.)
+    Where the sender cannot be told (no `sigwaitinfo`: macOS), SIGTERM keeps its default."""
     import signal
+    import threading
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # this thread, and those it starts
+
+    def wait() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=wait, name="fne-sigterm", daemon=True).start()
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:

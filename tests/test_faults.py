@@ -367,6 +367,47 @@ def test_sigterm_stops_extraction_as_ctrl_c_does_keeping_its_rows(digits_folder,
     assert fx.extract(digits_folder, cache=cache, workers=0, progress=False, **FAST).n_computed == 20
 
 
+WORKER = """
+import os, sys, torch
+from fne.devices import worker_init
+
+class Pids(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10**6
+
+    def __getitem__(self, i):
+        return os.getpid()
+
+batches = iter(torch.utils.data.DataLoader(Pids(), batch_size=1, num_workers=1, worker_init_fn=worker_init))
+print(int(next(batches)), flush=True)
+sys.stdin.readline()
+print(int(next(batches)), flush=True)  # the worker lives on after another's SIGTERM
+sys.stdin.readline()
+"""  # then exits with its worker alive: multiprocessing ends the worker with SIGTERM, then waits for it
+
+
+def test_a_loader_worker_leaves_a_schedulers_sigterm_to_its_parent_and_ends_on_its_parents():
+    """A SIGTERM from another process (a scheduler's, to the whole job) leaves a loader worker
+    running for its parent to stop in order; its parent's SIGTERM (multiprocessing's at exit)
+    ends it, so the parent's exit does not wait for it forever."""
+    import signal
+    import subprocess
+
+    p = subprocess.Popen([sys.executable, "-c", WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(p.stdout.readline())
+        os.kill(worker, signal.SIGTERM)  # from this process: not the worker's parent
+        time.sleep(0.5)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert int(p.stdout.readline()) == worker
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(timeout=60) == 0
+    finally:
+        p.kill()
+
+
 def test_interrupted_while_the_model_builds_the_process_ends_with_its_one_line(digits_folder, tmp_path):
     """Ctrl-C while the model is still being built on its thread, inside torch: the process exits
     130 after its one line, instead of aborting in the interpreter's finalisation (exit 134,
