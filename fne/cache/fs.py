@@ -9,10 +9,12 @@ under its final name and committed by a small `<name>.committed` object written 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import zarr
@@ -75,6 +77,17 @@ def replace_file(path: Path, write) -> None:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[Iterable]) -> None:
+    """A CSV file of `header` then `rows`, written whole (`replace_file`)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(rows)
+
+    replace_file(path, write)
 
 
 class Url(str):

@@ -14,7 +14,6 @@ the verdict is "no clear winner".
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 from pathlib import Path
@@ -79,17 +78,11 @@ def describe(result: dict, winner: str, runner_up: str) -> str:
 # ---------------------------------------------------------- runs on disk (fne report)
 def write_predictions(path: Path, dataset, y: np.ndarray, preds) -> None:
     """predictions.csv of a fit run: split, path, true and predicted class of every test image."""
-    from fne.cache.fs import replace_file
+    from fne.cache.fs import write_csv
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["split", "path", "true", "predicted"])
-            for si, (te, pred) in enumerate(preds):
-                w.writerows((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p])
-                            for i, p in zip(te, pred))
-
-    replace_file(path, write)
+    write_csv(path, ["split", "path", "true", "predicted"],
+              ((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p])
+               for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
 
 
 def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:

@@ -259,7 +259,6 @@ def _located(identity: dict) -> dict:
 def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str) -> None:
     """model.joblib (`_located`), then metrics.json (the weights and cache as given), each written
     under a temporary name and renamed: a full disk or an interrupt never leaves half a file."""
-    out.mkdir(parents=True, exist_ok=True)
     replace_file(out / "model.joblib", lambda f: joblib.dump({
         "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],

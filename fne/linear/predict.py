@@ -8,7 +8,6 @@ head never saw, so predict refuses them instead of printing a silently wrong acc
 
 from __future__ import annotations
 
-import csv
 import warnings
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
-from fne.cache.fs import check_target, replace_file
+from fne.cache.fs import check_target, write_csv
 from fne.cache.spec import StoreSpec
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
@@ -107,15 +106,9 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     out.parent.mkdir(parents=True, exist_ok=True)
     score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "predicted", *score_cols] + (["true"] if dataset.labels else []))
-            for i in range(len(dataset)):
-                row = [dataset.ids[i], pred[i], *(f"{v:.6g}" for v in scores[i])]
-                w.writerow(row + ([dataset.labels[i]] if dataset.labels else []))
-
-    replace_file(out, write)
+    write_csv(out, ["path", "predicted", *score_cols] + (["true"] if dataset.labels else []),
+              ([dataset.ids[i], pred[i], *(f"{v:.6g}" for v in scores[i])]
+               + ([dataset.labels[i]] if dataset.labels else []) for i in range(len(dataset))))
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
     return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "out": str(out), "store": str(src.store.path)}
 

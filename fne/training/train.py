@@ -16,7 +16,6 @@ One run, in the order `train()` goes:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -30,7 +29,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_target, replace_file
+from fne.cache.fs import check_target, replace_file, write_csv
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import train_val_test
 from fne.devices import (
@@ -299,14 +298,9 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
 
 def _write_predictions(path: Path, dataset: Dataset, classes: list[str], ids: np.ndarray,
                        scores: np.ndarray, pred: np.ndarray) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "predicted", *[f"score_{c}" for c in classes], "true"])
-            for i, s, p in zip(ids, scores, pred, strict=True):
-                w.writerow([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]])
-
-    replace_file(path, write)
+    write_csv(path, ["path", "predicted", *[f"score_{c}" for c in classes], "true"],
+              ([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]]
+               for i, s, p in zip(ids, scores, pred, strict=True)))
 
 
 def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
