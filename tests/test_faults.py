@@ -102,8 +102,9 @@ def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
 
 def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, warm_cache, tmp_path, monkeypatch,
                                                                capsys):
-    """metrics.json and model.joblib are written whole or not at all; the error is one line
-    naming the file."""
+    """predictions.csv, metrics.json and model.joblib are written whole or not at all, together:
+    the earlier run stays as it was, not new predictions beside its metrics; the error is one
+    line naming the file."""
     import fne.linear.fit as fl
 
     out = tmp_path / "run"
@@ -117,7 +118,30 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     assert "Traceback" not in err
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(after) == set(before)  # no temporary file left
-    assert all(after[n] == before[n] for n in ("metrics.json", "model.joblib"))  # the earlier run, whole
+    assert after == before  # the earlier run, whole: its predictions.csv too
+
+
+def test_files_written_together_leave_no_metrics_beside_a_mixed_run(tmp_path, monkeypatch):
+    """`replace_files`: when a rename fails after some files were replaced, the folder has no
+    metrics.json (the last path), so no reader takes the mix for a whole run."""
+    from fne.cache import fs
+
+    for name in ("predictions.csv", "model.joblib", "metrics.json"):
+        (tmp_path / name).write_text("old")
+    real = Path.replace
+
+    def replace(self, target):
+        if Path(target).name == "model.joblib":
+            raise OSError(errno.EIO, "I/O error")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", replace)
+    writes = {tmp_path / n: (lambda f: f.write_text("new")) for n in ("predictions.csv", "model.joblib",
+                                                                       "metrics.json")}
+    with pytest.raises(OSError):
+        fs.replace_files(writes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.joblib", "predictions.csv"]  # no temporary
+    assert (tmp_path / "predictions.csv").read_text() == "new" and (tmp_path / "model.joblib").read_text() == "old"
 
 
 def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache, tmp_path,

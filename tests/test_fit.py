@@ -150,12 +150,13 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     (dict(C=-1), ValueError, r"bad --C -1; must be > 0"),
     (dict(C=float("nan")), ValueError, "must be > 0"),
     (dict(head="tree"), ValueError, "unknown --head 'tree'"),
+    (dict(out=None), TypeError, "out: expected a path"),
 ])
 def test_api_keywords_of_a_wrong_type_or_value_name_the_keyword(tmp_path, kwargs, exc, msg):
     """What a scikit-learn user expects of a Python call: a TypeError or ValueError naming the
     keyword, raised before any data is read."""
     with pytest.raises(exc, match=msg):
-        fit(tmp_path / "absent", out=tmp_path / "r", **kwargs)
+        fit(tmp_path / "absent", **{"out": tmp_path / "r", **kwargs})
 
 
 def test_api_takes_numpy_integers_and_paths(digits_folder, warm_cache, tmp_path):

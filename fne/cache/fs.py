@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import zarr
@@ -41,7 +41,11 @@ def file_in_the_way(path: str | Path) -> Path | None:
 
 def check_target(path: str | Path, folder: bool, option: str = "--out") -> Path:
     """`path` as a Path, or an FneError naming `option` when a verb could not write there: a
-    folder to make (`folder`) or a file to write (else), checked before any work is done."""
+    folder to make (`folder`) or a file to write (else), checked before any work is done. A
+    TypeError names the keyword when `path` is not a path (the Python API's ``out=None``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{option.lstrip('-').replace('-', '_')}: expected a path (str or os.PathLike), "
+                        f"got {type(path).__name__}")
     path = Path(path).expanduser()
     if not folder and path.is_dir():
         raise FneError(f"{option} {path}: is a folder; give the file to write")
@@ -63,31 +67,51 @@ def unwritable(folder: Path) -> Path | None:
     return None if os.access(where, os.W_OK) else where
 
 
-def replace_file(path: Path, write) -> None:
+def replace_file(path: Path, write: Callable[[Path], object]) -> None:
     """`write(tmp)` into a temporary file beside `path`, then rename it to `path`: a full disk or an
     interrupt leaves the file as it was, never half written. The temporary file does not outlive a
     failure, and an error of the write names `path`."""
-    tmp = path.with_name(f".tmp-{path.name}")
+    replace_files({path: write})
+
+
+def replace_files(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """Each ``write(tmp)`` into a temporary file beside its path; once every one is written, each
+    renamed to its path, in order. A full disk or an interrupt while writing leaves every file as
+    it was; the last path (a run's metrics.json) is removed before the renames and renamed last,
+    so a folder that holds it holds one whole run. Temporary files do not outlive a failure, and
+    an error of a write names its path."""
+    tmps = {path: path.with_name(f".tmp-{path.name}") for path in writes}
     try:
-        write(tmp)
-        tmp.replace(path)
-    except OSError as e:
-        if e.filename is None:  # a write's error names no file
-            e.filename = str(path)
-        raise
+        for path, write in writes.items():
+            try:
+                write(tmps[path])
+            except OSError as e:
+                if e.filename is None:  # a write's error names no file
+                    e.filename = str(path)
+                raise
+        if len(writes) > 1:
+            list(writes)[-1].unlink(missing_ok=True)
+        for path, tmp in tmps.items():
+            tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
 
 
-def write_csv(path: Path, header: list[str], rows: Iterable[Iterable]) -> None:
-    """A CSV file of `header` then `rows`, written whole (`replace_file`)."""
+def csv_writer(header: list[str], rows: Iterable[Iterable]) -> Callable[[Path], None]:
+    """A `replace_file` writer of a CSV file of `header` then `rows`."""
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
 
-    replace_file(path, write)
+    return write
+
+
+def write_csv(path: Path, header: list[str], rows: Iterable[Iterable]) -> None:
+    """A CSV file of `header` then `rows`, written whole (`replace_file`)."""
+    replace_file(path, csv_writer(header, rows))
 
 
 class Url(str):

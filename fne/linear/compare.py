@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +77,14 @@ def describe(result: dict, winner: str, runner_up: str) -> str:
 
 
 # ---------------------------------------------------------- runs on disk (fne report)
-def write_predictions(path: Path, dataset, y: np.ndarray, preds) -> None:
-    """predictions.csv of a fit run: split, path, true and predicted class of every test image."""
-    from fne.cache.fs import write_csv
+def predictions_writer(dataset, y: np.ndarray, preds) -> Callable[[Path], None]:
+    """The writer (`fne.cache.fs.replace_files`) of a fit run's predictions.csv: split, path,
+    true and predicted class of every test image."""
+    from fne.cache.fs import csv_writer
 
-    write_csv(path, ["split", "path", "true", "predicted"],
-              ((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p])
-               for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
+    return csv_writer(["split", "path", "true", "predicted"],
+                      ((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p])
+                       for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
 
 
 def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:

@@ -19,7 +19,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fne import options as opts
 from fne import verb_module
-from fne.cache.fs import check_target, is_url, replace_file
+from fne.cache.fs import check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
 from fne.data.splits import make_splits
@@ -181,8 +181,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     if auto:
         metrics["selection"] = selection.summary(chosen)
     out.mkdir(parents=True, exist_ok=True)
-    compare.write_predictions(out / "predictions.csv", dataset, y, preds)
-    _save(out, metrics, pipe, src, final.layers, final.kind)  # metrics.json last: the run is whole
+    _save(out, metrics, pipe, src, final.layers, final.kind, compare.predictions_writer(dataset, y, preds))
     return metrics
 
 
@@ -256,18 +255,20 @@ def _located(identity: dict) -> dict:
     return {**identity, "weights": weights, "cache": cache}
 
 
-def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str) -> None:
-    """model.joblib (`_located`), then metrics.json (the weights and cache as given), each written
-    under a temporary name and renamed: a full disk or an interrupt never leaves half a file."""
-    replace_file(out / "model.joblib", lambda f: joblib.dump({
+def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str, predictions) -> None:
+    """predictions.csv, model.joblib (`_located`) and metrics.json (the weights and cache as
+    given), written together (`replace_files`): a full disk or an interrupt leaves the earlier
+    run whole, and a folder with metrics.json holds one whole run."""
+    model = {
         "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
         "store": _located(store_identity(src)),
         "views": src.store.views, "thresholds": (
             {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
             if kind == "fne" else None),
-    }, f))
-    replace_file(out / "metrics.json", lambda f: f.write_text(json.dumps(metrics, indent=2)))
+    }
+    replace_files({out / "predictions.csv": predictions, out / "model.joblib": partial(joblib.dump, model),
+                   out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
 
 
 verb_module(__name__)
