@@ -17,6 +17,8 @@ import sys
 import threading
 import warnings
 
+import fne
+
 
 def _data(a: argparse.Namespace):
     """DATA, loaded here only when --label-key says where its labels are."""
@@ -148,6 +150,13 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
                      help="remove unfinished parts of interrupted runs (live writers' are spared) and move "
                           "damaged parts to quarantine/")
     ver.set_defaults(func=_cmd_cache_verify)
+    rm = csub.add_parser("rm", help="remove whole stores (every row of a backbone, weights, preprocessing "
+                                    "and precision) from the cache")
+    rm.add_argument("stores", nargs="+", metavar="STORE",
+                    help="a store's name as `fne cache info` lists it, or a shell pattern (quoted): 'vgg16__random*'")
+    rm.add_argument("--cache", default=None)
+    rm.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    rm.set_defaults(func=_cmd_cache_rm)
 
 
 def _cmd_cache_info(a) -> int:
@@ -189,6 +198,34 @@ def _cmd_cache_verify(a) -> int:
             print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; "
                   f"--clean removes them)")
     return 1 if bad else 0
+
+
+def _cmd_cache_rm(a) -> int:
+    from fnmatch import fnmatchcase
+
+    from fne.cache import upkeep
+    from fne.cache.fs import is_url
+    from fne.cache.store import cache_root, list_stores
+    from fne.errors import FneError
+
+    root, stores = cache_root(a.cache), list_stores(a.cache)
+    chosen = {}
+    for pattern in a.stores:
+        found = [s for s in stores if fnmatchcase(s.path.name, pattern)]
+        if not found:
+            raise FneError(f"no store in {root} is named {pattern!r} (`fne cache info` lists them)")
+        chosen.update((s.path.name, s) for s in found)
+    if not a.dry_run and not is_url(root):
+        upkeep.finish_removals(root)  # of an interrupted `fne cache rm`
+    freed = 0
+    for name, s in chosen.items():
+        rows, size = len(s), s.size_bytes()
+        if not a.dry_run:
+            upkeep.remove(s)
+        freed += size
+        print(f"{'would remove' if a.dry_run else 'removed'} {name} ({rows} rows, {size / 2**20:.1f} MiB)")
+    print(f"{'would free' if a.dry_run else 'freed'} {freed / 2**20:.1f} MiB in {root}")
+    return 0
 
 
 def _add_backbones(p: argparse.ArgumentParser) -> None:
@@ -245,7 +282,7 @@ VERBS = {
     "run": ("run a pipelines/*.toml experiment end to end", _module_verb("fne.pipeline.runner")),
     "report": ("Markdown + HTML report from run folders", _module_verb("fne.reporting.report")),
     "advise": ("which transfer-learning experiment suits DATA, and why", _module_verb("fne.reporting.advise")),
-    "cache": ("inspect the activation cache", _add_cache),
+    "cache": ("inspect, check and prune the activation cache", _add_cache),
     "backbones": ("list the backbone registry, or show one backbone's taps", _add_backbones),
 }
 
@@ -254,6 +291,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for `argv`: every verb listed, the options of the verb in argv[0] only (all
     verbs' options when argv is None)."""
     parser = argparse.ArgumentParser(prog="fne", description="transfer learning with full-network embeddings")
+    parser.add_argument("--version", action="version", version=f"fne {fne.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = argv[0] if argv else None
     for verb, (text, add) in VERBS.items():

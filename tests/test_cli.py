@@ -203,3 +203,16 @@ def test_running_out_of_device_memory_is_one_line_that_says_what_to_do(monkeypat
     monkeypatch.setattr(fx, "extract", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # other errors are not dressed up as this one
         main(["extract", "digits"])
+
+
+def test_version_is_the_packages(capsys):
+    """`fne --version` prints the version that the installed distribution declares (pyproject's
+    version is read from `fne.__version__`, one place)."""
+    from importlib.metadata import version
+
+    import fne
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fne {fne.__version__}"
+    assert version("fne-toolkit") == fne.__version__

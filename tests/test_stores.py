@@ -270,3 +270,70 @@ def test_model_records_a_weights_file_and_its_cache_by_absolute_paths(digits_spl
         predict(tmp_path / "run", digits_split, out=tmp_path / "q.csv", cache=cache)
     monkeypatch.chdir(tmp_path)
     assert predict(tmp_path / "run", digits_split, out=tmp_path / "q.csv", cache=cache)["n"] == 27
+
+
+def _two_stores(warm_cache: Path, tmp_path: Path) -> tuple[Path, str, str]:
+    """A copy of warm_cache with a second store (the first's rows under another name)."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    (first,) = [s.path.name for s in list_stores(cache)]
+    shutil.copytree(cache / first, cache / f"zz-{first}")
+    return cache, first, f"zz-{first}"
+
+
+def test_cache_rm_removes_the_stores_named_and_no_other(warm_cache, tmp_path, capsys):
+    cache, first, second = _two_stores(warm_cache, tmp_path)
+    rows = len(list_stores(cache)[0])
+    assert main(["cache", "rm", "zz-*", "--cache", str(cache), "--dry-run"]) == 0  # removes nothing
+    assert f"would remove {second} ({rows} rows" in capsys.readouterr().out
+    assert sorted(s.path.name for s in list_stores(cache)) == [first, second]
+    assert main(["cache", "rm", "zz-*", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {second} ({rows} rows" in out and f"in {cache}" in out.splitlines()[-1]
+    assert [s.path.name for s in list_stores(cache)] == [first] and not (cache / second).exists()
+    assert len(list_stores(cache)[0]) == rows  # the other store is whole
+    assert verify(list_stores(cache)[0]).ok
+
+
+def test_cache_rm_of_an_unknown_name_is_one_line_and_removes_nothing(warm_cache, tmp_path, capsys):
+    cache, first, second = _two_stores(warm_cache, tmp_path)
+    assert main(["cache", "rm", second, "vgg99*", "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"fne cache: error: no store in {cache} is named 'vgg99*' (`fne cache info` lists them)"
+    assert sorted(s.path.name for s in list_stores(cache)) == [first, second]
+
+
+def test_cache_rm_refuses_a_store_a_running_extraction_writes(warm_cache, tmp_path, capsys):
+    """A store whose lock another process holds (`fne extract` computing rows) is not removed."""
+    import subprocess
+    import sys
+
+    cache, first, _ = _two_stores(warm_cache, tmp_path)
+    lock = list_stores(cache)[0].lock_file("0123")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["cache", "rm", first, "--cache", str(cache)]) == 2
+        assert "a running extraction is writing to it" in capsys.readouterr().err
+        assert (cache / first / "store.json").exists()
+    finally:
+        holder.communicate("done\n", timeout=60)
+    assert main(["cache", "rm", first, "--cache", str(cache)]) == 0  # once it has ended
+    assert not (cache / first).exists() and not lock.exists()
+
+
+def test_an_interrupted_cache_rm_leaves_no_store_and_the_next_finishes_it(warm_cache, tmp_path, monkeypatch):
+    import fne.cache.upkeep as upkeep
+
+    cache, first, second = _two_stores(warm_cache, tmp_path)
+    monkeypatch.setattr(upkeep.shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        upkeep.remove(list_stores(cache)[1])
+    monkeypatch.undo()
+    assert [s.path.name for s in list_stores(cache)] == [first]  # the half-removed one is no store
+    assert [p.name for p in cache.glob(".removing-*")]
+    assert main(["cache", "rm", first, "--cache", str(cache)]) == 0
+    assert not list(cache.glob(".removing-*")) and not list_stores(cache)

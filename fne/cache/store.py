@@ -33,6 +33,7 @@ __all__ = ["COMMITTED", "FORMAT", "HOST", "Store", "StoreKey", "Url", "cache_roo
 FORMAT = 2  # 2: one `rows` array per part; 1 (read, and upgraded on the first write): one array per tap
 READS = (1, 2)
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the project folder when run from a checkout
+LOCKS = "locks"  # the cache's folder of lock files (`Store.lock_file`)
 HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
 
 
@@ -321,12 +322,21 @@ class Store:
     def size_bytes(self) -> int:
         return self.files.size()
 
+    def lock_file(self, what: str) -> Path:
+        """The lock file `what` of this store (one per DATA and shard, held while a process
+        computes rows: `fne.extraction.extract`), in the cache's `locks/` folder."""
+        return self.path.parent / LOCKS / f"{self.path.name}--{what}.lock"
+
+    def lock_files(self) -> list[Path]:
+        """This store's lock files that exist (none for a URL store)."""
+        return [] if self.url is not None else sorted((self.path.parent / LOCKS).glob(f"{self.path.name}--*.lock"))
+
 
 def list_stores(root: str | Path | None = None) -> list[Store]:
     """The readable stores under the cache root (see `cache_root`)."""
     files = files_at(cache_root(root))
     out = []
-    for name in sorted(n for n, is_dir in files.names("") if is_dir):
+    for name in sorted(n for n, is_dir in files.names("") if is_dir and not n.startswith(".")):
         if files.exists(f"{name}/store.json"):
             try:
                 out.append(Store.at(files.path / name))

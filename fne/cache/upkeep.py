@@ -4,13 +4,17 @@ that are gone, and move damaged parts to quarantine/ where reads never look."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from fne.cache import parts
 from fne.cache.store import HOST, Store
+from fne.data import sidecar
+from fne.errors import CacheError
 
 QUARANTINE = "quarantine"  # damaged parts are moved here: never read, never deleted
 # A part's name is <time_ns>-<pid>-<host>-<random>: an unfinished part whose writer is alive on
@@ -134,3 +138,38 @@ def quarantine(store: Store, damaged: list[str]) -> list[str]:
         store.files.move(f"parts/{name}", f"{QUARANTINE}/{name}")
     store.refresh()
     return list(damaged)
+
+
+def remove(store: Store) -> None:
+    """Delete the whole store `store` (its rows, bad-image records and lock files).
+
+    A local store is first renamed to a hidden name in its cache, so that an interrupted removal
+    leaves no half store that reads would take for whole (`list_stores` skips hidden folders, and
+    the next removal finishes it).
+
+    Raises
+    ------
+    CacheError
+        When a running extraction holds one of the store's locks; nothing is removed.
+    """
+    busy = [f for f in store.lock_files() if sidecar.held(f)]
+    if busy:
+        raise CacheError(f"{store.path.name}: a running extraction is writing to it (lock {busy[0]}); "
+                         f"remove it when that run has ended")
+    if store.url is not None:
+        store.files.remove("store.json")  # first: what is left is no store
+        store.files.remove("")
+        return
+    root = store.path.parent
+    trash = root / f".removing-{store.path.name}-{os.getpid()}"
+    os.replace(store.path, trash)
+    for f in store.lock_files():
+        f.unlink(missing_ok=True)
+    shutil.rmtree(trash)
+    store.refresh()
+
+
+def finish_removals(root: Path) -> None:
+    """Delete what interrupted removals (`remove`) left in the local cache root `root`."""
+    for left in Path(root).glob(".removing-*"):
+        shutil.rmtree(left, ignore_errors=True)

@@ -60,6 +60,25 @@ def locked(lockfile: Path, on_wait: Callable[[], None] | None = None, process: b
         os.close(fd)  # closing releases the lock
 
 
+def held(lockfile: Path) -> bool:
+    """Whether another process holds a `locked(lockfile, process=True)` lock now; False where
+    the file is absent or files cannot be locked. (A POSIX lock: this process's own locks on
+    the file end when it closes the file here, so do not ask about a lock this process holds.)"""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(lockfile, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError as e:
+        return e.errno in (errno.EAGAIN, errno.EACCES)
+    finally:
+        os.close(fd)
+
+
 def merge_json(path: Path, merge: Callable[[dict | None], dict]) -> dict:
     """Replace the JSON document at `path` with `merge(current)` under the file's lock.
 

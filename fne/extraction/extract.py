@@ -201,7 +201,7 @@ def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> 
     """The lock of (store, DATA, shard), in the cache's `locks/` folder."""
     what = hashlib.blake2b(f"{dataset.root or dataset.name}\0{len(dataset)}\0{shard}".encode(),
                            digest_size=8).hexdigest()
-    return store.path.parent / "locks" / f"{store.path.name}--{what}.lock"
+    return store.lock_file(what)
 
 
 def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None):
