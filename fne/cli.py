@@ -50,8 +50,9 @@ def _cmd_extract(a) -> int:
     named = " (each named above)" if r.n_skipped else ""
     earlier = (f", {r.n_unreadable} recorded unreadable by an earlier run (--retry-bad reads them again)"
                if r.n_unreadable else "")
+    rate = f" at {r.images_per_s:.1f} img/s" if r.n_computed else ""
     print(f"{r.n_images} images ({r.n_unique} unique): {r.n_cached} already cached, "
-          f"{r.n_computed} computed at {r.images_per_s:.1f} img/s, {r.n_skipped} skipped{named}{earlier}")
+          f"{r.n_computed} computed{rate}, {r.n_skipped} skipped{named}{earlier}")
     print(f"store: {r.store}")
     return 0
 
