@@ -159,6 +159,16 @@ def test_api_keywords_of_a_wrong_type_or_value_name_the_keyword(tmp_path, kwargs
         fit(tmp_path / "absent", **{"out": tmp_path / "r", **kwargs})
 
 
+def test_fit_shows_its_progress_split_by_split_unless_told_not_to(digits_folder, warm_cache, tmp_path, capsys):
+    """A log (stderr not a terminal) gets a line of the splits done and the accuracy so far; with
+    progress=False (`--no-progress`) nothing."""
+    m = fit(digits_folder, out=tmp_path / "r", cache=warm_cache, splits=2, **STORE)
+    err = capsys.readouterr().err
+    assert "fit fne+svm: 2/2 splits (" in err and f"accuracy={m['accuracy']:.4f})" in err
+    fit(digits_folder, out=tmp_path / "r", cache=warm_cache, splits=2, progress=False, **STORE)
+    assert "splits" not in capsys.readouterr().err
+
+
 def test_api_takes_numpy_integers_and_paths(digits_folder, warm_cache, tmp_path):
     m = fit(digits_folder, out=tmp_path / "r", cache=warm_cache, splits=np.int64(1), C=1, seed=np.int32(0),
             **STORE)

@@ -31,6 +31,7 @@ from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what p
 from fne.linear.solver import resolve_solver
 from fne.metrics import provenance, split_scores
 from fne.options import FitOptions, ForwardOptions
+from fne.progress import progress
 
 SGD_EPOCHS = 10
 
@@ -151,8 +152,9 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
                                lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
                                spec.device) if auto else None
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
+    bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
-                                                      o.seed, choose, how)
+                                                      o.seed, choose, how, bar)
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     final = _Final(rows, kind, o.head, C, o.features, layers)
     if auto:  # the saved model: the choice made most often over the splits
@@ -216,9 +218,10 @@ def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
-              choose=None, how: dict | None = None):
+              choose=None, how: dict | None = None, bar=None):
     """Fit and score every split; -> (per-split scores, C per split, summed confusion, last model,
-    (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split."""
+    (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split;
+    `bar` (`fne.progress.progress`) advances a split at a time and is closed."""
     confusion = np.zeros((k, k), dtype=np.int64)
     per_split, Cs, preds = [], [], []
     for tr, te in split_list:
@@ -231,6 +234,11 @@ def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k:
         Cs.append(c_used)
         confusion += conf
         preds.append((te, pred))
+        if bar is not None:
+            bar.set_postfix(accuracy=f"{np.mean([s['accuracy'] for s in per_split]):.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
     return per_split, Cs, confusion, pipe, preds
 
 
