@@ -141,7 +141,8 @@ def _cmd_export(a) -> int:
 
 def _add_cache(p: argparse.ArgumentParser) -> None:
     csub = p.add_subparsers(dest="cache_cmd", required=True)
-    info = csub.add_parser("info", help="list stores: key, rows, size")
+    info = csub.add_parser("info", help="list stores: key, rows, size (and how many of DATA's images each holds)")
+    info.add_argument("data", nargs="?", default=None, help="DATA whose images to look up in each store")
     info.add_argument("--cache", default=None)
     info.set_defaults(func=_cmd_cache_info)
     ver = csub.add_parser("verify", help="check stores' integrity")
@@ -163,6 +164,13 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
 def _cmd_cache_info(a) -> int:
     from fne.cache.store import cache_root, list_stores
 
+    keys = None
+    if a.data is not None:  # content keys: the manifest's, hashing only files it does not know
+        from fne.data.datasets import load_dataset
+        from fne.data.manifest import attach_keys
+
+        dataset = attach_keys(load_dataset(a.data, cache=a.cache), a.cache, skip_unreadable=True)
+        keys = set(dataset.keys())
     stores = list_stores(a.cache)
     print(f"cache root: {cache_root(a.cache)}")
     if not stores:
@@ -172,6 +180,10 @@ def _cmd_cache_info(a) -> int:
         print(f"{s.path.name}\n  arch {m['arch']}  weights {m['weights']}  preprocess {m['preprocess']}  "
               f"precision {m['precision']}  dtype {m['dtype']}\n  rows {len(s)}  bad {len(s.bad())}  "
               f"parts {len(s.parts())}  size {s.size_bytes() / 2**20:.1f} MiB")
+        if keys is not None:
+            held, bad = len(keys & s.index().keys()), len(keys & s.bad().keys())
+            print(f"  {dataset.name}: {held} of {len(keys)} distinct images cached"
+                  + (f", {bad} recorded unreadable" if bad else ""))
     return 0
 
 

@@ -337,3 +337,18 @@ def test_an_interrupted_cache_rm_leaves_no_store_and_the_next_finishes_it(warm_c
     assert [p.name for p in cache.glob(".removing-*")]
     assert main(["cache", "rm", first, "--cache", str(cache)]) == 0
     assert not list(cache.glob(".removing-*")) and not list_stores(cache)
+
+
+def test_cache_info_of_data_says_how_many_of_its_images_each_store_holds(warm_cache, digits_folder, tmp_path,
+                                                                         capsys):
+    import shutil
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    cls = sorted(p for p in data.iterdir() if p.is_dir())[0]
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(cls / "new.png")  # not in the cache
+    n = len([p for p in data.rglob("*") if p.is_file()])
+    assert main(["cache", "info", str(data), "--cache", str(warm_cache)]) == 0
+    assert f"  data: {n - 1} of {n} distinct images cached" in capsys.readouterr().out.splitlines()
