@@ -69,7 +69,7 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
     )
 
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, help="run folder for metrics.json and model.joblib")
+    p.add_argument("--out", required=True, help="run folder for metrics.json, model.joblib and predictions.csv")
     add_arguments(p, DataOptions, FitOptions, StoreOptions, ForwardOptions)
     p.set_defaults(func=_cmd_fit)
 
@@ -85,7 +85,7 @@ def _cmd_fit(a) -> int:
     print(f"{method} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
           f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
-    print(f"wrote {a.out}/metrics.json and {a.out}/model.joblib")
+    print(f"wrote metrics.json, model.joblib and predictions.csv in {a.out}")
     return 0
 
 

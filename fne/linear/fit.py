@@ -109,7 +109,8 @@ class _Final:
 
 
 def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None = None, **options) -> dict:
-    """Fit and evaluate a linear head on cached features; writes metrics.json and model.joblib.
+    """Fit and evaluate a linear head on cached features; writes metrics.json, model.joblib and
+    predictions.csv.
 
     The rows are read through the features layer: with precision / storage_dtype "auto" from
     whichever store holds them; the model records the store it read (pinned by `predict`).
