@@ -14,7 +14,7 @@ import fne.data.datasets
 import fne.devices
 import fne.extraction.extract as fx
 from fne.backbones import registry as backbones
-from fne.cache.store import list_stores
+from fne.cache.store import list_stores, lock_file
 from fne.cache.upkeep import verify
 from fne.cli import main
 from fne.errors import FneError
@@ -311,7 +311,7 @@ def test_cache_rm_refuses_a_store_a_running_extraction_writes(warm_cache, tmp_pa
     import sys
 
     cache, first, _ = _two_stores(warm_cache, tmp_path)
-    lock = list_stores(cache)[0].lock_file("0123")
+    lock = lock_file(list_stores(cache)[0], "0123")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -322,14 +322,16 @@ class Store:
     def size_bytes(self) -> int:
         return self.files.size()
 
-    def lock_file(self, what: str) -> Path:
-        """The lock file `what` of this store (one per DATA and shard, held while a process
-        computes rows: `fne.extraction.extract`), in the cache's `locks/` folder."""
-        return self.path.parent / LOCKS / f"{self.path.name}--{what}.lock"
 
-    def lock_files(self) -> list[Path]:
-        """This store's lock files that exist (none for a URL store)."""
-        return [] if self.url is not None else sorted((self.path.parent / LOCKS).glob(f"{self.path.name}--*.lock"))
+def lock_file(store: Store, what: str) -> Path:
+    """The lock file `what` of `store` (one per DATA and shard, held while a process computes
+    rows: `fne.extraction.extract`), in the cache's `locks/` folder."""
+    return store.path.parent / LOCKS / f"{store.path.name}--{what}.lock"
+
+
+def lock_files(store: Store) -> list[Path]:
+    """`store`'s lock files that exist (none for a URL store)."""
+    return [] if store.url is not None else sorted((store.path.parent / LOCKS).glob(f"{store.path.name}--*.lock"))
 
 
 def list_stores(root: str | Path | None = None) -> list[Store]:

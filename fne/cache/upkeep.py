@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.cache import parts
-from fne.cache.store import HOST, Store
+from fne.cache.store import HOST, Store, lock_files
 from fne.data import sidecar
 from fne.errors import CacheError
 
@@ -152,7 +152,7 @@ def remove(store: Store) -> None:
     CacheError
         When a running extraction holds one of the store's locks; nothing is removed.
     """
-    busy = [f for f in store.lock_files() if sidecar.held(f)]
+    busy = [f for f in lock_files(store) if sidecar.held(f)]
     if busy:
         raise CacheError(f"{store.path.name}: a running extraction is writing to it (lock {busy[0]}); "
                          f"remove it when that run has ended")
@@ -163,7 +163,7 @@ def remove(store: Store) -> None:
     root = store.path.parent
     trash = root / f".removing-{store.path.name}-{os.getpid()}"
     os.replace(store.path, trash)
-    for f in store.lock_files():
+    for f in lock_files(store):
         f.unlink(missing_ok=True)
     shutil.rmtree(trash)
     store.refresh()

@@ -25,6 +25,7 @@ from fne import verb_module
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
 from fne.cache.store import Store
+from fne.cache.store import lock_file as store_lock_file
 from fne.data import shards, sidecar
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.lanes import container_batches
@@ -201,7 +202,7 @@ def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> 
     """The lock of (store, DATA, shard), in the cache's `locks/` folder."""
     what = hashlib.blake2b(f"{dataset.root or dataset.name}\0{len(dataset)}\0{shard}".encode(),
                            digest_size=8).hexdigest()
-    return store.lock_file(what)
+    return store_lock_file(store, what)
 
 
 def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None):
