@@ -282,6 +282,9 @@ def tabulate(collected: dict) -> list[dict]:
         for r in rows:
             r["published"] = pub_vals.get(r["method"])
         winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
+        test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
+            rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
+        verdict = winner_verdict(rows, test)
         names = {str(r["metrics"].get("dataset")) for rs in groups[key].values() for r in rs}
         advice = [a for a in collected["advice"]
                   if a.get("dataset_key") == key or (not a.get("dataset_key") and a.get("dataset") in names)]
@@ -293,9 +296,9 @@ def tabulate(collected: dict) -> list[dict]:
                           "only": {k: v for k, v in pub_vals.items() if k not in measured},
                           "values": pub_vals},
             "winner": winner,
-            "winner_test": compare.winner_vs_runner_up(  # paired test on shared splits, or None
-                rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs}),
-            "advice": [_advice_check(a, winner) for a in advice],
+            "winner_test": test,
+            "verdict": verdict,
+            "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
             "multi_backbone": _multi_backbone(rows),
         })
     return out
@@ -308,13 +311,41 @@ def _multi_backbone(rows: list[dict]) -> bool:
     return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
 
 
-def _advice_check(a: dict, winner: dict | None) -> dict:
+def winner_verdict(rows: list[dict], test: str | None) -> dict:
+    """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
+    to compare), "tie" (equal accuracy), "unclear" (the paired test, or without one the spread
+    across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
+    test applies and the lead exceeds the spread)."""
+    ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
+    if not ranked:
+        return {"kind": "none", "text": ""}
+    w = ranked[0]
+    if len(ranked) == 1:
+        return {"kind": "single", "text": f"only one method was measured ({w['method']}): nothing to compare it with"}
+    tied = [r["method"] for r in ranked if abs(r["accuracy"] - w["accuracy"]) < 1e-9]
+    if len(tied) > 1:
+        return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
+    if test is not None:
+        return {"kind": "unclear" if test.startswith("no clear winner") else "clear", "text": test}
+    second, lead = ranked[1], 100 * (w["accuracy"] - ranked[1]["accuracy"])
+    spread = max((100 * r["accuracy_std"] for r in (w, second)
+                  if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
+    if spread is not None and lead <= spread:
+        return {"kind": "unclear", "text": f"no clear winner: {w['method']} leads {second['method']} by "
+                                           f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
+                                           f"no paired test applies (the runs were not scored on the same splits)"}
+    return {"kind": "untested", "text": f"{w['method']} leads {second['method']} by {lead:.1f} points; no paired "
+                                        f"test applies (the runs were not scored on the same splits)"}
+
+
+def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:
     a = {k: v for k, v in a.items() if not k.startswith("_")}
     if winner is not None:
         fam = method_family(winner["method"])
         a["winner"] = winner["method"]
         a["winner_family"] = fam
         a["matched"] = fam in (a.get("families") or [])
+        a["verdict"] = verdict  # single / tie / unclear: the measurements do not test the advice
     return a
 
 
