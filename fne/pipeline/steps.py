@@ -119,8 +119,8 @@ def known_keys(data: str, cache: str | None, read: bool = True, partial: bool = 
     """DATA's content keys (from the data root's manifest: an unchanged folder is only stat'ed);
     None where DATA cannot be read (a dry run without its data).
 
-    read=False (a dry run) reads no image and writes nothing: the keys come from the manifest
-    alone, and are None unless the manifest knows every file as it is now (`partial`: a list
+    read=False (a dry run) reads no image file and writes nothing: the keys come from the manifest
+    alone (arrays, which have none, are hashed), and are None unless the manifest knows every file as it is now (`partial`: a list
     with None for each file it does not know)."""
     from fne.data.datasets import load_dataset
     from fne.data.manifest import known_keys as manifest_keys
@@ -132,6 +132,8 @@ def known_keys(data: str, cache: str | None, read: bool = True, partial: bool = 
         if read:
             return load_data(data, cache).keys()
         dataset = load_dataset(data, cache=cache)
+        if dataset.array_source is not None:  # arrays in one file (HDF5, digits): hashed, no image decoded
+            return dataset.keys()
         manifest = manifest_for(dataset, cache)
         keys = manifest_keys(dataset, manifest) if manifest is not None else [None]
         if partial and manifest is None:
