@@ -547,3 +547,28 @@ def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):
     lines = []
     P.run(f, out, cache, dry_run=True, log=lines.append)
     assert lines[-1] == "0 step(s) to run, 3 done", lines
+
+
+def test_an_interrupted_step_says_so_in_the_dry_run_and_the_run(tmp_path, monkeypatch):
+    import fne.linear.fit
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fne.linear.fit, "fit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        P.run(f, out, cache, report=False, log=lambda s: None)
+    monkeypatch.undo()
+    lines: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=lines.append)
+    assert lines[-2].endswith("fit last+svm seed 0 (solver sklearn)  ->  "
+                              f"{out}/digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0  (to run: did not finish "
+                              "last time)"), lines
+    assert "all 40 images cached" in lines[1]  # the extraction before the fit was committed
+    said: list[str] = []
+    P.run(f, out, cache, report=False, log=said.append)
+    assert any(s.endswith("... (did not finish last time)") for s in said)

@@ -368,3 +368,15 @@ def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
     ds, md, _ = _verdict_report(tmp_path / "far", far)
     assert ds["verdict"]["kind"] == "untested" and "Measured winner: **fne+svm**" in md
     assert "no paired test applies" in md
+
+
+def test_equal_accuracies_are_equally_best(tmp_path):
+    """Means equal but for float rounding are a tie, and both are marked best."""
+    ds, md, _ = _verdict_report(tmp_path, {
+        "a": fake_metrics("fne+svm", 0.1 + 0.2 + 0.3, 0.01, 0.5, 0.01),
+        "b": fake_metrics("last+svm", 0.6, 0.01, 0.5, 0.01),
+        "c": fake_metrics("fc7+svm", 0.5, 0.01, 0.5, 0.01)})
+    rows = md_rows(md, "pets")
+    assert rows["fne+svm"][0].startswith("**") and rows["last+svm"][0].startswith("**")
+    assert not rows["fc7+svm"][0].startswith("**")
+    assert ds["verdict"]["kind"] == "tie"

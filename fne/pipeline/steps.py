@@ -81,7 +81,7 @@ class Step:
         settings' hash and the result's own hash; otherwise the reason in a few words."""
         rf, sf = self.result_file, self.dir / "step.json"
         if not sf.is_file():
-            return False, ("interrupted before it finished" if rf.is_file() else "new")
+            return False, ("did not finish last time" if self.dir.is_dir() else "new")
         try:
             s = json.loads(sf.read_text())
         except (OSError, ValueError):

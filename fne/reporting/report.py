@@ -41,6 +41,7 @@ from fne.reporting.render import cells, label, pub_str, render_html, render_md
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
 COLUMNS = ("accuracy", "mean_class_accuracy", "seconds", "extract_seconds")
+SAME = 1e-9  # two values this close are the same (a mean over splits summed in another order)
 
 
 # ------------------------------------------------------------------ collecting
@@ -270,10 +271,10 @@ def tabulate(collected: dict) -> list[dict]:
         best = {}
         for col in COLUMNS:
             vals = [r[col] for r in rows if r.get(col) is not None and not r["partial"]]
-            if len(set(vals)) > 1:  # a column where every value is the same has no best
+            if vals and max(vals) - min(vals) > SAME:  # a column where every value is the same has no best
                 best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
-        for r in rows:
-            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and r[c] == best[c]
+        for r in rows:  # values equal but for float rounding (means over splits) are equally best
+            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and abs(r[c] - best[c]) <= SAME
                          and not r["partial"]]
         pub = published.get(key) or {}
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
@@ -322,7 +323,7 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
     w = ranked[0]
     if len(ranked) == 1:
         return {"kind": "single", "text": f"only one method was measured ({w['method']}): nothing to compare it with"}
-    tied = [r["method"] for r in ranked if abs(r["accuracy"] - w["accuracy"]) < 1e-9]
+    tied = [r["method"] for r in ranked if abs(r["accuracy"] - w["accuracy"]) <= SAME]
     if len(tied) > 1:
         return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
     if test is not None:
