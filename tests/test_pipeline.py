@@ -572,3 +572,39 @@ def test_an_interrupted_step_says_so_in_the_dry_run_and_the_run(tmp_path, monkey
     said: list[str] = []
     P.run(f, out, cache, report=False, log=said.append)
     assert any(s.endswith("... (did not finish last time)") for s in said)
+
+
+def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_path, monkeypatch):
+    """One step fails: the others still run, the report says which failed (and never shows that
+    step's result of older settings), the run ends in an error naming it, and a rerun runs it alone."""
+    import fne.linear.fit
+    from fne.errors import FneError
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, log=lambda s: None)
+    svm = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    old = json.loads((svm / "metrics.json").read_text())["accuracy"]
+    f.write_text(text.replace("splits = 2", "splits = 3"))  # both fits rerun; the svm one fails
+    real = fne.linear.fit.fit
+
+    def failing(data, **k):
+        if k["head"] == "svm":
+            raise FneError("the svm could not be fitted")
+        return real(data, **k)
+
+    said: list[str] = []
+    with monkeypatch.context() as m:
+        m.setattr(fne.linear.fit, "fit", failing)
+        with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit "
+                                           r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+            P.run(f, out, cache, log=said.append)
+    assert any(s.endswith("fit last+svm seed 0 (solver sklearn): FAILED: the svm could not be fitted") for s in said)
+    md = (out / "report.md").read_text()
+    assert "FAILED (the svm could not be fitted): it is missing from this report" in md
+    assert "last+logreg" in md and "last+svm" not in md.split("## digits")[1]
+    assert not (svm / "metrics.json").exists()  # the old settings' result, kept aside
+    assert json.loads((svm / "previous-metrics.json").read_text())["accuracy"] == old
+    r = P.run(f, out, cache, log=lambda s: None)
+    assert (r["ran"], r["skipped"]) == (1, 1) and "last+svm" in (out / "report.md").read_text()

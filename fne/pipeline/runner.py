@@ -315,6 +315,8 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
 
     step.dir.mkdir(parents=True, exist_ok=True)
     (step.dir / "step.json").unlink(missing_ok=True)  # a half-written result never looks done
+    if step.result_file.is_file():  # of other settings, or --force: kept aside, never read as this step's
+        os.replace(step.result_file, step.dir / f"previous-{step.result_file.name}")
     k = dict(step.kwargs)
     b = step.backbone
     if step.kind == "advise":
@@ -379,6 +381,11 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     dict
         ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (the report folder or None) and the
         parsed ``pipeline``.
+
+    Raises
+    ------
+    FneError
+        At the end, naming the steps that failed: the others have run and are in the report.
     """
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
@@ -392,19 +399,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
-        from fne.data.parquet import hf_available, hf_download_hint
-        from fne.pipeline import dryrun
-
-        # a dry run reads no image and writes nothing: a subset is the one an earlier run wrote, if any
-        data_for = {d.key: materialise(d, out, cache, write=False) for d in p.datasets if not d.skipped}
-        steps = plan(p, out, data_for, cache, read=False)
-        say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
-        for d in p.datasets:
-            if d.data.startswith("hf:") and not hf_available(d.data, cache):
-                say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
-        n = dryrun.describe(steps, p, data_for, cache, force, say)
-        say(f"{n} step(s) to run, {len(steps) - n} done")
-        return {**result, "steps": len(steps)}
+        return {**result, "steps": _dry_run(p, path, out, cache, force, say)}
     for b in p.backbones:
         resolve_weights(b, say)
         if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
@@ -417,13 +412,37 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
     steps = plan(p, out, data_for, cache)
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
-    ran, skipped = _run_steps(steps, p, cache, out, data_for, force, say)
+    ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
+    p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
     rep = None
     if p.report if report is None else report:
         rep = _report(steps, p, out, say)
-    say(f"{ran} step(s) run, {skipped} skipped as done, in {time.perf_counter() - t_start:.1f} s")
+    say(f"{ran} step(s) run, {skipped} skipped as done" + (f", {len(failed)} FAILED" if failed else "")
+        + f", in {time.perf_counter() - t_start:.1f} s")
+    if failed:
+        raise FneError(f"{len(failed)} of {len(steps)} step(s) failed (" + "; ".join(f"{label}: {why}" for label, why
+                                                                           in failed[:3])
+                       + ("; …" if len(failed) > 3 else "") + "); the other steps are done and reported; fix the "
+                       "cause and rerun the same command: finished steps are skipped")
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) -> int:
+    """List the steps, what each computes and why; read no image, write nothing; -> the steps."""
+    from fne.data.parquet import hf_available, hf_download_hint
+    from fne.pipeline import dryrun
+
+    # a subset is the one an earlier run wrote, if it is still this one
+    data_for = {d.key: materialise(d, out, cache, write=False) for d in p.datasets if not d.skipped}
+    steps = plan(p, out, data_for, cache, read=False)
+    say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
+    for d in p.datasets:
+        if d.data.startswith("hf:") and not hf_available(d.data, cache):
+            say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
+    n = dryrun.describe(steps, p, data_for, cache, force, say)
+    say(f"{n} step(s) to run, {len(steps) - n} done")
+    return len(steps)
 
 
 def _announce_skips(p: Pipeline, path, say) -> None:
@@ -466,9 +485,13 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
 
 def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, data_for: dict[str, str],
                force: bool, say) -> tuple[int, int]:
-    """Run the steps not done; returns (ran, skipped)."""
+    """Run the steps not done; returns (ran, skipped, failed: [(label, why)]).
+
+    A step that fails (its data does not suit a mode, memory runs out) is named and the others
+    run on; Ctrl-C and SIGTERM stop the run (finished steps are kept)."""
     ran = skipped = 0
-    extracted: dict[tuple, dict] = {}
+    failed: list[tuple[str, str]] = []
+    extracted: dict[tuple, dict | str] = {}  # (dataset, backbone) -> its extraction, or why it failed
     for i, step in enumerate(steps, 1):
         tag = f"[{i}/{len(steps)}] {step.label}"
         done, why = step.status()
@@ -477,22 +500,42 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
             say(f"{tag}: done before, skipped")
             continue
         pair = (step.dataset.key, step.backbone.label)
-        if needs_rows(step, bool(p.fit)) and pair not in extracted:
-            extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
-        say(f"{tag} ..." + (" (--force)" if done else f" ({why})" if why != "new" else ""))
-        t = time.perf_counter()
-        result = run_step(step, p, cache, out, resume=not force)
+        rows = needs_rows(step, bool(p.fit))
+        try:
+            if rows and pair not in extracted:
+                try:
+                    extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
+                except Exception as e:  # noqa: BLE001 -- its steps fail with it, the others run
+                    extracted[pair] = f"extraction failed: {_one_line(e)}"
+            if rows and isinstance(extracted[pair], str):
+                raise FneError(extracted[pair])
+            say(f"{tag} ..." + (" (--force)" if done else f" ({why})" if why != "new" else ""))
+            t = time.perf_counter()
+            result = run_step(step, p, cache, out, resume=not force)
+        except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
+            failed.append((step.label, _one_line(e)))
+            say(f"{tag}: FAILED: {_one_line(e)}")
+            continue
         secs = time.perf_counter() - t
         step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
         ran += 1
         say(f"{tag}: {_summary_line(step, result)} [{secs:.1f} s]")
-    return ran, skipped
+    return ran, skipped, failed
 
 
-def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict:
+def _one_line(e: Exception) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if isinstance(e, FneError) and line else f"{type(e).__name__}: {line}".rstrip(": ")
+
+
+def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict | None:
     from fne.reporting import report as report_mod
 
-    dirs = [s.dir for s in steps if s.result_file.is_file()]
+    dirs = [s.dir for s in steps if s.done()]  # never a failed step's result of older settings
+    if not dirs:
+        say("no step has a result yet: no report")
+        return None
     rep = report_mod.report(dirs, out, extra_pipelines=[p.summary()])
     for n in rep["header"]["notes"]:
         say(f"note: {n}")
