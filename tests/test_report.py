@@ -380,3 +380,22 @@ def test_equal_accuracies_are_equally_best(tmp_path):
     assert rows["fne+svm"][0].startswith("**") and rows["last+svm"][0].startswith("**")
     assert not rows["fc7+svm"][0].startswith("**")
     assert ds["verdict"]["kind"] == "tie"
+
+
+def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
+    five = "5x stratified test_size=0.25"
+    ds, md, html = _verdict_report(tmp_path / "mixed", {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, split_protocol=five, seed=0),
+        "b": fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, split_protocol=five, seed=1),
+        "c": fake_metrics("train:frozen", 0.7, 0.0, 0.7, 0.0, kind="train", seed=0,
+                          split_protocol="1x stratified test_size=0.25", splits=_splits([0.7]))})
+    assert ds["protocol_note"] == (
+        "The rows were not all scored on the same test images (splits 5x stratified test_size=0.25 (fne+svm, "
+        "fc7+svm); 1x stratified test_size=0.25 (train:frozen); seeds 0 (fne+svm, train:frozen); 1 (fc7+svm)): "
+        "their differences mix the methods with the splits.")
+    assert f"**Note:** {ds['protocol_note']}" in md and "class='note protocol'" in html
+    # one predefined split: seeds do not change the test images
+    ds, md, _ = _verdict_report(tmp_path / "same", {
+        "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, split_protocol="predefined", seed=0, splits=_splits([0.9])),
+        "b": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, split_protocol="predefined", seed=1, splits=_splits([0.8]))})
+    assert ds["protocol_note"] is None and "not all scored" not in md

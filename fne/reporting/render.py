@@ -115,6 +115,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
                                                else "") + "."]
         if ds["published"].get("note"):
             L += ["", f"Published values note: {ds['published']['note']}"]
+        if ds.get("protocol_note"):
+            L += ["", f"**Note:** {ds['protocol_note']}"]
         L.append("")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
@@ -258,6 +260,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                  f"pipeline file, not measurements of this run.{src}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
+        if ds.get("protocol_note"):
+            H.append(f"<div class='note protocol'>Note: {_e(ds['protocol_note'])}</div>")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
             if f:

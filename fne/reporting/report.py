@@ -195,6 +195,7 @@ def _row(runs: list[dict]) -> dict:
         "weights_fingerprint": None if is_scratch(m0) else m0.get("weights_fingerprint"),
         "settings": settings(runs[0]), "variant": None,
         "runs": len(runs),
+        "seeds": sorted({m.get("seed") for m in ms if isinstance(m.get("seed"), int)}),
         "scratch": is_scratch(m0),
         "partial": bool(m0.get("n_excluded")),  # scored on a subset of the classes: not comparable
         "paths": [r["path"] for r in runs],
@@ -301,8 +302,25 @@ def tabulate(collected: dict) -> list[dict]:
             "verdict": verdict,
             "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
             "multi_backbone": _multi_backbone(rows),
+            "protocol_note": protocol_note(rows),
         })
     return out
+
+
+def protocol_note(rows: list[dict]) -> str | None:
+    """A sentence where the rows were not scored on the same test images (other split protocols,
+    other seeds of random splits); None where they all were."""
+    groups: dict[str, dict[str, list[str]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
+    for r in rows:
+        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(r["method"])
+        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(r["method"])
+    predefined = all(k.startswith("predefined") for k in groups["splits"])  # seeds do not move its split
+    parts = [f"{what} " + "; ".join(f"{k} ({', '.join(dict.fromkeys(ms))})" for k, ms in g.items())
+             for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
+    if not parts:
+        return None
+    return ("The rows were not all scored on the same test images (" + "; ".join(parts) + "): their differences "
+            "mix the methods with the splits.")
 
 
 def _multi_backbone(rows: list[dict]) -> bool:
