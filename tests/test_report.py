@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fne.errors import FneError
-from fne.reporting.report import report
+from fne.reporting.report import report, table_text
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -332,6 +332,7 @@ def test_tie_and_single_method_name_no_winner(tmp_path):
         "b": fake_metrics("last+svm", 0.9, 0.0, 0.9, 0.0, splits=_splits([0.9]))}, advice=True)
     assert ds["verdict"]["kind"] == "tie"
     assert "Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy." in md
+    assert "  Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy" in table_text([ds])  # fne run's console
     assert "Measured winner" not in md and "Measured winner" not in html
     assert "neither confirm nor contradict the advice" in md
     ds, md, html = _verdict_report(tmp_path / "one", {"a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0)},
@@ -394,6 +395,7 @@ def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
         "fc7+svm); 1x stratified test_size=0.25 (train:frozen); seeds 0 (fne+svm, train:frozen); 1 (fc7+svm)): "
         "their differences mix the methods with the splits.")
     assert f"**Note:** {ds['protocol_note']}" in md and "class='note protocol'" in html
+    assert f"  Note: {ds['protocol_note']}" in table_text([ds])
     # one predefined split: seeds do not change the test images
     ds, md, _ = _verdict_report(tmp_path / "same", {
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, split_protocol="predefined", seed=0, splits=_splits([0.9])),

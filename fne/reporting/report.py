@@ -36,7 +36,7 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.render import cells, label, pub_str, render_html, render_md
+from fne.reporting.render import cells, label, pub_str, render_html, render_md, winner_sentences
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -470,6 +470,11 @@ def table_text(datasets: list[dict]) -> str:
                      f"{c['extract_seconds']:>9}")
         for name, p in ds["published"]["only"].items():
             L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>13}  {pub_str(p):>11}")
+        if ds["winner"]:
+            lead, best, rest, versus = winner_sentences(ds)
+            L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
+        if ds.get("protocol_note"):
+            L.append(f"  Note: {ds['protocol_note']}")
     return "\n".join(L)
 
 
