@@ -372,14 +372,16 @@ def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
 
 
 def test_equal_accuracies_are_equally_best(tmp_path):
-    """Means equal but for float rounding are a tie, and both are marked best."""
+    """Values that read the same in the table (means equal but for float rounding; 0.0098 and
+    0.0103 s) are all marked best, and equal accuracies are a tie."""
     ds, md, _ = _verdict_report(tmp_path, {
-        "a": fake_metrics("fne+svm", 0.1 + 0.2 + 0.3, 0.01, 0.5, 0.01),
-        "b": fake_metrics("last+svm", 0.6, 0.01, 0.5, 0.01),
-        "c": fake_metrics("fc7+svm", 0.5, 0.01, 0.5, 0.01)})
+        "a": fake_metrics("fne+svm", 0.1 + 0.2 + 0.3, 0.01, 0.5, 0.01, seconds=0.0098),
+        "b": fake_metrics("last+svm", 0.6, 0.01, 0.5, 0.01, seconds=0.0103),
+        "c": fake_metrics("fc7+svm", 0.5, 0.01, 0.5, 0.01, seconds=0.02)})
     rows = md_rows(md, "pets")
     assert rows["fne+svm"][0].startswith("**") and rows["last+svm"][0].startswith("**")
     assert not rows["fc7+svm"][0].startswith("**")
+    assert rows["fne+svm"][3] == rows["last+svm"][3] == "**0.01**" and rows["fc7+svm"][3] == "0.02"
     assert ds["verdict"]["kind"] == "tie"
 
 

@@ -36,12 +36,20 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.render import cells, label, pub_str, render_html, render_md, winner_sentences
+from fne.reporting.render import (
+    cells,
+    label,
+    pct,
+    pub_str,
+    render_html,
+    render_md,
+    secs,
+    winner_sentences,
+)
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
 COLUMNS = ("accuracy", "mean_class_accuracy", "seconds", "extract_seconds")
-SAME = 1e-9  # two values this close are the same (a mean over splits summed in another order)
 
 
 # ------------------------------------------------------------------ collecting
@@ -272,11 +280,11 @@ def tabulate(collected: dict) -> list[dict]:
         best = {}
         for col in COLUMNS:
             vals = [r[col] for r in rows if r.get(col) is not None and not r["partial"]]
-            if vals and max(vals) - min(vals) > SAME:  # a column where every value is the same has no best
+            if len({_shown(col, v) for v in vals}) > 1:  # a column where every value reads the same has no best
                 best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
-        for r in rows:  # values equal but for float rounding (means over splits) are equally best
-            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and abs(r[c] - best[c]) <= SAME
-                         and not r["partial"]]
+        for r in rows:  # values that read the same as the best (0.01 s and 0.01 s) are equally best
+            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None
+                         and _shown(c, r[c]) == _shown(c, best[c]) and not r["partial"]]
         pub = published.get(key) or {}
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
@@ -330,9 +338,14 @@ def _multi_backbone(rows: list[dict]) -> bool:
     return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
 
 
+def _shown(col: str, v: float) -> str:
+    """A value as the tables print it (render.pct / render.secs)."""
+    return pct(v) if col in ("accuracy", "mean_class_accuracy") else secs(v)
+
+
 def winner_verdict(rows: list[dict], test: str | None) -> dict:
     """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
-    to compare), "tie" (equal accuracy), "unclear" (the paired test, or without one the spread
+    to compare), "tie" (accuracies that read the same), "unclear" (the paired test, or without one the spread
     across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
     test applies and the lead exceeds the spread)."""
     ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
@@ -341,7 +354,7 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
     w = ranked[0]
     if len(ranked) == 1:
         return {"kind": "single", "text": f"only one method was measured ({w['method']}): nothing to compare it with"}
-    tied = [r["method"] for r in ranked if abs(r["accuracy"] - w["accuracy"]) <= SAME]
+    tied = [r["method"] for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
     if len(tied) > 1:
         return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
     if test is not None:
