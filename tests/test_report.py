@@ -322,6 +322,7 @@ def test_a_winner_is_named_only_beyond_noise(tmp_path):
         advice=True)
     assert ds["verdict"]["kind"] == "clear"
     assert "Measured winner: **fne+svm**" in md and "fne+svm beats the runner-up beyond noise fc7+svm" in md
+    assert "difference +6.2 points over 5 splits" in md  # points to one decimal, as the table's accuracies
     assert "the measured winner fne+svm (feature-extraction) does not match the advice" in md
     assert "class='nomatch'" in html
 

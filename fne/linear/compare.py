@@ -68,7 +68,7 @@ def verdict(result: dict, alpha: float = ALPHA) -> str:
 def describe(result: dict, winner: str, runner_up: str) -> str:
     """One sentence: the verdict, the test and its p-value."""
     v = verdict(result)
-    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.2f} points "
+    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.1f} points "
               f"over {result['n']} {'test images' if result['test'].startswith('McNemar') else 'splits'}")
     if v == "no clear winner":
         return f"no clear winner: {winner} vs {runner_up} ({detail})"
