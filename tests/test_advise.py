@@ -197,3 +197,32 @@ def test_an_unreadable_sample_file_is_skipped_not_fatal(tmp_path, monkeypatch, r
                                  progress=False)
     assert stats["n"] == 5
     assert any(d.ids[idx[0]] in str(w.message) and "cannot read" in str(w.message) for w in recwarn)
+
+
+def test_similarity_on_a_small_sample_is_uncertain():
+    """A mean MSP within two standard errors of the threshold cannot tell similar from different."""
+    near = " ".join(A.decide(50, 0.35, msp_sem=0.05, sample=8)["reasons"])
+    assert "uncertain: on a sample of 8 images the mean's standard error is 0.05" in near
+    assert "uncertain" not in " ".join(A.decide(50, 0.35, msp_sem=0.01, sample=200)["reasons"])
+    assert "uncertain" not in " ".join(A.decide(50, 0.9, msp_sem=0.2, sample=8)["reasons"])
+    stats = A.probability_stats(np.array([[0.9, 0.1], [0.5, 0.5], [0.7, 0.3]]))
+    assert stats["max_softmax_sem"] == pytest.approx(np.std([0.9, 0.5, 0.7], ddof=1) / math.sqrt(3))
+
+
+def test_few_images_per_class_warn_that_differences_are_noise():
+    assert any("differences of a few points between methods are noise" in r for r in A.decide(4, 0.8)["reasons"])
+    assert not any("noise" in r for r in A.decide(50, 0.8)["reasons"])
+
+
+def test_a_class_with_one_image_is_named(tmp_path):
+    """No split can test a class with a single image: the advice says so first, naming it."""
+    from tests.conftest import write_digits
+
+    root = write_digits(tmp_path / "imgs", per_class=3, classes=3)
+    for f in sorted((root / "1").iterdir())[1:]:
+        f.unlink()
+    a = A.advise(str(root), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"))
+    assert a["reasons"][0].startswith("1 class(es) have a single image (1): no method can be trained and tested")
+    assert not any("single image" in r for r in A.advise(
+        str(write_digits(tmp_path / "ok", per_class=3, classes=3)), arch="efficientnet_lite0", weights="random",
+        cache=str(tmp_path / "cache"))["reasons"])

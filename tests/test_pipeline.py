@@ -465,3 +465,146 @@ def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens
     assert "valid;" in capsys.readouterr().out
     assert sum(image_opens.values()) == 0
     assert not cache.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ("", "p.toml: ", "empty pipeline file"),
+    ("# only a comment\n", "p.toml: ", "empty pipeline file"),
+    ("[pipeline\nname = 1\n", "p.toml:1: ", "not valid TOML: Expected ']'"),
+    (GOOD + "\n[pipeline]\n", "p.toml:19: ", "not valid TOML: Cannot declare ('pipeline',) twice"),
+    (GOOD.replace('features = ["fc7", "fne"]', 'features = ["fc7", "fne", "fc7"]'), "p.toml:12: fit.features: ",
+     "lists 'fc7' more than once"),
+    (GOOD.replace('heads = ["svm"]', 'heads = ["svm", "svm"]'), "p.toml:13: fit.heads: ", "lists 'svm' more"),
+    (GOOD.replace('name = "x"', 'name = "x"\nseeds = [0, 1, 0]'), "p.toml:3: pipeline.seeds: ", "lists 0 more"),
+    (GOOD.replace('modes = ["frozen"]', 'modes = ["frozen", "frozen"]'), "p.toml:16: train.modes: ",
+     "lists 'frozen' more"),
+])
+def test_file_level_mistakes_are_one_line_naming_file_and_line(tmp_path, text, where, words):
+    f = write(tmp_path, text)
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f.parent}/{where}") and words in msg and "\n" not in msg, msg
+
+
+def test_two_steps_never_share_a_folder(tmp_path):
+    """Feature specs that differ only in characters a folder name cannot hold would write one folder."""
+    f = write(tmp_path, GOOD.replace('features = ["fc7", "fne"]', 'features = ["fc6,fc7", "fc6, fc7"]'))
+    p = load_pipeline(f)
+    with pytest.raises(PipelineError, match=r"'digits vgg16-random fit fc6,fc7\+svm seed 0 \(solver sklearn\)' and "
+                                            r"'digits vgg16-random fit fc6, fc7\+svm seed 0 .*' would write to the same "
+                                            r"folder .*fit-fc6_fc7-svm-C1.0-s0"):
+        P.plan(p, tmp_path / "out", {}, read=False)
+
+
+def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens):
+    """Before any run: the first fit's extraction of rows not in the cache; after a run, every step
+    done; a changed setting: which steps rerun and why, and that the rows are cached."""
+    for png in write_digits(tmp_path / "images", per_class=3, classes=2).rglob("*.png"):
+        os.utime(png, (1e9, 1e9))  # not "just written": the manifest trusts the keys it hashes
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', 'data = "images"').split("[train]")[0]
+    f = write(tmp_path, text.replace("splits = 2\ntest_size = 0.5", "splits = 2\ntest_size = 0.5"))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+
+    def dry() -> list[str]:
+        lines: list[str] = []
+        image_opens.clear()
+        P.run(f, out, cache, dry_run=True, log=lines.append)
+        assert sum(image_opens.values()) == 0
+        return lines
+
+    lines = dry()  # random weights: the advice reads no rows, the first fit extracts them
+    assert lines[2] == ("  extract digits with efficientnet_lite0-random: 6 of 6 images not read yet: the run hashes "
+                        "them and computes those not in the cache before the first fit")
+    assert [s.endswith("(to run: new)") for s in lines[1:2] + lines[3:5]] == [True] * 3
+    assert lines[-1] == "3 step(s) to run, 0 done"
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    lines = dry()
+    assert all(s.endswith("(done)") for s in lines[1:4]) and lines[-1] == "0 step(s) to run, 3 done"
+    assert not any("extract" in s for s in lines)
+    f.write_text(text.replace("splits = 2", "splits = 3"))
+    lines = dry()
+    assert lines[1].endswith("advice  (done)")
+    assert lines[2] == "  extract digits with efficientnet_lite0-random: all 6 images cached: no forward pass"
+    assert lines[3].endswith("(to run: settings changed: splits 2 -> 3)")
+    # the run itself says why a step reruns
+    said: list[str] = []
+    P.run(f, out, cache, report=False, log=said.append)
+    assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (settings changed: splits 2 -> 3)") for s in said)
+    assert dry()[-1] == "0 step(s) to run, 3 done"
+
+
+def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):
+    """max_per_class: the dry run looks at the subset file the run wrote (it writes none itself),
+    so finished steps read as done instead of as changed images."""
+    text = TINY.split("[train]")[0]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    lines: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=lines.append)
+    assert "its subset (4 per class) is not written yet" in lines[2] and not out.exists()
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    lines = []
+    P.run(f, out, cache, dry_run=True, log=lines.append)
+    assert lines[-1] == "0 step(s) to run, 3 done", lines
+
+
+def test_an_interrupted_step_says_so_in_the_dry_run_and_the_run(tmp_path, monkeypatch):
+    import fne.linear.fit
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fne.linear.fit, "fit", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        P.run(f, out, cache, report=False, log=lambda s: None)
+    monkeypatch.undo()
+    lines: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=lines.append)
+    assert lines[-2].endswith("fit last+svm seed 0 (solver sklearn)  ->  "
+                              f"{out}/digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0  (to run: did not finish "
+                              "last time)"), lines
+    assert "all 40 images cached" in lines[1]  # the extraction before the fit was committed
+    said: list[str] = []
+    P.run(f, out, cache, report=False, log=said.append)
+    assert any(s.endswith("... (did not finish last time)") for s in said)
+
+
+def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_path, monkeypatch):
+    """One step fails: the others still run, the report says which failed (and never shows that
+    step's result of older settings), the run ends in an error naming it, and a rerun runs it alone."""
+    import fne.linear.fit
+    from fne.errors import FneError
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, log=lambda s: None)
+    svm = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    old = json.loads((svm / "metrics.json").read_text())["accuracy"]
+    f.write_text(text.replace("splits = 2", "splits = 3"))  # both fits rerun; the svm one fails
+    real = fne.linear.fit.fit
+
+    def failing(data, **k):
+        if k["head"] == "svm":
+            raise FneError("the svm could not be fitted")
+        return real(data, **k)
+
+    said: list[str] = []
+    with monkeypatch.context() as m:
+        m.setattr(fne.linear.fit, "fit", failing)
+        with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit "
+                                           r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+            P.run(f, out, cache, log=said.append)
+    assert any(s.endswith("fit last+svm seed 0 (solver sklearn): FAILED: the svm could not be fitted") for s in said)
+    md = (out / "report.md").read_text()
+    assert "FAILED (the svm could not be fitted): it is missing from this report" in md
+    assert "last+logreg" in md and "last+svm" not in md.split("## digits")[1]
+    assert not (svm / "metrics.json").exists()  # the old settings' result, kept aside
+    assert json.loads((svm / "previous-metrics.json").read_text())["accuracy"] == old
+    r = P.run(f, out, cache, log=lambda s: None)
+    assert (r["ran"], r["skipped"]) == (1, 1) and "last+svm" in (out / "report.md").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fne.errors import FneError
-from fne.reporting.report import report
+from fne.reporting.report import report, table_text
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -150,7 +150,9 @@ def test_header_figures_and_confusions(built):
     assert "report_files/" not in html
     # the most confused pair of the best method: dog -> cat, 4 of 10
     assert "- dog → cat: 4 (40 %)" in md
-    assert "Measured winner: **fne+svm**" in md
+    # 91.2 ± 1.2 vs 87.7 ± 3.2 over 2 shared splits: the paired test cannot tell them apart
+    assert "Highest accuracy, but no clear winner: **fne+svm**, accuracy 91.2 ± 1.2 %." in md
+    assert "Measured winner" not in md
 
 
 def test_random_weights_warning(tmp_path):
@@ -194,8 +196,9 @@ def test_seeds_pooled_over_splits(tmp_path):
 def test_advice_shown_with_match(built):
     pets = built["md"].split("## pets\n", 1)[1]
     assert "**finetune**" in pets and "max-softmax 0.61" in pets
-    assert "the measured winner fne+svm (feature-extraction) does not match the advice" in pets
-    assert "class='nomatch'" in built["html"]
+    assert ("no clear winner (highest accuracy: fne+svm (feature-extraction)), so the measurements neither "
+            "confirm nor contradict the advice (recommended: fine-tuning)") in pets
+    assert "class='undecided'" in built["html"] and "does not match" not in pets
 
 
 def test_no_runs_is_a_user_error(tmp_path):
@@ -290,3 +293,114 @@ def test_report_with_a_pipeline_whose_datasets_are_absent(tmp_path, monkeypatch)
     out = tmp_path / "rep"
     report([root], out, pipeline=pipeline, figures=False)
     assert md_rows((out / "report.md").read_text(), "pets")["fne+svm"][2] == "89.2 (published)"
+
+
+def _splits(accs):
+    return [{"accuracy": a, "mean_class_accuracy": a, "n_train": 30, "n_test": 10} for a in accs]
+
+
+def _verdict_report(tmp_path, runs: dict, advice: bool = False) -> tuple[dict, str, str]:
+    root = tmp_path / "runs"
+    for name, m in runs.items():
+        write_run(root, name, m)
+    if advice:
+        (root / "advice.json").write_text(json.dumps({
+            "recommendation": "finetune", "text": "Fine-tune.", "families": ["fine-tuning"], "dataset": "pets",
+            "arch": "vgg16", "weights": "imagenet", "reasons": [], "images_per_class": 500.0,
+            "similarity": {"judged": False}}))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    return r["datasets"][0], (out / "report.md").read_text(), (out / "report.html").read_text()
+
+
+def test_a_winner_is_named_only_beyond_noise(tmp_path):
+    """Five shared splits, fne+svm ahead on every one by 5-7 points: a winner, and the advice is
+    judged against it."""
+    ds, md, html = _verdict_report(tmp_path, {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, splits=_splits([0.90, 0.91, 0.89, 0.90, 0.92])),
+        "b": fake_metrics("fc7+svm", 0.84, 0.01, 0.84, 0.01, splits=_splits([0.84, 0.85, 0.83, 0.84, 0.85]))},
+        advice=True)
+    assert ds["verdict"]["kind"] == "clear"
+    assert "Measured winner: **fne+svm**" in md and "fne+svm beats the runner-up beyond noise fc7+svm" in md
+    assert "difference +6.2 points over 5 splits" in md  # points to one decimal, as the table's accuracies
+    assert "the measured winner fne+svm (feature-extraction) does not match the advice" in md
+    assert "class='nomatch'" in html
+
+
+def test_tie_and_single_method_name_no_winner(tmp_path):
+    ds, md, html = _verdict_report(tmp_path / "tie", {
+        "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, splits=_splits([0.9])),
+        "b": fake_metrics("last+svm", 0.9, 0.0, 0.9, 0.0, splits=_splits([0.9]))}, advice=True)
+    assert ds["verdict"]["kind"] == "tie"
+    assert "Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy." in md
+    assert "  Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy" in table_text([ds])  # fne run's console
+    assert "Measured winner" not in md and "Measured winner" not in html
+    assert "neither confirm nor contradict the advice" in md
+    ds, md, html = _verdict_report(tmp_path / "one", {"a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0)},
+                                   advice=True)
+    assert ds["verdict"]["kind"] == "single"
+    assert "Only one method was measured: **fne+svm**, accuracy 90.0 ± 0.0 %; nothing to compare it with." in md
+    assert "the only measured method, fne+svm (feature-extraction), is not of the kind the advice recommends" in md
+    assert "Measured winner" not in md and "Measured winner" not in html
+
+
+def test_seeds_pooled_rows_are_compared_pairwise(tmp_path):
+    """Rows pooled over seeds: each seed's run is paired with the other method's run of the same
+    seed (same splits), and the per-split differences tested together."""
+    runs = {}
+    for seed, (a, b) in enumerate((([0.80, 0.95], [0.78, 0.96]), ([0.70, 0.90], [0.72, 0.88]))):
+        runs[f"f{seed}"] = fake_metrics("fne+svm", 0.85, 0.05, 0.85, 0.05, seed=seed, splits=_splits(a))
+        runs[f"l{seed}"] = fake_metrics("last+svm", 0.84, 0.05, 0.84, 0.05, seed=seed, splits=_splits(b))
+    ds, md, _ = _verdict_report(tmp_path, runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 2]
+    assert ds["verdict"]["kind"] == "unclear" and "over 4 splits" in ds["winner_test"]
+    assert "Highest accuracy, but no clear winner: **fne+svm**" in md
+
+
+def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
+    """Runs on different splits (no paired test): a lead smaller than the spread across splits is
+    not called a win; one larger than it is, saying that no test applied."""
+    near = {"a": fake_metrics("fne+svm", 0.80, 0.05, 0.8, 0.05, seed=0),
+            "b": fake_metrics("last+svm", 0.78, 0.04, 0.78, 0.04, seed=1)}
+    ds, md, _ = _verdict_report(tmp_path / "near", near)
+    assert ds["winner_test"] is None and ds["verdict"]["kind"] == "unclear"
+    assert "fne+svm leads last+svm by 2.0 points, within the spread across splits (± 5.0)" in md
+    far = {"a": fake_metrics("fne+svm", 0.90, 0.01, 0.9, 0.01, seed=0),
+           "b": fake_metrics("last+svm", 0.70, 0.01, 0.7, 0.01, seed=1)}
+    ds, md, _ = _verdict_report(tmp_path / "far", far)
+    assert ds["verdict"]["kind"] == "untested" and "Measured winner: **fne+svm**" in md
+    assert "no paired test applies" in md
+
+
+def test_equal_accuracies_are_equally_best(tmp_path):
+    """Values that read the same in the table (means equal but for float rounding; 0.0098 and
+    0.0103 s) are all marked best, and equal accuracies are a tie."""
+    ds, md, _ = _verdict_report(tmp_path, {
+        "a": fake_metrics("fne+svm", 0.1 + 0.2 + 0.3, 0.01, 0.5, 0.01, seconds=0.0098),
+        "b": fake_metrics("last+svm", 0.6, 0.01, 0.5, 0.01, seconds=0.0103),
+        "c": fake_metrics("fc7+svm", 0.5, 0.01, 0.5, 0.01, seconds=0.02)})
+    rows = md_rows(md, "pets")
+    assert rows["fne+svm"][0].startswith("**") and rows["last+svm"][0].startswith("**")
+    assert not rows["fc7+svm"][0].startswith("**")
+    assert rows["fne+svm"][3] == rows["last+svm"][3] == "**0.01**" and rows["fc7+svm"][3] == "0.02"
+    assert ds["verdict"]["kind"] == "tie"
+
+
+def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
+    five = "5x stratified test_size=0.25"
+    ds, md, html = _verdict_report(tmp_path / "mixed", {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, split_protocol=five, seed=0),
+        "b": fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, split_protocol=five, seed=1),
+        "c": fake_metrics("train:frozen", 0.7, 0.0, 0.7, 0.0, kind="train", seed=0,
+                          split_protocol="1x stratified test_size=0.25", splits=_splits([0.7]))})
+    assert ds["protocol_note"] == (
+        "The rows were not all scored on the same test images (splits 5x stratified test_size=0.25 (fne+svm, "
+        "fc7+svm); 1x stratified test_size=0.25 (train:frozen); seeds 0 (fne+svm, train:frozen); 1 (fc7+svm)): "
+        "their differences mix the methods with the splits.")
+    assert f"**Note:** {ds['protocol_note']}" in md and "class='note protocol'" in html
+    assert f"  Note: {ds['protocol_note']}" in table_text([ds])
+    # one predefined split: seeds do not change the test images
+    ds, md, _ = _verdict_report(tmp_path / "same", {
+        "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, split_protocol="predefined", seed=0, splits=_splits([0.9])),
+        "b": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, split_protocol="predefined", seed=1, splits=_splits([0.8]))})
+    assert ds["protocol_note"] is None and "not all scored" not in md

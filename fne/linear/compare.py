@@ -69,7 +69,7 @@ def verdict(result: dict, alpha: float = ALPHA) -> str:
 def describe(result: dict, winner: str, runner_up: str) -> str:
     """One sentence: the verdict, the test and its p-value."""
     v = verdict(result)
-    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.2f} points "
+    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.1f} points "
               f"over {result['n']} {'test images' if result['test'].startswith('McNemar') else 'splits'}")
     if v == "no clear winner":
         return f"no clear winner: {winner} vs {runner_up} ({detail})"
@@ -129,13 +129,37 @@ def compare_runs(m1: dict, m2: dict) -> dict | None:
 def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> str | None:
     """A report line for the two best ranked rows of one dataset, or None where no test applies."""
     ranked = [r for r in rows if r.get("accuracy") is not None and not r.get("partial")]
-    if len(ranked) < 2 or ranked[0].get("runs") != 1 or ranked[1].get("runs") != 1:
+    if len(ranked) < 2:
         return None
-    ms = [metrics_by_path.get(r["paths"][0]) for r in ranked[:2]]
-    if None in ms:
+    ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in ranked[:2]]
+    if any(None in runs for runs in ms):
         return None
-    result = compare_runs(ms[0], ms[1])
+    if len(ms[0]) == 1 and len(ms[1]) == 1:
+        result = compare_runs(ms[0][0], ms[1][0])
+    else:
+        result = _pooled(ms[0], ms[1])
     return None if result is None else describe(result, ranked[0]["method"], ranked[1]["method"])
+
+
+def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
+    """Rows pooled over seeds: each run paired with the other row's run on the same random
+    splits, every pair's per-split differences in one corrected t-test; None where a run has no
+    partner, or on a predefined split (the seeds score the same test images: not independent)."""
+    a: list[float] = []
+    b: list[float] = []
+    partners = list(runs2)
+    for m1 in runs1:
+        m2 = next((m for m in partners if _same_splits(m1, m)), None)
+        x, y = (_split_accuracies(m1), _split_accuracies(m2)) if m2 is not None else (None, None)
+        if x is None or y is None or len(x) != len(y) or m1.get("n_splits") == 1:
+            return None
+        partners.remove(m2)
+        a += x
+        b += y
+    if partners:
+        return None
+    n_tr, n_te = runs1[0].get("n_train") or 0, runs1[0].get("n_test") or 0
+    return corrected_paired_t(a, b, n_te / n_tr if n_tr else 0.0)
 
 
 def choice_note(m: dict) -> str | None:

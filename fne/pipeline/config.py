@@ -216,6 +216,10 @@ def _check_table(tbl: dict, schema: dict, path: tuple, err: Errors) -> dict:
         if not test(v):
             err.add(path + (k,), f"expected {words}, got {v!r}")
             continue
+        twice = sorted({x for x in v if v.count(x) > 1}, key=v.index) if schema[k][0].startswith("list") else []
+        if twice:  # each entry names steps: a repeat would run them twice into one folder
+            err.add(path + (k,), f"lists {', '.join(map(repr, twice))} more than once; name each entry once")
+            continue
         ok[k] = v
     return ok
 
@@ -250,7 +254,12 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise PipelineError(f"{file}: not valid TOML: {e}") from None
+        at = re.search(r" \(at line (\d+), column \d+\)$", str(e))  # tomllib's own position, as file:line
+        where = f"{file}:{at.group(1)}" if at else str(file)
+        raise PipelineError(f"{where}: not valid TOML: {str(e)[:at.start()] if at else e}") from None
+    if not raw:
+        raise PipelineError(f"{file}: empty pipeline file: it needs [datasets.KEY] tables, [[backbones]] "
+                            f"and a [fit] grid or [train] modes (see pipelines/quickstart.toml)")
     err = Errors(file, Locator(text))
     base = file.resolve().parent
     top = _check_table(raw, SCHEMA[""], (), err)

@@ -8,7 +8,7 @@ the schema in fne.pipeline.config.SCHEMA. `fne run` then
    mistake with its key and line before anything runs;
 2. per (dataset, backbone): extracts the activations once into the cache, writes the advice
    (`fne advise`), fits every feature × head × seed from the cache and trains every mode;
-3. skips steps that are done: RUN_DIR/metrics.json exists and RUN_DIR/step.json holds the
+3. skips steps that are done (fne.pipeline.steps): RUN_DIR/metrics.json exists and RUN_DIR/step.json holds the
    hash of the same step configuration (and of that metrics.json), so an interrupted run
    resumes where it stopped and a changed setting reruns only the steps it touches; a fit's
    step.json also records the extraction that computed its rows in this run (its measured
@@ -24,13 +24,10 @@ Validation lives in fne.pipeline.config (pure); this module plans the steps and 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import fne
@@ -38,10 +35,10 @@ from fne.errors import FneError, WeightsError
 from fne.names import slug
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
+from fne.pipeline.steps import STEP_FORMAT, Step, config_hash, content_fingerprint, needs_rows
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
-STEP_FORMAT = 1
 TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
 # settings that direct mode (no training) ignores: changing them does not rerun it
 TRAINING_ONLY = ("epochs", "lr", "imported_lr_mult", "momentum", "weight_decay", "scheduler", "val_fraction",
@@ -87,56 +84,6 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, cache: str | Non
 # ------------------------------------------------------------------ steps
 
 
-def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-
-
-@dataclass
-class Step:
-    kind: str  # advise | fit | train
-    dataset: DatasetCfg
-    backbone: BackboneCfg
-    dir: Path
-    config: dict
-    kwargs: dict
-    label: str
-
-    @property
-    def hash(self) -> str:
-        return config_hash(self.config)
-
-    @property
-    def result_file(self) -> Path:
-        return self.dir / ("advice.json" if self.kind == "advise" else "metrics.json")
-
-    def done(self) -> bool:
-        rf, sf = self.result_file, self.dir / "step.json"
-        if not (rf.is_file() and sf.is_file()):
-            return False
-        try:
-            s = json.loads(sf.read_text())
-        except (OSError, ValueError):
-            return False
-        return s.get("hash") == self.hash and s.get("result_sha") == _file_sha(rf)
-
-    def mark_done(self, seconds: float, extract: dict | None = None) -> None:
-        """step.json: the step's hash and its result's; `extract` is the extraction that computed
-        the rows this step read in the same `fne run` (its measured seconds, rows computed)."""
-        record = {"format": STEP_FORMAT, "hash": self.hash, "kind": self.kind, "label": self.label,
-                  "dataset_key": self.dataset.key, "backbone": self.backbone.label,
-                  "result_sha": _file_sha(self.result_file), "seconds": seconds,
-                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config}
-        if extract is not None:
-            record["extract"] = extract
-        tmp = self.dir / ".step.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, self.dir / "step.json")
-
-
 def _data_identity(ds: DatasetCfg) -> dict:
     return {"key": ds.key, "data": ds.data, "max_per_class": ds.max_per_class, "n_images": ds.n_images,
             "classes": ds.n_classes}
@@ -154,29 +101,6 @@ def _backbone_identity(b: BackboneCfg) -> dict:
         fp = None  # a dry run: weights are not resolved, nor required to be available
     return {"arch": b.arch, "weights": w, "fingerprint": fp, "crop": b.crop, "precision": b.precision,
             "storage_dtype": b.storage_dtype, "weights_seed": b.weights_seed}
-
-
-def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str | None:
-    """The images' content (sorted keys, from the data root's manifest: an unchanged folder is
-    only stat'ed); None where DATA cannot be read (a dry run without its data).
-
-    read=False (a dry run) reads no image and writes nothing: the fingerprint comes from the
-    manifest alone, and is None unless the manifest knows every file as it is now."""
-    from fne.data.datasets import load_dataset
-    from fne.data.manifest import known_keys, manifest_for
-    from fne.data.shards import content_fingerprint as fingerprint
-    from fne.errors import DataError
-    from fne.linear.features import load_data
-
-    try:
-        if read:
-            return fingerprint(load_data(data, cache).keys())
-        dataset = load_dataset(data, cache=cache)
-        manifest = manifest_for(dataset, cache)
-        keys = known_keys(dataset, manifest) if manifest is not None else [None]
-        return None if None in keys else fingerprint(keys)
-    except DataError:
-        return None
 
 
 def fit_solver(solver: str, head: str, feat: str, b: BackboneCfg, ds: DatasetCfg, proto: dict) -> str:
@@ -211,7 +135,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
         if ds.skipped:
             continue
         data = data_for.get(ds.key, ds.data)
-        content = content_fingerprint(data, cache, read)
+        content = None if data is None else content_fingerprint(data, cache, read)  # None: a subset not written
         for b in p.backbones:
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
@@ -263,7 +187,19 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                     steps.append(Step("train", ds, b, root / f"train-{mode}-s{seed}", cfg,
                                       dict(data=data, mode=mode, seed=seed, settings=s),
                                       f"{ds.key} {b.label} train {mode} seed {seed}"))
+    _check_distinct(steps, p.file)
     return steps
+
+
+def _check_distinct(steps: list[Step], file: Path) -> None:
+    """Two steps in one folder would overwrite each other's results: names that differ only in
+    characters a folder name cannot hold ("fne:a,b" and "fne:a, b")."""
+    first: dict[Path, Step] = {}
+    for s in steps:
+        if s.dir in first:
+            raise PipelineError(f"{file}: '{first[s.dir].label}' and '{s.label}' would write to the same "
+                                f"folder {s.dir}; name them so that they differ in letters or digits")
+        first[s.dir] = s
 
 
 # ------------------------------------------------------------------ running
@@ -293,8 +229,11 @@ def resolve_weights(b: BackboneCfg, say) -> None:
         b.resolved_weights = b.weights
 
 
-def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0) -> str:
-    """max_per_class: write the seeded subset as a DATA file (HDF5 for arrays, CSV for files)."""
+def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, write: bool = True) -> str | None:
+    """max_per_class: write the seeded subset as a DATA file (HDF5 for arrays, CSV for files).
+
+    write=False (a dry run): the subset file an earlier run wrote when it is still this one,
+    else None; nothing is written."""
     if not ds.max_per_class:
         return ds.data
     import numpy as np
@@ -313,7 +252,6 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0) -> 
                 keep += sorted(rng.choice(idx, min(ds.max_per_class, len(idx)), replace=False).tolist())
     keep.sort()
     folder = out / slug(ds.key) / "data"
-    folder.mkdir(parents=True, exist_ok=True)
     ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d)})
     stamp = folder / "subset.json"
     if d.array_source is not None:
@@ -324,6 +262,9 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0) -> 
         target = folder / f"{d.name}.csv"
     if target.is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("hash") == ident:
         return str(target)
+    if not write:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
     if d.array_source is not None:
         import h5py
 
@@ -374,6 +315,8 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
 
     step.dir.mkdir(parents=True, exist_ok=True)
     (step.dir / "step.json").unlink(missing_ok=True)  # a half-written result never looks done
+    if step.result_file.is_file():  # of other settings, or --force: kept aside, never read as this step's
+        os.replace(step.result_file, step.dir / f"previous-{step.result_file.name}")
     k = dict(step.kwargs)
     b = step.backbone
     if step.kind == "advise":
@@ -438,6 +381,11 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     dict
         ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (the report folder or None) and the
         parsed ``pipeline``.
+
+    Raises
+    ------
+    FneError
+        At the end, naming the steps that failed: the others have run and are in the report.
     """
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
@@ -451,16 +399,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
-        from fne.data.parquet import hf_available, hf_download_hint
-
-        steps = plan(p, out, {}, cache, read=False)  # a dry run reads no image and writes nothing
-        say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
-        for d in p.datasets:
-            if d.data.startswith("hf:") and not hf_available(d.data, cache):
-                say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
-        for s in steps:
-            say(f"  {s.label}  ->  {s.dir}" + ("  (done)" if s.done() else ""))
-        return {**result, "steps": len(steps)}
+        return {**result, "steps": _dry_run(p, path, out, cache, force, say)}
     for b in p.backbones:
         resolve_weights(b, say)
         if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
@@ -473,13 +412,37 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
     steps = plan(p, out, data_for, cache)
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
-    ran, skipped = _run_steps(steps, p, cache, out, data_for, force, say)
+    ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
+    p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
     rep = None
     if p.report if report is None else report:
         rep = _report(steps, p, out, say)
-    say(f"{ran} step(s) run, {skipped} skipped as done, in {time.perf_counter() - t_start:.1f} s")
+    say(f"{ran} step(s) run, {skipped} skipped as done" + (f", {len(failed)} FAILED" if failed else "")
+        + f", in {time.perf_counter() - t_start:.1f} s")
+    if failed:
+        raise FneError(f"{len(failed)} of {len(steps)} step(s) failed (" + "; ".join(f"{label}: {why}" for label, why
+                                                                           in failed[:3])
+                       + ("; …" if len(failed) > 3 else "") + "); the other steps are done and reported; fix the "
+                       "cause and rerun the same command: finished steps are skipped")
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) -> int:
+    """List the steps, what each computes and why; read no image, write nothing; -> the steps."""
+    from fne.data.parquet import hf_available, hf_download_hint
+    from fne.pipeline import dryrun
+
+    # a subset is the one an earlier run wrote, if it is still this one
+    data_for = {d.key: materialise(d, out, cache, write=False) for d in p.datasets if not d.skipped}
+    steps = plan(p, out, data_for, cache, read=False)
+    say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
+    for d in p.datasets:
+        if d.data.startswith("hf:") and not hf_available(d.data, cache):
+            say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
+    n = dryrun.describe(steps, p, data_for, cache, force, say)
+    say(f"{n} step(s) to run, {len(steps) - n} done")
+    return len(steps)
 
 
 def _announce_skips(p: Pipeline, path, say) -> None:
@@ -504,13 +467,6 @@ def _announce_skips(p: Pipeline, path, say) -> None:
                 say(f"note: {note}")
 
 
-def _needs_rows(step: Step, p: Pipeline) -> bool:
-    """Fits read every row: extract the dataset once, before the first fit (or before the advice,
-    which then reads its sample from the same rows); without fits the advice extracts its sample."""
-    b = step.backbone
-    return step.kind == "fit" or (step.kind == "advise" and bool(p.fit) and (b.resolved_weights or b.weights) != "random")
-
-
 def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict:
     """Extract the step's dataset with its backbone; returns what step.json records of it."""
     from fne.extraction import extract as extract_mod
@@ -529,32 +485,57 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
 
 def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, data_for: dict[str, str],
                force: bool, say) -> tuple[int, int]:
-    """Run the steps not done; returns (ran, skipped)."""
+    """Run the steps not done; returns (ran, skipped, failed: [(label, why)]).
+
+    A step that fails (its data does not suit a mode, memory runs out) is named and the others
+    run on; Ctrl-C and SIGTERM stop the run (finished steps are kept)."""
     ran = skipped = 0
-    extracted: dict[tuple, dict] = {}
+    failed: list[tuple[str, str]] = []
+    extracted: dict[tuple, dict | str] = {}  # (dataset, backbone) -> its extraction, or why it failed
     for i, step in enumerate(steps, 1):
         tag = f"[{i}/{len(steps)}] {step.label}"
-        if not force and step.done():
+        done, why = step.status()
+        if not force and done:
             skipped += 1
             say(f"{tag}: done before, skipped")
             continue
         pair = (step.dataset.key, step.backbone.label)
-        if _needs_rows(step, p) and pair not in extracted:
-            extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
-        say(f"{tag} ...")
-        t = time.perf_counter()
-        result = run_step(step, p, cache, out, resume=not force)
+        rows = needs_rows(step, bool(p.fit))
+        try:
+            if rows and pair not in extracted:
+                try:
+                    extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
+                except Exception as e:  # noqa: BLE001 -- its steps fail with it, the others run
+                    extracted[pair] = f"extraction failed: {_one_line(e)}"
+            if rows and isinstance(extracted[pair], str):
+                raise FneError(extracted[pair])
+            say(f"{tag} ..." + (" (--force)" if done else f" ({why})" if why != "new" else ""))
+            t = time.perf_counter()
+            result = run_step(step, p, cache, out, resume=not force)
+        except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
+            failed.append((step.label, _one_line(e)))
+            say(f"{tag}: FAILED: {_one_line(e)}")
+            continue
         secs = time.perf_counter() - t
         step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
         ran += 1
         say(f"{tag}: {_summary_line(step, result)} [{secs:.1f} s]")
-    return ran, skipped
+    return ran, skipped, failed
 
 
-def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict:
+def _one_line(e: Exception) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if isinstance(e, FneError) and line else f"{type(e).__name__}: {line}".rstrip(": ")
+
+
+def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict | None:
     from fne.reporting import report as report_mod
 
-    dirs = [s.dir for s in steps if s.result_file.is_file()]
+    dirs = [s.dir for s in steps if s.done()]  # never a failed step's result of older settings
+    if not dirs:
+        say("no step has a result yet: no report")
+        return None
     rep = report_mod.report(dirs, out, extra_pipelines=[p.summary()])
     for n in rep["header"]["notes"]:
         say(f"note: {n}")

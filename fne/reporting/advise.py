@@ -54,6 +54,7 @@ from fne.errors import FneError
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
 MSP_BORDER = 0.10  # |MSP - SIMILAR_MSP| below this: borderline
+FEW_PER_CLASS = 10  # median training images per class below which the advice warns that differences are noise
 
 # Method families, so that a report can tell whether a measured winner follows the advice.
 FEATURE_EXTRACTION = "feature-extraction"
@@ -147,6 +148,18 @@ def training_images_per_class(dataset, test_size: float = 0.25,
             "max": int(per.max()), "total": int(per.sum()), "basis": basis}
 
 
+def _unsplittable(dataset) -> str | None:
+    """Why no method can be scored on DATA (a class with a single image and no predefined split:
+    a stratified split needs one image per class on each side), or None."""
+    if dataset.has_split:
+        return None
+    single = sorted(c for c, n in Counter(dataset.labels).items() if n < 2)
+    if not single:
+        return None
+    return (f"{len(single)} class(es) have a single image ({', '.join(single[:5])}): no method can be trained "
+            f"and tested on them (a stratified split needs 2 images per class); add images before comparing methods")
+
+
 def stratified_sample(dataset, n: int, seed: int = 0) -> list[int]:
     """Up to n indices, spread evenly over classes (train split preferred), seeded."""
     rng = np.random.default_rng(seed)
@@ -179,8 +192,10 @@ def probability_stats(p: np.ndarray) -> dict:
     k = p.shape[1]
     msp = p.max(axis=1)
     ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(axis=1) / math.log(k)
+    sem = float(msp.std(ddof=1) / math.sqrt(len(msp))) if len(msp) > 1 else None  # the mean's standard error
     return {"max_softmax_mean": float(msp.mean()), "max_softmax_median": float(np.median(msp)),
-            "entropy_norm_mean": float(ent.mean()), "n": int(len(p)), "top": p.argmax(axis=1)}
+            "max_softmax_sem": sem, "entropy_norm_mean": float(ent.mean()), "n": int(len(p)),
+            "top": p.argmax(axis=1)}
 
 
 def _classifier_logits(features: np.ndarray, arch: str, weights: str, weights_seed: int) -> np.ndarray:
@@ -246,8 +261,12 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
 
 
 def decide(images_per_class: float, msp: float | None, *, entropy: float | None = None,
-           large_per_class: int = LARGE_PER_CLASS, similar_msp: float = SIMILAR_MSP) -> dict:
-    """The course's two-factor rule on measured quantities; pure (tests call it directly)."""
+           large_per_class: int = LARGE_PER_CLASS, similar_msp: float = SIMILAR_MSP,
+           msp_sem: float | None = None, sample: int | None = None) -> dict:
+    """The course's two-factor rule on measured quantities; pure (tests call it directly).
+
+    msp_sem / sample: the standard error of the mean MSP over the `sample` images it was
+    measured on; a threshold within two of them makes the similarity verdict uncertain."""
     size = "large" if images_per_class >= large_per_class else "small"
     reasons = []
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
@@ -268,6 +287,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
             f"{'at or above' if similar == 'similar' else 'below'} the threshold {similar_msp:.2f}, so the "
             f"target looks {similar} to the source task"
             + (" (borderline)" if abs(msp - similar_msp) < MSP_BORDER else "")
+            + (f"; uncertain: on a sample of {sample} images the mean's standard error is {msp_sem:.2f}, so the "
+               f"sample cannot tell similar from different" if msp_sem is not None and abs(msp - similar_msp)
+               < 2 * msp_sem else "")
         )
         rec = RECOMMENDATIONS[(size, similar)]
     if size == "small":
@@ -279,6 +301,10 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
     elif similar == "different":
         reasons.append("course: a large target set different from the source: train the whole network; "
                        "initialising from the source weights usually trains better than random")
+    if images_per_class < FEW_PER_CLASS:
+        reasons.append(f"with {images_per_class:g} training images per class every accuracy rests on a handful of "
+                       f"test images: differences of a few points between methods are noise; compare them over "
+                       f"several splits or seeds and name no winner within their spread")
     if similar == "different" and size == "small":
         reasons.append("course: early layers describe generic image characteristics; the full-network "
                        "embedding includes them and is the most robust when source and target differ "
@@ -332,7 +358,11 @@ def advise(data, store=None, **options) -> dict:
         if weights not in ("imagenet",):
             similarity["caveat"] = ("weights from a file: assumes its classifier is the source task's "
                                     "(a renewed head makes this measure meaningless)")
-    d = decide(ipc["median"], msp, entropy=entropy)
+    d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
+               sample=similarity.get("sample"))
+    lonely = _unsplittable(dataset)
+    if lonely:
+        d["reasons"].insert(0, lonely)
     similarity["verdict"] = d["similar"]
     data_s = str(data) if not isinstance(data, Dataset) else dataset.name
     return {

@@ -115,6 +115,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
                                                else "") + "."]
         if ds["published"].get("note"):
             L += ["", f"Published values note: {ds['published']['note']}"]
+        if ds.get("protocol_note"):
+            L += ["", f"**Note:** {ds['protocol_note']}"]
         L.append("")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
@@ -138,13 +140,44 @@ def _header_lines(head: dict, md: bool) -> list[str]:
     return [f"- {k}: {v}" for k, v in items if v]
 
 
+def winner_sentences(ds: dict) -> tuple[str, str, str, str | None]:
+    """(lead-in, the best row's label, the rest of the sentence, the comparison with the runner-up)
+    as the verdict allows: a winner is named only where the measurements tell it from the runner-up."""
+    w = ds["winner"]
+    v = ds.get("verdict") or {"kind": "clear", "text": ds.get("winner_test")}
+    name, acc = label(w, ds["multi_backbone"]), f", accuracy {cells(w)['accuracy']} %"
+    if v["kind"] == "single":
+        return "Only one method was measured:", name, acc + "; nothing to compare it with", None
+    if v["kind"] == "tie":
+        return "Tie:", "", v["text"], None
+    if v["kind"] == "unclear":
+        return "Highest accuracy, but no clear winner:", name, acc, v["text"]
+    return "Measured winner:", name, acc, v["text"] or None
+
+
+def advice_verdict(a: dict) -> tuple[str, str]:
+    """(HTML class, sentence) on whether the measurements agree with the advice."""
+    rec = ", ".join(a.get("families", []))
+    kind, w = a.get("verdict", "clear"), f"{a['winner']} ({a['winner_family']})"
+    fits = "is" if a["matched"] else "is not"
+    if kind == "single":
+        return "undecided", (f"the only measured method, {w}, {fits} of the kind the advice recommends "
+                             f"(recommended: {rec}); with nothing to compare it with, this does not test the advice")
+    if kind in ("tie", "unclear"):
+        return "undecided", (f"no clear winner (highest accuracy: {w}), so the measurements neither confirm nor "
+                             f"contradict the advice (recommended: {rec})")
+    verdict = "matches the advice" if a["matched"] else "does not match the advice"
+    return ("match" if a["matched"] else "nomatch"), f"the measured winner {w} {verdict} (recommended: {rec})"
+
+
 def _winner_lines(ds: dict, md: bool) -> list[str]:
     L = []
     w = ds["winner"]
     if w:
-        L += [f"Measured winner: **{label(w, ds['multi_backbone'])}**, accuracy {cells(w)['accuracy']} %.", ""]
-        if ds.get("winner_test"):
-            L += [f"Winner vs runner-up: {ds['winner_test']}.", ""]
+        lead, best, rest, versus = winner_sentences(ds)
+        L += [f"{lead} " + (f"**{best}**" if best else "") + f"{rest}.", ""]
+        if versus:
+            L += [f"Winner vs runner-up: {versus}.", ""]
         pairs = confused_pairs(w.get("confusion"), w.get("classes"))
         if pairs:
             L.append("Classes it confuses most (true → predicted, count, share of the true class):")
@@ -159,9 +192,7 @@ def _winner_lines(ds: dict, md: bool) -> list[str]:
                     f"{sim.get('entropy_norm_mean', float('nan')):.2f} on {sim.get('sample')} images"
                     if sim.get("judged") else "not judged"))
         if "matched" in a:
-            verdict = "matches the advice" if a["matched"] else "does not match the advice"
-            L.append(f"- the measured winner {a['winner']} ({a['winner_family']}) {verdict} "
-                     f"(recommended: {', '.join(a.get('families', []))})")
+            L.append(f"- {advice_verdict(a)[1]}")
         L.append("")
     return L
 
@@ -180,7 +211,7 @@ td.published,tr.published td{color:#8e3b2b;font-style:italic;background:#fbf3f1}
 figure{margin:1em 0}
 img.figure{max-width:100%;border:1px solid #eee}
 .advice{border:1px solid #bcd;background:#f5f9fd;padding:.5em 1em;margin:1em 0}
-.match{color:#1e7b34;font-weight:bold}.nomatch{color:#b03a2e;font-weight:bold}
+.match{color:#1e7b34;font-weight:bold}.nomatch{color:#b03a2e;font-weight:bold}.undecided{color:#555;font-weight:bold}
 small{color:#666}
 """
 
@@ -229,6 +260,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                  f"pipeline file, not measurements of this run.{src}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
+        if ds.get("protocol_note"):
+            H.append(f"<div class='note protocol'>Note: {_e(ds['protocol_note'])}</div>")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
             if f:
@@ -236,10 +269,10 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                          f"src='data:image/png;base64,{f}'></figure>")
         w = ds["winner"]
         if w:
-            H.append(f"<p>Measured winner: <b>{_e(label(w, ds['multi_backbone']))}</b>, accuracy "
-                     f"{_e(cells(w)['accuracy'])} %.</p>")
-            if ds.get("winner_test"):
-                H.append(f"<p class='winner-test'>Winner vs runner-up: {_e(ds['winner_test'])}.</p>")
+            lead, best, rest, versus = winner_sentences(ds)
+            H.append(f"<p>{_e(lead)} " + (f"<b>{_e(best)}</b>" if best else "") + f"{_e(rest)}.</p>")
+            if versus:
+                H.append(f"<p class='winner-test'>Winner vs runner-up: {_e(versus)}.</p>")
             pairs = confused_pairs(w.get("confusion"), w.get("classes"))
             if pairs:
                 H.append("<p>Classes it confuses most:</p><ul class='confused'>" + "".join(
@@ -257,9 +290,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                          f"{sim.get('entropy_norm_mean', 0):.2f} on {_e(sim.get('sample'))} images; "
                          f"{_num(a.get('images_per_class'))} training images per class</small></p>")
             if "matched" in a:
-                cls, verdict = ("match", "matches") if a["matched"] else ("nomatch", "does not match")
-                H.append(f"<p class='{cls}'>The measured winner {_e(a['winner'])} ({_e(a['winner_family'])}) "
-                         f"{verdict} the advice.</p>")
+                cls, text = advice_verdict(a)
+                H.append(f"<p class='{cls}'>{_e(text[0].upper() + text[1:])}.</p>")
             H.append("</div>")
     H.append("</body></html>")
     return "\n".join(H) + "\n"

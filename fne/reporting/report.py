@@ -36,7 +36,16 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.render import cells, label, pub_str, render_html, render_md
+from fne.reporting.render import (
+    cells,
+    label,
+    pct,
+    pub_str,
+    render_html,
+    render_md,
+    secs,
+    winner_sentences,
+)
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -194,6 +203,7 @@ def _row(runs: list[dict]) -> dict:
         "weights_fingerprint": None if is_scratch(m0) else m0.get("weights_fingerprint"),
         "settings": settings(runs[0]), "variant": None,
         "runs": len(runs),
+        "seeds": sorted({m.get("seed") for m in ms if isinstance(m.get("seed"), int)}),
         "scratch": is_scratch(m0),
         "partial": bool(m0.get("n_excluded")),  # scored on a subset of the classes: not comparable
         "paths": [r["path"] for r in runs],
@@ -270,11 +280,11 @@ def tabulate(collected: dict) -> list[dict]:
         best = {}
         for col in COLUMNS:
             vals = [r[col] for r in rows if r.get(col) is not None and not r["partial"]]
-            if len(set(vals)) > 1:  # a column where every value is the same has no best
+            if len({_shown(col, v) for v in vals}) > 1:  # a column where every value reads the same has no best
                 best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
-        for r in rows:
-            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None and r[c] == best[c]
-                         and not r["partial"]]
+        for r in rows:  # values that read the same as the best (0.01 s and 0.01 s) are equally best
+            r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None
+                         and _shown(c, r[c]) == _shown(c, best[c]) and not r["partial"]]
         pub = published.get(key) or {}
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
@@ -282,6 +292,9 @@ def tabulate(collected: dict) -> list[dict]:
         for r in rows:
             r["published"] = pub_vals.get(r["method"])
         winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
+        test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
+            rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
+        verdict = winner_verdict(rows, test)
         names = {str(r["metrics"].get("dataset")) for rs in groups[key].values() for r in rs}
         advice = [a for a in collected["advice"]
                   if a.get("dataset_key") == key or (not a.get("dataset_key") and a.get("dataset") in names)]
@@ -293,12 +306,29 @@ def tabulate(collected: dict) -> list[dict]:
                           "only": {k: v for k, v in pub_vals.items() if k not in measured},
                           "values": pub_vals},
             "winner": winner,
-            "winner_test": compare.winner_vs_runner_up(  # paired test on shared splits, or None
-                rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs}),
-            "advice": [_advice_check(a, winner) for a in advice],
+            "winner_test": test,
+            "verdict": verdict,
+            "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
             "multi_backbone": _multi_backbone(rows),
+            "protocol_note": protocol_note(rows),
         })
     return out
+
+
+def protocol_note(rows: list[dict]) -> str | None:
+    """A sentence where the rows were not scored on the same test images (other split protocols,
+    other seeds of random splits); None where they all were."""
+    groups: dict[str, dict[str, list[str]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
+    for r in rows:
+        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(r["method"])
+        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(r["method"])
+    predefined = all(k.startswith("predefined") for k in groups["splits"])  # seeds do not move its split
+    parts = [f"{what} " + "; ".join(f"{k} ({', '.join(dict.fromkeys(ms))})" for k, ms in g.items())
+             for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
+    if not parts:
+        return None
+    return ("The rows were not all scored on the same test images (" + "; ".join(parts) + "): their differences "
+            "mix the methods with the splits.")
 
 
 def _multi_backbone(rows: list[dict]) -> bool:
@@ -308,13 +338,46 @@ def _multi_backbone(rows: list[dict]) -> bool:
     return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
 
 
-def _advice_check(a: dict, winner: dict | None) -> dict:
+def _shown(col: str, v: float) -> str:
+    """A value as the tables print it (render.pct / render.secs)."""
+    return pct(v) if col in ("accuracy", "mean_class_accuracy") else secs(v)
+
+
+def winner_verdict(rows: list[dict], test: str | None) -> dict:
+    """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
+    to compare), "tie" (accuracies that read the same), "unclear" (the paired test, or without one the spread
+    across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
+    test applies and the lead exceeds the spread)."""
+    ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
+    if not ranked:
+        return {"kind": "none", "text": ""}
+    w = ranked[0]
+    if len(ranked) == 1:
+        return {"kind": "single", "text": f"only one method was measured ({w['method']}): nothing to compare it with"}
+    tied = [r["method"] for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
+    if len(tied) > 1:
+        return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
+    if test is not None:
+        return {"kind": "unclear" if test.startswith("no clear winner") else "clear", "text": test}
+    second, lead = ranked[1], 100 * (w["accuracy"] - ranked[1]["accuracy"])
+    spread = max((100 * r["accuracy_std"] for r in (w, second)
+                  if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
+    if spread is not None and lead <= spread:
+        return {"kind": "unclear", "text": f"no clear winner: {w['method']} leads {second['method']} by "
+                                           f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
+                                           f"no paired test applies (the runs were not scored on the same splits)"}
+    return {"kind": "untested", "text": f"{w['method']} leads {second['method']} by {lead:.1f} points; no paired "
+                                        f"test applies (the runs were not scored on the same splits)"}
+
+
+def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:
     a = {k: v for k, v in a.items() if not k.startswith("_")}
     if winner is not None:
         fam = method_family(winner["method"])
         a["winner"] = winner["method"]
         a["winner_family"] = fam
         a["matched"] = fam in (a.get("families") or [])
+        a["verdict"] = verdict  # single / tie / unclear: the measurements do not test the advice
     return a
 
 
@@ -420,6 +483,11 @@ def table_text(datasets: list[dict]) -> str:
                      f"{c['extract_seconds']:>9}")
         for name, p in ds["published"]["only"].items():
             L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>13}  {pub_str(p):>11}")
+        if ds["winner"]:
+            lead, best, rest, versus = winner_sentences(ds)
+            L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
+        if ds.get("protocol_note"):
+            L.append(f"  Note: {ds['protocol_note']}")
     return "\n".join(L)
 
 

@@ -1,0 +1,74 @@
+"""`fne run --dry-run`: what a run would compute, step by step, and what is already done.
+
+Reads no image and writes nothing: a step's state comes from its folder (fne.pipeline.steps),
+the images' content keys from the data root's manifest, and which of them are cached from the
+stores' indexes. Each (dataset, backbone) whose fits need rows gets a line saying how many
+images its first fit extracts (or that they are not known yet: images never read, weights not
+resolved, a subset not written yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fne.errors import FneError, WeightsError
+from fne.pipeline.config import BackboneCfg, Pipeline
+from fne.pipeline.steps import Step, known_keys, needs_rows
+
+__all__ = ["describe", "extraction_line"]
+
+
+def extraction_line(step: Step, data: str | None, p: Pipeline, cache: str | None) -> str:
+    """What the run extracts for the step's (dataset, backbone) before its first fit, in words."""
+    b: BackboneCfg = step.backbone
+    head = f"extract {step.dataset.key} with {b.label}: "
+    first = "before the first fit" if p.fit else "for the advice"
+    if data is None:
+        return (head + f"its subset ({step.dataset.max_per_class} per class) is not written yet: the run writes "
+                f"it, then computes the rows not in the cache {first}")
+    found = known_keys(data, cache, read=False, partial=True)
+    if found is None:
+        return head + f"DATA cannot be read: {data}"
+    keys = [k for k in found if k is not None]
+    unread = len(found) - len(keys)
+    new = (f"{unread} of {len(found)} images not read yet: the run hashes them and computes those not in the "
+           f"cache {first}")
+    if not keys:
+        return head + new
+    if b.weights not in ("imagenet", "random"):  # a file (hashed on use) or imagenet-or-random
+        return (head + (new + "; " if unread else f"{len(found)} images; ")
+                + f"which are cached is known once the weights {b.weights!r} are resolved")
+    n = len(set(keys))
+    from fne.cache.spec import StoreSpec
+
+    try:
+        spec = StoreSpec(arch=b.arch, weights=b.weights, crop=b.crop, precision=b.precision,
+                         storage_dtype=b.storage_dtype, weights_seed=b.weights_seed, cache=cache, device=p.device)
+        missing = len(spec.find(keys, "run").missing(keys))
+    except (FneError, WeightsError) as e:
+        return head + f"{n} images; the cache cannot be read: {e}"
+    if unread:
+        return head + new + (f"; of the {n} read before, {missing} not in the cache" if missing
+                             else f"; the {n} read before are cached")
+    if not missing:
+        return head + f"all {n} images cached: no forward pass"
+    return head + f"{missing} of {n} images not in the cache: computed {first}"
+
+
+def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], cache: str | None,
+             force: bool, say: Callable[[str], None]) -> int:
+    """One line per step (done, or to run and why), preceded by the extraction each (dataset,
+    backbone) needs before its first step that reads rows; returns how many steps would run."""
+    announced, to_run = set(), 0
+    for s in steps:
+        done, why = s.status()
+        if done and not force:
+            say(f"  {s.label}  ->  {s.dir}  (done)")
+            continue
+        to_run += 1
+        pair = (s.dataset.key, s.backbone.label)
+        if needs_rows(s, bool(p.fit)) and pair not in announced:
+            announced.add(pair)
+            say("  " + extraction_line(s, data_for.get(s.dataset.key, s.dataset.data), p, cache))
+        say(f"  {s.label}  ->  {s.dir}  (to run: {'--force' if done else why})")
+    return to_run

@@ -1,0 +1,151 @@
+"""A pipeline step's identity and state: its folder, the hash of its settings, whether it is done
+and, when it is not, why it runs (new, interrupted, or which settings changed since its result).
+
+Pure bookkeeping over files and JSON: no torch, no verb module (fne.pipeline.runner plans and
+runs the steps; fne.pipeline.dryrun says what a run would do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fne.pipeline.config import BackboneCfg, DatasetCfg
+
+STEP_FORMAT = 1
+
+
+def config_hash(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changes(old: dict, new: dict, limit: int = 4) -> str:
+    """What differs between two step configurations, in words: 'epochs 3 -> 5; the images changed'."""
+    a, b = _flat(old), _flat(new)
+    words = []
+    for k in sorted(set(a) | set(b), key=lambda k: (k.count("."), k)):
+        if json.dumps(a.get(k), default=str) == json.dumps(b.get(k), default=str):
+            continue
+        name = k.removeprefix("settings.")
+        if k == "dataset.content":
+            words.append("the images changed" if b.get(k) else "the images may have changed (not read yet)")
+        elif k == "fne":
+            words.append(f"fne {a.get(k)} -> {b.get(k)}")
+        else:
+            words.append(f"{name} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+    if len(words) > limit:
+        words = words[:limit] + [f"{len(words) - limit} more"]
+    return "; ".join(words)
+
+
+@dataclass
+class Step:
+    kind: str  # advise | fit | train
+    dataset: DatasetCfg
+    backbone: BackboneCfg
+    dir: Path
+    config: dict
+    kwargs: dict
+    label: str
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.config)
+
+    @property
+    def result_file(self) -> Path:
+        return self.dir / ("advice.json" if self.kind == "advise" else "metrics.json")
+
+    def done(self) -> bool:
+        return self.status()[0]
+
+    def status(self) -> tuple[bool, str]:
+        """(done, why it runs): done when RUN_DIR holds its result and a step.json with the same
+        settings' hash and the result's own hash; otherwise the reason in a few words."""
+        rf, sf = self.result_file, self.dir / "step.json"
+        if not sf.is_file():
+            return False, ("did not finish last time" if self.dir.is_dir() else "new")
+        try:
+            s = json.loads(sf.read_text())
+        except (OSError, ValueError):
+            return False, f"its {sf.name} is unreadable"
+        if not rf.is_file():
+            return False, f"its {rf.name} is missing"
+        if s.get("hash") != self.hash:
+            return False, "settings changed: " + (changes(s.get("config") or {}, self.config) or "step format")
+        if s.get("result_sha") != _file_sha(rf):
+            return False, f"its {rf.name} was changed after the step wrote it"
+        return True, "done"
+
+    def mark_done(self, seconds: float, extract: dict | None = None) -> None:
+        """step.json: the step's hash and its result's; `extract` is the extraction that computed
+        the rows this step read in the same `fne run` (its measured seconds, rows computed)."""
+        record = {"format": STEP_FORMAT, "hash": self.hash, "kind": self.kind, "label": self.label,
+                  "dataset_key": self.dataset.key, "backbone": self.backbone.label,
+                  "result_sha": _file_sha(self.result_file), "seconds": seconds,
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config}
+        if extract is not None:
+            record["extract"] = extract
+        tmp = self.dir / ".step.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1, default=str))
+        os.replace(tmp, self.dir / "step.json")
+
+
+def needs_rows(step: Step, has_fit: bool) -> bool:
+    """Fits read every row: extract the dataset once, before the first fit (or before the advice,
+    which then reads its sample from the same rows); without fits the advice extracts its sample."""
+    b = step.backbone
+    return step.kind == "fit" or (step.kind == "advise" and has_fit and (b.resolved_weights or b.weights) != "random")
+
+
+def known_keys(data: str, cache: str | None, read: bool = True, partial: bool = False) -> list[str | None] | None:
+    """DATA's content keys (from the data root's manifest: an unchanged folder is only stat'ed);
+    None where DATA cannot be read (a dry run without its data).
+
+    read=False (a dry run) reads no image file and writes nothing: the keys come from the manifest
+    alone (arrays, which have none, are hashed), and are None unless the manifest knows every file as it is now (`partial`: a list
+    with None for each file it does not know)."""
+    from fne.data.datasets import load_dataset
+    from fne.data.manifest import known_keys as manifest_keys
+    from fne.data.manifest import manifest_for
+    from fne.errors import DataError
+    from fne.linear.features import load_data
+
+    try:
+        if read:
+            return load_data(data, cache).keys()
+        dataset = load_dataset(data, cache=cache)
+        if dataset.array_source is not None:  # arrays in one file (HDF5, digits): hashed, no image decoded
+            return dataset.keys()
+        manifest = manifest_for(dataset, cache)
+        keys = manifest_keys(dataset, manifest) if manifest is not None else [None]
+        if partial and manifest is None:
+            return [None] * len(dataset)
+        return keys if partial or None not in keys else None
+    except DataError:
+        return None
+
+
+def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str | None:
+    """The images' content (sorted keys, see known_keys); None where they are not known."""
+    from fne.data.shards import content_fingerprint as fingerprint
+
+    keys = known_keys(data, cache, read)
+    return None if keys is None else fingerprint(keys)
