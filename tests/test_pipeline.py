@@ -608,3 +608,23 @@ def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_
     assert json.loads((svm / "previous-metrics.json").read_text())["accuracy"] == old
     r = P.run(f, out, cache, log=lambda s: None)
     assert (r["ran"], r["skipped"]) == (1, 1) and "last+svm" in (out / "report.md").read_text()
+
+
+def test_a_step_failing_on_a_bug_keeps_its_traceback_for_a_report(tmp_path, monkeypatch):
+    """Not a user's mistake (no FneError): the one line says where the traceback is kept."""
+    import fne.linear.fit
+    from fne.errors import FneError
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    text = text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]')
+    f = write(tmp_path, text)
+    out = tmp_path / "out"
+
+    def buggy(data, **k):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(fne.linear.fit, "fit", buggy)
+    with pytest.raises(FneError, match=r"KeyError: 'oops' \(traceback in .*traceback.txt\)"):
+        P.run(f, out, str(tmp_path / "cache"), log=lambda s: None)
+    (kept,) = out.rglob("traceback.txt")
+    assert kept.parent.name == "fit-last-svm-C1.0-s0" and "in buggy" in kept.read_text()

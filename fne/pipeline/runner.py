@@ -315,6 +315,7 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
 
     step.dir.mkdir(parents=True, exist_ok=True)
     (step.dir / "step.json").unlink(missing_ok=True)  # a half-written result never looks done
+    (step.dir / "traceback.txt").unlink(missing_ok=True)  # of an earlier failure
     if step.result_file.is_file():  # of other settings, or --force: kept aside, never read as this step's
         os.replace(step.result_file, step.dir / f"previous-{step.result_file.name}")
     k = dict(step.kwargs)
@@ -513,14 +514,33 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
             t = time.perf_counter()
             result = run_step(step, p, cache, out, resume=not force)
         except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
-            failed.append((step.label, _one_line(e)))
-            say(f"{tag}: FAILED: {_one_line(e)}")
+            why = _one_line(e)
+            if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report
+                why += f" (traceback in {_keep_traceback(step.dir, e)})"
+            failed.append((step.label, why))
+            say(f"{tag}: FAILED: {why}")
             continue
         secs = time.perf_counter() - t
         step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
         ran += 1
         say(f"{tag}: {_summary_line(step, result)} [{secs:.1f} s]")
     return ran, skipped, failed
+
+
+def _keep_traceback(folder: Path, e: Exception) -> Path:
+    """`e`'s traceback in folder/traceback.txt (or the temporary folder when that cannot be written)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    for where in (folder, Path(tempfile.gettempdir())):
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            (where / "traceback.txt").write_text(text)
+            return where / "traceback.txt"
+        except OSError:
+            continue
+    return Path("-")
 
 
 def _one_line(e: Exception) -> str:
