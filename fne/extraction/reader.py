@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import uuid
+import warnings
 import weakref
 
 import numpy as np
@@ -99,16 +100,27 @@ class ImageItems(torch.utils.data.Dataset):
             size = _plain_jpeg(data) if self.raw_jpeg else None  # by its header: Parquet rows have no name
             if size is not None:
                 return i, key, Jpeg.of(data, size), None, stat  # packed with the batch's others by `collate`
-            return i, key, self.prep(read_image(io.BytesIO(data))), None, stat
+            return i, key, self.prep(named_decode(data, d.ids[i])), None, stat
         except Exception as e:  # unreadable, truncated or not an image: skip it, say why
-            return i, key, None, why_unreadable(e), stat
+            return i, key, None, why_unreadable(e, data), stat
 
 
-def why_unreadable(e: Exception) -> str:
+def named_decode(data: bytes, name: str):
+    """`read_image` of a file's bytes; a warning Pillow gives while decoding it (a very large
+    image, corrupt EXIF data) is given again, naming the image, where alone it names none."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = read_image(io.BytesIO(data))
+    for w in caught:
+        warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+    return img
+
+
+def why_unreadable(e: Exception, data: bytes | None = None) -> str:
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
-        return "not an image file"
+        return "empty file (0 bytes)" if data is not None and not data else "not an image file"
     return f"{type(e).__name__}: {e}"
 
 
