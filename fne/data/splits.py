@@ -87,3 +87,52 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
         raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     tr, va = stratified(tr, y[tr], val_fraction, seed, "--val-fraction")[0]
     return np.sort(tr), np.sort(va), np.sort(te)
+
+
+def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np.ndarray, np.ndarray]],
+                    show: int = 3) -> list[str]:
+    """What a fit should be told about images with the same bytes (one content key, one row).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The labelled images (`ids`, `labels`).
+    keys : list of str
+        Their content keys (`Dataset.keys`).
+    split_list : list of (ndarray, ndarray)
+        `make_splits`' (train, test) indices.
+    show : int
+        Examples named in each line.
+
+    Returns
+    -------
+    list of str
+        One line for copies filed under different classes (the same features with two labels),
+        one for test images with a copy among the training images of their split (scored on an
+        image the head was fitted on); none when neither happens.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    copies = [g for g in groups.values() if len(g) > 1]
+    if not copies:
+        return []
+    notes = []
+    clash = [g for g in copies if len({dataset.labels[i] for i in g}) > 1]
+    if clash:
+        eg = "; ".join(" = ".join(f"{dataset.ids[i]} ({dataset.labels[i]})" for i in g) for g in clash[:show])
+        notes.append(f"{len(clash)} image(s) appear, byte for byte, under more than one class (the same "
+                     f"features with two labels): {eg}")
+    copied = {i for g in copies for i in g}
+    leaked = []
+    for tr, te in split_list:
+        train_keys = {keys[i] for i in tr if i in copied}
+        idx = [i for i in te if i in copied and keys[i] in train_keys]
+        if idx:
+            leaked.append(idx)
+    if leaked:
+        worst = max(leaked, key=len)
+        notes.append(f"{len(worst)} test image(s) of {len(leaked)} of {len(split_list)} "
+                     f"split(s) have a byte-identical copy among that split's training images: "
+                     f"{', '.join(dataset.ids[i] for i in worst[:show])}")
+    return notes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from fne import verb_module
 from fne.cache.fs import check_target, is_url, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
-from fne.data.splits import make_splits
+from fne.data.splits import duplicate_notes, make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -146,6 +147,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
+    for note in duplicate_notes(dataset, dataset.keys(), split_list):
+        warnings.warn(note, stacklevel=2)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
                                lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
