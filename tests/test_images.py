@@ -1,0 +1,128 @@
+"""The images a researcher really has: hidden and linked files, Pillow's warnings, empty files,
+identical images under two classes. Images are made here, tiny."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fne.backbones.preprocess import Preprocess
+from fne.cli import main
+from fne.data.datasets import load_dataset
+from fne.data.splits import duplicate_notes, make_splits
+from fne.extraction.reader import ImageItems
+
+from .test_faults import CLI_FAST
+
+
+def _png(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, "PNG")
+    return path
+
+
+def test_folder_skips_hidden_follows_linked_folders_and_names_dangling_links(tmp_path):
+    """macOS's `._x.jpg` and `.DS_Store`, Jupyter's `.ipynb_checkpoints/` copies are no images of
+    the class; a symlinked folder is read (as torchvision's ImageFolder reads it), once even
+    when a link loops back; a link to nothing is skipped with a line naming it, not a stop."""
+    root, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    _png(root / "a" / "1.png", 1)
+    (root / "a" / "._1.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (root / "a" / ".DS_Store.png").write_bytes(b"\x00\x00\x00\x01Bud1")
+    _png(root / "a" / ".ipynb_checkpoints" / "1-checkpoint.png", 1)
+    _png(elsewhere / "2.png", 2)
+    os.symlink(elsewhere, root / "a" / "linked")
+    os.symlink(root / "a", root / "a" / "linked" / "back")  # a loop: a/linked/back -> a
+    _png(root / "b" / "3.png", 3)
+    os.symlink(root / "b" / "gone.png", root / "b" / "dangling.png")
+    with pytest.warns(UserWarning, match=r"dangling\.png: a symbolic link to nothing"):
+        d = load_dataset(root)
+    assert d.ids == ["a/1.png", "a/linked/2.png", "b/3.png"] and d.labels == ["a", "a", "b"]
+    flat = tmp_path / "flat"
+    _png(flat / "x.png", 4)
+    (flat / "._x.png").write_bytes(b"\x00\x05\x16\x07")
+    assert load_dataset(flat).ids == ["x.png"]
+
+
+def test_dangling_link_does_not_stop_extract_or_fit(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    os.symlink(root / "a" / "nope.png", root / "a" / "dangling.png")
+    cache = str(tmp_path / "c")
+    assert main(["extract", str(root), "--cache", cache, *CLI_FAST]) == 0
+    out, err = capsys.readouterr()
+    assert "dangling.png: a symbolic link to nothing" in err and "4 computed" in out
+    assert main(["fit", str(root), "--cache", cache, "--out", str(tmp_path / "run"), "--splits", "1",
+                 "--test-size", "0.5", *CLI_FAST]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_pillow_warning_names_the_image(tmp_path, monkeypatch):
+    """Pillow warns of a very large image without saying which; the reader says which."""
+    _png(tmp_path / "d" / "a" / "big.png", 1, size=(30, 20))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 600 pixels: over the warning's limit, under the error's
+    d = load_dataset(tmp_path / "d")
+    with pytest.warns(Image.DecompressionBombWarning, match=r"^a/big\.png: Image size \(600 pixels\)"):
+        i, key, views, err, stat = ImageItems(d, [0], Preprocess(16))[0]
+    assert err is None and views.shape == (1, 3, 16, 16)
+
+
+def test_empty_file_is_named_empty(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "a" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "d" / "a" / "text.jpg").write_text("not an image\n")
+    d = load_dataset(tmp_path / "d")
+    items = ImageItems(d, [0, 1], Preprocess(16))
+    assert [items[j][3] for j in range(2)] == ["not an image file", "empty file (0 bytes)"]
+
+
+def test_identical_images_under_two_classes_and_across_a_split_are_named(tmp_path):
+    """The store is keyed by content: a copy under another class is the same features with
+    another label, and a copy on the other side of a split is a test image the head has seen."""
+    root = tmp_path / "d"
+    for split, c, name, seed in [("train", "a", "1.png", 1), ("train", "a", "2.png", 2), ("train", "b", "3.png", 3),
+                                 ("train", "b", "4.png", 4), ("test", "a", "5.png", 5), ("test", "b", "6.png", 6)]:
+        _png(root / split / c / name, seed)
+    d = load_dataset(root)
+    assert duplicate_notes(d, d.keys(), make_splits(d, d.label_indices())) == []
+    (root / "train" / "b" / "1-copy.png").write_bytes((root / "train" / "a" / "1.png").read_bytes())
+    (root / "test" / "a" / "2-again.png").write_bytes((root / "train" / "a" / "2.png").read_bytes())
+    d = load_dataset(root)
+    clash, leak = duplicate_notes(d, d.keys(), make_splits(d, d.label_indices()))
+    assert clash.startswith("1 image(s) appear, byte for byte, under more than one class")
+    assert "train/a/1.png (a) = train/b/1-copy.png (b)" in clash
+    assert leak.startswith("1 test image(s) of 1 of 1 split(s) have a byte-identical copy") and "test/a/2-again.png" in leak
+
+
+def test_fit_warns_of_identical_images_under_two_classes(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2, 3)), ("b", (4, 5, 6))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    (root / "b" / "copy-of-1.png").write_bytes((root / "a" / "1.png").read_bytes())
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "1", "--test-size", "0.4", *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "fne: warning: 1 image(s) appear, byte for byte, under more than one class" in err
+    assert "a/1.png (a) = b/copy-of-1.png (b)" in err
+
+
+def test_unreadable_images_left_out_are_all_counted(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    for k in range(6):
+        (root / "ab"[k % 2] / f"bad{k}.jpg").write_text(f"not an image {k}\n")
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "1", "--test-size", "0.5", *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "fne: warning: 6 unreadable image(s) left out: a/bad0.jpg, a/bad2.jpg, a/bad4.jpg, b/bad1.jpg, " \
+           "b/bad3.jpg and 1 more" in err
