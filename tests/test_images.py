@@ -4,6 +4,7 @@ identical images under two classes. Images are made here, tiny."""
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from fne.backbones.preprocess import Preprocess
 from fne.cli import main
 from fne.data.datasets import load_dataset
 from fne.data.splits import duplicate_notes, make_splits
+from fne.errors import DataError
 from fne.extraction.reader import ImageItems
 
 from .test_faults import CLI_FAST
@@ -126,3 +128,12 @@ def test_unreadable_images_left_out_are_all_counted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "fne: warning: 6 unreadable image(s) left out: a/bad0.jpg, a/bad2.jpg, a/bad4.jpg, b/bad1.jpg, " \
            "b/bad3.jpg and 1 more" in err
+
+
+def test_class_names_differing_only_in_unicode_form_are_explained(tmp_path):
+    """'ñandú' from a macOS archive (NFD) and typed on Linux (NFC) look the same and differ."""
+    nfc, nfd = unicodedata.normalize("NFC", "ñandú"), unicodedata.normalize("NFD", "ñandú")
+    for split, c in (("train", nfc), ("train", "cat"), ("test", nfd), ("test", "cat")):
+        _png(tmp_path / "d" / split / c / "1.png", len(split) + len(c))
+    with pytest.raises(DataError, match="test classes with no training images: .*: train/ has a folder of the same name in other Unicode code points"):
+        load_dataset(tmp_path / "d")
