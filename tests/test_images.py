@@ -3,7 +3,9 @@ identical images under two classes. Images are made here, tiny."""
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 import unicodedata
 from pathlib import Path
 
@@ -137,3 +139,34 @@ def test_class_names_differing_only_in_unicode_form_are_explained(tmp_path):
         _png(tmp_path / "d" / split / c / "1.png", len(split) + len(c))
     with pytest.raises(DataError, match="test classes with no training images: .*: train/ has a folder of the same name in other Unicode code points"):
         load_dataset(tmp_path / "d")
+
+
+def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def test_tar_from_macos_and_left_out_members_are_counted(tmp_path, capsys):
+    """macOS's tar adds `._name` AppleDouble members: no samples (webdataset ignores them too),
+    not "no label" noise. Members left out when listing (here one without a label) are named
+    and counted in extract's summary, as a dangling link in a folder is."""
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for k in range(3):
+            buf = io.BytesIO()
+            Image.new("RGB", (12, 10), (40 * k, 0, 0)).save(buf, "PNG")
+            _member(tf, f"./._{k:06d}.png", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+            _member(tf, f"./{k:06d}.png", buf.getvalue())
+            if k < 2:
+                _member(tf, f"./{k:06d}.cls", str(k).encode())
+    assert main(["extract", str(shard), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    out, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if "warning" in line] == \
+        ["fne: warning: skipped train-000000.tar:./000002.png: no label"]
+    assert "2 computed" in out and "1 left out when listing DATA (named above)" in out
+    root = tmp_path / "d"
+    _png(root / "a" / "1.png", 1)
+    os.symlink(root / "a" / "nope.png", root / "a" / "dangling.png")
+    assert main(["extract", str(root), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    assert "1 left out when listing DATA (named above)" in capsys.readouterr().out

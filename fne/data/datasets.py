@@ -49,6 +49,7 @@ class Dataset:
     root: str | None = None  # the folder file sources are relative to (its manifest's key)
     _stats: list | None = field(default=None, repr=False)
     container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
+    left_out: list[str] = field(default_factory=list, repr=False)  # entries skipped when listing, each warned
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -138,6 +139,7 @@ class Dataset:
             root=self.root,
             _stats=None if self._stats is None else [self._stats[i] for i in idx],
             container=self.container,
+            left_out=self.left_out,
         )
 
 
@@ -246,13 +248,13 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
     return _folder(path)
 
 
-def _class_folder(root: Path) -> tuple[list[str], list[str]]:
+def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:
     class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not class_dirs:
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
     files, labels = [], []
     for name in class_dirs:
-        imgs = image_files(os.path.join(root, name))
+        imgs = image_files(os.path.join(root, name), left_out)
         if not imgs:
             raise DataError(f"DATA {root}: class folder {name!r} has no images")
         files += imgs
@@ -287,14 +289,17 @@ def _folder(root: Path) -> Dataset:
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=loose, labels=None, splits=None,
                        classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root))
-    files, labels = _class_folder(root)
-    return _file_dataset(root.name, root, files, labels, None)
+    left_out: list[str] = []
+    files, labels = _class_folder(root, left_out)
+    d = _file_dataset(root.name, root, files, labels, None)
+    d.left_out = left_out
+    return d
 
 
 def _split_folder(root: Path) -> Dataset:
-    files, labels, splits = [], [], []
+    files, labels, splits, left_out = [], [], [], []
     for split in SPLITS:
-        f, lab = _class_folder(root / split)
+        f, lab = _class_folder(root / split, left_out)
         files += f
         labels += lab
         splits += [split] * len(f)
@@ -306,7 +311,9 @@ def _split_folder(root: Path) -> Dataset:
         hint = (f" ({', '.join(look_alike)}: train/ has a folder of the same name in other Unicode code points, "
                 f"NFC against NFD as macOS writes them; rename one)" if look_alike else "")
         raise DataError(f"DATA {root}: test classes with no training images: {', '.join(unseen)}{hint}")
-    return _file_dataset(root.name, root, files, labels, splits)
+    d = _file_dataset(root.name, root, files, labels, splits)
+    d.left_out = left_out
+    return d
 
 
 def _csv(path: Path) -> Dataset:
@@ -497,7 +504,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
                        cache: str | Path | None) -> Dataset:
     """One Dataset over the members of `files` (in file order, then member order)."""
     listings: dict[str, containers.Listing] = {}
-    ids, labels, splits, sources = [], [], [], []
+    ids, labels, splits, sources, left_out = [], [], [], [], []
     class_names = None
     for path in files:
         listing = listings[path] = _listing(path, kind, label_key, cache)
@@ -506,6 +513,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             warnings.warn(f"{rel}: {listing.broken}; its members before that are read", stacklevel=2)
         for member, why in listing.bad:
             warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
+            left_out.append(f"{rel}:{member}")
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
             split = split or file_split
@@ -527,7 +535,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     dataset = Dataset(name=name, ids=[ids[i] for i in keep],
                       labels=None if labels is None else [labels[i] for i in keep],
                       splits=[splits[i] for i in keep] if has_split else None, classes=[],
-                      sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings))
+                      sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings),
+                      left_out=left_out + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = _sorted_classes(dataset.labels, names)

@@ -37,12 +37,12 @@ def read_image(path: str | Path) -> Image.Image:
 
 
 
-def image_files(folder: str) -> list[str]:
+def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
     """Paths of the image files anywhere under `folder`, in `Path` order (component by
     component). Hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)
     are left out, as hidden class folders are; symlinked folders are followed (as torchvision's
     `ImageFolder` does), each real folder once; a symlink to nothing is skipped with a warning
-    naming it. Directory entries only (no stat per regular file), which matters on a shared
+    naming it (and added to `left_out`). Directory entries only (no stat per regular file), which matters on a shared
     filesystem with a million images; strings, not `Path` objects: a listing of 32,768 files
     took 0.6 s through pathlib."""
     out: list[str] = []
@@ -68,6 +68,8 @@ def image_files(folder: str) -> list[str]:
             elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                 if e.is_symlink() and not e.is_file():
                     warnings.warn(f"skipped {e.path}: a symbolic link to nothing", stacklevel=4)
+                    if left_out is not None:
+                        left_out.append(e.path)
                     continue
                 out.append(e.path)
         todo += sorted(folders, reverse=True)  # the first by name is listed first: a folder seen twice is named by it
