@@ -17,7 +17,7 @@ from fne.backbones.preprocess import Preprocess
 from fne.cli import main
 from fne.data.datasets import load_dataset
 from fne.data.splits import duplicate_notes, make_splits
-from fne.errors import DataError
+from fne.errors import DataError, FneError
 from fne.extraction.reader import ImageItems
 
 from .test_faults import CLI_FAST
@@ -170,3 +170,25 @@ def test_tar_from_macos_and_left_out_members_are_counted(tmp_path, capsys):
     os.symlink(root / "a" / "nope.png", root / "a" / "dangling.png")
     assert main(["extract", str(root), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
     assert "1 left out when listing DATA (named above)" in capsys.readouterr().out
+
+
+def test_a_class_whose_images_are_all_unreadable_is_named(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    (root / "zzz").mkdir()
+    (root / "zzz" / "bad.jpg").write_text("not an image\n")
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "1", "--test-size", "0.5", *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "1 class(es) have no readable image, so the model cannot predict them: zzz" in err
+
+
+def test_a_random_split_names_the_classes_with_one_image(tmp_path):
+    for c, n in (("a", 1), ("b", 3), ("c", 1)):
+        for s in range(n):
+            _png(tmp_path / "d" / c / f"{s}.png", s + ord(c))
+    d = load_dataset(tmp_path / "d")
+    with pytest.raises(FneError, match=r"at least 2 images for a random split; 2 class\(es\) have 1: a, c$"):
+        make_splits(d, d.label_indices())

@@ -35,7 +35,9 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     if not 0 < test_size < 1:
         raise FneError(f"--test-size must be in (0, 1), got {test_size}")
     if counts[counts > 0].min() < 2:
-        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split")
+        ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
+        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split; "
+                       f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
     return stratified(np.arange(len(y)), y, test_size, seed, "--test-size", splits)
 
 

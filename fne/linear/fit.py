@@ -197,6 +197,10 @@ def _check_trainable(data, dataset: Dataset) -> None:
     if dataset.labels is None:
         raise FneError(f"{where}: fit needs labels")
     y, part = dataset.label_indices(), ""
+    empty = [c for k, c in enumerate(dataset.classes) if k not in set(y.tolist())]
+    if empty:  # every image of theirs unreadable: kept in `classes`, never predicted
+        warnings.warn(f"{len(empty)} class(es) have no readable image, so the model cannot predict them: "
+                      f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
     if dataset.has_split:
         y, part = y[np.array(dataset.splits) == "train"], " in the train split"
     present = [dataset.classes[c] for c in np.unique(y)]
