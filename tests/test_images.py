@@ -137,8 +137,33 @@ def test_class_names_differing_only_in_unicode_form_are_explained(tmp_path):
     nfc, nfd = unicodedata.normalize("NFC", "ñandú"), unicodedata.normalize("NFD", "ñandú")
     for split, c in (("train", nfc), ("train", "cat"), ("test", nfd), ("test", "cat")):
         _png(tmp_path / "d" / split / c / "1.png", len(split) + len(c))
-    with pytest.raises(DataError, match="test classes with no training images: .*: train/ has a folder of the same name in other Unicode code points"):
-        load_dataset(tmp_path / "d")
+    d = load_dataset(tmp_path / "d")
+    with pytest.raises(DataError, match="test classes with no .readable. training images: .*: the training images "
+                                        "have a class of the same name in other Unicode code points"):
+        make_splits(d, d.label_indices())
+
+
+def test_a_class_only_in_test_stops_fit_in_every_form_and_not_extract(tmp_path, capsys):
+    """A folder stopped even `fne extract` (which needs no labels) and Parquet did not stop
+    `fne fit`, scoring the class's images as wrong: now fit stops for every form, extract for none."""
+    rows = [("train", "a", 1), ("train", "a", 2), ("train", "b", 3), ("train", "b", 4), ("test", "a", 5),
+            ("test", "b", 6), ("test", "c", 7)]
+    folder, pqdir = tmp_path / "folder", tmp_path / "pq"
+    for split, c, seed in rows:
+        _png(folder / split / c / f"{seed}.png", seed)
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pqdir.mkdir()
+    for split in ("train", "test"):
+        part = [(c, seed) for s, c, seed in rows if s == split]
+        pq.write_table(pa.table({"image": [{"bytes": (folder / split / c / f"{seed}.png").read_bytes(),
+                                            "path": f"{seed}.png"} for c, seed in part],
+                                 "label": [c for c, _ in part]}), pqdir / f"{split}-00000-of-00001.parquet")
+    cache = str(tmp_path / "c")
+    for data in (folder, pqdir):
+        assert main(["extract", str(data), "--cache", cache, *CLI_FAST]) == 0
+        assert main(["fit", str(data), "--cache", cache, "--out", str(tmp_path / "run"), *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert "fne fit: error: DATA" in err and "test classes with no (readable) training images: c" in err
 
 
 def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:

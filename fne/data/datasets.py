@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import time
-import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -303,14 +302,6 @@ def _split_folder(root: Path) -> Dataset:
         files += f
         labels += lab
         splits += [split] * len(f)
-    train_classes = {lab for lab, s in zip(labels, splits) if s == "train"}
-    unseen = sorted({lab for lab, s in zip(labels, splits) if s == "test"} - train_classes)
-    if unseen:
-        same = {unicodedata.normalize("NFC", c) for c in train_classes}
-        look_alike = [c for c in unseen if unicodedata.normalize("NFC", c) in same]
-        hint = (f" ({', '.join(look_alike)}: train/ has a folder of the same name in other Unicode code points, "
-                f"NFC against NFD as macOS writes them; rename one)" if look_alike else "")
-        raise DataError(f"DATA {root}: test classes with no training images: {', '.join(unseen)}{hint}")
     d = _file_dataset(root.name, root, files, labels, splits)
     d.left_out = left_out
     return d

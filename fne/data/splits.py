@@ -10,6 +10,7 @@ first split and train's test images are the same images.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -22,6 +23,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
                 train_per_class: int | None = None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) dataset indices of each split, in the splitter's order."""
     if dataset.has_split:
+        check_test_classes(dataset)
         s = np.array(dataset.splits)
         tr, te = np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
         if len(tr) == 0 or len(te) == 0:
@@ -39,6 +41,28 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split; "
                        f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
     return stratified(np.arange(len(y)), y, test_size, seed, "--test-size", splits)
+
+
+def check_test_classes(dataset: Dataset) -> None:
+    """Raise `DataError` when DATA's predefined split has test images of a class without
+    training images (none can be predicted right), whatever DATA's form.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Labelled images with a split (else nothing to check).
+    """
+    if dataset.labels is None or dataset.splits is None:
+        return
+    train = {lab for lab, s in zip(dataset.labels, dataset.splits) if s == "train"}
+    unseen = sorted({lab for lab, s in zip(dataset.labels, dataset.splits) if s == "test"} - train)
+    if not unseen:
+        return
+    same = {unicodedata.normalize("NFC", c) for c in train}
+    look_alike = [c for c in unseen if unicodedata.normalize("NFC", c) in same]
+    hint = (f" ({', '.join(look_alike)}: the training images have a class of the same name in other Unicode code "
+            f"points, NFC against NFD as macOS writes names; rename one)" if look_alike else "")
+    raise DataError(f"DATA {dataset}: test classes with no (readable) training images: {', '.join(unseen)}{hint}")
 
 
 def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,

@@ -23,7 +23,7 @@ from fne import verb_module
 from fne.cache.fs import check_target, is_url, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
-from fne.data.splits import duplicate_notes, make_splits
+from fne.data.splits import check_test_classes, duplicate_notes, make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -202,6 +202,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
         warnings.warn(f"{len(empty)} class(es) have no readable image, so the model cannot predict them: "
                       f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
     if dataset.has_split:
+        check_test_classes(dataset)
         y, part = y[np.array(dataset.splits) == "train"], " in the train split"
     present = [dataset.classes[c] for c in np.unique(y)]
     if len(present) < 2:
