@@ -217,3 +217,29 @@ def test_a_random_split_names_the_classes_with_one_image(tmp_path):
     d = load_dataset(tmp_path / "d")
     with pytest.raises(FneError, match=r"at least 2 images for a random split; 2 class\(es\) have 1: a, c$"):
         make_splits(d, d.label_indices())
+
+
+@pytest.mark.parametrize("held", ["val", "validation", "Test"])
+def test_a_train_and_val_folder_is_not_two_classes(tmp_path, held):
+    """ImageNet's layout (train/ + val/), or Train/ + Test/, was fitted as two classes "train" and "val"."""
+    for split in ("train" if held != "Test" else "Train", held):
+        for c in ("a", "b"):
+            _png(tmp_path / "d" / split / c / "1.png", len(split) + ord(c))
+    with pytest.raises(DataError, match="are a split, not classes; a predefined split is read from train/ and test/"):
+        load_dataset(tmp_path / "d")
+
+
+def test_what_a_folder_leaves_out_is_said(tmp_path):
+    """Images beside the class folders, and folders beside train/ and test/, were left out silently."""
+    for c in ("a", "b"):
+        _png(tmp_path / "d" / c / "1.png", ord(c))
+    _png(tmp_path / "d" / "stray.png", 9)
+    with pytest.warns(UserWarning, match=r"1 image\(s\) beside the class folders belong to no class, left out: stray"):
+        d = load_dataset(tmp_path / "d")
+    assert d.ids == ["a/1.png", "b/1.png"] and d.left_out == ["stray.png"]
+    for split in ("train", "test", "val"):
+        for c in ("a", "b"):
+            _png(tmp_path / "s" / split / c / "1.png", len(split) + ord(c))
+    with pytest.warns(UserWarning, match=r"val/ left out: a predefined split reads train/ and test/ only"):
+        d = load_dataset(tmp_path / "s")
+    assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4

@@ -288,15 +288,31 @@ def _folder(root: Path) -> Dataset:
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=loose, labels=None, splits=None,
                        classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root))
-    left_out: list[str] = []
+    dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    train, held = [n for n in dirs if n.lower() == "train"], [n for n in dirs if n.lower() in _HELD_OUT]
+    if train and held:  # not classes: a split fne would otherwise fit as two classes
+        raise DataError(f"DATA {root}: folders {train[0]}/ and {held[0]}/ are a split, not classes; a predefined "
+                        f"split is read from train/ and test/ (lower case: name the held-out folder test/), "
+                        f"or give the train folder alone as DATA")
+    if loose:
+        warnings.warn(f"DATA {root}: {len(loose)} image(s) beside the class folders belong to no class, left out: "
+                      f"{', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''}", stacklevel=3)
+    left_out: list[str] = list(loose)
     files, labels = _class_folder(root, left_out)
     d = _file_dataset(root.name, root, files, labels, None)
     d.left_out = left_out
     return d
 
 
+_HELD_OUT = {"val", "valid", "validation", "test", "testing"}
+
+
 def _split_folder(root: Path) -> Dataset:
     files, labels, splits, left_out = [], [], [], []
+    other = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name not in SPLITS)
+    if other:
+        warnings.warn(f"DATA {root}: {', '.join(f'{n}/' for n in other)} left out: a predefined split reads train/ "
+                      f"and test/ only (tar shards and Parquet files named validation count as train)", stacklevel=3)
     for split in SPLITS:
         f, lab = _class_folder(root / split, left_out)
         files += f
