@@ -243,3 +243,13 @@ def test_what_a_folder_leaves_out_is_said(tmp_path):
     with pytest.warns(UserWarning, match=r"val/ left out: a predefined split reads train/ and test/ only"):
         d = load_dataset(tmp_path / "s")
     assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4
+
+
+def test_a_float_image_in_0_1_is_said_to_come_out_black(tmp_path):
+    """Rows stay what torchvision's loader makes of it (black), but the user is told which file."""
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    Image.fromarray(np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20)).save(tmp_path / "d" / "a" / "f.tif")
+    d = load_dataset(tmp_path / "d")
+    with pytest.warns(UserWarning, match=r"^a/f\.tif: a float image with values in 0-1 is read as 0-255"):
+        _, _, views, err, _ = ImageItems(d, [0], Preprocess(16))[0]
+    assert err is None and int(views.max()) <= 1

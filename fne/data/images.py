@@ -20,6 +20,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and 0 < arr.max() <= 1:  # rows unchanged (as torchvision reads it), but said
+            warnings.warn("a float image with values in 0-1 is read as 0-255, so it comes out black; "
+                          "save it as an 8- or 16-bit image", stacklevel=2)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         img = Image.fromarray(arr, mode="L")
     if img.mode == "P" and "transparency" in img.info:
