@@ -253,3 +253,25 @@ def test_a_float_image_in_0_1_is_said_to_come_out_black(tmp_path):
     with pytest.warns(UserWarning, match=r"^a/f\.tif: a float image with values in 0-1 is read as 0-255"):
         _, _, views, err, _ = ImageItems(d, [0], Preprocess(16))[0]
     assert err is None and int(views.max()) <= 1
+
+
+def test_a_deprecation_while_decoding_is_left_to_the_usual_filters(tmp_path, monkeypatch):
+    """A library's deprecation is no news about an image: shown as the filters say, not per image."""
+    import warnings
+
+    import fne.extraction.reader as reader
+
+    real = reader.read_image
+
+    def deprecated(src):
+        warnings.warn("some Pillow API is deprecated", DeprecationWarning, stacklevel=1)
+        return real(src)
+
+    monkeypatch.setattr(reader, "read_image", deprecated)
+    for s in (1, 2):
+        _png(tmp_path / "d" / "a" / f"{s}.png", s)
+    d = load_dataset(tmp_path / "d")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # as the CLI shows warnings: once per place
+        assert [ImageItems(d, [0, 1], Preprocess(16))[j][3] for j in (0, 1)] == [None, None]
+    assert [str(w.message) for w in caught] == ["some Pillow API is deprecated"]  # once, not once per image
