@@ -191,18 +191,19 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
 
 def _check_trainable(data, dataset: Dataset) -> None:
     """FneError unless DATA has labels and its training images (the `train` split when it has
-    one) span at least 2 classes; called by `open_rows` before extraction and after the
-    unreadable images are left out."""
+    one) span at least 2 classes and every test class has training images
+    (`check_test_classes`); called by `open_rows` before extraction and after the unreadable
+    images are left out. Warns of classes left with no readable image."""
     where = data if isinstance(data, (str, Path)) else f"DATA {dataset.name}"
     if dataset.labels is None:
         raise FneError(f"{where}: fit needs labels")
     y, part = dataset.label_indices(), ""
-    empty = [c for k, c in enumerate(dataset.classes) if k not in set(y.tolist())]
+    seen = set(y.tolist())
+    empty = [c for k, c in enumerate(dataset.classes) if k not in seen]
     if empty:  # every image of theirs unreadable: kept in `classes`, never predicted
         warnings.warn(f"{len(empty)} class(es) have no readable image, so the model cannot predict them: "
                       f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
     if dataset.has_split:
-        check_test_classes(dataset)
         y, part = y[np.array(dataset.splits) == "train"], " in the train split"
     present = [dataset.classes[c] for c in np.unique(y)]
     if len(present) < 2:
@@ -210,6 +211,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
         shown = f" (class {', '.join(present)})" if present else ""
         raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
                        f"a head needs at least 2 classes")
+    check_test_classes(dataset)
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
