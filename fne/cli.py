@@ -48,6 +48,8 @@ def _cmd_extract(a) -> int:
     kw["shard"] = a.shard or shard_from_env()
     r = extract(_data(a), **kw)
     named = " (each named above)" if r.n_skipped else ""
+    if r.n_left_out:
+        named += f", {r.n_left_out} left out when listing DATA (named above)"
     earlier = (f", {r.n_unreadable} recorded unreadable by an earlier run (--retry-bad reads them again)"
                if r.n_unreadable else "")
     rate = f" at {r.images_per_s:.1f} img/s" if r.n_computed else ""

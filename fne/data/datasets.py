@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
+from fne.data.images import image_files, read_image, to_rgb
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
 from fne.errors import DataError
@@ -29,7 +30,6 @@ from fne.errors import DataError
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
 SPLITS = ("train", "test")
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not come back half grey
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Dataset:
     root: str | None = None  # the folder file sources are relative to (its manifest's key)
     _stats: list | None = field(default=None, repr=False)
     container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
+    left_out: list[str] = field(default_factory=list, repr=False)  # entries skipped when listing, each warned
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -137,6 +138,7 @@ class Dataset:
             root=self.root,
             _stats=None if self._stats is None else [self._stats[i] for i in idx],
             container=self.container,
+            left_out=self.left_out,
         )
 
 
@@ -195,27 +197,6 @@ def file_key(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB (16-bit and float scaled, palette/alpha/CMYK converted)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return img
-
-
-def read_image(path: str | Path) -> Image.Image:
-    with Image.open(path) as img:
-        img.load()  # decode now so truncation raises here, inside the reader
-        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image
-        return to_rgb(img)
-
-
 # ---------------------------------------------------------------- DATA forms
 
 
@@ -266,29 +247,18 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
     return _folder(path)
 
 
-def _class_folder(root: Path) -> tuple[list[str], list[str]]:
+def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:
     class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not class_dirs:
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
     files, labels = [], []
     for name in class_dirs:
-        imgs = _image_files(os.path.join(root, name))
+        imgs = image_files(os.path.join(root, name), left_out)
         if not imgs:
             raise DataError(f"DATA {root}: class folder {name!r} has no images")
         files += imgs
         labels += [name] * len(imgs)
     return files, labels
-
-
-def _image_files(folder: str) -> list[str]:
-    """Paths of the image files anywhere under `folder`, in `Path` order (component by
-    component). os.walk reads directory entries only (no stat per file), which matters on a
-    shared filesystem with a million images; strings, not `Path` objects: a listing of 32,768
-    files took 0.6 s through pathlib."""
-    out = []
-    for dirpath, _, names in os.walk(folder):
-        out += [os.path.join(dirpath, n) for n in names if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(out, key=lambda f: f.split(os.sep))
 
 
 def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) -> Dataset:
@@ -313,26 +283,44 @@ def _relative_id(path: str, root: Path) -> str:
 def _folder(root: Path) -> Dataset:
     entries = list(os.scandir(root))
     has_dirs = any(e.is_dir() and not e.name.startswith(".") for e in entries)
-    loose = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
+    loose = sorted(e.name for e in entries if e.is_file() and not e.name.startswith(".")
+                   and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=loose, labels=None, splits=None,
                        classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root))
-    files, labels = _class_folder(root)
-    return _file_dataset(root.name, root, files, labels, None)
+    dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    train, held = [n for n in dirs if n.lower() == "train"], [n for n in dirs if n.lower() in _HELD_OUT]
+    if train and held:  # not classes: a split fne would otherwise fit as two classes
+        raise DataError(f"DATA {root}: folders {train[0]}/ and {held[0]}/ are a split, not classes; a predefined "
+                        f"split is read from train/ and test/ (lower case: name the held-out folder test/), "
+                        f"or give the train folder alone as DATA")
+    if loose:
+        warnings.warn(f"DATA {root}: {len(loose)} image(s) beside the class folders belong to no class, left out: "
+                      f"{', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''}", stacklevel=3)
+    left_out: list[str] = list(loose)
+    files, labels = _class_folder(root, left_out)
+    d = _file_dataset(root.name, root, files, labels, None)
+    d.left_out = left_out
+    return d
+
+
+_HELD_OUT = {"val", "valid", "validation", "test", "testing"}
 
 
 def _split_folder(root: Path) -> Dataset:
-    files, labels, splits = [], [], []
+    files, labels, splits, left_out = [], [], [], []
+    other = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name not in SPLITS)
+    if other:
+        warnings.warn(f"DATA {root}: {', '.join(f'{n}/' for n in other)} left out: a predefined split reads train/ "
+                      f"and test/ only (tar shards and Parquet files named validation count as train)", stacklevel=3)
     for split in SPLITS:
-        f, lab = _class_folder(root / split)
+        f, lab = _class_folder(root / split, left_out)
         files += f
         labels += lab
         splits += [split] * len(f)
-    train_classes = {lab for lab, s in zip(labels, splits) if s == "train"}
-    unseen = sorted({lab for lab, s in zip(labels, splits) if s == "test"} - train_classes)
-    if unseen:
-        raise DataError(f"DATA {root}: test classes with no training images: {', '.join(unseen)}")
-    return _file_dataset(root.name, root, files, labels, splits)
+    d = _file_dataset(root.name, root, files, labels, splits)
+    d.left_out = left_out
+    return d
 
 
 def _csv(path: Path) -> Dataset:
@@ -523,7 +511,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
                        cache: str | Path | None) -> Dataset:
     """One Dataset over the members of `files` (in file order, then member order)."""
     listings: dict[str, containers.Listing] = {}
-    ids, labels, splits, sources = [], [], [], []
+    ids, labels, splits, sources, left_out = [], [], [], [], []
     class_names = None
     for path in files:
         listing = listings[path] = _listing(path, kind, label_key, cache)
@@ -532,6 +520,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             warnings.warn(f"{rel}: {listing.broken}; its members before that are read", stacklevel=2)
         for member, why in listing.bad:
             warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
+            left_out.append(f"{rel}:{member}")
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
             split = split or file_split
@@ -553,7 +542,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     dataset = Dataset(name=name, ids=[ids[i] for i in keep],
                       labels=None if labels is None else [labels[i] for i in keep],
                       splits=[splits[i] for i in keep] if has_split else None, classes=[],
-                      sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings))
+                      sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings),
+                      left_out=left_out + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = _sorted_classes(dataset.labels, names)

@@ -10,6 +10,7 @@ first split and train's test images are the same images.
 from __future__ import annotations
 
 import math
+import unicodedata
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -22,6 +23,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
                 train_per_class: int | None = None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, test) dataset indices of each split, in the splitter's order."""
     if dataset.has_split:
+        check_test_classes(dataset)
         s = np.array(dataset.splits)
         tr, te = np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
         if len(tr) == 0 or len(te) == 0:
@@ -35,8 +37,32 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     if not 0 < test_size < 1:
         raise FneError(f"--test-size must be in (0, 1), got {test_size}")
     if counts[counts > 0].min() < 2:
-        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split")
+        ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
+        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split; "
+                       f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
     return stratified(np.arange(len(y)), y, test_size, seed, "--test-size", splits)
+
+
+def check_test_classes(dataset: Dataset) -> None:
+    """Raise `DataError` when DATA's predefined split has test images of a class without
+    training images (none can be predicted right), whatever DATA's form.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Labelled images with a split (else nothing to check).
+    """
+    if dataset.labels is None or dataset.splits is None:
+        return
+    train = {lab for lab, s in zip(dataset.labels, dataset.splits) if s == "train"}
+    unseen = sorted({lab for lab, s in zip(dataset.labels, dataset.splits) if s == "test"} - train)
+    if not unseen:
+        return
+    same = {unicodedata.normalize("NFC", c) for c in train}
+    look_alike = [c for c in unseen if unicodedata.normalize("NFC", c) in same]
+    hint = (f" ({', '.join(look_alike)}: the training images have a class of the same name in other Unicode code "
+            f"points, NFC against NFD as macOS writes names; rename one)" if look_alike else "")
+    raise DataError(f"DATA {dataset}: test classes with no (readable) training images: {', '.join(unseen)}{hint}")
 
 
 def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,
@@ -87,3 +113,52 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
         raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     tr, va = stratified(tr, y[tr], val_fraction, seed, "--val-fraction")[0]
     return np.sort(tr), np.sort(va), np.sort(te)
+
+
+def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np.ndarray, np.ndarray]],
+                    show: int = 3) -> list[str]:
+    """What a fit should be told about images with the same bytes (one content key, one row).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The labelled images (`ids`, `labels`).
+    keys : list of str
+        Their content keys (`Dataset.keys`).
+    split_list : list of (ndarray, ndarray)
+        `make_splits`' (train, test) indices.
+    show : int
+        Examples named in each line.
+
+    Returns
+    -------
+    list of str
+        One line for copies filed under different classes (the same features with two labels),
+        one for test images with a copy among the training images of their split (scored on an
+        image the head was fitted on); none when neither happens.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    copies = [g for g in groups.values() if len(g) > 1]
+    if not copies:
+        return []
+    notes = []
+    clash = [g for g in copies if len({dataset.labels[i] for i in g}) > 1]
+    if clash:
+        eg = "; ".join(" = ".join(f"{dataset.ids[i]} ({dataset.labels[i]})" for i in g) for g in clash[:show])
+        notes.append(f"{len(clash)} image(s) appear, byte for byte, under more than one class (the same "
+                     f"features with two labels): {eg}")
+    copied = {i for g in copies for i in g}
+    leaked = []
+    for tr, te in split_list:
+        train_keys = {keys[i] for i in tr if i in copied}
+        idx = [i for i in te if i in copied and keys[i] in train_keys]
+        if idx:
+            leaked.append(idx)
+    if leaked:
+        worst = max(leaked, key=len)
+        notes.append(f"{len(worst)} test image(s) of {len(leaked)} of {len(split_list)} "
+                     f"split(s) have a byte-identical copy among that split's training images: "
+                     f"{', '.join(dataset.ids[i] for i in worst[:show])}")
+    return notes

@@ -39,8 +39,8 @@ def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
     with tf:
         try:
             for info in tf:
-                if not info.isfile():
-                    continue
+                if not info.isfile() or info.name.rpartition("/")[2].startswith("."):
+                    continue  # hidden members (macOS's `._x.jpg`) are no samples, as for webdataset
                 if info.offset_data + info.size > st.st_size:
                     listing.broken = f"truncated inside member {info.name}"
                     break

@@ -57,6 +57,7 @@ class ExtractResult:
     n_skipped: int  # unreadable, found so by this run (named in `skipped`)
     skipped: dict[str, str] = field(default_factory=dict)  # image id -> reason
     n_unreadable: int = 0  # distinct contents an earlier run recorded unreadable: not read again
+    n_left_out: int = 0  # entries of DATA skipped when it was listed (no label, a dangling link), each warned
     seconds: float = 0.0
     images_per_s: float = 0.0
     steady_images_per_s: float = 0.0  # after the first batch (set-up, compilation)
@@ -145,7 +146,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     shard_t = shards.parse_shard(o.shard)
     plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
-                           n_computed=0, n_skipped=0,
+                           n_computed=0, n_skipped=0, n_left_out=len(getattr(dataset, "left_out", [])),
                            shard=None if shard_t is None else f"{shard_t[0]}/{shard_t[1]}")
     fp = shards.listing_fingerprint(dataset) if shard_t is not None else None
     if fp is not None and store.exists(shards.marker_rel(fp, shard_t)) and plan.todo:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 import math
 import uuid
+import warnings
 import weakref
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +29,9 @@ from fne.backbones.resample import resize_views
 from fne.data.datasets import Dataset, content_key, read_image
 from fne.devices import decode_jpegs_rgb, device_decoder
 from fne.extraction.ahead import Ahead
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class ImageItems(torch.utils.data.Dataset):
@@ -99,16 +104,49 @@ class ImageItems(torch.utils.data.Dataset):
             size = _plain_jpeg(data) if self.raw_jpeg else None  # by its header: Parquet rows have no name
             if size is not None:
                 return i, key, Jpeg.of(data, size), None, stat  # packed with the batch's others by `collate`
-            return i, key, self.prep(read_image(io.BytesIO(data))), None, stat
+            return i, key, self.prep(named_decode(data, d.ids[i])), None, stat
         except Exception as e:  # unreadable, truncated or not an image: skip it, say why
-            return i, key, None, why_unreadable(e), stat
+            return i, key, None, why_unreadable(e, data), stat
 
 
-def why_unreadable(e: Exception) -> str:
+_LIBRARY_WARNINGS: set[tuple] = set()  # library warnings given on to the usual filters
+
+
+def named_decode(data: bytes, name: str) -> Image.Image:
+    """`read_image` of a file's bytes; a warning Pillow gives while decoding it (a very large
+    image, corrupt EXIF data) is given again, naming the image, where alone it names none.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded image.
+    name : str
+        What the warnings call it (the image's id: `class/x.jpg`, `shard.tar:member`).
+
+    Returns
+    -------
+    PIL.Image.Image
+        The RGB image; a library's own deprecation warnings go on unnamed, once per process.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        img = read_image(io.BytesIO(data))
+    for w in caught:
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):  # the library's, not the image's
+            where = (w.category, str(w.message), w.filename, w.lineno)
+            if where not in _LIBRARY_WARNINGS:  # once per process (catch_warnings resets the filters' memory)
+                _LIBRARY_WARNINGS.add(where)
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        else:
+            warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+    return img
+
+
+def why_unreadable(e: Exception, data: bytes | None = None) -> str:
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
-        return "not an image file"
+        return "empty file (0 bytes)" if data is not None and not data else "not an image file"
     return f"{type(e).__name__}: {e}"
 
 

@@ -105,7 +105,8 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     keep = [i for i, k in enumerate(keys) if k in index or k not in bad]
     if len(keep) < len(keys):
         skipped = [dataset.ids[i] for i, k in enumerate(keys) if k not in index and k in bad]
-        warnings.warn(f"{len(skipped)} unreadable image(s) left out: {', '.join(skipped[:5])}", stacklevel=3)
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warnings.warn(f"{len(skipped)} unreadable image(s) left out: {', '.join(skipped[:5])}{more}", stacklevel=3)
         dataset = dataset.subset(keep)
     if len(dataset) == 0:
         raise FneError(f"{data}: no readable images")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from fne import verb_module
 from fne.cache.fs import check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
-from fne.data.splits import make_splits
+from fne.data.splits import check_test_classes, duplicate_notes, make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -148,6 +149,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
+    for note in duplicate_notes(dataset, dataset.keys(), split_list):
+        warnings.warn(note, stacklevel=2)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
                                lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
@@ -190,12 +193,18 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
 
 def _check_trainable(data, dataset: Dataset) -> None:
     """FneError unless DATA has labels and its training images (the `train` split when it has
-    one) span at least 2 classes; called by `open_rows` before extraction and after the
-    unreadable images are left out."""
+    one) span at least 2 classes and every test class has training images
+    (`check_test_classes`); called by `open_rows` before extraction and after the unreadable
+    images are left out. Warns of classes left with no readable image."""
     where = data if isinstance(data, (str, Path)) else f"DATA {dataset.name}"
     if dataset.labels is None:
         raise FneError(f"{where}: fit needs labels")
     y, part = dataset.label_indices(), ""
+    seen = set(y.tolist())
+    empty = [c for k, c in enumerate(dataset.classes) if k not in seen]
+    if empty:  # every image of theirs unreadable: kept in `classes`, never predicted
+        warnings.warn(f"{len(empty)} class(es) have no readable image, so the model cannot predict them: "
+                      f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
     if dataset.has_split:
         y, part = y[np.array(dataset.splits) == "train"], " in the train split"
     present = [dataset.classes[c] for c in np.unique(y)]
@@ -204,6 +213,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
         shown = f" (class {', '.join(present)})" if present else ""
         raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
                        f"a head needs at least 2 classes")
+    check_test_classes(dataset)
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:

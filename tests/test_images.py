@@ -1,0 +1,277 @@
+"""The images a researcher really has: hidden and linked files, Pillow's warnings, empty files,
+identical images under two classes. Images are made here, tiny."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fne.backbones.preprocess import Preprocess
+from fne.cli import main
+from fne.data.datasets import load_dataset
+from fne.data.splits import duplicate_notes, make_splits
+from fne.errors import DataError, FneError
+from fne.extraction.reader import ImageItems
+
+from .test_faults import CLI_FAST
+
+
+def _png(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, "PNG")
+    return path
+
+
+def test_folder_skips_hidden_follows_linked_folders_and_names_dangling_links(tmp_path):
+    """macOS's `._x.jpg` and `.DS_Store`, Jupyter's `.ipynb_checkpoints/` copies are no images of
+    the class; a symlinked folder is read (as torchvision's ImageFolder reads it), once even
+    when a link loops back; a link to nothing is skipped with a line naming it, not a stop."""
+    root, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    _png(root / "a" / "1.png", 1)
+    (root / "a" / "._1.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (root / "a" / ".DS_Store.png").write_bytes(b"\x00\x00\x00\x01Bud1")
+    _png(root / "a" / ".ipynb_checkpoints" / "1-checkpoint.png", 1)
+    _png(elsewhere / "2.png", 2)
+    os.symlink(elsewhere, root / "a" / "linked")
+    os.symlink(root / "a", root / "a" / "linked" / "back")  # a loop: a/linked/back -> a
+    _png(root / "b" / "3.png", 3)
+    os.symlink(root / "b" / "gone.png", root / "b" / "dangling.png")
+    with pytest.warns(UserWarning, match=r"dangling\.png: a symbolic link to nothing"):
+        d = load_dataset(root)
+    assert d.ids == ["a/1.png", "a/linked/2.png", "b/3.png"] and d.labels == ["a", "a", "b"]
+    flat = tmp_path / "flat"
+    _png(flat / "x.png", 4)
+    (flat / "._x.png").write_bytes(b"\x00\x05\x16\x07")
+    assert load_dataset(flat).ids == ["x.png"]
+
+
+def test_dangling_link_does_not_stop_extract_or_fit(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    os.symlink(root / "a" / "nope.png", root / "a" / "dangling.png")
+    cache = str(tmp_path / "c")
+    assert main(["extract", str(root), "--cache", cache, *CLI_FAST]) == 0
+    out, err = capsys.readouterr()
+    assert "dangling.png: a symbolic link to nothing" in err and "4 computed" in out
+    assert main(["fit", str(root), "--cache", cache, "--out", str(tmp_path / "run"), "--splits", "1",
+                 "--test-size", "0.5", *CLI_FAST]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_pillow_warning_names_the_image(tmp_path, monkeypatch):
+    """Pillow warns of a very large image without saying which; the reader says which."""
+    _png(tmp_path / "d" / "a" / "big.png", 1, size=(30, 20))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 600 pixels: over the warning's limit, under the error's
+    d = load_dataset(tmp_path / "d")
+    with pytest.warns(Image.DecompressionBombWarning, match=r"^a/big\.png: Image size \(600 pixels\)"):
+        i, key, views, err, stat = ImageItems(d, [0], Preprocess(16))[0]
+    assert err is None and views.shape == (1, 3, 16, 16)
+
+
+def test_empty_file_is_named_empty(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "a" / "zero.jpg").write_bytes(b"")
+    (tmp_path / "d" / "a" / "text.jpg").write_text("not an image\n")
+    d = load_dataset(tmp_path / "d")
+    items = ImageItems(d, [0, 1], Preprocess(16))
+    assert [items[j][3] for j in range(2)] == ["not an image file", "empty file (0 bytes)"]
+
+
+def test_identical_images_under_two_classes_and_across_a_split_are_named(tmp_path):
+    """The store is keyed by content: a copy under another class is the same features with
+    another label, and a copy on the other side of a split is a test image the head has seen."""
+    root = tmp_path / "d"
+    for split, c, name, seed in [("train", "a", "1.png", 1), ("train", "a", "2.png", 2), ("train", "b", "3.png", 3),
+                                 ("train", "b", "4.png", 4), ("test", "a", "5.png", 5), ("test", "b", "6.png", 6)]:
+        _png(root / split / c / name, seed)
+    d = load_dataset(root)
+    assert duplicate_notes(d, d.keys(), make_splits(d, d.label_indices())) == []
+    (root / "train" / "b" / "1-copy.png").write_bytes((root / "train" / "a" / "1.png").read_bytes())
+    (root / "test" / "a" / "2-again.png").write_bytes((root / "train" / "a" / "2.png").read_bytes())
+    d = load_dataset(root)
+    clash, leak = duplicate_notes(d, d.keys(), make_splits(d, d.label_indices()))
+    assert clash.startswith("1 image(s) appear, byte for byte, under more than one class")
+    assert "train/a/1.png (a) = train/b/1-copy.png (b)" in clash
+    assert leak.startswith("1 test image(s) of 1 of 1 split(s) have a byte-identical copy") and "test/a/2-again.png" in leak
+
+
+def test_fit_warns_of_identical_images_under_two_classes(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2, 3)), ("b", (4, 5, 6))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    (root / "b" / "copy-of-1.png").write_bytes((root / "a" / "1.png").read_bytes())
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "1", "--test-size", "0.4", *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "fne: warning: 1 image(s) appear, byte for byte, under more than one class" in err
+    assert "a/1.png (a) = b/copy-of-1.png (b)" in err
+
+
+def test_unreadable_images_left_out_are_all_counted(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    for k in range(6):
+        (root / "ab"[k % 2] / f"bad{k}.jpg").write_text(f"not an image {k}\n")
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "1", "--test-size", "0.5", *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "fne: warning: 6 unreadable image(s) left out: a/bad0.jpg, a/bad2.jpg, a/bad4.jpg, b/bad1.jpg, " \
+           "b/bad3.jpg and 1 more" in err
+
+
+def test_class_names_differing_only_in_unicode_form_are_explained(tmp_path):
+    """'ñandú' from a macOS archive (NFD) and typed on Linux (NFC) look the same and differ."""
+    nfc, nfd = unicodedata.normalize("NFC", "ñandú"), unicodedata.normalize("NFD", "ñandú")
+    for split, c in (("train", nfc), ("train", "cat"), ("test", nfd), ("test", "cat")):
+        _png(tmp_path / "d" / split / c / "1.png", len(split) + len(c))
+    d = load_dataset(tmp_path / "d")
+    with pytest.raises(DataError, match="test classes with no .readable. training images: .*: the training images "
+                                        "have a class of the same name in other Unicode code points"):
+        make_splits(d, d.label_indices())
+
+
+def test_a_class_only_in_test_stops_fit_in_every_form_and_not_extract(tmp_path, capsys):
+    """A folder stopped even `fne extract` (which needs no labels) and Parquet did not stop
+    `fne fit`, scoring the class's images as wrong: now fit stops for every form, extract for none."""
+    rows = [("train", "a", 1), ("train", "a", 2), ("train", "b", 3), ("train", "b", 4), ("test", "a", 5),
+            ("test", "b", 6), ("test", "c", 7)]
+    folder, pqdir = tmp_path / "folder", tmp_path / "pq"
+    for split, c, seed in rows:
+        _png(folder / split / c / f"{seed}.png", seed)
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pqdir.mkdir()
+    for split in ("train", "test"):
+        part = [(c, seed) for s, c, seed in rows if s == split]
+        pq.write_table(pa.table({"image": [{"bytes": (folder / split / c / f"{seed}.png").read_bytes(),
+                                            "path": f"{seed}.png"} for c, seed in part],
+                                 "label": [c for c, _ in part]}), pqdir / f"{split}-00000-of-00001.parquet")
+    cache = str(tmp_path / "c")
+    for data in (folder, pqdir):
+        assert main(["extract", str(data), "--cache", cache, *CLI_FAST]) == 0
+        assert main(["fit", str(data), "--cache", cache, "--out", str(tmp_path / "run"), *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert "fne fit: error: DATA" in err and "test classes with no (readable) training images: c" in err
+
+
+def _member(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def test_tar_from_macos_and_left_out_members_are_counted(tmp_path, capsys):
+    """macOS's tar adds `._name` AppleDouble members: no samples (webdataset ignores them too),
+    not "no label" noise. Members left out when listing (here one without a label) are named
+    and counted in extract's summary, as a dangling link in a folder is."""
+    shard = tmp_path / "train-000000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for k in range(3):
+            buf = io.BytesIO()
+            Image.new("RGB", (12, 10), (40 * k, 0, 0)).save(buf, "PNG")
+            _member(tf, f"./._{k:06d}.png", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+            _member(tf, f"./{k:06d}.png", buf.getvalue())
+            if k < 2:
+                _member(tf, f"./{k:06d}.cls", str(k).encode())
+    assert main(["extract", str(shard), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    out, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if "warning" in line] == \
+        ["fne: warning: skipped train-000000.tar:./000002.png: no label"]
+    assert "2 computed" in out and "1 left out when listing DATA (named above)" in out
+    root = tmp_path / "d"
+    _png(root / "a" / "1.png", 1)
+    os.symlink(root / "a" / "nope.png", root / "a" / "dangling.png")
+    assert main(["extract", str(root), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    assert "1 left out when listing DATA (named above)" in capsys.readouterr().out
+
+
+def test_a_class_whose_images_are_all_unreadable_is_named(tmp_path, capsys):
+    root = tmp_path / "d"
+    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    (root / "zzz").mkdir()
+    (root / "zzz" / "bad.jpg").write_text("not an image\n")
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "1", "--test-size", "0.5", *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "1 class(es) have no readable image, so the model cannot predict them: zzz" in err
+
+
+def test_a_random_split_names_the_classes_with_one_image(tmp_path):
+    for c, n in (("a", 1), ("b", 3), ("c", 1)):
+        for s in range(n):
+            _png(tmp_path / "d" / c / f"{s}.png", s + ord(c))
+    d = load_dataset(tmp_path / "d")
+    with pytest.raises(FneError, match=r"at least 2 images for a random split; 2 class\(es\) have 1: a, c$"):
+        make_splits(d, d.label_indices())
+
+
+@pytest.mark.parametrize("held", ["val", "validation", "Test"])
+def test_a_train_and_val_folder_is_not_two_classes(tmp_path, held):
+    """ImageNet's layout (train/ + val/), or Train/ + Test/, was fitted as two classes "train" and "val"."""
+    for split in ("train" if held != "Test" else "Train", held):
+        for c in ("a", "b"):
+            _png(tmp_path / "d" / split / c / "1.png", len(split) + ord(c))
+    with pytest.raises(DataError, match="are a split, not classes; a predefined split is read from train/ and test/"):
+        load_dataset(tmp_path / "d")
+
+
+def test_what_a_folder_leaves_out_is_said(tmp_path):
+    """Images beside the class folders, and folders beside train/ and test/, were left out silently."""
+    for c in ("a", "b"):
+        _png(tmp_path / "d" / c / "1.png", ord(c))
+    _png(tmp_path / "d" / "stray.png", 9)
+    with pytest.warns(UserWarning, match=r"1 image\(s\) beside the class folders belong to no class, left out: stray"):
+        d = load_dataset(tmp_path / "d")
+    assert d.ids == ["a/1.png", "b/1.png"] and d.left_out == ["stray.png"]
+    for split in ("train", "test", "val"):
+        for c in ("a", "b"):
+            _png(tmp_path / "s" / split / c / "1.png", len(split) + ord(c))
+    with pytest.warns(UserWarning, match=r"val/ left out: a predefined split reads train/ and test/ only"):
+        d = load_dataset(tmp_path / "s")
+    assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4
+
+
+def test_a_float_image_in_0_1_is_said_to_come_out_black(tmp_path):
+    """Rows stay what torchvision's loader makes of it (black), but the user is told which file."""
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    Image.fromarray(np.linspace(0, 1, 200, dtype=np.float32).reshape(10, 20)).save(tmp_path / "d" / "a" / "f.tif")
+    d = load_dataset(tmp_path / "d")
+    with pytest.warns(UserWarning, match=r"^a/f\.tif: a float image with values in 0-1 is read as 0-255"):
+        _, _, views, err, _ = ImageItems(d, [0], Preprocess(16))[0]
+    assert err is None and int(views.max()) <= 1
+
+
+def test_a_deprecation_while_decoding_is_left_to_the_usual_filters(tmp_path, monkeypatch):
+    """A library's deprecation is no news about an image: shown as the filters say, not per image."""
+    import warnings
+
+    import fne.extraction.reader as reader
+
+    real = reader.read_image
+
+    def deprecated(src):
+        warnings.warn("some Pillow API is deprecated", DeprecationWarning, stacklevel=1)
+        return real(src)
+
+    monkeypatch.setattr(reader, "read_image", deprecated)
+    for s in (1, 2):
+        _png(tmp_path / "d" / "a" / f"{s}.png", s)
+    d = load_dataset(tmp_path / "d")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # as the CLI shows warnings: once per place
+        assert [ImageItems(d, [0, 1], Preprocess(16))[j][3] for j in (0, 1)] == [None, None]
+    assert [str(w.message) for w in caught] == ["some Pillow API is deprecated"]  # once, not once per image
