@@ -75,6 +75,21 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
     return train, center
 
 
+class SeededItems(reader.ImageItems):
+    """`reader.ImageItems` whose transform draws its random crop and flip from a seed of its own
+    per image, made from the epoch's seed (`seed`, set before each epoch) and the image's index:
+    the same draws whether the loader has no worker or many (a worker's RNG would otherwise
+    decide them), and the main process's RNG, which dropout draws from, left as it was."""
+
+    seed = 0
+
+    def __getitem__(self, j: int):
+        s = int(np.random.SeedSequence([self.seed, self.indices[j]]).generate_state(1)[0])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            return super().__getitem__(j)
+
+
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
     """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given. A `Squash` prep
     (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`; a
@@ -83,10 +98,13 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
     # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
     # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
     cuda = ctx.device.type == "cuda" and workers > 0
-    keep = cuda and isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
+    draws = not isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
+    keep = cuda and not draws
     indices = [int(i) for i in idx]
     if sized:
         items = augment_mod.SizedItems(ctx.dataset, indices, prep)
+    elif draws:
+        items = SeededItems(ctx.dataset, indices, prep)
     else:
         items = reader.ImageItems(ctx.dataset, indices, prep, raw_jpeg=isinstance(prep, Preprocess))
     return torch.utils.data.DataLoader(
