@@ -142,7 +142,7 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
     keys = {"model", "optimizer", "args", "rng", *PROGRESS}
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
         raise FneError(f"--resume: {path} is not a checkpoint of fne train (it lacks "
-                       f"{', '.join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else 'everything'})")
+                       f"{', '.join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else type(ckpt).__name__ + ', not a dict'})")
     old = ckpt["args"]
     diff = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {getattr(cfg, k)!r} now"
             for k in RUN_DEFINING if old.get(k) != getattr(cfg, k)]

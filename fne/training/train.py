@@ -31,7 +31,7 @@ from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_target, replace_file, write_csv
 from fne.data.datasets import Dataset, load_dataset
-from fne.data.splits import train_val_test
+from fne.data.splits import make_splits, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -207,8 +207,17 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
     """The run's images; direct mode learns nothing and scores only test images of mapped classes."""
     y = dataset.label_indices()
     if cfg.mode != "direct":
-        return _Split(*train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed),
-                      classes=list(dataset.classes))
+        try:
+            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed)
+        except DataError:
+            tr = make_splits(dataset, y, 1, cfg.test_size, None, cfg.seed)[0][0]
+            lonely = [dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr]) == 1)]
+            if not lonely:
+                raise
+            raise DataError(f"{cfg.data}: --val-fraction {cfg.val_fraction}: {len(lonely)} class(es) have a "
+                            f"single training image ({', '.join(lonely[:5])}), which cannot also validate; "
+                            f"add images, or give --val-fraction 0 (the last epoch is kept)") from None
+        return _Split(*parts, classes=list(dataset.classes))
     cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
     tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False)
     te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
