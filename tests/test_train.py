@@ -691,11 +691,13 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
                                                                             monkeypatch, capsys):
     """DATA by another path to the same images (moved, or relative instead of absolute) resumes;
     --epochs above the checkpoint's extends the run (without an lr schedule, as torchvision's
-    references allow), training only the new epochs."""
+    references allow), training only the new epochs. Where --precision auto now means another
+    precision (another machine), it goes on and says so."""
     import os
     import shutil
 
     import fne.training.epochs as ep
+    import fne.training.train as tr
 
     data, run = resumable_run
     moved = shutil.copytree(data, tmp_path / "moved")
@@ -703,12 +705,17 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
     real, ran = ep.train_one_epoch, []
     monkeypatch.setattr(ep, "train_one_epoch", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
     monkeypatch.chdir(tmp_path)
+    before = torch.load(run / "checkpoint.pt", weights_only=True)["ran_on"]
+    other = {"bf16": "fp32"}.get(before["precision"], "bf16")
+    monkeypatch.setattr(tr, "resolve_precision", lambda *a: other)
     args = ["train", os.path.relpath(moved), "--mode", "frozen", "--arch", ARCH, "--weights", "random",
             "--epochs", "3", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume"]
     assert main(args) == 0 and len(ran) == 1
     m = json.loads((work / "metrics.json").read_text())
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3] and m["epochs"] == 3
-    assert m["epoch_choice"].startswith("highest val_accuracy")
+    assert m["epoch_choice"].startswith("highest val_accuracy") and m["precision"] == other
+    assert (f"note: epochs 1-2 ran on cpu in {before['precision']}, the rest runs on cpu in {other}: "
+            "not bit-identical") in capsys.readouterr().out
 
 
 def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):

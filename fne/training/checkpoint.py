@@ -73,15 +73,15 @@ def set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------ the file
 
 
-def save(path: Path, cfg, parts: dict, progress: dict, images: dict) -> None:
+def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
-    state dict), the run's `progress` (epoch, history, best, train_seconds) and its `images`
-    (`images()`).
+    state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
+    known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision).
 
     Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """
     ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
-    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), images=images)
+    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), **about)
     replace_file(path, lambda tmp: torch.save(ckpt, tmp))
 
 

@@ -236,11 +236,16 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     parts = {"model": model, "optimizer": opt, "scheduler": epochs.scheduler(opt, cfg.scheduler, cfg.epochs),
              "scaler": ctx.scaler}
     path = Path(cfg.out) / checkpoint.CHECKPOINT
-    run = _start()
+    run, ran_on = _start(), {"device": str(ctx.device), "precision": ctx.precision}
     if ckpt is not None:
+        before = ckpt.get("ran_on", ran_on)
         run = checkpoint.resume(ckpt, parts)
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         print(f"resumed {path} after epoch {run['epoch']}")
+        if before != ran_on:  # another machine: a valid run, but not the one it would have been
+            print(f"note: epochs 1-{run['epoch']} ran on {before['device']} in {before['precision']}, the rest "
+                  f"runs on {ran_on['device']} in {ran_on['precision']}: not bit-identical to an "
+                  f"uninterrupted run (give --device / --precision to match)")
     elif path.exists():
         print(f"note: starting a new run; {path} is replaced at the next save (--resume continues it)")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -250,7 +255,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
-            checkpoint.save(path, cfg, parts, run, split.images)
+            checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on)
             last_write = time.monotonic()
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
