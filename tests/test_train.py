@@ -714,8 +714,8 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
     m = json.loads((work / "metrics.json").read_text())
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3] and m["epochs"] == 3
     assert m["epoch_choice"].startswith("highest val_accuracy") and m["precision"] == other
-    assert (f"note: epochs 1-2 ran on cpu in {before['precision']}, the rest runs on cpu in {other}: "
-            "not bit-identical") in capsys.readouterr().out
+    assert (f"note: epochs 1-2 ran on cpu in {before['precision']}, augmenting on cpu, the rest runs on cpu in "
+            f"{other}, augmenting on cpu: not bit-identical") in capsys.readouterr().out
 
 
 def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):

@@ -236,16 +236,16 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     parts = {"model": model, "optimizer": opt, "scheduler": epochs.scheduler(opt, cfg.scheduler, cfg.epochs),
              "scaler": ctx.scaler}
     path = Path(cfg.out) / checkpoint.CHECKPOINT
-    run, ran_on = _start(), {"device": str(ctx.device), "precision": ctx.precision}
+    run = _start()
+    ran_on = {"device": str(ctx.device), "precision": ctx.precision, "augment_on": "device" if ctx.augment else "cpu"}
     if ckpt is not None:
         before = ckpt.get("ran_on", ran_on)
         run = checkpoint.resume(ckpt, parts)
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         print(f"resumed {path} after epoch {run['epoch']}")
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
-            print(f"note: epochs 1-{run['epoch']} ran on {before['device']} in {before['precision']}, the rest "
-                  f"runs on {ran_on['device']} in {ran_on['precision']}: not bit-identical to an "
-                  f"uninterrupted run (give --device / --precision to match)")
+            print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
+                  f"bit-identical to an uninterrupted run (give --device, --precision, --augment-on to match)")
     elif path.exists():
         print(f"note: starting a new run; {path} is replaced at the next save (--resume continues it)")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -260,6 +260,11 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
     return run
+
+
+def _on(ran_on: dict) -> str:
+    """Where epochs ran, in words: "cpu in bf16, augmenting on cpu"."""
+    return f"{ran_on['device']} in {ran_on['precision']}, augmenting on {ran_on.get('augment_on', 'cpu')}"
 
 
 def _start() -> dict:
