@@ -601,7 +601,7 @@ def test_sigterm_mid_epoch_then_resume_with_a_worker_repeats_a_run_without_one(t
     from .conftest import write_digits
 
     data = write_digits(tmp_path / "data", per_class=12, classes=4)
-    opts = dict(epochs=3, lr=0.05, batch_size=8, image_size=32, save_every=1, seed=3)
+    opts = dict(epochs=3, lr=0.05, scheduler="cosine", batch_size=8, image_size=32, save_every=1, seed=3)
     train(str(data), "finetune", tmp_path / "a", arch=ARCH, weights="random", workers=0, progress=False, **opts)
 
     real_ready, real_epoch, epochs_begun, armed = ep._ready, ep.train_one_epoch, [], []
@@ -656,6 +656,7 @@ def resumable_run(tmp_path_factory):
     ("fewer epochs", "--epochs 1 now, but it has trained 2 epochs"),
     ("other images", "DATA {data} gives other images (train 32 there, 34 now"),
     ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
+    ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
 ])
 def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(case, expected, resumable_run,
                                                                               tmp_path, monkeypatch, capsys):
@@ -663,8 +664,8 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
 
     import fne.training.train as tr
 
-    data, run = resumable_run
-    work = tmp_path / "run"
+    was, run = resumable_run
+    work, data = tmp_path / "run", was
     shutil.copytree(run, work)
     ckpt, epochs = work / "checkpoint.pt", "2"
     if case == "truncated":
@@ -677,6 +678,10 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
         data = shutil.copytree(data, tmp_path / "data")
         for k in range(3):  # new images of class 0
             shutil.copy(next((data / "1").iterdir()), data / "0" / f"new{k}.png")
+    elif case == "older checkpoint":
+        data = shutil.copytree(data, tmp_path / "data")
+        old = torch.load(ckpt, weights_only=True)
+        torch.save({k: v for k, v in old.items() if k not in ("images", "ran_on")}, ckpt)
     monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", epochs,
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
@@ -684,7 +689,7 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert expected.format(ckpt=ckpt, data=data) in err
+    assert expected.format(ckpt=ckpt, data=data, was=was) in err
 
 
 def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(resumable_run, tmp_path,

@@ -150,9 +150,11 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
         diff.append(f"--epochs {old.get('epochs')} there, {cfg.epochs} now (the schedule depends on it)")
     elif ckpt["epoch"] > cfg.epochs:
         diff.append(f"--epochs {cfg.epochs} now, but it has trained {ckpt['epoch']} epochs")
-    if images is not None and ckpt.get("images", {}).get("sha256") != images["sha256"]:
-        was = ckpt.get("images") or {}
-        sizes = ", ".join(f"{k} {was.get(k, '?')} there, {n} now" for k, n in images.items() if k != "sha256")
+    if "images" not in ckpt and old.get("data") != cfg.data:  # written before images were recorded
+        diff.append(f"DATA {old.get('data')!r} there, {cfg.data!r} now")
+    elif images is not None and "images" in ckpt and ckpt["images"]["sha256"] != images["sha256"]:
+        sizes = ", ".join(f"{k} {ckpt['images'].get(k, '?')} there, {n} now" for k, n in images.items()
+                          if k != "sha256")
         diff.append(f"DATA {cfg.data} gives other images ({sizes})")
     if diff:
         raise FneError(f"--resume: {path} belongs to another run: " + "; ".join(diff))
