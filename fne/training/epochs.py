@@ -84,10 +84,15 @@ class SeededItems(reader.ImageItems):
     seed = 0
 
     def __getitem__(self, j: int):
-        s = int(np.random.SeedSequence([self.seed, self.indices[j]]).generate_state(1)[0])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+        # the CPU generator alone (torchvision's transforms draw from it): ~2 us, where
+        # torch.manual_seed and fork_rng (every device's generator) take ~120 us an image
+        rng, s = torch.default_generator, np.random.SeedSequence([self.seed, self.indices[j]]).generate_state(1)
+        state = rng.get_state()
+        rng.manual_seed(int(s[0]))
+        try:
             return super().__getitem__(j)
+        finally:
+            rng.set_state(state)
 
 
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
