@@ -741,3 +741,11 @@ def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(t
     assert main([*args, "--val-fraction", "0"]) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["n_train"] == 13 and m["n_val"] == 0 and m["epoch_choice"] == "last (no validation part)"
+
+
+def test_fne_predict_on_a_train_run_says_what_it_applies(resumable_run, tmp_path, capsys):
+    data, run = resumable_run
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run}: a `fne train` run (model.pt); fne predict applies `fne fit` heads only" in err
+    assert "\n" not in err and not (tmp_path / "p.csv").exists()
