@@ -749,3 +749,21 @@ def test_fne_predict_on_a_train_run_says_what_it_applies(resumable_run, tmp_path
     err = capsys.readouterr().err.strip()
     assert f"{run}: a `fne train` run (model.pt); fne predict applies `fne fit` heads only" in err
     assert "\n" not in err and not (tmp_path / "p.csv").exists()
+
+
+def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsys):
+    """Interrupted after its last epoch (in the test pass, say), a resumed run trains nothing
+    more: the unreadable training image it met before is still named and not counted."""
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=9, classes=3, split=True)
+    (data / "train" / "0" / "broken.png").write_bytes(b"not an image")
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--save-every", "1", "--val-fraction", "0", "--image-size", "32", "--workers", "0", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert main([*args, "--resume"]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(m["skipped"]) == list(first["skipped"]) == ["train/0/broken.png"]
+    assert m["n_train"] == first["n_train"] == 18

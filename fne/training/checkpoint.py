@@ -1,8 +1,11 @@
 """`fne train --save-every N|auto` / `--resume`: one torchvision-references style checkpoint dict.
 
 RUN_DIR/checkpoint.pt holds model, optimizer, scheduler, scaler, epoch, rng, args (the run's
-TrainConfig), best, history and train_seconds. Every epoch reseeds all RNGs from (seed, epoch)
-(`seed_epoch`), so a resumed run is bit-identical to an uninterrupted one on CPU.
+TrainConfig), best, history, train_seconds, images (what DATA gave each part), ran_on (device,
+precision, where augmentation ran) and skipped (unreadable images). Every epoch reseeds all RNGs
+from (seed, epoch) (`seed_epoch`), and each training image's random crop and flip come from
+(epoch seed, image) (`epochs.SeededItems`), so a resumed run is bit-identical to an
+uninterrupted one on CPU, with any number of loader workers.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def set_rng_state(state: dict) -> None:
 def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
     state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
-    known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision).
+    known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision;
+    `skipped`: the unreadable images met so far).
 
     Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """

@@ -240,6 +240,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     ran_on = {"device": str(ctx.device), "precision": ctx.precision, "augment_on": "device" if ctx.augment else "cpu"}
     if ckpt is not None:
         before = ckpt.get("ran_on", ran_on)
+        ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
         run = checkpoint.resume(ckpt, parts)
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         print(f"resumed {path} after epoch {run['epoch']}")
@@ -255,7 +256,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
-            checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on)
+            checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped)
             last_write = time.monotonic()
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
