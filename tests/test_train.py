@@ -637,15 +637,15 @@ def test_sigterm_mid_epoch_then_resume_with_a_worker_repeats_a_run_without_one(t
 
 
 @pytest.fixture(scope="module")
-def resumable_run(tmp_path_factory):
-    """A 2-epoch run that kept a checkpoint after each epoch, on a folder of 4 x 12 digits."""
+def resumable_run(source, tmp_path_factory):
+    """A 2-epoch run from `source` that kept a checkpoint after each epoch, on a folder of 4 x 12 digits."""
     from fne.training.train import train
 
     from .conftest import write_digits
 
     root = tmp_path_factory.mktemp("resumable")
     data = write_digits(root / "data", per_class=12, classes=4)
-    train(str(data), "frozen", root / "run", arch=ARCH, weights="random", epochs=2, save_every=1,
+    train(str(data), "frozen", root / "run", arch=ARCH, weights=str(source), epochs=2, save_every=1,
           image_size=32, workers=0, progress=False)
     return data, root / "run"
 
@@ -658,7 +658,7 @@ def resumable_run(tmp_path_factory):
     ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
     ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
 ])
-def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(case, expected, resumable_run,
+def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(case, expected, resumable_run, source,
                                                                               tmp_path, monkeypatch, capsys):
     import shutil
 
@@ -683,7 +683,7 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
         old = torch.load(ckpt, weights_only=True)
         torch.save({k: v for k, v in old.items() if k not in ("images", "ran_on")}, ckpt)
     monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
-    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", epochs,
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", epochs,
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
             *(["--lr", "0.01"] if case == "other lr" else [])]
     assert main(args) == 2
@@ -692,9 +692,10 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
     assert expected.format(ckpt=ckpt, data=data, was=was) in err
 
 
-def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(resumable_run, tmp_path,
+def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(resumable_run, source, tmp_path,
                                                                             monkeypatch, capsys):
-    """DATA by another path to the same images (moved, or relative instead of absolute) resumes;
+    """DATA by another path to the same images (moved, or relative instead of absolute), and
+    --weights by another path to the same file, resume;
     --epochs above the checkpoint's extends the run (without an lr schedule, as torchvision's
     references allow), training only the new epochs. Where --precision auto now means another
     precision (another machine), it goes on and says so."""
@@ -713,7 +714,7 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
     before = torch.load(run / "checkpoint.pt", weights_only=True)["ran_on"]
     other = {"bf16": "fp32"}.get(before["precision"], "bf16")
     monkeypatch.setattr(tr, "resolve_precision", lambda *a: other)
-    args = ["train", os.path.relpath(moved), "--mode", "frozen", "--arch", ARCH, "--weights", "random",
+    args = ["train", os.path.relpath(moved), "--mode", "frozen", "--arch", ARCH, "--weights", os.path.relpath(source),
             "--epochs", "3", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume"]
     assert main(args) == 0 and len(ran) == 1
     m = json.loads((work / "metrics.json").read_text())

@@ -80,7 +80,7 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
     state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
     known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision;
-    `skipped`: the unreadable images met so far).
+    `skipped`: the unreadable images met so far; `weights_file`: `weights_file()`).
 
     Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """
@@ -145,11 +145,11 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
         raise FneError(f"--resume: cannot read {path}: {why}; start anew without --resume") from None
     keys = {"model", "optimizer", "args", "rng", *PROGRESS}
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
-        raise FneError(f"--resume: {path} is not a checkpoint of fne train (it lacks "
-                       f"{', '.join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else type(ckpt).__name__ + ', not a dict'})")
+        lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
+        raise FneError(f"--resume: {path} is not a checkpoint of fne train (it lacks {lacks})")
     old = ckpt["args"]
     diff = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {getattr(cfg, k)!r} now"
-            for k in RUN_DEFINING if old.get(k) != getattr(cfg, k)]
+            for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
         diff.append(f"--epochs {old.get('epochs')} there, {cfg.epochs} now (the schedule depends on it)")
     elif ckpt["epoch"] > cfg.epochs:
@@ -163,3 +163,16 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
     if diff:
         raise FneError(f"--resume: {path} belongs to another run: " + "; ".join(diff))
     return ckpt
+
+
+def weights_file(weights: str | None) -> str | None:
+    """The absolute path of --weights where it names a file (recorded in the checkpoint), else None."""
+    return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
+
+
+def _differs(k: str, ckpt: dict, cfg) -> bool:
+    """Whether option `k` of `cfg` differs from the checkpoint's; --weights is one file however spelt."""
+    was, now = ckpt["args"].get(k), getattr(cfg, k)
+    if k == "weights" and was != now and ckpt.get("weights_file") is not None:
+        return ckpt["weights_file"] != weights_file(now)
+    return was != now
