@@ -97,18 +97,18 @@ def due(every: int | str, epoch: int, last_write: float) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def images(ids: list[str], labels: list[str], parts: dict) -> dict:
+def images(ids, labels, parts: dict) -> dict:
     """What DATA gives the run: the number of images of each part and a hash of their names and
     labels (so a moved or re-spelt DATA folder still resumes, and one whose images changed does not).
 
     Parameters
     ----------
-    ids, labels : list of str
-        The dataset's image names and labels.
+    ids, labels : sequence
+        The dataset's image names and labels (compared as text).
     parts : dict
         Part name (train, val, test) -> dataset indices.
     """
-    listing = {k: [[ids[i], labels[i]] for i in v] for k, v in parts.items()}
+    listing = {k: [[str(ids[i]), str(labels[i])] for i in v] for k, v in parts.items()}
     digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
     return {**{k: len(v) for k, v in parts.items()}, "sha256": digest}
 
