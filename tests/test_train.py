@@ -768,3 +768,15 @@ def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsy
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert list(m["skipped"]) == list(first["skipped"]) == ["train/0/broken.png"]
     assert m["n_train"] == first["n_train"] == 18
+
+
+def test_a_last_training_batch_of_one_image_is_left_out_not_a_batchnorm_traceback(tmp_path):
+    """18 training images in batches of 17: the one image left over (a different one each
+    epoch) is not a batch of its own, on which scratch's BatchNorm at 1 x 1 raised ValueError."""
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=4)
+    m = train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 17})
+    assert m["n_train"] == 18 and len(m["history"]) == 1

@@ -96,7 +96,9 @@ class SeededItems(reader.ImageItems):
 
 
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
-    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given. A `Squash` prep
+    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given (training), when a
+    last batch of one image is left out: BatchNorm cannot train on one image where its input is
+    1 x 1 (ValueError), and its statistics of one image are noise elsewhere. A `Squash` prep
     (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`; a
     `Preprocess` (its eval view) sends plain JPEGs as their bytes, for the device to decode."""
     sized = isinstance(prep, augment_mod.Squash)
@@ -114,6 +116,7 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
         items = reader.ImageItems(ctx.dataset, indices, prep, raw_jpeg=isinstance(prep, Preprocess))
     return torch.utils.data.DataLoader(
         items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
+        drop_last=gen is not None and len(indices) % batch_size == 1 and len(indices) > 1,
         collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init,
         pin_memory=ctx.device.type == "cuda", persistent_workers=keep, prefetch_factor=4 if cuda else None)
 
