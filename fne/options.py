@@ -242,7 +242,8 @@ class TrainConfig:
                                            "last write, so an interrupted run loses little", parse=int_or_auto,
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
                                    bound=">= 0 or auto", kind="an integer")
-    resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt", pipeline=False)
+    resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
+                                 "--epochs extends a run without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
                                    "(default: they keep the imported statistics)")
     deterministic: bool = option(False, "deterministic algorithms only")

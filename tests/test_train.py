@@ -550,7 +550,7 @@ def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_th
               test_size=0.2, **{**FAST, "workers": 1, "weights": "random"})
     assert m["augment_on"] == "device"
     assert len(m["skipped"]) == 1 and "broken.jpg" in next(iter(m["skipped"]))
-    assert m["n_train"] + m["n_test"] + m["n_val"] == 21
+    assert m["n_train"] + m["n_test"] + m["n_val"] == 20  # the images it read: as fit, the broken one not counted
     # the validation and test splits' JPEGs were decoded on the device, as center crops
     assert evaluated and set(evaluated) == {(1, 3, 32, 32)}
 
@@ -577,3 +577,206 @@ def test_training_with_device_augmentation_imports_no_torchvision(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["device", 20, False]
+
+
+# ------------------------------------------------------- resume as a researcher meets it
+
+
+def _weights_differ(a, b) -> list[str]:
+    sa, sb = (torch.load(p / "model.pt", weights_only=True) for p in (a, b))
+    return [n for n in sa if not torch.equal(sa[n], sb[n])]
+
+
+def test_sigterm_mid_epoch_then_resume_with_a_worker_repeats_a_run_without_one(tmp_path, monkeypatch, capsys):
+    """A real SIGTERM (a scheduler's preemption) in the middle of epoch 2 of a run reading with a
+    loader worker, then `--resume`: the same weights, history and predictions as a run never
+    interrupted and reading in the main process (the random crops are drawn per image, from the
+    epoch's seed and the image, not from whichever process decodes it)."""
+    import os
+    import signal
+
+    import fne.training.epochs as ep
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=12, classes=4)
+    opts = dict(epochs=3, lr=0.05, scheduler="cosine", batch_size=8, image_size=32, save_every=1, seed=3)
+    train(str(data), "finetune", tmp_path / "a", arch=ARCH, weights="random", workers=0, progress=False, **opts)
+
+    real_ready, real_epoch, epochs_begun, armed = ep._ready, ep.train_one_epoch, [], []
+
+    def ready(*a, **k):
+        for n, batch in enumerate(real_ready(*a, **k)):
+            if n == 1 and armed:  # the second batch of the armed epoch
+                armed.clear()
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    def train_one_epoch(*a, **k):
+        epochs_begun.append(1)
+        if len(epochs_begun) == 2:
+            armed.append(1)
+        return real_epoch(*a, **k)
+
+    monkeypatch.setattr(ep, "_ready", ready)
+    monkeypatch.setattr(ep, "train_one_epoch", train_one_epoch)
+    args = ["train", str(data), "--mode", "finetune", "--arch", ARCH, "--weights", "random", "--workers", "1",
+            "--no-progress", "--out", str(tmp_path / "b"), *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]]
+    assert main(args) == 128 + signal.SIGTERM
+    assert "terminated; rerun with --resume" in capsys.readouterr().err
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert main([*args, "--resume"]) == 0 and len(epochs_begun) == 4  # 2 before the signal, then 2 and 3
+
+    assert _weights_differ(tmp_path / "a", tmp_path / "b") == []
+    ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
+    for k in ("accuracy", "mean_class_accuracy", "best_epoch", "val_accuracy"):
+        assert ma[k] == mb[k], k
+    assert [h["train_loss"] for h in ma["history"]] == [h["train_loss"] for h in mb["history"]]
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def resumable_run(source, tmp_path_factory):
+    """A 2-epoch run from `source` that kept a checkpoint after each epoch, on a folder of 4 x 12 digits."""
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    root = tmp_path_factory.mktemp("resumable")
+    data = write_digits(root / "data", per_class=12, classes=4)
+    train(str(data), "frozen", root / "run", arch=ARCH, weights=str(source), epochs=2, save_every=1,
+          image_size=32, workers=0, progress=False)
+    return data, root / "run"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("truncated", "cannot read {ckpt}: truncated, damaged or not a torch file; start anew without --resume"),
+    ("state dict", "{ckpt} is not a checkpoint of fne train (it lacks args, best, epoch"),
+    ("fewer epochs", "--epochs 1 now, but it has trained 2 epochs"),
+    ("other images", "DATA {data} gives other images (train 32 there, 34 now"),
+    ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
+    ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
+])
+def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(case, expected, resumable_run, source,
+                                                                              tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import fne.training.train as tr
+
+    was, run = resumable_run
+    work, data = tmp_path / "run", was
+    shutil.copytree(run, work)
+    ckpt, epochs = work / "checkpoint.pt", "2"
+    if case == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    elif case == "state dict":
+        shutil.copy(work / "model.pt", ckpt)
+    elif case == "fewer epochs":
+        epochs = "1"
+    elif case == "other images":
+        data = shutil.copytree(data, tmp_path / "data")
+        for k in range(3):  # new images of class 0
+            shutil.copy(next((data / "1").iterdir()), data / "0" / f"new{k}.png")
+    elif case == "older checkpoint":
+        data = shutil.copytree(data, tmp_path / "data")
+        old = torch.load(ckpt, weights_only=True)
+        torch.save({k: v for k, v in old.items() if k not in ("images", "ran_on")}, ckpt)
+    monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", epochs,
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
+            *(["--lr", "0.01"] if case == "other lr" else [])]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert expected.format(ckpt=ckpt, data=data, was=was) in err
+
+
+def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(resumable_run, source, tmp_path,
+                                                                            monkeypatch, capsys):
+    """DATA by another path to the same images (moved, or relative instead of absolute), and
+    --weights by another path to the same file, resume;
+    --epochs above the checkpoint's extends the run (without an lr schedule, as torchvision's
+    references allow), training only the new epochs. Where --precision auto now means another
+    precision (another machine), it goes on and says so."""
+    import os
+    import shutil
+
+    import fne.training.epochs as ep
+    import fne.training.train as tr
+
+    data, run = resumable_run
+    moved = shutil.copytree(data, tmp_path / "moved")
+    work = shutil.copytree(run, tmp_path / "run")
+    real, ran = ep.train_one_epoch, []
+    monkeypatch.setattr(ep, "train_one_epoch", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
+    monkeypatch.chdir(tmp_path)
+    before = torch.load(run / "checkpoint.pt", weights_only=True)["ran_on"]
+    other = {"bf16": "fp32"}.get(before["precision"], "bf16")
+    monkeypatch.setattr(tr, "resolve_precision", lambda *a: other)
+    args = ["train", os.path.relpath(moved), "--mode", "frozen", "--arch", ARCH, "--weights", os.path.relpath(source),
+            "--epochs", "3", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume"]
+    assert main(args) == 0 and len(ran) == 1
+    m = json.loads((work / "metrics.json").read_text())
+    assert [h["epoch"] for h in m["history"]] == [1, 2, 3] and m["epochs"] == 3
+    assert m["epoch_choice"].startswith("highest val_accuracy") and m["precision"] == other
+    assert (f"note: epochs 1-2 ran on cpu in {before['precision']}, augmenting on cpu, the rest runs on cpu in "
+            f"{other}, augmenting on cpu: not bit-identical") in capsys.readouterr().out
+
+
+def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):
+    """fne fit trains on a class with a single training image; fne train's validation part cannot
+    hold it out, so it says which class, and --val-fraction 0 (the last epoch kept) trains."""
+    import shutil
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=3, split=True)
+    (data / "train" / "lonely").mkdir()
+    shutil.copy(next((data / "train" / "0").iterdir()), data / "train" / "lonely" / "only.png")
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--val-fraction 0.1: 1 class(es) have a single training image (lonely)" in err and "\n" not in err
+    assert main([*args, "--val-fraction", "0"]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["n_train"] == 13 and m["n_val"] == 0 and m["epoch_choice"] == "last (no validation part)"
+
+
+def test_fne_predict_on_a_train_run_says_what_it_applies(resumable_run, tmp_path, capsys):
+    data, run = resumable_run
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{run}: a `fne train` run (model.pt); fne predict applies `fne fit` heads only" in err
+    assert "\n" not in err and not (tmp_path / "p.csv").exists()
+
+
+def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsys):
+    """Interrupted after its last epoch (in the test pass, say), a resumed run trains nothing
+    more: the unreadable training image it met before is still named and not counted."""
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=9, classes=3, split=True)
+    (data / "train" / "0" / "broken.png").write_bytes(b"not an image")
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--save-every", "1", "--val-fraction", "0", "--image-size", "32", "--workers", "0", "--no-progress",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert main([*args, "--resume"]) == 0
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert list(m["skipped"]) == list(first["skipped"]) == ["train/0/broken.png"]
+    assert m["n_train"] == first["n_train"] == 18
+
+
+def test_a_last_training_batch_of_one_image_is_left_out_not_a_batchnorm_traceback(tmp_path):
+    """18 training images in batches of 17: the one image left over (a different one each
+    epoch) is not a batch of its own, on which scratch's BatchNorm at 1 x 1 raised ValueError."""
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=4)
+    m = train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 17})
+    assert m["n_train"] == 18 and len(m["history"]) == 1

@@ -28,6 +28,9 @@ MODEL_FORMAT = 2
 def load_model(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "model.joblib"
     if not path.is_file():
+        if (Path(run_dir) / "model.pt").is_file():  # `fne train`'s network: not a head on cached rows
+            raise FneError(f"{run_dir}: a `fne train` run (model.pt); fne predict applies `fne fit` heads "
+                           f"only: its network's predictions are its test split's, in {run_dir}/predictions.csv")
         raise FneError(f"{run_dir}: no model.joblib (is it a `fne fit` run folder?)")
     model = joblib.load(path)
     if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:

@@ -1,13 +1,17 @@
 """`fne train --save-every N|auto` / `--resume`: one torchvision-references style checkpoint dict.
 
 RUN_DIR/checkpoint.pt holds model, optimizer, scheduler, scaler, epoch, rng, args (the run's
-TrainConfig), best, history and train_seconds. Every epoch reseeds all RNGs from (seed, epoch)
-(`seed_epoch`), so a resumed run is bit-identical to an uninterrupted one on CPU.
+TrainConfig), best, history, train_seconds, images (what DATA gave each part), ran_on (device,
+precision, where augmentation ran) and skipped (unreadable images). Every epoch reseeds all RNGs
+from (seed, epoch) (`seed_epoch`), and each training image's random crop and flip come from
+(epoch seed, image) (`epochs.SeededItems`), so a resumed run is bit-identical to an
+uninterrupted one on CPU, with any number of loader workers.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import json
 import random
 import time
 from dataclasses import asdict
@@ -16,12 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fne.cache.fs import replace_file
 from fne.errors import FneError
+
+PROGRESS = ("epoch", "history", "best", "train_seconds")  # the run's progress, besides the parts
 
 CHECKPOINT = "checkpoint.pt"
 AUTO_EVERY_S = 300  # --save-every auto: a checkpoint after the first epoch that ends this long after the last
-# Arguments that define a run: --resume refuses a checkpoint written with other values.
-RUN_DEFINING = ("data", "mode", "arch", "weights", "weights_seed", "new_layers", "train_bn", "batch_size", "lr",
+# Arguments that define a run: --resume refuses a checkpoint written with other values. DATA is
+# compared by its images (`images`), not by how its path is written.
+RUN_DEFINING = ("mode", "arch", "weights", "weights_seed", "new_layers", "train_bn", "batch_size", "lr",
                 "imported_lr_mult", "momentum", "weight_decay", "scheduler", "image_size", "augment",
                 "val_fraction", "test_size", "seed", "precision")
 
@@ -35,11 +43,13 @@ def seed_all(s: int) -> None:
     torch.manual_seed(s)
 
 
-def seed_epoch(seed: int, epoch: int, gen: torch.Generator) -> None:
-    """Seed every RNG and the loader's shuffle from (seed, epoch): an epoch depends on nothing before it."""
+def seed_epoch(seed: int, epoch: int, gen: torch.Generator) -> int:
+    """Seed every RNG and the loader's shuffle from (seed, epoch): an epoch depends on nothing
+    before it; -> the epoch's seed."""
     s = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
     seed_all(s)
     gen.manual_seed(s)
+    return s
 
 
 def rng_state() -> dict:
@@ -66,17 +76,17 @@ def set_rng_state(state: dict) -> None:
 # ------------------------------------------------------------ the file
 
 
-def save(path: Path, cfg, parts: dict, progress: dict) -> None:
+def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
-    state dict) and the run's `progress` (epoch, history, best, train_seconds).
+    state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
+    known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision;
+    `skipped`: the unreadable images met so far; `weights_file`: `weights_file()`).
 
-    Write-then-rename: an interrupted save never leaves a half checkpoint behind.
+    Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """
     ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
-    ckpt.update(progress, rng=rng_state(), args=asdict(cfg))
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), **about)
+    replace_file(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def due(every: int | str, epoch: int, last_write: float) -> bool:
@@ -87,40 +97,82 @@ def due(every: int | str, epoch: int, last_write: float) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def resumable(path: Path, cfg) -> bool:
-    """Whether `path` holds a checkpoint of the run `cfg` describes (what `--resume` would take)."""
+def images(ids, labels, parts: dict) -> dict:
+    """What DATA gives the run: the number of images of each part and a hash of their names and
+    labels (so a moved or re-spelt DATA folder still resumes, and one whose images changed does not).
+
+    Parameters
+    ----------
+    ids, labels : sequence
+        The dataset's image names and labels (compared as text).
+    parts : dict
+        Part name (train, val, test) -> dataset indices.
+    """
+    listing = {k: [[str(ids[i]), str(labels[i])] for i in v] for k, v in parts.items()}
+    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+    return {**{k: len(v) for k, v in parts.items()}, "sha256": digest}
+
+
+def resumable(path: Path, cfg, images: dict) -> dict | None:
+    """The checkpoint at `path` where it belongs to the run `cfg` describes on `images` (what
+    `--resume` would take), else None."""
     if not path.is_file():
-        return False
+        return None
     try:
-        load(path, cfg)
+        return load(path, cfg, images)
     except FneError:
-        return False
-    return True
+        return None
 
 
-def resume(path: Path, cfg, parts: dict) -> dict:
-    """Load the checkpoint into `parts` and the RNGs; -> the run's progress."""
-    ckpt = load(path, cfg)
+def resume(ckpt: dict, parts: dict) -> dict:
+    """Load checkpoint `ckpt` (from `load`) into `parts` and the RNGs; -> the run's progress."""
     for k, v in parts.items():
         if v is not None and ckpt.get(k):
             v.load_state_dict(ckpt[k])
     set_rng_state(ckpt["rng"])
-    return {k: ckpt[k] for k in ("epoch", "history", "best", "train_seconds")}
+    return {k: ckpt[k] for k in PROGRESS}
 
 
-def load(path: Path, cfg) -> dict:
-    """The checkpoint dict, after checking that it belongs to the run `cfg` describes."""
+def load(path: Path, cfg, images: dict | None = None) -> dict:
+    """The checkpoint dict, after checking that it is one and that it belongs to the run `cfg`
+    describes, on the same `images` (`images()`; None: not checked)."""
     if not path.is_file():
         raise FneError(f"--resume: no checkpoint {path} (a run writes one after an epoch: see --save-every)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FneError(f"--resume: cannot read {path} ({e})") from None
-    old = ckpt.get("args", {})
+    except Exception as e:  # torch's messages run over lines, or say only "(101)"
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "truncated, damaged or not a torch file"
+        raise FneError(f"--resume: cannot read {path}: {why}; start anew without --resume") from None
+    keys = {"model", "optimizer", "args", "rng", *PROGRESS}
+    if not isinstance(ckpt, dict) or not keys <= set(ckpt):
+        lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
+        raise FneError(f"--resume: {path} is not a checkpoint of fne train (it lacks {lacks})")
+    old = ckpt["args"]
     diff = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {getattr(cfg, k)!r} now"
-            for k in RUN_DEFINING if old.get(k) != getattr(cfg, k)]
+            for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
         diff.append(f"--epochs {old.get('epochs')} there, {cfg.epochs} now (the schedule depends on it)")
+    elif ckpt["epoch"] > cfg.epochs:
+        diff.append(f"--epochs {cfg.epochs} now, but it has trained {ckpt['epoch']} epochs")
+    if "images" not in ckpt and old.get("data") != cfg.data:  # written before images were recorded
+        diff.append(f"DATA {old.get('data')!r} there, {cfg.data!r} now")
+    elif images is not None and "images" in ckpt and ckpt["images"]["sha256"] != images["sha256"]:
+        sizes = ", ".join(f"{k} {ckpt['images'].get(k, '?')} there, {n} now" for k, n in images.items()
+                          if k != "sha256")
+        diff.append(f"DATA {cfg.data} gives other images ({sizes})")
     if diff:
         raise FneError(f"--resume: {path} belongs to another run: " + "; ".join(diff))
     return ckpt
+
+
+def weights_file(weights: str | None) -> str | None:
+    """The absolute path of --weights where it names a file (recorded in the checkpoint), else None."""
+    return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
+
+
+def _differs(k: str, ckpt: dict, cfg) -> bool:
+    """Whether option `k` of `cfg` differs from the checkpoint's; --weights is one file however spelt."""
+    was, now = ckpt["args"].get(k), getattr(cfg, k)
+    if k == "weights" and was != now and ckpt.get("weights_file") is not None:
+        return ckpt["weights_file"] != weights_file(now)
+    return was != now

@@ -75,22 +75,48 @@ def transforms(size: int, augment: bool, backbone=None, on_device: bool = False)
     return train, center
 
 
+class SeededItems(reader.ImageItems):
+    """`reader.ImageItems` whose transform draws its random crop and flip from a seed of its own
+    per image, made from the epoch's seed (`seed`, set before each epoch) and the image's index:
+    the same draws whether the loader has no worker or many (a worker's RNG would otherwise
+    decide them), and the main process's RNG, which dropout draws from, left as it was."""
+
+    seed = 0
+
+    def __getitem__(self, j: int):
+        # the CPU generator alone (torchvision's transforms draw from it): ~2 us, where
+        # torch.manual_seed and fork_rng (every device's generator) take ~120 us an image
+        rng, s = torch.default_generator, np.random.SeedSequence([self.seed, self.indices[j]]).generate_state(1)
+        state = rng.get_state()
+        rng.manual_seed(int(s[0]))
+        try:
+            return super().__getitem__(j)
+        finally:
+            rng.set_state(state)
+
+
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
-    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given. A `Squash` prep
+    """Batches of `reader.collate` over images `idx`; shuffled by `gen` when given (training), when a
+    last batch of one image is left out: BatchNorm cannot train on one image where its input is
+    1 x 1 (ValueError), and its statistics of one image are noise elsewhere. A `Squash` prep
     (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`; a
     `Preprocess` (its eval view) sends plain JPEGs as their bytes, for the device to decode."""
     sized = isinstance(prep, augment_mod.Squash)
     # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
     # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
     cuda = ctx.device.type == "cuda" and workers > 0
-    keep = cuda and isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
+    draws = not isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
+    keep = cuda and not draws
     indices = [int(i) for i in idx]
     if sized:
         items = augment_mod.SizedItems(ctx.dataset, indices, prep)
+    elif draws:
+        items = SeededItems(ctx.dataset, indices, prep)
     else:
         items = reader.ImageItems(ctx.dataset, indices, prep, raw_jpeg=isinstance(prep, Preprocess))
     return torch.utils.data.DataLoader(
         items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
+        drop_last=gen is not None and len(indices) % batch_size == 1 and len(indices) > 1,
         collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init,
         pin_memory=ctx.device.type == "cuda", persistent_workers=keep, prefetch_factor=4 if cuda else None)
 

@@ -31,7 +31,7 @@ from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_target, replace_file, write_csv
 from fne.data.datasets import Dataset, load_dataset
-from fne.data.splits import train_val_test
+from fne.data.splits import make_splits, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -82,6 +82,7 @@ class _Split:
     classes: list[str]
     cmap: dict[str, list[int]] | None = None  # direct: target class -> source indices
     n_excluded: int = 0  # direct: test images of unmapped classes
+    images: dict | None = None  # `checkpoint.images` of the three parts
 
 
 # ---------------------------------------------------------------------- API
@@ -115,8 +116,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
                       **kwargs)
-    if cfg.resume == "auto":  # `fne run`: this run's own checkpoint is taken up, another one's is not
-        cfg.resume = cfg.mode != "direct" and checkpoint.resumable(Path(cfg.out) / checkpoint.CHECKPOINT, cfg)
+    auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
+    cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg)
     check_target(cfg.out, folder=True)  # before any work: --out must be a folder it can make
     if dataset is None:
@@ -129,6 +130,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b)
+    ckpt = _checkpoint(cfg, dataset, split, auto)  # before the model is built: a wrong one stops at once
     model, source = _model(cfg, len(dataset.classes), ctx.device)
     workers = _workers(cfg, ctx.device)
     size = cfg.image_size or b.input_size
@@ -143,11 +145,24 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     def loader(idx, tf, gen=None):
         return epochs.loader(ctx, idx, tf, cfg.batch_size, workers, gen)
 
-    run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf) if cfg.mode != "direct" else _start()
+    run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct" else _start()
     t0 = time.perf_counter()
     ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test)
+
+
+def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -> dict | None:
+    """The checkpoint --resume continues (checked against the run's settings and images), or None;
+    with `auto`, the run folder's own checkpoint where it belongs to this run."""
+    split.images = checkpoint.images(dataset.ids, dataset.labels, {"train": split.train, "val": split.val,
+                                                                   "test": split.test})
+    path = Path(cfg.out) / checkpoint.CHECKPOINT
+    if auto:
+        ckpt = checkpoint.resumable(path, cfg, split.images) if cfg.mode != "direct" else None
+        cfg.resume = ckpt is not None
+        return ckpt
+    return checkpoint.load(path, cfg, split.images) if cfg.resume else None
 
 
 def _workers(cfg: TrainConfig, dev: torch.device) -> int:
@@ -192,8 +207,17 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
     """The run's images; direct mode learns nothing and scores only test images of mapped classes."""
     y = dataset.label_indices()
     if cfg.mode != "direct":
-        return _Split(*train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed),
-                      classes=list(dataset.classes))
+        try:
+            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed)
+        except DataError:
+            tr = make_splits(dataset, y, 1, cfg.test_size, None, cfg.seed)[0][0]
+            lonely = [dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr]) == 1)]
+            if not lonely:
+                raise
+            raise DataError(f"{cfg.data}: --val-fraction {cfg.val_fraction}: {len(lonely)} class(es) have a "
+                            f"single training image ({', '.join(lonely[:5])}), which cannot also validate; "
+                            f"add images, or give --val-fraction 0 (the last epoch is kept)") from None
+        return _Split(*parts, classes=list(dataset.classes))
     cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
     tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False)
     te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
@@ -204,8 +228,8 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
 
 
 def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict, split: _Split, loader,
-         train_tf, eval_tf) -> dict:
-    """The training epochs (resumed from the checkpoint with --resume); leaves the best epoch's
+         train_tf, eval_tf, ckpt: dict | None) -> dict:
+    """The training epochs (continuing checkpoint `ckpt` where given); leaves the best epoch's
     weights in `model`; -> the run's progress (epoch, history, best, train_seconds)."""
     opt = epochs.optimizer(model, cfg.mode, cfg.lr, cfg.imported_lr_mult, cfg.momentum, cfg.weight_decay,
                            source["imported"])
@@ -213,9 +237,16 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
              "scaler": ctx.scaler}
     path = Path(cfg.out) / checkpoint.CHECKPOINT
     run = _start()
-    if cfg.resume:
-        run = checkpoint.resume(path, cfg, parts)
+    ran_on = {"device": str(ctx.device), "precision": ctx.precision, "augment_on": "device" if ctx.augment else "cpu"}
+    if ckpt is not None:
+        before = ckpt.get("ran_on", ran_on)
+        ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
+        run = checkpoint.resume(ckpt, parts)
+        ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         print(f"resumed {path} after epoch {run['epoch']}")
+        if before != ran_on:  # another machine: a valid run, but not the one it would have been
+            print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
+                  f"bit-identical to an uninterrupted run (give --device, --precision, --augment-on to match)")
     elif path.exists():
         print(f"note: starting a new run; {path} is replaced at the next save (--resume continues it)")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -225,11 +256,17 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
-            checkpoint.save(path, cfg, parts, run)
+            checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
+                            weights_file=checkpoint.weights_file(cfg.weights))
             last_write = time.monotonic()
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
     return run
+
+
+def _on(ran_on: dict) -> str:
+    """Where epochs ran, in words: "cpu in bf16, augmenting on cpu"."""
+    return f"{ran_on['device']} in {ran_on['precision']}, augmenting on {ran_on.get('augment_on', 'cpu')}"
 
 
 def _start() -> dict:
@@ -242,9 +279,9 @@ def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple
            keep: list[str], epoch: int, run: dict) -> None:
     """One epoch, its row appended to run["history"]; the best weights so far kept in run["best"]."""
     t0 = time.perf_counter()
-    checkpoint.seed_epoch(cfg.seed, epoch, gen)
-    train_mode(model, keep)
     opt, sched, (train_loader, val_loader) = parts["optimizer"], parts["scheduler"], loaders
+    train_loader.dataset.seed = checkpoint.seed_epoch(cfg.seed, epoch, gen)  # SeededItems' crops and flips
+    train_mode(model, keep)
     row = {"epoch": epoch + 1, "lr": opt.param_groups[-1]["lr"],
            **epochs.train_one_epoch(model, train_loader, opt, ctx, f"{cfg.mode} {epoch + 1}/{cfg.epochs}")}
     if sched is not None:
@@ -309,13 +346,16 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
     direct = split.cmap is not None
     scores, confusion = split_scores(test["y"], pred, len(split.classes))
     acc, mca, n_test = scores["accuracy"], scores["mean_class_accuracy"], int(len(test["ids"]))
-    n_train = 0 if direct else int(len(split.train))  # direct learns nothing from the training part
+    def readable(part: np.ndarray) -> int:  # unreadable images are skipped, as `fne fit` leaves them out
+        return sum(dataset.ids[i] not in ctx.skipped for i in part)
+
+    n_train = 0 if direct else readable(split.train)  # direct learns nothing from the training part
     return {
         "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
         "dataset": dataset.name, "data": cfg.data,
         "accuracy": acc, "accuracy_std": 0.0, "mean_class_accuracy": mca, "mean_class_accuracy_std": 0.0,
         "splits": [{"accuracy": acc, "mean_class_accuracy": mca, "n_train": n_train, "n_test": n_test}],
-        "n_splits": 1, "n_train": n_train, "n_val": int(len(split.val)), "n_test": n_test,
+        "n_splits": 1, "n_train": n_train, "n_val": readable(split.val), "n_test": n_test,
         "n_images": len(dataset), "classes": split.classes,
         "arch": cfg.arch, "weights": weights,
         "weights_fingerprint": backbones.fingerprint(cfg.arch, weights,
@@ -328,6 +368,8 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "workers": _workers(cfg, ctx.device),
         "train_seconds": run["train_seconds"], "eval_seconds": test["eval_seconds"],
         "epochs": cfg.epochs if not direct else 0, "best_epoch": run["best"]["epoch"],
+        "epoch_choice": None if direct else ("highest val_accuracy, then lowest val_loss, then earliest"
+                                             if len(split.val) else "last (no validation part)"),
         "val_accuracy": run["best"]["val_accuracy"],
         "lr": cfg.lr if not direct else None,
         "imported_lr": {"finetune": cfg.lr * cfg.imported_lr_mult, "frozen": 0.0}.get(cfg.mode),
