@@ -780,3 +780,30 @@ def test_a_last_training_batch_of_one_image_is_left_out_not_a_batchnorm_tracebac
     data = write_digits(tmp_path / "data", per_class=6, classes=4)
     m = train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 17})
     assert m["n_train"] == 18 and len(m["history"]) == 1
+
+
+def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumable_run, source, tmp_path,
+                                                                         monkeypatch):
+    """predictions.csv, model.pt and metrics.json are replaced together or not at all."""
+    import errno
+    import shutil
+
+    import fne.training.train as ft
+
+    data, run = resumable_run
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"}
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if str(f).endswith("model.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(ft.torch, "save", save)
+    with pytest.raises(OSError, match="No space left"):
+        ft.train(str(data), "frozen", out, arch=ARCH, weights=str(source), epochs=1, seed=3, image_size=32,
+                 workers=0, progress=False)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"}
+    assert after == before  # no temporary file left, the earlier run's three files unchanged

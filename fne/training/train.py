@@ -29,7 +29,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_target, replace_file, write_csv
+from fne.cache.fs import check_target, csv_writer, replace_files
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import make_splits, train_val_test
 from fne.devices import (
@@ -322,22 +322,23 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
-    _write_predictions(out / "predictions.csv", dataset, split.classes, test["ids"], test["scores"], pred)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    replace_file(out / "model.pt", lambda f: torch.save(weights, f))
     metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
                        direct_score=cfg.direct_score, n_excluded=split.n_excluded)
-    replace_file(out / "metrics.json", lambda f: f.write_text(json.dumps(metrics, indent=2)))  # last: whole
+    # together (`replace_files`): a failed write leaves the earlier run whole; metrics.json last
+    replace_files({out / "predictions.csv": _predictions(dataset, split.classes, test["ids"], test["scores"], pred),
+                   out / "model.pt": lambda f: torch.save(weights, f),
+                   out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
     return metrics
 
 
-def _write_predictions(path: Path, dataset: Dataset, classes: list[str], ids: np.ndarray,
-                       scores: np.ndarray, pred: np.ndarray) -> None:
-    write_csv(path, ["path", "predicted", *[f"score_{c}" for c in classes], "true"],
-              ([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]]
-               for i, s, p in zip(ids, scores, pred, strict=True)))
+def _predictions(dataset: Dataset, classes: list[str], ids: np.ndarray, scores: np.ndarray, pred: np.ndarray):
+    """The writer of predictions.csv: path, predicted class, a score per class, true class."""
+    return csv_writer(["path", "predicted", *[f"score_{c}" for c in classes], "true"],
+                      ([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]]
+                       for i, s, p in zip(ids, scores, pred, strict=True)))
 
 
 def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
