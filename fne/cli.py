@@ -95,7 +95,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     from fne.linear.predict import STORE_OPTIONS
     from fne.options import DATA_HELP, ForwardOptions, StoreOptions, add_arguments
 
-    p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib)")
+    p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="predictions CSV")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
@@ -291,7 +291,7 @@ def _module_verb(module: str):
 VERBS = {
     "extract": ("run the frozen network once per image into the cache", _add_extract),
     "fit": ("train a linear head on cached features and evaluate it", _add_fit),
-    "predict": ("predict DATA's images with a model from `fne fit`", _add_predict),
+    "predict": ("predict DATA's images with a model from `fne fit` or `fne train`", _add_predict),
     "export": ("write cached activations / embeddings of DATA to HDF5", _add_export),
     "train": ("direct / scratch / frozen / finetune transfer experiments", _module_verb("fne.training.train")),
     "run": ("run a pipelines/*.toml experiment end to end", _module_verb("fne.pipeline.runner")),

@@ -744,12 +744,38 @@ def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(t
     assert m["n_train"] == 13 and m["n_val"] == 0 and m["epoch_choice"] == "last (no validation part)"
 
 
-def test_fne_predict_on_a_train_run_says_what_it_applies(resumable_run, tmp_path, capsys):
+def test_fne_predict_applies_a_train_runs_network_as_its_test_pass_did(resumable_run, tmp_path, capsys):
+    """`fne predict RUN DATA` with a `fne train` run: the network of model.pt, the run's test view;
+    on the run's own test images, the scores of its predictions.csv."""
     data, run = resumable_run
-    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(data), "--out", str(out), "--no-progress"]) == 0
+    assert f"wrote 48 predictions to {out}, accuracy " in capsys.readouterr().out
+    new = {r["path"]: r for r in _csv(out)}
+    ran = _csv(run / "predictions.csv")
+    assert len(new) == 48 and len(ran) == 12
+    for r in ran:  # the same images, as the run's pass scored them
+        n = new[r["path"]]
+        assert n["predicted"] == r["predicted"] and n["true"] == r["true"]
+        assert np.allclose([float(n[k]) for k in r if k.startswith("score_")],
+                           [float(r[k]) for k in r if k.startswith("score_")], atol=1e-5)
+
+
+def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run, tmp_path, capsys):
+    import shutil
+
+    data, run = resumable_run
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "model.pt").write_bytes(b"not a torch file")
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err.strip()
-    assert f"{run}: a `fne train` run (model.pt); fne predict applies `fne fit` heads only" in err
+    assert err.startswith(f"fne predict: error: {broken / 'model.pt'}: cannot be loaded into {ARCH} with 4 classes")
     assert "\n" not in err and not (tmp_path / "p.csv").exists()
+    m = json.loads((broken / "metrics.json").read_text())
+    (broken / "metrics.json").write_text(json.dumps({**m, "mode": "direct"}))
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "a --mode direct run trains nothing" in capsys.readouterr().err
 
 
 def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsys):

@@ -28,10 +28,7 @@ MODEL_FORMAT = 2
 def load_model(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "model.joblib"
     if not path.is_file():
-        if (Path(run_dir) / "model.pt").is_file():  # `fne train`'s network: not a head on cached rows
-            raise FneError(f"{run_dir}: a `fne train` run (model.pt); fne predict applies `fne fit` heads "
-                           f"only: its network's predictions are its test split's, in {run_dir}/predictions.csv")
-        raise FneError(f"{run_dir}: no model.joblib (is it a `fne fit` run folder?)")
+        raise FneError(f"{run_dir}: no model.joblib or model.pt (is it a `fne fit` or `fne train` run folder?)")
     model = joblib.load(path)
     if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
         raise FneError(f"{path}: not a model written by this version of fne fit (refit it with `fne fit`)")
@@ -69,12 +66,14 @@ STORE_OPTIONS = ("cache", "device")
 
 
 def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -> dict:
-    """Scores and predicted class for every image of DATA with a model saved by `fit`.
+    """Scores and predicted class for every image of DATA with a model saved by `fit`, or with the
+    network of a `fne train` run (`fne.training.apply`).
 
     Parameters
     ----------
     run_dir : str or Path
-        A `fne fit` run folder (model.joblib).
+        A `fne fit` run folder (model.joblib), or a `fne train` run folder (model.pt; then
+        ``cache`` is not used and the store is None).
     data : str or Path
         Any DATA form; rows missing from the cache are extracted with the model's store settings.
     out : str or Path
@@ -96,6 +95,8 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
     out = check_target(out, folder=False)
+    if not (Path(run_dir) / "model.joblib").is_file() and (Path(run_dir) / "model.pt").is_file():
+        return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
     pinned = pinned_spec(model, str(run_dir), options.get("device"))
     if options.get("cache") is None:  # the cache the model was fitted from
@@ -106,14 +107,35 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
-    out.parent.mkdir(parents=True, exist_ok=True)
     score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
 
-    write_csv(out, ["path", "predicted", *score_cols] + (["true"] if dataset.labels else []),
-              ([dataset.ids[i], pred[i], *(f"{v:.6g}" for v in scores[i])]
-               + ([dataset.labels[i]] if dataset.labels else []) for i in range(len(dataset))))
+    _write(out, dataset, np.arange(len(dataset)), pred, score_cols, scores)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
     return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "out": str(out), "store": str(src.store.path)}
+
+
+def _with_network(run_dir, data, out: Path, options: dict) -> dict:
+    """`fne train`'s network (model.pt) applied to DATA's images (`fne.training.apply`); `cache`
+    is not used (no rows are read), `device` is where the network runs."""
+    from fne.training.apply import predict_network
+
+    o = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, ForwardOptions)[0]
+    dataset, classes, scores, idx, _ = predict_network(run_dir, data, device=options.get("device"),
+                                                       batch_size=o.batch_size, workers=o.workers,
+                                                       progress=o.progress)
+    pred = [classes[c] for c in scores.argmax(axis=1)]
+    _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
+    labels = [dataset.labels[i] for i in idx] if dataset.labels else None
+    acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, 0)
+    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "out": str(out), "store": None}
+
+
+def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scores: np.ndarray) -> None:
+    """The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(out, ["path", "predicted", *score_cols] + (["true"] if dataset.labels else []),
+              ([dataset.ids[i], pred[j], *(f"{v:.6g}" for v in scores[j])]
+               + ([dataset.labels[i]] if dataset.labels else []) for j, i in enumerate(idx)))
 
 
 def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:

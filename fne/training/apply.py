@@ -1,0 +1,94 @@
+"""`fne predict` with a `fne train` run: its trained network applied to new images.
+
+A train run folder holds model.pt (the chosen epoch's state dict) and metrics.json (the
+architecture, the classes, the image size, the weights whose preprocessing it used, the
+precision it ran at). The network is rebuilt from those on the meta device, its classifier
+given the run's classes, and model.pt is assigned into it; the images then take the run's own
+test view (`epochs.transforms`: the weights' resize and center crop at the run's image size) and
+pass (`epochs.evaluate`), so the run's own test images get the scores of its predictions.csv.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fne.backbones import registry as backbones
+from fne.backbones import zoo
+from fne.backbones.normalize import Normalize
+from fne.data.datasets import load_dataset
+from fne.devices import default_workers, resolve_device, resolve_precision
+from fne.errors import FneError
+from fne.names import MODES
+from fne.training import epochs
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """metrics.json of a `fne train` run that has a network to apply; FneError naming what is missing."""
+    run_dir = Path(run_dir)
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError) as e:
+        raise FneError(f"{run_dir}: cannot read its metrics.json ({e}); is it a finished `fne train` run?") from None
+    if m.get("kind") != "train" or m.get("mode") not in MODES:
+        raise FneError(f"{run_dir}/metrics.json: not a `fne train` run")
+    if m["mode"] == "direct":
+        raise FneError(f"{run_dir}: a --mode direct run trains nothing; score new images with `fne train DATA "
+                       f"--mode direct` on them (its class map applies to the source classifier)")
+    if not (run_dir / "model.pt").is_file():
+        raise FneError(f"{run_dir}: no model.pt")
+    return m
+
+
+def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
+    """The run's trained network on `device`, in eval mode: its architecture with a classifier of
+    the run's classes (the renewed fc layers keep their shapes), model.pt's tensors assigned."""
+    b = backbones.get(m["arch"], m["weights"])
+
+    def build() -> nn.Module:
+        model = b.build(1000)
+        old = model.get_submodule(b.classifier)
+        parent, _, leaf = b.classifier.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf,
+                nn.Linear(old.in_features, len(m["classes"]), bias=old.bias is not None))
+        return model
+
+    model = zoo.on_meta(build)
+    meta = model is not None
+    if not meta:
+        with device:
+            model = build()
+    path = Path(run_dir) / "model.pt"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state, assign=meta)
+    except Exception as e:  # noqa: BLE001 -- damaged (pickle, zip, EOF errors), or another network's tensors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FneError(f"{path}: cannot be loaded into {m['arch']} with {len(m['classes'])} classes ({first})") \
+            from None
+    return model.to(device).eval()
+
+
+def predict_network(run_dir: str | Path, data, *, device: str | None = None, batch_size: int | str = "auto",
+                    workers: int | None = None, progress: bool = True):
+    """(dataset, class names, softmax scores (N, classes) over DATA's readable images, their
+    dataset indices, the unreadable images) with the network of the train run `run_dir`."""
+    m = read_run(run_dir)
+    dev = resolve_device(device or "auto")
+    # the run's precision on the kind of device it ran on; elsewhere that device's own
+    ran_on = torch.device(m.get("device", "cpu")).type
+    precision = m["precision"] if ran_on == dev.type else resolve_precision("auto", dev)
+    model = network(run_dir, m, dev)
+    b = backbones.get(m["arch"], m["weights"])
+    dataset = data if not isinstance(data, (str, Path)) else load_dataset(data)
+    labels = np.zeros(len(dataset), dtype=np.int64)  # the pass needs some; predict reads DATA's own
+    ctx = epochs.Ctx(dataset, labels, dev, precision, Normalize(b.mean, b.std).to(dev), None, progress, {})
+    view = epochs.transforms(int(m["image_size"]), False, b)[1]
+    size = int(m.get("batch_size") or 32) if batch_size == "auto" else int(batch_size)
+    loader = epochs.loader(ctx, np.arange(len(dataset)), view, size, default_workers(dev) if workers is None else workers)
+    idx, _, scores = epochs.evaluate(model, loader, ctx, f"predict {m['arch']} {m['mode']}")
+    return dataset, list(m["classes"]), scores, idx, dict(ctx.skipped)
