@@ -367,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Exception as e:
         torch = sys.modules.get("torch")
+        if isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
+            print(f"fne {args.command}: error: a loader worker was killed ({str(e).strip().splitlines()[0]}), most "
+                  f"likely by the system for want of memory (an image too large to decode, or too many "
+                  f"--workers for this machine's memory); {_how_to_resume(args)}", file=sys.stderr)
+            return 2
         if torch is None or not isinstance(e, torch.OutOfMemoryError):
             raise
         smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""

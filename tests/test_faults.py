@@ -457,3 +457,34 @@ fne.cli.run()
     assert p.returncode == 130, p.stderr
     assert p.stderr.splitlines()[-1].startswith("fne extract: interrupted; the rows computed so far are committed")
     assert "terminate called" not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_loader_worker_killed_by_the_system_is_one_line_and_the_rows_before_are_kept(digits_folder, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """The out-of-memory killer ends a decoding worker (SIGKILL, here sent by the worker itself on
+    one image): one line saying so and what was kept, not torch's traceback; the rerun computes
+    only the rest."""
+    import signal as sig
+
+    import fne.extraction.reader as fr
+
+    files = sorted(p for p in digits_folder.rglob("*.png"))
+    victim = files[len(files) // 2].read_bytes()
+    real = fr.read_image
+
+    def read(f, *a, **k):
+        if isinstance(f, io.BytesIO) and f.getvalue() == victim:
+            os.kill(os.getpid(), sig.SIGKILL)
+        return real(f, *a, **k)
+
+    monkeypatch.setattr(fr, "read_image", read)
+    cache = tmp_path / "c"
+    args = ["extract", str(digits_folder), "--cache", str(cache), *CLI_FAST[:-2], "--workers", "1",
+            "--batch-size", "2"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fne extract: error: a loader worker was killed (DataLoader worker (pid")
+    assert "the rows computed so far are committed to the cache" in err and "Traceback" not in err
+    monkeypatch.setattr(fr, "read_image", real)
+    r = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST)
+    assert 0 < r.n_cached < len(files) and r.n_cached + r.n_computed == r.n_unique
