@@ -20,6 +20,7 @@ from fne.data.splits import duplicate_notes, make_splits
 from fne.errors import DataError, FneError
 from fne.extraction.reader import ImageItems
 
+from .conftest import age
 from .test_faults import CLI_FAST
 
 
@@ -275,3 +276,29 @@ def test_a_deprecation_while_decoding_is_left_to_the_usual_filters(tmp_path, mon
         warnings.simplefilter("default")  # as the CLI shows warnings: once per place
         assert [ImageItems(d, [0, 1], Preprocess(16))[j][3] for j in (0, 1)] == [None, None]
     assert [str(w.message) for w in caught] == ["some Pillow API is deprecated"]  # once, not once per image
+
+
+def test_an_image_too_thin_to_resize_is_named_skipped_and_recorded(tmp_path, capsys):
+    """1 x 4,000 pixels would be resized to 256 x 1,024,000 (gigabytes: the out-of-memory killer
+    would end the worker at every rerun): named and skipped as a decompression bomb is, and
+    recorded, so the rerun does not read it again. A JPEG too (its size read from the header,
+    where the device path would take it). 1 x 2,000 is still read."""
+    for c in ("a", "b"):
+        for i in range(2):
+            _png(tmp_path / "data" / c / f"{i}.png", seed=10 * ord(c) + i)
+    _png(tmp_path / "data" / "a" / "thin.png", seed=1, size=(1, 4000))
+    Image.new("RGB", (4000, 1), (9, 9, 9)).save(tmp_path / "data" / "b" / "wide.jpg")
+    _png(tmp_path / "data" / "b" / "ok.png", seed=2, size=(1, 2000))
+    age(tmp_path / "data")  # files the manifest trusts: the rerun knows their keys without reading them
+    args = ["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "skipped a/thin.png: DecompressionBombError: resized for the network, this 1 x 4000 image would be " \
+           "256 x 1024000" in captured.err
+    assert "skipped b/wide.jpg: DecompressionBombError" in captured.err
+    assert "5 computed" in captured.out and "2 skipped" in captured.out
+    assert main(args) == 0
+    assert "2 recorded unreadable by an earlier run" in capsys.readouterr().out
+    ds = load_dataset(str(tmp_path / "data"))  # the device path: a plain JPEG travels as its bytes
+    item = ImageItems(ds, [ds.ids.index("b/wide.jpg")], Preprocess(), raw_jpeg=True)[0]
+    assert item[2] is None and item[3].startswith("DecompressionBombError: resized for the network")

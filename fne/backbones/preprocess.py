@@ -92,6 +92,18 @@ class Preprocess:
         r = self.resize
         return (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
 
+    def check_resized(self, w: int, h: int) -> None:
+        """A DecompressionBombError (an unreadable image, named and skipped) when resizing a w x h
+        image would make more pixels than Pillow opens (twice `Image.MAX_IMAGE_PIXELS`): a very
+        thin image (1 x 4,000 becomes 256 x 1,024,000) would take gigabytes, and the system would
+        kill the process that decodes it at every rerun."""
+        rw, rh = self.resized_size(w, h)
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and rw * rh > 2 * limit:
+            raise Image.DecompressionBombError(
+                f"resized for the network, this {w} x {h} image would be {rw} x {rh} ({rw * rh:,} pixels, "
+                f"over twice Pillow's MAX_IMAGE_PIXELS, {limit:,}): too thin to resize")
+
     def boxes(self, w: int, h: int) -> list[tuple[int, int]]:
         """Where the crops lie in a resized image.
 
@@ -120,6 +132,7 @@ class Preprocess:
 
         s, f = self.size, _PIL_FILTERS[self.interpolation]
         w, h = self.resized_size(*img.size)
+        self.check_resized(*img.size)
         if self.crop == "center":  # one crop: resized (mostly) and taken before the array copy
             img = resize_crop(img, (w, h), self.boxes(w, h)[0], s, f)
             return torch.from_numpy(np.array(img, dtype=np.uint8)[None]).permute(0, 3, 1, 2)

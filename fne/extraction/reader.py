@@ -102,6 +102,8 @@ class ImageItems(torch.utils.data.Dataset):
         key = content_key(data)
         try:
             size = _plain_jpeg(data) if self.raw_jpeg else None  # by its header: Parquet rows have no name
+            if size is not None and isinstance(self.prep, Preprocess):
+                self.prep.check_resized(*size)  # one too thin to resize is skipped here, not on the device
             if size is not None:
                 return i, key, Jpeg.of(data, size), None, stat  # packed with the batch's others by `collate`
             return i, key, self.prep(named_decode(data, d.ids[i])), None, stat
