@@ -1,7 +1,8 @@
 """fne: transfer learning on images with cached full-network embeddings.
 
 The Python API has the CLI's verbs: `fne.extract(...)`, `fne.fit(...)`, `fne.predict(...)`,
-`fne.export(...)`, `fne.train(...)`, `fne.run(...)`, `fne.report(...)`, `fne.advise(...)`.
+`fne.export(...)`, `fne.train(...)`, `fne.run(...)`, `fne.report(...)`, `fne.advise(...)`;
+and `fne.load_rows(...)`: DATA's cached rows as numpy arrays in memory (X, y, ids), no file.
 Verb modules are callable (``fne.extract(...)`` runs ``fne.extract.extract(...)``), so the
 module and the verb share one name, and nothing heavy is imported until a verb is used.
 """
@@ -37,8 +38,13 @@ _VERBS = {
     "advise": "fne.reporting.advise",
 }
 
+# functions of the API that are no verb of the CLI -> their module
+_FUNCTIONS = {"load_rows": "fne.linear.export"}
+
 
 def __getattr__(name: str):
+    if name in _FUNCTIONS:
+        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
     if name == "run":  # the runner module is not named after its verb
         return getattr(importlib.import_module(_VERBS[name]), name)
     if name in _VERBS:

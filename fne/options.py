@@ -343,7 +343,8 @@ def check(obj) -> None:
     hints = _types(type(obj))
     for f, _ in _opts(type(obj)):
         v = getattr(obj, f.name)
-        if v is not None and not _of_type(v, hints[f.name]):
+        nullable = type(None) in typing.get_args(hints[f.name]) or f.default is None
+        if (v is not None or not nullable) and not _of_type(v, hints[f.name]):
             kinds = [typing.get_origin(a) or a for a in typing.get_args(hints[f.name]) or (hints[f.name],)
                      if a is not type(None)]
             want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)

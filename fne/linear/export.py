@@ -1,12 +1,16 @@
-"""`fne export`: cached activations and the embedding of DATA as one HDF5 file, for other tools.
+"""`fne export`: cached activations and the embedding of DATA as one HDF5 file, for other tools;
+`load_rows`: the same rows as numpy arrays in memory, for a notebook.
 
 Rows are copied chunk by chunk, so memory does not grow with the dataset. The file says what
 it holds: the backbone and weights fingerprint, the preprocessing actually used, the data root
-its relative `paths` are relative to, and how the embedding was standardised.
+its relative `paths` are relative to, which columns of the embedding are which layer, and how
+the embedding was standardised (README, "The HDF5 file of `fne export`").
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
-from fne.linear.embedding import FullNetworkEmbedding
+from fne.linear.embedding import FullNetworkEmbedding, make_transform
 from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.options import ForwardOptions, RowsOptions
 
@@ -48,31 +52,138 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     import h5py
 
     out = check_target(out, folder=False)
-    spec, o, ext = opts.resolve(options, StoreSpec, RowsOptions, ForwardOptions, given={StoreSpec: store})
-    features = o.features
-    layers, kind = parse_features(features, spec.backbone())
-    src = open_rows(data, spec, "export", o.extract_missing, ext)
+    src, o, layers, kind = _source(data, store, options, "export")
     dataset, store = src.dataset, src.store
     n = len(dataset)
     fit_rows = np.flatnonzero(np.array(dataset.splits) == "train") if dataset.has_split else np.arange(n)
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     embed = rows.fit_embedding(kind, fit_rows)
+    dims = dict(store.taps)
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:  # under a temporary name: an interrupted export leaves nothing
         with h5py.File(tmp, "w") as f:
-            _write_rows(f, rows, embed, layers, dict(store.taps), store.views, n)
-            f["embedding"].attrs["kind"] = kind
-            f["embedding"].attrs["fit_rows"] = "train split" if dataset.has_split else "all rows"
+            _write_rows(f, rows, embed, layers, dims, store.views, n)
+            e = f["embedding"].attrs
+            e["kind"], e["layers"], e["columns"] = kind, np.array(layers, dtype=object), _columns(layers, dims)
+            e["fit_rows"] = "train split" if dataset.has_split else "all rows"
             if isinstance(embed, FullNetworkEmbedding):
-                f["embedding"].attrs["low"], f["embedding"].attrs["high"] = embed.low, embed.high
+                e["low"], e["high"] = embed.low, embed.high
                 f.create_dataset("embedding_mean", data=embed.mean_)
                 f.create_dataset("embedding_std", data=embed.std_)
             _write_labels(f, dataset)
-            f.attrs.update(_attributes(src, features))
+            f.attrs.update(_attributes(src, o.features))
 
     replace_file(out, write)
     return {"n": n, "datasets": [f"layers/{la}" for la in layers] + ["embedding"], "out": str(out)}
+
+
+@dataclass
+class LoadedRows:
+    """DATA's cached rows in memory (`load_rows`): one row per readable image, in DATA's order.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        float32 (n, D): the pooled activations of `layers` side by side, as the store holds them
+        (not embedded); (n, views, D) for a ten-crop store.
+    y : numpy.ndarray or None
+        The label of each row (strings); None when DATA has no labels.
+    ids : numpy.ndarray
+        Each row's image: its path relative to ``attrs["root"]`` (or its name in DATA).
+    split : numpy.ndarray or None
+        ``"train"`` / ``"test"`` per row when DATA has a predefined split, else None.
+    keys : numpy.ndarray
+        Each row's content key in the cache (the hash of the image's bytes).
+    layers : list of str
+        The layers in `X`, in column order; ``columns[layer]`` is its (start, end) in `X`.
+    columns : dict
+        Layer name -> (start, end) column range of `X`.
+    kind : str
+        ``"fne"`` (the full-network embedding) or ``"l2"`` (L2-normalised), from ``features``.
+    classes : list of str
+        The class names, in label-index order.
+    attrs : dict
+        What the rows are, as `fne export` writes them: arch, weights and fingerprint, store,
+        preprocessing, precision, data root.
+    """
+
+    X: np.ndarray
+    y: np.ndarray | None
+    ids: np.ndarray
+    split: np.ndarray | None
+    keys: np.ndarray
+    layers: list[str]
+    columns: dict[str, tuple[int, int]]
+    kind: str
+    classes: list[str]
+    attrs: dict
+
+    def make_transform(self):
+        """A new, unfitted transform for `kind`: `FullNetworkEmbedding` or an L2 `Normalizer`.
+
+        Put it in front of a head in a Pipeline, so that its statistics come from the training
+        rows of each fit (cross-validation folds included), never from the rows it scores.
+        """
+        return make_transform(self.kind)
+
+
+def load_rows(data, store: StoreSpec | None = None, **options) -> LoadedRows:
+    """DATA's cached rows as numpy arrays in memory (X, y, ids, split), reading no image.
+
+    What `fne export` writes, without the file and without the embedding: the embedding's
+    statistics belong to the training rows of whatever the caller fits, so
+    ``make_pipeline(r.make_transform(), LinearSVC())`` standardises inside each fit. Every row
+    is held at once (n x D float32); for datasets larger than memory use `export` or `fit`.
+
+    Parameters
+    ----------
+    data : str, Path or Dataset
+        Any DATA form.
+    store : StoreSpec, optional
+        Which rows to read.
+    **options
+        Fields of `fne.options.RowsOptions` (``features``: which layers, default all;
+        ``stream_chunk``; ``extract_missing``), of `StoreSpec` (overriding `store`'s) and of
+        `fne.options.ForwardOptions`.
+
+    Returns
+    -------
+    LoadedRows
+        The rows, labels, image ids, split, content keys and what the rows are.
+
+    Raises
+    ------
+    FneError
+        DATA cannot be read, the features name no layer of the backbone, or rows are not in
+        the cache (and ``extract_missing`` is False).
+    """
+    src, o, layers, kind = _source(data, store, options, "load_rows")
+    dataset, dims = src.dataset, dict(src.store.taps)
+    rows = Rows(src.store, dataset.keys(), layers, o.stream_chunk)
+    n, v, d = len(dataset), src.store.views, sum(dims[la] for la in layers)
+    X = np.empty((n, v, d), dtype=np.float32)
+    for b, chunk in rows.chunks(np.arange(n)):
+        X[b] = chunk
+    optional = {f: None if getattr(dataset, f) is None else np.array(getattr(dataset, f), dtype=object)
+                for f in ("labels", "splits")}
+    return LoadedRows(X=X[:, 0] if v == 1 else X, y=optional["labels"], split=optional["splits"],
+                      ids=np.array(dataset.ids, dtype=object), keys=np.array(dataset.keys(), dtype=object),
+                      layers=layers, columns={la: (int(a), int(b)) for la, (a, b) in zip(layers, _columns(layers, dims))},
+                      kind=kind, classes=list(dataset.classes), attrs=_attributes(src, o.features))
+
+
+def _source(data, store: StoreSpec | None, options: dict, verb: str) -> tuple[Source, RowsOptions, list[str], str]:
+    """The options checked, the layers of `features`, and DATA's rows found (or extracted)."""
+    spec, o, ext = opts.resolve(options, StoreSpec, RowsOptions, ForwardOptions, given={StoreSpec: store})
+    layers, kind = parse_features(o.features, spec.backbone())
+    return open_rows(data, spec, verb, o.extract_missing, ext), o, layers, kind
+
+
+def _columns(layers: list[str], dims: dict[str, int]) -> np.ndarray:
+    """(len(layers), 2) int64: each layer's [start, end) columns in the rows side by side."""
+    ends = np.cumsum([dims[la] for la in layers], dtype=np.int64)
+    return np.stack([ends - [dims[la] for la in layers], ends], axis=1)
 
 
 def _write_rows(f, rows: Rows, embed, layers: list[str], dims: dict[str, int], v: int, n: int) -> None:
@@ -80,7 +191,8 @@ def _write_rows(f, rows: Rows, embed, layers: list[str], dims: dict[str, int], v
     ends = np.cumsum([dims[la] for la in layers])
     # One view: (n, D) datasets; ten-crop stores: (n, views, D).
     shape, squeeze = ((n,), lambda a: a[:, 0]) if v == 1 else ((n, v), lambda a: a)
-    targets = [f.create_dataset(f"layers/{la}", shape=(*shape, dims[la]), dtype=np.float32,
+    group = f.create_group("layers", track_order=True)  # h5py lists the layers in network order
+    targets = [group.create_dataset(la, shape=(*shape, dims[la]), dtype=np.float32,
                                 compression="gzip") for la in layers]
     e = f.create_dataset("embedding", shape=(*shape, int(ends[-1])),  # both embeddings keep D
                          dtype=np.int8 if isinstance(embed, FullNetworkEmbedding) else np.float32,
@@ -98,6 +210,7 @@ def _write_labels(f, dataset) -> None:
 
     str_t = h5py.string_dtype()
     f.create_dataset("paths", data=np.array(dataset.ids, dtype=object), dtype=str_t)
+    f.create_dataset("keys", data=np.array(dataset.keys(), dtype=object), dtype=str_t)
     if dataset.labels is not None:
         f.create_dataset("labels", data=np.array(dataset.labels, dtype=object), dtype=str_t)
         f.create_dataset("label_index", data=dataset.label_indices())
@@ -115,7 +228,12 @@ def _attributes(src: Source, features: str) -> dict:
             "features": features, "resize": prep.resize, "crop_size": prep.size,
             "mean": np.asarray(prep.mean, dtype=np.float64), "std": np.asarray(prep.std, dtype=np.float64),
             "interpolation": prep.interpolation, "decode": spec.decode,
-            "root": src.dataset.root or "", "store": str(src.store.path)}
+            "root": _absolute(src.dataset.root or ""), "store": str(src.store.path)}
+
+
+def _absolute(root: str) -> str:
+    """A local data root as an absolute path (the file is read from elsewhere); a URL as it is."""
+    return root if not root or "://" in root else os.path.abspath(root)
 
 
 verb_module(__name__)
