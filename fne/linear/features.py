@@ -94,7 +94,7 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
             raise FneError(
                 f"{len(missing)} of {len(set(keys))} images of {data} are not in the cache "
                 f"{store.path}; add them with:\n  {extract_command(data, spec)}\n"
-                f"(or pass --extract to let `fne {verb}` run the network)")
+                f"(or pass --extract, in Python extract_missing=True, to let `fne {verb}` run the network)")
         print(f"fne {verb}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
         from fne.extraction.extract import extract
 

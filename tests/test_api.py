@@ -1,0 +1,105 @@
+"""The Python API as a notebook uses it: DATA's rows in memory, the exported HDF5 read without
+fne, and errors that name the argument."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.pipeline import make_pipeline
+from sklearn.svm import LinearSVC
+
+import fne
+from fne.cache.store import list_stores
+from fne.data.datasets import load_dataset
+from fne.errors import DataError, FneError
+from fne.linear.embedding import FullNetworkEmbedding
+
+from .conftest import FAST
+
+STORE = dict(FAST, precision="fp32", storage_dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def split_cache(tmp_path_factory, digits_split):
+    cache = tmp_path_factory.mktemp("cache")
+    fne.extract(digits_split, cache=str(cache), batch_size=16, progress=False, **FAST)
+    return str(cache)
+
+
+def _all_rows(cache, data) -> np.ndarray:
+    (store,) = list_stores(cache)
+    arrays = store.read(load_dataset(data).keys(), [t for t, _ in store.taps])
+    return np.concatenate([arrays[t] for t, _ in store.taps], axis=2)[:, 0]
+
+
+def test_load_rows_gives_data_rows_labels_ids_and_split_in_memory(digits_split, split_cache):
+    r = fne.load_rows(digits_split, cache=split_cache, stream_chunk=4, **STORE)
+    d = load_dataset(digits_split)
+    assert r.X.dtype == np.float32 and np.array_equal(r.X, _all_rows(split_cache, digits_split))
+    assert list(r.y) == d.labels and list(r.ids) == d.ids and list(r.split) == d.splits
+    assert list(r.keys) == d.keys() and r.classes == ["0", "1", "2"] and r.kind == "fne"
+    assert r.columns["head"] == (r.X.shape[1] - 1280, r.X.shape[1]) and r.layers[-1] == "head"
+    assert os.path.isabs(r.attrs["root"]) and r.attrs["arch"] == FAST["arch"]
+    train = r.split == "train"
+    clf = make_pipeline(r.make_transform(), LinearSVC()).fit(r.X[train], r.y[train])
+    assert clf.score(r.X[~train], r.y[~train]) >= 0  # the rows feed a user's own pipeline
+    assert np.allclose(clf[0].mean_, r.X[train].mean(0))
+
+
+def test_load_rows_of_chosen_layers(digits_folder, warm_cache):
+    r = fne.load_rows(digits_folder, features="block3,head", cache=str(warm_cache), **STORE)
+    assert r.layers == ["block3", "head"] and r.kind == "l2" and r.split is None
+    assert r.columns == {"block3": (0, 40), "head": (40, 1320)} and r.X.shape == (24, 1320)
+    assert np.array_equal(r.X[:, 40:], _all_rows(warm_cache, digits_folder)[:, -1280:])
+
+
+def test_export_is_self_describing_and_readable_without_fne(digits_split, split_cache, tmp_path):
+    out = tmp_path / "x.h5"
+    fne.export(digits_split, out=out, cache=split_cache, **STORE)
+    r = fne.load_rows(digits_split, cache=split_cache, **STORE)
+    with h5py.File(out) as f:
+        e = f["embedding"]
+        assert list(f["layers"]) == r.layers  # network order, not block0, block1, block10, ...
+        assert list(e.attrs["layers"]) == r.layers
+        assert [tuple(c) for c in e.attrs["columns"]] == [r.columns[la] for la in r.layers]
+        for la, (a, b) in r.columns.items():
+            assert np.array_equal(f["layers"][la][()], r.X[:, a:b])
+        assert list(f["keys"].asstr()) == list(r.keys) and f.attrs["root"] == r.attrs["root"]
+        # the statistics are the train split's only, as fit's
+        train = r.split == "train"
+        assert e.attrs["fit_rows"] == "train split" and np.allclose(f["embedding_mean"][()], r.X[train].mean(0))
+        assert np.array_equal(e[()], FullNetworkEmbedding().fit(r.X[train]).transform(r.X))
+        # pandas, as the README shows it
+        df = pd.DataFrame(e[()], index=f["paths"].asstr()[()])
+        df["label"], df["split"] = f["labels"].asstr()[()], f["split"].asstr()[()]
+    assert list(df.index) == list(r.ids) and list(df["label"]) == list(r.y)
+
+
+def test_exporting_again_replaces_the_file_whole(digits_folder, warm_cache, tmp_path):
+    out = tmp_path / "x.h5"
+    fne.export(digits_folder, out=out, cache=str(warm_cache), **STORE)
+    fne.export(digits_folder, features="block3,head", out=out, cache=str(warm_cache), **STORE)
+    with h5py.File(out) as f:
+        assert list(f["layers"]) == ["block3", "head"] and "embedding_mean" not in f
+        assert f["embedding"].shape == (24, 1320) and f["embedding"].dtype == np.float32
+        assert np.allclose(np.linalg.norm(f["embedding"][()], axis=1), 1, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]
+
+
+def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
+    kw = dict(cache=str(warm_cache), **STORE)
+    with pytest.raises(TypeError, match="^features must be a string, not NoneType None$"):
+        fne.load_rows(digits_folder, features=None, **kw)
+    with pytest.raises(TypeError, match="stream_chunk must be an integer"):
+        fne.export(digits_folder, out=tmp_path / "x.h5", stream_chunk="10", **kw)
+    with pytest.raises(DataError, match="DATA .*absent.* does not exist"):
+        fne.load_rows(tmp_path / "absent", **kw)
+    with pytest.raises(FneError, match="has no layer 'fc7'"):
+        fne.load_rows(digits_folder, features="fc7", **kw)
+    with pytest.raises(FneError, match="(?s)24 of 24 images .* not in the cache .*fne extract .*extract_missing=True"):
+        fne.load_rows(digits_folder, cache=str(tmp_path / "empty-cache"), **STORE)
+    assert list_stores(tmp_path / "empty-cache") == []  # reading created no store
