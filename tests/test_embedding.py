@@ -84,3 +84,20 @@ def test_streamed_statistics_and_parameters_are_checked():
         FullNetworkEmbedding(chunk=0).fit(rng.normal(size=(10, 4)))
     names = FullNetworkEmbedding().fit(rng.normal(size=(10, 2))).get_feature_names_out(["a", "b"])
     assert list(names) == ["a", "b"]
+
+
+def test_thresholds_are_searched_by_grid_search_and_the_fit_pickles():
+    import pickle
+
+    from sklearn.model_selection import GridSearchCV
+
+    rng = np.random.default_rng(5)
+    X = np.concatenate([rng.normal(0, 1, (30, 6)), rng.normal(1, 1, (30, 6))]).astype(np.float32)
+    y = np.repeat(["a", "b"], 30)
+    pipe = make_pipeline(FullNetworkEmbedding(), LinearSVC())
+    grid = {"fullnetworkembedding__low": [-0.5, -0.25], "fullnetworkembedding__high": [0.15, 0.5]}
+    search = GridSearchCV(pipe, grid, cv=3).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4 and search.best_score_ > 0.6
+    again = pickle.loads(pickle.dumps(search.best_estimator_))
+    assert np.array_equal(again.predict(X), search.predict(X))
+    assert np.array_equal(again[0].mean_, search.best_estimator_[0].mean_)
