@@ -103,3 +103,18 @@ def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
     with pytest.raises(FneError, match="(?s)24 of 24 images .* not in the cache .*fne extract .*extract_missing=True"):
         fne.load_rows(digits_folder, cache=str(tmp_path / "empty-cache"), **STORE)
     assert list_stores(tmp_path / "empty-cache") == []  # reading created no store
+
+
+def test_an_output_that_is_data_or_inside_it_is_refused_before_any_work(digits_folder, tmp_path):
+    data = tmp_path / "data.h5"
+    with h5py.File(data, "w") as f:
+        f["images"], f["labels"] = np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"]
+    before = data.read_bytes()
+    with pytest.raises(FneError, match=r"^--out .*data.h5: is DATA .*data.h5; writing there would change the data"):
+        fne.export(data, out=data, cache=str(tmp_path / "c"), **STORE)
+    assert data.read_bytes() == before
+    with pytest.raises(FneError, match="^--out .*train.h5: is inside DATA"):
+        fne.predict(tmp_path / "run", tmp_path, out=tmp_path / "train.h5")
+    with pytest.raises(FneError, match="^--out .*/runs/a: is inside DATA"):
+        fne.fit(digits_folder, out=digits_folder / "runs" / "a", cache=str(tmp_path / "c"), **STORE)
+    assert not (digits_folder / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data.h5"]

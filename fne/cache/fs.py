@@ -39,14 +39,21 @@ def file_in_the_way(path: str | Path) -> Path | None:
     return None
 
 
-def check_target(path: str | Path, folder: bool, option: str = "--out") -> Path:
+def check_target(path: str | Path, folder: bool, option: str = "--out", data=None) -> Path:
     """`path` as a Path, or an FneError naming `option` when a verb could not write there: a
     folder to make (`folder`) or a file to write (else), checked before any work is done. A
-    TypeError names the keyword when `path` is not a path (the Python API's ``out=None``)."""
+    TypeError names the keyword when `path` is not a path (the Python API's ``out=None``).
+    `data`: the verb's DATA, when a local file or folder: `path` may be neither it nor inside it
+    (the output would replace the data, or become part of it)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{option.lstrip('-').replace('-', '_')}: expected a path (str or os.PathLike), "
                         f"got {type(path).__name__}")
     path = Path(path).expanduser()
+    if isinstance(data, (str, os.PathLike)) and os.path.exists(data):
+        d, p = Path(data).resolve(), path.resolve()
+        if p == d or d in p.parents:
+            raise FneError(f"{option} {path}: is {'DATA' if p == d else 'inside DATA'} {data}; writing there "
+                           "would change the data: give a path outside it")
     if not folder and path.is_dir():
         raise FneError(f"{option} {path}: is a folder; give the file to write")
     blocker = file_in_the_way(path if folder else path.parent)

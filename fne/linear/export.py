@@ -51,7 +51,7 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     """
     import h5py
 
-    out = check_target(out, folder=False)
+    out = check_target(out, folder=False, data=data)
     src, o, layers, kind = _source(data, store, options, "export")
     dataset, store = src.dataset, src.store
     n = len(dataset)

@@ -141,7 +141,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
         raise FneError("auto selection is not available with SGD heads")
-    out = check_target(out, folder=True)
+    out = check_target(out, folder=True, data=data)
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
     src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data))

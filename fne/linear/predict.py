@@ -94,7 +94,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     if fixed:
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
-    out = check_target(out, folder=False)
+    out = check_target(out, folder=False, data=data)
     if not (Path(run_dir) / "model.joblib").is_file() and (Path(run_dir) / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
