@@ -337,6 +337,18 @@ def test_train_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
     assert f"--out {afile}: is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
 
 
+def test_train_out_inside_data_is_refused_before_any_work(tmp_path, capsys):
+    """A run folder inside an image folder would become a class of the next run's DATA."""
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(data / "runs")]
+    assert main(args) == 2
+    assert f"--out {data / 'runs'}: is inside DATA {data}" in capsys.readouterr().err
+    assert not (data / "runs").exists()
+
+
 def test_training_on_one_class_is_one_clear_line(tmp_path, capsys):
     from .conftest import write_digits
 

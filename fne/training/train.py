@@ -119,7 +119,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg)
-    check_target(cfg.out, folder=True)  # before any work: --out must be a folder it can make
+    check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     if dataset is None:
         dataset = load_dataset(cfg.data)
     if dataset.labels is None or len(dataset) == 0:
