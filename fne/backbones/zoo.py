@@ -116,6 +116,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     events = _trace(model, x)
     posts = [(n, s) for k, n, s in events if k == "post"]
     calls = Counter(n for n, _ in posts)
+    ran = {n.rsplit(".", i)[0] for n in calls for i in range(n.count(".") + 1)}  # with ModuleLists
     shape = dict(posts)  # last call's shape
     order = {n: i for i, (n, _) in enumerate(posts)}
     modules = dict(model.named_modules())
@@ -140,10 +141,12 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
 
     def walk(parent: nn.Module, prefix: str) -> None:
         kids = list(parent.named_children())
-        repeats = Counter(type(m) for _, m in kids if any(True for _ in m.children()) and not _is_container(m))
+        # blocks among their siblings: modules with an inside and their own forward (Inception's
+        # Mixed_5b..Mixed_7c, each of its own type; ResNet blocks; timm's BatchNormAct2d)
+        blocks = sum(1 for n, m in kids if calls[prefix + n] == 1 and _block_like(n, m))
         for n, m in kids:
             full = prefix + n
-            if calls[full] == 0 or full == classifier:
+            if full not in ran or full == classifier:
                 continue
             if not any(True for _ in m.children()):
                 if type(m).__name__ in ACTIVATIONS and calls[full] == 1:
@@ -152,15 +155,15 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
             if _is_container(m):
                 walk(m, full + ".")
                 continue
-            block = ((_is_container(parent) or repeats[type(m)] >= 2) and calls[full] == 1
-                     and n not in NOT_BLOCK_NAMES and type(m).__name__ not in NOT_BLOCK_TYPES)
+            block = (_is_container(parent) or blocks >= 2) and calls[full] == 1 and _block_like(n, m)
             if block:
                 add(full, m)
             else:
                 walk(m, full + ".")
 
     walk(model, "")
-    taps = [t for _, t in sorted(found, key=lambda p: p[0])]
+    # what runs after the classifier (SqueezeNet's ReLU on its class scores) is no feature
+    taps = [t for i, t in sorted(found, key=lambda p: p[0]) if i < order[classifier]]
     if not taps:
         raise FneError(f"found no layers to tap in {type(model).__name__}")
 
@@ -172,10 +175,16 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
 
     parent = classifier.rpartition(".")[0]
     fc = (classifier,)
-    if parent and _is_container(modules[parent]):
+    if parent and _is_container(modules[parent]):  # hidden fc layers, and a 1x1 conv classifier
         fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
-                   if isinstance(m, nn.Linear) and calls[f"{parent}.{n}"])
+                   if (isinstance(m, nn.Linear) or f"{parent}.{n}" == classifier) and calls[f"{parent}.{n}"])
     return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _block_like(name: str, m: nn.Module) -> bool:
+    """A module with an inside and its own forward that is not a stem, downsampling or head."""
+    return (any(True for _ in m.children()) and not _is_container(m) and name not in NOT_BLOCK_NAMES
+            and type(m).__name__ not in NOT_BLOCK_TYPES)
 
 
 def _find_classifier(model: nn.Module, posts, modules: dict, num_classes: int) -> str:
@@ -455,5 +464,7 @@ def timm_discover(model_name: str) -> Discovered:
         size = img[0] if isinstance(img, (tuple, list)) else img
     x = torch.zeros(1, 3, size, size, device="meta")
     clf = model.get_classifier()
+    if isinstance(clf, (tuple, list)):  # distilled models (DeiT, LeViT): (head, head_dist)
+        clf = clf[0]
     name = next(n for n, m in model.named_modules() if m is clf)
     return discover(model, x, name, getattr(model, "num_classes", 0), int(getattr(model, "num_prefix_tokens", 0)))
