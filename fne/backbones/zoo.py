@@ -270,8 +270,24 @@ def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
 
 
 def _suggest(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    """Names that `name` begins (timm:vit_tiny -> timm:vit_tiny_patch16_224), then close ones."""
+    longer = sorted((n for n in names if n.startswith(name) and n != name), key=len)[:2]
+    close = list(dict.fromkeys([*longer, *difflib.get_close_matches(name, names, n=4, cutoff=0.6)]))[:4]
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+TASKS = {"detection": "detection", "segmentation": "segmentation", "video": "video", "optical_flow": "optical flow",
+         "quantization": "quantized (int8)"}
+
+
+def _other_task(name: str) -> str | None:
+    """What a torchvision model that is not a classifier is for ('detection', 'video', ...)."""
+    import torchvision.models as tvm
+
+    for task in TASKS:
+        if name in tvm.list_models(module=getattr(tvm, task)):
+            return task
+    return None
 
 
 HOW_TO_NAME = ("fne's registry ({registry}); any torchvision classification model by its name "
@@ -291,6 +307,12 @@ def unknown(name: str, registry: list[str]) -> FneError:
         except ImportError:
             pass
     how = HOW_TO_NAME.format(registry=", ".join(registry))
+    task = None if name.startswith("timm:") else _other_task(name)
+    if task is not None:  # fasterrcnn_resnet50_fpn -> its backbone, resnet50
+        inside = sorted((n for n in tv_names() if n in name), key=len, reverse=True)[:1]
+        also = f" Its backbone as a classifier: {inside[0]}." if inside else ""
+        return FneError(f"--arch {name!r} is a torchvision {TASKS[task]} model; fne takes image "
+                        f"classification models.{also} Name a backbone as one of: {how}")
     return FneError(f"unknown --arch {name!r}.{_suggest(name, names)} Name a backbone as one of: {how}")
 
 
@@ -363,7 +385,10 @@ def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Mod
         import torchvision.models as tvm
 
         kw = {"image_size": image_size} if image_size else {}
-        return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
+        model = tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
+        if hasattr(model, "transform_input"):  # as torchvision builds GoogLeNet / Inception-v3 with
+            model.transform_input = True  # their weights: ImageNet-normalised input -> theirs
+        return model
 
     return build
 
