@@ -247,3 +247,47 @@ def test_pipelines_accept_any_backbone_name():
     archs = checks().archs
     assert "vgg16" in archs and "resnet18" in archs and "timm:resnet18" in archs
     assert "resnet5" not in archs and "timm:nope" not in archs
+
+
+def test_structures_beyond_plain_stages():
+    """Blocks in ModuleLists, one-of-a-kind blocks, conv classifiers and distilled heads."""
+    m = backbones.get("maxvit_t")  # its stages sit in a ModuleList, which is never called itself
+    assert [t.module for t in m.taps][1:5] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    i = backbones.get("inception_v3")  # Mixed_6a / Mixed_7a: each the only one of its type
+    mods = [t.module for t in i.taps]
+    assert "Mixed_6a" in mods and "Mixed_7a" in mods and not any(".branch" in n for n in mods)
+    assert i.tap("Mixed_7a").channels == 1280 and i.last == "Mixed_7c"
+    s = backbones.get("squeezenet1_1")  # a 1x1 conv classifier, then a ReLU on the class scores
+    assert s.taps[-1].module == "features.12" and s.last == "features.12"
+    assert s.fc_layers == ("classifier.1",)
+    d = backbones.get("timm:deit_tiny_distilled_patch16_224")  # get_classifier(): (head, head_dist)
+    assert d.classifier == "head" and d.taps[0].prefix_tokens == 2 and d.last == "pre_logits"
+
+
+def test_googlenet_and_inception_take_imagenet_input_as_their_weights_do():
+    # torchvision builds both with transform_input=True when it loads their weights
+    for arch in ("googlenet", "inception_v3"):
+        from fne.backbones import zoo
+
+        model = zoo.meta_model(lambda: backbones.get(arch).build(1000))
+        assert model.transform_input is True, arch
+
+
+def test_weights_of_another_depth_are_refused(tmp_path, capsys):
+    torch.save(tvm.resnet34().state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(WeightsError, match=r"r34.pt: does not fit --arch resnet18 .*96 in the file"):
+        backbones.load_backbone("resnet18", str(tmp_path / "r34.pt"))
+    torch.save(tvm.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pt")  # a new head: fine
+    assert backbones.load_backbone("resnet18", str(tmp_path / "r18.pt")).fc.out_features == 1000
+
+
+def test_other_tasks_and_prefixes_are_named(capsys):
+    with pytest.raises(FneError, match=r"torchvision detection model; .* classifier: resnet50\."):
+        backbones.get("fasterrcnn_resnet50_fpn")
+    with pytest.raises(FneError, match="torchvision video model"):
+        backbones.get("r3d_18")
+    with pytest.raises(FneError, match=r"Did you mean: timm:vit_tiny_patch16_224, "):
+        backbones.get("timm:vit_tiny")
+    assert main(["backbones", "deeplabv3_resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "segmentation" in err and "Traceback" not in err
