@@ -269,7 +269,7 @@ def test_googlenet_and_inception_take_imagenet_input_as_their_weights_do():
     for arch in ("googlenet", "inception_v3"):
         from fne.backbones import zoo
 
-        model = zoo.meta_model(lambda: backbones.get(arch).build(1000))
+        model = zoo.meta_model(lambda arch=arch: backbones.get(arch).build(1000))
         assert model.transform_input is True, arch
 
 
