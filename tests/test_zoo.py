@@ -17,6 +17,7 @@ import torch
 import torchvision.models as tvm
 
 from fne.backbones import registry as backbones
+from fne.backbones.normalize import Normalize
 from fne.cli import main
 from fne.errors import FneError, WeightsError
 from fne.extraction.taps import TapModel
@@ -264,13 +265,23 @@ def test_structures_beyond_plain_stages():
     assert d.classifier == "head" and d.taps[0].prefix_tokens == 2 and d.last == "pre_logits"
 
 
-def test_googlenet_and_inception_take_imagenet_input_as_their_weights_do():
-    # torchvision builds both with transform_input=True when it loads their weights
-    for arch in ("googlenet", "inception_v3"):
-        from fne.backbones import zoo
+def test_googlenet_and_inception_take_the_input_their_weights_do():
+    # torchvision builds both with transform_input=True when it loads their weights: ImageNet-
+    # normalised input mapped to (x - 0.5) / 0.5. fne normalises that way itself.
+    from fne.backbones import zoo
 
+    x = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    for arch in ("googlenet", "inception_v3"):
+        b = backbones.get(arch)
+        assert b.mean == b.std == (0.5, 0.5, 0.5), arch
+        assert b.preprocess().key != backbones.get("resnet18").preprocess().key  # a store of its own
         model = zoo.meta_model(lambda arch=arch: backbones.get(arch).build(1000))
-        assert model.transform_input is True, arch
+        assert model.transform_input is False
+        theirs = tvm.get_model(arch, weights=None, init_weights=False, transform_input=True)
+        imagenet = backbones.get("resnet18")
+        ref = theirs._transform_input(Normalize(imagenet.mean, imagenet.std)(x))
+        assert torch.allclose(Normalize(b.mean, b.std)(x), ref, atol=1e-5), arch
+    assert backbones.get("resnet18").mean != (0.5, 0.5, 0.5)
 
 
 def test_weights_of_another_depth_are_refused(tmp_path, capsys):

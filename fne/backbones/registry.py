@@ -143,6 +143,8 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
         raise WeightsError(f"--weights {weights}: no such file or {name} weights name; give imagenet, "
                            f"random, a state dict path or one of: {', '.join(names) or '(none)'}")
     p = zoo.tv_preprocess(w)
+    if zoo.tv_takes_half_norm(name):
+        p.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     image_size = p["crop_size"] if p["crop_size"] != 224 and _takes_image_size(name) else None
     d = zoo.tv_discover(name, image_size)
 

@@ -385,12 +385,18 @@ def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Mod
         import torchvision.models as tvm
 
         kw = {"image_size": image_size} if image_size else {}
-        model = tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
-        if hasattr(model, "transform_input"):  # as torchvision builds GoogLeNet / Inception-v3 with
-            model.transform_input = True  # their weights: ImageNet-normalised input -> theirs
-        return model
+        return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
 
     return build
+
+
+@functools.cache
+def tv_takes_half_norm(name: str) -> bool:
+    """Whether the model's weights expect (x - 0.5) / 0.5 input: torchvision builds GoogLeNet and
+    Inception-v3 with `transform_input=True` when it loads their weights, which maps ImageNet-
+    normalised input to that. fne builds them without it and normalises that way itself (the
+    same input to the network, and a preprocessing of its own in the store's key)."""
+    return hasattr(meta_model(lambda: tv_build(name)(1000)), "transform_input")
 
 
 @functools.cache
