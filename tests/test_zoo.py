@@ -229,7 +229,7 @@ def test_extract_fit_export_with_a_timm_vit(tmp_path):
         assert a["root"] == str(digits_folder.resolve())
 
 
-@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("timm:vit_tiny_patch16_224", None)])
+@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("timm:vit_tiny_patch16_224", None), ("squeezenet1_1", 32)])
 def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
     from fne.training.train import train
 
