@@ -252,8 +252,10 @@ def test_pipelines_accept_any_backbone_name():
 
 def test_structures_beyond_plain_stages():
     """Blocks in ModuleLists, one-of-a-kind blocks, conv classifiers and distilled heads."""
-    m = backbones.get("maxvit_t")  # its stages sit in a ModuleList, which is never called itself
-    assert [t.module for t in m.taps][1:5] == ["blocks.0", "blocks.1", "blocks.2", "blocks.3"]
+    m = backbones.get("maxvit_t")  # stages (MaxVitBlock) in a ModuleList, which is never called
+    blocks = [t.module for t in m.taps][1:-1]  # itself, each holding its blocks in another
+    assert len(blocks) == 11 and blocks[:3] == ["blocks.0.layers.0", "blocks.0.layers.1", "blocks.1.layers.0"]
+    assert m.dim == backbones.get("timm:maxvit_tiny_tf_224").dim  # the same network in timm
     i = backbones.get("inception_v3")  # Mixed_6a / Mixed_7a: each the only one of its type
     mods = [t.module for t in i.taps]
     assert "Mixed_6a" in mods and "Mixed_7a" in mods and not any(".branch" in n for n in mods)

@@ -156,7 +156,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
                 walk(m, full + ".")
                 continue
             block = (_is_container(parent) or blocks >= 2) and calls[full] == 1 and _block_like(n, m)
-            if block:
+            if block and not _is_stage(full, m, posts, order):
                 add(full, m)
             else:
                 walk(m, full + ".")
@@ -179,6 +179,17 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
         fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
                    if (isinstance(m, nn.Linear) or f"{parent}.{n}" == classifier) and calls[f"{parent}.{n}"])
     return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
+    """A block that is a stage of blocks (torchvision's MaxVitBlock): it holds a container of two or
+    more blocks, and its output is the last one's (the module that returned just before it)."""
+    inner = [(f"{name}.{n}", c) for n, c in m.named_children() if _is_container(c)]
+    held = [f"{cn}.{n}" for cn, c in inner for n, k in c.named_children() if _block_like(n, k)]
+    if len(held) < 2 or order.get(name, 0) == 0:
+        return False
+    before, mine = posts[order[name] - 1], posts[order[name]]
+    return before[0] in held and before[1] == mine[1]
 
 
 def _block_like(name: str, m: nn.Module) -> bool:
