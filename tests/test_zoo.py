@@ -68,6 +68,8 @@ CASES = [  # (arch, model built for the test or None: load_backbone's, input siz
     ("vit_b_16", lambda: tvm.vit_b_16(image_size=32), 32),
     ("swin_t", None, 64),
     ("timm:vit_tiny_patch16_224", lambda: timm.create_model("vit_tiny_patch16_224", img_size=32), 32),
+    ("maxvit_t", None, 224),  # its partitions need 224
+    ("inception_v3", None, 96),
 ]
 
 
