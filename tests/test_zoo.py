@@ -306,3 +306,17 @@ def test_other_tasks_and_prefixes_are_named(capsys):
     assert main(["backbones", "deeplabv3_resnet50"]) == 2
     err = capsys.readouterr().err
     assert "segmentation" in err and "Traceback" not in err
+
+
+def test_a_store_of_layers_an_earlier_fne_tapped_says_what_to_do(tmp_path):
+    from fne.cache.store import Store, StoreKey
+    from fne.errors import CacheError
+
+    key = StoreKey("squeezenet1_1", "random-seed0", "center224-tv", "fp32", "float16")
+    old = Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 1)
+    old.commit([], {}, bad={"k": "cannot read"})  # store.json written
+    with pytest.raises(CacheError, match=r"earlier fne tapped in squeezenet1_1 \(this one drops "
+                                         r"classifier.2\); move that folder aside"):
+        Store.open(str(tmp_path), key, [("features.12", 512)], 1)
+    with pytest.raises(CacheError, match="describes other rows"):  # anything else: as before
+        Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 2)
