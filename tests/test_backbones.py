@@ -195,3 +195,17 @@ def test_a_weights_files_hash_is_remembered_in_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr("fne.data.manifest.merge_json", read_only)  # a cache fit may only read
     assert backbones.fingerprint("vgg16", str(w), cache=tmp_path / "other") == second and len(hashed) == 4
+
+
+def test_token_and_vector_pools_keep_no_view_of_the_activation():
+    """A pooled row is its own (B, C) tensor: not a view that keeps a block's whole (B, N, C)
+    output alive for the rest of the forward, nor one that an in-place op after the layer changes."""
+    from fne.backbones.pooling import pool
+
+    tokens, vec = torch.randn(2, 197, 64), torch.randn(2, 4096)
+    for name, x in (("cls", tokens), ("mean_tokens", tokens), ("mean_nchw", vec)):
+        row = pool(name, x, 1)
+        want = row.clone()
+        assert row.untyped_storage().nbytes() == row.numel() * 4, name
+        x.relu_()  # what an in-place activation after the tapped layer does
+        assert torch.equal(row, want), name

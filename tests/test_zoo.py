@@ -17,6 +17,7 @@ import torch
 import torchvision.models as tvm
 
 from fne.backbones import registry as backbones
+from fne.backbones.normalize import Normalize
 from fne.cli import main
 from fne.errors import FneError, WeightsError
 from fne.extraction.taps import TapModel
@@ -67,6 +68,8 @@ CASES = [  # (arch, model built for the test or None: load_backbone's, input siz
     ("vit_b_16", lambda: tvm.vit_b_16(image_size=32), 32),
     ("swin_t", None, 64),
     ("timm:vit_tiny_patch16_224", lambda: timm.create_model("vit_tiny_patch16_224", img_size=32), 32),
+    ("maxvit_t", None, 224),  # its partitions need 224
+    ("inception_v3", None, 96),
 ]
 
 
@@ -228,7 +231,7 @@ def test_extract_fit_export_with_a_timm_vit(tmp_path):
         assert a["root"] == str(digits_folder.resolve())
 
 
-@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("timm:vit_tiny_patch16_224", None)])
+@pytest.mark.parametrize("arch,size", [("resnet18", 32), ("timm:vit_tiny_patch16_224", None), ("squeezenet1_1", 32)])
 def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
     from fne.training.train import train
 
@@ -247,3 +250,73 @@ def test_pipelines_accept_any_backbone_name():
     archs = checks().archs
     assert "vgg16" in archs and "resnet18" in archs and "timm:resnet18" in archs
     assert "resnet5" not in archs and "timm:nope" not in archs
+
+
+def test_structures_beyond_plain_stages():
+    """Blocks in ModuleLists, one-of-a-kind blocks, conv classifiers and distilled heads."""
+    m = backbones.get("maxvit_t")  # stages (MaxVitBlock) in a ModuleList, which is never called
+    blocks = [t.module for t in m.taps][1:-1]  # itself, each holding its blocks in another
+    assert len(blocks) == 11 and blocks[:3] == ["blocks.0.layers.0", "blocks.0.layers.1", "blocks.1.layers.0"]
+    assert m.dim == backbones.get("timm:maxvit_tiny_tf_224").dim  # the same network in timm
+    i = backbones.get("inception_v3")  # Mixed_6a / Mixed_7a: each the only one of its type
+    mods = [t.module for t in i.taps]
+    assert "Mixed_6a" in mods and "Mixed_7a" in mods and not any(".branch" in n for n in mods)
+    assert i.tap("Mixed_7a").channels == 1280 and i.last == "Mixed_7c"
+    s = backbones.get("squeezenet1_1")  # a 1x1 conv classifier, then a ReLU on the class scores
+    assert s.taps[-1].module == "features.12" and s.last == "features.12"
+    assert s.fc_layers == ("classifier.1",)
+    d = backbones.get("timm:deit_tiny_distilled_patch16_224")  # get_classifier(): (head, head_dist)
+    assert d.classifier == "head" and d.taps[0].prefix_tokens == 2 and d.last == "pre_logits"
+
+
+def test_googlenet_and_inception_take_the_input_their_weights_do():
+    # torchvision builds both with transform_input=True when it loads their weights: ImageNet-
+    # normalised input mapped to (x - 0.5) / 0.5. fne normalises that way itself.
+    from fne.backbones import zoo
+
+    x = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    for arch in ("googlenet", "inception_v3"):
+        b = backbones.get(arch)
+        assert b.mean == b.std == (0.5, 0.5, 0.5), arch
+        assert b.preprocess().key != backbones.get("resnet18").preprocess().key  # a store of its own
+        model = zoo.meta_model(lambda arch=arch: backbones.get(arch).build(1000))
+        assert model.transform_input is False
+        theirs = tvm.get_model(arch, weights=None, init_weights=False, transform_input=True)
+        imagenet = backbones.get("resnet18")
+        ref = theirs._transform_input(Normalize(imagenet.mean, imagenet.std)(x))
+        assert torch.allclose(Normalize(b.mean, b.std)(x), ref, atol=1e-5), arch
+    assert backbones.get("resnet18").mean != (0.5, 0.5, 0.5)
+
+
+def test_weights_of_another_depth_are_refused(tmp_path, capsys):
+    torch.save(tvm.resnet34().state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(WeightsError, match=r"r34.pt: does not fit --arch resnet18 .*96 in the file"):
+        backbones.load_backbone("resnet18", str(tmp_path / "r34.pt"))
+    torch.save(tvm.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pt")  # a new head: fine
+    assert backbones.load_backbone("resnet18", str(tmp_path / "r18.pt")).fc.out_features == 1000
+
+
+def test_other_tasks_and_prefixes_are_named(capsys):
+    with pytest.raises(FneError, match=r"torchvision detection model; .* classifier: resnet50\."):
+        backbones.get("fasterrcnn_resnet50_fpn")
+    with pytest.raises(FneError, match="torchvision video model"):
+        backbones.get("r3d_18")
+    with pytest.raises(FneError, match=r"Did you mean: timm:vit_tiny_patch16_224, "):
+        backbones.get("timm:vit_tiny")
+    assert main(["backbones", "deeplabv3_resnet50"]) == 2
+    err = capsys.readouterr().err
+    assert "segmentation" in err and "Traceback" not in err
+
+
+def test_a_store_of_layers_an_earlier_fne_tapped_says_what_to_do(tmp_path):
+    from fne.cache.store import Store, StoreKey
+    from fne.errors import CacheError
+
+    key = StoreKey("squeezenet1_1", "random-seed0", "center224-tv", "fp32", "float16")
+    old = Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 1)
+    old.commit([], {}, bad={"k": "cannot read"})  # store.json written
+    with pytest.raises(CacheError, match=r"earlier fne tapped in squeezenet1_1 \(this one drops "
+                                         r"classifier.2\); move that folder aside"):
+        Store.open(str(tmp_path), key, [("features.12", 512)], 1)
+    with pytest.raises(CacheError, match="describes other rows"):  # anything else: as before
+        Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 2)

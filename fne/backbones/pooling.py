@@ -13,8 +13,9 @@ import torch
 
 
 def mean_nchw(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
-    """(B, C, H, W) -> spatial mean; (B, C) fc outputs pass through as float32."""
-    return x.mean(dim=(2, 3), dtype=torch.float32) if x.dim() == 4 else x.float().flatten(1)
+    """(B, C, H, W) -> spatial mean; (B, C) fc outputs as a float32 copy (not a view, which an
+    in-place op after the layer would change)."""
+    return x.mean(dim=(2, 3), dtype=torch.float32) if x.dim() == 4 else x.to(torch.float32, copy=True).flatten(1)
 
 
 def mean_nhwc(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
@@ -23,8 +24,9 @@ def mean_nhwc(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:
 
 
 def cls(x: torch.Tensor, prefix_tokens: int = 1) -> torch.Tensor:
-    """(B, N, C) tokens -> the class token (token 0)."""
-    return x[:, 0].float()
+    """(B, N, C) tokens -> the class token (token 0), a copy: a float32 view would keep the
+    block's whole (B, N, C) output alive until the forward ends, and see later in-place ops."""
+    return x[:, 0].to(torch.float32, copy=True)
 
 
 def mean_tokens(x: torch.Tensor, prefix_tokens: int = 0) -> torch.Tensor:

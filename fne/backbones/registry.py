@@ -143,6 +143,8 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
         raise WeightsError(f"--weights {weights}: no such file or {name} weights name; give imagenet, "
                            f"random, a state dict path or one of: {', '.join(names) or '(none)'}")
     p = zoo.tv_preprocess(w)
+    if zoo.tv_takes_half_norm(name):
+        p.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     image_size = p["crop_size"] if p["crop_size"] != 224 and _takes_image_size(name) else None
     d = zoo.tv_discover(name, image_size)
 
@@ -485,12 +487,16 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
         return model.eval().to(dev)
     model = build()  # not an exact fit: import by name and shape, and say what is missing
     report = import_matching(model, state)
-    missing = [n for n, _ in report.skipped if not n.startswith(b.classifier + ".")]
-    if missing:
-        why = "; ".join(f"{n}: {w}" for n, w in report.skipped[:4])
+    head = b.classifier + "."
+    missing = [n for n, _ in report.skipped if not n.startswith(head)]
+    own = model.state_dict()
+    extra = [n for n in state if n not in own and not n.startswith(head)]  # resnet34's in resnet18
+    if missing or extra:
+        why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
+        why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
         raise WeightsError(
-            f"--weights {weights}: does not fit --arch {arch} ({len(missing)} tensors missing or "
-            f"mismatched, e.g. {why})"
+            f"--weights {weights}: does not fit --arch {arch} ({len(missing)} of its tensors missing or "
+            f"mismatched, {len(extra)} in the file it does not have; e.g. {'; '.join(why)})"
         )
     return model.eval().to(dev)
 

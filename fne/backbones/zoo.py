@@ -116,6 +116,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     events = _trace(model, x)
     posts = [(n, s) for k, n, s in events if k == "post"]
     calls = Counter(n for n, _ in posts)
+    ran = {n.rsplit(".", i)[0] for n in calls for i in range(n.count(".") + 1)}  # with ModuleLists
     shape = dict(posts)  # last call's shape
     order = {n: i for i, (n, _) in enumerate(posts)}
     modules = dict(model.named_modules())
@@ -140,10 +141,12 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
 
     def walk(parent: nn.Module, prefix: str) -> None:
         kids = list(parent.named_children())
-        repeats = Counter(type(m) for _, m in kids if any(True for _ in m.children()) and not _is_container(m))
+        # blocks among their siblings: modules with an inside and their own forward (Inception's
+        # Mixed_5b..Mixed_7c, each of its own type; ResNet blocks; timm's BatchNormAct2d)
+        blocks = sum(1 for n, m in kids if calls[prefix + n] == 1 and _block_like(n, m))
         for n, m in kids:
             full = prefix + n
-            if calls[full] == 0 or full == classifier:
+            if full not in ran or full == classifier:
                 continue
             if not any(True for _ in m.children()):
                 if type(m).__name__ in ACTIVATIONS and calls[full] == 1:
@@ -152,15 +155,15 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
             if _is_container(m):
                 walk(m, full + ".")
                 continue
-            block = ((_is_container(parent) or repeats[type(m)] >= 2) and calls[full] == 1
-                     and n not in NOT_BLOCK_NAMES and type(m).__name__ not in NOT_BLOCK_TYPES)
-            if block:
+            block = (_is_container(parent) or blocks >= 2) and calls[full] == 1 and _block_like(n, m)
+            if block and not _is_stage(full, m, posts, order):
                 add(full, m)
             else:
                 walk(m, full + ".")
 
     walk(model, "")
-    taps = [t for _, t in sorted(found, key=lambda p: p[0])]
+    # what runs after the classifier (SqueezeNet's ReLU on its class scores) is no feature
+    taps = [t for i, t in sorted(found, key=lambda p: p[0]) if i < order[classifier]]
     if not taps:
         raise FneError(f"found no layers to tap in {type(model).__name__}")
 
@@ -172,10 +175,27 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
 
     parent = classifier.rpartition(".")[0]
     fc = (classifier,)
-    if parent and _is_container(modules[parent]):
+    if parent and _is_container(modules[parent]):  # hidden fc layers, and a 1x1 conv classifier
         fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
-                   if isinstance(m, nn.Linear) and calls[f"{parent}.{n}"])
+                   if (isinstance(m, nn.Linear) or f"{parent}.{n}" == classifier) and calls[f"{parent}.{n}"])
     return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
+    """A block that is a stage of blocks (torchvision's MaxVitBlock): it holds a container of two or
+    more blocks, and its output is the last one's (the module that returned just before it)."""
+    inner = [(f"{name}.{n}", c) for n, c in m.named_children() if _is_container(c)]
+    held = [f"{cn}.{n}" for cn, c in inner for n, k in c.named_children() if _block_like(n, k)]
+    if len(held) < 2 or order.get(name, 0) == 0:
+        return False
+    before, mine = posts[order[name] - 1], posts[order[name]]
+    return before[0] in held and before[1] == mine[1]
+
+
+def _block_like(name: str, m: nn.Module) -> bool:
+    """A module with an inside and its own forward that is not a stem, downsampling or head."""
+    return (any(True for _ in m.children()) and not _is_container(m) and name not in NOT_BLOCK_NAMES
+            and type(m).__name__ not in NOT_BLOCK_TYPES)
 
 
 def _find_classifier(model: nn.Module, posts, modules: dict, num_classes: int) -> str:
@@ -261,8 +281,24 @@ def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
 
 
 def _suggest(name: str, names: list[str]) -> str:
-    close = difflib.get_close_matches(name, names, n=4, cutoff=0.6)
+    """Names that `name` begins (timm:vit_tiny -> timm:vit_tiny_patch16_224), then close ones."""
+    longer = sorted((n for n in names if n.startswith(name) and n != name), key=len)[:2]
+    close = list(dict.fromkeys([*longer, *difflib.get_close_matches(name, names, n=4, cutoff=0.6)]))[:4]
     return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+TASKS = {"detection": "detection", "segmentation": "segmentation", "video": "video", "optical_flow": "optical flow",
+         "quantization": "quantized (int8)"}
+
+
+def _other_task(name: str) -> str | None:
+    """What a torchvision model that is not a classifier is for ('detection', 'video', ...)."""
+    import torchvision.models as tvm
+
+    for task in TASKS:
+        if name in tvm.list_models(module=getattr(tvm, task)):
+            return task
+    return None
 
 
 HOW_TO_NAME = ("fne's registry ({registry}); any torchvision classification model by its name "
@@ -282,6 +318,12 @@ def unknown(name: str, registry: list[str]) -> FneError:
         except ImportError:
             pass
     how = HOW_TO_NAME.format(registry=", ".join(registry))
+    task = None if name.startswith("timm:") else _other_task(name)
+    if task is not None:  # fasterrcnn_resnet50_fpn -> its backbone, resnet50
+        inside = sorted((n for n in tv_names() if n in name), key=len, reverse=True)[:1]
+        also = f" Its backbone as a classifier: {inside[0]}." if inside else ""
+        return FneError(f"--arch {name!r} is a torchvision {TASKS[task]} model; fne takes image "
+                        f"classification models.{also} Name a backbone as one of: {how}")
     return FneError(f"unknown --arch {name!r}.{_suggest(name, names)} Name a backbone as one of: {how}")
 
 
@@ -357,6 +399,15 @@ def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Mod
         return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
 
     return build
+
+
+@functools.cache
+def tv_takes_half_norm(name: str) -> bool:
+    """Whether the model's weights expect (x - 0.5) / 0.5 input: torchvision builds GoogLeNet and
+    Inception-v3 with `transform_input=True` when it loads their weights, which maps ImageNet-
+    normalised input to that. fne builds them without it and normalises that way itself (the
+    same input to the network, and a preprocessing of its own in the store's key)."""
+    return hasattr(meta_model(lambda: tv_build(name)(1000)), "transform_input")
 
 
 @functools.cache
@@ -455,5 +506,7 @@ def timm_discover(model_name: str) -> Discovered:
         size = img[0] if isinstance(img, (tuple, list)) else img
     x = torch.zeros(1, 3, size, size, device="meta")
     clf = model.get_classifier()
+    if isinstance(clf, (tuple, list)):  # distilled models (DeiT, LeViT): (head, head_dist)
+        clf = clf[0]
     name = next(n for n, m in model.named_modules() if m is clf)
     return discover(model, x, name, getattr(model, "num_classes", 0), int(getattr(model, "num_prefix_tokens", 0)))

@@ -121,6 +121,20 @@ def _same_rows(old: dict, new: dict) -> bool:
     return {k: v for k, v in old.items() if k not in drop} == {k: v for k, v in new.items() if k not in drop}
 
 
+def _other_rows(old: dict, new: dict, path: object) -> CacheError:
+    """What a store whose rows are not `new`'s says; when only its layers differ (made by an fne
+    that found other taps in the same backbone), what to do."""
+    drop = ("format", "columns", "taps")
+    if {k: v for k, v in old.items() if k not in drop} != {k: v for k, v in new.items() if k not in drop}:
+        return CacheError(f"{path}/store.json describes other rows than asked for: {old} vs {new}")
+    was, now = [t[0] for t in old.get("taps", [])], [t[0] for t in new["taps"]]
+    gone, added = [n for n in was if n not in now], [n for n in now if n not in was]
+    diff = "; ".join(f"{what} {', '.join(names[:4])}{' ...' * (len(names) > 4)}"
+                     for what, names in (("drops", gone), ("adds", added)) if names) or "other channels"
+    return CacheError(f"{path} holds the layers an earlier fne tapped in {new['arch']} (this one {diff}); "
+                      f"move that folder aside and run `fne extract` again")
+
+
 class Store:
     """A folder or fsspec URL (`s3://…`) of committed parts plus `store.json` (what the rows
     mean, `meta`). Made by `Store.open` (by key) or `Store.at` (an existing store's folder)."""
@@ -168,8 +182,7 @@ class Store:
         found = cls.at(store.path)
         if found.meta != meta:
             if not _same_rows(found.meta, meta):
-                raise CacheError(f"{store.path}/store.json describes other rows than asked for: "
-                                 f"{found.meta} vs {meta}")
+                raise _other_rows(found.meta, meta, store.path)
             found._unwritten = meta  # a format-1 store: its parts stay readable, its first write upgrades it
         return found
 

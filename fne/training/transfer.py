@@ -41,9 +41,13 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _new_layer(old: nn.Module, name: str, out_features: int | None) -> nn.Module:
-    if not isinstance(old, nn.Linear):
-        raise FneError(f"cannot renew {name}: it is a {type(old).__name__}, not a Linear layer")
-    new = nn.Linear(old.in_features, out_features or old.out_features, bias=old.bias is not None)
+    if isinstance(old, nn.Conv2d) and old.groups == 1:  # SqueezeNet's 1x1 conv classifier
+        new = nn.Conv2d(old.in_channels, out_features or old.out_channels, old.kernel_size, old.stride,
+                        old.padding, old.dilation, bias=old.bias is not None)
+    elif isinstance(old, nn.Linear):
+        new = nn.Linear(old.in_features, out_features or old.out_features, bias=old.bias is not None)
+    else:
+        raise FneError(f"cannot renew {name}: it is a {type(old).__name__}, not a Linear or Conv2d layer")
     _init_xavier(new)
     return new
 
