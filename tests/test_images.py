@@ -302,3 +302,26 @@ def test_an_image_too_thin_to_resize_is_named_skipped_and_recorded(tmp_path, cap
     ds = load_dataset(str(tmp_path / "data"))  # the device path: a plain JPEG travels as its bytes
     item = ImageItems(ds, [ds.ids.index("b/wide.jpg")], Preprocess(), raw_jpeg=True)[0]
     assert item[2] is None and item[3].startswith("DecompressionBombError: resized for the network")
+
+
+def test_a_warning_from_elsewhere_while_an_image_decodes_is_not_named_after_it(monkeypatch):
+    """catch_warnings is process-wide: a warning another thread gives while an image decodes
+    (the model being built beside the reader) is passed on as it was, not put on the image."""
+    import warnings
+
+    import fne.extraction.reader as fr
+
+    real = fr.read_image
+
+    def read(f):
+        warnings.warn_explicit("weights initialised the old way", UserWarning, "/elsewhere/models.py", 7)
+        warnings.warn("a Pillow-like warning", UserWarning)  # from this test's file: not a decoder's either
+        return real(f)
+
+    monkeypatch.setattr(fr, "read_image", read)
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "PNG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fr.named_decode(buf.getvalue(), "a/x.png")
+    assert [str(w.message) for w in caught] == ["weights initialised the old way", "a Pillow-like warning"]

@@ -201,3 +201,22 @@ def test_float16_rows_read_back_exactly_in_any_order(tmp_path):
         got = store.read_rows([_keys(6)[i] for i in order], layers)
         want = np.concatenate([rows[la][order].astype(np.float16).astype(np.float32) for la in layers], axis=2)
         assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_rows_float16_cannot_hold_are_refused_naming_their_taps(tmp_path):
+    """A network whose activations pass float16's ±65,504 (random weights without normalisation)
+    would store infinities that make every fit fail later: the commit refuses them, naming the
+    taps and the way out, and writes nothing."""
+    from fne.errors import CacheError
+
+    store = StoreSpec(**{**SPEC, "storage_dtype": "float16"}, cache=str(tmp_path / "cache")).open()
+    rows = _rows(store, 3)
+    first, last = store.taps[0][0], store.taps[-1][0]
+    rows[first][1, 0, 0], rows[last][2, 0, 1] = 1e6, np.nan
+    with pytest.raises(CacheError, match=rf"the rows of {first}, {last} do not fit float16 storage .*"
+                                         r"--storage-dtype float32"):
+        store.commit(_keys(3), rows)
+    assert not store.parts() and len(store) == 0
+    rows[first][1, 0, 0], rows[last][2, 0, 1] = 6e4, 0.0  # within float16's range
+    store.commit(_keys(3), rows)
+    assert len(store) == 3

@@ -65,11 +65,31 @@ def side_by_side(arrays: dict[str, np.ndarray] | np.ndarray, n: int, views: int,
             if np.shape(arrays[tap]) != (n, views, c):
                 raise CacheError(f"{where}: tap {tap} rows have shape {np.shape(arrays[tap])}, "
                                  f"expected {(n, views, c)}")
-        return np.concatenate([np.asarray(arrays[t]) for t, _ in taps], axis=2, dtype=dtype)
-    d = sum(c for _, c in taps)
-    if arrays.shape != (n, views, d):
-        raise CacheError(f"{where}: rows have shape {arrays.shape}, expected {(n, views, d)}")
-    return np.asarray(arrays, dtype=dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the taps named
+            rows = np.concatenate([np.asarray(arrays[t]) for t, _ in taps], axis=2, dtype=dtype)
+    else:
+        d = sum(c for _, c in taps)
+        if arrays.shape != (n, views, d):
+            raise CacheError(f"{where}: rows have shape {arrays.shape}, expected {(n, views, d)}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            rows = np.asarray(arrays, dtype=dtype)
+    if rows.dtype == np.float16 and not np.isfinite(rows).all():
+        _overflow(rows, taps, where)
+    return rows
+
+
+def _overflow(rows: np.ndarray, taps: list[tuple[str, int]], where: object) -> None:
+    """A CacheError naming the taps whose rows float16 storage cannot hold (|value| > 65,504
+    becomes infinite; a NaN is the network's): such rows would only make every fit fail."""
+    bad, lo = [], 0
+    for tap, c in taps:
+        if not np.isfinite(rows[:, :, lo:lo + c]).all():
+            bad.append(tap)
+        lo += c
+    shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+    raise CacheError(f"{where}: the rows of {shown} do not fit float16 storage (values beyond ±65,504, or NaN): "
+                     f"extract with --storage-dtype float32 (random weights of a network without "
+                     f"normalisation do this)")
 
 
 def write(zstore, keys: list[str], rows: np.ndarray) -> None:

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import uuid
 import warnings
 import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
+import PIL
 import torch
 
+import fne.data
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.resample import resize_views
 from fne.data.datasets import Dataset, content_key, read_image
@@ -112,6 +115,8 @@ class ImageItems(torch.utils.data.Dataset):
 
 
 _LIBRARY_WARNINGS: set[tuple] = set()  # library warnings given on to the usual filters
+# where a warning about the image being decoded comes from: Pillow, and fne's decoding (fne.data)
+_DECODERS = tuple(os.path.dirname(m.__file__) + os.sep for m in (PIL, fne.data))
 
 
 def named_decode(data: bytes, name: str) -> Image.Image:
@@ -134,13 +139,16 @@ def named_decode(data: bytes, name: str) -> Image.Image:
         warnings.simplefilter("always")
         img = read_image(io.BytesIO(data))
     for w in caught:
-        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning)):  # the library's, not the image's
-            where = (w.category, str(w.message), w.filename, w.lineno)
-            if where not in _LIBRARY_WARNINGS:  # once per process (catch_warnings resets the filters' memory)
-                _LIBRARY_WARNINGS.add(where)
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        else:
+        # the image's: given by Pillow or fne's decoding, and not a library's deprecation; any
+        # other (another thread's, caught here too: catch_warnings is process-wide) goes on as it was
+        if w.filename.startswith(_DECODERS) and not issubclass(w.category, (DeprecationWarning,
+                                                                             PendingDeprecationWarning)):
             warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+            continue
+        where = (w.category, str(w.message), w.filename, w.lineno)
+        if where not in _LIBRARY_WARNINGS:  # once per process (catch_warnings resets the filters' memory)
+            _LIBRARY_WARNINGS.add(where)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return img
 
 
