@@ -379,3 +379,15 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_f
         err = capsys.readouterr().err
         assert f"--out {out}: cannot be written, {ro} is not writable" in err and "Traceback" not in err
     assert not list_stores(cache)  # nothing extracted
+
+
+def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits_folder, warm_cache, tmp_path,
+                                                                            monkeypatch):
+    """A dead layer (random weights, float16 underflow) gives rows of zeros: the embedding has
+    nothing to learn from, which scikit-learn reported as 'Found array with 0 feature(s)'."""
+    from fne.cache.store import Store
+
+    real = Store.read_rows
+    monkeypatch.setattr(Store, "read_rows", lambda self, keys, layers: np.zeros_like(real(self, keys, layers)))
+    with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*--storage-dtype float32"):
+        fit(digits_folder, out=tmp_path / "r", cache=warm_cache, features="last", splits=1, **STORE)

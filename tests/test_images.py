@@ -315,7 +315,7 @@ def test_a_warning_from_elsewhere_while_an_image_decodes_is_not_named_after_it(m
 
     def read(f):
         warnings.warn_explicit("weights initialised the old way", UserWarning, "/elsewhere/models.py", 7)
-        warnings.warn("a Pillow-like warning", UserWarning)  # from this test's file: not a decoder's either
+        warnings.warn("a Pillow-like warning", UserWarning, stacklevel=1)  # this file: not a decoder
         return real(f)
 
     monkeypatch.setattr(fr, "read_image", read)
