@@ -19,6 +19,18 @@ def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tupl
     return scores, confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
 
 
+def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], scores: np.ndarray):
+    """The writer (`fne.cache.fs.replace_file` / `replace_files`) of the predictions CSV that
+    `fne predict` and `fne train` write: path, predicted, score_<class>..., true (when DATA has
+    labels); one row per image `idx[j]` of `dataset`, with `predicted[j]` and `scores[j]`."""
+    from fne.cache.fs import csv_writer
+
+    labels = dataset.labels
+    return csv_writer(["path", "predicted", *score_cols] + (["true"] if labels else []),
+                      ([dataset.ids[i], predicted[j], *(f"{v:.6g}" for v in scores[j])]
+                       + ([labels[i]] if labels else []) for j, i in enumerate(idx)))
+
+
 def provenance() -> dict:
     """Where and when a result was measured."""
     return {

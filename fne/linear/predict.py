@@ -16,10 +16,11 @@ import numpy as np
 
 from fne import options as opts
 from fne import verb_module
-from fne.cache.fs import check_target, write_csv
+from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
+from fne.metrics import predictions_csv
 from fne.options import ForwardOptions
 
 MODEL_FORMAT = 2
@@ -131,11 +132,9 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
 
 
 def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scores: np.ndarray) -> None:
-    """The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels)."""
+    """The predictions CSV (`fne.metrics.predictions_csv`), written whole."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(out, ["path", "predicted", *score_cols] + (["true"] if dataset.labels else []),
-              ([dataset.ids[i], pred[j], *(f"{v:.6g}" for v in scores[j])]
-               + ([dataset.labels[i]] if dataset.labels else []) for j, i in enumerate(idx)))
+    replace_file(out, predictions_csv(dataset, idx, pred, score_cols, scores))
 
 
 def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:

@@ -25,6 +25,7 @@ from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import FneError
 from fne.names import MODES
 from fne.training import epochs
+from fne.training.transfer import _renew
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -49,12 +50,9 @@ def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
     the run's classes (the renewed fc layers keep their shapes), model.pt's tensors assigned."""
     b = backbones.get(m["arch"], m["weights"])
 
-    def build() -> nn.Module:
+    def build() -> nn.Module:  # as `build_model` makes it; renewed fc layers keep their shapes
         model = b.build(1000)
-        old = model.get_submodule(b.classifier)
-        parent, _, leaf = b.classifier.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, leaf,
-                nn.Linear(old.in_features, len(m["classes"]), bias=old.bias is not None))
+        _renew(model, b, (b.classifier,), len(m["classes"]))
         return model
 
     model = zoo.on_meta(build)

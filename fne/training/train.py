@@ -29,7 +29,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_target, csv_writer, replace_files
+from fne.cache.fs import check_target, replace_files
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.splits import make_splits, train_val_test
 from fne.devices import (
@@ -40,7 +40,7 @@ from fne.devices import (
     resolve_precision,
 )
 from fne.errors import DataError, FneError
-from fne.metrics import provenance, split_scores
+from fne.metrics import predictions_csv, provenance, split_scores
 from fne.options import DATA_HELP, TrainConfig
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
@@ -328,17 +328,12 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
                        direct_score=cfg.direct_score, n_excluded=split.n_excluded)
     # together (`replace_files`): a failed write leaves the earlier run whole; metrics.json last
-    replace_files({out / "predictions.csv": _predictions(dataset, split.classes, test["ids"], test["scores"], pred),
+    predictions = predictions_csv(dataset, test["ids"], [split.classes[p] for p in pred],
+                                  [f"score_{c}" for c in split.classes], test["scores"])
+    replace_files({out / "predictions.csv": predictions,
                    out / "model.pt": lambda f: torch.save(weights, f),
                    out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
     return metrics
-
-
-def _predictions(dataset: Dataset, classes: list[str], ids: np.ndarray, scores: np.ndarray, pred: np.ndarray):
-    """The writer of predictions.csv: path, predicted class, a score per class, true class."""
-    return csv_writer(["path", "predicted", *[f"score_{c}" for c in classes], "true"],
-                      ([dataset.ids[i], classes[p], *[f"{v:.6g}" for v in s], dataset.labels[i]]
-                       for i, s, p in zip(ids, scores, pred, strict=True)))
 
 
 def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
