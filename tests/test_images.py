@@ -119,6 +119,24 @@ def test_fit_warns_of_identical_images_under_two_classes(tmp_path, capsys):
     assert "a/1.png (a) = b/copy-of-1.png (b)" in err
 
 
+def test_fit_keeps_copies_of_an_image_on_one_side_of_each_random_split(tmp_path, capsys):
+    """Drawn without content keys, 5 splits of these 20 images put some copy on both sides
+    (seed 0); fit draws over distinct images, so no split scores a test image it was fitted on."""
+    root = tmp_path / "d"
+    for c, seeds in (("a", range(1, 7)), ("b", range(7, 13))):
+        for s in seeds:
+            _png(root / c / f"{s}.png", s)
+    for s in (1, 2, 3, 7, 8, 9):
+        for k in (1, 2):
+            (root / ("a" if s < 7 else "b") / f"{s}-copy{k}.png").write_bytes((root / ("a" if s < 7 else "b") / f"{s}.png").read_bytes())
+    d = load_dataset(root)
+    plain = make_splits(d, d.label_indices(), splits=5, test_size=0.3, seed=0)
+    assert duplicate_notes(d, d.keys(), plain)[-1].startswith("6 test image(s) of 5 of 5 split(s)")  # what fit did before
+    assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
+                 "--splits", "5", "--test-size", "0.3", "--seed", "0", *CLI_FAST]) == 0
+    assert "byte-identical copy" not in capsys.readouterr().err
+
+
 def test_unreadable_images_left_out_are_all_counted(tmp_path, capsys):
     root = tmp_path / "d"
     for c, seeds in (("a", (1, 2)), ("b", (3, 4))):

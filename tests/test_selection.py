@@ -62,6 +62,22 @@ def test_folds_shrink_to_the_smallest_class_and_stratify():
         selection.image_folds(np.array([0, 0, 0, 1]), 5)
 
 
+def test_folds_keep_copies_of_one_image_in_one_fold():
+    """Content keys shared by two images (the same bytes under two names): one fold holds both."""
+    y = np.repeat(np.arange(3), 12)
+    keys = [f"k{i}" for i in range(len(y))]
+    for i in range(0, 30, 3):
+        keys[i + 1] = keys[i]  # 10 pairs of copies, each within one class
+    plain = selection.image_folds(y, 5, seed=0)
+    split_pair = lambda folds: any(keys[i] in {keys[j] for j in va} for tr, va in folds for i in tr)  # noqa: E731
+    assert split_pair(plain)  # without keys some pair straddles a fold
+    folds = selection.image_folds(y, 5, seed=0, groups=keys)
+    assert len(folds) == 5 and not split_pair(folds)
+    assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(len(y)))
+    distinct = selection.image_folds(y, 5, seed=0, groups=[f"k{i}" for i in range(len(y))])
+    assert all(np.array_equal(a, b) for f, g in zip(plain, distinct) for a, b in zip(f, g))
+
+
 def test_select_scores_views_of_an_image_together():
     """Ten-view rows: the CV fits the head on fold rows whose images never appear in validation."""
     X, y = blobs(views=4)

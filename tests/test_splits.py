@@ -63,3 +63,60 @@ def test_a_part_too_small_for_the_classes_says_what_to_give():
         stratified(np.arange(30), y, 0.95, 0, "--val-fraction")
     with pytest.raises(DataError, match="a class has only one image"):
         stratified(np.arange(4), np.array([0, 0, 0, 1]), 0.5, 0, "--test-size")
+
+
+def _with_copies(d, y, copies: dict[int, list[int]]):
+    """digits' content keys, where each image `copies[i]` lists is a byte copy of image i."""
+    keys = list(d.keys())
+    for i, js in copies.items():
+        for j in js:
+            keys[j] = keys[i]
+    return keys
+
+
+def _one_side(keys, parts) -> bool:
+    sides = [{keys[i] for i in p} for p in parts]
+    return all(not (a & b) for n, a in enumerate(sides) for b in sides[n + 1:])
+
+
+def test_copies_of_one_image_stay_on_one_side_of_every_random_split(digits):
+    d, y = digits
+    # copies under the same class (image 0 is a 0, so are 10 and 20), and one under another class
+    copies = {0: [10, 20], 1: [11], 2: [12, 22, 32], 3: [13], 4: [5]}
+    keys = _with_copies(d, y, copies)
+    plain = make_splits(d, y, splits=5, test_size=0.25, seed=1)
+    assert not all(_one_side(keys, s) for s in plain)  # drawn without keys, some copies straddle
+    grouped = make_splits(d, y, splits=5, test_size=0.25, seed=1, keys=keys)
+    for tr, te in grouped:
+        assert _one_side(keys, (tr, te)) and len(tr) + len(te) == len(y)
+        assert len(te) == pytest.approx(0.25 * len(y), abs=15)
+    for tr, te in make_splits(d, y, splits=3, train_per_class=20, seed=2, keys=keys):
+        assert _one_side(keys, (tr, te)) and len(tr) + len(te) == len(y)
+    parts = train_val_test(d, y, 0.25, 0.2, 4, keys=keys)
+    assert _one_side(keys, parts) and sum(map(len, parts)) == len(y)
+
+
+def test_distinct_images_split_as_without_keys(digits):
+    """Keys with no copies change nothing: the splits published before keys were given."""
+    d, y = digits
+    for kw in ({"splits": 3, "test_size": 0.3}, {"splits": 2, "train_per_class": 15}):
+        a = make_splits(d, y, seed=7, **kw)
+        b = make_splits(d, y, seed=7, keys=list(d.keys()), **kw)
+        assert all(np.array_equal(p, q) for s, t in zip(a, b, strict=True) for p, q in zip(s, t, strict=True))
+    a, b = train_val_test(d, y, 0.25, 0.1, 3), train_val_test(d, y, 0.25, 0.1, 3, keys=list(d.keys()))
+    assert all(np.array_equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_a_class_of_copies_only_cannot_be_split(tmp_path):
+    from PIL import Image
+
+    for c, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            (tmp_path / c).mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (40 * i + 90 * (c == "a"), 0, 0)).save(tmp_path / c / f"{i}.png")
+    (tmp_path / "b" / "0-copy.png").write_bytes((tmp_path / "b" / "0.png").read_bytes())
+    d = load_dataset(tmp_path)
+    y = d.label_indices()
+    assert len(make_splits(d, y, test_size=0.4, seed=0)) == 1  # two names: splittable without keys
+    with pytest.raises(FneError, match="at least 2 distinct images .* 1 class.*: b"):
+        make_splits(d, y, test_size=0.4, seed=0, keys=d.keys())

@@ -845,3 +845,21 @@ def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumab
                  workers=0, progress=False)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"}
     assert after == before  # no temporary file left, the earlier run's three files unchanged
+
+
+def test_train_names_a_test_image_it_trains_on_a_copy_of(tmp_path, capsys):
+    """DATA's own split is kept; a test image with a byte-identical training image is named, as fit names it."""
+    import shutil
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=2, split=True)
+    src = sorted((data / "train" / "1").iterdir())[0]
+    shutil.copy(src, data / "test" / "1" / "again.png")
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--val-fraction", "0.25", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "fne: warning: 1 test image(s) of 1 of 1 split(s) have a byte-identical copy among that split's " \
+           "training images: test/1/again.png" in err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_test"] == 5

@@ -130,11 +130,13 @@ def known_keys(dataset: Dataset, manifest: Manifest | None) -> list[str | None]:
     return [manifest.lookup(p, st) for p, st in zip(dataset.sources, stats, strict=True)]
 
 
-def attach_keys(dataset: Dataset, cache: str | Path | None, skip_unreadable: bool = False) -> Dataset:
+def attach_keys(dataset: Dataset, cache: str | Path | None, skip_unreadable: bool = False,
+                save: bool = True) -> Dataset:
     """Fill `dataset.keys()` from the manifest, hashing only new or changed files.
 
     A file that cannot be read is a DataError; with `skip_unreadable` it is named in a warning
     and left out of the dataset returned instead (a sample that one bad file must not stop).
+    Without `save` the manifest is read, not written (a verb that keeps nothing in the cache).
     """
     if dataset._keys is not None:
         return dataset
@@ -154,7 +156,8 @@ def attach_keys(dataset: Dataset, cache: str | Path | None, skip_unreadable: boo
                 continue
             manifest.add(dataset.sources[i], size, mtime_ns, keys[i], now)
         keep.append(i)
-    manifest.save()
+    if save:
+        manifest.save()
     dataset._keys = keys
     return dataset if len(keep) == len(keys) else dataset.subset(keep)
 

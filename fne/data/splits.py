@@ -5,6 +5,11 @@ training images per class, or stratified random splits (scikit-learn's
 StratifiedShuffleSplit). `fne train` takes the first pair and carves its validation part from
 the training images with the same splitter (`train_val_test`), so for one DATA and seed fit's
 first split and train's test images are the same images.
+
+Given the images' content keys, a random split draws distinct images, and every copy of an
+image (the same bytes under other names) goes to the side its first copy drew: no test or
+validation image has a byte-identical copy among the images a model was fitted on. Where no
+two images share a key the splits are the ones drawn without keys.
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from fne.errors import DataError, FneError
 
 
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
-                train_per_class: int | None = None, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) dataset indices of each split, in the splitter's order."""
+                train_per_class: int | None = None, seed: int = 0,
+                keys: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) dataset indices of each split, in the splitter's order.
+
+    `keys` (the images' content keys, `Dataset.keys`) keep copies of one image on one side of a
+    random split (the module's docstring); a predefined split is DATA's own.
+    """
     if dataset.has_split:
         check_test_classes(dataset)
         s = np.array(dataset.splits)
@@ -31,16 +41,46 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         return [(tr, te)]
     if splits < 1:
         raise FneError(f"--splits must be >= 1, got {splits}")
-    counts = np.bincount(y, minlength=len(dataset.classes))
+    copies = Copies(np.arange(len(y)), keys)
+    counts = np.bincount(y[copies.firsts], minlength=len(dataset.classes))
+    distinct = " distinct" if copies.any else ""
     if train_per_class is not None:
-        return _per_class(dataset, y, counts, splits, train_per_class, seed)
+        drawn = _per_class(dataset, y[copies.firsts], counts, splits, train_per_class, seed, distinct)
+        return copies.spread([(copies.firsts[a], copies.firsts[b]) for a, b in drawn])
     if not 0 < test_size < 1:
         raise FneError(f"--test-size must be in (0, 1), got {test_size}")
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
-        raise FneError(f"{dataset.name}: every class needs at least 2 images for a random split; "
+        raise FneError(f"{dataset.name}: every class needs at least 2{distinct} images for a random split; "
                        f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
-    return stratified(np.arange(len(y)), y, test_size, seed, "--test-size", splits)
+    return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "--test-size", splits))
+
+
+class Copies:
+    """The images `idx` grouped by content key: a split drawn over each image's first copy
+    (`firsts`, in `idx`'s order) is spread to every copy (`spread`).
+
+    Parameters
+    ----------
+    idx : ndarray
+        Dataset indices.
+    keys : list of str or None
+        Every dataset image's content key; None treats all images as distinct.
+    """
+
+    def __init__(self, idx: np.ndarray, keys: list[str] | None):
+        self.idx, self.firsts, self.first_of = idx, idx, None
+        if keys is not None and len(idx):
+            _, first, inverse = np.unique([keys[i] for i in idx], return_index=True, return_inverse=True)
+            if len(first) < len(idx):
+                self.firsts, self.first_of = idx[np.sort(first)], idx[first[inverse.ravel()]]
+        self.any = self.first_of is not None
+
+    def spread(self, parts: list[tuple[np.ndarray, ...]]) -> list[tuple[np.ndarray, ...]]:
+        """Each part of each split (indices among `firsts`) with every copy of its images, sorted."""
+        if not self.any:
+            return parts
+        return [tuple(np.sort(self.idx[np.isin(self.first_of, p)]) for p in split) for split in parts]
 
 
 def check_test_classes(dataset: Dataset) -> None:
@@ -88,11 +128,11 @@ def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str
 
 
 def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int, n: int,
-               seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """`n` random training images of every class; every other image tests."""
+               seed: int, distinct: str = "") -> list[tuple[np.ndarray, np.ndarray]]:
+    """`n` random training images of every class (positions in `y`); every other image tests."""
     short = [dataset.classes[c] for c in range(len(counts)) if counts[c] <= n]
     if n < 1 or short:
-        raise FneError(f"--train-per-class {n}: classes with too few images "
+        raise FneError(f"--train-per-class {n}: classes with too few{distinct} images "
                        f"to keep test images: {', '.join(short[:5]) or '-'}")
     rng = np.random.default_rng(seed)
     out = []
@@ -104,14 +144,16 @@ def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int,
 
 
 def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fraction: float, seed: int,
-                   need_val: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`fne train`'s sorted (train, val, test) indices: `make_splits`' first split, val from train."""
-    tr, te = make_splits(dataset, y, 1, test_size, None, seed)[0]
+                   need_val: bool = True, keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fne train`'s sorted (train, val, test) indices: `make_splits`' first split, val from train
+    (copies of one image, by `keys`, on one side of each)."""
+    tr, te = make_splits(dataset, y, 1, test_size, None, seed, keys)[0]
     if not need_val or val_fraction == 0:
         return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
     if not 0 <= val_fraction < 1:
         raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    tr, va = stratified(tr, y[tr], val_fraction, seed, "--val-fraction")[0]
+    copies = Copies(tr, keys)
+    tr, va = copies.spread(stratified(copies.firsts, y[copies.firsts], val_fraction, seed, "--val-fraction"))[0]
     return np.sort(tr), np.sort(va), np.sort(te)
 
 

@@ -148,7 +148,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     dataset, store = src.dataset, src.store
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
-    split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed)
+    split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
     for note in duplicate_notes(dataset, dataset.keys(), split_list):
         warnings.warn(note, stacklevel=2)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split

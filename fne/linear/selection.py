@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from fne.errors import FneError
 from fne.linear import compare, rowspace
@@ -115,13 +115,26 @@ def candidates(features: str, head: str, backbone, parse_features, rows_for) -> 
 
 
 # ------------------------------------------------------------------- folds
-def image_folds(y: np.ndarray, n_folds: int = FOLDS, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds over images (positions into y): min(n_folds, smallest class) folds."""
-    counts = np.bincount(y)
+def image_folds(y: np.ndarray, n_folds: int = FOLDS, seed: int = 0,
+                groups: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds over images (positions into y): min(n_folds, smallest class) folds.
+
+    `groups` (the images' content keys) keep copies of one image in one fold
+    (StratifiedGroupKFold) where two images share a key; otherwise StratifiedKFold's folds.
+    """
+    inverse = None
+    if groups is not None:
+        _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+        inverse = None if len(first) == len(y) else inverse.ravel()
+    counts = np.bincount(y if inverse is None else y[first])
     counts = counts[counts > 0]
     k = int(min(n_folds, counts.min()))
     if k < 2:
-        raise FneError("auto selection needs at least 2 training images per class")
+        raise FneError("auto selection needs at least 2 training images per class"
+                       + (" (copies of one image count once)" if inverse is not None else ""))
+    if inverse is not None:
+        sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(tr, va) for tr, va in sgkf.split(np.zeros(len(y)), y, inverse)]
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
 
@@ -333,7 +346,8 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
     t0 = time.perf_counter()
     grid = tuple(C_GRID) if C == "auto" else (float(C),)
     yi = y[idx]
-    folds = image_folds(yi, n_folds, seed)
+    keys = getattr(cands[0].rows, "keys", None)  # content keys: copies of an image in one fold
+    folds = image_folds(yi, n_folds, seed, [keys[i] for i in idx] if isinstance(keys, list) else None)
     k = len(folds)
     scores = {c.name: np.full((len(grid), k), np.nan) for c in cands}  # NaN: C not evaluated
     races = {}

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_target, replace_files
 from fne.data.datasets import Dataset, load_dataset
-from fne.data.splits import make_splits, train_val_test
+from fne.data.manifest import attach_keys
+from fne.data.splits import duplicate_notes, make_splits, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -204,22 +206,28 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[to
 
 
 def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
-    """The run's images; direct mode learns nothing and scores only test images of mapped classes."""
+    """The run's images; direct mode learns nothing and scores only test images of mapped classes.
+
+    Copies of one image (its content key) stay on one side of a random split, as in `fne fit`,
+    which draws the same split; DATA's own split is kept, and a copy across it is named."""
     y = dataset.label_indices()
+    keys = attach_keys(dataset, None, save=False).keys()  # the default cache's manifest: a stat per known file
     if cfg.mode != "direct":
         try:
-            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed)
+            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, keys=keys)
         except DataError:
-            tr = make_splits(dataset, y, 1, cfg.test_size, None, cfg.seed)[0][0]
+            tr = make_splits(dataset, y, 1, cfg.test_size, None, cfg.seed, keys)[0][0]
             lonely = [dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr]) == 1)]
             if not lonely:
                 raise
             raise DataError(f"{cfg.data}: --val-fraction {cfg.val_fraction}: {len(lonely)} class(es) have a "
                             f"single training image ({', '.join(lonely[:5])}), which cannot also validate; "
                             f"add images, or give --val-fraction 0 (the last epoch is kept)") from None
+        for note in duplicate_notes(dataset, keys, [(np.concatenate(parts[:2]), parts[2])]):
+            warnings.warn(note, stacklevel=2)
         return _Split(*parts, classes=list(dataset.classes))
     cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
-    tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False)
+    tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False, keys=keys)
     te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
     return _Split(tr, va, te, list(cmap), cmap, n_excluded)
 
