@@ -90,12 +90,15 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     missing = store.missing(keys)
     seconds = None
     if missing:
+        python_only = verb == "load_rows"  # a function, no command
+        who = f"fne.{verb}" if python_only else f"fne {verb}"
         if not extract_missing:
             raise FneError(
                 f"{len(missing)} of {len(set(keys))} images of {data} are not in the cache "
                 f"{store.path}; add them with:\n  {extract_command(data, spec)}\n"
-                f"(or pass --extract, in Python extract_missing=True, to let `fne {verb}` run the network)")
-        print(f"fne {verb}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
+                f"(or pass {'' if python_only else '--extract, in Python '}extract_missing=True, to let `{who}` "
+                f"run the network)")
+        print(f"{who}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
         from fne.extraction.extract import extract
 
         r = extract(dataset, spec.pinned(store), **asdict(extraction or ForwardOptions()))
