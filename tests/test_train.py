@@ -688,8 +688,10 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
         epochs = "1"
     elif case == "other images":
         data = shutil.copytree(data, tmp_path / "data")
+        from PIL import Image
+
         for k in range(3):  # new images of class 0
-            shutil.copy(next((data / "1").iterdir()), data / "0" / f"new{k}.png")
+            Image.new("L", (8, 8), 60 * k).save(data / "0" / f"new{k}.png")
     elif case == "older checkpoint":
         data = shutil.copytree(data, tmp_path / "data")
         old = torch.load(ckpt, weights_only=True)
