@@ -183,3 +183,15 @@ def test_no_glibc_no_allocator_tuning(monkeypatch):
     monkeypatch.setattr(devices, "_ALLOCATOR_TUNED", False)
     monkeypatch.setattr(sys, "platform", "darwin")
     assert devices.tune_allocator() is False
+
+
+def test_torch_solver_runs_on_the_cpu_beside_mps(monkeypatch):
+    """`fne fit --device mps --solver torch`: MPS has no float64 (the solver's parameters and
+    sums), so the head is fitted on the CPU; without MPS, `--device mps` is one line."""
+    from fne.linear.solver import torch_device
+
+    _mps(monkeypatch, available=True)
+    assert torch_device("mps") == torch.device("cpu")
+    _mps(monkeypatch, available=False)
+    with pytest.raises(FneError, match="MPS"):
+        torch_device("mps")
