@@ -38,20 +38,34 @@ def _python(code: str, tmp_path: Path, timeout: int = 240) -> subprocess.Complet
 
 
 def test_fit_extract_under_spawn(tmp_path):
-    """`fne fit --extract` with a loader worker started by spawn (macOS's and Windows' start
-    method, forced here): the worker gets the dataset and the slot pool pickled, and the run ends
-    as under fork."""
+    """`fne fit --extract` over a folder and `fne.extract` over an HDF5 file (its handle reopened
+    per process), each with a loader worker started by spawn (macOS's and Windows' start method,
+    forced here): the worker gets the dataset and the slot pool pickled, and the runs end as
+    under fork."""
+    import h5py
+    import numpy as np
+    from PIL import Image
+
     data = write_digits(tmp_path / "data", per_class=3, classes=2)
-    out = tmp_path / "run"
+    files = sorted(data.rglob("*.png"))
+    with h5py.File(tmp_path / "digits.h5", "w") as h:
+        h["images"] = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        h["labels"] = np.array([f.parent.name for f in files], dtype="S")
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
     r = _python(f"""
         import multiprocessing, sys
         if __name__ == "__main__":
             multiprocessing.set_start_method("spawn", force=True)
+            import fne
             from fne.cli import main
-            sys.exit(main(["fit", {str(data)!r}, "--extract", "--cache", {str(tmp_path / 'cache')!r},
+            r = fne.extract({str(tmp_path / 'digits.h5')!r}, cache={cache!r}, arch="efficientnet_lite0",
+                            weights="random", precision="fp32", workers=1, progress=False)
+            print("h5 computed", r.n_computed, r.n_skipped)
+            sys.exit(main(["fit", {str(data)!r}, "--extract", "--cache", {cache!r},
                            "--splits", "1", "--test-size", "0.5", "--out", {str(out)!r}, *{SPAWN_ARGS!r}]))
         """, tmp_path)
     assert r.returncode == 0, r.stderr
+    assert "h5 computed 6 0" in r.stdout
     assert "accuracy" in json.loads((out / "metrics.json").read_text())
     assert (out / "model.joblib").is_file()
     assert "extract efficientnet_lite0: 6/6 img" in r.stderr
