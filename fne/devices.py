@@ -285,9 +285,8 @@ def require_main_script(verb: str) -> None:
     import multiprocessing
 
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise FneError(f"{verb} was called while a worker process started with "
-                       f"{multiprocessing.get_start_method()!r} re-ran this script: put the script's code "
-                       f"under `if __name__ == \"__main__\":` (macOS and Windows start workers so)")
+        raise FneError(f"{verb} was called while a worker process (started by spawn, as on macOS and "
+                       f"Windows) re-ran this script: put the script's code under `if __name__ == \"__main__\":`")
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:

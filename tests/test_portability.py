@@ -84,8 +84,8 @@ def test_unguarded_script_under_spawn_stops_with_one_line(tmp_path):
                     weights="random", precision="fp32", workers=1, progress=False)
         """, tmp_path, timeout=120)
     assert r.returncode != 0
-    assert ("fne.extract was called while a worker process started with 'spawn' re-ran this script: "
-            "put the script's code under `if __name__ == \"__main__\":`") in r.stderr
+    assert ("fne.extract was called while a worker process (started by spawn, as on macOS and Windows) "
+            "re-ran this script: put the script's code under `if __name__ == \"__main__\":`") in r.stderr
 
 
 def test_loaders_fork_on_linux_unless_the_user_chose(monkeypatch):
