@@ -47,31 +47,55 @@ def tune_allocator() -> bool:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The torch device for --device: `auto` takes CUDA, else Apple's GPU (MPS), else the CPU.
+
+    Parameters
+    ----------
+    device : str
+        auto, cpu, cuda[:i] or mps.
+
+    Returns
+    -------
+    torch.device
+        FneError (one line) for a name torch does not know or a GPU this machine lacks.
+    """
     if device == "auto":
         if torch.cuda.is_available():  # torchrun's ranks take the GPUs in turn (more ranks than GPUs share)
             return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK') or 0) % torch.cuda.device_count()}")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
         return torch.device("cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise FneError(f"bad --device {device!r}; use auto, cpu or cuda[:i]") from None
+        raise FneError(f"bad --device {device!r}; use auto, cpu, cuda[:i] or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FneError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
         raise FneError(f"--device {device}: this machine has {n} CUDA device{'s' * (n != 1)} "
                        f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        why = "" if torch.backends.mps.is_built() else " (this torch was built without it)"
+        raise FneError(f"--device {device}: MPS (Apple's GPU) is not available on this machine{why}")
+    if dev.type == "mps" and dev.index not in (None, 0):
+        raise FneError(f"--device {device}: a Mac has one MPS device (mps or mps:0)")
     return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 where the hardware runs it natively (AMX CPUs, bf16 GPUs), else fp32/fp16."""
+    """`auto`: bf16 where the hardware runs it natively (AMX CPUs, bf16 GPUs), else fp32 on a
+    CPU, fp16 on other GPUs and on Apple's (MPS)."""
     if precision not in PRECISIONS:
         raise FneError(f"bad --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise FneError("--precision bf16 on MPS needs macOS 14 or newer: use auto (fp16) or fp32")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":  # fp16 on every Apple GPU; bf16 needs macOS 14 (and is slower before M2)
+        return "fp16"
     return "bf16" if cpu_bf16_native() else "fp32"
 
 
@@ -131,19 +155,22 @@ def default_batch_size(device: torch.device, image_size: int = 224, precision: s
     precision : str
         fp32 doubles the memory an image takes; bf16/fp16 do not.
     free_bytes : int, optional
-        Free device memory (default: asked from CUDA).
+        Free device memory (default: asked from CUDA; on MPS, Metal's recommended working set
+        less what the driver holds: the GPU shares the machine's memory).
     views : int
         Views per image the network sees (10 for ten-crop).
 
     Returns
     -------
     int
-        32 on a CPU (more only adds latency there). On CUDA `CUDA_BATCH` (256), halved until
-        half of the free memory holds the batch's activations (at least 1).
+        32 on a CPU (more only adds latency there). On a GPU (CUDA, MPS) `CUDA_BATCH` (256),
+        halved until half of the free memory holds the batch's activations (at least 1).
     """
-    if device.type != "cuda":
+    if device.type not in ("cuda", "mps"):
         return CPU_BATCH
-    if free_bytes is None:
+    if free_bytes is None and device.type == "mps":
+        free_bytes = max(0, torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    elif free_bytes is None:
         free_bytes = torch.cuda.mem_get_info(device)[0]
     per_image = _BYTES_PER_IMAGE_224 * (image_size / 224) ** 2 * (2 if precision == "fp32" else 1) * views
     batch = CUDA_BATCH
@@ -184,11 +211,12 @@ def default_workers(device: torch.device) -> int:
 
     On CPU the network already uses every core, so decoding takes cycles from it whatever the
     split; one worker overlaps decoding with compute, more only add contention (measured in
-    benchmarks/RESULTS.md). On CUDA the CPU only decodes: one worker per core this rank owns.
+    benchmarks/RESULTS.md). On a GPU (CUDA, MPS) the CPU only decodes: one worker per core this
+    rank owns but one.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    if device.type == "cuda":
+    if device.type in ("cuda", "mps"):
         return min(16, max(1, per_rank - 1))
     return 1
 
@@ -215,6 +243,50 @@ def worker_init(worker_id: int) -> None:
         os._exit(0)
 
     threading.Thread(target=wait, name="fne-sigterm", daemon=True).start()
+
+
+def loader_context(workers: int) -> str | None:
+    """The start method of fne's loader workers (a DataLoader's `multiprocessing_context`).
+
+    Linux: fork, what fne is tested and measured with (workers start in milliseconds, inherit
+    the dataset, and a user's script needs no `__main__` guard), also on Python 3.14+, whose
+    default there is forkserver. Elsewhere, and wherever the user chose a start method
+    (`multiprocessing.set_start_method`), None: Python's default or that choice (spawn on macOS,
+    where forking a process that uses Apple's frameworks or MPS is unsafe, and on Windows).
+
+    Parameters
+    ----------
+    workers : int
+        The loader's number of workers (0: none, and no context).
+
+    Returns
+    -------
+    str or None
+        "fork", or None for the default.
+    """
+    import multiprocessing
+
+    if workers < 1 or not sys.platform.startswith("linux"):
+        return None
+    return "fork" if multiprocessing.get_start_method(allow_none=True) is None else None
+
+
+def require_main_script(verb: str) -> None:
+    """FneError where `verb` is called while a process started by spawn (macOS's and Windows'
+    start method) or forkserver re-runs the user's script to set itself up: a loader worker
+    that reached the script's own `fne.extract(...)` would wait for its parent's lock, and the
+    parent for the worker, for ever. torch's DataLoader documentation gives the fix this names.
+
+    Parameters
+    ----------
+    verb : str
+        What was called (`fne.extract`), for the message.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise FneError(f"{verb} was called while a worker process (started by spawn, as on macOS and "
+                       f"Windows) re-ran this script: put the script's code under `if __name__ == \"__main__\":`")
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
@@ -315,17 +387,20 @@ def decode_jpegs_rgb(data: list[torch.Tensor], device: torch.device) -> list[tor
     """JPEG files' bytes (uint8 tensors on the CPU) -> (3, H, W) uint8 RGB images on `device`.
 
     torchvision's decoder: one batched nvjpeg call on CUDA, libjpeg-turbo one by one on the CPU,
-    what ``torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)`` gives. Any
-    file the decoder refuses fails the whole call.
+    what ``torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)`` gives (on
+    another device, such as MPS, decoded on the CPU and moved there). Any file the decoder
+    refuses fails the whole call.
     """
     if jpeg_ops():
         if device.type == "cuda":
             return list(torch.ops.image.decode_jpegs_cuda(data, _RGB, device))
-        return [torch.ops.image.decode_jpeg(d, _RGB, False) for d in data]
+        return [torch.ops.image.decode_jpeg(d, _RGB, False).to(device) for d in data]
     import warnings
 
     from torchvision.io import ImageReadMode, decode_jpeg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's image codecs
-        return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        if device.type == "cuda":
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        return [x.to(device) for x in decode_jpeg(data, mode=ImageReadMode.RGB)]

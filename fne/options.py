@@ -114,7 +114,7 @@ class StoreOptions:
                                 choices=("auto", *STORAGE_DTYPES))
     cache: str | None = option(None, "cache folder or fsspec URL (default: $FNE_CACHE, else `fne cache info`)",
                                pipeline=False)
-    device: str = option("auto", "auto, cpu or cuda[:i]", pipeline=False)
+    device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
     decode: str = option("auto", "auto (default): extraction decodes JPEGs on the GPU on CUDA (a quarter of "
                                  "PIL's CPU; with many cores per GPU pil can be faster) and with PIL elsewhere, "
@@ -234,7 +234,7 @@ class TrainConfig:
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
-    device: str = option("auto", "auto, cpu or cuda[:i]")
+    device: str = option("auto", "auto, cpu, cuda[:i] or mps")
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
                                        "core but one, at most 16, on CUDA)", **at_least(0))
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "

@@ -132,6 +132,15 @@ def save_listing(listing: Listing) -> None:
 # ----------------------------------------------------------------- reading members
 
 
+def _read_at(fd: int, n: int, offset: int) -> bytes:
+    """Up to `n` bytes of `fd` at `offset`: `os.pread`, or a seek and a read where the platform
+    has none (Windows; each process reads through handles of its own, one thread at a time)."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, n, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, n)
+
+
 class ContainerReader:
     """Reads members' bytes; file handles and the current Parquet row group are per process."""
 
@@ -164,8 +173,8 @@ class ContainerReader:
         if listing.kind == "tar":
             fd = self._fds.get(m.container)
             if fd is None:
-                fd = self._fds[m.container] = os.open(m.container, os.O_RDONLY)
-            data = os.pread(fd, m.b, m.a)
+                fd = self._fds[m.container] = os.open(m.container, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            data = _read_at(fd, m.b, m.a)
             if len(data) != m.b:
                 raise OSError(f"read {len(data)} of {m.b} bytes")
             return data

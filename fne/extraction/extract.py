@@ -32,7 +32,9 @@ from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
     default_workers,
+    loader_context,
     require_device_decoder,
+    require_main_script,
     resolve_batch_size,
     resolve_compile,
     resolve_decode,
@@ -132,6 +134,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     ExtractResult
         Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
     """
+    require_main_script("fne.extract")
     spec, o = opts.resolve(options, StoreSpec, ExtractOptions, given={StoreSpec: store})
     t0 = time.perf_counter()
     dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.cache)
@@ -281,12 +284,12 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     if spec.decode == "device":  # images to decode (cached rows are read without a decoder)
         require_device_decoder()
     items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device")
-    if dev.type == "cpu":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
+    if dev.type != "cuda":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
         items.share_slots(batch_size, workers, in_flight=4 + 2)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
-        collate_fn=reader.collate, worker_init_fn=worker_init,
+        collate_fn=reader.collate, worker_init_fn=worker_init, multiprocessing_context=loader_context(workers),
         pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
@@ -381,8 +384,10 @@ def _remember(reads: list[tuple], plan: _Plan, dataset: Dataset) -> None:
 
 def _cpu_seconds() -> float:
     """CPU time of this process (all threads) and of its finished children (the workers)."""
-    import resource
-
+    try:
+        import resource
+    except ImportError:  # Windows: this process's only
+        return time.process_time()
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 

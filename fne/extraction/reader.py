@@ -435,8 +435,8 @@ def gathered(batch: dict, decoded: list[torch.Tensor | str], dev: torch.device, 
     appended to `bad` as (index, key, error)). On the CPU the pixels may lie in a `SlotPool`:
     read them before `release(batch)`."""
     idx, keys, pixels = batch["idx"], batch["keys"], pixels_of(batch)
-    if pixels is not None:
-        pixels = pixels.to(dev, non_blocking=True)
+    if pixels is not None:  # from pinned memory on CUDA; elsewhere copied before the slots go back
+        pixels = pixels.to(dev, non_blocking=dev.type == "cuda")
     if batch["raw"] is None:
         return pixels, idx, keys
     slots: list[torch.Tensor | None] = [None] * len(idx)

@@ -195,8 +195,8 @@ class TapRunner:
         if not self.first_forward:
             self.first_forward = time.perf_counter() - t
         flat = torch.cat(pooled, dim=1)[:n].to(self.out_dtype).reshape(b, views, -1)
-        if self.device.type != "cuda":
-            return flat, None
+        if self.device.type != "cuda":  # MPS: copied to the host here (the writer reads host rows)
+            return flat.cpu(), None
         rows = flat.to("cpu", non_blocking=True)  # into pinned memory; the writer waits on the event
         event = torch.cuda.Event()
         event.record()

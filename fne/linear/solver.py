@@ -107,15 +107,16 @@ def _cuda() -> bool:
 
 
 def torch_device(device: str = "auto"):
-    """The torch device for `device` ('auto': CUDA when present, else CPU with every core)."""
+    """The torch device for `device` ('auto': CUDA when present, else CPU with every core; the
+    CPU for MPS, which has no float64 for the solver's parameters and sums)."""
     import torch
+
+    from fne.devices import resolve_device
 
     if device in ("auto", None):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FneError(f"--device {device}: CUDA is not available on this machine")
-    return dev  # on CPU, torch's own thread pool: every core unless the caller set fewer
+    dev = resolve_device(device)
+    return torch.device("cpu") if dev.type == "mps" else dev  # CPU: torch's thread pool, every core
 
 
 def resolve_precision(precision: str, dtype, device) -> str:

@@ -150,7 +150,7 @@ class DeviceAugment:
         flip = torch.rand(n, generator=generator) < 0.5
         imgs: list[torch.Tensor | None] = [None] * n
         if batch["pixels"] is not None:  # squashed in the workers: one transfer
-            for p, x in zip(batch["pix_pos"], batch["pixels"].to(dev, non_blocking=True), strict=True):
+            for p, x in zip(batch["pix_pos"], batch["pixels"].to(dev, non_blocking=dev.type == "cuda"), strict=True):
                 imgs[p] = x
         for p, data, img in zip(batch["raw_pos"], raw, decoded, strict=True):
             if img is not None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from fne.backbones.preprocess import Preprocess
 from fne.data.datasets import Dataset
-from fne.devices import autocast, worker_init
+from fne.devices import autocast, loader_context, worker_init
 from fne.errors import DataError
 from fne.extraction import reader
 from fne.extraction.ahead import Ahead
@@ -104,7 +104,7 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
     sized = isinstance(prep, augment_mod.Squash)
     # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
     # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
-    cuda = ctx.device.type == "cuda" and workers > 0
+    cuda = ctx.device.type in ("cuda", "mps") and workers > 0  # a GPU's (on MPS too)
     draws = not isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
     keep = cuda and not draws
     indices = [int(i) for i in idx]
@@ -118,6 +118,7 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
         items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
         drop_last=gen is not None and len(indices) % batch_size == 1 and len(indices) > 1,
         collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init,
+        multiprocessing_context=loader_context(workers),
         pin_memory=ctx.device.type == "cuda", persistent_workers=keep, prefetch_factor=4 if cuda else None)
 
 
@@ -149,7 +150,7 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
     else:  # pixels from the workers: moved, in line
         def on_device(batch: dict):
             x = batch["pixels"]
-            x = x.to(ctx.device, non_blocking=True) if x is not None else None
+            x = x.to(ctx.device, non_blocking=ctx.device.type == "cuda") if x is not None else None
             return batch, (x, batch["idx"]), list(batch["bad"])
 
         batches = Ahead(loader, on_device)
@@ -182,14 +183,16 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
     n = 0
     # Sums stay on the device: reading them every step would make the host wait for each step
     # before it prepares the next batch (on CUDA, the GPU would idle meanwhile).
-    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    # (MPS has no float64: the loss sums in float32 there)
+    total = torch.float32 if ctx.device.type == "mps" else torch.float64
+    loss_sum = torch.zeros((), dtype=total, device=ctx.device)
     correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
     t0 = t_shown = time.perf_counter()
     bar = progress(len(loader.dataset), desc, ctx.progress, leave=False)
     batches = _batches(loader, ctx, bar, ctx.augment)
     try:
         for idx, x, y in batches:
-            y = y.to(ctx.device, non_blocking=True)
+            y = y.to(ctx.device, non_blocking=ctx.device.type == "cuda")
             with autocast(ctx.device, ctx.precision):
                 logits = model(x)
             loss = criterion(logits.float(), y)
@@ -202,7 +205,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
                 loss.backward()
                 optimizer.step()
             n += len(idx)
-            loss_sum += loss.detach().double() * len(idx)
+            loss_sum += loss.detach().to(total) * len(idx)
             correct += (logits.argmax(1) == y).sum()
             if ctx.progress and time.perf_counter() - t_shown > 1.0:  # one wait a second at most
                 t_shown = time.perf_counter()

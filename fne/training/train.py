@@ -37,6 +37,7 @@ from fne.data.splits import duplicate_notes, make_splits, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
+    require_main_script,
     resolve_decode,
     resolve_device,
     resolve_precision,
@@ -114,6 +115,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         What metrics.json holds: accuracy and mean class accuracy, the best epoch, timings, the
         learning rates and what was imported.
     """
+    require_main_script("fne.train")
     options.unexpected(kwargs, TrainConfig)
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
@@ -172,7 +174,7 @@ def _workers(cfg: TrainConfig, dev: torch.device) -> int:
     core but one), and on a CPU half the cores, at most 4 (the network needs the rest)."""
     if cfg.workers is not None:
         return cfg.workers
-    if dev.type == "cuda":
+    if dev.type in ("cuda", "mps"):
         return default_workers(dev)
     return min(4, max(1, (os.cpu_count() or 2) // 2))
 
@@ -185,7 +187,7 @@ def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epoch
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     checkpoint.seed_all(cfg.seed)
-    scaler = torch.amp.GradScaler(dev.type) if (prec == "fp16" and dev.type == "cuda") else None
+    scaler = torch.amp.GradScaler(dev.type) if (prec == "fp16" and dev.type in ("cuda", "mps")) else None
     return epochs.Ctx(dataset, dataset.label_indices(), dev, prec, Normalize(b.mean, b.std).to(dev), scaler,
                       cfg.progress, {})
 
