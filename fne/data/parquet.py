@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from fne.data.containers import Listing, normalise_split
+from fne.data.labels import label_text
 from fne.errors import DataError
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
@@ -49,7 +50,7 @@ def _class_names(schema, column: str) -> list[str] | None:
         names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
-    return [str(n) for n in names] if names else None
+    return [label_text(n) or str(n) for n in names] if names else None
 
 
 def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listing:
@@ -101,7 +102,7 @@ def _label(v, names: list[str] | None) -> str | None:
         if v >= len(names):
             raise ValueError(f"label {v} outside the {len(names)} class names")
         return names[v]
-    return str(v).strip() or None
+    return label_text(v)  # NaN (pandas' missing value) is no label, 3.0 is "3"
 
 
 # ----------------------------------------------------------------- hf:NAME[:CONFIG][@SPLIT]
