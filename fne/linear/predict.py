@@ -8,7 +8,9 @@ head never saw, so predict refuses them instead of printing a silently wrong acc
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
+from functools import partial
 from pathlib import Path
 
 import joblib
@@ -140,11 +142,12 @@ def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scor
 def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:
     """(accuracy, images it covers): over the images whose label is one of the model's classes,
     the only ones it could get right; a warning names the other labels (None: no image has one)."""
-    known = set(classes)
-    hits = [p == t for p, t in zip(pred, labels) if t in known]
+    nfc = partial(unicodedata.normalize, "NFC")  # a model fitted before labels were NFC-normalised
+    known = {nfc(c) for c in classes}
+    hits = [nfc(p) == t for p, t in zip(pred, labels) if t in known]
     unknown = sorted({t for t in labels if t not in known})
     if unknown:
-        names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        names = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
         covers = (f"accuracy is over the {len(hits)} others" if hits else "no accuracy")
         warnings.warn(f"{len(labels) - len(hits)} of {len(labels)} images of {data} have labels the model "
                       f"was not fitted on ({len(unknown)} label{'s' * (len(unknown) != 1)}: {names}): {covers}",
