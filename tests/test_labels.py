@@ -188,3 +188,20 @@ def test_predict_on_labels_the_model_does_not_know(tmp_path, capsys):
     with open(tmp_path / "p.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 18 and {r["predicted"] for r in rows} <= {"0", "1", "2"}
+
+
+def test_tiny_classes_fit_and_auto_selection_names_them(tmp_path, recwarn):
+    """Classes of 1-2 training images: a fixed C fits without scikit-learn's "could represent a
+    regression problem" warning; --C auto (k-fold CV on the training images) stops before
+    fitting, naming the classes with a single training image and the way out."""
+    from fne.errors import FneError
+    from fne.linear.fit import fit
+
+    src = write_digits(tmp_path / "digits", per_class=3, classes=5)
+    sorted((src / "4").iterdir())[0].unlink()  # class 4: two images
+    common = dict(cache=str(tmp_path / "cache"), features="last", progress=False, splits=1, **FAST)
+    m = fit(src, tmp_path / "run", extract_missing=True, train_per_class=1, **common)
+    assert m["n_train"] == 5 and m["n_test"] == 9
+    assert not [w for w in recwarn if "regression" in str(w.message)]
+    with pytest.raises(FneError, match=r"1 class\(es\) have 1 training image in a split \('4'\): give --C"):
+        fit(src, tmp_path / "run2", C="auto", test_size=0.35, **common)
