@@ -191,20 +191,23 @@ def test_predict_on_labels_the_model_does_not_know(tmp_path, capsys):
 
 
 def test_tiny_classes_fit_and_auto_selection_names_them(tmp_path, recwarn):
-    """25 classes of 2 images: a fixed C fits without scikit-learn's "could represent a
-    regression problem" warning (given past 20 training samples when over half are classes of
-    their own); --C auto (k-fold CV on the training images) stops before fitting, naming the
-    classes with a single training image and the way out."""
+    """25 classes of 3 images: fits with 1 or 2 training images per class give no scikit-learn
+    "could represent a regression problem" warning (given past 20 samples when over half are
+    classes of their own: here in the fixed-C fit and in --C auto's folds); --C auto with a
+    single training image per class stops before fitting, naming the classes and the way out."""
     from fne.errors import FneError
     from fne.linear.fit import fit
 
-    src = write_digits(tmp_path / "digits", per_class=5, classes=10)
-    rows = [f"{p},c{k // 2:02d}" for k, p in enumerate(sorted(src.rglob("*.png")))]
+    src = write_digits(tmp_path / "digits", per_class=8, classes=10)
+    rows = [f"{p},c{k // 3:02d}" for k, p in enumerate(sorted(src.rglob("*.png"))[:75])]
     (tmp_path / "l.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
-    common = dict(cache=str(tmp_path / "cache"), features="last", progress=False, splits=1, **FAST)
-    m = fit(tmp_path / "l.csv", tmp_path / "run", extract_missing=True, train_per_class=1, **common)
+    data, common = tmp_path / "l.csv", dict(cache=str(tmp_path / "cache"), features="last", progress=False, splits=1,
+                                            **FAST)
+    m = fit(data, tmp_path / "run", extract_missing=True, train_per_class=1, **common)
     assert m["n_train"] == 25 and len(m["classes"]) == 25
+    m = fit(data, tmp_path / "run", C="auto", train_per_class=2, **common)
+    assert m["n_train"] == 50 and m["selection"]
     assert not [w for w in recwarn if "regression" in str(w.message)]
     with pytest.raises(FneError, match=r"25 class\(es\) have 1 training image in a split \('c00', 'c01', "
                                        r"'c02', 'c03', 'c04', \.\.\.\): give --C"):
-        fit(tmp_path / "l.csv", tmp_path / "run2", C="auto", test_size=0.5, **common)
+        fit(data, tmp_path / "run2", C="auto", train_per_class=1, **common)

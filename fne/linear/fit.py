@@ -83,18 +83,13 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
     return pipe
 
 
-# scikit-learn's guess, when classes have fewer than 2 training images on average, that the labels
-# are a regression target: fne's labels are classes by construction.
-_MANY_CLASSES = "The number of unique classes is greater than 50% of the number of samples"
-
-
 def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, idx: np.ndarray,
              seed: int = 0, solver: str = "auto", device: str = "auto") -> tuple[Pipeline, float]:
     """Fit embedding + head on rows idx; with C='auto' pick C by k-fold CV on them (fne.linear.selection),
     then refit the chosen C on every training image. Returns (pipeline, C used)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_MANY_CLASSES)
+        warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
         if C == "auto":
             if head.startswith("sgd"):
                 raise FneError("--C auto is not available with SGD heads; give a number")
