@@ -147,7 +147,7 @@ def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> t
     hits = [nfc(p) == t for p, t in zip(pred, labels) if t in known]
     unknown = sorted({t for t in labels if t not in known})
     if unknown:
-        names = ", ".join(map(repr, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         covers = (f"accuracy is over the {len(hits)} others" if hits else "no accuracy")
         warnings.warn(f"{len(labels) - len(hits)} of {len(labels)} images of {data} have labels the model "
                       f"was not fitted on ({len(unknown)} label{'s' * (len(unknown) != 1)}: {names}): {covers}",
