@@ -534,7 +534,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         for mname, a, b, label, split in listing.members:
             split = split or file_split
             ids.append(f"{rel}:{mname}")
-            labels.append(label and label_text(label))  # listings cached before NFC was applied
+            labels.append(None if label is None else label_text(label))  # listings cached before NFC was applied
             splits.append(split)
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
