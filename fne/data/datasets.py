@@ -534,13 +534,14 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         for mname, a, b, label, split in listing.members:
             split = split or file_split
             ids.append(f"{rel}:{mname}")
-            labels.append(None if label is None else label_text(label))  # listings cached before NFC was applied
+            labels.append(label)
             splits.append(split)
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
     if not sources:
         raise DataError(f"DATA {name}: no images in {len(files)} {kind} file(s)")
-    labels = _member_labels(name, ids, labels)
+    texts = {lab: label_text(lab) for lab in set(labels) - {None}}  # listings cached before labels were NFC
+    labels = _member_labels(name, ids, [texts.get(lab) for lab in labels])
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
         raise DataError(f"DATA {name}: some images have a split and some do not "
