@@ -23,7 +23,7 @@ from PIL import Image
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.images import image_files, read_image, to_rgb
-from fne.data.labels import by_index, class_order, folder_label, label_text
+from fne.data.labels import by_index, class_order, label_text
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
 from fne.errors import DataError
@@ -258,7 +258,7 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
         if not imgs:
             raise DataError(f"DATA {root}: class folder {name!r} has no images")
         files += imgs
-        labels += [folder_label(name)] * len(imgs)
+        labels += [name] * len(imgs)
     return files, labels
 
 
@@ -540,8 +540,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         class_names = class_names or listing.class_names
     if not sources:
         raise DataError(f"DATA {name}: no images in {len(files)} {kind} file(s)")
-    texts = {lab: label_text(lab) for lab in set(labels) - {None}}  # listings cached before labels were NFC
-    labels = _member_labels(name, ids, [texts.get(lab) for lab in labels])
+    labels = _member_labels(name, ids, labels)
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
         raise DataError(f"DATA {name}: some images have a split and some do not "

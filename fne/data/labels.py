@@ -1,11 +1,12 @@
 """Labels as every DATA form reads them: one rule for a label's text and one for the class order.
 
 A label is text. A value read from a label column (CSV, Parquet, HDF5, a tar shard's `.cls`,
-`.txt` or `.json`) is NFC-normalised (the same accented name typed on macOS and on Linux is one
-class) and stripped of surrounding white space; an integral number is written as an integer
-(`3.0` -> `3`, as pandas stores an int column with gaps); an empty value, None or NaN is no
-label (the image is skipped with a warning). A class folder's name is NFC-normalised only: the
-folder is the name.
+`.txt` or `.json`) is stripped of surrounding white space; an integral number is written as an
+integer (`3.0` -> `3`, as pandas stores an int column with gaps); an empty value, None or NaN is
+no label (the image is skipped with a warning). A class folder's name is the class name as it is.
+Unicode forms are kept as written: `café` in NFD (a macOS archive) and in NFC (typed on Linux)
+are two classes, named in a warning (`fne fit` explains a test class that has no training images
+for that reason, `fne.data.splits`); `fne predict` compares labels in NFC.
 
 Class order: a class folder's classes are sorted as strings, as torchvision's `ImageFolder`
 sorts them (`1, 10, 11, 2`), and so are a CSV's; a label column of whole numbers in Parquet,
@@ -34,7 +35,7 @@ def label_text(value) -> str | None:
     Returns
     -------
     str or None
-        The NFC-normalised, stripped text; None when the value is missing, NaN or empty.
+        The stripped text; None when the value is missing, NaN or empty.
 
     Raises
     ------
@@ -55,12 +56,7 @@ def label_text(value) -> str | None:
             return None
         if value.is_integer():
             value = int(value)
-    return unicodedata.normalize("NFC", str(value)).strip() or None
-
-
-def folder_label(name: str) -> str:
-    """A class folder's name as its class name: NFC-normalised, nothing else changed."""
-    return unicodedata.normalize("NFC", name)
+    return str(value).strip() or None
 
 
 def by_index(labels: list[str], names: list, where: str) -> list[str]:
@@ -83,7 +79,8 @@ def class_order(labels, names: list[str] | None = None, numeric: bool = True) ->
     """The classes of `labels` in fne's order (the module docstring): `names` as given when
     there are any, else sorted as strings, or as numbers when `numeric` and every label is a
     whole number (ties such as `01` and `1` by their text, so the order never depends on the
-    run). Warns when two classes differ only in case, surrounding space or leading zeros.
+    run). Warns when two classes differ only in Unicode form, case, surrounding space or leading
+    zeros.
 
     Parameters
     ----------
@@ -111,7 +108,7 @@ def class_order(labels, names: list[str] | None = None, numeric: bool = True) ->
 
 
 def _same_name(s: str) -> str:
-    s = s.strip().casefold()
+    s = unicodedata.normalize("NFC", s.strip()).casefold()
     return s.lstrip("0") or "0" if _INT.fullmatch(s) else s
 
 
@@ -122,5 +119,5 @@ def _warn_near_duplicates(classes: list[str]) -> None:
     twins = [g for g in groups.values() if len(g) > 1]
     if twins:
         shown = "; ".join(" and ".join(repr(c) for c in g) for g in twins[:3])
-        warnings.warn(f"{len(twins)} group(s) of classes differ only in case, surrounding space or leading "
-                      f"zeros, and are kept apart: {shown}{' ...' if len(twins) > 3 else ''}", stacklevel=4)
+        warnings.warn(f"{len(twins)} group(s) of classes differ only in Unicode form, case, surrounding "
+                      f"space or leading zeros, and are kept apart: {shown}{' ...' if len(twins) > 3 else ''}", stacklevel=4)

@@ -50,7 +50,7 @@ def _class_names(schema, column: str) -> list[str] | None:
         names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
-    return [label_text(n) or str(n) for n in names] if names else None
+    return [str(n) for n in names] if names else None
 
 
 def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listing:
