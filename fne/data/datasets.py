@@ -23,6 +23,7 @@ from PIL import Image
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.images import image_files, read_image, to_rgb
+from fne.data.labels import by_index, class_order, label_text
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
 from fne.errors import DataError
@@ -269,7 +270,7 @@ def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) ->
         ids=[f[len(prefix):] if f.startswith(prefix) else _relative_id(f, root) for f in sources],
         labels=labels,
         splits=splits,
-        classes=classes or sorted(set(labels)),
+        classes=classes or ([] if labels is None else class_order(labels, numeric=False)),
         sources=sources,
         root=str(root),
     )
@@ -324,31 +325,42 @@ def _split_folder(root: Path) -> Dataset:
 
 
 def _csv(path: Path) -> Dataset:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        missing = [c for c in ("path", "label") if c not in cols]
-        if missing:
-            raise DataError(
-                f"CSV {path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})"
-            )
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in ("path", "label") if c not in cols]
+            if missing:
+                raise DataError(
+                    f"CSV {path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise DataError(f"CSV {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
+    except csv.Error as e:
+        raise DataError(f"CSV {path}: unreadable CSV ({e})") from None
     if not rows:
         raise DataError(f"CSV {path}: has no rows")
     base = path.parent
-    files = [base / r["path"] for r in rows]
+    files = [base / (r["path"] or "") for r in rows]
     absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
     if absent:
         more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
         raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {', '.join(absent[:5])}{more}")
-    labels = [r["label"].strip() for r in rows]
+    labels = [label_text(r["label"]) for r in rows]
     splits = None
     if "split" in cols:
-        splits = [r["split"].strip().lower() for r in rows]
+        splits = [(r["split"] or "").strip().lower() for r in rows]
         bad = sorted(set(splits) - set(SPLITS))
         if bad:
             raise DataError(f"CSV {path}: column split has values {bad}; allowed: train, test")
-    return _file_dataset(path.stem, base, files, labels, splits)
+    ids = [f"{path.name}:{k + 2} ({r['path']})" for k, r in enumerate(rows)]  # k + 2: the header is line 1
+    labels = _member_labels(path.name, ids, labels)
+    keep = range(len(rows)) if labels is None else [k for k, lab in enumerate(labels) if lab is not None]
+    d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
+                      None if splits is None else [splits[k] for k in keep])
+    d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
+    return d
 
 
 def _h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
@@ -370,10 +382,16 @@ def _h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] 
         if len(raw) != n:
             raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
         names = f["labels"].attrs.get("class_names")
-        labels = [_decode(v) for v in raw]
-        if names is not None:
-            names = [_decode(v) for v in names]
-            labels = [names[int(v)] for v in labels]
+        try:
+            labels = [label_text(v) for v in raw]
+            if None in labels:
+                raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
+                                 f"{labels.index(None)}; give every image a label")
+            if names is not None:
+                names = [label_text(v) for v in names]
+                labels = by_index(labels, names, "labels.attrs['class_names']")
+        except ValueError as e:
+            raise DataError(f"HDF5 {path}: {e}") from None
         splits = None
         if "split" in f:
             splits = [_decode(v).lower() for v in f["split"][()]]
@@ -403,7 +421,7 @@ def _h5(path: Path) -> Dataset:
         ids=[f"{path.name}:{i}" for i in range(n)],
         labels=labels,
         splits=splits,
-        classes=_sorted_classes(labels, names),
+        classes=class_order(labels, names),
         sources=list(range(n)),
         array_source=ArraySource(h5_path=str(path)),
     )
@@ -422,7 +440,7 @@ def _h5_pair(root: Path) -> Dataset:
         ids=train.ids + test.ids,
         labels=labels,
         splits=train.splits + test.splits,
-        classes=_sorted_classes(labels, None),
+        classes=class_order(labels, None),
         sources=list(range(len(labels))),
         array_source=source,
     )
@@ -437,15 +455,6 @@ class _PairSource(ArraySource):
 
     def get(self, i: int) -> np.ndarray:
         return self.a.get(i) if i < self.n_a else self.b.get(i - self.n_a)
-
-
-def _sorted_classes(labels: list[str], names: list[str] | None) -> list[str]:
-    if names is not None:
-        return list(names)
-    uniq = set(labels)
-    if all(s.lstrip("-").isdigit() for s in uniq):
-        return sorted(uniq, key=int)
-    return sorted(uniq)
 
 
 def _digits() -> Dataset:
@@ -546,7 +555,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
                       left_out=left_out + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
-        dataset.classes = _sorted_classes(dataset.labels, names)
+        dataset.classes = class_order(dataset.labels, names)
     return dataset
 
 

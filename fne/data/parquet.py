@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from fne.data.containers import Listing, normalise_split
+from fne.data.labels import label_text
 from fne.errors import DataError
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
@@ -101,7 +102,7 @@ def _label(v, names: list[str] | None) -> str | None:
         if v >= len(names):
             raise ValueError(f"label {v} outside the {len(names)} class names")
         return names[v]
-    return str(v).strip() or None
+    return label_text(v)  # NaN (pandas' missing value) is no label, 3.0 is "3"
 
 
 # ----------------------------------------------------------------- hf:NAME[:CONFIG][@SPLIT]

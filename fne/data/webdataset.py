@@ -13,6 +13,7 @@ import tarfile
 
 from fne.data.containers import Listing, normalise_split
 from fne.data.formats import IMAGE_EXTENSIONS
+from fne.data.labels import label_text
 from fne.errors import DataError
 
 LABEL_EXTENSIONS = ("cls", "txt")  # then the `label` field of .json
@@ -91,25 +92,29 @@ def _json(s: dict) -> dict:
 
 
 def _label(s: dict, label_key: str | None) -> str | None:
-    """The sample's label: the `label_key` member or .json field, else .cls, .txt, .json's label."""
-    try:
-        if label_key:
-            if label_key.lower() in s:
-                return _text(s[label_key.lower()])
-            if "json" in s and label_key in _json(s):
-                return str(_json(s)[label_key]).strip()
-            return None
-        for ext in LABEL_EXTENSIONS:
-            if ext in s:
-                return _text(s[ext]) or None
-        if "json" in s:
-            doc = _json(s)
-            for field in ("label", "cls", "class"):
-                if field in doc:
-                    return str(doc[field]).strip()
-    except UnicodeDecodeError:
-        raise ValueError("label is not text") from None
+    """The sample's label (`fne.data.labels.label_text`): the `label_key` member or .json field,
+    else .cls, .txt, .json's label; a JSON null or an empty member is no label."""
+    if label_key:
+        if label_key.lower() in s:
+            return label_text(s[label_key.lower()])
+        if "json" in s and label_key in _json(s):
+            return _json_label(_json(s)[label_key])
+        return None
+    for ext in LABEL_EXTENSIONS:
+        if ext in s:
+            return label_text(s[ext])
+    if "json" in s:
+        doc = _json(s)
+        for field in ("label", "cls", "class"):
+            if field in doc:
+                return _json_label(doc[field])
     return None
+
+
+def _json_label(v) -> str | None:
+    if isinstance(v, (dict, list)):
+        raise ValueError(f"label {json.dumps(v)[:40]} is not a single value")
+    return label_text(v)
 
 
 def _split(s: dict) -> str | None:

@@ -88,12 +88,14 @@ def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, id
     """Fit embedding + head on rows idx; with C='auto' pick C by k-fold CV on them (fne.linear.selection),
     then refit the chosen C on every training image. Returns (pipeline, C used)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
-    if C == "auto":
-        if head.startswith("sgd"):
-            raise FneError("--C auto is not available with SGD heads; give a number")
-        C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
-                             solver=solver, device=device).C
-    return fitter(rows, kind, head, C, y, idx, seed, solver, device), C
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
+        if C == "auto":
+            if head.startswith("sgd"):
+                raise FneError("--C auto is not available with SGD heads; give a number")
+            C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
+                                 solver=solver, device=device).C
+        return fitter(rows, kind, head, C, y, idx, seed, solver, device), C
 
 
 # -------------------------------------------------------------------- fit
@@ -148,9 +150,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     dataset, store = src.dataset, src.store
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
-    split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
-    for note in duplicate_notes(dataset, dataset.keys(), split_list):
-        warnings.warn(note, stacklevel=2)
+    split_list = _splits(data, dataset, y, o, auto)
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
                                lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
@@ -214,6 +214,24 @@ def _check_trainable(data, dataset: Dataset) -> None:
         raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
                        f"a head needs at least 2 classes")
     check_test_classes(dataset)
+
+
+def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) -> list:
+    """The (train, test) splits (`make_splits`), with a warning per duplicate note; with auto
+    selection, FneError naming the classes with a single training image in a split: its k-fold
+    cross-validation (`fne.linear.selection.image_folds`) needs 2 of each."""
+    split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
+    for note in duplicate_notes(dataset, dataset.keys(), split_list):
+        warnings.warn(note, stacklevel=3)
+    for tr, _ in split_list if auto else []:
+        counts = np.bincount(y[tr], minlength=len(dataset.classes))
+        few = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
+        if few:
+            shown = ", ".join(map(repr, few[:5])) + (", ..." if len(few) > 5 else "")
+            raise FneError(f"{data}: auto selection cross-validates on each split's training images and needs 2 "
+                           f"of every class; {len(few)} class(es) have 1 training image in a split ({shown}): give "
+                           f"--C (and --features, --head) a value, or --train-per-class 2, or more images")
+    return split_list
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:

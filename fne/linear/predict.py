@@ -8,6 +8,7 @@ head never saw, so predict refuses them instead of printing a silently wrong acc
 
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -140,9 +141,10 @@ def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scor
 def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:
     """(accuracy, images it covers): over the images whose label is one of the model's classes,
     the only ones it could get right; a warning names the other labels (None: no image has one)."""
-    known = set(classes)
-    hits = [p == t for p, t in zip(pred, labels) if t in known]
-    unknown = sorted({t for t in labels if t not in known})
+    nfc = {s: unicodedata.normalize("NFC", s) for s in {*labels, *classes}}  # a macOS folder's NFD name
+    known = {nfc[c] for c in classes}  # is the label typed on Linux
+    hits = [nfc[p] == nfc[t] for p, t in zip(pred, labels) if nfc[t] in known]
+    unknown = sorted({t for t in labels if nfc[t] not in known})
     if unknown:
         names = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
         covers = (f"accuracy is over the {len(hits)} others" if hits else "no accuracy")

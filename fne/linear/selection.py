@@ -114,6 +114,11 @@ def candidates(features: str, head: str, backbone, parse_features, rows_for) -> 
     return out
 
 
+# scikit-learn's guess, past 20 training samples of which over half are classes of their own,
+# that the labels are a regression target: fne's labels are classes by construction.
+MANY_CLASSES = "The number of unique classes is greater than 50% of the number of samples"
+
+
 # ------------------------------------------------------------------- folds
 def image_folds(y: np.ndarray, n_folds: int = FOLDS, seed: int = 0,
                 groups: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -255,6 +260,7 @@ def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: 
     workers = min(len(jobs), os.cpu_count() or 1) if small else 1
     with warnings.catch_warnings(), (rowspace.one_thread() if small else contextlib.nullcontext()):
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", message=MANY_CLASSES)
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(walk, jobs))

@@ -6,6 +6,7 @@ Pure formatting of the rows that fne.reporting.report tabulates; no files are re
 from __future__ import annotations
 
 import html
+import re
 
 import numpy as np
 
@@ -70,6 +71,15 @@ def confused_pairs(confusion, classes, k: int = 5) -> list[dict]:
         out.append({"true": names[i], "predicted": names[j], "count": int(off[i, j]),
                     "share": float(off[i, j] / row) if row else 0.0})
     return out
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
+
+
+def md_text(s) -> str:
+    """A class name as Markdown text: its punctuation escaped (`<b>`, `|`, `*` print as typed)
+    and a line break shown as ↵, so that a list item or table cell stays one line."""
+    return _MD_SPECIAL.sub(r"\\\1", str(s)).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵")
 
 
 def label(r: dict, multi: bool) -> str:
@@ -181,7 +191,8 @@ def _winner_lines(ds: dict, md: bool) -> list[str]:
         pairs = confused_pairs(w.get("confusion"), w.get("classes"))
         if pairs:
             L.append("Classes it confuses most (true → predicted, count, share of the true class):")
-            L += [f"- {p['true']} → {p['predicted']}: {p['count']} ({100 * p['share']:.0f} %)" for p in pairs]
+            L += [f"- {md_text(p['true'])} → {md_text(p['predicted'])}: {p['count']} ({100 * p['share']:.0f} %)"
+              for p in pairs]
             L.append("")
     for a in ds["advice"]:
         sim = a.get("similarity") or {}
