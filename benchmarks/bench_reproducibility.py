@@ -55,7 +55,7 @@ def write_tars(samples: list[tuple], dst: Path) -> None:
     dst.mkdir(parents=True)
     for split in ("train", "test"):
         with tarfile.open(dst / f"{split}-000000.tar", "w") as tf:
-            for k, (s, c, name, data) in enumerate(x for x in samples if x[0] == split):
+            for k, (_, c, _, data) in enumerate(x for x in samples if x[0] == split):
                 for member, payload in ((f"{k:06d}.jpg", data), (f"{k:06d}.txt", c.encode())):
                     info = tarfile.TarInfo(member)
                     info.size = len(payload)

@@ -53,7 +53,7 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
         clf = clf.fit(Z, yy)
     del Z
     pipe = Pipeline([("embed", embed), ("head", clf.sklearn_model() if used == "torch" else clf)])
-    pipe.solver_ = used
+    pipe.solver_, pipe.solver_precision_ = used, getattr(clf, "precision_", None)
     return pipe
 
 
@@ -79,7 +79,7 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
             clf.partial_fit(scale.transform(embed.transform(X.reshape(n * v, d))), np.repeat(y[idx[b]], v),
                             classes=classes)
     pipe = Pipeline([("embed", embed), ("scale", scale), ("head", clf)])
-    pipe.solver_ = "sklearn"
+    pipe.solver_, pipe.solver_precision_ = "sklearn", None
     return pipe
 
 
@@ -177,12 +177,13 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
         "fit_seconds": fit_seconds, "solver": pipe.solver_,  # which fitted the saved head (fne.linear.solver)
+        "solver_precision": pipe.solver_precision_,  # the torch solver's arithmetic: int8 on VNNI/AMX CPUs
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
-        **provenance(),
+        **provenance(spec, o, ext),
     }
     if auto:
         metrics["selection"] = selection.summary(chosen)
