@@ -42,7 +42,8 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
     """Views become training samples; only the embedding of rows idx is held (int8 for FNE).
 
     The head is fitted by scikit-learn or fne.linear.solver (`solver`, "auto": by size) and saved
-    as scikit-learn's estimator either way; the pipeline's `solver_` says which fitted it."""
+    as scikit-learn's estimator either way; the pipeline's `solver_` says which fitted it, and
+    `solver_precision_` the torch solver's arithmetic (int8 on CPUs with VNNI / AMX; None: sklearn)."""
     embed = rows.fit_embedding(kind, idx)
     Z, yy = rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views)
     used = resolve_solver(solver, head, Z.shape[0], Z.shape[1], len(np.unique(yy)))
@@ -176,8 +177,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
-        "fit_seconds": fit_seconds, "solver": pipe.solver_,  # which fitted the saved head (fne.linear.solver)
-        "solver_precision": pipe.solver_precision_,  # the torch solver's arithmetic: int8 on VNNI/AMX CPUs
+        "fit_seconds": fit_seconds, "solver": pipe.solver_, "solver_precision": pipe.solver_precision_,
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
