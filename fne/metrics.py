@@ -14,10 +14,9 @@ import numpy as np
 
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
-    """Accuracy and mean per-class accuracy of one test split, and its confusion matrix.
-    (scikit-learn is imported here: `fne extract` reads `provenance` and starts without it.)"""
+    """Accuracy and mean per-class accuracy of one test split, and its confusion matrix."""
+    # imported here, not with the module: `fne extract` uses `provenance` and starts without sklearn
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
-
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
