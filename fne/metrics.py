@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.metadata
 import platform
+import sys
 import warnings
 from datetime import datetime, timezone
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
 
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
     """Accuracy and mean per-class accuracy of one test split, and its confusion matrix."""
+    # imported here, not with the module: `fne extract` uses `provenance` and starts without sklearn
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
         mca = float(balanced_accuracy_score(y_true, y_pred))
@@ -31,9 +37,109 @@ def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], s
                        + ([labels[i]] if labels else []) for j, i in enumerate(idx)))
 
 
-def provenance() -> dict:
-    """Where and when a result was measured."""
-    return {
+# What a result's numbers can depend on besides fne's own code: the libraries that compute
+# (BLAS, oneDNN through torch, liblinear through scikit-learn), decode (Pillow) and store (zarr).
+PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "pillow", "zarr")
+MODULES = {"scikit-learn": "sklearn", "pillow": "PIL"}  # import names that differ from the package's
+# CPU features that change which kernels run: bf16 and int8 paths (`fne.devices.resolve_precision`
+# picks bf16 for precision "auto" where AVX512-BF16 / AMX are present; the torch solver multiplies
+# int8 rows as int8 with VNNI / AMX), and the vector width oneDNN and OpenBLAS choose kernels by.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def provenance(*options) -> dict:
+    """Where, when and with what a result was measured: what a reader needs to reproduce it,
+    or to explain why another machine's numbers differ (README, "Reproducibility").
+
+    Parameters
+    ----------
+    *options : dataclass instances
+        The run's resolved options (`fne.options` dataclasses, `StoreSpec`), recorded field by
+        field under ``options`` (a field two of them share is taken from the first).
+
+    Returns
+    -------
+    dict
+        ``machine`` and ``date`` (UTC); ``platform``, ``python``; ``versions`` of fne and of the
+        installed `PACKAGES`; ``cpu``: its model and which of `CPU_FLAGS` it has; ``threads``:
+        torch's intra-op threads (when torch is loaded) and each loaded BLAS / OpenMP library's;
+        ``cuda``: the device, CUDA and cuDNN versions (when torch is loaded and sees a GPU);
+        ``options``.
+    """
+    torch = sys.modules.get("torch")
+    out = {
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "versions": _versions(), "cpu": _cpu(), "threads": _threads(torch),
     }
+    if torch is not None and torch.cuda.is_available():
+        out["cuda"] = {"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                       "cudnn": torch.backends.cudnn.version()}
+    if options:
+        merged: dict = {}
+        for o in options:
+            merged.update({k: v for k, v in dataclasses.asdict(o).items() if k not in merged})
+        out["options"] = {k: _jsonable(v) for k, v in merged.items()}
+    return out
+
+
+def _versions() -> dict:
+    """fne's version and each installed package of `PACKAGES`' (None: not installed): a loaded
+    module's own `__version__` (torch's names its build, `2.14.1+cu130`), else the installed
+    distribution's; nothing is imported. With Pillow loaded, also the libjpeg-turbo it decodes with."""
+    from fne import __version__
+
+    found = {"fne": __version__}
+    for name in PACKAGES:
+        module = sys.modules.get(MODULES.get(name, name))
+        try:
+            found[name] = getattr(module, "__version__", None) or importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    if "PIL" in sys.modules:
+        from PIL import features
+
+        found["libjpeg-turbo"] = features.version("libjpeg_turbo")
+    return found
+
+
+@functools.cache
+def _cpu() -> dict:
+    """The CPU's model name and which of `CPU_FLAGS` it has (Linux's /proc/cpuinfo; elsewhere
+    the model as `platform` gives it and no flags)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {"model": platform.processor() or platform.machine(), "flags": None}
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def _threads(torch) -> dict:
+    """torch's intra-op threads (when loaded) and each loaded BLAS / OpenMP library's threads."""
+    from threadpoolctl import threadpool_info
+
+    out = {"torch": torch.get_num_threads() if torch is not None else None}
+    for lib in threadpool_info():
+        out[f"{lib['internal_api']} {lib.get('version') or ''}".strip()] = lib["num_threads"]
+    return out
+
+
+def _jsonable(v):
+    """An option's value as JSON holds it: tuples as lists, anything else unusual as its str."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return str(v)

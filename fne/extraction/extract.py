@@ -45,6 +45,7 @@ from fne.devices import (
 from fne.errors import CacheError, FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
+from fne.metrics import provenance
 from fne.options import ExtractOptions
 from fne.progress import progress as progress_bar
 
@@ -174,7 +175,8 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     if done.settings and (result.n_computed or result.skipped):  # a no-op run records nothing
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
-                      **{k: v for k, v in result.to_dict().items() if k != "store"}})
+                      **{k: v for k, v in result.to_dict().items() if k != "store"},
+                      "provenance": provenance(spec, o)})  # the machine and libraries behind these rows
     return result
 
 

@@ -42,7 +42,8 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
     """Views become training samples; only the embedding of rows idx is held (int8 for FNE).
 
     The head is fitted by scikit-learn or fne.linear.solver (`solver`, "auto": by size) and saved
-    as scikit-learn's estimator either way; the pipeline's `solver_` says which fitted it."""
+    as scikit-learn's estimator either way; the pipeline's `solver_` says which fitted it, and
+    `solver_precision_` the torch solver's arithmetic (int8 on CPUs with VNNI / AMX; None: sklearn)."""
     embed = rows.fit_embedding(kind, idx)
     Z, yy = rows.embedded(embed, idx), np.repeat(y[idx], rows.store.views)
     used = resolve_solver(solver, head, Z.shape[0], Z.shape[1], len(np.unique(yy)))
@@ -53,7 +54,7 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
         clf = clf.fit(Z, yy)
     del Z
     pipe = Pipeline([("embed", embed), ("head", clf.sklearn_model() if used == "torch" else clf)])
-    pipe.solver_ = used
+    pipe.solver_, pipe.solver_precision_ = used, getattr(clf, "precision_", None)
     return pipe
 
 
@@ -79,7 +80,7 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
             clf.partial_fit(scale.transform(embed.transform(X.reshape(n * v, d))), np.repeat(y[idx[b]], v),
                             classes=classes)
     pipe = Pipeline([("embed", embed), ("scale", scale), ("head", clf)])
-    pipe.solver_ = "sklearn"
+    pipe.solver_, pipe.solver_precision_ = "sklearn", None
     return pipe
 
 
@@ -176,13 +177,13 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
-        "fit_seconds": fit_seconds, "solver": pipe.solver_,  # which fitted the saved head (fne.linear.solver)
+        "fit_seconds": fit_seconds, "solver": pipe.solver_, "solver_precision": pipe.solver_precision_,
         "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
         "rows": "extracted" if src.extract_seconds is not None else "cached",
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
-        **provenance(),
+        **provenance(spec, o, ext),
     }
     if auto:
         metrics["selection"] = selection.summary(chosen)

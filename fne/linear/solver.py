@@ -349,7 +349,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             raise FneError("a linear head needs at least two classes in its training rows")
         n, d = X.shape
         dev = torch_device(self.device)
-        compute = resolve_precision(self.precision, X.dtype, dev)
+        compute = self.precision_ = resolve_precision(self.precision, X.dtype, dev)  # int8 where VNNI/AMX
         width = {"int8": 1, "float32": 4, "float64": 8}[compute]
         chunk = self.chunk or max(256, CHUNK_BYTES // (width * max(d, 1)))
         prob = _Problem(self.head, float(self.C), X, yi, k, dev, chunk, compute)

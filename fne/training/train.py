@@ -385,7 +385,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "val_fraction": cfg.val_fraction if not direct else 0.0,
         "confusion": confusion.tolist(),
         "history": run["history"], "skipped": ctx.skipped,
-        "device": str(ctx.device), **provenance(),
+        "device": str(ctx.device), **provenance(cfg),
     }
 
 

@@ -1,0 +1,171 @@
+"""The same experiment run in ways that should not change its numbers does not change them, and
+metrics.json and the store's records say what a reader needs to reproduce or explain a result
+(README, "Reproducibility")."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import FAST, write_digits
+
+PACKAGES = {"fne", "numpy", "scipy", "scikit-learn", "torch", "torchvision", "pillow"}
+
+
+def _rows(data, cache) -> dict[str, np.ndarray]:
+    import fne
+
+    r = fne.load_rows(data, cache=str(cache), **FAST)
+    return dict(zip(r.keys, r.X))
+
+
+def _check_provenance(p: dict) -> None:
+    assert PACKAGES <= set(p["versions"]) and p["versions"]["fne"] and p["versions"]["numpy"]
+    assert p["python"] and p["platform"] and p["cpu"]["model"]
+    assert isinstance(p["cpu"]["flags"], (list, type(None)))
+    assert "torch" in p["threads"]
+
+
+def _tar(folder, out):
+    """folder's images as one WebDataset tar (train split), each with its label."""
+    import io
+    import tarfile
+
+    with tarfile.open(out, "w") as tf:
+        for k, f in enumerate(sorted(folder.rglob("*.png"))):
+            for name, payload in ((f"{k:04d}.png", f.read_bytes()), (f"{k:04d}.txt", f.parent.name.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tf.addfile(info, io.BytesIO(payload))
+    return out
+
+
+def test_rows_are_bit_identical_across_workers_a_fresh_cache_and_a_tar(digits_folder, tmp_path, one_torch_thread):
+    """At one batch size and thread count, neither the reader's processes nor the container
+    changes a bit of any row."""
+    from fne.extraction.extract import extract
+
+    tar = _tar(digits_folder, tmp_path / "train-000000.tar")
+    extract(digits_folder, cache=str(tmp_path / "a"), workers=0, progress=False, **FAST)
+    extract(digits_folder, cache=str(tmp_path / "b"), workers=2, progress=False, **FAST)
+    extract(tar, cache=str(tmp_path / "c"), workers=1, progress=False, **FAST)
+    a, b, c = _rows(digits_folder, tmp_path / "a"), _rows(digits_folder, tmp_path / "b"), _rows(tar, tmp_path / "c")
+    assert sorted(a) == sorted(b) == sorted(c) and len(a) == 24
+    assert all(np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_rows_across_batch_sizes_shards_and_threads_are_within_the_stated_tolerance(tmp_path):
+    """oneDNN picks convolution kernels by batch size and thread count (a shard's last batch is
+    smaller): rows may differ in the last bits, within 1e-5 of the largest value (README,
+    "Reproducibility"), and never in the discretised FNE values."""
+    import torch
+
+    from fne.extraction.extract import extract
+    from fne.linear.embedding import FullNetworkEmbedding
+
+    digits_folder, n = write_digits(tmp_path / "data", per_class=3, classes=3), torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        extract(digits_folder, cache=str(tmp_path / "a"), progress=False, **FAST)
+        extract(digits_folder, cache=str(tmp_path / "b"), batch_size=1, progress=False, **FAST)
+        torch.set_num_threads(1)
+        for i in range(2):
+            extract(digits_folder, cache=str(tmp_path / "c"), shard=f"{i}/2", progress=False, **FAST)
+    finally:
+        torch.set_num_threads(n)
+    a = _rows(digits_folder, tmp_path / "a")
+    A = np.stack([a[k] for k in sorted(a)])
+    emb = FullNetworkEmbedding().fit(A)
+    for other in "bc":
+        b = _rows(digits_folder, tmp_path / other)
+        B = np.stack([b[k] for k in sorted(a)])
+        assert np.abs(A - B).max() <= 1e-5 * np.abs(A).max()
+        assert np.array_equal(emb.transform(A), emb.transform(B))
+
+
+def test_fit_twice_writes_the_same_run_but_for_its_date_and_time(digits_folder, warm_cache, tmp_path):
+    from fne.linear.fit import fit
+
+    kw = dict(cache=str(warm_cache), features="fne", head="svm", splits=2, progress=False, **FAST)
+    m1, m2 = fit(digits_folder, tmp_path / "a", **kw), fit(digits_folder, tmp_path / "b", **kw)
+    assert {k for k in m1 if m1[k] != m2[k]} <= {"date", "fit_seconds"}
+    assert (tmp_path / "a/predictions.csv").read_bytes() == (tmp_path / "b/predictions.csv").read_bytes()
+    import joblib
+
+    h1, h2 = (joblib.load(tmp_path / r / "model.joblib")["pipeline"].named_steps["head"] for r in "ab")
+    assert np.array_equal(h1.coef_, h2.coef_) and np.array_equal(h1.intercept_, h2.intercept_)
+
+
+@pytest.mark.parametrize("solver", ["sklearn", "torch"])
+def test_fit_with_one_or_two_threads(digits_folder, warm_cache, tmp_path, solver):
+    """scikit-learn's heads: bit-identical (small problems fit on one BLAS thread). The torch
+    solver's matmuls split their sums by thread, so its weights differ in the last digits
+    (README, "Reproducibility": 1.1e-3 of the largest weight measured on digits; 1e-2 here)."""
+    import joblib
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from fne.linear.fit import fit
+
+    kw = dict(cache=str(warm_cache), features="fne", head="logreg", splits=1, solver=solver, progress=False, **FAST)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(1):
+            one = fit(digits_folder, tmp_path / "one", **kw)
+        torch.set_num_threads(2)
+        with threadpool_limits(2):
+            two = fit(digits_folder, tmp_path / "two", **kw)
+    finally:
+        torch.set_num_threads(n)
+    assert one["threads"]["torch"] == 1 and two["threads"]["torch"] == 2
+    a, b = (joblib.load(tmp_path / r / "model.joblib")["pipeline"].named_steps["head"].coef_ for r in ("one", "two"))
+    if solver == "sklearn":
+        assert np.array_equal(a, b) and one["splits"] == two["splits"]
+        assert (tmp_path / "one/predictions.csv").read_bytes() == (tmp_path / "two/predictions.csv").read_bytes()
+    else:  # int8 on CPUs with VNNI/AMX, float32 elsewhere: one machine's fit is not another's
+        from fne.linear.solver import cpu_int8_dot
+
+        assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max()
+        assert one["solver_precision"] == ("int8" if cpu_int8_dot() else "float32")
+
+
+def test_fit_metrics_say_with_what_and_where_they_were_measured(digits_folder, warm_cache, tmp_path):
+    """Versions, CPU features, threads, every option (as resolved), and the precision the rows
+    were computed in: two machines' numbers can be told apart and explained from metrics.json."""
+    from fne.linear.fit import fit
+
+    fit(digits_folder, tmp_path / "run", cache=str(warm_cache), splits=2, test_size=0.3, stream_chunk=5,
+        progress=False, **FAST)
+    m = json.loads((tmp_path / "run/metrics.json").read_text())
+    _check_provenance(m)
+    o = m["options"]
+    assert (o["test_size"], o["stream_chunk"], o["splits"], o["seed"], o["C"]) == (0.3, 5, 2, 0, "1.0")
+    assert (o["arch"], o["weights"], o["precision"], o["storage_dtype"]) == ("efficientnet_lite0", "random", "fp32",
+                                                                            "float32")
+    assert m["precision"] == "fp32" and m["solver"] == "sklearn" and m["solver_precision"] is None
+
+
+def test_each_extraction_record_says_with_what_and_where_its_rows_were_computed(tmp_path):
+    from fne.cache.spec import StoreSpec
+    from fne.extraction.extract import extract
+
+    extract(write_digits(tmp_path / "data", per_class=2, classes=2), cache=str(tmp_path), batch_size=5, progress=False, **FAST)
+    (record,) = StoreSpec(cache=str(tmp_path), **FAST).open().records()
+    p = record["provenance"]
+    _check_provenance(p)
+    assert p["versions"]["libjpeg-turbo"] is not None  # Pillow was loaded to decode: its JPEG decoder
+    assert p["options"]["batch_size"] == 5 and p["options"]["precision"] == "fp32"
+
+
+def test_train_metrics_hold_the_same_provenance(digits_split, tmp_path):
+    from fne.training.train import train
+
+    m = train(digits_split, "scratch", tmp_path / "run", epochs=1, batch_size=8, val_fraction=0.0, image_size=32,
+              progress=False,
+              **{k: v for k, v in FAST.items() if k in ("arch", "precision")})
+    _check_provenance(m)
+    assert m["options"]["seed"] == 0 and m["options"]["epochs"] == 1 and m["options"]["deterministic"] is False
+    assert m["threads"]["torch"] >= 1
