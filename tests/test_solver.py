@@ -131,9 +131,10 @@ def test_chunks_give_the_same_model_and_int8_stays_int8(fne_rows, monkeypatch):
 def test_float32_and_int8_matmuls_reach_the_float64_optimum(fne_rows, head, precision):
     """float32 matmuls, or int8 ones with limbs, with float64 sums: the float64 solver's objective."""
     Xtr, ytr, _, _ = fne_rows
-    o = {p: primal_objective(head, 0.1, m.coef_, m.intercept_, Xtr, ytr) for p, m in
-         ((p, TorchHead(head, 0.1, device="cpu", precision=p).fit(Xtr, ytr)) for p in (precision, "float64"))}
+    m = {p: TorchHead(head, 0.1, device="cpu", precision=p).fit(Xtr, ytr) for p in (precision, "float64")}
+    o = {p: primal_objective(head, 0.1, h.coef_, h.intercept_, Xtr, ytr) for p, h in m.items()}
     assert abs(o[precision] - o["float64"]) <= 1e-5 * o["float64"]
+    assert m[precision].precision_ == precision  # what fit's metrics.json records as solver_precision
 
 
 def test_precision_is_checked_and_auto_takes_int8_only_for_int8_rows_on_a_cpu_that_has_it(fne_rows, monkeypatch):
