@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
@@ -35,5 +35,5 @@ def provenance() -> dict:
     """Where and when a result was measured."""
     return {
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
