@@ -120,3 +120,19 @@ def test_file_url_store(tmp_path):
     assert len(again) == 2 and again.bad() == {"22" * 16: "unreadable"} and verify(again).problems == []
     assert (tmp_path / "cache" / "a__w__p__fp32__float32" / "store.json").exists()
     assert np.array_equal(again.read(["11" * 16], ["t"])["t"], np.ones((1, 1, 3), dtype=np.float32))
+
+
+def test_an_fsspec_without_the_async_wrapper_is_named(tmp_path, monkeypatch):
+    """fsspec before 2024.12 (which datasets < 3.3 pins) cannot give zarr an async view of a sync
+    filesystem: the commit says which fsspec is needed, and nothing is committed."""
+    import sys
+
+    from fne.cache.store import StoreKey
+    from fne.errors import CacheError
+
+    monkeypatch.setitem(sys.modules, "fsspec.implementations.asyn_wrapper", None)  # as if absent
+    s = Store.open(URL, StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    with pytest.raises(CacheError, match=r"^memory://fnetest/c/a__w__p__fp32__float32: a cache on "
+                                         r"MemoryFileSystem needs fsspec >= 2024.12 \(this is "):
+        s.commit(["00" * 16], {"t": np.ones((1, 1, 3))})
+    assert len(Store.open(URL, StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)) == 0
