@@ -52,9 +52,11 @@ class TodayStore(Store):
         rel = f"parts/.tmp-{name}"
         cuts = np.cumsum([c for _, c in self.taps])[:-1]
         group = zarr.open_group(str(self.path / rel), mode="w")
-        group.create_array("keys", data=parts.key_bytes(keys))
+        k = parts.key_bytes(keys)  # shape and dtype, then the values: zarr 3.0 has no create_array(data=)
+        group.create_array("keys", shape=k.shape, dtype=k.dtype)[...] = k
         for (tap, c), a in zip(self.taps, np.split(arrays, cuts, axis=2), strict=True):
-            group.create_array(tap, data=a.astype(self.meta["dtype"]), chunks=(len(keys), self.views, c))
+            group.create_array(tap, shape=a.shape, dtype=self.meta["dtype"],
+                               chunks=(len(keys), self.views, c))[...] = a.astype(self.meta["dtype"])
         os.replace(self.path / rel, self.path / "parts" / name)
         self.refresh()
         return name
@@ -67,9 +69,10 @@ class ZstdStore(Store):
         name = f"{time.time_ns():020d}-{os.getpid()}-00000000-{os.urandom(4).hex()}"
         rel = f"parts/.tmp-{name}"
         group = zarr.open_group(str(self.path / rel), mode="w")
-        group.create_array("keys", data=parts.key_bytes(keys), attributes={"layout": parts.ROWS})
-        group.create_array(parts.ROWS, data=np.asarray(arrays, self.meta["dtype"]), chunks=arrays.shape,
-                           compressors=zarr.codecs.ZstdCodec(level=1))
+        k = parts.key_bytes(keys)
+        group.create_array("keys", shape=k.shape, dtype=k.dtype, attributes={"layout": parts.ROWS})[...] = k
+        group.create_array(parts.ROWS, shape=arrays.shape, dtype=self.meta["dtype"], chunks=arrays.shape,
+                           compressors=zarr.codecs.ZstdCodec(level=1))[...] = arrays
         os.replace(self.path / rel, self.path / "parts" / name)
         self.refresh()
         return name

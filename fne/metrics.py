@@ -8,7 +8,7 @@ import importlib.metadata
 import platform
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def provenance(*options) -> dict:
     torch = sys.modules.get("torch")
     out = {
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": _versions(), "cpu": _cpu(), "threads": _threads(torch),
     }

@@ -104,11 +104,7 @@ def test_every_imported_package_is_declared():
     import importlib.metadata as md
     import re
     import sys
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    import tomllib
 
     project = tomllib.loads((PKG.parent / "pyproject.toml").read_text())["project"]
     reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]

@@ -329,7 +329,9 @@ def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # datasets 3 reads the first, 2.x the second
+        if hasattr(datasets.config, flag):
+            monkeypatch.setattr(datasets.config, flag, True)
     code = main(["extract", "hf:someone/flowers-nowhere@train", "--cache", str(tmp_path / "c"), *CLI_FAST])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -60,9 +60,11 @@ def test_a_part_is_one_rows_array_with_tap_column_ranges(store):
 def _write_format1(store: Store, keys: list[str], rows: dict[str, np.ndarray]) -> None:
     """A part as fne wrote them before format 2: one zstd array per tap, store.json format 1."""
     group = zarr.open_group(str(store.path / "parts" / "00000000000000000001-1-00000000-aaaaaaaa"), mode="w")
-    group.create_array("keys", data=parts.key_bytes(keys))
+    k = parts.key_bytes(keys)  # shape and dtype, then the values: zarr 3.0 has no create_array(data=)
+    group.create_array("keys", shape=k.shape, dtype=k.dtype)[...] = k
     for tap, c in store.taps:
-        group.create_array(tap, data=rows[tap], chunks=(len(keys), store.views, c))
+        group.create_array(tap, shape=rows[tap].shape, dtype=rows[tap].dtype,
+                           chunks=(len(keys), store.views, c))[...] = rows[tap]
     meta = {k: v for k, v in store.meta.items() if k != "columns"}
     (store.path / "store.json").write_text(json.dumps({**meta, "format": 1}))
 

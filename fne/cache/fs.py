@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zarr
 
-from fne.errors import FneError
+from fne.errors import CacheError, FneError
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 
@@ -206,10 +206,11 @@ class UrlFiles(_Common):
 
     def __init__(self, url: str):
         import fsspec
+        from fsspec.implementations.local import LocalFileSystem  # not an attribute before 2024
 
         self.url = self.path = Url(url)
         self.fs, self.root = fsspec.core.url_to_fs(url)
-        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem) and not self.fs.auto_mkdir:
+        if isinstance(self.fs, LocalFileSystem) and not self.fs.auto_mkdir:
             self.fs, self.root = fsspec.core.url_to_fs(url, auto_mkdir=True)  # file:// as on object stores
         self.root = self.root.rstrip("/")
         self._afs = None
@@ -254,8 +255,13 @@ class UrlFiles(_Common):
             if self.fs.async_impl:
                 self._afs = type(self.fs)(**{**self.fs.storage_options, "asynchronous": True})
             else:
-                from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+                try:
+                    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+                except ImportError:  # fsspec < 2024.12 (datasets < 3.3 holds it there)
+                    import fsspec
 
+                    raise CacheError(f"{self.url}: a cache on {type(self.fs).__name__} needs fsspec >= 2024.12 "
+                                     f"(this is {fsspec.__version__}): pip install -U 'fsspec>=2024.12'") from None
                 self._afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
         return zarr.storage.FsspecStore(self._afs, path=self.p(rel))
 

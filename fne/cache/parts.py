@@ -115,8 +115,9 @@ def write(zstore, keys: list[str], rows: np.ndarray) -> None:
         (N, V, D), every tap side by side, already in the storage dtype.
     """
     group = zarr.open_group(zstore, mode="w")
-    group.create_array("keys", data=key_bytes(keys), attributes={"layout": ROWS},
-                       config={"write_empty_chunks": True})
+    k = key_bytes(keys)  # shape and dtype, then the values: zarr 3.0 has no create_array(data=)
+    group.create_array("keys", shape=k.shape, dtype=k.dtype, attributes={"layout": ROWS},
+                       config={"write_empty_chunks": True})[...] = k
     a = group.create_array(ROWS, shape=rows.shape, dtype=rows.dtype, chunks=rows.shape, compressors=None,
                            fill_value=np.nan, config={"write_empty_chunks": True})
     a[...] = rows

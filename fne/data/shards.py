@@ -15,7 +15,7 @@ import hashlib
 import os
 import socket
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.store import Store
@@ -110,7 +110,7 @@ def finish_shard(store: Store, fingerprint: str, shard: tuple[int, int], dataset
         "dataset": dataset.name, "dataset_fingerprint": fingerprint, "shard": list(shard),
         "n_images_in_shard": in_shard, "n_computed": n_computed, "n_skipped": n_skipped,
         "host": socket.gethostname(), "pid": os.getpid(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
     })
 
 

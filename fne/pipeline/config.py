@@ -16,6 +16,7 @@ import difflib
 import math
 import os
 import re
+import tomllib
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,11 +33,6 @@ from fne.options import (
     schema,
 )
 from fne.pipeline.config_errors import Errors, Locator, PipelineError
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser as a package
-    import tomli as tomllib
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
 # "list[str]", "list[int]", "table", "str|float", "str|table".

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.pipeline.config import BackboneCfg, DatasetCfg
@@ -100,7 +100,7 @@ class Step:
         record = {"format": STEP_FORMAT, "hash": self.hash, "kind": self.kind, "label": self.label,
                   "dataset_key": self.dataset.key, "backbone": self.backbone.label,
                   "result_sha": _file_sha(self.result_file), "seconds": seconds,
-                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": self.config}
+                  "date": datetime.now(UTC).isoformat(timespec="seconds"), "config": self.config}
         if extract is not None:
             record["extract"] = extract
         tmp = self.dir / ".step.json.tmp"
