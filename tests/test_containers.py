@@ -368,7 +368,10 @@ def test_extract_with_workers_over_shards_stores_what_files_store(tmp_path):
 
 
 def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
+    from fne.data import parquet
     from fne.pipeline.runner import run
+
+    monkeypatch.setattr(parquet, "_hf_to_parquet", lambda *a, **k: pytest.fail("a dry run tried to download"))
 
     toml = tmp_path / "p.toml"
     toml.write_text('[pipeline]\nname = "hf"\n\n[datasets.flowers]\ndata = "hf:someone/flowers-nowhere"\n\n'

@@ -125,12 +125,15 @@ def known_keys(data: str, cache: str | None, read: bool = True, partial: bool = 
     from fne.data.datasets import load_dataset
     from fne.data.manifest import known_keys as manifest_keys
     from fne.data.manifest import manifest_for
+    from fne.data.parquet import hf_available
     from fne.errors import DataError
     from fne.linear.features import load_data
 
     try:
         if read:
             return load_data(data, cache).keys()
+        if str(data).startswith("hf:") and not hf_available(str(data), cache):
+            return None  # not downloaded: a dry run downloads nothing (it names the download)
         dataset = load_dataset(data, cache=cache)
         if dataset.array_source is not None:  # arrays in one file (HDF5, digits): hashed, no image decoded
             return dataset.keys()
