@@ -332,10 +332,24 @@ def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
     for flag in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # datasets 3 reads the first, 2.x the second
         if hasattr(datasets.config, flag):
             monkeypatch.setattr(datasets.config, flag, True)
+    from fne.data import parquet
+
     code = main(["extract", "hf:someone/flowers-nowhere@train", "--cache", str(tmp_path / "c"), *CLI_FAST])
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "hf download someone/flowers-nowhere --repo-type dataset" in err
+    assert f"{parquet.hub_cli()} download someone/flowers-nowhere --repo-type dataset" in err
+
+
+@pytest.mark.parametrize("version, cli", [("0.21.2", "huggingface-cli"), ("0.33.9", "huggingface-cli"),
+                                          ("0.34.0", "hf"), ("1.0.0rc1", "hf"), ("2.4.0", "hf")])
+def test_the_download_hint_names_the_hub_command_the_installed_version_has(version, cli, monkeypatch):
+    import importlib.metadata
+
+    from fne.data import parquet
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: version)
+    assert parquet.hub_cli() == cli
+    assert f"`{cli} download someone/x --repo-type dataset" in parquet.hf_download_hint("hf:someone/x")
 
 
 # ----------------------------------------------------------------- whole shards per worker
@@ -379,7 +393,7 @@ def test_dry_run_names_the_hf_download(tmp_path, monkeypatch):
                     '[fit]\nfeatures = ["fne"]\nheads = ["svm"]\n')
     said = []
     run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
-    assert any("flowers: hf:someone/flowers-nowhere is not here yet" in s and "hf download someone/flowers-nowhere"
+    assert any("flowers: hf:someone/flowers-nowhere is not here yet" in s and f"{parquet.hub_cli()} download someone/flowers-nowhere"
                in s and f"to fill {tmp_path / 'c' / 'hf'}" in s for s in said)
 
 

@@ -126,10 +126,22 @@ def hf_folder(spec: str, cache: str | Path | None = None) -> Path:
     return local_root(cache) / "hf" / name.replace("/", "--") / (config or "default")
 
 
+def hub_cli() -> str:
+    """The Hugging Face Hub's command line as the installed `huggingface_hub` names it: `hf`
+    from 0.34 (the only one in 1.x and later), `huggingface-cli` before."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in re.findall(r"\d+", version("huggingface_hub"))[:2])
+    except (PackageNotFoundError, ValueError):
+        return "hf"
+    return "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
+
+
 def hf_download_hint(spec: str, cache: str | Path | None = None) -> str:
     name, config, _ = parse_hf(spec)
     folder = hf_folder(spec, cache)
-    return (f"download it where there is a network (`hf download {name} --repo-type dataset "
+    return (f"download it where there is a network (`{hub_cli()} download {name} --repo-type dataset "
             f"--local-dir DIR`{'' if config is None else f', config {config}'}) and give DIR as DATA, "
             f"or run once with a network to fill {folder}")
 
