@@ -180,6 +180,10 @@ def test_paired_t_matches_scipy_and_the_correction_widens_it():
 def test_paired_t_degenerate_inputs():
     assert compare.corrected_paired_t([0.9, 0.9], [0.9, 0.9])["p"] == 1.0
     assert compare.corrected_paired_t([0.9], [0.8])["p"] == 1.0  # one split: nothing to test
+    same = compare.corrected_paired_t([0.9, 0.9], [0.8, 0.8], test_train_ratio=1 / 3)  # no spread: sign test
+    assert same["p"] == 0.5 and same["test"].startswith("sign test") and compare.verdict(same) == "no clear winner"
+    assert compare.corrected_paired_t([0.9] * 6, [0.8] * 6)["p"] == 2 * 0.5 ** 6  # 0.031: beyond noise
+    assert "over 2 splits" in compare.describe(same, "a", "b")
     assert compare.verdict(compare.corrected_paired_t([0.8, 0.7, 0.8], [0.9, 0.95, 0.9])) == "no clear winner"
 
 

@@ -38,9 +38,12 @@ def corrected_paired_t(a, b, test_train_ratio: float = 0.0) -> dict:
     if k < 2:
         return out
     var = float(d.var(ddof=1))
-    if var == 0.0:  # every split agrees exactly: no spread to judge by
-        out["p"] = 1.0 if mean == 0 else 0.0
+    if var == 0.0:  # every split differs by the same amount: no spread for a t-test to judge by,
+        # so the exact sign test, which needs none (2 splits: p = 0.5; the t-test would say 0)
         out["t"] = 0.0 if mean == 0 else math.copysign(math.inf, mean)
+        out["p"] = 1.0 if mean == 0 else min(1.0, 2 * 0.5 ** k)
+        if mean != 0:
+            out["test"] = "sign test (the same difference on every split)"
         return out
     t = mean / math.sqrt((1.0 / k + test_train_ratio) * var)
     out["t"] = float(t)
