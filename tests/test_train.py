@@ -865,3 +865,42 @@ def test_train_names_a_test_image_it_trains_on_a_copy_of(tmp_path, capsys):
     assert "fne: warning: 1 test image(s) of 1 of 1 split(s) have a byte-identical copy among that split's " \
            "training images: test/1/again.png" in err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_test"] == 5
+
+
+def test_the_training_loader_keeps_its_workers_and_still_draws_each_epochs_crops(tmp_path):
+    """Workers kept across epochs (spawn starts each in seconds): the epoch's seed travels with
+    each index (`EpochOrder`), so the crops change with the epoch and match a loader without workers."""
+    import os
+
+    import fne.training.epochs as ep
+    from fne.data.datasets import load_dataset
+
+    from .conftest import write_digits
+
+    ds = load_dataset(write_digits(tmp_path / "d", per_class=4, classes=2))
+    ctx = ep.Ctx(ds, ds.label_indices(), torch.device("cpu"), "fp32", torch.nn.Identity(), None, False, {})
+    train_tf, _ = ep.transforms(24, True, None)
+    pids, log = [], tmp_path / "pids"
+
+    class Seen(ep.SeededItems):
+        def __getitem__(self, j):
+            with open(log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+            return super().__getitem__(j)
+
+    def epochs(workers: int) -> list[torch.Tensor]:
+        loader = ep.loader(ctx, np.arange(len(ds)), train_tf, 8, workers, torch.Generator().manual_seed(5))
+        loader.dataset.__class__ = Seen
+        assert loader.persistent_workers == (workers > 0)
+        out = []
+        for seed in (11, 12):
+            loader.dataset.seed = seed  # as fne train sets it before each epoch
+            log.write_text("")
+            out.append(torch.cat([b["pixels"] for b in loader]))
+            pids.append(set(log.read_text().split()))
+        return out
+
+    kept, plain = epochs(1), epochs(0)
+    assert all(torch.equal(a, b) for a, b in zip(kept, plain, strict=True))
+    assert not torch.equal(kept[0], kept[1])  # each epoch its own crops
+    assert len(pids[0] | pids[1]) == 1 and str(os.getpid()) not in pids[0]  # one worker, kept

@@ -83,16 +83,41 @@ class SeededItems(reader.ImageItems):
 
     seed = 0
 
-    def __getitem__(self, j: int):
+    def __getitem__(self, j: int | tuple[int, int]):
+        # (seed, j) from `EpochOrder`: workers kept across epochs get each epoch's seed with the index
+        seed, j = j if isinstance(j, tuple) else (self.seed, j)
         # the CPU generator alone (torchvision's transforms draw from it): ~2 us, where
         # torch.manual_seed and fork_rng (every device's generator) take ~120 us an image
-        rng, s = torch.default_generator, np.random.SeedSequence([self.seed, self.indices[j]]).generate_state(1)
+        rng, s = torch.default_generator, np.random.SeedSequence([seed, self.indices[j]]).generate_state(1)
         state = rng.get_state()
         rng.manual_seed(int(s[0]))
         try:
             return super().__getitem__(j)
         finally:
             rng.set_state(state)
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """A training loader's shuffled order: `RandomSampler`'s draws from `gen`, after the one draw
+    a DataLoader given `gen` took for its workers' seeds each epoch (so the orders are those of
+    earlier versions). `gen` is drawn from the same way whatever the workers and whether they
+    are kept across epochs, which is what makes a resumed run repeat an uninterrupted one. With
+    `SeededItems` each index comes paired with the seed `items.seed` holds when the epoch starts,
+    so workers kept across epochs (spawn, as on macOS, starts each in seconds) still draw each
+    epoch's crops."""
+
+    def __init__(self, items, gen: torch.Generator):
+        self.items, self.gen = items, gen
+        self.order = torch.utils.data.RandomSampler(items, generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.gen)  # see the class docstring
+        seed = self.items.seed if isinstance(self.items, SeededItems) else None
+        for j in self.order:
+            yield j if seed is None else (seed, j)
 
 
 def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: torch.Generator | None = None):
@@ -102,11 +127,8 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
     (device augmentation) reads through `augment.SizedItems`, whose batches carry `aspect`; a
     `Preprocess` (its eval view) sends plain JPEGs as their bytes, for the device to decode."""
     sized = isinstance(prep, augment_mod.Squash)
-    # Workers kept across epochs on CUDA, unless they draw random crops: new workers each epoch
-    # are seeded from `gen`, which is what makes a resumed run repeat an uninterrupted one.
     cuda = ctx.device.type in ("cuda", "mps") and workers > 0  # a GPU's (on MPS too)
     draws = not isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
-    keep = cuda and not draws
     indices = [int(i) for i in idx]
     if sized:
         items = augment_mod.SizedItems(ctx.dataset, indices, prep)
@@ -114,12 +136,16 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
         items = SeededItems(ctx.dataset, indices, prep)
     else:
         items = reader.ImageItems(ctx.dataset, indices, prep, raw_jpeg=isinstance(prep, Preprocess))
+    # Workers kept across epochs: a shuffled order and its crops' seeds come from `EpochOrder`;
+    # the loader's own generator only seeds its workers' RNGs, which draw nothing of fne's
+    order = EpochOrder(items, gen) if gen is not None else None
     return torch.utils.data.DataLoader(
-        items, batch_size=batch_size, shuffle=gen is not None, generator=gen, num_workers=workers,
+        items, batch_size=batch_size, sampler=order, generator=torch.Generator().manual_seed(0),
+        num_workers=workers,
         drop_last=gen is not None and len(indices) % batch_size == 1 and len(indices) > 1,
         collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init,
         multiprocessing_context=loader_context(workers),
-        pin_memory=ctx.device.type == "cuda", persistent_workers=keep, prefetch_factor=4 if cuda else None)
+        pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0 and (not draws or order is not None), prefetch_factor=4 if cuda else None)
 
 
 def _batches(loader, ctx: Ctx, bar, augment=None):
