@@ -100,7 +100,8 @@ def test_fit_twice_writes_the_same_run_but_for_its_date_and_time(digits_folder, 
 
 @pytest.mark.parametrize("solver", ["sklearn", "torch"])
 def test_fit_with_one_or_two_threads(digits_folder, warm_cache, tmp_path, solver):
-    """scikit-learn's heads: bit-identical (small problems fit on one BLAS thread). The torch
+    """scikit-learn's heads: the same predictions, weights within 2e-16 (README, "Reproducibility";
+    equal bits with some BLAS builds, not with the lowest supported set's). The torch
     solver's matmuls split their sums by thread, so its weights differ in the last digits
     (README, "Reproducibility": 1.1e-3 of the largest weight measured on digits; 1e-2 here)."""
     import joblib
@@ -124,7 +125,8 @@ def test_fit_with_one_or_two_threads(digits_folder, warm_cache, tmp_path, solver
     assert one["threads"]["torch"] == 1 and two["threads"]["torch"] == 2
     a, b = (joblib.load(tmp_path / r / "model.joblib")["pipeline"].named_steps["head"].coef_ for r in ("one", "two"))
     if solver == "sklearn":
-        assert np.array_equal(a, b) and one["splits"] == two["splits"]
+        # within 2e-16 with CI's set, equal bits depend on the BLAS (not with the lowest set's)
+        assert np.abs(a - b).max() <= 1e-12 * np.abs(a).max() and one["splits"] == two["splits"]
         assert (tmp_path / "one/predictions.csv").read_bytes() == (tmp_path / "two/predictions.csv").read_bytes()
     else:  # float32 on `last` rows (FNE rows: int8 on CPUs with VNNI/AMX, float32 elsewhere)
         assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max()
