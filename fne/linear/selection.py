@@ -50,6 +50,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from fne.data.splits import Copies
 from fne.errors import FneError
 from fne.linear import compare, rowspace
 from fne.linear.embedding import make_transform
@@ -127,19 +128,16 @@ def image_folds(y: np.ndarray, n_folds: int = FOLDS, seed: int = 0,
     `groups` (the images' content keys) keep copies of one image in one fold
     (StratifiedGroupKFold) where two images share a key; otherwise StratifiedKFold's folds.
     """
-    inverse = None
-    if groups is not None:
-        _, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
-        inverse = None if len(first) == len(y) else inverse.ravel()
-    counts = np.bincount(y if inverse is None else y[first])
+    copies = Copies(np.arange(len(y)), groups)  # the same grouping as the random splits'
+    counts = np.bincount(y[copies.firsts])
     counts = counts[counts > 0]
     k = int(min(n_folds, counts.min()))
     if k < 2:
         raise FneError("auto selection needs at least 2 training images per class"
-                       + (" (copies of one image count once)" if inverse is not None else ""))
-    if inverse is not None:
+                       + (" (copies of one image count once)" if copies.any else ""))
+    if copies.any:
         sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        return [(tr, va) for tr, va in sgkf.split(np.zeros(len(y)), y, inverse)]
+        return [(tr, va) for tr, va in sgkf.split(np.zeros(len(y)), y, copies.first_of)]
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in skf.split(np.zeros(len(y)), y)]
 
