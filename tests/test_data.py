@@ -58,6 +58,56 @@ def test_csv_with_split_and_relative_paths(digits_folder, tmp_path):
     assert d.keys() == load_dataset(digits_folder).subset(range(6)).keys()
 
 
+def _h5_file(path: Path, n: int, seed: int) -> None:
+    with h5py.File(path, "w") as f:
+        f["images"] = np.random.default_rng(seed).integers(0, 255, (n, 8, 8, 3), dtype=np.uint8)
+        f["labels"] = np.arange(n) % 2
+
+
+def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
+    """val/ beside train/ and test/ was left out (a warning) while a tar shard or Parquet file
+    named validation joined train; a CSV or HDF5 split of `val` stopped. One rule now: the
+    FNE paper's train = train + val, whatever DATA's form."""
+    for part, n in (("train", 2), ("val", 1), ("test", 1)):
+        for c in ("a", "b"):
+            (tmp_path / "f" / part / c).mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", (8, 8), (len(part), ord(c), k)).save(tmp_path / "f" / part / c / f"{k}.png")
+    d = load_dataset(tmp_path / "f")
+    assert d.ids == ["train/a/0.png", "train/a/1.png", "train/b/0.png", "train/b/1.png",
+                     "val/a/0.png", "val/b/0.png", "test/a/0.png", "test/b/0.png"]
+    assert d.splits == ["train"] * 6 + ["test"] * 2 and d.labels == list("aabbab") + ["a", "b"]
+    assert not [w for w in recwarn if "left out" in str(w.message)]
+    # a CSV's split column and an HDF5 file's split dataset: validation words count as train
+    csv = tmp_path / "f" / "list.csv"
+    csv.write_text("path,label,split\ntrain/a/0.png,a,train\nval/a/0.png,a,Validation\ntest/a/0.png,a,test\n"
+                   "train/b/0.png,b,TRAIN\nval/b/0.png,b,dev\ntest/b/0.png,b,test\n")
+    assert load_dataset(csv).splits == ["train", "train", "test", "train", "train", "test"]
+    csv.write_text("path,label,split\ntrain/a/0.png,a,train\nval/a/0.png,a,holdout\n")
+    with pytest.raises(DataError, match=r"column split has values \['holdout'\]; allowed: train, test \(and "
+                                        r"validation, val, valid or dev, which count as train\)"):
+        load_dataset(csv)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["images"] = np.zeros((4, 8, 8), dtype=np.uint8)
+        f["labels"] = np.array([0, 1, 0, 1])
+        f["split"] = np.array([b"train", b"val", b"0", b"test"])
+    assert load_dataset(tmp_path / "s.h5").splits == ["train", "train", "train", "test"]
+    # train.h5 + val.h5 + test.h5: the validation file joins train; another .h5 is said to be left out
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, n, seed in (("train", 4, 0), ("validation", 2, 1), ("test", 2, 2), ("extra", 1, 3)):
+        _h5_file(pair / f"{name}.h5", n, seed)
+    with pytest.warns(UserWarning, match=r"extra\.h5 left out: a predefined split reads train\.h5 and test\.h5"):
+        p = load_dataset(pair)
+    assert p.splits == ["train"] * 6 + ["test"] * 2
+    assert p.ids[4] == "validation.h5:0" and p.ids[6] == "test.h5:0"
+    with h5py.File(pair / "validation.h5") as f:
+        assert np.array_equal(np.asarray(p.load(5)), f["images"][1])
+    with h5py.File(pair / "test.h5") as f:
+        assert np.array_equal(np.asarray(p.load(7)), f["images"][1])
+    assert p.keys()[5] != p.keys()[7]
+
+
 def test_hdf5_forms_and_digits(tmp_path):
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "gray.h5", "w") as f:

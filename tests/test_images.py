@@ -256,10 +256,11 @@ def test_what_a_folder_leaves_out_is_said(tmp_path):
     with pytest.warns(UserWarning, match=r"1 image\(s\) beside the class folders belong to no class, left out: stray"):
         d = load_dataset(tmp_path / "d")
     assert d.ids == ["a/1.png", "b/1.png"] and d.left_out == ["stray.png"]
-    for split in ("train", "test", "val"):
+    for split in ("train", "test", "extra"):
         for c in ("a", "b"):
             _png(tmp_path / "s" / split / c / "1.png", len(split) + ord(c))
-    with pytest.warns(UserWarning, match=r"val/ left out: a predefined split reads train/ and test/ only"):
+    with pytest.warns(UserWarning, match=r"extra/ left out: a predefined split reads train/ and test/, and a "
+                                         r"validation folder \(val/\) as train"):
         d = load_dataset(tmp_path / "s")
     assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4
 

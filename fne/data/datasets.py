@@ -22,8 +22,9 @@ from PIL import Image
 
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
+from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
 from fne.data.images import image_files, read_image, to_rgb
-from fne.data.labels import by_index, class_order, label_text
+from fne.data.labels import class_order, label_text
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
 from fne.errors import DataError
@@ -143,38 +144,6 @@ class Dataset:
         )
 
 
-class ArraySource:
-    """Images held in an array (digits) or an HDF5 dataset, opened lazily so workers can fork."""
-
-    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None, h5_name: str = "images"):
-        self._array = array
-        self.h5_path = h5_path
-        self.h5_name = h5_name
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        if self.h5_path is not None:
-            state["_array"] = None  # reopen in the worker; h5py handles do not pickle
-        return state
-
-    def _data(self):
-        if self._array is None:
-            import h5py
-
-            self._array = h5py.File(self.h5_path, "r")[self.h5_name]
-        return self._array
-
-    def get(self, i: int) -> np.ndarray:
-        return np.asarray(self._data()[i])
-
-    def key(self, i: int) -> str:
-        a = np.ascontiguousarray(self.get(i))
-        h = hashlib.blake2b(digest_size=16)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(a.tobytes())
-        return h.hexdigest()
-
-
 def _hasher():
     return hashlib.blake2b(digest_size=16)
 
@@ -242,7 +211,7 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
             return _h5(path)
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
     if (path / "train.h5").is_file() and (path / "test.h5").is_file():
-        return _h5_pair(path)
+        return _h5_parts(path)
     if (path / "train").is_dir() and (path / "test").is_dir():
         return _split_folder(path)
     return _folder(path)
@@ -309,16 +278,21 @@ _HELD_OUT = {"val", "valid", "validation", "test", "testing"}
 
 
 def _split_folder(root: Path) -> Dataset:
+    """train/ and test/, each of class folders; a validation folder (val/, valid/, validation/,
+    dev/) joins train, as in tar shards and Parquet files (the FNE paper's train = train + val)."""
     files, labels, splits, left_out = [], [], [], []
-    other = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".") and e.name not in SPLITS)
+    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    other = [n for n in names if n not in SPLITS and containers.normalise_split(n) is None]
     if other:
-        warnings.warn(f"DATA {root}: {', '.join(f'{n}/' for n in other)} left out: a predefined split reads train/ "
-                      f"and test/ only (tar shards and Parquet files named validation count as train)", stacklevel=3)
-    for split in SPLITS:
-        f, lab = _class_folder(root / split, left_out)
+        warnings.warn(f"DATA {root}: {', '.join(f'{n}/' for n in other)} left out: a predefined split reads "
+                      f"train/ and test/, and a validation folder (val/) as train", stacklevel=3)
+    parts = ["train"] + [n for n in names if n not in SPLITS and containers.normalise_split(n) == "train"]
+    parts += [n for n in names if n != "test" and containers.normalise_split(n) == "test"] + ["test"]
+    for part in parts:
+        f, lab = _class_folder(root / part, left_out)
         files += f
         labels += lab
-        splits += [split] * len(f)
+        splits += [containers.normalise_split(part)] * len(f)
     d = _file_dataset(root.name, root, files, labels, splits)
     d.left_out = left_out
     return d
@@ -350,10 +324,12 @@ def _csv(path: Path) -> Dataset:
     labels = [label_text(r["label"]) for r in rows]
     splits = None
     if "split" in cols:
-        splits = [(r["split"] or "").strip().lower() for r in rows]
-        bad = sorted(set(splits) - set(SPLITS))
+        words = [(r["split"] or "").strip() for r in rows]
+        splits = [containers.normalise_split(w) for w in words]
+        bad = sorted({w for w, s in zip(words, splits) if s is None})
         if bad:
-            raise DataError(f"CSV {path}: column split has values {bad}; allowed: train, test")
+            raise DataError(f"CSV {path}: column split has values {bad}; allowed: train, test "
+                            f"(and validation, val, valid or dev, which count as train)")
     ids = [f"{path.name}:{k + 2} ({r['path']})" for k, r in enumerate(rows)]  # k + 2: the header is line 1
     labels = _member_labels(path.name, ids, labels)
     keep = range(len(rows)) if labels is None else [k for k, lab in enumerate(labels) if lab is not None]
@@ -363,59 +339,8 @@ def _csv(path: Path) -> Dataset:
     return d
 
 
-def _h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
-    import h5py
-
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"HDF5 {path}: cannot open ({e})") from e
-    with f:
-        for name in ("images", "labels"):
-            if name not in f:
-                raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
-        images = f["images"]
-        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-            raise DataError(f"HDF5 {path}: images must be N×H×W or N×H×W×3, got shape {images.shape}")
-        n = images.shape[0]
-        raw = f["labels"][()]
-        if len(raw) != n:
-            raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
-        names = f["labels"].attrs.get("class_names")
-        try:
-            labels = [label_text(v) for v in raw]
-            if None in labels:
-                raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
-                                 f"{labels.index(None)}; give every image a label")
-            if names is not None:
-                names = [label_text(v) for v in names]
-                labels = by_index(labels, names, "labels.attrs['class_names']")
-        except ValueError as e:
-            raise DataError(f"HDF5 {path}: {e}") from None
-        splits = None
-        if "split" in f:
-            splits = [_decode(v).lower() for v in f["split"][()]]
-            splits = [{"0": "train", "1": "test"}.get(s, s) for s in splits]
-            bad = sorted(set(splits) - set(SPLITS))
-            if bad:
-                raise DataError(f"HDF5 {path}: dataset split has values {bad}; allowed: train, test, 0, 1")
-    if n == 0:
-        raise DataError(f"HDF5 {path}: has no images")
-    return n, labels, splits, names
-
-
-def _decode(v) -> str:
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v)
-
-
 def _h5(path: Path) -> Dataset:
-    n, labels, splits, names = _h5_arrays(path)
+    n, labels, splits, names = h5_arrays(path)
     return Dataset(
         name=path.stem,
         ids=[f"{path.name}:{i}" for i in range(n)],
@@ -427,34 +352,30 @@ def _h5(path: Path) -> Dataset:
     )
 
 
-def _h5_pair(root: Path) -> Dataset:
-    parts = [_h5(root / f"{s}.h5") for s in SPLITS]
-    for part, split in zip(parts, SPLITS):
-        part.splits = [split] * len(part)
-    train, test = parts
-    # Two files mean two array sources: key and load through a combined view.
-    source = _PairSource(train.array_source, test.array_source, len(train))
-    labels = train.labels + test.labels
+def _h5_parts(root: Path) -> Dataset:
+    """train.h5 and test.h5; a validation file beside them (val.h5, validation.h5, …) joins
+    train, as a val/ folder does."""
+    names = sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith((".h5", ".hdf5")))
+    word = {n: containers.normalise_split(n.rpartition(".")[0]) for n in names}
+    other = [n for n in names if word[n] is None]
+    if other:
+        warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5 and test.h5, "
+                      f"and a validation file (val.h5) as train", stacklevel=3)
+    order = ["train.h5"] + [n for n in names if n != "train.h5" and word[n] == "train"]
+    order += [n for n in names if n != "test.h5" and word[n] == "test"] + ["test.h5"]
+    parts = [_h5(root / n) for n in order]
+    for part, n in zip(parts, order):
+        part.splits = [word[n]] * len(part)
+    labels = [lab for p in parts for lab in p.labels]
     return Dataset(
         name=root.name,
-        ids=train.ids + test.ids,
+        ids=[i for p in parts for i in p.ids],
         labels=labels,
-        splits=train.splits + test.splits,
+        splits=[s for p in parts for s in p.splits],
         classes=class_order(labels, None),
         sources=list(range(len(labels))),
-        array_source=source,
+        array_source=PartsSource([p.array_source for p in parts], [len(p) for p in parts]),  # one view of all
     )
-
-
-class _PairSource(ArraySource):
-    def __init__(self, a: ArraySource, b: ArraySource, n_a: int):
-        self.a, self.b, self.n_a = a, b, n_a
-
-    def __getstate__(self):
-        return self.__dict__
-
-    def get(self, i: int) -> np.ndarray:
-        return self.a.get(i) if i < self.n_a else self.b.get(i - self.n_a)
 
 
 def _digits() -> Dataset:

@@ -1,0 +1,115 @@
+"""HDF5 DATA (`images`, `labels`, optional `split`) and images held in arrays: what a `Dataset`
+reads its pixels from when they are not files (digits, an HDF5 file, train.h5 + test.h5)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from fne.data import containers
+from fne.data.labels import by_index, label_text
+from fne.errors import DataError
+
+
+class ArraySource:
+    """Images held in an array (digits) or an HDF5 dataset, opened lazily so workers can fork."""
+
+    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None, h5_name: str = "images"):
+        self._array = array
+        self.h5_path = h5_path
+        self.h5_name = h5_name
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self.h5_path is not None:
+            state["_array"] = None  # reopen in the worker; h5py handles do not pickle
+        return state
+
+    def _data(self):
+        if self._array is None:
+            import h5py
+
+            self._array = h5py.File(self.h5_path, "r")[self.h5_name]
+        return self._array
+
+    def get(self, i: int) -> np.ndarray:
+        return np.asarray(self._data()[i])
+
+    def key(self, i: int) -> str:
+        a = np.ascontiguousarray(self.get(i))
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+        return h.hexdigest()
+
+
+def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
+    """An HDF5 DATA file's image count, labels (text), split (train / test) and class names
+    (`labels.attrs["class_names"]`, or None); `DataError` naming the file when it is not one."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"HDF5 {path}: cannot open ({e})") from e
+    with f:
+        for name in ("images", "labels"):
+            if name not in f:
+                raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
+        images = f["images"]
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+            raise DataError(f"HDF5 {path}: images must be N×H×W or N×H×W×3, got shape {images.shape}")
+        n = images.shape[0]
+        raw = f["labels"][()]
+        if len(raw) != n:
+            raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
+        names = f["labels"].attrs.get("class_names")
+        try:
+            labels = [label_text(v) for v in raw]
+            if None in labels:
+                raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
+                                 f"{labels.index(None)}; give every image a label")
+            if names is not None:
+                names = [label_text(v) for v in names]
+                labels = by_index(labels, names, "labels.attrs['class_names']")
+        except ValueError as e:
+            raise DataError(f"HDF5 {path}: {e}") from None
+        splits = None
+        if "split" in f:
+            words = [decode_value(v).strip() for v in f["split"][()]]
+            splits = [{"0": "train", "1": "test"}.get(w) or containers.normalise_split(w) for w in words]
+            bad = sorted({w for w, s in zip(words, splits) if s is None})
+            if bad:
+                raise DataError(f"HDF5 {path}: dataset split has values {bad}; allowed: train, test, 0, 1 "
+                                f"(and validation, val, valid or dev, which count as train)")
+    if n == 0:
+        raise DataError(f"HDF5 {path}: has no images")
+    return n, labels, splits, names
+
+
+def decode_value(v) -> str:
+    """An HDF5 cell as text: bytes decoded, whole floats as ints."""
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+class PartsSource(ArraySource):
+    """Several HDF5 files read as one: item i of the k-th file is item starts[k] + i."""
+
+    def __init__(self, parts: list[ArraySource], sizes: list[int]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + sizes[:-1])
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def get(self, i: int) -> np.ndarray:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k].get(i - int(self.starts[k]))
