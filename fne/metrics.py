@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import json
 import platform
 import sys
 import warnings
@@ -82,6 +83,42 @@ def provenance(*options) -> dict:
             merged.update({k: v for k, v in dataclasses.asdict(o).items() if k not in merged})
         out["options"] = {k: _jsonable(v) for k, v in merged.items()}
     return out
+
+
+# What an extraction record keeps of the libraries that computed and decoded its rows.
+ROW_VERSIONS = ("fne", "torch", "torchvision", "timm", "pillow", "libjpeg-turbo")
+
+
+def store_extractions(records: list[dict]) -> list[dict]:
+    """Who computed a store's rows: its extraction records (`Store.records`) grouped by machine
+    and versions, for a fit's metrics.json (its own `provenance` is the fit's, not the rows').
+
+    Parameters
+    ----------
+    records : list of dict
+        The store's run records; those of kind ``extract`` that computed rows count.
+
+    Returns
+    -------
+    list of dict
+        One entry per distinct (``device``, ``gpu``, ``cpu``, versions of `ROW_VERSIONS`): the
+        images it computed (``images``) and its ``first`` and ``last`` dates, oldest first. A
+        record written before records kept a provenance has None for what it lacks.
+    """
+    groups: dict[str, dict] = {}
+    for r in records:
+        if r.get("kind") != "extract" or not r.get("n_computed"):
+            continue
+        p = r.get("provenance") or {}
+        who = {"device": r.get("device"), "gpu": (p.get("cuda") or {}).get("device"),
+               "cpu": (p.get("cpu") or {}).get("model"),
+               "versions": {n: (p.get("versions") or {}).get(n) for n in ROW_VERSIONS}}
+        g = groups.setdefault(json.dumps(who, sort_keys=True), {**who, "images": 0, "first": None, "last": None})
+        g["images"] += int(r["n_computed"])
+        if p.get("date"):
+            g["first"] = min(filter(None, (g["first"], p["date"])))
+            g["last"] = max(filter(None, (g["last"], p["date"])))
+    return sorted(groups.values(), key=lambda g: g["first"] or "")
 
 
 def _versions() -> dict:

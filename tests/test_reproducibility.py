@@ -161,6 +161,33 @@ def test_each_extraction_record_says_with_what_and_where_its_rows_were_computed(
     assert p["options"]["batch_size"] == 5 and p["options"]["precision"] == "fp32"
 
 
+def test_fit_says_who_computed_the_rows_it_read(tmp_path):
+    """metrics.json's `provenance` is the fit's own machine; the rows may come from another
+    (a GPU node, an older torch). `store_extractions` groups the store's extraction records."""
+    from fne.cache.spec import StoreSpec
+    from fne.extraction.extract import extract
+    from fne.linear.fit import fit
+
+    data = write_digits(tmp_path / "data", per_class=4, classes=2)
+    r = extract(data, cache=str(tmp_path / "c"), progress=False, **FAST)
+    store = StoreSpec(cache=str(tmp_path / "c"), **FAST).open()
+    (mine,) = store.records()
+    # a store filled elsewhere too: a GPU node's run, and a run recorded before records had a provenance
+    gpu = {**mine["provenance"], "cuda": {"device": "NVIDIA H200"}, "date": "2026-11-01T00:00:00+00:00"}
+    gpu["versions"] = {**gpu["versions"], "torch": "2.11.0+cu126"}
+    store.record({**mine, "device": "cuda:0", "n_computed": 40, "provenance": gpu})
+    store.record({"kind": "extract", "device": "cpu", "n_computed": 7})
+    store.record({**mine, "n_computed": 0})  # a run that computed nothing computed no row
+    m = fit(data, tmp_path / "run", cache=str(tmp_path / "c"), progress=False, **FAST)
+    got = m["store_extractions"]
+    assert [(g["device"], g["gpu"], g["images"]) for g in got] == [
+        ("cpu", None, 7), ("cuda:0", "NVIDIA H200", 40), ("cpu", None, r.n_computed)]
+    assert got[0]["versions"]["torch"] is None and got[1]["versions"]["torch"] == "2.11.0+cu126"
+    assert got[2]["versions"] == {k: mine["provenance"]["versions"].get(k) for k in got[2]["versions"]}
+    assert got[2]["first"] == got[2]["last"] == mine["provenance"]["date"]
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["store_extractions"] == got
+
+
 def test_train_metrics_hold_the_same_provenance(digits_split, tmp_path):
     from fne.training.train import train
 

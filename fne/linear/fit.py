@@ -30,7 +30,7 @@ from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
-from fne.metrics import provenance, split_scores
+from fne.metrics import provenance, split_scores, store_extractions
 from fne.options import FitOptions, ForwardOptions
 from fne.progress import progress
 
@@ -184,6 +184,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
         **provenance(spec, o, ext),
+        "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }
     if auto:
         metrics["selection"] = selection.summary(chosen)
