@@ -338,6 +338,8 @@ def _terminate(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
+    A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback."""
     from fne.errors import FneError
 
     argv = sys.argv[1:] if argv is None else list(argv)

@@ -108,6 +108,7 @@ def cpu_bf16_native() -> bool:
 
 
 def autocast(device: torch.device, precision: str):
+    """The autocast context of `precision` (fp32: autocast off; bf16, fp16) on `device`'s type."""
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -124,6 +125,8 @@ COMPILE_AUTO_MIN_IMAGES = {"cpu": 20_000, "cuda": 1_000_000}
 
 
 def resolve_compile(compile: bool | str, n_images: int, device: torch.device) -> bool:
+    """Whether to `torch.compile` (on / off, or auto: for runs of at least
+    `COMPILE_AUTO_MIN_IMAGES` images on `device`'s type); `FneError` for another value."""
     if compile in (True, "on", "true", "yes"):
         return True
     if compile in (False, None, "off", "false", "no"):

@@ -78,10 +78,12 @@ def int_or_auto(s: str) -> int | str:
 
 
 def at_least(n: float, kind: str = "an integer") -> dict:
+    """An option's bound: values >= n (`kind` names what it takes in the message)."""
     return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}
 
 
 def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
+    """An option's bound: values in (lo, hi), or [lo, hi) with `closed_lo`."""
     if closed_lo:
         return {"check": lambda v: lo <= v < hi, "bound": f"in [{lo}, {hi})"}
     return {"check": lambda v: lo < v < hi, "bound": f"in ({lo}, {hi})"}
@@ -258,6 +260,7 @@ def _opts(cls) -> list[tuple[dataclasses.Field, Opt]]:
 
 
 def flag(f: dataclasses.Field) -> str:
+    """A field's command-line flag: its `Opt.flag`, else `--` and its name with dashes."""
     o = f.metadata.get("opt", Opt())
     return o.flag or "--" + f.name.replace("_", "-")
 
@@ -300,6 +303,7 @@ def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
 
 
 def names(*classes, cli_only: bool = False) -> list[str]:
+    """The field names of `classes`' options, in order (`cli_only`: those the CLI declares)."""
     return [f.name for cls in classes for f, o in _opts(cls) if o.cli or not cli_only]
 
 

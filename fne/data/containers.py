@@ -259,6 +259,8 @@ def split_of_name(path: str, root: str | None = None) -> str | None:
 
 
 def normalise_split(value: str) -> str | None:
+    """A split word as fne reads it (`train`, `Test`, `validation`, `dev`, ...) -> train or test
+    (validation words count as train); None for any other word."""
     return _SPLIT_WORDS.get(str(value).strip().lower())
 
 

@@ -111,6 +111,7 @@ _HF_RE = re.compile(r"^hf:(?P<name>[\w.\-]+(?:/[\w.\-]+)?)(?::(?P<config>[\w.\-]
 
 
 def parse_hf(spec: str) -> tuple[str, str | None, str | None]:
+    """`hf:NAME[:CONFIG][@SPLIT]` -> (NAME, CONFIG or None, SPLIT or None); `DataError` otherwise."""
     m = _HF_RE.match(spec)
     if not m:
         raise DataError(f"DATA {spec!r}: expected hf:NAME[:CONFIG][@SPLIT], e.g. hf:nelorth/oxford-flowers@train")
@@ -139,6 +140,8 @@ def hub_cli() -> str:
 
 
 def hf_download_hint(spec: str, cache: str | Path | None = None) -> str:
+    """How to get `hf:` DATA without a network here: the hub command to run elsewhere, or
+    the cache folder a run with a network fills."""
     name, config, _ = parse_hf(spec)
     folder = hf_folder(spec, cache)
     return (f"download it where there is a network (`{hub_cli()} download {name} --repo-type dataset "
@@ -147,6 +150,7 @@ def hf_download_hint(spec: str, cache: str | Path | None = None) -> str:
 
 
 def hf_available(spec: str, cache: str | Path | None = None) -> bool:
+    """Whether `hf:` DATA is already kept as Parquet files in the cache (read with no network)."""
     return (hf_folder(spec, cache) / ".complete").is_file()
 
 

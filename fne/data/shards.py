@@ -67,6 +67,7 @@ def shard_of(dataset: Dataset, n: int) -> list[int]:
 
 
 def members(dataset: Dataset, shard: tuple[int, int] | None) -> list[int]:
+    """The indices of `dataset` that `shard` = (index, count) holds; every index when None."""
     if shard is None:
         return list(range(len(dataset)))
     return [i for i, s in enumerate(shard_of(dataset, shard[1])) if s == shard[0]]

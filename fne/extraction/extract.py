@@ -52,6 +52,9 @@ from fne.progress import progress as progress_bar
 
 @dataclass
 class ExtractResult:
+    """What one `fne extract` did: counts of images, rows cached, computed and skipped (each
+    skipped image with its reason), and its speed."""
+
     store: str
     n_images: int  # images this process was given (its shard's, when sharded)
     n_unique: int  # distinct contents among them

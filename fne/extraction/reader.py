@@ -153,6 +153,7 @@ def named_decode(data: bytes, name: str) -> Image.Image:
 
 
 def why_unreadable(e: Exception, data: bytes | None = None) -> str:
+    """One line saying why an image could not be read (`data`: its bytes, to tell an empty file)."""
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):

@@ -45,6 +45,7 @@ def make_head(kind: str, C: float = 1.0, seed: int = 0, n_samples: int | None = 
 
 
 def parse_C(C: str | float) -> float | str:
+    """`--C` as a float > 0, or "auto" (chosen by cross-validation); `OptionError` otherwise."""
     if isinstance(C, str) and C.lower() == "auto":  # chosen by cross-validation: fne.linear.selection
         return "auto"
     try:

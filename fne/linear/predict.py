@@ -28,6 +28,8 @@ MODEL_FORMAT = 2
 
 
 def load_model(run_dir: str | Path) -> dict:
+    """A `fne fit` run folder's model.joblib (the pipeline, labels and the store it read);
+    `FneError` naming the folder when it has none or one of another format."""
     path = Path(run_dir) / "model.joblib"
     if not path.is_file():
         raise FneError(f"{run_dir}: no model.joblib or model.pt (is it a `fne fit` or `fne train` run folder?)")

@@ -285,6 +285,9 @@ def walk_grid(grid, evaluate, centre: float = 1.0) -> None:
 
 @dataclass
 class Selection:
+    """What `--features/--head/--C auto` chose on one split's training rows: the candidate, C,
+    every candidate's CV scores, the winner against the runner-up, folds and seconds."""
+
     choice: Candidate
     C: float
     table: list[dict]

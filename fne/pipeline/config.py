@@ -108,6 +108,9 @@ class Checks:
 
 @dataclass
 class DatasetCfg:
+    """One `[datasets.KEY]` of a pipeline file: DATA, as resolved and as written, and its
+    protocol overrides (splits, test size, images per class, class map)."""
+
     key: str
     data: str  # resolved: "digits" or an absolute path
     spec: str  # as written
@@ -128,6 +131,9 @@ class DatasetCfg:
 
 @dataclass
 class BackboneCfg:
+    """One `[[backbones]]` entry of a pipeline file: the store it reads (arch, weights, crop,
+    precision, storage dtype) and the features its fit steps use."""
+
     arch: str
     weights: str
     crop: str = "center"
@@ -141,6 +147,8 @@ class BackboneCfg:
 
 @dataclass
 class Pipeline:
+    """A pipeline file, validated: its datasets, backbones, fit and train settings and the run's settings."""
+
     file: Path
     name: str
     description: str = ""

@@ -66,6 +66,7 @@ class Locator:
 
 
 def dotted(path: tuple) -> str:
+    """A key path as the file writes it (`backbones[1].arch`, quoting keys that need it)."""
     out = []
     for p in path:
         if isinstance(p, int):
@@ -76,6 +77,9 @@ def dotted(path: tuple) -> str:
 
 
 class Errors:
+    """Every problem of a pipeline file, each with its line and key path, raised together
+    (`raise_if_any`) rather than one per run."""
+
     def __init__(self, file: Path, loc: Locator):
         self.file, self.loc, self.items = file, loc, []
 

@@ -570,6 +570,7 @@ def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`fne run`'s command-line arguments."""
     parser.add_argument("pipeline", help="a pipelines/*.toml file")
     parser.add_argument("--out", default=None, help="run folder (default: the file's pipeline.out, else runs/NAME)")
     parser.add_argument("--cache", default=None, help="cache folder (default: the file's pipeline.cache, "
@@ -583,6 +584,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
+    """`fne run` from parsed arguments (`run`); -> the exit status."""
     run(args.pipeline, args.out, args.cache, force=args.force, dry_run=args.dry_run, report=args.report,
         device=args.device, workers=args.workers)
     sys.stdout.flush()

@@ -20,6 +20,7 @@ STEP_FORMAT = 1
 
 
 def config_hash(cfg: dict) -> str:
+    """A step's settings as a short, stable hash (its folder is done when the hash matches)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -57,6 +58,9 @@ def changes(old: dict, new: dict, limit: int = 4) -> str:
 
 @dataclass
 class Step:
+    """One step of a pipeline (advise, fit or train) of a dataset and a backbone: its folder,
+    its settings (hashed: a changed setting reruns it) and the verb's keywords."""
+
     kind: str  # advise | fit | train
     dataset: DatasetCfg
     backbone: BackboneCfg

@@ -38,6 +38,7 @@ RUN_DEFINING = ("mode", "arch", "weights", "weights_seed", "new_layers", "train_
 
 
 def seed_all(s: int) -> None:
+    """Seed Python's, numpy's and torch's global generators with `s`."""
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
@@ -64,6 +65,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore the generators' states saved in a checkpoint (`rng_state`): torch, Python,
+    numpy and, where present, CUDA's."""
     torch.set_rng_state(state["torch"])
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))

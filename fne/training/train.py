@@ -404,6 +404,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    """`fne train` from parsed arguments (`train`); prints its one-line summary; -> the exit status."""
     kw = options.from_args(args, TrainConfig)
     m = train(args.data, kw.pop("mode"), kw.pop("out"), **kw)
     if m["mode"] == "direct":

@@ -65,6 +65,8 @@ def source_state(arch: str, weights: str, weights_seed: int = 0, device: torch.d
 
 # The two functions below are the only ones that know which layers are the classifier.
 def new_layer_names(backbone: backbones.Backbone, mode: str, new_layers: str) -> tuple[str, ...]:
+    """The layers a `mode` renews: none for direct, the hidden fc layers (VGG's fc6, fc7) and
+    the classifier for `--new-layers fc`, the classifier alone for `last`; `FneError` for another value."""
     if mode == "direct":
         return ()
     if new_layers not in NEW_LAYERS:
