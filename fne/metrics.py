@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import platform
 import sys
@@ -23,6 +24,15 @@ def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tupl
         mca = float(balanced_accuracy_score(y_true, y_pred))
     scores = {"accuracy": float(accuracy_score(y_true, y_pred)), "mean_class_accuracy": mca}
     return scores, confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+
+
+def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
+    """What a paired test (`fne.linear.compare`) needs of one split, kept in metrics.json by
+    `fne fit` and `fne train` alike: which test images were classified correctly ("1"/"0" in
+    test order) and a hash of those images' ids in that order."""
+    ids = [str(i) for i in ids]
+    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
+            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
 
 
 def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], scores: np.ndarray):

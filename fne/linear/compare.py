@@ -14,7 +14,6 @@ the verdict is "no clear winner".
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+SAME = 1e-12  # accuracies that differ by less are equal: far below 1 / any number of test images
 
 
 def corrected_paired_t(a, b, test_train_ratio: float = 0.0) -> dict:
@@ -38,8 +38,11 @@ def corrected_paired_t(a, b, test_train_ratio: float = 0.0) -> dict:
     if k < 2:
         return out
     var = float(d.var(ddof=1))
-    if var == 0.0:  # every split differs by the same amount: no spread for a t-test to judge by,
-        # so the exact sign test, which needs none (2 splits: p = 0.5; the t-test would say 0)
+    if np.ptp(d) <= SAME:  # every split differs by the same amount (but for float rounding: 0.9 - 0.8
+        # and 0.8 - 0.7 differ in the last bit): no spread for a t-test to judge by, so the exact
+        # sign test, which needs none (2 splits: p = 0.5; the t-test would say 0)
+        mean = 0.0 if abs(mean) <= SAME else mean
+        out["mean_diff"] = mean
         out["t"] = 0.0 if mean == 0 else math.copysign(math.inf, mean)
         out["p"] = 1.0 if mean == 0 else min(1.0, 2 * 0.5 ** k)
         if mean != 0:
@@ -69,14 +72,34 @@ def verdict(result: dict, alpha: float = ALPHA) -> str:
     return "no clear winner"
 
 
-def describe(result: dict, winner: str, runner_up: str) -> str:
-    """One sentence: the verdict, the test and its p-value."""
-    v = verdict(result)
-    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.1f} points "
-              f"over {result['n']} {'test images' if result['test'].startswith('McNemar') else 'splits'}")
+def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA) -> str:
+    """One sentence: the verdict, the test (two-sided), its p-value against `alpha`, the difference.
+
+    Parameters
+    ----------
+    result : dict
+        `corrected_paired_t` or `mcnemar`'s result, winner minus runner-up.
+    winner, runner_up : str
+        The two methods' names.
+    alpha : float
+        The level the p-value is judged at (`verdict`).
+
+    Returns
+    -------
+    str
+        "WINNER beats the runner-up RUNNER_UP beyond noise (TEST test, two-sided p = P < α = 0.05;
+        difference ...)" or "no clear winner: WINNER vs RUNNER_UP (... p = P ≥ α = 0.05; ...)".
+    """
+    v = verdict(result, alpha)
+    mcn = result["test"].startswith("McNemar")
+    name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn else "")
+    detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
+              f"difference {100 * result['mean_diff']:+.1f} points over {result['n']} "
+              + (f"test images, {result['only_a']} vs {result['only_b']} classified right by only one of them"
+                 if mcn else "splits"))
     if v == "no clear winner":
         return f"no clear winner: {winner} vs {runner_up} ({detail})"
-    return f"{winner} {v} {runner_up} ({detail})"
+    return f"{winner} beats the runner-up {runner_up} beyond noise ({detail})"
 
 
 # ---------------------------------------------------------- runs on disk (fne report)
@@ -90,25 +113,21 @@ def predictions_writer(dataset, y: np.ndarray, preds) -> Callable[[Path], None]:
                        for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
 
 
-def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
-    """What a paired test needs of one split, kept in metrics.json: which test images were
-    classified correctly ("1"/"0" in test order) and a hash of those images' ids."""
-    ids = [str(i) for i in ids]
-    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
-            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
-
-
 def _split_accuracies(m: dict) -> list[float] | None:
     vals = [x.get("accuracy") for x in m.get("splits") or []]
     return vals if vals and all(isinstance(v, (int, float)) for v in vals) else None
 
 
 def _same_splits(m1: dict, m2: dict) -> bool:
-    keys = ("split_protocol", "seed", "n_images", "n_splits", "data")
-    if not all(m1.get(k) == m2.get(k) for k in keys):
-        return False
+    """Were the two runs scored on the same test images, split by split? The settings that draw
+    the splits agree and so do the test images' hashes; a predefined split is DATA's own, so
+    there the seed (which moves only the training) need not agree."""
     h1 = [s.get("test_hash") for s in m1.get("splits") or []]
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
+    predefined = m1.get("split_protocol") == "predefined" and all(h1)
+    keys = ("split_protocol", "n_images", "n_splits", "data") + (() if predefined else ("seed",))
+    if not all(m1.get(k) == m2.get(k) for k in keys):
+        return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
 

@@ -30,7 +30,7 @@ from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
-from fne.metrics import provenance, split_scores
+from fne.metrics import provenance, split_record, split_scores
 from fne.options import FitOptions, ForwardOptions
 from fne.progress import progress
 
@@ -169,7 +169,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         pipe = fit_head(final.rows, final.kind, final.head, Cs[0] if final.C == "auto" else final.C, y,
                         np.arange(len(y)), o.seed, **how)[0]
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
-        s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
+        s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         **_scores(per_split, confusion),

@@ -1,0 +1,116 @@
+"""The figures a researcher reports: each statistic against a reference (scipy, or the textbook
+formula by hand) on small hand-made cases, and the edge cases of the tests behind a verdict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fne.linear import compare
+from fne.metrics import split_record, split_scores
+
+from .conftest import FAST, write_digits
+
+
+# ------------------------------------------------------------- paired tests
+def test_the_same_difference_on_every_split_is_the_sign_test_whatever_the_float_rounding():
+    """0.9 - 0.8 and 0.8 - 0.7 differ in the last bit: that is no spread for a t-test to divide
+    by (it said p = 1e-31), but the same difference on every split: the exact sign test."""
+    r = compare.corrected_paired_t([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
+    assert r["test"].startswith("sign test") and r["p"] == 0.25 and compare.verdict(r) == "no clear winner"
+    counts = np.array([[83, 80], [86, 83], [79, 76], [90, 87], [81, 78]])  # 93 test images, 3 more right each
+    r = compare.corrected_paired_t(counts[:, 0] / 93, counts[:, 1] / 93, 93 / 277)
+    assert r["test"].startswith("sign test") and r["p"] == 2 * 0.5 ** 5 and compare.verdict(r) == "no clear winner"
+    r = compare.corrected_paired_t([0.1 + 0.2, 0.5], [0.3, 0.5])  # equal but for rounding: no difference
+    assert r["p"] == 1.0 and r["mean_diff"] == 0.0
+
+
+def test_corrected_t_against_the_textbook_formula_and_scipy():
+    """Nadeau & Bengio: t = mean(d) / sqrt((1/k + n_test/n_train) * var(d, ddof=1)), k - 1 degrees
+    of freedom; with no correction it is scipy's paired t-test."""
+    a = np.array([0.81, 0.84, 0.79, 0.86, 0.83, 0.80])
+    b = np.array([0.78, 0.83, 0.80, 0.82, 0.80, 0.79])
+    d = a - b
+    for ratio in (0.0, 0.25 / 0.75, 1.0):
+        t = d.mean() / np.sqrt((1 / 6 + ratio) * d.var(ddof=1))
+        r = compare.corrected_paired_t(a, b, ratio)
+        assert np.isclose(r["t"], t) and r["df"] == 5 and np.isclose(r["p"], 2 * stats.t.sf(abs(t), 5))
+    ref = stats.ttest_rel(a, b)
+    assert np.isclose(compare.corrected_paired_t(a, b)["p"], ref.pvalue)
+    assert np.isclose(compare.corrected_paired_t(b, a)["t"], -ref.statistic)  # the sign follows a - b
+
+
+@pytest.mark.parametrize("only_a,only_b,both", [(0, 0, 5), (3, 3, 4), (7, 1, 0), (1, 7, 2), (12, 2, 30), (40, 25, 1)])
+def test_mcnemar_is_the_exact_two_sided_binomial_test_on_the_discordant_images(only_a, only_b, both):
+    a = np.array([1] * only_a + [0] * only_b + [1] * both + [0] * 3, dtype=bool)
+    b = np.array([0] * only_a + [1] * only_b + [1] * both + [0] * 3, dtype=bool)
+    r = compare.mcnemar(a, b)
+    n = only_a + only_b
+    ref = 1.0 if n == 0 else stats.binomtest(only_a, n, 0.5, alternative="two-sided").pvalue
+    assert np.isclose(r["p"], ref, rtol=1e-12) and (r["only_a"], r["only_b"]) == (only_a, only_b)
+    assert r["n"] == len(a) and np.isclose(r["mean_diff"], (only_a - only_b) / len(a))
+
+
+def test_the_verdict_names_the_test_its_sidedness_and_alpha():
+    r = compare.corrected_paired_t([0.90, 0.91, 0.89, 0.90, 0.92], [0.84, 0.85, 0.83, 0.84, 0.85], 1 / 3)
+    text = compare.describe(r, "fne+svm", "fc7+svm")
+    assert text.startswith("fne+svm beats the runner-up fc7+svm beyond noise (corrected paired t-test, two-sided p = ")
+    assert "< α = 0.05; difference +6.2 points over 5 splits)" in text
+    a = np.array([1] * 8 + [0] * 2 + [1] * 50, dtype=bool)
+    b = np.array([0] * 8 + [1] * 2 + [1] * 50, dtype=bool)
+    text = compare.describe(compare.mcnemar(a, b), "x", "y")
+    assert text == ("no clear winner: x vs y (McNemar exact test, two-sided p = 0.109 ≥ α = 0.05; difference "
+                    "+10.0 points over 60 test images, 8 vs 2 classified right by only one of them)")
+    assert compare.describe(compare.mcnemar(a, b), "x", "y", alpha=0.2).startswith("x beats the runner-up y")
+
+
+def test_a_predefined_split_pairs_runs_whatever_their_seeds():
+    """The seed draws random splits, not DATA's own: two runs of one predefined split are scored
+    on the same test images (the hashes say so) and are compared; random splits of other seeds are not."""
+    ids, y = [f"img{i}" for i in range(20)], np.zeros(20, dtype=int)
+
+    def run(correct, seed, protocol="predefined"):
+        return {"split_protocol": protocol, "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
+                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, y, np.where(correct, 0, 1))}]}
+
+    a, b = np.ones(20, bool), np.r_[np.zeros(8, bool), np.ones(12, bool)]
+    r = compare.compare_runs(run(a, 0), run(b, 1))
+    assert r is not None and r["test"] == "McNemar exact" and (r["only_a"], r["only_b"]) == (8, 0)
+    assert compare.compare_runs(run(a, 0, "1x stratified test_size=0.25"), run(b, 1, "1x stratified test_size=0.25")) is None
+
+
+# ------------------------------------------------------------- per-split scores
+def test_split_scores_with_a_class_absent_from_the_test_split_and_one_image_per_class():
+    """Mean class accuracy averages the recall of the classes present in the test split (a class
+    with no test image has no recall, whatever was predicted as it); one image per class works."""
+    y, p = np.array([0, 0, 0, 1]), np.array([0, 0, 2, 0])  # class 2 absent from the test, once predicted
+    s, conf = split_scores(y, p, 3)
+    assert s["accuracy"] == 0.5 and np.isclose(s["mean_class_accuracy"], (2 / 3 + 0) / 2)
+    assert conf.shape == (3, 3) and conf[0, 2] == 1 and conf.sum() == 4
+    s, _ = split_scores(np.arange(4), np.array([0, 1, 2, 0]), 4)
+    assert s["accuracy"] == 0.75 == s["mean_class_accuracy"]
+
+
+# ------------------------------------------------------------- fit against train
+def test_fit_and_train_on_one_predefined_split_are_compared_image_by_image(tmp_path):
+    """`fne train` records which test images it got right, as `fne fit` does, so that a fit and a
+    train run of one predefined split get McNemar's test (before: no test applied between them)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import fne
+
+    data = write_digits(tmp_path / "data", per_class=9, classes=3, split=True)
+    m1 = fne.fit(data, out=tmp_path / "runs" / "fit", features="last", head="logreg", cache=str(tmp_path / "cache"),
+                 extract_missing=True, progress=False, **FAST)
+    m2 = fne.train(data, out=tmp_path / "runs" / "train", mode="frozen", arch="efficientnet_lite0", weights="random",
+                   epochs=1, image_size=32, batch_size=32, workers=0, val_fraction=0, progress=False, seed=3)
+    s1, s2 = m1["splits"][0], m2["splits"][0]
+    assert s2["test_hash"] == s1["test_hash"] and len(s2["correct"]) == m2["n_test"] == 9
+    assert s2["correct"].count("1") / 9 == m2["accuracy"]
+    rows = (tmp_path / "runs" / "train" / "predictions.csv").read_text().splitlines()[1:]
+    assert "".join("1" if r.split(",")[1] == r.split(",")[-1] else "0" for r in rows) == s2["correct"]
+    r = compare.compare_runs(m1, m2)
+    assert r is not None and r["test"] == "McNemar exact" and r["n"] == 9
+    assert json.loads((tmp_path / "runs" / "train" / "metrics.json").read_text())["splits"][0] == s2
