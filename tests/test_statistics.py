@@ -114,3 +114,25 @@ def test_fit_and_train_on_one_predefined_split_are_compared_image_by_image(tmp_p
     r = compare.compare_runs(m1, m2)
     assert r is not None and r["test"] == "McNemar exact" and r["n"] == 9
     assert json.loads((tmp_path / "runs" / "train" / "metrics.json").read_text())["splits"][0] == s2
+
+
+# ------------------------------------------------------------- the report's verdict
+def test_the_winner_must_beat_every_method_it_is_paired_with_not_only_the_runner_up(tmp_path):
+    """Five shared splits: fne+svm beats the steady runner-up on every split (p < 0.05), but a
+    noisier third method, lower on average, is within noise of it: no clear winner, said of that
+    method. Without the third, the same two runs name the winner."""
+    from .test_report import _splits, _verdict_report, fake_metrics
+
+    x = [0.90, 0.91, 0.89, 0.90, 0.92]
+    runs = {"a": fake_metrics("fne+svm", 0.904, 0.01, 0.9, 0.01, splits=_splits(x)),
+            "b": fake_metrics("fc7+svm", 0.842, 0.01, 0.84, 0.01, splits=_splits([0.84, 0.85, 0.83, 0.84, 0.85])),
+            "c": fake_metrics("last+svm", 0.836, 0.1, 0.83, 0.1, splits=_splits([0.95, 0.70, 0.93, 0.70, 0.90]))}
+    ds, md, _ = _verdict_report(tmp_path / "three", runs, advice=True)
+    assert [r["method"] for r in ds["rows"]] == ["fne+svm", "fc7+svm", "last+svm"]
+    assert ds["verdict"]["kind"] == "unclear"
+    assert ds["winner_test"].startswith("no clear winner: fne+svm vs last+svm (corrected paired t-test")
+    assert ", though fne+svm beats the runner-up fc7+svm beyond noise (" in ds["winner_test"]
+    assert "Highest accuracy, but no clear winner: **fne+svm**" in md and "neither confirm nor contradict" in md
+    del runs["c"]
+    ds, md, _ = _verdict_report(tmp_path / "two", runs)
+    assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md

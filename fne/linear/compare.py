@@ -8,8 +8,11 @@
 * One predefined split: McNemar's exact test on the images that exactly one of the two
   methods classified correctly (binomial, p = 1/2, two-sided).
 
-A winner "beats the runner-up beyond noise" when its mean is higher and p < ALPHA; otherwise
-the verdict is "no clear winner".
+Both tests are two-sided, at ALPHA = 0.05. A winner "beats the runner-up beyond noise" when its
+mean is higher and p < ALPHA; otherwise the verdict is "no clear winner". `fne report` names a
+winner only if it also beats, each at ALPHA, every other method it can be paired with (an
+intersection-union test, which needs no correction for the number of methods: the claim
+"better than all" fails as soon as one of its pairwise tests does).
 """
 
 from __future__ import annotations
@@ -149,18 +152,36 @@ def compare_runs(m1: dict, m2: dict) -> dict | None:
 
 
 def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> str | None:
-    """A report line for the two best ranked rows of one dataset, or None where no test applies."""
+    """A report line for the two best ranked rows of one dataset, or None where no test applies.
+
+    The best row is called the winner only if it beats every other row it can be paired with, each
+    at ALPHA (an intersection-union test: "better than all" needs every one of its pairwise tests,
+    and no correction for their number): a lower-ranked row whose test cannot tell it from the
+    best (a noisier method) makes it "no clear winner", said of that row."""
     ranked = [r for r in rows if r.get("accuracy") is not None and not r.get("partial")]
     if len(ranked) < 2:
         return None
-    ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in ranked[:2]]
+    result = _row_test(ranked[0], ranked[1], metrics_by_path)
+    if result is None:
+        return None
+    first = describe(result, ranked[0]["method"], ranked[1]["method"])
+    if verdict(result) == "no clear winner":
+        return first
+    for other in ranked[2:]:
+        r = _row_test(ranked[0], other, metrics_by_path)
+        if r is not None and verdict(r) == "no clear winner":
+            return f"{describe(r, ranked[0]['method'], other['method'])}, though {first}"
+    return first
+
+
+def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict | None:
+    """The paired test of two report rows (their runs' metrics), or None where none applies."""
+    ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in (row1, row2)]
     if any(None in runs for runs in ms):
         return None
     if len(ms[0]) == 1 and len(ms[1]) == 1:
-        result = compare_runs(ms[0][0], ms[1][0])
-    else:
-        result = _pooled(ms[0], ms[1])
-    return None if result is None else describe(result, ranked[0]["method"], ranked[1]["method"])
+        return compare_runs(ms[0][0], ms[1][0])
+    return _pooled(ms[0], ms[1])
 
 
 def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
