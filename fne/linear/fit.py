@@ -236,7 +236,8 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
-    """Accuracy and mean class accuracy over the splits (mean ± std), sizes, confusion."""
+    """Accuracy and mean class accuracy over the splits (mean ± population std, ddof 0: one split
+    gives 0.0), sizes, confusion."""
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
     return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
