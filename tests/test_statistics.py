@@ -136,3 +136,20 @@ def test_the_winner_must_beat_every_method_it_is_paired_with_not_only_the_runner
     del runs["c"]
     ds, md, _ = _verdict_report(tmp_path / "two", runs)
     assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md
+
+
+def test_fit_prints_a_spread_only_over_several_splits(digits_folder, warm_cache, tmp_path, capsys):
+    """One split has no spread: `fne fit` printed "accuracy 0.9833 ± 0.0000"; now the ± comes
+    with several splits only, for accuracy and mean class accuracy alike (as the report's tables)."""
+    from fne.cli import main
+
+    args = ["fit", str(digits_folder), "--features", "last", "--head", "logreg", "--cache", str(warm_cache),
+            "--arch", FAST["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype", "float32"]
+    assert main([*args, "--splits", "1", "--out", str(tmp_path / "one")]) == 0
+    line = capsys.readouterr().out.splitlines()[-2]
+    assert "±" not in line and "(1 split(s)," in line
+    assert main([*args, "--splits", "2", "--out", str(tmp_path / "two")]) == 0
+    m = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    line = capsys.readouterr().out.splitlines()[-2]
+    assert f"accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, " in line
+    assert f"mean class accuracy {m['mean_class_accuracy']:.4f} ± {m['mean_class_accuracy_std']:.4f} (2 split(s)" in line
