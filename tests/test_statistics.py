@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from fne.linear import compare
-from fne.metrics import split_record, split_scores
+from fne.metrics import accuracy_interval, split_record, split_scores
 
 from .conftest import FAST, write_digits
 
@@ -94,6 +94,24 @@ def test_split_scores_with_a_class_absent_from_the_test_split_and_one_image_per_
     assert s["accuracy"] == 0.75 == s["mean_class_accuracy"]
 
 
+def test_accuracy_interval_wilson_on_one_split_corrected_t_over_several():
+    """One split: the Wilson score interval, by the textbook formula; several random splits: the
+    mean ± t(k-1) sqrt((1/k + n_test/n_train) s^2) of Nadeau & Bengio, wider than the naive one."""
+    r = accuracy_interval([{"accuracy": 236 / 240, "n_train": 720, "n_test": 240}])
+    z, n, p = stats.norm.ppf(0.975), 240, 236 / 240
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert np.isclose(r["low"], centre - half) and np.isclose(r["high"], centre + half)
+    assert r["method"] == "Wilson score interval over 240 test images" and r["level"] == 0.95
+    acc = np.array([0.86, 0.88, 0.84, 0.91, 0.89])
+    r = accuracy_interval([{"accuracy": a, "n_train": 277, "n_test": 93} for a in acc])
+    half = stats.t.ppf(0.975, 4) * np.sqrt((1 / 5 + 93 / 277) * acc.var(ddof=1))
+    assert np.isclose(r["low"], acc.mean() - half) and np.isclose(r["high"], acc.mean() + half)
+    naive = stats.t.interval(0.95, 4, loc=acc.mean(), scale=stats.sem(acc))
+    assert r["low"] < naive[0] and r["high"] > naive[1] and "Nadeau & Bengio" in r["method"]
+    r = accuracy_interval([{"accuracy": a, "n_train": 5, "n_test": 50} for a in (0.2, 0.9)])
+    assert r["low"] == 0.0 and r["high"] == 1.0  # clipped to what an accuracy can be
+
+
 # ------------------------------------------------------------- fit against train
 def test_fit_and_train_on_one_predefined_split_are_compared_image_by_image(tmp_path):
     """`fne train` records which test images it got right, as `fne fit` does, so that a fit and a
@@ -113,6 +131,8 @@ def test_fit_and_train_on_one_predefined_split_are_compared_image_by_image(tmp_p
     assert "".join("1" if r.split(",")[1] == r.split(",")[-1] else "0" for r in rows) == s2["correct"]
     r = compare.compare_runs(m1, m2)
     assert r is not None and r["test"] == "McNemar exact" and r["n"] == 9
+    for m in (m1, m2):  # the same interval, computed the same way, in both
+        assert m["accuracy_ci"] == accuracy_interval(m["splits"]) and m["accuracy_ci"]["method"].startswith("Wilson")
     assert json.loads((tmp_path / "runs" / "train" / "metrics.json").read_text())["splits"][0] == s2
 
 

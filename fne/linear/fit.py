@@ -30,7 +30,7 @@ from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
-from fne.metrics import provenance, split_record, split_scores
+from fne.metrics import accuracy_interval, provenance, split_record, split_scores
 from fne.options import FitOptions, ForwardOptions
 from fne.progress import progress
 
@@ -240,7 +240,7 @@ def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
     gives 0.0), sizes, confusion."""
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
-    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
+    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()), "accuracy_ci": accuracy_interval(per_split),
             "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
             "splits": per_split, "n_splits": len(per_split),
             "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
