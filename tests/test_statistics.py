@@ -173,3 +173,26 @@ def test_fit_prints_a_spread_only_over_several_splits(digits_folder, warm_cache,
     line = capsys.readouterr().out.splitlines()[-2]
     assert f"accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, " in line
     assert f"mean class accuracy {m['mean_class_accuracy']:.4f} ± {m['mean_class_accuracy_std']:.4f} (2 split(s)" in line
+
+
+def test_single_splits_on_other_test_images_get_fishers_exact_test(tmp_path):
+    """Two runs of one split each, on different test images (other seeds): no pairing, and no
+    spread to compare a lead with; before, any lead was a "Measured winner" with no test. Now
+    Fisher's exact test (unpaired, two-sided) decides, and the verdict says which test it was."""
+    from .test_report import _verdict_report, fake_metrics
+
+    def one(method, acc, n, seed):
+        return fake_metrics(method, acc, 0.0, acc, 0.0, seed=seed, n_test=n, split_protocol="1x stratified",
+                            splits=[{"accuracy": acc, "mean_class_accuracy": acc, "n_train": 30, "n_test": n}])
+
+    ds, md, _ = _verdict_report(tmp_path / "small", {"a": one("fne+svm", 0.9, 10, 0), "b": one("last+svm", 0.7, 10, 1)},
+                                advice=True)
+    p = stats.fisher_exact([[9, 1], [7, 3]]).pvalue
+    assert ds["verdict"]["kind"] == "unclear" and "Measured winner" not in md
+    assert ds["winner_test"] == (f"no clear winner: fne+svm vs last+svm (Fisher exact test, two-sided p = {p:.3g} ≥ "
+                                 f"α = 0.05; difference +20.0 points over 10 and 10 test images, unpaired (the runs "
+                                 f"were not scored on the same test images))")
+    assert "neither confirm nor contradict the advice" in md
+    ds, md, _ = _verdict_report(tmp_path / "large", {"a": one("fne+svm", 0.9, 200, 0), "b": one("last+svm", 0.7, 200, 1)})
+    assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md
+    assert np.isclose(compare.fisher(0.9, 200, 0.7, 200)["p"], stats.fisher_exact([[180, 20], [140, 60]]).pvalue)

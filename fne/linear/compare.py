@@ -7,6 +7,9 @@
   by (1/k + n_test/n_train) instead of 1/k. With test_train_ratio = 0 it is the plain test.
 * One predefined split: McNemar's exact test on the images that exactly one of the two
   methods classified correctly (binomial, p = 1/2, two-sided).
+* One split each, but not the same test images (other seeds, other protocols): no pairing, so
+  Fisher's exact test of the two accuracies (unpaired, two-sided; conservative where the test
+  sets overlap).
 
 Both tests are two-sided, at ALPHA = 0.05. A winner "beats the runner-up beyond noise" when its
 mean is higher and p < ALPHA; otherwise the verdict is "no clear winner". `fne report` names a
@@ -69,6 +72,16 @@ def mcnemar(correct_a, correct_b) -> dict:
             "mean_diff": float(a.mean() - b.mean()) if len(a) else 0.0, "p": p}
 
 
+def fisher(acc_a: float, n_a: int, acc_b: float, n_b: int) -> dict:
+    """Fisher's exact test (two-sided) of two accuracies, each of one split, scored on different
+    test images: no pairing, so an unpaired test of two binomial proportions. Where the test sets
+    overlap, the two accuracies are positively correlated and the test is conservative."""
+    ca, cb = round(acc_a * n_a), round(acc_b * n_b)
+    p = float(stats.fisher_exact([[ca, n_a - ca], [cb, n_b - cb]]).pvalue)
+    return {"test": "Fisher exact", "n": n_a + n_b, "n_a": int(n_a), "n_b": int(n_b),
+            "mean_diff": float(acc_a - acc_b), "p": min(1.0, p)}
+
+
 def verdict(result: dict, alpha: float = ALPHA) -> str:
     if result["mean_diff"] > 0 and result["p"] < alpha:
         return "beats the runner-up beyond noise"
@@ -94,12 +107,13 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA) ->
         difference ...)" or "no clear winner: WINNER vs RUNNER_UP (... p = P ≥ α = 0.05; ...)".
     """
     v = verdict(result, alpha)
-    mcn = result["test"].startswith("McNemar")
-    name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn else "")
+    mcn, fis = result["test"].startswith("McNemar"), result["test"].startswith("Fisher")
+    name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn or fis else "")
+    over = (f"{result['n']} test images, {result['only_a']} vs {result['only_b']} classified right by only one of "
+            f"them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
+            f"scored on the same test images)" if fis else f"{result['n']} splits")
     detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
-              f"difference {100 * result['mean_diff']:+.1f} points over {result['n']} "
-              + (f"test images, {result['only_a']} vs {result['only_b']} classified right by only one of them"
-                 if mcn else "splits"))
+              f"difference {100 * result['mean_diff']:+.1f} points over {over}")
     if v == "no clear winner":
         return f"no clear winner: {winner} vs {runner_up} ({detail})"
     return f"{winner} beats the runner-up {runner_up} beyond noise ({detail})"
@@ -175,12 +189,18 @@ def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> s
 
 
 def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict | None:
-    """The paired test of two report rows (their runs' metrics), or None where none applies."""
+    """The paired test of two report rows (their runs' metrics); where none applies and each row
+    is one run of one split, Fisher's exact test of the two accuracies; else None."""
     ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in (row1, row2)]
     if any(None in runs for runs in ms):
         return None
     if len(ms[0]) == 1 and len(ms[1]) == 1:
-        return compare_runs(ms[0][0], ms[1][0])
+        paired = compare_runs(ms[0][0], ms[1][0])
+        one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
+               isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
+        if paired is None and all(one):
+            return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
+        return paired
     return _pooled(ms[0], ms[1])
 
 
