@@ -190,7 +190,7 @@ def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> s
 
 def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict | None:
     """The paired test of two report rows (their runs' metrics); where none applies and each row
-    is one run of one split, Fisher's exact test of the two accuracies; else None."""
+    is one run of one split of the same DATA, Fisher's exact test of the two accuracies; else None."""
     ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in (row1, row2)]
     if any(None in runs for runs in ms):
         return None
@@ -198,7 +198,8 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
         paired = compare_runs(ms[0][0], ms[1][0])
         one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
                isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
-        if paired is None and all(one):
+        same_data = all(ms[0][0].get(k) == ms[1][0].get(k) for k in ("data", "n_images"))  # other images: no test
+        if paired is None and all(one) and same_data:
             return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
         return paired
     return _pooled(ms[0], ms[1])
