@@ -65,6 +65,7 @@ def test_the_verdict_names_the_test_its_sidedness_and_alpha():
     assert text == ("no clear winner: x vs y (McNemar exact test, two-sided p = 0.109 ≥ α = 0.05; difference "
                     "+10.0 points over 60 test images, 8 vs 2 classified right by only one of them)")
     assert compare.describe(compare.mcnemar(a, b), "x", "y", alpha=0.2).startswith("x beats the runner-up y")
+    assert compare.describe(r, "a", "b", unit="folds").endswith("over 5 folds)")  # auto selection's CV folds
 
 
 def test_a_predefined_split_pairs_runs_whatever_their_seeds():

@@ -88,7 +88,7 @@ def verdict(result: dict, alpha: float = ALPHA) -> str:
     return "no clear winner"
 
 
-def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA) -> str:
+def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, unit: str = "splits") -> str:
     """One sentence: the verdict, the test (two-sided), its p-value against `alpha`, the difference.
 
     Parameters
@@ -99,6 +99,8 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA) ->
         The two methods' names.
     alpha : float
         The level the p-value is judged at (`verdict`).
+    unit : str
+        What a t-test's values were measured on: "splits", or "folds" (cross-validation).
 
     Returns
     -------
@@ -111,7 +113,7 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA) ->
     name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn or fis else "")
     over = (f"{result['n']} test images, {result['only_a']} vs {result['only_b']} classified right by only one of "
             f"them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
-            f"scored on the same test images)" if fis else f"{result['n']} splits")
+            f"scored on the same test images)" if fis else f"{result['n']} {unit}")
     detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
               f"difference {100 * result['mean_diff']:+.1f} points over {over}")
     if v == "no clear winner":
