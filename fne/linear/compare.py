@@ -11,7 +11,7 @@
   Fisher's exact test of the two accuracies (unpaired, two-sided; conservative where the test
   sets overlap).
 
-Both tests are two-sided, at ALPHA = 0.05. A winner "beats the runner-up beyond noise" when its
+Every test is two-sided, at ALPHA = 0.05. A winner "beats the runner-up beyond noise" when its
 mean is higher and p < ALPHA; otherwise the verdict is "no clear winner". `fne report` names a
 winner only if it also beats, each at ALPHA, every other method it can be paired with (an
 intersection-union test, which needs no correction for the number of methods: the claim
@@ -94,7 +94,7 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
     Parameters
     ----------
     result : dict
-        `corrected_paired_t` or `mcnemar`'s result, winner minus runner-up.
+        `corrected_paired_t`, `mcnemar` or `fisher`'s result, winner minus runner-up.
     winner, runner_up : str
         The two methods' names.
     alpha : float
