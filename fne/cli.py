@@ -84,8 +84,9 @@ def _cmd_fit(a) -> int:
     m = fit(_data(a), a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
     chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
     method = f"{m['method']} ({chose})" if chose else m["method"]
-    print(f"{method} on {m['dataset']}: accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, "
-          f"mean class accuracy {m['mean_class_accuracy']:.4f} ({m['n_splits']} split(s), "
+    acc, mca = (f"{m[k]:.4f}" + (f" ± {m[k + '_std']:.4f}" if m["n_splits"] > 1 else "")  # one split: no spread
+                for k in ("accuracy", "mean_class_accuracy"))
+    print(f"{method} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
     print(f"wrote metrics.json, model.joblib and predictions.csv in {a.out}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import json
 import platform
@@ -24,6 +25,51 @@ def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tupl
         mca = float(balanced_accuracy_score(y_true, y_pred))
     scores = {"accuracy": float(accuracy_score(y_true, y_pred)), "mean_class_accuracy": mca}
     return scores, confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+
+
+def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
+    """A confidence interval for the accuracy that metrics.json reports, by the method that fits
+    how it was measured, named in the result.
+
+    Parameters
+    ----------
+    splits : list of dict
+        metrics.json's per-split records: ``accuracy``, ``n_train`` and ``n_test`` each.
+    level : float
+        The confidence level.
+
+    Returns
+    -------
+    dict
+        ``low``, ``high``, ``level`` and ``method``. One split: the Wilson score interval of a
+        binomial proportion over its test images (scipy's ``binomtest``). Several random splits:
+        the mean ± t(k-1) * sqrt((1/k + n_test/n_train) * s^2), s the per-split accuracies'
+        sample std (ddof 1): Nadeau & Bengio's (2003) corrected resampled interval, the
+        companion of the corrected t-test of `fne.linear.compare`; clipped to [0, 1].
+    """
+    from scipy import stats
+
+    acc = np.array([s["accuracy"] for s in splits], dtype=float)
+    if len(acc) == 1:
+        n = int(splits[0]["n_test"])
+        ci = stats.binomtest(int(round(acc[0] * n)), n).proportion_ci(level, "wilson")
+        low, high, method = float(ci.low), float(ci.high), f"Wilson score interval over {n} test images"
+    else:
+        k = len(acc)
+        ratio = np.mean([s["n_test"] for s in splits]) / np.mean([s["n_train"] for s in splits])
+        half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + ratio) * acc.var(ddof=1)))
+        low, high = max(0.0, float(acc.mean()) - half), min(1.0, float(acc.mean()) + half)
+        method = f"corrected resampled t interval over {k} random splits (Nadeau & Bengio 2003)"
+    return {"low": low, "high": high, "level": level, "method": method}
+
+
+def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
+    """What a paired test (`fne.linear.compare`) needs of one split, kept in metrics.json by
+    `fne fit` and `fne train` alike: which test images were classified correctly ("1"/"0" in
+    test order) and a hash of those images' ids in that order."""
+    ids = [str(i) for i in ids]
+    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
+            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
 
 
 def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], scores: np.ndarray):

@@ -321,7 +321,7 @@ def test_a_winner_is_named_only_beyond_noise(tmp_path):
         "b": fake_metrics("fc7+svm", 0.84, 0.01, 0.84, 0.01, splits=_splits([0.84, 0.85, 0.83, 0.84, 0.85]))},
         advice=True)
     assert ds["verdict"]["kind"] == "clear"
-    assert "Measured winner: **fne+svm**" in md and "fne+svm beats the runner-up beyond noise fc7+svm" in md
+    assert "Measured winner: **fne+svm**" in md and "fne+svm beats the runner-up fc7+svm beyond noise (corrected paired t-test, two-sided p = " in md
     assert "difference +6.2 points over 5 splits" in md  # points to one decimal, as the table's accuracies
     assert "the measured winner fne+svm (feature-extraction) does not match the advice" in md
     assert "class='nomatch'" in html

@@ -13,6 +13,7 @@ from fne.linear import compare, selection
 from fne.linear.embedding import FullNetworkEmbedding
 from fne.linear.fit import Rows, fit
 from fne.linear.heads import C_GRID
+from fne.metrics import split_record
 
 from .conftest import FAST
 
@@ -261,13 +262,14 @@ def test_compare_runs_uses_mcnemar_on_one_split():
     def run(correct, seed=0):
         pred = np.where(correct, 0, 1)
         return {"split_protocol": "predefined", "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
-                "splits": [{"accuracy": float(np.mean(correct)), **compare.split_record(ids, y, pred)}]}
+                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, y, pred)}]}
 
     a, b = run(np.ones(20, bool)), run(np.r_[np.zeros(8, bool), np.ones(12, bool)])
     r = compare.compare_runs(a, b)
     assert r["test"] == "McNemar exact" and (r["only_a"], r["only_b"]) == (8, 0)
     assert np.isclose(r["p"], 2 / 256) and compare.verdict(r) == "beats the runner-up beyond noise"
-    assert compare.compare_runs(a, run(np.ones(20, bool), seed=1)) is None  # other splits: no test
+    # DATA's own split: another seed scores the same test images (the hashes agree), so it is compared
+    assert compare.compare_runs(a, run(np.ones(20, bool), seed=1))["test"] == "McNemar exact"
     other = run(np.ones(20, bool))
     other["splits"][0]["test_hash"] = "0" * 16  # same settings, other test images: no test
     assert compare.compare_runs(a, other) is None

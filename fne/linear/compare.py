@@ -7,14 +7,19 @@
   by (1/k + n_test/n_train) instead of 1/k. With test_train_ratio = 0 it is the plain test.
 * One predefined split: McNemar's exact test on the images that exactly one of the two
   methods classified correctly (binomial, p = 1/2, two-sided).
+* One split each, but not the same test images (other seeds, other protocols): no pairing, so
+  Fisher's exact test of the two accuracies (unpaired, two-sided; conservative where the test
+  sets overlap).
 
-A winner "beats the runner-up beyond noise" when its mean is higher and p < ALPHA; otherwise
-the verdict is "no clear winner".
+Every test is two-sided, at ALPHA = 0.05. A winner "beats the runner-up beyond noise" when its
+mean is higher and p < ALPHA; otherwise the verdict is "no clear winner". `fne report` names a
+winner only if it also beats, each at ALPHA, every other method it can be paired with (an
+intersection-union test, which needs no correction for the number of methods: the claim
+"better than all" fails as soon as one of its pairwise tests does).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +28,7 @@ import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+SAME = 1e-12  # accuracies that differ by less are equal: far below 1 / any number of test images
 
 
 def corrected_paired_t(a, b, test_train_ratio: float = 0.0) -> dict:
@@ -38,8 +44,11 @@ def corrected_paired_t(a, b, test_train_ratio: float = 0.0) -> dict:
     if k < 2:
         return out
     var = float(d.var(ddof=1))
-    if var == 0.0:  # every split differs by the same amount: no spread for a t-test to judge by,
-        # so the exact sign test, which needs none (2 splits: p = 0.5; the t-test would say 0)
+    if np.ptp(d) <= SAME:  # every split differs by the same amount (but for float rounding: 0.9 - 0.8
+        # and 0.8 - 0.7 differ in the last bit): no spread for a t-test to judge by, so the exact
+        # sign test, which needs none (2 splits: p = 0.5; the t-test would say 0)
+        mean = 0.0 if abs(mean) <= SAME else mean
+        out["mean_diff"] = mean
         out["t"] = 0.0 if mean == 0 else math.copysign(math.inf, mean)
         out["p"] = 1.0 if mean == 0 else min(1.0, 2 * 0.5 ** k)
         if mean != 0:
@@ -63,20 +72,53 @@ def mcnemar(correct_a, correct_b) -> dict:
             "mean_diff": float(a.mean() - b.mean()) if len(a) else 0.0, "p": p}
 
 
+def fisher(acc_a: float, n_a: int, acc_b: float, n_b: int) -> dict:
+    """Fisher's exact test (two-sided) of two accuracies, each of one split, scored on different
+    test images: no pairing, so an unpaired test of two binomial proportions. Where the test sets
+    overlap, the two accuracies are positively correlated and the test is conservative."""
+    ca, cb = round(acc_a * n_a), round(acc_b * n_b)
+    p = float(stats.fisher_exact([[ca, n_a - ca], [cb, n_b - cb]]).pvalue)
+    return {"test": "Fisher exact", "n": n_a + n_b, "n_a": int(n_a), "n_b": int(n_b),
+            "mean_diff": float(acc_a - acc_b), "p": min(1.0, p)}
+
+
 def verdict(result: dict, alpha: float = ALPHA) -> str:
     if result["mean_diff"] > 0 and result["p"] < alpha:
         return "beats the runner-up beyond noise"
     return "no clear winner"
 
 
-def describe(result: dict, winner: str, runner_up: str) -> str:
-    """One sentence: the verdict, the test and its p-value."""
-    v = verdict(result)
-    detail = (f"{result['test']}, p = {result['p']:.3g}, difference {100 * result['mean_diff']:+.1f} points "
-              f"over {result['n']} {'test images' if result['test'].startswith('McNemar') else 'splits'}")
+def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, unit: str = "splits") -> str:
+    """One sentence: the verdict, the test (two-sided), its p-value against `alpha`, the difference.
+
+    Parameters
+    ----------
+    result : dict
+        `corrected_paired_t`, `mcnemar` or `fisher`'s result, winner minus runner-up.
+    winner, runner_up : str
+        The two methods' names.
+    alpha : float
+        The level the p-value is judged at (`verdict`).
+    unit : str
+        What a t-test's values were measured on: "splits", or "folds" (cross-validation).
+
+    Returns
+    -------
+    str
+        "WINNER beats the runner-up RUNNER_UP beyond noise (TEST test, two-sided p = P < α = 0.05;
+        difference ...)" or "no clear winner: WINNER vs RUNNER_UP (... p = P ≥ α = 0.05; ...)".
+    """
+    v = verdict(result, alpha)
+    mcn, fis = result["test"].startswith("McNemar"), result["test"].startswith("Fisher")
+    name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn or fis else "")
+    over = (f"{result['n']} test images, {result['only_a']} vs {result['only_b']} classified right by only one of "
+            f"them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
+            f"scored on the same test images)" if fis else f"{result['n']} {unit}")
+    detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
+              f"difference {100 * result['mean_diff']:+.1f} points over {over}")
     if v == "no clear winner":
         return f"no clear winner: {winner} vs {runner_up} ({detail})"
-    return f"{winner} {v} {runner_up} ({detail})"
+    return f"{winner} beats the runner-up {runner_up} beyond noise ({detail})"
 
 
 # ---------------------------------------------------------- runs on disk (fne report)
@@ -90,25 +132,21 @@ def predictions_writer(dataset, y: np.ndarray, preds) -> Callable[[Path], None]:
                        for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
 
 
-def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
-    """What a paired test needs of one split, kept in metrics.json: which test images were
-    classified correctly ("1"/"0" in test order) and a hash of those images' ids."""
-    ids = [str(i) for i in ids]
-    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
-            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
-
-
 def _split_accuracies(m: dict) -> list[float] | None:
     vals = [x.get("accuracy") for x in m.get("splits") or []]
     return vals if vals and all(isinstance(v, (int, float)) for v in vals) else None
 
 
 def _same_splits(m1: dict, m2: dict) -> bool:
-    keys = ("split_protocol", "seed", "n_images", "n_splits", "data")
-    if not all(m1.get(k) == m2.get(k) for k in keys):
-        return False
+    """Were the two runs scored on the same test images, split by split? The settings that draw
+    the splits agree and so do the test images' hashes; a predefined split is DATA's own, so
+    there the seed (which moves only the training) need not agree."""
     h1 = [s.get("test_hash") for s in m1.get("splits") or []]
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
+    predefined = m1.get("split_protocol") == "predefined" and all(h1)
+    keys = ("split_protocol", "n_images", "n_splits", "data") + (() if predefined else ("seed",))
+    if not all(m1.get(k) == m2.get(k) for k in keys):
+        return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
 
@@ -130,18 +168,43 @@ def compare_runs(m1: dict, m2: dict) -> dict | None:
 
 
 def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> str | None:
-    """A report line for the two best ranked rows of one dataset, or None where no test applies."""
+    """A report line for the two best ranked rows of one dataset, or None where no test applies.
+
+    The best row is called the winner only if it beats every other row it can be paired with, each
+    at ALPHA (an intersection-union test: "better than all" needs every one of its pairwise tests,
+    and no correction for their number): a lower-ranked row whose test cannot tell it from the
+    best (a noisier method) makes it "no clear winner", said of that row."""
     ranked = [r for r in rows if r.get("accuracy") is not None and not r.get("partial")]
     if len(ranked) < 2:
         return None
-    ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in ranked[:2]]
+    result = _row_test(ranked[0], ranked[1], metrics_by_path)
+    if result is None:
+        return None
+    first = describe(result, ranked[0]["method"], ranked[1]["method"])
+    if verdict(result) == "no clear winner":
+        return first
+    for other in ranked[2:]:
+        r = _row_test(ranked[0], other, metrics_by_path)
+        if r is not None and verdict(r) == "no clear winner":
+            return f"{describe(r, ranked[0]['method'], other['method'])}, though {first}"
+    return first
+
+
+def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict | None:
+    """The paired test of two report rows (their runs' metrics); where none applies and each row
+    is one run of one split of the same DATA, Fisher's exact test of the two accuracies; else None."""
+    ms = [[metrics_by_path.get(p) for p in r["paths"]] for r in (row1, row2)]
     if any(None in runs for runs in ms):
         return None
     if len(ms[0]) == 1 and len(ms[1]) == 1:
-        result = compare_runs(ms[0][0], ms[1][0])
-    else:
-        result = _pooled(ms[0], ms[1])
-    return None if result is None else describe(result, ranked[0]["method"], ranked[1]["method"])
+        paired = compare_runs(ms[0][0], ms[1][0])
+        one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
+               isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
+        same_data = all(ms[0][0].get(k) == ms[1][0].get(k) for k in ("data", "n_images"))  # other images: no test
+        if paired is None and all(one) and same_data:
+            return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
+        return paired
+    return _pooled(ms[0], ms[1])
 
 
 def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:

@@ -30,7 +30,7 @@ from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
-from fne.metrics import provenance, split_scores, store_extractions
+from fne.metrics import accuracy_interval, provenance, split_record, split_scores, store_extractions
 from fne.options import FitOptions, ForwardOptions
 from fne.progress import progress
 
@@ -169,7 +169,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         pipe = fit_head(final.rows, final.kind, final.head, Cs[0] if final.C == "auto" else final.C, y,
                         np.arange(len(y)), o.seed, **how)[0]
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
-        s.update(compare.split_record([dataset.ids[i] for i in te], y[te], pred))
+        s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         **_scores(per_split, confusion),
@@ -237,10 +237,11 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
 
 
 def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
-    """Accuracy and mean class accuracy over the splits (mean ± std), sizes, confusion."""
+    """Accuracy and mean class accuracy over the splits (mean ± population std, ddof 0: one split
+    gives 0.0), sizes, confusion."""
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
-    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()),
+    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()), "accuracy_ci": accuracy_interval(per_split),
             "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
             "splits": per_split, "n_splits": len(per_split),
             "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),

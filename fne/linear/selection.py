@@ -408,7 +408,7 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
         run = cands[others[0]]
         r = compare.corrected_paired_t(best_row[win.name], best_row[run.name], 1.0 / (k - 1))
         comparison = {**r, "winner": win.name, "runner_up": run.name, "verdict": compare.verdict(r),
-                      "text": compare.describe(r, win.name, run.name)}
+                      "text": compare.describe(r, win.name, run.name, unit="folds")}
     return Selection(win, best_C[win.name], table, comparison, k, time.perf_counter() - t0)
 
 

@@ -54,7 +54,7 @@ from fne.errors import FneError
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
 MSP_BORDER = 0.10  # |MSP - SIMILAR_MSP| below this: borderline
-FEW_PER_CLASS = 10  # median training images per class below which the advice warns that differences are noise
+FEW_PER_CLASS = 10  # median training images per class below which the advice warns that differences can be noise
 
 # Method families, so that a report can tell whether a measured winner follows the advice.
 FEATURE_EXTRACTION = "feature-extraction"
@@ -302,9 +302,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         reasons.append("course: a large target set different from the source: train the whole network; "
                        "initialising from the source weights usually trains better than random")
     if images_per_class < FEW_PER_CLASS:
-        reasons.append(f"with {images_per_class:g} training images per class every accuracy rests on a handful of "
-                       f"test images: differences of a few points between methods are noise; compare them over "
-                       f"several splits or seeds and name no winner within their spread")
+        reasons.append(f"with {images_per_class:g} training images per class each class has a handful of test "
+                       f"images: differences of a few points between methods can be noise; compare them over "
+                       f"several splits or seeds, and let `fne report`'s paired test judge them")
     if similar == "different" and size == "small":
         reasons.append("course: early layers describe generic image characteristics; the full-network "
                        "embedding includes them and is the most robust when source and target differ "

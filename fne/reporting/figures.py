@@ -39,7 +39,7 @@ def fig_bars(ds: dict) -> str:
     acc = [100 * r["accuracy"] for r in rows]
     err = [100 * (r.get("accuracy_std") or 0) for r in rows]
     mca = [100 * (r.get("mean_class_accuracy") or 0) for r in rows]
-    ax.barh(y + h / 2, acc, h, xerr=err, color="#3b73b9", label="accuracy (measured)", capsize=2)
+    ax.barh(y + h / 2, acc, h, xerr=err, color="#3b73b9", label="accuracy (measured; whiskers: ± std over splits)", capsize=2)
     ax.barh(y - h / 2, mca, h, color="#9cc3e6", label="mean class accuracy (measured)")
     py = [(i, r["published"]["mean"]) for i, r in enumerate(rows) if r.get("published")]
     for k, (name, p) in enumerate(only.items()):

@@ -51,6 +51,10 @@ def cells(r: dict) -> dict[str, str]:
     }
 
 
+# what "±" means in the tables: metrics.json's accuracy_std (`fne fit`), and report.py's pooled rows
+SPREAD = ("Accuracy: mean ± standard deviation over the splits (of every seed, for a row of several runs; "
+          "the population std, ddof = 0, as scikit-learn's cross-validation reports it; a single split shows none)")
+
 TABLE_HEAD = ("method", "accuracy %", "mean class accuracy %", "published accuracy %",
               "fit/train s", "extraction s", "images (train/test)", "splits")
 
@@ -118,9 +122,10 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             ]) + " |")
         for name, p in ds["published"]["only"].items():
             L.append(f"| {name} (published only) | — | — | {pub_str(p)} (published) | — | — | — | — |")
-        L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds); rows "
+        L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds), beyond noise "
+              "or not (the verdict below says); rows "
               "scored on a subset of the classes (direct mode's class map) are not ranked. "
-              "Accuracy: mean ± std over splits. Published values are references from the pipeline file, "
+              f"{SPREAD}. Published values are references from the pipeline file, "
               "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
                                                else "") + "."]
         if ds["published"].get("note"):
@@ -266,8 +271,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append("</tbody></table>")
         src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
         H.append("<p><small>Highlighted: the best measured value of each column (highest accuracy, lowest "
-                 "seconds); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
-                 "Accuracy: mean ± std over splits. Published values (italic) are references from the "
+                 "seconds), beyond noise or not (the verdict below says); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
+                 f"{_e(SPREAD)}. Published values (italic) are references from the "
                  f"pipeline file, not measurements of this run.{src}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")

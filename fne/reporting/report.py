@@ -345,9 +345,10 @@ def _shown(col: str, v: float) -> str:
 
 def winner_verdict(rows: list[dict], test: str | None) -> dict:
     """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
-    to compare), "tie" (accuracies that read the same), "unclear" (the paired test, or without one the spread
+    to compare), "tie" (accuracies that read the same), "unclear" (the test, or without one the spread
     across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
-    test applies and the lead exceeds the spread)."""
+    test applies and the lead exceeds the spread). The test (`compare.winner_vs_runner_up`): a paired
+    one on shared test images, else Fisher's exact test for two runs of one split each."""
     ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
     if not ranked:
         return {"kind": "none", "text": ""}

@@ -1,0 +1,202 @@
+"""The figures a researcher reports: each statistic against a reference (scipy, or the textbook
+formula by hand) on small hand-made cases, and the edge cases of the tests behind a verdict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from fne.linear import compare
+from fne.metrics import accuracy_interval, split_record, split_scores
+
+from .conftest import FAST, write_digits
+
+
+# ------------------------------------------------------------- paired tests
+def test_the_same_difference_on_every_split_is_the_sign_test_whatever_the_float_rounding():
+    """0.9 - 0.8 and 0.8 - 0.7 differ in the last bit: that is no spread for a t-test to divide
+    by (it said p = 1e-31), but the same difference on every split: the exact sign test."""
+    r = compare.corrected_paired_t([0.9, 0.8, 0.7], [0.8, 0.7, 0.6])
+    assert r["test"].startswith("sign test") and r["p"] == 0.25 and compare.verdict(r) == "no clear winner"
+    counts = np.array([[83, 80], [86, 83], [79, 76], [90, 87], [81, 78]])  # 93 test images, 3 more right each
+    r = compare.corrected_paired_t(counts[:, 0] / 93, counts[:, 1] / 93, 93 / 277)
+    assert r["test"].startswith("sign test") and r["p"] == 2 * 0.5 ** 5 and compare.verdict(r) == "no clear winner"
+    r = compare.corrected_paired_t([0.1 + 0.2, 0.5], [0.3, 0.5])  # equal but for rounding: no difference
+    assert r["p"] == 1.0 and r["mean_diff"] == 0.0
+
+
+def test_corrected_t_against_the_textbook_formula_and_scipy():
+    """Nadeau & Bengio: t = mean(d) / sqrt((1/k + n_test/n_train) * var(d, ddof=1)), k - 1 degrees
+    of freedom; with no correction it is scipy's paired t-test."""
+    a = np.array([0.81, 0.84, 0.79, 0.86, 0.83, 0.80])
+    b = np.array([0.78, 0.83, 0.80, 0.82, 0.80, 0.79])
+    d = a - b
+    for ratio in (0.0, 0.25 / 0.75, 1.0):
+        t = d.mean() / np.sqrt((1 / 6 + ratio) * d.var(ddof=1))
+        r = compare.corrected_paired_t(a, b, ratio)
+        assert np.isclose(r["t"], t) and r["df"] == 5 and np.isclose(r["p"], 2 * stats.t.sf(abs(t), 5))
+    ref = stats.ttest_rel(a, b)
+    assert np.isclose(compare.corrected_paired_t(a, b)["p"], ref.pvalue)
+    assert np.isclose(compare.corrected_paired_t(b, a)["t"], -ref.statistic)  # the sign follows a - b
+
+
+@pytest.mark.parametrize("only_a,only_b,both", [(0, 0, 5), (3, 3, 4), (7, 1, 0), (1, 7, 2), (12, 2, 30), (40, 25, 1)])
+def test_mcnemar_is_the_exact_two_sided_binomial_test_on_the_discordant_images(only_a, only_b, both):
+    a = np.array([1] * only_a + [0] * only_b + [1] * both + [0] * 3, dtype=bool)
+    b = np.array([0] * only_a + [1] * only_b + [1] * both + [0] * 3, dtype=bool)
+    r = compare.mcnemar(a, b)
+    n = only_a + only_b
+    ref = 1.0 if n == 0 else stats.binomtest(only_a, n, 0.5, alternative="two-sided").pvalue
+    assert np.isclose(r["p"], ref, rtol=1e-12) and (r["only_a"], r["only_b"]) == (only_a, only_b)
+    assert r["n"] == len(a) and np.isclose(r["mean_diff"], (only_a - only_b) / len(a))
+
+
+def test_the_verdict_names_the_test_its_sidedness_and_alpha():
+    r = compare.corrected_paired_t([0.90, 0.91, 0.89, 0.90, 0.92], [0.84, 0.85, 0.83, 0.84, 0.85], 1 / 3)
+    text = compare.describe(r, "fne+svm", "fc7+svm")
+    assert text.startswith("fne+svm beats the runner-up fc7+svm beyond noise (corrected paired t-test, two-sided p = ")
+    assert "< α = 0.05; difference +6.2 points over 5 splits)" in text
+    a = np.array([1] * 8 + [0] * 2 + [1] * 50, dtype=bool)
+    b = np.array([0] * 8 + [1] * 2 + [1] * 50, dtype=bool)
+    text = compare.describe(compare.mcnemar(a, b), "x", "y")
+    assert text == ("no clear winner: x vs y (McNemar exact test, two-sided p = 0.109 ≥ α = 0.05; difference "
+                    "+10.0 points over 60 test images, 8 vs 2 classified right by only one of them)")
+    assert compare.describe(compare.mcnemar(a, b), "x", "y", alpha=0.2).startswith("x beats the runner-up y")
+    assert compare.describe(r, "a", "b", unit="folds").endswith("over 5 folds)")  # auto selection's CV folds
+
+
+def test_a_predefined_split_pairs_runs_whatever_their_seeds():
+    """The seed draws random splits, not DATA's own: two runs of one predefined split are scored
+    on the same test images (the hashes say so) and are compared; random splits of other seeds are not."""
+    ids, y = [f"img{i}" for i in range(20)], np.zeros(20, dtype=int)
+
+    def run(correct, seed, protocol="predefined"):
+        return {"split_protocol": protocol, "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
+                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, y, np.where(correct, 0, 1))}]}
+
+    a, b = np.ones(20, bool), np.r_[np.zeros(8, bool), np.ones(12, bool)]
+    r = compare.compare_runs(run(a, 0), run(b, 1))
+    assert r is not None and r["test"] == "McNemar exact" and (r["only_a"], r["only_b"]) == (8, 0)
+    assert compare.compare_runs(run(a, 0, "1x stratified test_size=0.25"), run(b, 1, "1x stratified test_size=0.25")) is None
+
+
+# ------------------------------------------------------------- per-split scores
+def test_split_scores_with_a_class_absent_from_the_test_split_and_one_image_per_class():
+    """Mean class accuracy averages the recall of the classes present in the test split (a class
+    with no test image has no recall, whatever was predicted as it); one image per class works."""
+    y, p = np.array([0, 0, 0, 1]), np.array([0, 0, 2, 0])  # class 2 absent from the test, once predicted
+    s, conf = split_scores(y, p, 3)
+    assert s["accuracy"] == 0.5 and np.isclose(s["mean_class_accuracy"], (2 / 3 + 0) / 2)
+    assert conf.shape == (3, 3) and conf[0, 2] == 1 and conf.sum() == 4
+    s, _ = split_scores(np.arange(4), np.array([0, 1, 2, 0]), 4)
+    assert s["accuracy"] == 0.75 == s["mean_class_accuracy"]
+
+
+def test_accuracy_interval_wilson_on_one_split_corrected_t_over_several():
+    """One split: the Wilson score interval, by the textbook formula; several random splits: the
+    mean ± t(k-1) sqrt((1/k + n_test/n_train) s^2) of Nadeau & Bengio, wider than the naive one."""
+    r = accuracy_interval([{"accuracy": 236 / 240, "n_train": 720, "n_test": 240}])
+    z, n, p = stats.norm.ppf(0.975), 240, 236 / 240
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert np.isclose(r["low"], centre - half) and np.isclose(r["high"], centre + half)
+    assert r["method"] == "Wilson score interval over 240 test images" and r["level"] == 0.95
+    acc = np.array([0.86, 0.88, 0.84, 0.91, 0.89])
+    r = accuracy_interval([{"accuracy": a, "n_train": 277, "n_test": 93} for a in acc])
+    half = stats.t.ppf(0.975, 4) * np.sqrt((1 / 5 + 93 / 277) * acc.var(ddof=1))
+    assert np.isclose(r["low"], acc.mean() - half) and np.isclose(r["high"], acc.mean() + half)
+    naive = stats.t.interval(0.95, 4, loc=acc.mean(), scale=stats.sem(acc))
+    assert r["low"] < naive[0] and r["high"] > naive[1] and "Nadeau & Bengio" in r["method"]
+    r = accuracy_interval([{"accuracy": a, "n_train": 5, "n_test": 50} for a in (0.2, 0.9)])
+    assert r["low"] == 0.0 and r["high"] == 1.0  # clipped to what an accuracy can be
+
+
+# ------------------------------------------------------------- fit against train
+def test_fit_and_train_on_one_predefined_split_are_compared_image_by_image(tmp_path):
+    """`fne train` records which test images it got right, as `fne fit` does, so that a fit and a
+    train run of one predefined split get McNemar's test (before: no test applied between them)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import fne
+
+    data = write_digits(tmp_path / "data", per_class=9, classes=3, split=True)
+    m1 = fne.fit(data, out=tmp_path / "runs" / "fit", features="last", head="logreg", cache=str(tmp_path / "cache"),
+                 extract_missing=True, progress=False, **FAST)
+    m2 = fne.train(data, out=tmp_path / "runs" / "train", mode="frozen", arch="efficientnet_lite0", weights="random",
+                   epochs=1, image_size=32, batch_size=32, workers=0, val_fraction=0, progress=False, seed=3)
+    s1, s2 = m1["splits"][0], m2["splits"][0]
+    assert s2["test_hash"] == s1["test_hash"] and len(s2["correct"]) == m2["n_test"] == 9
+    assert s2["correct"].count("1") / 9 == m2["accuracy"]
+    rows = (tmp_path / "runs" / "train" / "predictions.csv").read_text().splitlines()[1:]
+    assert "".join("1" if r.split(",")[1] == r.split(",")[-1] else "0" for r in rows) == s2["correct"]
+    r = compare.compare_runs(m1, m2)
+    assert r is not None and r["test"] == "McNemar exact" and r["n"] == 9
+    for m in (m1, m2):  # the same interval, computed the same way, in both
+        assert m["accuracy_ci"] == accuracy_interval(m["splits"]) and m["accuracy_ci"]["method"].startswith("Wilson")
+    assert json.loads((tmp_path / "runs" / "train" / "metrics.json").read_text())["splits"][0] == s2
+
+
+# ------------------------------------------------------------- the report's verdict
+def test_the_winner_must_beat_every_method_it_is_paired_with_not_only_the_runner_up(tmp_path):
+    """Five shared splits: fne+svm beats the steady runner-up on every split (p < 0.05), but a
+    noisier third method, lower on average, is within noise of it: no clear winner, said of that
+    method. Without the third, the same two runs name the winner."""
+    from .test_report import _splits, _verdict_report, fake_metrics
+
+    x = [0.90, 0.91, 0.89, 0.90, 0.92]
+    runs = {"a": fake_metrics("fne+svm", 0.904, 0.01, 0.9, 0.01, splits=_splits(x)),
+            "b": fake_metrics("fc7+svm", 0.842, 0.01, 0.84, 0.01, splits=_splits([0.84, 0.85, 0.83, 0.84, 0.85])),
+            "c": fake_metrics("last+svm", 0.836, 0.1, 0.83, 0.1, splits=_splits([0.95, 0.70, 0.93, 0.70, 0.90]))}
+    ds, md, _ = _verdict_report(tmp_path / "three", runs, advice=True)
+    assert [r["method"] for r in ds["rows"]] == ["fne+svm", "fc7+svm", "last+svm"]
+    assert ds["verdict"]["kind"] == "unclear"
+    assert ds["winner_test"].startswith("no clear winner: fne+svm vs last+svm (corrected paired t-test")
+    assert ", though fne+svm beats the runner-up fc7+svm beyond noise (" in ds["winner_test"]
+    assert "Highest accuracy, but no clear winner: **fne+svm**" in md and "neither confirm nor contradict" in md
+    del runs["c"]
+    ds, md, _ = _verdict_report(tmp_path / "two", runs)
+    assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md
+
+
+def test_fit_prints_a_spread_only_over_several_splits(digits_folder, warm_cache, tmp_path, capsys):
+    """One split has no spread: `fne fit` printed "accuracy 0.9833 ± 0.0000"; now the ± comes
+    with several splits only, for accuracy and mean class accuracy alike (as the report's tables)."""
+    from fne.cli import main
+
+    args = ["fit", str(digits_folder), "--features", "last", "--head", "logreg", "--cache", str(warm_cache),
+            "--arch", FAST["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype", "float32"]
+    assert main([*args, "--splits", "1", "--out", str(tmp_path / "one")]) == 0
+    line = capsys.readouterr().out.splitlines()[-2]
+    assert "±" not in line and "(1 split(s)," in line
+    assert main([*args, "--splits", "2", "--out", str(tmp_path / "two")]) == 0
+    m = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    line = capsys.readouterr().out.splitlines()[-2]
+    assert f"accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, " in line
+    assert f"mean class accuracy {m['mean_class_accuracy']:.4f} ± {m['mean_class_accuracy_std']:.4f} (2 split(s)" in line
+
+
+def test_single_splits_on_other_test_images_get_fishers_exact_test(tmp_path):
+    """Two runs of one split each, on different test images (other seeds): no pairing, and no
+    spread to compare a lead with; before, any lead was a "Measured winner" with no test. Now
+    Fisher's exact test (unpaired, two-sided) decides, and the verdict says which test it was."""
+    from .test_report import _verdict_report, fake_metrics
+
+    def one(method, acc, n, seed):
+        return fake_metrics(method, acc, 0.0, acc, 0.0, seed=seed, n_test=n, split_protocol="1x stratified",
+                            splits=[{"accuracy": acc, "mean_class_accuracy": acc, "n_train": 30, "n_test": n}])
+
+    ds, md, _ = _verdict_report(tmp_path / "small", {"a": one("fne+svm", 0.9, 10, 0), "b": one("last+svm", 0.7, 10, 1)},
+                                advice=True)
+    p = stats.fisher_exact([[9, 1], [7, 3]]).pvalue
+    assert ds["verdict"]["kind"] == "unclear" and "Measured winner" not in md
+    assert ds["winner_test"] == (f"no clear winner: fne+svm vs last+svm (Fisher exact test, two-sided p = {p:.3g} ≥ "
+                                 f"α = 0.05; difference +20.0 points over 10 and 10 test images, unpaired (the runs "
+                                 f"were not scored on the same test images))")
+    assert "neither confirm nor contradict the advice" in md
+    ds, md, _ = _verdict_report(tmp_path / "large", {"a": one("fne+svm", 0.9, 200, 0), "b": one("last+svm", 0.7, 200, 1)})
+    assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md
+    assert np.isclose(compare.fisher(0.9, 200, 0.7, 200)["p"], stats.fisher_exact([[180, 20], [140, 60]]).pvalue)
+    other = {"a": one("fne+svm", 0.9, 200, 0), "b": {**one("last+svm", 0.7, 200, 1), "data": "/data/elsewhere"}}
+    ds, _, _ = _verdict_report(tmp_path / "other-data", other)  # other images altogether: no test at all
+    assert ds["winner_test"] is None and ds["verdict"]["kind"] == "untested"
