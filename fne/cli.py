@@ -86,6 +86,8 @@ def _cmd_fit(a) -> int:
     method = f"{m['method']} ({chose})" if chose else m["method"]
     acc, mca = (f"{m[k]:.4f}" + (f" ± {m[k + '_std']:.4f}" if m["n_splits"] > 1 else "")  # one split: no spread
                 for k in ("accuracy", "mean_class_accuracy"))
+    ci = m["accuracy_ci"]
+    acc += f" ({100 * ci['level']:g}% CI {ci['low']:.4f}-{ci['high']:.4f})"
     print(f"{method} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
     print(f"wrote metrics.json, model.joblib and predictions.csv in {a.out}")

@@ -168,11 +168,13 @@ def test_fit_prints_a_spread_only_over_several_splits(digits_folder, warm_cache,
             "--arch", FAST["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype", "float32"]
     assert main([*args, "--splits", "1", "--out", str(tmp_path / "one")]) == 0
     line = capsys.readouterr().out.splitlines()[-2]
-    assert "±" not in line and "(1 split(s)," in line
+    ci = json.loads((tmp_path / "one" / "metrics.json").read_text())["accuracy_ci"]
+    assert "±" not in line and "(1 split(s)," in line and f"(95% CI {ci['low']:.4f}-{ci['high']:.4f})" in line
     assert main([*args, "--splits", "2", "--out", str(tmp_path / "two")]) == 0
     m = json.loads((tmp_path / "two" / "metrics.json").read_text())
     line = capsys.readouterr().out.splitlines()[-2]
-    assert f"accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f}, " in line
+    ci = m["accuracy_ci"]
+    assert f"accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f}), " in line
     assert f"mean class accuracy {m['mean_class_accuracy']:.4f} ± {m['mean_class_accuracy_std']:.4f} (2 split(s)" in line
 
 

@@ -265,7 +265,10 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     assert np.allclose(s0 + s1, 1.0, atol=1e-4)  # together the two targets cover all 1000 classes
     assert all(r["predicted"] == ("0" if a > b else "1") for r, a, b in zip(rows, s0, s1, strict=True))
     assert np.mean([r["predicted"] == r["true"] for r in rows]) == pytest.approx(m["accuracy"])
-    assert "train:direct on digits" in capsys.readouterr().out
+    ci = m["accuracy_ci"]  # the Wilson interval over its test images, printed beside the accuracy
+    assert ci["method"] == f"Wilson score interval over {m['n_test']} test images" and ci["low"] < m["accuracy"] < ci["high"]
+    assert f"train:direct on digits: accuracy {m['accuracy']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f})" in (
+        capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("extra, cmap, expected", [
