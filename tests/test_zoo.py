@@ -320,3 +320,26 @@ def test_a_store_of_layers_an_earlier_fne_tapped_says_what_to_do(tmp_path):
         Store.open(str(tmp_path), key, [("features.12", 512)], 1)
     with pytest.raises(CacheError, match="describes other rows"):  # anything else: as before
         Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 2)
+
+
+def test_cait_taps_count_the_class_token_only_where_it_is():
+    """CaiT's self-attention blocks hold the patch tokens alone; its class-attention blocks
+    (blocks_token_only) return the class token alone. Before: every block `prefix_tokens=1`, so
+    blocks.N.cls was patch token 0 and blocks_token_only.N.mean the mean of no tokens (NaN)."""
+    b = backbones.get("timm:cait_xxs24_224")
+    names = [t.name for t in b.taps]
+    assert "blocks.0.cls" not in names and "blocks_token_only.0.mean" not in names
+    assert b.tap("blocks.0.mean").prefix_tokens == 0 and b.tap("blocks_token_only.1.cls").prefix_tokens == 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model("cait_xxs24_224", img_size=32).eval()
+    tap = TapModel(model, b).eval()
+    out = {}
+    model.blocks[0].register_forward_hook(lambda m, i, o: out.__setitem__("blocks.0", o.detach().clone()))
+    model.blocks_token_only[1].register_forward_hook(lambda m, i, o: out.__setitem__("cls", o.detach().clone()))
+    with torch.no_grad():
+        got = dict(zip(names, tap(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))))
+    assert out["blocks.0"].shape[1] == 4 and out["cls"].shape[1] == 1  # 2x2 patches; the class token
+    assert torch.allclose(got["blocks.0.mean"], out["blocks.0"].mean(1), atol=1e-5)
+    assert torch.allclose(got["blocks_token_only.1.cls"], out["cls"][:, 0], atol=1e-6)
+    assert all(torch.isfinite(g).all() for g in got.values())

@@ -132,10 +132,12 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
             return
         pool, ch = lay
         if pool == "tokens":
-            if prefix_tokens > 0:
-                found.append((order[name], Tap(f"{name}.cls", name, ch, pool="cls", prefix_tokens=prefix_tokens)))
-            found.append((order[name], Tap(f"{name}.mean", name, ch, pool="mean_tokens",
-                                           prefix_tokens=prefix_tokens)))
+            n = shape[name][1]
+            prefix = _prefix(n, prefix_tokens)
+            if prefix > 0:
+                found.append((order[name], Tap(f"{name}.cls", name, ch, pool="cls", prefix_tokens=prefix)))
+            if n > prefix:
+                found.append((order[name], Tap(f"{name}.mean", name, ch, pool="mean_tokens", prefix_tokens=prefix)))
         else:
             found.append((order[name], Tap(name, name, ch, pool=pool)))
 
@@ -179,6 +181,21 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
         fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
                    if (isinstance(m, nn.Linear) or f"{parent}.{n}" == classifier) and calls[f"{parent}.{n}"])
     return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _square(n: int) -> bool:
+    return n >= 0 and math.isqrt(n) ** 2 == n
+
+
+def _prefix(n: int, prefix_tokens: int) -> int:
+    """How many of a block's `n` output tokens are class/register tokens. The model declares
+    `prefix_tokens`, but not every block carries them: CaiT's self-attention blocks hold the patch
+    tokens alone (its class token joins later), its class-attention blocks return the class token
+    alone. Fne's input is square, so its patch tokens make a square grid: n patch tokens with the
+    prefix, n - prefix_tokens tokens without."""
+    if prefix_tokens and n > prefix_tokens and _square(n) and not _square(n - prefix_tokens):
+        return 0
+    return min(prefix_tokens, n)
 
 
 def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
