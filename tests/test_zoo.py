@@ -343,3 +343,15 @@ def test_cait_taps_count_the_class_token_only_where_it_is():
     assert torch.allclose(got["blocks.0.mean"], out["blocks.0"].mean(1), atol=1e-5)
     assert torch.allclose(got["blocks_token_only.1.cls"], out["cls"][:, 0], atol=1e-6)
     assert all(torch.isfinite(g).all() for g in got.values())
+
+
+def test_a_vit_whose_weights_take_another_size_is_built_at_it():
+    """vit_h_14's DEFAULT weights (SWAG) take 518 pixels, which 14 divides and 256 does not:
+    whether the builder takes `image_size` was asked at 256, and the AssertionError escaped."""
+    b = backbones.get("vit_h_14")
+    assert b.input_size == 518 and b.last == "pre_logits"
+    assert b.tap("encoder.layers.encoder_layer_0.mean").channels == 1280
+    from fne.backbones import zoo
+
+    model = zoo.meta_model(lambda: b.build(1000))
+    assert model.image_size == 518
