@@ -355,3 +355,25 @@ def test_a_vit_whose_weights_take_another_size_is_built_at_it():
 
     model = zoo.meta_model(lambda: b.build(1000))
     assert model.image_size == 518
+
+
+def test_coat_class_tokens_and_models_of_several_heads():
+    """CoaT declares no num_prefix_tokens but carries a class token (cls_token1..4) ahead of each
+    stage's patch tokens: before, its mean took that token in, and no `cls` tap was made."""
+    b = backbones.get("timm:coat_tiny")
+    assert b.tap("serial_blocks1.0.mean").prefix_tokens == 1 and b.tap("serial_blocks4.1.cls").channels == 152
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model("coat_tiny", img_size=64).eval()
+    tap = TapModel(model, b).eval()
+    out = {}
+    model.serial_blocks1[0].register_forward_hook(lambda m, i, o: out.__setitem__("b", o.detach().clone()))
+    with torch.no_grad():
+        got = dict(zip([t.name for t in b.taps], tap(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))))
+    assert out["b"].shape[1] == 16 * 16 + 1
+    assert torch.allclose(got["serial_blocks1.0.mean"], out["b"][:, 1:].mean(1), atol=1e-5)
+    assert torch.allclose(got["serial_blocks1.0.cls"], out["b"][:, 0], atol=1e-6)
+    # CrossViT (two branches), EfficientViM (a head per stage): class scores of several heads combined
+    for arch in ("timm:crossvit_tiny_240", "timm:efficientvim_m1"):
+        with pytest.raises(FneError, match=r"combines the class scores of \d heads .*one classifier"):
+            backbones.get(arch)

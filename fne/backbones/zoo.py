@@ -431,10 +431,16 @@ def tv_takes_half_norm(name: str) -> bool:
 def tv_discover(name: str, image_size: int | None = None) -> Discovered:
     model = meta_model(lambda: tv_build(name, image_size)(1000))
     x = torch.zeros(1, 3, image_size or 224, image_size or 224, device="meta")
-    prefix = getattr(model, "num_prefix_tokens", None)
-    if prefix is None:
-        prefix = int(any(hasattr(model, a) for a in ("class_token", "cls_token")))
-    return discover(model, x, None, 1000, prefix)
+    return discover(model, x, None, 1000, _prefix_tokens(model))
+
+
+def _prefix_tokens(model: nn.Module) -> int:
+    """The class/register tokens the model declares (timm's `num_prefix_tokens`), else one where it
+    holds a class token (torchvision's ViT `class_token`, timm's CoaT `cls_token1`..`cls_token4`)."""
+    declared = getattr(model, "num_prefix_tokens", None)
+    if declared is not None:
+        return int(declared)
+    return int(any(n.startswith(("class_token", "cls_token")) for n, _ in model.named_parameters(recurse=False)))
 
 
 # ------------------------------------------------------------------ timm
@@ -526,4 +532,7 @@ def timm_discover(model_name: str) -> Discovered:
     if isinstance(clf, (tuple, list)):  # distilled models (DeiT, LeViT): (head, head_dist)
         clf = clf[0]
     name = next(n for n, m in model.named_modules() if m is clf)
-    return discover(model, x, name, getattr(model, "num_classes", 0), int(getattr(model, "num_prefix_tokens", 0)))
+    if isinstance(clf, (nn.ModuleList, nn.ModuleDict)):
+        raise FneError(f"timm:{model_name} combines the class scores of {len(clf)} heads ({name}.*), each on "
+                       f"other features: fne takes models with one classifier")
+    return discover(model, x, name, getattr(model, "num_classes", 0), _prefix_tokens(model))
