@@ -377,3 +377,13 @@ def test_coat_class_tokens_and_models_of_several_heads():
     for arch in ("timm:crossvit_tiny_240", "timm:efficientvim_m1"):
         with pytest.raises(FneError, match=r"combines the class scores of \d heads .*one classifier"):
             backbones.get(arch)
+
+
+def test_a_head_that_pools_inside_is_not_the_classifier():
+    """get_classifier() of timm's SAM ViT and Sequencer is the whole ClassifierHead, whose input is
+    the unpooled map: before, pre_logits was that map flattened (150528 and 98304 wide, and of
+    another width at any other input size). The classifier is the head's Linear."""
+    for arch, width in (("timm:samvit_base_patch16_224", 768), ("timm:sequencer2d_s", 384)):
+        b = backbones.get(arch)
+        assert b.classifier == "head.fc" and b.fc_layers == ("head.fc",), arch
+        assert b.last == "pre_logits" and b.tap("pre_logits").channels == width, arch

@@ -128,7 +128,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
 
     def add(name: str, mod: nn.Module) -> None:
         lay = _layout(shape.get(name, ()))
-        if lay is None:
+        if lay is None or shape[name][0] != x.shape[0]:  # not per image (TNT's pixel tokens, first of a pair)
             return
         pool, ch = lay
         if pool == "tokens":
@@ -535,4 +535,6 @@ def timm_discover(model_name: str) -> Discovered:
     if isinstance(clf, (nn.ModuleList, nn.ModuleDict)):
         raise FneError(f"timm:{model_name} combines the class scores of {len(clf)} heads ({name}.*), each on "
                        f"other features: fne takes models with one classifier")
+    if any(True for _ in clf.children()):  # a head that pools inside (ClassifierHead): its layer to the classes
+        name = None
     return discover(model, x, name, getattr(model, "num_classes", 0), _prefix_tokens(model))
