@@ -172,7 +172,8 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     last = _find_last(events, modules, taps, classifier)
     if last is None:
         ch = next(s for k, n, s in events if k == "pre" and n == classifier)
-        taps.append(Tap("pre_logits", classifier, int(math.prod(ch[1:])), on_input=True))
+        pool, width = _layout(ch) if len(ch) == 4 else ("mean_nchw", int(math.prod(ch[1:])))  # a map: pooled
+        taps.append(Tap("pre_logits", classifier, width, on_input=True, pool=pool))
         last = "pre_logits"
 
     parent = classifier.rpartition(".")[0]
