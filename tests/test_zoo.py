@@ -390,3 +390,6 @@ def test_a_head_that_pools_inside_is_not_the_classifier():
     # a model with no classes (SAM's encoder): `last` is what its Identity head reads, pooled
     s = backbones.get("timm:samvit_base_patch16")
     assert s.num_classes == 0 and s.tap("pre_logits").channels == 256  # before: 256 x 64 x 64 declared
+    # TNT's blocks return (pixel tokens of every patch, patch tokens): the first is not per image
+    with pytest.raises(FneError, match="no layers to tap in TNT: .* per image"):  # before: rows of 196 x B
+        backbones.get("timm:tnt_s_legacy_patch16_224")

@@ -167,7 +167,8 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     # what runs after the classifier (SqueezeNet's ReLU on its class scores) is no feature
     taps = [t for i, t in sorted(found, key=lambda p: p[0]) if i < order[classifier]]
     if not taps:
-        raise FneError(f"found no layers to tap in {type(model).__name__}")
+        raise FneError(f"found no layers to tap in {type(model).__name__}: no block's output (the first tensor "
+                       f"of those it returns) is a feature map or token sequence per image")
 
     last = _find_last(events, modules, taps, classifier)
     if last is None:
