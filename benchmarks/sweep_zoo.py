@@ -149,8 +149,24 @@ def layout_problems(b, size: int) -> list[str]:
     return bad
 
 
-def check(arch: str, max_params: float, timeout: int) -> dict:
-    row = {"arch": arch, "status": "error", "taps": 0, "dim": 0, "size": 0, "params": 0, "message": ""}
+def whole_stages(b) -> list[str]:
+    """Taps on a module that holds two or more blocks in a container of its own: a stage tapped
+    once, not block by block (not wrong, but coarser than the README's rule)."""
+    model = zoo.meta_model(lambda: b.build(b.num_classes))
+    out = []
+    for t in b.taps:
+        if t.on_input:
+            continue
+        m = model.get_submodule(t.module)
+        held = [k for c in m.children() if zoo._is_container(c) for n, k in c.named_children() if zoo._block_like(n, k)]
+        if len(held) >= 2:
+            out.append(t.module)
+    return list(dict.fromkeys(out))
+
+
+def check(arch: str, max_params: float, timeout: int, forward: bool = True) -> dict:
+    row = {"arch": arch, "status": "error", "taps": 0, "dim": 0, "size": 0, "params": 0, "message": "",
+           "stages": ""}
     t0 = time.perf_counter()
     signal.alarm(timeout)
     model = tap = None
@@ -158,6 +174,11 @@ def check(arch: str, max_params: float, timeout: int) -> dict:
         b = backbones.get(arch)
         row.update(taps=len(b.taps), dim=b.dim)
         row["params"] = params_on_meta(lambda: b.build(b.num_classes))
+        stages = whole_stages(b)
+        row["stages"] = f"{len(stages)} tap(s) on a module holding 2+ blocks: {', '.join(stages[:3])}" if stages else ""
+        if not forward:
+            row.update(status="discovered")
+            return row
         if row["params"] > max_params:
             row.update(status="skipped", message=f"{row['params'] / 1e6:.0f}M parameters")
             return row
@@ -216,9 +237,10 @@ def check(arch: str, max_params: float, timeout: int) -> dict:
 def markdown(rows: list[dict], skipped_note: str) -> str:
     out = ["| arch | status | taps | dim | input | s | what |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["status"] != "ok":
+        if r["status"] not in ("ok", "discovered") or r["stages"]:
+            what = "; ".join(filter(None, [r["message"], r["stages"]])).replace("|", "/")
             out.append(f"| {r['arch']} | {r['status']} | {r['taps']} | {r['dim']} | {r['size']} | "
-                       f"{r['seconds']} | {r['message'].replace('|', '/')} |")
+                       f"{r['seconds']} | {what} |")
     return "\n".join(out) + "\n" + skipped_note
 
 
@@ -229,6 +251,7 @@ def main() -> None:
     ap.add_argument("--no-timm", action="store_true")
     ap.add_argument("--max-params", type=float, default=300e6)
     ap.add_argument("--timeout", type=int, default=240, help="seconds per model")
+    ap.add_argument("--discover-only", action="store_true", help="taps and the stage note only, no forward")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
@@ -246,11 +269,12 @@ def main() -> None:
     rows = []
     print(f"{'arch':44} {'status':9} {'taps':>4} {'dim':>6} {'in':>4} {'s':>6}  what", flush=True)
     for arch in archs:
-        r = check(arch, args.max_params, args.timeout)
+        r = check(arch, args.max_params, args.timeout, forward=not args.discover_only)
         rows.append(r)
         print(f"{arch:44} {r['status']:9} {r['taps']:4d} {r['dim']:6d} {r['size']:4d} {r['seconds']:6.1f}  "
-              f"{r['message']}", flush=True)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "error", "skipped")}
+              f"{'; '.join(filter(None, [r['message'], r['stages']]))}", flush=True)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "mismatch", "error", "skipped", "discovered")}
+    counts["with taps on modules holding blocks"] = sum(bool(r["stages"]) for r in rows)
     note = (f"\n{len(rows)} models: " + ", ".join(f"{v} {k}" for k, v in counts.items())
             + f"; {time.perf_counter() - t0:.0f} s in all.\n")
     print(note)
