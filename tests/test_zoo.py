@@ -393,3 +393,5 @@ def test_a_head_that_pools_inside_is_not_the_classifier():
     # TNT's blocks return (pixel tokens of every patch, patch tokens): the first is not per image
     with pytest.raises(FneError, match="no layers to tap in TNT: .* per image"):  # before: rows of 196 x B
         backbones.get("timm:tnt_s_legacy_patch16_224")
+    v = backbones.get("timm:volo_d1_224")  # its class-attention post_network: 197 tokens, a class token
+    assert v.tap("post_network.1.mean").prefix_tokens == 1 and v.tap("post_network.1.cls").channels == 384
