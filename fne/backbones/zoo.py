@@ -121,8 +121,14 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     order = {n: i for i, (n, _) in enumerate(posts)}
     modules = dict(model.named_modules())
 
+    reads = {n: s for k, n, s in events if k == "pre"}
     if classifier is None:
         classifier = _find_classifier(model, posts, modules, num_classes)
+    elif len(reads.get(classifier, ())) > 2 and any(isinstance(m, (nn.Linear, nn.Conv2d))
+                                                      for m in modules[classifier].modules()):
+        # a head that pools a map inside (timm's ClassifierHead): the classifier is its layer to the classes
+        classifier = _find_classifier(model, [p for p in posts if p[0].startswith(classifier + ".")], modules,
+                                      num_classes)
 
     found: list[tuple[int, object]] = []
 
@@ -537,6 +543,4 @@ def timm_discover(model_name: str) -> Discovered:
     if isinstance(clf, (nn.ModuleList, nn.ModuleDict)):
         raise FneError(f"timm:{model_name} combines the class scores of {len(clf)} heads ({name}.*), each on "
                        f"other features: fne takes models with one classifier")
-    if any(True for _ in clf.children()):  # a head that pools inside (ClassifierHead): its layer to the classes
-        name = None
     return discover(model, x, name, getattr(model, "num_classes", 0), _prefix_tokens(model))
