@@ -13,9 +13,13 @@ order and with what output shape, and a small rule table turns that into taps:
 - outside blocks, every activation module (ReLU, GELU, SiLU, Hardswish, ...) is a tap: the
   plain-network rule that gives VGG's conv1_1..conv5_3, fc6, fc7 and stem/head convolutions;
 - pooling follows the output's layout: (B, C, H, W) spatial mean, (B, H, W, C) Swin maps,
-  (B, N, C) tokens give two taps, the class token and the mean of the patch tokens;
+  (B, N, C) tokens give two taps, the class token and the mean of the patch tokens, the prefix
+  tokens counted per block (`_prefix`); an output that is not per image (TNT's pixel tokens) is
+  not tapped;
 - `last` is what the classifier reads: the last tap when only pooling / dropout / flatten run
-  between them, else a `pre_logits` tap on the classifier's input.
+  between them, else a `pre_logits` tap on the classifier's input (pooled where it is a map). A
+  timm head that pools a map inside is looked into for its layer to the classes; one that
+  combines several heads' scores (CrossViT, EfficientViM) is refused.
 """
 
 from __future__ import annotations
