@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fne.backbones import registry as backbones  # noqa: E402
 from fne.backbones import zoo  # noqa: E402
+from fne.backbones.pooling import pool as backbones_pool  # noqa: E402
 from fne.extraction.taps import TapModel  # noqa: E402
 from tests.test_zoo import _reference  # noqa: E402
 
@@ -102,6 +103,9 @@ def fired_order(model, b) -> dict:
         def rec(*a, n=n):
             counter[0] += 1
             log.setdefault(n, []).append(counter[0])
+            if n == b.classifier:
+                x = a[1][0]
+                log["<classifier reads>"] = (x.dim(), x.detach().float().clone())
         m = model.get_submodule(n)
         handles.append(m.register_forward_pre_hook(rec) if n == b.classifier else m.register_forward_hook(rec))
     return log, handles
@@ -217,8 +221,8 @@ def check(arch: str, max_params: float, timeout: int, forward: bool = True) -> d
                 bad.append(f"{t.name}: after the classifier")
         last = got[[t.name for t in b.taps].index(b.last)]
         w = want["<classifier input>"]
-        if isinstance(model.get_submodule(b.classifier), torch.nn.Conv2d):  # a 1x1 conv on the map
-            w = w.reshape(2, last.shape[1], -1).mean(2)
+        if log["<classifier reads>"][0] == 4:  # a map (a 1x1 conv classifier; an Identity head): pooled
+            w = backbones_pool(b.tap(b.last).pool, log["<classifier reads>"][1])
         if last.shape != w.shape or ((last - w).norm() / w.norm().clamp_min(1e-12)).item() > 1e-3:
             bad.append(f"last ({b.last}, {tuple(last.shape)}) is not the classifier's input {tuple(w.shape)}")
         bad += layout_problems(b, size)

@@ -387,6 +387,8 @@ def test_a_head_that_pools_inside_is_not_the_classifier():
         b = backbones.get(arch)
         assert b.classifier == "head.fc" and b.fc_layers == ("head.fc",), arch
         assert b.last == "pre_logits" and b.tap("pre_logits").channels == width, arch
+    # a 1x1 conv classifier on the pooled map (DLA, DPN, ResNetV2) is a layer itself, not a head to look into
+    assert backbones.get("timm:dla46x_c").classifier == "fc" and backbones.get("timm:resnetv2_18").classifier == "head.fc"
     # a model with no classes (SAM's encoder): `last` is what its Identity head reads, pooled
     s = backbones.get("timm:samvit_base_patch16")
     assert s.num_classes == 0 and s.tap("pre_logits").channels == 256  # before: 256 x 64 x 64 declared

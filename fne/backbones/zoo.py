@@ -129,7 +129,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     if classifier is None:
         classifier = _find_classifier(model, posts, modules, num_classes)
     elif len(reads.get(classifier, ())) > 2 and any(isinstance(m, (nn.Linear, nn.Conv2d))
-                                                      for m in modules[classifier].modules()):
+                                                      for m in list(modules[classifier].modules())[1:]):
         # a head that pools a map inside (timm's ClassifierHead): the classifier is its layer to the classes
         classifier = _find_classifier(model, [p for p in posts if p[0].startswith(classifier + ".")], modules,
                                       num_classes)
