@@ -320,3 +320,80 @@ def test_a_store_of_layers_an_earlier_fne_tapped_says_what_to_do(tmp_path):
         Store.open(str(tmp_path), key, [("features.12", 512)], 1)
     with pytest.raises(CacheError, match="describes other rows"):  # anything else: as before
         Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 2)
+
+
+def test_cait_taps_count_the_class_token_only_where_it_is():
+    """CaiT's self-attention blocks hold the patch tokens alone; its class-attention blocks
+    (blocks_token_only) return the class token alone. Before: every block `prefix_tokens=1`, so
+    blocks.N.cls was patch token 0 and blocks_token_only.N.mean the mean of no tokens (NaN)."""
+    b = backbones.get("timm:cait_xxs24_224")
+    names = [t.name for t in b.taps]
+    assert "blocks.0.cls" not in names and "blocks_token_only.0.mean" not in names
+    assert b.tap("blocks.0.mean").prefix_tokens == 0 and b.tap("blocks_token_only.1.cls").prefix_tokens == 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model("cait_xxs24_224", img_size=32).eval()
+    tap = TapModel(model, b).eval()
+    out = {}
+    model.blocks[0].register_forward_hook(lambda m, i, o: out.__setitem__("blocks.0", o.detach().clone()))
+    model.blocks_token_only[1].register_forward_hook(lambda m, i, o: out.__setitem__("cls", o.detach().clone()))
+    with torch.no_grad():
+        got = dict(zip(names, tap(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))))
+    assert out["blocks.0"].shape[1] == 4 and out["cls"].shape[1] == 1  # 2x2 patches; the class token
+    assert torch.allclose(got["blocks.0.mean"], out["blocks.0"].mean(1), atol=1e-5)
+    assert torch.allclose(got["blocks_token_only.1.cls"], out["cls"][:, 0], atol=1e-6)
+    assert all(torch.isfinite(g).all() for g in got.values())
+
+
+def test_a_vit_whose_weights_take_another_size_is_built_at_it():
+    """vit_h_14's DEFAULT weights (SWAG) take 518 pixels, which 14 divides and 256 does not:
+    whether the builder takes `image_size` was asked at 256, and the AssertionError escaped."""
+    b = backbones.get("vit_h_14")
+    assert b.input_size == 518 and b.last == "pre_logits"
+    assert b.tap("encoder.layers.encoder_layer_0.mean").channels == 1280
+    from fne.backbones import zoo
+
+    model = zoo.meta_model(lambda: b.build(1000))
+    assert model.image_size == 518
+
+
+def test_coat_class_tokens_and_models_of_several_heads():
+    """CoaT declares no num_prefix_tokens but carries a class token (cls_token1..4) ahead of each
+    stage's patch tokens: before, its mean took that token in, and no `cls` tap was made."""
+    b = backbones.get("timm:coat_tiny")
+    assert b.tap("serial_blocks1.0.mean").prefix_tokens == 1 and b.tap("serial_blocks4.1.cls").channels == 152
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model("coat_tiny", img_size=64).eval()
+    tap = TapModel(model, b).eval()
+    out = {}
+    model.serial_blocks1[0].register_forward_hook(lambda m, i, o: out.__setitem__("b", o.detach().clone()))
+    with torch.no_grad():
+        got = dict(zip([t.name for t in b.taps], tap(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))))
+    assert out["b"].shape[1] == 16 * 16 + 1
+    assert torch.allclose(got["serial_blocks1.0.mean"], out["b"][:, 1:].mean(1), atol=1e-5)
+    assert torch.allclose(got["serial_blocks1.0.cls"], out["b"][:, 0], atol=1e-6)
+    # CrossViT (two branches), EfficientViM (a head per stage): class scores of several heads combined
+    for arch in ("timm:crossvit_tiny_240", "timm:efficientvim_m1"):
+        with pytest.raises(FneError, match=r"combines the class scores of \d heads .*one classifier"):
+            backbones.get(arch)
+
+
+def test_a_head_that_pools_inside_is_not_the_classifier():
+    """get_classifier() of timm's SAM ViT and Sequencer is the whole ClassifierHead, whose input is
+    the unpooled map: before, pre_logits was that map flattened (150528 and 98304 wide, and of
+    another width at any other input size). The classifier is the head's Linear."""
+    for arch, width in (("timm:samvit_base_patch16_224", 768), ("timm:sequencer2d_s", 384)):
+        b = backbones.get(arch)
+        assert b.classifier == "head.fc" and b.fc_layers == ("head.fc",), arch
+        assert b.last == "pre_logits" and b.tap("pre_logits").channels == width, arch
+    # a 1x1 conv classifier on the pooled map (DLA, DPN, ResNetV2) is a layer itself, not a head to look into
+    assert backbones.get("timm:dla46x_c").classifier == "fc" and backbones.get("timm:resnetv2_18").classifier == "head.fc"
+    # a model with no classes (SAM's encoder): `last` is what its Identity head reads, pooled
+    s = backbones.get("timm:samvit_base_patch16")
+    assert s.num_classes == 0 and s.tap("pre_logits").channels == 256  # before: 256 x 64 x 64 declared
+    # TNT's blocks return (pixel tokens of every patch, patch tokens): the first is not per image
+    with pytest.raises(FneError, match="no layers to tap in TNT: .* per image"):  # before: rows of 196 x B
+        backbones.get("timm:tnt_s_legacy_patch16_224")
+    v = backbones.get("timm:volo_d1_224")  # its class-attention post_network: 197 tokens, a class token
+    assert v.tap("post_network.1.mean").prefix_tokens == 1 and v.tap("post_network.1.cls").channels == 384

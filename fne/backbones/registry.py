@@ -145,7 +145,7 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
     p = zoo.tv_preprocess(w)
     if zoo.tv_takes_half_norm(name):
         p.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    image_size = p["crop_size"] if p["crop_size"] != 224 and _takes_image_size(name) else None
+    image_size = p["crop_size"] if p["crop_size"] != 224 and _takes_image_size(name, p["crop_size"]) else None
     d = zoo.tv_discover(name, image_size)
 
     def imagenet() -> dict:
@@ -162,14 +162,13 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
         resize=p["resize"], interpolation=p["interpolation"], source="torchvision")
 
 
-def _takes_image_size(name: str) -> bool:
-    import torch
-
+def _takes_image_size(name: str, size: int) -> bool:
+    """Whether torchvision's builder of `name` takes `image_size` (its ViTs): built at `size` (a
+    size its patches divide: vit_h_14's 518), on the meta device where its init code allows."""
     from fne.backbones import zoo
 
     try:
-        with torch.device("meta"):
-            zoo.tv_build(name, 256)(1000)
+        zoo.meta_model(lambda: zoo.tv_build(name, size)(1000))
         return True
     except TypeError:
         return False

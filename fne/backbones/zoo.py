@@ -13,9 +13,13 @@ order and with what output shape, and a small rule table turns that into taps:
 - outside blocks, every activation module (ReLU, GELU, SiLU, Hardswish, ...) is a tap: the
   plain-network rule that gives VGG's conv1_1..conv5_3, fc6, fc7 and stem/head convolutions;
 - pooling follows the output's layout: (B, C, H, W) spatial mean, (B, H, W, C) Swin maps,
-  (B, N, C) tokens give two taps, the class token and the mean of the patch tokens;
+  (B, N, C) tokens give two taps, the class token and the mean of the patch tokens, the prefix
+  tokens counted per block (`_prefix`); an output that is not per image (TNT's pixel tokens) is
+  not tapped;
 - `last` is what the classifier reads: the last tap when only pooling / dropout / flatten run
-  between them, else a `pre_logits` tap on the classifier's input.
+  between them, else a `pre_logits` tap on the classifier's input (pooled where it is a map). A
+  timm head that pools a map inside is looked into for its layer to the classes; one that
+  combines several heads' scores (CrossViT, EfficientViM) is refused.
 """
 
 from __future__ import annotations
@@ -121,21 +125,29 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     order = {n: i for i, (n, _) in enumerate(posts)}
     modules = dict(model.named_modules())
 
+    reads = {n: s for k, n, s in events if k == "pre"}
     if classifier is None:
         classifier = _find_classifier(model, posts, modules, num_classes)
+    elif len(reads.get(classifier, ())) > 2 and any(isinstance(m, (nn.Linear, nn.Conv2d))
+                                                      for m in list(modules[classifier].modules())[1:]):
+        # a head that pools a map inside (timm's ClassifierHead): the classifier is its layer to the classes
+        classifier = _find_classifier(model, [p for p in posts if p[0].startswith(classifier + ".")], modules,
+                                      num_classes)
 
     found: list[tuple[int, object]] = []
 
     def add(name: str, mod: nn.Module) -> None:
         lay = _layout(shape.get(name, ()))
-        if lay is None:
+        if lay is None or shape[name][0] != x.shape[0]:  # not per image (TNT's pixel tokens, first of a pair)
             return
         pool, ch = lay
         if pool == "tokens":
-            if prefix_tokens > 0:
-                found.append((order[name], Tap(f"{name}.cls", name, ch, pool="cls", prefix_tokens=prefix_tokens)))
-            found.append((order[name], Tap(f"{name}.mean", name, ch, pool="mean_tokens",
-                                           prefix_tokens=prefix_tokens)))
+            n = shape[name][1]
+            prefix = _prefix(n, prefix_tokens)
+            if prefix > 0:
+                found.append((order[name], Tap(f"{name}.cls", name, ch, pool="cls", prefix_tokens=prefix)))
+            if n > prefix:
+                found.append((order[name], Tap(f"{name}.mean", name, ch, pool="mean_tokens", prefix_tokens=prefix)))
         else:
             found.append((order[name], Tap(name, name, ch, pool=pool)))
 
@@ -165,12 +177,14 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
     # what runs after the classifier (SqueezeNet's ReLU on its class scores) is no feature
     taps = [t for i, t in sorted(found, key=lambda p: p[0]) if i < order[classifier]]
     if not taps:
-        raise FneError(f"found no layers to tap in {type(model).__name__}")
+        raise FneError(f"found no layers to tap in {type(model).__name__}: no block's output (the first tensor "
+                       f"of those it returns) is a feature map or token sequence per image")
 
     last = _find_last(events, modules, taps, classifier)
     if last is None:
         ch = next(s for k, n, s in events if k == "pre" and n == classifier)
-        taps.append(Tap("pre_logits", classifier, int(math.prod(ch[1:])), on_input=True))
+        pool, width = _layout(ch) if len(ch) == 4 else ("mean_nchw", int(math.prod(ch[1:])))  # a map: pooled
+        taps.append(Tap("pre_logits", classifier, width, on_input=True, pool=pool))
         last = "pre_logits"
 
     parent = classifier.rpartition(".")[0]
@@ -179,6 +193,21 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
         fc = tuple(f"{parent}.{n}" for n, m in modules[parent].named_children()
                    if (isinstance(m, nn.Linear) or f"{parent}.{n}" == classifier) and calls[f"{parent}.{n}"])
     return Discovered(tuple(taps), last, classifier, fc, num_classes)
+
+
+def _square(n: int) -> bool:
+    return n >= 0 and math.isqrt(n) ** 2 == n
+
+
+def _prefix(n: int, prefix_tokens: int) -> int:
+    """How many of a block's `n` output tokens are class/register tokens. The model declares
+    `prefix_tokens`, but not every block carries them: CaiT's self-attention blocks hold the patch
+    tokens alone (its class token joins later), its class-attention blocks return the class token
+    alone. Fne's input is square, so its patch tokens make a square grid: n patch tokens with the
+    prefix, n - prefix_tokens tokens without."""
+    if prefix_tokens and n > prefix_tokens and _square(n) and not _square(n - prefix_tokens):
+        return 0
+    return min(prefix_tokens, n)
 
 
 def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
@@ -414,10 +443,16 @@ def tv_takes_half_norm(name: str) -> bool:
 def tv_discover(name: str, image_size: int | None = None) -> Discovered:
     model = meta_model(lambda: tv_build(name, image_size)(1000))
     x = torch.zeros(1, 3, image_size or 224, image_size or 224, device="meta")
-    prefix = getattr(model, "num_prefix_tokens", None)
-    if prefix is None:
-        prefix = int(any(hasattr(model, a) for a in ("class_token", "cls_token")))
-    return discover(model, x, None, 1000, prefix)
+    return discover(model, x, None, 1000, _prefix_tokens(model))
+
+
+def _prefix_tokens(model: nn.Module) -> int:
+    """The class/register tokens the model declares (timm's `num_prefix_tokens`), else one where it
+    holds a class token (torchvision's ViT `class_token`, timm's CoaT `cls_token1`..`cls_token4`)."""
+    declared = getattr(model, "num_prefix_tokens", None)
+    if declared is not None:
+        return int(declared)
+    return int(any(n.startswith(("class_token", "cls_token")) for n, _ in model.named_parameters(recurse=False)))
 
 
 # ------------------------------------------------------------------ timm
@@ -509,4 +544,7 @@ def timm_discover(model_name: str) -> Discovered:
     if isinstance(clf, (tuple, list)):  # distilled models (DeiT, LeViT): (head, head_dist)
         clf = clf[0]
     name = next(n for n, m in model.named_modules() if m is clf)
-    return discover(model, x, name, getattr(model, "num_classes", 0), int(getattr(model, "num_prefix_tokens", 0)))
+    if isinstance(clf, (nn.ModuleList, nn.ModuleDict)):
+        raise FneError(f"timm:{model_name} combines the class scores of {len(clf)} heads ({name}.*), each on "
+                       f"other features: fne takes models with one classifier")
+    return discover(model, x, name, getattr(model, "num_classes", 0), _prefix_tokens(model))
