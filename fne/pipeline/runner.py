@@ -574,12 +574,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", help="a pipelines/*.toml file")
     parser.add_argument("--out", default=None, help="run folder (default: the file's pipeline.out, else runs/NAME)")
     parser.add_argument("--cache", default=None, help="cache folder (default: the file's pipeline.cache, "
-                                                      "$FNE_CACHE or ./cache)")
+                                                      "else $FNE_CACHE, else `fne cache info`)")
     parser.add_argument("--force", action="store_true", help="rerun steps that are already done")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the steps, run nothing")
     parser.add_argument("--no-report", dest="report", action="store_const", const=False, default=None,
                         help="do not write the report at the end")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:i] (overrides the file)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda[:i] or mps (overrides the file)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (overrides the file)")
 
 
