@@ -467,6 +467,19 @@ def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens
     assert not cache.exists() and not out.exists()
 
 
+@pytest.mark.parametrize("dry", [True, False])
+def test_out_that_is_a_file_is_one_line_before_any_step(tmp_path, capsys, dry):
+    from fne.cli import main
+
+    f = write(tmp_path, TINY)
+    out = tmp_path / "results.txt"
+    out.write_text("kept")
+    code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), *(["--dry-run"] if dry else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"fne run: error: --out {out}: is a file; give a folder (new or existing) to write into"
+    assert out.read_text() == "kept" and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("text, where, words", [
     ("", "p.toml: ", "empty pipeline file"),
     ("# only a comment\n", "p.toml: ", "empty pipeline file"),

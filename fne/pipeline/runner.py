@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import fne
+from fne.cache.fs import check_target
 from fne.errors import FneError, WeightsError
 from fne.names import slug
 from fne.pipeline import config
@@ -395,7 +396,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         p.device = device
     if workers is not None:
         p.workers = workers
-    out = Path(out or p.out or Path("runs") / slug(p.name))
+    out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
