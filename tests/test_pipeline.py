@@ -547,6 +547,39 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens):
     assert dry()[-1] == "0 step(s) to run, 3 done"
 
 
+@pytest.mark.parametrize("imagenet_loads", [False, True])
+def test_dry_run_finds_the_steps_an_imagenet_or_random_run_finished(tmp_path, monkeypatch, imagenet_loads):
+    """`imagenet-or-random` is resolved when a run starts; the dry run resolves nothing, yet lists
+    the steps the run finished under either resolution as done (it listed every one as 'settings
+    changed: backbone.weights ...'), and a changed setting as that setting alone."""
+    import dataclasses
+
+    from fne.backbones import registry
+    from fne.errors import WeightsError
+
+    if not imagenet_loads:  # offline, as the quickstart pipeline on a machine without VGG-16's file
+        def offline():
+            raise WeightsError("no network")
+
+        bb = dataclasses.replace(registry.REGISTRY["efficientnet_lite0"], imagenet=offline)
+        monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", bb)
+    text = TINY.replace('weights = "random"', 'weights = "imagenet-or-random"').split("[train]")[0]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+
+    def dry() -> list[str]:
+        lines: list[str] = []
+        P.run(f, out, cache, dry_run=True, log=lines.append)
+        return lines
+
+    assert dry()[-1] == "0 step(s) to run, 3 done"
+    f.write_text(text.replace("splits = 2", "splits = 3"))
+    lines = dry()
+    assert lines[-1] == "2 step(s) to run, 1 done"
+    assert lines[-2].endswith("(to run: settings changed: splits 2 -> 3)")
+
+
 def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):
     """max_per_class: the dry run looks at the subset file the run wrote (it writes none itself),
     so finished steps read as done instead of as changed images."""

@@ -437,7 +437,7 @@ def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) 
 
     # a subset is the one an earlier run wrote, if it is still this one
     data_for = {d.key: materialise(d, out, cache, write=False) for d in p.datasets if not d.skipped}
-    steps = plan(p, out, data_for, cache, read=False)
+    steps = dryrun.plan_either(p, lambda: plan(p, out, data_for, cache, read=False))
     say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
     for d in p.datasets:
         if d.data.startswith("hf:") and not hf_available(d.data, cache):
