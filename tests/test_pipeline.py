@@ -467,6 +467,19 @@ def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens
     assert not cache.exists() and not out.exists()
 
 
+@pytest.mark.parametrize("in_file", [True, False])
+def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys, in_file):
+    from fne.cli import main
+
+    f = write(tmp_path, TINY.replace('workers = 0', 'workers = 0\ndevice = "tpu"', 1) if in_file else TINY)
+    out = tmp_path / "out"
+    code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out),
+                 *([] if in_file else ["--device", "tpu"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "fne run: error: bad --device 'tpu'; use auto, cpu, cuda[:i] or mps"
+    assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
+
+
 @pytest.mark.parametrize("dry", [True, False])
 def test_out_that_is_a_file_is_one_line_before_any_step(tmp_path, capsys, dry):
     from fne.cli import main

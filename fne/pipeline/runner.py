@@ -396,6 +396,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         p.device = device
     if workers is not None:
         p.workers = workers
+    if not dry_run and p.device != "auto":  # a bad or absent device would fail every step: one line, first
+        from fne.devices import resolve_device
+
+        resolve_device(p.device)
     out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
