@@ -80,6 +80,14 @@ def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
             assert "default" in actions[name].help, name
 
 
+def test_run_help_names_the_cache_and_devices_the_other_verbs_use():
+    # `fne run` without --cache reads $FNE_CACHE, else the default root (fne.cache.store.cache_root),
+    # never a ./cache of the working directory; its --device takes what the other verbs' does
+    run = _actions("run")
+    assert "./cache" not in run["cache"].help and "fne cache info" in run["cache"].help
+    assert "mps" in run["device"].help and "mps" in _actions("fit")["device"].help
+
+
 def _readme_commands() -> tuple[list[list[str]], list[str]]:
     """The README's `fne` commands: whole ones from its code blocks (argv after `fne`; torchrun's
     and srun's included), and the `fne VERB …` fragments quoted in its prose."""

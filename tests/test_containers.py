@@ -340,6 +340,22 @@ def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
     assert f"{parquet.hub_cli()} download someone/flowers-nowhere --repo-type dataset" in err
 
 
+def test_a_missing_optional_package_names_this_distribution_not_pypis_fne(tmp_path, monkeypatch, capsys):
+    # PyPI's `fne` is HPAI-BSC's package: `pip install 'fne[parquet]'` would install it, not the extra
+    import sys
+
+    from fne.data import parquet
+
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if not installed
+    with pytest.raises(DataError, match=r"pip install pyarrow \(or fne-toolkit\[parquet\]\)"):
+        parquet._pq()
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    code = main(["extract", "hf:someone/flowers-nowhere@train", "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "pip install datasets, or fne-toolkit[hf]" in err and "'fne[" not in err
+
+
 @pytest.mark.parametrize("version, cli", [("0.21.2", "huggingface-cli"), ("0.33.9", "huggingface-cli"),
                                           ("0.34.0", "hf"), ("1.0.0rc1", "hf"), ("2.4.0", "hf")])
 def test_the_download_hint_names_the_hub_command_the_installed_version_has(version, cli, monkeypatch):

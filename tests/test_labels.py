@@ -195,3 +195,12 @@ def test_tiny_classes_fit_and_auto_selection_names_them(tmp_path, recwarn):
     with pytest.raises(FneError, match=r"25 class\(es\) have 1 training image in a split \('c00', 'c01', "
                                        r"'c02', 'c03', 'c04', \.\.\.\): give --C"):
         fit(data, tmp_path / "run2", C="auto", train_per_class=1, **common)
+
+
+def test_a_whole_number_stored_as_a_number_is_an_integer_text_is_kept_as_written():
+    """README: `3.0` -> `3` for numbers (a float column, a JSON number); a CSV cell or a `.cls`
+    member is text and keeps its `3.0`."""
+    from fne.data.labels import label_text
+
+    assert label_text(3.0) == "3" and label_text(np.float32(3.0)) == "3" and label_text(2.5) == "2.5"
+    assert label_text(" 3.0 ") == "3.0" and label_text(b"3.0\n") == "3.0"

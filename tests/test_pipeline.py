@@ -467,6 +467,32 @@ def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens
     assert not cache.exists() and not out.exists()
 
 
+@pytest.mark.parametrize("in_file", [True, False])
+def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys, in_file):
+    from fne.cli import main
+
+    f = write(tmp_path, TINY.replace('workers = 0', 'workers = 0\ndevice = "tpu"', 1) if in_file else TINY)
+    out = tmp_path / "out"
+    code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out),
+                 *([] if in_file else ["--device", "tpu"])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "fne run: error: bad --device 'tpu'; use auto, cpu, cuda[:i] or mps"
+    assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
+
+
+@pytest.mark.parametrize("dry", [True, False])
+def test_out_that_is_a_file_is_one_line_before_any_step(tmp_path, capsys, dry):
+    from fne.cli import main
+
+    f = write(tmp_path, TINY)
+    out = tmp_path / "results.txt"
+    out.write_text("kept")
+    code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), *(["--dry-run"] if dry else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"fne run: error: --out {out}: is a file; give a folder (new or existing) to write into"
+    assert out.read_text() == "kept" and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("text, where, words", [
     ("", "p.toml: ", "empty pipeline file"),
     ("# only a comment\n", "p.toml: ", "empty pipeline file"),
@@ -532,6 +558,39 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens):
     P.run(f, out, cache, report=False, log=said.append)
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (settings changed: splits 2 -> 3)") for s in said)
     assert dry()[-1] == "0 step(s) to run, 3 done"
+
+
+@pytest.mark.parametrize("imagenet_loads", [False, True])
+def test_dry_run_finds_the_steps_an_imagenet_or_random_run_finished(tmp_path, monkeypatch, imagenet_loads):
+    """`imagenet-or-random` is resolved when a run starts; the dry run resolves nothing, yet lists
+    the steps the run finished under either resolution as done (it listed every one as 'settings
+    changed: backbone.weights ...'), and a changed setting as that setting alone."""
+    import dataclasses
+
+    from fne.backbones import registry
+    from fne.errors import WeightsError
+
+    if not imagenet_loads:  # offline, as the quickstart pipeline on a machine without VGG-16's file
+        def offline():
+            raise WeightsError("no network")
+
+        bb = dataclasses.replace(registry.REGISTRY["efficientnet_lite0"], imagenet=offline)
+        monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", bb)
+    text = TINY.replace('weights = "random"', 'weights = "imagenet-or-random"').split("[train]")[0]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+
+    def dry() -> list[str]:
+        lines: list[str] = []
+        P.run(f, out, cache, dry_run=True, log=lines.append)
+        return lines
+
+    assert dry()[-1] == "0 step(s) to run, 3 done"
+    f.write_text(text.replace("splits = 2", "splits = 3"))
+    lines = dry()
+    assert lines[-1] == "2 step(s) to run, 1 done"
+    assert lines[-2].endswith("(to run: settings changed: splits 2 -> 3)")
 
 
 def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):

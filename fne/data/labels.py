@@ -1,9 +1,10 @@
 """Labels as every DATA form reads them: one rule for a label's text and one for the class order.
 
 A label is text. A value read from a label column (CSV, Parquet, HDF5, a tar shard's `.cls`,
-`.txt` or `.json`) is stripped of surrounding white space; an integral number is written as an
-integer (`3.0` -> `3`, as pandas stores an int column with gaps); an empty value, None or NaN is
-no label (the image is skipped with a warning). A class folder's name is the class name as it is.
+`.txt` or `.json`) is stripped of surrounding white space; a whole number stored as a number (a
+float column, a JSON number) is written as an integer (`3.0` -> `3`, as pandas stores an int
+column with gaps), while text (a CSV cell, a `.cls` member) is kept as written; an empty value,
+None or NaN is no label (the image is skipped with a warning). A class folder's name is the class name as it is.
 Unicode forms are kept as written: `café` in NFD (a macOS archive) and in NFC (typed on Linux)
 are two classes, named in a warning (`fne fit` explains a test class that has no training images
 for that reason, `fne.data.splits`); `fne predict` compares labels in NFC.

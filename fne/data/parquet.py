@@ -3,7 +3,8 @@
 The image column holds encoded bytes, or Hugging Face's `{bytes, path}` struct; files saved by
 `datasets` work as they are, their ClassLabel names included. Row groups are read in order, one
 at a time per loader worker. `hf:NAME[:CONFIG][@SPLIT]` loads a Hub dataset through the
-optional `datasets` package (`pip install 'fne[hf]'`) once, into Parquet files in the cache.
+optional `datasets` package (`pip install datasets`, or fne-toolkit's `hf` extra) once, into
+Parquet files in the cache.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _pq():
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError("Parquet DATA needs pyarrow: pip install 'fne[parquet]'") from None
+        raise DataError("Parquet DATA needs pyarrow: pip install pyarrow (or fne-toolkit[parquet])") from None
     return pq
 
 
@@ -168,7 +169,7 @@ def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path, cache
     try:
         import datasets
     except ImportError:
-        raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install 'fne[hf]'), "
+        raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install datasets, or fne-toolkit[hf]), "
                         f"or {hf_download_hint(spec, cache)}") from None
     import logging
     import warnings

@@ -9,13 +9,14 @@ resolved, a subset not written yet).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from fne.errors import FneError, WeightsError
 from fne.pipeline.config import BackboneCfg, Pipeline
 from fne.pipeline.steps import Step, known_keys, needs_rows
 
-__all__ = ["describe", "extraction_line"]
+__all__ = ["describe", "extraction_line", "plan_either"]
 
 
 def extraction_line(step: Step, data: str | None, p: Pipeline, cache: str | None) -> str:
@@ -53,6 +54,37 @@ def extraction_line(step: Step, data: str | None, p: Pipeline, cache: str | None
     if not missing:
         return head + f"all {n} images cached: no forward pass"
     return head + f"{missing} of {n} images not in the cache: computed {first}"
+
+
+def plan_either(p: Pipeline, make: Callable[[], list[Step]]) -> list[Step]:
+    """The steps `make()` plans, where a backbone's weights `imagenet-or-random` are resolved only
+    when a run starts (imagenet when its weights load, else random): a step that an earlier run
+    finished (or last ran) under either resolution is taken as planned under it, so it shows as
+    done, or with the settings that changed since, rather than as changed weights (the run itself
+    resolves the weights and skips it the same way)."""
+    either = [b for b in p.backbones if b.weights == "imagenet-or-random" and b.resolved_weights is None]
+    steps = make()
+    for weights in ("random", "imagenet") if either else ():
+        for b in either:
+            b.resolved_weights = weights
+        try:
+            alt = make()
+        except (FneError, WeightsError):  # no fingerprint for these weights here: nothing was done with them
+            continue
+        finally:
+            for b in either:
+                b.resolved_weights = None
+        steps = [a if not s.done() and (a.done() or _ran_with(a) == weights) else s
+                 for s, a in zip(steps, alt, strict=True)]
+    return steps
+
+
+def _ran_with(step: Step) -> str | None:
+    """The weights an earlier run of the step resolved (its step.json), if it left one."""
+    try:
+        return json.loads((step.dir / "step.json").read_text())["config"]["backbone"]["weights"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], cache: str | None,

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import fne
+from fne.cache.fs import check_target
 from fne.errors import FneError, WeightsError
 from fne.names import slug
 from fne.pipeline import config
@@ -395,7 +396,11 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         p.device = device
     if workers is not None:
         p.workers = workers
-    out = Path(out or p.out or Path("runs") / slug(p.name))
+    if not dry_run and p.device != "auto":  # a bad or absent device would fail every step: one line, first
+        from fne.devices import resolve_device
+
+        resolve_device(p.device)
+    out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
@@ -436,7 +441,7 @@ def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) 
 
     # a subset is the one an earlier run wrote, if it is still this one
     data_for = {d.key: materialise(d, out, cache, write=False) for d in p.datasets if not d.skipped}
-    steps = plan(p, out, data_for, cache, read=False)
+    steps = dryrun.plan_either(p, lambda: plan(p, out, data_for, cache, read=False))
     say(f"{path}: valid; {len(steps)} steps (weights not resolved in a dry run)")
     for d in p.datasets:
         if d.data.startswith("hf:") and not hf_available(d.data, cache):
@@ -574,12 +579,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pipeline", help="a pipelines/*.toml file")
     parser.add_argument("--out", default=None, help="run folder (default: the file's pipeline.out, else runs/NAME)")
     parser.add_argument("--cache", default=None, help="cache folder (default: the file's pipeline.cache, "
-                                                      "$FNE_CACHE or ./cache)")
+                                                      "else $FNE_CACHE, else `fne cache info`)")
     parser.add_argument("--force", action="store_true", help="rerun steps that are already done")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the steps, run nothing")
     parser.add_argument("--no-report", dest="report", action="store_const", const=False, default=None,
                         help="do not write the report at the end")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda[:i] (overrides the file)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda[:i] or mps (overrides the file)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (overrides the file)")
 
 
