@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 
 import numpy as np
@@ -117,6 +118,16 @@ def test_advise_digits_random_weights_end_to_end(capsys):
         words = shlex.split(cmd)
         got = build_parser().parse_args(words[1:])
         assert (words[0], got.data, got.arch, got.weights) == ("fne", "digits", "efficientnet_lite0", "random")
+
+
+def test_an_out_that_is_a_folder_is_one_line_before_the_forward_pass(tmp_path, capsys, monkeypatch):
+    """`fne advise DATA --out DIR` raised IsADirectoryError after the whole forward pass."""
+    from fne.cli import main
+
+    monkeypatch.setattr(A, "advise", lambda *a, **k: pytest.fail("advise ran before --out was checked"))
+    assert main(["advise", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--out",
+                 str(tmp_path)]) == 2
+    assert re.search(r"fne advise: error: --out .*: is a folder; give the file to write", capsys.readouterr().err)
 
 
 def test_similarity_measured_from_the_source_classifier(tmp_path, monkeypatch):

@@ -263,6 +263,10 @@ def test_what_a_folder_leaves_out_is_said(tmp_path):
                                          r"validation folder \(val/\) as train"):
         d = load_dataset(tmp_path / "s")
     assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4
+    _png(tmp_path / "s" / "loose.png", 7)  # an image beside train/ and test/ was left out silently
+    with pytest.warns(UserWarning, match=r"extra/ and 1 image\(s\) beside them \(loose\.png\) left out"):
+        d = load_dataset(tmp_path / "s")
+    assert len(d) == 4 and d.left_out == ["loose.png"]
 
 
 def test_a_float_image_in_0_1_is_said_to_come_out_black(tmp_path):
@@ -313,7 +317,7 @@ def test_an_image_too_thin_to_resize_is_named_skipped_and_recorded(tmp_path, cap
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "skipped a/thin.png: DecompressionBombError: resized for the network, this 1 x 4000 image would be " \
-           "256 x 1024000" in captured.err
+           "256 x 1024000 (262,144,000 pixels, over 178,956,970, twice Pillow's MAX_IMAGE_PIXELS)" in captured.err
     assert "skipped b/wide.jpg: DecompressionBombError" in captured.err
     assert "5 computed" in captured.out and "2 skipped" in captured.out
     assert main(args) == 0

@@ -225,6 +225,21 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "rep" / "report.html").is_file()
 
 
+def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_run_is_read(tmp_path):
+    """`fne report RUNS --out FILE` raised FileExistsError (a traceback from the CLI)."""
+    from fne.cli import main
+
+    runs = make_runs(tmp_path / "runs")
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(FneError, match=r"^--out .*taken: is a file; give a folder"):
+        report([runs / "a"], tmp_path / "taken")
+    assert main(["report", str(runs / "a"), "--out", str(tmp_path / "taken" / "rep")]) == 2
+    assert (tmp_path / "taken").read_text() == "x" and not list(tmp_path.glob("taken*/report*"))
+    report([runs / "a"], tmp_path / "rep")  # written whole, no temporary file left beside
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir() if p.is_file()) == [
+        "report.html", "report.json", "report.md"]
+
+
 def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
@@ -336,6 +351,15 @@ def test_tie_and_single_method_name_no_winner(tmp_path):
     assert "  Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy" in table_text([ds])  # fne run's console
     assert "Measured winner" not in md and "Measured winner" not in html
     assert "neither confirm nor contradict the advice" in md
+    # rows of one method that differ in a setting: named by it (was "fne+svm, fne+svm tie")
+    ds, md, _ = _verdict_report(tmp_path / "C", {
+        "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, C=1.0, splits=_splits([0.9])),
+        "b": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, C=0.5, splits=_splits([0.9]))})
+    assert "Tie: no winner: fne+svm (C=1), fne+svm (C=0.5) tie at 90.0 % accuracy." in md
+    ds, md, _ = _verdict_report(tmp_path / "C2", {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, C=1.0, splits=_splits([0.90, 0.91, 0.89, 0.90, 0.92])),
+        "b": fake_metrics("fne+svm", 0.84, 0.01, 0.84, 0.01, C=0.5, splits=_splits([0.84, 0.85, 0.83, 0.84, 0.85]))})
+    assert "fne+svm (C=1) beats the runner-up fne+svm (C=0.5) beyond noise" in md
     ds, md, html = _verdict_report(tmp_path / "one", {"a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0)},
                                    advice=True)
     assert ds["verdict"]["kind"] == "single"

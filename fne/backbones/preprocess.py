@@ -102,7 +102,7 @@ class Preprocess:
         if limit and rw * rh > 2 * limit:
             raise Image.DecompressionBombError(
                 f"resized for the network, this {w} x {h} image would be {rw} x {rh} ({rw * rh:,} pixels, "
-                f"over twice Pillow's MAX_IMAGE_PIXELS, {limit:,}): too thin to resize")
+                f"over {2 * limit:,}, twice Pillow's MAX_IMAGE_PIXELS): too thin to resize")
 
     def boxes(self, w: int, h: int) -> list[tuple[int, int]]:
         """Where the crops lie in a resized image.

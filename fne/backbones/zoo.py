@@ -425,6 +425,8 @@ def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Mod
         import torchvision.models as tvm
 
         kw = {"image_size": image_size} if image_size else {}
+        if name in ("googlenet", "inception_v3"):  # the init torchvision picks anyway, said in a FutureWarning
+            kw["init_weights"] = True
         return tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
 
     return build

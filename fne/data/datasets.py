@@ -280,12 +280,17 @@ _HELD_OUT = {"val", "valid", "validation", "test", "testing"}
 def _split_folder(root: Path) -> Dataset:
     """train/ and test/, each of class folders; a validation folder (val/, valid/, validation/,
     dev/) joins train, as in tar shards and Parquet files (the FNE paper's train = train + val)."""
-    files, labels, splits, left_out = [], [], [], []
-    names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    files, labels, splits = [], [], []
+    entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
+    names = sorted(e.name for e in entries if e.is_dir())
+    left_out = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     other = [n for n in names if n not in SPLITS and containers.normalise_split(n) is None]
-    if other:
-        warnings.warn(f"DATA {root}: {', '.join(f'{n}/' for n in other)} left out: a predefined split reads "
-                      f"train/ and test/, and a validation folder (val/) as train", stacklevel=3)
+    if other or left_out:
+        what = [f"{', '.join(f'{n}/' for n in other)}"] if other else []
+        what += [f"{len(left_out)} image(s) beside them ({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})"
+                 ] if left_out else []
+        warnings.warn(f"DATA {root}: {' and '.join(what)} left out: a predefined split reads train/ and test/, "
+                      f"and a validation folder (val/) as train", stacklevel=3)
     parts = ["train"] + [n for n in names if n not in SPLITS and containers.normalise_split(n) == "train"]
     parts += [n for n in names if n != "test" and containers.normalise_split(n) == "test"] + ["test"]
     for part in parts:

@@ -180,13 +180,14 @@ def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> s
     result = _row_test(ranked[0], ranked[1], metrics_by_path)
     if result is None:
         return None
-    first = describe(result, ranked[0]["method"], ranked[1]["method"])
+    name = [r.get("label") or r["method"] for r in ranked]  # a report row's label tells rows of one method apart
+    first = describe(result, name[0], name[1])
     if verdict(result) == "no clear winner":
         return first
-    for other in ranked[2:]:
+    for other, other_name in zip(ranked[2:], name[2:]):
         r = _row_test(ranked[0], other, metrics_by_path)
         if r is not None and verdict(r) == "no clear winner":
-            return f"{describe(r, ranked[0]['method'], other['method'])}, though {first}"
+            return f"{describe(r, name[0], other_name)}, though {first}"
     return first
 
 

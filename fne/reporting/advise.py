@@ -44,7 +44,6 @@ import math
 import shlex
 import sys
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
@@ -426,13 +425,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
+    from fne.cache.fs import check_target, replace_file
     from fne.options import AdviseOptions, ForwardOptions, StoreOptions, from_args
 
     kw = from_args(args, AdviseOptions, StoreOptions, ForwardOptions)
+    out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass
     a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(a, indent=1))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(out, lambda tmp: tmp.write_text(json.dumps(a, indent=1)))
     print(json.dumps(a, indent=1) if args.json else format_advice(a), file=sys.stdout)
     return 0
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from fne import verb_module
+from fne.cache.fs import check_target, replace_files
 from fne.errors import FneError
 from fne.linear import compare
 from fne.names import slug
@@ -291,6 +292,9 @@ def tabulate(collected: dict) -> list[dict]:
         measured = {r["method"] for r in rows}
         for r in rows:
             r["published"] = pub_vals.get(r["method"])
+        multi = _multi_backbone(rows)
+        for r in rows:  # the row's name where the verdict names it: rows of one method differ in settings
+            r["label"] = label(r, multi)
         winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
         test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
             rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
@@ -309,7 +313,7 @@ def tabulate(collected: dict) -> list[dict]:
             "winner_test": test,
             "verdict": verdict,
             "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
-            "multi_backbone": _multi_backbone(rows),
+            "multi_backbone": multi,
             "protocol_note": protocol_note(rows),
         })
     return out
@@ -354,8 +358,8 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
         return {"kind": "none", "text": ""}
     w = ranked[0]
     if len(ranked) == 1:
-        return {"kind": "single", "text": f"only one method was measured ({w['method']}): nothing to compare it with"}
-    tied = [r["method"] for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
+        return {"kind": "single", "text": f"only one method was measured ({_name(w)}): nothing to compare it with"}
+    tied = [_name(r) for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
     if len(tied) > 1:
         return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
     if test is not None:
@@ -364,11 +368,16 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
     spread = max((100 * r["accuracy_std"] for r in (w, second)
                   if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
     if spread is not None and lead <= spread:
-        return {"kind": "unclear", "text": f"no clear winner: {w['method']} leads {second['method']} by "
+        return {"kind": "unclear", "text": f"no clear winner: {_name(w)} leads {_name(second)} by "
                                            f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
                                            f"no paired test applies (the runs were not scored on the same splits)"}
-    return {"kind": "untested", "text": f"{w['method']} leads {second['method']} by {lead:.1f} points; no paired "
+    return {"kind": "untested", "text": f"{_name(w)} leads {_name(second)} by {lead:.1f} points; no paired "
                                         f"test applies (the runs were not scored on the same splits)"}
+
+
+def _name(r: dict) -> str:
+    """A row as the verdict names it: its label (method, backbone, settings), else its method."""
+    return r.get("label") or r["method"]
 
 
 def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:
@@ -442,13 +451,13 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
     dict
         What report.json holds: the rows per dataset, the winners and the files written.
     """
+    out = check_target(out, folder=True)  # before any run is read
     collected = collect(list(run_dirs))
     collected["pipelines"] += list(extra_pipelines or [])
     if pipeline is not None:  # its published values; its datasets need not be present
         collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())
     datasets = tabulate(collected)
     head = header(collected)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     b64: dict = {}
     files: dict = {}
@@ -462,9 +471,9 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
                 name = f"{slug(ds['dataset'])}-{key}.png"
                 (fig_dir / name).write_bytes(base64.b64decode(png))
                 files[(ds["dataset"], key)] = f"report_files/{name}"
-    (out / "report.md").write_text(render_md(head, datasets, files))
-    (out / "report.html").write_text(render_html(head, datasets, b64))
-    (out / "report.json").write_text(json.dumps({"header": head, "datasets": _jsonable(datasets)}, indent=1))
+    texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
+             "report.json": json.dumps({"header": head, "datasets": _jsonable(datasets)}, indent=1)}
+    replace_files({out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()})
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
             "header": head, "datasets": datasets}
 
