@@ -42,7 +42,8 @@ def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
     -------
     dict
         ``low``, ``high``, ``level`` and ``method``. One split: the Wilson score interval of a
-        binomial proportion over its test images (scipy's ``binomtest``). Several random splits:
+        binomial proportion over its test images (scipy's ``binomtest``); so too for several
+        splits of one accuracy, whose zero spread would give a t interval of no width. Several random splits:
         the mean ± t(k-1) * sqrt((1/k + n_test/n_train) * s^2), s the per-split accuracies'
         sample std (ddof 1): Nadeau & Bengio's (2003) corrected resampled interval, the
         companion of the corrected t-test of `fne.linear.compare`; clipped to [0, 1].
@@ -50,10 +51,12 @@ def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
     from scipy import stats
 
     acc = np.array([s["accuracy"] for s in splits], dtype=float)
-    if len(acc) == 1:
-        n = int(splits[0]["n_test"])
+    if len(acc) == 1 or np.ptp(acc) <= 1e-12:  # several splits of one accuracy: no spread to estimate from
+        n = int(round(np.mean([s["n_test"] for s in splits])))
         ci = stats.binomtest(int(round(acc[0] * n)), n).proportion_ci(level, "wilson")
         low, high, method = float(ci.low), float(ci.high), f"Wilson score interval over {n} test images"
+        if len(acc) > 1:
+            method += f" (each of the {len(acc)} splits gave this accuracy: no spread for a t interval)"
     else:
         k = len(acc)
         ratio = np.mean([s["n_test"] for s in splits]) / np.mean([s["n_train"] for s in splits])

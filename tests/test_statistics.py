@@ -111,6 +111,12 @@ def test_accuracy_interval_wilson_on_one_split_corrected_t_over_several():
     assert r["low"] < naive[0] and r["high"] > naive[1] and "Nadeau & Bengio" in r["method"]
     r = accuracy_interval([{"accuracy": a, "n_train": 5, "n_test": 50} for a in (0.2, 0.9)])
     assert r["low"] == 0.0 and r["high"] == 1.0  # clipped to what an accuracy can be
+    # five splits of one accuracy: no spread, so not a t interval of no width but one split's Wilson
+    r = accuracy_interval([{"accuracy": 0.9, "n_train": 30, "n_test": 10} for _ in range(5)])
+    w = accuracy_interval([{"accuracy": 0.9, "n_train": 30, "n_test": 10}])
+    assert (r["low"], r["high"]) == (w["low"], w["high"]) and r["low"] < 0.9 < r["high"]
+    assert r["method"] == ("Wilson score interval over 10 test images (each of the 5 splits gave this accuracy: "
+                           "no spread for a t interval)")
 
 
 # ------------------------------------------------------------- fit against train
