@@ -375,6 +375,8 @@ def test_coat_class_tokens_and_models_of_several_heads():
     assert torch.allclose(got["serial_blocks1.0.cls"], out["b"][:, 0], atol=1e-6)
     # CrossViT (two branches), EfficientViM (a head per stage): class scores of several heads combined
     for arch in ("timm:crossvit_tiny_240", "timm:efficientvim_m1"):
+        if arch[5:] not in timm.list_models():  # efficientvim: newer than the lowest supported timm
+            continue
         with pytest.raises(FneError, match=r"combines the class scores of \d heads .*one classifier"):
             backbones.get(arch)
 
@@ -388,12 +390,12 @@ def test_a_head_that_pools_inside_is_not_the_classifier():
         assert b.classifier == "head.fc" and b.fc_layers == ("head.fc",), arch
         assert b.last == "pre_logits" and b.tap("pre_logits").channels == width, arch
     # a 1x1 conv classifier on the pooled map (DLA, DPN, ResNetV2) is a layer itself, not a head to look into
-    assert backbones.get("timm:dla46x_c").classifier == "fc" and backbones.get("timm:resnetv2_18").classifier == "head.fc"
+    assert backbones.get("timm:dla46x_c").classifier == "fc" and backbones.get("timm:resnetv2_50").classifier == "head.fc"
     # a model with no classes (SAM's encoder): `last` is what its Identity head reads, pooled
     s = backbones.get("timm:samvit_base_patch16")
     assert s.num_classes == 0 and s.tap("pre_logits").channels == 256  # before: 256 x 64 x 64 declared
     # TNT's blocks return (pixel tokens of every patch, patch tokens): the first is not per image
     with pytest.raises(FneError, match="no layers to tap in TNT: .* per image"):  # before: rows of 196 x B
-        backbones.get("timm:tnt_s_legacy_patch16_224")
+        backbones.get("timm:tnt_s_patch16_224")  # in the lowest supported timm too (newer ones add tnt_s_legacy_*)
     v = backbones.get("timm:volo_d1_224")  # its class-attention post_network: 197 tokens, a class token
     assert v.tap("post_network.1.mean").prefix_tokens == 1 and v.tap("post_network.1.cls").channels == 384
