@@ -160,6 +160,10 @@ def test_the_winner_must_beat_every_method_it_is_paired_with_not_only_the_runner
     assert ds["winner_test"].startswith("no clear winner: fne+svm vs last+svm (corrected paired t-test")
     assert ", though fne+svm beats the runner-up fc7+svm beyond noise (" in ds["winner_test"]
     assert "Highest accuracy, but no clear winner: **fne+svm**" in md and "neither confirm nor contradict" in md
+    from fne.reporting.report import table_text  # the console says "no clear winner" once
+
+    assert "  Highest accuracy, but no clear winner: fne+svm, accuracy 90.4 ± 1.0 % (fne+svm vs last+svm (corrected " \
+           "paired t-test" in table_text([ds])
     del runs["c"]
     ds, md, _ = _verdict_report(tmp_path / "two", runs)
     assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md

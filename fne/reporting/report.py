@@ -495,6 +495,7 @@ def table_text(datasets: list[dict]) -> str:
             L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>13}  {pub_str(p):>11}")
         if ds["winner"]:
             lead, best, rest, versus = winner_sentences(ds)
+            versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
             L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
         if ds.get("protocol_note"):
             L.append(f"  Note: {ds['protocol_note']}")
