@@ -176,7 +176,8 @@ def check(arch: str, max_params: float, timeout: int, forward: bool = True) -> d
     model = tap = None
     try:
         b = backbones.get(arch)
-        row.update(taps=len(b.taps), dim=b.dim)
+        row.update(taps=len(b.taps), dim=b.dim, last=b.last,
+                   tap_list=[[t.name, t.module, t.channels, t.pool, t.prefix_tokens] for t in b.taps])
         row["params"] = params_on_meta(lambda: b.build(b.num_classes))
         stages = whole_stages(b)
         row["stages"] = f"{len(stages)} tap(s) on a module holding 2+ blocks: {', '.join(stages[:3])}" if stages else ""

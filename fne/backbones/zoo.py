@@ -168,7 +168,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
                 walk(m, full + ".")
                 continue
             block = (_is_container(parent) or blocks >= 2) and calls[full] == 1 and _block_like(n, m)
-            if block and not _is_stage(full, m, posts, order):
+            if block and not _is_stage(full, m, posts, order) and not _holds_stage_blocks(full, m, calls, shape, x.shape[0]):
                 add(full, m)
             else:
                 walk(m, full + ".")
@@ -219,6 +219,31 @@ def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
         return False
     before, mine = posts[order[name] - 1], posts[order[name]]
     return before[0] in held and before[1] == mine[1]
+
+
+def _holds_stage_blocks(name: str, m: nn.Module, calls: Counter, shape: dict, batch: int) -> bool:
+    """A block that is a stage with a forward of its own (PiT, FasterNet, cs3 CSPDarknet, SHViT,
+    TinyViT, iFormer's first stages): a container among its children holds two or more blocks of
+    one type, each run once, each returning a square feature map or tokens per image, and each a
+    composite (a child of its own holds modules). Inception branches and Xception's separable
+    convolutions hold single layers, MaxViT's layers blocks of several types, NesT's blocks
+    return (B, blocks, tokens, C): they stay one block each."""
+    for cn, c in m.named_children():
+        kids = [(f"{name}.{cn}.{n}", k) for n, k in c.named_children()]
+        if not _is_container(c) or len(kids) < 2 or len({type(k) for _, k in kids}) > 1:
+            continue
+        if all(calls[f] == 1 and _block_like(f.rpartition(".")[2], k) and _features(shape.get(f, ()), batch)
+               and any(True for g in k.children() for _ in g.children()) for f, k in kids):
+            return True
+    return False
+
+
+def _features(shape: tuple, batch: int) -> bool:
+    """Whether `shape` is a vector, tokens or a square map (fne's input is square) per image."""
+    lay = _layout(shape)
+    if lay is None or shape[0] != batch:
+        return False
+    return len(shape) < 4 or (shape[1] == shape[2] if lay[0] == "mean_nhwc" else shape[2] == shape[3])
 
 
 def _block_like(name: str, m: nn.Module) -> bool:
