@@ -224,16 +224,18 @@ def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
 def _holds_stage_blocks(name: str, m: nn.Module, calls: Counter, shape: dict, batch: int) -> bool:
     """A block that is a stage with a forward of its own (PiT, FasterNet, cs3 CSPDarknet, SHViT,
     TinyViT, iFormer's first stages): a container among its children holds two or more blocks of
-    one type, each run once, each returning a square feature map or tokens per image, and each a
-    composite (a child of its own holds modules). Inception branches and Xception's separable
-    convolutions hold single layers, MaxViT's layers blocks of several types, NesT's blocks
-    return (B, blocks, tokens, C): they stay one block each."""
+    one type, each run once, each returning a square feature map or tokens per image, and each
+    made of two or more parts with an inside of their own (attention and MLP, conv-norm-act
+    units). The conv-norm-act units of Inception branches, HGNet and LCNetV2 and Xception's
+    separable convolutions hold one such part at most, MaxViT's layers blocks of several types,
+    NesT's blocks return (B, blocks, tokens, C): those modules stay one block each."""
     for cn, c in m.named_children():
         kids = [(f"{name}.{cn}.{n}", k) for n, k in c.named_children()]
-        if not _is_container(c) or len(kids) < 2 or len({type(k) for _, k in kids}) > 1:
+        if (not (isinstance(c, nn.Sequential) and _is_container(c)) or calls[f"{name}.{cn}"] != 1 or len(kids) < 2
+                or len({type(k) for _, k in kids}) > 1):
             continue
         if all(calls[f] == 1 and _block_like(f.rpartition(".")[2], k) and _features(shape.get(f, ()), batch)
-               and any(True for g in k.children() for _ in g.children()) for f, k in kids):
+               and sum(1 for g in k.children() if any(True for _ in g.children())) >= 2 for f, k in kids):
             return True
     return False
 
