@@ -476,12 +476,15 @@ def tv_discover(name: str, image_size: int | None = None) -> Discovered:
 
 
 def _prefix_tokens(model: nn.Module) -> int:
-    """The class/register tokens the model declares (timm's `num_prefix_tokens`), else one where it
-    holds a class token (torchvision's ViT `class_token`, timm's CoaT `cls_token1`..`cls_token4`)."""
+    """The class/register tokens the model declares (timm's `num_prefix_tokens`), else those of its
+    class token parameter (torchvision's ViT `class_token`, timm's CoaT `cls_token1`..`cls_token4`:
+    one; PiT distilled's `cls_token` holds the class and distillation tokens: two)."""
     declared = getattr(model, "num_prefix_tokens", None)
     if declared is not None:
         return int(declared)
-    return int(any(n.startswith(("class_token", "cls_token")) for n, _ in model.named_parameters(recurse=False)))
+    held = [p.shape[1] if p.dim() == 3 else 1 for n, p in model.named_parameters(recurse=False)
+            if n.startswith(("class_token", "cls_token"))]  # PiT distilled: one (1, 2, C) parameter
+    return int(max(held, default=0))
 
 
 # ------------------------------------------------------------------ timm
