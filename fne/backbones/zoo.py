@@ -9,7 +9,9 @@ order and with what output shape, and a small rule table turns that into taps:
 - a *block* is a module with its own forward that sits in a container (or repeats among its
   siblings): ResNet BasicBlock/Bottleneck, ConvNeXt blocks, inverted residuals / MBConv,
   DenseNet dense blocks, RegNet blocks, Inception modules, ViT/Swin encoder blocks. Its output
-  is tapped and its inside is not looked at;
+  is tapped and its inside is not looked at, unless it is a stage: it holds a Sequential of two or
+  more composite blocks of one type (PiT, FasterNet, cs3 CSPDarknet, SHViT, TinyViT), or returns
+  what the last of the blocks in its container returned (torchvision's MaxVitBlock);
 - outside blocks, every activation module (ReLU, GELU, SiLU, Hardswish, ...) is a tap: the
   plain-network rule that gives VGG's conv1_1..conv5_3, fc6, fc7 and stem/head convolutions;
 - pooling follows the output's layout: (B, C, H, W) spatial mean, (B, H, W, C) Swin maps,
