@@ -19,6 +19,7 @@ One thread; each model freed after use. Example:
 
     python benchmarks/sweep_zoo.py --json /tmp/zoo.json --markdown /tmp/zoo.md
     python benchmarks/sweep_zoo.py --only timm:cait_xxs24_224 --only swin_t
+    python benchmarks/sweep_zoo.py --discover-only --json /tmp/after.json --compare /tmp/before.json
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def check(arch: str, max_params: float, timeout: int, forward: bool = True) -> d
     model = tap = None
     try:
         b = backbones.get(arch)
-        row.update(taps=len(b.taps), dim=b.dim)
+        row.update(taps=len(b.taps), dim=b.dim, last=b.last,
+                   tap_list=[[t.name, t.module, t.channels, t.pool, t.prefix_tokens] for t in b.taps])
         row["params"] = params_on_meta(lambda: b.build(b.num_classes))
         stages = whole_stages(b)
         row["stages"] = f"{len(stages)} tap(s) on a module holding 2+ blocks: {', '.join(stages[:3])}" if stages else ""
@@ -238,6 +240,16 @@ def check(arch: str, max_params: float, timeout: int, forward: bool = True) -> d
     return row
 
 
+def changed(rows: list[dict], before: Path) -> list[str]:
+    """Models whose taps (name, module, channels, pool, prefix tokens) or `last` differ from those of
+    an earlier run's --json (with or without --discover-only); models it does not hold are left out."""
+    old = {r["arch"]: r for r in json.loads(before.read_text())}
+    key = ("tap_list", "last")
+    return [f"{r['arch']}: {old[r['arch']]['taps']} -> {r['taps']} taps, dim {old[r['arch']]['dim']} -> {r['dim']}, "
+            f"last {old[r['arch']].get('last')} -> {r.get('last')}"
+            for r in rows if r["arch"] in old and any(old[r["arch"]].get(k) != r.get(k) for k in key)]
+
+
 def markdown(rows: list[dict], skipped_note: str) -> str:
     out = ["| arch | status | taps | dim | input | s | what |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -256,7 +268,8 @@ def main() -> None:
     ap.add_argument("--max-params", type=float, default=300e6)
     ap.add_argument("--timeout", type=int, default=240, help="seconds per model")
     ap.add_argument("--discover-only", action="store_true", help="taps and the stage note only, no forward")
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=Path, help="rows, each with its taps (so that two runs can be compared)")
+    ap.add_argument("--compare", type=Path, help="an earlier run's --json: list the models whose taps differ")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -282,6 +295,9 @@ def main() -> None:
     note = (f"\n{len(rows)} models: " + ", ".join(f"{v} {k}" for k, v in counts.items())
             + f"; {time.perf_counter() - t0:.0f} s in all.\n")
     print(note)
+    if args.compare:
+        diff = changed(rows, args.compare)
+        print(f"{len(diff)} of {len(rows)} models tapped otherwise than in {args.compare}:", *diff, sep="\n  ")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.markdown:

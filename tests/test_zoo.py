@@ -70,6 +70,11 @@ CASES = [  # (arch, model built for the test or None: load_backbone's, input siz
     ("timm:vit_tiny_patch16_224", lambda: timm.create_model("vit_tiny_patch16_224", img_size=32), 32),
     ("maxvit_t", None, 224),  # its partitions need 224
     ("inception_v3", None, 96),
+    # blocks inside stages with a forward of their own: tokens in a stage that returns a map (PiT),
+    # a cross-stage-partial stage (cs3), downsample + blocks (FasterNet)
+    ("timm:pit_ti_224", lambda: timm.create_model("pit_ti_224", img_size=64), 64),
+    ("timm:cs3darknet_focus_s", None, 64),
+    ("timm:fasternet_t0", None, 64),
 ]
 
 
@@ -399,3 +404,34 @@ def test_a_head_that_pools_inside_is_not_the_classifier():
         backbones.get("timm:tnt_s_patch16_224")  # in the lowest supported timm too (newer ones add tnt_s_legacy_*)
     v = backbones.get("timm:volo_d1_224")  # its class-attention post_network: 197 tokens, a class token
     assert v.tap("post_network.1.mean").prefix_tokens == 1 and v.tap("post_network.1.cls").channels == 384
+
+
+
+STAGE_CASES = [  # (arch, taps' modules from `start` on): before, each stage was one tap
+    ("timm:pit_ti_224", 0, ["transformers.0.blocks.0", "transformers.0.blocks.0", "transformers.0.blocks.1"]),
+    ("timm:fasternet_t0", 0, ["stages.0", "stages.1.blocks.0", "stages.1.blocks.1"]),  # one block: one tap
+    ("timm:cs3darknet_focus_s", 2, ["stages.1.conv_down", "stages.1.conv_exp", "stages.1.blocks.0",
+                                    "stages.1.blocks.1", "stages.1.blocks.2", "stages.1.conv_transition"]),
+    ("timm:shvit_s1", 3, ["stages.0.blocks.0", "stages.0.blocks.1", "stages.1.downsample.0"]),
+    ("timm:tiny_vit_5m_224", 1, ["stages.0.blocks.0", "stages.0.blocks.1", "stages.1.downsample.act1"]),
+]
+
+
+@pytest.mark.parametrize("arch,start,want", STAGE_CASES, ids=[c[0] for c in STAGE_CASES])
+def test_blocks_inside_stages_with_a_forward_of_their_own(arch, start, want):
+    """PiT's, FasterNet's, cs3 CSPDarknet's, SHViT's and TinyViT's stages are modules with a forward
+    of their own (not named *Stage) holding a Sequential of blocks: their blocks are tapped."""
+    assert [t.module for t in backbones.get(arch).taps][start:start + len(want)] == want
+
+
+def test_composite_blocks_and_pit_distilled_tokens():
+    p = backbones.get("timm:pit_ti_224")  # before: 4 taps, transformers.0..2 (maps) and pre_logits
+    assert len(p.taps) == 25 and p.tap("transformers.2.blocks.3.mean").channels == 256
+    # PiT distilled's cls_token parameter holds the class and distillation tokens
+    assert backbones.get("timm:pit_ti_distilled_224").tap("transformers.1.blocks.0.cls").prefix_tokens == 2
+    # composite blocks stay one tap each: Inception branches and HGNet's layers (conv-norm-act
+    # units, a ModuleList whose outputs are concatenated), Xception's separable convolutions
+    g = [t.module for t in backbones.get("googlenet").taps]
+    assert "inception3a" in g and not any(".branch" in n for n in g)
+    assert "stages.2.blocks.0" in {t.module for t in backbones.get("timm:hgnetv2_b0").taps}
+    assert "blocks.0" in {t.module for t in backbones.get("timm:xception41p").taps}

@@ -9,7 +9,9 @@ order and with what output shape, and a small rule table turns that into taps:
 - a *block* is a module with its own forward that sits in a container (or repeats among its
   siblings): ResNet BasicBlock/Bottleneck, ConvNeXt blocks, inverted residuals / MBConv,
   DenseNet dense blocks, RegNet blocks, Inception modules, ViT/Swin encoder blocks. Its output
-  is tapped and its inside is not looked at;
+  is tapped and its inside is not looked at, unless it is a stage: it holds a Sequential of two or
+  more composite blocks of one type (PiT, FasterNet, cs3 CSPDarknet, SHViT, TinyViT), or returns
+  what the last of the blocks in its container returned (torchvision's MaxVitBlock);
 - outside blocks, every activation module (ReLU, GELU, SiLU, Hardswish, ...) is a tap: the
   plain-network rule that gives VGG's conv1_1..conv5_3, fc6, fc7 and stem/head convolutions;
 - pooling follows the output's layout: (B, C, H, W) spatial mean, (B, H, W, C) Swin maps,
@@ -168,7 +170,7 @@ def discover(model: nn.Module, x: torch.Tensor, classifier: str | None, num_clas
                 walk(m, full + ".")
                 continue
             block = (_is_container(parent) or blocks >= 2) and calls[full] == 1 and _block_like(n, m)
-            if block and not _is_stage(full, m, posts, order):
+            if block and not _is_stage(full, m, posts, order) and not _holds_stage_blocks(full, m, calls, shape, x.shape[0]):
                 add(full, m)
             else:
                 walk(m, full + ".")
@@ -219,6 +221,33 @@ def _is_stage(name: str, m: nn.Module, posts: list, order: dict) -> bool:
         return False
     before, mine = posts[order[name] - 1], posts[order[name]]
     return before[0] in held and before[1] == mine[1]
+
+
+def _holds_stage_blocks(name: str, m: nn.Module, calls: Counter, shape: dict, batch: int) -> bool:
+    """A block that is a stage with a forward of its own (PiT, FasterNet, cs3 CSPDarknet, SHViT,
+    TinyViT, iFormer's first stages): a container among its children holds two or more blocks of
+    one type, each run once, each returning a square feature map or tokens per image, and each
+    made of two or more parts with an inside of their own (attention and MLP, conv-norm-act
+    units). The conv-norm-act units of Inception branches, HGNet and LCNetV2 and Xception's
+    separable convolutions hold one such part at most, MaxViT's layers blocks of several types,
+    NesT's blocks return (B, blocks, tokens, C): those modules stay one block each."""
+    for cn, c in m.named_children():
+        kids = [(f"{name}.{cn}.{n}", k) for n, k in c.named_children()]
+        if (not (isinstance(c, nn.Sequential) and _is_container(c)) or calls[f"{name}.{cn}"] != 1 or len(kids) < 2
+                or len({type(k) for _, k in kids}) > 1):
+            continue
+        if all(calls[f] == 1 and _block_like(f.rpartition(".")[2], k) and _features(shape.get(f, ()), batch)
+               and sum(1 for g in k.children() if any(True for _ in g.children())) >= 2 for f, k in kids):
+            return True
+    return False
+
+
+def _features(shape: tuple, batch: int) -> bool:
+    """Whether `shape` is a vector, tokens or a square map (fne's input is square) per image."""
+    lay = _layout(shape)
+    if lay is None or shape[0] != batch:
+        return False
+    return len(shape) < 4 or (shape[1] == shape[2] if lay[0] == "mean_nhwc" else shape[2] == shape[3])
 
 
 def _block_like(name: str, m: nn.Module) -> bool:
@@ -449,12 +478,15 @@ def tv_discover(name: str, image_size: int | None = None) -> Discovered:
 
 
 def _prefix_tokens(model: nn.Module) -> int:
-    """The class/register tokens the model declares (timm's `num_prefix_tokens`), else one where it
-    holds a class token (torchvision's ViT `class_token`, timm's CoaT `cls_token1`..`cls_token4`)."""
+    """The class/register tokens the model declares (timm's `num_prefix_tokens`), else those of its
+    class token parameter (torchvision's ViT `class_token`, timm's CoaT `cls_token1`..`cls_token4`:
+    one; PiT distilled's `cls_token` holds the class and distillation tokens: two)."""
     declared = getattr(model, "num_prefix_tokens", None)
     if declared is not None:
         return int(declared)
-    return int(any(n.startswith(("class_token", "cls_token")) for n, _ in model.named_parameters(recurse=False)))
+    held = [p.shape[1] if p.dim() == 3 else 1 for n, p in model.named_parameters(recurse=False)
+            if n.startswith(("class_token", "cls_token"))]  # PiT distilled: one (1, 2, C) parameter
+    return int(max(held, default=0))
 
 
 # ------------------------------------------------------------------ timm
