@@ -78,8 +78,16 @@ CASES = [  # (arch, model built for the test or None: load_backbone's, input siz
 ]
 
 
+def _installed(arch: str) -> None:
+    """Skip a timm model that the installed timm does not have (FasterNet and SHViT are newer than
+    the lowest supported timm, 1.0.3)."""
+    if arch.startswith("timm:") and arch[5:] not in timm.list_models():
+        pytest.skip(f"{arch} is not in timm {timm.__version__}")
+
+
 @pytest.mark.parametrize("arch,make,size", CASES, ids=[c[0] for c in CASES])
 def test_taps_equal_independent_hooks(arch, make, size):
+    _installed(arch)
     b = backbones.get(arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -421,6 +429,7 @@ STAGE_CASES = [  # (arch, taps' modules from `start` on): before, each stage was
 def test_blocks_inside_stages_with_a_forward_of_their_own(arch, start, want):
     """PiT's, FasterNet's, cs3 CSPDarknet's, SHViT's and TinyViT's stages are modules with a forward
     of their own (not named *Stage) holding a Sequential of blocks: their blocks are tapped."""
+    _installed(arch)
     assert [t.module for t in backbones.get(arch).taps][start:start + len(want)] == want
 
 
