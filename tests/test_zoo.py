@@ -335,23 +335,29 @@ def test_a_store_of_layers_an_earlier_fne_tapped_says_what_to_do(tmp_path):
         Store.open(str(tmp_path), key, [("features.12", 512), ("classifier.2", 1000)], 2)
 
 
+def _timm_taps(name: str, size: int, hooked) -> tuple:
+    """timm:`name`'s Backbone, each tap's rows (name -> tensor) of two random images at `size` px
+    (seeded weights), and the raw outputs of the modules `hooked(model)` names (key -> module),
+    from plain forward hooks."""
+    b = backbones.get(f"timm:{name}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = timm.create_model(name, img_size=size).eval()
+    tap, out = TapModel(model, b).eval(), {}
+    for key, module in hooked(model).items():
+        module.register_forward_hook(lambda m, i, o, key=key: out.__setitem__(key, o.detach().clone()))
+    with torch.no_grad():
+        got = dict(zip([t.name for t in b.taps], tap(torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8))))
+    return b, got, out
+
+
 def test_cait_taps_count_the_class_token_only_where_it_is():
     """CaiT's self-attention blocks hold the patch tokens alone; its class-attention blocks
     (blocks_token_only) return the class token alone. Before: every block `prefix_tokens=1`, so
     blocks.N.cls was patch token 0 and blocks_token_only.N.mean the mean of no tokens (NaN)."""
-    b = backbones.get("timm:cait_xxs24_224")
-    names = [t.name for t in b.taps]
-    assert "blocks.0.cls" not in names and "blocks_token_only.0.mean" not in names
+    b, got, out = _timm_taps("cait_xxs24_224", 32, lambda m: {"blocks.0": m.blocks[0], "cls": m.blocks_token_only[1]})
+    assert "blocks.0.cls" not in got and "blocks_token_only.0.mean" not in got
     assert b.tap("blocks.0.mean").prefix_tokens == 0 and b.tap("blocks_token_only.1.cls").prefix_tokens == 1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = timm.create_model("cait_xxs24_224", img_size=32).eval()
-    tap = TapModel(model, b).eval()
-    out = {}
-    model.blocks[0].register_forward_hook(lambda m, i, o: out.__setitem__("blocks.0", o.detach().clone()))
-    model.blocks_token_only[1].register_forward_hook(lambda m, i, o: out.__setitem__("cls", o.detach().clone()))
-    with torch.no_grad():
-        got = dict(zip(names, tap(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))))
     assert out["blocks.0"].shape[1] == 4 and out["cls"].shape[1] == 1  # 2x2 patches; the class token
     assert torch.allclose(got["blocks.0.mean"], out["blocks.0"].mean(1), atol=1e-5)
     assert torch.allclose(got["blocks_token_only.1.cls"], out["cls"][:, 0], atol=1e-6)
@@ -373,22 +379,14 @@ def test_a_vit_whose_weights_take_another_size_is_built_at_it():
 def test_coat_class_tokens_and_models_of_several_heads():
     """CoaT declares no num_prefix_tokens but carries a class token (cls_token1..4) ahead of each
     stage's patch tokens: before, its mean took that token in, and no `cls` tap was made."""
-    b = backbones.get("timm:coat_tiny")
+    b, got, out = _timm_taps("coat_tiny", 64, lambda m: {"b": m.serial_blocks1[0]})
     assert b.tap("serial_blocks1.0.mean").prefix_tokens == 1 and b.tap("serial_blocks4.1.cls").channels == 152
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = timm.create_model("coat_tiny", img_size=64).eval()
-    tap = TapModel(model, b).eval()
-    out = {}
-    model.serial_blocks1[0].register_forward_hook(lambda m, i, o: out.__setitem__("b", o.detach().clone()))
-    with torch.no_grad():
-        got = dict(zip([t.name for t in b.taps], tap(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8))))
     assert out["b"].shape[1] == 16 * 16 + 1
     assert torch.allclose(got["serial_blocks1.0.mean"], out["b"][:, 1:].mean(1), atol=1e-5)
     assert torch.allclose(got["serial_blocks1.0.cls"], out["b"][:, 0], atol=1e-6)
     # CrossViT (two branches), EfficientViM (a head per stage): class scores of several heads combined
     for arch in ("timm:crossvit_tiny_240", "timm:efficientvim_m1"):
-        if arch[5:] not in timm.list_models():  # efficientvim: newer than the lowest supported timm
+        if arch[5:] not in timm.list_models():  # efficientvim: newer than the lowest supported timm, 1.0.3
             continue
         with pytest.raises(FneError, match=r"combines the class scores of \d heads .*one classifier"):
             backbones.get(arch)
