@@ -11,6 +11,7 @@ import platform
 import sys
 import warnings
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 
@@ -64,6 +65,16 @@ def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
         low, high = max(0.0, float(acc.mean()) - half), min(1.0, float(acc.mean()) + half)
         method = f"corrected resampled t interval over {k} random splits (Nadeau & Bengio 2003)"
     return {"low": low, "high": high, "level": level, "method": method}
+
+
+def data_identity(data) -> str:
+    """DATA as runs are compared by it (`fne.linear.compare`): a local file or folder by its
+    absolute, resolved path, so that a run given `../images` and one given `/home/me/images` are
+    known to hold the same images; anything else (digits, hf:NAME, a glob or brace pattern, a
+    URL) as given."""
+    text = str(data)
+    path = Path(text).expanduser()
+    return str(path.resolve()) if path.exists() else text
 
 
 def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:

@@ -212,3 +212,22 @@ def test_single_splits_on_other_test_images_get_fishers_exact_test(tmp_path):
     other = {"a": one("fne+svm", 0.9, 200, 0), "b": {**one("last+svm", 0.7, 200, 1), "data": "/data/elsewhere"}}
     ds, _, _ = _verdict_report(tmp_path / "other-data", other)  # other images altogether: no test at all
     assert ds["winner_test"] is None and ds["verdict"]["kind"] == "untested"
+
+
+def test_runs_given_one_folder_by_two_paths_are_paired(digits_folder, warm_cache, tmp_path, monkeypatch):
+    """`fne fit ../images` run from one folder and `fne fit /home/me/images` from another hold the
+    same images: metrics.json's `data` differed, so the report ran no test between them."""
+    from fne.linear.fit import fit
+
+    kw = dict(cache=str(warm_cache), features="last", head="logreg", splits=2, progress=False, **FAST)
+    monkeypatch.chdir(digits_folder.parent)
+    rel = fit(digits_folder.name, tmp_path / "rel", **kw)
+    absolute = fit(str(digits_folder), tmp_path / "abs", **{**kw, "head": "svm"})
+    assert rel["data"] == digits_folder.name and absolute["data"] == str(digits_folder)
+    assert rel["data_resolved"] == absolute["data_resolved"] == str(digits_folder.resolve())
+    r = compare.compare_runs(rel, absolute)
+    assert r is not None and r["test"].startswith("corrected") and r["n"] == 2
+    other = {**absolute, "data_resolved": str(tmp_path / "elsewhere")}  # other images under the same names
+    assert compare.compare_runs(rel, other) is None
+    older = [{k: v for k, v in m.items() if k != "data_resolved"} for m in (rel, absolute)]  # runs written before
+    assert compare.compare_runs(*older) is None  # DATA as given, as before: not known to be the same

@@ -137,6 +137,12 @@ def _split_accuracies(m: dict) -> list[float] | None:
     return vals if vals and all(isinstance(v, (int, float)) for v in vals) else None
 
 
+def _data(m: dict) -> str | None:
+    """A run's DATA as runs are compared by it: the resolved path it recorded (`data_resolved`,
+    `fne.metrics.data_identity`), else, for runs written before, DATA as it was given."""
+    return m.get("data_resolved") or m.get("data")
+
+
 def _same_splits(m1: dict, m2: dict) -> bool:
     """Were the two runs scored on the same test images, split by split? The settings that draw
     the splits agree and so do the test images' hashes; a predefined split is DATA's own, so
@@ -144,8 +150,8 @@ def _same_splits(m1: dict, m2: dict) -> bool:
     h1 = [s.get("test_hash") for s in m1.get("splits") or []]
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
-    keys = ("split_protocol", "n_images", "n_splits", "data") + (() if predefined else ("seed",))
-    if not all(m1.get(k) == m2.get(k) for k in keys):
+    keys = ("split_protocol", "n_images", "n_splits") + (() if predefined else ("seed",))
+    if not all(m1.get(k) == m2.get(k) for k in keys) or _data(m1) != _data(m2):
         return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
@@ -201,7 +207,7 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
         paired = compare_runs(ms[0][0], ms[1][0])
         one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
                isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
-        same_data = all(ms[0][0].get(k) == ms[1][0].get(k) for k in ("data", "n_images"))  # other images: no test
+        same_data = _data(ms[0][0]) == _data(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
         if paired is None and all(one) and same_data:
             return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
         return paired

@@ -30,7 +30,14 @@ from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
-from fne.metrics import accuracy_interval, provenance, split_record, split_scores, store_extractions
+from fne.metrics import (
+    accuracy_interval,
+    data_identity,
+    provenance,
+    split_record,
+    split_scores,
+    store_extractions,
+)
 from fne.options import FitOptions, ForwardOptions
 from fne.progress import progress
 
@@ -172,6 +179,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
+        "data_resolved": data_identity(data),
         **_scores(per_split, confusion),
         "n_images": len(dataset), "classes": dataset.classes,
         **store_identity(src),

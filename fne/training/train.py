@@ -43,7 +43,14 @@ from fne.devices import (
     resolve_precision,
 )
 from fne.errors import DataError, FneError
-from fne.metrics import accuracy_interval, predictions_csv, provenance, split_record, split_scores
+from fne.metrics import (
+    accuracy_interval,
+    data_identity,
+    predictions_csv,
+    provenance,
+    split_record,
+    split_scores,
+)
 from fne.options import DATA_HELP, TrainConfig
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
@@ -360,7 +367,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
                **split_record([dataset.ids[i] for i in test["ids"]], test["y"], pred)}]  # as fit's
     return {
         "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
-        "dataset": dataset.name, "data": cfg.data,
+        "dataset": dataset.name, "data": cfg.data, "data_resolved": data_identity(cfg.data),
         "accuracy": acc, "accuracy_std": 0.0, "mean_class_accuracy": mca, "mean_class_accuracy_std": 0.0,
         "accuracy_ci": accuracy_interval(splits), "splits": splits,
         "n_splits": 1, "n_train": n_train, "n_val": readable(split.val), "n_test": n_test,
