@@ -222,3 +222,26 @@ def test_rows_float16_cannot_hold_are_refused_naming_their_taps(tmp_path):
     rows[first][1, 0, 0], rows[last][2, 0, 1] = 6e4, 0.0  # within float16's range
     store.commit(_keys(3), rows)
     assert len(store) == 3
+
+
+def test_a_timm_store_is_named_for_every_system_and_an_earlier_name_is_still_read(tmp_path):
+    """A `timm:NAME` store's folder held a ':', which Windows does not take in a file name. New
+    stores are named `timm+NAME__…`; a store an earlier fne wrote as `timm:NAME__…` keeps its rows."""
+    import os
+
+    from fne.cache.store import StoreKey
+
+    key = StoreKey("timm:resnet18", "random-seed0", "center224-tv", "fp32", "float32")
+    new = Store.open(str(tmp_path / "new"), key, [("t", 3)], 1)
+    k1 = "ab" * 16  # a content key
+    new.commit([k1], {"t": np.ones((1, 1, 3), np.float32)})
+    assert new.path.name == "timm+resnet18__random-seed0__center224-tv__fp32__float32" and ":" not in new.path.name
+    if os.name == "nt":  # an earlier fne could not write the other name there
+        return
+    old = tmp_path / "old"
+    old.mkdir()
+    shutil.copytree(new.path, old / "timm:resnet18__random-seed0__center224-tv__fp32__float32")
+    again = Store.open(str(old), key, [("t", 3)], 1)
+    assert again.path.name == "timm:resnet18__random-seed0__center224-tv__fp32__float32"
+    assert np.array_equal(again.read([k1], ["t"])["t"], np.ones((1, 1, 3), np.float32))
+    assert [s.path.name for s in list_stores(str(old))] == [again.path.name]

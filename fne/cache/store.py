@@ -89,7 +89,17 @@ class StoreKey:
 
     @property
     def dirname(self) -> str:
-        return f"{self.arch}__{self.weights}__{self.preprocess}__{self.precision}__{self.dtype}"
+        """The store's folder name: a file name on every system (`timm:NAME` as `timm+NAME`, since
+        Windows takes no ':' in a name)."""
+        return self._name(self.arch.replace(":", "+"))
+
+    @property
+    def posix_dirname(self) -> str:
+        """The folder name fne gave a `timm:` store before: read where such a store exists."""
+        return self._name(self.arch)
+
+    def _name(self, arch: str) -> str:
+        return f"{arch}__{self.weights}__{self.preprocess}__{self.precision}__{self.dtype}"
 
 
 def _meta(key: StoreKey, taps: list[tuple[str, int]], views: int) -> dict:
@@ -176,6 +186,9 @@ class Store:
         cannot be loaded, an interrupt) leaves no empty store behind."""
         meta = _meta(key, taps, views)
         store = cls(cache_root(root) / key.dirname, meta)
+        if key.posix_dirname != key.dirname and os.name != "nt" and not store.exists("store.json"):
+            earlier = cls(cache_root(root) / key.posix_dirname, meta)
+            store = earlier if earlier.exists("store.json") else store
         if not store.exists("store.json"):
             store._unwritten = meta
             return store
