@@ -284,13 +284,12 @@ def _split_folder(root: Path) -> Dataset:
     entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
     names = sorted(e.name for e in entries if e.is_dir())
     left_out = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
-    other = [n for n in names if n not in SPLITS and containers.normalise_split(n) is None]
-    if other or left_out:
-        what = [f"{', '.join(f'{n}/' for n in other)}"] if other else []
-        what += [f"{len(left_out)} image(s) beside them ({', '.join(left_out[:3])}{' ...' if len(left_out) > 3 else ''})"
-                 ] if left_out else []
-        warnings.warn(f"DATA {root}: {' and '.join(what)} left out: a predefined split reads train/ and test/, "
-                      f"and a validation folder (val/) as train", stacklevel=3)
+    what = [", ".join(f"{n}/" for n in names if n not in SPLITS and containers.normalise_split(n) is None)]
+    what += [f"{len(left_out)} image(s) beside them ({', '.join(left_out[:3])}{' ...' * (len(left_out) > 3)})"
+             if left_out else ""]
+    if any(what):
+        warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
+                      f"train/ and test/, and a validation folder (val/) as train", stacklevel=3)
     parts = ["train"] + [n for n in names if n not in SPLITS and containers.normalise_split(n) == "train"]
     parts += [n for n in names if n != "test" and containers.normalise_split(n) == "test"] + ["test"]
     for part in parts:
