@@ -102,6 +102,16 @@ class StoreKey:
         return f"{arch}__{self.weights}__{self.preprocess}__{self.precision}__{self.dtype}"
 
 
+def _folder(root, key: StoreKey):
+    """The folder of `key`'s store under `root`: `key.dirname`, or the name an earlier fne gave a
+    `timm:` store (`key.posix_dirname`) where only that store exists."""
+    new = root / key.dirname
+    if key.posix_dirname == key.dirname or os.name == "nt" or Store(new, {}).exists("store.json"):
+        return new
+    earlier = root / key.posix_dirname
+    return earlier if Store(earlier, {}).exists("store.json") else new
+
+
 def _meta(key: StoreKey, taps: list[tuple[str, int]], views: int) -> dict:
     """store.json of a new store: what its rows are, and each tap's column range in a part."""
     return {"format": FORMAT, "arch": key.arch, "weights": key.weights, "preprocess": key.preprocess,
@@ -185,10 +195,7 @@ class Store:
         and is made by its first write, so a run that fails before its first row (weights that
         cannot be loaded, an interrupt) leaves no empty store behind."""
         meta = _meta(key, taps, views)
-        store = cls(cache_root(root) / key.dirname, meta)
-        if key.posix_dirname != key.dirname and os.name != "nt" and not store.exists("store.json"):
-            earlier = cls(cache_root(root) / key.posix_dirname, meta)
-            store = earlier if earlier.exists("store.json") else store
+        store = cls(_folder(cache_root(root), key), meta)
         if not store.exists("store.json"):
             store._unwritten = meta
             return store
