@@ -46,6 +46,15 @@ def tune_allocator() -> bool:
     return _ALLOCATOR_TUNED
 
 
+def parse_device(device: str) -> torch.device:
+    """--device as torch names it (not `auto`), whether or not this machine has it; FneError (one
+    line) for a name torch does not know."""
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise FneError(f"bad --device {device!r}; use auto, cpu, cuda[:i] or mps") from None
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device for --device: `auto` takes CUDA, else Apple's GPU (MPS), else the CPU.
 
@@ -65,10 +74,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FneError(f"bad --device {device!r}; use auto, cpu, cuda[:i] or mps") from None
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FneError(f"--device {device}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

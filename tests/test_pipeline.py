@@ -480,6 +480,26 @@ def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys
     assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
 
 
+def test_a_device_this_machine_lacks_stops_only_a_run_with_steps_to_do(tmp_path, capsys):
+    """A finished GPU pipeline re-reported on a laptop (`--device cuda`, nothing to run) writes its
+    report; with a step to run, the absent GPU is one line before any step (not each step FAILED)."""
+    import torch
+
+    from fne.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    f, out = write(tmp_path, TINY), tmp_path / "out"
+    args = ["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main([*args, "--device", "cuda"]) == 0 and "0 step(s) run" in capsys.readouterr().out
+    steps = sorted(p.name for p in out.iterdir())
+    assert main([*args, "--device", "cuda", "--force"]) == 2
+    assert capsys.readouterr().err.strip() == "fne run: error: --device cuda: CUDA is not available on this machine"
+    assert sorted(p.name for p in out.iterdir()) == steps
+
+
 @pytest.mark.parametrize("dry", [True, False])
 def test_out_that_is_a_file_is_one_line_before_any_step(tmp_path, capsys, dry):
     from fne.cli import main

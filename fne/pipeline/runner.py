@@ -396,10 +396,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         p.device = device
     if workers is not None:
         p.workers = workers
-    if not dry_run and p.device != "auto":  # a bad or absent device would fail every step: one line, first
-        from fne.devices import resolve_device
+    if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
+        from fne.devices import parse_device
 
-        resolve_device(p.device)
+        parse_device(p.device)
     out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
@@ -417,6 +417,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         if d.max_per_class and not d.skipped:
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
     steps = plan(p, out, data_for, cache)
+    if p.device != "auto" and (force or not all(s.done() for s in steps)):  # one line before any step runs
+        from fne.devices import resolve_device  # (absent here, a finished pipeline still reports)
+
+        resolve_device(p.device)
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
