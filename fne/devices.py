@@ -89,6 +89,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def check_device(device: str, here: bool = True) -> None:
+    """FneError (one line) for --device `device`: a name torch does not know, or, with `here`, a
+    device this machine lacks (`resolve_device`'s checks); `auto` passes."""
+    if device != "auto":
+        (resolve_device if here else parse_device)(device)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto`: bf16 where the hardware runs it natively (AMX CPUs, bf16 GPUs), else fp32 on a
     CPU, fp16 on other GPUs and on Apple's (MPS)."""

@@ -397,9 +397,9 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     if workers is not None:
         p.workers = workers
     if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
-        from fne.devices import parse_device
+        from fne.devices import check_device
 
-        parse_device(p.device)
+        check_device(p.device, here=False)
     out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
@@ -417,10 +417,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         if d.max_per_class and not d.skipped:
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
     steps = plan(p, out, data_for, cache)
-    if p.device != "auto" and (force or not all(s.done() for s in steps)):  # one line before any step runs
-        from fne.devices import resolve_device  # (absent here, a finished pipeline still reports)
-
-        resolve_device(p.device)
+    if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
+        check_device(p.device, here=force or not all(s.done() for s in steps))
     (out / "pipeline.json").write_text(json.dumps(p.summary(), indent=1, default=str))
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
