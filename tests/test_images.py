@@ -264,7 +264,7 @@ def test_what_a_folder_leaves_out_is_said(tmp_path):
         d = load_dataset(tmp_path / "s")
     assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4
     _png(tmp_path / "s" / "loose.png", 7)  # an image beside train/ and test/ was left out silently
-    with pytest.warns(UserWarning, match=r"extra/ and 1 image\(s\) beside them \(loose\.png\) left out"):
+    with pytest.warns(UserWarning, match=r"extra/ and 1 image\(s\) beside train/ and test/ \(loose\.png\) left out"):
         d = load_dataset(tmp_path / "s")
     assert len(d) == 4 and d.left_out == ["loose.png"]
 

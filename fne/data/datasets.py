@@ -285,7 +285,7 @@ def _split_folder(root: Path) -> Dataset:
     names = sorted(e.name for e in entries if e.is_dir())
     left_out = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     what = [", ".join(f"{n}/" for n in names if n not in SPLITS and containers.normalise_split(n) is None)]
-    what += [f"{len(left_out)} image(s) beside them ({', '.join(left_out[:3])}{' ...' * (len(left_out) > 3)})"
+    what += [f"{len(left_out)} image(s) beside train/ and test/ ({', '.join(left_out[:3])}{' ...' * (len(left_out) > 3)})"
              if left_out else ""]
     if any(what):
         warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
