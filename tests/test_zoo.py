@@ -78,10 +78,15 @@ CASES = [  # (arch, model built for the test or None: load_backbone's, input siz
 ]
 
 
+def _in_timm(arch: str) -> bool:
+    """Whether the installed timm has `arch` (a torchvision name: always)."""
+    return not arch.startswith("timm:") or arch[5:] in timm.list_models()
+
+
 def _installed(arch: str) -> None:
     """Skip a timm model that the installed timm does not have (FasterNet and SHViT are newer than
     the lowest supported timm, 1.0.3)."""
-    if arch.startswith("timm:") and arch[5:] not in timm.list_models():
+    if not _in_timm(arch):
         pytest.skip(f"{arch} is not in timm {timm.__version__}")
 
 
@@ -386,7 +391,7 @@ def test_coat_class_tokens_and_models_of_several_heads():
     assert torch.allclose(got["serial_blocks1.0.cls"], out["b"][:, 0], atol=1e-6)
     # CrossViT (two branches), EfficientViM (a head per stage): class scores of several heads combined
     for arch in ("timm:crossvit_tiny_240", "timm:efficientvim_m1"):
-        if arch[5:] not in timm.list_models():  # efficientvim: newer than the lowest supported timm, 1.0.3
+        if not _in_timm(arch):  # efficientvim: newer than the lowest supported timm, 1.0.3
             continue
         with pytest.raises(FneError, match=r"combines the class scores of \d heads .*one classifier"):
             backbones.get(arch)

@@ -173,6 +173,12 @@ def compare_runs(m1: dict, m2: dict) -> dict | None:
     return corrected_paired_t(a, b, n_te / n_tr if n_tr else 0.0)
 
 
+def row_name(r: dict) -> str:
+    """A report row as a verdict names it: its label (method, backbone, the settings that tell it
+    from rows of the same method), else its method."""
+    return r.get("label") or r["method"]
+
+
 def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> str | None:
     """A report line for the two best ranked rows of one dataset, or None where no test applies.
 
@@ -186,7 +192,7 @@ def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> s
     result = _row_test(ranked[0], ranked[1], metrics_by_path)
     if result is None:
         return None
-    name = [r.get("label") or r["method"] for r in ranked]  # a report row's label tells rows of one method apart
+    name = [row_name(r) for r in ranked]
     first = describe(result, name[0], name[1])
     if verdict(result) == "no clear winner":
         return first

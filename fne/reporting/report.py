@@ -358,8 +358,8 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
         return {"kind": "none", "text": ""}
     w = ranked[0]
     if len(ranked) == 1:
-        return {"kind": "single", "text": f"only one method was measured ({_name(w)}): nothing to compare it with"}
-    tied = [_name(r) for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
+        return {"kind": "single", "text": f"only one method was measured ({compare.row_name(w)}): nothing to compare it with"}
+    tied = [compare.row_name(r) for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
     if len(tied) > 1:
         return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
     if test is not None:
@@ -368,16 +368,11 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
     spread = max((100 * r["accuracy_std"] for r in (w, second)
                   if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
     if spread is not None and lead <= spread:
-        return {"kind": "unclear", "text": f"no clear winner: {_name(w)} leads {_name(second)} by "
+        return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
                                            f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
                                            f"no paired test applies (the runs were not scored on the same splits)"}
-    return {"kind": "untested", "text": f"{_name(w)} leads {_name(second)} by {lead:.1f} points; no paired "
+    return {"kind": "untested", "text": f"{compare.row_name(w)} leads {compare.row_name(second)} by {lead:.1f} points; no paired "
                                         f"test applies (the runs were not scored on the same splits)"}
-
-
-def _name(r: dict) -> str:
-    """A row as the verdict names it: its label (method, backbone, settings), else its method."""
-    return r.get("label") or r["method"]
 
 
 def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:
