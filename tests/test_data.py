@@ -84,8 +84,8 @@ def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
                    "train/b/0.png,b,TRAIN\nval/b/0.png,b,dev\ntest/b/0.png,b,test\n")
     assert load_dataset(csv).splits == ["train", "train", "test", "train", "train", "test"]
     csv.write_text("path,label,split\ntrain/a/0.png,a,train\nval/a/0.png,a,holdout\n")
-    with pytest.raises(DataError, match=r"column split has values \['holdout'\]; allowed: train, test \(and "
-                                        r"validation, val, valid or dev, which count as train\)"):
+    with pytest.raises(DataError, match=r"column split has values \['holdout'\]; allowed: train, test and "
+                                        r"validation \(or val, valid, dev\)"):
         load_dataset(csv)
     with h5py.File(tmp_path / "s.h5", "w") as f:
         f["images"] = np.zeros((4, 8, 8), dtype=np.uint8)
@@ -97,7 +97,7 @@ def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
     pair.mkdir()
     for name, n, seed in (("train", 4, 0), ("validation", 2, 1), ("test", 2, 2), ("extra", 1, 3)):
         _h5_file(pair / f"{name}.h5", n, seed)
-    with pytest.warns(UserWarning, match=r"extra\.h5 left out: a predefined split reads train\.h5 and test\.h5"):
+    with pytest.warns(UserWarning, match=r"extra\.h5 left out: a predefined split reads train\.h5, test\.h5"):
         p = load_dataset(pair)
     assert p.splits == ["train"] * 6 + ["test"] * 2
     assert p.ids[4] == "validation.h5:0" and p.ids[6] == "test.h5:0"
@@ -106,6 +106,54 @@ def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
     with h5py.File(pair / "test.h5") as f:
         assert np.array_equal(np.asarray(p.load(7)), f["images"][1])
     assert p.keys()[5] != p.keys()[7]
+
+
+def test_a_validation_part_without_a_test_part_is_held_out_in_every_form(tmp_path):
+    """ImageNet's train/ + val/ stopped, a CSV of train + val rows stopped after the forward pass
+    ("needs both train and test images"), and the Hub's Food-101 (train-* + validation-* Parquet,
+    no test) was silently split at random. One rule now: with no test part, the validation part
+    is the held-out part, and one line says so; a split of one part only is no split."""
+    for part, n in (("train", 2), ("val", 1)):
+        for c in ("a", "b"):
+            (tmp_path / "f" / part / c).mkdir(parents=True)
+            for k in range(n):
+                Image.new("RGB", (8, 8), (len(part), ord(c), k)).save(tmp_path / "f" / part / c / f"{k}.png")
+    with pytest.warns(UserWarning, match=r"f: no test part, so its 2 validation images \(val/\) are the held-out "):
+        d = load_dataset(tmp_path / "f")
+    assert d.ids == ["train/a/0.png", "train/a/1.png", "train/b/0.png", "train/b/1.png", "val/a/0.png", "val/b/0.png"]
+    assert d.splits == ["train"] * 4 + ["test"] * 2
+    csv = tmp_path / "f" / "list.csv"
+    csv.write_text("path,label,split\ntrain/a/0.png,a,train\nval/a/0.png,a,val\ntrain/b/0.png,b,train\n"
+                   "val/b/0.png,b,validation\n")
+    with pytest.warns(UserWarning, match=r"2 validation images \(the split column\)"):
+        assert load_dataset(csv).splits == ["train", "test", "train", "test"]
+    csv.write_text("path,label,split\ntrain/a/0.png,a,train\ntrain/b/0.png,b,train\n")
+    assert load_dataset(csv).splits is None  # one part only: random splits, as for train-* shards alone
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        f["images"] = np.zeros((3, 8, 8), dtype=np.uint8)
+        f["labels"] = np.array([0, 1, 0])
+        f["split"] = np.array([b"train", b"dev", b"0"])
+    with pytest.warns(UserWarning, match=r"1 validation images \(the split dataset\)"):
+        assert load_dataset(tmp_path / "s.h5").splits == ["train", "test", "train"]
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name, n, seed in (("train", 4, 0), ("val", 2, 1)):
+        _h5_file(pair / f"{name}.h5", n, seed)
+    with pytest.warns(UserWarning, match=r"2 validation images \(val\.h5\)"):
+        assert load_dataset(pair).splits == ["train"] * 4 + ["test"] * 2
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for name, n in (("train", 4), ("validation", 2)):
+        cells = []
+        for k in range(n):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), (len(name), k, 0)).save(buf, format="PNG")
+            cells.append({"bytes": buf.getvalue(), "path": f"{k}.png"})
+        pq.write_table(pa.table({"image": cells, "label": ["a", "b"] * (n // 2)}),
+                       hub / f"{name}-00000-of-00001.parquet")
+    with pytest.warns(UserWarning, match=r"2 validation images"):
+        assert load_dataset(hub, cache=tmp_path / "cache").splits == ["train"] * 4 + ["test"] * 2
 
 
 def test_hdf5_forms_and_digits(tmp_path):
@@ -219,7 +267,7 @@ def test_shard_patterns_and_split_names():
     assert is_container_spec("x/train-{000000..000003}.tar") and is_container_spec("hf:a/b@train")
     assert not is_container_spec("images/") and not is_container_spec("data.csv")
     for name, split in [("train-00000-of-00003.parquet", "train"), ("test-000001.tar", "test"),
-                        ("validation-00000-of-00001.parquet", "train"), ("shard-000001.tar", None),
+                        ("validation-00000-of-00001.parquet", "val"), ("shard-000001.tar", None),
                         ("contest-0001.tar", None)]:
         assert split_of_name(f"/d/{name}") == split, name
     assert split_of_name("/d/test/000.tar", "/d") == "test"

@@ -238,10 +238,11 @@ def test_a_random_split_names_the_classes_with_one_image(tmp_path):
         make_splits(d, d.label_indices())
 
 
-@pytest.mark.parametrize("held", ["val", "validation", "Test"])
+@pytest.mark.parametrize("held", ["val", "Test"])
 def test_a_train_and_val_folder_is_not_two_classes(tmp_path, held):
-    """ImageNet's layout (train/ + val/), or Train/ + Test/, was fitted as two classes "train" and "val"."""
-    for split in ("train" if held != "Test" else "Train", held):
+    """Train/ + Test/ (or Train/ + val/) was fitted as two classes "Train" and "Test"; lower-case
+    train/ + val/ is a split (test_data: a validation part without a test part is held out)."""
+    for split in ("Train", held):
         for c in ("a", "b"):
             _png(tmp_path / "d" / split / c / "1.png", len(split) + ord(c))
     with pytest.raises(DataError, match="are a split, not classes; a predefined split is read from train/ and test/"):
@@ -259,8 +260,8 @@ def test_what_a_folder_leaves_out_is_said(tmp_path):
     for split in ("train", "test", "extra"):
         for c in ("a", "b"):
             _png(tmp_path / "s" / split / c / "1.png", len(split) + ord(c))
-    with pytest.warns(UserWarning, match=r"extra/ left out: a predefined split reads train/ and test/, and a "
-                                         r"validation folder \(val/\) as train"):
+    with pytest.warns(UserWarning, match=r"extra/ left out: a predefined split reads train/, test/ and a "
+                                         r"validation folder \(val/\)"):
         d = load_dataset(tmp_path / "s")
     assert sorted(set(d.splits)) == ["test", "train"] and len(d) == 4
     _png(tmp_path / "s" / "loose.png", 7)  # an image beside train/ and test/ was left out silently

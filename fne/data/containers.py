@@ -21,6 +21,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,15 @@ from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.sidecar import merge_json
 from fne.errors import DataError
 
-FORMAT = 1
+FORMAT = 2  # 2: a member's split keeps its validation word (`val`), settled per DATA
 RACY_NS = 2_000_000_000
 GROUP_CACHE_BYTES = 256 << 20  # Parquet row groups kept per reading process
 TAR_SUFFIXES = (".tar",)
 PARQUET_SUFFIXES = (".parquet",)
-# Split names as the Hub and WebDataset lay them out; validation joins train (the FNE paper's
-# protocol: train = train + val), since fne's predefined split is train / test.
+# Split names as the Hub and WebDataset lay them out; a validation part is `val` until
+# `settle_splits` sees the whole DATA, since fne's predefined split is train / test.
 _SPLIT_WORDS = {"train": "train", "training": "train", "test": "test", "testing": "test",
-                "validation": "train", "valid": "train", "val": "train", "dev": "train"}
+                "validation": "val", "valid": "val", "val": "val", "dev": "val"}
 _SPLIT_RE = re.compile(r"(?:^|[-_.])(train|training|test|testing|validation|valid|val|dev)(?=$|[-_.])")
 
 
@@ -248,8 +249,8 @@ def _scan(folder: Path, depth: int, found: list[Path]) -> bool:
 
 
 def split_of_name(path: str, root: str | None = None) -> str | None:
-    """train / test from a container's name (`train-000000.tar`, `test-00000-of-00003.parquet`)
-    or its folder inside DATA (`train/000.tar`); validation counts as train."""
+    """train / test / val from a container's name (`train-000000.tar`, `test-00000-of-00003.parquet`,
+    `validation-…`) or its folder inside DATA (`train/000.tar`); see `settle_splits`."""
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
     for part in reversed(Path(rel).parts):
         m = _SPLIT_RE.search(part.lower())
@@ -259,9 +260,39 @@ def split_of_name(path: str, root: str | None = None) -> str | None:
 
 
 def normalise_split(value: str) -> str | None:
-    """A split word as fne reads it (`train`, `Test`, `validation`, `dev`, ...) -> train or test
-    (validation words count as train); None for any other word."""
+    """A split word as fne reads it (`train`, `Test`, `validation`, `dev`, ...) -> train, test or
+    val (which `settle_splits` makes train or test); None for any other word."""
     return _SPLIT_WORDS.get(str(value).strip().lower())
+
+
+def settle_splits(splits: list[str], data: object, part: str) -> list[str] | None:
+    """DATA's split words with its validation part placed: beside a test part it joins train (the
+    FNE paper's protocol, train = train + val); with no test part it is the held-out part, as
+    ImageNet's `val/` and the Hub's Food-101 `validation` are, and a warning says so. A split of
+    one part only (every image `train`, say) is no predefined split: None (random splits apply).
+
+    Parameters
+    ----------
+    splits : list of str
+        One word per image, from `normalise_split` (train, test, val).
+    data : object
+        DATA as named in the warning.
+    part : str
+        Where DATA's form keeps its validation images (`val/`, `the split column`, ...).
+
+    Returns
+    -------
+    list of str or None
+        train or test per image; None when that leaves no train or no test image.
+    """
+    kinds = set(splits)
+    held_out = "val" in kinds and "test" not in kinds and "train" in kinds
+    if held_out:
+        warnings.warn(f"DATA {data}: no test part, so its {splits.count('val')} validation images ({part}) are the "
+                      f"held-out test split, as published results on such data use them", stacklevel=3)
+    if "val" in kinds:
+        splits = [("test" if held_out else "train") if s == "val" else s for s in splits]
+    return splits if {"train", "test"} <= set(splits) else None
 
 
 def _parquet_file(path: str):

@@ -31,7 +31,6 @@ from fne.errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
-SPLITS = ("train", "test")
 
 
 @dataclass
@@ -210,11 +209,26 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
-    if (path / "train.h5").is_file() and (path / "test.h5").is_file():
+    if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
         return _h5_parts(path)
-    if (path / "train").is_dir() and (path / "test").is_dir():
+    if (path / "train").is_dir() and _held_out([e.name for e in os.scandir(path) if e.is_dir()]):
         return _split_folder(path)
     return _folder(path)
+
+
+def _held_out(names) -> bool:
+    """Whether DATA's part names include a test or validation part (then it has a split)."""
+    return any(containers.normalise_split(n) in ("test", "val") for n in names)
+
+
+def _ordered_parts(names: list[str], train: str, test: str, word: dict[str, str | None]) -> list[str]:
+    """A split DATA's parts in listing order: `train`, the other training parts and (beside a test
+    part) the validation parts, by name; then the other test parts, `test` last. With no test
+    part the validation parts are the held-out part (`containers.settle_splits`)."""
+    val_side = "train" if "test" in word.values() else "test"
+    side = {n: val_side if w == "val" else w for n, w in word.items()}
+    parts = [train] + [n for n in names if n != train and side[n] == "train"]
+    return parts + [n for n in names if n != test and side[n] == "test"] + ([test] if test in names else [])
 
 
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:
@@ -279,25 +293,25 @@ _HELD_OUT = {"val", "valid", "validation", "test", "testing"}
 
 def _split_folder(root: Path) -> Dataset:
     """train/ and test/, each of class folders; a validation folder (val/, valid/, validation/,
-    dev/) joins train, as in tar shards and Parquet files (the FNE paper's train = train + val)."""
+    dev/) joins train beside test/ (the FNE paper's train = train + val), and is the held-out part
+    without one (ImageNet's train/ and val/), as in tar shards and Parquet files."""
     files, labels, splits = [], [], []
     entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
     names = sorted(e.name for e in entries if e.is_dir())
     left_out = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
-    what = [", ".join(f"{n}/" for n in names if n not in SPLITS and containers.normalise_split(n) is None)]
+    word = {n: containers.normalise_split(n) for n in names}
+    what = [", ".join(f"{n}/" for n in names if word[n] is None)]
     what += [f"{len(left_out)} image(s) beside train/ and test/ ({', '.join(left_out[:3])}{' ...' * (len(left_out) > 3)})"
              if left_out else ""]
     if any(what):
         warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
-                      f"train/ and test/, and a validation folder (val/) as train", stacklevel=3)
-    parts = ["train"] + [n for n in names if n not in SPLITS and containers.normalise_split(n) == "train"]
-    parts += [n for n in names if n != "test" and containers.normalise_split(n) == "test"] + ["test"]
-    for part in parts:
+                      f"train/, test/ and a validation folder (val/)", stacklevel=3)
+    for part in _ordered_parts(names, "train", "test", word):
         f, lab = _class_folder(root / part, left_out)
         files += f
         labels += lab
-        splits += [containers.normalise_split(part)] * len(f)
-    d = _file_dataset(root.name, root, files, labels, splits)
+        splits += [word[part]] * len(f)
+    d = _file_dataset(root.name, root, files, labels, containers.settle_splits(splits, root, ", ".join(f"{n}/" for n in names if word[n] == "val")))
     d.left_out = left_out
     return d
 
@@ -333,7 +347,8 @@ def _csv(path: Path) -> Dataset:
         bad = sorted({w for w, s in zip(words, splits) if s is None})
         if bad:
             raise DataError(f"CSV {path}: column split has values {bad}; allowed: train, test "
-                            f"(and validation, val, valid or dev, which count as train)")
+                            f"and validation (or val, valid, dev)")
+        splits = containers.settle_splits(splits, path, "the split column")
     ids = [f"{path.name}:{k + 2} ({r['path']})" for k, r in enumerate(rows)]  # k + 2: the header is line 1
     labels = _member_labels(path.name, ids, labels)
     keep = range(len(rows)) if labels is None else [k for k, lab in enumerate(labels) if lab is not None]
@@ -356,17 +371,20 @@ def _h5(path: Path) -> Dataset:
     )
 
 
+def _h5_names(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith((".h5", ".hdf5")))
+
+
 def _h5_parts(root: Path) -> Dataset:
-    """train.h5 and test.h5; a validation file beside them (val.h5, validation.h5, …) joins
-    train, as a val/ folder does."""
-    names = sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith((".h5", ".hdf5")))
+    """train.h5 and test.h5; a validation file (val.h5, validation.h5, …) joins train beside
+    test.h5 and is the held-out part without one, as a val/ folder is."""
+    names = _h5_names(root)
     word = {n: containers.normalise_split(n.rpartition(".")[0]) for n in names}
     other = [n for n in names if word[n] is None]
     if other:
-        warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5 and test.h5, "
-                      f"and a validation file (val.h5) as train", stacklevel=3)
-    order = ["train.h5"] + [n for n in names if n != "train.h5" and word[n] == "train"]
-    order += [n for n in names if n != "test.h5" and word[n] == "test"] + ["test.h5"]
+        warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5, test.h5 "
+                      f"and a validation file (val.h5)", stacklevel=3)
+    order = _ordered_parts(names, "train.h5", "test.h5", word)
     parts = [_h5(root / n) for n in order]
     for part, n in zip(parts, order):
         part.splits = [word[n]] * len(part)
@@ -375,7 +393,8 @@ def _h5_parts(root: Path) -> Dataset:
         name=root.name,
         ids=[i for p in parts for i in p.ids],
         labels=labels,
-        splits=[s for p in parts for s in p.splits],
+        splits=containers.settle_splits([s for p in parts for s in p.splits], root,
+                                      ", ".join(n for n in names if word[n] == "val")),
         classes=class_order(labels, None),
         sources=list(range(len(labels))),
         array_source=PartsSource([p.array_source for p in parts], [len(p) for p in parts]),  # one view of all
@@ -470,8 +489,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     if not has_split and any(s is not None for s in splits):
         raise DataError(f"DATA {name}: some images have a split and some do not "
                         f"(e.g. {ids[splits.index(None)]}); name every shard train-* / test-*, or none")
-    if has_split and not {"train", "test"} <= set(splits):
-        has_split = False  # one split only: a plain labelled set (random splits apply)
+    splits = containers.settle_splits(splits, name, "named validation") if has_split else None
+    has_split = splits is not None  # one split only: a plain labelled set (random splits apply)
     keep = range(len(ids)) if labels is None else [i for i, lab in enumerate(labels) if lab is not None]
     dataset = Dataset(name=name, ids=[ids[i] for i in keep],
                       labels=None if labels is None else [labels[i] for i in keep],

@@ -83,7 +83,8 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
             bad = sorted({w for w, s in zip(words, splits) if s is None})
             if bad:
                 raise DataError(f"HDF5 {path}: dataset split has values {bad}; allowed: train, test, 0, 1 "
-                                f"(and validation, val, valid or dev, which count as train)")
+                                f"and validation (or val, valid, dev)")
+            splits = containers.settle_splits(splits, path, "the split dataset")
     if n == 0:
         raise DataError(f"HDF5 {path}: has no images")
     return n, labels, splits, names
