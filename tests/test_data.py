@@ -67,7 +67,8 @@ def _h5_file(path: Path, n: int, seed: int) -> None:
 def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
     """val/ beside train/ and test/ was left out (a warning) while a tar shard or Parquet file
     named validation joined train; a CSV or HDF5 split of `val` stopped. One rule now: the
-    FNE paper's train = train + val, whatever DATA's form."""
+    FNE paper's train = train + val for fit (`in_train`), whatever DATA's form; the part stays
+    `val`, which `fne train` validates on."""
     for part, n in (("train", 2), ("val", 1), ("test", 1)):
         for c in ("a", "b"):
             (tmp_path / "f" / part / c).mkdir(parents=True)
@@ -76,13 +77,14 @@ def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
     d = load_dataset(tmp_path / "f")
     assert d.ids == ["train/a/0.png", "train/a/1.png", "train/b/0.png", "train/b/1.png",
                      "val/a/0.png", "val/b/0.png", "test/a/0.png", "test/b/0.png"]
-    assert d.splits == ["train"] * 6 + ["test"] * 2 and d.labels == list("aabbab") + ["a", "b"]
+    assert d.splits == ["train"] * 4 + ["val"] * 2 + ["test"] * 2 and d.labels == list("aabbab") + ["a", "b"]
+    assert d.in_train().tolist() == [True] * 6 + [False] * 2  # what fit trains on; train validates on val
     assert not [w for w in recwarn if "left out" in str(w.message)]
     # a CSV's split column and an HDF5 file's split dataset: validation words count as train
     csv = tmp_path / "f" / "list.csv"
     csv.write_text("path,label,split\ntrain/a/0.png,a,train\nval/a/0.png,a,Validation\ntest/a/0.png,a,test\n"
                    "train/b/0.png,b,TRAIN\nval/b/0.png,b,dev\ntest/b/0.png,b,test\n")
-    assert load_dataset(csv).splits == ["train", "train", "test", "train", "train", "test"]
+    assert load_dataset(csv).splits == ["train", "val", "test", "train", "val", "test"]
     csv.write_text("path,label,split\ntrain/a/0.png,a,train\nval/a/0.png,a,holdout\n")
     with pytest.raises(DataError, match=r"column split has values \['holdout'\]; allowed: train, test and "
                                         r"validation \(or val, valid, dev\)"):
@@ -91,7 +93,7 @@ def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
         f["images"] = np.zeros((4, 8, 8), dtype=np.uint8)
         f["labels"] = np.array([0, 1, 0, 1])
         f["split"] = np.array([b"train", b"val", b"0", b"test"])
-    assert load_dataset(tmp_path / "s.h5").splits == ["train", "train", "train", "test"]
+    assert load_dataset(tmp_path / "s.h5").splits == ["train", "val", "train", "test"]
     # train.h5 + val.h5 + test.h5: the validation file joins train; another .h5 is said to be left out
     pair = tmp_path / "pair"
     pair.mkdir()
@@ -99,7 +101,7 @@ def test_a_validation_part_joins_train_in_every_form(tmp_path, recwarn):
         _h5_file(pair / f"{name}.h5", n, seed)
     with pytest.warns(UserWarning, match=r"extra\.h5 left out: a predefined split reads train\.h5, test\.h5"):
         p = load_dataset(pair)
-    assert p.splits == ["train"] * 6 + ["test"] * 2
+    assert p.splits == ["train"] * 4 + ["val"] * 2 + ["test"] * 2
     assert p.ids[4] == "validation.h5:0" and p.ids[6] == "test.h5:0"
     with h5py.File(pair / "validation.h5") as f:
         assert np.array_equal(np.asarray(p.load(5)), f["images"][1])

@@ -364,6 +364,29 @@ def test_training_on_one_class_is_one_clear_line(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_data_with_a_validation_part_validates_on_it(tmp_path):
+    """train/ + val/ + test/: `fne fit` trains on train + val (the FNE paper's protocol), and `fne
+    train` validated on a random tenth of those, as if DATA had no validation part. It now trains
+    on train/, validates on val/ and tests on test/; --val-fraction 0 trains on both."""
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "d", per_class=9, classes=3, split=True)  # 6 train + 3 test per class
+    for c in range(3):  # two of each class's training images become its validation part
+        (data / "val" / str(c)).mkdir(parents=True)
+        for f in sorted((data / "train" / str(c)).iterdir())[:2]:
+            f.rename(data / "val" / str(c) / f.name)
+    kw = dict(weights="random", epochs=1, **FAST)
+    m = train(str(data), "frozen", tmp_path / "run", **kw)
+    assert (m["n_train"], m["n_val"], m["n_test"]) == (12, 6, 9)
+    assert m["validation"] == "DATA's validation part" and m["split_protocol"] == "predefined"
+    m0 = train(str(data), "frozen", tmp_path / "run0", val_fraction=0, **kw)
+    assert (m0["n_train"], m0["n_val"], m0["n_test"], m0["validation"]) == (18, 0, 9, None)
+    m2 = train(str(data / "train"), "frozen", tmp_path / "run2", val_fraction=0.5, **kw)  # no split: drawn
+    assert m2["validation"] == "0.5 of the training images" and m2["n_val"] > 0
+
+
 # ------------------------------------------------------- augmentation on the device (issue 19)
 
 

@@ -266,10 +266,12 @@ def normalise_split(value: str) -> str | None:
 
 
 def settle_splits(splits: list[str], data: object, part: str) -> list[str] | None:
-    """DATA's split words with its validation part placed: beside a test part it joins train (the
-    FNE paper's protocol, train = train + val); with no test part it is the held-out part, as
-    ImageNet's `val/` and the Hub's Food-101 `validation` are, and a warning says so. A split of
-    one part only (every image `train`, say) is no predefined split: None (random splits apply).
+    """DATA's split words with its validation part placed. Beside a test part it stays `val`:
+    `fne fit` trains on it (the FNE paper's protocol, train = train + val, `Dataset.in_train`) and
+    `fne train` validates on it. With no test part it is the held-out part, as ImageNet's `val/`
+    and the Hub's Food-101 `validation` are, and a warning says so; with no train part, the
+    training part. A split of one part only (every image `train`, say) is no predefined split:
+    None (random splits apply).
 
     Parameters
     ----------
@@ -283,15 +285,15 @@ def settle_splits(splits: list[str], data: object, part: str) -> list[str] | Non
     Returns
     -------
     list of str or None
-        train or test per image; None when that leaves no train or no test image.
+        train, val or test per image; None when that leaves no train or no test image.
     """
     kinds = set(splits)
-    held_out = "val" in kinds and "test" not in kinds and "train" in kinds
-    if held_out:
+    if "val" in kinds and "test" not in kinds and "train" in kinds:
         warnings.warn(f"DATA {data}: no test part, so its {splits.count('val')} validation images ({part}) are the "
                       f"held-out test split, as published results on such data use them", stacklevel=3)
-    if "val" in kinds:
-        splits = [("test" if held_out else "train") if s == "val" else s for s in splits]
+        splits = ["test" if s == "val" else s for s in splits]
+    elif "val" in kinds and "train" not in kinds:
+        splits = ["train" if s == "val" else s for s in splits]
     return splits if {"train", "test"} <= set(splits) else None
 
 

@@ -61,6 +61,11 @@ class Dataset:
     def has_split(self) -> bool:
         return self.splits is not None
 
+    def in_train(self) -> np.ndarray:
+        """Which images a predefined split trains on: its train part and, beside a test part, its
+        validation part (`val`, which `fne train` validates on; `containers.settle_splits`)."""
+        return np.isin(np.array(self.splits, dtype=object), ("train", "val"))
+
     def load(self, i: int) -> Image.Image:
         """Decode item i as an RGB PIL image; raises `OSError`/`ValueError` on a bad file."""
         if self.array_source is not None:

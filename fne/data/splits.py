@@ -34,8 +34,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     """
     if dataset.has_split:
         check_test_classes(dataset)
-        s = np.array(dataset.splits)
-        tr, te = np.flatnonzero(s == "train"), np.flatnonzero(s == "test")
+        tr, te = np.flatnonzero(dataset.in_train()), np.flatnonzero(np.array(dataset.splits) == "test")
         if len(tr) == 0 or len(te) == 0:
             raise DataError(f"{dataset.name}: predefined split needs both train and test images")
         return [(tr, te)]
@@ -94,7 +93,7 @@ def check_test_classes(dataset: Dataset) -> None:
     """
     if dataset.labels is None or dataset.splits is None:
         return
-    train = {lab for lab, s in zip(dataset.labels, dataset.splits) if s == "train"}
+    train = {lab for lab, t in zip(dataset.labels, dataset.in_train()) if t}
     unseen = sorted({lab for lab, s in zip(dataset.labels, dataset.splits) if s == "test"} - train)
     if not unseen:
         return
@@ -146,15 +145,24 @@ def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int,
 def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fraction: float, seed: int,
                    need_val: bool = True, keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`fne train`'s sorted (train, val, test) indices: `make_splits`' first split, val from train
-    (copies of one image, by `keys`, on one side of each)."""
+    (copies of one image, by `keys`, on one side of each), or DATA's own validation part where
+    its predefined split has one (`--val-fraction 0` trains on it too)."""
     tr, te = make_splits(dataset, y, 1, test_size, None, seed, keys)[0]
     if not need_val or val_fraction == 0:
         return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
     if not 0 <= val_fraction < 1:
         raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if has_val_part(dataset):
+        s = np.array(dataset.splits, dtype=object)
+        return np.flatnonzero(s == "train"), np.flatnonzero(s == "val"), np.sort(te)
     copies = Copies(tr, keys)
     tr, va = copies.spread(stratified(copies.firsts, y[copies.firsts], val_fraction, seed, "--val-fraction"))[0]
     return np.sort(tr), np.sort(va), np.sort(te)
+
+
+def has_val_part(dataset: Dataset) -> bool:
+    """Whether DATA's predefined split has a validation part beside its test part."""
+    return dataset.has_split and "val" in dataset.splits
 
 
 def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np.ndarray, np.ndarray]],

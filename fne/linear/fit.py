@@ -216,7 +216,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
         warnings.warn(f"{len(empty)} class(es) have no readable image, so the model cannot predict them: "
                       f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
     if dataset.has_split:
-        y, part = y[np.array(dataset.splits) == "train"], " in the train split"
+        y, part = y[dataset.in_train()], " in the train split"
     present = [dataset.classes[c] for c in np.unique(y)]
     if len(present) < 2:
         n = "1 class has" if len(present) == 1 else f"{len(present)} classes have"

@@ -539,7 +539,7 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
         return
     ds.n_images, ds.n_classes = len(d), len(d.classes)
     if d.has_split:
-        ds.n_train_split = sum(1 for x in d.splits if x == "train")
+        ds.n_train_split = int(d.in_train().sum())
     if d.labels is None:
         err.add(path_ + ("data",), "has no labels")
 

@@ -133,7 +133,7 @@ def training_images_per_class(dataset, test_size: float = 0.25,
     if dataset.labels is None:
         raise FneError(f"DATA {dataset.name}: has no labels; advice needs labelled images")
     if dataset.has_split:
-        counts = Counter(lab for lab, s in zip(dataset.labels, dataset.splits, strict=True) if s == "train")
+        counts = Counter(lab for lab, t in zip(dataset.labels, dataset.in_train(), strict=True) if t)
         basis = "train split"
     else:
         counts = Counter(dataset.labels)
@@ -164,7 +164,7 @@ def stratified_sample(dataset, n: int, seed: int = 0) -> list[int]:
     rng = np.random.default_rng(seed)
     idx = np.arange(len(dataset))
     if dataset.has_split:
-        train = np.array([i for i in idx if dataset.splits[i] == "train"])
+        train = idx[dataset.in_train()]
         idx = train if len(train) else idx
     if len(idx) <= n:
         return sorted(int(i) for i in idx)
