@@ -29,8 +29,9 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     """Cached activations (one dataset `layers/<tap>` per layer) and the embedding, with
     paths/labels/split, written chunk by chunk to one HDF5 file.
 
-    The FNE embedding is standardised with the training rows (the `train` split when DATA
-    has one, otherwise all rows); the attribute `fit_rows` says which.
+    The FNE embedding is standardised with the training rows (the `train` split and any
+    validation part beside the test part when DATA has one, otherwise all rows), as `fne fit`
+    does; the attribute `fit_rows` says which.
 
     Parameters
     ----------
@@ -55,7 +56,7 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
     src, o, layers, kind = _source(data, store, options, "export")
     dataset, store = src.dataset, src.store
     n = len(dataset)
-    fit_rows = np.flatnonzero(np.array(dataset.splits) == "train") if dataset.has_split else np.arange(n)
+    fit_rows = np.flatnonzero(dataset.in_train()) if dataset.has_split else np.arange(n)
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     embed = rows.fit_embedding(kind, fit_rows)
     dims = dict(store.taps)
@@ -92,7 +93,8 @@ class LoadedRows:
     ids : numpy.ndarray
         Each row's image: its path relative to ``attrs["root"]`` (or its name in DATA).
     split : numpy.ndarray or None
-        ``"train"`` / ``"test"`` per row when DATA has a predefined split, else None.
+        ``"train"`` / ``"test"`` per row when DATA has a predefined split (``"val"`` for a
+        validation part beside its test part, which `fne fit` trains on), else None.
     keys : numpy.ndarray
         Each row's content key in the cache (the hash of the image's bytes).
     layers : list of str
