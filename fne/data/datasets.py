@@ -61,6 +61,11 @@ class Dataset:
     def has_split(self) -> bool:
         return self.splits is not None
 
+    @property
+    def has_val_part(self) -> bool:
+        """Whether DATA's predefined split has a validation part beside its test part."""
+        return self.splits is not None and "val" in self.splits
+
     def in_train(self) -> np.ndarray:
         """Which images a predefined split trains on: its train part and, beside a test part, its
         validation part (`val`, which `fne train` validates on; `containers.settle_splits`)."""

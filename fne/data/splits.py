@@ -152,17 +152,12 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
         return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
     if not 0 <= val_fraction < 1:
         raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if has_val_part(dataset):
+    if dataset.has_val_part:
         s = np.array(dataset.splits, dtype=object)
         return np.flatnonzero(s == "train"), np.flatnonzero(s == "val"), np.sort(te)
     copies = Copies(tr, keys)
     tr, va = copies.spread(stratified(copies.firsts, y[copies.firsts], val_fraction, seed, "--val-fraction"))[0]
     return np.sort(tr), np.sort(va), np.sort(te)
-
-
-def has_val_part(dataset: Dataset) -> bool:
-    """Whether DATA's predefined split has a validation part beside its test part."""
-    return dataset.has_split and "val" in dataset.splits
 
 
 def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np.ndarray, np.ndarray]],

@@ -127,6 +127,7 @@ class DatasetCfg:
     n_images: int | None = None
     n_classes: int | None = None
     n_train_split: int | None = None  # images in the predefined train split, if DATA has one
+    val_part: bool = False  # DATA's predefined split has a validation part (fne train validates on it)
 
 
 @dataclass
@@ -467,7 +468,7 @@ def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
         ts = ds.test_size if ds.test_size is not None else settings.get("test_size", 0.25)
         n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None else n - math.ceil(ts * n))
         vf = settings.get("val_fraction", 0.1)
-        if vf and math.ceil(vf * n_train) < k:
+        if vf and not ds.val_part and math.ceil(vf * n_train) < k:
             where = ("train", mode, "val_fraction") if "val_fraction" in (p.train_raw.get(mode) or {}) else (
                 ("train", "val_fraction") if "val_fraction" in p.train_raw.get("", {}) else ("train", "modes"))
             err.add(where, f"mode {mode} on {ds.key}: a validation part of {vf} holds {math.ceil(vf * n_train)} of "
@@ -539,7 +540,7 @@ def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_d
         return
     ds.n_images, ds.n_classes = len(d), len(d.classes)
     if d.has_split:
-        ds.n_train_split = int(d.in_train().sum())
+        ds.n_train_split, ds.val_part = int(d.in_train().sum()), d.has_val_part
     if d.labels is None:
         err.add(path_ + ("data",), "has no labels")
 

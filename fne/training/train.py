@@ -33,7 +33,7 @@ from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_target, replace_files
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
-from fne.data.splits import duplicate_notes, has_val_part, make_splits, train_val_test
+from fne.data.splits import duplicate_notes, make_splits, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -393,7 +393,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "split_protocol": "predefined" if dataset.has_split else f"1x stratified test_size={cfg.test_size}",
         "val_fraction": cfg.val_fraction if not direct else 0.0,
         "validation": None if direct or not len(split.val) else (
-            "DATA's validation part" if has_val_part(dataset) else f"{cfg.val_fraction:g} of the training images"),
+            "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
         "confusion": confusion.tolist(),
         "history": run["history"], "skipped": ctx.skipped,
         "device": str(ctx.device), **provenance(cfg),
