@@ -137,6 +137,23 @@ def test_split_too_small_for_the_classes(tmp_path):
         'heads = ["svm"]', 'heads = ["svm"]\ntest_size = 0.5')))
 
 
+def test_a_validation_part_in_data_needs_no_stratified_val_fraction(tmp_path):
+    """DATA with its own validation part: fne train validates on it, so the check that a
+    stratified val_fraction can hold every class does not apply (it refused such DATA)."""
+    data = write_digits(tmp_path / "d", per_class=6, classes=4, split=True)  # 4 train + 2 test per class
+    for c in range(4):
+        (data / "val" / str(c)).mkdir(parents=True)
+        f = sorted((data / "train" / str(c)).iterdir())[0]
+        f.rename(data / "val" / str(c) / f.name)
+    text = GOOD.replace('data = "digits"', f'data = "{data}"').replace("epochs = 2", "epochs = 2\nval_fraction = 0.1")
+    p = load_pipeline(write(tmp_path, text))
+    assert p.datasets[0].val_part and p.datasets[0].n_train_split == 16
+    (data / "val").rename(data / "extra")  # the same images, no validation part: 16 x 0.1 < 4 classes
+    with pytest.raises(PipelineError, match="train.val_fraction: mode frozen on digits"), \
+            pytest.warns(UserWarning, match="extra/ left out"):
+        load_pipeline(write(tmp_path, text))
+
+
 def test_the_good_file_is_valid(tmp_path):
     p = load_pipeline(write(tmp_path, GOOD))
     assert [d.key for d in p.datasets] == ["digits"] and p.backbones[0].arch == "vgg16"
