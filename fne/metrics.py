@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import platform
 import sys
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,15 +16,31 @@ import numpy as np
 
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
-    """Accuracy and mean per-class accuracy of one test split, and its confusion matrix."""
+    """Accuracy and mean per-class accuracy of one test split, and its confusion matrix (rows:
+    true class, columns: predicted class); both scores are read off the matrix (`class_recalls`)."""
     # imported here, not with the module: `fne extract` uses `provenance` and starts without sklearn
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+    from sklearn.metrics import confusion_matrix
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-        mca = float(balanced_accuracy_score(y_true, y_pred))
-    scores = {"accuracy": float(accuracy_score(y_true, y_pred)), "mean_class_accuracy": mca}
-    return scores, confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+    confusion = confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+    scores = {"accuracy": float(np.trace(confusion) / confusion.sum()),
+              "mean_class_accuracy": float(np.nanmean(class_recalls(confusion)))}
+    return scores, confusion
+
+
+def class_recalls(confusion) -> np.ndarray:
+    """Each class's recall (the share of its test images predicted as it) from a confusion matrix
+    whose rows are the true classes; NaN for a class with no test image. Their mean over the
+    classes with test images is the mean per-class accuracy (scikit-learn's balanced accuracy)."""
+    c = np.asarray(confusion, dtype=float)
+    total = c.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.diag(c) / total, np.nan)
+
+
+def class_recall(confusion, classes: list[str]) -> dict[str, float | None]:
+    """metrics.json's ``class_recall``: {class name: `class_recalls`' value, None where the class
+    had no test image}, in class order."""
+    return {str(name): (None if np.isnan(r) else float(r)) for name, r in zip(classes, class_recalls(confusion))}
 
 
 def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
@@ -59,12 +74,70 @@ def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
         if len(acc) > 1:
             method += f" (each of the {len(acc)} splits gave this accuracy: no spread for a t interval)"
     else:
-        k = len(acc)
-        ratio = np.mean([s["n_test"] for s in splits]) / np.mean([s["n_train"] for s in splits])
-        half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + ratio) * acc.var(ddof=1)))
-        low, high = max(0.0, float(acc.mean()) - half), min(1.0, float(acc.mean()) + half)
-        method = f"corrected resampled t interval over {k} random splits (Nadeau & Bengio 2003)"
+        low, high, method = _corrected_t(acc, splits, level)
     return {"low": low, "high": high, "level": level, "method": method}
+
+
+BOOTSTRAP_DRAWS = 10_000  # resamples of `mean_class_interval`'s bootstrap
+
+
+def mean_class_interval(splits: list[dict], confusion, seed: int, level: float = 0.95) -> dict:
+    """A confidence interval for the mean per-class accuracy that metrics.json reports
+    (``mean_class_accuracy_ci``), its method named in the result.
+
+    Parameters
+    ----------
+    splits : list of dict
+        metrics.json's per-split records: ``mean_class_accuracy``, ``n_train`` and ``n_test`` each.
+    confusion : array-like
+        The confusion matrix (rows: true classes) of one split, the first: what the bootstrap
+        resamples.
+    seed : int
+        The bootstrap's random seed (the run's), so that a rerun gives the same interval.
+    level : float
+        The confidence level.
+
+    Returns
+    -------
+    dict
+        ``low``, ``high``, ``level`` and ``method``. Several random splits whose figures differ:
+        Nadeau & Bengio's corrected resampled t interval over the per-split figures, as for
+        accuracy (`accuracy_interval`). One split (or splits of one figure): the percentile
+        bootstrap over the split's test images resampled within each class, `BOOTSTRAP_DRAWS`
+        draws: each class keeps its number of test images, so its resampled count of right
+        answers is binomial (n_c, recall_c), drawn as such from the confusion matrix. A class
+        whose test images are all right (or all wrong) adds no spread, so with few test images
+        per class the interval is too narrow; it has no width where every class is perfect.
+    """
+    mca = np.array([s["mean_class_accuracy"] for s in splits], dtype=float)
+    if len(mca) > 1 and np.ptp(mca) > 1e-12:
+        low, high, method = _corrected_t(mca, splits, level)
+        return {"low": low, "high": high, "level": level, "method": method}
+    c = np.asarray(confusion, dtype=np.int64)
+    total, right = c.sum(axis=1), np.diag(c)
+    present = np.flatnonzero(total > 0)
+    rng, draws = np.random.default_rng(seed), np.zeros(BOOTSTRAP_DRAWS)
+    for chunk in np.array_split(present, max(1, len(present) // 128)):  # bounded memory for 1,000s of classes
+        draws += (rng.binomial(total[chunk], right[chunk] / total[chunk], (BOOTSTRAP_DRAWS, len(chunk)))
+                  / total[chunk]).sum(axis=1)
+    low, high = np.quantile(draws / len(present), [(1 - level) / 2, (1 + level) / 2])
+    method = (f"percentile bootstrap over {int(total.sum())} test images resampled within each class "
+              f"({BOOTSTRAP_DRAWS:,} draws, seed {seed})")
+    if len(mca) > 1:
+        method += f" of the first split (each of the {len(mca)} splits gave this figure: no spread for a t interval)"
+    return {"low": float(low), "high": float(high), "level": level, "method": method}
+
+
+def _corrected_t(values: np.ndarray, splits: list[dict], level: float) -> tuple[float, float, str]:
+    """Nadeau & Bengio's corrected resampled t interval of the per-split `values`: mean ± t(k-1) *
+    sqrt((1/k + n_test/n_train) * s^2), clipped to [0, 1]; -> (low, high, method)."""
+    from scipy import stats
+
+    k = len(values)
+    ratio = np.mean([s["n_test"] for s in splits]) / np.mean([s["n_train"] for s in splits])
+    half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + ratio) * values.var(ddof=1)))
+    low, high = max(0.0, float(values.mean()) - half), min(1.0, float(values.mean()) + half)
+    return low, high, f"corrected resampled t interval over {k} random splits (Nadeau & Bengio 2003)"
 
 
 def data_identity(data) -> str:
