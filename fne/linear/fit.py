@@ -146,7 +146,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     -------
     dict
         The metrics written to metrics.json: accuracy and mean class accuracy (mean and std over
-        the splits), per-split scores, the store read, timings and provenance.
+        the splits, and intervals), per-split scores, the confusion matrix and each class's recall,
+        the store read, timings and provenance.
     """
     spec, o, ext = opts.resolve(options, StoreSpec, FitOptions, ForwardOptions, given={StoreSpec: store})
     C = parse_C(o.C)

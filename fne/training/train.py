@@ -121,8 +121,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     Returns
     -------
     dict
-        What metrics.json holds: accuracy and mean class accuracy, the best epoch, timings, the
-        learning rates and what was imported.
+        What metrics.json holds: accuracy and mean class accuracy with their intervals, the
+        confusion matrix and each class's recall, the best epoch, timings, the learning rates and
+        what was imported.
     """
     require_main_script("fne.train")
     options.unexpected(kwargs, TrainConfig)
