@@ -145,9 +145,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     Returns
     -------
     dict
-        The metrics written to metrics.json: accuracy and mean class accuracy (mean and std over
-        the splits, and intervals), per-split scores, the confusion matrix and each class's recall,
-        the store read, timings and provenance.
+        metrics.json's: accuracy and mean class accuracy (mean, std, interval), per-split scores,
+        confusion, each class's recall, the store read, timings and provenance.
     """
     spec, o, ext = opts.resolve(options, StoreSpec, FitOptions, ForwardOptions, given={StoreSpec: store})
     C = parse_C(o.C)
