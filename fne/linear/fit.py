@@ -182,7 +182,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     metrics = {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
-        **_scores(per_split, confusions, dataset.classes, o.seed),
+        **_scores(per_split, confusions, dataset.classes),
         "n_images": len(dataset), "classes": dataset.classes,
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
@@ -246,7 +246,7 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
     return split_list
 
 
-def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[str], seed: int) -> dict:
+def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[str]) -> dict:
     """Accuracy and mean class accuracy over the splits (mean ± population std, ddof 0: one split
     gives 0.0) and their intervals, sizes, the confusion summed over the splits and each class's
     recall read off it."""
@@ -255,7 +255,7 @@ def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[s
     confusion = sum(confusions[1:], confusions[0])
     return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()), "accuracy_ci": accuracy_interval(per_split),
             "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
-            "mean_class_accuracy_ci": mean_class_interval(per_split, confusions[0], seed),
+            "mean_class_accuracy_ci": mean_class_interval(per_split, confusions[0]),
             "splits": per_split, "n_splits": len(per_split),
             "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
             "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
