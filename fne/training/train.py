@@ -426,10 +426,9 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         how = (f"best epoch {m['best_epoch']}/{m['epochs']}, n_train {m['n_train']}, n_test {m['n_test']}, "
                f"train {m['train_seconds']:.1f} s")
-    ci = m["accuracy_ci"]
-    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} "
-          f"({100 * ci['level']:g}% CI {ci['low']:.4f}-{ci['high']:.4f}), "
-          f"mean class accuracy {m['mean_class_accuracy']:.4f} ({how})")
+    acc, mca = (f"{m[k]:.4f} ({100 * m[k + '_ci']['level']:g}% CI {m[k + '_ci']['low']:.4f}-{m[k + '_ci']['high']:.4f})"
+                for k in ("accuracy", "mean_class_accuracy"))
+    print(f"{m['method']} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({how})")
     print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt")
     return 0
 
