@@ -85,9 +85,8 @@ def _cmd_fit(a) -> int:
     chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
     method = f"{m['method']} ({chose})" if chose else m["method"]
     acc, mca = (f"{m[k]:.4f}" + (f" ± {m[k + '_std']:.4f}" if m["n_splits"] > 1 else "")  # one split: no spread
+                + f" ({100 * m[k + '_ci']['level']:g}% CI {m[k + '_ci']['low']:.4f}-{m[k + '_ci']['high']:.4f})"
                 for k in ("accuracy", "mean_class_accuracy"))
-    ci = m["accuracy_ci"]
-    acc += f" ({100 * ci['level']:g}% CI {ci['low']:.4f}-{ci['high']:.4f})"
     print(f"{method} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({m['n_splits']} split(s), "
           f"n_train {m['n_train']}, n_test {m['n_test']}, fit {m['fit_seconds']:.1f} s)")
     print(f"wrote metrics.json, model.joblib and predictions.csv in {a.out}")

@@ -9,7 +9,6 @@ import importlib.metadata
 import json
 import platform
 import sys
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,15 +16,31 @@ import numpy as np
 
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
-    """Accuracy and mean per-class accuracy of one test split, and its confusion matrix."""
+    """Accuracy and mean per-class accuracy of one test split, and its confusion matrix (rows:
+    true class, columns: predicted class); both scores are read off the matrix (`class_recalls`)."""
     # imported here, not with the module: `fne extract` uses `provenance` and starts without sklearn
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix
+    from sklearn.metrics import confusion_matrix
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
-        mca = float(balanced_accuracy_score(y_true, y_pred))
-    scores = {"accuracy": float(accuracy_score(y_true, y_pred)), "mean_class_accuracy": mca}
-    return scores, confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+    confusion = confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
+    scores = {"accuracy": float(np.trace(confusion) / confusion.sum()),
+              "mean_class_accuracy": float(np.nanmean(class_recalls(confusion)))}
+    return scores, confusion
+
+
+def class_recalls(confusion) -> np.ndarray:
+    """Each class's recall (the share of its test images predicted as it) from a confusion matrix
+    whose rows are the true classes; NaN for a class with no test image. Their mean over the
+    classes with test images is the mean per-class accuracy (scikit-learn's balanced accuracy)."""
+    c = np.asarray(confusion, dtype=float)
+    total = c.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, np.diag(c) / total, np.nan)
+
+
+def class_recall(confusion, classes: list[str]) -> dict[str, float | None]:
+    """metrics.json's ``class_recall``: {class name: `class_recalls`' value, None where the class
+    had no test image}, in class order."""
+    return {str(name): (None if np.isnan(r) else float(r)) for name, r in zip(classes, class_recalls(confusion))}
 
 
 def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
@@ -59,12 +74,64 @@ def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:
         if len(acc) > 1:
             method += f" (each of the {len(acc)} splits gave this accuracy: no spread for a t interval)"
     else:
-        k = len(acc)
-        ratio = np.mean([s["n_test"] for s in splits]) / np.mean([s["n_train"] for s in splits])
-        half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + ratio) * acc.var(ddof=1)))
-        low, high = max(0.0, float(acc.mean()) - half), min(1.0, float(acc.mean()) + half)
-        method = f"corrected resampled t interval over {k} random splits (Nadeau & Bengio 2003)"
+        low, high, method = _corrected_t(acc, splits, level)
     return {"low": low, "high": high, "level": level, "method": method}
+
+
+def mean_class_interval(splits: list[dict], confusion, level: float = 0.95) -> dict:
+    """A confidence interval for the mean per-class accuracy that metrics.json reports
+    (``mean_class_accuracy_ci``), its method named in the result.
+
+    Parameters
+    ----------
+    splits : list of dict
+        metrics.json's per-split records: ``mean_class_accuracy``, ``n_train`` and ``n_test`` each.
+    confusion : array-like
+        The confusion matrix (rows: true classes) of one split, the first.
+    level : float
+        The confidence level.
+
+    Returns
+    -------
+    dict
+        ``low``, ``high``, ``level`` and ``method``. Several random splits whose figures differ:
+        Nadeau & Bengio's corrected resampled t interval over the per-split figures, as for
+        accuracy (`accuracy_interval`). One split (or splits of one figure): the figure is the mean
+        of the recalls of its m classes with test images, independent binomial proportions over
+        fixed numbers of test images n_c; Price & Bonett's (2004) adjusted Wald interval for a
+        linear function of proportions: each recall taken as p_c = (right_c + 2/m) / (n_c + 4/m),
+        mean(p) ± z * sqrt(sum p_c (1 - p_c) / (n_c + 4/m)) / m, clipped to [0, 1]. Unlike a
+        bootstrap over test images, it keeps a width where every class is all right or all wrong.
+    """
+    from scipy import stats
+
+    mca = np.array([s["mean_class_accuracy"] for s in splits], dtype=float)
+    if len(mca) > 1 and np.ptp(mca) > 1e-12:
+        low, high, method = _corrected_t(mca, splits, level)
+        return {"low": low, "high": high, "level": level, "method": method}
+    c = np.asarray(confusion, dtype=float)
+    total = c.sum(axis=1)
+    n, right = total[total > 0], np.diag(c)[total > 0]
+    m = len(n)
+    p = (right + 2 / m) / (n + 4 / m)
+    half = float(stats.norm.ppf((1 + level) / 2) * np.sqrt(np.sum(p * (1 - p) / (n + 4 / m))) / m)
+    low, high = max(0.0, float(p.mean()) - half), min(1.0, float(p.mean()) + half)
+    method = f"adjusted Wald interval of the mean of {m} classes' recalls over {int(n.sum())} test images (Price & Bonett 2004)"
+    if len(mca) > 1:
+        method += f", of the first split (each of the {len(mca)} splits gave this figure: no spread for a t interval)"
+    return {"low": low, "high": high, "level": level, "method": method}
+
+
+def _corrected_t(values: np.ndarray, splits: list[dict], level: float) -> tuple[float, float, str]:
+    """Nadeau & Bengio's corrected resampled t interval of the per-split `values`: mean ± t(k-1) *
+    sqrt((1/k + n_test/n_train) * s^2), clipped to [0, 1]; -> (low, high, method)."""
+    from scipy import stats
+
+    k = len(values)
+    ratio = np.mean([s["n_test"] for s in splits]) / np.mean([s["n_train"] for s in splits])
+    half = float(stats.t.ppf((1 + level) / 2, k - 1) * np.sqrt((1 / k + ratio) * values.var(ddof=1)))
+    low, high = max(0.0, float(values.mean()) - half), min(1.0, float(values.mean()) + half)
+    return low, high, f"corrected resampled t interval over {k} random splits (Nadeau & Bengio 2003)"
 
 
 def data_identity(data) -> str:

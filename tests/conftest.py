@@ -20,15 +20,19 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FAST = dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
 
 
-def write_digits(root: Path, per_class: int = 6, classes: int = 4, split: bool = False) -> Path:
-    """A class-per-folder (optionally train/test) image folder of real handwritten digits."""
+def write_digits(root: Path, per_class: int = 6, classes: int = 4, split: bool = False,
+                 test_counts: tuple[int, ...] | None = None) -> Path:
+    """A class-per-folder (optionally train/test) image folder of real handwritten digits; with
+    `test_counts`, a train/test folder of `per_class` training images and test_counts[c] test
+    images of class c (an unbalanced test set)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     for c in range(classes):
-        idx = np.flatnonzero(d.target == c)[:per_class]
+        idx = np.flatnonzero(d.target == c)[:per_class + (test_counts[c] if test_counts else 0)]
         for j, i in enumerate(idx):
-            part = ("train" if j < per_class * 2 // 3 else "test") if split else None
+            part = (("train" if j < per_class else "test") if test_counts
+                    else ("train" if j < per_class * 2 // 3 else "test") if split else None)
             folder = root / part / str(c) if part else root / str(c)
             folder.mkdir(parents=True, exist_ok=True)
             img = Image.fromarray(np.clip(d.images[i] * 16, 0, 255).astype(np.uint8)).resize((32, 32))

@@ -155,6 +155,57 @@ def test_header_figures_and_confusions(built):
     assert "Measured winner" not in md
 
 
+def test_the_winners_worst_classes_and_what_the_mean_class_column_is(built):
+    """Beside the most confused pairs, the winner's classes of lowest recall, read off its confusion
+    matrix (rows: true class): dog 6 of 10, cat 9 of 10; fox, all right, is not listed. The column's
+    note says the ranking stays on accuracy."""
+    md, html = built["md"], built["html"]
+    pets = md.split("## pets\n", 1)[1].split("\n## ", 1)[0]
+    lines = pets.split("Classes it recognises worst (recall: right of the test images):\n", 1)[1].split("\n\n")[0]
+    assert lines.splitlines() == ["- dog: 60 % (6 of 10)", "- cat: 90 % (9 of 10)"]
+    assert "<ul class='worst'><li>dog: 60 % (6 of 10)</li><li>cat: 90 % (9 of 10)</li></ul>" in html
+    for text in (pets, html):
+        assert "Mean class accuracy: the mean of the per-class recalls (balanced accuracy)" in text
+        assert "the winner and its tests stay on accuracy" in text
+
+
+def test_runs_recorded_without_the_mean_class_accuracy_still_report_it_as_a_dash(tmp_path):
+    """A metrics.json written before fne kept the mean class accuracy (no field, no per-split
+    figure, no class_recall): its cell is "—" in report.md, report.html and the console, alone
+    or pooled over seeds, and its bar chart draws; a new run beside it shows its figure."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        old = fake_metrics("fc7+svm", 0.8, 0.0, 0.0, 0.0, seed=seed, splits=[{"accuracy": 0.8, "n_train": 30,
+                                                                               "n_test": 10}])
+        for k in ("mean_class_accuracy", "mean_class_accuracy_std"):
+            del old[k]
+        write_run(root, f"old{seed}", old)
+    write_run(root, "old-alone", {k: v for k, v in fake_metrics("last+svm", 0.7, 0.0, 0.0, 0.0).items()
+                                  if not k.startswith("mean_class") and k != "splits"})
+    write_run(root, "new", fake_metrics("fne+svm", 0.9, 0.01, 0.85, 0.02))
+    mixed = [fake_metrics("fc6+svm", 0.6, 0.0, 0.5, 0.0, seed=0), fake_metrics("fc6+svm", 0.6, 0.0, 0.0, 0.0, seed=1)]
+    for s in mixed[1]["splits"]:  # pooled with a new run of the same setting: not a mean over half its splits
+        del s["mean_class_accuracy"]
+    for i, m in enumerate(mixed):
+        write_run(root, f"mixed{i}", m)
+    r = report([root], tmp_path / "rep")
+    rows = {row["method"]: row for row in r["datasets"][0]["rows"]}
+    assert rows["fc6+svm"]["runs"] == 2 and rows["fc6+svm"]["mean_class_accuracy"] is None
+    rows.pop("fc6+svm")
+    assert rows["fc7+svm"]["runs"] == 2 and rows["fc7+svm"]["mean_class_accuracy"] is None
+    assert rows["last+svm"]["mean_class_accuracy"] is None and rows["fne+svm"]["mean_class_accuracy"] == 0.85
+    md_cells = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
+    assert md_cells["fc7+svm (2 runs)"][1] == md_cells["last+svm"][1] == "—"
+    assert md_cells["fne+svm"][1].strip("*") == "85.0 ± 2.0"
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert re.findall(r"data-col='mean_class_accuracy'>([^<]*)<", html) == ["85.0 ± 2.0", "—", "—", "—"]
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == 3
+    head, *lines = table_text(r["datasets"]).splitlines()[1:6]
+    end = head.index("mean class %") + len("mean class %")  # the column's cells end where its title does
+    console = {line.split()[0]: line[end - 13:end].strip() for line in lines}
+    assert console == {"fne+svm": "85.0 ± 2.0", "fc7+svm": "—", "last+svm": "—", "fc6+svm": "—"}
+
+
 def test_random_weights_warning(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "r", fake_metrics("fne+svm", 0.3, 0.01, 0.3, 0.01, weights="random"))

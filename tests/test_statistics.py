@@ -4,13 +4,20 @@ formula by hand) on small hand-made cases, and the edge cases of the tests behin
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from fne.linear import compare
-from fne.metrics import accuracy_interval, split_record, split_scores
+from fne.metrics import (
+    accuracy_interval,
+    class_recall,
+    mean_class_interval,
+    split_record,
+    split_scores,
+)
 
 from .conftest import FAST, write_digits
 
@@ -119,6 +126,108 @@ def test_accuracy_interval_wilson_on_one_split_corrected_t_over_several():
                            "no spread for a t interval)")
 
 
+# ------------------------------------------------------------- mean per-class accuracy
+def test_mean_class_accuracy_of_an_unbalanced_split_by_hand_and_against_scikit_learn():
+    """3 classes of 10, 5 and 2 test images, 9, 3 and 1 right: accuracy 13/17, mean per-class
+    accuracy (9/10 + 3/5 + 1/2) / 3 = 2/3, scikit-learn's balanced accuracy; the confusion
+    matrix's rows are the true classes, and each class's recall is read off them."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.array([0] * 10 + [1] * 5 + [2] * 2)
+    p = np.array([0] * 9 + [1] + [1, 1, 1, 0, 2] + [2, 0])
+    s, conf = split_scores(y, p, 3)
+    assert conf.tolist() == [[9, 1, 0], [1, 3, 1], [1, 0, 1]]  # row: true class, column: predicted
+    assert np.isclose(s["accuracy"], 13 / 17) and np.isclose(s["mean_class_accuracy"], 2 / 3)
+    assert np.isclose(s["mean_class_accuracy"], balanced_accuracy_score(y, p))
+    assert class_recall(conf, ["cat", "dog", "fox"]) == pytest.approx({"cat": 0.9, "dog": 0.6, "fox": 0.5})
+    assert split_scores(np.zeros(3, int), np.ones(3, int), 2)[1].tolist() == [[0, 3], [0, 0]]
+    assert class_recall(split_scores(np.zeros(3, int), np.ones(3, int), 2)[1], ["a", "b"]) == {"a": 0.0, "b": None}
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # classes absent from the test, predicted or not, as scikit-learn counts them
+        y, p = rng.integers(0, 6, rng.integers(1, 30)), rng.integers(0, 6, 30)
+        s, _ = split_scores(y, p[:len(y)], 6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+            ref = balanced_accuracy_score(y, p[:len(y)])
+        assert np.isclose(s["mean_class_accuracy"], ref) and np.isclose(s["accuracy"], np.mean(y == p[:len(y)]))
+
+
+def test_mean_class_interval_is_price_and_bonetts_on_one_split_and_a_corrected_t_over_several():
+    """One split: the adjusted Wald interval of Price & Bonett (2004) for the mean of the classes'
+    recalls, by its formula; it holds the figure, keeps a width where every class is perfect or
+    the network predicts one class, and covers the true figure about 95 % of the time on small
+    unbalanced test sets, 99 % recalls included (where a bootstrap over test images, of no width
+    for a class that is all right, covers it far less often). Several splits: the corrected t
+    interval, as for accuracy."""
+    conf = np.array([[9, 1, 0], [1, 3, 1], [1, 0, 1]])  # 10, 5, 2 test images; 9, 3, 1 right
+    one = [{"mean_class_accuracy": 2 / 3, "n_train": 18, "n_test": 17}]
+    r = mean_class_interval(one, conf)
+    m, z = 3, stats.norm.ppf(0.975)
+    p = (np.array([9, 3, 1]) + 2 / m) / (np.array([10, 5, 2]) + 4 / m)
+    half = z * np.sqrt(np.sum(p * (1 - p) / (np.array([10, 5, 2]) + 4 / m))) / m
+    assert np.isclose(r["low"], p.mean() - half) and np.isclose(r["high"], p.mean() + half)
+    assert r["low"] < 2 / 3 < r["high"] and r["level"] == 0.95
+    assert r["method"] == "adjusted Wald interval of the mean of 3 classes' recalls over 17 test images (Price & Bonett 2004)"
+    perfect = mean_class_interval([{**one[0], "mean_class_accuracy": 1.0}], np.diag([10, 5, 2]))
+    assert perfect["high"] == 1.0 and perfect["low"] < 0.9
+    one_class = np.zeros((4, 4), int)
+    one_class[:, 0] = [20, 10, 4, 2]  # every image called class 0: the figure is 1/4
+    r = mean_class_interval([{**one[0], "mean_class_accuracy": 0.25}], one_class)
+    assert r["low"] < 0.25 < r["high"] and r["high"] - r["low"] > 0.2
+    rng = np.random.default_rng(0)
+    for recall in ([0.9, 0.6, 0.5], [0.99, 0.99, 0.99]):  # 10, 5 and 2 test images
+        n, covered = np.array([10, 5, 2]), 0
+        for _ in range(1000):
+            right = rng.binomial(n, recall)
+            c = np.diag(right) + np.diag(n - right)[:, [1, 2, 0]]
+            ci = mean_class_interval([{"mean_class_accuracy": float(np.mean(right / n))}], c)
+            covered += ci["low"] <= np.mean(recall) <= ci["high"]
+        assert 0.92 <= covered / 1000 <= 0.99
+    vals = [0.81, 0.86, 0.79, 0.90, 0.84]
+    r = mean_class_interval([{"mean_class_accuracy": v, "n_train": 277, "n_test": 93} for v in vals], conf)
+    a = accuracy_interval([{"accuracy": v, "n_train": 277, "n_test": 93} for v in vals])
+    assert (r["low"], r["high"], r["method"]) == (a["low"], a["high"], a["method"])
+    r = mean_class_interval(one * 3, conf)  # three splits of one figure: no spread, the first split's interval
+    assert (r["low"], r["high"]) == (mean_class_interval(one, conf)["low"], mean_class_interval(one, conf)["high"])
+    assert r["method"].endswith(", of the first split (each of the 3 splits gave this figure: no spread for a t interval)")
+
+
+def test_fit_and_train_record_the_mean_class_accuracy_of_an_unbalanced_test_set_and_the_report_shows_it(tmp_path):
+    """10, 5 and 2 test images: `fne fit` and `fne train` record the figure scikit-learn computes from
+    their predictions.csv, each class's recall by name, the interval, and `fne report` shows it."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import csv
+
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    import fne
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=3, test_counts=(10, 5, 2))
+    m1 = fne.fit(data, out=tmp_path / "runs" / "fit", features="last", head="logreg", cache=str(tmp_path / "cache"),
+                 extract_missing=True, progress=False, **FAST)
+    m2 = fne.train(data, out=tmp_path / "runs" / "train", mode="frozen", arch="efficientnet_lite0", weights="random",
+                   epochs=1, image_size=32, batch_size=32, workers=0, val_fraction=0, progress=False, seed=3)
+    for m, run in ((m1, "fit"), (m2, "train")):
+        assert json.loads((tmp_path / "runs" / run / "metrics.json").read_text()) == m
+        assert np.array(m["confusion"]).sum(axis=1).tolist() == [10, 5, 2] and m["n_test"] == 17
+        with open(tmp_path / "runs" / run / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        true, pred = [r["true"] for r in rows], [r["predicted"] for r in rows]
+        assert np.isclose(m["mean_class_accuracy"], balanced_accuracy_score(true, pred))
+        assert m["splits"][0]["mean_class_accuracy"] == m["mean_class_accuracy"]
+        recall = recall_score(true, pred, labels=m["classes"], average=None, zero_division=0)
+        assert list(m["class_recall"]) == m["classes"] == ["0", "1", "2"]
+        assert np.allclose(list(m["class_recall"].values()), recall)
+        assert m["mean_class_accuracy_ci"] == mean_class_interval(m["splits"], m["confusion"])
+    from fne.reporting.report import report
+
+    md = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["md"]
+    text = open(md).read()
+    for m in (m1, m2):
+        line = next(x for x in text.splitlines() if x.startswith(f"| {m['method']} "))
+        assert line.split("|")[3].strip(" *") == f"{100 * m['mean_class_accuracy']:.1f}"
+
+
 # ------------------------------------------------------------- fit against train
 def test_fit_and_train_on_one_predefined_split_are_compared_image_by_image(tmp_path):
     """`fne train` records which test images it got right, as `fne fit` does, so that a fit and a
@@ -185,7 +294,9 @@ def test_fit_prints_a_spread_only_over_several_splits(digits_folder, warm_cache,
     line = capsys.readouterr().out.splitlines()[-2]
     ci = m["accuracy_ci"]
     assert f"accuracy {m['accuracy']:.4f} ± {m['accuracy_std']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f}), " in line
-    assert f"mean class accuracy {m['mean_class_accuracy']:.4f} ± {m['mean_class_accuracy_std']:.4f} (2 split(s)" in line
+    ci = m["mean_class_accuracy_ci"]  # printed beside it too
+    assert (f"mean class accuracy {m['mean_class_accuracy']:.4f} ± {m['mean_class_accuracy_std']:.4f} "
+            f"(95% CI {ci['low']:.4f}-{ci['high']:.4f}) (2 split(s)") in line
 
 
 def test_single_splits_on_other_test_images_get_fishers_exact_test(tmp_path):

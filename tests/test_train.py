@@ -267,7 +267,9 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     assert np.mean([r["predicted"] == r["true"] for r in rows]) == pytest.approx(m["accuracy"])
     ci = m["accuracy_ci"]  # the Wilson interval over its test images, printed beside the accuracy
     assert ci["method"] == f"Wilson score interval over {m['n_test']} test images" and ci["low"] < m["accuracy"] < ci["high"]
-    assert f"train:direct on digits: accuracy {m['accuracy']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f})" in (
+    mci = m["mean_class_accuracy_ci"]
+    assert (f"train:direct on digits: accuracy {m['accuracy']:.4f} (95% CI {ci['low']:.4f}-{ci['high']:.4f}), mean "
+            f"class accuracy {m['mean_class_accuracy']:.4f} (95% CI {mci['low']:.4f}-{mci['high']:.4f})") in (
         capsys.readouterr().out)
 
 

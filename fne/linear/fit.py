@@ -32,7 +32,9 @@ from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what p
 from fne.linear.solver import resolve_solver
 from fne.metrics import (
     accuracy_interval,
+    class_recall,
     data_identity,
+    mean_class_interval,
     provenance,
     split_record,
     split_scores,
@@ -143,8 +145,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     Returns
     -------
     dict
-        The metrics written to metrics.json: accuracy and mean class accuracy (mean and std over
-        the splits), per-split scores, the store read, timings and provenance.
+        metrics.json's: accuracy and mean class accuracy (mean, std, interval), per-split scores,
+        confusion, each class's recall, the store read, timings and provenance.
     """
     spec, o, ext = opts.resolve(options, StoreSpec, FitOptions, ForwardOptions, given={StoreSpec: store})
     C = parse_C(o.C)
@@ -165,8 +167,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
                                spec.device) if auto else None
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
     bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
-    per_split, Cs, confusion, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
-                                                      o.seed, choose, how, bar)
+    per_split, Cs, confusions, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
+                                                       o.seed, choose, how, bar)
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     final = _Final(rows, kind, o.head, C, o.features, layers)
     if auto:  # the saved model: the choice made most often over the splits
@@ -180,7 +182,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     metrics = {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
-        **_scores(per_split, confusion),
+        **_scores(per_split, confusions, dataset.classes),
         "n_images": len(dataset), "classes": dataset.classes,
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
@@ -244,26 +246,28 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
     return split_list
 
 
-def _scores(per_split: list[dict], confusion: np.ndarray) -> dict:
+def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[str]) -> dict:
     """Accuracy and mean class accuracy over the splits (mean ± population std, ddof 0: one split
-    gives 0.0), sizes, confusion."""
+    gives 0.0) and their intervals, sizes, the confusion summed over the splits and each class's
+    recall read off it."""
     acc = np.array([s["accuracy"] for s in per_split])
     mca = np.array([s["mean_class_accuracy"] for s in per_split])
+    confusion = sum(confusions[1:], confusions[0])
     return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()), "accuracy_ci": accuracy_interval(per_split),
             "mean_class_accuracy": float(mca.mean()), "mean_class_accuracy_std": float(mca.std()),
+            "mean_class_accuracy_ci": mean_class_interval(per_split, confusions[0]),
             "splits": per_split, "n_splits": len(per_split),
             "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
             "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
-            "confusion": confusion.tolist()}
+            "confusion": confusion.tolist(), "class_recall": class_recall(confusion, classes)}
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
               choose=None, how: dict | None = None, bar=None):
-    """Fit and score every split; -> (per-split scores, C per split, summed confusion, last model,
+    """Fit and score every split; -> (per-split scores, C per split, confusion per split, last model,
     (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split;
     `bar` (`fne.progress.progress`) advances a split at a time and is closed."""
-    confusion = np.zeros((k, k), dtype=np.int64)
-    per_split, Cs, preds = [], [], []
+    per_split, Cs, confusions, preds = [], [], [], []
     for tr, te in split_list:
         if choose is not None:
             rows, kind, head, C = choose(tr)
@@ -272,14 +276,14 @@ def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k:
         scores, conf = split_scores(y[te], pred, k)
         per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})
         Cs.append(c_used)
-        confusion += conf
+        confusions.append(conf)
         preds.append((te, pred))
         if bar is not None:
             bar.set_postfix(accuracy=f"{np.mean([s['accuracy'] for s in per_split]):.4f}")
             bar.update(1)
     if bar is not None:
         bar.close()
-    return per_split, Cs, confusion, pipe, preds
+    return per_split, Cs, confusions, pipe, preds
 
 
 def store_identity(src: Source) -> dict:

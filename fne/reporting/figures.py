@@ -38,7 +38,7 @@ def fig_bars(ds: dict) -> str:
     h = 0.38
     acc = [100 * r["accuracy"] for r in rows]
     err = [100 * (r.get("accuracy_std") or 0) for r in rows]
-    mca = [100 * (r.get("mean_class_accuracy") or 0) for r in rows]
+    mca = [np.nan if r.get("mean_class_accuracy") is None else 100 * r["mean_class_accuracy"] for r in rows]  # none: no bar
     ax.barh(y + h / 2, acc, h, xerr=err, color="#3b73b9", label="accuracy (measured; whiskers: ± std over splits)", capsize=2)
     ax.barh(y - h / 2, mca, h, color="#9cc3e6", label="mean class accuracy (measured)")
     py = [(i, r["published"]["mean"]) for i, r in enumerate(rows) if r.get("published")]

@@ -10,6 +10,8 @@ import re
 
 import numpy as np
 
+from fne.metrics import class_recalls
+
 
 def pct(v: float | None, std: float | None = None) -> str:
     if v is None:
@@ -55,6 +57,12 @@ def cells(r: dict) -> dict[str, str]:
 SPREAD = ("Accuracy: mean ± standard deviation over the splits (of every seed, for a row of several runs; "
           "the population std, ddof = 0, as scikit-learn's cross-validation reports it; a single split shows none)")
 
+# what the mean class accuracy column is, and why the ranking stays on accuracy
+MEAN_CLASS = ("Mean class accuracy: the mean of the per-class recalls (balanced accuracy), the figure transfer "
+              "papers report for test sets whose classes are unbalanced; it is the accuracy where every class has as "
+              "many test images. The rows' order, the winner and its tests stay on accuracy, for which the paired "
+              "tests (McNemar's, the corrected t-test) are defined; — : a run whose metrics.json does not record it")
+
 TABLE_HEAD = ("method", "accuracy %", "mean class accuracy %", "published accuracy %",
               "fit/train s", "extraction s", "images (train/test)", "splits")
 
@@ -75,6 +83,19 @@ def confused_pairs(confusion, classes, k: int = 5) -> list[dict]:
         out.append({"true": names[i], "predicted": names[j], "count": int(off[i, j]),
                     "share": float(off[i, j] / row) if row else 0.0})
     return out
+
+
+def worst_classes(confusion, classes, k: int = 5) -> list[dict]:
+    """The k classes of lowest recall (`fne.metrics.class_recalls`, worst first) among those with test
+    images that were not all recognised: {"class", "recall", "right", "n_test"} each."""
+    c = np.asarray(confusion if confusion is not None else [], dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.sum() == 0:
+        return []
+    names = list(classes) if classes and len(classes) == len(c) else [str(i) for i in range(len(c))]
+    rec = class_recalls(c)
+    order = [i for i in np.argsort(np.where(np.isnan(rec), np.inf, rec), kind="stable") if rec[i] < 1]
+    return [{"class": names[i], "recall": float(rec[i]), "right": int(c[i, i]), "n_test": int(c[i].sum())}
+            for i in order[:k]]
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
@@ -125,7 +146,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
         L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds), beyond noise "
               "or not (the verdict below says); rows "
               "scored on a subset of the classes (direct mode's class map) are not ranked. "
-              f"{SPREAD}. Published values are references from the pipeline file, "
+              f"{SPREAD}. {MEAN_CLASS}. Published values are references from the pipeline file, "
               "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
                                                else "") + "."]
         if ds["published"].get("note"):
@@ -198,6 +219,11 @@ def _winner_lines(ds: dict, md: bool) -> list[str]:
             L.append("Classes it confuses most (true → predicted, count, share of the true class):")
             L += [f"- {md_text(p['true'])} → {md_text(p['predicted'])}: {p['count']} ({100 * p['share']:.0f} %)"
               for p in pairs]
+            L.append("")
+        worst = worst_classes(w.get("confusion"), w.get("classes"))
+        if worst:
+            L.append("Classes it recognises worst (recall: right of the test images):")
+            L += [f"- {md_text(x['class'])}: {100 * x['recall']:.0f} % ({x['right']} of {x['n_test']})" for x in worst]
             L.append("")
     for a in ds["advice"]:
         sim = a.get("similarity") or {}
@@ -272,7 +298,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
         H.append("<p><small>Highlighted: the best measured value of each column (highest accuracy, lowest "
                  "seconds), beyond noise or not (the verdict below says); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
-                 f"{_e(SPREAD)}. Published values (italic) are references from the "
+                 f"{_e(SPREAD)}. {_e(MEAN_CLASS)}. Published values (italic) are references from the "
                  f"pipeline file, not measurements of this run.{src}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
@@ -294,6 +320,11 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                 H.append("<p>Classes it confuses most:</p><ul class='confused'>" + "".join(
                     f"<li>{_e(p['true'])} → {_e(p['predicted'])}: {p['count']} ({100 * p['share']:.0f} %)</li>"
                     for p in pairs) + "</ul>")
+            worst = worst_classes(w.get("confusion"), w.get("classes"))
+            if worst:
+                H.append("<p>Classes it recognises worst (recall: right of the test images):</p><ul class='worst'>"
+                         + "".join(f"<li>{_e(x['class'])}: {100 * x['recall']:.0f} % ({x['right']} of {x['n_test']})</li>"
+                                   for x in worst) + "</ul>")
         for a in ds["advice"]:
             sim = a.get("similarity") or {}
             H.append("<div class='advice'>")

@@ -226,8 +226,9 @@ def _row(runs: list[dict]) -> dict:
                                                            "mean_class_accuracy": m.get("mean_class_accuracy")}])]
     for k in ("accuracy", "mean_class_accuracy"):
         vals = np.array([v for v in (_f(s.get(k)) for s in splits) if v is not None])
-        row[k] = float(vals.mean()) if len(vals) else None
-        row[k + "_std"] = float(vals.std()) if len(vals) else None
+        whole = 0 < len(vals) == len(splits)  # a split without it (a run recorded before fne kept it): none
+        row[k] = float(vals.mean()) if whole else None
+        row[k + "_std"] = float(vals.std()) if whole else None
     vals = [v for m in ms for v in [_f(m.get("fit_seconds", m.get("train_seconds")))] if v is not None]
     row["seconds"] = float(np.mean(vals)) if vals else None
     ext = [extraction(r) for r in runs]

@@ -45,7 +45,9 @@ from fne.devices import (
 from fne.errors import DataError, FneError
 from fne.metrics import (
     accuracy_interval,
+    class_recall,
     data_identity,
+    mean_class_interval,
     predictions_csv,
     provenance,
     split_record,
@@ -119,8 +121,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     Returns
     -------
     dict
-        What metrics.json holds: accuracy and mean class accuracy, the best epoch, timings, the
-        learning rates and what was imported.
+        What metrics.json holds: accuracy and mean class accuracy with their intervals, the
+        confusion matrix and each class's recall, the best epoch, timings, the learning rates and
+        what was imported.
     """
     require_main_script("fne.train")
     options.unexpected(kwargs, TrainConfig)
@@ -369,7 +372,8 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
         "dataset": dataset.name, "data": cfg.data, "data_resolved": data_identity(cfg.data),
         "accuracy": acc, "accuracy_std": 0.0, "mean_class_accuracy": mca, "mean_class_accuracy_std": 0.0,
-        "accuracy_ci": accuracy_interval(splits), "splits": splits,
+        "accuracy_ci": accuracy_interval(splits), "mean_class_accuracy_ci": mean_class_interval(splits, confusion),
+        "splits": splits,
         "n_splits": 1, "n_train": n_train, "n_val": readable(split.val), "n_test": n_test,
         "n_images": len(dataset), "classes": split.classes,
         "arch": cfg.arch, "weights": weights,
@@ -394,7 +398,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "val_fraction": cfg.val_fraction if not direct else 0.0,
         "validation": None if direct or not len(split.val) else (
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
-        "confusion": confusion.tolist(),
+        "confusion": confusion.tolist(), "class_recall": class_recall(confusion, split.classes),
         "history": run["history"], "skipped": ctx.skipped,
         "device": str(ctx.device), **provenance(cfg),
     }
@@ -424,10 +428,9 @@ def run_cli(args: argparse.Namespace) -> int:
     else:
         how = (f"best epoch {m['best_epoch']}/{m['epochs']}, n_train {m['n_train']}, n_test {m['n_test']}, "
                f"train {m['train_seconds']:.1f} s")
-    ci = m["accuracy_ci"]
-    print(f"{m['method']} on {m['dataset']}: accuracy {m['accuracy']:.4f} "
-          f"({100 * ci['level']:g}% CI {ci['low']:.4f}-{ci['high']:.4f}), "
-          f"mean class accuracy {m['mean_class_accuracy']:.4f} ({how})")
+    acc, mca = (f"{m[k]:.4f} ({100 * m[k + '_ci']['level']:g}% CI {m[k + '_ci']['low']:.4f}-{m[k + '_ci']['high']:.4f})"
+                for k in ("accuracy", "mean_class_accuracy"))
+    print(f"{m['method']} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({how})")
     print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt")
     return 0
 
