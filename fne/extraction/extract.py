@@ -46,7 +46,7 @@ from fne.errors import CacheError, FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
 from fne.metrics import provenance
-from fne.options import ExtractOptions
+from fne.options import DataOptions, ExtractOptions
 from fne.progress import progress as progress_bar
 
 
@@ -111,6 +111,11 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
     return _Plan(todo, members, known, manifest, len(unreadable))
 
 
+# The keywords of `extract`, declared in fne.options (the command line's options are the same fields).
+OPTIONS = (StoreSpec, DataOptions, ExtractOptions)
+
+
+@opts.keywords(*OPTIONS)
 def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> ExtractResult:
     """Compute and store the rows of DATA's images that the store does not hold yet.
 
@@ -129,9 +134,11 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         Which store receives the rows (backbone, weights, preprocessing, precision, ...).
         ``decode="auto"`` decodes JPEGs in batches on the GPU on CUDA, with PIL elsewhere.
     **options
-        Fields of `StoreSpec` (overriding `store`'s: ``arch="resnet50"``) and of
+        The options of `fne extract`, under the same names with the same defaults (the
+        signature lists them): the fields of `StoreSpec` (overriding `store`'s:
+        ``arch="resnet50"``), of `fne.options.DataOptions` (``label_key``) and of
         `fne.options.ExtractOptions` (``batch_size``, ``workers``, ``compile``, ``shard``,
-        ``retry_bad``, ``progress``, ``chunk``, ``threads``), as on the command line.
+        ``retry_bad``, ``progress``; ``chunk`` and ``threads``, which the CLI does not offer).
 
     Returns
     -------
@@ -139,9 +146,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
     """
     require_main_script("fne.extract")
-    spec, o = opts.resolve(options, StoreSpec, ExtractOptions, given={StoreSpec: store})
+    spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     t0 = time.perf_counter()
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.cache)
+    dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
     dev = _device(spec.device, o.threads)

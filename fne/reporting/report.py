@@ -505,10 +505,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folders, or folders holding run folders (searched recursively)")
     p.add_argument("--out", required=True, help="folder for report.md, report.html and report.json")
     p.add_argument("--pipeline", default=None, help="take published reference values from this pipeline file")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="write the tables only, no figures")
 
 
 def run_cli(args) -> int:
-    r = report(args.run_dirs, args.out, pipeline=args.pipeline)
+    r = report(args.run_dirs, args.out, pipeline=args.pipeline, figures=args.figures)
     if r["header"]["warning"]:
         print(r["header"]["warning"])
     print(table_text(r["datasets"]))
