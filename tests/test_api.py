@@ -209,3 +209,32 @@ def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     args = {"fit": ["OUT"], "export": ["x.h5"], "train": ["frozen", "OUT"]}.get(verb, [])
     with pytest.raises(DataError, match="absent.* does not exist"):
         func(tmp_path / "absent", *[tmp_path / a if "OUT" in a or "." in a else a for a in args], **kw)
+
+
+def _readme_python(marker: str) -> str:
+    """The README's Python block that contains `marker`."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M) if marker in b]
+    return block
+
+
+@pytest.mark.parametrize("layout", ["folder", "split"])
+def test_the_readmes_load_rows_pipeline_runs_as_written(layout, digits_folder, warm_cache, digits_split, split_cache,
+                                                        monkeypatch, capsys):
+    """The README's snippet, on DATA with and without a predefined split; offline: random weights."""
+    data, cache = (digits_folder, str(warm_cache)) if layout == "folder" else (digits_split, split_cache)
+    code = _readme_python("fne.load_rows(")
+    assert 'weights="imagenet"' in code and '"images/"' in code
+    code = code.replace('weights="imagenet"', 'weights="random"').replace('"images/"', repr(str(data)))
+    monkeypatch.setenv("FNE_CACHE", cache)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    r = scope["r"]
+    assert r.X.shape[0] == len(load_dataset(data)) and 0 < scope["train"].sum() < len(r.y)
+    score, folds = capsys.readouterr().out.splitlines()
+    assert 0 <= float(score) <= 1 and len(folds.strip("[]").split()) == 3
+    assert set(scope["best"]) == {"fullnetworkembedding__high", "linearsvc__C"}
+    assert np.allclose(scope["clf"][0].mean_, r.X[scope["train"]].mean(0))  # the training rows' statistics
