@@ -5,6 +5,7 @@ over the rows `fne.load_rows` gives."""
 from __future__ import annotations
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -23,6 +24,33 @@ from .conftest import FAST
 # Small max_iter: the checks fit dozens of times on toy data, where 50 L-BFGS steps are plenty.
 ESTIMATORS = [FullNetworkEmbedding(), TorchHead("svm", max_iter=50, device="cpu"),
               TorchHead("logreg", max_iter=50, device="cpu")]
+
+
+def test_torch_head_reads_read_only_rows_quietly(one_torch_thread):
+    """GridSearchCV(n_jobs=...) hands workers read-only memmaps: no torch warning about them.
+    (torch warns once per process: this test comes before the checks, which fit read-only rows.)"""
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(40, 4)).astype(np.float32), np.repeat([0, 1], 20)
+    X.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head = TorchHead("svm", device="cpu", max_iter=20).fit(X, y)
+    assert head.coef_.shape == (1, 4) and not X.flags.writeable
+
+
+def test_wrong_input_is_a_clear_value_error(rows, one_torch_thread):
+    d = rows.X.shape[1]
+    emb = FullNetworkEmbedding().fit(rows.X)
+    head = TorchHead("svm", device="cpu", max_iter=20).fit(emb.transform(rows.X), rows.y)
+    for est in (emb.transform, head.predict, head.decision_function):
+        with pytest.raises(ValueError, match=f"X has {d - 1} features, but .* is expecting {d} features"):
+            est(rows.X[:, 1:])
+    with pytest.raises(ValueError, match="at least two classes .*got 1 class"):
+        TorchHead(device="cpu").fit(rows.X[:4], ["a"] * 4)
+    with pytest.raises(ValueError, match="Unknown label type"):
+        TorchHead(device="cpu").fit(rows.X[:4], [0.5, 1.5, 2.5, 3.5])
+    with pytest.raises(ValueError, match="svm and logreg heads, not 'sgd'"):
+        TorchHead("sgd").fit(rows.X[:4], ["a", "b"] * 2)
 
 
 @parametrize_with_checks(ESTIMATORS)
@@ -69,17 +97,3 @@ def test_torch_head_probabilities_are_those_of_the_model_fne_fit_saves(one_torch
         assert np.array_equal(head.predict(Xs), saved.predict(Xs))
     assert not hasattr(TorchHead("svm"), "predict_proba")  # as LinearSVC: margins only
 
-
-def test_wrong_input_is_a_clear_value_error(rows, one_torch_thread):
-    d = rows.X.shape[1]
-    emb = FullNetworkEmbedding().fit(rows.X)
-    head = TorchHead("svm", device="cpu", max_iter=20).fit(emb.transform(rows.X), rows.y)
-    for est in (emb.transform, head.predict, head.decision_function):
-        with pytest.raises(ValueError, match=f"X has {d - 1} features, but .* is expecting {d} features"):
-            est(rows.X[:, 1:])
-    with pytest.raises(ValueError, match="at least two classes .*got 1 class"):
-        TorchHead(device="cpu").fit(rows.X[:4], ["a"] * 4)
-    with pytest.raises(ValueError, match="Unknown label type"):
-        TorchHead(device="cpu").fit(rows.X[:4], [0.5, 1.5, 2.5, 3.5])
-    with pytest.raises(ValueError, match="svm and logreg heads, not 'sgd'"):
-        TorchHead("sgd").fit(rows.X[:4], ["a", "b"] * 2)
