@@ -197,18 +197,19 @@ def test_every_option_of_the_command_line_is_a_keyword_of_the_python_verb_with_i
     assert {k: passed[k] for k in cli if cli[k] != REQUIRED} == {k: v for k, v in cli.items() if v != REQUIRED}
 
 
-@pytest.mark.parametrize("verb", ["extract", "fit", "export", "load_rows", "train", "advise"])
+@pytest.mark.parametrize("verb", ["extract", "fit", "export", "load_rows", "train", "advise", "predict"])
 def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     """The signature `help(fne.VERB)` shows is what the verb accepts: every keyword at its
-    default gets past the options' checks to DATA, which does not exist."""
+    default gets past the options' checks to DATA (predict: to the run folder), which does not exist."""
     func = getattr(fne, verb)
     func = getattr(func, verb, func)  # fne.fit is the module; fne.load_rows the function
     params = inspect.signature(func).parameters.values()
     kw = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
     assert "label_key" in kw and len(kw) > 5
-    args = {"fit": ["OUT"], "export": ["x.h5"], "train": ["frozen", "OUT"]}.get(verb, [])
-    with pytest.raises(DataError, match="absent.* does not exist"):
-        func(tmp_path / "absent", *[tmp_path / a if "OUT" in a or "." in a else a for a in args], **kw)
+    args = {"fit": ["OUT"], "export": ["x.h5"], "train": ["frozen", "OUT"], "predict": ["absent", "p.csv"]}
+    args = [tmp_path / a if a != "frozen" else a for a in args.get(verb, [])]
+    with pytest.raises(FneError, match="absent.* does not exist" if verb != "predict" else "absent: no model.joblib"):
+        func(tmp_path / "absent", *args, **kw)
 
 
 def _readme_python(marker: str) -> str:
