@@ -172,9 +172,9 @@ def file_key(path: str | Path) -> str:
 
 def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
                  cache: str | Path | None = None) -> Dataset:
-    """Resolve DATA (a Dataset is returned as it is): a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
+    """Resolve DATA: a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
     shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
-    folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`.
+    folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`; a Dataset is returned as it is.
 
     Parameters
     ----------
