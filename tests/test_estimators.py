@@ -51,6 +51,9 @@ def test_wrong_input_is_a_clear_value_error(rows, one_torch_thread):
         TorchHead(device="cpu").fit(rows.X[:4], [0.5, 1.5, 2.5, 3.5])
     with pytest.raises(ValueError, match="svm and logreg heads, not 'sgd'"):
         TorchHead("sgd").fit(rows.X[:4], ["a", "b"] * 2)
+    for bad in (dict(C=0), dict(C=-1.0), dict(max_iter=0), dict(tol="1e-4")):
+        with pytest.raises(ValueError, match=f"TorchHead's {next(iter(bad))} must be a number > 0"):
+            TorchHead(device="cpu", **bad).fit(rows.X[:4], ["a", "b"] * 2)
 
 
 @parametrize_with_checks(ESTIMATORS)

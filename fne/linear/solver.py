@@ -46,6 +46,7 @@ same whichever solver fitted it and predict / report / export never import torch
 from __future__ import annotations
 
 import functools
+import numbers
 import warnings
 from pathlib import Path
 
@@ -362,6 +363,9 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         """
         if self.head not in ("svm", "logreg"):
             raise OptionError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
+        for name, value in (("C", self.C), ("tol", self.tol), ("max_iter", self.max_iter)):
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0):
+                raise OptionError(f"TorchHead's {name} must be a number > 0, not {value!r}")
         X, y = validate_data(self, X, y, dtype="numeric", reset=True)
         check_classification_targets(y)
         self.classes_, yi = np.unique(y, return_inverse=True)
