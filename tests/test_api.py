@@ -239,3 +239,20 @@ def test_the_readmes_load_rows_pipeline_runs_as_written(layout, digits_folder, w
     assert 0 <= float(score) <= 1 and len(folds.strip("[]").split()) == 3
     assert set(scope["best"]) == {"fullnetworkembedding__high", "linearsvc__C"}
     assert np.allclose(scope["clf"][0].mean_, r.X[scope["train"]].mean(0))  # the training rows' statistics
+
+
+@pytest.mark.parametrize("layout", ["folder", "split"])
+def test_the_readmes_hdf5_reading_runs_as_written(layout, digits_folder, warm_cache, digits_split, split_cache,
+                                                  tmp_path, monkeypatch):
+    data, cache = (digits_folder, str(warm_cache)) if layout == "folder" else (digits_split, split_cache)
+    monkeypatch.chdir(tmp_path)
+    fne.export(data, out="images-fne.h5", cache=cache, **STORE)
+    scope: dict = {}
+    exec(compile(_readme_python("h5py.File("), "README.md", "exec"), scope)
+    df, r = scope["df"], fne.load_rows(data, cache=cache, **STORE)
+    has_split = r.split is not None
+    assert list(df.index) == list(r.ids) and list(df["label"]) == list(r.y)
+    assert ("split" in df) == has_split and df.shape[1] == r.X.shape[1] + 1 + has_split
+    a, b = r.columns["head"]
+    assert scope["last"] == r.layers[-1] == "head" and (scope["a"], scope["b"]) == (a, b)
+    assert np.array_equal(scope["acts"], r.X[:, a:b])
