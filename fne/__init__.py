@@ -4,7 +4,8 @@ The Python API has the CLI's verbs: `fne.extract(...)`, `fne.fit(...)`, `fne.pre
 `fne.export(...)`, `fne.train(...)`, `fne.run(...)`, `fne.report(...)`, `fne.advise(...)`;
 and `fne.load_rows(...)`: DATA's cached rows as numpy arrays in memory (X, y, ids), no file.
 Verb modules are callable (``fne.extract(...)`` runs ``fne.extract.extract(...)``), so the
-module and the verb share one name, and nothing heavy is imported until a verb is used.
+module and the verb share one name, and nothing heavy is imported until a verb is used. A verb's
+keywords are its command's options, same names, same defaults: ``help(fne.fit)`` lists them.
 """
 
 from __future__ import annotations

@@ -20,15 +20,6 @@ import warnings
 import fne
 
 
-def _data(a: argparse.Namespace):
-    """DATA, loaded here only when --label-key says where its labels are."""
-    if getattr(a, "label_key", None) is None:
-        return a.data
-    from fne.data.datasets import load_dataset
-
-    return load_dataset(a.data, label_key=a.label_key, cache=getattr(a, "cache", None))
-
-
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
     from fne.options import DATA_HELP, DataOptions, ExtractOptions, StoreOptions, add_arguments
@@ -41,12 +32,12 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
 def _cmd_extract(a) -> int:
     from fne.data.shards import shard_from_env
     from fne.extraction.extract import extract
-    from fne.options import ExtractOptions, StoreOptions, from_args
+    from fne.options import DataOptions, ExtractOptions, StoreOptions, from_args
 
-    kw = from_args(a, StoreOptions, ExtractOptions)
+    kw = from_args(a, StoreOptions, DataOptions, ExtractOptions)
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     kw["shard"] = a.shard or shard_from_env()
-    r = extract(_data(a), **kw)
+    r = extract(a.data, **kw)
     named = " (each named above)" if r.n_skipped else ""
     if r.n_left_out:
         named += f", {r.n_left_out} left out when listing DATA (named above)"
@@ -79,9 +70,9 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
 def _cmd_fit(a) -> int:
     from fne.linear.compare import choice_note
     from fne.linear.fit import fit
-    from fne.options import FitOptions, ForwardOptions, StoreOptions, from_args
+    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions, from_args
 
-    m = fit(_data(a), a.out, **from_args(a, FitOptions, StoreOptions, ForwardOptions))
+    m = fit(a.data, a.out, **from_args(a, DataOptions, FitOptions, StoreOptions, ForwardOptions))
     chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
     method = f"{m['method']} ({chose})" if chose else m["method"]
     acc, mca = (f"{m[k]:.4f}" + (f" ± {m[k + '_std']:.4f}" if m["n_splits"] > 1 else "")  # one split: no spread
@@ -95,22 +86,22 @@ def _cmd_fit(a) -> int:
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
     from fne.linear.predict import STORE_OPTIONS
-    from fne.options import DATA_HELP, ForwardOptions, StoreOptions, add_arguments
+    from fne.options import DATA_HELP, DataOptions, ForwardOptions, StoreOptions, add_arguments
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="predictions CSV")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
-    add_arguments(p, ForwardOptions)
+    add_arguments(p, DataOptions, ForwardOptions)
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_predict(a) -> int:
     from fne.linear.predict import STORE_OPTIONS, predict
-    from fne.options import ForwardOptions, from_args
+    from fne.options import DataOptions, ForwardOptions, from_args
 
     store = {k: getattr(a, k) for k in STORE_OPTIONS}
-    r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, ForwardOptions))
+    r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, DataOptions, ForwardOptions))
     acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
     if acc and r["n_scored"] < r["n"]:
         acc += f" over the {r['n_scored']} images whose label the model knows"
@@ -136,9 +127,9 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _cmd_export(a) -> int:
     from fne.linear.export import export
-    from fne.options import ForwardOptions, RowsOptions, StoreOptions, from_args
+    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions, from_args
 
-    r = export(_data(a), a.out, **from_args(a, RowsOptions, StoreOptions, ForwardOptions))
+    r = export(a.data, a.out, **from_args(a, DataOptions, RowsOptions, StoreOptions, ForwardOptions))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
     return 0
 

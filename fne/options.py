@@ -302,6 +302,27 @@ def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
             parser.add_argument(flag(f), **kw)
 
 
+def keywords(*classes, only: Iterable[str] | None = None):
+    """Decorate a Python verb whose ``**options`` are the fields of `classes` (or those named in
+    `only`): its signature, as `help()` and `inspect.signature` show it, lists each as a
+    keyword-only parameter with its declared default, after the verb's own parameters."""
+    import inspect
+
+    def decorate(func):
+        sig = inspect.signature(func)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in own}
+        empty = inspect.Parameter.empty
+        extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                   default=empty if f.default is MISSING else f.default, annotation=f.type)
+                 for cls in classes for f in fields(cls)
+                 if f.name not in taken and (only is None or f.name in only)]
+        func.__signature__ = sig.replace(parameters=own + extra)
+        return func
+
+    return decorate
+
+
 def names(*classes, cli_only: bool = False) -> list[str]:
     """The field names of `classes`' options, in order (`cli_only`: those the CLI declares)."""
     return [f.name for cls in classes for f, o in _opts(cls) if o.cli or not cli_only]

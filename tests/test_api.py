@@ -3,6 +3,10 @@ fne, and errors that name the argument."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import importlib
+import inspect
 import os
 
 import h5py
@@ -13,7 +17,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
 
 import fne
+import fne.options
 from fne.cache.store import list_stores
+from fne.cli import build_parser, main
 from fne.data.datasets import load_dataset
 from fne.errors import DataError, FneError
 from fne.linear.embedding import FullNetworkEmbedding
@@ -118,3 +124,135 @@ def test_an_output_that_is_data_or_inside_it_is_refused_before_any_work(digits_f
     with pytest.raises(FneError, match="^--out .*/runs/a: is inside DATA"):
         fne.fit(digits_folder, out=digits_folder / "runs" / "a", cache=str(tmp_path / "c"), **STORE)
     assert not (digits_folder / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data.h5"]
+
+
+# ------------------------------------------------------------ the CLI and the API: one set of options
+
+# verb -> (the module whose function of that name the CLI calls, the command line's required arguments)
+VERB_CALLS = {
+    "extract": ("fne.extraction.extract", ["DATA"]),
+    "fit": ("fne.linear.fit", ["DATA", "--out", "OUT"]),
+    "predict": ("fne.linear.predict", ["RUN", "DATA", "--out", "OUT"]),
+    "export": ("fne.linear.export", ["DATA", "--out", "OUT"]),
+    "train": ("fne.training.train", ["DATA", "--mode", "frozen", "--out", "OUT"]),
+    "run": ("fne.pipeline.runner", ["P.toml"]),
+    "report": ("fne.reporting.report", ["RUN", "--out", "OUT"]),
+    "advise": ("fne.reporting.advise", ["DATA"]),
+}
+# What one side has and the other has not, and why.
+API_ONLY = {"store": "a StoreSpec object; the command line gives its fields one by one",
+            "log": "fne.run's progress lines to a callable instead of print",
+            "extra_pipelines": "fne run hands its own pipeline summaries to fne.report"}
+CLI_ONLY = {("advise", "json"): "prints the returned dict as JSON",
+            ("advise", "out"): "writes the returned dict to a file"}
+NOT_ON_THE_COMMAND_LINE = {f.name for cls in (fne.options.ForwardOptions, fne.options.TrainConfig)
+                           for f in dataclasses.fields(cls) if not f.metadata["opt"].cli} - {"data"}
+REQUIRED = "required"
+
+
+class _Called(Exception):
+    """What the command line called its verb with (raised instead of running it)."""
+
+
+def _cli(verb: str) -> tuple[list[str], dict]:
+    """The command line's positional arguments (in order) and option -> default (REQUIRED)."""
+    (sub,) = [a for a in build_parser([verb])._actions if isinstance(a, argparse._SubParsersAction)]
+    acts = [a for a in sub.choices[verb]._actions if not isinstance(a, argparse._HelpAction)]
+    return ([a.dest for a in acts if not a.option_strings],
+            {a.dest: REQUIRED if a.required else a.default for a in acts if a.option_strings})
+
+
+def _api(verb: str) -> tuple[list[str], dict]:
+    """The Python verb's positional parameters (in order) and keyword -> default (REQUIRED)."""
+    params = inspect.signature(getattr(importlib.import_module(VERB_CALLS[verb][0]), verb)).parameters.values()
+    positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    return positional, {p.name: REQUIRED if p.default is p.empty else p.default for p in params}
+
+
+@pytest.mark.parametrize("verb", VERB_CALLS)
+def test_every_option_of_the_command_line_is_a_keyword_of_the_python_verb_with_its_default(verb, monkeypatch):
+    cli_pos, cli = _cli(verb)
+    api_pos, api = _api(verb)
+    assert len(cli_pos) <= len(api_pos) and all(api[p] == REQUIRED for p in api_pos[:len(cli_pos)])
+    for p in api_pos[:len(cli_pos)]:
+        api.pop(p)
+    cli = {k: v for k, v in cli.items() if (verb, k) not in CLI_ONLY}
+    only_api = set(api) - set(cli) - set(API_ONLY) - NOT_ON_THE_COMMAND_LINE
+    assert set(cli) - set(api) == set() and only_api == set()
+    assert {k: api[k] for k in cli} == cli  # the same defaults (required on both sides alike)
+    # ... and the command line hands every one of them to the verb, by name
+    module, argv = VERB_CALLS[verb]
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    real = getattr(importlib.import_module(module), verb)
+
+    def record(*args, **kwargs):
+        raise _Called(inspect.signature(real).bind(*args, **kwargs).arguments)
+
+    monkeypatch.setattr(importlib.import_module(module), verb, record)
+    with pytest.raises(_Called) as called:
+        main([verb, *argv])
+    passed = called.value.args[0]
+    assert set(cli) - {k for k in cli if cli[k] == REQUIRED} <= set(passed)
+    assert {k: passed[k] for k in cli if cli[k] != REQUIRED} == {k: v for k, v in cli.items() if v != REQUIRED}
+
+
+@pytest.mark.parametrize("verb", ["extract", "fit", "export", "load_rows", "train", "advise", "predict"])
+def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
+    """The signature `help(fne.VERB)` shows is what the verb accepts: every keyword at its
+    default gets past the options' checks to DATA (predict: to the run folder), which does not exist."""
+    func = getattr(fne, verb)
+    func = getattr(func, verb, func)  # fne.fit is the module; fne.load_rows the function
+    params = inspect.signature(func).parameters.values()
+    kw = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    assert "label_key" in kw and len(kw) > 5
+    args = {"fit": ["OUT"], "export": ["x.h5"], "train": ["frozen", "OUT"], "predict": ["absent", "p.csv"]}
+    args = [tmp_path / a if a != "frozen" else a for a in args.get(verb, [])]
+    with pytest.raises(FneError, match="absent.* does not exist" if verb != "predict" else "absent: no model.joblib"):
+        func(tmp_path / "absent", *args, **kw)
+
+
+def _readme_python(marker: str) -> str:
+    """The README's Python block that contains `marker`."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```python\n(.*?)^```", text, re.S | re.M) if marker in b]
+    return block
+
+
+@pytest.mark.parametrize("layout", ["folder", "split"])
+def test_the_readmes_load_rows_pipeline_runs_as_written(layout, digits_folder, warm_cache, digits_split, split_cache,
+                                                        monkeypatch, capsys):
+    """The README's snippet, on DATA with and without a predefined split; offline: random weights."""
+    data, cache = (digits_folder, str(warm_cache)) if layout == "folder" else (digits_split, split_cache)
+    code = _readme_python("fne.load_rows(")
+    assert 'weights="imagenet"' in code and '"images/"' in code
+    code = code.replace('weights="imagenet"', 'weights="random"').replace('"images/"', repr(str(data)))
+    monkeypatch.setenv("FNE_CACHE", cache)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    r = scope["r"]
+    assert r.X.shape[0] == len(load_dataset(data)) and 0 < scope["train"].sum() < len(r.y)
+    score, folds = capsys.readouterr().out.splitlines()
+    assert 0 <= float(score) <= 1 and len(folds.strip("[]").split()) == 3
+    assert set(scope["best"]) == {"fullnetworkembedding__high", "linearsvc__C"}
+    assert np.allclose(scope["clf"][0].mean_, r.X[scope["train"]].mean(0))  # the training rows' statistics
+
+
+@pytest.mark.parametrize("layout", ["folder", "split"])
+def test_the_readmes_hdf5_reading_runs_as_written(layout, digits_folder, warm_cache, digits_split, split_cache,
+                                                  tmp_path, monkeypatch):
+    data, cache = (digits_folder, str(warm_cache)) if layout == "folder" else (digits_split, split_cache)
+    monkeypatch.chdir(tmp_path)
+    fne.export(data, out="images-fne.h5", cache=cache, **STORE)
+    scope: dict = {}
+    exec(compile(_readme_python("h5py.File("), "README.md", "exec"), scope)
+    df, r = scope["df"], fne.load_rows(data, cache=cache, **STORE)
+    has_split = r.split is not None
+    assert list(df.index) == list(r.ids) and list(df["label"]) == list(r.y)
+    assert ("split" in df) == has_split and df.shape[1] == r.X.shape[1] + 1 + has_split
+    a, b = r.columns["head"]
+    assert scope["last"] == r.layers[-1] == "head" and (scope["a"], scope["b"]) == (a, b)
+    assert np.array_equal(scope["acts"], r.X[:, a:b])

@@ -54,8 +54,8 @@ VERBS = {  # verb -> (option classes, what the verb declares beside them)
     "extract": ((O.DataOptions, O.StoreOptions, O.ExtractOptions), {"data"}),
     "fit": ((O.DataOptions, O.FitOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
     "export": ((O.DataOptions, O.RowsOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
-    "train": ((O.TrainConfig,), {"data"}),
-    "advise": ((O.AdviseOptions, O.StoreOptions, O.ForwardOptions), {"data", "json", "out"}),
+    "train": ((O.DataOptions, O.TrainConfig), {"data"}),
+    "advise": ((O.DataOptions, O.AdviseOptions, O.StoreOptions, O.ForwardOptions), {"data", "json", "out"}),
 }
 
 
@@ -135,7 +135,8 @@ def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_sto
     from fne.linear.predict import STORE_OPTIONS
 
     actions = _actions("predict")
-    forward = {f.name for f in dataclasses.fields(O.ForwardOptions) if f.metadata["opt"].cli}
+    forward = {f.name for c in (O.DataOptions, O.ForwardOptions) for f in dataclasses.fields(c)
+               if f.metadata["opt"].cli}
     assert set(actions) == {"run_dir", "data", "out", *STORE_OPTIONS, *forward}
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import fne
 import fne.data.containers
 import fne.extraction.taps
 from fne.cache.upkeep import verify
@@ -167,6 +168,11 @@ def test_label_key_picks_the_json_field_and_missing_labels_are_named(tmp_path, c
     code = main(["extract", str(path), "--label-key", "species", "--cache", str(tmp_path / "c"), *CLI_FAST])
     err = capsys.readouterr().err
     assert code == 0 and "fne: warning: skipped s.tar:0000.png: no label" in err and "Traceback" not in err
+    with pytest.warns(UserWarning, match="no label"):  # the Python verbs take it as `label_key`
+        r = fne.load_rows(path, label_key="species", cache=str(tmp_path / "c"), **FAST)
+    assert list(r.y) == d.labels and list(r.keys) == d.keys()
+    with pytest.raises(DataError, match="^label_key='species' is for DATA given by name; the Dataset 's' has"):
+        fne.load_rows(d, label_key="species", cache=str(tmp_path / "c"), **FAST)
 
 
 def test_split_from_a_member_and_from_a_shard_folder(tmp_path):

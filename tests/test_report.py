@@ -210,7 +210,7 @@ def test_random_weights_warning(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "r", fake_metrics("fne+svm", 0.3, 0.01, 0.3, 0.01, weights="random"))
     out = tmp_path / "rep"
-    report([root], out, figures=False)
+    report(str(root), out, figures=False)  # one folder, given alone (not a list of its characters)
     md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "WARNING" in md and "weights are random" in md and "say nothing about transfer" in md
     assert "id='random-weights-warning'" in html

@@ -179,15 +179,16 @@ def file_key(path: str | Path) -> str:
 # ---------------------------------------------------------------- DATA forms
 
 
-def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Path | None = None) -> Dataset:
+def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
+                 cache: str | Path | None = None) -> Dataset:
     """Resolve DATA: a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
     shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
-    folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`.
+    folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`; a Dataset is returned as it is.
 
     Parameters
     ----------
     spec
-        The DATA argument.
+        The DATA argument, or a Dataset already loaded (then `label_key` must be None).
     label_key
         Tar shards: the member extension (`cls`, `txt`) or .json field holding the label;
         Parquet: the label column. Default: .cls, .txt, then .json's `label`; column `label`.
@@ -199,6 +200,11 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
     -------
     Dataset
     """
+    if isinstance(spec, Dataset):
+        if label_key is not None:
+            raise DataError(f"label_key={label_key!r} is for DATA given by name; the Dataset {spec.name!r} "
+                            f"has its labels already")
+        return spec
     spec_s = str(spec)
     if spec_s == "digits":
         return _digits()

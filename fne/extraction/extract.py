@@ -46,30 +46,55 @@ from fne.errors import CacheError, FneError
 from fne.extraction import reader, taps
 from fne.extraction.writer import Writer
 from fne.metrics import provenance
-from fne.options import ExtractOptions
+from fne.options import DataOptions, ExtractOptions
 from fne.progress import progress as progress_bar
 
 
 @dataclass
 class ExtractResult:
-    """What one `fne extract` did: counts of images, rows cached, computed and skipped (each
-    skipped image with its reason), and its speed."""
+    """What one `fne extract` did (`extract`'s result): counts of images, rows cached, computed
+    and skipped (each skipped image with its reason), and its speed.
+
+    Attributes
+    ----------
+    store : str
+        The store folder the rows are in.
+    n_images, n_unique : int
+        Images this process was given (its shard's, when sharded); distinct contents among them.
+    n_cached, n_computed : int
+        Of those, rows already in the store; forward passes this run.
+    n_skipped : int
+        Unreadable, found so by this run; `skipped` names each (image id -> reason).
+    n_unreadable : int
+        Distinct contents an earlier run recorded unreadable: not read again (``retry_bad``).
+    n_left_out : int
+        Entries of DATA skipped when it was listed (no label, a dangling link), each warned.
+    seconds, images_per_s, steady_images_per_s : float
+        Wall time, and the rate over it and after the first batch (set-up, compilation).
+    stage_seconds : dict
+        Seconds per stage: read_wait, forward, first_forward, model_load, warm_up, model_wait,
+        write, run; cpu_run (CPU of this process and its finished workers meanwhile).
+    shard, shard_marker : str or None
+        The shard (I/N) and its marker, written once every image of the shard is committed.
+    compiled : bool
+        Whether the network ran under torch.compile.
+    """
 
     store: str
-    n_images: int  # images this process was given (its shard's, when sharded)
-    n_unique: int  # distinct contents among them
-    n_cached: int  # of those, rows already in the store
-    n_computed: int  # forward passes this run
-    n_skipped: int  # unreadable, found so by this run (named in `skipped`)
-    skipped: dict[str, str] = field(default_factory=dict)  # image id -> reason
-    n_unreadable: int = 0  # distinct contents an earlier run recorded unreadable: not read again
-    n_left_out: int = 0  # entries of DATA skipped when it was listed (no label, a dangling link), each warned
+    n_images: int
+    n_unique: int
+    n_cached: int
+    n_computed: int
+    n_skipped: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    n_unreadable: int = 0
+    n_left_out: int = 0
     seconds: float = 0.0
     images_per_s: float = 0.0
-    steady_images_per_s: float = 0.0  # after the first batch (set-up, compilation)
+    steady_images_per_s: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     shard: str | None = None
-    shard_marker: str | None = None  # written once every image of the shard is committed
+    shard_marker: str | None = None
     compiled: bool = False
 
     def to_dict(self) -> dict:
@@ -111,6 +136,11 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
     return _Plan(todo, members, known, manifest, len(unreadable))
 
 
+# The keywords of `extract`, declared in fne.options (the command line's options are the same fields).
+OPTIONS = (StoreSpec, DataOptions, ExtractOptions)
+
+
+@opts.keywords(*OPTIONS)
 def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> ExtractResult:
     """Compute and store the rows of DATA's images that the store does not hold yet.
 
@@ -129,9 +159,11 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         Which store receives the rows (backbone, weights, preprocessing, precision, ...).
         ``decode="auto"`` decodes JPEGs in batches on the GPU on CUDA, with PIL elsewhere.
     **options
-        Fields of `StoreSpec` (overriding `store`'s: ``arch="resnet50"``) and of
+        The options of `fne extract`, under the same names with the same defaults (the
+        signature lists them): the fields of `StoreSpec` (overriding `store`'s:
+        ``arch="resnet50"``), of `fne.options.DataOptions` (``label_key``) and of
         `fne.options.ExtractOptions` (``batch_size``, ``workers``, ``compile``, ``shard``,
-        ``retry_bad``, ``progress``, ``chunk``, ``threads``), as on the command line.
+        ``retry_bad``, ``progress``; ``chunk`` and ``threads``, which the CLI does not offer).
 
     Returns
     -------
@@ -139,9 +171,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
     """
     require_main_script("fne.extract")
-    spec, o = opts.resolve(options, StoreSpec, ExtractOptions, given={StoreSpec: store})
+    spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     t0 = time.perf_counter()
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.cache)
+    dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
     dev = _device(spec.device, o.threads)

@@ -48,7 +48,20 @@ class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
 
     def fit(self, X, y=None):
-        """Learn each feature's mean and standard deviation from the rows of `X`."""
+        """Learn each feature's mean and (population) standard deviation from the rows of `X`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training rows (float16/32/64 kept as given, other dtypes read as float64).
+        y : None
+            Ignored (a Pipeline passes it).
+
+        Returns
+        -------
+        FullNetworkEmbedding
+            self, with ``mean_``, ``std_``, ``n_samples_seen_`` and ``n_features_in_``.
+        """
         self._check_params()
         X = validate_data(self, X, dtype=_FLOATS, reset=True)
         # Two passes in float64 by chunks: exact population statistics, flat memory.
@@ -65,7 +78,21 @@ class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         return self
 
     def partial_fit(self, X, y=None):
-        """Accumulate statistics chunk by chunk (Chan et al.'s pairwise update), for streaming fits."""
+        """Accumulate the statistics chunk by chunk (Chan et al.'s pairwise update), for rows
+        streamed from disk; after the last chunk they equal `fit`'s on all the rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            One chunk of training rows (the same features as the earlier chunks).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        FullNetworkEmbedding
+            self.
+        """
         self._check_params()
         first = not hasattr(self, "n_samples_seen_")
         X = validate_data(self, X, dtype=_FLOATS, reset=first).astype(np.float64, copy=False)
@@ -83,7 +110,8 @@ class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         return self
 
     def standardize(self, X) -> np.ndarray:
-        """`X` standardised with the training statistics (0 where a feature did not vary)."""
+        """`X` standardised with the training statistics (0 where a feature did not vary), before
+        the thresholds: float (n_samples, n_features_in_)."""
         check_is_fitted(self, "mean_")
         return self._z(validate_data(self, X, dtype=_FLOATS, reset=False))
 
@@ -94,7 +122,18 @@ class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         return z
 
     def transform(self, X) -> np.ndarray:
-        """int8 (n, features) in {-1, 0, 1}: each standardised value against `low` and `high`."""
+        """Each standardised value against `low` and `high`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+            Rows with the features the embedding was fitted on (a ValueError says when not).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_in_), int8
+            1 above `high`, -1 below `low`, 0 in between (and for features that did not vary).
+        """
         check_is_fitted(self, "mean_")
         self._check_params()
         X = validate_data(self, X, dtype=_FLOATS, reset=False)

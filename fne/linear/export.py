@@ -19,13 +19,17 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
+from fne.data.datasets import Dataset
 from fne.linear.embedding import FullNetworkEmbedding, make_transform
 from fne.linear.features import Rows, Source, open_rows, parse_features
-from fne.options import ForwardOptions, RowsOptions
+from fne.options import DataOptions, ForwardOptions, RowsOptions
+
+# The keywords of `export` and `load_rows`, declared in fne.options (`fne export`'s options).
+OPTIONS = (StoreSpec, DataOptions, RowsOptions, ForwardOptions)
 
 
-def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec | None = None,
-           **options) -> dict:
+@opts.keywords(*OPTIONS)
+def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = None, **options) -> dict:
     """Cached activations (one dataset `layers/<tap>` per layer) and the embedding, with
     paths/labels/split, written chunk by chunk to one HDF5 file.
 
@@ -35,15 +39,17 @@ def export(data: str | Path, out: str | Path = "features.h5", store: StoreSpec |
 
     Parameters
     ----------
-    data : str or Path
+    data : str, Path or Dataset
         Any DATA form.
     out : str or Path
         The HDF5 file to write (replaced whole: written under a temporary name first).
     store : StoreSpec, optional
         Which rows to read.
     **options
-        Fields of `fne.options.RowsOptions` (``features``, ``stream_chunk``, ``extract_missing``),
-        of `StoreSpec` (overriding `store`'s) and of `fne.options.ForwardOptions`.
+        The options of `fne export`, under the same names with the same defaults (the
+        signature lists them): the fields of `StoreSpec` (overriding `store`'s), of
+        `fne.options.DataOptions` (``label_key``), of `fne.options.RowsOptions` (``features``,
+        ``stream_chunk``, ``extract_missing``) and of `fne.options.ForwardOptions`.
 
     Returns
     -------
@@ -130,7 +136,8 @@ class LoadedRows:
         return make_transform(self.kind)
 
 
-def load_rows(data, store: StoreSpec | None = None, **options) -> LoadedRows:
+@opts.keywords(*OPTIONS)
+def load_rows(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> LoadedRows:
     """DATA's cached rows as numpy arrays in memory (X, y, ids, split), reading no image.
 
     What `fne export` writes, without the file and without the embedding: the embedding's
@@ -145,8 +152,9 @@ def load_rows(data, store: StoreSpec | None = None, **options) -> LoadedRows:
     store : StoreSpec, optional
         Which rows to read.
     **options
-        Fields of `fne.options.RowsOptions` (``features``: which layers, default all;
-        ``stream_chunk``; ``extract_missing``), of `StoreSpec` (overriding `store`'s) and of
+        `export`'s (the signature lists them): the fields of `StoreSpec` (overriding `store`'s),
+        of `fne.options.DataOptions` (``label_key``), of `fne.options.RowsOptions` (``features``:
+        which layers, default all; ``stream_chunk``; ``extract_missing``) and of
         `fne.options.ForwardOptions`.
 
     Returns
@@ -177,9 +185,9 @@ def load_rows(data, store: StoreSpec | None = None, **options) -> LoadedRows:
 
 def _source(data, store: StoreSpec | None, options: dict, verb: str) -> tuple[Source, RowsOptions, list[str], str]:
     """The options checked, the layers of `features`, and DATA's rows found (or extracted)."""
-    spec, o, ext = opts.resolve(options, StoreSpec, RowsOptions, ForwardOptions, given={StoreSpec: store})
+    spec, d, o, ext = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     layers, kind = parse_features(o.features, spec.backbone())
-    return open_rows(data, spec, verb, o.extract_missing, ext), o, layers, kind
+    return open_rows(data, spec, verb, o.extract_missing, ext, label_key=d.label_key), o, layers, kind
 
 
 def _columns(layers: list[str], dims: dict[str, int]) -> np.ndarray:

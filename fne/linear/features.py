@@ -53,10 +53,10 @@ class Source:
     extract_seconds: float | None  # measured, when this call extracted missing rows; None: cached
 
 
-def load_data(data: str | Path | Dataset, cache: str | None) -> Dataset:
-    """DATA as a Dataset whose content keys come from the manifest (hashing only new files)."""
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=cache)
-    return attach_keys(dataset, cache)
+def load_data(data: str | Path | Dataset, cache: str | None, label_key: str | None = None) -> Dataset:
+    """DATA as a Dataset whose content keys come from the manifest (hashing only new files);
+    `label_key`: `fne.data.datasets.load_dataset`'s."""
+    return attach_keys(load_dataset(data, label_key=label_key, cache=cache), cache)
 
 
 def extract_command(data, spec: StoreSpec) -> str:
@@ -77,12 +77,13 @@ def extract_command(data, spec: StoreSpec) -> str:
 
 def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool = False,
               extraction: ForwardOptions | None = None,
-              check: Callable[[Dataset], None] | None = None) -> Source:
+              check: Callable[[Dataset], None] | None = None, label_key: str | None = None) -> Source:
     """DATA's images with rows: found in the cache, or extracted first when `extract_missing`.
 
     `check(dataset)` raises for a dataset the verb cannot use: it is called before the cache is
-    read or any image extracted, and again once the unreadable images are left out."""
-    dataset = load_data(data, spec.cache)
+    read or any image extracted, and again once the unreadable images are left out. `label_key`:
+    where DATA's labels are (tar shards, Parquet; `fne.data.datasets.load_dataset`)."""
+    dataset = load_data(data, spec.cache, label_key)
     if check is not None:
         check(dataset)
     keys = dataset.keys()

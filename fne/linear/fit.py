@@ -40,7 +40,7 @@ from fne.metrics import (
     split_scores,
     store_extractions,
 )
-from fne.options import FitOptions, ForwardOptions
+from fne.options import DataOptions, FitOptions, ForwardOptions
 from fne.progress import progress
 
 SGD_EPOCHS = 10
@@ -121,7 +121,12 @@ class _Final:
     layers: list[str]
 
 
-def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None = None, **options) -> dict:
+# The keywords of `fit`, declared in fne.options (the command line's options are the same fields).
+OPTIONS = (StoreSpec, DataOptions, FitOptions, ForwardOptions)
+
+
+@opts.keywords(*OPTIONS)
+def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = None, **options) -> dict:
     """Fit and evaluate a linear head on cached features; writes metrics.json, model.joblib and
     predictions.csv.
 
@@ -130,17 +135,16 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
 
     Parameters
     ----------
-    data : str or Path
+    data : str, Path or Dataset
         Any DATA form with labels.
     out : str or Path
         Run folder for metrics.json, model.joblib and predictions.csv.
     store : StoreSpec, optional
         Which rows to read (backbone, weights, preprocessing, ...).
     **options
-        Fields of `fne.options.FitOptions` (``features``, ``head``, ``C``, ``splits``,
-        ``test_size``, ``train_per_class``, ``seed``, ``stream_chunk``, ``extract_missing``), of
-        `StoreSpec` (overriding `store`'s) and of `fne.options.ForwardOptions` (used with
-        ``extract_missing``), as on the command line.
+        The options of `fne fit`, same names, same defaults (the signature lists them): the fields
+        of `StoreSpec` (overriding `store`'s), `fne.options.DataOptions`, `fne.options.FitOptions`
+        and `fne.options.ForwardOptions` (the network's, used with ``extract_missing``).
 
     Returns
     -------
@@ -148,7 +152,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         metrics.json's: accuracy and mean class accuracy (mean, std, interval), per-split scores,
         confusion, each class's recall, the store read, timings and provenance.
     """
-    spec, o, ext = opts.resolve(options, StoreSpec, FitOptions, ForwardOptions, given={StoreSpec: store})
+    spec, d, o, ext = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     C = parse_C(o.C)
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
@@ -156,7 +160,8 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
     out = check_target(out, folder=True, data=data)
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
-    src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data))
+    src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data),
+                    label_key=d.label_key)
     dataset, store = src.dataset, src.store
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
@@ -193,7 +198,7 @@ def fit(data: str | Path, out: str | Path = "runs/fit", store: StoreSpec | None 
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
-        **provenance(spec, o, ext),
+        **provenance(spec, d, o, ext),
         "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }
     if auto:

@@ -19,10 +19,11 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
+from fne.data.datasets import Dataset, load_dataset
 from fne.errors import FneError, WeightsError
 from fne.linear.features import Rows, open_rows
 from fne.metrics import predictions_csv
-from fne.options import ForwardOptions
+from fne.options import DataOptions, ForwardOptions
 
 MODEL_FORMAT = 2
 
@@ -67,9 +68,12 @@ def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec
 # The store options a prediction may change: where the cache is and where the network runs. The
 # others (backbone, weights, preprocessing, ...) are the model's: its head only fits those rows.
 STORE_OPTIONS = ("cache", "device")
+OPTIONS = (DataOptions, ForwardOptions)  # with STORE_OPTIONS: the keywords of `predict`, declared in fne.options
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -> dict:
+@opts.keywords(StoreSpec, only=STORE_OPTIONS)
+@opts.keywords(*OPTIONS)
+def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **options) -> dict:
     """Scores and predicted class for every image of DATA with a model saved by `fit`, or with the
     network of a `fne train` run (`fne.training.apply`).
 
@@ -78,13 +82,14 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     run_dir : str or Path
         A `fne fit` run folder (model.joblib), or a `fne train` run folder (model.pt; then
         ``cache`` is not used and the store is None).
-    data : str or Path
+    data : str, Path or Dataset
         Any DATA form; rows missing from the cache are extracted with the model's store settings.
     out : str or Path
         The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels).
     **options
-        ``cache`` and ``device`` (the model pins every other store setting) and the fields of
-        `fne.options.ForwardOptions`.
+        The options of `fne predict`, same names, same defaults (the signature lists them):
+        ``cache`` and ``device`` (the model pins every other store setting), ``label_key``
+        (`fne.options.DataOptions`) and the fields of `fne.options.ForwardOptions`.
 
     Returns
     -------
@@ -98,6 +103,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     if fixed:
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
+    opts.unexpected(options, StoreSpec, *OPTIONS)
     out = check_target(out, folder=False, data=data)
     if not (Path(run_dir) / "model.joblib").is_file() and (Path(run_dir) / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
@@ -105,8 +111,8 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
     pinned = pinned_spec(model, str(run_dir), options.get("device"))
     if options.get("cache") is None:  # the cache the model was fitted from
         options = {**options, "cache": pinned.cache}
-    spec, ext = opts.resolve(options, StoreSpec, ForwardOptions, given={StoreSpec: pinned})
-    src = open_rows(data, spec, "predict", True, ext)
+    spec, d, ext = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
+    src = open_rows(data, spec, "predict", True, ext, label_key=d.label_key)
     dataset = src.dataset
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
@@ -120,11 +126,12 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, **options) -
 
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     """`fne train`'s network (model.pt) applied to DATA's images (`fne.training.apply`); `cache`
-    is not used (no rows are read), `device` is where the network runs."""
+    only keeps DATA's listings (no rows are read), `device` is where the network runs."""
     from fne.training.apply import predict_network
 
-    o = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, ForwardOptions)[0]
-    dataset, classes, scores, idx, _ = predict_network(run_dir, data, device=options.get("device"),
+    d, o = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
+    dataset = load_dataset(data, label_key=d.label_key, cache=options.get("cache"))
+    dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),
                                                        batch_size=o.batch_size, workers=o.workers,
                                                        progress=o.progress)
     pred = [classes[c] for c in scores.argmax(axis=1)]

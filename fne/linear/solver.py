@@ -46,14 +46,19 @@ same whichever solver fitted it and predict / report / export never import torch
 from __future__ import annotations
 
 import functools
+import numbers
+import warnings
 from pathlib import Path
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from fne.errors import FneError
+from fne.errors import DataError, FneError, OptionError
 from fne.names import SOLVER_PRECISIONS, SOLVERS
 
 # `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
@@ -235,7 +240,9 @@ class _Problem:
         self.kout = 1 if k == 2 else k
         self.scale = 1.0 / (C * self.n)  # the objective divided by C·n: mean loss + penalty / (C n)
         on_gpu = device.type == "cuda"
-        self.X = torch.from_numpy(np.ascontiguousarray(X))
+        with warnings.catch_warnings():  # read-only rows (a memmap, joblib's): only ever read here
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            self.X = torch.from_numpy(np.ascontiguousarray(X))
         if on_gpu:  # int8 stays int8 on the device too; chunks converted there
             self.X = self.X.to(device)
         self.yi = torch.from_numpy(yi.astype(np.int64)).to(device)
@@ -340,13 +347,32 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         self.device, self.warm_start, self.chunk, self.precision = device, warm_start, chunk, precision
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> TorchHead:
-        """Fit on rows X (any numeric dtype; int8 stays int8) and labels y; returns self."""
+        """Fit the head.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Rows of any numeric dtype (int8 FNE rows stay int8; not copied when already an array).
+        y : array-like of shape (n_samples,)
+            Class labels, at least two distinct ones.
+
+        Returns
+        -------
+        TorchHead
+            self, fitted: ``classes_``, ``coef_``, ``intercept_``, ``n_features_in_``, ``n_iter_``.
+        """
         if self.head not in ("svm", "logreg"):
-            raise FneError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
+            raise OptionError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
+        for name, value in (("C", self.C), ("tol", self.tol), ("max_iter", self.max_iter)):
+            if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and value > 0):
+                raise OptionError(f"TorchHead's {name} must be a number > 0, not {value!r}")
+        X, y = validate_data(self, X, y, dtype="numeric", reset=True)
+        check_classification_targets(y)
         self.classes_, yi = np.unique(y, return_inverse=True)
         k = len(self.classes_)
         if k < 2:
-            raise FneError("a linear head needs at least two classes in its training rows")
+            raise DataError(f"a linear head needs at least two classes in its training rows, got {k} class "
+                            f"({self.classes_[0]!r})")
         n, d = X.shape
         dev = torch_device(self.device)
         compute = self.precision_ = resolve_precision(self.precision, X.dtype, dev)  # int8 where VNNI/AMX
@@ -376,18 +402,44 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         x = param.detach().cpu().numpy()
         self.coef_ = x[:kd].reshape(prob.kout, d).copy()
         self.intercept_ = x[kd:].copy()
-        self.n_features_in_ = d
         return self
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Margins (n, K), or (n,) for two classes, as scikit-learn's."""
+        """Margins (n, K), or (n,) for two classes (the second class's), as scikit-learn's.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features_in_)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes) or (n_samples,), float32
+        """
+        check_is_fitted(self, "coef_")
+        X = validate_data(self, X, dtype="numeric", reset=False)
         s = np.asarray(X, dtype=np.float32) @ self.coef_.T.astype(np.float32) + self.intercept_.astype(np.float32)
         return s[:, 0] if s.shape[1] == 1 else s
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The class with the highest margin."""
+        """The class with the highest margin, one per row of `X` (n_samples,)."""
         s = self.decision_function(X)
         return self.classes_[(s > 0).astype(int) if s.ndim == 1 else s.argmax(axis=1)]
+
+    @available_if(lambda self: self.head == "logreg")
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """logreg only: class probabilities (n_samples, n_classes), as LogisticRegression's
+        (softmax of the margins; for two classes, the logistic of the one margin)."""
+        s = self.decision_function(X).astype(np.float64)
+        if s.ndim == 1:
+            p = 1.0 / (1.0 + np.exp(-s))
+            return np.stack([1.0 - p, p], axis=1)
+        e = np.exp(s - s.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    @available_if(lambda self: self.head == "logreg")
+    def predict_log_proba(self, X: np.ndarray) -> np.ndarray:
+        """logreg only: the log of `predict_proba`."""
+        return np.log(self.predict_proba(X))
 
     def sklearn_model(self):
         """The fitted head as scikit-learn's own estimator (same coef_ / intercept_ / classes_),

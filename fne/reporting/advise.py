@@ -49,6 +49,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.errors import FneError
+from fne.options import AdviseOptions, DataOptions, ForwardOptions, StoreOptions, keywords
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
@@ -312,6 +313,11 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
             "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons}
 
 
+# The keywords of `advise` (StoreOptions' fields are StoreSpec's), declared in fne.options.
+OPTIONS = (StoreOptions, DataOptions, AdviseOptions, ForwardOptions)
+
+
+@keywords(*OPTIONS)
 def advise(data, store=None, **options) -> dict:
     """Recommendation with its reasons and the measured quantities behind it.
 
@@ -322,9 +328,12 @@ def advise(data, store=None, **options) -> dict:
     store : StoreSpec, optional
         The backbone whose source classifier judges how close DATA is to its source task.
     **options
-        Fields of `fne.options.AdviseOptions` (``sample``, ``seed``, ``test_size``,
-        ``train_per_class``), of `StoreSpec` (overriding `store`'s) and of
-        `fne.options.ForwardOptions` (for the sample's extraction).
+        The options of `fne advise`, under the same names with the same defaults (the signature
+        lists them): the fields of `StoreSpec` (overriding `store`'s), of
+        `fne.options.DataOptions` (``label_key``), of `fne.options.AdviseOptions` (``sample``,
+        ``seed``, ``test_size``, ``train_per_class``) and of `fne.options.ForwardOptions` (for
+        the sample's extraction). The CLI's ``--json`` and ``--out`` only print or write the
+        dict returned here.
 
     Returns
     -------
@@ -334,12 +343,12 @@ def advise(data, store=None, **options) -> dict:
     """
     from fne.cache.spec import StoreSpec
     from fne.data.datasets import Dataset, load_dataset
-    from fne.options import AdviseOptions, ForwardOptions, resolve
+    from fne.options import resolve
 
-    spec, o, fwd = resolve(options, StoreSpec, AdviseOptions, ForwardOptions, given={StoreSpec: store})
+    spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
     spec.backbone()  # unknown arch: FneError before any work
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
-    dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=spec.cache)
+    dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}
@@ -373,7 +382,7 @@ def advise(data, store=None, **options) -> dict:
         "recommendation": d["recommendation"],
         "text": d["text"],
         "families": d["families"],
-        "commands": [runnable(c, data_s, dataset.name, spec) for c in d["commands"]],
+        "commands": [runnable(c, data_s, dataset.name, spec, data_o.label_key) for c in d["commands"]],
         "reasons": d["reasons"],
         "size": d["size"],
         "images_per_class": ipc["median"],
@@ -386,15 +395,18 @@ def advise(data, store=None, **options) -> dict:
     }
 
 
-def runnable(template: str, data: str, name: str, spec) -> str:
-    """A recommended command as it runs: DATA, the backbone advised on (its arch, weights and a
-    crop other than the default), and a run folder named after the data and the method."""
+def runnable(template: str, data: str, name: str, spec, label_key: str | None = None) -> str:
+    """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
+    arch, weights and a crop other than the default), and a run folder named after the data and
+    the method."""
     from fne.names import slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
     words = [template.format(data=shlex.quote(data)), "--arch", spec.arch, "--weights", shlex.quote(spec.weights)]
     if spec.crop != "center":
         words += ["--crop", spec.crop]
+    if label_key is not None:
+        words += ["--label-key", shlex.quote(label_key)]
     return " ".join([*words, "--out", shlex.quote(f"runs/{slug(name)}-{what}")])
 
 
@@ -415,20 +427,20 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from fne.options import DATA_HELP, AdviseOptions, ForwardOptions, StoreOptions
+    from fne.options import DATA_HELP
     from fne.options import add_arguments as add_options
 
     p.add_argument("data", help=DATA_HELP)
-    add_options(p, AdviseOptions, StoreOptions, ForwardOptions)
+    add_options(p, *OPTIONS)
     p.add_argument("--json", action="store_true", help="print the advice as JSON")
     p.add_argument("--out", default=None, help="also write the advice to this JSON file")
 
 
 def run_cli(args) -> int:
     from fne.cache.fs import check_target, replace_file
-    from fne.options import AdviseOptions, ForwardOptions, StoreOptions, from_args
+    from fne.options import from_args
 
-    kw = from_args(args, AdviseOptions, StoreOptions, ForwardOptions)
+    kw = from_args(args, *OPTIONS)
     out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass
     a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
     if out is not None:

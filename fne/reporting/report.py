@@ -23,6 +23,7 @@ import argparse
 import base64
 import json
 import math
+import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -424,13 +425,13 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
     return out
 
 
-def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | None = None,
+def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: str | Path | None = None,
            extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
     """Write out/report.md, out/report.html (figures inline) and out/report.json.
 
     Parameters
     ----------
-    run_dirs : list of str or Path
+    run_dirs : list of str or Path, or one str or Path
         Run folders of `fne fit` / `fne train` / `fne run` (their metrics.json), or folders
         holding them.
     out : str or Path
@@ -448,7 +449,7 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
         What report.json holds: the rows per dataset, the winners and the files written.
     """
     out = check_target(out, folder=True)  # before any run is read
-    collected = collect(list(run_dirs))
+    collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
     collected["pipelines"] += list(extra_pipelines or [])
     if pipeline is not None:  # its published values; its datasets need not be present
         collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())
@@ -506,10 +507,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folders, or folders holding run folders (searched recursively)")
     p.add_argument("--out", required=True, help="folder for report.md, report.html and report.json")
     p.add_argument("--pipeline", default=None, help="take published reference values from this pipeline file")
+    p.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="write the tables only, no figures")
 
 
 def run_cli(args) -> int:
-    r = report(args.run_dirs, args.out, pipeline=args.pipeline)
+    r = report(args.run_dirs, args.out, pipeline=args.pipeline, figures=args.figures)
     if r["header"]["warning"]:
         print(r["header"]["warning"])
     print(table_text(r["datasets"]))

@@ -53,7 +53,7 @@ from fne.metrics import (
     split_record,
     split_scores,
 )
-from fne.options import DATA_HELP, TrainConfig
+from fne.options import DATA_HELP, DataOptions, TrainConfig
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -100,6 +100,7 @@ class _Split:
 # ---------------------------------------------------------------------- API
 
 
+@options.keywords(DataOptions, TrainConfig)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
 
@@ -114,9 +115,11 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     out : str or Path
         The run folder (also holds checkpoint.pt: see ``save_every``).
     **kwargs
-        The other fields of `fne.options.TrainConfig` (the options of `fne train`); ``resume``
-        also takes "auto": continue from the run folder's checkpoint where it belongs to this
-        run (same settings), else start anew (what `fne run` does for its training steps).
+        The other options of `fne train`, under the same names with the same defaults (the
+        signature lists them): ``label_key`` (`fne.options.DataOptions`) and the fields of
+        `fne.options.TrainConfig`; ``resume`` also takes "auto": continue from the run folder's
+        checkpoint where it belongs to this run (same settings), else start anew (what `fne run`
+        does for its training steps).
 
     Returns
     -------
@@ -126,7 +129,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         what was imported.
     """
     require_main_script("fne.train")
-    options.unexpected(kwargs, TrainConfig)
+    options.unexpected(kwargs, DataOptions, TrainConfig)
+    data_o = options.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
                       **kwargs)
@@ -134,8 +138,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg)
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
-    if dataset is None:
-        dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key)
     if dataset.labels is None or len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
     if len(dataset.classes) < 2 and cfg.mode != "direct":  # direct trains nothing: one class is scored
@@ -163,7 +166,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     t0 = time.perf_counter()
     ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
-    return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test)
+    return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
 
 
 def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -> dict | None:
@@ -337,13 +340,13 @@ def _test(model, ctx: epochs.Ctx, split: _Split, loader, direct_score: str):
 
 
 def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, ctx: epochs.Ctx,
-                   split: _Split, source: dict, run: dict, test: dict) -> dict:
+                   split: _Split, source: dict, run: dict, test: dict, data_o: DataOptions) -> dict:
     """predictions.csv, model.pt and metrics.json; -> metrics.json's dict."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred)
+    metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred, data_o)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
                        direct_score=cfg.direct_score, n_excluded=split.n_excluded)
@@ -357,7 +360,7 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
 
 
 def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
-             test: dict, pred: np.ndarray) -> dict:
+             test: dict, pred: np.ndarray, data_o: DataOptions) -> dict:
     weights, report, renew = source["weights"], source["report"], source["renew"]
     direct = split.cmap is not None
     scores, confusion = split_scores(test["y"], pred, len(split.classes))
@@ -400,7 +403,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
         "confusion": confusion.tolist(), "class_recall": class_recall(confusion, split.classes),
         "history": run["history"], "skipped": ctx.skipped,
-        "device": str(ctx.device), **provenance(cfg),
+        "device": str(ctx.device), **provenance(cfg, data_o),
     }
 
 
@@ -415,12 +418,12 @@ def _imported(report: ImportReport | None) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `fne train`: the fields of fne.options.TrainConfig."""
     p.add_argument("data", help=DATA_HELP)
-    options.add_arguments(p, TrainConfig)
+    options.add_arguments(p, DataOptions, TrainConfig)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """`fne train` from parsed arguments (`train`); prints its one-line summary; -> the exit status."""
-    kw = options.from_args(args, TrainConfig)
+    kw = options.from_args(args, DataOptions, TrainConfig)
     m = train(args.data, kw.pop("mode"), kw.pop("out"), **kw)
     if m["mode"] == "direct":
         how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
