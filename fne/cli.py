@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line
     in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    found = _checkpoint_found(args)  # train: an earlier run's checkpoint, told from this run's
     try:
         return int(args.func(args) or 0)
     except FneError as e:
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"fne {args.command}: {how}; {_how_to_resume(args)}", file=sys.stderr)
+        print(f"fne {args.command}: {how}; {_how_to_resume(args, found)}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
             print(f"fne {args.command}: error: a loader worker was killed ({str(e).strip().splitlines()[0]}), most "
                   f"likely by the system for want of memory (an image too large to decode, or too many "
-                  f"--workers for this machine's memory); {_how_to_resume(args)}", file=sys.stderr)
+                  f"--workers for this machine's memory); {_how_to_resume(args, found)}", file=sys.stderr)
             return 2
         if torch is None or not isinstance(e, torch.OutOfMemoryError):
             raise
@@ -388,17 +389,39 @@ _KEPT = {
 }
 
 
-def _how_to_resume(args: argparse.Namespace) -> str:
-    """What an interrupted command kept, and how to go on."""
+def _checkpoint(args: argparse.Namespace) -> os.PathLike | None:
+    """`fne train`'s checkpoint file (a Path) in its run folder; None for the other verbs."""
     if args.command != "train":
-        return _KEPT.get(args.command, "rerun the same command")
+        return None
     from pathlib import Path
 
     from fne.training.checkpoint import CHECKPOINT
 
-    ckpt = Path(args.out) / CHECKPOINT
+    return Path(args.out) / CHECKPOINT
+
+
+def _checkpoint_found(args: argparse.Namespace) -> tuple | None:
+    """The identity (inode, size, mtime) of the checkpoint `fne train` finds as it starts without
+    --resume: an earlier run's, which this run replaces at its first save; else None."""
+    ckpt = _checkpoint(args)
+    try:
+        st = ckpt.stat() if ckpt is not None and not args.resume else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:
+    """What an interrupted command kept, and how to go on; `found`: `_checkpoint_found` as the
+    command started (a checkpoint still so is an earlier run's, not this one's)."""
+    ckpt = _checkpoint(args)
+    if ckpt is None:
+        return _KEPT.get(args.command, "rerun the same command")
     if not ckpt.is_file():
         return "no checkpoint was written yet (--save-every); rerun to start again"
+    if found is not None and _checkpoint_found(args) == found:
+        return (f"no checkpoint of this run was written yet (--save-every); {ckpt} is an earlier run's, left "
+                f"as it was: rerun to start again (or with --resume to continue that run)")
     return f"rerun with --resume to continue after the epoch saved in {ckpt}"
 
 

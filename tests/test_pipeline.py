@@ -645,6 +645,43 @@ def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):
     assert lines[-1] == "0 step(s) to run, 3 done", lines
 
 
+def test_the_pipelines_own_files_are_written_whole_and_one_cut_short_is_written_again(tmp_path, monkeypatch):
+    """A killed run or a full disk while `fne run` writes its own files (pipeline.json, a step's
+    advice.json, the subset's stamp) leaves each as it was, never cut short; and a stamp cut short
+    (a full disk truncates before it writes) is written again by the next run, not a traceback
+    on every rerun, dry runs included."""
+    f = write(tmp_path, TINY.split("[train]")[0])
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    advice = out / "digits" / "efficientnet_lite0-random" / "advice" / "advice.json"
+    before = {p: p.read_text() for p in (out / "pipeline.json", advice)}
+    write_text, stop_at = Path.write_text, []
+
+    def cut_short(self, text, *a, **k):  # writes half, then the process is stopped
+        if self.name.endswith(tuple(stop_at)):
+            write_text(self, text[:len(text) // 2], *a, **k)
+            raise KeyboardInterrupt
+        return write_text(self, text, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    for name in before:  # pipeline.json first; then, with --force, the advice step's result
+        stop_at[:] = [name.name]
+        with pytest.raises(KeyboardInterrupt):
+            P.run(f, out, cache, force=name == advice, report=False, log=lambda s: None)
+        kept = advice.parent / "previous-advice.json" if name == advice else name  # the step keeps its old result aside
+        assert kept.read_text() == before[name] and (name != advice or not advice.exists())
+    monkeypatch.undo()
+    assert not list(out.rglob(".tmp-*"))
+    stamp = out / "digits" / "data" / "subset.json"
+    stamp.write_text(stamp.read_text()[:9])  # cut short by a full disk
+    lines: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=lines.append)
+    assert "its subset (4 per class) is not written yet" in lines[2], lines
+    r = P.run(f, out, cache, report=False, log=lambda s: None)
+    assert json.loads(stamp.read_text())["n"] == 40 and json.loads((out / "pipeline.json").read_text())
+    assert (r["ran"], r["skipped"]) == (1, 2)  # the same subset: only the interrupted advice runs again
+
+
 def test_an_interrupted_step_says_so_in_the_dry_run_and_the_run(tmp_path, monkeypatch):
     import fne.linear.fit
 

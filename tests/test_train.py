@@ -330,6 +330,15 @@ def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(sou
     monkeypatch.setattr(ep, "train_one_epoch", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
     assert main([*args, "--resume"]) == 0 and len(ran) == 1  # only the epoch left
     assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    # a new run in that folder (no --resume), interrupted before its first save: the checkpoint
+    # there is the earlier run's, and the line says so instead of offering it as this run's
+    monkeypatch.setattr(ck, "AUTO_EVERY_S", 3600)
+    monkeypatch.setattr(ep, "train_one_epoch", second_epoch_interrupted)
+    saved = (out / "checkpoint.pt").read_bytes()
+    assert main([*args, "--lr", "0.01"]) == 130
+    assert (f"no checkpoint of this run was written yet (--save-every); {out / 'checkpoint.pt'} is an earlier "
+            "run's, left as it was") in capsys.readouterr().err
+    assert (out / "checkpoint.pt").read_bytes() == saved
 
 
 def test_train_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):

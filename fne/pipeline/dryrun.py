@@ -9,12 +9,11 @@ resolved, a subset not written yet).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from fne.errors import FneError, WeightsError
 from fne.pipeline.config import BackboneCfg, Pipeline
-from fne.pipeline.steps import Step, known_keys, needs_rows
+from fne.pipeline.steps import Step, known_keys, needs_rows, read_json
 
 __all__ = ["describe", "extraction_line", "plan_either"]
 
@@ -82,8 +81,8 @@ def plan_either(p: Pipeline, make: Callable[[], list[Step]]) -> list[Step]:
 def _ran_with(step: Step) -> str | None:
     """The weights an earlier run of the step resolved (its step.json), if it left one."""
     try:
-        return json.loads((step.dir / "step.json").read_text())["config"]["backbone"]["weights"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return (read_json(step.dir / "step.json") or {})["config"]["backbone"]["weights"]
+    except (KeyError, TypeError):
         return None
 
 

@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fne.cache.fs import replace_file
 from fne.pipeline.config import BackboneCfg, DatasetCfg
 
 STEP_FORMAT = 1
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`; None where the file is absent, unreadable or holds no object
+    (cut short by a full disk, say): to the pipeline, a file it cannot use is not there."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def write_json(path: Path, obj) -> None:
+    """`obj` as JSON in `path`, written whole (`replace_file`): an interrupted run or a full
+    disk leaves the file as it was, never cut short."""
+    replace_file(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=str)))
 
 
 def config_hash(cfg: dict) -> str:
@@ -86,9 +102,8 @@ class Step:
         rf, sf = self.result_file, self.dir / "step.json"
         if not sf.is_file():
             return False, ("did not finish last time" if self.dir.is_dir() else "new")
-        try:
-            s = json.loads(sf.read_text())
-        except (OSError, ValueError):
+        s = read_json(sf)
+        if s is None:
             return False, f"its {sf.name} is unreadable"
         if not rf.is_file():
             return False, f"its {rf.name} is missing"
@@ -107,9 +122,7 @@ class Step:
                   "date": datetime.now(UTC).isoformat(timespec="seconds"), "config": self.config}
         if extract is not None:
             record["extract"] = extract
-        tmp = self.dir / ".step.json.tmp"
-        tmp.write_text(json.dumps(record, indent=1, default=str))
-        os.replace(tmp, self.dir / "step.json")
+        write_json(self.dir / "step.json", record)
 
 
 def needs_rows(step: Step, has_fit: bool) -> bool:
