@@ -415,6 +415,8 @@ def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:
     """What an interrupted command kept, and how to go on; `found`: `_checkpoint_found` as the
     command started (a checkpoint still so is an earlier run's, not this one's)."""
     ckpt = _checkpoint(args)
+    if args.command in ("fit", "export") and not getattr(args, "extract_missing", False):
+        return "nothing was written (--out is as it was); rerun the same command"
     if ckpt is None:
         return _KEPT.get(args.command, "rerun the same command")
     if not ckpt.is_file():

@@ -205,6 +205,22 @@ def test_an_interrupted_export_leaves_neither_file(digits_folder, warm_cache, tm
     assert list(tmp_path.iterdir()) == []  # no f.h5, no .tmp-f.h5
 
 
+@pytest.mark.parametrize("extra, said", [([], "nothing was written (--out is as it was); rerun the same command"),
+                                          (["--extract"], "rows extracted so far are kept in the cache")])
+def test_an_interrupted_fit_says_what_it_kept(tmp_path, monkeypatch, capsys, extra, said):
+    """Ctrl-C in `fne fit` said "rows extracted so far are kept" though without --extract it
+    extracts nothing."""
+    import fne.linear.fit as fit_module
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "fit", interrupted)
+    assert main(["fit", str(tmp_path), "--out", str(tmp_path / "run"), *extra]) == 130
+    assert capsys.readouterr().err.strip() == f"fne fit: interrupted; {said}" + (
+        "; rerun the same command to go on" if extra else "")
+
+
 def test_an_unknown_train_keyword_is_named_before_any_work(tmp_path):
     from fne.training.train import train
 
