@@ -195,6 +195,11 @@ def test_import_by_name_reports_mismatched_and_missing_tensors(source, tmp_path)
     lines = describe_import(report, renew)
     assert "not imported _conv_head.weight: shape (640, 320, 1, 1) in source, (1280, 320, 1, 1) here" in lines
     assert not any("_fc.weight" in line for line in lines if line.startswith("not imported"))
+    # 98 layers: the first and last four named, not a line of 2,000 characters
+    first = lines[0]
+    assert first.startswith(f"imported {len(report.imported)} tensors of {len(report.layers())} layers: ")
+    assert f"… {len(report.layers()) - 8} more …" in first and len(first) < 300
+    assert report.layers()[0] in first and report.layers()[-1] in first
 
 
 def test_vgg_new_layers_replace_fc6_fc7_output_under_torchvision_names():

@@ -147,12 +147,19 @@ def _examples(report: ImportReport, n: int = 3) -> str:
     return "; ".join(f"{k}: {w}" for k, w in bad)
 
 
+SHOWN = 8  # imported layers named on the console (metrics.json lists them all)
+
+
 def describe_import(report: ImportReport | None, renew: tuple[str, ...]) -> list[str]:
-    """Human-readable import summary: imported layers, and every tensor left out with why."""
+    """Human-readable import summary: imported layers (the first and last `SHOWN` // 2 of a long
+    list), and every tensor left out with why."""
     if report is None:
         return ["scratch: every layer randomly initialised (Xavier-uniform, zero biases)"]
-    lines = [f"imported {len(report.imported)} tensors of {len(report.layers())} layers: "
-             + ", ".join(report.layers())]
+    layers = report.layers()
+    shown = ", ".join(layers) if len(layers) <= SHOWN else (
+        f"{', '.join(layers[:SHOWN // 2])}, … {len(layers) - SHOWN} more …, {', '.join(layers[-SHOWN // 2:])} "
+        f"(metrics.json's `imported` lists them all)")
+    lines = [f"imported {len(report.imported)} tensors of {len(layers)} layers: {shown}"]
     if renew:
         lines.append("new layers (randomly initialised): " + ", ".join(renew))
     lines += [f"not imported {n}: {why}" for n, why in report.skipped if why != "renewed layer"]
