@@ -224,3 +224,36 @@ def test_version_is_the_packages(capsys):
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fne {fne.__version__}"
     assert version("fne-toolkit") == fne.__version__
+
+
+# ------------------------------------------------------------------ a user's mistake: one line
+@pytest.mark.parametrize("argv,said", [
+    (["fit", "DATA", "--out", "RUN", "--C", "inf"], "bad --C 'inf'; must be finite"),
+    (["fit", "DATA", "--out", "RUN", "--C", "1e400"], "bad --C '1e400'; must be finite"),
+    (["fit", "DATA", "--out", "RUN", "--seed", "-1"], "bad --seed -1: --seed must be in [0, 2**32)"),
+    (["advise", "DATA", "--seed", "4294967296"], "bad --seed 4294967296: --seed must be in [0, 2**32)"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--seed", "-1"], "bad --seed -1: --seed must be in"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--lr", "inf"],
+     "bad --lr inf: --lr must be a finite number > 0"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--momentum", "inf"],
+     "bad --momentum inf: --momentum must be a finite number >= 0"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--weight-decay=-inf"],
+     "bad --weight-decay -inf: --weight-decay must be a finite number >= 0"),
+    (["fit", "DATA", "--out", ""], "--out '': is empty; give the folder to write"),
+    (["train", "DATA", "--mode", "frozen", "--out", ""], "--out '': is empty; give the folder to write"),
+    (["export", "DATA", "--out", ""], "--out '': is empty; give the file to write"),
+    (["report", "DATA", "--out", ""], "--out '': is empty; give the folder to write"),
+    (["fit", "", "--out", "RUN"], "DATA '' is empty"),
+    (["extract", "/dev/null"], "DATA /dev/null: neither a folder nor a file"),
+    (["cache", "verify", "DATA"], "DATA is not a cache store (no store.json)"),
+])
+def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, capsys, monkeypatch):
+    """Values a new user gives by mistake (an infinity, a negative seed, an empty `$OUT` or
+    `$DATA`, a device for DATA, a file for a store): exit 2 and one line naming the argument,
+    before any work, and nothing written where the empty path would have meant this folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DATA").write_text("a file, not DATA")
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and said in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]

@@ -168,6 +168,9 @@ def test_exif_orientation_applied(tmp_path):
     ("csv_columns", "missing column(s) label"),
     ("csv_files", "do not exist: nope.png"),
     ("h5_missing", "missing dataset 'labels'"),
+    ("h5_group", "'images' is a group, not a dataset"),
+    ("h5_float", "images must be uint8 (0-255), got float32"),
+    ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
 ])
 def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, capsys, case, expect):
     import fne.backbones.registry
@@ -193,6 +196,14 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         target = tmp_path / "d.h5"
         with h5py.File(target, "w") as f:
             f["images"] = np.zeros((2, 4, 4), np.uint8)
+    elif case.startswith("h5_"):  # a group for images; images in 0-1 floats; one-hot labels
+        target = tmp_path / "d.h5"
+        with h5py.File(target, "w") as f:
+            if case == "h5_group":
+                f.create_group("images")
+            else:
+                f["images"] = np.zeros((2, 4, 4), np.float32 if case == "h5_float" else np.uint8)
+            f["labels"] = np.eye(3)[[0, 1]] if case == "h5_onehot" else np.array([0, 1])
     with pytest.raises(DataError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(target)
     assert main(["extract", str(target), "--weights", "random", "--cache", str(tmp_path / "c")]) == 2

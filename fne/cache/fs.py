@@ -48,6 +48,8 @@ def check_target(path: str | Path, folder: bool, option: str = "--out", data=Non
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{option.lstrip('-').replace('-', '_')}: expected a path (str or os.PathLike), "
                         f"got {type(path).__name__}")
+    if not str(path).strip():  # an unset shell variable: not the current folder
+        raise FneError(f"{option} {str(path)!r}: is empty; give the {'folder' if folder else 'file'} to write")
     path = Path(path).expanduser()
     if isinstance(data, (str, os.PathLike)) and os.path.exists(data):
         d, p = Path(data).resolve(), path.resolve()

@@ -191,6 +191,9 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
     Dataset
     """
     spec_s = str(spec)
+    if not spec_s.strip():  # an unset shell variable: not the current folder
+        raise DataError(f"DATA {spec_s!r} is empty (give a folder, a .csv, a .h5 file, .tar shards, .parquet "
+                        f"files, hf:NAME or 'digits')")
     if spec_s == "digits":
         return _digits()
     if spec_s.startswith("hf:"):
@@ -210,6 +213,9 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
+    if not path.is_dir():  # a device, a pipe, a socket
+        raise DataError(f"DATA {path}: neither a folder nor a file (give a folder, a .csv, a .h5 file, .tar "
+                        f"shards or .parquet files)")
     if (path / "train.h5").is_file() and (path / "test.h5").is_file():
         return _h5_parts(path)
     if (path / "train").is_dir() and (path / "test").is_dir():
