@@ -235,3 +235,20 @@ def test_shard_patterns_and_split_names():
         assert split_of_name(f"/d/{name}") == split, name
     assert split_of_name("/d/test/000.tar", "/d") == "test"
 
+
+
+def test_a_cache_in_data_is_refused_before_its_folders_become_classes(tmp_path, capsys):
+    """`--cache DATA/cache` or `--cache DATA` worked once, then every later run met a class
+    `cache` (or one per store) without images: refused at once, naming both; a hidden cache
+    folder inside DATA is left out of the listing, so it is taken."""
+    root = tmp_path / "data"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / c / "i.png")
+    for cache in (root / "cache", root, root / "a" / "deep"):
+        assert main(["extract", str(root), "--weights", "random", "--cache", str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"DATA {root}: the cache {cache} is " in err and "outside DATA" in err
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b"] and not (root / "a" / "deep").exists()
+    assert load_dataset(root, cache=root / ".fne-cache").labels == ["a", "b"]
+    assert load_dataset(root, cache=tmp_path).labels == ["a", "b"]  # DATA inside the cache: fine

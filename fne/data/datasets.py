@@ -218,9 +218,25 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
                         f"shards or .parquet files)")
     if (path / "train.h5").is_file() and (path / "test.h5").is_file():
         return _h5_parts(path)
+    _cache_not_listed(path, cache)
     if (path / "train").is_dir() and (path / "test").is_dir():
         return _split_folder(path)
     return _folder(path)
+
+
+def _cache_not_listed(root: Path, cache: str | Path | None) -> None:
+    """DataError when the cache folder (its stores, manifests and listings) is a folder DATA's
+    listing reads: DATA itself, or a visible folder inside it, whose stores would become classes
+    (a hidden one, DATA/.cache, is left out of the listing as every hidden folder is)."""
+    from fne.cache.store import local_root
+
+    c, d = local_root(cache).resolve(), root.resolve()
+    if c != d and (d not in c.parents or c.relative_to(d).parts[0].startswith(".")):
+        return
+    where = "is DATA" if c == d else "is inside DATA"
+    raise DataError(f"DATA {root}: the cache {local_root(cache)} {where}, whose listing would read the cache's "
+                    f"folders as the data's; give --cache a folder outside DATA (or a hidden one, "
+                    f"{root / '.fne-cache'})")
 
 
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:
