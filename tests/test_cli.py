@@ -257,3 +257,20 @@ def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and said in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]
+
+
+@pytest.mark.parametrize("verb,other,model", [(["fit"], "fne train", "model.pt"),
+                                              (["train", "--mode", "frozen"], "fne fit", "model.joblib")])
+def test_a_run_folder_of_the_other_verb_is_refused_whole(verb, other, model, tmp_path, capsys):
+    """`fne train --out RUN` on a `fne fit` run (or the reverse) replaced the run's metrics.json
+    and left both models in one folder (`fne predict` took the fit's head, `fne report` the
+    train's numbers): refused before any work, the run as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / model).write_text("the other verb's model")
+    (run / "metrics.json").write_text("{}")
+    assert main([verb[0], str(tmp_path / "absent"), *verb[1:], "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {run}: holds a `{other}` run ({model})" in err
+    assert sorted(p.name for p in run.iterdir()) == sorted([model, "metrics.json"])
+    assert (run / "metrics.json").read_text() == "{}"

@@ -69,6 +69,20 @@ def check_target(path: str | Path, folder: bool, option: str = "--out", data=Non
     return path
 
 
+# The model file of each verb's run folder: a run folder holds the runs of one verb only.
+RUN_MODELS = {"fne fit": "model.joblib", "fne train": "model.pt"}
+
+
+def check_run_folder(out: Path, verb: str) -> Path:
+    """`out`, or an FneError when the run folder holds another verb's run (`RUN_MODELS`): writing
+    this verb's metrics.json there would replace that run's and leave its model beside another's."""
+    for other, model in RUN_MODELS.items():
+        if other != verb and (out / model).is_file():
+            raise FneError(f"--out {out}: holds a `{other}` run ({model}); `{verb}` would replace its "
+                           f"metrics.json and leave the two models mixed: give another folder")
+    return out
+
+
 def unwritable(folder: Path) -> Path | None:
     """The nearest existing folder at or above `folder` (where its files would be made) when it
     cannot be written, else None."""

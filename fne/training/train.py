@@ -30,7 +30,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_target, replace_files
+from fne.cache.fs import check_run_folder, check_target, replace_files
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.data.splits import duplicate_notes, make_splits, train_val_test
@@ -131,6 +131,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg)
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
+    check_run_folder(Path(cfg.out), "fne train")
     if dataset is None:
         dataset = load_dataset(cfg.data)
     if dataset.labels is None or len(dataset) == 0:
