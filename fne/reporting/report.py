@@ -74,11 +74,12 @@ def _find(root: Path, name: str) -> list[Path]:
 
 def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
-    runs, advice, pipelines, seen = [], [], [], set()
+    runs, advice, pipelines, seen, empty = [], [], [], set(), []
     for d in run_dirs:
         root = Path(d).expanduser()
         if not root.exists():
             raise FneError(f"RUN_DIR {d}: does not exist")
+        found = len(runs) + len(advice)
         for p in _find(root, "metrics.json"):
             if p.resolve() in seen:
                 continue
@@ -96,9 +97,13 @@ def collect(run_dirs: list[str | Path]) -> dict:
             pj = _read_json(p)
             if pj is not None:
                 pipelines.append(pj)
+        if len(runs) + len(advice) == found:
+            empty.append(str(d))
     if not runs:
         raise FneError(f"no metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
                        f"`fne train` or `fne run` first)")
+    if empty:  # a mistyped RUN_DIR: the report would lack its runs without a word
+        warnings.warn(f"no run under {', '.join(empty)} (no metrics.json): left out of the report", stacklevel=2)
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 
