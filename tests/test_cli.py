@@ -246,6 +246,10 @@ def test_version_is_the_packages(capsys):
     (["fit", "", "--out", "RUN"], "DATA '' is empty"),
     (["extract", "/dev/null"], "DATA /dev/null: neither a folder nor a file"),
     (["cache", "verify", "DATA"], "DATA is not a cache store (no store.json)"),
+    (["export", "DATA", "--out", "x.h5", "--features", "auto"], "--features auto is `fne fit`'s cross-validated"),
+    (["extract", "DATA", "--shard", ""], "bad --shard ''; expected I/N"),
+    (["extract", "DATA", "RANK=x"], "bad $RANK='x' / $WORLD_SIZE='2' (torchrun's)"),
+    (["extract", "DATA", "RANK=2"], "bad $RANK='2' / $WORLD_SIZE='2' (torchrun's)"),
 ])
 def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, capsys, monkeypatch):
     """Values a new user gives by mistake (an infinity, a negative seed, an empty `$OUT` or
@@ -253,6 +257,10 @@ def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, c
     before any work, and nothing written where the empty path would have meant this folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "DATA").write_text("a file, not DATA")
+    for a in [a for a in argv if a.startswith("RANK=")]:  # torchrun's environment, misset
+        monkeypatch.setenv("RANK", a.removeprefix("RANK="))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        argv.remove(a)
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and said in err, err
