@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zarr
 
-from fne.errors import CacheError, FneError
+from fne.errors import CacheError, FneError, expect_path
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 
@@ -45,9 +45,7 @@ def check_target(path: str | Path, folder: bool, option: str = "--out", data=Non
     TypeError names the keyword when `path` is not a path (the Python API's ``out=None``).
     `data`: the verb's DATA, when a local file or folder: `path` may be neither it nor inside it
     (the output would replace the data, or become part of it)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{option.lstrip('-').replace('-', '_')}: expected a path (str or os.PathLike), "
-                        f"got {type(path).__name__}")
+    expect_path(path, option.lstrip('-').replace('-', '_'))
     if not str(path).strip():  # an unset shell variable: not the current folder
         raise FneError(f"{option} {str(path)!r}: is empty; give the {'folder' if folder else 'file'} to write")
     path = Path(path).expanduser()

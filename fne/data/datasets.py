@@ -27,7 +27,7 @@ from fne.data.images import image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
-from fne.errors import DataError
+from fne.errors import DataError, expect_path
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
@@ -190,6 +190,7 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
     -------
     Dataset
     """
+    expect_path(spec, "data")
     spec_s = str(spec)
     if not spec_s.strip():  # an unset shell variable: not the current folder
         raise DataError(f"DATA {spec_s!r} is empty (give a folder, a .csv, a .h5 file, .tar shards, .parquet "

@@ -30,6 +30,8 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if shard is None:
         return None
     if isinstance(shard, tuple):
+        if len(shard) != 2:
+            raise FneError(f"bad --shard {shard!r}; expected (I, N), e.g. (0, 4)")
         i, n = shard
     else:
         try:

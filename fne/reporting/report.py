@@ -31,7 +31,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.cache.fs import check_target, replace_files
-from fne.errors import FneError
+from fne.errors import FneError, expect_path
 from fne.linear import compare
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
@@ -75,7 +75,10 @@ def _find(root: Path, name: str) -> list[Path]:
 def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
     runs, advice, pipelines, seen, empty = [], [], [], set(), []
+    if not run_dirs:
+        raise FneError("no RUN_DIR given")
     for d in run_dirs:
+        expect_path(d, "run_dirs")
         root = Path(d).expanduser()
         if not root.exists():
             raise FneError(f"RUN_DIR {d}: does not exist")
@@ -434,7 +437,7 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
 
     Parameters
     ----------
-    run_dirs : list of str or Path
+    run_dirs : str, Path, or a list of them
         Run folders of `fne fit` / `fne train` / `fne run` (their metrics.json), or folders
         holding them.
     out : str or Path
@@ -452,7 +455,7 @@ def report(run_dirs: list[str | Path], out: str | Path, pipeline: str | Path | N
         What report.json holds: the rows per dataset, the winners and the files written.
     """
     out = check_target(out, folder=True)  # before any run is read
-    collected = collect(list(run_dirs))
+    collected = collect([run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs))
     collected["pipelines"] += list(extra_pipelines or [])
     if pipeline is not None:  # its published values; its datasets need not be present
         collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())

@@ -63,6 +63,12 @@ from fne.training.transfer import (
 )
 
 
+def _text(path):
+    """A path argument as the string TrainConfig holds; anything else as given, for `options.check`
+    to name (str() made out=None a folder named None)."""
+    return os.fspath(path) if isinstance(path, os.PathLike) else path
+
+
 def _check(cfg: TrainConfig) -> None:
     """Argument mistakes, before any data or weights are loaded: each value against its
     declaration (fne.options.TrainConfig), then the rules between options."""
@@ -125,7 +131,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     require_main_script("fne.train")
     options.unexpected(kwargs, TrainConfig)
     dataset = data if isinstance(data, Dataset) else None
-    cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
+    cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
