@@ -83,6 +83,12 @@ def at_least(n: float, kind: str = "an integer") -> dict:
     return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}
 
 
+# Loader workers: each a process holding a decoder and a batch; beyond a few per core they only
+# contend, and --workers 100000 forked processes until the machine ran out of memory.
+MAX_WORKERS = 4 * (os.cpu_count() or 1)
+WORKERS = {"check": lambda v: 0 <= v <= MAX_WORKERS, "bound": f"in [0, {MAX_WORKERS}] (4 per core of this machine)",
+           "kind": "an integer"}
+
 # A seed of the splits and initialisation: numpy's legacy seeding (scikit-learn's random_state) takes [0, 2**32).
 SEED = {"check": lambda v: 0 <= v < 2**32, "bound": "in [0, 2**32)", "kind": "an integer"}
 
@@ -139,7 +145,7 @@ class ForwardOptions:
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                                    bound=">= 1 or auto", kind="an integer")
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
-                                       "CUDA, at most 16)", **at_least(0))
+                                       "CUDA, at most 16)", **WORKERS)
     compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
@@ -243,7 +249,7 @@ class TrainConfig:
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps")
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
-                                       "core but one, at most 16, on CUDA)", **at_least(0))
+                                       "core but one, at most 16, on CUDA)", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
                                            "(default): after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto,
