@@ -248,6 +248,7 @@ def test_version_is_the_packages(capsys):
     (["cache", "verify", "DATA"], "DATA is not a cache store (no store.json)"),
     (["export", "DATA", "--out", "x.h5", "--features", "auto"], "--features auto is `fne fit`'s cross-validated"),
     (["extract", "DATA", "--shard", ""], "bad --shard ''; expected I/N"),
+    (["fit", "DATA", "--out", "RUN", "--label-key", "cls"], "--label-key cls: applies to tar shards, Parquet"),
     (["extract", "DATA", "--workers", "100000"], f"bad --workers 100000: --workers must be in [0, {O.MAX_WORKERS}]"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--workers", "100000"], "bad --workers 100000"),
     (["extract", "DATA", "RANK=x"], "bad $RANK='x' / $WORLD_SIZE='2' (torchrun's)"),

@@ -207,6 +207,8 @@ def load_dataset(spec: str | Path, label_key: str | None = None, cache: str | Pa
                         f".parquet files, hf:NAME or 'digits')")
     if path.is_dir() and containers.find_containers(path):
         return _containers(spec_s, label_key, cache)
+    if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
+        raise DataError(f"--label-key {label_key}: applies to tar shards, Parquet and hf: DATA, not {path}")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
