@@ -30,13 +30,13 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_extract(a) -> int:
-    from fne.data.shards import shard_from_env
+    from fne.data.shards import parse_shard, shard_from_env
     from fne.extraction.extract import extract
     from fne.options import DataOptions, ExtractOptions, StoreOptions, from_args
 
     kw = from_args(a, StoreOptions, DataOptions, ExtractOptions)
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
-    kw["shard"] = a.shard or shard_from_env()
+    kw["shard"] = parse_shard(a.shard) if a.shard is not None else shard_from_env()  # before DATA is read
     r = extract(a.data, **kw)
     named = " (each named above)" if r.n_skipped else ""
     if r.n_left_out:

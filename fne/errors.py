@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints these as one line, never as a traceback."""
 
+import os
+
 
 class FneError(Exception):
     """A mistake in what the user asked for (bad file, bad argument, missing cache rows)."""
@@ -19,3 +21,10 @@ class WeightsError(FneError):
 
 class CacheError(FneError):
     """A cache store is missing, incompatible or damaged."""
+
+
+def expect_path(value: object, name: str) -> None:
+    """A TypeError naming the keyword `name` when `value` is not a path (str or os.PathLike): the
+    Python API's ``out=None``, which `str()` would make a folder named None."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import numbers
 import os
 import typing
@@ -82,6 +83,16 @@ def at_least(n: float, kind: str = "an integer") -> dict:
     return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}
 
 
+# Loader workers: each a process holding a decoder and a batch; beyond a few per core they only
+# contend, and --workers 100000 forked processes until the machine ran out of memory.
+MAX_WORKERS = 4 * (os.cpu_count() or 1)
+WORKERS = {"check": lambda v: 0 <= v <= MAX_WORKERS, "bound": f"in [0, {MAX_WORKERS}] (4 per core of this machine)",
+           "kind": "an integer"}
+
+# A seed of the splits and initialisation: numpy's legacy seeding (scikit-learn's random_state) takes [0, 2**32).
+SEED = {"check": lambda v: 0 <= v < 2**32, "bound": "in [0, 2**32)", "kind": "an integer"}
+
+
 def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
     """An option's bound: values in (lo, hi), or [lo, hi) with `closed_lo`."""
     if closed_lo:
@@ -134,7 +145,7 @@ class ForwardOptions:
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
                                    bound=">= 1 or auto", kind="an integer")
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
-                                       "CUDA, at most 16)", **at_least(0))
+                                       "CUDA, at most 16)", **WORKERS)
     compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
@@ -181,7 +192,7 @@ class FitOptions(RowsOptions):
     splits: int = option(5, "random stratified splits when DATA has no split", **at_least(1))
     test_size: float = option(0.25, "test fraction of each random split", **between(0, 1))
     train_per_class: int | None = option(None, "training images per class per split", **at_least(1))
-    seed: int = option(0, "seed of the splits and the heads", pipeline=False)
+    seed: int = option(0, "seed of the splits and the heads", pipeline=False, **SEED)
     solver: str = option("auto", "svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
                                  "auto (default): scikit-learn while its copy of the rows fits in memory, torch "
                                  "above (fne.linear.solver)", choices=SOLVERS)
@@ -192,7 +203,7 @@ class AdviseOptions:
     """`fne advise`: how the target data is measured (with the store and forward options)."""
 
     sample: int = option(200, "images run through the source classifier", **at_least(1))
-    seed: int = option(0, "seed of the sample")
+    seed: int = option(0, "seed of the sample", **SEED)
     test_size: float = option(0.25, "share held out when DATA has no split (as in fne fit)", **between(0, 1))
     train_per_class: int | None = option(None, "training images per class (as in fne fit)", **at_least(1))
 
@@ -234,11 +245,11 @@ class TrainConfig:
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  **between(0, 1, closed_lo=True))
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
-    seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False)
+    seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False, **SEED)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps")
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
-                                       "core but one, at most 16, on CUDA)", **at_least(0))
+                                       "core but one, at most 16, on CUDA)", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
                                            "(default): after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto,
@@ -339,9 +350,14 @@ def _refused(v, o: Opt) -> str | None:
         return None
     if o.choices and v not in o.choices:
         return "choice"
-    if o.check is not None and not o.check(v):
-        return "bound"
+    if o.check is not None and (not o.check(v) or (isinstance(v, float) and not math.isfinite(v))):
+        return "bound"  # a bounded number is finite: --lr inf trains to nan
     return None
+
+
+def _wanted(v, o: Opt) -> str:
+    """What a bounded option wants, said of the refused value `v` (an infinity: a finite number)."""
+    return f"a finite number {o.bound}" if isinstance(v, float) and math.isinf(v) else o.bound
 
 
 def _of_type(v, hint) -> bool:
@@ -379,7 +395,7 @@ def check(obj) -> None:
         if why == "choice":
             raise OptionError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
         if why == "bound":
-            raise OptionError(f"bad {flag(f)} {v!r}: {flag(f)} must be {o.bound}")
+            raise OptionError(f"bad {flag(f)} {v!r}: {flag(f)} must be {_wanted(v, o)}")
 
 
 def problems(cls, values: dict) -> list[tuple[str, str]]:
@@ -391,7 +407,8 @@ def problems(cls, values: dict) -> list[tuple[str, str]]:
         if why == "choice":
             out.append((k, f"{v!r}: expected one of {', '.join(map(str, declared[k].choices))}"))
         elif why == "bound":
-            out.append((k, f"{v!r}: expected {declared[k].kind} {declared[k].bound}"))
+            kind = "a finite number" if isinstance(v, float) and math.isinf(v) else declared[k].kind
+            out.append((k, f"{v!r}: expected {kind} {declared[k].bound}"))
     return out
 
 

@@ -8,6 +8,7 @@ import dataclasses
 import importlib
 import inspect
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -109,6 +110,34 @@ def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
     with pytest.raises(FneError, match=r"(?s)24 of 24 images .* not in the cache .*fne extract .*\(or pass extract_missing=True, to let `fne\.load_rows` run"):
         fne.load_rows(digits_folder, cache=str(tmp_path / "empty-cache"), **STORE)
     assert list_stores(tmp_path / "empty-cache") == []  # reading created no store
+
+
+@pytest.mark.parametrize("call,exc,said", [
+    (lambda t: fne.fit(None, out=t / "r"), TypeError, "^data: expected a path (str or os.PathLike), got NoneType$"),
+    (lambda t: fne.extract(["a.png"]), TypeError, "^data: expected a path (str or os.PathLike), got list$"),
+    (lambda t: fne.train(None, mode="frozen", out=t / "r"), TypeError, "^data must be a string, not NoneType None$"),
+    (lambda t: fne.train("digits", mode="frozen", out=None), TypeError, "^out must be a string, not NoneType None$"),
+    (lambda t: fne.predict(None, "digits", out=t / "p.csv"), TypeError, "^run_dir: expected a path"),
+    (lambda t: fne.run(None), TypeError, "^path: expected a path"),
+    (lambda t: fne.report([], out=t / "rep"), FneError, "^no RUN_DIR given$"),
+    (lambda t: fne.report([None], out=t / "rep"), TypeError, "^run_dirs: expected a path"),
+    (lambda t: fne.extract("digits", shard=(1,)), FneError, r"^bad --shard \(1,\); expected \(I, N\)"),
+])
+def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, said, tmp_path):
+    """A Python caller's None (or a list) where a path goes: the keyword named, not a
+    `DATA 'None' does not exist` nor a folder named None (train's out=None was str()-ed into one)."""
+    with pytest.raises(exc, match=said.replace("(str", r"\(str").replace("PathLike)", r"PathLike\)")):
+        call(tmp_path)
+    assert list(tmp_path.iterdir()) == [] and not Path("None").exists()
+
+
+def test_report_takes_one_run_folder_as_a_path(tmp_path):
+    """`fne.report("runs/a", out=...)`: one folder, not its characters one by one."""
+    from .test_report import make_runs
+
+    runs = make_runs(tmp_path / "runs")
+    fne.report(str(runs / "a"), out=tmp_path / "rep", figures=False)
+    assert "fne+svm" in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_an_output_that_is_data_or_inside_it_is_refused_before_any_work(digits_folder, tmp_path):

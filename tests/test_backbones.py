@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import urllib.error
 
 import pytest
@@ -96,6 +97,27 @@ def test_weights_path_roundtrip_and_wrong_arch(tmp_path):
         backbones.load_backbone("vgg16", str(tmp_path / "junk.pt"))
     with pytest.raises(WeightsError, match="no such file"):
         backbones.fingerprint("vgg16", str(tmp_path / "absent.pt"))
+
+
+def test_weights_that_are_a_run_folder_or_a_fit_model_say_what_to_give(tmp_path):
+    """`--weights RUN` of a `fne train` run names its model.pt; a `fne fit` run (or its
+    model.joblib, which torch.load cannot read) is a head, not a network; another folder or an
+    empty value is named as such, not as 'no such file'."""
+    train, fit, other = tmp_path / "train", tmp_path / "fit", tmp_path / "other"
+    for d, f in ((train, "model.pt"), (fit, "model.joblib")):
+        d.mkdir()
+        (d / f).write_bytes(b"\x80\x04K\x01.")
+    other.mkdir()
+    cases = [(train, f"is a `fne train` run folder; give its network, {train / 'model.pt'}"),
+             (fit, "is a `fne fit` run folder, a linear head on a network's rows, not a network"),
+             (fit / "model.joblib", "is a `fne fit` model, a linear head"),
+             (other, "is a folder; give a state dict file"), ("", "bad --weights ''")]
+    for weights, said in cases:
+        for arch in ("efficientnet_lite0", "resnet18"):  # fne's registry, torchvision's names
+            with pytest.raises(WeightsError, match=re.escape(f"{weights}: {said}" if weights else said)):
+                backbones.fingerprint(arch, str(weights))
+    with pytest.raises(WeightsError, match="is a `fne fit` model"):  # torch.load is not reached
+        backbones.read_state_dict(fit / "model.joblib")
 
 
 def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):

@@ -225,3 +225,64 @@ def test_version_is_the_packages(capsys):
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fne {fne.__version__}"
     assert version("fne-toolkit") == fne.__version__
+
+
+# ------------------------------------------------------------------ a user's mistake: one line
+@pytest.mark.parametrize("argv,said", [
+    (["fit", "DATA", "--out", "RUN", "--C", "inf"], "bad --C 'inf'; must be finite"),
+    (["fit", "DATA", "--out", "RUN", "--C", "1e400"], "bad --C '1e400'; must be finite"),
+    (["fit", "DATA", "--out", "RUN", "--seed", "-1"], "bad --seed -1: --seed must be in [0, 2**32)"),
+    (["advise", "DATA", "--seed", "4294967296"], "bad --seed 4294967296: --seed must be in [0, 2**32)"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--seed", "-1"], "bad --seed -1: --seed must be in"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--lr", "inf"],
+     "bad --lr inf: --lr must be a finite number > 0"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--momentum", "inf"],
+     "bad --momentum inf: --momentum must be a finite number >= 0"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--weight-decay=-inf"],
+     "bad --weight-decay -inf: --weight-decay must be a finite number >= 0"),
+    (["fit", "DATA", "--out", ""], "--out '': is empty; give the folder to write"),
+    (["train", "DATA", "--mode", "frozen", "--out", ""], "--out '': is empty; give the folder to write"),
+    (["export", "DATA", "--out", ""], "--out '': is empty; give the file to write"),
+    (["report", "DATA", "--out", ""], "--out '': is empty; give the folder to write"),
+    (["fit", "", "--out", "RUN"], "DATA '' is empty"),
+    (["extract", "/dev/null"], "DATA /dev/null: neither a folder nor a file"),
+    (["cache", "verify", "DATA"], "DATA is not a cache store (no store.json)"),
+    (["export", "DATA", "--out", "x.h5", "--features", "auto"], "--features auto is `fne fit`'s cross-validated"),
+    (["extract", "DATA", "--shard", ""], "bad --shard ''; expected I/N"),
+    (["fit", "DATA", "--out", "RUN", "--label-key", "cls"], "--label-key cls: applies to tar shards, Parquet"),
+    (["extract", "DATA", "--workers", "100000"], f"bad --workers 100000: --workers must be in [0, {O.MAX_WORKERS}]"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--workers", "100000"], "bad --workers 100000"),
+    (["extract", "DATA", "RANK=x"], "bad $RANK='x' / $WORLD_SIZE='2' (torchrun's)"),
+    (["extract", "DATA", "RANK=2"], "bad $RANK='2' / $WORLD_SIZE='2' (torchrun's)"),
+])
+def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, capsys, monkeypatch):
+    """Values a new user gives by mistake (an infinity, a negative seed, an empty `$OUT` or
+    `$DATA`, a device for DATA, a file for a store): exit 2 and one line naming the argument,
+    before any work, and nothing written where the empty path would have meant this folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "DATA").write_text("a file, not DATA")
+    for a in [a for a in argv if a.startswith("RANK=")]:  # torchrun's environment, misset
+        monkeypatch.setenv("RANK", a.removeprefix("RANK="))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        argv.remove(a)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and said in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]
+
+
+@pytest.mark.parametrize("verb,other,model", [(["fit"], "fne train", "model.pt"),
+                                              (["train", "--mode", "frozen"], "fne fit", "model.joblib")])
+def test_a_run_folder_of_the_other_verb_is_refused_whole(verb, other, model, tmp_path, capsys):
+    """`fne train --out RUN` on a `fne fit` run (or the reverse) replaced the run's metrics.json
+    and left both models in one folder (`fne predict` took the fit's head, `fne report` the
+    train's numbers): refused before any work, the run as it was."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / model).write_text("the other verb's model")
+    (run / "metrics.json").write_text("{}")
+    assert main([verb[0], str(tmp_path / "absent"), *verb[1:], "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out {run}: holds a `{other}` run ({model})" in err
+    assert sorted(p.name for p in run.iterdir()) == sorted([model, "metrics.json"])
+    assert (run / "metrics.json").read_text() == "{}"

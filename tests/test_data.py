@@ -218,6 +218,9 @@ def test_exif_orientation_applied(tmp_path):
     ("csv_columns", "missing column(s) label"),
     ("csv_files", "do not exist: nope.png"),
     ("h5_missing", "missing dataset 'labels'"),
+    ("h5_group", "'images' is a group, not a dataset"),
+    ("h5_float", "images must be uint8 (0-255), got float32"),
+    ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
 ])
 def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, capsys, case, expect):
     import fne.backbones.registry
@@ -243,6 +246,14 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         target = tmp_path / "d.h5"
         with h5py.File(target, "w") as f:
             f["images"] = np.zeros((2, 4, 4), np.uint8)
+    elif case.startswith("h5_"):  # a group for images; images in 0-1 floats; one-hot labels
+        target = tmp_path / "d.h5"
+        with h5py.File(target, "w") as f:
+            if case == "h5_group":
+                f.create_group("images")
+            else:
+                f["images"] = np.zeros((2, 4, 4), np.float32 if case == "h5_float" else np.uint8)
+            f["labels"] = np.eye(3)[[0, 1]] if case == "h5_onehot" else np.array([0, 1])
     with pytest.raises(DataError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(target)
     assert main(["extract", str(target), "--weights", "random", "--cache", str(tmp_path / "c")]) == 2
@@ -274,3 +285,20 @@ def test_shard_patterns_and_split_names():
         assert split_of_name(f"/d/{name}") == split, name
     assert split_of_name("/d/test/000.tar", "/d") == "test"
 
+
+
+def test_a_cache_in_data_is_refused_before_its_folders_become_classes(tmp_path, capsys):
+    """`--cache DATA/cache` or `--cache DATA` worked once, then every later run met a class
+    `cache` (or one per store) without images: refused at once, naming both; a hidden cache
+    folder inside DATA is left out of the listing, so it is taken."""
+    root = tmp_path / "data"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(root / c / "i.png")
+    for cache in (root / "cache", root, root / "a" / "deep"):
+        assert main(["extract", str(root), "--weights", "random", "--cache", str(cache)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"DATA {root}: the cache {cache} is " in err and "outside DATA" in err
+    assert sorted(p.name for p in root.iterdir()) == ["a", "b"] and not (root / "a" / "deep").exists()
+    assert load_dataset(root, cache=root / ".fne-cache").labels == ["a", "b"]
+    assert load_dataset(root, cache=tmp_path).labels == ["a", "b"]  # DATA inside the cache: fine

@@ -54,6 +54,18 @@ def test_folder_skips_hidden_follows_linked_folders_and_names_dangling_links(tmp
     assert load_dataset(flat).ids == ["x.png"]
 
 
+def test_a_link_to_itself_is_skipped_with_a_line_naming_it(tmp_path):
+    """`ln -s self self` (ELOOP when followed): left out with a line, as a link to nothing is,
+    not a traceback from the listing."""
+    root = tmp_path / "d"
+    _png(root / "a" / "1.png", 1)
+    _png(root / "b" / "2.png", 2)
+    os.symlink(root / "b" / "self", root / "b" / "self")
+    with pytest.warns(UserWarning, match=r"skipped .*b/self: Too many levels of symbolic links"):
+        d = load_dataset(root)
+    assert d.ids == ["a/1.png", "b/2.png"] and d.left_out == [str(root / "b" / "self")]
+
+
 def test_dangling_link_does_not_stop_extract_or_fit(tmp_path, capsys):
     root = tmp_path / "d"
     for c, seeds in (("a", (1, 2)), ("b", (3, 4))):

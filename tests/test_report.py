@@ -260,6 +260,18 @@ def test_no_runs_is_a_user_error(tmp_path):
         report([tmp_path / "missing"], tmp_path / "rep")
 
 
+def test_a_run_dir_beside_others_that_holds_no_run_is_named(tmp_path):
+    """`fne report runs/a runs/typo-or-empty`: the report of runs/a, and a line naming the
+    folder (or file) that gave nothing, not a report silently missing its runs."""
+    runs = make_runs(tmp_path / "runs")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.warns(UserWarning, match=f"^no run under {tmp_path / 'empty'}, {tmp_path / 'notes.txt'} "
+                                         r"\(no metrics.json\): left out of the report$"):
+        report([runs / "a", tmp_path / "empty", tmp_path / "notes.txt"], tmp_path / "rep")
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
 def test_cli(tmp_path, capsys):
     import argparse
 

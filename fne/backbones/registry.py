@@ -101,6 +101,24 @@ def get(name: str, weights: str | None = None) -> Backbone:
     return _zoo_backbone(name, weights if named else "imagenet")
 
 
+def not_a_weights_file(weights: str | Path, said: str) -> WeightsError:
+    """The error for --weights that names no weights file: `said`, or what the path is instead
+    (empty; a `fne train` run folder, whose network is its model.pt; a `fne fit` run or its
+    model.joblib, a linear head on cached rows; another folder)."""
+    p = Path(weights)
+    if not str(weights).strip():
+        return WeightsError(f"bad --weights {str(weights)!r}; give imagenet, random or a state dict path")
+    if p.is_dir() and (p / "model.pt").is_file():
+        return WeightsError(f"--weights {weights}: is a `fne train` run folder; give its network, {p / 'model.pt'}")
+    if p.suffix == ".joblib" or (p.is_dir() and (p / "model.joblib").is_file()):
+        return WeightsError(f"--weights {weights}: is a `fne fit` {'model' if p.is_file() else 'run folder'}, a "
+                            f"linear head on a network's rows, not a network; give the --weights that run read "
+                            f"(its metrics.json's `weights`)")
+    if p.is_dir():
+        return WeightsError(f"--weights {weights}: is a folder; give a state dict file (.pth, .pt, .safetensors)")
+    return WeightsError(said)
+
+
 def how_to_name() -> str:
     from fne.backbones import zoo
 
@@ -115,8 +133,9 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
         model_name = name.removeprefix("timm:")
         zoo.timm_check(model_name, sorted(REGISTRY))
         if weights != "imagenet":
-            raise WeightsError(f"--weights {weights}: no such file; {name} takes imagenet (its pretrained "
-                               f"tag; name another as timm:ARCH.TAG), random or a state dict path")
+            raise not_a_weights_file(weights, f"--weights {weights}: no such file; {name} takes imagenet (its "
+                                              f"pretrained tag; name another as timm:ARCH.TAG), random or a state "
+                                              f"dict path")
         cfg = zoo.timm_pretrained_cfg(model_name)
         full = f"{cfg.get('architecture', model_name)}.{cfg['tag']}" if cfg.get("tag") else model_name
         d = zoo.timm_discover(model_name)
@@ -140,8 +159,9 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
     w = zoo.tv_weights(name, weights)
     if w is None and weights != "imagenet":
         names = zoo.tv_weight_names(name)
-        raise WeightsError(f"--weights {weights}: no such file or {name} weights name; give imagenet, "
-                           f"random, a state dict path or one of: {', '.join(names) or '(none)'}")
+        raise not_a_weights_file(weights, f"--weights {weights}: no such file or {name} weights name; give "
+                                          f"imagenet, random, a state dict path or one of: "
+                                          f"{', '.join(names) or '(none)'}")
     p = zoo.tv_preprocess(w)
     if zoo.tv_takes_half_norm(name):
         p.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -354,8 +374,9 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"--weights {path}: no such file (give 'imagenet', 'random' or a state dict path)")
+    if not path.is_file() or path.suffix == ".joblib":
+        raise not_a_weights_file(path, f"--weights {path}: no such file (give 'imagenet', 'random' or a state "
+                                       f"dict path)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -430,10 +451,13 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type
         return f"random-seed{seed}" + ("" if device_type == "cpu" else f"-{device_type}")
     if weights == "imagenet":
         return get(arch).imagenet_id()
+    if Path(weights).suffix == ".joblib":  # a `fne fit` model, which torch.load cannot read
+        raise not_a_weights_file(weights, "")
     if Path(weights).is_file():
         return "file-" + file_fingerprint(weights, cache)
     if arch in REGISTRY:
-        raise WeightsError(f"--weights {weights}: no such file (give 'imagenet', 'random' or a state dict path)")
+        raise not_a_weights_file(weights, f"--weights {weights}: no such file (give 'imagenet', 'random' or a "
+                                          f"state dict path)")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zarr
 
-from fne.errors import CacheError, FneError
+from fne.errors import CacheError, FneError, expect_path
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 
@@ -45,9 +45,9 @@ def check_target(path: str | Path, folder: bool, option: str = "--out", data=Non
     TypeError names the keyword when `path` is not a path (the Python API's ``out=None``).
     `data`: the verb's DATA, when a local file or folder: `path` may be neither it nor inside it
     (the output would replace the data, or become part of it)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{option.lstrip('-').replace('-', '_')}: expected a path (str or os.PathLike), "
-                        f"got {type(path).__name__}")
+    expect_path(path, option.lstrip('-').replace('-', '_'))
+    if not str(path).strip():  # an unset shell variable: not the current folder
+        raise FneError(f"{option} {str(path)!r}: is empty; give the {'folder' if folder else 'file'} to write")
     path = Path(path).expanduser()
     if isinstance(data, (str, os.PathLike)) and os.path.exists(data):
         d, p = Path(data).resolve(), path.resolve()
@@ -65,6 +65,20 @@ def check_target(path: str | Path, folder: bool, option: str = "--out", data=Non
     if where is not None:
         raise FneError(f"{option} {path}: cannot be written, {where} is not writable")
     return path
+
+
+# The model file of each verb's run folder: a run folder holds the runs of one verb only.
+RUN_MODELS = {"fne fit": "model.joblib", "fne train": "model.pt"}
+
+
+def check_run_folder(out: Path, verb: str) -> Path:
+    """`out`, or an FneError when the run folder holds another verb's run (`RUN_MODELS`): writing
+    this verb's metrics.json there would replace that run's and leave its model beside another's."""
+    for other, model in RUN_MODELS.items():
+        if other != verb and (out / model).is_file():
+            raise FneError(f"--out {out}: holds a `{other}` run ({model}); `{verb}` would replace its "
+                           f"metrics.json and leave the two models mixed: give another folder")
+    return out
 
 
 def unwritable(folder: Path) -> Path | None:

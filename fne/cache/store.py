@@ -212,7 +212,7 @@ class Store:
         store = cls(path, {})
         try:
             meta = store.read_json("store.json")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such folder, or a file
             raise CacheError(f"{store.path} is not a cache store (no store.json)") from None
         except ValueError as e:
             raise CacheError(f"{store.path}/store.json is damaged: {e}") from None

@@ -27,7 +27,7 @@ from fne.data.images import image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
-from fne.errors import DataError
+from fne.errors import DataError, expect_path
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
@@ -205,7 +205,11 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
             raise DataError(f"label_key={label_key!r} is for DATA given by name; the Dataset {spec.name!r} "
                             f"has its labels already")
         return spec
+    expect_path(spec, "data")
     spec_s = str(spec)
+    if not spec_s.strip():  # an unset shell variable: not the current folder
+        raise DataError(f"DATA {spec_s!r} is empty (give a folder, a .csv, a .h5 file, .tar shards, .parquet "
+                        f"files, hf:NAME or 'digits')")
     if spec_s == "digits":
         return _digits()
     if spec_s.startswith("hf:"):
@@ -218,6 +222,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
                         f".parquet files, hf:NAME or 'digits')")
     if path.is_dir() and containers.find_containers(path):
         return _containers(spec_s, label_key, cache)
+    if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
+        raise DataError(f"--label-key {label_key}: applies to tar shards, Parquet and hf: DATA, not {path}")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
@@ -225,8 +231,12 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
+    if not path.is_dir():  # a device, a pipe, a socket
+        raise DataError(f"DATA {path}: neither a folder nor a file (give a folder, a .csv, a .h5 file, .tar "
+                        f"shards or .parquet files)")
     if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
         return _h5_parts(path)
+    _cache_not_listed(path, cache)
     if (path / "train").is_dir() and _held_out([e.name for e in os.scandir(path) if e.is_dir()]):
         return _split_folder(path)
     return _folder(path)
@@ -245,6 +255,21 @@ def _ordered_parts(names: list[str], train: str, test: str, word: dict[str, str 
     side = {n: val_side if w == "val" else w for n, w in word.items()}
     parts = [train] + [n for n in names if n != train and side[n] == "train"]
     return parts + [n for n in names if n != test and side[n] == "test"] + ([test] if test in names else [])
+
+
+def _cache_not_listed(root: Path, cache: str | Path | None) -> None:
+    """DataError when the cache folder (its stores, manifests and listings) is a folder DATA's
+    listing reads: DATA itself, or a visible folder inside it, whose stores would become classes
+    (a hidden one, DATA/.cache, is left out of the listing as every hidden folder is)."""
+    from fne.cache.store import local_root
+
+    c, d = local_root(cache).resolve(), root.resolve()
+    if c != d and (d not in c.parents or c.relative_to(d).parts[0].startswith(".")):
+        return
+    where = "is DATA" if c == d else "is inside DATA"
+    raise DataError(f"DATA {root}: the cache {local_root(cache)} {where}, whose listing would read the cache's "
+                    f"folders as the data's; give --cache a folder outside DATA (or a hidden one, "
+                    f"{root / '.fne-cache'})")
 
 
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:

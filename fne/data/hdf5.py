@@ -58,11 +58,18 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
         for name in ("images", "labels"):
             if name not in f:
                 raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
-        images = f["images"]
+        images, raw = f["images"], f["labels"]
+        for name, d in (("images", images), ("labels", raw)):
+            if not isinstance(d, h5py.Dataset):
+                raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
         if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
             raise DataError(f"HDF5 {path}: images must be N×H×W or N×H×W×3, got shape {images.shape}")
+        if images.dtype != np.uint8:  # Pillow would refuse every image, one by one
+            raise DataError(f"HDF5 {path}: images must be uint8 (0-255), got {images.dtype}")
+        if raw.ndim != 1:
+            raise DataError(f"HDF5 {path}: labels must be one per image (shape N), got shape {raw.shape}")
         n = images.shape[0]
-        raw = f["labels"][()]
+        raw = raw[()]
         if len(raw) != n:
             raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
         names = f["labels"].attrs.get("class_names")

@@ -82,7 +82,14 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
         for e in entries:
             if e.name.startswith("."):
                 continue
-            if e.is_dir():  # follows a symlink
+            try:
+                is_dir = e.is_dir()  # follows a symlink
+            except OSError as err:  # a link to itself, or a chain of links too long: ELOOP
+                warnings.warn(f"skipped {e.path}: {err.strerror or err}", stacklevel=4)
+                if left_out is not None:
+                    left_out.append(e.path)
+                continue
+            if is_dir:
                 folders.append(e.path)
             elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                 if e.is_symlink() and not e.is_file():

@@ -30,6 +30,8 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     if shard is None:
         return None
     if isinstance(shard, tuple):
+        if len(shard) != 2:
+            raise FneError(f"bad --shard {shard!r}; expected (I, N), e.g. (0, 4)")
         i, n = shard
     else:
         try:
@@ -44,7 +46,12 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
 def shard_from_env() -> tuple[int, int] | None:
     """torchrun's RANK / WORLD_SIZE: read by `fne extract` only, never by fit or predict."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return parse_shard((int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])))
+        rank, size = os.environ["RANK"], os.environ["WORLD_SIZE"]
+        try:
+            return parse_shard((int(rank), int(size)))
+        except (ValueError, FneError):
+            raise FneError(f"bad $RANK={rank!r} / $WORLD_SIZE={size!r} (torchrun's): need integers, "
+                           f"0 <= RANK < WORLD_SIZE") from None
     return None
 
 

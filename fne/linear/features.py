@@ -32,6 +32,9 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     spec = spec.strip()
     if spec == "fne":
         return [t.name for t in backbone.taps], "fne"
+    if spec == "auto":  # fit's model selection (fne.linear.selection): no layers to read
+        raise FneError("--features auto is `fne fit`'s cross-validated choice; here give fne, fc6, fc7, last or "
+                       "layer names")
     kind = "l2"
     if spec.startswith("fne:"):
         kind, spec = "fne", spec[4:]

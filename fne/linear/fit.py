@@ -20,7 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fne import options as opts
 from fne import verb_module
-from fne.cache.fs import check_target, is_url, replace_files
+from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
 from fne.data.splits import check_test_classes, duplicate_notes, make_splits
@@ -157,7 +157,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
         raise FneError("auto selection is not available with SGD heads")
-    out = check_target(out, folder=True, data=data)
+    out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
     src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data),

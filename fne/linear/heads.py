@@ -54,4 +54,6 @@ def parse_C(C: str | float) -> float | str:
         raise OptionError(f"bad --C {C!r}; give a positive number or 'auto'") from None
     if not value > 0:  # nan too
         raise OptionError(f"bad --C {C!r}; must be > 0")
+    if value == float("inf"):  # no regularisation: the solvers refuse it
+        raise OptionError(f"bad --C {C!r}; must be finite (a large C, 1e6, regularises little)")
     return value

@@ -20,7 +20,7 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset, load_dataset
-from fne.errors import FneError, WeightsError
+from fne.errors import FneError, WeightsError, expect_path
 from fne.linear.features import Rows, open_rows
 from fne.metrics import predictions_csv
 from fne.options import DataOptions, ForwardOptions
@@ -104,6 +104,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         raise FneError(f"{run_dir} pins {', '.join(fixed)} (its head fits those rows only); predict takes "
                        f"{' and '.join(STORE_OPTIONS)}")
     opts.unexpected(options, StoreSpec, *OPTIONS)
+    expect_path(run_dir, "run_dir")
     out = check_target(out, folder=False, data=data)
     if not (Path(run_dir) / "model.joblib").is_file() and (Path(run_dir) / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fne.errors import FneError
+from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
 from fne.options import (
     FitOptions,
@@ -252,9 +252,10 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     checks: the backbone, feature and C checks of the heavy modules (fne.pipeline.runner.checks());
     None skips them (enough to read settings and published values).
     """
+    expect_path(path, "path")
     file = Path(path)
     if not file.is_file():
-        raise PipelineError(f"pipeline file {path}: no such file")
+        raise PipelineError(f"pipeline file {path}: {'is a folder' if file.is_dir() else 'no such file'}")
     text = file.read_text()
     try:
         raw = tomllib.loads(text)

@@ -32,7 +32,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.cache.fs import check_target, replace_files
-from fne.errors import FneError
+from fne.errors import FneError, expect_path
 from fne.linear import compare
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
@@ -75,11 +75,15 @@ def _find(root: Path, name: str) -> list[Path]:
 
 def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
-    runs, advice, pipelines, seen = [], [], [], set()
+    runs, advice, pipelines, seen, empty = [], [], [], set(), []
+    if not run_dirs:
+        raise FneError("no RUN_DIR given")
     for d in run_dirs:
+        expect_path(d, "run_dirs")
         root = Path(d).expanduser()
         if not root.exists():
             raise FneError(f"RUN_DIR {d}: does not exist")
+        found = len(runs) + len(advice)
         for p in _find(root, "metrics.json"):
             if p.resolve() in seen:
                 continue
@@ -97,9 +101,13 @@ def collect(run_dirs: list[str | Path]) -> dict:
             pj = _read_json(p)
             if pj is not None:
                 pipelines.append(pj)
+        if len(runs) + len(advice) == found:
+            empty.append(str(d))
     if not runs:
         raise FneError(f"no metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
                        f"`fne train` or `fne run` first)")
+    if empty:  # a mistyped RUN_DIR: the report would lack its runs without a word
+        warnings.warn(f"no run under {', '.join(empty)} (no metrics.json): left out of the report", stacklevel=2)
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 

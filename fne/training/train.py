@@ -30,7 +30,7 @@ from fne import options, verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_target, replace_files
+from fne.cache.fs import check_run_folder, check_target, replace_files
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.data.splits import duplicate_notes, make_splits, train_val_test
@@ -63,6 +63,12 @@ from fne.training.transfer import (
     kept_statistics,
     train_mode,
 )
+
+
+def _text(path):
+    """A path argument as the string TrainConfig holds; anything else as given, for `options.check`
+    to name (str() made out=None a folder named None)."""
+    return os.fspath(path) if isinstance(path, os.PathLike) else path
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -132,12 +138,13 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     options.unexpected(kwargs, DataOptions, TrainConfig)
     data_o = options.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
     dataset = data if isinstance(data, Dataset) else None
-    cfg = TrainConfig(data=dataset.name if dataset is not None else str(data), mode=mode, out=str(out),
+    cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg)
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
+    check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key)
     if dataset.labels is None or len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
