@@ -87,7 +87,7 @@ def test_numbers_equal_metrics(built):
     # every measured value, formatted as a percentage with one decimal, is metrics.json's
     for name, dirname in (("fne+svm", "a/fne"), ("fc7+svm", "a/fc7")):
         m = json.loads((runs / dirname / "metrics.json").read_text())
-        acc, mca, pub, secs, ext, imgs, splits = rows[name]
+        acc, acc_ci, mca, mca_ci, pub, secs, ext, imgs, splits = rows[name]
         assert acc.strip("*") == f"{100 * m['accuracy']:.1f} ± {100 * m['accuracy_std']:.1f}"
         assert mca.strip("*") == f"{100 * m['mean_class_accuracy']:.1f} ± {100 * m['mean_class_accuracy_std']:.1f}"
         assert secs.strip("*") == f"{m['fit_seconds']:.2f}"
@@ -111,9 +111,9 @@ def test_best_values_marked(built):
     rows = md_rows(built["md"], "pets")
     assert rows["fne+svm"][0].startswith("**")  # highest accuracy
     assert not rows["fc7+svm"][0].startswith("**")
-    assert rows["fc7+svm"][3].startswith("**")  # fewest fit seconds
-    assert not rows["fne+svm"][3].startswith("**")
-    assert rows["fc7+svm"][1].startswith("**")  # highest mean class accuracy
+    assert rows["fc7+svm"][5].startswith("**")  # fewest fit seconds
+    assert not rows["fne+svm"][5].startswith("**")
+    assert rows["fc7+svm"][2].startswith("**")  # highest mean class accuracy
     html = built["html"]
     best = re.findall(r"<td class='best' data-col='accuracy'>([^<]*)</td>", html)
     assert best == ["91.2 ± 1.2"]  # flowers has a single row: nothing to rank
@@ -122,19 +122,19 @@ def test_best_values_marked(built):
 def test_published_separate_and_labelled(built):
     md = built["md"]
     rows = md_rows(md, "pets")
-    assert rows["fne+svm"][2] == "89.2 (published)"
-    assert rows["fc7+svm"][2] == "89.6 ± 0.4 (published)"
-    assert rows["train:finetune"][2] == "—"
+    assert rows["fne+svm"][4] == "89.2 (published)"
+    assert rows["fc7+svm"][4] == "89.6 ± 0.4 (published)"
+    assert rows["train:finetune"][4] == "—"
     # a published-only method is its own labelled row with no measured values
     only = rows["SotA at the time (published only)"]
-    assert only[:2] == ["—", "—"] and only[2] == "91.6 (published)"
+    assert only[:4] == ["—", "—", "—", "—"] and only[4] == "91.6 (published)"
     assert "Paper 2018, table 1" in md
     # the best-marking ignores published numbers (91.6 would beat every measurement)
     assert rows["fne+svm"][0].startswith("**")
     html = built["html"]
     assert "<td class='published'>89.2 <small>(published)</small></td>" in html
     # no published values for a dataset without references
-    assert all(c[2] == "—" for c in md_rows(md, "flowers").values())
+    assert all(c[4] == "—" for c in md_rows(md, "flowers").values())
 
 
 def test_header_figures_and_confusions(built):
@@ -195,8 +195,8 @@ def test_runs_recorded_without_the_mean_class_accuracy_still_report_it_as_a_dash
     assert rows["fc7+svm"]["runs"] == 2 and rows["fc7+svm"]["mean_class_accuracy"] is None
     assert rows["last+svm"]["mean_class_accuracy"] is None and rows["fne+svm"]["mean_class_accuracy"] == 0.85
     md_cells = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
-    assert md_cells["fc7+svm (2 runs)"][1] == md_cells["last+svm"][1] == "—"
-    assert md_cells["fne+svm"][1].strip("*") == "85.0 ± 2.0"
+    assert md_cells["fc7+svm (2 runs)"][2] == md_cells["last+svm"][2] == "—"
+    assert md_cells["fne+svm"][2].strip("*") == "85.0 ± 2.0"
     html = (tmp_path / "rep" / "report.html").read_text()
     assert re.findall(r"data-col='mean_class_accuracy'>([^<]*)<", html) == ["85.0 ± 2.0", "—", "—", "—"]
     assert len(re.findall(r"src='data:image/png;base64,", html)) == 3
@@ -356,7 +356,7 @@ def test_extraction_seconds_are_measured_or_cached(tmp_path):
     out = tmp_path / "rep"
     r = report([root], out, figures=False)
     rows = md_rows((out / "report.md").read_text(), "pets")
-    ext = {name: cells[4].strip("*") for name, cells in rows.items()}
+    ext = {name: cells[6].strip("*") for name, cells in rows.items()}
     assert ext == {"fne+svm": "12.5", "fc7+svm": "cached", "fc6+svm": "cached", "last+svm": "33.0"}
     by = {row["method"]: row for row in r["datasets"][0]["rows"]}
     assert by["fne+svm"]["extract_seconds"] == 12.5 and by["fc7+svm"]["extract_seconds"] is None
@@ -370,7 +370,7 @@ def test_report_with_a_pipeline_whose_datasets_are_absent(tmp_path, monkeypatch)
     pipeline = Path(__file__).resolve().parents[1] / "pipelines" / "fne-paper-pets.toml"
     out = tmp_path / "rep"
     report([root], out, pipeline=pipeline, figures=False)
-    assert md_rows((out / "report.md").read_text(), "pets")["fne+svm"][2] == "89.2 (published)"
+    assert md_rows((out / "report.md").read_text(), "pets")["fne+svm"][4] == "89.2 (published)"
 
 
 def _splits(accs):
@@ -469,7 +469,7 @@ def test_equal_accuracies_are_equally_best(tmp_path):
     rows = md_rows(md, "pets")
     assert rows["fne+svm"][0].startswith("**") and rows["last+svm"][0].startswith("**")
     assert not rows["fc7+svm"][0].startswith("**")
-    assert rows["fne+svm"][3] == rows["last+svm"][3] == "**0.01**" and rows["fc7+svm"][3] == "0.02"
+    assert rows["fne+svm"][5] == rows["last+svm"][5] == "**0.01**" and rows["fc7+svm"][5] == "0.02"
     assert ds["verdict"]["kind"] == "tie"
 
 

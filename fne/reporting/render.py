@@ -36,6 +36,33 @@ def secs(v: float | None) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 1000 else f"{v:,.0f}"
 
 
+def ci_str(ci: dict | None) -> str:
+    """A confidence interval in percent, `88.0–94.0` (its level beside it unless 95%); — for none."""
+    if not ci:
+        return "—"
+    level = "" if abs(ci.get("level", 0.95) - 0.95) < 1e-9 else f" ({100 * ci['level']:g}%)"
+    return f"{100 * ci['low']:.1f}–{100 * ci['high']:.1f}{level}"
+
+
+def _family(method: str) -> str:
+    """An interval's method without its counts: "corrected resampled t interval (Nadeau & Bengio 2003)"
+    of "corrected resampled t interval over 10 random splits (Nadeau & Bengio 2003)"."""
+    name = re.split(r" over | of the mean", method)[0]
+    cite = re.search(r"\(([^()]*\d{4})\)", method)
+    return name + (f" ({cite.group(1)})" if cite else "")
+
+
+def interval_sentence(rows: list[dict]) -> str:
+    """What the CI columns hold: the methods the rows' intervals name, and why a row shows none."""
+    fams = {name: list(dict.fromkeys(_family(r[key]["method"]) for r in rows if r.get(key)))
+            for key, name in (("accuracy_ci", "accuracy"), ("mean_class_accuracy_ci", "mean class accuracy"))}
+    text = ("95% CI: the 95% confidence interval that the run's metrics.json records (accuracy_ci, "
+            "mean_class_accuracy_ci), for a row of several runs on random splits recomputed over all their splits")
+    text += "".join(f"; {name}: {', '.join(f)}" for name, f in fams.items() if f)
+    missing = dict.fromkeys(f"{r['label']}: {r['interval_note']}" for r in rows if r.get("interval_note"))
+    return text + (f". No interval (—) for {'; '.join(missing)}" if missing else "")
+
+
 def images_str(r: dict) -> str:
     n = r.get("n_images")
     parts = f" ({r['n_train']}/{r['n_test']})" if r.get("n_train") is not None and r.get("n_test") is not None else ""
@@ -46,7 +73,9 @@ def cells(r: dict) -> dict[str, str]:
     one = r.get("n_splits") == 1  # a single split has no spread: print no "± 0.0"
     return {
         "accuracy": pct(r.get("accuracy"), None if one else r.get("accuracy_std")),
+        "accuracy_ci": ci_str(r.get("accuracy_ci")),
         "mean_class_accuracy": pct(r.get("mean_class_accuracy"), None if one else r.get("mean_class_accuracy_std")),
+        "mean_class_accuracy_ci": ci_str(r.get("mean_class_accuracy_ci")),
         "seconds": secs(r.get("seconds")),
         "extract_seconds": ("cached" if r.get("extract_cached") and r.get("extract_seconds") is None
                             else secs(r.get("extract_seconds"))),
@@ -63,7 +92,8 @@ MEAN_CLASS = ("Mean class accuracy: the mean of the per-class recalls (balanced 
               "many test images. The rows' order, the winner and its tests stay on accuracy, for which the paired "
               "tests (McNemar's, the corrected t-test) are defined; — : a run whose metrics.json does not record it")
 
-TABLE_HEAD = ("method", "accuracy %", "mean class accuracy %", "published accuracy %",
+TABLE_HEAD = ("method", "accuracy %", "accuracy 95% CI", "mean class accuracy %", "mean class 95% CI",
+              "published accuracy %",
               "fit/train s", "extraction s", "images (train/test)", "splits")
 
 
@@ -134,21 +164,21 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             c = cells(r)
             L.append("| " + " | ".join([
                 label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else ""),
-                _md_cell(c["accuracy"], "accuracy" in r["best"]),
-                _md_cell(c["mean_class_accuracy"], "mean_class_accuracy" in r["best"]),
+                _md_cell(c["accuracy"], "accuracy" in r["best"]), c["accuracy_ci"],
+                _md_cell(c["mean_class_accuracy"], "mean_class_accuracy" in r["best"]), c["mean_class_accuracy_ci"],
                 (pub_str(r["published"]) + " (published)") if r.get("published") else "—",
                 _md_cell(c["seconds"], "seconds" in r["best"]),
                 _md_cell(c["extract_seconds"], "extract_seconds" in r["best"]),
                 images_str(r), str(r.get("n_splits") or "—"),
             ]) + " |")
         for name, p in ds["published"]["only"].items():
-            L.append(f"| {name} (published only) | — | — | {pub_str(p)} (published) | — | — | — | — |")
+            L.append(f"| {name} (published only) | — | — | — | — | {pub_str(p)} (published) | — | — | — | — |")
         L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds), beyond noise "
               "or not (the verdict below says); rows "
               "scored on a subset of the classes (direct mode's class map) are not ranked. "
               f"{SPREAD}. {MEAN_CLASS}. Published values are references from the pipeline file, "
               "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
-                                               else "") + "."]
+                                               else "") + ".", "", interval_sentence(ds["rows"]) + "."]
         if ds["published"].get("note"):
             L += ["", f"Published values note: {ds['published']['note']}"]
         if ds.get("protocol_note"):
@@ -288,11 +318,12 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                    if r.get("published") else "<td>—</td>")
             runs = f" <small>({r['runs']} runs)</small>" if r["runs"] > 1 else ""
             H.append(f"<tr><td class='method'>{_e(label(r, ds['multi_backbone']))}{runs}</td>"
-                     + td("accuracy") + td("mean_class_accuracy") + pub + td("seconds") + td("extract_seconds")
+                     + td("accuracy") + td("accuracy_ci") + td("mean_class_accuracy") + td("mean_class_accuracy_ci")
+                     + pub + td("seconds") + td("extract_seconds")
                      + f"<td>{_e(images_str(r))}</td><td>{_e(r.get('n_splits') or '—')}</td></tr>")
         for name, p in ds["published"]["only"].items():
             H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
-                     f"<td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
+                     f"<td>—</td><td>—</td><td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
                      "<td>—</td><td>—</td><td>—</td><td>—</td></tr>")
         H.append("</tbody></table>")
         src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
@@ -300,6 +331,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                  "seconds), beyond noise or not (the verdict below says); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
                  f"{_e(SPREAD)}. {_e(MEAN_CLASS)}. Published values (italic) are references from the "
                  f"pipeline file, not measurements of this run.{src}</small></p>")
+        H.append(f"<p class='intervals'><small>{_e(interval_sentence(ds['rows']))}.</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
         if ds.get("protocol_note"):

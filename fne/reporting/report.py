@@ -34,12 +34,15 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_files
 from fne.errors import FneError, expect_path
 from fne.linear import compare
+from fne.metrics import accuracy_interval, mean_class_interval
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.render import (
     cells,
+    confused_pairs,
+    interval_sentence,
     label,
     pct,
     pub_str,
@@ -47,6 +50,7 @@ from fne.reporting.render import (
     render_md,
     secs,
     winner_sentences,
+    worst_classes,
 )
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
@@ -230,6 +234,10 @@ def _row(runs: list[dict]) -> dict:
         row["seconds"] = _f(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
         row["confusion"] = m0.get("confusion")
+        row["accuracy_ci"], row["mean_class_accuracy_ci"] = (_interval(m0.get("accuracy_ci")),
+                                                             _interval(m0.get("mean_class_accuracy_ci")))
+        row["interval_note"] = (NO_INTERVAL if row["accuracy_ci"] is None or row["mean_class_accuracy_ci"] is None
+                                else None)
         return row
     splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
                                                            "mean_class_accuracy": m.get("mean_class_accuracy")}])]
@@ -248,7 +256,50 @@ def _row(runs: list[dict]) -> dict:
     conf = [np.array(m["confusion"]) for m in ms if m.get("confusion")]
     row["confusion"] = (sum(conf[1:], conf[0]).tolist()
                         if conf and all(c.shape == conf[0].shape for c in conf) else None)
+    row["accuracy_ci"], row["mean_class_accuracy_ci"], row["interval_note"] = pooled_intervals(runs, splits)
     return row
+
+
+NO_INTERVAL = "its metrics.json does not record it (a run written before fne kept accuracy_ci, mean_class_accuracy_ci)"
+
+
+def _interval(v) -> dict | None:
+    """metrics.json's accuracy_ci / mean_class_accuracy_ci as the report keeps it; None where not recorded."""
+    if not isinstance(v, dict) or _f(v.get("low")) is None or _f(v.get("high")) is None:
+        return None
+    return {"low": _f(v["low"]), "high": _f(v["high"]), "level": _f(v.get("level")) or 0.95,
+            "method": str(v.get("method") or "?")}
+
+
+def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None, dict | None, str | None]:
+    """(accuracy interval, mean class interval, why one is missing) of a row pooled over seeds.
+
+    Runs of one setting that differ in the seed, on random splits, are more random train/test
+    splits of the same images: `fne.metrics.accuracy_interval` / `mean_class_interval` over all
+    their splits (Nadeau & Bengio's corrected t over the K splits of every seed) is the interval
+    that one run of that many splits would have recorded. Runs scored on the same test images (a
+    predefined split, or one seed twice) are not: their spread across seeds is the training's alone,
+    with the test images' sampling left out, so no interval is shown; nor where the runs do not
+    record what tells (split protocol or the test images' hash, per-split sizes).
+    """
+    m0 = runs[0]["metrics"]
+    protocol, hashes = str(m0.get("split_protocol") or ""), [s.get("test_hash") for s in splits]
+    if protocol.startswith("predefined") or len(set(filter(None, hashes))) < len(list(filter(None, hashes))):
+        return None, None, ("its runs were scored on the same test images (a predefined split, or one seed twice): "
+                            "their spread across seeds leaves out the test images' sampling")
+    if not all(_f(s.get("accuracy")) is not None and (_f(s.get("n_train")) or 0) > 0 and (_f(s.get("n_test")) or 0) > 0
+               for s in splits) or not (protocol or all(hashes)):
+        return None, None, ("its runs do not record what an interval over their splits needs (per-split sizes, "
+                            "and split protocol or test images)")
+    acc = accuracy_interval(splits)
+    mca = np.array([_f(s.get("mean_class_accuracy")) for s in splits], dtype=float)
+    # all splits of one figure: Price & Bonett's interval of one split's confusion, known where the first run has one
+    one = m0.get("confusion") if len(m0.get("splits") or []) == 1 else None
+    if np.isnan(mca).any() or (np.ptp(mca) <= 1e-12 and one is None):
+        return acc, None, "mean class accuracy: " + ("not recorded by every run" if np.isnan(mca).any() else
+                                                     "every split gave one figure and no single split's confusion "
+                                                     "matrix is recorded")
+    return acc, mean_class_interval(splits, one), None
 
 
 def published_for(pipelines: list[dict]) -> dict[str, dict]:
@@ -428,8 +479,11 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
     out = []
     for ds in datasets:
         rows = [{k: v for k, v in r.items() if k not in ("confusion",)} for r in ds["rows"]]
+        w = ds["winner"] or {}  # the lists report.md shows under the winner
         out.append({**{k: v for k, v in ds.items() if k not in ("rows", "winner")}, "rows": rows,
-                    "winner": ds["winner"]["method"] if ds["winner"] else None})
+                    "winner": w.get("method"), "interval_note": interval_sentence(ds["rows"]),
+                    "winner_confused_pairs": confused_pairs(w.get("confusion"), w.get("classes")) if w else [],
+                    "winner_worst_classes": worst_classes(w.get("confusion"), w.get("classes")) if w else []})
     return out
 
 
@@ -489,15 +543,17 @@ def table_text(datasets: list[dict]) -> str:
     for ds in datasets:
         L.append(f"{ds['dataset']}:")
         width = max([len(label(r, ds["multi_backbone"])) for r in ds["rows"]] + [6])
-        L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'mean class %':>13}  {'published':>11}  "
-                 f"{'fit/train s':>11}  {'extract s':>9}")
+        L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
+                 f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
         for r in ds["rows"]:
             c = cells(r)
-            L.append(f"  {label(r, ds['multi_backbone']):<{width}}  {c['accuracy']:>13}  "
-                     f"{c['mean_class_accuracy']:>13}  {pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
+            L.append(f"  {label(r, ds['multi_backbone']):<{width}}  {c['accuracy']:>13}  {c['accuracy_ci']:>11}  "
+                     f"{c['mean_class_accuracy']:>13}  {c['mean_class_accuracy_ci']:>11}  "
+                     f"{pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
                      f"{c['extract_seconds']:>9}")
         for name, p in ds["published"]["only"].items():
-            L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>13}  {pub_str(p):>11}")
+            L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>11}  {'—':>13}  {'—':>11}  "
+                     f"{pub_str(p):>11}")
         if ds["winner"]:
             lead, best, rest, versus = winner_sentences(ds)
             versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
