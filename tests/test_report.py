@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import re
+from html import unescape
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fne.errors import FneError
+from fne.reporting.render import TABLE_HEAD
 from fne.reporting.report import report, table_text
 
 CLASSES = ["cat", "dog", "fox"]
@@ -491,3 +494,111 @@ def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, split_protocol="predefined", seed=0, splits=_splits([0.9])),
         "b": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, split_protocol="predefined", seed=1, splits=_splits([0.8]))})
     assert ds["protocol_note"] is None and "not all scored" not in md
+
+
+WILSON = {"low": 0.8, "high": 0.95, "level": 0.95, "method": "Wilson score interval over 10 test images"}
+PRICE_BONETT = {"low": 0.7, "high": 0.93, "level": 0.95,
+                "method": "adjusted Wald interval of the mean of 3 classes' recalls over 10 test images (Price & Bonett 2004)"}
+
+
+def _ci_cells(md: str, html: str, console: str, name: str) -> list[list[str]]:
+    """The row's two interval cells in report.md, report.html and the console table (whose cells
+    end where their column's title does)."""
+    md_cells = md_rows(md, "pets")[name]
+    tr = next(t for t in html.split("<tr>") if t.startswith(f"<td class='method'>{name}"))
+    head, *lines = console.splitlines()[1:]
+    ends = [m.end() for m in re.finditer("95% CI", head)]
+    line = next(x for x in lines if x.startswith(f"  {name} "))
+    return [[md_cells[1], md_cells[3]], re.findall(r"data-col='(?:accuracy|mean_class_accuracy)_ci'>([^<]*)<", tr),
+            [line[e - 11:e].strip() for e in ends]]
+
+
+def test_the_interval_columns_show_metrics_json_intervals_and_a_dash_for_old_runs(tmp_path):
+    """A run's accuracy_ci / mean_class_accuracy_ci beside its figures, in percent, in report.md,
+    report.html, report.json and the console; a run recorded before fne kept them: "—", and the
+    sentence under the table names the methods of the records and why a row has none."""
+    ds, md, html = _verdict_report(tmp_path, {
+        "new": fake_metrics("fne+svm", 0.9, 0.0, 0.85, 0.0, splits=_splits([0.9]), accuracy_ci=WILSON,
+                            mean_class_accuracy_ci=PRICE_BONETT),
+        "old": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, splits=_splits([0.8]))})
+    console = table_text([ds])
+    assert _ci_cells(md, html, console, "fne+svm") == [["80.0–95.0", "70.0–93.0"]] * 3
+    assert _ci_cells(md, html, console, "fc7+svm") == [["—", "—"]] * 3
+    assert TABLE_HEAD[1:5] == ("accuracy %", "accuracy 95% CI", "mean class accuracy %", "mean class 95% CI")
+    sentence = ("95% CI: the 95% confidence interval that the run's metrics.json records (accuracy_ci, "
+                "mean_class_accuracy_ci), for a row of several runs on random splits recomputed over all their "
+                "splits; accuracy: Wilson score interval; mean class accuracy: adjusted Wald interval (Price & Bonett "
+                "2004). No interval (—) for fc7+svm: its metrics.json does not record it")
+    assert sentence in md and unescape(html).count(sentence) == 1
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())["datasets"][0]
+    by = {row["method"]: row for row in data["rows"]}
+    assert by["fne+svm"]["accuracy_ci"] == WILSON and by["fne+svm"]["mean_class_accuracy_ci"] == PRICE_BONETT
+    assert by["fne+svm"]["no_interval"] is None
+    assert by["fc7+svm"]["accuracy_ci"] is None and by["fc7+svm"]["mean_class_accuracy_ci"] is None
+    assert "does not record it" in by["fc7+svm"]["no_interval"] and data["interval_note"].startswith(sentence)
+
+
+def test_rows_pooled_over_seeds_get_the_interval_of_all_their_random_splits_or_none_with_why(tmp_path):
+    """Seeds of random splits: Nadeau & Bengio's corrected t interval over the pooled splits (here
+    4 of 30 training and 10 test images: mean ± t(3) * sqrt((1/4 + 10/30) * s^2)), not either run's.
+    Seeds of one predefined split, or one seed twice (same test images): none, and why."""
+    from scipy import stats
+
+    ci = {"low": 0.0, "high": 1.0, "level": 0.95, "method": "corrected resampled t interval over 2 random splits"}
+    runs = {f"r{seed}": fake_metrics("fne+svm", sum(a) / 2, 0.05, sum(a) / 2, 0.05, seed=seed, accuracy_ci=ci,
+                                     mean_class_accuracy_ci=ci, split_protocol="2x stratified test_size=0.25",
+                                     splits=[{**s, "test_hash": f"h{seed}{i}"} for i, s in enumerate(_splits(a))])
+            for seed, a in ((0, [0.7, 0.8]), (1, [0.75, 0.85]))}
+    runs |= {f"t{seed}": fake_metrics("train:finetune", a, 0.0, a, 0.0, kind="train", seed=seed,
+                                      split_protocol="predefined", accuracy_ci=WILSON, mean_class_accuracy_ci=WILSON,
+                                      splits=_splits([a]))
+             for seed, a in ((0, 0.6), (1, 0.65))}
+    twice = dict(split_protocol="1x stratified test_size=0.25", seed=3, accuracy_ci=WILSON)
+    runs |= {f"d{i}": fake_metrics("last+svm", 0.5, 0.0, 0.5, 0.0, splits=[{**_splits([0.5])[0], "test_hash": "same"}],
+                                   **twice) for i in (0, 1)}
+    ds, md, html = _verdict_report(tmp_path, runs)
+    by = {row["method"]: row for row in ds["rows"]}
+    acc = np.array([0.7, 0.8, 0.75, 0.85])
+    half = stats.t.ppf(0.975, 3) * np.sqrt((1 / 4 + 10 / 30) * acc.var(ddof=1))
+    pooled = by["fne+svm"]
+    assert pooled["runs"] == 2 and pooled["no_interval"] is None
+    for key in ("accuracy_ci", "mean_class_accuracy_ci"):  # mean class accuracy = accuracy in these splits
+        assert (pooled[key]["low"], pooled[key]["high"]) == pytest.approx((acc.mean() - half, acc.mean() + half))
+        assert pooled[key]["method"] == "corrected resampled t interval over 4 random splits (Nadeau & Bengio 2003)"
+    cells = md_rows(md, "pets")
+    assert [cells["fne+svm (2 runs)"][i] for i in (1, 3)] == [f"{100 * (acc.mean() - half):.1f}–"
+                                                              f"{100 * (acc.mean() + half):.1f}"] * 2
+    for name in ("train:finetune", "last+svm"):
+        assert by[name]["accuracy_ci"] is None and by[name]["mean_class_accuracy_ci"] is None
+        assert by[name]["no_interval"].startswith("its runs were scored on the same test images")
+        assert [cells[f"{name} (2 runs)"][i] for i in (1, 3)] == ["—", "—"]
+        assert f"{name}: its runs were scored on the same test images" in md
+
+
+def test_a_pooled_row_without_what_its_interval_needs_shows_none(tmp_path):
+    """Pooled runs recorded without per-split sizes, or whose splits all gave one mean class accuracy
+    and whose first run has several splits (no single split's confusion matrix to take Price &
+    Bonett's interval from: the summed one would be too narrow): no interval there, and why."""
+    ds, md, _ = _verdict_report(tmp_path, {
+        **{f"s{seed}": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, seed=seed, split_protocol="1x stratified",
+                                    splits=[{"accuracy": 0.8, "mean_class_accuracy": 0.8}]) for seed in (0, 1)},
+        **{f"m{seed}": fake_metrics("fne+svm", 0.9, 0.05, 0.8, 0.0, seed=seed, split_protocol="2x stratified",
+                                    splits=[{**s, "mean_class_accuracy": 0.8} for s in _splits([0.85, 0.95])])
+           for seed in (0, 1)}})
+    by = {row["method"]: row for row in ds["rows"]}
+    assert by["fc7+svm"]["accuracy_ci"] is None and "per-split sizes" in by["fc7+svm"]["no_interval"]
+    assert by["fne+svm"]["accuracy_ci"]["method"].startswith("corrected resampled t interval over 4 random splits")
+    assert by["fne+svm"]["mean_class_accuracy_ci"] is None
+    assert "no single split's confusion matrix" in by["fne+svm"]["no_interval"]
+    assert md_rows(md, "pets")["fne+svm (2 runs)"][3] == "—"
+
+
+def test_report_json_keeps_the_winners_worst_classes_and_confused_pairs(built):
+    """report.json holds the lists report.md shows under the winner."""
+    pets = next(d for d in built["json"]["datasets"] if d["dataset"] == "pets")
+    assert pets["winner_worst_classes"] == [{"class": "dog", "recall": 0.6, "right": 6, "n_test": 10},
+                                            {"class": "cat", "recall": 0.9, "right": 9, "n_test": 10}]
+    assert pets["winner_confused_pairs"][0] == {"true": "dog", "predicted": "cat", "count": 4, "share": 0.4}
+    # fake_metrics' runs predate the intervals: "—" everywhere, said once under the table
+    assert all(row["accuracy_ci"] is None and row["no_interval"] for row in pets["rows"])
+    assert all(cells[1] == cells[3] == "—" for cells in md_rows(built["md"], "pets").values())

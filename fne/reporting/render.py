@@ -59,7 +59,7 @@ def interval_sentence(rows: list[dict]) -> str:
     text = ("95% CI: the 95% confidence interval that the run's metrics.json records (accuracy_ci, "
             "mean_class_accuracy_ci), for a row of several runs on random splits recomputed over all their splits")
     text += "".join(f"; {name}: {', '.join(f)}" for name, f in fams.items() if f)
-    missing = dict.fromkeys(f"{r['label']}: {r['interval_note']}" for r in rows if r.get("interval_note"))
+    missing = dict.fromkeys(f"{r['label']}: {r['no_interval']}" for r in rows if r.get("no_interval"))
     return text + (f". No interval (—) for {'; '.join(missing)}" if missing else "")
 
 
@@ -292,6 +292,23 @@ def _e(s) -> str:
     return html.escape(str(s))
 
 
+def _html_row(r: dict, multi: bool) -> str:
+    """One row of report.html's table; the best values of their columns highlighted."""
+    c = cells(r)
+
+    def td(col):
+        cls = " class='best'" if col in r["best"] and c[col] != "—" else ""
+        return f"<td{cls} data-col='{col}'>{_e(c[col])}</td>"
+
+    pub = (f"<td class='published'>{_e(pub_str(r['published']))} <small>(published)</small></td>"
+           if r.get("published") else "<td>—</td>")
+    runs = f" <small>({r['runs']} runs)</small>" if r["runs"] > 1 else ""
+    return (f"<tr><td class='method'>{_e(label(r, multi))}{runs}</td>"
+            + td("accuracy") + td("accuracy_ci") + td("mean_class_accuracy") + td("mean_class_accuracy_ci")
+            + pub + td("seconds") + td("extract_seconds")
+            + f"<td>{_e(images_str(r))}</td><td>{_e(r.get('n_splits') or '—')}</td></tr>")
+
+
 def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
     H = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
          "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -307,20 +324,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append(f"<h2>{_e(ds['dataset'])}</h2>")
         H.append("<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD)
                  + "</tr></thead><tbody>")
-        for r in ds["rows"]:
-            c = cells(r)
-
-            def td(col, r=r, c=c):
-                cls = " class='best'" if col in r["best"] and c[col] != "—" else ""
-                return f"<td{cls} data-col='{col}'>{_e(c[col])}</td>"
-
-            pub = (f"<td class='published'>{_e(pub_str(r['published']))} <small>(published)</small></td>"
-                   if r.get("published") else "<td>—</td>")
-            runs = f" <small>({r['runs']} runs)</small>" if r["runs"] > 1 else ""
-            H.append(f"<tr><td class='method'>{_e(label(r, ds['multi_backbone']))}{runs}</td>"
-                     + td("accuracy") + td("accuracy_ci") + td("mean_class_accuracy") + td("mean_class_accuracy_ci")
-                     + pub + td("seconds") + td("extract_seconds")
-                     + f"<td>{_e(images_str(r))}</td><td>{_e(r.get('n_splits') or '—')}</td></tr>")
+        H += [_html_row(r, ds["multi_backbone"]) for r in ds["rows"]]
         for name, p in ds["published"]["only"].items():
             H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
                      f"<td>—</td><td>—</td><td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"

@@ -236,7 +236,7 @@ def _row(runs: list[dict]) -> dict:
         row["confusion"] = m0.get("confusion")
         row["accuracy_ci"], row["mean_class_accuracy_ci"] = (_interval(m0.get("accuracy_ci")),
                                                              _interval(m0.get("mean_class_accuracy_ci")))
-        row["interval_note"] = (NO_INTERVAL if row["accuracy_ci"] is None or row["mean_class_accuracy_ci"] is None
+        row["no_interval"] = (NO_INTERVAL if row["accuracy_ci"] is None or row["mean_class_accuracy_ci"] is None
                                 else None)
         return row
     splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
@@ -256,7 +256,7 @@ def _row(runs: list[dict]) -> dict:
     conf = [np.array(m["confusion"]) for m in ms if m.get("confusion")]
     row["confusion"] = (sum(conf[1:], conf[0]).tolist()
                         if conf and all(c.shape == conf[0].shape for c in conf) else None)
-    row["accuracy_ci"], row["mean_class_accuracy_ci"], row["interval_note"] = pooled_intervals(runs, splits)
+    row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = pooled_intervals(runs, splits)
     return row
 
 
