@@ -225,7 +225,10 @@ def test_fit_and_train_record_the_mean_class_accuracy_of_an_unbalanced_test_set_
     text = open(md).read()
     for m in (m1, m2):
         line = next(x for x in text.splitlines() if x.startswith(f"| {m['method']} "))
-        assert line.split("|")[3].strip(" *") == f"{100 * m['mean_class_accuracy']:.1f}"
+        cells = [c.strip(" *") for c in line.split("|")]
+        assert cells[4] == f"{100 * m['mean_class_accuracy']:.1f}"
+        for i, key in ((3, "accuracy_ci"), (5, "mean_class_accuracy_ci")):  # the intervals beside, in percent
+            assert cells[i] == f"{100 * m[key]['low']:.1f}–{100 * m[key]['high']:.1f}"
 
 
 # ------------------------------------------------------------- fit against train
