@@ -554,8 +554,12 @@ def test_rows_pooled_over_seeds_get_the_interval_of_all_their_random_splits_or_n
                                       splits=_splits([a]))
              for seed, a in ((0, 0.6), (1, 0.65))}
     twice = dict(split_protocol="1x stratified test_size=0.25", seed=3, accuracy_ci=WILSON)
-    runs |= {f"d{i}": fake_metrics("last+svm", 0.5, 0.0, 0.5, 0.0, splits=[{**_splits([0.5])[0], "test_hash": "same"}],
-                                   **twice) for i in (0, 1)}
+    runs |= {f"d{i}": fake_metrics("last+svm", a, 0.0, a, 0.0, splits=[{**_splits([a])[0], "test_hash": "same"}],
+                                   **twice) for i, a in enumerate((0.5, 0.55))}
+    # seeds that changed nothing on one predefined split: one measurement, its Wilson interval over 10 images
+    runs |= {f"s{seed}": fake_metrics("fc6+svm", 0.4, 0.0, 0.4, 0.0, seed=seed, split_protocol="predefined",
+                                      splits=_splits([0.4]), confusion=[[4, 6, 0], [0, 0, 0], [0, 0, 0]])
+             for seed in (0, 1)}
     ds, md, html = _verdict_report(tmp_path, runs)
     by = {row["method"]: row for row in ds["rows"]}
     acc = np.array([0.7, 0.8, 0.75, 0.85])
@@ -573,10 +577,17 @@ def test_rows_pooled_over_seeds_get_the_interval_of_all_their_random_splits_or_n
         assert by[name]["no_interval"].startswith("its runs were scored on the same test images")
         assert [cells[f"{name} (2 runs)"][i] for i in (1, 3)] == ["—", "—"]
         assert f"{name}: its runs were scored on the same test images" in md
+    wilson = stats.binomtest(4, 10).proportion_ci(0.95, "wilson")
+    same = by["fc6+svm"]
+    assert (same["accuracy_ci"]["low"], same["accuracy_ci"]["high"]) == pytest.approx((wilson.low, wilson.high))
+    assert same["accuracy_ci"]["method"].startswith("Wilson score interval over 10 test images")
+    assert same["mean_class_accuracy_ci"]["method"].startswith("adjusted Wald interval of the mean of 1 classes")
+    assert same["no_interval"] is None
 
 
 def test_a_pooled_row_without_what_its_interval_needs_shows_none(tmp_path):
-    """Pooled runs recorded without per-split sizes, or whose splits all gave one mean class accuracy
+    """Pooled runs recorded without per-split sizes; runs of direct mode (no training image: the
+    corrected t's n_test / n_train is undefined); runs whose splits all gave one mean class accuracy
     and whose first run has several splits (no single split's confusion matrix to take Price &
     Bonett's interval from: the summed one would be too narrow): no interval there, and why."""
     ds, md, _ = _verdict_report(tmp_path, {
@@ -584,9 +595,13 @@ def test_a_pooled_row_without_what_its_interval_needs_shows_none(tmp_path):
                                     splits=[{"accuracy": 0.8, "mean_class_accuracy": 0.8}]) for seed in (0, 1)},
         **{f"m{seed}": fake_metrics("fne+svm", 0.9, 0.05, 0.8, 0.0, seed=seed, split_protocol="2x stratified",
                                     splits=[{**s, "mean_class_accuracy": 0.8} for s in _splits([0.85, 0.95])])
-           for seed in (0, 1)}})
+           for seed in (0, 1)},
+        **{f"d{seed}": fake_metrics("train:direct", a, 0.0, a, 0.0, kind="train", mode="direct", seed=seed,
+                                    split_protocol="1x stratified", splits=[{**_splits([a])[0], "n_train": 0}])
+           for seed, a in ((0, 0.6), (1, 0.7))}})
     by = {row["method"]: row for row in ds["rows"]}
-    assert by["fc7+svm"]["accuracy_ci"] is None and "per-split sizes" in by["fc7+svm"]["no_interval"]
+    assert by["fc7+svm"]["accuracy_ci"] is None and "number of test images" in by["fc7+svm"]["no_interval"]
+    assert by["train:direct"]["accuracy_ci"] is None and "direct mode" in by["train:direct"]["no_interval"]
     assert by["fne+svm"]["accuracy_ci"]["method"].startswith("corrected resampled t interval over 4 random splits")
     assert by["fne+svm"]["mean_class_accuracy_ci"] is None
     assert "no single split's confusion matrix" in by["fne+svm"]["no_interval"]

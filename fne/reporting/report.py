@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import math
 import os
 import warnings
 from collections import defaultdict
@@ -34,11 +33,11 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_files
 from fne.errors import FneError, expect_path
 from fne.linear import compare
-from fne.metrics import accuracy_interval, mean_class_interval
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
+from fne.reporting.intervals import NO_INTERVAL, finite, pooled_intervals, recorded
 from fne.reporting.render import (
     cells,
     confused_pairs,
@@ -133,14 +132,6 @@ def backbone_label(m: dict) -> str:
     return f"{m.get('arch', '?')} ({m.get('weights', '?')})"
 
 
-def _f(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 # What a run's setting is, besides its method and backbone: runs that agree on all of these
 # (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
 SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "crop", "precision", "storage_dtype",
@@ -197,9 +188,9 @@ def extraction(run: dict) -> tuple[float | None, bool]:
     """
     ex = run["step"].get("extract")
     if isinstance(ex, dict):
-        return (_f(ex.get("seconds")), False) if ex.get("n_computed") else (None, True)
+        return (finite(ex.get("seconds")), False) if ex.get("n_computed") else (None, True)
     m = run["metrics"]
-    s, rate = _f(m.get("extract_seconds")), _f(m.get("extract_images_per_s"))
+    s, rate = finite(m.get("extract_seconds")), finite(m.get("extract_images_per_s"))
     if s is not None and rate and isinstance(m.get("n_images"), int) and s == m["n_images"] / rate:
         return None, True
     return s, False
@@ -230,23 +221,22 @@ def _row(runs: list[dict]) -> dict:
     }
     if len(ms) == 1:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
-            row[k] = _f(m0.get(k))
-        row["seconds"] = _f(m0.get("fit_seconds", m0.get("train_seconds")))
+            row[k] = finite(m0.get(k))
+        row["seconds"] = finite(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
         row["confusion"] = m0.get("confusion")
-        row["accuracy_ci"], row["mean_class_accuracy_ci"] = (_interval(m0.get("accuracy_ci")),
-                                                             _interval(m0.get("mean_class_accuracy_ci")))
-        row["no_interval"] = (NO_INTERVAL if row["accuracy_ci"] is None or row["mean_class_accuracy_ci"] is None
-                                else None)
+        row["accuracy_ci"], row["mean_class_accuracy_ci"] = (recorded(m0.get("accuracy_ci")),
+                                                             recorded(m0.get("mean_class_accuracy_ci")))
+        row["no_interval"] = NO_INTERVAL if None in (row["accuracy_ci"], row["mean_class_accuracy_ci"]) else None
         return row
     splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
                                                            "mean_class_accuracy": m.get("mean_class_accuracy")}])]
     for k in ("accuracy", "mean_class_accuracy"):
-        vals = np.array([v for v in (_f(s.get(k)) for s in splits) if v is not None])
+        vals = np.array([v for v in (finite(s.get(k)) for s in splits) if v is not None])
         whole = 0 < len(vals) == len(splits)  # a split without it (a run recorded before fne kept it): none
         row[k] = float(vals.mean()) if whole else None
         row[k + "_std"] = float(vals.std()) if whole else None
-    vals = [v for m in ms for v in [_f(m.get("fit_seconds", m.get("train_seconds")))] if v is not None]
+    vals = [v for m in ms for v in [finite(m.get("fit_seconds", m.get("train_seconds")))] if v is not None]
     row["seconds"] = float(np.mean(vals)) if vals else None
     ext = [extraction(r) for r in runs]
     measured = [s for s, _ in ext if s is not None]
@@ -258,48 +248,6 @@ def _row(runs: list[dict]) -> dict:
                         if conf and all(c.shape == conf[0].shape for c in conf) else None)
     row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = pooled_intervals(runs, splits)
     return row
-
-
-NO_INTERVAL = "its metrics.json does not record it (a run written before fne kept accuracy_ci, mean_class_accuracy_ci)"
-
-
-def _interval(v) -> dict | None:
-    """metrics.json's accuracy_ci / mean_class_accuracy_ci as the report keeps it; None where not recorded."""
-    if not isinstance(v, dict) or _f(v.get("low")) is None or _f(v.get("high")) is None:
-        return None
-    return {"low": _f(v["low"]), "high": _f(v["high"]), "level": _f(v.get("level")) or 0.95,
-            "method": str(v.get("method") or "?")}
-
-
-def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None, dict | None, str | None]:
-    """(accuracy interval, mean class interval, why one is missing) of a row pooled over seeds.
-
-    Runs of one setting that differ in the seed, on random splits, are more random train/test
-    splits of the same images: `fne.metrics.accuracy_interval` / `mean_class_interval` over all
-    their splits (Nadeau & Bengio's corrected t over the K splits of every seed) is the interval
-    that one run of that many splits would have recorded. Runs scored on the same test images (a
-    predefined split, or one seed twice) are not: their spread across seeds is the training's alone,
-    with the test images' sampling left out, so no interval is shown; nor where the runs do not
-    record what tells (split protocol or the test images' hash, per-split sizes).
-    """
-    m0 = runs[0]["metrics"]
-    protocol, hashes = str(m0.get("split_protocol") or ""), [s.get("test_hash") for s in splits]
-    if protocol.startswith("predefined") or len(set(filter(None, hashes))) < len(list(filter(None, hashes))):
-        return None, None, ("its runs were scored on the same test images (a predefined split, or one seed twice): "
-                            "their spread across seeds leaves out the test images' sampling")
-    if not all(_f(s.get("accuracy")) is not None and (_f(s.get("n_train")) or 0) > 0 and (_f(s.get("n_test")) or 0) > 0
-               for s in splits) or not (protocol or all(hashes)):
-        return None, None, ("its runs do not record what an interval over their splits needs (per-split sizes, "
-                            "and split protocol or test images)")
-    acc = accuracy_interval(splits)
-    mca = np.array([_f(s.get("mean_class_accuracy")) for s in splits], dtype=float)
-    # all splits of one figure: Price & Bonett's interval of one split's confusion, known where the first run has one
-    one = m0.get("confusion") if len(m0.get("splits") or []) == 1 else None
-    if np.isnan(mca).any() or (np.ptp(mca) <= 1e-12 and one is None):
-        return acc, None, "mean class accuracy: " + ("not recorded by every run" if np.isnan(mca).any() else
-                                                     "every split gave one figure and no single split's confusion "
-                                                     "matrix is recorded")
-    return acc, mean_class_interval(splits, one), None
 
 
 def published_for(pipelines: list[dict]) -> dict[str, dict]:
@@ -316,11 +264,11 @@ def published_for(pipelines: list[dict]) -> dict[str, dict]:
 def published_value(v) -> dict | None:
     """A published figure as {"mean", "std"} in percent: 93.3, [91.4, 0.6] or {"mean":.., "std":..}."""
     if isinstance(v, dict):
-        mean, std = _f(v.get("mean")), _f(v.get("std"))
+        mean, std = finite(v.get("mean")), finite(v.get("std"))
     elif isinstance(v, (list, tuple)) and len(v) == 2:
-        mean, std = _f(v[0]), _f(v[1])
+        mean, std = finite(v[0]), finite(v[1])
     else:
-        mean, std = _f(v), None
+        mean, std = finite(v), None
     return None if mean is None else {"mean": mean, "std": std}
 
 

@@ -1,0 +1,92 @@
+"""The 95% confidence intervals of `fne report`'s rows: metrics.json's, or recomputed over pooled splits.
+
+A row of one run shows the `accuracy_ci` / `mean_class_accuracy_ci` its metrics.json records
+(`fne.metrics`); a row pooled over seeds (fne.reporting.report) gets them recomputed over all its
+runs' splits where that is the interval one run of those splits would have recorded, and none,
+with the reason, where it is not.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fne.metrics import accuracy_interval, mean_class_interval
+
+NO_INTERVAL = "its metrics.json does not record it (a run written before fne kept accuracy_ci, mean_class_accuracy_ci)"
+SHARED = ("its runs were scored on the same test images (a predefined split, or one seed twice) and differ: their "
+          "spread across seeds is the training's alone and leaves out the test images' sampling")
+
+
+def finite(v) -> float | None:
+    """v as a finite float; None for anything else (missing, text, NaN, infinite)."""
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def recorded(v) -> dict | None:
+    """metrics.json's accuracy_ci / mean_class_accuracy_ci as the report keeps it: {low, high, level,
+    method}; None where not recorded."""
+    if not isinstance(v, dict) or finite(v.get("low")) is None or finite(v.get("high")) is None:
+        return None
+    return {"low": finite(v["low"]), "high": finite(v["high"]), "level": finite(v.get("level")) or 0.95,
+            "method": str(v.get("method") or "?")}
+
+
+def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None, dict | None, str | None]:
+    """(accuracy interval, mean class interval, why one is missing) of a row pooled over seeds.
+
+    Parameters
+    ----------
+    runs : list of dict
+        The row's runs ({"metrics": metrics.json, ...}), of one setting but the seed.
+    splits : list of dict
+        metrics.json's per-split records of all the runs.
+
+    Returns
+    -------
+    tuple
+        Runs on random splits are more random train/test splits of the same images:
+        `fne.metrics.accuracy_interval` / `mean_class_interval` over all their splits (Nadeau &
+        Bengio's corrected t over K × seeds splits) is the interval one run of those splits would
+        record. Runs scored on the same test images (a predefined split, or one seed twice) whose
+        figures differ get none: their spread is the training's alone. Where every split gave one
+        figure, one split's interval (Wilson; Price & Bonett from the first run's confusion matrix
+        when that run has one split) is the interval, shared test images or not.
+    """
+    m0 = runs[0]["metrics"]
+    protocol, hashes = str(m0.get("split_protocol") or ""), [s.get("test_hash") for s in splits]
+    known = [h for h in hashes if h]
+    shared = (True if protocol.startswith("predefined") or len(set(known)) < len(known)
+              else False if protocol or len(known) == len(hashes) else None)  # None: unknown
+    one = m0.get("confusion") if len(m0.get("splits") or []) == 1 else None  # a single split's matrix
+    acc, why_acc = _pooled("accuracy", splits, shared, one)
+    mca, why_mca = _pooled("mean_class_accuracy", splits, shared, one)
+    why = why_acc if why_acc == why_mca else "; ".join(
+        f"{name}: {w}" for name, w in (("accuracy", why_acc), ("mean class accuracy", why_mca)) if w) or None
+    return acc, mca, why
+
+
+def _pooled(key: str, splits: list[dict], shared: bool | None, one) -> tuple[dict | None, str | None]:
+    """One figure's interval over the pooled splits, or (None, why)."""
+    v = np.array([finite(s.get(key)) for s in splits], dtype=float)
+    if np.isnan(v).any() or not all((finite(s.get("n_test")) or 0) > 0 for s in splits):
+        return None, "not recorded for every split of its runs (the figure and its number of test images)"
+    if np.ptp(v) <= 1e-12:  # every split of every seed gave one figure: one split's interval
+        if key == "accuracy":
+            return accuracy_interval(splits), None
+        if one is None:
+            return None, "every split gave one figure, and no single split's confusion matrix is recorded"
+        return mean_class_interval(splits, one), None
+    if shared is None:
+        return None, "its runs record neither their split protocol nor their test images: whether they share them is unknown"
+    if shared:
+        return None, SHARED
+    if not all((finite(s.get("n_train")) or 0) > 0 for s in splits):
+        return None, ("its runs record no training images per split (direct mode learns from none): the corrected t "
+                      "interval, whose correction is n_test / n_train, does not apply")
+    return (accuracy_interval(splits) if key == "accuracy" else mean_class_interval(splits, None)), None
