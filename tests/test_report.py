@@ -525,10 +525,10 @@ def test_the_interval_columns_show_metrics_json_intervals_and_a_dash_for_old_run
     assert _ci_cells(md, html, console, "fne+svm") == [["80.0–95.0", "70.0–93.0"]] * 3
     assert _ci_cells(md, html, console, "fc7+svm") == [["—", "—"]] * 3
     assert TABLE_HEAD[1:5] == ("accuracy %", "accuracy 95% CI", "mean class accuracy %", "mean class 95% CI")
-    sentence = ("95% CI: the 95% confidence interval that the run's metrics.json records (accuracy_ci, "
-                "mean_class_accuracy_ci), for a row of several runs on random splits recomputed over all their "
-                "splits; accuracy: Wilson score interval; mean class accuracy: adjusted Wald interval (Price & Bonett "
-                "2004). No interval (—) for fc7+svm: its metrics.json does not record it")
+    sentence = ("95% CI: the 95% confidence interval of the figure beside it, as the run's metrics.json records it "
+                "(accuracy_ci, mean_class_accuracy_ci); for a row of several runs, recomputed over all their splits; "
+                "accuracy: Wilson score interval; mean class accuracy: adjusted Wald interval (Price & Bonett 2004). "
+                "No interval (—) for fc7+svm: its metrics.json does not record it")
     assert sentence in md and unescape(html).count(sentence) == 1
     data = json.loads((tmp_path / "rep" / "report.json").read_text())["datasets"][0]
     by = {row["method"]: row for row in data["rows"]}

@@ -56,8 +56,8 @@ def interval_sentence(rows: list[dict]) -> str:
     """What the CI columns hold: the methods the rows' intervals name, and why a row shows none."""
     fams = {name: list(dict.fromkeys(_family(r[key]["method"]) for r in rows if r.get(key)))
             for key, name in (("accuracy_ci", "accuracy"), ("mean_class_accuracy_ci", "mean class accuracy"))}
-    text = ("95% CI: the 95% confidence interval that the run's metrics.json records (accuracy_ci, "
-            "mean_class_accuracy_ci), for a row of several runs on random splits recomputed over all their splits")
+    text = ("95% CI: the 95% confidence interval of the figure beside it, as the run's metrics.json records it "
+            "(accuracy_ci, mean_class_accuracy_ci); for a row of several runs, recomputed over all their splits")
     text += "".join(f"; {name}: {', '.join(f)}" for name, f in fams.items() if f)
     missing = dict.fromkeys(f"{r['label']}: {r['no_interval']}" for r in rows if r.get("no_interval"))
     return text + (f". No interval (—) for {'; '.join(missing)}" if missing else "")
