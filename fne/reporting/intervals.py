@@ -14,7 +14,6 @@ import numpy as np
 
 from fne.metrics import accuracy_interval, mean_class_interval
 
-NO_INTERVAL = "its metrics.json does not record it (a run written before fne kept accuracy_ci, mean_class_accuracy_ci)"
 SHARED = ("its runs were scored on the same test images (a predefined split, or one seed twice) and differ: their "
           "spread across seeds is the training's alone and leaves out the test images' sampling")
 
@@ -35,6 +34,14 @@ def recorded(v) -> dict | None:
         return None
     return {"low": finite(v["low"]), "high": finite(v["high"]), "level": finite(v.get("level")) or 0.95,
             "method": str(v.get("method") or "?")}
+
+
+def recorded_intervals(m: dict) -> tuple[dict | None, dict | None, str | None]:
+    """(accuracy interval, mean class interval, why one is missing) of a row of one run: its metrics.json's."""
+    acc, mca = recorded(m.get("accuracy_ci")), recorded(m.get("mean_class_accuracy_ci"))
+    missing = [k for k, ci in (("accuracy_ci", acc), ("mean_class_accuracy_ci", mca)) if ci is None]
+    return acc, mca, (f"its metrics.json does not record {' or '.join(missing)} (a run written before fne kept "
+                      f"intervals)" if missing else None)
 
 
 def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None, dict | None, str | None]:
@@ -60,15 +67,24 @@ def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None,
     """
     m0 = runs[0]["metrics"]
     protocol, hashes = str(m0.get("split_protocol") or ""), [s.get("test_hash") for s in splits]
-    known = [h for h in hashes if h]
+    known = [str(h) for h in hashes if h]
     shared = (True if protocol.startswith("predefined") or len(set(known)) < len(known)
               else False if protocol or len(known) == len(hashes) else None)  # None: unknown
-    one = m0.get("confusion") if len(m0.get("splits") or []) == 1 else None  # a single split's matrix
+    one = _matrix(m0.get("confusion")) if len(m0.get("splits") or []) == 1 else None  # one split's matrix
     acc, why_acc = _pooled("accuracy", splits, shared, one)
     mca, why_mca = _pooled("mean_class_accuracy", splits, shared, one)
     why = why_acc if why_acc == why_mca else "; ".join(
         f"{name}: {w}" for name, w in (("accuracy", why_acc), ("mean class accuracy", why_mca)) if w) or None
     return acc, mca, why
+
+
+def _matrix(v) -> np.ndarray | None:
+    """A confusion matrix (square, of some test image); None for anything else."""
+    try:
+        c = np.asarray(v, dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return c if c.ndim == 2 and c.shape[0] == c.shape[1] and np.isfinite(c).all() and c.sum() > 0 else None
 
 
 def _pooled(key: str, splits: list[dict], shared: bool | None, one) -> tuple[dict | None, str | None]:

@@ -60,7 +60,7 @@ def interval_sentence(rows: list[dict]) -> str:
             "(accuracy_ci, mean_class_accuracy_ci); for a row of several runs, recomputed over all their splits")
     text += "".join(f"; {name}: {', '.join(f)}" for name, f in fams.items() if f)
     missing = dict.fromkeys(f"{r['label']}: {r['no_interval']}" for r in rows if r.get("no_interval"))
-    return text + (f". No interval (—) for {'; '.join(missing)}" if missing else "")
+    return text + (f". No interval (—) for {'; '.join(missing)}." if missing else ".")
 
 
 def images_str(r: dict) -> str:
@@ -178,7 +178,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
               "scored on a subset of the classes (direct mode's class map) are not ranked. "
               f"{SPREAD}. {MEAN_CLASS}. Published values are references from the pipeline file, "
               "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
-                                               else "") + ".", "", interval_sentence(ds["rows"]) + "."]
+                                               else "") + ".", "", interval_sentence(ds["rows"])]
         if ds["published"].get("note"):
             L += ["", f"Published values note: {ds['published']['note']}"]
         if ds.get("protocol_note"):
@@ -335,7 +335,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                  "seconds), beyond noise or not (the verdict below says); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
                  f"{_e(SPREAD)}. {_e(MEAN_CLASS)}. Published values (italic) are references from the "
                  f"pipeline file, not measurements of this run.{src}</small></p>")
-        H.append(f"<p class='intervals'><small>{_e(interval_sentence(ds['rows']))}.</small></p>")
+        H.append(f"<p class='intervals'><small>{_e(interval_sentence(ds['rows']))}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
         if ds.get("protocol_note"):

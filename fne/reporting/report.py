@@ -37,7 +37,7 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.intervals import NO_INTERVAL, finite, pooled_intervals, recorded
+from fne.reporting.intervals import finite, pooled_intervals, recorded_intervals
 from fne.reporting.render import (
     cells,
     confused_pairs,
@@ -225,9 +225,7 @@ def _row(runs: list[dict]) -> dict:
         row["seconds"] = finite(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
         row["confusion"] = m0.get("confusion")
-        row["accuracy_ci"], row["mean_class_accuracy_ci"] = (recorded(m0.get("accuracy_ci")),
-                                                             recorded(m0.get("mean_class_accuracy_ci")))
-        row["no_interval"] = NO_INTERVAL if None in (row["accuracy_ci"], row["mean_class_accuracy_ci"]) else None
+        row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = recorded_intervals(m0)
         return row
     splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
                                                            "mean_class_accuracy": m.get("mean_class_accuracy")}])]
