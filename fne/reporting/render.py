@@ -276,6 +276,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:14px}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th{background:#f0f3f7}
 td.method{text-align:left}
+td[data-col]{white-space:nowrap}
 td.best{font-weight:bold;background:#e3f4e1}
 td.published,tr.published td{color:#8e3b2b;font-style:italic;background:#fbf3f1}
 .warning{border:2px solid #c0392b;background:#fdecea;color:#7b1f16;padding:.6em 1em;font-weight:bold;margin:1em 0}

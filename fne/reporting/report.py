@@ -13,8 +13,10 @@ Inputs are found recursively under each RUN_DIR:
 Every measured number in the tables is taken from metrics.json as it is (fractions shown as
 percentages); runs of the same setting (method, backbone, SETTING_KEYS: they differ only in
 the seed) are pooled over their splits, and rows of one method that differ in a setting say
-how in their label. Tables and figures are drawn by fne.reporting.render and fne.reporting.figures.
-`report.json` holds the rows as numbers, for scripts and tests.
+how in their label. Each row's 95% intervals are metrics.json's, or recomputed over a pooled row's
+splits (fne.reporting.intervals). Tables and figures are drawn by fne.reporting.render and
+fne.reporting.figures. `report.json` holds the rows as numbers (with the winner's confused pairs
+and worst classes), for scripts and tests.
 """
 
 from __future__ import annotations
