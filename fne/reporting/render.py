@@ -93,8 +93,7 @@ MEAN_CLASS = ("Mean class accuracy: the mean of the per-class recalls (balanced 
               "tests (McNemar's, the corrected t-test) are defined; — : a run whose metrics.json does not record it")
 
 TABLE_HEAD = ("method", "accuracy %", "accuracy 95% CI", "mean class accuracy %", "mean class 95% CI",
-              "published accuracy %",
-              "fit/train s", "extraction s", "images (train/test)", "splits")
+              "published accuracy %", "fit/train s", "extraction s", "images (train/test)", "splits")
 
 
 def confused_pairs(confusion, classes, k: int = 5) -> list[dict]:
