@@ -41,9 +41,6 @@ from fne.pipeline.steps import STEP_FORMAT, Step, config_hash, content_fingerpri
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
 TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
-# settings that direct mode (no training) ignores: changing them does not rerun it
-TRAINING_ONLY = ("epochs", "lr", "imported_lr_mult", "momentum", "weight_decay", "scheduler", "val_fraction",
-                 "augment", "new_layers", "deterministic")
 
 
 def checks() -> config.Checks:
@@ -178,8 +175,8 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                     s = dict(settings)
                     if ds.test_size is not None:
                         s["test_size"] = ds.test_size
-                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
-                                and not (mode == "direct" and k in TRAINING_ONLY)}
+                    # settings the mode ignores are not there (`config._load_train`): changing them reruns nothing
+                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME}
                     cfg = {**ident, "kind": "train", "mode": mode, "seed": seed, "settings": identity,
                            "class_map": ds.class_map if mode == "direct" else None}
                     if mode == "scratch":  # no imported weights: the backbone's weights do not matter
