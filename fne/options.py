@@ -427,7 +427,7 @@ def unused(cls, mode: str, given: Iterable[str]) -> None:
     """Raise OptionError naming the first option in `given` (those the user set: the command
     line's given flags, the API's keywords other than None) that `mode` does not use; a mode
     ignoring an option it was given left the user believing it mattered."""
-    for f, o in _opts(cls):
+    for f in fields(cls):
         if f.name in given and not uses(cls, mode, f.name):
             raise OptionError(f"{flag(f)} applies to --mode {used_by(cls, f.name)} only, not {mode}")
 

@@ -95,6 +95,8 @@ epochs = 2
     ('modes = ["frozen"]', 'modes = ["frozen", "warp"]', 16, "train.modes", "unknown mode 'warp'"),
     ('epochs = 2', 'epochs = 2\n\n[train.frozen]\nimage_sise = 32', 20, "train.frozen.image_sise",
      "did you mean 'image_size'"),
+    ('epochs = 2', 'epochs = 2\n\n[train.frozen]\ndirect_score = "max"', 20, "train.frozen.direct_score",
+     "direct_score applies to mode direct only, not frozen"),
     ('modes = ["frozen"]\n', '', 15, "train", "missing key 'modes'"),
     ('[[backbones]]\narch = "vgg16"\n', '[[backbones]]\n', 7, "backbones[0]", "missing key 'arch'"),
 ])
@@ -158,6 +160,16 @@ def test_the_good_file_is_valid(tmp_path):
     p = load_pipeline(write(tmp_path, GOOD))
     assert [d.key for d in p.datasets] == ["digits"] and p.backbones[0].arch == "vgg16"
     assert p.fit["features"] == ["fc7", "fne"] and p.train == {"frozen": {"epochs": 2}}
+
+
+def test_a_shared_train_setting_goes_to_the_modes_that_use_it(tmp_path):
+    """[train]'s settings are shared by its modes: each mode gets those it uses (fne train refuses
+    an option its mode ignores)."""
+    text = GOOD.replace('modes = ["frozen"]', 'modes = ["frozen", "direct", "finetune"]\ndirect_score = "max"\n'
+                                              'train_bn = true')
+    p = load_pipeline(write(tmp_path, text))
+    assert p.train == {"frozen": {"epochs": 2}, "direct": {"direct_score": "max"},
+                       "finetune": {"epochs": 2, "train_bn": True}}
 
 
 def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):
