@@ -291,6 +291,19 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
             P.run(f, out, cache, report=False, log=lambda s: None)
     step = out / "digits" / "efficientnet_lite0-random" / "train-frozen-s0"
     assert torch.load(step / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+    def dry(path, force=False):  # the dry run's line of the train step
+        lines = []
+        P.run(path, out, cache, dry_run=True, force=force, log=lines.append)
+        return next(x for x in lines if "train frozen" in x)
+
+    # --dry-run said only "did not finish last time": now whether the rerun takes up the checkpoint
+    assert dry(f).endswith("(to run: did not finish last time; the rerun resumes from its checkpoint after "
+                           "epoch 1 of 2)")
+    other = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2\nlr = 0.01"), "other.toml")
+    assert dry(other).endswith("its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the "
+                               "rerun starts over)")
+    assert dry(f, force=True).endswith("--force starts it over, leaving its checkpoint unused)")
     with monkeypatch.context() as m:
         resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
         P.run(f, out, cache, report=False, log=lambda s: None)

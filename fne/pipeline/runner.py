@@ -36,7 +36,14 @@ from fne.names import slug
 from fne.pipeline import config
 from fne.pipeline import steps as files
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
-from fne.pipeline.steps import STEP_FORMAT, Step, config_hash, content_fingerprint, needs_rows
+from fne.pipeline.steps import (
+    STEP_FORMAT,
+    Step,
+    config_hash,
+    content_fingerprint,
+    needs_rows,
+    train_arguments,
+)
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
@@ -328,17 +335,9 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
     if step.kind == "fit":
         return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
                            batch_size=p.batch_size, workers=p.workers, **k)
-    settings = dict(k["settings"])
-    mode = k["mode"]
-    w = b.resolved_weights or b.weights
-    kwargs = dict(arch=b.arch, weights=None if mode == "scratch" else w, weights_seed=b.weights_seed,
-                  seed=k["seed"], **settings)
+    mode, kwargs = k["mode"], train_arguments(step, p)
     if mode == "direct":
         kwargs["class_map"] = _write_class_map(step.dataset, out)
-    if "device" not in kwargs and p.device != "auto":
-        kwargs["device"] = p.device
-    if "workers" not in kwargs and p.workers is not None:
-        kwargs["workers"] = p.workers
     # an interrupted step goes on from its checkpoint; one of other settings starts anew
     return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, **kwargs)
 

@@ -188,6 +188,37 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
     return checkpoint.load(path, cfg, split.images) if cfg.resume else None
 
 
+def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
+    """What `fne train` with these arguments and ``resume="auto"`` (a step of `fne run`) does with
+    the checkpoint an interrupted run left in `out`, in words; None where there is none.
+
+    The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
+    part, from DATA's listing split as the run splits it), reading no image and no tensor (the
+    checkpoint is memory-mapped): for `fne run --dry-run`.
+    """
+    path = Path(out) / checkpoint.CHECKPOINT
+    if mode == "direct" or not path.is_file():
+        return None
+    cfg = TrainConfig(data=_text(data), mode=mode, out=_text(out), **kwargs)
+    try:
+        ckpt = checkpoint.read(path, mmap=True)
+    except FneError as e:
+        return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
+    done = f"checkpoint after epoch {ckpt['epoch']}"
+    try:
+        dataset = load_dataset(cfg.data)
+        with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
+            warnings.simplefilter("ignore")
+            split = _split(cfg, dataset, backbones.get(cfg.arch))
+    except (FneError, OSError) as e:
+        return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts))
+    if diff:
+        return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
+    return f"the rerun resumes from its {done} of {cfg.epochs}"
+
+
 def _workers(cfg: TrainConfig, dev: torch.device) -> int:
     """--workers, else as many as `fne extract` uses on CUDA (`devices.default_workers`: one per
     core but one), and on a CPU half the cores, at most 4 (the network needs the rest)."""
