@@ -112,8 +112,15 @@ def _checkpoint_note(step: Step, p: Pipeline, force: bool) -> str:
     if step.kind != "train" or step.kwargs["mode"] == "direct" or not step.dir.is_dir():
         return ""
     from fne.training import train
+    from fne.training.checkpoint import CHECKPOINT
 
-    note = train.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, **train_arguments(step, p))
-    if note is not None and force:
-        return "; --force starts it over, leaving its checkpoint unused"
+    if force:
+        return "; --force starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
+    kwargs, note = train_arguments(step, p), None
+    either = kwargs["weights"] == "imagenet-or-random"  # resolved when the run starts: either may be the checkpoint's
+    for w in ("imagenet", "random") if either else (kwargs["weights"],):
+        note = train.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, **{**kwargs, "weights": w})
+        if note is not None and note.startswith("the rerun resumes"):
+            note += f" if the weights resolve to {w} again" if either else ""
+            break
     return "" if note is None else f"; {note}"
