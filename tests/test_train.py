@@ -321,6 +321,29 @@ def test_an_option_the_mode_ignores_is_refused_through_the_api_too(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path):
+    """`fne run --dry-run`'s word on a train step's checkpoint: resumed where the settings and the
+    images of each part (DATA's listing, split as the run splits it) are the checkpoint's, else
+    started over, naming what differs; no checkpoint, nothing to say."""
+    import shutil
+
+    from fne.training.train import rerun_note, train
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(digits_folder, data)
+    opts = dict(weights="random", save_every=1, val_fraction=0.0, **FAST)
+    assert rerun_note(str(data), "frozen", out, epochs=1, **opts) is None
+    train(str(data), "frozen", out, epochs=1, **opts)
+    assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
+        "the rerun resumes from its checkpoint after epoch 1 of 3")
+    assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
+        "its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the rerun starts over")
+    next((data / "3").iterdir()).unlink()
+    assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
+        f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "
+        f"val 0 there, 0 now, test 6 there, 6 now)): the rerun starts over")
+
+
 def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(source, tmp_path, monkeypatch,
                                                                             capsys):
     """`--save-every auto` (the default) writes a checkpoint after each epoch that ends 5 minutes
