@@ -97,10 +97,10 @@ TRAINED = tuple(m for m in MODES if m != "direct")
 SEED = {"check": lambda v: 0 <= v < 2**32, "bound": "in [0, 2**32)", "kind": "an integer"}
 
 
-# --image-size: the side of the square the network trains and tests at. 4096 is 16 times the
-# largest input of the backbones fne offers (a 4096 x 4096 batch of 32 is 6 GB of float32 input,
-# before any activation); --image-size 100000 went on to skip every image as a decompression bomb
-# (a warning each), then stopped with "val: no readable images".
+# --image-size: the side of the square the network trains and tests at. 4096 is well above any
+# ImageNet backbone's input (a few hundred pixels), and a batch of 32 at 4096 x 4096 is already
+# 6 GB of float32 input before any activation; --image-size 100000 went on to skip every image as a
+# decompression bomb (a warning each), then stopped with "val: no readable images".
 MAX_IMAGE_SIZE = 4096
 IMAGE_SIZE = {"check": lambda v: 8 <= v <= MAX_IMAGE_SIZE, "bound": f"in [8, {MAX_IMAGE_SIZE}]", "kind": "an integer"}
 
@@ -267,7 +267,7 @@ class TrainConfig:
                                            "(default): after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto,
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
-                                   bound=">= 0 or auto", kind="an integer")
+                                   bound=">= 0 or auto", kind="an integer", modes=TRAINED)
     resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
                                  "--epochs extends a run without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
