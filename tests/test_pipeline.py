@@ -11,6 +11,7 @@ import torch
 
 from fne.pipeline import runner as P
 from fne.pipeline.runner import PipelineError, load_pipeline
+from fne.pipeline.steps import train_arguments
 from tests.conftest import SHARED, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,13 +164,20 @@ def test_the_good_file_is_valid(tmp_path):
 
 
 def test_a_shared_train_setting_goes_to_the_modes_that_use_it(tmp_path):
-    """[train]'s settings are shared by its modes: each mode gets those it uses (fne train refuses
-    an option its mode ignores)."""
+    """[train]'s settings are shared by its modes: each mode's fne.train gets those it uses (fne
+    train refuses an option its mode ignores); the steps' settings, which name their folders'
+    results, stay as they were (an earlier run's results are not rerun for it)."""
     text = GOOD.replace('modes = ["frozen"]', 'modes = ["frozen", "direct", "finetune"]\ndirect_score = "max"\n'
-                                              'train_bn = true')
+                                              'train_bn = true').replace('data = "digits"', 'data = "digits"\n'
+                                                                         'class_map = {"0" = ["tench"]}')
     p = load_pipeline(write(tmp_path, text))
-    assert p.train == {"frozen": {"epochs": 2}, "direct": {"direct_score": "max"},
-                       "finetune": {"epochs": 2, "train_bn": True}}
+    shared = {"epochs": 2, "direct_score": "max", "train_bn": True}
+    assert p.train == {"frozen": shared, "direct": shared, "finetune": shared}  # identities as before
+    steps = P.plan(p, tmp_path / "out", {"digits": "digits"}, read=False)
+    given = {s.kwargs["mode"]: train_arguments(s, p) for s in steps if s.kind == "train"}
+    assert [{k: g[k] for k in shared if k in g} for g in given.values()] == [
+        {"epochs": 2}, {"direct_score": "max"}, {"epochs": 2, "train_bn": True}]
+    assert list(given) == ["frozen", "direct", "finetune"]
 
 
 def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):

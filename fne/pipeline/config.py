@@ -407,7 +407,7 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
         _add_problems(TrainConfig, own, ("train", m), err)
         for k in [k for k in own if not uses(TrainConfig, m, k)]:  # [train]'s are shared: only the others apply
             err.add(("train", m, k), f"{k} applies to mode {used_by(TrainConfig, k)} only, not {m}")
-        p.train[m] = {**{k: v for k, v in common.items() if uses(TrainConfig, m, k)}, **own}
+        p.train[m] = {**common, **own}  # fne.pipeline.steps.train_arguments passes on those the mode uses
         p.train_raw[m] = own
     p.train_raw[""] = common
 

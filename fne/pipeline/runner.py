@@ -33,6 +33,7 @@ import fne
 from fne.cache.fs import check_target
 from fne.errors import FneError, WeightsError
 from fne.names import slug
+from fne.options import TrainConfig, uses
 from fne.pipeline import config
 from fne.pipeline import steps as files
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
@@ -182,8 +183,9 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                     s = dict(settings)
                     if ds.test_size is not None:
                         s["test_size"] = ds.test_size
-                    # settings the mode ignores are not there (`config._load_train`): changing them reruns nothing
-                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME}
+                    # direct mode (no training) ignores the training settings: changing them does not rerun it
+                    identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
+                                and (mode != "direct" or uses(TrainConfig, mode, k))}
                     cfg = {**ident, "kind": "train", "mode": mode, "seed": seed, "settings": identity,
                            "class_map": ds.class_map if mode == "direct" else None}
                     if mode == "scratch":  # no imported weights: the backbone's weights do not matter
