@@ -63,6 +63,7 @@ class Opt:
     pipeline: bool = True
     metavar: str | None = None
     parse: Callable[[str], object] | None = None  # the command line's string -> the value
+    modes: tuple[str, ...] = ()  # fne train: the modes that use it (empty: every mode); see `unused`
 
 
 def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
@@ -89,8 +90,19 @@ MAX_WORKERS = 4 * (os.cpu_count() or 1)
 WORKERS = {"check": lambda v: 0 <= v <= MAX_WORKERS, "bound": f"in [0, {MAX_WORKERS}] (4 per core of this machine)",
            "kind": "an integer"}
 
+# fne train's modes that train a network (direct only scores the source classifier's outputs)
+TRAINED = tuple(m for m in MODES if m != "direct")
+
 # A seed of the splits and initialisation: numpy's legacy seeding (scikit-learn's random_state) takes [0, 2**32).
 SEED = {"check": lambda v: 0 <= v < 2**32, "bound": "in [0, 2**32)", "kind": "an integer"}
+
+
+# --image-size: the side of the square the network trains and tests at. 4096 is well above any
+# ImageNet backbone's input (a few hundred pixels), and a batch of 32 at 4096 x 4096 is already
+# 6 GB of float32 input before any activation; --image-size 100000 went on to skip every image as a
+# decompression bomb (a warning each), then stopped with "val: no readable images".
+MAX_IMAGE_SIZE = 4096
+IMAGE_SIZE = {"check": lambda v: 8 <= v <= MAX_IMAGE_SIZE, "bound": f"in [8, {MAX_IMAGE_SIZE}]", "kind": "an integer"}
 
 
 def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
@@ -222,28 +234,29 @@ class TrainConfig:
                                        "/ checkpoint path", pipeline=False)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", pipeline=False)
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
-                                   "output), last only the output layer", choices=NEW_LAYERS)
+                                   "output), last only the output layer", choices=NEW_LAYERS,
+                             modes=("frozen", "finetune"))
     class_map: str | None = option(None, "direct: JSON {target class: [ImageNet index or name, ...]}",
-                                   pipeline=False)
+                                   pipeline=False, modes=("direct",))
     direct_score: str = option("sum", "direct: a target's score is the sum (default) or max of its source "
-                                      "softmax probabilities", choices=DIRECT_SCORES)
-    epochs: int = option(10, "passes over the training images", **at_least(1))
+                                      "softmax probabilities", choices=DIRECT_SCORES, modes=("direct",))
+    epochs: int = option(10, "passes over the training images", modes=TRAINED, **at_least(1))
     batch_size: int = option(32, "training batch size", **at_least(1))
-    lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0")
-    imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this",
+    lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0", modes=TRAINED)
+    imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this", modes=("finetune",),
                                      **at_least(0, "a number"))
-    momentum: float = option(0.9, "SGD momentum", **at_least(0, "a number"))
-    weight_decay: float = option(5e-4, "SGD weight decay", **at_least(0, "a number"))
-    scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS)
-    image_size: int | None = option(None, "input size (default: the backbone's, 224)", **at_least(8))
+    momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **at_least(0, "a number"))
+    weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **at_least(0, "a number"))
+    scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS, modes=TRAINED)
+    image_size: int | None = option(None, "input size (default: the backbone's, 224)", **IMAGE_SIZE)
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
-                           flag="--no-augment")
+                           flag="--no-augment", modes=TRAINED)
     augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
                                      "on the GPU when training on CUDA (workers only read JPEG bytes), else "
                                      "in the loader workers",
                              choices=AUGMENT_ON)
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
-                                 **between(0, 1, closed_lo=True))
+                                 modes=TRAINED, **between(0, 1, closed_lo=True))
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False, **SEED)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
@@ -254,12 +267,12 @@ class TrainConfig:
                                            "(default): after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto,
                                    check=lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
-                                   bound=">= 0 or auto", kind="an integer")
+                                   bound=">= 0 or auto", kind="an integer", modes=TRAINED)
     resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
                                  "--epochs extends a run without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
-                                   "(default: they keep the imported statistics)")
-    deterministic: bool = option(False, "deterministic algorithms only")
+                                   "(default: they keep the imported statistics)", modes=("finetune",))
+    deterministic: bool = option(False, "deterministic algorithms only", modes=TRAINED)
     progress: bool = option(True, "no progress bars", flag="--no-progress")
 
 
@@ -308,8 +321,8 @@ def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
                     kw["metavar"] = o.metavar or "{" + ",".join(map(str, o.choices)) + "}"
             if f.default is MISSING:
                 kw["required"] = True
-            else:
-                kw["default"] = f.default
+            else:  # an option some modes ignore: absent unless given, so that `unused` can tell
+                kw["default"] = argparse.SUPPRESS if o.modes else f.default
             parser.add_argument(flag(f), **kw)
 
 
@@ -396,6 +409,27 @@ def check(obj) -> None:
             raise OptionError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
         if why == "bound":
             raise OptionError(f"bad {flag(f)} {v!r}: {flag(f)} must be {_wanted(v, o)}")
+
+
+def uses(cls, mode: str, name: str) -> bool:
+    """Whether `fne train`'s mode `mode` uses option `name` of `cls` (its declared `Opt.modes`)."""
+    declared = {f.name: o for f, o in _opts(cls)}
+    return name not in declared or not declared[name].modes or mode in declared[name].modes
+
+
+def used_by(cls, name: str) -> str:
+    """The modes that use option `name` of `cls`, in words: "frozen or finetune"."""
+    modes = next(o.modes for f, o in _opts(cls) if f.name == name)
+    return " or ".join(filter(None, [", ".join(modes[:-1]), modes[-1]]))
+
+
+def unused(cls, mode: str, given: Iterable[str]) -> None:
+    """Raise OptionError naming the first option in `given` (those the user set: the command
+    line's given flags, the API's keywords other than None) that `mode` does not use; a mode
+    ignoring an option it was given left the user believing it mattered."""
+    for f in fields(cls):
+        if f.name in given and not uses(cls, mode, f.name):
+            raise OptionError(f"{flag(f)} applies to --mode {used_by(cls, f.name)} only, not {mode}")
 
 
 def problems(cls, values: dict) -> list[tuple[str, str]]:

@@ -206,6 +206,12 @@ def test_every_option_of_the_command_line_is_a_keyword_of_the_python_verb_with_i
     for p in api_pos[:len(cli_pos)]:
         api.pop(p)
     cli = {k: v for k, v in cli.items() if (verb, k) not in CLI_ONLY}
+    # fne train's options that some modes ignore are passed only when given (a mode that does not
+    # use one refuses it): their default is the verb's declared one
+    unset = {k for k, v in cli.items() if v == argparse.SUPPRESS}
+    assert unset == ({f.name for f in dataclasses.fields(fne.options.TrainConfig) if f.metadata["opt"].modes
+                      and f.metadata["opt"].cli} if verb == "train" else set())
+    cli.update({k: api[k] for k in unset})
     only_api = set(api) - set(cli) - set(API_ONLY) - NOT_ON_THE_COMMAND_LINE
     assert set(cli) - set(api) == set() and only_api == set()
     assert {k: api[k] for k in cli} == cli  # the same defaults (required on both sides alike)
@@ -222,18 +228,26 @@ def test_every_option_of_the_command_line_is_a_keyword_of_the_python_verb_with_i
     with pytest.raises(_Called) as called:
         main([verb, *argv])
     passed = called.value.args[0]
-    assert set(cli) - {k for k in cli if cli[k] == REQUIRED} <= set(passed)
-    assert {k: passed[k] for k in cli if cli[k] != REQUIRED} == {k: v for k, v in cli.items() if v != REQUIRED}
+    assert set(cli) - {k for k in cli if cli[k] == REQUIRED} - unset <= set(passed) and not unset & set(passed)
+    assert {k: passed[k] for k in cli if cli[k] != REQUIRED and k not in unset} == {
+        k: v for k, v in cli.items() if v != REQUIRED and k not in unset}
 
 
 @pytest.mark.parametrize("verb", ["extract", "fit", "export", "load_rows", "train", "advise", "predict"])
 def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     """The signature `help(fne.VERB)` shows is what the verb accepts: every keyword at its
-    default gets past the options' checks to DATA (predict: to the run folder), which does not exist."""
+    default gets past the options' checks to DATA (predict: to the run folder), which does not exist
+    (train: every keyword its mode uses; one the mode ignores is refused)."""
     func = getattr(fne, verb)
     func = getattr(func, verb, func)  # fne.fit is the module; fne.load_rows the function
     params = inspect.signature(func).parameters.values()
     kw = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    if verb == "train":
+        ignored = {k for k in kw if not fne.options.uses(fne.options.TrainConfig, "frozen", k)}
+        assert ignored == {"class_map", "direct_score", "imported_lr_mult", "train_bn"}
+        with pytest.raises(fne.options.OptionError, match="^--direct-score applies to --mode direct only, not frozen$"):
+            func(tmp_path / "absent", "frozen", tmp_path / "OUT", **{k: v for k, v in kw.items() if k != "class_map"})
+        kw = {k: v for k, v in kw.items() if k not in ignored}
     assert "label_key" in kw and len(kw) > 5
     args = {"fit": ["OUT"], "export": ["x.h5"], "train": ["frozen", "OUT"], "predict": ["absent", "p.csv"]}
     args = [tmp_path / a if a != "frozen" else a for a in args.get(verb, [])]

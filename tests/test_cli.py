@@ -73,8 +73,8 @@ def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
                 if f.metadata["opt"].cli}
     assert set(actions) - own == set(declared)
     for name, f in declared.items():
-        if f.default is not dataclasses.MISSING:
-            assert actions[name].default == f.default, name
+        if f.default is not dataclasses.MISSING:  # fne train's options some modes ignore: absent unless given
+            assert actions[name].default == (argparse.SUPPRESS if f.metadata["opt"].modes else f.default), name
         assert actions[name].option_strings == [O.flag(f)]
         if f.default not in (dataclasses.MISSING, None, True, False):  # --help lists it (README)
             assert "default" in actions[name].help, name
@@ -252,6 +252,14 @@ def test_version_is_the_packages(capsys):
     (["fit", "DATA", "--out", "RUN", "--label-key", "cls"], "--label-key cls: applies to tar shards, Parquet"),
     (["extract", "DATA", "--workers", "100000"], f"bad --workers 100000: --workers must be in [0, {O.MAX_WORKERS}]"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--workers", "100000"], "bad --workers 100000"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--image-size", "100000"],
+     "bad --image-size 100000: --image-size must be in [8, 4096]"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--direct-score", "max"],
+     "--direct-score applies to --mode direct only, not frozen"),
+    (["train", "DATA", "--mode", "scratch", "--out", "RUN", "--new-layers", "last"],
+     "--new-layers applies to --mode frozen or finetune only, not scratch"),
+    (["train", "DATA", "--mode", "direct", "--out", "RUN", "--epochs", "3"],
+     "--epochs applies to --mode scratch, frozen or finetune only, not direct"),
     (["extract", "DATA", "RANK=x"], "bad $RANK='x' / $WORLD_SIZE='2' (torchrun's)"),
     (["extract", "DATA", "RANK=2"], "bad $RANK='2' / $WORLD_SIZE='2' (torchrun's)"),
 ])

@@ -22,6 +22,23 @@ def test_folder_and_split_folder(digits_folder, digits_split):
     assert s.splits.count("train") == 18 and s.splits.count("test") == 9
 
 
+def test_a_folder_of_train_alone_is_one_line_and_train_beside_classes_a_class(digits_folder, tmp_path):
+    """DATA holding only train/ (no test/ or val/) became one class named train: `fne fit` stopped
+    with "1 class has readable images", `fne extract` cached a one-class dataset. One line instead,
+    saying what to give. A train/ folder beside class folders is a class (CIFAR-100 and Pascal VOC
+    have one), as before."""
+    import shutil
+
+    shutil.copytree(digits_folder, tmp_path / "d" / "train")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "d")
+    assert str(e.value) == (f"DATA {tmp_path / 'd'}: holds train/ and no test/ (or val/): give "
+                            f"{tmp_path / 'd' / 'train'} as DATA for random splits, or add test/")
+    shutil.copytree(digits_folder / "0", tmp_path / "d" / "bus")
+    d = load_dataset(tmp_path / "d")
+    assert d.classes == ["bus", "train"] and d.splits is None and len(d) == 30
+
+
 def test_flat_folder_is_unlabelled(digits_folder, tmp_path):
     for f in sorted(digits_folder.rglob("*.png"))[:3]:
         (tmp_path / f.name).write_bytes(f.read_bytes())

@@ -11,6 +11,7 @@ import torch
 
 from fne.pipeline import runner as P
 from fne.pipeline.runner import PipelineError, load_pipeline
+from fne.pipeline.steps import train_arguments
 from tests.conftest import SHARED, write_digits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,6 +96,8 @@ epochs = 2
     ('modes = ["frozen"]', 'modes = ["frozen", "warp"]', 16, "train.modes", "unknown mode 'warp'"),
     ('epochs = 2', 'epochs = 2\n\n[train.frozen]\nimage_sise = 32', 20, "train.frozen.image_sise",
      "did you mean 'image_size'"),
+    ('epochs = 2', 'epochs = 2\n\n[train.frozen]\ndirect_score = "max"', 20, "train.frozen.direct_score",
+     "direct_score applies to mode direct only, not frozen"),
     ('modes = ["frozen"]\n', '', 15, "train", "missing key 'modes'"),
     ('[[backbones]]\narch = "vgg16"\n', '[[backbones]]\n', 7, "backbones[0]", "missing key 'arch'"),
 ])
@@ -158,6 +161,23 @@ def test_the_good_file_is_valid(tmp_path):
     p = load_pipeline(write(tmp_path, GOOD))
     assert [d.key for d in p.datasets] == ["digits"] and p.backbones[0].arch == "vgg16"
     assert p.fit["features"] == ["fc7", "fne"] and p.train == {"frozen": {"epochs": 2}}
+
+
+def test_a_shared_train_setting_goes_to_the_modes_that_use_it(tmp_path):
+    """[train]'s settings are shared by its modes: each mode's fne.train gets those it uses (fne
+    train refuses an option its mode ignores); the steps' settings, which name their folders'
+    results, stay as they were (an earlier run's results are not rerun for it)."""
+    text = GOOD.replace('modes = ["frozen"]', 'modes = ["frozen", "direct", "finetune"]\ndirect_score = "max"\n'
+                                              'train_bn = true').replace('data = "digits"', 'data = "digits"\n'
+                                                                         'class_map = {"0" = ["tench"]}')
+    p = load_pipeline(write(tmp_path, text))
+    shared = {"epochs": 2, "direct_score": "max", "train_bn": True}
+    assert p.train == {"frozen": shared, "direct": shared, "finetune": shared}  # identities as before
+    steps = P.plan(p, tmp_path / "out", {"digits": "digits"}, read=False)
+    given = {s.kwargs["mode"]: train_arguments(s, p) for s in steps if s.kind == "train"}
+    assert [{k: g[k] for k in shared if k in g} for g in given.values()] == [
+        {"epochs": 2}, {"direct_score": "max"}, {"epochs": 2, "train_bn": True}]
+    assert list(given) == ["frozen", "direct", "finetune"]
 
 
 def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):
@@ -279,6 +299,19 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
             P.run(f, out, cache, report=False, log=lambda s: None)
     step = out / "digits" / "efficientnet_lite0-random" / "train-frozen-s0"
     assert torch.load(step / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+    def dry(path, force=False):  # the dry run's line of the train step
+        lines = []
+        P.run(path, out, cache, dry_run=True, force=force, log=lines.append)
+        return next(x for x in lines if "train frozen" in x)
+
+    # --dry-run said only "did not finish last time": now whether the rerun takes up the checkpoint
+    assert dry(f).endswith("(to run: did not finish last time; the rerun resumes from its checkpoint after "
+                           "epoch 1 of 2)")
+    other = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2\nlr = 0.01"), "other.toml")
+    assert dry(other).endswith("its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the "
+                               "rerun starts over)")
+    assert dry(f, force=True).endswith("--force starts it over, leaving its checkpoint unused)")
     with monkeypatch.context() as m:
         resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
         P.run(f, out, cache, report=False, log=lambda s: None)

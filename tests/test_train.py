@@ -17,7 +17,7 @@ import torch
 from fne.backbones import registry as backbones
 from fne.cli import main
 from fne.data.datasets import load_dataset
-from fne.errors import FneError
+from fne.errors import FneError, OptionError
 
 pytest.importorskip("efficientnet_lite_pytorch")
 
@@ -291,6 +291,11 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     (["--mode", "finetune", "--resume"], None, "--resume: no checkpoint"),
     (["--mode", "frozen", "--val-fraction", "1.5"], None, "bad --val-fraction 1.5"),
     (["--mode", "frozen", "--train-bn"], None, "--train-bn applies to --mode finetune only"),
+    (["--mode", "frozen", "--direct-score", "max"], None, "--direct-score applies to --mode direct only, not frozen"),
+    (["--mode", "frozen", "--direct-score", "sum"], None, "--direct-score applies to --mode direct only"),  # the default
+    (["--mode", "scratch", "--new-layers", "last"], None, "--new-layers applies to --mode frozen or finetune only"),
+    (["--mode", "frozen", "--imported-lr-mult", "0.1"], None, "--imported-lr-mult applies to --mode finetune only"),
+    (["--mode", "frozen"], {"0": [1]}, "--class-map applies to --mode direct only, not frozen"),
 ])
 def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, tmp_path, capsys):
     args = ["train", "digits", "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "run"),
@@ -302,6 +307,41 @@ def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, t
     err = capsys.readouterr().err.strip()
     assert err.startswith("fne train: error:") and "\n" not in err and "Traceback" not in err
     assert expected in err
+
+
+def test_an_option_the_mode_ignores_is_refused_through_the_api_too(tmp_path):
+    """fne.train(mode="frozen", direct_score="max") trained and ignored it; an option left None is
+    not given (the API's way to say "not set")."""
+    from fne.training.train import train
+
+    with pytest.raises(OptionError, match=r"^--direct-score applies to --mode direct only, not frozen$"):
+        train("digits", "frozen", tmp_path / "run", direct_score="max", **FAST)
+    with pytest.raises(OptionError, match=r"^--epochs applies to --mode scratch, frozen or finetune only, not direct$"):
+        train("digits", "direct", tmp_path / "run", epochs=3, class_map=None, **FAST)
+    assert not (tmp_path / "run").exists()
+
+
+def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path):
+    """`fne run --dry-run`'s word on a train step's checkpoint: resumed where the settings and the
+    images of each part (DATA's listing, split as the run splits it) are the checkpoint's, else
+    started over, naming what differs; no checkpoint, nothing to say."""
+    import shutil
+
+    from fne.training.train import rerun_note, train
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(digits_folder, data)
+    opts = dict(weights="random", save_every=1, val_fraction=0.0, **FAST)
+    assert rerun_note(str(data), "frozen", out, epochs=1, **opts) is None
+    train(str(data), "frozen", out, epochs=1, **opts)
+    assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
+        "the rerun resumes from its checkpoint after epoch 1 of 3")
+    assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
+        "its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the rerun starts over")
+    next((data / "3").iterdir()).unlink()
+    assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
+        f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "
+        f"val 0 there, 0 now, test 6 there, 6 now)): the rerun starts over")
 
 
 def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(source, tmp_path, monkeypatch,

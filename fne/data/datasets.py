@@ -319,6 +319,9 @@ def _folder(root: Path) -> Dataset:
         raise DataError(f"DATA {root}: folders {train[0]}/ and {held[0]}/ are a split, not classes; a predefined "
                         f"split is read from train/ and test/ (lower case: name the held-out folder test/), "
                         f"or give the train folder alone as DATA")
+    if train and dirs == train:  # not a class named train (CIFAR-100 and VOC have one, beside others): a split
+        raise DataError(f"DATA {root}: holds {train[0]}/ and no test/ (or val/): give {root / train[0]} as DATA "
+                        f"for random splits, or add test/")
     if loose:
         warnings.warn(f"DATA {root}: {len(loose)} image(s) beside the class folders belong to no class, left out: "
                       f"{', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''}", stacklevel=3)

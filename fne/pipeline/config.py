@@ -31,6 +31,8 @@ from fne.options import (
     not_in_pipelines,
     problems,
     schema,
+    used_by,
+    uses,
 )
 from fne.pipeline.config_errors import Errors, Locator, PipelineError
 
@@ -403,7 +405,9 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
             continue
         own = _check_table(t.get(m, {}), own_schema, ("train", m), err)
         _add_problems(TrainConfig, own, ("train", m), err)
-        p.train[m] = {**common, **own}
+        for k in [k for k in own if not uses(TrainConfig, m, k)]:  # [train]'s are shared: only the others apply
+            err.add(("train", m, k), f"{k} applies to mode {used_by(TrainConfig, k)} only, not {m}")
+        p.train[m] = {**common, **own}  # fne.pipeline.steps.train_arguments passes on those the mode uses
         p.train_raw[m] = own
     p.train_raw[""] = common
 

@@ -1,6 +1,7 @@
 """`fne run --dry-run`: what a run would compute, step by step, and what is already done.
 
-Reads no image and writes nothing: a step's state comes from its folder (fne.pipeline.steps),
+Reads no image and writes nothing: a step's state comes from its folder (fne.pipeline.steps) and,
+for a train step an interrupted run left a checkpoint of, the checkpoint's epoch and settings,
 the images' content keys from the data root's manifest, and which of them are cached from the
 stores' indexes. Each (dataset, backbone) whose fits need rows gets a line saying how many
 images its first fit extracts (or that they are not known yet: images never read, weights not
@@ -13,7 +14,7 @@ from collections.abc import Callable
 
 from fne.errors import FneError, WeightsError
 from fne.pipeline.config import BackboneCfg, Pipeline
-from fne.pipeline.steps import Step, known_keys, needs_rows, read_json
+from fne.pipeline.steps import Step, known_keys, needs_rows, read_json, train_arguments
 
 __all__ = ["describe", "extraction_line", "plan_either"]
 
@@ -101,5 +102,25 @@ def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], ca
         if needs_rows(s, bool(p.fit)) and pair not in announced:
             announced.add(pair)
             say("  " + extraction_line(s, data_for.get(s.dataset.key, s.dataset.data), p, cache))
-        say(f"  {s.label}  ->  {s.dir}  (to run: {'--force' if done else why})")
+        say(f"  {s.label}  ->  {s.dir}  (to run: {'--force' if done else why}{_checkpoint_note(s, p, force)})")
     return to_run
+
+
+def _checkpoint_note(step: Step, p: Pipeline, force: bool) -> str:
+    """A train step an interrupted run left a checkpoint of: whether the rerun resumes from it
+    (fne.training.train.rerun_note), after "; "; else ""."""
+    if step.kind != "train" or step.kwargs["mode"] == "direct" or not step.dir.is_dir():
+        return ""
+    from fne.training import train
+    from fne.training.checkpoint import CHECKPOINT
+
+    if force:
+        return "; --force starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
+    kwargs, note = train_arguments(step, p), None
+    either = kwargs["weights"] == "imagenet-or-random"  # resolved when the run starts: either may be the checkpoint's
+    for w in ("imagenet", "random") if either else (kwargs["weights"],):
+        note = train.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, **{**kwargs, "weights": w})
+        if note is not None and note.startswith("the rerun resumes"):
+            note += f" if the weights resolve to {w} again" if either else ""
+            break
+    return "" if note is None else f"; {note}"

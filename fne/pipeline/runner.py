@@ -33,17 +33,22 @@ import fne
 from fne.cache.fs import check_target
 from fne.errors import FneError, WeightsError
 from fne.names import slug
+from fne.options import TrainConfig, uses
 from fne.pipeline import config
 from fne.pipeline import steps as files
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
-from fne.pipeline.steps import STEP_FORMAT, Step, config_hash, content_fingerprint, needs_rows
+from fne.pipeline.steps import (
+    STEP_FORMAT,
+    Step,
+    config_hash,
+    content_fingerprint,
+    needs_rows,
+    train_arguments,
+)
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
 TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
-# settings that direct mode (no training) ignores: changing them does not rerun it
-TRAINING_ONLY = ("epochs", "lr", "imported_lr_mult", "momentum", "weight_decay", "scheduler", "val_fraction",
-                 "augment", "new_layers", "deterministic")
 
 
 def checks() -> config.Checks:
@@ -178,8 +183,9 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                     s = dict(settings)
                     if ds.test_size is not None:
                         s["test_size"] = ds.test_size
+                    # direct mode (no training) ignores the training settings: changing them does not rerun it
                     identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
-                                and not (mode == "direct" and k in TRAINING_ONLY)}
+                                and (mode != "direct" or uses(TrainConfig, mode, k))}
                     cfg = {**ident, "kind": "train", "mode": mode, "seed": seed, "settings": identity,
                            "class_map": ds.class_map if mode == "direct" else None}
                     if mode == "scratch":  # no imported weights: the backbone's weights do not matter
@@ -331,17 +337,9 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
     if step.kind == "fit":
         return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
                            batch_size=p.batch_size, workers=p.workers, **k)
-    settings = dict(k["settings"])
-    mode = k["mode"]
-    w = b.resolved_weights or b.weights
-    kwargs = dict(arch=b.arch, weights=None if mode == "scratch" else w, weights_seed=b.weights_seed,
-                  seed=k["seed"], **settings)
+    mode, kwargs = k["mode"], train_arguments(step, p)
     if mode == "direct":
         kwargs["class_map"] = _write_class_map(step.dataset, out)
-    if "device" not in kwargs and p.device != "auto":
-        kwargs["device"] = p.device
-    if "workers" not in kwargs and p.workers is not None:
-        kwargs["workers"] = p.workers
     # an interrupted step goes on from its checkpoint; one of other settings starts anew
     return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, **kwargs)
 

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.fs import replace_file
-from fne.pipeline.config import BackboneCfg, DatasetCfg
+from fne.options import TrainConfig, uses
+from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 
 STEP_FORMAT = 1
 
@@ -123,6 +124,21 @@ class Step:
         if extract is not None:
             record["extract"] = extract
         write_json(self.dir / "step.json", record)
+
+
+def train_arguments(step: Step, p: Pipeline) -> dict:
+    """fne.train's keywords (less data, mode, out and direct mode's class_map) for a train step:
+    its settings that its mode uses (fne train refuses one its mode ignores) and seed, the backbone (scratch imports no weights), and the pipeline's device
+    and workers where the settings give none."""
+    k, b = step.kwargs, step.backbone
+    settings = {n: v for n, v in k["settings"].items() if uses(TrainConfig, k["mode"], n)}  # [train]'s are shared
+    kwargs = dict(arch=b.arch, weights=None if k["mode"] == "scratch" else b.resolved_weights or b.weights,
+                  weights_seed=b.weights_seed, seed=k["seed"], **settings)
+    if "device" not in kwargs and p.device != "auto":
+        kwargs["device"] = p.device
+    if "workers" not in kwargs and p.workers is not None:
+        kwargs["workers"] = p.workers
+    return kwargs
 
 
 def needs_rows(step: Step, has_fit: bool) -> bool:

@@ -139,10 +139,21 @@ def resume(ckpt: dict, parts: dict) -> dict:
 def load(path: Path, cfg, images: dict | None = None) -> dict:
     """The checkpoint dict, after checking that it is one and that it belongs to the run `cfg`
     describes, on the same `images` (`images()`; None: not checked)."""
+    ckpt = read(path)
+    diff = mismatch(ckpt, cfg, images)
+    if diff:
+        raise FneError(f"--resume: {path} belongs to another run: " + "; ".join(diff))
+    return ckpt
+
+
+def read(path: Path, mmap: bool = False) -> dict:
+    """The checkpoint dict at `path`, after checking that it is one of fne train (FneError saying
+    why not). `mmap`: its tensors stay on disk until used (`fne run --dry-run` reads only its
+    epoch and arguments, not a network's worth of bytes)."""
     if not path.is_file():
         raise FneError(f"--resume: no checkpoint {path} (a run writes one after an epoch: see --save-every)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch's messages run over lines, or say only "(101)"
         why = e.strerror if isinstance(e, OSError) and e.strerror else "truncated, damaged or not a torch file"
         raise FneError(f"--resume: cannot read {path}: {why}; start anew without --resume") from None
@@ -150,6 +161,12 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
         lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
         raise FneError(f"--resume: {path} is not a checkpoint of fne train (it lacks {lacks})")
+    return ckpt
+
+
+def mismatch(ckpt: dict, cfg, images: dict | None = None) -> list[str]:
+    """How checkpoint `ckpt` (from `read`) differs from the run `cfg` describes on `images`
+    (None: not compared), one phrase a difference; empty: `--resume` takes it up."""
     old = ckpt["args"]
     diff = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {getattr(cfg, k)!r} now"
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
@@ -163,9 +180,7 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
         sizes = ", ".join(f"{k} {ckpt['images'].get(k, '?')} there, {n} now" for k, n in images.items()
                           if k != "sha256")
         diff.append(f"DATA {cfg.data} gives other images ({sizes})")
-    if diff:
-        raise FneError(f"--resume: {path} belongs to another run: " + "; ".join(diff))
-    return ckpt
+    return diff
 
 
 def weights_file(weights: str | None) -> str | None:

@@ -71,21 +71,19 @@ def _text(path):
     return os.fspath(path) if isinstance(path, os.PathLike) else path
 
 
-def _check(cfg: TrainConfig) -> None:
+def _check(cfg: TrainConfig, given: set[str]) -> None:
     """Argument mistakes, before any data or weights are loaded: each value against its
-    declaration (fne.options.TrainConfig), then the rules between options."""
+    declaration (fne.options.TrainConfig), an option given (`given`) that the mode ignores, then
+    the rules between options."""
     options.check(cfg)
+    options.unused(TrainConfig, cfg.mode, given)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
         raise FneError("--mode direct needs --class-map MAP.json (target class -> source classes)")
-    if cfg.mode != "direct" and cfg.class_map:
-        raise FneError(f"--class-map applies to --mode direct only, not {cfg.mode}")
     if cfg.mode == "scratch" and cfg.weights not in (None, "random"):
         raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
                        f"does not apply (use frozen or finetune to import weights)")
     backbones.check_weights(cfg.arch, cfg.weights)
-    if cfg.train_bn and cfg.mode != "finetune":
-        raise FneError(f"--train-bn applies to --mode finetune only, not {cfg.mode}")
     if cfg.resume and cfg.mode == "direct":
         raise FneError("--resume: direct mode does not train, there is nothing to resume")
 
@@ -125,7 +123,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         signature lists them): ``label_key`` (`fne.options.DataOptions`) and the fields of
         `fne.options.TrainConfig`; ``resume`` also takes "auto": continue from the run folder's
         checkpoint where it belongs to this run (same settings), else start anew (what `fne run`
-        does for its training steps).
+        does for its training steps). An option the mode does not use, given other than None
+        (``direct_score`` with ``mode="frozen"``), is an OptionError naming it.
 
     Returns
     -------
@@ -142,7 +141,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
                       **kwargs)
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
-    _check(cfg)
+    _check(cfg, {k for k, v in kwargs.items() if v is not None})
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key)
@@ -187,6 +186,37 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
         cfg.resume = ckpt is not None
         return ckpt
     return checkpoint.load(path, cfg, split.images) if cfg.resume else None
+
+
+def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
+    """What `fne train` with these arguments and ``resume="auto"`` (a step of `fne run`) does with
+    the checkpoint an interrupted run left in `out`, in words; None where there is none.
+
+    The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
+    part, from DATA's listing split as the run splits it), reading no image and no tensor (the
+    checkpoint is memory-mapped): for `fne run --dry-run`.
+    """
+    path = Path(out) / checkpoint.CHECKPOINT
+    if mode == "direct" or not path.is_file():
+        return None
+    cfg = TrainConfig(data=_text(data), mode=mode, out=_text(out), **kwargs)
+    try:
+        ckpt = checkpoint.read(path, mmap=True)
+    except FneError as e:
+        return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
+    done = f"checkpoint after epoch {ckpt['epoch']}"
+    try:
+        dataset = load_dataset(cfg.data)
+        with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
+            warnings.simplefilter("ignore")
+            split = _split(cfg, dataset, backbones.get(cfg.arch))
+    except (FneError, OSError) as e:
+        return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
+    parts = {"train": split.train, "val": split.val, "test": split.test}
+    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts))
+    if diff:
+        return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
+    return f"the rerun resumes from its {done} of {cfg.epochs}"
 
 
 def _workers(cfg: TrainConfig, dev: torch.device) -> int:
