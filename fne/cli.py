@@ -254,6 +254,7 @@ def _cmd_backbones(a) -> int:
             print(f"{name:20s} {len(b.taps):3d} taps, {b.dim:6d} features, last {b.last}")
         print(f"\nother backbones by name: {backbones.how_to_name()}")
         return 0
+    backbones.check_weights(a.arch, a.weights)  # --weights bogus: one line, as in every verb
     d = backbones.get(a.arch, a.weights).describe()
     if a.json:
         print(json.dumps(d, indent=1))

@@ -247,6 +247,7 @@ def test_version_is_the_packages(capsys):
     (["fit", "", "--out", "RUN"], "DATA '' is empty"),
     (["extract", "/dev/null"], "DATA /dev/null: neither a folder nor a file"),
     (["cache", "verify", "DATA"], "DATA is not a cache store (no store.json)"),
+    (["backbones", "vgg16", "--weights", "bogus"], "--weights bogus: no such file"),  # it exited 0
     (["export", "DATA", "--out", "x.h5", "--features", "auto"], "--features auto is `fne fit`'s cross-validated"),
     (["extract", "DATA", "--shard", ""], "bad --shard ''; expected I/N"),
     (["fit", "DATA", "--out", "RUN", "--label-key", "cls"], "--label-key cls: applies to tar shards, Parquet"),
