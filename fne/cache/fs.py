@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -93,6 +94,24 @@ def replace_file(path: Path, write: Callable[[Path], object]) -> None:
     interrupt leaves the file as it was, never half written. The temporary file does not outlive a
     failure, and an error of the write names `path`."""
     replace_files({path: write})
+
+
+def write_json(path: Path, obj) -> None:
+    """`obj` as JSON in `path`, written whole (`replace_file`): an interrupted run or a full
+    disk leaves the file as it was, never cut short."""
+    replace_file(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=str)))
+
+
+def read_json(path: Path, warn: bool = False) -> dict | None:
+    """The JSON object in `path`; None where the file is absent, unreadable or holds no object
+    (cut short by a full disk, say), with a warning naming it and why where `warn`."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        if warn:
+            warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=3)
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def replace_files(writes: dict[Path, Callable[[Path], object]]) -> None:

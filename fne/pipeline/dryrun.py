@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from fne.cache.fs import read_json
 from fne.errors import FneError, WeightsError
 from fne.pipeline.config import BackboneCfg, Pipeline
-from fne.pipeline.steps import Step, known_keys, needs_rows, read_json, train_arguments
+from fne.pipeline.steps import Step, known_keys, needs_rows, train_arguments
 
 __all__ = ["describe", "extraction_line", "plan_either"]
 

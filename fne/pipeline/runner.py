@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 
 import fne
-from fne.cache.fs import check_target
+from fne.cache.fs import check_target, read_json, write_json
 from fne.errors import FneError, WeightsError
 from fne.names import slug
 from fne.options import TrainConfig, uses
 from fne.pipeline import config
-from fne.pipeline import steps as files
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.steps import (
     STEP_FORMAT,
@@ -267,7 +266,7 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
         target = folder / f"{d.name}.tar"
     else:
         target = folder / f"{d.name}.csv"
-    if target.is_file() and (files.read_json(stamp) or {}).get("hash") == ident:  # an unreadable stamp: written again
+    if target.is_file() and (read_json(stamp) or {}).get("hash") == ident:  # an unreadable stamp: written again
         return str(target)
     if not write:
         return None
@@ -299,7 +298,7 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
             for i in keep:
                 w.writerow([str(Path(d.sources[i]).resolve()), d.labels[i]] + ([d.splits[i]] if d.has_split else []))
         os.replace(tmp, target)
-    files.write_json(stamp, {"hash": ident, "n": len(keep), "of": len(d), "max_per_class": ds.max_per_class})
+    write_json(stamp, {"hash": ident, "n": len(keep), "of": len(d), "max_per_class": ds.max_per_class})
     return str(target)
 
 
@@ -309,7 +308,7 @@ def _write_class_map(ds: DatasetCfg, out: Path) -> str | None:
     folder = out / slug(ds.key) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "class_map.json"
-    files.write_json(path, ds.class_map)
+    write_json(path, ds.class_map)
     return str(path)
 
 
@@ -332,7 +331,7 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
                               workers=p.workers, **k)
         a["dataset_key"] = step.dataset.key
         a["backbone"] = b.label
-        files.write_json(step.result_file, a)
+        write_json(step.result_file, a)
         return a
     if step.kind == "fit":
         return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
@@ -417,10 +416,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     steps = plan(p, out, data_for, cache)
     if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
         check_device(p.device, here=force or not all(s.done() for s in steps))
-    files.write_json(out / "pipeline.json", p.summary())
+    write_json(out / "pipeline.json", p.summary())
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
-    files.write_json(out / "pipeline.json", p.summary())
+    write_json(out / "pipeline.json", p.summary())
     rep = None
     if p.report if report is None else report:
         rep = _report(steps, p, out, say)

@@ -13,27 +13,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fne.cache.fs import replace_file
+from fne.cache.fs import read_json, write_json
 from fne.options import TrainConfig, uses
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 
 STEP_FORMAT = 1
-
-
-def read_json(path: Path) -> dict | None:
-    """The JSON object in `path`; None where the file is absent, unreadable or holds no object
-    (cut short by a full disk, say): to the pipeline, a file it cannot use is not there."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-def write_json(path: Path, obj) -> None:
-    """`obj` as JSON in `path`, written whole (`replace_file`): an interrupted run or a full
-    disk leaves the file as it was, never cut short."""
-    replace_file(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=str)))
 
 
 def config_hash(cfg: dict) -> str:

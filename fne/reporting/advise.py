@@ -437,7 +437,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
-    from fne.cache.fs import check_target, replace_file
+    from fne.cache.fs import check_target, write_json
     from fne.options import from_args
 
     kw = from_args(args, *OPTIONS)
@@ -445,7 +445,7 @@ def run_cli(args) -> int:
     a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        replace_file(out, lambda tmp: tmp.write_text(json.dumps(a, indent=1)))
+        write_json(out, a)
     print(json.dumps(a, indent=1) if args.json else format_advice(a), file=sys.stdout)
     return 0
 

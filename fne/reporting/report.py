@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from fne import verb_module
-from fne.cache.fs import check_target, replace_files
+from fne.cache.fs import check_target, read_json, replace_files
 from fne.errors import FneError, expect_path
 from fne.linear import compare
 from fne.names import slug
@@ -62,15 +62,6 @@ COLUMNS = ("accuracy", "mean_class_accuracy", "seconds", "extract_seconds")
 # ------------------------------------------------------------------ collecting
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=3)
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
 def _find(root: Path, name: str) -> list[Path]:
     if root.is_file():
         return [root] if root.name == name else []
@@ -93,17 +84,17 @@ def collect(run_dirs: list[str | Path]) -> dict:
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())
-            m = _read_json(p)
+            m = read_json(p, warn=True)
             if m is None or "accuracy" not in m:
                 continue
-            step = _read_json(p.parent / "step.json") if (p.parent / "step.json").is_file() else None
+            step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
-            a = _read_json(p)
+            a = read_json(p, warn=True)
             if a is not None and "recommendation" in a:
                 advice.append({**a, "_path": str(p)})
         for p in _find(root, "pipeline.json"):
-            pj = _read_json(p)
+            pj = read_json(p, warn=True)
             if pj is not None:
                 pipelines.append(pj)
         if len(runs) + len(advice) == found:
