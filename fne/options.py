@@ -221,6 +221,16 @@ class AdviseOptions:
 
 
 @dataclass
+class CacheOptions:
+    """`fne cache verify` and `fne cache rm` (`fne.cache_verify`, `fne.cache_rm`): whether they change
+    the cache (with StoreOptions' ``cache``)."""
+
+    clean: bool = option(False, "remove unfinished parts of interrupted runs (live writers' are spared) and move "
+                                "damaged parts to quarantine/", pipeline=False)
+    dry_run: bool = option(False, "list what would be removed, remove nothing", pipeline=False)
+
+
+@dataclass
 class TrainConfig:
     """`fne train`: everything a run depends on; stored in the checkpoint as `args`. Defaults follow
     the course practice (SGD, momentum 0.9, weight decay 5e-4, lr 1e-3)."""
@@ -482,13 +492,14 @@ def _plain(obj):
     return replace(obj, **plain) if plain else obj
 
 
-def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
+def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[str] | None = None) -> list:
     """Split a verb's keywords among its option classes; -> one checked instance per class.
 
     given: class -> an instance to start from (e.g. the caller's StoreSpec); keywords override
-    its fields. A keyword no class declares is a TypeError, as for any Python function.
+    its fields. A keyword no class declares (or, with `only`, none of those named there) is a
+    TypeError, as for any Python function; the other fields keep their defaults.
     """
-    unexpected(kwargs, *classes)
+    unexpected(kwargs, *classes, only=only)
     given = given or {}
     left = dict(kwargs)
     out = []
@@ -503,8 +514,9 @@ def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
     return out
 
 
-def unexpected(kwargs: dict, *classes) -> None:
-    """A keyword that none of `classes` declares is a TypeError, as for any Python function."""
-    left = set(kwargs) - {f.name for cls in classes for f in fields(cls)}
+def unexpected(kwargs: dict, *classes, only: Iterable[str] | None = None) -> None:
+    """A keyword that none of `classes` declares (or that is not in `only`: a verb that takes some
+    of a class's fields) is a TypeError, as for any Python function."""
+    left = set(kwargs) - {f.name for cls in classes for f in fields(cls) if only is None or f.name in only}
     if left:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")
