@@ -131,6 +131,45 @@ def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, sa
     assert list(tmp_path.iterdir()) == [] and not Path("None").exists()
 
 
+# verb -> (its Python call, its command line), on DATA that does not exist: options are checked first
+BAD_OPTION_CALLS = {
+    "fit": (lambda t, kw: fne.fit(t / "absent", out=t / "run", **kw), ["fit", "absent", "--out", "run"]),
+    "extract": (lambda t, kw: fne.extract(t / "absent", **kw), ["extract", "absent"]),
+    "advise": (lambda t, kw: fne.advise(t / "absent", **kw), ["advise", "absent"]),
+    "train": (lambda t, kw: fne.train(t / "absent", "frozen", t / "run", **kw),
+              ["train", "absent", "--mode", "frozen", "--out", "run"]),
+}
+
+
+@pytest.mark.parametrize("verb,kw,flags,python,cli", [
+    ("fit", dict(head="svmm"), ["--head", "svmm"], "unknown head='svmm'; choose from svm, logreg",
+     "unknown --head 'svmm'; choose from svm, logreg"),
+    ("fit", dict(stream_chunk=0), ["--stream-chunk", "0"], "bad stream_chunk=0: stream_chunk must be >= 1",
+     "bad --stream-chunk 0: --stream-chunk must be >= 1"),
+    ("fit", dict(C=-1), ["--C", "-1"], "bad C=-1; must be > 0", "bad --C '-1'; must be > 0"),
+    ("extract", dict(crop="middle"), ["--crop", "middle"], "unknown crop='middle'; choose from center",
+     "unknown --crop 'middle'; choose from center"),
+    ("advise", dict(seed=-1), ["--seed", "-1"], "bad seed=-1: seed must be in [0, 2**32)",
+     "bad --seed -1: --seed must be in [0, 2**32)"),
+    ("train", dict(val_fraction=1.5), ["--val-fraction", "1.5"], "bad val_fraction=1.5: val_fraction must be in [0, 1)",
+     "bad --val-fraction 1.5: --val-fraction must be in [0, 1)"),
+    ("train", dict(direct_score="max"), ["--direct-score", "max"],
+     "direct_score applies to mode 'direct' only, not 'frozen'", "--direct-score applies to --mode direct only, not frozen"),
+])
+def test_a_refused_option_value_names_the_keyword_in_python_and_the_flag_on_the_command_line(
+        verb, kw, flags, python, cli, tmp_path, monkeypatch, capsys):
+    """One message, said of what the user typed: ``fne.fit(..., head="svmm")`` names ``head=``,
+    `fne fit --head svmm` names ``--head``."""
+    call, argv = BAD_OPTION_CALLS[verb]
+    with pytest.raises(fne.options.OptionError) as e:
+        call(tmp_path, kw)
+    assert str(e.value).startswith(python) and "--" not in str(e.value)
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"fne {verb}: error: {cli}")
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
 def test_report_takes_one_run_folder_as_a_path(tmp_path):
     """`fne.report("runs/a", out=...)`: one folder, not its characters one by one."""
     from .test_report import make_runs
@@ -323,7 +362,7 @@ def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     if verb == "train":
         ignored = {k for k in kw if not fne.options.uses(fne.options.TrainConfig, "frozen", k)}
         assert ignored == {"class_map", "direct_score", "imported_lr_mult", "train_bn"}
-        with pytest.raises(fne.options.OptionError, match="^--direct-score applies to --mode direct only, not frozen$"):
+        with pytest.raises(fne.options.OptionError, match="^direct_score applies to mode 'direct' only, not 'frozen'$"):
             func(tmp_path / "absent", "frozen", tmp_path / "OUT", **{k: v for k, v in kw.items() if k != "class_map"})
         kw = {k: v for k, v in kw.items() if k not in ignored}
     assert "label_key" in kw and len(kw) > 5
