@@ -402,7 +402,7 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "Tru
 
 
 def named(f: dataclasses.Field | str, python: bool, value=MISSING) -> str:
-    """Option `f` (a field, or a field's name) as a message names it, with `value` when given: in
+    """Option `f` (a field, or the name of one whose flag is --name) as a message names it, with `value` when given: in
     Python its keyword (``head``, ``head='svmm'``), on the command line its flag (``--head``,
     ``--head 'svmm'``)."""
     if python:
