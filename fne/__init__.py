@@ -2,7 +2,9 @@
 
 The Python API has the CLI's verbs: `fne.extract(...)`, `fne.fit(...)`, `fne.predict(...)`,
 `fne.export(...)`, `fne.train(...)`, `fne.run(...)`, `fne.report(...)`, `fne.advise(...)`;
-and `fne.load_rows(...)`: DATA's cached rows as numpy arrays in memory (X, y, ids), no file.
+`fne.cache_info(...)`, `fne.cache_verify(...)`, `fne.cache_rm(...)` (`fne cache info / verify / rm`),
+`fne.list_backbones()` and `fne.describe_backbone(...)` (`fne backbones`); and `fne.load_rows(...)`:
+DATA's cached rows as numpy arrays in memory (X, y, ids), no file.
 Verb modules are callable (``fne.extract(...)`` runs ``fne.extract.extract(...)``), so the
 module and the verb share one name, and nothing heavy is imported until a verb is used. A verb's
 keywords are its command's options, same names, same defaults: ``help(fne.fit)`` lists them.
@@ -39,8 +41,11 @@ _VERBS = {
     "advise": "fne.reporting.advise",
 }
 
-# functions of the API that are no verb of the CLI -> their module
-_FUNCTIONS = {"load_rows": "fne.linear.export"}
+# the API's other functions -> their module: `fne cache info / verify / rm` and `fne backbones`
+# (fne.cache and fne.backbones are subpackages), and load_rows, which no command has
+_FUNCTIONS = {"load_rows": "fne.linear.export",
+              "cache_info": "fne.cache.verbs", "cache_verify": "fne.cache.verbs", "cache_rm": "fne.cache.verbs",
+              "list_backbones": "fne.backbones.catalog", "describe_backbone": "fne.backbones.catalog"}
 
 
 def __getattr__(name: str):

@@ -135,110 +135,89 @@ def _cmd_export(a) -> int:
 
 
 def _add_cache(p: argparse.ArgumentParser) -> None:
+    from fne.cache.verbs import INFO_OPTIONS, RM_OPTIONS, VERIFY_OPTIONS
+    from fne.options import CacheOptions, DataOptions, StoreOptions, add_arguments
+
     csub = p.add_subparsers(dest="cache_cmd", required=True)
     info = csub.add_parser("info", help="list stores: key, rows, size (and how many of DATA's images each holds)")
     info.add_argument("data", nargs="?", default=None, help="DATA whose images to look up in each store")
-    info.add_argument("--cache", default=None)
+    add_arguments(info, StoreOptions, DataOptions, only=INFO_OPTIONS)
     info.set_defaults(func=_cmd_cache_info)
     ver = csub.add_parser("verify", help="check stores' integrity")
     ver.add_argument("store", nargs="?", default=None, help="one store folder (default: all)")
-    ver.add_argument("--cache", default=None)
-    ver.add_argument("--clean", action="store_true",
-                     help="remove unfinished parts of interrupted runs (live writers' are spared) and move "
-                          "damaged parts to quarantine/")
+    add_arguments(ver, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
     ver.set_defaults(func=_cmd_cache_verify)
     rm = csub.add_parser("rm", help="remove whole stores (every row of a backbone, weights, preprocessing "
                                     "and precision) from the cache")
     rm.add_argument("stores", nargs="+", metavar="STORE",
                     help="a store's name as `fne cache info` lists it, or a shell pattern (quoted): 'vgg16__random*'")
-    rm.add_argument("--cache", default=None)
-    rm.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    add_arguments(rm, StoreOptions, CacheOptions, only=RM_OPTIONS)
     rm.set_defaults(func=_cmd_cache_rm)
 
 
+def _given(a, names: tuple[str, ...]) -> dict:
+    """The keywords `names` of a `fne cache` function, as the command line parsed them."""
+    return {n: getattr(a, n) for n in names}
+
+
 def _cmd_cache_info(a) -> int:
-    from fne.cache.store import cache_root, list_stores
+    from fne.cache.verbs import INFO_OPTIONS, cache_info
 
-    keys = None
-    if a.data is not None:  # content keys: the manifest's, hashing only files it does not know
-        from fne.data.datasets import load_dataset
-        from fne.data.manifest import attach_keys
-
-        dataset = attach_keys(load_dataset(a.data, cache=a.cache), a.cache, skip_unreadable=True)
-        keys = set(dataset.keys())
-    stores = list_stores(a.cache)
-    print(f"cache root: {cache_root(a.cache)}")
-    if not stores:
+    r = cache_info(a.data, **_given(a, INFO_OPTIONS))
+    print(f"cache root: {r.root}")
+    if not r.stores:
         print("no stores")
-    for s in stores:
-        m = s.meta
-        print(f"{s.path.name}\n  arch {m['arch']}  weights {m['weights']}  preprocess {m['preprocess']}  "
-              f"precision {m['precision']}  dtype {m['dtype']}\n  rows {len(s)}  bad {len(s.bad())}  "
-              f"parts {len(s.parts())}  size {s.size_bytes() / 2**20:.1f} MiB")
-        if keys is not None:
-            held, bad = len(keys & s.index().keys()), len(keys & s.bad().keys())
-            print(f"  {dataset.name}: {held} of {len(keys)} distinct images cached"
-                  + (f", {bad} recorded unreadable" if bad else ""))
+    for s in r.stores:
+        print(f"{s.name}\n  arch {s.arch}  weights {s.weights}  preprocess {s.preprocess}  "
+              f"precision {s.precision}  dtype {s.dtype}\n  rows {s.rows}  bad {s.bad}  "
+              f"parts {s.parts}  size {s.size_bytes / 2**20:.1f} MiB")
+        if s.data_cached is not None:
+            print(f"  {r.data}: {s.data_cached} of {r.data_images} distinct images cached"
+                  + (f", {s.data_unreadable} recorded unreadable" if s.data_unreadable else ""))
     return 0
 
 
 def _cmd_cache_verify(a) -> int:
-    from fne.cache import upkeep
-    from fne.cache.store import Store, cache_root, list_stores
+    from fne.cache.upkeep import QUARANTINE
+    from fne.cache.verbs import VERIFY_OPTIONS, cache_verify
 
-    stores = [Store.at(a.store)] if a.store else list_stores(a.cache)
-    if not stores:
-        print(f"no stores in {cache_root(a.cache)}")
-    bad = 0
-    for s in stores:
+    r = cache_verify(a.store, **_given(a, VERIFY_OPTIONS))
+    if not r.stores:
+        print(f"no stores in {r.root}")
+    for s in r.stores:
         if a.clean:
-            print(f"{s.path.name}: removed {upkeep.clean(s)} unfinished part(s) of interrupted runs")
-            for name in upkeep.quarantine(s, upkeep.verify(s).damaged):
-                print(f"{s.path.name}: damaged part {name} moved to {s.path / upkeep.QUARANTINE / name}; "
-                      f"`fne extract` recomputes its rows")
-        found = upkeep.verify(s)
-        bad += not found.ok
+            print(f"{s.name}: removed {s.removed} unfinished part(s) of interrupted runs")
+        for name in s.quarantined:
+            print(f"{s.name}: damaged part {name} moved to {s.path}/{QUARANTINE}/{name}; "
+                  f"`fne extract` recomputes its rows")
+        found = s.findings
         dup = f", {found.duplicates} duplicate rows (reads use the first)" if found.duplicates else ""
-        print(f"{s.path.name}: {'OK' if found.ok else 'PROBLEMS'} ({found.rows} rows{dup})")
+        print(f"{s.name}: {'OK' if found.ok else 'PROBLEMS'} ({found.rows} rows{dup})")
         for msg in found.problems:
             print(f"  - {msg}")
         if found.leftovers:
             print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; "
                   f"--clean removes them)")
-    return 1 if bad else 0
+    return 0 if r.ok else 1
 
 
 def _cmd_cache_rm(a) -> int:
-    from fnmatch import fnmatchcase
+    from fne.cache.verbs import RM_OPTIONS, cache_rm
 
-    from fne.cache import upkeep
-    from fne.cache.fs import is_url
-    from fne.cache.store import cache_root, list_stores
-    from fne.errors import FneError
-
-    root, stores = cache_root(a.cache), list_stores(a.cache)
-    chosen = {}
-    for pattern in a.stores:
-        found = [s for s in stores if fnmatchcase(s.path.name, pattern)]
-        if not found:
-            raise FneError(f"no store in {root} is named {pattern!r} (`fne cache info` lists them)")
-        chosen.update((s.path.name, s) for s in found)
-    if not a.dry_run and not is_url(root):
-        upkeep.finish_removals(root)  # of an interrupted `fne cache rm`
-    freed = 0
-    for name, s in chosen.items():
-        rows, size = len(s), s.size_bytes()
-        if not a.dry_run:
-            upkeep.remove(s)
-        freed += size
-        print(f"{'would remove' if a.dry_run else 'removed'} {name} ({rows} rows, {size / 2**20:.1f} MiB)")
-    print(f"{'would free' if a.dry_run else 'freed'} {freed / 2**20:.1f} MiB in {root}")
+    r = cache_rm(a.stores, **_given(a, RM_OPTIONS))
+    for s in r.stores:
+        print(f"{'would remove' if r.dry_run else 'removed'} {s.name} ({s.rows} rows, {s.size_bytes / 2**20:.1f} MiB)")
+    print(f"{'would free' if r.dry_run else 'freed'} {r.freed_bytes / 2**20:.1f} MiB in {r.root}")
     return 0
 
 
 def _add_backbones(p: argparse.ArgumentParser) -> None:
-    p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME")
-    p.add_argument("--weights", default="imagenet", help="weights whose preprocessing to show (default imagenet)")
+    from fne.backbones.catalog import DESCRIBE_OPTIONS
+    from fne.options import StoreOptions, add_arguments
+
+    p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME; "
+                                                         "without it, the registry is listed")
+    add_arguments(p, StoreOptions, only=DESCRIBE_OPTIONS)
     p.add_argument("--json", action="store_true", help="print the taps and preprocessing as JSON")
     p.set_defaults(func=_cmd_backbones)
 
@@ -246,16 +225,15 @@ def _add_backbones(p: argparse.ArgumentParser) -> None:
 def _cmd_backbones(a) -> int:
     import json
 
-    from fne.backbones import registry as backbones
+    from fne.backbones.catalog import DESCRIBE_OPTIONS, describe_backbone, list_backbones
+    from fne.backbones.registry import how_to_name
 
     if a.arch is None:
-        for name in sorted(backbones.REGISTRY):
-            b = backbones.REGISTRY[name]
-            print(f"{name:20s} {len(b.taps):3d} taps, {b.dim:6d} features, last {b.last}")
-        print(f"\nother backbones by name: {backbones.how_to_name()}")
+        for b in list_backbones():
+            print(f"{b['name']:20s} {b['taps']:3d} taps, {b['dim']:6d} features, last {b['last']}")
+        print(f"\nother backbones by name: {how_to_name()}")
         return 0
-    backbones.check_weights(a.arch, a.weights)  # --weights bogus: one line, as in every verb
-    d = backbones.get(a.arch, a.weights).describe()
+    d = describe_backbone(a.arch, **_given(a, DESCRIBE_OPTIONS))
     if a.json:
         print(json.dumps(d, indent=1))
         return 0
@@ -333,8 +311,9 @@ def _terminate(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
-    A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback."""
-    from fne.errors import FneError
+    A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
+    option value's (`OptionError`) names its flag, where Python's names its keyword."""
+    from fne.errors import FneError, OptionError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
@@ -346,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FneError as e:
-        print(f"fne {args.command}: error: {e}", file=sys.stderr)
+        print(f"fne {args.command}: error: {e.cli if isinstance(e, OptionError) else e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"

@@ -7,7 +7,8 @@ bounds, its command-line flag and whether a pipeline file may set it. From that 
 - the command line: `add_arguments` (argparse) and `from_args` (back to keywords), so the CLI
   cannot drop an option the API takes;
 - the Python API's defaults and checks: `resolve` turns a verb's keywords into these objects and
-  `check` raises one `OptionError` (a ValueError) naming the flag of a bad value;
+  `check` raises one `OptionError` (a ValueError) naming a bad value's keyword (``head='svmm'``),
+  and on the command line its flag (``--head 'svmm'``: `refusal`);
 - the pipeline schema (`schema`) and its value checks (`problems`), read by fne.pipeline.config.
 
 Pure Python (no torch, no scikit-learn): the CLI and the pipeline configuration import it cheaply.
@@ -221,6 +222,16 @@ class AdviseOptions:
 
 
 @dataclass
+class CacheOptions:
+    """`fne cache verify` and `fne cache rm` (`fne.cache_verify`, `fne.cache_rm`): whether they change
+    the cache (with StoreOptions' ``cache``)."""
+
+    clean: bool = option(False, "remove unfinished parts of interrupted runs (live writers' are spared) and move "
+                                "damaged parts to quarantine/", pipeline=False)
+    dry_run: bool = option(False, "list what would be removed, remove nothing", pipeline=False)
+
+
+@dataclass
 class TrainConfig:
     """`fne train`: everything a run depends on; stored in the checkpoint as `args`. Defaults follow
     the course practice (SGD, momentum 0.9, weight decay 5e-4, lr 1e-3)."""
@@ -390,10 +401,28 @@ def _of_type(v, hint) -> bool:
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
 
 
+def named(f: dataclasses.Field | str, python: bool, value=MISSING) -> str:
+    """Option `f` (a field, or the name of one whose flag is --name) as a message names it, with `value` when given: in
+    Python its keyword (``head``, ``head='svmm'``), on the command line its flag (``--head``,
+    ``--head 'svmm'``)."""
+    if python:
+        name = f if isinstance(f, str) else f.name
+        return name if value is MISSING else f"{name}={value!r}"
+    name = "--" + f.replace("_", "-") if isinstance(f, str) else flag(f)
+    return name if value is MISSING else f"{name} {value!r}"
+
+
+def refusal(text: Callable[[bool], str]) -> OptionError:
+    """The OptionError of a refused option value: `text(python)` is its message, naming options
+    with `named(..., python)`; the exception's message is Python's (``bad seed=-1: ...``), its
+    `cli` the command line's (``bad --seed -1: ...``), which the CLI prints."""
+    return OptionError(text(True), cli=text(False))
+
+
 def check(obj) -> None:
     """Raise TypeError naming the keyword of the first value of the wrong type (the API's
     mistake: the command line parses its strings), then OptionError (a ValueError) naming the
-    flag of the first value `obj` does not accept."""
+    first value `obj` does not accept (`refusal`: its keyword, on the command line its flag)."""
     hints = _types(type(obj))
     for f, _ in _opts(type(obj)):
         v = getattr(obj, f.name)
@@ -405,10 +434,15 @@ def check(obj) -> None:
             raise TypeError(f"{f.name} must be {want}, not {type(v).__name__} {v!r}")
     for f, o in _opts(type(obj)):
         v, why = getattr(obj, f.name), _refused(getattr(obj, f.name), o)
-        if why == "choice":
-            raise OptionError(f"unknown {flag(f)} {v!r}; choose from {', '.join(map(str, o.choices))}")
-        if why == "bound":
-            raise OptionError(f"bad {flag(f)} {v!r}: {flag(f)} must be {_wanted(v, o)}")
+        if why is not None:
+            raise _refused_error(f, v, o, why)
+
+
+def _refused_error(f: dataclasses.Field, v, o: Opt, why: str) -> OptionError:
+    """The OptionError of the value `v` that option `f` refuses (`why`: `_refused`'s)."""
+    if why == "choice":
+        return refusal(lambda py: f"unknown {named(f, py, v)}; choose from {', '.join(map(str, o.choices))}")
+    return refusal(lambda py: f"bad {named(f, py, v)}: {named(f, py)} must be {_wanted(v, o)}")
 
 
 def uses(cls, mode: str, name: str) -> bool:
@@ -417,9 +451,10 @@ def uses(cls, mode: str, name: str) -> bool:
     return name not in declared or not declared[name].modes or mode in declared[name].modes
 
 
-def used_by(cls, name: str) -> str:
-    """The modes that use option `name` of `cls`, in words: "frozen or finetune"."""
-    modes = next(o.modes for f, o in _opts(cls) if f.name == name)
+def used_by(cls, name: str, quote: Callable[[str], str] = str) -> str:
+    """The modes that use option `name` of `cls`, in words: "frozen or finetune" (`quote`d:
+    "'frozen' or 'finetune'" with repr)."""
+    modes = [quote(m) for m in next(o.modes for f, o in _opts(cls) if f.name == name)]
     return " or ".join(filter(None, [", ".join(modes[:-1]), modes[-1]]))
 
 
@@ -429,7 +464,13 @@ def unused(cls, mode: str, given: Iterable[str]) -> None:
     ignoring an option it was given left the user believing it mattered."""
     for f in fields(cls):
         if f.name in given and not uses(cls, mode, f.name):
-            raise OptionError(f"{flag(f)} applies to --mode {used_by(cls, f.name)} only, not {mode}")
+            raise _unused_error(cls, f, mode)
+
+
+def _unused_error(cls, f: dataclasses.Field, mode: str) -> OptionError:
+    """The OptionError of option `f` given to `mode`, which does not use it (`unused`)."""
+    return refusal(lambda py: f"{named(f, py)} applies to {named('mode', py)} {used_by(cls, f.name, repr if py else str)} "
+                              f"only, not {repr(mode) if py else mode}")
 
 
 def problems(cls, values: dict) -> list[tuple[str, str]]:
@@ -482,13 +523,14 @@ def _plain(obj):
     return replace(obj, **plain) if plain else obj
 
 
-def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
+def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[str] | None = None) -> list:
     """Split a verb's keywords among its option classes; -> one checked instance per class.
 
     given: class -> an instance to start from (e.g. the caller's StoreSpec); keywords override
-    its fields. A keyword no class declares is a TypeError, as for any Python function.
+    its fields. A keyword no class declares (or, with `only`, none of those named there) is a
+    TypeError, as for any Python function; the other fields keep their defaults.
     """
-    unexpected(kwargs, *classes)
+    unexpected(kwargs, *classes, only=only)
     given = given or {}
     left = dict(kwargs)
     out = []
@@ -503,8 +545,9 @@ def resolve(kwargs: dict, *classes, given: dict | None = None) -> list:
     return out
 
 
-def unexpected(kwargs: dict, *classes) -> None:
-    """A keyword that none of `classes` declares is a TypeError, as for any Python function."""
-    left = set(kwargs) - {f.name for cls in classes for f in fields(cls)}
+def unexpected(kwargs: dict, *classes, only: Iterable[str] | None = None) -> None:
+    """A keyword that none of `classes` declares (or that is not in `only`: a verb that takes some
+    of a class's fields) is a TypeError, as for any Python function."""
+    left = set(kwargs) - {f.name for cls in classes for f in fields(cls) if only is None or f.name in only}
     if left:
         raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")

@@ -131,6 +131,45 @@ def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, sa
     assert list(tmp_path.iterdir()) == [] and not Path("None").exists()
 
 
+# verb -> (its Python call, its command line), on DATA that does not exist: options are checked first
+BAD_OPTION_CALLS = {
+    "fit": (lambda t, kw: fne.fit(t / "absent", out=t / "run", **kw), ["fit", "absent", "--out", "run"]),
+    "extract": (lambda t, kw: fne.extract(t / "absent", **kw), ["extract", "absent"]),
+    "advise": (lambda t, kw: fne.advise(t / "absent", **kw), ["advise", "absent"]),
+    "train": (lambda t, kw: fne.train(t / "absent", "frozen", t / "run", **kw),
+              ["train", "absent", "--mode", "frozen", "--out", "run"]),
+}
+
+
+@pytest.mark.parametrize("verb,kw,flags,python,cli", [
+    ("fit", dict(head="svmm"), ["--head", "svmm"], "unknown head='svmm'; choose from svm, logreg",
+     "unknown --head 'svmm'; choose from svm, logreg"),
+    ("fit", dict(stream_chunk=0), ["--stream-chunk", "0"], "bad stream_chunk=0: stream_chunk must be >= 1",
+     "bad --stream-chunk 0: --stream-chunk must be >= 1"),
+    ("fit", dict(C=-1), ["--C", "-1"], "bad C=-1; must be > 0", "bad --C '-1'; must be > 0"),
+    ("extract", dict(crop="middle"), ["--crop", "middle"], "unknown crop='middle'; choose from center",
+     "unknown --crop 'middle'; choose from center"),
+    ("advise", dict(seed=-1), ["--seed", "-1"], "bad seed=-1: seed must be in [0, 2**32)",
+     "bad --seed -1: --seed must be in [0, 2**32)"),
+    ("train", dict(val_fraction=1.5), ["--val-fraction", "1.5"], "bad val_fraction=1.5: val_fraction must be in [0, 1)",
+     "bad --val-fraction 1.5: --val-fraction must be in [0, 1)"),
+    ("train", dict(direct_score="max"), ["--direct-score", "max"],
+     "direct_score applies to mode 'direct' only, not 'frozen'", "--direct-score applies to --mode direct only, not frozen"),
+])
+def test_a_refused_option_value_names_the_keyword_in_python_and_the_flag_on_the_command_line(
+        verb, kw, flags, python, cli, tmp_path, monkeypatch, capsys):
+    """One message, said of what the user typed: ``fne.fit(..., head="svmm")`` names ``head=``,
+    `fne fit --head svmm` names ``--head``."""
+    call, argv = BAD_OPTION_CALLS[verb]
+    with pytest.raises(fne.options.OptionError) as e:
+        call(tmp_path, kw)
+    assert str(e.value).startswith(python) and "--" not in str(e.value)
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, *flags]) == 2
+    assert capsys.readouterr().err.startswith(f"fne {verb}: error: {cli}")
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
 def test_report_takes_one_run_folder_as_a_path(tmp_path):
     """`fne.report("runs/a", out=...)`: one folder, not its characters one by one."""
     from .test_report import make_runs
@@ -173,7 +212,8 @@ API_ONLY = {"store": "a StoreSpec object; the command line gives its fields one 
             "log": "fne.run's progress lines to a callable instead of print",
             "extra_pipelines": "fne run hands its own pipeline summaries to fne.report"}
 CLI_ONLY = {("advise", "json"): "prints the returned dict as JSON",
-            ("advise", "out"): "writes the returned dict to a file"}
+            ("advise", "out"): "writes the returned dict to a file",
+            ("backbones", "json"): "prints describe_backbone's dict as JSON"}
 NOT_ON_THE_COMMAND_LINE = {f.name for cls in (fne.options.ForwardOptions, fne.options.TrainConfig)
                            for f in dataclasses.fields(cls) if not f.metadata["opt"].cli} - {"data"}
 REQUIRED = "required"
@@ -183,10 +223,14 @@ class _Called(Exception):
     """What the command line called its verb with (raised instead of running it)."""
 
 
-def _cli(verb: str) -> tuple[list[str], dict]:
-    """The command line's positional arguments (in order) and option -> default (REQUIRED)."""
-    (sub,) = [a for a in build_parser([verb])._actions if isinstance(a, argparse._SubParsersAction)]
-    acts = [a for a in sub.choices[verb]._actions if not isinstance(a, argparse._HelpAction)]
+def _cli(*command: str) -> tuple[list[str], dict]:
+    """The command line's positional arguments (in order) and option -> default (REQUIRED) of
+    `command`: a verb, or a verb and its subcommand (`cache`, `info`)."""
+    parser = build_parser([command[0]])
+    for name in command:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = sub.choices[name]
+    acts = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
     return ([a.dest for a in acts if not a.option_strings],
             {a.dest: REQUIRED if a.required else a.default for a in acts if a.option_strings})
 
@@ -233,6 +277,79 @@ def test_every_option_of_the_command_line_is_a_keyword_of_the_python_verb_with_i
         k: v for k, v in cli.items() if v != REQUIRED and k not in unset}
 
 
+# `fne cache ...` and `fne backbones ARCH`: the command -> (the module of the function the CLI
+# calls, the function, the command line's required arguments)
+FUNCTION_CALLS = {
+    ("cache", "info"): ("fne.cache.verbs", "cache_info", []),
+    ("cache", "verify"): ("fne.cache.verbs", "cache_verify", []),
+    ("cache", "rm"): ("fne.cache.verbs", "cache_rm", ["STORE"]),
+    ("backbones",): ("fne.backbones.catalog", "describe_backbone", ["vgg16"]),
+}
+
+
+@pytest.mark.parametrize("command", FUNCTION_CALLS, ids=" ".join)
+def test_the_cache_and_backbones_commands_are_their_functions_options(command, monkeypatch):
+    """The same positional arguments, options and defaults on both sides, and the command line
+    hands each to `fne.<function>` by name."""
+    module, name, argv = FUNCTION_CALLS[command]
+    func = getattr(importlib.import_module(module), name)
+    assert getattr(fne, name) is func
+    cli_pos, cli = _cli(*command)
+    params = inspect.signature(func).parameters.values()
+    assert cli_pos == [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    api = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    assert {k: v for k, v in cli.items() if (command[0], k) not in CLI_ONLY} == api and api
+
+    def record(*args, **kwargs):
+        raise _Called(inspect.signature(func).bind(*args, **kwargs).arguments)
+
+    monkeypatch.setattr(importlib.import_module(module), name, record)
+    with pytest.raises(_Called) as called:
+        main([*command, *argv])
+    given = argv if name != "cache_rm" else [argv]  # rm's STORE...: a list
+    assert called.value.args[0] == {**dict(zip(cli_pos, given + [None])), **api}
+
+
+def test_cache_and_backbones_functions_return_what_the_commands_print(digits_folder, warm_cache, tmp_path, capsys):
+    import json
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    info = fne.cache_info(digits_folder, cache=str(cache))
+    (s,) = info.stores
+    assert info.root == str(cache) and info.data == "data" and info.data_images == 24
+    assert (s.arch, s.rows, s.bad, s.data_cached, s.data_unreadable) == ("efficientnet_lite0", 24, 0, 24, 0)
+    assert s.size_bytes == list_stores(cache)[0].size_bytes() and fne.cache_info(cache=str(cache)).data is None
+    assert main(["cache", "info", "--cache", str(cache)]) == 0
+    assert f"rows 24  bad 0  parts {s.parts}  size" in capsys.readouterr().out
+    check = fne.cache_verify(cache=str(cache))
+    assert check.ok and check.stores[0].findings.rows == 24 and check.stores[0].name == s.name
+    removal = fne.cache_rm(s.name, cache=str(cache), dry_run=True)
+    assert removal.freed_bytes == s.size_bytes and len(list_stores(cache)) == 1
+    with pytest.raises(FneError, match="^no store in .* is named 'vgg99'"):
+        fne.cache_rm(["*", "vgg99"], cache=str(cache))
+    assert [x.name for x in fne.cache_rm([s.name], cache=str(cache)).stores] == [s.name]
+    assert list_stores(cache) == [] and fne.cache_verify(cache=str(cache)).stores == []
+    assert [b["name"] for b in fne.list_backbones()] == ["efficientnet_lite0", "vgg16", "vgg19"]
+    assert main(["backbones", "vgg16", "--weights", "random", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == fne.describe_backbone("vgg16", weights="random")
+
+
+@pytest.mark.parametrize("call,exc,said", [
+    (lambda: fne.cache_info(arch="vgg16"), TypeError, "^unexpected keyword argument"),
+    (lambda: fne.cache_verify(clean="yes"), TypeError, "^clean must be True or False"),
+    (lambda: fne.cache_rm("x", cache=3), TypeError, "^cache must be a string"),
+    (lambda: fne.cache_rm(None), TypeError, "^stores: expected a store name"),
+    (lambda: fne.describe_backbone("vgg16", dry_run=True), TypeError, "^unexpected keyword argument"),
+    (lambda: fne.describe_backbone("convnxt_tiny"), FneError, "Did you mean: convnext_tiny"),
+])
+def test_cache_and_backbones_functions_name_a_bad_argument(call, exc, said, tmp_path, monkeypatch):
+    monkeypatch.setenv("FNE_CACHE", str(tmp_path))
+    with pytest.raises(exc, match=said):
+        call()
+
+
 @pytest.mark.parametrize("verb", ["extract", "fit", "export", "load_rows", "train", "advise", "predict"])
 def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     """The signature `help(fne.VERB)` shows is what the verb accepts: every keyword at its
@@ -245,7 +362,7 @@ def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     if verb == "train":
         ignored = {k for k in kw if not fne.options.uses(fne.options.TrainConfig, "frozen", k)}
         assert ignored == {"class_map", "direct_score", "imported_lr_mult", "train_bn"}
-        with pytest.raises(fne.options.OptionError, match="^--direct-score applies to --mode direct only, not frozen$"):
+        with pytest.raises(fne.options.OptionError, match="^direct_score applies to mode 'direct' only, not 'frozen'$"):
             func(tmp_path / "absent", "frozen", tmp_path / "OUT", **{k: v for k, v in kw.items() if k != "class_map"})
         kw = {k: v for k, v in kw.items() if k not in ignored}
     assert "label_key" in kw and len(kw) > 5
@@ -299,3 +416,16 @@ def test_the_readmes_hdf5_reading_runs_as_written(layout, digits_folder, warm_ca
     a, b = r.columns["head"]
     assert scope["last"] == r.layers[-1] == "head" and (scope["a"], scope["b"]) == (a, b)
     assert np.array_equal(scope["acts"], r.X[:, a:b])
+
+
+def test_the_readmes_cache_and_backbones_calls_run_as_written(digits_folder, warm_cache, monkeypatch, capsys):
+    code = _readme_python("fne.cache_info(")
+    assert '"images/"' in code and 's.arch == "vgg19"' in code
+    code = code.replace('"images/"', repr(str(digits_folder))).replace('"vgg19"', '"efficientnet_lite0"')
+    monkeypatch.setenv("FNE_CACHE", str(warm_cache))
+    exec(compile(code, "README.md", "exec"), {})
+    held, ok, freed, names, resnet = capsys.readouterr().out.splitlines()
+    (store,) = list_stores(warm_cache)  # the dry run removed nothing
+    assert held == f"{store.path.name} 24 {store.size_bytes()} 24 of 24" and ok == "True"
+    assert int(freed) == store.size_bytes() and names == "['efficientnet_lite0', 'vgg16', 'vgg19']"
+    assert resnet == "15168 224 ['relu', 'layer1.0', 'layer1.1']"

@@ -175,6 +175,49 @@ def test_label_key_picks_the_json_field_and_missing_labels_are_named(tmp_path, c
         fne.load_rows(d, label_key="species", cache=str(tmp_path / "c"), **FAST)
 
 
+def _two_labels(tmp_path: Path, per_class: int = 3) -> tuple[Path, Path]:
+    """(an image folder of 2 digits, a tar of its images labelled c0 / c1 in .json `species` and
+    0 / 1 in .cls)."""
+    src = write_digits(tmp_path / "digits", per_class=per_class, classes=2)
+    path = tmp_path / "s.tar"
+    with tarfile.open(path, "w") as tf:
+        for j, (f, lab, _) in enumerate(_files(src)):
+            tf.add(f, arcname=f"{j:04d}.png")
+            _add(tf, f"{j:04d}.json", json.dumps({"species": f"c{lab}"}).encode())
+            _add(tf, f"{j:04d}.cls", lab.encode())  # labels the model was not fitted on: 0, 1
+    return src, path
+
+
+def test_predict_reads_labels_where_the_model_was_fitted_to_find_them(tmp_path, capsys):
+    """A model fitted with label_key: predict reads DATA's labels with it unless given one (a
+    .cls member holding other labels is not taken instead), honours another one given with a
+    warning, and does not apply it to an image folder (which takes none)."""
+    import pandas as pd
+
+    src, path = _two_labels(tmp_path)
+    kw = dict(cache=str(tmp_path / "c"), progress=False, workers=0)
+    fne.fit(path, out=tmp_path / "run", label_key="species", extract_missing=True, splits=1, **kw, **FAST)
+    r = fne.predict(tmp_path / "run", path, out=tmp_path / "p.csv", **kw)
+    assert r["n_scored"] == r["n"] == 6 and r["accuracy"] is not None
+    assert sorted(pd.read_csv(tmp_path / "p.csv")["true"]) == ["c0"] * 3 + ["c1"] * 3
+    assert main(["predict", str(tmp_path / "run"), str(path), "--out", str(tmp_path / "q.csv"), "--cache",
+                 str(tmp_path / "c"), "--workers", "0", "--no-progress"]) == 0
+    assert "accuracy" in capsys.readouterr().out  # the command line alike
+    with pytest.warns(UserWarning, match=r"read with label key 'cls', not 'species' as .*run was fitted with"):
+        r = fne.predict(tmp_path / "run", path, out=tmp_path / "p.csv", label_key="cls", **kw)
+    assert r["n_scored"] == 0 and sorted(pd.read_csv(tmp_path / "p.csv")["true"].astype(str)) == ["0"] * 3 + ["1"] * 3
+    r = fne.predict(tmp_path / "run", src, out=tmp_path / "p.csv", **kw)  # a folder: no label key to apply
+    assert r["n"] == 6 and r["n_scored"] == 0
+
+
+def test_predict_with_a_train_run_reads_labels_where_it_was_trained_to_find_them(tmp_path):
+    src, path = _two_labels(tmp_path, per_class=5)
+    fne.train(path, "frozen", tmp_path / "run", label_key="species", epochs=1, val_fraction=0.3, image_size=32,
+              workers=0, progress=False, arch=FAST["arch"], weights="random")
+    r = fne.predict(tmp_path / "run", path, out=tmp_path / "p.csv", workers=0, progress=False)
+    assert r["n_scored"] == r["n"] == 10  # not the .cls labels, which it has no class of
+
+
 def test_split_from_a_member_and_from_a_shard_folder(tmp_path):
     src = write_digits(tmp_path / "digits", per_class=3, classes=2)
     path = tmp_path / "mixed.tar"

@@ -130,11 +130,11 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
 
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(features="fc6"), "has no layer 'fc6'"),
-    (dict(head="tree"), "unknown --head"),
+    (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),
-    (dict(test_size=1.5), "--test-size"),
-    (dict(stream_chunk=0), "--stream-chunk must be >= 1"),
+    (dict(test_size=1.5), "bad test_size=1.5"),
+    (dict(stream_chunk=0), "stream_chunk must be >= 1"),
 ])
 def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     with pytest.raises(FneError, match=msg):
@@ -147,13 +147,13 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     (dict(splits=True), TypeError, "splits must be an integer"),
     (dict(extract_missing="no"), TypeError, "extract_missing must be True or False, not str 'no'"),
     (dict(store={"arch": "vgg16"}), TypeError, "expected a StoreSpec, not dict"),
-    (dict(C=-1), ValueError, r"bad --C -1; must be > 0"),
+    (dict(C=-1), ValueError, r"bad C=-1; must be > 0"),
     (dict(C=float("nan")), ValueError, "must be > 0"),
-    (dict(C=float("inf")), ValueError, "bad --C inf; must be finite"),
-    (dict(seed=-1), ValueError, r"bad --seed -1: --seed must be in \[0, 2\*\*32\)"),
-    (dict(test_size=float("inf")), ValueError, "bad --test-size inf"),
+    (dict(C=float("inf")), ValueError, "bad C=inf; must be finite"),
+    (dict(seed=-1), ValueError, r"bad seed=-1: seed must be in \[0, 2\*\*32\)"),
+    (dict(test_size=float("inf")), ValueError, "bad test_size=inf"),
     (dict(out=""), FneError, "--out '': is empty"),
-    (dict(head="tree"), ValueError, "unknown --head 'tree'"),
+    (dict(head="tree"), ValueError, "unknown head='tree'"),
     (dict(out=None), TypeError, "out: expected a path"),
 ])
 def test_api_keywords_of_a_wrong_type_or_value_name_the_keyword(tmp_path, kwargs, exc, msg):

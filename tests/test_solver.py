@@ -201,7 +201,7 @@ def test_auto_solver_by_size(monkeypatch):
 
 
 def test_bad_solver_is_a_one_line_error(digits_folder, warm_cache, tmp_path):
-    with pytest.raises(FneError, match="unknown --solver 'fast'"):
+    with pytest.raises(FneError, match="unknown solver='fast'"):
         fit(digits_folder, solver="fast", out=tmp_path / "r", cache=str(warm_cache), **STORE)
 
 

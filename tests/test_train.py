@@ -314,9 +314,9 @@ def test_an_option_the_mode_ignores_is_refused_through_the_api_too(tmp_path):
     not given (the API's way to say "not set")."""
     from fne.training.train import train
 
-    with pytest.raises(OptionError, match=r"^--direct-score applies to --mode direct only, not frozen$"):
+    with pytest.raises(OptionError, match=r"^direct_score applies to mode 'direct' only, not 'frozen'$"):
         train("digits", "frozen", tmp_path / "run", direct_score="max", **FAST)
-    with pytest.raises(OptionError, match=r"^--epochs applies to --mode scratch, frozen or finetune only, not direct$"):
+    with pytest.raises(OptionError, match=r"^epochs applies to mode 'scratch', 'frozen' or 'finetune' only, not 'direct'$"):
         train("digits", "direct", tmp_path / "run", epochs=3, class_map=None, **FAST)
     assert not (tmp_path / "run").exists()
 
@@ -611,7 +611,7 @@ def test_train_workers_default_like_extract_on_cuda():
 def test_bad_augment_on_is_one_clear_error(digits, tmp_path):
     from fne.training.train import train
 
-    with pytest.raises(FneError, match=r"unknown --augment-on 'gpu'; choose from auto, cpu, device"):
+    with pytest.raises(FneError, match=r"unknown augment_on='gpu'; choose from auto, cpu, device"):
         train(digits, "frozen", tmp_path / "run", augment_on="gpu", **FAST)
 
 

@@ -140,6 +140,14 @@ def quarantine(store: Store, damaged: list[str]) -> list[str]:
     return list(damaged)
 
 
+def check_idle(store: Store) -> None:
+    """CacheError when a running extraction holds one of `store`'s locks (it writes to the store)."""
+    busy = [f for f in lock_files(store) if sidecar.held(f)]
+    if busy:
+        raise CacheError(f"{store.path.name}: a running extraction is writing to it (lock {busy[0]}); "
+                         f"remove it when that run has ended")
+
+
 def remove(store: Store) -> None:
     """Delete the whole store `store` (its rows, bad-image records and lock files).
 
@@ -150,12 +158,9 @@ def remove(store: Store) -> None:
     Raises
     ------
     CacheError
-        When a running extraction holds one of the store's locks; nothing is removed.
+        When a running extraction holds one of the store's locks (`check_idle`); nothing is removed.
     """
-    busy = [f for f in lock_files(store) if sidecar.held(f)]
-    if busy:
-        raise CacheError(f"{store.path.name}: a running extraction is writing to it (lock {busy[0]}); "
-                         f"remove it when that run has ended")
+    check_idle(store)
     if store.url is not None:
         store.files.remove("store.json")  # first: what is left is no store
         store.files.remove("")

@@ -224,6 +224,18 @@ def is_container_spec(spec: str) -> bool:
                                                                or glob.has_magic(spec))
 
 
+def takes_label_key(data: object) -> bool:
+    """Whether DATA (a path or name, as `fne.data.datasets.load_dataset` takes it) is a form whose
+    labels a label_key chooses: tar shards, Parquet files (or a folder of them) and hf: DATA."""
+    if not isinstance(data, (str, os.PathLike)):  # a Dataset has its labels already
+        return False
+    spec = str(data)
+    if is_container_spec(spec):
+        return True
+    path = Path(spec).expanduser()
+    return path.is_dir() and bool(find_containers(path))
+
+
 def find_containers(root: Path, depth: int = 3) -> list[Path]:
     """Tar or Parquet files in a folder (the Hub's data/ or CONFIG/ layouts included); none when
     the folder holds images (an image folder with a stray .tar stays an image folder). Stops at

@@ -320,6 +320,7 @@ def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: 
         "format": MODEL_FORMAT, "pipeline": pipe, "classes": src.dataset.classes,
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
         "store": _located(store_identity(src)),
+        "label_key": metrics["options"]["label_key"],  # where DATA's labels were: predict reads them there too
         "views": src.store.views, "thresholds": (
             {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
             if kind == "fne" else None),

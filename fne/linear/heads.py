@@ -7,9 +7,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
-from fne.errors import FneError, OptionError
+from fne.errors import FneError
 from fne.linear.solver import TorchHead
 from fne.names import HEADS
+from fne.options import named, refusal
 
 # --C auto's grid (fne.linear.selection): decades 10^-3 .. 10^3, centred on the default C = 1. L2-normalised
 # rows (norm 1) want C >= 1, FNE's {-1, 0, 1} rows (squared norm in the thousands) want C <= 1.
@@ -51,9 +52,9 @@ def parse_C(C: str | float) -> float | str:
     try:
         value = float(C)
     except (TypeError, ValueError):
-        raise OptionError(f"bad --C {C!r}; give a positive number or 'auto'") from None
+        raise refusal(lambda py: f"bad {named('C', py, C)}; give a positive number or 'auto'") from None
     if not value > 0:  # nan too
-        raise OptionError(f"bad --C {C!r}; must be > 0")
+        raise refusal(lambda py: f"bad {named('C', py, C)}; must be > 0")
     if value == float("inf"):  # no regularisation: the solvers refuse it
-        raise OptionError(f"bad --C {C!r}; must be finite (a large C, 1e6, regularises little)")
+        raise refusal(lambda py: f"bad {named('C', py, C)}; must be finite (a large C, 1e6, regularises little)")
     return value

@@ -19,6 +19,7 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
+from fne.data.containers import takes_label_key
 from fne.data.datasets import Dataset, load_dataset
 from fne.errors import FneError, WeightsError, expect_path
 from fne.linear.features import Rows, open_rows
@@ -89,7 +90,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     **options
         The options of `fne predict`, same names, same defaults (the signature lists them):
         ``cache`` and ``device`` (the model pins every other store setting), ``label_key``
-        (`fne.options.DataOptions`) and the fields of `fne.options.ForwardOptions`.
+        (`fne.options.DataOptions`; default: the one the model was fitted with, where DATA is
+        tar shards, Parquet or hf:) and the fields of `fne.options.ForwardOptions`.
 
     Returns
     -------
@@ -113,7 +115,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     if options.get("cache") is None:  # the cache the model was fitted from
         options = {**options, "cache": pinned.cache}
     spec, d, ext = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
-    src = open_rows(data, spec, "predict", True, ext, label_key=d.label_key)
+    label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
+    src = open_rows(data, spec, "predict", True, ext, label_key=label_key)
     dataset = src.dataset
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
@@ -128,10 +131,11 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     """`fne train`'s network (model.pt) applied to DATA's images (`fne.training.apply`); `cache`
     only keeps DATA's listings (no rows are read), `device` is where the network runs."""
-    from fne.training.apply import predict_network
+    from fne.training.apply import predict_network, read_run
 
     d, o = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
-    dataset = load_dataset(data, label_key=d.label_key, cache=options.get("cache"))
+    label_key = _label_key(d.label_key, read_run(run_dir).get("options", {}).get("label_key"), data, run_dir)
+    dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
     dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),
                                                        batch_size=o.batch_size, workers=o.workers,
                                                        progress=o.progress)
@@ -140,6 +144,20 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, 0)
     return {"n": len(idx), "accuracy": acc, "n_scored": scored, "out": str(out), "store": None}
+
+
+def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | None:
+    """Where DATA's true labels are read: the label_key given, else the one the model was fitted
+    with (its record's), where DATA takes one (tar shards, Parquet, hf:; not a folder, CSV or HDF5,
+    whose labels have one place). A different one given is honoured, with a warning: new DATA may
+    name its label another way, but the same DATA read through another key scores the model
+    against other labels."""
+    if given is None:
+        return fitted if fitted is not None and takes_label_key(data) else None
+    if fitted is not None and given != fitted:
+        warnings.warn(f"DATA's labels are read with label key {given!r}, not {fitted!r} as {run_dir} was "
+                      f"fitted with: the accuracy compares its predictions with those labels", stacklevel=3)
+    return given
 
 
 def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scores: np.ndarray) -> None:

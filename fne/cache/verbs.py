@@ -1,0 +1,237 @@
+"""`fne cache info / verify / rm` as Python functions: `fne.cache_info`, `fne.cache_verify` and
+`fne.cache_rm` return what the commands print (the CLI only formats it).
+
+Their keywords are the commands' options, declared in fne.options: ``cache`` (StoreOptions'),
+``label_key`` (DataOptions', for DATA given to `cache_info`), ``clean`` and ``dry_run``
+(CacheOptions). Nothing heavy is imported: no torch, no scikit-learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from fne.cache import upkeep
+from fne.cache.fs import is_url
+from fne.cache.store import Store, cache_root, list_stores
+from fne.cache.upkeep import Findings
+from fne.errors import FneError, expect_path
+from fne.options import CacheOptions, DataOptions, StoreOptions, keywords, resolve
+
+# The keywords of each function, declared in fne.options (the CLI adds the same as its options).
+INFO_OPTIONS, VERIFY_OPTIONS, RM_OPTIONS = ("cache", "label_key"), ("cache", "clean"), ("cache", "dry_run")
+
+
+@dataclass
+class StoreInfo:
+    """One store of the cache, as `fne cache info` lists it.
+
+    Attributes
+    ----------
+    name, path : str
+        The store's folder name (what `cache_rm` takes) and its full path or URL.
+    arch, weights, preprocess, precision, dtype : str
+        What its rows are: the backbone, the weights' fingerprint, the preprocessing, the
+        forward pass's precision and the stored dtype.
+    rows, bad, parts : int
+        Distinct rows held, images recorded unreadable, committed parts.
+    size_bytes : int
+        Bytes on disk.
+    data_cached, data_unreadable : int or None
+        With DATA given: how many of its distinct images this store holds, and how many it
+        records as unreadable; None otherwise.
+    """
+
+    name: str
+    path: str
+    arch: str
+    weights: str
+    preprocess: str
+    precision: str
+    dtype: str
+    rows: int
+    bad: int
+    parts: int
+    size_bytes: int
+    data_cached: int | None = None
+    data_unreadable: int | None = None
+
+
+@dataclass
+class CacheInfo:
+    """What `cache_info` found: the cache root, its stores, and DATA's name and distinct images
+    when DATA was given (else None)."""
+
+    root: str
+    stores: list[StoreInfo] = field(default_factory=list)
+    data: str | None = None
+    data_images: int | None = None
+
+
+@dataclass
+class StoreCheck:
+    """One store checked by `cache_verify`: its name and path, what `fne.cache.upkeep.verify`
+    found, and what ``clean`` did (unfinished parts removed, damaged parts quarantined)."""
+
+    name: str
+    path: str
+    findings: Findings
+    removed: int = 0
+    quarantined: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.findings.ok
+
+
+@dataclass
+class CacheCheck:
+    """What `cache_verify` found: the cache root and each store's `StoreCheck`; `ok` when every
+    store is sound."""
+
+    root: str
+    stores: list[StoreCheck] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.stores)
+
+
+@dataclass
+class CacheRemoval:
+    """What `cache_rm` removed (or, with ``dry_run``, would remove): each store's name, rows and
+    size in bytes, in the cache root `root`."""
+
+    root: str
+    stores: list[StoreInfo] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(s.size_bytes for s in self.stores)
+
+
+def _info(s: Store) -> StoreInfo:
+    m = s.meta
+    return StoreInfo(name=s.path.name, path=str(s.path), arch=m["arch"], weights=m["weights"],
+                     preprocess=m["preprocess"], precision=m["precision"], dtype=m["dtype"], rows=len(s),
+                     bad=len(s.bad()), parts=len(s.parts()), size_bytes=s.size_bytes())
+
+
+@keywords(StoreOptions, DataOptions, only=INFO_OPTIONS)
+def cache_info(data=None, **options) -> CacheInfo:
+    """The stores of a cache (`fne cache info`), and how many of DATA's images each holds.
+
+    Parameters
+    ----------
+    data : str or Path, optional
+        DATA whose images to look up in each store (content keys: the manifest's, hashing only
+        files it does not know yet; unreadable files are left out).
+    **options
+        ``cache`` (default: $FNE_CACHE, else the default cache) and ``label_key`` (where tar
+        shards' or Parquet DATA's labels are: an unlabelled image is left out of DATA).
+
+    Returns
+    -------
+    CacheInfo
+        The root, one `StoreInfo` per store, and DATA's name and number of distinct images.
+    """
+    store_o, data_o = resolve(options, StoreOptions, DataOptions, only=INFO_OPTIONS)
+    info = CacheInfo(root=str(cache_root(store_o.cache)))
+    keys = None
+    if data is not None:
+        from fne.data.datasets import load_dataset
+        from fne.data.manifest import attach_keys
+
+        dataset = attach_keys(load_dataset(data, label_key=data_o.label_key, cache=store_o.cache), store_o.cache,
+                              skip_unreadable=True)
+        keys = set(dataset.keys())
+        info.data, info.data_images = dataset.name, len(keys)
+    for s in list_stores(store_o.cache):
+        info.stores.append(_info(s))
+        if keys is not None:
+            info.stores[-1].data_cached = len(keys & s.index().keys())
+            info.stores[-1].data_unreadable = len(keys & s.bad().keys())
+    return info
+
+
+@keywords(StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
+def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
+    """Read every committed part of the cache's stores whole and report what is wrong
+    (`fne cache verify`); changes nothing unless ``clean``.
+
+    Parameters
+    ----------
+    store : str or Path, optional
+        One store folder; default: every store of the cache.
+    **options
+        ``cache`` (default: $FNE_CACHE, else the default cache) and ``clean``: first remove the
+        unfinished parts of interrupted runs (live writers' are spared) and move damaged parts
+        to quarantine/ (a later `fne extract` recomputes their rows).
+
+    Returns
+    -------
+    CacheCheck
+        One `StoreCheck` per store (``ok`` when sound); ``ok`` when every store is.
+    """
+    store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
+    if store is not None:
+        expect_path(store, "store")
+    stores = [Store.at(store)] if store is not None else list_stores(store_o.cache)
+    found = CacheCheck(root=str(cache_root(store_o.cache)))
+    for s in stores:
+        removed, quarantined = 0, []
+        if cache_o.clean:
+            removed = upkeep.clean(s)
+            quarantined = upkeep.quarantine(s, upkeep.verify(s).damaged)
+        found.stores.append(StoreCheck(s.path.name, str(s.path), upkeep.verify(s), removed, quarantined))
+    return found
+
+
+@keywords(StoreOptions, CacheOptions, only=RM_OPTIONS)
+def cache_rm(stores: str | list[str], **options) -> CacheRemoval:
+    """Remove whole stores from the cache (`fne cache rm`): every row of a backbone, weights,
+    preprocessing and precision.
+
+    Parameters
+    ----------
+    stores : str or list of str
+        Store names as `cache_info` lists them (`StoreInfo.name`), or shell patterns
+        (``"vgg16__random*"``); one string is one name.
+    **options
+        ``cache`` (default: $FNE_CACHE, else the default cache) and ``dry_run``: list what would
+        be removed, remove nothing.
+
+    Returns
+    -------
+    CacheRemoval
+        The stores removed (or that would be), with their rows and sizes; ``freed_bytes``.
+
+    Raises
+    ------
+    FneError
+        A name that matches no store, or a store a running extraction writes to: nothing is
+        removed.
+    """
+    store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=RM_OPTIONS)
+    patterns = [stores] if isinstance(stores, (str, Path)) else list(stores) if isinstance(stores, (list, tuple)) else []
+    if not patterns or not all(isinstance(p, (str, Path)) for p in patterns):
+        raise TypeError(f"stores: expected a store name or a list of them, got {stores!r}")
+    root, found = cache_root(store_o.cache), list_stores(store_o.cache)
+    chosen: dict[str, Store] = {}
+    for pattern in map(str, patterns):
+        matched = [s for s in found if fnmatchcase(s.path.name, pattern)]
+        if not matched:
+            raise FneError(f"no store in {root} is named {pattern!r} (`fne cache info` lists them)")
+        chosen.update((s.path.name, s) for s in matched)
+    for s in chosen.values() if not cache_o.dry_run else ():  # before any is removed: all of them or none
+        upkeep.check_idle(s)
+    if not cache_o.dry_run and not is_url(root):
+        upkeep.finish_removals(root)  # of an interrupted `fne cache rm`
+    removal = CacheRemoval(root=str(root), dry_run=cache_o.dry_run)
+    for s in chosen.values():
+        removal.stores.append(_info(s))
+        if not cache_o.dry_run:
+            upkeep.remove(s)
+    return removal
