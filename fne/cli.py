@@ -192,7 +192,8 @@ def _cmd_cache_verify(a) -> int:
     bad = 0
     for s in stores:
         if a.clean:
-            print(f"{s.path.name}: removed {upkeep.clean(s)} unfinished part(s) of interrupted runs")
+            print(f"{s.path.name}: removed {upkeep.clean(s)} unfinished part(s) or temporary file(s) "
+                  f"of interrupted runs")
             for name in upkeep.quarantine(s, upkeep.verify(s).damaged):
                 print(f"{s.path.name}: damaged part {name} moved to {s.path / upkeep.QUARANTINE / name}; "
                       f"`fne extract` recomputes its rows")
