@@ -332,12 +332,25 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def _joined_shard(argv: list[str]) -> list[str]:
+    """`--shard -1/2` as `--shard=-1/2`: argparse takes a value that starts with '-' (and is no
+    plain negative number) for an option and says only "expected one argument"; joined, the
+    value reaches `parse_shard`, which says what is wrong with it."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1] == "--shard" and a.startswith("-") and a[1:2].isdigit():
+            out[-1] = f"--shard={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback."""
     from fne.errors import FneError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv).parse_args(argv)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line

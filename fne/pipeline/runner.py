@@ -145,7 +145,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
             store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
-                         storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
+                         storage_dtype=b.storage_dtype, weights_seed=b.seed_for(w))
             ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content},
                      "backbone": _backbone_identity(b)}
             if p.advise:
@@ -476,7 +476,7 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
     t = time.perf_counter()
     r = extract_mod.extract(data, arch=b.arch, weights=b.resolved_weights, cache=cache, batch_size=p.batch_size,
                             device=p.device, precision=b.precision, crop=b.crop, workers=p.workers,
-                            storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
+                            storage_dtype=b.storage_dtype, weights_seed=b.seed_for(b.resolved_weights))
     say(f"extract {step.dataset.key} with {b.label}: {r.n_computed} computed"
         + (f" at {r.images_per_s:.1f} img/s" if r.n_computed else "")
         + f", {r.n_cached} already cached ({time.perf_counter() - t:.1f} s)")
