@@ -311,7 +311,7 @@ def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
     write_run(root, "g", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01))
     write_run(root, "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct", seconds=0.0,
-                                      n_excluded=7, classes=["cat", "dog"],
+                                      n_excluded=7, classes=["cat", "dog"], confusion=[[9, 1], [0, 10]],
                                       splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
     out = tmp_path / "rep"
     r = report([root], out, figures=False)

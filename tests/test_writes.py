@@ -122,19 +122,18 @@ def test_the_next_write_removes_what_a_killed_writer_left_and_spares_a_live_ones
         os.kill(dead.pid, signal.SIGKILL)
         dead.wait()
         assert dead_tmp.exists()  # kill -9: nothing of the writer ran after
-        legacy_old, legacy_new = run / ".tmp-export.csv", run / ".tmp-model.joblib"  # named by fne before
-        legacy_old.write_text("x")
-        legacy_new.write_text("x")
-        old = time.time() - 2 * fs.LIVE_WRITER_SECONDS
-        os.utime(legacy_old, (old, old))
+        legacy, foreign = run / ".tmp-step.json", run / ".tmp-notes.txt"  # fne's earlier name; another program's
+        for f in (legacy, foreign):
+            f.write_text("x")
+            os.utime(f, (0, 0))
         fs.write_json(run / "step.json", {"a": 1})
-        assert not dead_tmp.exists() and not legacy_old.exists()
-        assert live_tmp.read_text() == "half" and legacy_new.exists()  # a live writer's, a recent one
+        assert not dead_tmp.exists() and not legacy.exists()
+        assert live_tmp.read_text() == "half" and foreign.exists()  # a live writer's; not fne's
     finally:
         live.kill()
         live.wait()
     fs.write_json(run / "step.json", {"a": 2})
-    assert sorted(p.name for p in run.iterdir()) == [".tmp-model.joblib", "step.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".tmp-notes.txt", "step.json"]
 
 
 def test_a_temporary_name_says_who_writes_it(tmp_path):

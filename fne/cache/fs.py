@@ -13,6 +13,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -60,19 +61,16 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{TMP}{writer_name()}-{path.name[-160:]}")
 
 
-def writer_alive(name: str, now_ns: int | None = None, born_ns: int | None = None) -> bool:
-    """Whether the writer of the temporary file or unfinished part `name` may still be running: on
-    this host, whether its pid runs; on another, whether it is younger than LIVE_WRITER_SECONDS.
-    A name that names no writer (written by fne before writers were named) is judged by
-    `born_ns` (its modification time) where given, else taken for dead."""
+def writer_alive(name: str, now_ns: int | None = None) -> bool:
+    """Whether the writer of the temporary file or unfinished part `name` (`writer_name` after
+    TMP) may still be running: on this host, whether its pid runs; on another, whether it is
+    younger than LIVE_WRITER_SECONDS. A name that names no writer is taken for dead."""
     fields = name.removeprefix(TMP).split("-", 4)
     try:
         born, pid = int(fields[0]), int(fields[1])
     except (IndexError, ValueError):
-        born, pid = born_ns, None
-        if born is None:
-            return False
-    if pid is not None and len(fields) >= 4 and fields[2] == HOST and os.name != "nt":  # Windows: kill ends it
+        return False
+    if len(fields) >= 4 and fields[2] == HOST and os.name != "nt":  # Windows: os.kill would end it
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -83,22 +81,23 @@ def writer_alive(name: str, now_ns: int | None = None, born_ns: int | None = Non
     return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
 
 
+# A temporary file of `temp_path`: only files named so are ever removed as leftovers (a folder
+# given as --out may hold other programs' `.tmp-` files).
+_TEMP_FILE = re.compile(rf"{re.escape(TMP)}\d{{20}}-\d+-[0-9a-f]{{8}}-[0-9a-f]{{8}}-.")
+
+
 def clear_dead_temps(folder: Path) -> int:
-    """Remove the temporary files in `folder` whose writers are gone (killed mid-write: `kill -9`,
-    a power cut); a live writer's are spared (`writer_alive`). Folders (a store's unfinished
-    parts) are left to `upkeep.clean`. Returns how many were removed."""
+    """Remove the temporary files (`temp_path`) in `folder` whose writers are gone (killed
+    mid-write: `kill -9`, a power cut); a live writer's are spared (`writer_alive`), and so is
+    every other file. Returns how many were removed."""
     removed = 0
     for p in Path(folder).glob(f"{TMP}*"):
-        try:
-            st = p.lstat()
-        except OSError:  # gone meanwhile: its writer renamed it into place
-            continue
-        if p.is_dir() or writer_alive(p.name, born_ns=st.st_mtime_ns):
+        if not _TEMP_FILE.match(p.name) or writer_alive(p.name) or not p.is_file():
             continue
         try:
             p.unlink()
             removed += 1
-        except FileNotFoundError:
+        except FileNotFoundError:  # another writer's clearing got there first
             pass
         except OSError:  # not ours to remove (a read-only folder): harmless, never read
             continue
@@ -208,6 +207,8 @@ def replace_files(writes: dict[Path, Callable[[Path], object]]) -> None:
     write names its path."""
     for folder in dict.fromkeys(path.parent for path in writes):
         clear_dead_temps(folder)
+    for path in writes:  # named by fne before temporary names said who writes them: as it did
+        path.with_name(f"{TMP}{path.name}").unlink(missing_ok=True)
     tmps = {path: temp_path(path) for path in writes}
     try:
         for path, write in writes.items():
