@@ -2,9 +2,10 @@
 
 Both offer the same few operations on paths relative to the store's root, so that the store,
 its index and its upkeep never ask which one they hold. They differ in one thing only, how a
-part is committed: a local part is written under `.tmp-<name>` and renamed into place (atomic
-on POSIX and shared filesystems; a name says who writes it, `writer_name`); object stores have no rename, so there a part is written
-under its final name and committed by a small `<name>.committed` object written last.
+part is committed: a local part is written under `.tmp-<name>` (a name that says who writes it,
+`writer_name`) and renamed into place (atomic on POSIX and shared filesystems); object stores
+have no rename, so there a part is written under its final name and committed by a small
+`<name>.committed` object written last.
 """
 
 from __future__ import annotations
