@@ -186,7 +186,8 @@ def _cmd_cache_verify(a) -> int:
         print(f"no stores in {r.root}")
     for s in r.stores:
         if a.clean:
-            print(f"{s.name}: removed {s.removed} unfinished part(s) of interrupted runs")
+            print(f"{s.name}: removed {s.removed} unfinished part(s) or temporary file(s) "
+                  f"of interrupted runs")
         for name in s.quarantined:
             print(f"{s.name}: damaged part {name} moved to {s.path}/{QUARANTINE}/{name}; "
                   f"`fne extract` recomputes its rows")
@@ -309,13 +310,26 @@ def _terminate(signum, frame) -> None:
     raise Terminated
 
 
+def _joined_shard(argv: list[str]) -> list[str]:
+    """`--shard -1/2` as `--shard=-1/2`: argparse takes a value that starts with '-' (and is no
+    plain negative number) for an option and says only "expected one argument"; joined, the
+    value reaches `parse_shard`, which says what is wrong with it."""
+    out: list[str] = []
+    for a in argv:
+        if out and out[-1] == "--shard" and a.startswith("-") and a[1:2].isdigit():
+            out[-1] = f"--shard={a}"
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
     option value's (`OptionError`) names its flag, where Python's names its keyword."""
     from fne.errors import FneError, OptionError
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
     args = build_parser(argv).parse_args(argv)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line

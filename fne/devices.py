@@ -50,9 +50,12 @@ def parse_device(device: str) -> torch.device:
     """--device as torch names it (not `auto`), whether or not this machine has it; FneError (one
     line) for a name torch does not know."""
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise FneError(f"bad --device {device!r}; use auto, cpu, cuda[:i] or mps") from None
+    if dev.type == "cpu" and dev.index is not None:  # torch ignores it: cpu:1 runs where cpu does
+        raise FneError(f"bad --device {device!r}: the CPU takes no index (torch runs on all its cores); use cpu")
+    return dev
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -261,6 +261,15 @@ def test_version_is_the_packages(capsys):
      "--new-layers applies to --mode frozen or finetune only, not scratch"),
     (["train", "DATA", "--mode", "direct", "--out", "RUN", "--epochs", "3"],
      "--epochs applies to --mode scratch, frozen or finetune only, not direct"),
+    (["fit", "DATA", "--out", "RUN", "--splits", "1000000"], "bad --splits 1000000: --splits must be in [1, 100]"),
+    (["extract", "DATA", "--shard", "-1/2"], "bad --shard '-1/2': need 0 <= I < N"),  # not argparse's "expected one"
+    (["extract", "DATA", "--seed-weights", "3"], "--seed-weights 3 applies to --weights random only, not imagenet"),
+    (["fit", "DATA", "--out", "RUN", "--weights", "imagenet", "--seed-weights", "1"],
+     "--seed-weights 1 applies to --weights random only, not imagenet"),
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--seed-weights", "2"],
+     "--seed-weights 2 applies to --weights random only, not imagenet"),
+    (["train", "DATA", "--mode", "scratch", "--out", "RUN", "--seed-weights", "2"],
+     "--seed-weights 2 applies to --weights random only (--mode scratch draws its network from --seed)"),
     (["extract", "DATA", "RANK=x"], "bad $RANK='x' / $WORLD_SIZE='2' (torchrun's)"),
     (["extract", "DATA", "RANK=2"], "bad $RANK='2' / $WORLD_SIZE='2' (torchrun's)"),
 ])
@@ -278,6 +287,17 @@ def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and said in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]
+
+
+@pytest.mark.parametrize("argv", [["extract", "--cache", "C"], ["train", "--mode", "frozen", "--out", "RUN"]])
+def test_a_cpu_with_an_index_is_refused_in_one_line(argv, digits_folder, tmp_path, capsys, monkeypatch):
+    """torch ignores a CPU's index: `--device cpu:1` ran on the CPU as if it meant something."""
+    monkeypatch.chdir(tmp_path)
+    code = main([argv[0], str(digits_folder), *argv[1:], "--arch", "efficientnet_lite0", "--weights", "random",
+                 "--device", "cpu:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"fne {argv[0]}: error: bad --device 'cpu:1': the CPU takes no index (torch runs " \
+                                "on all its cores); use cpu\n"
 
 
 @pytest.mark.parametrize("verb,other,model", [(["fit"], "fne train", "model.pt"),

@@ -25,7 +25,8 @@ from PIL import Image
 import fne.data.datasets
 import fne.extraction.extract as fx
 import fne.extraction.reader
-from fne.cache.store import HOST, Store, StoreKey, list_stores
+from fne.cache.fs import HOST
+from fne.cache.store import Store, StoreKey, list_stores
 from fne.cache.upkeep import clean, verify
 from fne.cli import main
 from fne.errors import CacheError, FneError
@@ -121,29 +122,6 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     assert after == before  # the earlier run, whole: its predictions.csv too
 
 
-def test_files_written_together_leave_no_metrics_beside_a_mixed_run(tmp_path, monkeypatch):
-    """`replace_files`: when a rename fails after some files were replaced, the folder has no
-    metrics.json (the last path), so no reader takes the mix for a whole run."""
-    from fne.cache import fs
-
-    for name in ("predictions.csv", "model.joblib", "metrics.json"):
-        (tmp_path / name).write_text("old")
-    real = Path.replace
-
-    def replace(self, target):
-        if Path(target).name == "model.joblib":
-            raise OSError(errno.EIO, "I/O error")
-        return real(self, target)
-
-    monkeypatch.setattr(Path, "replace", replace)
-    writes = {tmp_path / n: (lambda f: f.write_text("new")) for n in ("predictions.csv", "model.joblib",
-                                                                       "metrics.json")}
-    with pytest.raises(OSError):
-        fs.replace_files(writes)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.joblib", "predictions.csv"]  # no temporary
-    assert (tmp_path / "predictions.csv").read_text() == "new" and (tmp_path / "model.joblib").read_text() == "old"
-
-
 def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache, tmp_path,
                                                                       monkeypatch, capsys, forward_images):
     """A read-only cache still serves its rows (fne fit reads them); extracting new ones into it
@@ -206,9 +184,13 @@ def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache, tmp_path)
     }
     for n in names.values():
         (store.path / "parts" / n).mkdir()
-    assert clean(store) == 2
+        (store.path / "bad").mkdir(exist_ok=True)
+        (store.path / "bad" / f"{n}-x.json").write_text("{")  # a record's temporary file
+    assert clean(store) == 4  # 2 parts, 2 files
     left = {p.name for p in (store.path / "parts").glob(".tmp-*")}
     assert left == {names["live here"], names["young elsewhere"]}
+    left = {p.name for p in (store.path / "bad").glob(".tmp-*")}
+    assert left == {f"{names['live here']}-x.json", f"{names['young elsewhere']}-x.json"}
     assert verify(store).problems == [] and len(store) == 24
 
 

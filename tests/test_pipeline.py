@@ -100,6 +100,9 @@ epochs = 2
      "direct_score applies to mode direct only, not frozen"),
     ('modes = ["frozen"]\n', '', 15, "train", "missing key 'modes'"),
     ('[[backbones]]\narch = "vgg16"\n', '[[backbones]]\n', 7, "backbones[0]", "missing key 'arch'"),
+    ('weights = "random"', 'weights = "imagenet"\nweights_seed = 3', 10, "backbones[0].weights_seed",
+     "applies to weights 'random' (or 'imagenet-or-random') only, not 'imagenet'"),
+    ('heads = ["svm"]', 'heads = ["svm"]\nsplits = 1000', 14, "fit.splits", "1000: expected an integer in [1, 100]"),
 ])
 def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
     assert old in GOOD
@@ -646,10 +649,15 @@ def test_dry_run_finds_the_steps_an_imagenet_or_random_run_finished(tmp_path, mo
 
         bb = dataclasses.replace(registry.REGISTRY["efficientnet_lite0"], imagenet=offline)
         monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", bb)
-    text = TINY.replace('weights = "random"', 'weights = "imagenet-or-random"').split("[train]")[0]
+    # a seed of the random weights: used where they resolve to random, not passed on with imagenet
+    # (where a verb refuses it: --seed-weights applies to random weights only)
+    text = TINY.replace('weights = "random"', 'weights = "imagenet-or-random"\nweights_seed = 3').split("[train]")[0]
     f = write(tmp_path, text)
     out, cache = tmp_path / "out", str(tmp_path / "cache")
     P.run(f, out, cache, report=False, log=lambda s: None)
+    from fne.cache.store import list_stores
+
+    assert [s.meta["weights"] == "random-seed3" for s in list_stores(cache)] == [not imagenet_loads]
 
     def dry() -> list[str]:
         lines: list[str] = []

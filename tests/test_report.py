@@ -311,7 +311,7 @@ def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
     write_run(root, "g", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01))
     write_run(root, "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct", seconds=0.0,
-                                      n_excluded=7, classes=["cat", "dog"],
+                                      n_excluded=7, classes=["cat", "dog"], confusion=[[9, 1], [0, 10]],
                                       splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
     out = tmp_path / "rep"
     r = report([root], out, figures=False)
@@ -618,3 +618,28 @@ def test_report_json_keeps_the_winners_worst_classes_and_confused_pairs(built):
     # fake_metrics' runs predate the intervals: "—" everywhere, said once under the table
     assert all(row["accuracy_ci"] is None and row["no_interval"] for row in pets["rows"])
     assert all(cells[1] == cells[3] == "—" for cells in md_rows(built["md"], "pets").values())
+
+
+@pytest.mark.parametrize("bad", ["abc", [[1, 2], [3]], [[1, 0], [0, 1]], [[float("nan")] * 3] * 3,
+                                 [[-1, 0, 0], [0, 1, 0], [0, 0, 1]], [[[1]]]],
+                         ids=["string", "ragged", "wrong shape", "nan", "negative", "3-d"])
+def test_a_corrupt_confusion_is_named_and_left_out_of_the_figures(tmp_path, bad):
+    """A metrics.json whose confusion is no matrix of counts of its classes: one warning naming
+    the file, the row's confusion taken from the other seed's run only, none where no run has one;
+    the report (figures too) is written."""
+    good = [[9, 1, 0], [4, 6, 0], [0, 0, 10]]
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        m = fake_metrics("fne+svm", 0.8, 0.1, 0.8, 0.1, seed=seed)
+        m["confusion"] = bad if seed else good
+        write_run(root, f"one/s{seed}", m)
+        write_run(root, f"both/s{seed}", {**m, "confusion": bad})
+    for runs, pooled in (("one", good), ("both", None), ("one/s1", None)):
+        with pytest.warns(UserWarning) as caught:
+            r = report([root / runs], tmp_path / "rep", figures=True)
+        named = [str(w.message) for w in caught if "confusion" in str(w.message)]
+        assert named and all(re.match(rf"{re.escape(str(root))}/(one|both)/s[01]/metrics.json: its confusion is "
+                                      r"not a 3x3 matrix of counts", n) for n in named)
+        assert len(named) == (2 if runs == "both" else 1)
+        assert r["datasets"][0]["rows"][0]["confusion"] == pooled
+        assert (tmp_path / "rep" / "report.html").is_file()

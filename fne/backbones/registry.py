@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.tap import Tap
-from fne.errors import FneError, WeightsError
+from fne.errors import FneError, OptionError, WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -459,6 +459,15 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type
         raise not_a_weights_file(weights, f"--weights {weights}: no such file (give 'imagenet', 'random' or a "
                                           f"state dict path)")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
+
+
+def check_weights_seed(weights, seed, scratch: bool = False) -> None:
+    """OptionError for a seed of random weights (`--seed-weights`, other than its default 0) given
+    with weights it does not draw: other --weights, or `scratch` (fne train draws that network
+    from --seed): ignored, it left the user believing it mattered."""
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed != 0 and (weights != "random" or scratch):
+        also = " (--mode scratch draws its network from --seed)" if scratch else f", not {weights or 'imagenet'}"
+        raise OptionError(f"--seed-weights {seed} applies to --weights random only{also}")
 
 
 def check_weights(arch: str, weights: str | None) -> None:

@@ -2,17 +2,22 @@
 
 Both offer the same few operations on paths relative to the store's root, so that the store,
 its index and its upkeep never ask which one they hold. They differ in one thing only, how a
-part is committed: a local part is written under `.tmp-<name>` and renamed into place (atomic
-on POSIX and shared filesystems); object stores have no rename, so there a part is written
-under its final name and committed by a small `<name>.committed` object written last.
+part is committed: a local part is written under `.tmp-<name>` (a name that says who writes it,
+`writer_name`) and renamed into place (atomic on POSIX and shared filesystems); object stores
+have no rename, so there a part is written under its final name and committed by a small
+`<name>.committed` object written last.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
@@ -23,6 +28,81 @@ import zarr
 from fne.errors import CacheError, FneError, expect_path
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
+TMP = ".tmp-"  # prefix of what a writer has not committed yet: temporary files, unfinished parts
+# A temporary name says who writes it, <time_ns>-<pid>-<host>-<random> (`writer_name`), so that
+# what a killed writer left is removed (`clear_dead_temps`, `upkeep.clean`) and a live writer's
+# is spared: alive on this host (its pid runs), or younger than this when written on another.
+LIVE_WRITER_SECONDS = 3600
+
+
+def _host() -> str:
+    """This host as writers' names carry it: its name, and on Linux its boot and pid namespace, so
+    that a pid is only asked about where it means the same process (not one before a reboot, nor
+    one of another container sharing the folder and the host name)."""
+    ident = [socket.gethostname()]
+    try:
+        ident.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        ident.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # not Linux
+        pass
+    return hashlib.blake2b("|".join(ident).encode(), digest_size=4).hexdigest()
+
+
+HOST = _host()
+
+
+def writer_name() -> str:
+    """A name unique to this write that says who writes it: <time_ns>-<pid>-<host>-<random>."""
+    return f"{time.time_ns():020d}-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}"
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: beside it, hidden, named by its
+    writer (`writer_name`); the end of the name kept (joblib reads compression from it)."""
+    return path.with_name(f"{TMP}{writer_name()}-{path.name[-160:]}")
+
+
+def writer_alive(name: str, now_ns: int | None = None) -> bool:
+    """Whether the writer of the temporary file or unfinished part `name` (`writer_name` after
+    TMP) may still be running: on this host, whether its pid runs; on another, whether it is
+    younger than LIVE_WRITER_SECONDS. A name that names no writer is taken for dead."""
+    fields = name.removeprefix(TMP).split("-", 4)
+    try:
+        born, pid = int(fields[0]), int(fields[1])
+    except (IndexError, ValueError):
+        return False
+    if len(fields) >= 4 and fields[2] == HOST and os.name != "nt":  # Windows: os.kill would end it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # alive, another user's
+            return True
+        return True
+    return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
+
+
+# A temporary file of `temp_path`: only files named so are ever removed as leftovers (a folder
+# given as --out may hold other programs' `.tmp-` files).
+_TEMP_FILE = re.compile(rf"{re.escape(TMP)}\d{{20}}-\d+-[0-9a-f]{{8}}-[0-9a-f]{{8}}-.")
+
+
+def clear_dead_temps(folder: Path) -> int:
+    """Remove the temporary files (`temp_path`) in `folder` whose writers are gone (killed
+    mid-write: `kill -9`, a power cut); a live writer's are spared (`writer_alive`), and so is
+    every other file. Returns how many were removed."""
+    removed = 0
+    for p in Path(folder).glob(f"{TMP}*"):
+        if not _TEMP_FILE.match(p.name) or writer_alive(p.name) or not p.is_file():
+            continue
+        try:
+            p.unlink()
+            removed += 1
+        except FileNotFoundError:  # another writer's clearing got there first
+            pass
+        except OSError:  # not ours to remove (a read-only folder): harmless, never read
+            continue
+    return removed
 
 
 def is_url(root: object) -> bool:
@@ -115,12 +195,22 @@ def read_json(path: Path, warn: bool = False) -> dict | None:
 
 
 def replace_files(writes: dict[Path, Callable[[Path], object]]) -> None:
-    """Each ``write(tmp)`` into a temporary file beside its path; once every one is written, each
-    renamed to its path, in order. A full disk or an interrupt while writing leaves every file as
-    it was; the last path (a run's metrics.json) is removed before the renames and renamed last,
-    so a folder that holds it holds one whole run. Temporary files do not outlive a failure, and
-    an error of a write names its path."""
-    tmps = {path: path.with_name(f".tmp-{path.name}") for path in writes}
+    """Each ``write(tmp)`` into a temporary file beside its path (`temp_path`), then all renamed
+    into place together: the files as they were, or all of them new, never a mix.
+
+    A full disk or an interrupt while writing leaves every file as it was. Several files are then
+    committed in order, the last path (a run's metrics.json: what marks a folder as a run) taken
+    away first and renamed in last; a failure or an interrupt (Ctrl-C, SIGTERM) among the
+    renames puts the files back as they were, from links kept to them (`_commit`). Only a
+    `kill -9` in that moment (microseconds) can leave a mix, and then without the last path:
+    no reader takes the folder for a run. Temporary files do not outlive a failure, those of
+    killed writers in the same folders are removed (`clear_dead_temps`), and an error of a
+    write names its path."""
+    for folder in dict.fromkeys(path.parent for path in writes):
+        clear_dead_temps(folder)
+    for path in writes:  # named by fne before temporary names said who writes them: as it did
+        path.with_name(f"{TMP}{path.name}").unlink(missing_ok=True)
+    tmps = {path: temp_path(path) for path in writes}
     try:
         for path, write in writes.items():
             try:
@@ -129,13 +219,44 @@ def replace_files(writes: dict[Path, Callable[[Path], object]]) -> None:
                 if e.filename is None:  # a write's error names no file
                     e.filename = str(path)
                 raise
-        if len(writes) > 1:
-            list(writes)[-1].unlink(missing_ok=True)
-        for path, tmp in tmps.items():
-            tmp.replace(path)
+        if len(writes) == 1:
+            os.replace(tmps[path], path)
+        else:
+            _commit(tmps)
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
+
+
+def _commit(tmps: dict[Path, Path]) -> None:
+    """Rename each temporary file of `tmps` ({path: tmp}) to its path, the last path removed
+    first and renamed last; on any failure, every path put back as it was, from links to the
+    earlier files made before (a copy where the filesystem has no hard links)."""
+    last, olds, done = list(tmps)[-1], {}, []
+    try:
+        for path in tmps:
+            if path.is_file():
+                olds[path] = temp_path(path)
+                try:
+                    os.link(path, olds[path])
+                except OSError:
+                    shutil.copy2(path, olds[path])
+        try:
+            last.unlink(missing_ok=True)
+            for path, tmp in tmps.items():
+                os.replace(tmp, path)
+                done.append(path)
+        except BaseException:
+            for path in [*(p for p in done if p != last), last]:  # the last one last, as before
+                if path in olds:
+                    os.replace(olds[path], path)
+                    del olds[path]
+                else:
+                    path.unlink(missing_ok=True)
+            raise
+    finally:
+        for old in olds.values():
+            old.unlink(missing_ok=True)
 
 
 def csv_writer(header: list[str], rows: Iterable[Iterable]) -> Callable[[Path], None]:
@@ -190,9 +311,12 @@ class LocalFiles(_Common):
         """Write `rel` whole: a temporary file renamed into place."""
         path = self.path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
+        tmp = temp_path(path)
+        try:
+            tmp.write_text(json.dumps(obj, indent=1))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def read_json(self, rel: str):
         return json.loads((self.path / rel).read_text())

@@ -36,6 +36,9 @@ class StoreSpec(StoreOptions):
     `fne.options.StoreOptions` (declared there once, with the CLI's and the pipeline's), plus how
     to open the store this machine writes and find the one that holds given rows."""
 
+    def __post_init__(self) -> None:
+        backbones.check_weights_seed(self.weights, self.weights_seed)
+
     def backbone(self) -> backbones.Backbone:
         return backbones.get(self.arch, self.weights)
 

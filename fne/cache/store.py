@@ -11,11 +11,8 @@ local folder or at an fsspec URL (`s3://…`). Upkeep (verify, clean, quarantine
 
 from __future__ import annotations
 
-import hashlib
 import os
-import socket
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +21,25 @@ import numpy as np
 import zarr
 
 from fne.cache import parts
-from fne.cache.fs import COMMITTED, LocalFiles, Url, UrlFiles, file_in_the_way, files_at, is_url
+from fne.cache.fs import (
+    COMMITTED,
+    LocalFiles,
+    Url,
+    UrlFiles,
+    file_in_the_way,
+    files_at,
+    is_url,
+    writer_name,
+)
 from fne.errors import CacheError
 
-__all__ = ["COMMITTED", "FORMAT", "HOST", "Store", "StoreKey", "Url", "cache_root", "default_cache",
+__all__ = ["COMMITTED", "FORMAT", "Store", "StoreKey", "Url", "cache_root", "default_cache",
            "is_url", "list_stores", "local_root"]
 
 FORMAT = 2  # 2: one `rows` array per part; 1 (read, and upgraded on the first write): one array per tap
 READS = (1, 2)
 _CHECKOUT = Path(__file__).resolve().parents[2]  # the project folder when run from a checkout
 LOCKS = "locks"  # the cache's folder of lock files (`Store.lock_file`)
-HOST = hashlib.blake2b(socket.gethostname().encode(), digest_size=4).hexdigest()
 
 
 def default_cache() -> Path:
@@ -280,7 +285,7 @@ class Store:
         `arrays` is {tap: (N, V, C)} or one (N, V, D) array of every tap side by side. A failed
         write (a full disk) removes its unfinished part, so that it frees what it took.
         """
-        name = f"{time.time_ns():020d}-{os.getpid()}-{HOST}-{uuid.uuid4().hex[:8]}"
+        name = writer_name()
         self._materialise()
         if keys:
             rows = parts.side_by_side(arrays, len(keys), self.views, self.taps, self.meta["dtype"], self.path)

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fne.cache import parts
-from fne.cache.store import HOST, Store, lock_files
+from fne.cache.fs import clear_dead_temps, writer_alive
+from fne.cache.store import Store, lock_files
 from fne.data import sidecar
 from fne.errors import CacheError
 
 QUARANTINE = "quarantine"  # damaged parts are moved here: never read, never deleted
-# A part's name is <time_ns>-<pid>-<host>-<random>: an unfinished part whose writer is alive on
-# this host is spared by `clean`; one from another host, while younger than this.
-LIVE_WRITER_SECONDS = 3600
 
 
 @dataclass
@@ -97,31 +94,16 @@ def verify(store: Store) -> Findings:
     return found
 
 
-def writer_alive(name: str, now_ns: int | None = None) -> bool:
-    """Whether the writer of the unfinished part `name` may still be running."""
-    fields = name.removeprefix(".tmp-").split("-")
-    try:
-        born, pid = int(fields[0]), int(fields[1])
-    except (IndexError, ValueError):
-        return False
-    if len(fields) == 4 and fields[2] == HOST:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # alive, another user's
-            return True
-        return True
-    return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
-
-
 def clean(store: Store) -> int:
-    """Remove unfinished parts of writers that are gone; returns how many. Unfinished parts of
-    live writers are spared (see `writer_alive`)."""
+    """Remove what writers that are gone left in `store`: unfinished parts, and temporary files
+    of its records (a local store's); returns how many. Those of live writers are spared
+    (`fs.writer_alive`)."""
     left = [n for n in store.files.unfinished() if not writer_alive(n)]
     for name in left:
         store.files.remove(f"parts/{name}")
-    return len(left)
+    if store.url is not None:  # an object store's files are written in one request: no temporary ones
+        return len(left)
+    return len(left) + sum(clear_dead_temps(store.path / d) for d in ("", "bad", "records"))
 
 
 def quarantine(store: Store, damaged: list[str]) -> list[str]:

@@ -15,9 +15,10 @@ import contextlib
 import errno
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from fne.cache.fs import replace_file
 
 try:
     import fcntl
@@ -93,10 +94,5 @@ def merge_json(path: Path, merge: Callable[[dict | None], dict]) -> dict:
         except (OSError, ValueError):
             current = None
         doc = merge(current)
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-        try:
-            tmp.write_text(json.dumps(doc))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        replace_file(path, lambda tmp: tmp.write_text(json.dumps(doc)))
     return doc

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from pathlib import Path
 
+from fne.cache.fs import replace_file
 from fne.data.containers import Listing, normalise_split
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.labels import label_text
@@ -146,21 +148,21 @@ def write_shard(dataset, indices: list[int], path: str | os.PathLike) -> None:
     """
     import io
 
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tarfile.open(tmp, "w") as tf:
-        for k, i in enumerate(indices):
-            m = dataset.sources[i]
-            ext = os.path.splitext(m.name)[1].lower() if dataset.container.listings[m.container].kind == "tar" \
-                else ".jpg"  # any extension of IMAGE_EXTENSIONS: PIL reads the format from the bytes
-            parts = [(ext, dataset.container.read(m))]
-            if dataset.labels is not None:
-                parts.append((".txt", dataset.labels[i].encode()))
-            if dataset.splits is not None:
-                parts.append((".split", dataset.splits[i].encode()))
-            for suffix, payload in parts:
-                info = tarfile.TarInfo(f"{k:07d}{suffix}")
-                info.size = len(payload)
-                tf.addfile(info, io.BytesIO(payload))
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w") as tf:
+            for k, i in enumerate(indices):
+                m = dataset.sources[i]
+                ext = os.path.splitext(m.name)[1].lower() if dataset.container.listings[m.container].kind == "tar" \
+                    else ".jpg"  # any extension of IMAGE_EXTENSIONS: PIL reads the format from the bytes
+                parts = [(ext, dataset.container.read(m))]
+                if dataset.labels is not None:
+                    parts.append((".txt", dataset.labels[i].encode()))
+                if dataset.splits is not None:
+                    parts.append((".split", dataset.splits[i].encode()))
+                for suffix, payload in parts:
+                    info = tarfile.TarInfo(f"{k:07d}{suffix}")
+                    info.size = len(payload)
+                    tf.addfile(info, io.BytesIO(payload))
+
+    replace_file(Path(path), write)
 

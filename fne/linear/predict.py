@@ -46,7 +46,8 @@ def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec
     since, and random weights that `device` would draw otherwise (they are drawn where they run)."""
     s = model["store"]
     spec = StoreSpec(arch=s["arch"], weights=s["weights"], crop=s["crop"], precision=s["precision"],
-                     storage_dtype=s["storage_dtype"], cache=s["cache"], weights_seed=s["weights_seed"],
+                     storage_dtype=s["storage_dtype"], cache=s["cache"],
+                     weights_seed=s["weights_seed"] if s["weights"] == "random" else 0,  # recorded before it was refused
                      decode=s["decode"], device=device or "auto")
     try:
         now = spec.fingerprint()

@@ -147,6 +147,11 @@ class BackboneCfg:
     features: list[str] | None = None
     resolved_weights: str | None = None  # after imagenet-or-random
 
+    def seed_for(self, weights: str | None) -> int:
+        """weights_seed where `weights` are random (it draws them), else 0: imagenet-or-random
+        that resolved to imagenet takes no seed (a verb refuses one it would ignore)."""
+        return self.weights_seed if weights == "random" else 0
+
 
 @dataclass
 class Pipeline:
@@ -332,6 +337,10 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
             if k in b:
                 setattr(cfg, k, b[k])
         _add_problems(StoreOptions, b, path_, err)
+        if isinstance(cfg.weights_seed, int) and cfg.weights_seed != 0 and cfg.weights not in ("random",
+                                                                                              "imagenet-or-random"):
+            err.add(path_ + ("weights_seed",), f"applies to weights 'random' (or 'imagenet-or-random') only, "
+                                               f"not {cfg.weights!r}")
         if cfg.weights not in WEIGHT_CHOICES:
             wpath = Path(os.path.expanduser(cfg.weights))
             wpath = wpath if wpath.is_absolute() else base / wpath

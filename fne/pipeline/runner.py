@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import fne
-from fne.cache.fs import check_target, read_json, write_json
+from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
 from fne.errors import FneError, WeightsError
 from fne.names import slug
 from fne.options import TrainConfig, uses
@@ -145,7 +145,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
             store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
-                         storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
+                         storage_dtype=b.storage_dtype, weights_seed=b.seed_for(w))
             ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content},
                      "backbone": _backbone_identity(b)}
             if p.advise:
@@ -275,29 +275,25 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
         import h5py
 
         imgs = np.stack([d.array_source.get(d.sources[i]) for i in keep])
-        tmp = folder / f".tmp-{d.name}.h5"
-        with h5py.File(tmp, "w") as f:
-            f["images"] = imgs
-            codes = {c: k for k, c in enumerate(d.classes)}
-            f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
-            f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
-            if d.has_split:
-                f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
-        os.replace(tmp, target)
+
+        def write_h5(tmp: Path) -> None:
+            with h5py.File(tmp, "w") as f:
+                f["images"] = imgs
+                codes = {c: k for k, c in enumerate(d.classes)}
+                f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
+                f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
+                if d.has_split:
+                    f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
+
+        replace_file(target, write_h5)
     elif d.container is not None:
         from fne.data.webdataset import write_shard
 
         write_shard(d, keep, target)
     else:
-        import csv
-
-        tmp = folder / f".tmp-{d.name}.csv"
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label"] + (["split"] if d.has_split else []))
-            for i in keep:
-                w.writerow([str(Path(d.sources[i]).resolve()), d.labels[i]] + ([d.splits[i]] if d.has_split else []))
-        os.replace(tmp, target)
+        write_csv(target, ["path", "label"] + (["split"] if d.has_split else []),
+                  ([str(Path(d.sources[i]).resolve()), d.labels[i]] + ([d.splits[i]] if d.has_split else [])
+                   for i in keep))
     write_json(stamp, {"hash": ident, "n": len(keep), "of": len(d), "max_per_class": ds.max_per_class})
     return str(target)
 
@@ -480,7 +476,7 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
     t = time.perf_counter()
     r = extract_mod.extract(data, arch=b.arch, weights=b.resolved_weights, cache=cache, batch_size=p.batch_size,
                             device=p.device, precision=b.precision, crop=b.crop, workers=p.workers,
-                            storage_dtype=b.storage_dtype, weights_seed=b.weights_seed)
+                            storage_dtype=b.storage_dtype, weights_seed=b.seed_for(b.resolved_weights))
     say(f"extract {step.dataset.key} with {b.label}: {r.n_computed} computed"
         + (f" at {r.images_per_s:.1f} img/s" if r.n_computed else "")
         + f", {r.n_cached} already cached ({time.perf_counter() - t:.1f} s)")

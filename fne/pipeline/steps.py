@@ -116,8 +116,8 @@ def train_arguments(step: Step, p: Pipeline) -> dict:
     and workers where the settings give none."""
     k, b = step.kwargs, step.backbone
     settings = {n: v for n, v in k["settings"].items() if uses(TrainConfig, k["mode"], n)}  # [train]'s are shared
-    kwargs = dict(arch=b.arch, weights=None if k["mode"] == "scratch" else b.resolved_weights or b.weights,
-                  weights_seed=b.weights_seed, seed=k["seed"], **settings)
+    weights = None if k["mode"] == "scratch" else b.resolved_weights or b.weights
+    kwargs = dict(arch=b.arch, weights=weights, weights_seed=b.seed_for(weights), seed=k["seed"], **settings)
     if "device" not in kwargs and p.device != "auto":
         kwargs["device"] = p.device
     if "workers" not in kwargs and p.workers is not None:

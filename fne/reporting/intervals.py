@@ -70,7 +70,7 @@ def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None,
     known = [str(h) for h in hashes if h]
     shared = (True if protocol.startswith("predefined") or len(set(known)) < len(known)
               else False if protocol or len(known) == len(hashes) else None)  # None: unknown
-    one = _matrix(m0.get("confusion")) if len(m0.get("splits") or []) == 1 else None  # one split's matrix
+    one = confusion_matrix(m0.get("confusion")) if len(m0.get("splits") or []) == 1 else None  # one split's matrix
     acc, why_acc = _pooled("accuracy", splits, shared, one)
     mca, why_mca = _pooled("mean_class_accuracy", splits, shared, one)
     why = why_acc if why_acc == why_mca else "; ".join(
@@ -78,13 +78,16 @@ def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None,
     return acc, mca, why
 
 
-def _matrix(v) -> np.ndarray | None:
-    """A confusion matrix (square, of some test image); None for anything else."""
+def confusion_matrix(v, classes=None) -> np.ndarray | None:
+    """A recorded confusion matrix: square, of counts (finite, not negative) of some test image,
+    one row per class where `classes` is a list; None for anything else."""
     try:
         c = np.asarray(v, dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # a string, ragged lists
         return None
-    return c if c.ndim == 2 and c.shape[0] == c.shape[1] and np.isfinite(c).all() and c.sum() > 0 else None
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or not np.isfinite(c).all() or (c < 0).any() or c.sum() <= 0:
+        return None
+    return c if not isinstance(classes, list) or len(classes) == len(c) else None
 
 
 def _pooled(key: str, splits: list[dict], shared: bool | None, one) -> tuple[dict | None, str | None]:

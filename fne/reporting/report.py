@@ -39,7 +39,7 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.intervals import finite, pooled_intervals, recorded_intervals
+from fne.reporting.intervals import confusion_matrix, finite, pooled_intervals, recorded_intervals
 from fne.reporting.render import (
     cells,
     confused_pairs,
@@ -189,6 +189,20 @@ def extraction(run: dict) -> tuple[float | None, bool]:
     return s, False
 
 
+def _confusion(run: dict) -> bool:
+    """Whether a run's metrics.json records a confusion matrix; one that is not a matrix of
+    counts of its classes is left out of the row's figures, with a warning naming the file."""
+    v, classes = run["metrics"].get("confusion"), run["metrics"].get("classes")
+    if v is None or (isinstance(v, list) and not v):
+        return False
+    if confusion_matrix(v, classes) is None:
+        n = f"{len(classes)}x{len(classes)} " if isinstance(classes, list) else ""
+        warnings.warn(f"{Path(run['path']) / 'metrics.json'}: its confusion is not a {n}matrix of counts: left out "
+                      f"of the report's confusion figures", stacklevel=2)
+        return False
+    return True
+
+
 def _row(runs: list[dict]) -> dict:
     """One table row from one run (values verbatim) or several (pooled over their splits)."""
     ms = [r["metrics"] for r in runs]
@@ -217,7 +231,7 @@ def _row(runs: list[dict]) -> dict:
             row[k] = finite(m0.get(k))
         row["seconds"] = finite(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
-        row["confusion"] = m0.get("confusion")
+        row["confusion"] = m0["confusion"] if _confusion(runs[0]) else None
         row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = recorded_intervals(m0)
         return row
     splits = [s for m in ms for s in (m.get("splits") or [{"accuracy": m.get("accuracy"),
@@ -234,7 +248,7 @@ def _row(runs: list[dict]) -> dict:
     row["extract_seconds"] = float(np.mean(measured)) if measured else None
     row["extract_cached"] = not measured and any(c for _, c in ext)
     row["n_splits"] = len(splits)
-    conf = [np.array(m["confusion"]) for m in ms if m.get("confusion")]
+    conf = [np.asarray(r["metrics"]["confusion"]) for r in runs if _confusion(r)]
     row["confusion"] = (sum(conf[1:], conf[0]).tolist()
                         if conf and all(c.shape == conf[0].shape for c in conf) else None)
     row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = pooled_intervals(runs, splits)

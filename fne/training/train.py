@@ -84,6 +84,7 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
         raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
                        f"does not apply (use frozen or finetune to import weights)")
     backbones.check_weights(cfg.arch, cfg.weights)
+    backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":
         raise FneError("--resume: direct mode does not train, there is nothing to resume")
 
