@@ -155,6 +155,8 @@ BAD_OPTION_CALLS = {
      "bad --val-fraction 1.5: --val-fraction must be in [0, 1)"),
     ("train", dict(direct_score="max"), ["--direct-score", "max"],
      "direct_score applies to mode 'direct' only, not 'frozen'", "--direct-score applies to --mode direct only, not frozen"),
+    ("extract", dict(weights_seed=3), ["--seed-weights", "3"], "weights_seed=3 applies to weights='random' only",
+     "--seed-weights 3 applies to --weights random only"),
 ])
 def test_a_refused_option_value_names_the_keyword_in_python_and_the_flag_on_the_command_line(
         verb, kw, flags, python, cli, tmp_path, monkeypatch, capsys):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.tap import Tap
-from fne.errors import FneError, OptionError, WeightsError
+from fne.errors import FneError, WeightsError
 
 if TYPE_CHECKING:
     import torch
@@ -466,8 +466,15 @@ def check_weights_seed(weights, seed, scratch: bool = False) -> None:
     with weights it does not draw: other --weights, or `scratch` (fne train draws that network
     from --seed): ignored, it left the user believing it mattered."""
     if isinstance(seed, int) and not isinstance(seed, bool) and seed != 0 and (weights != "random" or scratch):
-        also = " (--mode scratch draws its network from --seed)" if scratch else f", not {weights or 'imagenet'}"
-        raise OptionError(f"--seed-weights {seed} applies to --weights random only{also}")
+        from fne.options import refusal
+
+        def text(py: bool) -> str:
+            given, random, mode = (("weights_seed=", "weights='random'", "mode='scratch'") if py else
+                                   ("--seed-weights ", "--weights random", "--mode scratch"))
+            also = f" ({mode} draws its network from {'seed' if py else '--seed'})" if scratch else \
+                f", not {weights or 'imagenet'}"
+            return f"{given}{seed} applies to {random} only{also}"
+        raise refusal(text)
 
 
 def check_weights(arch: str, weights: str | None) -> None:
