@@ -476,9 +476,10 @@ def _containers(spec: str, label_key: str | None, cache: str | Path | None) -> D
     else:
         files = [Path(f) for f in containers.expand(spec)]
         missing = [str(f) for f in files if not f.is_file()]
-        if not files or missing:
-            raise DataError(f"DATA {spec!r}: {len(missing) or 'no'} file(s) do not exist"
-                            + (f": {', '.join(missing[:3])}" if missing else ""))
+        if not files:
+            raise DataError(f"DATA {spec!r}: the pattern matches no file")
+        if missing:
+            raise DataError(f"DATA {spec!r}: {len(missing)} file(s) do not exist: {', '.join(missing[:3])}")
         root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
     kinds = {"tar" if f.suffix.lower() in containers.TAR_SUFFIXES else "parquet" for f in files}
     if len(kinds) > 1:
