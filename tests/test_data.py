@@ -46,6 +46,35 @@ def test_flat_folder_is_unlabelled(digits_folder, tmp_path):
     assert len(d) == 3 and d.labels is None and d.ids[0].endswith(".png")
 
 
+def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_path, capsys):
+    """A flat folder of images (no class folders), a Parquet file whose label column has another
+    name, a CSV of empty labels: `fne fit`, `train` and `advise` said only "fit needs labels" (or
+    "has no labels"), not what DATA lacks. One line now names DATA and its form's place for labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    files = sorted(digits_folder.rglob("*.png"))[:4]
+    for f in files:
+        (flat / f"{f.parent.name}_{f.name}").write_bytes(f.read_bytes())
+    pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbl": [f.parent.name for f in files]}),
+                   tmp_path / "p.parquet")
+    (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{f},\n" for f in files))
+    cases = {flat: "its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)",
+             tmp_path / "p.parquet": "no row has a label (a column label, labels, fine_label, cls, class, target, "
+                                     "or the one --label-key names)",
+             tmp_path / "l.csv": "every cell of its label column is empty"}
+    cache = str(tmp_path / "c")
+    for data, why in cases.items():
+        for verb in (["fit", "--out", str(tmp_path / "o")], ["train", "--mode", "frozen", "--out", str(tmp_path / "t")],
+                     ["advise", "--cache", cache]):
+            assert main([verb[0], str(data), "--arch", "efficientnet_lite0", "--weights", "random", *verb[1:]]) == 2
+            err = capsys.readouterr().err
+            assert err == f"fne {verb[0]}: error: DATA {data}: fne {verb[0]} needs labelled images, and {why}\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+
+
 def test_folder_listing_order_is_component_by_component(tmp_path):
     """Files are listed as `Path` orders them, one path component at a time ('a/x/...' before
     'a/x-y/...', 'a/...' before 'a-b/...'), which a plain string sort does not do ('-' sorts

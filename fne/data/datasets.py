@@ -25,8 +25,8 @@ from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
 from fne.data.images import image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text
-from fne.data.parquet import list_parquet, materialise_hf, parse_hf
-from fne.data.webdataset import list_tar
+from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
+from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
 from fne.errors import DataError, expect_path
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
@@ -50,6 +50,7 @@ class Dataset:
     _stats: list | None = field(default=None, repr=False)
     container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
     left_out: list[str] = field(default_factory=list, repr=False)  # entries skipped when listing, each warned
+    unlabelled: str = field(default="", repr=False)  # why DATA has no labels, where it has none
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -128,6 +129,13 @@ class Dataset:
             self._stats = out
         return self._stats
 
+    def require_labels(self, verb: str, where: object = None) -> None:
+        """`DataError` in one line unless DATA has labels: `verb` needs them, and the line says
+        why this DATA has none (`unlabelled`: its form's place for labels)."""
+        if self.labels is None:
+            raise DataError(f"DATA {where or self}: {verb} needs labelled images, and "
+                            f"{self.unlabelled or 'no image has a label'}")
+
     def label_indices(self) -> np.ndarray:
         if self.labels is None:
             raise DataError(f"{self.name}: has no labels")
@@ -150,6 +158,7 @@ class Dataset:
             _stats=None if self._stats is None else [self._stats[i] for i in idx],
             container=self.container,
             left_out=self.left_out,
+            unlabelled=self.unlabelled,
         )
 
 
@@ -312,7 +321,8 @@ def _folder(root: Path) -> Dataset:
                    and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=loose, labels=None, splits=None,
-                       classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root))
+                       classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root),
+                       unlabelled="its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)")
     dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     train, held = [n for n in dirs if n.lower() == "train"], [n for n in dirs if n.lower() in _HELD_OUT]
     if train and held:  # not classes: a split fne would otherwise fit as two classes
@@ -399,6 +409,7 @@ def _csv(path: Path) -> Dataset:
     d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
                       None if splits is None else [splits[k] for k in keep])
     d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
+    d.unlabelled = "every cell of its label column is empty" if labels is None else ""
     return d
 
 
@@ -545,6 +556,10 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = class_order(dataset.labels, names)
+    else:
+        where = (f"member has a label ({', '.join('.' + e for e in LABEL_EXTENSIONS)} or a .json label field"
+                 if kind == "tar" else f"row has a label (a column {', '.join(LABEL_COLUMNS)}")
+        dataset.unlabelled = f"no {where}, or the one --label-key names)"
     return dataset
 
 
