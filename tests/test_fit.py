@@ -130,6 +130,8 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
 
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(features="fc6"), "has no layer 'fc6'"),
+    (dict(features="lst"), r"^bad --features 'lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
+                           r"\(here \w+\), fne:LAYER,… or layer names: "),
     (dict(head="tree"), "unknown --head"),
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),
