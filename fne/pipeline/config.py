@@ -258,7 +258,11 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     file = Path(path)
     if not file.is_file():
         raise PipelineError(f"pipeline file {path}: {'is a folder' if file.is_dir() else 'no such file'}")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # an image, an HDF5 file, ... given for the pipeline file
+        raise PipelineError(f"pipeline file {path}: not a TOML file (not UTF-8 text: {e.reason} at byte "
+                            f"{e.start}); give a pipelines/*.toml file") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -417,9 +421,10 @@ def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
     if not isinstance(d, dict):
         err.add(path_, f"expected a table [datasets.{key}], got {d!r}")
         return None
-    d = _check_table(d, SCHEMA["datasets.*"], path_, err)
-    if "data" not in d:
-        err.add(path_, "missing key 'data' (a folder, CSV, HDF5 file or 'digits')")
+    given, d = d, _check_table(d, SCHEMA["datasets.*"], path_, err)
+    if "data" not in d:  # absent, or of a wrong type (named by _check_table)
+        if "data" not in given:
+            err.add(path_, "missing key 'data' (a folder, CSV, HDF5 file or 'digits')")
         return None
     ds = DatasetCfg(key=key, data=d["data"], spec=d["data"], optional=d.get("optional", False))
     for k in ("max_per_class", "splits", "test_size", "train_per_class", "protocol", "note"):
