@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import h5py
@@ -27,8 +28,6 @@ def test_a_folder_of_train_alone_is_one_line_and_train_beside_classes_a_class(di
     with "1 class has readable images", `fne extract` cached a one-class dataset. One line instead,
     saying what to give. A train/ folder beside class folders is a class (CIFAR-100 and Pascal VOC
     have one), as before."""
-    import shutil
-
     shutil.copytree(digits_folder, tmp_path / "d" / "train")
     with pytest.raises(DataError) as e:
         load_dataset(tmp_path / "d")
@@ -73,6 +72,32 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
             err = capsys.readouterr().err
             assert err == f"fne {verb[0]}: error: DATA {data}: fne {verb[0]} needs labelled images, and {why}\n"
     assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_folder_without_images_says_what_it_holds(tmp_path):
+    """iPhone photos (.HEIC) are no image fne reads: a class folder of them stopped with "has no
+    images", which reads as an empty folder. The line now says what the folder holds instead."""
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "a" / "x.JPG")
+    (tmp_path / "d" / "b" / "sub").mkdir(parents=True)
+    for k in range(3):
+        (tmp_path / "d" / "b" / "sub" / f"IMG_{k}.HEIC").write_bytes(b"x")
+    (tmp_path / "d" / "b" / "notes.txt").write_text("x")
+    (tmp_path / "d" / "b" / ".DS_Store").write_text("x")
+    exts = "image files end in .bmp .gif .jpeg .jpg .pgm .png .ppm .tif .tiff .webp, any case"
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "d")
+    assert str(e.value) == (f"DATA {tmp_path / 'd'}: class folder 'b' has no images: it holds 4 other file(s) "
+                            f"(.heic ×3, .txt ×1); {exts}")
+    (tmp_path / "d" / "c").mkdir()
+    shutil.rmtree(tmp_path / "d" / "b")
+    with pytest.raises(DataError, match="class folder 'c' has no images: it holds no files$"):
+        load_dataset(tmp_path / "d")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "IMG_0.HEIC").write_bytes(b"x")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "flat")
+    assert str(e.value).endswith("and no images: it holds 1 other file(s) (.heic ×1); " + exts)
 
 
 def test_folder_listing_order_is_component_by_component(tmp_path):

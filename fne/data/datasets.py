@@ -23,7 +23,7 @@ from PIL import Image
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
-from fne.data.images import image_files, read_image, to_rgb
+from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
@@ -284,12 +284,14 @@ def _cache_not_listed(root: Path, cache: str | Path | None) -> None:
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:
     class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
+        none = "" if image_files(str(root)) else f", and no images: {no_image_files(str(root))}"
+        raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>){none}")
     files, labels = [], []
     for name in class_dirs:
         imgs = image_files(os.path.join(root, name), left_out)
         if not imgs:
-            raise DataError(f"DATA {root}: class folder {name!r} has no images")
+            raise DataError(f"DATA {root}: class folder {name!r} has no images: "
+                            f"{no_image_files(os.path.join(root, name))}")
         files += imgs
         labels += [name] * len(imgs)
     return files, labels
