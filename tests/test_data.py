@@ -74,6 +74,20 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
     assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
 
 
+def test_data_given_a_level_up_stops_in_one_line(digits_split, tmp_path):
+    """The folder above a dataset (datasets/ holding flowers12/train, flowers12/test, pets37/...)
+    became one class per dataset, each dataset's split merged into it. A class folder holding a
+    split of its own stops instead, naming the folder to give."""
+    shutil.copytree(digits_split, tmp_path / "datasets" / "flowers")
+    shutil.copytree(digits_split / "train", tmp_path / "datasets" / "pets")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "datasets")
+    assert str(e.value) == (f"DATA {tmp_path / 'datasets'}: class folder 'flowers' holds a train/ and test/ (or val/) "
+                            f"split of its own: give {tmp_path / 'datasets' / 'flowers'} as DATA")
+    shutil.rmtree(tmp_path / "datasets" / "flowers" / "test")  # a class with a train/ folder inside: a class
+    assert load_dataset(tmp_path / "datasets").classes == ["flowers", "pets"]
+
+
 def test_a_folder_without_images_says_what_it_holds(tmp_path):
     """iPhone photos (.HEIC) are no image fne reads: a class folder of them stopped with "has no
     images", which reads as an empty folder. The line now says what the folder holds instead."""

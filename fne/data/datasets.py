@@ -292,6 +292,10 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
         if not imgs:
             raise DataError(f"DATA {root}: class folder {name!r} has no images: "
                             f"{no_image_files(os.path.join(root, name))}")
+        tops = {p[len(str(root)) + len(name) + 2:].split(os.sep, 1)[0].lower() for p in imgs}  # DATA given a level up
+        if "train" in tops and tops & _HELD_OUT:
+            raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
+                            f"{os.path.join(root, name)} as DATA")
         files += imgs
         labels += [name] * len(imgs)
     return files, labels
