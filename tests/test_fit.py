@@ -132,6 +132,8 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
     (dict(features="fc6"), "has no layer 'fc6'"),
     (dict(features="lst"), r"^bad --features 'lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
                            r"\(here \w+\), fne:LAYER,… or layer names: "),
+    (dict(features="fne,last"), r"^bad --features 'fne': the full-network embedding is no layer to list; give fne, "),
+    (dict(features="Last"), r"has no layer 'Last' \(did you mean 'last'\?\)"),
     (dict(head="tree"), "unknown --head"),
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),

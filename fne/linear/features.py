@@ -45,8 +45,9 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     layers = [t.name for t in backbone.taps]
     for n in names:
         if n not in layers:  # a typo (`lst`), or VGG's fc7 asked of another backbone
-            close = difflib.get_close_matches(n, ["fne", "last", *layers], n=1)
-            raise FneError(f"bad --features {n!r}: {backbone.name} has no layer {n!r}"
+            close = [c for c in difflib.get_close_matches(n.lower(), ["fne", "last", *layers], n=1) if c != n]
+            raise FneError(f"bad --features {n!r}: " + ("the full-network embedding is no layer to list"
+                                                         if n == "fne" else f"{backbone.name} has no layer {n!r}")
                            + (f" (did you mean {close[0]!r}?)" if close else "")
                            + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}")
     return names, kind
