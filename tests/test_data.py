@@ -72,6 +72,9 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
             err = capsys.readouterr().err
             assert err == f"fne {verb[0]}: error: DATA {data}: fne {verb[0]} needs labelled images, and {why}\n"
     assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+    pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbll": [None] * 4}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"and no row has a 'lbll' label \(--label-key lbll\)$"):
+        load_dataset(tmp_path / "n.parquet", label_key="lbll").require_labels("fne fit")
 
 
 def test_data_given_a_level_up_stops_in_one_line(digits_split, tmp_path):

@@ -562,6 +562,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = class_order(dataset.labels, names)
+    elif label_key:
+        dataset.unlabelled = f"no {'member' if kind == 'tar' else 'row'} has a {label_key!r} label (--label-key {label_key})"
     else:
         where = (f"member has a label ({', '.join('.' + e for e in LABEL_EXTENSIONS)} or a .json label field"
                  if kind == "tar" else f"row has a label (a column {', '.join(LABEL_COLUMNS)}")
