@@ -91,6 +91,16 @@ def test_data_given_a_level_up_stops_in_one_line(digits_split, tmp_path):
     assert load_dataset(tmp_path / "datasets").classes == ["flowers", "pets"]
 
 
+def test_data_given_as_dot_is_named_by_its_folder(digits_folder, monkeypatch):
+    """`fne fit . --out ../run` named the dataset "" (`fne+svm on : accuracy …`, a report section
+    with no name, shared by every folder given as `.`), and `..` named it "..". The folder's name now."""
+    monkeypatch.chdir(digits_folder / "0")
+    assert load_dataset("..").name == digits_folder.name
+    monkeypatch.chdir(digits_folder)
+    d = load_dataset(".")
+    assert d.name == digits_folder.name and len(d) == 24 and d.ids[0].startswith("0/")
+
+
 def test_a_folder_without_images_says_what_it_holds(tmp_path):
     """iPhone photos (.HEIC) are no image fne reads: a class folder of them stopped with "has no
     images", which reads as an empty folder. The line now says what the folder holds instead."""

@@ -130,8 +130,7 @@ class Dataset:
         return self._stats
 
     def require_labels(self, verb: str, where: object = None) -> None:
-        """`DataError` in one line unless DATA has labels: `verb` needs them, and the line says
-        why this DATA has none (`unlabelled`: its form's place for labels)."""
+        """`DataError` in one line unless DATA has labels, saying why it has none (`unlabelled`)."""
         if self.labels is None:
             raise DataError(f"DATA {where or self}: {verb} needs labelled images, and "
                             f"{self.unlabelled or 'no image has a label'}")
@@ -224,6 +223,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if spec_s.startswith("hf:"):
         return _hf(spec_s, label_key, cache)
     path = Path(spec_s).expanduser()
+    if path.name in ("", ".."):  # `.` or `..`: DATA named by its folder, not "" or ".." (reports group by name)
+        spec_s = str(path := Path(os.path.abspath(path)))
     if containers.is_container_spec(spec_s):
         return _containers(spec_s, label_key, cache)
     if not path.exists():
