@@ -319,6 +319,8 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_group", "'images' is a group, not a dataset"),
     ("h5_float", "images must be uint8 (0-255), got float32"),
     ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
+    ("h5_export", "is a `fne export` file of features, not images; give the DATA it was exported from "
+                  "(its attribute root: /data/images)"),
 ])
 def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, capsys, case, expect):
     import fne.backbones.registry
@@ -347,7 +349,10 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
     elif case.startswith("h5_"):  # a group for images; images in 0-1 floats; one-hot labels
         target = tmp_path / "d.h5"
         with h5py.File(target, "w") as f:
-            if case == "h5_group":
+            if case == "h5_export":  # `fne export`'s output given back as DATA
+                f["embedding"], f.attrs["root"] = np.zeros((2, 3), np.int8), "/data/images"
+                f.create_group("layers")["fc7"] = np.zeros((2, 3), np.float32)
+            elif case == "h5_group":
                 f.create_group("images")
             else:
                 f["images"] = np.zeros((2, 4, 4), np.float32 if case == "h5_float" else np.uint8)
