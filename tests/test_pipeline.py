@@ -596,6 +596,11 @@ def test_a_binary_file_or_a_data_of_a_wrong_type_is_named_once(tmp_path):
     with pytest.raises(PipelineError) as e:
         load_pipeline(f)
     assert str(e.value) == f"{f}:5: datasets.digits.data: expected a string, got 5"
+    f = write(tmp_path, GOOD.replace("[[backbones]]", "[backbones]"))  # a table, not an array of tables
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    assert str(e.value) == (f"{f}:7: backbones: expected an array of tables ([[...]]), got "
+                            f"{{'arch': 'vgg16', 'weights': 'random'}}")
 
 
 def test_two_steps_never_share_a_folder(tmp_path):

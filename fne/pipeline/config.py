@@ -283,7 +283,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     if "train" in top:
         _load_train(p, top["train"], err)
     dss = top.get("datasets", {})
-    if not dss:
+    if not dss and ("datasets" in top or "datasets" not in raw):  # of a wrong type: named by _check_table
         err.add(("datasets",) if "datasets" in raw else (), "at least one [datasets.KEY] table is required")
     for key, d in dss.items():
         ds = _load_dataset(key, d, base, err)
@@ -319,7 +319,8 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
 
 def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, checks: Checks | None) -> None:
     if not bbs:
-        err.add(("backbones",) if present else (), "at least one [[backbones]] table is required")
+        if not (present and bbs is None):  # present but of a wrong type: named already by _check_table
+            err.add(("backbones",) if present else (), "at least one [[backbones]] table is required")
         bbs = []
     labels: dict[str, int] = {}
     for i, b in enumerate(bbs):
