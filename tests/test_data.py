@@ -319,6 +319,8 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_group", "'images' is a group, not a dataset"),
     ("h5_float", "images must be uint8 (0-255), got float32"),
     ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
+    ("zip", "unsupported file type '.zip' (expected .csv, .h5, .tar or .parquet); unpack the archive and give its "
+            "folder"),
     ("h5_export", "is a `fne export` file of features, not images; give the DATA it was exported from "
                   "(its attribute root: /data/images)"),
 ])
@@ -336,6 +338,9 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         (target / "a").mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(target / "a" / "i.png")
         (target / "b").mkdir()
+    elif case == "zip":  # a Kaggle download, as it came
+        target = tmp_path / "images.zip"
+        target.write_bytes(b"PK\x05\x06" + bytes(18))
     elif case == "csv_columns":
         target = tmp_path / "l.csv"
         target.write_text("path,class\nx.png,a\n")

@@ -240,7 +240,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
-        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
+            "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file (give a folder, a .csv, a .h5 file, .tar "
                         f"shards or .parquet files)")
