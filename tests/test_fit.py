@@ -343,12 +343,15 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
     cache = tmp_path / "cache"
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file")]:
+    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file"),
+                      (tmp_path / "features.csv", f"--out {tmp_path / 'features.csv'}: fne export writes HDF5, not "
+                                                  f".csv: name the file .h5")]:  # a spreadsheet would not open it
         assert main(["export", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
     assert not list(runs.iterdir()) and afile.read_text() == "mine" and not list_stores(cache)
+    assert not (tmp_path / "features.csv").exists()
 
 
 def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):
