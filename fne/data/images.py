@@ -103,8 +103,19 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
 
 
 def no_image_files(folder: str) -> str:
-    """What a folder without image files holds instead, for the line that stops on it: nothing,
-    or how many other files and their extensions (`.heic` photos, `.txt` notes, ...)."""
+    """What a folder without image files holds instead, for the line that stops on it.
+
+    Parameters
+    ----------
+    folder : str
+        The folder, listed at any depth (hidden files and folders left out, as `image_files` does).
+
+    Returns
+    -------
+    str
+        "it holds no files", or how many other files and their extensions (`.heic` photos,
+        `.txt` notes, ...) and which extensions are images.
+    """
     exts: dict[str, int] = {}
     for _, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
