@@ -93,7 +93,18 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="predictions CSV")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions)
-    p.set_defaults(func=_cmd_predict)
+    p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
+
+
+def _pinned_by_the_model() -> tuple[str, ...]:
+    """The flags `fne predict` has no use for, as the model fixes them (the store it was fitted
+    from, its features and head): given, they are named with a line saying so."""
+    from dataclasses import fields
+
+    from fne.linear.predict import STORE_OPTIONS
+    from fne.options import FitOptions, StoreOptions, flag
+
+    return tuple(flag(f) for cls in (StoreOptions, FitOptions) for f in fields(cls) if f.name not in STORE_OPTIONS)
 
 
 def _cmd_predict(a) -> int:
@@ -286,7 +297,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         if argv is None or verb == chosen:
             add(p)
+    parser.set_defaults(verbs=sub.choices)
     return parser
+
+
+def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
+    """argparse's "unrecognized arguments" said by the verb's own parser (`fne predict: error:`,
+    with its usage), not by fne's list of verbs; for `fne predict`, that the model fixes them."""
+    given = {x.split("=")[0] for x in extra}
+    pinned = sorted(given & set(getattr(args, "pinned", ())))
+    hint = (f"; {', '.join(pinned)}: the model fixes them (the backbone, weights and preprocessing of the rows "
+            f"it was fitted on, its features and head; its metrics.json records them)") if pinned else ""
+    args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -330,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     from fne.errors import FneError, OptionError
 
     argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
-    args = build_parser(argv).parse_args(argv)
+    args, extra = build_parser(argv).parse_known_args(argv)
+    if extra:
+        _unrecognized(args, extra)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line
     in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set

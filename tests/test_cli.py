@@ -227,6 +227,25 @@ def test_version_is_the_packages(capsys):
     assert version("fne-toolkit") == fne.__version__
 
 
+def test_an_option_the_verb_lacks_is_named_by_the_verb(capsys):
+    """`fne predict RUN new/ --arch efficientnet_lite0 --weights imagenet --out p.csv`, as `fne fit`
+    was called: argparse answered with fne's list of verbs and `fne: error: unrecognized arguments`.
+    The verb's own usage and name now, and for predict, that the model fixes those options."""
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "RUN", "new", "--out", "p.csv", "--arch", "efficientnet_lite0", "--weights=imagenet"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: fne predict ")
+    assert err.splitlines()[-1] == (
+        "fne predict: error: unrecognized arguments: --arch efficientnet_lite0 --weights=imagenet; --arch, "
+        "--weights: the model fixes them (the backbone, weights and preprocessing of the rows it was fitted on, "
+        "its features and head; its metrics.json records them)")
+    with pytest.raises(SystemExit) as e:
+        main(["fit", "DATA", "--out", "RUN", "--colour", "red"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: fne fit ")
+    assert err.splitlines()[-1] == "fne fit: error: unrecognized arguments: --colour red"
+
+
 # ------------------------------------------------------------------ a user's mistake: one line
 @pytest.mark.parametrize("argv,said", [
     (["fit", "DATA", "--out", "RUN", "--C", "inf"], "bad --C 'inf'; must be finite"),

@@ -248,6 +248,8 @@ def test_shards_assign_whole_tars(tmp_path):
 def test_unknown_pattern_and_mixed_kinds_fail_in_one_line(tmp_path):
     with pytest.raises(DataError, match="do not exist"):
         load_dataset(str(tmp_path / "train-{000000..000003}.tar"))
+    with pytest.raises(DataError, match=r"'\S*nothing\*\.tar': the pattern matches no file$"):
+        load_dataset(str(tmp_path / "nothing*.tar"))
     src = write_digits(tmp_path / "digits", per_class=2, classes=2)
     write_shards(src, tmp_path / "both", per_shard=10)
     write_parquet(src, tmp_path / "both")

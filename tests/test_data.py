@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import h5py
@@ -27,8 +28,6 @@ def test_a_folder_of_train_alone_is_one_line_and_train_beside_classes_a_class(di
     with "1 class has readable images", `fne extract` cached a one-class dataset. One line instead,
     saying what to give. A train/ folder beside class folders is a class (CIFAR-100 and Pascal VOC
     have one), as before."""
-    import shutil
-
     shutil.copytree(digits_folder, tmp_path / "d" / "train")
     with pytest.raises(DataError) as e:
         load_dataset(tmp_path / "d")
@@ -44,6 +43,88 @@ def test_flat_folder_is_unlabelled(digits_folder, tmp_path):
         (tmp_path / f.name).write_bytes(f.read_bytes())
     d = load_dataset(tmp_path)
     assert len(d) == 3 and d.labels is None and d.ids[0].endswith(".png")
+
+
+def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_path, capsys):
+    """A flat folder of images (no class folders), a Parquet file whose label column has another
+    name, a CSV of empty labels: `fne fit`, `train` and `advise` said only "fit needs labels" (or
+    "has no labels"), not what DATA lacks. One line now names DATA and its form's place for labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    files = sorted(digits_folder.rglob("*.png"))[:4]
+    for f in files:
+        (flat / f"{f.parent.name}_{f.name}").write_bytes(f.read_bytes())
+    pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbl": [f.parent.name for f in files]}),
+                   tmp_path / "p.parquet")
+    (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{f},\n" for f in files))
+    cases = {flat: "its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)",
+             tmp_path / "p.parquet": "no row has a label (a column label, labels, fine_label, cls, class, target, "
+                                     "or the one --label-key names)",
+             tmp_path / "l.csv": "every cell of its label column is empty"}
+    cache = str(tmp_path / "c")
+    for data, why in cases.items():
+        for verb in (["fit", "--out", str(tmp_path / "o")], ["train", "--mode", "frozen", "--out", str(tmp_path / "t")],
+                     ["advise", "--cache", cache]):
+            assert main([verb[0], str(data), "--arch", "efficientnet_lite0", "--weights", "random", *verb[1:]]) == 2
+            err = capsys.readouterr().err
+            assert err == f"fne {verb[0]}: error: DATA {data}: fne {verb[0]} needs labelled images, and {why}\n"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+    pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbll": [None] * 4}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"and no row has a 'lbll' label \(--label-key lbll\)$"):
+        load_dataset(tmp_path / "n.parquet", label_key="lbll").require_labels("fne fit")
+
+
+def test_data_given_a_level_up_stops_in_one_line(digits_split, tmp_path):
+    """The folder above a dataset (datasets/ holding flowers12/train, flowers12/test, pets37/...)
+    became one class per dataset, each dataset's split merged into it. A class folder holding a
+    split of its own stops instead, naming the folder to give."""
+    shutil.copytree(digits_split, tmp_path / "datasets" / "flowers")
+    shutil.copytree(digits_split / "train", tmp_path / "datasets" / "pets")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "datasets")
+    assert str(e.value) == (f"DATA {tmp_path / 'datasets'}: class folder 'flowers' holds a train/ and test/ (or val/) "
+                            f"split of its own: give {tmp_path / 'datasets' / 'flowers'} as DATA")
+    shutil.rmtree(tmp_path / "datasets" / "flowers" / "test")  # a class with a train/ folder inside: a class
+    assert load_dataset(tmp_path / "datasets").classes == ["flowers", "pets"]
+
+
+def test_data_given_as_dot_is_named_by_its_folder(digits_folder, monkeypatch):
+    """`fne fit . --out ../run` named the dataset "" (`fne+svm on : accuracy …`, a report section
+    with no name, shared by every folder given as `.`), and `..` named it "..". The folder's name now."""
+    monkeypatch.chdir(digits_folder / "0")
+    assert load_dataset("..").name == digits_folder.name
+    monkeypatch.chdir(digits_folder)
+    d = load_dataset(".")
+    assert d.name == digits_folder.name and len(d) == 24 and d.ids[0].startswith("0/")
+
+
+def test_a_folder_without_images_says_what_it_holds(tmp_path):
+    """iPhone photos (.HEIC) are no image fne reads: a class folder of them stopped with "has no
+    images", which reads as an empty folder. The line now says what the folder holds instead."""
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "d" / "a" / "x.JPG")
+    (tmp_path / "d" / "b" / "sub").mkdir(parents=True)
+    for k in range(3):
+        (tmp_path / "d" / "b" / "sub" / f"IMG_{k}.HEIC").write_bytes(b"x")
+    (tmp_path / "d" / "b" / "notes.txt").write_text("x")
+    (tmp_path / "d" / "b" / ".DS_Store").write_text("x")
+    exts = "image files end in .bmp .gif .jpeg .jpg .pgm .png .ppm .tif .tiff .webp, any case"
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "d")
+    assert str(e.value) == (f"DATA {tmp_path / 'd'}: class folder 'b' has no images: it holds 4 other file(s) "
+                            f"(.heic ×3, .txt ×1); {exts}")
+    (tmp_path / "d" / "c").mkdir()
+    shutil.rmtree(tmp_path / "d" / "b")
+    with pytest.raises(DataError, match="class folder 'c' has no images: it holds no files$"):
+        load_dataset(tmp_path / "d")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "IMG_0.HEIC").write_bytes(b"x")
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "flat")
+    assert str(e.value).endswith("and no images: it holds 1 other file(s) (.heic ×1); " + exts)
 
 
 def test_folder_listing_order_is_component_by_component(tmp_path):
@@ -238,6 +319,10 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_group", "'images' is a group, not a dataset"),
     ("h5_float", "images must be uint8 (0-255), got float32"),
     ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
+    ("zip", "unsupported file type '.zip' (expected .csv, .h5, .tar or .parquet); unpack the archive and give its "
+            "folder"),
+    ("h5_export", "is a `fne export` file of features, not images; give the DATA it was exported from "
+                  "(its attribute root: /data/images)"),
 ])
 def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, capsys, case, expect):
     import fne.backbones.registry
@@ -253,6 +338,9 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         (target / "a").mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(target / "a" / "i.png")
         (target / "b").mkdir()
+    elif case == "zip":  # a Kaggle download, as it came
+        target = tmp_path / "images.zip"
+        target.write_bytes(b"PK\x05\x06" + bytes(18))
     elif case == "csv_columns":
         target = tmp_path / "l.csv"
         target.write_text("path,class\nx.png,a\n")
@@ -266,7 +354,10 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
     elif case.startswith("h5_"):  # a group for images; images in 0-1 floats; one-hot labels
         target = tmp_path / "d.h5"
         with h5py.File(target, "w") as f:
-            if case == "h5_group":
+            if case == "h5_export":  # `fne export`'s output given back as DATA
+                f["embedding"], f.attrs["root"] = np.zeros((2, 3), np.int8), "/data/images"
+                f.create_group("layers")["fc7"] = np.zeros((2, 3), np.float32)
+            elif case == "h5_group":
                 f.create_group("images")
             else:
                 f["images"] = np.zeros((2, 4, 4), np.float32 if case == "h5_float" else np.uint8)

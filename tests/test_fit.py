@@ -130,6 +130,10 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
 
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(features="fc6"), "has no layer 'fc6'"),
+    (dict(features="lst"), r"^bad --features 'lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
+                           r"\(here \w+\), fne:LAYER,… or layer names: "),
+    (dict(features="fne,last"), r"^bad --features 'fne': the full-network embedding is no layer to list; give fne, "),
+    (dict(features="Last"), r"has no layer 'Last' \(did you mean 'last'\?\)"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),
@@ -339,12 +343,15 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
     cache = tmp_path / "cache"
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file")]:
+    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file"),
+                      (tmp_path / "features.csv", f"--out {tmp_path / 'features.csv'}: fne export writes HDF5, not "
+                                                  f".csv: name the file .h5")]:  # a spreadsheet would not open it
         assert main(["export", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err
     assert not list(runs.iterdir()) and afile.read_text() == "mine" and not list_stores(cache)
+    assert not (tmp_path / "features.csv").exists()
 
 
 def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):

@@ -586,6 +586,26 @@ def test_file_level_mistakes_are_one_line_naming_file_and_line(tmp_path, text, w
     assert msg.startswith(f"{f.parent}/{where}") and words in msg and "\n" not in msg, msg
 
 
+def test_a_binary_file_or_a_data_of_a_wrong_type_is_named_once(tmp_path):
+    """`fne run photo.jpg` (an image for the pipeline file) ended in a UnicodeDecodeError traceback;
+    `data = 5` was reported twice, as of the wrong type and as missing."""
+    f = tmp_path / "photo.jpg"
+    f.write_bytes(b"\xff\xd8\xff\xe0 not text")
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    assert str(e.value) == (f"pipeline file {f}: not a TOML file (not UTF-8 text: invalid start byte at byte 0); "
+                            f"give a pipelines/*.toml file")
+    f = write(tmp_path, GOOD.replace('data = "digits"', "data = 5"))
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    assert str(e.value) == f"{f}:5: datasets.digits.data: expected a string, got 5"
+    f = write(tmp_path, GOOD.replace("[[backbones]]", "[backbones]"))  # a table, not an array of tables
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    assert str(e.value) == (f"{f}:7: backbones: expected an array of tables ([[...]]), got "
+                            f"{{'arch': 'vgg16', 'weights': 'random'}}")
+
+
 def test_two_steps_never_share_a_folder(tmp_path):
     """Feature specs that differ only in characters a folder name cannot hold would write one folder."""
     f = write(tmp_path, GOOD.replace('features = ["fc7", "fne"]', 'features = ["fc6,fc7", "fc6, fc7"]'))

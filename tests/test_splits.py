@@ -120,3 +120,19 @@ def test_a_class_of_copies_only_cannot_be_split(tmp_path):
     assert len(make_splits(d, y, test_size=0.4, seed=0)) == 1  # two names: splittable without keys
     with pytest.raises(FneError, match="at least 2 distinct images .* 1 class.*: b"):
         make_splits(d, y, test_size=0.4, seed=0, keys=d.keys())
+
+
+def test_train_per_class_on_a_predefined_split_says_it_is_not_applied(digits_split):
+    """`fne fit flowers12 --train-per-class 3` (train/ and test/ folders) fitted on every training
+    image and said nothing: a few-shot figure that was not one. A warning names the option now;
+    the split is DATA's own, as before."""
+    d = load_dataset(digits_split)
+    y = d.label_indices()
+    with pytest.warns(UserWarning, match=r"--train-per-class 3 is not applied: DATA has a predefined split"):
+        (tr, te), = make_splits(d, y, train_per_class=3)
+    assert len(tr) == d.splits.count("train") and len(te) == d.splits.count("test")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_splits(d, y)  # no option given: nothing to say

@@ -23,10 +23,10 @@ from PIL import Image
 from fne.data import containers
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
-from fne.data.images import image_files, read_image, to_rgb
+from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text
-from fne.data.parquet import list_parquet, materialise_hf, parse_hf
-from fne.data.webdataset import list_tar
+from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
+from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
 from fne.errors import DataError, expect_path
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
@@ -50,6 +50,7 @@ class Dataset:
     _stats: list | None = field(default=None, repr=False)
     container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
     left_out: list[str] = field(default_factory=list, repr=False)  # entries skipped when listing, each warned
+    unlabelled: str = field(default="", repr=False)  # why DATA has no labels, where it has none
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -128,6 +129,12 @@ class Dataset:
             self._stats = out
         return self._stats
 
+    def require_labels(self, verb: str, where: object = None) -> None:
+        """`DataError` in one line unless DATA has labels, saying why it has none (`unlabelled`)."""
+        if self.labels is None:
+            raise DataError(f"DATA {where or self}: {verb} needs labelled images, and "
+                            f"{self.unlabelled or 'no image has a label'}")
+
     def label_indices(self) -> np.ndarray:
         if self.labels is None:
             raise DataError(f"{self.name}: has no labels")
@@ -150,6 +157,7 @@ class Dataset:
             _stats=None if self._stats is None else [self._stats[i] for i in idx],
             container=self.container,
             left_out=self.left_out,
+            unlabelled=self.unlabelled,
         )
 
 
@@ -215,6 +223,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if spec_s.startswith("hf:"):
         return _hf(spec_s, label_key, cache)
     path = Path(spec_s).expanduser()
+    if path.name in ("", ".."):  # `.` or `..`: DATA named by its folder, not "" or ".." (reports group by name)
+        spec_s = str(path := Path(os.path.abspath(path)))
     if containers.is_container_spec(spec_s):
         return _containers(spec_s, label_key, cache)
     if not path.exists():
@@ -230,7 +240,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
-        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)")
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
+            "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file (give a folder, a .csv, a .h5 file, .tar "
                         f"shards or .parquet files)")
@@ -275,12 +286,18 @@ def _cache_not_listed(root: Path, cache: str | Path | None) -> None:
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:
     class_dirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not class_dirs:
-        raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>)")
+        none = "" if image_files(str(root)) else f", and no images: {no_image_files(str(root))}"
+        raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>){none}")
     files, labels = [], []
     for name in class_dirs:
         imgs = image_files(os.path.join(root, name), left_out)
         if not imgs:
-            raise DataError(f"DATA {root}: class folder {name!r} has no images")
+            raise DataError(f"DATA {root}: class folder {name!r} has no images: "
+                            f"{no_image_files(os.path.join(root, name))}")
+        tops = {p[len(str(root)) + len(name) + 2:].split(os.sep, 1)[0].lower() for p in imgs}  # DATA given a level up
+        if "train" in tops and tops & _HELD_OUT:
+            raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
+                            f"{os.path.join(root, name)} as DATA")
         files += imgs
         labels += [name] * len(imgs)
     return files, labels
@@ -312,7 +329,8 @@ def _folder(root: Path) -> Dataset:
                    and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     if loose and not has_dirs:  # a flat folder of images: unlabelled (extract, predict)
         return Dataset(name=root.name, ids=loose, labels=None, splits=None,
-                       classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root))
+                       classes=[], sources=[os.path.join(root, n) for n in loose], root=str(root),
+                       unlabelled="its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)")
     dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     train, held = [n for n in dirs if n.lower() == "train"], [n for n in dirs if n.lower() in _HELD_OUT]
     if train and held:  # not classes: a split fne would otherwise fit as two classes
@@ -399,6 +417,7 @@ def _csv(path: Path) -> Dataset:
     d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
                       None if splits is None else [splits[k] for k in keep])
     d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
+    d.unlabelled = "every cell of its label column is empty" if labels is None else ""
     return d
 
 
@@ -476,9 +495,10 @@ def _containers(spec: str, label_key: str | None, cache: str | Path | None) -> D
     else:
         files = [Path(f) for f in containers.expand(spec)]
         missing = [str(f) for f in files if not f.is_file()]
-        if not files or missing:
-            raise DataError(f"DATA {spec!r}: {len(missing) or 'no'} file(s) do not exist"
-                            + (f": {', '.join(missing[:3])}" if missing else ""))
+        if not files:
+            raise DataError(f"DATA {spec!r}: the pattern matches no file")
+        if missing:
+            raise DataError(f"DATA {spec!r}: {len(missing)} file(s) do not exist: {', '.join(missing[:3])}")
         root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
     kinds = {"tar" if f.suffix.lower() in containers.TAR_SUFFIXES else "parquet" for f in files}
     if len(kinds) > 1:
@@ -544,6 +564,12 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = class_order(dataset.labels, names)
+    elif label_key:
+        dataset.unlabelled = f"no {'member' if kind == 'tar' else 'row'} has a {label_key!r} label (--label-key {label_key})"
+    else:
+        where = (f"member has a label ({', '.join('.' + e for e in LABEL_EXTENSIONS)} or a .json label field"
+                 if kind == "tar" else f"row has a label (a column {', '.join(LABEL_COLUMNS)}")
+        dataset.unlabelled = f"no {where}, or the one --label-key names)"
     return dataset
 
 

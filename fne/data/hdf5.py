@@ -55,6 +55,9 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
     except OSError as e:
         raise DataError(f"HDF5 {path}: cannot open ({e})") from e
     with f:
+        if "images" not in f and "embedding" in f and "layers" in f:  # fne export's file, given back as DATA
+            raise DataError(f"HDF5 {path}: is a `fne export` file of features, not images; give the DATA it was "
+                            f"exported from (its attribute root: {f.attrs.get('root', '?')})")
         for name in ("images", "labels"):
             if name not in f:
                 raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")

@@ -100,3 +100,31 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
                 out.append(e.path)
         todo += sorted(folders, reverse=True)  # the first by name is listed first: a folder seen twice is named by it
     return sorted(out, key=lambda f: f.split(os.sep))
+
+
+def no_image_files(folder: str) -> str:
+    """What a folder without image files holds instead, for the line that stops on it.
+
+    Parameters
+    ----------
+    folder : str
+        The folder, listed at any depth (hidden files and folders left out, as `image_files` does).
+
+    Returns
+    -------
+    str
+        "it holds no files", or how many other files and their extensions (`.heic` photos,
+        `.txt` notes, ...) and which extensions are images.
+    """
+    exts: dict[str, int] = {}
+    for _, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            if not f.startswith("."):
+                ext = os.path.splitext(f)[1].lower() or "no extension"
+                exts[ext] = exts.get(ext, 0) + 1
+    if not exts:
+        return "it holds no files"
+    kinds = ", ".join(f"{e} ×{n}" for e, n in sorted(exts.items(), key=lambda t: -t[1])[:4])
+    return (f"it holds {sum(exts.values())} other file(s) ({kinds}{', …' if len(exts) > 4 else ''}); image files "
+            f"end in {' '.join(sorted(IMAGE_EXTENSIONS))}, any case")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+import warnings
 
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -33,6 +34,10 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     random split (the module's docstring); a predefined split is DATA's own.
     """
     if dataset.has_split:
+        if train_per_class is not None:  # asked for, and silently not done: a few-shot figure that is not one
+            warnings.warn(f"DATA {dataset}: --train-per-class {train_per_class} is not applied: DATA has a "
+                          f"predefined split, whose training images are all used (the option draws random "
+                          f"splits; give the train folder alone as DATA for them)", stacklevel=3)
         check_test_classes(dataset)
         tr, te = np.flatnonzero(dataset.in_train()), np.flatnonzero(np.array(dataset.splits) == "test")
         if len(tr) == 0 or len(te) == 0:

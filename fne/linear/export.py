@@ -20,12 +20,15 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
+from fne.errors import FneError
 from fne.linear.embedding import FullNetworkEmbedding, make_transform
 from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.options import DataOptions, ForwardOptions, RowsOptions
 
 # The keywords of `export` and `load_rows`, declared in fne.options (`fne export`'s options).
 OPTIONS = (StoreSpec, DataOptions, RowsOptions, ForwardOptions)
+# --out suffixes of other formats: `fne export` writes HDF5 whatever the name says.
+OTHER_FORMATS = (".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".parquet", ".pkl", ".pickle", ".mat", ".xlsx")
 
 
 @opts.keywords(*OPTIONS)
@@ -59,6 +62,9 @@ def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None 
     import h5py
 
     out = check_target(out, folder=False, data=data)
+    if out.suffix.lower() in OTHER_FORMATS:  # `--out features.csv`: an HDF5 file a spreadsheet cannot open
+        raise FneError(f"--out {out}: fne export writes HDF5, not {out.suffix}: name the file .h5 (README, "
+                       f"\"The HDF5 file of `fne export`\", reads it into pandas or numpy)")
     src, o, layers, kind = _source(data, store, options, "export")
     dataset, store = src.dataset, src.store
     n = len(dataset)

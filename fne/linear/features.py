@@ -9,6 +9,7 @@ chunk by chunk (`Rows`).
 
 from __future__ import annotations
 
+import difflib
 import sys
 import warnings
 from collections.abc import Callable
@@ -41,8 +42,14 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
     if not names:
         raise FneError(f"bad --features {spec!r}; use fne, fc6, fc7, last or layer names")
+    layers = [t.name for t in backbone.taps]
     for n in names:
-        backbone.tap(n)  # raises with the list of layers
+        if n not in layers:  # a typo (`lst`), or VGG's fc7 asked of another backbone
+            close = [c for c in difflib.get_close_matches(n.lower(), ["fne", "last", *layers], n=1) if c != n]
+            raise FneError(f"bad --features {n!r}: " + ("the full-network embedding is no layer to list"
+                                                         if n == "fne" else f"{backbone.name} has no layer {n!r}")
+                           + (f" (did you mean {close[0]!r}?)" if close else "")
+                           + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}")
     return names, kind
 
 

@@ -214,8 +214,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
     (`check_test_classes`); called by `open_rows` before extraction and after the unreadable
     images are left out. Warns of classes left with no readable image."""
     where = data if isinstance(data, (str, Path)) else f"DATA {dataset.name}"
-    if dataset.labels is None:
-        raise FneError(f"{where}: fit needs labels")
+    dataset.require_labels("fne fit", data if isinstance(data, (str, Path)) else None)
     y, part = dataset.label_indices(), ""
     seen = set(y.tolist())
     empty = [c for k, c in enumerate(dataset.classes) if k not in seen]

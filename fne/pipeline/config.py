@@ -263,7 +263,11 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     file = Path(path)
     if not file.is_file():
         raise PipelineError(f"pipeline file {path}: {'is a folder' if file.is_dir() else 'no such file'}")
-    text = file.read_text()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:  # an image, an HDF5 file, ... given for the pipeline file
+        raise PipelineError(f"pipeline file {path}: not a TOML file (not UTF-8 text: {e.reason} at byte "
+                            f"{e.start}); give a pipelines/*.toml file") from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -284,7 +288,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     if "train" in top:
         _load_train(p, top["train"], err)
     dss = top.get("datasets", {})
-    if not dss:
+    if not dss and ("datasets" in top or "datasets" not in raw):  # of a wrong type: named by _check_table
         err.add(("datasets",) if "datasets" in raw else (), "at least one [datasets.KEY] table is required")
     for key, d in dss.items():
         ds = _load_dataset(key, d, base, err)
@@ -320,7 +324,8 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
 
 def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, checks: Checks | None) -> None:
     if not bbs:
-        err.add(("backbones",) if present else (), "at least one [[backbones]] table is required")
+        if not (present and bbs is None):  # present but of a wrong type: named already by _check_table
+            err.add(("backbones",) if present else (), "at least one [[backbones]] table is required")
         bbs = []
     labels: dict[str, int] = {}
     for i, b in enumerate(bbs):
@@ -426,9 +431,10 @@ def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
     if not isinstance(d, dict):
         err.add(path_, f"expected a table [datasets.{key}], got {d!r}")
         return None
-    d = _check_table(d, SCHEMA["datasets.*"], path_, err)
-    if "data" not in d:
-        err.add(path_, "missing key 'data' (a folder, CSV, HDF5 file or 'digits')")
+    given, d = d, _check_table(d, SCHEMA["datasets.*"], path_, err)
+    if "data" not in d:  # absent, or of a wrong type (named by _check_table)
+        if "data" not in given:
+            err.add(path_, "missing key 'data' (a folder, CSV, HDF5 file or 'digits')")
         return None
     ds = DatasetCfg(key=key, data=d["data"], spec=d["data"], optional=d.get("optional", False))
     for k in ("max_per_class", "splits", "test_size", "train_per_class", "protocol", "note"):

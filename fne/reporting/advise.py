@@ -44,6 +44,7 @@ import math
 import shlex
 import sys
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -131,8 +132,7 @@ def method_family(method: str) -> str:
 def training_images_per_class(dataset, test_size: float = 0.25,
                               train_per_class: int | None = None) -> dict:
     """Per-class training counts: the train split if DATA has one, else the fit protocol's share."""
-    if dataset.labels is None:
-        raise FneError(f"DATA {dataset.name}: has no labels; advice needs labelled images")
+    dataset.require_labels("fne advise")
     if dataset.has_split:
         counts = Counter(lab for lab, t in zip(dataset.labels, dataset.in_train(), strict=True) if t)
         basis = "train split"
@@ -349,6 +349,7 @@ def advise(data, store=None, **options) -> dict:
     spec.backbone()  # unknown arch: FneError before any work
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
+    dataset.require_labels("fne advise", data if isinstance(data, (str, Path)) else None)
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}

@@ -146,7 +146,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key)
-    if dataset.labels is None or len(dataset) == 0:
+    dataset.require_labels("fne train", cfg.data)
+    if len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
     if len(dataset.classes) < 2 and cfg.mode != "direct":  # direct trains nothing: one class is scored
         raise DataError(f"{cfg.data}: fne train --mode {cfg.mode} needs images of at least 2 classes, "
