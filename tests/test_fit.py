@@ -79,6 +79,17 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
                  "--cache", cache]) == 0
     new = list(csv.DictReader((tmp_path / "q.csv").read_text().splitlines()))
     assert len(new) == 2 and "true" not in new[0] and new[0]["predicted"] in "012"
+    # the model file given for its folder is that folder; a folder that does not exist, or another
+    # file, is one line naming it
+    assert main(["predict", str(tmp_path / "run" / "model.joblib"), str(flat), "--out", str(tmp_path / "q2.csv"),
+                 "--cache", cache]) == 0
+    assert (tmp_path / "q2.csv").read_text() == (tmp_path / "q.csv").read_text()
+    capsys.readouterr()
+    for run_dir, said in ((tmp_path / "rnu", "run folder {} does not exist"),
+                          (tmp_path / "q.csv", "{} is a file: give the run folder that holds model.joblib")):
+        assert main(["predict", str(run_dir), str(flat), "--out", str(tmp_path / "x.csv"), "--cache", cache]) == 2
+        assert said.format(run_dir) in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
     # Random weights are drawn where they run: a model fitted on CUDA's draw, predicted on the CPU's
     saved = joblib.load(tmp_path / "run" / "model.joblib")
     saved["store"]["weights_fingerprint"] = "random-seed0-cuda"

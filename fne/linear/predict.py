@@ -41,6 +41,20 @@ def load_model(run_dir: str | Path) -> dict:
     return model
 
 
+def _run_folder(run_dir: str | Path) -> Path:
+    """The run folder `run_dir` names: itself, or the folder of the model file given in its place
+    (`runs/a/model.joblib`); FneError for one that does not exist or another file."""
+    path = Path(run_dir)
+    if path.is_file() and path.name in ("model.joblib", "model.pt"):
+        return path.parent
+    if not path.exists():
+        raise FneError(f"run folder {run_dir} does not exist (give the --out of a `fne fit` or `fne train` run)")
+    if not path.is_dir():
+        raise FneError(f"{run_dir} is a file: give the run folder that holds model.joblib (fne fit) or model.pt "
+                       f"(fne train)")
+    return path
+
+
 def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec:
     """The store spec the model was fitted on, run on `device`; refuses weights that changed
     since, and random weights that `device` would draw otherwise (they are drawn where they run)."""
@@ -109,6 +123,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     opts.unexpected(options, StoreSpec, *OPTIONS)
     expect_path(run_dir, "run_dir")
     out = check_target(out, folder=False, data=data)
+    run_dir = _run_folder(run_dir)
     if not (Path(run_dir) / "model.joblib").is_file() and (Path(run_dir) / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
