@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
 
-from fne.errors import OptionError
+from fne.errors import FneError, OptionError
 from fne.names import (
     AUGMENT_ON,
     COMPILE,
@@ -113,6 +113,28 @@ MAX_SPLITS = 100
 SPLITS = {"check": lambda v: 1 <= v <= MAX_SPLITS, "bound": f"in [1, {MAX_SPLITS}]", "kind": "an integer"}
 
 
+# --device: parsed with the other options, before any work (whether this machine has it is
+# `fne.devices.resolve_device`'s); torch ignores a CPU's index, so cpu:1 ran where cpu does.
+DEVICES = "auto, cpu, cuda[:i] or mps (the CPU takes no index: torch runs on all its cores)"
+
+
+def device_parses(device: str) -> bool:
+    """Whether --device `device` is `auto` or a device torch names (a CPU without an index),
+    whether or not this machine has it."""
+    if device == "auto":
+        return True
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return False
+    return not (dev.type == "cpu" and dev.index is not None)
+
+
+DEVICE = {"check": device_parses, "bound": DEVICES, "kind": "a device:"}
+
+
 def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
     """An option's bound: values in (lo, hi), or [lo, hi) with `closed_lo`."""
     if closed_lo:
@@ -147,7 +169,7 @@ class StoreOptions:
                                 choices=("auto", *STORAGE_DTYPES))
     cache: str | None = option(None, "cache folder or fsspec URL (default: $FNE_CACHE, else `fne cache info`)",
                                pipeline=False)
-    device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False)
+    device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False, **DEVICE)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
     decode: str = option("auto", "auto (default): extraction decodes JPEGs on the GPU on CUDA (a quarter of "
                                  "PIL's CPU; with many cores per GPU pil can be faster) and with PIL elsewhere, "
@@ -278,7 +300,7 @@ class TrainConfig:
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False, **SEED)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
-    device: str = option("auto", "auto, cpu, cuda[:i] or mps")
+    device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
                                        "core but one, at most 16, on CUDA)", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
@@ -419,11 +441,14 @@ def named(f: dataclasses.Field | str, python: bool, value=MISSING) -> str:
     return name if value is MISSING else f"{name} {value!r}"
 
 
-def refusal(text: Callable[[bool], str]) -> OptionError:
-    """The OptionError of a refused option value: `text(python)` is its message, naming options
-    with `named(..., python)`; the exception's message is Python's (``bad seed=-1: ...``), its
-    `cli` the command line's (``bad --seed -1: ...``), which the CLI prints."""
-    return OptionError(text(True), cli=text(False))
+def refusal(text: Callable[[bool], str], cls: type[FneError] = OptionError) -> FneError:
+    """The error (`cls`: OptionError, or WeightsError where callers tell weights apart) of a refused
+    option value: `text(python)` is its message, naming options with `named(..., python)`; the
+    exception's message is Python's (``bad seed=-1: ...``), its `cli` the command line's
+    (``bad --seed -1: ...``), which the CLI prints."""
+    error = cls(text(True))
+    error.cli = text(False)
+    return error
 
 
 def check(obj) -> None:
