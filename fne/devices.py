@@ -102,7 +102,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise refusal(lambda py: f"unknown {named('precision', py, precision)}; choose from {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
-        raise refusal(lambda py: f"{named('precision', py, 'bf16')} on MPS needs macOS 14 or newer: use auto (fp16) or fp32")
+        raise refusal(lambda py: f"{named('precision', py, 'bf16', plain=True)} on MPS needs macOS 14 or newer: use auto (fp16) or fp32")
     if precision != "auto":
         return precision
     if device.type == "cuda":

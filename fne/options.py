@@ -430,15 +430,25 @@ def _of_type(v, hint) -> bool:
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
 
 
-def named(f: dataclasses.Field | str, python: bool, value=MISSING) -> str:
-    """Option `f` (a field, or the name of one whose flag is --name) as a message names it, with `value` when given: in
+def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool = False) -> str:
+    """Option `f` (a field, or a field's name) as a message names it, with `value` when given: in
     Python its keyword (``head``, ``head='svmm'``), on the command line its flag (``--head``,
-    ``--head 'svmm'``)."""
+    ``--head 'svmm'``; a name's declared flag, ``--seed-weights`` for weights_seed). `plain`: the
+    command line's value as typed (``--mode direct``), for a value cited, not refused."""
     if python:
         name = f if isinstance(f, str) else f.name
         return name if value is MISSING else f"{name}={value!r}"
-    name = "--" + f.replace("_", "-") if isinstance(f, str) else flag(f)
-    return name if value is MISSING else f"{name} {value!r}"
+    name = _flag_of(f) if isinstance(f, str) else flag(f)
+    return name if value is MISSING else f"{name} {value if plain else repr(value)}"
+
+
+def _flag_of(name: str) -> str:
+    """The flag of the option `name` (its declared one, but for a --no-NAME switch: a value of
+    NAME is said of --NAME), else --name with dashes."""
+    declared = {f.name: flag(f) for cls in (StoreOptions, ExtractOptions, FitOptions, AdviseOptions, CacheOptions,
+                                            TrainConfig) for f in fields(cls)}
+    given = declared.get(name, "")
+    return given if given and not given.startswith("--no-") else "--" + name.replace("_", "-")
 
 
 def refusal(text: Callable[[bool], str], cls: type[FneError] = OptionError) -> FneError:

@@ -24,7 +24,7 @@ from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
-from fne.options import ForwardOptions
+from fne.options import ForwardOptions, named, refusal
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -33,14 +33,14 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     if spec == "fne":
         return [t.name for t in backbone.taps], "fne"
     if spec == "auto":  # fit's model selection (fne.linear.selection): no layers to read
-        raise FneError("--features auto is `fne fit`'s cross-validated choice; here give fne, fc6, fc7, last or "
-                       "layer names")
+        raise refusal(lambda py: f"{named('features', py, 'auto', plain=True)} is `fne fit`'s cross-validated choice; here give "
+                                 f"fne, fc6, fc7, last or layer names")
     kind = "l2"
     if spec.startswith("fne:"):
         kind, spec = "fne", spec[4:]
     names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise FneError(f"bad --features {spec!r}; use fne, fc6, fc7, last or layer names")
+        raise refusal(lambda py: f"bad {named('features', py, spec)}; use fne, fc6, fc7, last or layer names")
     for n in names:
         backbone.tap(n)  # raises with the list of layers
     return names, kind
@@ -145,7 +145,7 @@ class Rows:
 
     def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024):
         if chunk < 1:
-            raise FneError(f"--stream-chunk must be >= 1, got {chunk}")
+            raise refusal(lambda py: f"bad {named('stream_chunk', py, chunk)}: must be >= 1")
         # chunk counts rows (image views): a ten-crop store reads a tenth as many images at a time
         self.store, self.keys, self.layers = store, keys, layers
         self.chunk = max(1, chunk // store.views)

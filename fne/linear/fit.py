@@ -40,7 +40,7 @@ from fne.metrics import (
     split_scores,
     store_extractions,
 )
-from fne.options import DataOptions, FitOptions, ForwardOptions
+from fne.options import DataOptions, FitOptions, ForwardOptions, named, refusal
 from fne.progress import progress
 
 SGD_EPOCHS = 10
@@ -102,7 +102,7 @@ def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, id
         warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
         if C == "auto":
             if head.startswith("sgd"):
-                raise FneError("--C auto is not available with SGD heads; give a number")
+                raise refusal(lambda py: f"{named('C', py, 'auto', plain=True)} is not available with SGD heads; give a number")
             C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
                                  solver=solver, device=device).C
         return fitter(rows, kind, head, C, y, idx, seed, solver, device), C

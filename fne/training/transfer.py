@@ -133,7 +133,7 @@ def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> N
     kept = [n for n, why in report.skipped if why != "renewed layer"]
     total = len(report.imported) + len(kept)
     if mode == "direct" and kept:
-        raise backbones.weights_refusal(weights, lambda py: f"{named('mode', py, 'direct')} applies the source "
+        raise backbones.weights_refusal(weights, lambda py: f"{named('mode', py, 'direct', plain=True)} applies the source "
                                                             f"network unchanged, but {len(kept)} tensors do not fit "
                                                             f"{named('arch', py, arch)}: {_examples(report)}")
     if total and len(report.imported) < MIN_IMPORTED * total:
