@@ -28,6 +28,7 @@ from fne.data.labels import class_order, label_text
 from fne.data.parquet import list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import list_tar
 from fne.errors import DataError, expect_path
+from fne.options import named, refusal
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
@@ -223,7 +224,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if path.is_dir() and containers.find_containers(path):
         return _containers(spec_s, label_key, cache)
     if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
-        raise DataError(f"--label-key {label_key}: applies to tar shards, Parquet and hf: DATA, not {path}")
+        raise refusal(lambda py: f"{named('label_key', py, label_key)}: applies to tar shards, Parquet and hf: DATA, "
+                                 f"not {path}", DataError)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":

@@ -193,8 +193,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         warnings.warn(f"shard marker {shards.marker_rel(fp, shard_t)} exists but {len(plan.todo)} "
                       f"images of the shard have no known row; reading them", stacklevel=2)
     if plan.todo and store.url is None and unwritable(store.path / "parts") is not None:
-        raise CacheError(f"cannot write to the cache {store.path} (not writable): pass --cache a folder "
-                         f"you can write to")  # before any image is read; its rows are still read by fit
+        raise opts.refusal(lambda py: f"cannot write to the cache {store.path} (not writable): pass "
+                                      f"{'cache=' if py else '--cache '}a folder you can write to",
+                           CacheError)  # before any image is read; its rows are still read by fit
     done = _Pass()
     if plan.todo:
         plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)

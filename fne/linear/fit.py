@@ -240,14 +240,16 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
     for note in duplicate_notes(dataset, dataset.keys(), split_list):
         warnings.warn(note, stacklevel=3)
-    for tr, _ in split_list if auto else []:
-        counts = np.bincount(y[tr], minlength=len(dataset.classes))
-        few = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
-        if few:
-            shown = ", ".join(map(repr, few[:5])) + (", ..." if len(few) > 5 else "")
-            raise FneError(f"{data}: auto selection cross-validates on each split's training images and needs 2 "
-                           f"of every class; {len(few)} class(es) have 1 training image in a split ({shown}): give "
-                           f"--C (and --features, --head) a value, or --train-per-class 2, or more images")
+    singles = [[dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr], minlength=len(dataset.classes)) == 1)]
+               for tr, _ in (split_list if auto else [])]
+    few = next((s for s in singles if s), None)
+    if few:
+        shown = ", ".join(map(repr, few[:5])) + (", ..." if len(few) > 5 else "")
+        raise refusal(lambda py: f"{data}: auto selection cross-validates on each split's training images and "
+                                 f"needs 2 of every class; {len(few)} class(es) have 1 training image in a split "
+                                 f"({shown}): give {named('C', py)} (and {named('features', py)}, "
+                                 f"{named('head', py)}) a value, or {named('train_per_class', py, 2)}, or more "
+                                 f"images", FneError)
     return split_list
 
 
