@@ -327,14 +327,16 @@ def resolve_decode(decode: str, device: torch.device) -> str:
     return decode
 
 
-def require_device_decoder(option: str = "--decode") -> None:
-    """FneError naming `option` where this torchvision cannot decode on a device (asked for
-    where images are to be decoded: rows already cached are read without it)."""
+def require_device_decoder(option: str = "decode") -> None:
+    """OptionError naming `option` (as the caller does: `refusal`) where this torchvision cannot
+    decode on a device (asked for where images are to be decoded: rows already cached are read
+    without it)."""
     if not device_decoder():
         import torchvision
 
-        raise FneError(f"{option} device needs torchvision.io.decode_jpeg, which torchvision "
-                       f"{torchvision.__version__} no longer has: use {option} auto")
+        version = torchvision.__version__
+        raise refusal(lambda py: f"{named(option, py, 'device', plain=True)} needs torchvision.io.decode_jpeg, which "
+                                 f"torchvision {version} no longer has: use {named(option, py, 'auto', plain=True)}")
 
 
 def device_decoder() -> bool:

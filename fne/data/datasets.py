@@ -269,9 +269,9 @@ def _cache_not_listed(root: Path, cache: str | Path | None) -> None:
     if c != d and (d not in c.parents or c.relative_to(d).parts[0].startswith(".")):
         return
     where = "is DATA" if c == d else "is inside DATA"
-    raise DataError(f"DATA {root}: the cache {local_root(cache)} {where}, whose listing would read the cache's "
-                    f"folders as the data's; give --cache a folder outside DATA (or a hidden one, "
-                    f"{root / '.fne-cache'})")
+    raise refusal(lambda py: f"DATA {root}: the cache {local_root(cache)} {where}, whose listing would read the "
+                             f"cache's folders as the data's; give {named('cache', py)} a folder outside DATA (or a "
+                             f"hidden one, {root / '.fne-cache'})", DataError)
 
 
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:

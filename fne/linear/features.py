@@ -185,10 +185,11 @@ class Rows:
             Z = embed.transform(np.zeros((1, sum(dims[la] for la in self.layers)), dtype=np.float32))
             return np.empty((0, Z.shape[1]), dtype=Z.dtype)
         if not out.any():  # nothing to learn from: a head would fail deep in scikit-learn
-            raise FneError(f"every row of {', '.join(self.layers)} in {self.store.path} is zero once embedded: "
-                           f"the network's activations there are zero or constant (random weights, a dead "
-                           f"layer) or too small for float16 storage; choose other --features, or extract "
-                           f"with --storage-dtype float32")
+            layers, path = ", ".join(self.layers), self.store.path
+            raise refusal(lambda py: f"every row of {layers} in {path} is zero once embedded: the network's "
+                                     f"activations there are zero or constant (random weights, a dead layer) or too "
+                                     f"small for float16 storage; choose other {named('features', py)}, or extract "
+                                     f"with {named('storage_dtype', py, 'float32', plain=True)}", FneError)
         return out.reshape(len(idx) * v, -1)
 
     def scores(self, pipe, idx: np.ndarray) -> np.ndarray:

@@ -166,7 +166,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     # placed as extraction's decoding is: auto -> the device on CUDA where torchvision decodes there
     on_device = cfg.augment and resolve_decode({"cpu": "pil"}.get(cfg.augment_on, cfg.augment_on), ctx.device) == "device"
     if on_device:
-        require_device_decoder("--augment-on")
+        require_device_decoder("augment_on")
     train_tf, eval_tf = epochs.transforms(size, cfg.augment, b, on_device)
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
