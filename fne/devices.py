@@ -146,7 +146,7 @@ def resolve_compile(compile: bool | str, n_images: int, device: torch.device) ->
         return False
     if compile == "auto":
         return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
-    raise FneError(f"bad compile {compile!r}; use auto, on or off")
+    raise refusal(lambda py: f"bad {named('compile', py, compile)}; use auto, on or off")
 
 
 # Extraction batch on CUDA: large enough to keep the GPU busy (the H200 run of issue 19: VGG-16

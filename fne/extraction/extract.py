@@ -172,6 +172,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     """
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
+    shard_t = shards.parse_shard(o.shard)  # before DATA is listed, as the command line's
     t0 = time.perf_counter()
     dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
@@ -182,7 +183,6 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
     # rerun that finds every row stored never starts the GPU).
     batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
-    shard_t = shards.parse_shard(o.shard)
     plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0, n_left_out=len(getattr(dataset, "left_out", [])),

@@ -156,7 +156,9 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     C = parse_C(o.C)
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
-        raise FneError("auto selection is not available with SGD heads")
+        autos = [n for n, v in (("features", o.features), ("C", C)) if v == "auto"]
+        raise refusal(lambda py: f"auto selection ({', '.join(named(n, py, 'auto', plain=True) for n in autos)}) is "
+                                 f"not available with SGD heads ({named('head', py, o.head, plain=True)})")
     out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
