@@ -409,5 +409,5 @@ def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits
 
     real = Store.read_rows
     monkeypatch.setattr(Store, "read_rows", lambda self, keys, layers: np.zeros_like(real(self, keys, layers)))
-    with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*--storage-dtype float32"):
+    with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*storage_dtype='float32'"):
         fit(digits_folder, out=tmp_path / "r", cache=warm_cache, features="last", splits=1, **STORE)

@@ -249,7 +249,7 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_pat
     assert [h["train_loss"] for h in ma["history"]] == [h["train_loss"] for h in mb["history"]]
     assert ma["best_epoch"] == mb["best_epoch"]
 
-    with pytest.raises(FneError, match="belongs to another run.*--lr"):
+    with pytest.raises(FneError, match="belongs to another run.*lr=0.001 there"):
         tr.train(digits, "finetune", tmp_path / "b", resume=True, **{**kw, "lr": 0.1})
 
 
@@ -287,7 +287,7 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     (["--mode", "frozen", "--arch", "vgg16", "--weights", "SOURCE"], None,
      "does not fit --arch vgg16: only 0 of 26 tensors match by name and shape"),
     (["--mode", "scratch", "--weights", "imagenet"], None, "--mode scratch trains from a random"),
-    (["--mode", "finetune", "--weights", "missing.pt"], None, "--weights missing.pt: no such file"),
+    (["--mode", "finetune", "--weights", "missing.pt"], None, "--weights 'missing.pt': no such file"),
     (["--mode", "finetune", "--resume"], None, "--resume: no checkpoint"),
     (["--mode", "frozen", "--val-fraction", "1.5"], None, "bad --val-fraction 1.5"),
     (["--mode", "frozen", "--train-bn"], None, "--train-bn applies to --mode finetune only"),

@@ -539,7 +539,7 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     if missing or extra:
         why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
         why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
-        raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch)} ({len(missing)} of its "
+        raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} ({len(missing)} of its "
                                                   f"tensors missing or mismatched, {len(extra)} in the file it does "
                                                   f"not have; e.g. {'; '.join(why)})")
     return model.eval().to(dev)

@@ -135,9 +135,9 @@ def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> N
     if mode == "direct" and kept:
         raise backbones.weights_refusal(weights, lambda py: f"{named('mode', py, 'direct', plain=True)} applies the source "
                                                             f"network unchanged, but {len(kept)} tensors do not fit "
-                                                            f"{named('arch', py, arch)}: {_examples(report)}")
+                                                            f"{named('arch', py, arch, plain=True)}: {_examples(report)}")
     if total and len(report.imported) < MIN_IMPORTED * total:
-        raise backbones.weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch)}: only "
+        raise backbones.weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)}: only "
                                                             f"{len(report.imported)} of {total} tensors match by name "
                                                             f"and shape (e.g. {_examples(report)}); is it a state dict "
                                                             f"of another architecture?")
