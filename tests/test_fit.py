@@ -322,7 +322,7 @@ def test_fit_out_that_is_a_file_is_refused_before_any_work(digits_folder, tmp_pa
     afile = tmp_path / "afile"
     afile.write_text("mine")
     cache = tmp_path / "cache"
-    for out, says in [(afile, f"--out {afile}: is a file"), (afile / "run", f"{afile} is a file")]:
+    for out, says in [(afile, f"--out '{afile}': is a file"), (afile / "run", f"{afile} is a file")]:
         assert main(["fit", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
@@ -335,11 +335,11 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
     runs.mkdir()
     # predict: the --out check comes before the run folder is even read
     assert main(["predict", str(tmp_path / "no-run"), str(digits_folder), "--out", str(runs)]) == 2
-    assert f"--out {runs}: is a folder; give the file to write" in capsys.readouterr().err
+    assert f"--out '{runs}': is a folder; give the file to write" in capsys.readouterr().err
     cache = tmp_path / "cache"
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file")]:
+    for out, says in [(runs, f"--out '{runs}': is a folder"), (afile / "f.h5", f"{afile} is a file")]:
         assert main(["export", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
@@ -397,7 +397,7 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_f
         assert main([verb, str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
-        assert f"--out {out}: cannot be written, {ro} is not writable" in err and "Traceback" not in err
+        assert f"--out '{out}': cannot be written, {ro} is not writable" in err and "Traceback" not in err
     assert not list_stores(cache)  # nothing extracted
 
 

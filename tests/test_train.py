@@ -393,7 +393,7 @@ def test_train_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(afile)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"--out {afile}: is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
+    assert f"--out '{afile}': is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
 
 
 def test_train_out_inside_data_is_refused_before_any_work(tmp_path, capsys):
@@ -404,7 +404,7 @@ def test_train_out_inside_data_is_refused_before_any_work(tmp_path, capsys):
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(data / "runs")]
     assert main(args) == 2
-    assert f"--out {data / 'runs'}: is inside DATA {data}" in capsys.readouterr().err
+    assert f"--out '{data / 'runs'}': is inside DATA {data}" in capsys.readouterr().err
     assert not (data / "runs").exists()
 
 
