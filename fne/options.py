@@ -21,6 +21,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -120,8 +121,9 @@ DEVICES = "auto, cpu, cuda[:i] or mps (the CPU takes no index: torch runs on all
 
 def device_parses(device: str) -> bool:
     """Whether --device `device` is `auto` or a device torch names (a CPU without an index),
-    whether or not this machine has it."""
-    if device == "auto":
+    whether or not this machine has it. The usual names are told without importing torch (`fne
+    fit` on cached rows runs without it)."""
+    if re.fullmatch(r"auto|cpu|(cuda|mps)(:(0|[1-9][0-9]*))?", device):
         return True
     import torch
 

@@ -152,7 +152,7 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     (dict(C=float("inf")), ValueError, "bad C=inf; must be finite"),
     (dict(seed=-1), ValueError, r"bad seed=-1: seed must be in \[0, 2\*\*32\)"),
     (dict(test_size=float("inf")), ValueError, "bad test_size=inf"),
-    (dict(out=""), FneError, "--out '': is empty"),
+    (dict(out=""), FneError, "out='': is empty"),
     (dict(head="tree"), ValueError, "unknown head='tree'"),
     (dict(out=None), TypeError, "out: expected a path"),
 ])
