@@ -529,7 +529,9 @@ def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys
     code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out),
                  *([] if in_file else ["--device", "tpu"])])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "fne run: error: bad --device 'tpu'; use auto, cpu, cuda[:i] or mps"
+    said = "bad device='tpu': device" if in_file else "bad --device 'tpu': --device"  # the file's key, or the flag
+    assert code == 2 and err == f"fne run: error: {said} must be auto, cpu, cuda[:i] or mps (the CPU takes no " \
+                                "index: torch runs on all its cores)"
     assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
 
 
@@ -549,7 +551,7 @@ def test_a_device_this_machine_lacks_stops_only_a_run_with_steps_to_do(tmp_path,
     assert main([*args, "--device", "cuda"]) == 0 and "0 step(s) run" in capsys.readouterr().out
     steps = sorted(p.name for p in out.iterdir())
     assert main([*args, "--device", "cuda", "--force"]) == 2
-    assert capsys.readouterr().err.strip() == "fne run: error: --device cuda: CUDA is not available on this machine"
+    assert capsys.readouterr().err.strip() == "fne run: error: --device 'cuda': CUDA is not available on this machine"
     assert sorted(p.name for p in out.iterdir()) == steps
 
 
@@ -562,7 +564,7 @@ def test_out_that_is_a_file_is_one_line_before_any_step(tmp_path, capsys, dry):
     out.write_text("kept")
     code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), *(["--dry-run"] if dry else [])])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == f"fne run: error: --out {out}: is a file; give a folder (new or existing) to write into"
+    assert code == 2 and err == f"fne run: error: --out '{out}': is a file; give a folder (new or existing) to write into"
     assert out.read_text() == "kept" and not (tmp_path / "cache").exists()
 
 

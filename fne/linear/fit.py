@@ -156,9 +156,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     C = parse_C(o.C)
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
-        autos = [n for n, v in (("features", o.features), ("C", C)) if v == "auto"]
-        raise refusal(lambda py: f"auto selection ({', '.join(named(n, py, 'auto', plain=True) for n in autos)}) is "
-                                 f"not available with SGD heads ({named('head', py, o.head, plain=True)})")
+        raise _no_auto_with(o.head, [n for n, v in (("features", o.features), ("C", C)) if v == "auto"])
     out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
@@ -233,6 +231,12 @@ def _check_trainable(data, dataset: Dataset) -> None:
         raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
                        f"a head needs at least 2 classes")
     check_test_classes(dataset)
+
+
+def _no_auto_with(head: str, autos: list[str]) -> FneError:
+    """The OptionError of auto selection (of the options `autos`) asked of an SGD head."""
+    return refusal(lambda py: f"auto selection ({', '.join(named(n, py, 'auto', plain=True) for n in autos)}) is not "
+                              f"available with SGD heads ({named('head', py, head, plain=True)})")
 
 
 def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) -> list:
