@@ -249,7 +249,7 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_pat
     assert [h["train_loss"] for h in ma["history"]] == [h["train_loss"] for h in mb["history"]]
     assert ma["best_epoch"] == mb["best_epoch"]
 
-    with pytest.raises(FneError, match="belongs to another run.*lr=0.001 there"):
+    with pytest.raises(FneError, match="belongs to another run: lr=0.02 there, 0.1 now"):
         tr.train(digits, "finetune", tmp_path / "b", resume=True, **{**kw, "lr": 0.1})
 
 
@@ -337,7 +337,7 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         "the rerun resumes from its checkpoint after epoch 1 of 3")
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
-        "its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the rerun starts over")
+        "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
     next((data / "3").iterdir()).unlink()
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "

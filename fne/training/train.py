@@ -199,8 +199,8 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     the checkpoint an interrupted run left in `out`, in words; None where there is none.
 
     The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
-    part, from DATA's listing split as the run splits it), reading no image and no tensor (the
-    checkpoint is memory-mapped): for `fne run --dry-run`.
+    part, from DATA's listing split as the run splits it, named by the pipeline file's keys), reading
+    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`.
     """
     path = Path(out) / checkpoint.CHECKPOINT
     if mode == "direct" or not path.is_file():
@@ -219,7 +219,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
     parts = {"train": split.train, "val": split.val, "test": split.test}
-    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts))
+    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts), python=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
     return f"the rerun resumes from its {done} of {cfg.epochs}"
