@@ -804,3 +804,17 @@ def test_a_step_failing_on_a_bug_keeps_its_traceback_for_a_report(tmp_path, monk
         P.run(f, out, str(tmp_path / "cache"), log=lambda s: None)
     (kept,) = out.rglob("traceback.txt")
     assert kept.parent.name == "fit-last-svm-C1.0-s0" and "in buggy" in kept.read_text()
+
+
+def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tmp_path, capsys):
+    """A step's verb refusing a value that passed the file's checks (weights torch cannot read)
+    names it by the file's key, `weights='...'` (the keys are Python's keywords), not `--weights`."""
+    from fne.cli import main
+
+    (tmp_path / "w.pt").write_text("not a state dict")
+    f = write(tmp_path, TINY.replace('weights = "random"', f'weights = "{tmp_path / "w.pt"}"', 1))
+    assert main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 2
+    said = capsys.readouterr()
+    assert f"FAILED: weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.out
+    assert f"weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.err
+    assert "--weights" not in said.out + said.err
