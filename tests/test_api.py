@@ -242,6 +242,16 @@ def test_a_refusal_raised_below_the_option_checks_names_the_keyword_and_on_the_c
     assert e.value.cli.startswith(cli.format(t=tmp_path))
 
 
+def test_predict_with_a_network_parses_the_device_before_the_run_and_data_are_read(tmp_path):
+    """`fne predict` of a `fne train` run: --device is parsed first (it was resolved after DATA's
+    listing), named as the caller did."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"not read")
+    with pytest.raises(fne.options.OptionError, match=r"^bad device='cpu:1': device must be") as e:
+        fne.predict(tmp_path / "run", tmp_path / "absent", out=tmp_path / "p.csv", device="cpu:1")
+    assert e.value.cli.startswith("bad --device 'cpu:1': --device must be")
+
+
 def test_report_takes_one_run_folder_as_a_path(tmp_path):
     """`fne.report("runs/a", out=...)`: one folder, not its characters one by one."""
     from .test_report import make_runs
