@@ -83,7 +83,8 @@ def resolve_device(device: str = "auto") -> torch.device:
                                  f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         why = "" if torch.backends.mps.is_built() else " (this torch was built without it)"
-        raise refusal(lambda py: f"{named('device', py, device)}: MPS (Apple's GPU) is not available on this machine{why}")
+        raise refusal(lambda py: f"{named('device', py, device)}: MPS (Apple's GPU) is not available on this "
+                                 f"machine{why}")
     if dev.type == "mps" and dev.index not in (None, 0):
         raise refusal(lambda py: f"{named('device', py, device)}: a Mac has one MPS device (mps or mps:0)")
     return dev
@@ -102,7 +103,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise refusal(lambda py: f"unknown {named('precision', py, precision)}; choose from {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
-        raise refusal(lambda py: f"{named('precision', py, 'bf16', plain=True)} on MPS needs macOS 14 or newer: use auto (fp16) or fp32")
+        raise refusal(lambda py: f"{named('precision', py, 'bf16', plain=True)} on MPS needs macOS 14 or newer: use "
+                                 f"auto (fp16) or fp32")
     if precision != "auto":
         return precision
     if device.type == "cuda":

@@ -454,10 +454,10 @@ def _flag_of(name: str) -> str:
 
 
 def refusal(text: Callable[[bool], str], cls: type[FneError] = OptionError) -> FneError:
-    """The error (`cls`: OptionError, or WeightsError where callers tell weights apart) of a refused
-    option value: `text(python)` is its message, naming options with `named(..., python)`; the
-    exception's message is Python's (``bad seed=-1: ...``), its `cli` the command line's
-    (``bad --seed -1: ...``), which the CLI prints."""
+    """The error (`cls`: OptionError, or the class callers tell apart: WeightsError, DataError,
+    CacheError, FneError) of a refused option value: `text(python)` is its message, naming options
+    with `named(..., python)`; the exception's message is Python's (``bad seed=-1: ...``), its
+    `cli` the command line's (``bad --seed -1: ...``), which the CLI prints."""
     error = cls(text(True))
     error.cli = text(False)
     return error

@@ -180,7 +180,8 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
     def imagenet() -> dict:
         if w is None:
             raise refusal(lambda py: f"torchvision has no pretrained weights for {name}; pass "
-                                     f"{'weights=PATH or weights=' if py else '--weights PATH or '}random", WeightsError)
+                                     f"{'weights=PATH or weights=' if py else '--weights PATH or '}random",
+                          WeightsError)
         return zoo.tv_state(name, w)
 
     return Backbone(
@@ -539,9 +540,9 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     if missing or extra:
         why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
         why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
-        raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} ({len(missing)} of its "
-                                                  f"tensors missing or mismatched, {len(extra)} in the file it does "
-                                                  f"not have; e.g. {'; '.join(why)})")
+        raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
+                                                  f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
+                                                  f"in the file it does not have; e.g. {'; '.join(why)})")
     return model.eval().to(dev)
 
 

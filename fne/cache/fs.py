@@ -122,8 +122,9 @@ def file_in_the_way(path: str | Path) -> Path | None:
 
 
 def check_target(path: str | Path, folder: bool, option: str = "--out", data=None) -> Path:
-    """`path` as a Path, or an OptionError naming `option` (its keyword in Python: `refusal`) when a verb could not write there: a
-    folder to make (`folder`) or a file to write (else), checked before any work is done. A
+    """`path` as a Path, or an OptionError naming `option` (its keyword in Python: `refusal`) when
+    a verb could not write there: a folder to make (`folder`) or a file to write (else), checked
+    before any work is done. A
     TypeError names the keyword when `path` is not a path (the Python API's ``out=None``).
     `data`: the verb's DATA, when a local file or folder: `path` may be neither it nor inside it
     (the output would replace the data, or become part of it)."""

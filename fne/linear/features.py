@@ -33,8 +33,8 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     if spec == "fne":
         return [t.name for t in backbone.taps], "fne"
     if spec == "auto":  # fit's model selection (fne.linear.selection): no layers to read
-        raise refusal(lambda py: f"{named('features', py, 'auto', plain=True)} is `fne fit`'s cross-validated choice; here give "
-                                 f"fne, fc6, fc7, last or layer names")
+        raise refusal(lambda py: f"{named('features', py, 'auto', plain=True)} is `fne fit`'s cross-validated "
+                                 f"choice; here give fne, fc6, fc7, last or layer names")
     kind = "l2"
     if spec.startswith("fne:"):
         kind, spec = "fne", spec[4:]

@@ -102,7 +102,8 @@ def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, id
         warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
         if C == "auto":
             if head.startswith("sgd"):
-                raise refusal(lambda py: f"{named('C', py, 'auto', plain=True)} is not available with SGD heads; give a number")
+                raise refusal(lambda py: f"{named('C', py, 'auto', plain=True)} is not available with SGD heads; give "
+                                         f"a number")
             C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
                                  solver=solver, device=device).C
         return fitter(rows, kind, head, C, y, idx, seed, solver, device), C

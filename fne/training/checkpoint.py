@@ -181,7 +181,8 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
     diff = [f"{named(k, python, old.get(k))} there, {getattr(cfg, k)!r} now"
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
-        diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends on it)")
+        diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends "
+                    f"on it)")
     elif ckpt["epoch"] > cfg.epochs:
         diff.append(f"{named('epochs', python, cfg.epochs)} now, but it has trained {ckpt['epoch']} epochs")
     if "images" not in ckpt and old.get("data") != cfg.data:  # written before images were recorded

@@ -89,8 +89,8 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":
-        raise refusal(lambda py: f"{'resume=True' if py else '--resume'}: {named('mode', py, 'direct', plain=True)} does not "
-                                 f"train, there is nothing to resume")
+        raise refusal(lambda py: f"{'resume=True' if py else '--resume'}: {named('mode', py, 'direct', plain=True)} "
+                                 f"does not train, there is nothing to resume")
 
 
 @dataclass
@@ -153,9 +153,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     if dataset.labels is None or len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
     if len(dataset.classes) < 2 and cfg.mode != "direct":  # direct trains nothing: one class is scored
-        raise refusal(lambda py: f"{cfg.data}: {'fne.train' if py else 'fne train'} {named('mode', py, cfg.mode, plain=True)} "
-                                 f"needs images of at least 2 classes, found {len(dataset.classes)} "
-                                 f"({', '.join(dataset.classes)})", DataError)
+        raise refusal(lambda py: f"{cfg.data}: {'fne.train' if py else 'fne train'} "
+                                 f"{named('mode', py, cfg.mode, plain=True)} needs images of at least 2 classes, "
+                                 f"found {len(dataset.classes)} ({', '.join(dataset.classes)})", DataError)
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b)

@@ -133,9 +133,10 @@ def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> N
     kept = [n for n, why in report.skipped if why != "renewed layer"]
     total = len(report.imported) + len(kept)
     if mode == "direct" and kept:
-        raise backbones.weights_refusal(weights, lambda py: f"{named('mode', py, 'direct', plain=True)} applies the source "
-                                                            f"network unchanged, but {len(kept)} tensors do not fit "
-                                                            f"{named('arch', py, arch, plain=True)}: {_examples(report)}")
+        raise backbones.weights_refusal(weights, lambda py: f"{named('mode', py, 'direct', plain=True)} applies the "
+                                                            f"source network unchanged, but {len(kept)} tensors do "
+                                                            f"not fit {named('arch', py, arch, plain=True)}: "
+                                                            f"{_examples(report)}")
     if total and len(report.imported) < MIN_IMPORTED * total:
         raise backbones.weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)}: only "
                                                             f"{len(report.imported)} of {total} tensors match by name "
