@@ -348,8 +348,8 @@ def _joined_shard(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
-    option value's (`OptionError`) names its flag, where Python's names its keyword."""
-    from fne.errors import FneError, OptionError
+    option value's (`fne.options.refusal`'s `cli`) names its flag, where Python's names its keyword."""
+    from fne.errors import FneError
 
     argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
     args, extra = build_parser(argv).parse_known_args(argv)
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FneError as e:
-        print(f"fne {args.command}: error: {e.cli if isinstance(e, OptionError) else e}", file=sys.stderr)
+        print(f"fne {args.command}: error: {getattr(e, 'cli', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"

@@ -15,6 +15,7 @@ import torch
 
 from fne.errors import FneError
 from fne.names import PRECISIONS
+from fne.options import DEVICES, device_parses, named, refusal
 
 _ALLOCATOR_TUNED = False
 
@@ -47,15 +48,11 @@ def tune_allocator() -> bool:
 
 
 def parse_device(device: str) -> torch.device:
-    """--device as torch names it (not `auto`), whether or not this machine has it; FneError (one
-    line) for a name torch does not know."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise FneError(f"bad --device {device!r}; use auto, cpu, cuda[:i] or mps") from None
-    if dev.type == "cpu" and dev.index is not None:  # torch ignores it: cpu:1 runs where cpu does
-        raise FneError(f"bad --device {device!r}: the CPU takes no index (torch runs on all its cores); use cpu")
-    return dev
+    """--device as torch names it (not `auto`), whether or not this machine has it; OptionError (one
+    line) for a name torch does not know (`fne.options.device_parses`)."""
+    if not device_parses(device):
+        raise refusal(lambda py: f"bad {named('device', py, device)}: {named('device', py)} must be {DEVICES}")
+    return torch.device(device)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -79,21 +76,22 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FneError(f"--device {device}: CUDA is not available on this machine")
+        raise refusal(lambda py: f"{named('device', py, device)}: CUDA is not available on this machine")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
-        raise FneError(f"--device {device}: this machine has {n} CUDA device{'s' * (n != 1)} "
-                       f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
+        raise refusal(lambda py: f"{named('device', py, device)}: this machine has {n} CUDA device{'s' * (n != 1)} "
+                                 f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         why = "" if torch.backends.mps.is_built() else " (this torch was built without it)"
-        raise FneError(f"--device {device}: MPS (Apple's GPU) is not available on this machine{why}")
+        raise refusal(lambda py: f"{named('device', py, device)}: MPS (Apple's GPU) is not available on this "
+                                 f"machine{why}")
     if dev.type == "mps" and dev.index not in (None, 0):
-        raise FneError(f"--device {device}: a Mac has one MPS device (mps or mps:0)")
+        raise refusal(lambda py: f"{named('device', py, device)}: a Mac has one MPS device (mps or mps:0)")
     return dev
 
 
 def check_device(device: str, here: bool = True) -> None:
-    """FneError (one line) for --device `device`: a name torch does not know, or, with `here`, a
+    """OptionError (one line) for --device `device`: a name torch does not know, or, with `here`, a
     device this machine lacks (`resolve_device`'s checks); `auto` passes."""
     if device != "auto":
         (resolve_device if here else parse_device)(device)
@@ -103,9 +101,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """`auto`: bf16 where the hardware runs it natively (AMX CPUs, bf16 GPUs), else fp32 on a
     CPU, fp16 on other GPUs and on Apple's (MPS)."""
     if precision not in PRECISIONS:
-        raise FneError(f"bad --precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise refusal(lambda py: f"unknown {named('precision', py, precision)}; choose from {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
-        raise FneError("--precision bf16 on MPS needs macOS 14 or newer: use auto (fp16) or fp32")
+        raise refusal(lambda py: f"{named('precision', py, 'bf16', plain=True)} on MPS needs macOS 14 or newer: use "
+                                 f"auto (fp16) or fp32")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -149,7 +148,7 @@ def resolve_compile(compile: bool | str, n_images: int, device: torch.device) ->
         return False
     if compile == "auto":
         return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
-    raise FneError(f"bad compile {compile!r}; use auto, on or off")
+    raise refusal(lambda py: f"bad {named('compile', py, compile)}; use auto, on or off")
 
 
 # Extraction batch on CUDA: large enough to keep the GPU busy (the H200 run of issue 19: VGG-16
@@ -221,7 +220,7 @@ def resolve_batch_size(batch_size: int | str | None, device: torch.device, image
     except (TypeError, ValueError):
         n = 0
     if n < 1 or str(n) != str(batch_size).strip():
-        raise FneError(f"bad --batch-size {batch_size!r}; expected an integer >= 1 or auto")
+        raise refusal(lambda py: f"bad {named('batch_size', py, batch_size)}; expected an integer >= 1 or auto")
     return n
 
 
@@ -330,14 +329,16 @@ def resolve_decode(decode: str, device: torch.device) -> str:
     return decode
 
 
-def require_device_decoder(option: str = "--decode") -> None:
-    """FneError naming `option` where this torchvision cannot decode on a device (asked for
-    where images are to be decoded: rows already cached are read without it)."""
+def require_device_decoder(option: str = "decode") -> None:
+    """OptionError naming `option` (as the caller does: `refusal`) where this torchvision cannot
+    decode on a device (asked for where images are to be decoded: rows already cached are read
+    without it)."""
     if not device_decoder():
         import torchvision
 
-        raise FneError(f"{option} device needs torchvision.io.decode_jpeg, which torchvision "
-                       f"{torchvision.__version__} no longer has: use {option} auto")
+        version = torchvision.__version__
+        raise refusal(lambda py: f"{named(option, py, 'device', plain=True)} needs torchvision.io.decode_jpeg, which "
+                                 f"torchvision {version} no longer has: use {named(option, py, 'auto', plain=True)}")
 
 
 def device_decoder() -> bool:

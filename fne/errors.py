@@ -4,7 +4,11 @@ import os
 
 
 class FneError(Exception):
-    """A mistake in what the user asked for (bad file, bad argument, missing cache rows)."""
+    """A mistake in what the user asked for (bad file, bad argument, missing cache rows).
+
+    One that refuses an option's value (`fne.options.refusal`) names it as Python's keyword and has
+    `cli`, the same message naming the command-line flag, which the CLI prints.
+    """
 
 
 class DataError(FneError, ValueError):

@@ -21,11 +21,12 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields, replace
 
-from fne.errors import OptionError
+from fne.errors import FneError, OptionError
 from fne.names import (
     AUGMENT_ON,
     COMPILE,
@@ -113,6 +114,29 @@ MAX_SPLITS = 100
 SPLITS = {"check": lambda v: 1 <= v <= MAX_SPLITS, "bound": f"in [1, {MAX_SPLITS}]", "kind": "an integer"}
 
 
+# --device: parsed with the other options, before any work (whether this machine has it is
+# `fne.devices.resolve_device`'s); torch ignores a CPU's index, so cpu:1 ran where cpu does.
+DEVICES = "auto, cpu, cuda[:i] or mps (the CPU takes no index: torch runs on all its cores)"
+
+
+def device_parses(device: str) -> bool:
+    """Whether --device `device` is `auto` or a device torch names (a CPU without an index),
+    whether or not this machine has it. The usual names are told without importing torch (`fne
+    fit` on cached rows runs without it)."""
+    if re.fullmatch(r"auto|cpu|(cuda|mps)(:(0|[1-9][0-9]*))?", device):
+        return True
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return False
+    return not (dev.type == "cpu" and dev.index is not None)
+
+
+DEVICE = {"check": device_parses, "bound": DEVICES, "kind": "a device:"}
+
+
 def between(lo: float, hi: float, closed_lo: bool = False) -> dict:
     """An option's bound: values in (lo, hi), or [lo, hi) with `closed_lo`."""
     if closed_lo:
@@ -147,7 +171,7 @@ class StoreOptions:
                                 choices=("auto", *STORAGE_DTYPES))
     cache: str | None = option(None, "cache folder or fsspec URL (default: $FNE_CACHE, else `fne cache info`)",
                                pipeline=False)
-    device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False)
+    device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False, **DEVICE)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
     decode: str = option("auto", "auto (default): extraction decodes JPEGs on the GPU on CUDA (a quarter of "
                                  "PIL's CPU; with many cores per GPU pil can be faster) and with PIL elsewhere, "
@@ -278,7 +302,7 @@ class TrainConfig:
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False, **SEED)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
-    device: str = option("auto", "auto, cpu, cuda[:i] or mps")
+    device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
                                        "core but one, at most 16, on CUDA)", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
@@ -408,22 +432,35 @@ def _of_type(v, hint) -> bool:
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
 
 
-def named(f: dataclasses.Field | str, python: bool, value=MISSING) -> str:
-    """Option `f` (a field, or the name of one whose flag is --name) as a message names it, with `value` when given: in
+def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool = False) -> str:
+    """Option `f` (a field, or a field's name) as a message names it, with `value` when given: in
     Python its keyword (``head``, ``head='svmm'``), on the command line its flag (``--head``,
-    ``--head 'svmm'``)."""
+    ``--head 'svmm'``; a name's declared flag, ``--seed-weights`` for weights_seed). `plain`: the
+    command line's value as typed (``--mode direct``), for a value cited, not refused."""
     if python:
         name = f if isinstance(f, str) else f.name
         return name if value is MISSING else f"{name}={value!r}"
-    name = "--" + f.replace("_", "-") if isinstance(f, str) else flag(f)
-    return name if value is MISSING else f"{name} {value!r}"
+    name = _flag_of(f) if isinstance(f, str) else flag(f)
+    return name if value is MISSING else f"{name} {value if plain else repr(value)}"
 
 
-def refusal(text: Callable[[bool], str]) -> OptionError:
-    """The OptionError of a refused option value: `text(python)` is its message, naming options
+def _flag_of(name: str) -> str:
+    """The flag of the option `name` (its declared one, but for a --no-NAME switch: a value of
+    NAME is said of --NAME), else --name with dashes."""
+    declared = {f.name: flag(f) for cls in (StoreOptions, ExtractOptions, FitOptions, AdviseOptions, CacheOptions,
+                                            TrainConfig) for f in fields(cls)}
+    given = declared.get(name, "")
+    return given if given and not given.startswith("--no-") else "--" + name.replace("_", "-")
+
+
+def refusal(text: Callable[[bool], str], cls: type[FneError] = OptionError) -> FneError:
+    """The error (`cls`: OptionError, or the class callers tell apart: WeightsError, DataError,
+    CacheError, FneError) of a refused option value: `text(python)` is its message, naming options
     with `named(..., python)`; the exception's message is Python's (``bad seed=-1: ...``), its
     `cli` the command line's (``bad --seed -1: ...``), which the CLI prints."""
-    return OptionError(text(True), cli=text(False))
+    error = cls(text(True))
+    error.cli = text(False)
+    return error
 
 
 def check(obj) -> None:

@@ -22,7 +22,7 @@ import fne.options
 from fne.cache.store import list_stores
 from fne.cli import build_parser, main
 from fne.data.datasets import load_dataset
-from fne.errors import DataError, FneError
+from fne.errors import CacheError, DataError, FneError, WeightsError
 from fne.linear.embedding import FullNetworkEmbedding
 
 from .conftest import FAST
@@ -121,7 +121,7 @@ def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
     (lambda t: fne.run(None), TypeError, "^path: expected a path"),
     (lambda t: fne.report([], out=t / "rep"), FneError, "^no RUN_DIR given$"),
     (lambda t: fne.report([None], out=t / "rep"), TypeError, "^run_dirs: expected a path"),
-    (lambda t: fne.extract("digits", shard=(1,)), FneError, r"^bad --shard \(1,\); expected \(I, N\)"),
+    (lambda t: fne.extract("digits", shard=(1,)), FneError, r"^bad shard=\(1,\); expected \(I, N\)"),
 ])
 def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, said, tmp_path):
     """A Python caller's None (or a list) where a path goes: the keyword named, not a
@@ -138,7 +138,13 @@ BAD_OPTION_CALLS = {
     "advise": (lambda t, kw: fne.advise(t / "absent", **kw), ["advise", "absent"]),
     "train": (lambda t, kw: fne.train(t / "absent", "frozen", t / "run", **kw),
               ["train", "absent", "--mode", "frozen", "--out", "run"]),
+    "train scratch": (lambda t, kw: fne.train(t / "absent", "scratch", t / "run", **kw),
+                      ["train", "absent", "--mode", "scratch", "--out", "run"]),
 }
+# The refusals of another class than OptionError: (verb, the keyword given) -> the class (runner.py tells
+# weights apart)
+REFUSED_AS = {("train", "weights"): WeightsError}
+DEVICES = "must be auto, cpu, cuda[:i] or mps (the CPU takes no index"
 
 
 @pytest.mark.parametrize("verb,kw,flags,python,cli", [
@@ -157,19 +163,93 @@ BAD_OPTION_CALLS = {
      "direct_score applies to mode 'direct' only, not 'frozen'", "--direct-score applies to --mode direct only, not frozen"),
     ("extract", dict(weights_seed=3), ["--seed-weights", "3"], "weights_seed=3 applies to weights='random' only",
      "--seed-weights 3 applies to --weights random only"),
+    ("extract", dict(device="cpu:1"), ["--device", "cpu:1"], f"bad device='cpu:1': device {DEVICES}",
+     f"bad --device 'cpu:1': --device {DEVICES}"),
+    ("train", dict(device="gpu"), ["--device", "gpu"], f"bad device='gpu': device {DEVICES}",
+     f"bad --device 'gpu': --device {DEVICES}"),
+    ("advise", dict(device="cuda:x"), ["--device", "cuda:x"], "bad device='cuda:x'", "bad --device 'cuda:x'"),
+    ("extract", dict(shard=(1,)), ["--shard", "1"], "bad shard=(1,); expected (I, N), e.g. (0, 4)",
+     "bad --shard '1'; expected I/N, e.g. 0/4"),
+    ("train", dict(weights="bogus"), ["--weights", "bogus"], "weights='bogus': no such file",
+     "--weights 'bogus': no such file"),
+    ("train scratch", dict(weights="imagenet"), ["--weights", "imagenet"],
+     "mode='scratch' trains from a random initialisation; weights='imagenet' does not apply",
+     "--mode scratch trains from a random initialisation; --weights 'imagenet' does not apply"),
+    ("fit", dict(features="auto", head="sgd-svm"), ["--features", "auto", "--head", "sgd-svm"],
+     "auto selection (features='auto') is not available with SGD heads (head='sgd-svm')",
+     "auto selection (--features auto) is not available with SGD heads (--head sgd-svm)"),
 ])
 def test_a_refused_option_value_names_the_keyword_in_python_and_the_flag_on_the_command_line(
         verb, kw, flags, python, cli, tmp_path, monkeypatch, capsys):
     """One message, said of what the user typed: ``fne.fit(..., head="svmm")`` names ``head=``,
     `fne fit --head svmm` names ``--head``."""
     call, argv = BAD_OPTION_CALLS[verb]
-    with pytest.raises(fne.options.OptionError) as e:
+    with pytest.raises(REFUSED_AS.get((verb, *kw), fne.options.OptionError)) as e:
         call(tmp_path, kw)
     assert str(e.value).startswith(python) and "--" not in str(e.value)
     monkeypatch.chdir(tmp_path)
     assert main([*argv, *flags]) == 2
-    assert capsys.readouterr().err.startswith(f"fne {verb}: error: {cli}")
+    assert capsys.readouterr().err.startswith(f"fne {verb.split()[0]}: error: {cli}")
     assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def _deep(name: str):
+    """A function that raises its refusals below the verbs' option checks (after DATA is read)."""
+    module, _, attr = name.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+@pytest.mark.parametrize("call,kind,python,cli", [
+    (lambda t: _deep("fne.devices.resolve_precision")("fp8", None), fne.options.OptionError,
+     "unknown precision='fp8'; choose from", "unknown --precision 'fp8'; choose from"),
+    (lambda t: _deep("fne.devices.resolve_batch_size")("many", None), fne.options.OptionError,
+     "bad batch_size='many'; expected an integer >= 1 or auto", "bad --batch-size 'many'; expected"),
+    (lambda t: _deep("fne.backbones.registry.get")("vgg17"), fne.options.OptionError,
+     "unknown arch='vgg17'. Did you mean", "unknown --arch 'vgg17'. Did you mean"),
+    (lambda t: _deep("fne.backbones.registry.read_state_dict")(t / "w.pt"), WeightsError,
+     "weights='{t}/w.pt': no such file", "--weights '{t}/w.pt': no such file"),
+    (lambda t: _deep("fne.training.transfer.new_layer_names")(None, "frozen", "all"), fne.options.OptionError,
+     "unknown new_layers='all'; choose from", "unknown --new-layers 'all'; choose from"),
+    (lambda t: _deep("fne.training.class_map.read_class_map")(t / "m.json", [], []), fne.options.OptionError,
+     "class_map='{t}/m.json': no such file", "--class-map '{t}/m.json': no such file"),
+    (lambda t: _deep("fne.training.checkpoint.read")(t / "c.pt"), FneError,
+     "resume=True: no checkpoint {t}/c.pt (a run writes one after an epoch: see save_every)",
+     "--resume: no checkpoint {t}/c.pt (a run writes one after an epoch: see --save-every)"),
+    (lambda t: _deep("fne.cache.fs.check_target")(t, folder=False), fne.options.OptionError,
+     "out='{t}': is a folder; give the file to write", "--out '{t}': is a folder"),
+    (lambda t: _deep("fne.data.datasets.load_dataset")(t, label_key="cls"), DataError,
+     "label_key='cls': applies to tar shards", "--label-key 'cls': applies to tar shards"),
+    (lambda t: _deep("fne.data.splits.stratified")(np.arange(4), np.array([0, 1, 2, 3]), 0.25, 0, "test_size"),
+     DataError, "cannot carve a stratified test_size=0.25 part", "cannot carve a stratified --test-size 0.25 part"),
+    (lambda t: _deep("fne.linear.features.parse_features")("auto", None), fne.options.OptionError,
+     "features='auto' is `fne fit`'s cross-validated choice", "--features auto is `fne fit`'s"),
+    (lambda t: _deep("fne.linear.heads.make_head")("svmm"), fne.options.OptionError,
+     "unknown head='svmm'; choose from", "unknown --head 'svmm'; choose from"),
+    (lambda t: _deep("fne.linear.solver.resolve_solver")("numpy", "svm", 1, 1, 2), fne.options.OptionError,
+     "unknown solver='numpy'; choose from", "unknown --solver 'numpy'; choose from"),
+    (lambda t: _deep("fne.cache.store.cache_root")(t / "f.txt"), CacheError,
+     "cache='{t}/f.txt': is a file", "--cache '{t}/f.txt': is a file"),
+])
+def test_a_refusal_raised_below_the_option_checks_names_the_keyword_and_on_the_command_line_the_flag(
+        call, kind, python, cli, tmp_path):
+    """Refusals met later than the verbs' first checks (a device, weights, a class map, a
+    checkpoint, a split that DATA cannot give): Python's message names the keyword, the
+    exception's `cli` (what `fne VERB` prints) the flag."""
+    (tmp_path / "f.txt").write_text("a file")
+    with pytest.raises(kind) as e:
+        call(tmp_path)
+    assert str(e.value).startswith(python.format(t=tmp_path)) and "--" not in str(e.value)
+    assert e.value.cli.startswith(cli.format(t=tmp_path))
+
+
+def test_predict_with_a_network_parses_the_device_before_the_run_and_data_are_read(tmp_path):
+    """`fne predict` of a `fne train` run: --device is parsed first (it was resolved after DATA's
+    listing), named as the caller did."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"not read")
+    with pytest.raises(fne.options.OptionError, match=r"^bad device='cpu:1': device must be") as e:
+        fne.predict(tmp_path / "run", tmp_path / "absent", out=tmp_path / "p.csv", device="cpu:1")
+    assert e.value.cli.startswith("bad --device 'cpu:1': --device must be")
 
 
 def test_report_takes_one_run_folder_as_a_path(tmp_path):
@@ -186,12 +266,12 @@ def test_an_output_that_is_data_or_inside_it_is_refused_before_any_work(digits_f
     with h5py.File(data, "w") as f:
         f["images"], f["labels"] = np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"]
     before = data.read_bytes()
-    with pytest.raises(FneError, match=r"^--out .*data.h5: is DATA .*data.h5; writing there would change the data"):
+    with pytest.raises(FneError, match=r"^out='.*data.h5': is DATA .*data.h5; writing there would change the data"):
         fne.export(data, out=data, cache=str(tmp_path / "c"), **STORE)
     assert data.read_bytes() == before
-    with pytest.raises(FneError, match="^--out .*train.h5: is inside DATA"):
+    with pytest.raises(FneError, match="^out='.*train.h5': is inside DATA"):
         fne.predict(tmp_path / "run", tmp_path, out=tmp_path / "train.h5")
-    with pytest.raises(FneError, match="^--out .*/runs/a: is inside DATA"):
+    with pytest.raises(FneError, match="^out='.*/runs/a': is inside DATA"):
         fne.fit(digits_folder, out=digits_folder / "runs" / "a", cache=str(tmp_path / "c"), **STORE)
     assert not (digits_folder / "runs").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data.h5"]
 

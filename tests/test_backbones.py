@@ -90,10 +90,10 @@ def test_weights_path_roundtrip_and_wrong_arch(tmp_path):
     assert torch.equal(again.state_dict()["_fc.weight"], model.state_dict()["_fc.weight"])
     fp = backbones.fingerprint("efficientnet_lite0", str(tmp_path / "ckpt.pt"))
     assert fp.startswith("file-")
-    with pytest.raises(WeightsError, match="does not fit --arch vgg16"):
+    with pytest.raises(WeightsError, match="does not fit arch='vgg16'"):
         backbones.load_backbone("vgg16", str(tmp_path / "ckpt.pt"))
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(WeightsError, match=r"junk.pt: torch.load cannot read it .*torch.save\(model.state_dict"):
+    with pytest.raises(WeightsError, match=r"junk.pt': torch.load cannot read it .*torch.save\(model.state_dict"):
         backbones.load_backbone("vgg16", str(tmp_path / "junk.pt"))
     with pytest.raises(WeightsError, match="no such file"):
         backbones.fingerprint("vgg16", str(tmp_path / "absent.pt"))
@@ -111,11 +111,12 @@ def test_weights_that_are_a_run_folder_or_a_fit_model_say_what_to_give(tmp_path)
     cases = [(train, f"is a `fne train` run folder; give its network, {train / 'model.pt'}"),
              (fit, "is a `fne fit` run folder, a linear head on a network's rows, not a network"),
              (fit / "model.joblib", "is a `fne fit` model, a linear head"),
-             (other, "is a folder; give a state dict file"), ("", "bad --weights ''")]
+             (other, "is a folder; give a state dict file"), ("", "bad weights=''")]
     for weights, said in cases:
         for arch in ("efficientnet_lite0", "resnet18"):  # fne's registry, torchvision's names
-            with pytest.raises(WeightsError, match=re.escape(f"{weights}: {said}" if weights else said)):
+            with pytest.raises(WeightsError, match=re.escape(f"{weights}': {said}" if weights else said)) as e:
                 backbones.fingerprint(arch, str(weights))
+            assert e.value.cli.startswith(f"--weights '{weights}': " if weights else "bad --weights ''")
     with pytest.raises(WeightsError, match="is a `fne fit` model"):  # torch.load is not reached
         backbones.read_state_dict(fit / "model.joblib")
 
@@ -130,7 +131,8 @@ def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
     with pytest.raises(WeightsError) as e:
         backbones.load_backbone("vgg16", "imagenet")
     msg = str(e.value)
-    assert "vgg16-397923af.pth" in msg and "--weights PATH" in msg and "checkpoints" in msg
+    assert "vgg16-397923af.pth" in msg and "weights=PATH" in msg and "checkpoints" in msg
+    assert "--weights PATH" in e.value.cli  # what `fne extract` prints
 
 
 def test_import_matching_reports_shape_mismatch():

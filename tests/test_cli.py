@@ -266,10 +266,10 @@ def test_an_option_the_verb_lacks_is_named_by_the_verb(capsys):
     (["fit", "", "--out", "RUN"], "DATA '' is empty"),
     (["extract", "/dev/null"], "DATA /dev/null: neither a folder nor a file"),
     (["cache", "verify", "DATA"], "DATA is not a cache store (no store.json)"),
-    (["backbones", "vgg16", "--weights", "bogus"], "--weights bogus: no such file"),  # it exited 0
+    (["backbones", "vgg16", "--weights", "bogus"], "--weights 'bogus': no such file"),  # it exited 0
     (["export", "DATA", "--out", "x.h5", "--features", "auto"], "--features auto is `fne fit`'s cross-validated"),
     (["extract", "DATA", "--shard", ""], "bad --shard ''; expected I/N"),
-    (["fit", "DATA", "--out", "RUN", "--label-key", "cls"], "--label-key cls: applies to tar shards, Parquet"),
+    (["fit", "DATA", "--out", "RUN", "--label-key", "cls"], "--label-key 'cls': applies to tar shards, Parquet"),
     (["extract", "DATA", "--workers", "100000"], f"bad --workers 100000: --workers must be in [0, {O.MAX_WORKERS}]"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--workers", "100000"], "bad --workers 100000"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--image-size", "100000"],
@@ -310,13 +310,15 @@ def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, c
 
 @pytest.mark.parametrize("argv", [["extract", "--cache", "C"], ["train", "--mode", "frozen", "--out", "RUN"]])
 def test_a_cpu_with_an_index_is_refused_in_one_line(argv, digits_folder, tmp_path, capsys, monkeypatch):
-    """torch ignores a CPU's index: `--device cpu:1` ran on the CPU as if it meant something."""
+    """torch ignores a CPU's index: `--device cpu:1` ran on the CPU as if it meant something. Refused
+    with the other options, before DATA is listed or anything written."""
     monkeypatch.chdir(tmp_path)
     code = main([argv[0], str(digits_folder), *argv[1:], "--arch", "efficientnet_lite0", "--weights", "random",
                  "--device", "cpu:1"])
     err = capsys.readouterr().err
-    assert code == 2 and err == f"fne {argv[0]}: error: bad --device 'cpu:1': the CPU takes no index (torch runs " \
-                                "on all its cores); use cpu\n"
+    assert code == 2 and err == f"fne {argv[0]}: error: bad --device 'cpu:1': --device must be auto, cpu, cuda[:i] " \
+                                "or mps (the CPU takes no index: torch runs on all its cores)\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("verb,other,model", [(["fit"], "fne train", "model.pt"),
@@ -331,6 +333,6 @@ def test_a_run_folder_of_the_other_verb_is_refused_whole(verb, other, model, tmp
     (run / "metrics.json").write_text("{}")
     assert main([verb[0], str(tmp_path / "absent"), *verb[1:], "--out", str(run)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"--out {run}: holds a `{other}` run ({model})" in err
+    assert err.count("\n") == 1 and f"--out '{run}': holds a `{other}` run ({model})" in err
     assert sorted(p.name for p in run.iterdir()) == sorted([model, "metrics.json"])
     assert (run / "metrics.json").read_text() == "{}"

@@ -141,9 +141,9 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
 
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(features="fc6"), "has no layer 'fc6'"),
-    (dict(features="lst"), r"^bad --features 'lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
+    (dict(features="lst"), r"^bad features='lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
                            r"\(here \w+\), fne:LAYER,… or layer names: "),
-    (dict(features="fne,last"), r"^bad --features 'fne': the full-network embedding is no layer to list; give fne, "),
+    (dict(features="fne,last"), r"^bad features='fne': the full-network embedding is no layer to list; give fne, "),
     (dict(features="Last"), r"has no layer 'Last' \(did you mean 'last'\?\)"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
@@ -167,7 +167,7 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     (dict(C=float("inf")), ValueError, "bad C=inf; must be finite"),
     (dict(seed=-1), ValueError, r"bad seed=-1: seed must be in \[0, 2\*\*32\)"),
     (dict(test_size=float("inf")), ValueError, "bad test_size=inf"),
-    (dict(out=""), FneError, "--out '': is empty"),
+    (dict(out=""), FneError, "out='': is empty"),
     (dict(head="tree"), ValueError, "unknown head='tree'"),
     (dict(out=None), TypeError, "out: expected a path"),
 ])
@@ -337,7 +337,7 @@ def test_fit_out_that_is_a_file_is_refused_before_any_work(digits_folder, tmp_pa
     afile = tmp_path / "afile"
     afile.write_text("mine")
     cache = tmp_path / "cache"
-    for out, says in [(afile, f"--out {afile}: is a file"), (afile / "run", f"{afile} is a file")]:
+    for out, says in [(afile, f"--out '{afile}': is a file"), (afile / "run", f"{afile} is a file")]:
         assert main(["fit", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
@@ -350,12 +350,12 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
     runs.mkdir()
     # predict: the --out check comes before the run folder is even read
     assert main(["predict", str(tmp_path / "no-run"), str(digits_folder), "--out", str(runs)]) == 2
-    assert f"--out {runs}: is a folder; give the file to write" in capsys.readouterr().err
+    assert f"--out '{runs}': is a folder; give the file to write" in capsys.readouterr().err
     cache = tmp_path / "cache"
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    for out, says in [(runs, f"--out {runs}: is a folder"), (afile / "f.h5", f"{afile} is a file"),
-                      (tmp_path / "features.csv", f"--out {tmp_path / 'features.csv'}: fne export writes HDF5, not "
+    for out, says in [(runs, f"--out '{runs}': is a folder"), (afile / "f.h5", f"{afile} is a file"),
+                      (tmp_path / "features.csv", f"--out '{tmp_path / 'features.csv'}': fne export writes HDF5, not "
                                                   f".csv: name the file .h5")]:  # a spreadsheet would not open it
         assert main(["export", str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
@@ -415,7 +415,7 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_f
         assert main([verb, str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
                      *CLI_FAST]) == 2
         err = capsys.readouterr().err
-        assert f"--out {out}: cannot be written, {ro} is not writable" in err and "Traceback" not in err
+        assert f"--out '{out}': cannot be written, {ro} is not writable" in err and "Traceback" not in err
     assert not list_stores(cache)  # nothing extracted
 
 
@@ -427,5 +427,5 @@ def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits
 
     real = Store.read_rows
     monkeypatch.setattr(Store, "read_rows", lambda self, keys, layers: np.zeros_like(real(self, keys, layers)))
-    with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*--storage-dtype float32"):
+    with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*storage_dtype='float32'"):
         fit(digits_folder, out=tmp_path / "r", cache=warm_cache, features="last", splits=1, **STORE)

@@ -45,7 +45,7 @@ def test_default_batch_size_follows_the_device_and_its_free_memory():
     assert resolve_batch_size(None, cpu) == resolve_batch_size("auto", cpu) == 32
     assert resolve_batch_size(7, gpu) == 7
     for bad in (0, -3, "x", 2.5):
-        with pytest.raises(FneError, match="bad --batch-size"):
+        with pytest.raises(FneError, match="bad batch_size="):
             resolve_batch_size(bad, cpu)
 
 
@@ -74,7 +74,7 @@ def test_torchrun_ranks_take_the_gpus_in_turn_and_a_missing_gpu_is_one_line(monk
         assert resolve_device("auto") == torch.device(want)
     monkeypatch.delenv("LOCAL_RANK")
     assert resolve_device("auto") == torch.device("cuda:0") and resolve_device("cuda:1").index == 1
-    with pytest.raises(FneError, match=r"--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+    with pytest.raises(FneError, match=r"device='cuda:2': this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
         resolve_device("cuda:2")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(FneError, match=r"has 1 CUDA device \(cuda:0\)$"):

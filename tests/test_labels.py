@@ -193,7 +193,7 @@ def test_tiny_classes_fit_and_auto_selection_names_them(tmp_path, recwarn):
     assert m["n_train"] == 50 and m["selection"]
     assert not [w for w in recwarn if "regression" in str(w.message)]
     with pytest.raises(FneError, match=r"25 class\(es\) have 1 training image in a split \('c00', 'c01', "
-                                       r"'c02', 'c03', 'c04', \.\.\.\): give --C"):
+                                       r"'c02', 'c03', 'c04', \.\.\.\): give C \(and features, head\) a value, or train_per_class=2"):
         fit(data, tmp_path / "run2", C="auto", train_per_class=1, **common)
 
 

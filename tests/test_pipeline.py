@@ -312,7 +312,7 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
     assert dry(f).endswith("(to run: did not finish last time; the rerun resumes from its checkpoint after "
                            "epoch 1 of 2)")
     other = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2\nlr = 0.01"), "other.toml")
-    assert dry(other).endswith("its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the "
+    assert dry(other).endswith("its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the "
                                "rerun starts over)")
     assert dry(f, force=True).endswith("--force starts it over, leaving its checkpoint unused)")
     with monkeypatch.context() as m:
@@ -529,7 +529,9 @@ def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys
     code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out),
                  *([] if in_file else ["--device", "tpu"])])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == "fne run: error: bad --device 'tpu'; use auto, cpu, cuda[:i] or mps"
+    said = "bad device='tpu': device" if in_file else "bad --device 'tpu': --device"  # the file's key, or the flag
+    assert code == 2 and err == f"fne run: error: {said} must be auto, cpu, cuda[:i] or mps (the CPU takes no " \
+                                "index: torch runs on all its cores)"
     assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
 
 
@@ -549,7 +551,7 @@ def test_a_device_this_machine_lacks_stops_only_a_run_with_steps_to_do(tmp_path,
     assert main([*args, "--device", "cuda"]) == 0 and "0 step(s) run" in capsys.readouterr().out
     steps = sorted(p.name for p in out.iterdir())
     assert main([*args, "--device", "cuda", "--force"]) == 2
-    assert capsys.readouterr().err.strip() == "fne run: error: --device cuda: CUDA is not available on this machine"
+    assert capsys.readouterr().err.strip() == "fne run: error: --device 'cuda': CUDA is not available on this machine"
     assert sorted(p.name for p in out.iterdir()) == steps
 
 
@@ -562,7 +564,7 @@ def test_out_that_is_a_file_is_one_line_before_any_step(tmp_path, capsys, dry):
     out.write_text("kept")
     code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), *(["--dry-run"] if dry else [])])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err == f"fne run: error: --out {out}: is a file; give a folder (new or existing) to write into"
+    assert code == 2 and err == f"fne run: error: --out '{out}': is a file; give a folder (new or existing) to write into"
     assert out.read_text() == "kept" and not (tmp_path / "cache").exists()
 
 
@@ -822,3 +824,17 @@ def test_a_step_failing_on_a_bug_keeps_its_traceback_for_a_report(tmp_path, monk
         P.run(f, out, str(tmp_path / "cache"), log=lambda s: None)
     (kept,) = out.rglob("traceback.txt")
     assert kept.parent.name == "fit-last-svm-C1.0-s0" and "in buggy" in kept.read_text()
+
+
+def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tmp_path, capsys):
+    """A step's verb refusing a value that passed the file's checks (weights torch cannot read)
+    names it by the file's key, `weights='...'` (the keys are Python's keywords), not `--weights`."""
+    from fne.cli import main
+
+    (tmp_path / "w.pt").write_text("not a state dict")
+    f = write(tmp_path, TINY.replace('weights = "random"', f'weights = "{tmp_path / "w.pt"}"', 1))
+    assert main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]) == 2
+    said = capsys.readouterr()
+    assert f"FAILED: weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.out
+    assert f"weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.err
+    assert "--weights" not in said.out + said.err

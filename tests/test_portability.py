@@ -117,7 +117,7 @@ def _mps(monkeypatch, available: bool, built: bool = True, macos14: bool = True)
 @pytest.mark.parametrize("built", [True, False])
 def test_mps_absent_is_one_line(monkeypatch, built):
     _mps(monkeypatch, available=False, built=built)
-    with pytest.raises(FneError, match=r"^--device mps: MPS \(Apple's GPU\) is not available on this machine"):
+    with pytest.raises(FneError, match=r"^device='mps': MPS \(Apple's GPU\) is not available on this machine"):
         devices.resolve_device("mps")
     assert devices.resolve_device("auto") == torch.device("cpu")
 
@@ -128,7 +128,7 @@ def test_mps_is_taken_by_auto_where_available(monkeypatch):
     assert devices.resolve_device("mps:0") == torch.device("mps:0")
     with pytest.raises(FneError, match="one MPS device"):
         devices.resolve_device("mps:1")
-    with pytest.raises(FneError, match=r"use auto, cpu, cuda\[:i\] or mps"):
+    with pytest.raises(FneError, match=r"must be auto, cpu, cuda\[:i\] or mps"):
         devices.resolve_device("gpu")
 
 
@@ -138,7 +138,7 @@ def test_mps_precision_and_batch(monkeypatch):
     _mps(monkeypatch, available=True, macos14=False)
     mps = torch.device("mps")
     assert devices.resolve_precision("auto", mps) == "fp16"
-    with pytest.raises(FneError, match="bf16 on MPS needs macOS 14"):
+    with pytest.raises(FneError, match="precision='bf16' on MPS needs macOS 14"):
         devices.resolve_precision("bf16", mps)
     _mps(monkeypatch, available=True, macos14=True)
     assert devices.resolve_precision("bf16", mps) == "bf16"

@@ -428,9 +428,9 @@ def test_a_torchvision_without_device_decoding_falls_back_to_pil_or_says_so(tmp_
     again = fx.extract(data, decode="device", **kw)
     assert again.n_cached == 6 and again.n_computed == 0 and again.store == first.store
     (data / "a" / "new.jpg").write_bytes(_jpeg(50, 30, 9))
-    with pytest.raises(FneError, match=r"--decode device needs torchvision\.io\.decode_jpeg.*use --decode auto"):
+    with pytest.raises(FneError, match=r"decode='device' needs torchvision\.io\.decode_jpeg.*use decode='auto'"):
         fx.extract(data, decode="device", **kw)
-    with pytest.raises(FneError, match=r"--augment-on device needs torchvision\.io\.decode_jpeg"):
+    with pytest.raises(FneError, match=r"augment_on='device' needs torchvision\.io\.decode_jpeg"):
         train("digits", "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="random", epochs=1,
               image_size=32, workers=0, progress=False, augment_on="device", device="cpu")
 

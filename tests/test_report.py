@@ -297,7 +297,7 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_run_is_read(tmp_p
 
     runs = make_runs(tmp_path / "runs")
     (tmp_path / "taken").write_text("x")
-    with pytest.raises(FneError, match=r"^--out .*taken: is a file; give a folder"):
+    with pytest.raises(FneError, match=r"^out='.*taken': is a file; give a folder"):
         report([runs / "a"], tmp_path / "taken")
     assert main(["report", str(runs / "a"), "--out", str(tmp_path / "taken" / "rep")]) == 2
     assert (tmp_path / "taken").read_text() == "x" and not list(tmp_path.glob("taken*/report*"))

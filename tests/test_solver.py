@@ -195,7 +195,7 @@ def test_auto_solver_by_size(monkeypatch):
     assert resolve_solver("auto", "svm", 75_750, 12_416, 101) == "torch"  # Food-101 with VGG-16 FNE
     assert resolve_solver("torch", "sgd-svm", 10**6, 10**4, 100) == "sklearn"  # SGD heads stay sklearn
     assert resolve_solver("sklearn", "svm", 75_750, 12_416, 101) == "sklearn"
-    with pytest.raises(FneError, match="--solver"):
+    with pytest.raises(FneError, match="solver="):
         resolve_solver("cuml", "svm", 1, 1, 2)
     assert isinstance(make_head("logreg", 1.0, solver="torch"), TorchHead)
 

@@ -55,14 +55,15 @@ def test_a_part_too_small_for_the_classes_says_what_to_give():
     folder): the message gives a fraction that works, not scikit-learn's wording."""
     y = np.repeat(np.arange(4), [9, 9, 9, 3])
     with pytest.raises(DataError, match=r"holds out 3 of 30 images, fewer than the 4 classes: "
-                                        r"give --val-fraction 0\.14 or more"):
-        stratified(np.arange(30), y, 0.1, 0, "--val-fraction")
-    ((kept, held),) = stratified(np.arange(30), y, 0.14, 0, "--val-fraction")
+                                        r"give val_fraction=0\.14 or more") as e:
+        stratified(np.arange(30), y, 0.1, 0, "val_fraction")
+    assert "give --val-fraction 0.14 or more" in e.value.cli  # what `fne train` prints
+    ((kept, held),) = stratified(np.arange(30), y, 0.14, 0, "val_fraction")
     assert len(held) == 5 and len(kept) == 25
     with pytest.raises(DataError, match="keeps 1 of 30 images, fewer than the 4 classes"):
-        stratified(np.arange(30), y, 0.95, 0, "--val-fraction")
+        stratified(np.arange(30), y, 0.95, 0, "val_fraction")
     with pytest.raises(DataError, match="a class has only one image"):
-        stratified(np.arange(4), np.array([0, 0, 0, 1]), 0.5, 0, "--test-size")
+        stratified(np.arange(4), np.array([0, 0, 0, 1]), 0.5, 0, "test_size")
 
 
 def _with_copies(d, y, copies: dict[int, list[int]]):

@@ -216,8 +216,9 @@ def test_rows_float16_cannot_hold_are_refused_naming_their_taps(tmp_path):
     first, last = store.taps[0][0], store.taps[-1][0]
     rows[first][1, 0, 0], rows[last][2, 0, 1] = 1e6, np.nan
     with pytest.raises(CacheError, match=rf"the rows of {first}, {last} do not fit float16 storage .*"
-                                         r"--storage-dtype float32"):
+                                         r"storage_dtype='float32'") as e:
         store.commit(_keys(3), rows)
+    assert "--storage-dtype float32" in e.value.cli  # what `fne extract` prints
     assert not store.parts() and len(store) == 0
     rows[first][1, 0, 0], rows[last][2, 0, 1] = 6e4, 0.0  # within float16's range
     store.commit(_keys(3), rows)

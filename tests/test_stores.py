@@ -239,7 +239,7 @@ def test_a_cache_that_is_a_file_is_one_clear_error(digits_folder, tmp_path, monk
     else:
         cache = given.format(tmp=tmp_path)
         args += ["--cache", cache]
-        says = f"--cache {cache}: " + ("afile is a file" if given.endswith("sub") else "is a file")
+        says = f"--cache '{cache}': " + ("afile is a file" if given.endswith("sub") else "is a file")
     assert main(args) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"

@@ -249,7 +249,7 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_pat
     assert [h["train_loss"] for h in ma["history"]] == [h["train_loss"] for h in mb["history"]]
     assert ma["best_epoch"] == mb["best_epoch"]
 
-    with pytest.raises(FneError, match="belongs to another run.*--lr"):
+    with pytest.raises(FneError, match="belongs to another run: lr=0.02 there, 0.1 now"):
         tr.train(digits, "finetune", tmp_path / "b", resume=True, **{**kw, "lr": 0.1})
 
 
@@ -287,7 +287,7 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
     (["--mode", "frozen", "--arch", "vgg16", "--weights", "SOURCE"], None,
      "does not fit --arch vgg16: only 0 of 26 tensors match by name and shape"),
     (["--mode", "scratch", "--weights", "imagenet"], None, "--mode scratch trains from a random"),
-    (["--mode", "finetune", "--weights", "missing.pt"], None, "--weights missing.pt: no such file"),
+    (["--mode", "finetune", "--weights", "missing.pt"], None, "--weights 'missing.pt': no such file"),
     (["--mode", "finetune", "--resume"], None, "--resume: no checkpoint"),
     (["--mode", "frozen", "--val-fraction", "1.5"], None, "bad --val-fraction 1.5"),
     (["--mode", "frozen", "--train-bn"], None, "--train-bn applies to --mode finetune only"),
@@ -337,7 +337,7 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         "the rerun resumes from its checkpoint after epoch 1 of 3")
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
-        "its checkpoint after epoch 1 is of another run (--lr 0.001 there, 0.01 now): the rerun starts over")
+        "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
     next((data / "3").iterdir()).unlink()
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "
@@ -393,7 +393,7 @@ def test_train_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(afile)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert f"--out {afile}: is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
+    assert f"--out '{afile}': is a file" in err and "Traceback" not in err and afile.read_text() == "mine"
 
 
 def test_train_out_inside_data_is_refused_before_any_work(tmp_path, capsys):
@@ -404,7 +404,7 @@ def test_train_out_inside_data_is_refused_before_any_work(tmp_path, capsys):
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(data / "runs")]
     assert main(args) == 2
-    assert f"--out {data / 'runs'}: is inside DATA {data}" in capsys.readouterr().err
+    assert f"--out '{data / 'runs'}': is inside DATA {data}" in capsys.readouterr().err
     assert not (data / "runs").exists()
 
 

@@ -198,7 +198,7 @@ def test_offline_imagenet_says_where_to_put_the_file(monkeypatch, tmp_path, caps
         backbones.load_backbone("resnet18", "imagenet")
     msg = str(e.value)
     assert "resnet18-f37072fd.pth" in msg and str(tmp_path / "hub" / "checkpoints") in msg
-    assert "--weights PATH" in msg
+    assert "weights=PATH" in msg and "--weights PATH" in e.value.cli
     # timm: the Hugging Face cache or torch hub's, named in one line, no traceback
     import huggingface_hub.constants
 
@@ -221,7 +221,7 @@ def test_weights_files_and_meta_build(tmp_path):
     assert not any(p.is_meta for p in again.parameters())
     torch.save(model.state_dict(), tmp_path / "w.pt")
     assert backbones.fingerprint("timm:vit_tiny_patch16_224", str(tmp_path / "w.pt")).startswith("file-")
-    with pytest.raises(WeightsError, match="does not fit --arch resnet18"):
+    with pytest.raises(WeightsError, match="does not fit arch='resnet18'"):
         backbones.load_backbone("resnet18", str(tmp_path / "w.pt"))
 
 
@@ -308,7 +308,7 @@ def test_googlenet_and_inception_take_the_input_their_weights_do():
 
 def test_weights_of_another_depth_are_refused(tmp_path, capsys):
     torch.save(tvm.resnet34().state_dict(), tmp_path / "r34.pt")
-    with pytest.raises(WeightsError, match=r"r34.pt: does not fit --arch resnet18 .*96 in the file"):
+    with pytest.raises(WeightsError, match=r"r34.pt': does not fit arch='resnet18' .*96 in the file"):
         backbones.load_backbone("resnet18", str(tmp_path / "r34.pt"))
     torch.save(tvm.resnet18(num_classes=3).state_dict(), tmp_path / "r18.pt")  # a new head: fine
     assert backbones.load_backbone("resnet18", str(tmp_path / "r18.pt")).fc.out_features == 1000

@@ -15,6 +15,7 @@ from PIL import Image
 
 from fne.errors import FneError
 from fne.names import CROPS
+from fne.options import named, refusal
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,7 @@ class Preprocess:
     def __init__(self, size: int = 224, crop: str = "center", *, resize: int | None = None,
                  interpolation: str = "bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD):
         if crop not in CROPS:
-            raise FneError(f"unknown --crop {crop!r}; choose from {', '.join(CROPS)}")
+            raise refusal(lambda py: f"unknown {named('crop', py, crop)}; choose from {', '.join(CROPS)}")
         if interpolation not in _PIL_FILTERS:
             raise FneError(f"unknown interpolation {interpolation!r}; choose from {', '.join(_PIL_FILTERS)}")
         self.size, self.crop = size, crop

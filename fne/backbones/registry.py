@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
+from fne.options import named, refusal
 
 if TYPE_CHECKING:
     import torch
@@ -96,27 +97,37 @@ def get(name: str, weights: str | None = None) -> Backbone:
     if name in REGISTRY:
         return REGISTRY[name]
     if not isinstance(name, str) or not name:
-        raise FneError(f"bad --arch {name!r}")
-    named = weights not in (None, "imagenet", "random") and not Path(weights).is_file()
-    return _zoo_backbone(name, weights if named else "imagenet")
+        raise refusal(lambda py: f"bad {named('arch', py, name)}")
+    by_name = weights not in (None, "imagenet", "random") and not Path(weights).is_file()
+    return _zoo_backbone(name, weights if by_name else "imagenet")
+
+
+def weights_refusal(weights: str | Path, said: str | Callable[[bool], str]) -> WeightsError:
+    """The WeightsError `WEIGHTS: said`, naming --weights as the caller did (`weights='x.pt'` in
+    Python, `--weights 'x.pt'` on the command line: `fne.options.refusal`); `said` may be a text
+    of `python` too."""
+    return refusal(lambda py: f"{named('weights', py, str(weights))}: {said(py) if callable(said) else said}",
+                   WeightsError)
 
 
 def not_a_weights_file(weights: str | Path, said: str) -> WeightsError:
-    """The error for --weights that names no weights file: `said`, or what the path is instead
-    (empty; a `fne train` run folder, whose network is its model.pt; a `fne fit` run or its
-    model.joblib, a linear head on cached rows; another folder)."""
+    """The error for --weights that names no weights file: `said` (`weights_refusal`'s), or what
+    the path is instead (empty; a `fne train` run folder, whose network is its model.pt; a
+    `fne fit` run or its model.joblib, a linear head on cached rows; another folder)."""
     p = Path(weights)
     if not str(weights).strip():
-        return WeightsError(f"bad --weights {str(weights)!r}; give imagenet, random or a state dict path")
+        return refusal(lambda py: f"bad {named('weights', py, str(weights))}; give imagenet, random or a state dict "
+                                  f"path", WeightsError)
     if p.is_dir() and (p / "model.pt").is_file():
-        return WeightsError(f"--weights {weights}: is a `fne train` run folder; give its network, {p / 'model.pt'}")
+        return weights_refusal(weights, f"is a `fne train` run folder; give its network, {p / 'model.pt'}")
     if p.suffix == ".joblib" or (p.is_dir() and (p / "model.joblib").is_file()):
-        return WeightsError(f"--weights {weights}: is a `fne fit` {'model' if p.is_file() else 'run folder'}, a "
-                            f"linear head on a network's rows, not a network; give the --weights that run read "
-                            f"(its metrics.json's `weights`)")
+        return weights_refusal(weights, lambda py: f"is a `fne fit` {'model' if p.is_file() else 'run folder'}, a "
+                                                   f"linear head on a network's rows, not a network; give the "
+                                                   f"{named('weights', py)} that run read (its metrics.json's "
+                                                   f"`weights`)")
     if p.is_dir():
-        return WeightsError(f"--weights {weights}: is a folder; give a state dict file (.pth, .pt, .safetensors)")
-    return WeightsError(said)
+        return weights_refusal(weights, "is a folder; give a state dict file (.pth, .pt, .safetensors)")
+    return weights_refusal(weights, said)
 
 
 def how_to_name() -> str:
@@ -133,9 +144,8 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
         model_name = name.removeprefix("timm:")
         zoo.timm_check(model_name, sorted(REGISTRY))
         if weights != "imagenet":
-            raise not_a_weights_file(weights, f"--weights {weights}: no such file; {name} takes imagenet (its "
-                                              f"pretrained tag; name another as timm:ARCH.TAG), random or a state "
-                                              f"dict path")
+            raise not_a_weights_file(weights, f"no such file; {name} takes imagenet (its pretrained tag; name "
+                                              f"another as timm:ARCH.TAG), random or a state dict path")
         cfg = zoo.timm_pretrained_cfg(model_name)
         full = f"{cfg.get('architecture', model_name)}.{cfg['tag']}" if cfg.get("tag") else model_name
         d = zoo.timm_discover(model_name)
@@ -159,9 +169,8 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
     w = zoo.tv_weights(name, weights)
     if w is None and weights != "imagenet":
         names = zoo.tv_weight_names(name)
-        raise not_a_weights_file(weights, f"--weights {weights}: no such file or {name} weights name; give "
-                                          f"imagenet, random, a state dict path or one of: "
-                                          f"{', '.join(names) or '(none)'}")
+        raise not_a_weights_file(weights, f"no such file or {name} weights name; give imagenet, random, a "
+                                          f"state dict path or one of: {', '.join(names) or '(none)'}")
     p = zoo.tv_preprocess(w)
     if zoo.tv_takes_half_norm(name):
         p.update(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -170,7 +179,9 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
 
     def imagenet() -> dict:
         if w is None:
-            raise WeightsError(f"torchvision has no pretrained weights for {name}; pass --weights PATH or random")
+            raise refusal(lambda py: f"torchvision has no pretrained weights for {name}; pass "
+                                     f"{'weights=PATH or weights=' if py else '--weights PATH or '}random",
+                          WeightsError)
         return zoo.tv_state(name, w)
 
     return Backbone(
@@ -375,8 +386,7 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
 
     path = Path(path)
     if not path.is_file() or path.suffix == ".joblib":
-        raise not_a_weights_file(path, f"--weights {path}: no such file (give 'imagenet', 'random' or a state "
-                                       f"dict path)")
+        raise not_a_weights_file(path, "no such file (give 'imagenet', 'random' or a state dict path)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -388,18 +398,18 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
             except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
                 obj = torch.load(path, map_location=device, weights_only=True)
     except ImportError as e:
-        raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from e
+        raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
         said = (str(e).splitlines() or [""])[0]
         said = f"{type(e).__name__}: {said[:160]}{'...' * (len(said) > 160)}" if said else type(e).__name__
-        raise WeightsError(f"--weights {path}: torch.load cannot read it ({said}); give a file written by "
-                           f"torch.save(model.state_dict(), PATH), a .safetensors file or a `fne train` "
-                           f"checkpoint") from e
+        raise weights_refusal(path, f"torch.load cannot read it ({said}); give a file written by "
+                                    f"torch.save(model.state_dict(), PATH), a .safetensors file or a `fne train` "
+                                    f"checkpoint") from e
     for k in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(k), dict):
             obj = obj[k]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"--weights {path}: does not hold a state dict of tensors")
+        raise weights_refusal(path, "does not hold a state dict of tensors")
     prefixes = ("module.", "_orig_mod.")
     clean = {}
     for k, v in obj.items():
@@ -456,8 +466,7 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type
     if Path(weights).is_file():
         return "file-" + file_fingerprint(weights, cache)
     if arch in REGISTRY:
-        raise not_a_weights_file(weights, f"--weights {weights}: no such file (give 'imagenet', 'random' or a "
-                                          f"state dict path)")
+        raise not_a_weights_file(weights, "no such file (give 'imagenet', 'random' or a state dict path)")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
 
 
@@ -466,8 +475,6 @@ def check_weights_seed(weights, seed, scratch: bool = False) -> None:
     with weights it does not draw: other --weights, or `scratch` (fne train draws that network
     from --seed): ignored, it left the user believing it mattered."""
     if isinstance(seed, int) and not isinstance(seed, bool) and seed != 0 and (weights != "random" or scratch):
-        from fne.options import refusal
-
         def text(py: bool) -> str:
             given, random, mode = (("weights_seed=", "weights='random'", "mode='scratch'") if py else
                                    ("--seed-weights ", "--weights random", "--mode scratch"))
@@ -533,10 +540,9 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     if missing or extra:
         why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
         why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
-        raise WeightsError(
-            f"--weights {weights}: does not fit --arch {arch} ({len(missing)} of its tensors missing or "
-            f"mismatched, {len(extra)} in the file it does not have; e.g. {'; '.join(why)})"
-        )
+        raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
+                                                  f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
+                                                  f"in the file it does not have; e.g. {'; '.join(why)})")
     return model.eval().to(dev)
 
 

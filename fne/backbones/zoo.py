@@ -39,6 +39,7 @@ from torch import nn
 
 from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
+from fne.options import named, refusal
 
 TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"
 
@@ -380,9 +381,10 @@ def unknown(name: str, registry: list[str]) -> FneError:
     if task is not None:  # fasterrcnn_resnet50_fpn -> its backbone, resnet50
         inside = sorted((n for n in tv_names() if n in name), key=len, reverse=True)[:1]
         also = f" Its backbone as a classifier: {inside[0]}." if inside else ""
-        return FneError(f"--arch {name!r} is a torchvision {TASKS[task]} model; fne takes image "
-                        f"classification models.{also} Name a backbone as one of: {how}")
-    return FneError(f"unknown --arch {name!r}.{_suggest(name, names)} Name a backbone as one of: {how}")
+        return refusal(lambda py: f"{named('arch', py, name)} is a torchvision {TASKS[task]} model; fne takes "
+                                  f"image classification models.{also} Name a backbone as one of: {how}")
+    return refusal(lambda py: f"unknown {named('arch', py, name)}.{_suggest(name, names)} Name a backbone as one of: "
+                              f"{how}")
 
 
 @functools.cache
@@ -442,11 +444,11 @@ def hub_state(name: str, url: str) -> dict:
         return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
     except Exception as e:  # URLError, OSError, SSL errors: all mean "no network/cached copy"
         hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        raise WeightsError(
-            f"cannot load ImageNet weights for {name}: download of {url} failed ({e}). "
-            f"With no network, copy that file from a machine that has one to {hub} "
-            f"(torch hub's cache; TORCH_HOME moves it), or pass --weights PATH to a state dict, "
-            f"or --weights random for a test run.") from None
+        failed = f"download of {url} failed ({e})"
+        raise refusal(lambda py: f"cannot load ImageNet weights for {name}: {failed}. With no network, copy that "
+                                 f"file from a machine that has one to {hub} "
+                                 f"(torch hub's cache; TORCH_HOME moves it), {_other_weights(py)}",
+                      WeightsError) from None
 
 
 def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Module]:
@@ -545,6 +547,7 @@ def timm_pretrained(model_name: str) -> nn.Module:
     try:
         return timm.create_model(model_name, pretrained=True)
     except Exception as e:  # no network, no cached copy
+        failed = f"{type(e).__name__}: {e}"
         hub = cfg.get("hf_hub_id")
         where = ""
         if hub:
@@ -559,11 +562,15 @@ def timm_pretrained(model_name: str) -> nn.Module:
             where += (" or, with TIMM_USE_OLD_CACHE=1, " if where else "") + (
                 f"{Path(torch.hub.get_dir()) / 'checkpoints' / Path(url).name} (torch hub's cache; "
                 f"TORCH_HOME moves it), downloaded from {url}")
-        raise WeightsError(
-            f"cannot load pretrained weights for timm:{model_name}: {type(e).__name__}: {e}. "
-            f"With no network, put the weights in {where or 'the Hugging Face hub cache'}, or pass "
-            f"--weights PATH to a state dict (.pth/.pt/.safetensors), or --weights random for a test "
-            f"run.") from None
+        raise refusal(lambda py: f"cannot load pretrained weights for timm:{model_name}: {failed}. "
+                                 f"With no network, put the weights in {where or 'the Hugging Face hub cache'}, "
+                                 f"{_other_weights(py)}", WeightsError) from None
+
+
+def _other_weights(python: bool) -> str:
+    """The advice that ends a failed download: other weights, as the caller names them."""
+    path, random = ("weights=PATH", "weights='random'") if python else ("--weights PATH", "--weights random")
+    return f"or pass {path} to a state dict (.pth/.pt/.safetensors), or {random} for a test run."
 
 
 @functools.cache

@@ -26,6 +26,7 @@ from pathlib import Path
 import zarr
 
 from fne.errors import CacheError, FneError, expect_path
+from fne.options import named, refusal
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 TMP = ".tmp-"  # prefix of what a writer has not committed yet: temporary files, unfinished parts
@@ -121,31 +122,42 @@ def file_in_the_way(path: str | Path) -> Path | None:
 
 
 def check_target(path: str | Path, folder: bool, option: str = "--out", data=None) -> Path:
-    """`path` as a Path, or an FneError naming `option` when a verb could not write there: a
-    folder to make (`folder`) or a file to write (else), checked before any work is done. A
+    """`path` as a Path, or an OptionError naming `option` (its keyword in Python: `refusal`) when
+    a verb could not write there: a folder to make (`folder`) or a file to write (else), checked
+    before any work is done. A
     TypeError names the keyword when `path` is not a path (the Python API's ``out=None``).
     `data`: the verb's DATA, when a local file or folder: `path` may be neither it nor inside it
     (the output would replace the data, or become part of it)."""
-    expect_path(path, option.lstrip('-').replace('-', '_'))
+    name = option.lstrip('-').replace('-', '_')
+    expect_path(path, name)
+
+    def refused(said: str) -> FneError:
+        return out_refused(name, path, said)
     if not str(path).strip():  # an unset shell variable: not the current folder
-        raise FneError(f"{option} {str(path)!r}: is empty; give the {'folder' if folder else 'file'} to write")
+        raise refused(f"is empty; give the {'folder' if folder else 'file'} to write")
     path = Path(path).expanduser()
     if isinstance(data, (str, os.PathLike)) and os.path.exists(data):
         d, p = Path(data).resolve(), path.resolve()
         if p == d or d in p.parents:
-            raise FneError(f"{option} {path}: is {'DATA' if p == d else 'inside DATA'} {data}; writing there "
-                           "would change the data: give a path outside it")
+            raise refused(f"is {'DATA' if p == d else 'inside DATA'} {data}; writing there would change the data: "
+                          f"give a path outside it")
     if not folder and path.is_dir():
-        raise FneError(f"{option} {path}: is a folder; give the file to write")
+        raise refused("is a folder; give the file to write")
     blocker = file_in_the_way(path if folder else path.parent)
     if blocker == path:
-        raise FneError(f"{option} {path}: is a file; give a folder (new or existing) to write into")
+        raise refused("is a file; give a folder (new or existing) to write into")
     if blocker is not None:
-        raise FneError(f"{option} {path}: cannot be written, {blocker} is a file, not a folder")
+        raise refused(f"cannot be written, {blocker} is a file, not a folder")
     where = unwritable(path if folder else path.parent)
     if where is not None:
-        raise FneError(f"{option} {path}: cannot be written, {where} is not writable")
+        raise refused(f"cannot be written, {where} is not writable")
     return path
+
+
+def out_refused(name: str, path: str | Path, said: str) -> FneError:
+    """The OptionError `PATH: said` of option `name`, naming it as the caller did (``out='r'`` in
+    Python, ``--out 'r'`` on the command line: `fne.options.refusal`)."""
+    return refusal(lambda py: f"{named(name, py, str(path))}: {said}")
 
 
 # The model file of each verb's run folder: a run folder holds the runs of one verb only.
@@ -157,8 +169,8 @@ def check_run_folder(out: Path, verb: str) -> Path:
     this verb's metrics.json there would replace that run's and leave its model beside another's."""
     for other, model in RUN_MODELS.items():
         if other != verb and (out / model).is_file():
-            raise FneError(f"--out {out}: holds a `{other}` run ({model}); `{verb}` would replace its "
-                           f"metrics.json and leave the two models mixed: give another folder")
+            raise out_refused("out", out, f"holds a `{other}` run ({model}); `{verb}` would replace its "
+                                          f"metrics.json and leave the two models mixed: give another folder")
     return out
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from fne.errors import CacheError
+from fne.options import named, refusal
 
 ROWS = "rows"
 # What real damage raises when a part is read: a file gone or cut short, bytes that do not
@@ -97,9 +98,9 @@ def _overflow(rows: np.ndarray, taps: list[tuple[str, int]], where: object) -> N
             bad.append(tap)
         lo += c
     shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
-    raise CacheError(f"{where}: the rows of {shown} do not fit float16 storage (values beyond ±65,504, or NaN): "
-                     f"extract with --storage-dtype float32 (random weights of a network without "
-                     f"normalisation do this)")
+    raise refusal(lambda py: f"{where}: the rows of {shown} do not fit float16 storage (values beyond ±65,504, or "
+                             f"NaN): extract with {named('storage_dtype', py, 'float32', plain=True)} (random weights "
+                             f"of a network without normalisation do this)", CacheError)
 
 
 def write(zstore, keys: list[str], rows: np.ndarray) -> None:

@@ -32,6 +32,7 @@ from fne.cache.fs import (
     writer_name,
 )
 from fne.errors import CacheError
+from fne.options import named, refusal
 
 __all__ = ["COMMITTED", "FORMAT", "Store", "StoreKey", "Url", "cache_root", "default_cache",
            "is_url", "list_stores", "local_root"]
@@ -71,7 +72,8 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
     blocker = file_in_the_way(local) if local is not None else None
     if blocker is not None:
         where = "is a file" if blocker == local else f"{blocker} is a file"
-        raise CacheError(f"{given} {cache}: {where}, not a folder (the cache is a folder of stores)")
+        raise refusal(lambda py: f"{named('cache', py, str(cache)) if given == '--cache' else f'$FNE_CACHE {cache}'}: "
+                                 f"{where}, not a folder (the cache is a folder of stores)", CacheError)
     return root
 
 

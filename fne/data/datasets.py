@@ -28,6 +28,7 @@ from fne.data.labels import class_order, label_text
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
 from fne.errors import DataError, expect_path
+from fne.options import named, refusal
 
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
@@ -233,7 +234,8 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if path.is_dir() and containers.find_containers(path):
         return _containers(spec_s, label_key, cache)
     if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
-        raise DataError(f"--label-key {label_key}: applies to tar shards, Parquet and hf: DATA, not {path}")
+        raise refusal(lambda py: f"{named('label_key', py, label_key)}: applies to tar shards, Parquet and hf: DATA, "
+                                 f"not {path}", DataError)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
@@ -278,9 +280,9 @@ def _cache_not_listed(root: Path, cache: str | Path | None) -> None:
     if c != d and (d not in c.parents or c.relative_to(d).parts[0].startswith(".")):
         return
     where = "is DATA" if c == d else "is inside DATA"
-    raise DataError(f"DATA {root}: the cache {local_root(cache)} {where}, whose listing would read the cache's "
-                    f"folders as the data's; give --cache a folder outside DATA (or a hidden one, "
-                    f"{root / '.fne-cache'})")
+    raise refusal(lambda py: f"DATA {root}: the cache {local_root(cache)} {where}, whose listing would read the "
+                             f"cache's folders as the data's; give {named('cache', py)} a folder outside DATA (or a "
+                             f"hidden one, {root / '.fne-cache'})", DataError)
 
 
 def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from fne.cache.store import Store
 from fne.data.datasets import Dataset
 from fne.errors import FneError
+from fne.options import named, refusal
 
 SIZE_GROUP_MAX = 16
 
@@ -31,15 +32,15 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     if isinstance(shard, tuple):
         if len(shard) != 2:
-            raise FneError(f"bad --shard {shard!r}; expected (I, N), e.g. (0, 4)")
+            raise refusal(lambda py: f"bad {named('shard', py, shard)}; expected (I, N), e.g. (0, 4)")
         i, n = shard
     else:
         try:
             i, n = (int(v) for v in str(shard).split("/"))
         except ValueError:
-            raise FneError(f"bad --shard {shard!r}; expected I/N, e.g. 0/4") from None
+            raise refusal(lambda py: f"bad {named('shard', py, shard)}; expected I/N, e.g. 0/4") from None
     if not (n >= 1 and 0 <= i < n):
-        raise FneError(f"bad --shard {shard!r}: need 0 <= I < N")
+        raise refusal(lambda py: f"bad {named('shard', py, shard)}: need 0 <= I < N")
     return i, n
 
 

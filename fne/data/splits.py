@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from fne.data.datasets import Dataset
 from fne.errors import DataError, FneError
+from fne.options import named, refusal
 
 
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
@@ -44,7 +45,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
             raise DataError(f"{dataset.name}: predefined split needs both train and test images")
         return [(tr, te)]
     if splits < 1:
-        raise FneError(f"--splits must be >= 1, got {splits}")
+        raise refusal(lambda py: f"bad {named('splits', py, splits)}: must be >= 1")
     copies = Copies(np.arange(len(y)), keys)
     counts = np.bincount(y[copies.firsts], minlength=len(dataset.classes))
     distinct = " distinct" if copies.any else ""
@@ -52,12 +53,12 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         drawn = _per_class(dataset, y[copies.firsts], counts, splits, train_per_class, seed, distinct)
         return copies.spread([(copies.firsts[a], copies.firsts[b]) for a, b in drawn])
     if not 0 < test_size < 1:
-        raise FneError(f"--test-size must be in (0, 1), got {test_size}")
+        raise refusal(lambda py: f"bad {named('test_size', py, test_size)}: must be in (0, 1)")
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
         raise FneError(f"{dataset.name}: every class needs at least 2{distinct} images for a random split; "
                        f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
-    return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "--test-size", splits))
+    return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
 
 
 class Copies:
@@ -111,24 +112,28 @@ def check_test_classes(dataset: Dataset) -> None:
 
 def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,
                splits: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified (kept, held-out) parts of `idx` (labels `y`), `size` of them held out."""
+    """Stratified (kept, held-out) parts of `idx` (labels `y`), `size` of them held out (option
+    `what`'s value: a DataError that cannot names it as the caller does, `fne.options.named`)."""
     sss = StratifiedShuffleSplit(n_splits=splits, test_size=size, random_state=seed)
     try:
         return [(idx[a], idx[b]) for a, b in sss.split(np.zeros(len(idx)), y)]
     except ValueError as e:  # a class with one image, or fewer held-out (kept) images than classes
         counts = np.unique(y, return_counts=True)[1]
         n, k = len(y), len(counts)
-        held = math.ceil(size * n) if isinstance(size, float) else int(size)
-        if counts.min(initial=2) < 2:
-            why = "a class has only one image here, and each needs one on either side"
-        elif held < k:
-            why = (f"it holds out {held} of {n} images, fewer than the {k} classes: give {what} "
-                   f"{math.ceil(k / n * 100) / 100:g} or more")
-        elif n - held < k:
-            why = f"it keeps {n - held} of {n} images, fewer than the {k} classes: give a smaller {what}"
-        else:
-            why = str(e)
-        raise DataError(f"cannot carve a stratified {what} {size} part: {why}") from None
+        held, said = math.ceil(size * n) if isinstance(size, float) else int(size), str(e)
+
+        def why(py: bool) -> str:
+            if counts.min(initial=2) < 2:
+                return "a class has only one image here, and each needs one on either side"
+            if held < k:
+                return (f"it holds out {held} of {n} images, fewer than the {k} classes: give "
+                        f"{named(what, py, math.ceil(k / n * 100) / 100)} or more")
+            if n - held < k:
+                return (f"it keeps {n - held} of {n} images, fewer than the {k} classes: give a smaller "
+                        f"{named(what, py)}")
+            return said
+        raise refusal(lambda py: f"cannot carve a stratified {named(what, py, size)} part: {why(py)}",
+                      DataError) from None
 
 
 def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int, n: int,
@@ -136,8 +141,8 @@ def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int,
     """`n` random training images of every class (positions in `y`); every other image tests."""
     short = [dataset.classes[c] for c in range(len(counts)) if counts[c] <= n]
     if n < 1 or short:
-        raise FneError(f"--train-per-class {n}: classes with too few{distinct} images "
-                       f"to keep test images: {', '.join(short[:5]) or '-'}")
+        raise refusal(lambda py: f"{named('train_per_class', py, n)}: classes with too few{distinct} images "
+                                 f"to keep test images: {', '.join(short[:5]) or '-'}")
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(splits):
@@ -156,12 +161,12 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
     if not need_val or val_fraction == 0:
         return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
     if not 0 <= val_fraction < 1:
-        raise FneError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise refusal(lambda py: f"bad {named('val_fraction', py, val_fraction)}: must be in [0, 1)")
     if dataset.has_val_part:
         s = np.array(dataset.splits, dtype=object)
         return np.flatnonzero(s == "train"), np.flatnonzero(s == "val"), np.sort(te)
     copies = Copies(tr, keys)
-    tr, va = copies.spread(stratified(copies.firsts, y[copies.firsts], val_fraction, seed, "--val-fraction"))[0]
+    tr, va = copies.spread(stratified(copies.firsts, y[copies.firsts], val_fraction, seed, "val_fraction"))[0]
     return np.sort(tr), np.sort(va), np.sort(te)
 
 

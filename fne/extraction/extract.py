@@ -172,6 +172,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     """
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
+    shard_t = shards.parse_shard(o.shard)  # before DATA is listed, as the command line's
     t0 = time.perf_counter()
     dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
@@ -182,7 +183,6 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
     # rerun that finds every row stored never starts the GPU).
     batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
-    shard_t = shards.parse_shard(o.shard)
     plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0, n_left_out=len(getattr(dataset, "left_out", [])),
@@ -193,8 +193,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
         warnings.warn(f"shard marker {shards.marker_rel(fp, shard_t)} exists but {len(plan.todo)} "
                       f"images of the shard have no known row; reading them", stacklevel=2)
     if plan.todo and store.url is None and unwritable(store.path / "parts") is not None:
-        raise CacheError(f"cannot write to the cache {store.path} (not writable): pass --cache a folder "
-                         f"you can write to")  # before any image is read; its rows are still read by fit
+        raise opts.refusal(lambda py: f"cannot write to the cache {store.path} (not writable): pass "
+                                      f"{'cache=' if py else '--cache '}a folder you can write to",
+                           CacheError)  # before any image is read; its rows are still read by fit
     done = _Pass()
     if plan.todo:
         plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)

@@ -16,6 +16,7 @@ import torch
 
 from fne.cache.store import Store
 from fne.errors import CacheError
+from fne.options import named, refusal
 
 
 class Writer(threading.Thread):
@@ -95,12 +96,17 @@ def _explain(e: BaseException, store: Store) -> BaseException:
     """A full disk or a cache that cannot be written (ENOSPC, EROFS, ... anywhere in the chain) as
     one clear CacheError naming the cache."""
     cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-            return CacheError(f"no space left on device writing to the cache {store.path}; every row "
-                              f"committed so far is kept: free space (or pass --cache) and run again")
-        if isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            return CacheError(f"cannot write to the cache {store.path} ({cause.strerror}); every row "
-                              f"committed so far is kept: pass --cache a folder you can write to")
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _FULL + _DENIED):
         cause = cause.__cause__ or cause.__context__
-    return e
+    if cause is None:
+        return e
+    if cause.errno in _FULL:
+        return refusal(lambda py: f"no space left on device writing to the cache {store.path}; every row "
+                                  f"committed so far is kept: free space (or pass {named('cache', py)}) and run "
+                                  f"again", CacheError)
+    return refusal(lambda py: f"cannot write to the cache {store.path} ({cause.strerror}); every row committed so "
+                              f"far is kept: pass {'cache=' if py else '--cache '}a folder you can write to",
+                   CacheError)
+
+
+_FULL, _DENIED = (errno.ENOSPC, errno.EDQUOT), (errno.EROFS, errno.EACCES, errno.EPERM)

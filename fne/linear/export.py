@@ -20,10 +20,9 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import Dataset
-from fne.errors import FneError
 from fne.linear.embedding import FullNetworkEmbedding, make_transform
 from fne.linear.features import Rows, Source, open_rows, parse_features
-from fne.options import DataOptions, ForwardOptions, RowsOptions
+from fne.options import DataOptions, ForwardOptions, RowsOptions, named, refusal
 
 # The keywords of `export` and `load_rows`, declared in fne.options (`fne export`'s options).
 OPTIONS = (StoreSpec, DataOptions, RowsOptions, ForwardOptions)
@@ -63,8 +62,8 @@ def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None 
 
     out = check_target(out, folder=False, data=data)
     if out.suffix.lower() in OTHER_FORMATS:  # `--out features.csv`: an HDF5 file a spreadsheet cannot open
-        raise FneError(f"--out {out}: fne export writes HDF5, not {out.suffix}: name the file .h5 (README, "
-                       f"\"The HDF5 file of `fne export`\", reads it into pandas or numpy)")
+        raise refusal(lambda py: f"{named('out', py, str(out))}: fne export writes HDF5, not {out.suffix}: name the "
+                                 f"file .h5 (README, \"The HDF5 file of `fne export`\", reads it into pandas or numpy)")
     src, o, layers, kind = _source(data, store, options, "export")
     dataset, store = src.dataset, src.store
     n = len(dataset)

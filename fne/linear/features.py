@@ -25,7 +25,7 @@ from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
-from fne.options import ForwardOptions
+from fne.options import ForwardOptions, named, refusal
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -34,22 +34,22 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     if spec == "fne":
         return [t.name for t in backbone.taps], "fne"
     if spec == "auto":  # fit's model selection (fne.linear.selection): no layers to read
-        raise FneError("--features auto is `fne fit`'s cross-validated choice; here give fne, fc6, fc7, last or "
-                       "layer names")
+        raise refusal(lambda py: f"{named('features', py, 'auto', plain=True)} is `fne fit`'s cross-validated "
+                                 f"choice; here give fne, fc6, fc7, last or layer names")
     kind = "l2"
     if spec.startswith("fne:"):
         kind, spec = "fne", spec[4:]
     names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise FneError(f"bad --features {spec!r}; use fne, fc6, fc7, last or layer names")
+        raise refusal(lambda py: f"bad {named('features', py, spec)}; use fne, fc6, fc7, last or layer names")
     layers = [t.name for t in backbone.taps]
     for n in names:
         if n not in layers:  # a typo (`lst`), or VGG's fc7 asked of another backbone
             close = [c for c in difflib.get_close_matches(n.lower(), ["fne", "last", *layers], n=1) if c != n]
-            raise FneError(f"bad --features {n!r}: " + ("the full-network embedding is no layer to list"
-                                                         if n == "fne" else f"{backbone.name} has no layer {n!r}")
-                           + (f" (did you mean {close[0]!r}?)" if close else "")
-                           + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}")
+            why = "the full-network embedding is no layer to list" if n == "fne" else f"{backbone.name} has no layer {n!r}"
+            raise refusal(lambda py, n=n, why=why, close=close: (
+                f"bad {named('features', py, n)}: {why}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}"))
     return names, kind
 
 
@@ -152,7 +152,7 @@ class Rows:
 
     def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024):
         if chunk < 1:
-            raise FneError(f"--stream-chunk must be >= 1, got {chunk}")
+            raise refusal(lambda py: f"bad {named('stream_chunk', py, chunk)}: must be >= 1")
         # chunk counts rows (image views): a ten-crop store reads a tenth as many images at a time
         self.store, self.keys, self.layers = store, keys, layers
         self.chunk = max(1, chunk // store.views)
@@ -192,10 +192,11 @@ class Rows:
             Z = embed.transform(np.zeros((1, sum(dims[la] for la in self.layers)), dtype=np.float32))
             return np.empty((0, Z.shape[1]), dtype=Z.dtype)
         if not out.any():  # nothing to learn from: a head would fail deep in scikit-learn
-            raise FneError(f"every row of {', '.join(self.layers)} in {self.store.path} is zero once embedded: "
-                           f"the network's activations there are zero or constant (random weights, a dead "
-                           f"layer) or too small for float16 storage; choose other --features, or extract "
-                           f"with --storage-dtype float32")
+            layers, path = ", ".join(self.layers), self.store.path
+            raise refusal(lambda py: f"every row of {layers} in {path} is zero once embedded: the network's "
+                                     f"activations there are zero or constant (random weights, a dead layer) or too "
+                                     f"small for float16 storage; choose other {named('features', py)}, or extract "
+                                     f"with {named('storage_dtype', py, 'float32', plain=True)}", FneError)
         return out.reshape(len(idx) * v, -1)
 
     def scores(self, pipe, idx: np.ndarray) -> np.ndarray:

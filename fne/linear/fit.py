@@ -40,7 +40,7 @@ from fne.metrics import (
     split_scores,
     store_extractions,
 )
-from fne.options import DataOptions, FitOptions, ForwardOptions
+from fne.options import DataOptions, FitOptions, ForwardOptions, named, refusal
 from fne.progress import progress
 
 SGD_EPOCHS = 10
@@ -102,7 +102,8 @@ def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, id
         warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
         if C == "auto":
             if head.startswith("sgd"):
-                raise FneError("--C auto is not available with SGD heads; give a number")
+                raise refusal(lambda py: f"{named('C', py, 'auto', plain=True)} is not available with SGD heads; give "
+                                         f"a number")
             C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
                                  solver=solver, device=device).C
         return fitter(rows, kind, head, C, y, idx, seed, solver, device), C
@@ -156,7 +157,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     C = parse_C(o.C)
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
-        raise FneError("auto selection is not available with SGD heads")
+        raise _no_auto_with(o.head, [n for n, v in (("features", o.features), ("C", C)) if v == "auto"])
     out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
@@ -232,6 +233,12 @@ def _check_trainable(data, dataset: Dataset) -> None:
     check_test_classes(dataset)
 
 
+def _no_auto_with(head: str, autos: list[str]) -> FneError:
+    """The OptionError of auto selection (of the options `autos`) asked of an SGD head."""
+    return refusal(lambda py: f"auto selection ({', '.join(named(n, py, 'auto', plain=True) for n in autos)}) is not "
+                              f"available with SGD heads ({named('head', py, head, plain=True)})")
+
+
 def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) -> list:
     """The (train, test) splits (`make_splits`), with a warning per duplicate note; with auto
     selection, FneError naming the classes with a single training image in a split: its k-fold
@@ -239,14 +246,16 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
     for note in duplicate_notes(dataset, dataset.keys(), split_list):
         warnings.warn(note, stacklevel=3)
-    for tr, _ in split_list if auto else []:
-        counts = np.bincount(y[tr], minlength=len(dataset.classes))
-        few = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
-        if few:
-            shown = ", ".join(map(repr, few[:5])) + (", ..." if len(few) > 5 else "")
-            raise FneError(f"{data}: auto selection cross-validates on each split's training images and needs 2 "
-                           f"of every class; {len(few)} class(es) have 1 training image in a split ({shown}): give "
-                           f"--C (and --features, --head) a value, or --train-per-class 2, or more images")
+    singles = [[dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr], minlength=len(dataset.classes)) == 1)]
+               for tr, _ in (split_list if auto else [])]
+    few = next((s for s in singles if s), None)
+    if few:
+        shown = ", ".join(map(repr, few[:5])) + (", ..." if len(few) > 5 else "")
+        raise refusal(lambda py: f"{data}: auto selection cross-validates on each split's training images and "
+                                 f"needs 2 of every class; {len(few)} class(es) have 1 training image in a split "
+                                 f"({shown}): give {named('C', py)} (and {named('features', py)}, "
+                                 f"{named('head', py)}) a value, or {named('train_per_class', py, 2)}, or more "
+                                 f"images", FneError)
     return split_list
 
 

@@ -7,7 +7,6 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.svm import LinearSVC
 
-from fne.errors import FneError
 from fne.linear.solver import TorchHead
 from fne.names import HEADS
 from fne.options import named, refusal
@@ -42,7 +41,7 @@ def make_head(kind: str, C: float = 1.0, seed: int = 0, n_samples: int | None = 
         loss = "hinge" if kind == "sgd-svm" else "log_loss"
         return SGDClassifier(loss=loss, alpha=1.0 / (C * n_samples), learning_rate="constant",
                              eta0=SGD_STEP / (n_features + 1), average=True, random_state=seed)
-    raise FneError(f"unknown --head {kind!r}; choose from {', '.join(HEADS)}")
+    raise refusal(lambda py: f"unknown {named('head', py, kind)}; choose from {', '.join(HEADS)}")
 
 
 def parse_C(C: str | float) -> float | str:

@@ -71,8 +71,9 @@ def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec
     then = s["weights_fingerprint"]
     if now != then and s["weights"] == "random":
         drawn = then.removeprefix(f"random-seed{s['weights_seed']}").lstrip("-") or "cpu"
-        raise FneError(f"{where} was fitted on random weights drawn on {drawn} ({then}); this run would "
-                       f"draw other ones ({now}): predict with --device {drawn}")
+        raise opts.refusal(lambda py: f"{where} was fitted on random weights drawn on {drawn} ({then}); this run "
+                                      f"would draw other ones ({now}): predict with "
+                                      f"{opts.named('device', py, drawn, plain=True)}", FneError)
     if now != then:
         raise FneError(
             f"the weights at {s['weights']} changed since {where} was fitted: fingerprint {now}, "
@@ -147,8 +148,10 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     """`fne train`'s network (model.pt) applied to DATA's images (`fne.training.apply`); `cache`
     only keeps DATA's listings (no rows are read), `device` is where the network runs."""
+    from fne.devices import check_device
     from fne.training.apply import predict_network, read_run
 
+    check_device(options.get("device") or "auto", here=False)  # parsed before DATA is listed
     d, o = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
     label_key = _label_key(d.label_key, read_run(run_dir).get("options", {}).get("label_key"), data, run_dir)
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))

@@ -60,6 +60,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fne.errors import DataError, FneError, OptionError
 from fne.names import SOLVER_PRECISIONS, SOLVERS
+from fne.options import named, refusal
 
 # `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
 # on CPU liblinear is as fast or faster wherever its float64 copy of the rows fits (flowers12's FNE
@@ -94,7 +95,7 @@ def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_class
         'sklearn' or 'torch'.
     """
     if solver not in SOLVERS:
-        raise FneError(f"unknown --solver {solver!r}; choose from {', '.join(SOLVERS)}")
+        raise refusal(lambda py: f"unknown {named('solver', py, solver)}; choose from {', '.join(SOLVERS)}")
     if head not in ("svm", "logreg"):
         return "sklearn"
     if solver != "auto":

@@ -3,6 +3,7 @@ numbers), and a collector that reports every mistake at once as `file:line: key:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,19 @@ from fne.errors import FneError
 
 class PipelineError(FneError):
     """Mistakes in a pipeline file (all of them, each with its key and line)."""
+
+
+@contextlib.contextmanager
+def in_the_files_words(in_file: bool):
+    """A value refused (`fne.options.refusal`) that the pipeline file gave is named by its key
+    (``bad device='tpu'``: the keys are Python's keywords) on the command line too; one that
+    `fne run --device` gave keeps the flag's words."""
+    try:
+        yield
+    except FneError as e:
+        if in_file and hasattr(e, "cli"):
+            e.cli = str(e)
+        raise
 
 
 _KEY = r'(?:"(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)'

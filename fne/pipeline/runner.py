@@ -36,6 +36,7 @@ from fne.names import slug
 from fne.options import TrainConfig, uses
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
+from fne.pipeline.config_errors import in_the_files_words
 from fne.pipeline.steps import (
     STEP_FORMAT,
     Step,
@@ -390,10 +391,9 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     if workers is not None:
         p.workers = workers
     if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
-        from fne.devices import check_device
-
-        check_device(p.device, here=False)
-    out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
+        _check_device(p, False, device is None)
+    with in_the_files_words(out is None and p.out is not None):
+        out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
@@ -411,7 +411,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
             say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
     steps = plan(p, out, data_for, cache)
     if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
-        check_device(p.device, here=force or not all(s.done() for s in steps))
+        _check_device(p, force or not all(s.done() for s in steps), device is None)
     write_json(out / "pipeline.json", p.summary())
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
@@ -482,6 +482,14 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
         + f", {r.n_cached} already cached ({time.perf_counter() - t:.1f} s)")
     return {"seconds": r.seconds, "n_computed": r.n_computed, "n_cached": r.n_cached,
             "images_per_s": r.images_per_s, "store": r.store}
+
+
+def _check_device(p: Pipeline, here: bool, in_file: bool) -> None:
+    """`fne.devices.check_device` on the pipeline's device; a refused name the file gave is named by its key."""
+    from fne.devices import check_device
+
+    with in_the_files_words(in_file):
+        check_device(p.device, here=here)
 
 
 def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, data_for: dict[str, str],

@@ -50,7 +50,15 @@ import numpy as np
 
 from fne import verb_module
 from fne.errors import FneError
-from fne.options import AdviseOptions, DataOptions, ForwardOptions, StoreOptions, keywords
+from fne.options import (
+    AdviseOptions,
+    DataOptions,
+    ForwardOptions,
+    StoreOptions,
+    keywords,
+    named,
+    refusal,
+)
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
@@ -206,8 +214,9 @@ def _classifier_logits(features: np.ndarray, arch: str, weights: str, weights_se
 
     b = backbones.get(arch)
     if b.num_classes == 0:
-        raise FneError(f"{arch} has no source classifier (its pretrained weights carry none): advise cannot "
-                       f"measure how close DATA is to the source task; pass --weights random to skip that")
+        raise refusal(lambda py: f"{arch} has no source classifier (its pretrained weights carry none): advise "
+                                 f"cannot measure how close DATA is to the source task; pass "
+                                 f"{named('weights', py, 'random', plain=True)} to skip that", FneError)
     model = backbones.load_backbone(arch, weights, weights_seed)
     head = model.get_submodule(b.classifier)
     n, v, c = features.shape

@@ -22,6 +22,7 @@ import torch
 
 from fne.cache.fs import replace_file
 from fne.errors import FneError
+from fne.options import named, refusal
 
 PROGRESS = ("epoch", "history", "best", "train_seconds")  # the run's progress, besides the parts
 
@@ -140,10 +141,15 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
     """The checkpoint dict, after checking that it is one and that it belongs to the run `cfg`
     describes, on the same `images` (`images()`; None: not checked)."""
     ckpt = read(path)
-    diff = mismatch(ckpt, cfg, images)
-    if diff:
-        raise FneError(f"--resume: {path} belongs to another run: " + "; ".join(diff))
+    if mismatch(ckpt, cfg, images):
+        raise refusal(lambda py: f"{_resume(py)}: {path} belongs to another run: "
+                                 + "; ".join(mismatch(ckpt, cfg, images, py)), FneError)
     return ckpt
+
+
+def _resume(python: bool) -> str:
+    """--resume as the caller gave it (`fne.train(..., resume=True)`)."""
+    return "resume=True" if python else "--resume"
 
 
 def read(path: Path, mmap: bool = False) -> dict:
@@ -151,29 +157,34 @@ def read(path: Path, mmap: bool = False) -> dict:
     why not). `mmap`: its tensors stay on disk until used (`fne run --dry-run` reads only its
     epoch and arguments, not a network's worth of bytes)."""
     if not path.is_file():
-        raise FneError(f"--resume: no checkpoint {path} (a run writes one after an epoch: see --save-every)")
+        raise refusal(lambda py: f"{_resume(py)}: no checkpoint {path} (a run writes one after an epoch: see "
+                                 f"{named('save_every', py)})", FneError)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch's messages run over lines, or say only "(101)"
         why = e.strerror if isinstance(e, OSError) and e.strerror else "truncated, damaged or not a torch file"
-        raise FneError(f"--resume: cannot read {path}: {why}; start anew without --resume") from None
+        raise refusal(lambda py: f"{_resume(py)}: cannot read {path}: {why}; start anew without {_resume(py)}",
+                      FneError) from None
     keys = {"model", "optimizer", "args", "rng", *PROGRESS}
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
         lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
-        raise FneError(f"--resume: {path} is not a checkpoint of fne train (it lacks {lacks})")
+        raise refusal(lambda py: f"{_resume(py)}: {path} is not a checkpoint of fne train (it lacks {lacks})",
+                      FneError)
     return ckpt
 
 
-def mismatch(ckpt: dict, cfg, images: dict | None = None) -> list[str]:
+def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) -> list[str]:
     """How checkpoint `ckpt` (from `read`) differs from the run `cfg` describes on `images`
-    (None: not compared), one phrase a difference; empty: `--resume` takes it up."""
+    (None: not compared), one phrase a difference naming options as `fne.options.named` does
+    (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
     old = ckpt["args"]
-    diff = [f"--{k.replace('_', '-')} {old.get(k)!r} there, {getattr(cfg, k)!r} now"
+    diff = [f"{named(k, python, old.get(k))} there, {getattr(cfg, k)!r} now"
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
-        diff.append(f"--epochs {old.get('epochs')} there, {cfg.epochs} now (the schedule depends on it)")
+        diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends "
+                    f"on it)")
     elif ckpt["epoch"] > cfg.epochs:
-        diff.append(f"--epochs {cfg.epochs} now, but it has trained {ckpt['epoch']} epochs")
+        diff.append(f"{named('epochs', python, cfg.epochs)} now, but it has trained {ckpt['epoch']} epochs")
     if "images" not in ckpt and old.get("data") != cfg.data:  # written before images were recorded
         diff.append(f"DATA {old.get('data')!r} there, {cfg.data!r} now")
     elif images is not None and "images" in ckpt and ckpt["images"]["sha256"] != images["sha256"]:

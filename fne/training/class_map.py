@@ -13,6 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from fne.errors import FneError
+from fne.options import named, refusal
+
+
+def refused(path: str | Path, said: str) -> FneError:
+    """The OptionError `CLASS_MAP: said`, naming --class-map as the caller did (`class_map='m.json'`)."""
+    return refusal(lambda py: f"{named('class_map', py, str(path))}: {said}")
 
 
 def read_class_map(path: str | Path, classes: list[str], categories: list[str]) -> dict[str, list[int]]:
@@ -20,15 +26,15 @@ def read_class_map(path: str | Path, classes: list[str], categories: list[str]) 
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise FneError(f"--class-map {path}: no such file") from None
+        raise refused(path, "no such file") from None
     except (OSError, ValueError) as e:
-        raise FneError(f"--class-map {path}: not readable JSON ({e})") from None
+        raise refused(path, f"not readable JSON ({e})") from None
     if not isinstance(raw, dict) or not raw:
-        raise FneError(f"--class-map {path}: expected a JSON object {{target class: [source classes]}}")
+        raise refused(path, "expected a JSON object {target class: [source classes]}")
     unknown = [t for t in raw if t not in classes]
     if unknown:
-        raise FneError(f"--class-map {path}: unknown target class(es) {', '.join(map(repr, unknown))}; "
-                       f"DATA classes: {', '.join(classes)}")
+        raise refused(path, f"unknown target class(es) {', '.join(map(repr, unknown))}; "
+                            f"DATA classes: {', '.join(classes)}")
     lower: dict[str, list[int]] = {}
     for k, c in enumerate(categories):
         lower.setdefault(c.lower(), []).append(k)
@@ -39,13 +45,13 @@ def read_class_map(path: str | Path, classes: list[str], categories: list[str]) 
             continue
         srcs = raw[target] if isinstance(raw[target], list) else [raw[target]]
         if not srcs:
-            raise FneError(f"--class-map {path}: target class {target!r} maps to no source class")
+            raise refused(path, f"target class {target!r} maps to no source class")
         idx = []
         for s in srcs:
             k = _source_index(s, lower, categories, path)
             if k in owner:
-                raise FneError(f"--class-map {path}: source class {categories[k]!r} ({k}) is mapped to "
-                               f"both {owner[k]!r} and {target!r}")
+                raise refused(path, f"source class {categories[k]!r} ({k}) is mapped to "
+                                    f"both {owner[k]!r} and {target!r}")
             owner[k] = target
             idx.append(k)
         out[target] = idx
@@ -55,18 +61,18 @@ def read_class_map(path: str | Path, classes: list[str], categories: list[str]) 
 def _source_index(s, lower: dict[str, list[int]], categories: list[str], path) -> int:
     if isinstance(s, int) and not isinstance(s, bool):
         if not 0 <= s < len(categories):
-            raise FneError(f"--class-map {path}: source index {s} out of range 0..{len(categories) - 1}")
+            raise refused(path, f"source index {s} out of range 0..{len(categories) - 1}")
         return s
     if not isinstance(s, str):
-        raise FneError(f"--class-map {path}: source class {s!r} is neither a name nor an index")
+        raise refused(path, f"source class {s!r} is neither a name nor an index")
     hits = lower.get(s.strip().lower(), [])
     if len(hits) > 1:
-        raise FneError(f"--class-map {path}: source class name {s!r} is ambiguous (indices "
-                       f"{', '.join(map(str, hits))}); give the index")
+        raise refused(path, f"source class name {s!r} is ambiguous (indices "
+                            f"{', '.join(map(str, hits))}); give the index")
     if not hits:
         close = difflib.get_close_matches(s, categories, n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise FneError(f"--class-map {path}: unknown source class {s!r}{hint}")
+        raise refused(path, f"unknown source class {s!r}{hint}")
     return hits[0]
 
 
@@ -76,7 +82,7 @@ def mapped_test_images(te: np.ndarray, y: np.ndarray, classes: list[str], cmap: 
     mapped = np.array([classes.index(c) for c in cmap])
     keep = np.isin(y[te], mapped)
     if not keep.any():
-        raise FneError(f"--class-map {path}: no test images of the mapped classes")
+        raise refused(path, "no test images of the mapped classes")
     return te[keep], int((~keep).sum())
 
 

@@ -53,7 +53,7 @@ from fne.metrics import (
     split_record,
     split_scores,
 )
-from fne.options import DATA_HELP, DataOptions, TrainConfig
+from fne.options import DATA_HELP, DataOptions, TrainConfig, named, refusal
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -79,14 +79,18 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     options.unused(TrainConfig, cfg.mode, given)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
-        raise FneError("--mode direct needs --class-map MAP.json (target class -> source classes)")
+        raise refusal(lambda py: f"{named('mode', py, 'direct', plain=True)} needs "
+                                 f"{named('class_map', py, 'MAP.json') if py else '--class-map MAP.json'} "
+                                 f"(target class -> source classes)")
     if cfg.mode == "scratch" and cfg.weights not in (None, "random"):
-        raise FneError(f"--mode scratch trains from a random initialisation; --weights {cfg.weights} "
-                       f"does not apply (use frozen or finetune to import weights)")
+        raise refusal(lambda py: f"{named('mode', py, 'scratch', plain=True)} trains from a random initialisation; "
+                                 f"{named('weights', py, cfg.weights)} does not apply (use frozen or finetune to "
+                                 f"import weights)")
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":
-        raise FneError("--resume: direct mode does not train, there is nothing to resume")
+        raise refusal(lambda py: f"{'resume=True' if py else '--resume'}: {named('mode', py, 'direct', plain=True)} "
+                                 f"does not train, there is nothing to resume")
 
 
 @dataclass
@@ -150,8 +154,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     if len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
     if len(dataset.classes) < 2 and cfg.mode != "direct":  # direct trains nothing: one class is scored
-        raise DataError(f"{cfg.data}: fne train --mode {cfg.mode} needs images of at least 2 classes, "
-                        f"found {len(dataset.classes)} ({', '.join(dataset.classes)})")
+        raise refusal(lambda py: f"{cfg.data}: {'fne.train' if py else 'fne train'} "
+                                 f"{named('mode', py, cfg.mode, plain=True)} needs images of at least 2 classes, "
+                                 f"found {len(dataset.classes)} ({', '.join(dataset.classes)})", DataError)
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b)
@@ -162,7 +167,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     # placed as extraction's decoding is: auto -> the device on CUDA where torchvision decodes there
     on_device = cfg.augment and resolve_decode({"cpu": "pil"}.get(cfg.augment_on, cfg.augment_on), ctx.device) == "device"
     if on_device:
-        require_device_decoder("--augment-on")
+        require_device_decoder("augment_on")
     train_tf, eval_tf = epochs.transforms(size, cfg.augment, b, on_device)
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
@@ -195,8 +200,8 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     the checkpoint an interrupted run left in `out`, in words; None where there is none.
 
     The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
-    part, from DATA's listing split as the run splits it), reading no image and no tensor (the
-    checkpoint is memory-mapped): for `fne run --dry-run`.
+    part, from DATA's listing split as the run splits it, named by the pipeline file's keys), reading
+    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`.
     """
     path = Path(out) / checkpoint.CHECKPOINT
     if mode == "direct" or not path.is_file():
@@ -215,7 +220,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
     parts = {"train": split.train, "val": split.val, "test": split.test}
-    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts))
+    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts), python=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
     return f"the rerun resumes from its {done} of {cfg.epochs}"
@@ -274,9 +279,10 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
             lonely = [dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr]) == 1)]
             if not lonely:
                 raise
-            raise DataError(f"{cfg.data}: --val-fraction {cfg.val_fraction}: {len(lonely)} class(es) have a "
-                            f"single training image ({', '.join(lonely[:5])}), which cannot also validate; "
-                            f"add images, or give --val-fraction 0 (the last epoch is kept)") from None
+            raise refusal(lambda py: f"{cfg.data}: {named('val_fraction', py, cfg.val_fraction)}: {len(lonely)} "
+                                     f"class(es) have a single training image ({', '.join(lonely[:5])}), which "
+                                     f"cannot also validate; add images, or give {named('val_fraction', py, 0)} "
+                                     f"(the last epoch is kept)", DataError) from None
         for note in duplicate_notes(dataset, keys, [(np.concatenate(parts[:2]), parts[2])]):
             warnings.warn(note, stacklevel=2)
         return _Split(*parts, classes=list(dataset.classes))

@@ -19,8 +19,9 @@ from torch import nn
 from fne.backbones import registry as backbones
 from fne.backbones import zoo
 from fne.backbones.registry import ImportReport
-from fne.errors import FneError, WeightsError
+from fne.errors import FneError
 from fne.names import MODES, NEW_LAYERS
+from fne.options import named, refusal
 
 MIN_IMPORTED = 0.5  # below this fraction of the kept tensors, --weights is another architecture
 
@@ -66,11 +67,11 @@ def source_state(arch: str, weights: str, weights_seed: int = 0, device: torch.d
 # The two functions below are the only ones that know which layers are the classifier.
 def new_layer_names(backbone: backbones.Backbone, mode: str, new_layers: str) -> tuple[str, ...]:
     """The layers a `mode` renews: none for direct, the hidden fc layers (VGG's fc6, fc7) and
-    the classifier for `--new-layers fc`, the classifier alone for `last`; `FneError` for another value."""
+    the classifier for `--new-layers fc`, the classifier alone for `last`; `OptionError` for another value."""
     if mode == "direct":
         return ()
     if new_layers not in NEW_LAYERS:
-        raise FneError(f"unknown --new-layers {new_layers!r}; choose from {', '.join(NEW_LAYERS)}")
+        raise refusal(lambda py: f"unknown {named('new_layers', py, new_layers)}; choose from {', '.join(NEW_LAYERS)}")
     return backbone.fc_layers if new_layers == "fc" else (backbone.classifier,)
 
 
@@ -95,7 +96,7 @@ def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet
     initialisation.
     """
     if mode not in MODES:
-        raise FneError(f"unknown --mode {mode!r}; choose from {', '.join(MODES)}")
+        raise refusal(lambda py: f"unknown {named('mode', py, mode)}; choose from {', '.join(MODES)}")
     dev = torch.device(device or "cpu")
     b = backbones.get(arch)
     renew = new_layer_names(b, mode, new_layers)
@@ -132,14 +133,15 @@ def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> N
     kept = [n for n, why in report.skipped if why != "renewed layer"]
     total = len(report.imported) + len(kept)
     if mode == "direct" and kept:
-        raise WeightsError(
-            f"--weights {weights}: direct mode applies the source network unchanged, but "
-            f"{len(kept)} tensors do not fit --arch {arch}: " + _examples(report))
+        raise backbones.weights_refusal(weights, lambda py: f"{named('mode', py, 'direct', plain=True)} applies the "
+                                                            f"source network unchanged, but {len(kept)} tensors do "
+                                                            f"not fit {named('arch', py, arch, plain=True)}: "
+                                                            f"{_examples(report)}")
     if total and len(report.imported) < MIN_IMPORTED * total:
-        raise WeightsError(
-            f"--weights {weights}: does not fit --arch {arch}: only {len(report.imported)} of {total} "
-            f"tensors match by name and shape (e.g. {_examples(report)}); is it a state dict of "
-            f"another architecture?")
+        raise backbones.weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)}: only "
+                                                            f"{len(report.imported)} of {total} tensors match by name "
+                                                            f"and shape (e.g. {_examples(report)}); is it a state dict "
+                                                            f"of another architecture?")
 
 
 def _examples(report: ImportReport, n: int = 3) -> str:
