@@ -30,6 +30,7 @@ from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
 from fne.errors import DataError, expect_path
 from fne.options import named, refusal
 
+_FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "Dataset", "load_dataset", "content_key", "file_key", "read_image", "to_rgb"]
 
 
@@ -217,8 +218,7 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     expect_path(spec, "data")
     spec_s = str(spec)
     if not spec_s.strip():  # an unset shell variable: not the current folder
-        raise DataError(f"DATA {spec_s!r} is empty (give a folder, a .csv, a .h5 file, .tar shards, .parquet "
-                        f"files, hf:NAME or 'digits')")
+        raise DataError(f"DATA {spec_s!r} is empty ({_FORMS})")
     if spec_s == "digits":
         return _digits()
     if spec_s.startswith("hf:"):
@@ -229,8 +229,7 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if containers.is_container_spec(spec_s):
         return _containers(spec_s, label_key, cache)
     if not path.exists():
-        raise DataError(f"DATA {spec_s!r} does not exist (give a folder, a .csv, a .h5 file, .tar shards, "
-                        f".parquet files, hf:NAME or 'digits')")
+        raise DataError(f"DATA {spec_s!r} does not exist ({_FORMS})")
     if path.is_dir() and containers.find_containers(path):
         return _containers(spec_s, label_key, cache)
     if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
@@ -245,8 +244,7 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
             "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
     if not path.is_dir():  # a device, a pipe, a socket
-        raise DataError(f"DATA {path}: neither a folder nor a file (give a folder, a .csv, a .h5 file, .tar "
-                        f"shards or .parquet files)")
+        raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
     if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
         return _h5_parts(path)
     _cache_not_listed(path, cache)
