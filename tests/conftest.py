@@ -18,6 +18,26 @@ from PIL import Image
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 FAST = dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
+# The checkout's cache/ is where fne run from it keeps rows by default: the user's, which a test
+# must never write to (each passes a cache of its own, or sets $FNE_CACHE).
+CHECKOUT_CACHE = Path(__file__).resolve().parents[1] / "cache"
+
+
+def _listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.is_dir() else set()
+
+
+def pytest_sessionstart(session) -> None:
+    session.config.checkout_cache = _listing(CHECKOUT_CACHE)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the run when a test wrote into the checkout's cache/ (it would also leave files in a
+    user's cache): name what it wrote."""
+    new = sorted(_listing(CHECKOUT_CACHE) - getattr(session.config, "checkout_cache", set()))
+    if new:
+        print(f"\ntests wrote into {CHECKOUT_CACHE} (give them a cache of their own): {', '.join(new[:5])}")
+        session.exitstatus = 1
 
 
 def write_digits(root: Path, per_class: int = 6, classes: int = 4, split: bool = False,

@@ -45,7 +45,7 @@ def test_flat_folder_is_unlabelled(digits_folder, tmp_path):
     assert len(d) == 3 and d.labels is None and d.ids[0].endswith(".png")
 
 
-def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_path, capsys):
+def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_path, capsys, monkeypatch):
     """A flat folder of images (no class folders), a Parquet file whose label column has another
     name, a CSV of empty labels: `fne fit`, `train` and `advise` said only "fit needs labels" (or
     "has no labels"), not what DATA lacks. One line now names DATA and its form's place for labels."""
@@ -64,10 +64,10 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
              tmp_path / "p.parquet": "no row has a label (a column label, labels, fine_label, cls, class, target, "
                                      "or the one --label-key names)",
              tmp_path / "l.csv": "every cell of its label column is empty"}
-    cache = str(tmp_path / "c")
+    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "c"))  # fne train has no --cache: listings are kept there
     for data, why in cases.items():
         for verb in (["fit", "--out", str(tmp_path / "o")], ["train", "--mode", "frozen", "--out", str(tmp_path / "t")],
-                     ["advise", "--cache", cache]):
+                     ["advise"]):
             assert main([verb[0], str(data), "--arch", "efficientnet_lite0", "--weights", "random", *verb[1:]]) == 2
             err = capsys.readouterr().err
             assert err == f"fne {verb[0]}: error: DATA {data}: fne {verb[0]} needs labelled images, and {why}\n"
