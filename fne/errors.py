@@ -16,16 +16,9 @@ class DataError(FneError, ValueError):
 
 
 class OptionError(FneError, ValueError):
-    """A verb's option has a value it does not accept (a bad choice, out of bounds).
-
-    Its message names the option as Python's keyword (``unknown head='svmm'``); `cli`, the same
-    message naming the command-line flag (``unknown --head 'svmm'``), is what the CLI prints
-    (`fne.options.refusal` makes both from one text).
-    """
-
-    def __init__(self, message: str, cli: str | None = None):
-        super().__init__(message)
-        self.cli = message if cli is None else cli
+    """A verb's option has a value it does not accept (a bad choice, out of bounds): made by
+    `fne.options.refusal`, its message names the option as Python's keyword (``unknown
+    head='svmm'``), its `cli` the command-line flag (``unknown --head 'svmm'``)."""
 
 
 class WeightsError(FneError):
