@@ -125,7 +125,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     expect_path(run_dir, "run_dir")
     out = check_target(out, folder=False, data=data)
     run_dir = _run_folder(run_dir)
-    if not (Path(run_dir) / "model.joblib").is_file() and (Path(run_dir) / "model.pt").is_file():
+    if not (run_dir / "model.joblib").is_file() and (run_dir / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
     pinned = pinned_spec(model, str(run_dir), options.get("device"))
