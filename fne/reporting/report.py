@@ -16,7 +16,8 @@ the seed) are pooled over their splits, and rows of one method that differ in a 
 how in their label. Each row's 95% intervals are metrics.json's, or recomputed over a pooled row's
 splits (fne.reporting.intervals). Tables and figures are drawn by fne.reporting.render and
 fne.reporting.figures. `report.json` holds the rows as numbers (with the winner's confused pairs
-and worst classes), for scripts and tests.
+and worst classes), for scripts and tests; `report.csv` the same rows as one tidy table
+(fne.reporting.table).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fne import verb_module
-from fne.cache.fs import check_target, read_json, replace_files
+from fne.cache.fs import check_target, csv_writer, read_json, replace_files
 from fne.errors import FneError, expect_path
 from fne.linear import compare
 from fne.names import slug
@@ -53,6 +54,7 @@ from fne.reporting.render import (
     winner_sentences,
     worst_classes,
 )
+from fne.reporting.table import CSV_COLUMNS, csv_rows
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -442,7 +444,7 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
 
 def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: str | Path | None = None,
            extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
-    """Write out/report.md, out/report.html (figures inline) and out/report.json.
+    """Write out/report.md, out/report.html (figures inline), out/report.json and out/report.csv.
 
     Parameters
     ----------
@@ -461,7 +463,8 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     Returns
     -------
     dict
-        What report.json holds: the rows per dataset, the winners and the files written.
+        What report.json holds: the rows per dataset, the winners and the files written
+        (report.csv: report.json's rows as one table, `fne.reporting.table`).
     """
     out = check_target(out, folder=True)  # before any run is read
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
@@ -483,11 +486,13 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
                 name = f"{slug(ds['dataset'])}-{key}.png"
                 (fig_dir / name).write_bytes(base64.b64decode(png))
                 files[(ds["dataset"], key)] = f"report_files/{name}"
+    rows = _jsonable(datasets)  # report.json's rows, and report.csv's
     texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
-             "report.json": json.dumps({"header": head, "datasets": _jsonable(datasets)}, indent=1)}
-    replace_files({out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()})
+             "report.json": json.dumps({"header": head, "datasets": rows}, indent=1)}
+    writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()}
+    replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
-            "header": head, "datasets": datasets}
+            "csv": str(out / "report.csv"), "header": head, "datasets": datasets}
 
 
 def table_text(datasets: list[dict]) -> str:
@@ -522,7 +527,7 @@ def table_text(datasets: list[dict]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folders, or folders holding run folders (searched recursively)")
-    p.add_argument("--out", required=True, help="folder for report.md, report.html and report.json")
+    p.add_argument("--out", required=True, help="folder for report.md, report.html, report.json and report.csv")
     p.add_argument("--pipeline", default=None, help="take published reference values from this pipeline file")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="write the tables only, no figures")
@@ -533,7 +538,7 @@ def run_cli(args) -> int:
     if r["header"]["warning"]:
         print(r["header"]["warning"])
     print(table_text(r["datasets"]))
-    print(f"wrote {r['md']} and {r['html']}")
+    print(f"wrote {r['md']}, {r['html']}, {r['json']} and {r['csv']}")
     return 0
 
 

@@ -1,0 +1,73 @@
+"""report.csv: `fne report`'s rows as one tidy table, for pandas, R or a paper's table.
+
+One line per report row (one run, or the runs of one setting pooled over their seeds), of every
+dataset, taken from the rows report.json holds (`fne.reporting.report._jsonable`): the same
+numbers, not a second computation. Measured figures are fractions (0–1) as in report.json and
+metrics.json; published reference values are in percent, as the pipeline file gives them, in
+columns that say so. An empty cell is a value the run does not record.
+"""
+
+from __future__ import annotations
+
+import json
+
+CSV_COLUMNS = (
+    "dataset", "label", "method", "kind", "arch", "weights", "features", "head", "train_mode", "settings",
+    "runs", "seeds", "n_splits", "n_train", "n_test", "n_images",
+    "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high",
+    "mean_class_accuracy", "mean_class_accuracy_std", "mean_class_accuracy_ci_low", "mean_class_accuracy_ci_high",
+    "ci_method", "published_accuracy_percent", "published_std_percent", "seconds", "extract_seconds",
+    "ranked", "run_folders",
+)
+
+
+def _ci(row: dict, key: str, end: str):
+    ci = row.get(key)
+    return ci.get(end) if isinstance(ci, dict) else None
+
+
+def csv_rows(datasets: list[dict]) -> list[list]:
+    """The lines of report.csv (CSV_COLUMNS) from report.json's datasets.
+
+    Parameters
+    ----------
+    datasets : list of dict
+        report.json's "datasets": each with its "dataset" key and its "rows".
+
+    Returns
+    -------
+    list of list
+        One list of CSV_COLUMNS' values per row, dataset by dataset in the report's order; None
+        where a run does not record the value (an empty cell). Several seeds or run folders are
+        joined by ";". "settings" is the row's setting (features, head, C, training settings...)
+        as JSON; "ranked" is False for a row scored on a subset of the classes (direct mode's
+        class map), which the report does not rank.
+    """
+    out = []
+    for ds in datasets:
+        for r in ds["rows"]:
+            s, pub = r.get("settings") or {}, r.get("published") or {}
+            train = r.get("kind") == "train" or str(r.get("method", "")).startswith("train:")
+            cis = [m for m in dict.fromkeys(_ci(r, k, "method") for k in ("accuracy_ci", "mean_class_accuracy_ci")) if m]
+            values = {
+                "dataset": ds["dataset"], "label": r.get("label"), "method": r.get("method"), "kind": r.get("kind"),
+                "arch": r.get("arch"), "weights": "random init" if r.get("scratch") else r.get("weights"),
+                "features": None if train else s.get("features"), "head": None if train else s.get("head"),
+                "train_mode": str(r["method"]).removeprefix("train:") if train else None,
+                "settings": json.dumps(s, sort_keys=True, default=str),
+                "runs": r.get("runs"), "seeds": ";".join(map(str, r.get("seeds") or [])) or None,
+                "n_splits": r.get("n_splits"), "n_train": r.get("n_train"), "n_test": r.get("n_test"),
+                "n_images": r.get("n_images"),
+                "accuracy": r.get("accuracy"), "accuracy_std": r.get("accuracy_std"),
+                "accuracy_ci_low": _ci(r, "accuracy_ci", "low"), "accuracy_ci_high": _ci(r, "accuracy_ci", "high"),
+                "mean_class_accuracy": r.get("mean_class_accuracy"),
+                "mean_class_accuracy_std": r.get("mean_class_accuracy_std"),
+                "mean_class_accuracy_ci_low": _ci(r, "mean_class_accuracy_ci", "low"),
+                "mean_class_accuracy_ci_high": _ci(r, "mean_class_accuracy_ci", "high"),
+                "ci_method": "; ".join(cis) or None,
+                "published_accuracy_percent": pub.get("mean"), "published_std_percent": pub.get("std"),
+                "seconds": r.get("seconds"), "extract_seconds": r.get("extract_seconds"),
+                "ranked": not r.get("partial"), "run_folders": ";".join(r.get("paths") or []),
+            }
+            out.append([values[c] for c in CSV_COLUMNS])
+    return out

@@ -1,0 +1,86 @@
+"""report.csv: report.json's rows as one tidy table (fne.reporting.table)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from fne.reporting.report import report
+from fne.reporting.table import CSV_COLUMNS
+from tests.test_report import WILSON, _splits, fake_metrics, make_runs, write_run
+
+
+def _read(out) -> tuple[list[dict], list[dict]]:
+    """(report.csv's lines as dicts, report.json's rows in the same order, each with its dataset)."""
+    with open(out / "report.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        lines = list(reader)
+    data = json.loads((out / "report.json").read_text())
+    return lines, [{**r, "dataset": d["dataset"]} for d in data["datasets"] for r in d["rows"]]
+
+
+def _number(cell: str) -> float | None:
+    return None if cell == "" else float(cell)
+
+
+def test_report_csv_holds_report_json_numbers_one_line_per_row(tmp_path):
+    """Every number of report.csv is report.json's, exactly (fractions, not rounded), a value a run
+    does not record an empty cell; fit rows name features and head, train rows their mode; a row
+    pooled over seeds lists its seeds and run folders; the CI cells are the recorded intervals'."""
+    root = make_runs(tmp_path / "runs")
+    for seed, accs in ((0, (0.6, 0.8)), (1, (0.7, 0.9))):  # two seeds of random splits: one pooled row
+        splits = [{**s, "test_hash": f"h{seed}{i}"} for i, s in enumerate(_splits(accs))]
+        write_run(root, f"seeds/s{seed}", fake_metrics(
+            "fne+logreg", sum(accs) / 2, 0.1, sum(accs) / 2, 0.1, splits=splits, seed=seed,
+            split_protocol="2x stratified test_size=0.25", features="fne", head="logreg"))
+    write_run(root, "ci", fake_metrics("last+svm", 0.9, 0.0, 0.85, 0.0, splits=_splits([0.9]), accuracy_ci=WILSON,
+                                       features="last", head="svm"))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    assert r["csv"] == str(out / "report.csv")
+    lines, rows = _read(out)
+    assert len(lines) == len(rows) == 6
+    for line, row in zip(lines, rows, strict=True):
+        assert (line["dataset"], line["method"], line["label"]) == (row["dataset"], row["method"], row["label"])
+        for col in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std", "seconds",
+                    "extract_seconds", "n_splits", "n_test", "n_train", "runs"):
+            assert _number(line[col]) == row[col], (row["label"], col)
+        for key in ("accuracy", "mean_class_accuracy"):
+            ci = row[f"{key}_ci"] or {}
+            assert (_number(line[f"{key}_ci_low"]), _number(line[f"{key}_ci_high"])) == (ci.get("low"), ci.get("high"))
+        assert line["run_folders"].split(";") == row["paths"] and line["weights"] == row["weights"]
+        assert _number(line["published_accuracy_percent"]) == (row["published"] or {}).get("mean")
+    by = {(line["dataset"], line["method"]): line for line in lines}
+    assert by["pets", "fne+svm"]["accuracy"] == "0.912345" and by["pets", "fne+svm"]["published_accuracy_percent"] == "89.2"
+    assert by["pets", "fne+svm"]["accuracy_ci_low"] == "" and by["pets", "fne+svm"]["ranked"] == "True"
+    ci = by["pets", "last+svm"]
+    assert (float(ci["accuracy_ci_low"]), float(ci["accuracy_ci_high"])) == (WILSON["low"], WILSON["high"])
+    assert ci["ci_method"] == WILSON["method"] and ci["mean_class_accuracy_ci_low"] == ""
+    assert (ci["features"], ci["head"], ci["train_mode"]) == ("last", "svm", "")
+    ft = by["pets", "train:finetune"]
+    assert (ft["features"], ft["head"], ft["train_mode"], ft["n_splits"]) == ("", "", "finetune", "1")
+    pooled = by["pets", "fne+logreg"]
+    assert (pooled["runs"], pooled["seeds"], pooled["n_splits"]) == ("2", "0;1", "4")
+    assert float(pooled["accuracy"]) == pytest.approx(0.75) and float(pooled["accuracy_ci_low"]) < 0.75
+    assert pooled["ci_method"].startswith("corrected resampled t interval over 4 random splits")
+    assert sorted(pooled["run_folders"].split(";")) == [str(root / "seeds" / "s0"), str(root / "seeds" / "s1")]
+    assert json.loads(pooled["settings"])["split_protocol"] == "2x stratified test_size=0.25"
+    assert by["flowers", "fne+svm"]["accuracy"] == "0.7"
+
+
+def test_report_csv_is_replaced_with_the_other_files(tmp_path):
+    """A second report into the same folder replaces report.csv with the others (no stale line of
+    the first), and leaves no temporary file."""
+    root = tmp_path / "runs"
+    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    write_run(root, "b", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01))
+    out = tmp_path / "rep"
+    report([root / "a", root / "b"], out, figures=False)
+    assert len(_read(out)[0]) == 2
+    report([root / "a"], out, figures=False)
+    lines, rows = _read(out)
+    assert [x["method"] for x in lines] == [x["method"] for x in rows] == ["fne+svm"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json", "report.md"]
