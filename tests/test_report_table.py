@@ -1,4 +1,4 @@
-"""report.csv: report.json's rows as one tidy table (fne.reporting.table)."""
+"""report.csv: report.json's rows as one tidy table (fne.reporting.table), and the sections of a report of several datasets."""
 
 from __future__ import annotations
 
@@ -84,3 +84,27 @@ def test_report_csv_is_replaced_with_the_other_files(tmp_path):
     lines, rows = _read(out)
     assert [x["method"] for x in lines] == [x["method"] for x in rows] == ["fne+svm"]
     assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json", "report.md"]
+
+
+def test_two_datasets_of_one_folder_name_are_two_sections_never_compared(tmp_path):
+    """Runs on /data/cub/images and /data/dogs/images (both named `images`) are two sections named
+    by their DATA, each with its own winner; runs on one DATA stay one section, and so do the runs
+    that record no DATA (written by an older fne)."""
+    root = tmp_path / "runs"
+    for name, method, acc, data in (("cub", "fne+svm", 0.9, "/data/cub/images"), ("cub2", "fc7+svm", 0.8, "/data/cub/images"),
+                                    ("dogs", "fc7+svm", 0.6, "/data/dogs/images")):
+        write_run(root, name, fake_metrics(method, acc, 0.0, acc, 0.0, dataset="images", data=data,
+                                           data_resolved=data, splits=_splits([acc])))
+    for name, acc in (("old1", 0.5), ("old2", 0.4)):
+        m = fake_metrics(f"{name}+svm", acc, 0.0, acc, 0.0, dataset="flowers", splits=_splits([acc]))
+        del m["data"]
+        write_run(root, name, m)
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {ds["dataset"]: ds for ds in r["datasets"]}
+    assert sorted(by) == ["flowers", "images (/data/cub/images)", "images (/data/dogs/images)"]
+    assert [row["method"] for row in by["images (/data/cub/images)"]["rows"]] == ["fne+svm", "fc7+svm"]
+    dogs = by["images (/data/dogs/images)"]
+    assert [row["method"] for row in dogs["rows"]] == ["fc7+svm"] and dogs["verdict"]["kind"] == "single"
+    assert len(by["flowers"]["rows"]) == 2
+    lines, _ = _read(tmp_path / "rep")
+    assert {x["dataset"] for x in lines} == set(by)

@@ -116,6 +116,24 @@ def dataset_key(run: dict) -> str:
     return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
 
 
+def _data(run: dict) -> str | None:
+    m = run["metrics"]
+    return str(m.get("data_resolved") or m.get("data") or "") or None
+
+
+def dataset_keys(runs: list[dict]) -> list[str]:
+    """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
+    runs of one name read other DATA (two folders both called `images`), that DATA beside it, so
+    that different images are never tabulated, ranked or tested together. A run that records no
+    DATA (an old run) keeps the plain name."""
+    data: dict[str, set[str]] = defaultdict(set)
+    for r in runs:
+        if _data(r):
+            data[dataset_key(r)].add(_data(r))
+    return [f"{dataset_key(r)} ({_data(r)})" if len(data[dataset_key(r)]) > 1 and _data(r) else dataset_key(r)
+            for r in runs]
+
+
 def is_scratch(m: dict) -> bool:
     """Training from a random initialisation is the experiment itself, not missing weights."""
     return m.get("mode") == "scratch" or str(m.get("method")) == "train:scratch"
@@ -282,9 +300,9 @@ def published_value(v) -> dict | None:
 def tabulate(collected: dict) -> list[dict]:
     """Per dataset: rows, best values, published values, winner, advice."""
     groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in collected["runs"]:
+    for r, key in zip(collected["runs"], dataset_keys(collected["runs"]), strict=True):
         m = r["metrics"]
-        groups[dataset_key(r)][(str(m.get("method")), m.get("arch"), m.get("weights"),
+        groups[key][(str(m.get("method")), m.get("arch"), m.get("weights"),
                                 None if is_scratch(m) else m.get("weights_fingerprint"),
                                 json.dumps(settings(r), sort_keys=True, default=str))].append(r)
     published = published_for(collected["pipelines"])
