@@ -108,3 +108,20 @@ def test_two_datasets_of_one_folder_name_are_two_sections_never_compared(tmp_pat
     assert len(by["flowers"]["rows"]) == 2
     lines, _ = _read(tmp_path / "rep")
     assert {x["dataset"] for x in lines} == set(by)
+
+
+def test_a_fit_on_cached_rows_says_cached(tmp_path):
+    """`fne fit` records "rows": "cached" and no extract_seconds when it read cached rows: the
+    extraction column says "cached" (it said "—", as for a run that records nothing)."""
+    root = tmp_path / "runs"
+    write_run(root, "first", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, extract=33.0, rows="extracted"))
+    write_run(root, "second", fake_metrics("last+svm", 0.8, 0.01, 0.8, 0.01, extract=None, rows="cached"))
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {row["method"]: row for row in r["datasets"][0]["rows"]}
+    assert (by["fne+svm"]["extract_seconds"], by["fne+svm"]["extract_cached"]) == (33.0, False)
+    assert (by["last+svm"]["extract_seconds"], by["last+svm"]["extract_cached"]) == (None, True)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| last+svm | 80.0 ± 1.0 | — | 80.0 ± 1.0 | — | — | 1.00 | cached |" in md
+    lines = {x["method"]: x for x in _read(tmp_path / "rep")[0]}
+    assert [(lines[k]["extract_seconds"], lines[k]["extract_cached"]) for k in ("fne+svm", "last+svm")] == [
+        ("33.0", "False"), ("", "True")]

@@ -195,15 +195,19 @@ def extraction(run: dict) -> tuple[float | None, bool]:
     """(measured seconds of the extraction that computed this run's rows, True if none ran for it).
 
     `fne run` records the extraction in step.json ("extract"): its measured seconds when it
-    computed rows, else the rows were cached. Without that record, metrics.json's
-    extract_seconds is measured when `fne fit --extract` extracted; when it equals
-    n_images / extract_images_per_s, it is fit's estimate from the store's past rate: cached.
+    computed rows, else the rows were cached. Without that record, metrics.json's "rows" says
+    whether `fne fit` extracted (extract_seconds: measured) or read cached rows. A run written
+    before fit recorded "rows": extract_seconds is measured when `fne fit --extract` extracted;
+    when it equals n_images / extract_images_per_s, it is fit's estimate from the store's past
+    rate: cached.
     """
     ex = run["step"].get("extract")
     if isinstance(ex, dict):
         return (finite(ex.get("seconds")), False) if ex.get("n_computed") else (None, True)
     m = run["metrics"]
     s, rate = finite(m.get("extract_seconds")), finite(m.get("extract_images_per_s"))
+    if m.get("rows") in ("cached", "extracted"):
+        return (None, True) if m["rows"] == "cached" else (s, False)
     if s is not None and rate and isinstance(m.get("n_images"), int) and s == m["n_images"] / rate:
         return None, True
     return s, False

@@ -16,7 +16,7 @@ CSV_COLUMNS = (
     "runs", "seeds", "n_splits", "n_train", "n_test", "n_images",
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high",
     "mean_class_accuracy", "mean_class_accuracy_std", "mean_class_accuracy_ci_low", "mean_class_accuracy_ci_high",
-    "ci_method", "published_accuracy_percent", "published_std_percent", "seconds", "extract_seconds",
+    "ci_method", "published_accuracy_percent", "published_std_percent", "seconds", "extract_seconds", "extract_cached",
     "ranked", "run_folders",
 )
 
@@ -40,8 +40,9 @@ def csv_rows(datasets: list[dict]) -> list[list]:
         One list of CSV_COLUMNS' values per row, dataset by dataset in the report's order; None
         where a run does not record the value (an empty cell). Several seeds or run folders are
         joined by ";". "settings" is the row's setting (features, head, C, training settings...)
-        as JSON; "ranked" is False for a row scored on a subset of the classes (direct mode's
-        class map), which the report does not rank.
+        as JSON; "extract_cached" is True where no extraction ran for the row (its rows were
+        cached: extract_seconds is empty); "ranked" is False for a row scored on a subset of the
+        classes (direct mode's class map), which the report does not rank.
     """
     out = []
     for ds in datasets:
@@ -67,6 +68,7 @@ def csv_rows(datasets: list[dict]) -> list[list]:
                 "ci_method": "; ".join(cis) or None,
                 "published_accuracy_percent": pub.get("mean"), "published_std_percent": pub.get("std"),
                 "seconds": r.get("seconds"), "extract_seconds": r.get("extract_seconds"),
+                "extract_cached": bool(r.get("extract_cached")),
                 "ranked": not r.get("partial"), "run_folders": ";".join(r.get("paths") or []),
             }
             out.append([values[c] for c in CSV_COLUMNS])
