@@ -125,3 +125,15 @@ def test_a_fit_on_cached_rows_says_cached(tmp_path):
     lines = {x["method"]: x for x in _read(tmp_path / "rep")[0]}
     assert [(lines[k]["extract_seconds"], lines[k]["extract_cached"]) for k in ("fne+svm", "last+svm")] == [
         ("33.0", "False"), ("", "True")]
+
+
+@pytest.mark.parametrize("bad", [{"splits": "x"}, {"splits": ["a"]}, {"method": ["x"]}, {"arch": {"a": 1}}])
+def test_a_metrics_json_of_fields_fne_never_writes_is_skipped_and_named(tmp_path, bad):
+    """A damaged or hand-edited metrics.json (splits that are not records, a method that is a list)
+    raised a traceback (TypeError: unhashable type); it is left out with a warning naming it."""
+    root = tmp_path / "runs"
+    write_run(root, "good", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    d = write_run(root, "bad", {**fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01), **bad})
+    with pytest.warns(UserWarning, match=rf"skipping {d / 'metrics.json'}: its {next(iter(bad))} not as fne writes"):
+        r = report([root], tmp_path / "rep", figures=False)
+    assert [row["method"] for row in r["datasets"][0]["rows"]] == ["fne+svm"]

@@ -89,6 +89,9 @@ def collect(run_dirs: list[str | Path]) -> dict:
             m = read_json(p, warn=True)
             if m is None or "accuracy" not in m:
                 continue
+            if _malformed(m):
+                warnings.warn(f"skipping {p}: {_malformed(m)}", stacklevel=2)
+                continue
             step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
@@ -109,6 +112,17 @@ def collect(run_dirs: list[str | Path]) -> dict:
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 
+def _malformed(m: dict) -> str | None:
+    """Why a metrics.json cannot be tabulated (fields of other types than fne writes: a damaged or
+    hand-edited file); None where it can."""
+    bad = [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
+                       "data_resolved", "seed", "split_protocol") if isinstance(m.get(k), (list, dict))]
+    splits = m.get("splits")
+    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) for s in splits)):
+        bad.append("splits")
+    return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
+
+
 # ------------------------------------------------------------------ tabulating
 
 
@@ -116,22 +130,18 @@ def dataset_key(run: dict) -> str:
     return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
 
 
-def _data(run: dict) -> str | None:
-    m = run["metrics"]
-    return str(m.get("data_resolved") or m.get("data") or "") or None
-
-
 def dataset_keys(runs: list[dict]) -> list[str]:
     """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
     runs of one name read other DATA (two folders both called `images`), that DATA beside it, so
     that different images are never tabulated, ranked or tested together. A run that records no
     DATA (an old run) keeps the plain name."""
+    of = [str(compare.run_data(r["metrics"]) or "") for r in runs]
     data: dict[str, set[str]] = defaultdict(set)
-    for r in runs:
-        if _data(r):
-            data[dataset_key(r)].add(_data(r))
-    return [f"{dataset_key(r)} ({_data(r)})" if len(data[dataset_key(r)]) > 1 and _data(r) else dataset_key(r)
-            for r in runs]
+    for r, d in zip(runs, of, strict=True):
+        if d:
+            data[dataset_key(r)].add(d)
+    return [f"{dataset_key(r)} ({d})" if d and len(data[dataset_key(r)]) > 1 else dataset_key(r)
+            for r, d in zip(runs, of, strict=True)]
 
 
 def is_scratch(m: dict) -> bool:
