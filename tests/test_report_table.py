@@ -83,7 +83,7 @@ def test_report_csv_is_replaced_with_the_other_files(tmp_path):
     report([root / "a"], out, figures=False)
     lines, rows = _read(out)
     assert [x["method"] for x in lines] == [x["method"] for x in rows] == ["fne+svm"]
-    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json", "report.md", "report.tex"]
 
 
 def test_two_datasets_of_one_folder_name_are_two_sections_never_compared(tmp_path):
@@ -137,3 +137,23 @@ def test_a_metrics_json_of_fields_fne_never_writes_is_skipped_and_named(tmp_path
     with pytest.warns(UserWarning, match=rf"skipping {d / 'metrics.json'}: its {next(iter(bad))} not as fne writes"):
         r = report([root], tmp_path / "rep", figures=False)
     assert [row["method"] for row in r["datasets"][0]["rows"]] == ["fne+svm"]
+
+
+def test_report_tex_holds_report_md_figures_one_table_per_dataset(tmp_path):
+    """report.tex: per dataset a booktabs table whose cells are report.md's (percent, ± std, CI,
+    best bold), with LaTeX's special characters escaped."""
+    from tests.test_report import md_rows
+
+    root = make_runs(tmp_path / "runs")
+    write_run(root, "odd", fake_metrics("my_feat&co+svm", 0.3, 0.01, 0.3, 0.01, accuracy_ci=WILSON))
+    out = tmp_path / "rep"
+    report([root], out, figures=False)
+    tex, md = (out / "report.tex").read_text(), (out / "report.md").read_text()
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{table}") == 2
+    assert "\\caption{pets}" in tex and "\\caption{flowers}" in tex
+    for name, line in (("fne+svm", "fne+svm"), ("my_feat&co+svm", "my\\_feat\\&co+svm")):
+        acc, ci = md_rows(md, "pets")[name][:2]
+        tex_acc = "\\textbf{" + acc.strip("*") + "}" if acc.startswith("**") else acc
+        expect = f"{line} & {tex_acc} & {ci} & ".replace("±", "$\\pm$").replace("–", "--").replace("—", "---")
+        assert any(x.startswith(expect) for x in tex.splitlines()), expect
+    assert "\\textbf{91.2 $\\pm$ 1.2}" in tex and "80.0--95.0" in tex

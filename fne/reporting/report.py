@@ -17,7 +17,7 @@ how in their label. Each row's 95% intervals are metrics.json's, or recomputed o
 splits (fne.reporting.intervals). Tables and figures are drawn by fne.reporting.render and
 fne.reporting.figures. `report.json` holds the rows as numbers (with the winner's confused pairs
 and worst classes), for scripts and tests; `report.csv` the same rows as one tidy table
-(fne.reporting.table).
+(fne.reporting.table), `report.tex` LaTeX tables of them.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from fne.reporting.render import (
     winner_sentences,
     worst_classes,
 )
-from fne.reporting.table import CSV_COLUMNS, csv_rows
+from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -476,7 +476,7 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
 
 def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: str | Path | None = None,
            extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
-    """Write out/report.md, out/report.html (figures inline), out/report.json and out/report.csv.
+    """Write out/report.md, out/report.html (figures inline), out/report.json, report.csv and report.tex.
 
     Parameters
     ----------
@@ -496,7 +496,7 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     -------
     dict
         What report.json holds: the rows per dataset, the winners and the files written
-        (report.csv: report.json's rows as one table, `fne.reporting.table`).
+        (report.csv: report.json's rows as one table; report.tex: LaTeX tables; `fne.reporting.table`).
     """
     out = check_target(out, folder=True)  # before any run is read
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
@@ -522,9 +522,10 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
              "report.json": json.dumps({"header": head, "datasets": rows}, indent=1)}
     writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()}
+    writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows))
     replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
-            "csv": str(out / "report.csv"), "header": head, "datasets": datasets}
+            "csv": str(out / "report.csv"), "tex": str(out / "report.tex"), "header": head, "datasets": datasets}
 
 
 def table_text(datasets: list[dict]) -> str:
@@ -559,7 +560,7 @@ def table_text(datasets: list[dict]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folders, or folders holding run folders (searched recursively)")
-    p.add_argument("--out", required=True, help="folder for report.md, report.html, report.json and report.csv")
+    p.add_argument("--out", required=True, help="folder for report.md, report.html, report.json, report.csv and report.tex")
     p.add_argument("--pipeline", default=None, help="take published reference values from this pipeline file")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="write the tables only, no figures")
@@ -570,7 +571,7 @@ def run_cli(args) -> int:
     if r["header"]["warning"]:
         print(r["header"]["warning"])
     print(table_text(r["datasets"]))
-    print(f"wrote {r['md']}, {r['html']}, {r['json']} and {r['csv']}")
+    print(f"wrote {r['md']}, {r['html']}, {r['json']}, {r['csv']} and {r['tex']}")
     return 0
 
 

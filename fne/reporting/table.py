@@ -1,15 +1,18 @@
-"""report.csv: `fne report`'s rows as one tidy table, for pandas, R or a paper's table.
+"""report.csv and report.tex: `fne report`'s rows as one tidy table (pandas, R) and as LaTeX tables.
 
 One line per report row (one run, or the runs of one setting pooled over their seeds), of every
 dataset, taken from the rows report.json holds (`fne.reporting.report._jsonable`): the same
 numbers, not a second computation. Measured figures are fractions (0–1) as in report.json and
 metrics.json; published reference values are in percent, as the pipeline file gives them, in
-columns that say so. An empty cell is a value the run does not record.
+columns that say so. An empty cell is a value the run does not record. report.tex holds the
+same rows' figures as report.md prints them, one LaTeX table per dataset.
 """
 
 from __future__ import annotations
 
 import json
+
+from fne.reporting.render import cells
 
 CSV_COLUMNS = (
     "dataset", "label", "method", "kind", "arch", "weights", "features", "head", "train_mode", "settings",
@@ -73,3 +76,41 @@ def csv_rows(datasets: list[dict]) -> list[list]:
             }
             out.append([values[c] for c in CSV_COLUMNS])
     return out
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---"}
+
+
+def _tex(text) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex_tables(datasets: list[dict]) -> str:
+    """report.tex: per dataset a LaTeX tabular (booktabs) of report.md's figures (`render.cells`:
+    percent with one decimal, mean ± std, the 95% CIs), the best of each column bold.
+
+    Parameters
+    ----------
+    datasets : list of dict
+        report.json's "datasets", as `csv_rows` takes them.
+
+    Returns
+    -------
+    str
+        One `table` environment per dataset, for `\\input{}` in a document loading booktabs.
+    """
+    cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
+    out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
+           "(report.md says how each was computed); needs \\usepackage{booktabs}"]
+    for ds in datasets:
+        out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}}}",
+                "\\begin{tabular}{lrrrrr}", "\\toprule",
+                "method & accuracy (\\%) & 95\\% CI & mean class acc. (\\%) & 95\\% CI & splits \\\\", "\\midrule"]
+        for r in ds["rows"]:
+            c = cells(r)
+            vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
+            runs = f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""
+            out.append(" & ".join([_tex(r["label"] + runs), *vals, _tex(r.get("n_splits") or "—")]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(out)
