@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fne.reporting.report import report
+from fne.reporting.report import report, table_text
 from fne.reporting.table import CSV_COLUMNS
 from tests.test_report import WILSON, _splits, fake_metrics, make_runs, write_run
 
@@ -69,6 +69,7 @@ def test_report_csv_holds_report_json_numbers_one_line_per_row(tmp_path):
     assert sorted(pooled["run_folders"].split(";")) == [str(root / "seeds" / "s0"), str(root / "seeds" / "s1")]
     assert json.loads(pooled["settings"])["split_protocol"] == "2x stratified test_size=0.25"
     assert by["flowers", "fne+svm"]["accuracy"] == "0.7"
+    assert "\n  fne+logreg (2 runs)  " in table_text(r["datasets"])  # the console says it is pooled, as report.md does
 
 
 def test_report_csv_is_replaced_with_the_other_files(tmp_path):

@@ -533,12 +533,13 @@ def table_text(datasets: list[dict]) -> str:
     L = []
     for ds in datasets:
         L.append(f"{ds['dataset']}:")
-        width = max([len(label(r, ds["multi_backbone"])) for r in ds["rows"]] + [6])
+        names = [label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "") for r in ds["rows"]]
+        width = max([len(n) for n in names] + [6])
         L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
                  f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
-        for r in ds["rows"]:
+        for r, name in zip(ds["rows"], names, strict=True):
             c = cells(r)
-            L.append(f"  {label(r, ds['multi_backbone']):<{width}}  {c['accuracy']:>13}  {c['accuracy_ci']:>11}  "
+            L.append(f"  {name:<{width}}  {c['accuracy']:>13}  {c['accuracy_ci']:>11}  "
                      f"{c['mean_class_accuracy']:>13}  {c['mean_class_accuracy_ci']:>11}  "
                      f"{pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
                      f"{c['extract_seconds']:>9}")
