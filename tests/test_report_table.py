@@ -158,3 +158,26 @@ def test_report_tex_holds_report_md_figures_one_table_per_dataset(tmp_path):
         expect = f"{line} & {tex_acc} & {ci} & ".replace("±", "$\\pm$").replace("–", "--").replace("—", "---")
         assert any(x.startswith(expect) for x in tex.splitlines()), expect
     assert "\\textbf{91.2 $\\pm$ 1.2}" in tex and "80.0--95.0" in tex
+
+
+def test_a_pipelines_published_values_and_advice_stay_with_its_section_beside_other_data_of_its_name(tmp_path):
+    """A pipeline's `digits` (a subset it wrote) beside `fne fit digits` (all of them): two sections;
+    the pipeline's published values and advice (keyed by its dataset key) stay with its steps' runs,
+    advice of `fne advise digits` alone goes with the runs on its DATA."""
+    root = tmp_path / "runs"
+    sub = "/runs/pipe/digits/data/digits.h5"
+    d = write_run(root, "pipe/digits/fne", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset="digits", data=sub))
+    (d / "step.json").write_text(json.dumps({"dataset_key": "digits"}))
+    write_run(root, "mine/fne", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, dataset="digits", data="digits"))
+    (root / "pipe" / "pipeline.json").write_text(json.dumps({"name": "p", "datasets": {"digits": {"published": {
+        "source": "a paper", "values": {"fne+svm": 95.0}}}}}))
+    advice = {"recommendation": "finetune", "text": "Fine-tune.", "families": ["fine-tuning"], "dataset": "digits",
+              "arch": "vgg16", "weights": "imagenet", "reasons": [], "similarity": {"judged": False}}
+    (root / "pipe" / "advice.json").write_text(json.dumps({**advice, "dataset_key": "digits", "data": sub}))
+    (root / "mine" / "advice.json").write_text(json.dumps({**advice, "data": "digits", "recommendation": "frozen"}))
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {ds["dataset"]: ds for ds in r["datasets"]}
+    pipe, mine = by[f"digits ({sub})"], by["digits (digits)"]
+    assert pipe["rows"][0]["published"] == {"mean": 95.0, "std": None} and mine["rows"][0]["published"] is None
+    assert [a["recommendation"] for a in pipe["advice"]] == ["finetune"]
+    assert [a["recommendation"] for a in mine["advice"]] == ["frozen"]

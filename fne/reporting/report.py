@@ -36,22 +36,21 @@ from fne import verb_module
 from fne.cache.fs import check_target, csv_writer, read_json, replace_files
 from fne.errors import FneError, expect_path
 from fne.linear import compare
+from fne.metrics import data_identity
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.intervals import confusion_matrix, finite, pooled_intervals, recorded_intervals
 from fne.reporting.render import (
-    cells,
     confused_pairs,
     interval_sentence,
     label,
     pct,
-    pub_str,
     render_html,
     render_md,
     secs,
-    winner_sentences,
+    table_text,
     worst_classes,
 )
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
@@ -311,6 +310,20 @@ def published_value(v) -> dict | None:
     return None if mean is None else {"mean": mean, "std": std}
 
 
+def _references(key: str, runs: list[dict], published: dict[str, dict], advice: list[dict]) -> tuple[dict, list[dict]]:
+    """(published values, advice) of the section `key` of `runs`. A pipeline's are keyed by its
+    dataset key: they go with the runs of its steps (step.json), and with runs of that dataset name
+    where no other DATA shares it (the section is named `key` alone, `dataset_keys`); advice of
+    `fne advise` alone goes by dataset name and, where the name is shared, by DATA."""
+    base = dataset_key(runs[0])
+    lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
+    names = {str(r["metrics"].get("dataset")) for r in runs}
+    data = {str(compare.run_data(r["metrics"])) for r in runs}
+    return (published.get(lookup) or {}) if lookup else {}, [
+        a for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
+            not a.get("dataset_key") and a.get("dataset") in names and (key == base or data_identity(a.get("data")) in data))]
+
+
 def tabulate(collected: dict) -> list[dict]:
     """Per dataset: rows, best values, published values, winner, advice."""
     groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -334,7 +347,8 @@ def tabulate(collected: dict) -> list[dict]:
         for r in rows:  # values that read the same as the best (0.01 s and 0.01 s) are equally best
             r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None
                          and _shown(c, r[c]) == _shown(c, best[c]) and not r["partial"]]
-        pub = published.get(key) or {}
+        section = [r for rs in groups[key].values() for r in rs]
+        pub, advice = _references(key, section, published, collected["advice"])
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
         measured = {r["method"] for r in rows}
@@ -347,9 +361,6 @@ def tabulate(collected: dict) -> list[dict]:
         test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
             rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
         verdict = winner_verdict(rows, test)
-        names = {str(r["metrics"].get("dataset")) for rs in groups[key].values() for r in rs}
-        advice = [a for a in collected["advice"]
-                  if a.get("dataset_key") == key or (not a.get("dataset_key") and a.get("dataset") in names)]
         out.append({
             "dataset": key,
             "rows": rows,
@@ -526,33 +537,6 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
             "csv": str(out / "report.csv"), "tex": str(out / "report.tex"), "header": head, "datasets": datasets}
-
-
-def table_text(datasets: list[dict]) -> str:
-    """A compact console table of every dataset."""
-    L = []
-    for ds in datasets:
-        L.append(f"{ds['dataset']}:")
-        names = [label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "") for r in ds["rows"]]
-        width = max([len(n) for n in names] + [6])
-        L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
-                 f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
-        for r, name in zip(ds["rows"], names, strict=True):
-            c = cells(r)
-            L.append(f"  {name:<{width}}  {c['accuracy']:>13}  {c['accuracy_ci']:>11}  "
-                     f"{c['mean_class_accuracy']:>13}  {c['mean_class_accuracy_ci']:>11}  "
-                     f"{pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
-                     f"{c['extract_seconds']:>9}")
-        for name, p in ds["published"]["only"].items():
-            L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>11}  {'—':>13}  {'—':>11}  "
-                     f"{pub_str(p):>11}")
-        if ds["winner"]:
-            lead, best, rest, versus = winner_sentences(ds)
-            versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
-            L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
-        if ds.get("protocol_note"):
-            L.append(f"  Note: {ds['protocol_note']}")
-    return "\n".join(L)
 
 
 # ------------------------------------------------------------------------ CLI
