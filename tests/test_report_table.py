@@ -151,7 +151,7 @@ def test_report_tex_holds_report_md_figures_one_table_per_dataset(tmp_path):
     report([root], out, figures=False)
     tex, md = (out / "report.tex").read_text(), (out / "report.md").read_text()
     assert tex.count("\\begin{tabular}") == tex.count("\\end{table}") == 2
-    assert "\\caption{pets}" in tex and "\\caption{flowers}" in tex
+    assert "\\caption{pets; backbone vgg16 (imagenet)}" in tex and "\\caption{flowers; backbone vgg16" in tex
     for name, line in (("fne+svm", "fne+svm"), ("my_feat&co+svm", "my\\_feat\\&co+svm")):
         acc, ci = md_rows(md, "pets")[name][:2]
         tex_acc = "\\textbf{" + acc.strip("*") + "}" if acc.startswith("**") else acc
@@ -181,3 +181,21 @@ def test_a_pipelines_published_values_and_advice_stay_with_its_section_beside_ot
     assert pipe["rows"][0]["published"] == {"mean": 95.0, "std": None} and mine["rows"][0]["published"] is None
     assert [a["recommendation"] for a in pipe["advice"]] == ["finetune"]
     assert [a["recommendation"] for a in mine["advice"]] == ["frozen"]
+
+
+def test_each_section_names_its_backbone_where_its_rows_do_not(tmp_path):
+    """digits on one backbone, flowers on another: the header listed both and no row said which
+    was whose; each section now names its one backbone (report.md, report.html, the console,
+    report.json), and a section of several backbones names them in its rows' labels."""
+    root = tmp_path / "runs"
+    write_run(root, "d", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset="digits", arch="resnet18"))
+    write_run(root, "f1", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, dataset="flowers"))
+    write_run(root, "f2", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, dataset="flowers", arch="resnet18"))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "## digits\n\nBackbone: resnet18 (imagenet)\n" in md and "<p class='backbone'>Backbone: resnet18 (imagenet)</p>" in html
+    assert "digits, backbone resnet18 (imagenet):" in table_text(r["datasets"])
+    flowers = next(ds for ds in json.loads((out / "report.json").read_text())["datasets"] if ds["dataset"] == "flowers")
+    assert flowers["backbone"] is None and "## flowers\n\n| method" in md
+    assert [row["label"] for row in flowers["rows"]] == ["fne+svm [vgg16 (imagenet)]", "fne+svm [resnet18 (imagenet)]"]

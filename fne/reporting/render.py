@@ -156,7 +156,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
         L += [f"> Note: {n}", ""]
     L += _header_lines(head, md=True) + [""]
     for ds in datasets:
-        L += [f"## {ds['dataset']}", ""]
+        L += [f"## {ds['dataset']}", ""] + ([f"Backbone: {ds['backbone']}", ""] if ds.get("backbone") else [])
         L.append("| " + " | ".join(TABLE_HEAD) + " |")
         L.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + "|")
         for r in ds["rows"]:
@@ -322,6 +322,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
     H.append("</ul>")
     for ds in datasets:
         H.append(f"<h2>{_e(ds['dataset'])}</h2>")
+        if ds.get("backbone"):
+            H.append(f"<p class='backbone'>Backbone: {_e(ds['backbone'])}</p>")
         H.append("<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD)
                  + "</tr></thead><tbody>")
         H += [_html_row(r, ds["multi_backbone"]) for r in ds["rows"]]
@@ -384,7 +386,7 @@ def table_text(datasets: list[dict]) -> str:
     """A compact console table of every dataset."""
     L = []
     for ds in datasets:
-        L.append(f"{ds['dataset']}:")
+        L.append(ds["dataset"] + (f", backbone {ds['backbone']}" if ds.get("backbone") else "") + ":")
         names = [label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "") for r in ds["rows"]]
         width = max([len(n) for n in names] + [6])
         L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "

@@ -372,7 +372,8 @@ def tabulate(collected: dict) -> list[dict]:
             "winner_test": test,
             "verdict": verdict,
             "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
-            "multi_backbone": multi,
+            "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
+            "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
             "protocol_note": protocol_note(rows),
         })
     return out

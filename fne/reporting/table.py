@@ -104,7 +104,8 @@ def latex_tables(datasets: list[dict]) -> str:
     out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
            "(report.md says how each was computed); needs \\usepackage{booktabs}"]
     for ds in datasets:
-        out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}}}",
+        out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}"
+                + (f"; backbone {_tex(ds['backbone'])}" if ds.get("backbone") else "") + "}",
                 "\\begin{tabular}{lrrrrr}", "\\toprule",
                 "method & accuracy (\\%) & 95\\% CI & mean class acc. (\\%) & 95\\% CI & splits \\\\", "\\midrule"]
         for r in ds["rows"]:
