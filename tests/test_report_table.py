@@ -37,7 +37,7 @@ def test_report_csv_holds_report_json_numbers_one_line_per_row(tmp_path):
             "fne+logreg", sum(accs) / 2, 0.1, sum(accs) / 2, 0.1, splits=splits, seed=seed,
             split_protocol="2x stratified test_size=0.25", features="fne", head="logreg"))
     write_run(root, "ci", fake_metrics("last+svm", 0.9, 0.0, 0.85, 0.0, splits=_splits([0.9]), accuracy_ci=WILSON,
-                                       features="last", head="svm"))
+                                       features="last", head="svm", C=0.5))
     out = tmp_path / "rep"
     r = report([root], out, figures=False)
     assert r["csv"] == str(out / "report.csv")
@@ -59,7 +59,7 @@ def test_report_csv_holds_report_json_numbers_one_line_per_row(tmp_path):
     ci = by["pets", "last+svm"]
     assert (float(ci["accuracy_ci_low"]), float(ci["accuracy_ci_high"])) == (WILSON["low"], WILSON["high"])
     assert ci["ci_method"] == WILSON["method"] and ci["mean_class_accuracy_ci_low"] == ""
-    assert (ci["features"], ci["head"], ci["train_mode"]) == ("last", "svm", "")
+    assert (ci["features"], ci["head"], ci["C"], ci["train_mode"]) == ("last", "svm", "0.5", "")
     ft = by["pets", "train:finetune"]
     assert (ft["features"], ft["head"], ft["train_mode"], ft["n_splits"]) == ("", "", "finetune", "1")
     pooled = by["pets", "fne+logreg"]
@@ -68,6 +68,7 @@ def test_report_csv_holds_report_json_numbers_one_line_per_row(tmp_path):
     assert pooled["ci_method"].startswith("corrected resampled t interval over 4 random splits")
     assert sorted(pooled["run_folders"].split(";")) == [str(root / "seeds" / "s0"), str(root / "seeds" / "s1")]
     assert json.loads(pooled["settings"])["split_protocol"] == "2x stratified test_size=0.25"
+    assert (pooled["C"], ft["C"]) == ("", "")  # not recorded; not a fit
     assert by["flowers", "fne+svm"]["accuracy"] == "0.7"
     assert "\n  fne+logreg (2 runs)  " in table_text(r["datasets"])  # the console says it is pooled, as report.md does
 

@@ -15,7 +15,7 @@ import json
 from fne.reporting.render import cells
 
 CSV_COLUMNS = (
-    "dataset", "label", "method", "kind", "arch", "weights", "features", "head", "train_mode", "settings",
+    "dataset", "label", "method", "kind", "arch", "weights", "features", "head", "C", "train_mode", "settings",
     "runs", "seeds", "n_splits", "n_train", "n_test", "n_images",
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high",
     "mean_class_accuracy", "mean_class_accuracy_std", "mean_class_accuracy_ci_low", "mean_class_accuracy_ci_high",
@@ -42,7 +42,8 @@ def csv_rows(datasets: list[dict]) -> list[list]:
     list of list
         One list of CSV_COLUMNS' values per row, dataset by dataset in the report's order; None
         where a run does not record the value (an empty cell). Several seeds or run folders are
-        joined by ";". "settings" is the row's setting (features, head, C, training settings...)
+        joined by ";". "C" is a fit's as asked for (`fne run`'s step), else as used (a JSON list where
+        the splits chose several). "settings" is the row's setting (features, head, C, training settings...)
         as JSON; "extract_cached" is True where no extraction ran for the row (its rows were
         cached: extract_seconds is empty); "ranked" is False for a row scored on a subset of the
         classes (direct mode's class map), which the report does not rank.
@@ -57,6 +58,8 @@ def csv_rows(datasets: list[dict]) -> list[list]:
                 "dataset": ds["dataset"], "label": r.get("label"), "method": r.get("method"), "kind": r.get("kind"),
                 "arch": r.get("arch"), "weights": "random init" if r.get("scratch") else r.get("weights"),
                 "features": None if train else s.get("features"), "head": None if train else s.get("head"),
+                "C": None if train or s.get("C") is None else (
+                    s["C"] if isinstance(s["C"], (str, int, float)) else json.dumps(s["C"])),
                 "train_mode": str(r["method"]).removeprefix("train:") if train else None,
                 "settings": json.dumps(s, sort_keys=True, default=str),
                 "runs": r.get("runs"), "seeds": ";".join(map(str, r.get("seeds") or [])) or None,
