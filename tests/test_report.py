@@ -303,7 +303,7 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_run_is_read(tmp_p
     assert (tmp_path / "taken").read_text() == "x" and not list(tmp_path.glob("taken*/report*"))
     report([runs / "a"], tmp_path / "rep")  # written whole, no temporary file left beside
     assert sorted(p.name for p in (tmp_path / "rep").iterdir() if p.is_file()) == [
-        "report.html", "report.json", "report.md"]
+        "report.csv", "report.html", "report.json", "report.md", "report.tex"]
 
 
 def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):

@@ -324,8 +324,9 @@ def test_single_splits_on_other_test_images_get_fishers_exact_test(tmp_path):
     assert ds["verdict"]["kind"] == "clear" and "Measured winner: **fne+svm**" in md
     assert np.isclose(compare.fisher(0.9, 200, 0.7, 200)["p"], stats.fisher_exact([[180, 20], [140, 60]]).pvalue)
     other = {"a": one("fne+svm", 0.9, 200, 0), "b": {**one("last+svm", 0.7, 200, 1), "data": "/data/elsewhere"}}
-    ds, _, _ = _verdict_report(tmp_path / "other-data", other)  # other images altogether: no test at all
-    assert ds["winner_test"] is None and ds["verdict"]["kind"] == "untested"
+    ds, md, _ = _verdict_report(tmp_path / "other-data", other)  # other images altogether: no test at all,
+    assert ds["dataset"] == "pets (/data/elsewhere)" and "## pets (/data/pets)" in md  # nor one table
+    assert ds["winner_test"] is None and ds["verdict"]["kind"] == "single"
 
 
 def test_runs_given_one_folder_by_two_paths_are_paired(digits_folder, warm_cache, tmp_path, monkeypatch):

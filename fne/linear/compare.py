@@ -137,7 +137,7 @@ def _split_accuracies(m: dict) -> list[float] | None:
     return vals if vals and all(isinstance(v, (int, float)) for v in vals) else None
 
 
-def _data(m: dict) -> str | None:
+def run_data(m: dict) -> str | None:
     """A run's DATA as runs are compared by it: the resolved path it recorded (`data_resolved`,
     `fne.metrics.data_identity`), else, for runs written before, DATA as it was given."""
     return m.get("data_resolved") or m.get("data")
@@ -151,7 +151,7 @@ def _same_splits(m1: dict, m2: dict) -> bool:
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
     keys = ("split_protocol", "n_images", "n_splits") + (() if predefined else ("seed",))
-    if not all(m1.get(k) == m2.get(k) for k in keys) or _data(m1) != _data(m2):
+    if not all(m1.get(k) == m2.get(k) for k in keys) or run_data(m1) != run_data(m2):
         return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
@@ -213,7 +213,7 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
         paired = compare_runs(ms[0][0], ms[1][0])
         one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
                isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
-        same_data = _data(ms[0][0]) == _data(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
+        same_data = run_data(ms[0][0]) == run_data(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
         if paired is None and all(one) and same_data:
             return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
         return paired

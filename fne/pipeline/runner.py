@@ -570,7 +570,7 @@ def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict | None:
     if rep["header"]["warning"]:
         say(rep["header"]["warning"])
     say(report_mod.table_text(rep["datasets"]))
-    say(f"report: {rep['md']} and {rep['html']}")
+    say(f"report: {rep['md']} and {rep['html']} (tables: {rep['csv']}, {rep['tex']})")
     return rep
 
 

@@ -1,4 +1,4 @@
-"""How `fne report` writes its tables: cell formats, report.md and report.html.
+"""How `fne report` writes its tables: cell formats, report.md, report.html and the console table.
 
 Pure formatting of the rows that fne.reporting.report tabulates; no files are read here.
 """
@@ -156,7 +156,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
         L += [f"> Note: {n}", ""]
     L += _header_lines(head, md=True) + [""]
     for ds in datasets:
-        L += [f"## {ds['dataset']}", ""]
+        L += [f"## {ds['dataset']}", ""] + ([f"Backbone: {ds['backbone']}", ""] if ds.get("backbone") else [])
         L.append("| " + " | ".join(TABLE_HEAD) + " |")
         L.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + "|")
         for r in ds["rows"]:
@@ -322,6 +322,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
     H.append("</ul>")
     for ds in datasets:
         H.append(f"<h2>{_e(ds['dataset'])}</h2>")
+        if ds.get("backbone"):
+            H.append(f"<p class='backbone'>Backbone: {_e(ds['backbone'])}</p>")
         H.append("<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD)
                  + "</tr></thead><tbody>")
         H += [_html_row(r, ds["multi_backbone"]) for r in ds["rows"]]
@@ -380,3 +382,28 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
     return "\n".join(H) + "\n"
 
 
+def table_text(datasets: list[dict]) -> str:
+    """A compact console table of every dataset."""
+    L = []
+    for ds in datasets:
+        L.append(ds["dataset"] + (f", backbone {ds['backbone']}" if ds.get("backbone") else "") + ":")
+        names = [label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "") for r in ds["rows"]]
+        width = max([len(n) for n in names] + [6])
+        L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
+                 f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
+        for r, name in zip(ds["rows"], names, strict=True):
+            c = cells(r)
+            L.append(f"  {name:<{width}}  {c['accuracy']:>13}  {c['accuracy_ci']:>11}  "
+                     f"{c['mean_class_accuracy']:>13}  {c['mean_class_accuracy_ci']:>11}  "
+                     f"{pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
+                     f"{c['extract_seconds']:>9}")
+        for name, p in ds["published"]["only"].items():
+            L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>11}  {'—':>13}  {'—':>11}  "
+                     f"{pub_str(p):>11}")
+        if ds["winner"]:
+            lead, best, rest, versus = winner_sentences(ds)
+            versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
+            L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
+        if ds.get("protocol_note"):
+            L.append(f"  Note: {ds['protocol_note']}")
+    return "\n".join(L)

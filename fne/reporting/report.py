@@ -16,7 +16,8 @@ the seed) are pooled over their splits, and rows of one method that differ in a 
 how in their label. Each row's 95% intervals are metrics.json's, or recomputed over a pooled row's
 splits (fne.reporting.intervals). Tables and figures are drawn by fne.reporting.render and
 fne.reporting.figures. `report.json` holds the rows as numbers (with the winner's confused pairs
-and worst classes), for scripts and tests.
+and worst classes), for scripts and tests; `report.csv` the same rows as one tidy table
+(fne.reporting.table), `report.tex` LaTeX tables of them.
 """
 
 from __future__ import annotations
@@ -32,27 +33,27 @@ from pathlib import Path
 import numpy as np
 
 from fne import verb_module
-from fne.cache.fs import check_target, read_json, replace_files
+from fne.cache.fs import check_target, csv_writer, read_json, replace_files
 from fne.errors import FneError, expect_path
 from fne.linear import compare
+from fne.metrics import data_identity
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.intervals import confusion_matrix, finite, pooled_intervals, recorded_intervals
 from fne.reporting.render import (
-    cells,
     confused_pairs,
     interval_sentence,
     label,
     pct,
-    pub_str,
     render_html,
     render_md,
     secs,
-    winner_sentences,
+    table_text,
     worst_classes,
 )
+from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -87,6 +88,9 @@ def collect(run_dirs: list[str | Path]) -> dict:
             m = read_json(p, warn=True)
             if m is None or "accuracy" not in m:
                 continue
+            if _malformed(m):
+                warnings.warn(f"skipping {p}: {_malformed(m)}", stacklevel=2)
+                continue
             step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
@@ -107,11 +111,36 @@ def collect(run_dirs: list[str | Path]) -> dict:
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 
+def _malformed(m: dict) -> str | None:
+    """Why a metrics.json cannot be tabulated (fields of other types than fne writes: a damaged or
+    hand-edited file); None where it can."""
+    bad = [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
+                       "data_resolved", "seed", "split_protocol") if isinstance(m.get(k), (list, dict))]
+    splits = m.get("splits")
+    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) for s in splits)):
+        bad.append("splits")
+    return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
+
+
 # ------------------------------------------------------------------ tabulating
 
 
 def dataset_key(run: dict) -> str:
     return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
+
+
+def dataset_keys(runs: list[dict]) -> list[str]:
+    """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
+    runs of one name read other DATA (two folders both called `images`), that DATA beside it, so
+    that different images are never tabulated, ranked or tested together. A run that records no
+    DATA (an old run) keeps the plain name."""
+    of = [str(compare.run_data(r["metrics"]) or "") for r in runs]
+    data: dict[str, set[str]] = defaultdict(set)
+    for r, d in zip(runs, of, strict=True):
+        if d:
+            data[dataset_key(r)].add(d)
+    return [f"{dataset_key(r)} ({d})" if d and len(data[dataset_key(r)]) > 1 else dataset_key(r)
+            for r, d in zip(runs, of, strict=True)]
 
 
 def is_scratch(m: dict) -> bool:
@@ -175,15 +204,19 @@ def extraction(run: dict) -> tuple[float | None, bool]:
     """(measured seconds of the extraction that computed this run's rows, True if none ran for it).
 
     `fne run` records the extraction in step.json ("extract"): its measured seconds when it
-    computed rows, else the rows were cached. Without that record, metrics.json's
-    extract_seconds is measured when `fne fit --extract` extracted; when it equals
-    n_images / extract_images_per_s, it is fit's estimate from the store's past rate: cached.
+    computed rows, else the rows were cached. Without that record, metrics.json's "rows" says
+    whether `fne fit` extracted (extract_seconds: measured) or read cached rows. A run written
+    before fit recorded "rows": extract_seconds is measured when `fne fit --extract` extracted;
+    when it equals n_images / extract_images_per_s, it is fit's estimate from the store's past
+    rate: cached.
     """
     ex = run["step"].get("extract")
     if isinstance(ex, dict):
         return (finite(ex.get("seconds")), False) if ex.get("n_computed") else (None, True)
     m = run["metrics"]
     s, rate = finite(m.get("extract_seconds")), finite(m.get("extract_images_per_s"))
+    if m.get("rows") in ("cached", "extracted"):
+        return (None, True) if m["rows"] == "cached" else (s, False)
     if s is not None and rate and isinstance(m.get("n_images"), int) and s == m["n_images"] / rate:
         return None, True
     return s, False
@@ -277,12 +310,26 @@ def published_value(v) -> dict | None:
     return None if mean is None else {"mean": mean, "std": std}
 
 
+def _references(key: str, runs: list[dict], published: dict[str, dict], advice: list[dict]) -> tuple[dict, list[dict]]:
+    """(published values, advice) of the section `key` of `runs`. A pipeline's are keyed by its
+    dataset key: they go with the runs of its steps (step.json), and with runs of that dataset name
+    where no other DATA shares it (the section is named `key` alone, `dataset_keys`); advice of
+    `fne advise` alone goes by dataset name and, where the name is shared, by DATA."""
+    base = dataset_key(runs[0])
+    lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
+    names = {str(r["metrics"].get("dataset")) for r in runs}
+    data = {str(compare.run_data(r["metrics"])) for r in runs}
+    return (published.get(lookup) or {}) if lookup else {}, [
+        a for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
+            not a.get("dataset_key") and a.get("dataset") in names and (key == base or data_identity(a.get("data")) in data))]
+
+
 def tabulate(collected: dict) -> list[dict]:
     """Per dataset: rows, best values, published values, winner, advice."""
     groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r in collected["runs"]:
+    for r, key in zip(collected["runs"], dataset_keys(collected["runs"]), strict=True):
         m = r["metrics"]
-        groups[dataset_key(r)][(str(m.get("method")), m.get("arch"), m.get("weights"),
+        groups[key][(str(m.get("method")), m.get("arch"), m.get("weights"),
                                 None if is_scratch(m) else m.get("weights_fingerprint"),
                                 json.dumps(settings(r), sort_keys=True, default=str))].append(r)
     published = published_for(collected["pipelines"])
@@ -300,7 +347,8 @@ def tabulate(collected: dict) -> list[dict]:
         for r in rows:  # values that read the same as the best (0.01 s and 0.01 s) are equally best
             r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None
                          and _shown(c, r[c]) == _shown(c, best[c]) and not r["partial"]]
-        pub = published.get(key) or {}
+        section = [r for rs in groups[key].values() for r in rs]
+        pub, advice = _references(key, section, published, collected["advice"])
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
         measured = {r["method"] for r in rows}
@@ -313,9 +361,6 @@ def tabulate(collected: dict) -> list[dict]:
         test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
             rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
         verdict = winner_verdict(rows, test)
-        names = {str(r["metrics"].get("dataset")) for rs in groups[key].values() for r in rs}
-        advice = [a for a in collected["advice"]
-                  if a.get("dataset_key") == key or (not a.get("dataset_key") and a.get("dataset") in names)]
         out.append({
             "dataset": key,
             "rows": rows,
@@ -327,7 +372,8 @@ def tabulate(collected: dict) -> list[dict]:
             "winner_test": test,
             "verdict": verdict,
             "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
-            "multi_backbone": multi,
+            "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
+            "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
             "protocol_note": protocol_note(rows),
         })
     return out
@@ -442,7 +488,7 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
 
 def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: str | Path | None = None,
            extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
-    """Write out/report.md, out/report.html (figures inline) and out/report.json.
+    """Write out/report.md, out/report.html (figures inline), out/report.json, report.csv and report.tex.
 
     Parameters
     ----------
@@ -461,7 +507,8 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     Returns
     -------
     dict
-        What report.json holds: the rows per dataset, the winners and the files written.
+        What report.json holds: the rows per dataset, the winners and the files written
+        (report.csv: report.json's rows as one table; report.tex: LaTeX tables; `fne.reporting.table`).
     """
     out = check_target(out, folder=True)  # before any run is read
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
@@ -483,37 +530,14 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
                 name = f"{slug(ds['dataset'])}-{key}.png"
                 (fig_dir / name).write_bytes(base64.b64decode(png))
                 files[(ds["dataset"], key)] = f"report_files/{name}"
+    rows = _jsonable(datasets)  # report.json's rows, and report.csv's
     texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
-             "report.json": json.dumps({"header": head, "datasets": _jsonable(datasets)}, indent=1)}
-    replace_files({out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()})
+             "report.json": json.dumps({"header": head, "datasets": rows}, indent=1)}
+    writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()}
+    writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows))
+    replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
-            "header": head, "datasets": datasets}
-
-
-def table_text(datasets: list[dict]) -> str:
-    """A compact console table of every dataset."""
-    L = []
-    for ds in datasets:
-        L.append(f"{ds['dataset']}:")
-        width = max([len(label(r, ds["multi_backbone"])) for r in ds["rows"]] + [6])
-        L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
-                 f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
-        for r in ds["rows"]:
-            c = cells(r)
-            L.append(f"  {label(r, ds['multi_backbone']):<{width}}  {c['accuracy']:>13}  {c['accuracy_ci']:>11}  "
-                     f"{c['mean_class_accuracy']:>13}  {c['mean_class_accuracy_ci']:>11}  "
-                     f"{pub_str(r.get('published')):>11}  {c['seconds']:>11}  "
-                     f"{c['extract_seconds']:>9}")
-        for name, p in ds["published"]["only"].items():
-            L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>11}  {'—':>13}  {'—':>11}  "
-                     f"{pub_str(p):>11}")
-        if ds["winner"]:
-            lead, best, rest, versus = winner_sentences(ds)
-            versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
-            L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
-        if ds.get("protocol_note"):
-            L.append(f"  Note: {ds['protocol_note']}")
-    return "\n".join(L)
+            "csv": str(out / "report.csv"), "tex": str(out / "report.tex"), "header": head, "datasets": datasets}
 
 
 # ------------------------------------------------------------------------ CLI
@@ -522,7 +546,7 @@ def table_text(datasets: list[dict]) -> str:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folders, or folders holding run folders (searched recursively)")
-    p.add_argument("--out", required=True, help="folder for report.md, report.html and report.json")
+    p.add_argument("--out", required=True, help="folder for report.md, report.html, report.json, report.csv and report.tex")
     p.add_argument("--pipeline", default=None, help="take published reference values from this pipeline file")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="write the tables only, no figures")
@@ -533,7 +557,7 @@ def run_cli(args) -> int:
     if r["header"]["warning"]:
         print(r["header"]["warning"])
     print(table_text(r["datasets"]))
-    print(f"wrote {r['md']} and {r['html']}")
+    print(f"wrote {r['md']}, {r['html']}, {r['json']}, {r['csv']} and {r['tex']}")
     return 0
 
 

@@ -1,0 +1,120 @@
+"""report.csv and report.tex: `fne report`'s rows as one tidy table (pandas, R) and as LaTeX tables.
+
+One line per report row (one run, or the runs of one setting pooled over their seeds), of every
+dataset, taken from the rows report.json holds (`fne.reporting.report._jsonable`): the same
+numbers, not a second computation. Measured figures are fractions (0–1) as in report.json and
+metrics.json; published reference values are in percent, as the pipeline file gives them, in
+columns that say so. An empty cell is a value the run does not record. report.tex holds the
+same rows' figures as report.md prints them, one LaTeX table per dataset.
+"""
+
+from __future__ import annotations
+
+import json
+
+from fne.reporting.render import cells
+
+CSV_COLUMNS = (
+    "dataset", "label", "method", "kind", "arch", "weights", "features", "head", "C", "train_mode", "settings",
+    "runs", "seeds", "n_splits", "n_train", "n_test", "n_images",
+    "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high",
+    "mean_class_accuracy", "mean_class_accuracy_std", "mean_class_accuracy_ci_low", "mean_class_accuracy_ci_high",
+    "ci_method", "published_accuracy_percent", "published_std_percent", "seconds", "extract_seconds", "extract_cached",
+    "ranked", "run_folders",
+)
+
+
+def _ci(row: dict, key: str, end: str):
+    ci = row.get(key)
+    return ci.get(end) if isinstance(ci, dict) else None
+
+
+def csv_rows(datasets: list[dict]) -> list[list]:
+    """The lines of report.csv (CSV_COLUMNS) from report.json's datasets.
+
+    Parameters
+    ----------
+    datasets : list of dict
+        report.json's "datasets": each with its "dataset" key and its "rows".
+
+    Returns
+    -------
+    list of list
+        One list of CSV_COLUMNS' values per row, dataset by dataset in the report's order; None
+        where a run does not record the value (an empty cell). Several seeds or run folders are
+        joined by ";". "C" is a fit's as asked for (`fne run`'s step), else as used (a JSON list where
+        the splits chose several). "settings" is the row's setting (features, head, C, training settings...)
+        as JSON; "extract_cached" is True where no extraction ran for the row (its rows were
+        cached: extract_seconds is empty); "ranked" is False for a row scored on a subset of the
+        classes (direct mode's class map), which the report does not rank.
+    """
+    out = []
+    for ds in datasets:
+        for r in ds["rows"]:
+            s, pub = r.get("settings") or {}, r.get("published") or {}
+            train = r.get("kind") == "train" or str(r.get("method", "")).startswith("train:")
+            cis = [m for m in dict.fromkeys(_ci(r, k, "method") for k in ("accuracy_ci", "mean_class_accuracy_ci")) if m]
+            values = {
+                "dataset": ds["dataset"], "label": r.get("label"), "method": r.get("method"), "kind": r.get("kind"),
+                "arch": r.get("arch"), "weights": "random init" if r.get("scratch") else r.get("weights"),
+                "features": None if train else s.get("features"), "head": None if train else s.get("head"),
+                "C": None if train or s.get("C") is None else (
+                    s["C"] if isinstance(s["C"], (str, int, float)) else json.dumps(s["C"])),
+                "train_mode": str(r["method"]).removeprefix("train:") if train else None,
+                "settings": json.dumps(s, sort_keys=True, default=str),
+                "runs": r.get("runs"), "seeds": ";".join(map(str, r.get("seeds") or [])) or None,
+                "n_splits": r.get("n_splits"), "n_train": r.get("n_train"), "n_test": r.get("n_test"),
+                "n_images": r.get("n_images"),
+                "accuracy": r.get("accuracy"), "accuracy_std": r.get("accuracy_std"),
+                "accuracy_ci_low": _ci(r, "accuracy_ci", "low"), "accuracy_ci_high": _ci(r, "accuracy_ci", "high"),
+                "mean_class_accuracy": r.get("mean_class_accuracy"),
+                "mean_class_accuracy_std": r.get("mean_class_accuracy_std"),
+                "mean_class_accuracy_ci_low": _ci(r, "mean_class_accuracy_ci", "low"),
+                "mean_class_accuracy_ci_high": _ci(r, "mean_class_accuracy_ci", "high"),
+                "ci_method": "; ".join(cis) or None,
+                "published_accuracy_percent": pub.get("mean"), "published_std_percent": pub.get("std"),
+                "seconds": r.get("seconds"), "extract_seconds": r.get("extract_seconds"),
+                "extract_cached": bool(r.get("extract_cached")),
+                "ranked": not r.get("partial"), "run_folders": ";".join(r.get("paths") or []),
+            }
+            out.append([values[c] for c in CSV_COLUMNS])
+    return out
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---"}
+
+
+def _tex(text) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text))
+
+
+def latex_tables(datasets: list[dict]) -> str:
+    """report.tex: per dataset a LaTeX tabular (booktabs) of report.md's figures (`render.cells`:
+    percent with one decimal, mean ± std, the 95% CIs), the best of each column bold.
+
+    Parameters
+    ----------
+    datasets : list of dict
+        report.json's "datasets", as `csv_rows` takes them.
+
+    Returns
+    -------
+    str
+        One `table` environment per dataset, for `\\input{}` in a document loading booktabs.
+    """
+    cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
+    out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
+           "(report.md says how each was computed); needs \\usepackage{booktabs}"]
+    for ds in datasets:
+        out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}"
+                + (f"; backbone {_tex(ds['backbone'])}" if ds.get("backbone") else "") + "}",
+                "\\begin{tabular}{lrrrrr}", "\\toprule",
+                "method & accuracy (\\%) & 95\\% CI & mean class acc. (\\%) & 95\\% CI & splits \\\\", "\\midrule"]
+        for r in ds["rows"]:
+            c = cells(r)
+            vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
+            runs = f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""
+            out.append(" & ".join([_tex(r["label"] + runs), *vals, _tex(r.get("n_splits") or "—")]) + " \\\\")
+        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+    return "\n".join(out)

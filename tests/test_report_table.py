@@ -1,0 +1,202 @@
+"""report.csv: report.json's rows as one tidy table (fne.reporting.table), and the sections of a report of several datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from fne.reporting.report import report, table_text
+from fne.reporting.table import CSV_COLUMNS
+from tests.test_report import WILSON, _splits, fake_metrics, make_runs, write_run
+
+
+def _read(out) -> tuple[list[dict], list[dict]]:
+    """(report.csv's lines as dicts, report.json's rows in the same order, each with its dataset)."""
+    with open(out / "report.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        lines = list(reader)
+    data = json.loads((out / "report.json").read_text())
+    return lines, [{**r, "dataset": d["dataset"]} for d in data["datasets"] for r in d["rows"]]
+
+
+def _number(cell: str) -> float | None:
+    return None if cell == "" else float(cell)
+
+
+def test_report_csv_holds_report_json_numbers_one_line_per_row(tmp_path):
+    """Every number of report.csv is report.json's, exactly (fractions, not rounded), a value a run
+    does not record an empty cell; fit rows name features and head, train rows their mode; a row
+    pooled over seeds lists its seeds and run folders; the CI cells are the recorded intervals'."""
+    root = make_runs(tmp_path / "runs")
+    for seed, accs in ((0, (0.6, 0.8)), (1, (0.7, 0.9))):  # two seeds of random splits: one pooled row
+        splits = [{**s, "test_hash": f"h{seed}{i}"} for i, s in enumerate(_splits(accs))]
+        write_run(root, f"seeds/s{seed}", fake_metrics(
+            "fne+logreg", sum(accs) / 2, 0.1, sum(accs) / 2, 0.1, splits=splits, seed=seed,
+            split_protocol="2x stratified test_size=0.25", features="fne", head="logreg"))
+    write_run(root, "ci", fake_metrics("last+svm", 0.9, 0.0, 0.85, 0.0, splits=_splits([0.9]), accuracy_ci=WILSON,
+                                       features="last", head="svm", C=0.5))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    assert r["csv"] == str(out / "report.csv")
+    lines, rows = _read(out)
+    assert len(lines) == len(rows) == 6
+    for line, row in zip(lines, rows, strict=True):
+        assert (line["dataset"], line["method"], line["label"]) == (row["dataset"], row["method"], row["label"])
+        for col in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std", "seconds",
+                    "extract_seconds", "n_splits", "n_test", "n_train", "runs"):
+            assert _number(line[col]) == row[col], (row["label"], col)
+        for key in ("accuracy", "mean_class_accuracy"):
+            ci = row[f"{key}_ci"] or {}
+            assert (_number(line[f"{key}_ci_low"]), _number(line[f"{key}_ci_high"])) == (ci.get("low"), ci.get("high"))
+        assert line["run_folders"].split(";") == row["paths"] and line["weights"] == row["weights"]
+        assert _number(line["published_accuracy_percent"]) == (row["published"] or {}).get("mean")
+    by = {(line["dataset"], line["method"]): line for line in lines}
+    assert by["pets", "fne+svm"]["accuracy"] == "0.912345" and by["pets", "fne+svm"]["published_accuracy_percent"] == "89.2"
+    assert by["pets", "fne+svm"]["accuracy_ci_low"] == "" and by["pets", "fne+svm"]["ranked"] == "True"
+    ci = by["pets", "last+svm"]
+    assert (float(ci["accuracy_ci_low"]), float(ci["accuracy_ci_high"])) == (WILSON["low"], WILSON["high"])
+    assert ci["ci_method"] == WILSON["method"] and ci["mean_class_accuracy_ci_low"] == ""
+    assert (ci["features"], ci["head"], ci["C"], ci["train_mode"]) == ("last", "svm", "0.5", "")
+    ft = by["pets", "train:finetune"]
+    assert (ft["features"], ft["head"], ft["train_mode"], ft["n_splits"]) == ("", "", "finetune", "1")
+    pooled = by["pets", "fne+logreg"]
+    assert (pooled["runs"], pooled["seeds"], pooled["n_splits"]) == ("2", "0;1", "4")
+    assert float(pooled["accuracy"]) == pytest.approx(0.75) and float(pooled["accuracy_ci_low"]) < 0.75
+    assert pooled["ci_method"].startswith("corrected resampled t interval over 4 random splits")
+    assert sorted(pooled["run_folders"].split(";")) == [str(root / "seeds" / "s0"), str(root / "seeds" / "s1")]
+    assert json.loads(pooled["settings"])["split_protocol"] == "2x stratified test_size=0.25"
+    assert (pooled["C"], ft["C"]) == ("", "")  # not recorded; not a fit
+    assert by["flowers", "fne+svm"]["accuracy"] == "0.7"
+    assert "\n  fne+logreg (2 runs)  " in table_text(r["datasets"])  # the console says it is pooled, as report.md does
+
+
+def test_report_csv_is_replaced_with_the_other_files(tmp_path):
+    """A second report into the same folder replaces report.csv with the others (no stale line of
+    the first), and leaves no temporary file."""
+    root = tmp_path / "runs"
+    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    write_run(root, "b", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01))
+    out = tmp_path / "rep"
+    report([root / "a", root / "b"], out, figures=False)
+    assert len(_read(out)[0]) == 2
+    report([root / "a"], out, figures=False)
+    lines, rows = _read(out)
+    assert [x["method"] for x in lines] == [x["method"] for x in rows] == ["fne+svm"]
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.html", "report.json", "report.md", "report.tex"]
+
+
+def test_two_datasets_of_one_folder_name_are_two_sections_never_compared(tmp_path):
+    """Runs on /data/cub/images and /data/dogs/images (both named `images`) are two sections named
+    by their DATA, each with its own winner; runs on one DATA stay one section, and so do the runs
+    that record no DATA (written by an older fne)."""
+    root = tmp_path / "runs"
+    for name, method, acc, data in (("cub", "fne+svm", 0.9, "/data/cub/images"), ("cub2", "fc7+svm", 0.8, "/data/cub/images"),
+                                    ("dogs", "fc7+svm", 0.6, "/data/dogs/images")):
+        write_run(root, name, fake_metrics(method, acc, 0.0, acc, 0.0, dataset="images", data=data,
+                                           data_resolved=data, splits=_splits([acc])))
+    for name, acc in (("old1", 0.5), ("old2", 0.4)):
+        m = fake_metrics(f"{name}+svm", acc, 0.0, acc, 0.0, dataset="flowers", splits=_splits([acc]))
+        del m["data"]
+        write_run(root, name, m)
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {ds["dataset"]: ds for ds in r["datasets"]}
+    assert sorted(by) == ["flowers", "images (/data/cub/images)", "images (/data/dogs/images)"]
+    assert [row["method"] for row in by["images (/data/cub/images)"]["rows"]] == ["fne+svm", "fc7+svm"]
+    dogs = by["images (/data/dogs/images)"]
+    assert [row["method"] for row in dogs["rows"]] == ["fc7+svm"] and dogs["verdict"]["kind"] == "single"
+    assert len(by["flowers"]["rows"]) == 2
+    lines, _ = _read(tmp_path / "rep")
+    assert {x["dataset"] for x in lines} == set(by)
+
+
+def test_a_fit_on_cached_rows_says_cached(tmp_path):
+    """`fne fit` records "rows": "cached" and no extract_seconds when it read cached rows: the
+    extraction column says "cached" (it said "—", as for a run that records nothing)."""
+    root = tmp_path / "runs"
+    write_run(root, "first", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, extract=33.0, rows="extracted"))
+    write_run(root, "second", fake_metrics("last+svm", 0.8, 0.01, 0.8, 0.01, extract=None, rows="cached"))
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {row["method"]: row for row in r["datasets"][0]["rows"]}
+    assert (by["fne+svm"]["extract_seconds"], by["fne+svm"]["extract_cached"]) == (33.0, False)
+    assert (by["last+svm"]["extract_seconds"], by["last+svm"]["extract_cached"]) == (None, True)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "| last+svm | 80.0 ± 1.0 | — | 80.0 ± 1.0 | — | — | 1.00 | cached |" in md
+    lines = {x["method"]: x for x in _read(tmp_path / "rep")[0]}
+    assert [(lines[k]["extract_seconds"], lines[k]["extract_cached"]) for k in ("fne+svm", "last+svm")] == [
+        ("33.0", "False"), ("", "True")]
+
+
+@pytest.mark.parametrize("bad", [{"splits": "x"}, {"splits": ["a"]}, {"method": ["x"]}, {"arch": {"a": 1}}])
+def test_a_metrics_json_of_fields_fne_never_writes_is_skipped_and_named(tmp_path, bad):
+    """A damaged or hand-edited metrics.json (splits that are not records, a method that is a list)
+    raised a traceback (TypeError: unhashable type); it is left out with a warning naming it."""
+    root = tmp_path / "runs"
+    write_run(root, "good", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    d = write_run(root, "bad", {**fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01), **bad})
+    with pytest.warns(UserWarning, match=rf"skipping {d / 'metrics.json'}: its {next(iter(bad))} not as fne writes"):
+        r = report([root], tmp_path / "rep", figures=False)
+    assert [row["method"] for row in r["datasets"][0]["rows"]] == ["fne+svm"]
+
+
+def test_report_tex_holds_report_md_figures_one_table_per_dataset(tmp_path):
+    """report.tex: per dataset a booktabs table whose cells are report.md's (percent, ± std, CI,
+    best bold), with LaTeX's special characters escaped."""
+    from tests.test_report import md_rows
+
+    root = make_runs(tmp_path / "runs")
+    write_run(root, "odd", fake_metrics("my_feat&co+svm", 0.3, 0.01, 0.3, 0.01, accuracy_ci=WILSON))
+    out = tmp_path / "rep"
+    report([root], out, figures=False)
+    tex, md = (out / "report.tex").read_text(), (out / "report.md").read_text()
+    assert tex.count("\\begin{tabular}") == tex.count("\\end{table}") == 2
+    assert "\\caption{pets; backbone vgg16 (imagenet)}" in tex and "\\caption{flowers; backbone vgg16" in tex
+    for name, line in (("fne+svm", "fne+svm"), ("my_feat&co+svm", "my\\_feat\\&co+svm")):
+        acc, ci = md_rows(md, "pets")[name][:2]
+        tex_acc = "\\textbf{" + acc.strip("*") + "}" if acc.startswith("**") else acc
+        expect = f"{line} & {tex_acc} & {ci} & ".replace("±", "$\\pm$").replace("–", "--").replace("—", "---")
+        assert any(x.startswith(expect) for x in tex.splitlines()), expect
+    assert "\\textbf{91.2 $\\pm$ 1.2}" in tex and "80.0--95.0" in tex
+
+
+def test_a_pipelines_published_values_and_advice_stay_with_its_section_beside_other_data_of_its_name(tmp_path):
+    """A pipeline's `digits` (a subset it wrote) beside `fne fit digits` (all of them): two sections;
+    the pipeline's published values and advice (keyed by its dataset key) stay with its steps' runs,
+    advice of `fne advise digits` alone goes with the runs on its DATA."""
+    root = tmp_path / "runs"
+    sub = "/runs/pipe/digits/data/digits.h5"
+    d = write_run(root, "pipe/digits/fne", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset="digits", data=sub))
+    (d / "step.json").write_text(json.dumps({"dataset_key": "digits"}))
+    write_run(root, "mine/fne", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, dataset="digits", data="digits"))
+    (root / "pipe" / "pipeline.json").write_text(json.dumps({"name": "p", "datasets": {"digits": {"published": {
+        "source": "a paper", "values": {"fne+svm": 95.0}}}}}))
+    advice = {"recommendation": "finetune", "text": "Fine-tune.", "families": ["fine-tuning"], "dataset": "digits",
+              "arch": "vgg16", "weights": "imagenet", "reasons": [], "similarity": {"judged": False}}
+    (root / "pipe" / "advice.json").write_text(json.dumps({**advice, "dataset_key": "digits", "data": sub}))
+    (root / "mine" / "advice.json").write_text(json.dumps({**advice, "data": "digits", "recommendation": "frozen"}))
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {ds["dataset"]: ds for ds in r["datasets"]}
+    pipe, mine = by[f"digits ({sub})"], by["digits (digits)"]
+    assert pipe["rows"][0]["published"] == {"mean": 95.0, "std": None} and mine["rows"][0]["published"] is None
+    assert [a["recommendation"] for a in pipe["advice"]] == ["finetune"]
+    assert [a["recommendation"] for a in mine["advice"]] == ["frozen"]
+
+
+def test_each_section_names_its_backbone_where_its_rows_do_not(tmp_path):
+    """digits on one backbone, flowers on another: the header listed both and no row said which
+    was whose; each section now names its one backbone (report.md, report.html, the console,
+    report.json), and a section of several backbones names them in its rows' labels."""
+    root = tmp_path / "runs"
+    write_run(root, "d", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset="digits", arch="resnet18"))
+    write_run(root, "f1", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, dataset="flowers"))
+    write_run(root, "f2", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, dataset="flowers", arch="resnet18"))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert "## digits\n\nBackbone: resnet18 (imagenet)\n" in md and "<p class='backbone'>Backbone: resnet18 (imagenet)</p>" in html
+    assert "digits, backbone resnet18 (imagenet):" in table_text(r["datasets"])
+    flowers = next(ds for ds in json.loads((out / "report.json").read_text())["datasets"] if ds["dataset"] == "flowers")
+    assert flowers["backbone"] is None and "## flowers\n\n| method" in md
+    assert [row["label"] for row in flowers["rows"]] == ["fne+svm [vgg16 (imagenet)]", "fne+svm [resnet18 (imagenet)]"]
