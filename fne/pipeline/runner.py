@@ -337,7 +337,7 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
     if mode == "direct":
         kwargs["class_map"] = _write_class_map(step.dataset, out)
     # an interrupted step goes on from its checkpoint; one of other settings starts anew
-    return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, **kwargs)
+    return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, cache=cache, **kwargs)
 
 
 def _summary_line(step: Step, r: dict) -> str:
