@@ -14,10 +14,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.fs import read_json, write_json
-from fne.options import TrainConfig, uses
+from fne.options import TrainConfig, named, uses
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 
 STEP_FORMAT = 1
+
+
+def forced(python: bool) -> str:
+    """`fne run --force` as the caller gives it: ``force=True`` to `fne.run` (`fne.progress.said`)."""
+    return named("force", python, True) if python else named("force", python)
 
 
 def config_hash(cfg: dict) -> str:

@@ -54,6 +54,7 @@ from fne.metrics import (
     split_scores,
 )
 from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig, named, refusal
+from fne.progress import said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -89,7 +90,7 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":
-        raise refusal(lambda py: f"{'resume=True' if py else '--resume'}: {named('mode', py, 'direct', plain=True)} "
+        raise refusal(lambda py: f"{checkpoint.resume_flag(py)}: {named('mode', py, 'direct', plain=True)} "
                                  f"does not train, there is nothing to resume")
 
 
@@ -256,7 +257,7 @@ def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epoch
     checkpoint.seed_all(cfg.seed)
     scaler = torch.amp.GradScaler(dev.type) if (prec == "fp16" and dev.type in ("cuda", "mps")) else None
     return epochs.Ctx(dataset, dataset.label_indices(), dev, prec, Normalize(b.mean, b.std).to(dev), scaler,
-                      cfg.progress, {})
+                      cfg.progress, {}, data=cfg.data)
 
 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -324,17 +325,19 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         print(f"resumed {path} after epoch {run['epoch']}")
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
+            match = said(lambda py: ", ".join(named(n, py) for n in ("device", "precision", "augment_on")))
             print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
-                  f"bit-identical to an uninterrupted run (give --device, --precision, --augment-on to match)")
+                  f"bit-identical to an uninterrupted run (give {match} to match)")
     elif path.exists():
-        print(f"note: starting a new run; {path} is replaced at the next save (--resume continues it)")
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        print(said(lambda py: f"note: starting a new run; {path} is replaced at the next save "
+                              f"({checkpoint.resume_flag(py)} continues it)"))
     gen = torch.Generator()
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
     last_write = time.monotonic()
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)  # made by a first epoch that ran
             checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
                             weights_file=checkpoint.weights_file(cfg.weights))
             last_write = time.monotonic()
