@@ -16,7 +16,6 @@ from fne.cache.fs import read_json
 from fne.errors import FneError, WeightsError
 from fne.pipeline.config import BackboneCfg, Pipeline
 from fne.pipeline.steps import Step, forced, known_keys, needs_rows, train_arguments
-from fne.progress import said
 
 __all__ = ["describe", "extraction_line", "plan_either"]
 
@@ -105,7 +104,7 @@ def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], ca
         if needs_rows(s, bool(p.fit)) and pair not in announced:
             announced.add(pair)
             say("  " + extraction_line(s, data_for.get(s.dataset.key, s.dataset.data), p, cache))
-        say(f"  {s.label}  ->  {s.dir}  (to run: {said(forced) if done else why}{_checkpoint_note(s, p, force, cache)})")
+        say(f"  {s.label}  ->  {s.dir}  (to run: {forced() if done else why}{_checkpoint_note(s, p, force, cache)})")
     return to_run
 
 
@@ -118,7 +117,7 @@ def _checkpoint_note(step: Step, p: Pipeline, force: bool, cache: str | None) ->
     from fne.training.checkpoint import CHECKPOINT
 
     if force:
-        return f"; {said(forced)} starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
+        return f"; {forced()} starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
     kwargs, note = train_arguments(step, p), None
     either = kwargs["weights"] == "imagenet-or-random"  # resolved when the run starts: either may be the checkpoint's
     for w in ("imagenet", "random") if either else (kwargs["weights"],):

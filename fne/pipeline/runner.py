@@ -46,7 +46,6 @@ from fne.pipeline.steps import (
     needs_rows,
     train_arguments,
 )
-from fne.progress import said
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
@@ -520,7 +519,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                     extracted[pair] = f"extraction failed: {_one_line(e)}"
             if rows and isinstance(extracted[pair], str):
                 raise FneError(extracted[pair])
-            say(f"{tag} ..." + (f" ({said(forced)})" if done else f" ({why})" if why != "new" else ""))
+            say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
             t = time.perf_counter()
             result = run_step(step, p, cache, out, resume=not force)
         except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run

@@ -16,13 +16,14 @@ from pathlib import Path
 from fne.cache.fs import read_json, write_json
 from fne.options import TrainConfig, named, uses
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
+from fne.progress import said
 
 STEP_FORMAT = 1
 
 
-def forced(python: bool) -> str:
-    """`fne run --force` as the caller gives it: ``force=True`` to `fne.run` (`fne.progress.said`)."""
-    return named("force", python, True) if python else named("force", python)
+def forced() -> str:
+    """`fne run --force` in the words of the API called: ``force=True`` to `fne.run` (`fne.progress.said`)."""
+    return said(lambda py: named("force", py, True) if py else named("force", py))
 
 
 def config_hash(cfg: dict) -> str:
