@@ -132,11 +132,14 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
 
 
 def _not_cached(data, spec: StoreSpec, verb: str, what: str) -> FneError:
-    """The error of rows `what` says are not in the cache: how to add them."""
-    python_only = verb == "load_rows"  # a function, no command
-    who = f"fne.{verb}" if python_only else f"fne {verb}"
-    return FneError(f"{what}; add them with:\n  {extract_command(data, spec)}\n(or pass "
-                    f"{'' if python_only else '--extract, in Python '}extract_missing=True, to let `{who}` run the network)")
+    """The error of rows `what` says are not in the cache: the command that adds them, or the
+    verb's extract_missing (--extract) in the words of the API called."""
+    def text(py: bool) -> str:
+        extract = named("extract_missing", py, True) if py else named("extract_missing", py)
+        return (f"{what}; add them with:\n  {extract_command(data, spec)}\n(or pass {extract}, to let "
+                f"`fne{'.' if py else ' '}{verb}` run the network)")
+
+    return refusal(text, FneError)
 
 
 # ----------------------------------------------------------------- rows
