@@ -140,6 +140,9 @@ def test_a_failed_fit_makes_no_cache_folder_and_keeps_an_existing_caches_listing
     err = capsys.readouterr().err
     assert err.startswith(f"fne fit: error: the 24 images of {digits_folder} are not in the cache {typo}, a folder "
                           f"that does not exist; add them with:\n  fne extract {digits_folder} ")
+    assert err.endswith("\n(or pass --extract, to let `fne fit` run the network)\n")
+    with pytest.raises(FneError, match=r"\n\(or pass extract_missing=True, to let `fne\.fit` run the network\)$"):
+        fit(digits_folder, out=tmp_path / "run", cache=str(typo), **SPEC)
     one = write_digits(tmp_path / "one", per_class=6, classes=1)
     assert main(["fit", str(one), "--extract", "--cache", str(typo), *args]) == 2
     assert "a head needs at least 2 classes" in capsys.readouterr().err
