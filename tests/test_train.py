@@ -937,10 +937,10 @@ def test_a_folder_of_unreadable_images_stops_after_reading_them_before_any_epoch
     out, err = capsys.readouterr()
     assert "epoch 1/" not in out and err.count("fne: warning: skipped ") == 9
     assert err.splitlines()[-1] == (f"fne train: error: {data}: no readable images in the training part "
-                                    f"(9 unreadable, each named above)")
+                                    f"(9 of 9 unreadable, each named above)")
     assert not (tmp_path / "run").exists()
     with pytest.warns(UserWarning, match="skipped"), pytest.raises(
-            DataError, match=r"^.*data: no readable images in the training part \(9 unreadable"):
+            DataError, match=r"^.*data: no readable images in the training part \(9 of 9 unreadable"):
         train(str(data), "frozen", tmp_path / "run", weights="random", epochs=1, val_fraction=0, **FAST)
     assert not (tmp_path / "run").exists()
 
