@@ -359,6 +359,18 @@ def test_fne_train_and_its_pipeline_steps_keep_listings_in_the_cache_given(tmp_p
     assert not (tmp_path / "fne-cache").exists()  # $FNE_CACHE (this test's) untouched by all three
 
 
+def test_fit_from_a_cache_folder_that_does_not_exist_keeps_no_listing_there(tmp_path, capsys):
+    """Tar shards' listings are kept in the cache: a fit without --extract from a mistyped --cache
+    says the folder does not exist before listing them, and makes no folder."""
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    write_shards(src, tmp_path / "tar", per_shard=4)
+    typo = tmp_path / "typo"
+    assert main(["fit", str(tmp_path / "tar"), "--cache", str(typo), "--out", str(tmp_path / "run"), *CLI_FAST]) == 2
+    assert (f"the images of {tmp_path / 'tar'} are not in the cache {typo}, a folder that does not exist; add them "
+            f"with:") in capsys.readouterr().err
+    assert not typo.exists() and not (tmp_path / "fne-cache").exists() and not (tmp_path / "run").exists()
+
+
 def test_hostile_members_one_clean_line_each(tmp_path, capsys):
     tar, parquet, tar_bad, pq_bad = _hostile_containers(tmp_path)
     for data, bad in ((tar, tar_bad), (parquet, pq_bad)):

@@ -21,6 +21,7 @@ import numpy as np
 from fne.backbones import registry as backbones
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
 from fne.cache.store import Store, cache_root, is_url
+from fne.data.containers import takes_label_key
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
@@ -93,15 +94,19 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     `check(dataset)` raises for a dataset the verb cannot use: it is called before the cache is
     read or any image extracted, and again once the unreadable images are left out. `label_key`:
     where DATA's labels are (tar shards, Parquet; `fne.data.datasets.load_dataset`). Without
-    `extract_missing`, a local cache folder that does not exist is said at once, before DATA's
-    images are hashed: reading makes no cache (a mistyped --cache is not left behind)."""
+    `extract_missing`, a local cache folder that does not exist is said before DATA's images are
+    hashed (tar shards, Parquet and hf: DATA: before they are listed, as their listings and
+    downloads are kept in the cache): reading makes no cache (a mistyped --cache is not left behind)."""
+    root = cache_root(spec.cache)
+    absent = not extract_missing and not is_url(root) and not root.is_dir()
+    where = f"not in the cache {root}, a folder that does not exist"
+    if absent and takes_label_key(data):
+        raise _not_cached(data, spec, verb, f"the images of {data} are {where}")
     dataset = load_dataset(data, label_key=label_key, cache=spec.cache)
     if check is not None:
         check(dataset)
-    root = cache_root(spec.cache)
-    if not extract_missing and not is_url(root) and not root.is_dir():
-        raise _not_cached(data, spec, verb, f"the {len(dataset)} images of {data} are not in the cache {root}, "
-                                            f"a folder that does not exist")
+    if absent:
+        raise _not_cached(data, spec, verb, f"the {len(dataset)} images of {data} are {where}")
     keys = attach_keys(dataset, spec.cache).keys()
     store = spec.find(keys, verb)
     missing = store.missing(keys)
