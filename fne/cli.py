@@ -350,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
     option value's (`fne.options.refusal`'s `cli`) names its flag, where Python's names its keyword."""
     from fne.errors import FneError
+    from fne.progress import COMMAND_LINE
 
     argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
     args, extra = build_parser(argv).parse_known_args(argv)
@@ -360,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     found = _checkpoint_found(args)  # train: an earlier run's checkpoint, told from this run's
+    words = COMMAND_LINE.set(True)  # what the verb prints names flags (`fne.progress.said`)
     try:
         return int(args.func(args) or 0)
     except FneError as e:
@@ -393,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
               f"committed work is kept, rerun{smaller} to resume", file=sys.stderr)
         return 2
     finally:
+        COMMAND_LINE.reset(words)
         if in_main:
             signal.signal(signal.SIGTERM, before)
 

@@ -1,4 +1,5 @@
-"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log.
+"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; and
+the lines verbs print, in the words of the API called (`said`).
 
 A log (stderr not a terminal: CI, Slurm, `2> file`) gets whole newline-terminated lines, so
 warnings printed meanwhile stay on lines of their own.
@@ -6,8 +7,10 @@ warnings printed meanwhile stay on lines of their own.
 
 from __future__ import annotations
 
+import contextvars
 import sys
 import time
+from collections.abc import Callable
 
 LOG_INTERVAL_S = 30.0
 
@@ -59,3 +62,15 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", lea
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
+
+
+# True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).
+COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_command_line", default=False)
+
+
+def said(text: Callable[[bool], str]) -> str:
+    """A line a verb prints (a note, a step's progress) in the words of the API called, as
+    `fne.options.refusal` words an error: `text(python)`, which names options with
+    `fne.options.named(..., python)`, for a Python caller their keywords (``force=True``), on the
+    command line (`COMMAND_LINE`) their flags (``--force``)."""
+    return text(not COMMAND_LINE.get())

@@ -54,7 +54,7 @@ VERBS = {  # verb -> (option classes, what the verb declares beside them)
     "extract": ((O.DataOptions, O.StoreOptions, O.ExtractOptions), {"data"}),
     "fit": ((O.DataOptions, O.FitOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
     "export": ((O.DataOptions, O.RowsOptions, O.StoreOptions, O.ForwardOptions), {"data", "out"}),
-    "train": ((O.DataOptions, O.TrainConfig), {"data"}),
+    "train": ((O.DataOptions, O.TrainConfig), {"data", "cache"}),  # cache: StoreOptions' (the one it takes)
     "advise": ((O.DataOptions, O.AdviseOptions, O.StoreOptions, O.ForwardOptions), {"data", "json", "out"}),
 }
 
@@ -78,6 +78,16 @@ def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
         assert actions[name].option_strings == [O.flag(f)]
         if f.default not in (dataclasses.MISSING, None, True, False):  # --help lists it (README)
             assert "default" in actions[name].help, name
+
+
+def test_train_takes_the_cache_option_the_store_verbs_declare():
+    """`fne train --cache` is StoreOptions' cache (flag, default, help), not a second declaration."""
+    from fne.training.train import STORE_OPTIONS
+
+    (f,) = [f for f in dataclasses.fields(O.StoreOptions) if f.name in STORE_OPTIONS]
+    cache = _actions("train")["cache"]
+    assert (cache.option_strings, cache.default, cache.help) == ([O.flag(f)], None, f.metadata["opt"].help)
+    assert cache.help == _actions("fit")["cache"].help
 
 
 def test_run_help_names_the_cache_and_devices_the_other_verbs_use():

@@ -329,6 +329,48 @@ def test_listings_are_kept_in_the_cache_given(tmp_path, monkeypatch):
     assert hf_folder("hf:someone/digits", cache) == cache / "hf" / "someone--digits" / "default"
 
 
+def test_fne_train_and_its_pipeline_steps_keep_listings_in_the_cache_given(tmp_path):
+    """`fne train --cache` (`fne.train(cache=...)`, a pipeline's train step) lists tar shards
+    through that cache's listings, as extract and fit do: nothing goes to $FNE_CACHE."""
+    src = write_digits(tmp_path / "digits", per_class=6, classes=2)
+    for f in write_shards(src, tmp_path / "tar", per_shard=6):
+        os.utime(f, (OLD, OLD))
+    fast = ["--arch", "efficientnet_lite0", "--weights", "random", "--epochs", "1", "--image-size", "32",
+            "--workers", "0", "--val-fraction", "0", "--no-progress"]
+    cache = tmp_path / "c"
+    assert main(["train", str(tmp_path / "tar"), "--mode", "frozen", "--cache", str(cache),
+                 "--out", str(tmp_path / "run"), *fast]) == 0
+    assert len(list((cache / "manifests" / "containers").glob("*.json"))) == 2
+    other = tmp_path / "c2"
+    m = fne.train(tmp_path / "tar", "frozen", tmp_path / "run2", cache=other, arch="efficientnet_lite0",
+                  weights="random", epochs=1, image_size=32, workers=0, val_fraction=0, progress=False)
+    assert m["n_train"] == 9 and len(list((other / "manifests" / "containers").glob("*.json"))) == 2
+    with pytest.raises(TypeError, match="cache must be a string"):
+        fne.train(tmp_path / "tar", "frozen", tmp_path / "run3", cache=3)
+    from fne.pipeline import runner
+
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(f"""[pipeline]\nname = "t"\nadvise = false\n\n[datasets.tar]\ndata = "{tmp_path / 'tar'}"\n\n"""
+                        f"""[[backbones]]\narch = "efficientnet_lite0"\nweights = "random"\n\n"""
+                        f"""[train]\nmodes = ["frozen"]\nepochs = 1\nimage_size = 32\nval_fraction = 0.0\n"""
+                        f"""workers = 0\nprogress = false\n""")
+    runner.run(pipeline, tmp_path / "out", str(tmp_path / "c3"), report=False, log=lambda s: None)
+    assert (tmp_path / "out" / "tar" / "efficientnet_lite0-random" / "train-frozen-s0" / "metrics.json").is_file()
+    assert not (tmp_path / "fne-cache").exists()  # $FNE_CACHE (this test's) untouched by all three
+
+
+def test_fit_from_a_cache_folder_that_does_not_exist_keeps_no_listing_there(tmp_path, capsys):
+    """Tar shards' listings are kept in the cache: a fit without --extract from a mistyped --cache
+    says the folder does not exist before listing them, and makes no folder."""
+    src = write_digits(tmp_path / "digits", per_class=3, classes=2)
+    write_shards(src, tmp_path / "tar", per_shard=4)
+    typo = tmp_path / "typo"
+    assert main(["fit", str(tmp_path / "tar"), "--cache", str(typo), "--out", str(tmp_path / "run"), *CLI_FAST]) == 2
+    assert (f"the images of {tmp_path / 'tar'} are not in the cache {typo}, a folder that does not exist; add them "
+            f"with:") in capsys.readouterr().err
+    assert not typo.exists() and not (tmp_path / "fne-cache").exists() and not (tmp_path / "run").exists()
+
+
 def test_hostile_members_one_clean_line_each(tmp_path, capsys):
     tar, parquet, tar_bad, pq_bad = _hostile_containers(tmp_path)
     for data, bad in ((tar, tar_bad), (parquet, pq_bad)):

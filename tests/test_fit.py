@@ -126,6 +126,11 @@ def test_fit_never_runs_the_network_silently(digits_folder, tmp_path, capsys):
             "--precision", "fp32", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "r")]
     assert main(args) == 2
     err = capsys.readouterr().err
+    assert "the 24 images" in err and "a folder that does not exist" in err and "fne extract" in err and "--extract" in err
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    (tmp_path / "empty").mkdir()  # a cache, holding no store
+    assert main(args) == 2
+    err = capsys.readouterr().err
     assert "24 of 24 images" in err and "fne extract" in err and "--extract" in err
     assert not (tmp_path / "r" / "metrics.json").exists()
 

@@ -314,7 +314,8 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
     other = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2\nlr = 0.01"), "other.toml")
     assert dry(other).endswith("its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the "
                                "rerun starts over)")
-    assert dry(f, force=True).endswith("--force starts it over, leaving its checkpoint unused)")
+    assert dry(f, force=True).endswith("(to run: did not finish last time; force=True starts it over, leaving its "
+                                       "checkpoint unused)")  # fne.run's keyword; `fne run` says --force
     with monkeypatch.context() as m:
         resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
         P.run(f, out, cache, report=False, log=lambda s: None)
@@ -618,7 +619,7 @@ def test_two_steps_never_share_a_folder(tmp_path):
         P.plan(p, tmp_path / "out", {}, read=False)
 
 
-def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens):
+def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, capsys):
     """Before any run: the first fit's extraction of rows not in the cache; after a run, every step
     done; a changed setting: which steps rerun and why, and that the rows are cached."""
     for png in write_digits(tmp_path / "images", per_class=3, classes=2).rglob("*.png"):
@@ -653,6 +654,19 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens):
     P.run(f, out, cache, report=False, log=said.append)
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (settings changed: splits 2 -> 3)") for s in said)
     assert dry()[-1] == "0 step(s) to run, 3 done"
+    # steps done, rerun on demand: in Python's words from fne.run, in the flag's from `fne run`
+    from fne.cli import main
+
+    forced: list[str] = []
+    P.run(f, out, cache, dry_run=True, force=True, log=forced.append)
+    assert forced[1].endswith("advice  (to run: force=True)") and forced[-1] == "3 step(s) to run, 0 done"
+    capsys.readouterr()
+    assert main(["run", str(f), "--out", str(out), "--cache", cache, "--dry-run", "--force"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[1].endswith("advice  (to run: --force)") and "force=True" not in "".join(printed)
+    said.clear()
+    P.run(f, out, cache, force=True, report=False, log=said.append)
+    assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (force=True)") for s in said)
 
 
 @pytest.mark.parametrize("imagenet_loads", [False, True])

@@ -126,6 +126,33 @@ def test_a_read_only_verb_on_rows_no_store_holds_creates_no_store(digits_folder,
     assert not [d for d in cache.iterdir() if (d / "parts").exists()] if cache.exists() else True
 
 
+def test_a_failed_fit_makes_no_cache_folder_and_keeps_an_existing_caches_listing(digits_folder, tmp_path, capsys):
+    """`fne fit --cache /typo` said the images were not in /typo/<store>, after hashing every image
+    into a new /typo/manifests/; it now says at once that the folder does not exist, and makes
+    none. A fit that stops on its DATA (one class) with --extract makes none either. An existing
+    cache still keeps DATA's manifest (its keys save the next command the hashing)."""
+    from fne.cli import main
+
+    from .conftest import write_digits
+
+    typo, args = tmp_path / "typo", ["--weights", "random", "--arch", FAST["arch"], "--out", str(tmp_path / "run")]
+    assert main(["fit", str(digits_folder), "--cache", str(typo), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fne fit: error: the 24 images of {digits_folder} are not in the cache {typo}, a folder "
+                          f"that does not exist; add them with:\n  fne extract {digits_folder} ")
+    assert err.endswith("\n(or pass --extract, to let `fne fit` run the network)\n")
+    with pytest.raises(FneError, match=r"\n\(or pass extract_missing=True, to let `fne\.fit` run the network\)$"):
+        fit(digits_folder, out=tmp_path / "run", cache=str(typo), **SPEC)
+    one = write_digits(tmp_path / "one", per_class=6, classes=1)
+    assert main(["fit", str(one), "--extract", "--cache", str(typo), *args]) == 2
+    assert "a head needs at least 2 classes" in capsys.readouterr().err
+    assert not typo.exists() and not (tmp_path / "run").exists()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert main(["fit", str(digits_folder), "--cache", str(cache), *args]) == 2
+    assert "24 of 24 images" in capsys.readouterr().err and len(list((cache / "manifests").glob("*.json"))) == 1
+
+
 @pytest.mark.parametrize("error", [MemoryError(), OSError(errno.EIO, "Input/output error"),
                                    TimeoutError("read timed out")])
 def test_a_passing_failure_while_reading_is_not_called_damage(store, monkeypatch, error):

@@ -816,8 +816,35 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
     m = json.loads((work / "metrics.json").read_text())
     assert [h["epoch"] for h in m["history"]] == [1, 2, 3] and m["epochs"] == 3
     assert m["epoch_choice"].startswith("highest val_accuracy") and m["precision"] == other
+    out = capsys.readouterr().out
     assert (f"note: epochs 1-2 ran on cpu in {before['precision']}, augmenting on cpu, the rest runs on cpu in "
-            f"{other}, augmenting on cpu: not bit-identical") in capsys.readouterr().out
+            f"{other}, augmenting on cpu: not bit-identical") in out
+    assert "(give --device, --precision, --augment-on to match)" in out
+    # from Python, the note names the keywords
+    tr.train(str(moved), "frozen", work, arch=ARCH, weights=str(source), epochs=4, image_size=32, workers=0,
+             progress=False, resume=True)
+    assert "not bit-identical to an uninterrupted run (give device, precision, augment_on to match)" in \
+        capsys.readouterr().out
+
+
+def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,
+                                                                             capsys):
+    """The note of a run that starts anew where a checkpoint is: --resume on the command line,
+    resume=True from Python (`fne.progress.said`)."""
+    import shutil
+
+    from fne.training.train import train
+
+    data, run = resumable_run
+    cli, py = shutil.copytree(run, tmp_path / "cli"), shutil.copytree(run, tmp_path / "py")
+    assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "1",
+                 "--image-size", "32", "--workers", "0", "--no-progress", "--save-every", "0", "--out", str(cli)]) == 0
+    assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save (--resume continues "
+            f"it)") in capsys.readouterr().out
+    train(str(data), "frozen", py, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
+          progress=False, save_every=0)
+    assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save (resume=True continues "
+            f"it)") in capsys.readouterr().out
 
 
 def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):
@@ -890,6 +917,32 @@ def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsy
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert list(m["skipped"]) == list(first["skipped"]) == ["train/0/broken.png"]
     assert m["n_train"] == first["n_train"] == 18
+
+
+def test_a_folder_of_unreadable_images_stops_after_reading_them_before_any_epoch(tmp_path, capsys):
+    """Every image unreadable: one line naming DATA, the part and how many (each was named in a
+    warning), before any step, validation pass or checkpoint; the run folder is not made. It
+    used to train an epoch on nothing, then stop with "val: no readable images"."""
+    from fne.errors import DataError
+    from fne.training.train import train
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(6):
+            (data / c / f"{i}.jpg").write_bytes(f"not a jpeg {c}{i}".encode())
+    args = ["train", str(data), "--mode", "scratch", "--arch", ARCH, "--epochs", "2", "--val-fraction", "0",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert "epoch 1/" not in out and err.count("fne: warning: skipped ") == 9
+    assert err.splitlines()[-1] == (f"fne train: error: {data}: no readable images in the training part "
+                                    f"(9 of 9 unreadable, each named above)")
+    assert not (tmp_path / "run").exists()
+    with pytest.warns(UserWarning, match="skipped"), pytest.raises(
+            DataError, match=r"^.*data: no readable images in the training part \(9 of 9 unreadable"):
+        train(str(data), "frozen", tmp_path / "run", weights="random", epochs=1, val_fraction=0, **FAST)
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_last_training_batch_of_one_image_is_left_out_not_a_batchnorm_traceback(tmp_path):

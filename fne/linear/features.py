@@ -20,7 +20,8 @@ import numpy as np
 
 from fne.backbones import registry as backbones
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
-from fne.cache.store import Store
+from fne.cache.store import Store, cache_root, is_url
+from fne.data.containers import takes_label_key
 from fne.data.datasets import Dataset, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
@@ -92,23 +93,29 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
 
     `check(dataset)` raises for a dataset the verb cannot use: it is called before the cache is
     read or any image extracted, and again once the unreadable images are left out. `label_key`:
-    where DATA's labels are (tar shards, Parquet; `fne.data.datasets.load_dataset`)."""
-    dataset = load_data(data, spec.cache, label_key)
+    where DATA's labels are (tar shards, Parquet; `fne.data.datasets.load_dataset`). Without
+    `extract_missing`, a local cache folder that does not exist is said before DATA's images are
+    hashed (tar shards, Parquet and hf: DATA: before they are listed, as their listings and
+    downloads are kept in the cache): reading makes no cache (a mistyped --cache is not left behind)."""
+    root = cache_root(spec.cache)
+    absent = not extract_missing and not is_url(root) and not root.is_dir()
+    where = f"not in the cache {root}, a folder that does not exist"
+    if absent and takes_label_key(data):
+        raise _not_cached(data, spec, verb, f"the images of {data} are {where}")
+    dataset = load_dataset(data, label_key=label_key, cache=spec.cache)
     if check is not None:
         check(dataset)
-    keys = dataset.keys()
+    if absent:
+        raise _not_cached(data, spec, verb, f"the {len(dataset)} images of {data} are {where}")
+    keys = attach_keys(dataset, spec.cache).keys()
     store = spec.find(keys, verb)
     missing = store.missing(keys)
     seconds = None
     if missing:
-        python_only = verb == "load_rows"  # a function, no command
-        who = f"fne.{verb}" if python_only else f"fne {verb}"
+        who = f"fne.{verb}" if verb == "load_rows" else f"fne {verb}"
         if not extract_missing:
-            raise FneError(
-                f"{len(missing)} of {len(set(keys))} images of {data} are not in the cache "
-                f"{store.path}; add them with:\n  {extract_command(data, spec)}\n"
-                f"(or pass {'' if python_only else '--extract, in Python '}extract_missing=True, to let `{who}` "
-                f"run the network)")
+            raise _not_cached(data, spec, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
+                                                f"cache {store.path}")
         print(f"{who}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
         from fne.extraction.extract import extract
 
@@ -127,6 +134,17 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     if check is not None and len(keep) < len(keys):
         check(dataset)
     return Source(dataset, store, spec.pinned(store), seconds)
+
+
+def _not_cached(data, spec: StoreSpec, verb: str, what: str) -> FneError:
+    """The error of rows `what` says are not in the cache: the command that adds them, or the
+    verb's extract_missing (--extract) in the words of the API called."""
+    def text(py: bool) -> str:
+        extract = named("extract_missing", py, True) if py else named("extract_missing", py)
+        return (f"{what}; add them with:\n  {extract_command(data, spec)}\n(or pass {extract}, to let "
+                f"`fne{'.' if py else ' '}{verb}` run the network)")
+
+    return refusal(text, FneError)
 
 
 # ----------------------------------------------------------------- rows

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from fne.cache.fs import read_json
 from fne.errors import FneError, WeightsError
 from fne.pipeline.config import BackboneCfg, Pipeline
-from fne.pipeline.steps import Step, known_keys, needs_rows, train_arguments
+from fne.pipeline.steps import Step, forced, known_keys, needs_rows, train_arguments
 
 __all__ = ["describe", "extraction_line", "plan_either"]
 
@@ -104,11 +104,11 @@ def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], ca
         if needs_rows(s, bool(p.fit)) and pair not in announced:
             announced.add(pair)
             say("  " + extraction_line(s, data_for.get(s.dataset.key, s.dataset.data), p, cache))
-        say(f"  {s.label}  ->  {s.dir}  (to run: {'--force' if done else why}{_checkpoint_note(s, p, force)})")
+        say(f"  {s.label}  ->  {s.dir}  (to run: {forced() if done else why}{_checkpoint_note(s, p, force, cache)})")
     return to_run
 
 
-def _checkpoint_note(step: Step, p: Pipeline, force: bool) -> str:
+def _checkpoint_note(step: Step, p: Pipeline, force: bool, cache: str | None) -> str:
     """A train step an interrupted run left a checkpoint of: whether the rerun resumes from it
     (fne.training.train.rerun_note), after "; "; else ""."""
     if step.kind != "train" or step.kwargs["mode"] == "direct" or not step.dir.is_dir():
@@ -117,11 +117,12 @@ def _checkpoint_note(step: Step, p: Pipeline, force: bool) -> str:
     from fne.training.checkpoint import CHECKPOINT
 
     if force:
-        return "; --force starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
+        return f"; {forced()} starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
     kwargs, note = train_arguments(step, p), None
     either = kwargs["weights"] == "imagenet-or-random"  # resolved when the run starts: either may be the checkpoint's
     for w in ("imagenet", "random") if either else (kwargs["weights"],):
-        note = train.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, **{**kwargs, "weights": w})
+        note = train.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, cache=cache,
+                                **{**kwargs, "weights": w})
         if note is not None and note.startswith("the rerun resumes"):
             note += f" if the weights resolve to {w} again" if either else ""
             break

@@ -42,6 +42,7 @@ from fne.pipeline.steps import (
     Step,
     config_hash,
     content_fingerprint,
+    forced,
     needs_rows,
     train_arguments,
 )
@@ -337,7 +338,7 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
     if mode == "direct":
         kwargs["class_map"] = _write_class_map(step.dataset, out)
     # an interrupted step goes on from its checkpoint; one of other settings starts anew
-    return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, **kwargs)
+    return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, cache=cache, **kwargs)
 
 
 def _summary_line(step: Step, r: dict) -> str:
@@ -518,7 +519,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                     extracted[pair] = f"extraction failed: {_one_line(e)}"
             if rows and isinstance(extracted[pair], str):
                 raise FneError(extracted[pair])
-            say(f"{tag} ..." + (" (--force)" if done else f" ({why})" if why != "new" else ""))
+            say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
             t = time.perf_counter()
             result = run_step(step, p, cache, out, resume=not force)
         except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run

@@ -14,10 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.fs import read_json, write_json
-from fne.options import TrainConfig, uses
+from fne.options import TrainConfig, named, uses
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
+from fne.progress import said
 
 STEP_FORMAT = 1
+
+
+def forced() -> str:
+    """`fne run --force` in the words of the API called: ``force=True`` to `fne.run` (`fne.progress.said`)."""
+    return said(lambda py: named("force", py, True) if py else named("force", py))
 
 
 def config_hash(cfg: dict) -> str:

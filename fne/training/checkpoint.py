@@ -142,14 +142,14 @@ def load(path: Path, cfg, images: dict | None = None) -> dict:
     describes, on the same `images` (`images()`; None: not checked)."""
     ckpt = read(path)
     if mismatch(ckpt, cfg, images):
-        raise refusal(lambda py: f"{_resume(py)}: {path} belongs to another run: "
+        raise refusal(lambda py: f"{resume_flag(py)}: {path} belongs to another run: "
                                  + "; ".join(mismatch(ckpt, cfg, images, py)), FneError)
     return ckpt
 
 
-def _resume(python: bool) -> str:
-    """--resume as the caller gave it (`fne.train(..., resume=True)`)."""
-    return "resume=True" if python else "--resume"
+def resume_flag(python: bool) -> str:
+    """--resume as the caller gives it (`fne.train(..., resume=True)`)."""
+    return named("resume", python, True) if python else named("resume", python)
 
 
 def read(path: Path, mmap: bool = False) -> dict:
@@ -157,18 +157,18 @@ def read(path: Path, mmap: bool = False) -> dict:
     why not). `mmap`: its tensors stay on disk until used (`fne run --dry-run` reads only its
     epoch and arguments, not a network's worth of bytes)."""
     if not path.is_file():
-        raise refusal(lambda py: f"{_resume(py)}: no checkpoint {path} (a run writes one after an epoch: see "
+        raise refusal(lambda py: f"{resume_flag(py)}: no checkpoint {path} (a run writes one after an epoch: see "
                                  f"{named('save_every', py)})", FneError)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch's messages run over lines, or say only "(101)"
         why = e.strerror if isinstance(e, OSError) and e.strerror else "truncated, damaged or not a torch file"
-        raise refusal(lambda py: f"{_resume(py)}: cannot read {path}: {why}; start anew without {_resume(py)}",
+        raise refusal(lambda py: f"{resume_flag(py)}: cannot read {path}: {why}; start anew without {resume_flag(py)}",
                       FneError) from None
     keys = {"model", "optimizer", "args", "rng", *PROGRESS}
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
         lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
-        raise refusal(lambda py: f"{_resume(py)}: {path} is not a checkpoint of fne train (it lacks {lacks})",
+        raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train (it lacks {lacks})",
                       FneError)
     return ckpt
 

@@ -38,6 +38,7 @@ class Ctx:
     progress: bool
     skipped: dict  # image id -> why it was unreadable
     augment: augment_mod.DeviceAugment | None = None  # training batches' crop + flip on the device
+    data: str | None = None  # DATA as given, which a part of no readable image is said of
 
 
 # ------------------------------------------------------------------ images
@@ -240,6 +241,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
     finally:
         batches.close()  # stops its decoding thread, also on an error
         bar.close()
+    if n == 0:  # before any step: no validation pass, no checkpoint, no epoch of nothing
+        raise _none_readable(ctx, "training", loader.dataset.indices)
     loss_sum, correct = float(loss_sum), int(correct)
     s = time.perf_counter() - t0
     return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
@@ -264,8 +267,20 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
         batches.close()  # stops its decoding thread, also on an error
         bar.close()
     if not ids:
-        raise DataError(f"{desc}: no readable images")
+        raise _none_readable(ctx, desc, loader.dataset.indices)
     return np.array(ids), np.concatenate(ys), torch.cat(probs).cpu().numpy()
+
+
+def _none_readable(ctx: Ctx, part: str, indices: list[int]) -> DataError:
+    """The DataError of a pass (`part`: training, val, test) over the images `indices` that read
+    none, each unreadable one named in a warning as it was met: said of DATA where `ctx` has it,
+    as `fne fit` says it ("DATA: no readable images"). (A training pass may also leave out a last
+    batch of one readable image: then not all of them are unreadable.)"""
+    if ctx.data is None:
+        return DataError(f"{part}: no readable images")
+    bad = sum(ctx.dataset.ids[i] in ctx.skipped for i in indices)
+    return DataError(f"{ctx.data}: no readable images in the {part} part ({bad} of {len(indices)} unreadable, each "
+                     f"named above)")
 
 
 def mean_loss(y: np.ndarray, p: np.ndarray) -> float:

@@ -53,7 +53,8 @@ from fne.metrics import (
     split_record,
     split_scores,
 )
-from fne.options import DATA_HELP, DataOptions, TrainConfig, named, refusal
+from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig, named, refusal
+from fne.progress import said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -89,7 +90,7 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":
-        raise refusal(lambda py: f"{'resume=True' if py else '--resume'}: {named('mode', py, 'direct', plain=True)} "
+        raise refusal(lambda py: f"{checkpoint.resume_flag(py)}: {named('mode', py, 'direct', plain=True)} "
                                  f"does not train, there is nothing to resume")
 
 
@@ -109,6 +110,12 @@ class _Split:
 # ---------------------------------------------------------------------- API
 
 
+# Of the store options, fne train takes only the cache: where DATA's manifests, containers' listings
+# and `hf:` downloads are kept (it reads no rows); its network's options are TrainConfig's.
+STORE_OPTIONS = ("cache",)
+
+
+@options.keywords(StoreOptions, only=STORE_OPTIONS)
 @options.keywords(DataOptions, TrainConfig)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
@@ -125,7 +132,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         The run folder (also holds checkpoint.pt: see ``save_every``).
     **kwargs
         The other options of `fne train`, under the same names with the same defaults (the
-        signature lists them): ``label_key`` (`fne.options.DataOptions`) and the fields of
+        signature lists them): ``cache`` (where DATA's manifest of content keys, containers'
+        listings and `hf:` downloads are read and kept; default $FNE_CACHE, else the default
+        cache), ``label_key`` (`fne.options.DataOptions`) and the fields of
         `fne.options.TrainConfig`; ``resume`` also takes "auto": continue from the run folder's
         checkpoint where it belongs to this run (same settings), else start anew (what `fne run`
         does for its training steps). An option the mode does not use, given other than None
@@ -139,6 +148,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         what was imported.
     """
     require_main_script("fne.train")
+    cache = options.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
     options.unexpected(kwargs, DataOptions, TrainConfig)
     data_o = options.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
     dataset = data if isinstance(data, Dataset) else None
@@ -149,7 +159,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     _check(cfg, {k for k, v in kwargs.items() if v is not None})
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     check_run_folder(Path(cfg.out), "fne train")
-    dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key)
+    dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key, cache=cache)
     dataset.require_labels("fne train", cfg.data)
     if len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
@@ -159,7 +169,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
                                  f"found {len(dataset.classes)} ({', '.join(dataset.classes)})", DataError)
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
-    split = _split(cfg, dataset, b)
+    split = _split(cfg, dataset, b, cache)
     ckpt = _checkpoint(cfg, dataset, split, auto)  # before the model is built: a wrong one stops at once
     model, source = _model(cfg, len(dataset.classes), ctx.device)
     workers = _workers(cfg, ctx.device)
@@ -206,6 +216,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     path = Path(out) / checkpoint.CHECKPOINT
     if mode == "direct" or not path.is_file():
         return None
+    cache = kwargs.pop("cache", None)
     cfg = TrainConfig(data=_text(data), mode=mode, out=_text(out), **kwargs)
     try:
         ckpt = checkpoint.read(path, mmap=True)
@@ -213,10 +224,10 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
         return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
     done = f"checkpoint after epoch {ckpt['epoch']}"
     try:
-        dataset = load_dataset(cfg.data)
+        dataset = load_dataset(cfg.data, cache=cache)
         with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
             warnings.simplefilter("ignore")
-            split = _split(cfg, dataset, backbones.get(cfg.arch))
+            split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
     parts = {"train": split.train, "val": split.val, "test": split.test}
@@ -246,7 +257,7 @@ def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epoch
     checkpoint.seed_all(cfg.seed)
     scaler = torch.amp.GradScaler(dev.type) if (prec == "fp16" and dev.type in ("cuda", "mps")) else None
     return epochs.Ctx(dataset, dataset.label_indices(), dev, prec, Normalize(b.mean, b.std).to(dev), scaler,
-                      cfg.progress, {})
+                      cfg.progress, {}, data=cfg.data)
 
 
 def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -264,13 +275,14 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[to
     return model, {"weights": weights, "report": report, "renew": renew, "imported": imported, "keep": keep}
 
 
-def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> _Split:
+def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: str | None) -> _Split:
     """The run's images; direct mode learns nothing and scores only test images of mapped classes.
 
     Copies of one image (its content key) stay on one side of a random split, as in `fne fit`,
-    which draws the same split; DATA's own split is kept, and a copy across it is named."""
+    which draws the same split; DATA's own split is kept, and a copy across it is named. The keys
+    come from `cache`'s manifest (a stat per known file), which is read, not written."""
     y = dataset.label_indices()
-    keys = attach_keys(dataset, None, save=False).keys()  # the default cache's manifest: a stat per known file
+    keys = attach_keys(dataset, cache, save=False).keys()
     if cfg.mode != "direct":
         try:
             parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, keys=keys)
@@ -313,17 +325,19 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         print(f"resumed {path} after epoch {run['epoch']}")
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
+            match = said(lambda py: ", ".join(named(n, py) for n in ("device", "precision", "augment_on")))
             print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
-                  f"bit-identical to an uninterrupted run (give --device, --precision, --augment-on to match)")
+                  f"bit-identical to an uninterrupted run (give {match} to match)")
     elif path.exists():
-        print(f"note: starting a new run; {path} is replaced at the next save (--resume continues it)")
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        print(said(lambda py: f"note: starting a new run; {path} is replaced at the next save "
+                              f"({checkpoint.resume_flag(py)} continues it)"))
     gen = torch.Generator()
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
     last_write = time.monotonic()
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
+            Path(cfg.out).mkdir(parents=True, exist_ok=True)  # made by a first epoch that ran
             checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
                             weights_file=checkpoint.weights_file(cfg.weights))
             last_write = time.monotonic()
@@ -463,13 +477,14 @@ def _imported(report: ImportReport | None) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `fne train`: the fields of fne.options.TrainConfig."""
     p.add_argument("data", help=DATA_HELP)
+    options.add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     options.add_arguments(p, DataOptions, TrainConfig)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """`fne train` from parsed arguments (`train`); prints its one-line summary; -> the exit status."""
     kw = options.from_args(args, DataOptions, TrainConfig)
-    m = train(args.data, kw.pop("mode"), kw.pop("out"), **kw)
+    m = train(args.data, kw.pop("mode"), kw.pop("out"), cache=args.cache, **kw)
     if m["mode"] == "direct":
         how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
                f"{m['n_excluded']} test images of unmapped classes left out")
