@@ -263,7 +263,7 @@ def test_select_with_the_torch_solver_agrees_with_sklearn(fne_rows):
 def test_pipeline_dry_run_names_the_solver_by_size():
     """`fne run --dry-run` labels fit steps with the solver `fne fit` takes at the dataset's size."""
     from fne.pipeline.config import BackboneCfg, DatasetCfg
-    from fne.pipeline.runner import fit_solver
+    from fne.pipeline.plan import fit_solver
 
     vgg = BackboneCfg("vgg16", "random")
     proto = {"test_size": 0.25, "train_per_class": None}

@@ -263,7 +263,7 @@ def test_train_frozen_one_epoch(arch, size, digits_split, tmp_path):
 
 
 def test_pipelines_accept_any_backbone_name():
-    from fne.pipeline.runner import checks
+    from fne.pipeline.plan import checks
 
     archs = checks().archs
     assert "vgg16" in archs and "resnet18" in archs and "timm:resnet18" in archs

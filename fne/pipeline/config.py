@@ -94,7 +94,7 @@ TRAIN_EXCLUDED = not_in_pipelines(TrainConfig)
 
 @dataclass(frozen=True)
 class Checks:
-    """Validation that needs the heavy modules, passed in by the caller (see fne.pipeline.runner.checks).
+    """Validation that needs the heavy modules, passed in by the caller (see fne.pipeline.plan.checks).
 
     archs: the backbone names; features(spec, arch) and C(value) raise FneError saying why
     a feature spec does not apply to a backbone or a C does not parse.
@@ -256,7 +256,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
 
     check_data=False resolves dataset paths without opening them (nor requiring them).
     cache: --cache, over the file's `cache` (containers' listings and `hf:` DATA are kept there).
-    checks: the backbone, feature and C checks of the heavy modules (fne.pipeline.runner.checks());
+    checks: the backbone, feature and C checks of the heavy modules (fne.pipeline.plan.checks());
     None skips them (enough to read settings and published values).
     """
     expect_path(path, "path")
