@@ -64,7 +64,10 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
              tmp_path / "p.parquet": "no row has a label (a column label, labels, fine_label, cls, class, target, "
                                      "or the one --label-key names)",
              tmp_path / "l.csv": "every cell of its label column is empty"}
-    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "c"))  # fne train has no --cache: listings are kept there
+    # an existing cache: into one that does not exist, fit says so before it lists tar or Parquet DATA
+    # (tests/test_containers.py), as that listing would be kept there
+    (tmp_path / "c").mkdir()
+    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "c"))
     for data, why in cases.items():
         for verb in (["fit", "--out", str(tmp_path / "o")], ["train", "--mode", "frozen", "--out", str(tmp_path / "t")],
                      ["advise"]):
