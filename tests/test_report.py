@@ -343,6 +343,40 @@ def test_runs_of_different_settings_are_separate_rows(tmp_path):
     assert by[("fne+svm", 1.0)]["runs"] == 2 and by[("fne+svm", 0.5)]["runs"] == 1
 
 
+def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_path):
+    """Runs that differed only in --solver were pooled as "fne+svm (2 runs)" of one seed. Every
+    recorded setting that can change the numbers keeps rows apart and names them; the device,
+    workers or progress do not; seeds of C / features / head = auto pool whatever each chose."""
+    root = tmp_path / "runs"
+
+    def fit(name, seed=0, **extra):
+        write_run(root, name, fake_metrics("fne+svm", 0.8 + seed / 100, 0.01, 0.8, 0.01, seed=seed, C=1.0, **extra))
+
+    fit("sk", solver="sklearn", device="cpu", options={"C": "1.0", "label_key": None, "workers": 2})
+    fit("sk-gpu", seed=1, solver="sklearn", device="cuda", options={"C": 1, "workers": 8, "progress": False})
+    fit("torch", solver="torch", solver_precision="int8")
+    fit("torch-fp32", solver="torch", solver_precision="fp32")
+    fit("labels", solver="sklearn", options={"label_key": "txt"})
+    fit("bf16", solver="sklearn", precision="bf16")
+    for seed, chose in ((0, 0.1), (1, [1.0, 10.0])):  # C = auto: each seed's splits chose their own
+        write_run(root, f"auto{seed}", fake_metrics("fne+auto", 0.7, 0.01, 0.7, 0.01, seed=seed, C=chose, head="svm",
+                                                    options={"C": "auto", "head": "auto"}))
+    for on in ("cpu", "device"):
+        write_run(root, f"ft-{on}", fake_metrics("train:finetune", 0.5, 0.0, 0.5, 0.0, kind="train", augment_on=on,
+                                                 splits=_splits([0.5])))
+    r = report([root], tmp_path / "rep", figures=False)
+    rows = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
+    assert set(rows) == {
+        "fne+svm (precision=fp32, solver=sklearn) (2 runs)", "fne+svm (precision=fp32, solver=torch, solver_precision=int8)",
+        "fne+svm (precision=fp32, solver=torch, solver_precision=fp32)",
+        "fne+svm (label_key=txt, precision=fp32, solver=sklearn)", "fne+svm (precision=bf16, solver=sklearn)",
+        "fne+auto (2 runs)",
+        "train:finetune (augment_on=cpu)", "train:finetune (augment_on=device)"}
+    by = {row["label"]: row for row in r["datasets"][0]["rows"]}
+    assert by["fne+svm (precision=fp32, solver=sklearn)"]["seeds"] == [0, 1]  # cpu and cuda, 2 and 8 workers: one setting
+    assert by["fne+auto"]["settings"]["C"] == "auto" and by["fne+auto"]["settings"]["head"] == "auto"
+
+
 def test_extraction_seconds_are_measured_or_cached(tmp_path):
     """The extraction that computed a run's rows, as measured; "cached" where none ran for it,
     never an estimate from the store's past rates."""
