@@ -481,6 +481,41 @@ def test_seeds_pooled_rows_are_compared_pairwise(tmp_path):
     assert "Highest accuracy, but no clear winner: **fne+svm**" in md
 
 
+def test_a_row_of_two_seeds_is_tested_on_the_seed_the_other_row_shares(tmp_path):
+    """fne+svm over seeds 0 and 1 against fc7+svm of seed 0 alone said "no paired test applies (the
+    runs were not scored on the same splits)", though seed 0's splits are shared: now the corrected t
+    pairs those, and the sentence says that seed 1 is left out of the test."""
+    hashes = {0: ["h0a", "h0b", "h0c"], 1: ["h1a", "h1b", "h1c"]}
+
+    def splits(accs, seed):
+        return [{**s, "test_hash": h} for s, h in zip(_splits(accs), hashes[seed], strict=True)]
+
+    runs = {"f0": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seed=0, n_splits=3, splits=splits([0.90, 0.91, 0.89], 0)),
+            "f1": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seed=1, n_splits=3, splits=splits([0.92, 0.88, 0.90], 1)),
+            "l0": fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=0, n_splits=3, splits=splits([0.60, 0.62, 0.58], 0))}
+    ds, md, _ = _verdict_report(tmp_path, runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 1]
+    assert ds["verdict"]["kind"] == "clear", ds["verdict"]
+    assert ("fne+svm beats the runner-up fc7+svm beyond noise (corrected paired t-test, two-sided p = "
+            in ds["winner_test"])
+    assert ("difference +30.0 points over 3 splits both rows were scored on (seed 0; left out, having no partner in "
+            "the other row: seed 1 of fne+svm))") in ds["winner_test"]
+    assert "no paired test applies" not in md
+    # seed 0 of the runner-up scored on other test images: nothing shared, nothing paired
+    runs["l0"]["splits"] = splits([0.60, 0.62, 0.58], 1)
+    runs["l0"]["seed"] = 2
+    ds, md, _ = _verdict_report(tmp_path / "apart", runs)
+    assert ds["winner_test"] is None and "no paired test applies (the runs were not scored on the same splits)" in md
+    # two seeds each of one predefined split: shared test images, but not independent splits; said so
+    one = {"split_protocol": "predefined", "n_splits": 1}
+    runs = {f"{m}{seed}": fake_metrics(m + "+svm", a + seed / 100, 0.0, a, 0.0, seed=seed, **one,
+                                       splits=[{**_splits([a + seed / 100])[0], "test_hash": "P"}])
+            for m, a in (("fne", 0.9), ("fc7", 0.6)) for seed in (0, 1)}
+    ds, md, _ = _verdict_report(tmp_path / "predefined", runs)
+    assert ds["winner_test"] is None and ds["verdict"]["kind"] == "untested"
+    assert "no paired test applies (their runs of several seeds were scored on the same test images" in md
+
+
 def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
     """Runs on different splits (no paired test): a lead smaller than the spread across splits is
     not called a win; one larger than it is, saying that no test applied."""

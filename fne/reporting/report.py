@@ -384,9 +384,9 @@ def tabulate(collected: dict) -> list[dict]:
         for r in rows:  # the row's name where the verdict names it: rows of one method differ in settings
             r["label"] = label(r, multi)
         winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
-        test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
-            rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
-        verdict = winner_verdict(rows, test)
+        metrics = {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs}
+        test = compare.winner_vs_runner_up(rows, metrics)  # paired test on shared splits, or None
+        verdict = winner_verdict(rows, test, compare.untested(rows, metrics) if test is None else "")
         out.append({
             "dataset": key,
             "rows": rows,
@@ -433,12 +433,14 @@ def _shown(col: str, v: float) -> str:
     return pct(v) if col in ("accuracy", "mean_class_accuracy") else secs(v)
 
 
-def winner_verdict(rows: list[dict], test: str | None) -> dict:
+def winner_verdict(rows: list[dict], test: str | None,
+                   untested: str = "the runs were not scored on the same splits") -> dict:
     """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
     to compare), "tie" (accuracies that read the same), "unclear" (the test, or without one the spread
     across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
     test applies and the lead exceeds the spread). The test (`compare.winner_vs_runner_up`): a paired
-    one on shared test images, else Fisher's exact test for two runs of one split each."""
+    one on shared test images, else Fisher's exact test for two runs of one split each; `untested`:
+    why none applies (`compare.untested`)."""
     ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
     if not ranked:
         return {"kind": "none", "text": ""}
@@ -456,9 +458,9 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
     if spread is not None and lead <= spread:
         return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
                                            f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
-                                           f"no paired test applies (the runs were not scored on the same splits)"}
+                                           f"no paired test applies ({untested})"}
     return {"kind": "untested", "text": f"{compare.row_name(w)} leads {compare.row_name(second)} by {lead:.1f} points; no paired "
-                                        f"test applies (the runs were not scored on the same splits)"}
+                                        f"test applies ({untested})"}
 
 
 def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:
