@@ -516,6 +516,29 @@ def test_a_row_of_two_seeds_is_tested_on_the_seed_the_other_row_shares(tmp_path)
     assert "no paired test applies (their runs of several seeds were scored on the same test images" in md
 
 
+def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):
+    """`fne fit --splits 2` records a 95% CI of 0.0–100.0 (the corrected t with 1 degree of freedom):
+    right, but it read like a bug. The section says why, once, in report.md, report.html and the
+    console; the numbers stay the metrics' own."""
+    from fne.metrics import accuracy_interval, mean_class_interval
+
+    def run(method, accs, **extra):
+        sp = _splits(accs)
+        return fake_metrics(method, float(np.mean(accs)), float(np.std(accs)), float(np.mean(accs)),
+                            float(np.std(accs)), splits=sp, accuracy_ci=accuracy_interval(sp),
+                            mean_class_accuracy_ci=mean_class_interval(sp, None), **extra)
+
+    two = {"a": run("fne+svm", [0.6, 0.8]), "b": run("fc7+svm", [0.5, 0.7])}
+    ds, md, html = _verdict_report(tmp_path / "two", two)
+    assert md_rows(md, "pets")["fne+svm"][1] == "0.0–100.0"  # as recorded
+    note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7), "
+            "so wide by construction, not by a fault; use --splits 5 or more")
+    assert md.count(note) == 1 and html.count(note) == 1 and table_text([ds]).count(note) == 1
+    five = {"a": run("fne+svm", [0.6, 0.8, 0.7, 0.75, 0.65]), "b": run("fc7+svm", [0.5, 0.7, 0.6, 0.6, 0.55])}
+    ds, md, html = _verdict_report(tmp_path / "five", five)
+    assert "degree of freedom" not in md + html + table_text([ds])
+
+
 def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
     """Runs on different splits (no paired test): a lead smaller than the spread across splits is
     not called a win; one larger than it is, saying that no test applied."""

@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from fne.metrics import class_recalls
+from fne.reporting.intervals import few_splits_note
 
 
 def pct(v: float | None, std: float | None = None) -> str:
@@ -144,6 +145,11 @@ def label(r: dict, multi: bool) -> str:
     return text + (f" ({r['note']})" if r.get("note") else "")
 
 
+def _few(ds: dict) -> str | None:
+    """The section's note on intervals over 2 splits (`intervals.few_splits_note`), or None."""
+    return few_splits_note(ds["rows"], [label(r, ds["multi_backbone"]) for r in ds["rows"]])
+
+
 def _md_cell(text: str, best: bool) -> str:
     return f"**{text}**" if best and text != "—" else text
 
@@ -180,6 +186,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
                                                else "") + ".", "", interval_sentence(ds["rows"])]
         if ds["published"].get("note"):
             L += ["", f"Published values note: {ds['published']['note']}"]
+        if _few(ds):
+            L += ["", f"**Note:** {_few(ds)}"]
         if ds.get("protocol_note"):
             L += ["", f"**Note:** {ds['protocol_note']}"]
         L.append("")
@@ -340,6 +348,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append(f"<p class='intervals'><small>{_e(interval_sentence(ds['rows']))}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
+        if _few(ds):
+            H.append(f"<div class='note intervals'>Note: {_e(_few(ds))}</div>")
         if ds.get("protocol_note"):
             H.append(f"<div class='note protocol'>Note: {_e(ds['protocol_note'])}</div>")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
@@ -404,6 +414,8 @@ def table_text(datasets: list[dict]) -> str:
             lead, best, rest, versus = winner_sentences(ds)
             versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
             L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
+        if _few(ds):
+            L.append(f"  Note: {_few(ds)}")
         if ds.get("protocol_note"):
             L.append(f"  Note: {ds['protocol_note']}")
     return "\n".join(L)
