@@ -377,6 +377,29 @@ def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_pat
     assert by["fne+auto"]["settings"]["C"] == "auto" and by["fne+auto"]["settings"]["head"] == "auto"
 
 
+def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
+    """A `|` in a dataset name, a weights file or a label's setting split report.md's table row into
+    more cells (and `*` set text in italics): every name is escaped in report.md, report.tex and
+    report.html; the console prints them as they are."""
+    root = tmp_path / "runs"
+    odd = dict(dataset="pets|*x*", weights="w|1.pt", weights_fingerprint="w|1-x")
+    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, options={"label_key": "a|b"}, **odd))
+    write_run(root, "b", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, **odd))
+    write_run(root, "c", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, arch="<b>vgg</b>", dataset="pets|*x*"))
+    r = report([root], tmp_path / "rep", figures=False)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    tex, html = (tmp_path / "rep" / "report.tex").read_text(), (tmp_path / "rep" / "report.html").read_text()
+    assert "## pets\\|\\*x\\*\n" in md
+    table = [line for line in md.split("## pets", 1)[1].splitlines() if line.startswith("| ")]
+    assert len(table) == 4 and all(len(re.split(r"(?<!\\)\|", line)) == len(TABLE_HEAD) + 2 for line in table)
+    assert "| fne+svm \\[vgg16 (w\\|1.pt)\\] (label_key=a\\|b) | **90.0 ± 1.0** |" in md
+    assert "| fc7+svm \\[\\<b\\>vgg\\</b\\> (imagenet)\\] | 70.0 ± 1.0 |" in md
+    assert "\\caption{pets\\textbar{}*x*}" in tex
+    assert "fne+svm [vgg16 (w\\textbar{}1.pt)] (label\\_key=a\\textbar{}b) & \\textbf{90.0 $\\pm$ 1.0}" in tex
+    assert "<b>vgg" not in html and "&lt;b&gt;vgg&lt;/b&gt;" in html
+    assert "pets|*x*" in table_text(r["datasets"])
+
+
 def test_extraction_seconds_are_measured_or_cached(tmp_path):
     """The extraction that computed a run's rows, as measured; "cached" where none ran for it,
     never an estimate from the store's past rates."""

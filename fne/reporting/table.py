@@ -83,7 +83,9 @@ def csv_rows(datasets: list[dict]) -> list[list]:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---"}
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---",
+        # in LaTeX's default (OT1) font encoding these print as other glyphs (—, ¡, ¿)
+        "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def _tex(text) -> str:
