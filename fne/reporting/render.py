@@ -128,8 +128,9 @@ def worst_classes(confusion, classes, k: int = 5) -> list[dict]:
             for i in order[:k]]
 
 
-# Markdown's punctuation; "_" only where it can open or close emphasis (not inside a word: new_layers)
-_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|#]|(?<![^\W_])_|_(?![^\W_]))")
+# Markdown's punctuation; "_" only where it can open or close emphasis (not inside a word: new_layers),
+# "<" only where it can open an HTML tag (not "p < 0.05")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]>|#]|<(?=[A-Za-z/!?])|(?<![^\W_])_|_(?![^\W_]))")
 
 
 def md_text(s) -> str:
