@@ -364,6 +364,7 @@ def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_pat
     for on in ("cpu", "device"):
         write_run(root, f"ft-{on}", fake_metrics("train:finetune", 0.5, 0.0, 0.5, 0.0, kind="train", augment_on=on,
                                                  splits=_splits([0.5])))
+    (root / "sk" / "step.json").write_text(json.dumps({"config": [1]}))  # damaged: its C is not read (was a traceback)
     r = report([root], tmp_path / "rep", figures=False)
     rows = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
     assert set(rows) == {

@@ -182,7 +182,8 @@ def settings(run: dict) -> dict:
     out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
     given = m.get("options") if isinstance(m.get("options"), dict) else {}
     out.update({k: given[k] for k in OPTION_KEYS if given.get(k) is not None})
-    asked = {**given, **{k: v for k, v in (run["step"].get("config") or {}).items() if k == "C"}}
+    config = run["step"].get("config")  # not a dict: a damaged step.json, whose C is not read
+    asked = {**given, **({"C": config["C"]} if isinstance(config, dict) and config.get("C") is not None else {})}
     for option, keys in AUTO_KEYS.items():
         if asked.get(option) == "auto":
             out = {k: v for k, v in out.items() if k not in keys} | {option: "auto"}
