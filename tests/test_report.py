@@ -356,7 +356,6 @@ def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_pat
     fit("sk-gpu", seed=1, solver="sklearn", device="cuda", options={"C": 1, "workers": 8, "progress": False})
     fit("torch", solver="torch", solver_precision="int8")
     fit("torch-fp32", solver="torch", solver_precision="fp32")
-    fit("labels", solver="sklearn", options={"label_key": "txt"})
     fit("bf16", solver="sklearn", precision="bf16")
     for seed, chose in ((0, 0.1), (1, [1.0, 10.0])):  # C = auto: each seed's splits chose their own
         write_run(root, f"auto{seed}", fake_metrics("fne+auto", 0.7, 0.01, 0.7, 0.01, seed=seed, C=chose, head="svm",
@@ -370,12 +369,32 @@ def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_pat
     assert set(rows) == {
         "fne+svm (precision=fp32, solver=sklearn) (2 runs)", "fne+svm (precision=fp32, solver=torch, solver_precision=int8)",
         "fne+svm (precision=fp32, solver=torch, solver_precision=fp32)",
-        "fne+svm (label_key=txt, precision=fp32, solver=sklearn)", "fne+svm (precision=bf16, solver=sklearn)",
+        "fne+svm (precision=bf16, solver=sklearn)",
         "fne+auto (2 runs)",
         "train:finetune (augment_on=cpu)", "train:finetune (augment_on=device)"}
     by = {row["label"]: row for row in r["datasets"][0]["rows"]}
     assert by["fne+svm (precision=fp32, solver=sklearn)"]["seeds"] == [0, 1]  # cpu and cuda, 2 and 8 workers: one setting
     assert by["fne+auto"]["settings"]["C"] == "auto" and by["fne+auto"]["settings"]["head"] == "auto"
+
+
+def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_path):
+    """Two label columns of one Parquet file (`--label-key`) are two tasks: their runs were one
+    section, ranked and tested image by image against each other; now each task is a section of its
+    own, and the two runs are never paired."""
+    from fne.linear.compare import compare_runs
+
+    def run(method, acc, key):
+        sp = [{**_splits([acc])[0], "test_hash": "h", "correct": "1" * int(acc * 10) + "0" * (10 - int(acc * 10))}]
+        return fake_metrics(method, acc, 0.0, acc, 0.0, n_splits=1, split_protocol="predefined", splits=sp,
+                            data="/data/t.parquet", options={"label_key": key})
+
+    a, b = run("fne+svm", 0.9, "species"), run("fc7+svm", 0.5, "breed")
+    assert compare_runs(a, b) is None and compare_runs(a, run("fc7+svm", 0.5, "species"))["test"] == "McNemar exact"
+    write_run(tmp_path / "runs", "a", a)
+    write_run(tmp_path / "runs", "b", b)
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [
+        ("pets (/data/t.parquet, label_key=breed)", ["fc7+svm"]), ("pets (/data/t.parquet, label_key=species)", ["fne+svm"])]
 
 
 def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
@@ -384,8 +403,8 @@ def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
     report.html; the console prints them as they are."""
     root = tmp_path / "runs"
     odd = dict(dataset="pets|*x*", weights="w|1.pt", weights_fingerprint="w|1-x")
-    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, options={"label_key": "a|b"}, **odd))
-    write_run(root, "b", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, **odd))
+    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, C=1.0, **odd))
+    write_run(root, "b", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, C="a|b", **odd))
     write_run(root, "c", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, arch="<b>vgg</b>", dataset="pets|*x*"))
     r = report([root], tmp_path / "rep", figures=False)
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -393,10 +412,10 @@ def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
     assert "## pets\\|\\*x\\*\n" in md
     table = [line for line in md.split("## pets", 1)[1].splitlines() if line.startswith("| ")]
     assert len(table) == 4 and all(len(re.split(r"(?<!\\)\|", line)) == len(TABLE_HEAD) + 2 for line in table)
-    assert "| fne+svm \\[vgg16 (w\\|1.pt)\\] (label_key=a\\|b) | **90.0 ± 1.0** |" in md
+    assert "| fne+svm \\[vgg16 (w\\|1.pt)\\] (C=a\\|b) | 80.0 ± 1.0 |" in md
     assert "| fc7+svm \\[\\<b\\>vgg\\</b\\> (imagenet)\\] | 70.0 ± 1.0 |" in md
     assert "\\caption{pets\\textbar{}*x*}" in tex
-    assert "fne+svm [vgg16 (w\\textbar{}1.pt)] (label\\_key=a\\textbar{}b) & \\textbf{90.0 $\\pm$ 1.0}" in tex
+    assert "fne+svm [vgg16 (w\\textbar{}1.pt)] (C=a\\textbar{}b) & 80.0 $\\pm$ 1.0" in tex
     assert "<b>vgg" not in html and "&lt;b&gt;vgg&lt;/b&gt;" in html
     assert "pets|*x*" in table_text(r["datasets"])
 

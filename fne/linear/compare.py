@@ -152,6 +152,15 @@ def run_data(m: dict) -> str | None:
     return m.get("data_resolved") or m.get("data")
 
 
+def run_task(m: dict) -> str | None:
+    """What a run classified: its DATA (`run_data`), and the labels it read there where it was given
+    where (`--label-key`: another label column of one Parquet file is another task, never ranked or
+    tested with the first)."""
+    options = m.get("options") if isinstance(m.get("options"), dict) else {}
+    data, key = run_data(m), options.get("label_key")
+    return data if key is None or data is None else f"{data}, label_key={key}"
+
+
 def _same_splits(m1: dict, m2: dict) -> bool:
     """Were the two runs scored on the same test images, split by split? The settings that draw
     the splits agree and so do the test images' hashes; a predefined split is DATA's own, so
@@ -160,7 +169,7 @@ def _same_splits(m1: dict, m2: dict) -> bool:
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
     keys = ("split_protocol", "n_images", "n_splits") + (() if predefined else ("seed",))
-    if not all(m1.get(k) == m2.get(k) for k in keys) or run_data(m1) != run_data(m2):
+    if not all(m1.get(k) == m2.get(k) for k in keys) or run_task(m1) != run_task(m2):
         return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
@@ -235,7 +244,7 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
         paired = compare_runs(ms[0][0], ms[1][0])
         one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
                isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
-        same_data = run_data(ms[0][0]) == run_data(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
+        same_data = run_task(ms[0][0]) == run_task(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
         if paired is None and all(one) and same_data:
             return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
         return paired

@@ -131,10 +131,11 @@ def dataset_key(run: dict) -> str:
 
 def dataset_keys(runs: list[dict]) -> list[str]:
     """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
-    runs of one name read other DATA (two folders both called `images`), that DATA beside it, so
-    that different images are never tabulated, ranked or tested together. A run that records no
+    runs of one name read other DATA (two folders both called `images`), or other labels of it
+    (`compare.run_task`), that DATA beside it, so that different images or labels are never
+    tabulated, ranked or tested together. A run that records no
     DATA (an old run) keeps the plain name."""
-    of = [str(compare.run_data(r["metrics"]) or "") for r in runs]
+    of = [str(compare.run_task(r["metrics"]) or "") for r in runs]
     data: dict[str, set[str]] = defaultdict(set)
     for r, d in zip(runs, of, strict=True):
         if d:
@@ -165,8 +166,6 @@ SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "solver", "solve
                 "precision", "storage_dtype", "split_protocol", "n_images", "new_layers", "train_bn", "image_size",
                 "augment", "augment_on", "epochs", "lr", "imported_lr", "momentum", "weight_decay", "scheduler",
                 "batch_size", "val_fraction", "direct_score", "class_map")
-# ... and of the options metrics.json records as given ("options"): DATA's labels
-OPTION_KEYS = ("label_key",)
 # fit's choices by cross-validation (--features / --head / --C auto): each seed's pick is an outcome,
 # the setting is "auto"; the keys its pick fills in
 AUTO_KEYS = {"features": ("features", "layers", "embedding"), "head": ("head",), "C": ("C",)}
@@ -174,14 +173,14 @@ SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dt
 
 
 def settings(run: dict) -> dict:
-    """The setting of a run: SETTING_KEYS found in metrics.json, OPTION_KEYS of its recorded options;
-    a setting asked as "auto" (fit's cross-validated choice) as "auto", not each seed's pick; C as
-    asked for (fne run's step records it, and metrics.json's options: with C = auto, metrics.json's
-    C is the one each split's validation chose)."""
+    """The setting of a run: SETTING_KEYS found in metrics.json (another `--label-key` is another
+    task: `dataset_keys` puts it in a section of its own); a setting asked as "auto" (fit's
+    cross-validated choice) as "auto", not each seed's pick; C as asked for (fne run's step records
+    it, and metrics.json's options: with C = auto, metrics.json's C is the one each split's
+    validation chose)."""
     m = run["metrics"]
     out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
     given = m.get("options") if isinstance(m.get("options"), dict) else {}
-    out.update({k: given[k] for k in OPTION_KEYS if given.get(k) is not None})
     config = run["step"].get("config")  # not a dict: a damaged step.json, whose C is not read
     asked = {**given, **({"C": config["C"]} if isinstance(config, dict) and config.get("C") is not None else {})}
     for option, keys in AUTO_KEYS.items():
