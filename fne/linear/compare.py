@@ -153,9 +153,9 @@ def run_data(m: dict) -> str | None:
 
 
 def run_task(m: dict) -> str | None:
-    """What a run classified: its DATA (`run_data`), and the labels it read there where it was given
-    where (`--label-key`: another label column of one Parquet file is another task, never ranked or
-    tested with the first)."""
+    """What a run classified: its DATA (`run_data`) and, where `--label-key` was given, which labels
+    of it (another label column of one Parquet file is another task, never ranked or tested with
+    the first)."""
     options = m.get("options") if isinstance(m.get("options"), dict) else {}
     data, key = run_data(m), options.get("label_key")
     return data if key is None or data is None else f"{data}, label_key={key}"
@@ -227,7 +227,7 @@ def untested(rows: list[dict], metrics_by_path: dict[str, dict]) -> str:
     ms = [[metrics_by_path.get(p) or {} for p in r["paths"]] for r in ranked]
     if len(ms) < 2 or not any(_same_splits(m1, m2) for m1 in ms[0] for m2 in ms[1]):
         return "the runs were not scored on the same splits"
-    if len(ms[0]) > 1 and len(ms[1]) > 1:
+    if len(ms[0]) > 1 and len(ms[1]) > 1 and _shared_tests(ms[0]):
         return ("their runs of several seeds were scored on the same test images (a predefined split, or a seed run "
                 "twice): not independent splits for a paired t-test")
     return ("the runs do not record what a paired test needs (each split's accuracy, or each test image's result "
@@ -269,10 +269,8 @@ def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
     if len(pairs) == 1:
         result = compare_runs(*pairs[0])
     elif pairs:
-        hashes = [s.get("test_hash") for m1, _ in pairs for s in m1.get("splits") or [] if s.get("test_hash")]
-        shared = pairs[0][0].get("split_protocol") == "predefined" or len(set(hashes)) < len(hashes)
         xy = [(_split_accuracies(m1), _split_accuracies(m2)) for m1, m2 in pairs]
-        if shared or any(x is None or y is None or len(x) != len(y) for x, y in xy):
+        if _shared_tests([m1 for m1, _ in pairs]) or any(x is None or y is None or len(x) != len(y) for x, y in xy):
             return None
         n_tr, n_te = pairs[0][0].get("n_train") or 0, pairs[0][0].get("n_test") or 0
         result = corrected_paired_t([v for x, _ in xy for v in x], [v for _, y in xy for v in y],
@@ -284,6 +282,12 @@ def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
         result["paired"] = [m1.get("seed") for m1, _ in pairs]
         result["unpaired"] = [[m.get("seed") for m in runs if id(m) not in paired] for runs in (runs1, runs2)]
     return result
+
+
+def _shared_tests(runs: list[dict]) -> bool:
+    """Did runs of one row score the same test images (a predefined split, or a seed run twice)?"""
+    hashes = [s.get("test_hash") for m in runs for s in m.get("splits") or [] if s.get("test_hash")]
+    return any(m.get("split_protocol") == "predefined" for m in runs) or len(set(hashes)) < len(hashes)
 
 
 def choice_note(m: dict) -> str | None:
