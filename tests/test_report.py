@@ -343,6 +343,83 @@ def test_runs_of_different_settings_are_separate_rows(tmp_path):
     assert by[("fne+svm", 1.0)]["runs"] == 2 and by[("fne+svm", 0.5)]["runs"] == 1
 
 
+def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_path):
+    """Runs that differed only in --solver were pooled as "fne+svm (2 runs)" of one seed. Every
+    recorded setting that can change the numbers keeps rows apart and names them; the device,
+    workers or progress do not; seeds of C / features / head = auto pool whatever each chose."""
+    root = tmp_path / "runs"
+
+    def fit(name, seed=0, **extra):
+        write_run(root, name, fake_metrics("fne+svm", 0.8 + seed / 100, 0.01, 0.8, 0.01, seed=seed, C=1.0, **extra))
+
+    fit("sk", solver="sklearn", device="cpu", options={"C": "1.0", "label_key": None, "workers": 2})
+    fit("sk-gpu", seed=1, solver="sklearn", device="cuda", options={"C": 1, "workers": 8, "progress": False})
+    fit("torch", solver="torch", solver_precision="int8")
+    fit("torch-fp32", solver="torch", solver_precision="fp32")
+    fit("bf16", solver="sklearn", precision="bf16")
+    for seed, chose in ((0, 0.1), (1, [1.0, 10.0])):  # C = auto: each seed's splits chose their own
+        write_run(root, f"auto{seed}", fake_metrics("fne+auto", 0.7, 0.01, 0.7, 0.01, seed=seed, C=chose, head="svm",
+                                                    options={"C": "auto", "head": "auto"}))
+    for on in ("cpu", "device"):
+        write_run(root, f"ft-{on}", fake_metrics("train:finetune", 0.5, 0.0, 0.5, 0.0, kind="train", augment_on=on,
+                                                 splits=_splits([0.5])))
+    (root / "sk" / "step.json").write_text(json.dumps({"config": [1]}))  # damaged: its C is not read (was a traceback)
+    r = report([root], tmp_path / "rep", figures=False)
+    rows = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
+    assert set(rows) == {
+        "fne+svm (precision=fp32, solver=sklearn) (2 runs)", "fne+svm (precision=fp32, solver=torch, solver_precision=int8)",
+        "fne+svm (precision=fp32, solver=torch, solver_precision=fp32)",
+        "fne+svm (precision=bf16, solver=sklearn)",
+        "fne+auto (2 runs)",
+        "train:finetune (augment_on=cpu)", "train:finetune (augment_on=device)"}
+    by = {row["label"]: row for row in r["datasets"][0]["rows"]}
+    assert by["fne+svm (precision=fp32, solver=sklearn)"]["seeds"] == [0, 1]  # cpu and cuda, 2 and 8 workers: one setting
+    assert by["fne+auto"]["settings"]["C"] == "auto" and by["fne+auto"]["settings"]["head"] == "auto"
+
+
+def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_path):
+    """Two label columns of one Parquet file (`--label-key`) are two tasks: their runs were one
+    section, ranked and tested image by image against each other; now each task is a section of its
+    own, and the two runs are never paired."""
+    from fne.linear.compare import compare_runs
+
+    def run(method, acc, key):
+        sp = [{**_splits([acc])[0], "test_hash": "h", "correct": "1" * int(acc * 10) + "0" * (10 - int(acc * 10))}]
+        return fake_metrics(method, acc, 0.0, acc, 0.0, n_splits=1, split_protocol="predefined", splits=sp,
+                            data="/data/t.parquet", options={"label_key": key})
+
+    a, b = run("fne+svm", 0.9, "species"), run("fc7+svm", 0.5, "breed")
+    assert compare_runs(a, b) is None and compare_runs(a, run("fc7+svm", 0.5, "species"))["test"] == "McNemar exact"
+    write_run(tmp_path / "runs", "a", a)
+    write_run(tmp_path / "runs", "b", b)
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [
+        ("pets (/data/t.parquet, label_key=breed)", ["fc7+svm"]), ("pets (/data/t.parquet, label_key=species)", ["fne+svm"])]
+
+
+def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
+    """A `|` in a dataset name, a weights file or a label's setting split report.md's table row into
+    more cells (and `*` set text in italics): every name is escaped in report.md, report.tex and
+    report.html; the console prints them as they are."""
+    root = tmp_path / "runs"
+    odd = dict(dataset="pets|*x*", weights="w|1.pt", weights_fingerprint="w|1-x")
+    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, C=1.0, **odd))
+    write_run(root, "b", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, C="a|b", **odd))
+    write_run(root, "c", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, arch="<b>vgg</b>", dataset="pets|*x*"))
+    r = report([root], tmp_path / "rep", figures=False)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    tex, html = (tmp_path / "rep" / "report.tex").read_text(), (tmp_path / "rep" / "report.html").read_text()
+    assert "## pets\\|\\*x\\*\n" in md
+    table = [line for line in md.split("## pets", 1)[1].splitlines() if line.startswith("| ")]
+    assert len(table) == 4 and all(len(re.split(r"(?<!\\)\|", line)) == len(TABLE_HEAD) + 2 for line in table)
+    assert "| fne+svm \\[vgg16 (w\\|1.pt)\\] (C=a\\|b) | 80.0 ± 1.0 |" in md
+    assert "| fc7+svm \\[\\<b\\>vgg\\</b\\> (imagenet)\\] | 70.0 ± 1.0 |" in md
+    assert "\\caption{pets\\textbar{}*x*}" in tex
+    assert "fne+svm [vgg16 (w\\textbar{}1.pt)] (C=a\\textbar{}b) & 80.0 $\\pm$ 1.0" in tex
+    assert "<b>vgg" not in html and "&lt;b&gt;vgg&lt;/b&gt;" in html
+    assert "pets|*x*" in table_text(r["datasets"])
+
+
 def test_extraction_seconds_are_measured_or_cached(tmp_path):
     """The extraction that computed a run's rows, as measured; "cached" where none ran for it,
     never an estimate from the store's past rates."""
@@ -445,6 +522,64 @@ def test_seeds_pooled_rows_are_compared_pairwise(tmp_path):
     assert [r["runs"] for r in ds["rows"]] == [2, 2]
     assert ds["verdict"]["kind"] == "unclear" and "over 4 splits" in ds["winner_test"]
     assert "Highest accuracy, but no clear winner: **fne+svm**" in md
+
+
+def test_a_row_of_two_seeds_is_tested_on_the_seed_the_other_row_shares(tmp_path):
+    """fne+svm over seeds 0 and 1 against fc7+svm of seed 0 alone said "no paired test applies (the
+    runs were not scored on the same splits)", though seed 0's splits are shared: now the corrected t
+    pairs those, and the sentence says that seed 1 is left out of the test."""
+    hashes = {0: ["h0a", "h0b", "h0c"], 1: ["h1a", "h1b", "h1c"]}
+
+    def splits(accs, seed):
+        return [{**s, "test_hash": h} for s, h in zip(_splits(accs), hashes[seed], strict=True)]
+
+    runs = {"f0": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seed=0, n_splits=3, splits=splits([0.90, 0.91, 0.89], 0)),
+            "f1": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seed=1, n_splits=3, splits=splits([0.92, 0.88, 0.90], 1)),
+            "l0": fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=0, n_splits=3, splits=splits([0.60, 0.62, 0.58], 0))}
+    ds, md, _ = _verdict_report(tmp_path, runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 1]
+    assert ds["verdict"]["kind"] == "clear", ds["verdict"]
+    assert ("fne+svm beats the runner-up fc7+svm beyond noise (corrected paired t-test, two-sided p = "
+            in ds["winner_test"])
+    assert ("difference +30.0 points over 3 splits both rows were scored on (seed 0; left out, having no partner in "
+            "the other row: seed 1 of fne+svm))") in ds["winner_test"]
+    assert "no paired test applies" not in md
+    # seed 0 of the runner-up scored on other test images: nothing shared, nothing paired
+    runs["l0"]["splits"] = splits([0.60, 0.62, 0.58], 1)
+    runs["l0"]["seed"] = 2
+    ds, md, _ = _verdict_report(tmp_path / "apart", runs)
+    assert ds["winner_test"] is None and "no paired test applies (the runs were not scored on the same splits)" in md
+    # two seeds each of one predefined split: shared test images, but not independent splits; said so
+    one = {"split_protocol": "predefined", "n_splits": 1}
+    runs = {f"{m}{seed}": fake_metrics(m + "+svm", a + seed / 100, 0.0, a, 0.0, seed=seed, **one,
+                                       splits=[{**_splits([a + seed / 100])[0], "test_hash": "P"}])
+            for m, a in (("fne", 0.9), ("fc7", 0.6)) for seed in (0, 1)}
+    ds, md, _ = _verdict_report(tmp_path / "predefined", runs)
+    assert ds["winner_test"] is None and ds["verdict"]["kind"] == "untested"
+    assert "no paired test applies (their runs of several seeds were scored on the same test images" in md
+
+
+def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):
+    """`fne fit --splits 2` records a 95% CI of 0.0–100.0 (the corrected t with 1 degree of freedom):
+    right, but it read like a bug. The section says why, once, in report.md, report.html and the
+    console; the numbers stay the metrics' own."""
+    from fne.metrics import accuracy_interval, mean_class_interval
+
+    def run(method, accs, **extra):
+        sp = _splits(accs)
+        return fake_metrics(method, float(np.mean(accs)), float(np.std(accs)), float(np.mean(accs)),
+                            float(np.std(accs)), splits=sp, accuracy_ci=accuracy_interval(sp),
+                            mean_class_accuracy_ci=mean_class_interval(sp, None), **extra)
+
+    two = {"a": run("fne+svm", [0.6, 0.8]), "b": run("fc7+svm", [0.5, 0.7])}
+    ds, md, html = _verdict_report(tmp_path / "two", two)
+    assert md_rows(md, "pets")["fne+svm"][1] == "0.0–100.0"  # as recorded
+    note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7), "
+            "so wide by construction, not by a fault; use --splits 5 or more")
+    assert md.count(note) == 1 and html.count(note) == 1 and table_text([ds]).count(note) == 1
+    five = {"a": run("fne+svm", [0.6, 0.8, 0.7, 0.75, 0.65]), "b": run("fc7+svm", [0.5, 0.7, 0.6, 0.6, 0.55])}
+    ds, md, html = _verdict_report(tmp_path / "five", five)
+    assert "degree of freedom" not in md + html + table_text([ds])
 
 
 def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):

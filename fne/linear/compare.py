@@ -82,6 +82,10 @@ def fisher(acc_a: float, n_a: int, acc_b: float, n_b: int) -> dict:
             "mean_diff": float(acc_a - acc_b), "p": min(1.0, p)}
 
 
+def _seeds(seeds: list) -> str:
+    return ", ".join(map(str, seeds))
+
+
 def verdict(result: dict, alpha: float = ALPHA) -> str:
     if result["mean_diff"] > 0 and result["p"] < alpha:
         return "beats the runner-up beyond noise"
@@ -114,6 +118,11 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
     over = (f"{result['n']} test images, {result['only_a']} vs {result['only_b']} classified right by only one of "
             f"them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
             f"scored on the same test images)" if fis else f"{result['n']} {unit}")
+    if result.get("unpaired"):  # rows pooled over seeds that not both have: the splits both were scored on
+        left = "; ".join(f"seed {_seeds(seeds)} of {name}" for name, seeds in zip((winner, runner_up), result["unpaired"])
+                         if seeds)
+        over += (f" both rows were scored on (seed {_seeds(result['paired'])}; left out, having no partner in the "
+                 f"other row: {left})")
     detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
               f"difference {100 * result['mean_diff']:+.1f} points over {over}")
     if v == "no clear winner":
@@ -143,6 +152,15 @@ def run_data(m: dict) -> str | None:
     return m.get("data_resolved") or m.get("data")
 
 
+def run_task(m: dict) -> str | None:
+    """What a run classified: its DATA (`run_data`) and, where `--label-key` was given, which labels
+    of it (another label column of one Parquet file is another task, never ranked or tested with
+    the first)."""
+    options = m.get("options") if isinstance(m.get("options"), dict) else {}
+    data, key = run_data(m), options.get("label_key")
+    return data if key is None or data is None else f"{data}, label_key={key}"
+
+
 def _same_splits(m1: dict, m2: dict) -> bool:
     """Were the two runs scored on the same test images, split by split? The settings that draw
     the splits agree and so do the test images' hashes; a predefined split is DATA's own, so
@@ -151,7 +169,7 @@ def _same_splits(m1: dict, m2: dict) -> bool:
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
     keys = ("split_protocol", "n_images", "n_splits") + (() if predefined else ("seed",))
-    if not all(m1.get(k) == m2.get(k) for k in keys) or run_data(m1) != run_data(m2):
+    if not all(m1.get(k) == m2.get(k) for k in keys) or run_task(m1) != run_task(m2):
         return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
@@ -203,6 +221,19 @@ def winner_vs_runner_up(rows: list[dict], metrics_by_path: dict[str, dict]) -> s
     return first
 
 
+def untested(rows: list[dict], metrics_by_path: dict[str, dict]) -> str:
+    """Why `winner_vs_runner_up` found no test for the two best ranked rows, as a verdict says it."""
+    ranked = [r for r in rows if r.get("accuracy") is not None and not r.get("partial")][:2]
+    ms = [[metrics_by_path.get(p) or {} for p in r["paths"]] for r in ranked]
+    if len(ms) < 2 or not any(_same_splits(m1, m2) for m1 in ms[0] for m2 in ms[1]):
+        return "the runs were not scored on the same splits"
+    if len(ms[0]) > 1 and len(ms[1]) > 1 and _shared_tests(ms[0]):
+        return ("their runs of several seeds were scored on the same test images (a predefined split, or a seed run "
+                "twice): not independent splits for a paired t-test")
+    return ("the runs do not record what a paired test needs (each split's accuracy, or each test image's result "
+            "on a single split: runs written before fne kept them)")
+
+
 def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict | None:
     """The paired test of two report rows (their runs' metrics); where none applies and each row
     is one run of one split of the same DATA, Fisher's exact test of the two accuracies; else None."""
@@ -213,7 +244,7 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
         paired = compare_runs(ms[0][0], ms[1][0])
         one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
                isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
-        same_data = run_data(ms[0][0]) == run_data(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
+        same_data = run_task(ms[0][0]) == run_task(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
         if paired is None and all(one) and same_data:
             return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
         return paired
@@ -221,24 +252,42 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
 
 
 def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
-    """Rows pooled over seeds: each run paired with the other row's run on the same random
-    splits, every pair's per-split differences in one corrected t-test; None where a run has no
-    partner, or on a predefined split (the seeds score the same test images: not independent)."""
-    a: list[float] = []
-    b: list[float] = []
-    partners = list(runs2)
+    """Rows pooled over seeds: each run paired with the other row's run on the same splits (of
+    its own seed first), every pair's per-split differences in one corrected t-test; one pair
+    alone: that pair's test (`compare_runs`: McNemar's on one split). A run whose seed the other
+    row lacks has no partner: it is left out of the test, and the result's "unpaired" names the
+    seeds left out of each row ("paired": the seeds tested). None where no run has a partner, or
+    where several pairs share their test images (a predefined split, or a seed run twice: not
+    independent splits)."""
+    pairs, partners = [], list(runs2)
     for m1 in runs1:
-        m2 = next((m for m in partners if _same_splits(m1, m)), None)
-        x, y = (_split_accuracies(m1), _split_accuracies(m2)) if m2 is not None else (None, None)
-        if x is None or y is None or len(x) != len(y) or m1.get("n_splits") == 1:
+        same = [m for m in partners if _same_splits(m1, m)]
+        m2 = next((m for m in same if m.get("seed") == m1.get("seed")), same[0] if same else None)
+        if m2 is not None:
+            partners.remove(m2)
+            pairs.append((m1, m2))
+    if len(pairs) == 1:
+        result = compare_runs(*pairs[0])
+    elif pairs:
+        xy = [(_split_accuracies(m1), _split_accuracies(m2)) for m1, m2 in pairs]
+        if _shared_tests([m1 for m1, _ in pairs]) or any(x is None or y is None or len(x) != len(y) for x, y in xy):
             return None
-        partners.remove(m2)
-        a += x
-        b += y
-    if partners:
+        n_tr, n_te = pairs[0][0].get("n_train") or 0, pairs[0][0].get("n_test") or 0
+        result = corrected_paired_t([v for x, _ in xy for v in x], [v for _, y in xy for v in y],
+                                    n_te / n_tr if n_tr else 0.0)
+    else:
         return None
-    n_tr, n_te = runs1[0].get("n_train") or 0, runs1[0].get("n_test") or 0
-    return corrected_paired_t(a, b, n_te / n_tr if n_tr else 0.0)
+    if result is not None and (len(pairs) < len(runs1) or partners):
+        paired = {id(m) for pair in pairs for m in pair}
+        result["paired"] = [m1.get("seed") for m1, _ in pairs]
+        result["unpaired"] = [[m.get("seed") for m in runs if id(m) not in paired] for runs in (runs1, runs2)]
+    return result
+
+
+def _shared_tests(runs: list[dict]) -> bool:
+    """Did runs of one row score the same test images (a predefined split, or a seed run twice)?"""
+    hashes = [s.get("test_hash") for m in runs for s in m.get("splits") or [] if s.get("test_hash")]
+    return any(m.get("split_protocol") == "predefined" for m in runs) or len(set(hashes)) < len(hashes)
 
 
 def choice_note(m: dict) -> str | None:

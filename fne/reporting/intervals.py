@@ -9,8 +9,10 @@ with the reason, where it is not.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+from scipy import stats
 
 from fne.metrics import accuracy_interval, mean_class_interval
 
@@ -109,3 +111,30 @@ def _pooled(key: str, splits: list[dict], shared: bool | None, one) -> tuple[dic
         return None, ("its runs record no training images per split (direct mode learns from none): the corrected t "
                       "interval, whose correction is n_test / n_train, does not apply")
     return (accuracy_interval(splits) if key == "accuracy" else mean_class_interval(splits, None)), None
+
+
+def few_splits_note(rows: list[dict], labels: list[str]) -> str | None:
+    """A note where a row's interval is the corrected t over 2 random splits: t with 1 degree of
+    freedom (12.7 at 95%), an interval that spans most of 0–100 % by construction, not by a fault;
+    None where no row's is.
+
+    Parameters
+    ----------
+    rows : list of dict
+        A report section's rows, their `accuracy_ci` / `mean_class_accuracy_ci` as tabulated.
+    labels : list of str
+        The rows' names, as the table prints them.
+    """
+    two = [name for r, name in zip(rows, labels, strict=True)
+           if any(_t_splits(r.get(k)) == 2 for k in ("accuracy_ci", "mean_class_accuracy_ci"))]
+    if not two:
+        return None
+    t = float(stats.t.ppf(0.975, 1))
+    return (f"2 splits ({', '.join(two)}): the 95% interval is the corrected t with 1 degree of freedom (t = {t:.1f}), "
+            f"so wide by construction, not by a fault; use --splits 5 or more for an interval that tells methods apart.")
+
+
+def _t_splits(ci) -> int | None:
+    """The number of random splits of a corrected resampled t interval (`fne.metrics`), from its method."""
+    found = re.search(r"corrected resampled t interval over (\d+) random splits", str((ci or {}).get("method")))
+    return int(found.group(1)) if found else None

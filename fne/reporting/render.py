@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from fne.metrics import class_recalls
+from fne.reporting.intervals import few_splits_note
 
 
 def pct(v: float | None, std: float | None = None) -> str:
@@ -127,12 +128,15 @@ def worst_classes(confusion, classes, k: int = 5) -> list[dict]:
             for i in order[:k]]
 
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
+# Markdown's punctuation; "_" only where it can open or close emphasis (not inside a word: new_layers),
+# "<" only where it can open an HTML tag (not "p < 0.05")
+_MD_SPECIAL = re.compile(r"([\\`*\[\]>|#]|<(?=[A-Za-z/!?])|(?<![^\W_])_|_(?![^\W_]))")
 
 
 def md_text(s) -> str:
-    """A class name as Markdown text: its punctuation escaped (`<b>`, `|`, `*` print as typed)
-    and a line break shown as ↵, so that a list item or table cell stays one line."""
+    """Text as Markdown prints it: its punctuation escaped (`<b>`, `|`, `*` print as typed) and a
+    line break shown as ↵, so that a list item or table cell stays one line; report.md passes every
+    name through it (classes, labels, datasets, backbones, sentences that name them)."""
     return _MD_SPECIAL.sub(r"\\\1", str(s)).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵")
 
 
@@ -144,6 +148,11 @@ def label(r: dict, multi: bool) -> str:
     return text + (f" ({r['note']})" if r.get("note") else "")
 
 
+def _few(ds: dict) -> str | None:
+    """The section's note on intervals over 2 splits (`intervals.few_splits_note`), or None."""
+    return few_splits_note(ds["rows"], [label(r, ds["multi_backbone"]) for r in ds["rows"]])
+
+
 def _md_cell(text: str, best: bool) -> str:
     return f"**{text}**" if best and text != "—" else text
 
@@ -151,18 +160,19 @@ def _md_cell(text: str, best: bool) -> str:
 def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
     L = ["# fne report", ""]
     if head["warning"]:
-        L += [f"> **{head['warning']}**", ""]
+        L += [f"> **{md_text(head['warning'])}**", ""]
     for n in head["notes"]:
-        L += [f"> Note: {n}", ""]
+        L += [f"> Note: {md_text(n)}", ""]
     L += _header_lines(head, md=True) + [""]
     for ds in datasets:
-        L += [f"## {ds['dataset']}", ""] + ([f"Backbone: {ds['backbone']}", ""] if ds.get("backbone") else [])
+        L += [f"## {md_text(ds['dataset'])}", ""] + ([f"Backbone: {md_text(ds['backbone'])}", ""]
+                                                     if ds.get("backbone") else [])
         L.append("| " + " | ".join(TABLE_HEAD) + " |")
         L.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + "|")
         for r in ds["rows"]:
             c = cells(r)
             L.append("| " + " | ".join([
-                label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else ""),
+                md_text(label(r, ds["multi_backbone"])) + (f" ({r['runs']} runs)" if r["runs"] > 1 else ""),
                 _md_cell(c["accuracy"], "accuracy" in r["best"]), c["accuracy_ci"],
                 _md_cell(c["mean_class_accuracy"], "mean_class_accuracy" in r["best"]), c["mean_class_accuracy_ci"],
                 (pub_str(r["published"]) + " (published)") if r.get("published") else "—",
@@ -171,22 +181,25 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
                 images_str(r), str(r.get("n_splits") or "—"),
             ]) + " |")
         for name, p in ds["published"]["only"].items():
-            L.append(f"| {name} (published only) | — | — | — | — | {pub_str(p)} (published) | — | — | — | — |")
+            L.append(f"| {md_text(name)} (published only) | — | — | — | — | {pub_str(p)} (published) | — | — | — | — |")
         L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds), beyond noise "
               "or not (the verdict below says); rows "
               "scored on a subset of the classes (direct mode's class map) are not ranked. "
               f"{SPREAD}. {MEAN_CLASS}. Published values are references from the pipeline file, "
-              "not measurements of this run" + (f"; source: {ds['published']['source']}" if ds["published"]["source"]
-                                               else "") + ".", "", interval_sentence(ds["rows"])]
+              "not measurements of this run" + (f"; source: {md_text(ds['published']['source'])}"
+                                               if ds["published"]["source"] else "") + ".", "",
+              md_text(interval_sentence(ds["rows"]))]
         if ds["published"].get("note"):
-            L += ["", f"Published values note: {ds['published']['note']}"]
+            L += ["", f"Published values note: {md_text(ds['published']['note'])}"]
+        if _few(ds):
+            L += ["", f"**Note:** {md_text(_few(ds))}"]
         if ds.get("protocol_note"):
-            L += ["", f"**Note:** {ds['protocol_note']}"]
+            L += ["", f"**Note:** {md_text(ds['protocol_note'])}"]
         L.append("")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
             if f:
-                L += [f"![{ds['dataset']}: {alt}]({f})", ""]
+                L += [f"![{md_text(ds['dataset'])}: {alt}]({f})", ""]
         L += _winner_lines(ds, md=True)
     return "\n".join(L).rstrip() + "\n"
 
@@ -202,7 +215,7 @@ def _header_lines(head: dict, md: bool) -> list[str]:
         ("date", head["date"] or ""),
         ("runs", str(head["runs"])),
     ]
-    return [f"- {k}: {v}" for k, v in items if v]
+    return [f"- {k}: {md_text(v) if md else v}" for k, v in items if v]
 
 
 def winner_sentences(ds: dict) -> tuple[str, str, str, str | None]:
@@ -240,9 +253,9 @@ def _winner_lines(ds: dict, md: bool) -> list[str]:
     w = ds["winner"]
     if w:
         lead, best, rest, versus = winner_sentences(ds)
-        L += [f"{lead} " + (f"**{best}**" if best else "") + f"{rest}.", ""]
+        L += [f"{lead} " + (f"**{md_text(best)}**" if best else "") + f"{md_text(rest)}.", ""]
         if versus:
-            L += [f"Winner vs runner-up: {versus}.", ""]
+            L += [f"Winner vs runner-up: {md_text(versus)}.", ""]
         pairs = confused_pairs(w.get("confusion"), w.get("classes"))
         if pairs:
             L.append("Classes it confuses most (true → predicted, count, share of the true class):")
@@ -256,14 +269,15 @@ def _winner_lines(ds: dict, md: bool) -> list[str]:
             L.append("")
     for a in ds["advice"]:
         sim = a.get("similarity") or {}
-        L.append(f"Advice (`fne advise`, {a.get('arch')} {a.get('weights')}): **{a['recommendation']}**: {a.get('text', '')}")
-        L += [f"- {r}" for r in a.get("reasons", [])]
+        L.append(f"Advice (`fne advise`, {md_text(a.get('arch'))} {md_text(a.get('weights'))}): "
+                 f"**{md_text(a['recommendation'])}**: {md_text(a.get('text', ''))}")
+        L += [f"- {md_text(r)}" for r in a.get("reasons", [])]
         L.append(f"- measured: {_num(a.get('images_per_class'))} training images per class; similarity "
                  + (f"max-softmax {sim.get('max_softmax_mean', float('nan')):.2f}, normalised entropy "
                     f"{sim.get('entropy_norm_mean', float('nan')):.2f} on {sim.get('sample')} images"
                     if sim.get("judged") else "not judged"))
         if "matched" in a:
-            L.append(f"- {advice_verdict(a)[1]}")
+            L.append(f"- {md_text(advice_verdict(a)[1])}")
         L.append("")
     return L
 
@@ -340,6 +354,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append(f"<p class='intervals'><small>{_e(interval_sentence(ds['rows']))}</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
+        if _few(ds):
+            H.append(f"<div class='note intervals'>Note: {_e(_few(ds))}</div>")
         if ds.get("protocol_note"):
             H.append(f"<div class='note protocol'>Note: {_e(ds['protocol_note'])}</div>")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
@@ -404,6 +420,8 @@ def table_text(datasets: list[dict]) -> str:
             lead, best, rest, versus = winner_sentences(ds)
             versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
             L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
+        if _few(ds):
+            L.append(f"  Note: {_few(ds)}")
         if ds.get("protocol_note"):
             L.append(f"  Note: {ds['protocol_note']}")
     return "\n".join(L)

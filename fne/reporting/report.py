@@ -131,10 +131,11 @@ def dataset_key(run: dict) -> str:
 
 def dataset_keys(runs: list[dict]) -> list[str]:
     """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
-    runs of one name read other DATA (two folders both called `images`), that DATA beside it, so
-    that different images are never tabulated, ranked or tested together. A run that records no
+    runs of one name read other DATA (two folders both called `images`), or other labels of it
+    (`compare.run_task`), that DATA beside it, so that different images or labels are never
+    tabulated, ranked or tested together. A run that records no
     DATA (an old run) keeps the plain name."""
-    of = [str(compare.run_data(r["metrics"]) or "") for r in runs]
+    of = [str(compare.run_task(r["metrics"]) or "") for r in runs]
     data: dict[str, set[str]] = defaultdict(set)
     for r, d in zip(runs, of, strict=True):
         if d:
@@ -156,22 +157,46 @@ def backbone_label(m: dict) -> str:
 
 # What a run's setting is, besides its method and backbone: runs that agree on all of these
 # (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
-SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "crop", "precision", "storage_dtype",
-                "split_protocol", "n_images", "new_layers", "train_bn", "image_size", "augment", "epochs", "lr",
-                "imported_lr", "momentum", "weight_decay", "scheduler", "batch_size", "val_fraction",
-                "direct_score", "class_map")
+# Each can change the numbers: fit's solver (sklearn or torch) and the torch solver's arithmetic,
+# the rows' preprocessing, precision and storage; train's settings; either's split protocol (the
+# number of splits, test_size, train_per_class). Left out, as they do not: device, workers,
+# progress, threads, batch sizes of extraction, stream_chunk, deterministic, and decode (a
+# store's rows are keyed by image content, not by the decoder that computed them).
+SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "solver", "solver_precision", "preprocess", "crop",
+                "precision", "storage_dtype", "split_protocol", "n_images", "new_layers", "train_bn", "image_size",
+                "augment", "augment_on", "epochs", "lr", "imported_lr", "momentum", "weight_decay", "scheduler",
+                "batch_size", "val_fraction", "direct_score", "class_map")
+# fit's choices by cross-validation (--features / --head / --C auto): each seed's pick is an outcome,
+# the setting is "auto"; the keys its pick fills in
+AUTO_KEYS = {"features": ("features", "layers", "embedding"), "head": ("head",), "C": ("C",)}
 SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dtype": "storage"}
 
 
 def settings(run: dict) -> dict:
-    """The setting of a run (SETTING_KEYS found in metrics.json); C as asked for (fne run's step
-    records it: with C = auto, metrics.json holds the C each seed's validation chose)."""
+    """The setting of a run: SETTING_KEYS found in metrics.json (another `--label-key` is another
+    task: `dataset_keys` puts it in a section of its own); a setting asked as "auto" (fit's
+    cross-validated choice) as "auto", not each seed's pick; C as asked for (fne run's step records
+    it, and metrics.json's options: with C = auto, metrics.json's C is the one each split's
+    validation chose)."""
     m = run["metrics"]
     out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
-    asked = (run["step"].get("config") or {}).get("C")
-    if asked is not None:
-        out["C"] = asked
+    given = m.get("options") if isinstance(m.get("options"), dict) else {}
+    config = run["step"].get("config")  # not a dict: a damaged step.json, whose C is not read
+    asked = {**given, **({"C": config["C"]} if isinstance(config, dict) and config.get("C") is not None else {})}
+    for option, keys in AUTO_KEYS.items():
+        if asked.get(option) == "auto":
+            out = {k: v for k, v in out.items() if k not in keys} | {option: "auto"}
+    if asked.get("C") not in (None, "auto"):
+        out["C"] = _number(asked["C"])
     return out
+
+
+def _number(v):
+    """C as given ("1.0", 1) and as used (1.0): one value."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
 
 
 def _setting_str(k: str, v) -> str:
@@ -186,7 +211,8 @@ def _setting_str(k: str, v) -> str:
 
 
 def _name_variants(rows: list[dict]) -> None:
-    """Rows of the same method and backbone: their label shows the settings that tell them apart."""
+    """Rows of the same method and backbone: their label shows the settings that tell them apart
+    (those a row records: fit's solver_precision, say, is the torch solver's alone)."""
     same: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         same[(r["method"], r["backbone"])].append(r)
@@ -197,7 +223,7 @@ def _name_variants(rows: list[dict]) -> None:
         keys = sorted({k for s in full for k in s})
         differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in full}) > 1]
         for r, s in zip(group, full, strict=True):
-            r["variant"] = ", ".join(_setting_str(k, s.get(k)) for k in differ)
+            r["variant"] = ", ".join(_setting_str(k, s[k]) for k in differ if s.get(k) is not None)
 
 
 def extraction(run: dict) -> tuple[float | None, bool]:
@@ -358,9 +384,9 @@ def tabulate(collected: dict) -> list[dict]:
         for r in rows:  # the row's name where the verdict names it: rows of one method differ in settings
             r["label"] = label(r, multi)
         winner = next((r for r in rows if r["accuracy"] is not None and not r["partial"]), None)
-        test = compare.winner_vs_runner_up(  # paired test on shared splits, or None
-            rows, {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs})
-        verdict = winner_verdict(rows, test)
+        metrics = {r["path"]: r["metrics"] for rs in groups[key].values() for r in rs}
+        test = compare.winner_vs_runner_up(rows, metrics)  # paired test on shared splits, or None
+        verdict = winner_verdict(rows, test, compare.untested(rows, metrics) if test is None else "")
         out.append({
             "dataset": key,
             "rows": rows,
@@ -407,12 +433,14 @@ def _shown(col: str, v: float) -> str:
     return pct(v) if col in ("accuracy", "mean_class_accuracy") else secs(v)
 
 
-def winner_verdict(rows: list[dict], test: str | None) -> dict:
+def winner_verdict(rows: list[dict], test: str | None,
+                   untested: str = "the runs were not scored on the same splits") -> dict:
     """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
     to compare), "tie" (accuracies that read the same), "unclear" (the test, or without one the spread
     across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
     test applies and the lead exceeds the spread). The test (`compare.winner_vs_runner_up`): a paired
-    one on shared test images, else Fisher's exact test for two runs of one split each."""
+    one on shared test images, else Fisher's exact test for two runs of one split each; `untested`:
+    why none applies (`compare.untested`)."""
     ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
     if not ranked:
         return {"kind": "none", "text": ""}
@@ -430,9 +458,9 @@ def winner_verdict(rows: list[dict], test: str | None) -> dict:
     if spread is not None and lead <= spread:
         return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
                                            f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
-                                           f"no paired test applies (the runs were not scored on the same splits)"}
+                                           f"no paired test applies ({untested})"}
     return {"kind": "untested", "text": f"{compare.row_name(w)} leads {compare.row_name(second)} by {lead:.1f} points; no paired "
-                                        f"test applies (the runs were not scored on the same splits)"}
+                                        f"test applies ({untested})"}
 
 
 def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:

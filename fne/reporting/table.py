@@ -42,8 +42,9 @@ def csv_rows(datasets: list[dict]) -> list[list]:
     list of list
         One list of CSV_COLUMNS' values per row, dataset by dataset in the report's order; None
         where a run does not record the value (an empty cell). Several seeds or run folders are
-        joined by ";". "C" is a fit's as asked for (`fne run`'s step), else as used (a JSON list where
-        the splits chose several). "settings" is the row's setting (features, head, C, training settings...)
+        joined by ";". "C" is a fit's as asked for (metrics.json's options, `fne run`'s step: auto
+        where each split chose its own), else, for a run that records neither, as used (a JSON
+        list where the splits chose several). "settings" is the row's setting (features, head, C, training settings...)
         as JSON; "extract_cached" is True where no extraction ran for the row (its rows were
         cached: extract_seconds is empty); "ranked" is False for a row scored on a subset of the
         classes (direct mode's class map), which the report does not rank.
@@ -82,7 +83,9 @@ def csv_rows(datasets: list[dict]) -> list[list]:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---"}
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "–": "--", "—": "---",
+        # in LaTeX's default (OT1) font encoding these print as other glyphs (—, ¡, ¿)
+        "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def _tex(text) -> str:
