@@ -170,8 +170,8 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
     return np.sort(tr), np.sort(va), np.sort(te)
 
 
-def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np.ndarray, np.ndarray]],
-                    show: int = 3) -> list[str]:
+def duplicate_notes(dataset: Dataset, keys: list[str],
+                    split_list: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """What a fit should be told about images with the same bytes (one content key, one row).
 
     Parameters
@@ -182,15 +182,13 @@ def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np
         Their content keys (`Dataset.keys`).
     split_list : list of (ndarray, ndarray)
         `make_splits`' (train, test) indices.
-    show : int
-        Examples named in each line.
 
     Returns
     -------
     list of str
         One line for copies filed under different classes (the same features with two labels),
         one for test images with a copy among the training images of their split (scored on an
-        image the head was fitted on); none when neither happens.
+        image the head was fitted on), each naming 3 examples at most; none when neither happens.
     """
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
@@ -201,7 +199,7 @@ def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np
     notes = []
     clash = [g for g in copies if len({dataset.labels[i] for i in g}) > 1]
     if clash:
-        eg = "; ".join(" = ".join(f"{dataset.ids[i]} ({dataset.labels[i]})" for i in g) for g in clash[:show])
+        eg = "; ".join(" = ".join(f"{dataset.ids[i]} ({dataset.labels[i]})" for i in g) for g in clash[:3])
         notes.append(f"{len(clash)} image(s) appear, byte for byte, under more than one class (the same "
                      f"features with two labels): {eg}")
     copied = {i for g in copies for i in g}
@@ -215,5 +213,5 @@ def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np
         worst = max(leaked, key=len)
         notes.append(f"{len(worst)} test image(s) of {len(leaked)} of {len(split_list)} "
                      f"split(s) have a byte-identical copy among that split's training images: "
-                     f"{', '.join(dataset.ids[i] for i in worst[:show])}")
+                     f"{', '.join(dataset.ids[i] for i in worst[:3])}")
     return notes
