@@ -270,6 +270,28 @@ def test_members_with_a_bad_label_or_split_are_skipped_naming_them(tmp_path):
                                                       ["a", "b"])
 
 
+def test_parquet_forms_and_refusals(tmp_path):
+    """An image column of any name holding bytes; a damaged Parquet file beside a good one is
+    skipped with one line saying so (it had no rows to read, so not "its members before that");
+    no image column, or no column `label_key` names, stops in one line naming the file."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    (tmp_path / "f").mkdir()
+    pq.write_table(pa.table({"pixels": [f.read_bytes() for f, _, _ in items], "label": [lab for _, lab, _ in items]}),
+                   tmp_path / "f" / "a.parquet")
+    (tmp_path / "f" / "b.parquet").write_bytes(b"PAR1 and then not Parquet")
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(tmp_path / "f")
+    assert len(said) == 1 and str(said[0].message).startswith("b.parquet: unreadable Parquet file (")
+    assert str(said[0].message).endswith("); skipped")
+    assert d.ids == [f"a.parquet:{k}" for k in range(4)] and d.labels == [lab for _, lab, _ in items]
+    with pytest.raises(DataError, match=r"a\.parquet: no label column 'species' \(columns: pixels, label\)$"):
+        load_dataset(tmp_path / "f" / "a.parquet", label_key="species")
+    pq.write_table(pa.table({"x": [1, 2], "label": ["a", "b"]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n\.parquet: no image column \(bytes, or a \{bytes, path\} struct\) among "
+                                        r"x, label$"):
+        load_dataset(tmp_path / "n.parquet")
+
+
 def test_shards_assign_whole_tars(tmp_path):
     src = write_digits(tmp_path / "digits", per_class=6, classes=4)
     write_shards(src, tmp_path / "tar", per_shard=3)

@@ -534,7 +534,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         listing = listings[path] = _listing(path, kind, label_key, cache)
         rel = os.path.relpath(path, root)
         if listing.broken:
-            warnings.warn(f"{rel}: {listing.broken}; its members before that are read", stacklevel=2)
+            read = "its members before that are read" if listing.members or listing.bad else "skipped"
+            warnings.warn(f"{rel}: {listing.broken}; {read}", stacklevel=2)
         for member, why in listing.bad:
             warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
             left_out.append(f"{rel}:{member}")
