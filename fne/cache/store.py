@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,14 +375,19 @@ def lock_files(store: Store) -> list[Path]:
     return [] if store.url is not None else sorted((store.path.parent / LOCKS).glob(f"{store.path.name}--*.lock"))
 
 
-def list_stores(root: str | Path | None = None) -> list[Store]:
-    """The readable stores under the cache root (see `cache_root`)."""
+def list_stores(root: str | Path | None = None, unreadable: dict[str, CacheError] | None = None) -> list[Store]:
+    """The readable stores under the cache root (see `cache_root`). A store whose store.json
+    cannot be read (damaged, or a later fne's format) is left out: its CacheError goes into
+    `unreadable`, by folder name, where given, else into a warning naming it."""
     files = files_at(cache_root(root))
     out = []
     for name in sorted(n for n, is_dir in files.names("") if is_dir and not n.startswith(".")):
         if files.exists(f"{name}/store.json"):
             try:
                 out.append(Store.at(files.path / name))
-            except CacheError:
-                continue
+            except CacheError as e:
+                if unreadable is None:
+                    warnings.warn(f"store {name} left out: {e}", stacklevel=2)
+                else:
+                    unreadable[name] = e
     return out
