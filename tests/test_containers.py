@@ -236,17 +236,17 @@ def test_split_from_a_member_and_from_a_shard_folder(tmp_path):
 
 
 def test_members_with_a_bad_label_or_split_are_skipped_naming_them(tmp_path):
-    """A tar sample with unreadable .json, a .cls that is not UTF-8 text or an unknown .split, a
-    Parquet row with a ClassLabel index past the names or an unknown split: each skipped with one
+    """A tar sample with unreadable .json, a .cls that is not UTF-8 text, an unknown .split or a
+    .json label that is a list, a Parquet row with a ClassLabel index past the names or an unknown split: each skipped with one
     warning naming `file:member`; the other members are read."""
     src = write_digits(tmp_path / "digits", per_class=2, classes=2)
     items = _files(src)
     tar = tmp_path / "s.tar"
-    extra = {0: ("json", b"{not json"), 1: ("cls", b"\xff\xfe"), 2: ("split", b"holdout")}
+    extra = {0: ("json", b"{not json"), 1: ("cls", b"\xff\xfe"), 2: ("split", b"holdout"), 3: ("json", b'{"label": [1, 2]}')}
     with tarfile.open(tar, "w") as tf:
-        for j, (f, lab, _) in enumerate(items):
+        for j, (f, lab, _) in enumerate([*items, items[0]]):
             tf.add(f, arcname=f"{j:04d}.png")
-            if j != 1:
+            if j not in (1, 3):
                 _add(tf, f"{j:04d}.cls", lab.encode())
             if j in extra:
                 _add(tf, f"{j:04d}.{extra[j][0]}", extra[j][1])
@@ -255,8 +255,9 @@ def test_members_with_a_bad_label_or_split_are_skipped_naming_them(tmp_path):
     assert [str(w.message) for w in said] == [
         "skipped s.tar:0000.png: bad .json (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
         "skipped s.tar:0001.png: label is not text",
-        "skipped s.tar:0002.png: split 'holdout' is not train, test or validation"]
-    assert d.ids == ["s.tar:0003.png"] and d.labels == [items[3][1]]
+        "skipped s.tar:0002.png: split 'holdout' is not train, test or validation",
+        "skipped s.tar:0003.png: label [1, 2] is not a single value"]
+    assert d.ids == ["s.tar:0004.png"] and d.labels == [items[0][1]]
     meta = {b"huggingface": json.dumps({"info": {"features": {
         "label": {"_type": "ClassLabel", "names": ["a", "b"]}}}}).encode()}
     table = pa.table({"image": [f.read_bytes() for f, _, _ in items], "label": [0, 5, 1, 1],
