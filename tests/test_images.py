@@ -338,6 +338,12 @@ def test_an_image_too_thin_to_resize_is_named_skipped_and_recorded(tmp_path, cap
     ds = load_dataset(str(tmp_path / "data"))  # the device path: a plain JPEG travels as its bytes
     item = ImageItems(ds, [ds.ids.index("b/wide.jpg")], Preprocess(), raw_jpeg=True)[0]
     assert item[2] is None and item[3].startswith("DecompressionBombError: resized for the network")
+    import h5py  # an image of an array (HDF5, digits) is refused the same way
+
+    with h5py.File(tmp_path / "thin.h5", "w") as f:
+        f["images"], f["labels"] = np.zeros((1, 1, 4000), np.uint8), np.array([0])
+    item = ImageItems(load_dataset(tmp_path / "thin.h5"), [0], Preprocess())[0]
+    assert item[2] is None and item[3].startswith("DecompressionBombError: resized for the network, this 4000 x 1 ")
 
 
 def test_a_warning_from_elsewhere_while_an_image_decodes_is_not_named_after_it(monkeypatch):
