@@ -139,12 +139,26 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
     assert all(c in C_GRID for c in np.atleast_1d(m["C"]))
 
 
+def test_fne_over_chosen_layers(digits_folder, warm_cache, tmp_path):
+    """`--features fne:L1,L2`: the Full-Network Embedding of those layers only."""
+    from fne.backbones import registry
+    from fne.linear.embedding import FullNetworkEmbedding
+
+    m = fit(digits_folder, features="fne:block3,head", splits=1, out=tmp_path / "r", cache=str(warm_cache), **STORE)
+    assert (m["features"], m["layers"], m["embedding"]) == ("fne:block3,head", ["block3", "head"], "fne")
+    embed = joblib.load(tmp_path / "r" / "model.joblib")["pipeline"].named_steps["embed"]
+    width = {t.name: t.channels for t in registry.get(STORE["arch"]).taps}
+    assert isinstance(embed, FullNetworkEmbedding) and embed.n_features_in_ == width["block3"] + width["head"]
+
+
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(features="fc6"), "has no layer 'fc6'"),
     (dict(features="lst"), r"^bad features='lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
                            r"\(here \w+\), fne:LAYER,… or layer names: "),
     (dict(features="fne,last"), r"^bad features='fne': the full-network embedding is no layer to list; give fne, "),
     (dict(features="Last"), r"has no layer 'Last' \(did you mean 'last'\?\)"),
+    (dict(features="fne:"), r"^bad features='fne:'; use fne, fc6, fc7, last or layer names$"),
+    (dict(C="abc"), r"^bad C='abc'; give a positive number or 'auto'$"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),
