@@ -443,3 +443,22 @@ def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits
     monkeypatch.setattr(Store, "read_rows", lambda self, keys, layers: np.zeros_like(real(self, keys, layers)))
     with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*storage_dtype='float32'"):
         fit(digits_folder, out=tmp_path / "r", cache=warm_cache, features="last", splits=1, **STORE)
+
+
+def test_predict_refuses_a_folder_without_a_model_an_old_model_and_pinned_store_options(digits_folder, warm_cache,
+                                                                                        tmp_path):
+    from fne.errors import FneError
+    from fne.linear.predict import predict
+
+    kw = dict(out=tmp_path / "p.csv", cache=str(warm_cache))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FneError, match=r"empty: no model\.joblib or model\.pt \(is it a `fne fit` or `fne train` run"):
+        predict(tmp_path / "empty", digits_folder, **kw)
+    (tmp_path / "old").mkdir()
+    joblib.dump({"format": 0}, tmp_path / "old" / "model.joblib")
+    with pytest.raises(FneError, match=r"model\.joblib: not a model written by this version of fne fit \(refit it"):
+        predict(tmp_path / "old", digits_folder, **kw)
+    fit(digits_folder, features="last", splits=1, out=tmp_path / "r", cache=str(warm_cache), **STORE)
+    with pytest.raises(FneError, match=r"r pins arch \(its head fits those rows only\); predict takes cache and device$"):
+        predict(tmp_path / "r", digits_folder, arch="vgg16", **kw)
+    assert not (tmp_path / "p.csv").exists()
