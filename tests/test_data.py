@@ -372,6 +372,19 @@ def test_modes_become_rgb(tmp_path, mode):
         assert abs(int(np.asarray(out)[0, 0, 0]) - round(40000 / 65535 * 255)) <= 1
 
 
+def test_a_palette_image_with_transparency_keeps_its_colours_without_a_warning(tmp_path, recwarn):
+    """A PNG palette with an alpha per entry: through RGBA (Pillow warns when such an image goes
+    straight to RGB), alpha then dropped, so the see-through pixels keep their palette colour."""
+    img = Image.new("P", (4, 2))
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.putpixel((0, 0), 1)
+    img.save(tmp_path / "t.png", transparency=b"\x80\x40")  # red half, blue a quarter opaque
+    assert Image.open(tmp_path / "t.png").info["transparency"] == b"\x80\x40"
+    out = np.asarray(read_image(tmp_path / "t.png"))
+    assert out[0, 0].tolist() == [0, 0, 255] and out[1, 3].tolist() == [255, 0, 0]
+    assert not [w for w in recwarn if "ransparency" in str(w.message)]
+
+
 def test_exif_orientation_applied(tmp_path):
     img = Image.new("RGB", (20, 10), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 10, 10))  # left half white
