@@ -169,7 +169,7 @@ def check_run_folder(out: Path, verb: str) -> Path:
     for other, model in RUN_MODELS.items():
         if other != verb and (out / model).is_file():
             raise out_refused(out, f"holds a `{other}` run ({model}); `{verb}` would replace its "
-                                          f"metrics.json and leave the two models mixed: give another folder")
+                                   f"metrics.json and leave the two models mixed: give another folder")
     return out
 
 
