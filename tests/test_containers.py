@@ -233,6 +233,9 @@ def test_split_from_a_member_and_from_a_shard_folder(tmp_path):
         write_shards(split_src / split, tmp_path / "byfolder" / split, per_shard=100)
     d = load_dataset(tmp_path / "byfolder")
     assert sorted(set(d.splits)) == ["test", "train"] and d.splits.count("test") == 4
+    (tmp_path / "byfolder" / "train").rename(tmp_path / "byfolder" / "validation")  # validation + test: val trains
+    d = load_dataset(tmp_path / "byfolder")
+    assert sorted(set(d.splits)) == ["test", "train"] and (d.splits.count("test"), d.splits.count("train")) == (4, 8)
 
 
 def test_members_with_a_bad_label_or_split_are_skipped_naming_them(tmp_path):
