@@ -83,6 +83,16 @@ def test_random_weights_are_seeded():
     assert backbones.fingerprint("vgg16", "random", 1) != backbones.fingerprint("vgg16", "random", 2)
 
 
+def test_efficientnet_lite0_imagenet_weights_are_the_packaged_ones():
+    """The one pretrained backbone with no download (its weights ship in a package): every tensor
+    of the file is the model's."""
+    model = backbones.load_backbone("efficientnet_lite0", "imagenet")
+    shipped = torch.load(backbones._effnet_weights_file(), map_location="cpu", weights_only=True)
+    state = model.state_dict()
+    assert set(shipped) <= set(state) and all(torch.equal(state[k], v) for k, v in shipped.items())
+    assert not torch.equal(state["_fc.weight"], backbones.load_backbone("efficientnet_lite0", "random").state_dict()["_fc.weight"])
+
+
 def test_weights_path_roundtrip_and_wrong_arch(tmp_path):
     model = backbones.load_backbone("efficientnet_lite0", "random", seed=5)
     torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")  # fne train style
@@ -95,6 +105,9 @@ def test_weights_path_roundtrip_and_wrong_arch(tmp_path):
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(WeightsError, match=r"junk.pt': torch.load cannot read it .*torch.save\(model.state_dict"):
         backbones.load_backbone("vgg16", str(tmp_path / "junk.pt"))
+    torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "numbers.pt")  # readable, but no tensors
+    with pytest.raises(WeightsError, match=r"numbers\.pt'?:? .*does not hold a state dict of tensors"):
+        backbones.load_backbone("vgg16", str(tmp_path / "numbers.pt"))
     with pytest.raises(WeightsError, match="no such file"):
         backbones.fingerprint("vgg16", str(tmp_path / "absent.pt"))
 

@@ -139,3 +139,27 @@ def test_an_fsspec_without_the_async_wrapper_is_named(tmp_path, monkeypatch):
                                          r"MemoryFileSystem needs fsspec >= 2024.12 \(this is "):
         s.commit(["00" * 16], {"t": np.ones((1, 1, 3))})
     assert len(Store.open(URL, StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)) == 0
+
+
+def test_info_verify_clean_and_rm_on_a_url_cache(digits):
+    """`fne cache info / verify --clean / rm` on a URL cache: sizes come from the filesystem, a
+    damaged part is moved to quarantine/ (marker first) and its rows are computed again, and a
+    removed store is gone."""
+    import fne
+
+    fx.extract(digits, cache=URL, progress=False, **FAST)
+    (info,) = fne.cache_info(cache=URL).stores
+    assert info.rows == 18 and info.parts == 1 and info.size_bytes > 18 * 4
+    store = _store(URL)
+    (part,) = store.parts()
+    fs = store.files.fs
+    chunk = next(f for f in fs.find(store.files.p(f"parts/{part.name}/rows")) if not f.endswith("zarr.json"))
+    fs.rm(chunk)
+    check = fne.cache_verify(cache=URL, clean=True)
+    assert check.stores[0].quarantined == [part.name]  # what verify finds after the clean: sound
+    assert fs.exists(store.files.p(f"quarantine/{part.name}")) and not store.exists(f"parts/{part.name}")
+    assert not store.exists(f"parts/{part.name}{COMMITTED}")
+    assert check.ok and len(_store(URL)) == 0
+    assert fx.extract(digits, cache=URL, progress=False, **FAST).n_computed == 18
+    assert [s.name for s in fne.cache_rm(store.path.name, cache=URL).stores] == [store.path.name]
+    assert list_stores(URL) == []

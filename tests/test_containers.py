@@ -233,6 +233,67 @@ def test_split_from_a_member_and_from_a_shard_folder(tmp_path):
         write_shards(split_src / split, tmp_path / "byfolder" / split, per_shard=100)
     d = load_dataset(tmp_path / "byfolder")
     assert sorted(set(d.splits)) == ["test", "train"] and d.splits.count("test") == 4
+    (tmp_path / "byfolder" / "train").rename(tmp_path / "byfolder" / "validation")  # validation + test: val trains
+    d = load_dataset(tmp_path / "byfolder")
+    assert sorted(set(d.splits)) == ["test", "train"] and (d.splits.count("test"), d.splits.count("train")) == (4, 8)
+
+
+def test_members_with_a_bad_label_or_split_are_skipped_naming_them(tmp_path):
+    """A tar sample with unreadable .json, a .cls that is not UTF-8 text, an unknown .split or a
+    .json label that is a list, a Parquet row with a ClassLabel index past the names or an unknown split: each skipped with one
+    warning naming `file:member`; the other members are read."""
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    items = _files(src)
+    tar = tmp_path / "s.tar"
+    extra = {0: ("json", b"{not json"), 1: ("cls", b"\xff\xfe"), 2: ("split", b"holdout"), 3: ("json", b'{"label": [1, 2]}')}
+    with tarfile.open(tar, "w") as tf:
+        for j, (f, lab, _) in enumerate([*items, items[0]]):
+            tf.add(f, arcname=f"{j:04d}.png")
+            if j not in (1, 3):
+                _add(tf, f"{j:04d}.cls", lab.encode())
+            if j in extra:
+                _add(tf, f"{j:04d}.{extra[j][0]}", extra[j][1])
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(tar)
+    assert [str(w.message) for w in said] == [
+        "skipped s.tar:0000.png: bad .json (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))",
+        "skipped s.tar:0001.png: label is not text",
+        "skipped s.tar:0002.png: split 'holdout' is not train, test or validation",
+        "skipped s.tar:0003.png: label [1, 2] is not a single value"]
+    assert d.ids == ["s.tar:0004.png"] and d.labels == [items[0][1]]
+    meta = {b"huggingface": json.dumps({"info": {"features": {
+        "label": {"_type": "ClassLabel", "names": ["a", "b"]}}}}).encode()}
+    table = pa.table({"image": [f.read_bytes() for f, _, _ in items], "label": [0, 5, 1, 1],
+                      "split": ["train", "train", "bogus", "test"]}).replace_schema_metadata(meta)
+    pq.write_table(table, tmp_path / "p.parquet")
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(tmp_path / "p.parquet")
+    assert [str(w.message) for w in said] == ["skipped p.parquet:1: label 5 outside the 2 class names",
+                                              "skipped p.parquet:2: split 'bogus' is not train, test or validation"]
+    assert (d.ids, d.labels, d.splits, d.classes) == (["p.parquet:0", "p.parquet:3"], ["a", "b"], ["train", "test"],
+                                                      ["a", "b"])
+
+
+def test_parquet_forms_and_refusals(tmp_path):
+    """An image column of any name holding bytes; a damaged Parquet file beside a good one is
+    skipped with one line saying so (it had no rows to read, so not "its members before that");
+    no image column, or no column `label_key` names, stops in one line naming the file."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    (tmp_path / "f").mkdir()
+    pq.write_table(pa.table({"pixels": [f.read_bytes() for f, _, _ in items], "label": [lab for _, lab, _ in items]}),
+                   tmp_path / "f" / "a.parquet")
+    (tmp_path / "f" / "b.parquet").write_bytes(b"PAR1 and then not Parquet")
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(tmp_path / "f")
+    assert len(said) == 1 and str(said[0].message).startswith("b.parquet: unreadable Parquet file (")
+    assert str(said[0].message).endswith("); skipped")
+    assert d.ids == [f"a.parquet:{k}" for k in range(4)] and d.labels == [lab for _, lab, _ in items]
+    with pytest.raises(DataError, match=r"a\.parquet: no label column 'species' \(columns: pixels, label\)$"):
+        load_dataset(tmp_path / "f" / "a.parquet", label_key="species")
+    pq.write_table(pa.table({"x": [1, 2], "label": ["a", "b"]}), tmp_path / "n.parquet")
+    with pytest.raises(DataError, match=r"n\.parquet: no image column \(bytes, or a \{bytes, path\} struct\) among "
+                                        r"x, label$"):
+        load_dataset(tmp_path / "n.parquet")
 
 
 def test_shards_assign_whole_tars(tmp_path):

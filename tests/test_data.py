@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -281,6 +282,79 @@ def test_hdf5_forms_and_digits(tmp_path):
     assert len(digits) == 1797 and digits.classes == [str(i) for i in range(10)]
 
 
+def _h5(path: Path, labels, images=None, **extra) -> Path:
+    """An HDF5 DATA file: `images` (6 RGB 8×8 by default), `labels`; `class_names` as an attribute
+    of labels, any other keyword a dataset."""
+    names = extra.pop("class_names", None)
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((len(labels), 8, 8, 3), np.uint8) if images is None else images
+        f["labels"] = labels
+        if names is not None:
+            f["labels"].attrs["class_names"] = names
+        for k, v in extra.items():
+            f[k] = v
+    return path
+
+
+def test_hdf5_class_names_and_a_numeric_split(tmp_path):
+    """`labels.attrs["class_names"]` (text or bytes) names the integer labels and keeps its order;
+    a split stored as numbers 0 / 1 (int or float) is train / test."""
+    lab = np.array([2, 0, 1, 2, 0, 1])
+    for names in (["zeta", "alpha", "mid"], np.array([b"zeta", b"alpha", b"mid"])):
+        d = load_dataset(_h5(tmp_path / "n.h5", lab, class_names=names))
+        assert d.classes == ["zeta", "alpha", "mid"] and d.labels == ["mid", "zeta", "alpha"] * 2
+    for split in (np.array([0, 0, 0, 1, 1, 1]), np.array([0.0, 0, 0, 1, 1, 1])):
+        d = load_dataset(_h5(tmp_path / "s.h5", lab, split=split))
+        assert d.splits == ["train"] * 3 + ["test"] * 3 and d.classes == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("rgba", "images must be N×H×W or N×H×W×3, got shape (2, 8, 8, 4)"),
+    ("count", "2 images but 3 labels"),
+    ("none", "has no images"),
+    ("split", "dataset split has values ['2']; allowed: train, test, 0, 1 and validation (or val, valid, dev)"),
+    ("repeated", "labels.attrs['class_names'] has empty or repeated names"),
+    ("index", "label '3' is not an index into the 2 names of labels.attrs['class_names']"),
+    ("not_h5", "cannot open ("),
+    ("csv_header", "has no rows"),
+    ("csv_field", "unreadable CSV (field larger than field limit (131072))"),
+    ("blank", "DATA '' is empty (give a folder, a .csv"),
+    ("fifo", "neither a folder nor a file (give a folder, a .csv"),
+])
+def test_more_bad_data_one_line_each(tmp_path, case, expect):
+    """DATA that cannot be read stops in one DataError naming it (as `fne extract` prints it)."""
+    target = tmp_path / ("d.h5" if case not in ("csv_header", "csv_field", "fifo") else "d.csv")
+    if case == "rgba":
+        _h5(target, np.array([0, 1]), images=np.zeros((2, 8, 8, 4), np.uint8))
+    elif case == "count":
+        _h5(target, np.array([0, 1, 0]), images=np.zeros((2, 8, 8, 3), np.uint8))
+    elif case == "none":
+        _h5(target, np.zeros(0, np.int64))
+    elif case == "split":
+        _h5(target, np.array([0, 1, 0]), split=np.array([0, 1, 2]))
+    elif case == "repeated":
+        _h5(target, np.array([0, 1]), class_names=["a", "a"])
+    elif case == "index":
+        _h5(target, np.array([0, 3]), class_names=["a", "b"])
+    elif case == "not_h5":
+        target.write_bytes(b"not an HDF5 file")
+    elif case == "csv_header":
+        target.write_text("path,label\n")
+    elif case == "csv_field":
+        target.write_text('path,label\n"' + "x" * 200_000 + '",a\n')
+    elif case == "blank":
+        target = ""
+    else:
+        if not hasattr(os, "mkfifo"):  # Windows
+            pytest.skip("no named pipes here")
+        target = tmp_path / "pipe"
+        os.mkfifo(target)
+    with pytest.raises(DataError) as e:
+        load_dataset(target)
+    assert expect in str(e.value) and "\n" not in str(e.value)
+    assert case == "blank" or str(target) in str(e.value)
+
+
 def _png(h5path, i) -> bytes:
     with h5py.File(h5path) as f:
         buf = io.BytesIO()
@@ -299,6 +373,19 @@ def test_modes_become_rgb(tmp_path, mode):
     assert out.mode == "RGB" and out.size == (10, 6)
     if mode == "I;16":  # 16-bit scaled to 8-bit, not clipped to white
         assert abs(int(np.asarray(out)[0, 0, 0]) - round(40000 / 65535 * 255)) <= 1
+
+
+def test_a_palette_image_with_transparency_keeps_its_colours_without_a_warning(tmp_path, recwarn):
+    """A PNG palette with an alpha per entry: through RGBA (Pillow warns when such an image goes
+    straight to RGB), alpha then dropped, so the see-through pixels keep their palette colour."""
+    img = Image.new("P", (4, 2))
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    img.putpixel((0, 0), 1)
+    img.save(tmp_path / "t.png", transparency=b"\x80\x40")  # red half, blue a quarter opaque
+    assert Image.open(tmp_path / "t.png").info["transparency"] == b"\x80\x40"
+    out = np.asarray(read_image(tmp_path / "t.png"))
+    assert out[0, 0].tolist() == [0, 0, 255] and out[1, 3].tolist() == [255, 0, 0]
+    assert not [w for w in recwarn if "ransparency" in str(w.message)]
 
 
 def test_exif_orientation_applied(tmp_path):

@@ -470,3 +470,27 @@ def test_a_loader_worker_killed_by_the_system_is_one_line_and_the_rows_before_ar
     monkeypatch.setattr(fr, "read_image", real)
     r = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST)
     assert 0 < r.n_cached < len(files) and r.n_cached + r.n_computed == r.n_unique
+
+
+def test_a_write_error_is_explained_wherever_it_lies_in_the_chain(tmp_path):
+    """A read-only or denied cache, an OSError raised beneath another exception (zarr's, say), is
+    one CacheError naming the cache; an error that is no disk's is left as it is."""
+    from types import SimpleNamespace
+
+    from fne.extraction.writer import _explain
+
+    store = SimpleNamespace(path=tmp_path / "store")
+    try:
+        try:
+            raise OSError(errno.EROFS, "Read-only file system")
+        except OSError as inner:
+            raise RuntimeError("zarr could not write the chunk") from inner
+    except RuntimeError as e:
+        wrapped = e
+    said = _explain(wrapped, store)
+    assert isinstance(said, CacheError) and str(said) == (
+        f"cannot write to the cache {store.path} (Read-only file system); every row committed so far is kept: "
+        f"pass cache=a folder you can write to")
+    assert said.cli.endswith("pass --cache a folder you can write to")
+    other = ValueError("not a disk's")
+    assert _explain(other, store) is other

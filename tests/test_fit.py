@@ -144,12 +144,26 @@ def test_auto_C_and_train_per_class(digits_folder, warm_cache, tmp_path):
     assert all(c in C_GRID for c in np.atleast_1d(m["C"]))
 
 
+def test_fne_over_chosen_layers(digits_folder, warm_cache, tmp_path):
+    """`--features fne:L1,L2`: the Full-Network Embedding of those layers only."""
+    from fne.backbones import registry
+    from fne.linear.embedding import FullNetworkEmbedding
+
+    m = fit(digits_folder, features="fne:block3,head", splits=1, out=tmp_path / "r", cache=str(warm_cache), **STORE)
+    assert (m["features"], m["layers"], m["embedding"]) == ("fne:block3,head", ["block3", "head"], "fne")
+    embed = joblib.load(tmp_path / "r" / "model.joblib")["pipeline"].named_steps["embed"]
+    width = {t.name: t.channels for t in registry.get(STORE["arch"]).taps}
+    assert isinstance(embed, FullNetworkEmbedding) and embed.n_features_in_ == width["block3"] + width["head"]
+
+
 @pytest.mark.parametrize("kwargs,msg", [
     (dict(features="fc6"), "has no layer 'fc6'"),
     (dict(features="lst"), r"^bad features='lst': \S+ has no layer 'lst' \(did you mean 'last'\?\); give fne, last "
                            r"\(here \w+\), fne:LAYER,… or layer names: "),
     (dict(features="fne,last"), r"^bad features='fne': the full-network embedding is no layer to list; give fne, "),
     (dict(features="Last"), r"has no layer 'Last' \(did you mean 'last'\?\)"),
+    (dict(features="fne:"), r"^bad features='fne:'; use fne, fc6, fc7, last or layer names$"),
+    (dict(C="abc"), r"^bad C='abc'; give a positive number or 'auto'$"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
     (dict(train_per_class=6), "too few images"),
@@ -434,3 +448,22 @@ def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits
     monkeypatch.setattr(Store, "read_rows", lambda self, keys, layers: np.zeros_like(real(self, keys, layers)))
     with pytest.raises(FneError, match=r"every row of .* is zero once embedded: .*storage_dtype='float32'"):
         fit(digits_folder, out=tmp_path / "r", cache=warm_cache, features="last", splits=1, **STORE)
+
+
+def test_predict_refuses_a_folder_without_a_model_an_old_model_and_pinned_store_options(digits_folder, warm_cache,
+                                                                                        tmp_path):
+    from fne.errors import FneError
+    from fne.linear.predict import predict
+
+    kw = dict(out=tmp_path / "p.csv", cache=str(warm_cache))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FneError, match=r"empty: no model\.joblib or model\.pt \(is it a `fne fit` or `fne train` run"):
+        predict(tmp_path / "empty", digits_folder, **kw)
+    (tmp_path / "old").mkdir()
+    joblib.dump({"format": 0}, tmp_path / "old" / "model.joblib")
+    with pytest.raises(FneError, match=r"model\.joblib: not a model written by this version of fne fit \(refit it"):
+        predict(tmp_path / "old", digits_folder, **kw)
+    fit(digits_folder, features="last", splits=1, out=tmp_path / "r", cache=str(warm_cache), **STORE)
+    with pytest.raises(FneError, match=r"r pins arch \(its head fits those rows only\); predict takes cache and device$"):
+        predict(tmp_path / "r", digits_folder, arch="vgg16", **kw)
+    assert not (tmp_path / "p.csv").exists()

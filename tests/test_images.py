@@ -250,15 +250,24 @@ def test_a_random_split_names_the_classes_with_one_image(tmp_path):
         make_splits(d, d.label_indices())
 
 
-@pytest.mark.parametrize("held", ["val", "Test"])
-def test_a_train_and_val_folder_is_not_two_classes(tmp_path, held):
-    """Train/ + Test/ (or Train/ + val/) was fitted as two classes "Train" and "Test"; lower-case
-    train/ + val/ is a split (test_data: a validation part without a test part is held out)."""
-    for split in ("Train", held):
+@pytest.mark.parametrize("parts,said", [(("Train", "val"), "Train/ and val/ are a split, not classes; a predefined split is "
+                                                                   "read from train/ and test/ (lower case: name the held-out folder test/)"),
+                                        (("Train", "Test"), "Train/ and Test/ are a split, not classes; a predefined "
+                                                            "split is read from train/ and test/ (lower case: name the held-out "
+                                                            "folder test/)"),
+                                        (("val", "test"), "test/ and val/ are a split, not classes; a predefined split is "
+                                                          "read from train/ and test/ (lower case: name the training folder "
+                                                          "train/)")])
+def test_a_train_and_val_folder_is_not_two_classes(tmp_path, parts, said):
+    """Train/ + Test/ (or Train/ + val/) was fitted as two classes "Train" and "Test", and val/ +
+    test/ with no train/ as classes "test" and "val"; lower-case train/ + val/ is a split
+    (test_data: a validation part without a test part is held out)."""
+    for split in parts:
         for c in ("a", "b"):
             _png(tmp_path / "d" / split / c / "1.png", len(split) + ord(c))
-    with pytest.raises(DataError, match="are a split, not classes; a predefined split is read from train/ and test/"):
+    with pytest.raises(DataError) as e:
         load_dataset(tmp_path / "d")
+    assert f"DATA {tmp_path / 'd'}: folders {said}, or give the train folder alone as DATA" == str(e.value)
 
 
 def test_what_a_folder_leaves_out_is_said(tmp_path):
@@ -338,6 +347,12 @@ def test_an_image_too_thin_to_resize_is_named_skipped_and_recorded(tmp_path, cap
     ds = load_dataset(str(tmp_path / "data"))  # the device path: a plain JPEG travels as its bytes
     item = ImageItems(ds, [ds.ids.index("b/wide.jpg")], Preprocess(), raw_jpeg=True)[0]
     assert item[2] is None and item[3].startswith("DecompressionBombError: resized for the network")
+    import h5py  # an image of an array (HDF5, digits) is refused the same way
+
+    with h5py.File(tmp_path / "thin.h5", "w") as f:
+        f["images"], f["labels"] = np.zeros((1, 1, 4000), np.uint8), np.array([0])
+    item = ImageItems(load_dataset(tmp_path / "thin.h5"), [0], Preprocess())[0]
+    assert item[2] is None and item[3].startswith("DecompressionBombError: resized for the network, this 4000 x 1 ")
 
 
 def test_a_warning_from_elsewhere_while_an_image_decodes_is_not_named_after_it(monkeypatch):

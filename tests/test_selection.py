@@ -283,3 +283,22 @@ def test_walk_grid_goes_outward_while_the_score_improves():
         asked = []
         selection.walk_grid(grid, lambda i, c=curve, a=asked: a.append(i) or c[i])
         assert set(asked) == expect and asked[0] == 3
+
+
+def test_rows_too_large_to_hold_are_streamed_per_fold_and_score_the_same(monkeypatch):
+    """Past HOLD_BYTES the rows are not held for all folds: each fold streams its images and fits
+    FNE's statistics on them alone. Same folds, same scores (two classes: the SVM's one-column
+    decision function)."""
+    X, y = blobs(n_per_class=10, classes=2)
+    rows = Rows(FakeStore(X), [f"k{i}" for i in range(len(X))], ["f"], chunk=7)
+    cands = [selection.Candidate("fne", ["f"], "fne", "svm", rows), selection.Candidate("last", ["f"], "l2", "svm", rows)]
+    held = selection.select(cands, "auto", y, np.arange(len(y)), seed=1)
+    monkeypatch.setattr(selection, "HOLD_BYTES", 0)
+    read = []
+    real = FullNetworkEmbedding.partial_fit
+    monkeypatch.setattr(FullNetworkEmbedding, "partial_fit", lambda self, Xc, y=None: read.append(len(Xc)) or real(self, Xc))
+    streamed = selection.select(cands, "auto", y, np.arange(len(y)), seed=1)
+    assert read and max(read) <= 7  # chunk by chunk, not the held matrix
+    assert [(t["features"], t["C"], t["cv_mean"]) for t in streamed.table] == \
+        [(t["features"], t["C"], t["cv_mean"]) for t in held.table]
+    assert (streamed.choice.name, streamed.C) == (held.choice.name, held.C)

@@ -43,6 +43,10 @@ def test_predefined_split_and_too_small_classes(digits):
     tr, te = make_splits(s, s.label_indices())[0]
     assert list(tr) == list(range(30)) and list(te) == list(range(30, 40))
     assert [len(p) for p in train_val_test(s, s.label_indices(), 0.25, 0.0, 0)] == [30, 0, 10]
+    s.splits = ["train"] * 24 + ["val"] * 6 + ["test"] * 10  # DATA's own validation part: train's val
+    tr, va, te = train_val_test(s, s.label_indices(), 0.25, 0.1, 0)
+    assert (list(tr), list(va), list(te)) == (list(range(24)), list(range(24, 30)), list(range(30, 40)))
+    assert [len(p) for p in train_val_test(s, s.label_indices(), 0.25, 0.0, 0)] == [30, 0, 10]  # it trains on it
     one = d.subset([int(np.flatnonzero(y == 0)[0]), *np.flatnonzero(y == 1)[:5]])
     for call in (lambda: make_splits(one, one.label_indices()),
                  lambda: train_val_test(one, one.label_indices(), 0.25, 0.1, 0)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import shutil
 
 import numpy as np
@@ -273,3 +274,31 @@ def test_a_timm_store_is_named_for_every_system_and_an_earlier_name_is_still_rea
     assert again.path.name == "timm:resnet18__random-seed0__center224-tv__fp32__float32"
     assert np.array_equal(again.read([k1], ["t"])["t"], np.ones((1, 1, 3), np.float32))
     assert [s.path.name for s in list_stores(str(old))] == [again.path.name]
+
+
+@pytest.mark.parametrize("damage", ["cut", "later"])
+def test_a_store_whose_store_json_cannot_be_read_is_reported_not_passed_over(store, capsys, damage):
+    """A damaged store.json (or a later fne's format) made its store vanish: `fne cache verify`
+    said "no stores" and exited 0, `cache info` listed none. Now verify reports it (exit 1), and
+    the other commands leave it out with a warning naming it."""
+    import fne
+    from fne.cli import main
+
+    store.commit(_keys(2), _rows(store, 2))
+    cache = store.path.parent
+    meta = store.path / "store.json"
+    if damage == "cut":
+        meta.write_text(meta.read_text()[:40])
+        said = f"{store.path}/store.json is damaged: "
+    else:
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 99}))
+        said = f"{store.path}: store format 99 (this fne reads "
+    check = fne.cache_verify(cache=str(cache))
+    (one,) = check.stores
+    assert not check.ok and one.name == store.path.name and one.findings.problems[0].startswith(said)
+    assert main(["cache", "verify", "--cache", str(cache)]) == 1
+    assert f"{store.path.name}: PROBLEMS (0 rows)\n  - {said}" in capsys.readouterr().out
+    with pytest.warns(UserWarning, match=re.escape(f"store {store.path.name} left out: {said}")):
+        assert fne.cache_info(cache=str(cache)).stores == []
+    with pytest.warns(UserWarning, match="left out"):
+        assert list_stores(cache) == []

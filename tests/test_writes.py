@@ -103,11 +103,12 @@ replace_file(Path(sys.argv[1]), write)
 
 
 def _start_writer(path: Path) -> tuple[subprocess.Popen, Path]:
-    """A writer of `path` stopped mid-write, and its temporary file (waited for, not slept on)."""
+    """A writer of `path` stopped mid-write, and its temporary file (waited for, not slept on:
+    until it holds what the writer wrote, not only created, which a loaded machine can catch)."""
     env = {**os.environ, "PYTHONPATH": str(Path(fs.__file__).parents[2])}
     p = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], env=env)
     deadline = time.monotonic() + 120
-    while not (tmps := list(path.parent.glob(f".tmp-*-{p.pid}-*-{path.name}"))):
+    while not ((tmps := list(path.parent.glob(f".tmp-*-{p.pid}-*-{path.name}"))) and tmps[0].read_text() == "half"):
         assert p.poll() is None and time.monotonic() < deadline, "the writer never started writing"
         time.sleep(0.05)
     return p, tmps[0]

@@ -63,7 +63,7 @@ def temp_path(path: Path) -> Path:
     return path.with_name(f"{TMP}{writer_name()}-{path.name[-160:]}")
 
 
-def writer_alive(name: str, now_ns: int | None = None) -> bool:
+def writer_alive(name: str) -> bool:
     """Whether the writer of the temporary file or unfinished part `name` (`writer_name` after
     TMP) may still be running: on this host, whether its pid runs; on another, whether it is
     younger than LIVE_WRITER_SECONDS. A name that names no writer is taken for dead."""
@@ -80,7 +80,7 @@ def writer_alive(name: str, now_ns: int | None = None) -> bool:
         except PermissionError:  # alive, another user's
             return True
         return True
-    return (now_ns or time.time_ns()) - born < LIVE_WRITER_SECONDS * 1_000_000_000
+    return time.time_ns() - born < LIVE_WRITER_SECONDS * 1_000_000_000
 
 
 # A temporary file of `temp_path`: only files named so are ever removed as leftovers (a folder
@@ -121,18 +121,17 @@ def file_in_the_way(path: str | Path) -> Path | None:
     return None
 
 
-def check_target(path: str | Path, folder: bool, option: str = "--out", data=None) -> Path:
-    """`path` as a Path, or an OptionError naming `option` (its keyword in Python: `refusal`) when
+def check_target(path: str | Path, folder: bool, data=None) -> Path:
+    """`path` as a Path, or an OptionError naming `--out` (its keyword in Python: `refusal`) when
     a verb could not write there: a folder to make (`folder`) or a file to write (else), checked
     before any work is done. A
     TypeError names the keyword when `path` is not a path (the Python API's ``out=None``).
     `data`: the verb's DATA, when a local file or folder: `path` may be neither it nor inside it
     (the output would replace the data, or become part of it)."""
-    name = option.lstrip('-').replace('-', '_')
-    expect_path(path, name)
+    expect_path(path, "out")
 
     def refused(said: str) -> FneError:
-        return out_refused(name, path, said)
+        return out_refused(path, said)
     if not str(path).strip():  # an unset shell variable: not the current folder
         raise refused(f"is empty; give the {'folder' if folder else 'file'} to write")
     path = Path(path).expanduser()
@@ -154,10 +153,10 @@ def check_target(path: str | Path, folder: bool, option: str = "--out", data=Non
     return path
 
 
-def out_refused(name: str, path: str | Path, said: str) -> FneError:
-    """The OptionError `PATH: said` of option `name`, naming it as the caller did (``out='r'`` in
-    Python, ``--out 'r'`` on the command line: `fne.options.refusal`)."""
-    return refusal(lambda py: f"{named(name, py, str(path))}: {said}")
+def out_refused(path: str | Path, said: str) -> FneError:
+    """The OptionError `PATH: said` of the option `out`, naming it as the caller did (``out='r'``
+    in Python, ``--out 'r'`` on the command line: `fne.options.refusal`)."""
+    return refusal(lambda py: f"{named('out', py, str(path))}: {said}")
 
 
 # The model file of each verb's run folder: a run folder holds the runs of one verb only.
@@ -169,8 +168,8 @@ def check_run_folder(out: Path, verb: str) -> Path:
     this verb's metrics.json there would replace that run's and leave its model beside another's."""
     for other, model in RUN_MODELS.items():
         if other != verb and (out / model).is_file():
-            raise out_refused("out", out, f"holds a `{other}` run ({model}); `{verb}` would replace its "
-                                          f"metrics.json and leave the two models mixed: give another folder")
+            raise out_refused(out, f"holds a `{other}` run ({model}); `{verb}` would replace its "
+                                   f"metrics.json and leave the two models mixed: give another folder")
     return out
 
 

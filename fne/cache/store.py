@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +223,8 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):  # no such folder, or a file
             raise CacheError(f"{store.path} is not a cache store (no store.json)") from None
         except ValueError as e:
-            raise CacheError(f"{store.path}/store.json is damaged: {e}") from None
+            raise CacheError(f"{store.path}/store.json is damaged: {e}; none of the store's rows can be read without "
+                             f"it: move the store aside (`fne extract` then computes them again)") from None
         if meta.get("format") not in READS:
             raise CacheError(f"{store.path}: store format {meta.get('format')} (this fne reads "
                              f"{', '.join(map(str, READS))})")
@@ -374,14 +376,19 @@ def lock_files(store: Store) -> list[Path]:
     return [] if store.url is not None else sorted((store.path.parent / LOCKS).glob(f"{store.path.name}--*.lock"))
 
 
-def list_stores(root: str | Path | None = None) -> list[Store]:
-    """The readable stores under the cache root (see `cache_root`)."""
+def list_stores(root: str | Path | None = None, unreadable: dict[str, CacheError] | None = None) -> list[Store]:
+    """The readable stores under the cache root (see `cache_root`). A store whose store.json
+    cannot be read (damaged, or a later fne's format) is left out: its CacheError goes into
+    `unreadable`, by folder name, where given, else into a warning naming it."""
     files = files_at(cache_root(root))
     out = []
     for name in sorted(n for n, is_dir in files.names("") if is_dir and not n.startswith(".")):
         if files.exists(f"{name}/store.json"):
             try:
                 out.append(Store.at(files.path / name))
-            except CacheError:
-                continue
+            except CacheError as e:
+                if unreadable is None:
+                    warnings.warn(f"store {name} left out: {e}", stacklevel=2)
+                else:
+                    unreadable[name] = e
     return out

@@ -16,7 +16,7 @@ from fne.cache import upkeep
 from fne.cache.fs import is_url
 from fne.cache.store import Store, cache_root, list_stores
 from fne.cache.upkeep import Findings
-from fne.errors import FneError, expect_path
+from fne.errors import CacheError, FneError, expect_path
 from fne.options import CacheOptions, DataOptions, StoreOptions, keywords, resolve
 
 # The keywords of each function, declared in fne.options (the CLI adds the same as its options).
@@ -173,13 +173,17 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     Returns
     -------
     CacheCheck
-        One `StoreCheck` per store (``ok`` when sound); ``ok`` when every store is.
+        One `StoreCheck` per store (``ok`` when sound; a store whose store.json cannot be read,
+        damaged or of a later fne, first, with that one problem); ``ok`` when every store is.
     """
     store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
     if store is not None:
         expect_path(store, "store")
-    stores = [Store.at(store)] if store is not None else list_stores(store_o.cache)
+    unreadable: dict[str, CacheError] = {}
+    stores = [Store.at(store)] if store is not None else list_stores(store_o.cache, unreadable)
     found = CacheCheck(root=str(cache_root(store_o.cache)))
+    for name, e in unreadable.items():  # no rows can be read, nothing to clean
+        found.stores.append(StoreCheck(name, f"{found.root}/{name}", Findings(problems=[str(e)])))
     for s in stores:
         removed, quarantined = 0, []
         if cache_o.clean:

@@ -236,12 +236,12 @@ def takes_label_key(data: object) -> bool:
     return path.is_dir() and bool(find_containers(path))
 
 
-def find_containers(root: Path, depth: int = 3) -> list[Path]:
-    """Tar or Parquet files in a folder (the Hub's data/ or CONFIG/ layouts included); none when
+def find_containers(root: Path) -> list[Path]:
+    """Tar or Parquet files in a folder, 3 levels deep (the Hub's data/ or CONFIG/ layouts); none when
     the folder holds images (an image folder with a stray .tar stays an image folder). Stops at
     the first image: an image folder costs a few directory reads, not a walk."""
     found: list[Path] = []
-    return found if _scan(Path(root), depth, found) else []
+    return found if _scan(Path(root), 3, found) else []
 
 
 def _scan(folder: Path, depth: int, found: list[Path]) -> bool:

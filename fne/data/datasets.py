@@ -333,10 +333,10 @@ def _folder(root: Path) -> Dataset:
                        unlabelled="its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)")
     dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     train, held = [n for n in dirs if n.lower() == "train"], [n for n in dirs if n.lower() in _HELD_OUT]
-    if train and held:  # not classes: a split fne would otherwise fit as two classes
-        raise DataError(f"DATA {root}: folders {train[0]}/ and {held[0]}/ are a split, not classes; a predefined "
-                        f"split is read from train/ and test/ (lower case: name the held-out folder test/), "
-                        f"or give the train folder alone as DATA")
+    if held and (train or len(held) > 1):  # not classes (val/ + test/ too): a split fne would fit as classes
+        raise DataError(f"DATA {root}: folders {(train or held)[0]}/ and {held[-1]}/ are a split, not classes; a predefined "
+                        f"split is read from train/ and test/ (lower case: name the {'held-out' if train else 'training'} "
+                        f"folder {'test' if train else 'train'}/), or give the train folder alone as DATA")
     if train and dirs == train:  # not a class named train (CIFAR-100 and VOC have one, beside others): a split
         raise DataError(f"DATA {root}: holds {train[0]}/ and no test/ (or val/): give {root / train[0]} as DATA "
                         f"for random splits, or add test/")
@@ -534,7 +534,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         listing = listings[path] = _listing(path, kind, label_key, cache)
         rel = os.path.relpath(path, root)
         if listing.broken:
-            warnings.warn(f"{rel}: {listing.broken}; its members before that are read", stacklevel=2)
+            read = "its members before that are read" if listing.members or listing.bad else "skipped"
+            warnings.warn(f"{rel}: {listing.broken}; {read}", stacklevel=2)
         for member, why in listing.bad:
             warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
             left_out.append(f"{rel}:{member}")

@@ -16,10 +16,9 @@ from fne.errors import DataError
 class ArraySource:
     """Images held in an array (digits) or an HDF5 dataset, opened lazily so workers can fork."""
 
-    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None, h5_name: str = "images"):
+    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None):
         self._array = array
         self.h5_path = h5_path
-        self.h5_name = h5_name
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -31,7 +30,7 @@ class ArraySource:
         if self._array is None:
             import h5py
 
-            self._array = h5py.File(self.h5_path, "r")[self.h5_name]
+            self._array = h5py.File(self.h5_path, "r")["images"]
         return self._array
 
     def get(self, i: int) -> np.ndarray:

@@ -62,7 +62,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
-        listing.broken = f"unreadable Parquet file ({e}); skipped"
+        listing.broken = f"unreadable Parquet file ({e})"
         return listing
     column = _image_column(schema)
     if column is None:

@@ -29,7 +29,8 @@ from fne.options import named, refusal
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
                 train_per_class: int | None = None, seed: int = 0,
                 keys: list[str] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, test) dataset indices of each split, in the splitter's order.
+    """(train, test) dataset indices of each split, in the splitter's order. `splits`, `test_size`
+    and `train_per_class` are the checked values of fit's or train's options (fne.options).
 
     `keys` (the images' content keys, `Dataset.keys`) keep copies of one image on one side of a
     random split (the module's docstring); a predefined split is DATA's own.
@@ -44,16 +45,12 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         if len(tr) == 0 or len(te) == 0:
             raise DataError(f"{dataset.name}: predefined split needs both train and test images")
         return [(tr, te)]
-    if splits < 1:
-        raise refusal(lambda py: f"bad {named('splits', py, splits)}: must be >= 1")
     copies = Copies(np.arange(len(y)), keys)
     counts = np.bincount(y[copies.firsts], minlength=len(dataset.classes))
     distinct = " distinct" if copies.any else ""
     if train_per_class is not None:
         drawn = _per_class(dataset, y[copies.firsts], counts, splits, train_per_class, seed, distinct)
         return copies.spread([(copies.firsts[a], copies.firsts[b]) for a, b in drawn])
-    if not 0 < test_size < 1:
-        raise refusal(lambda py: f"bad {named('test_size', py, test_size)}: must be in (0, 1)")
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
         raise FneError(f"{dataset.name}: every class needs at least 2{distinct} images for a random split; "
@@ -160,8 +157,6 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
     tr, te = make_splits(dataset, y, 1, test_size, None, seed, keys)[0]
     if not need_val or val_fraction == 0:
         return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
-    if not 0 <= val_fraction < 1:
-        raise refusal(lambda py: f"bad {named('val_fraction', py, val_fraction)}: must be in [0, 1)")
     if dataset.has_val_part:
         s = np.array(dataset.splits, dtype=object)
         return np.flatnonzero(s == "train"), np.flatnonzero(s == "val"), np.sort(te)
@@ -170,8 +165,8 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
     return np.sort(tr), np.sort(va), np.sort(te)
 
 
-def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np.ndarray, np.ndarray]],
-                    show: int = 3) -> list[str]:
+def duplicate_notes(dataset: Dataset, keys: list[str],
+                    split_list: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """What a fit should be told about images with the same bytes (one content key, one row).
 
     Parameters
@@ -182,15 +177,13 @@ def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np
         Their content keys (`Dataset.keys`).
     split_list : list of (ndarray, ndarray)
         `make_splits`' (train, test) indices.
-    show : int
-        Examples named in each line.
 
     Returns
     -------
     list of str
         One line for copies filed under different classes (the same features with two labels),
         one for test images with a copy among the training images of their split (scored on an
-        image the head was fitted on); none when neither happens.
+        image the head was fitted on), each naming 3 examples at most; none when neither happens.
     """
     groups: dict[str, list[int]] = {}
     for i, k in enumerate(keys):
@@ -201,7 +194,7 @@ def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np
     notes = []
     clash = [g for g in copies if len({dataset.labels[i] for i in g}) > 1]
     if clash:
-        eg = "; ".join(" = ".join(f"{dataset.ids[i]} ({dataset.labels[i]})" for i in g) for g in clash[:show])
+        eg = "; ".join(" = ".join(f"{dataset.ids[i]} ({dataset.labels[i]})" for i in g) for g in clash[:3])
         notes.append(f"{len(clash)} image(s) appear, byte for byte, under more than one class (the same "
                      f"features with two labels): {eg}")
     copied = {i for g in copies for i in g}
@@ -215,5 +208,5 @@ def duplicate_notes(dataset: Dataset, keys: list[str], split_list: list[tuple[np
         worst = max(leaked, key=len)
         notes.append(f"{len(worst)} test image(s) of {len(leaked)} of {len(split_list)} "
                      f"split(s) have a byte-identical copy among that split's training images: "
-                     f"{', '.join(dataset.ids[i] for i in worst[:show])}")
+                     f"{', '.join(dataset.ids[i] for i in worst[:3])}")
     return notes

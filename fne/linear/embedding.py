@@ -109,12 +109,6 @@ class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         self.std_ = np.sqrt(self._m2 / self.n_samples_seen_)
         return self
 
-    def standardize(self, X) -> np.ndarray:
-        """`X` standardised with the training statistics (0 where a feature did not vary), before
-        the thresholds: float (n_samples, n_features_in_)."""
-        check_is_fitted(self, "mean_")
-        return self._z(validate_data(self, X, dtype=_FLOATS, reset=False))
-
     def _z(self, X: np.ndarray) -> np.ndarray:
         safe = np.where(self.std_ > 0, self.std_, 1.0)
         z = (X - self.mean_) / safe

@@ -37,12 +37,12 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
     if spec == "auto":  # fit's model selection (fne.linear.selection): no layers to read
         raise refusal(lambda py: f"{named('features', py, 'auto', plain=True)} is `fne fit`'s cross-validated "
                                  f"choice; here give fne, fc6, fc7, last or layer names")
-    kind = "l2"
+    kind, given = "l2", spec
     if spec.startswith("fne:"):
         kind, spec = "fne", spec[4:]
     names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise refusal(lambda py: f"bad {named('features', py, spec)}; use fne, fc6, fc7, last or layer names")
+        raise refusal(lambda py: f"bad {named('features', py, given)}; use fne, fc6, fc7, last or layer names")
     layers = [t.name for t in backbone.taps]
     for n in names:
         if n not in layers:  # a typo (`lst`), or VGG's fc7 asked of another backbone

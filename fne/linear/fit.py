@@ -93,19 +93,13 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
     return pipe
 
 
-def fit_head(rows: Rows, kind: str, head: str, C: float | str, y: np.ndarray, idx: np.ndarray,
+def fit_head(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
              seed: int = 0, solver: str = "auto", device: str = "auto") -> tuple[Pipeline, float]:
-    """Fit embedding + head on rows idx; with C='auto' pick C by k-fold CV on them (fne.linear.selection),
-    then refit the chosen C on every training image. Returns (pipeline, C used)."""
+    """Fit embedding + head on rows idx with C (a number: `--C auto` is chosen before, by
+    `fne.linear.selection`). Returns (pipeline, C used)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
-        if C == "auto":
-            if head.startswith("sgd"):
-                raise refusal(lambda py: f"{named('C', py, 'auto', plain=True)} is not available with SGD heads; give "
-                                         f"a number")
-            C = selection.select([selection.Candidate(kind, rows.layers, kind, head, rows)], "auto", y, idx, seed,
-                                 solver=solver, device=device).C
         return fitter(rows, kind, head, C, y, idx, seed, solver, device), C
 
 
@@ -181,8 +175,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         r, k, h, c = choose(None)
         final = _Final(r, k, h, c, selection.most_common(chosen)["features"], r.layers)
     if not dataset.has_split:  # the saved model learns from every labelled image
-        pipe = fit_head(final.rows, final.kind, final.head, Cs[0] if final.C == "auto" else final.C, y,
-                        np.arange(len(y)), o.seed, **how)[0]
+        pipe = fit_head(final.rows, final.kind, final.head, final.C, y, np.arange(len(y)), o.seed, **how)[0]
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {

@@ -58,6 +58,7 @@ from fne.linear.heads import C_GRID, make_head
 from fne.linear.solver import resolve_solver
 
 FOLDS = 5
+CENTRE = 1.0  # the default C: the walk starts at it, and ties go to the C nearest it
 # LinearSVC's stopping tolerance inside the CV only (the refit keeps make_head's 1e-4): on
 # flowers12's FNE rows 1e-2 stopped after 70-110 instead of ~1100 dual passes (3-12x less time)
 # with the same test accuracy at C = 0.1, 1 and 10. The CV ranks settings; it needs no more.
@@ -83,30 +84,20 @@ class Candidate:
         return f"{self.features}+{self.head}"
 
 
-MID_LEVEL = False  # also try the tap before the last layer (fc6 / the last block): see feature_specs
-
-
-def feature_specs(features: str, backbone) -> list[str]:
+def feature_specs(features: str) -> list[str]:
     """The feature specs `--features auto` tries: fne and the last layer.
 
-    With MID_LEVEL, also the tap before the last one (fc6 on VGG, block15 on EfficientNet-Lite0).
-    On flowers12 it cross-validated exactly as well as `last` (98.5 %) for a third more time,
-    so it is off by default.
+    Not the tap before the last one (fc6 on VGG, block15 on EfficientNet-Lite0): on flowers12 it
+    cross-validated exactly as well as `last` (98.5 %) for a third more time.
     """
-    if features != "auto":
-        return [features]
-    specs = ["fne", "last"]
-    taps = [t.name for t in backbone.taps]
-    if MID_LEVEL and len(taps) >= 2 and taps[-2] != backbone.last:
-        specs.append(taps[-2])
-    return specs
+    return ["fne", "last"] if features == "auto" else [features]
 
 
 def candidates(features: str, head: str, backbone, parse_features, rows_for) -> list[Candidate]:
     """Every (features, head) pair to score; `rows_for(layers)` gives the Rows reading them."""
     heads = list(AUTO_HEADS) if head == "auto" else [head]
     out, rows_cache = [], {}
-    for spec in feature_specs(features, backbone):
+    for spec in feature_specs(features):
         layers, kind = parse_features(spec, backbone)
         key = tuple(layers)
         if key not in rows_cache:
@@ -161,15 +152,20 @@ def tied_with_best(scores: np.ndarray) -> np.ndarray:
     return mean[best] - mean <= se + 1e-12
 
 
-def choose_C(grid, scores: np.ndarray, centre: float = 1.0) -> int:
-    """Index into grid: the C nearest `centre` among those tied with the best mean (see module doc).
+def _from_centre(grid) -> np.ndarray:
+    """Each C of grid's distance from CENTRE, in decades."""
+    return np.abs(np.log10(np.asarray(grid, dtype=float)) - np.log10(CENTRE))
+
+
+def choose_C(grid, scores: np.ndarray) -> int:
+    """Index into grid: the C nearest CENTRE among those tied with the best mean (see module doc).
 
     scores: (len(grid), folds) accuracies on the same folds.
     """
     scores = np.asarray(scores, dtype=float)
     mean = scores.mean(axis=1)
     tied = np.flatnonzero(tied_with_best(scores))
-    dist = np.abs(np.log10(np.asarray(grid, dtype=float)[tied]) - np.log10(centre))
+    dist = _from_centre(grid)[tied]
     order = np.lexsort((-mean[tied], dist))  # nearest the centre, then the higher mean
     return int(tied[order[0]])
 
@@ -267,12 +263,11 @@ def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: 
                 walk(job)
 
 
-def walk_grid(grid, evaluate, centre: float = 1.0) -> None:
-    """Call evaluate(i) for grid indices outward from the C nearest `centre`, in each direction
+def walk_grid(grid, evaluate) -> None:
+    """Call evaluate(i) for grid indices outward from the C nearest CENTRE, in each direction
     while the mean CV accuracy strictly beats the best so far on that side (CV curves of C are close to
     unimodal; a plateau or a drop ends the walk). evaluate(i) returns the mean accuracy."""
-    logs = np.log10(np.asarray(grid, dtype=float))
-    c = int(np.argmin(np.abs(logs - np.log10(centre))))
+    c = int(np.argmin(_from_centre(grid)))
     at_centre = evaluate(c)
     for step in (1, -1):
         best, j = at_centre, c + step
@@ -310,9 +305,9 @@ class _Race:
     to i (walk_grid's "best so far on that side"); the centre itself always runs every fold.
     """
 
-    def __init__(self, grid, scores: np.ndarray, folds: list, centre: float = 1.0):
+    def __init__(self, grid, scores: np.ndarray, folds: list):
         self.scores, self.folds, self.raced = scores, folds, {}
-        self.c = int(np.argmin(np.abs(np.log10(np.asarray(grid, dtype=float)) - np.log10(centre))))
+        self.c = int(np.argmin(_from_centre(grid)))
 
     def bar(self, i: int) -> float:
         lo, hi = sorted((self.c, i))
@@ -348,13 +343,13 @@ def _held(rows, idx: np.ndarray) -> np.ndarray | None:
 
 
 def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int = 0,
-           n_folds: int = FOLDS, solver: str = "sklearn", device: str = "auto") -> Selection:
+           solver: str = "sklearn", device: str = "auto") -> Selection:
     """Score every candidate (and C when C == 'auto') by k-fold CV on images idx; pick one."""
     t0 = time.perf_counter()
     grid = tuple(C_GRID) if C == "auto" else (float(C),)
     yi = y[idx]
     keys = getattr(cands[0].rows, "keys", None)  # content keys: copies of an image in one fold
-    folds = image_folds(yi, n_folds, seed, [keys[i] for i in idx] if isinstance(keys, list) else None)
+    folds = image_folds(yi, FOLDS, seed, [keys[i] for i in idx] if isinstance(keys, list) else None)
     k = len(folds)
     scores = {c.name: np.full((len(grid), k), np.nan) for c in cands}  # NaN: C not evaluated
     races = {}
