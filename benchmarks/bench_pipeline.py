@@ -200,7 +200,8 @@ def breakdown(data: Path, n: int) -> dict[str, float]:
 
     from fne.backbones import registry as backbones
     from fne.backbones.preprocess import resize_crop
-    from fne.data.datasets import content_key, load_dataset, read_image
+    from fne.data.dataset import content_key
+    from fne.data.datasets import load_dataset, read_image
     from fne.extraction import reader
 
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ import shlex
 import numpy as np
 import pytest
 
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 from fne.reporting import advise as A
 
 

@@ -461,7 +461,7 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
 
 def test_reader_and_dataset_keys_agree(digits_folder):
     """Extraction keys a file from the bytes it read; fit/predict from the file: one key."""
-    from fne.data.datasets import content_key, file_key
+    from fne.data.dataset import content_key, file_key
 
     d = load_dataset(digits_folder)
     for p in d.sources[:5]:

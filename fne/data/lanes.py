@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 
 
 def _group(dataset: Dataset, i: int) -> tuple[str, int]:

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from fne.data import containers
-from fne.data.datasets import Dataset, content_key
+from fne.data.dataset import Dataset, content_key
 from fne.data.sidecar import merge_json
 from fne.errors import DataError
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.store import Store
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 from fne.errors import FneError
 from fne.options import named, refusal
 

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit
 
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 from fne.errors import DataError, FneError
 from fne.options import named, refusal
 

@@ -27,7 +27,8 @@ from fne.cache.spec import StoreSpec
 from fne.cache.store import Store
 from fne.cache.store import lock_file as store_lock_file
 from fne.data import shards, sidecar
-from fne.data.datasets import Dataset, load_dataset
+from fne.data.dataset import Dataset
+from fne.data.datasets import load_dataset
 from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (

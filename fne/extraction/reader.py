@@ -29,7 +29,8 @@ import torch
 import fne.data
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.resample import resize_views
-from fne.data.datasets import Dataset, content_key, read_image
+from fne.data.dataset import Dataset, content_key
+from fne.data.datasets import read_image
 from fne.devices import decode_jpegs_rgb, device_decoder
 from fne.extraction.ahead import Ahead
 

@@ -19,7 +19,7 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 from fne.linear.embedding import FullNetworkEmbedding, make_transform
 from fne.linear.features import Rows, Source, open_rows, parse_features
 from fne.options import DataOptions, ForwardOptions, RowsOptions, named, refusal

@@ -22,7 +22,8 @@ from fne.backbones import registry as backbones
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
 from fne.cache.store import Store, cache_root, is_url
 from fne.data.containers import takes_label_key
-from fne.data.datasets import Dataset, load_dataset
+from fne.data.dataset import Dataset
+from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform

@@ -22,7 +22,7 @@ from fne import options as opts
 from fne import verb_module
 from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 from fne.data.splits import check_test_classes, duplicate_notes, make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection

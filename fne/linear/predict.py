@@ -20,7 +20,8 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.containers import takes_label_key
-from fne.data.datasets import Dataset, load_dataset
+from fne.data.dataset import Dataset
+from fne.data.datasets import load_dataset
 from fne.errors import FneError, WeightsError, expect_path
 from fne.linear.features import Rows, open_rows
 from fne.metrics import predictions_csv

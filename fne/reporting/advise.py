@@ -351,7 +351,8 @@ def advise(data, store=None, **options) -> dict:
         similarity measured (or why it was not judged), and the thresholds used.
     """
     from fne.cache.spec import StoreSpec
-    from fne.data.datasets import Dataset, load_dataset
+    from fne.data.dataset import Dataset
+    from fne.data.datasets import load_dataset
     from fne.options import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})

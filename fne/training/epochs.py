@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fne.backbones.preprocess import Preprocess
-from fne.data.datasets import Dataset
+from fne.data.dataset import Dataset
 from fne.devices import autocast, loader_context, worker_init
 from fne.errors import DataError
 from fne.extraction import reader

@@ -31,7 +31,8 @@ from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_run_folder, check_target, replace_files
-from fne.data.datasets import Dataset, load_dataset
+from fne.data.dataset import Dataset
+from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys
 from fne.data.splits import duplicate_notes, make_splits, train_val_test
 from fne.devices import (
