@@ -255,19 +255,31 @@ def test_a_random_split_names_the_classes_with_one_image(tmp_path):
                                         (("Train", "Test"), "Train/ and Test/ are a split, not classes; a predefined "
                                                             "split is read from train/ and test/ (lower case: name the held-out "
                                                             "folder test/)"),
-                                        (("val", "test"), "test/ and val/ are a split, not classes; a predefined split is "
-                                                          "read from train/ and test/ (lower case: name the training folder "
-                                                          "train/)")])
+                                        (("Val", "Test"), "Test/ and Val/ are a split, not classes; a predefined split is "
+                                                          "read from train/ and test/ (lower case: val/ and test/, or name "
+                                                          "the training folder train/)")])
 def test_a_train_and_val_folder_is_not_two_classes(tmp_path, parts, said):
-    """Train/ + Test/ (or Train/ + val/) was fitted as two classes "Train" and "Test", and val/ +
-    test/ with no train/ as classes "test" and "val"; lower-case train/ + val/ is a split
-    (test_data: a validation part without a test part is held out)."""
+    """Train/ + Test/ (or Train/ + val/, Val/ + Test/) was fitted as two classes "Train" and "Test";
+    lower-case train/ + val/ is a split (test_data: a validation part without a test part is held
+    out), and so is val/ + test/ (below)."""
     for split in parts:
         for c in ("a", "b"):
             _png(tmp_path / "d" / split / c / "1.png", len(split) + ord(c))
     with pytest.raises(DataError) as e:
         load_dataset(tmp_path / "d")
     assert f"DATA {tmp_path / 'd'}: folders {said}, or give the train folder alone as DATA" == str(e.value)
+
+
+def test_a_val_and_test_folder_is_a_split_whose_validation_part_trains(tmp_path):
+    """val/ + test/ with no train/ was fitted as two classes "test" and "val" (then refused): it is
+    a split, its validation part the training part, as tar shards named validation-* and test-* are."""
+    for split in ("val", "test"):
+        for c in ("a", "b"):
+            _png(tmp_path / "d" / split / c / "1.png", len(split) + ord(c))
+    d = load_dataset(tmp_path / "d")
+    assert d.classes == ["a", "b"] and d.has_split and not d.has_val_part
+    assert dict(zip(d.ids, d.splits, strict=True)) == {"val/a/1.png": "train", "val/b/1.png": "train",
+                                                        "test/a/1.png": "test", "test/b/1.png": "test"}
 
 
 def test_what_a_folder_leaves_out_is_said(tmp_path):

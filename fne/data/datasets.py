@@ -90,9 +90,19 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
         return _h5_parts(path)
     _cache_not_listed(path, cache)
-    if (path / "train").is_dir() and _held_out([e.name for e in os.scandir(path) if e.is_dir()]):
+    if _is_split_folder([e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]):
         return _split_folder(path)
     return _folder(path)
+
+
+def _is_split_folder(dirs: list[str]) -> bool:
+    """train/ beside a test or validation folder, or (as in shards named so) a validation folder
+    beside a test folder with no train/, the validation part then training: a split, not classes.
+    The part names are read in lower case only (`_folder` refuses Train/ + Test/ in one line)."""
+    if "train" in dirs:
+        return _held_out(dirs)
+    words = {containers.normalise_split(n) for n in dirs if n == n.lower()}
+    return {"val", "test"} <= words
 
 
 def _held_out(names) -> bool:
@@ -106,7 +116,7 @@ def _ordered_parts(names: list[str], train: str, test: str, word: dict[str, str 
     part the validation parts are the held-out part (`containers.settle_splits`)."""
     val_side = "train" if "test" in word.values() else "test"
     side = {n: val_side if w == "val" else w for n, w in word.items()}
-    parts = [train] + [n for n in names if n != train and side[n] == "train"]
+    parts = [train] * (train in names) + [n for n in names if n != train and side[n] == "train"]
     return parts + [n for n in names if n != test and side[n] == "test"] + ([test] if test in names else [])
 
 
@@ -176,9 +186,9 @@ def _folder(root: Path) -> Dataset:
     dirs = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
     train, held = [n for n in dirs if n.lower() == "train"], [n for n in dirs if n.lower() in _HELD_OUT]
     if held and (train or len(held) > 1):  # not classes (val/ + test/ too): a split fne would fit as classes
+        how = "name the held-out folder test/" if train else "val/ and test/, or name the training folder train/"
         raise DataError(f"DATA {root}: folders {(train or held)[0]}/ and {held[-1]}/ are a split, not classes; a predefined "
-                        f"split is read from train/ and test/ (lower case: name the {'held-out' if train else 'training'} "
-                        f"folder {'test' if train else 'train'}/), or give the train folder alone as DATA")
+                        f"split is read from train/ and test/ (lower case: {how}), or give the train folder alone as DATA")
     if train and dirs == train:  # not a class named train (CIFAR-100 and VOC have one, beside others): a split
         raise DataError(f"DATA {root}: holds {train[0]}/ and no test/ (or val/): give {root / train[0]} as DATA "
                         f"for random splits, or add test/")
@@ -197,8 +207,9 @@ _HELD_OUT = {"val", "valid", "validation", "test", "testing"}
 
 def _split_folder(root: Path) -> Dataset:
     """train/ and test/, each of class folders; a validation folder (val/, valid/, validation/,
-    dev/) joins train beside test/ (the FNE paper's train = train + val), and is the held-out part
-    without one (ImageNet's train/ and val/), as in tar shards and Parquet files."""
+    dev/) joins train beside test/ (the FNE paper's train = train + val), is the held-out part
+    without one (ImageNet's train/ and val/), and the training part without train/ (val/ and
+    test/), as in tar shards and Parquet files."""
     files, labels, splits = [], [], []
     entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
     names = sorted(e.name for e in entries if e.is_dir())
