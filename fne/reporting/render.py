@@ -200,7 +200,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             f = figures.get((ds["dataset"], key))
             if f:
                 L += [f"![{md_text(ds['dataset'])}: {alt}]({f})", ""]
-        L += _winner_lines(ds, md=True)
+        L += _winner_lines(ds)
     return "\n".join(L).rstrip() + "\n"
 
 
@@ -248,7 +248,7 @@ def advice_verdict(a: dict) -> tuple[str, str]:
     return ("match" if a["matched"] else "nomatch"), f"the measured winner {w} {verdict} (recommended: {rec})"
 
 
-def _winner_lines(ds: dict, md: bool) -> list[str]:
+def _winner_lines(ds: dict) -> list[str]:
     L = []
     w = ds["winner"]
     if w:
