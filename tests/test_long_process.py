@@ -12,6 +12,7 @@ import os
 import random
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -118,6 +119,39 @@ def test_an_interrupted_extract_stops_its_workers_and_the_next_call_resumes(digi
     monkeypatch.setattr(taps.TapRunner, "__call__", real)
     r = fne.extract(digits, cache=cache, batch_size=4, chunk=4, workers=2, progress=False, **FAST)
     assert (r.n_cached, r.n_computed) == (8, 16) and children() == []
+
+
+def test_ctrl_c_during_the_last_commit_waits_for_it(digits, tmp_path, monkeypatch):
+    """A real SIGINT while the call waits for the writer's last commit: the commit finishes
+    before KeyboardInterrupt is raised, so no writer outlives the call (one still committing
+    while the rerun plans made that rerun compute every row again) and every row is kept."""
+    import signal
+
+    from fne.extraction import writer
+
+    real, started, go = writer.Writer._flush, threading.Event(), threading.Event()
+
+    def slow_last(self):
+        if self.q.empty() and self._keys and not started.is_set():  # the last commit, after the run's end
+            started.set()
+            go.wait(30)
+        return real(self)
+
+    def ctrl_c():
+        started.wait(30)
+        time.sleep(0.2)  # the main thread waits for the commit by now
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        go.set()
+
+    monkeypatch.setattr(writer.Writer, "_flush", slow_last)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    cache = str(tmp_path / "c")
+    kept(lambda: fne.extract(digits, cache=cache, batch_size=8, chunk=1000, workers=0, progress=False, **FAST))
+    assert not [t for t in threading.enumerate() if isinstance(t, writer.Writer)]
+    monkeypatch.setattr(writer.Writer, "_flush", real)
+    r = fne.extract(digits, cache=cache, batch_size=8, workers=0, progress=False, **FAST)
+    assert (r.n_cached, r.n_computed) == (24, 0) and fne.cache_verify(cache=cache).ok
 
 
 def test_train_again_and_again_leaves_the_callers_generators_and_no_worker(digits, tmp_path):
