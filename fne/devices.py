@@ -289,6 +289,25 @@ def loader_context(workers: int) -> str | None:
     return "fork" if multiprocessing.get_start_method(allow_none=True) is None else None
 
 
+def end_workers(loader) -> None:
+    """Stop the worker processes of a DataLoader (its persistent workers) or of a DataLoader's
+    iterator now, and wait for them; nothing where there are none or they have stopped.
+
+    A loader's workers otherwise end when it is garbage-collected, and after an error or Ctrl-C
+    the traceback holds the frames that hold it: a notebook or IPython keeps the last one
+    (`sys.last_traceback`), and with it the workers and their memory, until the next error.
+
+    Parameters
+    ----------
+    loader : torch.utils.data.DataLoader or its iterator
+        What to stop the workers of.
+    """
+    it = getattr(loader, "_iterator", loader)  # a DataLoader keeps its persistent workers' iterator
+    shutdown = getattr(it, "_shutdown_workers", None)  # torch's own, run when the iterator is collected
+    if shutdown is not None:
+        shutdown()
+
+
 def require_main_script(verb: str) -> None:
     """FneError where `verb` is called while a process started by spawn (macOS's and Windows'
     start method) or forkserver re-runs the user's script to set itself up: a loader worker

@@ -33,6 +33,7 @@ from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
     default_workers,
+    end_workers,
     loader_context,
     require_device_decoder,
     require_main_script,
@@ -178,7 +179,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
-    dev = _device(spec.device, o.threads)
+    dev = _device(spec.device)
     spec = replace(spec, decode=resolve_decode(spec.decode, dev))
     store = spec.open()
     # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
@@ -235,7 +236,8 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
                 torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
             prep = spec.preprocess()
             batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
-            _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
+            with _threads(o.threads):
+                _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
         finally:
             _remember(done.reads, plan, dataset)
     return plan
@@ -260,13 +262,25 @@ def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None
     return sidecar.locked(lock_file(store, dataset, shard), on_wait=say, process=True)
 
 
-def _device(device: str, threads: int | None) -> torch.device:
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
+def _device(device: str) -> torch.device:
     dev = resolve_device(device)
     if dev.type == "cpu":
         tune_allocator()
     return dev
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's CPU threads set to `n` within (None: left as they are), the caller's count put back
+    after: a notebook's later cells run with their own."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
 
 
 def _fill(result: ExtractResult, done: _Pass) -> None:
@@ -329,6 +343,7 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
         collate_fn=reader.collate, worker_init_fn=worker_init, multiprocessing_context=loader_context(workers),
+        generator=torch.Generator(),  # its workers' seeds (nothing draws) from its own: torch's global RNG left as it was
         pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
@@ -371,10 +386,10 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             t = time.perf_counter()
     finally:
         assembled.close()
+        end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
         bar.close()
         writer.close()  # commits what is buffered, also on Ctrl-C
     model.close()  # after a finished run only: an interrupted one does not wait for the build
-    del batches  # joins the workers, so that their CPU time is counted below
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,
                     "workers": workers, "compile": model.compiled, "threads": torch.get_num_threads(),

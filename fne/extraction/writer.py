@@ -32,6 +32,7 @@ class Writer(threading.Thread):
         self.width = sum(c for _, c in taps)
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
+        self.finished = threading.Event()  # set as `run` ends, committed or failed
         self.seconds = 0.0
         self.committed = 0
         self._keys: list[str] = []
@@ -82,12 +83,31 @@ class Writer(threading.Thread):
                     self._flush()
         except BaseException as e:  # surfaced to the main thread by put()/close()
             self.error = _explain(e, self.store)
+        finally:
+            self.finished.set()
 
     def close(self):
-        try:
-            self._put(None)
-        finally:
-            self.join()
+        """Commit what is queued and buffered, and wait for the thread. A Ctrl-C meanwhile is
+        raised once that commit is done (at most `chunk` rows), so that no writer outlives the
+        run, still committing while a rerun plans (or left waiting for rows that never come);
+        a second Ctrl-C stops the wait (the thread, a daemon, finishes the commit by itself).
+        (It waits on `finished`, not `join`: Python < 3.13 takes a thread whose join was
+        interrupted for ended.)"""
+        interrupted, sent = None, False
+        while True:
+            try:
+                if not sent:
+                    self._put(None)
+                    sent = True
+                self.finished.wait()
+                break
+            except KeyboardInterrupt as e:
+                if interrupted is not None:
+                    raise
+                interrupted = e
+        self.join()  # its last instructions: the commit is done
+        if interrupted is not None:
+            raise interrupted
         if self.error is not None:
             raise self.error
 

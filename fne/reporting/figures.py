@@ -11,29 +11,27 @@ import numpy as np
 from fne.reporting.render import label
 
 
-def _plt():
-    import matplotlib
+def _subplots(figsize: tuple[float, float]):
+    """(figure, axes) drawn without pyplot: no backend is chosen or switched (a notebook's inline
+    plots keep theirs) and pyplot's list of open figures is left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def fig_bars(ds: dict) -> str:
-    plt = _plt()
     rows = [r for r in ds["rows"] if r.get("accuracy") is not None][::-1]
     only = ds["published"]["only"]
     labels = [label(r, ds["multi_backbone"]) for r in rows]
     n = len(rows) + len(only)
-    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * max(n, 1) * (1.6 if ds["published"]["values"] else 1)))
+    fig, ax = _subplots((7.5, 0.9 + 0.42 * max(n, 1) * (1.6 if ds["published"]["values"] else 1)))
     y = np.arange(len(rows), dtype=float)
     h = 0.38
     acc = [100 * r["accuracy"] for r in rows]
@@ -59,7 +57,6 @@ def fig_bars(ds: dict) -> str:
 
 
 def fig_time(ds: dict) -> str | None:
-    plt = _plt()
     pts = []
     for r in ds["rows"]:
         if r.get("accuracy") is None:
@@ -69,7 +66,7 @@ def fig_time(ds: dict) -> str | None:
             pts.append((t, 100 * r["accuracy"], label(r, ds["multi_backbone"]), r.get("kind")))
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = _subplots((7.5, 4.2))
     for kind, color, marker in (("fit", "#3b73b9", "o"), ("train", "#e67e22", "s")):
         sel = [p for p in pts if (p[3] == kind) or (kind == "fit" and p[3] not in ("fit", "train"))]
         if sel:
@@ -117,11 +114,10 @@ def fig_confusion(ds: dict) -> str | None:
     c = np.asarray(w["confusion"], dtype=float)
     if c.ndim != 2 or c.shape[0] != c.shape[1] or c.sum() == 0:
         return None
-    plt = _plt()
     norm = c / np.clip(c.sum(axis=1, keepdims=True), 1, None)
     k = len(c)
     size = min(9.0, 3.0 + 0.22 * k)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    fig, ax = _subplots((size + 1.2, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     classes = w.get("classes") if w.get("classes") and len(w["classes"]) == k else [str(i) for i in range(k)]
     if k <= 40:

@@ -87,6 +87,7 @@ def predict_network(run_dir: str | Path, data, *, device: str | None = None, bat
     ctx = epochs.Ctx(dataset, labels, dev, precision, Normalize(b.mean, b.std).to(dev), None, progress, {})
     view = epochs.transforms(int(m["image_size"]), False, b)[1]
     size = int(m.get("batch_size") or 32) if batch_size == "auto" else int(batch_size)
-    loader = epochs.loader(ctx, np.arange(len(dataset)), view, size, default_workers(dev) if workers is None else workers)
-    idx, _, scores = epochs.evaluate(model, loader, ctx, f"predict {m['arch']} {m['mode']}")
+    with epochs.loaders(ctx, size, default_workers(dev) if workers is None else workers) as loader:
+        idx, _, scores = epochs.evaluate(model, loader(np.arange(len(dataset)), view), ctx,
+                                         f"predict {m['arch']} {m['mode']}")
     return dataset, list(m["classes"]), scores, idx, dict(ctx.skipped)

@@ -10,6 +10,7 @@ uninterrupted one on CPU, with any number of loader workers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -43,6 +44,30 @@ def seed_all(s: int) -> None:
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
+
+
+@contextlib.contextmanager
+def caller_state_kept():
+    """Within: a run that seeds the global generators (`seed_all`, `seed_epoch`) and may turn on
+    torch's deterministic algorithms; after it, also after an error or Ctrl-C, the caller's
+    states of Python's, numpy's and torch's generators and those settings put back, so that a
+    notebook's or script's own draws go on as if the run had not been. CUDA's generators are
+    put back where CUDA was in use before (reading them would start it)."""
+    cuda = torch.cuda.is_initialized()
+    rngs = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+            torch.cuda.get_rng_state_all() if cuda else None)
+    flags = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark)
+    try:
+        yield
+    finally:
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.set_rng_state(rngs[2])
+        if cuda:
+            torch.cuda.set_rng_state_all(rngs[3])
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+        torch.backends.cudnn.benchmark = flags[2]
 
 
 def seed_epoch(seed: int, epoch: int, gen: torch.Generator) -> int:

@@ -7,6 +7,7 @@ An unreadable image is skipped with a warning and named in metrics.json's `skipp
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from torch import nn
 
 from fne.backbones.preprocess import Preprocess
 from fne.data.dataset import Dataset
-from fne.devices import autocast, loader_context, worker_init
+from fne.devices import autocast, end_workers, loader_context, worker_init
 from fne.errors import DataError
 from fne.extraction import reader
 from fne.extraction.ahead import Ahead
@@ -147,6 +148,25 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
         collate_fn=augment_mod.collate if sized else reader.collate, worker_init_fn=worker_init,
         multiprocessing_context=loader_context(workers),
         pin_memory=ctx.device.type == "cuda", persistent_workers=workers > 0 and (not draws or order is not None), prefetch_factor=4 if cuda else None)
+
+
+@contextlib.contextmanager
+def loaders(ctx: Ctx, batch_size: int, workers: int):
+    """Within: `loader(ctx, idx, prep, batch_size, workers, gen)` as ``make(idx, prep, gen=None)``;
+    on leaving (also on an error or Ctrl-C) the workers of every loader made end, those kept
+    across epochs included, rather than with the loaders: the traceback of an error, which a
+    notebook keeps, holds the frames that hold them."""
+    made: list = []
+
+    def make(idx: np.ndarray, prep, gen: torch.Generator | None = None):
+        made.append(loader(ctx, idx, prep, batch_size, workers, gen))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for dl in made:
+            end_workers(dl)
 
 
 def _batches(loader, ctx: Ctx, bar, augment=None):

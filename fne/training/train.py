@@ -121,7 +121,9 @@ STORE_OPTIONS = ("cache",)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
 
-    Seeds the global RNGs (python, numpy, torch) like torchvision's reference scripts do.
+    Seeds the global RNGs (python, numpy, torch) like torchvision's reference scripts do, for
+    the run only: the caller's generator states (and torch's deterministic-algorithms and cuDNN
+    settings) are put back after it, also after an error or Ctrl-C (`checkpoint.caller_state_kept`).
 
     Parameters
     ----------
@@ -148,6 +150,12 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         confusion matrix and each class's recall, the best epoch, timings, the learning rates and
         what was imported.
     """
+    with checkpoint.caller_state_kept():
+        return _train(data, mode, out, **kwargs)
+
+
+def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
+    """`train`'s run, which seeds the global RNGs."""
     require_main_script("fne.train")
     cache = options.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
     options.unexpected(kwargs, DataOptions, TrainConfig)
@@ -183,12 +191,10 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
-    def loader(idx, tf, gen=None):
-        return epochs.loader(ctx, idx, tf, cfg.batch_size, workers, gen)
-
-    run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct" else _start()
-    t0 = time.perf_counter()
-    ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
+    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:  # their workers end with the run, also on Ctrl-C
+        run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct" else _start()
+        t0 = time.perf_counter()
+        ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
 
