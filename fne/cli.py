@@ -175,7 +175,7 @@ def _cmd_cache_info(a) -> int:
     from fne.cache.verbs import INFO_OPTIONS, cache_info
 
     r = cache_info(a.data, **_given(a, INFO_OPTIONS))
-    print(f"cache root: {r.root}")
+    print(f"cache root: {r.root}" + ("" if r.exists else " (no such folder)"))
     if not r.stores:
         print("no stores")
     for s in r.stores:

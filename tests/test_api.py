@@ -406,6 +406,10 @@ def test_cache_and_backbones_functions_return_what_the_commands_print(digits_fol
     assert s.size_bytes == list_stores(cache)[0].size_bytes() and fne.cache_info(cache=str(cache)).data is None
     assert main(["cache", "info", "--cache", str(cache)]) == 0
     assert f"rows 24  bad 0  parts {s.parts}  size" in capsys.readouterr().out
+    typo = tmp_path / "cahce"  # a mistyped cache: said, DATA not hashed, and no folder (manifests/) made there
+    assert main(["cache", "info", str(digits_folder), "--cache", str(typo)]) == 0
+    assert capsys.readouterr().out == f"cache root: {typo} (no such folder)\nno stores\n" and not typo.exists()
+    assert fne.cache_info(digits_folder, cache=str(typo)).exists is False and info.exists
     check = fne.cache_verify(cache=str(cache))
     assert check.ok and check.stores[0].findings.rows == 24 and check.stores[0].name == s.name
     removal = fne.cache_rm(s.name, cache=str(cache), dry_run=True)

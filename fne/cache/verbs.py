@@ -67,6 +67,7 @@ class CacheInfo:
     stores: list[StoreInfo] = field(default_factory=list)
     data: str | None = None
     data_images: int | None = None
+    exists: bool = True  # False: a local root that is no folder (a mistyped --cache), DATA then not read
 
 
 @dataclass
@@ -135,12 +136,15 @@ def cache_info(data=None, **options) -> CacheInfo:
     Returns
     -------
     CacheInfo
-        The root, one `StoreInfo` per store, and DATA's name and number of distinct images.
+        The root, one `StoreInfo` per store, and DATA's name and number of distinct images. A
+        local root that is no folder (`exists` False: a mistyped cache) has no stores, and DATA
+        is then not read, so that no folder is made there.
     """
     store_o, data_o = resolve(options, StoreOptions, DataOptions, only=INFO_OPTIONS)
-    info = CacheInfo(root=str(cache_root(store_o.cache)))
+    root = cache_root(store_o.cache)
+    info = CacheInfo(root=str(root), exists=is_url(root) or root.is_dir())
     keys = None
-    if data is not None:
+    if data is not None and info.exists:  # else no store to look in, and no manifest to make there
         from fne.data.datasets import load_dataset
         from fne.data.manifest import attach_keys
 
