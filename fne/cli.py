@@ -218,7 +218,8 @@ def _cmd_cache_rm(a) -> int:
 
     r = cache_rm(a.stores, **_given(a, RM_OPTIONS))
     for s in r.stores:
-        print(f"{'would remove' if r.dry_run else 'removed'} {s.name} ({s.rows} rows, {s.size_bytes / 2**20:.1f} MiB)")
+        what = "its store.json unreadable" if s.unreadable else f"{s.rows} rows"
+        print(f"{'would remove' if r.dry_run else 'removed'} {s.name} ({what}, {s.size_bytes / 2**20:.1f} MiB)")
     print(f"{'would free' if r.dry_run else 'freed'} {r.freed_bytes / 2**20:.1f} MiB in {r.root}")
     return 0
 

@@ -8,6 +8,8 @@ import errno
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import zarr
 
 from fne.cache import parts
 from fne.cache.spec import StoreSpec
-from fne.cache.store import Store, list_stores
+from fne.cache.store import Store, list_stores, lock_file, lock_files
 from fne.cache.upkeep import quarantine, verify
 from fne.data.datasets import load_dataset
 from fne.errors import CacheError, FneError
@@ -24,6 +26,7 @@ from fne.linear.features import Rows
 from fne.linear.fit import fit
 
 from .conftest import FAST
+from .test_stores import HOLD
 
 SPEC = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
 
@@ -302,3 +305,19 @@ def test_a_store_whose_store_json_cannot_be_read_is_reported_not_passed_over(sto
         assert fne.cache_info(cache=str(cache)).stores == []
     with pytest.warns(UserWarning, match="left out"):
         assert list_stores(cache) == []
+    # fne cache rm removes it whole (it said "no store is named"): a dry run lists it, a live
+    # writer's lock keeps it, and then it goes with its lock files
+    (gone,) = fne.cache_rm(store.path.name, cache=str(cache), dry_run=True).stores
+    assert gone.unreadable.startswith(said) and gone.size_bytes > 0 and store.path.is_dir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock_file(store, "d0"))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(CacheError, match="a running extraction is writing to it"):
+            fne.cache_rm(store.path.name, cache=str(cache))
+    finally:
+        holder.communicate("done\n", timeout=60)
+    assert store.path.is_dir() and lock_files(store.path)
+    assert main(["cache", "rm", store.path.name, "--cache", str(cache)]) == 0
+    assert f"removed {store.path.name} (its store.json unreadable, " in capsys.readouterr().out
+    assert not store.path.exists() and not lock_files(store.path) and not list(cache.glob(".removing-*"))

@@ -224,7 +224,8 @@ class Store:
             raise CacheError(f"{store.path} is not a cache store (no store.json)") from None
         except ValueError as e:
             raise CacheError(f"{store.path}/store.json is damaged: {e}; none of the store's rows can be read without "
-                             f"it: move the store aside (`fne extract` then computes them again)") from None
+                             f"it: remove the store (`fne cache rm {store.path.name}`) and `fne extract` computes "
+                             f"them again") from None
         if meta.get("format") not in READS:
             raise CacheError(f"{store.path}: store format {meta.get('format')} (this fne reads "
                              f"{', '.join(map(str, READS))})")
@@ -371,9 +372,13 @@ def lock_file(store: Store, what: str) -> Path:
     return store.path.parent / LOCKS / f"{store.path.name}--{what}.lock"
 
 
-def lock_files(store: Store) -> list[Path]:
-    """`store`'s lock files that exist (none for a URL store)."""
-    return [] if store.url is not None else sorted((store.path.parent / LOCKS).glob(f"{store.path.name}--*.lock"))
+def lock_files(store: Store | Path) -> list[Path]:
+    """The lock files that exist of `store`, a Store or a local store's folder (none for a URL store)."""
+    if isinstance(store, Store):
+        if store.url is not None:
+            return []
+        store = store.path
+    return sorted((store.parent / LOCKS).glob(f"{store.name}--*.lock"))
 
 
 def list_stores(root: str | Path | None = None, unreadable: dict[str, CacheError] | None = None) -> list[Store]:

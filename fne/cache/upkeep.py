@@ -122,16 +122,18 @@ def quarantine(store: Store, damaged: list[str]) -> list[str]:
     return list(damaged)
 
 
-def check_idle(store: Store) -> None:
-    """CacheError when a running extraction holds one of `store`'s locks (it writes to the store)."""
+def check_idle(store: Store | Path) -> None:
+    """CacheError when a running extraction holds one of `store`'s locks (it writes to the store);
+    `store`: a Store, or a local store's folder (one whose store.json cannot be read)."""
     busy = [f for f in lock_files(store) if sidecar.held(f)]
     if busy:
-        raise CacheError(f"{store.path.name}: a running extraction is writing to it (lock {busy[0]}); "
+        raise CacheError(f"{getattr(store, 'path', store).name}: a running extraction is writing to it (lock {busy[0]}); "
                          f"remove it when that run has ended")
 
 
-def remove(store: Store) -> None:
-    """Delete the whole store `store` (its rows, bad-image records and lock files).
+def remove(store: Store | Path) -> None:
+    """Delete the whole store `store` (its rows, bad-image records and lock files): a Store, or a
+    local store's folder (one whose store.json cannot be read: `list_stores`' `unreadable`).
 
     A local store is first renamed to a hidden name in its cache, so that an interrupted removal
     leaves no half store that reads would take for whole (`list_stores` skips hidden folders, and
@@ -143,17 +145,18 @@ def remove(store: Store) -> None:
         When a running extraction holds one of the store's locks (`check_idle`); nothing is removed.
     """
     check_idle(store)
-    if store.url is not None:
+    if isinstance(store, Store) and store.url is not None:
         store.files.remove("store.json")  # first: what is left is no store
         store.files.remove("")
         return
-    root = store.path.parent
-    trash = root / f".removing-{store.path.name}-{os.getpid()}"
-    os.replace(store.path, trash)
-    for f in lock_files(store):
+    path = getattr(store, "path", store)
+    trash = path.parent / f".removing-{path.name}-{os.getpid()}"
+    os.replace(path, trash)
+    for f in lock_files(path):
         f.unlink(missing_ok=True)
     shutil.rmtree(trash)
-    store.refresh()
+    if isinstance(store, Store):
+        store.refresh()
 
 
 def finish_removals(root: Path) -> None:

@@ -41,6 +41,9 @@ class StoreInfo:
     data_cached, data_unreadable : int or None
         With DATA given: how many of its distinct images this store holds, and how many it
         records as unreadable; None otherwise.
+    unreadable : str or None
+        Why its store.json cannot be read (damaged, or a later fne's format), for a store that
+        `cache_rm` removes whole; what it holds is then unknown ("?", 0 rows), but its size.
     """
 
     name: str
@@ -56,6 +59,7 @@ class StoreInfo:
     size_bytes: int
     data_cached: int | None = None
     data_unreadable: int | None = None
+    unreadable: str | None = None
 
 
 @dataclass
@@ -226,20 +230,30 @@ def cache_rm(stores: str | list[str], **options) -> CacheRemoval:
     patterns = [stores] if isinstance(stores, (str, Path)) else list(stores) if isinstance(stores, (list, tuple)) else []
     if not patterns or not all(isinstance(p, (str, Path)) for p in patterns):
         raise TypeError(f"stores: expected a store name or a list of them, got {stores!r}")
-    root, found = cache_root(store_o.cache), list_stores(store_o.cache)
-    chosen: dict[str, Store] = {}
+    root, unreadable = cache_root(store_o.cache), {}
+    found: dict[str, Store | Path] = {s.path.name: s for s in list_stores(store_o.cache, unreadable)}
+    if not is_url(root):  # a local store whose store.json cannot be read is removed as a folder
+        found.update((name, root / name) for name in unreadable)
+    chosen: dict[str, Store | Path] = {}
     for pattern in map(str, patterns):
-        matched = [s for s in found if fnmatchcase(s.path.name, pattern)]
+        matched = {name: s for name, s in found.items() if fnmatchcase(name, pattern)}
         if not matched:
             raise FneError(f"no store in {root} is named {pattern!r} (`fne cache info` lists them)")
-        chosen.update((s.path.name, s) for s in matched)
+        chosen.update(matched)
     for s in chosen.values() if not cache_o.dry_run else ():  # before any is removed: all of them or none
         upkeep.check_idle(s)
     if not cache_o.dry_run and not is_url(root):
         upkeep.finish_removals(root)  # of an interrupted `fne cache rm`
     removal = CacheRemoval(root=str(root), dry_run=cache_o.dry_run)
-    for s in chosen.values():
-        removal.stores.append(_info(s))
+    for name, s in sorted(chosen.items()):
+        removal.stores.append(_info(s) if isinstance(s, Store) else _unreadable_info(s, unreadable[name]))
         if not cache_o.dry_run:
             upkeep.remove(s)
     return removal
+
+
+def _unreadable_info(path: Path, why: CacheError) -> StoreInfo:
+    """A local store whose store.json cannot be read: its name, path and size on disk."""
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return StoreInfo(name=path.name, path=str(path), arch="?", weights="?", preprocess="?", precision="?",
+                     dtype="?", rows=0, bad=0, parts=0, size_bytes=size, unreadable=str(why))
