@@ -377,6 +377,20 @@ def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_pat
     assert by["fne+auto"]["settings"]["C"] == "auto" and by["fne+auto"]["settings"]["head"] == "auto"
 
 
+def test_sections_whose_names_make_one_file_name_get_figures_of_their_own(tmp_path):
+    """Dataset names that are one file name once made safe ("a b" and "a_b"; 数字 and 图片 are both
+    "x"; "Pets" and "pets" on macOS's filesystem): each section's figures are its own files, not the
+    last one's."""
+    for name in ("a b", "a_b", "Pets", "pets"):
+        write_run(tmp_path / "runs", name, fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset=name))
+    r = report([tmp_path / "runs"], tmp_path / "rep")
+    md = Path(r["md"]).read_text()
+    links = {ds["dataset"]: re.findall(r"\]\((report_files/[^)]+-bars\.png)\)", md.split(f"## {ds['dataset']}\n")[1])[0]
+             for ds in r["datasets"]}
+    assert len({p.lower() for p in links.values()}) == 4, links
+    assert all((tmp_path / "rep" / p).is_file() for p in links.values())
+
+
 def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_path):
     """Two label columns of one Parquet file (`--label-key`) are two tasks: their runs were one
     section, ranked and tested image by image against each other; now each task is a section of its
