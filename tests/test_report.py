@@ -573,6 +573,24 @@ def test_a_row_of_two_seeds_is_tested_on_the_seed_the_other_row_shares(tmp_path)
     assert "no paired test applies (their runs of several seeds were scored on the same test images" in md
 
 
+def test_a_row_of_two_seeds_of_one_split_is_tested_by_mcnemar_on_the_seed_the_other_row_shares(tmp_path):
+    """As above, one split per seed: McNemar's test on seed 0's test images, and the sentence says
+    which seed was tested and which left out, after the test images it counts (it read "4 vs 0
+    classified right by only one of them both rows were scored on (seed 0; ...)")."""
+    def run(method, seed, correct):
+        split = {**_splits([correct.count("1") / 10])[0], "test_hash": f"h{seed}", "correct": correct}
+        return fake_metrics(method, correct.count("1") / 10, 0.0, 0.9, 0.0, seed=seed, n_splits=1, splits=[split])
+
+    runs = {"f0": run("fne+svm", 0, "1111111110"), "f1": run("fne+svm", 1, "1111111100"),
+            "l0": run("fc7+svm", 0, "1111100000")}
+    ds, md, _ = _verdict_report(tmp_path, runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 1]
+    assert ds["winner_test"] == (
+        "no clear winner: fne+svm vs fc7+svm (McNemar exact test, two-sided p = 0.125 ≥ α = 0.05; difference +40.0 "
+        "points over 10 test images both rows were scored on (seed 0; left out, having no partner in the other row: "
+        "seed 1 of fne+svm), 4 vs 0 classified right by only one of them)")
+
+
 def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):
     """`fne fit --splits 2` records a 95% CI of 0.0–100.0 (the corrected t with 1 degree of freedom):
     right, but it read like a bug. The section says why, once, in report.md, report.html and the

@@ -115,14 +115,15 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
     v = verdict(result, alpha)
     mcn, fis = result["test"].startswith("McNemar"), result["test"].startswith("Fisher")
     name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn or fis else "")
-    over = (f"{result['n']} test images, {result['only_a']} vs {result['only_b']} classified right by only one of "
-            f"them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
-            f"scored on the same test images)" if fis else f"{result['n']} {unit}")
+    shared = ""
     if result.get("unpaired"):  # rows pooled over seeds that not both have: the splits both were scored on
         left = "; ".join(f"seed {_seeds(seeds)} of {name}" for name, seeds in zip((winner, runner_up), result["unpaired"])
                          if seeds)
-        over += (f" both rows were scored on (seed {_seeds(result['paired'])}; left out, having no partner in the "
-                 f"other row: {left})")
+        shared = (f" both rows were scored on (seed {_seeds(result['paired'])}; left out, having no partner in the "
+                  f"other row: {left})")
+    over = (f"{result['n']} test images{shared}, {result['only_a']} vs {result['only_b']} classified right by only "
+            f"one of them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
+            f"scored on the same test images)" if fis else f"{result['n']} {unit}{shared}")
     detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
               f"difference {100 * result['mean_diff']:+.1f} points over {over}")
     if v == "no clear winner":
