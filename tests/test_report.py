@@ -411,6 +411,22 @@ def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_p
         ("pets (/data/t.parquet, label_key=breed)", ["fc7+svm"]), ("pets (/data/t.parquet, label_key=species)", ["fne+svm"])]
 
 
+def test_a_run_written_before_data_resolved_joins_the_runs_of_its_data(tmp_path):
+    """A run that records DATA as given only (written before metrics.json had `data_resolved`) and a
+    newer run given the same DATA were two sections, "pets (flowers12)" and "pets (/abs/flowers12)";
+    they are one. Runs of other DATA of one name stay apart."""
+    write_run(tmp_path / "runs", "old", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="flowers12"))
+    write_run(tmp_path / "runs", "new", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, data="flowers12",
+                                                     data_resolved="/abs/flowers12"))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [("pets", ["fne+svm", "fc7+svm"])]
+    write_run(tmp_path / "runs", "other", fake_metrics("last+svm", 0.7, 0.01, 0.7, 0.01, data="/elsewhere/pets",
+                                                       data_resolved="/elsewhere/pets"))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [
+        ("pets (/abs/flowers12)", ["fne+svm", "fc7+svm"]), ("pets (/elsewhere/pets)", ["last+svm"])]
+
+
 def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
     """A `|` in a dataset name, a weights file or a label's setting split report.md's table row into
     more cells (and `*` set text in italics): every name is escaped in report.md, report.tex and

@@ -162,6 +162,18 @@ def run_task(m: dict) -> str | None:
     return data if key is None or data is None else f"{data}, label_key={key}"
 
 
+def run_tasks(ms: list[dict]) -> list[str | None]:
+    """`run_task` of each run's metrics; a run written before runs recorded `data_resolved` (29 Nov
+    2026) is taken for the DATA that runs given the same DATA resolved it to, where they all agree:
+    yesterday's and today's runs of `fne fit flowers12` are one task, not two."""
+    resolved: dict[str, set] = {}
+    for m in ms:
+        if m.get("data_resolved"):
+            resolved.setdefault(str(m.get("data")), set()).add(m["data_resolved"])
+    return [run_task(m) if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
+            run_task({**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))}) for m in ms]
+
+
 def _same_splits(m1: dict, m2: dict) -> bool:
     """Were the two runs scored on the same test images, split by split? The settings that draw
     the splits agree and so do the test images' hashes; a predefined split is DATA's own, so

@@ -134,8 +134,9 @@ def dataset_keys(runs: list[dict]) -> list[str]:
     runs of one name read other DATA (two folders both called `images`), or other labels of it
     (`compare.run_task`), that DATA beside it, so that different images or labels are never
     tabulated, ranked or tested together. A run that records no
-    DATA (an old run) keeps the plain name."""
-    of = [str(compare.run_task(r["metrics"]) or "") for r in runs]
+    DATA (an old run) keeps the plain name; one that records DATA as given only (`compare.run_tasks`)
+    joins the runs that resolved that DATA."""
+    of = [str(task or "") for task in compare.run_tasks([r["metrics"] for r in runs])]
     data: dict[str, set[str]] = defaultdict(set)
     for r, d in zip(runs, of, strict=True):
         if d:
