@@ -191,9 +191,12 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
-    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:  # their workers end with the run, also on Ctrl-C
+    # The loaders' workers end with each part, also on Ctrl-C: the training and validation
+    # loaders' (kept across epochs) before the test pass, not idle beside its own.
+    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct" else _start()
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
