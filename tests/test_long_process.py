@@ -177,6 +177,23 @@ def test_train_again_and_again_leaves_the_callers_generators_and_no_worker(digit
     assert leftovers(before) == ([], set())
 
 
+def test_the_test_pass_runs_beside_no_training_or_validation_worker(digits, tmp_path, monkeypatch):
+    """The training and validation loaders' workers (kept across epochs) end when the epochs do:
+    the test pass's workers are the only ones alive during it, not idle beside two more sets."""
+    from fne.training import epochs
+
+    real, alive = epochs.evaluate, {}
+
+    def counted(model, loader, ctx, desc):
+        out = real(model, loader, ctx, desc)
+        alive.setdefault(desc, len(children()))  # the pass's own workers persist until its loader ends
+        return out
+
+    monkeypatch.setattr(epochs, "evaluate", counted)
+    fne.train(digits, "frozen", tmp_path / "t", epochs=1, workers=2, **TRAIN)
+    assert alive == {"val": 4, "test": 2}  # val: the training loader's 2 and its own 2
+
+
 def test_an_interrupted_train_stops_its_workers_and_resumes(digits, tmp_path, monkeypatch):
     """Ctrl-C in epoch 2's pass: the persistent workers of the training and validation loaders
     end with the call, the caller's generators are back, and ``resume=True`` finishes the run

@@ -377,6 +377,20 @@ def test_what_changes_the_numbers_keeps_rows_apart_and_nothing_else_does(tmp_pat
     assert by["fne+auto"]["settings"]["C"] == "auto" and by["fne+auto"]["settings"]["head"] == "auto"
 
 
+def test_sections_whose_names_make_one_file_name_get_figures_of_their_own(tmp_path):
+    """Dataset names that are one file name once made safe ("a b" and "a_b"; 数字 and 图片 are both
+    "x"; "Pets" and "pets" on macOS's filesystem): each section's figures are its own files, not the
+    last one's."""
+    for name in ("a b", "a_b", "Pets", "pets"):
+        write_run(tmp_path / "runs", name, fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset=name))
+    r = report([tmp_path / "runs"], tmp_path / "rep")
+    md = Path(r["md"]).read_text()
+    links = {ds["dataset"]: re.findall(r"\]\((report_files/[^)]+-bars\.png)\)", md.split(f"## {ds['dataset']}\n")[1])[0]
+             for ds in r["datasets"]}
+    assert len({p.lower() for p in links.values()}) == 4, links
+    assert all((tmp_path / "rep" / p).is_file() for p in links.values())
+
+
 def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_path):
     """Two label columns of one Parquet file (`--label-key`) are two tasks: their runs were one
     section, ranked and tested image by image against each other; now each task is a section of its
@@ -395,6 +409,22 @@ def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_p
     ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
     assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [
         ("pets (/data/t.parquet, label_key=breed)", ["fc7+svm"]), ("pets (/data/t.parquet, label_key=species)", ["fne+svm"])]
+
+
+def test_a_run_written_before_data_resolved_joins_the_runs_of_its_data(tmp_path):
+    """A run that records DATA as given only (written before metrics.json had `data_resolved`) and a
+    newer run given the same DATA were two sections, "pets (flowers12)" and "pets (/abs/flowers12)";
+    they are one. Runs of other DATA of one name stay apart."""
+    write_run(tmp_path / "runs", "old", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="flowers12"))
+    write_run(tmp_path / "runs", "new", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, data="flowers12",
+                                                     data_resolved="/abs/flowers12"))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [("pets", ["fne+svm", "fc7+svm"])]
+    write_run(tmp_path / "runs", "other", fake_metrics("last+svm", 0.7, 0.01, 0.7, 0.01, data="/elsewhere/pets",
+                                                       data_resolved="/elsewhere/pets"))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [
+        ("pets (/abs/flowers12)", ["fne+svm", "fc7+svm"]), ("pets (/elsewhere/pets)", ["last+svm"])]
 
 
 def test_names_with_markdown_specials_keep_report_md_s_table_whole(tmp_path):
@@ -557,6 +587,24 @@ def test_a_row_of_two_seeds_is_tested_on_the_seed_the_other_row_shares(tmp_path)
     ds, md, _ = _verdict_report(tmp_path / "predefined", runs)
     assert ds["winner_test"] is None and ds["verdict"]["kind"] == "untested"
     assert "no paired test applies (their runs of several seeds were scored on the same test images" in md
+
+
+def test_a_row_of_two_seeds_of_one_split_is_tested_by_mcnemar_on_the_seed_the_other_row_shares(tmp_path):
+    """As above, one split per seed: McNemar's test on seed 0's test images, and the sentence says
+    which seed was tested and which left out, after the test images it counts (it read "4 vs 0
+    classified right by only one of them both rows were scored on (seed 0; ...)")."""
+    def run(method, seed, correct):
+        split = {**_splits([correct.count("1") / 10])[0], "test_hash": f"h{seed}", "correct": correct}
+        return fake_metrics(method, correct.count("1") / 10, 0.0, 0.9, 0.0, seed=seed, n_splits=1, splits=[split])
+
+    runs = {"f0": run("fne+svm", 0, "1111111110"), "f1": run("fne+svm", 1, "1111111100"),
+            "l0": run("fc7+svm", 0, "1111100000")}
+    ds, md, _ = _verdict_report(tmp_path, runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 1]
+    assert ds["winner_test"] == (
+        "no clear winner: fne+svm vs fc7+svm (McNemar exact test, two-sided p = 0.125 ≥ α = 0.05; difference +40.0 "
+        "points over 10 test images both rows were scored on (seed 0; left out, having no partner in the other row: "
+        "seed 1 of fne+svm), 4 vs 0 classified right by only one of them)")
 
 
 def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):

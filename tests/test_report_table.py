@@ -200,3 +200,17 @@ def test_each_section_names_its_backbone_where_its_rows_do_not(tmp_path):
     flowers = next(ds for ds in json.loads((out / "report.json").read_text())["datasets"] if ds["dataset"] == "flowers")
     assert flowers["backbone"] is None and "## flowers\n\n| method" in md
     assert [row["label"] for row in flowers["rows"]] == ["fne+svm [vgg16 (imagenet)]", "fne+svm [resnet18 (imagenet)]"]
+
+
+def test_the_readme_names_every_column_of_report_csv():
+    """The README's list of report.csv's columns is the file's: kind, n_images and
+    published_std_percent were left out of it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    said = " ".join(readme.split("- report.csv's columns:")[1].split("\n- ")[0].split())
+    named = set(re.findall(r"[A-Za-z_]+", said)) | {f"{s}_ci_{e}" for s in ("accuracy", "mean_class_accuracy")
+                                                 for e in ("low", "high")}  # "(`_ci_low`, `_ci_high`)"
+    named |= {f"{s}_std" for s in ("accuracy", "mean_class_accuracy")} | {"mean_class_accuracy", "settings"}
+    assert [c for c in CSV_COLUMNS if c not in named] == []

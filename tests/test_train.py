@@ -845,6 +845,13 @@ def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(res
           progress=False, save_every=0)
     assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save (resume=True continues "
             f"it)") in capsys.readouterr().out
+    # resume="auto" (`fne run`'s) over another run's checkpoint: resume=True would refuse it, so not advised
+    auto = shutil.copytree(run, tmp_path / "auto")
+    train(str(data), "frozen", auto, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
+          progress=False, save_every=0, resume="auto", lr=0.5)
+    out = capsys.readouterr().out
+    assert (f"note: starting a new run; {auto / 'checkpoint.pt'} (another run's settings or images, or unreadable) "
+            f"is replaced at the next save\n") in out and "continues it" not in out
 
 
 def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):

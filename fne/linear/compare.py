@@ -115,14 +115,15 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
     v = verdict(result, alpha)
     mcn, fis = result["test"].startswith("McNemar"), result["test"].startswith("Fisher")
     name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn or fis else "")
-    over = (f"{result['n']} test images, {result['only_a']} vs {result['only_b']} classified right by only one of "
-            f"them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
-            f"scored on the same test images)" if fis else f"{result['n']} {unit}")
+    shared = ""
     if result.get("unpaired"):  # rows pooled over seeds that not both have: the splits both were scored on
         left = "; ".join(f"seed {_seeds(seeds)} of {name}" for name, seeds in zip((winner, runner_up), result["unpaired"])
                          if seeds)
-        over += (f" both rows were scored on (seed {_seeds(result['paired'])}; left out, having no partner in the "
-                 f"other row: {left})")
+        shared = (f" both rows were scored on (seed {_seeds(result['paired'])}; left out, having no partner in the "
+                  f"other row: {left})")
+    over = (f"{result['n']} test images{shared}, {result['only_a']} vs {result['only_b']} classified right by only "
+            f"one of them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
+            f"scored on the same test images)" if fis else f"{result['n']} {unit}{shared}")
     detail = (f"{name}, two-sided p = {result['p']:.3g} {'<' if result['p'] < alpha else '≥'} α = {alpha:g}; "
               f"difference {100 * result['mean_diff']:+.1f} points over {over}")
     if v == "no clear winner":
@@ -159,6 +160,18 @@ def run_task(m: dict) -> str | None:
     options = m.get("options") if isinstance(m.get("options"), dict) else {}
     data, key = run_data(m), options.get("label_key")
     return data if key is None or data is None else f"{data}, label_key={key}"
+
+
+def run_tasks(ms: list[dict]) -> list[str | None]:
+    """`run_task` of each run's metrics; a run written before runs recorded `data_resolved` (29 Nov
+    2026) is taken for the DATA that runs given the same DATA resolved it to, where they all agree:
+    yesterday's and today's runs of `fne fit flowers12` are one task, not two."""
+    resolved: dict[str, set] = {}
+    for m in ms:
+        if m.get("data_resolved"):
+            resolved.setdefault(str(m.get("data")), set()).add(m["data_resolved"])
+    return [run_task(m) if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
+            run_task({**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))}) for m in ms]
 
 
 def _same_splits(m1: dict, m2: dict) -> bool:

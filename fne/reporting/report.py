@@ -134,8 +134,9 @@ def dataset_keys(runs: list[dict]) -> list[str]:
     runs of one name read other DATA (two folders both called `images`), or other labels of it
     (`compare.run_task`), that DATA beside it, so that different images or labels are never
     tabulated, ranked or tested together. A run that records no
-    DATA (an old run) keeps the plain name."""
-    of = [str(compare.run_task(r["metrics"]) or "") for r in runs]
+    DATA (an old run) keeps the plain name; one that records DATA as given only (`compare.run_tasks`)
+    joins the runs that resolved that DATA."""
+    of = [str(task or "") for task in compare.run_tasks([r["metrics"] for r in runs])]
     data: dict[str, set[str]] = defaultdict(set)
     for r, d in zip(runs, of, strict=True):
         if d:
@@ -548,14 +549,17 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     out.mkdir(parents=True, exist_ok=True)
     b64: dict = {}
     files: dict = {}
-    fig_dir = out / "report_files"
-    for ds in datasets if figures else []:
+    fig_dir, taken = out / "report_files", set()  # file names: sections whose slugs agree (数字, 图片) numbered
+    for i, ds in enumerate(datasets if figures else []):
+        base = slug(ds["dataset"])
+        stem = next(s for s in (base, *(f"{base}-{n}" for n in range(2, i + 3))) if s.lower() not in taken)
+        taken.add(stem.lower())  # lower case: one file on macOS's and Windows' filesystems
         for key, fn in (("bars", fig_bars), ("time", fig_time), ("confusion", fig_confusion)):
             png = fn(ds)
             if png:
                 b64[(ds["dataset"], key)] = png
                 fig_dir.mkdir(exist_ok=True)
-                name = f"{slug(ds['dataset'])}-{key}.png"
+                name = f"{stem}-{key}.png"
                 (fig_dir / name).write_bytes(base64.b64decode(png))
                 files[(ds["dataset"], key)] = f"report_files/{name}"
     rows = _jsonable(datasets)  # report.json's rows, and report.csv's

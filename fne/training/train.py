@@ -191,9 +191,12 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
-    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:  # their workers end with the run, also on Ctrl-C
+    # The loaders' workers end with each part, also on Ctrl-C: the training and validation
+    # loaders' (kept across epochs) before the test pass, not idle beside its own.
+    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct" else _start()
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
@@ -201,15 +204,21 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
 
 def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -> dict | None:
     """The checkpoint --resume continues (checked against the run's settings and images), or None;
-    with `auto`, the run folder's own checkpoint where it belongs to this run."""
+    with `auto`, the run folder's own checkpoint where it belongs to this run. A checkpoint left
+    unused is said: it is replaced at the next save."""
     split.images = checkpoint.images(dataset.ids, dataset.labels, {"train": split.train, "val": split.val,
                                                                    "test": split.test})
     path = Path(cfg.out) / checkpoint.CHECKPOINT
     if auto:
         ckpt = checkpoint.resumable(path, cfg, split.images) if cfg.mode != "direct" else None
         cfg.resume = ckpt is not None
-        return ckpt
-    return checkpoint.load(path, cfg, split.images) if cfg.resume else None
+    else:
+        ckpt = checkpoint.load(path, cfg, split.images) if cfg.resume else None
+    if ckpt is None and cfg.mode != "direct" and path.exists():  # --resume would refuse another run's
+        new = f"note: starting a new run; {path}"
+        print(f"{new} (another run's settings or images, or unreadable) is replaced at the next save" if auto else
+              said(lambda py: f"{new} is replaced at the next save ({checkpoint.resume_flag(py)} continues it)"))
+    return ckpt
 
 
 def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
@@ -335,9 +344,6 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
             match = said(lambda py: ", ".join(named(n, py) for n in ("device", "precision", "augment_on")))
             print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
                   f"bit-identical to an uninterrupted run (give {match} to match)")
-    elif path.exists():
-        print(said(lambda py: f"note: starting a new run; {path} is replaced at the next save "
-                              f"({checkpoint.resume_flag(py)} continues it)"))
     gen = torch.Generator()
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
     last_write = time.monotonic()
