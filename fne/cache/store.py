@@ -223,9 +223,8 @@ class Store:
         except (FileNotFoundError, NotADirectoryError):  # no such folder, or a file
             raise CacheError(f"{store.path} is not a cache store (no store.json)") from None
         except ValueError as e:
-            raise CacheError(f"{store.path}/store.json is damaged: {e}; none of the store's rows can be read without "
-                             f"it: remove the store (`fne cache rm {store.path.name}`) and `fne extract` computes "
-                             f"them again") from None
+            raise CacheError(f"{store.path}/store.json is damaged: {e}; none of the store's rows can be read without it: "
+                             f"remove the store (`fne cache rm {store.path.name}`), `fne extract` computes them again") from None
         if meta.get("format") not in READS:
             raise CacheError(f"{store.path}: store format {meta.get('format')} (this fne reads "
                              f"{', '.join(map(str, READS))})")
