@@ -78,6 +78,12 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
     return root
 
 
+def no_such_root(root: Path | Url) -> bool:
+    """Whether `root` (`cache_root`'s) is a local folder that does not exist: a cache nothing has
+    been written to, or a mistyped --cache, which reads must neither search nor make."""
+    return not is_url(root) and not root.is_dir()
+
+
 def local_root(cache: str | Path | None = None) -> Path:
     """The local folder for what is kept beside the stores (container listings, folder manifests,
     `hf:` downloads): the cache root, or `default_cache()` for a URL cache."""

@@ -13,8 +13,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from fne.cache import upkeep
-from fne.cache.fs import is_url
-from fne.cache.store import Store, cache_root, list_stores
+from fne.cache.fs import files_at, is_url
+from fne.cache.store import Store, cache_root, list_stores, no_such_root
 from fne.cache.upkeep import Findings
 from fne.errors import CacheError, FneError, expect_path
 from fne.options import CacheOptions, DataOptions, StoreOptions, keywords, resolve
@@ -146,7 +146,7 @@ def cache_info(data=None, **options) -> CacheInfo:
     """
     store_o, data_o = resolve(options, StoreOptions, DataOptions, only=INFO_OPTIONS)
     root = cache_root(store_o.cache)
-    info = CacheInfo(root=str(root), exists=is_url(root) or root.is_dir())
+    info = CacheInfo(root=str(root), exists=not no_such_root(root))
     keys = None
     if data is not None and info.exists:  # else no store to look in, and no manifest to make there
         from fne.data.datasets import load_dataset
@@ -254,6 +254,5 @@ def cache_rm(stores: str | list[str], **options) -> CacheRemoval:
 
 def _unreadable_info(path: Path, why: CacheError) -> StoreInfo:
     """A local store whose store.json cannot be read: its name, path and size on disk."""
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     return StoreInfo(name=path.name, path=str(path), arch="?", weights="?", preprocess="?", precision="?",
-                     dtype="?", rows=0, bad=0, parts=0, size_bytes=size, unreadable=str(why))
+                     dtype="?", rows=0, bad=0, parts=0, size_bytes=files_at(path).size(), unreadable=str(why))

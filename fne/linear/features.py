@@ -20,7 +20,7 @@ import numpy as np
 
 from fne.backbones import registry as backbones
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
-from fne.cache.store import Store, cache_root, is_url
+from fne.cache.store import Store, cache_root, no_such_root
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
@@ -99,7 +99,7 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     hashed (tar shards, Parquet and hf: DATA: before they are listed, as their listings and
     downloads are kept in the cache): reading makes no cache (a mistyped --cache is not left behind)."""
     root = cache_root(spec.cache)
-    absent = not extract_missing and not is_url(root) and not root.is_dir()
+    absent = not extract_missing and no_such_root(root)
     where = f"not in the cache {root}, a folder that does not exist"
     if absent and takes_label_key(data):
         raise _not_cached(data, spec, verb, f"the images of {data} are {where}")
