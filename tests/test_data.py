@@ -105,6 +105,19 @@ def test_data_given_as_dot_is_named_by_its_folder(digits_folder, monkeypatch):
     assert d.name == digits_folder.name and len(d) == 24 and d.ids[0].startswith("0/")
 
 
+def test_digits_beside_a_folder_named_digits_stops_in_one_line(digits_folder, tmp_path, monkeypatch):
+    """`fne fit digits` run where a folder ./digits holds the user's images fitted scikit-learn's
+    bundled 1,797 digits in its place, while metrics.json recorded the folder's path as DATA. It now
+    stops, naming the folder; ./digits reads the folder, and elsewhere `digits` is the bundled set."""
+    shutil.copytree(digits_folder, tmp_path / "digits")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"bundled digits, and .*digits is here too; give \./digits"):
+        load_dataset("digits")
+    assert len(load_dataset("./digits")) == 24
+    monkeypatch.chdir(digits_folder)
+    assert len(load_dataset("digits")) == 1797
+
+
 def test_a_folder_without_images_says_what_it_holds(tmp_path):
     """iPhone photos (.HEIC) are no image fne reads: a class folder of them stopped with "has no
     images", which reads as an empty folder. The line now says what the folder holds instead."""

@@ -62,6 +62,10 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if not spec_s.strip():  # an unset shell variable: not the current folder
         raise DataError(f"DATA {spec_s!r} is empty ({_FORMS})")
     if spec_s == "digits":
+        if os.path.lexists(spec_s):  # the bundled set would silently stand in for the user's folder
+            raise DataError(f"DATA 'digits' names scikit-learn's bundled digits, and {os.path.abspath(spec_s)} "
+                            f"is here too; give ./digits (or its full path) for that, or run from another "
+                            f"folder for the bundled set")
         return _digits()
     if spec_s.startswith("hf:"):
         return _hf(spec_s, label_key, cache)
