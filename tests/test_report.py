@@ -826,3 +826,53 @@ def test_a_corrupt_confusion_is_named_and_left_out_of_the_figures(tmp_path, bad)
         assert len(named) == (2 if runs == "both" else 1)
         assert r["datasets"][0]["rows"][0]["confusion"] == pooled
         assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_runs_written_before_solver_and_options_were_recorded_pool_with_runs_of_their_setting(tmp_path):
+    """A fit run written before metrics.json had "solver" (scikit-learn was fit's one solver) or
+    "options" (features / head / C as asked) was a row of its own beside today's runs of that
+    setting ("fne+svm" and "fne+svm (solver=sklearn)"; each seed of C = auto a row of its C). They
+    pool; what cannot be known (the torch solver's arithmetic, the labels of a Parquet run that may
+    have had --label-key) stays apart and says so."""
+    root = tmp_path / "runs"
+    old = "2026-11-27T10:00:00+00:00"  # before --solver, --label-key and options
+    write_run(root, "old", fake_metrics("fne+svm", 0.80, 0.01, 0.8, 0.01, seed=0, C=1.0, date=old))
+    write_run(root, "new", fake_metrics("fne+svm", 0.82, 0.01, 0.8, 0.01, seed=1, C=1.0, solver="sklearn",
+                                        solver_precision=None, options={"C": "1.0", "label_key": None}))
+    write_run(root, "torch-old", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, seed=0, C=1.0, solver="torch",
+                                              date="2026-11-28T09:00:00+00:00"))
+    write_run(root, "torch-new", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, seed=1, C=1.0, solver="torch",
+                                              solver_precision="float32", options={"C": "1.0"}))
+    for seed, (chose, date) in enumerate(((0.1, old), ([1.0, 10.0], None))):  # C = auto, each seed its own C
+        opts = {"date": date} if date else {"options": {"C": "auto"}, "solver": "sklearn"}
+        write_run(root, f"cauto{seed}", fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=seed, C=chose, **opts,
+                                                     selection={"per_split": []}))
+    for seed, feat in enumerate(("fc7", "fne")):  # --features auto: its pick is in "features"
+        opts = {"date": old} if seed == 0 else {"options": {"features": "auto"}, "solver": "sklearn"}
+        write_run(root, f"fauto{seed}", fake_metrics("auto+svm", 0.5, 0.01, 0.5, 0.01, seed=seed, C=1.0, features=feat,
+                                                     layers=[feat], embedding=feat, **opts,
+                                                     selection={"per_split": [{"candidates": [{"grid": {"1": 0.5}}]}]}))
+    r = report([root], tmp_path / "rep", figures=False)
+    rows = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
+    assert set(rows) == {"fne+svm (solver=sklearn) (2 runs)", "fne+svm (solver=torch, solver_precision=not recorded)",
+                         "fne+svm (solver=torch, solver_precision=float32)", "fc7+svm (2 runs)", "auto+svm (2 runs)"}
+    by = {row["label"]: row for row in r["datasets"][0]["rows"]}
+    assert by["fne+svm (solver=sklearn)"]["seeds"] == [0, 1]
+    assert by["fc7+svm"]["settings"]["C"] == "auto" and by["auto+svm"]["settings"]["features"] == "auto"
+    assert by["auto+svm"]["settings"]["C"] == 1.0  # one C validated: C was given, not auto
+
+    # a Parquet run of 28 Nov, after --label-key came and before options recorded it, beside runs that
+    # record label keys: which labels it classified is unknown, so it is not ranked with either
+    pq = tmp_path / "pq"
+    for name, extra in (("old", {"date": "2026-11-28T12:00:00+00:00"}), ("species", {"options": {"label_key": "species"}}),
+                        ("plain", {"options": {"label_key": None}})):
+        write_run(pq, name, fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet", **extra))
+    ds = report([pq], tmp_path / "rep2", figures=False)["datasets"]
+    assert [d["dataset"] for d in ds] == ["pets (/d/t.parquet)", "pets (/d/t.parquet, label_key not recorded)",
+                                          "pets (/d/t.parquet, label_key=species)"]
+    # the same run dated before --label-key existed: the DATA's own labels
+    (pq / "old" / "metrics.json").write_text(json.dumps(fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet",
+                                                                     date=old)))
+    ds = report([pq], tmp_path / "rep3", figures=False)["datasets"]
+    assert [(d["dataset"], d["rows"][0]["runs"]) for d in ds] == [("pets (/d/t.parquet)", 2),
+                                                                 ("pets (/d/t.parquet, label_key=species)", 1)]

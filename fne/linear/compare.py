@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -165,13 +166,35 @@ def run_task(m: dict) -> str | None:
 def run_tasks(ms: list[dict]) -> list[str | None]:
     """`run_task` of each run's metrics; a run written before runs recorded `data_resolved` (29 Nov
     2026) is taken for the DATA that runs given the same DATA resolved it to, where they all agree:
-    yesterday's and today's runs of `fne fit flowers12` are one task, not two."""
+    yesterday's and today's runs of `fne fit flowers12` are one task, not two. A run that records
+    no options (written before 29 Nov 2026 04:09 UTC) but may have been given `--label-key` (which
+    came on 28 Nov 07:15) is a task of its own ("label_key not recorded") where other runs of its
+    DATA record a label key: which labels it classified cannot be known."""
     resolved: dict[str, set] = {}
     for m in ms:
         if m.get("data_resolved"):
             resolved.setdefault(str(m.get("data")), set()).add(m["data_resolved"])
-    return [run_task(m) if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
-            run_task({**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))}) for m in ms]
+    ms = [m if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
+          {**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))} for m in ms]
+    keyed = {run_data(m) for m in ms if isinstance(m.get("options"), dict) and m["options"].get("label_key") is not None}
+    return [f"{run_data(m)}, label_key {NOT_RECORDED}" if run_data(m) in keyed and not _label_key_known(m)
+            else run_task(m) for m in ms]
+
+
+LABEL_KEY_SINCE = datetime(2026, 11, 28, 7, 15, 18, tzinfo=UTC)  # --label-key's first commit
+NOT_RECORDED = "not recorded"
+
+
+def _label_key_known(m: dict) -> bool:
+    """Whether a run's metrics tell which --label-key it was given: they record its options, or it
+    ran before the option existed (its date, UTC as fne writes it)."""
+    if isinstance(m.get("options"), dict):
+        return True
+    try:
+        date = datetime.fromisoformat(str(m.get("date")))
+    except ValueError:
+        return False
+    return (date if date.tzinfo else date.replace(tzinfo=UTC)) < LABEL_KEY_SINCE
 
 
 def _same_splits(m1: dict, m2: dict) -> bool:

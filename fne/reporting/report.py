@@ -53,6 +53,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
+from fne.reporting.settings import name_variants, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
@@ -154,77 +155,6 @@ def backbone_label(m: dict) -> str:
     if is_scratch(m):
         return f"{m.get('arch', '?')} (random init)"
     return f"{m.get('arch', '?')} ({m.get('weights', '?')})"
-
-
-# What a run's setting is, besides its method and backbone: runs that agree on all of these
-# (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
-# Each can change the numbers: fit's solver (sklearn or torch) and the torch solver's arithmetic,
-# the rows' preprocessing, precision and storage; train's settings; either's split protocol (the
-# number of splits, test_size, train_per_class). Left out, as they do not: device, workers,
-# progress, threads, batch sizes of extraction, stream_chunk, deterministic, and decode (a
-# store's rows are keyed by image content, not by the decoder that computed them).
-SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "solver", "solver_precision", "preprocess", "crop",
-                "precision", "storage_dtype", "split_protocol", "n_images", "new_layers", "train_bn", "image_size",
-                "augment", "augment_on", "epochs", "lr", "imported_lr", "momentum", "weight_decay", "scheduler",
-                "batch_size", "val_fraction", "direct_score", "class_map")
-# fit's choices by cross-validation (--features / --head / --C auto): each seed's pick is an outcome,
-# the setting is "auto"; the keys its pick fills in
-AUTO_KEYS = {"features": ("features", "layers", "embedding"), "head": ("head",), "C": ("C",)}
-SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dtype": "storage"}
-
-
-def settings(run: dict) -> dict:
-    """The setting of a run: SETTING_KEYS found in metrics.json (another `--label-key` is another
-    task: `dataset_keys` puts it in a section of its own); a setting asked as "auto" (fit's
-    cross-validated choice) as "auto", not each seed's pick; C as asked for (fne run's step records
-    it, and metrics.json's options: with C = auto, metrics.json's C is the one each split's
-    validation chose)."""
-    m = run["metrics"]
-    out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
-    given = m.get("options") if isinstance(m.get("options"), dict) else {}
-    config = run["step"].get("config")  # not a dict: a damaged step.json, whose C is not read
-    asked = {**given, **({"C": config["C"]} if isinstance(config, dict) and config.get("C") is not None else {})}
-    for option, keys in AUTO_KEYS.items():
-        if asked.get(option) == "auto":
-            out = {k: v for k, v in out.items() if k not in keys} | {option: "auto"}
-    if asked.get("C") not in (None, "auto"):
-        out["C"] = _number(asked["C"])
-    return out
-
-
-def _number(v):
-    """C as given ("1.0", 1) and as used (1.0): one value."""
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
-
-
-def _setting_str(k: str, v) -> str:
-    if isinstance(v, str):
-        try:
-            v = float(v)  # C = "1.0" (asked) and 1.0 (used) read the same
-        except ValueError:
-            return f"{SETTING_NAMES.get(k, k)}={v}"
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return f"{SETTING_NAMES.get(k, k)}={v:g}"
-    return f"{SETTING_NAMES.get(k, k)}={json.dumps(v, default=str)}"
-
-
-def _name_variants(rows: list[dict]) -> None:
-    """Rows of the same method and backbone: their label shows the settings that tell them apart
-    (those a row records: fit's solver_precision, say, is the torch solver's alone)."""
-    same: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        same[(r["method"], r["backbone"])].append(r)
-    for group in same.values():
-        if len(group) < 2:
-            continue
-        full = [{**r["settings"], "weights": r["weights_fingerprint"]} for r in group]
-        keys = sorted({k for s in full for k in s})
-        differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in full}) > 1]
-        for r, s in zip(group, full, strict=True):
-            r["variant"] = ", ".join(_setting_str(k, s[k]) for k in differ if s.get(k) is not None)
 
 
 def extraction(run: dict) -> tuple[float | None, bool]:
@@ -363,7 +293,7 @@ def tabulate(collected: dict) -> list[dict]:
     out = []
     for key in sorted(groups):
         rows = [_row(rs) for rs in groups[key].values()]
-        _name_variants(rows)
+        name_variants(rows)
         rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
                                  r["method"]))
         best = {}
