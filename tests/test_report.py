@@ -876,3 +876,27 @@ def test_runs_written_before_solver_and_options_were_recorded_pool_with_runs_of_
     ds = report([pq], tmp_path / "rep3", figures=False)["datasets"]
     assert [(d["dataset"], d["rows"][0]["runs"]) for d in ds] == [("pets (/d/t.parquet)", 2),
                                                                  ("pets (/d/t.parquet, label_key=species)", 1)]
+
+
+def test_advice_goes_to_the_section_of_the_labels_it_was_computed_for(tmp_path):
+    """`fne advise t.parquet --label-key species` was shown under both label-key sections of the file
+    (it matched by DATA alone); now it goes to the species section, saying so, and advice that does
+    not record its labels (written before advise recorded them) is shown in each, saying that."""
+    root = tmp_path / "runs"
+    for key in ("species", "breed"):
+        write_run(root, key, fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet",
+                                          options={"label_key": key}))
+    advice = {"kind": "advice", "recommendation": "finetune", "text": "Fine-tune.", "families": ["fine-tuning"],
+              "dataset": "pets", "data": "/d/t.parquet", "arch": "vgg16", "weights": "imagenet", "reasons": [],
+              "images_per_class": 500.0, "similarity": {"judged": False}}
+    (root / "advice.json").write_text(json.dumps({**advice, "label_key": "species"}))
+    ds = report([root], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [a.get("labels") for a in d["advice"]]) for d in ds] == [
+        ("pets (/d/t.parquet, label_key=breed)", []), ("pets (/d/t.parquet, label_key=species)", ["label_key=species"])]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("Advice (`fne advise`") == 1 and "- computed for the labels: label_key=species" in md
+    (root / "advice.json").write_text(json.dumps(advice))  # an advice.json of before: its labels unknown
+    ds = report([root], tmp_path / "rep", figures=False)["datasets"]
+    assert [len(d["advice"]) for d in ds] == [1, 1]
+    assert all(d["advice"][0]["labels"].startswith("not recorded") for d in ds)
+    assert "computed for the labels: not recorded" in (tmp_path / "rep" / "report.html").read_text()

@@ -348,11 +348,14 @@ def advise(data, store=None, **options) -> dict:
     -------
     dict
         The recommendation, its reasons and commands, the training images per class and the
-        similarity measured (or why it was not judged), and the thresholds used.
+        similarity measured (or why it was not judged), and the thresholds used; DATA as given and
+        resolved, and its ``label_key`` (which labels the advice is for: `fne report` shows it in
+        that labels' section).
     """
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
     from fne.data.datasets import load_dataset
+    from fne.metrics import data_identity
     from fne.options import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
@@ -388,6 +391,8 @@ def advise(data, store=None, **options) -> dict:
         "kind": "advice",
         "dataset": dataset.name,
         "data": data_s,
+        "data_resolved": data_identity(data_s) if not isinstance(data, Dataset) else data_s,
+        "label_key": data_o.label_key,  # which labels of DATA: `fne report` shows it in that section
         "arch": arch,
         "weights": weights,
         "recommendation": d["recommendation"],

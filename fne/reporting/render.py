@@ -272,6 +272,7 @@ def _winner_lines(ds: dict) -> list[str]:
         L.append(f"Advice (`fne advise`, {md_text(a.get('arch'))} {md_text(a.get('weights'))}): "
                  f"**{md_text(a['recommendation'])}**: {md_text(a.get('text', ''))}")
         L += [f"- {md_text(r)}" for r in a.get("reasons", [])]
+        L += [f"- computed for the labels: {md_text(a['labels'])}"] if a.get("labels") else []
         L.append(f"- measured: {_num(a.get('images_per_class'))} training images per class; similarity "
                  + (f"max-softmax {sim.get('max_softmax_mean', float('nan')):.2f}, normalised entropy "
                     f"{sim.get('entropy_norm_mean', float('nan')):.2f} on {sim.get('sample')} images"
@@ -385,6 +386,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append(f"<p><b>Advice</b> (fne advise, {_e(a.get('arch'))} {_e(a.get('weights'))}): "
                      f"<b>{_e(a['recommendation'])}</b>: {_e(a.get('text', ''))}</p><ul>")
             H += [f"<li>{_e(r)}</li>" for r in a.get("reasons", [])]
+            H += [f"<li class='labels'>computed for the labels: {_e(a['labels'])}</li>"] if a.get("labels") else []
             H.append("</ul>")
             if sim.get("judged"):
                 H.append(f"<p><small>max-softmax {sim.get('max_softmax_mean', 0):.2f}, normalised entropy "

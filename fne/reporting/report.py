@@ -276,9 +276,34 @@ def _references(key: str, runs: list[dict], published: dict[str, dict], advice: 
     lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
     names = {str(r["metrics"].get("dataset")) for r in runs}
     data = {str(compare.run_data(r["metrics"])) for r in runs}
+    keys = {_label_key(r["metrics"]) for r in runs}
     return (published.get(lookup) or {}) if lookup else {}, [
-        a for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
-            not a.get("dataset_key") and a.get("dataset") in names and (key == base or data_identity(a.get("data")) in data))]
+        _labels(a, keys) for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
+            not a.get("dataset_key") and a.get("dataset") in names and _label_key(a) in keys | {UNKNOWN}
+            and (key == base or (a.get("data_resolved") or data_identity(a.get("data"))) in data))]
+
+
+UNKNOWN = object()  # a label key that a run or advice does not record (written before fne recorded it)
+
+
+def _label_key(d: dict):
+    """The `--label-key` a run (its metrics.json's options) or advice.json was given; UNKNOWN where
+    it does not record it."""
+    if d.get("kind") == "advice":
+        return d["label_key"] if "label_key" in d else UNKNOWN
+    options = d.get("options")
+    return options.get("label_key") if isinstance(options, dict) else UNKNOWN
+
+
+def _labels(a: dict, keys: set) -> dict:
+    """Advice as its section shows it: "labels", which labels of DATA it was computed for where
+    runs of the section were given --label-key, or that it does not record them."""
+    if not keys - {None, UNKNOWN}:
+        return a
+    known = _label_key(a)
+    return {**a, "labels": f"label_key={known}" if known is not UNKNOWN and known is not None else
+            "DATA's own labels (no --label-key)" if known is None else
+            "not recorded (advice.json written before fne advise recorded --label-key): it may be of other labels"}
 
 
 def tabulate(collected: dict) -> list[dict]:
