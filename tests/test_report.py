@@ -625,9 +625,14 @@ def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):
     note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7), "
             "so wide by construction, not by a fault; use --splits 5 or more")
     assert md.count(note) == 1 and html.count(note) == 1 and table_text([ds]).count(note) == 1
+    saved = json.loads((tmp_path / "two" / "rep" / "report.json").read_text())["datasets"][0]  # for scripts too
+    assert saved["few_splits_note"].startswith(note)
+    tex = (tmp_path / "two" / "rep" / "report.tex").read_text()
+    assert "Note: 2 splits (fne+svm, fc7+svm): the 95\\% interval is the corrected t with 1 degree of freedom" in tex
     five = {"a": run("fne+svm", [0.6, 0.8, 0.7, 0.75, 0.65]), "b": run("fc7+svm", [0.5, 0.7, 0.6, 0.6, 0.55])}
     ds, md, html = _verdict_report(tmp_path / "five", five)
-    assert "degree of freedom" not in md + html + table_text([ds])
+    assert "degree of freedom" not in md + html + table_text([ds]) + (tmp_path / "five" / "rep" / "report.tex").read_text()
+    assert json.loads((tmp_path / "five" / "rep" / "report.json").read_text())["datasets"][0]["few_splits_note"] is None
 
 
 def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):

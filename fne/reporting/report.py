@@ -41,7 +41,13 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.intervals import confusion_matrix, finite, pooled_intervals, recorded_intervals
+from fne.reporting.intervals import (
+    confusion_matrix,
+    few_splits_note,
+    finite,
+    pooled_intervals,
+    recorded_intervals,
+)
 from fne.reporting.render import (
     confused_pairs,
     interval_sentence,
@@ -465,6 +471,7 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
         w = ds["winner"] or {}  # the lists report.md shows under the winner
         out.append({**{k: v for k, v in ds.items() if k not in ("rows", "winner")}, "rows": rows,
                     "winner": w.get("method"), "interval_note": interval_sentence(ds["rows"]),
+                    "few_splits_note": few_splits_note(ds["rows"], [r["label"] for r in ds["rows"]]),
                     "winner_confused_pairs": confused_pairs(w.get("confusion"), w.get("classes")) if w else [],
                     "winner_worst_classes": worst_classes(w.get("confusion"), w.get("classes")) if w else []})
     return out

@@ -104,7 +104,8 @@ def latex_tables(datasets: list[dict]) -> str:
     Returns
     -------
     str
-        One `table` environment per dataset, for `\\input{}` in a document loading booktabs.
+        One `table` environment per dataset, for `\\input{}` in a document loading booktabs; under
+        its tabular, report.json's notes on 2-split intervals and on rows scored on other test images.
     """
     cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
     out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
@@ -119,5 +120,8 @@ def latex_tables(datasets: list[dict]) -> str:
             vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
             runs = f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""
             out.append(" & ".join([_tex(r["label"] + runs), *vals, _tex(r.get("n_splits") or "—")]) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        out += ["\\bottomrule", "\\end{tabular}"]
+        out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"),
+                                                                             ds.get("protocol_note")) if n]
+        out += ["\\end{table}", ""]
     return "\n".join(out)
