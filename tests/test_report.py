@@ -905,3 +905,31 @@ def test_advice_goes_to_the_section_of_the_labels_it_was_computed_for(tmp_path):
     assert [len(d["advice"]) for d in ds] == [1, 1]
     assert all(d["advice"][0]["labels"].startswith("not recorded") for d in ds)
     assert "computed for the labels: not recorded" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_rows_of_other_seeds_on_a_predefined_split_pair_seed_with_seed_and_say_which(tmp_path):
+    """fne+svm of seeds 0 and 1 against fc7+svm of seed 1, on one predefined split: McNemar's test
+    paired fne+svm's seed 0 with fc7+svm's seed 1 (the first run found) and said "seed 0", leaving
+    out the run of seed 1 that shares fc7+svm's seed. Now the same seed pairs first; where no seed
+    is shared, the runs of other seeds are paired on the predefined split's test images (the same
+    whatever the seed), and the sentence names each row's seed."""
+    def run(method, seed, correct):
+        split = {**_splits([correct.count("1") / 10])[0], "test_hash": "P", "correct": correct}
+        return fake_metrics(method, correct.count("1") / 10, 0.0, 0.9, 0.0, seed=seed, n_splits=1, splits=[split],
+                            split_protocol="predefined")
+
+    runs = {"f0": run("fne+svm", 0, "1111111111"), "f1": run("fne+svm", 1, "1111111100"),
+            "l1": run("fc7+svm", 1, "1111100001")}
+    ds, _, _ = _verdict_report(tmp_path / "shared", runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 1]
+    assert ds["winner_test"] == (
+        "no clear winner: fne+svm vs fc7+svm (McNemar exact test, two-sided p = 0.625 ≥ α = 0.05; difference +20.0 "
+        "points over 10 test images both rows were scored on (seed 1; left out, having no partner in the other row: "
+        "seed 0 of fne+svm), 3 vs 1 classified right by only one of them)")
+    runs["l1"]["seed"] = 2
+    ds, _, _ = _verdict_report(tmp_path / "apart", runs)
+    assert ds["winner_test"] == (
+        "no clear winner: fne+svm vs fc7+svm (McNemar exact test, two-sided p = 0.125 ≥ α = 0.05; difference +40.0 "
+        "points over 10 test images both rows were scored on (seed 0 of fne+svm with seed 2 of fc7+svm: a predefined "
+        "split, the same test images whatever the seed; left out, having no partner in the other row: seed 1 of "
+        "fne+svm), 4 vs 0 classified right by only one of them)")
