@@ -50,6 +50,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.errors import FneError
+from fne.metrics import data_identity
 from fne.options import (
     AdviseOptions,
     DataOptions,
@@ -348,14 +349,12 @@ def advise(data, store=None, **options) -> dict:
     -------
     dict
         The recommendation, its reasons and commands, the training images per class and the
-        similarity measured (or why it was not judged), and the thresholds used; DATA as given and
-        resolved, and its ``label_key`` (which labels the advice is for: `fne report` shows it in
-        that labels' section).
+        similarity measured (or why it was not judged), and the thresholds used; DATA (as given
+        and resolved) and its ``label_key``: the section of `fne report` the advice goes to.
     """
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
     from fne.data.datasets import load_dataset
-    from fne.metrics import data_identity
     from fne.options import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})

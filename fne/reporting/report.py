@@ -371,9 +371,9 @@ def protocol_note(rows: list[dict]) -> str | None:
     """A sentence where the rows were not scored on the same test images (other split protocols,
     other seeds of random splits); None where they all were."""
     groups: dict[str, dict[str, list[str]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
-    for r in rows:
-        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(r["method"])
-        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(r["method"])
+    for r in rows:  # each row by its name: rows of one method that differ in a setting are told apart
+        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(compare.row_name(r))
+        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(compare.row_name(r))
     predefined = all(k.startswith("predefined") for k in groups["splits"])  # seeds do not move its split
     parts = [f"{what} " + "; ".join(f"{k} ({', '.join(dict.fromkeys(ms))})" for k, ms in g.items())
              for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
