@@ -682,6 +682,11 @@ def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, split_protocol="predefined", seed=0, splits=_splits([0.9])),
         "b": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, split_protocol="predefined", seed=1, splits=_splits([0.8]))})
     assert ds["protocol_note"] is None and "not all scored" not in md
+    # rows of one method named by their labels (it read "seeds 0, 1 (fc7+svm); 2 (fc7+svm)")
+    ds, _, _ = _verdict_report(tmp_path / "C", {
+        **{f"a{seed}": fake_metrics("fc7+svm", 0.9, 0.01, 0.9, 0.01, seed=seed, C=0.5) for seed in (0, 1)},
+        "b": fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, seed=2, C=1.0)})
+    assert "seeds 0, 1 (fc7+svm (C=0.5)); 2 (fc7+svm (C=1))" in ds["protocol_note"]
 
 
 WILSON = {"low": 0.8, "high": 0.95, "level": 0.95, "method": "Wilson score interval over 10 test images"}
