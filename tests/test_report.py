@@ -513,6 +513,8 @@ def test_a_winner_is_named_only_beyond_noise(tmp_path):
     assert "difference +6.2 points over 5 splits" in md  # points to one decimal, as the table's accuracies
     assert "the measured winner fne+svm (feature-extraction) does not match the advice" in md
     assert "class='nomatch'" in html
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())["datasets"][0]
+    assert saved["winner"] == saved["highest"] == "fne+svm"
 
 
 def test_tie_and_single_method_name_no_winner(tmp_path):
@@ -524,6 +526,8 @@ def test_tie_and_single_method_name_no_winner(tmp_path):
     assert "  Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy" in table_text([ds])  # fne run's console
     assert "Measured winner" not in md and "Measured winner" not in html
     assert "neither confirm nor contradict the advice" in md
+    saved = json.loads((tmp_path / "tie" / "rep" / "report.json").read_text())["datasets"][0]  # it said "winner": "fne+svm"
+    assert (saved["winner"], saved["highest"]) == (None, "fne+svm")
     # rows of one method that differ in a setting: named by it (was "fne+svm, fne+svm tie")
     ds, md, _ = _verdict_report(tmp_path / "C", {
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, C=1.0, splits=_splits([0.9])),

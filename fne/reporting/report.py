@@ -468,9 +468,11 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
     out = []
     for ds in datasets:
         rows = [{k: v for k, v in r.items() if k not in ("confusion",)} for r in ds["rows"]]
-        w = ds["winner"] or {}  # the lists report.md shows under the winner
+        w = ds["winner"] or {}  # the highest ranked row: the lists report.md shows under it
+        named = ds["verdict"]["kind"] in ("clear", "untested")  # report.md's "Measured winner"; not a tie, say
         out.append({**{k: v for k, v in ds.items() if k not in ("rows", "winner")}, "rows": rows,
-                    "winner": w.get("method"), "interval_note": interval_sentence(ds["rows"]),
+                    "winner": w.get("label") if named else None, "highest": w.get("label"),
+                    "interval_note": interval_sentence(ds["rows"]),
                     "few_splits_note": few_splits_note(ds["rows"], [r["label"] for r in ds["rows"]]),
                     "winner_confused_pairs": confused_pairs(w.get("confusion"), w.get("classes")) if w else [],
                     "winner_worst_classes": worst_classes(w.get("confusion"), w.get("classes")) if w else []})
