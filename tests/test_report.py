@@ -942,3 +942,16 @@ def test_rows_of_other_seeds_on_a_predefined_split_pair_seed_with_seed_and_say_w
         "points over 10 test images both rows were scored on (seed 0 of fne+svm with seed 2 of fc7+svm: a predefined "
         "split, the same test images whatever the seed; left out, having no partner in the other row: seed 1 of "
         "fne+svm), 4 vs 0 classified right by only one of them)")
+
+
+def test_a_row_pooled_over_seeds_says_what_each_seed_chose(tmp_path):
+    """Seeds of --features auto that chose differently were one row named by the first run's choice
+    ("fne+auto (auto chose fne+svm, C 1) (2 runs)"); it names each seed's. One choice reads once."""
+    def run(seed, features, C):
+        return fake_metrics("auto+svm", 0.8, 0.01, 0.8, 0.01, seed=seed, options={"features": "auto"},
+                            selection={"choice": {"features": features, "head": "svm", "C": C}})
+
+    ds, md, _ = _verdict_report(tmp_path / "two", {"a": run(0, "fne", 1.0), "b": run(1, "fc7", 10.0)})
+    assert [r["label"] for r in ds["rows"]] == ["auto+svm (auto chose, by seed: 0: fne+svm, C 1; 1: fc7+svm, C 10)"]
+    ds, md, _ = _verdict_report(tmp_path / "one", {"a": run(0, "fne", 1.0), "b": run(1, "fne", 1.0)})
+    assert [r["label"] for r in ds["rows"]] == ["auto+svm (auto chose fne+svm, C 1)"]

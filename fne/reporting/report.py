@@ -220,7 +220,7 @@ def _row(runs: list[dict]) -> dict:
         "classes": m0.get("classes"),
         # direct mode scores only the classes its class map covers: say so beside the method
         "note": (f"{len(m0.get('classes') or [])} mapped classes; {m0['n_excluded']} test images of "
-                 f"unmapped classes left out" if m0.get("n_excluded") else compare.choice_note(m0)),
+                 f"unmapped classes left out" if m0.get("n_excluded") else _choices(ms)),
     }
     if len(ms) == 1:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
@@ -249,6 +249,16 @@ def _row(runs: list[dict]) -> dict:
                         if conf and all(c.shape == conf[0].shape for c in conf) else None)
     row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = pooled_intervals(runs, splits)
     return row
+
+
+def _choices(ms: list[dict]) -> str | None:
+    """What fit's auto selection chose (`compare.choice_note`): one choice, or where the runs of a
+    pooled row chose differently, each seed's (the first run's alone read as the row's)."""
+    notes = [compare.choice_note(m) for m in ms]
+    if len(set(notes)) == 1:
+        return notes[0]
+    return "auto chose, by seed: " + "; ".join(f"{m.get('seed', '?')}: {(n or 'nothing').removeprefix('auto chose ')}"
+                                               for m, n in zip(ms, notes, strict=True))
 
 
 def published_for(pipelines: list[dict]) -> dict[str, dict]:
