@@ -528,6 +528,9 @@ def test_tie_and_single_method_name_no_winner(tmp_path):
     assert "neither confirm nor contradict the advice" in md
     saved = json.loads((tmp_path / "tie" / "rep" / "report.json").read_text())["datasets"][0]  # it said "winner": "fne+svm"
     assert (saved["winner"], saved["highest"]) == (None, "fne+svm")
+    # the lists under a tie name whose they are (it read "Classes it confuses most" after two names)
+    assert "Classes fne+svm (first of the tied rows) confuses most" in md and "Classes it" not in md
+    assert "Classes fne+svm (first of the tied rows) recognises worst" in html
     # rows of one method that differ in a setting: named by it (was "fne+svm, fne+svm tie")
     ds, md, _ = _verdict_report(tmp_path / "C", {
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, C=1.0, splits=_splits([0.9])),
