@@ -958,3 +958,23 @@ def test_a_row_pooled_over_seeds_says_what_each_seed_chose(tmp_path):
     assert [r["label"] for r in ds["rows"]] == ["auto+svm (auto chose, by seed: 0: fne+svm, C 1; 1: fc7+svm, C 10)"]
     ds, md, _ = _verdict_report(tmp_path / "one", {"a": run(0, "fne", 1.0), "b": run(1, "fne", 1.0)})
     assert [r["label"] for r in ds["rows"]] == ["auto+svm (auto chose fne+svm, C 1)"]
+
+
+def test_the_time_figure_draws_a_fit_on_cached_rows_apart_from_one_that_extracted(tmp_path, monkeypatch):
+    """Two fits of one setting, one extracting its rows (40 s), the other reading them cached: the
+    time figure drew both as "linear head" points, the second 40 s faster, as if it were the quicker
+    method. A fit that paid no extraction here is drawn hollow and named so in the legend."""
+    from matplotlib.axes import Axes
+
+    from fne.reporting.figures import fig_time
+
+    drawn = []
+    real = Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda ax, x, y, **kw: drawn.append((kw["label"], list(x))) or real(ax, x, y, **kw))
+    ds, _, _ = _verdict_report(tmp_path, {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seconds=2.0, extract=40.0, C=1.0),
+        "b": fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, seconds=2.0, extract=None, rows="cached", C=0.5),
+        "t": fake_metrics("train:frozen", 0.7, 0.0, 0.7, 0.0, kind="train", seconds=100.0, splits=_splits([0.7]))})
+    assert fig_time(ds)
+    assert sorted(drawn) == [("linear head, fit alone (rows cached or not timed)", [2.0]),
+                             ("linear head, with the extraction of its rows", [42.0]), ("network training", [100.0])]
