@@ -629,8 +629,9 @@ def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):
     two = {"a": run("fne+svm", [0.6, 0.8]), "b": run("fc7+svm", [0.5, 0.7])}
     ds, md, html = _verdict_report(tmp_path / "two", two)
     assert md_rows(md, "pets")["fne+svm"][1] == "0.0–100.0"  # as recorded
-    note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7), "
-            "so wide by construction, not by a fault; use --splits 5 or more")
+    note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7, "
+            "against 2.8 over 5 splits), so wide by construction wherever the two splits differ, not by a fault; use "
+            "--splits 5 or more")
     assert md.count(note) == 1 and html.count(note) == 1 and table_text([ds]).count(note) == 1
     saved = json.loads((tmp_path / "two" / "rep" / "report.json").read_text())["datasets"][0]  # for scripts too
     assert saved["few_splits_note"].startswith(note)
