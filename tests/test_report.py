@@ -918,6 +918,11 @@ def test_advice_goes_to_the_section_of_the_labels_it_was_computed_for(tmp_path):
     assert [len(d["advice"]) for d in ds] == [1, 1]
     assert all(d["advice"][0]["labels"].startswith("not recorded") for d in ds)
     assert "computed for the labels: not recorded" in (tmp_path / "rep" / "report.html").read_text()
+    # advice of today beside runs that do not record their labels (written before options): shown
+    old = tmp_path / "old"
+    write_run(old, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet"))
+    (old / "advice.json").write_text(json.dumps({**advice, "label_key": None}))
+    assert [len(d["advice"]) for d in report([old], tmp_path / "rep-old", figures=False)["datasets"]] == [1]
 
 
 def test_rows_of_other_seeds_on_a_predefined_split_pair_seed_with_seed_and_say_which(tmp_path):

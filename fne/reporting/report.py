@@ -295,7 +295,7 @@ def _references(key: str, runs: list[dict], published: dict[str, dict], advice: 
     keys = {_label_key(r["metrics"]) for r in runs}
     return (published.get(lookup) or {}) if lookup else {}, [
         _labels(a, keys) for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
-            not a.get("dataset_key") and a.get("dataset") in names and _label_key(a) in keys | {UNKNOWN}
+            not a.get("dataset_key") and a.get("dataset") in names and _same_labels(_label_key(a), keys)
             and (key == base or (a.get("data_resolved") or data_identity(a.get("data"))) in data))]
 
 
@@ -309,6 +309,12 @@ def _label_key(d: dict):
         return d["label_key"] if "label_key" in d else UNKNOWN
     options = d.get("options")
     return options.get("label_key") if isinstance(options, dict) else UNKNOWN
+
+
+def _same_labels(key, keys: set) -> bool:
+    """Whether advice of label key `key` may be of the labels of runs of label keys `keys` (where
+    either does not record its key, it may)."""
+    return key is UNKNOWN or UNKNOWN in keys or key in keys
 
 
 def _labels(a: dict, keys: set) -> dict:
