@@ -984,3 +984,25 @@ def test_the_time_figure_draws_a_fit_on_cached_rows_apart_from_one_that_extracte
     assert fig_time(ds)
     assert sorted(drawn) == [("linear head, fit alone (rows cached or not timed)", [2.0]),
                              ("linear head, with the extraction of its rows", [42.0]), ("network training", [100.0])]
+
+
+def test_names_with_dollar_signs_are_drawn_as_typed_not_as_mathtext(tmp_path, monkeypatch):
+    """A dataset or class named with two $ made matplotlib read the text between as mathtext: `$x$`
+    drawn as an italic x, and `$\\frac{$` a ValueError from savefig that stopped `fne report` with a
+    traceback. Every name in the figures is drawn as typed."""
+    from matplotlib.text import Text
+
+    drawn = []
+    real = Text._preprocess_math
+    monkeypatch.setattr(Text, "_preprocess_math", lambda self, s: drawn.append(real(self, s)) or real(self, s))
+    classes = ["$1 coin", "$5 \\frac{$ note", "x"]
+    write_run(tmp_path / "runs", "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset="cost $a$ \\frac{$",
+                                                   classes=classes))
+    write_run(tmp_path / "runs", "b", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, dataset="cost $a$ \\frac{$",
+                                                   classes=classes))
+    r = report([tmp_path / "runs"], tmp_path / "rep")  # figures drawn: no ValueError
+    assert {k for k in ("bars", "time", "confusion") if f"-{k}.png" in Path(r["md"]).read_text()} == {"bars", "time",
+                                                                                                       "confusion"}
+    ours = [(text, math) for text, math in drawn if "cost" in text or "$" in text and ("coin" in text or "note" in text)]
+    assert not any(math for _, math in ours)  # (a log axis's tick labels are mathtext of matplotlib's own)
+    assert {"cost $a$ \\frac{$: methods", "$5 \\frac{$ note"} <= {text for text, _ in ours}
