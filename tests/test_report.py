@@ -923,6 +923,9 @@ def test_advice_goes_to_the_section_of_the_labels_it_was_computed_for(tmp_path):
     write_run(old, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet"))
     (old / "advice.json").write_text(json.dumps({**advice, "label_key": None}))
     assert [len(d["advice"]) for d in report([old], tmp_path / "rep-old", figures=False)["datasets"]] == [1]
+    (old / "advice.json").write_text(json.dumps({**advice, "label_key": "species"}))  # and says which labels
+    assert [[a.get("labels") for a in d["advice"]] for d in report([old], tmp_path / "rep-old", figures=False)[
+        "datasets"]] == [["label_key=species"]]
 
 
 def test_rows_of_other_seeds_on_a_predefined_split_pair_seed_with_seed_and_say_which(tmp_path):

@@ -319,10 +319,10 @@ def _same_labels(key, keys: set) -> bool:
 
 def _labels(a: dict, keys: set) -> dict:
     """Advice as its section shows it: "labels", which labels of DATA it was computed for where
-    runs of the section were given --label-key, or that it does not record them."""
-    if not keys - {None, UNKNOWN}:
-        return a
+    it or runs of the section were given --label-key, or that it does not record them."""
     known = _label_key(a)
+    if not keys - {None, UNKNOWN} and (known is None or known is UNKNOWN):
+        return a
     return {**a, "labels": f"label_key={known}" if known is not UNKNOWN and known is not None else
             "DATA's own labels (no --label-key)" if known is None else
             "not recorded (advice.json written before fne advise recorded --label-key): it may be of other labels"}
