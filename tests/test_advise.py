@@ -107,6 +107,7 @@ def test_advise_digits_random_weights_end_to_end(capsys):
     assert a["images_per_class"] == pytest.approx(math.floor(0.75 * 180), abs=2)
     assert a["recommendation"] == "features-linear" and a["size"] == "small"
     assert a["similarity"]["judged"] is False and a["similarity"]["verdict"] is None
+    assert (a["data_resolved"], a["label_key"]) == ("digits", None)  # fne report's section: DATA and its labels
     assert a["thresholds"] == {"large_per_class": A.LARGE_PER_CLASS, "similar_max_softmax": A.SIMILAR_MSP,
                                "borderline_max_softmax": A.MSP_BORDER}
     # each recommended command runs as printed: on the backbone advised on, into a run folder

@@ -513,6 +513,8 @@ def test_a_winner_is_named_only_beyond_noise(tmp_path):
     assert "difference +6.2 points over 5 splits" in md  # points to one decimal, as the table's accuracies
     assert "the measured winner fne+svm (feature-extraction) does not match the advice" in md
     assert "class='nomatch'" in html
+    saved = json.loads((tmp_path / "rep" / "report.json").read_text())["datasets"][0]
+    assert saved["winner"] == saved["highest"] == "fne+svm"
 
 
 def test_tie_and_single_method_name_no_winner(tmp_path):
@@ -524,6 +526,11 @@ def test_tie_and_single_method_name_no_winner(tmp_path):
     assert "  Tie: no winner: fne+svm, last+svm tie at 90.0 % accuracy" in table_text([ds])  # fne run's console
     assert "Measured winner" not in md and "Measured winner" not in html
     assert "neither confirm nor contradict the advice" in md
+    saved = json.loads((tmp_path / "tie" / "rep" / "report.json").read_text())["datasets"][0]  # it said "winner": "fne+svm"
+    assert (saved["winner"], saved["highest"]) == (None, "fne+svm")
+    # the lists under a tie name whose they are (it read "Classes it confuses most" after two names)
+    assert "Classes fne+svm (first of the tied rows) confuses most" in md and "Classes it" not in md
+    assert "Classes fne+svm (first of the tied rows) recognises worst" in html
     # rows of one method that differ in a setting: named by it (was "fne+svm, fne+svm tie")
     ds, md, _ = _verdict_report(tmp_path / "C", {
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, C=1.0, splits=_splits([0.9])),
@@ -622,12 +629,18 @@ def test_an_interval_over_two_splits_says_why_it_is_so_wide(tmp_path):
     two = {"a": run("fne+svm", [0.6, 0.8]), "b": run("fc7+svm", [0.5, 0.7])}
     ds, md, html = _verdict_report(tmp_path / "two", two)
     assert md_rows(md, "pets")["fne+svm"][1] == "0.0–100.0"  # as recorded
-    note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7), "
-            "so wide by construction, not by a fault; use --splits 5 or more")
+    note = ("2 splits (fne+svm, fc7+svm): the 95% interval is the corrected t with 1 degree of freedom (t = 12.7, "
+            "against 2.8 over 5 splits), so wide by construction wherever the two splits differ, not by a fault; use "
+            "--splits 5 or more")
     assert md.count(note) == 1 and html.count(note) == 1 and table_text([ds]).count(note) == 1
+    saved = json.loads((tmp_path / "two" / "rep" / "report.json").read_text())["datasets"][0]  # for scripts too
+    assert saved["few_splits_note"].startswith(note)
+    tex = (tmp_path / "two" / "rep" / "report.tex").read_text()
+    assert "Note: 2 splits (fne+svm, fc7+svm): the 95\\% interval is the corrected t with 1 degree of freedom" in tex
     five = {"a": run("fne+svm", [0.6, 0.8, 0.7, 0.75, 0.65]), "b": run("fc7+svm", [0.5, 0.7, 0.6, 0.6, 0.55])}
     ds, md, html = _verdict_report(tmp_path / "five", five)
-    assert "degree of freedom" not in md + html + table_text([ds])
+    assert "degree of freedom" not in md + html + table_text([ds]) + (tmp_path / "five" / "rep" / "report.tex").read_text()
+    assert json.loads((tmp_path / "five" / "rep" / "report.json").read_text())["datasets"][0]["few_splits_note"] is None
 
 
 def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
@@ -677,6 +690,11 @@ def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, split_protocol="predefined", seed=0, splits=_splits([0.9])),
         "b": fake_metrics("fc7+svm", 0.8, 0.0, 0.8, 0.0, split_protocol="predefined", seed=1, splits=_splits([0.8]))})
     assert ds["protocol_note"] is None and "not all scored" not in md
+    # rows of one method named by their labels (it read "seeds 0, 1 (fc7+svm); 2 (fc7+svm)")
+    ds, _, _ = _verdict_report(tmp_path / "C", {
+        **{f"a{seed}": fake_metrics("fc7+svm", 0.9, 0.01, 0.9, 0.01, seed=seed, C=0.5) for seed in (0, 1)},
+        "b": fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, seed=2, C=1.0)})
+    assert "seeds 0, 1 (fc7+svm (C=0.5)); 2 (fc7+svm (C=1))" in ds["protocol_note"]
 
 
 WILSON = {"low": 0.8, "high": 0.95, "level": 0.95, "method": "Wilson score interval over 10 test images"}
@@ -826,3 +844,168 @@ def test_a_corrupt_confusion_is_named_and_left_out_of_the_figures(tmp_path, bad)
         assert len(named) == (2 if runs == "both" else 1)
         assert r["datasets"][0]["rows"][0]["confusion"] == pooled
         assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_runs_written_before_solver_and_options_were_recorded_pool_with_runs_of_their_setting(tmp_path):
+    """A fit run written before metrics.json had "solver" (scikit-learn was fit's one solver) or
+    "options" (features / head / C as asked) was a row of its own beside today's runs of that
+    setting ("fne+svm" and "fne+svm (solver=sklearn)"; each seed of C = auto a row of its C). They
+    pool; what cannot be known (the torch solver's arithmetic, the labels of a Parquet run that may
+    have had --label-key) stays apart and says so."""
+    root = tmp_path / "runs"
+    old = "2026-11-27T10:00:00+00:00"  # before --solver, --label-key and options
+    write_run(root, "old", fake_metrics("fne+svm", 0.80, 0.01, 0.8, 0.01, seed=0, C=1.0, date=old))
+    write_run(root, "new", fake_metrics("fne+svm", 0.82, 0.01, 0.8, 0.01, seed=1, C=1.0, solver="sklearn",
+                                        solver_precision=None, options={"C": "1.0", "label_key": None}))
+    write_run(root, "torch-old", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, seed=0, C=1.0, solver="torch",
+                                              date="2026-11-28T09:00:00+00:00"))
+    write_run(root, "torch-new", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, seed=1, C=1.0, solver="torch",
+                                              solver_precision="float32", options={"C": "1.0"}))
+    for seed, (chose, date) in enumerate(((0.1, old), ([1.0, 10.0], None))):  # C = auto, each seed its own C
+        opts = {"date": date} if date else {"options": {"C": "auto"}, "solver": "sklearn"}
+        write_run(root, f"cauto{seed}", fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=seed, C=chose, **opts,
+                                                     selection={"per_split": []}))
+    for seed, feat in enumerate(("fc7", "fne")):  # --features auto: its pick is in "features"
+        opts = {"date": old} if seed == 0 else {"options": {"features": "auto"}, "solver": "sklearn"}
+        write_run(root, f"fauto{seed}", fake_metrics("auto+svm", 0.5, 0.01, 0.5, 0.01, seed=seed, C=1.0, features=feat,
+                                                     layers=[feat], embedding=feat, **opts,
+                                                     selection={"per_split": [{"candidates": [{"grid": {"1": 0.5}}]}]}))
+    r = report([root], tmp_path / "rep", figures=False)
+    rows = md_rows((tmp_path / "rep" / "report.md").read_text(), "pets")
+    assert set(rows) == {"fne+svm (solver=sklearn) (2 runs)", "fne+svm (solver=torch, solver_precision=not recorded)",
+                         "fne+svm (solver=torch, solver_precision=float32)", "fc7+svm (2 runs)", "auto+svm (2 runs)"}
+    by = {row["label"]: row for row in r["datasets"][0]["rows"]}
+    assert by["fne+svm (solver=sklearn)"]["seeds"] == [0, 1]
+    assert by["fc7+svm"]["settings"]["C"] == "auto" and by["auto+svm"]["settings"]["features"] == "auto"
+    assert by["auto+svm"]["settings"]["C"] == 1.0  # one C validated: C was given, not auto
+
+    # a Parquet run of 28 Nov, after --label-key came and before options recorded it, beside runs that
+    # record label keys: which labels it classified is unknown, so it is not ranked with either
+    pq = tmp_path / "pq"
+    for name, extra in (("old", {"date": "2026-11-28T12:00:00+00:00"}), ("species", {"options": {"label_key": "species"}}),
+                        ("plain", {"options": {"label_key": None}})):
+        write_run(pq, name, fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet", **extra))
+    ds = report([pq], tmp_path / "rep2", figures=False)["datasets"]
+    assert [d["dataset"] for d in ds] == ["pets (/d/t.parquet)", "pets (/d/t.parquet, label_key not recorded)",
+                                          "pets (/d/t.parquet, label_key=species)"]
+    # the same run dated before --label-key existed: the DATA's own labels
+    (pq / "old" / "metrics.json").write_text(json.dumps(fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet",
+                                                                     date=old)))
+    ds = report([pq], tmp_path / "rep3", figures=False)["datasets"]
+    assert [(d["dataset"], d["rows"][0]["runs"]) for d in ds] == [("pets (/d/t.parquet)", 2),
+                                                                 ("pets (/d/t.parquet, label_key=species)", 1)]
+
+
+def test_advice_goes_to_the_section_of_the_labels_it_was_computed_for(tmp_path):
+    """`fne advise t.parquet --label-key species` was shown under both label-key sections of the file
+    (it matched by DATA alone); now it goes to the species section, saying so, and advice that does
+    not record its labels (written before advise recorded them) is shown in each, saying that."""
+    root = tmp_path / "runs"
+    for key in ("species", "breed"):
+        write_run(root, key, fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet",
+                                          options={"label_key": key}))
+    advice = {"kind": "advice", "recommendation": "finetune", "text": "Fine-tune.", "families": ["fine-tuning"],
+              "dataset": "pets", "data": "/d/t.parquet", "arch": "vgg16", "weights": "imagenet", "reasons": [],
+              "images_per_class": 500.0, "similarity": {"judged": False}}
+    (root / "advice.json").write_text(json.dumps({**advice, "label_key": "species"}))
+    ds = report([root], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], [a.get("labels") for a in d["advice"]]) for d in ds] == [
+        ("pets (/d/t.parquet, label_key=breed)", []), ("pets (/d/t.parquet, label_key=species)", ["label_key=species"])]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count("Advice (`fne advise`") == 1 and "- computed for the labels: label_key=species" in md
+    (root / "advice.json").write_text(json.dumps(advice))  # an advice.json of before: its labels unknown
+    ds = report([root], tmp_path / "rep", figures=False)["datasets"]
+    assert [len(d["advice"]) for d in ds] == [1, 1]
+    assert all(d["advice"][0]["labels"].startswith("not recorded") for d in ds)
+    assert "computed for the labels: not recorded" in (tmp_path / "rep" / "report.html").read_text()
+    # advice of today beside runs that do not record their labels (written before options): shown
+    old = tmp_path / "old"
+    write_run(old, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data="/d/t.parquet"))
+    (old / "advice.json").write_text(json.dumps({**advice, "label_key": None}))
+    assert [len(d["advice"]) for d in report([old], tmp_path / "rep-old", figures=False)["datasets"]] == [1]
+    (old / "advice.json").write_text(json.dumps({**advice, "label_key": "species"}))  # and says which labels
+    assert [[a.get("labels") for a in d["advice"]] for d in report([old], tmp_path / "rep-old", figures=False)[
+        "datasets"]] == [["label_key=species"]]
+
+
+def test_rows_of_other_seeds_on_a_predefined_split_pair_seed_with_seed_and_say_which(tmp_path):
+    """fne+svm of seeds 0 and 1 against fc7+svm of seed 1, on one predefined split: McNemar's test
+    paired fne+svm's seed 0 with fc7+svm's seed 1 (the first run found) and said "seed 0", leaving
+    out the run of seed 1 that shares fc7+svm's seed. Now the same seed pairs first; where no seed
+    is shared, the runs of other seeds are paired on the predefined split's test images (the same
+    whatever the seed), and the sentence names each row's seed."""
+    def run(method, seed, correct):
+        split = {**_splits([correct.count("1") / 10])[0], "test_hash": "P", "correct": correct}
+        return fake_metrics(method, correct.count("1") / 10, 0.0, 0.9, 0.0, seed=seed, n_splits=1, splits=[split],
+                            split_protocol="predefined")
+
+    runs = {"f0": run("fne+svm", 0, "1111111111"), "f1": run("fne+svm", 1, "1111111100"),
+            "l1": run("fc7+svm", 1, "1111100001")}
+    ds, _, _ = _verdict_report(tmp_path / "shared", runs)
+    assert [r["runs"] for r in ds["rows"]] == [2, 1]
+    assert ds["winner_test"] == (
+        "no clear winner: fne+svm vs fc7+svm (McNemar exact test, two-sided p = 0.625 ≥ α = 0.05; difference +20.0 "
+        "points over 10 test images both rows were scored on (seed 1; left out, having no partner in the other row: "
+        "seed 0 of fne+svm), 3 vs 1 classified right by only one of them)")
+    runs["l1"]["seed"] = 2
+    ds, _, _ = _verdict_report(tmp_path / "apart", runs)
+    assert ds["winner_test"] == (
+        "no clear winner: fne+svm vs fc7+svm (McNemar exact test, two-sided p = 0.125 ≥ α = 0.05; difference +40.0 "
+        "points over 10 test images both rows were scored on (seed 0 of fne+svm with seed 2 of fc7+svm: a predefined "
+        "split, the same test images whatever the seed; left out, having no partner in the other row: seed 1 of "
+        "fne+svm), 4 vs 0 classified right by only one of them)")
+
+
+def test_a_row_pooled_over_seeds_says_what_each_seed_chose(tmp_path):
+    """Seeds of --features auto that chose differently were one row named by the first run's choice
+    ("fne+auto (auto chose fne+svm, C 1) (2 runs)"); it names each seed's. One choice reads once."""
+    def run(seed, features, C):
+        return fake_metrics("auto+svm", 0.8, 0.01, 0.8, 0.01, seed=seed, options={"features": "auto"},
+                            selection={"choice": {"features": features, "head": "svm", "C": C}})
+
+    ds, md, _ = _verdict_report(tmp_path / "two", {"a": run(0, "fne", 1.0), "b": run(1, "fc7", 10.0)})
+    assert [r["label"] for r in ds["rows"]] == ["auto+svm (auto chose, by seed: 0: fne+svm, C 1; 1: fc7+svm, C 10)"]
+    ds, md, _ = _verdict_report(tmp_path / "one", {"a": run(0, "fne", 1.0), "b": run(1, "fne", 1.0)})
+    assert [r["label"] for r in ds["rows"]] == ["auto+svm (auto chose fne+svm, C 1)"]
+
+
+def test_the_time_figure_draws_a_fit_on_cached_rows_apart_from_one_that_extracted(tmp_path, monkeypatch):
+    """Two fits of one setting, one extracting its rows (40 s), the other reading them cached: the
+    time figure drew both as "linear head" points, the second 40 s faster, as if it were the quicker
+    method. A fit that paid no extraction here is drawn hollow and named so in the legend."""
+    from matplotlib.axes import Axes
+
+    from fne.reporting.figures import fig_time
+
+    drawn = []
+    real = Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda ax, x, y, **kw: drawn.append((kw["label"], list(x))) or real(ax, x, y, **kw))
+    ds, _, _ = _verdict_report(tmp_path, {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seconds=2.0, extract=40.0, C=1.0),
+        "b": fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, seconds=2.0, extract=None, rows="cached", C=0.5),
+        "t": fake_metrics("train:frozen", 0.7, 0.0, 0.7, 0.0, kind="train", seconds=100.0, splits=_splits([0.7]))})
+    assert fig_time(ds)
+    assert sorted(drawn) == [("linear head, fit alone (rows cached or not timed)", [2.0]),
+                             ("linear head, with the extraction of its rows", [42.0]), ("network training", [100.0])]
+
+
+def test_names_with_dollar_signs_are_drawn_as_typed_not_as_mathtext(tmp_path, monkeypatch):
+    """A dataset or class named with two $ made matplotlib read the text between as mathtext: `$x$`
+    drawn as an italic x, and `$\\frac{$` a ValueError from savefig that stopped `fne report` with a
+    traceback. Every name in the figures is drawn as typed."""
+    from matplotlib.text import Text
+
+    drawn = []
+    real = Text._preprocess_math
+    monkeypatch.setattr(Text, "_preprocess_math", lambda self, s: drawn.append(real(self, s)) or real(self, s))
+    classes = ["$1 coin", "$5 \\frac{$ note", "x"]
+    write_run(tmp_path / "runs", "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, dataset="cost $a$ \\frac{$",
+                                                   classes=classes))
+    write_run(tmp_path / "runs", "b", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, dataset="cost $a$ \\frac{$",
+                                                   classes=classes))
+    r = report([tmp_path / "runs"], tmp_path / "rep")  # figures drawn: no ValueError
+    assert {k for k in ("bars", "time", "confusion") if f"-{k}.png" in Path(r["md"]).read_text()} == {"bars", "time",
+                                                                                                       "confusion"}
+    ours = [(text, math) for text, math in drawn if "cost" in text or "$" in text and ("coin" in text or "note" in text)]
+    assert not any(math for _, math in ours)  # (a log axis's tick labels are mathtext of matplotlib's own)
+    assert {"cost $a$ \\frac{$: methods", "$5 \\frac{$ note"} <= {text for text, _ in ours}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +218,120 @@ def test_the_readme_names_every_column_of_report_csv():
                                                  for e in ("low", "high")}  # "(`_ci_low`, `_ci_high`)"
     named |= {f"{s}_std" for s in ("accuracy", "mean_class_accuracy")} | {"mean_class_accuracy", "settings"}
     assert [c for c in CSV_COLUMNS if c not in named] == []
+
+
+# names with every character LaTeX treats specially, and characters beyond what pdflatex typesets
+ODD = "a_b%c&d#e$f{g}h~i^j\\k é 数字 α≥ <x>|y\n\nz"  # a blank line ends a paragraph: \caption stopped at it
+TEX_COMMANDS = {"begin", "end", "centering", "caption", "toprule", "midrule", "bottomrule", "textbf", "textbackslash",
+                "textasciitilde", "textasciicircum", "textbar", "textless", "textgreater", "pm", "par", "smallskip",
+                "footnotesize", "fneuni"}
+_UNTEX = {"\\_": "_", "\\%": "%", "\\&": "&", "\\#": "#", "\\$": "$", "\\{": "{", "\\}": "}", "--": "–", "---": "—",
+          "\\textasciitilde{}": "~", "\\textasciicircum{}": "^", "\\textbackslash{}": "\\", "\\textless{}": "<",
+          "\\textgreater{}": ">", "\\textbar{}": "|", "$\\pm$": "±"}
+
+
+def _untex(text: str) -> str:
+    """LaTeX text as it prints (the inverse of report.tex's escaping, written out here on its own)."""
+    text = re.sub(r"\\fneuni\{(.)\}\{([0-9A-F]{4,6})\}", lambda m: m.group(1) if ord(m.group(1)) == int(m.group(2), 16)
+                  else "<wrong code point>", text)
+    return re.sub("|".join(map(re.escape, sorted(_UNTEX, key=len, reverse=True))), lambda m: _UNTEX[m.group(0)], text)
+
+
+def tex_problems(tex: str) -> list[str]:
+    """What would stop LaTeX, or print other than meant, in report.tex: every tabular row has as
+    many cells as its column spec; braces balance and $ closes on each line; \\begin / \\end pair
+    up; no unescaped special character (# ^ _ ~ & outside a tabular, % beyond the header comment);
+    no command but those fne writes; no character pdflatex cannot typeset outside \\fneuni."""
+    problems, envs, cols = [], [], None
+    for n, line in enumerate(tex.splitlines(), 1):
+        if n <= 2:  # the header comment and \fneuni's definition
+            continue
+        depth, math, cells, tokens = 0, False, 1, re.findall(r"\\[A-Za-z]+|\\.|[{}&$%_^#~]|[^\\{}&$%_^#~]+", line)
+        for i, t in enumerate(tokens):
+            if t.startswith("\\") and t[1:].isalpha():
+                if t[1:] not in TEX_COMMANDS:
+                    problems.append(f"line {n}: unknown command {t}")
+                if t in ("\\begin", "\\end"):
+                    env = tokens[i + 2] if i + 3 < len(tokens) and tokens[i + 1] == "{" else "?"
+                    if t == "\\begin":
+                        envs.append(env)
+                        if env == "tabular":
+                            cols = len(re.findall(r"[lrcp]", tokens[i + 5]))
+                    elif not envs or envs.pop() != env:
+                        problems.append(f"line {n}: \\end{{{env}}} closes no \\begin{{{env}}}")
+                    if t == "\\end" and env == "tabular":
+                        cols = None
+            elif t in "{}":
+                depth += 1 if t == "{" else -1
+                problems += [f"line {n}: a }} closes no {{"] if depth < 0 else []
+            elif t == "$":
+                math = not math
+            elif t == "&":
+                cells += 1
+                problems += [] if cols else [f"line {n}: & outside a tabular"]
+            elif t in ("%", "_", "^", "#", "~"):
+                problems.append(f"line {n}: unescaped {t}")
+            elif not t.startswith("\\"):
+                problems += [f"line {n}: {ch!r} outside \\fneuni" for ch in t if ord(ch) > 0x17F and ch not in "–—‘’“”…"
+                             and not (i >= 2 and tokens[i - 2] == "\\fneuni")]
+        problems += [f"line {n}: braces do not balance"] if depth else []
+        problems += [f"line {n}: $ not closed"] if math else []
+        if cols and line.endswith("\\\\") and cells != cols:
+            problems.append(f"line {n}: {cells} cells, the tabular has {cols} columns")
+    return problems + [f"\\begin{{{e}}} never closed" for e in envs]
+
+
+def test_tex_problems_finds_what_it_checks():
+    """The checker below is no check that cannot fail: each fault it looks for, it finds."""
+    good = "% c\n\\providecommand{x}\n\\begin{table}\n\\begin{tabular}{lr}\na & b \\\\\n\\end{tabular}\n\\end{table}"
+    assert tex_problems(good) == []
+    for bad in (good.replace("a & b", "a & b & c"), good.replace("a & b", "a_b & c"), good.replace("a & b", "{a & b"),
+                good.replace("\\end{table}", ""), good.replace("a & b", "a\\k & b"), good.replace("a & b", "数 & b"),
+                good.replace("a & b", "50% & b"), good.replace("a & b", "$a & b")):
+        assert tex_problems(bad), bad
+
+
+def _spaced(text: str) -> str:
+    """A name as report.tex prints it: a line break (a control character) a space."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", text)
+
+
+def _odd_report(tmp_path) -> tuple[dict, str]:
+    root = tmp_path / "runs"
+    common = dict(dataset=ODD, arch="v_g&g#16", weights="w%$~^{}")
+    write_run(root, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, accuracy_ci=WILSON, **common))
+    write_run(root, "b", fake_metrics(ODD + "+svm", 0.8, 0.01, 0.8, 0.01, seed=3, **common))
+    for seed in (0, 1):
+        write_run(root, f"c{seed}", fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=seed, C=0.5, dataset="plain"))
+    write_run(root, "d", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, seed=0, C=1.0, dataset="plain"))
+    r = report([root], tmp_path / "rep", figures=False)
+    return r, Path(r["tex"]).read_text()
+
+
+def test_report_tex_is_well_formed_whatever_the_names(tmp_path):
+    """report.tex of datasets, methods and backbones named with LaTeX's special characters, a line
+    break and characters pdflatex cannot typeset: well formed, and every name prints as it is."""
+    r, tex = _odd_report(tmp_path)
+    assert tex_problems(tex) == []
+    saved = json.loads(Path(r["json"]).read_text())["datasets"]
+    captions = [_untex(c) for c in re.findall(r"^\\caption\{(.*)\}$", tex, flags=re.M)]
+    assert captions == [_spaced(f"{d['dataset']}; backbone {d['backbone']}") for d in saved]
+    names = [_untex(line.split(" & ")[0]) for line in tex.splitlines() if line.endswith("\\\\")
+             and not line.startswith("method &")]
+    assert names == [_spaced(row["label"] + (f" ({row['runs']} runs)" if row["runs"] > 1 else ""))
+                     for d in saved for row in d["rows"]]
+    assert _spaced(ODD) + "+svm" in names and "fc7+svm (C=0.5) (2 runs)" in names
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
+def test_report_tex_compiles_with_pdflatex(tmp_path):
+    """report.tex of awkward names, \\input into a document loading booktabs, compiles with
+    pdflatex (it stopped at the first character pdflatex cannot typeset: "Unicode character 数")."""
+    _, tex = _odd_report(tmp_path)
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                      "\\input{rep/report.tex}\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    errors = [line for line in done.stdout.splitlines() if line.startswith("!")]
+    assert done.returncode == 0 and not errors, errors or done.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").stat().st_size > 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +117,15 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
     mcn, fis = result["test"].startswith("McNemar"), result["test"].startswith("Fisher")
     name = result["test"] + ("-test" if result["test"].endswith(" t") else " test" if mcn or fis else "")
     shared = ""
-    if result.get("unpaired"):  # rows pooled over seeds that not both have: the splits both were scored on
+    if result.get("paired"):  # rows pooled over seeds that not both have: the splits both were scored on
         left = "; ".join(f"seed {_seeds(seeds)} of {name}" for name, seeds in zip((winner, runner_up), result["unpaired"])
                          if seeds)
-        shared = (f" both rows were scored on (seed {_seeds(result['paired'])}; left out, having no partner in the "
-                  f"other row: {left})")
+        same = all(a == b for a, b in result["paired"])
+        tested = (f"seed {_seeds([a for a, _ in result['paired']])}" if same else
+                  ", ".join(f"seed {a} of {winner} with seed {b} of {runner_up}" for a, b in result["paired"])
+                  + ": a predefined split, the same test images whatever the seed")
+        shared = f" both rows were scored on ({tested}" + (
+            f"; left out, having no partner in the other row: {left})" if left else ")")
     over = (f"{result['n']} test images{shared}, {result['only_a']} vs {result['only_b']} classified right by only "
             f"one of them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
             f"scored on the same test images)" if fis else f"{result['n']} {unit}{shared}")
@@ -165,13 +170,35 @@ def run_task(m: dict) -> str | None:
 def run_tasks(ms: list[dict]) -> list[str | None]:
     """`run_task` of each run's metrics; a run written before runs recorded `data_resolved` (29 Nov
     2026) is taken for the DATA that runs given the same DATA resolved it to, where they all agree:
-    yesterday's and today's runs of `fne fit flowers12` are one task, not two."""
+    yesterday's and today's runs of `fne fit flowers12` are one task, not two. A run that records
+    no options (written before 29 Nov 2026 04:09 UTC) but may have been given `--label-key` (which
+    came on 28 Nov 07:15) is a task of its own ("label_key not recorded") where other runs of its
+    DATA record a label key: which labels it classified cannot be known."""
     resolved: dict[str, set] = {}
     for m in ms:
         if m.get("data_resolved"):
             resolved.setdefault(str(m.get("data")), set()).add(m["data_resolved"])
-    return [run_task(m) if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
-            run_task({**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))}) for m in ms]
+    ms = [m if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
+          {**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))} for m in ms]
+    keyed = {run_data(m) for m in ms if isinstance(m.get("options"), dict) and m["options"].get("label_key") is not None}
+    return [f"{run_data(m)}, label_key {NOT_RECORDED}" if run_data(m) in keyed and not _label_key_known(m)
+            else run_task(m) for m in ms]
+
+
+LABEL_KEY_SINCE = datetime(2026, 11, 28, 7, 15, 18, tzinfo=UTC)  # --label-key's first commit
+NOT_RECORDED = "not recorded"
+
+
+def _label_key_known(m: dict) -> bool:
+    """Whether a run's metrics tell which --label-key it was given: they record its options, or it
+    ran before the option existed (its date, UTC as fne writes it)."""
+    if isinstance(m.get("options"), dict):
+        return True
+    try:
+        date = datetime.fromisoformat(str(m.get("date")))
+    except ValueError:
+        return False
+    return (date if date.tzinfo else date.replace(tzinfo=UTC)) < LABEL_KEY_SINCE
 
 
 def _same_splits(m1: dict, m2: dict) -> bool:
@@ -265,17 +292,25 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
 
 
 def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
-    """Rows pooled over seeds: each run paired with the other row's run on the same splits (of
-    its own seed first), every pair's per-split differences in one corrected t-test; one pair
-    alone: that pair's test (`compare_runs`: McNemar's on one split). A run whose seed the other
-    row lacks has no partner: it is left out of the test, and the result's "unpaired" names the
-    seeds left out of each row ("paired": the seeds tested). None where no run has a partner, or
-    where several pairs share their test images (a predefined split, or a seed run twice: not
+    """Rows pooled over seeds: each run paired with the other row's run on the same splits, every
+    pair's per-split differences in one corrected t-test; one pair alone: that pair's test
+    (`compare_runs`: McNemar's on one split). Runs of one seed pair first; a run left without one
+    pairs with a run of another seed only where both scored the same test images whatever the seed
+    (a predefined split: McNemar's test compares the two trained models on those images). A run
+    with no partner is left out of the test: the result's "unpaired" names the seeds left out of
+    each row, "paired" the seeds of each pair tested. None where no run has a partner, or where
+    several pairs share their test images (a predefined split, or a seed run twice: not
     independent splits)."""
-    pairs, partners = [], list(runs2)
-    for m1 in runs1:
-        same = [m for m in partners if _same_splits(m1, m)]
-        m2 = next((m for m in same if m.get("seed") == m1.get("seed")), same[0] if same else None)
+    pairs, partners, alone = [], list(runs2), []
+    for m1 in runs1:  # the same seed first: the pair a reader expects, never taken by another seed's run
+        m2 = next((m for m in partners if m.get("seed") == m1.get("seed") and _same_splits(m1, m)), None)
+        if m2 is None:
+            alone.append(m1)
+        else:
+            partners.remove(m2)
+            pairs.append((m1, m2))
+    for m1 in alone:
+        m2 = next((m for m in partners if _same_splits(m1, m)), None)
         if m2 is not None:
             partners.remove(m2)
             pairs.append((m1, m2))
@@ -290,9 +325,9 @@ def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
                                     n_te / n_tr if n_tr else 0.0)
     else:
         return None
-    if result is not None and (len(pairs) < len(runs1) or partners):
+    if result is not None and (len(pairs) < len(runs1) or partners or any(a.get("seed") != b.get("seed") for a, b in pairs)):
         paired = {id(m) for pair in pairs for m in pair}
-        result["paired"] = [m1.get("seed") for m1, _ in pairs]
+        result["paired"] = [[m1.get("seed"), m2.get("seed")] for m1, m2 in pairs]
         result["unpaired"] = [[m.get("seed") for m in runs if id(m) not in paired] for runs in (runs1, runs2)]
     return result
 

@@ -50,6 +50,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.errors import FneError
+from fne.metrics import data_identity
 from fne.options import (
     AdviseOptions,
     DataOptions,
@@ -348,7 +349,8 @@ def advise(data, store=None, **options) -> dict:
     -------
     dict
         The recommendation, its reasons and commands, the training images per class and the
-        similarity measured (or why it was not judged), and the thresholds used.
+        similarity measured (or why it was not judged), and the thresholds used; DATA (as given
+        and resolved) and its ``label_key``: the section of `fne report` the advice goes to.
     """
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
@@ -388,6 +390,8 @@ def advise(data, store=None, **options) -> dict:
         "kind": "advice",
         "dataset": dataset.name,
         "data": data_s,
+        "data_resolved": data_identity(data_s) if not isinstance(data, Dataset) else data_s,
+        "label_key": data_o.label_key,  # which labels of DATA: `fne report` shows it in that section
         "arch": arch,
         "weights": weights,
         "recommendation": d["recommendation"],

@@ -20,6 +20,12 @@ def _subplots(figsize: tuple[float, float]):
     return fig, fig.subplots()
 
 
+def _plain(text) -> str:
+    """A name as matplotlib draws it as typed: its $ escaped (two of them made the text between
+    mathtext, `$x$` drawn as an italic x, `$\\frac{$` a ValueError that stopped the report)."""
+    return str(text).replace("$", "\\$")
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -29,7 +35,7 @@ def _png(fig) -> str:
 def fig_bars(ds: dict) -> str:
     rows = [r for r in ds["rows"] if r.get("accuracy") is not None][::-1]
     only = ds["published"]["only"]
-    labels = [label(r, ds["multi_backbone"]) for r in rows]
+    labels = [_plain(label(r, ds["multi_backbone"])) for r in rows]
     n = len(rows) + len(only)
     fig, ax = _subplots((7.5, 0.9 + 0.42 * max(n, 1) * (1.6 if ds["published"]["values"] else 1)))
     y = np.arange(len(rows), dtype=float)
@@ -41,7 +47,7 @@ def fig_bars(ds: dict) -> str:
     ax.barh(y - h / 2, mca, h, color="#9cc3e6", label="mean class accuracy (measured)")
     py = [(i, r["published"]["mean"]) for i, r in enumerate(rows) if r.get("published")]
     for k, (name, p) in enumerate(only.items()):
-        labels.append(f"{name} (published only)")
+        labels.append(_plain(f"{name} (published only)"))
         py.append((len(rows) + k, p["mean"]))
     if py:
         ax.scatter([v for _, v in py], [i for i, _ in py], marker="D", s=42, facecolor="white",
@@ -50,7 +56,7 @@ def fig_bars(ds: dict) -> str:
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xlabel("%")
     ax.set_xlim(0, 100)
-    ax.set_title(f"{ds['dataset']}: methods", fontsize=10)
+    ax.set_title(_plain(f"{ds['dataset']}: methods"), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _png(fig)
@@ -62,16 +68,21 @@ def fig_time(ds: dict) -> str | None:
         if r.get("accuracy") is None:
             continue
         t = (r.get("seconds") or 0.0) + (r.get("extract_seconds") or 0.0)
+        kind = "train" if r.get("kind") == "train" else "cached" if r.get("extract_seconds") is None else "fit"
         if t > 0:
-            pts.append((t, 100 * r["accuracy"], label(r, ds["multi_backbone"]), r.get("kind")))
+            pts.append((t, 100 * r["accuracy"], _plain(label(r, ds["multi_backbone"])), kind))
     if not pts:
         return None
     fig, ax = _subplots((7.5, 4.2))
-    for kind, color, marker in (("fit", "#3b73b9", "o"), ("train", "#e67e22", "s")):
-        sel = [p for p in pts if (p[3] == kind) or (kind == "fit" and p[3] not in ("fit", "train"))]
+    # a fit whose rows were cached (or whose extraction is not recorded) costs its fit alone here: hollow,
+    # not drawn as if a fit that extracted were slower by the extraction it alone paid for
+    for kind, color, marker, name in (("fit", "#3b73b9", "o", "linear head, with the extraction of its rows"),
+                                      ("cached", "none", "o", "linear head, fit alone (rows cached or not timed)"),
+                                      ("train", "#e67e22", "s", "network training")):
+        sel = [p for p in pts if p[3] == kind]
         if sel:
-            ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color, marker=marker, s=40,
-                       label="linear head on cached features" if kind == "fit" else "network training")
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], c=color, marker=marker, s=40, label=name,
+                       edgecolors="#3b73b9" if kind == "cached" else "face")
     ax.set_xscale("log")
     accs = [p[1] for p in pts]
     lo, hi = max(0.0, min(accs) - 8), min(100.0, max(accs) + 8)
@@ -99,9 +110,9 @@ def fig_time(ds: dict) -> str | None:
         for k, (t, a, lab, _) in enumerate(g):
             ax.annotate(lab, (t, a), xytext=(x, top - k * step), textcoords="data", fontsize=7, va="center",
                         arrowprops=dict(arrowstyle="-", color="#999", lw=0.6))
-    ax.set_xlabel("seconds: fit/train + feature extraction (log scale)")
+    ax.set_xlabel("seconds: fit/train + the feature extraction it ran (log scale)")
     ax.set_ylabel("accuracy %")
-    ax.set_title(f"{ds['dataset']}: accuracy against time", fontsize=10)
+    ax.set_title(_plain(f"{ds['dataset']}: accuracy against time"), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)
@@ -119,7 +130,7 @@ def fig_confusion(ds: dict) -> str | None:
     size = min(9.0, 3.0 + 0.22 * k)
     fig, ax = _subplots((size + 1.2, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    classes = w.get("classes") if w.get("classes") and len(w["classes"]) == k else [str(i) for i in range(k)]
+    classes = [_plain(c) for c in (w.get("classes") if w.get("classes") and len(w["classes"]) == k else range(k))]
     if k <= 40:
         ax.set_xticks(range(k))
         ax.set_yticks(range(k))
@@ -133,7 +144,7 @@ def fig_confusion(ds: dict) -> str | None:
                             color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{ds['dataset']}: confusion of {label(w, ds['multi_backbone'])} (rows normalised)", fontsize=9)
+    ax.set_title(_plain(f"{ds['dataset']}: confusion of {label(w, ds['multi_backbone'])} (rows normalised)"), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return _png(fig)
 

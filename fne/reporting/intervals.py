@@ -115,8 +115,9 @@ def _pooled(key: str, splits: list[dict], shared: bool | None, one) -> tuple[dic
 
 def few_splits_note(rows: list[dict], labels: list[str]) -> str | None:
     """A note where a row's interval is the corrected t over 2 random splits: t with 1 degree of
-    freedom (12.7 at 95%), an interval that spans most of 0–100 % by construction, not by a fault;
-    None where no row's is.
+    freedom (12.7 at 95%, 2.8 over 5 splits), an interval wide by construction wherever the two
+    splits differ (most of 0–100 % where they differ by a few points), not by a fault; None where
+    no row's is.
 
     Parameters
     ----------
@@ -129,9 +130,10 @@ def few_splits_note(rows: list[dict], labels: list[str]) -> str | None:
            if any(_t_splits(r.get(k)) == 2 for k in ("accuracy_ci", "mean_class_accuracy_ci"))]
     if not two:
         return None
-    t = float(stats.t.ppf(0.975, 1))
-    return (f"2 splits ({', '.join(two)}): the 95% interval is the corrected t with 1 degree of freedom (t = {t:.1f}), "
-            f"so wide by construction, not by a fault; use --splits 5 or more for an interval that tells methods apart.")
+    t, t5 = float(stats.t.ppf(0.975, 1)), float(stats.t.ppf(0.975, 4))
+    return (f"2 splits ({', '.join(two)}): the 95% interval is the corrected t with 1 degree of freedom (t = {t:.1f}, "
+            f"against {t5:.1f} over 5 splits), so wide by construction wherever the two splits differ, not by a fault; "
+            f"use --splits 5 or more for an interval that tells methods apart.")
 
 
 def _t_splits(ci) -> int | None:

@@ -233,6 +233,13 @@ def winner_sentences(ds: dict) -> tuple[str, str, str, str | None]:
     return "Measured winner:", name, acc, v["text"] or None
 
 
+def _subject(ds: dict) -> str:
+    """Whose confusions the lists under the verdict show: "it", the row the sentence names, but on a
+    tie, which names several, that row's name."""
+    tie = (ds.get("verdict") or {}).get("kind") == "tie"
+    return f"{label(ds['winner'], ds['multi_backbone'])} (first of the tied rows)" if tie else "it"
+
+
 def advice_verdict(a: dict) -> tuple[str, str]:
     """(HTML class, sentence) on whether the measurements agree with the advice."""
     rec = ", ".join(a.get("families", []))
@@ -258,13 +265,13 @@ def _winner_lines(ds: dict) -> list[str]:
             L += [f"Winner vs runner-up: {md_text(versus)}.", ""]
         pairs = confused_pairs(w.get("confusion"), w.get("classes"))
         if pairs:
-            L.append("Classes it confuses most (true → predicted, count, share of the true class):")
+            L.append(f"Classes {md_text(_subject(ds))} confuses most (true → predicted, count, share of the true class):")
             L += [f"- {md_text(p['true'])} → {md_text(p['predicted'])}: {p['count']} ({100 * p['share']:.0f} %)"
               for p in pairs]
             L.append("")
         worst = worst_classes(w.get("confusion"), w.get("classes"))
         if worst:
-            L.append("Classes it recognises worst (recall: right of the test images):")
+            L.append(f"Classes {md_text(_subject(ds))} recognises worst (recall: right of the test images):")
             L += [f"- {md_text(x['class'])}: {100 * x['recall']:.0f} % ({x['right']} of {x['n_test']})" for x in worst]
             L.append("")
     for a in ds["advice"]:
@@ -272,6 +279,7 @@ def _winner_lines(ds: dict) -> list[str]:
         L.append(f"Advice (`fne advise`, {md_text(a.get('arch'))} {md_text(a.get('weights'))}): "
                  f"**{md_text(a['recommendation'])}**: {md_text(a.get('text', ''))}")
         L += [f"- {md_text(r)}" for r in a.get("reasons", [])]
+        L += [f"- computed for the labels: {md_text(a['labels'])}"] if a.get("labels") else []
         L.append(f"- measured: {_num(a.get('images_per_class'))} training images per class; similarity "
                  + (f"max-softmax {sim.get('max_softmax_mean', float('nan')):.2f}, normalised entropy "
                     f"{sim.get('entropy_norm_mean', float('nan')):.2f} on {sim.get('sample')} images"
@@ -371,12 +379,13 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                 H.append(f"<p class='winner-test'>Winner vs runner-up: {_e(versus)}.</p>")
             pairs = confused_pairs(w.get("confusion"), w.get("classes"))
             if pairs:
-                H.append("<p>Classes it confuses most:</p><ul class='confused'>" + "".join(
+                H.append(f"<p>Classes {_e(_subject(ds))} confuses most:</p><ul class='confused'>" + "".join(
                     f"<li>{_e(p['true'])} → {_e(p['predicted'])}: {p['count']} ({100 * p['share']:.0f} %)</li>"
                     for p in pairs) + "</ul>")
             worst = worst_classes(w.get("confusion"), w.get("classes"))
             if worst:
-                H.append("<p>Classes it recognises worst (recall: right of the test images):</p><ul class='worst'>"
+                H.append(f"<p>Classes {_e(_subject(ds))} recognises worst (recall: right of the test images):</p>"
+                         "<ul class='worst'>"
                          + "".join(f"<li>{_e(x['class'])}: {100 * x['recall']:.0f} % ({x['right']} of {x['n_test']})</li>"
                                    for x in worst) + "</ul>")
         for a in ds["advice"]:
@@ -385,6 +394,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append(f"<p><b>Advice</b> (fne advise, {_e(a.get('arch'))} {_e(a.get('weights'))}): "
                      f"<b>{_e(a['recommendation'])}</b>: {_e(a.get('text', ''))}</p><ul>")
             H += [f"<li>{_e(r)}</li>" for r in a.get("reasons", [])]
+            H += [f"<li class='labels'>computed for the labels: {_e(a['labels'])}</li>"] if a.get("labels") else []
             H.append("</ul>")
             if sim.get("judged"):
                 H.append(f"<p><small>max-softmax {sim.get('max_softmax_mean', 0):.2f}, normalised entropy "

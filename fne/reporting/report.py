@@ -41,7 +41,13 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.intervals import confusion_matrix, finite, pooled_intervals, recorded_intervals
+from fne.reporting.intervals import (
+    confusion_matrix,
+    few_splits_note,
+    finite,
+    pooled_intervals,
+    recorded_intervals,
+)
 from fne.reporting.render import (
     confused_pairs,
     interval_sentence,
@@ -53,6 +59,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
+from fne.reporting.settings import name_variants, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
@@ -156,77 +163,6 @@ def backbone_label(m: dict) -> str:
     return f"{m.get('arch', '?')} ({m.get('weights', '?')})"
 
 
-# What a run's setting is, besides its method and backbone: runs that agree on all of these
-# (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
-# Each can change the numbers: fit's solver (sklearn or torch) and the torch solver's arithmetic,
-# the rows' preprocessing, precision and storage; train's settings; either's split protocol (the
-# number of splits, test_size, train_per_class). Left out, as they do not: device, workers,
-# progress, threads, batch sizes of extraction, stream_chunk, deterministic, and decode (a
-# store's rows are keyed by image content, not by the decoder that computed them).
-SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "solver", "solver_precision", "preprocess", "crop",
-                "precision", "storage_dtype", "split_protocol", "n_images", "new_layers", "train_bn", "image_size",
-                "augment", "augment_on", "epochs", "lr", "imported_lr", "momentum", "weight_decay", "scheduler",
-                "batch_size", "val_fraction", "direct_score", "class_map")
-# fit's choices by cross-validation (--features / --head / --C auto): each seed's pick is an outcome,
-# the setting is "auto"; the keys its pick fills in
-AUTO_KEYS = {"features": ("features", "layers", "embedding"), "head": ("head",), "C": ("C",)}
-SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dtype": "storage"}
-
-
-def settings(run: dict) -> dict:
-    """The setting of a run: SETTING_KEYS found in metrics.json (another `--label-key` is another
-    task: `dataset_keys` puts it in a section of its own); a setting asked as "auto" (fit's
-    cross-validated choice) as "auto", not each seed's pick; C as asked for (fne run's step records
-    it, and metrics.json's options: with C = auto, metrics.json's C is the one each split's
-    validation chose)."""
-    m = run["metrics"]
-    out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None}
-    given = m.get("options") if isinstance(m.get("options"), dict) else {}
-    config = run["step"].get("config")  # not a dict: a damaged step.json, whose C is not read
-    asked = {**given, **({"C": config["C"]} if isinstance(config, dict) and config.get("C") is not None else {})}
-    for option, keys in AUTO_KEYS.items():
-        if asked.get(option) == "auto":
-            out = {k: v for k, v in out.items() if k not in keys} | {option: "auto"}
-    if asked.get("C") not in (None, "auto"):
-        out["C"] = _number(asked["C"])
-    return out
-
-
-def _number(v):
-    """C as given ("1.0", 1) and as used (1.0): one value."""
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
-
-
-def _setting_str(k: str, v) -> str:
-    if isinstance(v, str):
-        try:
-            v = float(v)  # C = "1.0" (asked) and 1.0 (used) read the same
-        except ValueError:
-            return f"{SETTING_NAMES.get(k, k)}={v}"
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return f"{SETTING_NAMES.get(k, k)}={v:g}"
-    return f"{SETTING_NAMES.get(k, k)}={json.dumps(v, default=str)}"
-
-
-def _name_variants(rows: list[dict]) -> None:
-    """Rows of the same method and backbone: their label shows the settings that tell them apart
-    (those a row records: fit's solver_precision, say, is the torch solver's alone)."""
-    same: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        same[(r["method"], r["backbone"])].append(r)
-    for group in same.values():
-        if len(group) < 2:
-            continue
-        full = [{**r["settings"], "weights": r["weights_fingerprint"]} for r in group]
-        keys = sorted({k for s in full for k in s})
-        differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in full}) > 1]
-        for r, s in zip(group, full, strict=True):
-            r["variant"] = ", ".join(_setting_str(k, s[k]) for k in differ if s.get(k) is not None)
-
-
 def extraction(run: dict) -> tuple[float | None, bool]:
     """(measured seconds of the extraction that computed this run's rows, True if none ran for it).
 
@@ -284,7 +220,7 @@ def _row(runs: list[dict]) -> dict:
         "classes": m0.get("classes"),
         # direct mode scores only the classes its class map covers: say so beside the method
         "note": (f"{len(m0.get('classes') or [])} mapped classes; {m0['n_excluded']} test images of "
-                 f"unmapped classes left out" if m0.get("n_excluded") else compare.choice_note(m0)),
+                 f"unmapped classes left out" if m0.get("n_excluded") else _choices(ms)),
     }
     if len(ms) == 1:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
@@ -313,6 +249,16 @@ def _row(runs: list[dict]) -> dict:
                         if conf and all(c.shape == conf[0].shape for c in conf) else None)
     row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = pooled_intervals(runs, splits)
     return row
+
+
+def _choices(ms: list[dict]) -> str | None:
+    """What fit's auto selection chose (`compare.choice_note`): one choice, or where the runs of a
+    pooled row chose differently, each seed's (the first run's alone read as the row's)."""
+    notes = [compare.choice_note(m) for m in ms]
+    if len(set(notes)) == 1:
+        return notes[0]
+    return "auto chose, by seed: " + "; ".join(f"{m.get('seed', '?')}: {(n or 'nothing').removeprefix('auto chose ')}"
+                                               for m, n in zip(ms, notes, strict=True))
 
 
 def published_for(pipelines: list[dict]) -> dict[str, dict]:
@@ -346,9 +292,40 @@ def _references(key: str, runs: list[dict], published: dict[str, dict], advice: 
     lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
     names = {str(r["metrics"].get("dataset")) for r in runs}
     data = {str(compare.run_data(r["metrics"])) for r in runs}
+    keys = {_label_key(r["metrics"]) for r in runs}
     return (published.get(lookup) or {}) if lookup else {}, [
-        a for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
-            not a.get("dataset_key") and a.get("dataset") in names and (key == base or data_identity(a.get("data")) in data))]
+        _labels(a, keys) for a in advice if (lookup is not None and a.get("dataset_key") == lookup) or (
+            not a.get("dataset_key") and a.get("dataset") in names and _same_labels(_label_key(a), keys)
+            and (key == base or (a.get("data_resolved") or data_identity(a.get("data"))) in data))]
+
+
+UNKNOWN = object()  # a label key that a run or advice does not record (written before fne recorded it)
+
+
+def _label_key(d: dict):
+    """The `--label-key` a run (its metrics.json's options) or advice.json was given; UNKNOWN where
+    it does not record it."""
+    if d.get("kind") == "advice":
+        return d["label_key"] if "label_key" in d else UNKNOWN
+    options = d.get("options")
+    return options.get("label_key") if isinstance(options, dict) else UNKNOWN
+
+
+def _same_labels(key, keys: set) -> bool:
+    """Whether advice of label key `key` may be of the labels of runs of label keys `keys` (where
+    either does not record its key, it may)."""
+    return key is UNKNOWN or UNKNOWN in keys or key in keys
+
+
+def _labels(a: dict, keys: set) -> dict:
+    """Advice as its section shows it: "labels", which labels of DATA it was computed for where
+    it or runs of the section were given --label-key, or that it does not record them."""
+    known = _label_key(a)
+    if not keys - {None, UNKNOWN} and (known is None or known is UNKNOWN):
+        return a
+    return {**a, "labels": f"label_key={known}" if known is not UNKNOWN and known is not None else
+            "DATA's own labels (no --label-key)" if known is None else
+            "not recorded (advice.json written before fne advise recorded --label-key): it may be of other labels"}
 
 
 def tabulate(collected: dict) -> list[dict]:
@@ -363,7 +340,7 @@ def tabulate(collected: dict) -> list[dict]:
     out = []
     for key in sorted(groups):
         rows = [_row(rs) for rs in groups[key].values()]
-        _name_variants(rows)
+        name_variants(rows)
         rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
                                  r["method"]))
         best = {}
@@ -410,9 +387,9 @@ def protocol_note(rows: list[dict]) -> str | None:
     """A sentence where the rows were not scored on the same test images (other split protocols,
     other seeds of random splits); None where they all were."""
     groups: dict[str, dict[str, list[str]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
-    for r in rows:
-        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(r["method"])
-        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(r["method"])
+    for r in rows:  # each row by its name: rows of one method that differ in a setting are told apart
+        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(compare.row_name(r))
+        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(compare.row_name(r))
     predefined = all(k.startswith("predefined") for k in groups["splits"])  # seeds do not move its split
     parts = [f"{what} " + "; ".join(f"{k} ({', '.join(dict.fromkeys(ms))})" for k, ms in g.items())
              for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
@@ -507,9 +484,12 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
     out = []
     for ds in datasets:
         rows = [{k: v for k, v in r.items() if k not in ("confusion",)} for r in ds["rows"]]
-        w = ds["winner"] or {}  # the lists report.md shows under the winner
+        w = ds["winner"] or {}  # the highest ranked row: the lists report.md shows under it
+        named = ds["verdict"]["kind"] in ("clear", "untested")  # report.md's "Measured winner"; not a tie, say
         out.append({**{k: v for k, v in ds.items() if k not in ("rows", "winner")}, "rows": rows,
-                    "winner": w.get("method"), "interval_note": interval_sentence(ds["rows"]),
+                    "winner": w.get("label") if named else None, "highest": w.get("label"),
+                    "interval_note": interval_sentence(ds["rows"]),
+                    "few_splits_note": few_splits_note(ds["rows"], [r["label"] for r in ds["rows"]]),
                     "winner_confused_pairs": confused_pairs(w.get("confusion"), w.get("classes")) if w else [],
                     "winner_worst_classes": worst_classes(w.get("confusion"), w.get("classes")) if w else []})
     return out

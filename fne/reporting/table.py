@@ -88,8 +88,22 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
         "|": r"\textbar{}", "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
+# Beyond ASCII, the characters that pdflatex's default setup (utf8 input, OT1 / TS1 fonts) typesets:
+# Latin-1 and most of Latin Extended-A (tested with TeX Live 2022); any other (数字, α, ≥) is written
+# as \fneuni{CHAR}{CODE}, which report.tex defines: the character itself under xelatex / lualatex,
+# its code point under pdflatex, which would stop at it ("Unicode character not set up for use with LaTeX").
+_PDFLATEX = {chr(c) for c in range(0xA0, 0x180)} - set("\u0126\u0127\u0138\u013f\u0140\u0149\u0166\u0167\u017f") | set(
+    "\u2010\u2011\u2012\u2013\u2014\u2018\u2019\u201a\u201c\u201d\u201e\u2020\u2021\u2022\u2026\u20ac\u2122")
+UNICODE_MACRO = ("\\providecommand{\\fneuni}[2]{\\ifdefined\\XeTeXrevision#1\\else\\ifdefined\\directlua#1\\else"
+                 "\\texttt{[U+#2]}\\fi\\fi}")
+
+
 def _tex(text) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in str(text))
+    """Text as LaTeX prints it: its special characters escaped, a line break or other control
+    character a space (a blank line would end the table's row), a character pdflatex cannot
+    typeset through \\fneuni (UNICODE_MACRO)."""
+    return "".join(_TEX.get(ch) or (" " if ord(ch) < 32 or ord(ch) == 127 else ch if ord(ch) < 128 or ch in _PDFLATEX
+                                    else f"\\fneuni{{{ch}}}{{{ord(ch):04X}}}") for ch in str(text))
 
 
 def latex_tables(datasets: list[dict]) -> str:
@@ -104,11 +118,13 @@ def latex_tables(datasets: list[dict]) -> str:
     Returns
     -------
     str
-        One `table` environment per dataset, for `\\input{}` in a document loading booktabs.
+        One `table` environment per dataset, for `\\input{}` in a document loading booktabs; under
+        its tabular, report.json's notes on 2-split intervals and on rows scored on other test images.
     """
     cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
     out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
-           "(report.md says how each was computed); needs \\usepackage{booktabs}"]
+           "(report.md says how each was computed); needs \\usepackage{booktabs}; a character pdflatex cannot typeset is "
+           "\\fneuni{CHARACTER}{CODE}: itself under xelatex / lualatex, [U+CODE] under pdflatex", UNICODE_MACRO]
     for ds in datasets:
         out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}"
                 + (f"; backbone {_tex(ds['backbone'])}" if ds.get("backbone") else "") + "}",
@@ -119,5 +135,8 @@ def latex_tables(datasets: list[dict]) -> str:
             vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
             runs = f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""
             out.append(" & ".join([_tex(r["label"] + runs), *vals, _tex(r.get("n_splits") or "—")]) + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        out += ["\\bottomrule", "\\end{tabular}"]
+        out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"),
+                                                                             ds.get("protocol_note")) if n]
+        out += ["\\end{table}", ""]
     return "\n".join(out)

@@ -1,0 +1,130 @@
+"""What setting a run of `fne report` measured: the keys its rows are pooled and named by.
+
+Runs that agree on their method, backbone and `settings` (they differ only in the seed) are one
+row of the report; rows of one method that differ say how in their label (`name_variants`). A run
+written before metrics.json recorded a setting is read as fne ran then (`legacy`): where that
+cannot be known, the setting reads "not recorded", a row of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+from fne.linear.compare import NOT_RECORDED
+
+# What a run's setting is, besides its method and backbone: runs that agree on all of these
+# (and differ only in the seed) are pooled into one row; rows that differ show how in their label.
+# Each can change the numbers: fit's solver (sklearn or torch) and the torch solver's arithmetic,
+# the rows' preprocessing, precision and storage; train's settings; either's split protocol (the
+# number of splits, test_size, train_per_class). Left out, as they do not: device, workers,
+# progress, threads, batch sizes of extraction, stream_chunk, deterministic, and decode (a
+# store's rows are keyed by image content, not by the decoder that computed them).
+SETTING_KEYS = ("features", "layers", "embedding", "head", "C", "solver", "solver_precision", "preprocess", "crop",
+                "precision", "storage_dtype", "split_protocol", "n_images", "new_layers", "train_bn", "image_size",
+                "augment", "augment_on", "epochs", "lr", "imported_lr", "momentum", "weight_decay", "scheduler",
+                "batch_size", "val_fraction", "direct_score", "class_map")
+# fit's choices by cross-validation (--features / --head / --C auto): each seed's pick is an outcome,
+# the setting is "auto"; the keys its pick fills in
+AUTO_KEYS = {"features": ("features", "layers", "embedding"), "head": ("head",), "C": ("C",)}
+SETTING_NAMES = {"split_protocol": "protocol", "n_images": "images", "storage_dtype": "storage"}
+
+
+def settings(run: dict) -> dict:
+    """The setting of a run: SETTING_KEYS found in metrics.json (another `--label-key` is another
+    task: `dataset_keys` puts it in a section of its own); a setting asked as "auto" (fit's
+    cross-validated choice) as "auto", not each seed's pick; C as asked for (fne run's step records
+    it, and metrics.json's options: with C = auto, metrics.json's C is the one each split's
+    validation chose)."""
+    m = run["metrics"]
+    out = {k: m[k] for k in SETTING_KEYS if m.get(k) is not None} | legacy_solver(m)
+    given = m.get("options") if isinstance(m.get("options"), dict) else legacy_options(m)
+    config = run["step"].get("config")  # not a dict: a damaged step.json, whose C is not read
+    asked = {**given, **({"C": config["C"]} if isinstance(config, dict) and config.get("C") is not None else {})}
+    for option, keys in AUTO_KEYS.items():
+        if asked.get(option) == "auto":
+            out = {k: v for k, v in out.items() if k not in keys} | {option: "auto"}
+    if asked.get("C") not in (None, "auto"):
+        out["C"] = _number(asked["C"])
+    return out
+
+
+def _number(v):
+    """C as given ("1.0", 1) and as used (1.0): one value."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def _setting_str(k: str, v) -> str:
+    if isinstance(v, str):
+        try:
+            v = float(v)  # C = "1.0" (asked) and 1.0 (used) read the same
+        except ValueError:
+            return f"{SETTING_NAMES.get(k, k)}={v}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{SETTING_NAMES.get(k, k)}={v:g}"
+    return f"{SETTING_NAMES.get(k, k)}={json.dumps(v, default=str)}"
+
+
+def name_variants(rows: list[dict]) -> None:
+    """Rows of the same method and backbone: their label shows the settings that tell them apart
+    (those a row records: fit's solver_precision, say, is the torch solver's alone)."""
+    same: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        same[(r["method"], r["backbone"])].append(r)
+    for group in same.values():
+        if len(group) < 2:
+            continue
+        full = [{**r["settings"], "weights": r["weights_fingerprint"]} for r in group]
+        keys = sorted({k for s in full for k in s})
+        differ = [k for k in keys if len({json.dumps(s.get(k), sort_keys=True, default=str) for s in full}) > 1]
+        for r, s in zip(group, full, strict=True):
+            r["variant"] = ", ".join(_setting_str(k, s[k]) for k in differ if s.get(k) is not None)
+
+
+# What a run recorded before metrics.json said so (fne's history): `fne fit` records "solver" since
+# --solver came (28 Nov 2026 07:07 UTC; scikit-learn was fit's one solver before), "solver_precision"
+# (the torch solver's arithmetic, float64, then float32 matmuls, then int8 on CPUs with int8 dot
+# products, all within 28 Nov) and "options" (every option as given: "auto" among them) since
+# 29 Nov 2026 04:09 UTC.
+
+
+def _fit(m: dict) -> bool:
+    return m.get("kind") == "fit" or (m.get("kind") is None and not str(m.get("method", "")).startswith("train:"))
+
+
+def legacy_solver(m: dict) -> dict:
+    """The solver settings of a fit run that does not record them: sklearn where it records no
+    solver (the only one then); the torch solver's arithmetic "not recorded" where it records none
+    (it changed three times before it was), so such a row is never pooled with one of a known
+    arithmetic."""
+    if not _fit(m):
+        return {}
+    if "solver" not in m:
+        return {"solver": "sklearn"}
+    return {"solver_precision": NOT_RECORDED} if m["solver"] == "torch" and "solver_precision" not in m else {}
+
+
+def legacy_options(m: dict) -> dict:
+    """The options a fit run written before metrics.json had "options" asked as "auto": its method
+    is `--features`+`--head` as given ("auto+svm"); C was auto where the run records a selection
+    (fne.linear.selection) and neither features nor head was auto (nothing else selects), or where
+    a split's validation tried several C. Where that cannot be told (features or head auto, no C
+    grid recorded) C is left as used."""
+    if not _fit(m):
+        return {}
+    features, _, head = str(m.get("method", "")).partition("+")
+    out = {k: "auto" for k, v in (("features", features), ("head", head)) if v == "auto"}
+    sel = m.get("selection") if isinstance(m.get("selection"), dict) else None
+    if sel is not None and (not out or _grids(sel) > 1):
+        out["C"] = "auto"
+    return out
+
+
+def _grids(sel: dict) -> int:
+    """The most C values any candidate of any split's selection was validated at (0: none recorded)."""
+    records = sel.get("per_split") if isinstance(sel.get("per_split"), list) else []
+    return max((len(c["grid"]) for r in records if isinstance(r, dict) for c in r.get("candidates") or []
+                if isinstance(c, dict) and isinstance(c.get("grid"), dict)), default=0)
