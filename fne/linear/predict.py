@@ -113,10 +113,12 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     Returns
     -------
     dict
-        ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``out`` and the
-        ``store`` read. The accuracy covers only the images whose label is one of the model's
-        classes (the others it cannot get right; a warning names their labels); it is None without
-        labels or when no image has a known label. The CSV lists every image either way.
+        ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``n_fitted_on``
+        (how many of DATA's images the head was fitted on, a warning saying so where DATA has
+        labels; None for a `fne train` run or a model saved before fit recorded them), ``out``
+        and the ``store`` read. The accuracy covers only the images whose label is one of the
+        model's classes (the others it cannot get right; a warning names their labels); it is None
+        without labels or when no image has a known label. The CSV lists every image either way.
     """
     fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
     if fixed:
@@ -143,7 +145,23 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
 
     _write(out, dataset, np.arange(len(dataset)), pred, score_cols, scores)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
-    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "out": str(out), "store": str(src.store.path)}
+    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "n_fitted_on": _fitted_on(model, dataset, run_dir),
+            "out": str(out), "store": str(src.store.path)}
+
+
+def _fitted_on(model: dict, dataset: Dataset, run_dir: Path) -> int | None:
+    """How many of DATA's images the model's head learnt from (by content key; None for a model
+    saved before fit recorded them); a warning when there are any and DATA has labels: an accuracy
+    over them is not a test accuracy."""
+    if model.get("fitted_keys") is None:
+        return None
+    fitted = set(model["fitted_keys"])
+    n = sum(k in fitted for k in dataset.keys())
+    if n and dataset.labels:
+        warnings.warn(f"{n} of {len(dataset)} images of DATA are images {run_dir} was fitted on (the same bytes): "
+                      f"the accuracy counts them, so it is not a test accuracy; for one, predict on images it "
+                      f"was not fitted on (a predefined split's test part)", stacklevel=3)
+    return n
 
 
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
@@ -163,7 +181,7 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, 0)
-    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "out": str(out), "store": None}
+    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "n_fitted_on": None, "out": str(out), "store": None}
 
 
 def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | None:
