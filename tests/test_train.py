@@ -880,7 +880,10 @@ def test_fne_predict_applies_a_train_runs_network_as_its_test_pass_did(resumable
     data, run = resumable_run
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), str(data), "--out", str(out), "--no-progress"]) == 0
-    assert f"wrote 48 predictions to {out}, accuracy " in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"wrote 48 predictions to {out}, accuracy " in said.out
+    # its own DATA: the 36 images that are not its test images are named, as no test accuracy
+    assert "36 of 48 images of DATA are not among the test images of" in said.err
     new = {r["path"]: r for r in _csv(out)}
     ran = _csv(run / "predictions.csv")
     assert len(new) == 48 and len(ran) == 12

@@ -114,8 +114,9 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     -------
     dict
         ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``n_fitted_on``
-        (how many of DATA's images the head was fitted on, a warning saying so where DATA has
-        labels; None for a `fne train` run or a model saved before fit recorded them), ``out``
+        (how many of DATA's images the head was fitted on, or a `fne train` run's own DATA's images
+        other than its test images, a warning saying so where DATA has labels; None for other
+        DATA of a train run, or a model saved before fit recorded them), ``out``
         and the ``store`` read. The accuracy covers only the images whose label is one of the
         model's classes (the others it cannot get right; a warning names their labels); it is None
         without labels or when no image has a known label. The CSV lists every image either way.
@@ -181,7 +182,32 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, 0)
-    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "n_fitted_on": None, "out": str(out), "store": None}
+    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "n_fitted_on": _trained_on(run_dir, data, dataset, idx),
+            "out": str(out), "store": None}
+
+
+def _trained_on(run_dir: Path, data, dataset: Dataset, idx) -> int | None:
+    """How many of the predicted images of the train run's own DATA are not among its test images
+    (its predictions.csv): it trained, or chose its epoch, on them; a warning when there are any
+    and DATA has labels. None for other DATA (its images are not matched by name)."""
+    import csv
+
+    from fne.metrics import data_identity
+    from fne.training.apply import read_run
+
+    if not isinstance(data, (str, Path)) or data_identity(data) != read_run(run_dir).get("data_resolved"):
+        return None
+    try:
+        with open(run_dir / "predictions.csv", newline="", encoding="utf-8") as f:
+            tested = {r["path"] for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError):
+        return None
+    n = sum(dataset.ids[i] not in tested for i in idx)
+    if n and dataset.labels:
+        warnings.warn(f"{n} of {len(idx)} images of DATA are not among the test images of {run_dir} (it trained, "
+                      f"or chose its epoch, on them): the accuracy counts them, so it is not a test accuracy; "
+                      f"its test accuracy is its metrics.json's", stacklevel=3)
+    return n
 
 
 def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | None:

@@ -207,8 +207,9 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     Returns
     -------
     dict
-        ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (the report folder or None) and the
-        parsed ``pipeline``.
+        ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (what `fne.report` returns: the
+        files written and report.json's rows per dataset; None with ``dry_run`` or no report)
+        and the parsed ``pipeline``.
 
     Raises
     ------
