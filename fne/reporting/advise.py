@@ -45,6 +45,7 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -59,6 +60,10 @@ from fne.options import (
     named,
     refusal,
 )
+
+if TYPE_CHECKING:
+    from fne.cache.spec import StoreSpec
+    from fne.data.dataset import Dataset
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
@@ -333,7 +338,7 @@ OPTIONS = (StoreOptions, DataOptions, AdviseOptions, ForwardOptions)
 
 
 @keywords(*OPTIONS)
-def advise(data, store=None, **options) -> dict:
+def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> dict:
     """Recommendation with its reasons and the measured quantities behind it.
 
     Parameters
