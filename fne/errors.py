@@ -29,6 +29,14 @@ class CacheError(FneError):
     """A cache store is missing, incompatible or damaged."""
 
 
+def expect_bool(value: object, name: str, none: bool = False) -> None:
+    """A TypeError naming the keyword `name` when `value` is not True or False (or None, where
+    `none`): the Python API's ``force="false"``, which a truth test would take for True."""
+    if not (isinstance(value, bool) or (none and value is None)):
+        raise TypeError(f"{name} must be True or False{' or None' if none else ''}, not {type(value).__name__} "
+                        f"{value!r}")
+
+
 def expect_path(value: object, name: str) -> None:
     """A TypeError naming the keyword `name` when `value` is not a path (str or os.PathLike): the
     Python API's ``out=None``, which `str()` would make a folder named None."""

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
-from fne.errors import FneError, WeightsError
+from fne.errors import FneError, WeightsError, expect_bool
 from fne.names import slug
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
@@ -218,6 +218,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     """
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
+    for name, value in (("force", force), ("dry_run", dry_run), ("report", report)):  # before any work
+        expect_bool(value, name, none=name == "report")
     p = load_pipeline(path, cache=cache)
     if device is not None:
         p.device = device
