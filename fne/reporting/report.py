@@ -34,7 +34,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.cache.fs import check_target, csv_writer, read_json, replace_files
-from fne.errors import FneError, expect_bool, expect_path
+from fne.errors import FneError, expect_bools, expect_path
 from fne.linear import compare
 from fne.metrics import data_identity
 from fne.names import slug
@@ -540,7 +540,7 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
         What report.json holds: the rows per dataset, the winners and the files written
         (report.csv: report.json's rows as one table; report.tex: LaTeX tables; `fne.reporting.table`).
     """
-    expect_bool(figures, "figures")
+    expect_bools({"figures": figures})
     out = check_target(out, folder=True)  # before any run is read
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
     collected["pipelines"] += list(extra_pipelines or [])
