@@ -29,6 +29,15 @@ class CacheError(FneError):
     """A cache store is missing, incompatible or damaged."""
 
 
+def expect_bools(values: dict[str, object], none: tuple[str, ...] = ()) -> None:
+    """A TypeError naming the first keyword of `values` whose value is not True or False (or None,
+    for those in `none`): the Python API's ``force="false"``, which a truth test takes for True."""
+    for name, value in values.items():
+        if not (isinstance(value, bool) or (name in none and value is None)):
+            raise TypeError(f"{name} must be True or False{' or None' if name in none else ''}, not "
+                            f"{type(value).__name__} {value!r}")
+
+
 def expect_path(value: object, name: str) -> None:
     """A TypeError naming the keyword `name` when `value` is not a path (str or os.PathLike): the
     Python API's ``out=None``, which `str()` would make a folder named None."""

@@ -76,6 +76,20 @@ def test_training_images_per_class():
     s = _synthetic({"a": 80, "b": 80}, split={"a": 60, "b": 50})
     ipc = A.training_images_per_class(s)
     assert ipc["median"] == 55 and ipc["basis"] == "train split"
+    # fit does not cap a predefined split's training images per class; nor does the advice
+    assert A.training_images_per_class(s, train_per_class=10)["median"] == 55
+
+
+def test_training_images_per_class_are_those_of_fits_first_split():
+    """pets37's shape (37 classes x 10, 25 % test): fit trains on 277 images, 7 or 8 per class; the
+    advice counts those, not 7 of each (259)."""
+    from fne.data.splits import make_splits
+    d = _synthetic({f"c{i:02d}": 10 for i in range(37)})
+    ipc = A.training_images_per_class(d, test_size=0.25)
+    train = make_splits(d, d.label_indices(), 1, 0.25)[0][0]
+    assert ipc["total"] == len(train) == 277 and (ipc["min"], ipc["max"], ipc["median"]) == (7, 8, 7)
+    assert "first split" in ipc["basis"]
+    assert A.training_images_per_class(d, 0.25, train_per_class=3)["total"] == 3 * 37
 
 
 def test_stratified_sample_balanced_and_seeded():

@@ -123,6 +123,11 @@ def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
     (lambda t: fne.report([], out=t / "rep"), FneError, "^no RUN_DIR given$"),
     (lambda t: fne.report([None], out=t / "rep"), TypeError, "^run_dirs: expected a path"),
     (lambda t: fne.extract("digits", shard=(1,)), FneError, r"^bad shard=\(1,\); expected \(I, N\)"),
+    # a truth test took force="false" for True: every step of the pipeline rerun
+    (lambda t: fne.run(t / "p.toml", force="false"), TypeError, "^force must be True or False, not str 'false'$"),
+    (lambda t: fne.run(t / "p.toml", dry_run=0), TypeError, "^dry_run must be True or False, not int 0$"),
+    (lambda t: fne.run(t / "p.toml", report="no"), TypeError, "^report must be True or False or None, not str 'no'$"),
+    (lambda t: fne.report([t / "r"], out=t / "rep", figures="no"), TypeError, "^figures must be True or False, not str"),
 ])
 def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, said, tmp_path):
     """A Python caller's None (or a list) where a path goes: the keyword named, not a

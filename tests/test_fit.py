@@ -16,7 +16,7 @@ from fne.errors import FneError
 from fne.linear.export import export
 from fne.linear.fit import fit
 
-from .conftest import FAST
+from .conftest import FAST, write_digits
 
 STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtype="float32")
 
@@ -62,6 +62,8 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
             extract_missing=True, **STORE)
     assert main(["predict", str(tmp_path / "run"), str(digits_split), "--out", str(tmp_path / "p.csv"),
                  "--cache", cache]) == 0
+    # a predefined split's head learnt from its train part only: 18 of DATA's 27 images
+    assert "18 of 27 images of DATA are images" in capsys.readouterr().err
     rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
     assert len(rows) == 27
     assert list(rows[0]) == ["path", "predicted", "score_0", "score_1", "score_2", "true"]
@@ -99,6 +101,28 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
                  "--cache", cache, "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "fitted on random weights drawn on cuda (random-seed0-cuda)" in err and err.endswith("--device cuda")
+
+
+def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm_cache, tmp_path, capsys):
+    """A head saved by fit on random splits learnt from every image of DATA: predict over DATA again
+    gives a training accuracy, and says so (by content key: copies under other names count too)."""
+    from fne.linear.predict import predict
+
+    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", cache=str(warm_cache), **STORE)
+    more = write_digits(tmp_path / "more", per_class=8, classes=4)  # the 24 images it learnt from, and 8 new ones
+    with pytest.warns(UserWarning, match=r"24 of 32 images of DATA are images .*run was fitted on .*not a test accuracy"):
+        r = predict(tmp_path / "run", more, tmp_path / "p.csv", cache=str(warm_cache), progress=False)
+    assert r["n_fitted_on"] == 24 and r["n"] == 32
+    new = tmp_path / "new"  # only the 8 new ones: nothing to say
+    for f in more.rglob("*.png"):
+        if not (digits_folder / f.parent.name / f.name).exists():
+            (new / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (new / f.parent.name / f.name).write_bytes(f.read_bytes())
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"),
+                 "--cache", str(warm_cache)]) == 0
+    assert "fitted on" not in capsys.readouterr().err
+    assert len(joblib.load(tmp_path / "run" / "model.joblib")["fitted_keys"]) == 24
 
 
 def test_fit_and_predict_on_cached_rows_import_no_torch(digits_folder, warm_cache, tmp_path):
@@ -396,7 +420,8 @@ def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_
     assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "p.csv"),
                  "--cache", str(warm_cache)]) == 0
     out, err = capsys.readouterr()
-    assert "12 of 18 images" in err and "2 labels: 7, 8" in err and len(err.strip().splitlines()) == 1
+    assert "12 of 18 images" in err and "2 labels: 7, 8" in err and len(err.strip().splitlines()) == 2
+    assert "18 of 18 images of DATA are images" in err  # copies of the images it was fitted on
     rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
     assert len(rows) == 18 and list(rows[0])[-1] == "true"  # the CSV lists every image
     known = [r for r in rows if r["true"] == "0"]

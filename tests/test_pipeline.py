@@ -103,6 +103,8 @@ epochs = 2
     ('weights = "random"', 'weights = "imagenet"\nweights_seed = 3', 10, "backbones[0].weights_seed",
      "applies to weights 'random' (or 'imagenet-or-random') only, not 'imagenet'"),
     ('heads = ["svm"]', 'heads = ["svm"]\nsplits = 1000', 14, "fit.splits", "1000: expected an integer in [1, 100]"),
+    ('data = "digits"', 'data = "digits"\n\n[datasets.digits.published]\nsource = "a paper"\narch = 16\n"fne+svm" = 90.0',
+     9, "datasets.digits.published.arch", "expected a string, got 16"),
 ])
 def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
     assert old in GOOD
@@ -376,6 +378,8 @@ def test_fne_paper_pipelines(tmp_path, monkeypatch, key):
     methods = {f"{feat}+{head}" for feat in p.fit["features"] for head in p.fit["heads"]}
     assert set(pub["values"]) - methods == {"SotA at the time"}
     assert pub["values"]["fne+svm"]["mean"] > 0
+    # the paper's backbone: the report puts its figures beside those rows only
+    assert (pub["arch"], pub["weights"]) == ("vgg16", "imagenet")
     assert p.backbones[0].arch == "vgg16" and p.backbones[0].weights == "imagenet"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import re
 from html import unescape
@@ -481,6 +482,30 @@ def test_report_with_a_pipeline_whose_datasets_are_absent(tmp_path, monkeypatch)
     out = tmp_path / "rep"
     report([root], out, pipeline=pipeline, figures=False)
     assert md_rows((out / "report.md").read_text(), "pets")["fne+svm"][4] == "89.2 (published)"
+
+
+def test_published_values_only_beside_the_backbone_they_name(tmp_path):
+    """A published VGG-16 ImageNet figure is not put beside another backbone's row, nor beside VGG-16
+    with random weights: the pipeline's published table names its backbone (arch, weights)."""
+    root = tmp_path / "runs"
+    write_run(root, "vgg", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    write_run(root, "rnd", fake_metrics("fne+svm", 0.1, 0.01, 0.1, 0.01, weights="random"))
+    write_run(root, "lite", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, arch="efficientnet_lite0"))
+    write_run(root, "lite7", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, arch="efficientnet_lite0"))
+    (root / "pipeline.json").write_text(json.dumps({"name": "t", "datasets": {"pets": {"published": {
+        "source": "Paper 2018", "arch": "vgg16", "weights": "imagenet",
+        "values": {"fne+svm": {"mean": 89.2, "std": None}, "fc7+svm": {"mean": 89.6, "std": None}}}}}}))
+    out = tmp_path / "rep"
+    r = report([root], out, figures=False)
+    rows = md_rows((out / "report.md").read_text(), "pets")
+    pub = {name.replace("\\", ""): cells[4] for name, cells in rows.items()}
+    assert pub == {"fne+svm [vgg16 (imagenet)]": "89.2 (published)", "fne+svm [efficientnet_lite0 (imagenet)]": "—",
+                   "fne+svm [vgg16 (random)]": "—", "fc7+svm [efficientnet_lite0 (imagenet)]": "—",
+                   "fc7+svm (published only)": "89.6 (published)"}
+    assert r["datasets"][0]["published"]["source"] == "Paper 2018; arch vgg16; weights imagenet"
+    with open(out / "report.csv", newline="") as f:  # report.csv: the one published figure, on its row
+        assert {r["label"]: r["published_accuracy_percent"] for r in csv.DictReader(f) if r["published_accuracy_percent"]} \
+            == {"fne+svm [vgg16 (imagenet)]": "89.2"}
 
 
 def _splits(accs):

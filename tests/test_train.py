@@ -321,6 +321,16 @@ def test_an_option_the_mode_ignores_is_refused_through_the_api_too(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_keyword_left_none_takes_its_default(digits_folder, tmp_path):
+    """One call for every mode, `imported_lr_mult=0.1 if mode == "finetune" else None`: None is not
+    given, whatever the option's default (it was "imported_lr_mult must be a number, not NoneType")."""
+    from fne.training.train import train
+
+    m = train(digits_folder, "frozen", tmp_path / "run", weights="random", epochs=1, imported_lr_mult=None,
+              lr=None, direct_score=None, train_bn=None, val_fraction=0.0, **FAST)
+    assert m["lr"] == 0.001 and m["epochs"] == 1 and m["mode"] == "frozen"
+
+
 def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path):
     """`fne run --dry-run`'s word on a train step's checkpoint: resumed where the settings and the
     images of each part (DATA's listing, split as the run splits it) are the checkpoint's, else
@@ -880,7 +890,10 @@ def test_fne_predict_applies_a_train_runs_network_as_its_test_pass_did(resumable
     data, run = resumable_run
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), str(data), "--out", str(out), "--no-progress"]) == 0
-    assert f"wrote 48 predictions to {out}, accuracy " in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert f"wrote 48 predictions to {out}, accuracy " in said.out
+    # its own DATA: the 36 images that are not its test images are named, as no test accuracy
+    assert "36 of 48 images of DATA are not among the test images of" in said.err
     new = {r["path"]: r for r in _csv(out)}
     ran = _csv(run / "predictions.csv")
     assert len(new) == 48 and len(ran) == 12

@@ -313,6 +313,13 @@ def _located(identity: dict) -> dict:
     return {**identity, "weights": weights, "cache": cache}
 
 
+def _fitted_keys(dataset: Dataset) -> list[str]:
+    """The content keys of the images the saved head learnt from: the train split (and a validation
+    part) where DATA has one, else every image (the head is refitted on all of them)."""
+    fitted = dataset.in_train() if dataset.has_split else np.ones(len(dataset), dtype=bool)
+    return sorted({k for k, f in zip(dataset.keys(), fitted, strict=True) if f})
+
+
 def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str, predictions) -> None:
     """predictions.csv, model.joblib (`_located`) and metrics.json (the weights and cache as
     given), written together (`replace_files`): a full disk or an interrupt leaves the earlier
@@ -322,6 +329,7 @@ def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: 
         "features": metrics["features"], "layers": layers, "embedding": kind, "head": metrics["head"],
         "store": _located(store_identity(src)),
         "label_key": metrics["options"]["label_key"],  # where DATA's labels were: predict reads them there too
+        "fitted_keys": _fitted_keys(src.dataset),  # predict says which of its images the head learnt from
         "views": src.store.views, "thresholds": (
             {"low": pipe.named_steps["embed"].low, "high": pipe.named_steps["embed"].high}
             if kind == "fne" else None),

@@ -113,10 +113,13 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     Returns
     -------
     dict
-        ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``out`` and the
-        ``store`` read. The accuracy covers only the images whose label is one of the model's
-        classes (the others it cannot get right; a warning names their labels); it is None without
-        labels or when no image has a known label. The CSV lists every image either way.
+        ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``n_fitted_on``
+        (how many of DATA's images the head was fitted on, or a `fne train` run's own DATA's images
+        other than its test images, a warning saying so where DATA has labels; None for other
+        DATA of a train run, or a model saved before fit recorded them), ``out``
+        and the ``store`` read. The accuracy covers only the images whose label is one of the
+        model's classes (the others it cannot get right; a warning names their labels); it is None
+        without labels or when no image has a known label. The CSV lists every image either way.
     """
     fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
     if fixed:
@@ -143,7 +146,23 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
 
     _write(out, dataset, np.arange(len(dataset)), pred, score_cols, scores)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
-    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "out": str(out), "store": str(src.store.path)}
+    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "n_fitted_on": _fitted_on(model, dataset, run_dir),
+            "out": str(out), "store": str(src.store.path)}
+
+
+def _fitted_on(model: dict, dataset: Dataset, run_dir: Path) -> int | None:
+    """How many of DATA's images the model's head learnt from (by content key; None for a model
+    saved before fit recorded them); a warning when there are any and DATA has labels: an accuracy
+    over them is not a test accuracy."""
+    if model.get("fitted_keys") is None:
+        return None
+    fitted = set(model["fitted_keys"])
+    n = sum(k in fitted for k in dataset.keys())
+    if n and dataset.labels:
+        warnings.warn(f"{n} of {len(dataset)} images of DATA are images {run_dir} was fitted on (the same bytes): "
+                      f"the accuracy counts them, so it is not a test accuracy; for one, predict on images it "
+                      f"was not fitted on (a predefined split's test part)", stacklevel=3)
+    return n
 
 
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
@@ -163,7 +182,32 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, 0)
-    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "out": str(out), "store": None}
+    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "n_fitted_on": _trained_on(run_dir, data, dataset, idx),
+            "out": str(out), "store": None}
+
+
+def _trained_on(run_dir: Path, data, dataset: Dataset, idx) -> int | None:
+    """How many of the predicted images of the train run's own DATA are not among its test images
+    (its predictions.csv): it trained, or chose its epoch, on them; a warning when there are any
+    and DATA has labels. None for other DATA (its images are not matched by name)."""
+    import csv
+
+    from fne.metrics import data_identity
+    from fne.training.apply import read_run
+
+    if not isinstance(data, (str, Path)) or data_identity(data) != read_run(run_dir).get("data_resolved"):
+        return None
+    try:
+        with open(run_dir / "predictions.csv", newline="", encoding="utf-8") as f:
+            tested = {r["path"] for r in csv.DictReader(f)}
+    except (OSError, KeyError, ValueError):
+        return None
+    n = sum(dataset.ids[i] not in tested for i in idx)
+    if n and dataset.labels:
+        warnings.warn(f"{n} of {len(idx)} images of DATA are not among the test images of {run_dir} (it trained, "
+                      f"or chose its epoch, on them): the accuracy counts them, so it is not a test accuracy; "
+                      f"its test accuracy is its metrics.json's", stacklevel=3)
+    return n
 
 
 def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | None:

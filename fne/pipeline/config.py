@@ -69,7 +69,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "class_map": ("str|table", "direct mode: JSON file or inline {target class = [ImageNet names]}"),
         "protocol": ("str", "free text: the evaluation protocol, shown in pipeline.json"),
         "note": ("str", "free text"),
-        "published": ("table", "published reference values: method = 93.3 or [mean, std], plus source, note"),
+        "published": ("table", "published reference values: method = 93.3 or [mean, std], plus source, note, and arch / "
+                                "weights: the backbone they were measured with (shown beside its rows only)"),
     },
     "backbones[]": {
         **schema(StoreOptions),  # arch, weights, crop, precision, storage_dtype, weights_seed
@@ -503,9 +504,9 @@ def _add_problems(cls, values: dict, path: tuple, err: Errors) -> None:
 
 
 def _check_published(pub: dict, path: tuple, err: Errors) -> dict:
-    out = {"source": None, "note": None, "values": {}}
+    out = {"source": None, "note": None, "arch": None, "weights": None, "values": {}}
     for k, v in pub.items():
-        if k in ("source", "note"):
+        if k in ("source", "note", "arch", "weights"):
             if not isinstance(v, str):
                 err.add(path + (k,), f"expected a string, got {v!r}")
             out[k] = v

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
-from fne.errors import FneError, WeightsError
+from fne.errors import FneError, WeightsError, expect_bools
 from fne.names import slug
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
@@ -207,8 +207,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     Returns
     -------
     dict
-        ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (the report folder or None) and the
-        parsed ``pipeline``.
+        ``steps``, ``ran``, ``skipped``, ``out``, ``report`` (what `fne.report` returns; None with
+        ``dry_run`` or no report) and the parsed ``pipeline``.
 
     Raises
     ------
@@ -217,6 +217,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     """
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
+    expect_bools({"force": force, "dry_run": dry_run, "report": report}, none=("report",))  # before any work
     p = load_pipeline(path, cache=cache)
     if device is not None:
         p.device = device

@@ -15,7 +15,7 @@ target images and the data of the source task.
 Both factors are measured, never assumed:
 
 * **size** = training images per class (the train split when DATA has one, else the share
-  `1 - test_size` that `fne fit` trains on, capped by `train_per_class`). The median over
+  `1 - test_size` that `fne fit` trains on: its first split, or `train_per_class`). The median over
   classes is compared with `LARGE_PER_CLASS` (200): below it the set is *small*. Within a
   factor of two of it (100-400) the advice says it is borderline.
 * **similarity** = how confidently the backbone's own source classifier (ImageNet, 1000
@@ -45,6 +45,7 @@ import shlex
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -60,6 +61,10 @@ from fne.options import (
     named,
     refusal,
 )
+
+if TYPE_CHECKING:
+    from fne.cache.spec import StoreSpec
+    from fne.data.dataset import Dataset
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
@@ -139,19 +144,25 @@ def method_family(method: str) -> str:
 
 
 def training_images_per_class(dataset, test_size: float = 0.25,
-                              train_per_class: int | None = None) -> dict:
-    """Per-class training counts: the train split if DATA has one, else the fit protocol's share."""
+                              train_per_class: int | None = None, seed: int = 0) -> dict:
+    """Per-class training counts: the train split if DATA has one, else the training images of the
+    first random split `fne fit` draws with these settings (`fne.data.splits.make_splits`)."""
+    from fne.data.splits import make_splits
+
     dataset.require_labels("fne advise")
     if dataset.has_split:
         counts = Counter(lab for lab, t in zip(dataset.labels, dataset.in_train(), strict=True) if t)
-        basis = "train split"
+        basis = "train split" + (f" (a cap of {train_per_class} training images per class is not applied to it, as fne fit does not)"
+                                 if train_per_class is not None else "")
     else:
-        counts = Counter(dataset.labels)
-        counts = Counter({c: max(1, math.floor(n * (1 - test_size))) for c, n in counts.items()})
-        basis = f"random splits, {1 - test_size:.0%} of each class for training"
-    if train_per_class is not None:
-        counts = Counter({c: min(n, train_per_class) for c, n in counts.items()})
-        basis += f", at most {train_per_class} per class"
+        basis = (f"random splits, {1 - test_size:.0%} of each class" if train_per_class is None else
+                 f"random splits, {train_per_class} of each class") + f" for training (fne fit's first split, seed {seed})"
+        try:  # a class too small to split: the share of each class instead (the advice names such classes)
+            counts = Counter(dataset.labels[i] for i in make_splits(
+                dataset, dataset.label_indices(), 1, test_size, train_per_class, seed)[0][0])
+        except FneError:
+            counts = Counter({c: max(1, math.floor(n * (1 - test_size))) for c, n in Counter(dataset.labels).items()})
+            counts = Counter({c: min(n, train_per_class or n) for c, n in counts.items()})
     per = np.array([counts.get(c, 0) for c in dataset.classes], dtype=float)
     return {"median": float(np.median(per)), "mean": float(per.mean()), "min": int(per.min()),
             "max": int(per.max()), "total": int(per.sum()), "basis": basis}
@@ -328,7 +339,7 @@ OPTIONS = (StoreOptions, DataOptions, AdviseOptions, ForwardOptions)
 
 
 @keywords(*OPTIONS)
-def advise(data, store=None, **options) -> dict:
+def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> dict:
     """Recommendation with its reasons and the measured quantities behind it.
 
     Parameters

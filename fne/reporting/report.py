@@ -34,7 +34,7 @@ import numpy as np
 
 from fne import verb_module
 from fne.cache.fs import check_target, csv_writer, read_json, replace_files
-from fne.errors import FneError, expect_path
+from fne.errors import FneError, expect_bools, expect_path
 from fne.linear import compare
 from fne.metrics import data_identity
 from fne.names import slug
@@ -355,9 +355,9 @@ def tabulate(collected: dict) -> list[dict]:
         pub, advice = _references(key, section, published, collected["advice"])
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
         pub_vals = {k: v for k, v in pub_vals.items() if v is not None}
-        measured = {r["method"] for r in rows}
-        for r in rows:
-            r["published"] = pub_vals.get(r["method"])
+        for r in rows:  # beside the rows of the backbone the published values name (arch, weights), if they name one
+            r["published"] = pub_vals.get(r["method"]) if all(pub.get(k) in (None, r.get(k)) for k in ("arch", "weights")) else None
+        measured = {r["method"] for r in rows if r["published"]}
         multi = _multi_backbone(rows)
         for r in rows:  # the row's name where the verdict names it: rows of one method differ in settings
             r["label"] = label(r, multi)
@@ -369,7 +369,8 @@ def tabulate(collected: dict) -> list[dict]:
             "dataset": key,
             "rows": rows,
             "best": best,
-            "published": {"source": pub.get("source"), "note": pub.get("note"),
+            "published": {"source": pub.get("source") and pub["source"] + "".join(  # and the backbone they name
+                              f"; {k} {pub[k]}" for k in ("arch", "weights") if pub.get(k)), "note": pub.get("note"),
                           "only": {k: v for k, v in pub_vals.items() if k not in measured},
                           "values": pub_vals},
             "winner": winner,
@@ -519,6 +520,7 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
         What report.json holds: the rows per dataset, the winners and the files written
         (report.csv: report.json's rows as one table; report.tex: LaTeX tables; `fne.reporting.table`).
     """
+    expect_bools({"figures": figures})
     out = check_target(out, folder=True)  # before any run is read
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
     collected["pipelines"] += list(extra_pipelines or [])

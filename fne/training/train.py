@@ -160,12 +160,13 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     cache = options.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
     options.unexpected(kwargs, DataOptions, TrainConfig)
     data_o = options.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # a keyword left None is not given: its default
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
-    _check(cfg, {k for k, v in kwargs.items() if v is not None})
+    _check(cfg, set(kwargs))
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key, cache=cache)
