@@ -106,12 +106,15 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
 def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm_cache, tmp_path, capsys):
     """A head saved by fit on random splits learnt from every image of DATA: predict over DATA again
     gives a training accuracy, and says so (by content key: copies under other names count too)."""
+
     from fne.linear.predict import predict
 
-    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", cache=str(warm_cache), **STORE)
+    cache = tmp_path / "cache"  # predict extracts the 8 new images: into a copy, not the session's warm cache
+    shutil.copytree(warm_cache, cache)
+    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", cache=str(cache), **STORE)
     more = write_digits(tmp_path / "more", per_class=8, classes=4)  # the 24 images it learnt from, and 8 new ones
     with pytest.warns(UserWarning, match=r"24 of 32 images of DATA are images .*run was fitted on .*not a test accuracy"):
-        r = predict(tmp_path / "run", more, tmp_path / "p.csv", cache=str(warm_cache), progress=False)
+        r = predict(tmp_path / "run", more, tmp_path / "p.csv", cache=str(cache), progress=False)
     assert r["n_fitted_on"] == 24 and r["n"] == 32
     new = tmp_path / "new"  # only the 8 new ones: nothing to say
     for f in more.rglob("*.png"):
@@ -120,7 +123,7 @@ def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm
             (new / f.parent.name / f.name).write_bytes(f.read_bytes())
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"),
-                 "--cache", str(warm_cache)]) == 0
+                 "--cache", str(cache)]) == 0
     assert "fitted on" not in capsys.readouterr().err
     assert len(joblib.load(tmp_path / "run" / "model.joblib")["fitted_keys"]) == 24
 
