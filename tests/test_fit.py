@@ -106,7 +106,6 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
 def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm_cache, tmp_path, capsys):
     """A head saved by fit on random splits learnt from every image of DATA: predict over DATA again
     gives a training accuracy, and says so (by content key: copies under other names count too)."""
-
     from fne.linear.predict import predict
 
     cache = tmp_path / "cache"  # predict extracts the 8 new images: into a copy, not the session's warm cache
