@@ -1034,3 +1034,26 @@ def test_names_with_dollar_signs_are_drawn_as_typed_not_as_mathtext(tmp_path, mo
     ours = [(text, math) for text, math in drawn if "cost" in text or "$" in text and ("coin" in text or "note" in text)]
     assert not any(math for _, math in ours)  # (a log axis's tick labels are mathtext of matplotlib's own)
     assert {"cost $a$ \\frac{$: methods", "$5 \\frac{$ note"} <= {text for text, _ in ours}
+
+
+def test_a_run_that_repeats_another_counts_once(tmp_path):
+    """The same fit run twice into two folders (one seed, the same predictions on every split) was
+    pooled as "2 runs" of shared test images: no interval, "its runs … differ", and the verdict left
+    one of them out as "having no partner". A repeat now counts once, and its row says so."""
+    def splits(accs, seed):
+        return [{**s, "test_hash": f"h{seed}{i}", "correct": "1" * round(10 * a) + "0" * (10 - round(10 * a))}
+                for i, (s, a) in enumerate(zip(_splits(accs), accs, strict=True))]
+
+    fne = fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seed=0, n_splits=3, splits=splits([0.9, 1.0, 0.8], 0))
+    runs = {"f0": fne, "again/f0": fne,
+            "l0": fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=0, n_splits=3, splits=splits([0.6, 0.7, 0.5], 0))}
+    ds, md, _ = _verdict_report(tmp_path, runs)
+    row = ds["rows"][0]
+    assert row["method"] == "fne+svm" and row["runs"] == 1 and row["n_splits"] == 3 and len(row["repeats"]) == 1
+    assert "same test images" not in str(row["no_interval"])  # its interval is the run's own, not withheld
+    assert "1 run(s) repeating one counted once" in md
+    assert "left out" not in ds["winner_test"]
+    # the same seed but other predictions (a nondeterministic run, another machine): two runs, as before
+    runs["again/f0"] = {**fne, "splits": splits([0.9, 0.9, 0.8], 0)}
+    ds, md, _ = _verdict_report(tmp_path / "differ", runs)
+    assert ds["rows"][0]["runs"] == 2 and not ds["rows"][0]["repeats"] and "repeating" not in md

@@ -59,7 +59,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
-from fne.reporting.settings import name_variants, settings
+from fne.reporting.settings import distinct, name_variants, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
@@ -221,7 +221,11 @@ def _row(runs: list[dict]) -> dict:
         # direct mode scores only the classes its class map covers: say so beside the method
         "note": (f"{len(m0.get('classes') or [])} mapped classes; {m0['n_excluded']} test images of "
                  f"unmapped classes left out" if m0.get("n_excluded") else _choices(ms)),
+        "repeats": [p for r in runs for p in r.get("repeats", [])],
     }
+    if row["repeats"]:
+        row["note"] = "; ".join(n for n in (row["note"], f"{len(row['repeats'])} run(s) repeating one counted "
+                                            f"once (the same seed and predictions)") if n)
     if len(ms) == 1:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
             row[k] = finite(m0.get(k))
@@ -339,6 +343,7 @@ def tabulate(collected: dict) -> list[dict]:
     published = published_for(collected["pipelines"])
     out = []
     for key in sorted(groups):
+        groups[key] = {k: distinct(rs) for k, rs in groups[key].items()}
         rows = [_row(rs) for rs in groups[key].values()]
         name_variants(rows)
         rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),

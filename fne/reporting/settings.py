@@ -3,7 +3,8 @@
 Runs that agree on their method, backbone and `settings` (they differ only in the seed) are one
 row of the report; rows of one method that differ say how in their label (`name_variants`). A run
 written before metrics.json recorded a setting is read as fne ran then (`legacy`): where that
-cannot be known, the setting reads "not recorded", a row of its own.
+cannot be known, the setting reads "not recorded", a row of its own. A run that repeats another
+(`distinct`: the same seed and predictions) counts once.
 """
 
 from __future__ import annotations
@@ -128,3 +129,19 @@ def _grids(sel: dict) -> int:
     records = sel.get("per_split") if isinstance(sel.get("per_split"), list) else []
     return max((len(c["grid"]) for r in records if isinstance(r, dict) for c in r.get("candidates") or []
                 if isinstance(c, dict) and isinstance(c.get("grid"), dict)), default=0)
+
+
+def distinct(runs: list[dict]) -> list[dict]:
+    """The runs of one row less those that repeat an earlier one (the same seed, and on every split
+    the same test images each classified the same: one experiment run twice, which pooled would
+    count its splits twice and pair with itself); the first of each is kept and names its repeats."""
+    kept: dict[object, dict] = {}
+    for r in runs:
+        m, splits = r["metrics"], r["metrics"].get("splits") or []
+        known = splits and all(s.get("test_hash") and isinstance(s.get("correct"), str) for s in splits)
+        key = (m.get("seed"), tuple((s["test_hash"], s["correct"]) for s in splits)) if known else id(r)
+        if key in kept:
+            kept[key].setdefault("repeats", []).append(r["path"])
+        else:
+            kept[key] = {**r, "repeats": []}
+    return list(kept.values())
