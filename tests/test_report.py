@@ -218,6 +218,8 @@ def test_random_weights_warning(tmp_path):
     md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     assert "WARNING" in md and "weights are random" in md and "say nothing about transfer" in md
     assert "id='random-weights-warning'" in html
+    tex = (out / "report.tex").read_text()  # a table copied into a paper keeps the warning
+    assert "Warning: the weights are random" in tex and "(fne+svm)" in tex
 
 
 def test_scratch_runs_are_not_random_weight_warnings(tmp_path):
@@ -229,7 +231,7 @@ def test_scratch_runs_are_not_random_weight_warnings(tmp_path):
     out = tmp_path / "rep"
     r = report([root], out, figures=False)
     md = (out / "report.md").read_text()
-    assert r["header"]["warning"] is None and "WARNING" not in md
+    assert r["header"]["warning"] is None and "WARNING" not in md and "Warning" not in (out / "report.tex").read_text()
     assert "vgg16: random initialisation (train:scratch)" in md
     assert set(md_rows(md, "pets")) == {"fne+svm", "train:scratch"}  # no per-backbone labels
 

@@ -553,7 +553,7 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
              "report.json": json.dumps({"header": head, "datasets": rows}, indent=1)}
     writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()}
-    writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows))
+    writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows, RANDOM_WARNING))
     replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
             "csv": str(out / "report.csv"), "tex": str(out / "report.tex"), "header": head, "datasets": datasets}

@@ -106,7 +106,7 @@ def _tex(text) -> str:
                                     else f"\\fneuni{{{ch}}}{{{ord(ch):04X}}}") for ch in str(text))
 
 
-def latex_tables(datasets: list[dict]) -> str:
+def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
     """report.tex: per dataset a LaTeX tabular (booktabs) of report.md's figures (`render.cells`:
     percent with one decimal, mean ± std, the 95% CIs), the best of each column bold.
 
@@ -114,12 +114,15 @@ def latex_tables(datasets: list[dict]) -> str:
     ----------
     datasets : list of dict
         report.json's "datasets", as `csv_rows` takes them.
+    random_warning : str
+        The warning under a table with rows of random weights (not `train:scratch`), naming them.
 
     Returns
     -------
     str
         One `table` environment per dataset, for `\\input{}` in a document loading booktabs; under
-        its tabular, report.json's notes on 2-split intervals and on rows scored on other test images.
+        its tabular, the random-weights warning and report.json's notes on 2-split intervals and
+        on rows scored on other test images.
     """
     cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
     out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
@@ -136,6 +139,9 @@ def latex_tables(datasets: list[dict]) -> str:
             runs = f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""
             out.append(" & ".join([_tex(r["label"] + runs), *vals, _tex(r.get("n_splits") or "—")]) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}"]
+        random = [r["label"] for r in ds["rows"] if str(r.get("weights")) == "random" and not r.get("scratch")]
+        if random and random_warning:
+            out.append(f"\\par\\smallskip{{\\footnotesize Warning: {_tex(random_warning)} ({_tex(', '.join(random))})}}")
         out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"),
                                                                              ds.get("protocol_note")) if n]
         out += ["\\end{table}", ""]
