@@ -544,6 +544,29 @@ def test_a_winner_is_named_only_beyond_noise(tmp_path):
     assert saved["winner"] == saved["highest"] == "fne+svm"
 
 
+def test_advice_is_judged_by_kind_where_no_single_row_wins(tmp_path):
+    """fne+svm and last+svm within noise at the top, both feature extraction, and train:finetune
+    far below on the same splits: "no clear winner, so the measurements neither confirm nor
+    contradict the advice" said nothing of the fine-tuning the advice was about. The best row of the
+    advised kind against the best of the others now decides it, with its test."""
+    runs = {"a": fake_metrics("fne+svm", 0.904, 0.01, 0.9, 0.01, splits=_splits([0.90, 0.91, 0.89, 0.90, 0.92])),
+            "b": fake_metrics("last+svm", 0.902, 0.01, 0.9, 0.01, splits=_splits([0.91, 0.90, 0.90, 0.89, 0.91])),
+            "c": fake_metrics("train:finetune", 0.6, 0.01, 0.6, 0.01, kind="train", mode="finetune",
+                              splits=_splits([0.60, 0.62, 0.58, 0.61, 0.59]))}
+    ds, md, html = _verdict_report(tmp_path, runs, advice=True)  # the advice: fine-tune
+    assert ds["verdict"]["kind"] == "unclear"
+    b = ds["advice"][0]["by_kind"]
+    assert (b["matched"], b["best"], b["other"]) == (False, "fne+svm", "train:finetune")
+    assert ("but the best of the other kinds, fne+svm, beats the best of the recommended kind, train:finetune, "
+            "beyond noise (corrected paired t-test") in md
+    assert "do not match the advice (recommended: fine-tuning)" in md and "class='nomatch'" in html
+    # within noise of each other too: undecided, as before
+    runs["c"] = fake_metrics("train:finetune", 0.9, 0.01, 0.9, 0.01, kind="train", mode="finetune",
+                             splits=_splits([0.89, 0.92, 0.90, 0.91, 0.90]))
+    ds, md, _ = _verdict_report(tmp_path / "close", runs, advice=True)
+    assert ds["advice"][0]["by_kind"] is None and "neither confirm nor contradict the advice" in md
+
+
 def test_tie_and_single_method_name_no_winner(tmp_path):
     ds, md, html = _verdict_report(tmp_path / "tie", {
         "a": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, splits=_splits([0.9])),

@@ -248,6 +248,12 @@ def advice_verdict(a: dict) -> tuple[str, str]:
     if kind == "single":
         return "undecided", (f"the only measured method, {w}, {fits} of the kind the advice recommends "
                              f"(recommended: {rec}); with nothing to compare it with, this does not test the advice")
+    if kind in ("tie", "unclear") and a.get("by_kind"):
+        b = a["by_kind"]
+        return ("match" if b["matched"] else "nomatch"), (
+            f"no clear winner (highest accuracy: {w}), but the best of the {'recommended kind' if b['matched'] else 'other kinds'}, "
+            f"{b['best']}, beats the best of the {'other kinds' if b['matched'] else 'recommended kind'}, {b['other']}, "
+            f"{b['text']}; the measurements {'match' if b['matched'] else 'do not match'} the advice (recommended: {rec})")
     if kind in ("tie", "unclear"):
         return "undecided", (f"no clear winner (highest accuracy: {w}), so the measurements neither confirm nor "
                              f"contradict the advice (recommended: {rec})")

@@ -39,7 +39,6 @@ from fne.linear import compare
 from fne.metrics import data_identity
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
-from fne.reporting.advise import method_family
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.intervals import (
     confusion_matrix,
@@ -52,15 +51,14 @@ from fne.reporting.render import (
     confused_pairs,
     interval_sentence,
     label,
-    pct,
     render_html,
     render_md,
-    secs,
     table_text,
     worst_classes,
 )
 from fne.reporting.settings import distinct, name_variants, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
+from fne.reporting.verdict import advice_check, shown, winner_verdict
 
 RANDOM_WARNING = ("the weights are random: the network has learnt nothing, so these numbers say "
                   "nothing about transfer learning")
@@ -351,11 +349,11 @@ def tabulate(collected: dict) -> list[dict]:
         best = {}
         for col in COLUMNS:
             vals = [r[col] for r in rows if r.get(col) is not None and not r["partial"]]
-            if len({_shown(col, v) for v in vals}) > 1:  # a column where every value reads the same has no best
+            if len({shown(col, v) for v in vals}) > 1:  # a column where every value reads the same has no best
                 best[col] = (max if col in ("accuracy", "mean_class_accuracy") else min)(vals)
         for r in rows:  # values that read the same as the best (0.01 s and 0.01 s) are equally best
             r["best"] = [c for c in COLUMNS if c in best and r.get(c) is not None
-                         and _shown(c, r[c]) == _shown(c, best[c]) and not r["partial"]]
+                         and shown(c, r[c]) == shown(c, best[c]) and not r["partial"]]
         section = [r for rs in groups[key].values() for r in rs]
         pub, advice = _references(key, section, published, collected["advice"])
         pub_vals = {k: published_value(v) for k, v in (pub.get("values") or {}).items()}
@@ -381,7 +379,7 @@ def tabulate(collected: dict) -> list[dict]:
             "winner": winner,
             "winner_test": test,
             "verdict": verdict,
-            "advice": [_advice_check(a, winner, verdict["kind"]) for a in advice],
+            "advice": [advice_check(a, winner, verdict["kind"], rows, metrics) for a in advice],
             "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
             "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
             "protocol_note": protocol_note(rows),
@@ -410,52 +408,6 @@ def _multi_backbone(rows: list[dict]) -> bool:
     pre = {(r["arch"], r["weights"]) for r in rows if not r["scratch"]}
     scratch = {r["arch"] for r in rows if r["scratch"]}
     return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
-
-
-def _shown(col: str, v: float) -> str:
-    """A value as the tables print it (render.pct / render.secs)."""
-    return pct(v) if col in ("accuracy", "mean_class_accuracy") else secs(v)
-
-
-def winner_verdict(rows: list[dict], test: str | None,
-                   untested: str = "the runs were not scored on the same splits") -> dict:
-    """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
-    to compare), "tie" (accuracies that read the same), "unclear" (the test, or without one the spread
-    across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
-    test applies and the lead exceeds the spread). The test (`compare.winner_vs_runner_up`): a paired
-    one on shared test images, else Fisher's exact test for two runs of one split each; `untested`:
-    why none applies (`compare.untested`)."""
-    ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
-    if not ranked:
-        return {"kind": "none", "text": ""}
-    w = ranked[0]
-    if len(ranked) == 1:
-        return {"kind": "single", "text": f"only one method was measured ({compare.row_name(w)}): nothing to compare it with"}
-    tied = [compare.row_name(r) for r in ranked if _shown("accuracy", r["accuracy"]) == _shown("accuracy", w["accuracy"])]
-    if len(tied) > 1:
-        return {"kind": "tie", "text": f"no winner: {', '.join(tied)} tie at {100 * w['accuracy']:.1f} % accuracy"}
-    if test is not None:
-        return {"kind": "unclear" if test.startswith("no clear winner") else "clear", "text": test}
-    second, lead = ranked[1], 100 * (w["accuracy"] - ranked[1]["accuracy"])
-    spread = max((100 * r["accuracy_std"] for r in (w, second)
-                  if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
-    if spread is not None and lead <= spread:
-        return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
-                                           f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
-                                           f"no paired test applies ({untested})"}
-    return {"kind": "untested", "text": f"{compare.row_name(w)} leads {compare.row_name(second)} by {lead:.1f} points; no paired "
-                                        f"test applies ({untested})"}
-
-
-def _advice_check(a: dict, winner: dict | None, verdict: str = "clear") -> dict:
-    a = {k: v for k, v in a.items() if not k.startswith("_")}
-    if winner is not None:
-        fam = method_family(winner["method"])
-        a["winner"] = winner["method"]
-        a["winner_family"] = fam
-        a["matched"] = fam in (a.get("families") or [])
-        a["verdict"] = verdict  # single / tie / unclear: the measurements do not test the advice
-    return a
 
 
 def header(collected: dict) -> dict:
