@@ -70,7 +70,7 @@ COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_command
 
 def said(text: Callable[[bool], str]) -> str:
     """A line a verb prints (a note, a step's progress) in the words of the API called, as
-    `fne.options.refusal` words an error: `text(python)`, which names options with
-    `fne.options.named(..., python)`, for a Python caller their keywords (``force=True``), on the
+    `fne.option_handling.refusal` words an error: `text(python)`, which names options with
+    `fne.option_handling.named(..., python)`, for a Python caller their keywords (``force=True``), on the
     command line (`COMMAND_LINE`) their flags (``--force``)."""
     return text(not COMMAND_LINE.get())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from fne import options as opts
+from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec

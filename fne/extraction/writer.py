@@ -16,7 +16,7 @@ import torch
 
 from fne.cache.store import Store
 from fne.errors import CacheError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 
 class Writer(threading.Thread):

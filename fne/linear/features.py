@@ -27,7 +27,8 @@ from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
-from fne.options import ForwardOptions, named, refusal
+from fne.option_handling import named, refusal
+from fne.options import ForwardOptions
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:

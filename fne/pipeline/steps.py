@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.fs import read_json, write_json
-from fne.options import TrainConfig, named, uses
+from fne.option_handling import named, uses
+from fne.options import TrainConfig
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 from fne.progress import said
 

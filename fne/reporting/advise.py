@@ -50,15 +50,8 @@ import numpy as np
 
 from fne import verb_module
 from fne.errors import FneError
-from fne.options import (
-    AdviseOptions,
-    DataOptions,
-    ForwardOptions,
-    StoreOptions,
-    keywords,
-    named,
-    refusal,
-)
+from fne.option_handling import keywords, named, refusal
+from fne.options import AdviseOptions, DataOptions, ForwardOptions, StoreOptions
 
 LARGE_PER_CLASS = 200  # median training images per class at or above which a set is "large"
 SIMILAR_MSP = 0.30  # mean max-softmax probability at or above which the target is "similar"
@@ -353,7 +346,7 @@ def advise(data, store=None, **options) -> dict:
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
     from fne.data.datasets import load_dataset
-    from fne.options import resolve
+    from fne.option_handling import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
     spec.backbone()  # unknown arch: FneError before any work
@@ -438,8 +431,8 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fne.option_handling import add_arguments as add_options
     from fne.options import DATA_HELP
-    from fne.options import add_arguments as add_options
 
     p.add_argument("data", help=DATA_HELP)
     add_options(p, *OPTIONS)
@@ -449,7 +442,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args) -> int:
     from fne.cache.fs import check_target, write_json
-    from fne.options import from_args
+    from fne.option_handling import from_args
 
     kw = from_args(args, *OPTIONS)
     out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fne import options, verb_module
+from fne import option_handling as opts
+from fne import verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
@@ -54,7 +55,8 @@ from fne.metrics import (
     split_record,
     split_scores,
 )
-from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig, named, refusal
+from fne.option_handling import named, refusal
+from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
 from fne.progress import said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
@@ -68,7 +70,7 @@ from fne.training.transfer import (
 
 
 def _text(path):
-    """A path argument as the string TrainConfig holds; anything else as given, for `options.check`
+    """A path argument as the string TrainConfig holds; anything else as given, for `opts.check`
     to name (str() made out=None a folder named None)."""
     return os.fspath(path) if isinstance(path, os.PathLike) else path
 
@@ -77,8 +79,8 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     """Argument mistakes, before any data or weights are loaded: each value against its
     declaration (fne.options.TrainConfig), an option given (`given`) that the mode ignores, then
     the rules between options."""
-    options.check(cfg)
-    options.unused(TrainConfig, cfg.mode, given)
+    opts.check(cfg)
+    opts.unused(TrainConfig, cfg.mode, given)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
         raise refusal(lambda py: f"{named('mode', py, 'direct', plain=True)} needs "
@@ -116,8 +118,8 @@ class _Split:
 STORE_OPTIONS = ("cache",)
 
 
-@options.keywords(StoreOptions, only=STORE_OPTIONS)
-@options.keywords(DataOptions, TrainConfig)
+@opts.keywords(StoreOptions, only=STORE_OPTIONS)
+@opts.keywords(DataOptions, TrainConfig)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
 
@@ -157,9 +159,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
 def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """`train`'s run, which seeds the global RNGs."""
     require_main_script("fne.train")
-    cache = options.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
-    options.unexpected(kwargs, DataOptions, TrainConfig)
-    data_o = options.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
+    cache = opts.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
+    opts.unexpected(kwargs, DataOptions, TrainConfig)
+    data_o = opts.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
@@ -490,13 +492,13 @@ def _imported(report: ImportReport | None) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `fne train`: the fields of fne.options.TrainConfig."""
     p.add_argument("data", help=DATA_HELP)
-    options.add_arguments(p, StoreOptions, only=STORE_OPTIONS)
-    options.add_arguments(p, DataOptions, TrainConfig)
+    opts.add_arguments(p, StoreOptions, only=STORE_OPTIONS)
+    opts.add_arguments(p, DataOptions, TrainConfig)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """`fne train` from parsed arguments (`train`); prints its one-line summary; -> the exit status."""
-    kw = options.from_args(args, DataOptions, TrainConfig)
+    kw = opts.from_args(args, DataOptions, TrainConfig)
     m = train(args.data, kw.pop("mode"), kw.pop("out"), cache=args.cache, **kw)
     if m["mode"] == "direct":
         how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
