@@ -68,6 +68,14 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", lea
 COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_command_line", default=False)
 
 
+# Set while `fne run` reruns a training step under --force (`fne.pipeline.runner.run_step`): why
+# the step does not take up its run folder's checkpoint, in the caller's words (``text(python)`` as
+# `said` takes it). fne train's note over that checkpoint says it in place of "(--resume continues
+# it)": fne run has no --resume (it resumes by itself).
+STARTS_OVER: contextvars.ContextVar[Callable[[bool], str] | None] = contextvars.ContextVar("fne_starts_over",
+                                                                                        default=None)
+
+
 def said(text: Callable[[bool], str]) -> str:
     """A line a verb prints (a note, a step's progress) in the words of the API called, as
     `fne.option_handling.refusal` words an error: `text(python)`, which names options with

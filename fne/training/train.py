@@ -57,7 +57,7 @@ from fne.metrics import (
 )
 from fne.option_handling import named, refusal
 from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
-from fne.progress import said
+from fne.progress import STARTS_OVER, said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -218,8 +218,9 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
         ckpt = checkpoint.load(path, cfg, split.images) if cfg.resume else None
     if ckpt is None and cfg.mode != "direct" and path.exists():  # --resume would refuse another run's
         new = f"note: starting a new run; {path}"
+        why = STARTS_OVER.get() or (lambda py: f"{checkpoint.resume_flag(py)} continues it")
         print(f"{new} (another run's settings or images, or unreadable) is replaced at the next save" if auto else
-              said(lambda py: f"{new} is replaced at the next save ({checkpoint.resume_flag(py)} continues it)"))
+              said(lambda py: f"{new} is replaced at the next save ({why(py)})"))
     return ckpt
 
 
