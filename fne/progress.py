@@ -1,5 +1,10 @@
-"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; and
-the lines verbs print, in the words of the API called (`said`).
+"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; the
+lines that say how the work goes (`progress_line`); and the lines verbs print, in the words of the
+API called (`said`).
+
+``progress=False`` (a verb's keyword) promises a Python caller silence: no bar and no progress line,
+only notes, warnings and errors. On the command line (`COMMAND_LINE`) --no-progress drops the bars,
+and the progress lines stay (a log's record of the run).
 
 A log (stderr not a terminal: CI, Slurm, `2> file`) gets whole newline-terminated lines, so
 warnings printed meanwhile stay on lines of their own.
@@ -62,6 +67,15 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", lea
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
+
+
+def progress_line(text: str, enabled: bool, stderr: bool = False) -> None:
+    """Print `text`, a line that says how the work goes (an epoch's scores, what a network
+    imported, "extracting N images missing from the cache"), on stdout (`stderr`: on stderr):
+    always on the command line, from Python unless the caller gave ``progress=False`` (`enabled`
+    False). A note, a warning or an error is printed whatever `enabled` is, not with this."""
+    if enabled or COMMAND_LINE.get():
+        print(text, file=sys.stderr if stderr else sys.stdout)
 
 
 # True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).

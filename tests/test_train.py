@@ -1046,3 +1046,28 @@ def test_the_training_loader_keeps_its_workers_and_still_draws_each_epochs_crops
     assert all(torch.equal(a, b) for a, b in zip(kept, plain, strict=True))
     assert not torch.equal(kept[0], kept[1])  # each epoch its own crops
     assert len(pids[0] | pids[1]) == 1 and str(os.getpid()) not in pids[0]  # one worker, kept
+
+
+def test_progress_false_keeps_a_python_caller_quiet_and_the_command_line_keeps_its_lines(tmp_path, capsys):
+    """``progress=False`` from Python: no bar and no progress line (what was imported, each epoch,
+    "resumed ..."); `fne train --no-progress` drops the bars only, its lines stay."""
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=3)
+    kw = dict(arch=ARCH, weights="random", image_size=32, workers=0, val_fraction=0, save_every=1)
+    capsys.readouterr()
+    train(str(data), "frozen", tmp_path / "py", epochs=1, progress=False, **kw)
+    train(str(data), "frozen", tmp_path / "py", epochs=2, progress=False, resume=True, **kw)  # resumed after 1
+    assert capsys.readouterr() == ("", "")
+    assert len(json.loads((tmp_path / "py" / "metrics.json").read_text())["history"]) == 2
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--image-size", "32",
+            "--workers", "0", "--val-fraction", "0", "--save-every", "1", "--no-progress", "--out", str(tmp_path / "cli")]
+    assert main([*args, "--epochs", "1"]) == 0 and main([*args, "--epochs", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("imported ") == 2 and "epoch 1/1: loss" in out and "epoch 2/2: loss" in out
+    assert f"resumed {tmp_path / 'cli' / 'checkpoint.pt'} after epoch 1" in out
+    # from Python without progress=False the lines are there as well
+    train(str(data), "frozen", tmp_path / "chatty", epochs=1, **kw)
+    assert "epoch 1/1: loss" in capsys.readouterr().out

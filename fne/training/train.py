@@ -57,7 +57,7 @@ from fne.metrics import (
 )
 from fne.option_handling import named, refusal
 from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
-from fne.progress import STARTS_OVER, said
+from fne.progress import STARTS_OVER, progress_line, said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -285,8 +285,8 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[to
     weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
     model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
                                        cfg.seed, cfg.weights_seed, device)
-    for line in describe_import(report, renew):
-        print(line)
+    for line in describe_import(report, renew):  # a tensor not imported, and why, is a note: always said
+        print(line) if line.startswith("not imported") else progress_line(line, cfg.progress)
     imported = set(report.imported) if report is not None else set()
     freeze_imported(model, cfg.mode, imported)
     keep = kept_statistics(model, cfg.mode, imported, cfg.train_bn)
@@ -342,7 +342,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
         run = checkpoint.resume(ckpt, parts)
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
-        print(f"resumed {path} after epoch {run['epoch']}")
+        progress_line(f"resumed {path} after epoch {run['epoch']}", cfg.progress)
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
             match = said(lambda py: ", ".join(named(n, py) for n in ("device", "precision", "augment_on")))
             print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
@@ -397,9 +397,9 @@ def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple
     row["seconds"] = time.perf_counter() - t0
     run["history"].append(row)
     run["epoch"] = epoch + 1
-    print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
-          + (f" val_acc {row['val_accuracy']:.3f} val_loss {row['val_loss']:.4f}" if val_loader else "")
-          + f" ({row['img_s']:.1f} img/s)")
+    progress_line(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
+                  + (f" val_acc {row['val_accuracy']:.3f} val_loss {row['val_loss']:.4f}" if val_loader else "")
+                  + f" ({row['img_s']:.1f} img/s)", cfg.progress)
 
 
 # ---------------------------------------------------------------- outputs
