@@ -321,21 +321,41 @@ def test_an_option_the_mode_ignores_is_refused_through_the_api_too(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path):
+def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path, image_opens):
     """`fne run --dry-run`'s word on a train step's checkpoint: resumed where the settings and the
     images of each part (DATA's listing, split as the run splits it) are the checkpoint's, else
-    started over, naming what differs; no checkpoint, nothing to say."""
+    started over, naming what differs; no checkpoint, nothing to say. It opens no image: files
+    the cache's manifest has no content key of (the split needs them) are not hashed, and the
+    note says it would check the images."""
     import shutil
 
+    from fne.data.manifest import attach_keys
     from fne.training.train import rerun_note, train
 
     data, out = tmp_path / "data", tmp_path / "run"
     shutil.copytree(digits_folder, data)
-    opts = dict(weights="random", save_every=1, val_fraction=0.0, **FAST)
+    opts = dict(weights="random", save_every=1, val_fraction=0.0, cache=str(tmp_path / "cache"), **FAST)
     assert rerun_note(str(data), "frozen", out, epochs=1, **opts) is None
-    train(str(data), "frozen", out, epochs=1, **opts)
+    train(str(data), "frozen", out, epochs=1, **opts)  # reads its manifest, writes none
+    image_opens.clear()
+    assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
+        "the rerun resumes from its checkpoint after epoch 1 of 3 if DATA's images are its own (would check "
+        "images: 24 of 24 files not hashed yet)")
+    assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
+        "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
+    assert not image_opens
+    import fne.training.train as tr
+
+    with pytest.MonkeyPatch.context() as m:  # hf: DATA not downloaded: not fetched
+        m.setattr(tr, "load_dataset", lambda *a, **k: pytest.fail("a dry run fetched hf: DATA"))
+        assert rerun_note("hf:someone/pets", "frozen", out, epochs=3, **opts) == (
+            "the rerun resumes from its checkpoint after epoch 1 of 3 if DATA's images are its own (would check "
+            "images: hf:someone/pets is not downloaded)")
+    attach_keys(load_dataset(str(data)), opts["cache"])  # hashed and kept, as fne fit and fne extract do
+    image_opens.clear()
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         "the rerun resumes from its checkpoint after epoch 1 of 3")
+    assert not image_opens
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
         "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
     next((data / "3").iterdir()).unlink()

@@ -34,7 +34,8 @@ from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_run_folder, check_target, replace_files
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
-from fne.data.manifest import attach_keys
+from fne.data.manifest import attach_keys, known_keys, manifest_for
+from fne.data.parquet import hf_available
 from fne.data.splits import duplicate_notes, make_splits, train_val_test
 from fne.devices import (
     default_workers,
@@ -230,7 +231,10 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
 
     The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
     part, from DATA's listing split as the run splits it, named by the pipeline file's keys), reading
-    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`.
+    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`. The split
+    keeps copies of an image together, so it needs every image's content key: where the cache's
+    manifest does not know one (a file new or changed since it was hashed) or `hf:` DATA is not
+    downloaded, the settings alone are compared and the note says it would check the images.
     """
     path = Path(out) / checkpoint.CHECKPOINT
     if mode == "direct" or not path.is_file():
@@ -241,19 +245,39 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
         ckpt = checkpoint.read(path, mmap=True)
     except FneError as e:
         return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
-    done = f"checkpoint after epoch {ckpt['epoch']}"
+    done, images = f"checkpoint after epoch {ckpt['epoch']}", None
     try:
-        dataset = load_dataset(cfg.data, cache=cache)
-        with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
-            warnings.simplefilter("ignore")
-            split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
+        if cfg.data.startswith("hf:") and not hf_available(cfg.data, cache):
+            unchecked = f"{cfg.data} is not downloaded"
+        else:
+            dataset = load_dataset(cfg.data, cache=cache)
+            unchecked = _unhashed(dataset, cache)
+        if unchecked is None:
+            with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
+                warnings.simplefilter("ignore")
+                split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
+            parts = {"train": split.train, "val": split.val, "test": split.test}
+            images = checkpoint.images(dataset.ids, dataset.labels, parts)
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
-    parts = {"train": split.train, "val": split.val, "test": split.test}
-    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts), python=True)
+    diff = checkpoint.mismatch(ckpt, cfg, images, python=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
+    if unchecked is not None:
+        return (f"the rerun resumes from its {done} of {cfg.epochs} if DATA's images are its own (would check "
+                f"images: {unchecked})")
     return f"the rerun resumes from its {done} of {cfg.epochs}"
+
+
+def _unhashed(dataset: Dataset, cache: str | None) -> str | None:
+    """How many of DATA's files the cache's manifest knows no content key of, in words
+    (`rerun_note`: finding them would read them); None where it knows every one (arrays in one
+    file are hashed from it, decoding no image)."""
+    if dataset.array_source is not None:
+        return None
+    manifest = manifest_for(dataset, cache)
+    n = len(dataset) if manifest is None else sum(k is None for k in known_keys(dataset, manifest))
+    return f"{n} of {len(dataset)} files not hashed yet" if n else None
 
 
 def _workers(cfg: TrainConfig, dev: torch.device) -> int:
