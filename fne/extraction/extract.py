@@ -24,8 +24,9 @@ from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
-from fne.cache.store import Store
+from fne.cache.store import Store, cache_root, no_such_root
 from fne.cache.store import lock_file as store_lock_file
+from fne.cache.upkeep import remove_failed_new_cache
 from fne.data import shards, sidecar
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
@@ -177,6 +178,19 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     shard_t = shards.parse_shard(o.shard)  # before DATA is listed, as the command line's
+    root = cache_root(spec.cache)
+    new = no_such_root(root)  # a local cache this call makes
+    try:
+        return _extract(data, spec, d, o, shard_t)
+    except BaseException:  # a cache it made and left no row in goes (`remove_failed_new_cache`)
+        if new:
+            remove_failed_new_cache(root)
+        raise
+
+
+def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: ExtractOptions,
+             shard_t: tuple[int, int] | None) -> ExtractResult:
+    """`extract`'s work, on its resolved options."""
     t0 = time.perf_counter()
     dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
