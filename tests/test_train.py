@@ -332,8 +332,10 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     from fne.data.manifest import attach_keys
     from fne.training.train import rerun_note, train
 
+    from .conftest import age
+
     data, out = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(digits_folder, data)
+    age(shutil.copytree(digits_folder, data))  # files the manifest vouches for once hashed
     opts = dict(weights="random", save_every=1, val_fraction=0.0, cache=str(tmp_path / "cache"), **FAST)
     assert rerun_note(str(data), "frozen", out, epochs=1, **opts) is None
     train(str(data), "frozen", out, epochs=1, **opts)  # reads its manifest, writes none

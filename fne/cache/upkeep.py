@@ -176,16 +176,20 @@ def remove_failed_new_cache(root: Path) -> bool:
 
     Another process that makes the same new cache meanwhile (an array job's ranks start together)
     either holds a lock, which keeps the folder, or is before its first lock, and then makes the
-    folders it writes to again."""
-    if not root.is_dir() or {p.name for p in root.iterdir()} - {LOCKS, "manifests"}:
+    folders it writes to again. It raises nothing (it runs as an error propagates): a folder it
+    cannot read or move is kept."""
+    try:
+        if not root.is_dir() or {p.name for p in root.iterdir()} - {LOCKS, "manifests"}:
+            return False
+        files = [p for p in root.rglob("*") if not p.is_dir()]
+        locks = [p for p in files if p.parent == root / LOCKS]
+        manifests = [p for p in files if p.parent == root / "manifests"]
+        if len(locks) + len(manifests) < len(files) or any(sidecar.held(p) for p in locks) \
+                or any(sidecar.held(p, process=False) for p in manifests if p.suffix == ".lock"):
+            return False
+        trash = root.parent / f".removing-{root.name}-{os.getpid()}"
+        os.replace(root, trash)  # at once: no half-removed cache is ever seen
+    except OSError:
         return False
-    files = [p for p in root.rglob("*") if not p.is_dir()]
-    locks = [p for p in files if p.parent == root / LOCKS]
-    manifests = [p for p in files if p.parent == root / "manifests"]
-    if len(locks) + len(manifests) < len(files) or any(sidecar.held(p) for p in locks) \
-            or any(sidecar.held(p, process=False) for p in manifests if p.suffix == ".lock"):
-        return False
-    trash = root.parent / f".removing-{root.name}-{os.getpid()}"
-    os.replace(root, trash)  # at once: no half-removed cache is ever seen
     shutil.rmtree(trash, ignore_errors=True)
     return True

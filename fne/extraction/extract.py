@@ -154,7 +154,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     CLI also reads torchrun's RANK/WORLD_SIZE) only that shard's images are read and computed,
     and once they are all committed a marker `shards/<listing>-<I>of<N>.json` records it; a
     rerun reuses every committed row, so a killed shard is simply run again. A file that could
-    not be read at all is never recorded, so it is tried again on every run.
+    not be read at all is never recorded, so it is tried again on every run. A call that fails
+    before its first row into a cache folder it made removes that folder again, where nothing of
+    worth is in it (`fne.cache.upkeep.remove_failed_new_cache`).
 
     Parameters
     ----------
