@@ -22,7 +22,8 @@ import fne
 
 # ----------------------------------------------------------------- extract
 def _add_extract(p: argparse.ArgumentParser) -> None:
-    from fne.options import DATA_HELP, DataOptions, ExtractOptions, StoreOptions, add_arguments
+    from fne.option_handling import add_arguments
+    from fne.options import DATA_HELP, DataOptions, ExtractOptions, StoreOptions
 
     p.add_argument("data", help=DATA_HELP)
     add_arguments(p, DataOptions, StoreOptions, ExtractOptions)
@@ -32,7 +33,8 @@ def _add_extract(p: argparse.ArgumentParser) -> None:
 def _cmd_extract(a) -> int:
     from fne.data.shards import parse_shard, shard_from_env
     from fne.extraction.extract import extract
-    from fne.options import DataOptions, ExtractOptions, StoreOptions, from_args
+    from fne.option_handling import from_args
+    from fne.options import DataOptions, ExtractOptions, StoreOptions
 
     kw = from_args(a, StoreOptions, DataOptions, ExtractOptions)
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
@@ -52,14 +54,8 @@ def _cmd_extract(a) -> int:
 
 # --------------------------------------------------------------------- fit
 def _add_fit(p: argparse.ArgumentParser) -> None:
-    from fne.options import (
-        DATA_HELP,
-        DataOptions,
-        FitOptions,
-        ForwardOptions,
-        StoreOptions,
-        add_arguments,
-    )
+    from fne.option_handling import add_arguments
+    from fne.options import DATA_HELP, DataOptions, FitOptions, ForwardOptions, StoreOptions
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="run folder for metrics.json, model.joblib and predictions.csv")
@@ -70,7 +66,8 @@ def _add_fit(p: argparse.ArgumentParser) -> None:
 def _cmd_fit(a) -> int:
     from fne.linear.compare import choice_note
     from fne.linear.fit import fit
-    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions, from_args
+    from fne.option_handling import from_args
+    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions
 
     m = fit(a.data, a.out, **from_args(a, DataOptions, FitOptions, StoreOptions, ForwardOptions))
     chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
@@ -86,7 +83,8 @@ def _cmd_fit(a) -> int:
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
     from fne.linear.predict import STORE_OPTIONS
-    from fne.options import DATA_HELP, DataOptions, ForwardOptions, StoreOptions, add_arguments
+    from fne.option_handling import add_arguments
+    from fne.options import DATA_HELP, DataOptions, ForwardOptions, StoreOptions
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
@@ -102,14 +100,16 @@ def _pinned_by_the_model() -> tuple[str, ...]:
     from dataclasses import fields
 
     from fne.linear.predict import STORE_OPTIONS
-    from fne.options import FitOptions, StoreOptions, flag
+    from fne.option_handling import flag
+    from fne.options import FitOptions, StoreOptions
 
     return tuple(flag(f) for cls in (StoreOptions, FitOptions) for f in fields(cls) if f.name not in STORE_OPTIONS)
 
 
 def _cmd_predict(a) -> int:
     from fne.linear.predict import STORE_OPTIONS, predict
-    from fne.options import DataOptions, ForwardOptions, from_args
+    from fne.option_handling import from_args
+    from fne.options import DataOptions, ForwardOptions
 
     store = {k: getattr(a, k) for k in STORE_OPTIONS}
     r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, DataOptions, ForwardOptions))
@@ -121,14 +121,8 @@ def _cmd_predict(a) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from fne.options import (
-        DATA_HELP,
-        DataOptions,
-        ForwardOptions,
-        RowsOptions,
-        StoreOptions,
-        add_arguments,
-    )
+    from fne.option_handling import add_arguments
+    from fne.options import DATA_HELP, DataOptions, ForwardOptions, RowsOptions, StoreOptions
 
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="FILE.h5")
@@ -138,7 +132,8 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 def _cmd_export(a) -> int:
     from fne.linear.export import export
-    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions, from_args
+    from fne.option_handling import from_args
+    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions
 
     r = export(a.data, a.out, **from_args(a, DataOptions, RowsOptions, StoreOptions, ForwardOptions))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
@@ -147,7 +142,8 @@ def _cmd_export(a) -> int:
 
 def _add_cache(p: argparse.ArgumentParser) -> None:
     from fne.cache.verbs import INFO_OPTIONS, RM_OPTIONS, VERIFY_OPTIONS
-    from fne.options import CacheOptions, DataOptions, StoreOptions, add_arguments
+    from fne.option_handling import add_arguments
+    from fne.options import CacheOptions, DataOptions, StoreOptions
 
     csub = p.add_subparsers(dest="cache_cmd", required=True)
     info = csub.add_parser("info", help="list stores: key, rows, size (and how many of DATA's images each holds)")
@@ -226,7 +222,8 @@ def _cmd_cache_rm(a) -> int:
 
 def _add_backbones(p: argparse.ArgumentParser) -> None:
     from fne.backbones.catalog import DESCRIBE_OPTIONS
-    from fne.options import StoreOptions, add_arguments
+    from fne.option_handling import add_arguments
+    from fne.options import StoreOptions
 
     p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME; "
                                                          "without it, the registry is listed")
@@ -349,7 +346,7 @@ def _joined_shard(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
-    option value's (`fne.options.refusal`'s `cli`) names its flag, where Python's names its keyword."""
+    option value's (`fne.option_handling.refusal`'s `cli`) names its flag, where Python's names its keyword."""
     from fne.errors import FneError
     from fne.progress import COMMAND_LINE
 

@@ -15,7 +15,8 @@ import torch
 
 from fne.errors import FneError
 from fne.names import PRECISIONS
-from fne.options import DEVICES, device_parses, named, refusal
+from fne.option_handling import named, refusal
+from fne.options import DEVICES, device_parses
 
 _ALLOCATOR_TUNED = False
 

@@ -6,7 +6,7 @@ import os
 class FneError(Exception):
     """A mistake in what the user asked for (bad file, bad argument, missing cache rows).
 
-    One that refuses an option's value (`fne.options.refusal`) names it as Python's keyword and has
+    One that refuses an option's value (`fne.option_handling.refusal`) names it as Python's keyword and has
     `cli`, the same message naming the command-line flag, which the CLI prints.
     """
 
@@ -17,7 +17,7 @@ class DataError(FneError, ValueError):
 
 class OptionError(FneError, ValueError):
     """A verb's option has a value it does not accept (a bad choice, out of bounds): made by
-    `fne.options.refusal`, its message names the option as Python's keyword (``unknown
+    `fne.option_handling.refusal`, its message names the option as Python's keyword (``unknown
     head='svmm'``), its `cli` the command-line flag (``unknown --head 'svmm'``)."""
 
 

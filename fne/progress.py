@@ -1,5 +1,10 @@
-"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; and
-the lines verbs print, in the words of the API called (`said`).
+"""Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; the
+lines that say how the work goes (`progress_line`); and the lines verbs print, in the words of the
+API called (`said`).
+
+``progress=False`` (a verb's keyword) promises a Python caller silence: no bar and no progress line,
+only notes, warnings and errors. On the command line (`COMMAND_LINE`) --no-progress drops the bars,
+and the progress lines stay (a log's record of the run).
 
 A log (stderr not a terminal: CI, Slurm, `2> file`) gets whole newline-terminated lines, so
 warnings printed meanwhile stay on lines of their own.
@@ -64,13 +69,30 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", lea
     return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
 
 
+def progress_line(text: str, enabled: bool, stderr: bool = False) -> None:
+    """Print `text`, a line that says how the work goes (an epoch's scores, what a network
+    imported, "extracting N images missing from the cache"), on stdout (`stderr`: on stderr):
+    always on the command line, from Python unless the caller gave ``progress=False`` (`enabled`
+    False). A note, a warning or an error is printed whatever `enabled` is, not with this."""
+    if enabled or COMMAND_LINE.get():
+        print(text, file=sys.stderr if stderr else sys.stdout)
+
+
 # True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).
 COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_command_line", default=False)
 
 
+# Set while `fne run` reruns a training step under --force (`fne.pipeline.runner.run_step`): why
+# the step does not take up its run folder's checkpoint, in the caller's words (``text(python)`` as
+# `said` takes it). fne train's note over that checkpoint says it in place of "(--resume continues
+# it)": fne run has no --resume (it resumes by itself).
+STARTS_OVER: contextvars.ContextVar[Callable[[bool], str] | None] = contextvars.ContextVar("fne_starts_over",
+                                                                                        default=None)
+
+
 def said(text: Callable[[bool], str]) -> str:
     """A line a verb prints (a note, a step's progress) in the words of the API called, as
-    `fne.options.refusal` words an error: `text(python)`, which names options with
-    `fne.options.named(..., python)`, for a Python caller their keywords (``force=True``), on the
+    `fne.option_handling.refusal` words an error: `text(python)`, which names options with
+    `fne.option_handling.named(..., python)`, for a Python caller their keywords (``force=True``), on the
     command line (`COMMAND_LINE`) their flags (``--force``)."""
     return text(not COMMAND_LINE.get())

@@ -22,8 +22,9 @@ import fne.options
 from fne.cache.store import list_stores
 from fne.cli import build_parser, main
 from fne.data.datasets import load_dataset
-from fne.errors import CacheError, DataError, FneError, WeightsError
+from fne.errors import CacheError, DataError, FneError, OptionError, WeightsError
 from fne.linear.embedding import FullNetworkEmbedding
+from fne.option_handling import uses
 
 from .conftest import FAST
 
@@ -190,7 +191,7 @@ def test_a_refused_option_value_names_the_keyword_in_python_and_the_flag_on_the_
     """One message, said of what the user typed: ``fne.fit(..., head="svmm")`` names ``head=``,
     `fne fit --head svmm` names ``--head``."""
     call, argv = BAD_OPTION_CALLS[verb]
-    with pytest.raises(REFUSED_AS.get((verb, *kw), fne.options.OptionError)) as e:
+    with pytest.raises(REFUSED_AS.get((verb, *kw), OptionError)) as e:
         call(tmp_path, kw)
     assert str(e.value).startswith(python) and "--" not in str(e.value)
     monkeypatch.chdir(tmp_path)
@@ -206,32 +207,32 @@ def _deep(name: str):
 
 
 @pytest.mark.parametrize("call,kind,python,cli", [
-    (lambda t: _deep("fne.devices.resolve_precision")("fp8", None), fne.options.OptionError,
+    (lambda t: _deep("fne.devices.resolve_precision")("fp8", None), OptionError,
      "unknown precision='fp8'; choose from", "unknown --precision 'fp8'; choose from"),
-    (lambda t: _deep("fne.devices.resolve_batch_size")("many", None), fne.options.OptionError,
+    (lambda t: _deep("fne.devices.resolve_batch_size")("many", None), OptionError,
      "bad batch_size='many'; expected an integer >= 1 or auto", "bad --batch-size 'many'; expected"),
-    (lambda t: _deep("fne.backbones.registry.get")("vgg17"), fne.options.OptionError,
+    (lambda t: _deep("fne.backbones.registry.get")("vgg17"), OptionError,
      "unknown arch='vgg17'. Did you mean", "unknown --arch 'vgg17'. Did you mean"),
     (lambda t: _deep("fne.backbones.registry.read_state_dict")(t / "w.pt"), WeightsError,
      "weights='{t}/w.pt': no such file", "--weights '{t}/w.pt': no such file"),
-    (lambda t: _deep("fne.training.transfer.new_layer_names")(None, "frozen", "all"), fne.options.OptionError,
+    (lambda t: _deep("fne.training.transfer.new_layer_names")(None, "frozen", "all"), OptionError,
      "unknown new_layers='all'; choose from", "unknown --new-layers 'all'; choose from"),
-    (lambda t: _deep("fne.training.class_map.read_class_map")(t / "m.json", [], []), fne.options.OptionError,
+    (lambda t: _deep("fne.training.class_map.read_class_map")(t / "m.json", [], []), OptionError,
      "class_map='{t}/m.json': no such file", "--class-map '{t}/m.json': no such file"),
     (lambda t: _deep("fne.training.checkpoint.read")(t / "c.pt"), FneError,
      "resume=True: no checkpoint {t}/c.pt (a run writes one after an epoch: see save_every)",
      "--resume: no checkpoint {t}/c.pt (a run writes one after an epoch: see --save-every)"),
-    (lambda t: _deep("fne.cache.fs.check_target")(t, folder=False), fne.options.OptionError,
+    (lambda t: _deep("fne.cache.fs.check_target")(t, folder=False), OptionError,
      "out='{t}': is a folder; give the file to write", "--out '{t}': is a folder"),
     (lambda t: _deep("fne.data.datasets.load_dataset")(t, label_key="cls"), DataError,
      "label_key='cls': applies to tar shards", "--label-key 'cls': applies to tar shards"),
     (lambda t: _deep("fne.data.splits.stratified")(np.arange(4), np.array([0, 1, 2, 3]), 0.25, 0, "test_size"),
      DataError, "cannot carve a stratified test_size=0.25 part", "cannot carve a stratified --test-size 0.25 part"),
-    (lambda t: _deep("fne.linear.features.parse_features")("auto", None), fne.options.OptionError,
+    (lambda t: _deep("fne.linear.features.parse_features")("auto", None), OptionError,
      "features='auto' is `fne fit`'s cross-validated choice", "--features auto is `fne fit`'s"),
-    (lambda t: _deep("fne.linear.heads.make_head")("svmm"), fne.options.OptionError,
+    (lambda t: _deep("fne.linear.heads.make_head")("svmm"), OptionError,
      "unknown head='svmm'; choose from", "unknown --head 'svmm'; choose from"),
-    (lambda t: _deep("fne.linear.solver.resolve_solver")("numpy", "svm", 1, 1, 2), fne.options.OptionError,
+    (lambda t: _deep("fne.linear.solver.resolve_solver")("numpy", "svm", 1, 1, 2), OptionError,
      "unknown solver='numpy'; choose from", "unknown --solver 'numpy'; choose from"),
     (lambda t: _deep("fne.cache.store.cache_root")(t / "f.txt"), CacheError,
      "cache='{t}/f.txt': is a file", "--cache '{t}/f.txt': is a file"),
@@ -253,7 +254,7 @@ def test_predict_with_a_network_parses_the_device_before_the_run_and_data_are_re
     listing), named as the caller did."""
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.pt").write_bytes(b"not read")
-    with pytest.raises(fne.options.OptionError, match=r"^bad device='cpu:1': device must be") as e:
+    with pytest.raises(OptionError, match=r"^bad device='cpu:1': device must be") as e:
         fne.predict(tmp_path / "run", tmp_path / "absent", out=tmp_path / "p.csv", device="cpu:1")
     assert e.value.cli.startswith("bad --device 'cpu:1': --device must be")
 
@@ -452,9 +453,9 @@ def test_every_keyword_a_verb_lists_is_one_it_takes(verb, tmp_path):
     params = inspect.signature(func).parameters.values()
     kw = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
     if verb == "train":
-        ignored = {k for k in kw if not fne.options.uses(fne.options.TrainConfig, "frozen", k)}
+        ignored = {k for k in kw if not uses(fne.options.TrainConfig, "frozen", k)}
         assert ignored == {"class_map", "direct_score", "imported_lr_mult", "train_bn"}
-        with pytest.raises(fne.options.OptionError, match="^direct_score applies to mode 'direct' only, not 'frozen'$"):
+        with pytest.raises(OptionError, match="^direct_score applies to mode 'direct' only, not 'frozen'$"):
             func(tmp_path / "absent", "frozen", tmp_path / "OUT", **{k: v for k, v in kw.items() if k != "class_map"})
         kw = {k: v for k, v in kw.items() if k not in ignored}
     assert "label_key" in kw and len(kw) > 5

@@ -49,6 +49,7 @@ import pytest  # noqa: E402
 
 from fne import options as O  # noqa: E402
 from fne.cli import build_parser, main  # noqa: E402
+from fne.option_handling import flag  # noqa: E402
 
 VERBS = {  # verb -> (option classes, what the verb declares beside them)
     "extract": ((O.DataOptions, O.StoreOptions, O.ExtractOptions), {"data"}),
@@ -75,7 +76,7 @@ def test_cli_offers_exactly_the_declared_options_with_their_defaults(verb):
     for name, f in declared.items():
         if f.default is not dataclasses.MISSING:  # fne train's options some modes ignore: absent unless given
             assert actions[name].default == (argparse.SUPPRESS if f.metadata["opt"].modes else f.default), name
-        assert actions[name].option_strings == [O.flag(f)]
+        assert actions[name].option_strings == [flag(f)]
         if f.default not in (dataclasses.MISSING, None, True, False):  # --help lists it (README)
             assert "default" in actions[name].help, name
 
@@ -86,7 +87,7 @@ def test_train_takes_the_cache_option_the_store_verbs_declare():
 
     (f,) = [f for f in dataclasses.fields(O.StoreOptions) if f.name in STORE_OPTIONS]
     cache = _actions("train")["cache"]
-    assert (cache.option_strings, cache.default, cache.help) == ([O.flag(f)], None, f.metadata["opt"].help)
+    assert (cache.option_strings, cache.default, cache.help) == ([flag(f)], None, f.metadata["opt"].help)
     assert cache.help == _actions("fit")["cache"].help
 
 

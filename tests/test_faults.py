@@ -93,6 +93,71 @@ def test_full_disk_with_a_full_queue_does_not_hang(digits_folder, tmp_path, monk
     assert len(outcome) == 1 and "no space left on device" in str(outcome[0])
 
 
+def test_ctrl_c_stays_the_exception_when_the_disk_filled_meanwhile(digits_folder, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the loop after the writer died of a full disk: the caller gets KeyboardInterrupt
+    (the command line: 'interrupted', status 130), the writer's error a warning, and the part
+    committed before the disk filled is kept (it used to be the CacheError in its place)."""
+    real_commit, real_skip, calls, batches = Store.commit, fx._skip, [], []
+
+    def fills_up(self, keys, arrays, bad=None):
+        calls.append(len(keys))
+        if len(calls) > 1:
+            _enospc()
+        return real_commit(self, keys, arrays, bad)
+
+    def ctrl_c_at_the_third_batch(*a):
+        batches.append(1)
+        if len(batches) == 3:
+            raise KeyboardInterrupt
+        return real_skip(*a)
+
+    monkeypatch.setattr(Store, "commit", fills_up)
+    monkeypatch.setattr(fx, "_skip", ctrl_c_at_the_third_batch)
+    cache = tmp_path / "cache"
+    with pytest.warns(UserWarning, match=f"^the cache writer had stopped: no space left on device writing to the "
+                                         f"cache {cache}"), pytest.raises(KeyboardInterrupt):
+        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=4, workers=0, progress=False, **FAST)
+    assert verify(_store(cache)).problems == [] and len(_store(cache)) == 4  # the part committed before
+    monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())  # the command line's parts: 1024 rows
+    batches.clear()
+    assert main(["extract", str(digits_folder), "--cache", str(tmp_path / "c2"), "--batch-size", "4",
+                 "--no-progress", *CLI_FAST]) == 130
+    err = capsys.readouterr().err
+    assert "fne: warning: the cache writer had stopped: no space left on device" in err
+    assert "fne extract: interrupted" in err
+
+
+def test_a_ctrl_c_while_the_writer_is_closed_is_not_replaced_by_its_error(tmp_path):
+    """Ctrl-C while `Writer.close` waits for room in the queue, the writer dying of a full disk
+    meanwhile: KeyboardInterrupt is raised (the writer's error a warning), not the CacheError."""
+    from fne.extraction.writer import Writer
+
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    real_commit, calls = store.commit, []
+
+    def fills_up(*a, **k):
+        calls.append(1)
+        return _enospc() if len(calls) > 1 else real_commit(*a, **k)
+
+    store.commit = fills_up
+    keys = [f"{i:032x}" for i in range(4)]  # content keys: hex digests
+    w = Writer(store, chunk=2, taps=[("t", 3)])
+    w.start()
+    w.put(keys[:2], np.ones((2, 1, 3), np.float32), {})  # committed
+    real_put = w.q.put
+
+    def interrupted_while_waiting(item, timeout=None):  # the end of the queue, sent by close
+        real_put((keys[2:], np.ones((2, 1, 3), np.float32), {}, None))  # the part the full disk refuses
+        w.finished.wait(30)
+        raise KeyboardInterrupt
+
+    w.q.put = interrupted_while_waiting
+    with pytest.warns(UserWarning, match="^the cache writer had stopped: no space left"), \
+            pytest.raises(KeyboardInterrupt):
+        w.close()
+    assert not w.is_alive() and sorted(store.index()) == keys[:2]
+
+
 def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())
     code = main(["extract", str(digits_folder), "--cache", str(tmp_path / "c"), *CLI_FAST])
@@ -214,7 +279,7 @@ def test_unreadable_file_is_not_recorded_and_read_next_time(tmp_path, monkeypatc
     assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST).n_computed == 1
 
 
-def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch):
+def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch, capsys):
     data = write_digits(tmp_path / "data", per_class=3, classes=2)
     past = time.time() - 3600  # an hour old: the manifest vouches for their keys from now on
     for p in data.rglob("*.png"):
@@ -232,8 +297,12 @@ def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch):
             fx.extract(data, cache=cache, workers=0, progress=False, **FAST)
     assert len(_store(cache).bad()) == 1
     assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST).n_computed == 0  # recorded
+    capsys.readouterr()
+    # progress=False: read again without a line; the command line says how many it reads again
+    assert fx.extract(data, cache=cache, workers=0, progress=False, retry_bad=True, **FAST).n_computed == 1
+    assert capsys.readouterr() == ("", "") and len(_store(cache)) == 6
     code = main(["extract", str(data), "--cache", cache, "--retry-bad", *CLI_FAST])
-    assert code == 0 and len(_store(cache)) == 6
+    assert code == 0 and "fne extract: 0 image(s) recorded as unreadable will be read again" in capsys.readouterr().err
     m = fit(data, out=tmp_path / "run", cache=cache, splits=1, test_size=0.5, **FAST)
     assert m["n_images"] == 6  # the old bad record no longer hides the row
 

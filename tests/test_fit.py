@@ -56,6 +56,19 @@ def test_standardisation_uses_training_split_only(digits_split, tmp_path):
     assert not np.allclose(embed.mean_, X.mean(0), rtol=1e-6)
 
 
+def test_progress_false_extracts_missing_rows_without_a_line(digits_split, tmp_path, capsys):
+    """``progress=False`` from Python: the rows extracted on the way print nothing (no bar, no
+    "extracting N images" line); `fne fit --extract --no-progress` keeps that line."""
+    capsys.readouterr()
+    fit(digits_split, out=tmp_path / "py", cache=str(tmp_path / "py-cache"), extract_missing=True, progress=False,
+        **STORE)
+    assert capsys.readouterr() == ("", "")
+    assert main(["fit", str(digits_split), "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "cli-cache"),
+                 "--extract", "--no-progress", "--arch", STORE["arch"], "--weights", "random", "--precision", "fp32",
+                 "--storage-dtype", "float32"]) == 0
+    assert "fne fit: extracting 27 images missing from the cache" in capsys.readouterr().err
+
+
 def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
     cache = str(tmp_path / "cache")
     m = fit(digits_split, features="last", head="logreg", out=tmp_path / "run", cache=cache,

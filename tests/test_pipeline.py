@@ -280,12 +280,13 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch, fo
     assert counts["train"].calls == 1
 
 
-def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     """Ctrl-C in a training step's second epoch: the rerun takes up the step's checkpoint
     (`--save-every auto`, here due after every epoch) and trains the second epoch only; under
-    --force the step starts anew."""
+    --force the step starts anew, and its note names --force (fne run has no --resume)."""
     import fne.training.checkpoint as ck
     import fne.training.epochs as ep
+    from fne.cli import main
 
     f = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2"))
     out, cache = tmp_path / "out", str(tmp_path / "cache")
@@ -323,10 +324,17 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
         P.run(f, out, cache, report=False, log=lambda s: None)
     assert (resumed.calls, epochs_run.calls) == (1, 1)
     assert len(json.loads((step / "metrics.json").read_text())["history"]) == 2
+    capsys.readouterr()
+    note = f"note: starting a new run; {step / 'checkpoint.pt'} is replaced at the next save"
     with monkeypatch.context() as m:
         resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
         P.run(f, out, cache, force=True, report=False, log=lambda s: None)
     assert (resumed.calls, epochs_run.calls) == (0, 2)
+    printed = capsys.readouterr().out
+    assert f"{note} (force=True starts the step over)" in printed and "resume" not in printed
+    assert main(["run", str(f), "--out", str(out), "--cache", cache, "--force", "--no-report"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{note} (--force starts the step over)" in printed and "resume" not in printed
 
 
 # ------------------------------------------------------------------ shipped files
@@ -450,7 +458,7 @@ def test_config_imports_nothing_heavy():
 
     code = ("import sys, fne.pipeline.config; heavy = {'torch', 'sklearn'} & set(sys.modules); "
             "verbs = [m for m in sys.modules if m.startswith('fne.') and m not in "
-            "('fne.pipeline', 'fne.pipeline.config', 'fne.pipeline.config_errors', 'fne.errors', 'fne.names', 'fne.options')]; "
+            "('fne.pipeline', 'fne.pipeline.config', 'fne.pipeline.config_errors', 'fne.errors', 'fne.names', 'fne.options', 'fne.option_handling')]; "
             "assert not heavy and not verbs, (heavy, verbs)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr

@@ -180,6 +180,54 @@ def test_a_second_extraction_of_the_same_images_waits_and_computes_nothing(tmp_p
     assert results[0].n_computed == 0 and results[0].n_cached == 6 and forward_images.n == n_first
 
 
+def test_a_failed_extraction_removes_the_cache_folder_it_made_not_one_that_was_there(tmp_path, capsys):
+    """`fne extract` failing before its first row (weights it cannot read) into a cache folder it
+    made leaves no folder (it held DATA's manifest, the weights' hash and a lock file); into a
+    folder that was there, what it wrote stays. A run that committed rows keeps its cache
+    (test_faults' full disk)."""
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    (tmp_path / "bad.pt").write_text("not a state dict")
+    args = ["extract", str(data), "--arch", ARCH, "--weights", str(tmp_path / "bad.pt"), "--no-progress"]
+    assert main([*args, "--cache", str(tmp_path / "new")]) == 2
+    assert "torch.load cannot read it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "data"]  # nor a trash folder beside it
+    (tmp_path / "old").mkdir()
+    assert main([*args, "--cache", str(tmp_path / "old")]) == 2
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["locks", "manifests"]
+
+
+def test_a_new_cache_goes_only_when_it_holds_what_a_failed_first_run_leaves(tmp_path):
+    """`remove_failed_new_cache`: lock files and the manifests of folders and weights go; a store,
+    a download, a container listing or a lock another process holds keep the folder whole."""
+    import subprocess
+    import sys
+
+    from fne.cache.upkeep import remove_failed_new_cache
+
+    def made(name: str, *files: str) -> Path:
+        for f in files:
+            (tmp_path / name / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / f).write_text("{}")
+        return tmp_path / name
+
+    leaves = ("locks/s--1.lock", "manifests/033a.json", "manifests/033a.json.lock", "manifests/weights-80.json")
+    assert remove_failed_new_cache(made("plain", *leaves)) and not (tmp_path / "plain").exists()
+    for name, more in (("rows", "s/store.json"), ("download", "hf/x/default/a.parquet"),
+                       ("listing", "manifests/containers/9f.json")):
+        root = made(name, *leaves, more)
+        assert not remove_failed_new_cache(root) and (root / more).is_file() and (root / leaves[1]).is_file()
+    root = made("busy", *leaves)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(root / leaves[0])], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # an extraction at work
+    assert holder.stdout.readline() == "held\n"
+    try:
+        assert not remove_failed_new_cache(root) and (root / leaves[0]).is_file()
+    finally:
+        holder.communicate("done\n", timeout=60)
+    assert remove_failed_new_cache(root) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "download", "listing", "rows"]
+
+
 def test_cache_info_prints_the_root(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FNE_CACHE", raising=False)
     assert main(["cache", "info", "--cache", str(tmp_path / "c")]) == 0

@@ -331,21 +331,43 @@ def test_a_keyword_left_none_takes_its_default(digits_folder, tmp_path):
     assert m["lr"] == 0.001 and m["epochs"] == 1 and m["mode"] == "frozen"
 
 
-def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path):
+def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_folder, tmp_path, image_opens):
     """`fne run --dry-run`'s word on a train step's checkpoint: resumed where the settings and the
     images of each part (DATA's listing, split as the run splits it) are the checkpoint's, else
-    started over, naming what differs; no checkpoint, nothing to say."""
+    started over, naming what differs; no checkpoint, nothing to say. It opens no image: files
+    the cache's manifest has no content key of (the split needs them) are not hashed, and the
+    note says it would check the images."""
     import shutil
 
+    from fne.data.manifest import attach_keys
     from fne.training.train import rerun_note, train
 
+    from .conftest import age
+
     data, out = tmp_path / "data", tmp_path / "run"
-    shutil.copytree(digits_folder, data)
-    opts = dict(weights="random", save_every=1, val_fraction=0.0, **FAST)
+    age(shutil.copytree(digits_folder, data))  # files the manifest vouches for once hashed
+    opts = dict(weights="random", save_every=1, val_fraction=0.0, cache=str(tmp_path / "cache"), **FAST)
     assert rerun_note(str(data), "frozen", out, epochs=1, **opts) is None
-    train(str(data), "frozen", out, epochs=1, **opts)
+    train(str(data), "frozen", out, epochs=1, **opts)  # reads its manifest, writes none
+    image_opens.clear()
+    assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
+        "the rerun resumes from its checkpoint after epoch 1 of 3 if DATA's images are its own (would check "
+        "images: 24 of 24 files not hashed yet)")
+    assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
+        "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
+    assert not image_opens
+    import fne.training.train as tr
+
+    with pytest.MonkeyPatch.context() as m:  # hf: DATA not downloaded: not fetched
+        m.setattr(tr, "load_dataset", lambda *a, **k: pytest.fail("a dry run fetched hf: DATA"))
+        assert rerun_note("hf:someone/pets", "frozen", out, epochs=3, **opts) == (
+            "the rerun resumes from its checkpoint after epoch 1 of 3 if DATA's images are its own (would check "
+            "images: hf:someone/pets is not downloaded)")
+    attach_keys(load_dataset(str(data)), opts["cache"])  # hashed and kept, as fne fit and fne extract do
+    image_opens.clear()
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         "the rerun resumes from its checkpoint after epoch 1 of 3")
+    assert not image_opens
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
         "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
     next((data / "3").iterdir()).unlink()
@@ -1059,3 +1081,28 @@ def test_the_training_loader_keeps_its_workers_and_still_draws_each_epochs_crops
     assert all(torch.equal(a, b) for a, b in zip(kept, plain, strict=True))
     assert not torch.equal(kept[0], kept[1])  # each epoch its own crops
     assert len(pids[0] | pids[1]) == 1 and str(os.getpid()) not in pids[0]  # one worker, kept
+
+
+def test_progress_false_keeps_a_python_caller_quiet_and_the_command_line_keeps_its_lines(tmp_path, capsys):
+    """``progress=False`` from Python: no bar and no progress line (what was imported, each epoch,
+    "resumed ..."); `fne train --no-progress` drops the bars only, its lines stay."""
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=6, classes=3)
+    kw = dict(arch=ARCH, weights="random", image_size=32, workers=0, val_fraction=0, save_every=1)
+    capsys.readouterr()
+    train(str(data), "frozen", tmp_path / "py", epochs=1, progress=False, **kw)
+    train(str(data), "frozen", tmp_path / "py", epochs=2, progress=False, resume=True, **kw)  # resumed after 1
+    assert capsys.readouterr() == ("", "")
+    assert len(json.loads((tmp_path / "py" / "metrics.json").read_text())["history"]) == 2
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--image-size", "32",
+            "--workers", "0", "--val-fraction", "0", "--save-every", "1", "--no-progress", "--out", str(tmp_path / "cli")]
+    assert main([*args, "--epochs", "1"]) == 0 and main([*args, "--epochs", "2", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("imported ") == 2 and "epoch 1/1: loss" in out and "epoch 2/2: loss" in out
+    assert f"resumed {tmp_path / 'cli' / 'checkpoint.pt'} after epoch 1" in out
+    # from Python without progress=False the lines are there as well
+    train(str(data), "frozen", tmp_path / "chatty", epochs=1, **kw)
+    assert "epoch 1/1: loss" in capsys.readouterr().out

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from fne.options import StoreOptions, keywords, resolve
+from fne.option_handling import keywords, resolve
+from fne.options import StoreOptions
 
 DESCRIBE_OPTIONS = ("weights",)  # the keywords of `describe_backbone`, declared in fne.options
 

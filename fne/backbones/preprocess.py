@@ -15,7 +15,7 @@ from PIL import Image
 
 from fne.errors import FneError
 from fne.names import CROPS
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 if TYPE_CHECKING:
     import torch

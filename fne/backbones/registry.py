@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 if TYPE_CHECKING:
     import torch
@@ -104,7 +104,7 @@ def get(name: str, weights: str | None = None) -> Backbone:
 
 def weights_refusal(weights: str | Path, said: str | Callable[[bool], str]) -> WeightsError:
     """The WeightsError `WEIGHTS: said`, naming --weights as the caller did (`weights='x.pt'` in
-    Python, `--weights 'x.pt'` on the command line: `fne.options.refusal`); `said` may be a text
+    Python, `--weights 'x.pt'` on the command line: `fne.option_handling.refusal`); `said` may be a text
     of `python` too."""
     return refusal(lambda py: f"{named('weights', py, str(weights))}: {said(py) if callable(said) else said}",
                    WeightsError)

@@ -39,7 +39,7 @@ from torch import nn
 
 from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import zarr
 
 from fne.errors import CacheError, FneError, expect_path
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 COMMITTED = ".committed"  # suffix of the marker that commits a part of a URL store
 TMP = ".tmp-"  # prefix of what a writer has not committed yet: temporary files, unfinished parts
@@ -155,7 +155,7 @@ def check_target(path: str | Path, folder: bool, data=None) -> Path:
 
 def out_refused(path: str | Path, said: str) -> FneError:
     """The OptionError `PATH: said` of the option `out`, naming it as the caller did (``out='r'``
-    in Python, ``--out 'r'`` on the command line: `fne.options.refusal`)."""
+    in Python, ``--out 'r'`` on the command line: `fne.option_handling.refusal`)."""
     return refusal(lambda py: f"{named('out', py, str(path))}: {said}")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 
 from fne.errors import CacheError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 ROWS = "rows"
 # What real damage raises when a part is read: a file gone or cut short, bytes that do not

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 
-from fne import options
+from fne import option_handling as opts
 from fne.backbones import registry as backbones
 from fne.backbones.preprocess import Preprocess
 from fne.cache.store import Store, StoreKey, cache_root, list_stores
@@ -46,7 +46,7 @@ class StoreSpec(StoreOptions):
         return self.backbone().preprocess(self.crop)
 
     def _check(self) -> None:
-        options.check(self)
+        opts.check(self)
 
     def prep_key(self) -> str:
         # Device-decoded pixels may differ from PIL's (the decoder): their rows get a store of their own.

@@ -33,7 +33,7 @@ from fne.cache.fs import (
     writer_name,
 )
 from fne.errors import CacheError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 __all__ = ["COMMITTED", "FORMAT", "Store", "StoreKey", "Url", "cache_root", "default_cache",
            "is_url", "list_stores", "local_root"]

@@ -1,5 +1,6 @@
 """Store upkeep: verify (a function returning its findings), clean unfinished parts of writers
-that are gone, and move damaged parts to quarantine/ where reads never look."""
+that are gone, and move damaged parts to quarantine/ where reads never look; and the removal of a
+cache folder that a failed extraction made and left nothing of worth in."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from fne.cache import parts
 from fne.cache.fs import clear_dead_temps, writer_alive
-from fne.cache.store import Store, lock_files
+from fne.cache.store import LOCKS, Store, lock_files
 from fne.data import sidecar
 from fne.errors import CacheError
 
@@ -163,3 +164,32 @@ def finish_removals(root: Path) -> None:
     """Delete what interrupted removals (`remove`) left in the local cache root `root`."""
     for left in Path(root).glob(".removing-*"):
         shutil.rmtree(left, ignore_errors=True)
+
+
+def remove_failed_new_cache(root: Path) -> bool:
+    """Remove the cache folder `root`, made by a call that failed before its first row, where it
+    holds only what such a call leaves: lock files that no running process holds (`locks/`) and
+    the manifests of image folders and weights files (`manifests/`: hashes, computed again in
+    the next run's single read of each file). Anything else (a store, so rows; a download,
+    `hf/`; a container listing, costly to list again), a held lock or a manifest being saved
+    keeps the folder as it is. -> whether it was removed.
+
+    Another process that makes the same new cache meanwhile (an array job's ranks start together)
+    either holds a lock, which keeps the folder, or is before its first lock, and then makes the
+    folders it writes to again. It raises nothing (it runs as an error propagates): a folder it
+    cannot read or move is kept."""
+    try:
+        if not root.is_dir() or {p.name for p in root.iterdir()} - {LOCKS, "manifests"}:
+            return False
+        files = [p for p in root.rglob("*") if not p.is_dir()]
+        locks = [p for p in files if p.parent == root / LOCKS]
+        manifests = [p for p in files if p.parent == root / "manifests"]
+        if len(locks) + len(manifests) < len(files) or any(sidecar.held(p) for p in locks) \
+                or any(sidecar.held(p, process=False) for p in manifests if p.suffix == ".lock"):
+            return False
+        trash = root.parent / f".removing-{root.name}-{os.getpid()}"
+        os.replace(root, trash)  # at once: no half-removed cache is ever seen
+    except OSError:
+        return False
+    shutil.rmtree(trash, ignore_errors=True)
+    return True

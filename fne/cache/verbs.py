@@ -17,7 +17,8 @@ from fne.cache.fs import files_at, is_url
 from fne.cache.store import Store, cache_root, list_stores, no_such_root
 from fne.cache.upkeep import Findings
 from fne.errors import CacheError, FneError, expect_path
-from fne.options import CacheOptions, DataOptions, StoreOptions, keywords, resolve
+from fne.option_handling import keywords, resolve
+from fne.options import CacheOptions, DataOptions, StoreOptions
 
 # The keywords of each function, declared in fne.options (the CLI adds the same as its options).
 INFO_OPTIONS, VERIFY_OPTIONS, RM_OPTIONS = ("cache", "label_key"), ("cache", "clean"), ("cache", "dry_run")

@@ -21,7 +21,7 @@ from fne.data.labels import class_order, label_text
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
 from fne.errors import DataError, expect_path
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 _FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]

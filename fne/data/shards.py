@@ -21,7 +21,7 @@ from pathlib import Path
 from fne.cache.store import Store
 from fne.data.dataset import Dataset
 from fne.errors import FneError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 SIZE_GROUP_MAX = 16
 

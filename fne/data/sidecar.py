@@ -61,8 +61,8 @@ def locked(lockfile: Path, on_wait: Callable[[], None] | None = None, process: b
         os.close(fd)  # closing releases the lock
 
 
-def held(lockfile: Path) -> bool:
-    """Whether another process holds a `locked(lockfile, process=True)` lock now; False where
+def held(lockfile: Path, process: bool = True) -> bool:
+    """Whether another process holds a `locked(lockfile, process=process)` lock now; False where
     the file is absent or files cannot be locked. (A POSIX lock: this process's own locks on
     the file end when it closes the file here, so do not ask about a lock this process holds.)"""
     if fcntl is None:
@@ -72,7 +72,7 @@ def held(lockfile: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (fcntl.lockf if process else fcntl.flock)(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
     except OSError as e:
         return e.errno in (errno.EAGAIN, errno.EACCES)

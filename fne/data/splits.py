@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from fne.data.dataset import Dataset
 from fne.errors import DataError, FneError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
@@ -110,7 +110,7 @@ def check_test_classes(dataset: Dataset) -> None:
 def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,
                splits: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified (kept, held-out) parts of `idx` (labels `y`), `size` of them held out (option
-    `what`'s value: a DataError that cannot names it as the caller does, `fne.options.named`)."""
+    `what`'s value: a DataError that cannot names it as the caller does, `fne.option_handling.named`)."""
     sss = StratifiedShuffleSplit(n_splits=splits, test_size=size, random_state=seed)
     try:
         return [(idx[a], idx[b]) for a, b in sss.split(np.zeros(len(idx)), y)]

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from fne import options as opts
+from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
-from fne.cache.store import Store
+from fne.cache.store import Store, cache_root, no_such_root
 from fne.cache.store import lock_file as store_lock_file
+from fne.cache.upkeep import remove_failed_new_cache
 from fne.data import shards, sidecar
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
@@ -50,6 +51,7 @@ from fne.extraction.writer import Writer
 from fne.metrics import provenance
 from fne.options import DataOptions, ExtractOptions
 from fne.progress import progress as progress_bar
+from fne.progress import progress_line
 
 
 @dataclass
@@ -114,7 +116,8 @@ class _Plan:
     unreadable: int = 0  # distinct known contents recorded unreadable earlier (not in `todo`)
 
 
-def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, retry_bad: bool) -> _Plan:
+def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, retry_bad: bool,
+          progress: bool = True) -> _Plan:
     members = shards.members(dataset, shard)
     manifest = manifest_for(dataset, cache)
     if dataset._keys is not None or dataset.array_source is not None:
@@ -123,7 +126,7 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
         known = known_keys(dataset, manifest)
     if retry_bad:
         n = store.forget_bad(known[i] for i in members if known[i] is not None)
-        print(f"fne extract: {n} image(s) recorded as unreadable will be read again", file=sys.stderr)
+        progress_line(f"fne extract: {n} image(s) recorded as unreadable will be read again", progress, stderr=True)
     index, bad = store.index(), store.bad()
     todo, taken, unreadable = [], set(), set()
     for i in members:
@@ -151,7 +154,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     CLI also reads torchrun's RANK/WORLD_SIZE) only that shard's images are read and computed,
     and once they are all committed a marker `shards/<listing>-<I>of<N>.json` records it; a
     rerun reuses every committed row, so a killed shard is simply run again. A file that could
-    not be read at all is never recorded, so it is tried again on every run.
+    not be read at all is never recorded, so it is tried again on every run. A call that fails
+    before its first row into a cache folder it made removes that folder again, where nothing of
+    worth is in it (`fne.cache.upkeep.remove_failed_new_cache`).
 
     Parameters
     ----------
@@ -175,6 +180,19 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     shard_t = shards.parse_shard(o.shard)  # before DATA is listed, as the command line's
+    root = cache_root(spec.cache)
+    new = no_such_root(root)  # a local cache this call makes
+    try:
+        return _extract(data, spec, d, o, shard_t)
+    except BaseException:  # a cache it made and left no row in goes (`remove_failed_new_cache`)
+        if new:
+            remove_failed_new_cache(root)
+        raise
+
+
+def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: ExtractOptions,
+             shard_t: tuple[int, int] | None) -> ExtractResult:
+    """`extract`'s work, on its resolved options."""
     t0 = time.perf_counter()
     dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
     if len(dataset) == 0:
@@ -185,7 +203,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
     # rerun that finds every row stored never starts the GPU).
     batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
-    plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad)
+    plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad, o.progress)
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0, n_left_out=len(getattr(dataset, "left_out", [])),
                            shard=None if shard_t is None else f"{shard_t[0]}/{shard_t[1]}")
@@ -388,7 +406,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         assembled.close()
         end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
         bar.close()
-        writer.close()  # commits what is buffered, also on Ctrl-C
+        writer.close(sys.exception())  # commits what is buffered, also on Ctrl-C (which stays the one raised)
     model.close()  # after a finished run only: an interrupted one does not wait for the build
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,

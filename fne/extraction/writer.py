@@ -10,13 +10,15 @@ import errno
 import queue
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
 
 from fne.cache.store import Store
 from fne.errors import CacheError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
+from fne.progress import said
 
 
 class Writer(threading.Thread):
@@ -40,19 +42,21 @@ class Writer(threading.Thread):
         self._bad: dict[str, str] = {}
 
     def put(self, keys: list[str], rows, bad: dict[str, str], event=None) -> None:
-        """Queue one batch: `rows` (B, V, D) every tap side by side, `bad` {key: reason}."""
-        self._put((keys, rows, bad, event))
+        """Queue one batch: `rows` (B, V, D) every tap side by side, `bad` {key: reason}; the
+        writer's error where it has died (a full disk)."""
+        if not self._put((keys, rows, bad, event)):
+            raise self.error
 
-    def _put(self, item) -> None:
-        """Queue `item`, waiting for room, but never on a writer that has died (a full disk)."""
-        while True:
-            if self.error is not None:
-                raise self.error
+    def _put(self, item) -> bool:
+        """Queue `item`, waiting for room, but never on a writer that has died (a full disk):
+        False then."""
+        while self.error is None:
             try:
                 self.q.put(item, timeout=0.2)
-                return
+                return True
             except queue.Full:
                 continue
+        return False
 
     def _flush(self):
         if not self._keys and not self._bad:
@@ -86,18 +90,23 @@ class Writer(threading.Thread):
         finally:
             self.finished.set()
 
-    def close(self):
+    def close(self, raising: BaseException | None = None) -> None:
         """Commit what is queued and buffered, and wait for the thread. A Ctrl-C meanwhile is
         raised once that commit is done (at most `chunk` rows), so that no writer outlives the
         run, still committing while a rerun plans (or left waiting for rows that never come);
         a second Ctrl-C stops the wait (the thread, a daemon, finishes the commit by itself).
         (It waits on `finished`, not `join`: Python < 3.13 takes a thread whose join was
-        interrupted for ended.)"""
+        interrupted for ended.)
+
+        `raising`: the exception the caller is raising as it closes the writer (its `finally`:
+        ``sys.exception()``). A Ctrl-C, that one or one pressed here, stays the exception the
+        caller sees: the writer's own error (a full disk) is then a warning, not raised in its
+        place. Every part committed before that error is kept."""
         interrupted, sent = None, False
         while True:
             try:
                 if not sent:
-                    self._put(None)
+                    self._put(None)  # False, not queued: the writer has died (`finished` is set)
                     sent = True
                 self.finished.wait()
                 break
@@ -106,10 +115,15 @@ class Writer(threading.Thread):
                     raise
                 interrupted = e
         self.join()  # its last instructions: the commit is done
+        ctrl_c = interrupted or (raising if isinstance(raising, KeyboardInterrupt) else None)
+        if self.error is not None and ctrl_c is not None:
+            error = self.error  # in the caller's words: a CacheError's `cli` names --cache
+            warnings.warn(said(lambda py: f"the cache writer had stopped: {error if py else getattr(error, 'cli', error)}"),
+                          stacklevel=2)
+        elif self.error is not None:
+            raise self.error
         if interrupted is not None:
             raise interrupted
-        if self.error is not None:
-            raise self.error
 
 
 def _explain(e: BaseException, store: Store) -> BaseException:

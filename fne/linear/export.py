@@ -15,14 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fne import options as opts
+from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset
 from fne.linear.embedding import FullNetworkEmbedding, make_transform
 from fne.linear.features import Rows, Source, open_rows, parse_features
-from fne.options import DataOptions, ForwardOptions, RowsOptions, named, refusal
+from fne.option_handling import named, refusal
+from fne.options import DataOptions, ForwardOptions, RowsOptions
 
 # The keywords of `export` and `load_rows`, declared in fne.options (`fne export`'s options).
 OPTIONS = (StoreSpec, DataOptions, RowsOptions, ForwardOptions)

@@ -10,7 +10,6 @@ chunk by chunk (`Rows`).
 from __future__ import annotations
 
 import difflib
-import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,7 +26,9 @@ from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
-from fne.options import ForwardOptions, named, refusal
+from fne.option_handling import named, refusal
+from fne.options import ForwardOptions
+from fne.progress import progress_line
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -117,10 +118,12 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
         if not extract_missing:
             raise _not_cached(data, spec, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
                                                 f"cache {store.path}")
-        print(f"{who}: extracting {len(missing)} images missing from the cache", file=sys.stderr)
+        extraction = extraction or ForwardOptions()
+        progress_line(f"{who}: extracting {len(missing)} images missing from the cache", extraction.progress,
+                      stderr=True)
         from fne.extraction.extract import extract
 
-        r = extract(dataset, spec.pinned(store), **asdict(extraction or ForwardOptions()))
+        r = extract(dataset, spec.pinned(store), **asdict(extraction))
         seconds = r.seconds
         store.refresh()
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record

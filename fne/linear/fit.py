@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fne import options as opts
+from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
@@ -40,7 +40,8 @@ from fne.metrics import (
     split_scores,
     store_extractions,
 )
-from fne.options import DataOptions, FitOptions, ForwardOptions, named, refusal
+from fne.option_handling import named, refusal
+from fne.options import DataOptions, FitOptions, ForwardOptions
 from fne.progress import progress
 
 SGD_EPOCHS = 10

@@ -9,7 +9,7 @@ from sklearn.svm import LinearSVC
 
 from fne.linear.solver import TorchHead
 from fne.names import HEADS
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 # --C auto's grid (fne.linear.selection): decades 10^-3 .. 10^3, centred on the default C = 1. L2-normalised
 # rows (norm 1) want C >= 1, FNE's {-1, 0, 1} rows (squared norm in the thousands) want C <= 1.

@@ -15,7 +15,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
-from fne import options as opts
+from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec

@@ -60,7 +60,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fne.errors import DataError, FneError, OptionError
 from fne.names import SOLVER_PRECISIONS, SOLVERS
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 # `--solver auto` (measured on the 2-core development CPU, benchmarks/RESULTS.md, 28 Nov 2026):
 # on CPU liblinear is as fast or faster wherever its float64 copy of the rows fits (flowers12's FNE

@@ -23,17 +23,8 @@ from pathlib import Path
 
 from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
-from fne.options import (
-    FitOptions,
-    ForwardOptions,
-    StoreOptions,
-    TrainConfig,
-    not_in_pipelines,
-    problems,
-    schema,
-    used_by,
-    uses,
-)
+from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
+from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig
 from fne.pipeline.config_errors import Errors, Locator, PipelineError
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",

@@ -17,7 +17,7 @@ class PipelineError(FneError):
 
 @contextlib.contextmanager
 def in_the_files_words(in_file: bool):
-    """A value refused (`fne.options.refusal`) that the pipeline file gave is named by its key
+    """A value refused (`fne.option_handling.refusal`) that the pipeline file gave is named by its key
     (``bad device='tpu'``: the keys are Python's keywords) on the command line too; one that
     `fne run --device` gave keeps the flag's words."""
     try:

@@ -12,7 +12,8 @@ from pathlib import Path
 import fne
 from fne.errors import FneError, WeightsError
 from fne.names import slug
-from fne.options import TrainConfig, uses
+from fne.option_handling import uses
+from fne.options import TrainConfig
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.steps import STEP_FORMAT, Step, content_fingerprint

@@ -37,7 +37,8 @@ from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.config_errors import in_the_files_words
 from fne.pipeline.plan import load_pipeline, plan
-from fne.pipeline.steps import Step, config_hash, forced, needs_rows, train_arguments
+from fne.pipeline.steps import Step, config_hash, forced, forced_as, needs_rows, train_arguments
+from fne.progress import STARTS_OVER
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
@@ -168,8 +169,14 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
     mode, kwargs = k["mode"], train_arguments(step, p)
     if mode == "direct":
         kwargs["class_map"] = _write_class_map(step.dataset, out)
-    # an interrupted step goes on from its checkpoint; one of other settings starts anew
-    return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, cache=cache, **kwargs)
+    # an interrupted step goes on from its checkpoint; one of other settings starts anew, as does
+    # any under --force (which train's note names, fne run having no --resume)
+    starts_over = STARTS_OVER.set(None if resume else lambda py: f"{forced_as(py)} starts the step over")
+    try:
+        return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, cache=cache,
+                               **kwargs)
+    finally:
+        STARTS_OVER.reset(starts_over)
 
 
 def _summary_line(step: Step, r: dict) -> str:

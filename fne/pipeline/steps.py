@@ -14,16 +14,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.fs import read_json, write_json
-from fne.options import TrainConfig, named, uses
+from fne.option_handling import named, uses
+from fne.options import TrainConfig
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 from fne.progress import said
 
 STEP_FORMAT = 1
 
 
+def forced_as(python: bool) -> str:
+    """`fne run --force` as the caller gives it: ``force=True`` to `fne.run` (`python`), else --force."""
+    return named("force", python, True) if python else named("force", python)
+
+
 def forced() -> str:
-    """`fne run --force` in the words of the API called: ``force=True`` to `fne.run` (`fne.progress.said`)."""
-    return said(lambda py: named("force", py, True) if py else named("force", py))
+    """`fne run --force` in the words of the API called (`fne.progress.said`)."""
+    return said(forced_as)
 
 
 def config_hash(cfg: dict) -> str:

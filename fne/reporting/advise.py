@@ -52,15 +52,8 @@ import numpy as np
 from fne import verb_module
 from fne.errors import FneError
 from fne.metrics import data_identity
-from fne.options import (
-    AdviseOptions,
-    DataOptions,
-    ForwardOptions,
-    StoreOptions,
-    keywords,
-    named,
-    refusal,
-)
+from fne.option_handling import keywords, named, refusal
+from fne.options import AdviseOptions, DataOptions, ForwardOptions, StoreOptions
 
 if TYPE_CHECKING:
     from fne.cache.spec import StoreSpec
@@ -366,7 +359,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
     from fne.data.datasets import load_dataset
-    from fne.options import resolve
+    from fne.option_handling import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
     spec.backbone()  # unknown arch: FneError before any work
@@ -453,8 +446,8 @@ def format_advice(a: dict) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from fne.option_handling import add_arguments as add_options
     from fne.options import DATA_HELP
-    from fne.options import add_arguments as add_options
 
     p.add_argument("data", help=DATA_HELP)
     add_options(p, *OPTIONS)
@@ -464,7 +457,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_cli(args) -> int:
     from fne.cache.fs import check_target, write_json
-    from fne.options import from_args
+    from fne.option_handling import from_args
 
     kw = from_args(args, *OPTIONS)
     out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass

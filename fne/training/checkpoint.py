@@ -23,7 +23,7 @@ import torch
 
 from fne.cache.fs import replace_file
 from fne.errors import FneError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 PROGRESS = ("epoch", "history", "best", "train_seconds")  # the run's progress, besides the parts
 
@@ -200,7 +200,7 @@ def read(path: Path, mmap: bool = False) -> dict:
 
 def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) -> list[str]:
     """How checkpoint `ckpt` (from `read`) differs from the run `cfg` describes on `images`
-    (None: not compared), one phrase a difference naming options as `fne.options.named` does
+    (None: not compared), one phrase a difference naming options as `fne.option_handling.named` does
     (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
     old = ckpt["args"]
     diff = [f"{named(k, python, old.get(k))} there, {getattr(cfg, k)!r} now"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.errors import FneError
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 
 def refused(path: str | Path, said: str) -> FneError:

@@ -26,14 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fne import options, verb_module
+from fne import option_handling as opts
+from fne import verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_run_folder, check_target, replace_files
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
-from fne.data.manifest import attach_keys
+from fne.data.manifest import attach_keys, known_keys, manifest_for
+from fne.data.parquet import hf_available
 from fne.data.splits import duplicate_notes, make_splits, train_val_test
 from fne.devices import (
     default_workers,
@@ -54,8 +56,9 @@ from fne.metrics import (
     split_record,
     split_scores,
 )
-from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig, named, refusal
-from fne.progress import said
+from fne.option_handling import named, refusal
+from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
+from fne.progress import STARTS_OVER, progress_line, said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
 from fne.training.transfer import (
@@ -68,7 +71,7 @@ from fne.training.transfer import (
 
 
 def _text(path):
-    """A path argument as the string TrainConfig holds; anything else as given, for `options.check`
+    """A path argument as the string TrainConfig holds; anything else as given, for `opts.check`
     to name (str() made out=None a folder named None)."""
     return os.fspath(path) if isinstance(path, os.PathLike) else path
 
@@ -77,8 +80,8 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     """Argument mistakes, before any data or weights are loaded: each value against its
     declaration (fne.options.TrainConfig), an option given (`given`) that the mode ignores, then
     the rules between options."""
-    options.check(cfg)
-    options.unused(TrainConfig, cfg.mode, given)
+    opts.check(cfg)
+    opts.unused(TrainConfig, cfg.mode, given)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
         raise refusal(lambda py: f"{named('mode', py, 'direct', plain=True)} needs "
@@ -116,8 +119,8 @@ class _Split:
 STORE_OPTIONS = ("cache",)
 
 
-@options.keywords(StoreOptions, only=STORE_OPTIONS)
-@options.keywords(DataOptions, TrainConfig)
+@opts.keywords(StoreOptions, only=STORE_OPTIONS)
+@opts.keywords(DataOptions, TrainConfig)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
 
@@ -157,9 +160,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
 def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
     """`train`'s run, which seeds the global RNGs."""
     require_main_script("fne.train")
-    cache = options.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
-    options.unexpected(kwargs, DataOptions, TrainConfig)
-    data_o = options.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
+    cache = opts.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
+    opts.unexpected(kwargs, DataOptions, TrainConfig)
+    data_o = opts.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # a keyword left None is not given: its default
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
@@ -217,8 +220,9 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
         ckpt = checkpoint.load(path, cfg, split.images) if cfg.resume else None
     if ckpt is None and cfg.mode != "direct" and path.exists():  # --resume would refuse another run's
         new = f"note: starting a new run; {path}"
+        why = STARTS_OVER.get() or (lambda py: f"{checkpoint.resume_flag(py)} continues it")
         print(f"{new} (another run's settings or images, or unreadable) is replaced at the next save" if auto else
-              said(lambda py: f"{new} is replaced at the next save ({checkpoint.resume_flag(py)} continues it)"))
+              said(lambda py: f"{new} is replaced at the next save ({why(py)})"))
     return ckpt
 
 
@@ -228,7 +232,10 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
 
     The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
     part, from DATA's listing split as the run splits it, named by the pipeline file's keys), reading
-    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`.
+    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`. The split
+    keeps copies of an image together, so it needs every image's content key: where the cache's
+    manifest does not know one (a file new or changed since it was hashed) or `hf:` DATA is not
+    downloaded, the settings alone are compared and the note says it would check the images.
     """
     path = Path(out) / checkpoint.CHECKPOINT
     if mode == "direct" or not path.is_file():
@@ -239,19 +246,39 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
         ckpt = checkpoint.read(path, mmap=True)
     except FneError as e:
         return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
-    done = f"checkpoint after epoch {ckpt['epoch']}"
+    done, images = f"checkpoint after epoch {ckpt['epoch']}", None
     try:
-        dataset = load_dataset(cfg.data, cache=cache)
-        with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
-            warnings.simplefilter("ignore")
-            split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
+        if cfg.data.startswith("hf:") and not hf_available(cfg.data, cache):
+            unchecked = f"{cfg.data} is not downloaded"
+        else:
+            dataset = load_dataset(cfg.data, cache=cache)
+            unchecked = _unhashed(dataset, cache)
+        if unchecked is None:
+            with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
+                warnings.simplefilter("ignore")
+                split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
+            parts = {"train": split.train, "val": split.val, "test": split.test}
+            images = checkpoint.images(dataset.ids, dataset.labels, parts)
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
-    parts = {"train": split.train, "val": split.val, "test": split.test}
-    diff = checkpoint.mismatch(ckpt, cfg, checkpoint.images(dataset.ids, dataset.labels, parts), python=True)
+    diff = checkpoint.mismatch(ckpt, cfg, images, python=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
+    if unchecked is not None:
+        return (f"the rerun resumes from its {done} of {cfg.epochs} if DATA's images are its own (would check "
+                f"images: {unchecked})")
     return f"the rerun resumes from its {done} of {cfg.epochs}"
+
+
+def _unhashed(dataset: Dataset, cache: str | None) -> str | None:
+    """How many of DATA's files the cache's manifest knows no content key of, in words
+    (`rerun_note`: finding them would read them); None where it knows every one (arrays in one
+    file are hashed from it, decoding no image)."""
+    if dataset.array_source is not None:
+        return None
+    manifest = manifest_for(dataset, cache)
+    n = len(dataset) if manifest is None else sum(k is None for k in known_keys(dataset, manifest))
+    return f"{n} of {len(dataset)} files not hashed yet" if n else None
 
 
 def _workers(cfg: TrainConfig, dev: torch.device) -> int:
@@ -283,8 +310,8 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[to
     weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
     model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
                                        cfg.seed, cfg.weights_seed, device)
-    for line in describe_import(report, renew):
-        print(line)
+    for line in describe_import(report, renew):  # a tensor not imported, and why, is a note: always said
+        print(line) if line.startswith("not imported") else progress_line(line, cfg.progress)
     imported = set(report.imported) if report is not None else set()
     freeze_imported(model, cfg.mode, imported)
     keep = kept_statistics(model, cfg.mode, imported, cfg.train_bn)
@@ -340,7 +367,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
         run = checkpoint.resume(ckpt, parts)
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
-        print(f"resumed {path} after epoch {run['epoch']}")
+        progress_line(f"resumed {path} after epoch {run['epoch']}", cfg.progress)
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
             match = said(lambda py: ", ".join(named(n, py) for n in ("device", "precision", "augment_on")))
             print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
@@ -395,9 +422,9 @@ def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple
     row["seconds"] = time.perf_counter() - t0
     run["history"].append(row)
     run["epoch"] = epoch + 1
-    print(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
-          + (f" val_acc {row['val_accuracy']:.3f} val_loss {row['val_loss']:.4f}" if val_loader else "")
-          + f" ({row['img_s']:.1f} img/s)")
+    progress_line(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}"
+                  + (f" val_acc {row['val_accuracy']:.3f} val_loss {row['val_loss']:.4f}" if val_loader else "")
+                  + f" ({row['img_s']:.1f} img/s)", cfg.progress)
 
 
 # ---------------------------------------------------------------- outputs
@@ -491,13 +518,13 @@ def _imported(report: ImportReport | None) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `fne train`: the fields of fne.options.TrainConfig."""
     p.add_argument("data", help=DATA_HELP)
-    options.add_arguments(p, StoreOptions, only=STORE_OPTIONS)
-    options.add_arguments(p, DataOptions, TrainConfig)
+    opts.add_arguments(p, StoreOptions, only=STORE_OPTIONS)
+    opts.add_arguments(p, DataOptions, TrainConfig)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """`fne train` from parsed arguments (`train`); prints its one-line summary; -> the exit status."""
-    kw = options.from_args(args, DataOptions, TrainConfig)
+    kw = opts.from_args(args, DataOptions, TrainConfig)
     m = train(args.data, kw.pop("mode"), kw.pop("out"), cache=args.cache, **kw)
     if m["mode"] == "direct":
         how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "

@@ -21,7 +21,7 @@ from fne.backbones import zoo
 from fne.backbones.registry import ImportReport
 from fne.errors import FneError
 from fne.names import MODES, NEW_LAYERS
-from fne.options import named, refusal
+from fne.option_handling import named, refusal
 
 MIN_IMPORTED = 0.5  # below this fraction of the kept tensors, --weights is another architecture
 

@@ -1,0 +1,310 @@
+"""What reads the options declared in `fne.options`: one declaration, four uses.
+
+- the command line: `add_arguments` (argparse) and `from_args` (back to keywords), so the CLI
+  cannot drop an option the API takes;
+- the Python API's signatures and checks: `keywords` lists a verb's options in its signature,
+  `resolve` turns a verb's keywords into the option objects and `check` raises one `OptionError`
+  (a ValueError) naming a bad value's keyword (``head='svmm'``), and on the command line its flag
+  (``--head 'svmm'``: `refusal`);
+- messages that name an option: `named` (its keyword in Python, its flag on the command line);
+- the pipeline schema (`schema`) and its value checks (`problems`), read by fne.pipeline.config.
+
+Pure Python (no torch, no scikit-learn): the CLI and the pipeline configuration import it cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import numbers
+import os
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import MISSING, fields, replace
+
+from fne.errors import FneError, OptionError
+from fne.options import (
+    AdviseOptions,
+    CacheOptions,
+    ExtractOptions,
+    FitOptions,
+    Opt,
+    StoreOptions,
+    TrainConfig,
+)
+
+
+def _opts(cls) -> list[tuple[dataclasses.Field, Opt]]:
+    return [(f, f.metadata.get("opt", Opt())) for f in fields(cls)]
+
+
+def flag(f: dataclasses.Field) -> str:
+    """A field's command-line flag: its `Opt.flag`, else `--` and its name with dashes."""
+    o = f.metadata.get("opt", Opt())
+    return o.flag or "--" + f.name.replace("_", "-")
+
+
+def _types(cls) -> dict[str, object]:
+    """The field types of an options class (its annotations, resolved in its module)."""
+    return typing.get_type_hints(cls)
+
+
+def _base(t) -> type:
+    """int for `int | None`, str for `str | None`, ..."""
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if args else t
+
+
+def add_arguments(parser, *classes, only: Iterable[str] | None = None) -> None:
+    """Add the command-line options of `classes`' fields (those with cli=True, or named in `only`)."""
+    only = set(only) if only is not None else None
+    for cls in classes:
+        hints = _types(cls)
+        for f, o in _opts(cls):
+            if (only is not None and f.name not in only) or (only is None and not o.cli):
+                continue
+            kind = _base(hints[f.name])
+            kw: dict = {"dest": f.name, "help": o.help}
+            if f.default not in (MISSING, None) and kind is not bool and "default" not in o.help:
+                kw["help"] = f"{o.help} (default: {f.default})"  # --help lists every default
+            if kind is bool:
+                kw["action"] = "store_false" if f.default is True else "store_true"
+            else:
+                kw["type"] = o.parse or (kind if kind in (int, float) else str)
+                if o.choices or o.metavar:  # checked by `check`, which names the flag in one line
+                    kw["metavar"] = o.metavar or "{" + ",".join(map(str, o.choices)) + "}"
+            if f.default is MISSING:
+                kw["required"] = True
+            else:  # an option some modes ignore: absent unless given, so that `unused` can tell
+                kw["default"] = argparse.SUPPRESS if o.modes else f.default
+            parser.add_argument(flag(f), **kw)
+
+
+def keywords(*classes, only: Iterable[str] | None = None):
+    """Decorate a Python verb whose ``**options`` are the fields of `classes` (or those named in
+    `only`): its signature, as `help()` and `inspect.signature` show it, lists each as a
+    keyword-only parameter with its declared default, after the verb's own parameters."""
+    import inspect
+
+    def decorate(func):
+        sig = inspect.signature(func)
+        own = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        taken = {p.name for p in own}
+        empty = inspect.Parameter.empty
+        extra = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                   default=empty if f.default is MISSING else f.default, annotation=f.type)
+                 for cls in classes for f in fields(cls)
+                 if f.name not in taken and (only is None or f.name in only)]
+        func.__signature__ = sig.replace(parameters=own + extra)
+        return func
+
+    return decorate
+
+
+def names(*classes, cli_only: bool = False) -> list[str]:
+    """The field names of `classes`' options, in order (`cli_only`: those the CLI declares)."""
+    return [f.name for cls in classes for f, o in _opts(cls) if o.cli or not cli_only]
+
+
+def from_args(args, *classes) -> dict:
+    """The keywords of `classes`' fields that `args` (an argparse Namespace) holds."""
+    return {n: getattr(args, n) for n in names(*classes, cli_only=True) if hasattr(args, n)}
+
+
+def _refused(v, o: Opt) -> str | None:
+    """"choice" or "bound" when `o` does not accept the value `v`; None when it does."""
+    if v is None:
+        return None
+    if o.choices and v not in o.choices:
+        return "choice"
+    if o.check is not None and (not o.check(v) or (isinstance(v, float) and not math.isfinite(v))):
+        return "bound"  # a bounded number is finite: --lr inf trains to nan
+    return None
+
+
+def _wanted(v, o: Opt) -> str:
+    """What a bounded option wants, said of the refused value `v` (an infinity: a finite number)."""
+    return f"a finite number {o.bound}" if isinstance(v, float) and math.isinf(v) else o.bound
+
+
+def _of_type(v, hint) -> bool:
+    """Whether `v` is of the declared type: numpy integers count as int, a Path as str, a bool
+    is not a number."""
+    for k in [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]:
+        k = typing.get_origin(k) or k  # tuple[int, int] -> tuple
+        if k is str and isinstance(v, (str, os.PathLike)):
+            return True
+        if k in (int, float) and isinstance(v, numbers.Integral if k is int else numbers.Real):
+            return not isinstance(v, bool)
+        if k not in (str, int, float) and isinstance(v, k):
+            return True
+    return False
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
+
+
+def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool = False) -> str:
+    """Option `f` (a field, or a field's name) as a message names it, with `value` when given: in
+    Python its keyword (``head``, ``head='svmm'``), on the command line its flag (``--head``,
+    ``--head 'svmm'``; a name's declared flag, ``--seed-weights`` for weights_seed). `plain`: the
+    command line's value as typed (``--mode direct``), for a value cited, not refused."""
+    if python:
+        name = f if isinstance(f, str) else f.name
+        return name if value is MISSING else f"{name}={value!r}"
+    name = _flag_of(f) if isinstance(f, str) else flag(f)
+    return name if value is MISSING else f"{name} {value if plain else repr(value)}"
+
+
+def _flag_of(name: str) -> str:
+    """The flag of the option `name` (its declared one, but for a --no-NAME switch: a value of
+    NAME is said of --NAME), else --name with dashes."""
+    declared = {f.name: flag(f) for cls in (StoreOptions, ExtractOptions, FitOptions, AdviseOptions, CacheOptions,
+                                            TrainConfig) for f in fields(cls)}
+    given = declared.get(name, "")
+    return given if given and not given.startswith("--no-") else "--" + name.replace("_", "-")
+
+
+def refusal(text: Callable[[bool], str], cls: type[FneError] = OptionError) -> FneError:
+    """The error (`cls`: OptionError, or the class callers tell apart: WeightsError, DataError,
+    CacheError, FneError) of a refused option value: `text(python)` is its message, naming options
+    with `named(..., python)`; the exception's message is Python's (``bad seed=-1: ...``), its
+    `cli` the command line's (``bad --seed -1: ...``), which the CLI prints."""
+    error = cls(text(True))
+    error.cli = text(False)
+    return error
+
+
+def check(obj) -> None:
+    """Raise TypeError naming the keyword of the first value of the wrong type (the API's
+    mistake: the command line parses its strings), then OptionError (a ValueError) naming the
+    first value `obj` does not accept (`refusal`: its keyword, on the command line its flag)."""
+    hints = _types(type(obj))
+    for f, _ in _opts(type(obj)):
+        v = getattr(obj, f.name)
+        nullable = type(None) in typing.get_args(hints[f.name]) or f.default is None
+        if (v is not None or not nullable) and not _of_type(v, hints[f.name]):
+            kinds = [typing.get_origin(a) or a for a in typing.get_args(hints[f.name]) or (hints[f.name],)
+                     if a is not type(None)]
+            want = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+            raise TypeError(f"{f.name} must be {want}, not {type(v).__name__} {v!r}")
+    for f, o in _opts(type(obj)):
+        v, why = getattr(obj, f.name), _refused(getattr(obj, f.name), o)
+        if why is not None:
+            raise _refused_error(f, v, o, why)
+
+
+def _refused_error(f: dataclasses.Field, v, o: Opt, why: str) -> OptionError:
+    """The OptionError of the value `v` that option `f` refuses (`why`: `_refused`'s)."""
+    if why == "choice":
+        return refusal(lambda py: f"unknown {named(f, py, v)}; choose from {', '.join(map(str, o.choices))}")
+    return refusal(lambda py: f"bad {named(f, py, v)}: {named(f, py)} must be {_wanted(v, o)}")
+
+
+def uses(cls, mode: str, name: str) -> bool:
+    """Whether `fne train`'s mode `mode` uses option `name` of `cls` (its declared `Opt.modes`)."""
+    declared = {f.name: o for f, o in _opts(cls)}
+    return name not in declared or not declared[name].modes or mode in declared[name].modes
+
+
+def used_by(cls, name: str, quote: Callable[[str], str] = str) -> str:
+    """The modes that use option `name` of `cls`, in words: "frozen or finetune" (`quote`d:
+    "'frozen' or 'finetune'" with repr)."""
+    modes = [quote(m) for m in next(o.modes for f, o in _opts(cls) if f.name == name)]
+    return " or ".join(filter(None, [", ".join(modes[:-1]), modes[-1]]))
+
+
+def unused(cls, mode: str, given: Iterable[str]) -> None:
+    """Raise OptionError naming the first option in `given` (those the user set: the command
+    line's given flags, the API's keywords other than None) that `mode` does not use; a mode
+    ignoring an option it was given left the user believing it mattered."""
+    for f in fields(cls):
+        if f.name in given and not uses(cls, mode, f.name):
+            raise _unused_error(cls, f, mode)
+
+
+def _unused_error(cls, f: dataclasses.Field, mode: str) -> OptionError:
+    """The OptionError of option `f` given to `mode`, which does not use it (`unused`)."""
+    return refusal(lambda py: f"{named(f, py)} applies to {named('mode', py)} {used_by(cls, f.name, repr if py else str)} "
+                              f"only, not {repr(mode) if py else mode}")
+
+
+def problems(cls, values: dict) -> list[tuple[str, str]]:
+    """(key, why) for each value of a pipeline table that `cls`' declaration refuses."""
+    declared = {f.name: o for f, o in _opts(cls)}
+    out = []
+    for k, v in values.items():
+        why = _refused(v, declared[k]) if k in declared else None
+        if why == "choice":
+            out.append((k, f"{v!r}: expected one of {', '.join(map(str, declared[k].choices))}"))
+        elif why == "bound":
+            kind = "a finite number" if isinstance(v, float) and math.isinf(v) else declared[k].kind
+            out.append((k, f"{v!r}: expected {kind} {declared[k].bound}"))
+    return out
+
+
+_SCHEMA_TYPES = {str: "str", int: "int", float: "float", bool: "bool"}
+
+
+def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
+    """key -> (pipeline type, description) of the fields a pipeline file may set (or of `only`)."""
+    hints, exclude = _types(cls), set(exclude)
+    only = set(only) if only is not None else None
+    out = {}
+    for f, o in _opts(cls):
+        if f.name in exclude or (only is not None and f.name not in only) or (only is None and not o.pipeline):
+            continue
+        kinds = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)]
+        out[f.name] = ("|".join(_SCHEMA_TYPES[k] for k in kinds), o.help or f"fne {flag(f)}")
+    return out
+
+
+def not_in_pipelines(cls) -> tuple[str, ...]:
+    """The fields of `cls` that a pipeline file does not set (the runner sets them per step)."""
+    return tuple(f.name for f, o in _opts(cls) if not o.pipeline)
+
+
+def _plain(obj):
+    """`obj` with numpy numbers as Python's and Paths as strings, as the command line gives them:
+    what metrics.json, a checkpoint's arguments and the store's records write as JSON."""
+    plain = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, os.PathLike):
+            plain[f.name] = os.fspath(v)
+        elif isinstance(v, numbers.Integral) and not isinstance(v, int):
+            plain[f.name] = int(v)
+        elif isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
+            plain[f.name] = float(v)
+    return replace(obj, **plain) if plain else obj
+
+
+def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[str] | None = None) -> list:
+    """Split a verb's keywords among its option classes; -> one checked instance per class.
+
+    given: class -> an instance to start from (e.g. the caller's StoreSpec); keywords override
+    its fields. A keyword no class declares (or, with `only`, none of those named there) is a
+    TypeError, as for any Python function; the other fields keep their defaults.
+    """
+    unexpected(kwargs, *classes, only=only)
+    given = given or {}
+    left = dict(kwargs)
+    out = []
+    for cls in classes:
+        mine = {n: left.pop(n) for n in [f.name for f in fields(cls)] if n in left}
+        base = given.get(cls)
+        if base is not None and not isinstance(base, cls):
+            raise TypeError(f"expected a {cls.__name__}, not {type(base).__name__} {base!r}")
+        obj = replace(base, **mine) if base is not None else cls(**mine)
+        check(obj)
+        out.append(_plain(obj))
+    return out
+
+
+def unexpected(kwargs: dict, *classes, only: Iterable[str] | None = None) -> None:
+    """A keyword that none of `classes` declares (or that is not in `only`: a verb that takes some
+    of a class's fields) is a TypeError, as for any Python function."""
+    left = set(kwargs) - {f.name for cls in classes for f in fields(cls) if only is None or f.name in only}
+    if left:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")
