@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import numbers
 import os
@@ -305,6 +306,9 @@ def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[st
 def unexpected(kwargs: dict, *classes, only: Iterable[str] | None = None) -> None:
     """A keyword that none of `classes` declares (or that is not in `only`: a verb that takes some
     of a class's fields) is a TypeError, as for any Python function."""
-    left = set(kwargs) - {f.name for cls in classes for f in fields(cls) if only is None or f.name in only}
-    if left:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(left))}")
+    known = [f.name for cls in classes for f in fields(cls) if only is None or f.name in only]
+    left = sorted(set(kwargs) - set(known))
+    if left:  # with the declared keyword each is nearest to, as a pipeline file's unknown key is
+        close = {k: difflib.get_close_matches(k, known, n=1) for k in left}
+        raise TypeError("unexpected keyword argument(s): " + ", ".join(
+            k + (f" (did you mean {close[k][0]!r}?)" if close[k] else "") for k in left))

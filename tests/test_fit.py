@@ -299,10 +299,13 @@ def test_an_interrupted_fit_says_what_it_kept(tmp_path, monkeypatch, capsys, ext
 
 
 def test_an_unknown_train_keyword_is_named_before_any_work(tmp_path):
+    """...with the declared keyword nearest to it, as a pipeline file's unknown key is."""
     from fne.training.train import train
 
-    with pytest.raises(TypeError, match="unexpected keyword argument.*: epoch$"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*: epoch \(did you mean 'epochs'\?\)$"):
         train(tmp_path / "absent", "frozen", tmp_path / "run", epoch=1)
+    with pytest.raises(TypeError, match=r"argument\(s\): featurs \(did you mean 'features'\?\), zzz$"):
+        fit(tmp_path / "absent", tmp_path / "run", featurs="fne", zzz=1)
     assert list(tmp_path.iterdir()) == []
 
 
