@@ -438,6 +438,23 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_f
     assert not list_stores(cache)  # nothing extracted
 
 
+def test_an_out_under_a_link_to_nothing_is_refused_before_any_work(digits_folder, tmp_path, capsys):
+    """--out through a symbolic link whose target is gone (an unmounted drive): one line before
+    any image is read, not a traceback from mkdir once the work is done."""
+    import os
+
+    gone, target = tmp_path / "gone", tmp_path / "unmounted" / "runs"
+    os.symlink(target, gone)
+    cache = tmp_path / "cache"
+    for verb, out in [("fit", gone), ("fit", gone / "run"), ("export", gone / "x.h5")]:
+        assert main([verb, str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"--out '{out}': cannot be written, {gone} is a link to {target}, which does not exist" in err
+        assert "Traceback" not in err
+    assert not list_stores(cache) and gone.is_symlink() and not target.exists()  # nothing extracted, nothing made
+
+
 def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits_folder, warm_cache, tmp_path,
                                                                             monkeypatch):
     """A dead layer (random weights, float16 underflow) gives rows of zeros: the embedding has
