@@ -195,8 +195,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         final = _Final(r, k, h, c, selection.most_common(chosen)["features"], r.layers)
     if not dataset.has_split:  # the saved model learns from every labelled image
         pipe = fit_head(final.rows, final.kind, final.head, final.C, y, np.arange(len(y)), o.seed, **how)[0]
-        stopped.append(pipe.stopped_)
-    _say_stopped(stopped, final.head, final.C)
+    _say_stopped(stopped + [pipe.stopped_] * (not dataset.has_split), final.head, final.C)  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
