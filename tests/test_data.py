@@ -411,6 +411,8 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
     ("zip", "unsupported file type '.zip' (expected .csv, .h5, .tar or .parquet); unpack the archive and give its "
             "folder"),
+    ("one_image", "is one image; DATA holds images: give the folder holding it ({tmp}/photos: its images, "
+                  "without class folders, are unlabelled DATA for fne extract and fne predict)"),
     ("h5_export", "is a `fne export` file of features, not images; give the DATA it was exported from "
                   "(its attribute root: /data/images)"),
 ])
@@ -428,6 +430,11 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         (target / "a").mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(target / "a" / "i.png")
         (target / "b").mkdir()
+    elif case == "one_image":  # `fne predict RUN photo.jpg`
+        (tmp_path / "photos").mkdir()
+        target = tmp_path / "photos" / "IMG_0001.JPG"
+        Image.new("RGB", (4, 4)).save(target, format="JPEG")
+        expect = expect.format(tmp=tmp_path)
     elif case == "zip":  # a Kaggle download, as it came
         target = tmp_path / "images.zip"
         target.write_bytes(b"PK\x05\x06" + bytes(18))

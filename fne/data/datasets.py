@@ -83,6 +83,10 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
+        if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
+            where = path.parent if path.parent != Path(".") else Path.cwd()
+            raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
+                            f"its images, without class folders, are unlabelled DATA for fne extract and fne predict)")
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
             "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
     if not path.is_dir():  # a device, a pipe, a socket
