@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -79,6 +80,31 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
     pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbll": [None] * 4}), tmp_path / "n.parquet")
     with pytest.raises(DataError, match=r"and no row has a 'lbll' label \(--label-key lbll\)$"):
         load_dataset(tmp_path / "n.parquet", label_key="lbll").require_labels("fne fit")
+
+
+def test_class_folders_of_sub_folders_are_named_in_a_warning(digits_folder, tmp_path):
+    """animals/cat/, animals/dog/, plants/rose/, plants/tulip/: the classes are animals and plants (images at any
+    depth, as torchvision's ImageFolder reads them), which a user who meant four classes learnt
+    only from the accuracy; a warning names the sub-folders and the folder to give instead."""
+    pngs = sorted(digits_folder.rglob("*.png"))
+    root = tmp_path / "nest"
+    for k, (group, cls) in enumerate([("animals", "cat"), ("animals", "dog"), ("plants", "rose"), ("plants", "tulip")]):
+        (root / group / cls).mkdir(parents=True)
+        shutil.copy(pngs[k], root / group / cls / "a.png")
+    with pytest.warns(UserWarning) as caught:
+        d = load_dataset(root)
+    assert d.classes == ["animals", "plants"]
+    said = [str(w.message) for w in caught if "sub-folders" in str(w.message)]
+    assert said == [f"DATA {root}: 2 of 2 class folder(s) hold their images in sub-folders only (animals/cat/, "
+                    f"animals/dog/, plants/rose/, plants/tulip/): each class folder is one class, its sub-folders' images together; "
+                    f"for a class per sub-folder, give {root / 'animals'} as DATA, or list the images in a CSV"]
+    shutil.copy(pngs[4], root / "animals" / "b.png")  # an image of its own, and one sub-folder: no warning
+    shutil.rmtree(root / "plants")
+    (root / "plants" / "images").mkdir(parents=True)
+    shutil.copy(pngs[5], root / "plants" / "images" / "c.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_dataset(root).classes == ["animals", "plants"]
 
 
 def test_data_given_a_level_up_stops_in_one_line(digits_split, tmp_path):
