@@ -314,8 +314,10 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one clean line (`fne: warning: skipped a.jpg: not an image file`), not
-    Python's format with a source file and a line of code."""
-    print(f"fne: warning: {message}", file=file or sys.stderr)
+    Python's format with a source file and a line of code; a line break in it (a file named
+    with one) shows as ↵, as report.md shows it."""
+    text = str(message).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵")
+    print(f"fne: warning: {text}", file=file or sys.stderr)
 
 
 # A write the machine refused (full disk, quota, read-only filesystem, permissions): the user's to fix.

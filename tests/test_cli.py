@@ -346,3 +346,22 @@ def test_a_run_folder_of_the_other_verb_is_refused_whole(verb, other, model, tmp
     assert err.count("\n") == 1 and f"--out '{run}': holds a `{other}` run ({model})" in err
     assert sorted(p.name for p in run.iterdir()) == sorted([model, "metrics.json"])
     assert (run / "metrics.json").read_text() == "{}"
+
+
+def test_a_warning_naming_a_file_with_a_line_break_stays_one_line(digits_folder, tmp_path, capsys):
+    """A file named with a line break (a script's slip, a macOS name) split the warning that
+    names it over two lines; the break shows as ↵, as report.md shows it."""
+    import shutil
+
+    from fne.cli import main
+
+    from .conftest import FAST
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    (data / "0" / "bad\nname.png").write_bytes(b"not a png")
+    fast = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    assert main(["extract", str(data), *fast, "--cache", str(tmp_path / "c"), "--workers", "0", "--no-progress"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "fne: warning: skipped 0/bad↵name.png: not an image file" in lines
+    assert all(line.startswith(("fne", "extract")) for line in lines)  # no line of a name's second half
