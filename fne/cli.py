@@ -309,6 +309,10 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
     pinned = sorted(given & set(getattr(args, "pinned", ())))
     hint = (f"; {', '.join(pinned)}: the model fixes them (the backbone, weights and preprocessing of the rows "
             f"it was fitted on, its features and head; its metrics.json records them)") if pinned else ""
+    paths = [x for x in extra if not x.startswith("-") and os.path.exists(x)]
+    if paths and getattr(args, "data", None) is not None:  # `fne extract images/*`: the shell gave every file
+        hint += (f"; DATA is one path, and {len(paths) + 1} were given (a shell's * gives each file it matches): "
+                 f"give their folder, or quote a pattern of tar shards or Parquet files ('shards/*.tar')")
     args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 

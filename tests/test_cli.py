@@ -256,6 +256,20 @@ def test_an_option_the_verb_lacks_is_named_by_the_verb(capsys):
     assert err.splitlines()[-1] == "fne fit: error: unrecognized arguments: --colour red"
 
 
+def test_data_a_shell_expanded_into_several_paths_is_named(tmp_path, capsys, monkeypatch):
+    """`fne extract images/*`: the shell gives every class folder (or image), and argparse said
+    only `unrecognized arguments: images/b images/c`; now also that DATA is one path."""
+    monkeypatch.chdir(tmp_path)
+    for c in "abc":
+        (tmp_path / "images" / c).mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        main(["extract", "images/a", "images/b", "images/c", "--weights", "random"])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        "fne extract: error: unrecognized arguments: images/b images/c; DATA is one path, and 3 were given (a "
+        "shell's * gives each file it matches): give their folder, or quote a pattern of tar shards or Parquet "
+        "files ('shards/*.tar')")
+
+
 # ------------------------------------------------------------------ a user's mistake: one line
 @pytest.mark.parametrize("argv,said", [
     (["fit", "DATA", "--out", "RUN", "--C", "inf"], "bad --C 'inf'; must be finite"),
