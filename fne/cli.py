@@ -306,13 +306,19 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
     pinned = sorted(given & set(getattr(args, "pinned", ())))
     hint = (f"; {', '.join(pinned)}: the model fixes them (the backbone, weights and preprocessing of the rows "
             f"it was fitted on, its features and head; its metrics.json records them)") if pinned else ""
+    paths = [x for x in extra if not x.startswith("-") and os.path.exists(x)]
+    if paths and getattr(args, "data", None) is not None:  # `fne extract images/*`: the shell gave every file
+        hint += (f"; DATA is one path, and {len(paths) + 1} were given (a shell's * gives each file it matches): "
+                 f"give their folder, or quote a pattern of tar shards or Parquet files ('shards/*.tar')")
     args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one clean line (`fne: warning: skipped a.jpg: not an image file`), not
-    Python's format with a source file and a line of code."""
-    print(f"fne: warning: {message}", file=file or sys.stderr)
+    Python's format with a source file and a line of code; a line break in it (a file named
+    with one) shows as ↵, as report.md shows it."""
+    text = str(message).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵")
+    print(f"fne: warning: {text}", file=file or sys.stderr)
 
 
 # A write the machine refused (full disk, quota, read-only filesystem, permissions): the user's to fix.

@@ -257,6 +257,20 @@ def test_an_option_the_verb_lacks_is_named_by_the_verb(capsys):
     assert err.splitlines()[-1] == "fne fit: error: unrecognized arguments: --colour red"
 
 
+def test_data_a_shell_expanded_into_several_paths_is_named(tmp_path, capsys, monkeypatch):
+    """`fne extract images/*`: the shell gives every class folder (or image), and argparse said
+    only `unrecognized arguments: images/b images/c`; now also that DATA is one path."""
+    monkeypatch.chdir(tmp_path)
+    for c in "abc":
+        (tmp_path / "images" / c).mkdir(parents=True)
+    with pytest.raises(SystemExit) as e:
+        main(["extract", "images/a", "images/b", "images/c", "--weights", "random"])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        "fne extract: error: unrecognized arguments: images/b images/c; DATA is one path, and 3 were given (a "
+        "shell's * gives each file it matches): give their folder, or quote a pattern of tar shards or Parquet "
+        "files ('shards/*.tar')")
+
+
 # ------------------------------------------------------------------ a user's mistake: one line
 @pytest.mark.parametrize("argv,said", [
     (["fit", "DATA", "--out", "RUN", "--C", "inf"], "bad --C 'inf'; must be finite"),
@@ -347,3 +361,22 @@ def test_a_run_folder_of_the_other_verb_is_refused_whole(verb, other, model, tmp
     assert err.count("\n") == 1 and f"--out '{run}': holds a `{other}` run ({model})" in err
     assert sorted(p.name for p in run.iterdir()) == sorted([model, "metrics.json"])
     assert (run / "metrics.json").read_text() == "{}"
+
+
+def test_a_warning_naming_a_file_with_a_line_break_stays_one_line(digits_folder, tmp_path, capsys):
+    """A file named with a line break (a script's slip, a macOS name) split the warning that
+    names it over two lines; the break shows as ↵, as report.md shows it."""
+    import shutil
+
+    from fne.cli import main
+
+    from .conftest import FAST
+
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    (data / "0" / "bad\nname.png").write_bytes(b"not a png")
+    fast = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    assert main(["extract", str(data), *fast, "--cache", str(tmp_path / "c"), "--workers", "0", "--no-progress"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "fne: warning: skipped 0/bad↵name.png: not an image file" in lines
+    assert all(line.startswith(("fne", "extract")) for line in lines)  # no line of a name's second half

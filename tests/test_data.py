@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import h5py
@@ -79,6 +80,31 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
     pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbll": [None] * 4}), tmp_path / "n.parquet")
     with pytest.raises(DataError, match=r"and no row has a 'lbll' label \(--label-key lbll\)$"):
         load_dataset(tmp_path / "n.parquet", label_key="lbll").require_labels("fne fit")
+
+
+def test_class_folders_of_sub_folders_are_named_in_a_warning(digits_folder, tmp_path):
+    """animals/cat/, animals/dog/, plants/rose/, plants/tulip/: the classes are animals and plants (images at any
+    depth, as torchvision's ImageFolder reads them), which a user who meant four classes learnt
+    only from the accuracy; a warning names the sub-folders and the folder to give instead."""
+    pngs = sorted(digits_folder.rglob("*.png"))
+    root = tmp_path / "nest"
+    for k, (group, cls) in enumerate([("animals", "cat"), ("animals", "dog"), ("plants", "rose"), ("plants", "tulip")]):
+        (root / group / cls).mkdir(parents=True)
+        shutil.copy(pngs[k], root / group / cls / "a.png")
+    with pytest.warns(UserWarning) as caught:
+        d = load_dataset(root)
+    assert d.classes == ["animals", "plants"]
+    said = [str(w.message) for w in caught if "sub-folders" in str(w.message)]
+    assert said == [f"DATA {root}: 2 of 2 class folder(s) hold their images in sub-folders only (animals/cat/, "
+                    f"animals/dog/, plants/rose/, plants/tulip/): each class folder is one class, its sub-folders' images together; "
+                    f"for a class per sub-folder, give {root / 'animals'} as DATA, or list the images in a CSV"]
+    shutil.copy(pngs[4], root / "animals" / "b.png")  # an image of its own, and one sub-folder: no warning
+    shutil.rmtree(root / "plants")
+    (root / "plants" / "images").mkdir(parents=True)
+    shutil.copy(pngs[5], root / "plants" / "images" / "c.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_dataset(root).classes == ["animals", "plants"]
 
 
 def test_data_given_a_level_up_stops_in_one_line(digits_split, tmp_path):
@@ -424,6 +450,8 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
     ("zip", "unsupported file type '.zip' (expected .csv, .h5, .tar or .parquet); unpack the archive and give its "
             "folder"),
+    ("one_image", "is one image; DATA holds images: give the folder holding it ({tmp}/photos: its images, "
+                  "without class folders, are unlabelled DATA for fne extract and fne predict)"),
     ("h5_export", "is a `fne export` file of features, not images; give the DATA it was exported from "
                   "(its attribute root: /data/images)"),
 ])
@@ -441,6 +469,11 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         (target / "a").mkdir(parents=True)
         Image.new("RGB", (4, 4)).save(target / "a" / "i.png")
         (target / "b").mkdir()
+    elif case == "one_image":  # `fne predict RUN photo.jpg`
+        (tmp_path / "photos").mkdir()
+        target = tmp_path / "photos" / "IMG_0001.JPG"
+        Image.new("RGB", (4, 4)).save(target, format="JPEG")
+        expect = expect.format(tmp=tmp_path)
     elif case == "zip":  # a Kaggle download, as it came
         target = tmp_path / "images.zip"
         target.write_bytes(b"PK\x05\x06" + bytes(18))

@@ -481,6 +481,44 @@ def test_an_out_where_nothing_can_be_written_is_refused_before_any_work(digits_f
     assert not list_stores(cache)  # nothing extracted
 
 
+def test_an_out_under_a_link_to_nothing_is_refused_before_any_work(digits_folder, tmp_path, capsys):
+    """--out through a symbolic link whose target is gone (an unmounted drive): one line before
+    any image is read, not a traceback from mkdir once the work is done."""
+    import os
+
+    gone, target = tmp_path / "gone", tmp_path / "unmounted" / "runs"
+    os.symlink(target, gone)
+    cache = tmp_path / "cache"
+    for verb, out in [("fit", gone), ("fit", gone / "run"), ("export", gone / "x.h5")]:
+        assert main([verb, str(digits_folder), "--extract", "--out", str(out), "--cache", str(cache),
+                     *CLI_FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"--out '{out}': cannot be written, {gone} is a link to {target}, which does not exist" in err
+        assert "Traceback" not in err
+    assert not list_stores(cache) and gone.is_symlink() and not target.exists()  # nothing extracted, nothing made
+
+
+def test_a_head_stopped_at_its_iteration_limit_is_one_warning_that_says_what_converges(digits_folder, warm_cache,
+                                                                                     tmp_path, monkeypatch, capsys):
+    """liblinear stopping at max_iter (FNE rows of a few images, C = 1) printed scikit-learn's
+    "Liblinear failed to converge, increase the number of iterations" once per fit, advice no
+    option of fne can follow; now one line, counting the fits, naming --solver torch and --C."""
+    import fne.linear.fit
+
+    real = fne.linear.fit.make_head  # liblinear with too few iterations to converge
+    monkeypatch.setattr(fne.linear.fit, "make_head", lambda *a, **kw: real(*a, **kw).set_params(max_iter=2))
+    assert main(["fit", str(digits_folder), "--splits", "2", "--out", str(tmp_path / "r"), "--cache",
+                 str(warm_cache), *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert "Liblinear" not in err and err.count("stopped at scikit-learn's limit") == 1
+    assert ("the svm head stopped at scikit-learn's limit of 2 iterations before converging in 3 of 3 fit(s) (C=1.0)"
+            in err and "--solver torch" in err)
+    monkeypatch.undo()  # liblinear as it is: converged on digits, no warning
+    assert main(["fit", str(digits_folder), "--splits", "2", "--out", str(tmp_path / "r"), "--cache",
+                 str(warm_cache), *CLI_FAST]) == 0
+    assert "stopped at" not in capsys.readouterr().err
+
+
 def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits_folder, warm_cache, tmp_path,
                                                                             monkeypatch):
     """A dead layer (random weights, float16 underflow) gives rows of zeros: the embedding has

@@ -293,6 +293,19 @@ def test_a_cache_that_is_a_file_is_one_clear_error(digits_folder, tmp_path, monk
     assert says in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"
 
 
+@pytest.mark.parametrize("given", ["gone", "gone/sub"])
+def test_a_cache_through_a_link_to_nothing_is_one_clear_error(digits_folder, tmp_path, monkeypatch, capsys, given):
+    """--cache through a symbolic link whose target is gone (an unmounted drive): one line before
+    any image is read, not a traceback from mkdir when the first rows are committed."""
+    os.symlink(tmp_path / "unmounted" / "cache", tmp_path / "gone")
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", str(digits_folder), "--arch", ARCH, "--weights", "random", "--no-progress",
+                 "--cache", given]) == 2
+    err = capsys.readouterr().err
+    assert f"--cache '{given}': gone is a link to {tmp_path / 'unmounted' / 'cache'}, which does not exist" in err
+    assert "Traceback" not in err and "computed" not in err and not (tmp_path / "unmounted").exists()
+
+
 def test_model_records_a_weights_file_and_its_cache_by_absolute_paths(digits_split, tmp_path, monkeypatch):
     import joblib
 

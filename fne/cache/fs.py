@@ -112,13 +112,23 @@ def is_url(root: object) -> bool:
 
 
 def file_in_the_way(path: str | Path) -> Path | None:
-    """The existing file (not folder) at `path` or above it, which stops `path` being made a
-    folder; None when there is none."""
+    """The existing file (not folder) at `path` or above it, or a symbolic link to nothing there
+    (an unmounted drive's), which stops `path` being made a folder; None when there is none."""
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
             return None if p.is_dir() else p
+        if p.is_symlink():  # exists() follows the link: to nothing
+            return p
     return None
+
+
+def in_the_way(blocker: Path) -> str:
+    """What `file_in_the_way` found, said: `X is a file, not a folder`, or `X is a link to T, which
+    does not exist`."""
+    if blocker.is_symlink() and not blocker.exists():
+        return f"{blocker} is a link to {os.readlink(blocker)}, which does not exist"
+    return f"{blocker} is a file, not a folder"
 
 
 def check_target(path: str | Path, folder: bool, data=None) -> Path:
@@ -143,10 +153,10 @@ def check_target(path: str | Path, folder: bool, data=None) -> Path:
     if not folder and path.is_dir():
         raise refused("is a folder; give the file to write")
     blocker = file_in_the_way(path if folder else path.parent)
-    if blocker == path:
+    if blocker == path and blocker.is_file():
         raise refused("is a file; give a folder (new or existing) to write into")
     if blocker is not None:
-        raise refused(f"cannot be written, {blocker} is a file, not a folder")
+        raise refused(f"cannot be written, {in_the_way(blocker)}")
     where = unwritable(path if folder else path.parent)
     if where is not None:
         raise refused(f"cannot be written, {where} is not writable")

@@ -29,6 +29,7 @@ from fne.cache.fs import (
     UrlFiles,
     file_in_the_way,
     files_at,
+    in_the_way,
     is_url,
     writer_name,
 )
@@ -72,9 +73,9 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
         root = local = Path(cache).expanduser()
     blocker = file_in_the_way(local) if local is not None else None
     if blocker is not None:
-        where = "is a file" if blocker == local else f"{blocker} is a file"
+        where = "is a file, not a folder" if blocker == local and blocker.is_file() else in_the_way(blocker)
         raise refusal(lambda py: f"{named('cache', py, str(cache)) if given == '--cache' else f'$FNE_CACHE {cache}'}: "
-                                 f"{where}, not a folder (the cache is a folder of stores)", CacheError)
+                                 f"{where} (the cache is a folder of stores)", CacheError)
     return root
 
 

@@ -87,6 +87,10 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
             return _h5(path)
+        if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
+            where = path.parent if path.parent != Path(".") else Path.cwd()
+            raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
+                            f"its images, without class folders, are unlabelled DATA for fne extract and fne predict)")
         raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
             "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
     if not path.is_dir():  # a device, a pipe, a socket
@@ -144,18 +148,28 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
     if not class_dirs:
         none = "" if image_files(str(root)) else f", and no images: {no_image_files(str(root))}"
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>){none}")
-    files, labels = [], []
+    files, labels, grouped = [], [], {}
     for name in class_dirs:
         imgs = image_files(os.path.join(root, name), left_out)
         if not imgs:
             raise DataError(f"DATA {root}: class folder {name!r} has no images: "
                             f"{no_image_files(os.path.join(root, name))}")
-        tops = {p[len(str(root)) + len(name) + 2:].split(os.sep, 1)[0].lower() for p in imgs}  # DATA given a level up
+        rel = [p[len(str(root)) + len(name) + 2:].split(os.sep, 1) for p in imgs]
+        tops = {r[0].lower() for r in rel}  # DATA given a level up
         if "train" in tops and tops & _HELD_OUT:
             raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
                             f"{os.path.join(root, name)} as DATA")
+        if len(tops) > 1 and all(len(r) > 1 for r in rel):  # animals/cat/, animals/dog/: one class, animals
+            grouped[name] = sorted({r[0] for r in rel})
         files += imgs
         labels += [name] * len(imgs)
+    if grouped:
+        subs = [f"{g}/{s}/" for g, ss in grouped.items() for s in ss]
+        warnings.warn(f"DATA {root}: {len(grouped)} of {len(class_dirs)} class folder(s) hold their images in sub-folders "
+                      f"only ({', '.join(subs[:4])}{', …' * (len(subs) > 4)}): each class folder is one class, its "
+                      f"sub-folders' images together; for a "
+                      f"class per sub-folder, give {root / next(iter(grouped))} as DATA, or list the images in a CSV",
+                      stacklevel=4)
     return files, labels
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -97,11 +98,29 @@ def _fit_sgd(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
 def fit_head(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.ndarray,
              seed: int = 0, solver: str = "auto", device: str = "auto") -> tuple[Pipeline, float]:
     """Fit embedding + head on rows idx with C (a number: `--C auto` is chosen before, by
-    `fne.linear.selection`). Returns (pipeline, C used)."""
+    `fne.linear.selection`). Returns (pipeline, C used); the pipeline's `stopped_` says whether
+    scikit-learn's solver stopped at its iteration limit (`fit` says so once, not a
+    ConvergenceWarning per fit)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
-        return fitter(rows, kind, head, C, y, idx, seed, solver, device), C
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        pipe = fitter(rows, kind, head, C, y, idx, seed, solver, device)
+    model = pipe.named_steps["head"]
+    pipe.stopped_ = bool(pipe.solver_ == "sklearn" and head in ("svm", "logreg")
+                         and np.max(model.n_iter_) >= model.max_iter)
+    return pipe, C
+
+
+def _say_stopped(stopped: list[bool], head: str, C) -> None:
+    """One warning for the fits (`fit_head`'s `stopped_`) that stopped at the solver's iteration
+    limit short of its tolerance, with what converges: the torch solver, or a smaller C."""
+    if any(stopped):
+        limit = make_head(head).max_iter
+        warnings.warn(f"the {head} head stopped at scikit-learn's limit of {limit} iterations before converging in "
+                      f"{sum(stopped)} of {len(stopped)} fit(s) (C={C}): near its optimum, not at it; "
+                      f"--solver torch fits the same objective to convergence, and a smaller --C converges sooner",
+                      stacklevel=3)
 
 
 # -------------------------------------------------------------------- fit
@@ -169,7 +188,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
     bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     per_split, Cs, confusions, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
-                                                       o.seed, choose, how, bar)
+                                                       o.seed, choose, how, bar, stopped := [])
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
     final = _Final(rows, kind, o.head, C, o.features, layers)
     if auto:  # the saved model: the choice made most often over the splits
@@ -177,6 +196,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         final = _Final(r, k, h, c, selection.most_common(chosen)["features"], r.layers)
     if not dataset.has_split:  # the saved model learns from every labelled image
         pipe = fit_head(final.rows, final.kind, final.head, final.C, y, np.arange(len(y)), o.seed, **how)[0]
+    _say_stopped(stopped + [pipe.stopped_] * (not dataset.has_split), final.head, final.C)  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = {
@@ -270,15 +290,18 @@ def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[s
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
-              choose=None, how: dict | None = None, bar=None):
+              choose=None, how: dict | None = None, bar=None, stopped: list[bool] | None = None):
     """Fit and score every split; -> (per-split scores, C per split, confusion per split, last model,
     (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split;
-    `bar` (`fne.progress.progress`) advances a split at a time and is closed."""
+    `bar` (`fne.progress.progress`) advances a split at a time and is closed; `stopped` gets each
+    split's `fit_head` `stopped_`."""
     per_split, Cs, confusions, preds = [], [], [], []
     for tr, te in split_list:
         if choose is not None:
             rows, kind, head, C = choose(tr)
         pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed, **(how or {}))
+        if stopped is not None:
+            stopped.append(pipe.stopped_)
         pred = pipe.classes_[rows.scores(pipe, te).argmax(axis=1)]
         scores, conf = split_scores(y[te], pred, k)
         per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})
