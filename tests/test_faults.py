@@ -187,6 +187,18 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     assert after == before  # the earlier run, whole: its predictions.csv too
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/proc/self").is_dir(),
+                    reason="needs root and /proc: access(2) says root may write anywhere")
+def test_a_cache_under_a_folder_that_refuses_root_is_refused_before_any_image(digits_folder, capsys, forward_images):
+    """As root, `--cache /proc/x` passed the writability check (access(2) lets root write
+    anywhere), every row was computed, and the commit failed with a FileNotFoundError traceback:
+    a folder made and removed there now decides, before the forward pass."""
+    assert main(["extract", str(digits_folder), "--cache", "/proc/fne-no-such-cache", *CLI_FAST]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to the cache /proc/fne-no-such-cache/" in err and "Traceback" not in err
+    assert forward_images.n == 0
+
+
 def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache, tmp_path,
                                                                       monkeypatch, capsys, forward_images):
     """A read-only cache still serves its rows (fne fit reads them); extracting new ones into it

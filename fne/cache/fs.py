@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 import warnings
@@ -185,9 +186,17 @@ def check_run_folder(out: Path, verb: str) -> Path:
 
 def unwritable(folder: Path) -> Path | None:
     """The nearest existing folder at or above `folder` (where its files would be made) when it
-    cannot be written, else None."""
+    cannot be written, else None. For root, whom access(2) lets write anywhere its bits say no,
+    a folder made and removed there decides (/proc, a FUSE mount refusing writes)."""
     where = next(p for p in (folder, *folder.parents) if p.exists())
-    return None if os.access(where, os.W_OK) else where
+    if not os.access(where, os.W_OK):
+        return where
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".fne-probe-", dir=where))
+        except OSError:
+            return where
+    return None
 
 
 def replace_file(path: Path, write: Callable[[Path], object]) -> None:
