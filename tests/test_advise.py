@@ -145,6 +145,21 @@ def test_an_out_that_is_a_folder_is_one_line_before_the_forward_pass(tmp_path, c
     assert re.search(r"fne advise: error: --out .*: is a folder; give the file to write", capsys.readouterr().err)
 
 
+def test_data_of_one_class_is_one_line_not_advice_to_run_a_fit_that_stops(digits_folder, tmp_path, capsys):
+    """A folder of one class was advised "try: fne fit …", which then stopped ("a head needs at
+    least 2 classes"): advise itself now says so, before any forward pass."""
+    import shutil
+
+    from fne.cli import main
+
+    shutil.copytree(digits_folder / "0", tmp_path / "one" / "0")
+    assert main(["advise", str(tmp_path / "one"), "--arch", "efficientnet_lite0", "--weights", "random",
+                 "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"fne advise: error: .*one: one class \(0\); .*at least 2 classes", err)
+    assert "Traceback" not in err and not (tmp_path / "cache").exists()
+
+
 def test_similarity_measured_from_the_source_classifier(tmp_path, monkeypatch):
     """The classifier reads the cached `last` tap: a classifier that is sure gives MSP ~ 1."""
     import torch
