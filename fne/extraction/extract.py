@@ -274,7 +274,7 @@ def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None
         return contextlib.nullcontext(False)
 
     def say() -> None:
-        print(f"fne extract: another process is computing rows of {dataset.name} into {store.path.name}; "
+        print(f"note: another process is computing rows of {dataset.name} into {store.path.name}; "
               f"waiting for it, then computing only what it leaves", file=sys.stderr, flush=True)
 
     return sidecar.locked(lock_file(store, dataset, shard), on_wait=say, process=True)
