@@ -332,6 +332,16 @@ OPTIONS = (StoreOptions, DataOptions, AdviseOptions, ForwardOptions)
 
 
 @keywords(*OPTIONS)
+def _classified(data, dataset: Dataset) -> None:
+    """FneError unless DATA has labels of at least 2 classes: the advice would name a fit that
+    stops with "a head needs 2 classes"."""
+    dataset.require_labels("fne advise", data if isinstance(data, (str, Path)) else None)
+    if len(dataset.classes) < 2:
+        raise FneError(f"{data if isinstance(data, (str, Path)) else f'DATA {dataset.name}'}: one class "
+                       f"({', '.join(dataset.classes)}); the advice is on training a classifier, which needs "
+                       f"images of at least 2 classes")
+
+
 def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> dict:
     """Recommendation with its reasons and the measured quantities behind it.
 
@@ -365,11 +375,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     spec.backbone()  # unknown arch: FneError before any work
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
-    dataset.require_labels("fne advise", data if isinstance(data, (str, Path)) else None)
-    if len(dataset.classes) < 2:  # the advice would name a fit that stops with "a head needs 2 classes"
-        raise FneError(f"{data if isinstance(data, (str, Path)) else f'DATA {dataset.name}'}: one class "
-                       f"({', '.join(dataset.classes)}); the advice is on training a classifier, which needs "
-                       f"images of at least 2 classes")
+    _classified(data, dataset)
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}
