@@ -7,6 +7,7 @@ the report's extraction column said "cached" and FNE's one forward pass never re
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -105,3 +106,46 @@ def test_a_fit_on_cached_rows_records_the_extraction_that_computed_them(digits_f
     md = (tmp_path / "rep" / "report.md").read_text()
     assert f"| {secs(row['seconds'])} | {secs(c['seconds'])} (earlier) |" in md
     assert 'Extraction s "(earlier)": the rows were read cached' in md
+
+
+def test_the_report_shows_an_earlier_extraction_beside_measured_and_old_runs(tmp_path, monkeypatch):
+    """A fit on cached rows whose metrics.json records extract_cost: "N s (earlier)", pooled over
+    seeds by the mean, in report.csv's extract_earlier_seconds and in the time figure (as a diamond
+    at fit + extraction); `fne run`'s step that computed nothing likewise. A fit that extracted
+    keeps its measured seconds; one written before extract_cost, or with a damaged one, says cached."""
+    from matplotlib.axes import Axes
+
+    from fne.reporting.figures import fig_time
+    from fne.reporting.report import report
+
+    from .test_report import fake_metrics, md_rows, write_run
+
+    root = tmp_path / "runs"
+
+    def cached(method, seed, cost, **kw):
+        return fake_metrics(method, 0.8, 0.01, 0.8, 0.01, extract=None, rows="cached", seed=seed,
+                            extract_cost=cost, **kw)
+
+    write_run(root, "s0", cached("fne+svm", 0, {"seconds": 12.0, "images": 40}))
+    write_run(root, "s1", cached("fne+svm", 1, {"seconds": 14.0, "images": 40}))
+    d = write_run(root, "step", cached("fc7+svm", 0, {"seconds": 30.0}))
+    (d / "step.json").write_text(json.dumps({"dataset_key": "pets", "extract": {"seconds": 0.2, "n_computed": 0}}))
+    write_run(root, "ran", fake_metrics("fc6+svm", 0.7, 0.01, 0.7, 0.01, extract=33.0, rows="extracted",
+                                        extract_cost={"seconds": 31.0}))
+    write_run(root, "old", fake_metrics("last+svm", 0.6, 0.01, 0.6, 0.01, extract=None, rows="cached"))
+    write_run(root, "bad", cached("block5+svm", 0, "12 s"))
+    r = report([root], tmp_path / "rep", figures=False)
+    ext = {name: cells[6].strip("*") for name, cells in md_rows((tmp_path / "rep" / "report.md").read_text(),
+                                                                "pets").items()}
+    assert ext == {"fne+svm (2 runs)": "13.0 (earlier)", "fc7+svm": "30.0 (earlier)", "fc6+svm": "33.0",
+                   "last+svm": "cached", "block5+svm": "cached"}
+    by = {row["method"]: row for row in r["datasets"][0]["rows"]}
+    assert by["fne+svm"]["extract_seconds"] is None and "extract_seconds" not in by["fne+svm"]["best"]
+    assert [by[k]["extract_earlier_seconds"] for k in ("fne+svm", "fc6+svm", "last+svm")] == [13.0, None, None]
+    with open(tmp_path / "rep" / "report.csv", newline="") as f:
+        assert {x["method"]: x["extract_earlier_seconds"] for x in csv.DictReader(f)}["fne+svm"] == "13.0"
+    drawn = []
+    real = Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda ax, x, y, **kw: drawn.append((kw["label"], sorted(x))) or real(ax, x, y, **kw))
+    assert fig_time(r["datasets"][0])
+    assert ("linear head, with its rows' earlier extraction", [14.0, 31.0]) in drawn
