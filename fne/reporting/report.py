@@ -2,7 +2,9 @@
 
 Inputs are found recursively under each RUN_DIR:
 
-* `metrics.json` (written by `fne fit` / `fne train`): one measured method each;
+* `metrics.json` (written by `fne fit` / `fne train`): one measured method each; a fit on cached
+  rows also records what the earlier extraction that computed them took (`extract_cost`), shown
+  as "(earlier)" in the extraction column;
 * `step.json` (written by `fne run` beside metrics.json): the pipeline's dataset key, the C
   asked for, and the extraction that computed the run's rows (measured seconds, or cached);
 * `advice.json` (`fne advise` / `fne run`): the recommendation shown beside the winner;
