@@ -57,12 +57,11 @@ def rows_cost(store: Store, keys: Iterable[str]) -> dict | None:
     runs = _runs(store.records())
     index = store.index()
     by_part: dict[str, int] = {}
-    for k in set(keys):
-        if k in index:
-            by_part[index[k][0]] = by_part.get(index[k][0], 0) + 1
+    for k in set(keys) & index.keys():
+        by_part[index[k][0]] = by_part.get(index[k][0], 0) + 1
     if not runs or not by_part:
         return None
-    owner = {p: r for r in runs for p in r.get("parts") or []}
+    owner = {p: r for r in runs if isinstance(r.get("parts"), list) for p in r["parts"]}
     charged: dict[int, tuple[dict, int]] = {}
     estimated = 0
     for part, n in by_part.items():
