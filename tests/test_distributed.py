@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import fne.extraction.extract as fx
+from fne.cache.cost import rows_cost
 from fne.cache.store import list_stores
 from fne.cache.upkeep import clean, verify
 from fne.data import shards
@@ -107,6 +108,10 @@ def test_torchrun_shards_equal_one_process(data, reference, tmp_path):
     done = {r["shard"]: r["n_computed"] for r in store.records() if r.get("kind") == "extract"}
     assert set(done) == {"0/2", "1/2"} and sum(done.values()) == 28
     assert min(done.values()) > 0
+    # each rank's record names the parts it committed: together every part, each once
+    named = [p for r in store.records() if r.get("kind") == "extract" for p in r["parts"]]
+    assert sorted(named) == sorted(p.name for p in store.parts())
+    assert rows_cost(store, list(reference))["measured_images"] == 28
     by_part: dict[str, set[int]] = {}
     for k, (part, _) in store.index().items():
         by_part.setdefault(part, set()).add(_shard_of_key(data)[k])
@@ -149,6 +154,10 @@ def test_killed_rank_is_rerun_to_a_complete_store(data, reference, tmp_path, for
     assert len(resumed) == 1  # the killed run wrote no record
     in_shard0 = sum(1 for k in reference if _shard_of_key(data)[k] == 0)
     assert resumed[0]["n_computed"] == in_shard0 - before  # committed rows were reused
+    # the killed run's rows have no record: charged at the store's rate, and said to be
+    cost = rows_cost(store, list(reference))
+    assert (cost["measured_images"], cost["estimated_images"], cost["basis"]) == (28 - before, before,
+                                                                                  "runs and store rate")
 
     status = shards.shard_status(data, 2, cache=str(cache), **_spec())
     assert all(status[i] is not None for i in (0, 1))

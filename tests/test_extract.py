@@ -13,6 +13,7 @@ import pytest
 
 import fne.backbones.registry
 import fne.extraction.extract as fx
+from fne.cache.cost import rows_cost
 from fne.cache.store import list_stores
 from fne.cache.upkeep import verify
 from fne.cli import main
@@ -127,6 +128,11 @@ def test_concurrent_extractions_do_not_corrupt(digits_folder, tmp_path):
     assert verify(store).problems == [] and len(store) == 24
     rows = _rows(cache, load_dataset(digits_folder))
     assert all(np.isfinite(v).all() for v in rows.values())
+    # each committed part is named by the record of the one run that committed it: none lost, none twice
+    named = [p for r in store.records() if r.get("kind") == "extract" for p in r["parts"]]
+    assert sorted(named) == sorted(p.name for p in store.parts())
+    cost = rows_cost(store, list(store.index()))
+    assert (cost["basis"], cost["measured_images"]) == ("runs", 24)
 
 
 def test_cache_info_and_verify_detect_damage(digits_folder, warm_cache, tmp_path, capsys):

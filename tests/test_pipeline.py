@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fne.cache.store import list_stores
 from fne.pipeline import runner as P
 from fne.pipeline.runner import PipelineError, load_pipeline
 from fne.pipeline.steps import train_arguments
@@ -475,7 +476,7 @@ def test_train_schema_is_train_configs_options():
 
 def test_extraction_seconds_recorded_per_step(tmp_path):
     """The report's extraction seconds are the pipeline's measured extraction; a rerun on a warm
-    cache says cached."""
+    cache shows the earlier extraction's run phase, marked "(earlier)" (it said "cached")."""
     text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
     f = write(tmp_path, text)
     cache = str(tmp_path / "cache")
@@ -486,7 +487,11 @@ def test_extraction_seconds_recorded_per_step(tmp_path):
     assert {r["extract_seconds"] for r in rep["datasets"][0]["rows"]} == {step["extract"]["seconds"]}
     P.run(f, tmp_path / "out2", cache, log=lambda s: None)  # the same rows, now cached
     md = (tmp_path / "out2" / "report.md").read_text()
-    assert md.count(" | cached | ") == 2
+    (rec,) = list_stores(cache)[0].records()
+    rows = json.loads((tmp_path / "out2" / "report.json").read_text())["datasets"][0]["rows"]
+    assert [(r["extract_seconds"], r["extract_cached"]) for r in rows] == [(None, True)] * 2
+    assert [r["extract_earlier_seconds"] for r in rows] == pytest.approx([rec["stage_seconds"]["run"]] * 2)
+    assert md.count(" (earlier) | ") == 2 and " | cached | " not in md
 
 
 def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):

@@ -231,7 +231,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     if done.settings and (result.n_computed or result.skipped):  # a no-op run records nothing
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
-                      **{k: v for k, v in result.to_dict().items() if k != "store"},
+                      **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
                       "provenance": provenance(spec, o)})  # the machine and libraries behind these rows
     return result
 
@@ -348,6 +348,7 @@ class _Pass:
     reads: list[tuple] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     settings: dict = field(default_factory=dict)
+    parts: list[str] = field(default_factory=list)  # committed by this pass (`fne.cache.cost` reads them)
 
 
 def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.device, batch_size: int,
@@ -412,6 +413,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,
                     "workers": workers, "compile": model.compiled, "threads": torch.get_num_threads(),
                     "decode": spec.decode, "stage_seconds": st.seconds(model, writer.seconds)}
+    out.parts = writer.parts
 
 
 class _Fresh:

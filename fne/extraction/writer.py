@@ -37,6 +37,7 @@ class Writer(threading.Thread):
         self.finished = threading.Event()  # set as `run` ends, committed or failed
         self.seconds = 0.0
         self.committed = 0
+        self.parts: list[str] = []  # the parts it committed rows in (the run's record names them)
         self._keys: list[str] = []
         self._rows: list[np.ndarray] = []
         self._bad: dict[str, str] = {}
@@ -64,7 +65,9 @@ class Writer(threading.Thread):
         t = time.perf_counter()
         # One (N, V, D) array, every tap side by side: the store's part layout, so no split here.
         rows = np.concatenate(self._rows) if self._keys else np.empty((0, self.store.views, self.width))
-        self.store.commit(self._keys, rows, self._bad)
+        name = self.store.commit(self._keys, rows, self._bad)
+        if self._keys:
+            self.parts.append(name)
         self.committed += len(self._keys)
         self._keys, self._rows, self._bad = [], [], {}
         self.seconds += time.perf_counter() - t

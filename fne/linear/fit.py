@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fne import option_handling as opts
 from fne import verb_module
+from fne.cache.cost import rows_cost
 from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset
@@ -208,8 +209,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
         "fit_seconds": fit_seconds, "solver": pipe.solver_, "solver_precision": pipe.solver_precision_,
-        "extract_seconds": src.extract_seconds,  # measured here; None: the rows were cached
-        "rows": "extracted" if src.extract_seconds is not None else "cached",
+        **_rows_record(src),
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
@@ -221,6 +221,15 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     out.mkdir(parents=True, exist_ok=True)
     _save(out, metrics, pipe, src, final.layers, final.kind, compare.predictions_writer(dataset, y, preds))
     return metrics
+
+
+def _rows_record(src: Source) -> dict:
+    """metrics.json's record of the rows' extraction: extract_seconds measured by this fit (None:
+    the rows were cached), and extract_cost, what computing the rows read cost as the store's
+    extraction records say (`fne.cache.cost.rows_cost`; None: no record)."""
+    return {"extract_seconds": src.extract_seconds,
+            "rows": "extracted" if src.extract_seconds is not None else "cached",
+            "extract_cost": rows_cost(src.store, src.dataset.keys())}
 
 
 def _check_trainable(data, dataset: Dataset) -> None:

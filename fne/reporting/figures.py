@@ -67,16 +67,20 @@ def fig_time(ds: dict) -> str | None:
     for r in ds["rows"]:
         if r.get("accuracy") is None:
             continue
-        t = (r.get("seconds") or 0.0) + (r.get("extract_seconds") or 0.0)
-        kind = "train" if r.get("kind") == "train" else "cached" if r.get("extract_seconds") is None else "fit"
+        earlier = r.get("extract_earlier_seconds") if r.get("extract_seconds") is None else None
+        t = (r.get("seconds") or 0.0) + (r.get("extract_seconds") or earlier or 0.0)
+        kind = "train" if r.get("kind") == "train" else "fit" if r.get("extract_seconds") is not None \
+            else "earlier" if earlier is not None else "cached"
         if t > 0:
             pts.append((t, 100 * r["accuracy"], _plain(label(r, ds["multi_backbone"])), kind))
     if not pts:
         return None
     fig, ax = _subplots((7.5, 4.2))
     # a fit whose rows were cached (or whose extraction is not recorded) costs its fit alone here: hollow,
-    # not drawn as if a fit that extracted were slower by the extraction it alone paid for
+    # not drawn as if a fit that extracted were slower by the extraction it alone paid for; one whose store
+    # recorded what computing its rows cost (an earlier fne extract) is drawn with that cost, as a diamond
     for kind, color, marker, name in (("fit", "#3b73b9", "o", "linear head, with the extraction of its rows"),
+                                      ("earlier", "#3b73b9", "D", "linear head, with its rows' earlier extraction"),
                                       ("cached", "none", "o", "linear head, fit alone (rows cached or not timed)"),
                                       ("train", "#e67e22", "s", "network training")):
         sel = [p for p in pts if p[3] == kind]

@@ -78,9 +78,30 @@ def cells(r: dict) -> dict[str, str]:
         "mean_class_accuracy": pct(r.get("mean_class_accuracy"), None if one else r.get("mean_class_accuracy_std")),
         "mean_class_accuracy_ci": ci_str(r.get("mean_class_accuracy_ci")),
         "seconds": secs(r.get("seconds")),
-        "extract_seconds": ("cached" if r.get("extract_cached") and r.get("extract_seconds") is None
-                            else secs(r.get("extract_seconds"))),
+        "extract_seconds": extraction_cell(r),
     }
+
+
+def extraction_cell(r: dict) -> str:
+    """The extraction column: seconds measured by the row's own runs; else, for rows read cached,
+    the seconds an earlier extraction took to compute them (`EARLIER`), or "cached" where the store
+    recorded none."""
+    if r.get("extract_seconds") is not None or not r.get("extract_cached"):
+        return secs(r.get("extract_seconds"))
+    earlier = r.get("extract_earlier_seconds")
+    return "cached" if earlier is None else f"{secs(earlier)} (earlier)"
+
+
+def _earlier(ds: dict) -> bool:
+    """Whether a row of the dataset shows an earlier extraction's seconds (`EARLIER` explains them)."""
+    return any(extraction_cell(r).endswith("(earlier)") for r in ds["rows"])
+
+
+# what "(earlier)" in the extraction column means
+EARLIER = ("Extraction s \"(earlier)\": the rows were read cached; the seconds are what the earlier fne extract "
+           "run(s) that computed them took for this row's images (the run phase, each run's seconds per image; "
+           "metrics.json's extract_cost says which runs, device and date), measured by that extraction, not by this "
+           "fit; \"cached\": rows read cached from a store that records no extraction cost")
 
 
 # what "±" means in the tables: metrics.json's accuracy_std (`fne fit`), and report.py's pooled rows
@@ -189,6 +210,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
               "not measurements of this run" + (f"; source: {md_text(ds['published']['source'])}"
                                                if ds["published"]["source"] else "") + ".", "",
               md_text(interval_sentence(ds["rows"]))]
+        if _earlier(ds):
+            L += ["", md_text(EARLIER) + "."]
         if ds["published"].get("note"):
             L += ["", f"Published values note: {md_text(ds['published']['note'])}"]
         if _few(ds):
@@ -366,6 +389,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                  f"{_e(SPREAD)}. {_e(MEAN_CLASS)}. Published values (italic) are references from the "
                  f"pipeline file, not measurements of this run.{src}</small></p>")
         H.append(f"<p class='intervals'><small>{_e(interval_sentence(ds['rows']))}</small></p>")
+        if _earlier(ds):
+            H.append(f"<p class='earlier'><small>{_e(EARLIER)}.</small></p>")
         if ds["published"].get("note"):
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
         if _few(ds):

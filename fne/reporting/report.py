@@ -2,7 +2,9 @@
 
 Inputs are found recursively under each RUN_DIR:
 
-* `metrics.json` (written by `fne fit` / `fne train`): one measured method each;
+* `metrics.json` (written by `fne fit` / `fne train`): one measured method each; a fit on cached
+  rows also records what the earlier extraction that computed them took (`extract_cost`), shown
+  as "(earlier)" in the extraction column;
 * `step.json` (written by `fne run` beside metrics.json): the pipeline's dataset key, the C
   asked for, and the extraction that computed the run's rows (measured seconds, or cached);
 * `advice.json` (`fne advise` / `fne run`): the recommendation shown beside the winner;
@@ -183,6 +185,18 @@ def extraction(run: dict) -> tuple[float | None, bool]:
     return s, False
 
 
+def earlier_extraction(run: dict) -> float | None:
+    """Seconds that an earlier extraction took to compute the rows a fit on cached rows read, as
+    its metrics.json's extract_cost records them from the store (`fne.cache.cost.rows_cost`);
+    None where the fit extracted its rows itself, or records no such cost (a run written before
+    fit recorded it, a store without extraction records)."""
+    seconds, cached = extraction(run)
+    cost = run["metrics"].get("extract_cost")
+    if seconds is not None or not cached or not isinstance(cost, dict):
+        return None
+    return finite(cost.get("seconds"))
+
+
 def _confusion(run: dict) -> bool:
     """Whether a run's metrics.json records a confusion matrix; one that is not a matrix of
     counts of its classes is left out of the row's figures, with a warning naming the file."""
@@ -229,6 +243,7 @@ def _row(runs: list[dict]) -> dict:
             row[k] = finite(m0.get(k))
         row["seconds"] = finite(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
+        row["extract_earlier_seconds"] = earlier_extraction(runs[0])
         row["confusion"] = m0["confusion"] if _confusion(runs[0]) else None
         row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = recorded_intervals(m0)
         return row
@@ -245,6 +260,8 @@ def _row(runs: list[dict]) -> dict:
     measured = [s for s, _ in ext if s is not None]
     row["extract_seconds"] = float(np.mean(measured)) if measured else None
     row["extract_cached"] = not measured and any(c for _, c in ext)
+    earlier = [e for e in map(earlier_extraction, runs) if e is not None]
+    row["extract_earlier_seconds"] = float(np.mean(earlier)) if earlier and not measured else None
     row["n_splits"] = len(splits)
     conf = [np.asarray(r["metrics"]["confusion"]) for r in runs if _confusion(r)]
     row["confusion"] = (sum(conf[1:], conf[0]).tolist()
