@@ -143,7 +143,8 @@ def _of_type(v, hint) -> bool:
     return False
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple",
+               dict: "a dict"}
 
 
 def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool = False) -> str:

@@ -864,3 +864,23 @@ def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tm
     assert f"FAILED: weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.out
     assert f"weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.err
     assert "--weights" not in said.out + said.err
+
+
+def test_a_class_map_table_is_recorded_in_its_direct_steps_folder(tmp_path):
+    """A dataset's inline class_map table is handed to fne.train as the dict, which records it as
+    class_map.json in the step's own run folder (it was written once per dataset under
+    OUT/<dataset>/data/, beside no run), and metrics.json's options name that file."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    text = (GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 6\nclass_map = {"0" = ["tench"], '
+                                            '"1" = ["daisy", 1]}')
+            .replace('arch = "vgg16"', 'arch = "efficientnet_lite0"')
+            .replace('modes = ["frozen"]\nepochs = 2', 'modes = ["direct"]\nimage_size = 32')
+            .replace('[fit]\nfeatures = ["fc7", "fne"]\nheads = ["svm"]\n', ''))
+    P.run(write(tmp_path, text), tmp_path / "out", cache=str(tmp_path / "cache"), report=False, device="cpu",
+          workers=0)
+    (metrics,) = (tmp_path / "out").rglob("metrics.json")
+    m = json.loads(metrics.read_text())
+    assert m["mode"] == "direct" and m["classes"] == ["0", "1"]
+    assert m["options"]["class_map"] == str(metrics.parent / "class_map.json")
+    assert json.loads((metrics.parent / "class_map.json").read_text()) == {"0": ["tench"], "1": ["daisy", 1]}
+    assert list((tmp_path / "out").rglob("class_map.json")) == [metrics.parent / "class_map.json"]

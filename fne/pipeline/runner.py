@@ -132,16 +132,6 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
     return str(target)
 
 
-def _write_class_map(ds: DatasetCfg, out: Path) -> str | None:
-    if ds.class_map is None or isinstance(ds.class_map, str):
-        return ds.class_map
-    folder = out / slug(ds.key) / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "class_map.json"
-    write_json(path, ds.class_map)
-    return str(path)
-
-
 def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool = True) -> dict:
     """Run one step into step.dir; returns its result dict. `resume`: a training step goes on
     from its own checkpoint, left by an interrupted run (not under --force)."""
@@ -167,8 +157,8 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
         return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
                            batch_size=p.batch_size, workers=p.workers, **k)
     mode, kwargs = k["mode"], train_arguments(step, p)
-    if mode == "direct":
-        kwargs["class_map"] = _write_class_map(step.dataset, out)
+    if mode == "direct":  # a table is recorded in the step's folder by fne.train, a path as given
+        kwargs["class_map"] = step.dataset.class_map
     # an interrupted step goes on from its checkpoint; one of other settings starts anew, as does
     # any under --force (which train's note names, fne run having no --resume)
     starts_over = STARTS_OVER.set(None if resume else lambda py: f"{forced_as(py)} starts the step over")

@@ -60,7 +60,13 @@ from fne.option_handling import named, refusal
 from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
 from fne.progress import STARTS_OVER, progress_line, said
 from fne.training import augment, checkpoint, epochs
-from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
+from fne.training.class_map import (
+    check_inline,
+    direct_scores,
+    mapped_test_images,
+    read_class_map,
+    recorded,
+)
 from fne.training.transfer import (
     build_model,
     describe_import,
@@ -82,6 +88,7 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     the rules between options."""
     opts.check(cfg)
     opts.unused(TrainConfig, cfg.mode, given)
+    check_inline(cfg.class_map)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
         raise refusal(lambda py: f"{named('mode', py, 'direct', plain=True)} needs "
@@ -446,6 +453,8 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    inline = cfg.class_map
+    cfg.class_map, map_file = recorded(inline, out)  # metrics.json's options name the file
     metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred, data_o)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
@@ -453,7 +462,8 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     # together (`replace_files`): a failed write leaves the earlier run whole; metrics.json last
     predictions = predictions_csv(dataset, test["ids"], [split.classes[p] for p in pred],
                                   [f"score_{c}" for c in split.classes], test["scores"])
-    replace_files({out / "predictions.csv": predictions,
+    written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
+    replace_files({**written, out / "predictions.csv": predictions,
                    out / "model.pt": lambda f: torch.save(weights, f),
                    out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
     return metrics
