@@ -548,6 +548,21 @@ def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys
     assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
 
 
+def test_a_workers_override_it_refuses_stops_the_run_in_one_line_before_any_step(tmp_path, capsys):
+    """`fne run --workers -1` (fne.run(workers=-1)) ran every step, each failing on it."""
+    from fne.cli import main
+    from fne.errors import OptionError
+    from fne.options import MAX_WORKERS
+
+    f, out = write(tmp_path, TINY), tmp_path / "out"
+    assert main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), "--workers", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == (f"fne run: error: bad --workers -1: --workers must be in "
+                                               f"[0, {MAX_WORKERS}] (4 per core of this machine)")
+    with pytest.raises(OptionError, match=r"^bad workers=-1: workers must be in"):
+        P.run(f, out, cache=str(tmp_path / "cache"), workers=-1)
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
 def test_a_device_this_machine_lacks_stops_only_a_run_with_steps_to_do(tmp_path, capsys):
     """A finished GPU pipeline re-reported on a laptop (`--device cuda`, nothing to run) writes its
     report; with a step to run, the absent GPU is one line before any step (not each step FAILED)."""

@@ -52,7 +52,8 @@ def describe_backbone(arch: str, **options) -> dict:
     Raises
     ------
     FneError
-        An unknown backbone (with the names nearest to it) or weights that are none of the above.
+        An unknown backbone (with the names nearest to it) or ``weights`` that are none of
+        those it takes.
     """
     from fne.backbones import registry
 

@@ -144,6 +144,11 @@ def cache_info(data=None, **options) -> CacheInfo:
         The root, one `StoreInfo` per store, and DATA's name and number of distinct images. A
         local root that is no folder (`exists` False: a mistyped cache) has no stores, and DATA
         is then not read, so that no folder is made there.
+
+    Raises
+    ------
+    DataError
+        DATA is given and cannot be listed.
     """
     store_o, data_o = resolve(options, StoreOptions, DataOptions, only=INFO_OPTIONS)
     root = cache_root(store_o.cache)
@@ -184,6 +189,11 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     CacheCheck
         One `StoreCheck` per store (``ok`` when sound; a store whose store.json cannot be read,
         damaged or of a later fne, first, with that one problem); ``ok`` when every store is.
+
+    Raises
+    ------
+    FneError
+        ``store`` is no store folder.
     """
     store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
     if store is not None:

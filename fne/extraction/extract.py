@@ -176,6 +176,18 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     -------
     ExtractResult
         Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
+
+    Raises
+    ------
+    DataError
+        DATA is missing, empty or cannot be read.
+    WeightsError
+        ``weights`` cannot be loaded or do not fit ``arch``.
+    CacheError
+        The cache cannot be written, or its store is incompatible or damaged.
+    FneError
+        Any other mistake in what was asked (a bad ``shard``, an unknown ``arch``): nothing is
+        computed. A cache folder the call made is removed again (see above).
     """
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})

@@ -166,6 +166,18 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     dict
         metrics.json's: accuracy and mean class accuracy (mean, std, interval), per-split scores,
         confusion, each class's recall, the store read, timings and provenance.
+
+    Raises
+    ------
+    DataError
+        DATA is missing or unlabelled, has fewer than 2 classes, or too few images for the
+        split asked for.
+    WeightsError
+        With ``extract_missing``: ``weights`` cannot be loaded or do not fit ``arch``.
+    FneError
+        ``out`` cannot be a run folder (a file, inside DATA, another verb's run), ``features``
+        names no layer of the backbone, or rows are not in the cache and ``extract_missing`` is
+        False (the message gives the `fne extract` command that adds them).
     """
     spec, d, o, ext = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     C = parse_C(o.C)
@@ -199,7 +211,19 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     _say_stopped(stopped + [pipe.stopped_] * (not dataset.has_split), final.head, final.C)  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
-    metrics = {
+    metrics = _metrics(data, src, final, per_split, confusions, Cs, fit_seconds, pipe, (spec, d, o, ext))
+    if auto:
+        metrics["selection"] = selection.summary(chosen)
+    out.mkdir(parents=True, exist_ok=True)
+    _save(out, metrics, pipe, src, final.layers, final.kind, compare.predictions_writer(dataset, y, preds))
+    return metrics
+
+
+def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions, Cs: list, fit_seconds: float,
+             pipe, options: tuple) -> dict:
+    """`fit`'s metrics.json (`options`: the resolved spec, data, fit and forward options)."""
+    dataset, o = src.dataset, options[2]
+    return {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
         **_scores(per_split, confusions, dataset.classes),
@@ -213,14 +237,9 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
-        **provenance(spec, d, o, ext),
+        **provenance(*options),
         "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }
-    if auto:
-        metrics["selection"] = selection.summary(chosen)
-    out.mkdir(parents=True, exist_ok=True)
-    _save(out, metrics, pipe, src, final.layers, final.kind, compare.predictions_writer(dataset, y, preds))
-    return metrics
 
 
 def _check_trainable(data, dataset: Dataset) -> None:

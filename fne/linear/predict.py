@@ -120,6 +120,15 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         and the ``store`` read. The accuracy covers only the images whose label is one of the
         model's classes (the others it cannot get right; a warning names their labels); it is None
         without labels or when no image has a known label. The CSV lists every image either way.
+
+    Raises
+    ------
+    DataError
+        DATA is missing or cannot be read.
+    FneError
+        ``run_dir`` is no `fne fit` or `fne train` run (or a direct mode one, which trains
+        nothing), a store setting other than ``cache`` and ``device`` is given (the model pins
+        them), or ``out`` cannot be written.
     """
     fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
     if fixed:

@@ -33,6 +33,8 @@ from pathlib import Path
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
 from fne.errors import FneError, WeightsError, expect_bools
 from fne.names import slug
+from fne.option_handling import resolve
+from fne.options import ForwardOptions
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.config_errors import in_the_files_words
@@ -177,6 +179,22 @@ def _summary_line(step: Step, r: dict) -> str:
     return f"accuracy {100 * r['accuracy']:.1f} % (mean class {100 * r['mean_class_accuracy']:.1f} %)"
 
 
+def _prepare(p: Pipeline, out: Path, cache: str | None, say) -> dict[str, str]:
+    """Before the steps: each backbone's weights resolved (a fallback to random weights noted), OUT
+    made and each dataset's subset written; -> the DATA each dataset's steps read, by key."""
+    for b in p.backbones:
+        resolve_weights(b, say)
+        if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
+            p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
+                           f"weights, so its numbers say nothing about transfer learning")
+    out.mkdir(parents=True, exist_ok=True)
+    data_for = {d.key: materialise(d, out, cache) for d in p.datasets if not d.skipped}
+    for d in p.datasets:
+        if d.max_per_class and not d.skipped:
+            say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
+    return data_for
+
+
 def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
         dry_run: bool = False, report: bool | None = None, device: str | None = None,
         workers: int | None = None, log=None) -> dict:
@@ -190,14 +208,16 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         The output folder (default: the file's `out`, else runs/<name>).
     cache : str, optional
         The cache (default: the file's `cache`, else fne's default).
-    force : bool
+    force : bool, default False
         Rerun steps that are done.
-    dry_run : bool
+    dry_run : bool, default False
         List the steps and which are done; read no image, write nothing.
     report : bool, optional
         Write the report at the end (default: the file's `report`).
-    device, workers : optional
-        Override the file's `device` / `workers`.
+    device : str, optional
+        Overrides the file's `device` (auto, cpu, cuda[:i] or mps).
+    workers : int, optional
+        Overrides the file's `workers`.
     log : callable, optional
         Receives each progress line (default: print).
 
@@ -209,6 +229,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
 
     Raises
     ------
+    PipelineError
+        The file's problems, all of them, before any step runs.
+    OptionError
+        A ``device`` or ``workers`` it does not accept, before any step runs.
     FneError
         At the end, naming the steps that failed: the others have run and are in the report.
     """
@@ -218,8 +242,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     p = load_pipeline(path, cache=cache)
     if device is not None:
         p.device = device
-    if workers is not None:
-        p.workers = workers
+    if workers is not None:  # checked as fne fit's (--workers -1 failed every step)
+        p.workers = resolve({"workers": workers}, ForwardOptions, only=("workers",))[0].workers
     if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
         _check_device(p, False, device is None)
     with in_the_files_words(out is None and p.out is not None):
@@ -229,16 +253,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
         return {**result, "steps": _dry_run(p, path, out, cache, force, say)}
-    for b in p.backbones:
-        resolve_weights(b, say)
-        if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
-            p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
-                           f"weights, so its numbers say nothing about transfer learning")
-    out.mkdir(parents=True, exist_ok=True)
-    data_for = {d.key: materialise(d, out, cache) for d in p.datasets if not d.skipped}
-    for d in p.datasets:
-        if d.max_per_class and not d.skipped:
-            say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
+    data_for = _prepare(p, out, cache, say)
     steps = plan(p, out, data_for, cache)
     if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
         _check_device(p, force or not all(s.done() for s in steps), device is None)

@@ -159,6 +159,16 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         What metrics.json holds: accuracy and mean class accuracy with their intervals, the
         confusion matrix and each class's recall, the best epoch, timings, the learning rates and
         what was imported.
+
+    Raises
+    ------
+    DataError
+        DATA is missing, unlabelled or of one class (but for direct mode).
+    WeightsError
+        ``weights`` cannot be loaded or do not fit ``arch``.
+    FneError
+        ``out`` cannot be a run folder (a file, inside DATA, a `fne fit` run), or ``resume``
+        finds no checkpoint of this run.
     """
     with checkpoint.caller_state_kept():
         return _train(data, mode, out, **kwargs)
