@@ -107,38 +107,37 @@ def keywords(*classes, only: Iterable[str] | None = None):
 
 # The Raises entry of a verb whose keywords `keywords` lists (`documented`): what `check` raises.
 OPTION_ERROR = """OptionError
-    A keyword's value it does not accept (a choice not listed, a number out of its bounds), named
-    as the keyword; a value of the wrong type is a TypeError.
+    An argument it does not accept, named as its keyword, before any work: a choice not listed,
+    a number out of its bounds, and where the verb takes them an unknown ``arch``, ``features``
+    naming no layer of it, an output path that is a file, inside DATA or unwritable; a value of
+    the wrong type is a TypeError.
 """
 
 
 def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str | None:
     """`doc` (numpydoc) with an entry for each keyword in `added` at the end of its Parameters
     section, written from the declaration (type, choices, default, help; a command-line flag in
-    the help as its keyword): the keywords are documented where they are declared, once. A
-    ``**options`` entry there (not in the signature `keywords` makes) goes, its text moved to Notes;
-    a Raises section gets `OPTION_ERROR`."""
+    the help as its keyword): the keywords are documented where they are declared, once. An entry
+    the docstring writes for one of them (where the verb gives it another meaning or default:
+    predict's ``cache``) is moved there instead. A ``**options`` entry (not in the signature
+    `keywords` makes) goes, its text moved to Notes; a Raises section gets `OPTION_ERROR`."""
     import re
     import textwrap
 
-    if not doc or not added:
+    head = re.search(r"^( *)Parameters\n\1-+\n", doc or "", re.M)
+    if not added or head is None:
         return doc
-    head = re.search(r"^( *)Parameters\n\1-+\n", doc, re.M)
-    if head is None:
-        return doc
-    ind = head.group(1)
-    start = head.end()
+    ind, start = head.group(1), head.end()
     nxt = re.compile(rf"^{ind}\w[\w ]*\n{ind}-+\n", re.M).search(doc, start)
     end = nxt.start() if nxt else len(doc)
-    section = doc[start:end].rstrip("\n ")
-    notes = ""
-    star = re.search(rf"^{ind}\*\*\w+.*\n((?:{ind} +.*\n|\n)*)", section + "\n", re.M)
-    if star:
-        notes = textwrap.dedent(star.group(1)).strip()
-        section = (section + "\n")[:star.start()] + (section + "\n")[star.end():]
+    blocks = re.findall(rf"^({ind}\S.*\n(?:{ind} +.*\n|\n)*)", doc[start:end].rstrip("\n ") + "\n", re.M)
+    written = {b.split(" : ")[0].strip(): b.rstrip("\n ") + "\n" for b in blocks}
+    notes = "".join(textwrap.dedent(b.split("\n", 1)[1]).strip() for n, b in written.items() if n.startswith("**"))
+    names = {f.name for f in added}
     flags = {flag(f): f.name for cls in classes for f in fields(cls)}
-    entries = "".join(_entry(f, ind, flags) for f in added)
-    doc = doc[:start] + section.rstrip("\n ") + "\n" + entries + ("\n" + doc[end:] if nxt else ind)
+    entries = [b for n, b in written.items() if n not in names and not n.startswith("**")]
+    entries += [written.get(f.name) or _entry(f, ind, flags) for f in added]
+    doc = doc[:start] + "".join(entries) + ("\n" + doc[end:] if nxt else ind)
     raises = re.search(rf"^{ind}Raises\n{ind}-+\n", doc, re.M)
     if raises and not re.search(rf"^{ind}OptionError$", doc, re.M):  # what `check` raises, said once
         doc = doc[:raises.end()] + textwrap.indent(OPTION_ERROR, ind) + doc[raises.end():]

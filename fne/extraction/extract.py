@@ -184,10 +184,9 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     WeightsError
         ``weights`` cannot be loaded or do not fit ``arch``.
     CacheError
-        The cache cannot be written, or its store is incompatible or damaged.
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
     FneError
-        Any other mistake in what was asked (a bad ``shard``, an unknown ``arch``): nothing is
-        computed. A cache folder the call made is removed again (see above).
+        DATA has no images. A cache folder the call made is removed again (see above).
     """
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})

@@ -63,9 +63,10 @@ def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None 
     ------
     DataError
         DATA is missing or cannot be read.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
     FneError
-        ``out`` cannot be written (or is not an .h5 file), ``features`` names no layer of the
-        backbone, or rows are not in the cache and ``extract_missing`` is False.
+        Rows are not in the cache and ``extract_missing`` is False.
     """
     import h5py
 
@@ -178,9 +179,12 @@ def load_rows(data: str | Path | Dataset, store: StoreSpec | None = None, **opti
 
     Raises
     ------
+    DataError
+        DATA is missing or cannot be read.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
     FneError
-        DATA cannot be read, the features name no layer of the backbone, or rows are not in
-        the cache (and ``extract_missing`` is False).
+        Rows are not in the cache and ``extract_missing`` is False.
     """
     src, o, layers, kind = _source(data, store, options, "load_rows")
     dataset, dims = src.dataset, dict(src.store.taps)

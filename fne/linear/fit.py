@@ -170,14 +170,17 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     Raises
     ------
     DataError
-        DATA is missing or unlabelled, has fewer than 2 classes, or too few images for the
-        split asked for.
+        DATA is missing, cannot be read, is unlabelled, or has test classes with no training
+        images.
     WeightsError
         With ``extract_missing``: ``weights`` cannot be loaded or do not fit ``arch``.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
     FneError
-        ``out`` cannot be a run folder (a file, inside DATA, another verb's run), ``features``
-        names no layer of the backbone, or rows are not in the cache and ``extract_missing`` is
-        False (the message gives the `fne extract` command that adds them).
+        Its training images span fewer than 2 classes, a class has too few images for a random
+        split (a bound of ``test_size`` or ``train_per_class``: OptionError), ``out`` holds another verb's run, or
+        rows are not in the cache and ``extract_missing`` is False (the message gives the `fne
+        extract` command that adds them).
     """
     spec, d, o, ext = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     C = parse_C(o.C)

@@ -143,15 +143,21 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         The experiment.
     out : str or Path
         The run folder (also holds checkpoint.pt: see ``save_every``).
+    class_map : str, Path or dict, optional
+        Direct mode: a JSON file, or the dict, {target class: [ImageNet index or name, ...]}; a
+        dict is recorded as ``out``/class_map.json, which metrics.json's options then name.
+    resume : bool or "auto", default False
+        Continue from ``out``/checkpoint.pt: the same settings and images (a larger ``epochs``
+        extends a run without ``scheduler``); "auto": continue from it where it belongs to this
+        run (same settings), else start anew (what `fne run` does for its training steps).
+    cache : str, optional
+        Where DATA's manifest of content keys, containers' listings and `hf:` downloads are read
+        and kept (default: $FNE_CACHE, else the default cache); fne train reads no cached rows.
     **kwargs
-        The other options of `fne train`, under the same names with the same defaults (the
-        signature lists them): ``cache`` (where DATA's manifest of content keys, containers'
-        listings and `hf:` downloads are read and kept; default $FNE_CACHE, else the default
-        cache), ``label_key`` (`fne.options.DataOptions`) and the fields of
-        `fne.options.TrainConfig`; ``resume`` also takes "auto": continue from the run folder's
-        checkpoint where it belongs to this run (same settings), else start anew (what `fne run`
-        does for its training steps). An option the mode does not use, given other than None
-        (``direct_score`` with ``mode="frozen"``), is an OptionError naming it.
+        The other options of `fne train`, under the same names with the same defaults: ``cache``,
+        ``label_key`` (`fne.options.DataOptions`) and the fields of `fne.options.TrainConfig`.
+        An option the mode does not use, given other than None (``direct_score`` with
+        ``mode="frozen"``), is an OptionError naming it.
 
     Returns
     -------
@@ -167,8 +173,7 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     WeightsError
         ``weights`` cannot be loaded or do not fit ``arch``.
     FneError
-        ``out`` cannot be a run folder (a file, inside DATA, a `fne fit` run), or ``resume``
-        finds no checkpoint of this run.
+        ``out`` holds a `fne fit` run, or ``resume`` finds no checkpoint of this run.
     """
     with checkpoint.caller_state_kept():
         return _train(data, mode, out, **kwargs)
