@@ -134,7 +134,7 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
     return str(target)
 
 
-def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool = True) -> dict:
+def run_step(step: Step, p: Pipeline, cache: str | None, resume: bool = True) -> dict:
     """Run one step into step.dir; returns its result dict. `resume`: a training step goes on
     from its own checkpoint, left by an interrupted run (not under --force)."""
     from fne.linear import fit as fit_mod
@@ -365,7 +365,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                 raise FneError(extracted[pair])
             say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
             t = time.perf_counter()
-            result = run_step(step, p, cache, out, resume=not force)
+            result = run_step(step, p, cache, resume=not force)
         except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
             why = _one_line(e)
             if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report
