@@ -98,9 +98,73 @@ def keywords(*classes, only: Iterable[str] | None = None):
                  for cls in classes for f in fields(cls)
                  if f.name not in taken and (only is None or f.name in only)]
         func.__signature__ = sig.replace(parameters=own + extra)
+        added = [f for cls in classes for f in fields(cls) if f.name in {p.name for p in extra}]
+        func.__doc__ = documented(func.__doc__, added, classes)
         return func
 
     return decorate
+
+
+# The Raises entry of a verb whose keywords `keywords` lists (`documented`): what `check` raises.
+OPTION_ERROR = """OptionError
+    An argument it does not accept, named as its keyword, before any work: a choice not listed,
+    a number out of its bounds, and where the verb takes them an unknown ``arch``, ``features``
+    naming no layer of it, an output path that is a file, inside DATA or unwritable; a value of
+    the wrong type is a TypeError.
+"""
+
+
+def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str | None:
+    """`doc` (numpydoc) with an entry for each keyword in `added` at the end of its Parameters
+    section, written from the declaration (type, choices, default, help; a command-line flag in
+    the help as its keyword): the keywords are documented where they are declared, once. An entry
+    the docstring writes for one of them (where the verb gives it another meaning or default:
+    predict's ``cache``) is moved there instead. A ``**options`` entry (not in the signature
+    `keywords` makes) goes, its text moved to Notes; a Raises section gets `OPTION_ERROR`."""
+    import re
+    import textwrap
+
+    head = re.search(r"^( *)Parameters\n\1-+\n", doc or "", re.M)
+    if not added or head is None:
+        return doc
+    ind, start = head.group(1), head.end()
+    nxt = re.compile(rf"^{ind}\w[\w ]*\n{ind}-+\n", re.M).search(doc, start)
+    end = nxt.start() if nxt else len(doc)
+    blocks = re.findall(rf"^({ind}\S.*\n(?:{ind} +.*\n|\n)*)", doc[start:end].rstrip("\n ") + "\n", re.M)
+    written = {b.split(" : ")[0].strip(): b.rstrip("\n ") + "\n" for b in blocks}
+    notes = "".join(textwrap.dedent(b.split("\n", 1)[1]).strip() for n, b in written.items() if n.startswith("**"))
+    names = {f.name for f in added}
+    flags = {flag(f): f.name for cls in classes for f in fields(cls)}
+    entries = [b for n, b in written.items() if n not in names and not n.startswith("**")]
+    entries += [written.get(f.name) or _entry(f, ind, flags) for f in added]
+    doc = doc[:start] + "".join(entries) + ("\n" + doc[end:] if nxt else ind)
+    raises = re.search(rf"^{ind}Raises\n{ind}-+\n", doc, re.M)
+    if raises and not re.search(rf"^{ind}OptionError$", doc, re.M):  # what `check` raises, said once
+        doc = doc[:raises.end()] + textwrap.indent(OPTION_ERROR, ind) + doc[raises.end():]
+    if notes:
+        doc = doc.rstrip() + f"\n\n{ind}Notes\n{ind}-----\n" + textwrap.indent(notes, ind) + f"\n{ind}"
+    return doc
+
+
+def _entry(f: dataclasses.Field, ind: str, flags: dict[str, str]) -> str:
+    """A numpydoc entry of option field `f`: ``name : type, default value`` and its help."""
+    import re
+    import textwrap
+
+    o = f.metadata.get("opt", Opt())
+    kind = "{" + ", ".join(map(repr, o.choices)) + "}" if o.choices else str(f.type)
+    default = "" if f.default is MISSING else f", default {f.default!r}"
+    text = re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"``{flags[m.group()]}``" if m.group() in flags else m.group(),
+                  o.help)
+    if f.default is True and flag(f).startswith("--no-"):  # the help says what the switch does
+        text = f"False: {text}"
+    if o.bound and o.bound.startswith(text):  # --device: the bound says it all
+        text = o.bound
+    elif o.bound and o.bound not in text:
+        text += f" ({o.bound})"
+    body = textwrap.fill(text + ("" if text.endswith(".") else "."), 100, break_on_hyphens=False,
+                         initial_indent=ind + "    ", subsequent_indent=ind + "    ")
+    return f"{ind}{f.name} : {kind}{default}\n{body}\n"
 
 
 def names(*classes, cli_only: bool = False) -> list[str]:
@@ -143,7 +207,8 @@ def _of_type(v, hint) -> bool:
     return False
 
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple"}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "True or False", tuple: "a tuple",
+               dict: "a dict"}
 
 
 def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool = False) -> str:

@@ -253,6 +253,19 @@ class CacheOptions:
     dry_run: bool = option(False, "list what would be removed, remove nothing", pipeline=False)
 
 
+def class_map_problem(cm: dict) -> str | None:
+    """What is wrong with the shape of an inline class map (a dict, as `fne.train` and a pipeline
+    file's class_map take it), or None: its keys are target class names, its values ImageNet
+    class names or indices, or lists of them (`fne.training.class_map.read_class_map` checks
+    them against DATA's classes and the network's)."""
+    keys = [k for k in cm if not isinstance(k, str)]
+    if keys:
+        return f"target classes must be strings (DATA's class names): {keys}"
+    bad = [k for k, v in cm.items() if not (isinstance(v, (str, int)) or (
+        isinstance(v, list) and all(isinstance(x, (str, int)) for x in v)))]
+    return f"values must be ImageNet class names/indices: {bad}" if bad else None
+
+
 @dataclass
 class TrainConfig:
     """`fne train`: everything a run depends on; stored in the checkpoint as `args`. Defaults follow
@@ -269,8 +282,9 @@ class TrainConfig:
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
                                    "output), last only the output layer", choices=NEW_LAYERS,
                              modes=("frozen", "finetune"))
-    class_map: str | None = option(None, "direct: JSON {target class: [ImageNet index or name, ...]}",
-                                   pipeline=False, modes=("direct",))
+    class_map: str | dict | None = option(None, "direct: JSON {target class: [ImageNet index or name, ...]} (the "
+                                                "Python API also takes the dict; it is recorded as "
+                                                "RUN_DIR/class_map.json)", pipeline=False, modes=("direct",))
     direct_score: str = option("sum", "direct: a target's score is the sum (default) or max of its source "
                                       "softmax probabilities", choices=DIRECT_SCORES, modes=("direct",))
     epochs: int = option(10, "passes over the training images", modes=TRAINED, **at_least(1))

@@ -522,3 +522,50 @@ def test_the_readmes_cache_and_backbones_calls_run_as_written(digits_folder, war
     assert held == f"{store.path.name} 24 {store.size_bytes()} 24 of 24" and ok == "True"
     assert int(freed) == store.size_bytes() and names == "['efficientnet_lite0', 'vgg16', 'vgg19']"
     assert resnet == "15168 224 ['relu', 'layer1.0', 'layer1.1']"
+
+
+PUBLIC = [*fne._VERBS, *fne._FUNCTIONS]  # every verb and function `fne.` offers (fne/__init__.py)
+
+
+def _public(name: str):
+    f = getattr(fne, name)
+    return getattr(f, name, f)  # a verb module calls its function
+
+
+def _sections(doc: str) -> dict[str, list[str]]:
+    """A numpydoc docstring's sections: heading -> its lines."""
+    lines, out, name = doc.splitlines(), {}, "summary"
+    for i, line in enumerate(lines):
+        if i + 1 < len(lines) and line.strip() and set(lines[i + 1].strip()) == {"-"} and not line.startswith(" "):
+            name = line.strip()
+            out[name] = []
+        elif not set(line.strip()) == {"-"}:
+            out.setdefault(name, []).append(line)
+    return out
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_every_public_verb_documents_each_parameter_of_its_signature(name):
+    """numpydoc: a Parameters entry (``name : type``) for each parameter inspect.signature shows,
+    in its order, and none that it lacks (the ``**options`` the keywords replace); a Returns
+    section; a Raises section naming an fne error where the verb takes arguments. The keywords'
+    entries give the declared type and default (`fne.option_handling.documented`)."""
+    f = _public(name)
+    doc = inspect.getdoc(f)
+    sections = _sections(doc)
+    entries = [line for line in sections.get("Parameters", []) if line and not line.startswith(" ")]
+    documented = [n for e in entries for n in e.split(" : ")[0].split(", ")]
+    params = inspect.signature(f).parameters
+    assert documented == list(params), f"{name}: documented {documented}, signature {list(params)}"
+    assert all(" : " in e for e in entries), entries  # each with its type
+    for p in params.values():
+        entry = next(e for e in entries if p.name in e.split(" : ")[0].split(", "))
+        if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and p.name in {
+                f.name for cls in vars(fne.options).values() if dataclasses.is_dataclass(cls)
+                for f in dataclasses.fields(cls)}:
+            assert entry.endswith(f", default {p.default!r}") or (p.default is None and entry.endswith(", optional")), entry
+    assert sections.get("Returns"), name
+    if params:
+        raises = [line for line in sections.get("Raises", []) if line and not line.startswith(" ")]
+        assert raises and set(raises) <= {"FneError", "OptionError", "DataError", "WeightsError", "CacheError",
+                                          "PipelineError", "TypeError"}, (name, raises)

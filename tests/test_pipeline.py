@@ -553,6 +553,21 @@ def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys
     assert not out.exists()  # no step ran (each failed on the device, then the report had nothing)
 
 
+def test_a_workers_override_it_refuses_stops_the_run_in_one_line_before_any_step(tmp_path, capsys):
+    """`fne run --workers -1` (fne.run(workers=-1)) ran every step, each failing on it."""
+    from fne.cli import main
+    from fne.errors import OptionError
+    from fne.options import MAX_WORKERS
+
+    f, out = write(tmp_path, TINY), tmp_path / "out"
+    assert main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), "--workers", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == (f"fne run: error: bad --workers -1: --workers must be in "
+                                               f"[0, {MAX_WORKERS}] (4 per core of this machine)")
+    with pytest.raises(OptionError, match=r"^bad workers=-1: workers must be in"):
+        P.run(f, out, cache=str(tmp_path / "cache"), workers=-1)
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
 def test_a_device_this_machine_lacks_stops_only_a_run_with_steps_to_do(tmp_path, capsys):
     """A finished GPU pipeline re-reported on a laptop (`--device cuda`, nothing to run) writes its
     report; with a step to run, the absent GPU is one line before any step (not each step FAILED)."""
@@ -869,3 +884,23 @@ def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tm
     assert f"FAILED: weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.out
     assert f"weights='{tmp_path / 'w.pt'}': torch.load cannot read it" in said.err
     assert "--weights" not in said.out + said.err
+
+
+def test_a_class_map_table_is_recorded_in_its_direct_steps_folder(tmp_path):
+    """A dataset's inline class_map table is handed to fne.train as the dict, which records it as
+    class_map.json in the step's own run folder (it was written once per dataset under
+    OUT/<dataset>/data/, beside no run), and metrics.json's options name that file."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    text = (GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 6\nclass_map = {"0" = ["tench"], '
+                                            '"1" = ["daisy", 1]}')
+            .replace('arch = "vgg16"', 'arch = "efficientnet_lite0"')
+            .replace('modes = ["frozen"]\nepochs = 2', 'modes = ["direct"]\nimage_size = 32')
+            .replace('[fit]\nfeatures = ["fc7", "fne"]\nheads = ["svm"]\n', ''))
+    P.run(write(tmp_path, text), tmp_path / "out", cache=str(tmp_path / "cache"), report=False, device="cpu",
+          workers=0)
+    (metrics,) = (tmp_path / "out").rglob("metrics.json")
+    m = json.loads(metrics.read_text())
+    assert m["mode"] == "direct" and m["classes"] == ["0", "1"]
+    assert m["options"]["class_map"] == str(metrics.parent / "class_map.json")
+    assert json.loads((metrics.parent / "class_map.json").read_text()) == {"0": ["tench"], "1": ["daisy", 1]}
+    assert list((tmp_path / "out").rglob("class_map.json")) == [metrics.parent / "class_map.json"]

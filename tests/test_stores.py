@@ -196,6 +196,39 @@ def test_a_failed_extraction_removes_the_cache_folder_it_made_not_one_that_was_t
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["locks", "manifests"]
 
 
+@pytest.mark.parametrize("verb", ["fit", "export"])
+def test_fit_or_export_extracting_into_a_new_cache_that_fails_leaves_no_folder(verb, tmp_path, capsys):
+    """`fne fit/export --extract` saved DATA's manifest (making the cache folder) before extracting,
+    so a failure (weights it cannot read) left the new folder behind; now it goes as `fne
+    extract`'s does, and a folder that was there keeps what the call wrote."""
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    (tmp_path / "bad.pt").write_text("not a state dict")
+    args = [verb, str(data), "--out", str(tmp_path / ("r" if verb == "fit" else "r.h5")), "--extract", "--arch",
+            ARCH, "--weights", str(tmp_path / "bad.pt"), "--no-progress"]
+    assert main([*args, "--cache", str(tmp_path / "new")]) == 2
+    assert "torch.load cannot read it" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "data"]
+    (tmp_path / "old").mkdir()
+    assert main([*args, "--cache", str(tmp_path / "old")]) == 2
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["locks", "manifests"]
+
+
+def test_predict_interrupted_while_extracting_into_a_new_cache_leaves_no_folder(digits_folder, warm_cache, tmp_path,
+                                                                               monkeypatch):
+    """fne.predict extracts DATA's rows where the cache lacks them: Ctrl-C before the first row,
+    in a cache folder the call made, takes the folder away with it."""
+    run = tmp_path / "run"
+    fit(digits_folder, run, cache=str(warm_cache), splits=1, progress=False, **FAST)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fx, "_extract", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict(run, digits_folder, tmp_path / "p.csv", cache=str(tmp_path / "new"), progress=False)
+    assert not (tmp_path / "new").exists() and not (tmp_path / "p.csv").exists()
+
+
 def test_a_new_cache_goes_only_when_it_holds_what_a_failed_first_run_leaves(tmp_path):
     """`remove_failed_new_cache`: lock files and the manifests of folders and weights go; a store,
     a download, a container listing or a lock another process holds keep the folder whole."""

@@ -278,6 +278,39 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
         capsys.readouterr().out)
 
 
+def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_folder(digits, tmp_path):
+    """fne.train(class_map={...}) was "TypeError: class_map must be a string, not dict", though a
+    pipeline file takes a table: the dict scores as its JSON file does, and the run folder keeps it
+    as class_map.json, which metrics.json's options name (a rerun from it scores the same)."""
+    from fne.training.train import train
+
+    cmap = {"0": [i for i in range(1000) if i != 985], "1": ["daisy"]}
+    kw = dict(weights="random", **FAST)
+    m = train(digits, "direct", tmp_path / "inline", class_map=cmap, **kw)
+    recorded = tmp_path / "inline" / "class_map.json"
+    assert json.loads(recorded.read_text()) == cmap
+    assert m["options"]["class_map"] == str(recorded) and m["class_map"]["1"] == ["daisy"]
+    again = train(digits, "direct", tmp_path / "from_file", class_map=m["options"]["class_map"], **kw)
+    assert not (tmp_path / "from_file" / "class_map.json").exists()  # a path is recorded as given
+    assert _csv(tmp_path / "inline" / "predictions.csv") == _csv(tmp_path / "from_file" / "predictions.csv")
+    assert again["accuracy"] == m["accuracy"] and again["class_map"] == m["class_map"]
+
+
+@pytest.mark.parametrize("cmap, expected", [
+    ({"0": [{"name": "tench"}]}, r"^class_map=\{'0': \[\{'name': 'tench'\}\]\}: values must be ImageNet class names/indices: \['0'\]$"),
+    ({0: ["tench"]}, r"^class_map=\{0: \['tench'\]\}: target classes must be strings \(DATA's class names\): \[0\]$"),
+])
+def test_a_class_map_dict_of_the_wrong_shape_is_one_line_before_any_work(cmap, expected, tmp_path):
+    from fne.training.train import train
+
+    with pytest.raises(OptionError, match=expected):
+        train("digits", "direct", tmp_path / "run", class_map=cmap, weights="random", **FAST)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(OptionError, match=r"^class_map=\{'cat': \[1\]\}: unknown target class\(es\) 'cat'"):
+        train("digits", "direct", tmp_path / "run", class_map={"cat": [1]}, weights="random", **FAST)
+    assert not (tmp_path / "run" / "class_map.json").exists()
+
+
 @pytest.mark.parametrize("extra, cmap, expected", [
     (["--mode", "bogus"], None, "unknown --mode 'bogus'; choose from direct, scratch, frozen, finetune"),
     (["--mode", "direct"], None, "--mode direct needs --class-map"),

@@ -38,9 +38,9 @@ def describe_backbone(arch: str, **options) -> dict:
     ----------
     arch : str
         A registry name, a torchvision model name or timm:NAME[.TAG].
-    **options
-        ``weights``: whose preprocessing to show (imagenet by default, a torchvision weights
-        name, random or a state dict path); nothing is downloaded.
+    weights : str, default 'imagenet'
+        Whose preprocessing to show: imagenet, a torchvision weights name, random or a state
+        dict path; nothing is downloaded.
 
     Returns
     -------
@@ -51,8 +51,11 @@ def describe_backbone(arch: str, **options) -> dict:
 
     Raises
     ------
-    FneError
-        An unknown backbone (with the names nearest to it) or weights that are none of the above.
+    OptionError
+        An unknown ``arch`` (with the names nearest to it); a value of the wrong type is a
+        TypeError.
+    WeightsError
+        ``weights`` that are none of those it takes.
     """
     from fne.backbones import registry
 

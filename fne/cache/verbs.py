@@ -134,9 +134,9 @@ def cache_info(data=None, **options) -> CacheInfo:
     data : str or Path, optional
         DATA whose images to look up in each store (content keys: the manifest's, hashing only
         files it does not know yet; unreadable files are left out).
-    **options
-        ``cache`` (default: $FNE_CACHE, else the default cache) and ``label_key`` (where tar
-        shards' or Parquet DATA's labels are: an unlabelled image is left out of DATA).
+    label_key : str, optional
+        Where tar shards' or Parquet DATA's labels are (the label member, a .json field, a
+        column): an unlabelled image is left out of DATA.
 
     Returns
     -------
@@ -144,6 +144,11 @@ def cache_info(data=None, **options) -> CacheInfo:
         The root, one `StoreInfo` per store, and DATA's name and number of distinct images. A
         local root that is no folder (`exists` False: a mistyped cache) has no stores, and DATA
         is then not read, so that no folder is made there.
+
+    Raises
+    ------
+    DataError
+        DATA is given and cannot be listed.
     """
     store_o, data_o = resolve(options, StoreOptions, DataOptions, only=INFO_OPTIONS)
     root = cache_root(store_o.cache)
@@ -174,16 +179,20 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     ----------
     store : str or Path, optional
         One store folder; default: every store of the cache.
-    **options
-        ``cache`` (default: $FNE_CACHE, else the default cache) and ``clean``: first remove the
-        unfinished parts of interrupted runs (live writers' are spared) and move damaged parts
-        to quarantine/ (a later `fne extract` recomputes their rows).
+    clean : bool, default False
+        First remove the unfinished parts of interrupted runs (live writers' are spared) and move
+        damaged parts to quarantine/ (a later `fne extract` recomputes their rows).
 
     Returns
     -------
     CacheCheck
         One `StoreCheck` per store (``ok`` when sound; a store whose store.json cannot be read,
         damaged or of a later fne, first, with that one problem); ``ok`` when every store is.
+
+    Raises
+    ------
+    CacheError
+        ``store`` is no store folder (no store.json).
     """
     store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
     if store is not None:
@@ -212,9 +221,6 @@ def cache_rm(stores: str | list[str], **options) -> CacheRemoval:
     stores : str or list of str
         Store names as `cache_info` lists them (`StoreInfo.name`), or shell patterns
         (``"vgg16__random*"``); one string is one name.
-    **options
-        ``cache`` (default: $FNE_CACHE, else the default cache) and ``dry_run``: list what would
-        be removed, remove nothing.
 
     Returns
     -------

@@ -176,6 +176,17 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     -------
     ExtractResult
         Counts (computed, cached, skipped with reasons), rates and per-stage seconds.
+
+    Raises
+    ------
+    DataError
+        DATA is missing, empty or cannot be read.
+    WeightsError
+        ``weights`` cannot be loaded or do not fit ``arch``.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
+    FneError
+        DATA has no images. A cache folder the call made is removed again (see above).
     """
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})

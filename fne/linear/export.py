@@ -58,6 +58,15 @@ def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None 
     -------
     dict
         ``n`` rows written, the HDF5 ``datasets`` and the ``out`` path.
+
+    Raises
+    ------
+    DataError
+        DATA is missing or cannot be read.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
+    FneError
+        Rows are not in the cache and ``extract_missing`` is False.
     """
     import h5py
 
@@ -158,7 +167,7 @@ def load_rows(data: str | Path | Dataset, store: StoreSpec | None = None, **opti
     store : StoreSpec, optional
         Which rows to read.
     **options
-        `export`'s (the signature lists them): the fields of `StoreSpec` (overriding `store`'s),
+        The options of `export`, under the same names with the same defaults: the fields of `StoreSpec` (overriding `store`'s),
         of `fne.options.DataOptions` (``label_key``), of `fne.options.RowsOptions` (``features``:
         which layers, default all; ``stream_chunk``; ``extract_missing``) and of
         `fne.options.ForwardOptions`.
@@ -170,9 +179,12 @@ def load_rows(data: str | Path | Dataset, store: StoreSpec | None = None, **opti
 
     Raises
     ------
+    DataError
+        DATA is missing or cannot be read.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
     FneError
-        DATA cannot be read, the features name no layer of the backbone, or rows are not in
-        the cache (and ``extract_missing`` is False).
+        Rows are not in the cache and ``extract_missing`` is False.
     """
     src, o, layers, kind = _source(data, store, options, "load_rows")
     dataset, dims = src.dataset, dict(src.store.taps)

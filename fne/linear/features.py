@@ -20,6 +20,7 @@ import numpy as np
 from fne.backbones import registry as backbones
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
 from fne.cache.store import Store, cache_root, no_such_root
+from fne.cache.upkeep import remove_failed_new_cache
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
@@ -98,8 +99,24 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     where DATA's labels are (tar shards, Parquet; `fne.data.datasets.load_dataset`). Without
     `extract_missing`, a local cache folder that does not exist is said before DATA's images are
     hashed (tar shards, Parquet and hf: DATA: before they are listed, as their listings and
-    downloads are kept in the cache): reading makes no cache (a mistyped --cache is not left behind)."""
+    downloads are kept in the cache): reading makes no cache (a mistyped --cache is not left behind).
+    With `extract_missing`, a call that makes the cache folder and fails removes it again where
+    it holds only what the call left (`fne.cache.upkeep.remove_failed_new_cache`: manifests and
+    free locks, no row), as `fne extract` does."""
     root = cache_root(spec.cache)
+    new = extract_missing and no_such_root(root)
+    try:
+        return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root)
+    except BaseException:  # also Ctrl-C: what it made of a new cache goes with it
+        if new:
+            remove_failed_new_cache(root)
+        raise
+
+
+def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool,
+               extraction: ForwardOptions | None, check: Callable[[Dataset], None] | None,
+               label_key: str | None, root) -> Source:
+    """`open_rows`' work (`root`: the cache's, `cache_root`'s)."""
     absent = not extract_missing and no_such_root(root)
     where = f"not in the cache {root}, a folder that does not exist"
     if absent and takes_label_key(data):

@@ -167,6 +167,21 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     dict
         metrics.json's: accuracy and mean class accuracy (mean, std, interval), per-split scores,
         confusion, each class's recall, the store read, timings and provenance.
+
+    Raises
+    ------
+    DataError
+        DATA is missing, cannot be read, is unlabelled, or has test classes with no training
+        images.
+    WeightsError
+        With ``extract_missing``: ``weights`` cannot be loaded or do not fit ``arch``.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
+    FneError
+        Its training images span fewer than 2 classes, a class has too few images for a random
+        split (a bound of ``test_size`` or ``train_per_class``: OptionError), ``out`` holds another verb's run, or
+        rows are not in the cache and ``extract_missing`` is False (the message gives the `fne
+        extract` command that adds them).
     """
     spec, d, o, ext = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     C = parse_C(o.C)
@@ -200,7 +215,19 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     _say_stopped(stopped + [pipe.stopped_] * (not dataset.has_split), final.head, final.C)  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
-    metrics = {
+    metrics = _metrics(data, src, final, per_split, confusions, Cs, fit_seconds, pipe, (spec, d, o, ext))
+    if auto:
+        metrics["selection"] = selection.summary(chosen)
+    out.mkdir(parents=True, exist_ok=True)
+    _save(out, metrics, pipe, src, final.layers, final.kind, compare.predictions_writer(dataset, y, preds))
+    return metrics
+
+
+def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions, Cs: list, fit_seconds: float,
+             pipe, options: tuple) -> dict:
+    """`fit`'s metrics.json (`options`: the resolved spec, data, fit and forward options)."""
+    dataset, o = src.dataset, options[2]
+    return {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
         **_scores(per_split, confusions, dataset.classes),
@@ -213,14 +240,9 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
-        **provenance(spec, d, o, ext),
+        **provenance(*options),
         "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }
-    if auto:
-        metrics["selection"] = selection.summary(chosen)
-    out.mkdir(parents=True, exist_ok=True)
-    _save(out, metrics, pipe, src, final.layers, final.kind, compare.predictions_writer(dataset, y, preds))
-    return metrics
 
 
 def _rows_record(src: Source) -> dict:

@@ -104,11 +104,15 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         Any DATA form; rows missing from the cache are extracted with the model's store settings.
     out : str or Path
         The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels).
+    label_key : str, optional
+        Tar shards: the label member (cls, txt) or a .json field; Parquet: the label column
+        (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:).
+    cache : str, optional
+        Cache folder or fsspec URL (default: the cache the model was fitted from).
     **options
-        The options of `fne predict`, same names, same defaults (the signature lists them):
-        ``cache`` and ``device`` (the model pins every other store setting), ``label_key``
-        (`fne.options.DataOptions`; default: the one the model was fitted with, where DATA is
-        tar shards, Parquet or hf:) and the fields of `fne.options.ForwardOptions`.
+        The options of `fne predict`, same names, same defaults: ``cache`` and ``device`` (the
+        model pins every other store setting), ``label_key`` (`fne.options.DataOptions`) and the
+        fields of `fne.options.ForwardOptions`.
 
     Returns
     -------
@@ -120,6 +124,17 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         and the ``store`` read. The accuracy covers only the images whose label is one of the
         model's classes (the others it cannot get right; a warning names their labels); it is None
         without labels or when no image has a known label. The CSV lists every image either way.
+
+    Raises
+    ------
+    DataError
+        DATA is missing or cannot be read.
+    CacheError
+        A store of the cache is damaged, of another fne, or describes other rows than asked for.
+    FneError
+        ``run_dir`` is no `fne fit` or `fne train` run (or a direct mode one, which trains
+        nothing), or a store setting other than ``cache`` and ``device`` is given (the model
+        pins them).
     """
     fixed = sorted(k for k in options if k in StoreSpec.__dataclass_fields__ and k not in STORE_OPTIONS)
     if fixed:

@@ -24,7 +24,7 @@ from pathlib import Path
 from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
 from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
-from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig
+from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig, class_map_problem
 from fne.pipeline.config_errors import Errors, Locator, PipelineError
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
@@ -451,10 +451,9 @@ def _check_class_map(cm, base: Path, path: tuple, err: Errors) -> str | dict:
         if not cpath.is_file():
             err.add(path, f"no such file {cpath}")
         return str(cpath)
-    bad = [k for k, v in cm.items() if not (isinstance(v, (str, int)) or (
-        isinstance(v, list) and all(isinstance(x, (str, int)) for x in v)))]
-    if bad:
-        err.add(path, f"values must be ImageNet class names/indices: {bad}")
+    problem = class_map_problem(cm)
+    if problem:
+        err.add(path, problem)
     return dict(cm)
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
 from fne.errors import FneError, WeightsError, expect_bools
 from fne.names import slug
+from fne.option_handling import resolve
+from fne.options import ForwardOptions
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.config_errors import in_the_files_words
@@ -132,17 +134,7 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
     return str(target)
 
 
-def _write_class_map(ds: DatasetCfg, out: Path) -> str | None:
-    if ds.class_map is None or isinstance(ds.class_map, str):
-        return ds.class_map
-    folder = out / slug(ds.key) / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "class_map.json"
-    write_json(path, ds.class_map)
-    return str(path)
-
-
-def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool = True) -> dict:
+def run_step(step: Step, p: Pipeline, cache: str | None, resume: bool = True) -> dict:
     """Run one step into step.dir; returns its result dict. `resume`: a training step goes on
     from its own checkpoint, left by an interrupted run (not under --force)."""
     from fne.linear import fit as fit_mod
@@ -167,8 +159,8 @@ def run_step(step: Step, p: Pipeline, cache: str | None, out: Path, resume: bool
         return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
                            batch_size=p.batch_size, workers=p.workers, **k)
     mode, kwargs = k["mode"], train_arguments(step, p)
-    if mode == "direct":
-        kwargs["class_map"] = _write_class_map(step.dataset, out)
+    if mode == "direct":  # a table is recorded in the step's folder by fne.train, a path as given
+        kwargs["class_map"] = step.dataset.class_map
     # an interrupted step goes on from its checkpoint; one of other settings starts anew, as does
     # any under --force (which train's note names, fne run having no --resume)
     starts_over = STARTS_OVER.set(None if resume else lambda py: f"{forced_as(py)} starts the step over")
@@ -187,6 +179,22 @@ def _summary_line(step: Step, r: dict) -> str:
     return f"accuracy {100 * r['accuracy']:.1f} % (mean class {100 * r['mean_class_accuracy']:.1f} %)"
 
 
+def _prepare(p: Pipeline, out: Path, cache: str | None, say) -> dict[str, str]:
+    """Before the steps: each backbone's weights resolved (a fallback to random weights noted), OUT
+    made and each dataset's subset written; -> the DATA each dataset's steps read, by key."""
+    for b in p.backbones:
+        resolve_weights(b, say)
+        if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
+            p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
+                           f"weights, so its numbers say nothing about transfer learning")
+    out.mkdir(parents=True, exist_ok=True)
+    data_for = {d.key: materialise(d, out, cache) for d in p.datasets if not d.skipped}
+    for d in p.datasets:
+        if d.max_per_class and not d.skipped:
+            say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
+    return data_for
+
+
 def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
         dry_run: bool = False, report: bool | None = None, device: str | None = None,
         workers: int | None = None, log=None) -> dict:
@@ -200,14 +208,16 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         The output folder (default: the file's `out`, else runs/<name>).
     cache : str, optional
         The cache (default: the file's `cache`, else fne's default).
-    force : bool
+    force : bool, default False
         Rerun steps that are done.
-    dry_run : bool
+    dry_run : bool, default False
         List the steps and which are done; read no image, write nothing.
     report : bool, optional
         Write the report at the end (default: the file's `report`).
-    device, workers : optional
-        Override the file's `device` / `workers`.
+    device : str, optional
+        Overrides the file's `device` (auto, cpu, cuda[:i] or mps).
+    workers : int, optional
+        Overrides the file's `workers`.
     log : callable, optional
         Receives each progress line (default: print).
 
@@ -219,6 +229,10 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
 
     Raises
     ------
+    PipelineError
+        The file's problems, all of them, before any step runs.
+    OptionError
+        A ``device`` or ``workers`` it does not accept, before any step runs.
     FneError
         At the end, naming the steps that failed: the others have run and are in the report.
     """
@@ -228,8 +242,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     p = load_pipeline(path, cache=cache)
     if device is not None:
         p.device = device
-    if workers is not None:
-        p.workers = workers
+    if workers is not None:  # checked as fne fit's (--workers -1 failed every step)
+        p.workers = resolve({"workers": workers}, ForwardOptions, only=("workers",))[0].workers
     if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
         _check_device(p, False, device is None)
     with in_the_files_words(out is None and p.out is not None):
@@ -239,16 +253,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
     if dry_run:
         return {**result, "steps": _dry_run(p, path, out, cache, force, say)}
-    for b in p.backbones:
-        resolve_weights(b, say)
-        if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
-            p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
-                           f"weights, so its numbers say nothing about transfer learning")
-    out.mkdir(parents=True, exist_ok=True)
-    data_for = {d.key: materialise(d, out, cache) for d in p.datasets if not d.skipped}
-    for d in p.datasets:
-        if d.max_per_class and not d.skipped:
-            say(f"{d.key}: subset of at most {d.max_per_class} images per class -> {data_for[d.key]}")
+    data_for = _prepare(p, out, cache, say)
     steps = plan(p, out, data_for, cache)
     if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
         _check_device(p, force or not all(s.done() for s in steps), device is None)
@@ -360,7 +365,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                 raise FneError(extracted[pair])
             say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
             t = time.perf_counter()
-            result = run_step(step, p, cache, out, resume=not force)
+            result = run_step(step, p, cache, resume=not force)
         except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
             why = _one_line(e)
             if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report

@@ -365,6 +365,13 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         The recommendation, its reasons and commands, the training images per class and the
         similarity measured (or why it was not judged), and the thresholds used; DATA (as given
         and resolved) and its ``label_key``: the section of `fne report` the advice goes to.
+
+    Raises
+    ------
+    DataError
+        DATA is missing, unlabelled or cannot be read.
+    FneError
+        DATA of one class, or none of the sampled images could be read.
     """
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
@@ -377,22 +384,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     _classified(data, dataset)
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
-    similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
-                        "threshold": SIMILAR_MSP}
-    msp = entropy = None
-    if weights == "random":
-        similarity["why_not"] = "random weights: no source task"
-    else:
-        idx = stratified_sample(dataset, o.sample, o.seed)
-        stats = measure_similarity(dataset, idx, arch, weights, cache=spec.cache, crop=spec.crop,
-                                   precision=spec.precision, storage_dtype=spec.storage_dtype, device=spec.device,
-                                   weights_seed=spec.weights_seed, batch_size=fwd.batch_size, workers=fwd.workers,
-                                   progress=fwd.progress)
-        similarity.update(stats, judged=True, sample=stats["n"])
-        msp, entropy = stats["max_softmax_mean"], stats["entropy_norm_mean"]
-        if weights not in ("imagenet",):
-            similarity["caveat"] = ("weights from a file: assumes its classifier is the source task's "
-                                    "(a renewed head makes this measure meaningless)")
+    similarity, msp, entropy = _similarity(dataset, spec, o, fwd)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
                sample=similarity.get("sample"))
     lonely = _unsplittable(dataset)
@@ -422,6 +414,28 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_max_softmax": SIMILAR_MSP,
                        "borderline_max_softmax": MSP_BORDER},
     }
+
+
+def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[dict, float | None, float | None]:
+    """(how close DATA is to the source task, in words and numbers; its mean max-softmax; its mean
+    normalised entropy): measured on a stratified sample (none with random weights)."""
+    similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
+                        "threshold": SIMILAR_MSP}
+    msp = entropy = None
+    if spec.weights == "random":
+        similarity["why_not"] = "random weights: no source task"
+    else:
+        idx = stratified_sample(dataset, o.sample, o.seed)
+        stats = measure_similarity(dataset, idx, spec.arch, spec.weights, cache=spec.cache, crop=spec.crop,
+                                   precision=spec.precision, storage_dtype=spec.storage_dtype, device=spec.device,
+                                   weights_seed=spec.weights_seed, batch_size=fwd.batch_size, workers=fwd.workers,
+                                   progress=fwd.progress)
+        similarity.update(stats, judged=True, sample=stats["n"])
+        msp, entropy = stats["max_softmax_mean"], stats["entropy_norm_mean"]
+        if spec.weights not in ("imagenet",):
+            similarity["caveat"] = ("weights from a file: assumes its classifier is the source task's "
+                                    "(a renewed head makes this measure meaningless)")
+    return similarity, msp, entropy
 
 
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None) -> str:

@@ -485,7 +485,7 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
         A pipeline file whose published reference values are shown beside the measured ones.
     extra_pipelines : list of dict, optional
         Pipeline summaries (pipeline.json) to add, as `fne run` passes its own.
-    figures : bool
+    figures : bool, default True
         Draw the figures (matplotlib); False writes the tables only.
 
     Returns
@@ -493,6 +493,12 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     dict
         What report.json holds: the rows per dataset, the winners and the files written
         (report.csv: report.json's rows as one table; report.tex: LaTeX tables; `fne.reporting.table`).
+
+    Raises
+    ------
+    FneError
+        No run folder given, one that does not exist, no metrics.json under them, or ``out``
+        cannot be written.
     """
     expect_bools({"figures": figures})
     out = check_target(out, folder=True)  # before any run is read

@@ -1,34 +1,65 @@
 """Direct mode's class map: target classes read through the source network's own classifier.
 
-A map is JSON {target class: [source index or name, ...]}; a target's score is the sum (or max)
-of the softmax probabilities of its source classes.
+A map is JSON {target class: [source index or name, ...]}, a file or (`fne.train`, a pipeline
+file) the dict itself, which the run records as RUN_DIR/class_map.json; a target's score is the
+sum (or max) of the softmax probabilities of its source classes.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import reprlib
 from pathlib import Path
 
 import numpy as np
 
 from fne.errors import FneError
 from fne.option_handling import named, refusal
+from fne.options import class_map_problem
+
+# where a run records a class map given as a dict (`recorded`)
+MAP_FILE = "class_map.json"
 
 
-def refused(path: str | Path, said: str) -> FneError:
-    """The OptionError `CLASS_MAP: said`, naming --class-map as the caller did (`class_map='m.json'`)."""
+def refused(path: str | Path | dict, said: str) -> FneError:
+    """The OptionError `CLASS_MAP: said`, naming --class-map as the caller did (`class_map='m.json'`;
+    a dict, shortened: `class_map={'0': ['tench']}`)."""
+    if isinstance(path, dict):
+        return refusal(lambda py: f"{named('class_map', py)}={reprlib.repr(path)}: {said}")
     return refusal(lambda py: f"{named('class_map', py, str(path))}: {said}")
 
 
-def read_class_map(path: str | Path, classes: list[str], categories: list[str]) -> dict[str, list[int]]:
-    """JSON {target class: [source index or name, ...]} -> {target: [source indices]}, checked."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise refused(path, "no such file") from None
-    except (OSError, ValueError) as e:
-        raise refused(path, f"not readable JSON ({e})") from None
+def check_inline(class_map: str | Path | dict | None) -> None:
+    """An OptionError where `class_map` is a dict of the wrong shape (`fne.options.class_map_problem`),
+    before any work; a path is read, and everything checked, by `read_class_map`."""
+    if isinstance(class_map, dict) and (problem := class_map_problem(class_map)):
+        raise refused(class_map, problem)
+
+
+def recorded(class_map: str | dict | None, out: str | Path) -> tuple[str | None, Path | None]:
+    """(the class map as the run records it, the file to write it to): a dict is recorded as
+    `out`/class_map.json (written with the run's outputs, so that the run folder names the map it
+    was scored with, as a path given names its file); a path, or None, as given, nothing to write."""
+    if not isinstance(class_map, dict):
+        return class_map, None
+    path = Path(out) / MAP_FILE
+    return str(path), path
+
+
+def read_class_map(path: str | Path | dict, classes: list[str], categories: list[str]) -> dict[str, list[int]]:
+    """JSON {target class: [source index or name, ...]}, a file or the dict, -> {target: [source
+    indices]}, checked."""
+    if isinstance(path, dict):
+        check_inline(path)
+        raw = path
+    else:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise refused(path, "no such file") from None
+        except (OSError, ValueError) as e:
+            raise refused(path, f"not readable JSON ({e})") from None
     if not isinstance(raw, dict) or not raw:
         raise refused(path, "expected a JSON object {target class: [source classes]}")
     unknown = [t for t in raw if t not in classes]

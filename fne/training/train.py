@@ -60,7 +60,13 @@ from fne.option_handling import named, refusal
 from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
 from fne.progress import STARTS_OVER, progress_line, said
 from fne.training import augment, checkpoint, epochs
-from fne.training.class_map import direct_scores, mapped_test_images, read_class_map
+from fne.training.class_map import (
+    check_inline,
+    direct_scores,
+    mapped_test_images,
+    read_class_map,
+    recorded,
+)
 from fne.training.transfer import (
     build_model,
     describe_import,
@@ -82,6 +88,7 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     the rules between options."""
     opts.check(cfg)
     opts.unused(TrainConfig, cfg.mode, given)
+    check_inline(cfg.class_map)
     backbones.get(cfg.arch)
     if cfg.mode == "direct" and not cfg.class_map:
         raise refusal(lambda py: f"{named('mode', py, 'direct', plain=True)} needs "
@@ -136,15 +143,21 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         The experiment.
     out : str or Path
         The run folder (also holds checkpoint.pt: see ``save_every``).
+    class_map : str, Path or dict, optional
+        Direct mode: a JSON file, or the dict, {target class: [ImageNet index or name, ...]}; a
+        dict is recorded as ``out``/class_map.json, which metrics.json's options then name.
+    resume : bool or "auto", default False
+        Continue from ``out``/checkpoint.pt: the same settings and images (a larger ``epochs``
+        extends a run without ``scheduler``); "auto": continue from it where it belongs to this
+        run (same settings), else start anew (what `fne run` does for its training steps).
+    cache : str, optional
+        Where DATA's manifest of content keys, containers' listings and `hf:` downloads are read
+        and kept (default: $FNE_CACHE, else the default cache); fne train reads no cached rows.
     **kwargs
-        The other options of `fne train`, under the same names with the same defaults (the
-        signature lists them): ``cache`` (where DATA's manifest of content keys, containers'
-        listings and `hf:` downloads are read and kept; default $FNE_CACHE, else the default
-        cache), ``label_key`` (`fne.options.DataOptions`) and the fields of
-        `fne.options.TrainConfig`; ``resume`` also takes "auto": continue from the run folder's
-        checkpoint where it belongs to this run (same settings), else start anew (what `fne run`
-        does for its training steps). An option the mode does not use, given other than None
-        (``direct_score`` with ``mode="frozen"``), is an OptionError naming it.
+        The other options of `fne train`, under the same names with the same defaults: ``cache``,
+        ``label_key`` (`fne.options.DataOptions`) and the fields of `fne.options.TrainConfig`.
+        An option the mode does not use, given other than None (``direct_score`` with
+        ``mode="frozen"``), is an OptionError naming it.
 
     Returns
     -------
@@ -152,6 +165,15 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         What metrics.json holds: accuracy and mean class accuracy with their intervals, the
         confusion matrix and each class's recall, the best epoch, timings, the learning rates and
         what was imported.
+
+    Raises
+    ------
+    DataError
+        DATA is missing, unlabelled or of one class (but for direct mode).
+    WeightsError
+        ``weights`` cannot be loaded or do not fit ``arch``.
+    FneError
+        ``out`` holds a `fne fit` run, or ``resume`` finds no checkpoint of this run.
     """
     with checkpoint.caller_state_kept():
         return _train(data, mode, out, **kwargs)
@@ -446,6 +468,8 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    inline = cfg.class_map
+    cfg.class_map, map_file = recorded(inline, out)  # metrics.json's options name the file
     metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred, data_o)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
@@ -453,7 +477,8 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     # together (`replace_files`): a failed write leaves the earlier run whole; metrics.json last
     predictions = predictions_csv(dataset, test["ids"], [split.classes[p] for p in pred],
                                   [f"score_{c}" for c in split.classes], test["scores"])
-    replace_files({out / "predictions.csv": predictions,
+    written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
+    replace_files({**written, out / "predictions.csv": predictions,
                    out / "model.pt": lambda f: torch.save(weights, f),
                    out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
     return metrics
