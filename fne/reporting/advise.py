@@ -365,11 +365,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     spec.backbone()  # unknown arch: FneError before any work
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
-    dataset.require_labels("fne advise", data if isinstance(data, (str, Path)) else None)
-    if len(dataset.classes) < 2:  # the advice would name a fit that stops with "a head needs 2 classes"
-        raise FneError(f"{data if isinstance(data, (str, Path)) else f'DATA {dataset.name}'}: one class "
-                       f"({', '.join(dataset.classes)}); the advice is on training a classifier, which needs "
-                       f"images of at least 2 classes")
+    _two_classes(dataset, data)
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}
@@ -416,6 +412,16 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_max_softmax": SIMILAR_MSP,
                        "borderline_max_softmax": MSP_BORDER},
     }
+
+
+def _two_classes(dataset: Dataset, data: str | Path | Dataset) -> None:
+    """An FneError where DATA has no labels, or one class: the advice would name a fit that stops
+    with "a head needs 2 classes"."""
+    dataset.require_labels("fne advise", data if isinstance(data, (str, Path)) else None)
+    if len(dataset.classes) < 2:
+        raise FneError(f"{data if isinstance(data, (str, Path)) else f'DATA {dataset.name}'}: one class "
+                       f"({', '.join(dataset.classes)}); the advice is on training a classifier, which needs "
+                       f"images of at least 2 classes")
 
 
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None) -> str:
