@@ -158,6 +158,19 @@ def test_a_ctrl_c_while_the_writer_is_closed_is_not_replaced_by_its_error(tmp_pa
     assert not w.is_alive() and sorted(store.index()) == keys[:2]
 
 
+def test_a_full_disk_is_raised_for_a_caller_handling_a_ctrl_c_of_its_own(digits_folder, tmp_path, monkeypatch):
+    """extract called while its caller handles a KeyboardInterrupt of its own (``except
+    KeyboardInterrupt: fne.extract(...)``): the writer's full disk is still the error raised, not
+    a warning beside a return that looks like a finished extraction (the Ctrl-C the caller is
+    handling is not one raised in the run)."""
+    monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        with pytest.raises(CacheError, match="no space left on device"):
+            fx.extract(digits_folder, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+
+
 def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())
     code = main(["extract", str(digits_folder), "--cache", str(tmp_path / "c"), *CLI_FAST])

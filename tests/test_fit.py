@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import warnings
 
 import h5py
 import joblib
@@ -517,6 +518,23 @@ def test_a_head_stopped_at_its_iteration_limit_is_one_warning_that_says_what_con
     assert main(["fit", str(digits_folder), "--splits", "2", "--out", str(tmp_path / "r"), "--cache",
                  str(warm_cache), *CLI_FAST]) == 0
     assert "stopped at" not in capsys.readouterr().err
+
+
+def test_the_iteration_limit_warning_names_the_head_and_c_of_the_fits_that_stopped():
+    """With --C auto (or --head auto) each split fits its own choice: the warning named the saved
+    model's head and C alone (C=1.0 beside fits that stopped at C=100, and the svm limit beside
+    logreg fits); it names those of the fits that stopped."""
+    from fne.linear.fit import _say_stopped
+
+    with pytest.warns(UserWarning) as caught:
+        _say_stopped([("svm", 100.0, True), ("svm", 1.0, False), ("logreg", 10.0, True), ("svm", 1.0, False)])
+    assert [str(w.message) for w in caught] == [
+        "the logreg and svm heads stopped at scikit-learn's limits of 2000 and 5000 iterations before converging in "
+        "2 of 4 fit(s) (C=10.0, 100.0): near its optimum, not at it; --solver torch fits the same objective to "
+        "convergence, and a smaller --C converges sooner"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _say_stopped([("svm", 1.0, False)])  # converged: nothing said
 
 
 def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits_folder, warm_cache, tmp_path,

@@ -4,6 +4,8 @@ keyed through a manifest that spares unchanged folders, sharded without reading 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -324,6 +326,40 @@ def test_a_cache_that_is_a_file_is_one_clear_error(digits_folder, tmp_path, monk
     assert main(args) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_new_cache_is_kept_while_a_thread_of_this_process_holds_its_lock(tmp_path):
+    """Two extractions in threads of one process into one new cache, one failing while the other
+    holds its store's lock before its first commit: asking the lock (a POSIX record lock, which
+    this process owns) took it for free, and closing the file released it, so the folder went
+    from under the working one. This process's own locks count as held, and stay held."""
+    import threading
+
+    from fne.cache.upkeep import remove_failed_new_cache
+    from fne.data.sidecar import locked
+
+    root = tmp_path / "new"
+    lock = root / "locks" / "s--1.lock"
+    got, done = threading.Event(), threading.Event()
+
+    def working():
+        with locked(lock, process=True):
+            got.set()
+            done.wait(30)
+
+    worker = threading.Thread(target=working)
+    worker.start()
+    try:
+        assert got.wait(30)
+        assert not remove_failed_new_cache(root) and lock.is_file()
+        probe = subprocess.run([sys.executable, "-c", "import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+                                "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept OSError:\n"
+                                "    sys.exit(3)", str(lock)])
+        assert probe.returncode == 3  # still held: another process cannot take it
+    finally:
+        done.set()
+        worker.join(30)
+    assert remove_failed_new_cache(root) and not root.exists()  # released: the folder goes
 
 
 @pytest.mark.parametrize("given", ["gone", "gone/sub"])

@@ -168,7 +168,7 @@ def finish_removals(root: Path) -> None:
 
 def remove_failed_new_cache(root: Path) -> bool:
     """Remove the cache folder `root`, made by a call that failed before its first row, where it
-    holds only what such a call leaves: lock files that no running process holds (`locks/`) and
+    holds only what such a call leaves: lock files that no running extraction holds (`locks/`) and
     the manifests of image folders and weights files (`manifests/`: hashes, computed again in
     the next run's single read of each file). Anything else (a store, so rows; a download,
     `hf/`; a container listing, costly to list again), a held lock or a manifest being saved

@@ -25,6 +25,10 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
+# The `locked(..., process=True)` locks this process holds (a count each: its threads may hold one
+# together), which `held` answers without opening the file: closing it would release them.
+_OWN: dict[str, int] = {}
+
 
 @contextlib.contextmanager
 def locked(lockfile: Path, on_wait: Callable[[], None] | None = None, process: bool = False) -> Iterator[bool]:
@@ -56,17 +60,29 @@ def locked(lockfile: Path, on_wait: Callable[[], None] | None = None, process: b
                 if on_wait is not None:
                     on_wait()
                 lock(fd, fcntl.LOCK_EX)
-        yield waited
+        key = os.path.abspath(lockfile)
+        if process:
+            _OWN[key] = _OWN.get(key, 0) + 1
+        try:
+            yield waited
+        finally:
+            if process:
+                _OWN[key] -= 1
+                if not _OWN[key]:
+                    del _OWN[key]
     finally:
         os.close(fd)  # closing releases the lock
 
 
 def held(lockfile: Path, process: bool = True) -> bool:
-    """Whether another process holds a `locked(lockfile, process=process)` lock now; False where
-    the file is absent or files cannot be locked. (A POSIX lock: this process's own locks on
-    the file end when it closes the file here, so do not ask about a lock this process holds.)"""
+    """Whether a `locked(lockfile, process=process)` lock is held now: by another process, or with
+    `process`, by a thread of this one (a POSIX record lock, which this process owns: it is not
+    tried here, as closing the file would release it); False where the file is absent or files
+    cannot be locked."""
     if fcntl is None:
         return False
+    if process and os.path.abspath(lockfile) in _OWN:
+        return True
     try:
         fd = os.open(lockfile, os.O_RDWR)
     except OSError:

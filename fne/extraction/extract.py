@@ -398,6 +398,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
     # resize on another, each two ahead, they overlap each other and this loop's work.
     assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" else 0)
+    raising = None  # what the loop raises (not `sys.exception()`: a caller's own handled Ctrl-C)
     try:
         t = time.perf_counter()
         for batch, (x, idx, keys), bad in assembled:
@@ -414,11 +415,14 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             st.forward += time.perf_counter() - t
             bar.update(len(batch["idx"]) + len(batch["bad"]))
             t = time.perf_counter()
+    except BaseException as e:
+        raising = e
+        raise
     finally:
         assembled.close()
         end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
         bar.close()
-        writer.close(sys.exception())  # commits what is buffered, also on Ctrl-C (which stays the one raised)
+        writer.close(raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
     model.close()  # after a finished run only: an interrupted one does not wait for the build
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,

@@ -101,8 +101,8 @@ class Writer(threading.Thread):
         (It waits on `finished`, not `join`: Python < 3.13 takes a thread whose join was
         interrupted for ended.)
 
-        `raising`: the exception the caller is raising as it closes the writer (its `finally`:
-        ``sys.exception()``). A Ctrl-C, that one or one pressed here, stays the exception the
+        `raising`: the exception the caller is raising as it closes the writer (caught by its
+        own ``except``: ``sys.exception()`` would also return one a caller of it is handling). A Ctrl-C, that one or one pressed here, stays the exception the
         caller sees: the writer's own error (a full disk) is then a warning, not raised in its
         place. Every part committed before that error is kept."""
         interrupted, sent = None, False

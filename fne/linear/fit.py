@@ -113,15 +113,19 @@ def fit_head(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
     return pipe, C
 
 
-def _say_stopped(stopped: list[bool], head: str, C) -> None:
-    """One warning for the fits (`fit_head`'s `stopped_`) that stopped at the solver's iteration
-    limit short of its tolerance, with what converges: the torch solver, or a smaller C."""
-    if any(stopped):
-        limit = make_head(head).max_iter
-        warnings.warn(f"the {head} head stopped at scikit-learn's limit of {limit} iterations before converging in "
-                      f"{sum(stopped)} of {len(stopped)} fit(s) (C={C}): near its optimum, not at it; "
-                      f"--solver torch fits the same objective to convergence, and a smaller --C converges sooner",
-                      stacklevel=3)
+def _say_stopped(fits: list[tuple[str, float, bool]]) -> None:
+    """One warning for the fits (head, C, `fit_head`'s `stopped_`) that stopped at the solver's
+    iteration limit short of its tolerance, naming their heads and C (with ``auto``, each split's
+    own), with what converges: the torch solver, or a smaller C."""
+    hit = [(h, c) for h, c, stopped in fits if stopped]
+    if hit:
+        heads = sorted({h for h, _ in hit})
+        limits = " and ".join(str(make_head(h).max_iter) for h in heads)
+        warnings.warn(f"the {' and '.join(heads)} head{'s' * (len(heads) > 1)} stopped at scikit-learn's "
+                      f"limit{'s' * (len(heads) > 1)} of {limits} iterations before converging in {len(hit)} of "
+                      f"{len(fits)} fit(s) (C={', '.join(str(c) for c in sorted({c for _, c in hit}))}): near its "
+                      f"optimum, not at it; --solver torch fits the same objective to convergence, and a smaller "
+                      f"--C converges sooner", stacklevel=3)
 
 
 # -------------------------------------------------------------------- fit
@@ -212,7 +216,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         final = _Final(r, k, h, c, selection.most_common(chosen)["features"], r.layers)
     if not dataset.has_split:  # the saved model learns from every labelled image
         pipe = fit_head(final.rows, final.kind, final.head, final.C, y, np.arange(len(y)), o.seed, **how)[0]
-    _say_stopped(stopped + [pipe.stopped_] * (not dataset.has_split), final.head, final.C)  # the saved model's too
+    _say_stopped(stopped + [(final.head, final.C, pipe.stopped_)] * (not dataset.has_split))  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
     metrics = _metrics(data, src, final, per_split, confusions, Cs, fit_seconds, pipe, (spec, d, o, ext))
@@ -321,18 +325,18 @@ def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[s
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,
-              choose=None, how: dict | None = None, bar=None, stopped: list[bool] | None = None):
+              choose=None, how: dict | None = None, bar=None, stopped: list[tuple] | None = None):
     """Fit and score every split; -> (per-split scores, C per split, confusion per split, last model,
     (test images, predictions) per split). `choose(train)` -> (rows, kind, head, C) per split;
     `bar` (`fne.progress.progress`) advances a split at a time and is closed; `stopped` gets each
-    split's `fit_head` `stopped_`."""
+    split's head, C and `fit_head` `stopped_`."""
     per_split, Cs, confusions, preds = [], [], [], []
     for tr, te in split_list:
         if choose is not None:
             rows, kind, head, C = choose(tr)
         pipe, c_used = fit_head(rows, kind, head, C, y, tr, seed, **(how or {}))
         if stopped is not None:
-            stopped.append(pipe.stopped_)
+            stopped.append((head, c_used, pipe.stopped_))
         pred = pipe.classes_[rows.scores(pipe, te).argmax(axis=1)]
         scores, conf = split_scores(y[te], pred, k)
         per_split.append({**scores, "n_train": int(len(tr)), "n_test": int(len(te))})

@@ -327,11 +327,6 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
             "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons}
 
 
-# The keywords of `advise` (StoreOptions' fields are StoreSpec's), declared in fne.options.
-OPTIONS = (StoreOptions, DataOptions, AdviseOptions, ForwardOptions)
-
-
-@keywords(*OPTIONS)
 def _classified(data, dataset: Dataset) -> None:
     """FneError unless DATA has labels of at least 2 classes: the advice would name a fit that
     stops with "a head needs 2 classes"."""
@@ -342,6 +337,11 @@ def _classified(data, dataset: Dataset) -> None:
                        f"images of at least 2 classes")
 
 
+# The keywords of `advise` (StoreOptions' fields are StoreSpec's), declared in fne.options.
+OPTIONS = (StoreOptions, DataOptions, AdviseOptions, ForwardOptions)
+
+
+@keywords(*OPTIONS)
 def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> dict:
     """Recommendation with its reasons and the measured quantities behind it.
 
