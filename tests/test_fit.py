@@ -138,7 +138,8 @@ def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm
     assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"),
                  "--cache", str(cache)]) == 0
     assert "fitted on" not in capsys.readouterr().err
-    assert len(joblib.load(tmp_path / "run" / "model.joblib")["fitted_keys"]) == 24
+    fitted = joblib.load(tmp_path / "run" / "model.joblib")["fitted_keys"]  # 8 bytes an image, not a 32-character string
+    assert fitted.dtype == np.uint64 and len(fitted) == 24
 
 
 def test_fit_and_predict_on_cached_rows_import_no_torch(digits_folder, warm_cache, tmp_path):

@@ -166,6 +166,13 @@ def content_key(data: bytes) -> str:
     return h.hexdigest()
 
 
+def key_digests(keys: list[str]) -> np.ndarray:
+    """Content keys (hex digests) as their first 64 bits, uint64: 8 bytes an image in model.joblib
+    (10 MB at ImageNet's 1.28 M images, where the 32-character keys took ~100 MB as Python strings);
+    two images' digests agree by chance once in ~10^19 pairs, and only a warning counts them."""
+    return np.array([int(k[:16], 16) for k in keys], dtype=np.uint64)
+
+
 def file_key(path: str | Path) -> str:
     """The cache key of an image file, read in blocks."""
     h = _hasher()

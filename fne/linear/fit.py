@@ -24,7 +24,7 @@ from fne import verb_module
 from fne.cache.cost import rows_cost
 from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
-from fne.data.dataset import Dataset
+from fne.data.dataset import Dataset, key_digests
 from fne.data.splits import check_test_classes, duplicate_notes, make_splits
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
@@ -372,11 +372,12 @@ def _located(identity: dict) -> dict:
     return {**identity, "weights": weights, "cache": cache}
 
 
-def _fitted_keys(dataset: Dataset) -> list[str]:
-    """The content keys of the images the saved head learnt from: the train split (and a validation
-    part) where DATA has one, else every image (the head is refitted on all of them)."""
+def _fitted_keys(dataset: Dataset) -> np.ndarray:
+    """The images the saved head learnt from, by `key_digests` of their content keys: the train
+    split (and a validation part) where DATA has one, else every image (the head is refitted on all
+    of them)."""
     fitted = dataset.in_train() if dataset.has_split else np.ones(len(dataset), dtype=bool)
-    return sorted({k for k, f in zip(dataset.keys(), fitted, strict=True) if f})
+    return np.unique(key_digests([k for k, f in zip(dataset.keys(), fitted, strict=True) if f]))
 
 
 def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: str, predictions) -> None:

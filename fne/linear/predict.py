@@ -20,7 +20,7 @@ from fne import verb_module
 from fne.cache.fs import check_target, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.containers import takes_label_key
-from fne.data.dataset import Dataset
+from fne.data.dataset import Dataset, key_digests
 from fne.data.datasets import load_dataset
 from fne.errors import FneError, WeightsError, expect_path
 from fne.linear.features import Rows, open_rows
@@ -171,8 +171,7 @@ def _fitted_on(model: dict, dataset: Dataset, run_dir: Path) -> int | None:
     over them is not a test accuracy."""
     if model.get("fitted_keys") is None:
         return None
-    fitted = set(model["fitted_keys"])
-    n = sum(k in fitted for k in dataset.keys())
+    n = int(np.isin(key_digests(dataset.keys()), model["fitted_keys"]).sum())
     if n and dataset.labels:
         warnings.warn(f"{n} of {len(dataset)} images of DATA are images {run_dir} was fitted on (the same bytes): "
                       f"the accuracy counts them, so it is not a test accuracy; for one, predict on images it "
