@@ -267,3 +267,24 @@ def test_a_class_with_one_image_is_named(tmp_path):
     assert not any("single image" in r for r in A.advise(
         str(write_digits(tmp_path / "ok", per_class=3, classes=3)), arch="efficientnet_lite0", weights="random",
         cache=str(tmp_path / "cache"))["reasons"])
+
+
+def test_recommended_commands_repeat_the_split_the_advice_counted_images_of():
+    """`fne advise --test-size 0.5 --train-per-class 3` counted 3 training images a class, and advised
+    `fne fit DATA …` that would train on 75 % of each class: the commands now carry the split (fit
+    both options, train its --test-size; it takes no --train-per-class)."""
+    from types import SimpleNamespace
+
+    from fne.cli import build_parser
+    from fne.options import AdviseOptions
+
+    spec, o = SimpleNamespace(arch="vgg16", weights="random", crop="center"), AdviseOptions(test_size=0.5, train_per_class=3)
+    fit = A.runnable("fne fit {data} --features fne --head svm", "d", "d", spec, None, o)
+    train = A.runnable("fne train {data} --mode finetune", "d", "d", spec, None, o)
+    assert fit.endswith("--test-size 0.5 --train-per-class 3 --out runs/d-fne-svm")
+    assert "--test-size 0.5" in train and "--train-per-class" not in train
+    for cmd in (fit, train):
+        got = build_parser().parse_args(shlex.split(cmd)[1:])
+        assert got.test_size == 0.5
+    assert "--test-size" not in A.runnable("fne fit {data} --features fne --head svm", "d", "d", spec, None,
+                                           AdviseOptions())
