@@ -97,7 +97,16 @@ def test_class_folders_of_sub_folders_are_named_in_a_warning(digits_folder, tmp_
     said = [str(w.message) for w in caught if "sub-folders" in str(w.message)]
     assert said == [f"DATA {root}: 2 of 2 class folder(s) hold their images in sub-folders only (animals/cat/, "
                     f"animals/dog/, plants/rose/, plants/tulip/): each class folder is one class, its sub-folders' images together; "
-                    f"for a class per sub-folder, give {root / 'animals'} as DATA, or list the images in a CSV"]
+                    f"for a class per sub-folder, list the images of every group in a CSV (giving one group's "
+                    f"folder, {root / 'animals'}, as DATA leaves the others out)"]
+    one = tmp_path / "one"  # one such group beside a class of its own images: that group's folder is the answer
+    for k, cls in enumerate(["cat", "dog"]):
+        (one / "animals" / cls).mkdir(parents=True)
+        shutil.copy(pngs[k], one / "animals" / cls / "a.png")
+    (one / "plants").mkdir()
+    shutil.copy(pngs[2], one / "plants" / "p.png")
+    with pytest.warns(UserWarning, match=r"for a class per sub-folder, give .*animals as DATA, or list the images in a CSV$"):
+        load_dataset(one)
     shutil.copy(pngs[4], root / "animals" / "b.png")  # an image of its own, and one sub-folder: no warning
     shutil.rmtree(root / "plants")
     (root / "plants" / "images").mkdir(parents=True)

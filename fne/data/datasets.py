@@ -167,8 +167,10 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
         subs = [f"{g}/{s}/" for g, ss in grouped.items() for s in ss]
         warnings.warn(f"DATA {root}: {len(grouped)} of {len(class_dirs)} class folder(s) hold their images in sub-folders "
                       f"only ({', '.join(subs[:4])}{', …' * (len(subs) > 4)}): each class folder is one class, its "
-                      f"sub-folders' images together; for a "
-                      f"class per sub-folder, give {root / next(iter(grouped))} as DATA, or list the images in a CSV",
+                      f"sub-folders' images together; for a class per sub-folder, " + (
+                          f"give {root / next(iter(grouped))} as DATA, or list the images in a CSV" if len(grouped) == 1
+                          else f"list the images of every group in a CSV (giving one group's folder, "
+                               f"{root / next(iter(grouped))}, as DATA leaves the others out)"),
                       stacklevel=4)
     return files, labels
 
