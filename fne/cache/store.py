@@ -328,7 +328,20 @@ class Store:
         self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
 
     def records(self) -> list[dict]:
-        return [self.read_json(rel) for rel in self.files.list_json("records")]
+        """Every run record (`record`), oldest first; one that cannot be read or holds no JSON
+        object (damaged, edited by hand) is left out, with a warning naming it."""
+        out = []
+        for rel in self.files.list_json("records"):
+            try:
+                rec = self.read_json(rel)
+            except (OSError, ValueError) as e:
+                rec = e
+            if isinstance(rec, dict):
+                out.append(rec)
+            else:
+                why = rec if isinstance(rec, Exception) else f"holds a {type(rec).__name__}, not a JSON object"
+                warnings.warn(f"record {self.path}/{rel} left out: {why}", stacklevel=2)
+        return out
 
     def read_part(self, name: str, layers: list[str]) -> np.ndarray:
         """Every row of part `name`, `layers` side by side, in the storage dtype; raises `parts.Damaged`."""
