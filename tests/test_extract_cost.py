@@ -165,3 +165,15 @@ def test_a_damaged_record_is_left_out_with_a_warning(tmp_path):
         c = rows_cost(store, a)
     assert any("00000000000000000002-1.json left out: holds a list" in str(x.message) for x in w)
     assert (c["measured_images"], c["estimated_images"]) == (10, 0) and c["seconds"] == pytest.approx(20.0)
+
+
+def test_a_fit_that_extracts_its_rows_does_not_call_them_an_earlier_extraction(digits_folder, tmp_path):
+    """`fne fit --extract` on a new cache: its own extraction's record named the parts, so
+    extract_cost charged the fit's own rows with a note saying "by an earlier extraction, not by
+    this run"; the fit's extraction is its extract_seconds, and extract_cost is None."""
+    from fne.linear.fit import fit
+
+    m = fit(digits_folder, out=tmp_path / "run", features="last", head="logreg", cache=str(tmp_path / "c"),
+            extract_missing=True, splits=1, progress=False, **FAST)
+    assert m["rows"] == "extracted" and m["extract_seconds"] is not None and m["extract_cost"] is None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["extract_cost"] is None
