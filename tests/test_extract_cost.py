@@ -149,3 +149,31 @@ def test_the_report_shows_an_earlier_extraction_beside_measured_and_old_runs(tmp
     monkeypatch.setattr(Axes, "scatter", lambda ax, x, y, **kw: drawn.append((kw["label"], sorted(x))) or real(ax, x, y, **kw))
     assert fig_time(r["datasets"][0])
     assert ("linear head, with its rows' earlier extraction", [14.0, 31.0]) in drawn
+
+
+def test_a_damaged_record_is_left_out_with_a_warning(tmp_path):
+    """A record cut short or edited by hand (not JSON, not an object, parts that are not names)
+    raised a traceback out of every fit on the store's rows; now it is left out, named in a
+    warning, and the rows are charged from the records that can be read."""
+    store = _store(tmp_path)
+    a = _keys(1, 10)
+    _record(store, 10, 20.0, [_commit(store, a)])
+    (store.path / "records" / "00000000000000000001-1.json").write_text('{"kind": "extr')
+    (store.path / "records" / "00000000000000000002-1.json").write_text("[1, 2]")
+    _record(store, 5, 99.0, [{"not": "a name"}])
+    with pytest.warns(UserWarning, match=r"records/00000000000000000001-1\.json left out") as w:
+        c = rows_cost(store, a)
+    assert any("00000000000000000002-1.json left out: holds a list" in str(x.message) for x in w)
+    assert (c["measured_images"], c["estimated_images"]) == (10, 0) and c["seconds"] == pytest.approx(20.0)
+
+
+def test_a_fit_that_extracts_its_rows_does_not_call_them_an_earlier_extraction(digits_folder, tmp_path):
+    """`fne fit --extract` on a new cache: its own extraction's record named the parts, so
+    extract_cost charged the fit's own rows with a note saying "by an earlier extraction, not by
+    this run"; the fit's extraction is its extract_seconds, and extract_cost is None."""
+    from fne.linear.fit import fit
+
+    m = fit(digits_folder, out=tmp_path / "run", features="last", head="logreg", cache=str(tmp_path / "c"),
+            extract_missing=True, splits=1, progress=False, **FAST)
+    assert m["rows"] == "extracted" and m["extract_seconds"] is not None and m["extract_cost"] is None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["extract_cost"] is None

@@ -61,7 +61,7 @@ def rows_cost(store: Store, keys: Iterable[str]) -> dict | None:
         by_part[index[k][0]] = by_part.get(index[k][0], 0) + 1
     if not runs or not by_part:
         return None
-    owner = {p: r for r in runs if isinstance(r.get("parts"), list) for p in r["parts"]}
+    owner = {p: r for r in runs if isinstance(r.get("parts"), list) for p in r["parts"] if isinstance(p, str)}
     charged: dict[int, tuple[dict, int]] = {}
     estimated = 0
     for part, n in by_part.items():

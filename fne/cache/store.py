@@ -327,8 +327,8 @@ class Store:
     def record(self, record: dict) -> None:  # one run's record: records/<time>-<pid>.json
         self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
 
-    def records(self) -> list[dict]:
-        return [self.read_json(rel) for rel in self.files.list_json("records")]
+    def records(self) -> list[dict]:  # every run's record, oldest first (a damaged one left out: `read_records`)
+        return read_records(self)
 
     def read_part(self, name: str, layers: list[str]) -> np.ndarray:
         """Every row of part `name`, `layers` side by side, in the storage dtype; raises `parts.Damaged`."""
@@ -370,6 +370,23 @@ class Store:
 
     def size_bytes(self) -> int:
         return self.files.size()
+
+
+def read_records(store: Store) -> list[dict]:
+    """`store`'s run records (`Store.record`), oldest first; one that cannot be read or holds no
+    JSON object (damaged, edited by hand) is left out, with a warning naming it."""
+    out = []
+    for rel in store.files.list_json("records"):
+        try:
+            rec = store.read_json(rel)
+        except (OSError, ValueError) as e:
+            rec = e
+        if isinstance(rec, dict):
+            out.append(rec)
+        else:
+            why = rec if isinstance(rec, Exception) else f"holds a {type(rec).__name__}, not a JSON object"
+            warnings.warn(f"record {store.path}/{rel} left out: {why}", stacklevel=3)
+    return out
 
 
 def lock_file(store: Store, what: str) -> Path:

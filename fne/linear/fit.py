@@ -251,11 +251,12 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
 
 def _rows_record(src: Source) -> dict:
     """metrics.json's record of the rows' extraction: extract_seconds measured by this fit (None:
-    the rows were cached), and extract_cost, what computing the rows read cost as the store's
-    extraction records say (`fne.cache.cost.rows_cost`; None: no record)."""
-    return {"extract_seconds": src.extract_seconds,
-            "rows": "extracted" if src.extract_seconds is not None else "cached",
-            "extract_cost": rows_cost(src.store, src.dataset.keys())}
+    the rows were cached), and, for rows read cached, extract_cost, what computing them cost as the
+    store's extraction records say (`fne.cache.cost.rows_cost`; None: no record, or this fit
+    extracted rows itself, which its records would charge as an earlier extraction's)."""
+    cached = src.extract_seconds is None
+    return {"extract_seconds": src.extract_seconds, "rows": "cached" if cached else "extracted",
+            "extract_cost": rows_cost(src.store, src.dataset.keys()) if cached else None}
 
 
 def _check_trainable(data, dataset: Dataset) -> None:

@@ -169,9 +169,12 @@ def _fitted_on(model: dict, dataset: Dataset, run_dir: Path) -> int | None:
     """How many of DATA's images the model's head learnt from (by content key; None for a model
     saved before fit recorded them); a warning when there are any and DATA has labels: an accuracy
     over them is not a test accuracy."""
-    if model.get("fitted_keys") is None:
+    fitted = model.get("fitted_keys")
+    if fitted is None:
         return None
-    n = int(np.isin(key_digests(dataset.keys()), model["fitted_keys"]).sum())
+    if not isinstance(fitted, np.ndarray):  # a model saved when they were the keys themselves: matched none
+        fitted = key_digests(list(fitted))
+    n = int(np.isin(key_digests(dataset.keys()), fitted).sum())
     if n and dataset.labels:
         warnings.warn(f"{n} of {len(dataset)} images of DATA are images {run_dir} was fitted on (the same bytes): "
                       f"the accuracy counts them, so it is not a test accuracy; for one, predict on images it "
