@@ -15,6 +15,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ except ImportError:  # pragma: no cover - Windows
 # The `locked(..., process=True)` locks this process holds (a count each: its threads may hold one
 # together), which `held` answers without opening the file: closing it would release them.
 _OWN: dict[str, int] = {}
+_OWN_LOCK = threading.Lock()  # the count's read-modify-write, from threads leaving together
 
 
 @contextlib.contextmanager
@@ -62,14 +64,16 @@ def locked(lockfile: Path, on_wait: Callable[[], None] | None = None, process: b
                 lock(fd, fcntl.LOCK_EX)
         key = os.path.abspath(lockfile)
         if process:
-            _OWN[key] = _OWN.get(key, 0) + 1
+            with _OWN_LOCK:
+                _OWN[key] = _OWN.get(key, 0) + 1
         try:
             yield waited
         finally:
             if process:
-                _OWN[key] -= 1
-                if not _OWN[key]:
-                    del _OWN[key]
+                with _OWN_LOCK:
+                    _OWN[key] -= 1
+                    if not _OWN[key]:
+                        del _OWN[key]
     finally:
         os.close(fd)  # closing releases the lock
 
