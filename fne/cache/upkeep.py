@@ -4,8 +4,10 @@ cache folder that a failed extraction made and left nothing of worth in."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from fne.cache import parts
 from fne.cache.fs import clear_dead_temps, writer_alive
-from fne.cache.store import LOCKS, Store, lock_files
+from fne.cache.store import LOCKS, Store, lock_files, no_such_root
 from fne.data import sidecar
 from fne.errors import CacheError
 
@@ -193,3 +195,17 @@ def remove_failed_new_cache(root: Path) -> bool:
         return False
     shutil.rmtree(trash, ignore_errors=True)
     return True
+
+
+@contextlib.contextmanager
+def new_cache_removed_on_failure(root, applies: bool = True) -> Iterator[None]:
+    """Inside, a failure (an error, a Ctrl-C) of a call that made the local cache folder `root`
+    removes it again where it holds only what the call left (`remove_failed_new_cache`); a folder
+    that was there before, or with `applies` False, is left as it is."""
+    new = applies and no_such_root(root)
+    try:
+        yield
+    except BaseException:
+        if new:
+            remove_failed_new_cache(root)
+        raise

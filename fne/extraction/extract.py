@@ -24,9 +24,9 @@ from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
-from fne.cache.store import Store, cache_root, no_such_root
+from fne.cache.store import Store, cache_root
 from fne.cache.store import lock_file as store_lock_file
-from fne.cache.upkeep import remove_failed_new_cache
+from fne.cache.upkeep import new_cache_removed_on_failure
 from fne.data import shards, sidecar
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
@@ -191,14 +191,8 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     shard_t = shards.parse_shard(o.shard)  # before DATA is listed, as the command line's
-    root = cache_root(spec.cache)
-    new = no_such_root(root)  # a local cache this call makes
-    try:
+    with new_cache_removed_on_failure(cache_root(spec.cache)):  # a cache it made and left no row in goes
         return _extract(data, spec, d, o, shard_t)
-    except BaseException:  # a cache it made and left no row in goes (`remove_failed_new_cache`)
-        if new:
-            remove_failed_new_cache(root)
-        raise
 
 
 def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: ExtractOptions,

@@ -20,7 +20,7 @@ import numpy as np
 from fne.backbones import registry as backbones
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
 from fne.cache.store import Store, cache_root, no_such_root
-from fne.cache.upkeep import remove_failed_new_cache
+from fne.cache.upkeep import new_cache_removed_on_failure
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
@@ -104,13 +104,8 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     it holds only what the call left (`fne.cache.upkeep.remove_failed_new_cache`: manifests and
     free locks, no row), as `fne extract` does."""
     root = cache_root(spec.cache)
-    new = extract_missing and no_such_root(root)
-    try:
+    with new_cache_removed_on_failure(root, applies=extract_missing):  # also Ctrl-C
         return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root)
-    except BaseException:  # also Ctrl-C: what it made of a new cache goes with it
-        if new:
-            remove_failed_new_cache(root)
-        raise
 
 
 def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool,
