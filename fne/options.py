@@ -305,6 +305,9 @@ class TrainConfig:
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  modes=TRAINED, **between(0, 1, closed_lo=True))
     test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
+    train_per_class: int | None = option(None, "training images per class, validation part included: fit's "
+                                               "--train-per-class, the same images (when DATA has no "
+                                               "predefined split)", **at_least(1))
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False, **SEED)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)

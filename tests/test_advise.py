@@ -271,20 +271,31 @@ def test_a_class_with_one_image_is_named(tmp_path):
 
 def test_recommended_commands_repeat_the_split_the_advice_counted_images_of():
     """`fne advise --test-size 0.5 --train-per-class 3` counted 3 training images a class, and advised
-    `fne fit DATA …` that would train on 75 % of each class: the commands now carry the split (fit
-    both options, train its --test-size; it takes no --train-per-class)."""
+    `fne fit DATA …` that would train on 75 % of each class: the commands now carry the split. fit
+    and train both take --train-per-class (the same images; train once trained on its whole training
+    share); --test-size, which has no say beside it, is left out then."""
     from types import SimpleNamespace
 
     from fne.cli import build_parser
     from fne.options import AdviseOptions
 
-    spec, o = SimpleNamespace(arch="vgg16", weights="random", crop="center"), AdviseOptions(test_size=0.5, train_per_class=3)
-    fit = A.runnable("fne fit {data} --features fne --head svm", "d", "d", spec, None, o)
-    train = A.runnable("fne train {data} --mode finetune", "d", "d", spec, None, o)
-    assert fit.endswith("--test-size 0.5 --train-per-class 3 --out runs/d-fne-svm")
-    assert "--test-size 0.5" in train and "--train-per-class" not in train
-    for cmd in (fit, train):
-        got = build_parser().parse_args(shlex.split(cmd)[1:])
-        assert got.test_size == 0.5
+    spec = SimpleNamespace(arch="vgg16", weights="random", crop="center")
+    for o, has, said in ((AdviseOptions(test_size=0.5, train_per_class=3), "--train-per-class 3", ("train_per_class", 3)),
+                         (AdviseOptions(test_size=0.5), "--test-size 0.5", ("test_size", 0.5))):
+        fit = A.runnable("fne fit {data} --features fne --head svm", "d", "d", spec, None, o)
+        train = A.runnable("fne train {data} --mode finetune", "d", "d", spec, None, o)
+        assert fit.endswith(f"{has} --out runs/d-fne-svm") and train.endswith(f"{has} --out runs/d-finetune")
+        for cmd in (fit, train):
+            assert cmd.count("--test-size") + cmd.count("--train-per-class") == 1
+            assert getattr(build_parser().parse_args(shlex.split(cmd)[1:]), said[0]) == said[1]
     assert "--test-size" not in A.runnable("fne fit {data} --features fne --head svm", "d", "d", spec, None,
                                            AdviseOptions())
+
+
+def test_commands_for_data_with_a_predefined_split_carry_no_split_options(digits_split, tmp_path):
+    """DATA with train/ and test/: fit and train use its split and ignore --test-size (and warn
+    that --train-per-class is not applied), so the advice's commands leave both out."""
+    a = A.advise(str(digits_split), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"),
+                 test_size=0.4, train_per_class=2)
+    assert a["commands"] and not any("--test-size" in c or "--train-per-class" in c for c in a["commands"])
+    assert "train split" in a["images_per_class_detail"]["basis"]

@@ -904,3 +904,18 @@ def test_a_class_map_table_is_recorded_in_its_direct_steps_folder(tmp_path):
     assert m["options"]["class_map"] == str(metrics.parent / "class_map.json")
     assert json.loads((metrics.parent / "class_map.json").read_text()) == {"0": ["tench"], "1": ["daisy", 1]}
     assert list((tmp_path / "out").rglob("class_map.json")) == [metrics.parent / "class_map.json"]
+
+
+def test_a_datasets_train_per_class_reaches_its_train_steps(tmp_path):
+    """`[datasets.X] train_per_class` set fit's training images per class, while the pipeline's
+    train steps trained on the whole training share: it now reaches them (as its test_size does),
+    and the check of the validation part counts those images."""
+    text = GOOD.replace('data = "digits"', 'data = "digits"\ntrain_per_class = 30')
+    p = load_pipeline(write(tmp_path, text))
+    steps = P.plan(p, tmp_path / "out", {"digits": "digits"}, read=False)
+    train = [s for s in steps if s.kind == "train"]
+    assert train and all(train_arguments(s, p)["train_per_class"] == 30 for s in train)
+    assert all(s.kwargs["train_per_class"] == 30 for s in steps if s.kind == "fit")
+    with pytest.raises(PipelineError, match=r"train.val_fraction: mode frozen on digits: a validation part of 0.02 "
+                                            r"holds 6 of ~300 training images"):
+        load_pipeline(write(tmp_path, text.replace("epochs = 2", "epochs = 2\nval_fraction = 0.02")))

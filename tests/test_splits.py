@@ -141,3 +141,13 @@ def test_train_per_class_on_a_predefined_split_says_it_is_not_applied(digits_spl
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         make_splits(d, y)  # no option given: nothing to say
+
+
+def test_train_per_class_gives_train_fits_first_split(digits):
+    """`fne train --train-per-class N` trains (validation part included) on the N images a class
+    that `fne fit --train-per-class N` trains its first split on, and tests on the same rest."""
+    d, y = digits
+    fit_train, fit_test = make_splits(d, y, splits=3, train_per_class=20, seed=4)[0]
+    tr, va, te = train_val_test(d, y, 0.25, 0.1, 4, train_per_class=20)
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.sort(fit_train)) and len(fit_train) == 200
+    assert np.array_equal(te, np.sort(fit_test)) and len(np.intersect1d(tr, va)) == 0

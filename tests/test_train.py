@@ -1139,3 +1139,28 @@ def test_progress_false_keeps_a_python_caller_quiet_and_the_command_line_keeps_i
     # from Python without progress=False the lines are there as well
     train(str(data), "frozen", tmp_path / "chatty", epochs=1, **kw)
     assert "epoch 1/1: loss" in capsys.readouterr().out
+
+
+def test_train_per_class_trains_on_fits_images(tmp_path, capsys):
+    """`fne advise --train-per-class 3` recommended `fne train` commands that trained on 75 % of each
+    class (train had no such option): now `fne train --train-per-class 3` trains and validates on
+    the 3 images a class of fit's first split, tests on the rest, and records the protocol."""
+    from fne.data.splits import make_splits
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=8, classes=3)
+    m = train(str(data), "frozen", tmp_path / "run", weights="random", epochs=1, val_fraction=0,
+              train_per_class=3, **FAST)
+    d = load_dataset(str(data))
+    fit_train, fit_test = make_splits(d, d.label_indices(), 1, 0.25, 3, 0)[0]
+    assert m["n_train"] == 9 and m["n_test"] == len(fit_test) == 15
+    assert m["split_protocol"] == "1x 3 per class"
+    with open(tmp_path / "run" / "predictions.csv") as f:
+        tested = sorted(r["path"] for r in csv.DictReader(f))
+    assert tested == sorted(d.ids[i] for i in fit_test)
+    assert main([*f"train {data} --mode frozen --weights random --arch {ARCH} --image-size 32 --workers 0 "
+                  f"--no-progress --epochs 1 --val-fraction 0 --train-per-class 3".split(),
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["n_train"] == 9

@@ -150,11 +150,13 @@ def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int,
 
 
 def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fraction: float, seed: int,
-                   need_val: bool = True, keys: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`fne train`'s sorted (train, val, test) indices: `make_splits`' first split, val from train
+                   need_val: bool = True, keys: list[str] | None = None,
+                   train_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fne train`'s sorted (train, val, test) indices: `make_splits`' first split (fit's first
+    split for the same `test_size`, `train_per_class` and seed), val from its training images
     (copies of one image, by `keys`, on one side of each), or DATA's own validation part where
     its predefined split has one (`--val-fraction 0` trains on it too)."""
-    tr, te = make_splits(dataset, y, 1, test_size, None, seed, keys)[0]
+    tr, te = make_splits(dataset, y, 1, test_size, train_per_class, seed, keys)[0]
     if not need_val or val_fraction == 0:
         return np.sort(tr), np.array([], dtype=np.int64), np.sort(te)
     if dataset.has_val_part:

@@ -56,7 +56,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "max_per_class": ("int", "use at most N images per class (per split), seeded: a cheap subset"),
         "splits": ("int", "overrides fit.splits for this dataset"),
         "test_size": ("float", "overrides fit.test_size / train.test_size for this dataset"),
-        "train_per_class": ("int", "overrides fit.train_per_class for this dataset"),
+        "train_per_class": ("int", "overrides fit.train_per_class / train.train_per_class for this dataset"),
         "class_map": ("str|table", "direct mode: JSON file or inline {target class = [ImageNet names]}"),
         "protocol": ("str", "free text: the evaluation protocol, shown in pipeline.json"),
         "note": ("str", "free text"),
@@ -477,7 +477,9 @@ def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
         if mode == "direct":
             continue
         ts = ds.test_size if ds.test_size is not None else settings.get("test_size", 0.25)
-        n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None else n - math.ceil(ts * n))
+        tpc = ds.train_per_class if ds.train_per_class is not None else settings.get("train_per_class")
+        n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None
+                   else tpc * k if tpc is not None else n - math.ceil(ts * n))
         vf = settings.get("val_fraction", 0.1)
         if vf and not ds.val_part and math.ceil(vf * n_train) < k:
             where = ("train", mode, "val_fraction") if "val_fraction" in (p.train_raw.get(mode) or {}) else (

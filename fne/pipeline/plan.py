@@ -151,8 +151,9 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                     continue
                 for seed in p.seeds:
                     s = dict(settings)
-                    if ds.test_size is not None:
-                        s["test_size"] = ds.test_size
+                    for k in ("test_size", "train_per_class"):  # the dataset's own split settings
+                        if getattr(ds, k) is not None:
+                            s[k] = getattr(ds, k)
                     # direct mode (no training) ignores the training settings: changing them does not rerun it
                     identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
                                 and (mode != "direct" or uses(TrainConfig, mode, k))}

@@ -403,7 +403,8 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "recommendation": d["recommendation"],
         "text": d["text"],
         "families": d["families"],
-        "commands": [runnable(c, data_s, dataset.name, spec, data_o.label_key, o) for c in d["commands"]],
+        "commands": [runnable(c, data_s, dataset.name, spec, data_o.label_key, None if dataset.has_split else o)
+                     for c in d["commands"]],
         "reasons": d["reasons"],
         "size": d["size"],
         "images_per_class": ipc["median"],
@@ -441,9 +442,10 @@ def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[d
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
              o: AdviseOptions | None = None) -> str:
     """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
-    arch, weights and a crop other than the default), the split the advice counted training images
-    of (`o`'s --test-size, and fit's --train-per-class, where not the default), and a run folder
-    named after the data and the method."""
+    arch, weights and a crop other than the default), the random split the advice counted training
+    images of (`o`'s --train-per-class, else its --test-size where not the default; `o` None: DATA's
+    predefined split, which takes neither), and a run folder named after the data and the method.
+    `fne fit` and `fne train` draw the same training images from these options."""
     from fne.names import slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
@@ -452,10 +454,10 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
         words += ["--crop", spec.crop]
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
-    if o is not None and o.test_size != AdviseOptions().test_size:
-        words += ["--test-size", str(o.test_size)]
-    if o is not None and o.train_per_class is not None and template.startswith("fne fit"):  # train takes none
+    if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
         words += ["--train-per-class", str(o.train_per_class)]
+    elif o is not None and o.test_size != AdviseOptions().test_size:
+        words += ["--test-size", str(o.test_size)]
     return " ".join([*words, "--out", shlex.quote(f"runs/{slug(name)}-{what}")])
 
 

@@ -33,7 +33,7 @@ AUTO_EVERY_S = 300  # --save-every auto: a checkpoint after the first epoch that
 # compared by its images (`images`), not by how its path is written.
 RUN_DEFINING = ("mode", "arch", "weights", "weights_seed", "new_layers", "train_bn", "batch_size", "lr",
                 "imported_lr_mult", "momentum", "weight_decay", "scheduler", "image_size", "augment",
-                "val_fraction", "test_size", "seed", "precision")
+                "val_fraction", "test_size", "train_per_class", "seed", "precision")
 
 
 # ------------------------------------------------------------------- RNGs

@@ -351,9 +351,10 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: str
     keys = attach_keys(dataset, cache, save=False).keys()
     if cfg.mode != "direct":
         try:
-            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, keys=keys)
+            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, keys=keys,
+                                   train_per_class=cfg.train_per_class)
         except DataError:
-            tr = make_splits(dataset, y, 1, cfg.test_size, None, cfg.seed, keys)[0][0]
+            tr = make_splits(dataset, y, 1, cfg.test_size, cfg.train_per_class, cfg.seed, keys)[0][0]
             lonely = [dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr]) == 1)]
             if not lonely:
                 raise
@@ -365,7 +366,8 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: str
             warnings.warn(note, stacklevel=2)
         return _Split(*parts, classes=list(dataset.classes))
     cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
-    tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False, keys=keys)
+    tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False, keys=keys,
+                                train_per_class=cfg.train_per_class)
     te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
     return _Split(tr, va, te, list(cmap), cmap, n_excluded)
 
@@ -522,7 +524,8 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "imported_lr": {"finetune": cfg.lr * cfg.imported_lr_mult, "frozen": 0.0}.get(cfg.mode),
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "scheduler": cfg.scheduler,
         "batch_size": cfg.batch_size, "seed": cfg.seed,
-        "split_protocol": "predefined" if dataset.has_split else f"1x stratified test_size={cfg.test_size}",
+        "split_protocol": "predefined" if dataset.has_split else (
+            f"1x {cfg.train_per_class} per class" if cfg.train_per_class else f"1x stratified test_size={cfg.test_size}"),
         "val_fraction": cfg.val_fraction if not direct else 0.0,
         "validation": None if direct or not len(split.val) else (
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
