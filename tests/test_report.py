@@ -544,6 +544,31 @@ def test_a_winner_is_named_only_beyond_noise(tmp_path):
     assert saved["winner"] == saved["highest"] == "fne+svm"
 
 
+def test_a_winner_of_the_advised_kind_but_not_its_method_says_so(tmp_path):
+    """Advice for the full-network embedding (early layers: fne fit --features fne), and last+svm
+    wins beyond noise: "the measured winner last+svm (feature-extraction) matches the advice", as
+    both are feature extraction. It now says it is of the advised kind, not the method advised."""
+    root = tmp_path / "runs"
+    write_run(root, "a", fake_metrics("last+svm", 0.9, 0.01, 0.9, 0.01, splits=_splits([0.90, 0.91, 0.89, 0.90, 0.92])))
+    write_run(root, "b", fake_metrics("fne+svm", 0.84, 0.01, 0.84, 0.01, splits=_splits([0.84, 0.85, 0.83, 0.84, 0.85])))
+    advice = {"recommendation": "early-features-linear", "text": "Full-network embedding.", "families": ["feature-extraction"],
+              "commands": ["fne fit pets --features fne --head svm --arch vgg16 --weights imagenet --out runs/pets-fne-svm"],
+              "dataset": "pets", "arch": "vgg16", "weights": "imagenet", "reasons": [], "images_per_class": 20.0,
+              "similarity": {"judged": False}}
+    (root / "advice.json").write_text(json.dumps(advice))
+    r = report([root], tmp_path / "rep", figures=False)
+    a = r["datasets"][0]["advice"][0]
+    assert (a["matched"], a["matched_method"], a["named"]) == (True, False, ["fne+svm"])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert ("the measured winner last+svm (feature-extraction) is of the kind the advice recommends, but not a "
+            "method it names (fne+svm): it matches the advice's kind of method only") in md
+    # fne+svm beside a worse last+svm: the method advised wins
+    (root / "a" / "metrics.json").write_text(json.dumps(fake_metrics("last+svm", 0.8, 0.01, 0.8, 0.01, splits=_splits([0.80, 0.81, 0.79, 0.80, 0.82]))))
+    report([root], tmp_path / "rep2", figures=False)
+    assert ("the measured winner fne+svm (feature-extraction) matches the advice: it is a method the advice names"
+            in (tmp_path / "rep2" / "report.md").read_text())
+
+
 def test_advice_is_judged_by_kind_where_no_single_row_wins(tmp_path):
     """fne+svm and last+svm within noise at the top, both feature extraction, and train:finetune
     far below on the same splits: "no clear winner, so the measurements neither confirm nor

@@ -280,7 +280,14 @@ def advice_verdict(a: dict) -> tuple[str, str]:
     if kind in ("tie", "unclear"):
         return "undecided", (f"no clear winner (highest accuracy: {w}), so the measurements neither confirm nor "
                              f"contradict the advice (recommended: {rec})")
-    verdict = "matches the advice" if a["matched"] else "does not match the advice"
+    named = a.get("named") or []
+    if a["matched"] and named and not a.get("matched_method"):  # the advice's kind, not one of its methods
+        verdict = (f"is of the kind the advice recommends, but not a method it names ({', '.join(named)}): it "
+                   f"matches the advice's kind of method only")
+    elif a["matched"]:
+        verdict = "matches the advice" + (": it is a method the advice names" if named else "")
+    else:
+        verdict = "does not match the advice"
     return ("match" if a["matched"] else "nomatch"), f"the measured winner {w} {verdict} (recommended: {rec})"
 
 

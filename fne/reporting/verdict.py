@@ -5,6 +5,8 @@ others (`_by_kind`)."""
 
 from __future__ import annotations
 
+import shlex
+
 from fne.linear import compare
 from fne.reporting.advise import method_family
 from fne.reporting.render import pct, secs
@@ -52,11 +54,27 @@ def advice_check(a: dict, winner: dict | None, verdict: str = "clear", rows: lis
         fam = method_family(winner["method"])
         a["winner"] = winner["method"]
         a["winner_family"] = fam
-        a["matched"] = fam in (a.get("families") or [])
+        a["matched"] = fam in (a.get("families") or [])  # of the advised kind
+        a["named"] = advised_methods(a.get("commands") or [])
+        a["matched_method"] = winner["method"] in a["named"]  # one of the methods its commands run
         a["verdict"] = verdict  # single / tie / unclear: the measurements do not test the advice...
         if verdict in ("tie", "unclear"):  # ...unless its kind's best row and the others' best tell apart
             a["by_kind"] = _by_kind(a.get("families") or [], rows, metrics or {})
     return a
+
+
+def advised_methods(commands: list[str]) -> list[str]:
+    """The methods an advice's commands run, named as their runs' metrics.json names them
+    (`fne fit … --features fne --head svm`: fne+svm; `fne train … --mode finetune`: train:finetune)."""
+    out = []
+    for c in commands:
+        words = shlex.split(c)
+        opt = {w: words[i + 1] for i, w in enumerate(words[:-1]) if w.startswith("--")}
+        if words[:2] == ["fne", "fit"] and "--features" in opt:
+            out.append(f"{opt['--features']}+{opt.get('--head', 'svm')}")
+        elif words[:2] == ["fne", "train"] and "--mode" in opt:
+            out.append(f"train:{opt['--mode']}")
+    return list(dict.fromkeys(out))
 
 
 def _by_kind(families: list[str], rows: list[dict], metrics: dict) -> dict | None:
