@@ -731,6 +731,14 @@ def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
     ds, md, _ = _verdict_report(tmp_path / "far", far)
     assert ds["verdict"]["kind"] == "untested" and "Measured winner: **fne+svm**" in md
     assert "no paired test applies" in md
+    # runs of one split each that record no test counts (written before fne kept them): no spread to
+    # judge a lead by, and no test; a 20-point lead was "Measured winner"
+    old = {k: {**{f: v for f, v in m.items() if f not in ("n_test", "n_train")}, "n_splits": 1,
+               "splits": [{"accuracy": m["accuracy"], "mean_class_accuracy": m["accuracy"]}]} for k, m in far.items()}
+    ds, md, _ = _verdict_report(tmp_path / "old", old)
+    assert ds["verdict"]["kind"] == "unclear" and "Measured winner" not in md
+    assert ("no clear winner: fne+svm leads last+svm by 20.0 points on one split each, which gives no spread across "
+            "splits to judge the lead by; no paired test applies (the runs were not scored on the same splits)") in md
 
 
 def test_equal_accuracies_are_equally_best(tmp_path):

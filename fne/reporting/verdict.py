@@ -22,7 +22,8 @@ def winner_verdict(rows: list[dict], test: str | None,
     """How far the measurements name a winner: {"kind", "text"}. kind: "single" (one method, nothing
     to compare), "tie" (accuracies that read the same), "unclear" (the test, or without one the spread
     across splits, cannot tell the two best apart), "clear" (the test says so) or "untested" (no
-    test applies and the lead exceeds the spread). The test (`compare.winner_vs_runner_up`): a paired
+    test applies and the lead exceeds the spread across splits; with no spread to judge it by, runs of
+    one split each, the lead is "unclear"). The test (`compare.winner_vs_runner_up`): a paired
     one on shared test images, else Fisher's exact test for two runs of one split each; `untested`:
     why none applies (`compare.untested`)."""
     ranked = [r for r in rows if r["accuracy"] is not None and not r["partial"]]
@@ -39,7 +40,11 @@ def winner_verdict(rows: list[dict], test: str | None,
     second, lead = ranked[1], 100 * (w["accuracy"] - ranked[1]["accuracy"])
     spread = max((100 * r["accuracy_std"] for r in (w, second)
                   if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
-    if spread is not None and lead <= spread:
+    if spread is None:  # one split a row, and no test: nothing tells the lead from noise
+        return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
+                                           f"{lead:.1f} points on one split each, which gives no spread across splits "
+                                           f"to judge the lead by; no paired test applies ({untested})"}
+    if lead <= spread:
         return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
                                            f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
                                            f"no paired test applies ({untested})"}
