@@ -335,3 +335,26 @@ def test_report_tex_compiles_with_pdflatex(tmp_path):
     errors = [line for line in done.stdout.splitlines() if line.startswith("!")]
     assert done.returncode == 0 and not errors, errors or done.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 0
+
+
+def test_a_pooled_rows_extraction_says_how_many_runs_it_is_the_mean_of(tmp_path):
+    """Three seeds of one method, only the first extracting (40 s; the others read its rows cached):
+    the row showed 40.0, read as each run's cost. It now says 1 of 3 runs extracted, in report.md
+    and report.csv; a row whose runs all extracted shows the plain mean."""
+    root = tmp_path / "runs"
+    for seed, (ext, rows) in enumerate([(40.0, "extracted"), (None, "cached"), (None, "cached")]):
+        write_run(root, f"fne{seed}", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, seed=seed, extract=ext, rows=rows))
+    for seed in (0, 1):
+        write_run(root, f"fc7{seed}", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, seed=seed, extract=10.0 + seed,
+                                                  rows="extracted"))
+    r = report([root], tmp_path / "rep", figures=False)
+    by = {row["method"]: row for row in r["datasets"][0]["rows"]}
+    assert (by["fne+svm"]["extract_seconds"], by["fne+svm"]["extract_runs"], by["fne+svm"]["runs"]) == (40.0, 1, 3)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    from tests.test_report import md_rows
+
+    ext = {name: cells[6] for name, cells in md_rows(md, "pets").items()}
+    assert ext == {"fne+svm (3 runs)": "40.0 (1 of 3 runs extracted)", "fc7+svm (2 runs)": "**10.5**"}
+    lines = {x["method"]: x for x in _read(tmp_path / "rep")[0]}
+    assert [(lines[k]["extract_seconds"], lines[k]["extract_runs"]) for k in ("fne+svm", "fc7+svm")] == [
+        ("40.0", "1"), ("10.5", "2")]

@@ -85,7 +85,10 @@ def cells(r: dict) -> dict[str, str]:
 def extraction_cell(r: dict) -> str:
     """The extraction column: seconds measured by the row's own runs; else, for rows read cached,
     the seconds an earlier extraction took to compute them (`EARLIER`), or "cached" where the store
-    recorded none."""
+    recorded none. A pooled row of which only some runs extracted says how many its mean is over."""
+    n, runs = r.get("extract_runs"), r.get("runs") or 1
+    if r.get("extract_seconds") is not None and n is not None and 0 < n < runs:
+        return f"{secs(r['extract_seconds'])} ({n} of {runs} runs extracted)"
     if r.get("extract_seconds") is not None or not r.get("extract_cached"):
         return secs(r.get("extract_seconds"))
     earlier = r.get("extract_earlier_seconds")

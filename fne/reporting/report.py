@@ -243,6 +243,7 @@ def _row(runs: list[dict]) -> dict:
             row[k] = finite(m0.get(k))
         row["seconds"] = finite(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
+        row["extract_runs"] = int(row["extract_seconds"] is not None)
         row["extract_earlier_seconds"] = earlier_extraction(runs[0])
         row["confusion"] = m0["confusion"] if _confusion(runs[0]) else None
         row["accuracy_ci"], row["mean_class_accuracy_ci"], row["no_interval"] = recorded_intervals(m0)
@@ -259,6 +260,7 @@ def _row(runs: list[dict]) -> dict:
     ext = [extraction(r) for r in runs]
     measured = [s for s, _ in ext if s is not None]
     row["extract_seconds"] = float(np.mean(measured)) if measured else None
+    row["extract_runs"] = len(measured)  # the runs it is the mean of: those that extracted (the others read cached rows)
     row["extract_cached"] = not measured and any(c for _, c in ext)
     earlier = [e for e in map(earlier_extraction, runs) if e is not None]
     row["extract_earlier_seconds"] = float(np.mean(earlier)) if earlier and not measured else None

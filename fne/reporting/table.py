@@ -19,8 +19,8 @@ CSV_COLUMNS = (
     "runs", "seeds", "n_splits", "n_train", "n_test", "n_images",
     "accuracy", "accuracy_std", "accuracy_ci_low", "accuracy_ci_high",
     "mean_class_accuracy", "mean_class_accuracy_std", "mean_class_accuracy_ci_low", "mean_class_accuracy_ci_high",
-    "ci_method", "published_accuracy_percent", "published_std_percent", "seconds", "extract_seconds", "extract_cached",
-    "extract_earlier_seconds", "ranked", "run_folders",
+    "ci_method", "published_accuracy_percent", "published_std_percent", "seconds", "extract_seconds", "extract_runs",
+    "extract_cached", "extract_earlier_seconds", "ranked", "run_folders",
 )
 
 
@@ -46,7 +46,8 @@ def csv_rows(datasets: list[dict]) -> list[list]:
         where each split chose its own), else, for a run that records neither, as used (a JSON
         list where the splits chose several). "settings" is the row's setting (features, head, C, training settings...)
         as JSON; "extract_cached" is True where no extraction ran for the row (its rows were
-        cached: extract_seconds is empty), and "extract_earlier_seconds" what the earlier extraction
+        cached: extract_seconds is empty), "extract_runs" how many of the row's runs extracted (extract_seconds
+        is their mean), and "extract_earlier_seconds" what the earlier extraction
         that computed those rows took for them, as the store recorded it (empty: not recorded); "ranked" is False for a row scored on a subset of the
         classes (direct mode's class map), which the report does not rank.
     """
@@ -76,7 +77,7 @@ def csv_rows(datasets: list[dict]) -> list[list]:
                 "ci_method": "; ".join(cis) or None,
                 "published_accuracy_percent": pub.get("mean"), "published_std_percent": pub.get("std"),
                 "seconds": r.get("seconds"), "extract_seconds": r.get("extract_seconds"),
-                "extract_cached": bool(r.get("extract_cached")),
+                "extract_runs": r.get("extract_runs"), "extract_cached": bool(r.get("extract_cached")),
                 "extract_earlier_seconds": r.get("extract_earlier_seconds"),
                 "ranked": not r.get("partial"), "run_folders": ";".join(r.get("paths") or []),
             }
