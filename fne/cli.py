@@ -189,6 +189,8 @@ def _cmd_cache_verify(a) -> int:
     from fne.cache.verbs import VERIFY_OPTIONS, cache_verify
 
     r = cache_verify(a.store, **_given(a, VERIFY_OPTIONS))
+    for left in r.removals_finished:
+        print(f"deleted {left}, left by a removal that stopped part-way")
     if not r.stores:
         print(f"no stores in {r.root}")
     for s in r.stores:

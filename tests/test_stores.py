@@ -469,6 +469,45 @@ def test_an_interrupted_cache_rm_leaves_no_store_and_the_next_finishes_it(warm_c
     assert not list(cache.glob(".removing-*")) and not list_stores(cache)
 
 
+def test_a_removal_that_stops_part_way_is_a_warning_and_verify_clean_or_an_extraction_finishes_it(
+        warm_cache, digits_folder, tmp_path, monkeypatch, capsys):
+    """`fne cache rm` whose deletion failed part-way (a busy file on NFS) was a traceback (OSError),
+    and its `.removing-*` folder stayed until another `fne cache rm`. The store is gone either way:
+    now a warning says what is left and who deletes it; `fne cache verify --clean` does, and so does
+    the next extraction into the cache, also for a new cache that a failed run renamed away."""
+    import shutil
+
+    import fne.cache.upkeep as upkeep
+
+    real = shutil.rmtree
+
+    def busy(path, *a, **k):
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file())[:3]:
+            f.unlink()
+        raise OSError(16, "Device or resource busy", str(path))
+
+    cache, first, second = _two_stores(warm_cache, tmp_path)
+    monkeypatch.setattr(upkeep.shutil, "rmtree", busy)
+    assert main(["cache", "rm", second, "--cache", str(cache)]) == 0
+    monkeypatch.setattr(upkeep.shutil, "rmtree", real)
+    err = capsys.readouterr().err
+    (left,) = cache.glob(".removing-*")
+    assert f"fne: warning: {second}: removed, but not every file of it could be deleted (Device or resource busy" in err
+    assert f"what is left, {left}, is deleted by the next `fne cache rm`, `fne cache verify --clean`" in err
+    assert [s.path.name for s in list_stores(cache)] == [first]
+    assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
+    assert f"deleted {left}, left by a removal that stopped part-way" in capsys.readouterr().out
+    assert not left.exists() and [s.path.name for s in list_stores(cache)] == [first]
+    # left in the cache, and beside it (a new cache a failed run renamed away): the next extraction deletes both
+    inside, beside = cache / f".removing-{second}-1", cache.parent / f".removing-{cache.name}-2"
+    for trash in (inside, beside):
+        shutil.copytree(cache / first, trash)
+    other = cache.parent / f".removing-{cache.name}x-3"  # another cache's: not this one's to delete
+    other.mkdir()
+    fx.extract(str(digits_folder), cache=str(cache), progress=False, **FAST)
+    assert not inside.exists() and not beside.exists() and other.exists()
+
+
 def test_cache_info_of_data_says_how_many_of_its_images_each_store_holds(warm_cache, digits_folder, tmp_path,
                                                                          capsys):
     import shutil

@@ -5,8 +5,10 @@ cache folder that a failed extraction made and left nothing of worth in."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.cache import parts
-from fne.cache.fs import clear_dead_temps, writer_alive
+from fne.cache.fs import clear_dead_temps, is_url, writer_alive
 from fne.cache.store import LOCKS, Store, lock_files, no_such_root
 from fne.data import sidecar
 from fne.errors import CacheError
@@ -153,19 +155,45 @@ def remove(store: Store | Path) -> None:
         store.files.remove("")
         return
     path = getattr(store, "path", store)
-    trash = path.parent / f".removing-{path.name}-{os.getpid()}"
+    trash = path.parent / f"{TRASH}{path.name}-{os.getpid()}"
     os.replace(path, trash)
     for f in lock_files(path):
         f.unlink(missing_ok=True)
-    shutil.rmtree(trash)
+    err = _delete(trash)
+    if err is not None:  # the store is gone (no reads see it); a part of its files stays for later
+        warnings.warn(f"{path.name}: removed, but not every file of it could be deleted ({err.strerror or err}: "
+                      f"{err.filename}); what is left, {trash}, is deleted by the next `fne cache rm`, `fne cache "
+                      f"verify --clean` or extraction into this cache", stacklevel=2)
     if isinstance(store, Store):
         store.refresh()
 
 
-def finish_removals(root: Path) -> None:
-    """Delete what interrupted removals (`remove`) left in the local cache root `root`."""
-    for left in Path(root).glob(".removing-*"):
-        shutil.rmtree(left, ignore_errors=True)
+TRASH = ".removing-"  # a folder renamed so for removal: never read, deleted whole where found
+
+
+def _delete(trash: Path) -> OSError | None:
+    """Delete the folder `trash` (renamed away for removal); -> the error that kept part of it,
+    None when it is gone (files another process deleted meanwhile, finishing the same removal,
+    are no error)."""
+    for _ in range(3):
+        try:
+            shutil.rmtree(trash)
+            return None
+        except FileNotFoundError:  # another process deleting it too: go on with what is left
+            if not os.path.lexists(trash):
+                return None
+        except OSError as e:
+            return e
+    return None if not os.path.lexists(trash) else OSError(f"{trash} could not be deleted")
+
+
+def finish_removals(root: Path) -> list[str]:
+    """Delete what removals that stopped part-way left for the local cache root `root`: stores
+    renamed away by `remove` (in `root`), and a new cache renamed away by `remove_failed_new_cache`
+    (beside `root`); -> the folders deleted whole (one that still cannot be is left, for next time)."""
+    root = Path(root)
+    left = [*root.glob(f"{TRASH}*"), *root.parent.glob(f"{glob.escape(TRASH + root.name)}-*")]
+    return [str(p) for p in left if p.is_dir() and _delete(p) is None]
 
 
 def remove_failed_new_cache(root: Path) -> bool:
@@ -189,11 +217,11 @@ def remove_failed_new_cache(root: Path) -> bool:
         if len(locks) + len(manifests) < len(files) or any(sidecar.held(p) for p in locks) \
                 or any(sidecar.held(p, process=False) for p in manifests if p.suffix == ".lock"):
             return False
-        trash = root.parent / f".removing-{root.name}-{os.getpid()}"
+        trash = root.parent / f"{TRASH}{root.name}-{os.getpid()}"
         os.replace(root, trash)  # at once: no half-removed cache is ever seen
     except OSError:
         return False
-    shutil.rmtree(trash, ignore_errors=True)
+    _delete(trash)  # what it cannot delete, the next extraction into this cache does (`finish_removals`)
     return True
 
 
@@ -201,8 +229,12 @@ def remove_failed_new_cache(root: Path) -> bool:
 def new_cache_removed_on_failure(root, applies: bool = True) -> Iterator[None]:
     """Inside, a failure (an error, a Ctrl-C) of a call that made the local cache folder `root`
     removes it again where it holds only what the call left (`remove_failed_new_cache`); a folder
-    that was there before, or with `applies` False, is left as it is."""
+    that was there before, or with `applies` False, is left as it is. On entering, with `applies`,
+    what removals that stopped part-way left is deleted (`finish_removals`)."""
     new = applies and no_such_root(root)
+    if applies and not is_url(root):
+        with contextlib.suppress(OSError):  # a folder it cannot list: left for another time
+            finish_removals(root)
     try:
         yield
     except BaseException:

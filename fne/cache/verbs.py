@@ -98,6 +98,7 @@ class CacheCheck:
 
     root: str
     stores: list[StoreCheck] = field(default_factory=list)
+    removals_finished: list[str] = field(default_factory=list)  # ``clean``: what stopped removals left, deleted
 
     @property
     def ok(self) -> bool:
@@ -180,8 +181,9 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     store : str or Path, optional
         One store folder; default: every store of the cache.
     clean : bool, default False
-        First remove the unfinished parts of interrupted runs (live writers' are spared) and move
-        damaged parts to quarantine/ (a later `fne extract` recomputes their rows).
+        First remove the unfinished parts of interrupted runs (live writers' are spared) and what
+        removals that stopped part-way left (`fne.cache.upkeep.finish_removals`), and move damaged
+        parts to quarantine/ (a later `fne extract` recomputes their rows).
 
     Returns
     -------
@@ -200,6 +202,8 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     unreadable: dict[str, CacheError] = {}
     stores = [Store.at(store)] if store is not None else list_stores(store_o.cache, unreadable)
     found = CacheCheck(root=str(cache_root(store_o.cache)))
+    if cache_o.clean and store is None and not is_url(cache_root(store_o.cache)):
+        found.removals_finished = upkeep.finish_removals(cache_root(store_o.cache))
     for name, e in unreadable.items():  # no rows can be read, nothing to clean
         found.stores.append(StoreCheck(name, f"{found.root}/{name}", Findings(problems=[str(e)])))
     for s in stores:
