@@ -49,6 +49,8 @@ def test_several_stores_most_rows_then_highest_precision(digits_folder, tmp_path
     m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2)
     assert m["precision"] == "fp32"  # both hold every row: the higher precision wins
     assert "reading 24 rows from store" in capsys.readouterr().err
+    fit(digits_folder, out=tmp_path / "quiet", cache=cache, arch=ARCH, weights="random", splits=2, progress=False)
+    assert "reading" not in capsys.readouterr().err  # progress=False: which store, a progress line, is not said
     # A store holding more of the requested rows wins over a higher precision.
     extra = write_digits(tmp_path / "more", per_class=8, classes=4)
     fx.extract(extra, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False)
@@ -167,7 +169,7 @@ def test_a_second_extraction_of_the_same_images_waits_and_computes_nothing(tmp_p
                               stdout=subprocess.PIPE, text=True)  # the first process
     assert holder.stdout.readline() == "held\n"
     worker = threading.Thread(target=lambda: results.append(
-        fx.extract(data, cache=str(cache), progress=False, **FAST)))
+        fx.extract(data, cache=str(cache), **{**FAST, "progress": True})))
     worker.start()
     for _ in range(200):  # until it says it waits
         time.sleep(0.05)
@@ -180,6 +182,29 @@ def test_a_second_extraction_of_the_same_images_waits_and_computes_nothing(tmp_p
     holder.communicate("done\n", timeout=60)  # it ends
     worker.join(timeout=120)
     assert results[0].n_computed == 0 and results[0].n_cached == 6 and forward_images.n == n_first
+
+
+def test_the_wait_for_another_extraction_is_a_progress_line(tmp_path, monkeypatch, capsys):
+    """"note: another process is computing rows ..." printed under progress=False, which promises a
+    Python caller silence but for notes, warnings and errors: the wait, like "extracting N images
+    missing from the cache", says how the work goes. It is a progress line now."""
+    import contextlib
+
+    from fne.cache.spec import StoreSpec
+    from fne.data.datasets import load_dataset
+
+    @contextlib.contextmanager
+    def held_by_another(lockfile, on_wait=None, process=False):
+        on_wait()
+        yield True
+
+    monkeypatch.setattr(fx.sidecar, "locked", held_by_another)
+    store, data = StoreSpec(**FAST, cache=str(tmp_path / "cache")).open(), load_dataset("digits")
+    for progress, said in ((False, ""), (True, "fne extract: another process is computing rows of digits into ")):
+        with fx._one_at_a_time(store, data, None, progress) as waited:
+            assert waited
+        err = capsys.readouterr().err
+        assert err.startswith(said) and "computing rows" in err if progress else err == ""
 
 
 def test_a_failed_extraction_removes_the_cache_folder_it_made_not_one_that_was_there(tmp_path, capsys):

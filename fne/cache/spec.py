@@ -12,7 +12,6 @@ write makes it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass
 
 from fne import option_handling as opts
@@ -20,6 +19,7 @@ from fne.backbones import registry as backbones
 from fne.backbones.preprocess import Preprocess
 from fne.cache.store import Store, StoreKey, cache_root, list_stores
 from fne.options import StoreOptions
+from fne.progress import progress_line
 
 PRECISION_RANK = {"fp32": 3, "bf16": 2, "fp16": 1}
 DTYPE_RANK = {"float32": 2, "float16": 1}
@@ -87,9 +87,10 @@ class StoreSpec(StoreOptions):
         return StoreSpec(**{**asdict(self), "precision": store.meta["precision"],
                             "storage_dtype": store.meta["dtype"], "decode": decode})
 
-    def find(self, keys: list[str], verb: str = "fne") -> Store:
+    def find(self, keys: list[str], verb: str = "fne", progress: bool = True) -> Store:
         """The store to read `keys`' rows from (see the module's rule); this machine's own store
-        (not created: reading writes nothing) when no store holds any of them."""
+        (not created: reading writes nothing) when no store holds any of them. Which one, where
+        there was a choice, is a progress line (`fne.progress.progress_line`'s `enabled`: `progress`)."""
         self._check()
         if "auto" not in (self.precision, self.storage_dtype, self.decode):
             return self.open()
@@ -110,8 +111,8 @@ class StoreSpec(StoreOptions):
                                               DTYPE_RANK.get(s.meta["dtype"], 0)))
         if len(candidates) > 1:
             others = ", ".join(f"{_describe(s)} ({held[id(s)]} rows)" for s in candidates if s is not best)
-            print(f"fne {verb}: reading {held[id(best)]} rows from store {best.path.name} "
-                  f"({_describe(best)}); also held: {others}", file=sys.stderr)
+            progress_line(f"fne {verb}: reading {held[id(best)]} rows from store {best.path.name} "
+                          f"({_describe(best)}); also held: {others}", progress, stderr=True)
         return best
 
 

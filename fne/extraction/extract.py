@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -247,7 +246,7 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
     time computes a DATA's shard into a store: another that finds it at work waits, then
     computes only what is still missing (two `fne fit --extract` on the same images compute
     them once). Returns at once, with the rows committed so far, on an error or an interrupt."""
-    with _one_at_a_time(store, dataset, shard) as waited:
+    with _one_at_a_time(store, dataset, shard, o.progress) as waited:
         if waited:
             store.refresh()
             plan = _plan(dataset, store, shard, spec.cache, retry_bad=False)
@@ -273,14 +272,15 @@ def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> 
     return store_lock_file(store, what)
 
 
-def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None):
-    """`lock_file`'s lock (a local cache; none at a URL), held while this process computes rows."""
+def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None, progress: bool = True):
+    """`lock_file`'s lock (a local cache; none at a URL), held while this process computes rows;
+    the wait for another process's is a progress line (`progress`: `progress_line`'s `enabled`)."""
     if store.url is not None:
         return contextlib.nullcontext(False)
 
     def say() -> None:
-        print(f"note: another process is computing rows of {dataset.name} into {store.path.name}; "
-              f"waiting for it, then computing only what it leaves", file=sys.stderr, flush=True)
+        progress_line(f"fne extract: another process is computing rows of {dataset.name} into {store.path.name}; "
+                      f"waiting for it, then computing only what it leaves", progress, stderr=True)
 
     return sidecar.locked(lock_file(store, dataset, shard), on_wait=say, process=True)
 

@@ -122,7 +122,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     if absent:
         raise _not_cached(data, spec, verb, f"the {len(dataset)} images of {data} are {where}")
     keys = attach_keys(dataset, spec.cache).keys()
-    store = spec.find(keys, verb)
+    store = spec.find(keys, verb, (extraction or ForwardOptions()).progress)
     missing = store.missing(keys)
     seconds = None
     if missing:
