@@ -103,13 +103,49 @@ def test_weights_path_roundtrip_and_wrong_arch(tmp_path):
     with pytest.raises(WeightsError, match="does not fit arch='vgg16'"):
         backbones.load_backbone("vgg16", str(tmp_path / "ckpt.pt"))
     (tmp_path / "junk.pt").write_text("not a checkpoint")
-    with pytest.raises(WeightsError, match=r"junk.pt': torch.load cannot read it .*torch.save\(model.state_dict"):
+    with pytest.raises(WeightsError, match=r"junk.pt': torch.load cannot read it: it is a text file; .*torch.save\(model.state_dict"):
         backbones.load_backbone("vgg16", str(tmp_path / "junk.pt"))
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "numbers.pt")  # readable, but no tensors
     with pytest.raises(WeightsError, match=r"numbers\.pt'?:? .*does not hold a state dict of tensors"):
         backbones.load_backbone("vgg16", str(tmp_path / "numbers.pt"))
     with pytest.raises(WeightsError, match="no such file"):
         backbones.fingerprint("vgg16", str(tmp_path / "absent.pt"))
+
+
+def test_weights_torch_cannot_read_say_what_the_file_is(tmp_path, capsys):
+    """A pickled list, a zip archive, a whole pickled model said "torch.load cannot read it
+    (UnpicklingError: Weights only load failed. In PyTorch 2.6, ...)" or "(RuntimeError: [enforce
+    fail at inline_container.cc:180] ...)": now what the file is, then what is expected."""
+    import pickle
+    import zipfile
+
+    import numpy as np
+
+    from fne.cli import main
+
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2, 3]))
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as z:
+        z.writestr("notes.txt", "hello")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "model.pt")
+    whole = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[:len(whole) // 2])
+    np.save(tmp_path / "arr.npy", np.zeros(3))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name, kind in (("list.pkl", "a Python pickle, not written by torch.save"),
+                       ("a.zip", "a zip archive of 1 file(s) (notes.txt), not written by torch.save"),
+                       ("model.pt", "a torch.save file of Python objects besides tensors (a whole model, "
+                                    "torch.save(model), say), which fne does not unpickle"),
+                       ("cut.pt", "a damaged or truncated zip archive"), ("arr.npy", "a NumPy .npy array"),
+                       ("empty.pt", "an empty file")):
+        with pytest.raises(WeightsError, match=rf"{name}': torch.load cannot read it: it is {re.escape(kind)}.*; give "
+                                               rf"a file written by torch\.save\(model\.state_dict\(\), PATH\)"):
+            backbones.load_backbone("efficientnet_lite0", str(tmp_path / name))
+    assert main(["extract", "digits", "--arch", "efficientnet_lite0", "--weights", str(tmp_path / "list.pkl"),
+                 "--cache", str(tmp_path / "cache")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne extract: error: --weights '{tmp_path / 'list.pkl'}': torch.load cannot read it: it is a Python pickle, "
+        f"not written by torch.save; give a file written by torch.save(model.state_dict(), PATH), a .safetensors file "
+        f"or a `fne train` checkpoint")
 
 
 def test_weights_that_are_a_run_folder_or_a_fit_model_say_what_to_give(tmp_path):

@@ -400,11 +400,10 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     except ImportError as e:
         raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
-        said = (str(e).splitlines() or [""])[0]
-        said = f"{type(e).__name__}: {said[:160]}{'...' * (len(said) > 160)}" if said else type(e).__name__
-        raise weights_refusal(path, f"torch.load cannot read it ({said}); give a file written by "
-                                    f"torch.save(model.state_dict(), PATH), a .safetensors file or a `fne train` "
-                                    f"checkpoint") from e
+        from fne.backbones.filekind import unreadable
+
+        raise weights_refusal(path, f"{unreadable(path, e)}; give a file written by torch.save(model.state_dict(), "
+                                    f"PATH), a .safetensors file or a `fne train` checkpoint") from e
     for k in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(k), dict):
             obj = obj[k]

@@ -1,0 +1,76 @@
+"""What a --weights file that torch.load cannot read is, from its first bytes: the words of the
+error that refuses it (`fne.backbones.registry.load_state_dict_file`)."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+# torch.save's legacy (non-zip) format: a pickle (protocol 2) of this magic number first
+TORCH_LEGACY = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+PICKLED_OBJECTS = ("a torch.save file of Python objects besides tensors (a whole model, torch.save(model), say), "
+                   "which fne does not unpickle, as unpickling can run code")
+
+
+def unreadable(path: str | Path, error: Exception) -> str:
+    """Why torch.load raised `error` on the file at `path`: what the file is (`file_kind`), else
+    torch's first line (a file of a kind fne does not know, or a damaged torch.save file)."""
+    import pickle
+
+    kind = file_kind(path)
+    if kind is PICKLED_OBJECTS and not isinstance(error, pickle.UnpicklingError):  # a torch.save file, damaged
+        kind = None
+    if kind is not None:
+        return f"torch.load cannot read it: it is {kind}"
+    said = (str(error).splitlines() or [""])[0]
+    said = f"{type(error).__name__}: {said[:160]}{'...' * (len(said) > 160)}" if said else type(error).__name__
+    return f"torch.load cannot read it ({said})"
+
+
+def file_kind(path: str | Path) -> str | None:
+    """What the file at `path` appears to be, as a phrase ("a zip archive of 2 files (a.txt, b.txt),
+    not written by torch.save"); None for bytes of no kind it knows.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file (an unreadable one is None).
+
+    Returns
+    -------
+    str or None
+        The phrase, for a file torch.load refused.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK"):
+        return _zip_kind(path)
+    for magic, kind in ((b"\x93NUMPY", "a NumPy .npy array"), (b"\x89HDF", "an HDF5 file (Keras weights, say)"),
+                        (b"\x1f\x8b", "a gzip-compressed file"), (TORCH_LEGACY, PICKLED_OBJECTS.replace(
+                            "torch.save file", "torch.save file (legacy format)", 1))):
+        if head.startswith(magic):
+            return kind
+    if head[:1] == b"\x80":
+        return "a Python pickle, not written by torch.save"
+    if not any(b < 32 and b not in b"\t\n\r" for b in head):
+        return "a text file"
+    return None
+
+
+def _zip_kind(path: str | Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "a damaged or truncated zip archive (a torch.save file, say, cut short)"
+    if any(n.endswith("/data.pkl") for n in names):
+        return PICKLED_OBJECTS
+    if names and all(n.endswith(".npy") for n in names):
+        return "a NumPy .npz archive"
+    return (f"a zip archive of {len(names)} file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), "
+            f"not written by torch.save")
