@@ -129,6 +129,11 @@ def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
     (lambda t: fne.run(t / "p.toml", dry_run=0), TypeError, "^dry_run must be True or False, not int 0$"),
     (lambda t: fne.run(t / "p.toml", report="no"), TypeError, "^report must be True or False or None, not str 'no'$"),
     (lambda t: fne.report([t / "r"], out=t / "rep", figures="no"), TypeError, "^figures must be True or False, not str"),
+    # "must be True or False" left out "auto", which fne.train takes (fne run passes it)
+    (lambda t: fne.train("digits", mode="frozen", out=t / "r", resume="maybe"), TypeError,
+     "^resume must be True, False or 'auto', not str 'maybe'$"),
+    (lambda t: fne.train("digits", mode="frozen", out=t / "r", resume=1), TypeError,
+     "^resume must be True, False or 'auto', not int 1$"),
 ])
 def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, said, tmp_path):
     """A Python caller's None (or a list) where a path goes: the keyword named, not a
