@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -393,10 +394,12 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
 
             obj = load_file(str(path), device=str(device))
         else:
-            try:
-                obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
-            except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-                obj = torch.load(path, map_location=device, weights_only=True)
+            with warnings.catch_warnings():  # torch's on a pickle of another protocol: the error says what it is
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                try:
+                    obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
+                except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+                    obj = torch.load(path, map_location=device, weights_only=True)
     except ImportError as e:
         raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
