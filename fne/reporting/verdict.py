@@ -40,10 +40,11 @@ def winner_verdict(rows: list[dict], test: str | None,
     second, lead = ranked[1], 100 * (w["accuracy"] - ranked[1]["accuracy"])
     spread = max((100 * r["accuracy_std"] for r in (w, second)
                   if r.get("accuracy_std") is not None and (r.get("n_splits") or 1) > 1), default=None)
-    if spread is None:  # one split a row, and no test: nothing tells the lead from noise
+    if spread is None:  # one split a row (or no spread recorded), and no test: nothing tells the lead from noise
+        one = " on one split each, which gives" if all((r.get("n_splits") or 1) <= 1 for r in (w, second)) else ","
         return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
-                                           f"{lead:.1f} points on one split each, which gives no spread across splits "
-                                           f"to judge the lead by; no paired test applies ({untested})"}
+                                           f"{lead:.1f} points{one} no spread across splits to judge the lead by; no "
+                                           f"paired test applies ({untested})"}
     if lead <= spread:
         return {"kind": "unclear", "text": f"no clear winner: {compare.row_name(w)} leads {compare.row_name(second)} by "
                                            f"{lead:.1f} points, within the spread across splits (± {spread:.1f}); "
