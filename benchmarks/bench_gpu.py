@@ -18,7 +18,8 @@ On one machine, on the same JPEG files:
   on one of the source dataset's own mixed sizes; and the decoding again while the tap model
   runs on a thread and stream of its own (in the H200's pipeline a decode call took three times
   its time alone);
-* the device decoder's candidates (`--parts decoders`): torchvision's nvjpeg call, and
+* the device decoder's candidates (`--parts decoders`): torchvision's nvjpeg call, TorchCodec's
+  where installed (fne's default then; `fne extract` is also run with torchvision's), and
   nvImageCodec where installed (`bash benchmarks/gpu_kit_extras.sh` puts it in the kit) on a
   stream fne chooses, at normal and high priority, with nvJPEG's chroma upsampling and with
   libjpeg's ("fancy", as PIL): img/s alone and beside the running tap model, and each one's
@@ -336,8 +337,22 @@ def decoder_rows(files: list[Path], arch: str, weights: str, dev: torch.device, 
 
     raw = _jpeg_bytes(files[:batch])
     pil = [torch.from_numpy(np.array(read_image(f))).permute(2, 0, 1) for f in files[:batch]]
+    from fne import devices
+
     which = "nvjpeg" if dev.type == "cuda" else "libjpeg-turbo"
-    cands = {f"torchvision {which} (fne's decode_jpegs)": lambda r: reader.decode_jpegs(r, dev)}
+
+    def library(codec: bool):  # fne's decode_jpegs with TorchCodec's decoder or torchvision's
+        def decode(r):
+            made, devices._torchcodec = devices._torchcodec, lambda: codec
+            try:
+                return reader.decode_jpegs(r, dev)
+            finally:
+                devices._torchcodec = made
+        return decode
+
+    cands = {f"torchvision {which} (fne's decode_jpegs)": library(False)}
+    if devices._torchcodec():
+        cands[f"TorchCodec {which} (fne's decode_jpegs)"] = library(True)
     try:
         for fancy in (0, 1):
             for prio, label in ((0, "normal-priority stream"), (-1, "high-priority stream")) if dev.type == "cuda" \
@@ -442,20 +457,24 @@ def _child(code: str, env: dict | None = None, timeout: float | None = None) -> 
     return json.loads(p.stdout.strip().splitlines()[-1]), wall, cpu
 
 
-def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: bool = False, **kw) -> tuple[dict, float, float]:
-    """`fne extract` in a child; `hook`: with nvImageCodec's decoder in place of torchvision's
-    (`nvimgcodec_hook`; undone after, for --smoke's in-process children)."""
+def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: str | None = None,
+                **kw) -> tuple[dict, float, float]:
+    """`fne extract` in a child; `hook`: "nvimgcodec", with nvImageCodec's decoder in place of
+    fne's (`nvimgcodec_hook`), "torchvision", with torchvision's decoder where TorchCodec would
+    decode (undone after, for --smoke's in-process children)."""
     code = (
         "import json, sys, warnings; warnings.simplefilter('ignore')\n"
+        "from fne import devices\n"
         "from fne.extraction import reader\n"
         "from fne.extraction.extract import extract\n"
-        "made = reader.decode_jpegs\n"
-        + (f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\nbench_gpu.nvimgcodec_hook()\n"
-           if hook else "")
+        "made, codec = reader.decode_jpegs, devices._torchcodec\n"
+        + {"nvimgcodec": f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\n"
+                         "bench_gpu.nvimgcodec_hook()\n",
+           "torchvision": "devices._torchcodec = lambda: False\n"}.get(hook or "", "")
         + "try:\n"
         f"    r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
         "finally:\n"
-        "    reader.decode_jpegs = made\n"
+        "    reader.decode_jpegs, devices._torchcodec = made, codec\n"
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
@@ -693,7 +712,7 @@ def main(argv=None) -> int:
         row(f"tap model (hooks + pooling), batch {batch}", f"{f['tap']:,.0f} img/s",
             f"{f['tap'] / f['bare']:.2f} of bare")
 
-    def extract_run(i: int, name: str, kw: dict, rerun: bool = False, hook: bool = False):
+    def extract_run(i: int, name: str, kw: dict, rerun: bool = False, hook: str | None = None):
         def run():
             cache = work / f"cache{i}"
             shutil.rmtree(cache, ignore_errors=True)
@@ -721,7 +740,7 @@ def main(argv=None) -> int:
                 row(*r)
         return run
 
-    from fne.devices import default_workers
+    from fne.devices import default_workers, device_decoder
 
     workers = 1 if smoke else default_workers(dev)
     source = next((root for root in SOURCES if root.is_dir()), None)
@@ -747,8 +766,12 @@ def main(argv=None) -> int:
                                                                           seconds))),
              ("decoders", "fne extract, nvImageCodec decoder", extract_run(
                  4, "fne extract, nvImageCodec decoder (high priority, fancy upsampling; benchmark hook)",
-                 {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook=True)
+                 {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook="nvimgcodec")
               if _has_nvimgcodec() else lambda: None),
+             ("decoders", "fne extract, torchvision's decoder", extract_run(
+                 5, "fne extract, torchvision's decoder (TorchCodec's is the default where installed)",
+                 {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook="torchvision")
+              if device_decoder() == "torchcodec" else lambda: None),
              ("train", "fne train", training),
              ("head", "linear head", rows_of(head_rows, dev, smoke)),
              ("peer", "peer", peer_run),

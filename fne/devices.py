@@ -328,7 +328,7 @@ def require_main_script(verb: str) -> None:
 
 
 def resolve_decode(decode: str, device: torch.device) -> str:
-    """`auto` -> "device" on CUDA where torchvision decodes on a device (`device_decoder`), "pil"
+    """`auto` -> "device" on CUDA where a library decodes JPEGs on it (`device_decoder`), "pil"
     elsewhere; others as given. (Batched nvjpeg takes a quarter of PIL's CPU; on a 16-core H200
     node PIL in 15 workers reached a higher steady rate: benchmarks/RESULTS.md.)
 
@@ -350,27 +350,58 @@ def resolve_decode(decode: str, device: torch.device) -> str:
 
 
 def require_device_decoder(option: str = "decode") -> None:
-    """OptionError naming `option` (as the caller does: `refusal`) where this torchvision cannot
-    decode on a device (asked for where images are to be decoded: rows already cached are read
-    without it)."""
+    """OptionError naming `option` (as the caller does: `refusal`) where no library here decodes
+    on a device (asked for where images are to be decoded: rows already cached are read without
+    it)."""
     if not device_decoder():
         import torchvision
 
         version = torchvision.__version__
-        raise refusal(lambda py: f"{named(option, py, 'device', plain=True)} needs torchvision.io.decode_jpeg, which "
-                                 f"torchvision {version} no longer has: use {named(option, py, 'auto', plain=True)}")
+        raise refusal(lambda py: f"{named(option, py, 'device', plain=True)} needs a JPEG decoder for the device: "
+                                 f"TorchCodec's (pip install torchcodec, or fne-toolkit[torchcodec]) or "
+                                 f"torchvision.io.decode_jpeg, which torchvision {version} no longer has; "
+                                 f"or use {named(option, py, 'auto', plain=True)}")
 
 
-def device_decoder() -> bool:
-    """Whether this torchvision decodes JPEGs on a device (``torchvision.io.decode_jpeg``;
-    deprecated since 0.29 in favour of TorchCodec, "to be removed in a future release"). Without
-    it `--decode auto` and `--augment-on auto` decode with PIL. Answered without importing
-    torchvision where its compiled operators load (`jpeg_ops`)."""
+def device_decoder() -> str | None:
+    """Which library decodes JPEGs on a device here: "torchcodec" where TorchCodec is installed,
+    else "torchvision" where torchvision still decodes (``torchvision.io.decode_jpeg``, deprecated
+    since 0.29 in favour of TorchCodec, "to be removed in a future release"), else None, and then
+    `--decode auto` and `--augment-on auto` decode with PIL.
+
+    TorchCodec (>= 0.16) is torchvision's named successor: its ``decode_jpeg`` decodes a batch in
+    one nvJPEG call (the hardware engine where the GPU has one), on the caller's CUDA stream, where
+    torchvision's runs on a stream of its own. The two may not give the same pixels, so their rows
+    keep stores of their own (`fne.cache.spec.DEVICE_SUFFIXES`). Answered without importing
+    torchvision where its compiled operators load (`jpeg_ops`); the library is loaded.
+    """
+    if _torchcodec():
+        return "torchcodec"
     if jpeg_ops():
-        return True
+        return "torchvision"
     import torchvision.io
 
-    return hasattr(torchvision.io, "decode_jpeg")
+    return "torchvision" if hasattr(torchvision.io, "decode_jpeg") else None
+
+
+@functools.cache
+def _torchcodec() -> bool:
+    """Whether TorchCodec's JPEG decoder loads here (16 ms on the development machine). One
+    installed that does not load (built for another torch, a missing library) is a warning, once,
+    and torchvision decodes."""
+    from importlib.util import find_spec
+
+    try:
+        if find_spec("torchcodec") is None:
+            return False
+        from torchcodec.decoders import decode_jpeg  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as e:
+        import warnings
+
+        warnings.warn(f"TorchCodec is installed but does not load ({type(e).__name__}: {e}); JPEGs are "
+                      "decoded on the device with torchvision's decoder where it has one", stacklevel=3)
+        return False
+    return True
 
 
 # torchvision's compiled JPEG operators, by the types of their arguments and results as fne calls
@@ -424,13 +455,21 @@ def _op_types(name: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
 
 
 def decode_jpegs_rgb(data: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """JPEG files' bytes (uint8 tensors on the CPU) -> (3, H, W) uint8 RGB images on `device`.
+    """JPEG files' bytes (uint8 tensors on the CPU) -> (3, H, W) uint8 RGB images on `device`,
+    decoded by `device_decoder`'s library.
 
-    torchvision's decoder: one batched nvjpeg call on CUDA, libjpeg-turbo one by one on the CPU,
-    what ``torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)`` gives (on
-    another device, such as MPS, decoded on the CPU and moved there). Any file the decoder
-    refuses fails the whole call.
+    One batched nvjpeg call on CUDA, libjpeg-turbo one by one on the CPU: what
+    ``torchcodec.decoders.decode_jpeg(data, mode="RGB", device=device)`` or
+    ``torchvision.io.decode_jpeg(data, mode=ImageReadMode.RGB, device=device)`` gives (on another
+    device, such as MPS, decoded on the CPU and moved there). Any file the decoder refuses fails
+    the whole call.
     """
+    if device_decoder() == "torchcodec":
+        from torchcodec.decoders import decode_jpeg as codec_decode
+
+        if device.type == "cuda":
+            return list(codec_decode(data, mode="RGB", device=device))
+        return [x.to(device) for x in codec_decode(data, mode="RGB")]
     if jpeg_ops():
         if device.type == "cuda":
             return list(torch.ops.image.decode_jpegs_cuda(data, _RGB, device))

@@ -166,8 +166,9 @@ def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], s
 
 
 # What a result's numbers can depend on besides fne's own code: the libraries that compute
-# (BLAS, oneDNN through torch, liblinear through scikit-learn), decode (Pillow) and store (zarr).
-PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "timm", "pillow", "zarr")
+# (BLAS, oneDNN through torch, liblinear through scikit-learn), decode (Pillow; on a device,
+# TorchCodec or torchvision) and store (zarr).
+PACKAGES = ("numpy", "scipy", "scikit-learn", "torch", "torchvision", "torchcodec", "timm", "pillow", "zarr")
 MODULES = {"scikit-learn": "sklearn", "pillow": "PIL"}  # import names that differ from the package's
 # CPU features that change which kernels run: bf16 and int8 paths (`fne.devices.resolve_precision`
 # picks bf16 for precision "auto" where AVX512-BF16 / AMX are present; the torch solver multiplies
@@ -213,7 +214,7 @@ def provenance(*options) -> dict:
 
 
 # What an extraction record keeps of the libraries that computed and decoded its rows.
-ROW_VERSIONS = ("fne", "torch", "torchvision", "timm", "pillow", "libjpeg-turbo")
+ROW_VERSIONS = ("fne", "torch", "torchvision", "torchcodec", "timm", "pillow", "libjpeg-turbo")
 
 
 def store_extractions(records: list[dict]) -> list[dict]:

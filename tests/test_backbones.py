@@ -214,7 +214,8 @@ def test_cache_keys_and_vgg_need_no_torchvision_import():
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     # the keys need no torch either (`fne fit` on cached rows imports none)
-    assert out == ["imagenet-vgg16-397923af", "imagenet-vgg19-dcbb9e9d", "False", "True", "False", "False"]
+    assert out[:3] == ["imagenet-vgg16-397923af", "imagenet-vgg19-dcbb9e9d", "False"]
+    assert out[3] in ("torchcodec", "torchvision") and out[4:] == ["False", "False"]
 
 
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])

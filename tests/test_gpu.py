@@ -268,12 +268,37 @@ def test_torchvisions_jpeg_operators_decode_on_cuda_as_torchvision_io_does(monke
     dev = torch.device("cuda")
     raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in _jpegs()]
     assert devices.jpeg_ops()
+    monkeypatch.setattr(devices, "_torchcodec", lambda: False)  # torchvision's, where TorchCodec is installed
     got = devices.decode_jpegs_rgb(raw, dev)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         expected = decode_jpeg(raw, mode=ImageReadMode.RGB, device=dev)
     assert len(got) == len(expected) == len(raw)
     assert all(g.device == e.device and torch.equal(g, e) for g, e in zip(got, expected, strict=True))
+
+
+@cuda
+def test_torchcodec_decodes_on_cuda_on_the_callers_stream_close_to_pil():
+    """TorchCodec's batched nvJPEG call (`device_decoder` "torchcodec") gives images of PIL's
+    shapes on the device, each close to PIL's on average (nvjpeg upsamples chroma its own way:
+    see the module doc), also when called on a stream of fne's own (the reader's decode stage)."""
+    pytest.importorskip("torchcodec")
+    from PIL import Image
+
+    from fne import devices
+
+    dev = torch.device("cuda")
+    files = _jpegs()
+    raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+    assert devices.device_decoder() == "torchcodec"
+    side = torch.cuda.Stream(dev)
+    with torch.cuda.stream(side):
+        got = devices.decode_jpegs_rgb(raw, dev)
+        side.synchronize()
+    for g, f in zip(got, files, strict=True):
+        pil = torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+        assert g.device.type == "cuda" and g.shape == pil.shape
+        assert (g.cpu().int() - pil.int()).abs().float().mean() < 2.0
 
 
 @cuda

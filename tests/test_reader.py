@@ -406,9 +406,12 @@ def test_only_whole_jpegs_go_to_the_device_decoder(tmp_path):
 
 def test_a_torchvision_without_device_decoding_falls_back_to_pil_or_says_so(tmp_path, monkeypatch):
     """torchvision's image codecs are deprecated since 0.29 (to TorchCodec): where decode_jpeg is
-    gone, auto decodes with PIL on CUDA too, an explicit device decode that has images to
-    decode is one clear error naming its option, and rows already cached are still read."""
+    gone and TorchCodec is not installed, auto decodes with PIL on CUDA too, an explicit device
+    decode that has images to decode is one clear error naming its option, and rows already
+    cached are still read."""
     import torchvision.io
+
+    monkeypatch.setattr(devices, "_torchcodec", lambda: False)
 
     from fne.errors import FneError
     from fne.training.train import train
@@ -428,9 +431,10 @@ def test_a_torchvision_without_device_decoding_falls_back_to_pil_or_says_so(tmp_
     again = fx.extract(data, decode="device", **kw)
     assert again.n_cached == 6 and again.n_computed == 0 and again.store == first.store
     (data / "a" / "new.jpg").write_bytes(_jpeg(50, 30, 9))
-    with pytest.raises(FneError, match=r"decode='device' needs torchvision\.io\.decode_jpeg.*use decode='auto'"):
+    with pytest.raises(FneError, match=r"decode='device' needs a JPEG decoder for the device: TorchCodec's .*"
+                                      r"torchvision\.io\.decode_jpeg.*use decode='auto'"):
         fx.extract(data, decode="device", **kw)
-    with pytest.raises(FneError, match=r"augment_on='device' needs torchvision\.io\.decode_jpeg"):
+    with pytest.raises(FneError, match=r"augment_on='device' needs a JPEG decoder for the device"):
         train("digits", "frozen", tmp_path / "run", arch="efficientnet_lite0", weights="random", epochs=1,
               image_size=32, workers=0, progress=False, augment_on="device", device="cpu")
 
@@ -457,6 +461,7 @@ def test_torchvisions_jpeg_operators_decode_as_torchvision_io_does(monkeypatch):
     from torchvision.io import ImageReadMode, decode_jpeg
 
     assert devices.jpeg_ops() and devices._RGB == ImageReadMode.RGB.value
+    monkeypatch.setattr(devices, "_torchcodec", lambda: False)  # torchvision's, where TorchCodec is installed
     raw = [_raw(d) for d in _jpeg_forms()]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's image codecs

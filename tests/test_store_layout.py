@@ -200,7 +200,7 @@ def test_decode_auto_reads_device_decoded_rows_and_prefers_pil_on_a_tie(tmp_path
     pil = StoreSpec(**SPEC, cache=cache, decode="pil").open()
     pil.commit(_keys(4), _rows(pil, 4))
     assert auto.find(_keys(4), "fit").path == pil.path  # a tie: PIL's rows
-    assert "device-decoded (4 rows)" in capsys.readouterr().err
+    assert re.search(r"also held: fp32/float32/device-decoded(/torchcodec)? \(4 rows\)", capsys.readouterr().err)
     pil.commit(_keys(2, salt=9), _rows(pil, 2))
     dev.commit(_keys(3, salt=8), _rows(dev, 3))
     assert auto.find([*_keys(4), *_keys(3, salt=8)]).path == dev.path  # most rows first

@@ -24,10 +24,16 @@ from fne.progress import progress_line
 PRECISION_RANK = {"fp32": 3, "bf16": 2, "fp16": 1}
 DTYPE_RANK = {"float32": 2, "float16": 1}
 DEFAULT_DTYPE = "float16"
-# Of the preprocessing key of device-decoded rows. "8": resized with Pillow's 8-bit arithmetic
-# (`resample`); the earlier "-devjpeg" rows (float resizing, a level off on ~16 % of the values)
-# are not mixed with these.
-DEVICE_SUFFIX = "-devjpeg8"
+# Of the preprocessing key of device-decoded rows, by the library that decoded them
+# (`fne.devices.device_decoder`: their nvJPEG calls may not give the same pixels). "8": resized
+# with Pillow's 8-bit arithmetic (`resample`); the earlier "-devjpeg" rows (float resizing, a
+# level off on ~16 % of the values) are not mixed with these.
+DEVICE_SUFFIXES = {"torchvision": "-devjpeg8", "torchcodec": "-devjpeg8-torchcodec"}
+
+
+def device_decoded(prep_key: str) -> bool:
+    """Whether a store's preprocessing key is of device-decoded rows (of either library)."""
+    return prep_key.endswith(tuple(DEVICE_SUFFIXES.values()))
 
 
 @dataclass(kw_only=True)
@@ -49,13 +55,16 @@ class StoreSpec(StoreOptions):
         opts.check(self)
 
     def prep_key(self) -> str:
-        # Device-decoded pixels may differ from PIL's (the decoder): their rows get a store of their own.
+        # Device-decoded pixels may differ from PIL's (the decoder): their rows get a store of their
+        # own, by the library that decodes (torchvision's where none does: rows are read, not made)
         key, decode = self.preprocess().key, self.decode
-        if decode == "auto":  # device on CUDA, else pil
-            from fne.devices import resolve_decode, resolve_device
+        if decode == "pil":
+            return key
+        from fne.devices import device_decoder, resolve_decode, resolve_device
 
-            decode = resolve_decode(decode, resolve_device(self.device))
-        return f"{key}{DEVICE_SUFFIX}" if decode == "device" else key
+        if resolve_decode(decode, resolve_device(self.device)) == "pil":  # auto: device on CUDA
+            return key
+        return key + DEVICE_SUFFIXES[device_decoder() or "torchvision"]
 
     def fingerprint(self) -> str:
         device_type = "cpu"
@@ -83,7 +92,7 @@ class StoreSpec(StoreOptions):
 
     def pinned(self, store: Store) -> StoreSpec:
         """This spec pinned to `store`'s precision, storage dtype and decoder."""
-        decode = "device" if store.meta["preprocess"].endswith(DEVICE_SUFFIX) else "pil"
+        decode = "device" if device_decoded(store.meta["preprocess"]) else "pil"
         return StoreSpec(**{**asdict(self), "precision": store.meta["precision"],
                             "storage_dtype": store.meta["dtype"], "decode": decode})
 
@@ -96,7 +105,8 @@ class StoreSpec(StoreOptions):
             return self.open()
         b = self.backbone()
         fp, prep = self.fingerprint(), self.preprocess().key
-        preps = {"pil": [prep], "device": [prep + DEVICE_SUFFIX]}.get(self.decode, [prep, prep + DEVICE_SUFFIX])
+        device = [prep + suffix for suffix in DEVICE_SUFFIXES.values()]
+        preps = {"pil": [prep], "device": device}.get(self.decode, [prep, *device])
         candidates = [s for s in list_stores(self.cache)
                       if s.meta["arch"] == b.name and s.meta["weights"] == fp and s.meta["preprocess"] in preps
                       and self.precision in ("auto", s.meta["precision"])
@@ -117,5 +127,6 @@ class StoreSpec(StoreOptions):
 
 
 def _describe(s: Store) -> str:
-    dev = "/device-decoded" if s.meta["preprocess"].endswith(DEVICE_SUFFIX) else ""
+    dev = ("/device-decoded" + ("/torchcodec" if s.meta["preprocess"].endswith(DEVICE_SUFFIXES["torchcodec"]) else "")
+           if device_decoded(s.meta["preprocess"]) else "")
     return f"{s.meta['precision']}/{s.meta['dtype']}{dev}"

@@ -135,7 +135,14 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                       stderr=True)
         from fne.extraction.extract import extract
 
-        r = extract(dataset, spec.pinned(store), **asdict(extraction))
+        pinned = spec.pinned(store)
+        if pinned.prep_key() != store.meta["preprocess"]:  # device-decoded by a library this machine lacks
+            made, here = store.meta["preprocess"], pinned.prep_key()
+            raise refusal(lambda py: f"{len(missing)} images of {data} are missing from store {store.path.name}, "
+                                     f"whose rows were decoded on the device by another library than this "
+                                     f"machine's ({made}, here {here}): install that library, or extract them "
+                                     f"with {named('decode', py, 'pil', plain=True)}", FneError)
+        r = extract(dataset, pinned, **asdict(extraction))
         seconds = r.seconds
         store.refresh()
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record
