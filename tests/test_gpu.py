@@ -204,11 +204,11 @@ def test_prof_extract_profiles_every_run(tmp_path, capsys):
 
 
 def _jpegs(n: int = 16) -> list[Path]:
-    for root in (ROOT / "../shared/datasets/flowers12", ROOT / ".gpu-kit/flowers12"):
+    for root in (ROOT / "../shared/datasets/flowers12", ROOT / ".gpu-kit/flowers12", ROOT / ".gpu-kit/pets37"):
         files = sorted(root.rglob("*.jpg"))[:n]
         if files:
             return files
-    pytest.skip("no flowers12 JPEGs")
+    pytest.skip("no flowers12 or pets37 JPEGs")
 
 
 def _close(rows, ref, tol: float) -> None:
