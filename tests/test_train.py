@@ -959,6 +959,22 @@ def test_fne_predict_applies_a_train_runs_network_as_its_test_pass_did(resumable
                            [float(r[k]) for k in r if k.startswith("score_")], atol=1e-5)
 
 
+def test_fne_predict_out_over_a_train_runs_own_file_is_refused_the_run_kept(resumable_run, tmp_path, capsys):
+    """--out RUN/metrics.json (or predictions.csv, model.pt, checkpoint.pt) would have replaced the
+    run's own file with predictions (its metrics.json: the run unreadable after); `fne export --out
+    RUN/model.pt` its network with HDF5."""
+    data, run = resumable_run
+    before = {f.name: f.stat().st_mtime_ns for f in run.iterdir()}
+    for name in ("metrics.json", "predictions.csv", "model.pt", "checkpoint.pt"):
+        assert main(["predict", str(run), str(data), "--out", str(run / name), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--out '{run / name}': is the {name} of the run in {run}" in err and "\n" not in err
+    assert main(["export", str(data), "--out", str(run / "model.pt"), "--arch", ARCH, "--weights", "random",
+                 "--cache", str(tmp_path / "cache"), "--no-progress"]) == 2
+    assert "fne export writes HDF5, not .pt" in capsys.readouterr().err
+    assert {f.name: f.stat().st_mtime_ns for f in run.iterdir()} == before
+
+
 def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run, tmp_path, capsys):
     import shutil
 
