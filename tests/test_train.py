@@ -892,6 +892,26 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
         capsys.readouterr().out
 
 
+def test_resume_takes_a_default_given_as_a_default_left_out():
+    """`fne train --mode frozen` resumed with `--weights imagenet` or `--image-size 224` (the
+    defaults it ran with) is the same run: it was refused as "--weights None there, 'imagenet'
+    now"; another value is still refused, in the words of the values the runs took."""
+    from dataclasses import asdict
+
+    from fne.options import TrainConfig
+    from fne.training.checkpoint import mismatch
+
+    def cfg(**k):
+        return TrainConfig(data="d", mode=k.pop("mode", "frozen"), out="r", arch=ARCH, **k)
+
+    ckpt = {"args": asdict(cfg()), "epoch": 1}
+    assert mismatch(ckpt, cfg(weights="imagenet", image_size=224)) == []
+    assert mismatch(ckpt, cfg(weights="random", image_size=64)) == ["--weights 'imagenet' there, 'random' now",
+                                                                     "--image-size 224 there, 64 now"]
+    scratch = {"args": asdict(cfg(mode="scratch")), "epoch": 1}
+    assert mismatch(scratch, cfg(mode="scratch", weights="random")) == []
+
+
 def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,
                                                                              capsys):
     """The note of a run that starts anew where a checkpoint is: --resume on the command line,

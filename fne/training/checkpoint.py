@@ -203,7 +203,7 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
     (None: not compared), one phrase a difference naming options as `fne.option_handling.named` does
     (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
     old = ckpt["args"]
-    diff = [f"{named(k, python, old.get(k))} there, {getattr(cfg, k)!r} now"
+    diff = [f"{named(k, python, _value(k, old, old.get(k)))} there, {_value(k, vars(cfg), getattr(cfg, k))!r} now"
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
         diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends "
@@ -224,9 +224,23 @@ def weights_file(weights: str | None) -> str | None:
     return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
 
 
+def _value(k: str, args: dict, v):
+    """Option `k`'s value `v` as the run of arguments `args` (a TrainConfig's fields) takes it: a
+    --weights or --image-size left out is the default it stands for (imagenet, or random for
+    scratch; the backbone's input size), so that giving that default is the same run."""
+    if k == "weights" and v is None:
+        return "random" if args.get("mode") == "scratch" else "imagenet"
+    if k == "image_size" and v is None:
+        from fne.backbones import registry
+
+        return registry.get(args["arch"]).input_size
+    return v
+
+
 def _differs(k: str, ckpt: dict, cfg) -> bool:
-    """Whether option `k` of `cfg` differs from the checkpoint's; --weights is one file however spelt."""
+    """Whether option `k` of `cfg` differs from the checkpoint's (a default left out or given is the
+    same: `_value`); --weights is one file however spelt."""
     was, now = ckpt["args"].get(k), getattr(cfg, k)
     if k == "weights" and was != now and ckpt.get("weights_file") is not None:
         return ckpt["weights_file"] != weights_file(now)
-    return was != now
+    return _value(k, ckpt["args"], was) != _value(k, vars(cfg), now)
