@@ -816,6 +816,10 @@ def resumable_run(source, tmp_path_factory):
     ("other images", "DATA {data} gives other images (train 32 there, 34 now"),
     ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
     ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
+    # the same names and labels, other bytes: `fne run` took such a finished run's checkpoint up as
+    # the rerun of a step whose images changed, and only tested its old network on them
+    ("changed image", "DATA {data}: its images changed since (the same names and labels, other contents)"),
+    ("changed weights", "belongs to another run: --weights '{weights}': the file changed since (fingerprint file-"),
 ])
 def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(case, expected, resumable_run, source,
                                                                               tmp_path, monkeypatch, capsys):
@@ -843,6 +847,18 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
         data = shutil.copytree(data, tmp_path / "data")
         old = torch.load(ckpt, weights_only=True)
         torch.save({k: v for k, v in old.items() if k not in ("images", "ran_on")}, ckpt)
+    elif case == "changed image":
+        data = shutil.copytree(data, tmp_path / "data")
+        from PIL import Image, ImageOps
+
+        first = sorted(data.rglob("*.png"))[0]
+        ImageOps.invert(Image.open(first).convert("L")).save(first)  # another image under its name
+    elif case == "changed weights":  # the file the run imported, replaced by other weights under its name
+        source = shutil.copy(source, tmp_path / "w.pt")
+        old = torch.load(ckpt, weights_only=True)
+        torch.save({**old, "weights_file": str(source), "args": {**old["args"], "weights": str(source)}}, ckpt)
+        state = torch.load(source, weights_only=True)
+        torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, source)
     monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", epochs,
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
@@ -850,7 +866,7 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert expected.format(ckpt=ckpt, data=data, was=was) in err
+    assert expected.format(ckpt=ckpt, data=data, was=was, weights=source) in err
 
 
 def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(resumable_run, source, tmp_path,

@@ -109,7 +109,8 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
     state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
     known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision;
-    `skipped`: the unreadable images met so far; `weights_file`: `weights_file()`).
+    `skipped`: the unreadable images met so far; `weights_file`, `weights_fingerprint`: `weights_file()`,
+    `weights_fingerprint()`).
 
     Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """
@@ -126,9 +127,10 @@ def due(every: int | str, epoch: int, last_write: float) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def images(ids, labels, parts: dict) -> dict:
-    """What DATA gives the run: the number of images of each part and a hash of their names and
-    labels (so a moved or re-spelt DATA folder still resumes, and one whose images changed does not).
+def images(ids, labels, parts: dict, keys=None) -> dict:
+    """What DATA gives the run: the number of images of each part, a hash of their names and
+    labels, and one of their content (so a moved or re-spelt DATA folder still resumes, and one
+    whose images changed, names and labels kept, does not).
 
     Parameters
     ----------
@@ -136,10 +138,17 @@ def images(ids, labels, parts: dict) -> dict:
         The dataset's image names and labels (compared as text).
     parts : dict
         Part name (train, val, test) -> dataset indices.
+    keys : sequence, optional
+        The dataset's content keys (`Dataset.keys`); None: no content hash.
     """
-    listing = {k: [[str(ids[i]), str(labels[i])] for i in v] for k, v in parts.items()}
-    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-    return {**{k: len(v) for k, v in parts.items()}, "sha256": digest}
+    def digest(listing: dict) -> str:
+        return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+    out = {**{k: len(v) for k, v in parts.items()},
+           "sha256": digest({k: [[str(ids[i]), str(labels[i])] for i in v] for k, v in parts.items()})}
+    if keys is not None:
+        out["content"] = digest({k: [str(keys[i]) for i in v] for k, v in parts.items()})
+    return out
 
 
 def resumable(path: Path, cfg, images: dict) -> dict | None:
@@ -214,14 +223,29 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
         diff.append(f"DATA {old.get('data')!r} there, {cfg.data!r} now")
     elif images is not None and "images" in ckpt and ckpt["images"]["sha256"] != images["sha256"]:
         sizes = ", ".join(f"{k} {ckpt['images'].get(k, '?')} there, {n} now" for k, n in images.items()
-                          if k != "sha256")
+                          if k not in ("sha256", "content"))
         diff.append(f"DATA {cfg.data} gives other images ({sizes})")
+    elif images is not None and None not in (then := ckpt.get("images", {}).get("content"), images.get("content")) \
+            and then != images["content"]:  # not recorded before 29 Nov 2026
+        diff.append(f"DATA {cfg.data}: its images changed since (the same names and labels, other contents)")
+    was = ckpt.get("weights_fingerprint")
+    if was is not None and not _differs("weights", ckpt, cfg) and weights_fingerprint(cfg.weights) != was:
+        diff.append(f"{named('weights', python, cfg.weights)}: the file changed since (fingerprint {was} there, "
+                    f"{weights_fingerprint(cfg.weights)} now)")
     return diff
 
 
 def weights_file(weights: str | None) -> str | None:
     """The absolute path of --weights where it names a file (recorded in the checkpoint), else None."""
     return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
+
+
+def weights_fingerprint(weights: str | None) -> str | None:
+    """The fingerprint of the file --weights names (recorded in the checkpoint: a file replaced
+    since is other weights, which metrics.json would name), else None."""
+    from fne.backbones import registry
+
+    return "file-" + registry.file_fingerprint(weights) if weights_file(weights) else None
 
 
 def _value(k: str, args: dict, v):
