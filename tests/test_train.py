@@ -1084,6 +1084,28 @@ def test_a_last_training_batch_of_one_image_is_left_out_not_a_batchnorm_tracebac
     assert m["n_train"] == 18 and len(m["history"]) == 1
 
 
+def test_batch_size_1_with_a_batchnorm_that_learns_at_1x1_is_one_line(tmp_path, capsys):
+    """scratch at --batch-size 1 and a small --image-size: every batch is one image, which a
+    BatchNorm layer sees at 1 x 1; it was torch's ValueError traceback. Also from Python."""
+    from fne.errors import OptionError
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    args = ["train", str(data), "--mode", "scratch", "--arch", ARCH, "--epochs", "1", "--batch-size", "1",
+            "--val-fraction", "0",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("fne train: error: --batch-size 1: a BatchNorm layer that learns (scratch, --train-bn) cannot "
+                   "train on one image it sees at 1 x 1 (at --image-size 32); give a --batch-size of 2 or more, or "
+                   "a larger --image-size")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(OptionError, match=r"^batch_size=1: .*train_bn=True.*image_size=32\); give a batch_size of 2"):
+        train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 1})
+
+
 def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumable_run, source, tmp_path,
                                                                          monkeypatch):
     """predictions.csv, model.pt and metrics.json are replaced together or not at all."""
