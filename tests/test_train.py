@@ -1106,6 +1106,20 @@ def test_batch_size_1_with_a_batchnorm_that_learns_at_1x1_is_one_line(tmp_path, 
         train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 1})
 
 
+def test_an_image_size_too_small_for_the_network_is_one_line(tmp_path, capsys):
+    """SqueezeNet (as VGG-16) at --image-size 16: its last pooling has nothing left to pool; it was
+    torch's RuntimeError traceback."""
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    args = ["train", str(data), "--mode", "scratch", "--arch", "squeezenet1_0", "--epochs", "1", "--image-size",
+            "16", "--val-fraction", "0", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fne train: error: --image-size 16 is too small for this network (Given input size: ")
+    assert err.endswith("Output size is too small); give a larger --image-size") and "\n" not in err
+
+
 def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumable_run, source, tmp_path,
                                                                          monkeypatch):
     """predictions.csv, model.pt and metrics.json are replaced together or not at all."""

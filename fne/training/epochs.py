@@ -270,12 +270,29 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
             "img_s": n / max(s, 1e-9), "seconds": s}
 
 
+# torch's words for a layer whose output would be empty: the input is too small for the network
+TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model(x)`; an input too small for the network (VGG-16 at `--image-size 16`: its last
+    pooling has nothing left to pool) is an OptionError naming --image-size, not a traceback."""
+    try:
+        return model(x)
+    except RuntimeError as e:
+        if not any(w in str(e) for w in TOO_SMALL):
+            raise
+        said = str(e).strip().splitlines()[0]
+        raise refusal(lambda py: f"{named('image_size', py, x.shape[-1])} is too small for this network ({said}); "
+                                 f"give a larger {named('image_size', py)}") from None
+
+
 def _step_forward(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """`model(x)` in training; a batch of one image that a learning BatchNorm layer sees at 1 x 1
     (`--batch-size 1`, or a batch whose other images were unreadable, at a small `--image-size`)
     is an OptionError saying so, not torch's ValueError."""
     try:
-        return model(x)
+        return forward(model, x)
     except ValueError as e:
         if len(x) != 1 or "Expected more than 1 value per channel when training" not in str(e):
             raise
@@ -304,7 +321,7 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
     try:
         for idx, x, y in batches:
             with autocast(ctx.device, ctx.precision):
-                logits = model(x)
+                logits = forward(model, x)
             probs.append(torch.softmax(logits.float(), 1))  # on the device until the end: no wait per batch
             ids += idx
             ys.append(y.numpy())
