@@ -254,10 +254,13 @@ def _value(k: str, args: dict, v):
     scratch; the backbone's input size), so that giving that default is the same run."""
     if k == "weights" and v is None:
         return "random" if args.get("mode") == "scratch" else "imagenet"
-    if k == "image_size" and v is None:
+    if k == "image_size" and v is None:  # (a torchvision weights name brings its own)
         from fne.backbones import registry
 
-        return registry.get(args["arch"]).input_size
+        try:
+            return registry.get(args.get("arch"), _value("weights", args, args.get("weights"))).input_size
+        except FneError:  # an architecture not available here: as recorded
+            return v
     return v
 
 
@@ -265,6 +268,8 @@ def _differs(k: str, ckpt: dict, cfg) -> bool:
     """Whether option `k` of `cfg` differs from the checkpoint's (a default left out or given is the
     same: `_value`); --weights is one file however spelt."""
     was, now = ckpt["args"].get(k), getattr(cfg, k)
-    if k == "weights" and was != now and ckpt.get("weights_file") is not None:
+    if was == now:
+        return False
+    if k == "weights" and ckpt.get("weights_file") is not None:
         return ckpt["weights_file"] != weights_file(now)
     return _value(k, ckpt["args"], was) != _value(k, vars(cfg), now)
