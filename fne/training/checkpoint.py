@@ -229,9 +229,9 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
             and then != images["content"]:  # not recorded before 29 Nov 2026
         diff.append(f"DATA {cfg.data}: its images changed since (the same names and labels, other contents)")
     was = ckpt.get("weights_fingerprint")
-    if was is not None and not _differs("weights", ckpt, cfg) and weights_fingerprint(cfg.weights) != was:
+    if was is not None and not _differs("weights", ckpt, cfg) and (now := weights_fingerprint(cfg.weights)) != was:
         diff.append(f"{named('weights', python, cfg.weights)}: the file changed since (fingerprint {was} there, "
-                    f"{weights_fingerprint(cfg.weights)} now)")
+                    f"{now or 'no such file'} now)")
     return diff
 
 
