@@ -172,6 +172,9 @@ def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digit
     assert main(["predict", str(run), str(digits_folder), "--out", str(tmp_path / "p" / "predictions.csv"),
                  "--cache", str(warm_cache), "--no-progress"]) == 0
     assert (run / "new.csv").read_bytes() == (tmp_path / "p" / "predictions.csv").read_bytes()
+    (tmp_path / "p" / "model.pt").write_bytes(b"a network of one's own")  # a model beside it: still no run
+    assert main(["predict", str(run), str(digits_folder), "--out", str(tmp_path / "p" / "predictions.csv"),
+                 "--cache", str(warm_cache), "--no-progress"]) == 0
 
 
 def test_fit_and_predict_on_cached_rows_import_no_torch(digits_folder, warm_cache, tmp_path):

@@ -64,9 +64,11 @@ RUN_FILES = ("metrics.json", "predictions.csv", "checkpoint.pt", "class_map.json
 
 def _not_a_run_file(out: Path) -> None:
     """An OptionError naming --out where it is one of a run folder's own files (`RUN_FILES`, in a
-    folder holding a run's metrics.json or model), checked before any work."""
+    folder holding a run's metrics.json and model: a folder with a model.pt of one's own alone is
+    no run), checked before any work."""
     folder = out.parent
-    if out.name in RUN_FILES and any((folder / f).is_file() for f in ("metrics.json", *RUN_MODELS.values())):
+    run = (folder / "metrics.json").is_file() and any((folder / m).is_file() for m in RUN_MODELS.values())
+    if out.name in RUN_FILES and run:
         raise out_refused(out, f"is the {out.name} of the run in {folder}; writing predictions there would "
                                f"replace the run's own file: give another name")
 
