@@ -909,11 +909,13 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
 
 
 def test_resume_takes_a_default_given_as_a_default_left_out():
-    """`fne train --mode frozen` resumed with `--weights imagenet` or `--image-size 224` (the
-    defaults it ran with) is the same run: it was refused as "--weights None there, 'imagenet'
-    now"; another value is still refused, in the words of the values the runs took."""
+    """`fne train --mode frozen` resumed with `--weights imagenet`, `--image-size 224` or the
+    precision `--precision auto` ran at (the defaults it ran with) is the same run: it was refused
+    as "--weights None there, 'imagenet' now"; another value is still refused, in the words of the
+    values the runs took."""
     from dataclasses import asdict
 
+    from fne.devices import resolve_precision
     from fne.options import TrainConfig
     from fne.training.checkpoint import mismatch
 
@@ -926,6 +928,12 @@ def test_resume_takes_a_default_given_as_a_default_left_out():
                                                                      "--image-size 224 there, 64 now"]
     scratch = {"args": asdict(cfg(mode="scratch")), "epoch": 1}
     assert mismatch(scratch, cfg(mode="scratch", weights="random")) == []
+    # --precision auto, and the precision it ran at given by name, are one run; another is not
+    here = resolve_precision("auto", torch.device("cpu"))
+    ran = {**ckpt, "ran_on": {"device": "cpu", "precision": here, "augment_on": "cpu"}}
+    assert mismatch(ran, cfg(precision=here, device="cpu")) == []
+    other = {"bf16": "fp32"}.get(here, "bf16")
+    assert mismatch(ran, cfg(precision=other, device="cpu")) == [f"--precision 'auto' there, {other!r} now"]
 
 
 def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,

@@ -266,10 +266,23 @@ def _value(k: str, args: dict, v):
 
 def _differs(k: str, ckpt: dict, cfg) -> bool:
     """Whether option `k` of `cfg` differs from the checkpoint's (a default left out or given is the
-    same: `_value`); --weights is one file however spelt."""
+    same: `_value`; --precision auto or the precision it ran at, `_precision_here`); --weights is one
+    file however spelt."""
     was, now = ckpt["args"].get(k), getattr(cfg, k)
     if was == now:
         return False
     if k == "weights" and ckpt.get("weights_file") is not None:
         return ckpt["weights_file"] != weights_file(now)
+    if k == "precision" and "ran_on" in ckpt:  # --precision auto and what it gave here are one run
+        return ckpt["ran_on"]["precision"] != _precision_here(cfg)
     return _value(k, ckpt["args"], was) != _value(k, vars(cfg), now)
+
+
+def _precision_here(cfg) -> str:
+    """The precision `cfg`'s --precision gives on its --device here (as given where that is refused)."""
+    from fne.devices import resolve_device, resolve_precision
+
+    try:
+        return resolve_precision(cfg.precision, resolve_device(cfg.device))
+    except FneError:
+        return cfg.precision
