@@ -317,6 +317,8 @@ def test_a_class_map_dict_of_the_wrong_shape_is_one_line_before_any_work(cmap, e
     (["--mode", "direct"], {"cat": [1]}, "unknown target class(es) 'cat'"),
     (["--mode", "direct"], {"0": ["daisies"]}, "unknown source class 'daisies'; did you mean 'daisy'"),
     (["--mode", "direct"], {"0": [5000]}, "source index 5000 out of range"),
+    (["--mode", "direct"], {"0": [1, "goldfish"]}, "target class '0' lists source class 'goldfish' (1) twice"),
+    (["--mode", "direct"], {"0": [1], "1": ["goldfish"]}, "source class 'goldfish' (1) is mapped to both '0' and '1'"),
     (["--mode", "frozen", "--arch", "vgg16", "--weights", "SOURCE"], None,
      "does not fit --arch vgg16: only 0 of 26 tensors match by name and shape"),
     (["--mode", "scratch", "--weights", "imagenet"], None, "--mode scratch trains from a random"),
