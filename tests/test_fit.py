@@ -147,6 +147,36 @@ def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm
         assert predict(tmp_path / "run", more, tmp_path / "p.csv", cache=str(cache), progress=False)["n_fitted_on"] == 24
 
 
+def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digits_folder, warm_cache, tmp_path,
+                                                                            capsys):
+    """`fne predict RUN new --out RUN/metrics.json` (or its predictions.csv, its model) would have
+    replaced the run's own file with predictions; `fne export --out RUN/model.joblib` its model
+    with HDF5. Both are one line, before any work, the run left as it was."""
+    run = tmp_path / "run"
+    fit(digits_folder, features="last", head="svm", splits=1, out=run, cache=str(warm_cache), progress=False,
+        **STORE)
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    for name in ("metrics.json", "predictions.csv", "model.joblib"):
+        assert main(["predict", str(run), str(digits_folder), "--out", str(run / name), "--cache",
+                     str(warm_cache), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"fne predict: error: --out '{run / name}': is the {name} of the run in {run}; writing "
+                       f"predictions there would replace the run's own file: give another name")
+    assert main(["export", str(digits_folder), "--out", str(run / "model.joblib"), "--cache", str(warm_cache),
+                 *CLI_FAST]) == 2
+    assert "fne export writes HDF5, not .joblib" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+    # another name in the run folder, or predictions.csv in a folder that holds no run, is written
+    assert main(["predict", str(run), str(digits_folder), "--out", str(run / "new.csv"), "--cache",
+                 str(warm_cache), "--no-progress"]) == 0
+    assert main(["predict", str(run), str(digits_folder), "--out", str(tmp_path / "p" / "predictions.csv"),
+                 "--cache", str(warm_cache), "--no-progress"]) == 0
+    assert (run / "new.csv").read_bytes() == (tmp_path / "p" / "predictions.csv").read_bytes()
+    (tmp_path / "p" / "model.pt").write_bytes(b"a network of one's own")  # a model beside it: still no run
+    assert main(["predict", str(run), str(digits_folder), "--out", str(tmp_path / "p" / "predictions.csv"),
+                 "--cache", str(warm_cache), "--no-progress"]) == 0
+
+
 def test_fit_and_predict_on_cached_rows_import_no_torch(digits_folder, warm_cache, tmp_path):
     """A head fitted on rows already in the cache, and its predictions for those images, need no
     network: `fne fit` and `fne predict` then import no torch (1.0 s of a 2.4 s fit on the 2-core

@@ -523,6 +523,32 @@ def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
     assert fits_run() == 2
 
 
+def test_a_train_step_whose_images_changed_trains_again_not_from_its_checkpoint(tmp_path, monkeypatch):
+    """A finished train step's images changed (same names and labels, other bytes): the step reruns,
+    and trains anew; it used to take up its checkpoint of the old images (every epoch done) and only
+    test that network on the new images."""
+    from PIL import Image, ImageOps
+
+    import fne.training.checkpoint as ck
+    import fne.training.epochs as ep
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "imgs", per_class=4, classes=3)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', f'data = "{data}"').replace(
+        "[pipeline]", "[pipeline]\nadvise = false")  # the train step alone, a checkpoint after each epoch
+    text = text.split("[fit]")[0] + "[train]\nsave_every = 1" + text.split("[train]")[1]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    victim = sorted(data.rglob("*.png"))[0]
+    ImageOps.invert(Image.open(victim).convert("L")).save(victim)  # the same name and label, other pixels
+    with monkeypatch.context() as m:
+        resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
+        r = P.run(f, out, cache, report=False, log=lambda s: None)
+    assert (r["ran"], resumed.calls, epochs_run.calls) == (1, 0, 1)
+
+
 def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens):
     """`fne run --dry-run` lists the steps from the file and a stat of the data: no image is
     opened, and neither the cache (manifests) nor the output folder is written."""

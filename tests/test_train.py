@@ -317,6 +317,8 @@ def test_a_class_map_dict_of_the_wrong_shape_is_one_line_before_any_work(cmap, e
     (["--mode", "direct"], {"cat": [1]}, "unknown target class(es) 'cat'"),
     (["--mode", "direct"], {"0": ["daisies"]}, "unknown source class 'daisies'; did you mean 'daisy'"),
     (["--mode", "direct"], {"0": [5000]}, "source index 5000 out of range"),
+    (["--mode", "direct"], {"0": [1, "goldfish"]}, "target class '0' lists source class 'goldfish' (1) twice"),
+    (["--mode", "direct"], {"0": [1], "1": ["goldfish"]}, "source class 'goldfish' (1) is mapped to both '0' and '1'"),
     (["--mode", "frozen", "--arch", "vgg16", "--weights", "SOURCE"], None,
      "does not fit --arch vgg16: only 0 of 26 tensors match by name and shape"),
     (["--mode", "scratch", "--weights", "imagenet"], None, "--mode scratch trains from a random"),
@@ -816,6 +818,10 @@ def resumable_run(source, tmp_path_factory):
     ("other images", "DATA {data} gives other images (train 32 there, 34 now"),
     ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
     ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
+    # the same names and labels, other bytes: `fne run` took such a finished run's checkpoint up as
+    # the rerun of a step whose images changed, and only tested its old network on them
+    ("changed image", "DATA {data}: its images changed since (the same names and labels, other contents)"),
+    ("changed weights", "belongs to another run: --weights '{weights}': the file changed since (fingerprint file-"),
 ])
 def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(case, expected, resumable_run, source,
                                                                               tmp_path, monkeypatch, capsys):
@@ -843,6 +849,18 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
         data = shutil.copytree(data, tmp_path / "data")
         old = torch.load(ckpt, weights_only=True)
         torch.save({k: v for k, v in old.items() if k not in ("images", "ran_on")}, ckpt)
+    elif case == "changed image":
+        data = shutil.copytree(data, tmp_path / "data")
+        from PIL import Image, ImageOps
+
+        first = sorted(data.rglob("*.png"))[0]
+        ImageOps.invert(Image.open(first).convert("L")).save(first)  # another image under its name
+    elif case == "changed weights":  # the file the run imported, replaced by other weights under its name
+        source = shutil.copy(source, tmp_path / "w.pt")
+        old = torch.load(ckpt, weights_only=True)
+        torch.save({**old, "weights_file": str(source), "args": {**old["args"], "weights": str(source)}}, ckpt)
+        state = torch.load(source, weights_only=True)
+        torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, source)
     monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", epochs,
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
@@ -850,7 +868,7 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
-    assert expected.format(ckpt=ckpt, data=data, was=was) in err
+    assert expected.format(ckpt=ckpt, data=data, was=was, weights=source) in err
 
 
 def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(resumable_run, source, tmp_path,
@@ -890,6 +908,34 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
              progress=False, resume=True)
     assert "not bit-identical to an uninterrupted run (give device, precision, augment_on to match)" in \
         capsys.readouterr().out
+
+
+def test_resume_takes_a_default_given_as_a_default_left_out():
+    """`fne train --mode frozen` resumed with `--weights imagenet`, `--image-size 224` or the
+    precision `--precision auto` ran at (the defaults it ran with) is the same run: it was refused
+    as "--weights None there, 'imagenet' now"; another value is still refused, in the words of the
+    values the runs took."""
+    from dataclasses import asdict
+
+    from fne.devices import resolve_precision
+    from fne.options import TrainConfig
+    from fne.training.checkpoint import mismatch
+
+    def cfg(**k):
+        return TrainConfig(data="d", mode=k.pop("mode", "frozen"), out="r", arch=ARCH, **k)
+
+    ckpt = {"args": asdict(cfg()), "epoch": 1}
+    assert mismatch(ckpt, cfg(weights="imagenet", image_size=224)) == []
+    assert mismatch(ckpt, cfg(weights="random", image_size=64)) == ["--weights 'imagenet' there, 'random' now",
+                                                                     "--image-size 224 there, 64 now"]
+    scratch = {"args": asdict(cfg(mode="scratch")), "epoch": 1}
+    assert mismatch(scratch, cfg(mode="scratch", weights="random")) == []
+    # --precision auto, and the precision it ran at given by name, are one run; another is not
+    here = resolve_precision("auto", torch.device("cpu"))
+    ran = {**ckpt, "ran_on": {"device": "cpu", "precision": here, "augment_on": "cpu"}}
+    assert mismatch(ran, cfg(precision=here, device="cpu")) == []
+    other = {"bf16": "fp32"}.get(here, "bf16")
+    assert mismatch(ran, cfg(precision=other, device="cpu")) == [f"--precision 'auto' there, {other!r} now"]
 
 
 def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,
@@ -957,6 +1003,22 @@ def test_fne_predict_applies_a_train_runs_network_as_its_test_pass_did(resumable
         assert n["predicted"] == r["predicted"] and n["true"] == r["true"]
         assert np.allclose([float(n[k]) for k in r if k.startswith("score_")],
                            [float(r[k]) for k in r if k.startswith("score_")], atol=1e-5)
+
+
+def test_fne_predict_out_over_a_train_runs_own_file_is_refused_the_run_kept(resumable_run, tmp_path, capsys):
+    """--out RUN/metrics.json (or predictions.csv, model.pt, checkpoint.pt) would have replaced the
+    run's own file with predictions (its metrics.json: the run unreadable after); `fne export --out
+    RUN/model.pt` its network with HDF5."""
+    data, run = resumable_run
+    before = {f.name: f.stat().st_mtime_ns for f in run.iterdir()}
+    for name in ("metrics.json", "predictions.csv", "model.pt", "checkpoint.pt"):
+        assert main(["predict", str(run), str(data), "--out", str(run / name), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"--out '{run / name}': is the {name} of the run in {run}" in err and "\n" not in err
+    assert main(["export", str(data), "--out", str(run / "model.pt"), "--arch", ARCH, "--weights", "random",
+                 "--cache", str(tmp_path / "cache"), "--no-progress"]) == 2
+    assert "fne export writes HDF5, not .pt" in capsys.readouterr().err
+    assert {f.name: f.stat().st_mtime_ns for f in run.iterdir()} == before
 
 
 def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run, tmp_path, capsys):
@@ -1030,6 +1092,42 @@ def test_a_last_training_batch_of_one_image_is_left_out_not_a_batchnorm_tracebac
     data = write_digits(tmp_path / "data", per_class=6, classes=4)
     m = train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 17})
     assert m["n_train"] == 18 and len(m["history"]) == 1
+
+
+def test_batch_size_1_with_a_batchnorm_that_learns_at_1x1_is_one_line(tmp_path, capsys):
+    """scratch at --batch-size 1 and a small --image-size: every batch is one image, which a
+    BatchNorm layer sees at 1 x 1; it was torch's ValueError traceback. Also from Python."""
+    from fne.errors import OptionError
+    from fne.training.train import train
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    args = ["train", str(data), "--mode", "scratch", "--arch", ARCH, "--epochs", "1", "--batch-size", "1",
+            "--val-fraction", "0",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("fne train: error: --batch-size 1: a BatchNorm layer that learns (scratch, --train-bn) cannot "
+                   "train on one image it sees at 1 x 1 (at --image-size 32); give a --batch-size of 2 or more, or "
+                   "a larger --image-size")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(OptionError, match=r"^batch_size=1: .*train_bn=True.*image_size=32\); give a batch_size of 2"):
+        train(str(data), "scratch", tmp_path / "run", epochs=1, val_fraction=0, **{**FAST, "batch_size": 1})
+
+
+def test_an_image_size_too_small_for_the_network_is_one_line(tmp_path, capsys):
+    """SqueezeNet (as VGG-16) at --image-size 16: its last pooling has nothing left to pool; it was
+    torch's RuntimeError traceback."""
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    args = ["train", str(data), "--mode", "scratch", "--arch", "squeezenet1_0", "--epochs", "1", "--image-size",
+            "16", "--val-fraction", "0", "--workers", "0", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fne train: error: --image-size 16 is too small for this network (Given input size: ")
+    assert err.endswith("Output size is too small); give a larger --image-size") and "\n" not in err
 
 
 def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumable_run, source, tmp_path,

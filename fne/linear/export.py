@@ -28,7 +28,9 @@ from fne.options import DataOptions, ForwardOptions, RowsOptions
 # The keywords of `export` and `load_rows`, declared in fne.options (`fne export`'s options).
 OPTIONS = (StoreSpec, DataOptions, RowsOptions, ForwardOptions)
 # --out suffixes of other formats: `fne export` writes HDF5 whatever the name says.
-OTHER_FORMATS = (".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".parquet", ".pkl", ".pickle", ".mat", ".xlsx")
+# (a model's among them: `--out RUN/model.pt` would replace a run's network with features)
+OTHER_FORMATS = (".csv", ".tsv", ".txt", ".json", ".npy", ".npz", ".parquet", ".pkl", ".pickle", ".mat", ".xlsx",
+                 ".pt", ".pth", ".joblib", ".safetensors", ".onnx")
 
 
 @opts.keywords(*OPTIONS)

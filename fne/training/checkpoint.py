@@ -109,7 +109,8 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
     state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
     known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision;
-    `skipped`: the unreadable images met so far; `weights_file`: `weights_file()`).
+    `skipped`: the unreadable images met so far; `weights_file`, `weights_fingerprint`: `weights_file()`,
+    `weights_fingerprint()`).
 
     Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """
@@ -126,9 +127,10 @@ def due(every: int | str, epoch: int, last_write: float) -> bool:
     return bool(every) and (epoch + 1) % every == 0
 
 
-def images(ids, labels, parts: dict) -> dict:
-    """What DATA gives the run: the number of images of each part and a hash of their names and
-    labels (so a moved or re-spelt DATA folder still resumes, and one whose images changed does not).
+def images(ids, labels, parts: dict, keys=None) -> dict:
+    """What DATA gives the run: the number of images of each part, a hash of their names and
+    labels, and one of their content (so a moved or re-spelt DATA folder still resumes, and one
+    whose images changed, names and labels kept, does not).
 
     Parameters
     ----------
@@ -136,10 +138,17 @@ def images(ids, labels, parts: dict) -> dict:
         The dataset's image names and labels (compared as text).
     parts : dict
         Part name (train, val, test) -> dataset indices.
+    keys : sequence, optional
+        The dataset's content keys (`Dataset.keys`); None: no content hash.
     """
-    listing = {k: [[str(ids[i]), str(labels[i])] for i in v] for k, v in parts.items()}
-    digest = hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-    return {**{k: len(v) for k, v in parts.items()}, "sha256": digest}
+    def digest(listing: dict) -> str:
+        return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+    out = {**{k: len(v) for k, v in parts.items()},
+           "sha256": digest({k: [[str(ids[i]), str(labels[i])] for i in v] for k, v in parts.items()})}
+    if keys is not None:
+        out["content"] = digest({k: [str(keys[i]) for i in v] for k, v in parts.items()})
+    return out
 
 
 def resumable(path: Path, cfg, images: dict) -> dict | None:
@@ -203,7 +212,7 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
     (None: not compared), one phrase a difference naming options as `fne.option_handling.named` does
     (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
     old = ckpt["args"]
-    diff = [f"{named(k, python, old.get(k))} there, {getattr(cfg, k)!r} now"
+    diff = [f"{named(k, python, _value(k, old, old.get(k)))} there, {_value(k, vars(cfg), getattr(cfg, k))!r} now"
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
         diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends "
@@ -214,8 +223,15 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
         diff.append(f"DATA {old.get('data')!r} there, {cfg.data!r} now")
     elif images is not None and "images" in ckpt and ckpt["images"]["sha256"] != images["sha256"]:
         sizes = ", ".join(f"{k} {ckpt['images'].get(k, '?')} there, {n} now" for k, n in images.items()
-                          if k != "sha256")
+                          if k not in ("sha256", "content"))
         diff.append(f"DATA {cfg.data} gives other images ({sizes})")
+    elif images is not None and None not in (then := ckpt.get("images", {}).get("content"), images.get("content")) \
+            and then != images["content"]:  # not recorded before 29 Nov 2026
+        diff.append(f"DATA {cfg.data}: its images changed since (the same names and labels, other contents)")
+    was = ckpt.get("weights_fingerprint")
+    if was is not None and not _differs("weights", ckpt, cfg) and (now := weights_fingerprint(cfg.weights)) != was:
+        diff.append(f"{named('weights', python, cfg.weights)}: the file changed since (fingerprint {was} there, "
+                    f"{now or 'no such file'} now)")
     return diff
 
 
@@ -224,9 +240,49 @@ def weights_file(weights: str | None) -> str | None:
     return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
 
 
+def weights_fingerprint(weights: str | None) -> str | None:
+    """The fingerprint of the file --weights names (recorded in the checkpoint: a file replaced
+    since is other weights, which metrics.json would name), else None."""
+    from fne.backbones import registry
+
+    return "file-" + registry.file_fingerprint(weights) if weights_file(weights) else None
+
+
+def _value(k: str, args: dict, v):
+    """Option `k`'s value `v` as the run of arguments `args` (a TrainConfig's fields) takes it: a
+    --weights or --image-size left out is the default it stands for (imagenet, or random for
+    scratch; the backbone's input size), so that giving that default is the same run."""
+    if k == "weights" and v is None:
+        return "random" if args.get("mode") == "scratch" else "imagenet"
+    if k == "image_size" and v is None:  # (a torchvision weights name brings its own)
+        from fne.backbones import registry
+
+        try:
+            return registry.get(args.get("arch"), _value("weights", args, args.get("weights"))).input_size
+        except FneError:  # an architecture not available here: as recorded
+            return v
+    return v
+
+
 def _differs(k: str, ckpt: dict, cfg) -> bool:
-    """Whether option `k` of `cfg` differs from the checkpoint's; --weights is one file however spelt."""
+    """Whether option `k` of `cfg` differs from the checkpoint's (a default left out or given is the
+    same: `_value`; --precision auto or the precision it ran at, `_precision_here`); --weights is one
+    file however spelt."""
     was, now = ckpt["args"].get(k), getattr(cfg, k)
-    if k == "weights" and was != now and ckpt.get("weights_file") is not None:
+    if was == now:
+        return False
+    if k == "weights" and ckpt.get("weights_file") is not None:
         return ckpt["weights_file"] != weights_file(now)
-    return was != now
+    if k == "precision" and "ran_on" in ckpt:  # --precision auto and what it gave here are one run
+        return ckpt["ran_on"]["precision"] != _precision_here(cfg)
+    return _value(k, ckpt["args"], was) != _value(k, vars(cfg), now)
+
+
+def _precision_here(cfg) -> str:
+    """The precision `cfg`'s --precision gives on its --device here (as given where that is refused)."""
+    from fne.devices import resolve_device, resolve_precision
+
+    try:
+        return resolve_precision(cfg.precision, resolve_device(cfg.device))
+    except FneError:
+        return cfg.precision

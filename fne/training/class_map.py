@@ -80,6 +80,8 @@ def read_class_map(path: str | Path | dict, classes: list[str], categories: list
         idx = []
         for s in srcs:
             k = _source_index(s, lower, categories, path)
+            if owner.get(k) == target:  # by index and by name, say
+                raise refused(path, f"target class {target!r} lists source class {categories[k]!r} ({k}) twice")
             if k in owner:
                 raise refused(path, f"source class {categories[k]!r} ({k}) is mapped to "
                                     f"both {owner[k]!r} and {target!r}")

@@ -22,6 +22,7 @@ from fne.devices import autocast, end_workers, loader_context, worker_init
 from fne.errors import DataError
 from fne.extraction import reader
 from fne.extraction.ahead import Ahead
+from fne.option_handling import named, refusal
 from fne.progress import progress
 from fne.training import augment as augment_mod
 
@@ -241,7 +242,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
         for idx, x, y in batches:
             y = y.to(ctx.device, non_blocking=ctx.device.type == "cuda")
             with autocast(ctx.device, ctx.precision):
-                logits = model(x)
+                logits = _step_forward(model, x, loader.batch_size)
             loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             if ctx.scaler is not None:
@@ -269,6 +270,47 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
             "img_s": n / max(s, 1e-9), "seconds": s}
 
 
+# torch's words for a layer whose output would be empty: the input is too small for the network
+TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
+def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`model(x)`; an input too small for the network (VGG-16 at `--image-size 16`: its last
+    pooling has nothing left to pool) is an OptionError naming --image-size, not a traceback."""
+    try:
+        return model(x)
+    except RuntimeError as e:
+        if not any(w in str(e) for w in TOO_SMALL):
+            raise
+        said = str(e).strip().splitlines()[0]
+        raise refusal(lambda py: f"{named('image_size', py, x.shape[-1])} is too small for this network ({said}); "
+                                 f"give a larger {named('image_size', py)}") from None
+
+
+def _step_forward(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`model(x)` in training; a batch of one image that a learning BatchNorm layer sees at 1 x 1
+    (`--batch-size 1`, or a batch whose other images were unreadable, at a small `--image-size`)
+    is an OptionError saying so, not torch's ValueError."""
+    try:
+        return forward(model, x)
+    except ValueError as e:
+        if len(x) != 1 or "Expected more than 1 value per channel when training" not in str(e):
+            raise
+
+        def text(py: bool) -> str:
+            if batch_size == 1:
+                what, fix = named("batch_size", py, 1), f"give a {named('batch_size', py)} of 2 or more"
+            else:
+                what, fix = ("a training batch of one readable image (its others unreadable, named above)",
+                             "remove the unreadable images")
+            return (f"{what}: a BatchNorm layer that learns (scratch, "
+                    f"{named('train_bn', py, True) if py else '--train-bn'}) cannot train on one image it sees "
+                    f"at 1 x 1 (at {named('image_size', py, x.shape[-1])}); {fix}, or a larger "
+                    f"{named('image_size', py)}")
+
+        raise refusal(text) from None
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dataset indices, labels, softmax probabilities) of every readable image."""
@@ -279,7 +321,7 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
     try:
         for idx, x, y in batches:
             with autocast(ctx.device, ctx.precision):
-                logits = model(x)
+                logits = forward(model, x)
             probs.append(torch.softmax(logits.float(), 1))  # on the device until the end: no wait per batch
             ids += idx
             ys.append(y.numpy())

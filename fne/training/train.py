@@ -235,7 +235,7 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
     with `auto`, the run folder's own checkpoint where it belongs to this run. A checkpoint left
     unused is said: it is replaced at the next save."""
     split.images = checkpoint.images(dataset.ids, dataset.labels, {"train": split.train, "val": split.val,
-                                                                   "test": split.test})
+                                                                   "test": split.test}, dataset.keys())
     path = Path(cfg.out) / checkpoint.CHECKPOINT
     if auto:
         ckpt = checkpoint.resumable(path, cfg, split.images) if cfg.mode != "direct" else None
@@ -282,7 +282,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
                 warnings.simplefilter("ignore")
                 split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
             parts = {"train": split.train, "val": split.val, "test": split.test}
-            images = checkpoint.images(dataset.ids, dataset.labels, parts)
+            images = checkpoint.images(dataset.ids, dataset.labels, parts, dataset.keys())
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
     diff = checkpoint.mismatch(ckpt, cfg, images, python=True)
@@ -406,7 +406,8 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         if checkpoint.due(cfg.save_every, epoch, last_write):
             Path(cfg.out).mkdir(parents=True, exist_ok=True)  # made by a first epoch that ran
             checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
-                            weights_file=checkpoint.weights_file(cfg.weights))
+                            weights_file=checkpoint.weights_file(cfg.weights),
+                            weights_fingerprint=checkpoint.weights_fingerprint(cfg.weights))
             last_write = time.monotonic()
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
