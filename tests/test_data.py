@@ -356,6 +356,15 @@ def test_hdf5_class_names_and_a_numeric_split(tmp_path):
         assert d.splits == ["train"] * 3 + ["test"] * 3 and d.classes == ["0", "1", "2"]
 
 
+def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
+    """A class the file names but no image has (a subset of a larger label space) is left out,
+    with a warning naming it: `fne train` would otherwise give the network an output it never
+    trains, which it then predicts."""
+    with pytest.warns(UserWarning, match=r"1 of the 3 classes the data names have no image and are left out: 'two'"):
+        d = load_dataset(_h5(tmp_path / "n.h5", np.array([0, 1, 0, 1, 0, 1]), class_names=["zero", "one", "two"]))
+    assert d.classes == ["zero", "one"] and d.labels == ["zero", "one"] * 3
+
+
 @pytest.mark.parametrize("case,expect", [
     ("rgba", "images must be N×H×W or N×H×W×3, got shape (2, 8, 8, 4)"),
     ("count", "2 images but 3 labels"),

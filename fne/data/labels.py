@@ -95,10 +95,18 @@ def class_order(labels, names: list[str] | None = None, numeric: bool = True) ->
     Returns
     -------
     list of str
-        The class names, each once.
+        The class names, each once: of `names`, those some image has (the others are left out with
+        a warning, so that no head or network gets a class it has never seen).
     """
     if names is not None:
-        return list(names)
+        present = set(labels)
+        kept = [n for n in names if n in present]
+        if len(kept) < len(names):
+            absent = [n for n in names if n not in present]
+            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+            warnings.warn(f"{len(absent)} of the {len(names)} classes the data names have no image and are left "
+                          f"out: {', '.join(map(repr, absent[:5]))}{more}", stacklevel=4)
+        return kept
     uniq = set(labels)
     if numeric and uniq and all(_INT.fullmatch(s) for s in uniq):
         out = sorted(uniq, key=lambda s: (int(s), s))
