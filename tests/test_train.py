@@ -961,8 +961,38 @@ def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(res
     train(str(data), "frozen", auto, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0, resume="auto", lr=0.5)
     out = capsys.readouterr().out
-    assert (f"note: starting a new run; {auto / 'checkpoint.pt'} (another run's settings or images, or unreadable) "
-            f"is replaced at the next save\n") in out and "continues it" not in out
+    assert (f"note: starting a new run; {auto / 'checkpoint.pt'} (another run's settings or images, another fne "
+            f"release's, or unreadable) is replaced at the next save\n") in out and "continues it" not in out
+
+
+def test_fne_run_takes_up_no_checkpoint_of_another_fne_release(resumable_run, source, tmp_path, monkeypatch, capsys):
+    """A pipeline step reruns after a new fne release (its identity holds the version); its
+    finished checkpoint matched every setting, so `resume="auto"` took it up at its last epoch
+    and only tested the old release's network. It now trains anew; `fne run --dry-run` says so;
+    an explicit --resume still continues it (the user's choice)."""
+    import shutil
+
+    import fne
+    from fne.training import checkpoint
+    from fne.training.train import rerun_note, train
+
+    data, run = resumable_run
+    assert checkpoint.read(run / "checkpoint.pt")["fne"] == fne.__version__
+    kw = dict(arch=ARCH, weights=str(source), epochs=2, save_every=1, image_size=32, workers=0)
+    same = shutil.copytree(run, tmp_path / "same")
+    train(str(data), "frozen", same, resume="auto", **kw)  # progress: its "resumed" line
+    assert "resumed" in capsys.readouterr().out
+    monkeypatch.setattr(fne, "__version__", "9.9")
+    note = rerun_note(str(data), "frozen", run, **kw)
+    assert f"written by fne {checkpoint.read(run / 'checkpoint.pt')['fne']}, this is fne 9.9): the rerun starts over" in note
+    newer = shutil.copytree(run, tmp_path / "newer")
+    train(str(data), "frozen", newer, resume="auto", **kw)
+    out = capsys.readouterr().out
+    assert "another fne release's" in out and "resumed" not in out
+    assert checkpoint.read(newer / "checkpoint.pt")["fne"] == "9.9"
+    explicit = shutil.copytree(run, tmp_path / "explicit")
+    train(str(data), "frozen", explicit, resume=True, **kw)
+    assert "resumed" in capsys.readouterr().out
 
 
 def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):

@@ -114,8 +114,10 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
 
     Write-then-rename (`replace_file`): an interrupted save never leaves a half checkpoint behind.
     """
+    from fne import __version__
+
     ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
-    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), **about)
+    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), fne=__version__, **about)
     replace_file(path, lambda tmp: torch.save(ckpt, tmp))
 
 
@@ -152,12 +154,13 @@ def images(ids, labels, parts: dict, keys=None) -> dict:
 
 
 def resumable(path: Path, cfg, images: dict) -> dict | None:
-    """The checkpoint at `path` where it belongs to the run `cfg` describes on `images` (what
-    `--resume` would take), else None."""
+    """The checkpoint at `path` where it belongs to the run `cfg` describes on `images` and was
+    written by this fne release (what `fne run` takes up: a step reruns after a new release, so
+    that its network is that release's), else None."""
     if not path.is_file():
         return None
     try:
-        return load(path, cfg, images)
+        return load(path, cfg, images, same_release=True)
     except FneError:
         return None
 
@@ -171,13 +174,14 @@ def resume(ckpt: dict, parts: dict) -> dict:
     return {k: ckpt[k] for k in PROGRESS}
 
 
-def load(path: Path, cfg, images: dict | None = None) -> dict:
+def load(path: Path, cfg, images: dict | None = None, same_release: bool = False) -> dict:
     """The checkpoint dict, after checking that it is one and that it belongs to the run `cfg`
-    describes, on the same `images` (`images()`; None: not checked)."""
+    describes, on the same `images` (`images()`; None: not checked), and with `same_release`
+    that this fne release wrote it."""
     ckpt = read(path)
-    if mismatch(ckpt, cfg, images):
+    if mismatch(ckpt, cfg, images, same_release=same_release):
         raise refusal(lambda py: f"{resume_flag(py)}: {path} belongs to another run: "
-                                 + "; ".join(mismatch(ckpt, cfg, images, py)), FneError)
+                                 + "; ".join(mismatch(ckpt, cfg, images, py, same_release)), FneError)
     return ckpt
 
 
@@ -207,7 +211,8 @@ def read(path: Path, mmap: bool = False) -> dict:
     return ckpt
 
 
-def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) -> list[str]:
+def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
+             same_release: bool = False) -> list[str]:
     """How checkpoint `ckpt` (from `read`) differs from the run `cfg` describes on `images`
     (None: not compared), one phrase a difference naming options as `fne.option_handling.named` does
     (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
@@ -232,6 +237,11 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False) 
     if was is not None and not _differs("weights", ckpt, cfg) and (now := weights_fingerprint(cfg.weights)) != was:
         diff.append(f"{named('weights', python, cfg.weights)}: the file changed since (fingerprint {was} there, "
                     f"{now or 'no such file'} now)")
+    if same_release:
+        from fne import __version__
+
+        if ckpt.get("fne") not in (None, __version__):  # None: written before 29 Nov 2026
+            diff.append(f"written by fne {ckpt['fne']}, this is fne {__version__}")
     return diff
 
 

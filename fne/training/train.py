@@ -245,7 +245,8 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
     if ckpt is None and cfg.mode != "direct" and path.exists():  # --resume would refuse another run's
         new = f"note: starting a new run; {path}"
         why = STARTS_OVER.get() or (lambda py: f"{checkpoint.resume_flag(py)} continues it")
-        print(f"{new} (another run's settings or images, or unreadable) is replaced at the next save" if auto else
+        print(f"{new} (another run's settings or images, another fne release's, or unreadable) is replaced at the "
+              f"next save" if auto else
               said(lambda py: f"{new} is replaced at the next save ({why(py)})"))
     return ckpt
 
@@ -285,7 +286,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
             images = checkpoint.images(dataset.ids, dataset.labels, parts, dataset.keys())
     except (FneError, OSError) as e:
         return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
-    diff = checkpoint.mismatch(ckpt, cfg, images, python=True)
+    diff = checkpoint.mismatch(ckpt, cfg, images, python=True, same_release=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
     if unchecked is not None:
