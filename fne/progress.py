@@ -61,7 +61,8 @@ class _LogLines:
         self.last, self.n_last = now, self.n
 
     def close(self) -> None:
-        self._line(end=True)
+        if self.n != self.n_last or self.last == self.t0:  # not a repeat of the line just written
+            self._line(end=True)
 
 
 class _Off:
