@@ -47,8 +47,13 @@ class _LogLines:
         if time.monotonic() - self.last >= LOG_INTERVAL_S:
             self._line()
 
-    def set_postfix(self, **kw) -> None:
+    def set_postfix(self, refresh: bool = True, **kw) -> None:
+        """As tqdm's, which shows it at once (`refresh`): a line when the interval has passed
+        (work between updates, such as a long cross-validation inside one split, is seen
+        meanwhile)."""
         self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+        if refresh and time.monotonic() - self.last >= LOG_INTERVAL_S:
+            self._line()
 
     def _line(self, end: bool = False) -> None:
         now = time.monotonic()

@@ -201,12 +201,13 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     split_list = _splits(data, dataset, y, o, auto)
+    bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
                                lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
-                               spec.device) if auto else None
+                               spec.device, on_C=lambda name, c, cv: bar.set_postfix(
+                                   cross_validated=f"{name} C={c:g} cv accuracy {cv:.4f}")) if auto else None
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
-    bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     per_split, Cs, confusions, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
                                                        o.seed, choose, how, bar, stopped := [])
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
@@ -345,7 +346,7 @@ def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k:
         confusions.append(conf)
         preds.append((te, pred))
         if bar is not None:
-            bar.set_postfix(accuracy=f"{np.mean([s['accuracy'] for s in per_split]):.4f}")
+            bar.set_postfix(accuracy=f"{np.mean([s['accuracy'] for s in per_split]):.4f}", refresh=False)  # shown by update
             bar.update(1)
     if bar is not None:
         bar.close()
