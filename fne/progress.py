@@ -20,31 +20,54 @@ from collections.abc import Callable
 LOG_INTERVAL_S = 30.0
 
 
+def _clock(seconds: float) -> str:
+    """Seconds as a log reads them: 45s, 6m05s, 2h03m."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class _LogLines:
-    """tqdm's update / set_postfix / close, written as one line per interval and one at the end."""
+    """tqdm's update / set_postfix / close, written as one line per interval and one at the end:
+    done/total, the rate since the start, the time elapsed and, from the second line while work
+    remains, the time left at the rate of the last interval (the first interval's start-up, such
+    as compilation, does not inflate it)."""
 
     def __init__(self, total: int, desc: str, unit: str):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self.postfix = ""
         self.t0 = self.last = time.monotonic()
+        self.n_last = 0
 
     def update(self, n: int = 1) -> None:
         self.n += n
         if time.monotonic() - self.last >= LOG_INTERVAL_S:
             self._line()
 
-    def set_postfix(self, **kw) -> None:
+    def set_postfix(self, refresh: bool = True, **kw) -> None:
+        """As tqdm's, which shows it at once (`refresh`): a line when the interval has passed
+        (work between updates, such as a long cross-validation inside one split, is seen
+        meanwhile)."""
         self.postfix = ", ".join(f"{k}={v}" for k, v in kw.items())
+        if refresh and time.monotonic() - self.last >= LOG_INTERVAL_S:
+            self._line()
 
-    def _line(self) -> None:
-        self.last = time.monotonic()
-        rate = self.n / max(self.last - self.t0, 1e-9)
+    def _line(self, end: bool = False) -> None:
+        now = time.monotonic()
+        rate = self.n / max(now - self.t0, 1e-9)
+        recent = (self.n - self.n_last) / max(now - self.last, 1e-9)
+        eta = "" if end or not self.n_last or self.n >= self.total or recent <= 0 else f", {_clock((self.total - self.n) / recent)} left"
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s{extra})",
-              file=sys.stderr, flush=True)
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
+              f"{_clock(now - self.t0)} elapsed{eta}{extra})", file=sys.stderr, flush=True)
+        self.last, self.n_last = now, self.n
 
     def close(self) -> None:
-        self._line()
+        if self.n != self.n_last or self.last == self.t0:  # not a repeat of the line just written
+            self._line(end=True)
 
 
 class _Off:

@@ -306,6 +306,23 @@ def test_shards_assign_whole_tars(tmp_path):
     assert len(set(owner.values())) > 1
 
 
+def test_a_long_parquet_row_group_is_sharded_in_blocks_of_rows(tmp_path, monkeypatch):
+    """pandas' to_parquet writes one row group (up to 1,048,576 rows): --shard I/N gave all of
+    it to one shard, the others none. Its rows go to shards in blocks of PARQUET_SHARD_ROWS."""
+    import fne.data.shards
+
+    monkeypatch.setattr(fne.data.shards, "PARQUET_SHARD_ROWS", 8)
+    src = write_digits(tmp_path / "digits", per_class=10, classes=4)
+    (f,) = write_parquet(src, tmp_path / "pq", rows_per_group=1000)  # 40 rows, one row group
+    d = load_dataset(f)
+    assert {m.a for m in d.sources} == {0} and len(d) == 40
+    owner = {}
+    for m, s in zip(d.sources, shard_of(d, 3), strict=True):
+        assert owner.setdefault(m.b // 8, s) == s  # a block's rows stay together
+    assert len(set(owner.values())) > 1
+    assert sorted(i for k in range(3) for i in fne.data.shards.members(d, (k, 3))) == list(range(40))
+
+
 def test_unknown_pattern_and_mixed_kinds_fail_in_one_line(tmp_path):
     with pytest.raises(DataError, match="do not exist"):
         load_dataset(str(tmp_path / "train-{000000..000003}.tar"))

@@ -556,6 +556,26 @@ def test_a_head_stopped_at_its_iteration_limit_is_one_warning_that_says_what_con
     assert "stopped at" not in capsys.readouterr().err
 
 
+def test_the_torch_solver_stopped_at_its_iteration_limit_says_so(digits_folder, warm_cache, tmp_path, monkeypatch,
+                                                                   capsys):
+    """--solver torch (auto's choice from 10^8 rows x features) ending at L-BFGS's iteration limit
+    said nothing, where liblinear's limit is one warning (a limit forced here: the 18,000-row
+    Fashion-MNIST fit that prompted the check, 9 min, did reach its tolerance)."""
+    import fne.linear.fit
+
+    real = fne.linear.fit.make_head
+    monkeypatch.setattr(fne.linear.fit, "make_head", lambda *a, **kw: real(*a, **kw).set_params(max_iter=2))
+    assert main(["fit", str(digits_folder), "--splits", "2", "--solver", "torch", "--out", str(tmp_path / "r"),
+                 "--cache", str(warm_cache), *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert ("the torch solver stopped at its iteration limit before its gradient tolerance in 3 of 3 fit(s) (C=1.0)"
+            in err and "scikit-learn's limit" not in err)
+    monkeypatch.undo()
+    assert main(["fit", str(digits_folder), "--splits", "2", "--solver", "torch", "--out", str(tmp_path / "r"),
+                 "--cache", str(warm_cache), *CLI_FAST]) == 0
+    assert "stopped at" not in capsys.readouterr().err  # converged: nothing said
+
+
 def test_the_iteration_limit_warning_names_the_head_and_c_of_the_fits_that_stopped():
     """With --C auto (or --head auto) each split fits its own choice: the warning named the saved
     model's head and C alone (C=1.0 beside fits that stopped at C=100, and the svm limit beside

@@ -302,3 +302,22 @@ def test_rows_too_large_to_hold_are_streamed_per_fold_and_score_the_same(monkeyp
     assert [(t["features"], t["C"], t["cv_mean"]) for t in streamed.table] == \
         [(t["features"], t["C"], t["cv_mean"]) for t in held.table]
     assert (streamed.choice.name, streamed.C) == (held.choice.name, held.C)
+
+
+def test_a_log_hears_of_each_C_scored_while_one_split_is_cross_validated(digits_folder, warm_cache, tmp_path,
+                                                                          monkeypatch, capsys):
+    """--C auto on a large training set cross-validates for minutes inside one split: a log
+    (stderr not a terminal) gets a line of the C last scored at most every interval, not only
+    a line once the split is done."""
+    import fne.progress
+
+    monkeypatch.setattr(fne.progress, "LOG_INTERVAL_S", 0.0)  # every C, here
+    m = fit(digits_folder, features="last", head="logreg", C="auto", splits=1, out=tmp_path / "run",
+            cache=str(warm_cache), **STORE)
+    err = capsys.readouterr().err.splitlines()
+    grid = m["selection"]["per_split"][0]["candidates"][0]["grid"]
+    scored = [line for line in err if "0/1 splits" in line and "cross_validated=" in line]
+    assert len(scored) == len(grid)  # one line per C scored, before the split's line
+    C1 = f"cross_validated=last+logreg C=1 cv accuracy {grid['1']:.4f})"
+    assert scored[0].endswith(C1)  # the walk starts at C = 1
+    assert err[-1].startswith("fit last+logreg: 1/1 splits (") and err[-1].endswith(f"accuracy={m['accuracy']:.4f})")

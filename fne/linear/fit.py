@@ -67,6 +67,7 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
     del Z
     pipe = Pipeline([("embed", embed), ("head", clf.sklearn_model() if used == "torch" else clf)])
     pipe.solver_, pipe.solver_precision_ = used, getattr(clf, "precision_", None)
+    pipe.torch_stopped_ = bool(getattr(clf, "stopped_", False)) if used == "torch" else False
     return pipe
 
 
@@ -100,8 +101,8 @@ def fit_head(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
              seed: int = 0, solver: str = "auto", device: str = "auto") -> tuple[Pipeline, float]:
     """Fit embedding + head on rows idx with C (a number: `--C auto` is chosen before, by
     `fne.linear.selection`). Returns (pipeline, C used); the pipeline's `stopped_` says whether
-    scikit-learn's solver stopped at its iteration limit (`fit` says so once, not a
-    ConvergenceWarning per fit)."""
+    scikit-learn's solver stopped at its iteration limit (True; "torch": the torch solver at its
+    own; `fit` says so once, not a ConvergenceWarning per fit)."""
     fitter = _fit_sgd if head.startswith("sgd") else _fit_in_memory
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=selection.MANY_CLASSES)
@@ -109,15 +110,22 @@ def fit_head(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, idx: np.
         pipe = fitter(rows, kind, head, C, y, idx, seed, solver, device)
     model = pipe.named_steps["head"]
     pipe.stopped_ = bool(pipe.solver_ == "sklearn" and head in ("svm", "logreg")
-                         and np.max(model.n_iter_) >= model.max_iter)
+                         and np.max(model.n_iter_) >= model.max_iter) or ("torch" if getattr(pipe, "torch_stopped_", False)
+                                                                          else False)
     return pipe, C
 
 
 def _say_stopped(fits: list[tuple[str, float, bool]]) -> None:
     """One warning for the fits (head, C, `fit_head`'s `stopped_`) that stopped at the solver's
     iteration limit short of its tolerance, naming their heads and C (with ``auto``, each split's
-    own), with what converges: the torch solver, or a smaller C."""
-    hit = [(h, c) for h, c, stopped in fits if stopped]
+    own), with what converges: the torch solver, or a smaller C. `stopped` "torch": the torch
+    solver ended at its iteration limit (a warning of its own)."""
+    torch_hit = sorted({c for _, c, stopped in fits if stopped == "torch"})
+    if torch_hit:
+        warnings.warn(f"the torch solver stopped at its iteration limit before its gradient tolerance in {sum(s == 'torch' for _, _, s in fits)} of {len(fits)} fit(s) "
+                      f"(C={', '.join(str(c) for c in torch_hit)}): near its optimum, not at it; a smaller --C "
+                      f"converges sooner", stacklevel=3)
+    hit = [(h, c) for h, c, stopped in fits if stopped is True]
     if hit:
         heads = sorted({h for h, _ in hit})
         limits = " and ".join(str(make_head(h).max_iter) for h in heads)
@@ -201,12 +209,13 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
     split_list = _splits(data, dataset, y, o, auto)
+    bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
                                lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
-                               spec.device) if auto else None
+                               spec.device, on_C=lambda name, c, cv: bar.set_postfix(
+                                   cross_validated=f"{name} C={c:g} cv accuracy {cv:.4f}")) if auto else None
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
-    bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     per_split, Cs, confusions, pipe, preds = _evaluate(rows, kind, o.head, C, y, split_list, len(dataset.classes),
                                                        o.seed, choose, how, bar, stopped := [])
     fit_seconds = (time.perf_counter() - t0) / len(split_list)
@@ -345,7 +354,7 @@ def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k:
         confusions.append(conf)
         preds.append((te, pred))
         if bar is not None:
-            bar.set_postfix(accuracy=f"{np.mean([s['accuracy'] for s in per_split]):.4f}")
+            bar.set_postfix(accuracy=f"{np.mean([s['accuracy'] for s in per_split]):.4f}", refresh=False)  # shown by update
             bar.update(1)
     if bar is not None:
         bar.close()

@@ -237,7 +237,7 @@ class _Fold:
 
 
 def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: dict, races: dict, seed: int,
-          solver: str, device: str) -> None:
+          solver: str, device: str, on_C=None) -> None:
     """Walk every candidate's C grid over its folds (fills scores and races).
 
     `small`: every fit is a small problem in the rows' span (`_Fold.reduces`). Then the fits run on
@@ -245,11 +245,19 @@ def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: 
     (two threads fitted pets37's folds 1.9x as fast as one). All candidates share one pool, whichever
     rows they read, so a core that finishes its candidate takes the next. Each candidate has its own scores, race
     and warm starts, so the result does not depend on the order the threads run in.
+    `on_C(candidate name, C, mean CV accuracy)` is told of each C as its folds are scored.
     """
     def walk(job: tuple[Candidate, list[_Fold]]) -> None:
         c, data = job
         race = races[c.name] = _Race(grid, scores[c.name], data)
-        walk_grid(grid, lambda i: race(i, lambda fold: fold.score(c.head, grid[i], seed, solver, device)))
+
+        def evaluate(i: int) -> float:
+            m = race(i, lambda fold: fold.score(c.head, grid[i], seed, solver, device))
+            if on_C is not None:
+                on_C(c.name, grid[i], m)
+            return m
+
+        walk_grid(grid, evaluate)
 
     workers = min(len(jobs), os.cpu_count() or 1) if small else 1
     with warnings.catch_warnings(), (rowspace.one_thread() if small else contextlib.nullcontext()):
@@ -343,8 +351,9 @@ def _held(rows, idx: np.ndarray) -> np.ndarray | None:
 
 
 def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int = 0,
-           solver: str = "sklearn", device: str = "auto") -> Selection:
-    """Score every candidate (and C when C == 'auto') by k-fold CV on images idx; pick one."""
+           solver: str = "sklearn", device: str = "auto", on_C=None) -> Selection:
+    """Score every candidate (and C when C == 'auto') by k-fold CV on images idx; pick one.
+    `on_C(candidate name, C, mean CV accuracy)`, if given, hears of each C as it is scored."""
     t0 = time.perf_counter()
     grid = tuple(C_GRID) if C == "auto" else (float(C),)
     yi = y[idx]
@@ -379,9 +388,9 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
         if all(fold.reduces(c.head, seed, solver, device) for c in group for fold in data):
             jobs += [(c, data) for c in group]  # small: every such candidate in one pool, below
         else:  # walked now: its folds are freed before the next group's are built
-            _walk([(c, data) for c in group], False, grid, scores, races, seed, solver, device)
+            _walk([(c, data) for c in group], False, grid, scores, races, seed, solver, device, on_C)
     if jobs:
-        _walk(jobs, True, grid, scores, races, seed, solver, device)
+        _walk(jobs, True, grid, scores, races, seed, solver, device, on_C)
     table, best_C, best_row = [], {}, {}
     for c in cands:
         s = scores[c.name]
@@ -421,9 +430,10 @@ def summary(records: list[dict]) -> dict:
 
 
 def chooser(features: str, head: str, C, backbone, parse_features, y: np.ndarray, seed: int,
-            records: list[dict], rows_for, solver: str = "sklearn", device: str = "auto"):
+            records: list[dict], rows_for, solver: str = "sklearn", device: str = "auto", on_C=None):
     """For fne.linear.fit: choose(train) -> (rows, kind, head, C) chosen by CV on the images `train`,
-    its record appended to `records`; choose(None) -> the choice made most often so far."""
+    its record appended to `records`; choose(None) -> the choice made most often so far. `on_C`:
+    `select`'s, told of each C scored."""
     cands = candidates(features, head, backbone, parse_features, rows_for)
 
     def choose(train):
@@ -431,7 +441,7 @@ def chooser(features: str, head: str, C, backbone, parse_features, y: np.ndarray
             ch = most_common(records)
             c = next(x for x in cands if (x.features, x.head) == (ch["features"], ch["head"]))
             return c.rows, c.kind, c.head, ch["C"]
-        sel = select(cands, C, y, train, seed, solver=solver, device=device)
+        sel = select(cands, C, y, train, seed, solver=solver, device=device, on_C=on_C)
         records.append(sel.record())
         return sel.choice.rows, sel.choice.kind, sel.choice.head, sel.C
 

@@ -360,7 +360,9 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         Returns
         -------
         TorchHead
-            self, fitted: ``classes_``, ``coef_``, ``intercept_``, ``n_features_in_``, ``n_iter_``.
+            self, fitted: ``classes_``, ``coef_``, ``intercept_``, ``n_features_in_``, ``n_iter_``,
+            ``stopped_`` (True where L-BFGS ended at ``max_iter`` iterations or its evaluation budget,
+            short of its gradient tolerance).
         """
         if self.head not in ("svm", "logreg"):
             raise OptionError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
@@ -398,7 +400,10 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             return f
 
         opt.step(closure)
-        self.n_iter_ = int(opt.state[param].get("n_iter", 0))
+        state = opt.state[param]
+        self.n_iter_ = int(state.get("n_iter", 0))
+        # L-BFGS ended at its iteration or evaluation budget, not at the gradient tolerance
+        self.stopped_ = self.n_iter_ >= self.max_iter or int(state.get("func_evals", 0)) >= opt.defaults["max_eval"]
         kd = prob.kout * d
         x = param.detach().cpu().numpy()
         self.coef_ = x[:kd].reshape(prob.kout, d).copy()
