@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fne.cache.store import list_stores
+from fne.errors import FneError
 from fne.pipeline import runner as P
 from fne.pipeline.runner import PipelineError, load_pipeline
 from fne.pipeline.steps import train_arguments
@@ -812,6 +813,38 @@ def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):
     lines = []
     P.run(f, out, cache, dry_run=True, log=lines.append)
     assert lines[-1] == "0 step(s) to run, 3 done", lines
+
+
+def test_an_absent_optional_dataset_and_direct_without_class_map_are_noted(tmp_path):
+    """An optional dataset that is absent is skipped with a note; all of them absent is one
+    error naming each; direct mode on a dataset without class_map is a note, not a step."""
+    gone = '\n[datasets.gone]\ndata = "no/such/folder"\noptional = true\n'
+    text = GOOD.replace('data = "digits"\n', 'data = "digits"\n' + gone).replace('["frozen"]', '["frozen", "direct"]')
+    lines: list[str] = []
+    P.run(write(tmp_path, text), tmp_path / "out", str(tmp_path / "cache"), dry_run=True, log=lines.append)
+    assert lines[0] == f"note: optional dataset gone skipped: path {tmp_path}/no/such/folder does not exist"
+    assert lines[1] == "note: direct mode not run on digits: it has no class_map"
+    assert not any("direct seed" in x for x in lines)
+    alone = write(tmp_path, text.replace('[datasets.digits]\ndata = "digits"\n', ""), "q.toml")
+    with pytest.raises(FneError, match=rf"^{alone}: nothing to run: none of its datasets is present \(gone: path "):
+        P.run(alone, tmp_path / "out", str(tmp_path / "cache"), dry_run=True, log=lines.append)
+
+
+def test_a_subset_of_a_predefined_split_keeps_each_images_part(tmp_path, digits_split):
+    """max_per_class on DATA with a train/test split: up to N per class in each part, each image
+    in the part it came from (the subset's CSV has a split column)."""
+    from fne.data.datasets import load_dataset
+    from fne.pipeline.config import DatasetCfg
+
+    full = load_dataset(str(digits_split))
+    part_of = {Path(s).resolve(): sp for s, sp in zip(full.sources, full.splits, strict=True)}
+    ds = DatasetCfg(key="digits", data=str(digits_split), spec=str(digits_split), max_per_class=2)
+    target = P.materialise(ds, tmp_path, None)
+    assert target.endswith(".csv")
+    sub = load_dataset(target)
+    assert sub.has_split and len(sub) == 2 * 2 * len(full.classes)
+    assert all(part_of[Path(s).resolve()] == sp for s, sp in zip(sub.sources, sub.splits, strict=True))
+    assert P.materialise(ds, tmp_path, None, write=False) == target  # the dry run finds it
 
 
 def test_the_pipelines_own_files_are_written_whole_and_one_cut_short_is_written_again(tmp_path, monkeypatch):
