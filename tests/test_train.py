@@ -1164,3 +1164,29 @@ def test_train_per_class_trains_on_fits_images(tmp_path, capsys):
                   f"--no-progress --epochs 1 --val-fraction 0 --train-per-class 3".split(),
                  "--out", str(tmp_path / "cli")]) == 0
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["n_train"] == 9
+
+
+def test_resuming_on_a_machine_with_fewer_gpus_restores_those_it_has(monkeypatch):
+    """A checkpoint saved where more GPUs were visible (a node of 8, resumed on one, or with
+    CUDA_VISIBLE_DEVICES narrowed): the CUDA generators of the GPUs there are restored, not an
+    IndexError from torch.cuda.set_rng_state_all (the CUDA calls are faked: runs on a CPU)."""
+    import torch.cuda.random as cuda_random
+
+    from fne.training import checkpoint
+
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+    restored = {}
+
+    def set_rng_state(new_state, device="cuda"):
+        i = device if isinstance(device, int) else torch.device(device).index or 0
+        if i >= 1:  # as torch's: torch.cuda.default_generators[i] of a machine with one GPU
+            raise IndexError("tuple index out of range")
+        restored[i] = new_state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(cuda_random, "set_rng_state", set_rng_state)  # what set_rng_state_all calls
+    checkpoint.set_rng_state(state)
+    assert list(restored) == [0] and int(restored[0][0]) == 7
