@@ -296,6 +296,26 @@ def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_fol
     assert again["accuracy"] == m["accuracy"] and again["class_map"] == m["class_map"]
 
 
+@pytest.mark.parametrize("text, words", [
+    ("not json{", "not readable JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("[]", "expected a JSON object {target class: [source classes]}"),
+    ('{"0": []}', "target class '0' maps to no source class"),
+    ('{"0": ["tench"], "1": [0]}', "source class 'tench' (0) is mapped to both '0' and '1'"),
+    ('{"0": [3.5]}', "source class 3.5 is neither a name nor an index"),
+    ('{"0": [1000]}', "source index 1000 out of range 0..999"),
+])
+def test_a_class_map_file_that_does_not_fit_is_one_line_naming_it(tmp_path, text, words):
+    from fne.training.class_map import read_class_map
+
+    path = tmp_path / "map.json"
+    path.write_text(text)
+    categories = [f"class {k}" for k in range(1000)]
+    categories[0] = "tench"
+    with pytest.raises(OptionError) as e:
+        read_class_map(str(path), ["0", "1", "2"], categories)
+    assert str(e.value) == f"class_map='{path}': {words}"
+
+
 @pytest.mark.parametrize("cmap, expected", [
     ({"0": [{"name": "tench"}]}, r"^class_map=\{'0': \[\{'name': 'tench'\}\]\}: values must be ImageNet class names/indices: \['0'\]$"),
     ({0: ["tench"]}, r"^class_map=\{0: \['tench'\]\}: target classes must be strings \(DATA's class names\): \[0\]$"),
