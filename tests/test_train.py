@@ -1210,3 +1210,16 @@ def test_resuming_on_a_machine_with_fewer_gpus_restores_those_it_has(monkeypatch
     monkeypatch.setattr(cuda_random, "set_rng_state", set_rng_state)  # what set_rng_state_all calls
     checkpoint.set_rng_state(state)
     assert list(restored) == [0] and int(restored[0][0]) == 7
+
+
+def test_direct_mode_refuses_weights_whose_classifier_does_not_fit_naming_the_tensors(tmp_path):
+    from fne.training.train import train
+
+    sd = backbones.load_backbone("efficientnet_lite0", "random", seed=1).state_dict()
+    sd["_fc.weight"], sd["_fc.bias"] = torch.zeros(10, sd["_fc.weight"].shape[1]), torch.zeros(10)
+    torch.save(sd, tmp_path / "w10.pt")
+    with pytest.raises(FneError, match=r"^weights='\S+w10\.pt': mode='direct' applies the source network unchanged, "
+                                       r"but 2 tensors do not fit arch='efficientnet_lite0': _fc\.weight: shape "
+                                       r"\(10, 1280\) in source, \(1000, 1280\) here; _fc\.bias"):
+        train("digits", "direct", tmp_path / "run", weights=str(tmp_path / "w10.pt"),
+              class_map={"0": ["tench"]}, **FAST)
