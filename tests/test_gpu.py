@@ -105,17 +105,30 @@ def test_weights_file_is_read_to_the_device_without_a_random_init(tmp_path, monk
 
 
 def test_auto_precision_and_batch_on_a_cuda_device_ask_that_device(monkeypatch):
-    """`auto` on CUDA: bf16 where the GPU runs it, else fp16; the batch from the free memory of
-    the GPU the run uses (cuda:1, not the current one). CUDA's answers are faked: runs on a CPU."""
+    """`auto` on CUDA: bf16 where the GPU runs it natively (Ampere on), else fp16: a T4 or V100
+    emulates bf16, which torch's is_bf16_supported() counts by default (was: bf16 there). Both
+    are asked of the GPU the run uses (cuda:1), not of the current one. CUDA is faked: runs on a CPU."""
+    import contextlib
+
     from fne.devices import resolve_precision
 
     asked = []
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: asked.append(d) or (8 * 2**30, 80 * 2**30))
     assert default_batch_size(torch.device("cuda:1")) == 128 and asked == [torch.device("cuda:1")]
-    for native, want in ((True, "bf16"), (False, "fp16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda native=native: native)
-        assert resolve_precision("auto", torch.device("cuda")) == want
-        assert resolve_precision("fp32", torch.device("cuda")) == "fp32"
+    current = []
+
+    @contextlib.contextmanager
+    def on(d):  # torch.cuda.device: the current device within
+        current.append(d)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", on)
+    for native, want in ((True, "bf16"), (False, "fp16")):  # an H200; a T4
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=native: native or including_emulation)
+        current.clear()
+        assert resolve_precision("auto", torch.device("cuda:1")) == want and current == [torch.device("cuda:1")]
+        assert resolve_precision("fp32", torch.device("cuda:1")) == "fp32"
 
 
 def test_random_weights_whose_init_cannot_run_on_the_device_are_drawn_on_the_cpu_and_moved():
