@@ -762,6 +762,26 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, cap
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (force=True)") for s in said)
 
 
+def test_imagenet_weights_that_do_not_load_stop_the_run_naming_the_backbone(tmp_path, monkeypatch):
+    """weights = "imagenet" (not imagenet-or-random) where they cannot be had (offline): one line
+    naming the backbone's label and why, before any step runs."""
+    import dataclasses
+
+    from fne.backbones import registry
+    from fne.errors import WeightsError
+
+    def offline():
+        raise WeightsError("cannot load ImageNet weights for efficientnet_lite0: no network")
+
+    bb = dataclasses.replace(registry.REGISTRY["efficientnet_lite0"], imagenet=offline)
+    monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", bb)
+    f = write(tmp_path, TINY.replace('weights = "random"', 'weights = "imagenet"').split("[train]")[0])
+    with pytest.raises(FneError, match=r"^backbone efficientnet_lite0-imagenet: cannot load ImageNet weights for "
+                                       r"efficientnet_lite0: no network$"):
+        P.run(f, tmp_path / "out", str(tmp_path / "cache"), report=False, log=lambda s: None)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("imagenet_loads", [False, True])
 def test_dry_run_finds_the_steps_an_imagenet_or_random_run_finished(tmp_path, monkeypatch, imagenet_loads):
     """`imagenet-or-random` is resolved when a run starts; the dry run resolves nothing, yet lists
