@@ -99,8 +99,8 @@ def check_device(device: str, here: bool = True) -> None:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto`: bf16 where the hardware runs it natively (AMX CPUs, bf16 GPUs), else fp32 on a
-    CPU, fp16 on other GPUs and on Apple's (MPS)."""
+    """`auto`: bf16 where the hardware runs it natively (AMX CPUs, Ampere and later GPUs), else fp32
+    on a CPU, fp16 on other GPUs (a T4, a V100) and on Apple's (MPS)."""
     if precision not in PRECISIONS:
         raise refusal(lambda py: f"unknown {named('precision', py, precision)}; choose from {', '.join(PRECISIONS)}")
     if precision == "bf16" and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
@@ -108,8 +108,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
                                  f"auto (fp16) or fp32")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cuda":  # native bf16 (Ampere on) on this device; torch's default counts emulated bf16 (T4, V100)
+        with torch.cuda.device(device):
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if device.type == "mps":  # fp16 on every Apple GPU; bf16 needs macOS 14 (and is slower before M2)
         return "fp16"
     return "bf16" if cpu_bf16_native() else "fp32"

@@ -145,6 +145,20 @@ def test_an_out_that_is_a_folder_is_one_line_before_the_forward_pass(tmp_path, c
     assert re.search(r"fne advise: error: --out .*: is a folder; give the file to write", capsys.readouterr().err)
 
 
+def test_the_cli_prints_the_advice_as_text_and_writes_it_to_out(tmp_path, capsys):
+    from fne.cli import main
+
+    out = tmp_path / "new" / "advice.json"
+    assert main(["advise", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--out", str(out),
+                 "--no-progress"]) == 0
+    text, a = capsys.readouterr().out, json.loads(out.read_text())
+    lines = text.splitlines()
+    assert lines[0] == "digits (1797 images, 10 classes; efficientnet_lite0 random weights)"
+    assert lines[1] == f"recommendation: {a['recommendation']}: {a['text']}" and lines[2] == "reasons:"
+    assert lines[3:3 + len(a["reasons"])] == [f"  - {r}" for r in a["reasons"]]
+    assert lines[-1] == "try: " + "; ".join(a["commands"]) and len(lines) == 4 + len(a["reasons"])
+
+
 def test_data_of_one_class_is_one_line_not_advice_to_run_a_fit_that_stops(digits_folder, tmp_path, capsys):
     """A folder of one class was advised "try: fne fit …", which then stopped ("a head needs at
     least 2 classes"): advise itself now says so, before any forward pass."""

@@ -338,6 +338,21 @@ def test_unknown_pattern_and_mixed_kinds_fail_in_one_line(tmp_path):
     assert len(files) == 4 and not any(i.endswith(".tar") for i in files.ids)
 
 
+
+def test_a_file_that_is_no_tar_and_shards_half_named_by_split_fail_in_one_line(tmp_path):
+    bad = tmp_path / "garbage.tar"
+    bad.write_bytes(b"\x17" * 3000)
+    with pytest.raises(DataError, match=rf"^{bad}: not a readable tar file \(.*\); WebDataset shards are plain \.tar$"):
+        load_dataset(str(bad))
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    shards = write_shards(src, tmp_path / "mixed", per_shard=2)
+    shards[0].rename(shards[0].with_name("train-000000.tar"))
+    shards[1].rename(shards[1].with_name("shard-1.tar"))
+    with pytest.raises(DataError, match=r"^DATA mixed: some images have a split and some do not \(e\.g\. shard-1\.tar:"
+                                        r"\d+\.png\); name every shard train-\* / test-\*, or none$"):
+        load_dataset(tmp_path / "mixed")
+
+
 # ----------------------------------------------------------------- 4. the manifest
 def test_unchanged_shards_are_not_read_again(tmp_path, monkeypatch):
     src = write_digits(tmp_path / "digits", per_class=3, classes=2)

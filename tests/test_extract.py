@@ -267,3 +267,29 @@ def test_an_interrupted_run_does_not_wait_for_a_stuck_build(digits_folder, tmp_p
         assert build.daemon and build.is_alive()
     finally:
         release.set()
+
+
+def test_a_compiled_model_that_fails_to_build_runs_eager_with_a_warning():
+    """--compile on where torch.compile cannot build (no C++ compiler, say): the first forward
+    pass falls back to the eager model, with a warning, and hands it back for the next ones; an
+    eager model's own error is raised as it is."""
+    import torch
+
+    from fne.extraction.taps import forward
+
+    eager, cpu, x = torch.nn.Linear(3, 2), torch.device("cpu"), torch.ones(4, 3)
+
+    class Compiled(torch.nn.Module):  # what torch.compile gives: the eager model as _orig_mod
+        def __init__(self):
+            super().__init__()
+            self._orig_mod = eager
+
+        def forward(self, x):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+    with pytest.warns(UserWarning, match=r"^torch\.compile failed \(RuntimeError: InvalidCxxCompiler: No working C\+\+ "
+                                         r"compiler found\); running eager$"):
+        model, out = forward(Compiled(), x, cpu, "fp32")
+    assert model is eager and torch.equal(out, eager(x))
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        forward(torch.nn.Linear(5, 2), x, cpu, "fp32")

@@ -618,6 +618,10 @@ def test_predict_refuses_a_folder_without_a_model_an_old_model_and_pinned_store_
     joblib.dump({"format": 0}, tmp_path / "old" / "model.joblib")
     with pytest.raises(FneError, match=r"model\.joblib: not a model written by this version of fne fit \(refit it"):
         predict(tmp_path / "old", digits_folder, **kw)
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "model.joblib").write_bytes(b"")  # a copy cut short: was a traceback (EOFError)
+    with pytest.raises(FneError, match=r"cut/model\.joblib: cannot be read \(EOFError\); refit it with `fne fit`$"):
+        predict(tmp_path / "cut", digits_folder, **kw)
     fit(digits_folder, features="last", splits=1, out=tmp_path / "r", cache=str(warm_cache), **STORE)
     with pytest.raises(FneError, match=r"r pins arch \(its head fits those rows only\); predict takes cache and device$"):
         predict(tmp_path / "r", digits_folder, arch="vgg16", **kw)

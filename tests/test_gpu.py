@@ -104,6 +104,52 @@ def test_weights_file_is_read_to_the_device_without_a_random_init(tmp_path, monk
     assert set(calls) <= {"meta"}  # built on the meta device: no initialisation thrown away
 
 
+def test_auto_precision_and_batch_on_a_cuda_device_ask_that_device(monkeypatch):
+    """`auto` on CUDA: bf16 where the GPU runs it natively (Ampere on), else fp16: a T4 or V100
+    emulates bf16, which torch's is_bf16_supported() counts by default (was: bf16 there). Both
+    are asked of the GPU the run uses (cuda:1), not of the current one. CUDA is faked: runs on a CPU."""
+    import contextlib
+
+    from fne.devices import resolve_precision
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: asked.append(d) or (8 * 2**30, 80 * 2**30))
+    assert default_batch_size(torch.device("cuda:1")) == 128 and asked == [torch.device("cuda:1")]
+    current = []
+
+    @contextlib.contextmanager
+    def on(d):  # torch.cuda.device: the current device within
+        current.append(d)
+        yield
+
+    monkeypatch.setattr(torch.cuda, "device", on)
+    for native, want in ((True, "bf16"), (False, "fp16")):  # an H200; a T4
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                            lambda including_emulation=True, native=native: native or including_emulation)
+        current.clear()
+        assert resolve_precision("auto", torch.device("cuda:1")) == want and current == [torch.device("cuda:1")]
+        assert resolve_precision("fp32", torch.device("cuda:1")) == "fp32"
+
+
+def test_random_weights_whose_init_cannot_run_on_the_device_are_drawn_on_the_cpu_and_moved():
+    """`seeded_build` off the CPU: a model whose init code fails on the device (the meta device
+    stands in for a GPU here) is initialised on the CPU from the same seed, then moved."""
+    drawn = []
+
+    def build():
+        if torch.get_default_device().type != "cpu":
+            raise NotImplementedError("this init needs the CPU")
+        m = torch.nn.Linear(4, 3)
+        drawn.append(m.weight.detach().clone())
+        return m
+
+    cpu = backbones.seeded_build(build, 11, torch.device("cpu"))
+    before = torch.get_rng_state()
+    moved = backbones.seeded_build(build, 11, torch.device("meta"))
+    assert moved.weight.is_meta and len(drawn) == 2 and torch.equal(drawn[1], cpu.weight)
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator untouched
+
+
 def _bench_gpu():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:

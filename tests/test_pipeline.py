@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fne.cache.store import list_stores
+from fne.errors import FneError
 from fne.pipeline import runner as P
 from fne.pipeline.runner import PipelineError, load_pipeline
 from fne.pipeline.steps import train_arguments
@@ -106,6 +107,25 @@ epochs = 2
     ('heads = ["svm"]', 'heads = ["svm"]\nsplits = 1000', 14, "fit.splits", "1000: expected an integer in [1, 100]"),
     ('data = "digits"', 'data = "digits"\n\n[datasets.digits.published]\nsource = "a paper"\narch = 16\n"fne+svm" = 90.0',
      9, "datasets.digits.published.arch", "expected a string, got 16"),
+    ('name = "x"', 'name = "x"\nseeds = []', 3, "pipeline.seeds", "needs at least one seed"),
+    ('name = "x"', 'name = "x"\nadvise_sample = 0', 3, "pipeline.advise_sample", "must be >= 1, got 0"),
+    ('weights = "random"\n', 'weights = "random"\n\n[[backbones]]\narch = "vgg16"\nweights = "random"\n', 11,
+     "backbones[1]", "same folder label 'vgg16-random' as backbones[0]"),
+    ('features = ["fc7", "fne"]', 'features = []', 12, "fit.features", "needs at least one feature spec"),
+    ('heads = ["svm"]', 'heads = []', 13, "fit.heads", "needs at least one head"),
+    ('epochs = 2', 'epochs = 2\n\n[train.scratch]\nepochs = 1', 19, "train.scratch",
+     "settings for mode 'scratch', which train.modes does not list"),
+    ('data = "digits"\n', 'max_per_class = 3\n', 4, "datasets.digits", "missing key 'data'"),
+    ('data = "digits"', 'data = "digits"\nmax_per_class = 0', 6, "datasets.digits.max_per_class", "must be >= 1"),
+    ('data = "digits"', 'data = "digits"\nclass_map = "nomap.json"', 6, "datasets.digits.class_map", "no such file"),
+    ('data = "digits"', 'data = "digits"\nclass_map = {a = 3.5}', 6, "datasets.digits.class_map",
+     "values must be ImageNet class names/indices: ['a']"),
+    ('data = "digits"', 'data = "digits"\n\n[datasets.digits.published]\nsource = "a paper"\n"fne+svm" = 190.0', 9,
+     'datasets.digits.published."fne+svm"', "a percentage in [0, 100], got 190.0"),
+    ('data = "digits"', 'data = "digits"\n\n[datasets.digits.published]\nsource = "a paper"\n"fne+svm" = "x"', 9,
+     'datasets.digits.published."fne+svm"', "expected a percentage (93.3) or [mean, std], got 'x'"),
+    ('data = "digits"', 'data = "digits"\n\n[datasets.digits.published]\n"fne+svm" = 90.0', 7,
+     "datasets.digits.published", "published values need a 'source'"),
 ])
 def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
     assert old in GOOD
@@ -115,6 +135,47 @@ def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
     msg = str(e.value)
     assert f"{f}:{line}: {key}: " in msg, msg
     assert words in msg
+
+
+@pytest.mark.parametrize("old, new, line, key, words", [
+    ('modes = ["frozen"]', 'modes = "frozen"', 16, "train.modes", "expected a list of strings, got 'frozen'"),
+    ('epochs = 2', 'epochs = 2\nfrozen = 3', 18, "train.frozen", "expected a table [train.frozen], got 3"),
+    ('data = "digits"', 'data = "digits"\ntest_size = 1.5', 6, "datasets.digits.test_size", "must be in (0, 1)"),
+    ('data = "digits"', 'data = "digits"\ntrain_per_class = 0', 6, "datasets.digits.train_per_class", "must be >= 1"),
+    ('epochs = 2', 'epochs = 2\ntest_size = 2.0', 18, "train.test_size", "expected a number in (0, 1)"),
+])
+def test_a_refused_value_is_named_once_and_nothing_else(tmp_path, old, new, line, key, words):
+    """One problem, one line: no second report of it (train.modes), no traceback (a mode's
+    settings not a table), no split-size check computed from the refused value."""
+    f = write(tmp_path, GOOD.replace(old, new))
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:{line}: {key}: ") and words in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("text, where, words", [
+    (GOOD.split("[datasets.digits]")[0] + GOOD.split('data = "digits"\n')[1], "(top level)",
+     "at least one [datasets.KEY] table is required"),
+    (GOOD.replace('[[backbones]]\narch = "vgg16"\nweights = "random"\n', ""), "(top level)",
+     "at least one [[backbones]] table is required"),
+    (GOOD.split("[fit]")[0], "fit", "nothing to run: give a [fit] grid or [train] modes"),
+])
+def test_a_missing_section_is_named(tmp_path, text, where, words):
+    f = write(tmp_path, text)
+    with pytest.raises(PipelineError, match=rf"^{f}: {where}: {words}$".replace("[", r"\[").replace("(", r"\(")
+                       .replace(")", r"\)").replace("]", r"\]")):
+        load_pipeline(f)
+
+
+def test_a_dataset_that_does_not_load_is_named(tmp_path):
+    (tmp_path / "bad.csv").write_text("path,label\nnope.jpg,a\n")
+    (tmp_path / "empty").mkdir()
+    for data, words in [("bad.csv", "1 listed file(s) do not exist: nope.jpg"), ("empty", "no class sub-folders")]:
+        f = write(tmp_path, GOOD.replace('data = "digits"', f'data = "{data}"'))
+        with pytest.raises(PipelineError) as e:
+            load_pipeline(f)
+        assert str(e.value).startswith(f"{f}:5: datasets.digits.data: ") and words in str(e.value)
 
 
 def test_every_error_reported_before_anything_runs(tmp_path, monkeypatch):
@@ -727,6 +788,26 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, cap
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (force=True)") for s in said)
 
 
+def test_imagenet_weights_that_do_not_load_stop_the_run_naming_the_backbone(tmp_path, monkeypatch):
+    """weights = "imagenet" (not imagenet-or-random) where they cannot be had (offline): one line
+    naming the backbone's label and why, before any step runs."""
+    import dataclasses
+
+    from fne.backbones import registry
+    from fne.errors import WeightsError
+
+    def offline():
+        raise WeightsError("cannot load ImageNet weights for efficientnet_lite0: no network")
+
+    bb = dataclasses.replace(registry.REGISTRY["efficientnet_lite0"], imagenet=offline)
+    monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", bb)
+    f = write(tmp_path, TINY.replace('weights = "random"', 'weights = "imagenet"').split("[train]")[0])
+    with pytest.raises(FneError, match=r"^backbone efficientnet_lite0-imagenet: cannot load ImageNet weights for "
+                                       r"efficientnet_lite0: no network$"):
+        P.run(f, tmp_path / "out", str(tmp_path / "cache"), report=False, log=lambda s: None)
+    assert not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("imagenet_loads", [False, True])
 def test_dry_run_finds_the_steps_an_imagenet_or_random_run_finished(tmp_path, monkeypatch, imagenet_loads):
     """`imagenet-or-random` is resolved when a run starts; the dry run resolves nothing, yet lists
@@ -778,6 +859,38 @@ def test_dry_run_of_a_subset_finds_the_subset_an_earlier_run_wrote(tmp_path):
     lines = []
     P.run(f, out, cache, dry_run=True, log=lines.append)
     assert lines[-1] == "0 step(s) to run, 3 done", lines
+
+
+def test_an_absent_optional_dataset_and_direct_without_class_map_are_noted(tmp_path):
+    """An optional dataset that is absent is skipped with a note; all of them absent is one
+    error naming each; direct mode on a dataset without class_map is a note, not a step."""
+    gone = '\n[datasets.gone]\ndata = "no/such/folder"\noptional = true\n'
+    text = GOOD.replace('data = "digits"\n', 'data = "digits"\n' + gone).replace('["frozen"]', '["frozen", "direct"]')
+    lines: list[str] = []
+    P.run(write(tmp_path, text), tmp_path / "out", str(tmp_path / "cache"), dry_run=True, log=lines.append)
+    assert lines[0] == f"note: optional dataset gone skipped: path {tmp_path}/no/such/folder does not exist"
+    assert lines[1] == "note: direct mode not run on digits: it has no class_map"
+    assert not any("direct seed" in x for x in lines)
+    alone = write(tmp_path, text.replace('[datasets.digits]\ndata = "digits"\n', ""), "q.toml")
+    with pytest.raises(FneError, match=rf"^{alone}: nothing to run: none of its datasets is present \(gone: path "):
+        P.run(alone, tmp_path / "out", str(tmp_path / "cache"), dry_run=True, log=lines.append)
+
+
+def test_a_subset_of_a_predefined_split_keeps_each_images_part(tmp_path, digits_split):
+    """max_per_class on DATA with a train/test split: up to N per class in each part, each image
+    in the part it came from (the subset's CSV has a split column)."""
+    from fne.data.datasets import load_dataset
+    from fne.pipeline.config import DatasetCfg
+
+    full = load_dataset(str(digits_split))
+    part_of = {Path(s).resolve(): sp for s, sp in zip(full.sources, full.splits, strict=True)}
+    ds = DatasetCfg(key="digits", data=str(digits_split), spec=str(digits_split), max_per_class=2)
+    target = P.materialise(ds, tmp_path, None)
+    assert target.endswith(".csv")
+    sub = load_dataset(target)
+    assert sub.has_split and len(sub) == 2 * 2 * len(full.classes)
+    assert all(part_of[Path(s).resolve()] == sp for s, sp in zip(sub.sources, sub.splits, strict=True))
+    assert P.materialise(ds, tmp_path, None, write=False) == target  # the dry run finds it
 
 
 def test_the_pipelines_own_files_are_written_whole_and_one_cut_short_is_written_again(tmp_path, monkeypatch):

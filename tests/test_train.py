@@ -296,6 +296,26 @@ def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_fol
     assert again["accuracy"] == m["accuracy"] and again["class_map"] == m["class_map"]
 
 
+@pytest.mark.parametrize("text, words", [
+    ("not json{", "not readable JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("[]", "expected a JSON object {target class: [source classes]}"),
+    ('{"0": []}', "target class '0' maps to no source class"),
+    ('{"0": ["tench"], "1": [0]}', "source class 'tench' (0) is mapped to both '0' and '1'"),
+    ('{"0": [3.5]}', "source class 3.5 is neither a name nor an index"),
+    ('{"0": [1000]}', "source index 1000 out of range 0..999"),
+])
+def test_a_class_map_file_that_does_not_fit_is_one_line_naming_it(tmp_path, text, words):
+    from fne.training.class_map import read_class_map
+
+    path = tmp_path / "map.json"
+    path.write_text(text)
+    categories = [f"class {k}" for k in range(1000)]
+    categories[0] = "tench"
+    with pytest.raises(OptionError) as e:
+        read_class_map(str(path), ["0", "1", "2"], categories)
+    assert str(e.value) == f"class_map='{path}': {words}"
+
+
 @pytest.mark.parametrize("cmap, expected", [
     ({"0": [{"name": "tench"}]}, r"^class_map=\{'0': \[\{'name': 'tench'\}\]\}: values must be ImageNet class names/indices: \['0'\]$"),
     ({0: ["tench"]}, r"^class_map=\{0: \['tench'\]\}: target classes must be strings \(DATA's class names\): \[0\]$"),
@@ -1292,3 +1312,42 @@ def test_train_per_class_trains_on_fits_images(tmp_path, capsys):
                   f"--no-progress --epochs 1 --val-fraction 0 --train-per-class 3".split(),
                  "--out", str(tmp_path / "cli")]) == 0
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["n_train"] == 9
+
+
+def test_resuming_on_a_machine_with_fewer_gpus_restores_those_it_has(monkeypatch):
+    """A checkpoint saved where more GPUs were visible (a node of 8, resumed on one, or with
+    CUDA_VISIBLE_DEVICES narrowed): the CUDA generators of the GPUs there are restored, not an
+    IndexError from torch.cuda.set_rng_state_all (the CUDA calls are faked: runs on a CPU)."""
+    import torch.cuda.random as cuda_random
+
+    from fne.training import checkpoint
+
+    state = checkpoint.rng_state()
+    state["cuda"] = [torch.full((16,), 7, dtype=torch.uint8), torch.full((16,), 9, dtype=torch.uint8)]
+    restored = {}
+
+    def set_rng_state(new_state, device="cuda"):
+        i = device if isinstance(device, int) else torch.device(device).index or 0
+        if i >= 1:  # as torch's: torch.cuda.default_generators[i] of a machine with one GPU
+            raise IndexError("tuple index out of range")
+        restored[i] = new_state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(cuda_random, "set_rng_state", set_rng_state)  # what set_rng_state_all calls
+    checkpoint.set_rng_state(state)
+    assert list(restored) == [0] and int(restored[0][0]) == 7
+
+
+def test_direct_mode_refuses_weights_whose_classifier_does_not_fit_naming_the_tensors(tmp_path):
+    from fne.training.train import train
+
+    sd = backbones.load_backbone("efficientnet_lite0", "random", seed=1).state_dict()
+    sd["_fc.weight"], sd["_fc.bias"] = torch.zeros(10, sd["_fc.weight"].shape[1]), torch.zeros(10)
+    torch.save(sd, tmp_path / "w10.pt")
+    with pytest.raises(FneError, match=r"^weights='\S+w10\.pt': mode='direct' applies the source network unchanged, "
+                                       r"but 2 tensors do not fit arch='efficientnet_lite0': _fc\.weight: shape "
+                                       r"\(10, 1280\) in source, \(1000, 1280\) here; _fc\.bias"):
+        train("digits", "direct", tmp_path / "run", weights=str(tmp_path / "w10.pt"),
+              class_map={"0": ["tench"]}, **FAST)

@@ -173,6 +173,12 @@ def test_cli_backbones_json_and_list(capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
     assert "vgg16" in out and "timm:NAME" in out and "torchvision" in out
+    assert main(["backbones", "timm:vit_tiny_patch16_224"]) == 0  # as text: a header, then a line per tap
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "timm:vit_tiny_patch16_224 (timm): 25 taps, 4800 features, last pre_logits, classifier head"
+    assert lines[1].startswith("preprocess: resize 248, crop_size 224, crop center, mean [0.5, 0.5, 0.5]")
+    assert lines[2].split() == ["blocks.0.cls", "blocks.0", "192", "cls", "(prefix", "tokens", "1)"]
+    assert len(lines) == 2 + 25 and lines[-1].split() == ["pre_logits", "head", "192", "mean_nchw"]
     assert main(["backbones", "timm:vit_tiny_patch16_224", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["arch"] == "timm:vit_tiny_patch16_224"

@@ -336,11 +336,6 @@ class ImportReport:
     def layers(self) -> list[str]:
         return sorted({n.rsplit(".", 1)[0] for n in self.imported})
 
-    def lines(self) -> list[str]:
-        out = [f"imported {n}" for n in self.imported]
-        out += [f"not imported {n}: {why}" for n, why in self.skipped]
-        return out
-
 
 def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = (), assign: bool = False) -> ImportReport:
     """Copy every tensor whose name and shape match (the course's import_matching_layers).

@@ -36,7 +36,12 @@ def load_model(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "model.joblib"
     if not path.is_file():
         raise FneError(f"{run_dir}: no model.joblib or model.pt (is it a `fne fit` or `fne train` run folder?)")
-    model = joblib.load(path)
+    try:
+        model = joblib.load(path)
+    except Exception as e:  # noqa: BLE001 -- damaged (EOF, pickle errors), or of packages this Python lacks
+        said = (str(e).strip().splitlines() or [""])[0][:160]
+        raise FneError(f"{path}: cannot be read ({type(e).__name__}{': ' * bool(said)}{said}); refit it with "
+                       f"`fne fit`") from None
     if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
         raise FneError(f"{path}: not a model written by this version of fne fit (refit it with `fne fit`)")
     return model

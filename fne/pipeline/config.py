@@ -392,14 +392,14 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
     if "modes" not in t:
         err.add(("train",), f"missing key 'modes' (a list of {', '.join(MODES)})")
     if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
-        err.add(("train", "modes"), f"expected a list of strings, got {modes!r}")
-        modes = []
+        modes = []  # named by _check_table (TRAIN_SCHEMA)
     for m in modes:
         if m not in MODES:
             err.add(("train", "modes"), f"unknown mode {m!r}; choose from {', '.join(MODES)}")
     common = _check_table({k: v for k, v in t.items() if k not in MODES}, TRAIN_SCHEMA, ("train",), err)
     common.pop("modes", None)
-    _add_problems(TrainConfig, common, ("train",), err)
+    for k in _add_problems(TrainConfig, common, ("train",), err):  # refused: later checks do not use it
+        common.pop(k, None)
     for m in MODES:
         if m in t and not isinstance(t[m], dict):
             err.add(("train", m), f"expected a table [train.{m}], got {t[m]!r}")
@@ -409,8 +409,9 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
     for m in modes:
         if m not in MODES:
             continue
-        own = _check_table(t.get(m, {}), own_schema, ("train", m), err)
-        _add_problems(TrainConfig, own, ("train", m), err)
+        own = _check_table(t[m] if isinstance(t.get(m), dict) else {}, own_schema, ("train", m), err)
+        for k in _add_problems(TrainConfig, own, ("train", m), err):
+            own.pop(k, None)
         for k in [k for k in own if not uses(TrainConfig, m, k)]:  # [train]'s are shared: only the others apply
             err.add(("train", m, k), f"{k} applies to mode {used_by(TrainConfig, k)} only, not {m}")
         p.train[m] = {**common, **own}  # fne.pipeline.steps.train_arguments passes on those the mode uses
@@ -435,8 +436,10 @@ def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
     for k in ("max_per_class", "splits", "train_per_class"):
         if getattr(ds, k) is not None and getattr(ds, k) < 1:
             err.add(path_ + (k,), f"must be >= 1, got {getattr(ds, k)}")
+            setattr(ds, k, None)  # refused: the checks of the split sizes do not reckon with it
     if ds.test_size is not None and not 0 < ds.test_size < 1:
         err.add(path_ + ("test_size",), f"must be in (0, 1), got {ds.test_size}")
+        ds.test_size = None
     if "published" in d:
         ds.published = _check_published(d["published"], path_ + ("published",), err)
     if "class_map" in d:
@@ -489,10 +492,12 @@ def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
                            f"per class): raise val_fraction or set it to 0 (then the last epoch is kept)")
 
 
-def _add_problems(cls, values: dict, path: tuple, err: Errors) -> None:
-    """The values `cls`' declaration (fne.options) refuses, each at its key."""
-    for k, why in problems(cls, values):
+def _add_problems(cls, values: dict, path: tuple, err: Errors) -> list[str]:
+    """The values `cls`' declaration (fne.options) refuses, each at its key; -> those keys."""
+    found = problems(cls, values)
+    for k, why in found:
         err.add(path + (k,), why)
+    return [k for k, _ in found]
 
 
 def _check_published(pub: dict, path: tuple, err: Errors) -> dict:

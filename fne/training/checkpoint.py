@@ -98,8 +98,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # those of the GPUs this machine has: saved with more
+        for i, s in enumerate(state["cuda"][:torch.cuda.device_count()]):  # (set_rng_state_all: IndexError)
+            torch.cuda.set_rng_state(s, i)
 
 
 # ------------------------------------------------------------ the file
