@@ -96,7 +96,8 @@ def test_torchcodec_rows_keep_a_store_of_their_own_and_are_read_with_either(tmp_
     rows = {}
     for name, use in (("codec", True), ("vision", False)):
         monkeypatch.setattr(devices, "_torchcodec", lambda use=use: use)
-        rows[name] = load_rows(data, features="last", cache=cache, decode="device", progress=False, **FAST)
+        rows[name] = load_rows(data, features="last", cache=cache, decode="device", device="cpu", progress=False,
+                               **FAST)
     assert np.array_equal(rows["codec"].X, rows["vision"].X)
     assert rows["codec"].attrs["store"] != rows["vision"].attrs["store"]
 
