@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -321,3 +322,24 @@ def test_a_log_hears_of_each_C_scored_while_one_split_is_cross_validated(digits_
     C1 = f"cross_validated=last+logreg C=1 cv accuracy {grid['1']:.4f})"
     assert scored[0].endswith(C1)  # the walk starts at C = 1
     assert err[-1].startswith("fit last+logreg: 1/1 splits (") and err[-1].endswith(f"accuracy={m['accuracy']:.4f})")
+
+
+def test_a_C_chosen_at_an_end_of_the_grid_says_a_C_beyond_may_score_higher(monkeypatch):
+    """--C auto's grid ends at 10^-3 and 10^3: where the winner's C is an end (it scored above
+    every C nearer the centre), a warning says so and names the C to try beyond it; a C inside
+    the grid says nothing."""
+    X, y = blobs(n_per_class=10, classes=2)
+    rows = Rows(FakeStore(X), [f"k{i}" for i in range(len(X))], ["f"])
+    cands = [selection.Candidate("last", ["f"], "l2", "svm", rows)]
+    for best, expect in ((0.001, "C=0.001 for last+svm, the smallest of its grid (0.001 to 1000): a smaller C may "
+                                 "score higher still; fit with --C 0.0001"),
+                         (1000.0, "C=1000 for last+svm, the largest of its grid (0.001 to 1000): a larger C may "
+                                  "score higher still; fit with --C 10000"), (10.0, None)):
+        monkeypatch.setattr(selection._Fold, "score",
+                            lambda self, head, C, *a, best=best, **k: 1.0 - abs(np.log10(C / best)) / 10)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            chosen = selection.select(cands, "auto", y, np.arange(len(y)), seed=1)
+        notes = [str(w.message) for w in seen if "--C auto chose" in str(w.message)]
+        assert chosen.C == best
+        assert (notes == [f"--C auto chose {expect} to compare"]) if expect else not notes

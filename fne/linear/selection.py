@@ -170,6 +170,18 @@ def choose_C(grid, scores: np.ndarray) -> int:
     return int(tied[order[0]])
 
 
+def grid_edge_note(grid, C: float, name: str) -> str | None:
+    """Where the chosen C is an end of a grid of several (it scored above every C nearer the
+    centre: `choose_C` takes the nearest of those tied), that a C beyond it may score higher
+    still; else None."""
+    if len(grid) < 2 or C not in (min(grid), max(grid)):
+        return None
+    beyond = "smaller" if C == min(grid) else "larger"
+    return (f"--C auto chose C={C:g} for {name}, the {beyond[:-1] + 'st'} of its grid ({min(grid):g} to "
+            f"{max(grid):g}): a {beyond} C may score higher still; fit with --C {C / 10 if beyond == 'smaller' else C * 10:g} "
+            f"to compare")
+
+
 def choose_candidate(scores: np.ndarray) -> int:
     """Index of the first option (default order) tied with the best; scores: options x folds."""
     return int(np.flatnonzero(tied_with_best(scores))[0])
@@ -406,6 +418,9 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
     # the best scoring of the others
     j_win = choose_candidate(np.stack([best_row[c.name] for c in cands]))
     win = cands[j_win]
+    note = grid_edge_note(grid, best_C[win.name], win.name)
+    if note:
+        warnings.warn(note, stacklevel=2)
     others = sorted((j for j in range(len(cands)) if j != j_win), key=lambda j: (-table[j]["cv_mean"], j))
     comparison = None
     if others:
