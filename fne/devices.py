@@ -328,6 +328,18 @@ def require_main_script(verb: str) -> None:
                        f"Windows) re-ran this script: put the script's code under `if __name__ == \"__main__\":`")
 
 
+def random_draw(device: torch.device) -> str:
+    """What decides the numbers random weights drawn on `device` get from a seed: "cpu", else
+    the device type, and on CUDA the GPU's geometry (``cuda132x2048``: SMs x threads per SM).
+    torch's CUDA generator spreads a tensor's draws over a grid sized from the SM count and the
+    threads per SM, so one seed gives other numbers on a GPU of another geometry
+    (pytorch/pytorch#87992): their rows must not share a store."""
+    if device.type != "cuda":
+        return device.type
+    props = torch.cuda.get_device_properties(device)
+    return f"cuda{props.multi_processor_count}x{props.max_threads_per_multi_processor}"
+
+
 def resolve_decode(decode: str, device: torch.device) -> str:
     """`auto` -> "device" on CUDA where a library decodes JPEGs on it (`device_decoder`), "pil"
     elsewhere; others as given. (Batched nvjpeg takes a quarter of PIL's CPU; on a 16-core H200

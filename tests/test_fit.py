@@ -115,6 +115,13 @@ def test_predict_round_trips_the_saved_model(digits_split, tmp_path, capsys):
                  "--cache", cache, "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert "fitted on random weights drawn on cuda (random-seed0-cuda)" in err and err.endswith("--device cuda")
+    saved["store"]["weights_fingerprint"] = "random-seed0-cuda132x2048"  # the GPU's geometry decides the draw
+    joblib.dump(saved, tmp_path / "run" / "model.joblib")
+    assert main(["predict", str(tmp_path / "run"), str(flat), "--out", str(tmp_path / "r.csv"),
+                 "--cache", cache, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert ("fitted on random weights drawn on a cuda GPU of 132 SMs x 2048 threads (random-seed0-cuda132x2048)"
+            in err) and err.endswith("--device cuda on such a GPU")
 
 
 def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm_cache, tmp_path, capsys):

@@ -86,8 +86,31 @@ def test_random_weights_are_drawn_on_the_device_and_keyed_by_it():
     b = backbones.load_backbone("efficientnet_lite0", "random", seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert backbones.fingerprint("vgg16", "random", 3) == "random-seed3"  # CPU keys unchanged
-    assert backbones.fingerprint("vgg16", "random", 3, "cuda") == "random-seed3-cuda"
-    assert backbones.fingerprint("vgg16", "imagenet", 3, "cuda") == backbones.fingerprint("vgg16", "imagenet")
+    assert backbones.fingerprint("vgg16", "random", 3, "cuda132x2048") == "random-seed3-cuda132x2048"
+    assert backbones.fingerprint("vgg16", "imagenet", 3, "cuda132x2048") == backbones.fingerprint("vgg16", "imagenet")
+
+
+def test_random_weights_drawn_on_gpus_of_other_geometries_are_keyed_apart(monkeypatch, tmp_path):
+    """torch's CUDA generator sizes its grid from the SM count and threads per SM, so one seed
+    draws other numbers on a GPU of another geometry: the store key names it, and rows of two
+    such GPUs never share a store; other weights' keys name no device."""
+    from types import SimpleNamespace
+
+    from fne import devices
+    from fne.cache.spec import StoreSpec
+
+    cuda = torch.device("cuda")
+    geometry = {"sm": 132, "threads": 2048}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(
+        multi_processor_count=geometry["sm"], max_threads_per_multi_processor=geometry["threads"]))
+    monkeypatch.setattr(devices, "resolve_device", lambda d="auto": cuda if d != "cpu" else torch.device("cpu"))
+    assert devices.random_draw(cuda) == "cuda132x2048" and devices.random_draw(torch.device("cpu")) == "cpu"
+    spec = StoreSpec(arch="vgg16", weights="random", cache=str(tmp_path), device="cuda")
+    h200 = spec.fingerprint()
+    geometry.update(sm=40, threads=1024)  # a T4
+    assert h200 == "random-seed0-cuda132x2048" and spec.fingerprint() == "random-seed0-cuda40x1024"
+    assert StoreSpec(arch="vgg16", weights="random", cache=str(tmp_path), device="cpu").fingerprint() == "random-seed0"
+    assert StoreSpec(arch="vgg16", cache=str(tmp_path), device="cuda").fingerprint() == "imagenet-vgg16-397923af"
 
 
 def test_weights_file_is_read_to_the_device_without_a_random_init(tmp_path, monkeypatch):

@@ -445,17 +445,18 @@ def _file_fingerprint(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
-def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, device_type: str = "cpu",
+def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, drawn: str = "cpu",
                 cache: str | Path | None = None) -> str:
     """Identifies the weights for cache keys without building the network.
 
     Random weights are drawn on the device that runs the network (`load_backbone`), and a CUDA
-    generator draws other numbers than the CPU's for the same seed: off the CPU their key names
-    the device type (`random-seed0-cuda`). A weights file's hash is remembered in `cache`'s
-    manifests, when one is given (`file_fingerprint`).
+    generator draws other numbers than the CPU's for the same seed, and other numbers again on
+    a GPU of another geometry: off the CPU their key names what decides the draw
+    (`fne.devices.random_draw`: `random-seed0-cuda132x2048`). A weights file's hash is
+    remembered in `cache`'s manifests, when one is given (`file_fingerprint`).
     """
     if weights == "random":
-        return f"random-seed{seed}" + ("" if device_type == "cpu" else f"-{device_type}")
+        return f"random-seed{seed}" + ("" if drawn == "cpu" else f"-{drawn}")
     if weights == "imagenet":
         return get(arch).imagenet_id()
     if Path(weights).suffix == ".joblib":  # a `fne fit` model, which torch.load cannot read

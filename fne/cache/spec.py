@@ -67,14 +67,13 @@ class StoreSpec(StoreOptions):
         return key + DEVICE_SUFFIXES[device_decoder() or "torchvision"]
 
     def fingerprint(self) -> str:
-        device_type = "cpu"
+        drawn = "cpu"
         if self.weights == "random" and self.device != "cpu":  # drawn on the device (load_backbone)
-            from fne.devices import resolve_device  # imports torch: a named CPU needs none
+            from fne import devices  # imports torch: a named CPU needs none
 
-            device_type = resolve_device(self.device).type
+            drawn = devices.random_draw(devices.resolve_device(self.device))
         # a weights file's hash is remembered in the manifests of the cache its rows go to
-        return backbones.fingerprint(self.arch, self.weights, self.weights_seed, device_type,
-                                     str(cache_root(self.cache)))
+        return backbones.fingerprint(self.arch, self.weights, self.weights_seed, drawn, str(cache_root(self.cache)))
 
     def open(self) -> Store:
         """The store this machine writes to: `auto` resolved here. Nothing is written: an absent

@@ -94,9 +94,12 @@ def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec
     then = s["weights_fingerprint"]
     if now != then and s["weights"] == "random":
         drawn = then.removeprefix(f"random-seed{s['weights_seed']}").lstrip("-") or "cpu"
-        raise opts.refusal(lambda py: f"{where} was fitted on random weights drawn on {drawn} ({then}); this run "
-                                      f"would draw other ones ({now}): predict with "
-                                      f"{opts.named('device', py, drawn, plain=True)}", FneError)
+        device = drawn.rstrip("0123456789x")  # cuda132x2048: a GPU of 132 SMs of 2048 threads
+        where_drawn = device if device == drawn else f"a {device} GPU of {drawn[len(device):].replace('x', ' SMs x ')} threads"
+        raise opts.refusal(lambda py: f"{where} was fitted on random weights drawn on {where_drawn} ({then}); this "
+                                      f"run would draw other ones ({now}): predict with "
+                                      f"{opts.named('device', py, device, plain=True)}"
+                                      + ("" if device == drawn else " on such a GPU"), FneError)
     if now != then:
         raise FneError(
             f"the weights at {s['weights']} changed since {where} was fitted: fingerprint {now}, "
