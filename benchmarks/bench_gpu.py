@@ -457,24 +457,45 @@ def _child(code: str, env: dict | None = None, timeout: float | None = None) -> 
     return json.loads(p.stdout.strip().splitlines()[-1]), wall, cpu
 
 
+def hybrid_hook(percent: int) -> None:
+    """Benchmark-only: `fne extract --decode device` leaves `percent` % of the plain JPEGs (chosen
+    by their bytes, so always the same ones) to PIL in the loader workers and sends the rest to
+    the device decoder: both decoders at once (`extract_run`'s hybrid rows; nothing in fne knows
+    of it). Beside a busy forward the device decoder alone cannot feed the tap model, nor can the
+    workers alone."""
+    import zlib
+
+    from fne.extraction import reader
+
+    plain = reader._plain_jpeg
+
+    def some_plain(data):
+        size = plain(data)
+        return None if size is not None and zlib.crc32(bytes(data[:65536])) % 100 < percent else size
+
+    reader._plain_jpeg = some_plain
+
+
 def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: str | None = None,
                 **kw) -> tuple[dict, float, float]:
     """`fne extract` in a child; `hook`: "nvimgcodec", with nvImageCodec's decoder in place of
     fne's (`nvimgcodec_hook`), "torchvision", with torchvision's decoder where TorchCodec would
-    decode (undone after, for --smoke's in-process children)."""
+    decode, "hybrid:P", P % of the plain JPEGs decoded by PIL in the workers (`hybrid_hook`)
+    (undone after, for --smoke's in-process children)."""
+    bench = f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\n"
     code = (
         "import json, sys, warnings; warnings.simplefilter('ignore')\n"
         "from fne import devices\n"
         "from fne.extraction import reader\n"
         "from fne.extraction.extract import extract\n"
-        "made, codec = reader.decode_jpegs, devices._torchcodec\n"
-        + {"nvimgcodec": f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\n"
-                         "bench_gpu.nvimgcodec_hook()\n",
+        "made, codec, plain = reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg\n"
+        + {"nvimgcodec": bench + "bench_gpu.nvimgcodec_hook()\n",
            "torchvision": "devices._torchcodec = lambda: False\n"}.get(hook or "", "")
+        + (bench + f"bench_gpu.hybrid_hook({int(hook.split(':')[1])})\n" if (hook or "").startswith("hybrid:") else "")
         + "try:\n"
         f"    r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
         "finally:\n"
-        "    reader.decode_jpegs, devices._torchcodec = made, codec\n"
+        "    reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg = made, codec, plain\n"
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
@@ -638,7 +659,7 @@ def main(argv=None) -> int:
                                                   "(default: $OUT/bench_gpu.json where $OUT is set)")
     ap.add_argument("--parts", default="all",
                     help="comma-separated parts to run (default all): images, forward, extract, rows, decode, "
-                         "train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
+                         "decoders, hybrid, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
     ap.add_argument("--budget", type=float, default=500.0,
                     help="seconds for the whole benchmark (default 500): a section that would end past it "
                          "is cut short and says so, the sections after it are skipped")
@@ -772,6 +793,10 @@ def main(argv=None) -> int:
                  5, "fne extract, torchvision's decoder (TorchCodec's is the default where installed)",
                  {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook="torchvision")
               if device_decoder() == "torchcodec" else lambda: None),
+             *[("hybrid", f"hybrid {p}", extract_run(
+                 6 + k, f"fne extract, {p} % of the JPEGs decoded by PIL in the workers, the rest on the device "
+                        f"(benchmark hook)", {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"},
+                 hook=f"hybrid:{p}")) for k, p in enumerate((30, 45, 60))],
              ("train", "fne train", training),
              ("head", "linear head", rows_of(head_rows, dev, smoke)),
              ("peer", "peer", peer_run),
