@@ -480,22 +480,24 @@ def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: str | No
                 **kw) -> tuple[dict, float, float]:
     """`fne extract` in a child; `hook`: "nvimgcodec", with nvImageCodec's decoder in place of
     fne's (`nvimgcodec_hook`), "torchvision", with torchvision's decoder where TorchCodec would
-    decode, "hybrid:P", P % of the plain JPEGs decoded by PIL in the workers (`hybrid_hook`)
-    (undone after, for --smoke's in-process children)."""
+    decode, "hybrid:P", P % of the plain JPEGs decoded by PIL in the workers (`hybrid_hook`),
+    "pixels:N", decode calls of up to N pixels (`reader.DECODE_PIXELS`) (undone after, for
+    --smoke's in-process children)."""
     bench = f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\n"
     code = (
         "import json, sys, warnings; warnings.simplefilter('ignore')\n"
         "from fne import devices\n"
         "from fne.extraction import reader\n"
         "from fne.extraction.extract import extract\n"
-        "made, codec, plain = reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg\n"
+        "made, codec, plain, pixels = reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg, reader.DECODE_PIXELS\n"
         + {"nvimgcodec": bench + "bench_gpu.nvimgcodec_hook()\n",
            "torchvision": "devices._torchcodec = lambda: False\n"}.get(hook or "", "")
         + (bench + f"bench_gpu.hybrid_hook({int(hook.split(':')[1])})\n" if (hook or "").startswith("hybrid:") else "")
+        + (f"reader.DECODE_PIXELS = {int(hook.split(':')[1])}\n" if (hook or "").startswith("pixels:") else "")
         + "try:\n"
         f"    r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
         "finally:\n"
-        "    reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg = made, codec, plain\n"
+        "    reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg, reader.DECODE_PIXELS = made, codec, plain, pixels\n"
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
@@ -659,7 +661,7 @@ def main(argv=None) -> int:
                                                   "(default: $OUT/bench_gpu.json where $OUT is set)")
     ap.add_argument("--parts", default="all",
                     help="comma-separated parts to run (default all): images, forward, extract, rows, decode, "
-                         "decoders, hybrid, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
+                         "decoders, batches, hybrid, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
     ap.add_argument("--budget", type=float, default=500.0,
                     help="seconds for the whole benchmark (default 500): a section that would end past it "
                          "is cut short and says so, the sections after it are skipped")
@@ -793,6 +795,10 @@ def main(argv=None) -> int:
                  5, "fne extract, torchvision's decoder (TorchCodec's is the default where installed)",
                  {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook="torchvision")
               if device_decoder() == "torchcodec" else lambda: None),
+             *[("batches", f"--batch-size {b}", extract_run(
+                 9 + k, f"fne extract --batch-size {b}, decode calls of up to {b // 4}M pixels (benchmark hook)",
+                 {"batch_size": b} if dev.type == "cuda" else {"batch_size": b // 64, "decode": "device"},
+                 hook=f"pixels:{b << 18}")) for k, b in enumerate((512, 1024))],
              *[("hybrid", f"hybrid {p}", extract_run(
                  6 + k, f"fne extract, {p} % of the JPEGs decoded by PIL in the workers, the rest on the device "
                         f"(benchmark hook)", {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"},
