@@ -185,7 +185,7 @@ class ContainerReader:
             return data
         return cell_bytes(self._parquet_cell(m.container, m.a, m.b, listing.column))
 
-    def _parquet_cell(self, path: str, group: int, row: int, column: str):
+    def _parquet_cell(self, path: str, group: int, row: int, column: str) -> bytes | dict | None:
         """Row `row` of row group `group`'s image column, from a `GroupReader` kept while the kept
         ones hold under GROUP_CACHE_BYTES: in order (extract) each group is decoded once, a slice
         at a time; shuffled (train) a small set of whole groups, as Arrow arrays, stays in memory."""
@@ -257,7 +257,7 @@ class GroupReader:
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged page
             raise OSError(f"row group {self.group}: {e}") from e
 
-    def cell(self, row: int):
+    def cell(self, row: int) -> bytes | dict | None:
         """Row `row`'s cell as Python (bytes, or Hugging Face's {bytes, path} dict)."""
         if not self.whole and self._starts and row < self._starts[0]:
             self._read_whole()  # a row already passed: a shuffled order, so keep the group
