@@ -703,3 +703,59 @@ def test_parquet_rows_read_in_any_order_give_their_bytes(tmp_path, monkeypatch):
     random.Random(0).shuffle(order)  # as `fne train` reads: shuffled, row groups evicted and read again
     rows = [f.read_bytes() for f, _, _ in _files(src)]  # write_parquet keeps this order
     assert all(d.read_bytes(i)[0] == rows[i] for i in order) and len(d.container._groups) <= 2
+
+
+class _Decoded:
+    """Wraps the Parquet file the reader opens: the most rows one pyarrow call decoded, and the
+    rows decoded in all (a read the spy does not know fails the test rather than go uncounted)."""
+
+    def __init__(self, monkeypatch):
+        self.most = self.total = 0
+        real, spy = fne.data.containers._parquet_file, self
+
+        class File:
+            def __init__(self, path):
+                self.f = real(path)
+
+            def read_row_group(self, *a, **k):
+                return spy.count(self.f.read_row_group(*a, **k))
+
+            def iter_batches(self, *a, **k):
+                yield from (spy.count(b) for b in self.f.iter_batches(*a, **k))
+
+            def __getattr__(self, name):
+                assert not name.startswith("read"), f"an uncounted read: {name}"
+                return getattr(self.f, name)
+
+        monkeypatch.setattr(fne.data.containers, "_parquet_file", File)
+
+    def count(self, rows):
+        self.most, self.total = max(self.most, rows.num_rows), self.total + rows.num_rows
+        return rows
+
+
+def test_a_long_parquet_row_group_is_decoded_a_slice_at_a_time(tmp_path, monkeypatch):
+    """A row group read whole as a list of Python bytes took 3x the file's size per reading
+    process (pandas writes up to 1,048,576 rows a group). Rows come a slice at a time: in order
+    each row decoded once; shuffled, a group is read whole (as Arrow arrays) once, not per image."""
+    import random
+
+    monkeypatch.setattr(fne.data.containers, "PARQUET_SLICE_ROWS", 4, raising=False)
+    src = write_digits(tmp_path / "digits", per_class=10, classes=4)
+    write_parquet(src, tmp_path / "pq", rows_per_group=16)  # groups of 16, 16 and 8 rows
+    rows = [f.read_bytes() for f, _, _ in _files(src)]
+    d = load_dataset(tmp_path / "pq")
+    assert sorted({m.a for m in d.sources}) == [0, 1, 2]
+    spy = _Decoded(monkeypatch)
+    assert [d.read_bytes(i)[0] for i in range(40)] == rows  # extract's order
+    assert (spy.most, spy.total) == (4, 40)
+    d = load_dataset(tmp_path / "pq")
+    spy = _Decoded(monkeypatch)
+    mine = [i for i in range(40) if i // 4 % 2 == 1]  # a loader worker's batches: every other one
+    assert [d.read_bytes(i)[0] for i in mine] == [rows[i] for i in mine] and spy.total <= 40
+    d = load_dataset(tmp_path / "pq")
+    spy = _Decoded(monkeypatch)
+    order = list(range(40)) * 3
+    random.Random(1).shuffle(order)  # `fne train`'s order, every group kept (under GROUP_CACHE_BYTES)
+    assert all(d.read_bytes(i)[0] == rows[i] for i in order)
+    assert spy.most == 4 and spy.total <= 2 * 40  # each group passed partly at most once, then read whole once

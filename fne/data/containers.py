@@ -15,6 +15,7 @@ extract. Bad members (no label, truncated, not an image) are skipped with one li
 
 from __future__ import annotations
 
+import bisect
 import glob
 import hashlib
 import json
@@ -33,6 +34,7 @@ from fne.errors import DataError
 FORMAT = 2  # 2: a member's split keeps its validation word (`val`), settled per DATA
 RACY_NS = 2_000_000_000
 GROUP_CACHE_BYTES = 256 << 20  # Parquet row groups kept per reading process
+PARQUET_SLICE_ROWS = 256  # rows of a Parquet row group decoded at a time (see GroupReader)
 TAR_SUFFIXES = (".tar",)
 PARQUET_SUFFIXES = (".parquet",)
 # Split names as the Hub and WebDataset lay them out; a validation part is `val` until
@@ -143,20 +145,22 @@ def _read_at(fd: int, n: int, offset: int) -> bytes:
 
 
 class ContainerReader:
-    """Reads members' bytes; file handles and the current Parquet row group are per process."""
+    """Reads members' bytes; file handles and the Parquet row groups being read are per process."""
 
     def __init__(self, listings: dict[str, Listing]):
         self.listings = listings
         self._pid = -1
         self._fds: dict[str, int] = {}
         self._stats: dict[str, os.stat_result] = {}
-        self._groups: OrderedDict[tuple[str, int], tuple[list, int]] = OrderedDict()  # Parquet, LRU
+        self._groups: OrderedDict[tuple[str, int], GroupReader] = OrderedDict()  # Parquet, LRU
+        self._shuffled = False  # a row was asked for behind its group's slice: read groups whole
 
     def __getstate__(self):
-        return {"listings": self.listings, "_pid": -1, "_fds": {}, "_stats": {}, "_groups": OrderedDict()}
+        return {"listings": self.listings, "_pid": -1, "_fds": {}, "_stats": {}, "_groups": OrderedDict(),
+                "_shuffled": False}
 
     def _fresh(self) -> None:
-        if self._pid != os.getpid():  # a forked worker: its own handles and row group
+        if self._pid != os.getpid():  # a forked worker: its own handles and row groups
             self._pid, self._fds, self._groups = os.getpid(), {}, OrderedDict()
 
     def stat(self, path: str) -> os.stat_result:
@@ -179,24 +183,90 @@ class ContainerReader:
             if len(data) != m.b:
                 raise OSError(f"read {len(data)} of {m.b} bytes")
             return data
-        return cell_bytes(self._row_group(m.container, m.a, listing.column)[m.b])
+        return cell_bytes(self._parquet_cell(m.container, m.a, m.b, listing.column))
 
-    def _row_group(self, path: str, group: int, column: str) -> list:
-        """A row group's image cells, kept while the kept ones total under GROUP_CACHE_BYTES: in
-        order (extract) each group is read once; shuffled (train) a small set stays in memory."""
+    def _parquet_cell(self, path: str, group: int, row: int, column: str) -> bytes | dict | None:
+        """Row `row` of row group `group`'s image column, from a `GroupReader` kept while the kept
+        ones hold under GROUP_CACHE_BYTES: in order (extract) each group is decoded once, a slice
+        at a time; shuffled (train) a small set of whole groups, as Arrow arrays, stays in memory."""
         key = (path, group)
-        if key in self._groups:
-            self._groups.move_to_end(key)
-            return self._groups[key][0]
-        values = read_column(path, group, column)
-        self._groups[key] = (values, sum(len((v.get("bytes") if isinstance(v, dict) else v) or b"") for v in values))
-        while len(self._groups) > 1 and sum(n for _, n in self._groups.values()) > GROUP_CACHE_BYTES:
+        reader = self._groups.get(key)
+        if reader is None:
+            reader = self._groups[key] = GroupReader(path, group, column, whole=self._shuffled)
+        self._groups.move_to_end(key)
+        try:
+            value = reader.cell(row)
+        except OSError:
+            del self._groups[key]  # read again from the start by the next row asked for
+            raise
+        self._shuffled |= reader.whole
+        while len(self._groups) > 1 and sum(g.nbytes for g in self._groups.values()) > GROUP_CACHE_BYTES:
             self._groups.popitem(last=False)
-        return values
+        return value
 
     def read_bytes(self, m: Member) -> tuple[bytes, tuple[int, int, int]]:
         st, read_ns = self.stat(m.container), time.time_ns()
         return self.read(m), (st.st_size, st.st_mtime_ns, read_ns)
+
+
+class GroupReader:
+    """One Parquet row group's image column, decoded as its rows are asked for. Rows asked for
+    in order (extract; each loader worker asks for rows further on) come from one pass over the
+    group, PARQUET_SLICE_ROWS rows at a time, one slice kept. A row behind the slice kept (train's
+    shuffled order) reads the group whole, kept as Arrow arrays: about the cells' bytes, not a
+    Python object per cell. Either way a cell becomes Python bytes only when asked for."""
+
+    def __init__(self, path: str, group: int, column: str, whole: bool = False):
+        self.path, self.group, self.column, self.whole = path, group, column, False
+        self._batches = None  # the pass over the group, while reading in order
+        self._chunks: list = []  # Arrow arrays of consecutive rows from `_starts[0]`
+        self._starts: list[int] = []
+        self._next = 0  # the first row the pass has not decoded yet
+        if whole:
+            self._read_whole()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self._chunks)
+
+    def _pass(self):
+        f = _parquet_file(self.path)
+        return f.iter_batches(batch_size=PARQUET_SLICE_ROWS, row_groups=[self.group], columns=[self.column])
+
+    def _read_whole(self) -> None:
+        self._batches, self._chunks, self._starts, self._next, self.whole = None, [], [], 0, True
+        try:
+            for batch in self._pass():
+                self._chunks.append(batch.column(0))
+                self._starts.append(self._next)
+                self._next += batch.num_rows
+        except Exception as e:
+            raise OSError(f"row group {self.group}: {e}") from e
+
+    def _advance(self, row: int) -> None:
+        """Decode forward until the slice kept holds `row`."""
+        try:
+            if self._batches is None:
+                self._batches = iter(self._pass())
+            while self._next <= row:
+                batch = next(self._batches, None)
+                if batch is None:
+                    break
+                self._chunks, self._starts = [batch.column(0)], [self._next]
+                self._next += batch.num_rows
+        except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged page
+            raise OSError(f"row group {self.group}: {e}") from e
+
+    def cell(self, row: int) -> bytes | dict | None:
+        """Row `row`'s cell as Python (bytes, or Hugging Face's {bytes, path} dict)."""
+        if not self.whole and self._starts and row < self._starts[0]:
+            self._read_whole()  # a row already passed: a shuffled order, so keep the group
+        if row >= self._next and not self.whole:
+            self._advance(row)
+        if row >= self._next:
+            raise OSError(f"row group {self.group} has {self._next} rows, not {row + 1}")
+        k = bisect.bisect_right(self._starts, row) - 1
+        return self._chunks[k][row - self._starts[k]].as_py()
 
 
 # ----------------------------------------------------------------- DATA forms
@@ -310,17 +380,10 @@ def settle_splits(splits: list[str], data: object, part: str) -> list[str] | Non
 
 
 def _parquet_file(path: str):
+    """A Parquet file read page by page (pre_buffer would read a row group's column whole first)."""
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path)
-
-
-def read_column(path: str, group: int, column: str) -> list:
-    """One row group's image cells, in row order; `OSError` when the group cannot be read."""
-    try:
-        return _parquet_file(path).read_row_group(group, columns=[column]).column(0).to_pylist()
-    except Exception as e:
-        raise OSError(f"row group {group}: {e}") from e
+    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
 
 
 def cell_bytes(v) -> bytes:

@@ -1,8 +1,8 @@
 """Parquet files (and Hugging Face Hub datasets) as DATA: an image column and a label column.
 
 The image column holds encoded bytes, or Hugging Face's `{bytes, path}` struct; files saved by
-`datasets` work as they are, their ClassLabel names included. Row groups are read in order, one
-at a time per loader worker. `hf:NAME[:CONFIG][@SPLIT]` loads a Hub dataset through the
+`datasets` work as they are, their ClassLabel names included. A row group is decoded a slice of
+rows at a time as its rows are asked for (`fne.data.containers.GroupReader`). `hf:NAME[:CONFIG][@SPLIT]` loads a Hub dataset through the
 optional `datasets` package (`pip install datasets`, or fne-toolkit's `hf` extra) once, into
 Parquet files in the cache.
 """
