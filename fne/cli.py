@@ -88,7 +88,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--out", required=True, help="predictions CSV (FILE.csv)")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions)
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())

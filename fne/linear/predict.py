@@ -128,7 +128,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     data : str, Path or Dataset
         Any DATA form; rows missing from the cache are extracted with the model's store settings.
     out : str or Path
-        The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels).
+        The predictions CSV (a name ending in .csv): path, predicted, score_<class>..., true (when DATA has labels).
     label_key : str, optional
         Tar shards: the label member (cls, txt) or a .json field; Parquet: the label column
         (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:).
@@ -168,8 +168,11 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     opts.unexpected(options, StoreSpec, *OPTIONS)
     expect_path(run_dir, "run_dir")
     out = check_target(out, folder=False, data=data)
-    run_dir = _run_folder(run_dir)
     _not_a_run_file(out)
+    if out.suffix.lower() != ".csv":  # `--out p.json`: a CSV under another format's name
+        raise out_refused(out, f"fne predict writes a CSV{f', not {out.suffix}' if out.suffix else ''}: name the "
+                               f"file .csv")
+    run_dir = _run_folder(run_dir)
     if not (run_dir / "model.joblib").is_file() and (run_dir / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
