@@ -1086,6 +1086,32 @@ def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run,
     (broken / "metrics.json").write_text(json.dumps({**m, "mode": "direct"}))
     assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
     assert "a --mode direct run trains nothing" in capsys.readouterr().err
+    # metrics.json of another tool (or hand-edited) lacking what the network is rebuilt from: was a
+    # KeyError traceback
+    (broken / "metrics.json").write_text(json.dumps({"kind": "train", "mode": "frozen"}))
+    (broken / "model.pt").write_bytes(b"")
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"fne predict: error: {broken}/metrics.json: lacks arch, weights, "
+                                               f"classes, image_size, precision, which the network is rebuilt from; "
+                                               f"is it a `fne train` run's own metrics.json?")
+    (broken / "metrics.json").write_text(json.dumps([1]))
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "metrics.json: not a `fne train` run" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_fne_predict_of_a_train_run_on_unreadable_images_names_data_as_fit_does(resumable_run, tmp_path, capsys):
+    """A folder of unreadable images: `DATA: no readable images`, as a fit run's predict says it
+    (it said `predict efficientnet_lite0 frozen: no readable images`)."""
+    from .conftest import write_digits
+
+    _, run = resumable_run
+    bad = write_digits(tmp_path / "bad", per_class=2, classes=2)
+    for f in bad.rglob("*.png"):
+        f.write_bytes(b"not an image")
+    assert main(["predict", str(run), str(bad), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"fne predict: error: {bad}: no readable images"
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsys):

@@ -223,7 +223,7 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
     dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),
                                                        batch_size=o.batch_size, workers=o.workers,
-                                                       progress=o.progress)
+                                                       progress=o.progress, name=data)
     pred = [classes[c] for c in scores.argmax(axis=1)]
     _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
