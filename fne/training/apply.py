@@ -27,7 +27,6 @@ from fne.names import MODES
 from fne.training import epochs
 from fne.training.transfer import _renew
 
-
 # What metrics.json of a train run must record to rebuild and apply its network.
 RUN_KEYS = ("arch", "weights", "classes", "image_size", "precision")
 
