@@ -564,3 +564,13 @@ def test_a_cache_in_data_is_refused_before_its_folders_become_classes(tmp_path, 
     assert sorted(p.name for p in root.iterdir()) == ["a", "b"] and not (root / "a" / "deep").exists()
     assert load_dataset(root, cache=root / ".fne-cache").labels == ["a", "b"]
     assert load_dataset(root, cache=tmp_path).labels == ["a", "b"]  # DATA inside the cache: fine
+
+
+def test_a_folder_named_like_a_shard_pattern_is_read_as_the_folder_it_is(digits_folder, tmp_path):
+    """A folder whose name ends in .tar and holds a glob or brace character (`im[0].tar`) was
+    taken for a pattern of shards, then for a folder of shards: "DATA ...: no .tar or .parquet
+    files" for a folder of images. It is read as the folder it is."""
+    for name in ("im[0].tar", "im{0}.tar"):
+        shutil.copytree(digits_folder, tmp_path / name)
+        d = load_dataset(str(tmp_path / name))
+        assert len(d) == 24 and d.classes == ["0", "1", "2", "3"]

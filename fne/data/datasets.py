@@ -72,12 +72,12 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     path = Path(spec_s).expanduser()
     if path.name in ("", ".."):  # `.` or `..`: DATA named by its folder, not "" or ".." (reports group by name)
         spec_s = str(path := Path(os.path.abspath(path)))
-    if containers.is_container_spec(spec_s):
+    if containers.is_container_spec(spec_s) and not path.is_dir():  # a folder `a[1].tar` is a folder
         return _containers(spec_s, label_key, cache)
     if not path.exists():
         raise DataError(f"DATA {spec_s!r} does not exist ({_FORMS})")
-    if path.is_dir() and containers.find_containers(path):
-        return _containers(spec_s, label_key, cache)
+    if path.is_dir() and (found := containers.find_containers(path)):
+        return _containers(spec_s, label_key, cache, found)
     if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
         raise refusal(lambda py: f"{named('label_key', py, label_key)}: applies to tar shards, Parquet and hf: DATA, "
                                  f"not {path}", DataError)
@@ -358,13 +358,13 @@ def _digits() -> Dataset:
 # ---------------------------------------------------------------- tar shards, Parquet
 
 
-def _containers(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:
-    """DATA as tar shards or Parquet files: one file, a folder, a brace pattern or a glob."""
+def _containers(spec: str, label_key: str | None, cache: str | Path | None,
+                found: list[Path] | None = None) -> Dataset:
+    """DATA as tar shards or Parquet files: one file, a brace pattern or a glob, or a folder
+    (`found`: the files `containers.find_containers` found in it)."""
     p = Path(os.path.expanduser(spec))
-    if p.is_dir():
-        files, root = containers.find_containers(p), p
-        if not files:
-            raise DataError(f"DATA {spec}: no .tar or .parquet files")
+    if found is not None:
+        files, root = found, p
     else:
         files = [Path(f) for f in containers.expand(spec)]
         missing = [str(f) for f in files if not f.is_file()]
