@@ -430,12 +430,10 @@ def _checkpoint(args: argparse.Namespace) -> os.PathLike | None:
 def _checkpoint_found(args: argparse.Namespace) -> tuple | None:
     """The identity (inode, size, mtime) of the checkpoint `fne train` finds as it starts without
     --resume: an earlier run's, which this run replaces at its first save; else None."""
+    from fne.training.checkpoint import identity
+
     ckpt = _checkpoint(args)
-    try:
-        st = ckpt.stat() if ckpt is not None and not args.resume else None
-    except OSError:
-        return None
-    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+    return identity(ckpt) if ckpt is not None and not args.resume else None
 
 
 def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:

@@ -961,7 +961,9 @@ def test_resume_takes_a_default_given_as_a_default_left_out():
 def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,
                                                                              capsys):
     """The note of a run that starts anew where a checkpoint is: --resume on the command line,
-    resume=True from Python (`fne.progress.said`)."""
+    resume=True from Python (`fne.progress.said`). A run that saves none (--save-every 0) removes
+    it as it ends, as the note says: it was left beside the new run's outputs, for a later --resume
+    (or `fne run`) to take for this run's."""
     import shutil
 
     from fne.training.train import train
@@ -970,19 +972,29 @@ def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(res
     cli, py = shutil.copytree(run, tmp_path / "cli"), shutil.copytree(run, tmp_path / "py")
     assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "1",
                  "--image-size", "32", "--workers", "0", "--no-progress", "--save-every", "0", "--out", str(cli)]) == 0
-    assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save (--resume continues "
-            f"it)") in capsys.readouterr().out
+    assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save, or removed at the "
+            f"run's end if none comes (--resume continues it)") in capsys.readouterr().out
+    assert (cli / "model.pt").is_file() and not (cli / "checkpoint.pt").exists()
     train(str(data), "frozen", py, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0)
-    assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save (resume=True continues "
-            f"it)") in capsys.readouterr().out
+    assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save, or removed at the "
+            f"run's end if none comes (resume=True continues it)") in capsys.readouterr().out
+    assert not (py / "checkpoint.pt").exists()
     # resume="auto" (`fne run`'s) over another run's checkpoint: resume=True would refuse it, so not advised
     auto = shutil.copytree(run, tmp_path / "auto")
     train(str(data), "frozen", auto, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0, resume="auto", lr=0.5)
     out = capsys.readouterr().out
     assert (f"note: starting a new run; {auto / 'checkpoint.pt'} (another run's settings or images, another fne "
-            f"release's, or unreadable) is replaced at the next save\n") in out and "continues it" not in out
+            f"release's, or unreadable) is replaced at the next save, or removed at the run's end if none comes\n") \
+        in out and "continues it" not in out
+    assert not (auto / "checkpoint.pt").exists()
+    # a run that saves one replaces it: the folder's checkpoint is the new run's
+    again = shutil.copytree(run, tmp_path / "again")
+    before = (again / "checkpoint.pt").read_bytes()
+    train(str(data), "frozen", again, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
+          progress=False, save_every=1, lr=0.5)
+    assert (again / "checkpoint.pt").read_bytes() != before
 
 
 def test_fne_run_takes_up_no_checkpoint_of_another_fne_release(resumable_run, source, tmp_path, monkeypatch, capsys):
