@@ -236,7 +236,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
                       **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
-                      "provenance": provenance(spec, o)})  # the machine and libraries behind these rows
+                      "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
     return result
 
 
