@@ -430,10 +430,12 @@ def _checkpoint(args: argparse.Namespace) -> os.PathLike | None:
 def _checkpoint_found(args: argparse.Namespace) -> tuple | None:
     """The identity (inode, size, mtime) of the checkpoint `fne train` finds as it starts without
     --resume: an earlier run's, which this run replaces at its first save; else None."""
-    from fne.training.checkpoint import identity
-
     ckpt = _checkpoint(args)
-    return identity(ckpt) if ckpt is not None and not args.resume else None
+    if ckpt is None or args.resume:
+        return None
+    from fne.training.checkpoint import identity  # train's: the other verbs may need no torch
+
+    return identity(ckpt)
 
 
 def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:
