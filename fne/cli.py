@@ -88,7 +88,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, help="predictions CSV")
+    p.add_argument("--out", required=True, help="predictions CSV (FILE.csv)")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions)
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
@@ -431,11 +431,11 @@ def _checkpoint_found(args: argparse.Namespace) -> tuple | None:
     """The identity (inode, size, mtime) of the checkpoint `fne train` finds as it starts without
     --resume: an earlier run's, which this run replaces at its first save; else None."""
     ckpt = _checkpoint(args)
-    try:
-        st = ckpt.stat() if ckpt is not None and not args.resume else None
-    except OSError:
+    if ckpt is None or args.resume:
         return None
-    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+    from fne.training.checkpoint import identity  # train's: the other verbs may need no torch
+
+    return identity(ckpt)
 
 
 def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:

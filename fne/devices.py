@@ -141,13 +141,12 @@ def autocast(device: torch.device, precision: str):
 COMPILE_AUTO_MIN_IMAGES = {"cpu": 20_000, "cuda": 1_000_000}
 
 
-def resolve_compile(compile: bool | str, n_images: int, device: torch.device) -> bool:
-    """Whether to `torch.compile` (on / off, or auto: for runs of at least
-    `COMPILE_AUTO_MIN_IMAGES` images on `device`'s type); `FneError` for another value."""
-    if compile in (True, "on", "true", "yes"):
-        return True
-    if compile in (False, None, "off", "false", "no"):
-        return False
+def resolve_compile(compile: str, n_images: int, device: torch.device) -> bool:
+    """Whether to `torch.compile`: `compile` as `fne.options.ForwardOptions` holds it (on / off, or
+    auto: for runs of at least `COMPILE_AUTO_MIN_IMAGES` images on `device`'s type); `FneError`
+    for another value."""
+    if compile in ("on", "off"):
+        return compile == "on"
     if compile == "auto":
         return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
     raise refusal(lambda py: f"bad {named('compile', py, compile)}; use auto, on or off")

@@ -176,7 +176,7 @@ MODULES = {"scikit-learn": "sklearn", "pillow": "PIL"}  # import names that diff
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
-def provenance(*options) -> dict:
+def provenance(*options, device=None) -> dict:
     """Where, when and with what a result was measured: what a reader needs to reproduce it,
     or to explain why another machine's numbers differ (README, "Reproducibility").
 
@@ -185,6 +185,9 @@ def provenance(*options) -> dict:
     *options : dataclass instances
         The run's resolved options (`fne.options` dataclasses, `StoreSpec`), recorded field by
         field under ``options`` (a field two of them share is taken from the first).
+    device : str or torch.device, optional
+        Where the run computed (``cuda:1``): the GPU ``cuda`` names, none for a CPU run. Without
+        it, the GPU torch's current device is (a run that did not say where it ran).
 
     Returns
     -------
@@ -192,7 +195,8 @@ def provenance(*options) -> dict:
         ``machine`` and ``date`` (UTC); ``platform``, ``python``; ``versions`` of fne and of the
         installed `PACKAGES`; ``cpu``: its model and which of `CPU_FLAGS` it has; ``threads``:
         torch's intra-op threads (when torch is loaded) and each loaded BLAS / OpenMP library's;
-        ``cuda``: the device, CUDA and cuDNN versions (when torch is loaded and sees a GPU);
+        ``cuda``: the device, CUDA and cuDNN versions (when torch is loaded and sees a GPU,
+        and ``device``, where given, is one);
         ``options``.
     """
     torch = sys.modules.get("torch")
@@ -202,8 +206,9 @@ def provenance(*options) -> dict:
         "platform": platform.platform(), "python": platform.python_version(),
         "versions": _versions(), "cpu": _cpu(), "threads": _threads(torch),
     }
-    if torch is not None and torch.cuda.is_available():
-        out["cuda"] = {"device": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+    on = None if device is None else torch.device(device) if torch is not None else None
+    if torch is not None and torch.cuda.is_available() and (on is None or on.type == "cuda"):
+        out["cuda"] = {"device": torch.cuda.get_device_name(on), "cuda": torch.version.cuda,
                        "cudnn": torch.backends.cudnn.version()}
     if options:
         merged: dict = {}

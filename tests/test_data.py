@@ -564,3 +564,32 @@ def test_a_cache_in_data_is_refused_before_its_folders_become_classes(tmp_path, 
     assert sorted(p.name for p in root.iterdir()) == ["a", "b"] and not (root / "a" / "deep").exists()
     assert load_dataset(root, cache=root / ".fne-cache").labels == ["a", "b"]
     assert load_dataset(root, cache=tmp_path).labels == ["a", "b"]  # DATA inside the cache: fine
+
+
+def test_a_folder_named_like_a_shard_pattern_is_read_as_the_folder_it_is(digits_folder, tmp_path):
+    """A folder whose name ends in .tar and holds a glob or brace character (`im[0].tar`) was
+    taken for a pattern of shards, then for a folder of shards: "DATA ...: no .tar or .parquet
+    files" for a folder of images. It is read as the folder it is."""
+    for name in ("im[0].tar", "im{0}.tar"):
+        shutil.copytree(digits_folder, tmp_path / name)
+        d = load_dataset(str(tmp_path / name))
+        assert len(d) == 24 and d.classes == ["0", "1", "2", "3"]
+
+
+def test_data_that_cannot_be_listed_is_said_before_a_missing_cache(tmp_path, capsys):
+    """`fne fit junk.tar --cache typo` said the images were not in the cache and suggested `fne
+    extract`, which only then said the file is no tar: a DATA no verb could read is said first,
+    in each verb that reads rows, and no cache folder is made."""
+    typo = tmp_path / "typo"
+    tar, parquet = tmp_path / "junk.tar", tmp_path / "junk.parquet"
+    tar.write_bytes(b"no tar at all")
+    parquet.write_bytes(b"no Parquet either" * 40)
+    for verb, out in (("fit", tmp_path / "run"), ("export", tmp_path / "f.h5")):
+        assert main([verb, str(tar), "--cache", str(typo), "--out", str(out), "--no-progress"]) == 2
+        assert capsys.readouterr().err.strip() == (f"fne {verb}: error: {tar}: not a readable tar file (truncated "
+                                                   f"header); WebDataset shards are plain .tar")
+        assert main([verb, str(parquet), "--cache", str(typo), "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"fne {verb}: error: DATA {parquet}: none of its 1 Parquet file(s) can be read "
+                              f"({parquet}: ") and "\n" not in err
+    assert not typo.exists()

@@ -293,3 +293,20 @@ def test_a_compiled_model_that_fails_to_build_runs_eager_with_a_warning():
     assert model is eager and torch.equal(out, eager(x))
     with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
         forward(torch.nn.Linear(5, 2), x, cpu, "fp32")
+
+
+def test_compile_is_resolved_from_the_options_spellings_in_one_place():
+    """`--compile` / compile= reach `resolve_compile` as ForwardOptions holds them (True / False
+    from Python become on / off); extract maps nothing itself."""
+    import torch
+
+    from fne.devices import COMPILE_AUTO_MIN_IMAGES, resolve_compile
+    from fne.errors import FneError
+    from fne.options import ForwardOptions
+
+    cpu, n = torch.device("cpu"), COMPILE_AUTO_MIN_IMAGES["cpu"]
+    assert resolve_compile("on", 1, cpu) and not resolve_compile("off", 10 * n, cpu)
+    assert resolve_compile("auto", n, cpu) and not resolve_compile("auto", n - 1, cpu)
+    assert [ForwardOptions(compile=c).compile for c in (True, False, "auto")] == ["on", "off", "auto"]
+    with pytest.raises(FneError, match=r"^bad (--compile |compile=)'yes'; use auto, on or off$"):
+        resolve_compile("yes", 1, cpu)

@@ -456,6 +456,12 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
     # predict: the --out check comes before the run folder is even read
     assert main(["predict", str(tmp_path / "no-run"), str(digits_folder), "--out", str(runs)]) == 2
     assert f"--out '{runs}': is a folder; give the file to write" in capsys.readouterr().err
+    # a name of another format (a CSV under it would mislead), or none: refused before the run is read
+    for name, said in (("p.json", ", not .json"), ("preds", "")):
+        assert main(["predict", str(tmp_path / "no-run"), str(digits_folder), "--out", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err.strip() == (f"fne predict: error: --out '{tmp_path / name}': fne predict "
+                                                   f"writes a CSV{said}: name the file .csv")
+        assert not (tmp_path / name).exists()
     cache = tmp_path / "cache"
     afile = tmp_path / "afile"
     afile.write_text("mine")

@@ -387,7 +387,7 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
     assert (resumed.calls, epochs_run.calls) == (1, 1)
     assert len(json.loads((step / "metrics.json").read_text())["history"]) == 2
     capsys.readouterr()
-    note = f"note: starting a new run; {step / 'checkpoint.pt'} is replaced at the next save"
+    note = f"note: starting a new run; {step / 'checkpoint.pt'} is replaced at the next save, or removed at the run's end if none comes"
     with monkeypatch.context() as m:
         resumed, epochs_run = Counter(m, ck, "resume"), Counter(m, ep, "train_one_epoch")
         P.run(f, out, cache, force=True, report=False, log=lambda s: None)

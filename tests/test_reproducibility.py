@@ -197,3 +197,42 @@ def test_train_metrics_hold_the_same_provenance(digits_split, tmp_path):
     _check_provenance(m)
     assert m["options"]["seed"] == 0 and m["options"]["epochs"] == 1 and m["options"]["deterministic"] is False
     assert m["threads"]["torch"] >= 1
+
+
+def test_provenance_names_the_runs_gpu_not_the_current_one(monkeypatch):
+    """A run on cuda:1 recorded the name of torch's current device (cuda:0, another model on a
+    mixed machine); a CPU run on a GPU machine recorded a GPU it never used."""
+    import torch
+
+    from fne.metrics import provenance
+
+    names = {0: "NVIDIA A100", 1: "NVIDIA H200"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name",
+                        lambda d=None: names[0 if d is None or d.index is None else d.index])
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90100)
+    assert provenance(device="cuda:1")["cuda"]["device"] == "NVIDIA H200"
+    assert provenance(device=torch.device("cuda", 1))["cuda"]["device"] == "NVIDIA H200"
+    assert provenance(device="cuda")["cuda"]["device"] == "NVIDIA A100"  # the current one, where it ran
+    assert "cuda" not in provenance(device="cpu")
+    assert provenance()["cuda"]["device"] == "NVIDIA A100"  # a caller that does not know: the current one
+
+
+def test_train_and_extract_record_the_device_they_ran_on(digits_folder, tmp_path, monkeypatch):
+    """Both callers hand provenance the run's device (they passed none: the current GPU's name)."""
+    from fne import metrics
+    from fne.extraction import extract as ex
+    from fne.training import train as tr
+
+    seen = []
+
+    def spy(*options, device=None):
+        seen.append(str(device))
+        return metrics.provenance(*options, device=device)
+
+    monkeypatch.setattr(ex, "provenance", spy)
+    monkeypatch.setattr(tr, "provenance", spy)
+    ex.extract(digits_folder, cache=str(tmp_path / "c"), device="cpu", progress=False, **FAST)
+    tr.train(str(digits_folder), "frozen", tmp_path / "run", arch=FAST["arch"], weights="random", epochs=1,
+             image_size=32, workers=0, device="cpu", progress=False, val_fraction=0.25)
+    assert seen == ["cpu", "cpu"]

@@ -961,7 +961,9 @@ def test_resume_takes_a_default_given_as_a_default_left_out():
 def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,
                                                                              capsys):
     """The note of a run that starts anew where a checkpoint is: --resume on the command line,
-    resume=True from Python (`fne.progress.said`)."""
+    resume=True from Python (`fne.progress.said`). A run that saves none (--save-every 0) removes
+    it as it ends, as the note says: it was left beside the new run's outputs, for a later --resume
+    (or `fne run`) to take for this run's."""
     import shutil
 
     from fne.training.train import train
@@ -970,19 +972,29 @@ def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(res
     cli, py = shutil.copytree(run, tmp_path / "cli"), shutil.copytree(run, tmp_path / "py")
     assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "1",
                  "--image-size", "32", "--workers", "0", "--no-progress", "--save-every", "0", "--out", str(cli)]) == 0
-    assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save (--resume continues "
-            f"it)") in capsys.readouterr().out
+    assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save, or removed at the "
+            f"run's end if none comes (--resume continues it)") in capsys.readouterr().out
+    assert (cli / "model.pt").is_file() and not (cli / "checkpoint.pt").exists()
     train(str(data), "frozen", py, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0)
-    assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save (resume=True continues "
-            f"it)") in capsys.readouterr().out
+    assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save, or removed at the "
+            f"run's end if none comes (resume=True continues it)") in capsys.readouterr().out
+    assert not (py / "checkpoint.pt").exists()
     # resume="auto" (`fne run`'s) over another run's checkpoint: resume=True would refuse it, so not advised
     auto = shutil.copytree(run, tmp_path / "auto")
     train(str(data), "frozen", auto, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0, resume="auto", lr=0.5)
     out = capsys.readouterr().out
     assert (f"note: starting a new run; {auto / 'checkpoint.pt'} (another run's settings or images, another fne "
-            f"release's, or unreadable) is replaced at the next save\n") in out and "continues it" not in out
+            f"release's, or unreadable) is replaced at the next save, or removed at the run's end if none comes\n") \
+        in out and "continues it" not in out
+    assert not (auto / "checkpoint.pt").exists()
+    # a run that saves one replaces it: the folder's checkpoint is the new run's
+    again = shutil.copytree(run, tmp_path / "again")
+    before = (again / "checkpoint.pt").read_bytes()
+    train(str(data), "frozen", again, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
+          progress=False, save_every=1, lr=0.5)
+    assert (again / "checkpoint.pt").read_bytes() != before
 
 
 def test_fne_run_takes_up_no_checkpoint_of_another_fne_release(resumable_run, source, tmp_path, monkeypatch, capsys):
@@ -1086,6 +1098,32 @@ def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run,
     (broken / "metrics.json").write_text(json.dumps({**m, "mode": "direct"}))
     assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
     assert "a --mode direct run trains nothing" in capsys.readouterr().err
+    # metrics.json of another tool (or hand-edited) lacking what the network is rebuilt from: was a
+    # KeyError traceback
+    (broken / "metrics.json").write_text(json.dumps({"kind": "train", "mode": "frozen"}))
+    (broken / "model.pt").write_bytes(b"")
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err.strip() == (f"fne predict: error: {broken}/metrics.json: lacks arch, weights, "
+                                               f"classes, image_size, precision, which the network is rebuilt from; "
+                                               f"is it a `fne train` run's own metrics.json?")
+    (broken / "metrics.json").write_text(json.dumps([1]))
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "metrics.json: not a `fne train` run" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_fne_predict_of_a_train_run_on_unreadable_images_names_data_as_fit_does(resumable_run, tmp_path, capsys):
+    """A folder of unreadable images: `DATA: no readable images`, as a fit run's predict says it
+    (it said `predict efficientnet_lite0 frozen: no readable images`)."""
+    from .conftest import write_digits
+
+    _, run = resumable_run
+    bad = write_digits(tmp_path / "bad", per_class=2, classes=2)
+    for f in bad.rglob("*.png"):
+        f.write_bytes(b"not an image")
+    assert main(["predict", str(run), str(bad), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"fne predict: error: {bad}: no readable images"
+    assert not (tmp_path / "p.csv").exists()
 
 
 def test_a_resumed_run_keeps_the_unreadable_images_it_met_before(tmp_path, capsys):

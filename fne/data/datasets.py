@@ -19,7 +19,7 @@ from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
-from fne.data.webdataset import LABEL_EXTENSIONS, list_tar
+from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
 
@@ -72,12 +72,12 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     path = Path(spec_s).expanduser()
     if path.name in ("", ".."):  # `.` or `..`: DATA named by its folder, not "" or ".." (reports group by name)
         spec_s = str(path := Path(os.path.abspath(path)))
-    if containers.is_container_spec(spec_s):
+    if containers.is_container_spec(spec_s) and not path.is_dir():  # a folder `a[1].tar` is a folder
         return _containers(spec_s, label_key, cache)
     if not path.exists():
         raise DataError(f"DATA {spec_s!r} does not exist ({_FORMS})")
-    if path.is_dir() and containers.find_containers(path):
-        return _containers(spec_s, label_key, cache)
+    if path.is_dir() and (found := containers.find_containers(path)):
+        return _containers(spec_s, label_key, cache, found)
     if label_key is not None:  # a folder's, a CSV's and an HDF5 file's labels have one place
         raise refusal(lambda py: f"{named('label_key', py, label_key)}: applies to tar shards, Parquet and hf: DATA, "
                                  f"not {path}", DataError)
@@ -358,13 +358,11 @@ def _digits() -> Dataset:
 # ---------------------------------------------------------------- tar shards, Parquet
 
 
-def _containers(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:
-    """DATA as tar shards or Parquet files: one file, a folder, a brace pattern or a glob."""
-    p = Path(os.path.expanduser(spec))
-    if p.is_dir():
-        files, root = containers.find_containers(p), p
-        if not files:
-            raise DataError(f"DATA {spec}: no .tar or .parquet files")
+def _container_files(spec: str, found: list[Path] | None = None) -> tuple[list[Path], Path, str]:
+    """(files, their root, "tar" or "parquet") of DATA as tar shards or Parquet files: one file, a
+    brace pattern or a glob, or a folder (`found`: the files `containers.find_containers` found in it)."""
+    if found is not None:
+        files, root = found, Path(os.path.expanduser(spec))
     else:
         files = [Path(f) for f in containers.expand(spec)]
         missing = [str(f) for f in files if not f.is_file()]
@@ -376,9 +374,43 @@ def _containers(spec: str, label_key: str | None, cache: str | Path | None) -> D
     kinds = {"tar" if f.suffix.lower() in containers.TAR_SUFFIXES else "parquet" for f in files}
     if len(kinds) > 1:
         raise DataError(f"DATA {spec}: mixes .tar and .parquet files; give one kind")
+    return files, root, kinds.pop()
+
+
+def check_listable(data: str | Path) -> None:
+    """A DataError where DATA, local tar shards or Parquet files (`containers.takes_label_key`),
+    cannot be listed: a file missing, a file that is no tar, no Parquet file that opens (one that
+    does not is skipped with a warning when listed). Reads one header or footer per file, not the
+    listing: for a verb that says DATA's images are not cached without listing them (the cache
+    that would keep the listings does not exist), so a DATA it could never read is said first."""
+    spec = str(data)
+    if spec.startswith("hf:"):  # the Hub's files are fetched into the cache
+        return
+    path = Path(spec).expanduser()
+    files, _, kind = _container_files(spec, containers.find_containers(path) if path.is_dir() else None)
+    if kind == "tar":
+        for f in files:
+            open_tar(str(f.resolve())).close()
+        return
+    from fne.data.parquet import _pq
+
+    errors = []
+    for f in files:
+        try:
+            _pq().ParquetFile(f.resolve()).close()
+            return
+        except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError on a damaged footer
+            errors.append(f"{f.resolve()}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+    raise DataError(f"DATA {spec}: none of its {len(files)} Parquet file(s) can be read ({errors[0]})")
+
+
+def _containers(spec: str, label_key: str | None, cache: str | Path | None,
+                found: list[Path] | None = None) -> Dataset:
+    """DATA as tar shards or Parquet files (`_container_files`; `found`: a folder's)."""
+    p = Path(os.path.expanduser(spec))
+    files, root, kind = _container_files(spec, found)
     name = p.stem if p.is_file() else (p.name if p.is_dir() else Path(spec).parent.name or "data")
-    return _container_dataset(name, [str(f.resolve()) for f in files], kinds.pop(), str(root.resolve()), label_key,
-                              cache)
+    return _container_dataset(name, [str(f.resolve()) for f in files], kind, str(root.resolve()), label_key, cache)
 
 
 def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | None) -> containers.Listing:

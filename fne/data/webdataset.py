@@ -30,14 +30,19 @@ def sample_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext.lower() if dot else ""
 
 
+def open_tar(path: str) -> tarfile.TarFile:
+    """`path` opened as a plain tar (its first header read); DataError naming it when it is none."""
+    try:
+        return tarfile.open(path, mode="r:")
+    except (tarfile.TarError, OSError) as e:
+        raise DataError(f"{path}: not a readable tar file ({e}); WebDataset shards are plain .tar") from e
+
+
 def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
     """Read a tar's headers (and label members) once, front to back -> its `Listing`."""
     listing = Listing(path=path, kind="tar", size=st.st_size, mtime_ns=st.st_mtime_ns)
     samples: dict[str, dict] = {}
-    try:
-        tf = tarfile.open(path, mode="r:")
-    except (tarfile.TarError, OSError) as e:
-        raise DataError(f"{path}: not a readable tar file ({e}); WebDataset shards are plain .tar") from e
+    tf = open_tar(path)
     last = None
     with tf:
         try:

@@ -236,7 +236,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
                       **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
-                      "provenance": provenance(spec, o)})  # the machine and libraries behind these rows
+                      "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
     return result
 
 
@@ -253,13 +253,12 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
         if not plan.todo:
             return plan
         try:
-            compile = {"on": True, "off": False}.get(o.compile, "auto")
             if dev.type == "cuda" and dev.index is not None:
                 torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
             prep = spec.preprocess()
             batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
             with _threads(o.threads):
-                _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, compile, o.chunk, o.progress)
+                _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, o.compile, o.chunk, o.progress)
         finally:
             _remember(done.reads, plan, dataset)
     return plan
@@ -372,7 +371,7 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
 
 
 def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: torch.device, out: _Pass,
-         batch_size: int, workers: int | None, compile, chunk: int, progress: bool) -> None:
+         batch_size: int, workers: int | None, compile: str, chunk: int, progress: bool) -> None:
     """The loop: reader -> tap model -> writer over `todo`; what it learns goes into `out`."""
     use_compile = resolve_compile(compile, len(todo), dev)
     workers = default_workers(dev) if workers is None else workers

@@ -23,7 +23,7 @@ from fne.cache.store import Store, cache_root, no_such_root
 from fne.cache.upkeep import new_cache_removed_on_failure
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset
-from fne.data.datasets import load_dataset
+from fne.data.datasets import check_listable, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
@@ -115,6 +115,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     absent = not extract_missing and no_such_root(root)
     where = f"not in the cache {root}, a folder that does not exist"
     if absent and takes_label_key(data):
+        check_listable(data)  # a DATA it could never list is said first (a file that is no tar)
         raise _not_cached(data, spec, verb, f"the images of {data} are {where}")
     dataset = load_dataset(data, label_key=label_key, cache=spec.cache)
     if check is not None:

@@ -128,7 +128,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     data : str, Path or Dataset
         Any DATA form; rows missing from the cache are extracted with the model's store settings.
     out : str or Path
-        The predictions CSV: path, predicted, score_<class>..., true (when DATA has labels).
+        The predictions CSV (a name ending in .csv): path, predicted, score_<class>..., true (when DATA has labels).
     label_key : str, optional
         Tar shards: the label member (cls, txt) or a .json field; Parquet: the label column
         (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:).
@@ -168,8 +168,11 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     opts.unexpected(options, StoreSpec, *OPTIONS)
     expect_path(run_dir, "run_dir")
     out = check_target(out, folder=False, data=data)
-    run_dir = _run_folder(run_dir)
     _not_a_run_file(out)
+    if out.suffix.lower() != ".csv":  # `--out p.json`: a CSV under another format's name
+        raise out_refused(out, f"fne predict writes a CSV{f', not {out.suffix}' if out.suffix else ''}: name the "
+                               f"file .csv")
+    run_dir = _run_folder(run_dir)
     if not (run_dir / "model.joblib").is_file() and (run_dir / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
@@ -220,7 +223,7 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
     dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),
                                                        batch_size=o.batch_size, workers=o.workers,
-                                                       progress=o.progress)
+                                                       progress=o.progress, name=data)
     pred = [classes[c] for c in scores.argmax(axis=1)]
     _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None

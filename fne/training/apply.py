@@ -27,6 +27,9 @@ from fne.names import MODES
 from fne.training import epochs
 from fne.training.transfer import _renew
 
+# What metrics.json of a train run must record to rebuild and apply its network.
+RUN_KEYS = ("arch", "weights", "classes", "image_size", "precision")
+
 
 def read_run(run_dir: str | Path) -> dict:
     """metrics.json of a `fne train` run that has a network to apply; FneError naming what is missing."""
@@ -35,11 +38,15 @@ def read_run(run_dir: str | Path) -> dict:
         m = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
         raise FneError(f"{run_dir}: cannot read its metrics.json ({e}); is it a finished `fne train` run?") from None
-    if m.get("kind") != "train" or m.get("mode") not in MODES:
+    if not isinstance(m, dict) or m.get("kind") != "train" or m.get("mode") not in MODES:
         raise FneError(f"{run_dir}/metrics.json: not a `fne train` run")
     if m["mode"] == "direct":
         raise FneError(f"{run_dir}: a --mode direct run trains nothing; score new images with `fne train DATA "
                        f"--mode direct` on them (its class map applies to the source classifier)")
+    lacks = [k for k in RUN_KEYS if k not in m]
+    if lacks:
+        raise FneError(f"{run_dir}/metrics.json: lacks {', '.join(lacks)}, which the network is rebuilt from; "
+                       f"is it a `fne train` run's own metrics.json?")
     if not (run_dir / "model.pt").is_file():
         raise FneError(f"{run_dir}: no model.pt")
     return m
@@ -72,9 +79,11 @@ def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
 
 
 def predict_network(run_dir: str | Path, data, *, device: str | None = None, batch_size: int | str = "auto",
-                    workers: int | None = None, progress: bool = True):
+                    workers: int | None = None, progress: bool = True, name: object = None):
     """(dataset, class names, softmax scores (N, classes) over DATA's readable images, their
-    dataset indices, the unreadable images) with the network of the train run `run_dir`."""
+    dataset indices, the unreadable images) with the network of the train run `run_dir`; `name`:
+    DATA as given (default `data`; a Dataset by its name), which a DataError says has no readable
+    image, as `fne fit` says it."""
     m = read_run(run_dir)
     dev = resolve_device(device or "auto")
     # the run's precision on the kind of device it ran on; elsewhere that device's own
@@ -84,10 +93,16 @@ def predict_network(run_dir: str | Path, data, *, device: str | None = None, bat
     b = backbones.get(m["arch"], m["weights"])
     dataset = data if not isinstance(data, (str, Path)) else load_dataset(data)
     labels = np.zeros(len(dataset), dtype=np.int64)  # the pass needs some; predict reads DATA's own
-    ctx = epochs.Ctx(dataset, labels, dev, precision, Normalize(b.mean, b.std).to(dev), None, progress, {})
+    ctx = epochs.Ctx(dataset, labels, dev, precision, Normalize(b.mean, b.std).to(dev), None, progress, {},
+                     data=_named(data if name is None else name))
     view = epochs.transforms(int(m["image_size"]), False, b)[1]
     size = int(m.get("batch_size") or 32) if batch_size == "auto" else int(batch_size)
     with epochs.loaders(ctx, size, default_workers(dev) if workers is None else workers) as loader:
         idx, _, scores = epochs.evaluate(model, loader(np.arange(len(dataset)), view), ctx,
                                          f"predict {m['arch']} {m['mode']}")
     return dataset, list(m["classes"]), scores, idx, dict(ctx.skipped)
+
+
+def _named(data) -> str:
+    """DATA as a message names it: as given, a Dataset by its name."""
+    return str(data) if isinstance(data, (str, Path)) else str(getattr(data, "name", data))

@@ -122,6 +122,16 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     replace_file(path, lambda tmp: torch.save(ckpt, tmp))
 
 
+def identity(path: Path) -> tuple | None:
+    """(inode, size, mtime) of the file at `path`, None where there is none: a checkpoint still so
+    at a run's end is the one found as it started (an earlier run's), not one of its saves."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def due(every: int | str, epoch: int, last_write: float) -> bool:
     """Whether `epoch` (0-based, just ended) writes a checkpoint: every `every` epochs, or with
     "auto" once `AUTO_EVERY_S` seconds have passed since `last_write` (`time.monotonic()`)."""

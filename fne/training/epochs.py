@@ -336,10 +336,13 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
 def _none_readable(ctx: Ctx, part: str, indices: list[int]) -> DataError:
     """The DataError of a pass (`part`: training, val, test) over the images `indices` that read
     none, each unreadable one named in a warning as it was met: said of DATA where `ctx` has it,
-    as `fne fit` says it ("DATA: no readable images"). (A training pass may also leave out a last
-    batch of one readable image: then not all of them are unreadable.)"""
+    as `fne fit` says it ("DATA: no readable images", a pass over all of DATA: `fne predict`'s).
+    (A training pass may also leave out a last batch of one readable image: then not all of them
+    are unreadable.)"""
     if ctx.data is None:
         return DataError(f"{part}: no readable images")
+    if len(indices) == len(ctx.dataset):
+        return DataError(f"{ctx.data}: no readable images")
     bad = sum(ctx.dataset.ids[i] in ctx.skipped for i in indices)
     return DataError(f"{ctx.data}: no readable images in the {part} part ({bad} of {len(indices)} unreadable, each "
                      f"named above)")

@@ -207,7 +207,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b, cache)
-    ckpt = _checkpoint(cfg, dataset, split, auto)  # before the model is built: a wrong one stops at once
+    ckpt, stale = _checkpoint(cfg, dataset, split, auto)  # before the model is built: a wrong one stops at once
     model, source = _model(cfg, len(dataset.classes), ctx.device)
     workers = _workers(cfg, ctx.device)
     size = cfg.image_size or b.input_size
@@ -227,13 +227,19 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
-    return _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
+    metrics = _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
+    path = Path(cfg.out) / checkpoint.CHECKPOINT
+    if stale is not None and checkpoint.identity(path) == stale:  # no save came: the run folder is this run's
+        path.unlink(missing_ok=True)
+    return metrics
 
 
-def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -> dict | None:
-    """The checkpoint --resume continues (checked against the run's settings and images), or None;
-    with `auto`, the run folder's own checkpoint where it belongs to this run. A checkpoint left
-    unused is said: it is replaced at the next save."""
+def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -> tuple[dict | None, tuple | None]:
+    """(the checkpoint --resume continues (checked against the run's settings and images), or None;
+    with `auto`, the run folder's own checkpoint where it belongs to this run, the identity
+    (`checkpoint.identity`) of a checkpoint left unused, or None). One left unused is said: it is
+    replaced at the next save, or removed as the run ends without one (a later --resume would
+    take it for this run's); an interrupted run leaves it."""
     split.images = checkpoint.images(dataset.ids, dataset.labels, {"train": split.train, "val": split.val,
                                                                    "test": split.test}, dataset.keys())
     path = Path(cfg.out) / checkpoint.CHECKPOINT
@@ -242,13 +248,14 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
         cfg.resume = ckpt is not None
     else:
         ckpt = checkpoint.load(path, cfg, split.images) if cfg.resume else None
-    if ckpt is None and cfg.mode != "direct" and path.exists():  # --resume would refuse another run's
+    stale = checkpoint.identity(path) if ckpt is None and cfg.mode != "direct" and path.is_file() else None
+    if stale is not None:  # --resume would refuse another run's
         new = f"note: starting a new run; {path}"
         why = STARTS_OVER.get() or (lambda py: f"{checkpoint.resume_flag(py)} continues it")
-        print(f"{new} (another run's settings or images, another fne release's, or unreadable) is replaced at the "
-              f"next save" if auto else
-              said(lambda py: f"{new} is replaced at the next save ({why(py)})"))
-    return ckpt
+        fate = "is replaced at the next save, or removed at the run's end if none comes"
+        print(f"{new} (another run's settings or images, another fne release's, or unreadable) {fate}" if auto else
+              said(lambda py: f"{new} {fate} ({why(py)})"))
+    return ckpt, stale
 
 
 def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
@@ -535,7 +542,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
         "confusion": confusion.tolist(), "class_recall": class_recall(confusion, split.classes),
         "history": run["history"], "skipped": ctx.skipped,
-        "device": str(ctx.device), **provenance(cfg, data_o),
+        "device": str(ctx.device), **provenance(cfg, data_o, device=ctx.device),
     }
 
 
