@@ -970,15 +970,16 @@ def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(res
 
     data, run = resumable_run
     cli, py = shutil.copytree(run, tmp_path / "cli"), shutil.copytree(run, tmp_path / "py")
-    assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "1",
+    assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "2",
                  "--image-size", "32", "--workers", "0", "--no-progress", "--save-every", "0", "--out", str(cli)]) == 0
     assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save, or removed at the "
             f"run's end if none comes (--resume continues it)") in capsys.readouterr().out
     assert (cli / "model.pt").is_file() and not (cli / "checkpoint.pt").exists()
+    # --epochs 1 where it trained 2: --resume would refuse it, so it is not advised
     train(str(data), "frozen", py, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0)
     assert (f"note: starting a new run; {py / 'checkpoint.pt'} is replaced at the next save, or removed at the "
-            f"run's end if none comes (resume=True continues it)") in capsys.readouterr().out
+            f"run's end if none comes (another run's: resume=True would refuse it)") in capsys.readouterr().out
     assert not (py / "checkpoint.pt").exists()
     # resume="auto" (`fne run`'s) over another run's checkpoint: resume=True would refuse it, so not advised
     auto = shutil.copytree(run, tmp_path / "auto")

@@ -249,13 +249,24 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
     else:
         ckpt = checkpoint.load(path, cfg, split.images) if cfg.resume else None
     stale = checkpoint.identity(path) if ckpt is None and cfg.mode != "direct" and path.is_file() else None
-    if stale is not None:  # --resume would refuse another run's
+    if stale is not None:
         new = f"note: starting a new run; {path}"
         why = STARTS_OVER.get() or (lambda py: f"{checkpoint.resume_flag(py)} continues it")
+        if not auto and _refused(path, cfg, split.images):
+            why = STARTS_OVER.get() or (lambda py: f"another run's: {checkpoint.resume_flag(py)} would refuse it")
         fate = "is replaced at the next save, or removed at the run's end if none comes"
         print(f"{new} (another run's settings or images, another fne release's, or unreadable) {fate}" if auto else
               said(lambda py: f"{new} {fate} ({why(py)})"))
     return ckpt, stale
+
+
+def _refused(path: Path, cfg: TrainConfig, images: dict) -> bool:
+    """Whether --resume would refuse the checkpoint at `path` (another run's settings or images,
+    or unreadable), read memory-mapped: no network's worth of bytes for a note."""
+    try:
+        return bool(checkpoint.mismatch(checkpoint.read(path, mmap=True), cfg, images))
+    except FneError:
+        return True
 
 
 def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
