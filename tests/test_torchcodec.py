@@ -91,15 +91,21 @@ def test_torchcodec_rows_keep_a_store_of_their_own_and_are_read_with_either(tmp_
     vision = fx.extract(data, decode="device", **kw)
     assert vision.n_computed == 6 and vision.store != codec.store
     monkeypatch.undo()
+    from fne.data.datasets import load_dataset
+    from fne.data.manifest import attach_keys
     from fne.linear.export import load_rows
 
+    keys = attach_keys(load_dataset(data), cache).keys()
     rows = {}
-    for name, use in (("codec", True), ("vision", False)):
+    for name, use in (("codec", True), ("vision", False)):  # each library's own store
         monkeypatch.setattr(devices, "_torchcodec", lambda use=use: use)
-        rows[name] = load_rows(data, features="last", cache=cache, decode="device", device="cpu", progress=False,
-                               **FAST)
-    assert np.array_equal(rows["codec"].X, rows["vision"].X)
-    assert rows["codec"].attrs["store"] != rows["vision"].attrs["store"]
+        store = StoreSpec(cache=cache, decode="device", device="cpu", **FAST).open()
+        rows[name] = store.read(keys, [t for t, _ in store.taps])
+    assert rows["codec"].keys() == rows["vision"].keys()
+    assert all(np.array_equal(rows["codec"][t], rows["vision"][t]) for t in rows["codec"])
+    monkeypatch.undo()
+    got = load_rows(data, features="last", cache=cache, device="cpu", progress=False, **FAST)  # decode auto
+    assert "devjpeg8" in got.attrs["store"] and len(got.X) == 6
 
 
 def test_completing_rows_another_library_decoded_is_one_error(tmp_path, monkeypatch):
@@ -143,3 +149,23 @@ def test_a_torchcodec_that_does_not_load_is_a_warning_and_torchvision_decodes(mo
         monkeypatch.undo()
         devices._torchcodec.cache_clear()
     assert devices.device_decoder() == "torchcodec"
+
+
+def test_rows_pinned_to_device_decoding_are_found_whichever_library_decoded_them(tmp_path, monkeypatch):
+    """A model fitted on device-decoded rows pins decode="device" (with its precision and storage
+    dtype): its rows are read from the store that holds them, whichever library decoded them,
+    not from the store this machine's library would write (`fne predict` of a torchvision-decoded
+    run where TorchCodec is installed said the rows were not in the cache)."""
+    data = _data(tmp_path / "data")
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(devices, "_torchcodec", lambda: False)
+    made = fx.extract(data, decode="device", cache=cache, device="cpu", workers=0, progress=False, **FAST)
+    monkeypatch.undo()
+    assert devices.device_decoder() == "torchcodec"
+    from fne.data.datasets import load_dataset
+    from fne.data.manifest import attach_keys
+
+    keys = attach_keys(load_dataset(data), cache).keys()
+    pinned = StoreSpec(cache=cache, decode="device", device="cpu", **FAST)
+    found = pinned.find(keys)
+    assert str(found.path) == made.store and not found.missing(keys)

@@ -100,8 +100,8 @@ class StoreSpec(StoreOptions):
         (not created: reading writes nothing) when no store holds any of them. Which one, where
         there was a choice, is a progress line (`fne.progress.progress_line`'s `enabled`: `progress`)."""
         self._check()
-        if "auto" not in (self.precision, self.storage_dtype, self.decode):
-            return self.open()
+        if "auto" not in (self.precision, self.storage_dtype) and self.decode == "pil":
+            return self.open()  # one store (device-decoded rows: either library's, found below)
         b = self.backbone()
         fp, prep = self.fingerprint(), self.preprocess().key
         device = [prep + suffix for suffix in DEVICE_SUFFIXES.values()]
