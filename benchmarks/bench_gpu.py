@@ -24,6 +24,10 @@ On one machine, on the same JPEG files:
   stream fne chooses, at normal and high priority, with nvJPEG's chroma upsampling and with
   libjpeg's ("fancy", as PIL): img/s alone and beside the running tap model, and each one's
   pixels against PIL's;
+* benchmark hooks on `fne extract` (rows that say so; nothing in fne knows of them): larger
+  batches with decode calls as large (`--parts batches`), part of the JPEGs left to PIL in the
+  workers (`hybrid`), and the forward confined to all but a few of the GPU's multiprocessors by
+  a CUDA green context, the decode keeping the whole GPU (`green`);
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
@@ -476,28 +480,77 @@ def hybrid_hook(percent: int) -> None:
     reader._plain_jpeg = some_plain
 
 
+def green_stream(num_sms: int, dev: torch.device) -> tuple[torch.cuda.Stream, object]:
+    """A stream whose kernels run on `num_sms` of the GPU's multiprocessors only (a CUDA green
+    context, torch >= 2.10), for the calling thread -> (stream, the context to pop at the end, or
+    None)."""
+    from torch.cuda.green_contexts import GreenContext
+
+    ctx = GreenContext.create(num_sms=num_sms, device_id=dev.index or 0)
+    if hasattr(ctx, "Stream"):  # torch >= 2.12: streams of its own
+        return ctx.Stream(), None
+    ctx.set_context()  # torch 2.10 / 2.11: current on this thread; its streams are made now
+    return torch.cuda.Stream(dev), ctx
+
+
+def green_counts(dev: torch.device) -> list[int]:
+    """SM counts for the green rows: all but about 4 and 12 of the GPU's, in multiples of 8 (Hopper
+    hands SMs out in groups); [] off CUDA."""
+    if dev.type != "cuda":
+        return []
+    total = torch.cuda.get_device_properties(dev).multi_processor_count
+    return sorted({(total - spare) // 8 * 8 for spare in (4, 12)}, reverse=True)
+
+
+def green_hook(num_sms: int) -> None:
+    """Benchmark-only: `fne extract` runs its forward on `num_sms` of the GPU's multiprocessors
+    (a green context on the main thread), and the decoding threads keep the whole GPU: room kept
+    free for the decode's kernels beside a busy forward (`extract_run`'s green rows; nothing in
+    fne knows of it)."""
+    from fne.extraction import extract as ex
+
+    run = ex._run
+
+    def green_run(spec, store, dataset, todo, dev, *args, **kw):
+        if dev.type != "cuda":
+            return run(spec, store, dataset, todo, dev, *args, **kw)
+        stream, ctx = green_stream(num_sms, dev)
+        try:
+            with torch.cuda.stream(stream):
+                return run(spec, store, dataset, todo, dev, *args, **kw)
+        finally:
+            if ctx is not None:
+                ctx.pop_context()
+
+    ex._run = green_run
+
+
 def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: str | None = None,
                 **kw) -> tuple[dict, float, float]:
     """`fne extract` in a child; `hook`: "nvimgcodec", with nvImageCodec's decoder in place of
     fne's (`nvimgcodec_hook`), "torchvision", with torchvision's decoder where TorchCodec would
     decode, "hybrid:P", P % of the plain JPEGs decoded by PIL in the workers (`hybrid_hook`),
-    "pixels:N", decode calls of up to N pixels (`reader.DECODE_PIXELS`) (undone after, for
-    --smoke's in-process children)."""
+    "pixels:N", decode calls of up to N pixels (`reader.DECODE_PIXELS`), "green:N", the forward
+    on N multiprocessors (`green_hook`) (undone after, for --smoke's in-process children)."""
     bench = f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\n"
     code = (
         "import json, sys, warnings; warnings.simplefilter('ignore')\n"
         "from fne import devices\n"
         "from fne.extraction import reader\n"
+        "from fne.extraction import extract as ex_mod\n"
         "from fne.extraction.extract import extract\n"
         "made, codec, plain, pixels = reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg, reader.DECODE_PIXELS\n"
+        "run_fn = ex_mod._run\n"
         + {"nvimgcodec": bench + "bench_gpu.nvimgcodec_hook()\n",
            "torchvision": "devices._torchcodec = lambda: False\n"}.get(hook or "", "")
         + (bench + f"bench_gpu.hybrid_hook({int(hook.split(':')[1])})\n" if (hook or "").startswith("hybrid:") else "")
         + (f"reader.DECODE_PIXELS = {int(hook.split(':')[1])}\n" if (hook or "").startswith("pixels:") else "")
+        + (bench + f"bench_gpu.green_hook({int(hook.split(':')[1])})\n" if (hook or "").startswith("green:") else "")
         + "try:\n"
         f"    r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
         "finally:\n"
         "    reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg, reader.DECODE_PIXELS = made, codec, plain, pixels\n"
+        "    ex_mod._run = run_fn\n"
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
@@ -661,7 +714,7 @@ def main(argv=None) -> int:
                                                   "(default: $OUT/bench_gpu.json where $OUT is set)")
     ap.add_argument("--parts", default="all",
                     help="comma-separated parts to run (default all): images, forward, extract, rows, decode, "
-                         "decoders, batches, hybrid, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
+                         "decoders, batches, hybrid, green, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
     ap.add_argument("--budget", type=float, default=500.0,
                     help="seconds for the whole benchmark (default 500): a section that would end past it "
                          "is cut short and says so, the sections after it are skipped")
@@ -803,6 +856,10 @@ def main(argv=None) -> int:
                  6 + k, f"fne extract, {p} % of the JPEGs decoded by PIL in the workers, the rest on the device "
                         f"(benchmark hook)", {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"},
                  hook=f"hybrid:{p}")) for k, p in enumerate((30, 45, 60))],
+             *[("green", f"green {n}", extract_run(
+                 12 + k, f"fne extract, the forward on {n} of the GPU's multiprocessors (green context; benchmark hook)",
+                 {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook=f"green:{n}"))
+               for k, n in enumerate(green_counts(dev))],
              ("train", "fne train", training),
              ("head", "linear head", rows_of(head_rows, dev, smoke)),
              ("peer", "peer", peer_run),

@@ -543,3 +543,19 @@ def test_the_reader_stages_on_their_own_streams_give_what_in_line_gives(monkeypa
     ahead.close()
     assert len(got) == len(inline) == 12
     assert all(torch.equal(g.cpu(), b.sum(dim=(1, 2, 3, 4), dtype=torch.int64)) for g, b in zip(got, inline))
+
+
+def test_bench_gpu_green_hook_runs_extract_and_is_undone(tmp_path, monkeypatch):
+    """The `green:N` benchmark hook (the forward in a CUDA green context): off CUDA it leaves the
+    run as it is; the child's code compiles, extracts, and puts `extract._run` back."""
+    from fne.extraction import extract as ex
+
+    bench_gpu = _bench_gpu()
+    monkeypatch.setattr(bench_gpu, "IN_PROCESS", True)
+    imgs = tmp_path / "imgs"
+    bench_gpu.make_images(imgs, 4, 2)
+    run = ex._run
+    r, _, _ = bench_gpu.fne_extract(imgs, tmp_path / "cache", "mobilenet_v3_small", "random", hook="green:8",
+                                    batch_size=4, workers=0)
+    assert r["n"] == 4 and ex._run is run
+    assert bench_gpu.green_counts(torch.device("cpu")) == []
