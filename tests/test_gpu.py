@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import fne
 from fne.backbones import registry as backbones
 from fne.devices import default_batch_size, resolve_batch_size
 from fne.errors import FneError
@@ -545,17 +546,36 @@ def test_the_reader_stages_on_their_own_streams_give_what_in_line_gives(monkeypa
     assert all(torch.equal(g.cpu(), b.sum(dim=(1, 2, 3, 4), dtype=torch.int64)) for g, b in zip(got, inline))
 
 
-def test_bench_gpu_green_hook_runs_extract_and_is_undone(tmp_path, monkeypatch):
-    """The `green:N` benchmark hook (the forward in a CUDA green context): off CUDA it leaves the
-    run as it is; the child's code compiles, extracts, and puts `extract._run` back."""
+def test_bench_gpu_green_and_cpudecode_hooks_extract_and_are_undone(tmp_path, monkeypatch):
+    """Two benchmark hooks: `green:N` (the forward in a CUDA green context) leaves a run off CUDA
+    as it is; `cpudecode` (PIL decoding in the workers, the resize on the device) gives the rows
+    of the device path's resize, within float32's rounding of PIL's, and in float64 exactly the
+    rows of `--decode pil`. The child's code compiles, extracts, and puts what it patched back."""
+    from fne.backbones import resample
     from fne.extraction import extract as ex
+    from fne.extraction import reader
 
     bench_gpu = _bench_gpu()
     monkeypatch.setattr(bench_gpu, "IN_PROCESS", True)
     imgs = tmp_path / "imgs"
-    bench_gpu.make_images(imgs, 4, 2)
-    run = ex._run
+    bench_gpu.make_images(imgs, 6, 2)
+    run, jpeg_of, decode = ex._run, reader.Jpeg.__dict__["of"], reader.decode_jpegs
     r, _, _ = bench_gpu.fne_extract(imgs, tmp_path / "cache", "mobilenet_v3_small", "random", hook="green:8",
                                     batch_size=4, workers=0)
-    assert r["n"] == 4 and ex._run is run
+    assert r["n"] == 6 and ex._run is run
     assert bench_gpu.green_counts(torch.device("cpu")) == []
+    rows = {}
+    for hook, workers, decode_at in (("cpudecode", 1, "device"), ("cpudecode64", 1, "device"), (None, 0, "device"),
+                                     (None, 0, "pil")):
+        cache = tmp_path / f"cache-{hook}-{decode_at}"
+        r, _, _ = bench_gpu.fne_extract(imgs, cache, "mobilenet_v3_small", "random", hook=hook, batch_size=4,
+                                        workers=workers, decode=decode_at, precision="fp32")
+        assert r["n"] == 6
+        rows[hook, decode_at] = fne.load_rows(imgs, arch="mobilenet_v3_small", weights="random", cache=str(cache),
+                                              decode=decode_at, precision="fp32").X
+    assert reader.Jpeg.__dict__["of"] is jpeg_of and reader.decode_jpegs is decode
+    assert resample.DTYPE == torch.float32
+    a, b = rows["cpudecode", "device"], rows[None, "device"]
+    assert a.shape == b.shape and np.allclose(a, b, atol=1e-2 * np.abs(b).max())
+    # in float64 the device's resize gives PIL's pixels exactly: the rows of --decode pil
+    assert np.array_equal(rows["cpudecode64", "device"], rows[None, "pil"])
