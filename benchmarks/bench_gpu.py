@@ -27,8 +27,8 @@ On one machine, on the same JPEG files:
 * benchmark hooks on `fne extract` (rows that say so; nothing in fne knows of them): larger
   batches with decode calls as large (`--parts batches`), part of the JPEGs left to PIL in the
   workers (`hybrid`), and the forward confined to all but a few of the GPU's multiprocessors by
-  a CUDA green context, the decode keeping the whole GPU (`green`), and PIL decoding in the
-  workers with the resize on the device (`cpudecode`);
+  a CUDA green context, the decode keeping the whole GPU (`green`), and `--decode pil` with the
+  resize in the workers, as before the GPU took it (in `pil`);
 * CUDA vs CPU rows: the tap model's rows of 64 of the images on the device (fp32, fp16, bf16,
   and bf16 from device-decoded pixels) against CPU fp32 rows, max relative error per tap
   (max |a - b| / max |b| over a tap's rows, the worst tap) and whether any NaN appeared;
@@ -494,40 +494,12 @@ def green_stream(num_sms: int, dev: torch.device) -> tuple[torch.cuda.Stream, ob
     return torch.cuda.Stream(dev), ctx
 
 
-def cpudecode_hook(exact: bool = False) -> None:
-    """Benchmark-only: `fne extract --decode device` with the workers decoding each plain JPEG
-    with PIL (full size, no resize) and the device resizing and cropping them as it does
-    nvjpeg's images (`resample`, float32 products: 0.045 % of values a level from Pillow's).
-    Half a worker's CPU per image on the development machine (PIL's resize costs more than its
-    decode there), and no nvjpeg call beside the forward (`extract_run`'s cpudecode row; nothing
-    in fne knows of it). The decoded pixels travel as the JPEG's bytes do (`reader.Jpeg`, packed
-    per batch, pinned on CUDA), after 8 bytes giving their width and height. `exact`: the
-    products in float64, which gives Pillow's pixels exactly (the rows of `--decode pil`), at
-    the GPU's float64 rate."""
-    import struct
+def workers_resize_hook() -> None:
+    """Benchmark-only: `fne extract --decode pil` resizes in the loader workers, as it did before
+    the GPU took the resize (`devices.resize_on_device`), for the row that compares the two."""
+    from fne.extraction import extract as ex
 
-    from fne.backbones import resample
-    from fne.extraction import reader
-
-    if exact:
-        resample.DTYPE = torch.float64
-
-    def decoded(cls, data, size):
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = im if im.mode == "RGB" else im.convert("RGB")  # (convert copies even an RGB image: 0.5 ms)
-            j = bytes.__new__(cls, struct.pack("<II", *size) + np.asarray(rgb).tobytes())
-        j.size = size
-        return j
-
-    def to_device(raw, dev):
-        out = []
-        for r in raw:
-            w, h = struct.unpack("<II", r[:8].numpy().tobytes())
-            out.append(r[8:].view(h, w, 3).to(dev, non_blocking=True).permute(2, 0, 1))
-        return out
-
-    reader.Jpeg.of = classmethod(decoded)
-    reader.decode_jpegs = to_device
+    ex.resize_on_device = lambda dev: False
 
 
 def green_counts(dev: torch.device) -> list[int]:
@@ -568,8 +540,8 @@ def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: str | No
     fne's (`nvimgcodec_hook`), "torchvision", with torchvision's decoder where TorchCodec would
     decode, "hybrid:P", P % of the plain JPEGs decoded by PIL in the workers (`hybrid_hook`),
     "pixels:N", decode calls of up to N pixels (`reader.DECODE_PIXELS`), "green:N", the forward
-    on N multiprocessors (`green_hook`), "cpudecode", PIL decoding in the workers and the resize
-    on the device (`cpudecode_hook`; "cpudecode64": in float64) (undone after, for --smoke's in-process children)."""
+    on N multiprocessors (`green_hook`), "workers-resize", `--decode pil` resizing in the workers
+    (`workers_resize_hook`) (undone after, for --smoke's in-process children)."""
     bench = f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\nimport bench_gpu\n"
     code = (
         "import json, sys, warnings; warnings.simplefilter('ignore')\n"
@@ -578,19 +550,18 @@ def fne_extract(data: Path, cache: Path, arch: str, weights: str, hook: str | No
         "from fne.extraction import extract as ex_mod\n"
         "from fne.extraction.extract import extract\n"
         "made, codec, plain, pixels = reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg, reader.DECODE_PIXELS\n"
-        "from fne.backbones import resample\n"
-        "run_fn, jpeg_of, dtype = ex_mod._run, reader.Jpeg.__dict__['of'], resample.DTYPE\n"
+        "run_fn, on_device = ex_mod._run, ex_mod.resize_on_device\n"
         + {"nvimgcodec": bench + "bench_gpu.nvimgcodec_hook()\n",
            "torchvision": "devices._torchcodec = lambda: False\n"}.get(hook or "", "")
         + (bench + f"bench_gpu.hybrid_hook({int(hook.split(':')[1])})\n" if (hook or "").startswith("hybrid:") else "")
         + (f"reader.DECODE_PIXELS = {int(hook.split(':')[1])}\n" if (hook or "").startswith("pixels:") else "")
         + (bench + f"bench_gpu.green_hook({int(hook.split(':')[1])})\n" if (hook or "").startswith("green:") else "")
-        + (bench + f"bench_gpu.cpudecode_hook({hook == 'cpudecode64'})\n" if (hook or "").startswith("cpudecode") else "")
+        + (bench + "bench_gpu.workers_resize_hook()\n" if hook == "workers-resize" else "")
         + "try:\n"
         f"    r = extract({str(data)!r}, arch={arch!r}, weights={weights!r}, cache={str(cache)!r}, progress=False, **{kw!r})\n"
         "finally:\n"
         "    reader.decode_jpegs, devices._torchcodec, reader._plain_jpeg, reader.DECODE_PIXELS = made, codec, plain, pixels\n"
-        "    ex_mod._run, reader.Jpeg.of, resample.DTYPE = run_fn, jpeg_of, dtype\n"
+        "    ex_mod._run, ex_mod.resize_on_device = run_fn, on_device\n"
         "st = r.stage_seconds\n"
         "print(json.dumps({'n': r.n_computed, 'cached': r.n_cached, 'img_s': r.images_per_s,\n"
         "                  'steady': r.steady_images_per_s, 'load': st.get('model_load', 0.0),\n"
@@ -754,7 +725,7 @@ def main(argv=None) -> int:
                                                   "(default: $OUT/bench_gpu.json where $OUT is set)")
     ap.add_argument("--parts", default="all",
                     help="comma-separated parts to run (default all): images, forward, extract, rows, decode, "
-                         "decoders, batches, hybrid, green, cpudecode, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
+                         "decoders, batches, hybrid, green, train, head, peer, pil, loaders, compile (--smoke: the --decode device row)")
     ap.add_argument("--budget", type=float, default=500.0,
                     help="seconds for the whole benchmark (default 500): a section that would end past it "
                          "is cut short and says so, the sections after it are skipped")
@@ -901,14 +872,14 @@ def main(argv=None) -> int:
                  {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"}, hook=f"green:{n}"))
                for k, n in enumerate(green_counts(dev))],
              *([] if green_counts(dev) else [("green", "green", lambda: row("green context", "CUDA only", ""))]),
-             *[("cpudecode", f"cpudecode {bits}", extract_run(
-                 14 + k, f"fne extract, PIL decoding in the workers, resize + crop on the device in float{bits} "
-                         f"(benchmark hook)", {} if dev.type == "cuda" else {"batch_size": batch, "decode": "device"},
-                 hook="cpudecode" + ("64" if bits == 64 else ""))) for k, bits in enumerate((32, 64))],
              ("train", "fne train", training),
              ("head", "linear head", rows_of(head_rows, dev, smoke)),
              ("peer", "peer", peer_run),
-             ("pil", "--decode pil", extract_run(1, "--decode pil (CPU decoders in the workers)", {"decode": "pil"})),
+             ("pil", "--decode pil", extract_run(1, "--decode pil (PIL decodes in the workers; on a GPU fast in float64 "
+                                                    "it resizes, exactly as PIL)", {"decode": "pil"})),
+             ("pil", "--decode pil, resized in the workers", extract_run(
+                 14, "--decode pil, resized in the workers (benchmark hook: as before 29 Nov)", {"decode": "pil"},
+                 hook="workers-resize")),
              ("loaders", "loader rows", rows_of(loader_rows, imgs, 16 if smoke else 8192, dev, workers))]
     if source is not None:  # a real dataset's own JPEGs: mixed sizes (pets37: ~90 in 256)
         parts.append(("loaders", f"loader rows ({source.name})", rows_of(

@@ -21,7 +21,9 @@ the subprocess, so nothing in fne knows about it. Example (about 1.5 min on 2 co
     python benchmarks/bench_pipeline.py --n 2000 --reps 3 --json benchmarks/pipeline.json
     python benchmarks/bench_pipeline.py --decode device --n 8192 --old 44f5cc8
 
-`--decode device` measures the host's share of the GPU path on a CPU: the workers read, key and
+`--decode rgb` measures the host's share of `--decode pil` on a GPU that resizes (`fne.devices.
+resize_on_device`): the workers decode and hand each image over whole, a stand-in takes the
+resize (`--old HEAD` before that change: the workers' own resize). `--decode device` measures the host's share of the GPU path on a CPU: the workers read, key and
 check each JPEG and hand its bytes over, the main process runs the loop and the writer, and a
 stand-in takes the place of the device decoder (nothing is decoded); then `fne train`'s loader
 with `--augment-on device` alone. Its last line is the rate 15 workers and the main process could
@@ -87,6 +89,16 @@ if decode == "device":  # the host's share of device decoding: JPEG bytes travel
         reader.decode_jpegs, reader.resized = stand_in, lambda raw, imgs, dev, prep: [view] * len(raw)
     else:  # the older tree's one step
         reader.decode_raw = stand_in
+
+
+if decode == "rgb":  # --decode pil where the GPU resizes: the workers decode, a stand-in takes the resize
+    from fne.extraction import extract as ex
+    from fne.extraction import reader
+
+    crop = torch.zeros(1, 3, 224, 224, dtype=torch.uint8)  # the views a GPU would make: stacked with the workers'
+    ex.resize_on_device = lambda dev: True
+    reader.resized = lambda raw, imgs, dev, prep, dtype=None: [crop] * len(raw)
+    decode = "pil"
 
 
 def cpu():
@@ -248,9 +260,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=2000, help="images (default 2000)")
     ap.add_argument("--reps", type=int, default=2, help="runs of each variant, alternating (default 2)")
     ap.add_argument("--batch-size", type=int, default=None, help="default 32 (pil), 256 (device: a GPU's)")
-    ap.add_argument("--decode", choices=["pil", "device"], default="pil",
+    ap.add_argument("--decode", choices=["pil", "device", "rgb"], default="pil",
                     help="pil: the CPU path; device: the host's share of the GPU path (JPEG bytes read, "
-                         "keyed and handed over; a stand-in returns the device decoder's pixels)")
+                         "keyed and handed over; a stand-in returns the device decoder's pixels); rgb: the "
+                         "host's share of --decode pil where the GPU resizes (decoded in the workers, handed "
+                         "over whole; a stand-in resizes)")
     ap.add_argument("--decoder-rate", type=float, default=0,
                     help="device: the stand-in decoder blocks its caller for images / RATE seconds, GIL "
                          "released, as torchvision's nvjpeg call does (18079: its rate on the H200); 0: never")
@@ -287,9 +301,10 @@ def main(argv: list[str] | None = None) -> None:
         print("\nnew reader in one process, one thread, CPU-ms per image: "
               + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     else:  # what 15 workers and one main process could feed, were nothing else slower
-        print("\nfne train's loader alone, --augment-on device (JPEG bytes to the main process):")
-        print("| code | img/s | main process CPU-ms/image | workers |")
-        print("|---|---:|---:|---:|")
+        if loaders:
+            print("\nfne train's loader alone, --augment-on device (JPEG bytes to the main process):")
+            print("| code | img/s | main process CPU-ms/image | workers |")
+            print("|---|---:|---:|---:|")
         for k, r in loaders.items():
             print(f"| {k} | {r['img_s']:.0f} | {r['main_ms']:.3f} | {r['worker_ms']:.3f} |")
         r = best["new"]

@@ -166,7 +166,8 @@ class StoreOptions:
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
     decode: str = option("auto", "auto (default): extraction decodes JPEGs on the GPU on CUDA (a quarter of "
                                  "PIL's CPU; with many cores per GPU pil can be faster) and with PIL elsewhere, "
-                                 "reading finds rows of either; pil: decode in loader workers; "
+                                 "reading finds rows of either; pil: PIL decodes in loader workers (a GPU fast in float64 "
+                                 "resizes, to the same pixels); "
                                  "device: JPEGs decoded where the network runs (rows in a store of their own)",
                          choices=DECODERS, pipeline=False)
 

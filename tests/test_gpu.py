@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-import fne
 from fne.backbones import registry as backbones
 from fne.devices import default_batch_size, resolve_batch_size
 from fne.errors import FneError
@@ -326,6 +325,32 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
 
 
 @cuda
+def test_pil_decoding_with_the_resize_on_cuda_feeds_the_pixels_of_the_workers_resize(tmp_path, monkeypatch):
+    """`--decode pil` on a GPU fast in float64 (`resize_on_device`): the workers decode, the GPU
+    resizes in float64, and the network sees exactly the pixels of the workers' own resize."""
+    import fne.extraction.extract as fx
+    from fne import devices
+    from fne.extraction.taps import TapRunner
+
+    if not devices.resize_on_device(torch.device("cuda")):
+        pytest.skip("this GPU resizes in its workers (slow float64)")
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for f in _jpegs(24):
+        (data / f.name).write_bytes(f.read_bytes())
+    fed, real_call = [], TapRunner.__call__
+    monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.cpu()), real_call(self, x))[1])
+    runs = []
+    for where in (True, False):
+        monkeypatch.setattr(fx, "resize_on_device", lambda dev, where=where: where)
+        fx.extract(data.parent, arch="efficientnet_lite0", weights="random", cache=str(tmp_path / f"c{where}"),
+                   decode="pil", batch_size=8, workers=2, progress=False)
+        runs.append(torch.cat(fed))
+        fed[:] = []
+    assert runs[0].shape[0] == 24 and torch.equal(runs[0], runs[1])
+
+
+@cuda
 def test_torchvisions_jpeg_operators_decode_on_cuda_as_torchvision_io_does(monkeypatch):
     """The batched nvjpeg call made through torchvision's operators, without its import
     (`devices.jpeg_ops`), gives torchvision.io's pixels."""
@@ -546,36 +571,19 @@ def test_the_reader_stages_on_their_own_streams_give_what_in_line_gives(monkeypa
     assert all(torch.equal(g.cpu(), b.sum(dim=(1, 2, 3, 4), dtype=torch.int64)) for g, b in zip(got, inline))
 
 
-def test_bench_gpu_green_and_cpudecode_hooks_extract_and_are_undone(tmp_path, monkeypatch):
+def test_bench_gpu_hooks_extract_and_are_undone(tmp_path, monkeypatch):
     """Two benchmark hooks: `green:N` (the forward in a CUDA green context) leaves a run off CUDA
-    as it is; `cpudecode` (PIL decoding in the workers, the resize on the device) gives the rows
-    of the device path's resize, within float32's rounding of PIL's, and in float64 exactly the
-    rows of `--decode pil`. The child's code compiles, extracts, and puts what it patched back."""
-    from fne.backbones import resample
+    as it is, and `workers-resize` (`--decode pil` resizing in the workers) extracts too; the
+    child's code compiles, extracts, and puts what it patched back."""
     from fne.extraction import extract as ex
-    from fne.extraction import reader
 
     bench_gpu = _bench_gpu()
     monkeypatch.setattr(bench_gpu, "IN_PROCESS", True)
     imgs = tmp_path / "imgs"
     bench_gpu.make_images(imgs, 6, 2)
-    run, jpeg_of, decode = ex._run, reader.Jpeg.__dict__["of"], reader.decode_jpegs
-    r, _, _ = bench_gpu.fne_extract(imgs, tmp_path / "cache", "mobilenet_v3_small", "random", hook="green:8",
-                                    batch_size=4, workers=0)
-    assert r["n"] == 6 and ex._run is run
+    run, on_device = ex._run, ex.resize_on_device
+    for k, hook in enumerate(("green:8", "workers-resize")):
+        r, _, _ = bench_gpu.fne_extract(imgs, tmp_path / f"cache{k}", "mobilenet_v3_small", "random", hook=hook,
+                                        batch_size=4, workers=0)
+        assert r["n"] == 6 and ex._run is run and ex.resize_on_device is on_device
     assert bench_gpu.green_counts(torch.device("cpu")) == []
-    rows = {}
-    for hook, workers, decode_at in (("cpudecode", 1, "device"), ("cpudecode64", 1, "device"), (None, 0, "device"),
-                                     (None, 0, "pil")):
-        cache = tmp_path / f"cache-{hook}-{decode_at}"
-        r, _, _ = bench_gpu.fne_extract(imgs, cache, "mobilenet_v3_small", "random", hook=hook, batch_size=4,
-                                        workers=workers, decode=decode_at, precision="fp32")
-        assert r["n"] == 6
-        rows[hook, decode_at] = fne.load_rows(imgs, arch="mobilenet_v3_small", weights="random", cache=str(cache),
-                                              decode=decode_at, precision="fp32").X
-    assert reader.Jpeg.__dict__["of"] is jpeg_of and reader.decode_jpegs is decode
-    assert resample.DTYPE == torch.float32
-    a, b = rows["cpudecode", "device"], rows[None, "device"]
-    assert a.shape == b.shape and np.allclose(a, b, atol=1e-2 * np.abs(b).max())
-    # in float64 the device's resize gives PIL's pixels exactly: the rows of --decode pil
-    assert np.array_equal(rows["cpudecode64", "device"], rows[None, "pil"])

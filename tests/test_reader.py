@@ -326,11 +326,11 @@ def test_the_next_batch_decodes_while_the_one_before_is_resized(tmp_path, monkey
             decoding.set()
         return real_decode(raw, dev)
 
-    def resize(imgs, p):
+    def resize(imgs, p, dtype=None):
         resizing.append(threading.current_thread().name)
         if len(resizing) == 1:
             assert decoding.wait(30), "batch 2 was not decoded while batch 1 was resized"
-        return real_resize(imgs, p)
+        return real_resize(imgs, p, dtype)
 
     monkeypatch.setattr(reader, "decode_jpegs", decode)
     monkeypatch.setattr(reader, "resize_views", resize)
@@ -494,3 +494,63 @@ def test_device_decoding_imports_no_torchvision(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.jpg")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["(3,", "48,", "64)", "False"]
+
+
+def _mixed_folder(tmp_path: Path) -> Path:
+    """Images of every kind the workers decode: JPEGs of several sizes, grey, CMYK and EXIF-turned
+    ones, a PNG with alpha, a photo too large to travel whole (over `RGB_AREA`), an unreadable file."""
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j, (w, h) in enumerate(SIZES[:4]):
+        (data / f"{j}.jpg").write_bytes(_jpeg(w, h, j))
+    base = Image.open(io.BytesIO(_jpeg(300, 260, 9)))
+    base.convert("L").save(data / "grey.jpg", quality=90)
+    base.convert("CMYK").save(data / "cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: shown rotated
+    base.save(data / "turned.jpg", quality=90, exif=exif)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(data / "alpha.png")
+    Image.open(io.BytesIO(_jpeg(1100, 900, 3))).save(data / "large.jpg", quality=90)
+    (data / "broken.jpg").write_bytes(_jpeg(200, 150, 4)[:300])
+    return data.parent
+
+
+@pytest.mark.parametrize("crop,workers", [("center", 2), ("ten", 0)])
+def test_resize_on_the_device_feeds_the_pixels_of_the_workers_resize(tmp_path, monkeypatch, crop, workers):
+    """`--decode pil` where the device resizes (`resize_on_device`: a GPU fast in float64; forced
+    here on the CPU): the workers decode, the images travel whole, and the network sees exactly
+    the pixels of the workers' own resize, into the same store; a photo over `RGB_AREA` and the
+    kinds PIL alone reads are resized in the workers, an unreadable file is skipped alike."""
+    from fne.extraction import taps
+    from fne.extraction.taps import TapRunner
+
+    class StandIn(torch.nn.Module):  # rows of the taps' widths: the network is not what is tested
+        def __init__(self, widths):
+            super().__init__()
+            self.widths = widths
+
+        def forward(self, x):
+            return list(x.float().mean(dim=(1, 2, 3))[:, None].expand(-1, sum(self.widths)).split(self.widths, 1))
+
+    monkeypatch.setattr(taps, "build_tap_model", lambda spec, device, compile=False: StandIn(
+        [t.channels for t in spec.backbone().taps]))
+    root, fed, moved = _mixed_folder(tmp_path), [], []
+    real_call, real_uploaded = TapRunner.__call__, reader.uploaded
+    monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
+    monkeypatch.setattr(reader, "uploaded", lambda b, run, dev: (moved.append(len(run)), real_uploaded(b, run, dev))[1])
+    kw = dict(device="cpu", batch_size=3, progress=False, decode="pil", crop=crop, workers=workers, **FAST)
+    assert not devices.resize_on_device(CPU)  # a CPU resizes in its workers
+    runs = {}
+    for where in (True, False):
+        monkeypatch.setattr(fx, "resize_on_device", lambda dev, where=where: where)
+        with pytest.warns(UserWarning, match="broken.jpg"):  # the unreadable file, named
+            runs[where] = (fx.extract(root, cache=str(tmp_path / f"c{where}"), **kw), list(fed))
+        fed[:] = []
+    (on_device, by_device), (in_workers, by_workers) = runs[True], runs[False]
+    assert Path(on_device.store).name == Path(in_workers.store).name
+    assert on_device.n_computed == in_workers.n_computed == 9 and on_device.skipped == in_workers.skipped
+    assert sum(moved) == 8  # every readable image but the large one travelled decoded
+    assert len(by_device) == len(by_workers) == 4  # ten files in batches of three
+    assert all(torch.equal(a, b) for a, b in zip(by_device, by_workers, strict=True))

@@ -713,8 +713,8 @@ def test_device_augmentation_reads_jpegs_as_bytes_others_in_workers_and_names_th
 
     evaluated, real = [], reader.resized
 
-    def resized(raw, imgs, dev, prep):
-        out = real(raw, imgs, dev, prep)
+    def resized(raw, imgs, dev, prep, dtype=None):
+        out = real(raw, imgs, dev, prep, dtype=dtype)
         evaluated.extend(tuple(x.shape) for x in out if not isinstance(x, str))
         return out
 

@@ -112,7 +112,7 @@ def _nearest(lines: np.ndarray, o: np.ndarray) -> np.ndarray:
     return out
 
 
-def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
+def resize_views(imgs: list[torch.Tensor], prep: Preprocess, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Decoded images -> `prep`'s views of each, resized and cropped in batched calls.
 
     Parameters
@@ -121,6 +121,8 @@ def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
         The images, on one device, of any sizes.
     prep : Preprocess
         The geometry: resize, crop ("center", "squash", "ten"), interpolation.
+    dtype : torch.dtype, optional
+        Of the matrix products (default `DTYPE`); torch.float64 gives Pillow's pixels exactly.
 
     Returns
     -------
@@ -138,7 +140,7 @@ def resize_views(imgs: list[torch.Tensor], prep: Preprocess) -> torch.Tensor:
             down += down
             across += [(w, w / rw, rw - 1 - x, -1, 0.0) for x, _ in boxes]
         views.append((down, across, vertical_first(w, h, rw, rh)))
-    return resize_lines(imgs, views, prep.size, prep.interpolation, prep.views, memo=True).to(torch.uint8)
+    return resize_lines(imgs, views, prep.size, prep.interpolation, prep.views, memo=True, dtype=dtype).to(torch.uint8)
 
 
 def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, s: int,
@@ -173,11 +175,11 @@ def resize_boxes(imgs: list[torch.Tensor], boxes: np.ndarray, flip: np.ndarray, 
 
 
 def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Line], bool]], s: int,
-                 interpolation: str, v: int, memo: bool = False) -> torch.Tensor:
+                 interpolation: str, v: int, memo: bool = False, dtype: torch.dtype | None = None) -> torch.Tensor:
     """float32 (N, V, 3, S, S) of whole values in 0..255: each image's views, given by their
     `Line`s down and across and whether Pillow would resize it vertically first. `memo`: keep
     each line's coefficients for later batches (`line_table`; lines that recur, as a dataset's
-    image sizes do, not random crops)."""
+    image sizes do, not random crops). `dtype`: of the products (default `DTYPE`)."""
     n = len(imgs)
     dev = imgs[0].device if imgs else torch.device("cpu")
     out = torch.empty((n, v, 3, s, s), dtype=torch.float32, device=dev)
@@ -196,7 +198,7 @@ def resize_lines(imgs: list[torch.Tensor], views: list[tuple[list[Line], list[Li
         else:  # vertical first: turned, its columns become the padded rows
             plans.append(_Plan(im, (y0, y1, x0, x1), (x0, ids[1]), (y0, ids[0]), True))
     order = sorted(range(n), key=lambda i: plans[i].key)
-    on_dev = (_to_device(first, dev), _to_device(fixed, dev).to(DTYPE))
+    on_dev = (_to_device(first, dev), _to_device(fixed, dev).to(dtype or DTYPE))
     for chunk in _chunks(order, [p.key[0] for p in plans]):
         out[_to_device(np.array(chunk), dev)] = _resize([plans[i] for i in chunk], on_dev, s, dev).float()
     return out
@@ -277,7 +279,7 @@ def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torc
     """(n, V, 3, S, S): ``A @ X @ B.T`` over the images, zero-padded to one size."""
     p = max(pl.key[0][0] for pl in plans)
     q = max(pl.key[0][1] for pl in plans)
-    x = torch.zeros((len(plans), 3, p, q), dtype=DTYPE, device=dev)
+    x = torch.zeros((len(plans), 3, p, q), dtype=table[1].dtype, device=dev)  # the coefficients' dtype
     j = 0
     for ((r, c), _, (y0, y1, x0, x1), turned), same in groupby(plans, key=lambda pl: pl.key):
         same = [pl.image for pl in same]  # one copy for the images of one size and band
@@ -333,7 +335,7 @@ def _matrices(axes: list[tuple[int, list[int]]], table: tuple, width: int, dev: 
     ids = _to_device(np.array([u for _, u in axes]), dev)  # (n, V)
     lo = _to_device(np.array([lo for lo, _ in axes]), dev)
     idx = (first[ids] - lo[:, None, None])[..., None] + torch.arange(weights.shape[-1], device=dev)
-    m = torch.zeros((*idx.shape[:-1], width), dtype=DTYPE, device=dev)
+    m = torch.zeros((*idx.shape[:-1], width), dtype=weights.dtype, device=dev)
     return m.scatter_add_(-1, idx.clamp_(0, width - 1), weights[ids])
 
 

@@ -37,6 +37,7 @@ from fne.devices import (
     loader_context,
     require_device_decoder,
     require_main_script,
+    resize_on_device,
     resolve_batch_size,
     resolve_compile,
     resolve_decode,
@@ -356,10 +357,10 @@ class _Pass:
 
 
 def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.device, batch_size: int,
-            workers: int) -> torch.utils.data.DataLoader:
+            workers: int, rgb: bool) -> torch.utils.data.DataLoader:
     if spec.decode == "device":  # images to decode (cached rows are read without a decoder)
         require_device_decoder()
-    items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device")
+    items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device", rgb=rgb)
     if dev.type != "cuda":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
         items.share_slots(batch_size, workers, in_flight=4 + 2)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
@@ -378,7 +379,8 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     # Start the workers first: they fork before the model exists (small children, and no other
     # thread importing). Then the model is built on a thread of its own while they read the
     # first batches (`TapRunner.prepare`).
-    batches = iter(_loader(spec, dataset, todo, dev, batch_size, workers))
+    rgb = spec.decode == "pil" and resize_on_device(dev)  # the workers decode, the GPU resizes (the same pixels)
+    batches = iter(_loader(spec, dataset, todo, dev, batch_size, workers, rgb))
     dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
     model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
     model.prepare()
@@ -390,7 +392,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
     # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
     # resize on another, each two ahead, they overlap each other and this loop's work.
-    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" else 0)
+    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" or rgb else 0)
     raising = None  # what the loop raises (not `sys.exception()`: a caller's own handled Ctrl-C)
     try:
         t = time.perf_counter()

@@ -9,7 +9,9 @@ fresh shared memory for every batch cost the kernel about 0.1 ms per image. Plai
 travel as their bytes, a batch's packed in one tensor, to be decoded where the network runs
 (`decode="device"`): one batched decode call (several for large photos) on a thread of its
 own, then one batched resize and crop whatever the images' sizes (`resample`) on another, each
-ahead of the loop (`assembled`, `Ahead`).
+ahead of the loop (`assembled`, `Ahead`). Or the workers decode and the device resizes
+(`rgb`): the images' full RGB pixels travel as the JPEGs' bytes would (`Rgb`), and the resize
+in float64 gives PIL's pixels exactly, so the rows are those of the workers' resize.
 """
 
 from __future__ import annotations
@@ -45,14 +47,17 @@ class ImageItems(torch.utils.data.Dataset):
     pixels: what `prep` makes of the RGB PIL image (extract: `Preprocess`' uint8 (V, 3, S, S)
     views; train: its transform's one uint8 (3, S, S) view). With `raw_jpeg`, plain JPEGs (RGB or
     grey, no EXIF rotation; files, tar members or Parquet cells alike) travel as their bytes
-    with their size (`Jpeg`) for the device decoder.
+    with their size (`Jpeg`) for the device decoder. With `rgb` (extract's `Preprocess` only),
+    every image up to `RGB_AREA` times the resized one's pixels travels decoded, whole, for the
+    device to resize (`Rgb`); larger ones are resized here.
     `stat` is (size, mtime_ns) of a file taken before it was read (for the manifest), None for
     arrays.
     """
 
-    def __init__(self, dataset: Dataset, indices: list[int], prep, raw_jpeg: bool = False):
+    def __init__(self, dataset: Dataset, indices: list[int], prep, raw_jpeg: bool = False, rgb: bool = False):
         self.dataset, self.indices, self.prep = dataset, indices, prep
         self.raw_jpeg = raw_jpeg and dataset.array_source is None
+        self.rgb = rgb and not self.raw_jpeg and dataset.array_source is None and isinstance(prep, Preprocess)
         self.pool: SlotPool | None = None
 
     def share_slots(self, batch_size: int, workers: int, in_flight: int) -> None:
@@ -110,7 +115,11 @@ class ImageItems(torch.utils.data.Dataset):
                 self.prep.check_resized(*size)  # one too thin to resize is skipped here, not on the device
             if size is not None:
                 return i, key, Jpeg.of(data, size), None, stat  # packed with the batch's others by `collate`
-            return i, key, self.prep(named_decode(data, d.ids[i])), None, stat
+            img = named_decode(data, d.ids[i])
+            if self.rgb and img.width * img.height <= RGB_AREA * self.prep.resize ** 2:
+                self.prep.check_resized(*img.size)
+                return i, key, Rgb.of(img.tobytes(), img.size), None, stat  # RGB, row by row
+            return i, key, self.prep(img), None, stat
         except Exception as e:  # unreadable, truncated or not an image: skip it, say why
             return i, key, None, why_unreadable(e, data), stat
 
@@ -192,11 +201,24 @@ class Jpeg(bytes):
         return j
 
 
+class Rgb(Jpeg):
+    """An image decoded in the worker: its 8-bit RGB pixels row by row (H x W x 3), with its
+    (width, height); packed and shipped as JPEG bytes are, resized on the device."""
+
+
+# An image travels decoded (`ImageItems`' rgb) while it has at most this many times the pixels
+# of its resized image (resize x resize): a dataset's usual photos (pets37's 500 x 375 is 2.9
+# times 256 x 256); larger ones are resized in the worker, a 12-megapixel photo's 36 MB would
+# cost more to move than to resize there.
+RGB_AREA = 4
+
+
 def collate(items):
     """-> dict: `idx`/`keys`/`stats` of the good items in batch order; `pixels` stacks the decoded
     ones (in shared memory when run in a loader worker: one copy, none on the way to the main
     process); `raw`/`raw_ends` pack the JPEG bytes of the others end to end (`pack_raw`; read
-    them with `raw_jpegs`), `raw_sizes` their (width, height); `bad` lists (index, key or None,
+    them with `raw_jpegs`), `raw_sizes` their (width, height), `raw_rgb` whether they are
+    decoded pixels (`Rgb`) rather than JPEGs; `bad` lists (index, key or None,
     error). Where the dataset shares a `SlotPool`, `pixels` is None and `slots` says where they
     lie in it (`pixels_of`)."""
     out = {"idx": [], "keys": [], "stats": [], "pix": [], "pix_pos": [], "jpeg": [], "raw_pos": [], "bad": []}
@@ -213,6 +235,7 @@ def collate(items):
         out["keys"].append(key)
     out["pixels"] = _stack(out.pop("pix"), out) if out["pix_pos"] else None
     out["raw_sizes"] = [j.size for j in out["jpeg"]]
+    out["raw_rgb"] = bool(out["jpeg"]) and isinstance(out["jpeg"][0], Rgb)  # decoded pixels, not JPEGs
     out["raw"], out["raw_ends"] = pack_raw(out.pop("jpeg"))
     return out
 
@@ -410,11 +433,24 @@ def parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
     return [*out, range(start, n)] if n else []
 
 
+def uploaded(batch: dict, run: range, dev: torch.device) -> list[torch.Tensor]:
+    """A `collate` batch's decoded images (`raw_rgb`) of `run` -> (3, H, W) uint8 views on `dev`,
+    moved in one copy (from pinned memory on CUDA: not waiting for the stream's work)."""
+    flat, ends, sizes = batch["raw"], batch["raw_ends"], batch["raw_sizes"]
+    start = ends[run.start - 1] if run.start else 0
+    on_dev = flat[start:ends[run.stop - 1]].to(dev, non_blocking=True)
+    out = []
+    for p in run:
+        (w, h), at = sizes[p], (ends[p - 1] if p else 0) - start
+        out.append(on_dev[at:at + h * w * 3].view(h, w, 3).permute(2, 0, 1))
+    return out
+
+
 def resized(raw: list[torch.Tensor], imgs: list[torch.Tensor | None], dev: torch.device,
-            prep: Preprocess) -> list[torch.Tensor | str]:
+            prep: Preprocess, dtype: torch.dtype | None = None) -> list[torch.Tensor | str]:
     """JPEGs and what the device decoder made of them (None where it refused) -> each one's
-    (V, 3, S, S) uint8 views on `dev` (the decoded ones resized and cropped together), or an
-    error string where PIL refuses it too."""
+    (V, 3, S, S) uint8 views on `dev` (the decoded ones resized and cropped together, the
+    products in `dtype`: `resample.resize_views`), or an error string where PIL refuses it too."""
     out: list[torch.Tensor | str | None] = [None] * len(raw)
     for p, img in enumerate(imgs):
         if img is not None:
@@ -426,7 +462,7 @@ def resized(raw: list[torch.Tensor], imgs: list[torch.Tensor | None], dev: torch
             continue
         out[p] = views.to(dev)  # outside the try: a device error is not the file's
     good = [p for p, img in enumerate(imgs) if img is not None]
-    for p, views in zip(good, resize_views([imgs[p] for p in good], prep), strict=True):
+    for p, views in zip(good, resize_views([imgs[p] for p in good], prep, dtype), strict=True):
         out[p] = views
     return out
 
@@ -490,7 +526,11 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> 
 
     def decode(item):
         batch, raw, run, last = item
-        return batch, raw, run, decode_jpegs([raw[p] for p in run], dev) if len(run) else [], last
+        if not len(run):
+            return batch, raw, run, [], last
+        if batch.get("raw_rgb"):  # decoded by the workers: moved to the device only
+            return batch, raw, run, uploaded(batch, run, dev), last
+        return batch, raw, run, decode_jpegs([raw[p] for p in run], dev), last
 
     return Ahead(runs(), decode, ahead, dev, name="fne-decode")
 
@@ -509,8 +549,9 @@ def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> A
 
     def gather(item):
         batch, raw, run, imgs, last = item
-        if len(run):
-            done.extend(resized([raw[p] for p in run], imgs, dev, prep))
+        if len(run):  # the workers' decoded pixels in float64: PIL's resize exactly, as the workers' own
+            done.extend(resized([raw[p] for p in run], imgs, dev, prep,
+                                dtype=torch.float64 if batch.get("raw_rgb") else None))
         if not last:
             return None  # the batch's next run comes
         bad = list(batch["bad"])
