@@ -136,7 +136,7 @@ def ahead(n: int):
     from fne.extraction import reader
 
     made = reader.assembled
-    reader.assembled = lambda batches, dev, prep, ahead=0: made(batches, dev, prep, n if ahead else 0)
+    reader.assembled = lambda batches, dev, prep, ahead=0, **kw: made(batches, dev, prep, n if ahead else 0, **kw)
     try:
         yield
     finally:

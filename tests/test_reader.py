@@ -20,7 +20,7 @@ from fne.backbones.preprocess import Preprocess
 from fne.cache.spec import StoreSpec
 from fne.data.datasets import read_image
 from fne.devices import resolve_decode
-from fne.extraction import reader
+from fne.extraction import reader, slots
 
 CPU = torch.device("cpu")
 FAST = dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
@@ -222,11 +222,11 @@ def test_slot_pool_is_reused_and_gives_the_pixels(tmp_path, context):
     seen = 0
     for batch in loader:
         assert batch["pixels"] is None and batch["slots"] is not None  # 10 batches through 2 x 3 batch slots
-        x = reader.pixels_of(batch)
+        x = slots.pixels_of(batch)
         assert x.shape == (3, 1, 3, 32, 32)
         assert torch.equal(x, torch.stack([want[i] for i in batch["idx"]]))
-        reader.release(batch)
-        reader.release(batch)  # a second call frees nothing (the slots may be another batch's by now)
+        slots.release(batch)
+        slots.release(batch)  # a second call frees nothing (the slots may be another batch's by now)
         seen += len(batch["idx"])
     assert seen == 30
 
@@ -235,7 +235,7 @@ def test_slot_pool_never_overwrites_what_was_not_given_back(tmp_path):
     """A consumer that keeps its batches: the workers fill free slots, then collate into fresh
     shared memory; every batch kept keeps its pixels."""
     loader, want = _pooled_loader(_folder(tmp_path, 30))
-    kept = [(batch["idx"], reader.pixels_of(batch), batch.get("slots") is not None) for batch in loader]
+    kept = [(batch["idx"], slots.pixels_of(batch), batch.get("slots") is not None) for batch in loader]
     assert [pooled for _, _, pooled in kept] == [True] * 6 + [False] * 4  # 3 batches a worker, then fresh
     for idx, x, _ in kept:
         assert torch.equal(x, torch.stack([want[i] for i in idx]))
@@ -258,9 +258,9 @@ def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monk
     monkeypatch.setattr(taps, "build_tap_model", lambda spec, device, compile=False: StandIn(
         [t.channels for t in spec.backbone().taps]))
     root, fed, pooled = _folder(tmp_path, 8), [], []
-    real_call, real_release = TapRunner.__call__, reader.release
+    real_call, real_release = TapRunner.__call__, slots.release
     monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
-    monkeypatch.setattr(reader, "release", lambda b: (pooled.append(b.get("slots") is not None), real_release(b)))
+    monkeypatch.setattr(slots, "release", lambda b: (pooled.append(b.get("slots") is not None), real_release(b)))
     kw = dict(device="cpu", batch_size=2, progress=False, **FAST)
     fx.extract(root, cache=str(tmp_path / "c1"), workers=2, **kw)
     with_workers, fed[:] = list(fed), []
@@ -522,7 +522,8 @@ def test_resize_on_the_device_feeds_the_pixels_of_the_workers_resize(tmp_path, m
     """`--decode pil` where the device resizes (`resize_on_device`: a GPU fast in float64; forced
     here on the CPU): the workers decode, the images travel whole, and the network sees exactly
     the pixels of the workers' own resize, into the same store; a photo over `RGB_AREA` and the
-    kinds PIL alone reads are resized in the workers, an unreadable file is skipped alike."""
+    kinds PIL alone reads are resized in the workers, an unreadable file is skipped alike. With
+    workers, a batch's decoded images lie in reused shared memory (`raw_pool`)."""
     from fne.extraction import taps
     from fne.extraction.taps import TapRunner
 
@@ -540,6 +541,8 @@ def test_resize_on_the_device_feeds_the_pixels_of_the_workers_resize(tmp_path, m
     real_call, real_uploaded = TapRunner.__call__, reader.uploaded
     monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
     monkeypatch.setattr(reader, "uploaded", lambda b, run, dev: (moved.append(len(run)), real_uploaded(b, run, dev))[1])
+    pooled, real_release = [], slots.release
+    monkeypatch.setattr(slots, "release", lambda b: (pooled.append(b.get("raw_slots") is not None), real_release(b)))
     kw = dict(device="cpu", batch_size=3, progress=False, decode="pil", crop=crop, workers=workers, **FAST)
     assert not devices.resize_on_device(CPU)  # a CPU resizes in its workers
     runs = {}
@@ -552,5 +555,6 @@ def test_resize_on_the_device_feeds_the_pixels_of_the_workers_resize(tmp_path, m
     assert Path(on_device.store).name == Path(in_workers.store).name
     assert on_device.n_computed == in_workers.n_computed == 9 and on_device.skipped == in_workers.skipped
     assert sum(moved) == 8  # every readable image but the large one travelled decoded
+    assert any(pooled) == (workers > 0)  # in the workers' reused shared memory (`raw_pool`)
     assert len(by_device) == len(by_workers) == 4  # ten files in batches of three
     assert all(torch.equal(a, b) for a, b in zip(by_device, by_workers, strict=True))

@@ -46,7 +46,7 @@ from fne.devices import (
     worker_init,
 )
 from fne.errors import CacheError, FneError
-from fne.extraction import reader, taps
+from fne.extraction import reader, slots, taps
 from fne.extraction.writer import Writer
 from fne.metrics import provenance
 from fne.options import DataOptions, ExtractOptions
@@ -363,12 +363,14 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device", rgb=rgb)
     if dev.type != "cuda":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
         items.share_slots(batch_size, workers, in_flight=4 + 2)
+    prefetch = 2 if rgb else 4  # decoded images are large: fewer batches ahead (15 workers keep 30)
+    items.share_raw(batch_size, workers, in_flight=prefetch + 1)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
         collate_fn=reader.collate, worker_init_fn=worker_init, multiprocessing_context=loader_context(workers),
         generator=torch.Generator(),  # its workers' seeds (nothing draws) from its own: torch's global RNG left as it was
-        pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=4 if workers else None)
+        pin_memory=dev.type == "cuda", persistent_workers=False, prefetch_factor=prefetch if workers else None)
 
 
 def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: torch.device, out: _Pass,
@@ -392,7 +394,8 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
     # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
     # resize on another, each two ahead, they overlap each other and this loop's work.
-    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" or rgb else 0)
+    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" or rgb else 0,
+                                 jpegs=spec.decode == "device")
     raising = None  # what the loop raises (not `sys.exception()`: a caller's own handled Ctrl-C)
     try:
         t = time.perf_counter()
@@ -402,7 +405,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             out.reads += batch["stats"]
             x, idx, keys = fresh.select(x, idx, keys)
             rows, event = model(x) if x is not None else (None, None)
-            reader.release(batch)  # its pixels are read: their slots go back to the workers
+            slots.release(batch)  # its pixels are read: their slots go back to the workers
             if x is not None and not st.first_batch[0]:
                 st.first_batch = (len(idx), time.perf_counter() - t_run)
             writer.put(keys, rows, _skip(bad, dataset, out.skipped), event)

@@ -4,7 +4,7 @@ Each image's bytes come from `Dataset.read_bytes` once: they are hashed for the 
 and decoded from memory, so extracting a folder for the first time reads every image exactly
 once. Views are torchvision's pixels (`Preprocess`), channels-last, and a batch is collated
 straight into shared memory (one copy on the way to the main process): into slots of a
-`SlotPool` reused batch after batch where the main process gives them back (`release`), since
+`SlotPool` (`fne.extraction.slots`) reused batch after batch where the main process gives them back, since
 fresh shared memory for every batch cost the kernel about 0.1 ms per image. Plain JPEGs may instead
 travel as their bytes, a batch's packed in one tensor, to be decoded where the network runs
 (`decode="device"`): one batched decode call (several for large photos) on a thread of its
@@ -19,9 +19,7 @@ from __future__ import annotations
 import io
 import math
 import os
-import uuid
 import warnings
-import weakref
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +33,7 @@ from fne.data.dataset import Dataset, content_key
 from fne.data.datasets import read_image
 from fne.devices import decode_jpegs_rgb, device_decoder
 from fne.extraction.ahead import Ahead
+from fne.extraction.slots import POOL_BYTES, SlotPool, pixels_of, raw_of, shared_bytes, shm_free
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,7 +57,8 @@ class ImageItems(torch.utils.data.Dataset):
         self.dataset, self.indices, self.prep = dataset, indices, prep
         self.raw_jpeg = raw_jpeg and dataset.array_source is None
         self.rgb = rgb and not self.raw_jpeg and dataset.array_source is None and isinstance(prep, Preprocess)
-        self.pool: SlotPool | None = None
+        self.pool: SlotPool | None = None  # the views' slots
+        self.raw_pool: SlotPool | None = None  # the decoded images' bytes (`rgb`), a batch's in one run of slots
 
     def share_slots(self, batch_size: int, workers: int, in_flight: int) -> None:
         """Let the loader workers collate into a `SlotPool` (call before the DataLoader starts them).
@@ -83,14 +83,32 @@ class ImageItems(torch.utils.data.Dataset):
             return
         slot = self.prep.views * 3 * self.prep.size ** 2
         per_worker = batch_size * in_flight
-        if per_worker * slot > _POOL_BYTES:  # ten crops of large batches: fewer batches in the pool
-            per_worker = _POOL_BYTES // slot // batch_size * batch_size
+        if per_worker * slot > POOL_BYTES:  # ten crops of large batches: fewer batches in the pool
+            per_worker = POOL_BYTES // slot // batch_size * batch_size
         if per_worker < batch_size:
             return
         try:
             self.pool = SlotPool(slot, per_worker, workers)
         except RuntimeError:  # no room in shared memory (/dev/shm): fresh memory per batch, as before
             self.pool = None
+
+    def share_raw(self, batch_size: int, workers: int, in_flight: int) -> None:
+        """With `rgb`: let the workers pack each batch's decoded images into a `SlotPool` of
+        `RAW_SLOT` bytes per slot, room for `in_flight` batches of the largest images that travel
+        whole (`RGB_AREA`) per worker. Fresh shared memory for each batch would cost the main
+        process more than the workers save (0.29 against 0.16 CPU-ms per pets37 photo on the
+        development CPU, benchmarks/bench_pipeline.py --decode rgb). The consumer must `release`
+        each batch once its images are on their way to the device."""
+        if workers < 1 or not self.rgb:
+            return
+        per_worker = batch_size * RGB_AREA * self.prep.resize ** 2 * 3 * in_flight
+        per_worker = min(per_worker, shm_free() // 2 // workers)  # half of what /dev/shm has left, at most
+        if per_worker < batch_size * self.prep.resize ** 2 * 3:  # not one batch of small images: none
+            return
+        try:
+            self.raw_pool = SlotPool(RAW_SLOT, per_worker // RAW_SLOT, workers)
+        except RuntimeError:  # no room in shared memory: fresh memory per batch
+            self.raw_pool = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -211,6 +229,7 @@ class Rgb(Jpeg):
 # times 256 x 256); larger ones are resized in the worker, a 12-megapixel photo's 36 MB would
 # cost more to move than to resize there.
 RGB_AREA = 4
+RAW_SLOT = 1 << 20  # bytes of a `raw_pool` slot (a batch's images take a run of them)
 
 
 def collate(items):
@@ -236,34 +255,42 @@ def collate(items):
     out["pixels"] = _stack(out.pop("pix"), out) if out["pix_pos"] else None
     out["raw_sizes"] = [j.size for j in out["jpeg"]]
     out["raw_rgb"] = bool(out["jpeg"]) and isinstance(out["jpeg"][0], Rgb)  # decoded pixels, not JPEGs
-    out["raw"], out["raw_ends"] = pack_raw(out.pop("jpeg"))
+    out["raw"], out["raw_ends"] = pack_raw(out.pop("jpeg"), out)
     return out
 
 
-def pack_raw(jpegs: list[bytes]) -> tuple[torch.Tensor | None, list[int]]:
+def pack_raw(jpegs: list[bytes], batch: dict | None = None) -> tuple[torch.Tensor | None, list[int]]:
     """JPEG files' bytes -> (one uint8 tensor holding them end to end, where each ends).
 
     One tensor per batch: a loader worker hands a batch to the main process through one shared
     memory block (one file descriptor), where a tensor per image cost the main process a socket
-    connection each (~0.4 ms per image, more than everything else it does per image).
+    connection each (~0.4 ms per image, more than everything else it does per image). In a worker
+    whose dataset has a `raw_pool` with room, into a run of its slots: then the tensor is None
+    and `batch["raw_slots"]` says where they lie (`raw_of`).
     """
     if not jpegs:
         return None, []
     ends = np.cumsum([len(b) for b in jpegs]).tolist()
-    if torch.utils.data.get_worker_info() is not None:
-        flat = _shared_bytes(ends[-1])
+    info = torch.utils.data.get_worker_info()
+    pool = getattr(info.dataset, "raw_pool", None) if info is not None else None
+    first = pool.take(-(-ends[-1] // pool.slot_bytes)) if pool is not None and batch is not None else None
+    if first is not None:
+        flat = pool.data[first * pool.slot_bytes:first * pool.slot_bytes + ends[-1]]
+        batch["raw_slots"] = (pool.token, first, -(-ends[-1] // pool.slot_bytes))
+    elif info is not None:
+        flat = shared_bytes(ends[-1])
     else:
         flat = torch.empty(ends[-1], dtype=torch.uint8)
     buf = flat.numpy()
     for b, start, end in zip(jpegs, [0, *ends[:-1]], ends, strict=True):
         buf[start:end] = np.frombuffer(b, dtype=np.uint8)
-    return flat, ends
+    return (None if first is not None else flat), ends
 
 
 def raw_jpegs(batch: dict) -> list[torch.Tensor]:
     """A `collate` batch's JPEG files as 1-D uint8 tensors (views of its packed bytes), in
     `raw_pos` order."""
-    flat, ends = batch["raw"], batch["raw_ends"]
+    flat, ends = raw_of(batch), batch["raw_ends"]
     if flat is None:
         return []
     return [flat[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
@@ -291,83 +318,6 @@ def _stack(views: list[torch.Tensor], batch: dict) -> torch.Tensor | None:
     for j, x in enumerate(views):
         out[j].copy_(x.permute(order))
     return None if claim is not None else out.permute(*back)
-
-
-_POOL_BYTES = 64 << 20  # shared memory per worker at most
-_POOLS: weakref.WeakValueDictionary[str, SlotPool] = weakref.WeakValueDictionary()  # this process's
-
-
-class SlotPool:
-    """Shared memory the loader workers collate pixels into, reused batch after batch.
-
-    Made in the main process before the workers start (they inherit it, or receive it
-    pickled): `per_worker` slots of `slot_bytes` for each worker, its own ring. A worker fills
-    consecutive free slots and marks them busy; the batch carries where they lie; the main
-    process reads them in place (`pixels_of`) and frees them once it is done (`release`). A
-    worker that finds no free run (the main process holds more batches than foreseen, or does
-    not release them) collates into fresh shared memory instead: slower, never wrong. The busy
-    flags are plain bytes in that memory: the main process writes 0 only after it has read the
-    pixels (and gone through the loader's queue and locks since), a worker writes a slot only
-    after reading 0.
-
-    Parameters
-    ----------
-    slot_bytes : int
-        Bytes of one image's views.
-    per_worker : int
-        Slots of each worker's ring.
-    workers : int
-        Loader workers.
-    """
-
-    def __init__(self, slot_bytes: int, per_worker: int, workers: int):
-        self.token = uuid.uuid4().hex
-        self.slot_bytes, self.per_worker, self.workers = slot_bytes, per_worker, workers
-        self.data = _shared_bytes(slot_bytes * per_worker * workers)
-        self.busy = _shared_bytes(per_worker * workers).zero_()  # 1: a batch in flight lies there
-        self.next = 0  # where this worker's ring goes on (each worker process has its own copy)
-        _POOLS[self.token] = self
-
-    @staticmethod
-    def claim(n: int, x0: torch.Tensor) -> tuple[SlotPool, int] | None:
-        """In a loader worker: (pool, first slot) of n free consecutive slots for views like x0,
-        marked busy; None where the dataset has no pool, or no such run is free."""
-        info = torch.utils.data.get_worker_info()
-        pool = getattr(info.dataset, "pool", None) if info is not None else None
-        if (pool is None or info.num_workers != pool.workers or n > pool.per_worker or x0.dtype != torch.uint8
-                or x0.numel() != pool.slot_bytes):
-            return None
-        start = pool.next if pool.next + n <= pool.per_worker else 0
-        first = info.id * pool.per_worker + start
-        if bool(pool.busy[first:first + n].any()):
-            return None
-        pool.busy[first:first + n] = 1
-        pool.next = start + n
-        return pool, first
-
-
-def _shared_bytes(n: int) -> torch.Tensor:
-    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(n))
-
-
-def pixels_of(batch: dict) -> torch.Tensor | None:
-    """A `collate` batch's uint8 pixels (B, V, 3, S, S) or None: in place in the `SlotPool`
-    where the batch lies in one (valid until `release(batch)`)."""
-    if batch.get("slots") is None:
-        return batch["pixels"]
-    token, first, shape, back = batch["slots"]
-    pool = _POOLS[token]
-    n = shape[0]
-    flat = pool.data[first * pool.slot_bytes:(first + n) * pool.slot_bytes]
-    return flat.view(shape).permute(*back)
-
-
-def release(batch: dict) -> None:
-    """Give a batch's `SlotPool` slots back to its worker (once; after the pixels were read)."""
-    slots = batch.pop("slots", None)
-    pool = _POOLS.get(slots[0]) if slots is not None else None
-    if pool is not None:
-        pool.busy[slots[1]:slots[1] + slots[2][0]] = 0
 
 
 def decode_jpegs(raw: list[torch.Tensor], dev: torch.device) -> list[torch.Tensor | None]:
@@ -435,8 +385,10 @@ def parts(sizes: list[tuple[int, int]] | None, n: int) -> list[range]:
 
 def uploaded(batch: dict, run: range, dev: torch.device) -> list[torch.Tensor]:
     """A `collate` batch's decoded images (`raw_rgb`) of `run` -> (3, H, W) uint8 views on `dev`,
-    moved in one copy (from pinned memory on CUDA: not waiting for the stream's work)."""
-    flat, ends, sizes = batch["raw"], batch["raw_ends"], batch["raw_sizes"]
+    moved in one copy. From the workers' `raw_pool` (pageable memory) the copy returns once its
+    bytes are staged, so the slots may be given back after it; from a fresh block, pinned on
+    CUDA by the loader, it does not wait for the stream's work."""
+    flat, ends, sizes = raw_of(batch), batch["raw_ends"], batch["raw_sizes"]
     start = ends[run.start - 1] if run.start else 0
     on_dev = flat[start:ends[run.stop - 1]].to(dev, non_blocking=True)
     out = []
@@ -475,7 +427,7 @@ def gathered(batch: dict, decoded: list[torch.Tensor | str], dev: torch.device, 
     idx, keys, pixels = batch["idx"], batch["keys"], pixels_of(batch)
     if pixels is not None:  # from pinned memory on CUDA; elsewhere copied before the slots go back
         pixels = pixels.to(dev, non_blocking=dev.type == "cuda")
-    if batch["raw"] is None:
+    if not batch["raw_ends"]:
         return pixels, idx, keys
     slots: list[torch.Tensor | None] = [None] * len(idx)
     for pos, x in zip(batch["pix_pos"], pixels if pixels is not None else [], strict=True):
@@ -491,7 +443,7 @@ def gathered(batch: dict, decoded: list[torch.Tensor | str], dev: torch.device, 
     return torch.stack([slots[p] for p in good]), [idx[p] for p in good], [keys[p] for p in good]
 
 
-def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> Ahead:
+def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True, jpegs: bool = True) -> Ahead:
     """The reader's first stage: each batch's JPEGs decoded on `dev`, in runs of one decode
     call each, `ahead` runs in advance on a thread of its own (`fne-decode`; see `Ahead`).
 
@@ -506,6 +458,9 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> 
     split : bool
         Decode a batch of large photos in runs of at most `DECODE_PIXELS` pixels (`parts`),
         from the sizes the workers read; False: the whole batch in one call.
+    jpegs : bool
+        Whether JPEGs come to decode (then the decoder is loaded on the thread while the first
+        batches are read); False: the workers decoded them (`Rgb`).
 
     Returns
     -------
@@ -515,7 +470,7 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> 
         batch at least once, those without JPEGs with an empty run.
     """
     def runs():
-        if ahead > 0:  # on the thread: loading the decoder overlaps the first reads
+        if ahead > 0 and jpegs:  # on the thread: loading the decoder overlaps the first reads
             device_decoder()
 
         for batch in batches:
@@ -535,7 +490,7 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True) -> 
     return Ahead(runs(), decode, ahead, dev, name="fne-decode")
 
 
-def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> Ahead:
+def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0, jpegs: bool = True) -> Ahead:
     """The reader's stages on the device over a loader's batches -> (batch, (x, indices,
     keys), bad) (`gathered`).
 
@@ -543,7 +498,7 @@ def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> A
     decoded (`decoding`, thread `fne-decode`), then resized and cropped (`resized`) and gathered
     with the workers' pixels (thread `fne-ahead`). On CUDA nvjpeg's call blocks its thread until
     its run is decoded: on a thread of its own, the next run decodes while the one before is
-    resized, where in one thread the two add up.
+    resized, where in one thread the two add up. `jpegs`: as `decoding`'s.
     """
     done: list[torch.Tensor | str] = []
 
@@ -559,4 +514,4 @@ def assembled(batches, dev: torch.device, prep: Preprocess, ahead: int = 0) -> A
         done.clear()
         return out
 
-    return Ahead(decoding(batches, dev, ahead), gather, ahead, dev)
+    return Ahead(decoding(batches, dev, ahead, jpegs=jpegs), gather, ahead, dev)
