@@ -122,9 +122,11 @@ def manifest_for(dataset: Dataset, cache: str | Path | None) -> Manifest | Conta
     return Manifest(dataset.root, cache)
 
 
-def known_keys(dataset: Dataset, manifest: Manifest | None) -> list[str | None]:
-    """Each image's key from the manifest (a stat, no read), or None where it must be hashed."""
-    if manifest is None:
+def known_keys(dataset: Dataset, manifest: Manifest | ContainerManifest | None) -> list[str | None]:
+    """Each image's key from the manifest (a stat, no read), or None where it must be hashed. An
+    empty manifest (a folder never extracted into this cache) knows none: no file is stat'ed
+    (32,768 stats, ~0.1 s here, more on a network or sandboxed filesystem)."""
+    if manifest is None or (isinstance(manifest, Manifest) and not manifest.entries):
         return [None] * len(dataset)
     stats = dataset.stats()
     return [manifest.lookup(p, st) for p, st in zip(dataset.sources, stats, strict=True)]
