@@ -382,7 +382,8 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     # thread importing). Then the model is built on a thread of its own while they read the
     # first batches (`TapRunner.prepare`).
     rgb = spec.decode == "pil" and resize_on_device(dev)  # the workers decode, the GPU resizes (the same pixels)
-    batches = iter(_loader(spec, dataset, todo, dev, batch_size, workers, rgb))
+    loader = _loader(spec, dataset, todo, dev, batch_size, workers, rgb)
+    batches = iter(loader)
     dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
     model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
     model.prepare()
@@ -419,6 +420,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     finally:
         assembled.close()
         end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
+        loader.dataset.unshare()  # nor its shared memory
         bar.close()
         writer.close(raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
     model.close()  # after a finished run only: an interrupted one does not wait for the build

@@ -110,6 +110,11 @@ class ImageItems(torch.utils.data.Dataset):
         except RuntimeError:  # no room in shared memory: fresh memory per batch
             self.raw_pool = None
 
+    def unshare(self) -> None:
+        """Drop the `SlotPool`s, once the workers have ended: a traceback that a notebook keeps
+        after Ctrl-C (`sys.last_traceback`) holds the loader, not their shared memory."""
+        self.pool = self.raw_pool = None
+
     def __len__(self) -> int:
         return len(self.indices)
 
