@@ -18,6 +18,7 @@ import fne.extraction.extract as fx
 from fne import devices
 from fne.backbones.preprocess import Preprocess
 from fne.cache.spec import StoreSpec
+from fne.cache.store import list_stores
 from fne.data.datasets import read_image
 from fne.devices import resolve_decode
 from fne.extraction import reader, slots
@@ -603,3 +604,28 @@ def test_an_interrupted_extraction_whose_traceback_is_kept_holds_no_shared_memor
     monkeypatch.setattr(TapRunner, "__call__", real_call)
     again = fx.extract(data.parent, cache=str(tmp_path / "c"), **kw)
     assert again.n_cached == 4 and again.n_computed == 36
+
+
+def test_without_room_in_dev_shm_for_the_decoded_images_the_workers_resize(tmp_path, monkeypatch):
+    """`--decode pil` where the device resizes, with little room in /dev/shm: the decoded
+    images take up to `RGB_AREA` times the resized ones' shared memory, and a /dev/shm the
+    workers' resize fits in ran out ("No space left on device" from a worker). Where the pool
+    would take more than half of what is free, the workers resize instead, to the same rows."""
+    root, moved = _mixed_folder(tmp_path), []
+    real_uploaded = reader.uploaded
+    monkeypatch.setattr(reader, "uploaded", lambda b, run, dev: (moved.append(len(run)), real_uploaded(b, run, dev))[1])
+    monkeypatch.setattr(fx, "resize_on_device", lambda dev: True)
+    kw = dict(device="cpu", batch_size=3, workers=2, progress=False, decode="pil", **FAST)
+    need = 2 * 3 * reader.RGB_AREA * 256 ** 2 * 3 * 3  # 2 workers' pools: 3 batches of 3 of the largest
+    runs = {}
+    for free in (2 * need, 2 * need - 1):
+        monkeypatch.setattr(reader, "shm_free", lambda free=free: free)
+        moved.clear()
+        with pytest.warns(UserWarning, match="broken.jpg"):
+            runs[free] = (fx.extract(root, cache=str(tmp_path / f"c{free}"), **kw), sum(moved))
+    (room, travelled), (no_room, resized_in_workers) = runs[2 * need], runs[2 * need - 1]
+    assert travelled == 8 and resized_in_workers == 0
+    assert Path(room.store).name == Path(no_room.store).name and room.n_computed == no_room.n_computed == 9
+    (a,), (b,) = (list_stores(tmp_path / f"c{free}") for free in runs)
+    keys, layers = sorted(a.index()), [t for t, _ in a.taps]
+    assert sorted(b.index()) == keys and np.array_equal(a.read_rows(keys, layers), b.read_rows(keys, layers))
