@@ -86,7 +86,7 @@ if decode == "device":  # the host's share of device decoding: JPEG bytes travel
         return [view] * len(raw)
 
     if hasattr(reader, "resized"):  # decoding and resizing in two stages: both stood in
-        reader.decode_jpegs, reader.resized = stand_in, lambda raw, imgs, dev, prep: [view] * len(raw)
+        reader.decode_jpegs, reader.resized = stand_in, lambda raw, imgs, dev, prep, dtype=None: [view] * len(raw)
     else:  # the older tree's one step
         reader.decode_raw = stand_in
 

@@ -18,6 +18,7 @@ import fne.extraction.extract as fx
 from fne import devices
 from fne.backbones.preprocess import Preprocess
 from fne.cache.spec import StoreSpec
+from fne.cache.store import list_stores
 from fne.data.datasets import read_image
 from fne.devices import resolve_decode
 from fne.extraction import reader, slots
@@ -558,3 +559,73 @@ def test_resize_on_the_device_feeds_the_pixels_of_the_workers_resize(tmp_path, m
     assert any(pooled) == (workers > 0)  # in the workers' reused shared memory (`raw_pool`)
     assert len(by_device) == len(by_workers) == 4  # ten files in batches of three
     assert all(torch.equal(a, b) for a, b in zip(by_device, by_workers, strict=True))
+
+
+def test_an_interrupted_extraction_whose_traceback_is_kept_holds_no_shared_memory(tmp_path, monkeypatch):
+    """Ctrl-C in extract's loop where the device resizes: a notebook keeps the traceback
+    (`sys.last_traceback`), which holds the loader and the reader's stages; neither the workers'
+    pools (`SlotPool`) nor a view of their memory (the decoded images of a batch the reader's
+    stages had read ahead) stays alive with it, and a rerun completes."""
+    import gc
+
+    from fne.extraction.taps import TapRunner
+
+    data = tmp_path / "data" / "a"
+    data.mkdir(parents=True)
+    for j in range(40):  # small JPEGs: every batch travels decoded, in the pool (9 batches a worker)
+        (data / f"{j}.jpg").write_bytes(_jpeg(120 + j, 90, j))
+    spans, real_share, real_call = [], reader.ImageItems.share_raw, TapRunner.__call__
+
+    def share_raw(self, *a, **k):
+        real_share(self, *a, **k)
+        for pool in (self.pool, self.raw_pool):  # where their memory lies, without holding it
+            if pool is not None:
+                spans.append((pool.data.data_ptr(), pool.data.data_ptr() + pool.data.numel()))
+
+    def interrupted(self, x):
+        if interrupted.calls == 1:
+            raise KeyboardInterrupt
+        interrupted.calls += 1
+        return real_call(self, x)
+
+    interrupted.calls = 0
+    monkeypatch.setattr(reader.ImageItems, "share_raw", share_raw)
+    monkeypatch.setattr(TapRunner, "__call__", interrupted)
+    monkeypatch.setattr(fx, "resize_on_device", lambda dev: True)
+    kw = dict(device="cpu", batch_size=4, workers=2, progress=False, decode="pil", **FAST)
+    with pytest.raises(KeyboardInterrupt) as kept:
+        fx.extract(data.parent, cache=str(tmp_path / "c"), **kw)
+    gc.collect()
+    assert len(spans) == 2 and kept.tb is not None  # both pools were made; the traceback is held here
+    assert not slots._POOLS
+    held = [t for t in gc.get_objects() if type(t) is torch.Tensor and t.device.type == "cpu"
+            and any(lo <= t.data_ptr() < hi for lo, hi in spans)]
+    assert not held
+    monkeypatch.setattr(TapRunner, "__call__", real_call)
+    again = fx.extract(data.parent, cache=str(tmp_path / "c"), **kw)
+    assert again.n_cached == 4 and again.n_computed == 36
+
+
+def test_without_room_in_dev_shm_for_the_decoded_images_the_workers_resize(tmp_path, monkeypatch):
+    """`--decode pil` where the device resizes, with little room in /dev/shm: the decoded
+    images take up to `RGB_AREA` times the resized ones' shared memory, and a /dev/shm the
+    workers' resize fits in ran out ("No space left on device" from a worker). Where the pool
+    would take more than half of what is free, the workers resize instead, to the same rows."""
+    root, moved = _mixed_folder(tmp_path), []
+    real_uploaded = reader.uploaded
+    monkeypatch.setattr(reader, "uploaded", lambda b, run, dev: (moved.append(len(run)), real_uploaded(b, run, dev))[1])
+    monkeypatch.setattr(fx, "resize_on_device", lambda dev: True)
+    kw = dict(device="cpu", batch_size=3, workers=2, progress=False, decode="pil", **FAST)
+    need = 2 * 3 * reader.RGB_AREA * 256 ** 2 * 3 * 3  # 2 workers' pools: 3 batches of 3 of the largest
+    runs = {}
+    for free in (2 * need, 2 * need - 1):
+        monkeypatch.setattr(reader, "shm_free", lambda free=free: free)
+        moved.clear()
+        with pytest.warns(UserWarning, match="broken.jpg"):
+            runs[free] = (fx.extract(root, cache=str(tmp_path / f"c{free}"), **kw), sum(moved))
+    (room, travelled), (no_room, resized_in_workers) = runs[2 * need], runs[2 * need - 1]
+    assert travelled == 8 and resized_in_workers == 0
+    assert Path(room.store).name == Path(no_room.store).name and room.n_computed == no_room.n_computed == 9
+    (a,), (b,) = (list_stores(tmp_path / f"c{free}") for free in runs)
+    keys, layers = sorted(a.index()), [t for t, _ in a.taps]
+    assert sorted(b.index()) == keys and np.array_equal(a.read_rows(keys, layers), b.read_rows(keys, layers))

@@ -71,6 +71,20 @@ def test_views_are_pils_pixels(crop, how, monkeypatch):
     assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05
 
 
+def test_hamming_weighs_a_pixel_under_the_center_as_pillow():
+    """Pillow's hamming filter is exactly 1 at 0 (`hamming_filter`), not sinc(0) times
+    0.54f + 0.46f (1 + 3e-8): where an output pixel's center falls on an input pixel's (480 ->
+    224: output 3 on input 7), that weight rounds to one 22-bit unit more, and a sum at a
+    rounding edge (these five pixels) came out one level above Pillow's, even in float64."""
+    line = np.zeros(480, dtype=np.uint8)
+    line[5:10] = [96, 10, 244, 86, 71]  # output 3's taps: Pillow's sum rounds down, by 1/2**22
+    img = np.repeat(line[None, :, None], 3, axis=2).repeat(2, axis=0)
+    prep = Preprocess(224, "squash", interpolation="hamming")
+    pil = prep(Image.fromarray(img))
+    assert pil[0, :, 0, 3].tolist() == [156] * 3
+    assert torch.equal(resample.resize_views([torch.from_numpy(img).permute(2, 0, 1)], prep, torch.float64)[0], pil)
+
+
 def _same_but_rounding_edges(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal but where a float32 sum, added in another order, fell on the other side of a
     rounding edge: by 1, on at most 1 value in 10,000."""

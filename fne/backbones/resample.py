@@ -44,8 +44,8 @@ DTYPE = torch.float32  # of the matrix products (float64: Pillow's pixels exactl
 FILTERS = {
     "box": (0.5, lambda x: ((x > -0.5) & (x <= 0.5)).astype(np.float64)),
     "bilinear": (1.0, lambda x: np.clip(1.0 - np.abs(x), 0.0, None)),
-    "hamming": (1.0, lambda x: np.where(np.abs(x) < 1.0, np.sinc(x) * (np.float32(0.54) + np.float32(0.46)
-                                                                       * np.cos(np.pi * x)), 0.0)),
+    "hamming": (1.0, lambda x: np.where(x == 0.0, 1.0, np.where(np.abs(x) < 1.0, np.sinc(x) * (
+        np.float32(0.54) + np.float32(0.46) * np.cos(np.pi * x)), 0.0))),  # 1 at 0, as Pillow's (not 1 + 3e-8)
     "bicubic": (2.0, lambda x: _cubic(np.abs(x), -0.5)),
     "lanczos": (3.0, lambda x: np.where((x >= -3.0) & (x < 3.0), np.sinc(x) * np.sinc(x / 3.0), 0.0)),
 }

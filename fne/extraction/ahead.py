@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import types
 
 import torch
 
@@ -95,13 +96,13 @@ class Ahead:
         return False
 
     def close(self) -> None:
-        """Stop the thread (if any) and wait for it, then the `Ahead` it maps: the loader may
-        then be shut down."""
+        """Stop the thread (if any) and wait for it, then close the `Ahead` (or generator) it
+        maps: the loader may then be shut down."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if isinstance(self.items, Ahead):
-            self.items.close()
+        if isinstance(self.items, (Ahead, types.GeneratorType)):  # a generator lets go of what its
+            self.items.close()  # frame holds (the reader's: a batch's views of the workers' shared memory)
 
 
 _END = object()

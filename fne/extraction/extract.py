@@ -363,8 +363,8 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device", rgb=rgb)
     if dev.type != "cuda":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
         items.share_slots(batch_size, workers, in_flight=4 + 2)
-    prefetch = 2 if rgb else 4  # decoded images are large: fewer batches ahead (15 workers keep 30)
-    items.share_raw(batch_size, workers, in_flight=prefetch + 1)
+    items.share_raw(batch_size, workers, in_flight=2 + 1)  # where /dev/shm lacks room: rgb off, the workers resize
+    prefetch = 2 if items.rgb else 4  # decoded images are large: fewer batches ahead (15 workers keep 30)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
@@ -382,7 +382,8 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     # thread importing). Then the model is built on a thread of its own while they read the
     # first batches (`TapRunner.prepare`).
     rgb = spec.decode == "pil" and resize_on_device(dev)  # the workers decode, the GPU resizes (the same pixels)
-    batches = iter(_loader(spec, dataset, todo, dev, batch_size, workers, rgb))
+    loader = _loader(spec, dataset, todo, dev, batch_size, workers, rgb)
+    batches = iter(loader)
     dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
     model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
     model.prepare()
@@ -394,7 +395,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
     # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
     # resize on another, each two ahead, they overlap each other and this loop's work.
-    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" or rgb else 0,
+    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" or loader.dataset.rgb else 0,
                                  jpegs=spec.decode == "device")
     raising = None  # what the loop raises (not `sys.exception()`: a caller's own handled Ctrl-C)
     try:
@@ -419,6 +420,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     finally:
         assembled.close()
         end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
+        loader.dataset.unshare()  # nor its shared memory
         bar.close()
         writer.close(raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
     model.close()  # after a finished run only: an interrupted one does not wait for the build

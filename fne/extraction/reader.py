@@ -97,18 +97,28 @@ class ImageItems(torch.utils.data.Dataset):
         `RAW_SLOT` bytes per slot, room for `in_flight` batches of the largest images that travel
         whole (`RGB_AREA`) per worker. Fresh shared memory for each batch would cost the main
         process more than the workers save (0.29 against 0.16 CPU-ms per pets37 photo on the
-        development CPU, benchmarks/bench_pipeline.py --decode rgb). The consumer must `release`
-        each batch once its images are on their way to the device."""
+        development CPU, benchmarks/bench_pipeline.py --decode rgb). Where the pool would take
+        more than half of what /dev/shm has left (the other half: the batches it cannot hold,
+        fresh), or cannot be made, `rgb` is turned off: the workers resize, to the same pixels in
+        less shared memory (the decoded images take up to `RGB_AREA` times the resized ones'
+        bytes; with them a /dev/shm the workers' resize fits in ran out: "No space left on
+        device"). The consumer must `release` each batch once its images are on their way to
+        the device."""
         if workers < 1 or not self.rgb:
             return
         per_worker = batch_size * RGB_AREA * self.prep.resize ** 2 * 3 * in_flight
-        per_worker = min(per_worker, shm_free() // 2 // workers)  # half of what /dev/shm has left, at most
-        if per_worker < batch_size * self.prep.resize ** 2 * 3:  # not one batch of small images: none
+        if per_worker * workers > shm_free() // 2:
+            self.rgb = False
             return
         try:
-            self.raw_pool = SlotPool(RAW_SLOT, per_worker // RAW_SLOT, workers)
-        except RuntimeError:  # no room in shared memory: fresh memory per batch
-            self.raw_pool = None
+            self.raw_pool = SlotPool(RAW_SLOT, -(-per_worker // RAW_SLOT), workers)
+        except RuntimeError:  # no room in shared memory after all
+            self.rgb = False
+
+    def unshare(self) -> None:
+        """Drop the `SlotPool`s, once the workers have ended: a traceback that a notebook keeps
+        after Ctrl-C (`sys.last_traceback`) holds the loader, not their shared memory."""
+        self.pool = self.raw_pool = None
 
     def __len__(self) -> int:
         return len(self.indices)
