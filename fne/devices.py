@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -362,8 +363,10 @@ def resolve_decode(decode: str, device: torch.device) -> str:
 
 
 # GPUs that multiply in float64 at half or a quarter of their float32 rate (compute capability):
-# P100, V100, A100, H100 / H200, B200. Gaming and workstation GPUs run float64 at 1/32-1/64.
+# P100, V100, A100, H100 / H200, B200. Gaming and workstation GPUs run float64 at 1/32-1/64, and
+# so do the H800 and H20 (export parts of compute capability 9.0: ~1 TFLOP/s), known by name.
 FAST_FLOAT64 = {(6, 0), (7, 0), (8, 0), (9, 0), (10, 0)}
+SLOW_FLOAT64_NAMES = re.compile(r"\bH(800|20)\b")
 
 
 def resize_on_device(device: torch.device) -> bool:
@@ -374,7 +377,8 @@ def resize_on_device(device: torch.device) -> bool:
     rows are the same either way."""
     if device.type != "cuda":
         return False
-    return torch.cuda.get_device_capability(device) in FAST_FLOAT64
+    return (torch.cuda.get_device_capability(device) in FAST_FLOAT64
+            and not SLOW_FLOAT64_NAMES.search(torch.cuda.get_device_name(device)))
 
 
 def require_device_decoder(option: str = "decode") -> None:

@@ -324,6 +324,21 @@ def test_device_decode_matches_pil_and_its_rows_stay_close():
     _close(rows, ref, 0.15)  # another decoder: see the module doc
 
 
+@pytest.mark.parametrize("name, capability, fast", [
+    ("NVIDIA H100 80GB HBM3", (9, 0), True), ("NVIDIA H200", (9, 0), True), ("NVIDIA A100-SXM4-80GB", (8, 0), True),
+    ("NVIDIA H800", (9, 0), False), ("NVIDIA H20", (9, 0), False), ("NVIDIA GeForce RTX 4090", (8, 9), False),
+    ("NVIDIA L4", (8, 9), False), ("NVIDIA A10G", (8, 6), False), ("Tesla V100-SXM2-16GB", (7, 0), True)])
+def test_the_gpu_resizes_pil_decoded_images_only_where_it_is_fast_in_float64(monkeypatch, name, capability, fast):
+    """`resize_on_device`: by compute capability (the data-centre parts), less the export parts of
+    9.0 that run float64 at gaming rates (known by name); never off CUDA."""
+    from fne import devices
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert devices.resize_on_device(torch.device("cuda")) is fast
+    assert devices.resize_on_device(torch.device("cpu")) is False
+
+
 @cuda
 def test_pil_decoding_with_the_resize_on_cuda_feeds_the_pixels_of_the_workers_resize(tmp_path, monkeypatch):
     """`--decode pil` on a GPU fast in float64 (`resize_on_device`): the workers decode, the GPU

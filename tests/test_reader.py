@@ -629,3 +629,10 @@ def test_without_room_in_dev_shm_for_the_decoded_images_the_workers_resize(tmp_p
     (a,), (b,) = (list_stores(tmp_path / f"c{free}") for free in runs)
     keys, layers = sorted(a.index()), [t for t, _ in a.taps]
     assert sorted(b.index()) == keys and np.array_equal(a.read_rows(keys, layers), b.read_rows(keys, layers))
+    # torchrun's ranks on one node share its /dev/shm: each counts on its share
+    monkeypatch.setattr(reader, "shm_free", lambda: 2 * need)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    moved.clear()
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        fx.extract(root, cache=str(tmp_path / "c-ranks"), **kw)
+    assert sum(moved) == 0

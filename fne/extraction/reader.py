@@ -107,7 +107,8 @@ class ImageItems(torch.utils.data.Dataset):
         if workers < 1 or not self.rgb:
             return
         per_worker = batch_size * RGB_AREA * self.prep.resize ** 2 * 3 * in_flight
-        if per_worker * workers > shm_free() // 2:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's ranks on this node share it
+        if per_worker * workers > shm_free() // 2 // ranks:
             self.rgb = False
             return
         try:
