@@ -143,6 +143,19 @@ def make_images(out: Path, n: int, n_classes: int = 37) -> str:
 # ------------------------------------------------------------------- in-process rows
 
 
+def _cpu_model() -> str:
+    """The host CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -776,10 +789,12 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGALRM, old)
         return False
 
+    rel = os.uname().release  # the same GPU's figures moved between hosts: say which one
+    host = f"{_cpu_model()}, kernel {rel}{' (gVisor)' if rel.startswith('4.4.0') else ''}"
     if dev.type == "cuda":
-        row("device", torch.cuda.get_device_name(dev), f"torch {torch.__version__}, {os.cpu_count()} cores")
+        row("device", torch.cuda.get_device_name(dev), f"torch {torch.__version__}, {os.cpu_count()} cores, {host}")
     else:
-        row("device", "cpu (no CUDA)" if not smoke else "cpu (--smoke)", f"torch {torch.__version__}")
+        row("device", "cpu (no CUDA)" if not smoke else "cpu (--smoke)", f"torch {torch.__version__}, {host}")
     imgs = work / "images"
     wfile = work / f"{arch}.pth"
     weights = str(wfile)
