@@ -242,13 +242,12 @@ def test_slot_pool_never_overwrites_what_was_not_given_back(tmp_path):
         assert torch.equal(x, torch.stack([want[i] for i in idx]))
 
 
-def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monkeypatch):
-    """`fne extract` on the CPU with loader workers reads batches in the slot pool and gives
-    them back after the forward: the network sees what it sees without workers."""
+def _stand_in_network(monkeypatch) -> None:
+    """`fne extract`'s network replaced by rows of the taps' widths made from the pixels' mean:
+    the network is not what is tested, what it is fed is."""
     from fne.extraction import taps
-    from fne.extraction.taps import TapRunner
 
-    class StandIn(torch.nn.Module):  # rows of the taps' widths: the network is not what is tested
+    class StandIn(torch.nn.Module):
         def __init__(self, widths):
             super().__init__()
             self.widths = widths
@@ -258,6 +257,14 @@ def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monk
 
     monkeypatch.setattr(taps, "build_tap_model", lambda spec, device, compile=False: StandIn(
         [t.channels for t in spec.backbone().taps]))
+
+
+def test_extract_with_workers_feeds_the_pixels_of_extract_without(tmp_path, monkeypatch):
+    """`fne extract` on the CPU with loader workers reads batches in the slot pool and gives
+    them back after the forward: the network sees what it sees without workers."""
+    from fne.extraction.taps import TapRunner
+
+    _stand_in_network(monkeypatch)
     root, fed, pooled = _folder(tmp_path, 8), [], []
     real_call, real_release = TapRunner.__call__, slots.release
     monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
@@ -525,19 +532,9 @@ def test_resize_on_the_device_feeds_the_pixels_of_the_workers_resize(tmp_path, m
     the pixels of the workers' own resize, into the same store; a photo over `RGB_AREA` and the
     kinds PIL alone reads are resized in the workers, an unreadable file is skipped alike. With
     workers, a batch's decoded images lie in reused shared memory (`raw_pool`)."""
-    from fne.extraction import taps
     from fne.extraction.taps import TapRunner
 
-    class StandIn(torch.nn.Module):  # rows of the taps' widths: the network is not what is tested
-        def __init__(self, widths):
-            super().__init__()
-            self.widths = widths
-
-        def forward(self, x):
-            return list(x.float().mean(dim=(1, 2, 3))[:, None].expand(-1, sum(self.widths)).split(self.widths, 1))
-
-    monkeypatch.setattr(taps, "build_tap_model", lambda spec, device, compile=False: StandIn(
-        [t.channels for t in spec.backbone().taps]))
+    _stand_in_network(monkeypatch)
     root, fed, moved = _mixed_folder(tmp_path), [], []
     real_call, real_uploaded = TapRunner.__call__, reader.uploaded
     monkeypatch.setattr(TapRunner, "__call__", lambda self, x: (fed.append(x.clone()), real_call(self, x))[1])
