@@ -283,11 +283,12 @@ def pack_raw(jpegs: list[bytes], batch: dict | None = None) -> tuple[torch.Tenso
         return None, []
     ends = np.cumsum([len(b) for b in jpegs]).tolist()
     info = torch.utils.data.get_worker_info()
-    pool = getattr(info.dataset, "raw_pool", None) if info is not None else None
-    first = pool.take(-(-ends[-1] // pool.slot_bytes)) if pool is not None and batch is not None else None
+    pool = getattr(info.dataset, "raw_pool", None) if info is not None and batch is not None else None
+    n = -(-ends[-1] // pool.slot_bytes) if pool is not None else 0  # slots the batch's bytes take
+    first = pool.take(n) if pool is not None else None
     if first is not None:
         flat = pool.data[first * pool.slot_bytes:first * pool.slot_bytes + ends[-1]]
-        batch["raw_slots"] = (pool.token, first, -(-ends[-1] // pool.slot_bytes))
+        batch["raw_slots"] = (pool.token, first, n)
     elif info is not None:
         flat = shared_bytes(ends[-1])
     else:

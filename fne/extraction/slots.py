@@ -32,7 +32,8 @@ class SlotPool:
     Parameters
     ----------
     slot_bytes : int
-        Bytes of one image's views.
+        Bytes of a slot: one image's views (`pixels_of`), or a share of a batch's packed bytes,
+        which take a run of slots (`raw_of`).
     per_worker : int
         Slots of each worker's ring.
     workers : int
