@@ -17,6 +17,7 @@ import pytest
 
 import fne
 import fne.data.containers
+import fne.data.random_access
 import fne.extraction.taps
 from fne.cache.upkeep import verify
 from fne.cli import main
@@ -711,7 +712,7 @@ class _Decoded:
 
     def __init__(self, monkeypatch):
         self.most = self.total = 0
-        real, spy = fne.data.containers._parquet_file, self
+        real, spy = fne.data.random_access.open_pages, self
 
         class File:
             def __init__(self, path):
@@ -727,7 +728,7 @@ class _Decoded:
                 assert not name.startswith("read"), f"an uncounted read: {name}"
                 return getattr(self.f, name)
 
-        monkeypatch.setattr(fne.data.containers, "_parquet_file", File)
+        monkeypatch.setattr(fne.data.random_access, "open_pages", File)
 
     def count(self, rows):
         self.most, self.total = max(self.most, rows.num_rows), self.total + rows.num_rows

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fne.data import random_access
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.sidecar import merge_json
 from fne.errors import DataError
@@ -154,14 +155,26 @@ class ContainerReader:
         self._stats: dict[str, os.stat_result] = {}
         self._groups: OrderedDict[tuple[str, int], GroupReader] = OrderedDict()  # Parquet, LRU
         self._shuffled = False  # a row was asked for behind its group's slice: read groups whole
+        self._copies: dict[str, str] = {}  # Parquet file -> its copy for shuffled reading
+        self._copied: dict[str, object] = {}  # Parquet file -> its copy's `CopyReader` (per process)
 
     def __getstate__(self):
         return {"listings": self.listings, "_pid": -1, "_fds": {}, "_stats": {}, "_groups": OrderedDict(),
-                "_shuffled": False}
+                "_shuffled": False, "_copies": self._copies, "_copied": {}}
 
     def _fresh(self) -> None:
-        if self._pid != os.getpid():  # a forked worker: its own handles and row groups
-            self._pid, self._fds, self._groups = os.getpid(), {}, OrderedDict()
+        if self._pid != os.getpid():  # a forked worker: its own handles, row groups and maps
+            self._pid, self._fds, self._groups, self._copied = os.getpid(), {}, OrderedDict(), {}
+
+    def read_shuffled(self, members: list[Member], progress: bool) -> None:
+        """Prepare to read `members` in a random order: each Parquet file among them is read from
+        its copy in the cache (`random_access`), made now where there is none."""
+        for path in dict.fromkeys(m.container for m in members):
+            listing = self.listings[path]
+            if listing.kind == "parquet" and path not in self._copies:
+                copy = random_access.ensure_copy(listing, manifest_dir(listing.cache) / "shuffled", progress)
+                if copy is not None:
+                    self._copies[path] = copy
 
     def stat(self, path: str) -> os.stat_result:
         if path not in self._stats:
@@ -183,7 +196,22 @@ class ContainerReader:
             if len(data) != m.b:
                 raise OSError(f"read {len(data)} of {m.b} bytes")
             return data
+        copy = self._copy(m.container) if m.container in self._copies else None
+        if copy is not None:
+            return cell_bytes(copy.cell(int(m.name)))
         return cell_bytes(self._parquet_cell(m.container, m.a, m.b, listing.column))
+
+    def _copy(self, path: str):
+        """The `CopyReader` of Parquet file `path`'s copy, opened by this process the first time;
+        None (and a warning) where the copy cannot be read: the file is read instead."""
+        reader = self._copied.get(path)
+        if reader is None:
+            try:
+                reader = self._copied[path] = random_access.CopyReader(self._copies[path])
+            except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a file that is not a copy
+                warnings.warn(f"cannot read {self._copies.pop(path)}, the copy of {path} for reading it "
+                              f"shuffled ({e}): each image is read from its row group, slowly", stacklevel=2)
+        return reader
 
     def _parquet_cell(self, path: str, group: int, row: int, column: str) -> bytes | dict | None:
         """Row `row` of row group `group`'s image column, from a `GroupReader` kept while the kept
@@ -230,7 +258,7 @@ class GroupReader:
         return sum(c.nbytes for c in self._chunks)
 
     def _pass(self):
-        f = _parquet_file(self.path)
+        f = random_access.open_pages(self.path)
         return f.iter_batches(batch_size=PARQUET_SLICE_ROWS, row_groups=[self.group], columns=[self.column])
 
     def _read_whole(self) -> None:
@@ -377,13 +405,6 @@ def settle_splits(splits: list[str], data: object, part: str) -> list[str] | Non
     elif "val" in kinds and "train" not in kinds:
         splits = ["train" if s == "val" else s for s in splits]
     return splits if {"train", "test"} <= set(splits) else None
-
-
-def _parquet_file(path: str):
-    """A Parquet file read page by page (pre_buffer would read a row group's column whole first)."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
 
 
 def cell_bytes(v) -> bytes:

@@ -102,6 +102,12 @@ class Dataset:
                 self._keys = [file_key(p) for p in self.sources]
         return self._keys
 
+    def read_shuffled(self, idx: Sequence[int], progress: bool = True) -> None:
+        """Prepare to read images `idx` in a random order, as `fne train` does: the Parquet files
+        among them are read from copies made for it (`fne.data.random_access`)."""
+        if self.container is not None:
+            self.container.read_shuffled([self.sources[i] for i in idx], progress)
+
     def _member_bytes(self, m) -> bytes:
         try:
             return self.container.read(m)

@@ -133,6 +133,8 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
     cuda = ctx.device.type in ("cuda", "mps") and workers > 0  # a GPU's (on MPS too)
     draws = not isinstance(prep, (_Center, Preprocess, augment_mod.Squash))  # these draw nothing
     indices = [int(i) for i in idx]
+    if gen is not None:
+        ctx.dataset.read_shuffled(indices, ctx.progress)
     if sized:
         items = augment_mod.SizedItems(ctx.dataset, indices, prep)
     elif draws:
