@@ -23,7 +23,9 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
+    """Each test's own cache; files this small are copied as a file over GROUP_CACHE_BYTES is."""
     monkeypatch.setenv("FNE_CACHE", str(tmp_path / "fne-cache"))
+    monkeypatch.setattr(fne.data.containers, "GROUP_CACHE_BYTES", 0)
 
 
 def _copies(tmp_path: Path) -> list[Path]:
@@ -57,6 +59,21 @@ def test_shuffled_rows_come_from_one_copy_not_from_row_groups(tmp_path, monkeypa
     d2 = load_dataset(data)
     d2.read_shuffled(range(len(d2)), progress=False)  # the copy is found, not made again
     assert spy.total == len(rows) and d2.read_bytes(5)[0] == rows[5]
+
+
+def test_row_groups_a_reading_process_can_keep_are_not_copied(tmp_path, monkeypatch):
+    """A file whose row groups the shuffled images are in fit under GROUP_CACHE_BYTES (each
+    reading process keeps them once read) is read as it is; the copy is for those that do not."""
+    data, rows = _data(tmp_path)
+    d = load_dataset(data)
+    f = str(next(data.glob("*.parquet")).resolve())
+    few = [i for i in range(len(d)) if d.sources[i].a in (0, 2)]  # in row groups 0 and 2 (of 4 rows each)
+    two_groups = random_access.column_bytes(f, "image", {0, 2})[1]
+    monkeypatch.setattr(fne.data.containers, "GROUP_CACHE_BYTES", two_groups)
+    d.read_shuffled(few, progress=False)
+    assert not _copies(tmp_path)
+    d.read_shuffled(few + [i for i in range(len(d)) if d.sources[i].a == 1], progress=False)
+    assert len(_copies(tmp_path)) == 1 and d.read_bytes(few[-1])[0] == rows[few[-1]]
 
 
 def test_a_changed_file_gets_a_new_copy_and_the_old_one_goes(tmp_path):
@@ -94,13 +111,13 @@ def test_a_damaged_or_removed_copy_is_never_read(tmp_path, recwarn):
 def test_no_room_or_a_failed_copy_reads_the_file_and_says_so(tmp_path, monkeypatch):
     data, rows = _data(tmp_path)
     d = load_dataset(data)
+    real_usage = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6 - 1000, 1000))
     with pytest.warns(UserWarning, match=r"no copy of .*train-00000-of-00001.parquet for reading it shuffled "
                                          r"\(\d+ MB, and .*shuffled has 0 MB free\)"):
         d.read_shuffled(range(len(d)), progress=False)
     assert not _copies(tmp_path) and d.read_bytes(11)[0] == rows[11]
-    monkeypatch.undo()
-    monkeypatch.setenv("FNE_CACHE", str(tmp_path / "fne-cache"))
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
 
     def full(listing, tmp, rows, enabled):
         tmp.write_bytes(b"part of a copy")

@@ -167,14 +167,23 @@ class ContainerReader:
             self._pid, self._fds, self._groups, self._copied = os.getpid(), {}, OrderedDict(), {}
 
     def read_shuffled(self, members: list[Member], progress: bool) -> None:
-        """Prepare to read `members` in a random order: each Parquet file among them is read from
-        its copy in the cache (`random_access`), made now where there is none."""
-        for path in dict.fromkeys(m.container for m in members):
+        """Prepare to read `members` in a random order: a Parquet file among them whose row groups
+        they are in hold more than GROUP_CACHE_BYTES (so a reading process could not keep them)
+        is read from its copy in the cache (`random_access`), made now where there is none."""
+        groups: dict[str, set[int]] = {}
+        for m in members:
+            if self.listings[m.container].kind == "parquet":
+                groups.setdefault(m.container, set()).add(m.a)
+        for path, touched in groups.items():
             listing = self.listings[path]
-            if listing.kind == "parquet" and path not in self._copies:
-                copy = random_access.ensure_copy(listing, manifest_dir(listing.cache) / "shuffled", progress)
-                if copy is not None:
-                    self._copies[path] = copy
+            try:
+                if path in self._copies or random_access.column_bytes(path, listing.column, touched)[1] <= GROUP_CACHE_BYTES:
+                    continue
+            except Exception:  # pyarrow raises ArrowInvalid / OSError on a damaged footer: ensure_copy says so
+                pass
+            copy = random_access.ensure_copy(listing, manifest_dir(listing.cache) / "shuffled", progress)
+            if copy is not None:
+                self._copies[path] = copy
 
     def stat(self, path: str) -> os.stat_result:
         if path not in self._stats:

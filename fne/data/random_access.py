@@ -49,13 +49,15 @@ def copy_path(listing, folder: Path) -> Path:
     return folder / f"{path}-{version}.arrow"
 
 
-def _rows_and_bytes(path: str, column: str) -> tuple[int, int]:
-    """The file's rows, and its image column's bytes uncompressed, from its footer."""
+def column_bytes(path: str, column: str, groups=None) -> tuple[int, int]:
+    """(rows, bytes of column `column` uncompressed) of Parquet file `path`'s row groups `groups`
+    (all by default), from its footer."""
     meta = open_pages(path).metadata
-    leaves = [k for k in range(meta.num_columns) if meta.schema.column(k).path.split(".")[0] == column]
-    size = sum(meta.row_group(g).column(k).total_uncompressed_size
-               for g in range(meta.num_row_groups) for k in leaves)
-    return meta.num_rows, size
+    leaves = [k for k in range(meta.num_columns)
+              if (p := meta.schema.column(k).path) == column or p.startswith(column + ".")]
+    groups = range(meta.num_row_groups) if groups is None else groups
+    return (sum(meta.row_group(g).num_rows for g in groups),
+            sum(meta.row_group(g).column(k).total_uncompressed_size for g in groups for k in leaves))
 
 
 def _usable(copy: Path, rows: int) -> bool:
@@ -71,7 +73,7 @@ def ensure_copy(listing, folder: Path, progress: bool) -> str | None:
     there is none; None, and a warning, where it cannot be made."""
     copy = copy_path(listing, folder)
     try:
-        rows, size = _rows_and_bytes(listing.path, listing.column)
+        rows, size = column_bytes(listing.path, listing.column)
         if rows == 0:
             return None
         if copy.exists() and _usable(copy, rows):
