@@ -3,9 +3,10 @@
 Parquet is read a row group at a time: an image asked for out of order costs the decode of its
 row group. `fne train` reads its images in a new random order each epoch, and over a file larger
 than the row groups a reading process keeps (`containers.GROUP_CACHE_BYTES`) nearly every image
-costs a row group: 7 ms per image against 0.09 in order (benchmarks/RESULTS.md, "Shuffled
-reading"). So before a shuffled loader starts, the image column of each Parquet file it reads is
-copied once, in order, into an uncompressed Arrow IPC file in the cache's `manifests/shuffled/`.
+costs a row group: 5 ms per image against 0.04 in order (benchmarks/RESULTS.md, "Shuffled
+reading"). So before a shuffled loader starts, the image column of each Parquet file whose row
+groups it reads exceed that is copied once, in order, into an uncompressed Arrow IPC file in the
+cache's `manifests/shuffled/` (`ContainerReader.read_shuffled`).
 Reading processes map the copy, and an image is a slice of the map: the page cache, which every
 loader worker shares, holds what fits in memory. (Hugging Face `datasets` reads its Arrow cache
 the same way.)
