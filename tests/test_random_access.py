@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import fne
+import fne.cli
 import fne.data.containers
 import fne.data.random_access as random_access
 from fne.data.datasets import load_dataset
@@ -168,3 +169,9 @@ def test_fne_train_over_parquet_copies_it_once_and_trains_as_over_the_files(tmp_
     assert packed["accuracy"] == loose["accuracy"] and packed["n_train"] == loose["n_train"] == 9
     fne.train(tmp_path / "pq", "frozen", tmp_path / "run-pq2", **{**common, "progress": False})
     assert "copying" not in capsys.readouterr().out and len(_copies(tmp_path)) == 1
+    (copy,) = _copies(tmp_path)
+    info = fne.cache_info()
+    assert info.shuffled_copies == [str(copy)] and info.shuffled_bytes == copy.stat().st_size > 0
+    assert fne.cli.main(["cache", "info"]) == 0
+    assert (f"1 Parquet file(s) copied for fne train's shuffled reading: {copy.stat().st_size / 2**20:.1f} MiB "
+            f"in {copy.parent} (deleting them frees it") in capsys.readouterr().out

@@ -73,6 +73,8 @@ class CacheInfo:
     data: str | None = None
     data_images: int | None = None
     exists: bool = True  # False: a local root that is no folder (a mistyped --cache), DATA then not read
+    shuffled_copies: list[str] = field(default_factory=list)  # Parquet files' copies for `fne train`
+    shuffled_bytes: int = 0  # their size
 
 
 @dataclass
@@ -142,7 +144,9 @@ def cache_info(data=None, **options) -> CacheInfo:
     Returns
     -------
     CacheInfo
-        The root, one `StoreInfo` per store, and DATA's name and number of distinct images. A
+        The root, one `StoreInfo` per store, DATA's name and number of distinct images, and
+        the copies of Parquet files `fne train` reads shuffled (`shuffled_copies`, their size
+        `shuffled_bytes`: deleting them frees it; `fne train` makes them again). A
         local root that is no folder (`exists` False: a mistyped cache) has no stores, and DATA
         is then not read, so that no folder is made there.
 
@@ -163,6 +167,15 @@ def cache_info(data=None, **options) -> CacheInfo:
                               skip_unreadable=True)
         keys = set(dataset.keys())
         info.data, info.data_images = dataset.name, len(keys)
+    if info.exists:
+        from fne.data.containers import shuffled_dir
+
+        for c in sorted(shuffled_dir(store_o.cache).glob("*.arrow")):
+            try:
+                info.shuffled_bytes += c.stat().st_size
+                info.shuffled_copies.append(str(c))
+            except OSError:
+                pass  # removed meanwhile
     for s in list_stores(store_o.cache):
         info.stores.append(_info(s))
         if keys is not None:

@@ -94,6 +94,11 @@ def manifest_dir(cache: str | Path | None = None) -> Path:
     return local_root(cache) / "manifests"
 
 
+def shuffled_dir(cache: str | Path | None = None) -> Path:
+    """Where Parquet files' copies for shuffled reading live (`random_access`)."""
+    return manifest_dir(cache) / "shuffled"
+
+
 def _index_path(path: str, label_key: str | None, cache: str | Path | None) -> Path:
     name = hashlib.blake2b(f"{path}\0{label_key}".encode(), digest_size=10).hexdigest()
     return manifest_dir(cache) / "containers" / f"{name}.json"
@@ -181,7 +186,7 @@ class ContainerReader:
                     continue
             except Exception:  # pyarrow raises ArrowInvalid / OSError on a damaged footer: ensure_copy says so
                 pass
-            copy = random_access.ensure_copy(listing, manifest_dir(listing.cache) / "shuffled", progress)
+            copy = random_access.ensure_copy(listing, shuffled_dir(listing.cache), progress)
             if copy is not None:
                 self._copies[path] = copy
 
