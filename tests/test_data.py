@@ -330,6 +330,32 @@ def test_hdf5_forms_and_digits(tmp_path):
     assert len(digits) == 1797 and digits.classes == [str(i) for i in range(10)]
 
 
+def test_hdf5_chunks_of_many_images_are_kept_once_decoded(tmp_path):
+    """HDF5 decodes a chunk whole and keeps 1 MiB (8 MiB) of them: in gzip chunks of 64 224x224
+    images each image read cost its chunk's decode (11.6 ms per image). The images dataset is
+    opened with a cache that keeps such chunks; a file of small chunks keeps h5py's default."""
+    from fne.data import containers
+    from fne.data.hdf5 import open_images
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (32, 160, 160, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "big.h5", "w") as f:  # chunks of 2.4 MiB: 4 exceed either default
+        f.create_dataset("images", data=images, chunks=images.shape, compression="gzip")
+        f["labels"] = np.arange(32) % 2
+    with h5py.File(tmp_path / "small.h5", "w") as f:
+        f.create_dataset("images", data=images, chunks=(1, 160, 160, 3), compression="gzip")
+        f["labels"] = np.arange(32) % 2
+    nslots, nbytes, _ = open_images(str(tmp_path / "big.h5")).id.get_access_plist().get_chunk_cache()
+    assert nbytes == containers.GROUP_CACHE_BYTES and nslots > 10 * (nbytes // images.nbytes)  # ten per chunk
+    assert all(nslots % k for k in range(2, int(nslots ** 0.5) + 1))  # a prime, as HDF5 advises
+    with h5py.File(tmp_path / "small.h5") as f:
+        default = f["images"].id.get_access_plist().get_chunk_cache()
+    assert open_images(str(tmp_path / "small.h5")).id.get_access_plist().get_chunk_cache() == default
+    for name in ("big.h5", "small.h5"):
+        d = load_dataset(tmp_path / name)
+        assert all(np.array_equal(np.asarray(d.load(i)), images[i]) for i in (7, 0, 31, 3))
+
+
 def _h5(path: Path, labels, images=None, **extra) -> Path:
     """An HDF5 DATA file: `images` (6 RGB 8×8 by default), `labels`; `class_names` as an attribute
     of labels, any other keyword a dataset."""
