@@ -338,13 +338,13 @@ def test_hdf5_chunks_of_many_images_are_kept_once_decoded(tmp_path):
     from fne.data.hdf5 import open_images
 
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (32, 160, 160, 3), dtype=np.uint8)
-    with h5py.File(tmp_path / "big.h5", "w") as f:  # chunks of 2.4 MiB: 4 exceed either default
+    images = rng.integers(0, 255, (128, 160, 160, 3), dtype=np.uint8)
+    with h5py.File(tmp_path / "big.h5", "w") as f:  # a chunk of 9.4 MiB: over either default (1 or 8 MiB)
         f.create_dataset("images", data=images, chunks=images.shape, compression="gzip")
-        f["labels"] = np.arange(32) % 2
+        f["labels"] = np.arange(128) % 2
     with h5py.File(tmp_path / "small.h5", "w") as f:
-        f.create_dataset("images", data=images, chunks=(1, 160, 160, 3), compression="gzip")
-        f["labels"] = np.arange(32) % 2
+        f.create_dataset("images", data=images, chunks=(4, 160, 160, 3), compression="gzip")  # 300 KiB
+        f["labels"] = np.arange(128) % 2
     nslots, nbytes, _ = open_images(str(tmp_path / "big.h5")).id.get_access_plist().get_chunk_cache()
     assert nbytes == containers.GROUP_CACHE_BYTES and nslots > 10 * (nbytes // images.nbytes)  # ten per chunk
     assert all(nslots % k for k in range(2, int(nslots ** 0.5) + 1))  # a prime, as HDF5 advises
@@ -353,7 +353,7 @@ def test_hdf5_chunks_of_many_images_are_kept_once_decoded(tmp_path):
     assert open_images(str(tmp_path / "small.h5")).id.get_access_plist().get_chunk_cache() == default
     for name in ("big.h5", "small.h5"):
         d = load_dataset(tmp_path / name)
-        assert all(np.array_equal(np.asarray(d.load(i)), images[i]) for i in (7, 0, 31, 3))
+        assert all(np.array_equal(np.asarray(d.load(i)), images[i]) for i in (7, 0, 127, 3))
 
 
 def _h5(path: Path, labels, images=None, **extra) -> Path:
