@@ -9,8 +9,8 @@ and the new code (this tree), alternating, in subprocesses of one run:
 * img/s of the loop (first batch to last commit) and CPU-ms per image, all processes counted
   (the extracting process's threads and its finished DataLoader workers, via getrusage); of the
   main process's, the share in its loop (first batch in hand to the last one's end, per image
-  after the first batch: what caps the steady rate; the rest is set-up, the listing, the pools'
-  shared memory, the manifest and the last commit, paid once per run);
+  after the first batch: what caps the steady rate; the rest, step by step, is the listing, the
+  pools' shared memory, the last commit, the manifest and the provenance, paid once per run);
 * a single-process breakdown of the new reader's per-image CPU by stage (read, hash, decode,
   resize + crop, collate), and the floor: decoding plus resizing alone.
 
@@ -134,15 +134,42 @@ class InLoop:
         self.inner.close()
 
 
-_stages = _reader.assembled
-_reader.assembled = lambda *a, **k: InLoop(_stages(*a, **k))
+_stages = getattr(_reader, "assembled", None)  # an older tree without it: no loop figure (0)
+if _stages is not None:
+    _reader.assembled = lambda *a, **k: InLoop(_stages(*a, **k))
+phases = {}  # the main process's CPU outside the loop, step by step (those the tree has)
+
+
+def timed(owner, name, label):
+    f = getattr(owner, name, None)
+    if f is None:
+        return
+
+    def step(*a, **k):
+        c = cpu()[0]
+        try:
+            return f(*a, **k)
+        finally:
+            phases[label] = phases.get(label, 0.0) + cpu()[0] - c
+
+    setattr(owner, name, step)
+
+
+from fne.extraction import extract as _ex  # noqa: E402
+from fne.extraction import writer as _writer  # noqa: E402
+
+for _owner, _name, _label in [(_ex, "load_dataset", "listing"), (_ex, "_plan", "plan"),
+                              (_ex, "_loader", "pools+loader"), (_reader.ImageItems, "unshare", "pools freed"),
+                              (_writer.Writer, "close", "last commit"), (_ex, "_remember", "manifest"),
+                              (_ex, "provenance", "provenance")]:
+    timed(_owner, _name, _label)
 t0, (m0, k0) = time.perf_counter(), cpu()
 r = extract(data, arch="vgg16", weights="random", cache=cache, batch_size=batch, workers=workers, progress=False,
             precision="fp32", decode=decode)
 wall, (m1, k1) = time.perf_counter() - t0, cpu()
 print(json.dumps({"n": r.n_computed, "wall": wall, "run": r.stage_seconds.get("run"),
                   "main_cpu": m1 - m0, "worker_cpu": k1 - k0, "write": r.stage_seconds.get("write"),
-                  "skipped": r.n_skipped, "loop_cpu": loop["cpu"], "loop_n": loop["n"]}))
+                  "skipped": r.n_skipped, "loop_cpu": loop["cpu"], "loop_n": loop["n"], "phases": phases}))
 """
 
 
@@ -329,8 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for k, r in best.items():
         loop_ms = min(x["loop_ms"] for x in runs[k])
-        print(f"| {k} | {r['img_s']:.0f} | {r['cpu_ms']:.3f} | {r['main_ms']:.3f} | {loop_ms:.3f} | "
-              f"{r['worker_ms']:.3f} |")
+        print(f"| {k} | {r['img_s']:.0f} | {r['cpu_ms']:.3f} | {r['main_ms']:.3f} | "
+              f"{f'{loop_ms:.3f}' if loop_ms else 'n/a'} | {r['worker_ms']:.3f} |")
+    for k, r in best.items():
+        outside = ", ".join(f"{p} {1000 * v / max(r['n'], 1):.3f}" for p, v in r["phases"].items())
+        print(f"{k}: the main process outside its loop, CPU-ms per image: {outside}")
     if parts:
         print("\nnew reader in one process, one thread, CPU-ms per image: "
               + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
