@@ -130,6 +130,9 @@ def test_decoded_images_are_handed_over_as_their_pixels_from_any_run():
         assert len(got) == len(run)
         for p, x in zip(run, got, strict=True):
             assert torch.equal(x, torch.from_numpy(np.array(imgs[p])).permute(2, 0, 1))
+    batch["raw_sizes"][2] = (SIZES[2][0] - 1, SIZES[2][1])  # a size that does not match its bytes
+    with pytest.raises(ValueError, match="decoded image 2 of the batch"):
+        reader.uploaded(batch, range(1, 4), CPU)
 
 
 def test_pinning_a_batch_pins_its_tensors_and_keeps_the_rest(monkeypatch):

@@ -416,8 +416,10 @@ def uploaded(batch: dict, run: range, dev: torch.device) -> list[torch.Tensor]:
     on_dev = flat[start:ends[run.stop - 1]].to(dev, non_blocking=True)
     base, out = on_dev.storage_offset() - start, []
     for p in run:  # each image's H x W x 3 bytes as a (3, H, W) view: one call (a slice, view and permute took three)
-        w, h = sizes[p]
-        out.append(on_dev.as_strided((3, h, w), (1, 3 * w, 3), base + (ends[p - 1] if p else 0)))
+        (w, h), at = sizes[p], ends[p - 1] if p else 0
+        if ends[p] - at != 3 * w * h:  # what the view's shape checked: never another image's bytes
+            raise ValueError(f"decoded image {p} of the batch: {ends[p] - at} bytes for {w} x {h} RGB pixels")
+        out.append(on_dev.as_strided((3, h, w), (1, 3 * w, 3), base + at))
     return out
 
 
