@@ -119,6 +119,50 @@ def test_collated_batch_is_channels_last_and_equal():
     assert x.reshape(-1, 3, 224, 224).is_contiguous(memory_format=torch.channels_last)
 
 
+def test_decoded_images_are_handed_over_as_their_pixels_from_any_run():
+    """`uploaded`: each decoded image of a batch's run (the first image or later ones) as a
+    (3, H, W) view of the packed bytes: exactly the image's pixels."""
+    imgs = [read_image(io.BytesIO(_jpeg(w, h, j))) for j, (w, h) in enumerate(SIZES[:4])]
+    batch = reader.collate([(j, f"k{j}", reader.Rgb.of(im.tobytes(), im.size), None, None)
+                            for j, im in enumerate(imgs)])
+    for run in (range(0, 4), range(1, 3), range(3, 4)):
+        got = reader.uploaded(batch, run, CPU)
+        assert len(got) == len(run)
+        for p, x in zip(run, got, strict=True):
+            assert torch.equal(x, torch.from_numpy(np.array(imgs[p])).permute(2, 0, 1))
+    batch["raw_sizes"][2] = (SIZES[2][0] - 1, SIZES[2][1])  # a size that does not match its bytes
+    with pytest.raises(ValueError, match="decoded image 2 of the batch"):
+        reader.uploaded(batch, range(1, 4), CPU)
+
+
+def test_pinning_a_batch_pins_its_tensors_and_keeps_the_rest(monkeypatch):
+    """The pin-memory thread (CUDA) calls a `collate` batch's own `pin_memory`: its tensors
+    pinned, every other value as it was: what torch's `pin_memory` makes of the plain dict,
+    without visiting each image's index, key and stat."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    pinned = []
+
+    def pin(t, *a):  # a stand-in: no CUDA here
+        pinned.append(t)
+        return t.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    prep = Preprocess(32, resize=40)
+    img = read_image(io.BytesIO(_jpeg(60, 50, 1)))
+    batch = reader.collate([(0, "k0", prep(img), None, (1, 2)), (1, "k1", reader.Jpeg.of(b"\xff\xd8..", (5, 4)), None, (3, 4)),
+                            (2, "k2", None, "not an image file", (5, 6))])
+    batch["aspect"] = torch.ones(2)  # as fne train's collate adds it
+    mine, theirs = pin_memory(batch), pin_memory(dict(batch))
+    assert type(mine) is reader.Batch and mine.keys() == theirs.keys() == batch.keys()
+    assert len(pinned) == 2 * 3  # pixels, raw and aspect, once by each
+    for k, v in mine.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, batch[k]) and torch.equal(v, theirs[k]) and v is not batch[k]
+        else:
+            assert v == batch[k] == theirs[k]
+
+
 def test_jpeg_bytes_cross_from_workers_packed_in_one_tensor(tmp_path):
     """decode="device": a batch's JPEG files reach the main process end to end in one uint8
     tensor (one shared block, not one per image), each view exactly the file's bytes; a PNG in
