@@ -155,6 +155,7 @@ def test_pinning_a_batch_pins_its_tensors_and_keeps_the_rest(monkeypatch):
     batch["aspect"] = torch.ones(2)  # as fne train's collate adds it
     mine, theirs = pin_memory(batch), pin_memory(dict(batch))
     assert type(mine) is reader.Batch and mine.keys() == theirs.keys() == batch.keys()
+    assert mine["stats"] is batch["stats"] and theirs["stats"] is not batch["stats"]  # not walked, as torch walks
     assert len(pinned) == 2 * 3  # pixels, raw and aspect, once by each
     for k, v in mine.items():
         if isinstance(v, torch.Tensor):
