@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_shuffled_rows_come_from_one_copy_not_from_row_groups(tmp_path, monkeypa
     loader = torch.utils.data.DataLoader(order, batch_size=5, num_workers=2, collate_fn=lambda b: [
         (i, d.read_bytes(i)[0]) for i in b], multiprocessing_context="fork")
     assert all(data == rows[i] for batch in loader for i, data in batch)
+    spawned = pickle.loads(pickle.dumps(d))  # as a spawned worker gets it (macOS, Windows)
+    assert spawned.container._copies == d.container._copies and spawned.read_bytes(order[0])[0] == rows[order[0]]
     d2 = load_dataset(data)
     d2.read_shuffled(range(len(d2)), progress=False)  # the copy is found, not made again
     assert spy.total == len(rows) and d2.read_bytes(5)[0] == rows[5]
