@@ -230,7 +230,8 @@ class ContainerReader:
     def _parquet_cell(self, path: str, group: int, row: int, column: str) -> bytes | dict | None:
         """Row `row` of row group `group`'s image column, from a `GroupReader` kept while the kept
         ones hold under GROUP_CACHE_BYTES: in order (extract) each group is decoded once, a slice
-        at a time; shuffled (train) a small set of whole groups, as Arrow arrays, stays in memory."""
+        at a time; shuffled (train, where its groups fit under GROUP_CACHE_BYTES or no copy could be
+        made: `read_shuffled`) whole groups, as Arrow arrays, stay in memory."""
         key = (path, group)
         reader = self._groups.get(key)
         if reader is None:
