@@ -249,7 +249,8 @@ def test_fne_over_chosen_layers(digits_folder, warm_cache, tmp_path):
     (dict(C="abc"), r"^bad C='abc'; give a positive number or 'auto'$"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
-    (dict(train_per_class=6), "too few images"),
+    (dict(train_per_class=6), r"^train_per_class=6: 4 of 4 classes have 6 or fewer images, none left to test: 0, 1, "
+                              r"2, 3; give train_per_class=5 or less$"),
     (dict(test_size=1.5), "bad test_size=1.5"),
     (dict(stream_chunk=0), "stream_chunk must be >= 1"),
 ])
