@@ -6,7 +6,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
 
-from fne.linear.embedding import FullNetworkEmbedding
+from fne.linear.embedding import FullNetworkEmbedding, L2Normalizer, make_transform
 
 
 def test_discretization_boundaries():
@@ -91,3 +91,24 @@ def test_thresholds_are_searched_by_grid_search_and_the_fit_pickles():
     again = pickle.loads(pickle.dumps(search.best_estimator_))
     assert np.array_equal(again.predict(X), search.predict(X))
     assert np.array_equal(again[0].mean_, search.best_estimator_[0].mean_)
+
+
+def test_l2_rows_of_tiny_norm_are_normalised_too():
+    """scikit-learn's Normalizer leaves a float32 row of norm below 1.2e-6 as it is: random
+    weights' last layer (norms ~1e-7) reached the head unnormalised, and `fne fit --features last`
+    called every image one class. Every row but an all-zero one now has norm 1; a row of ordinary
+    norm is scikit-learn's, bit for bit."""
+    from sklearn.preprocessing import Normalizer
+
+    rng = np.random.default_rng(0)
+    X = rng.random((6, 40), dtype=np.float32)
+    X[5] = 0
+    l2 = make_transform("l2")
+    assert isinstance(l2, L2Normalizer) and isinstance(l2, Normalizer)
+    big = l2.fit(X).transform(X)
+    assert big.dtype == np.float32 and np.array_equal(big, Normalizer().fit(X).transform(X))
+    for dtype in (np.float32, np.float16):
+        tiny = (X * 1e-8).astype(np.float32).astype(dtype) if dtype == np.float32 else (X * 1e-3).astype(dtype)
+        assert not np.allclose(Normalizer().fit(tiny).transform(tiny)[:5], big[:5], atol=1e-2)  # sklearn's: as they were
+        out = l2.transform(tiny)
+        assert out.dtype == dtype and np.allclose(out[:5], big[:5], rtol=1e-2, atol=2e-3) and not out[5].any()

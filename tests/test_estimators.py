@@ -16,13 +16,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import fne
-from fne.linear.embedding import FullNetworkEmbedding
+from fne.linear.embedding import FullNetworkEmbedding, L2Normalizer
 from fne.linear.solver import TorchHead
 
 from .conftest import FAST
 
 # Small max_iter: the checks fit dozens of times on toy data, where 50 L-BFGS steps are plenty.
-ESTIMATORS = [FullNetworkEmbedding(), TorchHead("svm", max_iter=50, device="cpu"),
+ESTIMATORS = [FullNetworkEmbedding(), L2Normalizer(), TorchHead("svm", max_iter=50, device="cpu"),
               TorchHead("logreg", max_iter=50, device="cpu")]
 
 

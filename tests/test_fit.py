@@ -249,7 +249,8 @@ def test_fne_over_chosen_layers(digits_folder, warm_cache, tmp_path):
     (dict(C="abc"), r"^bad C='abc'; give a positive number or 'auto'$"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),
-    (dict(train_per_class=6), "too few images"),
+    (dict(train_per_class=6), r"^train_per_class=6: 4 of 4 classes have 6 or fewer images, none left to test: 0, 1, "
+                              r"2, 3; give train_per_class=5 or less$"),
     (dict(test_size=1.5), "bad test_size=1.5"),
     (dict(stream_chunk=0), "stream_chunk must be >= 1"),
 ])
@@ -639,3 +640,31 @@ def test_predict_refuses_a_folder_without_a_model_an_old_model_and_pinned_store_
     with pytest.raises(FneError, match=r"r pins arch \(its head fits those rows only\); predict takes cache and device$"):
         predict(tmp_path / "r", digits_folder, arch="vgg16", **kw)
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_rows_of_tiny_activations_are_normalised_and_those_float16_kept_few_bits_of_are_named(tmp_path):
+    """Random weights' last layer gives activations ~1e-8: scikit-learn's Normalizer left such rows
+    as they were, so `--features last` called every image one class (flowers12: 8.3%, chance);
+    scaled rows now fit as the rows themselves do. In float16 storage they keep a bit or two
+    (subnormals), which a warning names with the way out (float32 storage)."""
+    from fne.cache.spec import StoreSpec
+
+    root = write_digits(tmp_path / "data", per_class=8, classes=3)
+    ds = load_dataset(root)
+    y, rng = ds.label_indices(), np.random.default_rng(0)
+    rows = None
+    for name, dtype, scale in (("plain", "float32", 1.0), ("tiny", "float32", 1e-8), ("faint", "float16", 1e-7)):
+        store = StoreSpec(**{**STORE, "storage_dtype": dtype}, cache=str(tmp_path / name)).open()
+        if rows is None:
+            rows = {tap: np.maximum(0, rng.gamma(1.0, 1.0, (3, ch))[y] + rng.normal(0, 0.5, (len(y), ch)))[:, None]
+                    for tap, ch in store.taps}
+        store.commit(ds.keys(), {tap: (r * scale).astype(np.float32) for tap, r in rows.items()})
+    kw = dict(features="last", splits=2, progress=False, **{k: v for k, v in STORE.items() if k != "storage_dtype"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning of float16 storage for float32 rows
+        plain = fit(root, out=tmp_path / "r-plain", cache=str(tmp_path / "plain"), storage_dtype="float32", **kw)
+        tiny = fit(root, out=tmp_path / "r-tiny", cache=str(tmp_path / "tiny"), storage_dtype="float32", **kw)
+    assert plain["accuracy"] > 0.6 and tiny["accuracy"] == plain["accuracy"]
+    with pytest.warns(UserWarning, match=r"the activations of head \(largest \|x\| \d\.\de-0\d, \d bit\(s\)\) in .* are "
+                                         r"too small for float16 storage, .*extract with --storage-dtype float32"):
+        fit(root, out=tmp_path / "r-faint", cache=str(tmp_path / "faint"), storage_dtype="float16", **kw)

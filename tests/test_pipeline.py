@@ -955,6 +955,46 @@ def test_an_interrupted_step_says_so_in_the_dry_run_and_the_run(tmp_path, monkey
     assert any(s.endswith("... (did not finish last time)") for s in said)
 
 
+@pytest.mark.parametrize("dry", [True, False])
+def test_out_inside_a_datasets_folder_is_one_line_before_any_step(tmp_path, capsys, dry):
+    """A run folder inside a dataset's folder would become part of its data (a class `runs`, or
+    a folder left out beside train/ and test/): refused before anything is written, as `fne fit
+    --out` is, not step by step after the advice was written into DATA."""
+    from fne.cli import main
+
+    images = write_digits(tmp_path / "images", per_class=3, classes=2)
+    before = sorted(str(p.relative_to(images)) for p in images.rglob("*"))
+    f = write(tmp_path, TINY.replace('data = "digits"\nmax_per_class = 4', f'data = "{images}"'))
+    out = images / "runs"
+    code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out), *(["--dry-run"] if dry else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == (f"fne run: error: --out '{out}': is inside DATA {images}; writing there would change "
+                                 f"the data: give a path outside it")
+    assert sorted(str(p.relative_to(images)) for p in images.rglob("*")) == before
+    assert not (tmp_path / "cache").exists()
+
+
+def test_when_every_fit_and_train_step_fails_the_run_ends_naming_them(tmp_path, monkeypatch):
+    """With the advice the only result, there is no report to write: the run ends in the error
+    naming the failed steps (not in the report's `no metrics.json under .../advice`)."""
+    import fne.linear.fit
+    from fne.errors import FneError
+
+    f = write(tmp_path, TINY.split("[train]")[0].replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out = tmp_path / "out"
+
+    def failing(data, **k):
+        raise FneError("the svm could not be fitted")
+
+    monkeypatch.setattr(fne.linear.fit, "fit", failing)
+    said: list[str] = []
+    with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit last\+svm "
+                                       r"seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+        P.run(f, out, str(tmp_path / "cache"), log=said.append)
+    assert (out / "digits" / "efficientnet_lite0-random" / "advice" / "advice.json").is_file()
+    assert "no step has a result yet: no report" in said and not (out / "report.md").exists()
+
+
 def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_path, monkeypatch):
     """One step fails: the others still run, the report says which failed (and never shows that
     step's result of older settings), the run ends in an error naming it, and a rerun runs it alone."""

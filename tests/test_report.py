@@ -394,6 +394,25 @@ def test_sections_whose_names_make_one_file_name_get_figures_of_their_own(tmp_pa
     assert all((tmp_path / "rep" / p).is_file() for p in links.values())
 
 
+def test_a_report_into_an_earlier_reports_folder_leaves_none_of_its_figures(tmp_path):
+    """A second report into the same --out: the figures of a section it no longer has (or all of
+    them, with figures=False) are removed, not left in report_files/ to pass for this report's."""
+    write_run(tmp_path / "runs", "pets/fne", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    write_run(tmp_path / "runs", "flowers/fne", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, dataset="flowers"))
+    out = tmp_path / "rep"
+    (out / "report_files").mkdir(parents=True)
+    (out / "report_files" / "notes.png").write_bytes(b"the user's")  # not a figure fne draws: kept
+    report([tmp_path / "runs"], out)
+    figures = {f.name for f in (out / "report_files").glob("*-*.png")}
+    assert {"pets-bars.png", "flowers-bars.png"} <= figures
+    report([tmp_path / "runs" / "pets"], out)
+    assert {f.name for f in (out / "report_files").glob("*-*.png")} == {f for f in figures if f.startswith("pets-")}
+    assert all((out / p).is_file() for p in re.findall(r"\]\((report_files/[^)]+)\)", (out / "report.md").read_text()))
+    report([tmp_path / "runs" / "pets"], out, figures=False)
+    assert [f.name for f in (out / "report_files").iterdir()] == ["notes.png"]
+    assert not list(out.rglob(".tmp-*"))
+
+
 def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_path):
     """Two label columns of one Parquet file (`--label-key`) are two tasks: their runs were one
     section, ranked and tested image by image against each other; now each task is a section of its

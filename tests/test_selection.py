@@ -22,10 +22,11 @@ STORE = dict(arch=FAST["arch"], weights="random", precision="fp32", storage_dtyp
 
 
 class FakeStore:
-    """What Rows needs of a Store: views, index() and read_rows(); rows in memory, (n, views, D)."""
+    """What Rows needs of a Store: views, meta's dtype, index() and read_rows(); rows in memory,
+    (n, views, D)."""
 
     def __init__(self, X: np.ndarray):
-        self.X, self.views = X, X.shape[1]
+        self.X, self.views, self.meta = X, X.shape[1], {"dtype": "float32"}
         self.keys = [f"k{i}" for i in range(len(X))]
 
     def index(self):

@@ -138,8 +138,11 @@ def _per_class(dataset: Dataset, y: np.ndarray, counts: np.ndarray, splits: int,
     """`n` random training images of every class (positions in `y`); every other image tests."""
     short = [dataset.classes[c] for c in range(len(counts)) if counts[c] <= n]
     if n < 1 or short:
-        raise refusal(lambda py: f"{named('train_per_class', py, n)}: classes with too few{distinct} images "
-                                 f"to keep test images: {', '.join(short[:5]) or '-'}")
+        most = int(counts[counts > 0].min()) - 1  # the largest N that leaves every class a test image
+        raise refusal(lambda py: f"{named('train_per_class', py, n)}: {len(short)} of {int((counts > 0).sum())} "
+                                 f"classes have {n} or fewer{distinct} images, none left to test: "
+                                 f"{', '.join(short[:5]) or '-'}{', …' * (len(short) > 5)}"
+                                 + (f"; give {named('train_per_class', py, most)} or less" if most >= 1 else ""))
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(splits):

@@ -1,8 +1,9 @@
 """Embeddings as scikit-learn transformers, so they sit in a Pipeline in front of a head.
 
 `FullNetworkEmbedding` is Garcia-Gasulla et al. 2018: per-feature standardisation with
-training-set statistics, then discretisation to {-1, 0, 1}. The baselines use sklearn's own
-`Normalizer` (instance-wise L2); `make_transform` picks one for a feature spec.
+training-set statistics, then discretisation to {-1, 0, 1}. The baselines use sklearn's
+`Normalizer` (instance-wise L2), as `L2Normalizer`: every row but an all-zero one scaled to norm 1,
+however small; `make_transform` picks one for a feature spec.
 """
 
 from __future__ import annotations
@@ -138,6 +139,46 @@ class FullNetworkEmbedding(OneToOneFeatureMixin, TransformerMixin, BaseEstimator
         return out
 
 
+class L2Normalizer(Normalizer):
+    """scikit-learn's `Normalizer` (instance-wise L2), which leaves a row of norm below ten machine
+    epsilons as it is (1.2e-6 in float32): random weights' last-layer rows (norms ~1e-7) reached
+    the head unnormalised, every row almost the same, and it called every image one class. Here
+    such a row is scaled to norm 1 too (in float64); only an all-zero row stays zero, and every
+    other row is scikit-learn's.
+
+    Parameters
+    ----------
+    norm : str, default "l2"
+        As `Normalizer`'s; the rows of small norm are rescaled for ``"l2"`` only.
+    copy : bool, default True
+        As `Normalizer`'s.
+    """
+
+    def transform(self, X, copy=None):
+        """`Normalizer.transform`, then rows of norm in (0, 10 eps) scaled to norm 1 in float64.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix of shape (n_samples, n_features)
+            The rows.
+        copy : bool, optional
+            As `Normalizer.transform`'s.
+
+        Returns
+        -------
+        ndarray or sparse matrix
+            The rows, each of norm 1 (an all-zero row stays zero), in X's float dtype.
+        """
+        out = super().transform(X, copy=copy)
+        if self.norm != "l2" or not isinstance(out, np.ndarray) or not len(out):
+            return out
+        norms = np.linalg.norm(out.astype(np.float64), axis=1)
+        small = (norms > 0) & (norms < 10 * np.finfo(out.dtype).eps)
+        if small.any():
+            out[small] = out[small].astype(np.float64) / norms[small, None]
+        return out
+
+
 def make_transform(kind: str):
-    """`fne` -> FullNetworkEmbedding; `l2` -> instance-wise L2 normalisation."""
-    return FullNetworkEmbedding() if kind == "fne" else Normalizer(norm="l2")
+    """`fne` -> FullNetworkEmbedding; `l2` -> instance-wise L2 normalisation (`L2Normalizer`)."""
+    return FullNetworkEmbedding() if kind == "fne" else L2Normalizer(norm="l2")

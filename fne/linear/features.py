@@ -223,8 +223,10 @@ class Rows:
     def embedded(self, embed, idx: np.ndarray) -> np.ndarray:
         """(len(idx) * views, D): rows in idx order, an image's views consecutive."""
         v = self.store.views
-        out = None
+        out = peak = None
         for b, X in self.chunks(idx):
+            m = np.abs(X).max(axis=(0, 1))
+            peak = m if peak is None else np.maximum(peak, m)
             Z = embed.transform(X.reshape(-1, X.shape[2])).reshape(len(b), v, -1)
             if out is None:
                 out = np.empty((len(idx), v, Z.shape[2]), dtype=Z.dtype)
@@ -239,7 +241,25 @@ class Rows:
                                      f"activations there are zero or constant (random weights, a dead layer) or too "
                                      f"small for float16 storage; choose other {named('features', py)}, or extract "
                                      f"with {named('storage_dtype', py, 'float32', plain=True)}", FneError)
+        self._warn_underflow(peak)
         return out.reshape(len(idx) * v, -1)
+
+    def _warn_underflow(self, peak: np.ndarray) -> None:
+        """A warning naming the layers whose stored activations, not all zero, are all so small that
+        float16 storage kept at most 5 bits of them (below 2**-19: subnormal steps of 2**-24), too
+        few for a head to learn from (random weights: efficientnet_lite0's head, ~6e-8, 1 bit)."""
+        if self.store.meta["dtype"] != "float16":
+            return
+        dims, lo, faint = dict(self.store.taps), 0, []
+        for la in self.layers:
+            top = float(peak[lo:lo + dims[la]].max())
+            lo += dims[la]
+            if 0 < top < 2 ** -19:
+                faint.append(f"{la} (largest |x| {top:.1e}, {int(np.log2(top / 2 ** -24)) + 1} bit(s))")
+        if faint:
+            warnings.warn(f"the activations of {', '.join(faint)} in {self.store.path} are too small for float16 "
+                          f"storage, which kept at most 5 bits of each: heads learn little from them (random "
+                          f"weights?); extract with --storage-dtype float32", stacklevel=2)
 
     def scores(self, pipe, idx: np.ndarray) -> np.ndarray:
         out = np.empty((len(idx), len(pipe.classes_)))

@@ -248,6 +248,9 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         _check_device(p, False, device is None)
     with in_the_files_words(out is None and p.out is not None):
         out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
+        for d in p.datasets:  # inside a dataset's folder, the steps' folders would become its data
+            if not d.skipped:
+                check_target(out, folder=True, data=d.data)
     cache = p.cache  # --cache over the file's (load_pipeline)
     _announce_skips(p, path, say)
     result = {"steps": 0, "ran": 0, "skipped": 0, "out": str(out), "report": None, "pipeline": p}
@@ -405,8 +408,9 @@ def _one_line(e: Exception) -> str:
 def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict | None:
     from fne.reporting import report as report_mod
 
-    dirs = [s.dir for s in steps if s.done()]  # never a failed step's result of older settings
-    if not dirs:
+    done = [s for s in steps if s.done()]  # never a failed step's result of older settings
+    dirs = [s.dir for s in done]
+    if all(s.kind == "advise" for s in done):  # advice alone reports nothing (every fit and train failed)
         say("no step has a result yet: no report")
         return None
     rep = report_mod.report(dirs, out, extra_pipelines=[p.summary()])

@@ -518,22 +518,35 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
         base = slug(ds["dataset"])
         stem = next(s for s in (base, *(f"{base}-{n}" for n in range(2, i + 3))) if s.lower() not in taken)
         taken.add(stem.lower())  # lower case: one file on macOS's and Windows' filesystems
-        for key, fn in (("bars", fig_bars), ("time", fig_time), ("confusion", fig_confusion)):
+        for key, fn in zip(_FIGURES, (fig_bars, fig_time, fig_confusion)):
             png = fn(ds)
             if png:
                 b64[(ds["dataset"], key)] = png
-                fig_dir.mkdir(exist_ok=True)
-                name = f"{stem}-{key}.png"
-                (fig_dir / name).write_bytes(base64.b64decode(png))
-                files[(ds["dataset"], key)] = f"report_files/{name}"
+                files[(ds["dataset"], key)] = f"report_files/{stem}-{key}.png"
     rows = _jsonable(datasets)  # report.json's rows, and report.csv's
     texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
              "report.json": json.dumps({"header": head, "datasets": rows}, indent=1)}
     writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()}
+    writes |= {out / f: (lambda b: lambda tmp: tmp.write_bytes(base64.b64decode(b)))(b64[k]) for k, f in files.items()}
     writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows, RANDOM_WARNING))
+    if files:
+        fig_dir.mkdir(exist_ok=True)
     replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})
+    _remove_stale_figures(fig_dir, set(files.values()))
     return {"md": str(out / "report.md"), "html": str(out / "report.html"), "json": str(out / "report.json"),
             "csv": str(out / "report.csv"), "tex": str(out / "report.tex"), "header": head, "datasets": datasets}
+
+
+def _remove_stale_figures(fig_dir: Path, drawn: set[str]) -> None:
+    """The figures an earlier report into the same folder drew that this one did not (a section
+    it no longer has, or ``figures=False``): left, they would pass for this report's."""
+    if fig_dir.is_dir():
+        for f in fig_dir.glob("*.png"):
+            if f.stem.rsplit("-", 1)[-1] in _FIGURES and f"report_files/{f.name}" not in drawn:
+                f.unlink(missing_ok=True)
+
+
+_FIGURES = ("bars", "time", "confusion")
 
 
 # ------------------------------------------------------------------------ CLI
