@@ -145,7 +145,7 @@ class LoadedRows:
     attrs: dict
 
     def make_transform(self):
-        """A new, unfitted transform for `kind`: `FullNetworkEmbedding` or an L2 `Normalizer`.
+        """A new, unfitted transform for `kind`: `FullNetworkEmbedding` or `L2Normalizer`.
 
         Put it in front of a head in a Pipeline, so that its statistics come from the training
         rows of each fit (cross-validation folds included), never from the rows it scores.

@@ -222,11 +222,12 @@ class Rows:
 
     def embedded(self, embed, idx: np.ndarray) -> np.ndarray:
         """(len(idx) * views, D): rows in idx order, an image's views consecutive."""
-        v = self.store.views
+        v, f16 = self.store.views, self.store.meta["dtype"] == "float16"
         out = peak = None
         for b, X in self.chunks(idx):
-            m = np.abs(X).max(axis=(0, 1))
-            peak = m if peak is None else np.maximum(peak, m)
+            if f16:  # each feature's largest |x| (`_warn_underflow`), with no temporary of the chunk's size
+                m = np.maximum(X.max(axis=(0, 1)), -X.min(axis=(0, 1)))
+                peak = m if peak is None else np.maximum(peak, m)
             Z = embed.transform(X.reshape(-1, X.shape[2])).reshape(len(b), v, -1)
             if out is None:
                 out = np.empty((len(idx), v, Z.shape[2]), dtype=Z.dtype)
@@ -248,7 +249,7 @@ class Rows:
         """A warning naming the layers whose stored activations, not all zero, are all so small that
         float16 storage kept at most 5 bits of them (below 2**-19: subnormal steps of 2**-24), too
         few for a head to learn from (random weights: efficientnet_lite0's head, ~6e-8, 1 bit)."""
-        if self.store.meta["dtype"] != "float16":
+        if peak is None:  # float32 rows, or none
             return
         dims, lo, faint = dict(self.store.taps), 0, []
         for la in self.layers:
