@@ -64,7 +64,7 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
     (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{f},\n" for f in files))
     cases = {flat: "its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)",
              tmp_path / "p.parquet": "no row has a label (a column label, labels, fine_label, cls, class, target, "
-                                     "or the one --label-key names)",
+                                     "or the one --label-key names); its columns: image, lbl",
              tmp_path / "l.csv": "every cell of its label column is empty"}
     # an existing cache: into one that does not exist, fit says so before it lists tar or Parquet DATA
     # (tests/test_containers.py), as that listing would be kept there

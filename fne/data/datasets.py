@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fne.data import containers
+from fne.data import containers, random_access
 from fne.data.dataset import Dataset
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
@@ -475,8 +475,21 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     else:
         where = (f"member has a label ({', '.join('.' + e for e in LABEL_EXTENSIONS)} or a .json label field"
                  if kind == "tar" else f"row has a label (a column {', '.join(LABEL_COLUMNS)}")
-        dataset.unlabelled = f"no {where}, or the one --label-key names)"
+        dataset.unlabelled = f"no {where}, or the one --label-key names)" + _columns(kind, files)
     return dataset
+
+
+def _columns(kind: str, files: list[str]) -> str:
+    """Parquet DATA: "; its columns: ..." of its first file that has a readable footer, for the
+    message that finds no label column (else "")."""
+    if kind != "parquet":
+        return ""
+    for f in files:
+        try:
+            return f"; its columns: {', '.join(random_access.open_pages(f).schema_arrow.names)}"
+        except Exception:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
+            continue
+    return ""
 
 
 def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
