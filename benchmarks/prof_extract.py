@@ -178,6 +178,10 @@ fne.cli.run()
 '''
 
 
+# `fne extract`'s steps before its run (`ExtractResult.stage_seconds`), in order
+SETUP = ("list", "open", "plan", "device", "workers_start", "model_start", "writer_start")
+
+
 def _child_env() -> dict:
     """A child process's environment: this checkout's fne first on its path."""
     return {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}"}
@@ -204,7 +208,8 @@ def fresh_run(imgs: Path, where: str, kw: dict) -> str:
             + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
             + f"; in the run: model load {st['model_load']:.2f}, warm-up {st.get('warm_up', 0.0):.2f}, "
             f"first forward waited {st.get('model_wait', 0.0):.2f}, first forward {st['first_forward']:.2f}, "
-            f"read wait {st['read_wait']:.2f}")
+            f"read wait {st['read_wait']:.2f}; before the run: "
+            + ", ".join(f"{k} {st[k]:.2f}" for k in SETUP if k in st))
 
 
 def main(argv=None) -> int:

@@ -223,6 +223,25 @@ def test_the_model_is_built_on_a_thread_of_its_own_while_the_first_batch_is_read
     assert r.stage_seconds["warm_up"] == 0.0  # on a CPU a forward on zeros would cost a real one
 
 
+def test_the_steps_before_the_run_are_timed_each_and_recorded(digits_folder, tmp_path, monkeypatch):
+    """The wall before the run, by step: a slow listing shows under `list` alone, and the
+    store's record keeps every step."""
+    real = fx.load_dataset
+
+    def slow_listing(*a, **k):
+        time.sleep(0.3)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fx, "load_dataset", slow_listing)
+    r = fx.extract(digits_folder, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+    steps = ("list", "open", "plan", "device", "workers_start", "model_start", "writer_start")
+    st = r.stage_seconds
+    assert all(st[k] >= 0.0 for k in steps) and st["list"] >= 0.3
+    assert max(st[k] for k in steps if k != "list") < 0.3
+    (rec,) = [x for x in list_stores(str(tmp_path / "c"))[0].records() if x["kind"] == "extract"]
+    assert set(steps) <= set(rec["stage_seconds"])
+
+
 def test_an_error_in_the_background_build_reaches_the_caller_and_commits_nothing(digits_folder, tmp_path,
                                                                                   monkeypatch, capsys):
     """Weights that cannot be loaded stop the run before its first row, and leave no empty store

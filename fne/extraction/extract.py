@@ -77,7 +77,11 @@ class ExtractResult:
         Wall time, and the rate over it and after the first batch (set-up, compilation).
     stage_seconds : dict
         Seconds per stage: read_wait, forward, first_forward, model_load, warm_up, model_wait,
-        write, run; cpu_run (CPU of this process and its finished workers meanwhile).
+        write, run; cpu_run (CPU of this process and its finished workers meanwhile). Before the
+        run: list (DATA listed), open (the device found, the store opened), plan (keys known,
+        the store's index read), device (the batch sized and the device set: on CUDA, its
+        context made), workers_start (the loader's workers started), model_start (the model's
+        build started), writer_start.
     shard, shard_marker : str or None
         The shard (I/N) and its marker, written once every image of the shard is committed.
     compiled : bool
@@ -199,7 +203,9 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
              shard_t: tuple[int, int] | None) -> ExtractResult:
     """`extract`'s work, on its resolved options."""
     t0 = time.perf_counter()
+    laps = Laps()
     dataset = load_dataset(data, label_key=d.label_key, cache=spec.cache)
+    laps.lap("list")
     if len(dataset) == 0:
         raise FneError(f"DATA {getattr(dataset, 'name', data)}: has no images")
     dev = _device(spec.device)
@@ -208,7 +214,9 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     # A number is checked now; auto is sized when there is work (on CUDA from free memory: a
     # rerun that finds every row stored never starts the GPU).
     batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
+    laps.lap("open")
     plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad, o.progress)
+    laps.lap("plan")
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0, n_left_out=len(getattr(dataset, "left_out", [])),
                            shard=None if shard_t is None else f"{shard_t[0]}/{shard_t[1]}")
@@ -221,7 +229,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         raise opts.refusal(lambda py: f"cannot write to the cache {store.path} (not writable): pass "
                                       f"{'cache=' if py else '--cache '}a folder you can write to",
                            CacheError)  # before any image is read; its rows are still read by fit
-    done = _Pass()
+    done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
         plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
         if done.settings:  # computed (not all done meanwhile by another process)
@@ -254,10 +262,12 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
         if not plan.todo:
             return plan
         try:
+            laps = Laps(done.stats.setup)
             if dev.type == "cuda" and dev.index is not None:
                 torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
             prep = spec.preprocess()
             batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
+            laps.lap("device")
             with _threads(o.threads):
                 _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, o.compile, o.chunk, o.progress)
         finally:
@@ -337,11 +347,25 @@ class Stats:
     run: float = 0.0  # first batch request to the last commit
     cpu_run: float = 0.0  # CPU of this process and its finished workers meanwhile
     first_batch: tuple[int, float] = (0, 0.0)  # images in the first forward, seconds to its end
+    setup: dict[str, float] = field(default_factory=dict)  # before the run, by step (`Laps`)
 
     def seconds(self, model: taps.TapRunner, write: float) -> dict[str, float]:
-        return {"read_wait": self.read_wait, "forward": self.forward, "first_forward": model.first_forward,
+        return {**self.setup, "read_wait": self.read_wait, "forward": self.forward, "first_forward": model.first_forward,
                 "model_load": model.model_load, "warm_up": model.warm_up, "model_wait": model.model_wait,
                 "write": write, "run": self.run, "cpu_run": self.cpu_run}
+
+
+class Laps:
+    """Seconds of consecutive steps, each from the end of the one before, into `seconds`."""
+
+    def __init__(self, seconds: dict[str, float] | None = None):
+        self.seconds = {} if seconds is None else seconds
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        t = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + t - self.t
+        self.t = t
 
 
 @dataclass
@@ -382,14 +406,18 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     # thread importing). Then the model is built on a thread of its own while they read the
     # first batches (`TapRunner.prepare`).
     rgb = spec.decode == "pil" and resize_on_device(dev)  # the workers decode, the GPU resizes (the same pixels)
+    laps = Laps(out.stats.setup)
     loader = _loader(spec, dataset, todo, dev, batch_size, workers, rgb)
     batches = iter(loader)
+    laps.lap("workers_start")
     dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
     model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
     model.prepare()
+    laps.lap("model_start")
     fresh = _Fresh(store.index())
     writer = Writer(store, chunk, [(tp.name, tp.channels) for tp in spec.backbone().taps])
     writer.start()
+    laps.lap("writer_start")
     st, prep = out.stats, spec.preprocess()
     cpu0, t_run = _cpu_seconds(), time.perf_counter()
     bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
