@@ -77,11 +77,12 @@ class ExtractResult:
         Wall time, and the rate over it and after the first batch (set-up, compilation).
     stage_seconds : dict
         Seconds per stage: read_wait, forward, first_forward, model_load, warm_up, model_wait,
-        write, run; cpu_run (CPU of this process and its finished workers meanwhile). Before the
-        run: list (DATA listed), open (the device found, the store opened), plan (keys known,
-        the store's index read), device (the batch sized and the device set: on CUDA, its
-        context made), workers_start (the loader's workers started), model_start (the model's
-        build started), writer_start.
+        write, run; finish (the run's part after its last batch: the workers ended, the last
+        rows committed); cpu_run (CPU of this process and its finished workers meanwhile).
+        Before the run: list (DATA listed), open (the device found, the store opened), plan
+        (keys known, the store's index read), device (the batch sized and the device set: on
+        CUDA, its context made), workers_start (the loader's workers started), model_start (the
+        model's build started), writer_start.
     shard, shard_marker : str or None
         The shard (I/N) and its marker, written once every image of the shard is committed.
     compiled : bool
@@ -347,12 +348,13 @@ class Stats:
     run: float = 0.0  # first batch request to the last commit
     cpu_run: float = 0.0  # CPU of this process and its finished workers meanwhile
     first_batch: tuple[int, float] = (0, 0.0)  # images in the first forward, seconds to its end
+    finish: float = 0.0  # the loop's end to the run's: workers ended, pools freed, last commit
     setup: dict[str, float] = field(default_factory=dict)  # before the run, by step (`Laps`)
 
     def seconds(self, model: taps.TapRunner, write: float) -> dict[str, float]:
         return {**self.setup, "read_wait": self.read_wait, "forward": self.forward, "first_forward": model.first_forward,
                 "model_load": model.model_load, "warm_up": model.warm_up, "model_wait": model.model_wait,
-                "write": write, "run": self.run, "cpu_run": self.cpu_run}
+                "write": write, "run": self.run, "finish": self.finish, "cpu_run": self.cpu_run}
 
 
 class Laps:
@@ -446,6 +448,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         raising = e
         raise
     finally:
+        t_end = time.perf_counter()
         assembled.close()
         end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
         loader.dataset.unshare()  # nor its shared memory
@@ -453,6 +456,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         writer.close(raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
     model.close()  # after a finished run only: an interrupted one does not wait for the build
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
+    st.finish = t_run + st.run - t_end
     out.settings = {"device": str(dev), "precision": store.meta["precision"], "batch_size": batch_size,
                     "workers": workers, "compile": model.compiled, "threads": torch.get_num_threads(),
                     "decode": spec.decode, "stage_seconds": st.seconds(model, writer.seconds)}
