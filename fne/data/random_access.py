@@ -15,7 +15,8 @@ A copy is named by the Parquet file's path, size, mtime and image column, writte
 temporary name and then renamed, so an interrupted copy is never read. Making a new one removes
 the copies of the file's earlier versions. Where the cache has no room for a copy (its bytes
 from the file's metadata, and a margin), or the copy fails, one warning says so and the images
-are read from the Parquet file.
+are read from the Parquet file. HDF5 DATA's copies (`hdf5_access`) are made the same way
+(`ensure`).
 """
 
 from __future__ import annotations
