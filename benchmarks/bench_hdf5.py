@@ -1,4 +1,4 @@
-"""Reading images one by one from HDF5 DATA in chunks of many images (`fne.data.hdf5.open_images`).
+"""Reading images one by one from HDF5 DATA in chunks of many images (`fne.data.hdf5_access.open_images`).
 
 An HDF5 file of N images (S x S x 3 uint8, 8 distinct random images repeated so that gzip has
 something to do) is written with chunks of `--chunk` images, gzip level 1. Its images are then
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fne.data.datasets import load_dataset  # noqa: E402
-from fne.data.hdf5 import open_images  # noqa: E402
+from fne.data.hdf5_access import open_images  # noqa: E402
 
 
 def main() -> None:

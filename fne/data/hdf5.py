@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from fne.data import containers, hdf5_access
-from fne.data.hdf5_access import open_images
 from fne.data.labels import by_index, label_text
 from fne.errors import DataError
 
@@ -50,7 +49,7 @@ class ArraySource:
                               f"({e}): each image is read from its chunk, slowly", stacklevel=3)
                 self._copy = None
         if self._array is None:
-            self._array = open_images(self.h5_path)
+            self._array = hdf5_access.open_images(self.h5_path)
         return self._array
 
     def get(self, i: int) -> np.ndarray:
