@@ -95,7 +95,7 @@ def shuffled_copy(path: str, rows: Sequence[int], cache: str | None, progress: b
         return random_access.slow(path, str(e), "chunk")
     copy = random_access.copy_name(containers.shuffled_dir(cache), where, st.st_size, st.st_mtime_ns, "images",
                                    COPY_SUFFIX)
-    return random_access.ensure(path, copy, size, lambda tmp, bar: _write(path, tmp, bar),
+    return random_access.ensure(path, copy, size, lambda tmp, shown: _write(path, tmp, shown),
                                 lambda c: _usable(c, shape), progress, "chunk")
 
 

@@ -84,7 +84,7 @@ def ensure_copy(listing, folder: Path, progress: bool) -> str | None:
         return slow(listing.path, str(e), "row group")
     if rows == 0:
         return None
-    return ensure(listing.path, copy_path(listing, folder), size, lambda tmp, bar: _write(listing, tmp, rows, bar),
+    return ensure(listing.path, copy_path(listing, folder), size, lambda tmp, shown: _write(listing, tmp, rows, shown),
                   lambda copy: _usable(copy, rows), progress, "row group")
 
 
