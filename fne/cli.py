@@ -182,7 +182,7 @@ def _cmd_cache_info(a) -> int:
             print(f"  {r.data}: {s.data_cached} of {r.data_images} distinct images cached"
                   + (f", {s.data_unreadable} recorded unreadable" if s.data_unreadable else ""))
     if r.shuffled_copies:
-        print(f"{len(r.shuffled_copies)} Parquet file(s) copied for fne train's shuffled reading: "
+        print(f"{len(r.shuffled_copies)} Parquet or HDF5 file(s) copied for fne train's shuffled reading: "
               f"{r.shuffled_bytes / 2**20:.1f} MiB in {os.path.dirname(r.shuffled_copies[0])} "
               f"(deleting them frees it; fne train copies again what it needs)")
     return 0

@@ -335,7 +335,7 @@ def test_hdf5_chunks_of_many_images_are_kept_once_decoded(tmp_path):
     images each image read cost its chunk's decode (11.6 ms per image). The images dataset is
     opened with a cache that keeps such chunks; a file of small chunks keeps h5py's default."""
     from fne.data import containers
-    from fne.data.hdf5 import open_images
+    from fne.data.hdf5_access import open_images
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (128, 160, 160, 3), dtype=np.uint8)

@@ -176,5 +176,5 @@ def test_fne_train_over_parquet_copies_it_once_and_trains_as_over_the_files(tmp_
     info = fne.cache_info()
     assert info.shuffled_copies == [str(copy)] and info.shuffled_bytes == copy.stat().st_size > 0
     assert fne.cli.main(["cache", "info"]) == 0
-    assert (f"1 Parquet file(s) copied for fne train's shuffled reading: {copy.stat().st_size / 2**20:.1f} MiB "
+    assert (f"1 Parquet or HDF5 file(s) copied for fne train's shuffled reading: {copy.stat().st_size / 2**20:.1f} MiB "
             f"in {copy.parent} (deleting them frees it") in capsys.readouterr().out

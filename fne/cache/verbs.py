@@ -73,7 +73,7 @@ class CacheInfo:
     data: str | None = None
     data_images: int | None = None
     exists: bool = True  # False: a local root that is no folder (a mistyped --cache), DATA then not read
-    shuffled_copies: list[str] = field(default_factory=list)  # Parquet files' copies for `fne train`
+    shuffled_copies: list[str] = field(default_factory=list)  # Parquet and HDF5 files' copies for `fne train`
     shuffled_bytes: int = 0  # their size
 
 
@@ -145,7 +145,7 @@ def cache_info(data=None, **options) -> CacheInfo:
     -------
     CacheInfo
         The root, one `StoreInfo` per store, DATA's name and number of distinct images, and
-        the copies of Parquet files `fne train` reads shuffled (`shuffled_copies`, their size
+        the copies of Parquet and HDF5 files `fne train` reads shuffled (`shuffled_copies`, their size
         `shuffled_bytes`: deleting them frees it; `fne train` makes them again). A
         local root that is no folder (`exists` False: a mistyped cache) has no stores, and DATA
         is then not read, so that no folder is made there.
@@ -170,7 +170,8 @@ def cache_info(data=None, **options) -> CacheInfo:
     if info.exists:
         from fne.data.containers import shuffled_dir
 
-        for c in sorted(shuffled_dir(store_o.cache).glob("*.arrow")):
+        folder = shuffled_dir(store_o.cache)
+        for c in sorted([*folder.glob("*.arrow"), *folder.glob("*.npy")]):  # Parquet's, HDF5's
             try:
                 info.shuffled_bytes += c.stat().st_size
                 info.shuffled_copies.append(str(c))

@@ -95,7 +95,7 @@ def manifest_dir(cache: str | Path | None = None) -> Path:
 
 
 def shuffled_dir(cache: str | Path | None = None) -> Path:
-    """Where Parquet files' copies for shuffled reading live (`random_access`)."""
+    """Where Parquet and HDF5 files' copies for shuffled reading live (`random_access`, `hdf5_access`)."""
     return manifest_dir(cache) / "shuffled"
 
 

@@ -103,8 +103,11 @@ class Dataset:
         return self._keys
 
     def read_shuffled(self, idx: Sequence[int], progress: bool = True) -> None:
-        """Prepare to read images `idx` in a random order, as `fne train` does: the Parquet files
-        among them are read from copies made for it (`fne.data.random_access`)."""
+        """Prepare to read images `idx` in a random order, as `fne train` does: the Parquet and
+        HDF5 files among them whose row groups or chunks a reading process could not keep are read
+        from copies made for it (`fne.data.random_access`, `fne.data.hdf5_access`)."""
+        if self.array_source is not None:
+            self.array_source.read_shuffled([self.sources[i] for i in idx], progress)
         if self.container is not None:
             self.container.read_shuffled([self.sources[i] for i in idx], progress)
 

@@ -86,7 +86,7 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
         if suffix == ".csv":
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
-            return _h5(path)
+            return _h5(path, cache)
         if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
             where = path.parent if path.parent != Path(".") else Path.cwd()
             raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
@@ -96,7 +96,7 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
     if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
-        return _h5_parts(path)
+        return _h5_parts(path, cache)
     _cache_not_listed(path, cache)
     if _is_split_folder([e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]):
         return _split_folder(path)
@@ -294,7 +294,8 @@ def _csv(path: Path) -> Dataset:
     return d
 
 
-def _h5(path: Path) -> Dataset:
+def _h5(path: Path, cache: str | Path | None) -> Dataset:
+    """HDF5 DATA; `fne train` keeps its copy for shuffled reading, where it needs one, in `cache`."""
     n, labels, splits, names = h5_arrays(path)
     return Dataset(
         name=path.stem,
@@ -303,7 +304,7 @@ def _h5(path: Path) -> Dataset:
         splits=splits,
         classes=class_order(labels, names),
         sources=list(range(n)),
-        array_source=ArraySource(h5_path=str(path)),
+        array_source=ArraySource(h5_path=str(path), cache=None if cache is None else str(cache)),
     )
 
 
@@ -311,7 +312,7 @@ def _h5_names(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith((".h5", ".hdf5")))
 
 
-def _h5_parts(root: Path) -> Dataset:
+def _h5_parts(root: Path, cache: str | Path | None) -> Dataset:
     """train.h5 and test.h5; a validation file (val.h5, validation.h5, …) joins train beside
     test.h5 and is the held-out part without one, as a val/ folder is."""
     names = _h5_names(root)
@@ -321,7 +322,7 @@ def _h5_parts(root: Path) -> Dataset:
         warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5, test.h5 "
                       f"and a validation file (val.h5)", stacklevel=3)
     order = _ordered_parts(names, "train.h5", "test.h5", word)
-    parts = [_h5(root / n) for n in order]
+    parts = [_h5(root / n, cache) for n in order]
     for part, n in zip(parts, order):
         part.splits = [word[n]] * len(part)
     labels = [lab for p in parts for lab in p.labels]

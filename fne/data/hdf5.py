@@ -4,21 +4,26 @@ reads its pixels from when they are not files (digits, an HDF5 file, train.h5 + 
 from __future__ import annotations
 
 import hashlib
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from fne.data import containers
+from fne.data import containers, hdf5_access
 from fne.data.labels import by_index, label_text
 from fne.errors import DataError
 
 
 class ArraySource:
-    """Images held in an array (digits) or an HDF5 dataset, opened lazily so workers can fork."""
+    """Images held in an array (digits) or an HDF5 dataset, opened lazily so workers can fork;
+    an HDF5 file's images are read from its copy in cache `cache` once `read_shuffled` made one."""
 
-    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None):
+    def __init__(self, array: np.ndarray | None = None, h5_path: str | None = None, cache: str | None = None):
         self._array = array
         self.h5_path = h5_path
+        self.cache = cache
+        self._copy: str | None = None  # the file's copy for shuffled reading (`hdf5_access`)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -26,9 +31,25 @@ class ArraySource:
             state["_array"] = None  # reopen in the worker; h5py handles do not pickle
         return state
 
+    def read_shuffled(self, rows: Sequence[int], progress: bool) -> None:
+        """Prepare to read images `rows` in a random order: from the HDF5 file's copy where its
+        chunks would be decoded again and again (`hdf5_access.shuffled_copy`), made now if need be."""
+        if self.h5_path is None or self._copy is not None:
+            return
+        self._copy = hdf5_access.shuffled_copy(self.h5_path, rows, self.cache, progress)
+        if self._copy is not None:
+            self._array = None  # the file, if opened: read the copy from now on
+
     def _data(self):
+        if self._array is None and self._copy is not None:
+            try:
+                self._array = hdf5_access.open_copy(self._copy)
+            except (OSError, ValueError) as e:  # removed, or cut short, since it was made
+                warnings.warn(f"cannot read {self._copy}, the copy of {self.h5_path} for reading it shuffled "
+                              f"({e}): each image is read from its chunk, slowly", stacklevel=3)
+                self._copy = None
         if self._array is None:
-            self._array = open_images(self.h5_path)
+            self._array = hdf5_access.open_images(self.h5_path)
         return self._array
 
     def get(self, i: int) -> np.ndarray:
@@ -40,31 +61,6 @@ class ArraySource:
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
         return h.hexdigest()
-
-
-def open_images(path: str):
-    """The `images` dataset of HDF5 file `path`, opened for reading image by image. HDF5 decodes
-    a chunk (decompresses it) whole, and keeps 1 MiB of decoded chunks by default (8 MiB with
-    HDF5 2): with chunks of many images each image read cost its chunk's decode, in any
-    order (11.6 ms per 224x224 image in gzip chunks of 64, against 0.2 ms with the chunk kept;
-    benchmarks/RESULTS.md, "HDF5 chunks"). Where a chunk does not fit in that, the file is
-    opened again with a chunk cache of `containers.GROUP_CACHE_BYTES` (at least two chunks), as
-    a Parquet reader keeps row groups. (Where it fits, a larger cache costs reading in order more
-    than it saves a random order: 0.10 against 0.07 ms per image in chunks of 16, 0.55 against
-    0.9 in a random order.)"""
-    import h5py
-
-    f = h5py.File(path, "r")
-    images = f["images"]
-    chunk = 0 if images.chunks is None else int(np.prod(images.chunks)) * images.dtype.itemsize
-    if chunk <= images.id.get_access_plist().get_chunk_cache()[1]:
-        return images
-    f.close()
-    nbytes = max(containers.GROUP_CACHE_BYTES, 2 * chunk)
-    slots = 10 * (nbytes // chunk) + 1  # HDF5's advice: ten times the chunks that fit, a prime
-    while any(slots % k == 0 for k in range(3, int(slots ** 0.5) + 1, 2)):
-        slots += 2
-    return h5py.File(path, "r", rdcc_nbytes=nbytes, rdcc_nslots=slots)["images"]
 
 
 def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
@@ -146,3 +142,10 @@ class PartsSource(ArraySource):
     def get(self, i: int) -> np.ndarray:
         k = int(np.searchsorted(self.starts, i, side="right")) - 1
         return self.parts[k].get(i - int(self.starts[k]))
+
+    def read_shuffled(self, rows: Sequence[int], progress: bool) -> None:
+        """Each file's `ArraySource.read_shuffled`, for its images among `rows`."""
+        rows = np.asarray(rows, dtype=np.int64)
+        part = np.searchsorted(self.starts, rows, side="right") - 1
+        for k, p in enumerate(self.parts):
+            p.read_shuffled(rows[part == k] - int(self.starts[k]), progress)

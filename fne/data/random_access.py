@@ -15,7 +15,8 @@ A copy is named by the Parquet file's path, size, mtime and image column, writte
 temporary name and then renamed, so an interrupted copy is never read. Making a new one removes
 the copies of the file's earlier versions. Where the cache has no room for a copy (its bytes
 from the file's metadata, and a margin), or the copy fails, one warning says so and the images
-are read from the Parquet file.
+are read from the Parquet file. HDF5 DATA's copies (`hdf5_access`) are made the same way
+(`ensure`).
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ def open_pages(path: str):
 def copy_path(listing, folder: Path) -> Path:
     """Where the copy of `listing`'s Parquet file belongs in `folder`: a name per path, then per
     version."""
-    path = hashlib.blake2b(listing.path.encode(), digest_size=8).hexdigest()
-    version = hashlib.blake2b(f"{listing.size}\0{listing.mtime_ns}\0{listing.column}".encode(),
-                              digest_size=8).hexdigest()
-    return folder / f"{path}-{version}.arrow"
+    return copy_name(folder, listing.path, listing.size, listing.mtime_ns, listing.column, ".arrow")
+
+
+def copy_name(folder: Path, path: str, size: int, mtime_ns: int, what: str, suffix: str) -> Path:
+    """Where the copy of `what` (a column, a dataset) of file `path` (of `size` bytes and mtime
+    `mtime_ns`) belongs in `folder`: a name per path, then per version (`_remove_older`)."""
+    name = hashlib.blake2b(path.encode(), digest_size=8).hexdigest()
+    version = hashlib.blake2b(f"{size}\0{mtime_ns}\0{what}".encode(), digest_size=8).hexdigest()
+    return folder / f"{name}-{version}{suffix}"
 
 
 def column_bytes(path: str, column: str, groups=None) -> tuple[int, int]:
@@ -72,31 +78,42 @@ def ensure_copy(listing, folder: Path, progress: bool) -> str | None:
     """The path of a whole copy in `folder` of the image column of `listing` (a Parquet file's
     `containers.Listing`), made now (with a line saying so and a bar, unless not `progress`) if
     there is none; None, and a warning, where it cannot be made."""
-    copy = copy_path(listing, folder)
     try:
         rows, size = column_bytes(listing.path, listing.column)
-        if rows == 0:
-            return None
-        if copy.exists() and _usable(copy, rows):
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
+        return slow(listing.path, str(e), "row group")
+    if rows == 0:
+        return None
+    return ensure(listing.path, copy_path(listing, folder), size, lambda tmp, shown: _write(listing, tmp, rows, shown),
+                  lambda copy: _usable(copy, rows), progress, "row group")
+
+
+def ensure(path: str, copy: Path, size: int, write, usable, progress: bool, unit: str) -> str | None:
+    """`copy` (a whole copy, `usable(copy)`, of `size` bytes of file `path`), made now by
+    `write(tmp, progress)` under a temporary name then renamed (with a line saying so, and a bar,
+    unless not `progress`) if there is none; None, and a warning that each image is read from its
+    `unit` (row group, chunk) of the file, where the cache has no room for it or it fails."""
+    try:
+        if copy.exists() and usable(copy):
             return str(copy)
         copy.parent.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(copy.parent).free
-    except Exception as e:  # the file's footer, or the cache folder, cannot be read
-        return _slow(listing.path, str(e))
+    except Exception as e:  # the cache folder cannot be read
+        return slow(path, str(e), unit)
     if size + MARGIN_BYTES > free:
-        return _slow(listing.path, f"{size / 2**20:,.0f} MB, and {copy.parent} has {free / 2**20:,.0f} MB free")
-    progress_line(f"copying the images of {listing.path} ({size / 2**20:,.0f} MB) once, for reading them "
+        return slow(path, f"{size / 2**20:,.0f} MB, and {copy.parent} has {free / 2**20:,.0f} MB free", unit)
+    progress_line(f"copying the images of {path} ({size / 2**20:,.0f} MB) once, for reading them "
                   f"shuffled: {copy}", progress)
     _remove_older(copy)
     tmp = copy.with_name(f"{copy.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
-        _write(listing, tmp, rows, progress)
+        write(tmp, progress)
         os.replace(tmp, copy)
-    except Exception as e:  # unreadable pages, a full disk
-        return _slow(listing.path, str(e))
+    except Exception as e:  # unreadable pages or chunks, a full disk
+        return slow(path, str(e), unit)
     finally:
         tmp.unlink(missing_ok=True)
-    return str(copy) if _usable(copy, rows) else _slow(listing.path, f"{copy} does not read back whole")
+    return str(copy) if usable(copy) else slow(path, f"{copy} does not read back whole", unit)
 
 
 def _write(listing, tmp: Path, rows: int, enabled: bool) -> None:
@@ -118,9 +135,11 @@ def _write(listing, tmp: Path, rows: int, enabled: bool) -> None:
         bar.close()
 
 
-def _slow(path: str, why: str) -> None:
+def slow(path: str, why: str, unit: str) -> None:
+    """Warn that file `path` has no copy for reading it shuffled (`why`): each image is read
+    from its `unit` (row group, chunk)."""
     warnings.warn(f"no copy of {path} for reading it shuffled ({why}): each image is read from its "
-                  f"row group, slowly", stacklevel=3)
+                  f"{unit}, slowly", stacklevel=4)
 
 
 def _remove_older(copy: Path) -> None:
