@@ -177,6 +177,23 @@ def test_no_room_or_a_failed_copy_reads_the_file_and_says_so(tmp_path, monkeypat
     assert not _copies(tmp_path) and np.array_equal(d.array_source.get(2), images[2])  # no temporary file left
 
 
+def test_a_file_rewritten_while_it_is_copied_keeps_no_copy(tmp_path, monkeypatch):
+    images = _h5(tmp_path / "a.h5")
+    d = load_dataset(tmp_path / "a.h5")
+    real = hdf5_access._write
+
+    def rewritten(path, *a, **k):
+        real(path, *a, **k)
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    monkeypatch.setattr(hdf5_access, "_write", rewritten)
+    with pytest.warns(UserWarning, match=r"no copy of .*a.h5 for reading it shuffled \(it changed while it was "
+                                         r"copied\): each image is read from its chunk"):
+        d.read_shuffled(range(len(d)), progress=False)
+    assert not _copies(tmp_path) and np.array_equal(d.array_source.get(3), images[3])
+
+
 def test_a_copy_interrupted_leaves_nothing_and_an_older_runs_leftover_goes(tmp_path, monkeypatch):
     images = _h5(tmp_path / "a.h5")
     d = load_dataset(tmp_path / "a.h5")

@@ -134,6 +134,25 @@ def test_no_room_or_a_failed_copy_reads_the_file_and_says_so(tmp_path, monkeypat
     assert not _copies(tmp_path) and d.read_bytes(2)[0] == rows[2]  # no copy, no temporary file left
 
 
+def test_a_file_rewritten_while_it_is_copied_keeps_no_copy(tmp_path, monkeypatch):
+    """The copy is named by the file's size and mtime before copying: one that may hold the new
+    version, or part of each, is dropped, and the images are read from the file."""
+    data, rows = _data(tmp_path)
+    d = load_dataset(data)
+    real = random_access._write
+
+    def rewritten(listing, *a, **k):
+        real(listing, *a, **k)
+        st = os.stat(listing.path)
+        os.utime(listing.path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+    monkeypatch.setattr(random_access, "_write", rewritten)
+    with pytest.warns(UserWarning, match=r"no copy of .*parquet for reading it shuffled \(it changed while it "
+                                         r"was copied\): each image is read from its row group"):
+        d.read_shuffled(range(len(d)), progress=False)
+    assert not _copies(tmp_path) and d.read_bytes(5)[0] == rows[5]
+
+
 def test_a_copy_interrupted_leaves_nothing_and_an_older_runs_leftover_goes(tmp_path, monkeypatch):
     data, rows = _data(tmp_path)
     d = load_dataset(data)

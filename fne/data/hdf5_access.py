@@ -96,7 +96,7 @@ def shuffled_copy(path: str, rows: Sequence[int], cache: str | None, progress: b
     copy = random_access.copy_name(containers.shuffled_dir(cache), where, st.st_size, st.st_mtime_ns, "images",
                                    COPY_SUFFIX)
     return random_access.ensure(path, copy, size, lambda tmp, shown: _write(path, tmp, shown),
-                                lambda c: _usable(c, shape), progress, "chunk")
+                                lambda c: _usable(c, shape), progress, "chunk", (st.st_size, st.st_mtime_ns))
 
 
 def open_copy(copy: str) -> np.ndarray:

@@ -85,14 +85,17 @@ def ensure_copy(listing, folder: Path, progress: bool) -> str | None:
     if rows == 0:
         return None
     return ensure(listing.path, copy_path(listing, folder), size, lambda tmp, shown: _write(listing, tmp, rows, shown),
-                  lambda copy: _usable(copy, rows), progress, "row group")
+                  lambda copy: _usable(copy, rows), progress, "row group", (listing.size, listing.mtime_ns))
 
 
-def ensure(path: str, copy: Path, size: int, write, usable, progress: bool, unit: str) -> str | None:
+def ensure(path: str, copy: Path, size: int, write, usable, progress: bool, unit: str,
+           version: tuple[int, int]) -> str | None:
     """`copy` (a whole copy, `usable(copy)`, of `size` bytes of file `path`), made now by
     `write(tmp, progress)` under a temporary name then renamed (with a line saying so, and a bar,
     unless not `progress`) if there is none; None, and a warning that each image is read from its
-    `unit` (row group, chunk) of the file, where the cache has no room for it or it fails."""
+    `unit` (row group, chunk) of the file, where the cache has no room for it or it fails. The
+    copy is named by the file's `version` (size, mtime in ns): one the file no longer has once
+    it is copied (rewritten meanwhile) is not kept, since it could hold neither version."""
     try:
         if copy.exists() and usable(copy):
             return str(copy)
@@ -108,6 +111,9 @@ def ensure(path: str, copy: Path, size: int, write, usable, progress: bool, unit
     tmp = copy.with_name(f"{copy.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     try:
         write(tmp, progress)
+        st = os.stat(path)
+        if (st.st_size, st.st_mtime_ns) != tuple(version):
+            return slow(path, "it changed while it was copied", unit)
         os.replace(tmp, copy)
     except Exception as e:  # unreadable pages or chunks, a full disk
         return slow(path, str(e), unit)
