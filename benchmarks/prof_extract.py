@@ -209,7 +209,8 @@ def fresh_run(imgs: Path, where: str, kw: dict) -> str:
             + f"; in the run: model load {st['model_load']:.2f}, warm-up {st.get('warm_up', 0.0):.2f}, "
             f"first forward waited {st.get('model_wait', 0.0):.2f}, first forward {st['first_forward']:.2f}, "
             f"read wait {st['read_wait']:.2f}, after the last batch {st.get('finish', 0.0):.2f}; before the run: "
-            + ", ".join(f"{k} {st[k]:.2f}" for k in SETUP if k in st))
+            + ", ".join(f"{k} {st[k]:.2f}" for k in SETUP if k in st)
+            + f"; after it (manifest, counts, record): {verb - st['run'] - sum(st.get(k, 0.0) for k in SETUP):.2f}")
 
 
 def main(argv=None) -> int:
