@@ -7,7 +7,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from fne.data.datasets import load_dataset
-from fne.data.splits import make_splits, stratified, train_val_test
+from fne.data.splits import make_splits, not_applied, stratified, train_val_test
 from fne.errors import DataError, FneError
 
 
@@ -127,20 +127,47 @@ def test_a_class_of_copies_only_cannot_be_split(tmp_path):
         make_splits(d, y, test_size=0.4, seed=0, keys=d.keys())
 
 
-def test_train_per_class_on_a_predefined_split_says_it_is_not_applied(digits_split):
+def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied(digits_split, tmp_path):
     """`fne fit flowers12 --train-per-class 3` (train/ and test/ folders) fitted on every training
-    image and said nothing: a few-shot figure that was not one. A warning names the option now;
-    the split is DATA's own, as before."""
-    d = load_dataset(digits_split)
-    y = d.label_indices()
-    with pytest.warns(UserWarning, match=r"--train-per-class 3 is not applied: DATA has a predefined split"):
-        (tr, te), = make_splits(d, y, train_per_class=3)
-    assert len(tr) == d.splits.count("train") and len(te) == d.splits.count("test")
+    image and said nothing, and `--test-size 0.3` or `--splits 3` said nothing either: a figure
+    that was not the one asked for. One warning names every such option given, and where DATA's
+    own split comes from; the split is DATA's, as before. Options at their defaults say nothing."""
+    import csv
     import warnings
 
+    from fne.options import AdviseOptions, FitOptions, TrainConfig
+    from fne.progress import COMMAND_LINE
+
+    d = load_dataset(digits_split)
+    y = d.label_indices()
+    with pytest.warns(UserWarning) as got:
+        not_applied(d, FitOptions(train_per_class=3, splits=3, test_size=0.3))
+    assert [str(w.message) for w in got] == [
+        f"DATA {digits_split}: splits=3 and test_size=0.3 and train_per_class=3 are not applied: DATA has its own "
+        "split (its train/ and test/ folders), which is used as it is: all its training images train, its test "
+        "images test (the options draw random splits, for DATA without one)"]
+    (tr, te), = make_splits(d, y, train_per_class=3)
+    assert len(tr) == d.splits.count("train") and len(te) == d.splits.count("test")
+    words = COMMAND_LINE.set(True)  # the command line names flags
+    try:
+        with pytest.warns(UserWarning, match=r"data: --test-size 0.3 is not applied: DATA has its own split "
+                                             r"\(its train/ and test/ folders\).*\(the option draws"):
+            not_applied(d, TrainConfig(data="x", mode="frozen", out="y", test_size=0.3))
+    finally:
+        COMMAND_LINE.reset(words)
+    rows = [{"path": str(p), "label": p.parent.name, "split": p.parts[-3]} for p in sorted(digits_split.rglob("*.png"))]
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.warns(UserWarning, match=r"train_per_class=2 is not applied: DATA has its own split \(the split "
+                                         rf"column of {tmp_path / 'list.csv'}\)"):
+        not_applied(load_dataset(tmp_path / "list.csv"), AdviseOptions(train_per_class=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_splits(d, y)  # no option given: nothing to say
+        for o in (FitOptions(), TrainConfig(data="x", mode="frozen", out="y"), AdviseOptions()):
+            not_applied(d, o)  # no option given: nothing to say
+        not_applied(load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
 
 
 def test_train_per_class_gives_train_fits_first_split(digits):

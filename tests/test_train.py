@@ -1390,3 +1390,17 @@ def test_direct_mode_refuses_weights_whose_classifier_does_not_fit_naming_the_te
                                        r"\(10, 1280\) in source, \(1000, 1280\) here; _fc\.bias"):
         train("digits", "direct", tmp_path / "run", weights=str(tmp_path / "w10.pt"),
               class_map={"0": ["tench"]}, **FAST)
+
+
+def test_train_test_size_on_a_predefined_split_is_named_in_one_warning_line(digits_split, tmp_path, capsys):
+    """`fne train DATA --test-size 0.3` on train/ and test/ folders trained on DATA's own split and
+    said nothing of the option: one line now names it and where the split comes from."""
+    args = ["train", str(digits_split), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--val-fraction", "0.2", "--no-progress", "--out",
+            str(tmp_path / "run"), "--test-size", "0.3"]
+    assert main(args) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "not applied" in line]
+    assert said == [f"fne: warning: DATA {digits_split}: --test-size 0.3 is not applied: DATA has its own split "
+                    "(its train/ and test/ folders), which is used as it is: all its training images train, its test "
+                    "images test (the option draws random splits, for DATA without one)"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_test"] == 9

@@ -45,6 +45,7 @@ class Dataset:
     container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
     left_out: list[str] = field(default_factory=list, repr=False)  # entries skipped when listing, each warned
     unlabelled: str = field(default="", repr=False)  # why DATA has no labels, where it has none
+    split_from: str = field(default="", repr=False)  # where its split is read from (train/ and test/ folders, ...)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -158,6 +159,7 @@ class Dataset:
             container=self.container,
             left_out=self.left_out,
             unlabelled=self.unlabelled,
+            split_from=self.split_from,
         )
 
 

@@ -241,14 +241,21 @@ def _split_folder(root: Path) -> Dataset:
     if any(what):
         warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
                       f"train/, test/ and a validation folder (val/)", stacklevel=3)
-    for part in _ordered_parts(names, "train", "test", word):
+    parts = _ordered_parts(names, "train", "test", word)
+    for part in parts:
         f, lab = _class_folder(root / part, left_out)
         files += f
         labels += lab
         splits += [word[part]] * len(f)
     d = _file_dataset(root.name, root, files, labels, containers.settle_splits(splits, root, ", ".join(f"{n}/" for n in names if word[n] == "val")))
     d.left_out = left_out
+    d.split_from = f"its {_and([f'{n}/' for n in parts])} folders"
     return d
+
+
+def _and(words: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
 
 
 def _csv(path: Path) -> Dataset:
@@ -291,6 +298,7 @@ def _csv(path: Path) -> Dataset:
                       None if splits is None else [splits[k] for k in keep])
     d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
     d.unlabelled = "every cell of its label column is empty" if labels is None else ""
+    d.split_from = f"the split column of {path}" if splits is not None else ""
     return d
 
 
@@ -304,6 +312,7 @@ def _h5(path: Path) -> Dataset:
         classes=class_order(labels, names),
         sources=list(range(n)),
         array_source=ArraySource(h5_path=str(path)),
+        split_from=f"the split dataset of {path}" if splits is not None else "",
     )
 
 
@@ -334,6 +343,7 @@ def _h5_parts(root: Path) -> Dataset:
         classes=class_order(labels, None),
         sources=list(range(len(labels))),
         array_source=PartsSource([p.array_source for p in parts], [len(p) for p in parts]),  # one view of all
+        split_from=f"its files {_and(order)}",
     )
 
 
@@ -434,7 +444,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     """One Dataset over the members of `files` (in file order, then member order)."""
     listings: dict[str, containers.Listing] = {}
     ids, labels, splits, sources, left_out = [], [], [], [], []
-    class_names = None
+    class_names, named_by = None, set()  # where the members' splits were read: a field of theirs, a file's name
     for path in files:
         listing = listings[path] = _listing(path, kind, label_key, cache)
         rel = os.path.relpath(path, root)
@@ -446,6 +456,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             left_out.append(f"{rel}:{member}")
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
+            named_by.add("member" if split else "file")
             split = split or file_split
             ids.append(f"{rel}:{mname}")
             labels.append(label)
@@ -476,6 +487,10 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         where = (f"member has a label ({', '.join('.' + e for e in LABEL_EXTENSIONS)} or a .json label field"
                  if kind == "tar" else f"row has a label (a column {', '.join(LABEL_COLUMNS)}")
         dataset.unlabelled = f"no {where}, or the one --label-key names)" + _columns(kind, files)
+    if has_split:
+        field_ = "the split column of its Parquet files" if kind == "parquet" else "its members' split (.split, .json)"
+        dataset.split_from = _and([w for k, w in (("member", field_), ("file", "its files' names or folders (train-*, "
+                                                                               "test-*)")) if k in named_by])
     return dataset
 
 

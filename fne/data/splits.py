@@ -23,7 +23,8 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from fne.data.dataset import Dataset
 from fne.errors import DataError, FneError
-from fne.option_handling import named, refusal
+from fne.option_handling import drawn_given, named, refusal
+from fne.progress import said
 
 
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
@@ -35,11 +36,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     `keys` (the images' content keys, `Dataset.keys`) keep copies of one image on one side of a
     random split (the module's docstring); a predefined split is DATA's own.
     """
-    if dataset.has_split:
-        if train_per_class is not None:  # asked for, and silently not done: a few-shot figure that is not one
-            warnings.warn(f"DATA {dataset}: --train-per-class {train_per_class} is not applied: DATA has a "
-                          f"predefined split, whose training images are all used (the option draws random "
-                          f"splits; give the train folder alone as DATA for them)", stacklevel=3)
+    if dataset.has_split:  # the options given for random splits are named by `not_applied`
         check_test_classes(dataset)
         tr, te = np.flatnonzero(dataset.in_train()), np.flatnonzero(np.array(dataset.splits) == "test")
         if len(tr) == 0 or len(te) == 0:
@@ -56,6 +53,31 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         raise FneError(f"{dataset.name}: every class needs at least 2{distinct} images for a random split; "
                        f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
     return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
+
+
+def not_applied(dataset: Dataset, options) -> None:
+    """Warn, in one line, where DATA has its own split and `options` set random splits (``--splits``,
+    ``--test-size``, ``--train-per-class`` other than their defaults, `fne.option_handling.drawn_given`):
+    the options go unused, since DATA's split is used as it is, and the line names them and
+    where that split comes from (`Dataset.split_from`). Silently not done, they left a user
+    believing a figure was of 3 random splits, or of 5 training images a class.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The verb's DATA.
+    options : FitOptions, TrainConfig or AdviseOptions
+        The verb's checked options.
+    """
+    moot = drawn_given(options) if dataset.has_split else []
+    if not moot:
+        return
+    warnings.warn(said(lambda py: (
+        f"DATA {dataset}: {' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
+        f"{'is' if len(moot) == 1 else 'are'} not applied: DATA has its own split "
+        f"({dataset.split_from or 'a predefined split'}), which is used as it is: all its training images train, "
+        f"its test images test ({'the option draws' if len(moot) == 1 else 'the options draw'} random splits, "
+        f"for DATA without one)")), stacklevel=3)
 
 
 class Copies:
