@@ -297,6 +297,24 @@ def test_parquet_forms_and_refusals(tmp_path):
         load_dataset(tmp_path / "n.parquet")
 
 
+def test_data_that_is_no_parquet_file_is_named_as_given_in_the_error(tmp_path, monkeypatch, capsys):
+    """`fne extract sub/x.parquet` of a file that is not Parquet warned of x.parquet, then stopped
+    with "DATA x: no images in 1 parquet file(s)": its stem, a name the user never gave. The
+    error names DATA as given now, and that its file could not be read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.parquet").write_bytes(b"not Parquet at all")
+    for data in ("sub/x.parquet", "sub"):
+        assert main(["extract", data, "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith("fne: warning: x.parquet: unreadable Parquet file (") and len(err) == 2
+        assert err[1] == f"fne extract: error: DATA {data}: no images in its 1 Parquet file(s) (1 unreadable, named above)"
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    assert main(["extract", "empty.tar", "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
+    assert capsys.readouterr().err == "fne extract: error: DATA empty.tar: no images in its 1 tar file(s)\n"
+
+
 def test_shards_assign_whole_tars(tmp_path):
     src = write_digits(tmp_path / "digits", per_class=6, classes=4)
     write_shards(src, tmp_path / "tar", per_shard=3)

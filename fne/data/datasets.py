@@ -420,7 +420,8 @@ def _containers(spec: str, label_key: str | None, cache: str | Path | None,
     p = Path(os.path.expanduser(spec))
     files, root, kind = _container_files(spec, found)
     name = p.stem if p.is_file() else (p.name if p.is_dir() else Path(spec).parent.name or "data")
-    return _container_dataset(name, [str(f.resolve()) for f in files], kind, str(root.resolve()), label_key, cache)
+    return _container_dataset(name, [str(f.resolve()) for f in files], kind, str(root.resolve()), label_key, cache,
+                              data=spec)
 
 
 def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | None) -> containers.Listing:
@@ -440,8 +441,10 @@ def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | No
 
 
 def _container_dataset(name: str, files: list[str], kind: str, root: str, label_key: str | None,
-                       cache: str | Path | None) -> Dataset:
-    """One Dataset over the members of `files` (in file order, then member order)."""
+                       cache: str | Path | None, data: str | None = None) -> Dataset:
+    """One Dataset over the members of `files` (in file order, then member order); `data`: DATA as
+    the user gave it, which its errors name (default `name`)."""
+    data = data or name
     listings: dict[str, containers.Listing] = {}
     ids, labels, splits, sources, left_out = [], [], [], [], []
     class_names, named_by = None, set()  # where the members' splits were read: a field of theirs, a file's name
@@ -464,13 +467,15 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
     if not sources:
-        raise DataError(f"DATA {name}: no images in {len(files)} {kind} file(s)")
+        unread = sum(1 for listing in listings.values() if listing.broken and not listing.bad)
+        raise DataError(f"DATA {data}: no images in its {len(files)} {'Parquet' if kind == 'parquet' else kind} "
+                        f"file(s)" + (f" ({unread} unreadable, named above)" if unread else ""))
     labels = _member_labels(name, ids, labels)
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
-        raise DataError(f"DATA {name}: some images have a split and some do not "
+        raise DataError(f"DATA {data}: some images have a split and some do not "
                         f"(e.g. {ids[splits.index(None)]}); name every shard train-* / test-*, or none")
-    splits = containers.settle_splits(splits, name, "named validation") if has_split else None
+    splits = containers.settle_splits(splits, data, "named validation") if has_split else None
     has_split = splits is not None  # one split only: a plain labelled set (random splits apply)
     keep = range(len(ids)) if labels is None else [i for i, lab in enumerate(labels) if lab is not None]
     dataset = Dataset(name=name, ids=[ids[i] for i in keep],
@@ -527,7 +532,7 @@ def _hf(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:
         have = sorted({f.name.split("-")[0] for f in files})
         raise DataError(f"DATA {spec}: no split {split!r} (this dataset has: {', '.join(have)})")
     d = _container_dataset(parse_hf(spec)[0].split("/")[-1], [str(f) for f in chosen], "parquet", str(folder),
-                           label_key, cache)
+                           label_key, cache, data=spec)
     if split is not None:
         d.splits = None
     return d
