@@ -483,6 +483,28 @@ def test_fit_from_a_cache_folder_that_does_not_exist_keeps_no_listing_there(tmp_
     assert not typo.exists() and not (tmp_path / "fne-cache").exists() and not (tmp_path / "run").exists()
 
 
+def test_fit_of_tar_or_parquet_data_with_no_images_says_so_as_extract_does(tmp_path, capsys):
+    """`fne fit empty.tar` from a cache folder that does not exist said its images were "not in
+    the cache" (and to extract them), where `fne extract empty.tar` says DATA has no images: fit
+    and export now say what extract says, of an empty tar or a Parquet file of no rows, naming
+    DATA; a Parquet file with rows is still said to be not cached."""
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    pq.write_table(pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.string())}),
+                   tmp_path / "zero.parquet")
+    pq.write_table(pa.table({"image": [b"x"], "label": ["a"]}), tmp_path / "one.parquet")
+    for data, kind in (("empty.tar", "tar"), ("zero.parquet", "Parquet")):
+        said = []
+        for verb in (["fit", "--out", str(tmp_path / "run")], ["export", "--out", str(tmp_path / "e.h5")], ["extract"]):
+            assert main([verb[0], str(tmp_path / data), *verb[1:], "--cache", str(tmp_path / "none"), *CLI_FAST]) == 2
+            said.append(capsys.readouterr().err.removeprefix(f"fne {verb[0]}: "))
+        assert said == [f"error: DATA {tmp_path / data}: no images in its 1 {kind} file(s)\n"] * 3, said
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e.h5").exists()
+    assert main(["fit", str(tmp_path / "one.parquet"), "--out", str(tmp_path / "run"), "--cache",
+                 str(tmp_path / "none"), *CLI_FAST]) == 2
+    assert "one.parquet are not in the cache" in capsys.readouterr().err
+
+
 def test_hostile_members_one_clean_line_each(tmp_path, capsys):
     tar, parquet, tar_bad, pq_bad = _hostile_containers(tmp_path)
     for data, bad in ((tar, tar_bad), (parquet, pq_bad)):

@@ -399,19 +399,33 @@ def check_listable(data: str | Path) -> None:
     path = Path(spec).expanduser()
     files, _, kind = _container_files(spec, containers.find_containers(path) if path.is_dir() else None)
     if kind == "tar":
+        members = False
         for f in files:
-            open_tar(str(f.resolve())).close()
+            with open_tar(str(f.resolve())) as t:
+                members = members or t.next() is not None
+        if not members:  # every tar empty: what `fne extract` says of it, not that its images are not cached
+            raise no_images(spec, len(files), kind)
         return
     from fne.data.parquet import _pq
 
     errors = []
     for f in files:
         try:
-            _pq().ParquetFile(f.resolve()).close()
-            return
+            with _pq().ParquetFile(f.resolve()) as pf:
+                if pf.metadata.num_rows:
+                    return
         except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError on a damaged footer
             errors.append(f"{f.resolve()}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
+    if len(errors) < len(files):  # the readable ones have no rows
+        raise no_images(spec, len(files), kind, len(errors))
     raise DataError(f"DATA {spec}: none of its {len(files)} Parquet file(s) can be read ({errors[0]})")
+
+
+def no_images(data: str, n_files: int, kind: str, unread: int = 0) -> DataError:
+    """The error of DATA whose `n_files` tar or Parquet files (`kind`) hold no image, `unread` of
+    them unreadable (each named in a warning where they were listed)."""
+    return DataError(f"DATA {data}: no images in its {n_files} {'Parquet' if kind == 'parquet' else kind} file(s)"
+                     + (f" ({unread} unreadable, named above)" if unread else ""))
 
 
 def _containers(spec: str, label_key: str | None, cache: str | Path | None,
@@ -467,9 +481,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
     if not sources:
-        unread = sum(1 for listing in listings.values() if listing.broken and not listing.bad)
-        raise DataError(f"DATA {data}: no images in its {len(files)} {'Parquet' if kind == 'parquet' else kind} "
-                        f"file(s)" + (f" ({unread} unreadable, named above)" if unread else ""))
+        raise no_images(data, len(files), kind, sum(1 for x in listings.values() if x.broken and not x.bad))
     labels = _member_labels(name, ids, labels)
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
