@@ -367,8 +367,9 @@ def test_a_file_that_is_no_tar_and_shards_half_named_by_split_fail_in_one_line(t
     shards = write_shards(src, tmp_path / "mixed", per_shard=2)
     shards[0].rename(shards[0].with_name("train-000000.tar"))
     shards[1].rename(shards[1].with_name("shard-1.tar"))
-    with pytest.raises(DataError, match=r"^DATA mixed: some images have a split and some do not \(e\.g\. shard-1\.tar:"
-                                        r"\d+\.png\); name every shard train-\* / test-\*, or none$"):
+    with pytest.raises(DataError, match=rf"^DATA {tmp_path / 'mixed'}: some images have a split and some do not "
+                                        r"\(e\.g\. shard-1\.tar:\d+\.png\); name every shard train-\* / test-\*, "
+                                        r"or none$"):  # DATA as given
         load_dataset(tmp_path / "mixed")
 
 
