@@ -308,7 +308,8 @@ def test_data_that_is_no_parquet_file_is_named_as_given_in_the_error(tmp_path, m
         assert main(["extract", data, "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err[0].startswith("fne: warning: x.parquet: unreadable Parquet file (") and len(err) == 2
-        assert err[1] == f"fne extract: error: DATA {data}: no images in its 1 Parquet file(s) (1 unreadable, named above)"
+        assert err[1].startswith(f"fne extract: error: DATA {data}: none of its 1 Parquet file(s) can be read "
+                                 f"({tmp_path / 'sub' / 'x.parquet'}: unreadable Parquet file (")
     with tarfile.open(tmp_path / "empty.tar", "w"):
         pass
     assert main(["extract", "empty.tar", "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
@@ -501,6 +502,16 @@ def test_fit_of_tar_or_parquet_data_with_no_images_says_so_as_extract_does(tmp_p
             said.append(capsys.readouterr().err.removeprefix(f"fne {verb[0]}: "))
         assert said == [f"error: DATA {tmp_path / data}: no images in its 1 {kind} file(s)\n"] * 3, said
     assert not (tmp_path / "run").exists() and not (tmp_path / "e.h5").exists()
+    (tmp_path / "mix").mkdir()  # a Parquet file of no rows beside one that is no Parquet file
+    (tmp_path / "mix" / "bad.parquet").write_bytes(b"not Parquet at all")
+    shutil.copy(tmp_path / "zero.parquet", tmp_path / "mix")
+    said = []
+    for verb in (["fit", "--out", str(tmp_path / "run")], ["extract"]):
+        assert main([verb[0], str(tmp_path / "mix"), *verb[1:], "--cache", str(tmp_path / "none"), *CLI_FAST]) == 2
+        said.append(capsys.readouterr().err.splitlines()[-1].removeprefix(f"fne {verb[0]}: "))
+    assert said[0] == said[1] and said[0].startswith(
+        f"error: DATA {tmp_path / 'mix'}: no images in its 2 Parquet file(s) ({tmp_path / 'mix' / 'bad.parquet'}: "
+        f"unreadable Parquet file ("), said
     assert main(["fit", str(tmp_path / "one.parquet"), "--out", str(tmp_path / "run"), "--cache",
                  str(tmp_path / "none"), *CLI_FAST]) == 2
     assert "one.parquet are not in the cache" in capsys.readouterr().err

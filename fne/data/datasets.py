@@ -415,17 +415,20 @@ def check_listable(data: str | Path) -> None:
                 if pf.metadata.num_rows:
                     return
         except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError on a damaged footer
-            errors.append(f"{f.resolve()}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
-    if len(errors) < len(files):  # the readable ones have no rows
-        raise no_images(spec, len(files), kind, len(errors))
-    raise DataError(f"DATA {spec}: none of its {len(files)} Parquet file(s) can be read ({errors[0]})")
+            errors.append(f"{f.resolve()}: unreadable Parquet file "  # as its listing says it (list_parquet)
+                          f"({(str(e).strip().splitlines() or [type(e).__name__])[0]})")
+    raise no_images(spec, len(files), kind, errors)  # none readable, or the readable ones have no rows
 
 
-def no_images(data: str, n_files: int, kind: str, unread: int = 0) -> DataError:
-    """The error of DATA whose `n_files` tar or Parquet files (`kind`) hold no image, `unread` of
-    them unreadable (each named in a warning where they were listed)."""
-    return DataError(f"DATA {data}: no images in its {n_files} {'Parquet' if kind == 'parquet' else kind} file(s)"
-                     + (f" ({unread} unreadable, named above)" if unread else ""))
+def no_images(data: str, n_files: int, kind: str, unread: list[str] = ()) -> DataError:
+    """The error of DATA whose `n_files` tar or Parquet files (`kind`) hold no image; `unread`:
+    "path: why" of those that could not be read. `fne extract` (listing them) and a verb that
+    checks them before listing (`check_listable`) say it in the same words."""
+    files = f"{n_files} {'Parquet' if kind == 'parquet' else kind} file(s)"
+    if unread and len(unread) == n_files:
+        return DataError(f"DATA {data}: none of its {files} can be read ({unread[0]})")
+    return DataError(f"DATA {data}: no images in its {files}" + (
+        f" ({unread[0]}{f', and {len(unread) - 1} more unreadable' if len(unread) > 1 else ''})" if unread else ""))
 
 
 def _containers(spec: str, label_key: str | None, cache: str | Path | None,
@@ -481,7 +484,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
     if not sources:
-        raise no_images(data, len(files), kind, sum(1 for x in listings.values() if x.broken and not x.bad))
+        raise no_images(data, len(files), kind, [f"{p}: {x.broken}" for p, x in listings.items() if x.broken])
     labels = _member_labels(name, ids, labels)
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
