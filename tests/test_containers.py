@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -314,6 +315,27 @@ def test_data_that_is_no_parquet_file_is_named_as_given_in_the_error(tmp_path, m
         pass
     assert main(["extract", "empty.tar", "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
     assert capsys.readouterr().err == "fne extract: error: DATA empty.tar: no images in its 1 tar file(s)\n"
+
+
+def test_where_a_parquet_split_comes_from_is_said_with_the_options_it_leaves_unused(digits_split, tmp_path):
+    """`--test-size` given for Parquet DATA with its own split: the warning says where that split
+    is read, a split column or the files' names."""
+    from fne.data.splits import not_applied
+    from fne.options import FitOptions
+
+    items = _files(digits_split)
+    pq.write_table(pa.table({"image": [f.read_bytes() for f, _, _ in items], "label": [lab for _, lab, _ in items],
+                             "split": [sp for _, _, sp in items]}), tmp_path / "col.parquet")
+    (tmp_path / "named").mkdir()
+    for part in ("train", "test"):
+        pq.write_table(pa.table({"image": [f.read_bytes() for f, _, sp in items if sp == part],
+                                 "label": [lab for _, lab, sp in items if sp == part]}),
+                       tmp_path / "named" / f"{part}-00000.parquet")
+    for data, where in ((tmp_path / "col.parquet", "the split column of its Parquet files"),
+                        (tmp_path / "named", "its files' names, train-* and test-*")):
+        with pytest.warns(UserWarning, match=rf"^DATA {data}: test_size=0.3 is not applied: DATA has its own split "
+                                             rf"\({re.escape(where)}\)"):
+            not_applied(data, load_dataset(data), FitOptions(test_size=0.3))
 
 
 def test_shards_assign_whole_tars(tmp_path):

@@ -141,7 +141,7 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
     d = load_dataset(digits_split)
     y = d.label_indices()
     with pytest.warns(UserWarning) as got:
-        not_applied(d, FitOptions(train_per_class=3, splits=3, test_size=0.3))
+        not_applied(digits_split, d, FitOptions(train_per_class=3, splits=3, test_size=0.3))
     assert [str(w.message) for w in got] == [
         f"DATA {digits_split}: splits=3 and test_size=0.3 and train_per_class=3 are not applied: DATA has its own "
         "split (its train/ and test/ folders), which is used as it is: all its training images train, its test "
@@ -152,7 +152,7 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
     try:
         with pytest.warns(UserWarning, match=r"data: --test-size 0.3 is not applied: DATA has its own split "
                                              r"\(its train/ and test/ folders\).*\(the option draws"):
-            not_applied(d, TrainConfig(data="x", mode="frozen", out="y", test_size=0.3))
+            not_applied(digits_split, d, TrainConfig(data="x", mode="frozen", out="y", test_size=0.3))
     finally:
         COMMAND_LINE.reset(words)
     rows = [{"path": str(p), "label": p.parent.name, "split": p.parts[-3]} for p in sorted(digits_split.rglob("*.png"))]
@@ -160,14 +160,14 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
         w = csv.DictWriter(f, ["path", "label", "split"])
         w.writeheader()
         w.writerows(rows)
-    with pytest.warns(UserWarning, match=r"train_per_class=2 is not applied: DATA has its own split \(the split "
-                                         rf"column of {tmp_path / 'list.csv'}\)"):
-        not_applied(load_dataset(tmp_path / "list.csv"), AdviseOptions(train_per_class=2))
+    with pytest.warns(UserWarning, match=rf"^DATA {tmp_path / 'list.csv'}: train_per_class=2 is not applied: DATA "
+                                         rf"has its own split \(the split column of {tmp_path / 'list.csv'}\)"):
+        not_applied(tmp_path / "list.csv", load_dataset(tmp_path / "list.csv"), AdviseOptions(train_per_class=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for o in (FitOptions(), TrainConfig(data="x", mode="frozen", out="y"), AdviseOptions()):
-            not_applied(d, o)  # no option given: nothing to say
-        not_applied(load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
+            not_applied(digits_split, d, o)  # no option given: nothing to say
+        not_applied(digits_split / "train", load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
 
 
 def test_train_per_class_gives_train_fits_first_split(digits):

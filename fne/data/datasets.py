@@ -509,8 +509,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         dataset.unlabelled = f"no {where}, or the one --label-key names)" + _columns(kind, files)
     if has_split:
         field_ = "the split column of its Parquet files" if kind == "parquet" else "its members' split (.split, .json)"
-        dataset.split_from = _and([w for k, w in (("member", field_), ("file", "its files' names or folders (train-*, "
-                                                                               "test-*)")) if k in named_by])
+        dataset.split_from = _and([w for k, w in (("member", field_), ("file", "its files' names, train-* and "
+                                                                               "test-*")) if k in named_by])
     return dataset
 
 

@@ -55,7 +55,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
 
 
-def not_applied(dataset: Dataset, options) -> None:
+def not_applied(data, dataset: Dataset, options) -> None:
     """Warn, in one line, where DATA has its own split and `options` set random splits (``--splits``,
     ``--test-size``, ``--train-per-class`` other than their defaults, `fne.option_handling.drawn_given`):
     the options go unused, since DATA's split is used as it is, and the line names them and
@@ -64,8 +64,10 @@ def not_applied(dataset: Dataset, options) -> None:
 
     Parameters
     ----------
+    data : str, Path or Dataset
+        DATA as the caller gave it, which the line names.
     dataset : Dataset
-        The verb's DATA.
+        Its images.
     options : FitOptions, TrainConfig or AdviseOptions
         The verb's checked options.
     """
@@ -73,7 +75,7 @@ def not_applied(dataset: Dataset, options) -> None:
     if not moot:
         return
     warnings.warn(said(lambda py: (
-        f"DATA {dataset}: {' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
+        f"DATA {data}: {' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
         f"{'is' if len(moot) == 1 else 'are'} not applied: DATA has its own split "
         f"({dataset.split_from or 'a predefined split'}), which is used as it is: all its training images train, "
         f"its test images test ({'the option draws' if len(moot) == 1 else 'the options draw'} random splits, "

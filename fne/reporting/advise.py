@@ -384,7 +384,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     _classified(data, dataset)
-    not_applied(dataset, o)  # --test-size, --train-per-class given where DATA has its own split
+    not_applied(data, dataset, o)  # --test-size, --train-per-class given where DATA has its own split
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity, msp, entropy = _similarity(dataset, spec, o, fwd)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
