@@ -335,7 +335,7 @@ def test_where_a_parquet_split_comes_from_is_said_with_the_options_it_leaves_unu
                         (tmp_path / "named", "its files' names, train-* and test-*")):
         with pytest.warns(UserWarning, match=rf"^DATA {data}: test_size=0.3 is not applied: DATA has its own split "
                                              rf"\({re.escape(where)}\)"):
-            not_applied(data, load_dataset(data), FitOptions(test_size=0.3))
+            not_applied(load_dataset(data), FitOptions(test_size=0.3))
 
 
 def test_shards_assign_whole_tars(tmp_path):

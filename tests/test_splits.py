@@ -141,7 +141,7 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
     d = load_dataset(digits_split)
     y = d.label_indices()
     with pytest.warns(UserWarning) as got:
-        not_applied(digits_split, d, FitOptions(train_per_class=3, splits=3, test_size=0.3))
+        not_applied(d, FitOptions(train_per_class=3, splits=3, test_size=0.3))
     assert [str(w.message) for w in got] == [
         f"DATA {digits_split}: splits=3 and test_size=0.3 and train_per_class=3 are not applied: DATA has its own "
         "split (its train/ and test/ folders), which is used as it is: all its training images train, its test "
@@ -152,7 +152,7 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
     try:
         with pytest.warns(UserWarning, match=r"data: --test-size 0.3 is not applied: DATA has its own split "
                                              r"\(its train/ and test/ folders\).*\(the option draws"):
-            not_applied(digits_split, d, TrainConfig(data="x", mode="frozen", out="y", test_size=0.3))
+            not_applied(d, TrainConfig(data="x", mode="frozen", out="y", test_size=0.3))
     finally:
         COMMAND_LINE.reset(words)
     rows = [{"path": str(p), "label": p.parent.name, "split": p.parts[-3]} for p in sorted(digits_split.rglob("*.png"))]
@@ -162,12 +162,12 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
         w.writerows(rows)
     with pytest.warns(UserWarning, match=rf"^DATA {tmp_path / 'list.csv'}: train_per_class=2 is not applied: DATA "
                                          rf"has its own split \(the split column of {tmp_path / 'list.csv'}\)"):
-        not_applied(tmp_path / "list.csv", load_dataset(tmp_path / "list.csv"), AdviseOptions(train_per_class=2))
+        not_applied(load_dataset(tmp_path / "list.csv"), AdviseOptions(train_per_class=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for o in (FitOptions(), TrainConfig(data="x", mode="frozen", out="y"), AdviseOptions()):
-            not_applied(digits_split, d, o)  # no option given: nothing to say
-        not_applied(digits_split / "train", load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
+            not_applied(d, o)  # no option given: nothing to say
+        not_applied(load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
 
 
 def test_train_per_class_gives_train_fits_first_split(digits):
@@ -178,3 +178,26 @@ def test_train_per_class_gives_train_fits_first_split(digits):
     tr, va, te = train_val_test(d, y, 0.25, 0.1, 4, train_per_class=20)
     assert np.array_equal(np.sort(np.concatenate([tr, va])), np.sort(fit_train)) and len(fit_train) == 200
     assert np.array_equal(te, np.sort(fit_test)) and len(np.intersect1d(tr, va)) == 0
+
+
+def test_a_class_too_small_for_a_random_split_names_data_as_given(tmp_path, monkeypatch, capsys):
+    """`fne train one.csv` with a class of one image said "one: every class needs ...": the
+    CSV's stem, a name the user never gave. It names DATA as given now."""
+    import csv
+
+    from fne.cli import main
+
+    from .conftest import write_digits
+
+    write_digits(tmp_path / "d", per_class=3, classes=2)
+    next((tmp_path / "d" / "1").iterdir()).unlink()
+    next((tmp_path / "d" / "1").iterdir()).unlink()
+    monkeypatch.chdir(tmp_path)
+    with open("one.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([str(p.relative_to(tmp_path)), p.parent.name] for p in sorted((tmp_path / "d").rglob("*.png")))
+    assert main(["train", "one.csv", "--mode", "frozen", "--arch", "efficientnet_lite0", "--weights", "random",
+                 "--out", "run", "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("fne train: error: DATA one.csv: every class needs at least 2 images for a "
+                                       "random split; 1 class(es) have 1: 1\n")

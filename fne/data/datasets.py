@@ -51,7 +51,16 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     Returns
     -------
     Dataset
+        With DATA as given (`Dataset.as_given`), which its errors name.
     """
+    d = _load(spec, label_key, cache)
+    if not isinstance(spec, Dataset):
+        d.given = str(spec)
+    return d
+
+
+def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str | Path | None = None) -> Dataset:
+    """`load_dataset`'s work, on DATA as given."""
     if isinstance(spec, Dataset):
         if label_key is not None:
             raise DataError(f"label_key={label_key!r} is for DATA given by name; the Dataset {spec.name!r} "

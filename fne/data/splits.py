@@ -40,7 +40,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         check_test_classes(dataset)
         tr, te = np.flatnonzero(dataset.in_train()), np.flatnonzero(np.array(dataset.splits) == "test")
         if len(tr) == 0 or len(te) == 0:
-            raise DataError(f"{dataset.name}: predefined split needs both train and test images")
+            raise DataError(f"DATA {dataset.as_given}: predefined split needs both train and test images")
         return [(tr, te)]
     copies = Copies(np.arange(len(y)), keys)
     counts = np.bincount(y[copies.firsts], minlength=len(dataset.classes))
@@ -50,12 +50,12 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         return copies.spread([(copies.firsts[a], copies.firsts[b]) for a, b in drawn])
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
-        raise FneError(f"{dataset.name}: every class needs at least 2{distinct} images for a random split; "
+        raise FneError(f"DATA {dataset.as_given}: every class needs at least 2{distinct} images for a random split; "
                        f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
     return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
 
 
-def not_applied(data, dataset: Dataset, options) -> None:
+def not_applied(dataset: Dataset, options) -> None:
     """Warn, in one line, where DATA has its own split and `options` set random splits (``--splits``,
     ``--test-size``, ``--train-per-class`` other than their defaults, `fne.option_handling.drawn_given`):
     the options go unused, since DATA's split is used as it is, and the line names them and
@@ -64,10 +64,8 @@ def not_applied(data, dataset: Dataset, options) -> None:
 
     Parameters
     ----------
-    data : str, Path or Dataset
-        DATA as the caller gave it, which the line names.
     dataset : Dataset
-        Its images.
+        The verb's DATA (named as given, `Dataset.as_given`).
     options : FitOptions, TrainConfig or AdviseOptions
         The verb's checked options.
     """
@@ -75,7 +73,7 @@ def not_applied(data, dataset: Dataset, options) -> None:
     if not moot:
         return
     warnings.warn(said(lambda py: (
-        f"DATA {data}: {' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
+        f"DATA {dataset.as_given}: {' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
         f"{'is' if len(moot) == 1 else 'are'} not applied: DATA has its own split "
         f"({dataset.split_from or 'a predefined split'}), which is used as it is: all its training images train, "
         f"its test images test ({'the option draws' if len(moot) == 1 else 'the options draw'} random splits, "
@@ -128,7 +126,8 @@ def check_test_classes(dataset: Dataset) -> None:
     look_alike = [c for c in unseen if unicodedata.normalize("NFC", c) in same]
     hint = (f" ({', '.join(look_alike)}: the training images have a class of the same name in other Unicode code "
             f"points, NFC against NFD as macOS writes names; rename one)" if look_alike else "")
-    raise DataError(f"DATA {dataset}: test classes with no (readable) training images: {', '.join(unseen)}{hint}")
+    raise DataError(f"DATA {dataset.as_given}: test classes with no (readable) training images: {', '.join(unseen)}"
+                    f"{hint}")
 
 
 def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,

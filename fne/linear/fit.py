@@ -303,7 +303,7 @@ def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) ->
     selection, FneError naming the classes with a single training image in a split: its k-fold
     cross-validation (`fne.linear.selection.image_folds`) needs 2 of each; the options of random
     splits given where DATA has its own are named (`not_applied`)."""
-    not_applied(data, dataset, o)
+    not_applied(dataset, o)
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
     for note in duplicate_notes(dataset, dataset.keys(), split_list):
         warnings.warn(note, stacklevel=3)

@@ -368,7 +368,7 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: str
     Copies of one image (its content key) stay on one side of a random split, as in `fne fit`,
     which draws the same split; DATA's own split is kept, and a copy across it is named. The keys
     come from `cache`'s manifest (a stat per known file), which is read, not written."""
-    not_applied(cfg.data, dataset, cfg)  # --test-size, --train-per-class given where DATA has its own split
+    not_applied(dataset, cfg)  # --test-size, --train-per-class given where DATA has its own split
     y = dataset.label_indices()
     keys = attach_keys(dataset, cache, save=False).keys()
     if cfg.mode != "direct":
