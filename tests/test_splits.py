@@ -170,6 +170,39 @@ def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied
         not_applied(load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
 
 
+def test_val_fraction_where_data_has_a_validation_part_says_it_is_not_applied(digits_split, tmp_path):
+    """`fne train DATA --val-fraction 0.3` with train/, val/ and test/ folders validated on val/
+    and said nothing of the option (only metrics.json's `validation` told): one line names it,
+    beside the random-split options given; 0 (train on val/ too) and the default say nothing."""
+    import shutil
+    import warnings
+
+    from fne.options import FitOptions, TrainConfig
+
+    shutil.copytree(digits_split, tmp_path / "d")
+    for c in ("0", "1", "2"):
+        (tmp_path / "d" / "val" / c).mkdir(parents=True)
+        for f in sorted((tmp_path / "d" / "train" / c).iterdir())[:2]:
+            f.rename(tmp_path / "d" / "val" / c / f.name)
+    d = load_dataset(tmp_path / "d")
+    train = dict(data="x", mode="frozen", out="y")
+    with pytest.warns(UserWarning) as got:
+        not_applied(d, TrainConfig(**train, val_fraction=0.3))
+        not_applied(d, TrainConfig(**train, val_fraction=0.3, test_size=0.2))
+    assert [str(w.message) for w in got] == [
+        f"DATA {tmp_path / 'd'}: val_fraction=0.3 is not applied: DATA's own validation part (its train/, val/ and "
+        "test/ folders) picks the epoch (val_fraction=0 trains on it instead)",
+        f"DATA {tmp_path / 'd'}: test_size=0.2 is not applied: DATA has its own split (its train/, val/ and test/ "
+        "folders), which is used as it is: all its training images train, its test images test (the option draws "
+        "random splits, for DATA without one); val_fraction=0.3 is not applied either: DATA's own validation part "
+        "(its train/, val/ and test/ folders) picks the epoch (val_fraction=0 trains on it instead)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for o in (TrainConfig(**train, val_fraction=0.0), TrainConfig(**train), FitOptions()):
+            not_applied(d, o)
+        not_applied(load_dataset(digits_split), TrainConfig(**train, val_fraction=0.3))  # no val part: applied
+
+
 def test_train_per_class_gives_train_fits_first_split(digits):
     """`fne train --train-per-class N` trains (validation part included) on the N images a class
     that `fne fit --train-per-class N` trains its first split on, and tests on the same rest."""

@@ -60,7 +60,9 @@ def not_applied(dataset: Dataset, options) -> None:
     ``--test-size``, ``--train-per-class`` other than their defaults, `fne.option_handling.drawn_given`):
     the options go unused, since DATA's split is used as it is, and the line names them and
     where that split comes from (`Dataset.split_from`). Silently not done, they left a user
-    believing a figure was of 3 random splits, or of 5 training images a class.
+    believing a figure was of 3 random splits, or of 5 training images a class. Likewise `fne
+    train`'s ``--val-fraction`` (other than its default and 0) where DATA has a validation part
+    of its own, which picks the epoch instead.
 
     Parameters
     ----------
@@ -70,14 +72,21 @@ def not_applied(dataset: Dataset, options) -> None:
         The verb's checked options.
     """
     moot = drawn_given(options) if dataset.has_split else []
-    if not moot:
-        return
-    warnings.warn(said(lambda py: (
-        f"DATA {dataset.as_given}: {' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
-        f"{'is' if len(moot) == 1 else 'are'} not applied: DATA has its own split "
-        f"({dataset.split_from or 'a predefined split'}), which is used as it is: all its training images train, "
-        f"its test images test ({'the option draws' if len(moot) == 1 else 'the options draw'} random splits, "
-        f"for DATA without one)")), stacklevel=3)
+    val = getattr(options, "val_fraction", 0)
+    val_moot = dataset.has_val_part and val not in (0, getattr(type(options), "val_fraction", 0))  # its default
+    where = dataset.split_from or "a predefined split"
+
+    def line(py: bool) -> str:
+        said_ = [f"{' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
+                 f"{'is' if len(moot) == 1 else 'are'} not applied: DATA has its own split ({where}), which is used "
+                 f"as it is: all its training images train, its test images test (the option{'s' * (len(moot) > 1)} "
+                 f"draw{'s' * (len(moot) == 1)} random splits, for DATA without one)"] if moot else []
+        said_ += [f"{named('val_fraction', py, val, plain=True)} is not applied{' either' * bool(moot)}: DATA's own "
+                  f"validation part ({where}) picks the epoch ({named('val_fraction', py, 0, plain=True)} trains on "
+                  f"it instead)"] if val_moot else []
+        return f"DATA {dataset.as_given}: " + "; ".join(said_)
+    if moot or val_moot:
+        warnings.warn(said(line), stacklevel=3)
 
 
 class Copies:
