@@ -451,8 +451,11 @@ def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:
     if ckpt is None:
         return _KEPT.get(args.command, "rerun the same command")
     every = f"--save-every {getattr(args, 'save_every', 'auto')}"
+    if getattr(args, "mode", None) == "direct":  # no training, no checkpoint
+        return "nothing was kept (direct mode trains nothing); rerun the same command"
     if not ckpt.is_file():
-        return f"nothing was kept: no epoch was saved yet ({every}); rerun the same command to start again"
+        why = f"{every} saves none" if every.endswith(" 0") else f"no epoch was saved yet ({every})"
+        return f"nothing was kept: {why}; rerun the same command to start again"
     if found is not None and _checkpoint_found(args) == found:
         return (f"nothing of this run was kept: no epoch of it was saved yet ({every}); {ckpt} is an earlier "
                 f"run's, left as it was: rerun to start again (or with --resume to continue that run)")

@@ -1457,3 +1457,18 @@ def test_a_signalled_fne_train_says_which_epoch_it_kept_and_how_to_go_on(digits_
     assert err.splitlines()[-1] == ("fne train: interrupted; nothing was kept: no epoch was saved yet (--save-every "
                                     "auto); rerun the same command to start again")
     assert not (tmp_path / "other" / "checkpoint.pt").exists()
+
+
+def test_an_interrupted_train_that_saves_no_checkpoint_says_why_nothing_was_kept(tmp_path):
+    """`--save-every 0` saves none (not "yet"); direct mode trains nothing."""
+    from argparse import Namespace
+
+    from fne.cli import _how_to_resume
+
+    run = dict(command="train", out=str(tmp_path), resume=False)
+    assert _how_to_resume(Namespace(**run, mode="frozen", save_every=0)) == (
+        "nothing was kept: --save-every 0 saves none; rerun the same command to start again")
+    assert _how_to_resume(Namespace(**run, mode="frozen", save_every=2)) == (
+        "nothing was kept: no epoch was saved yet (--save-every 2); rerun the same command to start again")
+    assert _how_to_resume(Namespace(**run, mode="direct")) == (
+        "nothing was kept (direct mode trains nothing); rerun the same command")
