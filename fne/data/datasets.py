@@ -429,11 +429,11 @@ def check_listable(data: str | Path) -> None:
     raise no_images(spec, len(files), kind, errors)  # none readable, or the readable ones have no rows
 
 
-def no_images(data: str, n_files: int, kind: str, unread: list[str] = ()) -> DataError:
+def no_images(data: str, n_files: int, kind: str, unread: list[str] | None = None) -> DataError:
     """The error of DATA whose `n_files` tar or Parquet files (`kind`) hold no image; `unread`:
     "path: why" of those that could not be read. `fne extract` (listing them) and a verb that
     checks them before listing (`check_listable`) say it in the same words."""
-    files = f"{n_files} {'Parquet' if kind == 'parquet' else kind} file(s)"
+    files, unread = f"{n_files} {'Parquet' if kind == 'parquet' else kind} file(s)", unread or []
     if unread and len(unread) == n_files:
         return DataError(f"DATA {data}: none of its {files} can be read ({unread[0]})")
     return DataError(f"DATA {data}: no images in its {files}" + (
