@@ -450,12 +450,29 @@ def _how_to_resume(args: argparse.Namespace, found: tuple | None = None) -> str:
         return "nothing was written (--out is as it was); rerun the same command"
     if ckpt is None:
         return _KEPT.get(args.command, "rerun the same command")
+    every = f"--save-every {getattr(args, 'save_every', 'auto')}"
+    if getattr(args, "mode", None) == "direct":  # no training, no checkpoint
+        return "nothing was kept (direct mode trains nothing); rerun the same command"
     if not ckpt.is_file():
-        return "no checkpoint was written yet (--save-every); rerun to start again"
+        why = f"{every} saves none" if every.endswith(" 0") else f"no epoch was saved yet ({every})"
+        return f"nothing was kept: {why}; rerun the same command to start again"
     if found is not None and _checkpoint_found(args) == found:
-        return (f"no checkpoint of this run was written yet (--save-every); {ckpt} is an earlier run's, left "
-                f"as it was: rerun to start again (or with --resume to continue that run)")
-    return f"rerun with --resume to continue after the epoch saved in {ckpt}"
+        return (f"nothing of this run was kept: no epoch of it was saved yet ({every}); {ckpt} is an earlier "
+                f"run's, left as it was: rerun to start again (or with --resume to continue that run)")
+    return f"{_kept_epoch(args, ckpt)}; rerun the same command with --resume to continue from there"
+
+
+def _kept_epoch(args: argparse.Namespace, ckpt: os.PathLike) -> str:
+    """"kept epoch 3 of 30 (the last one saved) in RUN/checkpoint.pt": what an interrupted `fne
+    train` kept, read from its checkpoint (its epochs and arguments only, mapped, not loaded)."""
+    from fne.training.checkpoint import read
+
+    try:
+        saved = read(ckpt, mmap=True)
+        done, of = int(saved["epoch"]), saved["args"].get("epochs", getattr(args, "epochs", None))
+    except Exception:  # noqa: BLE001 -- a checkpoint it cannot read: the path alone, `--resume` says why
+        return f"kept its last saved epoch in {ckpt}"
+    return f"kept epoch {done}{f' of {of}' if of else ''} (the last one saved) in {ckpt}"
 
 
 def run() -> None:

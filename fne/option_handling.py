@@ -296,6 +296,13 @@ def _unused_error(cls, f: dataclasses.Field, mode: str) -> OptionError:
                               f"only, not {repr(mode) if py else mode}")
 
 
+def drawn_given(obj) -> list[dataclasses.Field]:
+    """The fields of options `obj` (FitOptions, TrainConfig, AdviseOptions) that set random splits
+    (`Opt.drawn`) and hold a value other than their declared default: those a DATA with its own
+    split leaves unused (`fne.data.splits.not_applied`)."""
+    return [f for f, o in _opts(type(obj)) if o.drawn and getattr(obj, f.name) != f.default]
+
+
 def problems(cls, values: dict) -> list[tuple[str, str]]:
     """(key, why) for each value of a pipeline table that `cls`' declaration refuses."""
     declared = {f.name: o for f, o in _opts(cls)}

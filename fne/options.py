@@ -57,6 +57,7 @@ class Opt:
     metavar: str | None = None
     parse: Callable[[str], object] | None = None  # the command line's string -> the value
     modes: tuple[str, ...] = ()  # fne train: the modes that use it (empty: every mode); see `unused`
+    drawn: bool = False  # a setting of random splits, moot where DATA has its own (fne.data.splits.not_applied)
 
 
 def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
@@ -225,9 +226,9 @@ class FitOptions(RowsOptions):
                        choices=(*HEADS, "auto"))
     C: str | float = option("1.0", "regularisation (default 1.0) or 'auto' (k-fold CV on the training images)",
                             flag="--C")
-    splits: int = option(5, "random stratified splits when DATA has no split", **SPLITS)
-    test_size: float = option(0.25, "test fraction of each random split", **between(0, 1))
-    train_per_class: int | None = option(None, "training images per class per split", **at_least(1))
+    splits: int = option(5, "random stratified splits when DATA has no split", drawn=True, **SPLITS)
+    test_size: float = option(0.25, "test fraction of each random split", drawn=True, **between(0, 1))
+    train_per_class: int | None = option(None, "training images per class per split", drawn=True, **at_least(1))
     seed: int = option(0, "seed of the splits and the heads", pipeline=False, **SEED)
     solver: str = option("auto", "svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
                                  "auto (default): scikit-learn while its copy of the rows fits in memory, torch "
@@ -240,8 +241,8 @@ class AdviseOptions:
 
     sample: int = option(200, "images run through the source classifier", **at_least(1))
     seed: int = option(0, "seed of the sample", **SEED)
-    test_size: float = option(0.25, "share held out when DATA has no split (as in fne fit)", **between(0, 1))
-    train_per_class: int | None = option(None, "training images per class (as in fne fit)", **at_least(1))
+    test_size: float = option(0.25, "share held out when DATA has no split (as in fne fit)", drawn=True, **between(0, 1))
+    train_per_class: int | None = option(None, "training images per class (as in fne fit)", drawn=True, **at_least(1))
 
 
 @dataclass
@@ -305,10 +306,10 @@ class TrainConfig:
                              choices=AUGMENT_ON)
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  modes=TRAINED, **between(0, 1, closed_lo=True))
-    test_size: float = option(0.25, "when DATA has no predefined split", **between(0, 1))
+    test_size: float = option(0.25, "when DATA has no predefined split", drawn=True, **between(0, 1))
     train_per_class: int | None = option(None, "training images per class, validation part included: fit's "
                                                "--train-per-class, the same images (when DATA has no "
-                                               "predefined split)", **at_least(1))
+                                               "predefined split)", drawn=True, **at_least(1))
     seed: int = option(0, "seed of the split, the initialisation and the batches", pipeline=False, **SEED)
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)

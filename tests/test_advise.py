@@ -307,9 +307,15 @@ def test_recommended_commands_repeat_the_split_the_advice_counted_images_of():
 
 
 def test_commands_for_data_with_a_predefined_split_carry_no_split_options(digits_split, tmp_path):
-    """DATA with train/ and test/: fit and train use its split and ignore --test-size (and warn
-    that --train-per-class is not applied), so the advice's commands leave both out."""
-    a = A.advise(str(digits_split), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"),
-                 test_size=0.4, train_per_class=2)
+    """DATA with train/ and test/: fit and train use its split (and warn that --test-size and
+    --train-per-class are not applied), so the advice's commands leave both out; advise itself
+    says so of the two it was given, in one line."""
+    with pytest.warns(UserWarning) as got:
+        a = A.advise(str(digits_split), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"),
+                     test_size=0.4, train_per_class=2)
+    assert [str(w.message) for w in got if "not applied" in str(w.message)] == [
+        f"DATA {digits_split}: test_size=0.4 and train_per_class=2 are not applied: DATA has its own split (its "
+        "train/ and test/ folders), which is used as it is: all its training images train, its test images test "
+        "(the options draw random splits, for DATA without one)"]
     assert a["commands"] and not any("--test-size" in c or "--train-per-class" in c for c in a["commands"])
     assert "train split" in a["images_per_class_detail"]["basis"]

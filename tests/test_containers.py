@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -297,6 +298,46 @@ def test_parquet_forms_and_refusals(tmp_path):
         load_dataset(tmp_path / "n.parquet")
 
 
+def test_data_that_is_no_parquet_file_is_named_as_given_in_the_error(tmp_path, monkeypatch, capsys):
+    """`fne extract sub/x.parquet` of a file that is not Parquet warned of x.parquet, then stopped
+    with "DATA x: no images in 1 parquet file(s)": its stem, a name the user never gave. The
+    error names DATA as given now, and that its file could not be read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.parquet").write_bytes(b"not Parquet at all")
+    for data in ("sub/x.parquet", "sub"):
+        assert main(["extract", data, "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith("fne: warning: x.parquet: unreadable Parquet file (") and len(err) == 2
+        assert err[1].startswith(f"fne extract: error: DATA {data}: none of its 1 Parquet file(s) can be read "
+                                 f"({tmp_path / 'sub' / 'x.parquet'}: unreadable Parquet file (")
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    assert main(["extract", "empty.tar", "--cache", str(tmp_path / "c"), "--no-progress", *CLI_FAST]) == 2
+    assert capsys.readouterr().err == "fne extract: error: DATA empty.tar: no images in its 1 tar file(s)\n"
+
+
+def test_where_a_parquet_split_comes_from_is_said_with_the_options_it_leaves_unused(digits_split, tmp_path):
+    """`--test-size` given for Parquet DATA with its own split: the warning says where that split
+    is read, a split column or the files' names."""
+    from fne.data.splits import not_applied
+    from fne.options import FitOptions
+
+    items = _files(digits_split)
+    pq.write_table(pa.table({"image": [f.read_bytes() for f, _, _ in items], "label": [lab for _, lab, _ in items],
+                             "split": [sp for _, _, sp in items]}), tmp_path / "col.parquet")
+    (tmp_path / "named").mkdir()
+    for part in ("train", "test"):
+        pq.write_table(pa.table({"image": [f.read_bytes() for f, _, sp in items if sp == part],
+                                 "label": [lab for _, lab, sp in items if sp == part]}),
+                       tmp_path / "named" / f"{part}-00000.parquet")
+    for data, where in ((tmp_path / "col.parquet", "the split column of its Parquet files"),
+                        (tmp_path / "named", "its files' names, train-* and test-*")):
+        with pytest.warns(UserWarning, match=rf"^DATA {data}: test_size=0.3 is not applied: DATA has its own split "
+                                             rf"\({re.escape(where)}\)"):
+            not_applied(load_dataset(data), FitOptions(test_size=0.3))
+
+
 def test_shards_assign_whole_tars(tmp_path):
     src = write_digits(tmp_path / "digits", per_class=6, classes=4)
     write_shards(src, tmp_path / "tar", per_shard=3)
@@ -349,8 +390,9 @@ def test_a_file_that_is_no_tar_and_shards_half_named_by_split_fail_in_one_line(t
     shards = write_shards(src, tmp_path / "mixed", per_shard=2)
     shards[0].rename(shards[0].with_name("train-000000.tar"))
     shards[1].rename(shards[1].with_name("shard-1.tar"))
-    with pytest.raises(DataError, match=r"^DATA mixed: some images have a split and some do not \(e\.g\. shard-1\.tar:"
-                                        r"\d+\.png\); name every shard train-\* / test-\*, or none$"):
+    with pytest.raises(DataError, match=rf"^DATA {tmp_path / 'mixed'}: some images have a split and some do not "
+                                        r"\(e\.g\. shard-1\.tar:\d+\.png\); name every shard train-\* / test-\*, "
+                                        r"or none$"):  # DATA as given
         load_dataset(tmp_path / "mixed")
 
 
@@ -463,6 +505,38 @@ def test_fit_from_a_cache_folder_that_does_not_exist_keeps_no_listing_there(tmp_
     assert (f"the images of {tmp_path / 'tar'} are not in the cache {typo}, a folder that does not exist; add them "
             f"with:") in capsys.readouterr().err
     assert not typo.exists() and not (tmp_path / "fne-cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_fit_of_tar_or_parquet_data_with_no_images_says_so_as_extract_does(tmp_path, capsys):
+    """`fne fit empty.tar` from a cache folder that does not exist said its images were "not in
+    the cache" (and to extract them), where `fne extract empty.tar` says DATA has no images: fit
+    and export now say what extract says, of an empty tar or a Parquet file of no rows, naming
+    DATA; a Parquet file with rows is still said to be not cached."""
+    with tarfile.open(tmp_path / "empty.tar", "w"):
+        pass
+    pq.write_table(pa.table({"image": pa.array([], pa.binary()), "label": pa.array([], pa.string())}),
+                   tmp_path / "zero.parquet")
+    pq.write_table(pa.table({"image": [b"x"], "label": ["a"]}), tmp_path / "one.parquet")
+    for data, kind in (("empty.tar", "tar"), ("zero.parquet", "Parquet")):
+        said = []
+        for verb in (["fit", "--out", str(tmp_path / "run")], ["export", "--out", str(tmp_path / "e.h5")], ["extract"]):
+            assert main([verb[0], str(tmp_path / data), *verb[1:], "--cache", str(tmp_path / "none"), *CLI_FAST]) == 2
+            said.append(capsys.readouterr().err.removeprefix(f"fne {verb[0]}: "))
+        assert said == [f"error: DATA {tmp_path / data}: no images in its 1 {kind} file(s)\n"] * 3, said
+    assert not (tmp_path / "run").exists() and not (tmp_path / "e.h5").exists()
+    (tmp_path / "mix").mkdir()  # a Parquet file of no rows beside one that is no Parquet file
+    (tmp_path / "mix" / "bad.parquet").write_bytes(b"not Parquet at all")
+    shutil.copy(tmp_path / "zero.parquet", tmp_path / "mix")
+    said = []
+    for verb in (["fit", "--out", str(tmp_path / "run")], ["extract"]):
+        assert main([verb[0], str(tmp_path / "mix"), *verb[1:], "--cache", str(tmp_path / "none"), *CLI_FAST]) == 2
+        said.append(capsys.readouterr().err.splitlines()[-1].removeprefix(f"fne {verb[0]}: "))
+    assert said[0] == said[1] and said[0].startswith(
+        f"error: DATA {tmp_path / 'mix'}: no images in its 2 Parquet file(s) ({tmp_path / 'mix' / 'bad.parquet'}: "
+        f"unreadable Parquet file ("), said
+    assert main(["fit", str(tmp_path / "one.parquet"), "--out", str(tmp_path / "run"), "--cache",
+                 str(tmp_path / "none"), *CLI_FAST]) == 2
+    assert "one.parquet are not in the cache" in capsys.readouterr().err
 
 
 def test_hostile_members_one_clean_line_each(tmp_path, capsys):

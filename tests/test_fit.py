@@ -668,3 +668,23 @@ def test_rows_of_tiny_activations_are_normalised_and_those_float16_kept_few_bits
     with pytest.warns(UserWarning, match=r"the activations of head \(largest \|x\| \d\.\de-0\d, \d bit\(s\)\) in .* are "
                                          r"too small for float16 storage, .*extract with --storage-dtype float32"):
         fit(root, out=tmp_path / "r-faint", cache=str(tmp_path / "faint"), storage_dtype="float16", **kw)
+
+
+def test_split_options_on_a_predefined_split_are_named_in_one_warning_line(digits_split, tmp_path, capsys):
+    """`fne fit DATA --splits 3 --test-size 0.3` on train/ and test/ folders fitted DATA's own
+    split and said nothing of the options: one line now names them and where the split comes from."""
+    cli = ["fit", str(digits_split), "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "cache"), "--extract",
+           "--no-progress", "--arch", STORE["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype",
+           "float32", "--features", "last", "--splits", "3", "--test-size", "0.3"]
+    assert main(cli) == 0
+    out, err = capsys.readouterr()
+    said = [line for line in err.splitlines() if "not applied" in line]
+    assert said == [f"fne: warning: DATA {digits_split}: --splits 3 and --test-size 0.3 are not applied: DATA has "
+                    "its own split (its train/ and test/ folders), which is used as it is: all its training images "
+                    "train, its test images test (the options draw random splits, for DATA without one)"]
+    assert "(1 split(s), n_train 18, n_test 9" in out
+    with pytest.warns(UserWarning, match=r"test_size=0.5 is not applied: DATA has its own split"):
+        m = fit(digits_split, out=tmp_path / "py", cache=str(tmp_path / "cache"), features="last", test_size=0.5,
+                **STORE)
+    assert m["split_protocol"] == "predefined" and m["n_test"] == 9
+    assert main(cli[:-4]) == 0 and "not applied" not in capsys.readouterr().err  # none given: nothing said

@@ -7,7 +7,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from fne.data.datasets import load_dataset
-from fne.data.splits import make_splits, stratified, train_val_test
+from fne.data.splits import make_splits, not_applied, stratified, train_val_test
 from fne.errors import DataError, FneError
 
 
@@ -127,20 +127,80 @@ def test_a_class_of_copies_only_cannot_be_split(tmp_path):
         make_splits(d, y, test_size=0.4, seed=0, keys=d.keys())
 
 
-def test_train_per_class_on_a_predefined_split_says_it_is_not_applied(digits_split):
+def test_options_of_random_splits_on_a_predefined_split_say_they_are_not_applied(digits_split, tmp_path):
     """`fne fit flowers12 --train-per-class 3` (train/ and test/ folders) fitted on every training
-    image and said nothing: a few-shot figure that was not one. A warning names the option now;
-    the split is DATA's own, as before."""
-    d = load_dataset(digits_split)
-    y = d.label_indices()
-    with pytest.warns(UserWarning, match=r"--train-per-class 3 is not applied: DATA has a predefined split"):
-        (tr, te), = make_splits(d, y, train_per_class=3)
-    assert len(tr) == d.splits.count("train") and len(te) == d.splits.count("test")
+    image and said nothing, and `--test-size 0.3` or `--splits 3` said nothing either: a figure
+    that was not the one asked for. One warning names every such option given, and where DATA's
+    own split comes from; the split is DATA's, as before. Options at their defaults say nothing."""
+    import csv
     import warnings
 
+    from fne.options import AdviseOptions, FitOptions, TrainConfig
+    from fne.progress import COMMAND_LINE
+
+    d = load_dataset(digits_split)
+    y = d.label_indices()
+    with pytest.warns(UserWarning) as got:
+        not_applied(d, FitOptions(train_per_class=3, splits=3, test_size=0.3))
+    assert [str(w.message) for w in got] == [
+        f"DATA {digits_split}: splits=3 and test_size=0.3 and train_per_class=3 are not applied: DATA has its own "
+        "split (its train/ and test/ folders), which is used as it is: all its training images train, its test "
+        "images test (the options draw random splits, for DATA without one)"]
+    (tr, te), = make_splits(d, y, train_per_class=3)
+    assert len(tr) == d.splits.count("train") and len(te) == d.splits.count("test")
+    words = COMMAND_LINE.set(True)  # the command line names flags
+    try:
+        with pytest.warns(UserWarning, match=r"data: --test-size 0.3 is not applied: DATA has its own split "
+                                             r"\(its train/ and test/ folders\).*\(the option draws"):
+            not_applied(d, TrainConfig(data="x", mode="frozen", out="y", test_size=0.3))
+    finally:
+        COMMAND_LINE.reset(words)
+    rows = [{"path": str(p), "label": p.parent.name, "split": p.parts[-3]} for p in sorted(digits_split.rglob("*.png"))]
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.warns(UserWarning, match=rf"^DATA {tmp_path / 'list.csv'}: train_per_class=2 is not applied: DATA "
+                                         rf"has its own split \(the split column of {tmp_path / 'list.csv'}\)"):
+        not_applied(load_dataset(tmp_path / "list.csv"), AdviseOptions(train_per_class=2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        make_splits(d, y)  # no option given: nothing to say
+        for o in (FitOptions(), TrainConfig(data="x", mode="frozen", out="y"), AdviseOptions()):
+            not_applied(d, o)  # no option given: nothing to say
+        not_applied(load_dataset(digits_split / "train"), FitOptions(test_size=0.3))  # no split of its own: applied
+
+
+def test_val_fraction_where_data_has_a_validation_part_says_it_is_not_applied(digits_split, tmp_path):
+    """`fne train DATA --val-fraction 0.3` with train/, val/ and test/ folders validated on val/
+    and said nothing of the option (only metrics.json's `validation` told): one line names it,
+    beside the random-split options given; 0 (train on val/ too) and the default say nothing."""
+    import shutil
+    import warnings
+
+    from fne.options import FitOptions, TrainConfig
+
+    shutil.copytree(digits_split, tmp_path / "d")
+    for c in ("0", "1", "2"):
+        (tmp_path / "d" / "val" / c).mkdir(parents=True)
+        for f in sorted((tmp_path / "d" / "train" / c).iterdir())[:2]:
+            f.rename(tmp_path / "d" / "val" / c / f.name)
+    d = load_dataset(tmp_path / "d")
+    train = dict(data="x", mode="frozen", out="y")
+    with pytest.warns(UserWarning) as got:
+        not_applied(d, TrainConfig(**train, val_fraction=0.3))
+        not_applied(d, TrainConfig(**train, val_fraction=0.3, test_size=0.2))
+    assert [str(w.message) for w in got] == [
+        f"DATA {tmp_path / 'd'}: val_fraction=0.3 is not applied: DATA's own validation part (its train/, val/ and "
+        "test/ folders) picks the epoch (val_fraction=0 trains on it instead)",
+        f"DATA {tmp_path / 'd'}: test_size=0.2 is not applied: DATA has its own split (its train/, val/ and test/ "
+        "folders), which is used as it is: all its training images train, its test images test (the option draws "
+        "random splits, for DATA without one); val_fraction=0.3 is not applied either: DATA's own validation part "
+        "(its train/, val/ and test/ folders) picks the epoch (val_fraction=0 trains on it instead)"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for o in (TrainConfig(**train, val_fraction=0.0), TrainConfig(**train), FitOptions()):
+            not_applied(d, o)
+        not_applied(load_dataset(digits_split), TrainConfig(**train, val_fraction=0.3))  # no val part: applied
 
 
 def test_train_per_class_gives_train_fits_first_split(digits):
@@ -151,3 +211,26 @@ def test_train_per_class_gives_train_fits_first_split(digits):
     tr, va, te = train_val_test(d, y, 0.25, 0.1, 4, train_per_class=20)
     assert np.array_equal(np.sort(np.concatenate([tr, va])), np.sort(fit_train)) and len(fit_train) == 200
     assert np.array_equal(te, np.sort(fit_test)) and len(np.intersect1d(tr, va)) == 0
+
+
+def test_a_class_too_small_for_a_random_split_names_data_as_given(tmp_path, monkeypatch, capsys):
+    """`fne train one.csv` with a class of one image said "one: every class needs ...": the
+    CSV's stem, a name the user never gave. It names DATA as given now."""
+    import csv
+
+    from fne.cli import main
+
+    from .conftest import write_digits
+
+    write_digits(tmp_path / "d", per_class=3, classes=2)
+    next((tmp_path / "d" / "1").iterdir()).unlink()
+    next((tmp_path / "d" / "1").iterdir()).unlink()
+    monkeypatch.chdir(tmp_path)
+    with open("one.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([str(p.relative_to(tmp_path)), p.parent.name] for p in sorted((tmp_path / "d").rglob("*.png")))
+    assert main(["train", "one.csv", "--mode", "frozen", "--arch", "efficientnet_lite0", "--weights", "random",
+                 "--out", "run", "--no-progress"]) == 2
+    assert capsys.readouterr().err == ("fne train: error: DATA one.csv: every class needs at least 2 images for a "
+                                       "random split; 1 class(es) have 1: 1\n")

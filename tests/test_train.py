@@ -452,11 +452,13 @@ def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(sou
             "--image-size", "32", "--workers", "0", "--test-size", "0.9", "--no-progress", "--out", str(out)]
     monkeypatch.setattr(ep, "train_one_epoch", second_epoch_interrupted)
     assert main(args) == 130  # checkpoints 5 minutes apart: none in a run this short
-    assert "no checkpoint was written yet (--save-every); rerun to start again" in capsys.readouterr().err
+    assert ("nothing was kept: no epoch was saved yet (--save-every auto); rerun the same command to start again"
+            in capsys.readouterr().err)
     monkeypatch.setattr(ck, "AUTO_EVERY_S", 0)
     assert main(args) == 130
     err = capsys.readouterr().err
-    assert f"rerun with --resume to continue after the epoch saved in {out / 'checkpoint.pt'}" in err
+    assert (f"kept epoch 1 of 2 (the last one saved) in {out / 'checkpoint.pt'}; rerun the same command with "
+            f"--resume to continue from there") in err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
     ran = []
     monkeypatch.setattr(ep, "train_one_epoch", lambda *a, **k: (ran.append(1), real(*a, **k))[1])
@@ -468,8 +470,8 @@ def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(sou
     monkeypatch.setattr(ep, "train_one_epoch", second_epoch_interrupted)
     saved = (out / "checkpoint.pt").read_bytes()
     assert main([*args, "--lr", "0.01"]) == 130
-    assert (f"no checkpoint of this run was written yet (--save-every); {out / 'checkpoint.pt'} is an earlier "
-            "run's, left as it was") in capsys.readouterr().err
+    assert (f"nothing of this run was kept: no epoch of it was saved yet (--save-every auto); {out / 'checkpoint.pt'} "
+            "is an earlier run's, left as it was") in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == saved
 
 
@@ -805,7 +807,8 @@ def test_sigterm_mid_epoch_then_resume_with_a_worker_repeats_a_run_without_one(t
     args = ["train", str(data), "--mode", "finetune", "--arch", ARCH, "--weights", "random", "--workers", "1",
             "--no-progress", "--out", str(tmp_path / "b"), *[f"--{k.replace('_', '-')}={v}" for k, v in opts.items()]]
     assert main(args) == 128 + signal.SIGTERM
-    assert "terminated; rerun with --resume" in capsys.readouterr().err
+    assert f"terminated; kept epoch 1 of 3 (the last one saved) in {tmp_path / 'b' / 'checkpoint.pt'}; rerun" in (
+        capsys.readouterr().err)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     assert main([*args, "--resume"]) == 0 and len(epochs_begun) == 4  # 2 before the signal, then 2 and 3
 
@@ -1390,3 +1393,82 @@ def test_direct_mode_refuses_weights_whose_classifier_does_not_fit_naming_the_te
                                        r"\(10, 1280\) in source, \(1000, 1280\) here; _fc\.bias"):
         train("digits", "direct", tmp_path / "run", weights=str(tmp_path / "w10.pt"),
               class_map={"0": ["tench"]}, **FAST)
+
+
+def test_train_test_size_on_a_predefined_split_is_named_in_one_warning_line(digits_split, tmp_path, capsys):
+    """`fne train DATA --test-size 0.3` on train/ and test/ folders trained on DATA's own split and
+    said nothing of the option: one line now names it and where the split comes from."""
+    args = ["train", str(digits_split), "--mode", "frozen", "--arch", ARCH, "--weights", "random", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--val-fraction", "0.2", "--no-progress", "--out",
+            str(tmp_path / "run"), "--test-size", "0.3"]
+    assert main(args) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "not applied" in line]
+    assert said == [f"fne: warning: DATA {digits_split}: --test-size 0.3 is not applied: DATA has its own split "
+                    "(its train/ and test/ folders), which is used as it is: all its training images train, its test "
+                    "images test (the option draws random splits, for DATA without one)"]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_test"] == 9
+
+
+def _train_process(data, out, *extra):
+    """`fne train` (frozen, long) as its own process, its output unbuffered."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "fne.cli", "train", str(data), "--mode", "frozen", "--arch", ARCH,
+                             "--weights", "random", "--epochs", "500", "--image-size", "32", "--workers", "0",
+                             "--val-fraction", "0.2", "--no-progress", "--out", str(out), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_a_signalled_fne_train_says_which_epoch_it_kept_and_how_to_go_on(digits_split, tmp_path):
+    """A SIGTERM'd `fne train` (a scheduler's preemption) said "rerun with --resume to continue
+    after the epoch saved in PATH": not which epoch. Its last line now names the epoch kept, of
+    how many, and the checkpoint; Ctrl-C before any epoch was saved says that nothing was kept."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    p = _train_process(digits_split, out, "--save-every", "1")
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 143, err
+    done = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
+    assert err.splitlines()[-1] == (f"fne train: terminated; kept epoch {done} of 500 (the last one saved) in "
+                                    f"{out / 'checkpoint.pt'}; rerun the same command with --resume to continue "
+                                    f"from there")
+
+    p = _train_process(digits_split, tmp_path / "other")  # --save-every auto: no save in its first 5 minutes
+    try:
+        while "new layers" not in p.stdout.readline():  # training has begun
+            assert p.poll() is None, p.stderr.read()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+    finally:
+        p.kill()
+    assert p.returncode == 130, err
+    assert err.splitlines()[-1] == ("fne train: interrupted; nothing was kept: no epoch was saved yet (--save-every "
+                                    "auto); rerun the same command to start again")
+    assert not (tmp_path / "other" / "checkpoint.pt").exists()
+
+
+def test_an_interrupted_train_that_saves_no_checkpoint_says_why_nothing_was_kept(tmp_path):
+    """`--save-every 0` saves none (not "yet"); direct mode trains nothing."""
+    from argparse import Namespace
+
+    from fne.cli import _how_to_resume
+
+    run = dict(command="train", out=str(tmp_path), resume=False)
+    assert _how_to_resume(Namespace(**run, mode="frozen", save_every=0)) == (
+        "nothing was kept: --save-every 0 saves none; rerun the same command to start again")
+    assert _how_to_resume(Namespace(**run, mode="frozen", save_every=2)) == (
+        "nothing was kept: no epoch was saved yet (--save-every 2); rerun the same command to start again")
+    assert _how_to_resume(Namespace(**run, mode="direct")) == (
+        "nothing was kept (direct mode trains nothing); rerun the same command")

@@ -45,12 +45,20 @@ class Dataset:
     container: containers.ContainerReader | None = field(default=None, repr=False)  # tar, Parquet
     left_out: list[str] = field(default_factory=list, repr=False)  # entries skipped when listing, each warned
     unlabelled: str = field(default="", repr=False)  # why DATA has no labels, where it has none
+    split_from: str = field(default="", repr=False)  # where its split is read from (train/ and test/ folders, ...)
+    given: str = field(default="", repr=False)  # DATA as the user gave it (`load_dataset`): messages name it
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __str__(self) -> str:  # where it came from, in records and messages
         return self.root or self.name
+
+    @property
+    def as_given(self) -> str:
+        """DATA as the user gave it (`one.csv`), else where it came from: what an error names (its
+        name is a CSV's or a file's stem, its root a CSV's folder)."""
+        return self.given or str(self)
 
     @property
     def has_split(self) -> bool:
@@ -161,6 +169,8 @@ class Dataset:
             container=self.container,
             left_out=self.left_out,
             unlabelled=self.unlabelled,
+            split_from=self.split_from,
+            given=self.given,
         )
 
 

@@ -51,7 +51,16 @@ def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
     Returns
     -------
     Dataset
+        With DATA as given (`Dataset.as_given`), which its errors name.
     """
+    d = _load(spec, label_key, cache)
+    if not isinstance(spec, Dataset):
+        d.given = str(spec)
+    return d
+
+
+def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str | Path | None = None) -> Dataset:
+    """`load_dataset`'s work, on DATA as given."""
     if isinstance(spec, Dataset):
         if label_key is not None:
             raise DataError(f"label_key={label_key!r} is for DATA given by name; the Dataset {spec.name!r} "
@@ -241,14 +250,21 @@ def _split_folder(root: Path) -> Dataset:
     if any(what):
         warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
                       f"train/, test/ and a validation folder (val/)", stacklevel=3)
-    for part in _ordered_parts(names, "train", "test", word):
+    parts = _ordered_parts(names, "train", "test", word)
+    for part in parts:
         f, lab = _class_folder(root / part, left_out)
         files += f
         labels += lab
         splits += [word[part]] * len(f)
     d = _file_dataset(root.name, root, files, labels, containers.settle_splits(splits, root, ", ".join(f"{n}/" for n in names if word[n] == "val")))
     d.left_out = left_out
+    d.split_from = f"its {_and([f'{n}/' for n in parts])} folders"
     return d
+
+
+def _and(words: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
 
 
 def _csv(path: Path) -> Dataset:
@@ -291,6 +307,7 @@ def _csv(path: Path) -> Dataset:
                       None if splits is None else [splits[k] for k in keep])
     d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
     d.unlabelled = "every cell of its label column is empty" if labels is None else ""
+    d.split_from = f"the split column of {path}" if splits is not None else ""
     return d
 
 
@@ -305,6 +322,7 @@ def _h5(path: Path, cache: str | Path | None) -> Dataset:
         classes=class_order(labels, names),
         sources=list(range(n)),
         array_source=ArraySource(h5_path=str(path), cache=None if cache is None else str(cache)),
+        split_from=f"the split dataset of {path}" if splits is not None else "",
     )
 
 
@@ -335,6 +353,7 @@ def _h5_parts(root: Path, cache: str | Path | None) -> Dataset:
         classes=class_order(labels, None),
         sources=list(range(len(labels))),
         array_source=PartsSource([p.array_source for p in parts], [len(p) for p in parts]),  # one view of all
+        split_from=f"its files {_and(order)}",
     )
 
 
@@ -390,19 +409,36 @@ def check_listable(data: str | Path) -> None:
     path = Path(spec).expanduser()
     files, _, kind = _container_files(spec, containers.find_containers(path) if path.is_dir() else None)
     if kind == "tar":
+        members = False
         for f in files:
-            open_tar(str(f.resolve())).close()
+            with open_tar(str(f.resolve())) as t:
+                members = members or t.next() is not None
+        if not members:  # every tar empty: what `fne extract` says of it, not that its images are not cached
+            raise no_images(spec, len(files), kind)
         return
     from fne.data.parquet import _pq
 
     errors = []
     for f in files:
         try:
-            _pq().ParquetFile(f.resolve()).close()
-            return
+            with _pq().ParquetFile(f.resolve()) as pf:
+                if pf.metadata.num_rows:
+                    return
         except Exception as e:  # noqa: BLE001 -- pyarrow raises ArrowInvalid / OSError on a damaged footer
-            errors.append(f"{f.resolve()}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}")
-    raise DataError(f"DATA {spec}: none of its {len(files)} Parquet file(s) can be read ({errors[0]})")
+            errors.append(f"{f.resolve()}: unreadable Parquet file "  # as its listing says it (list_parquet)
+                          f"({(str(e).strip().splitlines() or [type(e).__name__])[0]})")
+    raise no_images(spec, len(files), kind, errors)  # none readable, or the readable ones have no rows
+
+
+def no_images(data: str, n_files: int, kind: str, unread: list[str] | None = None) -> DataError:
+    """The error of DATA whose `n_files` tar or Parquet files (`kind`) hold no image; `unread`:
+    "path: why" of those that could not be read. `fne extract` (listing them) and a verb that
+    checks them before listing (`check_listable`) say it in the same words."""
+    files, unread = f"{n_files} {'Parquet' if kind == 'parquet' else kind} file(s)", unread or []
+    if unread and len(unread) == n_files:
+        return DataError(f"DATA {data}: none of its {files} can be read ({unread[0]})")
+    return DataError(f"DATA {data}: no images in its {files}" + (
+        f" ({unread[0]}{f', and {len(unread) - 1} more unreadable' if len(unread) > 1 else ''})" if unread else ""))
 
 
 def _containers(spec: str, label_key: str | None, cache: str | Path | None,
@@ -411,7 +447,8 @@ def _containers(spec: str, label_key: str | None, cache: str | Path | None,
     p = Path(os.path.expanduser(spec))
     files, root, kind = _container_files(spec, found)
     name = p.stem if p.is_file() else (p.name if p.is_dir() else Path(spec).parent.name or "data")
-    return _container_dataset(name, [str(f.resolve()) for f in files], kind, str(root.resolve()), label_key, cache)
+    return _container_dataset(name, [str(f.resolve()) for f in files], kind, str(root.resolve()), label_key, cache,
+                              data=spec)
 
 
 def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | None) -> containers.Listing:
@@ -431,11 +468,13 @@ def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | No
 
 
 def _container_dataset(name: str, files: list[str], kind: str, root: str, label_key: str | None,
-                       cache: str | Path | None) -> Dataset:
-    """One Dataset over the members of `files` (in file order, then member order)."""
+                       cache: str | Path | None, data: str | None = None) -> Dataset:
+    """One Dataset over the members of `files` (in file order, then member order); `data`: DATA as
+    the user gave it, which its errors name (default `name`)."""
+    data = data or name
     listings: dict[str, containers.Listing] = {}
     ids, labels, splits, sources, left_out = [], [], [], [], []
-    class_names = None
+    class_names, named_by = None, set()  # where the members' splits were read: a field of theirs, a file's name
     for path in files:
         listing = listings[path] = _listing(path, kind, label_key, cache)
         rel = os.path.relpath(path, root)
@@ -447,6 +486,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             left_out.append(f"{rel}:{member}")
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
+            named_by.add("member" if split else "file")
             split = split or file_split
             ids.append(f"{rel}:{mname}")
             labels.append(label)
@@ -454,13 +494,13 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
     if not sources:
-        raise DataError(f"DATA {name}: no images in {len(files)} {kind} file(s)")
+        raise no_images(data, len(files), kind, [f"{p}: {x.broken}" for p, x in listings.items() if x.broken])
     labels = _member_labels(name, ids, labels)
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
-        raise DataError(f"DATA {name}: some images have a split and some do not "
+        raise DataError(f"DATA {data}: some images have a split and some do not "
                         f"(e.g. {ids[splits.index(None)]}); name every shard train-* / test-*, or none")
-    splits = containers.settle_splits(splits, name, "named validation") if has_split else None
+    splits = containers.settle_splits(splits, data, "named validation") if has_split else None
     has_split = splits is not None  # one split only: a plain labelled set (random splits apply)
     keep = range(len(ids)) if labels is None else [i for i, lab in enumerate(labels) if lab is not None]
     dataset = Dataset(name=name, ids=[ids[i] for i in keep],
@@ -477,6 +517,10 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         where = (f"member has a label ({', '.join('.' + e for e in LABEL_EXTENSIONS)} or a .json label field"
                  if kind == "tar" else f"row has a label (a column {', '.join(LABEL_COLUMNS)}")
         dataset.unlabelled = f"no {where}, or the one --label-key names)" + _columns(kind, files)
+    if has_split:
+        field_ = "the split column of its Parquet files" if kind == "parquet" else "its members' split (.split, .json)"
+        dataset.split_from = _and([w for k, w in (("member", field_), ("file", "its files' names, train-* and "
+                                                                               "test-*")) if k in named_by])
     return dataset
 
 
@@ -513,7 +557,7 @@ def _hf(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:
         have = sorted({f.name.split("-")[0] for f in files})
         raise DataError(f"DATA {spec}: no split {split!r} (this dataset has: {', '.join(have)})")
     d = _container_dataset(parse_hf(spec)[0].split("/")[-1], [str(f) for f in chosen], "parquet", str(folder),
-                           label_key, cache)
+                           label_key, cache, data=spec)
     if split is not None:
         d.splits = None
     return d

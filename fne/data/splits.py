@@ -23,7 +23,8 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from fne.data.dataset import Dataset
 from fne.errors import DataError, FneError
-from fne.option_handling import named, refusal
+from fne.option_handling import drawn_given, named, refusal
+from fne.progress import said
 
 
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
@@ -35,15 +36,11 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     `keys` (the images' content keys, `Dataset.keys`) keep copies of one image on one side of a
     random split (the module's docstring); a predefined split is DATA's own.
     """
-    if dataset.has_split:
-        if train_per_class is not None:  # asked for, and silently not done: a few-shot figure that is not one
-            warnings.warn(f"DATA {dataset}: --train-per-class {train_per_class} is not applied: DATA has a "
-                          f"predefined split, whose training images are all used (the option draws random "
-                          f"splits; give the train folder alone as DATA for them)", stacklevel=3)
+    if dataset.has_split:  # the options given for random splits are named by `not_applied`
         check_test_classes(dataset)
         tr, te = np.flatnonzero(dataset.in_train()), np.flatnonzero(np.array(dataset.splits) == "test")
         if len(tr) == 0 or len(te) == 0:
-            raise DataError(f"{dataset.name}: predefined split needs both train and test images")
+            raise DataError(f"DATA {dataset.as_given}: predefined split needs both train and test images")
         return [(tr, te)]
     copies = Copies(np.arange(len(y)), keys)
     counts = np.bincount(y[copies.firsts], minlength=len(dataset.classes))
@@ -53,9 +50,43 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         return copies.spread([(copies.firsts[a], copies.firsts[b]) for a, b in drawn])
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
-        raise FneError(f"{dataset.name}: every class needs at least 2{distinct} images for a random split; "
+        raise FneError(f"DATA {dataset.as_given}: every class needs at least 2{distinct} images for a random split; "
                        f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
     return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
+
+
+def not_applied(dataset: Dataset, options) -> None:
+    """Warn, in one line, where DATA has its own split and `options` set random splits (``--splits``,
+    ``--test-size``, ``--train-per-class`` other than their defaults, `fne.option_handling.drawn_given`):
+    the options go unused, since DATA's split is used as it is, and the line names them and
+    where that split comes from (`Dataset.split_from`). Silently not done, they left a user
+    believing a figure was of 3 random splits, or of 5 training images a class. Likewise `fne
+    train`'s ``--val-fraction`` (other than its default and 0) where DATA has a validation part
+    of its own, which picks the epoch instead.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The verb's DATA (named as given, `Dataset.as_given`).
+    options : FitOptions, TrainConfig or AdviseOptions
+        The verb's checked options.
+    """
+    moot = drawn_given(options) if dataset.has_split else []
+    val = getattr(options, "val_fraction", 0)
+    val_moot = dataset.has_val_part and val not in (0, getattr(type(options), "val_fraction", 0))  # its default
+    where = dataset.split_from or "a predefined split"
+
+    def line(py: bool) -> str:
+        said_ = [f"{' and '.join(named(f, py, getattr(options, f.name), plain=True) for f in moot)} "
+                 f"{'is' if len(moot) == 1 else 'are'} not applied: DATA has its own split ({where}), which is used "
+                 f"as it is: all its training images train, its test images test (the option{'s' * (len(moot) > 1)} "
+                 f"draw{'s' * (len(moot) == 1)} random splits, for DATA without one)"] if moot else []
+        said_ += [f"{named('val_fraction', py, val, plain=True)} is not applied{' either' * bool(moot)}: DATA's own "
+                  f"validation part ({where}) picks the epoch ({named('val_fraction', py, 0, plain=True)} trains on "
+                  f"it instead)"] if val_moot else []
+        return f"DATA {dataset.as_given}: " + "; ".join(said_)
+    if moot or val_moot:
+        warnings.warn(said(line), stacklevel=3)
 
 
 class Copies:
@@ -104,7 +135,8 @@ def check_test_classes(dataset: Dataset) -> None:
     look_alike = [c for c in unseen if unicodedata.normalize("NFC", c) in same]
     hint = (f" ({', '.join(look_alike)}: the training images have a class of the same name in other Unicode code "
             f"points, NFC against NFD as macOS writes names; rename one)" if look_alike else "")
-    raise DataError(f"DATA {dataset}: test classes with no (readable) training images: {', '.join(unseen)}{hint}")
+    raise DataError(f"DATA {dataset.as_given}: test classes with no (readable) training images: {', '.join(unseen)}"
+                    f"{hint}")
 
 
 def stratified(idx: np.ndarray, y: np.ndarray, size: float, seed: int, what: str,

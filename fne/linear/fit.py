@@ -25,7 +25,7 @@ from fne.cache.cost import rows_cost
 from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset, key_digests
-from fne.data.splits import check_test_classes, duplicate_notes, make_splits
+from fne.data.splits import check_test_classes, duplicate_notes, make_splits, not_applied
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -301,7 +301,9 @@ def _no_auto_with(head: str, autos: list[str]) -> FneError:
 def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) -> list:
     """The (train, test) splits (`make_splits`), with a warning per duplicate note; with auto
     selection, FneError naming the classes with a single training image in a split: its k-fold
-    cross-validation (`fne.linear.selection.image_folds`) needs 2 of each."""
+    cross-validation (`fne.linear.selection.image_folds`) needs 2 of each; the options of random
+    splits given where DATA has its own are named (`not_applied`)."""
+    not_applied(dataset, o)
     split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
     for note in duplicate_notes(dataset, dataset.keys(), split_list):
         warnings.warn(note, stacklevel=3)

@@ -250,7 +250,7 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
     index = store.index()
     keys = [k for k in sub.keys() if k in index]  # unreadable images have none
     if not keys:
-        raise FneError(f"DATA {dataset.name}: none of the sampled images could be read")
+        raise FneError(f"DATA {dataset.as_given}: none of the sampled images could be read")
     b = backbones.get(arch)
     feats = store.read(keys, [b.last])[b.last]
     logits = _classifier_logits(feats, arch, weights, weights_seed)
@@ -376,6 +376,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
     from fne.data.datasets import load_dataset
+    from fne.data.splits import not_applied
     from fne.option_handling import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
@@ -383,6 +384,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     _classified(data, dataset)
+    not_applied(dataset, o)  # --test-size, --train-per-class given where DATA has its own split
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity, msp, entropy = _similarity(dataset, spec, o, fwd)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),

@@ -36,7 +36,7 @@ from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys, known_keys, manifest_for
 from fne.data.parquet import hf_available
-from fne.data.splits import duplicate_notes, make_splits, train_val_test
+from fne.data.splits import duplicate_notes, make_splits, not_applied, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -368,6 +368,7 @@ def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: str
     Copies of one image (its content key) stay on one side of a random split, as in `fne fit`,
     which draws the same split; DATA's own split is kept, and a copy across it is named. The keys
     come from `cache`'s manifest (a stat per known file), which is read, not written."""
+    not_applied(dataset, cfg)  # --test-size, --train-per-class given where DATA has its own split
     y = dataset.label_indices()
     keys = attach_keys(dataset, cache, save=False).keys()
     if cfg.mode != "direct":
