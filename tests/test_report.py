@@ -309,6 +309,23 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_run_is_read(tmp_p
         "report.csv", "report.html", "report.json", "report.md", "report.tex"]
 
 
+def test_an_out_inside_a_runs_data_folder_is_refused_before_writing(tmp_path):
+    """`fne report RUN --out images/rep` wrote report_files/*.png into the run's DATA folder,
+    where the next `fne fit images/` listed them as a class `rep` of three images."""
+    from fne.cli import main
+
+    data = tmp_path / "images"
+    (data / "cat").mkdir(parents=True)
+    runs = tmp_path / "runs"
+    write_run(runs, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data_resolved=str(data)))
+    with pytest.raises(FneError, match=r"^out='.*images.rep': is inside DATA .*images; writing there would change"):
+        report([runs], data / "rep", figures=False)
+    assert main(["report", str(runs), "--out", str(data)]) == 2
+    assert sorted(p.name for p in data.iterdir()) == ["cat"]
+    report([runs], tmp_path / "rep", figures=False)  # outside DATA: written
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
 def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
