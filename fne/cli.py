@@ -210,8 +210,9 @@ def _cmd_cache_verify(a) -> int:
         for msg in found.problems:
             print(f"  - {msg}")
         if found.leftovers:
-            print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; "
-                  f"--clean removes them)")
+            print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; " + (
+                "kept by --clean: a running writer's, or not deletable, as said above)" if a.clean
+                else "--clean removes them)"))
     return 0 if r.ok else 1
 
 
