@@ -423,6 +423,13 @@ def test_cache_and_backbones_functions_return_what_the_commands_print(digits_fol
     assert fne.cache_info(digits_folder, cache=str(typo)).exists is False and info.exists
     check = fne.cache_verify(cache=str(cache))
     assert check.ok and check.stores[0].findings.rows == 24 and check.stores[0].name == s.name
+    # one store by its name, as `fne cache info` lists it (it was "NAME is not a cache store"), or its folder
+    assert [x.stores[0].findings.rows for x in (fne.cache_verify(s.name, cache=str(cache)),
+                                                fne.cache_verify(cache / s.name))] == [24, 24]
+    assert main(["cache", "verify", s.name, "--cache", str(cache)]) == 0
+    assert capsys.readouterr().out == f"{s.name}: OK (24 rows)\n"
+    with pytest.raises(CacheError, match=f"^no store in {cache} is named 'vgg99'"):
+        fne.cache_verify("vgg99", cache=str(cache))
     removal = fne.cache_rm(s.name, cache=str(cache), dry_run=True)
     assert removal.freed_bytes == s.size_bytes and len(list_stores(cache)) == 1
     with pytest.raises(FneError, match="^no store in .* is named 'vgg99'"):
