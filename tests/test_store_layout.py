@@ -157,6 +157,24 @@ def test_a_failed_fit_makes_no_cache_folder_and_keeps_an_existing_caches_listing
     assert "24 of 24 images" in capsys.readouterr().err and len(list((cache / "manifests").glob("*.json"))) == 1
 
 
+def test_the_extract_command_a_fit_prints_is_one_the_shell_runs_into_the_store_it_reads(tmp_path):
+    """The printed `fne extract` line left a DATA or cache with a space unquoted (`fne extract my
+    data ...`: two DATA arguments) and left out --seed-weights, so running it computed the rows of
+    seed 0 and the fit stopped again."""
+    import shlex
+
+    from fne.cache.spec import StoreSpec
+    from fne.cli import build_parser
+    from fne.linear.features import extract_command
+
+    spec = StoreSpec(**{**SPEC, "weights_seed": 3, "crop": "squash", "cache": str(tmp_path / "my cache")})
+    line = extract_command("my data/*.tar", spec)
+    words = shlex.split(line)
+    assert words[:3] == ["fne", "extract", "my data/*.tar"]
+    a = vars(build_parser(words[1:]).parse_args(words[1:]))
+    assert StoreSpec(**{k: a[k] for k in SPEC if k in a}, weights_seed=a["weights_seed"], crop=a["crop"],
+                     cache=a["cache"]) == spec
+
 @pytest.mark.parametrize("error", [MemoryError(), OSError(errno.EIO, "Input/output error"),
                                    TimeoutError("read timed out")])
 def test_a_passing_failure_while_reading_is_not_called_damage(store, monkeypatch, error):

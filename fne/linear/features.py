@@ -74,8 +74,13 @@ def load_data(data: str | Path | Dataset, cache: str | None, label_key: str | No
 
 
 def extract_command(data, spec: StoreSpec) -> str:
-    """The `fne extract` line that computes what `spec` reads."""
-    parts = [f"fne extract {data} --arch {spec.arch} --weights {spec.weights}"]
+    """The `fne extract` line that computes what `spec` reads, quoted for a POSIX shell (a DATA
+    folder `my images`, a glob of shards that fne expands itself)."""
+    from shlex import quote
+
+    parts = [f"fne extract {quote(str(data))} --arch {quote(spec.arch)} --weights {quote(str(spec.weights))}"]
+    if spec.weights == "random" and spec.weights_seed != 0:
+        parts.append(f"--seed-weights {spec.weights_seed}")
     if spec.crop != "center":
         parts.append(f"--crop {spec.crop}")
     if spec.precision != "auto":
@@ -85,7 +90,7 @@ def extract_command(data, spec: StoreSpec) -> str:
     if spec.decode == "device":
         parts.append(f"--decode {spec.decode}")
     if spec.cache:
-        parts.append(f"--cache {spec.cache}")
+        parts.append(f"--cache {quote(str(spec.cache))}")
     return " ".join(parts)
 
 
