@@ -450,6 +450,26 @@ def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_p
         ("pets (/data/t.parquet, label_key=breed)", ["fc7+svm"]), ("pets (/data/t.parquet, label_key=species)", ["fne+svm"])]
 
 
+def test_runs_of_one_data_whose_labels_were_edited_are_sections_of_their_own(tmp_path):
+    """A CSV's labels edited between two `fne fit` runs (daisy merged into bluebell): the runs of
+    4 and of 3 classes pooled as one row, "last+svm (2 runs)", as if seeds of one experiment. Each
+    set of classes is now a section of its own; a direct run joins the set holding its classes."""
+    later = "2026-11-30T09:15:00+00:00"
+    write_run(tmp_path / "runs", "a", fake_metrics("last+svm", 0.9, 0.01, 0.9, 0.01, classes=["cat", "dog", "fox"]))
+    write_run(tmp_path / "runs", "a2", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, classes=["dog", "cat", "fox"]))
+    write_run(tmp_path / "runs", "b", fake_metrics("last+svm", 0.7, 0.01, 0.7, 0.01, classes=["cat", "dog"], date=later,
+                                                   confusion=[[9, 1], [4, 6]]))
+    write_run(tmp_path / "runs", "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct",
+                                                   classes=["fox", "cat"], confusion=[[9, 1], [0, 10]], n_excluded=3,
+                                                   splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], sorted(r["method"] for r in d["rows"])) for d in ds] == [
+        ("pets (/data/pets, labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm", "last+svm", "train:direct"]),
+        ("pets (/data/pets, labels 2 of 2: 2 classes, since 2026-11-30 09:15)", ["last+svm"])]
+    (tmp_path / "runs" / "b" / "metrics.json").unlink()  # one set of classes: one section, named as before
+    assert [d["dataset"] for d in report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]] == ["pets"]
+
+
 def test_a_run_written_before_data_resolved_joins_the_runs_of_its_data(tmp_path):
     """A run that records DATA as given only (written before metrics.json had `data_resolved`) and a
     newer run given the same DATA were two sections, "pets (flowers12)" and "pets (/abs/flowers12)";
