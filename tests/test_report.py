@@ -6,6 +6,7 @@ import base64
 import csv
 import json
 import re
+import warnings
 from html import unescape
 from pathlib import Path
 
@@ -1171,3 +1172,22 @@ def test_a_run_that_repeats_another_counts_once(tmp_path):
     runs["again/f0"] = {**fne, "splits": splits([0.9, 0.9, 0.8], 0)}
     ds, md, _ = _verdict_report(tmp_path / "differ", runs)
     assert ds["rows"][0]["runs"] == 2 and not ds["rows"][0]["repeats"] and "repeating" not in md
+
+
+def test_runs_of_one_seed_on_other_test_images_are_said_to_be_of_changed_data(tmp_path):
+    """A folder's images moved between classes (or added) between two `fit` runs of one seed: their
+    splits drew other test images, and the report pooled them as two seeds without a word. It still
+    pools them (the class names agree), and a warning names both run folders."""
+    def splits(seed, moved=""):
+        return [{**s, "test_hash": f"h{seed}{i}{moved}", "correct": "1" * 9 + "0"} for i, s in enumerate(_splits([0.9] * 3))]
+
+    runs = {"before": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, seed=0, n_splits=3, splits=splits(0)),
+            "seed1": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, seed=1, n_splits=3, splits=splits(1))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # other seeds draw other test images: no warning
+        _verdict_report(tmp_path / "a", runs)
+    runs["after"] = fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, seed=0, n_splits=3, splits=splits(0, "moved"))
+    with pytest.warns(UserWarning, match=r"runs/after and .*runs/before: one method, setting and seed \(0\), scored on other test "
+                                         r"images: DATA's images or labels changed between the two runs"):
+        ds, _, _ = _verdict_report(tmp_path / "b", runs)
+    assert ds["rows"][0]["runs"] == 3
