@@ -66,6 +66,9 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
         cache, given = os.environ.get("FNE_CACHE") or None, "$FNE_CACHE"
     if cache is None:
         return default_cache()
+    if not str(cache).strip():  # an unset shell variable (`--cache $CACHE`): not the current folder
+        raise refusal(lambda py: f"{named('cache', py, str(cache))}: is empty; give the cache folder, or leave it out "
+                                 f"for $FNE_CACHE or the default cache", CacheError)
     if is_url(cache):
         root = Url(str(cache))
         local = Path(root.removeprefix("file://")) if root.startswith("file://") else None
