@@ -235,6 +235,10 @@ def _deep(name: str):
      DataError, "cannot carve a stratified test_size=0.25 part", "cannot carve a stratified --test-size 0.25 part"),
     (lambda t: _deep("fne.linear.features.parse_features")("auto", None), OptionError,
      "features='auto' is `fne fit`'s cross-validated choice", "--features auto is `fne fit`'s"),
+    (lambda t: _deep("fne.linear.features.parse_features")(  # its columns twice, weighted double without a word
+        "last,head", importlib.import_module("fne.backbones.registry").get("efficientnet_lite0", "random")),
+     OptionError, "bad features='last,head': head named twice (last is head here); give each layer once",
+     "bad --features 'last,head': head named twice"),
     (lambda t: _deep("fne.linear.heads.make_head")("svmm"), OptionError,
      "unknown head='svmm'; choose from", "unknown --head 'svmm'; choose from"),
     (lambda t: _deep("fne.linear.solver.resolve_solver")("numpy", "svm", 1, 1, 2), OptionError,

@@ -54,6 +54,12 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
             raise refusal(lambda py, n=n, why=why, close=close: (
                 f"bad {named('features', py, n)}: {why}" + (f" (did you mean {close[0]!r}?)" if close else "")
                 + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}"))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # its columns twice: weighted double in the embedding, without a word
+        said_last = "last" in [s.strip() for s in spec.split(",")]
+        alias = f" (last is {backbone.last} here)" if said_last and backbone.last in twice else ""
+        raise refusal(lambda py: f"bad {named('features', py, given)}: {', '.join(twice)} named twice{alias}; "
+                                 f"give each layer once")
     return names, kind
 
 
