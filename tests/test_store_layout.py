@@ -339,3 +339,25 @@ def test_a_store_whose_store_json_cannot_be_read_is_reported_not_passed_over(sto
     assert main(["cache", "rm", store.path.name, "--cache", str(cache)]) == 0
     assert f"removed {store.path.name} (its store.json unreadable, " in capsys.readouterr().out
     assert not store.path.exists() and not lock_files(store.path) and not list(cache.glob(".removing-*"))
+
+
+def test_a_cache_that_is_one_store_is_refused_before_anything_is_read_or_written(digits_folder, warm_cache, tmp_path,
+                                                                                  capsys, monkeypatch):
+    """`--cache` given the `store:` path `fne extract` prints: fit said its images were not in
+    STORE/STORE and offered the `fne extract` that computed them all again into a store nested in
+    the store. One line now names the cache folder to give."""
+    from fne.cli import main
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    (store,) = list_stores(cache)
+    before = sorted(p.name for p in store.path.iterdir())
+    said = f"is one store of a cache, not a cache: give the folder holding it, {cache}"
+    assert main(["fit", str(digits_folder), "--cache", str(store.path), "--out", str(tmp_path / "run"),
+                 "--arch", FAST["arch"], "--weights", "random", "--extract"]) == 2
+    assert capsys.readouterr().err == f"fne fit: error: --cache '{store.path}': {said} (the cache is a folder of stores)\n"
+    monkeypatch.setenv("FNE_CACHE", str(store.path))
+    assert main(["cache", "info"]) == 2 and f"$FNE_CACHE {store.path}: {said}" in capsys.readouterr().err
+    assert sorted(p.name for p in store.path.iterdir()) == before and not (tmp_path / "run").exists()
+    monkeypatch.setenv("FNE_CACHE", str(cache))
+    assert main(["cache", "verify", str(store.path)]) == 0  # a store folder is what verify takes
