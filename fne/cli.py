@@ -151,7 +151,7 @@ def _add_cache(p: argparse.ArgumentParser) -> None:
     add_arguments(info, StoreOptions, DataOptions, only=INFO_OPTIONS)
     info.set_defaults(func=_cmd_cache_info)
     ver = csub.add_parser("verify", help="check stores' integrity")
-    ver.add_argument("store", nargs="?", default=None, help="one store folder (default: all)")
+    ver.add_argument("store", nargs="?", default=None, help="one store: its name, as `fne cache info` lists it, or its folder (default: all)")
     add_arguments(ver, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
     ver.set_defaults(func=_cmd_cache_verify)
     rm = csub.add_parser("rm", help="remove whole stores (every row of a backbone, weights, preprocessing "
@@ -210,8 +210,9 @@ def _cmd_cache_verify(a) -> int:
         for msg in found.problems:
             print(f"  - {msg}")
         if found.leftovers:
-            print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; "
-                  f"--clean removes them)")
+            print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; " + (
+                "kept by --clean: a running writer's, or not deletable, as said above)" if a.clean
+                else "--clean removes them)"))
     return 0 if r.ok else 1
 
 

@@ -235,6 +235,10 @@ def _deep(name: str):
      DataError, "cannot carve a stratified test_size=0.25 part", "cannot carve a stratified --test-size 0.25 part"),
     (lambda t: _deep("fne.linear.features.parse_features")("auto", None), OptionError,
      "features='auto' is `fne fit`'s cross-validated choice", "--features auto is `fne fit`'s"),
+    (lambda t: _deep("fne.linear.features.parse_features")(  # its columns twice, weighted double without a word
+        "last,head", importlib.import_module("fne.backbones.registry").get("efficientnet_lite0", "random")),
+     OptionError, "bad features='last,head': head named twice (last is head here); give each layer once",
+     "bad --features 'last,head': head named twice"),
     (lambda t: _deep("fne.linear.heads.make_head")("svmm"), OptionError,
      "unknown head='svmm'; choose from", "unknown --head 'svmm'; choose from"),
     (lambda t: _deep("fne.linear.solver.resolve_solver")("numpy", "svm", 1, 1, 2), OptionError,
@@ -423,6 +427,13 @@ def test_cache_and_backbones_functions_return_what_the_commands_print(digits_fol
     assert fne.cache_info(digits_folder, cache=str(typo)).exists is False and info.exists
     check = fne.cache_verify(cache=str(cache))
     assert check.ok and check.stores[0].findings.rows == 24 and check.stores[0].name == s.name
+    # one store by its name, as `fne cache info` lists it (it was "NAME is not a cache store"), or its folder
+    assert [x.stores[0].findings.rows for x in (fne.cache_verify(s.name, cache=str(cache)),
+                                                fne.cache_verify(cache / s.name))] == [24, 24]
+    assert main(["cache", "verify", s.name, "--cache", str(cache)]) == 0
+    assert capsys.readouterr().out == f"{s.name}: OK (24 rows)\n"
+    with pytest.raises(CacheError, match=f"^no store in {cache} is named 'vgg99'"):
+        fne.cache_verify("vgg99", cache=str(cache))
     removal = fne.cache_rm(s.name, cache=str(cache), dry_run=True)
     assert removal.freed_bytes == s.size_bytes and len(list_stores(cache)) == 1
     with pytest.raises(FneError, match="^no store in .* is named 'vgg99'"):

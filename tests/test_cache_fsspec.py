@@ -160,6 +160,7 @@ def test_info_verify_clean_and_rm_on_a_url_cache(digits):
     assert fs.exists(store.files.p(f"quarantine/{part.name}")) and not store.exists(f"parts/{part.name}")
     assert not store.exists(f"parts/{part.name}{COMMITTED}")
     assert check.ok and len(_store(URL)) == 0
+    assert fne.cache_verify(store.path.name, cache=URL).stores[0].findings.rows == 0  # by name, at a URL too
     assert fx.extract(digits, cache=URL, progress=False, **FAST).n_computed == 18
     assert [s.name for s in fne.cache_rm(store.path.name, cache=URL).stores] == [store.path.name]
     assert list_stores(URL) == []

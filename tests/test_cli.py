@@ -316,6 +316,10 @@ def test_data_a_shell_expanded_into_several_paths_is_named(tmp_path, capsys, mon
      "--seed-weights 2 applies to --weights random only (--mode scratch draws its network from --seed)"),
     (["extract", "DATA", "RANK=x"], "bad $RANK='x' / $WORLD_SIZE='2' (torchrun's)"),
     (["extract", "DATA", "RANK=2"], "bad $RANK='2' / $WORLD_SIZE='2' (torchrun's)"),
+    # an unset $CACHE: it made manifests/ in this folder, and read it as the cache
+    (["extract", "digits", "--cache", ""], "--cache '': is empty; give the cache folder"),
+    (["fit", "digits", "--out", "RUN", "--cache", " "], "--cache ' ': is empty; give the cache folder"),
+    (["cache", "info", "--cache", ""], "--cache '': is empty; give the cache folder"),
 ])
 def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, capsys, monkeypatch):
     """Values a new user gives by mistake (an infinity, a negative seed, an empty `$OUT` or

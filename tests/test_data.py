@@ -65,7 +65,9 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
     cases = {flat: "its images are in no class folder (one sub-folder per class: DATA/<class>/<image>)",
              tmp_path / "p.parquet": "no row has a label (a column label, labels, fine_label, cls, class, target, "
                                      "or the one --label-key names); its columns: image, lbl",
-             tmp_path / "l.csv": "every cell of its label column is empty"}
+             tmp_path / "l.csv": "every cell of its label column is empty",
+             tmp_path / "np.csv": "it has no label column (found: path)"}
+    (tmp_path / "np.csv").write_text("path\n" + "".join(f"{f}\n" for f in files))  # new images to predict: read
     # an existing cache: into one that does not exist, fit says so before it lists tar or Parquet DATA
     # (tests/test_containers.py), as that listing would be kept there
     (tmp_path / "c").mkdir()
@@ -77,6 +79,11 @@ def test_verbs_that_need_labels_say_where_labels_come_from(digits_folder, tmp_pa
             err = capsys.readouterr().err
             assert err == f"fne {verb[0]}: error: DATA {data}: fne {verb[0]} needs labelled images, and {why}\n"
     assert not (tmp_path / "o").exists() and not (tmp_path / "t").exists()
+    assert load_dataset(tmp_path / "np.csv").labels is None and len(load_dataset(tmp_path / "np.csv")) == 4
+    (tmp_path / "cls.csv").write_text("path,class\n" + "".join(f"{f},{f.parent.name}\n" for f in files))
+    with pytest.warns(UserWarning, match=r"cls.csv: no column label \(found: path, class\): its images are read "
+                                         r"unlabelled; name the column of their classes label"):
+        assert load_dataset(tmp_path / "cls.csv").labels is None
     pq.write_table(pa.table({"image": [f.read_bytes() for f in files], "lbll": [None] * 4}), tmp_path / "n.parquet")
     with pytest.raises(DataError, match=r"and no row has a 'lbll' label \(--label-key lbll\)$"):
         load_dataset(tmp_path / "n.parquet", label_key="lbll").require_labels("fne fit")
@@ -486,7 +493,7 @@ def test_exif_orientation_applied(tmp_path):
     ("missing", "does not exist"),
     ("empty", "no class sub-folders"),
     ("empty_class", "class folder 'b' has no images"),
-    ("csv_columns", "missing column(s) label"),
+    ("csv_columns", "missing column path (found: file, label)"),
     ("csv_files", "do not exist: nope.png"),
     ("h5_missing", "missing dataset 'labels'"),
     ("h5_group", "'images' is a group, not a dataset"),
@@ -523,7 +530,7 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
         target.write_bytes(b"PK\x05\x06" + bytes(18))
     elif case == "csv_columns":
         target = tmp_path / "l.csv"
-        target.write_text("path,class\nx.png,a\n")
+        target.write_text("file,label\nx.png,a\n")
     elif case == "csv_files":
         target = tmp_path / "l.csv"
         target.write_text("path,label\nnope.png,a\n")

@@ -284,6 +284,26 @@ def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache, tmp_path)
     assert verify(store).problems == [] and len(store) == 24
 
 
+
+def test_clean_counts_only_what_it_deleted_and_names_what_it_could_not(warm_cache, tmp_path, monkeypatch, capsys):
+    """On a read-only cache `fne cache verify --clean` printed "removed 1 unfinished part(s)"
+    and then, for the same store, "1 unfinished part(s) left ... --clean removes them"."""
+    from fne.cache.fs import LocalFiles
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    store = _store(cache)
+    dead = f".tmp-{time.time_ns() - 2 * 3600 * 10**9:020d}-1-0badc0de-dddddddd"
+    (store.path / "parts" / dead).mkdir()
+    monkeypatch.setattr(LocalFiles, "remove", lambda self, rel: None)  # as on a read-only mount, even for root
+    with pytest.warns(UserWarning, match=f"1 unfinished part.s. could not be deleted .*parts/{dead}"):
+        assert clean(store) == 0
+    assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 0 unfinished" in out and "kept by --clean" in out and "--clean removes them" not in out
+    monkeypatch.undo()
+    assert clean(store) == 1 and not (store.path / "parts" / dead).exists()
+
 # ------------------------------------------------------------------ 9. transient failures
 def test_unreadable_file_is_not_recorded_and_read_next_time(tmp_path, monkeypatch):
     data = write_digits(tmp_path / "data", per_class=3, classes=2)

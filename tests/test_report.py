@@ -6,6 +6,7 @@ import base64
 import csv
 import json
 import re
+import warnings
 from html import unescape
 from pathlib import Path
 
@@ -309,6 +310,23 @@ def test_an_out_that_cannot_be_a_folder_is_one_line_before_any_run_is_read(tmp_p
         "report.csv", "report.html", "report.json", "report.md", "report.tex"]
 
 
+def test_an_out_inside_a_runs_data_folder_is_refused_before_writing(tmp_path):
+    """`fne report RUN --out images/rep` wrote report_files/*.png into the run's DATA folder,
+    where the next `fne fit images/` listed them as a class `rep` of three images."""
+    from fne.cli import main
+
+    data = tmp_path / "images"
+    (data / "cat").mkdir(parents=True)
+    runs = tmp_path / "runs"
+    write_run(runs, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, data_resolved=str(data)))
+    with pytest.raises(FneError, match=r"^out='.*images.rep': is inside DATA .*images; writing there would change"):
+        report([runs], data / "rep", figures=False)
+    assert main(["report", str(runs), "--out", str(data)]) == 2
+    assert sorted(p.name for p in data.iterdir()) == ["cat"]
+    report([runs], tmp_path / "rep", figures=False)  # outside DATA: written
+    assert (tmp_path / "rep" / "report.md").is_file()
+
+
 def test_direct_on_mapped_classes_is_labelled_and_not_ranked(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "f", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01))
@@ -431,6 +449,26 @@ def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_p
     ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
     assert [(d["dataset"], [r["method"] for r in d["rows"]]) for d in ds] == [
         ("pets (/data/t.parquet, label_key=breed)", ["fc7+svm"]), ("pets (/data/t.parquet, label_key=species)", ["fne+svm"])]
+
+
+def test_runs_of_one_data_whose_labels_were_edited_are_sections_of_their_own(tmp_path):
+    """A CSV's labels edited between two `fne fit` runs (daisy merged into bluebell): the runs of
+    4 and of 3 classes pooled as one row, "last+svm (2 runs)", as if seeds of one experiment. Each
+    set of classes is now a section of its own; a direct run joins the set holding its classes."""
+    later = "2026-11-30T09:15:00+00:00"
+    write_run(tmp_path / "runs", "a", fake_metrics("last+svm", 0.9, 0.01, 0.9, 0.01, classes=["cat", "dog", "fox"]))
+    write_run(tmp_path / "runs", "a2", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, classes=["dog", "cat", "fox"]))
+    write_run(tmp_path / "runs", "b", fake_metrics("last+svm", 0.7, 0.01, 0.7, 0.01, classes=["cat", "dog"], date=later,
+                                                   confusion=[[9, 1], [4, 6]]))
+    write_run(tmp_path / "runs", "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct",
+                                                   classes=["fox", "cat"], confusion=[[9, 1], [0, 10]], n_excluded=3,
+                                                   splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert [(d["dataset"], sorted(r["method"] for r in d["rows"])) for d in ds] == [
+        ("pets (/data/pets, labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm", "last+svm", "train:direct"]),
+        ("pets (/data/pets, labels 2 of 2: 2 classes, since 2026-11-30 09:15)", ["last+svm"])]
+    (tmp_path / "runs" / "b" / "metrics.json").unlink()  # one set of classes: one section, named as before
+    assert [d["dataset"] for d in report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]] == ["pets"]
 
 
 def test_a_run_written_before_data_resolved_joins_the_runs_of_its_data(tmp_path):
@@ -1134,3 +1172,22 @@ def test_a_run_that_repeats_another_counts_once(tmp_path):
     runs["again/f0"] = {**fne, "splits": splits([0.9, 0.9, 0.8], 0)}
     ds, md, _ = _verdict_report(tmp_path / "differ", runs)
     assert ds["rows"][0]["runs"] == 2 and not ds["rows"][0]["repeats"] and "repeating" not in md
+
+
+def test_runs_of_one_seed_on_other_test_images_are_said_to_be_of_changed_data(tmp_path):
+    """A folder's images moved between classes (or added) between two `fit` runs of one seed: their
+    splits drew other test images, and the report pooled them as two seeds without a word. It still
+    pools them (the class names agree), and a warning names both run folders."""
+    def splits(seed, moved=""):
+        return [{**s, "test_hash": f"h{seed}{i}{moved}", "correct": "1" * 9 + "0"} for i, s in enumerate(_splits([0.9] * 3))]
+
+    runs = {"before": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, seed=0, n_splits=3, splits=splits(0)),
+            "seed1": fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, seed=1, n_splits=3, splits=splits(1))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # other seeds draw other test images: no warning
+        _verdict_report(tmp_path / "a", runs)
+    runs["after"] = fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, seed=0, n_splits=3, splits=splits(0, "moved"))
+    with pytest.warns(UserWarning, match=r"runs/after and .*runs/before: one method, setting and seed \(0\), scored on other test "
+                                         r"images: DATA's images or labels changed between the two runs"):
+        ds, _, _ = _verdict_report(tmp_path / "b", runs)
+    assert ds["rows"][0]["runs"] == 3

@@ -157,6 +157,24 @@ def test_a_failed_fit_makes_no_cache_folder_and_keeps_an_existing_caches_listing
     assert "24 of 24 images" in capsys.readouterr().err and len(list((cache / "manifests").glob("*.json"))) == 1
 
 
+def test_the_extract_command_a_fit_prints_is_one_the_shell_runs_into_the_store_it_reads(tmp_path):
+    """The printed `fne extract` line left a DATA or cache with a space unquoted (`fne extract my
+    data ...`: two DATA arguments) and left out --seed-weights, so running it computed the rows of
+    seed 0 and the fit stopped again."""
+    import shlex
+
+    from fne.cache.spec import StoreSpec
+    from fne.cli import build_parser
+    from fne.linear.features import extract_command
+
+    spec = StoreSpec(**{**SPEC, "weights_seed": 3, "crop": "squash", "cache": str(tmp_path / "my cache")})
+    line = extract_command("my data/*.tar", spec)
+    words = shlex.split(line)
+    assert words[:3] == ["fne", "extract", "my data/*.tar"]
+    a = vars(build_parser(words[1:]).parse_args(words[1:]))
+    assert StoreSpec(**{k: a[k] for k in SPEC if k in a}, weights_seed=a["weights_seed"], crop=a["crop"],
+                     cache=a["cache"]) == spec
+
 @pytest.mark.parametrize("error", [MemoryError(), OSError(errno.EIO, "Input/output error"),
                                    TimeoutError("read timed out")])
 def test_a_passing_failure_while_reading_is_not_called_damage(store, monkeypatch, error):
@@ -321,3 +339,25 @@ def test_a_store_whose_store_json_cannot_be_read_is_reported_not_passed_over(sto
     assert main(["cache", "rm", store.path.name, "--cache", str(cache)]) == 0
     assert f"removed {store.path.name} (its store.json unreadable, " in capsys.readouterr().out
     assert not store.path.exists() and not lock_files(store.path) and not list(cache.glob(".removing-*"))
+
+
+def test_a_cache_that_is_one_store_is_refused_before_anything_is_read_or_written(digits_folder, warm_cache, tmp_path,
+                                                                                  capsys, monkeypatch):
+    """`--cache` given the `store:` path `fne extract` prints: fit said its images were not in
+    STORE/STORE and offered the `fne extract` that computed them all again into a store nested in
+    the store. One line now names the cache folder to give."""
+    from fne.cli import main
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    (store,) = list_stores(cache)
+    before = sorted(p.name for p in store.path.iterdir())
+    said = f"is one store of a cache, not a cache: give the folder holding it, {cache}"
+    assert main(["fit", str(digits_folder), "--cache", str(store.path), "--out", str(tmp_path / "run"),
+                 "--arch", FAST["arch"], "--weights", "random", "--extract"]) == 2
+    assert capsys.readouterr().err == f"fne fit: error: --cache '{store.path}': {said} (the cache is a folder of stores)\n"
+    monkeypatch.setenv("FNE_CACHE", str(store.path))
+    assert main(["cache", "info"]) == 2 and f"$FNE_CACHE {store.path}: {said}" in capsys.readouterr().err
+    assert sorted(p.name for p in store.path.iterdir()) == before and not (tmp_path / "run").exists()
+    monkeypatch.setenv("FNE_CACHE", str(cache))
+    assert main(["cache", "verify", str(store.path)]) == 0  # a store folder is what verify takes

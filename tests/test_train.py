@@ -1096,7 +1096,19 @@ def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run,
     (broken / "model.pt").write_bytes(b"not a torch file")
     assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"fne predict: error: {broken / 'model.pt'}: cannot be loaded into {ARCH} with 4 classes")
+    assert err == f"fne predict: error: {broken / 'model.pt'}: torch.load cannot read it: it is a text file; rerun " \
+                  f"`fne train` to write it again"
+    assert not (tmp_path / "p.csv").exists()
+    whole = (run / "model.pt").read_bytes()  # cut short (a copy that stopped): was miniz's 300-character line
+    (broken / "model.pt").write_bytes(whole[:len(whole) // 2])
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "it is a damaged or truncated zip archive" in capsys.readouterr().err
+    (broken / "model.pt").write_bytes(whole)  # the tensors of a network of other classes
+    (broken / "metrics.json").write_text(json.dumps({**json.loads((run / "metrics.json").read_text()),
+                                                     "classes": ["a", "b", "c"]}))
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fne predict: error: {broken / 'model.pt'}: cannot be loaded into {ARCH} with 3 classes")
     assert "\n" not in err and not (tmp_path / "p.csv").exists()
     m = json.loads((broken / "metrics.json").read_text())
     (broken / "metrics.json").write_text(json.dumps({**m, "mode": "direct"}))

@@ -66,6 +66,9 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
         cache, given = os.environ.get("FNE_CACHE") or None, "$FNE_CACHE"
     if cache is None:
         return default_cache()
+    if not str(cache).strip():  # an unset shell variable (`--cache $CACHE`): not the current folder
+        raise refusal(lambda py: f"{named('cache', py, str(cache))}: is empty; give the cache folder, or leave it out "
+                                 f"for $FNE_CACHE or the default cache", CacheError)
     if is_url(cache):
         root = Url(str(cache))
         local = Path(root.removeprefix("file://")) if root.startswith("file://") else None
@@ -74,9 +77,12 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
     blocker = file_in_the_way(local) if local is not None else None
     if blocker is not None:
         where = "is a file, not a folder" if blocker == local and blocker.is_file() else in_the_way(blocker)
-        raise refusal(lambda py: f"{named('cache', py, str(cache)) if given == '--cache' else f'$FNE_CACHE {cache}'}: "
-                                 f"{where} (the cache is a folder of stores)", CacheError)
-    return root
+    elif local is not None and (local / "store.json").is_file():  # the `store:` line extract prints, copied
+        where = f"is one store of a cache, not a cache: give the folder holding it, {local.parent}"
+    else:
+        return root
+    raise refusal(lambda py: f"{named('cache', py, str(cache)) if given == '--cache' else f'$FNE_CACHE {cache}'}: "
+                             f"{where} (the cache is a folder of stores)", CacheError)
 
 
 def no_such_root(root: Path | Url) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.cache import parts
-from fne.cache.fs import clear_dead_temps, is_url, writer_alive
+from fne.cache.fs import clear_dead_temps, is_url, unwritable, writer_alive
 from fne.cache.store import LOCKS, Store, lock_files, no_such_root
 from fne.data import sidecar
 from fne.errors import CacheError
@@ -106,9 +106,15 @@ def clean(store: Store) -> int:
     left = [n for n in store.files.unfinished() if not writer_alive(n)]
     for name in left:
         store.files.remove(f"parts/{name}")
+    kept = sorted(set(left) & set(store.files.unfinished()))  # a read-only cache: counted as removed, they were not
+    if kept:
+        where = unwritable(store.path / "parts") if store.url is None else None
+        warnings.warn(f"{store.path}: {len(kept)} unfinished part(s) could not be deleted "
+                      f"({f'{where} is not writable' if where else 'not every file of them'}: parts/{kept[0]}"
+                      f"{', …' * (len(kept) > 1)}); they are never read", stacklevel=2)
     if store.url is not None:  # an object store's files are written in one request: no temporary ones
-        return len(left)
-    return len(left) + sum(clear_dead_temps(store.path / d) for d in ("", "bad", "records"))
+        return len(left) - len(kept)
+    return len(left) - len(kept) + sum(clear_dead_temps(store.path / d) for d in ("", "bad", "records"))
 
 
 def quarantine(store: Store, damaged: list[str]) -> list[str]:

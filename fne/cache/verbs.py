@@ -193,7 +193,8 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     Parameters
     ----------
     store : str or Path, optional
-        One store folder; default: every store of the cache.
+        One store: its name in the cache (as `cache_info` lists it, as `cache_rm` takes it) or its
+        folder; default: every store of the cache.
     clean : bool, default False
         First remove the unfinished parts of interrupted runs (live writers' are spared) and what
         removals that stopped part-way left (`fne.cache.upkeep.finish_removals`), and move damaged
@@ -208,11 +209,12 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
     Raises
     ------
     CacheError
-        ``store`` is no store folder (no store.json).
+        ``store`` is no store folder (no store.json), or names no store of the cache.
     """
     store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=VERIFY_OPTIONS)
     if store is not None:
         expect_path(store, "store")
+        store = _store_named(store, cache_root(store_o.cache))
     unreadable: dict[str, CacheError] = {}
     stores = [Store.at(store)] if store is not None else list_stores(store_o.cache, unreadable)
     found = CacheCheck(root=str(cache_root(store_o.cache)))
@@ -227,6 +229,19 @@ def cache_verify(store: str | Path | None = None, **options) -> CacheCheck:
             quarantined = upkeep.quarantine(s, upkeep.verify(s).damaged)
         found.stores.append(StoreCheck(s.path.name, str(s.path), upkeep.verify(s), removed, quarantined))
     return found
+
+
+def _store_named(store: str | Path, root) -> str | Path:
+    """The store `store` names: a store folder, else (a bare name, as `fne cache info` lists it)
+    the cache's store of that name; CacheError for a name no store of the cache has."""
+    text = str(store)
+    if Path(text).expanduser().exists() or is_url(text) or "/" in text or "\\" in text:
+        return store
+    named = f"{root}/{text}" if is_url(root) else Path(root) / text
+    if files_at(named).exists("store.json"):
+        return named
+    raise CacheError(f"no store in {root} is named {text!r} and no folder {text} is here (`fne cache info` lists "
+                     f"the stores)")
 
 
 @keywords(StoreOptions, CacheOptions, only=RM_OPTIONS)

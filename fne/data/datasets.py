@@ -272,11 +272,11 @@ def _csv(path: Path) -> Dataset:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
-            missing = [c for c in ("path", "label") if c not in cols]
-            if missing:
-                raise DataError(
-                    f"CSV {path}: missing column(s) {', '.join(missing)} (found: {', '.join(cols) or 'none'})"
-                )
+            if "path" not in cols:  # no label column: unlabelled images, for fne extract and predict
+                raise DataError(f"CSV {path}: missing column path (found: {', '.join(cols) or 'none'})")
+            if "label" not in cols and set(cols) - {"path", "split"}:  # `class`, say: read as no labels
+                warnings.warn(f"CSV {path}: no column label (found: {', '.join(cols)}): its images are read "
+                              f"unlabelled; name the column of their classes label", stacklevel=3)
             rows = list(reader)
     except UnicodeDecodeError as e:
         raise DataError(f"CSV {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
@@ -290,7 +290,7 @@ def _csv(path: Path) -> Dataset:
     if absent:
         more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
         raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {', '.join(absent[:5])}{more}")
-    labels = [label_text(r["label"]) for r in rows]
+    labels = [label_text(r["label"]) if "label" in cols else None for r in rows]
     splits = None
     if "split" in cols:
         words = [(r["split"] or "").strip() for r in rows]
@@ -306,7 +306,9 @@ def _csv(path: Path) -> Dataset:
     d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
                       None if splits is None else [splits[k] for k in keep])
     d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
-    d.unlabelled = "every cell of its label column is empty" if labels is None else ""
+    d.unlabelled = "" if labels is not None else (
+        "every cell of its label column is empty" if "label" in cols else
+        f"it has no label column (found: {', '.join(cols)})")
     d.split_from = f"the split column of {path}" if splits is not None else ""
     return d
 

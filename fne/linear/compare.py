@@ -181,8 +181,38 @@ def run_tasks(ms: list[dict]) -> list[str | None]:
     ms = [m if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
           {**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))} for m in ms]
     keyed = {run_data(m) for m in ms if isinstance(m.get("options"), dict) and m["options"].get("label_key") is not None}
-    return [f"{run_data(m)}, label_key {NOT_RECORDED}" if run_data(m) in keyed and not _label_key_known(m)
-            else run_task(m) for m in ms]
+    return _by_classes(ms, [f"{run_data(m)}, label_key {NOT_RECORDED}" if run_data(m) in keyed
+                            and not _label_key_known(m) else run_task(m) for m in ms])
+
+
+def _classes(m: dict) -> tuple[str, ...] | None:
+    c = m.get("classes")
+    return tuple(sorted(map(str, c))) if isinstance(c, list) and c else None
+
+
+def _by_classes(ms: list[dict], tasks: list[str | None]) -> list[str | None]:
+    """`tasks`, told apart where runs of one task classified other classes: DATA's labels were
+    edited between runs (a CSV's classes merged or renamed), so the runs are of other tasks. Each
+    set of classes is named by its order of first use (`labels 2 of 2: 3 classes, since DATE`). A
+    direct-mode run, which scores a mapped subset of the classes, joins the one set holding its
+    classes."""
+    seen: dict[str, dict[tuple, str]] = {}
+    for m, t in zip(ms, tasks, strict=True):
+        if t is not None and _classes(m) is not None and m.get("mode") != "direct":
+            date = str(m.get("date") or "")
+            seen.setdefault(t, {})[_classes(m)] = min(seen.get(t, {}).get(_classes(m), date), date)
+    out = []
+    for m, t in zip(ms, tasks, strict=True):
+        known, c = seen.get(t or "", {}), _classes(m)
+        if len(known) > 1 and c is not None and c not in known:
+            holding = [k for k in known if set(c) <= set(k)]
+            c = holding[0] if len(holding) == 1 else None
+        if len(known) > 1 and c is not None:
+            order = sorted(known, key=lambda k: (known[k], k))
+            since = f", since {known[c][:16].replace('T', ' ')}" if known[c] else ""
+            t = f"{t}, labels {order.index(c) + 1} of {len(order)}: {len(c)} classes{since}"
+        out.append(t)
+    return out
 
 
 LABEL_KEY_SINCE = datetime(2026, 11, 28, 7, 15, 18, tzinfo=UTC)  # --label-key's first commit

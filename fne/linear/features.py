@@ -54,6 +54,12 @@ def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], 
             raise refusal(lambda py, n=n, why=why, close=close: (
                 f"bad {named('features', py, n)}: {why}" + (f" (did you mean {close[0]!r}?)" if close else "")
                 + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}"))
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # its columns twice: weighted double in the embedding, without a word
+        said_last = "last" in [s.strip() for s in spec.split(",")]
+        alias = f" (last is {backbone.last} here)" if said_last and backbone.last in twice else ""
+        raise refusal(lambda py: f"bad {named('features', py, given)}: {', '.join(twice)} named twice{alias}; "
+                                 f"give each layer once")
     return names, kind
 
 
@@ -74,8 +80,13 @@ def load_data(data: str | Path | Dataset, cache: str | None, label_key: str | No
 
 
 def extract_command(data, spec: StoreSpec) -> str:
-    """The `fne extract` line that computes what `spec` reads."""
-    parts = [f"fne extract {data} --arch {spec.arch} --weights {spec.weights}"]
+    """The `fne extract` line that computes what `spec` reads, quoted for a POSIX shell (a DATA
+    folder `my images`, a glob of shards that fne expands itself)."""
+    from shlex import quote
+
+    parts = [f"fne extract {quote(str(data))} --arch {quote(spec.arch)} --weights {quote(str(spec.weights))}"]
+    if spec.weights == "random" and spec.weights_seed != 0:
+        parts.append(f"--seed-weights {spec.weights_seed}")
     if spec.crop != "center":
         parts.append(f"--crop {spec.crop}")
     if spec.precision != "auto":
@@ -85,7 +96,7 @@ def extract_command(data, spec: StoreSpec) -> str:
     if spec.decode == "device":
         parts.append(f"--decode {spec.decode}")
     if spec.cache:
-        parts.append(f"--cache {spec.cache}")
+        parts.append(f"--cache {quote(str(spec.cache))}")
     return " ".join(parts)
 
 

@@ -500,11 +500,14 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     ------
     FneError
         No run folder given, one that does not exist, no metrics.json under them, or ``out``
-        cannot be written.
+        cannot be written or is (inside) a run's DATA folder.
     """
     expect_bools({"figures": figures})
     out = check_target(out, folder=True)  # before any run is read
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
+    for data in dict.fromkeys(r["metrics"].get("data_resolved") for r in collected["runs"]):
+        if data and os.path.isdir(data):  # figures inside a run's DATA folder would become its images
+            check_target(out, folder=True, data=data)
     collected["pipelines"] += list(extra_pipelines or [])
     if pipeline is not None:  # its published values; its datasets need not be present
         collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())

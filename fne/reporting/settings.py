@@ -10,6 +10,7 @@ cannot be known, the setting reads "not recorded", a row of its own. A run that 
 from __future__ import annotations
 
 import json
+import warnings
 from collections import defaultdict
 
 from fne.linear.compare import NOT_RECORDED
@@ -136,10 +137,19 @@ def distinct(runs: list[dict]) -> list[dict]:
     the same test images each classified the same: one experiment run twice, which pooled would
     count its splits twice and pair with itself); the first of each is kept and names its repeats."""
     kept: dict[object, dict] = {}
+    drawn: dict[object, tuple] = {}  # seed -> (its runs' test images, the first run's folder)
     for r in runs:
         m, splits = r["metrics"], r["metrics"].get("splits") or []
         known = splits and all(s.get("test_hash") and isinstance(s.get("correct"), str) for s in splits)
         key = (m.get("seed"), tuple((s["test_hash"], s["correct"]) for s in splits)) if known else id(r)
+        if known:  # one seed and setting draw the same test images from the same DATA
+            tests = tuple(h for h, _ in key[1])
+            first = drawn.setdefault(m.get("seed"), (tests, r["path"]))
+            if first[0] != tests:
+                warnings.warn(f"{first[1]} and {r['path']}: one method, setting and seed ({m.get('seed')}), scored on "
+                              f"other test images: DATA's images or labels changed between the two runs; the report "
+                              f"pools them in one row as if two seeds (give it the runs of one version of DATA)",
+                              stacklevel=3)
         if key in kept:
             kept[key].setdefault("repeats", []).append(r["path"])
         else:

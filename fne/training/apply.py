@@ -70,8 +70,13 @@ def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
     path = Path(run_dir) / "model.pt"
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- damaged (pickle, zip, EOF errors): what the file is, not miniz's words
+        from fne.backbones.filekind import unreadable
+
+        raise FneError(f"{path}: {unreadable(path, e)}; rerun `fne train` to write it again") from None
+    try:
         model.load_state_dict(state, assign=meta)
-    except Exception as e:  # noqa: BLE001 -- damaged (pickle, zip, EOF errors), or another network's tensors
+    except Exception as e:  # noqa: BLE001 -- another network's tensors
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FneError(f"{path}: cannot be loaded into {m['arch']} with {len(m['classes'])} classes ({first})") \
             from None
