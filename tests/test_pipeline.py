@@ -1098,3 +1098,18 @@ def test_a_datasets_train_per_class_reaches_its_train_steps(tmp_path):
     with pytest.raises(PipelineError, match=r"train.val_fraction: mode frozen on digits: a validation part of 0.02 "
                                             r"holds 6 of ~300 training images"):
         load_pipeline(write(tmp_path, text.replace("epochs = 2", "epochs = 2\nval_fraction = 0.02")))
+
+
+@pytest.mark.parametrize("flags", [["--no-progress"], []])
+def test_no_progress_reaches_every_step(tmp_path, capsys, flags):
+    """`fne run --no-progress` was refused (unrecognized arguments) while every other verb takes it:
+    it now turns off the bars of the extraction, the fits and a training step whose file section
+    leaves progress on; without it the same run shows them (stderr is a log here: one line a bar)."""
+    from fne.cli import main
+
+    f = write(tmp_path, TINY.replace("progress = false\n", ""))
+    assert main(["run", str(f), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache"), "--no-report",
+                 *flags]) == 0
+    bars = [line.split(":")[0] for line in capsys.readouterr().err.splitlines() if " elapsed" in line]
+    expected = [] if flags else ["extract efficientnet_lite0", "fit last+svm", "fit last+logreg", "frozen 1/1", "test"]
+    assert bars == expected

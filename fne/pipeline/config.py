@@ -161,6 +161,7 @@ class Pipeline:
     device: str = "auto"
     workers: int | None = None
     batch_size: int | str = "auto"
+    progress: bool = True  # not a file's key: `fne run --no-progress` (progress=False) turns every step's bars off
     datasets: list[DatasetCfg] = field(default_factory=list)
     backbones: list[BackboneCfg] = field(default_factory=list)
     fit: dict | None = None

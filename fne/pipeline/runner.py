@@ -33,7 +33,8 @@ from pathlib import Path
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
 from fne.errors import FneError, WeightsError, expect_bools
 from fne.names import slug
-from fne.option_handling import resolve
+from fne.option_handling import add_arguments as add_options
+from fne.option_handling import keywords, resolve
 from fne.options import ForwardOptions
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
@@ -43,6 +44,8 @@ from fne.pipeline.steps import Step, config_hash, forced, forced_as, needs_rows,
 from fne.progress import STARTS_OVER
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
+
+RUN_OPTIONS = ("progress",)  # `fne run`'s keywords declared in fne.options (ForwardOptions), passed to every step
 
 # ------------------------------------------------------------------ running
 
@@ -150,14 +153,14 @@ def run_step(step: Step, p: Pipeline, cache: str | None, resume: bool = True) ->
     b = step.backbone
     if step.kind == "advise":
         a = advise_mod.advise(k.pop("data"), cache=cache, device=p.device, batch_size=p.batch_size,
-                              workers=p.workers, **k)
+                              workers=p.workers, progress=p.progress, **k)
         a["dataset_key"] = step.dataset.key
         a["backbone"] = b.label
         write_json(step.result_file, a)
         return a
     if step.kind == "fit":
         return fit_mod.fit(k.pop("data"), out=str(step.dir), extract_missing=True, cache=cache, device=p.device,
-                           batch_size=p.batch_size, workers=p.workers, **k)
+                           batch_size=p.batch_size, workers=p.workers, progress=p.progress, **k)
     mode, kwargs = k["mode"], train_arguments(step, p)
     if mode == "direct":  # a table is recorded in the step's folder by fne.train, a path as given
         kwargs["class_map"] = step.dataset.class_map
@@ -195,9 +198,10 @@ def _prepare(p: Pipeline, out: Path, cache: str | None, say) -> dict[str, str]:
     return data_for
 
 
+@keywords(ForwardOptions, only=RUN_OPTIONS)
 def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
         dry_run: bool = False, report: bool | None = None, device: str | None = None,
-        workers: int | None = None, log=None) -> dict:
+        workers: int | None = None, log=None, **options) -> dict:
     """Validate a pipeline file, then run every pending step and write the report.
 
     Parameters
@@ -239,7 +243,9 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
     expect_bools({"force": force, "dry_run": dry_run, "report": report}, none=("report",))  # before any work
+    (fwd,) = resolve(options, ForwardOptions, only=RUN_OPTIONS)
     p = load_pipeline(path, cache=cache)
+    p.progress = fwd.progress
     if device is not None:
         p.device = device
     if workers is not None:  # checked as fne fit's (--workers -1 failed every step)
@@ -324,7 +330,8 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
     t = time.perf_counter()
     r = extract_mod.extract(data, arch=b.arch, weights=b.resolved_weights, cache=cache, batch_size=p.batch_size,
                             device=p.device, precision=b.precision, crop=b.crop, workers=p.workers,
-                            storage_dtype=b.storage_dtype, weights_seed=b.seed_for(b.resolved_weights))
+                            storage_dtype=b.storage_dtype, weights_seed=b.seed_for(b.resolved_weights),
+                            progress=p.progress)
     say(f"extract {step.dataset.key} with {b.label}: {r.n_computed} computed"
         + (f" at {r.images_per_s:.1f} img/s" if r.n_computed else "")
         + f", {r.n_cached} already cached ({time.perf_counter() - t:.1f} s)")
@@ -438,11 +445,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not write the report at the end")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda[:i] or mps (overrides the file)")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (overrides the file)")
+    add_options(parser, ForwardOptions, only=RUN_OPTIONS)  # --no-progress, as every verb has it
 
 
 def run_cli(args) -> int:
     """`fne run` from parsed arguments (`run`); -> the exit status."""
     run(args.pipeline, args.out, args.cache, force=args.force, dry_run=args.dry_run, report=args.report,
-        device=args.device, workers=args.workers)
+        device=args.device, workers=args.workers, progress=args.progress)
     sys.stdout.flush()
     return 0

@@ -134,6 +134,8 @@ def train_arguments(step: Step, p: Pipeline) -> dict:
         kwargs["device"] = p.device
     if "workers" not in kwargs and p.workers is not None:
         kwargs["workers"] = p.workers
+    if not p.progress:  # fne run --no-progress over the file's [train] progress
+        kwargs["progress"] = False
     return kwargs
 
 
