@@ -154,6 +154,32 @@ def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm
         assert predict(tmp_path / "run", more, tmp_path / "p.csv", cache=str(cache), progress=False)["n_fitted_on"] == 24
 
 
+def test_predict_names_the_cache_it_extracts_into_and_the_one_the_model_was_fitted_from(
+        digits_folder, warm_cache, tmp_path, monkeypatch, capsys):
+    """`fne predict` extracts missing rows into the current cache ($FNE_CACHE here), which need not be
+    the one the model was fitted from; its line said only "extracting 8 images missing from the
+    cache". It names the cache and the store now, and the model's cache where it is another."""
+    fitted_in, other = tmp_path / "cache", tmp_path / "other"
+    shutil.copytree(warm_cache, fitted_in)
+    monkeypatch.setenv("FNE_CACHE", str(fitted_in))
+    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", **STORE)  # no cache given
+    (store,) = list_stores(fitted_in)
+    new = write_digits(tmp_path / "more", per_class=8, classes=4)
+    for f in digits_folder.rglob("*.png"):  # the 8 images not in DATA
+        (new / f.parent.name / f.name).unlink()
+    capsys.readouterr()
+    monkeypatch.setenv("FNE_CACHE", str(other))
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    assert (f"fne predict: extracting 8 images missing from the cache {other} into its store {store.path.name}; "
+            f"{tmp_path / 'run'} was fitted from rows of another cache, {fitted_in} (--cache {fitted_in} reads "
+            f"that one)\n") in capsys.readouterr().err
+    assert [s.path.name for s in list_stores(other)] == [store.path.name]  # the current cache, as documented
+    monkeypatch.setenv("FNE_CACHE", str(fitted_in))  # the model's own cache: nothing more to say
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"), "--no-progress"]) == 0
+    assert (f"fne predict: extracting 8 images missing from the cache {fitted_in} into its store "
+            f"{store.path.name}\n") in capsys.readouterr().err
+
+
 def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digits_folder, warm_cache, tmp_path,
                                                                             capsys):
     """`fne predict RUN new --out RUN/metrics.json` (or its predictions.csv, its model) would have

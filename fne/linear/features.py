@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.backbones import registry as backbones
+from fne.cache.fs import is_url
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
 from fne.cache.store import Store, cache_root, no_such_root
 from fne.cache.upkeep import new_cache_removed_on_failure
@@ -29,7 +30,7 @@ from fne.errors import FneError
 from fne.linear.embedding import make_transform
 from fne.option_handling import named, refusal
 from fne.options import ForwardOptions
-from fne.progress import progress_line
+from fne.progress import progress_line, said
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -102,7 +103,8 @@ def extract_command(data, spec: StoreSpec) -> str:
 
 def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool = False,
               extraction: ForwardOptions | None = None,
-              check: Callable[[Dataset], None] | None = None, label_key: str | None = None) -> Source:
+              check: Callable[[Dataset], None] | None = None, label_key: str | None = None,
+              fitted: tuple[str, str] | None = None) -> Source:
     """DATA's images with rows: found in the cache, or extracted first when `extract_missing`.
 
     `check(dataset)` raises for a dataset the verb cannot use: it is called before the cache is
@@ -113,15 +115,17 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     downloads are kept in the cache): reading makes no cache (a mistyped --cache is not left behind).
     With `extract_missing`, a call that makes the cache folder and fails removes it again where
     it holds only what the call left (`fne.cache.upkeep.remove_failed_new_cache`: manifests and
-    free locks, no row), as `fne extract` does."""
+    free locks, no row), as `fne extract` does. The line saying that rows are extracted names the
+    cache and the store they go to; `fitted` (predict: the run folder and the store its model was
+    fitted from) adds, where that store is in another cache, that it is."""
     root = cache_root(spec.cache)
     with new_cache_removed_on_failure(root, applies=extract_missing):  # also Ctrl-C
-        return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root)
+        return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root, fitted)
 
 
 def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool,
                extraction: ForwardOptions | None, check: Callable[[Dataset], None] | None,
-               label_key: str | None, root) -> Source:
+               label_key: str | None, root, fitted: tuple[str, str] | None = None) -> Source:
     """`open_rows`' work (`root`: the cache's, `cache_root`'s)."""
     absent = not extract_missing and no_such_root(root)
     where = f"not in the cache {root}, a folder that does not exist"
@@ -143,8 +147,8 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
             raise _not_cached(data, spec, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
                                                 f"cache {store.path}")
         extraction = extraction or ForwardOptions()
-        progress_line(f"{who}: extracting {len(missing)} images missing from the cache", extraction.progress,
-                      stderr=True)
+        progress_line(f"{who}: extracting {len(missing)} images missing from the cache {root} into its store "
+                      f"{store.path.name}{_fitted_elsewhere(root, fitted)}", extraction.progress, stderr=True)
         from fne.extraction.extract import extract
 
         pinned = spec.pinned(store)
@@ -169,6 +173,21 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     if check is not None and len(keep) < len(keys):
         check(dataset)
     return Source(dataset, store, spec.pinned(store), seconds)
+
+
+def _fitted_elsewhere(root, fitted: tuple[str, str] | None) -> str:
+    """'; RUN was fitted from rows of the cache C' where `fitted` (a run folder, the store its
+    model was fitted from) names a store of another cache than `root`; else ''."""
+    if fitted is None:
+        return ""
+    run, store = fitted
+    theirs = store.rstrip("/").rsplit("/", 1)[0] if is_url(store) else Path(store).parent
+    same = (str(theirs) == str(root).rstrip("/") if is_url(store) or is_url(root)
+            else Path(theirs).resolve() == Path(root).expanduser().resolve())
+    if same:
+        return ""
+    cache = said(lambda py: named("cache", py, str(theirs), plain=True))
+    return f"; {run} was fitted from rows of another cache, {theirs} ({cache} reads that one)"
 
 
 def _not_cached(data, spec: StoreSpec, verb: str, what: str) -> FneError:

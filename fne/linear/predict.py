@@ -133,7 +133,9 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         Tar shards: the label member (cls, txt) or a .json field; Parquet: the label column
         (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:).
     cache : str, optional
-        Cache folder or fsspec URL (default: the cache the model was fitted from).
+        Cache folder or fsspec URL (default: the ``cache`` the model was fitted with, where fit was
+        given one, else the current cache: $FNE_CACHE, else fne's default). The line saying that
+        rows are extracted names it and, where the model was fitted from rows of another cache, that one.
     **options
         The options of `fne predict`, same names, same defaults: ``cache`` and ``device`` (the
         model pins every other store setting), ``label_key`` (`fne.options.DataOptions`) and the
@@ -181,7 +183,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         options = {**options, "cache": pinned.cache}
     spec, d, ext = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
-    src = open_rows(data, spec, "predict", True, ext, label_key=label_key)
+    src = open_rows(data, spec, "predict", True, ext, label_key=label_key,
+                    fitted=(str(run_dir), model["store"]["store"]) if model["store"].get("store") else None)
     dataset = src.dataset
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
