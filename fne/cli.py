@@ -198,7 +198,7 @@ def _cmd_cache_verify(a) -> int:
     if not r.stores:
         print(f"no stores in {r.root}")
     for s in r.stores:
-        if a.clean:
+        if s.removed:  # a line only where --clean removed something (the summary says the rest)
             print(f"{s.name}: removed {s.removed} unfinished part(s) or temporary file(s) "
                   f"of interrupted runs")
         for name in s.quarantined:
@@ -213,7 +213,20 @@ def _cmd_cache_verify(a) -> int:
             print(f"  note: {len(found.leftovers)} unfinished part(s) left by interrupted runs (never read; " + (
                 "kept by --clean: a running writer's, or not deletable, as said above)" if a.clean
                 else "--clean removes them)"))
+    if a.clean and r.stores:
+        print(_cleaned(r))
     return 0 if r.ok else 1
+
+
+def _cleaned(r) -> str:
+    """`fne cache verify --clean`'s last line: what it removed over every store, or that it removed nothing."""
+    removed, quarantined = sum(s.removed for s in r.stores), sum(len(s.quarantined) for s in r.stores)
+    done = [f"removed {removed} unfinished part(s) or temporary file(s)" if removed else "",
+            f"moved {quarantined} damaged part(s) to quarantine" if quarantined else "",
+            f"finished {len(r.removals_finished)} removal(s)" if r.removals_finished else ""]
+    kept = any(s.findings.leftovers for s in r.stores)  # not deletable, or a live writer's: noted above
+    said = ", ".join(d for d in done if d) or ("nothing removed" if kept else "nothing to clean")
+    return f"{len(r.stores)} store(s) verified, {said}"
 
 
 def _cmd_cache_rm(a) -> int:

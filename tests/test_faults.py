@@ -300,9 +300,30 @@ def test_clean_counts_only_what_it_deleted_and_names_what_it_could_not(warm_cach
         assert clean(store) == 0
     assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
     out = capsys.readouterr().out
-    assert "removed 0 unfinished" in out and "kept by --clean" in out and "--clean removes them" not in out
+    assert "removed 0 unfinished" not in out and "kept by --clean" in out and "--clean removes them" not in out
+    assert out.splitlines()[-1] == "1 store(s) verified, nothing removed"
     monkeypatch.undo()
     assert clean(store) == 1 and not (store.path / "parts" / dead).exists()
+
+
+def test_clean_says_what_it_removed_once_and_a_clean_cache_in_one_line(warm_cache, tmp_path, capsys):
+    """`fne cache verify --clean` printed "STORE: removed 0 unfinished part(s) ..." for every store of
+    a clean cache: a store's line is there only where something was removed, and one last line
+    sums up."""
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    store = _store(cache)
+    capsys.readouterr()
+    assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{store.path.name}: OK ({len(store)} rows)",
+                                                    "1 store(s) verified, nothing to clean"]
+    dead = f".tmp-{time.time_ns() - 2 * 3600 * 10**9:020d}-1-0badc0de-dddddddd"  # another host's, 2 hours old
+    (store.path / "parts" / dead).mkdir()
+    assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{store.path.name}: removed 1 unfinished part(s) or temporary file(s) of interrupted runs",
+        f"{store.path.name}: OK ({len(store)} rows)",
+        "1 store(s) verified, removed 1 unfinished part(s) or temporary file(s)"]
 
 # ------------------------------------------------------------------ 9. transient failures
 def test_unreadable_file_is_not_recorded_and_read_next_time(tmp_path, monkeypatch):
