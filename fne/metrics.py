@@ -144,6 +144,18 @@ def data_identity(data) -> str:
     return str(path.resolve()) if path.exists() else text
 
 
+def labels_fingerprint(keys: list[str], labels: list[str] | None) -> str | None:
+    """DATA's labelling, as `fne fit` and `fne train` record it in metrics.json (``labels_fingerprint``):
+    a hash of every image's content key with its label, in any order, over DATA's listing as given
+    (unreadable images included: fit leaves them out, train skips them as it reads). Runs of one
+    DATA whose images moved between classes record other ones, and are reported apart
+    (`fne.linear.compare.run_tasks`); None for unlabelled DATA."""
+    if not labels:
+        return None
+    pairs = sorted(f"{k}\t{label}" for k, label in zip(keys, labels, strict=True))
+    return hashlib.sha1("\n".join(pairs).encode()).hexdigest()[:16]
+
+
 def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
     """What a paired test (`fne.linear.compare`) needs of one split, kept in metrics.json by
     `fne fit` and `fne train` alike: which test images were classified correctly ("1"/"0" in

@@ -1191,3 +1191,59 @@ def test_runs_of_one_seed_on_other_test_images_are_said_to_be_of_changed_data(tm
                                          r"images: DATA's images or labels changed between the two runs"):
         ds, _, _ = _verdict_report(tmp_path / "b", runs)
     assert ds["rows"][0]["runs"] == 3
+
+
+def test_runs_of_one_data_whose_images_moved_between_classes_are_sections_of_their_own(digits_folder, warm_cache,
+                                                                                       tmp_path):
+    """Two images moved between two classes of a folder (the same class names) between `fne fit`
+    runs of two seeds: the report pooled them as one row, "last+svm (2 runs)", without a word (a
+    warning came only for runs of one seed). fit and train record a fingerprint of which image has
+    which label (`labels_fingerprint`, over DATA's listing as given, alike in both): each labelling
+    is a section of its own, and a train run of the first joins the first fit's."""
+    import shutil
+
+    from fne.linear.fit import fit
+    from fne.training.train import train
+
+    data, cache = tmp_path / "data", str(tmp_path / "cache")
+    shutil.copytree(digits_folder, data)
+    shutil.copytree(warm_cache, cache)
+    store = dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32", cache=cache)
+    first = fit(data, features="last", splits=2, seed=0, out=tmp_path / "runs" / "fit0", progress=False, **store)
+    trained = train(data, "frozen", tmp_path / "runs" / "frozen", weights="random", epochs=1, val_fraction=0.0,
+                    arch="efficientnet_lite0", image_size=32, workers=0, cache=cache, progress=False)
+    assert trained["labels_fingerprint"] == first["labels_fingerprint"] is not None
+    for a, b in (("0", "1"), ("1", "0")):  # one image of each class to the other: the same classes and counts
+        moved = sorted((data / a).glob("*.png"))[0]
+        moved.rename(data / b / f"moved-{moved.name}")
+    second = fit(data, features="last", splits=2, seed=1, out=tmp_path / "runs" / "fit1", progress=False, **store)
+    assert second["labels_fingerprint"] != first["labels_fingerprint"] and second["classes"] == first["classes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn of: each labelling has its section
+        ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    sections = {d["dataset"].split(", labels ")[1][:19]: sorted((r["method"], len(r["paths"])) for r in d["rows"])
+                for d in ds}
+    assert sorted(sections.values()) == [[("last+svm", 1)], [("last+svm", 1), ("train:frozen", 1)]]
+    assert set(sections) == {"1 of 2: 4 classes, ", "2 of 2: 4 classes, "}
+
+
+def test_a_run_without_a_labels_fingerprint_joins_the_one_labelling_of_its_classes(tmp_path):
+    """Runs written before metrics.json recorded `labels_fingerprint`: with runs of one labelling of
+    their classes they are one section, as before; where runs of two labellings of those classes
+    are there, which one an old run had cannot be known, and it is a section of its own. A direct
+    run joins the labelling of its fingerprint."""
+    later = "2026-11-30T09:15:00+00:00"
+    write_run(tmp_path / "runs", "old", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01))
+    write_run(tmp_path / "runs", "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, labels_fingerprint="aaaa"))
+    assert [d["dataset"] for d in report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]] == ["pets"]
+    write_run(tmp_path / "runs", "b", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, labels_fingerprint="bbbb",
+                                                   date=later, seed=1))
+    write_run(tmp_path / "runs", "d", fake_metrics("train:direct", 0.95, 0.0, 0.95, 0.0, kind="train", mode="direct",
+                                                   classes=CLASSES[:2], confusion=[[9, 1], [0, 10]], n_excluded=3,
+                                                   labels_fingerprint="bbbb",
+                                                   splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert sorted((d["dataset"], sorted(r["method"] for r in d["rows"])) for d in ds) == [
+        ("pets (/data/pets, labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm"]),
+        ("pets (/data/pets, labels 2 of 2: 3 classes, since 2026-11-30 09:15)", ["fne+svm", "train:direct"]),
+        ("pets (/data/pets, labels not recorded: 3 classes)", ["fc7+svm"])]

@@ -190,29 +190,58 @@ def _classes(m: dict) -> tuple[str, ...] | None:
     return tuple(sorted(map(str, c))) if isinstance(c, list) and c else None
 
 
+def _labelling(m: dict) -> tuple[tuple[str, ...], str | None] | None:
+    """A run's labelling of its DATA: its classes (sorted) and the fingerprint of which image has
+    which label (`fne.metrics.labels_fingerprint`; None for a run written before it was recorded)."""
+    c = _classes(m)
+    fp = m.get("labels_fingerprint")
+    return None if c is None else (c, fp if isinstance(fp, str) else None)
+
+
 def _by_classes(ms: list[dict], tasks: list[str | None]) -> list[str | None]:
-    """`tasks`, told apart where runs of one task classified other classes: DATA's labels were
-    edited between runs (a CSV's classes merged or renamed), so the runs are of other tasks. Each
-    set of classes is named by its order of first use (`labels 2 of 2: 3 classes, since DATE`). A
-    direct-mode run, which scores a mapped subset of the classes, joins the one set holding its
-    classes."""
+    """`tasks`, told apart where runs of one task labelled DATA otherwise: DATA's labels were
+    edited between runs (a CSV's classes merged or renamed), or its images moved between classes of
+    the same names (another ``labels_fingerprint``), so the runs are of other tasks. Each labelling
+    is named by its order of first use (`labels 2 of 2: 3 classes, since DATE`). A run that records
+    no fingerprint (written before 30 Nov 2026) joins the one labelling of its classes, where a
+    single one has them; where several do, which it had cannot be known: a labelling of its own,
+    "not recorded". A direct-mode run, which scores a mapped subset of the classes, joins the
+    labelling of its fingerprint, else the one set holding its classes."""
     seen: dict[str, dict[tuple, str]] = {}
     for m, t in zip(ms, tasks, strict=True):
-        if t is not None and _classes(m) is not None and m.get("mode") != "direct":
-            date = str(m.get("date") or "")
-            seen.setdefault(t, {})[_classes(m)] = min(seen.get(t, {}).get(_classes(m), date), date)
-    out = []
-    for m, t in zip(ms, tasks, strict=True):
-        known, c = seen.get(t or "", {}), _classes(m)
-        if len(known) > 1 and c is not None and c not in known:
-            holding = [k for k in known if set(c) <= set(k)]
-            c = holding[0] if len(holding) == 1 else None
-        if len(known) > 1 and c is not None:
-            order = sorted(known, key=lambda k: (known[k], k))
-            since = f", since {known[c][:16].replace('T', ' ')}" if known[c] else ""
-            t = f"{t}, labels {order.index(c) + 1} of {len(order)}: {len(c)} classes{since}"
-        out.append(t)
-    return out
+        if t is not None and _labelling(m) is not None and m.get("mode") != "direct":
+            date, lab = str(m.get("date") or ""), _labelling(m)
+            seen.setdefault(t, {})[lab] = min(seen.get(t, {}).get(lab, date), date)
+    for known in seen.values():  # a run without a fingerprint: the one labelling of its classes that has one
+        for c in [lab[0] for lab in known if lab[1] is None]:
+            have = [lab for lab in known if lab[0] == c and lab[1] is not None]
+            if len(have) == 1:
+                date = known.pop((c, None))
+                known[have[0]] = min(known[have[0]], date)
+            elif have:
+                known[(c, NOT_RECORDED)] = known.pop((c, None))
+    return [_labelled(m, t, seen.get(t or "", {})) for m, t in zip(ms, tasks, strict=True)]
+
+
+def _labelled(m: dict, t: str | None, known: dict[tuple, str]) -> str | None:
+    """Run `m`'s task `t`, with its labelling (`_by_classes`) where `known` holds several."""
+    lab = _labelling(m)
+    if len(known) < 2 or lab is None:
+        return t
+    c, fp = lab
+    if (c, fp) not in known:  # no fingerprint, or a direct run's subset of the classes
+        same = [k for k in known if fp is not None and k[1] == fp] or [k for k in known if k[0] == c]
+        holding = same or [k for k in known if set(c) <= set(k[0])]
+        if len(holding) > 1 and fp is None and (c, NOT_RECORDED) in known:
+            holding = [(c, NOT_RECORDED)]
+        if len(holding) != 1:
+            return t
+        c, fp = holding[0]
+    if fp == NOT_RECORDED:
+        return f"{t}, labels {NOT_RECORDED}: {len(c)} classes"
+    order = sorted((k for k in known if k[1] != NOT_RECORDED), key=lambda k: (known[k], k[0], str(k[1])))
+    since = f", since {known[(c, fp)][:16].replace('T', ' ')}" if known[(c, fp)] else ""
+    return f"{t}, labels {order.index((c, fp)) + 1} of {len(order)}: {len(c)} classes{since}"
 
 
 LABEL_KEY_SINCE = datetime(2026, 11, 28, 7, 15, 18, tzinfo=UTC)  # --label-key's first commit

@@ -28,6 +28,7 @@ from fne.data.datasets import check_listable, load_dataset
 from fne.data.manifest import attach_keys
 from fne.errors import FneError
 from fne.linear.embedding import make_transform
+from fne.metrics import labels_fingerprint
 from fne.option_handling import named, refusal
 from fne.options import ForwardOptions
 from fne.progress import progress_line, said
@@ -72,6 +73,7 @@ class Source:
     store: Store
     spec: StoreSpec  # pinned to the store's precision and storage dtype
     extract_seconds: float | None  # measured, when this call extracted missing rows; None: cached
+    labels_fingerprint: str | None = None  # of DATA's listing as given, unreadable images included
 
 
 def load_data(data: str | Path | Dataset, cache: str | None, label_key: str | None = None) -> Dataset:
@@ -138,6 +140,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     if absent:
         raise _not_cached(data, spec, verb, f"the {len(dataset)} images of {data} are {where}")
     keys = attach_keys(dataset, spec.cache).keys()
+    labelled = labels_fingerprint(keys, dataset.labels)  # before unreadable images are left out, as train's
     store = spec.find(keys, verb, (extraction or ForwardOptions()).progress)
     missing = store.missing(keys)
     seconds = None
@@ -172,7 +175,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
         raise FneError(f"{data}: no readable images")
     if check is not None and len(keep) < len(keys):
         check(dataset)
-    return Source(dataset, store, spec.pinned(store), seconds)
+    return Source(dataset, store, spec.pinned(store), seconds, labelled)
 
 
 def _fitted_elsewhere(root, fitted: tuple[str, str] | None) -> str:

@@ -244,7 +244,7 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
         **_scores(per_split, confusions, dataset.classes),
-        "n_images": len(dataset), "classes": dataset.classes,
+        "n_images": len(dataset), "classes": dataset.classes, "labels_fingerprint": src.labels_fingerprint,
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,

@@ -243,13 +243,11 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     say = log or (lambda s: print(s, flush=True))
     t_start = time.perf_counter()
     expect_bools({"force": force, "dry_run": dry_run, "report": report}, none=("report",))  # before any work
-    (fwd,) = resolve(options, ForwardOptions, only=RUN_OPTIONS)
     p = load_pipeline(path, cache=cache)
-    p.progress = fwd.progress
     if device is not None:
         p.device = device
-    if workers is not None:  # checked as fne fit's (--workers -1 failed every step)
-        p.workers = resolve({"workers": workers}, ForwardOptions, only=("workers",))[0].workers
+    forward = resolve({"workers": workers, **options}, ForwardOptions, only=("workers", *RUN_OPTIONS))[0]  # as fit's
+    p.workers, p.progress = p.workers if workers is None else forward.workers, forward.progress
     if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
         _check_device(p, False, device is None)
     with in_the_files_words(out is None and p.out is not None):
