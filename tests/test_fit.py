@@ -178,6 +178,12 @@ def test_predict_names_the_cache_it_extracts_into_and_the_one_the_model_was_fitt
     assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "q.csv"), "--no-progress"]) == 0
     assert (f"fne predict: extracting 8 images missing from the cache {fitted_in} into its store "
             f"{store.path.name}\n") in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # a cache given to fit as a relative path is the folder it named then
+    fit(digits_folder, features="last", head="svm", splits=2, out="run2", cache="cache", **STORE)
+    assert main(["predict", "run2", str(new), "--out", "r.csv", "--no-progress", "--cache", "third"]) == 0
+    assert (f"fne predict: extracting 8 images missing from the cache third into its store {store.path.name}; run2 "
+            f"was fitted from rows of another cache, {fitted_in} (--cache {fitted_in} reads that one)\n"
+            ) in capsys.readouterr().err
 
 
 def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digits_folder, warm_cache, tmp_path,

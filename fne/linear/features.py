@@ -118,8 +118,8 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     With `extract_missing`, a call that makes the cache folder and fails removes it again where
     it holds only what the call left (`fne.cache.upkeep.remove_failed_new_cache`: manifests and
     free locks, no row), as `fne extract` does. The line saying that rows are extracted names the
-    cache and the store they go to; `fitted` (predict: the run folder and the store its model was
-    fitted from) adds, where that store is in another cache, that it is."""
+    cache and the store they go to; `fitted` (predict: the run folder and the cache its model was
+    fitted from) adds that cache where it is another."""
     root = cache_root(spec.cache)
     with new_cache_removed_on_failure(root, applies=extract_missing):  # also Ctrl-C
         return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root, fitted)
@@ -179,14 +179,15 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
 
 
 def _fitted_elsewhere(root, fitted: tuple[str, str] | None) -> str:
-    """'; RUN was fitted from rows of the cache C' where `fitted` (a run folder, the store its
-    model was fitted from) names a store of another cache than `root`; else ''."""
+    """'; RUN was fitted from rows of another cache, C (...)' where `fitted` (a run folder, the
+    cache its model was fitted from) names another cache than `root`; else ''."""
     if fitted is None:
         return ""
-    run, store = fitted
-    theirs = store.rstrip("/").rsplit("/", 1)[0] if is_url(store) else Path(store).parent
-    same = (str(theirs) == str(root).rstrip("/") if is_url(store) or is_url(root)
-            else Path(theirs).resolve() == Path(root).expanduser().resolve())
+    run, theirs = fitted
+    if is_url(theirs) or is_url(root):
+        same = str(theirs).rstrip("/") == str(root).rstrip("/")
+    else:
+        same = Path(theirs).expanduser().resolve() == Path(root).expanduser().resolve()
     if same:
         return ""
     cache = said(lambda py: named("cache", py, str(theirs), plain=True))

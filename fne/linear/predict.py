@@ -17,7 +17,7 @@ import numpy as np
 
 from fne import option_handling as opts
 from fne import verb_module
-from fne.cache.fs import RUN_MODELS, check_target, out_refused, replace_file
+from fne.cache.fs import RUN_MODELS, check_target, is_url, out_refused, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset, key_digests
@@ -183,8 +183,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         options = {**options, "cache": pinned.cache}
     spec, d, ext = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
-    src = open_rows(data, spec, "predict", True, ext, label_key=label_key,
-                    fitted=(str(run_dir), model["store"]["store"]) if model["store"].get("store") else None)
+    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir))
     dataset = src.dataset
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
@@ -195,6 +194,19 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
     return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "n_fitted_on": _fitted_on(model, dataset, run_dir),
             "out": str(out), "store": str(src.store.path)}
+
+
+def _fitted_cache(model: dict, run_dir: Path) -> tuple[str, str] | None:
+    """(run folder, the cache its model was fitted from): the ``cache`` fit was given (recorded
+    absolute), else the folder of the store it read ($FNE_CACHE's or the default then); None for a
+    model that records neither."""
+    s = model["store"]
+    if s.get("cache") is not None:
+        return str(run_dir), str(s["cache"])
+    store = s.get("store")
+    if not store:
+        return None
+    return str(run_dir), str(store).rstrip("/").rsplit("/", 1)[0] if is_url(store) else str(Path(store).parent)
 
 
 def _fitted_on(model: dict, dataset: Dataset, run_dir: Path) -> int | None:
