@@ -125,7 +125,7 @@ class Step:
 def train_arguments(step: Step, p: Pipeline) -> dict:
     """fne.train's keywords (less data, mode, out and direct mode's class_map) for a train step:
     its settings that its mode uses (fne train refuses one its mode ignores) and seed, the backbone (scratch imports no weights), and the pipeline's device
-    and workers where the settings give none."""
+    and workers where the settings give none; progress=False under `fne run --no-progress`."""
     k, b = step.kwargs, step.backbone
     settings = {n: v for n, v in k["settings"].items() if uses(TrainConfig, k["mode"], n)}  # [train]'s are shared
     weights = None if k["mode"] == "scratch" else b.resolved_weights or b.weights
