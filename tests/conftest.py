@@ -154,3 +154,33 @@ def image_opens(monkeypatch) -> Counter:
 
     monkeypatch.setattr(builtins, "open", counting_open)
     return opened
+
+
+def trains_alike_from_one_copy(loose_data: Path, packed_data: Path, tmp_path: Path, capsys) -> None:
+    """`fne train` over `packed_data` (the images of `loose_data` in a container) copies it once,
+    with a line saying so, scores as over the loose files, and `fne cache info` lists the copy."""
+    import fne
+    import fne.cli
+
+    common = dict(arch="efficientnet_lite0", weights="random", epochs=2, image_size=32, workers=0,
+                  val_fraction=0, batch_size=4, progress=True)
+    loose = fne.train(loose_data, "frozen", tmp_path / "run-files", **common)
+    capsys.readouterr()
+    packed = fne.train(packed_data, "frozen", tmp_path / "run-packed", **common)
+    out = capsys.readouterr().out
+    assert out.count("copying the images of") == 1 and "for reading them shuffled" in out
+    assert len(shuffled_copies(tmp_path)) == 1
+    assert packed["accuracy"] == loose["accuracy"] and packed["n_train"] == loose["n_train"] == 9
+    fne.train(packed_data, "frozen", tmp_path / "run-packed2", **{**common, "progress": False})
+    assert "copying" not in capsys.readouterr().out and len(shuffled_copies(tmp_path)) == 1
+    (copy,) = shuffled_copies(tmp_path)
+    info = fne.cache_info()
+    assert info.shuffled_copies == [str(copy)] and info.shuffled_bytes == copy.stat().st_size > 0
+    assert fne.cli.main(["cache", "info"]) == 0
+    assert (f"1 Parquet or HDF5 file(s) copied for fne train's shuffled reading: {copy.stat().st_size / 2**20:.1f} MiB "
+            f"in {copy.parent} (deleting them frees it") in capsys.readouterr().out
+
+
+def shuffled_copies(tmp_path: Path) -> list[Path]:
+    """The copies for shuffled reading in the cache `tmp_path / "fne-cache"`."""
+    return sorted((tmp_path / "fne-cache" / "manifests" / "shuffled").glob("*"))

@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fne
-import fne.cli
 import fne.data.hdf5_access as hdf5_access
 import fne.data.random_access as random_access
 from fne.data.containers import shuffled_dir
 from fne.data.datasets import load_dataset
 
-from .conftest import write_digits
+from .conftest import trains_alike_from_one_copy, write_digits
 
 h5py = pytest.importorskip("h5py")
 
@@ -226,20 +224,4 @@ def test_fne_train_over_hdf5_copies_it_once_and_trains_as_over_the_files(tmp_pat
         f.create_dataset("images", data=np.stack([np.asarray(Image.open(p)) for p in loose_d.sources]),
                          chunks=(3, 32, 32), compression="gzip")
         f["labels"] = np.array(loose_d.labels, dtype="S")
-    common = dict(arch="efficientnet_lite0", weights="random", epochs=2, image_size=32, workers=0,
-                  val_fraction=0, batch_size=4, progress=True)
-    loose = fne.train(src, "frozen", tmp_path / "run-files", **common)
-    capsys.readouterr()
-    packed = fne.train(tmp_path / "digits.h5", "frozen", tmp_path / "run-h5", **common)
-    out = capsys.readouterr().out
-    assert out.count("copying the images of") == 1 and "for reading them shuffled" in out
-    assert len(_copies(tmp_path)) == 1
-    assert packed["accuracy"] == loose["accuracy"] and packed["n_train"] == loose["n_train"] == 9
-    fne.train(tmp_path / "digits.h5", "frozen", tmp_path / "run-h52", **{**common, "progress": False})
-    assert "copying" not in capsys.readouterr().out and len(_copies(tmp_path)) == 1
-    (copy,) = _copies(tmp_path)
-    info = fne.cache_info()
-    assert info.shuffled_copies == [str(copy)] and info.shuffled_bytes == copy.stat().st_size > 0
-    assert fne.cli.main(["cache", "info"]) == 0
-    assert (f"1 Parquet or HDF5 file(s) copied for fne train's shuffled reading: "
-            f"{copy.stat().st_size / 2**20:.1f} MiB in {copy.parent}") in capsys.readouterr().out
+    trains_alike_from_one_copy(src, tmp_path / "digits.h5", tmp_path, capsys)

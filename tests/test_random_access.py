@@ -16,7 +16,7 @@ import fne.data.containers
 import fne.data.random_access as random_access
 from fne.data.datasets import load_dataset
 
-from .conftest import write_digits
+from .conftest import trains_alike_from_one_copy, write_digits
 from .test_containers import _Decoded, _files, write_parquet
 
 pa = pytest.importorskip("pyarrow")
@@ -180,20 +180,4 @@ def test_fne_train_over_parquet_copies_it_once_and_trains_as_over_the_files(tmp_
     """The copy changes nothing of a run but its speed: the same scores as the same images loose."""
     src = write_digits(tmp_path / "digits", per_class=6, classes=2)
     write_parquet(src, tmp_path / "pq", rows_per_group=3)
-    common = dict(arch="efficientnet_lite0", weights="random", epochs=2, image_size=32, workers=0,
-                  val_fraction=0, batch_size=4, progress=True)
-    loose = fne.train(src, "frozen", tmp_path / "run-files", **common)
-    capsys.readouterr()
-    packed = fne.train(tmp_path / "pq", "frozen", tmp_path / "run-pq", **common)
-    out = capsys.readouterr().out
-    assert out.count("copying the images of") == 1 and "for reading them shuffled" in out
-    assert len(_copies(tmp_path)) == 1
-    assert packed["accuracy"] == loose["accuracy"] and packed["n_train"] == loose["n_train"] == 9
-    fne.train(tmp_path / "pq", "frozen", tmp_path / "run-pq2", **{**common, "progress": False})
-    assert "copying" not in capsys.readouterr().out and len(_copies(tmp_path)) == 1
-    (copy,) = _copies(tmp_path)
-    info = fne.cache_info()
-    assert info.shuffled_copies == [str(copy)] and info.shuffled_bytes == copy.stat().st_size > 0
-    assert fne.cli.main(["cache", "info"]) == 0
-    assert (f"1 Parquet or HDF5 file(s) copied for fne train's shuffled reading: {copy.stat().st_size / 2**20:.1f} MiB "
-            f"in {copy.parent} (deleting them frees it") in capsys.readouterr().out
+    trains_alike_from_one_copy(src, tmp_path / "pq", tmp_path, capsys)
