@@ -788,6 +788,43 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, cap
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (force=True)") for s in said)
 
 
+def test_an_image_moved_to_another_class_reruns_the_steps_of_its_dataset(tmp_path):
+    """Moving an image between class folders keeps the images' content (the cache's keys) and their
+    count: the steps of that DATA rerun, saying why (their results were of the old labels), and a
+    max_per_class subset of it is written anew with the new labels."""
+    images = write_digits(tmp_path / "images", per_class=4, classes=2)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', 'data = "images"').split("[train]")[0]
+    f = write(tmp_path, text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    sub = write(tmp_path, f.read_text().replace('data = "images"', 'data = "images"\nmax_per_class = 3'),
+                "sub.toml")
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    P.run(sub, tmp_path / "sub", cache, report=False, log=lambda s: None)
+    subset = tmp_path / "sub/digits/data/images.csv"
+    moved = Path(subset.read_text().splitlines()[1].split(",")[0])  # one the subset holds
+    assert moved.parent == images / "0"
+    moved.rename(images / "1" / moved.name)
+    said: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=said.append)
+    assert said[-1] == "2 step(s) to run, 0 done"
+    assert all(s.endswith("the images' names, labels or split changed)") for s in said[1:-1] if "->" in s)
+    said.clear()
+    P.run(f, out, cache, report=False, log=said.append)
+    assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... "
+                          "(settings changed: the images' names, labels or split changed)") for s in said)
+    assert said[-1].startswith("2 step(s) run, 0 skipped as done")
+    assert json.loads((out / "digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0/metrics.json").read_text()
+                      )["n_images"] == 8
+    said.clear()
+    P.run(f, out, cache, report=False, log=said.append)
+    assert said[-1].startswith("0 step(s) run, 2 skipped as done")
+    said.clear()
+    P.run(sub, tmp_path / "sub", cache, report=False, log=said.append)
+    assert said[-1].startswith("2 step(s) run, 0 skipped as done")
+    rows = [r.split(",") for r in subset.read_text().splitlines()[1:]]
+    assert len(rows) == 6 and all(Path(path).is_file() and Path(path).parent.name == label for path, label in rows)
+
+
 def test_imagenet_weights_that_do_not_load_stop_the_run_naming_the_backbone(tmp_path, monkeypatch):
     """weights = "imagenet" (not imagenet-or-random) where they cannot be had (offline): one line
     naming the backbone's label and why, before any step runs."""

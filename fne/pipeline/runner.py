@@ -39,7 +39,15 @@ from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.config_errors import in_the_files_words
 from fne.pipeline.plan import load_pipeline, plan
-from fne.pipeline.steps import Step, config_hash, forced, forced_as, needs_rows, train_arguments
+from fne.pipeline.steps import (
+    Step,
+    config_hash,
+    forced,
+    forced_as,
+    labels_fingerprint,
+    needs_rows,
+    train_arguments,
+)
 from fne.progress import STARTS_OVER
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
@@ -94,7 +102,8 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
                 keep += sorted(rng.choice(idx, min(ds.max_per_class, len(idx)), replace=False).tolist())
     keep.sort()
     folder = out / slug(ds.key) / "data"
-    ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d)})
+    ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d),
+                         "labels": labels_fingerprint(d, cache)})
     stamp = folder / "subset.json"
     if d.array_source is not None:
         target = folder / f"{d.name}.h5"
