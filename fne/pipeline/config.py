@@ -396,7 +396,9 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
     for m in modes:
         if m not in MODES:
             err.add(("train", "modes"), f"unknown mode {m!r}; choose from {', '.join(MODES)}")
-    common = _check_table({k: v for k, v in t.items() if k not in MODES}, TRAIN_SCHEMA, ("train",), err)
+    misplaced = _misplaced_in_train(t, err)
+    common = _check_table({k: v for k, v in t.items() if k not in MODES and k not in misplaced}, TRAIN_SCHEMA,
+                          ("train",), err)
     common.pop("modes", None)
     for k in _add_problems(TrainConfig, common, ("train",), err):  # refused: later checks do not use it
         common.pop(k, None)
@@ -417,6 +419,23 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
         p.train[m] = {**common, **own}  # fne.pipeline.steps.train_arguments passes on those the mode uses
         p.train_raw[m] = own
     p.train_raw[""] = common
+
+
+def _misplaced_in_train(t: dict, err: Errors) -> set[str]:
+    """Keys of [train] that belong elsewhere, each named with where it goes: a table of no mode
+    ([train.frozn]: did you mean [train.frozen]?) and class_map, a dataset's."""
+    out = set()
+    for k, v in t.items():
+        if k == "class_map":
+            err.add(("train", k), "class_map is a dataset's: set it in its [datasets.KEY] table "
+                                  "(direct mode maps that dataset's classes)")
+            out.add(k)
+        elif isinstance(v, dict) and k not in MODES and k not in TRAIN_SCHEMA:
+            close = difflib.get_close_matches(k, MODES, n=1)
+            hint = f"; did you mean [train.{close[0]}]?" if close else ""
+            err.add(("train", k), f"a table of no mode{hint} (modes: {', '.join(MODES)})")
+            out.add(k)
+    return out
 
 
 def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
