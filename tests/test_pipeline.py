@@ -1030,7 +1030,8 @@ def test_when_every_fit_and_train_step_fails_the_run_ends_naming_them(tmp_path, 
     monkeypatch.setattr(fne.linear.fit, "fit", failing)
     said: list[str] = []
     with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit last\+svm "
-                                       r"seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+                                       r"seed 0 \(solver sklearn\): the svm could not be fitted\); the other "
+                                       r"steps are done, and no report was written; fix the cause"):
         P.run(f, out, str(tmp_path / "cache"), log=said.append)
     assert (out / "digits" / "efficientnet_lite0-random" / "advice" / "advice.json").is_file()
     assert "no step has a result yet: no report" in said and not (out / "report.md").exists()
@@ -1060,7 +1061,8 @@ def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_
     with monkeypatch.context() as m:
         m.setattr(fne.linear.fit, "fit", failing)
         with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit "
-                                           r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+                                           r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\); "
+                                           r"the other steps are done and reported in .*report\.md; fix the cause"):
             P.run(f, out, cache, log=said.append)
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn): FAILED: the svm could not be fitted") for s in said)
     md = (out / "report.md").read_text()

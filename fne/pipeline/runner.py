@@ -281,8 +281,9 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     if failed:
         raise FneError(f"{len(failed)} of {len(steps)} step(s) failed (" + "; ".join(f"{label}: {why}" for label, why
                                                                            in failed[:3])
-                       + ("; …" if len(failed) > 3 else "") + "); the other steps are done and reported; fix the "
-                       "cause and rerun the same command: finished steps are skipped")
+                       + ("; …" if len(failed) > 3 else "") + "); the other steps are done"
+                       + (f" and reported in {out / 'report.md'}" if rep is not None else ", and no report was written")
+                       + "; fix the cause and rerun the same command: finished steps are skipped")
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
 
 
