@@ -1141,3 +1141,40 @@ def test_a_datasets_train_per_class_reaches_its_train_steps(tmp_path):
     with pytest.raises(PipelineError, match=r"train.val_fraction: mode frozen on digits: a validation part of 0.02 "
                                             r"holds 6 of ~300 training images"):
         load_pipeline(write(tmp_path, text.replace("epochs = 2", "epochs = 2\nval_fraction = 0.02")))
+
+
+def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_path):
+    """Two `fne run` of one out folder ran a step together, each writing its folder (metrics.json of
+    one, step.json of the other's settings). A step now runs under a lock beside its folder: the
+    second run says it waits, and once the first is done, skips the step it finished."""
+    import subprocess
+    import sys
+
+    f = write(tmp_path, TINY.split("[train]")[0].replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    step = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    go = tmp_path / "go"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib\nfrom fne.data.sidecar import locked\n"
+        "with locked(pathlib.Path(sys.argv[1]), process=True):\n"
+        "    print('held', flush=True)\n"
+        "    while not pathlib.Path(sys.argv[2]).exists():\n        time.sleep(0.05)\n"),
+        str(step.with_name(f".{step.name}.lock")), str(go)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        said: list[str] = []
+
+        def log(s: str) -> None:
+            said.append(s)
+            if s.endswith("waiting for it"):
+                go.touch()  # the other run ends its step
+
+        P.run(f, out, cache, report=False, log=log)
+    finally:
+        go.touch()
+        holder.wait(timeout=30)
+    label = "[2/2] digits efficientnet_lite0-random fit last+svm seed 0 (solver sklearn)"
+    assert said[said.index(f"{label}: another fne run is running this step; waiting for it") + 1] == (
+        f"{label}: done before, skipped")
+    assert said[-1].startswith("0 step(s) run, 2 skipped as done")
