@@ -101,6 +101,8 @@ epochs = 2
     ('epochs = 2', 'epochs = 2\n\n[train.frozen]\ndirect_score = "max"', 20, "train.frozen.direct_score",
      "direct_score applies to mode direct only, not frozen"),
     ('modes = ["frozen"]\n', '', 15, "train", "missing key 'modes'"),
+    ('epochs = 2', 'epochs = 2\naugment = false\naugment_on = "cpu"', 19, "train.augment_on",
+     "'cpu' places the augmentation, and augment = false trains without it"),
     ('epochs = 2', 'epochs = 2\n\n[train.frozn]\nepochs = 1', 19, "train.frozn",
      "a table of no mode; did you mean [train.frozen]? (modes: direct, scratch, frozen, finetune)"),
     ('epochs = 2', 'epochs = 2\nclass_map = {"0" = ["tench"]}', 18, "train.class_map",
@@ -1141,6 +1143,19 @@ def test_a_datasets_train_per_class_reaches_its_train_steps(tmp_path):
     with pytest.raises(PipelineError, match=r"train.val_fraction: mode frozen on digits: a validation part of 0.02 "
                                             r"holds 6 of ~300 training images"):
         load_pipeline(write(tmp_path, text.replace("epochs = 2", "epochs = 2\nval_fraction = 0.02")))
+
+
+def test_a_step_done_before_labels_were_recorded_stays_done_and_is_not_said_to_have_new_labels():
+    """A step.json written before fne recorded DATA's labels: its step stays done (the hash leaves
+    them out), and a rerun for another reason does not say the labels changed."""
+    from fne.pipeline.steps import changes, config_hash, hashed
+
+    old = {"dataset": {"data": "/a", "content": "c"}, "epochs": 1}
+    new = {"dataset": {"data": "/a", "content": "c", "labels": "l"}, "epochs": 1}
+    assert config_hash(hashed(new)) == config_hash(old)
+    assert changes(old, {**new, "epochs": 2}) == "epochs 1 -> 2"
+    assert changes({**new, "dataset": {**new["dataset"], "labels": "k"}}, new) == (
+        "the images' names, labels or split changed")
 
 
 def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_path):

@@ -352,6 +352,10 @@ def test_a_class_map_dict_of_the_wrong_shape_is_one_line_before_any_work(cmap, e
     (["--mode", "scratch", "--new-layers", "last"], None, "--new-layers applies to --mode frozen or finetune only"),
     (["--mode", "frozen", "--imported-lr-mult", "0.1"], None, "--imported-lr-mult applies to --mode finetune only"),
     (["--mode", "frozen"], {"0": [1]}, "--class-map applies to --mode direct only, not frozen"),
+    (["--mode", "frozen", "--no-augment", "--augment-on", "cpu"], None,
+     "--augment-on 'cpu' places the augmentation, and --no-augment trains without it: give one of the two"),
+    (["--mode", "direct", "--augment-on", "cpu"], {"0": [1]},
+     "--augment-on applies to --mode scratch, frozen or finetune only, not direct"),
 ])
 def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, tmp_path, capsys):
     args = ["train", "digits", "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "run"),

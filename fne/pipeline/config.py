@@ -25,7 +25,7 @@ from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
 from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
 from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig, class_map_problem
-from fne.pipeline.config_errors import Errors, Locator, PipelineError
+from fne.pipeline.config_errors import Errors, Locator, PipelineError, dotted
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
 # "list[str]", "list[int]", "table", "str|float", "str|table".
@@ -417,6 +417,11 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
         for k in [k for k in own if not uses(TrainConfig, m, k)]:  # [train]'s are shared: only the others apply
             err.add(("train", m, k), f"{k} applies to mode {used_by(TrainConfig, k)} only, not {m}")
         p.train[m] = {**common, **own}  # fne.pipeline.steps.train_arguments passes on those the mode uses
+        if p.train[m].get("augment") is False and p.train[m].get("augment_on", "auto") != "auto":
+            at = ("train", m, "augment_on") if "augment_on" in own else ("train", "augment_on")
+            if not any(f" {dotted(at)}: " in line for _, line in err.items):  # a shared [train] key: once
+                err.add(at, f"{p.train[m]['augment_on']!r} places the augmentation, and augment = false "
+                            f"trains without it: give one of the two")
         p.train_raw[m] = own
     p.train_raw[""] = common
 

@@ -69,8 +69,9 @@ def changes(old: dict, new: dict, limit: int = 4) -> str:
         name = k.removeprefix("settings.")
         if k == "dataset.content":
             words.append("the images changed" if b.get(k) else "the images may have changed (not read yet)")
-        elif k == "dataset.labels":
-            words.append(LABELS_CHANGED)
+        elif k == "dataset.labels":  # a step done before fne recorded them (None) tells nothing of them
+            if a.get(k) is not None and b.get(k) is not None:
+                words.append(LABELS_CHANGED)
         elif k == "fne":
             words.append(f"fne {a.get(k)} -> {b.get(k)}")
         else:
