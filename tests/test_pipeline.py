@@ -301,10 +301,12 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch, fo
         raise KeyboardInterrupt
 
     # 1. interrupted in the last step (train): advise and both fits are committed
+    said: list[str] = []
     with monkeypatch.context() as m:
         m.setattr(fne.training.train, "train", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            P.run(f, out, cache, report=False, log=lambda s: None)
+            P.run(f, out, cache, report=False, log=said.append)
+    assert said[-1].endswith("train frozen seed 0: stopped; no epoch of it was saved yet: the rerun starts it anew")
     fits = [root / "fit-last-svm-C1.0-s0", root / "fit-last-logreg-C1.0-s0"]
     for d in fits + [root / "advice"]:
         assert (d / "step.json").is_file()
@@ -367,12 +369,16 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
             raise KeyboardInterrupt
         return real(*a, **k)
 
+    said: list[str] = []
     with monkeypatch.context() as m:
         m.setattr(ep, "train_one_epoch", second_epoch_interrupted)
         with pytest.raises(KeyboardInterrupt):
-            P.run(f, out, cache, report=False, log=lambda s: None)
+            P.run(f, out, cache, report=False, log=said.append)
     step = out / "digits" / "efficientnet_lite0-random" / "train-frozen-s0"
     assert torch.load(step / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    # the run says what the training step it stopped kept
+    assert said[-1] == ("[4/4] digits efficientnet_lite0-random train frozen seed 0: stopped; the rerun resumes "
+                        "from its checkpoint after epoch 1 of 2")
 
     def dry(path, force=False):  # the dry run's line of the train step
         lines = []

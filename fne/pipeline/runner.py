@@ -397,6 +397,13 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                 failed.append((step.label, why))
                 say(f"{tag}: FAILED: {why}")
                 continue
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM: what the training step in progress kept, then stop
+                if step.kind == "train" and step.kwargs["mode"] != "direct":
+                    from fne.pipeline.dryrun import checkpoint_note
+
+                    say(f"{tag}: stopped" + (checkpoint_note(step, p, False, cache)
+                                             or "; no epoch of it was saved yet: the rerun starts it anew"))
+                raise
             secs = time.perf_counter() - t
             step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
             ran += 1
