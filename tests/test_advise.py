@@ -336,3 +336,24 @@ def test_the_fit_command_advised_runs_as_printed_on_a_cache_without_the_rows(dig
     monkeypatch.chdir(tmp_path)
     assert main(shlex.split(fit[0])[1:]) == 0
     assert (tmp_path / "runs" / f"{digits_folder.name}-fne-svm" / "metrics.json").is_file()
+
+
+def test_advise_out_over_a_run_folders_own_file_is_refused_before_any_work(digits_folder, tmp_path, capsys):
+    """`fne advise DATA --out RUN/metrics.json` wrote the advice over a `fne fit` run's metrics.json
+    (fne predict refused that name): it stops in one line naming --out and the run, the run left
+    as it was; any other name in the folder is written."""
+    from fne.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.joblib").write_bytes(b"a model")
+    (run / "metrics.json").write_text('{"kind": "fit"}')
+    args = ["advise", str(digits_folder), "--arch", "efficientnet_lite0", "--weights", "random",
+            "--cache", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(run / "metrics.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fne advise: error: --out '{run / 'metrics.json'}': is the metrics.json of the run in {run}; "
+                   "writing the advice there would replace the run's own file: give another name")
+    assert (run / "metrics.json").read_text() == '{"kind": "fit"}'
+    assert main([*args, "--out", str(run / "advice-of-digits.json")]) == 0
+    assert json.loads((run / "advice-of-digits.json").read_text())["kind"] == "advice"

@@ -493,11 +493,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
-    from fne.cache.fs import check_target, write_json
+    from fne.cache.fs import check_target, not_a_run_file, write_json
     from fne.option_handling import from_args
 
     kw = from_args(args, *OPTIONS)
     out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass
+    if out is not None:
+        not_a_run_file(out, "writing the advice")
     a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
