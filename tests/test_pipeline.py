@@ -1199,3 +1199,24 @@ def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_
     assert said[said.index(f"{label}: another fne run is running this step; waiting for it") + 1] == (
         f"{label}: done before, skipped")
     assert said[-1].startswith("0 step(s) run, 2 skipped as done")
+
+
+def test_a_pipeline_run_into_another_pipelines_out_folder_names_the_datasets_its_report_leaves_out(tmp_path):
+    """Two pipeline files given one out folder: the second's report replaced the first's, its
+    datasets gone from report.md without a word. The run now says which datasets of the other
+    pipeline its report leaves out (their runs stay) and how to report them all."""
+    text = TINY.split("[train]")[0].replace('heads = ["svm", "logreg"]', 'heads = ["svm"]')
+    one = write(tmp_path, text, "one.toml")
+    two = write(tmp_path, text.replace('name = "tiny"', 'name = "other"').replace("[datasets.digits]",
+                                                                                  "[datasets.few]"), "two.toml")
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(one, out, cache, report=False, log=lambda s: None)
+    said: list[str] = []
+    P.run(two, out, cache, report=False, log=said.append)
+    assert (f"note: {out} holds runs of dataset(s) digits of pipeline 'tiny' ({one}), which {two} does not list: "
+            f"they stay there, and this run's report leaves them out (`fne report {out} --out DIR` reports every run "
+            "under it)") in said
+    assert (out / "digits").is_dir() and (out / "few").is_dir()
+    said.clear()
+    P.run(two, out, cache, report=False, log=said.append)  # its own out folder now: nothing to say
+    assert not any(s.startswith("note:") for s in said)

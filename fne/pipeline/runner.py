@@ -270,7 +270,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     steps = plan(p, out, data_for, cache)
     if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
         _check_device(p, force or not all(s.done() for s in steps), device is None)
-    write_json(out / "pipeline.json", p.summary())
+    _write_summary(out, p, say)
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
     write_json(out / "pipeline.json", p.summary())
@@ -282,6 +282,19 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     if failed:
         raise _failed(failed, len(steps), out if rep is not None else None)
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _write_summary(out: Path, p: Pipeline, say) -> None:
+    """OUT/pipeline.json, after a note where the one it replaces lists datasets this pipeline does
+    not (another pipeline file given the same out folder): their runs stay, this report leaves them out."""
+    old = read_json(out / "pipeline.json")
+    old = old if isinstance(old, dict) and isinstance(old.get("datasets"), dict) else {"datasets": {}}
+    left = [k for k in old["datasets"] if k not in {d.key for d in p.datasets}]
+    if left:
+        say(f"note: {out} holds runs of dataset(s) {', '.join(left)} of pipeline {old.get('name')!r} "
+            f"({old.get('file')}), which {p.file} does not list: they stay there, and this run's report leaves "
+            f"them out (`fne report {out} --out DIR` reports every run under it)")
+    write_json(out / "pipeline.json", p.summary())
 
 
 def _failed(failed: list[tuple[str, str]], n: int, reported: Path | None) -> FneError:
