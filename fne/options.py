@@ -302,8 +302,9 @@ class TrainConfig:
                            flag="--no-augment", modes=TRAINED)
     augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
                                      "on the GPU when training on CUDA (workers only read JPEG bytes), else "
-                                     "in the loader workers",
-                             choices=AUGMENT_ON)
+                                     "in the loader workers (with augmentation only: --no-augment decodes in "
+                                     "the workers)",
+                             choices=AUGMENT_ON, modes=TRAINED)
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  modes=TRAINED, **between(0, 1, closed_lo=True))
     test_size: float = option(0.25, "when DATA has no predefined split", drawn=True, **between(0, 1))

@@ -126,7 +126,7 @@ def test_advise_digits_random_weights_end_to_end(capsys):
                                "borderline_max_softmax": A.MSP_BORDER}
     # each recommended command runs as printed: on the backbone advised on, into a run folder
     assert a["commands"][0] == ("fne fit digits --features fne --head svm --arch efficientnet_lite0 "
-                                "--weights random --out runs/digits-fne-svm")
+                                "--weights random --extract --out runs/digits-fne-svm")
     from fne.cli import build_parser
 
     for cmd in a["commands"]:
@@ -319,3 +319,41 @@ def test_commands_for_data_with_a_predefined_split_carry_no_split_options(digits
         "(the options draw random splits, for DATA without one)"]
     assert a["commands"] and not any("--test-size" in c or "--train-per-class" in c for c in a["commands"])
     assert "train split" in a["images_per_class_detail"]["basis"]
+
+
+def test_the_fit_command_advised_runs_as_printed_on_a_cache_without_the_rows(digits_folder, tmp_path, monkeypatch,
+                                                                               capsys):
+    """`fne advise DATA --cache C` extracts a sample at most (none with random weights), and its
+    `try: fne fit DATA …` stopped: `N of M images are not in the cache; add them with: fne extract …`.
+    The fit commands now carry --extract and the --cache advised from, and run as printed."""
+    from fne.cli import main
+
+    cache = tmp_path / "my cache"
+    a = A.advise(str(digits_folder), arch="efficientnet_lite0", weights="random", cache=str(cache))
+    fit = [c for c in a["commands"] if c.startswith("fne fit ")]
+    assert fit and all(f"--extract --cache '{cache}'" in c for c in fit)
+    assert not any("--extract" in c for c in a["commands"] if not c.startswith("fne fit "))
+    monkeypatch.chdir(tmp_path)
+    assert main(shlex.split(fit[0])[1:]) == 0
+    assert (tmp_path / "runs" / f"{digits_folder.name}-fne-svm" / "metrics.json").is_file()
+
+
+def test_advise_out_over_a_run_folders_own_file_is_refused_before_any_work(digits_folder, tmp_path, capsys):
+    """`fne advise DATA --out RUN/metrics.json` wrote the advice over a `fne fit` run's metrics.json
+    (fne predict refused that name): it stops in one line naming --out and the run, the run left
+    as it was; any other name in the folder is written."""
+    from fne.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.joblib").write_bytes(b"a model")
+    (run / "metrics.json").write_text('{"kind": "fit"}')
+    args = ["advise", str(digits_folder), "--arch", "efficientnet_lite0", "--weights", "random",
+            "--cache", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(run / "metrics.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fne advise: error: --out '{run / 'metrics.json'}': is the metrics.json of the run in {run}; "
+                   "writing the advice there would replace the run's own file: give another name")
+    assert (run / "metrics.json").read_text() == '{"kind": "fit"}'
+    assert main([*args, "--out", str(run / "advice-of-digits.json")]) == 0
+    assert json.loads((run / "advice-of-digits.json").read_text())["kind"] == "advice"

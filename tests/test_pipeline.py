@@ -101,6 +101,12 @@ epochs = 2
     ('epochs = 2', 'epochs = 2\n\n[train.frozen]\ndirect_score = "max"', 20, "train.frozen.direct_score",
      "direct_score applies to mode direct only, not frozen"),
     ('modes = ["frozen"]\n', '', 15, "train", "missing key 'modes'"),
+    ('epochs = 2', 'epochs = 2\naugment = false\naugment_on = "cpu"', 19, "train.augment_on",
+     "'cpu' places the augmentation, and augment = false trains without it"),
+    ('epochs = 2', 'epochs = 2\n\n[train.frozn]\nepochs = 1', 19, "train.frozn",
+     "a table of no mode; did you mean [train.frozen]? (modes: direct, scratch, frozen, finetune)"),
+    ('epochs = 2', 'epochs = 2\nclass_map = {"0" = ["tench"]}', 18, "train.class_map",
+     "class_map is a dataset's: set it in its [datasets.KEY] table"),
     ('[[backbones]]\narch = "vgg16"\n', '[[backbones]]\n', 7, "backbones[0]", "missing key 'arch'"),
     ('weights = "random"', 'weights = "imagenet"\nweights_seed = 3', 10, "backbones[0].weights_seed",
      "applies to weights 'random' (or 'imagenet-or-random') only, not 'imagenet'"),
@@ -295,10 +301,12 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch, fo
         raise KeyboardInterrupt
 
     # 1. interrupted in the last step (train): advise and both fits are committed
+    said: list[str] = []
     with monkeypatch.context() as m:
         m.setattr(fne.training.train, "train", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            P.run(f, out, cache, report=False, log=lambda s: None)
+            P.run(f, out, cache, report=False, log=said.append)
+    assert said[-1].endswith("train frozen seed 0: stopped; no epoch of it was saved yet: the rerun starts it anew")
     fits = [root / "fit-last-svm-C1.0-s0", root / "fit-last-logreg-C1.0-s0"]
     for d in fits + [root / "advice"]:
         assert (d / "step.json").is_file()
@@ -361,12 +369,16 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
             raise KeyboardInterrupt
         return real(*a, **k)
 
+    said: list[str] = []
     with monkeypatch.context() as m:
         m.setattr(ep, "train_one_epoch", second_epoch_interrupted)
         with pytest.raises(KeyboardInterrupt):
-            P.run(f, out, cache, report=False, log=lambda s: None)
+            P.run(f, out, cache, report=False, log=said.append)
     step = out / "digits" / "efficientnet_lite0-random" / "train-frozen-s0"
     assert torch.load(step / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    # the run says what the training step it stopped kept
+    assert said[-1] == ("[4/4] digits efficientnet_lite0-random train frozen seed 0: stopped; the rerun resumes "
+                        "from its checkpoint after epoch 1 of 2")
 
     def dry(path, force=False):  # the dry run's line of the train step
         lines = []
@@ -788,6 +800,43 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, cap
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... (force=True)") for s in said)
 
 
+def test_an_image_moved_to_another_class_reruns_the_steps_of_its_dataset(tmp_path):
+    """Moving an image between class folders keeps the images' content (the cache's keys) and their
+    count: the steps of that DATA rerun, saying why (their results were of the old labels), and a
+    max_per_class subset of it is written anew with the new labels."""
+    images = write_digits(tmp_path / "images", per_class=4, classes=2)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', 'data = "images"').split("[train]")[0]
+    f = write(tmp_path, text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    sub = write(tmp_path, f.read_text().replace('data = "images"', 'data = "images"\nmax_per_class = 3'),
+                "sub.toml")
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    P.run(sub, tmp_path / "sub", cache, report=False, log=lambda s: None)
+    subset = tmp_path / "sub/digits/data/images.csv"
+    moved = Path(subset.read_text().splitlines()[1].split(",")[0])  # one the subset holds
+    assert moved.parent == images / "0"
+    moved.rename(images / "1" / moved.name)
+    said: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=said.append)
+    assert said[-1] == "2 step(s) to run, 0 done"
+    assert all(s.endswith("the images' names, labels or split changed)") for s in said[1:-1] if "->" in s)
+    said.clear()
+    P.run(f, out, cache, report=False, log=said.append)
+    assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... "
+                          "(settings changed: the images' names, labels or split changed)") for s in said)
+    assert said[-1].startswith("2 step(s) run, 0 skipped as done")
+    assert json.loads((out / "digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0/metrics.json").read_text()
+                      )["n_images"] == 8
+    said.clear()
+    P.run(f, out, cache, report=False, log=said.append)
+    assert said[-1].startswith("0 step(s) run, 2 skipped as done")
+    said.clear()
+    P.run(sub, tmp_path / "sub", cache, report=False, log=said.append)
+    assert said[-1].startswith("2 step(s) run, 0 skipped as done")
+    rows = [r.split(",") for r in subset.read_text().splitlines()[1:]]
+    assert len(rows) == 6 and all(Path(path).is_file() and Path(path).parent.name == label for path, label in rows)
+
+
 def test_imagenet_weights_that_do_not_load_stop_the_run_naming_the_backbone(tmp_path, monkeypatch):
     """weights = "imagenet" (not imagenet-or-random) where they cannot be had (offline): one line
     naming the backbone's label and why, before any step runs."""
@@ -989,7 +1038,8 @@ def test_when_every_fit_and_train_step_fails_the_run_ends_naming_them(tmp_path, 
     monkeypatch.setattr(fne.linear.fit, "fit", failing)
     said: list[str] = []
     with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit last\+svm "
-                                       r"seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+                                       r"seed 0 \(solver sklearn\): the svm could not be fitted\); the other "
+                                       r"steps are done, and no report was written; fix the cause"):
         P.run(f, out, str(tmp_path / "cache"), log=said.append)
     assert (out / "digits" / "efficientnet_lite0-random" / "advice" / "advice.json").is_file()
     assert "no step has a result yet: no report" in said and not (out / "report.md").exists()
@@ -1019,7 +1069,8 @@ def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_
     with monkeypatch.context() as m:
         m.setattr(fne.linear.fit, "fit", failing)
         with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit "
-                                           r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\)"):
+                                           r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\); "
+                                           r"the other steps are done and reported in .*report\.md; fix the cause"):
             P.run(f, out, cache, log=said.append)
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn): FAILED: the svm could not be fitted") for s in said)
     md = (out / "report.md").read_text()
@@ -1113,3 +1164,74 @@ def test_no_progress_reaches_every_step(tmp_path, capsys, flags):
     bars = [line.split(":")[0] for line in capsys.readouterr().err.splitlines() if " elapsed" in line]
     expected = [] if flags else ["extract efficientnet_lite0", "fit last+svm", "fit last+logreg", "frozen 1/1", "test"]
     assert bars == expected
+
+
+def test_a_step_done_before_labels_were_recorded_stays_done_and_is_not_said_to_have_new_labels():
+    """A step.json written before fne recorded DATA's labels: its step stays done (the hash leaves
+    them out), and a rerun for another reason does not say the labels changed."""
+    from fne.pipeline.steps import changes, config_hash, hashed
+
+    old = {"dataset": {"data": "/a", "content": "c"}, "epochs": 1}
+    new = {"dataset": {"data": "/a", "content": "c", "labels": "l"}, "epochs": 1}
+    assert config_hash(hashed(new)) == config_hash(old)
+    assert changes(old, {**new, "epochs": 2}) == "epochs 1 -> 2"
+    assert changes({**new, "dataset": {**new["dataset"], "labels": "k"}}, new) == (
+        "the images' names, labels or split changed")
+
+
+def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_path):
+    """Two `fne run` of one out folder ran a step together, each writing its folder (metrics.json of
+    one, step.json of the other's settings). A step now runs under a lock beside its folder: the
+    second run says it waits, and once the first is done, skips the step it finished."""
+    import subprocess
+    import sys
+
+    f = write(tmp_path, TINY.split("[train]")[0].replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    step = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    go = tmp_path / "go"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib\nfrom fne.data.sidecar import locked\n"
+        "with locked(pathlib.Path(sys.argv[1]), process=True):\n"
+        "    print('held', flush=True)\n"
+        "    while not pathlib.Path(sys.argv[2]).exists():\n        time.sleep(0.05)\n"),
+        str(step.with_name(f".{step.name}.lock")), str(go)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        said: list[str] = []
+
+        def log(s: str) -> None:
+            said.append(s)
+            if s.endswith("waiting for it"):
+                go.touch()  # the other run ends its step
+
+        P.run(f, out, cache, report=False, log=log)
+    finally:
+        go.touch()
+        holder.wait(timeout=30)
+    label = "[2/2] digits efficientnet_lite0-random fit last+svm seed 0 (solver sklearn)"
+    assert said[said.index(f"{label}: another fne run is running this step; waiting for it") + 1] == (
+        f"{label}: done before, skipped")
+    assert said[-1].startswith("0 step(s) run, 2 skipped as done")
+
+
+def test_a_pipeline_run_into_another_pipelines_out_folder_names_the_datasets_its_report_leaves_out(tmp_path):
+    """Two pipeline files given one out folder: the second's report replaced the first's, its
+    datasets gone from report.md without a word. The run now says which datasets of the other
+    pipeline its report leaves out (their runs stay) and how to report them all."""
+    text = TINY.split("[train]")[0].replace('heads = ["svm", "logreg"]', 'heads = ["svm"]')
+    one = write(tmp_path, text, "one.toml")
+    two = write(tmp_path, text.replace('name = "tiny"', 'name = "other"').replace("[datasets.digits]",
+                                                                                  "[datasets.few]"), "two.toml")
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(one, out, cache, report=False, log=lambda s: None)
+    said: list[str] = []
+    P.run(two, out, cache, report=False, log=said.append)
+    assert (f"note: {out} holds runs of dataset(s) digits of pipeline 'tiny' ({one}), which {two} does not list: "
+            f"they stay there, and this run's report leaves them out (`fne report {out} --out DIR` reports every run "
+            "under it)") in said
+    assert (out / "digits").is_dir() and (out / "few").is_dir()
+    said.clear()
+    P.run(two, out, cache, report=False, log=said.append)  # its own out folder now: nothing to say
+    assert not any(s.startswith("note:") for s in said)

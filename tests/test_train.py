@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import threading
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 from fne.backbones import registry as backbones
 from fne.cli import main
 from fne.data.datasets import load_dataset
-from fne.errors import FneError, OptionError
+from fne.errors import FneError, OptionError, WeightsError
 
 pytest.importorskip("efficientnet_lite_pytorch")
 
@@ -351,6 +352,10 @@ def test_a_class_map_dict_of_the_wrong_shape_is_one_line_before_any_work(cmap, e
     (["--mode", "scratch", "--new-layers", "last"], None, "--new-layers applies to --mode frozen or finetune only"),
     (["--mode", "frozen", "--imported-lr-mult", "0.1"], None, "--imported-lr-mult applies to --mode finetune only"),
     (["--mode", "frozen"], {"0": [1]}, "--class-map applies to --mode direct only, not frozen"),
+    (["--mode", "frozen", "--no-augment", "--augment-on", "cpu"], None,
+     "--augment-on 'cpu' places the augmentation, and --no-augment trains without it: give one of the two"),
+    (["--mode", "direct", "--augment-on", "cpu"], {"0": [1]},
+     "--augment-on applies to --mode scratch, frozen or finetune only, not direct"),
 ])
 def test_bad_arguments_fail_with_one_clear_line(extra, cmap, expected, source, tmp_path, capsys):
     args = ["train", "digits", "--arch", ARCH, "--weights", "random", "--out", str(tmp_path / "run"),
@@ -832,6 +837,22 @@ def resumable_run(source, tmp_path_factory):
     train(str(data), "frozen", root / "run", arch=ARCH, weights=str(source), epochs=2, save_every=1,
           image_size=32, workers=0, progress=False)
     return data, root / "run"
+
+
+def test_a_train_runs_network_given_to_another_arch_names_the_arch_it_was_trained_as(resumable_run, capsys):
+    """`fne export DATA --weights RUN/model.pt` (or extract, train) without the run's --arch said only
+    that the file does not fit vgg16, the default: it now names the arch the run's metrics.json gives."""
+    data, run = resumable_run
+    model = run / "model.pt"
+    with pytest.raises(WeightsError, match=rf"does not fit arch='vgg16' .*; {re.escape(str(run / 'metrics.json'))}: "
+                                           rf"trained as arch='{ARCH}'$"):
+        backbones.load_backbone("vgg16", str(model))
+    assert main(["train", str(data), "--mode", "frozen", "--weights", str(model), "--out", str(run.parent / "x"),
+                 "--image-size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fne train: error: --weights") and err.endswith(f"metrics.json: trained as --arch {ARCH}")
+    assert "another architecture" not in err and "\n" not in err
+    assert not (run.parent / "x").exists()
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -111,6 +111,22 @@ def weights_refusal(weights: str | Path, said: str | Callable[[bool], str]) -> W
                    WeightsError)
 
 
+def trained_as(weights: str | Path, arch: str, python: bool) -> str:
+    """'; RUN/metrics.json: trained as --arch X' where `weights` is the model.pt of a `fne train`
+    run of another architecture than `arch`, else '': what a refusal of weights that do not fit
+    `arch` adds."""
+    import json
+
+    p = Path(weights)
+    try:
+        m = json.loads((p.parent / "metrics.json").read_text()) if p.name == "model.pt" else None
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(m, dict) or m.get("kind") != "train" or m.get("arch") in (None, arch):
+        return ""
+    return f"; {p.parent / 'metrics.json'}: trained as {named('arch', python, m['arch'], plain=True)}"
+
+
 def not_a_weights_file(weights: str | Path, said: str) -> WeightsError:
     """The error for --weights that names no weights file: `said` (`weights_refusal`'s), or what
     the path is instead (empty; a `fne train` run folder, whose network is its model.pt; a
@@ -540,7 +556,8 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
         why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
         raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
                                                   f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
-                                                  f"in the file it does not have; e.g. {'; '.join(why)})")
+                                                  f"in the file it does not have; e.g. {'; '.join(why)})"
+                                                  + trained_as(weights, arch, py))
     return model.eval().to(dev)
 
 

@@ -184,6 +184,25 @@ def check_run_folder(out: Path, verb: str) -> Path:
     return out
 
 
+# The files of a run folder (a `fne fit` or `fne train` run, a `fne run` step): a file written over
+# one would destroy the run (its metrics.json, its test predictions, its model, its advice).
+RUN_FILES = ("metrics.json", "predictions.csv", "checkpoint.pt", "class_map.json", "step.json", "advice.json",
+             *RUN_MODELS.values())
+
+
+def not_a_run_file(out: Path, writing: str) -> None:
+    """An OptionError naming --out where it is one of a run folder's own files (`RUN_FILES`, in a
+    folder holding a run's metrics.json and model, or a `fne run` step's step.json: a folder with a
+    model.pt of one's own alone is no run), checked before any work; `writing` says what would be
+    written there ("writing predictions")."""
+    folder = out.parent
+    run = ((folder / "metrics.json").is_file() and any((folder / m).is_file() for m in RUN_MODELS.values())
+           or (folder / "step.json").is_file())
+    if out.name in RUN_FILES and run:
+        raise out_refused(out, f"is the {out.name} of the run in {folder}; {writing} there would replace the "
+                               f"run's own file: give another name")
+
+
 def unwritable(folder: Path) -> Path | None:
     """The nearest existing folder at or above `folder` (where its files would be made) when it
     cannot be written, else None. For root, whom access(2) lets write anywhere its bits say no,

@@ -17,7 +17,7 @@ import numpy as np
 
 from fne import option_handling as opts
 from fne import verb_module
-from fne.cache.fs import RUN_MODELS, check_target, is_url, out_refused, replace_file
+from fne.cache.fs import check_target, is_url, not_a_run_file, out_refused, replace_file
 from fne.cache.spec import StoreSpec
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset, key_digests
@@ -59,23 +59,6 @@ def _run_folder(run_dir: str | Path) -> Path:
         raise FneError(f"{run_dir} is a file: give the run folder that holds model.joblib (fne fit) or model.pt "
                        f"(fne train)")
     return path
-
-
-# The files of a run folder (a `fne fit` or `fne train` run, a `fne run` step): predictions written
-# over one would destroy the run (its metrics.json, its test predictions, its model).
-RUN_FILES = ("metrics.json", "predictions.csv", "checkpoint.pt", "class_map.json", "step.json", "advice.json",
-             *RUN_MODELS.values())
-
-
-def _not_a_run_file(out: Path) -> None:
-    """An OptionError naming --out where it is one of a run folder's own files (`RUN_FILES`, in a
-    folder holding a run's metrics.json and model: a folder with a model.pt of one's own alone is
-    no run), checked before any work."""
-    folder = out.parent
-    run = (folder / "metrics.json").is_file() and any((folder / m).is_file() for m in RUN_MODELS.values())
-    if out.name in RUN_FILES and run:
-        raise out_refused(out, f"is the {out.name} of the run in {folder}; writing predictions there would "
-                               f"replace the run's own file: give another name")
 
 
 def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec:
@@ -170,7 +153,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     opts.unexpected(options, StoreSpec, *OPTIONS)
     expect_path(run_dir, "run_dir")
     out = check_target(out, folder=False, data=data)
-    _not_a_run_file(out)
+    not_a_run_file(out, "writing predictions")
     if out.suffix.lower() != ".csv":  # `--out p.json`: a CSV under another format's name
         raise out_refused(out, f"fne predict writes a CSV{f', not {out.suffix}' if out.suffix else ''}: name the "
                                f"file .csv")

@@ -25,7 +25,7 @@ from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
 from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
 from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig, class_map_problem
-from fne.pipeline.config_errors import Errors, Locator, PipelineError
+from fne.pipeline.config_errors import Errors, Locator, PipelineError, dotted
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
 # "list[str]", "list[int]", "table", "str|float", "str|table".
@@ -397,7 +397,9 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
     for m in modes:
         if m not in MODES:
             err.add(("train", "modes"), f"unknown mode {m!r}; choose from {', '.join(MODES)}")
-    common = _check_table({k: v for k, v in t.items() if k not in MODES}, TRAIN_SCHEMA, ("train",), err)
+    misplaced = _misplaced_in_train(t, err)
+    common = _check_table({k: v for k, v in t.items() if k not in MODES and k not in misplaced}, TRAIN_SCHEMA,
+                          ("train",), err)
     common.pop("modes", None)
     for k in _add_problems(TrainConfig, common, ("train",), err):  # refused: later checks do not use it
         common.pop(k, None)
@@ -416,8 +418,30 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
         for k in [k for k in own if not uses(TrainConfig, m, k)]:  # [train]'s are shared: only the others apply
             err.add(("train", m, k), f"{k} applies to mode {used_by(TrainConfig, k)} only, not {m}")
         p.train[m] = {**common, **own}  # fne.pipeline.steps.train_arguments passes on those the mode uses
+        if p.train[m].get("augment") is False and p.train[m].get("augment_on", "auto") != "auto":
+            at = ("train", m, "augment_on") if "augment_on" in own else ("train", "augment_on")
+            if not any(f" {dotted(at)}: " in line for _, line in err.items):  # a shared [train] key: once
+                err.add(at, f"{p.train[m]['augment_on']!r} places the augmentation, and augment = false "
+                            f"trains without it: give one of the two")
         p.train_raw[m] = own
     p.train_raw[""] = common
+
+
+def _misplaced_in_train(t: dict, err: Errors) -> set[str]:
+    """Keys of [train] that belong elsewhere, each named with where it goes: a table of no mode
+    ([train.frozn]: did you mean [train.frozen]?) and class_map, a dataset's."""
+    out = set()
+    for k, v in t.items():
+        if k == "class_map":
+            err.add(("train", k), "class_map is a dataset's: set it in its [datasets.KEY] table "
+                                  "(direct mode maps that dataset's classes)")
+            out.add(k)
+        elif isinstance(v, dict) and k not in MODES and k not in TRAIN_SCHEMA:
+            close = difflib.get_close_matches(k, MODES, n=1)
+            hint = f"; did you mean [train.{close[0]}]?" if close else ""
+            err.add(("train", k), f"a table of no mode{hint} (modes: {', '.join(MODES)})")
+            out.add(k)
+    return out
 
 
 def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:

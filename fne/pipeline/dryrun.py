@@ -104,11 +104,11 @@ def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], ca
         if needs_rows(s, bool(p.fit)) and pair not in announced:
             announced.add(pair)
             say("  " + extraction_line(s, data_for.get(s.dataset.key, s.dataset.data), p, cache))
-        say(f"  {s.label}  ->  {s.dir}  (to run: {forced() if done else why}{_checkpoint_note(s, p, force, cache)})")
+        say(f"  {s.label}  ->  {s.dir}  (to run: {forced() if done else why}{checkpoint_note(s, p, force, cache)})")
     return to_run
 
 
-def _checkpoint_note(step: Step, p: Pipeline, force: bool, cache: str | None) -> str:
+def checkpoint_note(step: Step, p: Pipeline, force: bool, cache: str | None) -> str:
     """A train step an interrupted run left a checkpoint of: whether the rerun resumes from it
     (fne.training.train.rerun_note), after "; "; else ""."""
     if step.kind != "train" or step.kwargs["mode"] == "direct" or not step.dir.is_dir():

@@ -16,7 +16,7 @@ from fne.option_handling import uses
 from fne.options import TrainConfig
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
-from fne.pipeline.steps import STEP_FORMAT, Step, content_fingerprint
+from fne.pipeline.steps import STEP_FORMAT, Step, content_fingerprint, labels_fingerprint
 
 TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
 
@@ -112,12 +112,14 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
             continue
         data = data_for.get(ds.key, ds.data)
         content = None if data is None else content_fingerprint(data, cache, read)  # None: a subset not written
+        labels = None if data is None else labels_fingerprint(data, cache)
         for b in p.backbones:
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
             store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
                          storage_dtype=b.storage_dtype, weights_seed=b.seed_for(w))
-            ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content},
+            ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content,
+                                                                       "labels": labels},
                      "backbone": _backbone_identity(b)}
             if p.advise:
                 cfg = {**ident, "kind": "advise", "sample": p.advise_sample,

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
+from fne.data.sidecar import locked
 from fne.errors import FneError, WeightsError, expect_bools
 from fne.names import slug
 from fne.option_handling import add_arguments as add_options
@@ -40,7 +41,15 @@ from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.config_errors import in_the_files_words
 from fne.pipeline.plan import load_pipeline, plan
-from fne.pipeline.steps import Step, config_hash, forced, forced_as, needs_rows, train_arguments
+from fne.pipeline.steps import (
+    Step,
+    config_hash,
+    forced,
+    forced_as,
+    labels_fingerprint,
+    needs_rows,
+    train_arguments,
+)
 from fne.progress import STARTS_OVER
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
@@ -97,7 +106,8 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
                 keep += sorted(rng.choice(idx, min(ds.max_per_class, len(idx)), replace=False).tolist())
     keep.sort()
     folder = out / slug(ds.key) / "data"
-    ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d)})
+    ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d),
+                         "labels": labels_fingerprint(d, cache)})
     stamp = folder / "subset.json"
     if d.array_source is not None:
         target = folder / f"{d.name}.h5"
@@ -264,7 +274,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     steps = plan(p, out, data_for, cache)
     if p.device != "auto":  # absent here: one line before a step runs (a finished pipeline still reports)
         _check_device(p, force or not all(s.done() for s in steps), device is None)
-    write_json(out / "pipeline.json", p.summary())
+    _write_summary(out, p, say)
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
     write_json(out / "pipeline.json", p.summary())
@@ -274,11 +284,31 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     say(f"{ran} step(s) run, {skipped} skipped as done" + (f", {len(failed)} FAILED" if failed else "")
         + f", in {time.perf_counter() - t_start:.1f} s")
     if failed:
-        raise FneError(f"{len(failed)} of {len(steps)} step(s) failed (" + "; ".join(f"{label}: {why}" for label, why
-                                                                           in failed[:3])
-                       + ("; …" if len(failed) > 3 else "") + "); the other steps are done and reported; fix the "
-                       "cause and rerun the same command: finished steps are skipped")
+        raise _failed(failed, len(steps), out if rep is not None else None)
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _write_summary(out: Path, p: Pipeline, say) -> None:
+    """OUT/pipeline.json, after a note where the one it replaces lists datasets this pipeline does
+    not (another pipeline file given the same out folder): their runs stay, this report leaves them out."""
+    old = read_json(out / "pipeline.json")
+    old = old if isinstance(old, dict) and isinstance(old.get("datasets"), dict) else {"datasets": {}}
+    left = [k for k in old["datasets"] if k not in {d.key for d in p.datasets}]
+    if left:
+        say(f"note: {out} holds runs of dataset(s) {', '.join(left)} of pipeline {old.get('name')!r} "
+            f"({old.get('file')}), which {p.file} does not list: they stay there, and this run's report leaves "
+            f"them out (`fne report {out} --out DIR` reports every run under it)")
+    write_json(out / "pipeline.json", p.summary())
+
+
+def _failed(failed: list[tuple[str, str]], n: int, reported: Path | None) -> FneError:
+    """The error a run ends in: the failed steps (the first 3) and whether the others' report
+    was written (in `reported`, the out folder)."""
+    return FneError(f"{len(failed)} of {n} step(s) failed ("
+                    + "; ".join(f"{label}: {why}" for label, why in failed[:3]) + ("; …" if len(failed) > 3 else "")
+                    + "); the other steps are done"
+                    + (f" and reported in {reported / 'report.md'}" if reported else ", and no report was written")
+                    + "; fix the cause and rerun the same command: finished steps are skipped")
 
 
 def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) -> int:
@@ -350,41 +380,52 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
     """Run the steps not done; returns (ran, skipped, failed: [(label, why)]).
 
     A step that fails (its data does not suit a mode, memory runs out) is named and the others
-    run on; Ctrl-C and SIGTERM stop the run (finished steps are kept)."""
+    run on; Ctrl-C and SIGTERM stop the run (finished steps are kept). A step runs under a lock
+    beside its folder: another `fne run` of the same out folder waits for it, then skips it where
+    it is done (two runs of one step would write one folder together)."""
     ran = skipped = 0
     failed: list[tuple[str, str]] = []
     extracted: dict[tuple, dict | str] = {}  # (dataset, backbone) -> its extraction, or why it failed
     for i, step in enumerate(steps, 1):
         tag = f"[{i}/{len(steps)}] {step.label}"
-        done, why = step.status()
-        if not force and done:
-            skipped += 1
-            say(f"{tag}: done before, skipped")
-            continue
-        pair = (step.dataset.key, step.backbone.label)
-        rows = needs_rows(step, bool(p.fit))
-        try:
-            if rows and pair not in extracted:
-                try:
-                    extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
-                except Exception as e:  # noqa: BLE001 -- its steps fail with it, the others run
-                    extracted[pair] = f"extraction failed: {_one_line(e)}"
-            if rows and isinstance(extracted[pair], str):
-                raise FneError(extracted[pair])
-            say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
-            t = time.perf_counter()
-            result = run_step(step, p, cache, resume=not force)
-        except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
-            why = _one_line(e)
-            if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report
-                why += f" (traceback in {_keep_traceback(step.dir, e)})"
-            failed.append((step.label, why))
-            say(f"{tag}: FAILED: {why}")
-            continue
-        secs = time.perf_counter() - t
-        step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
-        ran += 1
-        say(f"{tag}: {_summary_line(step, result)} [{secs:.1f} s]")
+        with locked(step.dir.with_name(f".{step.dir.name}.lock"), process=True,
+                    on_wait=lambda tag=tag: say(f"{tag}: another fne run is running this step; waiting for it")):
+            done, why = step.status()
+            if not force and done:
+                skipped += 1
+                say(f"{tag}: done before, skipped")
+                continue
+            pair = (step.dataset.key, step.backbone.label)
+            rows = needs_rows(step, bool(p.fit))
+            try:
+                if rows and pair not in extracted:
+                    try:
+                        extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
+                    except Exception as e:  # noqa: BLE001 -- its steps fail with it, the others run
+                        extracted[pair] = f"extraction failed: {_one_line(e)}"
+                if rows and isinstance(extracted[pair], str):
+                    raise FneError(extracted[pair])
+                say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
+                t = time.perf_counter()
+                result = run_step(step, p, cache, resume=not force)
+            except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
+                why = _one_line(e)
+                if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report
+                    why += f" (traceback in {_keep_traceback(step.dir, e)})"
+                failed.append((step.label, why))
+                say(f"{tag}: FAILED: {why}")
+                continue
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM: what the training step in progress kept, then stop
+                if step.kind == "train" and step.kwargs["mode"] != "direct":
+                    from fne.pipeline.dryrun import checkpoint_note
+
+                    say(f"{tag}: stopped" + (checkpoint_note(step, p, False, cache)
+                                             or "; no epoch of it was saved yet: the rerun starts it anew"))
+                raise
+            secs = time.perf_counter() - t
+            step.mark_done(secs, extract=extracted.get(pair) if step.kind == "fit" else None)
+            ran += 1
+            say(f"{tag}: {_summary_line(step, result)} [{secs:.1f} s]")
     return ran, skipped, failed
 
 

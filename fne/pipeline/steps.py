@@ -20,6 +20,7 @@ from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 from fne.progress import said
 
 STEP_FORMAT = 1
+LABELS_CHANGED = "the images' names, labels or split changed"
 
 
 def forced_as(python: bool) -> str:
@@ -35,6 +36,14 @@ def forced() -> str:
 def config_hash(cfg: dict) -> str:
     """A step's settings as a short, stable hash (its folder is done when the hash matches)."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def hashed(cfg: dict) -> dict:
+    """A step's settings as hashed: less `dataset.labels`, which step.json records and `Step.status`
+    compares apart, so that a step done before fne recorded it stays done (its labels unchecked)."""
+    if not isinstance(cfg.get("dataset"), dict) or "labels" not in cfg["dataset"]:
+        return cfg
+    return {**cfg, "dataset": {k: v for k, v in cfg["dataset"].items() if k != "labels"}}
 
 
 def _file_sha(path: Path) -> str:
@@ -60,6 +69,9 @@ def changes(old: dict, new: dict, limit: int = 4) -> str:
         name = k.removeprefix("settings.")
         if k == "dataset.content":
             words.append("the images changed" if b.get(k) else "the images may have changed (not read yet)")
+        elif k == "dataset.labels":  # a step done before fne recorded them (None) tells nothing of them
+            if a.get(k) is not None and b.get(k) is not None:
+                words.append(LABELS_CHANGED)
         elif k == "fne":
             words.append(f"fne {a.get(k)} -> {b.get(k)}")
         else:
@@ -84,7 +96,7 @@ class Step:
 
     @property
     def hash(self) -> str:
-        return config_hash(self.config)
+        return config_hash(hashed(self.config))
 
     @property
     def result_file(self) -> Path:
@@ -106,6 +118,9 @@ class Step:
             return False, f"its {rf.name} is missing"
         if s.get("hash") != self.hash:
             return False, "settings changed: " + (changes(s.get("config") or {}, self.config) or "step format")
+        old, new = ((c.get("dataset") or {}).get("labels") for c in (s.get("config") or {}, self.config))
+        if old is not None and new is not None and old != new:
+            return False, "settings changed: " + LABELS_CHANGED
         if s.get("result_sha") != _file_sha(rf):
             return False, f"its {rf.name} was changed after the step wrote it"
         return True, "done"
@@ -183,3 +198,29 @@ def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str 
 
     keys = known_keys(data, cache, read)
     return None if keys is None else fingerprint(keys)
+
+
+def labels_fingerprint(data, cache: str | None) -> str | None:
+    """DATA's images' names, labels and predefined split part, hashed from its listing (no image is
+    read); None where DATA cannot be listed. `content_fingerprint` names the images' content alone:
+    this tells an image moved to another class folder or part, or a CSV's label edited.
+
+    Parameters
+    ----------
+    data : str or Dataset
+        DATA as a pipeline gives it, or the Dataset already listed.
+    cache : str or None
+        The cache folder (where `load_dataset` keeps a manifest).
+    """
+    from fne.data.dataset import Dataset
+    from fne.data.datasets import load_dataset
+    from fne.errors import DataError
+
+    try:
+        dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=cache)
+    except DataError:
+        return None
+    n = len(dataset)
+    rows = sorted(zip(map(str, dataset.ids), map(str, dataset.labels or [""] * n),
+                      map(str, dataset.splits or [""] * n), strict=True))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:20]

@@ -446,8 +446,9 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
     arch, weights and a crop other than the default), the random split the advice counted training
     images of (`o`'s --train-per-class, else its --test-size where not the default; `o` None: DATA's
-    predefined split, which takes neither), and a run folder named after the data and the method.
-    `fne fit` and `fne train` draw the same training images from these options."""
+    predefined split, which takes neither), and a run folder named after the data and the method;
+    a fit's `--extract` (and the `--cache` advised from), as the advice extracted a sample of DATA
+    at most. `fne fit` and `fne train` draw the same training images from these options."""
     from fne.names import slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
@@ -456,6 +457,8 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
         words += ["--crop", spec.crop]
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
+    if template.startswith("fne fit "):  # the rows the advice's sample left out of the cache: computed first
+        words += ["--extract"] + (["--cache", shlex.quote(str(spec.cache))] if getattr(spec, "cache", None) else [])
     if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
         words += ["--train-per-class", str(o.train_per_class)]
     elif o is not None and o.test_size != AdviseOptions().test_size:
@@ -490,11 +493,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args) -> int:
-    from fne.cache.fs import check_target, write_json
+    from fne.cache.fs import check_target, not_a_run_file, write_json
     from fne.option_handling import from_args
 
     kw = from_args(args, *OPTIONS)
     out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass
+    if out is not None:
+        not_a_run_file(out, "writing the advice")
     a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,10 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
         raise refusal(lambda py: f"{named('mode', py, 'scratch', plain=True)} trains from a random initialisation; "
                                  f"{named('weights', py, cfg.weights)} does not apply (use frozen or finetune to "
                                  f"import weights)")
+    if not cfg.augment and cfg.augment_on != "auto" and "augment_on" in given:
+        raise refusal(lambda py: f"{named('augment_on', py, cfg.augment_on)} places the augmentation, and "
+                                 f"{named('augment', py, False) if py else '--no-augment'} trains without it: "
+                                 f"give one of the two")
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":

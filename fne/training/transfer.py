@@ -140,8 +140,9 @@ def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> N
     if total and len(report.imported) < MIN_IMPORTED * total:
         raise backbones.weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)}: only "
                                                             f"{len(report.imported)} of {total} tensors match by name "
-                                                            f"and shape (e.g. {_examples(report)}); is it a state dict "
-                                                            f"of another architecture?")
+                                                            f"and shape (e.g. {_examples(report)})"
+                                                            + (backbones.trained_as(weights, arch, py)
+                                                               or "; is it a state dict of another architecture?"))
 
 
 def _examples(report: ImportReport, n: int = 3) -> str:
