@@ -16,7 +16,7 @@ from fne.option_handling import uses
 from fne.options import TrainConfig
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
-from fne.pipeline.steps import STEP_FORMAT, Step, content_fingerprint, labels_fingerprint
+from fne.pipeline.steps import STEP_FORMAT, Step, content_fingerprint, split_labels_fingerprint
 
 TRAIN_RUNTIME = ("device", "workers", "progress", "save_every")  # not part of a step's identity
 
@@ -112,7 +112,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
             continue
         data = data_for.get(ds.key, ds.data)
         content = None if data is None else content_fingerprint(data, cache, read)  # None: a subset not written
-        labels = None if data is None else labels_fingerprint(data, cache)
+        labels = None if data is None else split_labels_fingerprint(data, cache)
         for b in p.backbones:
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights

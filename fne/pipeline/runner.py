@@ -46,8 +46,8 @@ from fne.pipeline.steps import (
     config_hash,
     forced,
     forced_as,
-    labels_fingerprint,
     needs_rows,
+    split_labels_fingerprint,
     train_arguments,
 )
 from fne.progress import STARTS_OVER
@@ -107,7 +107,7 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
     keep.sort()
     folder = out / slug(ds.key) / "data"
     ident = config_hash({"data": ds.data, "max_per_class": ds.max_per_class, "seed": seed, "n": len(d),
-                         "labels": labels_fingerprint(d, cache)})
+                         "labels": split_labels_fingerprint(d, cache)})
     stamp = folder / "subset.json"
     if d.array_source is not None:
         target = folder / f"{d.name}.h5"

@@ -200,10 +200,12 @@ def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str 
     return None if keys is None else fingerprint(keys)
 
 
-def labels_fingerprint(data, cache: str | None) -> str | None:
+def split_labels_fingerprint(data, cache: str | None) -> str | None:
     """DATA's images' names, labels and predefined split part, hashed from its listing (no image is
     read); None where DATA cannot be listed. `content_fingerprint` names the images' content alone:
-    this tells an image moved to another class folder or part, or a CSV's label edited.
+    this tells an image moved to another class folder or part, or a CSV's label edited. (What
+    fit and train record in metrics.json for `fne report`, `fne.metrics.labels_fingerprint`, is
+    over content keys and labels: a run's, not a step's settings.)
 
     Parameters
     ----------
