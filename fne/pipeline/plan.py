@@ -112,7 +112,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
             continue
         data = data_for.get(ds.key, ds.data)
         content = None if data is None else content_fingerprint(data, cache, read)  # None: a subset not written
-        labels = None if data is None else split_labels_fingerprint(data, cache)
+        labels = None if data is None else split_labels_fingerprint(data, cache, read)
         for b in p.backbones:
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights

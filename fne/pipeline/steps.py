@@ -200,7 +200,7 @@ def content_fingerprint(data: str, cache: str | None, read: bool = True) -> str 
     return None if keys is None else fingerprint(keys)
 
 
-def split_labels_fingerprint(data, cache: str | None) -> str | None:
+def split_labels_fingerprint(data, cache: str | None, read: bool = True) -> str | None:
     """DATA's images' names, labels and predefined split part, hashed from its listing (no image is
     read); None where DATA cannot be listed. `content_fingerprint` names the images' content alone:
     this tells an image moved to another class folder or part, or a CSV's label edited. (What
@@ -213,11 +213,16 @@ def split_labels_fingerprint(data, cache: str | None) -> str | None:
         DATA as a pipeline gives it, or the Dataset already listed.
     cache : str or None
         The cache folder (where `load_dataset` keeps a manifest).
+    read : bool
+        False for a dry run: Hugging Face DATA not downloaded yet is not downloaded (None).
     """
     from fne.data.dataset import Dataset
     from fne.data.datasets import load_dataset
+    from fne.data.parquet import hf_available
     from fne.errors import DataError
 
+    if not read and str(data).startswith("hf:") and not hf_available(str(data), cache):
+        return None  # a dry run downloads nothing (it names the download)
     try:
         dataset = data if isinstance(data, Dataset) else load_dataset(data, cache=cache)
     except DataError:
