@@ -289,6 +289,19 @@ def test_similarity_on_a_small_sample_is_uncertain():
     assert stats["max_softmax_sem"] == pytest.approx(np.std([0.9, 0.5, 0.7], ddof=1) / math.sqrt(3))
 
 
+def test_suggested_run_folders_differ_between_forms_of_one_data(tmp_path):
+    """DATA f4, f4.csv and f4.h5 (one name, `f4`) were all advised `--out runs/f4-fne-svm`: the
+    second fit would land in the first's folder. The suffix DATA is given with is kept."""
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(arch="vgg16", weights="random", crop="center")
+    outs = {data: A.runnable("fne fit {data} --features fne --head svm", data, name, spec).split("--out ")[1]
+            for data, name in (("f4", "f4"), ("sets/f4/", "f4"), ("f4.csv", "f4"), ("../x/f4.h5", "f4"),
+                               ("digits", "digits"))}
+    assert outs == {"f4": "runs/f4-fne-svm", "sets/f4/": "runs/f4-fne-svm", "f4.csv": "runs/f4-csv-fne-svm",
+                    "../x/f4.h5": "runs/f4-h5-fne-svm", "digits": "runs/digits-fne-svm"}
+
+
 def test_few_images_per_class_warn_that_differences_are_noise():
     assert any("differences of a few points between methods can be noise" in r for r in A.decide(4, 0.8)["reasons"])
     assert not any("noise" in r for r in A.decide(50, 0.8)["reasons"])

@@ -471,7 +471,7 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     predefined split, which takes neither), and a run folder named after the data and the method;
     a fit's `--extract` (and the `--cache` advised from), as the advice extracted a sample of DATA
     at most. `fne fit` and `fne train` draw the same training images from these options."""
-    from fne.names import slug
+    from fne.names import data_slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
     words = [template.format(data=shlex.quote(data)), "--arch", spec.arch, "--weights", shlex.quote(spec.weights)]
@@ -485,7 +485,7 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
         words += ["--train-per-class", str(o.train_per_class)]
     elif o is not None and o.test_size != AdviseOptions().test_size:
         words += ["--test-size", str(o.test_size)]
-    return " ".join([*words, "--out", shlex.quote(f"runs/{slug(name)}-{what}")])
+    return " ".join([*words, "--out", shlex.quote(f"runs/{data_slug(data, name)}-{what}")])
 
 
 def format_advice(a: dict) -> str:
