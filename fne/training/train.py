@@ -352,11 +352,9 @@ def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epoch
                       cfg.progress, {}, data=cfg.data)
 
 
-def _model(cfg: TrainConfig, num_classes: int, device: torch.device,
-           resumed: bool = False) -> tuple[torch.nn.Module, dict]:
-    """The mode's network on `device` (its weights replaced by the checkpoint's where `resumed`,
-    as the console says); -> (model, where its weights came from: weights, report, renew,
-    imported, keep)."""
+def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bool) -> tuple[torch.nn.Module, dict]:
+    """The mode's network on `device` (the checkpoint's weights replace them where `resumed`, as
+    said); -> (model, where its weights came from: weights, report, renew, imported, keep)."""
     weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
     model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
                                        cfg.seed, cfg.weights_seed, device)
