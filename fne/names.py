@@ -7,6 +7,7 @@ read their choices from here, so a new head or precision is added in one place.
 from __future__ import annotations
 
 import re
+from pathlib import PurePath
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STORAGE_DTYPES = ("float16", "float32")
@@ -27,3 +28,11 @@ WEIGHT_CHOICES = ("imagenet", "random", "imagenet-or-random")
 def slug(s: str) -> str:
     """A file-name-safe form of `s`: runs of other characters become one '_'."""
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
+
+
+def data_slug(data: str, name: str) -> str:
+    """DATA's part of a run folder's name: its `name` (a file's stem) with the suffix DATA is
+    given with, so that DATA f4, f4.csv and f4.h5 name runs f4, f4-csv and f4-h5, not all f4."""
+    last = PurePath(str(data).rstrip("/\\")).name
+    suffix = last[len(name):] if last.startswith(name) else ""
+    return slug(name + suffix.replace(".", "-"))

@@ -254,6 +254,31 @@ def test_an_unreadable_sample_file_is_skipped_not_fatal(tmp_path, monkeypatch, r
     assert any(d.ids[idx[0]] in str(w.message) and "cannot read" in str(w.message) for w in recwarn)
 
 
+def test_images_per_class_are_counted_of_the_images_the_advice_could_read(tmp_path, monkeypatch, capsys):
+    """A folder of 12 images, 5 of them not images: the counts were of all 12 (fne fit reads 7);
+    they are of the readable ones, the unreadable named. A sample of part of DATA says the rest
+    was not read."""
+    from .conftest import write_digits
+
+    monkeypatch.setattr(A, "_classifier_logits", _always_class_7)
+    root = write_digits(tmp_path / "data", per_class=4, classes=3)
+    bad = sorted((root / "0").iterdir())[:3] + sorted((root / "1").iterdir())[:2]
+    for f in bad:
+        f.write_bytes(b"not an image")
+    kw = dict(arch="efficientnet_lite0", weights="imagenet", cache=str(tmp_path / "cache"), precision="fp32",
+              workers=0, progress=False)
+    a = A.advise(str(root), **kw)
+    assert (a["n_images"], a["unreadable"]) == (7, 5)
+    assert a["images_per_class_detail"]["total"] == 5  # fit's training images of the 7 (9 of all 12)
+    names = ", ".join(f.relative_to(root).as_posix() for f in bad)
+    assert a["reasons"][0] == (f"5 of DATA's 12 images could not be read ({names}): left out of the counts, as fne "
+                               f"fit leaves unreadable images out")
+    assert A.format_advice(a).startswith("data (7 readable of 12 images, 3 classes;")
+    part = A.advise(str(root), sample=6, **kw)
+    assert part["reasons"][0].endswith("; its other 6 images were not read, and are counted")
+    assert part["reasons"][0].startswith(f"{part['unreadable']} of the 6 sampled images could not be read")
+
+
 def test_similarity_on_a_small_sample_is_uncertain():
     """A mean MSP within two standard errors of the threshold cannot tell similar from different."""
     near = " ".join(A.decide(50, 0.35, msp_sem=0.05, sample=8)["reasons"])
@@ -262,6 +287,19 @@ def test_similarity_on_a_small_sample_is_uncertain():
     assert "uncertain" not in " ".join(A.decide(50, 0.9, msp_sem=0.2, sample=8)["reasons"])
     stats = A.probability_stats(np.array([[0.9, 0.1], [0.5, 0.5], [0.7, 0.3]]))
     assert stats["max_softmax_sem"] == pytest.approx(np.std([0.9, 0.5, 0.7], ddof=1) / math.sqrt(3))
+
+
+def test_suggested_run_folders_differ_between_forms_of_one_data(tmp_path):
+    """DATA f4, f4.csv and f4.h5 (one name, `f4`) were all advised `--out runs/f4-fne-svm`: the
+    second fit would land in the first's folder. The suffix DATA is given with is kept."""
+    from types import SimpleNamespace
+
+    spec = SimpleNamespace(arch="vgg16", weights="random", crop="center")
+    outs = {data: A.runnable("fne fit {data} --features fne --head svm", data, name, spec).split("--out ")[1]
+            for data, name in (("f4", "f4"), ("sets/f4/", "f4"), ("f4.csv", "f4"), ("../x/f4.h5", "f4"),
+                               ("digits", "digits"))}
+    assert outs == {"f4": "runs/f4-fne-svm", "sets/f4/": "runs/f4-fne-svm", "f4.csv": "runs/f4-csv-fne-svm",
+                    "../x/f4.h5": "runs/f4-h5-fne-svm", "digits": "runs/digits-fne-svm"}
 
 
 def test_few_images_per_class_warn_that_differences_are_noise():

@@ -465,8 +465,8 @@ def test_runs_of_one_data_whose_labels_were_edited_are_sections_of_their_own(tmp
                                                    splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
     ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
     assert [(d["dataset"], sorted(r["method"] for r in d["rows"])) for d in ds] == [
-        ("pets (/data/pets, labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm", "last+svm", "train:direct"]),
-        ("pets (/data/pets, labels 2 of 2: 2 classes, since 2026-11-30 09:15)", ["last+svm"])]
+        ("pets (/data/pets, images and labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm", "last+svm", "train:direct"]),
+        ("pets (/data/pets, images and labels 2 of 2: 2 classes, since 2026-11-30 09:15)", ["last+svm"])]
     (tmp_path / "runs" / "b" / "metrics.json").unlink()  # one set of classes: one section, named as before
     assert [d["dataset"] for d in report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]] == ["pets"]
 
@@ -1221,10 +1221,22 @@ def test_runs_of_one_data_whose_images_moved_between_classes_are_sections_of_the
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to warn of: each labelling has its section
         ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
-    sections = {d["dataset"].split(", labels ")[1][:19]: sorted((r["method"], len(r["paths"])) for r in d["rows"])
+    sections = {d["dataset"].split(", images and labels ")[1][:19]: sorted((r["method"], len(r["paths"])) for r in d["rows"])
                 for d in ds}
     assert sorted(sections.values()) == [[("last+svm", 1)], [("last+svm", 1), ("train:frozen", 1)]]
     assert set(sections) == {"1 of 2: 4 classes, ", "2 of 2: 4 classes, "}
+
+
+def test_runs_before_and_after_images_were_added_are_named_by_images_and_labels(tmp_path):
+    """Images added to DATA under its classes, no old image relabelled: another fingerprint, so
+    another section, which was named "labels 2 of 2" though no label changed."""
+    write_run(tmp_path / "runs", "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, labels_fingerprint="aaaa"))
+    write_run(tmp_path / "runs", "b", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, labels_fingerprint="bbbb",
+                                                   n_images=46, date="2026-11-30T09:15:00+00:00"))
+    ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
+    assert sorted(d["dataset"] for d in ds) == [
+        "pets (/data/pets, images and labels 1 of 2: 3 classes, since 2024-01-02 03:04)",
+        "pets (/data/pets, images and labels 2 of 2: 3 classes, since 2026-11-30 09:15)"]
 
 
 def test_a_run_without_a_labels_fingerprint_joins_the_one_labelling_of_its_classes(tmp_path):
@@ -1244,6 +1256,6 @@ def test_a_run_without_a_labels_fingerprint_joins_the_one_labelling_of_its_class
                                                    splits=[{"accuracy": 0.95, "mean_class_accuracy": 0.95}]))
     ds = report([tmp_path / "runs"], tmp_path / "rep", figures=False)["datasets"]
     assert sorted((d["dataset"], sorted(r["method"] for r in d["rows"])) for d in ds) == [
-        ("pets (/data/pets, labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm"]),
-        ("pets (/data/pets, labels 2 of 2: 3 classes, since 2026-11-30 09:15)", ["fne+svm", "train:direct"]),
-        ("pets (/data/pets, labels not recorded: 3 classes)", ["fc7+svm"])]
+        ("pets (/data/pets, images and labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm"]),
+        ("pets (/data/pets, images and labels 2 of 2: 3 classes, since 2026-11-30 09:15)", ["fne+svm", "train:direct"]),
+        ("pets (/data/pets, images and labels not recorded: 3 classes)", ["fc7+svm"])]

@@ -947,11 +947,21 @@ def test_resume_takes_data_spelt_otherwise_and_more_epochs_trains_only_those(res
     assert (f"note: epochs 1-2 ran on cpu in {before['precision']}, augmenting on cpu, the rest runs on cpu in "
             f"{other}, augmenting on cpu: not bit-identical") in out
     assert "(give --device, --precision, --augment-on to match)" in out
+    # the new layer's weights are the checkpoint's, not drawn anew (it said "randomly initialised")
+    assert f"new layers (weights from {work / 'checkpoint.pt'}, as every layer's): _fc" in out
+    assert "randomly initialised" not in out
     # from Python, the note names the keywords
     tr.train(str(moved), "frozen", work, arch=ARCH, weights=str(source), epochs=4, image_size=32, workers=0,
              progress=False, resume=True)
     assert "not bit-identical to an uninterrupted run (give device, precision, augment_on to match)" in \
         capsys.readouterr().out
+
+
+def test_a_resumed_scratch_run_says_its_weights_come_from_the_checkpoint():
+    from fne.training.transfer import describe_import
+
+    assert describe_import(None, ()) == ["scratch: every layer randomly initialised (Xavier-uniform, zero biases)"]
+    assert describe_import(None, (), "run/checkpoint.pt") == ["scratch: every layer's weights from run/checkpoint.pt"]
 
 
 def test_resume_takes_a_default_given_as_a_default_left_out():

@@ -200,13 +200,14 @@ def _labelling(m: dict) -> tuple[tuple[str, ...], str | None] | None:
 
 def _by_classes(ms: list[dict], tasks: list[str | None]) -> list[str | None]:
     """`tasks`, told apart where runs of one task labelled DATA otherwise: DATA's labels were
-    edited between runs (a CSV's classes merged or renamed), or its images moved between classes of
-    the same names (another ``labels_fingerprint``), so the runs are of other tasks. Each labelling
-    is named by its order of first use (`labels 2 of 2: 3 classes, since DATE`). A run that records
-    no fingerprint (written before 30 Nov 2026) joins the one labelling of its classes, where a
-    single one has them; where several do, which it had cannot be known: a labelling of its own,
-    "not recorded". A direct-mode run, which scores a mapped subset of the classes, joins the
-    labelling of its fingerprint, else the one set holding its classes."""
+    edited between runs (a CSV's classes merged or renamed), or its images added, removed, changed
+    or moved between classes of the same names (another ``labels_fingerprint``), so the runs are of
+    other tasks. Each labelling is named by its order of first use (`images and labels 2 of 2:
+    3 classes, since DATE`). A run that records no fingerprint (written before 30 Nov 2026) joins
+    the one labelling of its classes, where a single one has them; where several do, which it had
+    cannot be known: a labelling of its own, "images and labels not recorded". A direct-mode run,
+    which scores a mapped subset of the classes, joins the labelling of its fingerprint, else the
+    one set holding its classes."""
     seen: dict[str, dict[tuple, str]] = {}
     for m, t in zip(ms, tasks, strict=True):
         if t is not None and _labelling(m) is not None and m.get("mode") != "direct":
@@ -238,14 +239,17 @@ def _labelled(m: dict, t: str | None, known: dict[tuple, str]) -> str | None:
             return t
         c, fp = holding[0]
     if fp == NOT_RECORDED:
-        return f"{t}, labels {NOT_RECORDED}: {len(c)} classes"
+        return f"{t}, {LABELLING} {NOT_RECORDED}: {len(c)} classes"
     order = sorted((k for k in known if k[1] != NOT_RECORDED), key=lambda k: (known[k], k[0], str(k[1])))
     since = f", since {known[(c, fp)][:16].replace('T', ' ')}" if known[(c, fp)] else ""
-    return f"{t}, labels {order.index((c, fp)) + 1} of {len(order)}: {len(c)} classes{since}"
+    return f"{t}, {LABELLING} {order.index((c, fp)) + 1} of {len(order)}: {len(c)} classes{since}"
 
 
 LABEL_KEY_SINCE = datetime(2026, 11, 28, 7, 15, 18, tzinfo=UTC)  # --label-key's first commit
 NOT_RECORDED = "not recorded"
+# A labelling's name in a section's: DATA's images (by content) with their labels, as the
+# fingerprint hashes them, so "labels" alone was untrue of images added under the same labels.
+LABELLING = "images and labels"
 
 
 def _label_key_known(m: dict) -> bool:

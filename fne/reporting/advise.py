@@ -248,7 +248,8 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
     store = spec.open()
     store.refresh()
     index = store.index()
-    keys = [k for k in sub.keys() if k in index]  # unreadable images have none
+    read = [(i, k) for i, k in zip(sub.ids, sub.keys(), strict=True) if k in index]  # unreadable images have none
+    keys, ids = [k for _, k in read], {i for i, _ in read}
     if not keys:
         raise FneError(f"DATA {dataset.as_given}: none of the sampled images could be read")
     b = backbones.get(arch)
@@ -258,6 +259,7 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
     p = np.exp(z)
     p /= p.sum(axis=2, keepdims=True)
     stats = probability_stats(p.mean(axis=1))  # average the crops' probabilities
+    stats["unreadable"] = [dataset.ids[i] for i in idx if dataset.ids[i] not in ids]
     top = stats.pop("top")
     try:
         names = b.categories()
@@ -385,13 +387,14 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     _classified(data, dataset)
     not_applied(dataset, o)  # --test-size, --train-per-class given where DATA has its own split
-    ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     similarity, msp, entropy = _similarity(dataset, spec, o, fwd)
+    unreadable = similarity.pop("unreadable", [])
+    dataset, unread = _readable(dataset, unreadable, similarity.get("sample", 0) + len(unreadable))
+    ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
                sample=similarity.get("sample"))
     lonely = _unsplittable(dataset)
-    if lonely:
-        d["reasons"].insert(0, lonely)
+    d["reasons"][:0] = [r for r in (unread, lonely) if r]
     similarity["verdict"] = d["similar"]
     data_s = str(data) if not isinstance(data, Dataset) else dataset.name
     return {
@@ -412,7 +415,8 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "images_per_class": ipc["median"],
         "images_per_class_detail": ipc,
         "similarity": similarity,
-        "n_images": len(dataset),
+        "n_images": len(dataset),  # the readable ones: those the sample found unreadable are left out
+        "unreadable": len(unreadable),
         "classes": len(dataset.classes),
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_max_softmax": SIMILAR_MSP,
                        "borderline_max_softmax": MSP_BORDER},
@@ -441,6 +445,24 @@ def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[d
     return similarity, msp, entropy
 
 
+def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:
+    """(DATA less the images of the similarity sample that could not be read, as `fne fit` leaves
+    unreadable images out before it splits; a reason naming them, or None). `sampled`: how many
+    images the sample tried; where they are not all of those it is drawn from (DATA's training
+    images where it has a split), the others were not read and are counted."""
+    if not unreadable:
+        return dataset, None
+    bad, pool = set(unreadable), len(stratified_sample(dataset, len(dataset)))
+    readable = dataset.subset([i for i, k in enumerate(dataset.ids) if k not in bad])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    which = "training images" if dataset.has_split else "images"
+    said = (f"{len(bad)} of DATA's {pool} {which} could not be read" if sampled >= pool else
+            f"{len(bad)} of the {sampled} sampled {which} could not be read")
+    unread = "" if sampled >= pool else f"; its other {pool - sampled} {which} were not read, and are counted"
+    return readable, (f"{said} ({', '.join(unreadable[:5])}{more}): left out of the counts, as fne fit leaves "
+                      f"unreadable images out{unread}")
+
+
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
              o: AdviseOptions | None = None) -> str:
     """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
@@ -449,7 +471,7 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     predefined split, which takes neither), and a run folder named after the data and the method;
     a fit's `--extract` (and the `--cache` advised from), as the advice extracted a sample of DATA
     at most. `fne fit` and `fne train` draw the same training images from these options."""
-    from fne.names import slug
+    from fne.names import data_slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
     words = [template.format(data=shlex.quote(data)), "--arch", spec.arch, "--weights", shlex.quote(spec.weights)]
@@ -463,12 +485,14 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
         words += ["--train-per-class", str(o.train_per_class)]
     elif o is not None and o.test_size != AdviseOptions().test_size:
         words += ["--test-size", str(o.test_size)]
-    return " ".join([*words, "--out", shlex.quote(f"runs/{slug(name)}-{what}")])
+    return " ".join([*words, "--out", shlex.quote(f"runs/{data_slug(data, name)}-{what}")])
 
 
 def format_advice(a: dict) -> str:
     sim = a.get("similarity", {})
-    lines = [f"{a.get('dataset')} ({a.get('n_images')} images, {a.get('classes')} classes; "
+    n = (f"{a['n_images']} readable of {a['n_images'] + a['unreadable']} images" if a.get("unreadable") else
+         f"{a.get('n_images')} images")
+    lines = [f"{a.get('dataset')} ({n}, {a.get('classes')} classes; "
              f"{a.get('arch')} {a.get('weights')} weights)",
              f"recommendation: {a['recommendation']}: {a['text']}", "reasons:"]
     lines += [f"  - {r}" for r in a.get("reasons", [])]

@@ -213,7 +213,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     ctx = _context(cfg, dataset, b)
     split = _split(cfg, dataset, b, cache)
     ckpt, stale = _checkpoint(cfg, dataset, split, auto)  # before the model is built: a wrong one stops at once
-    model, source = _model(cfg, len(dataset.classes), ctx.device)
+    model, source = _model(cfg, len(dataset.classes), ctx.device, ckpt is not None)
     workers = _workers(cfg, ctx.device)
     size = cfg.image_size or b.input_size
     # placed as extraction's decoding is: auto -> the device on CUDA where torchvision decodes there
@@ -352,13 +352,14 @@ def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epoch
                       cfg.progress, {}, data=cfg.data)
 
 
-def _model(cfg: TrainConfig, num_classes: int, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The mode's network on `device`; -> (model, where its weights came from: weights, report,
-    renew, imported, keep)."""
+def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bool) -> tuple[torch.nn.Module, dict]:
+    """The mode's network on `device` (the checkpoint's weights replace them where `resumed`, as
+    said); -> (model, where its weights came from: weights, report, renew, imported, keep)."""
     weights = cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet")
     model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
                                        cfg.seed, cfg.weights_seed, device)
-    for line in describe_import(report, renew):  # a tensor not imported, and why, is a note: always said
+    ckpt = str(Path(cfg.out) / checkpoint.CHECKPOINT) if resumed else None
+    for line in describe_import(report, renew, ckpt):  # a tensor not imported, and why, is a note: always said
         print(line) if line.startswith("not imported") else progress_line(line, cfg.progress)
     imported = set(report.imported) if report is not None else set()
     freeze_imported(model, cfg.mode, imported)

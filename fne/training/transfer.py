@@ -153,18 +153,21 @@ def _examples(report: ImportReport, n: int = 3) -> str:
 SHOWN = 8  # imported layers named on the console (metrics.json lists them all)
 
 
-def describe_import(report: ImportReport | None, renew: tuple[str, ...]) -> list[str]:
+def describe_import(report: ImportReport | None, renew: tuple[str, ...], resumed: str | None = None) -> list[str]:
     """Human-readable import summary: imported layers (the first and last `SHOWN` // 2 of a long
-    list), and every tensor left out with why."""
+    list), and every tensor left out with why. `resumed`: the checkpoint a resumed run continues,
+    whose weights replace the initial ones (the new layers' and scratch's random ones included)."""
     if report is None:
-        return ["scratch: every layer randomly initialised (Xavier-uniform, zero biases)"]
+        return [f"scratch: every layer's weights from {resumed}" if resumed else
+                "scratch: every layer randomly initialised (Xavier-uniform, zero biases)"]
     layers = report.layers()
     shown = ", ".join(layers) if len(layers) <= SHOWN else (
         f"{', '.join(layers[:SHOWN // 2])}, … {len(layers) - SHOWN} more …, {', '.join(layers[-SHOWN // 2:])} "
         f"(metrics.json's `imported` lists them all)")
     lines = [f"imported {len(report.imported)} tensors of {len(layers)} layers: {shown}"]
     if renew:
-        lines.append("new layers (randomly initialised): " + ", ".join(renew))
+        lines.append("new layers " + (f"(weights from {resumed}, as every layer's): " if resumed else
+                                      "(randomly initialised): ") + ", ".join(renew))
     lines += [f"not imported {n}: {why}" for n, why in report.skipped if why != "renewed layer"]
     return lines
 
