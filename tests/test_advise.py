@@ -277,6 +277,10 @@ def test_images_per_class_are_counted_of_the_images_the_advice_could_read(tmp_pa
     part = A.advise(str(root), sample=6, **kw)
     assert part["reasons"][0].endswith("; its other 6 images were not read, and are counted")
     assert part["reasons"][0].startswith(f"{part['unreadable']} of the 6 sampled images could not be read")
+    for f in (root / "2").iterdir():  # a class none of whose images can be read is named
+        f.write_bytes(b"not an image")
+    assert A.advise(str(root), **kw)["reasons"][0].endswith(
+        "; no image of class(es) 2 could be read: fne fit cannot learn it")
 
 
 def test_similarity_on_a_small_sample_is_uncertain():

@@ -459,8 +459,11 @@ def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:
     said = (f"{len(bad)} of DATA's {pool} {which} could not be read" if sampled >= pool else
             f"{len(bad)} of the {sampled} sampled {which} could not be read")
     unread = "" if sampled >= pool else f"; its other {pool - sampled} {which} were not read, and are counted"
+    lost = sorted(set(dataset.labels or ()) - set(readable.labels or ())) if sampled >= pool else []
+    gone = (f"; no image of class(es) {', '.join(lost[:5])}{' …' if len(lost) > 5 else ''} could be read: "
+            f"fne fit cannot learn {'it' if len(lost) == 1 else 'them'}" if lost else "")
     return readable, (f"{said} ({', '.join(unreadable[:5])}{more}): left out of the counts, as fne fit leaves "
-                      f"unreadable images out{unread}")
+                      f"unreadable images out{unread}{gone}")
 
 
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
