@@ -291,6 +291,14 @@ def loader_context(workers: int) -> str | None:
     return "fork" if multiprocessing.get_start_method(allow_none=True) is None else None
 
 
+def forks_workers(workers: int) -> bool:
+    """Whether fne's loader workers (`loader_context`) are forked: they then inherit what the
+    main process made before they started, shared memory included, without pickling it."""
+    import multiprocessing
+
+    return workers > 0 and (loader_context(workers) or multiprocessing.get_start_method()) == "fork"
+
+
 def end_workers(loader) -> None:
     """Stop the worker processes of a DataLoader (its persistent workers) or of a DataLoader's
     iterator now, and wait for them; nothing where there are none or they have stopped.

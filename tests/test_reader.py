@@ -246,25 +246,26 @@ def _folder(tmp_path: Path, n: int) -> Path:
     return data.parent
 
 
-def _pooled_loader(root: Path, context: str | None = None):
+def _pooled_loader(root: Path, context: str | None = None, forked: bool = False):
     from fne.data.datasets import load_dataset
 
     dataset = load_dataset(root)
     prep = Preprocess(32, "center", resize=40)
     items = reader.ImageItems(dataset, list(range(len(dataset))), prep)
     # 9 slots a worker: 3 batches (2 prefetched + the one the consumer holds), then reused
-    items.share_slots(batch_size=3, workers=2, in_flight=3)
+    items.share_slots(batch_size=3, workers=2, in_flight=3, forked=forked)
     loader = torch.utils.data.DataLoader(items, batch_size=3, num_workers=2, collate_fn=reader.collate,
                                          multiprocessing_context=context)
     want = {i: prep(read_image(dataset.sources[i])) for i in range(len(dataset))}
     return loader, want
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_slot_pool_is_reused_and_gives_the_pixels(tmp_path, context):
+@pytest.mark.parametrize("context,forked", [("fork", True), ("fork", False), ("spawn", False)])
+def test_slot_pool_is_reused_and_gives_the_pixels(tmp_path, context, forked):
     """Batches come back in the pool's shared slots (no fresh shared memory), each worker's ring
-    reused once given back, with exactly the pixels of the image; inherited (fork) or pickled (spawn)."""
-    loader, want = _pooled_loader(_folder(tmp_path, 30), context)
+    reused once given back, with exactly the pixels of the image; inherited (fork: in an
+    anonymous shared mapping, or torch's shared memory) or pickled (spawn)."""
+    loader, want = _pooled_loader(_folder(tmp_path, 30), context, forked)
     seen = 0
     for batch in loader:
         assert batch["pixels"] is None and batch["slots"] is not None  # 10 batches through 2 x 3 batch slots
@@ -277,14 +278,62 @@ def test_slot_pool_is_reused_and_gives_the_pixels(tmp_path, context):
     assert seen == 30
 
 
-def test_slot_pool_never_overwrites_what_was_not_given_back(tmp_path):
+@pytest.mark.parametrize("forked", [True, False])
+def test_slot_pool_never_overwrites_what_was_not_given_back(tmp_path, forked):
     """A consumer that keeps its batches: the workers fill free slots, then collate into fresh
     shared memory; every batch kept keeps its pixels."""
-    loader, want = _pooled_loader(_folder(tmp_path, 30))
+    loader, want = _pooled_loader(_folder(tmp_path, 30), "fork", forked)
     kept = [(batch["idx"], slots.pixels_of(batch), batch.get("slots") is not None) for batch in loader]
     assert [pooled for _, _, pooled in kept] == [True] * 6 + [False] * 4  # 3 batches a worker, then fresh
     for idx, x, _ in kept:
         assert torch.equal(x, torch.stack([want[i] for i in idx]))
+
+
+def test_a_worker_takes_the_first_free_run_of_its_ring(monkeypatch):
+    """A worker's batch goes into the first run of free slots from its ring's start, so a
+    worker writes (and, in a forked pool, makes the pages of) no more of its ring than its
+    batches in flight at once take; another worker's ring is never touched."""
+    from types import SimpleNamespace
+
+    pool = slots.SlotPool(slot_bytes=4, per_worker=6, workers=2, forked=True)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: SimpleNamespace(id=1, num_workers=2))
+    assert [pool.take(2), pool.take(2)] == [6, 8]  # worker 1's ring is slots 6..11
+    pool.busy[6:8] = 0  # the main process gave the first batch back
+    assert pool.take(3) is None  # free: 6-7 and 10-11, no run of 3
+    assert pool.take(2) == 6  # the ring's start again, not its end
+    assert pool.take(2) == 10 and pool.take(1) is None
+    assert not bool(pool.busy[:6].any())
+
+
+@pytest.mark.skipif(not Path("/proc/meminfo").exists(), reason="reads Linux's /proc")
+def test_a_forked_pool_has_its_pages_made_where_they_are_written():
+    """A pool for forked workers is an anonymous shared mapping: making it makes no page (torch's
+    shared memory makes them all at once: 9 GB at the GPU defaults cost 2.4 s in the main
+    process before the first batch), what a forked worker writes the main process reads, and
+    dropping the pool unmaps it."""
+    import gc
+    import os
+    import re
+
+    def shmem() -> int:  # the machine's shared memory pages, bytes
+        return int(re.search(r"Shmem:\s+(\d+) kB", Path("/proc/meminfo").read_text()).group(1)) << 10
+
+    before = shmem()
+    pool = slots.SlotPool(slot_bytes=1 << 20, per_worker=512, workers=2, forked=True)  # 1 GiB
+    assert shmem() - before < 256 << 20  # not 1 GiB of pages made (what other processes make meanwhile aside)
+    start = pool.data.data_ptr()
+    pid = os.fork()
+    if pid == 0:  # a forked worker writes 3 MB at the second worker's ring (numpy: no torch thread pool after fork)
+        try:
+            pool.data.numpy()[512 << 20:515 << 20] = 7
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert int(pool.data[512 << 20]) == int(pool.data[(515 << 20) - 1]) == 7 and int(pool.data[0]) == 0
+    assert f"{start:x}-" in Path("/proc/self/maps").read_text()
+    del pool
+    gc.collect()
+    assert f"{start:x}-" not in Path("/proc/self/maps").read_text()
 
 
 def _stand_in_network(monkeypatch) -> None:

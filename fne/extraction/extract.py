@@ -34,6 +34,7 @@ from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
     default_workers,
     end_workers,
+    forks_workers,
     loader_context,
     require_device_decoder,
     require_main_script,
@@ -387,9 +388,10 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     if spec.decode == "device":  # images to decode (cached rows are read without a decoder)
         require_device_decoder()
     items = reader.ImageItems(dataset, todo, spec.preprocess(), spec.decode == "device", rgb=rgb)
+    forked = forks_workers(workers)  # the pools' pages then made where the workers write them
     if dev.type != "cuda":  # batches in reused shared memory, given back by `_run` (CUDA: pinned copies)
-        items.share_slots(batch_size, workers, in_flight=4 + 2)
-    items.share_raw(batch_size, workers, in_flight=2 + 1)  # where /dev/shm lacks room: rgb off, the workers resize
+        items.share_slots(batch_size, workers, in_flight=4 + 2, forked=forked)
+    items.share_raw(batch_size, workers, in_flight=2 + 1, forked=forked)  # where /dev/shm lacks room: rgb off
     prefetch = 2 if items.rgb else 4  # decoded images are large: fewer batches ahead (15 workers keep 30)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
     return torch.utils.data.DataLoader(

@@ -60,7 +60,7 @@ class ImageItems(torch.utils.data.Dataset):
         self.pool: SlotPool | None = None  # the views' slots
         self.raw_pool: SlotPool | None = None  # the decoded images' bytes (`rgb`), a batch's in one run of slots
 
-    def share_slots(self, batch_size: int, workers: int, in_flight: int) -> None:
+    def share_slots(self, batch_size: int, workers: int, in_flight: int, forked: bool = False) -> None:
         """Let the loader workers collate into a `SlotPool` (call before the DataLoader starts them).
 
         Parameters
@@ -73,6 +73,9 @@ class ImageItems(torch.utils.data.Dataset):
             Batches per worker that may be on their way or held by the main process at once
             (the prefetch factor plus those the consumer holds); more only cost a fresh
             allocation each.
+        forked : bool
+            Whether the DataLoader forks its workers (`SlotPool`'s memory then has its pages
+            made as the workers first write them).
 
         Notes
         -----
@@ -88,18 +91,19 @@ class ImageItems(torch.utils.data.Dataset):
         if per_worker < batch_size:
             return
         try:
-            self.pool = SlotPool(slot, per_worker, workers)
-        except RuntimeError:  # no room in shared memory (/dev/shm): fresh memory per batch, as before
+            self.pool = SlotPool(slot, per_worker, workers, forked)
+        except (RuntimeError, OSError):  # no room in shared memory (/dev/shm): fresh memory per batch, as before
             self.pool = None
 
-    def share_raw(self, batch_size: int, workers: int, in_flight: int) -> None:
+    def share_raw(self, batch_size: int, workers: int, in_flight: int, forked: bool = False) -> None:
         """With `rgb`: let the workers pack each batch's decoded images into a `SlotPool` of
         `RAW_SLOT` bytes per slot, room for `in_flight` batches of the largest images that travel
         whole (`RGB_AREA`) per worker. Fresh shared memory for each batch would cost the main
         process more than the workers save (0.29 against 0.16 CPU-ms per pets37 photo on the
         development CPU, benchmarks/bench_pipeline.py --decode rgb). Where the pool would take
         more than half of what /dev/shm has left (the other half: the batches it cannot hold,
-        fresh), or cannot be made, `rgb` is turned off: the workers resize, to the same pixels in
+        fresh; the pool of forked workers lies outside /dev/shm, in the same memory), or cannot
+        be made, `rgb` is turned off: the workers resize, to the same pixels in
         less shared memory (the decoded images take up to `RGB_AREA` times the resized ones'
         bytes; with them a /dev/shm the workers' resize fits in ran out: "No space left on
         device"). The consumer must `release` each batch once its images are on their way to
@@ -112,8 +116,8 @@ class ImageItems(torch.utils.data.Dataset):
             self.rgb = False
             return
         try:
-            self.raw_pool = SlotPool(RAW_SLOT, -(-per_worker // RAW_SLOT), workers)
-        except RuntimeError:  # no room in shared memory after all
+            self.raw_pool = SlotPool(RAW_SLOT, -(-per_worker // RAW_SLOT), workers, forked)
+        except (RuntimeError, OSError):  # no room in shared memory after all
             self.rgb = False
 
     def unshare(self) -> None:
