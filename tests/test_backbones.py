@@ -285,3 +285,34 @@ def test_token_and_vector_pools_keep_no_view_of_the_activation():
         assert row.untyped_storage().nbytes() == row.numel() * 4, name
         x.relu_()  # what an in-place activation after the tapped layer does
         assert torch.equal(row, want), name
+
+
+def test_weights_checkpoints_of_other_trainers_and_half_precision(tmp_path):
+    """A checkpoint of torchvision's reference scripts or timm's train.py (its `args` an
+    argparse.Namespace) was refused as "a whole model"; a half-precision state dict was adopted
+    as fp16 and the forward stopped with torch's "mixed dtype" traceback; a checkpoint whose
+    weights sit under another key said only "does not hold a state dict of tensors"."""
+    import argparse
+
+    state = backbones.load_backbone("efficientnet_lite0", "random", seed=3).state_dict()
+    args = argparse.Namespace(lr=0.5, model="efficientnet_lite0")
+    torch.save({"model": state, "epoch": 7, "args": args}, tmp_path / "tv.pth")  # torchvision references
+    torch.save({"state_dict": state, "epoch": 7, "args": args, "arch": "x"}, tmp_path / "timm.pth.tar")  # timm
+    for name in ("tv.pth", "timm.pth.tar"):
+        got = backbones.load_backbone("efficientnet_lite0", str(tmp_path / name)).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in state.items())
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "half.pt")
+    model = backbones.load_backbone("efficientnet_lite0", str(tmp_path / "half.pt"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert torch.allclose(model.state_dict()["_conv_stem.weight"], state["_conv_stem.weight"].half().float())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+    torch.save({"model_ema": state, "epoch": 7}, tmp_path / "ema.pt")
+    with pytest.raises(WeightsError, match=re.escape(
+            "ema.pt': does not hold a state dict of tensors (a dict of model_ema, epoch; fne takes the state dict "
+            "under 'model' or 'state_dict' only: save the one under 'model_ema' alone, "
+            "torch.save(checkpoint['model_ema'], PATH))")):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "ema.pt"))
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "whole.pt")
+    with pytest.raises(WeightsError, match=re.escape("(it holds torch.nn.modules.linear.Linear); give a file")):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "whole.pt"))

@@ -1,8 +1,11 @@
-"""What a --weights file that torch.load cannot read is, from its first bytes: the words of the
-error that refuses it (`fne.backbones.registry.load_state_dict_file`)."""
+"""Reading a --weights file (`fne.backbones.registry.read_state_dict`): torch.load without
+unpickling code, the state dict inside a checkpoint, and, for a file torch.load cannot read, what
+it is, from its first bytes: the words of the error that refuses it."""
 
 from __future__ import annotations
 
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -10,6 +13,48 @@ from pathlib import Path
 TORCH_LEGACY = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 PICKLED_OBJECTS = ("a torch.save file of Python objects besides tensors (a whole model, torch.save(model), say), "
                    "which fne does not unpickle, as unpickling can run code")
+
+
+# where a checkpoint keeps its model's state dict: a `fne train` checkpoint's and torchvision's
+# references' `model`, timm's and Lightning's `state_dict`; taken in this order
+STATE_KEYS = ("model", "state_dict")
+
+
+def torch_load(path: str | Path, device) -> object:
+    """`torch.load(path)` with `weights_only` (no code unpickled), memory-mapped where the format
+    allows; `argparse.Namespace` is allowed too: the training arguments that torchvision's
+    reference scripts and timm's train.py store beside the weights (`args`), attributes only."""
+    import argparse
+
+    import torch
+
+    with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error says what it is
+        try:
+            return torch.load(path, map_location=device, weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            return torch.load(path, map_location=device, weights_only=True)
+
+
+def state_dict_in(obj: object) -> dict | str:
+    """The state dict of tensors that `obj` (what a weights file holds) is or wraps (`STATE_KEYS`),
+    else what it holds instead, as a phrase for the refusal."""
+    import torch
+
+    for k in STATE_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
+            obj = obj[k]
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if not isinstance(obj, dict) or not obj:
+        return ("does not hold a state dict of tensors ("
+                + ("an empty dict)" if isinstance(obj, dict) else f"it holds a {type(obj).__name__})"))
+    nested = [k for k, v in obj.items() if isinstance(v, dict) and v and
+              all(isinstance(t, torch.Tensor) for t in v.values())]
+    keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
+    return (f"does not hold a state dict of tensors (a dict of {keys}"
+            + (f"; fne takes the state dict under {' or '.join(map(repr, STATE_KEYS))} only: save the one under "
+               f"{nested[0]!r} alone, torch.save(checkpoint[{nested[0]!r}], PATH)" if nested else "") + ")")
 
 
 def unreadable(path: str | Path, error: Exception) -> str:
@@ -20,6 +65,10 @@ def unreadable(path: str | Path, error: Exception) -> str:
     kind = file_kind(path)
     if kind is PICKLED_OBJECTS and not isinstance(error, pickle.UnpicklingError):  # a torch.save file, damaged
         kind = None
+    if kind is PICKLED_OBJECTS:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            kind += f" (it holds {found.group(1)})"
     if kind is not None:
         return f"torch.load cannot read it: it is {kind}"
     said = (str(error).splitlines() or [""])[0]

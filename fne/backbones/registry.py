@@ -17,7 +17,6 @@ import contextlib
 import functools
 import hashlib
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,35 +393,26 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     dict
         Parameter name -> tensor, without `module.` / `_orig_mod.` prefixes.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file() or path.suffix == ".joblib":
         raise not_a_weights_file(path, "no such file (give 'imagenet', 'random' or a state dict path)")
+    from fne.backbones import filekind
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path), device=str(device))
         else:
-            with warnings.catch_warnings():  # torch's on a pickle of another protocol: the error says what it is
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                try:
-                    obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
-                except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-                    obj = torch.load(path, map_location=device, weights_only=True)
+            obj = filekind.torch_load(path, device)
     except ImportError as e:
         raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
-        from fne.backbones.filekind import unreadable
-
-        raise weights_refusal(path, f"{unreadable(path, e)}; give a file written by torch.save(model.state_dict(), "
-                                    f"PATH), a .safetensors file or a `fne train` checkpoint") from e
-    for k in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
-            obj = obj[k]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise weights_refusal(path, "does not hold a state dict of tensors")
+        raise weights_refusal(path, f"{filekind.unreadable(path, e)}; give a file written by torch.save(model."
+                                    f"state_dict(), PATH), a .safetensors file or a `fne train` checkpoint") from e
+    obj = filekind.state_dict_in(obj)
+    if isinstance(obj, str):
+        raise weights_refusal(path, obj)
     prefixes = ("module.", "_orig_mod.")
     clean = {}
     for k, v in obj.items():
