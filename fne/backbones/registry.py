@@ -474,6 +474,12 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, drawn: str 
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
 
 
+def weights_file(weights: str | Path | None) -> str | None:
+    """The absolute path of --weights where it names a file (recorded in a `fne train` checkpoint
+    and in an extraction's record, which `fne cache info` shows), else None."""
+    return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
+
+
 def check_weights_seed(weights, seed, scratch: bool = False) -> None:
     """OptionError for a seed of random weights (`--seed-weights`, other than its default 0) given
     with weights it does not draw: other --weights, or `scratch` (fne train draws that network
