@@ -316,3 +316,27 @@ def test_weights_checkpoints_of_other_trainers_and_half_precision(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "whole.pt")
     with pytest.raises(WeightsError, match=re.escape("(it holds torch.nn.modules.linear.Linear); give a file")):
         backbones.load_backbone("efficientnet_lite0", str(tmp_path / "whole.pt"))
+
+
+def test_weights_under_a_prefix_are_named_with_how_to_keep_them(tmp_path):
+    """A Lightning checkpoint (the network under `model.`) or a MoCo one (two encoders) was
+    refused as 'does not fit' with 294 names missing and no word of why: the refusal, of
+    `fne extract` and of `fne train`, now names the prefix(es) the network sits under."""
+    from fne.training.transfer import build_model
+
+    state = backbones.load_backbone("efficientnet_lite0", "random", seed=3).state_dict()
+    body = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    torch.save({"state_dict": {"model." + k: v for k, v in state.items()}, "epoch": 2}, tmp_path / "light.ckpt")
+    torch.save({"state_dict": {p + k: v for p in ("encoder_q.", "encoder_k.") for k, v in body.items()}},
+               tmp_path / "moco.pth")
+    with pytest.raises(WeightsError, match=re.escape(
+            "; its tensors under 'model.' are the network's: give a file of one network's alone, without the prefix "
+            "(with `state` the file's state dict: torch.save({k.removeprefix('model.'): v for k, v in state.items() "
+            "if k.startswith('model.')}, PATH))")):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "light.ckpt"))
+    with pytest.raises(WeightsError, match=r"only 0 of \d+ tensors match .*; its tensors under 'encoder_q\.' and "
+                                           r"'encoder_k\.' are the network's"):
+        build_model("efficientnet_lite0", "frozen", 3, weights=str(tmp_path / "moco.pth"))
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")  # another network: no hint
+    with pytest.raises(WeightsError, match=r"not in efficientnet_lite0\)$"):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "other.pt"))

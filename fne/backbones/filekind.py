@@ -123,3 +123,41 @@ def _zip_kind(path: str | Path) -> str:
         return "a NumPy .npz archive"
     return (f"a zip archive of {len(names)} file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), "
             f"not written by torch.save")
+
+
+def prefix_hint(names: list[str], own: list[str], head: str) -> str:
+    """'; its tensors under 'model.' are the network's …': what a refusal of weights that do not
+    fit adds where the file holds the network under a prefix (a Lightning module's attribute,
+    `model.`; a self-supervised checkpoint's `encoder_q.` or `backbone.`), else ''. fne does not
+    strip such a prefix itself (it strips only DataParallel's `module.` and torch.compile's
+    `_orig_mod.`): the file may hold several networks, as MoCo's two encoders.
+
+    Parameters
+    ----------
+    names : list of str
+        The file's tensor names.
+    own : list of str
+        The architecture's tensor names.
+    head : str
+        The classifier's module path, whose tensors need not be there.
+
+    Returns
+    -------
+    str
+        The hint, naming every prefix under which at least 90% of the architecture's tensors are
+        found, and how to keep one network's tensors alone.
+    """
+    body = [n for n in own if not n.startswith(head + ".")]
+    if not body:
+        return ""
+    known = set(names)
+    found = []
+    for p in dict.fromkeys(n.split(".", 1)[0] + "." for n in names if "." in n):
+        if sum(p + n in known for n in body) >= 0.9 * len(body):
+            found.append(p)
+    if not found:
+        return ""
+    p = found[0]
+    return (f"; its tensors under {' and '.join(map(repr, found))} are the network's: give a file of one network's "
+            f"alone, without the prefix (with `state` the file's state dict: torch.save({{k.removeprefix({p!r}): v for "
+            f"k, v in state.items() if k.startswith({p!r})}}, PATH))")

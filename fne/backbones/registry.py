@@ -550,10 +550,13 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     if missing or extra:
         why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
         why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
+        from fne.backbones.filekind import prefix_hint
+
+        hint = prefix_hint(list(state), list(own), b.classifier)
         raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
                                                   f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
                                                   f"in the file it does not have; e.g. {'; '.join(why)})"
-                                                  + trained_as(weights, arch, py))
+                                                  + (trained_as(weights, arch, py) or hint))
     return model.eval().to(dev)
 
 
