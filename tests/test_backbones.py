@@ -340,3 +340,22 @@ def test_weights_under_a_prefix_are_named_with_how_to_keep_them(tmp_path):
     torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")  # another network: no hint
     with pytest.raises(WeightsError, match=r"not in efficientnet_lite0\)$"):
         backbones.load_backbone("efficientnet_lite0", str(tmp_path / "other.pt"))
+
+
+def test_weights_without_batchnorm_counters_and_with_another_head(tmp_path):
+    """A state dict without BatchNorm's `num_batches_tracked` (torch before 0.4.1, converted
+    checkpoints) whose head has another class count was refused, `fne extract` naming 20
+    'bn1.num_batches_tracked: not in source', and `fne train` listed each as not imported: a
+    counter load_state_dict sets to 0, no weight."""
+    from fne.training.transfer import build_model
+
+    state = backbones.load_backbone("resnet18", "random", seed=4).state_dict()
+    kept = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(kept) < len(state)
+    torch.save({**kept, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}, tmp_path / "ft.pt")
+    got = backbones.load_backbone("resnet18", str(tmp_path / "ft.pt")).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in kept.items() if not k.startswith("fc."))
+    assert int(got["bn1.num_batches_tracked"]) == 0
+    model, report, _ = build_model("resnet18", "finetune", 3, weights=str(tmp_path / "ft.pt"))
+    assert [n for n, why in report.skipped if why != "renewed layer"] == []
+    assert not any(b.is_meta for b in model.buffers())

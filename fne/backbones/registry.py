@@ -364,8 +364,8 @@ def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = (), a
     for name, tensor in own.items():
         if any(name == s or name.startswith(s + ".") for s in skip):
             report.skipped.append((name, "renewed layer"))
-        elif name not in state:
-            report.skipped.append((name, "not in source"))
+        elif name not in state:  # but BatchNorm's counter, which load_state_dict sets to 0 (older files lack it)
+            report.skipped += [] if name.endswith(".num_batches_tracked") else [(name, "not in source")]
         elif tuple(state[name].shape) != tuple(tensor.shape):
             report.skipped.append(
                 (name, f"shape {tuple(state[name].shape)} in source, {tuple(tensor.shape)} here")
