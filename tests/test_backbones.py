@@ -359,3 +359,20 @@ def test_weights_without_batchnorm_counters_and_with_another_head(tmp_path):
     model, report, _ = build_model("resnet18", "finetune", 3, weights=str(tmp_path / "ft.pt"))
     assert [n for n, why in report.skipped if why != "renewed layer"] == []
     assert not any(b.is_meta for b in model.buffers())
+
+
+def test_a_safetensors_file_safetensors_cannot_read_is_named_as_such(tmp_path):
+    """A .safetensors file that is not one was refused as 'torch.load cannot read it', though
+    torch.load never read it; a torch.save file under that name was 'a whole model'."""
+    from safetensors.torch import save_file
+
+    state = {"w": torch.ones(2)}
+    torch.save(state, tmp_path / "torch.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello")
+    save_file(state, tmp_path / "ok.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes()[:-4])
+    for name, said in (("torch", ": it is a torch.save file, not a safetensors one (name it .pt)"),
+                       ("text", ": it is a text file"), ("cut", " (SafetensorError: ")):
+        with pytest.raises(WeightsError, match=re.escape(f"{name}.safetensors': safetensors cannot read it{said}")):
+            backbones.read_state_dict(tmp_path / f"{name}.safetensors")
+    assert torch.equal(backbones.read_state_dict(tmp_path / "ok.safetensors")["w"], state["w"])

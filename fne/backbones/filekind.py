@@ -57,12 +57,15 @@ def state_dict_in(obj: object) -> dict | str:
                f"{nested[0]!r} alone, torch.save(checkpoint[{nested[0]!r}], PATH)" if nested else "") + ")")
 
 
-def unreadable(path: str | Path, error: Exception) -> str:
-    """Why torch.load raised `error` on the file at `path`: what the file is (`file_kind`), else
-    torch's first line (a file of a kind fne does not know, or a damaged torch.save file)."""
+def unreadable(path: str | Path, error: Exception, reader: str = "torch.load") -> str:
+    """Why `reader` (torch.load, or safetensors for a .safetensors file) raised `error` on the file
+    at `path`: what the file is (`file_kind`), else the error's first line (a file of a kind fne
+    does not know, or a damaged one)."""
     import pickle
 
     kind = file_kind(path)
+    if reader != "torch.load" and kind is PICKLED_OBJECTS:  # any torch.save file, under a .safetensors name
+        kind = "a torch.save file, not a safetensors one (name it .pt)"
     if kind is PICKLED_OBJECTS and not isinstance(error, pickle.UnpicklingError):  # a torch.save file, damaged
         kind = None
     if kind is PICKLED_OBJECTS:
@@ -70,10 +73,10 @@ def unreadable(path: str | Path, error: Exception) -> str:
         if found:
             kind += f" (it holds {found.group(1)})"
     if kind is not None:
-        return f"torch.load cannot read it: it is {kind}"
+        return f"{reader} cannot read it: it is {kind}"
     said = (str(error).splitlines() or [""])[0]
     said = f"{type(error).__name__}: {said[:160]}{'...' * (len(said) > 160)}" if said else type(error).__name__
-    return f"torch.load cannot read it ({said})"
+    return f"{reader} cannot read it ({said})"
 
 
 def file_kind(path: str | Path) -> str | None:

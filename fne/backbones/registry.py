@@ -408,7 +408,8 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     except ImportError as e:
         raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
-        raise weights_refusal(path, f"{filekind.unreadable(path, e)}; give a file written by torch.save(model."
+        reader = "safetensors" if path.suffix == ".safetensors" else "torch.load"
+        raise weights_refusal(path, f"{filekind.unreadable(path, e, reader)}; give a file written by torch.save(model."
                                     f"state_dict(), PATH), a .safetensors file or a `fne train` checkpoint") from e
     obj = filekind.state_dict_in(obj)
     if isinstance(obj, str):
