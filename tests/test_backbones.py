@@ -298,7 +298,8 @@ def test_weights_checkpoints_of_other_trainers_and_half_precision(tmp_path):
     args = argparse.Namespace(lr=0.5, model="efficientnet_lite0")
     torch.save({"model": state, "epoch": 7, "args": args}, tmp_path / "tv.pth")  # torchvision references
     torch.save({"state_dict": state, "epoch": 7, "args": args, "arch": "x"}, tmp_path / "timm.pth.tar")  # timm
-    for name in ("tv.pth", "timm.pth.tar"):
+    torch.save({"model": {"name": "efficientnet_lite0"}, "state_dict": state}, tmp_path / "config.pt")  # `model`: a config
+    for name in ("tv.pth", "timm.pth.tar", "config.pt"):
         got = backbones.load_backbone("efficientnet_lite0", str(tmp_path / name)).state_dict()
         assert all(torch.equal(got[k], v) for k, v in state.items())
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "half.pt")

@@ -41,16 +41,21 @@ def state_dict_in(obj: object) -> dict | str:
     else what it holds instead, as a phrase for the refusal."""
     import torch
 
-    for k in STATE_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
-            obj = obj[k]
-    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    def tensors(d: object) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+    top = obj
+    for _ in STATE_KEYS:  # a checkpoint's, or a checkpoint's in a checkpoint ({"model": {"state_dict": ...}})
+        inner = [obj[k] for k in STATE_KEYS if isinstance(obj, dict) and not tensors(obj)
+                 and isinstance(obj.get(k), dict)]
+        obj = next((d for d in inner if tensors(d)), inner[0]) if inner else obj
+    if tensors(obj):
         return obj
+    obj = top  # what the refusal describes
     if not isinstance(obj, dict) or not obj:
         return ("does not hold a state dict of tensors ("
                 + ("an empty dict)" if isinstance(obj, dict) else f"it holds a {type(obj).__name__})"))
-    nested = [k for k, v in obj.items() if isinstance(v, dict) and v and
-              all(isinstance(t, torch.Tensor) for t in v.values())]
+    nested = [k for k, v in obj.items() if tensors(v)]
     keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
     return (f"does not hold a state dict of tensors (a dict of {keys}"
             + (f"; fne takes the state dict under {' or '.join(map(repr, STATE_KEYS))} only: save the one under "
