@@ -175,7 +175,8 @@ def _cmd_cache_info(a) -> int:
     if not r.stores:
         print("no stores")
     for s in r.stores:
-        print(f"{s.name}\n  arch {s.arch}  weights {s.weights}  preprocess {s.preprocess}  "
+        read = f" (read from {', '.join(s.weights_files)})" if s.weights_files else ""
+        print(f"{s.name}\n  arch {s.arch}  weights {s.weights}{read}  preprocess {s.preprocess}  "
               f"precision {s.precision}  dtype {s.dtype}\n  rows {s.rows}  bad {s.bad}  "
               f"parts {s.parts}  size {s.size_bytes / 2**20:.1f} MiB")
         if s.data_cached is not None:

@@ -399,3 +399,33 @@ def test_advise_out_over_a_run_folders_own_file_is_refused_before_any_work(digit
     assert (run / "metrics.json").read_text() == '{"kind": "fit"}'
     assert main([*args, "--out", str(run / "advice-of-digits.json")]) == 0
     assert json.loads((run / "advice-of-digits.json").read_text())["kind"] == "advice"
+
+
+def test_a_weights_file_without_the_source_classifier_is_not_judged_by_a_random_one(digits_folder, tmp_path,
+                                                                                    monkeypatch):
+    """`fne advise --weights runs/ft/model.pt` (a fine-tuned head of 3 classes) measured the
+    similarity with the randomly initialised 1000-class head `load_backbone` leaves in its place
+    ('confidence 0.00 ... the target looks different'; 'most frequent source classes: mailbox
+    19%') and advised on it. Now the similarity is unjudged and the reason names the file; a
+    file with the source classifier is still measured."""
+    import torch
+
+    from fne.backbones import registry as backbones
+
+    state = backbones.load_backbone("efficientnet_lite0", "random", seed=2).state_dict()
+    torch.save({**state, "_fc.weight": torch.zeros(3, 1280), "_fc.bias": torch.zeros(3)}, tmp_path / "ft.pt")
+    torch.save({k: v for k, v in state.items() if not k.startswith("_fc.")}, tmp_path / "body.pt")
+    torch.save(state, tmp_path / "whole.pt")
+    measured = []
+    monkeypatch.setattr(A, "_classifier_logits", lambda *a: measured.append(a[2]) or _always_class_7(*a))
+    kw = dict(arch="efficientnet_lite0", cache=str(tmp_path / "cache"), precision="fp32", workers=0, progress=False)
+    for name, said in (("ft.pt", "its classifier (_fc) has 3 outputs, not the source task's 1000"),
+                       ("body.pt", "it holds no classifier (_fc)")):
+        a = A.advise(str(digits_folder), weights=str(tmp_path / name), **kw)
+        assert not a["similarity"]["judged"] and a["similarity"]["why_not"] == f"weights {tmp_path / name}: {said}"
+        assert f"similarity to the source task cannot be judged: {tmp_path / name}: {said}, so the network knows no " \
+               f"source task to compare DATA with" in a["reasons"]
+        assert "why_not_said" not in a["similarity"]
+    assert measured == []
+    a = A.advise(str(digits_folder), weights=str(tmp_path / "whole.pt"), **kw)
+    assert a["similarity"]["judged"] and measured == [str(tmp_path / "whole.pt")]

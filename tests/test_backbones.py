@@ -285,3 +285,95 @@ def test_token_and_vector_pools_keep_no_view_of_the_activation():
         assert row.untyped_storage().nbytes() == row.numel() * 4, name
         x.relu_()  # what an in-place activation after the tapped layer does
         assert torch.equal(row, want), name
+
+
+def test_weights_checkpoints_of_other_trainers_and_half_precision(tmp_path):
+    """A checkpoint of torchvision's reference scripts or timm's train.py (its `args` an
+    argparse.Namespace) was refused as "a whole model"; a half-precision state dict was adopted
+    as fp16 and the forward stopped with torch's "mixed dtype" traceback; a checkpoint whose
+    weights sit under another key said only "does not hold a state dict of tensors"."""
+    import argparse
+
+    state = backbones.load_backbone("efficientnet_lite0", "random", seed=3).state_dict()
+    args = argparse.Namespace(lr=0.5, model="efficientnet_lite0")
+    torch.save({"model": state, "epoch": 7, "args": args}, tmp_path / "tv.pth")  # torchvision references
+    torch.save({"state_dict": state, "epoch": 7, "args": args, "arch": "x"}, tmp_path / "timm.pth.tar")  # timm
+    torch.save({"model": {"name": "efficientnet_lite0"}, "state_dict": state}, tmp_path / "config.pt")  # `model`: a config
+    for name in ("tv.pth", "timm.pth.tar", "config.pt"):
+        got = backbones.load_backbone("efficientnet_lite0", str(tmp_path / name)).state_dict()
+        assert all(torch.equal(got[k], v) for k, v in state.items())
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "half.pt")
+    model = backbones.load_backbone("efficientnet_lite0", str(tmp_path / "half.pt"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert torch.allclose(model.state_dict()["_conv_stem.weight"], state["_conv_stem.weight"].half().float())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+    torch.save({"model_ema": state, "epoch": 7}, tmp_path / "ema.pt")
+    with pytest.raises(WeightsError, match=re.escape(
+            "ema.pt': does not hold a state dict of tensors (a dict of model_ema, epoch; fne takes the state dict "
+            "under 'model' or 'state_dict' only: save the one under 'model_ema' alone, "
+            "torch.save(checkpoint['model_ema'], PATH))")):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "ema.pt"))
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "whole.pt")
+    with pytest.raises(WeightsError, match=re.escape("(it holds torch.nn.modules.linear.Linear); give a file")):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "whole.pt"))
+
+
+def test_weights_under_a_prefix_are_named_with_how_to_keep_them(tmp_path):
+    """A Lightning checkpoint (the network under `model.`) or a MoCo one (two encoders) was
+    refused as 'does not fit' with 294 names missing and no word of why: the refusal, of
+    `fne extract` and of `fne train`, now names the prefix(es) the network sits under."""
+    from fne.training.transfer import build_model
+
+    state = backbones.load_backbone("efficientnet_lite0", "random", seed=3).state_dict()
+    body = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    torch.save({"state_dict": {"model." + k: v for k, v in state.items()}, "epoch": 2}, tmp_path / "light.ckpt")
+    torch.save({"state_dict": {p + k: v for p in ("encoder_q.", "encoder_k.") for k, v in body.items()}},
+               tmp_path / "moco.pth")
+    with pytest.raises(WeightsError, match=re.escape(
+            "; its tensors under 'model.' are the network's: give a file of one network's alone, without the prefix "
+            "(with `state` the file's state dict: torch.save({k.removeprefix('model.'): v for k, v in state.items() "
+            "if k.startswith('model.')}, PATH))")):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "light.ckpt"))
+    with pytest.raises(WeightsError, match=r"only 0 of \d+ tensors match .*; its tensors under 'encoder_q\.' and "
+                                           r"'encoder_k\.' are the network's"):
+        build_model("efficientnet_lite0", "frozen", 3, weights=str(tmp_path / "moco.pth"))
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "other.pt")  # another network: no hint
+    with pytest.raises(WeightsError, match=r"not in efficientnet_lite0\)$"):
+        backbones.load_backbone("efficientnet_lite0", str(tmp_path / "other.pt"))
+
+
+def test_weights_without_batchnorm_counters_and_with_another_head(tmp_path):
+    """A state dict without BatchNorm's `num_batches_tracked` (torch before 0.4.1, converted
+    checkpoints) whose head has another class count was refused, `fne extract` naming 20
+    'bn1.num_batches_tracked: not in source', and `fne train` listed each as not imported: a
+    counter load_state_dict sets to 0, no weight."""
+    from fne.training.transfer import build_model
+
+    state = backbones.load_backbone("resnet18", "random", seed=4).state_dict()
+    kept = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    assert len(kept) < len(state)
+    torch.save({**kept, "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}, tmp_path / "ft.pt")
+    got = backbones.load_backbone("resnet18", str(tmp_path / "ft.pt")).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in kept.items() if not k.startswith("fc."))
+    assert int(got["bn1.num_batches_tracked"]) == 0
+    model, report, _ = build_model("resnet18", "finetune", 3, weights=str(tmp_path / "ft.pt"))
+    assert [n for n, why in report.skipped if why != "renewed layer"] == []
+    assert not any(b.is_meta for b in model.buffers())
+
+
+def test_a_safetensors_file_safetensors_cannot_read_is_named_as_such(tmp_path):
+    """A .safetensors file that is not one was refused as 'torch.load cannot read it', though
+    torch.load never read it; a torch.save file under that name was 'a whole model'."""
+    from safetensors.torch import save_file
+
+    state = {"w": torch.ones(2)}
+    torch.save(state, tmp_path / "torch.safetensors")
+    (tmp_path / "text.safetensors").write_text("hello")
+    save_file(state, tmp_path / "ok.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ok.safetensors").read_bytes()[:-4])
+    for name, said in (("torch", ": it is a torch.save file, not a safetensors one (name it .pt)"),
+                       ("text", ": it is a text file"), ("cut", " (SafetensorError: ")):
+        with pytest.raises(WeightsError, match=re.escape(f"{name}.safetensors': safetensors cannot read it{said}")):
+            backbones.read_state_dict(tmp_path / f"{name}.safetensors")
+    assert torch.equal(backbones.read_state_dict(tmp_path / "ok.safetensors")["w"], state["w"])

@@ -1235,3 +1235,21 @@ def test_a_pipeline_run_into_another_pipelines_out_folder_names_the_datasets_its
     said.clear()
     P.run(two, out, cache, report=False, log=said.append)  # its own out folder now: nothing to say
     assert not any(s.startswith("note:") for s in said)
+
+
+def test_a_backbones_weights_may_be_a_torchvision_weights_name(tmp_path):
+    """README: `fne run` takes every --weights form, but `weights = "IMAGENET1K_V1"` stopped the
+    pipeline as 'neither one of imagenet, random, imagenet-or-random nor an existing state dict
+    file'. A weights name of the arch is taken; another is still refused; a file's path is
+    normalised (`../w.pt` relative to the file, not `DIR/../w.pt`)."""
+    sub = tmp_path / "p"
+    sub.mkdir()
+    torch.save({}, tmp_path / "w.pt")
+    text = GOOD.replace('arch = "vgg16"\nweights = "random"', 'arch = "resnet18"\nweights = "IMAGENET1K_V1"\n\n'
+                        '[[backbones]]\narch = "efficientnet_lite0"\nweights = "../w.pt"').replace('"fc7", ', "")
+    p = load_pipeline(write(sub, text))
+    assert [(b.weights, b.label) for b in p.backbones] == [
+        ("IMAGENET1K_V1", "resnet18-IMAGENET1K_V1"), (str(tmp_path / "w.pt"), "efficientnet_lite0-w")]
+    with pytest.raises(PipelineError, match=r"p\.toml:9: backbones\[0\]\.weights: 'IMAGENET1K_V9' is neither one of "
+                                            r"imagenet, random, imagenet-or-random, a weights name of resnet18, nor"):
+        load_pipeline(write(sub, text.replace("IMAGENET1K_V1", "IMAGENET1K_V9")))

@@ -566,3 +566,29 @@ def test_cache_info_of_data_says_how_many_of_its_images_each_store_holds(warm_ca
     n = len([p for p in data.rglob("*") if p.is_file()])
     assert main(["cache", "info", str(data), "--cache", str(warm_cache)]) == 0
     assert f"  data: {n - 1} of {n} distinct images cached" in capsys.readouterr().out.splitlines()
+
+
+def test_cache_info_names_the_weights_file_each_store_was_read_from(tmp_path, digits_folder, capsys):
+    """`fne cache info` listed a weights file's store as `weights file-0614379ab0683fc4` only:
+    with two fine-tuned networks cached, nothing said which was which. Each store now names the
+    file(s) its extractions read, by absolute path; two files are two stores."""
+    from fne.cache.verbs import cache_info
+
+    files = []
+    for seed in (1, 2):
+        files.append(tmp_path / f"run{seed}" / "model.pt")
+        files[-1].parent.mkdir()
+        torch.save(backbones.load_backbone("efficientnet_lite0", "random", seed=seed).state_dict(), files[-1])
+    cache = tmp_path / "cache"
+    for f in files:
+        fx.extract(digits_folder, cache=str(cache), batch_size=8, progress=False,
+                   **{**FAST, "weights": str(f)})
+    fx.extract(digits_folder, cache=str(cache), batch_size=8, progress=False, **FAST)
+    stores = {s.weights: s for s in cache_info(cache=str(cache)).stores}
+    assert len(stores) == 3 and stores["random-seed0"].weights_files == []
+    assert sorted(s.weights_files for w, s in stores.items() if w.startswith("file-")) == [[str(f)] for f in files]
+    assert main(["cache", "info", "--cache", str(cache)]) == 0
+    out = capsys.readouterr().out
+    for f in files:
+        fp = backbones.fingerprint("efficientnet_lite0", str(f))
+        assert f"  arch efficientnet_lite0  weights {fp} (read from {f})  preprocess" in out

@@ -1515,3 +1515,26 @@ def test_an_interrupted_train_that_saves_no_checkpoint_says_why_nothing_was_kept
         "nothing was kept: no epoch was saved yet (--save-every 2); rerun the same command to start again")
     assert _how_to_resume(Namespace(**run, mode="direct")) == (
         "nothing was kept (direct mode trains nothing); rerun the same command")
+
+
+def test_fne_predict_with_a_train_run_does_not_read_its_source_weights_path(tmp_path, capsys):
+    """A resnet18 run trained from `--weights w/src.pt` (relative, as given) could not be
+    applied from another folder, nor once that file moved: `fne predict RUN DATA` stopped with
+    "--weights 'w/src.pt': no such file or resnet18 weights name", an option predict has not.
+    The run's network is model.pt; the source file only chose its initial tensors."""
+    from fne.training.transfer import build_model
+
+    from .conftest import write_digits
+
+    run = tmp_path / "run"
+    run.mkdir()
+    model, _, _ = build_model("resnet18", "frozen", 2, weights="random", seed=1)
+    torch.save(model.state_dict(), run / "model.pt")
+    (run / "metrics.json").write_text(json.dumps({
+        "kind": "train", "mode": "frozen", "arch": "resnet18", "weights": "w/src.pt",
+        "weights_fingerprint": "file-0123456789abcdef", "classes": ["0", "1"], "image_size": 32,
+        "precision": "fp32", "device": "cpu", "batch_size": 8}))
+    data = write_digits(tmp_path / "data", per_class=2, classes=2)
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv"), "--no-progress",
+                 "--workers", "0"]) == 0
+    assert len(_csv(tmp_path / "p.csv")) == 4

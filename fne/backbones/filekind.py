@@ -1,8 +1,11 @@
-"""What a --weights file that torch.load cannot read is, from its first bytes: the words of the
-error that refuses it (`fne.backbones.registry.load_state_dict_file`)."""
+"""Reading a --weights file (`fne.backbones.registry.read_state_dict`): torch.load without
+unpickling code, the state dict inside a checkpoint, and, for a file torch.load cannot read, what
+it is, from its first bytes: the words of the error that refuses it."""
 
 from __future__ import annotations
 
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -12,19 +15,73 @@ PICKLED_OBJECTS = ("a torch.save file of Python objects besides tensors (a whole
                    "which fne does not unpickle, as unpickling can run code")
 
 
-def unreadable(path: str | Path, error: Exception) -> str:
-    """Why torch.load raised `error` on the file at `path`: what the file is (`file_kind`), else
-    torch's first line (a file of a kind fne does not know, or a damaged torch.save file)."""
+# where a checkpoint keeps its model's state dict: a `fne train` checkpoint's and torchvision's
+# references' `model`, timm's and Lightning's `state_dict`; taken in this order
+STATE_KEYS = ("model", "state_dict")
+
+
+def torch_load(path: str | Path, device) -> object:
+    """`torch.load(path)` with `weights_only` (no code unpickled), memory-mapped where the format
+    allows; `argparse.Namespace` is allowed too: the training arguments that torchvision's
+    reference scripts and timm's train.py store beside the weights (`args`), attributes only."""
+    import argparse
+
+    import torch
+
+    with warnings.catch_warnings(), torch.serialization.safe_globals([argparse.Namespace]):
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")  # the error says what it is
+        try:
+            return torch.load(path, map_location=device, weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
+            return torch.load(path, map_location=device, weights_only=True)
+
+
+def state_dict_in(obj: object) -> dict | str:
+    """The state dict of tensors that `obj` (what a weights file holds) is or wraps (`STATE_KEYS`),
+    else what it holds instead, as a phrase for the refusal."""
+    import torch
+
+    def tensors(d: object) -> bool:
+        return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
+
+    top = obj
+    for _ in STATE_KEYS:  # a checkpoint's, or a checkpoint's in a checkpoint ({"model": {"state_dict": ...}})
+        inner = [obj[k] for k in STATE_KEYS if isinstance(obj, dict) and not tensors(obj)
+                 and isinstance(obj.get(k), dict)]
+        obj = next((d for d in inner if tensors(d)), inner[0]) if inner else obj
+    if tensors(obj):
+        return obj
+    obj = top  # what the refusal describes
+    if not isinstance(obj, dict) or not obj:
+        return ("does not hold a state dict of tensors ("
+                + ("an empty dict)" if isinstance(obj, dict) else f"it holds a {type(obj).__name__})"))
+    nested = [k for k, v in obj.items() if tensors(v)]
+    keys = ", ".join(map(str, list(obj)[:6])) + (", ..." if len(obj) > 6 else "")
+    return (f"does not hold a state dict of tensors (a dict of {keys}"
+            + (f"; fne takes the state dict under {' or '.join(map(repr, STATE_KEYS))} only: save the one under "
+               f"{nested[0]!r} alone, torch.save(checkpoint[{nested[0]!r}], PATH)" if nested else "") + ")")
+
+
+def unreadable(path: str | Path, error: Exception, reader: str = "torch.load") -> str:
+    """Why `reader` (torch.load, or safetensors for a .safetensors file) raised `error` on the file
+    at `path`: what the file is (`file_kind`), else the error's first line (a file of a kind fne
+    does not know, or a damaged one)."""
     import pickle
 
     kind = file_kind(path)
+    if reader != "torch.load" and kind is PICKLED_OBJECTS:  # any torch.save file, under a .safetensors name
+        kind = "a torch.save file, not a safetensors one (name it .pt)"
     if kind is PICKLED_OBJECTS and not isinstance(error, pickle.UnpicklingError):  # a torch.save file, damaged
         kind = None
+    if kind is PICKLED_OBJECTS:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            kind += f" (it holds {found.group(1)})"
     if kind is not None:
-        return f"torch.load cannot read it: it is {kind}"
+        return f"{reader} cannot read it: it is {kind}"
     said = (str(error).splitlines() or [""])[0]
     said = f"{type(error).__name__}: {said[:160]}{'...' * (len(said) > 160)}" if said else type(error).__name__
-    return f"torch.load cannot read it ({said})"
+    return f"{reader} cannot read it ({said})"
 
 
 def file_kind(path: str | Path) -> str | None:
@@ -74,3 +131,41 @@ def _zip_kind(path: str | Path) -> str:
         return "a NumPy .npz archive"
     return (f"a zip archive of {len(names)} file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}), "
             f"not written by torch.save")
+
+
+def prefix_hint(names: list[str], own: list[str], head: str) -> str:
+    """'; its tensors under 'model.' are the network's …': what a refusal of weights that do not
+    fit adds where the file holds the network under a prefix (a Lightning module's attribute,
+    `model.`; a self-supervised checkpoint's `encoder_q.` or `backbone.`), else ''. fne does not
+    strip such a prefix itself (it strips only DataParallel's `module.` and torch.compile's
+    `_orig_mod.`): the file may hold several networks, as MoCo's two encoders.
+
+    Parameters
+    ----------
+    names : list of str
+        The file's tensor names.
+    own : list of str
+        The architecture's tensor names.
+    head : str
+        The classifier's module path, whose tensors need not be there.
+
+    Returns
+    -------
+    str
+        The hint, naming every prefix under which at least 90% of the architecture's tensors are
+        found, and how to keep one network's tensors alone.
+    """
+    body = [n for n in own if not n.startswith(head + ".")]
+    if not body:
+        return ""
+    known = set(names)
+    found = []
+    for p in dict.fromkeys(n.split(".", 1)[0] + "." for n in names if "." in n):
+        if sum(p + n in known for n in body) >= 0.9 * len(body):
+            found.append(p)
+    if not found:
+        return ""
+    p = found[0]
+    return (f"; its tensors under {' and '.join(map(repr, found))} are the network's: give a file of one network's "
+            f"alone, without the prefix (with `state` the file's state dict: torch.save({{k.removeprefix({p!r}): v for "
+            f"k, v in state.items() if k.startswith({p!r})}}, PATH))")

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import hashlib
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,8 +364,8 @@ def import_matching(model: nn.Module, state: dict, skip: tuple[str, ...] = (), a
     for name, tensor in own.items():
         if any(name == s or name.startswith(s + ".") for s in skip):
             report.skipped.append((name, "renewed layer"))
-        elif name not in state:
-            report.skipped.append((name, "not in source"))
+        elif name not in state:  # but BatchNorm's counter, which load_state_dict sets to 0 (older files lack it)
+            report.skipped += [] if name.endswith(".num_batches_tracked") else [(name, "not in source")]
         elif tuple(state[name].shape) != tuple(tensor.shape):
             report.skipped.append(
                 (name, f"shape {tuple(state[name].shape)} in source, {tuple(tensor.shape)} here")
@@ -394,35 +393,27 @@ def read_state_dict(path: str | Path, device: str | torch.device = "cpu") -> dic
     dict
         Parameter name -> tensor, without `module.` / `_orig_mod.` prefixes.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file() or path.suffix == ".joblib":
         raise not_a_weights_file(path, "no such file (give 'imagenet', 'random' or a state dict path)")
+    from fne.backbones import filekind
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj = load_file(str(path), device=str(device))
         else:
-            with warnings.catch_warnings():  # torch's on a pickle of another protocol: the error says what it is
-                warnings.filterwarnings("ignore", message="Detected pickle protocol")
-                try:
-                    obj = torch.load(path, map_location=device, weights_only=True, mmap=True)
-                except RuntimeError:  # the legacy (non-zip) format cannot be memory-mapped
-                    obj = torch.load(path, map_location=device, weights_only=True)
+            obj = filekind.torch_load(path, device)
     except ImportError as e:
         raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
     except Exception as e:
-        from fne.backbones.filekind import unreadable
-
-        raise weights_refusal(path, f"{unreadable(path, e)}; give a file written by torch.save(model.state_dict(), "
-                                    f"PATH), a .safetensors file or a `fne train` checkpoint") from e
-    for k in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(k), dict):
-            obj = obj[k]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise weights_refusal(path, "does not hold a state dict of tensors")
+        reader = "safetensors" if path.suffix == ".safetensors" else "torch.load"
+        raise weights_refusal(path, f"{filekind.unreadable(path, e, reader)}; give a file written by torch.save(model."
+                                    f"state_dict(), PATH), a .safetensors file or a `fne train` checkpoint") from e
+    obj = filekind.state_dict_in(obj)
+    if isinstance(obj, str):
+        raise weights_refusal(path, obj)
     prefixes = ("module.", "_orig_mod.")
     clean = {}
     for k, v in obj.items():
@@ -482,6 +473,12 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, drawn: str 
     if arch in REGISTRY:
         raise not_a_weights_file(weights, "no such file (give 'imagenet', 'random' or a state dict path)")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
+
+
+def weights_file(weights: str | Path | None) -> str | None:
+    """The absolute path of --weights where it names a file (recorded in a `fne train` checkpoint
+    and in an extraction's record, which `fne cache info` shows), else None."""
+    return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
 
 
 def check_weights_seed(weights, seed, scratch: bool = False) -> None:
@@ -554,10 +551,13 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     if missing or extra:
         why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
         why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
+        from fne.backbones.filekind import prefix_hint
+
+        hint = prefix_hint(list(state), list(own), b.classifier)
         raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
                                                   f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
                                                   f"in the file it does not have; e.g. {'; '.join(why)})"
-                                                  + trained_as(weights, arch, py))
+                                                  + (trained_as(weights, arch, py) or hint))
     return model.eval().to(dev)
 
 

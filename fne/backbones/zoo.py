@@ -318,10 +318,15 @@ def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:
 
 def assigned(build: Callable[[], nn.Module], state: dict) -> nn.Module | None:
     """`build()` on the meta device holding exactly `state`'s tensors, or None where it does
-    not fit that way (a mismatch, non-persistent buffers, init code that needs real tensors)."""
+    not fit that way (a mismatch, non-persistent buffers, init code that needs real tensors).
+    Tensors of another floating dtype (a half-precision file) become the model's dtype, which
+    `assign` would otherwise replace."""
     model = on_meta(build)
     if model is None:
         return None
+    own = model.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() and own[k].is_floating_point() else v
+             for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except Exception:

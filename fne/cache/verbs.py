@@ -14,7 +14,7 @@ from pathlib import Path
 
 from fne.cache import upkeep
 from fne.cache.fs import files_at, is_url
-from fne.cache.store import Store, cache_root, list_stores, no_such_root
+from fne.cache.store import Store, cache_root, list_stores, no_such_root, read_records
 from fne.cache.upkeep import Findings
 from fne.errors import CacheError, FneError, expect_path
 from fne.option_handling import keywords, resolve
@@ -42,6 +42,9 @@ class StoreInfo:
     data_cached, data_unreadable : int or None
         With DATA given: how many of its distinct images this store holds, and how many it
         records as unreadable; None otherwise.
+    weights_files : list of str
+        For weights read from a file (``weights`` ``file-…``): the file(s), by absolute path, that
+        its extractions read, as their records name them (records written before fne kept it name none).
     unreadable : str or None
         Why its store.json cannot be read (damaged, or a later fne's format), for a store that
         `cache_rm` removes whole; what it holds is then unknown ("?", 0 rows), but its size.
@@ -61,6 +64,7 @@ class StoreInfo:
     data_cached: int | None = None
     data_unreadable: int | None = None
     unreadable: str | None = None
+    weights_files: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -123,9 +127,11 @@ class CacheRemoval:
 
 def _info(s: Store) -> StoreInfo:
     m = s.meta
+    files = [] if not str(m["weights"]).startswith("file-") else \
+        list(dict.fromkeys(r["weights_file"] for r in read_records(s) if isinstance(r.get("weights_file"), str)))
     return StoreInfo(name=s.path.name, path=str(s.path), arch=m["arch"], weights=m["weights"],
                      preprocess=m["preprocess"], precision=m["precision"], dtype=m["dtype"], rows=len(s),
-                     bad=len(s.bad()), parts=len(s.parts()), size_bytes=s.size_bytes())
+                     bad=len(s.bad()), parts=len(s.parts()), size_bytes=s.size_bytes(), weights_files=files)
 
 
 @keywords(StoreOptions, DataOptions, only=INFO_OPTIONS)

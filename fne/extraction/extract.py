@@ -21,6 +21,7 @@ import torch
 
 from fne import option_handling as opts
 from fne import verb_module
+from fne.backbones.registry import weights_file
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
 from fne.cache.store import Store, cache_root
@@ -246,6 +247,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     if done.settings and (result.n_computed or result.skipped):  # a no-op run records nothing
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
         store.record({"kind": "extract", "dataset": dataset.name, **settings,
+                      "weights_file": weights_file(spec.weights),  # fne cache info names it
                       **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
                       "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
     return result

@@ -89,12 +89,14 @@ class Checks:
     """Validation that needs the heavy modules, passed in by the caller (see fne.pipeline.plan.checks).
 
     archs: the backbone names; features(spec, arch) and C(value) raise FneError saying why
-    a feature spec does not apply to a backbone or a C does not parse.
+    a feature spec does not apply to a backbone or a C does not parse; weights(name, arch): whether
+    `name` is a weights name of `arch` (IMAGENET1K_V2; without it, any name with no '/' is taken).
     """
 
     archs: Collection[str]
     features: Callable[[str, str], object]
     C: Callable[[str], object]
+    weights: Callable[[str, str], object] | None = None
 
 
 # ------------------------------------------------------------------ the model
@@ -341,11 +343,14 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
                                                f"not {cfg.weights!r}")
         if cfg.weights not in WEIGHT_CHOICES:
             wpath = Path(os.path.expanduser(cfg.weights))
-            wpath = wpath if wpath.is_absolute() else base / wpath
-            if not wpath.is_file():
-                err.add(path_ + ("weights",), f"{cfg.weights!r} is neither one of {', '.join(WEIGHT_CHOICES)} "
-                                              f"nor an existing state dict file ({wpath})")
-            cfg.weights = str(wpath)
+            wpath = Path(os.path.normpath(wpath if wpath.is_absolute() else base / wpath))
+            if wpath.is_file() or not (checks.weights(cfg.weights, cfg.arch) if checks and checks.weights
+                                       else "/" not in cfg.weights):
+                if not wpath.is_file():
+                    err.add(path_ + ("weights",), f"{cfg.weights!r} is neither one of {', '.join(WEIGHT_CHOICES)}, "
+                                                  f"a weights name of {cfg.arch}, nor an existing state dict file "
+                                                  f"({wpath})")
+                cfg.weights = str(wpath)
         stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
         cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}")
         if cfg.label in labels:

@@ -28,7 +28,18 @@ def checks() -> config.Checks:
     from fne.linear.heads import parse_C
 
     return config.Checks(archs=_Archs(), features=lambda spec, arch: parse_features(spec, bb.get(arch)),
-                         C=parse_C)
+                         C=parse_C, weights=_weights_name)
+
+
+def _weights_name(name: str, arch: str) -> bool:
+    """Whether `name` is one of `arch`'s weights names (torchvision's IMAGENET1K_V2)."""
+    from fne.backbones import registry as bb
+
+    try:
+        bb.check_weights(arch, name)
+    except FneError:
+        return False
+    return True
 
 
 class _Archs:

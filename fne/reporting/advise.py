@@ -102,7 +102,9 @@ RECOMMENDATIONS = {
         commands=["fne train {data} --mode finetune", "fne train {data} --mode scratch"],
     ),
 }
-# Similarity unknown (random weights): size decides what is safe.
+RANDOM_UNJUDGED = ("the weights are random, so the network's classifier knows no source task (the numbers say "
+                   "nothing about transfer)")
+# Similarity unknown (random weights, a weights file without the source classifier): size decides what is safe.
 UNJUDGED = {
     "small": dict(
         code="features-linear",
@@ -278,8 +280,11 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
 
 def decide(images_per_class: float, msp: float | None, *, entropy: float | None = None,
            large_per_class: int = LARGE_PER_CLASS, similar_msp: float = SIMILAR_MSP,
-           msp_sem: float | None = None, sample: int | None = None) -> dict:
+           msp_sem: float | None = None, sample: int | None = None, unjudged: str = RANDOM_UNJUDGED) -> dict:
     """The course's two-factor rule on measured quantities; pure (tests call it directly).
+
+    unjudged: why `msp` is None (random weights, or a weights file whose classifier is not the
+    source task's), as the reasons say it.
 
     msp_sem / sample: the standard error of the mean MSP over the `sample` images it was
     measured on; a threshold within two of them makes the similarity verdict uncertain."""
@@ -293,8 +298,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
     if msp is None:
         rec = UNJUDGED[size]
         similar = None
-        reasons.append("similarity to the source task cannot be judged: the weights are random, so the "
-                       "network's classifier knows no source task (the numbers say nothing about transfer)")
+        reasons.append(f"similarity to the source task cannot be judged: {unjudged}")
     else:
         similar = "similar" if msp >= similar_msp else "different"
         ent = f", normalised entropy {entropy:.2f}" if entropy is not None else ""
@@ -392,7 +396,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     dataset, unread = _readable(dataset, unreadable, similarity.get("sample", 0) + len(unreadable))
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
-               sample=similarity.get("sample"))
+               sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED))
     lonely = _unsplittable(dataset)
     d["reasons"][:0] = [r for r in (unread, lonely) if r]
     similarity["verdict"] = d["similar"]
@@ -429,8 +433,13 @@ def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[d
     similarity: dict = {"judged": False, "measure": "mean max-softmax probability of the source classifier",
                         "threshold": SIMILAR_MSP}
     msp = entropy = None
+    head = None if spec.weights in ("random", "imagenet") else _renewed_head(spec.arch, spec.weights)
     if spec.weights == "random":
         similarity["why_not"] = "random weights: no source task"
+    elif head is not None:
+        similarity["why_not"] = f"weights {spec.weights}: {head}"
+        similarity["why_not_said"] = (f"{spec.weights}: {head}, so the network knows "
+                                      f"no source task to compare DATA with")
     else:
         idx = stratified_sample(dataset, o.sample, o.seed)
         stats = measure_similarity(dataset, idx, spec.arch, spec.weights, cache=spec.cache, crop=spec.crop,
@@ -443,6 +452,26 @@ def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[d
             similarity["caveat"] = ("weights from a file: assumes its classifier is the source task's "
                                     "(a renewed head makes this measure meaningless)")
     return similarity, msp, entropy
+
+
+def _renewed_head(arch: str, weights: str) -> str | None:
+    """How the classifier of the weights file `weights` differs from `arch`'s source classifier
+    (absent, or of another class count: a `fne train` run's renewed head, which
+    `load_backbone` leaves randomly initialised), else None (a torchvision weights name: None)."""
+    from fne.backbones import registry as backbones
+    from fne.backbones import zoo
+
+    if not Path(weights).is_file():
+        return None
+    b = backbones.get(arch)
+    own = {k: tuple(v.shape) for k, v in zoo.meta_model(lambda: b.build(b.num_classes)).state_dict().items()
+           if k.startswith(b.classifier + ".")}
+    state = backbones.read_state_dict(weights)
+    if not all(k in state for k in own):
+        return f"it holds no classifier ({b.classifier})"
+    other = [tuple(state[k].shape) for k in own if tuple(state[k].shape) != own[k]]
+    return f"its classifier ({b.classifier}) has {other[0][0]} outputs, not the source task's {b.num_classes}" \
+        if other else None
 
 
 def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:

@@ -52,10 +52,19 @@ def read_run(run_dir: str | Path) -> dict:
     return m
 
 
+def _backbone(m: dict) -> backbones.Backbone:
+    """The run's backbone, with the preprocessing of the weights it trained from: a weights
+    name's own (IMAGENET1K_V2), else the architecture's. A weights file (fingerprint `file-…`)
+    only chose the initial tensors: it is not read again, and may have moved since (or have been
+    named relative to another folder)."""
+    file = str(m.get("weights_fingerprint") or "").startswith("file-")
+    return backbones.get(m["arch"], "imagenet" if file else m["weights"])
+
+
 def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
     """The run's trained network on `device`, in eval mode: its architecture with a classifier of
     the run's classes (the renewed fc layers keep their shapes), model.pt's tensors assigned."""
-    b = backbones.get(m["arch"], m["weights"])
+    b = _backbone(m)
 
     def build() -> nn.Module:  # as `build_model` makes it; renewed fc layers keep their shapes
         model = b.build(1000)
@@ -95,7 +104,7 @@ def predict_network(run_dir: str | Path, data, *, device: str | None = None, bat
     ran_on = torch.device(m.get("device", "cpu")).type
     precision = m["precision"] if ran_on == dev.type else resolve_precision("auto", dev)
     model = network(run_dir, m, dev)
-    b = backbones.get(m["arch"], m["weights"])
+    b = _backbone(m)
     dataset = data if not isinstance(data, (str, Path)) else load_dataset(data)
     labels = np.zeros(len(dataset), dtype=np.int64)  # the pass needs some; predict reads DATA's own
     ctx = epochs.Ctx(dataset, labels, dev, precision, Normalize(b.mean, b.std).to(dev), None, progress, {},

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fne.backbones.registry import weights_file
 from fne.cache.fs import replace_file
 from fne.errors import FneError
 from fne.option_handling import named, refusal
@@ -254,11 +255,6 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
         if ckpt.get("fne") not in (None, __version__):  # None: written before 29 Nov 2026
             diff.append(f"written by fne {ckpt['fne']}, this is fne {__version__}")
     return diff
-
-
-def weights_file(weights: str | None) -> str | None:
-    """The absolute path of --weights where it names a file (recorded in the checkpoint), else None."""
-    return str(Path(weights).resolve()) if weights and Path(weights).is_file() else None
 
 
 def weights_fingerprint(weights: str | None) -> str | None:

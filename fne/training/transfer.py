@@ -124,12 +124,13 @@ def build_model(arch: str, mode: str, num_classes: int, weights: str = "imagenet
 
         model = backbones.seeded_build(partial, seed, dev)
         report = backbones.import_matching(model, state, skip=renew)
-    _check_import(report, mode, arch, weights)
+    _check_import(report, mode, arch, weights, list(state))
     return model, report, renew
 
 
-def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> None:
-    """Refuse weights of another architecture (and, for direct, any tensor that does not fit)."""
+def _check_import(report: ImportReport, mode: str, arch: str, weights: str, names: list[str]) -> None:
+    """Refuse weights of another architecture (and, for direct, any tensor that does not fit);
+    `names`: the file's tensor names (a prefix they hold the network under is named)."""
     kept = [n for n, why in report.skipped if why != "renewed layer"]
     total = len(report.imported) + len(kept)
     if mode == "direct" and kept:
@@ -142,7 +143,15 @@ def _check_import(report: ImportReport, mode: str, arch: str, weights: str) -> N
                                                             f"{len(report.imported)} of {total} tensors match by name "
                                                             f"and shape (e.g. {_examples(report)})"
                                                             + (backbones.trained_as(weights, arch, py)
+                                                               or _prefix_hint(report, names, arch)
                                                                or "; is it a state dict of another architecture?"))
+
+
+def _prefix_hint(report: ImportReport, names: list[str], arch: str) -> str:
+    from fne.backbones.filekind import prefix_hint
+
+    own = [*report.imported, *(n for n, _ in report.skipped)]
+    return prefix_hint(names, own, backbones.get(arch).classifier)
 
 
 def _examples(report: ImportReport, n: int = 3) -> str:
