@@ -109,6 +109,30 @@ def test_label_text_is_one_rule_in_every_form(digits_folder, tmp_path):
         assert load_dataset(tmp_path / "d.tar", cache=tmp_path / "cache").classes == ["2", "b"]
 
 
+def test_a_label_written_as_a_missing_value_is_a_class_named_in_a_warning(digits_folder, tmp_path):
+    """A CSV cell reading NaN or None (pandas' astype(str) writes 'nan') is text, so a class of
+    that name, as README says; a warning names the images, so that a user who meant "no label"
+    learns it (an empty cell is no label). A Parquet ClassLabel index stored as a float (a column
+    with gaps, as pandas writes it) names its class, as an int index does."""
+    files = _pngs(digits_folder, 5)
+    labels = ["a", "NaN", "None", "NaN", ""]
+    (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{f},{lab}\n" for f, lab in zip(files, labels)))
+    with pytest.warns(UserWarning) as caught:
+        d = load_dataset(tmp_path / "l.csv")
+    said = [str(w.message) for w in caught]
+    assert f"CSV {tmp_path / 'l.csv'}: 2 label(s) read 'NaN' (l.csv:3 ({files[1]}), l.csv:5 ({files[3]})), kept as a " \
+           "class of that name; for an image without a label, leave its label empty" in said
+    assert any("1 label(s) read 'None' (l.csv:4" in m for m in said) and any("skipped l.csv:6" in m for m in said)
+    assert d.classes == ["NaN", "None", "a"] and len(d) == 4
+    meta = {b"huggingface": json.dumps({"info": {"features": {
+        "label": {"_type": "ClassLabel", "names": ["daisy", "rose", "tulip"]}}}}).encode()}
+    table = pa.table({"image": [f.read_bytes() for f in files[:4]], "label": [2.0, float("nan"), 0.0, 1.0]})
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "d.parquet")
+    with pytest.warns(UserWarning, match="skipped d.parquet:1: no label"):
+        d = load_dataset(tmp_path / "d.parquet", cache=tmp_path / "cache")
+    assert d.labels == ["tulip", "daisy", "rose"] and d.classes == ["daisy", "rose", "tulip"]
+
+
 @pytest.mark.parametrize("case, expect", [
     ("latin1_csv", "l.csv: not UTF-8 text"),
     ("h5_empty_label", r"d.h5: 1 image\(s\) have no label .* at index 1"),

@@ -97,6 +97,8 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
 
 
 def _label(v, names: list[str] | None) -> str | None:
+    if names is not None and isinstance(v, float) and v.is_integer():  # an index column with gaps, as pandas writes it
+        v = int(v)
     if v is None or (isinstance(v, int) and v < 0 and names):  # HF uses -1 for "no label"
         return None
     if names is not None and isinstance(v, int):
