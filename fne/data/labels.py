@@ -125,6 +125,7 @@ def class_order(labels, names: list[str] | None = None, numeric: bool = True) ->
             more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
             warnings.warn(f"{len(absent)} of the {len(names)} classes the data names have no image and are left "
                           f"out: {', '.join(map(repr, absent[:5]))}{more}", stacklevel=4)
+        _warn_near_duplicates(kept)
         return kept
     uniq = set(labels)
     if numeric and uniq and all(_INT.fullmatch(s) for s in uniq):
