@@ -1189,6 +1189,23 @@ def test_an_installed_font_draws_the_characters_dejavu_sans_lacks(tmp_path):
     assert not any("font" in m or "Glyph" in m for m in _cjk_report(tmp_path))
 
 
+def test_the_report_names_the_winners_classes_without_a_test_image(tmp_path):
+    """A predefined split with no test image of a class: its recall is unknown and the mean class
+    accuracy is over the others; `fne fit` warned of it, and report.md and report.html name it
+    too (a <b> in its name as typed), beside the classes recognised worst; none where all are tested."""
+    from html import escape
+
+    classes = ["a", "<b>c</b>", "d"]
+    write_run(tmp_path / "runs", "w", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, classes=classes,
+                                                   confusion=[[9, 1, 0], [0, 0, 0], [0, 0, 10]]))
+    r = report([tmp_path / "runs"], tmp_path / "rep", figures=False)
+    said = "Classes with no test image (no recall; the mean class accuracy is over the others): "
+    assert f"{said}\\<b\\>c\\</b\\>." in Path(r["md"]).read_text().splitlines()
+    assert f"<p class='untested'>{escape(said + '<b>c</b>.', quote=False)}</p>" in Path(r["html"]).read_text()
+    write_run(tmp_path / "all", "w", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0))  # every class tested
+    assert "no test image" not in Path(report([tmp_path / "all"], tmp_path / "rep2", figures=False)["md"]).read_text()
+
+
 def test_a_run_that_repeats_another_counts_once(tmp_path):
     """The same fit run twice into two folders (one seed, the same predictions on every split) was
     pooled as "2 runs" of shared test images: no interval, "its runs … differ", and the verdict left
