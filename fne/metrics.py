@@ -73,7 +73,7 @@ def _warn_untested(untested: np.ndarray, classes: list[str]) -> None:
     k, n = len(untested), len(classes)
     shown = ", ".join(repr(classes[c]) + (f" (in {int(untested[:, c].sum())} of {k})" if k > 1 else "")
                       for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-    where = "the test images" if k == 1 else f"some of the {k} splits' test images"
+    where = "the test images" if k == 1 else f"the test images of one or more of the {k} splits"
     warnings.warn(f"{len(missing)} of the {n} classes {'has' if len(missing) == 1 else 'have'} no image among {where}, so no recall there: {shown}; "
                   f"the mean class accuracy of {'the split' if k == 1 else 'such a split'} is the mean of the "
                   f"other classes' recalls", stacklevel=3)
