@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import platform
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,10 +38,45 @@ def class_recalls(confusion) -> np.ndarray:
         return np.where(total > 0, np.diag(c) / total, np.nan)
 
 
-def class_recall(confusion, classes: list[str]) -> dict[str, float | None]:
-    """metrics.json's ``class_recall``: {class name: `class_recalls`' value, None where the class
-    had no test image}, in class order."""
-    return {str(name): (None if np.isnan(r) else float(r)) for name, r in zip(classes, class_recalls(confusion))}
+def class_recall(confusions, classes: list[str]) -> dict[str, float | None]:
+    """metrics.json's ``class_recall``: {class name: `class_recalls`' value of the splits' summed
+    confusion matrix, None where the class had no test image}, in class order.
+
+    Warns, in one line, naming the classes without a test image in a split (a predefined split
+    with none of a class, or a random split that drew none of a small class): that split's
+    accuracy holds none of their images, and its mean class accuracy is the mean of the other
+    classes' recalls, not of all of them.
+
+    Parameters
+    ----------
+    confusions : array-like
+        One split's confusion matrix (rows: true classes), or a list of every split's.
+    classes : list of str
+        The class names, in the matrices' order.
+
+    Returns
+    -------
+    dict
+        {class name: recall, or None}.
+    """
+    mats = np.asarray(confusions)
+    mats = mats[None] if mats.ndim == 2 else mats
+    _warn_untested(mats.sum(axis=2) == 0, classes)
+    return {str(name): (None if np.isnan(r) else float(r)) for name, r in zip(classes, class_recalls(mats.sum(axis=0)))}
+
+
+def _warn_untested(untested: np.ndarray, classes: list[str]) -> None:
+    """`class_recall`'s warning; `untested[s, c]`: split s has no test image of class c."""
+    missing = np.flatnonzero(untested.any(axis=0))
+    if not len(missing):
+        return
+    k, n = len(untested), len(classes)
+    shown = ", ".join(repr(classes[c]) + (f" (in {int(untested[:, c].sum())} of {k})" if k > 1 else "")
+                      for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    where = "the test images" if k == 1 else f"the test images of one or more of the {k} splits"
+    warnings.warn(f"{len(missing)} of the {n} classes {'has' if len(missing) == 1 else 'have'} no image among {where}, so no recall there: {shown}; "
+                  f"the mean class accuracy of {'the split' if k == 1 else 'such a split'} is the mean of the "
+                  f"other classes' recalls", stacklevel=3)
 
 
 def accuracy_interval(splits: list[dict], level: float = 0.95) -> dict:

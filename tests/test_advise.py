@@ -325,6 +325,24 @@ def test_a_class_with_one_image_is_named(tmp_path):
         cache=str(tmp_path / "cache"))["reasons"])
 
 
+def test_a_split_fit_cannot_draw_is_said_with_fits_own_words(tmp_path, capsys):
+    """10 classes of 2 images: --test-size 0.25 holds out 5 images, fewer than the classes, so `fne
+    fit` stops there, and so would each command advised; the advice says so first, in fit's words
+    (flags on the command line), and not where the split can be drawn (--test-size 0.5)."""
+    from fne.cli import main
+    from tests.conftest import write_digits
+
+    root = write_digits(tmp_path / "imgs", per_class=2, classes=10)
+    kw = dict(arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"))
+    a = A.advise(str(root), **kw)
+    assert a["reasons"][0] == ("fne fit cannot draw its random split here (nor can the commands advised): cannot carve "
+                               "a stratified test_size=0.25 part: it holds out 5 of 20 images, fewer than the 10 "
+                               "classes: give test_size=0.5 or more")
+    assert not any("cannot draw" in r for r in A.advise(str(root), test_size=0.5, **kw)["reasons"])
+    assert main(["advise", str(root), "--arch", "efficientnet_lite0", "--weights", "random", "--cache", kw["cache"]]) == 0
+    assert "cannot carve a stratified --test-size 0.25 part" in capsys.readouterr().out
+
+
 def test_recommended_commands_repeat_the_split_the_advice_counted_images_of():
     """`fne advise --test-size 0.5 --train-per-class 3` counted 3 training images a class, and advised
     `fne fit DATA …` that would train on 75 % of each class: the commands now carry the split. fit

@@ -154,6 +154,30 @@ def test_predict_says_how_many_images_the_head_was_fitted_on(digits_folder, warm
         assert predict(tmp_path / "run", more, tmp_path / "p.csv", cache=str(cache), progress=False)["n_fitted_on"] == 24
 
 
+def test_predict_counts_images_it_was_fitted_on_among_those_the_accuracy_is_over(digits_folder, warm_cache,
+                                                                               tmp_path, recwarn):
+    """The images it was fitted on filed under a class the model does not know are not in the
+    accuracy: the warning said "the accuracy counts them" also where there was no accuracy at all;
+    it now counts those the accuracy is over, and says nothing where there are none."""
+    from fne.linear.predict import predict
+
+    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", cache=str(warm_cache), **STORE)
+    renamed = tmp_path / "renamed"  # the same 24 images: classes 0 and 1 as they were, 2 and 3 as x and y
+    shutil.copytree(digits_folder, renamed)
+    for old, name in (("2", "x"), ("3", "y")):
+        (renamed / old).rename(renamed / name)
+    r = predict(tmp_path / "run", renamed, tmp_path / "p.csv", cache=str(warm_cache), progress=False)
+    said = [str(w.message) for w in recwarn]
+    assert (r["n_fitted_on"], r["n_scored"], r["n"]) == (24, 12, 24)
+    assert any(m.startswith("12 of 12 images of DATA whose label the model knows are images ") for m in said)
+    for old, name in (("0", "v"), ("1", "w")):
+        (renamed / old).rename(renamed / name)
+    recwarn.clear()
+    r = predict(tmp_path / "run", renamed, tmp_path / "q.csv", cache=str(warm_cache), progress=False)
+    assert (r["accuracy"], r["n_scored"], r["n_fitted_on"]) == (None, 0, 24)
+    assert not any("fitted on (the same bytes)" in str(w.message) for w in recwarn)
+
+
 def test_predict_names_the_cache_it_extracts_into_and_the_one_the_model_was_fitted_from(
         digits_folder, warm_cache, tmp_path, monkeypatch, capsys):
     """`fne predict` extracts missing rows into the current cache ($FNE_CACHE here), which need not be
@@ -522,7 +546,7 @@ def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_
                  "--cache", str(warm_cache)]) == 0
     out, err = capsys.readouterr()
     assert "12 of 18 images" in err and "2 labels: 7, 8" in err and len(err.strip().splitlines()) == 2
-    assert "18 of 18 images of DATA are images" in err  # copies of the images it was fitted on
+    assert "6 of 6 images of DATA whose label the model knows are images" in err  # copies of those it was fitted on
     rows = list(csv.DictReader((tmp_path / "p.csv").read_text().splitlines()))
     assert len(rows) == 18 and list(rows[0])[-1] == "true"  # the CSV lists every image
     known = [r for r in rows if r["true"] == "0"]
@@ -533,6 +557,7 @@ def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_
                  "--cache", str(warm_cache)]) == 0
     out, err = capsys.readouterr()
     assert "12 of 12 images" in err and "no accuracy" in err and ", accuracy" not in out
+    assert "fitted on (the same bytes)" not in err  # no accuracy counts the 12 it was fitted on
 
 
 def test_fit_auto_says_what_it_chose(digits_folder, warm_cache, tmp_path, capsys):

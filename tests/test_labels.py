@@ -109,6 +109,72 @@ def test_label_text_is_one_rule_in_every_form(digits_folder, tmp_path):
         assert load_dataset(tmp_path / "d.tar", cache=tmp_path / "cache").classes == ["2", "b"]
 
 
+def test_a_label_written_as_a_missing_value_is_a_class_named_in_a_warning(digits_folder, tmp_path):
+    """A CSV cell reading NaN or None (pandas' astype(str) writes 'nan') is text, so a class of
+    that name, as README says; a warning names the images, so that a user who meant "no label"
+    learns it (an empty cell is no label). A Parquet ClassLabel index stored as a float (a column
+    with gaps, as pandas writes it) names its class, as an int index does."""
+    files = _pngs(digits_folder, 5)
+    labels = ["a", "NaN", "None", "NaN", ""]
+    (tmp_path / "l.csv").write_text("path,label\n" + "".join(f"{f},{lab}\n" for f, lab in zip(files, labels)))
+    with pytest.warns(UserWarning) as caught:
+        d = load_dataset(tmp_path / "l.csv")
+    said = [str(w.message) for w in caught]
+    assert f"CSV {tmp_path / 'l.csv'}: 2 label(s) read 'NaN' (l.csv:3 ({files[1]}), l.csv:5 ({files[3]})), kept as a " \
+           "class of that name; for an image without a label, leave its label empty" in said
+    assert any("1 label(s) read 'None' (l.csv:4" in m for m in said) and any("skipped l.csv:6" in m for m in said)
+    assert d.classes == ["NaN", "None", "a"] and len(d) == 4
+    meta = {b"huggingface": json.dumps({"info": {"features": {
+        "label": {"_type": "ClassLabel", "names": ["daisy", "rose", "tulip"]}}}}).encode()}
+    table = pa.table({"image": [f.read_bytes() for f in files[:4]], "label": [2.0, float("nan"), 0.0, 1.0]})
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "d.parquet")
+    with pytest.warns(UserWarning, match="skipped d.parquet:1: no label"):
+        d = load_dataset(tmp_path / "d.parquet", cache=tmp_path / "cache")
+    assert d.labels == ["tulip", "daisy", "rose"] and d.classes == ["daisy", "rose", "tulip"]
+
+
+def test_classlabel_names_are_read_as_labels_and_a_listing_of_the_old_rule_is_listed_again(digits_folder, tmp_path,
+                                                                                            capsys):
+    """Parquet ClassLabel names written by hand: ' a' beside 'a', an empty name or one twice made
+    classes such as ['a', 'a', 'b'] and a confusion matrix of nonsense; they are refused in one line,
+    as HDF5's class_names are. A listing remembered under the earlier rule (its labels read without
+    the names, 2.0 as '2') is listed again, its content keys kept."""
+    from fne.data.manifest import attach_keys
+    from tests.conftest import age
+
+    files = _pngs(digits_folder, 3)
+    for nm, names in (("dup", ["a", "a", "b"]), ("space", [" a", "a", "b"]), ("empty", ["", "x", "b"])):
+        meta = {b"huggingface": json.dumps({"info": {"features": {
+            "label": {"_type": "ClassLabel", "names": names}}}}).encode()}
+        table = pa.table({"image": [f.read_bytes() for f in files], "label": [0, 1, 2]}).replace_schema_metadata(meta)
+        pq.write_table(table, tmp_path / f"{nm}.parquet")
+        with pytest.raises(DataError, match=rf"{nm}\.parquet: the ClassLabel names of column 'label' have empty or "
+                                            rf"repeated names \('"):
+            load_dataset(tmp_path / f"{nm}.parquet", cache=tmp_path / "cache")
+    assert main(["fit", str(tmp_path / "dup.parquet"), "--out", str(tmp_path / "run"), "--cache",
+                 str(tmp_path / "cache"), "--extract", *_fast_args()]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "have empty or repeated names ('a')" in err
+    meta = {b"huggingface": json.dumps({"info": {"features": {
+        "label": {"_type": "ClassLabel", "names": ["daisy", "rose", "tulip"]}}}}).encode()}
+    table = pa.table({"image": [f.read_bytes() for f in files], "label": [2.0, 0.0, 1.0]})
+    (tmp_path / "f").mkdir()
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "f" / "d.parquet")
+    age(tmp_path / "f")  # an hour old: its listing is remembered
+    first = load_dataset(tmp_path / "f" / "d.parquet", cache=tmp_path / "cache")
+    (index,) = (tmp_path / "cache" / "manifests" / "containers").glob("*.json")
+    doc = json.loads(index.read_text())
+    assert doc["class_names_rule"] == 2 and [m[3] for m in doc["members"]] == ["tulip", "daisy", "rose"]
+    attach_keys(first, tmp_path / "cache")  # content keys computed and remembered
+    doc = json.loads(index.read_text())
+    del doc["class_names_rule"]  # as fne listed the file before: 2.0 read as '2'
+    doc["members"] = [[*m[:3], str(int(lab)), m[4]] for m, lab in zip(doc["members"], [2.0, 0.0, 1.0])]
+    index.write_text(json.dumps(doc))
+    again = load_dataset(tmp_path / "f" / "d.parquet", cache=tmp_path / "cache")
+    assert again.labels == ["tulip", "daisy", "rose"] and again.classes == ["daisy", "rose", "tulip"]
+    assert json.loads(index.read_text())["keys"] == doc["keys"] != {}
+
+
 @pytest.mark.parametrize("case, expect", [
     ("latin1_csv", "l.csv: not UTF-8 text"),
     ("h5_empty_label", r"d.h5: 1 image\(s\) have no label .* at index 1"),
@@ -171,7 +237,8 @@ def test_predict_matches_labels_in_another_unicode_form():
     (NFC) count as its classes (tests/test_fit.py covers labels it does not know)."""
     from fne.linear.predict import _accuracy
 
-    assert _accuracy([NFD, "b"], [NFC, "b"], [NFD, "b"], "DATA") == (1.0, 2)
+    acc, scored = _accuracy([NFD, "b"], [NFC, "b"], [NFD, "b"], "DATA")
+    assert acc == 1.0 and scored.tolist() == [True, True]  # both images count
 
 
 def test_tiny_classes_fit_and_auto_selection_names_them(tmp_path, recwarn):

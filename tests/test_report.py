@@ -1151,6 +1151,61 @@ def test_names_with_dollar_signs_are_drawn_as_typed_not_as_mathtext(tmp_path, mo
     assert {"cost $a$ \\frac{$: methods", "$5 \\frac{$ note"} <= {text for text, _ in ours}
 
 
+def _cjk_report(tmp_path: Path) -> list[str]:
+    """A report whose classes are named 日本 and 東京 (figures drawn); -> the warnings it gave."""
+    classes = ["日本", "東京", "x"]
+    for run, method in (("a", "fne+svm"), ("b", "fc7+svm")):
+        write_run(tmp_path / "runs", run, fake_metrics(method, 0.9, 0.01, 0.9, 0.01, dataset="d", classes=classes))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = report([tmp_path / "runs"], tmp_path / "rep")
+    assert "d-confusion.png" in Path(r["md"]).read_text()
+    return [str(w.message) for w in caught]
+
+
+def test_characters_no_font_draws_are_one_line_not_a_warning_per_glyph(tmp_path, monkeypatch):
+    """Class names in Japanese: with no font that has them, matplotlib warned `Glyph 26085 (…)
+    missing from font(s) DejaVu Sans` for each character of each figure, twice; now one line names
+    the characters and what to install."""
+    from fne.reporting import figures
+
+    monkeypatch.setattr(figures, "FALLBACK_FONTS", ())
+    said = _cjk_report(tmp_path)
+    assert not any("Glyph" in m for m in said)
+    fonts = [m for m in said if m.startswith("report figures: no font matplotlib knows draws ")]
+    assert len(fonts) == 1 and all(c in fonts[0].split(" (of")[0] for c in "日本東京")
+    assert "install a font that has them (Noto Sans CJK, say)" in fonts[0]
+
+
+DROID = Path("/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf")
+
+
+@pytest.mark.skipif(not DROID.is_file(), reason="needs a font with CJK characters (fonts-droid-fallback)")
+def test_an_installed_font_draws_the_characters_dejavu_sans_lacks(tmp_path):
+    """With a CJK font matplotlib knows (one of figures.FALLBACK_FONTS), 日本 is drawn in it: no warning."""
+    from matplotlib import font_manager
+
+    font_manager.fontManager.addfont(str(DROID))  # as a fresh font list finds it on this system
+    assert not any("font" in m or "Glyph" in m for m in _cjk_report(tmp_path))
+
+
+def test_the_report_names_the_winners_classes_without_a_test_image(tmp_path):
+    """A predefined split with no test image of a class: its recall is unknown and the mean class
+    accuracy is over the others; `fne fit` warned of it, and report.md and report.html name it
+    too (a <b> in its name as typed), beside the classes recognised worst; none where all are tested."""
+    from html import escape
+
+    classes = ["a", "<b>c</b>", "d"]
+    write_run(tmp_path / "runs", "w", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, classes=classes,
+                                                   confusion=[[9, 1, 0], [0, 0, 0], [0, 0, 10]]))
+    r = report([tmp_path / "runs"], tmp_path / "rep", figures=False)
+    said = "Classes with no test image (no recall; the mean class accuracy is over the others): "
+    assert f"{said}\\<b\\>c\\</b\\>." in Path(r["md"]).read_text().splitlines()
+    assert f"<p class='untested'>{escape(said + '<b>c</b>.', quote=False)}</p>" in Path(r["html"]).read_text()
+    write_run(tmp_path / "all", "w", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0))  # every class tested
+    assert "no test image" not in Path(report([tmp_path / "all"], tmp_path / "rep2", figures=False)["md"]).read_text()
+
+
 def test_a_run_that_repeats_another_counts_once(tmp_path):
     """The same fit run twice into two folders (one seed, the same predictions on every split) was
     pooled as "2 runs" of shared test images: no interval, "its runs … differ", and the verdict left

@@ -102,6 +102,42 @@ def test_split_scores_with_a_class_absent_from_the_test_split_and_one_image_per_
     assert s["accuracy"] == 0.75 == s["mean_class_accuracy"]
 
 
+def test_class_recall_names_the_classes_a_split_did_not_test():
+    """A class with no test image in a split (a random split drawing none of a small class) has no
+    recall there: class_recall sums the splits' matrices and one warning names the class and in how
+    many splits, since those splits' mean class accuracy averages the other classes only."""
+    with_c = split_scores(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), 3)[1]
+    without_c = split_scores(np.array([0, 0, 1]), np.array([0, 0, 0]), 3)[1]
+    with pytest.warns(UserWarning, match=r"^1 of the 3 classes has no image among the test images of one or "
+                                         r"more of the 2 splits, so no recall there: 'c' \(in 1 of 2\)") as seen:
+        r = class_recall([with_c, without_c], ["a", "b", "c"])
+    assert len(seen) == 1 and r == pytest.approx({"a": 0.75, "b": 0.5, "c": 1.0})
+    with pytest.warns(UserWarning, match=r"^1 of the 3 classes has no image among the test images, so no recall "
+                                         r"there: 'c'; the mean class accuracy of the split"):
+        assert class_recall(without_c, ["a", "b", "c"]) == {"a": 1.0, "b": 0.0, "c": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class tested in every split: no warning
+        assert class_recall([with_c, with_c], ["a", "b", "c"])["c"] == 1.0
+
+
+def test_fit_and_train_warn_of_a_predefined_split_without_test_images_of_a_class(tmp_path, recwarn):
+    """train/ has classes 0, 1, 2 and test/ none of 2: the figures are over classes 0 and 1, and
+    `fne fit` and `fne train` say so, naming class 2 (class_recall null)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import fne
+
+    data = write_digits(tmp_path / "data", per_class=4, classes=3, test_counts=(2, 2, 0))
+    m1 = fne.fit(data, out=tmp_path / "fit", features="last", cache=str(tmp_path / "cache"), extract_missing=True,
+                 progress=False, **FAST)
+    m2 = fne.train(data, out=tmp_path / "train", mode="frozen", arch="efficientnet_lite0", weights="random", epochs=1,
+                   image_size=32, batch_size=32, workers=0, val_fraction=0, progress=False)
+    said = [str(w.message) for w in recwarn if "no image among the test images" in str(w.message)]
+    assert len(said) == 2 and all("1 of the 3 classes has no image among the test images, so no recall there: '2'"
+                                  in s for s in said)
+    for m in (m1, m2):
+        assert m["class_recall"]["2"] is None and np.array(m["confusion"]).sum(axis=1).tolist() == [2, 2, 0]
+
+
 def test_accuracy_interval_wilson_on_one_split_corrected_t_over_several():
     """One split: the Wilson score interval, by the textbook formula; several random splits: the
     mean ± t(k-1) sqrt((1/k + n_test/n_train) s^2) of Nadeau & Bengio, wider than the naive one."""
@@ -141,7 +177,8 @@ def test_mean_class_accuracy_of_an_unbalanced_split_by_hand_and_against_scikit_l
     assert np.isclose(s["mean_class_accuracy"], balanced_accuracy_score(y, p))
     assert class_recall(conf, ["cat", "dog", "fox"]) == pytest.approx({"cat": 0.9, "dog": 0.6, "fox": 0.5})
     assert split_scores(np.zeros(3, int), np.ones(3, int), 2)[1].tolist() == [[0, 3], [0, 0]]
-    assert class_recall(split_scores(np.zeros(3, int), np.ones(3, int), 2)[1], ["a", "b"]) == {"a": 0.0, "b": None}
+    with pytest.warns(UserWarning, match="no recall there: 'b'"):  # b has no test image
+        assert class_recall(split_scores(np.zeros(3, int), np.ones(3, int), 2)[1], ["a", "b"]) == {"a": 0.0, "b": None}
     rng = np.random.default_rng(0)
     for _ in range(50):  # classes absent from the test, predicted or not, as scikit-learn counts them
         y, p = rng.integers(0, 6, rng.integers(1, 30)), rng.integers(0, 6, 30)

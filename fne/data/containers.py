@@ -33,6 +33,10 @@ from fne.data.sidecar import merge_json
 from fne.errors import DataError
 
 FORMAT = 2  # 2: a member's split keeps its validation word (`val`), settled per DATA
+# How a listing with ClassLabel names (Parquet) read them and its labels through them; one of an
+# earlier rule is listed again (its content keys kept, `save_listing`), no other listing. 2: names
+# stripped, empty or repeated ones refused, an index stored as a float (2.0) names its class.
+CLASS_NAMES_RULE = 2
 RACY_NS = 2_000_000_000
 GROUP_CACHE_BYTES = 256 << 20  # Parquet row groups kept per reading process
 PARQUET_SLICE_ROWS = 256  # rows of a Parquet row group decoded at a time (see GroupReader)
@@ -81,7 +85,7 @@ class Listing:
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "kind", "size", "mtime_ns", "members", "bad", "broken",
                                            "column", "class_names", "keys", "listed_at_ns", "label_key")}
-        return {"format": FORMAT, **d}
+        return {"format": FORMAT, "class_names_rule": CLASS_NAMES_RULE, **d}
 
 
 # ----------------------------------------------------------------- the listing cache (manifest)
@@ -110,7 +114,8 @@ def cached_listing(path: str, st: os.stat_result, label_key: str | None,
     manifests of cache `cache` (see `manifest_dir`)."""
     try:
         doc = json.loads(_index_path(path, label_key, cache).read_text())
-        if doc.pop("format") != FORMAT or doc["path"] != path:
+        rule = doc.pop("class_names_rule", 1)
+        if doc.pop("format") != FORMAT or doc["path"] != path or (doc.get("class_names") and rule != CLASS_NAMES_RULE):
             return None
         listing = Listing(**doc, cache=None if cache is None else str(cache))
     except (OSError, ValueError, KeyError, TypeError):

@@ -17,7 +17,7 @@ from fne.data.dataset import Dataset
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
-from fne.data.labels import class_order, label_text
+from fne.data.labels import class_order, label_text, missing_words
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
@@ -302,6 +302,8 @@ def _csv(path: Path) -> Dataset:
         splits = containers.settle_splits(splits, path, "the split column")
     ids = [f"{path.name}:{k + 2} ({r['path']})" for k, r in enumerate(rows)]  # k + 2: the header is line 1
     labels = _member_labels(path.name, ids, labels)
+    if labels is not None:
+        missing_words(labels, ids, f"CSV {path}")
     keep = range(len(rows)) if labels is None else [k for k, lab in enumerate(labels) if lab is not None]
     d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
                       None if splits is None else [splits[k] for k in keep])
@@ -498,6 +500,8 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     if not sources:
         raise no_images(data, len(files), kind, [f"{p}: {x.broken}" for p, x in listings.items() if x.broken])
     labels = _member_labels(name, ids, labels)
+    if labels is not None and not class_names:  # ClassLabel names are the dataset's, not a missing value's text
+        missing_words(labels, ids, f"DATA {data}")
     has_split = all(s is not None for s in splits)
     if not has_split and any(s is not None for s in splits):
         raise DataError(f"DATA {data}: some images have a split and some do not "

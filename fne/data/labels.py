@@ -60,6 +60,25 @@ def label_text(value) -> str | None:
     return str(value).strip() or None
 
 
+# How pandas, R and Python's str() write a missing value into a text file: in a CSV cell, a class of
+# that name (a label is text), which `missing_words` warns of; an empty cell is no label.
+MISSING_WORDS = frozenset({"nan", "na", "n/a", "<na>", "null", "none"})
+
+
+def missing_words(labels: list[str | None], ids: list[str], where: str) -> None:
+    """Warn, one line per word, where text labels (`label_text`'s, of `ids` in `where`) read as a
+    missing value is written (`MISSING_WORDS`, any case: ``NaN``, ``NA``, ``None``): they are kept
+    as a class of that name, as written, which a user who meant "no label" should know."""
+    found: dict[str, list[str]] = {}
+    for ident, lab in zip(ids, labels, strict=True):
+        if lab is not None and lab.casefold() in MISSING_WORDS:
+            found.setdefault(lab, []).append(ident)
+    for word, where_ in found.items():
+        more = f" and {len(where_) - 3} more" if len(where_) > 3 else ""
+        warnings.warn(f"{where}: {len(where_)} label(s) read {word!r} ({', '.join(where_[:3])}{more}), kept as a "
+                      f"class of that name; for an image without a label, leave its label empty", stacklevel=4)
+
+
 def by_index(labels: list[str], names: list, where: str) -> list[str]:
     """Integer labels (text) -> the class names they index in `names` (found in `where`).
 
@@ -106,6 +125,7 @@ def class_order(labels, names: list[str] | None = None, numeric: bool = True) ->
             more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
             warnings.warn(f"{len(absent)} of the {len(names)} classes the data names have no image and are left "
                           f"out: {', '.join(map(repr, absent[:5]))}{more}", stacklevel=4)
+        _warn_near_duplicates(kept)
         return kept
     uniq = set(labels)
     if numeric and uniq and all(_INT.fullmatch(s) for s in uniq):

@@ -43,15 +43,24 @@ def _image_column(schema) -> str | None:
     return next((f.name for f in schema if holds_bytes(f.type)), None)
 
 
-def _class_names(schema, column: str) -> list[str] | None:
-    """Hugging Face ClassLabel names of `column`, from the file's `huggingface` metadata."""
+def _class_names(schema, column: str, path: str) -> list[str] | None:
+    """Hugging Face ClassLabel names of `column`, from the file's `huggingface` metadata, read as
+    labels are (`label_text`: stripped); `DataError` naming `path` where they are empty or repeated
+    (metadata written by hand: `datasets` refuses them), as HDF5's `class_names` are refused."""
     raw = (schema.metadata or {}).get(b"huggingface")
     try:
         feature = json.loads(raw)["info"]["features"][column]
         names = feature.get("names") if feature.get("_type") == "ClassLabel" else None
     except (TypeError, ValueError, KeyError, AttributeError):
         return None
-    return [str(n) for n in names] if names else None
+    if not names:
+        return None
+    text = [label_text(n) for n in names]
+    if None in text or len(set(text)) < len(text):
+        bad = sorted({repr(str(n)) for n, t in zip(names, text) if t is None or text.count(t) > 1})
+        raise DataError(f"{path}: the ClassLabel names of column {column!r} have empty or repeated names "
+                        f"({', '.join(bad)}): each index must name one class")
+    return text
 
 
 def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listing:
@@ -71,7 +80,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
     if label_key and label_key not in schema.names:
         raise DataError(f"{path}: no label column {label_key!r} (columns: {', '.join(schema.names)})")
     label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names), None)
-    listing.column, listing.class_names = column, (_class_names(schema, label_col) if label_col else None)
+    listing.column, listing.class_names = column, (_class_names(schema, label_col, path) if label_col else None)
     cols = [c for c in (label_col, "split") if c and c in schema.names]
     row = 0
     for g in range(pf.num_row_groups):
@@ -97,6 +106,8 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
 
 
 def _label(v, names: list[str] | None) -> str | None:
+    if names is not None and isinstance(v, float) and v.is_integer():  # an index column with gaps, as pandas writes it
+        v = int(v)
     if v is None or (isinstance(v, int) and v < 0 and names):  # HF uses -1 for "no label"
         return None
     if names is not None and isinstance(v, int):

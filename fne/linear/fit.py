@@ -333,7 +333,7 @@ def _scores(per_split: list[dict], confusions: list[np.ndarray], classes: list[s
             "splits": per_split, "n_splits": len(per_split),
             "n_train": int(round(np.mean([s["n_train"] for s in per_split]))),
             "n_test": int(round(np.mean([s["n_test"] for s in per_split]))),
-            "confusion": confusion.tolist(), "class_recall": class_recall(confusion, classes)}
+            "confusion": confusion.tolist(), "class_recall": class_recall(confusions, classes)}
 
 
 def _evaluate(rows: Rows, kind: str, head: str, C, y: np.ndarray, split_list, k: int, seed: int,

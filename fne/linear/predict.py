@@ -174,9 +174,20 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
 
     _write(out, dataset, np.arange(len(dataset)), pred, score_cols, scores)
-    acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, 0)
-    return {"n": len(dataset), "accuracy": acc, "n_scored": scored, "n_fitted_on": _fitted_on(model, dataset, run_dir),
-            "out": str(out), "store": str(src.store.path)}
+    acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, None)
+    return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored),
+            "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "out": str(out), "store": str(src.store.path)}
+
+
+def _count(scored: np.ndarray | None) -> int:
+    """How many images the accuracy covers (`_accuracy`'s mask; None: DATA has no labels)."""
+    return 0 if scored is None else int(scored.sum())
+
+
+def _counted_note(n: int, scored: np.ndarray, total: int) -> str:
+    """"3 of 12 images of DATA": of the `n` images a warning names, those the accuracy counts, of
+    those it is over (`scored`); "... whose label the model knows" where that is not all `total`."""
+    return f"{n} of {_count(scored)} images of DATA{' whose label the model knows' * (_count(scored) < total)}"
 
 
 def _fitted_cache(model: dict, run_dir: Path) -> tuple[str, str] | None:
@@ -192,21 +203,22 @@ def _fitted_cache(model: dict, run_dir: Path) -> tuple[str, str] | None:
     return str(run_dir), str(store).rstrip("/").rsplit("/", 1)[0] if is_url(store) else str(Path(store).parent)
 
 
-def _fitted_on(model: dict, dataset: Dataset, run_dir: Path) -> int | None:
+def _fitted_on(model: dict, dataset: Dataset, run_dir: Path, scored: np.ndarray | None = None) -> int | None:
     """How many of DATA's images the model's head learnt from (by content key; None for a model
-    saved before fit recorded them); a warning when there are any and DATA has labels: an accuracy
-    over them is not a test accuracy."""
+    saved before fit recorded them); a warning when the accuracy counts any (`scored`, `_accuracy`'s
+    mask: not those whose label the model does not know): it is not a test accuracy."""
     fitted = model.get("fitted_keys")
     if fitted is None:
         return None
     if not isinstance(fitted, np.ndarray):  # a model saved when they were the keys themselves: matched none
         fitted = key_digests(list(fitted))
-    n = int(np.isin(key_digests(dataset.keys()), fitted).sum())
-    if n and dataset.labels:
-        warnings.warn(f"{n} of {len(dataset)} images of DATA are images {run_dir} was fitted on (the same bytes): "
+    hit = np.isin(key_digests(dataset.keys()), fitted)
+    counted = 0 if scored is None else int((hit & scored).sum())
+    if counted:
+        warnings.warn(f"{_counted_note(counted, scored, len(dataset))} are images {run_dir} was fitted on (the same bytes): "
                       f"the accuracy counts them, so it is not a test accuracy; for one, predict on images it "
                       f"was not fitted on (a predefined split's test part)", stacklevel=3)
-    return n
+    return int(hit.sum())
 
 
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
@@ -225,15 +237,15 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     pred = [classes[c] for c in scores.argmax(axis=1)]
     _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
-    acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, 0)
-    return {"n": len(idx), "accuracy": acc, "n_scored": scored, "n_fitted_on": _trained_on(run_dir, data, dataset, idx),
-            "out": str(out), "store": None}
+    acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, None)
+    return {"n": len(idx), "accuracy": acc, "n_scored": _count(scored),
+            "n_fitted_on": _trained_on(run_dir, data, dataset, idx, scored), "out": str(out), "store": None}
 
 
-def _trained_on(run_dir: Path, data, dataset: Dataset, idx) -> int | None:
+def _trained_on(run_dir: Path, data, dataset: Dataset, idx, scored: np.ndarray | None = None) -> int | None:
     """How many of the predicted images of the train run's own DATA are not among its test images
-    (its predictions.csv): it trained, or chose its epoch, on them; a warning when there are any
-    and DATA has labels. None for other DATA (its images are not matched by name)."""
+    (its predictions.csv): it trained, or chose its epoch, on them; a warning when the accuracy
+    counts any (`scored`, as `_fitted_on`). None for other DATA (its images are not matched by name)."""
     import csv
 
     from fne.metrics import data_identity
@@ -246,12 +258,13 @@ def _trained_on(run_dir: Path, data, dataset: Dataset, idx) -> int | None:
             tested = {r["path"] for r in csv.DictReader(f)}
     except (OSError, KeyError, ValueError):
         return None
-    n = sum(dataset.ids[i] not in tested for i in idx)
-    if n and dataset.labels:
-        warnings.warn(f"{n} of {len(idx)} images of DATA are not among the test images of {run_dir} (it trained, "
+    untested = np.array([dataset.ids[i] not in tested for i in idx], dtype=bool)
+    counted = 0 if scored is None else int((untested & scored).sum())
+    if counted:
+        warnings.warn(f"{_counted_note(counted, scored, len(idx))} are not among the test images of {run_dir} (it trained, "
                       f"or chose its epoch, on them): the accuracy counts them, so it is not a test accuracy; "
                       f"its test accuracy is its metrics.json's", stacklevel=3)
-    return n
+    return int(untested.sum())
 
 
 def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | None:
@@ -274,9 +287,10 @@ def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scor
     replace_file(out, predictions_csv(dataset, idx, pred, score_cols, scores))
 
 
-def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, int]:
-    """(accuracy, images it covers): over the images whose label is one of the model's classes,
-    the only ones it could get right; a warning names the other labels (None: no image has one)."""
+def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, np.ndarray]:
+    """(accuracy, which images it covers): over the images whose label is one of the model's
+    classes, the only ones it could get right; a warning names the other labels (None: no image
+    has one)."""
     nfc = {s: unicodedata.normalize("NFC", s) for s in {*labels, *classes}}  # a macOS folder's NFD name
     known = {nfc[c] for c in classes}  # is the label typed on Linux
     hits = [nfc[p] == nfc[t] for p, t in zip(pred, labels) if nfc[t] in known]
@@ -287,7 +301,7 @@ def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> t
         warnings.warn(f"{len(labels) - len(hits)} of {len(labels)} images of {data} have labels the model "
                       f"was not fitted on ({len(unknown)} label{'s' * (len(unknown) != 1)}: {names}): {covers}",
                       stacklevel=3)
-    return (float(np.mean(hits)) if hits else None), len(hits)
+    return (float(np.mean(hits)) if hits else None), np.array([nfc[t] in known for t in labels], dtype=bool)
 
 
 verb_module(__name__)

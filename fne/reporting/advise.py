@@ -141,10 +141,13 @@ def method_family(method: str) -> str:
 def training_images_per_class(dataset, test_size: float = 0.25,
                               train_per_class: int | None = None, seed: int = 0) -> dict:
     """Per-class training counts: the train split if DATA has one, else the training images of the
-    first random split `fne fit` draws with these settings (`fne.data.splits.make_splits`)."""
+    first random split `fne fit` draws with these settings (`fne.data.splits.make_splits`); where
+    fit cannot draw it, each class's share, and ``refused``: fit's error, in the caller's words."""
     from fne.data.splits import make_splits
+    from fne.progress import said
 
     dataset.require_labels("fne advise")
+    refused = None
     if dataset.has_split:
         counts = Counter(lab for lab, t in zip(dataset.labels, dataset.in_train(), strict=True) if t)
         basis = "train split" + (f" (a cap of {train_per_class} training images per class is not applied to it, as fne fit does not)"
@@ -155,12 +158,14 @@ def training_images_per_class(dataset, test_size: float = 0.25,
         try:  # a class too small to split: the share of each class instead (the advice names such classes)
             counts = Counter(dataset.labels[i] for i in make_splits(
                 dataset, dataset.label_indices(), 1, test_size, train_per_class, seed)[0][0])
-        except FneError:
+        except FneError as e:
+            words = {True: str(e), False: getattr(e, "cli", str(e))}  # Python's, the command line's
+            refused = said(words.get)
             counts = Counter({c: max(1, math.floor(n * (1 - test_size))) for c, n in Counter(dataset.labels).items()})
             counts = Counter({c: min(n, train_per_class or n) for c, n in counts.items()})
     per = np.array([counts.get(c, 0) for c in dataset.classes], dtype=float)
     return {"median": float(np.median(per)), "mean": float(per.mean()), "min": int(per.min()),
-            "max": int(per.max()), "total": int(per.sum()), "basis": basis}
+            "max": int(per.max()), "total": int(per.sum()), "basis": basis, "refused": refused}
 
 
 def _unsplittable(dataset) -> str | None:
@@ -397,7 +402,8 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
                sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED))
-    lonely = _unsplittable(dataset)
+    lonely = _unsplittable(dataset) or (ipc["refused"] and f"fne fit cannot draw its random split here (nor can "
+                                                            f"the commands advised): {ipc['refused']}")
     d["reasons"][:0] = [r for r in (unread, lonely) if r]
     similarity["verdict"] = d["similar"]
     data_s = str(data) if not isinstance(data, Dataset) else dataset.name

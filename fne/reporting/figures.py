@@ -3,12 +3,52 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
+import re
+import warnings
 
 import numpy as np
 
 from fne.reporting.render import label
+
+# Fonts that draw what matplotlib's DejaVu Sans lacks (Chinese, Japanese, Korean, Thai, Arabic,
+# Devanagari ... class names): each installed one is a fallback, character by character.
+FALLBACK_FONTS = ("Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+                  "Droid Sans Fallback", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Hiragino Sans", "PingFang SC",
+                  "Microsoft YaHei", "Yu Gothic", "Malgun Gothic", "Arial Unicode MS", "Noto Sans",
+                  "Noto Sans Thai", "Noto Sans Arabic", "Noto Sans Devanagari")
+_GLYPH = re.compile(r"Glyph (\d+) .*missing from font")
+
+
+def _any_script(draw):
+    """`draw` (a figure of `ds`) with the installed `FALLBACK_FONTS` behind matplotlib's font, so
+    that 日本 or ไทย in a class or method name is drawn, not a box; matplotlib's warning per missing
+    character (`Glyph 26085 ... missing from font(s) DejaVu Sans`, twice) becomes one line naming
+    the characters no font drew and what to install."""
+    @functools.wraps(draw)
+    def drawn(ds: dict):
+        import matplotlib
+        from matplotlib import font_manager
+
+        have = {f.name for f in font_manager.fontManager.ttflist}
+        family = [*matplotlib.rcParams["font.family"], *(f for f in FALLBACK_FONTS if f in have)]
+        with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context({"font.family": family}):
+            warnings.simplefilter("always")
+            png = draw(ds)
+        missing = sorted({chr(int(m.group(1))) for w in caught if (m := _GLYPH.search(str(w.message)))})
+        for w in caught:
+            if not _GLYPH.search(str(w.message)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if missing:
+            warnings.warn(f"report figures: no font matplotlib knows draws {' '.join(missing[:10])}"
+                          f"{' …' if len(missing) > 10 else ''} (of class or method names), drawn as boxes there "
+                          f"(report.md and report.html write them as text); install a font that has them (Noto Sans "
+                          f"CJK, say), then remove matplotlib's font list ({matplotlib.get_cachedir()}/fontlist-*.json) "
+                          f"for it to be found", stacklevel=2)
+        return png
+    return drawn
 
 
 def _subplots(figsize: tuple[float, float]):
@@ -32,6 +72,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@_any_script
 def fig_bars(ds: dict) -> str:
     rows = [r for r in ds["rows"] if r.get("accuracy") is not None][::-1]
     only = ds["published"]["only"]
@@ -62,6 +103,7 @@ def fig_bars(ds: dict) -> str:
     return _png(fig)
 
 
+@_any_script
 def fig_time(ds: dict) -> str | None:
     pts = []
     for r in ds["rows"]:
@@ -122,6 +164,7 @@ def fig_time(ds: dict) -> str | None:
     return _png(fig)
 
 
+@_any_script
 def fig_confusion(ds: dict) -> str | None:
     w = ds["winner"]
     if not w or not w.get("confusion"):

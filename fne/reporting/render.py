@@ -152,6 +152,19 @@ def worst_classes(confusion, classes, k: int = 5) -> list[dict]:
             for i in order[:k]]
 
 
+def untested_classes(confusion, classes) -> list[str]:
+    """The classes with no test image in `confusion` (rows: true classes; summed over the splits):
+    no recall, and not in the mean class accuracy (`fne.metrics.class_recall` warned of them)."""
+    c = np.asarray(confusion if confusion is not None else [], dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1] or c.sum() == 0:
+        return []
+    names = list(classes) if classes and len(classes) == len(c) else [str(i) for i in range(len(c))]
+    return [str(names[i]) for i in np.flatnonzero(c.sum(axis=1) == 0)]
+
+
+UNTESTED = "Classes with no test image (no recall; the mean class accuracy is over the others)"
+
+
 # Markdown's punctuation; "_" only where it can open or close emphasis (not inside a word: new_layers),
 # "<" only where it can open an HTML tag (not "p < 0.05")
 _MD_SPECIAL = re.compile(r"([\\`*\[\]>|#]|<(?=[A-Za-z/!?])|(?<![^\W_])_|_(?![^\W_]))")
@@ -313,6 +326,9 @@ def _winner_lines(ds: dict) -> list[str]:
             L.append(f"Classes {md_text(_subject(ds))} recognises worst (recall: right of the test images):")
             L += [f"- {md_text(x['class'])}: {100 * x['recall']:.0f} % ({x['right']} of {x['n_test']})" for x in worst]
             L.append("")
+        untested = untested_classes(w.get("confusion"), w.get("classes"))
+        if untested:
+            L += [f"{UNTESTED}: {', '.join(md_text(c) for c in untested)}.", ""]
     for a in ds["advice"]:
         sim = a.get("similarity") or {}
         L.append(f"Advice (`fne advise`, {md_text(a.get('arch'))} {md_text(a.get('weights'))}): "
@@ -429,6 +445,9 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
                          "<ul class='worst'>"
                          + "".join(f"<li>{_e(x['class'])}: {100 * x['recall']:.0f} % ({x['right']} of {x['n_test']})</li>"
                                    for x in worst) + "</ul>")
+            untested = untested_classes(w.get("confusion"), w.get("classes"))
+            if untested:
+                H.append(f"<p class='untested'>{_e(UNTESTED)}: {_e(', '.join(untested))}.</p>")
         for a in ds["advice"]:
             sim = a.get("similarity") or {}
             H.append("<div class='advice'>")
