@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fne.option_handling import command_line
+
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
     """Accuracy and mean per-class accuracy of one test split, and its confusion matrix (rows:
@@ -188,7 +190,7 @@ MODULES = {"scikit-learn": "sklearn", "pillow": "PIL"}  # import names that diff
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
-def provenance(*options, device=None) -> dict:
+def provenance(*options, device=None, verb: str | None = None, data=None, run_dir=None) -> dict:
     """Where, when and with what a result was measured: what a reader needs to reproduce it,
     or to explain why another machine's numbers differ (README, "Reproducibility").
 
@@ -200,6 +202,13 @@ def provenance(*options, device=None) -> dict:
     device : str or torch.device, optional
         Where the run computed (``cuda:1``): the GPU ``cuda`` names, none for a CPU run. Without
         it, the GPU torch's current device is (a run that did not say where it ran).
+    verb : str, optional
+        ``fit`` or ``train``: the result records ``command``, the `fne VERB` command line that
+        reruns it (`fne.option_handling.command_line`).
+    data : str, Path or Dataset, optional
+        DATA as the run was given it (default: the first option object's ``data`` field).
+    run_dir : str or Path, optional
+        The run folder, where no option object holds it (``--out``).
 
     Returns
     -------
@@ -209,7 +218,7 @@ def provenance(*options, device=None) -> dict:
         torch's intra-op threads (when torch is loaded) and each loaded BLAS / OpenMP library's;
         ``cuda``: the device, CUDA and cuDNN versions (when torch is loaded and sees a GPU,
         and ``device``, where given, is one);
-        ``options``.
+        ``options``; with ``verb``, ``command``.
     """
     torch = sys.modules.get("torch")
     out = {
@@ -227,6 +236,9 @@ def provenance(*options, device=None) -> dict:
         for o in options:
             merged.update({k: v for k, v in dataclasses.asdict(o).items() if k not in merged})
         out["options"] = {k: _jsonable(v) for k, v in merged.items()}
+    if verb is not None:
+        data = getattr(options[0], "data", None) if data is None and options else data
+        out["command"] = command_line(verb, data, *options, out=run_dir)
     return out
 
 

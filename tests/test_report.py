@@ -1259,3 +1259,34 @@ def test_a_run_without_a_labels_fingerprint_joins_the_one_labelling_of_its_class
         ("pets (/data/pets, images and labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm"]),
         ("pets (/data/pets, images and labels 2 of 2: 3 classes, since 2026-11-30 09:15)", ["fne+svm", "train:direct"]),
         ("pets (/data/pets, images and labels not recorded: 3 classes)", ["fc7+svm"])]
+
+
+def test_a_rerun_on_a_copy_of_data_at_another_path_joins_the_run_it_repeats(tmp_path):
+    """A colleague's run and a reviewer's rerun of it on a copy of DATA (another path, the same
+    images and labels: one `labels_fingerprint`) were two sections, "pets (/colleague/pets)" and
+    "pets (/review/pets)", so the rerun could not be seen to repeat the run, nor another method of
+    the reviewer's be tested against it. They are one: the rerun is a repeat counted once, and the
+    two methods are paired (McNemar's test on the shared test images). A copy of other images
+    (another fingerprint) stays a section of its own."""
+    one = [{"accuracy": 0.9, "mean_class_accuracy": 0.9, "n_train": 30, "n_test": 10, "test_hash": "t", "correct": "1" * 9 + "0"}]
+    kw = dict(n_splits=1, split_protocol="predefined", labels_fingerprint="aaaa")
+    write_run(tmp_path / "colleague", "fne", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, splits=one, **kw,
+                                                          data_resolved="/colleague/pets"))
+    write_run(tmp_path / "review", "fne", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, splits=one, **kw,
+                                                       data="/review/pets", data_resolved="/review/pets",
+                                                       date="2026-11-30T09:15:00+00:00"))
+    worse = [{**one[0], "accuracy": 0.5, "correct": "1" * 5 + "0" * 5}]
+    write_run(tmp_path / "review", "fc7", fake_metrics("fc7+svm", 0.5, 0.0, 0.5, 0.0, splits=worse, **kw,
+                                                       data="/review/pets", data_resolved="/review/pets"))
+    r = report([tmp_path / "colleague", tmp_path / "review"], tmp_path / "rep", figures=False)
+    (ds,) = r["datasets"]
+    assert ds["dataset"] == "pets" and [(row["method"], row["runs"]) for row in ds["rows"]] == [("fne+svm", 1),
+                                                                                                 ("fc7+svm", 1)]
+    assert ds["rows"][0]["repeats"] == [str(tmp_path / "review" / "fne")]
+    assert "McNemar" in (tmp_path / "rep" / "report.md").read_text()
+    write_run(tmp_path / "review", "other", fake_metrics("fne+svm", 0.8, 0.0, 0.8, 0.0, splits=one, n_splits=1,
+                                                         split_protocol="predefined", labels_fingerprint="bbbb",
+                                                         data="/other/pets", data_resolved="/other/pets"))
+    names = [d["dataset"] for d in report([tmp_path / "colleague", tmp_path / "review"], tmp_path / "rep",
+                                          figures=False)["datasets"]]
+    assert names == ["pets (/colleague/pets)", "pets (/other/pets)"]

@@ -561,7 +561,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
         "confusion": confusion.tolist(), "class_recall": class_recall(confusion, split.classes),
         "history": run["history"], "skipped": ctx.skipped,
-        "device": str(ctx.device), **provenance(cfg, data_o, device=ctx.device),
+        "device": str(ctx.device), **provenance(cfg, data_o, device=ctx.device, verb="train"),
     }
 
 
