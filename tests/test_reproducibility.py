@@ -28,6 +28,17 @@ def _check_provenance(p: dict) -> None:
     assert "torch" in p["threads"]
 
 
+def _documented(m: dict) -> None:
+    """Every top-level field of a run's metrics.json, and of its split records, is listed in
+    README's "metrics.json, field by field" (as `field`)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### metrics.json, field by field")[1].split("\n## ")[0]
+    fields = set(m) | {k for s in m["splits"] for k in s}
+    assert sorted(k for k in fields if f"`{k}`" not in table) == []
+
+
 def _tar(folder, out):
     """folder's images as one WebDataset tar (train split), each with its label."""
     import io
@@ -148,6 +159,7 @@ def test_fit_metrics_say_with_what_and_where_they_were_measured(digits_folder, w
     assert (o["arch"], o["weights"], o["precision"], o["storage_dtype"]) == ("efficientnet_lite0", "random", "fp32",
                                                                             "float32")
     assert m["precision"] == "fp32" and m["solver"] == "sklearn" and m["solver_precision"] is None
+    _documented(m)
 
 
 def test_each_extraction_record_says_with_what_and_where_its_rows_were_computed(tmp_path):
@@ -199,6 +211,7 @@ def test_train_metrics_hold_the_same_provenance(digits_split, tmp_path):
     assert m["options"]["seed"] == 0 and m["options"]["epochs"] == 1 and m["options"]["deterministic"] is False
     assert m["threads"]["torch"] >= 1
     assert m["command"].startswith(f"fne train {digits_split} --mode scratch --out {tmp_path / 'run'} ")
+    _documented(m)
 
 
 def test_the_recorded_command_reruns_a_fit_to_the_same_metrics(digits_folder, warm_cache, tmp_path):
