@@ -261,7 +261,7 @@ def test_advice_shown_with_match(built):
 
 def test_no_runs_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FneError, match="no metrics.json"):
+    with pytest.raises(FneError, match="no run's metrics.json"):
         report([tmp_path / "empty"], tmp_path / "rep")
     with pytest.raises(FneError, match="does not exist"):
         report([tmp_path / "missing"], tmp_path / "rep")
@@ -277,6 +277,33 @@ def test_a_run_dir_beside_others_that_holds_no_run_is_named(tmp_path):
                                          r"\(no metrics.json\): left out of the report$"):
         report([runs / "a", tmp_path / "empty", tmp_path / "notes.txt"], tmp_path / "rep")
     assert (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_a_metrics_json_that_is_no_run_is_named_not_skipped_in_silence(tmp_path):
+    """A metrics.json of another program (no accuracy), or one that holds no JSON object or an
+    accuracy that is no number (damaged), was left out without a word (or tabulated as a row "?"
+    of a section "?"), and its folder then said to hold "no metrics.json": each is named, with
+    why, and the report is of the others."""
+    runs = make_runs(tmp_path / "runs")
+    for name, text in (("foreign", '{"loss": 0.3}'), ("text", '"accuracy: 0.9"'), ("list", '["accuracy"]'),
+                       ("word", '{"accuracy": "high", "method": "fne+svm"}')):
+        (tmp_path / "odd" / name).mkdir(parents=True)
+        (tmp_path / "odd" / name / "metrics.json").write_text(text)
+    with pytest.warns(UserWarning) as said:
+        r = report([runs / "a", tmp_path / "odd"], tmp_path / "rep", figures=False)
+    lines = sorted(str(w.message) for w in said)
+    odd = tmp_path / "odd"
+    assert lines == [f"skipping {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
+                     f"or `fne train` run",
+                     f"skipping {odd / 'list' / 'metrics.json'}: it holds a JSON list, not an object (a damaged or "
+                     f"foreign file)",
+                     f"skipping {odd / 'text' / 'metrics.json'}: it holds a JSON str, not an object (a damaged or "
+                     f"foreign file)",
+                     f"skipping {odd / 'word' / 'metrics.json'}: its accuracy not as fne writes them (a damaged or "
+                     f"hand-edited file)"]
+    assert [d["dataset"] for d in r["datasets"]] == ["pets"]
+    with pytest.warns(UserWarning, match="no accuracy"), pytest.raises(FneError, match="^no run's metrics.json under"):
+        report([odd / "foreign"], tmp_path / "rep")
 
 
 def test_cli(tmp_path, capsys):

@@ -87,13 +87,13 @@ def collect(run_dirs: list[str | Path]) -> dict:
         root = Path(d).expanduser()
         if not root.exists():
             raise FneError(f"RUN_DIR {d}: does not exist")
-        found = len(runs) + len(advice)
-        for p in _find(root, "metrics.json"):
+        found, files = len(runs) + len(advice), _find(root, "metrics.json")
+        for p in files:
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())
             m = read_json(p, warn=True)
-            if m is None or "accuracy" not in m:
+            if m is None:
                 continue
             if _malformed(m):
                 warnings.warn(f"skipping {p}: {_malformed(m)}", stacklevel=2)
@@ -108,10 +108,10 @@ def collect(run_dirs: list[str | Path]) -> dict:
             pj = read_json(p, warn=True)
             if pj is not None:
                 pipelines.append(pj)
-        if len(runs) + len(advice) == found:
+        if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
     if not runs:
-        raise FneError(f"no metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
+        raise FneError(f"no run's metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
                        f"`fne train` or `fne run` first)")
     if empty:  # a mistyped RUN_DIR: the report would lack its runs without a word
         warnings.warn(f"no run under {', '.join(empty)} (no metrics.json): left out of the report", stacklevel=2)
@@ -119,9 +119,12 @@ def collect(run_dirs: list[str | Path]) -> dict:
 
 
 def _malformed(m: dict) -> str | None:
-    """Why a metrics.json cannot be tabulated (fields of other types than fne writes: a damaged or
-    hand-edited file); None where it can."""
-    bad = [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
+    """Why a metrics.json cannot be tabulated (no accuracy: another program's file, or fields of
+    other types than fne writes: a damaged or hand-edited file); None where it can."""
+    if "accuracy" not in m:
+        return "no accuracy: not the metrics.json of a `fne fit` or `fne train` run"
+    bad = [] if m["accuracy"] is None or finite(m["accuracy"]) is not None else ["accuracy"]
+    bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
                        "data_resolved", "seed", "split_protocol") if isinstance(m.get(k), (list, dict))]
     splits = m.get("splits")
     if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) for s in splits)):
