@@ -510,7 +510,7 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
                                   [f"score_{c}" for c in split.classes], test["scores"])
     written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
     replace_files({**written, out / "predictions.csv": predictions,
-                   out / "model.pt": lambda f: torch.save(weights, f),
+                   out / "model.pt": lambda f: checkpoint.torch_save(weights, f),
                    out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
     return metrics
 
