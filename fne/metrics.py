@@ -214,7 +214,7 @@ def provenance(*options, device=None, verb: str | None = None, data=None, run_di
     -------
     dict
         ``machine`` and ``date`` (UTC); ``platform``, ``python``; ``versions`` of fne and of the
-        installed `PACKAGES`; ``cpu``: its model and which of `CPU_FLAGS` it has; ``threads``:
+        installed `PACKAGES`; ``fne_source``: the git commit fne runs from (`_source`); ``cpu``: its model and which of `CPU_FLAGS` it has; ``threads``:
         torch's intra-op threads (when torch is loaded) and each loaded BLAS / OpenMP library's;
         ``cuda``: the device, CUDA and cuDNN versions (when torch is loaded and sees a GPU,
         and ``device``, where given, is one);
@@ -225,7 +225,7 @@ def provenance(*options, device=None, verb: str | None = None, data=None, run_di
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(), "python": platform.python_version(),
-        "versions": _versions(), "cpu": _cpu(), "threads": _threads(torch),
+        "versions": _versions(), "fne_source": _source(), "cpu": _cpu(), "threads": _threads(torch),
     }
     on = None if device is None else torch.device(device) if torch is not None else None
     if torch is not None and torch.cuda.is_available() and (on is None or on.type == "cuda"):
@@ -296,6 +296,31 @@ def _versions() -> dict:
 
         found["libjpeg-turbo"] = features.version("libjpeg_turbo")
     return found
+
+
+@functools.cache
+def _source(root: Path = Path(__file__).resolve().parents[1]) -> dict | None:
+    """Where fne runs from a git checkout (its version, 0.1.0, names no state of the code): the
+    ``commit`` checked out and whether tracked files were ``modified`` since (None where git could
+    not say); None for an installed fne, or where git is absent or refuses the folder. `root`: the
+    folder holding the fne package."""
+    import subprocess
+
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(),
+            "modified": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
 @functools.cache

@@ -259,6 +259,34 @@ def test_the_recorded_command_of_a_train_run_parses_to_its_options(tmp_path):
     assert command_line("train", object(), cfg) is None  # DATA given as a Dataset: no command line names it
 
 
+def test_provenance_names_the_commit_fne_runs_from(tmp_path):
+    """fne's version (0.1.0) names no state of its code: a run from a git checkout records the
+    commit and whether tracked files were modified since; an installed fne (no .git) records None."""
+    import shutil
+    import subprocess
+
+    from fne.metrics import _source, provenance
+
+    assert "fne_source" in provenance()
+    if shutil.which("git") is None:
+        pytest.skip("no git on this machine")
+    repo = tmp_path / "checkout"
+    (repo / "fne").mkdir(parents=True)
+    (repo / "fne" / "__init__.py").write_text("")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    assert _source.__wrapped__(repo) == {"commit": git("rev-parse", "HEAD"), "modified": False}
+    (repo / "fne" / "__init__.py").write_text("x = 1\n")
+    assert _source.__wrapped__(repo) == {"commit": git("rev-parse", "HEAD"), "modified": True}
+    assert _source.__wrapped__(tmp_path / "installed") is None
+
+
 def test_provenance_names_the_runs_gpu_not_the_current_one(monkeypatch):
     """A run on cuda:1 recorded the name of torch's current device (cuda:0, another model on a
     mixed machine); a CPU run on a GPU machine recorded a GPU it never used."""
