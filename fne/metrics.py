@@ -298,8 +298,12 @@ def _versions() -> dict:
     return found
 
 
+# The folder holding the fne package: a git checkout's root where fne runs from one.
+FNE_ROOT = Path(__file__).resolve().parents[1]
+
+
 @functools.cache
-def _source(root: Path = Path(__file__).resolve().parents[1]) -> dict | None:
+def _source(root: Path = FNE_ROOT) -> dict | None:
     """Where fne runs from a git checkout (its version, 0.1.0, names no state of the code): the
     ``commit`` checked out and whether tracked files were ``modified`` since (None where git could
     not say); None for an installed fne, or where git is absent or refuses the folder. `root`: the
