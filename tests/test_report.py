@@ -1310,7 +1310,9 @@ def test_a_rerun_on_a_copy_of_data_at_another_path_joins_the_run_it_repeats(tmp_
     assert ds["dataset"] == "pets" and [(row["method"], row["runs"]) for row in ds["rows"]] == [("fne+svm", 1),
                                                                                                  ("fc7+svm", 1)]
     assert ds["rows"][0]["repeats"] == [str(tmp_path / "review" / "fne")]
-    assert "McNemar" in (tmp_path / "rep" / "report.md").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "McNemar" in md and (f"Repeats, counted once (the same seed, every test image classified the same): "
+                                f"{tmp_path / 'review' / 'fne'} of {tmp_path / 'colleague' / 'fne'} (fne+svm).") in md
     write_run(tmp_path / "review", "other", fake_metrics("fne+svm", 0.8, 0.0, 0.8, 0.0, splits=one, n_splits=1,
                                                          split_protocol="predefined", labels_fingerprint="bbbb",
                                                          data="/other/pets", data_resolved="/other/pets"))

@@ -58,7 +58,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
-from fne.reporting.settings import distinct, name_variants, settings
+from fne.reporting.settings import distinct, name_variants, repeats_note, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 from fne.reporting.verdict import advice_check, shown, winner_verdict
 
@@ -404,7 +404,7 @@ def tabulate(collected: dict) -> list[dict]:
             "advice": [advice_check(a, winner, verdict["kind"], rows, metrics) for a in advice],
             "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
             "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
-            "protocol_note": protocol_note(rows),
+            "protocol_note": protocol_note(rows), "repeats_note": repeats_note(section),
         })
     return out
 
