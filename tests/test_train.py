@@ -1282,7 +1282,7 @@ def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumab
     real = torch.save
 
     def save(obj, f, *a, **k):
-        if str(f).endswith("model.pt"):
+        if str(getattr(f, "name", f)).endswith("model.pt"):  # a path, or the file it opened
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(obj, f, *a, **k)
 
