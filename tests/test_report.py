@@ -306,6 +306,24 @@ def test_a_metrics_json_that_is_no_run_is_named_not_skipped_in_silence(tmp_path)
         report([odd / "foreign"], tmp_path / "rep")
 
 
+@pytest.mark.parametrize("field, damage", [
+    ("labels_fingerprint", lambda m: {**m, "labels_fingerprint": ["a"]}),
+    ("n_splits", lambda m: {**m, "n_splits": "2"}),
+    ("splits", lambda m: {**m, "splits": [{**s, "correct": 3.5} for s in m["splits"]]}),
+    ("splits", lambda m: {**m, "splits": [{**s, "test_hash": [1]} for s in m["splits"]]}),
+    ("options", lambda m: {**m, "options": {"label_key": {"a": 1}}}),
+])
+def test_a_damaged_field_skips_its_run_with_a_line_not_a_traceback(tmp_path, field, damage):
+    """Fields of other types than fne writes (a hand-edited or damaged metrics.json) raised
+    TypeError in the report (unhashable type, no len(), '>' between str and int)."""
+    runs = make_runs(tmp_path / "runs")
+    write_run(tmp_path / "runs", "odd", damage(fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, labels_fingerprint="a")))
+    with pytest.warns(UserWarning, match=f"^skipping {tmp_path / 'runs' / 'odd' / 'metrics.json'}: its {field} not as "
+                                         f"fne writes them"):
+        r = report([runs], tmp_path / "rep", figures=False)
+    assert str(tmp_path / "runs" / "a" / "fne") in json.dumps(r) and str(tmp_path / "runs" / "odd") not in json.dumps(r)
+
+
 def test_cli(tmp_path, capsys):
     import argparse
 

@@ -195,8 +195,8 @@ def _copies_joined(ms: list[dict]) -> list[dict]:
         fp, data = m.get("labels_fingerprint"), m.get("data_resolved")
         if isinstance(fp, str) and isinstance(data, str):
             first[fp] = min(first.get(fp, (str(m.get("date") or ""), data)), (str(m.get("date") or ""), data))
-    return [{**m, "data_resolved": first[m["labels_fingerprint"]][1]}
-            if isinstance(m.get("data_resolved"), str) and m.get("labels_fingerprint") in first else m for m in ms]
+    return [{**m, "data_resolved": first[m["labels_fingerprint"]][1]} if isinstance(m.get("data_resolved"), str)
+            and isinstance(m.get("labels_fingerprint"), str) and m["labels_fingerprint"] in first else m for m in ms]
 
 
 def same_task(m1: dict, m2: dict) -> bool:

@@ -125,10 +125,14 @@ def _malformed(m: dict) -> str | None:
         return "no accuracy: not the metrics.json of a `fne fit` or `fne train` run"
     bad = [] if m["accuracy"] is None or finite(m["accuracy"]) is not None else ["accuracy"]
     bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
-                       "data_resolved", "seed", "split_protocol") if isinstance(m.get(k), (list, dict))]
-    splits = m.get("splits")
-    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) for s in splits)):
+                       "data_resolved", "seed", "split_protocol", "labels_fingerprint") if isinstance(m.get(k), (list, dict))]
+    bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int else ["n_splits"]
+    splits, o = m.get("splits"), m.get("options")
+    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) and all(
+            isinstance(s.get(k), (str, type(None))) for k in ("test_hash", "correct")) for s in splits)):
         bad.append("splits")
+    if o is not None and not (isinstance(o, dict) and isinstance(o.get("label_key"), (str, type(None)))):
+        bad.append("options")
     return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
 
 
