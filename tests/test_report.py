@@ -324,6 +324,26 @@ def test_a_damaged_field_skips_its_run_with_a_line_not_a_traceback(tmp_path, fie
     assert str(tmp_path / "runs" / "a" / "fne") in json.dumps(r) and str(tmp_path / "runs" / "odd") not in json.dumps(r)
 
 
+@pytest.mark.parametrize("name, field, damage", [
+    ("adv/advice.json", "families", {"families": [1]}),
+    ("adv/advice.json", "similarity", {"similarity": {"judged": True, "max_softmax_mean": "x"}}),
+    ("adv/advice.json", "commands", {"commands": 3}),
+    ("pipeline.json", "datasets", {"datasets": {"pets": {"published": "x"}}}),
+    ("pipeline.json", "name", {"name": ["t"]}),
+])
+def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, name, field, damage):
+    """An advice.json or pipeline.json of other types than fne writes (hand-edited, damaged)
+    raised TypeError, AttributeError or ValueError deep in the report: it is left out, named."""
+    runs = make_runs(tmp_path / "runs")
+    f = runs / name
+    f.write_text(json.dumps({**json.loads(f.read_text()), **damage}))
+    with pytest.warns(UserWarning, match=f"^skipping {f}: its {field} not as fne writes them"):
+        r = report([runs], tmp_path / "rep", figures=False)
+    pets = next(d for d in r["datasets"] if d["dataset"] == "pets")
+    assert (pets["advice"] == []) == (name == "adv/advice.json")
+    assert (pets["published"]["values"] == {}) == (name == "pipeline.json")
+
+
 def test_cli(tmp_path, capsys):
     import argparse
 

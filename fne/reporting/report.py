@@ -42,6 +42,7 @@ from fne.metrics import data_identity
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
+from fne.reporting.inputs import malformed_advice, malformed_pipeline, malformed_run
 from fne.reporting.intervals import (
     confusion_matrix,
     few_splits_note,
@@ -95,18 +96,18 @@ def collect(run_dirs: list[str | Path]) -> dict:
             m = read_json(p, warn=True)
             if m is None:
                 continue
-            if _malformed(m):
-                warnings.warn(f"skipping {p}: {_malformed(m)}", stacklevel=2)
+            if malformed_run(m):
+                warnings.warn(f"skipping {p}: {malformed_run(m)}", stacklevel=2)
                 continue
             step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
             a = read_json(p, warn=True)
-            if a is not None and "recommendation" in a:
+            if a is not None and "recommendation" in a and not _warned(p, malformed_advice(a)):
                 advice.append({**a, "_path": str(p)})
         for p in _find(root, "pipeline.json"):
             pj = read_json(p, warn=True)
-            if pj is not None:
+            if pj is not None and not _warned(p, malformed_pipeline(pj)):
                 pipelines.append(pj)
         if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
@@ -118,22 +119,11 @@ def collect(run_dirs: list[str | Path]) -> dict:
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 
-def _malformed(m: dict) -> str | None:
-    """Why a metrics.json cannot be tabulated (no accuracy: another program's file, or fields of
-    other types than fne writes: a damaged or hand-edited file); None where it can."""
-    if "accuracy" not in m:
-        return "no accuracy: not the metrics.json of a `fne fit` or `fne train` run"
-    bad = [] if m["accuracy"] is None or finite(m["accuracy"]) is not None else ["accuracy"]
-    bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
-                       "data_resolved", "seed", "split_protocol", "labels_fingerprint") if isinstance(m.get(k), (list, dict))]
-    bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int else ["n_splits"]
-    splits, o = m.get("splits"), m.get("options")
-    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) and all(
-            isinstance(s.get(k), (str, type(None))) for k in ("test_hash", "correct")) for s in splits)):
-        bad.append("splits")
-    if o is not None and not (isinstance(o, dict) and isinstance(o.get("label_key"), (str, type(None)))):
-        bad.append("options")
-    return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
+def _warned(path: Path, why: str | None) -> bool:
+    """Whether a file is skipped: a warning naming it and `why`, where `why` is not None."""
+    if why is not None:
+        warnings.warn(f"skipping {path}: {why}", stacklevel=3)
+    return why is not None
 
 
 # ------------------------------------------------------------------ tabulating
