@@ -615,6 +615,10 @@ def test_data_moved_or_copied_elsewhere_keeps_its_steps_done(tmp_path, monkeypat
     P.run(f, out, cache, report=False, log=lambda s: None)
     shutil.move(tmp_path / "imgs", tmp_path / "moved")
     f.write_text(text.replace('data = "imgs"', 'data = "moved"'))
+    said: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=said.append)  # reads no image: it cannot tell yet
+    assert sum(f"(to run: DATA was {data}: the run reads its images, and skips the step where they and their "
+               f"labels are those of then)" in s for s in said) == 3
 
     def fits_run() -> tuple[int, list[str]]:
         said: list[str] = []

@@ -95,6 +95,17 @@ def moved_from(old, new: dict) -> str | None:
     return str(o.get("data")) if same else None
 
 
+def _unread(old, new: dict) -> str | None:
+    """`moved_from`, for settings `new` whose images are not read yet (content unknown): DATA's
+    old path where it would be the same step if its images and labels are those of then."""
+    n = new.get("dataset")
+    if not isinstance(n, dict) or n.get("content") is not None or not isinstance(old, dict) or not isinstance(
+            old.get("dataset"), dict):
+        return None
+    o = old["dataset"]
+    return moved_from(old, {**new, "dataset": {**n, "content": o.get("content"), "labels": n.get("labels") or o.get("labels")}})
+
+
 @dataclass
 class Step:
     """One step of a pipeline (advise, fit or train) of a dataset and a backbone: its folder,
@@ -132,6 +143,10 @@ class Step:
             return False, f"its {rf.name} is missing"
         moved = moved_from(s.get("config"), self.config)
         if s.get("hash") != self.hash and moved is None:
+            unread = _unread(s.get("config"), self.config)
+            if unread is not None:  # a dry run, or DATA not hashed yet: the run tells
+                return False, (f"DATA was {unread}: the run reads its images, and skips the step where they and "
+                               f"their labels are those of then")
             return False, "settings changed: " + (changes(s.get("config") or {}, self.config) or "step format")
         old, new = ((c.get("dataset") or {}).get("labels") for c in (s.get("config") or {}, self.config))
         if old is not None and new is not None and old != new:
