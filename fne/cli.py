@@ -84,13 +84,13 @@ def _cmd_fit(a) -> int:
 def _add_predict(p: argparse.ArgumentParser) -> None:
     from fne.linear.predict import STORE_OPTIONS
     from fne.option_handling import add_arguments
-    from fne.options import DATA_HELP, DataOptions, ForwardOptions, StoreOptions
+    from fne.options import DATA_HELP, DataOptions, ForwardOptions, PredictOptions, StoreOptions
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="predictions CSV (FILE.csv)")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
-    add_arguments(p, DataOptions, ForwardOptions)
+    add_arguments(p, DataOptions, ForwardOptions, PredictOptions)
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
 
 
@@ -109,10 +109,10 @@ def _pinned_by_the_model() -> tuple[str, ...]:
 def _cmd_predict(a) -> int:
     from fne.linear.predict import STORE_OPTIONS, predict
     from fne.option_handling import from_args
-    from fne.options import DataOptions, ForwardOptions
+    from fne.options import DataOptions, ForwardOptions, PredictOptions
 
     store = {k: getattr(a, k) for k in STORE_OPTIONS}
-    r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, DataOptions, ForwardOptions))
+    r = predict(a.run_dir, a.data, a.out, **store, **from_args(a, DataOptions, ForwardOptions, PredictOptions))
     acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
     if acc and r["n_scored"] < r["n"]:
         acc += f" over the {r['n_scored']} images whose label the model knows"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fne.option_handling import command_line
+
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
     """Accuracy and mean per-class accuracy of one test split, and its confusion matrix (rows:
@@ -224,7 +226,7 @@ MODULES = {"scikit-learn": "sklearn", "pillow": "PIL"}  # import names that diff
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile")
 
 
-def provenance(*options, device=None) -> dict:
+def provenance(*options, device=None, verb: str | None = None, data=None, run_dir=None) -> dict:
     """Where, when and with what a result was measured: what a reader needs to reproduce it,
     or to explain why another machine's numbers differ (README, "Reproducibility").
 
@@ -236,23 +238,30 @@ def provenance(*options, device=None) -> dict:
     device : str or torch.device, optional
         Where the run computed (``cuda:1``): the GPU ``cuda`` names, none for a CPU run. Without
         it, the GPU torch's current device is (a run that did not say where it ran).
+    verb : str, optional
+        ``fit`` or ``train``: the result records ``command``, the `fne VERB` command line that
+        reruns it (`fne.option_handling.command_line`).
+    data : str, Path or Dataset, optional
+        DATA as the run was given it (default: the first option object's ``data`` field).
+    run_dir : str or Path, optional
+        The run folder, where no option object holds it (``--out``).
 
     Returns
     -------
     dict
         ``machine`` and ``date`` (UTC); ``platform``, ``python``; ``versions`` of fne and of the
-        installed `PACKAGES`; ``cpu``: its model and which of `CPU_FLAGS` it has; ``threads``:
+        installed `PACKAGES`; ``fne_source``: the git commit fne runs from (`_source`); ``cpu``: its model and which of `CPU_FLAGS` it has; ``threads``:
         torch's intra-op threads (when torch is loaded) and each loaded BLAS / OpenMP library's;
         ``cuda``: the device, CUDA and cuDNN versions (when torch is loaded and sees a GPU,
         and ``device``, where given, is one);
-        ``options``.
+        ``options``; with ``verb``, ``command``.
     """
     torch = sys.modules.get("torch")
     out = {
         "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(), "python": platform.python_version(),
-        "versions": _versions(), "cpu": _cpu(), "threads": _threads(torch),
+        "versions": _versions(), "fne_source": _source(), "cpu": _cpu(), "threads": _threads(torch),
     }
     on = None if device is None else torch.device(device) if torch is not None else None
     if torch is not None and torch.cuda.is_available() and (on is None or on.type == "cuda"):
@@ -263,6 +272,9 @@ def provenance(*options, device=None) -> dict:
         for o in options:
             merged.update({k: v for k, v in dataclasses.asdict(o).items() if k not in merged})
         out["options"] = {k: _jsonable(v) for k, v in merged.items()}
+    if verb is not None:
+        data = getattr(options[0], "data", None) if data is None and options else data
+        out["command"] = command_line(verb, data, *options, out=run_dir)
     return out
 
 
@@ -320,6 +332,35 @@ def _versions() -> dict:
 
         found["libjpeg-turbo"] = features.version("libjpeg_turbo")
     return found
+
+
+# The folder holding the fne package: a git checkout's root where fne runs from one.
+FNE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _source(root: Path = FNE_ROOT) -> dict | None:
+    """Where fne runs from a git checkout (its version, 0.1.0, names no state of the code): the
+    ``commit`` checked out and whether tracked files were ``modified`` since (None where git could
+    not say); None for an installed fne, or where git is absent or refuses the folder. `root`: the
+    folder holding the fne package."""
+    import subprocess
+
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head.stdout.strip(),
+            "modified": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
 @functools.cache

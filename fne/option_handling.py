@@ -384,3 +384,50 @@ def unexpected(kwargs: dict, *classes, only: Iterable[str] | None = None) -> Non
         close = {k: difflib.get_close_matches(k, known, n=1) for k in left}
         raise TypeError("unexpected keyword argument(s): " + ", ".join(
             k + (f" (did you mean {close[k][0]!r}?)" if close[k] else "") for k in left))
+
+
+def command_line(verb: str, data, *objs, out=None) -> str | None:
+    """The `fne VERB` command line of a run of these resolved options (`objs`: the verb's option
+    dataclasses, as `fne.metrics.provenance` records them): DATA as given, each option set to
+    other than its declared default by its flag (a `--no-NAME` switch where a default True was
+    turned off), then `--out`; options the command line does not take (the Python API's ``threads``,
+    ``chunk``, an inline class map) follow as a shell comment. None where DATA was given as an
+    object (a `Dataset`), which no command line names.
+
+    Parameters
+    ----------
+    verb : str
+        ``fit`` or ``train``.
+    data : str, Path or object
+        DATA as the run was given it.
+    *objs : dataclass instances
+        The run's options; a field two of them share is taken from the first.
+    out : str or Path, optional
+        The run folder, where no option field holds it (fit's).
+
+    Returns
+    -------
+    str or None
+        The command, quoted for a POSIX shell (``shlex.join``).
+    """
+    import shlex
+
+    if not isinstance(data, (str, os.PathLike)):
+        return None
+    args, api, seen = ["fne", verb, os.fspath(data)], [], {"data"}
+    for obj in objs:
+        for f, o in _opts(type(obj)):
+            v, default = getattr(obj, f.name), f.default
+            if f.name in seen or (default is not MISSING and (v == default or str(v) == str(default))):
+                continue
+            seen.add(f.name)
+            if not o.cli or isinstance(v, (dict, list)):
+                api.append(f"{f.name}={v!r}")
+            elif isinstance(v, bool):
+                args.append(flag(f))
+            else:
+                args += [flag(f), "/".join(map(str, v)) if isinstance(v, tuple) else os.fspath(v)
+                         if isinstance(v, os.PathLike) else str(v)]
+    if out is not None:
+        args += ["--out", os.fspath(out)]
+    return shlex.join(args) + (f"  # and, in Python only: {', '.join(api)}" if api else "")

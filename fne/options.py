@@ -236,6 +236,15 @@ class FitOptions(RowsOptions):
 
 
 @dataclass
+class PredictOptions:
+    """`fne predict`: where the weights file a `fne fit` model was fitted on lies now."""
+
+    moved_weights: str | None = option(None, "the weights file the model was fitted on, where it lies now (another "
+                                            "machine, a moved folder): its content must be the model's (the "
+                                            "fingerprint its metrics.json records)", pipeline=False, metavar="PATH")
+
+
+@dataclass
 class AdviseOptions:
     """`fne advise`: how the target data is measured (with the store and forward options)."""
 

@@ -146,7 +146,7 @@ def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_sto
     from fne.linear.predict import STORE_OPTIONS
 
     actions = _actions("predict")
-    forward = {f.name for c in (O.DataOptions, O.ForwardOptions) for f in dataclasses.fields(c)
+    forward = {f.name for c in (O.DataOptions, O.ForwardOptions, O.PredictOptions) for f in dataclasses.fields(c)
                if f.metadata["opt"].cli}
     assert set(actions) == {"run_dir", "data", "out", *STORE_OPTIONS, *forward}
 

@@ -596,6 +596,45 @@ def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
     assert fits_run() == 2
 
 
+def test_data_moved_or_copied_elsewhere_keeps_its_steps_done(tmp_path, monkeypatch):
+    """DATA's folder moved (another disk, a copy on another machine, the pipeline file beside it):
+    every step ran again for the new path, though its images and labels were the same (step.json
+    records their fingerprints) and so would be its results. They stay done, and the run says why;
+    a moved copy whose labels differ (an image in another class folder) reruns its steps."""
+    import shutil
+
+    import fne.linear.fit
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "imgs", per_class=4, classes=3)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', 'data = "imgs"').replace(
+        "[train]", "[train_off]").split("[train_off]")[0]
+    f = write(tmp_path, text)
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    shutil.move(tmp_path / "imgs", tmp_path / "moved")
+    f.write_text(text.replace('data = "imgs"', 'data = "moved"'))
+    said: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=said.append)  # reads no image: it cannot tell yet
+    assert sum(f"(to run: DATA was {data}: the run reads its images, and skips the step where they and their "
+               f"labels are those of then)" in s for s in said) == 3
+
+    def fits_run() -> tuple[int, list[str]]:
+        said: list[str] = []
+        with monkeypatch.context() as m:
+            c = Counter(m, fne.linear.fit, "fit")
+            P.run(f, out, cache, report=False, log=said.append)
+        return c.calls, said
+
+    calls, said = fits_run()
+    assert calls == 0 and sum(f"done before, skipped; DATA was {data}, the same images and labels" in s
+                              for s in said) == 3  # the advice and both fits
+    one = sorted((tmp_path / "moved" / "0").glob("*.png"))[0]
+    one.rename(tmp_path / "moved" / "1" / one.name)  # the same images, one under another label
+    assert fits_run()[0] == 2
+
+
 def test_a_train_step_whose_images_changed_trains_again_not_from_its_checkpoint(tmp_path, monkeypatch):
     """A finished train step's images changed (same names and labels, other bytes): the step reruns,
     and trains anew; it used to take up its checkpoint of the old images (every epoch done) and only

@@ -261,7 +261,7 @@ def test_advice_shown_with_match(built):
 
 def test_no_runs_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FneError, match="no metrics.json"):
+    with pytest.raises(FneError, match="no run's metrics.json"):
         report([tmp_path / "empty"], tmp_path / "rep")
     with pytest.raises(FneError, match="does not exist"):
         report([tmp_path / "missing"], tmp_path / "rep")
@@ -277,6 +277,71 @@ def test_a_run_dir_beside_others_that_holds_no_run_is_named(tmp_path):
                                          r"\(no metrics.json\): left out of the report$"):
         report([runs / "a", tmp_path / "empty", tmp_path / "notes.txt"], tmp_path / "rep")
     assert (tmp_path / "rep" / "report.md").is_file()
+
+
+def test_a_metrics_json_that_is_no_run_is_named_not_skipped_in_silence(tmp_path):
+    """A metrics.json of another program (no accuracy), or one that holds no JSON object or an
+    accuracy that is no number (damaged), was left out without a word (or tabulated as a row "?"
+    of a section "?"), and its folder then said to hold "no metrics.json": each is named, with
+    why, and the report is of the others."""
+    runs = make_runs(tmp_path / "runs")
+    for name, text in (("foreign", '{"loss": 0.3}'), ("text", '"accuracy: 0.9"'), ("list", '["accuracy"]'),
+                       ("word", '{"accuracy": "high", "method": "fne+svm"}')):
+        (tmp_path / "odd" / name).mkdir(parents=True)
+        (tmp_path / "odd" / name / "metrics.json").write_text(text)
+    with pytest.warns(UserWarning) as said:
+        r = report([runs / "a", tmp_path / "odd"], tmp_path / "rep", figures=False)
+    lines = sorted(str(w.message) for w in said)
+    odd = tmp_path / "odd"
+    assert lines == [f"skipping {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
+                     f"or `fne train` run",
+                     f"skipping {odd / 'list' / 'metrics.json'}: it holds a JSON list, not an object (a damaged or "
+                     f"foreign file)",
+                     f"skipping {odd / 'text' / 'metrics.json'}: it holds a JSON str, not an object (a damaged or "
+                     f"foreign file)",
+                     f"skipping {odd / 'word' / 'metrics.json'}: its accuracy not as fne writes them (a damaged or "
+                     f"hand-edited file)"]
+    assert [d["dataset"] for d in r["datasets"]] == ["pets"]
+    with pytest.warns(UserWarning, match="no accuracy"), pytest.raises(FneError, match="^no run's metrics.json under"):
+        report([odd / "foreign"], tmp_path / "rep")
+
+
+@pytest.mark.parametrize("field, damage", [
+    ("labels_fingerprint", lambda m: {**m, "labels_fingerprint": ["a"]}),
+    ("n_splits", lambda m: {**m, "n_splits": "2"}),
+    ("splits", lambda m: {**m, "splits": [{**s, "correct": 3.5} for s in m["splits"]]}),
+    ("splits", lambda m: {**m, "splits": [{**s, "test_hash": [1]} for s in m["splits"]]}),
+    ("options", lambda m: {**m, "options": {"label_key": {"a": 1}}}),
+])
+def test_a_damaged_field_skips_its_run_with_a_line_not_a_traceback(tmp_path, field, damage):
+    """Fields of other types than fne writes (a hand-edited or damaged metrics.json) raised
+    TypeError in the report (unhashable type, no len(), '>' between str and int)."""
+    runs = make_runs(tmp_path / "runs")
+    write_run(tmp_path / "runs", "odd", damage(fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, labels_fingerprint="a")))
+    with pytest.warns(UserWarning, match=f"^skipping {tmp_path / 'runs' / 'odd' / 'metrics.json'}: its {field} not as "
+                                         f"fne writes them"):
+        r = report([runs], tmp_path / "rep", figures=False)
+    assert str(tmp_path / "runs" / "a" / "fne") in json.dumps(r) and str(tmp_path / "runs" / "odd") not in json.dumps(r)
+
+
+@pytest.mark.parametrize("name, field, damage", [
+    ("adv/advice.json", "families", {"families": [1]}),
+    ("adv/advice.json", "similarity", {"similarity": {"judged": True, "max_softmax_mean": "x"}}),
+    ("adv/advice.json", "commands", {"commands": 3}),
+    ("pipeline.json", "datasets", {"datasets": {"pets": {"published": "x"}}}),
+    ("pipeline.json", "name", {"name": ["t"]}),
+])
+def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, name, field, damage):
+    """An advice.json or pipeline.json of other types than fne writes (hand-edited, damaged)
+    raised TypeError, AttributeError or ValueError deep in the report: it is left out, named."""
+    runs = make_runs(tmp_path / "runs")
+    f = runs / name
+    f.write_text(json.dumps({**json.loads(f.read_text()), **damage}))
+    with pytest.warns(UserWarning, match=f"^skipping {f}: its {field} not as fne writes them"):
+        r = report([runs], tmp_path / "rep", figures=False)
+    pets = next(d for d in r["datasets"] if d["dataset"] == "pets")
+    assert (pets["advice"] == []) == (name == "adv/advice.json")
+    assert (pets["published"]["values"] == {}) == (name == "pipeline.json")
 
 
 def test_cli(tmp_path, capsys):
@@ -1314,3 +1379,36 @@ def test_a_run_without_a_labels_fingerprint_joins_the_one_labelling_of_its_class
         ("pets (/data/pets, images and labels 1 of 2: 3 classes, since 2024-01-02 03:04)", ["fne+svm"]),
         ("pets (/data/pets, images and labels 2 of 2: 3 classes, since 2026-11-30 09:15)", ["fne+svm", "train:direct"]),
         ("pets (/data/pets, images and labels not recorded: 3 classes)", ["fc7+svm"])]
+
+
+def test_a_rerun_on_a_copy_of_data_at_another_path_joins_the_run_it_repeats(tmp_path):
+    """A colleague's run and a reviewer's rerun of it on a copy of DATA (another path, the same
+    images and labels: one `labels_fingerprint`) were two sections, "pets (/colleague/pets)" and
+    "pets (/review/pets)", so the rerun could not be seen to repeat the run, nor another method of
+    the reviewer's be tested against it. They are one: the rerun is a repeat counted once, and the
+    two methods are paired (McNemar's test on the shared test images). A copy of other images
+    (another fingerprint) stays a section of its own."""
+    one = [{"accuracy": 0.9, "mean_class_accuracy": 0.9, "n_train": 30, "n_test": 10, "test_hash": "t", "correct": "1" * 9 + "0"}]
+    kw = dict(n_splits=1, split_protocol="predefined", labels_fingerprint="aaaa")
+    write_run(tmp_path / "colleague", "fne", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, splits=one, **kw,
+                                                          data_resolved="/colleague/pets"))
+    write_run(tmp_path / "review", "fne", fake_metrics("fne+svm", 0.9, 0.0, 0.9, 0.0, splits=one, **kw,
+                                                       data="/review/pets", data_resolved="/review/pets",
+                                                       date="2026-11-30T09:15:00+00:00"))
+    worse = [{**one[0], "accuracy": 0.5, "correct": "1" * 5 + "0" * 5}]
+    write_run(tmp_path / "review", "fc7", fake_metrics("fc7+svm", 0.5, 0.0, 0.5, 0.0, splits=worse, **kw,
+                                                       data="/review/pets", data_resolved="/review/pets"))
+    r = report([tmp_path / "colleague", tmp_path / "review"], tmp_path / "rep", figures=False)
+    (ds,) = r["datasets"]
+    assert ds["dataset"] == "pets" and [(row["method"], row["runs"]) for row in ds["rows"]] == [("fne+svm", 1),
+                                                                                                 ("fc7+svm", 1)]
+    assert ds["rows"][0]["repeats"] == [str(tmp_path / "review" / "fne")]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "McNemar" in md and (f"Repeats, counted once (the same seed, every test image classified the same): "
+                                f"{tmp_path / 'review' / 'fne'} of {tmp_path / 'colleague' / 'fne'} (fne+svm).") in md
+    write_run(tmp_path / "review", "other", fake_metrics("fne+svm", 0.8, 0.0, 0.8, 0.0, splits=one, n_splits=1,
+                                                         split_protocol="predefined", labels_fingerprint="bbbb",
+                                                         data="/other/pets", data_resolved="/other/pets"))
+    names = [d["dataset"] for d in report([tmp_path / "colleague", tmp_path / "review"], tmp_path / "rep",
+                                          figures=False)["datasets"]]
+    assert names == ["pets (/colleague/pets)", "pets (/other/pets)"]

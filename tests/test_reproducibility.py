@@ -28,6 +28,17 @@ def _check_provenance(p: dict) -> None:
     assert "torch" in p["threads"]
 
 
+def _documented(m: dict) -> None:
+    """Every top-level field of a run's metrics.json, and of its split records, is listed in
+    README's "metrics.json, field by field" (as `field`)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("### metrics.json, field by field")[1].split("\n## ")[0]
+    fields = set(m) | {k for s in m["splits"] for k in s}
+    assert sorted(k for k in fields if f"`{k}`" not in table) == []
+
+
 def _tar(folder, out):
     """folder's images as one WebDataset tar (train split), each with its label."""
     import io
@@ -90,7 +101,8 @@ def test_fit_twice_writes_the_same_run_but_for_its_date_and_time(digits_folder, 
 
     kw = dict(cache=str(warm_cache), features="fne", head="svm", splits=2, progress=False, **FAST)
     m1, m2 = fit(digits_folder, tmp_path / "a", **kw), fit(digits_folder, tmp_path / "b", **kw)
-    assert {k for k in m1 if m1[k] != m2[k]} <= {"date", "fit_seconds"}
+    assert {k for k in m1 if m1[k] != m2[k]} <= {"date", "fit_seconds", "command"}
+    assert m1["command"].replace(str(tmp_path / "a"), str(tmp_path / "b")) == m2["command"]  # but for its --out
     assert (tmp_path / "a/predictions.csv").read_bytes() == (tmp_path / "b/predictions.csv").read_bytes()
     import joblib
 
@@ -147,6 +159,7 @@ def test_fit_metrics_say_with_what_and_where_they_were_measured(digits_folder, w
     assert (o["arch"], o["weights"], o["precision"], o["storage_dtype"]) == ("efficientnet_lite0", "random", "fp32",
                                                                             "float32")
     assert m["precision"] == "fp32" and m["solver"] == "sklearn" and m["solver_precision"] is None
+    _documented(m)
 
 
 def test_each_extraction_record_says_with_what_and_where_its_rows_were_computed(tmp_path):
@@ -197,6 +210,81 @@ def test_train_metrics_hold_the_same_provenance(digits_split, tmp_path):
     _check_provenance(m)
     assert m["options"]["seed"] == 0 and m["options"]["epochs"] == 1 and m["options"]["deterministic"] is False
     assert m["threads"]["torch"] >= 1
+    assert m["command"].startswith(f"fne train {digits_split} --mode scratch --out {tmp_path / 'run'} ")
+    _documented(m)
+
+
+def test_the_recorded_command_reruns_a_fit_to_the_same_metrics(digits_folder, warm_cache, tmp_path):
+    """metrics.json's `command` is the `fne fit` command line of the run (the Python API's keywords
+    as their flags, the defaults left out): run as printed, but for its --out, it gives the same
+    metrics."""
+    import shlex
+
+    from fne.cli import main
+    from fne.linear.fit import fit
+
+    m = fit(digits_folder, tmp_path / "a", cache=str(warm_cache), features="last", head="logreg", C="0.5",
+            splits=2, seed=3, progress=False, **FAST)
+    args = shlex.split(m["command"])
+    assert args[:3] == ["fne", "fit", str(digits_folder)] and args[-2:] == ["--out", str(tmp_path / "a")]
+    for flag, value in (("--head", "logreg"), ("--C", "0.5"), ("--splits", "2"), ("--seed", "3"),
+                        ("--cache", str(warm_cache)), ("--arch", FAST["arch"]), ("--precision", "fp32")):
+        assert args[args.index(flag) + 1] == value
+    assert "--no-progress" in args and "--test-size" not in args  # a default is not repeated
+    assert main([*args[1:-1], str(tmp_path / "b")]) == 0
+    again = json.loads((tmp_path / "b/metrics.json").read_text())
+    assert {k for k in m if m[k] != again[k]} <= {"date", "fit_seconds", "command"}
+
+
+def test_the_recorded_command_of_a_train_run_parses_to_its_options(tmp_path):
+    """`fne train`'s command: the mode, the run folder and each option not at its default; the
+    Python API's inline class map, which the command line takes as a file, follows as a comment."""
+    import shlex
+
+    from fne.cli import build_parser
+    from fne.option_handling import command_line
+    from fne.options import DataOptions, TrainConfig
+
+    cfg = TrainConfig(data="my data", mode="finetune", out=str(tmp_path / "run"), epochs=3, augment=False,
+                      lr=0.01, class_map={"cat": [281]})
+    cmd = command_line("train", cfg.data, cfg, DataOptions(label_key="cls"))
+    line, comment = cmd.split("  # ")
+    args = shlex.split(line)
+    parsed = vars(build_parser(args[1:]).parse_args(args[1:]))
+    assert args[:3] == ["fne", "train", "my data"] and comment == "and, in Python only: class_map={'cat': [281]}"
+    assert {k: parsed[k] for k in ("mode", "out", "epochs", "augment", "lr", "label_key")} == {
+        "mode": "finetune", "out": str(tmp_path / "run"), "epochs": 3, "augment": False, "lr": 0.01,
+        "label_key": "cls"}
+    assert "scheduler" not in parsed  # at its default: not given
+    assert command_line("train", object(), cfg) is None  # DATA given as a Dataset: no command line names it
+
+
+def test_provenance_names_the_commit_fne_runs_from(tmp_path):
+    """fne's version (0.1.0) names no state of its code: a run from a git checkout records the
+    commit and whether tracked files were modified since; an installed fne (no .git) records None."""
+    import shutil
+    import subprocess
+
+    from fne.metrics import _source, provenance
+
+    assert "fne_source" in provenance()
+    if shutil.which("git") is None:
+        pytest.skip("no git on this machine")
+    repo = tmp_path / "checkout"
+    (repo / "fne").mkdir(parents=True)
+    (repo / "fne" / "__init__.py").write_text("")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "one")
+    assert _source.__wrapped__(repo) == {"commit": git("rev-parse", "HEAD"), "modified": False}
+    (repo / "fne" / "__init__.py").write_text("x = 1\n")
+    assert _source.__wrapped__(repo) == {"commit": git("rev-parse", "HEAD"), "modified": True}
+    assert _source.__wrapped__(tmp_path / "installed") is None
 
 
 def test_provenance_names_the_runs_gpu_not_the_current_one(monkeypatch):
@@ -226,9 +314,9 @@ def test_train_and_extract_record_the_device_they_ran_on(digits_folder, tmp_path
 
     seen = []
 
-    def spy(*options, device=None):
+    def spy(*options, device=None, **kw):
         seen.append(str(device))
-        return metrics.provenance(*options, device=device)
+        return metrics.provenance(*options, device=device, **kw)
 
     monkeypatch.setattr(ex, "provenance", spy)
     monkeypatch.setattr(tr, "provenance", spy)

@@ -91,6 +91,31 @@ def test_predict_refuses_weights_that_changed(digits_split, tmp_path, capsys):
     assert code == 2 and "changed since" in err and "Traceback" not in err
 
 
+def test_predict_with_a_moved_weights_that_moved(digits_split, tmp_path, capsys):
+    """A model fitted on a weights file, copied to another machine (or its weights folder moved):
+    `fne predict` stopped at the recorded path, with no way to name the new one. --moved-weights
+    names it, checked against the model's fingerprint; the rows are read from the same store."""
+    weights = tmp_path / "w.pt"
+    torch.save(backbones.load_backbone(ARCH, "random", seed=1).state_dict(), weights)
+    cache = str(tmp_path / "cache")
+    fit(digits_split, out=tmp_path / "run", extract_missing=True, arch=ARCH, weights=str(weights), precision="fp32",
+        cache=cache, progress=False)
+    before = predict(tmp_path / "run", digits_split, out=tmp_path / "p.csv")
+    weights.rename(tmp_path / "moved.pt")
+    code = main(["predict", str(tmp_path / "run"), str(digits_split), "--out", str(tmp_path / "p2.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"fne predict: error: {tmp_path / 'run'} was fitted on weights {weights}")
+    assert err.rstrip().endswith("; where the file moved, give its path: --moved-weights PATH") and len(err.splitlines()) == 1
+    after = predict(tmp_path / "run", digits_split, out=tmp_path / "p2.csv", moved_weights=str(tmp_path / "moved.pt"))
+    assert after["store"] == before["store"] and (tmp_path / "p.csv").read_bytes() == (tmp_path / "p2.csv").read_bytes()
+    torch.save(backbones.load_backbone(ARCH, "random", seed=2).state_dict(), tmp_path / "other.pt")
+    code = main(["predict", str(tmp_path / "run"), str(digits_split), "--out", str(tmp_path / "p3.csv"),
+                 "--moved-weights", str(tmp_path / "other.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--moved-weights '{tmp_path / 'other.pt'}' is not the weights" in err
+    assert not (tmp_path / "p3.csv").exists()
+
+
 def test_second_fit_over_an_unchanged_folder_opens_no_image(tmp_path, image_opens):
     data = age(write_digits(tmp_path / "data", per_class=5, classes=3))
     cache = str(tmp_path / "cache")
@@ -420,7 +445,7 @@ def test_a_cache_through_a_link_to_nothing_is_one_clear_error(digits_folder, tmp
     assert "Traceback" not in err and "computed" not in err and not (tmp_path / "unmounted").exists()
 
 
-def test_model_records_a_weights_file_and_its_cache_by_absolute_paths(digits_split, tmp_path, monkeypatch):
+def test_model_records_a_moved_weights_and_its_cache_by_absolute_paths(digits_split, tmp_path, monkeypatch):
     import joblib
 
     (tmp_path / "ckpt").mkdir()

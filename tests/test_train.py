@@ -246,6 +246,8 @@ def test_resume_from_mid_run_checkpoint_is_bit_identical(digits, source, tmp_pat
     b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)
     assert a.keys() == b.keys()
     assert [n for n in a if not torch.equal(a[n], b[n])] == []
+    # the same bytes too: the archive in model.pt was named after its temporary file (.tmp-…-model)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert [h["train_loss"] for h in ma["history"]] == [h["train_loss"] for h in mb["history"]]
     assert ma["best_epoch"] == mb["best_epoch"]
@@ -1280,7 +1282,7 @@ def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumab
     real = torch.save
 
     def save(obj, f, *a, **k):
-        if str(f).endswith("model.pt"):
+        if str(getattr(f, "name", f)).endswith("model.pt"):  # a path, or the file it opened
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(obj, f, *a, **k)
 

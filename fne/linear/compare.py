@@ -178,11 +178,35 @@ def run_tasks(ms: list[dict]) -> list[str | None]:
     for m in ms:
         if m.get("data_resolved"):
             resolved.setdefault(str(m.get("data")), set()).add(m["data_resolved"])
-    ms = [m if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
-          {**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))} for m in ms]
+    ms = _copies_joined([m if m.get("data_resolved") or len(resolved.get(str(m.get("data")), ())) != 1 else
+                         {**m, "data_resolved": next(iter(resolved[str(m.get("data"))]))} for m in ms])
     keyed = {run_data(m) for m in ms if isinstance(m.get("options"), dict) and m["options"].get("label_key") is not None}
     return _by_classes(ms, [f"{run_data(m)}, label_key {NOT_RECORDED}" if run_data(m) in keyed
                             and not _label_key_known(m) else run_task(m) for m in ms])
+
+
+def _copies_joined(ms: list[dict]) -> list[dict]:
+    """`ms`, where runs of the same images with the same labels (one ``labels_fingerprint``) resolved
+    DATA to other paths (a copy of DATA on a reviewer's machine, a folder moved), each with the
+    DATA of the earliest of them: one task, so that a rerun is tabulated, deduplicated and tested
+    with the run it repeats (`same_task`)."""
+    first: dict[str, tuple[str, str]] = {}  # fingerprint -> (date, data_resolved) of its earliest run
+    for m in ms:
+        fp, data = m.get("labels_fingerprint"), m.get("data_resolved")
+        if isinstance(fp, str) and isinstance(data, str):
+            first[fp] = min(first.get(fp, (str(m.get("date") or ""), data)), (str(m.get("date") or ""), data))
+    return [{**m, "data_resolved": first[m["labels_fingerprint"]][1]} if isinstance(m.get("data_resolved"), str)
+            and isinstance(m.get("labels_fingerprint"), str) and m["labels_fingerprint"] in first else m for m in ms]
+
+
+def same_task(m1: dict, m2: dict) -> bool:
+    """Whether two runs classified the same task: the same DATA and labels (`run_task`), or the same
+    images with the same labels (one ``labels_fingerprint``) and label key under another path."""
+    if run_task(m1) == run_task(m2):
+        return True
+    fp = m1.get("labels_fingerprint")
+    keys = [o.get("label_key") if isinstance(o := m.get("options"), dict) else None for m in (m1, m2)]
+    return isinstance(fp, str) and fp == m2.get("labels_fingerprint") and keys[0] == keys[1]
 
 
 def _classes(m: dict) -> tuple[str, ...] | None:
@@ -272,7 +296,7 @@ def _same_splits(m1: dict, m2: dict) -> bool:
     h2 = [s.get("test_hash") for s in m2.get("splits") or []]
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
     keys = ("split_protocol", "n_images", "n_splits") + (() if predefined else ("seed",))
-    if not all(m1.get(k) == m2.get(k) for k in keys) or run_task(m1) != run_task(m2):
+    if not all(m1.get(k) == m2.get(k) for k in keys) or not same_task(m1, m2):
         return False
     return h1 == h2  # both None lists (older runs) pass on the keys above
 
@@ -347,7 +371,7 @@ def _row_test(row1: dict, row2: dict, metrics_by_path: dict[str, dict]) -> dict 
         paired = compare_runs(ms[0][0], ms[1][0])
         one = [m.get("n_splits") == 1 and isinstance(m.get("n_test"), int) and m["n_test"] > 0 and
                isinstance(m.get("accuracy"), (int, float)) for m in (ms[0][0], ms[1][0])]
-        same_data = run_task(ms[0][0]) == run_task(ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
+        same_data = same_task(ms[0][0], ms[1][0]) and ms[0][0].get("n_images") == ms[1][0].get("n_images")
         if paired is None and all(one) and same_data:
             return fisher(ms[0][0]["accuracy"], ms[0][0]["n_test"], ms[1][0]["accuracy"], ms[1][0]["n_test"])
         return paired

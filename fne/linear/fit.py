@@ -228,7 +228,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     _say_stopped(stopped + [(final.head, final.C, pipe.stopped_)] * (not dataset.has_split))  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
         s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
-    metrics = _metrics(data, src, final, per_split, confusions, Cs, fit_seconds, pipe, (spec, d, o, ext))
+    metrics = _metrics(data, src, final, per_split, confusions, Cs, fit_seconds, pipe, (spec, d, o, ext), out)
     if auto:
         metrics["selection"] = selection.summary(chosen)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,8 +237,9 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
 
 
 def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions, Cs: list, fit_seconds: float,
-             pipe, options: tuple) -> dict:
-    """`fit`'s metrics.json (`options`: the resolved spec, data, fit and forward options)."""
+             pipe, options: tuple, out: Path) -> dict:
+    """`fit`'s metrics.json (`options`: the resolved spec, data, fit and forward options; `out`: the
+    run folder, for its ``command``)."""
     dataset, o = src.dataset, options[2]
     return {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
@@ -253,7 +254,7 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
             else f"{len(per_split)}x stratified test_size={o.test_size}"),
-        **provenance(*options),
+        **provenance(*options, verb="fit", data=data, run_dir=out),
         "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }
 

@@ -25,7 +25,7 @@ from fne.data.datasets import load_dataset
 from fne.errors import FneError, WeightsError, expect_path
 from fne.linear.features import Rows, open_rows
 from fne.metrics import predictions_csv
-from fne.options import DataOptions, ForwardOptions
+from fne.options import DataOptions, ForwardOptions, PredictOptions
 
 MODEL_FORMAT = 2
 
@@ -61,20 +61,31 @@ def _run_folder(run_dir: str | Path) -> Path:
     return path
 
 
-def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec:
-    """The store spec the model was fitted on, run on `device`; refuses weights that changed
-    since, and random weights that `device` would draw otherwise (they are drawn where they run)."""
+def pinned_spec(model: dict, where: str, device: str | None = None, moved_weights: str | None = None) -> StoreSpec:
+    """The store spec the model was fitted on, run on `device` (with its weights file read at
+    `moved_weights`, where it moved); refuses weights that changed since, and random weights that
+    `device` would draw otherwise (they are drawn where they run)."""
     s = model["store"]
-    spec = StoreSpec(arch=s["arch"], weights=s["weights"], crop=s["crop"], precision=s["precision"],
+    if moved_weights is not None and not str(s["weights_fingerprint"]).startswith("file-"):
+        raise opts.refusal(lambda py: f"{opts.named('moved_weights', py)}: {where} was fitted on {s['weights']} "
+                                      f"weights, not on a file; give it for a model fitted on a weights file", FneError)
+    spec = StoreSpec(arch=s["arch"], weights=moved_weights or s["weights"], crop=s["crop"], precision=s["precision"],
                      storage_dtype=s["storage_dtype"], cache=s["cache"],
                      weights_seed=s["weights_seed"] if s["weights"] == "random" else 0,  # recorded before it was refused
                      decode=s["decode"], device=device or "auto")
     try:
         now = spec.fingerprint()
     except WeightsError as e:
-        raise FneError(f"{where} was fitted on weights {s['weights']} (fingerprint "
-                       f"{s['weights_fingerprint']}), which cannot be read now: {e}") from None
+        why = str(e)
+        moved = (lambda py: "") if moved_weights else (
+            lambda py: f"; where the file moved, give its path: {opts.named('moved_weights', py, 'PATH', plain=True)}")
+        raise opts.refusal(lambda py: f"{where} was fitted on weights {s['weights']} (fingerprint "
+                                      f"{s['weights_fingerprint']}), which cannot be read now: {why}{moved(py)}",
+                           FneError) from None
     then = s["weights_fingerprint"]
+    if now != then and moved_weights is not None:
+        raise opts.refusal(lambda py: f"{opts.named('moved_weights', py, moved_weights)} is not the weights {where} was "
+                                      f"fitted on ({s['weights']} then): fingerprint {now}, the model's {then}", FneError)
     if now != then and s["weights"] == "random":
         drawn = then.removeprefix(f"random-seed{s['weights_seed']}").lstrip("-") or "cpu"
         device = drawn.rstrip("0123456789x")  # cuda132x2048: a GPU of 132 SMs of 2048 threads
@@ -94,7 +105,7 @@ def pinned_spec(model: dict, where: str, device: str | None = None) -> StoreSpec
 # The store options a prediction may change: where the cache is and where the network runs. The
 # others (backbone, weights, preprocessing, ...) are the model's: its head only fits those rows.
 STORE_OPTIONS = ("cache", "device")
-OPTIONS = (DataOptions, ForwardOptions)  # with STORE_OPTIONS: the keywords of `predict`, declared in fne.options
+OPTIONS = (DataOptions, ForwardOptions, PredictOptions)  # with STORE_OPTIONS: the keywords of `predict`, declared in fne.options
 
 
 @opts.keywords(StoreSpec, only=STORE_OPTIONS)
@@ -121,8 +132,9 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         rows are extracted names it and, where the model was fitted from rows of another cache, that one.
     **options
         The options of `fne predict`, same names, same defaults: ``cache`` and ``device`` (the
-        model pins every other store setting), ``label_key`` (`fne.options.DataOptions`) and the
-        fields of `fne.options.ForwardOptions`.
+        model pins every other store setting), ``label_key`` (`fne.options.DataOptions`), the
+        fields of `fne.options.ForwardOptions`, and ``moved_weights`` (`fne.options.PredictOptions`):
+        where the weights file the model was fitted on lies now, checked against its fingerprint.
 
     Returns
     -------
@@ -161,10 +173,10 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     if not (run_dir / "model.joblib").is_file() and (run_dir / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
-    pinned = pinned_spec(model, str(run_dir), options.get("device"))
+    pinned = pinned_spec(model, str(run_dir), options.get("device"), options.get("moved_weights"))
     if options.get("cache") is None:  # the cache the model was fitted from
         options = {**options, "cache": pinned.cache}
-    spec, d, ext = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
+    spec, d, ext, _ = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
     src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir))
     dataset = src.dataset
@@ -228,7 +240,10 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     from fne.training.apply import predict_network, read_run
 
     check_device(options.get("device") or "auto", here=False)  # parsed before DATA is listed
-    d, o = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
+    d, o, p = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
+    if p.moved_weights is not None:  # its network is its model.pt
+        raise opts.refusal(lambda py: f"{opts.named('moved_weights', py)}: {run_dir} is a `fne train` run, whose "
+                                      f"network is its model.pt; give it for a `fne fit` model", FneError)
     label_key = _label_key(d.label_key, read_run(run_dir).get("options", {}).get("label_key"), data, run_dir)
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
     dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),

@@ -393,7 +393,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
             done, why = step.status()
             if not force and done:
                 skipped += 1
-                say(f"{tag}: done before, skipped")
+                say(f"{tag}: done before, skipped" + why.removeprefix("done"))
                 continue
             pair = (step.dataset.key, step.backbone.label)
             rows = needs_rows(step, bool(p.fit))

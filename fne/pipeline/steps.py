@@ -81,6 +81,31 @@ def changes(old: dict, new: dict, limit: int = 4) -> str:
     return "; ".join(words)
 
 
+def moved_from(old, new: dict) -> str | None:
+    """DATA's path in a done step's settings `old` where the step's settings `new` differ from them
+    in that path alone, and both record the same images and labels (their content and labels
+    fingerprints, known): DATA moved or copied, whose results would not change; else None."""
+    o, n = (c.get("dataset") if isinstance(c, dict) else None for c in (old, new))
+    if not isinstance(o, dict) or not isinstance(n, dict) or o.get("data") == n.get("data"):
+        return None
+    if None in (o.get("content"), o.get("labels")) or (o.get("content"), o.get("labels")) != (
+            n.get("content"), n.get("labels")):
+        return None
+    same = config_hash({**old, "dataset": {**o, "data": None}}) == config_hash({**new, "dataset": {**n, "data": None}})
+    return str(o.get("data")) if same else None
+
+
+def _unread(old, new: dict) -> str | None:
+    """`moved_from`, for settings `new` whose images are not read yet (content unknown): DATA's
+    old path where it would be the same step if its images and labels are those of then."""
+    n = new.get("dataset")
+    if not isinstance(n, dict) or n.get("content") is not None or not isinstance(old, dict) or not isinstance(
+            old.get("dataset"), dict):
+        return None
+    o = old["dataset"]
+    return moved_from(old, {**new, "dataset": {**n, "content": o.get("content"), "labels": n.get("labels") or o.get("labels")}})
+
+
 @dataclass
 class Step:
     """One step of a pipeline (advise, fit or train) of a dataset and a backbone: its folder,
@@ -116,14 +141,19 @@ class Step:
             return False, f"its {sf.name} is unreadable"
         if not rf.is_file():
             return False, f"its {rf.name} is missing"
-        if s.get("hash") != self.hash:
+        moved = moved_from(s.get("config"), self.config)
+        if s.get("hash") != self.hash and moved is None:
+            unread = _unread(s.get("config"), self.config)
+            if unread is not None:  # a dry run, or DATA not hashed yet: the run tells
+                return False, (f"DATA was {unread}: the run reads its images, and skips the step where they and "
+                               f"their labels are those of then")
             return False, "settings changed: " + (changes(s.get("config") or {}, self.config) or "step format")
         old, new = ((c.get("dataset") or {}).get("labels") for c in (s.get("config") or {}, self.config))
         if old is not None and new is not None and old != new:
             return False, "settings changed: " + LABELS_CHANGED
         if s.get("result_sha") != _file_sha(rf):
             return False, f"its {rf.name} was changed after the step wrote it"
-        return True, "done"
+        return True, "done" if moved is None else f"done; DATA was {moved}, the same images and labels"
 
     def mark_done(self, seconds: float, extract: dict | None = None) -> None:
         """step.json: the step's hash and its result's; `extract` is the extraction that computed

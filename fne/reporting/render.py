@@ -232,8 +232,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             L += ["", f"Published values note: {md_text(ds['published']['note'])}"]
         if _few(ds):
             L += ["", f"**Note:** {md_text(_few(ds))}"]
-        if ds.get("protocol_note"):
-            L += ["", f"**Note:** {md_text(ds['protocol_note'])}"]
+        for note in ("protocol_note", "repeats_note"):
+            L += ["", f"**Note:** {md_text(ds[note])}"] if ds.get(note) else []
         L.append("")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
@@ -421,8 +421,8 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
         if _few(ds):
             H.append(f"<div class='note intervals'>Note: {_e(_few(ds))}</div>")
-        if ds.get("protocol_note"):
-            H.append(f"<div class='note protocol'>Note: {_e(ds['protocol_note'])}</div>")
+        for note in ("protocol_note", "repeats_note"):
+            H += [f"<div class='note {note[:-5]}'>Note: {_e(ds[note])}</div>"] if ds.get(note) else []
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
             if f:
@@ -492,6 +492,5 @@ def table_text(datasets: list[dict]) -> str:
             L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
         if _few(ds):
             L.append(f"  Note: {_few(ds)}")
-        if ds.get("protocol_note"):
-            L.append(f"  Note: {ds['protocol_note']}")
+        L += [f"  Note: {ds[note]}" for note in ("protocol_note", "repeats_note") if ds.get(note)]
     return "\n".join(L)

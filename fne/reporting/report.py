@@ -42,6 +42,7 @@ from fne.metrics import data_identity
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
+from fne.reporting.inputs import malformed_advice, malformed_pipeline, malformed_run
 from fne.reporting.intervals import (
     confusion_matrix,
     few_splits_note,
@@ -58,7 +59,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
-from fne.reporting.settings import distinct, name_variants, settings
+from fne.reporting.settings import distinct, name_variants, repeats_note, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 from fne.reporting.verdict import advice_check, shown, winner_verdict
 
@@ -87,46 +88,42 @@ def collect(run_dirs: list[str | Path]) -> dict:
         root = Path(d).expanduser()
         if not root.exists():
             raise FneError(f"RUN_DIR {d}: does not exist")
-        found = len(runs) + len(advice)
-        for p in _find(root, "metrics.json"):
+        found, files = len(runs) + len(advice), _find(root, "metrics.json")
+        for p in files:
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())
             m = read_json(p, warn=True)
-            if m is None or "accuracy" not in m:
+            if m is None:
                 continue
-            if _malformed(m):
-                warnings.warn(f"skipping {p}: {_malformed(m)}", stacklevel=2)
+            if malformed_run(m):
+                warnings.warn(f"skipping {p}: {malformed_run(m)}", stacklevel=2)
                 continue
             step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
             a = read_json(p, warn=True)
-            if a is not None and "recommendation" in a:
+            if a is not None and "recommendation" in a and not _warned(p, malformed_advice(a)):
                 advice.append({**a, "_path": str(p)})
         for p in _find(root, "pipeline.json"):
             pj = read_json(p, warn=True)
-            if pj is not None:
+            if pj is not None and not _warned(p, malformed_pipeline(pj)):
                 pipelines.append(pj)
-        if len(runs) + len(advice) == found:
+        if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
     if not runs:
-        raise FneError(f"no metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
+        raise FneError(f"no run's metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
                        f"`fne train` or `fne run` first)")
     if empty:  # a mistyped RUN_DIR: the report would lack its runs without a word
         warnings.warn(f"no run under {', '.join(empty)} (no metrics.json): left out of the report", stacklevel=2)
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 
-def _malformed(m: dict) -> str | None:
-    """Why a metrics.json cannot be tabulated (fields of other types than fne writes: a damaged or
-    hand-edited file); None where it can."""
-    bad = [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
-                       "data_resolved", "seed", "split_protocol") if isinstance(m.get(k), (list, dict))]
-    splits = m.get("splits")
-    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) for s in splits)):
-        bad.append("splits")
-    return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
+def _warned(path: Path, why: str | None) -> bool:
+    """Whether a file is skipped: a warning naming it and `why`, where `why` is not None."""
+    if why is not None:
+        warnings.warn(f"skipping {path}: {why}", stacklevel=3)
+    return why is not None
 
 
 # ------------------------------------------------------------------ tabulating
@@ -401,7 +398,7 @@ def tabulate(collected: dict) -> list[dict]:
             "advice": [advice_check(a, winner, verdict["kind"], rows, metrics) for a in advice],
             "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
             "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
-            "protocol_note": protocol_note(rows),
+            "protocol_note": protocol_note(rows), "repeats_note": repeats_note(section),
         })
     return out
 

@@ -155,3 +155,12 @@ def distinct(runs: list[dict]) -> list[dict]:
         else:
             kept[key] = {**r, "repeats": []}
     return list(kept.values())
+
+
+def repeats_note(runs: list[dict]) -> str | None:
+    """A sentence naming each run counted once as a repeat of another (`distinct`: a rerun that
+    reproduced a run, or one run folder copied twice), by folder, so that a reader sees which run
+    a reviewer's rerun reproduced; None where no run repeats another."""
+    said = [f"{', '.join(r['repeats'])} of {r['path']} ({r['metrics'].get('method')})" for r in runs if r.get("repeats")]
+    return ("Repeats, counted once (the same seed, every test image classified the same): " + "; ".join(said)
+            + ".") if said else None

@@ -146,6 +146,6 @@ def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
         if random and random_warning:
             out.append(f"\\par\\smallskip{{\\footnotesize Warning: {_tex(random_warning)} ({_tex(', '.join(random))})}}")
         out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"),
-                                                                             ds.get("protocol_note")) if n]
+                                                                             ds.get("protocol_note"), ds.get("repeats_note")) if n]
         out += ["\\end{table}", ""]
     return "\n".join(out)

@@ -510,7 +510,7 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
                                   [f"score_{c}" for c in split.classes], test["scores"])
     written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
     replace_files({**written, out / "predictions.csv": predictions,
-                   out / "model.pt": lambda f: torch.save(weights, f),
+                   out / "model.pt": lambda f: checkpoint.torch_save(weights, f),
                    out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
     return metrics
 
@@ -561,7 +561,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
         "confusion": confusion.tolist(), "class_recall": class_recall(confusion, split.classes),
         "history": run["history"], "skipped": ctx.skipped,
-        "device": str(ctx.device), **provenance(cfg, data_o, device=ctx.device),
+        "device": str(ctx.device), **provenance(cfg, data_o, device=ctx.device, verb="train"),
     }
 
 

@@ -1,0 +1,59 @@
+"""What `fne report` reads, checked for shape: a metrics.json, advice.json or pipeline.json whose
+fields are of other types than fne writes them (another program's file, one edited by hand or
+damaged) is left out with a warning naming it and the fields, never a traceback deep in the
+tabulating (`fne.reporting.report.collect`)."""
+
+from __future__ import annotations
+
+from fne.reporting.intervals import finite
+
+_TEXT = (str, type(None))
+
+
+def _texts(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def malformed_run(m: dict) -> str | None:
+    """Why a metrics.json cannot be tabulated (no accuracy: another program's file, or fields of
+    other types than fne writes: a damaged or hand-edited file); None where it can."""
+    if "accuracy" not in m:
+        return "no accuracy: not the metrics.json of a `fne fit` or `fne train` run"
+    bad = [] if m["accuracy"] is None or finite(m["accuracy"]) is not None else ["accuracy"]
+    bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
+                        "data_resolved", "seed", "split_protocol", "labels_fingerprint") if isinstance(m.get(k), (list, dict))]
+    bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int else ["n_splits"]
+    splits, o = m.get("splits"), m.get("options")
+    if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) and all(
+            isinstance(s.get(k), _TEXT) for k in ("test_hash", "correct")) for s in splits)):
+        bad.append("splits")
+    if o is not None and not (isinstance(o, dict) and isinstance(o.get("label_key"), _TEXT)):
+        bad.append("options")
+    return _said(bad)
+
+
+def malformed_advice(a: dict) -> str | None:
+    """Why an advice.json cannot be shown (its lists of families, commands and reasons, or its
+    similarity, of other types than `fne advise` writes); None where it can."""
+    bad = [k for k in ("families", "commands", "reasons") if k in a and not _texts(a[k])]
+    sim = a.get("similarity")
+    bad += ["similarity"] if "similarity" in a and not (isinstance(sim, dict) and all(
+        isinstance(sim[k], (int, float)) for k in ("max_softmax_mean", "entropy_norm_mean") if k in sim)) else []
+    bad += [k for k in ("recommendation", "text", "dataset", "dataset_key") if not isinstance(a.get(k), _TEXT)]
+    return _said(bad)
+
+
+def malformed_pipeline(p: dict) -> str | None:
+    """Why a pipeline.json cannot be read (its name, its datasets, or their published values, of
+    other types than `fne run` writes); None where it can."""
+    bad = [] if isinstance(p.get("name"), _TEXT) else ["name"]
+    datasets = p.get("datasets")
+    if datasets is not None and not (isinstance(datasets, dict) and all(
+            isinstance(d, dict) and isinstance(d.get("published"), (dict, type(None)))
+            and isinstance((d.get("published") or {}).get("values"), (dict, type(None))) for d in datasets.values())):
+        bad.append("datasets")
+    return _said(bad)
+
+
+def _said(bad: list[str]) -> str | None:
+    return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
