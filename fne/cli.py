@@ -12,6 +12,7 @@ import errno
 import gc
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -341,8 +342,16 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     print(f"fne: warning: {text}", file=file or sys.stderr)
 
 
-# A write the machine refused (full disk, quota, read-only filesystem, permissions): the user's to fix.
-_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# What the machine refused a write for, in words: the user's to fix (free space, another folder).
+_RAN_OUT = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file-size limit (ulimit -f) stopped"}
+_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+# torch's error where a loader worker cannot hand a batch over in shared memory (/dev/shm).
+# What stopped it, by errno, and what gives more.
+_SHM_LIMITS = {errno.ENOSPC: ("/dev/shm ran out of space", "free /dev/shm (a container's: docker run --shm-size)"),
+               errno.EFBIG: ("the file-size limit (ulimit -f) was reached", "raise it (ulimit -f unlimited)"),
+               errno.EMFILE: ("the open-file limit (ulimit -n) was reached", "raise it (ulimit -n)")}
+_SHM = re.compile(r"unable to [^\n]*</torch_[^>]*>[^\n]*?: ([^\n]*?) \((\d+)\)")
 
 
 class Terminated(KeyboardInterrupt):
@@ -398,25 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + getattr(signal, "SIGPIPE", 13)  # Windows has no SIGPIPE
-    except OSError as e:
-        if e.errno not in _UNWRITABLE:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"fne {args.command}: error: {where}{e.strerror or e}; what was committed before is kept",
-              file=sys.stderr)
-        return 2
     except Exception as e:
-        torch = sys.modules.get("torch")
-        if isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
-            print(f"fne {args.command}: error: a loader worker was killed ({str(e).strip().splitlines()[0]}), most "
-                  f"likely by the system for want of memory (an image too large to decode, or too many "
-                  f"--workers for this machine's memory); {_how_to_resume(args, found)}", file=sys.stderr)
-            return 2
-        if torch is None or not isinstance(e, torch.OutOfMemoryError):
+        line = _ran_out(args, e, found)
+        if line is None:
             raise
-        smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
-        print(f"fne {args.command}: error: the device ran out of memory ({str(e).splitlines()[0]}); "
-              f"committed work is kept, rerun{smaller} to resume", file=sys.stderr)
+        print(f"fne {args.command}: error: {line}", file=sys.stderr)
         return 2
     finally:
         COMMAND_LINE.reset(words)
@@ -489,6 +484,67 @@ def _kept_epoch(args: argparse.Namespace, ckpt: os.PathLike) -> str:
     return f"kept epoch {done}{f' of {of}' if of else ''} (the last one saved) in {ckpt}"
 
 
+def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str | None:
+    """One line for what the machine ran out of (disk, quota, file-size limit, shared memory, device
+    memory, a worker's memory) or refused (a read-only folder): what, where, what to do, and what
+    was kept (`_how_to_resume`); None for any other error (a traceback: a bug)."""
+    torch = sys.modules.get("torch")
+    shm = _SHM.search(str(e)) if isinstance(e, RuntimeError) else None
+    if isinstance(e, OSError) and e.errno in (*_RAN_OUT, *_DENIED):
+        line = _unwritable(args, e)
+    elif shm is not None:  # the last of torch's lines (a worker's traceback comes before it)
+        why, code = shm.groups()
+        ran_out, more = _SHM_LIMITS.get(int(code), _SHM_LIMITS[errno.ENOSPC])
+        line = (f"{ran_out} for a loader worker's batch in shared memory ({why}): rerun with fewer --workers or a "
+                f"smaller --batch-size (--workers 0 uses none), or {more}")
+    elif isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
+        line = (f"a loader worker was killed ({str(e).strip().splitlines()[0]}), most likely by the system for "
+                f"want of memory (an image too large to decode, or too many --workers for this machine's memory)")
+    elif torch is not None and isinstance(e, torch.OutOfMemoryError):
+        smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
+        return (f"the device ran out of memory ({str(e).splitlines()[0]}); committed work is kept, rerun{smaller} "
+                f"to resume")
+    else:
+        return None
+    return line if args.command == "cache" else f"{line}; {_how_to_resume(args, found)}"
+
+
+def _unwritable(args: argparse.Namespace, e: OSError) -> str:
+    """A write refused for want of room or rights, naming the file and the option that moves it
+    (`--out`, `--cache`, $TMPDIR): "no space left on device writing runs/a/model.joblib: free
+    space there or pass --out a folder on another disk"."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(os.path.abspath(e.filename)) if e.filename else None
+    flag = None
+    for option, folder in (("--out", getattr(args, "out", None)), ("--cache", _cache_folder(args)),
+                           ("$TMPDIR", tempfile.gettempdir())):
+        folder = folder and Path(os.path.abspath(folder))
+        if path is not None and folder and (path == folder or folder in path.parents):
+            flag = option
+            break
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in _DENIED and args.command == "cache":  # rm, verify --clean: this cache is the one to change
+        return f"cannot write{where} ({e.strerror}): removing from a cache needs one you can write to"
+    if e.errno in _DENIED:
+        return (f"cannot write{where} ({e.strerror})" +
+                (f": {'set' if flag.startswith('$') else 'pass'} {flag} a folder you can write to" if flag else ""))
+    elsewhere = "" if flag is None else f" or {'set' if flag.startswith('$') else 'pass'} {flag} a folder on another disk"
+    todo = "raise it (ulimit -f unlimited)" if e.errno == errno.EFBIG else "free space there"
+    return f"{_RAN_OUT[e.errno]} writing{where}: {todo}{elsewhere}"
+
+
+def _cache_folder(args: argparse.Namespace) -> str | None:
+    """The local cache root the verb uses (--cache, $FNE_CACHE, the default), or None."""
+    try:
+        from fne.cache.store import cache_root
+
+        return str(cache_root(getattr(args, "cache", None)))
+    except Exception:  # noqa: BLE001 -- a cache it cannot name: no flag to suggest
+        return None
+
+
 def run() -> None:
     """The `fne` command (and ``python -m fne.cli``): `main` on the process's arguments, then exit.
 
@@ -501,10 +557,12 @@ def run() -> None:
     An interrupted verb (Ctrl-C, SIGTERM) ends without the interpreter's finalisation: the model's
     build may still be running on its daemon thread inside torch (`TapRunner.prepare`), and
     finalising under it aborts the process ("terminate called without an active exception",
-    exit 134) after the one line that said what was kept.
+    exit 134) after the one line that said what was kept. So does a verb that failed while a daemon
+    thread still runs (the loader's shared memory ran out as the model was being built).
     """
     code = main()
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    stopped = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    if stopped or code and any(t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

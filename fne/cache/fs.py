@@ -23,6 +23,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import zarr
 
@@ -223,6 +224,29 @@ def replace_file(path: Path, write: Callable[[Path], object]) -> None:
     interrupt leaves the file as it was, never half written. The temporary file does not outlive a
     failure, and an error of the write names `path`."""
     replace_files({path: write})
+
+
+def through_file(write: Callable[[BinaryIO], object]) -> Callable[[Path], None]:
+    """A `replace_file` writer that hands `write` the temporary file opened in Python
+    (``lambda f: torch.save(obj, f)``, ``h5py.File(f, "w")``), so that a refused write (a full
+    disk, a file-size limit) is the `OSError` the system gave. Given a path, those libraries write
+    in C++/C: torch.save then says only ``RuntimeError: ... unexpected pos`` and h5py fills stderr
+    with errors and can crash the interpreter at exit."""
+    def to(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            try:
+                write(f)
+            except OSError:
+                raise
+            except Exception as e:  # the library's error over the OSError of Python's write
+                cause = e.__cause__ or e.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__cause__ or cause.__context__
+                if cause is None or cause.errno is None:
+                    raise
+                raise OSError(cause.errno, cause.strerror) from e  # no filename: replace_files names the path
+
+    return to
 
 
 def write_json(path: Path, obj) -> None:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
+from fne.cache.h5file import h5_writer
 from fne.data.sidecar import locked
 from fne.errors import FneError, WeightsError, expect_bools
 from fne.names import slug
@@ -125,16 +126,15 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
 
         imgs = np.stack([d.array_source.get(d.sources[i]) for i in keep])
 
-        def write_h5(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as f:
-                f["images"] = imgs
-                codes = {c: k for k, c in enumerate(d.classes)}
-                f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
-                f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
-                if d.has_split:
-                    f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
+        def write_h5(f, check) -> None:
+            f["images"] = imgs
+            codes = {c: k for k, c in enumerate(d.classes)}
+            f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
+            f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
+            if d.has_split:
+                f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
 
-        replace_file(target, write_h5)
+        replace_file(target, h5_writer(write_h5))
     elif d.container is not None:
         from fne.data.webdataset import write_shard
 

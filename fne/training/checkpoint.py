@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fne.cache.fs import replace_file
+from fne.cache.fs import replace_file, through_file
 from fne.errors import FneError
 from fne.option_handling import named, refusal
 
@@ -119,7 +119,7 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
 
     ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
     ckpt.update(progress, rng=rng_state(), args=asdict(cfg), fne=__version__, **about)
-    replace_file(path, lambda tmp: torch.save(ckpt, tmp))
+    replace_file(path, through_file(lambda f: torch.save(ckpt, f)))  # a full disk: OSError
 
 
 def identity(path: Path) -> tuple | None:
