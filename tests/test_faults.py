@@ -193,7 +193,9 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     monkeypatch.setattr(fl.joblib, "dump", lambda obj, f: (Path(f).write_bytes(b"half"), _enospc()))
     assert main([*args, "--seed", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"fne fit: error: {out / 'model.joblib'}: No space left on device")
+    assert err.splitlines()[-1] == (f"fne fit: error: no space left on device writing {out / 'model.joblib'}: free space "
+                                    f"there or pass --out a folder on another disk; nothing was written (--out is as it "
+                                    f"was); rerun the same command")
     assert "Traceback" not in err
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(after) == set(before)  # no temporary file left
@@ -629,3 +631,83 @@ def test_a_write_error_is_explained_wherever_it_lies_in_the_chain(tmp_path):
     assert said.cli.endswith("pass --cache a folder you can write to")
     other = ValueError("not a disk's")
     assert _explain(other, store) is other
+
+
+# ------------------------------------------------------------------ running out: one line, what, where, what to do
+def test_an_export_the_file_size_limit_stops_is_one_line_and_leaves_nothing(digits_folder, warm_cache, tmp_path,
+                                                                           file_size_limit, capsys):
+    """h5py handed the refused write crashed the interpreter (SIGSEGV) after a traceback per open
+    object, leaving its temporary file; now one line names the file, what stopped it and what to do."""
+    out = tmp_path / "out" / "e.h5"
+    args = ["export", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), *CLI_FAST]
+    with file_size_limit:
+        code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == [
+        f"fne export: error: the file-size limit (ulimit -f) stopped writing {out}: raise it (ulimit -f unlimited) or "
+        f"pass --out a folder on another disk; nothing was written (--out is as it was); rerun the same command"]
+    assert os.listdir(out.parent) == []
+    assert main(args) == 0 and h5py.File(out)["embedding"].shape[0] == 24
+
+
+def test_dev_shm_running_out_in_a_loader_worker_is_one_line(digits_folder, tmp_path, monkeypatch, capsys):
+    """torch's error where /dev/shm is full (raised in a decoding worker, re-raised by the
+    DataLoader with the worker's traceback) is one line saying what ran out and what to do; with
+    --workers 0 no shared memory is used, and the extraction completes."""
+    import torch
+
+    def full(size):
+        raise RuntimeError(f"unable to allocate shared memory(shm) for file </torch_1234_5678_{size}>: "
+                           f"No space left on device (28)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", staticmethod(full))
+    cache = tmp_path / "c"
+    args = ["extract", str(digits_folder), "--cache", str(cache), *CLI_FAST[:-2], "--batch-size", "4"]
+    assert main([*args, "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1:] == [
+        "fne extract: error: /dev/shm ran out of space for a loader worker's batch in shared memory (No space left on "
+        "device): rerun with fewer --workers or a smaller --batch-size (--workers 0 uses none), or free /dev/shm (a "
+        "container's: docker run --shm-size); the rows computed so far are committed to the cache; rerun the same "
+        "command to compute the rest"]
+    assert main([*args, "--workers", "0"]) == 0
+    assert verify(_store(cache)).problems == [] and len(_store(cache)) == 24
+
+
+@pytest.mark.parametrize("where, flag", [("out", "--out"), ("cache", "--cache"), ("tmp", "$TMPDIR"), ("else", None)])
+def test_a_refused_write_names_the_option_that_moves_it(tmp_path, monkeypatch, where, flag):
+    """The line names the file and the option that puts it on another disk: --out for the run's
+    files, --cache for the cache's, $TMPDIR for temporary files, none elsewhere."""
+    from types import SimpleNamespace
+
+    from fne.cli import _ran_out
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    args = SimpleNamespace(command="predict", out=str(tmp_path / "out" / "p.csv"), cache=str(tmp_path / "cache"),
+                           extract_missing=False)
+    path = {"out": tmp_path / "out" / "p.csv", "cache": tmp_path / "cache" / "manifests" / "m.json",
+            "tmp": tmp_path / "tmp" / "x", "else": tmp_path / "x"}[where]
+    line = _ran_out(args, OSError(errno.ENOSPC, "No space left on device", str(path)), None)
+    more = "" if flag is None else f" or {'set' if flag == '$TMPDIR' else 'pass'} {flag} a folder on another disk"
+    assert line.startswith(f"no space left on device writing {path}: free space there{more}; ")
+    denied = _ran_out(args, OSError(errno.EROFS, "Read-only file system", str(path)), None)
+    assert denied.startswith(f"cannot write {path} (Read-only file system)")
+    assert _ran_out(args, OSError(errno.ENOENT, "No such file or directory", str(path)), None) is None  # a bug's
+
+
+def test_removing_from_a_read_only_cache_is_one_line(warm_cache, monkeypatch, capsys):
+    """`fne cache rm` on a cache mounted read-only: one line saying the cache must be writable,
+    the store left as it was."""
+    import fne.cache.upkeep as up
+
+    (store,) = list_stores(warm_cache)
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system", str(src))
+
+    monkeypatch.setattr(up.os, "replace", read_only)
+    assert main(["cache", "rm", store.path.name, "--cache", str(warm_cache)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fne cache: error: cannot write {store.path} (Read-only file system): removing from a cache needs one you "
+        f"can write to"]
+    assert verify(_store(warm_cache)).problems == []
