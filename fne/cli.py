@@ -342,10 +342,6 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     print(f"fne: warning: {text}", file=file or sys.stderr)
 
 
-# What the machine refused a write for, in words: the user's to fix (free space, another folder).
-_RAN_OUT = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "the disk quota is used up",
-            errno.EFBIG: "the file-size limit (ulimit -f) stopped"}
-_DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
 # torch's error where a loader worker cannot hand a batch over in shared memory (/dev/shm).
 # What stopped it, by errno, and what gives more.
 _SHM_LIMITS = {errno.ENOSPC: ("/dev/shm ran out of space", "free /dev/shm (a container's: docker run --shm-size)"),
@@ -488,9 +484,11 @@ def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str
     """One line for what the machine ran out of (disk, quota, file-size limit, shared memory, device
     memory, a worker's memory) or refused (a read-only folder): what, where, what to do, and what
     was kept (`_how_to_resume`); None for any other error (a traceback: a bug)."""
+    from fne.errors import DENIED, RAN_OUT
+
     torch = sys.modules.get("torch")
     shm = _SHM.search(str(e)) if isinstance(e, RuntimeError) else None
-    if isinstance(e, OSError) and e.errno in (*_RAN_OUT, *_DENIED):
+    if isinstance(e, OSError) and e.errno in (*RAN_OUT, *DENIED):
         line = _unwritable(args, e)
     elif shm is not None:  # the last of torch's lines (a worker's traceback comes before it)
         why, code = shm.groups()
@@ -510,29 +508,14 @@ def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str
 
 
 def _unwritable(args: argparse.Namespace, e: OSError) -> str:
-    """A write refused for want of room or rights, naming the file and the option that moves it
-    (`--out`, `--cache`, $TMPDIR): "no space left on device writing runs/a/model.joblib: free
-    space there or pass --out a folder on another disk"."""
-    import tempfile
-    from pathlib import Path
+    """`fne.errors.refused_write`'s line, naming --out or --cache where the file lies under it;
+    for `fne cache` (rm, verify --clean), that the cache must be writable."""
+    from fne.errors import DENIED, refused_write
 
-    path = Path(os.path.abspath(e.filename)) if e.filename else None
-    flag = None
-    for option, folder in (("--out", getattr(args, "out", None)), ("--cache", _cache_folder(args)),
-                           ("$TMPDIR", tempfile.gettempdir())):
-        folder = folder and Path(os.path.abspath(folder))
-        if path is not None and folder and (path == folder or folder in path.parents):
-            flag = option
-            break
-    where = f" {e.filename}" if e.filename else ""
-    if e.errno in _DENIED and args.command == "cache":  # rm, verify --clean: this cache is the one to change
-        return f"cannot write{where} ({e.strerror}): removing from a cache needs one you can write to"
-    if e.errno in _DENIED:
-        return (f"cannot write{where} ({e.strerror})" +
-                (f": {'set' if flag.startswith('$') else 'pass'} {flag} a folder you can write to" if flag else ""))
-    elsewhere = "" if flag is None else f" or {'set' if flag.startswith('$') else 'pass'} {flag} a folder on another disk"
-    todo = "raise it (ulimit -f unlimited)" if e.errno == errno.EFBIG else "free space there"
-    return f"{_RAN_OUT[e.errno]} writing{where}: {todo}{elsewhere}"
+    if e.errno in DENIED and args.command == "cache":  # this cache is the one to change
+        return f"cannot write{f' {e.filename}' if e.filename else ''} ({e.strerror}): removing from a cache needs one " \
+               f"you can write to"
+    return refused_write(e, {"--out": getattr(args, "out", None), "--cache": _cache_folder(args)})
 
 
 def _cache_folder(args: argparse.Namespace) -> str | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
 from fne.cache.h5file import h5_writer
 from fne.data.sidecar import locked
-from fne.errors import FneError, WeightsError, expect_bools
+from fne.errors import FneError, WeightsError, expect_bools, refused_write
 from fne.names import slug
 from fne.option_handling import add_arguments as add_options
 from fne.option_handling import keywords, resolve
@@ -409,8 +409,8 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                 t = time.perf_counter()
                 result = run_step(step, p, cache, resume=not force)
             except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
-                why = _one_line(e)
-                if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report
+                why = refused_write(e, {"--out": out, "--cache": cache}) or _one_line(e)  # a full disk: the user's
+                if not isinstance(e, FneError) and refused_write(e) is None:  # a bug: its traceback, for a report
                     why += f" (traceback in {_keep_traceback(step.dir, e)})"
                 failed.append((step.label, why))
                 say(f"{tag}: FAILED: {why}")
