@@ -408,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         if line is None:
             raise
         print(f"fne {args.command}: error: {line}", file=sys.stderr)
+        if _ENDING:  # the process ends: what fails tearing down after this line (a DataLoader that
+            sys.unraisablehook = lambda unraisable: None  # never started its workers, zarr's atexit) is noise
+            warnings.simplefilter("ignore")
         return 2
     finally:
         COMMAND_LINE.reset(words)
@@ -498,6 +501,8 @@ def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str
     elif isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
         line = (f"a loader worker was killed ({str(e).strip().splitlines()[0]}), most likely by the system for "
                 f"want of memory (an image too large to decode, or too many --workers for this machine's memory)")
+    elif (limit := _machine_limit(e)) is not None:
+        line = limit + ("" if "thread" in limit else _smaller(args))
     elif torch is not None and isinstance(e, torch.OutOfMemoryError):
         smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
         return (f"the device ran out of memory ({str(e).splitlines()[0]}); committed work is kept, rerun{smaller} "
@@ -505,6 +510,38 @@ def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str
     else:
         return None
     return line if args.command == "cache" else f"{line}; {_how_to_resume(args, found)}"
+
+
+def _machine_limit(e: Exception) -> str | None:
+    """What of the machine's memory, open files or threads ran out (a process limit, `ulimit -v`,
+    `-n`, `-u`, or the memory itself), and what gives more; None for another error."""
+    text = str(e)
+    if isinstance(e, MemoryError) or isinstance(e, OSError) and e.errno == errno.ENOMEM or \
+            isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in text:
+        tried = re.search(r"you tried to allocate (\d+) bytes", text)
+        what = f"could not allocate {int(tried[1]) / 2 ** 20:.1f} MiB" if tried else text.strip().splitlines()[0] \
+            if text.strip() else type(e).__name__
+        return f"the machine ran out of memory ({what}): free memory or raise the limit (ulimit -v)"
+    if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+        try:
+            import resource
+
+            soft = f" {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+        except ImportError:  # Windows
+            soft = ""
+        where = f" opening {e.filename}" if e.filename else ""
+        return f"the open-file limit (ulimit -n{soft}) was reached{where}: raise it (ulimit -n 65536)"
+    if isinstance(e, RuntimeError) and "can't start new thread" in text:
+        return "the system refused a new thread (can't start new thread): raise the limits (ulimit -v, ulimit -u)"
+    return None
+
+
+def _smaller(args: argparse.Namespace) -> str:
+    """", or rerun with fewer --workers or a smaller --batch-size": the verb's options that use less."""
+    uses = (("a smaller", "--stream-chunk"),) if hasattr(args, "stream_chunk") else \
+        (("fewer", "--workers"), ("a smaller", "--batch-size"))  # rows read from the cache, or images
+    less = [f"{what} {flag}" for what, flag in uses if hasattr(args, flag[2:].replace("-", "_"))]
+    return f", or rerun with {' or '.join(less)}" if less else ""
 
 
 def _unwritable(args: argparse.Namespace, e: OSError) -> str:
@@ -528,6 +565,9 @@ def _cache_folder(args: argparse.Namespace) -> str | None:
         return None
 
 
+_ENDING = False  # set by `run`: the process ends when `main` returns
+
+
 def run() -> None:
     """The `fne` command (and ``python -m fne.cli``): `main` on the process's arguments, then exit.
 
@@ -543,6 +583,8 @@ def run() -> None:
     exit 134) after the one line that said what was kept. So does a verb that failed while a daemon
     thread still runs (the loader's shared memory ran out as the model was being built).
     """
+    global _ENDING
+    _ENDING = True
     code = main()
     stopped = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
     if stopped or code and any(t.daemon and t.is_alive() for t in threading.enumerate()):

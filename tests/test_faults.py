@@ -710,3 +710,47 @@ def test_removing_from_a_read_only_cache_is_one_line(warm_cache, monkeypatch, ca
         f"fne cache: error: cannot write {store.path} (Read-only file system): removing from a cache needs one you "
         f"can write to"]
     assert verify(_store(warm_cache)).problems == []
+
+
+def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, warm_cache, tmp_path, monkeypatch,
+                                                              capsys):
+    """numpy's MemoryError (rows too many for RAM, or `ulimit -v`) was a traceback: one line saying
+    what ran out and what uses less, the run folder left as it was."""
+    import fne.linear.fit as fl
+
+    def too_large(*a, **k):
+        raise MemoryError(
+            "Unable to allocate 17.0 MiB for an array with shape (720, 3088) and data type float64")
+
+    monkeypatch.setattr(fl, "open_rows", too_large)
+    out = tmp_path / "run"
+    assert main(["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), *CLI_FAST]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "fne fit: error: the machine ran out of memory (Unable to allocate 17.0 MiB for an array with shape (720, 3088) "
+        "and data type float64): free memory or raise the limit (ulimit -v), or rerun with a smaller --stream-chunk; "
+        "nothing was written (--out is as it was); rerun the same command"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 19267584 bytes. Error code 12 (Cannot allocate memory)"),
+     "the machine ran out of memory (could not allocate 18.4 MiB): free memory or raise the limit (ulimit -v), or "
+     "rerun with fewer --workers or a smaller --batch-size"),
+    (OSError(errno.EMFILE, "Too many open files"),
+     "the open-file limit (ulimit -n N) was reached: raise it (ulimit -n 65536), or rerun with fewer --workers or a "
+     "smaller --batch-size"),
+    (RuntimeError("can't start new thread"),
+     "the system refused a new thread (can't start new thread): raise the limits (ulimit -v, ulimit -u)"),
+])
+def test_the_machines_limits_are_one_line_each(error, said):
+    """torch's CPU allocator, the open-file limit, the thread limit: what ran out and what gives more."""
+    import re
+    from types import SimpleNamespace
+
+    from fne.cli import _ran_out
+
+    args = SimpleNamespace(command="extract", workers=None, batch_size=None)
+    line = re.sub(r"\(ulimit -n \d+\) was", "(ulimit -n N) was", _ran_out(args, error, None))
+    assert line == f"{said}; the rows computed so far are committed to the cache; rerun the same command to compute " \
+                   f"the rest"
