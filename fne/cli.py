@@ -342,8 +342,8 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     print(f"fne: warning: {text}", file=file or sys.stderr)
 
 
-# torch's error where a loader worker cannot hand a batch over in shared memory (/dev/shm).
-# What stopped it, by errno, and what gives more.
+# torch's error where a loader worker cannot hand a batch over in shared memory (/dev/shm), and,
+# by its errno, what stopped it and what gives more.
 _SHM_LIMITS = {errno.ENOSPC: ("/dev/shm ran out of space", "free /dev/shm (a container's: docker run --shm-size)"),
                errno.EFBIG: ("the file-size limit (ulimit -f) was reached", "raise it (ulimit -f unlimited)"),
                errno.EMFILE: ("the open-file limit (ulimit -n) was reached", "raise it (ulimit -n)")}
@@ -586,8 +586,7 @@ def run() -> None:
     global _ENDING
     _ENDING = True
     code = main()
-    stopped = code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
-    if stopped or code and any(t.daemon and t.is_alive() for t in threading.enumerate()):
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code and any(t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -78,7 +78,8 @@ def refused_write(e: BaseException, places: dict[str, object] | None = None) -> 
     flag = next((option for option, folder in (places or {}).items() if path is not None and folder and (
         path == Path(os.path.abspath(folder)) or Path(os.path.abspath(folder)) in path.parents)), None)
     where = f" {e.filename}" if e.filename else ""
-    if e.errno in DENIED:
-        return f"cannot write{where} ({e.strerror})" + (f": pass {flag} a folder you can write to" if flag else "")
+    if e.errno in DENIED:  # under --out or --cache, or a read-only filesystem: a write; else perhaps a read
+        what = "write" if flag or e.errno == errno.EROFS else "access"
+        return f"cannot {what}{where} ({e.strerror})" + (f": pass {flag} a folder you can write to" if flag else "")
     todo = "raise it (ulimit -f unlimited)" if e.errno == errno.EFBIG else "free space there"
     return f"{RAN_OUT[e.errno]} writing{where}: {todo}" + (f" or pass {flag} a folder on another disk" if flag else "")

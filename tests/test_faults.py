@@ -691,6 +691,8 @@ def test_a_refused_write_names_the_option_that_moves_it(tmp_path, where, flag):
     assert line.startswith(f"no space left on device writing {path}: free space there{more}; ")
     denied = _ran_out(args, OSError(errno.EROFS, "Read-only file system", str(path)), None)
     assert denied.startswith(f"cannot write {path} (Read-only file system)")
+    refused = _ran_out(args, OSError(errno.EACCES, "Permission denied", str(path)), None)  # a DATA folder: read
+    assert refused.startswith(f"cannot {'access' if flag is None else 'write'} {path} (Permission denied)")
     assert _ran_out(args, OSError(errno.ENOENT, "No such file or directory", str(path)), None) is None  # a bug's
 
 
