@@ -756,3 +756,18 @@ def test_the_machines_limits_are_one_line_each(error, said):
     line = re.sub(r"\(ulimit -n \d+\) was", "(ulimit -n N) was", _ran_out(args, error, None))
     assert line == f"{said}; the rows computed so far are committed to the cache; rerun the same command to compute " \
                    f"the rest"
+
+
+def test_a_file_size_limit_on_the_cache_names_it_and_leaves_nothing_half_written(digits_folder, tmp_path,
+                                                                                   file_size_limit):
+    """`ulimit -f` refusing a part (EFBIG; Python ignores SIGXFSZ) was the bare OSError, naming no
+    file: one CacheError naming the cache and the limit, no unfinished part left, and the rerun
+    without the limit computes the rows."""
+    cache = tmp_path / "cache"
+    with file_size_limit, pytest.raises(CacheError) as e:  # a part of 16 rows: 16 x 3,088 float32, past 64 KiB
+        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=16, workers=0, progress=False, **FAST)
+    assert str(e.value).startswith(f"the file-size limit (ulimit -f) stopped writing to the cache {_store(cache).path}")
+    found = verify(_store(cache))
+    assert found.problems == [] and found.leftovers == [] and found.rows == 0
+    again = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST)
+    assert again.n_computed == 24 and len(_store(cache)) == 24

@@ -133,10 +133,14 @@ def _explain(e: BaseException, store: Store) -> BaseException:
     """A full disk or a cache that cannot be written (ENOSPC, EROFS, ... anywhere in the chain) as
     one clear CacheError naming the cache."""
     cause: BaseException | None = e
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _FULL + _DENIED):
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _FULL + _DENIED + (errno.EFBIG,)):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return e
+    if cause.errno == errno.EFBIG:  # ulimit -f: Python ignores SIGXFSZ, the write fails instead
+        return refusal(lambda py: f"the file-size limit (ulimit -f) stopped writing to the cache {store.path}; every "
+                                  f"row committed so far is kept: raise it (ulimit -f unlimited) and run again",
+                       CacheError)
     if cause.errno in _FULL:
         return refusal(lambda py: f"no space left on device writing to the cache {store.path}; every row "
                                   f"committed so far is kept: free space (or pass {named('cache', py)}) and run "
