@@ -74,7 +74,7 @@ def refused_write(e: BaseException, places: dict[str, object] | None = None) -> 
     """
     if not isinstance(e, OSError) or e.errno not in (*RAN_OUT, *DENIED):
         return None
-    path = Path(os.path.abspath(e.filename)) if e.filename else None
+    path = Path(os.path.abspath(e.filename)) if isinstance(e.filename, (str, os.PathLike)) else None
     flag = next((option for option, folder in (places or {}).items() if path is not None and folder and (
         path == Path(os.path.abspath(folder)) or Path(os.path.abspath(folder)) in path.parents)), None)
     where = f" {e.filename}" if e.filename else ""

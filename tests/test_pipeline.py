@@ -1127,6 +1127,32 @@ def test_a_step_the_full_disk_stops_is_one_line_without_a_traceback(tmp_path, mo
     assert not list(out.rglob("traceback.txt"))
 
 
+def test_a_report_the_full_disk_stops_is_one_line_and_the_rerun_writes_it(tmp_path, monkeypatch):
+    """The report's files did not fit: one line naming the file and --out, the steps' results kept,
+    and the rerun skips them and writes the report."""
+    import errno
+
+    import fne.reporting.report
+    from fne.errors import FneError
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+
+    def full(dirs, out, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.html"))
+
+    with monkeypatch.context() as m:
+        m.setattr(fne.reporting.report, "report", full)
+        with pytest.raises(FneError) as e:
+            P.run(f, out, cache, log=lambda s: None)
+    assert str(e.value) == (f"no space left on device writing {out / 'report.html'}: free space there or pass --out a "
+                            f"folder on another disk; the finished steps are kept: rerun the same command to skip "
+                            f"them and write the report")
+    r = P.run(f, out, cache, log=lambda s: None)
+    assert (r["ran"], r["skipped"]) == (0, 1) and (out / "report.md").is_file()
+
+
 def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tmp_path, capsys):
     """A step's verb refusing a value that passed the file's checks (weights torch cannot read)
     names it by the file's key, `weights='...'` (the keys are Python's keywords), not `--weights`."""

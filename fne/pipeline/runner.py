@@ -277,15 +277,26 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _write_summary(out, p, say)
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
-    write_json(out / "pipeline.json", p.summary())
-    rep = None
-    if p.report if report is None else report:
-        rep = _report(steps, p, out, say)
+    rep = _summary_and_report(steps, p, out, cache, p.report if report is None else report, say)
     say(f"{ran} step(s) run, {skipped} skipped as done" + (f", {len(failed)} FAILED" if failed else "")
         + f", in {time.perf_counter() - t_start:.1f} s")
     if failed:
         raise _failed(failed, len(steps), out if rep is not None else None)
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _summary_and_report(steps: list[Step], p: Pipeline, out: Path, cache: str | None, report: bool,
+                        say) -> dict | None:
+    """OUT/pipeline.json and, where `report`, the report (`_report`); a full disk is one line
+    naming the file and --out (the steps' results are kept)."""
+    try:
+        write_json(out / "pipeline.json", p.summary())
+        return _report(steps, p, out, say) if report else None
+    except OSError as e:
+        if (line := refused_write(e, {"--out": out, "--cache": cache})) is None:
+            raise
+        raise FneError(f"{line}; the finished steps are kept: rerun the same command to skip them and write the "
+                       f"report") from None
 
 
 def _write_summary(out: Path, p: Pipeline, say) -> None:
