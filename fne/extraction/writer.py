@@ -142,7 +142,8 @@ def _explain(e: BaseException, store: Store) -> BaseException:
                                   f"row committed so far is kept: raise it (ulimit -f unlimited) and run again",
                        CacheError)
     if cause.errno in _FULL:
-        return refusal(lambda py: f"no space left on device writing to the cache {store.path}; every row "
+        room = "no space left on device" if cause.errno == errno.ENOSPC else "the disk quota is used up"
+        return refusal(lambda py: f"{room} writing to the cache {store.path}; every row "
                                   f"committed so far is kept: free space (or pass {named('cache', py)}) and run "
                                   f"again", CacheError)
     return refusal(lambda py: f"cannot write to the cache {store.path} ({cause.strerror}); every row committed so "
