@@ -192,3 +192,15 @@ def test_an_hdf5_file_written_through_h5_writer_reads_back_whole(tmp_path):
     fs.replace_file(tmp_path / "e.h5", h5_writer(lambda f, check: f.create_dataset("x", data=x, compression="gzip")))
     with h5py.File(tmp_path / "e.h5") as f:
         assert np.array_equal(f["x"][()], x)
+
+
+@pytest.mark.parametrize("error, refused", [(errno.ENOSPC, False), (errno.EDQUOT, False), (errno.EROFS, True)])
+def test_for_root_a_full_disk_is_writable_a_read_only_one_is_not(tmp_path, monkeypatch, error, refused):
+    """root's probe (a folder made and removed) failing for want of room is no read-only folder:
+    the write that meets the full disk says 'no space left on device', not 'is not writable'."""
+    def probe(*a, **k):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(fs.os, "geteuid", lambda: 0, raising=False)
+    monkeypatch.setattr(fs.tempfile, "mkdtemp", probe)
+    assert fs.unwritable(tmp_path / "out") == (tmp_path if refused else None)

@@ -11,6 +11,7 @@ have no rename, so there a part is written under its final name and committed by
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -207,15 +208,16 @@ def not_a_run_file(out: Path, writing: str) -> None:
 def unwritable(folder: Path) -> Path | None:
     """The nearest existing folder at or above `folder` (where its files would be made) when it
     cannot be written, else None. For root, whom access(2) lets write anywhere its bits say no,
-    a folder made and removed there decides (/proc, a FUSE mount refusing writes)."""
+    a folder made and removed there decides (/proc, a FUSE mount refusing writes); a full disk
+    refusing it is writable, and the write that finds it full says so."""
     where = next(p for p in (folder, *folder.parents) if p.exists())
     if not os.access(where, os.W_OK):
         return where
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".fne-probe-", dir=where))
-        except OSError:
-            return where
+        except OSError as e:
+            return None if e.errno in (errno.ENOSPC, errno.EDQUOT) else where
     return None
 
 
