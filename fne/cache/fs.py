@@ -230,10 +230,9 @@ def replace_file(path: Path, write: Callable[[Path], object]) -> None:
 
 def through_file(write: Callable[[BinaryIO], object]) -> Callable[[Path], None]:
     """A `replace_file` writer that hands `write` the temporary file opened in Python
-    (``lambda f: torch.save(obj, f)``, ``h5py.File(f, "w")``), so that a refused write (a full
-    disk, a file-size limit) is the `OSError` the system gave. Given a path, those libraries write
-    in C++/C: torch.save then says only ``RuntimeError: ... unexpected pos`` and h5py fills stderr
-    with errors and can crash the interpreter at exit."""
+    (``lambda f: torch.save(obj, f)``), so that a refused write (a full disk, a file-size limit)
+    is the `OSError` the system gave: torch.save given a path writes in C++ and says only
+    ``RuntimeError: ... unexpected pos``. (HDF5 files: `fne.cache.h5file.h5_writer`.)"""
     def to(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             try:
