@@ -502,7 +502,7 @@ def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str
         line = (f"a loader worker was killed ({str(e).strip().splitlines()[0]}), most likely by the system for "
                 f"want of memory (an image too large to decode, or too many --workers for this machine's memory)")
     elif (limit := _machine_limit(e)) is not None:
-        line = limit + ("" if "thread" in limit else _smaller(args))
+        line = limit + ("" if limit.endswith("raise it") or "thread" in limit else _smaller(args))
     elif torch is not None and isinstance(e, torch.OutOfMemoryError):
         smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
         return (f"the device ran out of memory ({str(e).splitlines()[0]}); committed work is kept, rerun{smaller} "
@@ -531,6 +531,8 @@ def _machine_limit(e: Exception) -> str | None:
             soft = ""
         where = f" opening {e.filename}" if e.filename else ""
         return f"the open-file limit (ulimit -n{soft}) was reached{where}: raise it (ulimit -n 65536)"
+    if isinstance(e, ImportError) and "failed to map segment" in text:  # a library's code did not fit
+        return f"the memory limit (ulimit -v) is too low to load {text.split(':')[0]}: raise it"
     if isinstance(e, RuntimeError) and "can't start new thread" in text:
         return "the system refused a new thread (can't start new thread): raise the limits (ulimit -v, ulimit -u)"
     return None

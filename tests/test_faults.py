@@ -744,9 +744,12 @@ def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, war
      "smaller --batch-size"),
     (RuntimeError("can't start new thread"),
      "the system refused a new thread (can't start new thread): raise the limits (ulimit -v, ulimit -u)"),
+    (ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+     "the memory limit (ulimit -v) is too low to load libtorch_cpu.so: raise it"),
 ])
 def test_the_machines_limits_are_one_line_each(error, said):
-    """torch's CPU allocator, the open-file limit, the thread limit: what ran out and what gives more."""
+    """torch's CPU allocator, the open-file limit, the thread limit, a memory limit too low to load
+    torch: what ran out and what gives more."""
     import re
     from types import SimpleNamespace
 
