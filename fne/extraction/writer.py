@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fne.cache.store import Store
-from fne.errors import CacheError
+from fne.errors import DENIED, CacheError
 from fne.option_handling import named, refusal
 from fne.progress import said
 
@@ -133,7 +133,7 @@ def _explain(e: BaseException, store: Store) -> BaseException:
     """A full disk or a cache that cannot be written (ENOSPC, EROFS, ... anywhere in the chain) as
     one clear CacheError naming the cache."""
     cause: BaseException | None = e
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _FULL + _DENIED + (errno.EFBIG,)):
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in (*_FULL, *DENIED, errno.EFBIG)):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return e
@@ -151,4 +151,4 @@ def _explain(e: BaseException, store: Store) -> BaseException:
                    CacheError)
 
 
-_FULL, _DENIED = (errno.ENOSPC, errno.EDQUOT), (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
