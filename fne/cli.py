@@ -12,6 +12,7 @@ import errno
 import gc
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -342,8 +343,12 @@ def _one_line(message, category, filename, lineno, file=None, line=None) -> None
     print(f"fne: warning: {text}", file=file or sys.stderr)
 
 
-# A write the machine refused (full disk, quota, read-only filesystem, permissions): the user's to fix.
-_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# torch's error where a loader worker cannot hand a batch over in shared memory (/dev/shm), and,
+# by its errno, what stopped it and what gives more.
+_SHM_LIMITS = {errno.ENOSPC: ("/dev/shm ran out of space", "free /dev/shm (a container's: docker run --shm-size)"),
+               errno.EFBIG: ("the file-size limit (ulimit -f) was reached", "raise it (ulimit -f unlimited)"),
+               errno.EMFILE: ("the open-file limit (ulimit -n) was reached", "raise it (ulimit -n)")}
+_SHM = re.compile(r"unable to [^\n]*</torch_[^>]*>[^\n]*?: ([^\n]*?) \((\d+)\)")
 
 
 class Terminated(KeyboardInterrupt):
@@ -399,25 +404,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + getattr(signal, "SIGPIPE", 13)  # Windows has no SIGPIPE
-    except OSError as e:
-        if e.errno not in _UNWRITABLE:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"fne {args.command}: error: {where}{e.strerror or e}; what was committed before is kept",
-              file=sys.stderr)
-        return 2
     except Exception as e:
-        torch = sys.modules.get("torch")
-        if isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
-            print(f"fne {args.command}: error: a loader worker was killed ({str(e).strip().splitlines()[0]}), most "
-                  f"likely by the system for want of memory (an image too large to decode, or too many "
-                  f"--workers for this machine's memory); {_how_to_resume(args, found)}", file=sys.stderr)
-            return 2
-        if torch is None or not isinstance(e, torch.OutOfMemoryError):
+        line = _ran_out(args, e, found)
+        if line is None:
             raise
-        smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
-        print(f"fne {args.command}: error: the device ran out of memory ({str(e).splitlines()[0]}); "
-              f"committed work is kept, rerun{smaller} to resume", file=sys.stderr)
+        print(f"fne {args.command}: error: {line}", file=sys.stderr)
+        if _ENDING:  # the process ends: what fails tearing down after this line (a DataLoader that
+            sys.unraisablehook = lambda unraisable: None  # never started its workers, zarr's atexit) is noise
+            warnings.simplefilter("ignore")
         return 2
     finally:
         COMMAND_LINE.reset(words)
@@ -490,6 +484,93 @@ def _kept_epoch(args: argparse.Namespace, ckpt: os.PathLike) -> str:
     return f"kept epoch {done}{f' of {of}' if of else ''} (the last one saved) in {ckpt}"
 
 
+def _ran_out(args: argparse.Namespace, e: Exception, found: tuple | None) -> str | None:
+    """One line for what the machine ran out of (disk, quota, file-size limit, shared memory, device
+    memory, a worker's memory) or refused (a read-only folder): what, where, what to do, and what
+    was kept (`_how_to_resume`); None for any other error (a traceback: a bug)."""
+    from fne.errors import DENIED, RAN_OUT
+
+    torch = sys.modules.get("torch")
+    shm = _SHM.search(str(e)) if isinstance(e, RuntimeError) else None
+    if isinstance(e, OSError) and e.errno in (*RAN_OUT, *DENIED):
+        line = _unwritable(args, e)
+    elif shm is not None:  # the last of torch's lines (a worker's traceback comes before it)
+        why, code = shm.groups()
+        ran_out, more = _SHM_LIMITS.get(int(code), _SHM_LIMITS[errno.ENOSPC])
+        line = (f"{ran_out} for a loader worker's batch in shared memory ({why}): rerun with fewer --workers or a "
+                f"smaller --batch-size (--workers 0 uses none), or {more}")
+    elif isinstance(e, RuntimeError) and "DataLoader worker (pid" in str(e):  # killed from outside
+        line = (f"a loader worker was killed ({str(e).strip().splitlines()[0]}), most likely by the system for "
+                f"want of memory (an image too large to decode, or too many --workers for this machine's memory)")
+    elif (limit := _machine_limit(e)) is not None:
+        line = limit + ("" if limit.endswith("raise it") or "thread" in limit else _smaller(args))
+    elif torch is not None and isinstance(e, torch.OutOfMemoryError):
+        smaller = " with a smaller --batch-size" if getattr(args, "batch_size", None) is not None else ""
+        return (f"the device ran out of memory ({str(e).splitlines()[0]}); committed work is kept, rerun{smaller} "
+                f"to resume")
+    else:
+        return None
+    return line if args.command == "cache" else f"{line}; {_how_to_resume(args, found)}"
+
+
+def _machine_limit(e: Exception) -> str | None:
+    """What of the machine's memory, open files or threads ran out (a process limit, `ulimit -v`,
+    `-n`, `-u`, or the memory itself), and what gives more; None for another error."""
+    text = str(e)
+    if isinstance(e, MemoryError) or isinstance(e, OSError) and e.errno == errno.ENOMEM or \
+            isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in text:
+        tried = re.search(r"you tried to allocate (\d+) bytes", text)
+        what = f"could not allocate {int(tried[1]) / 2 ** 20:.1f} MiB" if tried else text.strip().splitlines()[0] \
+            if text.strip() else type(e).__name__
+        return f"the machine ran out of memory ({what}): free memory or raise the limit (ulimit -v)"
+    if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+        try:
+            import resource
+
+            soft = f" {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}"
+        except ImportError:  # Windows
+            soft = ""
+        where = f" opening {e.filename}" if e.filename else ""
+        return f"the open-file limit (ulimit -n{soft}) was reached{where}: raise it (ulimit -n 65536)"
+    if isinstance(e, ImportError) and "failed to map segment" in text:  # a library's code did not fit
+        return f"the memory limit (ulimit -v) is too low to load {text.split(':')[0]}: raise it"
+    if isinstance(e, RuntimeError) and "can't start new thread" in text:
+        return "the system refused a new thread (can't start new thread): raise the limits (ulimit -v, ulimit -u)"
+    return None
+
+
+def _smaller(args: argparse.Namespace) -> str:
+    """", or rerun with fewer --workers or a smaller --batch-size": the verb's options that use less."""
+    uses = (("a smaller", "--stream-chunk"),) if hasattr(args, "stream_chunk") else \
+        (("fewer", "--workers"), ("a smaller", "--batch-size"))  # rows read from the cache, or images
+    less = [f"{what} {flag}" for what, flag in uses if hasattr(args, flag[2:].replace("-", "_"))]
+    return f", or rerun with {' or '.join(less)}" if less else ""
+
+
+def _unwritable(args: argparse.Namespace, e: OSError) -> str:
+    """`fne.errors.refused_write`'s line, naming --out or --cache where the file lies under it;
+    for `fne cache` (rm, verify --clean), that the cache must be writable."""
+    from fne.errors import DENIED, refused_write
+
+    if e.errno in DENIED and args.command == "cache":  # this cache is the one to change
+        return f"cannot write{f' {e.filename}' if e.filename else ''} ({e.strerror}): removing from a cache needs one " \
+               f"you can write to"
+    return refused_write(e, {"--out": getattr(args, "out", None), "--cache": _cache_folder(args)})
+
+
+def _cache_folder(args: argparse.Namespace) -> str | None:
+    """The local cache root the verb uses (--cache, $FNE_CACHE, the default), or None."""
+    try:
+        from fne.cache.store import cache_root
+
+        return str(cache_root(getattr(args, "cache", None)))
+    except Exception:  # noqa: BLE001 -- a cache it cannot name: no flag to suggest
+        return None
+
+
+_ENDING = False  # set by `run`: the process ends when `main` returns
+
+
 def run() -> None:
     """The `fne` command (and ``python -m fne.cli``): `main` on the process's arguments, then exit.
 
@@ -502,10 +583,13 @@ def run() -> None:
     An interrupted verb (Ctrl-C, SIGTERM) ends without the interpreter's finalisation: the model's
     build may still be running on its daemon thread inside torch (`TapRunner.prepare`), and
     finalising under it aborts the process ("terminate called without an active exception",
-    exit 134) after the one line that said what was kept.
+    exit 134) after the one line that said what was kept. So does a verb that failed while a daemon
+    thread still runs (the loader's shared memory ran out as the model was being built).
     """
+    global _ENDING
+    _ENDING = True
     code = main()
-    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM) or code and any(t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -1,6 +1,8 @@
 """User-facing errors: the CLI prints these as one line, never as a traceback."""
 
+import errno
 import os
+from pathlib import Path
 
 
 class FneError(Exception):
@@ -43,3 +45,41 @@ def expect_path(value: object, name: str) -> None:
     Python API's ``out=None``, which `str()` would make a folder named None."""
     if not isinstance(value, (str, os.PathLike)):
         raise TypeError(f"{name}: expected a path (str or os.PathLike), got {type(value).__name__}")
+
+
+# What the machine refused a write for, in words: the user's to fix (free space, another folder).
+RAN_OUT = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "the disk quota is used up",
+           errno.EFBIG: "the file-size limit (ulimit -f) stopped"}
+DENIED = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def refused_write(e: BaseException, places: dict[str, object] | None = None) -> str | None:
+    """One line for a write the machine refused (a full disk, a quota, a file-size limit, a
+    read-only or denied folder), naming the file and what to do: "no space left on device writing
+    runs/a/model.joblib: free space there or pass --out a folder on another disk". `places`
+    ({option: folder}, first match wins) names the option that moves a file under its folder.
+    None for any other error.
+
+    Parameters
+    ----------
+    e : BaseException
+        The error raised.
+    places : dict, optional
+        Option -> the folder it sets (``{"--out": "runs/a", "--cache": "/data/cache"}``).
+
+    Returns
+    -------
+    str or None
+        The line, without "fne VERB: error: ".
+    """
+    if not isinstance(e, OSError) or e.errno not in (*RAN_OUT, *DENIED):
+        return None
+    path = Path(os.path.abspath(e.filename)) if isinstance(e.filename, (str, os.PathLike)) else None
+    flag = next((option for option, folder in (places or {}).items() if path is not None and folder and (
+        path == Path(os.path.abspath(folder)) or Path(os.path.abspath(folder)) in path.parents)), None)
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in DENIED:  # under --out or --cache, or a read-only filesystem: a write; else perhaps a read
+        what = "write" if flag or e.errno == errno.EROFS else "access"
+        return f"cannot {what}{where} ({e.strerror})" + (f": pass {flag} a folder you can write to" if flag else "")
+    todo = "raise it (ulimit -f unlimited)" if e.errno == errno.EFBIG else "free space there"
+    return f"{RAN_OUT[e.errno]} writing{where}: {todo}" + (f" or pass {flag} a folder on another disk" if flag else "")

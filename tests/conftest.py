@@ -92,6 +92,23 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def file_size_limit():
+    """A file-size limit (ulimit -f) of 64 KiB set around the calls under it: a real refusal
+    (EFBIG) in the middle of a file, as a full disk (ENOSPC) refuses it; Python ignores SIGXFSZ."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    class Limit:
+        def __enter__(self):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+
+        def __exit__(self, *exc):
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    return Limit()
+
+
+@pytest.fixture
 def store_reads(monkeypatch) -> list[int]:
     """The number of rows of every read of a store made during the test, in order
     (`Store.read_rows`, which `Store.read` goes through)."""

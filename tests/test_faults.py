@@ -193,7 +193,9 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     monkeypatch.setattr(fl.joblib, "dump", lambda obj, f: (Path(f).write_bytes(b"half"), _enospc()))
     assert main([*args, "--seed", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].startswith(f"fne fit: error: {out / 'model.joblib'}: No space left on device")
+    assert err.splitlines()[-1] == (f"fne fit: error: no space left on device writing {out / 'model.joblib'}: free space "
+                                    f"there or pass --out a folder on another disk; nothing was written (--out is as it "
+                                    f"was); rerun the same command")
     assert "Traceback" not in err
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(after) == set(before)  # no temporary file left
@@ -629,3 +631,146 @@ def test_a_write_error_is_explained_wherever_it_lies_in_the_chain(tmp_path):
     assert said.cli.endswith("pass --cache a folder you can write to")
     other = ValueError("not a disk's")
     assert _explain(other, store) is other
+
+
+# ------------------------------------------------------------------ running out: one line, what, where, what to do
+def test_an_export_the_file_size_limit_stops_is_one_line_and_leaves_nothing(digits_folder, warm_cache, tmp_path,
+                                                                           file_size_limit, capsys):
+    """h5py handed the refused write crashed the interpreter (SIGSEGV) after a traceback per open
+    object, leaving its temporary file; now one line names the file, what stopped it and what to do."""
+    out = tmp_path / "out" / "e.h5"
+    args = ["export", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), *CLI_FAST]
+    with file_size_limit:
+        code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == [
+        f"fne export: error: the file-size limit (ulimit -f) stopped writing {out}: raise it (ulimit -f unlimited) or "
+        f"pass --out a folder on another disk; nothing was written (--out is as it was); rerun the same command"]
+    assert os.listdir(out.parent) == []
+    assert main(args) == 0 and h5py.File(out)["embedding"].shape[0] == 24
+
+
+def test_dev_shm_running_out_in_a_loader_worker_is_one_line(digits_folder, tmp_path, monkeypatch, capsys):
+    """torch's error where /dev/shm is full (raised in a decoding worker, re-raised by the
+    DataLoader with the worker's traceback) is one line saying what ran out and what to do; with
+    --workers 0 no shared memory is used, and the extraction completes."""
+    import torch
+
+    def full(size):
+        raise RuntimeError(f"unable to allocate shared memory(shm) for file </torch_1234_5678_{size}>: "
+                           f"No space left on device (28)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", staticmethod(full))
+    cache = tmp_path / "c"
+    args = ["extract", str(digits_folder), "--cache", str(cache), *CLI_FAST[:-2], "--batch-size", "4"]
+    assert main([*args, "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1:] == [
+        "fne extract: error: /dev/shm ran out of space for a loader worker's batch in shared memory (No space left on "
+        "device): rerun with fewer --workers or a smaller --batch-size (--workers 0 uses none), or free /dev/shm (a "
+        "container's: docker run --shm-size); the rows computed so far are committed to the cache; rerun the same "
+        "command to compute the rest"]
+    assert main([*args, "--workers", "0"]) == 0
+    assert verify(_store(cache)).problems == [] and len(_store(cache)) == 24
+
+
+@pytest.mark.parametrize("where, flag", [("out", "--out"), ("cache", "--cache"), ("else", None)])
+def test_a_refused_write_names_the_option_that_moves_it(tmp_path, where, flag):
+    """The line names the file and the option that puts it on another disk: --out for the run's
+    files, --cache for the cache's, none elsewhere."""
+    from types import SimpleNamespace
+
+    from fne.cli import _ran_out
+
+    args = SimpleNamespace(command="predict", out=str(tmp_path / "out" / "p.csv"), cache=str(tmp_path / "cache"),
+                           extract_missing=False)
+    path = {"out": tmp_path / "out" / "p.csv", "cache": tmp_path / "cache" / "manifests" / "m.json",
+            "else": tmp_path / "x"}[where]
+    line = _ran_out(args, OSError(errno.ENOSPC, "No space left on device", str(path)), None)
+    more = "" if flag is None else f" or pass {flag} a folder on another disk"
+    assert line.startswith(f"no space left on device writing {path}: free space there{more}; ")
+    denied = _ran_out(args, OSError(errno.EROFS, "Read-only file system", str(path)), None)
+    assert denied.startswith(f"cannot write {path} (Read-only file system)")
+    refused = _ran_out(args, OSError(errno.EACCES, "Permission denied", str(path)), None)  # a DATA folder: read
+    assert refused.startswith(f"cannot {'access' if flag is None else 'write'} {path} (Permission denied)")
+    assert _ran_out(args, OSError(errno.ENOENT, "No such file or directory", str(path)), None) is None  # a bug's
+
+
+def test_removing_from_a_read_only_cache_is_one_line(warm_cache, monkeypatch, capsys):
+    """`fne cache rm` on a cache mounted read-only: one line saying the cache must be writable,
+    the store left as it was."""
+    import fne.cache.upkeep as up
+
+    (store,) = list_stores(warm_cache)
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system", str(src))
+
+    monkeypatch.setattr(up.os, "replace", read_only)
+    assert main(["cache", "rm", store.path.name, "--cache", str(warm_cache)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"fne cache: error: cannot write {store.path} (Read-only file system): removing from a cache needs one you "
+        f"can write to"]
+    assert verify(_store(warm_cache)).problems == []
+
+
+def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, warm_cache, tmp_path, monkeypatch,
+                                                              capsys):
+    """numpy's MemoryError (rows too many for RAM, or `ulimit -v`) was a traceback: one line saying
+    what ran out and what uses less, the run folder left as it was."""
+    import fne.linear.fit as fl
+
+    def too_large(*a, **k):
+        raise MemoryError(
+            "Unable to allocate 17.0 MiB for an array with shape (720, 3088) and data type float64")
+
+    monkeypatch.setattr(fl, "open_rows", too_large)
+    out = tmp_path / "run"
+    assert main(["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), *CLI_FAST]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "fne fit: error: the machine ran out of memory (Unable to allocate 17.0 MiB for an array with shape (720, 3088) "
+        "and data type float64): free memory or raise the limit (ulimit -v), or rerun with a smaller --stream-chunk; "
+        "nothing was written (--out is as it was); rerun the same command"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 19267584 bytes. Error code 12 (Cannot allocate memory)"),
+     "the machine ran out of memory (could not allocate 18.4 MiB): free memory or raise the limit (ulimit -v), or "
+     "rerun with fewer --workers or a smaller --batch-size"),
+    (OSError(errno.EMFILE, "Too many open files"),
+     "the open-file limit (ulimit -n N) was reached: raise it (ulimit -n 65536), or rerun with fewer --workers or a "
+     "smaller --batch-size"),
+    (RuntimeError("can't start new thread"),
+     "the system refused a new thread (can't start new thread): raise the limits (ulimit -v, ulimit -u)"),
+    (ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+     "the memory limit (ulimit -v) is too low to load libtorch_cpu.so: raise it"),
+])
+def test_the_machines_limits_are_one_line_each(error, said):
+    """torch's CPU allocator, the open-file limit, the thread limit, a memory limit too low to load
+    torch: what ran out and what gives more."""
+    import re
+    from types import SimpleNamespace
+
+    from fne.cli import _ran_out
+
+    args = SimpleNamespace(command="extract", workers=None, batch_size=None)
+    line = re.sub(r"\(ulimit -n \d+\) was", "(ulimit -n N) was", _ran_out(args, error, None))
+    assert line == f"{said}; the rows computed so far are committed to the cache; rerun the same command to compute " \
+                   f"the rest"
+
+
+def test_a_file_size_limit_on_the_cache_names_it_and_leaves_nothing_half_written(digits_folder, tmp_path,
+                                                                                   file_size_limit):
+    """`ulimit -f` refusing a part (EFBIG; Python ignores SIGXFSZ) was the bare OSError, naming no
+    file: one CacheError naming the cache and the limit, no unfinished part left, and the rerun
+    without the limit computes the rows."""
+    cache = tmp_path / "cache"
+    with file_size_limit, pytest.raises(CacheError) as e:  # a part of 16 rows: 16 x 3,088 float32, past 64 KiB
+        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=16, workers=0, progress=False, **FAST)
+    assert str(e.value).startswith(f"the file-size limit (ulimit -f) stopped writing to the cache {_store(cache).path}")
+    found = verify(_store(cache))
+    assert found.problems == [] and found.leftovers == [] and found.rows == 0
+    again = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST)
+    assert again.n_computed == 24 and len(_store(cache)) == 24

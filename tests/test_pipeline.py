@@ -1141,6 +1141,57 @@ def test_a_step_failing_on_a_bug_keeps_its_traceback_for_a_report(tmp_path, monk
     assert kept.parent.name == "fit-last-svm-C1.0-s0" and "in buggy" in kept.read_text()
 
 
+def test_a_step_the_full_disk_stops_is_one_line_without_a_traceback(tmp_path, monkeypatch):
+    """A full disk under --out is the user's to fix, not a bug: the step's line names the file,
+    what ran out and what to do, and no traceback.txt is written (on that full disk, too)."""
+    import errno
+
+    import fne.linear.fit
+    from fne.errors import FneError
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    text = text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]')
+    f = write(tmp_path, text)
+    out = tmp_path / "out"
+
+    def full(data, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(k["out"]) / "model.joblib"))
+
+    monkeypatch.setattr(fne.linear.fit, "fit", full)
+    with pytest.raises(FneError) as e:
+        P.run(f, out, str(tmp_path / "cache"), log=lambda s: None)
+    step = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    assert (f"(solver sklearn): no space left on device writing {step / 'model.joblib'}: free space there or pass "
+            f"--out a folder on another disk)") in str(e.value)
+    assert not list(out.rglob("traceback.txt"))
+
+
+def test_a_report_the_full_disk_stops_is_one_line_and_the_rerun_writes_it(tmp_path, monkeypatch):
+    """The report's files did not fit: one line naming the file and --out, the steps' results kept,
+    and the rerun skips them and writes the report."""
+    import errno
+
+    import fne.reporting.report
+    from fne.errors import FneError
+
+    text = TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false")
+    f = write(tmp_path, text.replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+
+    def full(dirs, out, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.html"))
+
+    with monkeypatch.context() as m:
+        m.setattr(fne.reporting.report, "report", full)
+        with pytest.raises(FneError) as e:
+            P.run(f, out, cache, log=lambda s: None)
+    assert str(e.value) == (f"no space left on device writing {out / 'report.html'}: free space there or pass --out a "
+                            f"folder on another disk; the finished steps are kept: rerun the same command to skip "
+                            f"them and write the report")
+    r = P.run(f, out, cache, log=lambda s: None)
+    assert (r["ran"], r["skipped"]) == (0, 1) and (out / "report.md").is_file()
+
+
 def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tmp_path, capsys):
     """A step's verb refusing a value that passed the file's checks (weights torch cannot read)
     names it by the file's key, `weights='...'` (the keys are Python's keywords), not `--weights`."""

@@ -1269,7 +1269,8 @@ def test_an_image_size_too_small_for_the_network_is_one_line(tmp_path, capsys):
 
 def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumable_run, source, tmp_path,
                                                                          monkeypatch):
-    """predictions.csv, model.pt and metrics.json are replaced together or not at all."""
+    """predictions.csv, model.pt and metrics.json are replaced together or not at all; the full disk
+    is the OSError, not the RuntimeError torch.save wraps it in (`fne.cache.fs.through_file`)."""
     import errno
     import shutil
 
@@ -1281,15 +1282,20 @@ def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumab
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"}
     real = torch.save
 
-    def save(obj, f, *a, **k):
-        if str(getattr(f, "name", f)).endswith("model.pt"):  # a path, or the file it opened
-            raise OSError(errno.ENOSPC, "No space left on device")
+    def save(obj, f, *a, **k):  # as torch.save fails on a full disk: Python's write, then its own error
+        if getattr(f, "name", str(f)).endswith("model.pt"):
+            f.write(b"PK\x03\x04")
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
         return real(obj, f, *a, **k)
 
     monkeypatch.setattr(ft.torch, "save", save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as e:
         ft.train(str(data), "frozen", out, arch=ARCH, weights=str(source), epochs=1, seed=3, image_size=32,
                  workers=0, progress=False)
+    assert e.value.filename == str(out / "model.pt")
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"}
     assert after == before  # no temporary file left, the earlier run's three files unchanged
 
@@ -1540,3 +1546,42 @@ def test_fne_predict_with_a_train_run_does_not_read_its_source_weights_path(tmp_
     assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv"), "--no-progress",
                  "--workers", "0"]) == 0
     assert len(_csv(tmp_path / "p.csv")) == 4
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_goes_on_from_the_one_before(source, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """torch.save's RuntimeError ('unexpected pos') on a full disk was a traceback; now one line
+    names the checkpoint, what ran out, what to do and the epoch kept, and --resume goes on from it."""
+    import errno
+
+    import fne.training.checkpoint as fc
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=12, classes=2)
+    out = tmp_path / "run"
+    real, saves = torch.save, []
+
+    def save(obj, f, *a, **k):  # the second checkpoint meets a full disk, as torch.save does
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"PK\x03\x04")
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(fc.torch, "save", save)
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "3",
+            "--save-every", "1", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(out)]
+    assert main(args) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne train: error: no space left on device writing {out / 'checkpoint.pt'}: free space there or pass --out a "
+        f"folder on another disk; kept epoch 1 of 3 (the last one saved) in {out / 'checkpoint.pt'}; rerun the same "
+        f"command with --resume to continue from there")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no temporary file, epoch 1's whole
+    monkeypatch.setattr(fc.torch, "save", real)
+    assert main([*args, "--resume"]) == 0
+    assert f"resumed {out / 'checkpoint.pt'} after epoch 1" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 3

@@ -142,3 +142,65 @@ def test_a_temporary_name_says_who_writes_it(tmp_path):
     born, pid, host, _, name = tmp.name.removeprefix(".tmp-").split("-", 4)
     assert (int(pid), host, name) == (os.getpid(), fs.HOST, "model.joblib") and abs(int(born) - time.time_ns()) < 60e9
     assert fs.writer_alive(tmp.name)
+
+
+# ------------------------------------------------------------------ a write the system refuses mid-file
+def test_torch_save_refused_mid_file_is_the_oserror_and_the_earlier_file_stays(tmp_path, file_size_limit):
+    """torch.save given a path says only `RuntimeError: ... unexpected pos` when the disk fills;
+    through Python's file (`through_file`) it is the OSError the system gave, which the command
+    line turns into one line, and the checkpoint written before is left whole."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1}, path)
+    with file_size_limit, pytest.raises(OSError) as e:
+        fs.replace_file(path, fs.through_file(lambda f: torch.save({"w": torch.zeros(100_000)}, f)))
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1} and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_an_hdf5_file_refused_mid_file_is_one_oserror_not_a_crash(tmp_path, file_size_limit):
+    """h5py given a refused write prints a traceback per object and crashes the interpreter as the
+    file closes (SIGSEGV, h5py 3.16); `h5_writer` keeps HDF5 from seeing the refusal and raises it
+    at the writer's next `check()`, where the later chunks are not written."""
+    import numpy as np
+
+    from fne.cache.h5file import h5_writer
+
+    written = []
+
+    def write(f, check):
+        d = f.create_dataset("x", shape=(64, 32768), dtype="f4", compression="gzip", rdcc_nbytes=2 ** 16)  # past
+        for i in range(0, 64, 8):  # its chunk cache: the refusal comes while writing, not at close
+            d[i:i + 8] = np.random.default_rng(i).random((8, 32768))
+            written.append(i)
+            check()
+
+    out = tmp_path / "e.h5"
+    with file_size_limit, pytest.raises(OSError) as e:
+        fs.replace_file(out, h5_writer(write))
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(out)
+    assert len(written) < 8 and os.listdir(tmp_path) == []  # stopped early, no temporary file left
+
+
+def test_an_hdf5_file_written_through_h5_writer_reads_back_whole(tmp_path):
+    import h5py
+    import numpy as np
+
+    from fne.cache.h5file import h5_writer
+
+    x = np.random.default_rng(0).random((300, 500)).astype("f4")
+    fs.replace_file(tmp_path / "e.h5", h5_writer(lambda f, check: f.create_dataset("x", data=x, compression="gzip")))
+    with h5py.File(tmp_path / "e.h5") as f:
+        assert np.array_equal(f["x"][()], x)
+
+
+@pytest.mark.parametrize("error, refused", [(errno.ENOSPC, False), (errno.EDQUOT, False), (errno.EROFS, True)])
+def test_for_root_a_full_disk_is_writable_a_read_only_one_is_not(tmp_path, monkeypatch, error, refused):
+    """root's probe (a folder made and removed) failing for want of room is no read-only folder:
+    the write that meets the full disk says 'no space left on device', not 'is not writable'."""
+    def probe(*a, **k):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(fs.os, "geteuid", lambda: 0, raising=False)
+    monkeypatch.setattr(fs.tempfile, "mkdtemp", probe)
+    assert fs.unwritable(tmp_path / "out") == (tmp_path if refused else None)

@@ -11,6 +11,7 @@ have no rename, so there a part is written under its final name and committed by
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import zarr
 
@@ -206,15 +208,16 @@ def not_a_run_file(out: Path, writing: str) -> None:
 def unwritable(folder: Path) -> Path | None:
     """The nearest existing folder at or above `folder` (where its files would be made) when it
     cannot be written, else None. For root, whom access(2) lets write anywhere its bits say no,
-    a folder made and removed there decides (/proc, a FUSE mount refusing writes)."""
+    a folder made and removed there decides (/proc, a FUSE mount refusing writes); a full disk
+    refusing it is writable, and the write that finds it full says so."""
     where = next(p for p in (folder, *folder.parents) if p.exists())
     if not os.access(where, os.W_OK):
         return where
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         try:
             os.rmdir(tempfile.mkdtemp(prefix=".fne-probe-", dir=where))
-        except OSError:
-            return where
+        except OSError as e:
+            return None if e.errno in (errno.ENOSPC, errno.EDQUOT) else where
     return None
 
 
@@ -223,6 +226,28 @@ def replace_file(path: Path, write: Callable[[Path], object]) -> None:
     interrupt leaves the file as it was, never half written. The temporary file does not outlive a
     failure, and an error of the write names `path`."""
     replace_files({path: write})
+
+
+def through_file(write: Callable[[BinaryIO], object]) -> Callable[[Path], None]:
+    """A `replace_file` writer that hands `write` the temporary file opened in Python
+    (``lambda f: torch.save(obj, f)``), so that a refused write (a full disk, a file-size limit)
+    is the `OSError` the system gave: torch.save given a path writes in C++ and says only
+    ``RuntimeError: ... unexpected pos``. (HDF5 files: `fne.cache.h5file.h5_writer`.)"""
+    def to(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            try:
+                write(f)
+            except OSError:
+                raise
+            except Exception as e:  # the library's error over the OSError of Python's write
+                cause = e.__cause__ or e.__context__
+                while cause is not None and not isinstance(cause, OSError):
+                    cause = cause.__cause__ or cause.__context__
+                if cause is None or cause.errno is None:
+                    raise
+                raise OSError(cause.errno, cause.strerror) from e  # no filename: replace_files names the path
+
+    return to
 
 
 def write_json(path: Path, obj) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fne.cache.store import Store
-from fne.errors import CacheError
+from fne.errors import DENIED, CacheError
 from fne.option_handling import named, refusal
 from fne.progress import said
 
@@ -133,12 +133,17 @@ def _explain(e: BaseException, store: Store) -> BaseException:
     """A full disk or a cache that cannot be written (ENOSPC, EROFS, ... anywhere in the chain) as
     one clear CacheError naming the cache."""
     cause: BaseException | None = e
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _FULL + _DENIED):
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in (*_FULL, *DENIED, errno.EFBIG)):
         cause = cause.__cause__ or cause.__context__
     if cause is None:
         return e
+    if cause.errno == errno.EFBIG:  # ulimit -f: Python ignores SIGXFSZ, the write fails instead
+        return refusal(lambda py: f"the file-size limit (ulimit -f) stopped writing to the cache {store.path}; every "
+                                  f"row committed so far is kept: raise it (ulimit -f unlimited) and run again",
+                       CacheError)
     if cause.errno in _FULL:
-        return refusal(lambda py: f"no space left on device writing to the cache {store.path}; every row "
+        room = "no space left on device" if cause.errno == errno.ENOSPC else "the disk quota is used up"
+        return refusal(lambda py: f"{room} writing to the cache {store.path}; every row "
                                   f"committed so far is kept: free space (or pass {named('cache', py)}) and run "
                                   f"again", CacheError)
     return refusal(lambda py: f"cannot write to the cache {store.path} ({cause.strerror}); every row committed so "
@@ -146,4 +151,4 @@ def _explain(e: BaseException, store: Store) -> BaseException:
                    CacheError)
 
 
-_FULL, _DENIED = (errno.ENOSPC, errno.EDQUOT), (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -10,6 +10,7 @@ the embedding was standardised (README, "The HDF5 file of `fne export`").
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import check_target, replace_file
+from fne.cache.h5file import h5_writer
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset
 from fne.linear.embedding import FullNetworkEmbedding, make_transform
@@ -70,8 +72,6 @@ def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None 
     FneError
         Rows are not in the cache and ``extract_missing`` is False.
     """
-    import h5py
-
     out = check_target(out, folder=False, data=data)
     if out.suffix.lower() in OTHER_FORMATS:  # `--out features.csv`: an HDF5 file a spreadsheet cannot open
         raise refusal(lambda py: f"{named('out', py, str(out))}: fne export writes HDF5, not {out.suffix}: name the "
@@ -85,20 +85,19 @@ def export(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None 
     dims = dict(store.taps)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(tmp: Path) -> None:  # under a temporary name: an interrupted export leaves nothing
-        with h5py.File(tmp, "w") as f:
-            _write_rows(f, rows, embed, layers, dims, store.views, n)
-            e = f["embedding"].attrs
-            e["kind"], e["layers"], e["columns"] = kind, np.array(layers, dtype=object), _columns(layers, dims)
-            e["fit_rows"] = "train split" if dataset.has_split else "all rows"
-            if isinstance(embed, FullNetworkEmbedding):
-                e["low"], e["high"] = embed.low, embed.high
-                f.create_dataset("embedding_mean", data=embed.mean_)
-                f.create_dataset("embedding_std", data=embed.std_)
-            _write_labels(f, dataset)
-            f.attrs.update(_attributes(src, o.features))
+    def write(f, check) -> None:  # into a temporary file: an interrupted export leaves nothing
+        _write_rows(f, rows, embed, layers, dims, store.views, n, check)
+        e = f["embedding"].attrs
+        e["kind"], e["layers"], e["columns"] = kind, np.array(layers, dtype=object), _columns(layers, dims)
+        e["fit_rows"] = "train split" if dataset.has_split else "all rows"
+        if isinstance(embed, FullNetworkEmbedding):
+            e["low"], e["high"] = embed.low, embed.high
+            f.create_dataset("embedding_mean", data=embed.mean_)
+            f.create_dataset("embedding_std", data=embed.std_)
+        _write_labels(f, dataset)
+        f.attrs.update(_attributes(src, o.features))
 
-    replace_file(out, write)
+    replace_file(out, h5_writer(write))  # a full disk: one OSError, the file as it was
     return {"n": n, "datasets": [f"layers/{la}" for la in layers] + ["embedding"], "out": str(out)}
 
 
@@ -216,8 +215,10 @@ def _columns(layers: list[str], dims: dict[str, int]) -> np.ndarray:
     return np.stack([ends - [dims[la] for la in layers], ends], axis=1)
 
 
-def _write_rows(f, rows: Rows, embed, layers: list[str], dims: dict[str, int], v: int, n: int) -> None:
-    """layers/<tap> as float32 and the embedding (int8 for FNE), chunk by chunk."""
+def _write_rows(f, rows: Rows, embed, layers: list[str], dims: dict[str, int], v: int, n: int,
+                check: Callable[[], None]) -> None:
+    """layers/<tap> as float32 and the embedding (int8 for FNE), chunk by chunk; `check()` after
+    each raises where the disk filled (`fne.cache.h5file`)."""
     ends = np.cumsum([dims[la] for la in layers])
     # One view: (n, D) datasets; ten-crop stores: (n, views, D).
     shape, squeeze = ((n,), lambda a: a[:, 0]) if v == 1 else ((n, v), lambda a: a)
@@ -233,6 +234,7 @@ def _write_rows(f, rows: Rows, embed, layers: list[str], dims: dict[str, int], v
         for t, part in zip(targets, np.split(X, ends[:-1], axis=2), strict=True):
             t[b] = squeeze(part)
         e[b] = squeeze(embed.transform(X.reshape(-1, X.shape[2])).reshape(len(b), v, -1))
+        check()
 
 
 def _write_labels(f, dataset) -> None:

@@ -31,8 +31,9 @@ import time
 from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
+from fne.cache.h5file import h5_writer
 from fne.data.sidecar import locked
-from fne.errors import FneError, WeightsError, expect_bools
+from fne.errors import FneError, WeightsError, expect_bools, refused_write
 from fne.names import slug
 from fne.option_handling import add_arguments as add_options
 from fne.option_handling import keywords, resolve
@@ -125,16 +126,15 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
 
         imgs = np.stack([d.array_source.get(d.sources[i]) for i in keep])
 
-        def write_h5(tmp: Path) -> None:
-            with h5py.File(tmp, "w") as f:
-                f["images"] = imgs
-                codes = {c: k for k, c in enumerate(d.classes)}
-                f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
-                f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
-                if d.has_split:
-                    f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
+        def write_h5(f, check) -> None:
+            f["images"] = imgs
+            codes = {c: k for k, c in enumerate(d.classes)}
+            f["labels"] = np.array([codes[d.labels[i]] for i in keep], dtype=np.int64)
+            f["labels"].attrs["class_names"] = np.array(d.classes, dtype=h5py.string_dtype())
+            if d.has_split:
+                f["split"] = np.array([d.splits[i] for i in keep], dtype=h5py.string_dtype())
 
-        replace_file(target, write_h5)
+        replace_file(target, h5_writer(write_h5))
     elif d.container is not None:
         from fne.data.webdataset import write_shard
 
@@ -277,15 +277,26 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     _write_summary(out, p, say)
     ran, skipped, failed = _run_steps(steps, p, cache, out, data_for, force, say)
     p.notes += [f"step {label} FAILED ({why}): it is missing from this report" for label, why in failed]
-    write_json(out / "pipeline.json", p.summary())
-    rep = None
-    if p.report if report is None else report:
-        rep = _report(steps, p, out, say)
+    rep = _summary_and_report(steps, p, out, cache, p.report if report is None else report, say)
     say(f"{ran} step(s) run, {skipped} skipped as done" + (f", {len(failed)} FAILED" if failed else "")
         + f", in {time.perf_counter() - t_start:.1f} s")
     if failed:
         raise _failed(failed, len(steps), out if rep is not None else None)
     return {**result, "steps": len(steps), "ran": ran, "skipped": skipped, "report": rep}
+
+
+def _summary_and_report(steps: list[Step], p: Pipeline, out: Path, cache: str | None, report: bool,
+                        say) -> dict | None:
+    """OUT/pipeline.json and, where `report`, the report (`_report`); a full disk is one line
+    naming the file and --out (the steps' results are kept)."""
+    try:
+        write_json(out / "pipeline.json", p.summary())
+        return _report(steps, p, out, say) if report else None
+    except OSError as e:
+        if (line := refused_write(e, {"--out": out, "--cache": cache})) is None:
+            raise
+        raise FneError(f"{line}; the finished steps are kept: rerun the same command to skip them and write the "
+                       f"report") from None
 
 
 def _write_summary(out: Path, p: Pipeline, say) -> None:
@@ -409,8 +420,8 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
                 t = time.perf_counter()
                 result = run_step(step, p, cache, resume=not force)
             except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
-                why = _one_line(e)
-                if not isinstance(e, FneError):  # not a user's mistake: its traceback, for a bug report
+                why = refused_write(e, {"--out": out, "--cache": cache}) or _one_line(e)  # a full disk: the user's
+                if not isinstance(e, FneError) and refused_write(e) is None:  # a bug: its traceback, for a report
                     why += f" (traceback in {_keep_traceback(step.dir, e)})"
                 failed.append((step.label, why))
                 say(f"{tag}: FAILED: {why}")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fne.backbones.registry import weights_file
-from fne.cache.fs import replace_file
+from fne.cache.fs import replace_file, through_file
 from fne.errors import FneError
 from fne.option_handling import named, refusal
 
@@ -120,15 +120,7 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
 
     ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
     ckpt.update(progress, rng=rng_state(), args=asdict(cfg), fne=__version__, **about)
-    replace_file(path, lambda tmp: torch_save(ckpt, tmp))
-
-
-def torch_save(obj, path: Path) -> None:
-    """torch.save `obj` into `path` through an open file: the archive inside is named `archive`,
-    not after the temporary file it is written to (`.tmp-…-model`), so that a rerun's model.pt is
-    the same bytes as the run's where its weights are."""
-    with open(path, "wb") as f:
-        torch.save(obj, f)
+    replace_file(path, through_file(lambda f: torch.save(ckpt, f)))  # a full disk: OSError
 
 
 def identity(path: Path) -> tuple | None:
