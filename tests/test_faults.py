@@ -653,16 +653,24 @@ def test_an_export_the_file_size_limit_stops_is_one_line_and_leaves_nothing(digi
 def test_dev_shm_running_out_in_a_loader_worker_is_one_line(digits_folder, tmp_path, monkeypatch, capsys):
     """torch's error where /dev/shm is full (raised in a decoding worker, re-raised by the
     DataLoader with the worker's traceback) is one line saying what ran out and what to do; with
-    --workers 0 no shared memory is used, and the extraction completes."""
+    --workers 0 no shared memory is used, and the extraction completes. Forked workers' reused
+    pool lies outside /dev/shm: with it, a full /dev/shm stops nothing; a batch the pool cannot
+    hold (here: no pool) takes fresh shared memory there."""
     import torch
+
+    from fne.extraction import reader
 
     def full(size):
         raise RuntimeError(f"unable to allocate shared memory(shm) for file </torch_1234_5678_{size}>: "
                            f"No space left on device (28)")
 
     monkeypatch.setattr(torch.UntypedStorage, "_new_shared", staticmethod(full))
+    args = ["extract", str(digits_folder), *CLI_FAST[:-2], "--batch-size", "4"]
+    assert main([*args, "--cache", str(tmp_path / "pooled"), "--workers", "1"]) == 0  # every batch in the pool
+    assert len(_store(tmp_path / "pooled")) == 24
+    monkeypatch.setattr(reader.ImageItems, "share_slots", lambda self, *a, **k: None)
     cache = tmp_path / "c"
-    args = ["extract", str(digits_folder), "--cache", str(cache), *CLI_FAST[:-2], "--batch-size", "4"]
+    args += ["--cache", str(cache)]
     assert main([*args, "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.splitlines()[-1:] == [
@@ -680,20 +688,20 @@ def test_a_refused_write_names_the_option_that_moves_it(tmp_path, where, flag):
     files, --cache for the cache's, none elsewhere."""
     from types import SimpleNamespace
 
-    from fne.cli import _ran_out
+    from fne.stopped import ran_out
 
     args = SimpleNamespace(command="predict", out=str(tmp_path / "out" / "p.csv"), cache=str(tmp_path / "cache"),
                            extract_missing=False)
     path = {"out": tmp_path / "out" / "p.csv", "cache": tmp_path / "cache" / "manifests" / "m.json",
             "else": tmp_path / "x"}[where]
-    line = _ran_out(args, OSError(errno.ENOSPC, "No space left on device", str(path)), None)
+    line = ran_out(args, OSError(errno.ENOSPC, "No space left on device", str(path)), None)
     more = "" if flag is None else f" or pass {flag} a folder on another disk"
     assert line.startswith(f"no space left on device writing {path}: free space there{more}; ")
-    denied = _ran_out(args, OSError(errno.EROFS, "Read-only file system", str(path)), None)
+    denied = ran_out(args, OSError(errno.EROFS, "Read-only file system", str(path)), None)
     assert denied.startswith(f"cannot write {path} (Read-only file system)")
-    refused = _ran_out(args, OSError(errno.EACCES, "Permission denied", str(path)), None)  # a DATA folder: read
+    refused = ran_out(args, OSError(errno.EACCES, "Permission denied", str(path)), None)  # a DATA folder: read
     assert refused.startswith(f"cannot {'access' if flag is None else 'write'} {path} (Permission denied)")
-    assert _ran_out(args, OSError(errno.ENOENT, "No such file or directory", str(path)), None) is None  # a bug's
+    assert ran_out(args, OSError(errno.ENOENT, "No such file or directory", str(path)), None) is None  # a bug's
 
 
 def test_removing_from_a_read_only_cache_is_one_line(warm_cache, monkeypatch, capsys):
@@ -753,10 +761,10 @@ def test_the_machines_limits_are_one_line_each(error, said):
     import re
     from types import SimpleNamespace
 
-    from fne.cli import _ran_out
+    from fne.stopped import ran_out
 
     args = SimpleNamespace(command="extract", workers=None, batch_size=None)
-    line = re.sub(r"\(ulimit -n \d+\) was", "(ulimit -n N) was", _ran_out(args, error, None))
+    line = re.sub(r"\(ulimit -n \d+\) was", "(ulimit -n N) was", ran_out(args, error, None))
     assert line == f"{said}; the rows computed so far are committed to the cache; rerun the same command to compute " \
                    f"the rest"
 

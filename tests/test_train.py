@@ -1514,14 +1514,14 @@ def test_an_interrupted_train_that_saves_no_checkpoint_says_why_nothing_was_kept
     """`--save-every 0` saves none (not "yet"); direct mode trains nothing."""
     from argparse import Namespace
 
-    from fne.cli import _how_to_resume
+    from fne.stopped import how_to_resume
 
     run = dict(command="train", out=str(tmp_path), resume=False)
-    assert _how_to_resume(Namespace(**run, mode="frozen", save_every=0)) == (
+    assert how_to_resume(Namespace(**run, mode="frozen", save_every=0)) == (
         "nothing was kept: --save-every 0 saves none; rerun the same command to start again")
-    assert _how_to_resume(Namespace(**run, mode="frozen", save_every=2)) == (
+    assert how_to_resume(Namespace(**run, mode="frozen", save_every=2)) == (
         "nothing was kept: no epoch was saved yet (--save-every 2); rerun the same command to start again")
-    assert _how_to_resume(Namespace(**run, mode="direct")) == (
+    assert how_to_resume(Namespace(**run, mode="direct")) == (
         "nothing was kept (direct mode trains nothing); rerun the same command")
 
 
