@@ -379,7 +379,11 @@ def test_runs_given_one_folder_by_two_paths_are_paired(digits_folder, warm_cache
     assert rel["data_resolved"] == absolute["data_resolved"] == str(digits_folder.resolve())
     r = compare.compare_runs(rel, absolute)
     assert r is not None and r["test"].startswith("corrected") and r["n"] == 2
-    other = {**absolute, "data_resolved": str(tmp_path / "elsewhere")}  # other images under the same names
+    # other images under the same names: another labels_fingerprint (the same one at another path is a copy)
+    other = {**absolute, "data_resolved": str(tmp_path / "elsewhere"), "labels_fingerprint": "0" * 16}
     assert compare.compare_runs(rel, other) is None
-    older = [{k: v for k, v in m.items() if k != "data_resolved"} for m in (rel, absolute)]  # runs written before
+    copied = {**absolute, "data_resolved": str(tmp_path / "copy")}
+    assert compare.compare_runs(rel, copied) is not None
+    older = [{k: v for k, v in m.items() if k not in ("data_resolved", "labels_fingerprint")}  # runs written before
+             for m in (rel, absolute)]
     assert compare.compare_runs(*older) is None  # DATA as given, as before: not known to be the same
