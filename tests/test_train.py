@@ -7,6 +7,7 @@ what is imported, resume, outputs, errors), not accuracy.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import re
 import threading
@@ -1267,11 +1268,27 @@ def test_an_image_size_too_small_for_the_network_is_one_line(tmp_path, capsys):
     assert err.endswith("Output size is too small); give a larger --image-size") and "\n" not in err
 
 
+def _full_disk_save(full):
+    """torch.save as it fails on a full disk where `full(f)`: Python's write, then torch's own
+    error ('unexpected pos') over the OSError; otherwise the real torch.save."""
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if full(f):
+            f.write(b"PK\x03\x04")
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+        return real(obj, f, *a, **k)
+
+    return save
+
+
 def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumable_run, source, tmp_path,
                                                                          monkeypatch):
     """predictions.csv, model.pt and metrics.json are replaced together or not at all; the full disk
     is the OSError, not the RuntimeError torch.save wraps it in (`fne.cache.fs.through_file`)."""
-    import errno
     import shutil
 
     import fne.training.train as ft
@@ -1280,18 +1297,7 @@ def test_a_full_disk_while_writing_model_pt_leaves_the_earlier_run_whole(resumab
     out = tmp_path / "run"
     shutil.copytree(run, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != "checkpoint.pt"}
-    real = torch.save
-
-    def save(obj, f, *a, **k):  # as torch.save fails on a full disk: Python's write, then its own error
-        if getattr(f, "name", str(f)).endswith("model.pt"):
-            f.write(b"PK\x03\x04")
-            try:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            except OSError:
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
-        return real(obj, f, *a, **k)
-
-    monkeypatch.setattr(ft.torch, "save", save)
+    monkeypatch.setattr(ft.torch, "save", _full_disk_save(lambda f: getattr(f, "name", str(f)).endswith("model.pt")))
     with pytest.raises(OSError, match="No space left") as e:
         ft.train(str(data), "frozen", out, arch=ARCH, weights=str(source), epochs=1, seed=3, image_size=32,
                  workers=0, progress=False)
@@ -1552,8 +1558,6 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_goes_on_from_the_one
                                                                                        monkeypatch, capsys):
     """torch.save's RuntimeError ('unexpected pos') on a full disk was a traceback; now one line
     names the checkpoint, what ran out, what to do and the epoch kept, and --resume goes on from it."""
-    import errno
-
     import fne.training.checkpoint as fc
 
     from .conftest import write_digits
@@ -1561,18 +1565,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_goes_on_from_the_one
     data = write_digits(tmp_path / "data", per_class=12, classes=2)
     out = tmp_path / "run"
     real, saves = torch.save, []
-
-    def save(obj, f, *a, **k):  # the second checkpoint meets a full disk, as torch.save does
-        saves.append(1)
-        if len(saves) == 2:
-            f.write(b"PK\x03\x04")
-            try:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            except OSError:
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
-        return real(obj, f, *a, **k)
-
-    monkeypatch.setattr(fc.torch, "save", save)
+    monkeypatch.setattr(fc.torch, "save", _full_disk_save(lambda f: saves.append(1) or len(saves) == 2))  # the second
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "3",
             "--save-every", "1", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(out)]
     assert main(args) == 2
