@@ -182,6 +182,15 @@ def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path, cache
     except ImportError:
         raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install datasets, or fne-toolkit[hf]), "
                         f"or {hf_download_hint(spec, cache)}") from None
+    from fne.network import hf_offline, unreachable
+
+    if not hf_offline(datasets=True):  # else `datasets` reads its own cache, at once
+        from huggingface_hub.constants import ENDPOINT
+
+        why = unreachable(ENDPOINT)  # in seconds, not after a minute of retries
+        if why is not None:
+            raise DataError(f"DATA {spec}: cannot load from the Hugging Face Hub ({why}); {hf_download_hint(spec, cache)}"
+                            f" (HF_HUB_OFFLINE=1 reads what an earlier load left in `datasets`' own cache)")
     import logging
     import warnings
 
