@@ -5,6 +5,7 @@ firewall that drops packets (minutes) before it learns that it cannot download."
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import urllib.parse
@@ -49,3 +50,15 @@ def hf_offline(datasets: bool = False) -> bool:
     now = any(os.environ.get(v, "").upper() in ("1", "ON", "YES", "TRUE")
               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", *(("HF_DATASETS_OFFLINE",) if datasets else ())))
     return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or now
+
+
+def hub_cli() -> str:
+    """The Hugging Face Hub's command line as the installed `huggingface_hub` names it: `hf`
+    from 0.34 (the only one in 1.x and later), `huggingface-cli` before."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor = (int(x) for x in re.findall(r"\d+", version("huggingface_hub"))[:2])
+    except (PackageNotFoundError, ValueError):
+        return "hf"
+    return "hf" if (major, minor) >= (0, 34) else "huggingface-cli"

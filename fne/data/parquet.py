@@ -17,6 +17,7 @@ from pathlib import Path
 from fne.data.containers import Listing, normalise_split
 from fne.data.labels import label_text
 from fne.errors import DataError
+from fne.network import hub_cli
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "cls", "class", "target")
@@ -137,18 +138,6 @@ def hf_folder(spec: str, cache: str | Path | None = None) -> Path:
 
     name, config, _ = parse_hf(spec)
     return local_root(cache) / "hf" / name.replace("/", "--") / (config or "default")
-
-
-def hub_cli() -> str:
-    """The Hugging Face Hub's command line as the installed `huggingface_hub` names it: `hf`
-    from 0.34 (the only one in 1.x and later), `huggingface-cli` before."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        major, minor = (int(x) for x in re.findall(r"\d+", version("huggingface_hub"))[:2])
-    except (PackageNotFoundError, ValueError):
-        return "hf"
-    return "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
 
 
 def hf_download_hint(spec: str, cache: str | Path | None = None) -> str:
