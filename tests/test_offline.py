@@ -190,7 +190,7 @@ def test_hf_data_offline_is_refused_in_seconds(monkeypatch, tmp_path, capsys):
 def test_a_dry_run_names_the_weights_to_put_in_place(monkeypatch, tmp_path, hf_cache, digits_folder):
     """What `fne run --dry-run` says on a login node, for the compute nodes' run: which weights
     files are not here and where they go; nothing downloaded, no network asked."""
-    from fne.backbones.fetch import not_here
+    from fne.backbones.catalog import not_here
     from fne.pipeline.runner import run
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

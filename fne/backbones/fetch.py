@@ -133,24 +133,3 @@ def timm_where(model_name: str, cfg: dict) -> str:
     if url:
         return hub_where(url, get)
     return f"Run `{get}` on a machine with internet to see where timm keeps it"
-
-
-def not_here(arch: str) -> str | None:
-    """Where to put `arch`'s pretrained (imagenet) weights, and how to get them, where they are
-    not on this machine yet; None where they are (or come in a package, or there are none).
-    Nothing is downloaded and no network is asked."""
-    from fne.backbones import registry
-
-    if arch.startswith("timm:"):
-        model_name = arch.removeprefix("timm:")
-        cfg = zoo.timm_pretrained_cfg(model_name)
-        hub, url = cfg.get("hf_hub_id"), cfg.get("url")
-        here = hf_cached(hub, cfg.get("hf_hub_filename")) is not None if hub else not url or hub_file(url).is_file()
-        return None if here else timm_where(model_name, cfg)
-    if arch in registry.VGG_IMAGENET_FILES:
-        url = registry.vgg_imagenet_url(arch)
-    elif arch in registry.REGISTRY or zoo.tv_weights(arch, "imagenet") is None:
-        return None
-    else:
-        url = zoo.tv_weights(arch, "imagenet").url
-    return None if hub_file(url).is_file() else hub_where(url)
