@@ -96,7 +96,9 @@ def timm_pretrained(model_name: str) -> nn.Module:
     if hub and not old_cache:
         local = hf_cached(hub, cfg.get("hf_hub_filename"))
         if local is not None:  # timm loads the file itself (its filters, class-count changes): no network
-            return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": local, "source": None})
+            # as from the hub: a `custom_load=True` model's hub file is a state dict, an 'hf' one's its own format
+            file = {"file": local, "source": None, "custom_load": cfg.get("custom_load") == "hf"}
+            return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=file)
         from huggingface_hub.constants import ENDPOINT
 
         why = "HF_HUB_OFFLINE is set and the file is not in the cache" if hf_offline() else unreachable(ENDPOINT)
