@@ -143,7 +143,7 @@ def test_timm_weights_offline_are_refused_in_seconds(monkeypatch, hf_cache):
     assert all(s in str(e.value) for s in timm_says(hf_cache)) and "huggingface.co:443 unreachable" in str(e.value)
     assert tried == [("huggingface.co", 443)] and "--weights PATH" in e.value.cli
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still respected
-    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE is set and the file is not in the cache") as e:
+    with pytest.raises(WeightsError, match=r"offline mode is on \(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE\) and the file is not in the cache") as e:
         backbones.load_backbone("timm:" + TIMM, "imagenet")
     assert all(s in str(e.value) for s in timm_says(hf_cache)) and len(tried) == 1
 

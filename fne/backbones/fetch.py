@@ -91,6 +91,7 @@ def timm_pretrained(model_name: str) -> nn.Module:
     timm = zoo.need_timm()
     cfg = zoo.timm_pretrained_cfg(model_name)
     hub, url = cfg.get("hf_hub_id"), cfg.get("url")
+    # TIMM_USE_OLD_CACHE=1: timm loads the file torch hub's cache holds, where it is there
     old_cache = getattr(getattr(timm.models, "_builder", None), "_USE_OLD_CACHE", False) and url and hub_file(url).is_file()
     why = None
     if hub and not old_cache:
@@ -101,7 +102,8 @@ def timm_pretrained(model_name: str) -> nn.Module:
             return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=file)
         from huggingface_hub.constants import ENDPOINT
 
-        why = "HF_HUB_OFFLINE is set and the file is not in the cache" if hf_offline() else unreachable(ENDPOINT)
+        why = ("Hugging Face's offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and the file is not in "
+               "the cache") if hf_offline() else unreachable(ENDPOINT)
     elif url and not hub_file(url).is_file():
         why = unreachable(url)
     if why is None:
