@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import urllib.error
 
 import pytest
@@ -179,6 +180,7 @@ def test_imagenet_download_failure_is_explained(monkeypatch, tmp_path):
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(socket, "create_connection", offline)  # no network tried: the host does not answer
     with pytest.raises(WeightsError) as e:
         backbones.load_backbone("vgg16", "imagenet")
     msg = str(e.value)

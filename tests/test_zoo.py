@@ -8,6 +8,7 @@ inputs where the model allows, one thread: the whole file runs in well under a m
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 
 import h5py
@@ -199,6 +200,7 @@ def test_offline_imagenet_says_where_to_put_the_file(monkeypatch, tmp_path, caps
         raise urllib.error.URLError("no network")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(socket, "create_connection", offline)  # no network tried: the host does not answer
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsError) as e:
         backbones.load_backbone("resnet18", "imagenet")
@@ -214,7 +216,7 @@ def test_offline_imagenet_says_where_to_put_the_file(monkeypatch, tmp_path, caps
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "timm:resnet18" in err and "--weights PATH" in err and "Traceback" not in err
-    assert "huggingface" in err.lower() and "checkpoints" in err
+    assert "huggingface" in err.lower() and "`hf download timm/resnet18.a1_in1k`" in err
 
 
 def test_weights_files_and_meta_build(tmp_path):

@@ -1,6 +1,7 @@
 """`fne backbones` as Python functions: `fne.list_backbones()` (fne's registry) and
 `fne.describe_backbone(arch, weights=...)` (one backbone's taps and preprocessing, what
-`fne backbones ARCH --json` prints). The CLI only formats what they return.
+`fne backbones ARCH --json` prints). The CLI only formats what they return. `not_here`: whether a
+backbone's pretrained weights are on this machine, and where they go if not (`fne run --dry-run`).
 """
 
 from __future__ import annotations
@@ -64,3 +65,24 @@ def describe_backbone(arch: str, **options) -> dict:
     (o,) = resolve(options, StoreOptions, only=DESCRIBE_OPTIONS)
     registry.check_weights(arch, o.weights)  # weights="bogus": one line, as in every verb
     return registry.get(arch, o.weights).describe()
+
+
+def not_here(arch: str) -> str | None:
+    """Where to put `arch`'s pretrained (imagenet) weights, and how to get them, where they are
+    not on this machine yet; None where they are (or come in a package, or there are none).
+    Nothing is downloaded and no network is asked."""
+    from fne.backbones import fetch, registry, zoo
+
+    if arch.startswith("timm:"):
+        model_name = arch.removeprefix("timm:")
+        cfg = zoo.timm_pretrained_cfg(model_name)
+        hub, url = cfg.get("hf_hub_id"), cfg.get("url")
+        here = fetch.hf_cached(hub, cfg.get("hf_hub_filename")) is not None if hub else not url or fetch.hub_file(url).is_file()
+        return None if here else fetch.timm_where(model_name, cfg)
+    if arch in registry.VGG_IMAGENET_FILES:
+        url = registry.vgg_imagenet_url(arch)
+    elif arch in registry.REGISTRY or zoo.tv_weights(arch, "imagenet") is None:
+        return None
+    else:
+        url = zoo.tv_weights(arch, "imagenet").url
+    return None if fetch.hub_file(url).is_file() else fetch.hub_where(url)

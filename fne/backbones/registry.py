@@ -154,7 +154,7 @@ def how_to_name() -> str:
 
 @functools.cache
 def _zoo_backbone(name: str, weights: str) -> Backbone:
-    from fne.backbones import zoo
+    from fne.backbones import fetch, zoo
 
     if name.startswith("timm:"):
         model_name = name.removeprefix("timm:")
@@ -175,11 +175,11 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
 
         return Backbone(
             name=name, build=lambda num_classes=d.num_classes: build(num_classes), taps=d.taps, last=d.last,
-            mean=p["mean"], std=p["std"], imagenet=lambda: zoo.timm_pretrained(model_name).state_dict(),
+            mean=p["mean"], std=p["std"], imagenet=lambda: fetch.timm_pretrained(model_name).state_dict(),
             imagenet_id=lambda: "timm-" + full, classifier=d.classifier, fc_layers=d.fc_layers,
             input_size=p["crop_size"], categories=categories, resize=p["resize"],
             interpolation=p["interpolation"], num_classes=d.num_classes,
-            pretrained_model=lambda: zoo.timm_pretrained(model_name), source="timm")
+            pretrained_model=lambda: fetch.timm_pretrained(model_name), source="timm")
     if name not in zoo.tv_names():
         raise zoo.unknown(name, sorted(REGISTRY))
     w = zoo.tv_weights(name, weights)
@@ -198,7 +198,7 @@ def _zoo_backbone(name: str, weights: str) -> Backbone:
             raise refusal(lambda py: f"torchvision has no pretrained weights for {name}; pass "
                                      f"{'weights=PATH or weights=' if py else '--weights PATH or '}random",
                           WeightsError)
-        return zoo.tv_state(name, w)
+        return fetch.tv_state(name, w)
 
     return Backbone(
         name=name, build=zoo.tv_build(name, image_size), taps=d.taps, last=d.last, mean=p["mean"],
@@ -269,9 +269,9 @@ def _vgg_taps(cfg: list) -> tuple[Tap, ...]:
 
 def _vgg_imagenet(arch: str) -> Callable[[], dict]:
     def load() -> dict:
-        from fne.backbones import zoo
+        from fne.backbones import fetch
 
-        return zoo.hub_state(arch, vgg_imagenet_url(arch))  # offline: says where to put the file
+        return fetch.hub_state(arch, vgg_imagenet_url(arch))  # offline: says where to put the file
 
     return load
 

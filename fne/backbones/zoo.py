@@ -32,13 +32,12 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from fne.backbones.tap import Tap
-from fne.errors import FneError, WeightsError
+from fne.errors import FneError
 from fne.option_handling import named, refusal
 
 TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"
@@ -438,24 +437,6 @@ def tv_preprocess(w) -> dict:
             "std": tuple(t.std), "interpolation": t.interpolation.value}
 
 
-def tv_state(name: str, w) -> dict:
-    return hub_state(name, w.url)
-
-
-def hub_state(name: str, url: str) -> dict:
-    """ImageNet weights of backbone `name` from torch hub's cache, downloaded from `url` (the
-    hash in the file's name checked) where they are not there yet."""
-    try:
-        return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
-    except Exception as e:  # URLError, OSError, SSL errors: all mean "no network/cached copy"
-        hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        failed = f"download of {url} failed ({e})"
-        raise refusal(lambda py: f"cannot load ImageNet weights for {name}: {failed}. With no network, copy that "
-                                 f"file from a machine that has one to {hub} "
-                                 f"(torch hub's cache; TORCH_HOME moves it), {_other_weights(py)}",
-                      WeightsError) from None
-
-
 def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Module]:
     def build(num_classes: int = 1000) -> nn.Module:
         import torchvision.models as tvm
@@ -544,38 +525,6 @@ def timm_build(model_name: str) -> Callable[[int | None], nn.Module]:
         return timm.create_model(model_name, pretrained=False, **kw)
 
     return build
-
-
-def timm_pretrained(model_name: str) -> nn.Module:
-    timm = need_timm()
-    cfg = timm_pretrained_cfg(model_name)
-    try:
-        return timm.create_model(model_name, pretrained=True)
-    except Exception as e:  # no network, no cached copy
-        failed = f"{type(e).__name__}: {e}"
-        hub = cfg.get("hf_hub_id")
-        where = ""
-        if hub:
-            try:
-                from huggingface_hub.constants import HF_HUB_CACHE as cache
-            except ImportError:
-                cache = "~/.cache/huggingface/hub"
-            where = (f"{cache}/models--{hub.replace('/', '--')} (the Hugging Face hub cache; HF_HOME moves "
-                     f"it: copy that folder from a machine that has a network)")
-        url = cfg.get("url")
-        if url:
-            where += (" or, with TIMM_USE_OLD_CACHE=1, " if where else "") + (
-                f"{Path(torch.hub.get_dir()) / 'checkpoints' / Path(url).name} (torch hub's cache; "
-                f"TORCH_HOME moves it), downloaded from {url}")
-        raise refusal(lambda py: f"cannot load pretrained weights for timm:{model_name}: {failed}. "
-                                 f"With no network, put the weights in {where or 'the Hugging Face hub cache'}, "
-                                 f"{_other_weights(py)}", WeightsError) from None
-
-
-def _other_weights(python: bool) -> str:
-    """The advice that ends a failed download: other weights, as the caller names them."""
-    path, random = ("weights=PATH", "weights='random'") if python else ("--weights PATH", "--weights random")
-    return f"or pass {path} to a state dict (.pth/.pt/.safetensors), or {random} for a test run."
 
 
 @functools.cache

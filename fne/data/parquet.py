@@ -17,6 +17,7 @@ from pathlib import Path
 from fne.data.containers import Listing, normalise_split
 from fne.data.labels import label_text
 from fne.errors import DataError
+from fne.network import hub_cli
 
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_bytes")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "cls", "class", "target")
@@ -139,18 +140,6 @@ def hf_folder(spec: str, cache: str | Path | None = None) -> Path:
     return local_root(cache) / "hf" / name.replace("/", "--") / (config or "default")
 
 
-def hub_cli() -> str:
-    """The Hugging Face Hub's command line as the installed `huggingface_hub` names it: `hf`
-    from 0.34 (the only one in 1.x and later), `huggingface-cli` before."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        major, minor = (int(x) for x in re.findall(r"\d+", version("huggingface_hub"))[:2])
-    except (PackageNotFoundError, ValueError):
-        return "hf"
-    return "hf" if (major, minor) >= (0, 34) else "huggingface-cli"
-
-
 def hf_download_hint(spec: str, cache: str | Path | None = None) -> str:
     """How to get `hf:` DATA without a network here: the hub command to run elsewhere, or
     the cache folder a run with a network fills."""
@@ -182,6 +171,15 @@ def _hf_to_parquet(spec: str, name: str, config: str | None, folder: Path, cache
     except ImportError:
         raise DataError(f"DATA {spec}: needs the optional `datasets` package (pip install datasets, or fne-toolkit[hf]), "
                         f"or {hf_download_hint(spec, cache)}") from None
+    from fne.network import hf_offline, unreachable
+
+    if not hf_offline(datasets=True):  # else `datasets` reads its own cache, at once
+        from huggingface_hub.constants import ENDPOINT
+
+        why = unreachable(ENDPOINT)  # in seconds, not after a minute of retries
+        if why is not None:
+            raise DataError(f"DATA {spec}: cannot load from the Hugging Face Hub ({why}); {hf_download_hint(spec, cache)}"
+                            f" (HF_HUB_OFFLINE=1 reads what an earlier load left in `datasets`' own cache)")
     import logging
     import warnings
 

