@@ -97,6 +97,35 @@ def test_torchvision_weights_offline_are_refused_without_a_download(monkeypatch,
     assert not (tmp_path / "c").exists()
 
 
+def test_extract_refuses_unobtainable_weights_before_its_workers_and_progress_start(monkeypatch, tmp_path, capsys,
+                                                                                   digits_folder):
+    """Offline, without the file: `fne extract` (and fit --extract, predict, advise through it)
+    says so before it starts its loader workers and its progress line; a rerun that finds every
+    row stored needs no weights (it reads no image)."""
+    from fne.extraction import extract as fx
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    no_network(monkeypatch)
+    monkeypatch.setattr(fx, "_loader", lambda *a, **k: pytest.fail("started the loader"))
+    args = ["extract", str(digits_folder), "--arch", TV, "--cache", str(tmp_path / "c"), "--workers", "1",
+            "--precision", "fp32", "--storage-dtype", "float32", "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fne extract: error: cannot load ImageNet weights for {TV}") and len(err.splitlines()) == 1
+    import torchvision
+
+    file = tmp_path / "torch" / "hub" / "checkpoints" / (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth")
+    file.parent.mkdir(parents=True)
+    torch.save(torchvision.models.get_model(TV, weights=None).state_dict(), file)
+    monkeypatch.undo()  # the real loader again; still offline below, the file now in place
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    no_network(monkeypatch)
+    assert main([*args, "--no-progress", "--workers", "0"]) == 0
+    file.unlink()  # every row stored: the rerun needs no weights
+    assert main([*args, "--no-progress", "--workers", "0"]) == 0
+    assert "0 computed" in capsys.readouterr().out
+
+
 def test_torchvision_weights_put_in_torch_hubs_cache_load_offline(monkeypatch, tmp_path):
     import torchvision
 

@@ -86,3 +86,26 @@ def not_here(arch: str) -> str | None:
     else:
         url = zoo.tv_weights(arch, "imagenet").url
     return None if fetch.hub_file(url).is_file() else fetch.hub_where(url)
+
+
+def refuse_unobtainable(arch: str, weights: str) -> None:
+    """Raise now the `WeightsError` that loading `arch`'s ImageNet weights (``weights='imagenet'``)
+    would raise later, where they are not on this machine and their host does not answer (or
+    Hugging Face's offline mode is on): before a command starts its loader workers and progress
+    line. Nothing is downloaded; weights that are here, files and random weights pass."""
+    from fne.backbones import fetch, registry, zoo
+    from fne.network import unreachable
+
+    if weights != "imagenet" or not_here(arch) is None:
+        return
+    if arch.startswith("timm:"):
+        model_name = arch.removeprefix("timm:")
+        cfg = zoo.timm_pretrained_cfg(model_name)
+        why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else unreachable(cfg["url"])
+        if why is not None:
+            raise fetch.timm_refusal(model_name, cfg, why)
+        return
+    url = registry.vgg_imagenet_url(arch) if arch in registry.VGG_IMAGENET_FILES else zoo.tv_weights(arch, "imagenet").url
+    why = unreachable(url)
+    if why is not None:
+        raise fetch.hub_refusal(arch, url, why)

@@ -49,8 +49,14 @@ def hub_state(name: str, url: str) -> dict:
             return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
         except Exception as e:  # URLError, OSError, SSL errors, a damaged file
             why = f"{'loading' if file.is_file() else 'downloading'} {url} failed: {e}"
-    raise refusal(lambda py: f"cannot load ImageNet weights for {name} ({why}). {hub_where(url)}, "
-                             f"{other_weights(py)}", WeightsError) from None
+    raise hub_refusal(name, url, why) from None
+
+
+def hub_refusal(name: str, url: str, why: str) -> WeightsError:
+    """The one line for ImageNet weights of backbone `name` (from `url`) that could not be loaded:
+    why, where to put the file and how to get it."""
+    return refusal(lambda py: f"cannot load ImageNet weights for {name} ({why}). {hub_where(url)}, "
+                              f"{other_weights(py)}", WeightsError)
 
 
 def hub_where(url: str, get: str | None = None) -> str:
@@ -100,10 +106,7 @@ def timm_pretrained(model_name: str) -> nn.Module:
             # as from the hub: a `custom_load=True` model's hub file is a state dict, an 'hf' one's its own format
             file = {"file": local, "source": None, "custom_load": cfg.get("custom_load") == "hf"}
             return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=file)
-        from huggingface_hub.constants import ENDPOINT
-
-        why = ("Hugging Face's offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and the file is not in "
-               "the cache") if hf_offline() else unreachable(ENDPOINT)
+        why = hf_unreachable()
     elif url and not hub_file(url).is_file():
         why = unreachable(url)
     if why is None:
@@ -112,6 +115,15 @@ def timm_pretrained(model_name: str) -> nn.Module:
         except Exception as e:  # a download that failed after all
             why = f"{type(e).__name__}: {e}"
     raise timm_refusal(model_name, cfg, why)
+
+
+def hf_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be downloaded from here (its offline mode, or its host not
+    answering within `PROBE_SECONDS`); None where it can."""
+    from huggingface_hub.constants import ENDPOINT
+
+    return ("Hugging Face's offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and the file is not in "
+            "the cache") if hf_offline() else unreachable(ENDPOINT)
 
 
 def timm_refusal(model_name: str, cfg: dict, why: str) -> WeightsError:

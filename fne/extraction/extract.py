@@ -21,6 +21,7 @@ import torch
 
 from fne import option_handling as opts
 from fne import verb_module
+from fne.backbones.catalog import refuse_unobtainable
 from fne.backbones.registry import weights_file
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec
@@ -232,6 +233,8 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         raise opts.refusal(lambda py: f"cannot write to the cache {store.path} (not writable): pass "
                                       f"{'cache=' if py else '--cache '}a folder you can write to",
                            CacheError)  # before any image is read; its rows are still read by fit
+    if plan.todo:  # offline without the weights: one line now, not after the workers and progress line start
+        refuse_unobtainable(spec.arch, spec.weights)
     done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
         plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
