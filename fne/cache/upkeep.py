@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from fne.cache import parts
-from fne.cache.fs import LIVE_WRITER_SECONDS, TMP, clear_dead_temps, is_url, unwritable, writer_alive, writer_elsewhere
+from fne.cache.fs import (
+    LIVE_WRITER_SECONDS,
+    TMP,
+    clear_dead_temps,
+    is_url,
+    unwritable,
+    writer_alive,
+    writer_elsewhere,
+)
 from fne.cache.store import LOCKS, Store, lock_files, no_such_root
 from fne.data import sidecar
 from fne.errors import CacheError
