@@ -229,3 +229,16 @@ def test_whole_data_and_its_shards_take_turns(held, runs, tmp_path, capsys, forw
     worker.join(timeout=120)
     assert results[0].n_computed == 0 and forward_images.n == n_first
     assert verify(_store(cache)).duplicates == 0
+
+
+def test_data_reached_through_a_link_takes_the_same_turns(tmp_path):
+    """Two users extracting one folder, one through a symbolic link (`/scratch/lab` to
+    `/gpfs/lab`), took two locks and computed every row twice: the lock names the folder itself."""
+    from fne.cache.spec import StoreSpec
+
+    data = write_digits(tmp_path / "data", per_class=2, classes=2)
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    store = StoreSpec(**FAST, cache=str(tmp_path / "cache")).open()
+    for shard in (None, (1, 2)):
+        assert fx.lock_file(store, load_dataset(tmp_path / "link"), shard) == fx.lock_file(store, load_dataset(data), shard)
+    assert fx.lock_file(store, load_dataset(data), None) != fx.lock_file(store, load_dataset(data), (1, 2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -282,8 +283,10 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
 
 def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> Path:
     """The lock of (store, DATA, shard), in the cache's `locks/` folder: `<store>--<DATA>-all.lock`
-    for the whole DATA, `<store>--<DATA>-<I>of<N>.lock` for a shard (<DATA> a hash of its root and size)."""
-    data = hashlib.blake2b(f"{dataset.root or dataset.name}\0{len(dataset)}".encode(), digest_size=8).hexdigest()
+    for the whole DATA, `<store>--<DATA>-<I>of<N>.lock` for a shard (<DATA> a hash of its root and size;
+    the root with its links resolved, so that a user who reaches the folder through a link takes turns too)."""
+    root = os.path.realpath(dataset.root) if dataset.root else dataset.name
+    data = hashlib.blake2b(f"{root}\0{len(dataset)}".encode(), digest_size=8).hexdigest()
     return store_lock_file(store, f"{data}-{'all' if shard is None else f'{shard[0]}of{shard[1]}'}")
 
 
