@@ -242,3 +242,23 @@ def test_data_reached_through_a_link_takes_the_same_turns(tmp_path):
     for shard in (None, (1, 2)):
         assert fx.lock_file(store, load_dataset(tmp_path / "link"), shard) == fx.lock_file(store, load_dataset(data), shard)
     assert fx.lock_file(store, load_dataset(data), None) != fx.lock_file(store, load_dataset(data), (1, 2))
+
+
+def test_fit_while_shards_run_names_the_command_that_fills_the_store_it_read(tmp_path, capsys):
+    """`fne fit` (precision auto) started while a job array's fp32 shards run refused with
+    `add them with: fne extract DATA --arch … --weights random`: run as printed, that command
+    extracted at this machine's auto precision (bf16 on a CPU) into another store, every row
+    again. It names the store's precision and storage dtype, as `--extract` fills that store."""
+    from fne.cli import main
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    cache = tmp_path / "cache"
+    fx.extract(data, cache=str(cache), shard="0/2", progress=False, **FAST)  # one shard finished
+    assert main(["fit", str(data), "--arch", "efficientnet_lite0", "--weights", "random", "--cache", str(cache),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    command = err.split("add them with:\n  ")[1].splitlines()[0]
+    assert command == (f"fne extract {data} --arch efficientnet_lite0 --weights random --precision fp32 "
+                       f"--storage-dtype float32 --cache {cache}")
+    assert main(command.split()[1:] + ["--no-progress"]) == 0
+    assert len(list_stores(cache)) == 1 and len(_store(cache)) == 6
