@@ -182,3 +182,83 @@ def _shard_of_key(data: Path) -> dict[str, int]:
 
 def _spec() -> dict:
     return dict(arch="efficientnet_lite0", weights="random", precision="fp32", storage_dtype="float32")
+
+
+HOLD = """
+import sys
+from pathlib import Path
+from fne.data.sidecar import locked
+with locked(Path(sys.argv[1]), process=True):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("held, runs", [((1, 2), None), (None, (0, 2))], ids=["fit-extract-while-a-shard-runs",
+                                                                               "shard-while-the-whole-runs"])
+def test_whole_data_and_its_shards_take_turns(held, runs, tmp_path, capsys, forward_images):
+    """`fne fit --extract` (the whole DATA) started while a shard of a job array computes (or a
+    shard started while the whole DATA is computed) waits for it, then computes only what it
+    left: here the test holds the other's lock while it puts that run's rows in place, so the
+    waiting run has nothing left to compute. Before, the two ran side by side and computed the
+    shard's rows twice."""
+    import threading
+
+    from fne.cache.spec import StoreSpec
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    first = tmp_path / "first"
+    fx.extract(data, cache=str(first), progress=False, **FAST)  # what the other run leaves
+    n_first, cache, results = forward_images.n, tmp_path / "cache", []
+    lock = fx.lock_file(StoreSpec(**FAST, cache=str(cache)).open(), load_dataset(data), held)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # the other process, at work
+    assert holder.stdout.readline() == "held\n"
+    worker = threading.Thread(target=lambda: results.append(
+        fx.extract(data, cache=str(cache), shard=runs and f"{runs[0]}/{runs[1]}", **{**FAST, "progress": True})))
+    worker.start()
+    for _ in range(200):  # until it says it waits
+        time.sleep(0.05)
+        if "another process is computing rows" in capsys.readouterr().err:
+            break
+    else:
+        raise AssertionError("the extraction did not wait for the other")
+    assert worker.is_alive() and forward_images.n == n_first == 6
+    shutil.copytree(first, cache, dirs_exist_ok=True)
+    holder.communicate("done\n", timeout=60)
+    worker.join(timeout=120)
+    assert results[0].n_computed == 0 and forward_images.n == n_first
+    assert verify(_store(cache)).duplicates == 0
+
+
+def test_data_reached_through_a_link_takes_the_same_turns(tmp_path):
+    """Two users extracting one folder, one through a symbolic link (`/scratch/lab` to
+    `/gpfs/lab`), took two locks and computed every row twice: the lock names the folder itself."""
+    from fne.cache.spec import StoreSpec
+
+    data = write_digits(tmp_path / "data", per_class=2, classes=2)
+    (tmp_path / "link").symlink_to(data, target_is_directory=True)
+    store = StoreSpec(**FAST, cache=str(tmp_path / "cache")).open()
+    for shard in (None, (1, 2)):
+        assert fx.lock_file(store, load_dataset(tmp_path / "link"), shard) == fx.lock_file(store, load_dataset(data), shard)
+    assert fx.lock_file(store, load_dataset(data), None) != fx.lock_file(store, load_dataset(data), (1, 2))
+
+
+def test_fit_while_shards_run_names_the_command_that_fills_the_store_it_read(tmp_path, capsys):
+    """`fne fit` (precision auto) started while a job array's fp32 shards run refused with
+    `add them with: fne extract DATA --arch … --weights random`: run as printed, that command
+    extracted at this machine's auto precision (bf16 on a CPU) into another store, every row
+    again. It names the store's precision and storage dtype, as `--extract` fills that store."""
+    from fne.cli import main
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    cache = tmp_path / "cache"
+    fx.extract(data, cache=str(cache), shard="0/2", progress=False, **FAST)  # one shard finished
+    assert main(["fit", str(data), "--arch", "efficientnet_lite0", "--weights", "random", "--cache", str(cache),
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    command = err.split("add them with:\n  ")[1].splitlines()[0]
+    assert command == (f"fne extract {data} --arch efficientnet_lite0 --weights random --precision fp32 "
+                       f"--storage-dtype float32 --cache {cache}")
+    assert main(command.split()[1:] + ["--no-progress"]) == 0
+    assert len(list_stores(cache)) == 1 and len(_store(cache)) == 6

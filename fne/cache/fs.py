@@ -86,6 +86,16 @@ def writer_alive(name: str) -> bool:
     return time.time_ns() - born < LIVE_WRITER_SECONDS * 1_000_000_000
 
 
+def writer_elsewhere(name: str) -> tuple[str, float] | None:
+    """(host id, age in seconds) of the writer of `name` (`writer_name` after TMP) where it ran
+    on another host, whose pid cannot be asked about (`writer_alive` spares its leftovers for
+    LIVE_WRITER_SECONDS); None for this host's, or a name that names no writer."""
+    fields = name.removeprefix(TMP).split("-", 4)
+    if len(fields) < 4 or fields[2] == HOST or not fields[0].isdigit():
+        return None
+    return fields[2], (time.time_ns() - int(fields[0])) / 1e9
+
+
 # A temporary file of `temp_path`: only files named so are ever removed as leftovers (a folder
 # given as --out may hold other programs' `.tmp-` files).
 _TEMP_FILE = re.compile(rf"{re.escape(TMP)}\d{{20}}-\d+-[0-9a-f]{{8}}-[0-9a-f]{{8}}-.")

@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from fne.cache import parts
-from fne.cache.fs import clear_dead_temps, is_url, unwritable, writer_alive
+from fne.cache.fs import (
+    LIVE_WRITER_SECONDS,
+    TMP,
+    clear_dead_temps,
+    is_url,
+    unwritable,
+    writer_alive,
+    writer_elsewhere,
+)
 from fne.cache.store import LOCKS, Store, lock_files, no_such_root
 from fne.data import sidecar
 from fne.errors import CacheError
@@ -103,7 +111,9 @@ def clean(store: Store) -> int:
     """Remove what writers that are gone left in `store`: unfinished parts, and temporary files
     of its records (a local store's); returns how many. Those of live writers are spared
     (`fs.writer_alive`)."""
-    left = [n for n in store.files.unfinished() if not writer_alive(n)]
+    unfinished = store.files.unfinished()
+    left = [n for n in unfinished if not writer_alive(n)]
+    _say_kept_elsewhere(store, [n for n in unfinished if n not in left])
     for name in left:
         store.files.remove(f"parts/{name}")
     kept = sorted(set(left) & set(store.files.unfinished()))  # a read-only cache: counted as removed, they were not
@@ -115,6 +125,25 @@ def clean(store: Store) -> int:
     if store.url is not None:  # an object store's files are written in one request: no temporary ones
         return len(left) - len(kept)
     return len(left) - len(kept) + sum(clear_dead_temps(store.path / d) for d in ("", "bad", "records"))
+
+
+def _say_kept_elsewhere(store: Store, spared: list[str]) -> None:
+    """A warning per other host whose unfinished parts `clean` keeps (their writer may run on
+    there: no pid can be asked about), naming them and how to delete them where it has ended (a
+    node that died mid-commit), rather than a count with no way out for an hour."""
+    hosts: dict[str, list[tuple[str, float]]] = {}
+    for n in spared:
+        if (found := writer_elsewhere(n)) is not None:
+            hosts.setdefault(found[0], []).append((n, found[1]))
+    for host, kept in hosts.items():
+        where = f"{store.path}/parts" if store.url is None else f"{store.url}/parts"
+        how = (f"rm -r {where}/{TMP}*-{host}-*" if store.url is None
+               else f"delete {where}/{kept[0][0]}{' and the others' * (len(kept) > 1)}")
+        warnings.warn(f"{len(kept)} unfinished part(s) written on another host (id {host}) "
+                      f"{max(0, min(a for _, a in kept)) / 60:.0f} min ago are kept, as their writer may still run there "
+                      f"({where}/{kept[0][0]}{', …' * (len(kept) > 1)}); --clean removes them once they are "
+                      f"{LIVE_WRITER_SECONDS // 3600} hour old; if no extraction into this store runs on that host "
+                      f"(a node that died), delete them now: {how}", stacklevel=3)
 
 
 def quarantine(store: Store, damaged: list[str]) -> list[str]:

@@ -100,6 +100,17 @@ def held(lockfile: Path, process: bool = True) -> bool:
         os.close(fd)
 
 
+def wait_for(lockfile: Path, on_wait: Callable[[], None] | None = None) -> bool:
+    """Wait until no other process holds `lockfile`'s `locked(..., process=True)` lock, without
+    keeping it; -> whether it waited (`on_wait` is called first). Returns at once where nobody
+    holds it, the file is absent, or this process holds it (closing a file of its own lock would
+    release that)."""
+    if os.path.abspath(lockfile) in _OWN or not held(lockfile):
+        return False
+    with locked(lockfile, on_wait=on_wait, process=True) as waited:
+        return waited
+
+
 def merge_json(path: Path, merge: Callable[[dict | None], dict]) -> dict:
     """Replace the JSON document at `path` with `merge(current)` under the file's lock.
 

@@ -11,7 +11,9 @@ process reads at all.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -283,23 +285,43 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
 
 
 def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> Path:
-    """The lock of (store, DATA, shard), in the cache's `locks/` folder."""
-    what = hashlib.blake2b(f"{dataset.root or dataset.name}\0{len(dataset)}\0{shard}".encode(),
-                           digest_size=8).hexdigest()
-    return store_lock_file(store, what)
+    """The lock of (store, DATA, shard), in the cache's `locks/` folder: `<store>--<DATA>-all.lock`
+    for the whole DATA, `<store>--<DATA>-<I>of<N>.lock` for a shard (<DATA> a hash of its root and size;
+    the root with its links resolved, so that a user who reaches the folder through a link takes turns too)."""
+    root = os.path.realpath(dataset.root) if dataset.root else dataset.name
+    data = hashlib.blake2b(f"{root}\0{len(dataset)}".encode(), digest_size=8).hexdigest()
+    return store_lock_file(store, f"{data}-{'all' if shard is None else f'{shard[0]}of{shard[1]}'}")
 
 
+def _overlapping(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> list[Path]:
+    """The lock files of other extractions of the same DATA into `store` whose images this one's
+    include: every shard's for the whole DATA, the whole DATA's for a shard."""
+    if shard is not None:
+        return [lock_file(store, dataset, None)]
+    whole = lock_file(store, dataset, None)
+    return sorted(whole.parent.glob(f"{glob.escape(whole.name.removesuffix('all.lock'))}*of*.lock"))
+
+
+@contextlib.contextmanager
 def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None, progress: bool = True):
     """`lock_file`'s lock (a local cache; none at a URL), held while this process computes rows;
-    the wait for another process's is a progress line (`progress`: `progress_line`'s `enabled`)."""
+    -> whether it waited for another process. Before taking it, it waits for the extractions of
+    the same DATA whose images overlap (`_overlapping`: `fne fit --extract` while the shards of a
+    job array run), so that no row is computed twice. The wait is a progress line (`progress`:
+    `progress_line`'s `enabled`)."""
     if store.url is not None:
-        return contextlib.nullcontext(False)
+        yield False
+        return
 
     def say() -> None:
         progress_line(f"fne extract: another process is computing rows of {dataset.name} into {store.path.name}; "
                       f"waiting for it, then computing only what it leaves", progress, stderr=True)
 
-    return sidecar.locked(lock_file(store, dataset, shard), on_wait=say, process=True)
+    waited = False
+    for other in _overlapping(store, dataset, shard):
+        waited = sidecar.wait_for(other, on_wait=None if waited else say) or waited
+    with sidecar.locked(lock_file(store, dataset, shard), on_wait=None if waited else say, process=True) as w:
+        yield waited or w
 
 
 def _device(device: str) -> torch.device:

@@ -146,9 +146,10 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     seconds = None
     if missing:
         who = f"fne.{verb}" if verb == "load_rows" else f"fne {verb}"
-        if not extract_missing:
-            raise _not_cached(data, spec, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
-                                                f"cache {store.path}")
+        if not extract_missing:  # the command fills the store read where it holds some rows, as --extract does
+            shown = spec.pinned(store) if len(missing) < len(set(keys)) else spec
+            raise _not_cached(data, shown, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
+                                                 f"cache {store.path}")
         extraction = extraction or ForwardOptions()
         progress_line(f"{who}: extracting {len(missing)} images missing from the cache {root} into its store "
                       f"{store.path.name}{_fitted_elsewhere(root, fitted)}", extraction.progress, stderr=True)
