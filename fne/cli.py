@@ -39,7 +39,7 @@ def _cmd_extract(a) -> int:
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     kw["shard"] = parse_shard(a.shard) if a.shard is not None else shard_from_env()  # before DATA is read
     r = extract(a.data, **kw)
-    named = " (each named above)" if r.n_skipped else ""
+    named = " (named above)" if r.n_skipped else ""
     if r.n_left_out:
         named += f", {r.n_left_out} left out when listing DATA (named above)"
     earlier = (f", {r.n_unreadable} recorded unreadable by an earlier run (--retry-bad reads them again)"

@@ -1,6 +1,6 @@
 """Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; the
 lines that say how the work goes (`progress_line`); and the lines verbs print, in the words of the
-API called (`said`).
+API called (`said`); and how a problem met many times is said once (`first_few`, `say_skipped`).
 
 ``progress=False`` (a verb's keyword) promises a Python caller silence: no bar and no progress line,
 only notes, warnings and errors. On the command line (`COMMAND_LINE`) --no-progress drops the bars,
@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextvars
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 
 LOG_INTERVAL_S = 30.0
+FEW = 5  # the names a line that counts many shows (`first_few`)
 
 
 def _clock(seconds: float) -> str:
@@ -119,3 +121,45 @@ def said(text: Callable[[bool], str]) -> str:
     `fne.option_handling.named(..., python)`, for a Python caller their keywords (``force=True``), on the
     command line (`COMMAND_LINE`) their flags (``--force``)."""
     return text(not COMMAND_LINE.get())
+
+
+def first_few(names: Sequence[str], n: int = FEW) -> str:
+    """The first `n` of `names` and a count of the rest: ``a, b, c, d, e and 7 more``.
+
+    Parameters
+    ----------
+    names : sequence of str
+        What a line names (images, classes, layers), in the order it names them.
+    n : int
+        How many are shown.
+
+    Returns
+    -------
+    str
+        The names shown, comma-separated, and `` and N more`` where there are more.
+    """
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: int = 2) -> None:
+    """Warn of the images skipped, one line per distinct reason however many there are (a CSV
+    with 10,000 empty label cells is one line, not 10,000): ``skipped ID: WHY`` for one image,
+    ``skipped N images (WHY): `first_few` of them`` for more.
+
+    Parameters
+    ----------
+    items : iterable of (str, str)
+        Each skipped image's id and why, in the order met.
+    where : str
+        Where each is named, appended to a line that shows only some (``; each named in F``);
+        "" where nowhere is (the line's count says how many it does not show).
+    stacklevel : int
+        As `warnings.warn`'s, from the caller.
+    """
+    by_why: dict[str, list[str]] = {}
+    for name, why in items:
+        by_why.setdefault(why, []).append(name)
+    for why, names in by_why.items():
+        line = (f"skipped {names[0]}: {why}" if len(names) == 1 else
+                f"skipped {len(names)} images ({why}): {first_few(names)}{where if len(names) > FEW else ''}")
+        warnings.warn(line, stacklevel=stacklevel + 1)

@@ -330,8 +330,10 @@ class Store:
         self._bad = None
         return len(dropped)
 
-    def record(self, record: dict) -> None:  # one run's record: records/<time>-<pid>.json
-        self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
+    def record(self, record: dict) -> str:  # one run's record: records/<time>-<pid>.json; -> that path
+        rel = f"records/{time.time_ns():020d}-{os.getpid()}.json"
+        self.write_json(rel, record)
+        return rel
 
     def records(self) -> list[dict]:  # every run's record, oldest first (a damaged one left out: `read_records`)
         return read_records(self)

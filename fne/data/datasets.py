@@ -22,6 +22,7 @@ from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
+from fne.progress import say_skipped
 
 _FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
@@ -477,7 +478,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     the user gave it, which its errors name (default `name`)."""
     data = data or name
     listings: dict[str, containers.Listing] = {}
-    ids, labels, splits, sources, left_out = [], [], [], [], []
+    ids, labels, splits, sources, bad = [], [], [], [], []
     class_names, named_by = None, set()  # where the members' splits were read: a field of theirs, a file's name
     for path in files:
         listing = listings[path] = _listing(path, kind, label_key, cache)
@@ -485,9 +486,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         if listing.broken:
             read = "its members before that are read" if listing.members or listing.bad else "skipped"
             warnings.warn(f"{rel}: {listing.broken}; {read}", stacklevel=2)
-        for member, why in listing.bad:
-            warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
-            left_out.append(f"{rel}:{member}")
+        bad += [(f"{rel}:{member}", why) for member, why in listing.bad]
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
             named_by.add("member" if split else "file")
@@ -497,6 +496,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             splits.append(split)
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
+    say_skipped(bad)  # one line per reason, however many members
     if not sources:
         raise no_images(data, len(files), kind, [f"{p}: {x.broken}" for p, x in listings.items() if x.broken])
     labels = _member_labels(name, ids, labels)
@@ -513,7 +513,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
                       labels=None if labels is None else [labels[i] for i in keep],
                       splits=[splits[i] for i in keep] if has_split else None, classes=[],
                       sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings),
-                      left_out=left_out + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
+                      left_out=[b for b, _ in bad] + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = class_order(dataset.labels, names)
@@ -547,9 +547,7 @@ def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
     """None when no member has a label (unlabelled DATA); else members without one are skipped."""
     if all(lab is None for lab in labels):
         return None
-    for ident, lab in zip(ids, labels, strict=True):
-        if lab is None:
-            warnings.warn(f"skipped {ident}: no label", stacklevel=3)
+    say_skipped(((ident, "no label") for ident, lab in zip(ids, labels, strict=True) if lab is None), stacklevel=3)
     return labels
 
 

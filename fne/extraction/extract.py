@@ -11,6 +11,7 @@ process reads at all.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import time
 import warnings
@@ -53,7 +54,7 @@ from fne.extraction.writer import Writer
 from fne.metrics import provenance
 from fne.options import DataOptions, ExtractOptions
 from fne.progress import progress as progress_bar
-from fne.progress import progress_line
+from fne.progress import progress_line, say_skipped
 
 
 @dataclass
@@ -151,6 +152,10 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
 # The keywords of `extract`, declared in fne.options (the command line's options are the same fields).
 OPTIONS = (StoreSpec, DataOptions, ExtractOptions)
 
+# Set by `fne.linear.features.open_rows` while it extracts the rows a verb misses: it names every
+# image left out itself (with those an earlier run found unreadable), so they are not said twice.
+SKIPS_SAID_BY_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_skips_said_by_caller", default=False)
+
 
 @opts.keywords(*OPTIONS)
 def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> ExtractResult:
@@ -246,10 +251,12 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     result.seconds = time.perf_counter() - t0
     if done.settings and (result.n_computed or result.skipped):  # a no-op run records nothing
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
-        store.record({"kind": "extract", "dataset": dataset.name, **settings,
-                      "weights_file": weights_file(spec.weights),  # fne cache info names it
-                      **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
-                      "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
+        rel = store.record({"kind": "extract", "dataset": dataset.name, **settings,
+                            "weights_file": weights_file(spec.weights),  # fne cache info names it
+                            **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
+                            "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
+        if not SKIPS_SAID_BY_CALLER.get():
+            say_skipped(result.skipped.items(), f"; each named in {store.path / rel} (skipped)")
     return result
 
 
@@ -487,11 +494,11 @@ class _Fresh:
 
 
 def _skip(bad: list, dataset: Dataset, skipped: dict[str, str]) -> dict[str, str]:
-    """Name each unreadable image once (warning + `skipped`); -> {key: why} of those with a key."""
+    """Each unreadable image into `skipped` (said once the run ends, `say_skipped`); -> {key: why}
+    of those with a key."""
     bad_keys = {}
     for i, key, err in bad:
         skipped[dataset.ids[i]] = err
-        warnings.warn(f"skipped {dataset.ids[i]}: {err}", stacklevel=3)
         if key is not None:
             bad_keys[key] = err
     return bad_keys

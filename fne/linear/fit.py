@@ -212,7 +212,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
-                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
+                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk, rows.faint_said), o.solver,
                                spec.device, on_C=lambda name, c, cv: bar.set_postfix(
                                    cross_validated=f"{name} C={c:g} cv accuracy {cv:.4f}")) if auto else None
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
