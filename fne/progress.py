@@ -13,6 +13,7 @@ warnings printed meanwhile stay on lines of their own.
 from __future__ import annotations
 
 import contextvars
+import re
 import sys
 import time
 import warnings
@@ -141,25 +142,35 @@ def first_few(names: Sequence[str], n: int = FEW) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: int = 2) -> None:
+def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: int = 2,
+                skipped: bool = True) -> None:
     """Warn of the images skipped, one line per distinct reason however many there are (a CSV
     with 10,000 empty label cells is one line, not 10,000): ``skipped ID: WHY`` for one image,
-    ``skipped N images (WHY): `first_few` of them`` for more.
+    ``skipped N images (WHY): `first_few` of them`` for more. Reasons that differ only in their
+    numbers ("truncated (44 bytes not processed)", a decompression bomb's pixels) are one line,
+    said as the first met ", and alike", each image shown with its own.
 
     Parameters
     ----------
     items : iterable of (str, str)
-        Each skipped image's id and why, in the order met.
+        Each image's id and why, in the order met.
     where : str
         Where each is named, appended to a line that shows only some (``; each named in F``);
         "" where nowhere is (the line's count says how many it does not show).
     stacklevel : int
         As `warnings.warn`'s, from the caller.
+    skipped : bool
+        False: the images were read, and WHY is a note on them (a float image read black, a
+        very large one): ``ID: WHY`` for one, ``WHY (N images: `first_few` of them)`` for more.
     """
-    by_why: dict[str, list[str]] = {}
+    by_kind: dict[str, list[tuple[str, str]]] = {}  # reasons alike but for their numbers: one line
     for name, why in items:
-        by_why.setdefault(why, []).append(name)
-    for why, names in by_why.items():
-        line = (f"skipped {names[0]}: {why}" if len(names) == 1 else
-                f"skipped {len(names)} images ({why}): {first_few(names)}{where if len(names) > FEW else ''}")
+        by_kind.setdefault(re.sub(r"\d+", "#", why), []).append((name, why))
+    for met in by_kind.values():
+        names, why = [n for n, _ in met], met[0][1]
+        if len({w for _, w in met}) > 1:  # each shown with its own numbers, the line with the first's
+            names, why = [f"{n} ({w})" for n, w in met], f"{why}, and alike"
+        shown = f"{first_few(names)}{where if len(names) > FEW else ''}"
+        line = (f"{'skipped ' * skipped}{met[0][0]}: {met[0][1]}" if len(met) == 1 else
+                f"skipped {len(met)} images ({why}): {shown}" if skipped else f"{why} ({len(met)} images: {shown})")
         warnings.warn(line, stacklevel=stacklevel + 1)

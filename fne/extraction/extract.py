@@ -257,6 +257,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
                             "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
         if not SKIPS_SAID_BY_CALLER.get():
             say_skipped(result.skipped.items(), f"; each named in {store.path / rel} (skipped)")
+    say_skipped(done.notes, skipped=False)  # a float image read black: one line for all such images
     return result
 
 
@@ -386,6 +387,7 @@ class _Pass:
 
     computed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (image id, what decoding it warned of)
     reads: list[tuple] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     settings: dict = field(default_factory=dict)
@@ -445,6 +447,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             st.read_wait += time.perf_counter() - t
             t = time.perf_counter()
             out.reads += batch["stats"]
+            out.notes += batch["notes"]
             x, idx, keys = fresh.select(x, idx, keys)
             rows, event = model(x) if x is not None else (None, None)
             slots.release(batch)  # its pixels are read: their slots go back to the workers

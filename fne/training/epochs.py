@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ class Ctx:
     scaler: torch.amp.GradScaler | None
     progress: bool
     skipped: dict  # image id -> why it was unreadable
+    noted: set = field(default_factory=set)  # (image id, what decoding it warned of) said: once a run, not an epoch
     augment: augment_mod.DeviceAugment | None = None  # training batches' crop + flip on the device
     data: str | None = None  # DATA as given, which a part of no readable image is said of
 
@@ -212,13 +213,16 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
 def _ready(batches, ctx: Ctx, bar):
     """The batches normalised, channels-last, with their labels; the images found unreadable
     into `ctx.skipped`, those new to it said once the pass is over (`say_skipped`: a line per
-    reason, not per image)."""
+    reason, not per image), as are what decoding warned of (`ctx.noted`: once a run)."""
     new: dict[str, str] = {}
+    notes: list[tuple[str, str]] = []
     try:
         for batch, (x, idx), bad in batches:
             for i, _, err in bad:
                 if ctx.dataset.ids[i] not in ctx.skipped:
                     ctx.skipped[ctx.dataset.ids[i]] = new[ctx.dataset.ids[i]] = err
+            notes += [n for n in batch["notes"] if n not in ctx.noted]
+            ctx.noted.update(batch["notes"])
             bar.update(len(batch["idx"]) + len(batch["bad"]))
             if x is None:
                 continue
@@ -227,6 +231,7 @@ def _ready(batches, ctx: Ctx, bar):
             yield idx, x, torch.as_tensor(ctx.labels[idx])
     finally:  # a pass stopped early (--max-steps, an error) says what it met too
         say_skipped(new.items())  # every one in metrics.json's skipped, when the run ends
+        say_skipped(notes, skipped=False)
 
 
 # ------------------------------------------------------------------ passes
