@@ -331,9 +331,7 @@ class Store:
         return len(dropped)
 
     def record(self, record: dict) -> str:  # one run's record: records/<time>-<pid>.json; -> that path
-        rel = f"records/{time.time_ns():020d}-{os.getpid()}.json"
-        self.write_json(rel, record)
-        return rel
+        return self.write_json(rel := f"records/{time.time_ns():020d}-{os.getpid()}.json", record) or rel
 
     def records(self) -> list[dict]:  # every run's record, oldest first (a damaged one left out: `read_records`)
         return read_records(self)

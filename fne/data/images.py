@@ -100,7 +100,7 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
                     continue
                 out.append(e.path)
         todo += sorted(folders, reverse=True)  # the first by name is listed first: a folder seen twice is named by it
-    say_skipped(skipped, stacklevel=4)
+    say_skipped(sorted(skipped, key=lambda s: s[0].split(os.sep)), stacklevel=4)  # in listing order
     return sorted(out, key=lambda f: f.split(os.sep))
 
 
