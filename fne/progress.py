@@ -143,7 +143,7 @@ def first_few(names: Sequence[str], n: int = FEW) -> str:
 
 
 def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: int = 2,
-                skipped: bool = True) -> None:
+                skipped: bool = True, noun: str = "images") -> None:
     """Warn of the images skipped, one line per distinct reason however many there are (a CSV
     with 10,000 empty label cells is one line, not 10,000): ``skipped ID: WHY`` for one image,
     ``skipped N images (WHY): `first_few` of them`` for more. Reasons that differ only in their
@@ -162,6 +162,8 @@ def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: i
     skipped : bool
         False: the images were read, and WHY is a note on them (a float image read black, a
         very large one): ``ID: WHY`` for one, ``WHY (N images: `first_few` of them)`` for more.
+    noun : str
+        What the items are, in the line that counts them ("files": `fne report`'s).
     """
     by_kind: dict[str, list[tuple[str, str]]] = {}  # reasons alike but for their numbers: one line
     for name, why in items:
@@ -172,5 +174,5 @@ def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: i
             names, why = [f"{n} ({w})" for n, w in met], f"{why}, and alike"
         shown = f"{first_few(names)}{where if len(names) > FEW else ''}"
         line = (f"{'skipped ' * skipped}{met[0][0]}: {met[0][1]}" if len(met) == 1 else
-                f"skipped {len(met)} images ({why}): {shown}" if skipped else f"{why} ({len(met)} images: {shown})")
+                f"skipped {len(met)} {noun} ({why}): {shown}" if skipped else f"{why} ({len(met)} {noun}: {shown})")
         warnings.warn(line, stacklevel=stacklevel + 1)

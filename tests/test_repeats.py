@@ -102,3 +102,20 @@ def test_many_dangling_links_are_one_line(tmp_path):
     assert said == ["skipped 9 images (a symbolic link to nothing): " + first_few([str(root / "1" / f"link{k}.png")
                                                                                   for k in range(9)])]
     assert len(d.left_out) == 9
+
+
+def test_report_names_many_foreign_metrics_files_in_one_line(tmp_path):
+    """A RUN_DIR beside another program's 40 runs: one line for them, not 40."""
+    from fne.reporting.report import report
+
+    from .test_report import make_runs
+
+    runs = make_runs(tmp_path / "runs")
+    for k in range(40):
+        (tmp_path / "other" / f"r{k:02d}").mkdir(parents=True)
+        (tmp_path / "other" / f"r{k:02d}" / "metrics.json").write_text('{"loss": 0.3}')
+    said, r = _run(report, [runs, tmp_path / "other"], tmp_path / "rep", figures=False)
+    other = tmp_path / "other"
+    assert said == [f"skipped 40 files (no accuracy: not the metrics.json of a `fne fit` or `fne train` run): "
+                    f"{first_few([str(other / f'r{k:02d}' / 'metrics.json') for k in range(40)])}"]
+    assert r["datasets"]
