@@ -12,12 +12,13 @@ warnings printed meanwhile stay on lines of their own.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 LOG_INTERVAL_S = 30.0
 FEW = 5  # the names a line that counts many shows (`first_few`)
@@ -176,3 +177,24 @@ def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: i
         line = (f"{'skipped ' * skipped}{met[0][0]}: {met[0][1]}" if len(met) == 1 else
                 f"skipped {len(met)} {noun} ({why}): {shown}" if skipped else f"{why} ({len(met)} {noun}: {shown})")
         warnings.warn(line, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def said_once() -> Iterator[None]:
+    """Within it, each warning shown once: a repeat of one shown before (the same category and
+    text, from anywhere) is dropped. `fne run`'s steps each read the same DATA and rows, so each
+    would say its skipped rows and faint layers again, step after step; Python's own filters
+    drop a repeat only from the same line of code. Nothing is hidden: what is dropped was said."""
+    shown: set[tuple[type, str]] = set()
+    before = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            before(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = before

@@ -119,3 +119,53 @@ def test_report_names_many_foreign_metrics_files_in_one_line(tmp_path):
     assert said == [f"skipped 40 files (no accuracy: not the metrics.json of a `fne fit` or `fne train` run): "
                     f"{first_few([str(other / f'r{k:02d}' / 'metrics.json') for k in range(40)])}"]
     assert r["datasets"]
+
+
+def test_said_once_drops_a_repeated_warning_from_anywhere_only_within():
+    from fne.progress import said_once
+
+    def twice(text):  # two lines of code: Python's own filter would show both
+        warnings.warn(text, stacklevel=1)
+        warnings.warn(text, stacklevel=1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with said_once():
+            twice("a")
+            twice("b")
+        twice("a")  # after it: shown again
+    assert [str(w.message) for w in caught] == ["a", "b", "a", "a"]
+
+
+def test_fne_run_says_a_warning_each_step_would_repeat_once(tmp_path, capsys):
+    """Each step of a pipeline reads DATA (and its rows) again: its rows with no label, and the
+    faint layers of random weights, were said again at every step (6 and 4 times here)."""
+    root = write_digits(tmp_path / "d", per_class=6, classes=2)
+    rows = [f"{f.relative_to(tmp_path)},{f.parent.name if k % 3 else ''}" for k, f in enumerate(sorted(root.rglob("*.png")))]
+    (tmp_path / "l.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "p.toml").write_text(f"""[pipeline]
+name = "rep"
+out = "{tmp_path / 'runs'}"
+seeds = [0]
+report = false
+
+[datasets.l]
+data = "{tmp_path / 'l.csv'}"
+
+[[backbones]]
+arch = "efficientnet_lite0"
+weights = "random"
+precision = "fp32"
+
+[fit]
+features = ["last"]
+heads = ["svm", "logreg"]
+splits = 2
+test_size = 0.25
+""")
+    assert main(["run", str(tmp_path / "p.toml"), "--cache", str(tmp_path / "c"), "--workers", "0",
+                 "--no-progress"]) == 0
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("fne: warning:")]
+    assert sum("skipped 4 images (no label)" in x for x in lines) == 1
+    assert sum("too small for float16 storage" in x for x in lines) == 1
+    assert len(lines) == len(set(lines))
