@@ -182,9 +182,11 @@ def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: i
 @contextlib.contextmanager
 def said_once() -> Iterator[None]:
     """Within it, each warning shown once: a repeat of one shown before (the same category and
-    text, from anywhere) is dropped. `fne run`'s steps each read the same DATA and rows, so each
-    would say its skipped rows and faint layers again, step after step; Python's own filters
-    drop a repeat only from the same line of code. Nothing is hidden: what is dropped was said."""
+    text, from anywhere) is dropped. Around every verb of the command line (`fne.cli.main`) and
+    `fne.run`, whose steps each read the same DATA and rows, so each would say its skipped rows
+    and faint layers again, step after step; Python's own filters drop a repeat only from the
+    same line of code, and forget it when a filter changes. Nothing is hidden: what is dropped
+    was said."""
     shown: set[tuple[type, str]] = set()
     before = warnings.showwarning
 
