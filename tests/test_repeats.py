@@ -169,3 +169,25 @@ test_size = 0.25
     assert sum("skipped 4 images (no label)" in x for x in lines) == 1
     assert sum("too small for float16 storage" in x for x in lines) == 1
     assert len(lines) == len(set(lines))
+
+
+def test_an_interrupted_extraction_still_names_the_images_it_skipped(tmp_path, monkeypatch):
+    """Said once the run ends: a run stopped by Ctrl-C says what it met before it stopped."""
+    from fne.extraction import extract as extract_mod
+
+    root = write_digits(tmp_path / "d", per_class=2, classes=2)
+    for k in range(3):
+        (root / "1" / f"bad{k}.jpg").write_text(f"not an image {k}\n")
+    real = extract_mod._skip
+
+    def skip_then_stop(*a, **k):
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extract_mod, "_skip", skip_then_stop)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("always")
+        extract_mod.extract(str(root), cache=str(tmp_path / "c"), arch="efficientnet_lite0", weights="random",
+                            precision="fp32", workers=0, batch_size=16, progress=False)
+    assert [str(w.message) for w in caught if "skipped" in str(w.message)] == [
+        "skipped 3 images (not an image file): 1/bad0.jpg, 1/bad1.jpg, 1/bad2.jpg"]

@@ -239,7 +239,12 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
                            CacheError)  # before any image is read; its rows are still read by fit
     done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
-        plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
+        try:
+            plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
+        except BaseException:  # stopped (Ctrl-C, an error): the images it met are named all the same
+            say_skipped(done.skipped.items())
+            say_skipped(done.notes, skipped=False)
+            raise
         if done.settings:  # computed (not all done meanwhile by another process)
             _fill(result, done)
     _count(result, plan, store)
