@@ -22,7 +22,7 @@ from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
-from fne.progress import say_skipped
+from fne.progress import first_few, say_skipped
 
 _FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
@@ -224,7 +224,7 @@ def _folder(root: Path) -> Dataset:
                         f"for random splits, or add test/")
     if loose:
         warnings.warn(f"DATA {root}: {len(loose)} image(s) beside the class folders belong to no class, left out: "
-                      f"{', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''}", stacklevel=3)
+                      f"{first_few(loose, 3)}", stacklevel=3)
     left_out: list[str] = list(loose)
     files, labels = _class_folder(root, left_out)
     d = _file_dataset(root.name, root, files, labels, None)
@@ -246,7 +246,7 @@ def _split_folder(root: Path) -> Dataset:
     left_out = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     word = {n: containers.normalise_split(n) for n in names}
     what = [", ".join(f"{n}/" for n in names if word[n] is None)]
-    what += [f"{len(left_out)} image(s) beside train/ and test/ ({', '.join(left_out[:3])}{' ...' * (len(left_out) > 3)})"
+    what += [f"{len(left_out)} image(s) beside train/ and test/ ({first_few(left_out, 3)})"
              if left_out else ""]
     if any(what):
         warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
@@ -289,8 +289,7 @@ def _csv(path: Path) -> Dataset:
     files = [base / (r["path"] or "") for r in rows]
     absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
     if absent:
-        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
-        raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {', '.join(absent[:5])}{more}")
+        raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {first_few(absent)}")
     labels = [label_text(r["label"]) if "label" in cols else None for r in rows]
     splits = None
     if "split" in cols:
