@@ -191,3 +191,30 @@ def test_an_interrupted_extraction_still_names_the_images_it_skipped(tmp_path, m
                             precision="fp32", workers=0, batch_size=16, progress=False)
     assert [str(w.message) for w in caught if "skipped" in str(w.message)] == [
         "skipped 3 images (not an image file): 1/bad0.jpg, 1/bad1.jpg, 1/bad2.jpg"]
+
+
+def test_fit_names_an_image_its_extraction_could_not_read_though_no_key_records_it(tmp_path, monkeypatch):
+    """An image that reads when hashed and fails when extracted (a flaky network disk) has no bad
+    record; `fit --extract` names it all the same, once (its extraction leaves the naming to fit),
+    and leaves it out."""
+    from fne.data.dataset import Dataset
+    from fne.linear.fit import fit
+
+    root = write_digits(tmp_path / "d", per_class=4, classes=2)
+    real, calls = Dataset.read_bytes, {}
+
+    def flaky(self, i):
+        calls[i] = calls.get(i, 0) + 1
+        if self.ids[i] == "1/d0001.png" and calls[i] > 1:
+            raise OSError(5, "Input/output error")
+        return real(self, i)
+
+    monkeypatch.setattr(Dataset, "read_bytes", flaky)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = fit(str(root), out=tmp_path / "run", cache=str(tmp_path / "c"), extract_missing=True, features="last",
+                splits=1, test_size=0.5, arch="efficientnet_lite0", weights="random", precision="fp32",
+                storage_dtype="float32", workers=0, progress=False)
+    assert [str(w.message) for w in caught if "d0001" in str(w.message)] == [
+        "skipped 1/d0001.png: cannot read: Input/output error"]
+    assert m["n_images"] == 7  # left out, as a recorded unreadable image is (it raised KeyError deep in fit)

@@ -143,7 +143,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     labelled = labels_fingerprint(keys, dataset.labels)  # before unreadable images are left out, as train's
     store = spec.find(keys, verb, (extraction or ForwardOptions()).progress)
     missing = store.missing(keys)
-    seconds = None
+    seconds, unread = None, {}
     if missing:
         who = f"fne.{verb}" if verb == "load_rows" else f"fne {verb}"
         if not extract_missing:
@@ -166,12 +166,13 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
             r = extract(dataset, pinned, **asdict(extraction))
         finally:
             SKIPS_SAID_BY_CALLER.reset(said)
-        seconds = r.seconds
+        seconds, unread = r.seconds, r.skipped  # unread: also those with no key to record (an OSError)
         store.refresh()
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record
-    keep = [i for i, k in enumerate(keys) if k in index or k not in bad]
+    keep = [i for i, k in enumerate(keys) if k in index or (k not in bad and dataset.ids[i] not in unread)]
+    left = {dataset.ids[i]: bad[k] for i, k in enumerate(keys) if k not in index and k in bad}
+    say_skipped({**left, **{n: w for n, w in unread.items() if n not in left}}.items(), stacklevel=3)
     if len(keep) < len(keys):
-        say_skipped([(dataset.ids[i], bad[k]) for i, k in enumerate(keys) if k not in index and k in bad], stacklevel=3)
         dataset = dataset.subset(keep)
     if len(dataset) == 0:
         raise FneError(f"{data}: no readable images")
