@@ -158,21 +158,24 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
     if not class_dirs:
         none = "" if image_files(str(root)) else f", and no images: {no_image_files(str(root))}"
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>){none}")
-    files, labels, grouped = [], [], {}
-    for name in class_dirs:
-        imgs = image_files(os.path.join(root, name), left_out)
-        if not imgs:
-            raise DataError(f"DATA {root}: class folder {name!r} has no images: "
-                            f"{no_image_files(os.path.join(root, name))}")
-        rel = [p[len(str(root)) + len(name) + 2:].split(os.sep, 1) for p in imgs]
-        tops = {r[0].lower() for r in rel}  # DATA given a level up
-        if "train" in tops and tops & _HELD_OUT:
-            raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
-                            f"{os.path.join(root, name)} as DATA")
-        if len(tops) > 1 and all(len(r) > 1 for r in rel):  # animals/cat/, animals/dog/: one class, animals
-            grouped[name] = sorted({r[0] for r in rel})
-        files += imgs
-        labels += [name] * len(imgs)
+    files, labels, grouped, skipped = [], [], {}, []
+    try:  # what the folders' listings skipped: a line per reason for DATA, not per class folder
+        for name in class_dirs:
+            imgs = image_files(os.path.join(root, name), left_out, skipped)
+            if not imgs:
+                raise DataError(f"DATA {root}: class folder {name!r} has no images: "
+                                f"{no_image_files(os.path.join(root, name))}")
+            rel = [p[len(str(root)) + len(name) + 2:].split(os.sep, 1) for p in imgs]
+            tops = {r[0].lower() for r in rel}  # DATA given a level up
+            if "train" in tops and tops & _HELD_OUT:
+                raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
+                                f"{os.path.join(root, name)} as DATA")
+            if len(tops) > 1 and all(len(r) > 1 for r in rel):  # animals/cat/, animals/dog/: one class, animals
+                grouped[name] = sorted({r[0] for r in rel})
+            files += imgs
+            labels += [name] * len(imgs)
+    finally:
+        say_skipped(skipped, stacklevel=5)
     if grouped:
         subs = [f"{g}/{s}/" for g, ss in grouped.items() for s in ss]
         warnings.warn(f"DATA {root}: {len(grouped)} of {len(class_dirs)} class folder(s) hold their images in sub-folders "

@@ -57,17 +57,20 @@ def read_image(path: str | Path) -> Image.Image:
         return to_rgb(img)
 
 
-def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
+def image_files(folder: str, left_out: list[str] | None = None,
+                skipped: list[tuple[str, str]] | None = None) -> list[str]:
     """Paths of the image files anywhere under `folder`, in `Path` order (component by
     component). Hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)
     are left out, as hidden class folders are; symlinked folders are followed (as torchvision's
     `ImageFolder` does), each real folder once; a symlink to nothing is skipped, named in a warning
-    (one per reason, `say_skipped`) and added to `left_out`. Directory entries only (a stat per folder and per
+    (one per reason, `say_skipped`; given `skipped`, added to it for the caller to say) and
+    added to `left_out`. Directory entries only (a stat per folder and per
     symlink, none per regular file), which matters on a shared filesystem with a million
     images; strings, not `Path` objects: a listing of 32,768 files took 0.6 s through pathlib."""
     out: list[str] = []
     seen: set[tuple[int, int]] = set()
-    todo, skipped = [folder], []  # skipped: (path, why), said once listed (`say_skipped`)
+    todo, said = [folder], skipped is None  # skipped: (path, why), said once listed (`say_skipped`) or by the caller
+    skipped = [] if skipped is None else skipped
     while todo:
         top = todo.pop()
         try:
@@ -100,7 +103,9 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
                     continue
                 out.append(e.path)
         todo += sorted(folders, reverse=True)  # the first by name is listed first: a folder seen twice is named by it
-    say_skipped(sorted(skipped, key=lambda s: s[0].split(os.sep)), stacklevel=4)  # in listing order
+    skipped.sort(key=lambda s: s[0].split(os.sep))  # in listing order
+    if said:
+        say_skipped(skipped, stacklevel=4)
     return sorted(out, key=lambda f: f.split(os.sep))
 
 
