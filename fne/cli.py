@@ -39,7 +39,7 @@ def _cmd_extract(a) -> int:
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     kw["shard"] = parse_shard(a.shard) if a.shard is not None else shard_from_env()  # before DATA is read
     r = extract(a.data, **kw)
-    named = " (each named above)" if r.n_skipped else ""
+    named = " (named above)" if r.n_skipped else ""
     if r.n_left_out:
         named += f", {r.n_left_out} left out when listing DATA (named above)"
     earlier = (f", {r.n_unreadable} recorded unreadable by an earlier run (--retry-bad reads them again)"
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
     option value's (`fne.option_handling.refusal`'s `cli`) names its flag, where Python's names its keyword."""
     from fne.errors import FneError
-    from fne.progress import COMMAND_LINE
+    from fne.progress import COMMAND_LINE, said_once
     from fne.stopped import checkpoint_found, how_to_resume, ran_out
 
     argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     found = checkpoint_found(args)  # train: an earlier run's checkpoint, told from this run's
     words = COMMAND_LINE.set(True)  # what the verb prints names flags (`fne.progress.said`)
     try:
-        return int(args.func(args) or 0)
+        with said_once():  # a warning the verb gives again (a split's, a step's) is one line
+            return int(args.func(args) or 0)
     except FneError as e:
         print(f"fne {args.command}: error: {getattr(e, 'cli', e)}", file=sys.stderr)
         return 2

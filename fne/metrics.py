@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fne.option_handling import command_line
+from fne.progress import first_few
 
 
 def split_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> tuple[dict, np.ndarray]:
@@ -73,8 +74,7 @@ def _warn_untested(untested: np.ndarray, classes: list[str]) -> None:
     if not len(missing):
         return
     k, n = len(untested), len(classes)
-    shown = ", ".join(repr(classes[c]) + (f" (in {int(untested[:, c].sum())} of {k})" if k > 1 else "")
-                      for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    shown = first_few([repr(classes[c]) + (f" (in {int(untested[:, c].sum())} of {k})" if k > 1 else "") for c in missing])
     where = "the test images" if k == 1 else f"the test images of one or more of the {k} splits"
     warnings.warn(f"{len(missing)} of the {n} classes {'has' if len(missing) == 1 else 'have'} no image among {where}, so no recall there: {shown}; "
                   f"the mean class accuracy of {'the split' if k == 1 else 'such a split'} is the mean of the "

@@ -1,6 +1,6 @@
 """Progress on long work: a live bar on a terminal, a plain line at most every 30 s in a log; the
 lines that say how the work goes (`progress_line`); and the lines verbs print, in the words of the
-API called (`said`).
+API called (`said`); and how a problem met many times is said once (`first_few`, `say_skipped`).
 
 ``progress=False`` (a verb's keyword) promises a Python caller silence: no bar and no progress line,
 only notes, warnings and errors. On the command line (`COMMAND_LINE`) --no-progress drops the bars,
@@ -12,12 +12,16 @@ warnings printed meanwhile stay on lines of their own.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import re
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 LOG_INTERVAL_S = 30.0
+FEW = 5  # the names a line that counts many shows (`first_few`)
 
 
 def _clock(seconds: float) -> str:
@@ -119,3 +123,80 @@ def said(text: Callable[[bool], str]) -> str:
     `fne.option_handling.named(..., python)`, for a Python caller their keywords (``force=True``), on the
     command line (`COMMAND_LINE`) their flags (``--force``)."""
     return text(not COMMAND_LINE.get())
+
+
+def first_few(names: Sequence[str], n: int = FEW) -> str:
+    """The first `n` of `names` and a count of the rest: ``a, b, c, d, e and 7 more``.
+
+    Parameters
+    ----------
+    names : sequence of str
+        What a line names (images, classes, layers), in the order it names them.
+    n : int
+        How many are shown.
+
+    Returns
+    -------
+    str
+        The names shown, comma-separated, and `` and N more`` where there are more.
+    """
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: int = 2,
+                skipped: bool = True, noun: str = "images") -> None:
+    """Warn of the images skipped, one line per distinct reason however many there are (a CSV
+    with 10,000 empty label cells is one line, not 10,000): ``skipped ID: WHY`` for one image,
+    ``skipped N images (WHY): `first_few` of them`` for more. Reasons that differ only in their
+    numbers ("truncated (44 bytes not processed)", a decompression bomb's pixels) are one line,
+    said as the first met ", and alike", each image shown with its own.
+
+    Parameters
+    ----------
+    items : iterable of (str, str)
+        Each image's id and why, in the order met.
+    where : str
+        Where each is named, appended to a line that shows only some (``; each named in F``);
+        "" where nowhere is (the line's count says how many it does not show).
+    stacklevel : int
+        As `warnings.warn`'s, from the caller.
+    skipped : bool
+        False: the images were read, and WHY is a note on them (a float image read black, a
+        very large one): ``ID: WHY`` for one, ``WHY (N images: `first_few` of them)`` for more.
+    noun : str
+        What the items are, in the line that counts them ("files": `fne report`'s).
+    """
+    by_kind: dict[str, list[tuple[str, str]]] = {}  # reasons alike but for their numbers: one line
+    for name, why in items:
+        by_kind.setdefault(re.sub(r"\d+", "#", why), []).append((name, why))
+    for met in by_kind.values():
+        names, why = [n for n, _ in met], met[0][1]
+        if len({w for _, w in met}) > 1:  # each shown with its own numbers, the line with the first's
+            names, why = [f"{n} ({w})" for n, w in met], f"{why}, and alike"
+        shown = f"{first_few(names)}{where if len(names) > FEW else ''}"
+        line = (f"{'skipped ' * skipped}{met[0][0]}: {met[0][1]}" if len(met) == 1 else
+                f"skipped {len(met)} {noun} ({why}): {shown}" if skipped else f"{why} ({len(met)} {noun}: {shown})")
+        warnings.warn(line, stacklevel=stacklevel + 1)
+
+
+@contextlib.contextmanager
+def said_once() -> Iterator[None]:
+    """Within it, each warning shown once: a repeat of one shown before (the same category and
+    text, from anywhere) is dropped. Around every verb of the command line (`fne.cli.main`) and
+    `fne.run`, whose steps each read the same DATA and rows, so each would say its skipped rows
+    and faint layers again, step after step; Python's own filters drop a repeat only from the
+    same line of code, and forget it when a filter changes. Nothing is hidden: what is dropped
+    was said."""
+    shown: set[tuple[type, str]] = set()
+    before = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            before(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = before

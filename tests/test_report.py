@@ -293,13 +293,13 @@ def test_a_metrics_json_that_is_no_run_is_named_not_skipped_in_silence(tmp_path)
         r = report([runs / "a", tmp_path / "odd"], tmp_path / "rep", figures=False)
     lines = sorted(str(w.message) for w in said)
     odd = tmp_path / "odd"
-    assert lines == [f"skipping {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
+    assert lines == [f"skipped {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
                      f"or `fne train` run",
-                     f"skipping {odd / 'list' / 'metrics.json'}: it holds a JSON list, not an object (a damaged or "
+                     f"skipped {odd / 'list' / 'metrics.json'}: it holds a JSON list, not an object (a damaged or "
                      f"foreign file)",
-                     f"skipping {odd / 'text' / 'metrics.json'}: it holds a JSON str, not an object (a damaged or "
+                     f"skipped {odd / 'text' / 'metrics.json'}: it holds a JSON str, not an object (a damaged or "
                      f"foreign file)",
-                     f"skipping {odd / 'word' / 'metrics.json'}: its accuracy not as fne writes them (a damaged or "
+                     f"skipped {odd / 'word' / 'metrics.json'}: its accuracy not as fne writes them (a damaged or "
                      f"hand-edited file)"]
     assert [d["dataset"] for d in r["datasets"]] == ["pets"]
     with pytest.warns(UserWarning, match="no accuracy"), pytest.raises(FneError, match="^no run's metrics.json under"):
@@ -318,7 +318,7 @@ def test_a_damaged_field_skips_its_run_with_a_line_not_a_traceback(tmp_path, fie
     TypeError in the report (unhashable type, no len(), '>' between str and int)."""
     runs = make_runs(tmp_path / "runs")
     write_run(tmp_path / "runs", "odd", damage(fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, labels_fingerprint="a")))
-    with pytest.warns(UserWarning, match=f"^skipping {tmp_path / 'runs' / 'odd' / 'metrics.json'}: its {field} not as "
+    with pytest.warns(UserWarning, match=f"^skipped {tmp_path / 'runs' / 'odd' / 'metrics.json'}: its {field} not as "
                                          f"fne writes them"):
         r = report([runs], tmp_path / "rep", figures=False)
     assert str(tmp_path / "runs" / "a" / "fne") in json.dumps(r) and str(tmp_path / "runs" / "odd") not in json.dumps(r)
@@ -337,7 +337,7 @@ def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, nam
     runs = make_runs(tmp_path / "runs")
     f = runs / name
     f.write_text(json.dumps({**json.loads(f.read_text()), **damage}))
-    with pytest.warns(UserWarning, match=f"^skipping {f}: its {field} not as fne writes them"):
+    with pytest.warns(UserWarning, match=f"^skipped {f}: its {field} not as fne writes them"):
         r = report([runs], tmp_path / "rep", figures=False)
     pets = next(d for d in r["datasets"] if d["dataset"] == "pets")
     assert (pets["advice"] == []) == (name == "adv/advice.json")

@@ -140,7 +140,7 @@ def test_a_metrics_json_of_fields_fne_never_writes_is_skipped_and_named(tmp_path
     root = tmp_path / "runs"
     write_run(root, "good", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
     d = write_run(root, "bad", {**fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01), **bad})
-    with pytest.warns(UserWarning, match=rf"skipping {d / 'metrics.json'}: its {next(iter(bad))} not as fne writes"):
+    with pytest.warns(UserWarning, match=rf"skipped {d / 'metrics.json'}: its {next(iter(bad))} not as fne writes"):
         r = report([root], tmp_path / "rep", figures=False)
     assert [row["method"] for row in r["datasets"][0]["rows"]] == ["fne+svm"]
 

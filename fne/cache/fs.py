@@ -273,10 +273,10 @@ def read_json(path: Path, warn: bool = False) -> dict | None:
         obj = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         if warn:
-            warnings.warn(f"skipping unreadable {path}: {e}", stacklevel=3)
+            warnings.warn(f"skipped {path}: unreadable ({e})", stacklevel=3)
         return None
     if not isinstance(obj, dict) and warn:
-        warnings.warn(f"skipping {path}: it holds a JSON {type(obj).__name__}, not an object "
+        warnings.warn(f"skipped {path}: it holds a JSON {type(obj).__name__}, not an object "
                       f"(a damaged or foreign file)", stacklevel=3)
     return obj if isinstance(obj, dict) else None
 

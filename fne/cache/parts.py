@@ -20,6 +20,7 @@ import zarr
 
 from fne.errors import CacheError
 from fne.option_handling import named, refusal
+from fne.progress import first_few
 
 ROWS = "rows"
 # What real damage raises when a part is read: a file gone or cut short, bytes that do not
@@ -103,7 +104,7 @@ def _overflow(rows: np.ndarray, taps: list[tuple[str, int]], where: object) -> N
         if not np.isfinite(rows[:, :, lo:lo + c]).all():
             bad.append(tap)
         lo += c
-    shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+    shown = first_few(bad, 4)
     raise refusal(lambda py: f"{where}: the rows of {shown} do not fit float16 storage (values beyond ±65,504, or "
                              f"NaN): extract with {named('storage_dtype', py, 'float32', plain=True)} (random weights "
                              f"of a network without normalisation do this)", CacheError)

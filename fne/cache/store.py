@@ -330,8 +330,8 @@ class Store:
         self._bad = None
         return len(dropped)
 
-    def record(self, record: dict) -> None:  # one run's record: records/<time>-<pid>.json
-        self.write_json(f"records/{time.time_ns():020d}-{os.getpid()}.json", record)
+    def record(self, record: dict) -> str:  # one run's record: records/<time>-<pid>.json; -> that path
+        return self.write_json(rel := f"records/{time.time_ns():020d}-{os.getpid()}.json", record) or rel
 
     def records(self) -> list[dict]:  # every run's record, oldest first (a damaged one left out: `read_records`)
         return read_records(self)

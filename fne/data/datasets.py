@@ -22,6 +22,7 @@ from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
+from fne.progress import first_few, say_skipped
 
 _FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
@@ -157,21 +158,24 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
     if not class_dirs:
         none = "" if image_files(str(root)) else f", and no images: {no_image_files(str(root))}"
         raise DataError(f"DATA {root}: no class sub-folders (expected {root}/<class>/<image files>){none}")
-    files, labels, grouped = [], [], {}
-    for name in class_dirs:
-        imgs = image_files(os.path.join(root, name), left_out)
-        if not imgs:
-            raise DataError(f"DATA {root}: class folder {name!r} has no images: "
-                            f"{no_image_files(os.path.join(root, name))}")
-        rel = [p[len(str(root)) + len(name) + 2:].split(os.sep, 1) for p in imgs]
-        tops = {r[0].lower() for r in rel}  # DATA given a level up
-        if "train" in tops and tops & _HELD_OUT:
-            raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
-                            f"{os.path.join(root, name)} as DATA")
-        if len(tops) > 1 and all(len(r) > 1 for r in rel):  # animals/cat/, animals/dog/: one class, animals
-            grouped[name] = sorted({r[0] for r in rel})
-        files += imgs
-        labels += [name] * len(imgs)
+    files, labels, grouped, skipped = [], [], {}, []
+    try:  # what the folders' listings skipped: a line per reason for DATA, not per class folder
+        for name in class_dirs:
+            imgs = image_files(os.path.join(root, name), left_out, skipped)
+            if not imgs:
+                raise DataError(f"DATA {root}: class folder {name!r} has no images: "
+                                f"{no_image_files(os.path.join(root, name))}")
+            rel = [p[len(str(root)) + len(name) + 2:].split(os.sep, 1) for p in imgs]
+            tops = {r[0].lower() for r in rel}  # DATA given a level up
+            if "train" in tops and tops & _HELD_OUT:
+                raise DataError(f"DATA {root}: class folder {name!r} holds a train/ and test/ (or val/) split of its own: give "
+                                f"{os.path.join(root, name)} as DATA")
+            if len(tops) > 1 and all(len(r) > 1 for r in rel):  # animals/cat/, animals/dog/: one class, animals
+                grouped[name] = sorted({r[0] for r in rel})
+            files += imgs
+            labels += [name] * len(imgs)
+    finally:
+        say_skipped(skipped, stacklevel=5)
     if grouped:
         subs = [f"{g}/{s}/" for g, ss in grouped.items() for s in ss]
         warnings.warn(f"DATA {root}: {len(grouped)} of {len(class_dirs)} class folder(s) hold their images in sub-folders "
@@ -223,7 +227,7 @@ def _folder(root: Path) -> Dataset:
                         f"for random splits, or add test/")
     if loose:
         warnings.warn(f"DATA {root}: {len(loose)} image(s) beside the class folders belong to no class, left out: "
-                      f"{', '.join(loose[:3])}{' ...' if len(loose) > 3 else ''}", stacklevel=3)
+                      f"{first_few(loose, 3)}", stacklevel=3)
     left_out: list[str] = list(loose)
     files, labels = _class_folder(root, left_out)
     d = _file_dataset(root.name, root, files, labels, None)
@@ -245,7 +249,7 @@ def _split_folder(root: Path) -> Dataset:
     left_out = sorted(e.name for e in entries if e.is_file() and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS)
     word = {n: containers.normalise_split(n) for n in names}
     what = [", ".join(f"{n}/" for n in names if word[n] is None)]
-    what += [f"{len(left_out)} image(s) beside train/ and test/ ({', '.join(left_out[:3])}{' ...' * (len(left_out) > 3)})"
+    what += [f"{len(left_out)} image(s) beside train/ and test/ ({first_few(left_out, 3)})"
              if left_out else ""]
     if any(what):
         warnings.warn(f"DATA {root}: {' and '.join(w for w in what if w)} left out: a predefined split reads "
@@ -288,8 +292,7 @@ def _csv(path: Path) -> Dataset:
     files = [base / (r["path"] or "") for r in rows]
     absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
     if absent:
-        more = f" (and {len(absent) - 5} more)" if len(absent) > 5 else ""
-        raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {', '.join(absent[:5])}{more}")
+        raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {first_few(absent)}")
     labels = [label_text(r["label"]) if "label" in cols else None for r in rows]
     splits = None
     if "split" in cols:
@@ -477,7 +480,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     the user gave it, which its errors name (default `name`)."""
     data = data or name
     listings: dict[str, containers.Listing] = {}
-    ids, labels, splits, sources, left_out = [], [], [], [], []
+    ids, labels, splits, sources, bad = [], [], [], [], []
     class_names, named_by = None, set()  # where the members' splits were read: a field of theirs, a file's name
     for path in files:
         listing = listings[path] = _listing(path, kind, label_key, cache)
@@ -485,9 +488,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
         if listing.broken:
             read = "its members before that are read" if listing.members or listing.bad else "skipped"
             warnings.warn(f"{rel}: {listing.broken}; {read}", stacklevel=2)
-        for member, why in listing.bad:
-            warnings.warn(f"skipped {rel}:{member}: {why}", stacklevel=2)
-            left_out.append(f"{rel}:{member}")
+        bad += [(f"{rel}:{member}", why) for member, why in listing.bad]
         file_split = containers.split_of_name(path, root)
         for mname, a, b, label, split in listing.members:
             named_by.add("member" if split else "file")
@@ -497,6 +498,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
             splits.append(split)
             sources.append(containers.Member(path, mname, a, b))
         class_names = class_names or listing.class_names
+    say_skipped(bad)  # one line per reason, however many members
     if not sources:
         raise no_images(data, len(files), kind, [f"{p}: {x.broken}" for p, x in listings.items() if x.broken])
     labels = _member_labels(name, ids, labels)
@@ -513,7 +515,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
                       labels=None if labels is None else [labels[i] for i in keep],
                       splits=[splits[i] for i in keep] if has_split else None, classes=[],
                       sources=[sources[i] for i in keep], root=root, container=containers.ContainerReader(listings),
-                      left_out=left_out + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
+                      left_out=[b for b, _ in bad] + ([] if labels is None else [ids[i] for i, lab in enumerate(labels) if lab is None]))
     if dataset.labels is not None:
         names = class_names if class_names and set(dataset.labels) <= set(class_names) else None
         dataset.classes = class_order(dataset.labels, names)
@@ -547,9 +549,7 @@ def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
     """None when no member has a label (unlabelled DATA); else members without one are skipped."""
     if all(lab is None for lab in labels):
         return None
-    for ident, lab in zip(ids, labels, strict=True):
-        if lab is None:
-            warnings.warn(f"skipped {ident}: no label", stacklevel=3)
+    say_skipped(((ident, "no label") for ident, lab in zip(ids, labels, strict=True) if lab is None), stacklevel=3)
     return labels
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from fne.data.formats import IMAGE_EXTENSIONS
+from fne.progress import say_skipped
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not come back half grey
 
@@ -56,24 +57,27 @@ def read_image(path: str | Path) -> Image.Image:
         return to_rgb(img)
 
 
-def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
+def image_files(folder: str, left_out: list[str] | None = None,
+                skipped: list[tuple[str, str]] | None = None) -> list[str]:
     """Paths of the image files anywhere under `folder`, in `Path` order (component by
     component). Hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)
     are left out, as hidden class folders are; symlinked folders are followed (as torchvision's
-    `ImageFolder` does), each real folder once; a symlink to nothing is skipped with a warning
-    naming it, and added to `left_out`. Directory entries only (a stat per folder and per
+    `ImageFolder` does), each real folder once; a symlink to nothing is skipped, named in a warning
+    (one per reason, `say_skipped`; given `skipped`, added to it for the caller to say) and
+    added to `left_out`. Directory entries only (a stat per folder and per
     symlink, none per regular file), which matters on a shared filesystem with a million
     images; strings, not `Path` objects: a listing of 32,768 files took 0.6 s through pathlib."""
     out: list[str] = []
     seen: set[tuple[int, int]] = set()
-    todo = [folder]
+    todo, said = [folder], skipped is None  # skipped: (path, why), said once listed (`say_skipped`) or by the caller
+    skipped = [] if skipped is None else skipped
     while todo:
         top = todo.pop()
         try:
             st = os.stat(top)
             entries = list(os.scandir(top))
         except OSError as e:
-            warnings.warn(f"skipped {top}: {e.strerror or e}", stacklevel=4)
+            skipped.append((top, e.strerror or str(e)))
             continue
         if (st.st_dev, st.st_ino) in seen:  # a symlink back to a folder already listed
             continue
@@ -85,7 +89,7 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
             try:
                 is_dir = e.is_dir()  # follows a symlink
             except OSError as err:  # a link to itself, or a chain of links too long: ELOOP
-                warnings.warn(f"skipped {e.path}: {err.strerror or err}", stacklevel=4)
+                skipped.append((e.path, err.strerror or str(err)))
                 if left_out is not None:
                     left_out.append(e.path)
                 continue
@@ -93,12 +97,15 @@ def image_files(folder: str, left_out: list[str] | None = None) -> list[str]:
                 folders.append(e.path)
             elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
                 if e.is_symlink() and not e.is_file():
-                    warnings.warn(f"skipped {e.path}: a symbolic link to nothing", stacklevel=4)
+                    skipped.append((e.path, "a symbolic link to nothing"))
                     if left_out is not None:
                         left_out.append(e.path)
                     continue
                 out.append(e.path)
         todo += sorted(folders, reverse=True)  # the first by name is listed first: a folder seen twice is named by it
+    skipped.sort(key=lambda s: s[0].split(os.sep))  # in listing order
+    if said:
+        say_skipped(skipped, stacklevel=4)
     return sorted(out, key=lambda f: f.split(os.sep))
 
 

@@ -22,6 +22,8 @@ import re
 import unicodedata
 import warnings
 
+from fne.progress import first_few
+
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: int() must read it ('²'.isdigit() is True)
 
 
@@ -74,8 +76,7 @@ def missing_words(labels: list[str | None], ids: list[str], where: str) -> None:
         if lab is not None and lab.casefold() in MISSING_WORDS:
             found.setdefault(lab, []).append(ident)
     for word, where_ in found.items():
-        more = f" and {len(where_) - 3} more" if len(where_) > 3 else ""
-        warnings.warn(f"{where}: {len(where_)} label(s) read {word!r} ({', '.join(where_[:3])}{more}), kept as a "
+        warnings.warn(f"{where}: {len(where_)} label(s) read {word!r} ({first_few(where_, 3)}), kept as a "
                       f"class of that name; for an image without a label, leave its label empty", stacklevel=4)
 
 
@@ -122,9 +123,8 @@ def class_order(labels, names: list[str] | None = None, numeric: bool = True) ->
         kept = [n for n in names if n in present]
         if len(kept) < len(names):
             absent = [n for n in names if n not in present]
-            more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
             warnings.warn(f"{len(absent)} of the {len(names)} classes the data names have no image and are left "
-                          f"out: {', '.join(map(repr, absent[:5]))}{more}", stacklevel=4)
+                          f"out: {first_few(list(map(repr, absent)))}", stacklevel=4)
         _warn_near_duplicates(kept)
         return kept
     uniq = set(labels)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 
 from fne.data import containers
 from fne.data.dataset import Dataset, content_key
 from fne.data.sidecar import merge_json
 from fne.errors import DataError
+from fne.progress import say_skipped
 
 FORMAT = 1
 RACY_NS = 2_000_000_000
@@ -145,7 +145,7 @@ def attach_keys(dataset: Dataset, cache: str | Path | None, skip_unreadable: boo
     manifest = manifest_for(dataset, cache)
     if manifest is None:
         return dataset
-    keys, keep = known_keys(dataset, manifest), []
+    keys, keep, unread = known_keys(dataset, manifest), [], []
     for i, k in enumerate(keys):
         if k is None:
             try:
@@ -154,10 +154,11 @@ def attach_keys(dataset: Dataset, cache: str | Path | None, skip_unreadable: boo
                 if not skip_unreadable:
                     raise DataError(f"cannot read {dataset.ids[i] if dataset.container is not None else dataset.sources[i]}: "
                                     f"{e.strerror or e}") from e
-                warnings.warn(f"skipped {dataset.ids[i]}: cannot read: {e.strerror or e}", stacklevel=2)
+                unread.append((dataset.ids[i], f"cannot read: {e.strerror or e}"))
                 continue
             manifest.add(dataset.sources[i], size, mtime_ns, keys[i], now)
         keep.append(i)
+    say_skipped(unread)
     if save:
         manifest.save()
     dataset._keys = keys

@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedShuffleSplit
 from fne.data.dataset import Dataset
 from fne.errors import DataError, FneError
 from fne.option_handling import drawn_given, named, refusal
-from fne.progress import said
+from fne.progress import first_few, said
 
 
 def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: float = 0.25,
@@ -51,7 +51,7 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
         raise FneError(f"DATA {dataset.as_given}: every class needs at least 2{distinct} images for a random split; "
-                       f"{len(ones)} class(es) have 1: {', '.join(ones[:5])}{' ...' if len(ones) > 5 else ''}")
+                       f"{len(ones)} class(es) have 1: {first_few(ones)}")
     return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
 
 

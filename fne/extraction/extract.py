@@ -11,6 +11,7 @@ process reads at all.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import glob
 import hashlib
 import os
@@ -56,7 +57,7 @@ from fne.extraction.writer import Writer
 from fne.metrics import provenance
 from fne.options import DataOptions, ExtractOptions
 from fne.progress import progress as progress_bar
-from fne.progress import progress_line
+from fne.progress import progress_line, say_skipped
 
 
 @dataclass
@@ -154,6 +155,10 @@ def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, 
 # The keywords of `extract`, declared in fne.options (the command line's options are the same fields).
 OPTIONS = (StoreSpec, DataOptions, ExtractOptions)
 
+# Set by `fne.linear.features.open_rows` while it extracts the rows a verb misses: it names every
+# image left out itself (with those an earlier run found unreadable), so they are not said twice.
+SKIPS_SAID_BY_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_skips_said_by_caller", default=False)
+
 
 @opts.keywords(*OPTIONS)
 def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **options) -> ExtractResult:
@@ -239,7 +244,12 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         refuse_unobtainable(spec.arch, spec.weights)
     done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
-        plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
+        try:
+            plan = _compute(spec, store, dataset, plan, shard_t, dev, batch_size, o, done)
+        except BaseException:  # stopped (Ctrl-C, an error): the images it met are named all the same
+            say_skipped(done.skipped.items())
+            say_skipped(done.notes, skipped=False)
+            raise
         if done.settings:  # computed (not all done meanwhile by another process)
             _fill(result, done)
     _count(result, plan, store)
@@ -251,10 +261,13 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     result.seconds = time.perf_counter() - t0
     if done.settings and (result.n_computed or result.skipped):  # a no-op run records nothing
         settings = {k: v for k, v in done.settings.items() if k != "stage_seconds"}
-        store.record({"kind": "extract", "dataset": dataset.name, **settings,
-                      "weights_file": weights_file(spec.weights),  # fne cache info names it
-                      **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
-                      "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
+        rel = store.record({"kind": "extract", "dataset": dataset.name, **settings,
+                            "weights_file": weights_file(spec.weights),  # fne cache info names it
+                            **{k: v for k, v in result.to_dict().items() if k != "store"}, "parts": done.parts,
+                            "provenance": provenance(spec, o, device=dev)})  # the machine and libraries behind these rows
+        if not SKIPS_SAID_BY_CALLER.get():
+            say_skipped(result.skipped.items(), f"; each named in {store.path / rel} (skipped)")
+    say_skipped(done.notes, skipped=False)  # a float image read black: one line for all such images
     return result
 
 
@@ -404,6 +417,7 @@ class _Pass:
 
     computed: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (image id, what decoding it warned of)
     reads: list[tuple] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     settings: dict = field(default_factory=dict)
@@ -463,6 +477,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
             st.read_wait += time.perf_counter() - t
             t = time.perf_counter()
             out.reads += batch["stats"]
+            out.notes += batch["notes"]
             x, idx, keys = fresh.select(x, idx, keys)
             rows, event = model(x) if x is not None else (None, None)
             slots.release(batch)  # its pixels are read: their slots go back to the workers
@@ -512,11 +527,11 @@ class _Fresh:
 
 
 def _skip(bad: list, dataset: Dataset, skipped: dict[str, str]) -> dict[str, str]:
-    """Name each unreadable image once (warning + `skipped`); -> {key: why} of those with a key."""
+    """Each unreadable image into `skipped` (said once the run ends, `say_skipped`); -> {key: why}
+    of those with a key."""
     bad_keys = {}
     for i, key, err in bad:
         skipped[dataset.ids[i]] = err
-        warnings.warn(f"skipped {dataset.ids[i]}: {err}", stacklevel=3)
         if key is not None:
             bad_keys[key] = err
     return bad_keys

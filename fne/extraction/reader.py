@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 
 class ImageItems(torch.utils.data.Dataset):
-    """Item j -> (dataset index, content key, pixels or JPEG bytes or None, error, stat).
+    """Item j -> (dataset index, content key, pixels or JPEG bytes or None, error, stat), and
+    a sixth field where decoding it warned: ((image id, message), ...), said by the main process.
 
     The one image dataset of fne: `fne extract` and `fne train` both read through it.
     pixels: what `prep` makes of the RGB PIL image (extract: `Preprocess`' uint8 (V, 3, S, S)
@@ -141,14 +142,19 @@ class ImageItems(torch.utils.data.Dataset):
             data, stat = d.read_bytes(i)
         except OSError as e:  # no key without bytes: named as skipped, not recorded, read next run
             return i, None, None, f"cannot read: {e.strerror or e}", None
-        key = content_key(data)
+        notes: list[tuple[str, str]] = []  # what decoding it warned of, said by the main process (`collate`)
+        item = self._decoded(i, content_key(data), data, stat, notes)
+        return (*item, tuple(notes)) if notes else item
+
+    def _decoded(self, i: int, key: str, data: bytes, stat, notes: list[tuple[str, str]]) -> tuple:
+        """`__getitem__`'s item of image i read: its pixels, or JPEG bytes, or why it is unreadable."""
         try:
             size = _plain_jpeg(data) if self.raw_jpeg else None  # by its header: Parquet rows have no name
             if size is not None and isinstance(self.prep, Preprocess):
                 self.prep.check_resized(*size)  # one too thin to resize is skipped here, not on the device
             if size is not None:
                 return i, key, Jpeg.of(data, size), None, stat  # packed with the batch's others by `collate`
-            img = named_decode(data, d.ids[i])
+            img = named_decode(data, self.dataset.ids[i], notes)
             if self.rgb and img.width * img.height <= RGB_AREA * self.prep.resize ** 2:
                 self.prep.check_resized(*img.size)
                 return i, key, Rgb.of(img.tobytes(), img.size), None, stat  # RGB, row by row
@@ -162,9 +168,10 @@ _LIBRARY_WARNINGS: set[tuple] = set()  # library warnings given on to the usual 
 _DECODERS = tuple(os.path.dirname(m.__file__) + os.sep for m in (PIL, fne.data))
 
 
-def named_decode(data: bytes, name: str) -> Image.Image:
+def named_decode(data: bytes, name: str, notes: list[tuple[str, str]] | None = None) -> Image.Image:
     """`read_image` of a file's bytes; a warning Pillow gives while decoding it (a very large
-    image, corrupt EXIF data) is given again, naming the image, where alone it names none.
+    image, corrupt EXIF data) is given again, naming the image, where alone it names none (or,
+    given `notes`, added to them as (name, message), for a line that names many: `collate`).
 
     Parameters
     ----------
@@ -172,6 +179,8 @@ def named_decode(data: bytes, name: str) -> Image.Image:
         The encoded image.
     name : str
         What the warnings call it (the image's id: `class/x.jpg`, `shard.tar:member`).
+    notes : list of (str, str), optional
+        Where its warnings go instead of `warnings.warn` (the caller says them).
 
     Returns
     -------
@@ -186,7 +195,10 @@ def named_decode(data: bytes, name: str) -> Image.Image:
         # other (another thread's, caught here too: catch_warnings is process-wide) goes on as it was
         if w.filename.startswith(_DECODERS) and not issubclass(w.category, (DeprecationWarning,
                                                                              PendingDeprecationWarning)):
-            warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+            if notes is None:
+                warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+            else:
+                notes.append((name, str(w.message)))
             continue
         where = (w.category, str(w.message), w.filename, w.lineno)
         if where not in _LIBRARY_WARNINGS:  # once per process (catch_warnings resets the filters' memory)
@@ -264,10 +276,12 @@ def collate(items):
     process); `raw`/`raw_ends` pack the JPEG bytes of the others end to end (`pack_raw`; read
     them with `raw_jpegs`), `raw_sizes` their (width, height), `raw_rgb` whether they are
     decoded pixels (`Rgb`) rather than JPEGs; `bad` lists (index, key or None,
-    error). Where the dataset shares a `SlotPool`, `pixels` is None and `slots` says where they
+    error); `notes` (image id, what decoding it warned of), from an item's sixth field, for the
+    main process to say once for the run (`fne.progress.say_skipped`), not once per image. Where the dataset shares a `SlotPool`, `pixels` is None and `slots` says where they
     lie in it (`pixels_of`)."""
-    out = Batch(idx=[], keys=[], stats=[], pix=[], pix_pos=[], jpeg=[], raw_pos=[], bad=[])
-    for i, key, x, err, stat in items:
+    out = Batch(idx=[], keys=[], stats=[], pix=[], pix_pos=[], jpeg=[], raw_pos=[], bad=[], notes=[])
+    for i, key, x, err, stat, *notes in items:
+        out["notes"] += notes[0] if notes else ()
         if stat is not None:
             out["stats"].append((i, key, stat))
         if err is not None:

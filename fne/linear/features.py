@@ -31,7 +31,7 @@ from fne.linear.embedding import make_transform
 from fne.metrics import labels_fingerprint
 from fne.option_handling import named, refusal
 from fne.options import ForwardOptions
-from fne.progress import progress_line, said
+from fne.progress import progress_line, said, say_skipped
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -143,7 +143,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     labelled = labels_fingerprint(keys, dataset.labels)  # before unreadable images are left out, as train's
     store = spec.find(keys, verb, (extraction or ForwardOptions()).progress)
     missing = store.missing(keys)
-    seconds = None
+    seconds, unread = None, {}
     if missing:
         who = f"fne.{verb}" if verb == "load_rows" else f"fne {verb}"
         if not extract_missing:  # the command fills the store read where it holds some rows, as --extract does
@@ -153,7 +153,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
         extraction = extraction or ForwardOptions()
         progress_line(f"{who}: extracting {len(missing)} images missing from the cache {root} into its store "
                       f"{store.path.name}{_fitted_elsewhere(root, fitted)}", extraction.progress, stderr=True)
-        from fne.extraction.extract import extract
+        from fne.extraction.extract import SKIPS_SAID_BY_CALLER, extract
 
         pinned = spec.pinned(store)
         if pinned.prep_key() != store.meta["preprocess"]:  # device-decoded by a library this machine lacks
@@ -162,15 +162,18 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                      f"whose rows were decoded on the device by another library than this "
                                      f"machine's ({made}, here {here}): install that library, or extract them "
                                      f"with {named('decode', py, 'pil', plain=True)}", FneError)
-        r = extract(dataset, pinned, **asdict(extraction))
-        seconds = r.seconds
+        said = SKIPS_SAID_BY_CALLER.set(True)  # named below, with those an earlier run found unreadable
+        try:
+            r = extract(dataset, pinned, **asdict(extraction))
+        finally:
+            SKIPS_SAID_BY_CALLER.reset(said)
+        seconds, unread = r.seconds, r.skipped  # unread: also those with no key to record (an OSError)
         store.refresh()
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record
-    keep = [i for i, k in enumerate(keys) if k in index or k not in bad]
+    keep = [i for i, k in enumerate(keys) if k in index or (k not in bad and dataset.ids[i] not in unread)]
+    left = {dataset.ids[i]: bad[k] for i, k in enumerate(keys) if k not in index and k in bad}
+    say_skipped({**left, **{n: w for n, w in unread.items() if n not in left}}.items(), stacklevel=3)
     if len(keep) < len(keys):
-        skipped = [dataset.ids[i] for i, k in enumerate(keys) if k not in index and k in bad]
-        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
-        warnings.warn(f"{len(skipped)} unreadable image(s) left out: {', '.join(skipped[:5])}{more}", stacklevel=3)
         dataset = dataset.subset(keep)
     if len(dataset) == 0:
         raise FneError(f"{data}: no readable images")
@@ -227,11 +230,14 @@ class Rows:
     quarter of the float32 rows); SGD heads never hold more than one chunk.
     """
 
-    def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024):
+    def __init__(self, store: Store, keys: list[str], layers: list[str], chunk: int = 1024,
+                 faint_said: set[str] | None = None):
         if chunk < 1:
             raise refusal(lambda py: f"bad {named('stream_chunk', py, chunk)}: must be >= 1")
         # chunk counts rows (image views): a ten-crop store reads a tenth as many images at a time
         self.store, self.keys, self.layers = store, keys, layers
+        # the layers `_warn_underflow` named: once per fit, not per split or candidate (share the set)
+        self.faint_said = set() if faint_said is None else faint_said
         self.chunk = max(1, chunk // store.views)
 
     def chunks(self, idx: np.ndarray, rng: np.random.Generator | None = None):
@@ -283,14 +289,16 @@ class Rows:
     def _warn_underflow(self, peak: np.ndarray) -> None:
         """A warning naming the layers whose stored activations, not all zero, are all so small that
         float16 storage kept at most 5 bits of them (below 2**-19: subnormal steps of 2**-24), too
-        few for a head to learn from (random weights: efficientnet_lite0's head, ~6e-8, 1 bit)."""
+        few for a head to learn from (random weights: efficientnet_lite0's head, ~6e-8, 1 bit); each layer
+        once per `faint_said` (a fit's: not once per split, candidate or final model)."""
         if peak is None:  # float32 rows, or none
             return
         dims, lo, faint = dict(self.store.taps), 0, []
         for la in self.layers:
             top = float(peak[lo:lo + dims[la]].max())
             lo += dims[la]
-            if 0 < top < 2 ** -19:
+            if 0 < top < 2 ** -19 and la not in self.faint_said:
+                self.faint_said.add(la)
                 faint.append(f"{la} (largest |x| {top:.1e}, {int(np.log2(top / 2 ** -24)) + 1} bit(s))")
         if faint:
             warnings.warn(f"the activations of {', '.join(faint)} in {self.store.path} are too small for float16 "

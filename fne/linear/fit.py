@@ -44,7 +44,7 @@ from fne.metrics import (
 )
 from fne.option_handling import named, refusal
 from fne.options import DataOptions, FitOptions, ForwardOptions
-from fne.progress import progress
+from fne.progress import first_few, progress
 
 SGD_EPOCHS = 10
 
@@ -212,7 +212,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
-                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk), o.solver,
+                               lambda la: Rows(store, dataset.keys(), la, o.stream_chunk, rows.faint_said), o.solver,
                                spec.device, on_C=lambda name, c, cv: bar.set_postfix(
                                    cross_validated=f"{name} C={c:g} cv accuracy {cv:.4f}")) if auto else None
     how, t0 = dict(solver=o.solver, device=spec.device), time.perf_counter()
@@ -281,7 +281,7 @@ def _check_trainable(data, dataset: Dataset) -> None:
     empty = [c for k, c in enumerate(dataset.classes) if k not in seen]
     if empty:  # every image of theirs unreadable: kept in `classes`, never predicted
         warnings.warn(f"{len(empty)} class(es) have no readable image, so the model cannot predict them: "
-                      f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", stacklevel=3)
+                      f"{first_few(empty)}", stacklevel=3)
     if dataset.has_split:
         y, part = y[dataset.in_train()], " in the train split"
     present = [dataset.classes[c] for c in np.unique(y)]

@@ -51,7 +51,7 @@ from fne.pipeline.steps import (
     split_labels_fingerprint,
     train_arguments,
 )
-from fne.progress import STARTS_OVER
+from fne.progress import STARTS_OVER, said_once
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
@@ -209,6 +209,7 @@ def _prepare(p: Pipeline, out: Path, cache: str | None, say) -> dict[str, str]:
 
 
 @keywords(ForwardOptions, only=RUN_OPTIONS)
+@said_once()  # a warning each step would repeat (DATA's skipped rows, faint layers): once a run
 def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
         dry_run: bool = False, report: bool | None = None, device: str | None = None,
         workers: int | None = None, log=None, **options) -> dict:

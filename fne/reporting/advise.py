@@ -54,6 +54,7 @@ from fne.errors import FneError
 from fne.metrics import data_identity
 from fne.option_handling import keywords, named, refusal
 from fne.options import AdviseOptions, DataOptions, ForwardOptions, StoreOptions
+from fne.progress import first_few
 
 if TYPE_CHECKING:
     from fne.cache.spec import StoreSpec
@@ -489,15 +490,14 @@ def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:
         return dataset, None
     bad, pool = set(unreadable), len(stratified_sample(dataset, len(dataset)))
     readable = dataset.subset([i for i, k in enumerate(dataset.ids) if k not in bad])
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     which = "training images" if dataset.has_split else "images"
     said = (f"{len(bad)} of DATA's {pool} {which} could not be read" if sampled >= pool else
             f"{len(bad)} of the {sampled} sampled {which} could not be read")
     unread = "" if sampled >= pool else f"; its other {pool - sampled} {which} were not read, and are counted"
     lost = sorted(set(dataset.labels or ()) - set(readable.labels or ())) if sampled >= pool else []
-    gone = (f"; no image of class(es) {', '.join(lost[:5])}{' …' if len(lost) > 5 else ''} could be read: "
+    gone = (f"; no image of class(es) {first_few(lost)} could be read: "
             f"fne fit cannot learn {'it' if len(lost) == 1 else 'them'}" if lost else "")
-    return readable, (f"{said} ({', '.join(unreadable[:5])}{more}): left out of the counts, as fne fit leaves "
+    return readable, (f"{said} ({first_few(unreadable)}): left out of the counts, as fne fit leaves "
                       f"unreadable images out{unread}{gone}")
 
 

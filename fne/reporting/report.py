@@ -41,6 +41,7 @@ from fne.linear import compare
 from fne.metrics import data_identity
 from fne.names import slug
 from fne.pipeline.config import load_pipeline
+from fne.progress import say_skipped
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.inputs import malformed_advice, malformed_pipeline, malformed_run
 from fne.reporting.intervals import (
@@ -81,6 +82,7 @@ def _find(root: Path, name: str) -> list[Path]:
 def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
     runs, advice, pipelines, seen, empty = [], [], [], set(), []
+    skipped: list[tuple[str, str]] = []  # (file, why): said once collected, a line per reason
     if not run_dirs:
         raise FneError("no RUN_DIR given")
     for d in run_dirs:
@@ -96,21 +98,21 @@ def collect(run_dirs: list[str | Path]) -> dict:
             m = read_json(p, warn=True)
             if m is None:
                 continue
-            if malformed_run(m):
-                warnings.warn(f"skipping {p}: {malformed_run(m)}", stacklevel=2)
+            if _skipped(p, malformed_run(m), skipped):
                 continue
             step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
             a = read_json(p, warn=True)
-            if a is not None and "recommendation" in a and not _warned(p, malformed_advice(a)):
+            if a is not None and "recommendation" in a and not _skipped(p, malformed_advice(a), skipped):
                 advice.append({**a, "_path": str(p)})
         for p in _find(root, "pipeline.json"):
             pj = read_json(p, warn=True)
-            if pj is not None and not _warned(p, malformed_pipeline(pj)):
+            if pj is not None and not _skipped(p, malformed_pipeline(pj), skipped):
                 pipelines.append(pj)
         if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
+    say_skipped(skipped, noun="files")  # 1,000 runs of another program: one line, not 1,000
     if not runs:
         raise FneError(f"no run's metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
                        f"`fne train` or `fne run` first)")
@@ -119,10 +121,11 @@ def collect(run_dirs: list[str | Path]) -> dict:
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
 
 
-def _warned(path: Path, why: str | None) -> bool:
-    """Whether a file is skipped: a warning naming it and `why`, where `why` is not None."""
+def _skipped(path: Path, why: str | None, skipped: list[tuple[str, str]]) -> bool:
+    """Whether a file is skipped: added to `skipped` with `why` (for `say_skipped`), where `why`
+    is not None."""
     if why is not None:
-        warnings.warn(f"skipping {path}: {why}", stacklevel=3)
+        skipped.append((str(path), why))
     return why is not None
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from fne.errors import DataError
 from fne.extraction import reader
 from fne.extraction.ahead import Ahead
 from fne.option_handling import named, refusal
-from fne.progress import progress
+from fne.progress import progress, say_skipped
 from fne.training import augment as augment_mod
 
 
@@ -39,6 +38,7 @@ class Ctx:
     scaler: torch.amp.GradScaler | None
     progress: bool
     skipped: dict  # image id -> why it was unreadable
+    noted: set = field(default_factory=set)  # (image id, what decoding it warned of) said: once a run, not an epoch
     augment: augment_mod.DeviceAugment | None = None  # training batches' crop + flip on the device
     data: str | None = None  # DATA as given, which a part of no readable image is said of
 
@@ -211,17 +211,27 @@ def _batches(loader, ctx: Ctx, bar, augment=None):
 
 
 def _ready(batches, ctx: Ctx, bar):
-    for batch, (x, idx), bad in batches:
-        for i, _, err in bad:
-            if ctx.dataset.ids[i] not in ctx.skipped:
-                ctx.skipped[ctx.dataset.ids[i]] = err
-                warnings.warn(f"skipped {ctx.dataset.ids[i]}: {err}", stacklevel=2)
-        bar.update(len(batch["idx"]) + len(batch["bad"]))
-        if x is None:
-            continue
-        # channels-last: faster convolutions on CPU
-        x = ctx.norm(x).contiguous(memory_format=torch.channels_last)
-        yield idx, x, torch.as_tensor(ctx.labels[idx])
+    """The batches normalised, channels-last, with their labels; the images found unreadable
+    into `ctx.skipped`, those new to it said once the pass is over (`say_skipped`: a line per
+    reason, not per image), as are what decoding warned of (`ctx.noted`: once a run)."""
+    new: dict[str, str] = {}
+    notes: list[tuple[str, str]] = []
+    try:
+        for batch, (x, idx), bad in batches:
+            for i, _, err in bad:
+                if ctx.dataset.ids[i] not in ctx.skipped:
+                    ctx.skipped[ctx.dataset.ids[i]] = new[ctx.dataset.ids[i]] = err
+            notes += [n for n in batch["notes"] if n not in ctx.noted]
+            ctx.noted.update(batch["notes"])
+            bar.update(len(batch["idx"]) + len(batch["bad"]))
+            if x is None:
+                continue
+            # channels-last: faster convolutions on CPU
+            x = ctx.norm(x).contiguous(memory_format=torch.channels_last)
+            yield idx, x, torch.as_tensor(ctx.labels[idx])
+    finally:  # a pass stopped early (--max-steps, an error) says what it met too
+        say_skipped(new.items())  # every one in metrics.json's skipped, when the run ends
+        say_skipped(notes, skipped=False)
 
 
 # ------------------------------------------------------------------ passes
@@ -337,7 +347,7 @@ def evaluate(model: nn.Module, loader, ctx: Ctx, desc: str) -> tuple[np.ndarray,
 
 def _none_readable(ctx: Ctx, part: str, indices: list[int]) -> DataError:
     """The DataError of a pass (`part`: training, val, test) over the images `indices` that read
-    none, each unreadable one named in a warning as it was met: said of DATA where `ctx` has it,
+    none, the unreadable ones named in a warning when the pass ended (`say_skipped`): said of DATA where `ctx` has it,
     as `fne fit` says it ("DATA: no readable images", a pass over all of DATA: `fne predict`'s).
     (A training pass may also leave out a last batch of one readable image: then not all of them
     are unreadable.)"""
@@ -346,7 +356,7 @@ def _none_readable(ctx: Ctx, part: str, indices: list[int]) -> DataError:
     if len(indices) == len(ctx.dataset):
         return DataError(f"{ctx.data}: no readable images")
     bad = sum(ctx.dataset.ids[i] in ctx.skipped for i in indices)
-    return DataError(f"{ctx.data}: no readable images in the {part} part ({bad} of {len(indices)} unreadable, each "
+    return DataError(f"{ctx.data}: no readable images in the {part} part ({bad} of {len(indices)} unreadable, "
                      f"named above)")
 
 
