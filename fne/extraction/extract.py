@@ -240,7 +240,10 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         raise opts.refusal(lambda py: f"cannot write to the cache {store.path} (not writable): pass "
                                       f"{'cache=' if py else '--cache '}a folder you can write to",
                            CacheError)  # before any image is read; its rows are still read by fit
-    if plan.todo:  # offline without the weights: one line now, not after the workers and progress line start
+    if plan.todo and (not store.index() or any(plan.known[i] is not None for i in plan.todo)):
+        # rows surely to compute (an empty store, or known contents it lacks): offline without the
+        # weights, one line now, not after the workers and progress line start. Files the manifest
+        # cannot vouch for yet may all be stored: the reader's hash decides, and the model loads then.
         refuse_unobtainable(spec.arch, spec.weights)
     done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
