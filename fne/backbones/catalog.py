@@ -67,24 +67,36 @@ def describe_backbone(arch: str, **options) -> dict:
     return registry.get(arch, o.weights).describe()
 
 
-def not_here(arch: str) -> str | None:
-    """Where to put `arch`'s pretrained (imagenet) weights, and how to get them, where they are
-    not on this machine yet; None where they are (or come in a package, or there are none).
-    Nothing is downloaded and no network is asked."""
-    from fne.backbones import fetch, registry, zoo
+def _imagenet_source(arch: str) -> tuple[str | None, dict, str | None] | None:
+    """Where `arch`'s ImageNet weights come from: (timm model name or None, timm's pretrained
+    config or {}, torch hub URL or None); None where they come in a package or there are none."""
+    from fne.backbones import registry, zoo
 
     if arch.startswith("timm:"):
         model_name = arch.removeprefix("timm:")
         cfg = zoo.timm_pretrained_cfg(model_name)
-        hub, url = cfg.get("hf_hub_id"), cfg.get("url")
+        return model_name, cfg, cfg.get("url")
+    if arch in registry.VGG_IMAGENET_FILES:
+        return None, {}, registry.vgg_imagenet_url(arch)
+    if arch in registry.REGISTRY or zoo.tv_weights(arch, "imagenet") is None:
+        return None
+    return None, {}, zoo.tv_weights(arch, "imagenet").url
+
+
+def not_here(arch: str) -> str | None:
+    """Where to put `arch`'s pretrained (imagenet) weights, and how to get them, where they are
+    not on this machine yet; None where they are (or come in a package, or there are none).
+    Nothing is downloaded and no network is asked."""
+    from fne.backbones import fetch
+
+    source = _imagenet_source(arch)
+    if source is None:
+        return None
+    model_name, cfg, url = source
+    if model_name is not None:
+        hub = cfg.get("hf_hub_id")
         here = fetch.hf_cached(hub, cfg.get("hf_hub_filename")) is not None if hub else not url or fetch.hub_file(url).is_file()
         return None if here else fetch.timm_where(model_name, cfg)
-    if arch in registry.VGG_IMAGENET_FILES:
-        url = registry.vgg_imagenet_url(arch)
-    elif arch in registry.REGISTRY or zoo.tv_weights(arch, "imagenet") is None:
-        return None
-    else:
-        url = zoo.tv_weights(arch, "imagenet").url
     return None if fetch.hub_file(url).is_file() else fetch.hub_where(url)
 
 
@@ -93,19 +105,12 @@ def refuse_unobtainable(arch: str, weights: str) -> None:
     would raise later, where they are not on this machine and their host does not answer (or
     Hugging Face's offline mode is on): before a command starts its loader workers and progress
     line. Nothing is downloaded; weights that are here, files and random weights pass."""
-    from fne.backbones import fetch, registry, zoo
+    from fne.backbones import fetch
     from fne.network import unreachable
 
     if weights != "imagenet" or not_here(arch) is None:
         return
-    if arch.startswith("timm:"):
-        model_name = arch.removeprefix("timm:")
-        cfg = zoo.timm_pretrained_cfg(model_name)
-        why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else unreachable(cfg["url"])
-        if why is not None:
-            raise fetch.timm_refusal(model_name, cfg, why)
-        return
-    url = registry.vgg_imagenet_url(arch) if arch in registry.VGG_IMAGENET_FILES else zoo.tv_weights(arch, "imagenet").url
-    why = unreachable(url)
+    model_name, cfg, url = _imagenet_source(arch)
+    why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else unreachable(url)
     if why is not None:
-        raise fetch.hub_refusal(arch, url, why)
+        raise fetch.timm_refusal(model_name, cfg, why) if model_name is not None else fetch.hub_refusal(arch, url, why)
