@@ -158,6 +158,33 @@ def test_torch_save_refused_mid_file_is_the_oserror_and_the_earlier_file_stays(t
     assert torch.load(path, weights_only=True) == {"epoch": 1} and os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
+def test_an_interrupt_inside_torch_save_is_raised_as_itself_and_the_earlier_file_stays(tmp_path):
+    """SIGTERM (a `KeyboardInterrupt` from fne's handler) or Ctrl-C arriving while torch.save
+    writes through Python's file: torch's zip writer then fails as it closes ("unexpected pos")
+    over the interrupt; the interrupt is what is raised (the command says what it kept, exit
+    143), and the checkpoint written before is left whole."""
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"epoch": 1}, path)
+
+    class Interrupted:  # the file, until the signal's handler raises inside a write
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += 1
+            if self.n == 3:
+                raise KeyboardInterrupt
+            return self.f.write(b)
+
+        def flush(self):
+            return self.f.flush()
+
+    with pytest.raises(KeyboardInterrupt):
+        fs.replace_file(path, fs.through_file(lambda f: torch.save({"w": torch.zeros(100_000)}, Interrupted(f))))
+    assert torch.load(path, weights_only=True) == {"epoch": 1} and os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
 def test_an_hdf5_file_refused_mid_file_is_one_oserror_not_a_crash(tmp_path, file_size_limit):
     """h5py given a refused write prints a traceback per object and crashes the interpreter as the
     file closes (SIGSEGV, h5py 3.16); `h5_writer` keeps HDF5 from seeing the refusal and raises it

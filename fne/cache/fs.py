@@ -242,17 +242,21 @@ def through_file(write: Callable[[BinaryIO], object]) -> Callable[[Path], None]:
     """A `replace_file` writer that hands `write` the temporary file opened in Python
     (``lambda f: torch.save(obj, f)``), so that a refused write (a full disk, a file-size limit)
     is the `OSError` the system gave: torch.save given a path writes in C++ and says only
-    ``RuntimeError: ... unexpected pos``. (HDF5 files: `fne.cache.h5file.h5_writer`.)"""
+    ``RuntimeError: ... unexpected pos``. A Ctrl-C or SIGTERM (`KeyboardInterrupt`) that Python
+    raises inside one of those writes is raised as itself, not as the library's error over it.
+    (HDF5 files: `fne.cache.h5file.h5_writer`.)"""
     def to(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             try:
                 write(f)
             except OSError:
                 raise
-            except Exception as e:  # the library's error over the OSError of Python's write
-                cause = e.__cause__ or e.__context__
-                while cause is not None and not isinstance(cause, OSError):
+            except Exception as e:  # the library's error over the OSError of Python's write, or over
+                cause = e.__cause__ or e.__context__  # Ctrl-C / SIGTERM raised inside that write
+                while cause is not None and isinstance(cause, Exception) and not isinstance(cause, OSError):
                     cause = cause.__cause__ or cause.__context__
+                if cause is not None and not isinstance(cause, Exception):
+                    raise cause from None  # the interrupt, as it would come after a write in C++
                 if cause is None or cause.errno is None:
                     raise
                 raise OSError(cause.errno, cause.strerror) from e  # no filename: replace_files names the path
