@@ -173,6 +173,16 @@ def image_opens(monkeypatch) -> Counter:
     return opened
 
 
+def says_it_waits(capsys, what: str = "the extraction") -> None:
+    """Until an extraction on another thread says it waits for another process's lock (its
+    progress line on stderr), for up to 10 s; else the test fails naming `what`."""
+    for _ in range(200):
+        time.sleep(0.05)
+        if "another process is computing rows" in capsys.readouterr().err:
+            return
+    raise AssertionError(f"{what} did not wait for the other process")
+
+
 def trains_alike_from_one_copy(loose_data: Path, packed_data: Path, tmp_path: Path, capsys) -> None:
     """`fne train` over `packed_data` (the images of `loose_data` in a container) copies it once,
     with a line saying so, scores as over the loose files, and `fne cache info` lists the copy."""

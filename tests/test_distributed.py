@@ -26,7 +26,7 @@ from fne.cache.upkeep import clean, verify
 from fne.data import shards
 from fne.data.datasets import load_dataset
 
-from .conftest import FAST, write_digits
+from .conftest import FAST, says_it_waits, write_digits
 
 pytest.importorskip("efficientnet_lite_pytorch")
 
@@ -217,12 +217,7 @@ def test_whole_data_and_its_shards_take_turns(held, runs, tmp_path, capsys, forw
     worker = threading.Thread(target=lambda: results.append(
         fx.extract(data, cache=str(cache), shard=runs and f"{runs[0]}/{runs[1]}", **{**FAST, "progress": True})))
     worker.start()
-    for _ in range(200):  # until it says it waits
-        time.sleep(0.05)
-        if "another process is computing rows" in capsys.readouterr().err:
-            break
-    else:
-        raise AssertionError("the extraction did not wait for the other")
+    says_it_waits(capsys, "the extraction")
     assert worker.is_alive() and forward_images.n == n_first == 6
     shutil.copytree(first, cache, dirs_exist_ok=True)
     holder.communicate("done\n", timeout=60)

@@ -23,7 +23,7 @@ from fne.errors import FneError
 from fne.linear.fit import fit
 from fne.linear.predict import predict
 
-from .conftest import FAST, age, write_digits
+from .conftest import FAST, age, says_it_waits, write_digits
 
 ARCH = FAST["arch"]
 
@@ -196,12 +196,7 @@ def test_a_second_extraction_of_the_same_images_waits_and_computes_nothing(tmp_p
     worker = threading.Thread(target=lambda: results.append(
         fx.extract(data, cache=str(cache), **{**FAST, "progress": True})))
     worker.start()
-    for _ in range(200):  # until it says it waits
-        time.sleep(0.05)
-        if "another process is computing rows" in capsys.readouterr().err:
-            break
-    else:
-        raise AssertionError("the second extraction did not wait")
+    says_it_waits(capsys, "the second extraction")
     assert worker.is_alive() and forward_images.n == n_first == 6
     shutil.copytree(first, cache, dirs_exist_ok=True)  # what the first process leaves
     holder.communicate("done\n", timeout=60)  # it ends
