@@ -226,6 +226,28 @@ def test_hf_data_offline_is_refused_in_seconds(monkeypatch, tmp_path, capsys):
         materialise_hf("hf:someone/flowers", tmp_path / "c")
 
 
+@pytest.mark.parametrize("arch", ["vgg16", TV])
+def test_a_torchvision_weights_name_is_refused_offline_before_the_loader_starts(monkeypatch, tmp_path, capsys,
+                                                                               digits_folder, arch):
+    """`--weights IMAGENET1K_V1` (README: a torchvision weights name) for fne's own VGG build was
+    "no such file"; for a torchvision model it started the loader and progress line before the
+    download failed. VGG's IMAGENET1K_V1 / DEFAULT are its imagenet weights (one store); its
+    IMAGENET1K_FEATURES (other weights) is refused naming what it takes."""
+    from fne.extraction import extract as fx
+
+    assert backbones.fingerprint("vgg16", "IMAGENET1K_V1") == backbones.fingerprint("vgg16", "DEFAULT") \
+        == backbones.fingerprint("vgg16")
+    with pytest.raises(WeightsError, match=r"give imagenet \(torchvision's IMAGENET1K_V1 / DEFAULT\), random"):
+        backbones.fingerprint("vgg16", "IMAGENET1K_FEATURES")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    no_network(monkeypatch)
+    monkeypatch.setattr(fx, "_loader", lambda *a, **k: pytest.fail("started the loader"))
+    assert main(["extract", str(digits_folder), "--arch", arch, "--weights", "IMAGENET1K_V1",
+                 "--cache", str(tmp_path / "c"), "--workers", "1", *CLI_FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fne extract: error: cannot load ImageNet weights for {arch}") and len(err.splitlines()) == 1
+
+
 def test_a_dry_run_names_the_weights_to_put_in_place(monkeypatch, tmp_path, hf_cache, digits_folder):
     """What `fne run --dry-run` says on a login node, for the compute nodes' run: which weights
     files are not here and where they go; nothing downloaded, no network asked."""

@@ -6,6 +6,8 @@ backbone's pretrained weights are on this machine, and where they go if not (`fn
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fne.option_handling import keywords, resolve
 from fne.options import StoreOptions
 
@@ -67,10 +69,15 @@ def describe_backbone(arch: str, **options) -> dict:
     return registry.get(arch, o.weights).describe()
 
 
-def _imagenet_source(arch: str) -> tuple[str | None, dict, str | None] | None:
-    """Where `arch`'s ImageNet weights come from: (timm model name or None, timm's pretrained
-    config or {}, torch hub URL or None); None where they come in a package or there are none."""
+def _imagenet_source(arch: str, weights: str = "imagenet") -> tuple[str | None, dict, str | None] | None:
+    """Where `arch`'s ImageNet weights (or its torchvision weights name `weights`) come from:
+    (timm model name or None, timm's pretrained config or {}, torch hub URL or None); None where
+    they come in a package or there are none."""
     from fne.backbones import registry, zoo
+
+    if weights not in ("imagenet", *getattr(registry.REGISTRY.get(arch), "imagenet_names", ())):
+        w = None if arch in registry.REGISTRY or arch.startswith("timm:") else zoo.tv_weights(arch, weights)
+        return None if w is None else (None, {}, w.url)
 
     if arch.startswith("timm:"):
         model_name = arch.removeprefix("timm:")
@@ -83,13 +90,13 @@ def _imagenet_source(arch: str) -> tuple[str | None, dict, str | None] | None:
     return None, {}, zoo.tv_weights(arch, "imagenet").url
 
 
-def not_here(arch: str) -> str | None:
+def not_here(arch: str, weights: str = "imagenet") -> str | None:
     """Where to put `arch`'s pretrained (imagenet) weights, and how to get them, where they are
     not on this machine yet; None where they are (or come in a package, or there are none).
     Nothing is downloaded and no network is asked."""
     from fne.backbones import fetch
 
-    source = _imagenet_source(arch)
+    source = _imagenet_source(arch, weights)
     if source is None:
         return None
     model_name, cfg, url = source
@@ -108,9 +115,9 @@ def refuse_unobtainable(arch: str, weights: str) -> None:
     from fne.backbones import fetch
     from fne.network import unreachable
 
-    if weights != "imagenet" or not_here(arch) is None:
+    if weights == "random" or Path(weights).is_file() or not_here(arch, weights) is None:
         return
-    model_name, cfg, url = _imagenet_source(arch)
+    model_name, cfg, url = _imagenet_source(arch, weights)
     why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else unreachable(url)
     if why is not None:
         raise fetch.timm_refusal(model_name, cfg, why) if model_name is not None else fetch.hub_refusal(arch, url, why)

@@ -51,6 +51,7 @@ class Backbone:
     num_classes: int = 1000  # outputs of the source classifier (timm: 0 when it has none)
     pretrained_model: Callable[[], nn.Module] | None = None  # loads the whole model (timm)
     source: str = "registry"  # registry, torchvision or timm
+    imagenet_names: tuple[str, ...] = ()  # torchvision's names of the `imagenet` weights (registry)
 
     @property
     def dim(self) -> int:
@@ -287,6 +288,7 @@ for _arch, _cfg in VGG_CFG.items():
             std=(0.229, 0.224, 0.225),
             imagenet=_vgg_imagenet(_arch),
             imagenet_id=lambda a=_arch: "imagenet-" + VGG_IMAGENET_FILES[a],  # hash in name
+            imagenet_names=("IMAGENET1K_V1", "DEFAULT"),  # not IMAGENET1K_FEATURES: other weights
             classifier="classifier.6",
             fc_layers=("classifier.0", "classifier.3", "classifier.6"),
         )
@@ -471,7 +473,12 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, drawn: str 
     if Path(weights).is_file():
         return "file-" + file_fingerprint(weights, cache)
     if arch in REGISTRY:
-        raise not_a_weights_file(weights, "no such file (give 'imagenet', 'random' or a state dict path)")
+        b = REGISTRY[arch]
+        if weights in b.imagenet_names:  # torchvision's name of the same file
+            return b.imagenet_id()
+        same = f" (torchvision's {' / '.join(b.imagenet_names)})" if b.imagenet_names else ""
+        raise not_a_weights_file(weights, f"no such file or {arch} weights name; give imagenet{same}, random or a "
+                                          f"state dict path")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
 
 

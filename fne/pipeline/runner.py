@@ -337,7 +337,8 @@ def _dry_run(p: Pipeline, path, out: Path, cache: str | None, force: bool, say) 
         if d.data.startswith("hf:") and not hf_available(d.data, cache):
             say(f"  dataset {d.key}: {d.data} is not here yet: {hf_download_hint(d.data, cache)}")
     for b in p.backbones:
-        where = not_here(b.arch) if b.weights in ("imagenet", "imagenet-or-random") else None
+        w = "imagenet" if b.weights == "imagenet-or-random" else b.weights
+        where = None if w == "random" or Path(w).is_file() else not_here(b.arch, w)  # imagenet or a name
         if where is not None:
             then = "falls back to random weights" if b.weights == "imagenet-or-random" else "stops"
             say(f"  backbone {b.label}: its pretrained weights are not here yet (a run downloads them where there is "
