@@ -211,6 +211,24 @@ def test_runs_recorded_without_the_mean_class_accuracy_still_report_it_as_a_dash
     assert console == {"fne+svm": "85.0 ± 2.0", "fc7+svm": "—", "last+svm": "—", "fc6+svm": "—"}
 
 
+def test_one_weights_file_by_two_paths_is_one_backbone(tmp_path):
+    """Runs of one weights file given as `w.pt` in one folder and `../w.pt` in another (the same
+    fingerprint) were two rows and two backbones; they are one row of two runs. Another file
+    of the same name (another fingerprint) stays a row of its own."""
+    write_run(tmp_path, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, weights="w.pt", weights_fingerprint="file-abc",
+                                          seed=0))
+    write_run(tmp_path, "b", fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, weights="../w.pt",
+                                          weights_fingerprint="file-abc", seed=1))
+    write_run(tmp_path, "c", fake_metrics("fne+svm", 0.7, 0.01, 0.7, 0.01, weights="w.pt", weights_fingerprint="file-def",
+                                          seed=1))
+    report(tmp_path, out=tmp_path / "rep")
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rows = data["datasets"][0]["rows"] if isinstance(data["datasets"], list) else data["datasets"]["pets"]["rows"]
+    assert sorted((r["weights_fingerprint"], r["runs"]) for r in rows) == [("file-abc", 2), ("file-def", 1)]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "vgg16: ../w.pt = w.pt weights \\[file-abc\\]; vgg16: w.pt weights \\[file-def\\]" in md
+
+
 def test_random_weights_warning(tmp_path):
     root = tmp_path / "runs"
     write_run(root, "r", fake_metrics("fne+svm", 0.3, 0.01, 0.3, 0.01, weights="random"))

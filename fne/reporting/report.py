@@ -354,9 +354,8 @@ def tabulate(collected: dict) -> list[dict]:
     groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r, key in zip(collected["runs"], dataset_keys(collected["runs"]), strict=True):
         m = r["metrics"]
-        groups[key][(str(m.get("method")), m.get("arch"), m.get("weights"),
-                                None if is_scratch(m) else m.get("weights_fingerprint"),
-                                json.dumps(settings(r), sort_keys=True, default=str))].append(r)
+        groups[key][(str(m.get("method")), m.get("arch"), weights_identity(m),
+                     json.dumps(settings(r), sort_keys=True, default=str))].append(r)
     published = published_for(collected["pipelines"])
     out = []
     for key in sorted(groups):
@@ -422,9 +421,18 @@ def protocol_note(rows: list[dict]) -> str | None:
             "mix the methods with the splits.")
 
 
+def weights_identity(m: dict) -> str | None:
+    """What names a run's weights in the report: their fingerprint where metrics.json records
+    one (a file given by two relative paths, or VGG's `imagenet` and `IMAGENET1K_V1`, are one
+    backbone), else the weights as given; None for a scratch run (its random start is the method)."""
+    if is_scratch(m):
+        return None
+    return m.get("weights_fingerprint") or m.get("weights")
+
+
 def _multi_backbone(rows: list[dict]) -> bool:
     """More than one (arch, weights) among the rows; a scratch run only counts by its arch."""
-    pre = {(r["arch"], r["weights"]) for r in rows if not r["scratch"]}
+    pre = {(r["arch"], r["weights_fingerprint"] or r["weights"]) for r in rows if not r["scratch"]}
     scratch = {r["arch"] for r in rows if r["scratch"]}
     return len(pre) > 1 or bool(scratch - {a for a, _ in pre}) or (not pre and len(scratch) > 1)
 
@@ -437,9 +445,12 @@ def header(collected: dict) -> dict:
 
     dates = uniq("date")
     notes = [n for pj in collected["pipelines"] for n in (pj.get("notes") or [])]
-    backbones = sorted({f"{m.get('arch', '?')}: {m.get('weights', '?')} weights"
-                        + (f" [{m['weights_fingerprint']}]" if m.get("weights_fingerprint") else "")
-                        for m in ms if not is_scratch(m)}
+    given: dict[tuple, set[str]] = defaultdict(set)  # one weights file by two paths: one backbone
+    for m in ms:
+        if not is_scratch(m):
+            given[(str(m.get("arch", "?")), weights_identity(m))].add(str(m.get("weights", "?")))
+    backbones = sorted({f"{arch}: {' = '.join(sorted(names))} weights" + (f" [{fp}]" if fp not in names else "")
+                        for (arch, fp), names in given.items()}
                        | {f"{m.get('arch', '?')}: random initialisation (train:scratch)" for m in ms if is_scratch(m)})
     random = sorted({str(m.get("arch")) for m in ms if str(m.get("weights")) == "random" and not is_scratch(m)})
     names = [pj.get("name") for pj in collected["pipelines"] if pj.get("name")]
