@@ -351,9 +351,10 @@ def _commit(tmps: dict[Path, Path]) -> None:
 
 
 def csv_writer(header: list[str], rows: Iterable[Iterable]) -> Callable[[Path], None]:
-    """A `replace_file` writer of a CSV file of `header` then `rows`."""
+    """A `replace_file` writer of a CSV file of `header` then `rows`, in UTF-8 whatever the locale
+    (pandas and `fne predict` read it as UTF-8; Windows' locale encoding, cp1252, cannot write 数)."""
     def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)
