@@ -546,6 +546,26 @@ def test_the_readmes_scikit_learn_alone_gives_fits_accuracy_from_the_export(
     assert len(pd.read_csv("runs/fne/predictions.csv")["split"].unique()) == m["n_splits"] == fit_options.get("splits", 1)
 
 
+@pytest.mark.parametrize("head", ["svm", "logreg"])
+def test_the_readmes_model_joblib_block_predicts_what_fne_predict_does(head, digits_folder, warm_cache, tmp_path,
+                                                                        monkeypatch):
+    """README: model.joblib's pipeline on the export's layers side by side gives `fne predict`'s
+    classes and, in `pipeline.classes_` order, its score columns."""
+    cache = str(warm_cache)
+    monkeypatch.chdir(tmp_path)
+    fne.fit(digits_folder, "runs/fne", features="block3,head", head=head, cache=cache, progress=False, **STORE)
+    fne.export(digits_folder, out="images-fne.h5", cache=cache, **STORE)
+    with pytest.warns(UserWarning, match="24 of 24 images of DATA are images runs/fne was fitted on"):
+        fne.predict("runs/fne", digits_folder, out="p.csv", progress=False)
+    scope: dict = {}
+    exec(compile(_readme_python('model["pipeline"].predict(X)'), "README.md", "exec"), scope)
+    p = pd.read_csv("p.csv", dtype={"path": str, "predicted": str})
+    assert scope["predicted"] == list(p["predicted"]) and len(p) == 24
+    pipe, classes = scope["model"]["pipeline"], scope["model"]["classes"]
+    scores = pipe.predict_proba(scope["X"]) if head == "logreg" else pipe.decision_function(scope["X"])
+    assert np.allclose(scores, p[[f"score_{classes[c]}" for c in pipe.classes_]].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_the_readmes_torchvision_block_scores_a_train_runs_test_images_as_its_predictions(tmp_path, monkeypatch,
                                                                                            capsys):
     """README: model.pt in torchvision's own resnet18, with the test view the block builds from
