@@ -14,6 +14,7 @@ import csv
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -262,6 +263,19 @@ def through_file(write: Callable[[BinaryIO], object]) -> Callable[[Path], None]:
                 raise OSError(cause.errno, cause.strerror) from e  # no filename: replace_files names the path
 
     return to
+
+
+def json_text(obj, indent: int = 1) -> str:
+    """`obj` as strict JSON (RFC 8259), which jq, JavaScript and R read: a float that is not a number
+    (a diverged training's NaN loss, an infinity) is null, where Python's `json` writes NaN."""
+    def finite(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: finite(v) for k, v in o.items()}
+        return [finite(v) for v in o] if isinstance(o, (list, tuple)) else o
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False, default=str)
 
 
 def write_json(path: Path, obj) -> None:
