@@ -517,7 +517,7 @@ def test_the_readmes_hdf5_reading_runs_as_written(layout, digits_folder, warm_ca
     monkeypatch.chdir(tmp_path)
     fne.export(data, out="images-fne.h5", cache=cache, **STORE)
     scope: dict = {}
-    exec(compile(_readme_python("h5py.File("), "README.md", "exec"), scope)
+    exec(compile(_readme_python('df["label"]'), "README.md", "exec"), scope)
     df, r = scope["df"], fne.load_rows(data, cache=cache, **STORE)
     has_split = r.split is not None
     assert list(df.index) == list(r.ids) and list(df["label"]) == list(r.y)
@@ -525,6 +525,68 @@ def test_the_readmes_hdf5_reading_runs_as_written(layout, digits_folder, warm_ca
     a, b = r.columns["head"]
     assert scope["last"] == r.layers[-1] == "head" and (scope["a"], scope["b"]) == (a, b)
     assert np.array_equal(scope["acts"], r.X[:, a:b])
+
+
+@pytest.mark.parametrize(("layout", "fit_options"), [("folder", dict(splits=3)), ("split", {}),
+                                                     ("folder", dict(splits=2, train_per_class=3))])
+def test_the_readmes_scikit_learn_alone_gives_fits_accuracy_from_the_export(
+        layout, fit_options, digits_folder, warm_cache, digits_split, split_cache, tmp_path, monkeypatch, capsys):
+    """README: the export's layers, low and high, and predictions.csv's test images give `fne fit`'s
+    accuracy with LinearSVC alone, over random splits (each split standardised anew), a predefined
+    split and `--train-per-class` (every image a split does not test trains)."""
+    data, cache = (digits_folder, str(warm_cache)) if layout == "folder" else (digits_split, split_cache)
+    monkeypatch.chdir(tmp_path)
+    m = fne.fit(data, "runs/fne", features="fne", head="svm", cache=cache, progress=False, **fit_options, **STORE)
+    fne.export(data, out="images-fne.h5", cache=cache, **STORE)
+    capsys.readouterr()
+    code = _readme_python("LinearSVC(C=C")
+    exec(compile(code, "README.md", "exec"), {})
+    ours, theirs = map(float, capsys.readouterr().out.split())
+    assert theirs == m["accuracy"] and ours == pytest.approx(m["accuracy"], abs=1e-12)
+    assert len(pd.read_csv("runs/fne/predictions.csv")["split"].unique()) == m["n_splits"] == fit_options.get("splits", 1)
+
+
+@pytest.mark.parametrize("head", ["svm", "logreg"])
+def test_the_readmes_model_joblib_block_predicts_what_fne_predict_does(head, digits_folder, warm_cache, tmp_path,
+                                                                        monkeypatch):
+    """README: model.joblib's pipeline on the export's layers side by side gives `fne predict`'s
+    classes and, in `pipeline.classes_` order, its score columns."""
+    cache = str(warm_cache)
+    monkeypatch.chdir(tmp_path)
+    fne.fit(digits_folder, "runs/fne", features="block3,head", head=head, cache=cache, progress=False, **STORE)
+    fne.export(digits_folder, out="images-fne.h5", cache=cache, **STORE)
+    with pytest.warns(UserWarning, match="24 of 24 images of DATA are images runs/fne was fitted on"):
+        fne.predict("runs/fne", digits_folder, out="p.csv", progress=False)
+    scope: dict = {}
+    exec(compile(_readme_python('model["pipeline"].predict(X)'), "README.md", "exec"), scope)
+    p = pd.read_csv("p.csv", dtype={"path": str, "predicted": str})
+    assert scope["predicted"] == list(p["predicted"]) and len(p) == 24
+    pipe, classes = scope["model"]["pipeline"], scope["model"]["classes"]
+    scores = pipe.predict_proba(scope["X"]) if head == "logreg" else pipe.decision_function(scope["X"])
+    assert np.allclose(scores, p[[f"score_{classes[c]}" for c in pipe.classes_]].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_readmes_torchvision_block_scores_a_train_runs_test_images_as_its_predictions(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """README: model.pt in torchvision's own resnet18, with the test view the block builds from
+    torchvision's weights metadata, gives the run's predictions.csv (fp32: its scores, to the 6
+    digits the CSV keeps)."""
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=8, classes=3)
+    monkeypatch.chdir(tmp_path)
+    fne.train(data, "frozen", "runs/ft", arch="resnet18", weights="random", epochs=1, image_size=40, batch_size=8,
+              val_fraction=0.2, precision="fp32", workers=0, progress=False)
+    code = _readme_python("num_classes=len(m[")
+    tested = pd.read_csv("runs/ft/predictions.csv", dtype={"path": str, "predicted": str, "true": str})
+    classes = [c.removeprefix("score_") for c in tested.columns if c.startswith("score_")]
+    assert len(tested) == 6 and classes == ["0", "1", "2"]
+    capsys.readouterr()
+    for row in tested.itertuples():
+        exec(compile(code.replace('"new.jpg"', repr(str(data / row.path))), "README.md", "exec"), {})
+        predicted, scores = capsys.readouterr().out.split(" ", 1)
+        assert predicted == row.predicted
+        assert np.allclose(eval(scores), [getattr(row, f"score_{c}") for c in classes], rtol=1e-5, atol=1e-6)
 
 
 def test_the_readmes_cache_and_backbones_calls_run_as_written(digits_folder, warm_cache, monkeypatch, capsys):

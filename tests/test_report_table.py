@@ -305,7 +305,7 @@ def _odd_report(tmp_path) -> tuple[dict, str]:
         write_run(root, f"c{seed}", fake_metrics("fc7+svm", 0.6, 0.01, 0.6, 0.01, seed=seed, C=0.5, dataset="plain"))
     write_run(root, "d", fake_metrics("fc7+svm", 0.7, 0.01, 0.7, 0.01, seed=0, C=1.0, dataset="plain"))
     r = report([root], tmp_path / "rep", figures=False)
-    return r, Path(r["tex"]).read_text()
+    return r, Path(r["tex"]).read_text(encoding="utf-8")
 
 
 def test_report_tex_is_well_formed_whatever_the_names(tmp_path):
@@ -358,3 +358,23 @@ def test_a_pooled_rows_extraction_says_how_many_runs_it_is_the_mean_of(tmp_path)
     lines = {x["method"]: x for x in _read(tmp_path / "rep")[0]}
     assert [(lines[k]["extract_seconds"], lines[k]["extract_runs"]) for k in ("fne+svm", "fc7+svm")] == [
         ("40.0", "1"), ("10.5", "2")]
+
+
+def test_reports_and_csvs_are_utf8_whatever_the_locale(tmp_path):
+    """report.md, .html (which declares utf-8), .tex and .csv (as every CSV fne writes: fit's and
+    predict's predictions.csv) were written in the locale's encoding: on Windows (cp1252) a class
+    or dataset named 数字 stopped the report with a UnicodeEncodeError, and é came out in bytes that
+    pandas' read_csv, reading UTF-8, refused. Here the C locale's ASCII stands for cp1252."""
+    import os
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    code = ("import sys, locale; from pathlib import Path; from tests.test_report_table import _odd_report; "
+            "assert locale.getpreferredencoding(False) == 'ANSI_X3.4-1968'; _odd_report(Path(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ascii")], env=env, capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    _, tex = _odd_report(tmp_path / "utf8")
+    assert (tmp_path / "ascii" / "rep" / "report.tex").read_text(encoding="utf-8") == tex and "\\fneuni{数}" in tex
+    for name in ("report.md", "report.html", "report.csv"):
+        assert "数字" in (tmp_path / "ascii" / "rep" / name).read_text(encoding="utf-8"), name

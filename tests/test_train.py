@@ -1579,3 +1579,21 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_resume_goes_on_from_the_one
     assert main([*args, "--resume"]) == 0
     assert f"resumed {out / 'checkpoint.pt'} after epoch 1" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_metrics_json_is_strict_json_when_a_loss_is_not_a_number(digits, source, tmp_path, monkeypatch):
+    """A diverged run's NaN validation loss was written as `NaN`, which is not JSON: jq,
+    JavaScript's JSON.parse and R's readers refused the run's metrics.json. It is null now."""
+    from fne.training import epochs
+    from fne.training.train import train
+
+    monkeypatch.setattr(epochs, "mean_loss", lambda *a: float("nan"))
+    m = train(digits, "frozen", tmp_path / "run", weights=str(source), epochs=1, **FAST)
+    text = (tmp_path / "run" / "metrics.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    saved = json.loads(text, parse_constant=refuse)
+    assert np.isnan(m["history"][0]["val_loss"]) and saved["history"][0]["val_loss"] is None
+    assert saved["history"][0]["val_accuracy"] == m["history"][0]["val_accuracy"] and saved["accuracy"] == m["accuracy"]

@@ -14,6 +14,7 @@ import csv
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -264,6 +265,19 @@ def through_file(write: Callable[[BinaryIO], object]) -> Callable[[Path], None]:
     return to
 
 
+def json_text(obj, indent: int = 1) -> str:
+    """`obj` as strict JSON (RFC 8259), which jq, JavaScript and R read: a float that is not a number
+    (a diverged training's NaN loss, an infinity) is null, where Python's `json` writes NaN."""
+    def finite(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: finite(v) for k, v in o.items()}
+        return [finite(v) for v in o] if isinstance(o, (list, tuple)) else o
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False, default=str)
+
+
 def write_json(path: Path, obj) -> None:
     """`obj` as JSON in `path`, written whole (`replace_file`): an interrupted run or a full
     disk leaves the file as it was, never cut short."""
@@ -351,9 +365,10 @@ def _commit(tmps: dict[Path, Path]) -> None:
 
 
 def csv_writer(header: list[str], rows: Iterable[Iterable]) -> Callable[[Path], None]:
-    """A `replace_file` writer of a CSV file of `header` then `rows`."""
+    """A `replace_file` writer of a CSV file of `header` then `rows`, in UTF-8 whatever the locale
+    (pandas and `fne predict` read it as UTF-8; Windows' locale encoding, cp1252, cannot write 数)."""
     def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(header)
             w.writerows(rows)

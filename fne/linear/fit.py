@@ -6,7 +6,6 @@ the `fne extract` command, unless the caller asks for extraction (`extract_missi
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.cost import rows_cost
-from fne.cache.fs import check_run_folder, check_target, is_url, replace_files
+from fne.cache.fs import check_run_folder, check_target, is_url, json_text, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset, key_digests
 from fne.data.splits import check_test_classes, duplicate_notes, make_splits, not_applied
@@ -408,7 +407,7 @@ def _save(out: Path, metrics: dict, pipe, src: Source, layers: list[str], kind: 
             if kind == "fne" else None),
     }
     replace_files({out / "predictions.csv": predictions, out / "model.joblib": partial(joblib.dump, model),
-                   out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
+                   out / "metrics.json": lambda f: f.write_text(json_text(metrics, indent=2))})
 
 
 verb_module(__name__)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from fne import verb_module
-from fne.cache.fs import check_target, csv_writer, read_json, replace_files
+from fne.cache.fs import check_target, csv_writer, json_text, read_json, replace_files
 from fne.errors import FneError, expect_bools, expect_path
 from fne.linear import compare
 from fne.metrics import data_identity
@@ -539,10 +539,11 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
                 files[(ds["dataset"], key)] = f"report_files/{stem}-{key}.png"
     rows = _jsonable(datasets)  # report.json's rows, and report.csv's
     texts = {"report.md": render_md(head, datasets, files), "report.html": render_html(head, datasets, b64),
-             "report.json": json.dumps({"header": head, "datasets": rows}, indent=1)}
-    writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t))(text) for name, text in texts.items()}
+             "report.json": json_text({"header": head, "datasets": rows})}
+    writes = {out / name: (lambda t: lambda tmp: tmp.write_text(t, encoding="utf-8"))(text)  # what report.html declares
+              for name, text in texts.items()}
     writes |= {out / f: (lambda b: lambda tmp: tmp.write_bytes(base64.b64decode(b)))(b64[k]) for k, f in files.items()}
-    writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows, RANDOM_WARNING))
+    writes[out / "report.tex"] = lambda tmp: tmp.write_text(latex_tables(rows, RANDOM_WARNING), encoding="utf-8")
     if files:
         fig_dir.mkdir(exist_ok=True)
     replace_files({**writes, out / "report.csv": csv_writer(list(CSV_COLUMNS), csv_rows(rows))})

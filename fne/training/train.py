@@ -31,7 +31,7 @@ from fne import verb_module
 from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.registry import ImportReport
-from fne.cache.fs import check_run_folder, check_target, replace_files, through_file
+from fne.cache.fs import check_run_folder, check_target, json_text, replace_files, through_file
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
 from fne.data.manifest import attach_keys, known_keys, manifest_for
@@ -511,7 +511,7 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
     replace_files({**written, out / "predictions.csv": predictions,
                    out / "model.pt": through_file(lambda f: torch.save(weights, f)),
-                   out / "metrics.json": lambda f: f.write_text(json.dumps(metrics, indent=2))})
+                   out / "metrics.json": lambda f: f.write_text(json_text(metrics, indent=2))})
     return metrics
 
 
