@@ -387,3 +387,77 @@ def test_runs_given_one_folder_by_two_paths_are_paired(digits_folder, warm_cache
     older = [{k: v for k, v in m.items() if k not in ("data_resolved", "labels_fingerprint")}  # runs written before
              for m in (rel, absolute)]
     assert compare.compare_runs(*older) is None  # DATA as given, as before: not known to be the same
+
+
+# ------------------------------------------------------------- every printed number, from predictions.csv
+def _per_split_from_predictions(run) -> list[tuple[float, float, int]]:
+    """(accuracy, mean class accuracy, test images) of each split, read off predictions.csv alone with
+    scikit-learn: the independent recomputation of what fne fit and fne report print."""
+    import csv
+
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    with open(run / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for s in sorted({int(r["split"]) for r in rows}):
+        t, p = zip(*((r["true"], r["predicted"]) for r in rows if int(r["split"]) == s), strict=True)
+        with warnings.catch_warnings():  # a class predicted that the split does not test
+            warnings.simplefilter("ignore")
+            out.append((accuracy_score(t, p), balanced_accuracy_score(t, p), len(t)))
+    return out
+
+
+def test_the_reports_numbers_are_recomputed_from_predictions_and_one_split_shows_no_spread(
+        digits_folder, warm_cache, tmp_path):
+    """fne fit's and fne report's figures (mean, std, the corrected t interval, the paired test) equal
+    those recomputed from each run's predictions.csv with scikit-learn / scipy; a row of one split
+    shows no spread: no "±" in report.md, and report.json / report.csv hold none (they held 0.0)."""
+    import csv
+    from pathlib import Path
+
+    from fne.linear.fit import fit
+    from fne.reporting.report import report
+
+    kw = dict(cache=str(warm_cache), progress=False, **FAST)
+    runs = tmp_path / "runs"
+    fit(digits_folder, runs / "fne", features="fne", head="svm", splits=3, **kw)
+    fit(digits_folder, runs / "two", features="fne:block2,block5", head="svm", splits=3, **kw)
+    fit(digits_folder, runs / "one", features="last", head="svm", splits=1, test_size=0.5, **kw)
+    report([runs], tmp_path / "rep", figures=False)
+    data = json.loads((tmp_path / "rep" / "report.json").read_text())
+    rows = {Path(r["paths"][0]).name: r for r in data["datasets"][0]["rows"]}
+    with open(tmp_path / "rep" / "report.csv", newline="") as f:
+        lines = {Path(line["run_folders"]).name: line for line in csv.DictReader(f)}
+    md = (tmp_path / "rep" / "report.md").read_text()
+    per = {}
+    for run in ("fne", "two"):
+        acc, mca, n_test = map(np.array, zip(*_per_split_from_predictions(runs / run), strict=True))
+        per[run] = acc
+        r = rows[run]
+        assert r["accuracy"] == pytest.approx(acc.mean(), abs=1e-12)
+        assert r["accuracy_std"] == pytest.approx(acc.std(), abs=1e-12)  # population std, as README says
+        assert r["mean_class_accuracy"] == pytest.approx(mca.mean(), abs=1e-12)
+        assert r["mean_class_accuracy_std"] == pytest.approx(mca.std(), abs=1e-12)
+        n_train = 24 - n_test.mean()  # digits_folder: 24 images
+        half = stats.t.ppf(0.975, 2) * np.sqrt((1 / 3 + n_test.mean() / n_train) * acc.var(ddof=1))
+        assert np.ptp(acc) > 0  # splits that differ: Nadeau & Bengio's corrected t interval, clipped to [0, 1]
+        assert r["accuracy_ci"]["low"] == pytest.approx(max(0.0, acc.mean() - half), abs=1e-12)
+        assert r["accuracy_ci"]["high"] == pytest.approx(min(1.0, acc.mean() + half), abs=1e-12)
+        assert f"{100 * acc.mean():.1f} ± {100 * acc.std():.1f}" in md
+        assert float(lines[run]["accuracy_std"]) == pytest.approx(acc.std(), abs=1e-12)
+    d = per["fne"] - per["two"]
+    test = compare.compare_runs(*(json.loads((runs / r / "metrics.json").read_text()) for r in ("fne", "two")))
+    assert np.ptp(d) > 0  # the corrected paired t-test (n_test / n_train = 6 / 18) on the shared splits
+    t = d.mean() / np.sqrt((1 / 3 + 6 / 18) * d.var(ddof=1))
+    assert test["p"] == pytest.approx(2 * stats.t.sf(abs(t), 2), abs=1e-12)
+    assert test["mean_diff"] == pytest.approx(d.mean(), abs=1e-12)
+    (acc1, mca1, n1), = _per_split_from_predictions(runs / "one")
+    one = rows["one"]
+    assert one["accuracy"] == pytest.approx(acc1, abs=1e-12) and one["mean_class_accuracy"] == pytest.approx(mca1, abs=1e-12)
+    assert one["accuracy_std"] is None and one["mean_class_accuracy_std"] is None
+    assert lines["one"]["accuracy_std"] == lines["one"]["mean_class_accuracy_std"] == ""
+    wilson = stats.binomtest(round(acc1 * n1), n1).proportion_ci(0.95, "wilson")
+    assert (one["accuracy_ci"]["low"], one["accuracy_ci"]["high"]) == pytest.approx((wilson.low, wilson.high), abs=1e-12)
+    cell = next(line for line in md.splitlines() if line.startswith(f"| {one['label']} |"))
+    assert "±" not in cell.split("|")[2] and f"{100 * acc1:.1f}" in cell

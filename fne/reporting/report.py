@@ -240,7 +240,8 @@ def _row(runs: list[dict]) -> dict:
                                             f"once (the same seed and predictions)") if n)
     if len(ms) == 1:
         for k in ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std"):
-            row[k] = finite(m0.get(k))
+            # one split has no spread: metrics.json's std of 0.0 is no measurement of one (report.csv: empty)
+            row[k] = None if k.endswith("_std") and row["n_splits"] == 1 else finite(m0.get(k))
         row["seconds"] = finite(m0.get("fit_seconds", m0.get("train_seconds")))
         row["extract_seconds"], row["extract_cached"] = extraction(runs[0])
         row["extract_runs"] = int(row["extract_seconds"] is not None)
