@@ -34,6 +34,17 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _rate(n: int, seconds: float, unit: str) -> str:
+    """How fast `n` `unit` in `seconds` went, readable however slow: ``43.3 img/s``, and below one
+    a second the time each takes (``2.5 s/img``, ``2m03s/splits``, where ``0.0 splits/s`` said
+    nothing of a fit whose splits take minutes); ``0.0 img/s`` before the first."""
+    rate = n / max(seconds, 1e-9)
+    if rate >= 1 or n == 0:
+        return f"{rate:.1f} {unit}/s"
+    each = 1 / rate
+    return f"{each:.1f} s/{unit}" if each < 60 else f"{_clock(each)}/{unit}"
+
+
 class _LogLines:
     """tqdm's update / set_postfix / close, written as one line per interval and one at the end:
     done/total, the rate since the start, the time elapsed and, from the second line while work
@@ -61,11 +72,10 @@ class _LogLines:
 
     def _line(self, end: bool = False) -> None:
         now = time.monotonic()
-        rate = self.n / max(now - self.t0, 1e-9)
         recent = (self.n - self.n_last) / max(now - self.last, 1e-9)
         eta = "" if end or not self.n_last or self.n >= self.total or recent <= 0 else f", {_clock((self.total - self.n) / recent)} left"
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({_rate(self.n, now - self.t0, self.unit)}, "
               f"{_clock(now - self.t0)} elapsed{eta}{extra})", file=sys.stderr, flush=True)
         self.last, self.n_last = now, self.n
 
@@ -100,9 +110,13 @@ def progress_line(text: str, enabled: bool, stderr: bool = False) -> None:
     """Print `text`, a line that says how the work goes (an epoch's scores, what a network
     imported, "extracting N images missing from the cache"), on stdout (`stderr`: on stderr):
     always on the command line, from Python unless the caller gave ``progress=False`` (`enabled`
-    False). A note, a warning or an error is printed whatever `enabled` is, not with this."""
+    False). A note, a warning or an error is printed whatever `enabled` is, not with this.
+
+    Flushed at once: stdout into a file or a pipe (Slurm, nohup, `| tee`, `python -c` under a
+    notebook's capture) is block-buffered, and held back an epoch's scores until the process
+    ended, after every bar line on stderr, so `tail -f` showed none of them."""
     if enabled or COMMAND_LINE.get():
-        print(text, file=sys.stderr if stderr else sys.stdout)
+        print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
 
 
 # True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).
