@@ -6,14 +6,15 @@ API called (`said`); and how a problem met many times is said once (`first_few`,
 only notes, warnings and errors. On the command line (`COMMAND_LINE`) --no-progress drops the bars,
 and the progress lines stay (a log's record of the run).
 
-A log (stderr not a terminal: CI, Slurm, `2> file`) gets whole newline-terminated lines, so
-warnings printed meanwhile stay on lines of their own.
+A log (stderr not a terminal: CI, Slurm, `2> file`; nor a terminal of no width, or ``TERM=dumb``)
+gets whole newline-terminated lines, so warnings printed meanwhile stay on lines of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 import sys
 import time
@@ -95,11 +96,25 @@ class _Off:
         pass
 
 
+def _live_terminal() -> bool:
+    """Whether stderr can show a live bar: a terminal, with a width, and not ``TERM=dumb`` (Emacs'
+    compilation buffers, editors' consoles: no redrawing). A terminal of 0 columns (``docker run
+    -t`` from CI, `script` under no terminal) drew tqdm's bar 0 characters wide: nothing, the
+    whole run long. Where not, the lines of a log (`_LogLines`)."""
+    if not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError):  # no descriptor (a stream standing in for stderr): tqdm's own guess
+        return True
+
+
 def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", leave: bool = True):
-    """A bar with tqdm's `update`, `set_postfix` and `close`."""
+    """A bar with tqdm's `update`, `set_postfix` and `close`: live on a terminal, else a line at
+    most every `LOG_INTERVAL_S` (`_live_terminal`)."""
     if not enabled:
         return _Off()
-    if not sys.stderr.isatty():
+    if not _live_terminal():
         return _LogLines(total, desc, unit)
     from tqdm.auto import tqdm
 

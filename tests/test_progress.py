@@ -77,3 +77,34 @@ def test_a_progress_line_reaches_a_log_file_at_once(monkeypatch):
     assert raw.getvalue() == b"epoch 1/30: loss 1.2\n"
     fp.progress_line("epoch 2/30: loss 1.1", enabled=False)  # progress=False: silent
     assert raw.getvalue() == b"epoch 1/30: loss 1.2\n"
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal (of the width `get_terminal_size` is made to say)."""
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return 2
+
+
+def test_a_terminal_without_width_or_dumb_gets_the_lines_of_a_log(monkeypatch):
+    """A terminal of 0 columns (``docker run -t`` from CI, `script` under no terminal) drew tqdm's
+    bar 0 characters wide, which showed nothing the whole run; ``TERM=dumb`` (an editor's
+    compilation buffer) cannot redraw one. Both get a log's lines; a terminal with a width, a bar."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    monkeypatch.setattr(fp.sys, "stderr", _Terminal())
+    size = [os.terminal_size((0, 0))]
+    monkeypatch.setattr(fp.os, "get_terminal_size", lambda fd: size[0])
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert isinstance(fp.progress(10, "extract"), fp._LogLines)
+    size[0] = os.terminal_size((80, 24))
+    bar = fp.progress(10, "extract")
+    assert isinstance(bar, tqdm)
+    bar.close()
+    monkeypatch.setenv("TERM", "dumb")
+    assert isinstance(fp.progress(10, "extract"), fp._LogLines)
