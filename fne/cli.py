@@ -336,9 +336,12 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one clean line (`fne: warning: skipped a.jpg: not an image file`), not
     Python's format with a source file and a line of code; a line break in it (a file named
-    with one) shows as ↵, as report.md shows it."""
+    with one) shows as ↵, as report.md shows it; on a line of its own under a live bar
+    (`fne.progress.print_line`)."""
+    from fne.progress import print_line
+
     text = str(message).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵")
-    print(f"fne: warning: {text}", file=file or sys.stderr)
+    print_line(f"fne: warning: {text}", file or sys.stderr)
 
 
 class Terminated(KeyboardInterrupt):

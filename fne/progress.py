@@ -131,7 +131,17 @@ def progress_line(text: str, enabled: bool, stderr: bool = False) -> None:
     notebook's capture) is block-buffered, and held back an epoch's scores until the process
     ended, after every bar line on stderr, so `tail -f` showed none of them."""
     if enabled or COMMAND_LINE.get():
-        print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+        print_line(text, sys.stderr if stderr else sys.stdout)
+
+
+def print_line(text: str, file) -> None:
+    """Print `text` to `file` on a line of its own, flushed, where a live bar may be drawn: on a
+    terminal a line written under a bar joined the bar's own (``test: 100%|██| 11/11 [00:02<00:00,
+    3.07img/s]fne: warning: skipped 0/bad.png: …``); tqdm's bars on that terminal are cleared,
+    the line written, and they are drawn again below it."""
+    bars = sys.modules.get("tqdm")  # no bar was ever drawn where tqdm is not imported
+    with bars.tqdm.external_write_mode(file=file) if bars else contextlib.nullcontext():
+        print(text, file=file, flush=True)
 
 
 # True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).

@@ -108,3 +108,30 @@ def test_a_terminal_without_width_or_dumb_gets_the_lines_of_a_log(monkeypatch):
     bar.close()
     monkeypatch.setenv("TERM", "dumb")
     assert isinstance(fp.progress(10, "extract"), fp._LogLines)
+
+
+def test_a_warning_under_a_live_bar_is_a_line_of_its_own(monkeypatch):
+    """On a terminal a warning printed while a bar was drawn joined the bar's line (``test:
+    100%|██| 11/11 [00:02<00:00, 3.07img/s]fne: warning: skipped 0/bad.png: …``): the bar is
+    cleared, the line written from the line's start, and the bar drawn again."""
+    import os
+    import re
+
+    from fne.cli import _one_line
+
+    term = _Terminal()
+    monkeypatch.setattr(fp.sys, "stderr", term)
+    monkeypatch.setattr(fp.os, "get_terminal_size", lambda fd: os.terminal_size((80, 24)))
+    monkeypatch.setenv("TERM", "xterm-256color")
+    bar = fp.progress(11, "test")
+    bar.update(8)
+    bar.refresh()
+    _one_line(UserWarning("skipped 0/bad.png: not an image file"), UserWarning, "f.py", 1, file=term)
+    fp.progress_line("epoch 1/1: loss 1.5", enabled=True, stderr=True)
+    bar.update(3)
+    bar.close()
+    out = term.getvalue()
+    assert "8/11" in out and "11/11" in out
+    assert "\rfne: warning: skipped 0/bad.png: not an image file\n" in out
+    assert "\repoch 1/1: loss 1.5\n" in out
+    assert not re.search(r"[^\r\n](fne: warning|epoch 1/1)", out), out
