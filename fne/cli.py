@@ -336,9 +336,12 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one clean line (`fne: warning: skipped a.jpg: not an image file`), not
     Python's format with a source file and a line of code; a line break in it (a file named
-    with one) shows as ↵, as report.md shows it."""
+    with one) shows as ↵, as report.md shows it; on a line of its own under a live bar
+    (`fne.progress.print_line`)."""
+    from fne.progress import print_line
+
     text = str(message).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵")
-    print(f"fne: warning: {text}", file=file or sys.stderr)
+    print_line(f"fne: warning: {text}", file or sys.stderr)
 
 
 class Terminated(KeyboardInterrupt):
@@ -350,6 +353,18 @@ class Terminated(KeyboardInterrupt):
 def _terminate(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Terminated
+
+
+def _line_buffered(on: bool | None) -> bool | None:
+    """Set stdout's line buffering (`on`; None leaves it) -> what it was (None: a stream without
+    one, such as a StringIO). A verb's notes and results on stdout into a file or a pipe (Slurm,
+    nohup, `> log 2>&1`, `| tee`) are then written line by line, in their place among the lines
+    on stderr and seen by `tail -f` as they come, not held back in a block until the process
+    ends (or lost with it, where it is killed)."""
+    was = getattr(sys.stdout, "line_buffering", None)
+    if on is not None and was is not None and was != on and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=on)
+    return was
 
 
 def _joined_shard(argv: list[str]) -> list[str]:
@@ -379,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         _unrecognized(args, extra)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line
+    buffered = _line_buffered(True)
     in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
     before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     found = checkpoint_found(args)  # train: an earlier run's checkpoint, told from this run's
@@ -407,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         COMMAND_LINE.reset(words)
+        _line_buffered(buffered)
         if in_main:
             signal.signal(signal.SIGTERM, before)
 

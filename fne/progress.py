@@ -6,14 +6,15 @@ API called (`said`); and how a problem met many times is said once (`first_few`,
 only notes, warnings and errors. On the command line (`COMMAND_LINE`) --no-progress drops the bars,
 and the progress lines stay (a log's record of the run).
 
-A log (stderr not a terminal: CI, Slurm, `2> file`) gets whole newline-terminated lines, so
-warnings printed meanwhile stay on lines of their own.
+A log (stderr not a terminal: CI, Slurm, `2> file`; nor a terminal of no width, or ``TERM=dumb``)
+gets whole newline-terminated lines, so warnings printed meanwhile stay on lines of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
 import re
 import sys
 import time
@@ -32,6 +33,17 @@ def _clock(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _rate(n: int, seconds: float, unit: str) -> str:
+    """How fast `n` `unit` in `seconds` went, readable however slow: ``43.3 img/s``, and below one
+    a second the time each takes (``2.5 s/img``, ``2m03s/splits``, where ``0.0 splits/s`` said
+    nothing of a fit whose splits take minutes); ``0.0 img/s`` before the first."""
+    rate = n / max(seconds, 1e-9)
+    if rate >= 1 or n == 0:
+        return f"{rate:.1f} {unit}/s"
+    each = 1 / rate
+    return f"{each:.1f} s/{unit}" if each < 60 else f"{_clock(each)}/{unit}"
 
 
 class _LogLines:
@@ -61,11 +73,10 @@ class _LogLines:
 
     def _line(self, end: bool = False) -> None:
         now = time.monotonic()
-        rate = self.n / max(now - self.t0, 1e-9)
         recent = (self.n - self.n_last) / max(now - self.last, 1e-9)
         eta = "" if end or not self.n_last or self.n >= self.total or recent <= 0 else f", {_clock((self.total - self.n) / recent)} left"
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s, "
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({_rate(self.n, now - self.t0, self.unit)}, "
               f"{_clock(now - self.t0)} elapsed{eta}{extra})", file=sys.stderr, flush=True)
         self.last, self.n_last = now, self.n
 
@@ -85,11 +96,25 @@ class _Off:
         pass
 
 
+def _live_terminal() -> bool:
+    """Whether stderr can show a live bar: a terminal, with a width, and not ``TERM=dumb`` (Emacs'
+    compilation buffers, editors' consoles: no redrawing). A terminal of 0 columns (``docker run
+    -t`` from CI, `script` under no terminal) drew tqdm's bar 0 characters wide: nothing, the
+    whole run long. Where not, the lines of a log (`_LogLines`)."""
+    if not sys.stderr.isatty() or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns > 0
+    except (OSError, ValueError):  # no descriptor (a stream standing in for stderr): tqdm's own guess
+        return True
+
+
 def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", leave: bool = True):
-    """A bar with tqdm's `update`, `set_postfix` and `close`."""
+    """A bar with tqdm's `update`, `set_postfix` and `close`: live on a terminal, else a line at
+    most every `LOG_INTERVAL_S` (`_live_terminal`)."""
     if not enabled:
         return _Off()
-    if not sys.stderr.isatty():
+    if not _live_terminal():
         return _LogLines(total, desc, unit)
     from tqdm.auto import tqdm
 
@@ -100,9 +125,23 @@ def progress_line(text: str, enabled: bool, stderr: bool = False) -> None:
     """Print `text`, a line that says how the work goes (an epoch's scores, what a network
     imported, "extracting N images missing from the cache"), on stdout (`stderr`: on stderr):
     always on the command line, from Python unless the caller gave ``progress=False`` (`enabled`
-    False). A note, a warning or an error is printed whatever `enabled` is, not with this."""
+    False). A note, a warning or an error is printed whatever `enabled` is, not with this.
+
+    Flushed at once: stdout into a file or a pipe (Slurm, nohup, `| tee`, `python -c` under a
+    notebook's capture) is block-buffered, and held back an epoch's scores until the process
+    ended, after every bar line on stderr, so `tail -f` showed none of them."""
     if enabled or COMMAND_LINE.get():
-        print(text, file=sys.stderr if stderr else sys.stdout)
+        print_line(text, sys.stderr if stderr else sys.stdout)
+
+
+def print_line(text: str, file) -> None:
+    """Print `text` to `file` on a line of its own, flushed, where a live bar may be drawn: on a
+    terminal a line written under a bar joined the bar's own (``test: 100%|██| 11/11 [00:02<00:00,
+    3.07img/s]fne: warning: skipped 0/bad.png: …``); tqdm's bars on that terminal are cleared,
+    the line written, and they are drawn again below it."""
+    bars = sys.modules.get("tqdm")  # no bar was ever drawn where tqdm is not imported
+    with bars.tqdm.external_write_mode(file=file) if bars else contextlib.nullcontext():
+        print(text, file=file, flush=True)
 
 
 # True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).

@@ -384,3 +384,28 @@ def test_a_warning_naming_a_file_with_a_line_break_stays_one_line(digits_folder,
     lines = capsys.readouterr().err.splitlines()
     assert "fne: warning: skipped 0/bad↵name.png: not an image file" in lines
     assert all(line.startswith(("fne", "extract")) for line in lines)  # no line of a name's second half
+
+
+def test_a_verbs_stdout_into_a_log_is_written_line_by_line(monkeypatch):
+    """`fne VERB > log 2>&1` (Slurm, nohup): stdout, block-buffered into a file, held a verb's
+    notes and results back until the process ended, out of their place among stderr's lines
+    and unseen by `tail -f`; while a verb runs stdout is line-buffered, and is as it was after."""
+    import io
+
+    import fne.backbones.catalog as catalog
+
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", line_buffering=False)
+    monkeypatch.setattr(sys, "stdout", out)
+    seen = []
+
+    def listed():
+        seen.append(out.line_buffering)
+        print("a note")
+        seen.append(raw.getvalue())
+        return []
+
+    monkeypatch.setattr(catalog, "list_backbones", listed)
+    assert main(["backbones"]) == 0
+    assert seen == [True, b"a note\n"]
+    assert out.line_buffering is False
