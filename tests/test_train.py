@@ -1597,3 +1597,20 @@ def test_metrics_json_is_strict_json_when_a_loss_is_not_a_number(digits, source,
     saved = json.loads(text, parse_constant=refuse)
     assert np.isnan(m["history"][0]["val_loss"]) and saved["history"][0]["val_loss"] is None
     assert saved["history"][0]["val_accuracy"] == m["history"][0]["val_accuracy"] and saved["accuracy"] == m["accuracy"]
+
+
+def test_a_diverged_network_stops_the_run_in_one_line(digits, source, tmp_path, capsys):
+    """A learning rate far too high left NaN weights: the run went on to its last epoch, scored
+    every test image NaN (argmax: the first class) and reported that accuracy with no word. The
+    epoch that leaves weights that are not numbers stops the run, naming the --lr to lower; no
+    metrics.json is written."""
+    from fne.cli import main
+
+    args = ["train", str(digits), "--mode", "frozen", "--weights", str(source), "--out", str(tmp_path / "run"),
+            "--epochs", "3", "--lr", "1e30", "--arch", FAST["arch"], "--image-size", "32", "--workers", "0",
+            "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fne train: error: training diverged in epoch 1/3: the network's weights")
+    assert err[0].endswith("start again with a lower --lr than 1e+30")
+    assert not (tmp_path / "run" / "metrics.json").exists()

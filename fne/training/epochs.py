@@ -277,9 +277,24 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
     if n == 0:  # before any step: no validation pass, no checkpoint, no epoch of nothing
         raise _none_readable(ctx, "training", loader.dataset.indices)
     loss_sum, correct = float(loss_sum), int(correct)
+    _check_finite(model, optimizer, desc, loss_sum / n)
     s = time.perf_counter() - t0
     return {"train_loss": loss_sum / max(n, 1), "train_accuracy": correct / max(n, 1),
             "img_s": n / max(s, 1e-9), "seconds": s}
+
+
+def _check_finite(model: nn.Module, optimizer, desc: str, loss: float) -> None:
+    """An OptionError where an epoch left weights that are not numbers (NaN, infinite): the
+    network diverged (a learning rate too high), and every later epoch, its scores and its
+    accuracy would be meaningless (argmax of NaN scores names the first class). fp16's loss
+    scaler skips the steps of an overflowing batch, so those leave no such weight."""
+    params = [p.detach() for p in model.parameters()]
+    if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return
+    lr = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+    raise refusal(lambda py: f"training diverged in epoch {desc.split()[-1]}: the network's weights are no longer "
+                             f"numbers (mean loss {loss:.4g}); start again with a lower {named('lr', py)} than "
+                             f"{lr:g}")
 
 
 # torch's words for a layer whose output would be empty: the input is too small for the network
