@@ -269,8 +269,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer, ctx: Ctx, desc: str) ->
             correct += (logits.argmax(1) == y).sum()
             if ctx.progress and time.perf_counter() - t_shown > 1.0:  # one wait a second at most
                 t_shown = time.perf_counter()
-                bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{int(correct) / n:.3f}",
-                                img_s=f"{n / max(t_shown - t0, 1e-9):.1f}")
+                bar.set_postfix(loss=f"{float(loss_sum) / n:.4f}", acc=f"{int(correct) / n:.3f}")  # the bar says img/s
     finally:
         batches.close()  # stops its decoding thread, also on an error
         bar.close()
