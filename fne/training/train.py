@@ -261,7 +261,7 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -
             why = STARTS_OVER.get() or (lambda py: f"another run's: {checkpoint.resume_flag(py)} would refuse it")
         fate = "is replaced at the next save, or removed at the run's end if none comes"
         print(f"{new} (another run's settings or images, another fne release's, or unreadable) {fate}" if auto else
-              said(lambda py: f"{new} {fate} ({why(py)})"))
+              said(lambda py: f"{new} {fate} ({why(py)})"), flush=True)  # in a log at once, as progress_line's
     return ckpt, stale
 
 
@@ -360,7 +360,7 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bo
                                        cfg.seed, cfg.weights_seed, device)
     ckpt = str(Path(cfg.out) / checkpoint.CHECKPOINT) if resumed else None
     for line in describe_import(report, renew, ckpt):  # a tensor not imported, and why, is a note: always said
-        print(line) if line.startswith("not imported") else progress_line(line, cfg.progress)
+        print(line, flush=True) if line.startswith("not imported") else progress_line(line, cfg.progress)
     imported = set(report.imported) if report is not None else set()
     freeze_imported(model, cfg.mode, imported)
     keep = kept_statistics(model, cfg.mode, imported, cfg.train_bn)
@@ -423,7 +423,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
             match = said(lambda py: ", ".join(named(n, py) for n in ("device", "precision", "augment_on")))
             print(f"note: epochs 1-{run['epoch']} ran on {_on(before)}, the rest runs on {_on(ran_on)}: not "
-                  f"bit-identical to an uninterrupted run (give {match} to match)")
+                  f"bit-identical to an uninterrupted run (give {match} to match)", flush=True)
     gen = torch.Generator()
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
     last_write = time.monotonic()
