@@ -869,7 +869,8 @@ def test_lead_within_the_spread_is_no_winner_without_a_test(tmp_path):
     far = {"a": fake_metrics("fne+svm", 0.90, 0.01, 0.9, 0.01, seed=0),
            "b": fake_metrics("last+svm", 0.70, 0.01, 0.7, 0.01, seed=1)}
     ds, md, _ = _verdict_report(tmp_path / "far", far)
-    assert ds["verdict"]["kind"] == "untested" and "Measured winner: **fne+svm**" in md
+    assert ds["verdict"]["kind"] == "untested" and "Highest accuracy, untested: **fne+svm**" in md
+    assert "Measured winner" not in md
     assert "no paired test applies" in md
     # runs of one split each that record no test counts (written before fne kept them): no spread to
     # judge a lead by, and no test; a 20-point lead was "Measured winner"

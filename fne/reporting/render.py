@@ -269,6 +269,8 @@ def winner_sentences(ds: dict) -> tuple[str, str, str, str | None]:
         return "Tie:", "", v["text"], None
     if v["kind"] == "unclear":
         return "Highest accuracy, but no clear winner:", name, acc, v["text"]
+    if v["kind"] == "untested":  # a lead beyond the spread, which no test checked: not called a win
+        return "Highest accuracy, untested:", name, acc, v["text"]
     return "Measured winner:", name, acc, v["text"] or None
 
 
@@ -293,8 +295,8 @@ def advice_verdict(a: dict) -> tuple[str, str]:
             f"no clear winner (highest accuracy: {w}), but the best of the {'recommended kind' if b['matched'] else 'other kinds'}, "
             f"{b['best']}, beats the best of the {'other kinds' if b['matched'] else 'recommended kind'}, {b['other']}, "
             f"{b['text']}; the measurements {'match' if b['matched'] else 'do not match'} the advice (recommended: {rec})")
-    if kind in ("tie", "unclear"):
-        return "undecided", (f"no clear winner (highest accuracy: {w}), so the measurements neither confirm nor "
+    if kind in ("tie", "unclear", "untested"):  # untested: a lead no test checked
+        return "undecided", (f"no {'tested' if kind == 'untested' else 'clear'} winner (highest accuracy: {w}), so the measurements neither confirm nor "
                              f"contradict the advice (recommended: {rec})")
     named = a.get("named") or []
     if a["matched"] and named and not a.get("matched_method"):  # the advice's kind, not one of its methods

@@ -474,7 +474,7 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
     for ds in datasets:
         rows = [{k: v for k, v in r.items() if k not in ("confusion",)} for r in ds["rows"]]
         w = ds["winner"] or {}  # the highest ranked row: the lists report.md shows under it
-        named = ds["verdict"]["kind"] in ("clear", "untested")  # report.md's "Measured winner"; not a tie, say
+        named = ds["verdict"]["kind"] == "clear"  # report.md's "Measured winner"; not a tie or an untested lead
         out.append({**{k: v for k, v in ds.items() if k not in ("rows", "winner")}, "rows": rows,
                     "winner": w.get("label") if named else None, "highest": w.get("label"),
                     "interval_note": interval_sentence(ds["rows"]),
