@@ -347,19 +347,23 @@ def _h5_parts(root: Path, cache: str | Path | None) -> Dataset:
         warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5, test.h5 "
                       f"and a validation file (val.h5)", stacklevel=3)
     order = _ordered_parts(names, "train.h5", "test.h5", word)
-    parts = [_h5(root / n, cache) for n in order]
-    for part, n in zip(parts, order):
-        part.splits = [word[n]] * len(part)
-    labels = [lab for p in parts for lab in p.labels]
+    read = {n: h5_arrays(root / n) for n in order}  # n: (count, labels, split, class names)
+    labels = [lab for n in order for lab in read[n][1]]
+    given = {n: read[n][3] for n in order}
+    if len({repr(v) for v in given.values()}) > 1:  # one class order: a file's names index its labels
+        raise DataError(f"DATA {root}: its files name their classes differently (labels.attrs['class_names']: "
+                        + "; ".join(f"{n} {'none' if v is None else first_few(v)}" for n, v in given.items())
+                        + "); give each file the same list")
     return Dataset(
         name=root.name,
-        ids=[i for p in parts for i in p.ids],
+        ids=[f"{n}:{i}" for n in order for i in range(read[n][0])],
         labels=labels,
-        splits=containers.settle_splits([s for p in parts for s in p.splits], root,
+        splits=containers.settle_splits([word[n] for n in order for _ in range(read[n][0])], root,
                                       ", ".join(n for n in names if word[n] == "val")),
-        classes=class_order(labels, None),
+        classes=class_order(labels, given[order[0]]),
         sources=list(range(len(labels))),
-        array_source=PartsSource([p.array_source for p in parts], [len(p) for p in parts]),  # one view of all
+        array_source=PartsSource([ArraySource(h5_path=str(root / n), cache=None if cache is None else str(cache))
+                                  for n in order], [read[n][0] for n in order]),  # one view of all
         split_from=f"its files {_and(order)}",
     )
 

@@ -83,14 +83,12 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
         for name, d in (("images", images), ("labels", raw)):
             if not isinstance(d, h5py.Dataset):
                 raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
-        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-            raise DataError(f"HDF5 {path}: images must be N×H×W or N×H×W×3, got shape {images.shape}")
-        if images.dtype != np.uint8:  # Pillow would refuse every image, one by one
-            raise DataError(f"HDF5 {path}: images must be uint8 (0-255), got {images.dtype}")
-        if raw.ndim != 1:
-            raise DataError(f"HDF5 {path}: labels must be one per image (shape N), got shape {raw.shape}")
+        try:
+            check_arrays(images.shape, images.dtype, raw.shape)
+        except ValueError as e:
+            raise DataError(f"HDF5 {path}: {e}") from None
         n = images.shape[0]
-        raw = raw[()]
+        raw = raw[()].reshape(-1)  # N×1 (Keras's y_train) as N
         if len(raw) != n:
             raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
         names = f["labels"].attrs.get("class_names")
@@ -116,6 +114,37 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
     if n == 0:
         raise DataError(f"HDF5 {path}: has no images")
     return n, labels, splits, names
+
+
+def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int, ...]) -> None:
+    """Refuse, in one line saying how to store them, images other than uint8 N×H×W, N×H×W×1 or
+    N×H×W×3 (channels-first, floats) and labels other than one per image (N, or N×1: Keras's
+    `y_train`; one-hot N×K).
+
+    Parameters
+    ----------
+    shape, dtype
+        The images' shape and dtype.
+    label_shape
+        The labels' shape.
+
+    Raises
+    ------
+    ValueError
+        Naming the array, its shape or dtype, and the conversion that makes it readable.
+    """
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
+        first = len(shape) == 4 and shape[1] in (1, 3)  # N×C×H×W, as torch stores images
+        raise ValueError(f"images must be N×H×W, N×H×W×1 or N×H×W×3, got shape {shape}" + (
+            "; channels first? store np.transpose(images, (0, 2, 3, 1))" if first else ""))
+    if dtype != np.uint8:  # Pillow would refuse every image, one by one
+        hint = ("(images * 255).round().astype(np.uint8) for values in 0-1" if np.issubdtype(dtype, np.floating)
+                else "images.astype(np.uint8) if they lie in 0-255")
+        raise ValueError(f"images must be uint8 (0-255), got {dtype}; store {hint}")
+    if len(label_shape) != 1 and label_shape[1:] != (1,):
+        one_hot = len(label_shape) == 2 and label_shape[0] == shape[0]
+        raise ValueError(f"labels must be one per image (shape N), got shape {label_shape}" + (
+            "; one-hot? store labels.argmax(axis=1)" if one_hot else ""))
 
 
 def decode_value(v) -> str:
