@@ -1,4 +1,4 @@
-"""DATA forms: a folder, CSV, HDF5, tar shards, Parquet files, `hf:` or `digits`, each resolved
+"""DATA forms: a folder, CSV, HDF5, .npz, tar shards, Parquet files, `hf:` or `digits`, each resolved
 to one `fne.data.dataset.Dataset` of images, labels and an optional split (`load_dataset`).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from fne.data import containers, random_access
 from fne.data.dataset import Dataset
 from fne.data.formats import IMAGE_EXTENSIONS
-from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
+from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays, npz_arrays
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text, missing_words
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
@@ -24,7 +24,7 @@ from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
 from fne.progress import first_few, say_skipped
 
-_FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
+_FORMS = "give a folder, a .csv, a .h5 or .npz file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
 
 
@@ -34,7 +34,7 @@ __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
 
 def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
                  cache: str | Path | None = None) -> Dataset:
-    """Resolve DATA: a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
+    """Resolve DATA: a folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, `digits`, WebDataset tar
     shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
     folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`; a Dataset is returned as it is.
 
@@ -97,12 +97,16 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
             return _csv(path)
         if suffix in (".h5", ".hdf5"):
             return _h5(path, cache)
+        if suffix == ".npz":
+            return _npz(path)
         if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
             where = path.parent if path.parent != Path(".") else Path.cwd()
             raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
                             f"its images, without class folders, are unlabelled DATA for fne extract and fne predict)")
-        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
-            "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .npz, .tar or .parquet)" + (
+            "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else
+            "; save the images and labels together: np.savez(file, images=images, labels=labels)" if suffix == ".npy"
+            else ""))
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
     if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
@@ -330,6 +334,21 @@ def _h5(path: Path, cache: str | Path | None) -> Dataset:
         sources=list(range(n)),
         array_source=ArraySource(h5_path=str(path), cache=None if cache is None else str(cache)),
         split_from=f"the split dataset of {path}" if splits is not None else "",
+    )
+
+
+def _npz(path: Path) -> Dataset:
+    """A NumPy .npz of images and labels (`npz_arrays`), held in memory."""
+    images, labels, splits, names = npz_arrays(path)
+    return Dataset(
+        name=path.stem,
+        ids=[f"{path.name}:{i}" for i in range(len(images))],
+        labels=labels,
+        splits=splits,
+        classes=class_order(labels, names),
+        sources=list(range(len(images))),
+        array_source=ArraySource(array=images),
+        split_from=f"the split of {path} (its split array, or x_train and x_test)" if splits is not None else "",
     )
 
 
