@@ -50,6 +50,9 @@ def test_npz_forms_read_as_the_hdf5_file_of_the_same_arrays(tmp_path):
     d = load_dataset(tmp_path / "keras.npz")
     assert d.splits == ["train"] * int(train.sum()) + ["test"] * int(test.sum())
     assert d.labels == [str(v) for v in [*y[train], *y[test]]]
+    np.savez(tmp_path / "keras.npz", x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
+             class_names=["zero", "one", "two", "three"])
+    assert load_dataset(tmp_path / "keras.npz").labels[:5] == ["zero"] * 4 + ["one"]
     assert sorted(d.keys()) == sorted(h5.keys())
     # class names in their given order, text labels, a split array
     np.savez(tmp_path / "named.npz", images=x, labels=y, class_names=np.array(["zero", "one", "two", "three"]),
@@ -78,6 +81,7 @@ def test_npz_forms_read_as_the_hdf5_file_of_the_same_arrays(tmp_path):
                 "labels.argmax(axis=1)"),
     ("count", "NumPy {p}: 24 images but 23 labels"),
     ("keras_shapes", "NumPy {p}: x_train's images are (8, 8) and x_test's (16, 16); give them one shape"),
+    ("keras_count", "NumPy {p}: x_train has 24 images but y_train 23 labels"),
 ])
 def test_bad_npz_stops_in_one_line_naming_it(tmp_path, capsys, case, expect):
     """What a user holding arrays gets wrong (floats in 0-1, a torch N×C×H×W layout, one-hot
@@ -95,6 +99,8 @@ def test_bad_npz_stops_in_one_line_naming_it(tmp_path, capsys, case, expect):
         np.savez(p, images=x, labels=np.array(["a", None] * 12, dtype=object))
     elif case == "keras_shapes":
         np.savez(p, x_train=x, y_train=y, x_test=np.zeros((2, 16, 16), np.uint8), y_test=y[:2])
+    elif case == "keras_count":  # the totals agree, the parts do not: labels would be shifted
+        np.savez(p, x_train=x, y_train=y[:-1], x_test=x[:2], y_test=y[:3])
     else:
         images = {"float": x / 255.0, "channels_first": x[:, None]}.get(case, x)
         labels = {"one_hot": np.eye(4)[y], "count": y[:-1]}.get(case, y)

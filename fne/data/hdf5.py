@@ -157,9 +157,9 @@ KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")  # as keras.datasets' 
 
 def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, list[str] | None]:
     """A NumPy `.npz` DATA file's images (read whole into memory), labels (text), split and class
-    names: arrays `images` and `labels` (or `x` and `y`, any case), optional `split` and
-    `class_names`, as in an HDF5 file; or `x_train`, `y_train`, `x_test`, `y_test` (Keras's
-    `mnist.npz`), train then test. `DataError` naming the file when it is not one."""
+    names: arrays `images` and `labels` (or `x` and `y`, any case) and optional `split`, as in an
+    HDF5 file, or `x_train`, `y_train`, `x_test`, `y_test` (Keras's `mnist.npz`), train then test;
+    optional `class_names`, which integer labels index. `DataError` naming the file when it is not one."""
     import zipfile
 
     try:
@@ -189,19 +189,21 @@ def _npz_read(z, path: Path) -> tuple[np.ndarray, list[str], list[str] | None, l
     if pair is not None:
         images, raw = get(pair[0]), get(pair[1])
         split = get("split") if "split" in found else None
-        names = get("class_names") if "class_names" in found else None
     elif set(KERAS_ARRAYS) <= found.keys():
         x, y = [get(k) for k in KERAS_ARRAYS[::2]], [get(k) for k in KERAS_ARRAYS[1::2]]
-        for xs, ys in zip(x, y):
+        for k, xs, ys in zip(("train", "test"), x, y):
             check_arrays(xs.shape, xs.dtype, ys.shape)
+            if len(xs) != len(ys):
+                raise ValueError(f"x_{k} has {len(xs)} images but y_{k} {len(ys)} labels")
         if x[0].shape[1:] != x[1].shape[1:]:
             raise ValueError(f"x_train's images are {x[0].shape[1:]} and x_test's {x[1].shape[1:]}; give them one shape")
         images, raw = np.concatenate(x), np.concatenate([ys.reshape(len(ys), -1) for ys in y])
-        split, names = np.array(["train"] * len(x[0]) + ["test"] * len(x[1])), None
+        split = np.array(["train"] * len(x[0]) + ["test"] * len(x[1]))
     else:
         raise ValueError(f"needs arrays images and labels (or x and y; optional split, class_names), or "
                          f"{', '.join(KERAS_ARRAYS)} (found: {', '.join(z.files) or 'none'})")
     check_arrays(images.shape, images.dtype, raw.shape)
+    names = get("class_names") if "class_names" in found else None
     labels, splits, names = read_labels(raw, names, split, len(images), path, "array", "class_names")
     return images, labels, splits, names
 
