@@ -122,3 +122,22 @@ def test_fit_on_a_keras_npz_uses_its_split(tmp_path):
             extract_missing=True, progress=False, **FAST)
     saved = json.loads(Path(tmp_path / "run" / "metrics.json").read_text())
     assert saved["classes"] == ["0", "1", "2"] and m["n_train"] == 12 and m["n_test"] == 6
+
+
+def test_train_and_test_files_npz_or_hdf5_are_a_predefined_split(tmp_path):
+    """A split given as two files: train.npz + test.npz, as train.h5 + test.h5 are (a folder of
+    them stopped with "no class sub-folders … .npz ×2"), and one of each form together."""
+    x, y = _digits()
+    for pair, test_form in (("npz", "npz"), ("mixed", "h5")):
+        (tmp_path / pair).mkdir()
+        np.savez(tmp_path / pair / "train.npz", images=x[:16], labels=y[:16], class_names=list("abcd"))
+        if test_form == "npz":
+            np.savez(tmp_path / pair / "test.npz", images=x[16:], labels=y[16:], class_names=list("abcd"))
+        else:
+            with h5py.File(tmp_path / pair / "test.h5", "w") as f:
+                f["images"], f["labels"] = x[16:], y[16:]
+                f["labels"].attrs["class_names"] = list("abcd")
+        d = load_dataset(tmp_path / pair)
+        assert d.splits == ["train"] * 16 + ["test"] * 8 and d.ids[16] == f"test.{test_form}:0"
+        assert d.labels == [("abcd")[v] for v in y] and d.classes == list("abcd")
+        assert np.array_equal(np.asarray(d.load(20))[..., 0], x[20])

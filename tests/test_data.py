@@ -399,7 +399,7 @@ def test_hdf5_class_names_and_a_numeric_split(tmp_path):
     assert d.splits == ["train"] * 6 + ["test"] * 6 and d.ids[6] == "test.h5:0"
     _h5(pair / "test.h5", lab, class_names=["zeta", "mid", "alpha"])
     with pytest.raises(DataError, match=r"^DATA .*pair: its files name their classes differently "
-                                        r"\(labels\.attrs\['class_names'\]: train\.h5 zeta, alpha, mid; test\.h5 "
+                                        r"\(class_names: train\.h5 zeta, alpha, mid; test\.h5 "
                                         r"zeta, mid, alpha\); give each file the same list$"):
         load_dataset(pair)
     # Keras's y_train is N×1: one label per image, read as N

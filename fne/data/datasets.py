@@ -15,7 +15,7 @@ import numpy as np
 from fne.data import containers, random_access
 from fne.data.dataset import Dataset
 from fne.data.formats import IMAGE_EXTENSIONS
-from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays, npz_arrays
+from fne.data.hdf5 import ARRAY_SUFFIXES, ArraySource, PartsSource, array_file
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text, missing_words
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
@@ -95,10 +95,8 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
         suffix = path.suffix.lower()
         if suffix == ".csv":
             return _csv(path)
-        if suffix in (".h5", ".hdf5"):
-            return _h5(path, cache)
-        if suffix == ".npz":
-            return _npz(path)
+        if suffix in ARRAY_SUFFIXES:
+            return _arrays(path, cache)
         if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
             where = path.parent if path.parent != Path(".") else Path.cwd()
             raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
@@ -109,8 +107,9 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
             else ""))
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
-    if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
-        return _h5_parts(path, cache)
+    if any((path / f"train{x}").is_file() for x in ARRAY_SUFFIXES) and _held_out(
+            [n.rpartition(".")[0] for n in _array_names(path)]):
+        return _array_parts(path, cache)
     _cache_not_listed(path, cache)
     if _is_split_folder([e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]):
         return _split_folder(path)
@@ -322,9 +321,10 @@ def _csv(path: Path) -> Dataset:
     return d
 
 
-def _h5(path: Path, cache: str | Path | None) -> Dataset:
-    """HDF5 DATA; `fne train` keeps its copy for shuffled reading, where it needs one, in `cache`."""
-    n, labels, splits, names = h5_arrays(path)
+def _arrays(path: Path, cache: str | Path | None) -> Dataset:
+    """HDF5 or .npz DATA (`array_file`); `fne train` keeps an HDF5 file's copy for shuffled
+    reading, where it needs one, in `cache`."""
+    n, labels, splits, names, source = array_file(path, cache)
     return Dataset(
         name=path.stem,
         ids=[f"{path.name}:{i}" for i in range(n)],
@@ -332,45 +332,31 @@ def _h5(path: Path, cache: str | Path | None) -> Dataset:
         splits=splits,
         classes=class_order(labels, names),
         sources=list(range(n)),
-        array_source=ArraySource(h5_path=str(path), cache=None if cache is None else str(cache)),
-        split_from=f"the split dataset of {path}" if splits is not None else "",
+        array_source=source,
+        split_from=f"the split of {path}" if splits is not None else "",
     )
 
 
-def _npz(path: Path) -> Dataset:
-    """A NumPy .npz of images and labels (`npz_arrays`), held in memory."""
-    images, labels, splits, names = npz_arrays(path)
-    return Dataset(
-        name=path.stem,
-        ids=[f"{path.name}:{i}" for i in range(len(images))],
-        labels=labels,
-        splits=splits,
-        classes=class_order(labels, names),
-        sources=list(range(len(images))),
-        array_source=ArraySource(array=images),
-        split_from=f"the split of {path} (its split array, or x_train and x_test)" if splits is not None else "",
-    )
+def _array_names(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(ARRAY_SUFFIXES))
 
 
-def _h5_names(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith((".h5", ".hdf5")))
-
-
-def _h5_parts(root: Path, cache: str | Path | None) -> Dataset:
-    """train.h5 and test.h5; a validation file (val.h5, validation.h5, …) joins train beside
-    test.h5 and is the held-out part without one, as a val/ folder is."""
-    names = _h5_names(root)
+def _array_parts(root: Path, cache: str | Path | None) -> Dataset:
+    """train.h5 and test.h5 (or .npz, or one of each); a validation file (val.h5, validation.npz,
+    …) joins train beside the test file and is the held-out part without one, as a val/ folder is."""
+    names = _array_names(root)
     word = {n: containers.normalise_split(n.rpartition(".")[0]) for n in names}
     other = [n for n in names if word[n] is None]
     if other:
         warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5, test.h5 "
-                      f"and a validation file (val.h5)", stacklevel=3)
-    order = _ordered_parts(names, "train.h5", "test.h5", word)
-    read = {n: h5_arrays(root / n) for n in order}  # n: (count, labels, split, class names)
+                      f"and a validation file (val.h5), or such .npz files", stacklevel=3)
+    train, test = (next((n for n in names if n.rpartition(".")[0] == w), "") for w in ("train", "test"))
+    order = _ordered_parts(names, train, test, word)
+    read = {n: array_file(root / n, cache) for n in order}  # n: (count, labels, split, class names, source)
     labels = [lab for n in order for lab in read[n][1]]
     given = {n: read[n][3] for n in order}
     if len({repr(v) for v in given.values()}) > 1:  # one class order: a file's names index its labels
-        raise DataError(f"DATA {root}: its files name their classes differently (labels.attrs['class_names']: "
+        raise DataError(f"DATA {root}: its files name their classes differently (class_names: "
                         + "; ".join(f"{n} {'none' if v is None else first_few(v)}" for n, v in given.items())
                         + "); give each file the same list")
     return Dataset(
@@ -381,8 +367,7 @@ def _h5_parts(root: Path, cache: str | Path | None) -> Dataset:
                                       ", ".join(n for n in names if word[n] == "val")),
         classes=class_order(labels, given[order[0]]),
         sources=list(range(len(labels))),
-        array_source=PartsSource([ArraySource(h5_path=str(root / n), cache=None if cache is None else str(cache))
-                                  for n in order], [read[n][0] for n in order]),  # one view of all
+        array_source=PartsSource([read[n][4] for n in order], [read[n][0] for n in order]),  # one view of all
         split_from=f"its files {_and(order)}",
     )
 

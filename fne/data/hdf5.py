@@ -152,6 +152,21 @@ def read_labels(raw: np.ndarray, names, split: np.ndarray | None, n: int, path: 
     return labels, splits, names
 
 
+ARRAY_SUFFIXES = (".h5", ".hdf5", ".npz")  # DATA files of images held in arrays
+
+
+def array_file(path: Path, cache: str | Path | None = None
+               ) -> tuple[int, list[str], list[str] | None, list[str] | None, ArraySource]:
+    """An HDF5 (`h5_arrays`) or `.npz` (`npz_arrays`) DATA file's image count, labels, split, class
+    names and the `ArraySource` its images are read from (an HDF5 file's copy for shuffled reading
+    in `cache`, where `fne train` needs one)."""
+    if path.suffix.lower() == ".npz":
+        images, labels, splits, names = npz_arrays(path)
+        return len(images), labels, splits, names, ArraySource(array=images)
+    n, labels, splits, names = h5_arrays(path)
+    return n, labels, splits, names, ArraySource(h5_path=str(path), cache=None if cache is None else str(cache))
+
+
 KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")  # as keras.datasets' mnist.npz holds them
 
 
