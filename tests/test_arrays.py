@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import h5py
@@ -141,3 +142,19 @@ def test_train_and_test_files_npz_or_hdf5_are_a_predefined_split(tmp_path):
         assert d.splits == ["train"] * 16 + ["test"] * 8 and d.ids[16] == f"test.{test_form}:0"
         assert d.labels == [("abcd")[v] for v in y] and d.classes == list("abcd")
         assert np.array_equal(np.asarray(d.load(20))[..., 0], x[20])
+
+
+def test_images_of_zeros_and_ones_are_said_to_come_out_black(tmp_path):
+    """Binarised MNIST stored as uint8 0 / 1 was read silently as near-black 0-255 images."""
+    x, y = _digits()
+    np.savez(tmp_path / "bin.npz", images=(x > 127).astype(np.uint8), labels=y)
+    with h5py.File(tmp_path / "bin.h5", "w") as f:
+        f["images"], f["labels"] = (x > 127).astype(np.uint8), y
+    for name in ("bin.npz", "bin.h5"):
+        with pytest.warns(UserWarning, match=rf"{name}: its images hold only the values 0 and 1, so they come out "
+                                             r"black \(pixels are 0-255\); store images \* 255"):
+            load_dataset(tmp_path / name)
+    np.savez(tmp_path / "grey.npz", images=x, labels=y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0-255 images: no warning
+        load_dataset(tmp_path / "grey.npz")
