@@ -88,7 +88,6 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
             check_arrays(images.shape, images.dtype, raw.shape)
         except ValueError as e:
             raise DataError(f"HDF5 {path}: {e}") from None
-        warn_dark(images[:64], path)  # the first images only: a large file is not read here
         n = images.shape[0]
         split = f["split"][()] if "split" in f else None
         try:
@@ -96,6 +95,7 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
                                                 "dataset", "labels.attrs['class_names']")
         except ValueError as e:
             raise DataError(f"HDF5 {path}: {e}") from None
+        warn_dark(images[:64], path)  # the first images only: a large file is not read here
     return n, labels, splits, names
 
 
@@ -219,9 +219,9 @@ def _npz_read(z, path: Path) -> tuple[np.ndarray, list[str], list[str] | None, l
         raise ValueError(f"needs arrays images and labels (or x and y; optional split, class_names), or "
                          f"{', '.join(KERAS_ARRAYS)} (found: {', '.join(z.files) or 'none'})")
     check_arrays(images.shape, images.dtype, raw.shape)
-    warn_dark(images, path)
     names = get("class_names") if "class_names" in found else None
     labels, splits, names = read_labels(raw, names, split, len(images), path, "array", "class_names")
+    warn_dark(images, path)
     return images, labels, splits, names
 
 
@@ -259,7 +259,7 @@ def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int
 def warn_dark(images: np.ndarray, path: Path) -> None:
     """Warn where uint8 `images` (those of file `path`, or its first ones) hold only 0 and 1, as
     binarised MNIST does: read as 0-255 they come out black, as a float image in 0-1 does."""
-    if images.size and int(images.max()) <= 1:
+    if images.size and int(images.max()) == 1:  # all 0: blank images, not a 0-1 scale
         warnings.warn(f"{path}: its images hold only the values 0 and 1, so they come out black (pixels are "
                       f"0-255); store images * 255", stacklevel=4)
 
