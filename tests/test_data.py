@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -387,6 +388,23 @@ def test_hdf5_class_names_and_a_numeric_split(tmp_path):
     for split in (np.array([0, 0, 0, 1, 1, 1]), np.array([0.0, 0, 0, 1, 1, 1])):
         d = load_dataset(_h5(tmp_path / "s.h5", lab, split=split))
         assert d.splits == ["train"] * 3 + ["test"] * 3 and d.classes == ["0", "1", "2"]
+    # train.h5 + test.h5 (Fashion-MNIST's T-shirt/top … Ankle boot) kept the names but sorted them as
+    # strings; the given order now, and files naming their classes differently stop in one line
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for name in ("train", "test"):
+        _h5(pair / f"{name}.h5", lab, class_names=["zeta", "alpha", "mid"])
+    d = load_dataset(pair)
+    assert d.classes == ["zeta", "alpha", "mid"] and d.labels == ["mid", "zeta", "alpha"] * 4
+    assert d.splits == ["train"] * 6 + ["test"] * 6 and d.ids[6] == "test.h5:0"
+    _h5(pair / "test.h5", lab, class_names=["zeta", "mid", "alpha"])
+    with pytest.raises(DataError, match=r"^DATA .*pair: its files name their classes differently "
+                                        r"\(class_names: train\.h5 zeta, alpha, mid; test\.h5 "
+                                        r"zeta, mid, alpha\); give each file the same list$"):
+        load_dataset(pair)
+    # Keras's y_train is N×1: one label per image, read as N
+    d = load_dataset(_h5(tmp_path / "k.h5", lab[:, None]))
+    assert d.labels == ["2", "0", "1"] * 2
 
 
 def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
@@ -399,7 +417,11 @@ def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
 
 
 @pytest.mark.parametrize("case,expect", [
-    ("rgba", "images must be N×H×W or N×H×W×3, got shape (2, 8, 8, 4)"),
+    ("rgba", "images must be N×H×W, N×H×W×1 or N×H×W×3, got shape (2, 8, 8, 4)"),
+    ("channels_first", "images must be N×H×W, N×H×W×1 or N×H×W×3, got shape (2, 3, 8, 8); channels first? "
+                       "store np.transpose(images, (0, 2, 3, 1))"),
+    ("int64", "images must be uint8 (0-255), got int64; store images.astype(np.uint8) if they lie in 0-255"),
+    ("row_labels", "labels must be one per image (shape N), got shape (1, 2)"),
     ("count", "2 images but 3 labels"),
     ("none", "has no images"),
     ("split", "dataset split has values ['2']; allowed: train, test, 0, 1 and validation (or val, valid, dev)"),
@@ -416,6 +438,12 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
     target = tmp_path / ("d.h5" if case not in ("csv_header", "csv_field", "fifo") else "d.csv")
     if case == "rgba":
         _h5(target, np.array([0, 1]), images=np.zeros((2, 8, 8, 4), np.uint8))
+    elif case == "channels_first":  # a torch tensor's layout, N×C×H×W
+        _h5(target, np.array([0, 1]), images=np.zeros((2, 3, 8, 8), np.uint8))
+    elif case == "int64":  # torchvision's MNIST tensors, saved as they are
+        _h5(target, np.array([0, 1]), images=np.zeros((2, 8, 8), np.int64))
+    elif case == "row_labels":  # a 1×N row, as MATLAB saves a vector: not one-hot
+        _h5(target, np.array([[0, 1]]), images=np.zeros((2, 8, 8), np.uint8))
     elif case == "count":
         _h5(target, np.array([0, 1, 0]), images=np.zeros((2, 8, 8, 3), np.uint8))
     elif case == "none":
@@ -497,10 +525,11 @@ def test_exif_orientation_applied(tmp_path):
     ("csv_files", "do not exist: nope.png"),
     ("h5_missing", "missing dataset 'labels'"),
     ("h5_group", "'images' is a group, not a dataset"),
-    ("h5_float", "images must be uint8 (0-255), got float32"),
-    ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3)"),
-    ("zip", "unsupported file type '.zip' (expected .csv, .h5, .tar or .parquet); unpack the archive and give its "
-            "folder"),
+    ("h5_float", "images must be uint8 (0-255), got float32; store (images * 255).round().astype(np.uint8) for "
+                 "values in 0-1"),
+    ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3); one-hot? store labels.argmax(axis=1)"),
+    ("zip", "unsupported file type '.zip' (expected .csv, .h5, .npz, .tar or .parquet); unpack the archive and "
+            "give its folder"),
     ("one_image", "is one image; DATA holds images: give the folder holding it ({tmp}/photos: its images, "
                   "without class folders, are unlabelled DATA for fne extract and fne predict)"),
     ("h5_export", "is a `fne export` file of features, not images; give the DATA it was exported from "
@@ -549,7 +578,7 @@ def test_bad_data_fails_before_network(tmp_path, digits_folder, monkeypatch, cap
             else:
                 f["images"] = np.zeros((2, 4, 4), np.float32 if case == "h5_float" else np.uint8)
             f["labels"] = np.eye(3)[[0, 1]] if case == "h5_onehot" else np.array([0, 1])
-    with pytest.raises(DataError, match=expect.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DataError, match=re.escape(expect)):
         load_dataset(target)
     assert main(["extract", str(target), "--weights", "random", "--cache", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""DATA forms: a folder, CSV, HDF5, tar shards, Parquet files, `hf:` or `digits`, each resolved
+"""DATA forms: a folder, CSV, HDF5, .npz, tar shards, Parquet files, `hf:` or `digits`, each resolved
 to one `fne.data.dataset.Dataset` of images, labels and an optional split (`load_dataset`).
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 from fne.data import containers, random_access
 from fne.data.dataset import Dataset
 from fne.data.formats import IMAGE_EXTENSIONS
-from fne.data.hdf5 import ArraySource, PartsSource, h5_arrays
+from fne.data.hdf5 import ARRAY_SUFFIXES, ArraySource, PartsSource, array_file
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text, missing_words
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
@@ -24,7 +24,7 @@ from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
 from fne.progress import first_few, say_skipped
 
-_FORMS = "give a folder, a .csv, a .h5 file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
+_FORMS = "give a folder, a .csv, a .h5 or .npz file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
 
 
@@ -34,7 +34,7 @@ __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
 
 def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
                  cache: str | Path | None = None) -> Dataset:
-    """Resolve DATA: a folder, CSV, HDF5, folder of train.h5/test.h5, `digits`, WebDataset tar
+    """Resolve DATA: a folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, `digits`, WebDataset tar
     shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
     folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`; a Dataset is returned as it is.
 
@@ -95,18 +95,21 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
         suffix = path.suffix.lower()
         if suffix == ".csv":
             return _csv(path)
-        if suffix in (".h5", ".hdf5"):
-            return _h5(path, cache)
+        if suffix in ARRAY_SUFFIXES:
+            return _arrays(path, cache)
         if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
             where = path.parent if path.parent != Path(".") else Path.cwd()
             raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
                             f"its images, without class folders, are unlabelled DATA for fne extract and fne predict)")
-        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .tar or .parquet)" + (
-            "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else ""))
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .npz, .tar or .parquet)" + (
+            "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else
+            "; save the images and labels together: np.savez(file, images=images, labels=labels)" if suffix == ".npy"
+            else ""))
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
-    if (path / "train.h5").is_file() and _held_out([n.rpartition(".")[0] for n in _h5_names(path)]):
-        return _h5_parts(path, cache)
+    if any((path / f"train{x}").is_file() for x in ARRAY_SUFFIXES) and _held_out(
+            [n.rpartition(".")[0] for n in _array_names(path)]):
+        return _array_parts(path, cache)
     _cache_not_listed(path, cache)
     if _is_split_folder([e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]):
         return _split_folder(path)
@@ -318,9 +321,10 @@ def _csv(path: Path) -> Dataset:
     return d
 
 
-def _h5(path: Path, cache: str | Path | None) -> Dataset:
-    """HDF5 DATA; `fne train` keeps its copy for shuffled reading, where it needs one, in `cache`."""
-    n, labels, splits, names = h5_arrays(path)
+def _arrays(path: Path, cache: str | Path | None) -> Dataset:
+    """HDF5 or .npz DATA (`array_file`); `fne train` keeps an HDF5 file's copy for shuffled
+    reading, where it needs one, in `cache`."""
+    n, labels, splits, names, source = array_file(path, cache)
     return Dataset(
         name=path.stem,
         ids=[f"{path.name}:{i}" for i in range(n)],
@@ -328,38 +332,42 @@ def _h5(path: Path, cache: str | Path | None) -> Dataset:
         splits=splits,
         classes=class_order(labels, names),
         sources=list(range(n)),
-        array_source=ArraySource(h5_path=str(path), cache=None if cache is None else str(cache)),
-        split_from=f"the split dataset of {path}" if splits is not None else "",
+        array_source=source,
+        split_from=f"the split of {path}" if splits is not None else "",
     )
 
 
-def _h5_names(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith((".h5", ".hdf5")))
+def _array_names(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(ARRAY_SUFFIXES))
 
 
-def _h5_parts(root: Path, cache: str | Path | None) -> Dataset:
-    """train.h5 and test.h5; a validation file (val.h5, validation.h5, …) joins train beside
-    test.h5 and is the held-out part without one, as a val/ folder is."""
-    names = _h5_names(root)
+def _array_parts(root: Path, cache: str | Path | None) -> Dataset:
+    """train.h5 and test.h5 (or .npz, or one of each); a validation file (val.h5, validation.npz,
+    …) joins train beside the test file and is the held-out part without one, as a val/ folder is."""
+    names = _array_names(root)
     word = {n: containers.normalise_split(n.rpartition(".")[0]) for n in names}
     other = [n for n in names if word[n] is None]
     if other:
         warnings.warn(f"DATA {root}: {', '.join(other)} left out: a predefined split reads train.h5, test.h5 "
-                      f"and a validation file (val.h5)", stacklevel=3)
-    order = _ordered_parts(names, "train.h5", "test.h5", word)
-    parts = [_h5(root / n, cache) for n in order]
-    for part, n in zip(parts, order):
-        part.splits = [word[n]] * len(part)
-    labels = [lab for p in parts for lab in p.labels]
+                      f"and a validation file (val.h5), or such .npz files", stacklevel=3)
+    train, test = (next((n for n in names if n.rpartition(".")[0] == w), "") for w in ("train", "test"))
+    order = _ordered_parts(names, train, test, word)
+    read = {n: array_file(root / n, cache) for n in order}  # n: (count, labels, split, class names, source)
+    labels = [lab for n in order for lab in read[n][1]]
+    given = {n: read[n][3] for n in order}
+    if len({repr(v) for v in given.values()}) > 1:  # one class order: a file's names index its labels
+        raise DataError(f"DATA {root}: its files name their classes differently (class_names: "
+                        + "; ".join(f"{n} {'none' if v is None else first_few(v)}" for n, v in given.items())
+                        + "); give each file the same list")
     return Dataset(
         name=root.name,
-        ids=[i for p in parts for i in p.ids],
+        ids=[f"{n}:{i}" for n in order for i in range(read[n][0])],
         labels=labels,
-        splits=containers.settle_splits([s for p in parts for s in p.splits], root,
+        splits=containers.settle_splits([word[n] for n in order for _ in range(read[n][0])], root,
                                       ", ".join(n for n in names if word[n] == "val")),
-        classes=class_order(labels, None),
+        classes=class_order(labels, given[order[0]]),
         sources=list(range(len(labels))),
-        array_source=PartsSource([p.array_source for p in parts], [len(p) for p in parts]),  # one view of all
+        array_source=PartsSource([read[n][4] for n in order], [read[n][0] for n in order]),  # one view of all
         split_from=f"its files {_and(order)}",
     )
 

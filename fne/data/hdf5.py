@@ -1,5 +1,6 @@
-"""HDF5 DATA (`images`, `labels`, optional `split`) and images held in arrays: what a `Dataset`
-reads its pixels from when they are not files (digits, an HDF5 file, train.h5 + test.h5)."""
+"""HDF5 DATA (`images`, `labels`, optional `split`), the same arrays in a NumPy `.npz`, and
+images held in arrays: what a `Dataset` reads its pixels from when they are not files (digits,
+an HDF5 file, train.h5 + test.h5, an .npz file)."""
 
 from __future__ import annotations
 
@@ -83,39 +84,184 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
         for name, d in (("images", images), ("labels", raw)):
             if not isinstance(d, h5py.Dataset):
                 raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
-        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
-            raise DataError(f"HDF5 {path}: images must be N×H×W or N×H×W×3, got shape {images.shape}")
-        if images.dtype != np.uint8:  # Pillow would refuse every image, one by one
-            raise DataError(f"HDF5 {path}: images must be uint8 (0-255), got {images.dtype}")
-        if raw.ndim != 1:
-            raise DataError(f"HDF5 {path}: labels must be one per image (shape N), got shape {raw.shape}")
-        n = images.shape[0]
-        raw = raw[()]
-        if len(raw) != n:
-            raise DataError(f"HDF5 {path}: {n} images but {len(raw)} labels")
-        names = f["labels"].attrs.get("class_names")
         try:
-            labels = [label_text(v) for v in raw]
-            if None in labels:
-                raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
-                                 f"{labels.index(None)}; give every image a label")
-            if names is not None:
-                names = [label_text(v) for v in names]
-                labels = by_index(labels, names, "labels.attrs['class_names']")
+            check_arrays(images.shape, images.dtype, raw.shape)
         except ValueError as e:
             raise DataError(f"HDF5 {path}: {e}") from None
-        splits = None
-        if "split" in f:
-            words = [decode_value(v).strip() for v in f["split"][()]]
-            splits = [{"0": "train", "1": "test"}.get(w) or containers.normalise_split(w) for w in words]
-            bad = sorted({w for w, s in zip(words, splits) if s is None})
-            if bad:
-                raise DataError(f"HDF5 {path}: dataset split has values {bad}; allowed: train, test, 0, 1 "
-                                f"and validation (or val, valid, dev)")
-            splits = containers.settle_splits(splits, path, "the split dataset")
-    if n == 0:
-        raise DataError(f"HDF5 {path}: has no images")
+        n = images.shape[0]
+        split = f["split"][()] if "split" in f else None
+        try:
+            labels, splits, names = read_labels(raw[()], f["labels"].attrs.get("class_names"), split, n, path,
+                                                "dataset", "labels.attrs['class_names']")
+        except ValueError as e:
+            raise DataError(f"HDF5 {path}: {e}") from None
+        warn_dark(images[:64], path)  # the first images only: a large file is not read here
     return n, labels, splits, names
+
+
+def read_labels(raw: np.ndarray, names, split: np.ndarray | None, n: int, path: Path, kind: str,
+                names_at: str) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """An array file's labels (text), split and class names, checked against its `n` images.
+
+    Parameters
+    ----------
+    raw
+        The labels as stored: N, or N×1 (Keras's `y_train`).
+    names
+        The class names the integer labels index, or None.
+    split
+        train / test / validation words, or 0 / 1, one per image; or None.
+    n
+        How many images the file holds.
+    path, kind, names_at
+        The file, what it calls an array ("dataset", "array") and where `names` are, for messages.
+
+    Returns
+    -------
+    tuple
+        The labels, the split (`containers.settle_splits`) or None, the class names or None.
+
+    Raises
+    ------
+    ValueError
+        For labels or a split of another length, missing labels, names that do not index them,
+        split words other than train / test / validation, no images.
+    """
+    raw = np.asarray(raw).reshape(-1)  # N×1 as N
+    if len(raw) != n:
+        raise ValueError(f"{n} images but {len(raw)} labels")
+    labels = [label_text(v) for v in raw]
+    if None in labels:
+        raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
+                         f"{labels.index(None)}; give every image a label")
+    if names is not None:
+        names = [label_text(v) for v in names]
+        labels = by_index(labels, names, names_at)
+    splits = None
+    if split is not None:
+        words = [decode_value(v).strip() for v in np.asarray(split).reshape(-1)]
+        if len(words) != n:
+            raise ValueError(f"{n} images but {len(words)} values in {kind} split")
+        splits = [{"0": "train", "1": "test"}.get(w) or containers.normalise_split(w) for w in words]
+        bad = sorted({w for w, s in zip(words, splits) if s is None})
+        if bad:
+            raise ValueError(f"{kind} split has values {bad}; allowed: train, test, 0, 1 and validation "
+                             f"(or val, valid, dev)")
+        splits = containers.settle_splits(splits, path, f"the split {kind}")
+    if n == 0:
+        raise ValueError("has no images")
+    return labels, splits, names
+
+
+ARRAY_SUFFIXES = (".h5", ".hdf5", ".npz")  # DATA files of images held in arrays
+
+
+def array_file(path: Path, cache: str | Path | None = None
+               ) -> tuple[int, list[str], list[str] | None, list[str] | None, ArraySource]:
+    """An HDF5 (`h5_arrays`) or `.npz` (`npz_arrays`) DATA file's image count, labels, split, class
+    names and the `ArraySource` its images are read from (an HDF5 file's copy for shuffled reading
+    in `cache`, where `fne train` needs one)."""
+    if path.suffix.lower() == ".npz":
+        images, labels, splits, names = npz_arrays(path)
+        return len(images), labels, splits, names, ArraySource(array=images)
+    n, labels, splits, names = h5_arrays(path)
+    return n, labels, splits, names, ArraySource(h5_path=str(path), cache=None if cache is None else str(cache))
+
+
+KERAS_ARRAYS = ("x_train", "y_train", "x_test", "y_test")  # as keras.datasets' mnist.npz holds them
+
+
+def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, list[str] | None]:
+    """A NumPy `.npz` DATA file's images (read whole into memory), labels (text), split and class
+    names: arrays `images` and `labels` (or `x` and `y`, any case) and optional `split`, as in an
+    HDF5 file, or `x_train`, `y_train`, `x_test`, `y_test` (Keras's `mnist.npz`), train then test;
+    optional `class_names`, which integer labels index. `DataError` naming the file when it is not one."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy saved under the name .npz
+                raise ValueError("holds one array; save the images and labels together: "
+                                 "np.savez(file, images=images, labels=labels)")
+            with z:
+                return _npz_read(z, path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, a damaged member
+        raise DataError(f"NumPy {path}: {e}") from None
+
+
+def _npz_read(z, path: Path) -> tuple[np.ndarray, list[str], list[str] | None, list[str] | None]:
+    """`npz_arrays`' work on the open file `z`; ValueError saying what is wrong."""
+    found = {k.lower(): k for k in z.files}
+
+    def get(name: str) -> np.ndarray:
+        try:
+            return z[found[name]]
+        except ValueError as e:
+            hint = "; store text as np.array(values, dtype=str)" if "allow_pickle" in str(e) else ""
+            raise ValueError(f"array {found[name]}: {e}{hint}") from None
+
+    pair = next((p for p in (("images", "labels"), ("x", "y")) if set(p) <= found.keys()), None)
+    if pair is not None:
+        images, raw = get(pair[0]), get(pair[1])
+        split = get("split") if "split" in found else None
+    elif set(KERAS_ARRAYS) <= found.keys():
+        x, y = [get(k) for k in KERAS_ARRAYS[::2]], [get(k) for k in KERAS_ARRAYS[1::2]]
+        for k, xs, ys in zip(("train", "test"), x, y):
+            check_arrays(xs.shape, xs.dtype, ys.shape)
+            if len(xs) != len(ys):
+                raise ValueError(f"x_{k} has {len(xs)} images but y_{k} {len(ys)} labels")
+        if x[0].shape[1:] != x[1].shape[1:]:
+            raise ValueError(f"x_train's images are {x[0].shape[1:]} and x_test's {x[1].shape[1:]}; give them one shape")
+        images, raw = np.concatenate(x), np.concatenate([ys.reshape(len(ys), -1) for ys in y])
+        split = np.array(["train"] * len(x[0]) + ["test"] * len(x[1]))
+    else:
+        raise ValueError(f"needs arrays images and labels (or x and y; optional split, class_names), or "
+                         f"{', '.join(KERAS_ARRAYS)} (found: {', '.join(z.files) or 'none'})")
+    check_arrays(images.shape, images.dtype, raw.shape)
+    names = get("class_names") if "class_names" in found else None
+    labels, splits, names = read_labels(raw, names, split, len(images), path, "array", "class_names")
+    warn_dark(images, path)
+    return images, labels, splits, names
+
+
+def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int, ...]) -> None:
+    """Refuse, in one line saying how to store them, images other than uint8 N×H×W, N×H×W×1 or
+    N×H×W×3 (channels-first, floats) and labels other than one per image (N, or N×1: Keras's
+    `y_train`; one-hot N×K).
+
+    Parameters
+    ----------
+    shape, dtype
+        The images' shape and dtype.
+    label_shape
+        The labels' shape.
+
+    Raises
+    ------
+    ValueError
+        Naming the array, its shape or dtype, and the conversion that makes it readable.
+    """
+    if len(shape) not in (3, 4) or (len(shape) == 4 and shape[-1] not in (1, 3)):
+        first = len(shape) == 4 and shape[1] in (1, 3)  # N×C×H×W, as torch stores images
+        raise ValueError(f"images must be N×H×W, N×H×W×1 or N×H×W×3, got shape {shape}" + (
+            "; channels first? store np.transpose(images, (0, 2, 3, 1))" if first else ""))
+    if dtype != np.uint8:  # Pillow would refuse every image, one by one
+        hint = ("(images * 255).round().astype(np.uint8) for values in 0-1" if np.issubdtype(dtype, np.floating)
+                else "images.astype(np.uint8) if they lie in 0-255")
+        raise ValueError(f"images must be uint8 (0-255), got {dtype}; store {hint}")
+    if len(label_shape) != 1 and label_shape[1:] != (1,):
+        one_hot = len(label_shape) == 2 and label_shape[0] == shape[0]
+        raise ValueError(f"labels must be one per image (shape N), got shape {label_shape}" + (
+            "; one-hot? store labels.argmax(axis=1)" if one_hot else ""))
+
+
+def warn_dark(images: np.ndarray, path: Path) -> None:
+    """Warn where uint8 `images` (those of file `path`, or its first ones) hold only 0 and 1, as
+    binarised MNIST does: read as 0-255 they come out black, as a float image in 0-1 does."""
+    if images.size and int(images.max()) == 1:  # all 0: blank images, not a 0-1 scale
+        warnings.warn(f"{path}: its images hold only the values 0 and 1, so they come out black (pixels are "
+                      f"0-255); store images * 255", stacklevel=4)
 
 
 def decode_value(v) -> str:
