@@ -472,13 +472,12 @@ def fingerprint(arch: str, weights: str = "imagenet", seed: int = 0, drawn: str 
         raise not_a_weights_file(weights, "")
     if Path(weights).is_file():
         return "file-" + file_fingerprint(weights, cache)
-    if arch in REGISTRY:
-        b = REGISTRY[arch]
-        if weights in b.imagenet_names:  # torchvision's name of the same file
-            return b.imagenet_id()
+    b = REGISTRY.get(arch)
+    if b is not None and weights in b.imagenet_names:  # torchvision's name of the same file
+        return b.imagenet_id()
+    if b is not None:
         same = f" (torchvision's {' / '.join(b.imagenet_names)})" if b.imagenet_names else ""
-        raise not_a_weights_file(weights, f"no such file or {arch} weights name; give imagenet{same}, random or a "
-                                          f"state dict path")
+        raise not_a_weights_file(weights, f"no such file or {arch} weights name; give imagenet{same}, random or a state dict path")
     return get(arch, weights).imagenet_id()  # a torchvision weights name; unknown ones raise
 
 
