@@ -18,6 +18,7 @@ from fne import option_handling as opts
 from fne.backbones import registry as backbones
 from fne.backbones.preprocess import Preprocess
 from fne.cache.store import Store, StoreKey, cache_root, list_stores
+from fne.errors import CacheError
 from fne.options import StoreOptions
 from fne.progress import progress_line
 
@@ -129,3 +130,31 @@ def _describe(s: Store) -> str:
     dev = ("/device-decoded" + ("/torchcodec" if s.meta["preprocess"].endswith(DEVICE_SUFFIXES["torchcodec"]) else "")
            if device_decoded(s.meta["preprocess"]) else "")
     return f"{s.meta['precision']}/{s.meta['dtype']}{dev}"
+
+
+# `-tv` ends the preprocessing key of rows whose pixels are torchvision's (`Preprocess.key`); an
+# earlier fne's keys lack it (`center224`): other pixels, whose rows are never mixed with these.
+TV = "-tv"
+
+
+def earlier_pixels(store: Store, keys: list[str], cache: str | None) -> str:
+    """'; store NAME holds N of them, made by an earlier fne ...' where a store of `cache` of an
+    earlier fne's pixels (the same backbone, weights, precision and storage dtype as `store`, its
+    preprocessing without `-tv`) holds some of `keys`, whose rows are computed again, not read;
+    else ''. A store that cannot be read is passed over here (the commands that read it say so)."""
+    prep = store.meta["preprocess"]
+    if not prep.endswith(TV) or not keys:
+        return ""
+    wanted, said = set(keys), []
+    for s in list_stores(cache, unreadable={}):
+        if (s.meta["preprocess"] == prep.removesuffix(TV)
+                and all(s.meta[f] == store.meta[f] for f in ("arch", "weights", "precision", "dtype"))):
+            try:
+                n = sum(1 for k in s.index() if k in wanted)
+            except CacheError:  # a damaged part: fne cache verify names it
+                continue
+            if n:
+                said.append(f"store {s.path.name} holds {n} of them, made by an earlier fne whose resize and crop "
+                            f"rounded otherwise (preprocessing {s.meta['preprocess']}, now {prep}: other pixels), so they "
+                            f"are not read for these (`fne cache rm {s.path.name}` frees it)")
+    return "".join(f"; {s}" for s in said)
