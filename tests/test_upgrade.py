@@ -18,6 +18,8 @@ import pytest
 
 from fne.cache.spec import StoreSpec
 from fne.cache.store import Store, StoreKey, list_stores
+from fne.cache.verbs import cache_info
+from fne.cli import main
 from fne.data.datasets import load_dataset
 from fne.errors import FneError
 from fne.extraction.extract import extract
@@ -44,8 +46,9 @@ def earlier_cache(digits_folder, tmp_path):
     return cache, old.path
 
 
-def test_extract_says_why_it_computes_rows_an_earlier_fnes_store_holds(digits_folder, earlier_cache):
-    """`fne extract` on a cache of an fne before 28 Nov computed all 80 rows again in silence."""
+def test_extract_says_why_it_computes_rows_an_earlier_fnes_store_holds(digits_folder, earlier_cache, capsys):
+    """`fne extract` on a cache of an fne before 28 Nov computed its rows again in silence, and
+    `fne cache info` did not say that the earlier store's rows are read no more."""
     cache, old = earlier_cache
     before = (old / "store.json").read_text()
     with pytest.warns(UserWarning, match=rf"24 images of data had no row in store \S+center224-tv\S*; store "
@@ -55,6 +58,13 @@ def test_extract_says_why_it_computes_rows_an_earlier_fnes_store_holds(digits_fo
     assert r.n_computed == 24 and r.n_cached == 0
     assert (old / "store.json").read_text() == before  # the earlier store is left as it was
     assert sorted(s.meta["preprocess"] for s in list_stores(cache)) == ["center224", "center224-tv"]
+    capsys.readouterr()
+    assert main(["cache", "info", "--cache", str(cache)]) == 0
+    said = capsys.readouterr().out
+    assert said.count("rows of an earlier fne's pixels") == 1
+    assert (f"  rows of an earlier fne's pixels (preprocessing center224): fne fit, predict and export no longer "
+            f"read them; `fne cache rm {old.name}` frees them\n") in said
+    assert [s.earlier for s in cache_info(cache=str(cache)).stores] == [False, True]  # -tv's name sorts first
 
 
 def test_fit_on_rows_only_an_earlier_fnes_store_holds_names_it(digits_folder, earlier_cache, tmp_path):

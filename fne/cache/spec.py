@@ -137,6 +137,13 @@ def _describe(s: Store) -> str:
 TV = "-tv"
 
 
+def earlier_fne_pixels(prep_key: str) -> bool:
+    """Whether a store's preprocessing key is of pixels this fne no longer makes: without `-tv`
+    (`center224`), or with a device decoder's suffix it no longer writes (`-tv-devjpeg`). No
+    command reads such rows; `fne cache info` says so."""
+    return not prep_key.endswith((TV, *(TV + suffix for suffix in DEVICE_SUFFIXES.values())))
+
+
 def earlier_pixels(store: Store, keys: list[str], cache: str | None) -> str:
     """'; store NAME holds N of them, made by an earlier fne ...' where a store of `cache` of an
     earlier fne's pixels (the same backbone, weights, precision and storage dtype as `store`, its
