@@ -105,3 +105,24 @@ def test_a_model_pickled_with_a_module_fne_moved_is_named_in_one_line(digits_fol
                                        r"this one no longer has; refit it with `fne fit`$"):
         predict(tmp_path / "run", digits_folder, tmp_path / "p.csv")
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_report_of_an_earlier_fnes_fits_beside_todays_says_their_pixels_differ(tmp_path):
+    """`fne run` of a pipeline an earlier fne had run, with a method added, tabulated the old
+    steps' fits (rows of center224 pixels) beside the new one (center224-tv) as if alike."""
+    from .test_report import _verdict_report, fake_metrics
+
+    ds, md, _ = _verdict_report(tmp_path / "mixed", {
+        "fne": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, preprocess="center224"),
+        "last": fake_metrics("last+svm", 0.8, 0.01, 0.8, 0.01, preprocess="center224"),
+        "block15": fake_metrics("block15+svm", 0.85, 0.01, 0.85, 0.01, preprocess="center224-tv")})
+    assert ds["protocol_note"] == (
+        "The rows' features were not all computed from the same pixels (preprocessing center224 (fne+svm, "
+        "last+svm); preprocessing center224-tv (block15+svm)): their differences mix the methods with the "
+        "preprocessing (one without -tv is an earlier fne's: fit that run again for today's pixels).")
+    assert f"**Note:** {ds['protocol_note']}" in md
+    # two backbones, each of its own input size: nothing to say
+    ds, _, _ = _verdict_report(tmp_path / "two", {
+        "vgg": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, preprocess="center224-tv"),
+        "inc": fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, preprocess="center299-tv", arch="inception_v3")})
+    assert ds["protocol_note"] is None
