@@ -145,23 +145,23 @@ def earlier_fne_pixels(prep_key: str) -> bool:
 
 
 def earlier_pixels(store: Store, keys: list[str], cache: str | None) -> str:
-    """'; store NAME holds N of them, made by an earlier fne ...' where a store of `cache` of an
+    """'; store NAME holds N of them, made by an earlier fne ...' where the store of `cache` of an
     earlier fne's pixels (the same backbone, weights, precision and storage dtype as `store`, its
     preprocessing without `-tv`) holds some of `keys`, whose rows are computed again, not read;
     else ''. A store that cannot be read is passed over here (the commands that read it say so)."""
-    prep = store.meta["preprocess"]
-    if not prep.endswith(TV) or not keys:
+    m, root = store.meta, cache_root(cache)
+    if not m["preprocess"].endswith(TV) or not keys:
         return ""
+    key = StoreKey(m["arch"], m["weights"], m["preprocess"].removesuffix(TV), m["precision"], m["dtype"])
     wanted, said = set(keys), []
-    for s in list_stores(cache, unreadable={}):
-        if (s.meta["preprocess"] == prep.removesuffix(TV)
-                and all(s.meta[f] == store.meta[f] for f in ("arch", "weights", "precision", "dtype"))):
-            try:
-                n = sum(1 for k in s.index() if k in wanted)
-            except CacheError:  # a damaged part: fne cache verify names it
-                continue
-            if n:
-                said.append(f"store {s.path.name} holds {n} of them, made by an earlier fne whose resize and crop "
-                            f"rounded otherwise (preprocessing {s.meta['preprocess']}, now {prep}: other pixels), so they "
-                            f"are not read for these (`fne cache rm {s.path.name}` frees it)")
+    for name in dict.fromkeys((key.dirname, key.posix_dirname)):  # a timm: store by either name
+        try:
+            n = sum(1 for k in Store.at(root / name).index() if k in wanted) if Store(root / name, {}).exists(
+                "store.json") else 0
+        except CacheError:  # damaged: fne cache verify names it
+            continue
+        if n:
+            said.append(f"store {name} holds {n} of them, made by an earlier fne whose resize and crop rounded "
+                        f"otherwise (preprocessing {key.preprocess}, now {m['preprocess']}: other pixels), so they "
+                        f"are not read for these (`fne cache rm {name}` frees it)")
     return "".join(f"; {s}" for s in said)
