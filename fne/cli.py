@@ -178,6 +178,9 @@ def _cmd_cache_info(a) -> int:
         print(f"{s.name}\n  arch {s.arch}  weights {s.weights}{read}  preprocess {s.preprocess}  "
               f"precision {s.precision}  dtype {s.dtype}\n  rows {s.rows}  bad {s.bad}  "
               f"parts {s.parts}  size {s.size_bytes / 2**20:.1f} MiB")
+        if s.earlier:
+            print(f"  rows of an earlier fne's pixels (preprocessing {s.preprocess}): fne fit, predict and export "
+                  f"no longer read them; `fne cache rm {s.name}` frees them")
         if s.data_cached is not None:
             print(f"  {r.data}: {s.data_cached} of {r.data_images} distinct images cached"
                   + (f", {s.data_unreadable} recorded unreadable" if s.data_unreadable else ""))

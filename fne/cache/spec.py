@@ -18,6 +18,7 @@ from fne import option_handling as opts
 from fne.backbones import registry as backbones
 from fne.backbones.preprocess import Preprocess
 from fne.cache.store import Store, StoreKey, cache_root, list_stores
+from fne.errors import CacheError
 from fne.options import StoreOptions
 from fne.progress import progress_line
 
@@ -129,3 +130,38 @@ def _describe(s: Store) -> str:
     dev = ("/device-decoded" + ("/torchcodec" if s.meta["preprocess"].endswith(DEVICE_SUFFIXES["torchcodec"]) else "")
            if device_decoded(s.meta["preprocess"]) else "")
     return f"{s.meta['precision']}/{s.meta['dtype']}{dev}"
+
+
+# `-tv` ends the preprocessing key of rows whose pixels are torchvision's (`Preprocess.key`); an
+# earlier fne's keys lack it (`center224`): other pixels, whose rows are never mixed with these.
+TV = "-tv"
+
+
+def earlier_fne_pixels(prep_key: str) -> bool:
+    """Whether a store's preprocessing key is of pixels this fne no longer makes: without `-tv`
+    (`center224`), or with a device decoder's suffix it no longer writes (`-tv-devjpeg`). No
+    command reads such rows; `fne cache info` says so."""
+    return not prep_key.endswith((TV, *(TV + suffix for suffix in DEVICE_SUFFIXES.values())))
+
+
+def earlier_pixels(store: Store, keys: list[str], cache: str | None) -> str:
+    """'; store NAME holds N of them, made by an earlier fne ...' where the store of `cache` of an
+    earlier fne's pixels (the same backbone, weights, precision and storage dtype as `store`, its
+    preprocessing without `-tv`) holds some of `keys`, whose rows are computed again, not read;
+    else ''. A store that cannot be read is passed over here (the commands that read it say so)."""
+    m, root = store.meta, cache_root(cache)
+    if not m["preprocess"].endswith(TV) or not keys:
+        return ""
+    key = StoreKey(m["arch"], m["weights"], m["preprocess"].removesuffix(TV), m["precision"], m["dtype"])
+    wanted, said = set(keys), []
+    for name in dict.fromkeys((key.dirname, key.posix_dirname)):  # a timm: store by either name
+        try:
+            n = sum(1 for k in Store.at(root / name).index() if k in wanted) if Store(root / name, {}).exists(
+                "store.json") else 0
+        except CacheError:  # damaged: fne cache verify names it
+            continue
+        if n:
+            said.append(f"store {name} holds {n} of them, made by an earlier fne whose resize and crop rounded "
+                        f"otherwise (preprocessing {key.preprocess}, now {m['preprocess']}: other pixels), so they "
+                        f"are not read for these (`fne cache rm {name}` frees it)")
+    return "".join(f"; {s}" for s in said)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fne.cache import upkeep
 from fne.cache.fs import files_at, is_url
+from fne.cache.spec import earlier_fne_pixels
 from fne.cache.store import Store, cache_root, list_stores, no_such_root, read_records
 from fne.cache.upkeep import Findings
 from fne.errors import CacheError, FneError, expect_path
@@ -48,6 +49,9 @@ class StoreInfo:
     unreadable : str or None
         Why its store.json cannot be read (damaged, or a later fne's format), for a store that
         `cache_rm` removes whole; what it holds is then unknown ("?", 0 rows), but its size.
+    earlier : bool
+        Its rows are of pixels an earlier fne made (`fne.cache.spec.earlier_fne_pixels`): no
+        command reads them now, and `cache_rm` frees their space.
     """
 
     name: str
@@ -65,6 +69,7 @@ class StoreInfo:
     data_unreadable: int | None = None
     unreadable: str | None = None
     weights_files: list[str] = field(default_factory=list)
+    earlier: bool = False
 
 
 @dataclass
@@ -131,7 +136,8 @@ def _info(s: Store) -> StoreInfo:
         list(dict.fromkeys(r["weights_file"] for r in read_records(s) if isinstance(r.get("weights_file"), str)))
     return StoreInfo(name=s.path.name, path=str(s.path), arch=m["arch"], weights=m["weights"],
                      preprocess=m["preprocess"], precision=m["precision"], dtype=m["dtype"], rows=len(s),
-                     bad=len(s.bad()), parts=len(s.parts()), size_bytes=s.size_bytes(), weights_files=files)
+                     bad=len(s.bad()), parts=len(s.parts()), size_bytes=s.size_bytes(), weights_files=files,
+                     earlier=earlier_fne_pixels(m["preprocess"]))
 
 
 @keywords(StoreOptions, DataOptions, only=INFO_OPTIONS)

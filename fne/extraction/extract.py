@@ -27,7 +27,7 @@ from fne import verb_module
 from fne.backbones.catalog import refuse_unobtainable
 from fne.backbones.registry import weights_file
 from fne.cache.fs import unwritable
-from fne.cache.spec import StoreSpec
+from fne.cache.spec import StoreSpec, earlier_pixels
 from fne.cache.store import Store, cache_root
 from fne.cache.store import lock_file as store_lock_file
 from fne.cache.upkeep import new_cache_removed_on_failure
@@ -255,6 +255,10 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
             raise
         if done.settings:  # computed (not all done meanwhile by another process)
             _fill(result, done)
+        earlier = earlier_pixels(store, [k for k in map(plan.known.__getitem__, plan.todo) if k], spec.cache)
+        if earlier:  # rows an earlier fne made of other pixels: why they were computed again
+            warnings.warn(f"{len(plan.todo)} images of {dataset.name} had no row in store {store.path.name}{earlier}",
+                          stacklevel=3)
     _count(result, plan, store)
     if fp is not None:
         if plan.todo or not store.exists(shards.marker_rel(fp, shard_t)):

@@ -19,7 +19,7 @@ import numpy as np
 
 from fne.backbones import registry as backbones
 from fne.cache.fs import is_url
-from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
+from fne.cache.spec import DEFAULT_DTYPE, StoreSpec, earlier_pixels
 from fne.cache.store import Store, cache_root, no_such_root
 from fne.cache.upkeep import new_cache_removed_on_failure
 from fne.data.containers import takes_label_key
@@ -149,7 +149,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
         if not extract_missing:  # the command fills the store read where it holds some rows, as --extract does
             shown = spec.pinned(store) if len(missing) < len(set(keys)) else spec
             raise _not_cached(data, shown, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
-                                                 f"cache {store.path}")
+                                                 f"cache {store.path}{earlier_pixels(store, missing, spec.cache)}")
         extraction = extraction or ForwardOptions()
         progress_line(f"{who}: extracting {len(missing)} images missing from the cache {root} into its store "
                       f"{store.path.name}{_fitted_elsewhere(root, fitted)}", extraction.progress, stderr=True)

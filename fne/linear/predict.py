@@ -18,7 +18,7 @@ import numpy as np
 from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import check_target, is_url, not_a_run_file, out_refused, replace_file
-from fne.cache.spec import StoreSpec
+from fne.cache.spec import DEVICE_SUFFIXES, StoreSpec
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset, key_digests
 from fne.data.datasets import load_dataset
@@ -40,6 +40,9 @@ def load_model(run_dir: str | Path) -> dict:
         model = joblib.load(path)
     except Exception as e:  # noqa: BLE001 -- damaged (EOF, pickle errors), or of packages this Python lacks
         said = (str(e).strip().splitlines() or [""])[0][:160]
+        if isinstance(e, ModuleNotFoundError) and (e.name or "").startswith("fne."):  # a class fne moved since
+            raise FneError(f"{path}: written by an earlier fne, whose module {e.name} this one no longer has; "
+                           f"refit it with `fne fit`") from None
         raise FneError(f"{path}: cannot be read ({type(e).__name__}{': ' * bool(said)}{said}); refit it with "
                        f"`fne fit`") from None
     if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
@@ -73,6 +76,10 @@ def pinned_spec(model: dict, where: str, device: str | None = None, moved_weight
                      storage_dtype=s["storage_dtype"], cache=s["cache"],
                      weights_seed=s["weights_seed"] if s["weights"] == "random" else 0,  # recorded before it was refused
                      decode=s["decode"], device=device or "auto")
+    made, key = s.get("preprocess"), spec.preprocess().key
+    if made is not None and made not in (key, *(key + suffix for suffix in DEVICE_SUFFIXES.values())):
+        raise FneError(f"{where} was fitted on rows of preprocessing {made}, an earlier fne's pixels, which this fne "
+                       f"no longer makes ({key} now); its head fits those rows only: fit it again with `fne fit`")
     try:
         now = spec.fingerprint()
     except WeightsError as e:

@@ -60,7 +60,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
-from fne.reporting.settings import distinct, name_variants, repeats_note, settings
+from fne.reporting.settings import distinct, name_variants, pixels_note, repeats_note, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 from fne.reporting.verdict import advice_check, shown, winner_verdict
 
@@ -408,7 +408,14 @@ def tabulate(collected: dict) -> list[dict]:
 
 def protocol_note(rows: list[dict]) -> str | None:
     """A sentence where the rows were not scored on the same test images (other split protocols,
-    other seeds of random splits); None where they all were."""
+    other seeds of random splits), and one where rows of one backbone fitted rows of other pixels
+    (`pixels_note`); None where neither."""
+    said = [n for n in (_splits_note(rows), pixels_note(rows)) if n]
+    return " ".join(said) or None
+
+
+def _splits_note(rows: list[dict]) -> str | None:
+    """`protocol_note`'s sentence on the test images."""
     groups: dict[str, dict[str, list[str]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
     for r in rows:  # each row by its name: rows of one method that differ in a setting are told apart
         groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(compare.row_name(r))

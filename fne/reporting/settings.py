@@ -13,6 +13,8 @@ import json
 import warnings
 from collections import defaultdict
 
+from fne.cache.spec import earlier_fne_pixels
+from fne.linear import compare
 from fne.linear.compare import NOT_RECORDED
 
 # What a run's setting is, besides its method and backbone: runs that agree on all of these
@@ -164,3 +166,21 @@ def repeats_note(runs: list[dict]) -> str | None:
     said = [f"{', '.join(r['repeats'])} of {r['path']} ({r['metrics'].get('method')})" for r in runs if r.get("repeats")]
     return ("Repeats, counted once (the same seed, every test image classified the same): " + "; ".join(said)
             + ".") if said else None
+
+
+def pixels_note(rows: list[dict]) -> str | None:
+    """A sentence where fit rows of one backbone and weights read rows of other preprocessing (a
+    run of an earlier fne, whose key lacks `-tv`, beside today's; other crops): their differences
+    are the preprocessing's too. None where each backbone's rows are of one preprocessing."""
+    by: dict[tuple, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["settings"].get("preprocess"):
+            by[(r["arch"], r["weights"])][str(r["settings"]["preprocess"])].append(compare.row_name(r))
+    mixed = [g for g in by.values() if len(g) > 1]
+    if not mixed:
+        return None
+    earlier = any(earlier_fne_pixels(k) for g in mixed for k in g)
+    return ("The rows' features were not all computed from the same pixels (" + "; ".join(
+        f"preprocessing {k} ({', '.join(dict.fromkeys(ms))})" for g in mixed for k, ms in g.items())
+        + "): their differences mix the methods with the preprocessing"
+        + (" (one without -tv is an earlier fne's: fit that run again for today's pixels)." if earlier else "."))
