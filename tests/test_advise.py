@@ -447,3 +447,32 @@ def test_a_weights_file_without_the_source_classifier_is_not_judged_by_a_random_
     assert measured == []
     a = A.advise(str(digits_folder), weights=str(tmp_path / "whole.pt"), **kw)
     assert a["similarity"]["judged"] and measured == [str(tmp_path / "whole.pt")]
+
+
+def test_the_commands_advised_run_as_printed_from_another_folder(digits_folder, tmp_path, monkeypatch):
+    """`cd datasets && fne advise flowers12 --cache ./cache` printed `try: fne fit flowers12 … --cache
+    ./cache …`: pasted in another folder, the fit stopped (`DATA 'flowers12' does not exist`), or
+    extracted into another cache. DATA, the cache and a weights file are printed absolute; names
+    (digits, hf:NAME) and URLs as given, a shard pattern with its folder made absolute."""
+    from types import SimpleNamespace
+
+    from fne.cli import main
+
+    monkeypatch.chdir(digits_folder.parent)
+    a = A.advise(digits_folder.name, arch="efficientnet_lite0", weights="random", cache="cache")
+    fit = next(c for c in a["commands"] if c.startswith("fne fit "))
+    assert shlex.split(fit)[2:3] == [str(digits_folder)] and f"--cache {digits_folder.parent / 'cache'} " in fit
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(shlex.split(fit)[1:]) == 0
+    assert (tmp_path / "elsewhere" / "runs" / f"{digits_folder.name}-fne-svm" / "metrics.json").is_file()
+    assert (digits_folder.parent / "cache").is_dir() and not (tmp_path / "elsewhere" / "cache").exists()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    spec = SimpleNamespace(arch="vgg16", weights="w.pt", crop="center", cache="s3://bucket/cache")
+    cmd = shlex.split(A.runnable("fne fit {data} --features fne --head svm", "shards/a-{0..3}.tar", "a", spec))
+    assert cmd[2] == f"{tmp_path}/shards/a-{{0..3}}.tar" and cmd[cmd.index("--weights") + 1] == str(tmp_path / "w.pt")
+    assert cmd[cmd.index("--cache") + 1] == "s3://bucket/cache"
+    for name in ("digits", "hf:nelorth/oxford-flowers@train", "s3://bucket/images"):
+        assert shlex.split(A.runnable("fne train {data} --mode finetune", name, "x", spec))[2] == name

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from collections import Counter
@@ -75,7 +76,7 @@ RECOMMENDATIONS = {
     ("small", "similar"): dict(
         code="features-linear",
         text="Use the frozen pretrained network as a feature extractor and train the simplest "
-             "classifier on its features (fne fit: fc7/last or the full-network embedding + SVM). "
+             "classifier on its features (fne fit --features last, fc7 on VGG, or the full-network embedding --features fne; + SVM). "
              "Do not fine-tune.",
         families=[FEATURE_EXTRACTION],
         commands=["fne fit {data} --features fne --head svm", "fne fit {data} --features last --head svm"],
@@ -311,7 +312,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         reasons.append(
             f"the source classifier's mean max-softmax confidence on the target images is {msp:.2f}{ent}: "
             f"{'at or above' if similar == 'similar' else 'below'} the threshold {similar_msp:.2f}, so the "
-            f"target looks {similar} to the source task"
+            f"target looks {'similar to' if similar == 'similar' else 'different from'} the source task"
             + (" (borderline)" if abs(msp - similar_msp) < MSP_BORDER else "")
             + (f"; uncertain: on a sample of {sample} images the mean's standard error is {msp_sem:.2f}, so the "
                f"sample cannot tell similar from different" if msp_sem is not None and abs(msp - similar_msp)
@@ -512,18 +513,32 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     from fne.names import data_slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
-    words = [template.format(data=shlex.quote(data)), "--arch", spec.arch, "--weights", shlex.quote(spec.weights)]
+    weights = _anywhere(spec.weights) if Path(spec.weights).is_file() else spec.weights  # not imagenet, random
+    words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch, "--weights", shlex.quote(weights)]
     if spec.crop != "center":
         words += ["--crop", spec.crop]
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
     if template.startswith("fne fit "):  # the rows the advice's sample left out of the cache: computed first
-        words += ["--extract"] + (["--cache", shlex.quote(str(spec.cache))] if getattr(spec, "cache", None) else [])
+        words += ["--extract"] + (["--cache", shlex.quote(_anywhere(spec.cache))] if getattr(spec, "cache", None) else [])
     if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
         words += ["--train-per-class", str(o.train_per_class)]
     elif o is not None and o.test_size != AdviseOptions().test_size:
         words += ["--test-size", str(o.test_size)]
     return " ".join([*words, "--out", shlex.quote(f"runs/{data_slug(data, name)}-{what}")])
+
+
+def _anywhere(path: object) -> str:
+    """A local path of a command advised (DATA, a pattern of its shards, the cache, a weights file) made
+    absolute, so that the command runs as printed from any folder; a name (digits, hf:NAME) or a URL,
+    and a path whose folder is not here, as given."""
+    from fne.cache.fs import is_url
+
+    text = str(path)
+    if is_url(text) or text.startswith("hf:") or text == "digits":
+        return text
+    local = Path(text).expanduser()
+    return os.path.abspath(local) if local.exists() or local.parent.is_dir() else text
 
 
 def format_advice(a: dict) -> str:
