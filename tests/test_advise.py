@@ -311,6 +311,22 @@ def test_few_images_per_class_warn_that_differences_are_noise():
     assert not any("noise" in r for r in A.decide(50, 0.8)["reasons"])
 
 
+def test_unbalanced_classes_are_said_beside_the_median(tmp_path):
+    """6 classes of 45 training images and 6 of 3 were advised on '24 training images per class
+    (median)', a count no class has. The reason now gives the range where the median hides it."""
+    from tests.conftest import write_digits
+
+    data = write_digits(tmp_path / "big", per_class=8, classes=4)
+    for c in (2, 3):
+        for f in sorted((data / str(c)).iterdir())[2:]:
+            f.unlink()
+    a = A.advise(str(data), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"))
+    assert a["reasons"][0] == ("4 training images per class (median) is small: the threshold is 200 per class; "
+                               "the classes are unbalanced: 1 to 6 training images a class")
+    assert "unbalanced" not in A.decide(24, 0.8, spread=(20, 30))["reasons"][0]
+    assert "unbalanced" in A.decide(300, 0.8, spread=(290, 700))["reasons"][0]
+
+
 def test_a_class_with_one_image_is_named(tmp_path):
     """No split can test a class with a single image: the advice says so first, naming it."""
     from tests.conftest import write_digits

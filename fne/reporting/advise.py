@@ -287,20 +287,26 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
 
 def decide(images_per_class: float, msp: float | None, *, entropy: float | None = None,
            large_per_class: int = LARGE_PER_CLASS, similar_msp: float = SIMILAR_MSP,
-           msp_sem: float | None = None, sample: int | None = None, unjudged: str = RANDOM_UNJUDGED) -> dict:
+           msp_sem: float | None = None, sample: int | None = None, unjudged: str = RANDOM_UNJUDGED,
+           spread: tuple[int, int] | None = None) -> dict:
     """The course's two-factor rule on measured quantities; pure (tests call it directly).
 
     unjudged: why `msp` is None (random weights, or a weights file whose classifier is not the
     source task's), as the reasons say it.
 
     msp_sem / sample: the standard error of the mean MSP over the `sample` images it was
-    measured on; a threshold within two of them makes the similarity verdict uncertain."""
+    measured on; a threshold within two of them makes the similarity verdict uncertain.
+
+    spread: the fewest and most training images of a class; said where a class has under half or
+    over twice the median, which then describes few of them."""
     size = "large" if images_per_class >= large_per_class else "small"
     reasons = []
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
     reasons.append(
         f"{images_per_class:g} training images per class (median) is {size}: the threshold is "
         f"{large_per_class} per class" + (" (borderline: within a factor of 2)" if border else "")
+        + (f"; the classes are unbalanced: {spread[0]} to {spread[1]} training images a class" if spread and (
+            spread[0] < images_per_class / 2 or spread[1] > images_per_class * 2) else "")
     )
     if msp is None:
         rec = UNJUDGED[size]
@@ -403,7 +409,8 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     dataset, unread = _readable(dataset, unreadable, similarity.get("sample", 0) + len(unreadable))
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
-               sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED))
+               sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED),
+               spread=(ipc["min"], ipc["max"]))
     lonely = _unsplittable(dataset) or (ipc["refused"] and f"fne fit cannot draw its random split here (nor can "
                                                             f"the commands advised): {ipc['refused']}")
     d["reasons"][:0] = [r for r in (unread, lonely) if r]
