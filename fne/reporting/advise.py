@@ -335,8 +335,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         reasons.append("course: a large target set different from the source: train the whole network; "
                        "initialising from the source weights usually trains better than random")
     if images_per_class < FEW_PER_CLASS:
-        reasons.append(f"with {images_per_class:g} training images per class each class has a handful of test "
-                       f"images: differences of a few points between methods can be noise; compare them over "
+        reasons.append(f"with {images_per_class:g} training images per class each method learns a class from a "
+                       f"handful of images (a random split tests it on fewer still, a third as many at the default "
+                       f"--test-size): differences of a few points between methods can be noise; compare them over "
                        f"several splits or seeds, and let `fne report`'s paired test judge them")
     if similar == "different" and size == "small":
         reasons.append("course: early layers describe generic image characteristics; the full-network "
