@@ -492,3 +492,24 @@ def test_the_commands_advised_run_as_printed_from_another_folder(digits_folder, 
     assert cmd[cmd.index("--cache") + 1] == "s3://bucket/cache"
     for name in ("digits", "hf:nelorth/oxford-flowers@train", "s3://bucket/images"):
         assert shlex.split(A.runnable("fne train {data} --mode finetune", name, "x", spec))[2] == name
+
+
+def test_every_command_advised_parses_and_repeats_the_store_settings_advised_on():
+    """`fne advise DATA --crop squash` of a large set printed `fne train DATA --mode finetune … --crop
+    squash`, which stopped (`unrecognized arguments: --crop squash`); and `--precision fp32`,
+    `--storage-dtype float32`, `--seed-weights 3` were not repeated, so the fit extracted and read
+    other rows than those advised on, of another random network. Each verb now gets those it takes."""
+    from fne.cache.spec import StoreSpec
+    from fne.cli import build_parser
+
+    spec = StoreSpec(arch="efficientnet_lite0", weights="random", crop="squash", precision="fp32",
+                     storage_dtype="float32", weights_seed=3, cache="/c")
+    templates = {c for r in (*A.RECOMMENDATIONS.values(), *A.UNJUDGED.values()) for c in r["commands"]}
+    assert {t.split()[1] for t in templates} == {"fit", "train"}
+    for t in templates:
+        got = vars(build_parser().parse_args(shlex.split(A.runnable(t, "/d", "d", spec))[1:]))
+        want = {"precision": "fp32", "weights_seed": 3}
+        want |= {"crop": "squash", "storage_dtype": "float32"} if t.startswith("fne fit ") else {}
+        assert {k: got[k] for k in want} == want
+    plain = A.runnable("fne fit {data} --features fne --head svm", "/d", "d", StoreSpec(arch="vgg16", weights="imagenet"))
+    assert plain == "fne fit /d --features fne --head svm --arch vgg16 --weights imagenet --extract --out runs/d-fne-svm"

@@ -513,7 +513,8 @@ def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
              o: AdviseOptions | None = None) -> str:
     """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
-    arch, weights and a crop other than the default), the random split the advice counted training
+    arch, weights, and the store settings other than the default that the verb takes: `fne train`
+    has no --crop nor --storage-dtype; --seed-weights of random weights), the random split the advice counted training
     images of (`o`'s --train-per-class, else its --test-size where not the default; `o` None: DATA's
     predefined split, which takes neither), and a run folder named after the data and the method;
     a fit's `--extract` (and the `--cache` advised from), as the advice extracted a sample of DATA
@@ -523,11 +524,14 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
     weights = _anywhere(spec.weights) if Path(spec.weights).is_file() else spec.weights  # not imagenet, random
     words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch, "--weights", shlex.quote(weights)]
-    if spec.crop != "center":
-        words += ["--crop", spec.crop]
+    fit, seed = template.startswith("fne fit "), getattr(spec, "weights_seed", 0) if spec.weights == "random" else 0
+    store = {"--crop": (spec.crop, "center"), "--storage-dtype": (getattr(spec, "storage_dtype", "auto"), "auto"),
+             "--precision": (getattr(spec, "precision", "auto"), "auto"), "--seed-weights": (seed, 0)}
+    words += [w for flag, (value, default) in store.items() if value != default and (fit or flag in (
+        "--precision", "--seed-weights")) for w in (flag, str(value))]  # fne train takes neither crop nor storage
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
-    if template.startswith("fne fit "):  # the rows the advice's sample left out of the cache: computed first
+    if fit:  # the rows the advice's sample left out of the cache: computed first
         words += ["--extract"] + (["--cache", shlex.quote(_anywhere(spec.cache))] if getattr(spec, "cache", None) else [])
     if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
         words += ["--train-per-class", str(o.train_per_class)]
