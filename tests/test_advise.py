@@ -490,8 +490,11 @@ def test_the_commands_advised_run_as_printed_from_another_folder(digits_folder, 
     cmd = shlex.split(A.runnable("fne fit {data} --features fne --head svm", "shards/a-{0..3}.tar", "a", spec))
     assert cmd[2] == f"{tmp_path}/shards/a-{{0..3}}.tar" and cmd[cmd.index("--weights") + 1] == str(tmp_path / "w.pt")
     assert cmd[cmd.index("--cache") + 1] == "s3://bucket/cache"
-    for name in ("digits", "hf:nelorth/oxford-flowers@train", "s3://bucket/images"):
+    for name in ("digits", "hf:nelorth/oxford-flowers@train", "s3://bucket/images", "a Dataset's name"):
         assert shlex.split(A.runnable("fne train {data} --mode finetune", name, "x", spec))[2] == name
+    spec.cache = "new cache"  # not made yet (random weights extract nothing): where the fit will make it
+    cmd = shlex.split(A.runnable("fne fit {data} --features fne --head svm", "shards", "shards", spec))
+    assert cmd[2] == str(tmp_path / "shards") and cmd[cmd.index("--cache") + 1] == str(tmp_path / "new cache")
 
 
 def test_every_command_advised_parses_and_repeats_the_store_settings_advised_on():

@@ -532,7 +532,7 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
     if fit:  # the rows the advice's sample left out of the cache: computed first
-        words += ["--extract"] + (["--cache", shlex.quote(_anywhere(spec.cache))] if getattr(spec, "cache", None) else [])
+        words += ["--extract"] + (["--cache", shlex.quote(_anywhere(spec.cache, here=False))] if getattr(spec, "cache", None) else [])
     if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
         words += ["--train-per-class", str(o.train_per_class)]
     elif o is not None and o.test_size != AdviseOptions().test_size:
@@ -540,17 +540,17 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     return " ".join([*words, "--out", shlex.quote(f"runs/{data_slug(data, name)}-{what}")])
 
 
-def _anywhere(path: object) -> str:
+def _anywhere(path: object, here: bool = True) -> str:
     """A local path of a command advised (DATA, a pattern of its shards, the cache, a weights file) made
-    absolute, so that the command runs as printed from any folder; a name (digits, hf:NAME) or a URL,
-    and a path whose folder is not here, as given."""
+    absolute (a pattern `shards/a-{0..3}.tar` too), so that the command runs as printed from any folder;
+    a name (digits, hf:NAME, a Dataset's name: with `here`, what is neither here nor a pattern) or a URL as given."""
     from fne.cache.fs import is_url
 
     text = str(path)
-    if is_url(text) or text.startswith("hf:") or text == "digits":
+    if is_url(text) or text.startswith("hf:") or text == "digits" or here and not (
+            os.path.lexists(os.path.expanduser(text)) or any(c in text for c in "*?[{")):
         return text
-    local = Path(text).expanduser()
-    return os.path.abspath(local) if local.exists() or local.parent.is_dir() else text
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def format_advice(a: dict) -> str:
