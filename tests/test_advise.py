@@ -311,6 +311,22 @@ def test_few_images_per_class_warn_that_differences_are_noise():
     assert not any("noise" in r for r in A.decide(50, 0.8)["reasons"])
 
 
+def test_unbalanced_classes_are_said_beside_the_median(tmp_path):
+    """6 classes of 45 training images and 6 of 3 were advised on '24 training images per class
+    (median)', a count no class has. The reason now gives the range where the median hides it."""
+    from tests.conftest import write_digits
+
+    data = write_digits(tmp_path / "big", per_class=8, classes=4)
+    for c in (2, 3):
+        for f in sorted((data / str(c)).iterdir())[2:]:
+            f.unlink()
+    a = A.advise(str(data), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"))
+    assert a["reasons"][0] == ("4 training images per class (median) is small: the threshold is 200 per class; "
+                               "the classes are unbalanced: 1 to 6 training images a class")
+    assert "unbalanced" not in A.decide(24, 0.8, spread=(20, 30))["reasons"][0]
+    assert "unbalanced" in A.decide(300, 0.8, spread=(290, 700))["reasons"][0]
+
+
 def test_a_class_with_one_image_is_named(tmp_path):
     """No split can test a class with a single image: the advice says so first, naming it."""
     from tests.conftest import write_digits
@@ -447,3 +463,56 @@ def test_a_weights_file_without_the_source_classifier_is_not_judged_by_a_random_
     assert measured == []
     a = A.advise(str(digits_folder), weights=str(tmp_path / "whole.pt"), **kw)
     assert a["similarity"]["judged"] and measured == [str(tmp_path / "whole.pt")]
+
+
+def test_the_commands_advised_run_as_printed_from_another_folder(digits_folder, tmp_path, monkeypatch):
+    """`cd datasets && fne advise flowers12 --cache ./cache` printed `try: fne fit flowers12 … --cache
+    ./cache …`: pasted in another folder, the fit stopped (`DATA 'flowers12' does not exist`), or
+    extracted into another cache. DATA, the cache and a weights file are printed absolute; names
+    (digits, hf:NAME) and URLs as given, a shard pattern with its folder made absolute."""
+    from types import SimpleNamespace
+
+    from fne.cli import main
+
+    monkeypatch.chdir(digits_folder.parent)
+    a = A.advise(digits_folder.name, arch="efficientnet_lite0", weights="random", cache="cache")
+    fit = next(c for c in a["commands"] if c.startswith("fne fit "))
+    assert shlex.split(fit)[2:3] == [str(digits_folder)] and f"--cache {digits_folder.parent / 'cache'} " in fit
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(shlex.split(fit)[1:]) == 0
+    assert (tmp_path / "elsewhere" / "runs" / f"{digits_folder.name}-fne-svm" / "metrics.json").is_file()
+    assert (digits_folder.parent / "cache").is_dir() and not (tmp_path / "elsewhere" / "cache").exists()
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    spec = SimpleNamespace(arch="vgg16", weights="w.pt", crop="center", cache="s3://bucket/cache")
+    cmd = shlex.split(A.runnable("fne fit {data} --features fne --head svm", "shards/a-{0..3}.tar", "a", spec))
+    assert cmd[2] == f"{tmp_path}/shards/a-{{0..3}}.tar" and cmd[cmd.index("--weights") + 1] == str(tmp_path / "w.pt")
+    assert cmd[cmd.index("--cache") + 1] == "s3://bucket/cache"
+    for name in ("digits", "hf:nelorth/oxford-flowers@train", "s3://bucket/images", "a Dataset's name"):
+        assert shlex.split(A.runnable("fne train {data} --mode finetune", name, "x", spec))[2] == name
+    spec.cache = "new cache"  # not made yet (random weights extract nothing): where the fit will make it
+    cmd = shlex.split(A.runnable("fne fit {data} --features fne --head svm", "shards", "shards", spec))
+    assert cmd[2] == str(tmp_path / "shards") and cmd[cmd.index("--cache") + 1] == str(tmp_path / "new cache")
+
+
+def test_every_command_advised_parses_and_repeats_the_store_settings_advised_on():
+    """`fne advise DATA --crop squash` of a large set printed `fne train DATA --mode finetune … --crop
+    squash`, which stopped (`unrecognized arguments: --crop squash`); and `--precision fp32`,
+    `--storage-dtype float32`, `--seed-weights 3` were not repeated, so the fit extracted and read
+    other rows than those advised on, of another random network. Each verb now gets those it takes."""
+    from fne.cache.spec import StoreSpec
+    from fne.cli import build_parser
+
+    spec = StoreSpec(arch="efficientnet_lite0", weights="random", crop="squash", precision="fp32",
+                     storage_dtype="float32", weights_seed=3, cache="/c")
+    templates = {c for r in (*A.RECOMMENDATIONS.values(), *A.UNJUDGED.values()) for c in r["commands"]}
+    assert {t.split()[1] for t in templates} == {"fit", "train"}
+    for t in templates:
+        got = vars(build_parser().parse_args(shlex.split(A.runnable(t, "/d", "d", spec))[1:]))
+        want = {"precision": "fp32", "weights_seed": 3}
+        want |= {"crop": "squash", "storage_dtype": "float32"} if t.startswith("fne fit ") else {}
+        assert {k: got[k] for k in want} == want
+    plain = A.runnable("fne fit {data} --features fne --head svm", "/d", "d", StoreSpec(arch="vgg16", weights="imagenet"))
+    assert plain == "fne fit /d --features fne --head svm --arch vgg16 --weights imagenet --extract --out runs/d-fne-svm"

@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from collections import Counter
@@ -75,7 +76,7 @@ RECOMMENDATIONS = {
     ("small", "similar"): dict(
         code="features-linear",
         text="Use the frozen pretrained network as a feature extractor and train the simplest "
-             "classifier on its features (fne fit: fc7/last or the full-network embedding + SVM). "
+             "classifier on its features (fne fit --features last, fc7 on VGG, or the full-network embedding --features fne; + SVM). "
              "Do not fine-tune.",
         families=[FEATURE_EXTRACTION],
         commands=["fne fit {data} --features fne --head svm", "fne fit {data} --features last --head svm"],
@@ -286,20 +287,26 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
 
 def decide(images_per_class: float, msp: float | None, *, entropy: float | None = None,
            large_per_class: int = LARGE_PER_CLASS, similar_msp: float = SIMILAR_MSP,
-           msp_sem: float | None = None, sample: int | None = None, unjudged: str = RANDOM_UNJUDGED) -> dict:
+           msp_sem: float | None = None, sample: int | None = None, unjudged: str = RANDOM_UNJUDGED,
+           spread: tuple[int, int] | None = None) -> dict:
     """The course's two-factor rule on measured quantities; pure (tests call it directly).
 
     unjudged: why `msp` is None (random weights, or a weights file whose classifier is not the
     source task's), as the reasons say it.
 
     msp_sem / sample: the standard error of the mean MSP over the `sample` images it was
-    measured on; a threshold within two of them makes the similarity verdict uncertain."""
+    measured on; a threshold within two of them makes the similarity verdict uncertain.
+
+    spread: the fewest and most training images of a class; said where a class has under half or
+    over twice the median, which then describes few of them."""
     size = "large" if images_per_class >= large_per_class else "small"
     reasons = []
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
     reasons.append(
         f"{images_per_class:g} training images per class (median) is {size}: the threshold is "
         f"{large_per_class} per class" + (" (borderline: within a factor of 2)" if border else "")
+        + (f"; the classes are unbalanced: {spread[0]} to {spread[1]} training images a class" if spread and (
+            spread[0] < images_per_class / 2 or spread[1] > images_per_class * 2) else "")
     )
     if msp is None:
         rec = UNJUDGED[size]
@@ -311,7 +318,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         reasons.append(
             f"the source classifier's mean max-softmax confidence on the target images is {msp:.2f}{ent}: "
             f"{'at or above' if similar == 'similar' else 'below'} the threshold {similar_msp:.2f}, so the "
-            f"target looks {similar} to the source task"
+            f"target looks {'similar to' if similar == 'similar' else 'different from'} the source task"
             + (" (borderline)" if abs(msp - similar_msp) < MSP_BORDER else "")
             + (f"; uncertain: on a sample of {sample} images the mean's standard error is {msp_sem:.2f}, so the "
                f"sample cannot tell similar from different" if msp_sem is not None and abs(msp - similar_msp)
@@ -328,8 +335,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         reasons.append("course: a large target set different from the source: train the whole network; "
                        "initialising from the source weights usually trains better than random")
     if images_per_class < FEW_PER_CLASS:
-        reasons.append(f"with {images_per_class:g} training images per class each class has a handful of test "
-                       f"images: differences of a few points between methods can be noise; compare them over "
+        reasons.append(f"with {images_per_class:g} training images per class each method learns a class from a "
+                       f"handful of images (a random split tests it on fewer still, a third as many at the default "
+                       f"--test-size): differences of a few points between methods can be noise; compare them over "
                        f"several splits or seeds, and let `fne report`'s paired test judge them")
     if similar == "different" and size == "small":
         reasons.append("course: early layers describe generic image characteristics; the full-network "
@@ -402,7 +410,8 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     dataset, unread = _readable(dataset, unreadable, similarity.get("sample", 0) + len(unreadable))
     ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
-               sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED))
+               sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED),
+               spread=(ipc["min"], ipc["max"]))
     lonely = _unsplittable(dataset) or (ipc["refused"] and f"fne fit cannot draw its random split here (nor can "
                                                             f"the commands advised): {ipc['refused']}")
     d["reasons"][:0] = [r for r in (unread, lonely) if r]
@@ -504,7 +513,8 @@ def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
              o: AdviseOptions | None = None) -> str:
     """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
-    arch, weights and a crop other than the default), the random split the advice counted training
+    arch, weights, and the store settings other than the default that the verb takes: `fne train`
+    has no --crop nor --storage-dtype; --seed-weights of random weights), the random split the advice counted training
     images of (`o`'s --train-per-class, else its --test-size where not the default; `o` None: DATA's
     predefined split, which takes neither), and a run folder named after the data and the method;
     a fit's `--extract` (and the `--cache` advised from), as the advice extracted a sample of DATA
@@ -512,18 +522,35 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     from fne.names import data_slug
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
-    words = [template.format(data=shlex.quote(data)), "--arch", spec.arch, "--weights", shlex.quote(spec.weights)]
-    if spec.crop != "center":
-        words += ["--crop", spec.crop]
+    weights = _anywhere(spec.weights) if Path(spec.weights).is_file() else spec.weights  # not imagenet, random
+    words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch, "--weights", shlex.quote(weights)]
+    fit, seed = template.startswith("fne fit "), getattr(spec, "weights_seed", 0) if spec.weights == "random" else 0
+    store = {"--crop": (spec.crop, "center"), "--storage-dtype": (getattr(spec, "storage_dtype", "auto"), "auto"),
+             "--precision": (getattr(spec, "precision", "auto"), "auto"), "--seed-weights": (seed, 0)}
+    words += [w for flag, (value, default) in store.items() if value != default and (fit or flag in (
+        "--precision", "--seed-weights")) for w in (flag, str(value))]  # fne train takes neither crop nor storage
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
-    if template.startswith("fne fit "):  # the rows the advice's sample left out of the cache: computed first
-        words += ["--extract"] + (["--cache", shlex.quote(str(spec.cache))] if getattr(spec, "cache", None) else [])
+    if fit:  # the rows the advice's sample left out of the cache: computed first
+        words += ["--extract"] + (["--cache", shlex.quote(_anywhere(spec.cache, here=False))] if getattr(spec, "cache", None) else [])
     if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
         words += ["--train-per-class", str(o.train_per_class)]
     elif o is not None and o.test_size != AdviseOptions().test_size:
         words += ["--test-size", str(o.test_size)]
     return " ".join([*words, "--out", shlex.quote(f"runs/{data_slug(data, name)}-{what}")])
+
+
+def _anywhere(path: object, here: bool = True) -> str:
+    """A local path of a command advised (DATA, a pattern of its shards, the cache, a weights file) made
+    absolute (a pattern `shards/a-{0..3}.tar` too), so that the command runs as printed from any folder;
+    a name (digits, hf:NAME, a Dataset's name: with `here`, what is neither here nor a pattern) or a URL as given."""
+    from fne.cache.fs import is_url
+
+    text = str(path)
+    if is_url(text) or text.startswith("hf:") or text == "digits" or here and not (
+            os.path.lexists(os.path.expanduser(text)) or any(c in text for c in "*?[{")):
+        return text
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def format_advice(a: dict) -> str:
