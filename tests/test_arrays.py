@@ -144,6 +144,23 @@ def test_train_and_test_files_npz_or_hdf5_are_a_predefined_split(tmp_path):
         assert np.array_equal(np.asarray(d.load(20))[..., 0], x[20])
 
 
+def test_a_folder_of_one_array_file_names_the_file_to_give(tmp_path):
+    """A folder holding train.npz alone (its test file not there yet) stopped with "no class
+    sub-folders … (.npz ×1)"; it names the file to give instead. A flat folder of images with an
+    array file beside it (an export) is still unlabelled images."""
+    x, y = _digits()
+    (tmp_path / "t").mkdir()
+    np.savez(tmp_path / "t" / "train.npz", images=x, labels=y)
+    with pytest.raises(DataError, match=re.escape(f"holds train.npz and no class folders; a folder of array files is a "
+                                                  f"predefined split, train.h5 + test.h5 (or .npz): give the file "
+                                                  f"itself (DATA {tmp_path / 't' / 'train.npz'}), or add its test file")):
+        load_dataset(tmp_path / "t")
+    from PIL import Image
+
+    Image.fromarray(x[0]).save(tmp_path / "t" / "a.png")
+    assert load_dataset(tmp_path / "t").ids == ["a.png"]
+
+
 def test_images_of_zeros_and_ones_are_said_to_come_out_black(tmp_path):
     """Binarised MNIST stored as uint8 0 / 1 was read silently as near-black 0-255 images."""
     x, y = _digits()
