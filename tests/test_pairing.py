@@ -45,16 +45,20 @@ def _right(run_dir, split: int | None = None) -> dict[str, str]:
     return {r["path"]: "1" if r["true"] == r["predicted"] else "0" for r in rows}
 
 
-def _old_way(run_dir, m: dict) -> dict:
+def _old_way(data, run_dir, m: dict) -> dict:
     """A fit's metrics.json as fne wrote it before `test_order`: each split's record in the order
-    the splitter drew its test images, which predictions.csv keeps."""
-    with open(run_dir / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    the splitter (`make_splits`) drew its test images."""
+    from fne.data.datasets import load_dataset
+    from fne.data.splits import make_splits
+
+    dataset = load_dataset(data)
+    drawn = make_splits(dataset, dataset.label_indices(), len(m["splits"]), 0.25, None, m["seed"])
     splits = []
-    for i, s in enumerate(m["splits"]):
-        mine = [r for r in rows if r["split"] == str(i)]
-        splits.append({**s, "correct": "".join("1" if r["true"] == r["predicted"] else "0" for r in mine),
-                       "test_hash": hashlib.sha1("\n".join(r["path"] for r in mine).encode()).hexdigest()[:16]})
+    for i, (s, (_, te)) in enumerate(zip(m["splits"], drawn, strict=True)):
+        right, ids = _right(run_dir, split=i), [dataset.ids[j] for j in te]
+        assert sorted(right) == sorted(ids)
+        splits.append({**s, "correct": "".join(right[p] for p in ids),
+                       "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]})
     return {**{k: v for k, v in m.items() if k != "test_order"}, "splits": splits}
 
 
@@ -68,8 +72,8 @@ def test_fit_and_train_record_one_test_set_alike_in_datas_order(runs):
     assert all(m[k]["test_order"] == TEST_ORDER == "dataset" for k in m)
     order = list(_right(root / "train"))  # train's predictions.csv: its test images in DATA's order
     assert "".join(_right(root / "train")[p] for p in order) == m["train"]["splits"][0]["correct"]
-    fit_right = _right(root / "fit5", split=0)
-    assert set(fit_right) == set(order) and "".join(fit_right[p] for p in order) == m["fit5"]["splits"][0]["correct"]
+    fit_right = _right(root / "fit5", split=0)  # fit's predictions.csv: each split's, likewise
+    assert list(fit_right) == order and "".join(fit_right.values()) == m["fit5"]["splits"][0]["correct"]
     for name in m:  # as written
         assert json.loads((root / name / "metrics.json").read_text())["splits"] == m[name]["splits"]
 
@@ -121,12 +125,12 @@ def test_rows_pooled_over_seeds_pair_each_seed_on_the_split_it_shares(tmp_path):
     assert "only the splits both runs of each pair were scored on" in ds["winner_test"]
 
 
-def test_records_written_before_test_order_pair_only_among_themselves(runs, tmp_path):
+def test_records_written_before_test_order_pair_only_among_themselves(runs, tmp_path, digits_folder):
     """A fit written the old way (the splitter's order) never pairs with today's records (their
     "1"/"0" strings do not align), pairs with old fits of its seed as before, and beside today's fit
     of its seed the report does not claim that DATA changed: it says the two cannot be compared."""
     root, m = runs
-    old5, old3 = _old_way(root / "fit5", m["fit5"]), _old_way(root / "fit3", m["fit3"])
+    old5, old3 = (_old_way(digits_folder, root / k, m[k]) for k in ("fit5", "fit3"))
     assert old5["splits"][0]["test_hash"] != m["train"]["splits"][0]["test_hash"]  # the order the hash was of
     assert compare.record_order(old5) == "drawn" and compare.record_order(m["fit5"]) == "dataset"
     assert compare.compare_runs(old5, m["train"]) is None and compare.compare_runs(old3, m["fit5"]) is None

@@ -5,8 +5,10 @@
   The plain paired t-test treats the splits as independent, but their training sets overlap,
   so it is far too confident; the correction multiplies the variance of the mean difference
   by (1/k + n_test/n_train) instead of 1/k. With test_train_ratio = 0 it is the plain test.
-* One predefined split: McNemar's exact test on the images that exactly one of the two
-  methods classified correctly (binomial, p = 1/2, two-sided).
+* One split: McNemar's exact test on the images that exactly one of the two methods
+  classified correctly (binomial, p = 1/2, two-sided).
+* Runs of other numbers of splits are tested on the splits they share (`shared_splits`): for one
+  seed, a 5-split fit's first split is a 1-split train run's, and its first 3 a 3-split fit's.
 * One split each, but not the same test images (other seeds, other protocols): no pairing, so
   Fisher's exact test of the two accuracies (unpaired, two-sided; conservative where the test
   sets overlap).
@@ -157,12 +159,13 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
 # ---------------------------------------------------------- runs on disk (fne report)
 def predictions_writer(dataset, y: np.ndarray, preds) -> Callable[[Path], None]:
     """The writer (`fne.cache.fs.replace_files`) of a fit run's predictions.csv: split, path,
-    true and predicted class of every test image."""
+    true and predicted class of every test image, each split's in DATA's order (as its record in
+    metrics.json, `fne.metrics.split_record`, and train's predictions.csv)."""
     from fne.cache.fs import csv_writer
 
     return csv_writer(["split", "path", "true", "predicted"],
                       ((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p])
-                       for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
+                       for si, (te, pred) in enumerate(preds) for i, p in sorted(zip(te, pred))))
 
 
 def _split_accuracies(m: dict) -> list[float] | None:
