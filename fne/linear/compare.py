@@ -335,7 +335,7 @@ def shared_splits(m1: dict, m2: dict) -> list[tuple[int, int]]:
     hold the same test images (one ``test_hash``), in `m1`'s order; empty where none do.
 
     The runs must be of one task (`same_task`) and DATA size, list their test images in one order
-    (`record_order`) and draw their splits alike: one split protocol but for the number of splits
+    (`record_order`, where they record them) and draw their splits alike: one split protocol but for the number of splits
     (a 5-split fit's first split is a 1-split run's split, for one seed and test size), and one
     seed, but on a predefined split (DATA's own, whatever the seed). Runs that record no hashes
     (written before fne kept them) pair split by split where every key, the number of splits
@@ -345,13 +345,12 @@ def shared_splits(m1: dict, m2: dict) -> list[tuple[int, int]]:
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
     keys = ("n_images",) + (() if predefined else ("seed",))
     rules = {split_rule(m.get("split_protocol")) for m in (m1, m2)}
-    if (not all(m1.get(k) == m2.get(k) for k in keys) or len(rules) > 1 or record_order(m1) != record_order(m2)
-            or not same_task(m1, m2)):
+    if not all(m1.get(k) == m2.get(k) for k in keys) or len(rules) > 1 or not same_task(m1, m2):
         return []
     if not any(h1) and not any(h2):  # older runs: every key, and as many splits
         same = m1.get("n_splits") == m2.get("n_splits") and m1.get("split_protocol") == m2.get("split_protocol")
         return [(i, i) for i in range(min(len(s1), len(s2)))] if same else []
-    if not all(h1) or not all(h2):
+    if not all(h1) or not all(h2) or record_order(m1) != record_order(m2):
         return []
     pairs, free = [], list(range(len(h2)))
     for i, h in enumerate(h1):
