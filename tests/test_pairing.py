@@ -139,6 +139,7 @@ def test_records_written_before_test_order_pair_only_among_themselves(runs, tmp_
     old_train = {k: v for k, v in m["train"].items() if k != "test_order"}  # train always wrote DATA's order
     assert compare.compare_runs(m["fit5"], old_train)["test"] == "McNemar exact"
     shutil.copytree(root / "fit5", tmp_path / "runs" / "new")
+    shutil.copytree(root / "fit5", tmp_path / "runs" / "new2")  # a repeat of new: one warning still
     shutil.copytree(root / "fit5", tmp_path / "runs" / "old")
     (tmp_path / "runs" / "old" / "metrics.json").write_text(json.dumps(old5))
     from fne.reporting.report import report
@@ -148,5 +149,5 @@ def test_records_written_before_test_order_pair_only_among_themselves(runs, tmp_
         report([tmp_path / "runs"], tmp_path / "rep", figures=False)
     text = [str(w.message) for w in said]
     assert not any("DATA's images or labels changed" in t for t in text)
-    assert any("was written before fne listed each split's test images in DATA's order" in t and "old" in t
-               for t in text)
+    older = [t for t in text if "was written before fne listed each split's test images in DATA's order" in t]
+    assert len(older) == 1 and "runs/old and " in older[0] and "(run " in older[0]

@@ -335,9 +335,9 @@ def shared_splits(m1: dict, m2: dict) -> list[tuple[int, int]]:
     hold the same test images (one ``test_hash``), in `m1`'s order; empty where none do.
 
     The runs must be of one task (`same_task`) and DATA size, list their test images in one order
-    (`record_order`, where they record them) and draw their splits alike: one split protocol but for the number of splits
-    (a 5-split fit's first split is a 1-split run's split, for one seed and test size), and one
-    seed, but on a predefined split (DATA's own, whatever the seed). Runs that record no hashes
+    (`record_order`, where they record them) and draw their splits alike: one split protocol but
+    for the number of splits (a 5-split fit's first split is a 1-split run's split, for one seed
+    and test size), and one seed, but on a predefined split (DATA's own, whatever the seed). Runs that record no hashes
     (written before fne kept them) pair split by split where every key, the number of splits
     included, agrees."""
     s1, s2 = m1.get("splits") or [], m2.get("splits") or []

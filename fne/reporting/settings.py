@@ -155,7 +155,8 @@ def distinct(runs: list[dict]) -> list[dict]:
                               f"other test images: DATA's images or labels changed between the two runs; the report "
                               f"pools them in one row as if two seeds (give it the runs of one version of DATA)",
                               stacklevel=3)
-            _other_order(drawn, m.get("seed"), order, tests, r["path"])
+            if first[1] == r["path"]:  # the first of its order: said once
+                _other_order(drawn, m.get("seed"), order, tests, r["path"])
         if key in kept:
             kept[key].setdefault("repeats", []).append(r["path"])
         else:
