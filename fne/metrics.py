@@ -194,13 +194,38 @@ def labels_fingerprint(keys: list[str], labels: list[str] | None) -> str | None:
     return hashlib.sha1("\n".join(pairs).encode()).hexdigest()[:16]
 
 
-def split_record(ids: list[str], y_true: np.ndarray, pred: np.ndarray) -> dict:
+# metrics.json's ``test_order``: each split record (`split_record`) lists its test images in DATA's
+# order. Runs written before it (30 Nov 2026) listed fit's random stratified test images in the order
+# the splitter drew them (`fne.linear.compare.record_order`): their records pair only among themselves.
+TEST_ORDER = "dataset"
+
+
+def split_record(ids: list[str], idx: np.ndarray, y_true: np.ndarray, pred: np.ndarray) -> dict:
     """What a paired test (`fne.linear.compare`) needs of one split, kept in metrics.json by
-    `fne fit` and `fne train` alike: which test images were classified correctly ("1"/"0" in
-    test order) and a hash of those images' ids in that order."""
-    ids = [str(i) for i in ids]
-    return {"correct": "".join("1" if t == p else "0" for t, p in zip(y_true, pred)),
-            "test_hash": hashlib.sha1("\n".join(ids).encode()).hexdigest()[:16]}
+    `fne fit` and `fne train` alike: which test images were classified correctly ("1"/"0") and a
+    hash of those images' ids, both in DATA's order (`TEST_ORDER`: ascending dataset index, whatever
+    order the splitter drew them in), so that one set of test images has one hash and one
+    alignment of its "1"/"0" in both verbs.
+
+    Parameters
+    ----------
+    ids : list of str
+        Every dataset image's id (`Dataset.ids`).
+    idx : ndarray
+        The split's test images (dataset indices), in any order.
+    y_true, pred : ndarray
+        Their true and predicted classes, in `idx`'s order.
+
+    Returns
+    -------
+    dict
+        ``correct`` and ``test_hash``.
+    """
+    order = np.argsort(np.asarray(idx), kind="stable")
+    names = [str(ids[i]) for i in np.asarray(idx)[order]]
+    right = np.asarray(y_true)[order] == np.asarray(pred)[order]
+    return {"correct": "".join("1" if r else "0" for r in right),
+            "test_hash": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]}
 
 
 def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], scores: np.ndarray):

@@ -906,7 +906,8 @@ def test_rows_on_other_splits_or_seeds_say_so(tmp_path):
     assert ds["protocol_note"] == (
         "The rows were not all scored on the same test images (splits 5x stratified test_size=0.25 (fne+svm, "
         "fc7+svm); 1x stratified test_size=0.25 (train:frozen); seeds 0 (fne+svm, train:frozen); 1 (fc7+svm)): "
-        "their differences mix the methods with the splits.")
+        "their differences mix the methods with the splits; the paired tests compare rows on the test images they "
+        "share.")  # a 5-split fit's first split is a 1-split train's
     assert f"**Note:** {ds['protocol_note']}" in md and "class='note protocol'" in html
     assert f"  Note: {ds['protocol_note']}" in table_text([ds])
     # one predefined split: seeds do not change the test images

@@ -264,7 +264,7 @@ def test_compare_runs_uses_mcnemar_on_one_split():
     def run(correct, seed=0):
         pred = np.where(correct, 0, 1)
         return {"split_protocol": "predefined", "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
-                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, y, pred)}]}
+                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, np.arange(20), y, pred)}]}
 
     a, b = run(np.ones(20, bool)), run(np.r_[np.zeros(8, bool), np.ones(12, bool)])
     r = compare.compare_runs(a, b)

@@ -82,7 +82,7 @@ def test_a_predefined_split_pairs_runs_whatever_their_seeds():
 
     def run(correct, seed, protocol="predefined"):
         return {"split_protocol": protocol, "seed": seed, "n_images": 20, "n_splits": 1, "data": "x",
-                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, y, np.where(correct, 0, 1))}]}
+                "splits": [{"accuracy": float(np.mean(correct)), **split_record(ids, np.arange(20), y, np.where(correct, 0, 1))}]}
 
     a, b = np.ones(20, bool), np.r_[np.zeros(8, bool), np.ones(12, bool)]
     r = compare.compare_runs(run(a, 0), run(b, 1))

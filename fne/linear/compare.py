@@ -5,8 +5,10 @@
   The plain paired t-test treats the splits as independent, but their training sets overlap,
   so it is far too confident; the correction multiplies the variance of the mean difference
   by (1/k + n_test/n_train) instead of 1/k. With test_train_ratio = 0 it is the plain test.
-* One predefined split: McNemar's exact test on the images that exactly one of the two
-  methods classified correctly (binomial, p = 1/2, two-sided).
+* One split: McNemar's exact test on the images that exactly one of the two methods
+  classified correctly (binomial, p = 1/2, two-sided).
+* Runs of other numbers of splits are tested on the splits they share (`shared_splits`): for one
+  seed, a 5-split fit's first split is a 1-split train run's, and its first 3 a 3-split fit's.
 * One split each, but not the same test images (other seeds, other protocols): no pairing, so
   Fisher's exact test of the two accuracies (unpaired, two-sided; conservative where the test
   sets overlap).
@@ -93,6 +95,23 @@ def verdict(result: dict, alpha: float = ALPHA) -> str:
     return "no clear winner"
 
 
+EACH_PAIR = "each pair"  # a pooled test's "splits": each pair of runs tested on the splits it shares
+
+
+def _splits_text(splits, winner: str, runner_up: str) -> str:
+    """Which splits a test used, where a run had others (`compare_runs`' "splits"); "" where none."""
+    if not splits:
+        return ""
+    if splits == EACH_PAIR:
+        return " (only the splits both runs of each pair were scored on)"
+    a, b, (na, nb) = splits
+
+    def nums(s: list[int]) -> str:
+        return f"split{'s' * (len(s) > 1)} {', '.join(map(str, s))}"
+    return (f" (only the split{'s' * (len(a) > 1)} both runs were scored on: {nums(a)} of {winner}'s {na}, "
+            f"{nums(b)} of {runner_up}'s {nb})")
+
+
 def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, unit: str = "splits") -> str:
     """One sentence: the verdict, the test (two-sided), its p-value against `alpha`, the difference.
 
@@ -126,6 +145,7 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
                   + ": a predefined split, the same test images whatever the seed")
         shared = f" both rows were scored on ({tested}" + (
             f"; left out, having no partner in the other row: {left})" if left else ")")
+    shared += _splits_text(result.get("splits"), winner, runner_up)
     over = (f"{result['n']} test images{shared}, {result['only_a']} vs {result['only_b']} classified right by only "
             f"one of them" if mcn else f"{result['n_a']} and {result['n_b']} test images, unpaired (the runs were not "
             f"scored on the same test images)" if fis else f"{result['n']} {unit}{shared}")
@@ -139,12 +159,13 @@ def describe(result: dict, winner: str, runner_up: str, alpha: float = ALPHA, un
 # ---------------------------------------------------------- runs on disk (fne report)
 def predictions_writer(dataset, y: np.ndarray, preds) -> Callable[[Path], None]:
     """The writer (`fne.cache.fs.replace_files`) of a fit run's predictions.csv: split, path,
-    true and predicted class of every test image."""
+    true and predicted class of every test image, each split's in DATA's order (as its record in
+    metrics.json, `fne.metrics.split_record`, and train's predictions.csv)."""
     from fne.cache.fs import csv_writer
 
     return csv_writer(["split", "path", "true", "predicted"],
                       ((si, dataset.ids[i], dataset.classes[y[i]], dataset.classes[p])
-                       for si, (te, pred) in enumerate(preds) for i, p in zip(te, pred)))
+                       for si, (te, pred) in enumerate(preds) for i, p in sorted(zip(te, pred))))
 
 
 def _split_accuracies(m: dict) -> list[float] | None:
@@ -288,34 +309,87 @@ def _label_key_known(m: dict) -> bool:
     return (date if date.tzinfo else date.replace(tzinfo=UTC)) < LABEL_KEY_SINCE
 
 
-def _same_splits(m1: dict, m2: dict) -> bool:
-    """Were the two runs scored on the same test images, split by split? The settings that draw
-    the splits agree and so do the test images' hashes; a predefined split is DATA's own, so
-    there the seed (which moves only the training) need not agree."""
-    h1 = [s.get("test_hash") for s in m1.get("splits") or []]
-    h2 = [s.get("test_hash") for s in m2.get("splits") or []]
+def record_order(m: dict) -> str:
+    """The order a run's split records list their test images in (`fne.metrics.split_record`):
+    metrics.json's ``test_order`` ("dataset": DATA's order); for a run written before it was
+    recorded (30 Nov 2026), "dataset" where that order was DATA's already (train's test images,
+    sorted; a predefined split; a fit of N training images per class) and "drawn" for a fit's random
+    stratified splits (the splitter's order): their hashes and "1"/"0" strings compare only with
+    runs of the same order, never with today's."""
+    order = m.get("test_order")
+    if isinstance(order, str):
+        return order
+    protocol = str(m.get("split_protocol") or "")
+    return "dataset" if m.get("kind") == "train" or protocol == "predefined" or protocol.endswith("per class") else "drawn"
+
+
+def split_rule(protocol) -> str:
+    """A split protocol less its number of splits ("5x stratified test_size=0.25" -> "stratified
+    test_size=0.25"): for one seed, a run of 5 splits draws a run of 1 split's split first."""
+    head, _, rest = str(protocol).partition("x ")
+    return rest if head.isdigit() else str(protocol)
+
+
+def shared_splits(m1: dict, m2: dict) -> list[tuple[int, int]]:
+    """The splits two runs were scored on alike: (i, j) where split i of `m1` and split j of `m2`
+    hold the same test images (one ``test_hash``), in `m1`'s order; empty where none do.
+
+    The runs must be of one task (`same_task`) and DATA size, list their test images in one order
+    (`record_order`, where they record them) and draw their splits alike: one split protocol but
+    for the number of splits (a 5-split fit's first split is a 1-split run's split, for one seed
+    and test size), and one seed, but on a predefined split (DATA's own, whatever the seed). Runs that record no hashes
+    (written before fne kept them) pair split by split where every key, the number of splits
+    included, agrees."""
+    s1, s2 = m1.get("splits") or [], m2.get("splits") or []
+    h1, h2 = [s.get("test_hash") for s in s1], [s.get("test_hash") for s in s2]
     predefined = m1.get("split_protocol") == "predefined" and all(h1)
-    keys = ("split_protocol", "n_images", "n_splits") + (() if predefined else ("seed",))
-    if not all(m1.get(k) == m2.get(k) for k in keys) or not same_task(m1, m2):
-        return False
-    return h1 == h2  # both None lists (older runs) pass on the keys above
+    keys = ("n_images",) + (() if predefined else ("seed",))
+    rules = {split_rule(m.get("split_protocol")) for m in (m1, m2)}
+    if not all(m1.get(k) == m2.get(k) for k in keys) or len(rules) > 1 or not same_task(m1, m2):
+        return []
+    if not any(h1) and not any(h2):  # older runs: every key, and as many splits
+        same = m1.get("n_splits") == m2.get("n_splits") and m1.get("split_protocol") == m2.get("split_protocol")
+        return [(i, i) for i in range(min(len(s1), len(s2)))] if same else []
+    if not all(h1) or not all(h2) or record_order(m1) != record_order(m2):
+        return []
+    pairs, free = [], list(range(len(h2)))
+    for i, h in enumerate(h1):
+        j = next((j for j in free if h2[j] == h), None)
+        if j is not None:
+            free.remove(j)
+            pairs.append((i, j))
+    return pairs
+
+
+def _same_splits(m1: dict, m2: dict) -> bool:
+    """Were the two runs scored on the same test images on at least one split (`shared_splits`)?"""
+    return bool(shared_splits(m1, m2))
 
 
 def compare_runs(m1: dict, m2: dict) -> dict | None:
-    """Winner vs runner-up from two fit runs' metrics scored on the same splits; None when they
-    were not (or a run lacks what the test needs). One split: McNemar; several: corrected t."""
-    if not _same_splits(m1, m2):
+    """Winner vs runner-up from two runs' metrics, on the splits both were scored on
+    (`shared_splits`); None where they share none (or a run lacks what the test needs). One shared
+    split: McNemar; several: corrected t over those. Where a run has splits beyond the shared ones,
+    the result's "splits" names the splits tested: [m1's split numbers, m2's, [m1's count, m2's]]."""
+    pairs = shared_splits(m1, m2)
+    if not pairs:
         return None
-    if m1.get("n_splits") == 1:
-        c1, c2 = (m["splits"][0].get("correct") for m in (m1, m2))
-        if not c1 or not c2 or len(c1) != len(c2) or not m1["splits"][0].get("test_hash"):
+    s1, s2 = m1["splits"], m2["splits"]
+    if len(pairs) == 1:
+        (i, j), = pairs
+        c1, c2 = s1[i].get("correct"), s2[j].get("correct")
+        if not c1 or not c2 or len(c1) != len(c2) or not s1[i].get("test_hash"):
             return None
-        return mcnemar([c == "1" for c in c1], [c == "1" for c in c2])
-    a, b = _split_accuracies(m1), _split_accuracies(m2)
-    if a is None or b is None or len(a) != len(b):
-        return None
-    n_tr, n_te = m1.get("n_train") or 0, m1.get("n_test") or 0
-    return corrected_paired_t(a, b, n_te / n_tr if n_tr else 0.0)
+        result = mcnemar([c == "1" for c in c1], [c == "1" for c in c2])
+    else:
+        a, b = _split_accuracies(m1), _split_accuracies(m2)
+        if a is None or b is None:
+            return None
+        n_tr, n_te = m1.get("n_train") or 0, m1.get("n_test") or 0
+        result = corrected_paired_t([a[i] for i, _ in pairs], [b[j] for _, j in pairs], n_te / n_tr if n_tr else 0.0)
+    if len(pairs) < max(len(s1), len(s2)):
+        result["splits"] = [[i + 1 for i, _ in pairs], [j + 1 for _, j in pairs], [len(s1), len(s2)]]
+    return result
 
 
 def row_name(r: dict) -> str:
@@ -405,11 +479,14 @@ def _pooled(runs1: list[dict], runs2: list[dict]) -> dict | None:
         result = compare_runs(*pairs[0])
     elif pairs:
         xy = [(_split_accuracies(m1), _split_accuracies(m2)) for m1, m2 in pairs]
-        if _shared_tests([m1 for m1, _ in pairs]) or any(x is None or y is None or len(x) != len(y) for x, y in xy):
+        if _shared_tests([m1 for m1, _ in pairs]) or any(x is None or y is None for x, y in xy):
             return None
+        shared = [shared_splits(m1, m2) for m1, m2 in pairs]  # each pair on the splits it shares
         n_tr, n_te = pairs[0][0].get("n_train") or 0, pairs[0][0].get("n_test") or 0
-        result = corrected_paired_t([v for x, _ in xy for v in x], [v for _, y in xy for v in y],
-                                    n_te / n_tr if n_tr else 0.0)
+        result = corrected_paired_t([x[i] for (x, _), sh in zip(xy, shared) for i, _ in sh],
+                                    [y[j] for (_, y), sh in zip(xy, shared) for _, j in sh], n_te / n_tr if n_tr else 0.0)
+        if any(len(sh) < max(len(x), len(y)) for (x, y), sh in zip(xy, shared)):
+            result["splits"] = EACH_PAIR
     else:
         return None
     if result is not None and (len(pairs) < len(runs1) or partners or any(a.get("seed") != b.get("seed") for a, b in pairs)):

@@ -32,6 +32,7 @@ from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
 from fne.metrics import (
+    TEST_ORDER,
     accuracy_interval,
     class_recall,
     data_identity,
@@ -226,7 +227,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
         pipe = fit_head(final.rows, final.kind, final.head, final.C, y, np.arange(len(y)), o.seed, **how)[0]
     _say_stopped(stopped + [(final.head, final.C, pipe.stopped_)] * (not dataset.has_split))  # the saved model's too
     for s, (te, pred) in zip(per_split, preds):  # for paired tests between runs (fne.linear.compare)
-        s.update(split_record([dataset.ids[i] for i in te], y[te], pred))
+        s.update(split_record(dataset.ids, te, y[te], pred))
     metrics = _metrics(data, src, final, per_split, confusions, Cs, fit_seconds, pipe, (spec, d, o, ext), out)
     if auto:
         metrics["selection"] = selection.summary(chosen)
@@ -252,7 +253,7 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
         **_rows_record(src),
         "seed": o.seed, "split_protocol": "predefined" if dataset.has_split else (
             f"{len(per_split)}x {o.train_per_class} per class" if o.train_per_class
-            else f"{len(per_split)}x stratified test_size={o.test_size}"),
+            else f"{len(per_split)}x stratified test_size={o.test_size}"), "test_order": TEST_ORDER,
         **provenance(*options, verb="fit", data=data, run_dir=out),
         "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }

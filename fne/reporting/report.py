@@ -425,8 +425,9 @@ def _splits_note(rows: list[dict]) -> str | None:
              for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
     if not parts:
         return None
-    return ("The rows were not all scored on the same test images (" + "; ".join(parts) + "): their differences "
-            "mix the methods with the splits.")
+    counts = len(groups["splits"]) > 1 and len({compare.split_rule(k) for k in groups["splits"]}) == 1
+    return ("The rows were not all scored on the same test images (" + "; ".join(parts) + "): their differences mix "
+            "the methods with the splits" + "; the paired tests compare rows on the test images they share." * counts + "." * (not counts))
 
 
 def weights_identity(m: dict) -> str | None:

@@ -137,26 +137,43 @@ def _grids(sel: dict) -> int:
 def distinct(runs: list[dict]) -> list[dict]:
     """The runs of one row less those that repeat an earlier one (the same seed, and on every split
     the same test images each classified the same: one experiment run twice, which pooled would
-    count its splits twice and pair with itself); the first of each is kept and names its repeats."""
+    count its splits twice and pair with itself); the first of each is kept and names its repeats.
+    Runs whose records list their test images in other orders (`compare.record_order`: one written
+    before fne kept DATA's order) are compared only with runs of their order: another order is not
+    other test images, and a warning says where one seed has both."""
     kept: dict[object, dict] = {}
-    drawn: dict[object, tuple] = {}  # seed -> (its runs' test images, the first run's folder)
+    drawn: dict[object, tuple] = {}  # (seed, order) -> (its runs' test images, the first run's folder)
     for r in runs:
         m, splits = r["metrics"], r["metrics"].get("splits") or []
         known = splits and all(s.get("test_hash") and isinstance(s.get("correct"), str) for s in splits)
         key = (m.get("seed"), tuple((s["test_hash"], s["correct"]) for s in splits)) if known else id(r)
         if known:  # one seed and setting draw the same test images from the same DATA
-            tests = tuple(h for h, _ in key[1])
-            first = drawn.setdefault(m.get("seed"), (tests, r["path"]))
+            tests, order = tuple(h for h, _ in key[1]), compare.record_order(m)
+            first = drawn.setdefault((m.get("seed"), order), (tests, r["path"]))
             if first[0] != tests:
                 warnings.warn(f"{first[1]} and {r['path']}: one method, setting and seed ({m.get('seed')}), scored on "
                               f"other test images: DATA's images or labels changed between the two runs; the report "
                               f"pools them in one row as if two seeds (give it the runs of one version of DATA)",
                               stacklevel=3)
+            if first[1] == r["path"]:  # the first of its order: said once
+                _other_order(drawn, m.get("seed"), order, tests, r["path"])
         if key in kept:
             kept[key].setdefault("repeats", []).append(r["path"])
         else:
             kept[key] = {**r, "repeats": []}
     return list(kept.values())
+
+
+def _other_order(drawn: dict, seed, order: str, tests: tuple, path: str) -> None:
+    """Warn where a run of `seed` lists its test images in the other order than an earlier run of that
+    seed (`distinct`'s `drawn`) and so cannot be checked for a repeat, nor paired image by image."""
+    other = next((v for (s, o), v in drawn.items() if s == seed and o != order), None)
+    if other is None or other[0] == tests:
+        return
+    old, new = (path, other[1]) if order == "drawn" else (other[1], path)
+    warnings.warn(f"{old} and {new}: one method, setting and seed ({seed}); {old} was written before fne listed each "
+                  f"split's test images in DATA's order, so the two cannot be checked for a repeat nor compared image "
+                  f"by image; the report pools them in one row as if two seeds (run {old} again)", stacklevel=4)
 
 
 def repeats_note(runs: list[dict]) -> str | None:

@@ -47,6 +47,7 @@ from fne.devices import (
 )
 from fne.errors import DataError, FneError
 from fne.metrics import (
+    TEST_ORDER,
     accuracy_interval,
     class_recall,
     data_identity,
@@ -526,7 +527,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
 
     n_train = 0 if direct else readable(split.train)  # direct learns nothing from the training part
     splits = [{"accuracy": acc, "mean_class_accuracy": mca, "n_train": n_train, "n_test": n_test,
-               **split_record([dataset.ids[i] for i in test["ids"]], test["y"], pred)}]  # as fit's
+               **split_record(dataset.ids, test["ids"], test["y"], pred)}]  # as fit's
     return {
         "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
         "dataset": dataset.name, "data": cfg.data, "data_resolved": data_identity(cfg.data),
@@ -539,8 +540,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "arch": cfg.arch, "weights": weights,
         "weights_fingerprint": backbones.fingerprint(cfg.arch, weights,
                                                      cfg.seed if cfg.mode == "scratch" else cfg.weights_seed),
-        "new_layers": list(renew) if cfg.mode != "scratch" else "all",
-        **_imported(report),
+        "new_layers": list(renew) if cfg.mode != "scratch" else "all", **_imported(report),
         "train_bn": cfg.mode == "scratch" or (cfg.mode == "finetune" and cfg.train_bn),
         "precision": ctx.precision, "crop": "center", "image_size": cfg.image_size or backbones.get(cfg.arch, weights).input_size,
         "augment": cfg.augment, "augment_on": ("device" if ctx.augment is not None else "cpu") if cfg.augment else None,
@@ -549,13 +549,13 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split,
         "epochs": cfg.epochs if not direct else 0, "best_epoch": run["best"]["epoch"],
         "epoch_choice": None if direct else ("highest val_accuracy, then lowest val_loss, then earliest"
                                              if len(split.val) else "last (no validation part)"),
-        "val_accuracy": run["best"]["val_accuracy"],
-        "lr": cfg.lr if not direct else None,
+        "val_accuracy": run["best"]["val_accuracy"], "lr": cfg.lr if not direct else None,
         "imported_lr": {"finetune": cfg.lr * cfg.imported_lr_mult, "frozen": 0.0}.get(cfg.mode),
         "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "scheduler": cfg.scheduler,
         "batch_size": cfg.batch_size, "seed": cfg.seed,
         "split_protocol": "predefined" if dataset.has_split else (
             f"1x {cfg.train_per_class} per class" if cfg.train_per_class else f"1x stratified test_size={cfg.test_size}"),
+        "test_order": TEST_ORDER,
         "val_fraction": cfg.val_fraction if not direct else 0.0,
         "validation": None if direct or not len(split.val) else (
             "DATA's validation part" if dataset.has_val_part else f"{cfg.val_fraction:g} of the training images"),
