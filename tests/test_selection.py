@@ -218,6 +218,10 @@ def test_fit_auto_records_candidates_and_choice(digits_folder, warm_cache, tmp_p
             assert 0 <= c["cv_mean"] <= 1 and c["cv_std"] >= 0 and c["C"] in C_GRID
             assert 3 <= len(c["grid"]) <= len(C_GRID) and {"0.1", "1", "10"} <= set(c["grid"])
             assert len(c["cv_folds"]) == rec["folds"] and np.isclose(np.mean(c["cv_folds"]), c["cv_mean"])
+            # the C chosen, recomputed from the record alone (the tie rule over every C that ran all its folds)
+            Cs = [float(k) for k in c["grid_folds"]]
+            assert set(c["grid_folds"]) <= set(c["grid"]) and c["grid_folds"][f"{c['C']:g}"] == c["cv_folds"]
+            assert Cs[selection.choose_C(Cs, np.array(list(c["grid_folds"].values())))] == c["C"]
         folds = np.array([c["cv_folds"] for c in rec["candidates"]])
         first = rec["candidates"][selection.choose_candidate(folds)]
         assert (rec["choice"]["features"], rec["choice"]["head"]) == (first["features"], first["head"])

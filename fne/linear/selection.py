@@ -413,6 +413,7 @@ def select(cands: list[Candidate], C, y: np.ndarray, idx: np.ndarray, seed: int 
                       "cv_mean": float(s[i].mean()), "cv_std": float(s[i].std()),
                       "cv_folds": [float(x) for x in s[i]],
                       "grid": {f"{grid[j]:g}": float(np.nanmean(s[j])) for j in np.flatnonzero(~np.isnan(s[:, 0]))},
+                      "grid_folds": {f"{grid[j]:g}": [float(x) for x in s[j]] for j in done},  # choose_C's input
                       "raced": {f"{grid[j]:g}": n for j, n in races[c.name].raced.items()}})
     # the first candidate in the default order tied with the best (one paired SE); runner-up:
     # the best scoring of the others
