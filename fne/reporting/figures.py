@@ -135,10 +135,19 @@ def fig_time(ds: dict) -> str | None:
     ax.set_ylim(lo, hi)
     ts = [p[0] for p in pts]
     ax.set_xlim(min(ts) / 1.5, max(ts) * 4)  # room on the right for the labels
+    named = _named(pts)
+    if len(named) < len(pts):  # 30 labels would cover each other and the points: the frontier, numbered, a key below
+        for k, (t, a, _, _) in enumerate(sorted(named), 1):
+            ax.annotate(str(k), (t, a), xytext=(4, 4), textcoords="offset points", fontsize=7, fontweight="bold")
+        key = [f"{k}: {p[2]}" for k, p in enumerate(sorted(named), 1)]
+        ax.text(0.0, -0.16, "\n".join([f"numbered: the {len(named)} rows that no row as fast or faster matches in "
+                                        f"accuracy (the other {len(pts) - len(named)} are in the table)", *key]),
+                transform=ax.transAxes, ha="left", va="top", fontsize=7, color="#333")
+        named = []
     # Points close in time form a cluster; its labels stack beside it with leader lines.
     step = (hi - lo) * 0.055
     groups: list[list] = []
-    for p in sorted(pts):
+    for p in sorted(named):
         near = [g for g in groups if math.log10(p[0]) - math.log10(g[-1][0]) < 0.12
                 and min(abs(p[1] - q[1]) for q in g) < 2 * step]
         if near:
@@ -162,6 +171,19 @@ def fig_time(ds: dict) -> str | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)
+
+
+def _named(pts: list[tuple]) -> list[tuple]:
+    """The points of `fig_time` that are labelled: all of up to `LABEL_ALL`; of more, the frontier
+    (each point that no other point matches in accuracy in as little time or less), so that the
+    figure stays legible with the rows of a whole study (4 backbones x 9 methods)."""
+    if len(pts) <= LABEL_ALL:
+        return pts
+    return [p for p in pts if not any(q is not p and q[0] <= p[0] and q[1] >= p[1] and (q[0], q[1]) != (p[0], p[1])
+                                      for q in pts)]
+
+
+LABEL_ALL = 12  # fig_time labels every point of up to this many rows
 
 
 @_any_script

@@ -51,6 +51,7 @@ from fne.reporting.intervals import (
     pooled_intervals,
     recorded_intervals,
 )
+from fne.reporting.notes import splits_note
 from fne.reporting.render import (
     confused_pairs,
     interval_sentence,
@@ -409,25 +410,9 @@ def tabulate(collected: dict) -> list[dict]:
 def protocol_note(rows: list[dict]) -> str | None:
     """A sentence where the rows were not scored on the same test images (other split protocols,
     other seeds of random splits), and one where rows of one backbone fitted rows of other pixels
-    (`pixels_note`); None where neither."""
-    said = [n for n in (_splits_note(rows), pixels_note(rows)) if n]
+    (`pixels_note`); None where neither (`notes.splits_note`)."""
+    said = [n for n in (splits_note(rows), pixels_note(rows)) if n]
     return " ".join(said) or None
-
-
-def _splits_note(rows: list[dict]) -> str | None:
-    """`protocol_note`'s sentence on the test images."""
-    groups: dict[str, dict[str, list[str]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
-    for r in rows:  # each row by its name: rows of one method that differ in a setting are told apart
-        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(compare.row_name(r))
-        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(compare.row_name(r))
-    predefined = all(k.startswith("predefined") for k in groups["splits"])  # seeds do not move its split
-    parts = [f"{what} " + "; ".join(f"{k} ({', '.join(dict.fromkeys(ms))})" for k, ms in g.items())
-             for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
-    if not parts:
-        return None
-    counts = len(groups["splits"]) > 1 and len({compare.split_rule(k) for k in groups["splits"]}) == 1
-    return ("The rows were not all scored on the same test images (" + "; ".join(parts) + "): their differences mix "
-            "the methods with the splits" + "; the paired tests compare rows on the test images they share." * counts + "." * (not counts))
 
 
 def weights_identity(m: dict) -> str | None:

@@ -1,0 +1,39 @@
+"""The report's note on rows not scored on the same test images (`splits_note`), legible at a
+study's scale: a section of 30 rows (4 backbones x 9 methods) names, per split protocol or seeds,
+the methods and how many rows, not each of the 30 labels."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from fne.linear import compare
+
+NAMED_ROWS = 6  # a group of up to this many rows is named row by row; of more, by its methods and count
+
+
+def splits_note(rows: list[dict]) -> str | None:
+    """A sentence where the rows were not all scored on the same test images (other split
+    protocols, other seeds of random splits), else None. Each group of rows is named by its rows'
+    labels (`compare.row_name`), or, where it has more than NAMED_ROWS, by its count and methods."""
+    groups: dict[str, dict[str, list[dict]]] = {"splits": defaultdict(list), "seeds": defaultdict(list)}
+    for r in rows:  # each row by its name: rows of one method that differ in a setting are told apart
+        groups["splits"][str(r["settings"].get("split_protocol", "unknown"))].append(r)
+        groups["seeds"][", ".join(map(str, r.get("seeds") or [])) or "unknown"].append(r)
+    predefined = all(k.startswith("predefined") for k in groups["splits"])  # seeds do not move its split
+    parts = [f"{what} " + "; ".join(f"{k} ({_named(rs)})" for k, rs in g.items())
+             for what, g in groups.items() if len(g) > 1 and not (what == "seeds" and predefined)]
+    if not parts:
+        return None
+    counts = len(groups["splits"]) > 1 and len({compare.split_rule(k) for k in groups["splits"]}) == 1
+    return ("The rows were not all scored on the same test images (" + "; ".join(parts) + "): their differences mix "
+            "the methods with the splits" + "; the paired tests compare rows on the test images they share." * counts
+            + "." * (not counts))
+
+
+def _named(rows: list[dict]) -> str:
+    """A group of rows as the note names it: each row's name, or where there are more than
+    NAMED_ROWS, "22 rows: fne+svm, fne+logreg, …" (their methods, each once)."""
+    names = list(dict.fromkeys(compare.row_name(r) for r in rows))
+    if len(names) <= NAMED_ROWS:
+        return ", ".join(names)
+    return f"{len(names)} rows: " + ", ".join(dict.fromkeys(str(r["method"]) for r in rows))

@@ -1,0 +1,93 @@
+"""fne report over a study's many runs (4 backbones x several methods x seeds): notes and figures
+that stay legible at 20-30 rows a section."""
+
+from __future__ import annotations
+
+from tests.test_report import _splits, _verdict_report, fake_metrics
+
+ARCHS = ("vgg16", "resnet50", "efficientnet_lite0", "timm:vit_small_patch16_224")
+FITS = ("fne+svm", "fne+logreg", "last+svm", "last+logreg")
+THREE = "3x stratified test_size=0.25"
+ONE = "1x stratified test_size=0.25"
+
+
+def study(quality: float = 0.6) -> dict[str, dict]:
+    """24 rows: per backbone 4 fits (3 splits) and 2 trains (1 split), each of seeds 0 and 1."""
+    runs = {}
+    for i, arch in enumerate(ARCHS):
+        for j, method in enumerate(FITS):
+            for seed in (0, 1):
+                acc = quality + 0.05 * i + 0.01 * j
+                runs[f"{arch}/{method}/{seed}"] = fake_metrics(
+                    method, acc, 0.01, acc, 0.01, arch=arch, weights_fingerprint=f"fp-{arch}", seed=seed,
+                    split_protocol=THREE, seconds=1.0 + 3 * j + i, extract=None, rows="cached",
+                    splits=_splits([acc - 0.01, acc, acc + 0.01]), n_splits=3)
+        for k, mode in enumerate(("frozen", "finetune")):
+            for seed in (0, 1):
+                acc = quality + 0.05 * i + 0.02 * k
+                runs[f"{arch}/{mode}/{seed}"] = fake_metrics(
+                    f"train:{mode}", acc, 0.0, acc, 0.0, kind="train", mode=mode, arch=arch,
+                    weights_fingerprint=f"fp-{arch}", seed=seed, split_protocol=ONE, seconds=500.0 + 100 * i + 50 * k,
+                    splits=_splits([acc]), n_splits=1)
+    return runs
+
+
+def test_the_protocol_note_names_a_study_s_rows_by_method_not_one_by_one(tmp_path):
+    """24 rows of 4 backbones, fits of 3 splits and trains of 1: the note listed all 24 labels
+    ("fne+svm [vgg16 (imagenet)], fne+svm [resnet50 (imagenet)], …", 4 KB in report.md); it names
+    each group's count and methods."""
+    ds, md, _ = _verdict_report(tmp_path, study())
+    assert len(ds["rows"]) == 24
+    assert ds["protocol_note"] == (
+        f"The rows were not all scored on the same test images (splits {THREE} (16 rows: "
+        + ", ".join(sorted(FITS, key=lambda m: [r["method"] for r in ds["rows"]].index(m)))
+        + f"); {ONE} (8 rows: train:finetune, train:frozen)): their differences mix the methods with the splits; "
+        "the paired tests compare rows on the test images they share.")
+    assert f"**Note:** {ds['protocol_note']}" in md and "[vgg16" not in ds["protocol_note"]
+
+
+def test_the_protocol_note_still_names_a_few_rows_each(tmp_path):
+    ds, _, _ = _verdict_report(tmp_path, {
+        "a": fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, split_protocol=THREE, arch="resnet50"),
+        "b": fake_metrics("fne+svm", 0.8, 0.01, 0.8, 0.01, split_protocol=THREE),
+        "c": fake_metrics("train:frozen", 0.7, 0.0, 0.7, 0.0, kind="train", split_protocol=ONE, splits=_splits([0.7]))})
+    assert (f"(splits {THREE} (fne+svm [resnet50 (imagenet)], fne+svm [vgg16 (imagenet)]); "
+            f"{ONE} (train:frozen [vgg16 (imagenet)]))") in ds["protocol_note"]
+
+
+def test_the_time_figure_numbers_the_frontier_of_a_study_and_keys_it_below(tmp_path, monkeypatch):
+    """24 points labelled each covered one another and the points (labels past the axes, cut
+    off); of more than LABEL_ALL rows, the rows no faster row matches in accuracy are numbered on
+    the figure and named in a key below it, and the others are left to the table."""
+    from matplotlib.axes import Axes
+
+    from fne.reporting import figures
+
+    annotated, texts = [], []
+    real_annotate, real_text = Axes.annotate, Axes.text
+    monkeypatch.setattr(Axes, "annotate", lambda ax, s, xy, **kw: annotated.append((s, xy)) or real_annotate(ax, s, xy, **kw))
+    monkeypatch.setattr(Axes, "text", lambda ax, x, y, s, **kw: texts.append(s) or real_text(ax, x, y, s, **kw))
+    ds, _, _ = _verdict_report(tmp_path, study())
+    assert figures.fig_time(ds)
+    points = [(r["seconds"], 100 * r["accuracy"], r["label"]) for r in ds["rows"]]
+    frontier = sorted(p for p in points if not any(q[0] <= p[0] and q[1] >= p[1] and q[:2] != p[:2] for q in points))
+    assert 1 < len(frontier) < len(points) and len(points) > figures.LABEL_ALL
+    assert [s for s, _ in annotated] == [str(k) for k in range(1, len(frontier) + 1)]
+    assert [xy for _, xy in annotated] == [p[:2] for p in frontier]
+    key = texts[-1].splitlines()
+    assert key[0].startswith(f"numbered: the {len(frontier)} rows") and f"the other {24 - len(frontier)}" in key[0]
+    assert key[1:] == [f"{k}: {p[2]}" for k, p in enumerate(frontier, 1)]
+
+
+def test_the_time_figure_labels_every_point_of_a_few_rows(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from fne.reporting.figures import fig_time
+
+    annotated = []
+    real = Axes.annotate
+    monkeypatch.setattr(Axes, "annotate", lambda ax, s, xy, **kw: annotated.append(s) or real(ax, s, xy, **kw))
+    runs = {k: m for k, m in study().items() if k.startswith("vgg16/") and k.endswith("/0")}
+    ds, _, _ = _verdict_report(tmp_path, runs)
+    assert fig_time(ds)
+    assert sorted(annotated) == sorted(r["label"] for r in ds["rows"])
