@@ -3,6 +3,11 @@ that stay legible at 20-30 rows a section."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
+import pytest
+
 from tests.test_report import _splits, _verdict_report, fake_metrics
 
 ARCHS = ("vgg16", "resnet50", "efficientnet_lite0", "timm:vit_small_patch16_224")
@@ -91,3 +96,40 @@ def test_the_time_figure_labels_every_point_of_a_few_rows(tmp_path, monkeypatch)
     ds, _, _ = _verdict_report(tmp_path, runs)
     assert fig_time(ds)
     assert sorted(annotated) == sorted(r["label"] for r in ds["rows"])
+
+
+def test_report_tex_of_a_study_fits_the_page_width_and_writes_a_shared_note_once(tmp_path):
+    """A study's report.tex: 100-character row names ("fne+svm [timm:vit_small_patch16_224
+    (imagenet)] (C=auto) (auto chose fne+svm, C 1; …)") in an l column made each table 575 pt
+    wider than the page, and the C=auto note was in every auto row. The name column wraps (a p
+    column, smaller type), the note is written once under the table and marked on its rows, and a
+    table of more rows than a page holds says so in a comment above it."""
+    runs = study()
+    for arch in ARCHS:
+        for seed in (0, 1):
+            runs[f"{arch}/auto/{seed}"] = {**runs[f"{arch}/fne+svm/{seed}"], "C": [1.0, 10.0, 1.0], "selection": {
+                "choice": {"features": "fne", "head": "svm", "C": 1.0}, "per_split_choices": ["1", "10", "1"]}}
+    _verdict_report(tmp_path, runs)
+    tex = (tmp_path / "rep" / "report.tex").read_text()
+    note = "auto chose fne+svm, C 1; the most frequent of 3 splits' choices"
+    assert tex.count(note) == 1 and f"\\textsuperscript{{a}} {note}" in tex
+    auto = [line for line in tex.splitlines() if "(C=auto)" in line]
+    assert len(auto) == 4 and all(line.split(" & ")[0].endswith("(2 runs)\\textsuperscript{a}") for line in auto)
+    assert "\\begin{tabular}{p{0.33\\linewidth}rrrrr}" in tex and "\\raggedright fne+svm [timm:vit" in tex
+    assert tex.splitlines()[2] == ("% 28 rows: taller than a page; keep the rows the paper needs (report.csv holds "
+                                   "them all), or set this table as a longtable")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert md.count(note) == 4  # report.md keeps each row's name whole
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
+def test_report_tex_of_a_study_fits_a_page(tmp_path):
+    """18 rows of 3 backbones (the longest name 60 characters): pdflatex sets the table within the
+    page, no line overfull (an l column set them 500 pt too wide) and the float not too tall."""
+    _verdict_report(tmp_path, {k: m for k, m in study().items() if not k.startswith("vgg16/")})
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                      "\\input{rep/report.tex}\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout

@@ -224,7 +224,7 @@ def test_the_readme_names_every_column_of_report_csv():
 ODD = "a_b%c&d#e$f{g}h~i^j\\k é 数字 α≥ <x>|y\n\nz"  # a blank line ends a paragraph: \caption stopped at it
 TEX_COMMANDS = {"begin", "end", "centering", "caption", "toprule", "midrule", "bottomrule", "textbf", "textbackslash",
                 "textasciitilde", "textasciicircum", "textbar", "textless", "textgreater", "pm", "par", "smallskip",
-                "footnotesize", "fneuni"}
+                "footnotesize", "fneuni", "setlength", "tabcolsep", "linewidth", "raggedright", "textsuperscript"}
 _UNTEX = {"\\_": "_", "\\%": "%", "\\&": "&", "\\#": "#", "\\$": "$", "\\{": "{", "\\}": "}", "--": "–", "---": "—",
           "\\textasciitilde{}": "~", "\\textasciicircum{}": "^", "\\textbackslash{}": "\\", "\\textless{}": "<",
           "\\textgreater{}": ">", "\\textbar{}": "|", "$\\pm$": "±"}
@@ -244,7 +244,7 @@ def tex_problems(tex: str) -> list[str]:
     no command but those fne writes; no character pdflatex cannot typeset outside \\fneuni."""
     problems, envs, cols = [], [], None
     for n, line in enumerate(tex.splitlines(), 1):
-        if n <= 2:  # the header comment and \fneuni's definition
+        if n <= 2 or line.startswith("% "):  # the header comment and \fneuni's definition; a comment line
             continue
         depth, math, cells, tokens = 0, False, 1, re.findall(r"\\[A-Za-z]+|\\.|[{}&$%_^#~]|[^\\{}&$%_^#~]+", line)
         for i, t in enumerate(tokens):
@@ -255,8 +255,9 @@ def tex_problems(tex: str) -> list[str]:
                     env = tokens[i + 2] if i + 3 < len(tokens) and tokens[i + 1] == "{" else "?"
                     if t == "\\begin":
                         envs.append(env)
-                        if env == "tabular":
-                            cols = len(re.findall(r"[lrcp]", tokens[i + 5]))
+                        if env == "tabular":  # its column spec, a p{width} column one
+                            spec = re.match(r"\\begin\{tabular\}\{((?:[^{}]|\{[^{}]*\})*)\}", line[line.index(t):])
+                            cols = len(re.findall(r"[lrcp]", re.sub(r"\{[^{}]*\}", "", spec.group(1))))
                     elif not envs or envs.pop() != env:
                         problems.append(f"line {n}: \\end{{{env}}} closes no \\begin{{{env}}}")
                     if t == "\\end" and env == "tabular":
@@ -316,8 +317,8 @@ def test_report_tex_is_well_formed_whatever_the_names(tmp_path):
     saved = json.loads(Path(r["json"]).read_text())["datasets"]
     captions = [_untex(c) for c in re.findall(r"^\\caption\{(.*)\}$", tex, flags=re.M)]
     assert captions == [_spaced(f"{d['dataset']}; backbone {d['backbone']}") for d in saved]
-    names = [_untex(line.split(" & ")[0]) for line in tex.splitlines() if line.endswith("\\\\")
-             and not line.startswith("method &")]
+    names = [_untex(line.split(" & ")[0].removeprefix("\\raggedright ")) for line in tex.splitlines()
+             if line.endswith("\\\\") and not line.startswith(("method &", " & (\\%)"))]  # the header's 2 lines
     assert names == [_spaced(row["label"] + (f" ({row['runs']} runs)" if row["runs"] > 1 else ""))
                      for d in saved for row in d["rows"]]
     assert _spaced(ODD) + "+svm" in names and "fc7+svm (C=0.5) (2 runs)" in names

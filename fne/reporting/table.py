@@ -109,6 +109,26 @@ def _tex(text) -> str:
                                     else f"\\fneuni{{{ch}}}{{{ord(ch):04X}}}") for ch in str(text))
 
 
+WIDE_LABEL = 40  # report.tex sets a section with a longer row name in a narrower font, its names wrapped
+MARKS = "abcdefghijklmnopqrstuvwxyz"
+PAGE_ROWS = 20  # rows of a wide section report.tex's table holds on a page (A4 / letter, article class)
+
+
+def _marked(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """The rows' names as report.tex prints them (label, and "(3 runs)" where pooled), each row's
+    note (what `--C auto` chose: `fne+svm (C=auto) (auto chose fne+svm, C 1; the most frequent of
+    3 splits' choices)`) taken out of it, and {note: its mark}: a note written once under the table,
+    marked beside each row it is of (4 backbones' auto rows: one note, not 4 copies in the column)."""
+    names, marks = [], {}
+    for r in rows:
+        note, name = r.get("note"), str(r["label"])
+        if note and name.endswith(f" ({note})") and len(marks) < len(MARKS):
+            name = name.removesuffix(f" ({note})")
+            marks.setdefault(note, MARKS[len(marks)])
+        names.append(name + (f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""))
+    return names, marks
+
+
 def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
     """report.tex: per dataset a LaTeX tabular (booktabs) of report.md's figures (`render.cells`:
     percent with one decimal, mean ± std, the 95% CIs), the best of each column bold.
@@ -132,16 +152,26 @@ def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
            "(report.md says how each was computed); needs \\usepackage{booktabs}; a character pdflatex cannot typeset is "
            "\\fneuni{CHARACTER}{CODE}: itself under xelatex / lualatex, [U+CODE] under pdflatex", UNICODE_MACRO]
     for ds in datasets:
+        names, marks = _marked(ds["rows"])
+        wide = max(map(len, names), default=0) > WIDE_LABEL  # a 100-character label in an l column ran 2 pages wide
+        if len(ds["rows"]) > PAGE_ROWS:  # a float cannot break: say so where the table is, not in a LaTeX warning
+            out.append(f"% {len(ds['rows'])} rows: taller than a page; keep the rows the paper needs (report.csv "
+                       f"holds them all), or set this table as a longtable")
         out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}"
                 + (f"; backbone {_tex(ds['backbone'])}" if ds.get("backbone") else "") + "}",
-                "\\begin{tabular}{lrrrrr}", "\\toprule",
-                "method & accuracy (\\%) & 95\\% CI & mean class acc. (\\%) & 95\\% CI & splits \\\\", "\\midrule"]
-        for r in ds["rows"]:
+                *(["\\footnotesize", "\\setlength{\\tabcolsep}{4pt}"] if wide else []),
+                "\\begin{tabular}{" + ("p{0.33\\linewidth}" if wide else "l") + "rrrrr}", "\\toprule",
+                *(["method & accuracy & 95\\% CI & mean class & 95\\% CI & splits \\\\", " & (\\%) & & acc. (\\%) & & \\\\"]
+                  if wide else ["method & accuracy (\\%) & 95\\% CI & mean class acc. (\\%) & 95\\% CI & splits \\\\"]),
+                "\\midrule"]
+        for r, name in zip(ds["rows"], names, strict=True):
             c = cells(r)
             vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
-            runs = f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""
-            out.append(" & ".join([_tex(r["label"] + runs), *vals, _tex(r.get("n_splits") or "—")]) + " \\\\")
+            mark = f"\\textsuperscript{{{marks[r['note']]}}}" if r.get("note") in marks else ""
+            out.append(" & ".join(["\\raggedright " * wide + _tex(name) + mark, *vals, _tex(r.get("n_splits") or "—")])
+                       + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}"]
+        out += [f"\\par\\smallskip{{\\footnotesize \\textsuperscript{{{m}}} {_tex(n)}}}" for n, m in marks.items()]
         random = [r["label"] for r in ds["rows"] if str(r.get("weights")) == "random" and not r.get("scratch")]
         if random and random_warning:
             out.append(f"\\par\\smallskip{{\\footnotesize Warning: {_tex(random_warning)} ({_tex(', '.join(random))})}}")
