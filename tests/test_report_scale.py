@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.test_report import _splits, _verdict_report, fake_metrics
+from fne.reporting.report import report
+from tests.test_report import _splits, _verdict_report, fake_metrics, write_run
 
 ARCHS = ("vgg16", "resnet50", "efficientnet_lite0", "timm:vit_small_patch16_224")
 FITS = ("fne+svm", "fne+logreg", "last+svm", "last+logreg")
@@ -133,3 +134,29 @@ def test_report_tex_of_a_study_fits_a_page(tmp_path):
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout
+
+
+def test_a_run_folder_without_metrics_json_is_named_not_left_out_in_silence(tmp_path):
+    """A study's training killed at epoch 12 (checkpoint.pt, no metrics.json) and a fit whose
+    metrics.json was removed: the report left both out without a word (the table's "(2 runs)"
+    the only trace). Each is named with why; a damaged metrics.json is named too; the report is
+    of the others, and a write in progress (.tmp) is no run."""
+    runs = {k: m for k, m in study().items() if k.startswith("vgg16/")}
+    root = tmp_path / "runs"
+    for name, m in runs.items():
+        write_run(root, name, m)
+    for folder, file in (("vgg16/finetune/2", "checkpoint.pt"), ("vgg16/fne+svm/2", "model.joblib"),
+                         ("vgg16/.tmp-x/frozen", "model.pt")):
+        (root / folder).mkdir(parents=True)
+        (root / folder / file).write_bytes(b"x")
+    (root / "vgg16" / "last+svm" / "0" / "metrics.json").write_text('{"accuracy": 0.5, "method": ')
+    with pytest.warns(UserWarning) as said:
+        r = report([root], tmp_path / "rep", figures=False)
+    assert sorted(str(w.message) for w in said) == sorted([
+        f"skipped {root / 'vgg16/finetune/2'}: no metrics.json: a fne train run cut short (its checkpoint.pt: its "
+        f"command with --resume finishes it)",
+        f"skipped {root / 'vgg16/fne+svm/2'}: no metrics.json beside its model.joblib: a run that did not finish, or "
+        f"whose metrics.json was removed",
+        f"skipped {root / 'vgg16/last+svm/0/metrics.json'}: unreadable (Expecting value: line 1 column 29 (char 28))"])
+    rows = {row["method"]: row["runs"] for row in r["datasets"][0]["rows"]}
+    assert rows["last+svm"] == 1 and rows["fne+svm"] == rows["train:finetune"] == 2

@@ -5,6 +5,8 @@ tabulating (`fne.reporting.report.collect`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fne.reporting.intervals import finite
 
 _TEXT = (str, type(None))
@@ -57,3 +59,19 @@ def malformed_pipeline(p: dict) -> str | None:
 
 def _said(bad: list[str]) -> str | None:
     return f"its {', '.join(bad)} not as fne writes them (a damaged or hand-edited file)" if bad else None
+
+
+RUN_FILES = ("model.joblib", "model.pt", "checkpoint.pt")  # what a fit's or a train's run folder holds
+
+
+def unfinished_runs(root: Path) -> list[tuple[str, str]]:
+    """(folder, why) for each run folder under `root` that holds a run's files (RUN_FILES) but no
+    metrics.json: a training cut short (its checkpoint.pt), or a run whose metrics.json was
+    removed; left out of the report, and said, rather than missing from its table without a word."""
+    if not root.is_dir():
+        return []
+    folders = {p.parent: p.name for name in RUN_FILES for p in sorted(root.rglob(name))
+               if p.is_file() and not any(part.startswith(".tmp") for part in p.parts)}
+    return [(str(d), "no metrics.json: a fne train run cut short (its checkpoint.pt: its command with --resume finishes it)"
+             if (d / "checkpoint.pt").is_file() else f"no metrics.json beside its {f}: a run that did not finish, "
+             f"or whose metrics.json was removed") for d, f in sorted(folders.items()) if not (d / "metrics.json").exists()]

@@ -43,7 +43,12 @@ from fne.names import slug
 from fne.pipeline.config import load_pipeline
 from fne.progress import say_skipped
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
-from fne.reporting.inputs import malformed_advice, malformed_pipeline, malformed_run
+from fne.reporting.inputs import (
+    malformed_advice,
+    malformed_pipeline,
+    malformed_run,
+    unfinished_runs,
+)
 from fne.reporting.intervals import (
     confusion_matrix,
     few_splits_note,
@@ -82,7 +87,7 @@ def _find(root: Path, name: str) -> list[Path]:
 
 def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
-    runs, advice, pipelines, seen, empty = [], [], [], set(), []
+    runs, advice, pipelines, seen, empty, unfinished = [], [], [], set(), [], []
     skipped: list[tuple[str, str]] = []  # (file, why): said once collected, a line per reason
     if not run_dirs:
         raise FneError("no RUN_DIR given")
@@ -111,9 +116,11 @@ def collect(run_dirs: list[str | Path]) -> dict:
             pj = read_json(p, warn=True)
             if pj is not None and not _skipped(p, malformed_pipeline(pj), skipped):
                 pipelines.append(pj)
+        unfinished += unfinished_runs(root)
         if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
     say_skipped(skipped, noun="files")  # 1,000 runs of another program: one line, not 1,000
+    say_skipped(unfinished, noun="run folders")  # a training cut short: not missing from its table without a word
     if not runs:
         raise FneError(f"no run's metrics.json under {', '.join(map(str, run_dirs))} (run `fne fit`, "
                        f"`fne train` or `fne run` first)")
