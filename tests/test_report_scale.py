@@ -160,3 +160,21 @@ def test_a_run_folder_without_metrics_json_is_named_not_left_out_in_silence(tmp_
         f"skipped {root / 'vgg16/last+svm/0/metrics.json'}: unreadable (Expecting value: line 1 column 29 (char 28))"])
     rows = {row["method"]: row["runs"] for row in r["datasets"][0]["rows"]}
     assert rows["last+svm"] == 1 and rows["fne+svm"] == rows["train:finetune"] == 2
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
+def test_report_tex_of_35_short_rows_fits_a_page(tmp_path):
+    """35 rows of one backbone, short names ("fne+svm (C=35)"), with their CIs: the one-line header
+    ("mean class acc. (%)") set every table 34 pt wider than an article page; on two lines it fits,
+    and so do 35 rows (no comment that it is taller than a page)."""
+    ci = {"low": 0.961, "high": 1.0, "level": 0.95, "method": "Wilson score interval over 10 test images"}
+    _verdict_report(tmp_path, {f"r{i}": fake_metrics("fne+svm", 0.5 + i / 100, 0.01, 0.5, 0.01, C=float(i + 1),
+                                                     accuracy_ci=ci, mean_class_accuracy_ci=ci) for i in range(35)})
+    assert "100.0" in (tmp_path / "rep" / "report.tex").read_text()
+    assert "taller than a page" not in (tmp_path / "rep" / "report.tex").read_text()
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                      "\\input{rep/report.tex}\n\\end{document}\n")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout
