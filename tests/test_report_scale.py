@@ -38,6 +38,19 @@ def study(quality: float = 0.6) -> dict[str, dict]:
     return runs
 
 
+def with_auto(runs: dict[str, dict]) -> dict[str, dict]:
+    """`runs` and, per backbone and seed, a --C auto fit whose splits chose other Cs: 4 rows whose
+    label ends in one note, "(auto chose fne+svm, C 1; the most frequent of 3 splits' choices)"."""
+    for arch in ARCHS:
+        for seed in (0, 1):
+            runs[f"{arch}/auto/{seed}"] = {**runs[f"{arch}/fne+svm/{seed}"], "C": [1.0, 10.0, 1.0], "selection": {
+                "choice": {"features": "fne", "head": "svm", "C": 1.0}, "per_split_choices": ["1", "10", "1"]}}
+    return runs
+
+
+AUTO_NOTE = "auto chose fne+svm, C 1; the most frequent of 3 splits' choices"
+
+
 def test_the_protocol_note_names_a_study_s_rows_by_method_not_one_by_one(tmp_path):
     """24 rows of 4 backbones, fits of 3 splits and trains of 1: the note listed all 24 labels
     ("fne+svm [vgg16 (imagenet)], fne+svm [resnet50 (imagenet)], …", 4 KB in report.md); it names
@@ -105,14 +118,9 @@ def test_report_tex_of_a_study_fits_the_page_width_and_writes_a_shared_note_once
     wider than the page, and the C=auto note was in every auto row. The name column wraps (a p
     column, smaller type), the note is written once under the table and marked on its rows, and a
     table of more rows than a page holds says so in a comment above it."""
-    runs = study()
-    for arch in ARCHS:
-        for seed in (0, 1):
-            runs[f"{arch}/auto/{seed}"] = {**runs[f"{arch}/fne+svm/{seed}"], "C": [1.0, 10.0, 1.0], "selection": {
-                "choice": {"features": "fne", "head": "svm", "C": 1.0}, "per_split_choices": ["1", "10", "1"]}}
-    _verdict_report(tmp_path, runs)
+    _verdict_report(tmp_path, with_auto(study()))
     tex = (tmp_path / "rep" / "report.tex").read_text()
-    note = "auto chose fne+svm, C 1; the most frequent of 3 splits' choices"
+    note = AUTO_NOTE
     assert tex.count(note) == 1 and f"\\textsuperscript{{a}} {note}" in tex
     auto = [line for line in tex.splitlines() if "(C=auto)" in line]
     assert len(auto) == 4 and all(line.split(" & ")[0].endswith("(2 runs)\\textsuperscript{a}") for line in auto)
@@ -178,3 +186,23 @@ def test_report_tex_of_35_short_rows_fits_a_page(tmp_path):
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout
+
+
+def test_the_bar_figure_writes_a_note_4_rows_share_once_under_it(tmp_path, monkeypatch):
+    """The 4 auto rows' labels each ended in "(auto chose fne+svm, C 1; the most frequent of 3
+    splits' choices)": the widest labels, they took half the figure from the bars. Each is marked
+    "(a)", and the note is written once under the figure."""
+    from matplotlib.axes import Axes
+
+    from fne.reporting.figures import fig_bars
+
+    ticks, texts = [], []
+    real_ticks, real_text = Axes.set_yticklabels, Axes.text
+    monkeypatch.setattr(Axes, "set_yticklabels", lambda ax, labels, **kw: ticks.extend(labels) or real_ticks(ax, labels, **kw))
+    monkeypatch.setattr(Axes, "text", lambda ax, x, y, s, **kw: texts.append(s) or real_text(ax, x, y, s, **kw))
+    ds, _, _ = _verdict_report(tmp_path, with_auto(study()))
+    assert fig_bars(ds)
+    assert len(ticks) == 28 and not any(AUTO_NOTE in t for t in ticks)
+    assert sorted(t for t in ticks if t.endswith(" (a)")) == sorted(
+        f"fne+svm [{arch} (imagenet)] (C=auto) (a)" for arch in ARCHS)
+    assert texts == [f"(a) {AUTO_NOTE}"]

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 
+from fne.reporting.notes import marked
 from fne.reporting.render import label
 
 # Fonts that draw what matplotlib's DejaVu Sans lacks (Chinese, Japanese, Korean, Thai, Arabic,
@@ -76,7 +77,8 @@ def _png(fig) -> str:
 def fig_bars(ds: dict) -> str:
     rows = [r for r in ds["rows"] if r.get("accuracy") is not None][::-1]
     only = ds["published"]["only"]
-    labels = [_plain(label(r, ds["multi_backbone"])) for r in rows]
+    names, marks = marked([{**r, "label": label(r, ds["multi_backbone"])} for r in rows])
+    labels = [_plain(n + (f" ({marks[r['note']]})" if r.get("note") in marks else "")) for n, r in zip(names, rows, strict=True)]
     n = len(rows) + len(only)
     fig, ax = _subplots((7.5, 0.9 + 0.42 * max(n, 1) * (1.6 if ds["published"]["values"] else 1)))
     y = np.arange(len(rows), dtype=float)
@@ -100,6 +102,9 @@ def fig_bars(ds: dict) -> str:
     ax.set_title(_plain(f"{ds['dataset']}: methods"), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
+    if marks:  # a note 4 rows share, once under the figure, not 4 times in the labels
+        ax.text(0.0, -0.8 / fig.get_size_inches()[1], "\n".join(_plain(f"({m}) {n}") for n, m in marks.items()),
+                transform=ax.transAxes, ha="left", va="top", fontsize=7, color="#333")
     return _png(fig)
 
 

@@ -1,6 +1,7 @@
-"""The report's note on rows not scored on the same test images (`splits_note`), legible at a
-study's scale: a section of 30 rows (4 backbones x 9 methods) names, per split protocol or seeds,
-the methods and how many rows, not each of the 30 labels."""
+"""The report's notes, legible at a study's scale (4 backbones x 9 methods, 30 rows a section):
+the note on rows not scored on the same test images (`splits_note`) names the methods and how
+many rows, not each of the 30 labels; a note several rows share (what `--C auto` chose) is
+written once under report.tex's table and the time figure, and marked on its rows (`marked`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections import defaultdict
 
 from fne.linear import compare
 
+MARKS = "abcdefghijklmnopqrstuvwxyz"
 NAMED_ROWS = 6  # a group of up to this many rows is named row by row; of more, by its methods and count
 
 
@@ -37,3 +39,18 @@ def _named(rows: list[dict]) -> str:
     if len(names) <= NAMED_ROWS:
         return ", ".join(names)
     return f"{len(names)} rows: " + ", ".join(dict.fromkeys(str(r["method"]) for r in rows))
+
+
+def marked(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
+    """The rows' labels with each row's note (what `--C auto` chose: `fne+svm (C=auto) (auto chose
+    fne+svm, C 1; the most frequent of 3 splits' choices)`) taken out, and {note: its mark}: a
+    note written once under a table or figure, marked beside each row it is of (4 backbones'
+    auto rows: one note, not 4 copies). Past MARKS' letters, a note stays in its label."""
+    names, marks = [], {}
+    for r in rows:
+        note, name = r.get("note"), str(r["label"])
+        if note and name.endswith(f" ({note})") and (note in marks or len(marks) < len(MARKS)):
+            name = name.removesuffix(f" ({note})")
+            marks[note] = marks.get(note) or MARKS[len(marks)]
+        names.append(name)
+    return names, marks

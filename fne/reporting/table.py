@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from fne.reporting.notes import marked
 from fne.reporting.render import cells
 
 CSV_COLUMNS = (
@@ -110,23 +111,7 @@ def _tex(text) -> str:
 
 
 WIDE_LABEL = 40  # report.tex sets a section with a longer row name in a narrower font, its names wrapped
-MARKS = "abcdefghijklmnopqrstuvwxyz"
 PAGE_ROWS = {True: 20, False: 35}  # rows a table of wrapped (True) or one-line names holds on a page (article class)
-
-
-def _marked(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
-    """The rows' names as report.tex prints them (label, and "(3 runs)" where pooled), each row's
-    note (what `--C auto` chose: `fne+svm (C=auto) (auto chose fne+svm, C 1; the most frequent of
-    3 splits' choices)`) taken out of it, and {note: its mark}: a note written once under the table,
-    marked beside each row it is of (4 backbones' auto rows: one note, not 4 copies in the column)."""
-    names, marks = [], {}
-    for r in rows:
-        note, name = r.get("note"), str(r["label"])
-        if note and name.endswith(f" ({note})") and len(marks) < len(MARKS):
-            name = name.removesuffix(f" ({note})")
-            marks.setdefault(note, MARKS[len(marks)])
-        names.append(name + (f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else ""))
-    return names, marks
 
 
 def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
@@ -152,7 +137,8 @@ def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
            "(report.md says how each was computed); needs \\usepackage{booktabs}; a character pdflatex cannot typeset is "
            "\\fneuni{CHARACTER}{CODE}: itself under xelatex / lualatex, [U+CODE] under pdflatex", UNICODE_MACRO]
     for ds in datasets:
-        names, marks = _marked(ds["rows"])
+        names, marks = marked(ds["rows"])
+        names = [n + (f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else "") for n, r in zip(names, ds["rows"], strict=True)]
         wide = max(map(len, names), default=0) > WIDE_LABEL  # a 100-character label in an l column ran 2 pages wide
         if len(ds["rows"]) > PAGE_ROWS[wide]:  # a float cannot break: say so where the table is, not in a LaTeX warning
             out.append(f"% {len(ds['rows'])} rows: taller than a page; keep the rows the paper needs (report.csv "
