@@ -1,7 +1,7 @@
 """The report's notes, legible at a study's scale (4 backbones x 9 methods, 30 rows a section):
 the note on rows not scored on the same test images (`splits_note`) names the methods and how
 many rows, not each of the 30 labels; a note several rows share (what `--C auto` chose) is
-written once under report.tex's table and the time figure, and marked on its rows (`marked`)."""
+written once under report.tex's table and the bar figure, and marked on its rows (`marked`)."""
 
 from __future__ import annotations
 
