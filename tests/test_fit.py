@@ -534,6 +534,29 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
     assert not (tmp_path / "features.csv").exists()
 
 
+def test_predict_top_k_names_each_images_best_classes_in_score_order(digits_folder, warm_cache, tmp_path, capsys):
+    """`--top 3`: predicted, predicted_2, predicted_3 are the classes of the three highest scores,
+    best first, and predicted is what a plain predict says; more than the model's classes is one line."""
+    fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
+        **STORE)
+    run, cache = str(tmp_path / "run"), str(warm_cache)
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "p.csv"), "--cache", cache]) == 0
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "t.csv"), "--cache", cache,
+                 "--top", "3"]) == 0
+    plain, top = (list(csv.DictReader((tmp_path / f).read_text().splitlines())) for f in ("p.csv", "t.csv"))
+    assert list(top[0])[:4] == ["path", "predicted", "predicted_2", "predicted_3"]
+    assert list(top[0])[4:] == list(plain[0])[2:]  # the score columns and true, as without --top
+    for p, t in zip(plain, top):
+        scores = {k.removeprefix("score_"): float(v) for k, v in t.items() if k.startswith("score_")}
+        best = sorted(scores, key=lambda c: -scores[c])[:3]
+        assert [t["predicted"], t["predicted_2"], t["predicted_3"]] == best and t["predicted"] == p["predicted"]
+    capsys.readouterr()
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "x.csv"), "--cache", cache,
+                 "--top", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "fne predict: error: --top 5: the model has 4 classes"
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):
     fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
         **STORE)
