@@ -93,8 +93,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions, PredictOptions)
     cache = next(action for action in p._actions if action.dest == "cache")
-    cache.help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, else $FNE_CACHE, "
-                  "else `fne cache info`)")
+    cache.help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, where it is still "
+                  "there, else $FNE_CACHE, else `fne cache info`)")
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
 
 

@@ -211,6 +211,28 @@ def test_predict_names_the_cache_it_extracts_into_and_the_one_the_model_was_fitt
             ) in capsys.readouterr().err
 
 
+def test_predict_of_a_run_whose_fit_cache_is_not_here_uses_the_cache_in_use(digits_folder, warm_cache, tmp_path,
+                                                                            monkeypatch, capsys):
+    """A run folder fitted with `--cache C`, copied to a machine without C (or C moved since): predict
+    made C anew at the old path and extracted every row into it, ignoring $FNE_CACHE. It reads the
+    cache in use now, and its line says that C is not here."""
+    fitted_in, now = tmp_path / "cache", tmp_path / "now"
+    shutil.copytree(warm_cache, fitted_in)
+    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", cache=str(fitted_in), **STORE)
+    (store,) = list_stores(fitted_in)
+    shutil.move(fitted_in, now)  # the cache now lies elsewhere, and $FNE_CACHE names it
+    monkeypatch.setenv("FNE_CACHE", str(now))
+    new = write_digits(tmp_path / "more", per_class=8, classes=4)
+    for f in digits_folder.rglob("*.png"):  # the 8 images not in DATA
+        (new / f.parent.name / f.name).unlink()
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    assert (f"fne predict: extracting 8 images missing from the cache {now} into its store {store.path.name}; "
+            f"{tmp_path / 'run'} was fitted from rows of another cache, {fitted_in}, which is not here\n"
+            ) in capsys.readouterr().err
+    assert not fitted_in.exists() and len((tmp_path / "p.csv").read_text().splitlines()) == 9
+
+
 def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digits_folder, warm_cache, tmp_path,
                                                                             capsys):
     """`fne predict RUN new --out RUN/metrics.json` (or its predictions.csv, its model) would have

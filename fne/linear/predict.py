@@ -136,8 +136,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         Tar shards: the label member (cls, txt) or a .json field; Parquet: the label column
         (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:).
     cache : str, optional
-        Cache folder or fsspec URL (default: the ``cache`` the model was fitted with, where fit was
-        given one, else the current cache: $FNE_CACHE, else fne's default). The line saying that
+        Cache folder or fsspec URL (default: the ``cache`` fit was given, where that folder is
+        still there, else the current cache: $FNE_CACHE, else fne's default). The line saying that
         rows are extracted names it and, where the model was fitted from rows of another cache, that one.
     **options
         The options of `fne predict`, same names, same defaults: ``cache`` and ``device`` (the
@@ -184,8 +184,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
     pinned = pinned_spec(model, str(run_dir), options.get("device"), options.get("moved_weights"))
-    if options.get("cache") is None:  # the cache the model was fitted from
-        options = {**options, "cache": pinned.cache}
+    if options.get("cache") is None:  # the cache the model was fitted from, where it is still there
+        options = {**options, "cache": _cache_here(pinned.cache)}
     spec, d, ext, p = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     _check_top(p.top, model["classes"])
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
@@ -197,6 +197,13 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, None)
     return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored),
             "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "out": str(out), "store": str(src.store.path)}
+
+
+def _cache_here(cache: str | None) -> str | None:
+    """The ``cache`` fit was given, where that folder is still there (or a URL); else None, the cache
+    in use now ($FNE_CACHE, else fne's default): a run folder copied to another machine, or a cache
+    moved since, would otherwise have the old path made anew and every row extracted into it."""
+    return cache if cache is None or is_url(cache) or Path(cache).is_dir() else None
 
 
 def _count(scored: np.ndarray | None) -> int:
