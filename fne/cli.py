@@ -87,9 +87,14 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("run_dir", help="a `fne fit` run folder (its model.joblib) or a `fne train` one (its model.pt)")
     p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, help="predictions CSV (FILE.csv)")
+    p.add_argument("--out", required=True, help="predictions CSV (FILE.csv): path, predicted, score_<class>... "
+                   "(a logreg head's probabilities, an svm head's decision margins, a `fne train` network's "
+                   "softmax), true (where DATA has labels)")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions, PredictOptions)
+    cache = next(action for action in p._actions if action.dest == "cache")
+    cache.help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, where it is still "
+                  "there, else $FNE_CACHE, else `fne cache info`)")
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
 
 
@@ -315,7 +320,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = argv[0] if argv else None
     for verb, (text, add) in VERBS.items():
-        p = sub.add_parser(verb, help=text)
+        p = sub.add_parser(verb, help=text, description=text)
         if argv is None or verb == chosen:
             add(p)
     parser.set_defaults(verbs=sub.choices)

@@ -228,15 +228,20 @@ def split_record(ids: list[str], idx: np.ndarray, y_true: np.ndarray, pred: np.n
             "test_hash": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]}
 
 
-def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], scores: np.ndarray):
+def predictions_csv(dataset, idx, predicted: list[str], score_cols: list[str], scores: np.ndarray,
+                    ranked: list[list[str]] | None = None):
     """The writer (`fne.cache.fs.replace_file` / `replace_files`) of the predictions CSV that
     `fne predict` and `fne train` write: path, predicted, score_<class>..., true (when DATA has
-    labels); one row per image `idx[j]` of `dataset`, with `predicted[j]` and `scores[j]`."""
+    labels); one row per image `idx[j]` of `dataset`, with `predicted[j]` and `scores[j]`. With
+    `ranked` (`fne predict --top K`), `ranked[j]`, image j's next K - 1 classes, best first, are
+    the columns predicted_2 ... predicted_K after predicted."""
     from fne.cache.fs import csv_writer
 
     labels = dataset.labels
-    return csv_writer(["path", "predicted", *score_cols] + (["true"] if labels else []),
-                      ([dataset.ids[i], predicted[j], *(f"{v:.6g}" for v in scores[j])]
+    more = len(ranked[0]) if ranked else 0
+    return csv_writer(["path", "predicted", *(f"predicted_{k}" for k in range(2, more + 2)), *score_cols]
+                      + (["true"] if labels else []),
+                      ([dataset.ids[i], predicted[j], *(ranked[j] if more else ()), *(f"{v:.6g}" for v in scores[j])]
                        + ([labels[i]] if labels else []) for j, i in enumerate(idx)))
 
 

@@ -237,11 +237,14 @@ class FitOptions(RowsOptions):
 
 @dataclass
 class PredictOptions:
-    """`fne predict`: where the weights file a `fne fit` model was fitted on lies now."""
+    """`fne predict`: where the weights file a `fne fit` model was fitted on lies now, and how many
+    classes each image's row names."""
 
     moved_weights: str | None = option(None, "the weights file the model was fitted on, where it lies now (another "
                                             "machine, a moved folder): its content must be the model's (the "
                                             "fingerprint its metrics.json records)", pipeline=False, metavar="PATH")
+    top: int = option(1, "classes named per image: K > 1 adds the columns predicted_2 ... predicted_K after "
+                         "predicted (the classes of the next highest scores)", pipeline=False, **at_least(1))
 
 
 @dataclass

@@ -151,6 +151,16 @@ def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_sto
     assert set(actions) == {"run_dir", "data", "out", *STORE_OPTIONS, *forward}
 
 
+def test_predict_help_says_what_its_scores_are_and_that_the_cache_is_the_models():
+    """`fne predict --help`: the CSV's columns and what a score is for each kind of model; --cache's
+    default is the cache the model was fitted with (what `predict` does), not only $FNE_CACHE."""
+    actions = _actions("predict")
+    out = " ".join(actions["out"].help.split())
+    assert "path, predicted, score_<class>" in out and "probabilities" in out and "margins" in out
+    assert "softmax" in out and "true" in out
+    assert actions["cache"].help.startswith("cache folder or fsspec URL (default: the --cache the model was fitted")
+
+
 class _Reached(Exception):
     pass
 

@@ -211,6 +211,28 @@ def test_predict_names_the_cache_it_extracts_into_and_the_one_the_model_was_fitt
             ) in capsys.readouterr().err
 
 
+def test_predict_of_a_run_whose_fit_cache_is_not_here_uses_the_cache_in_use(digits_folder, warm_cache, tmp_path,
+                                                                            monkeypatch, capsys):
+    """A run folder fitted with `--cache C`, copied to a machine without C (or C moved since): predict
+    made C anew at the old path and extracted every row into it, ignoring $FNE_CACHE. It reads the
+    cache in use now, and its line says that C is not here."""
+    fitted_in, now = tmp_path / "cache", tmp_path / "now"
+    shutil.copytree(warm_cache, fitted_in)
+    fit(digits_folder, features="last", head="svm", splits=2, out=tmp_path / "run", cache=str(fitted_in), **STORE)
+    (store,) = list_stores(fitted_in)
+    shutil.move(fitted_in, now)  # the cache now lies elsewhere, and $FNE_CACHE names it
+    monkeypatch.setenv("FNE_CACHE", str(now))
+    new = write_digits(tmp_path / "more", per_class=8, classes=4)
+    for f in digits_folder.rglob("*.png"):  # the 8 images not in DATA
+        (new / f.parent.name / f.name).unlink()
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(new), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    assert (f"fne predict: extracting 8 images missing from the cache {now} into its store {store.path.name}; "
+            f"{tmp_path / 'run'} was fitted from rows of another cache, {fitted_in}, which is not here\n"
+            ) in capsys.readouterr().err
+    assert not fitted_in.exists() and len((tmp_path / "p.csv").read_text().splitlines()) == 9
+
+
 def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digits_folder, warm_cache, tmp_path,
                                                                             capsys):
     """`fne predict RUN new --out RUN/metrics.json` (or its predictions.csv, its model) would have
@@ -532,6 +554,29 @@ def test_predict_and_export_out_that_is_a_folder_are_refused_before_any_work(dig
         assert says in err and "Traceback" not in err
     assert not list(runs.iterdir()) and afile.read_text() == "mine" and not list_stores(cache)
     assert not (tmp_path / "features.csv").exists()
+
+
+def test_predict_top_k_names_each_images_best_classes_in_score_order(digits_folder, warm_cache, tmp_path, capsys):
+    """`--top 3`: predicted, predicted_2, predicted_3 are the classes of the three highest scores,
+    best first, and predicted is what a plain predict says; more than the model's classes is one line."""
+    fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
+        **STORE)
+    run, cache = str(tmp_path / "run"), str(warm_cache)
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "p.csv"), "--cache", cache]) == 0
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "t.csv"), "--cache", cache,
+                 "--top", "3"]) == 0
+    plain, top = (list(csv.DictReader((tmp_path / f).read_text().splitlines())) for f in ("p.csv", "t.csv"))
+    assert list(top[0])[:4] == ["path", "predicted", "predicted_2", "predicted_3"]
+    assert list(top[0])[4:] == list(plain[0])[2:]  # the score columns and true, as without --top
+    for p, t in zip(plain, top):
+        scores = {k.removeprefix("score_"): float(v) for k, v in t.items() if k.startswith("score_")}
+        best = sorted(scores, key=lambda c: -scores[c])[:3]
+        assert [t["predicted"], t["predicted_2"], t["predicted_3"]] == best and t["predicted"] == p["predicted"]
+    capsys.readouterr()
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "x.csv"), "--cache", cache,
+                 "--top", "5"]) == 2
+    assert capsys.readouterr().err.strip() == "fne predict: error: --top 5: the model has 4 classes"
+    assert not (tmp_path / "x.csv").exists()
 
 
 def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):

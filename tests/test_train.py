@@ -1105,6 +1105,23 @@ def test_fne_predict_applies_a_train_runs_network_as_its_test_pass_did(resumable
                            [float(r[k]) for k in r if k.startswith("score_")], atol=1e-5)
 
 
+def test_fne_predict_top_k_with_a_train_run_names_its_best_classes_by_softmax(resumable_run, tmp_path, capsys):
+    """`--top 2` with a train run's network: predicted and predicted_2 are the two highest softmax
+    scores' classes; `--top` above its classes is refused in one line before any image is read."""
+    data, run = resumable_run
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(data), "--out", str(out), "--no-progress", "--top", "2"]) == 0
+    rows = _csv(out)
+    assert len(rows) == 48 and list(rows[0])[:3] == ["path", "predicted", "predicted_2"]
+    for r in rows:
+        scores = {k.removeprefix("score_"): float(v) for k, v in r.items() if k.startswith("score_")}
+        assert [r["predicted"], r["predicted_2"]] == sorted(scores, key=lambda c: -scores[c])[:2]
+    classes = len(json.loads((run / "metrics.json").read_text())["classes"])
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data), "--out", str(tmp_path / "q.csv"), "--top", str(classes + 1)]) == 2
+    assert capsys.readouterr().err.strip() == f"fne predict: error: --top {classes + 1}: the model has {classes} classes"
+
+
 def test_fne_predict_out_over_a_train_runs_own_file_is_refused_the_run_kept(resumable_run, tmp_path, capsys):
     """--out RUN/metrics.json (or predictions.csv, model.pt, checkpoint.pt) would have replaced the
     run's own file with predictions (its metrics.json: the run unreadable after); `fne export --out

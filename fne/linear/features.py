@@ -194,6 +194,8 @@ def _fitted_elsewhere(root, fitted: tuple[str, str] | None) -> str:
         same = Path(theirs).expanduser().resolve() == Path(root).expanduser().resolve()
     if same:
         return ""
+    if not is_url(theirs) and not Path(theirs).expanduser().is_dir():  # a run folder from another machine
+        return f"; {run} was fitted from rows of another cache, {theirs}, which is not here"
     cache = said(lambda py: named("cache", py, str(theirs), plain=True))
     return f"; {run} was fitted from rows of another cache, {theirs} ({cache} reads that one)"
 

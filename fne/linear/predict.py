@@ -129,19 +129,22 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     data : str, Path or Dataset
         Any DATA form; rows missing from the cache are extracted with the model's store settings.
     out : str or Path
-        The predictions CSV (a name ending in .csv): path, predicted, score_<class>..., true (when DATA has labels).
+        The predictions CSV (a name ending in .csv): path, predicted (predicted_2 ... predicted_K after
+        it with ``top=K``), score_<class>... (a logreg head's probabilities, an svm head's decision
+        margins, a `fne train` network's softmax), true (when DATA has labels).
     label_key : str, optional
         Tar shards: the label member (cls, txt) or a .json field; Parquet: the label column
         (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:).
     cache : str, optional
-        Cache folder or fsspec URL (default: the ``cache`` the model was fitted with, where fit was
-        given one, else the current cache: $FNE_CACHE, else fne's default). The line saying that
+        Cache folder or fsspec URL (default: the ``cache`` fit was given, where that folder is
+        still there, else the current cache: $FNE_CACHE, else fne's default). The line saying that
         rows are extracted names it and, where the model was fitted from rows of another cache, that one.
     **options
         The options of `fne predict`, same names, same defaults: ``cache`` and ``device`` (the
         model pins every other store setting), ``label_key`` (`fne.options.DataOptions`), the
-        fields of `fne.options.ForwardOptions`, and ``moved_weights`` (`fne.options.PredictOptions`):
-        where the weights file the model was fitted on lies now, checked against its fingerprint.
+        fields of `fne.options.ForwardOptions`, and those of `fne.options.PredictOptions`:
+        ``moved_weights``, where the weights file the model was fitted on lies now, checked against
+        its fingerprint, and ``top``, how many classes each image's row names.
 
     Returns
     -------
@@ -181,21 +184,26 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
     pinned = pinned_spec(model, str(run_dir), options.get("device"), options.get("moved_weights"))
-    if options.get("cache") is None:  # the cache the model was fitted from
-        options = {**options, "cache": pinned.cache}
-    spec, d, ext, _ = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
+    if options.get("cache") is None:  # the cache the model was fitted from, where it is still there
+        options = {**options, "cache": _cache_here(pinned.cache)}
+    spec, d, ext, p = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
+    _check_top(p.top, model["classes"])
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
     src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir))
     dataset = src.dataset
     pipe, classes = model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
-    pred = [classes[c] for c in pipe.classes_[scores.argmax(axis=1)]]
-    score_cols = [f"score_{classes[c]}" for c in pipe.classes_]
-
-    _write(out, dataset, np.arange(len(dataset)), pred, score_cols, scores)
+    pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, None)
     return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored),
             "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "out": str(out), "store": str(src.store.path)}
+
+
+def _cache_here(cache: str | None) -> str | None:
+    """The ``cache`` fit was given, where that folder is still there (or a URL); else None, the cache
+    in use now ($FNE_CACHE, else fne's default): a run folder copied to another machine, or a cache
+    moved since, would otherwise have the old path made anew and every row extracted into it."""
+    return cache if cache is None or is_url(cache) or Path(cache).is_dir() else None
 
 
 def _count(scored: np.ndarray | None) -> int:
@@ -251,13 +259,14 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     if p.moved_weights is not None:  # its network is its model.pt
         raise opts.refusal(lambda py: f"{opts.named('moved_weights', py)}: {run_dir} is a `fne train` run, whose "
                                       f"network is its model.pt; give it for a `fne fit` model", FneError)
-    label_key = _label_key(d.label_key, read_run(run_dir).get("options", {}).get("label_key"), data, run_dir)
+    run = read_run(run_dir)
+    _check_top(p.top, run["classes"])
+    label_key = _label_key(d.label_key, run.get("options", {}).get("label_key"), data, run_dir)
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
     dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),
                                                        batch_size=o.batch_size, workers=o.workers,
                                                        progress=o.progress, name=data)
-    pred = [classes[c] for c in scores.argmax(axis=1)]
-    _write(out, dataset, idx, pred, [f"score_{c}" for c in classes], scores)
+    pred = _write(out, dataset, idx, classes, scores, p.top)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, None)
     return {"n": len(idx), "accuracy": acc, "n_scored": _count(scored),
@@ -303,10 +312,22 @@ def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | No
     return given
 
 
-def _write(out: Path, dataset, idx, pred: list[str], score_cols: list[str], scores: np.ndarray) -> None:
-    """The predictions CSV (`fne.metrics.predictions_csv`), written whole."""
+def _check_top(top: int, classes: list[str]) -> None:
+    """Refuses a `top` above the model's number of classes, in one line naming the option."""
+    if top > len(classes):
+        raise opts.refusal(lambda py: f"{opts.named('top', py, top)}: the model has {len(classes)} classes")
+
+
+def _write(out: Path, dataset, idx, names: list[str], scores: np.ndarray, top: int = 1) -> list[str]:
+    """The predictions CSV (`fne.metrics.predictions_csv`), written whole: the images `idx` of
+    `dataset`, their `scores` over the classes `names` (in column order), each image's `top`
+    highest-scoring classes named; returns the predicted (highest-scoring) class of each."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top]  # ties: the first column's class
+    ranked = [[names[c] for c in row] for row in order]
     out.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(out, predictions_csv(dataset, idx, pred, score_cols, scores))
+    replace_file(out, predictions_csv(dataset, idx, [r[0] for r in ranked], [f"score_{c}" for c in names], scores,
+                                      [r[1:] for r in ranked] if top > 1 else None))
+    return [r[0] for r in ranked]
 
 
 def _accuracy(pred: list[str], labels: list[str], classes: list[str], data) -> tuple[float | None, np.ndarray]:
