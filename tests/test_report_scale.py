@@ -131,17 +131,22 @@ def test_report_tex_of_a_study_fits_the_page_width_and_writes_a_shared_note_once
     assert md.count(note) == 4  # report.md keeps each row's name whole
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
-def test_report_tex_of_a_study_fits_a_page(tmp_path):
-    """18 rows of 3 backbones (the longest name 60 characters): pdflatex sets the table within the
-    page, no line overfull (an l column set them 500 pt too wide) and the float not too tall."""
-    _verdict_report(tmp_path, {k: m for k, m in study().items() if not k.startswith("vgg16/")})
+def _sets_within_a_page(tmp_path) -> None:
+    """pdflatex sets rep/report.tex in an article: no line overfull, no float taller than a page."""
     (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
                                       "\\input{rep/report.tex}\n\\end{document}\n")
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, done.stdout[-2000:]
     assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
+def test_report_tex_of_a_study_fits_a_page(tmp_path):
+    """18 rows of 3 backbones (the longest name 60 characters): pdflatex sets the table within the
+    page, no line overfull (an l column set them 500 pt too wide) and the float not too tall."""
+    _verdict_report(tmp_path, {k: m for k, m in study().items() if not k.startswith("vgg16/")})
+    _sets_within_a_page(tmp_path)
 
 
 def test_a_run_folder_without_metrics_json_is_named_not_left_out_in_silence(tmp_path):
@@ -180,12 +185,7 @@ def test_report_tex_of_35_short_rows_fits_a_page(tmp_path):
                                                      accuracy_ci=ci, mean_class_accuracy_ci=ci) for i in range(35)})
     assert "100.0" in (tmp_path / "rep" / "report.tex").read_text()
     assert "taller than a page" not in (tmp_path / "rep" / "report.tex").read_text()
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-                                      "\\input{rep/report.tex}\n\\end{document}\n")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stdout[-2000:]
-    assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout
+    _sets_within_a_page(tmp_path)
 
 
 def test_the_bar_figure_writes_a_note_4_rows_share_once_under_it(tmp_path, monkeypatch):
