@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from fne.backbones import registry as backbones
 from fne.cache.store import list_stores, lock_file
 from fne.cache.upkeep import verify
 from fne.cli import main
-from fne.errors import FneError
+from fne.errors import FneError, OptionError
 from fne.linear.fit import fit
 from fne.linear.predict import predict
 
@@ -151,6 +152,24 @@ def test_four_shards_open_each_image_once_in_total(tmp_path, image_opens):
     (store,) = list_stores(cache)
     assert len(store) == 24 and verify(store).problems == [] and verify(store).duplicates == 0
 
+
+
+@pytest.mark.parametrize("shard", [(0.5, 2), ("0", "2"), (True, 2)])
+def test_a_shard_tuple_of_other_than_integers_is_refused_before_anything_is_written(shard, digits_folder, tmp_path):
+    """(0.5, 2) computed no image and wrote a finished marker for shard "0.5/2"; ("0", "2") was a
+    TypeError from a comparison."""
+    with pytest.raises(OptionError, match=r"^bad shard=.*; expected \(I, N\), e.g. \(0, 4\)$"):
+        fx.extract(digits_folder, cache=str(tmp_path / "cache"), shard=shard, progress=False, **FAST)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_shard_tuple_of_numpy_integers_is_that_shard(tmp_path):
+    """np.arange's integers (a job array's index) were an OverflowError deep in the sharding."""
+    data, cache = age(write_digits(tmp_path / "data")), str(tmp_path / "cache")
+    r = fx.extract(data, cache=cache, shard=(np.int64(1), np.int64(2)), progress=False, workers=0, **FAST)
+    again = fx.extract(data, cache=cache, shard="1/2", progress=False, workers=0, **FAST)
+    assert r.shard == again.shard == "1/2" and r.n_computed > 0 and again.n_computed == 0
+    assert r.n_images == again.n_images < 24 and r.shard_marker == again.shard_marker
 
 def test_fit_extract_under_torchrun_variables_computes_every_image(digits_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")

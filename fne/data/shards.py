@@ -14,6 +14,7 @@ dataset's listing (paths, sizes, mtimes), so a changed folder never counts as do
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import socket
 from collections import Counter
@@ -33,10 +34,10 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
     """`I/N` or (I, N) -> (I, N); None -> None (no sharding: the environment is not read)."""
     if shard is None:
         return None
-    if isinstance(shard, tuple):
-        if len(shard) != 2:
+    if isinstance(shard, tuple):  # (0.5, 2) ran no image and marked its shard done; numpy integers are integers
+        if len(shard) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in shard):
             raise refusal(lambda py: f"bad {named('shard', py, shard)}; expected (I, N), e.g. (0, 4)")
-        i, n = shard
+        i, n = (int(v) for v in shard)
     else:
         try:
             i, n = (int(v) for v in str(shard).split("/"))
