@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import os
 import re
 from collections.abc import Callable
@@ -71,6 +72,13 @@ def int_or_auto(s: str) -> int | str:
         return s if s == "auto" else int(s)
     except ValueError:  # argparse prints it after the flag's name
         raise argparse.ArgumentTypeError(f"an integer or auto, not {s!r}") from None
+
+
+def auto_or_at_least(n: int) -> dict:
+    """An integer option's bound that also takes auto (--batch-size, --save-every); numpy's
+    integers are integers, as for every integer option (`batch_size=np.int64(4)` was refused)."""
+    return {"check": lambda v: v == "auto" or (isinstance(v, numbers.Integral) and v >= n), "bound": f">= {n} or auto",
+            "kind": "an integer"}
 
 
 def at_least(n: float, kind: str = "an integer") -> dict:
@@ -178,9 +186,7 @@ class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
     batch_size: int | str = option("auto", "images per forward pass; auto (default): 32 on a CPU, up to 256 on "
-                                           "CUDA (sized from free memory)", parse=int_or_auto,
-                                   check=lambda v: v == "auto" or (isinstance(v, int) and v >= 1),
-                                   bound=">= 1 or auto", kind="an integer")
+                                           "CUDA (sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
                                        "CUDA, at most 16)", **WORKERS)
     compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
@@ -330,9 +336,8 @@ class TrainConfig:
                                        "core but one, at most 16, on CUDA)", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
                                            "(default): after each epoch that ends 5 minutes or more after the "
-                                           "last write, so an interrupted run loses little", parse=int_or_auto,
-                                   check=lambda v: v == "auto" or (isinstance(v, int) and v >= 0),
-                                   bound=">= 0 or auto", kind="an integer", modes=TRAINED)
+                                           "last write, so an interrupted run loses little", parse=int_or_auto, **auto_or_at_least(0),
+                                   modes=TRAINED)
     resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
                                  "--epochs extends a run without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "

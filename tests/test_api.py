@@ -24,7 +24,7 @@ from fne.cli import build_parser, main
 from fne.data.datasets import load_dataset
 from fne.errors import CacheError, DataError, FneError, OptionError, WeightsError
 from fne.linear.embedding import FullNetworkEmbedding
-from fne.option_handling import uses
+from fne.option_handling import check, uses
 
 from .conftest import FAST
 
@@ -647,3 +647,11 @@ def test_every_public_verb_documents_each_parameter_of_its_signature(name):
         raises = [line for line in sections.get("Raises", []) if line and not line.startswith(" ")]
         assert raises and set(raises) <= {"FneError", "OptionError", "DataError", "WeightsError", "CacheError",
                                           "PipelineError", "TypeError"}, (name, raises)
+
+
+def test_train_takes_numpy_integers_for_save_every():
+    """save_every=np.int64(2) was refused as "must be >= 0 or auto" (train checks its TrainConfig so)."""
+    config = dict(data="d", mode="frozen", out="o")
+    check(fne.options.TrainConfig(**config, save_every=np.int64(2), batch_size=np.int64(8)))
+    with pytest.raises(OptionError, match=r"^bad save_every=np.int64\(-1\): save_every must be >= 0 or auto$"):
+        check(fne.options.TrainConfig(**config, save_every=np.int64(-1)))

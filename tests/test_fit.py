@@ -372,8 +372,9 @@ def test_fit_shows_its_progress_split_by_split_unless_told_not_to(digits_folder,
 
 def test_api_takes_numpy_integers_and_paths(digits_folder, warm_cache, tmp_path):
     m = fit(digits_folder, out=tmp_path / "r", cache=warm_cache, splits=np.int64(1), C=1, seed=np.int32(0),
-            **STORE)
-    assert m["n_splits"] == 1
+            batch_size=np.int64(8), **STORE)  # batch_size=np.int64(8) was "must be >= 1 or auto"
+    assert m["n_splits"] == 1 and m["options"]["batch_size"] == 8 and type(m["options"]["batch_size"]) is int
+
 
 
 def test_export_h5(digits_folder, warm_cache, tmp_path):
