@@ -141,7 +141,7 @@ def _info(s: Store) -> StoreInfo:
 
 
 @keywords(StoreOptions, DataOptions, only=INFO_OPTIONS)
-def cache_info(data=None, **options) -> CacheInfo:
+def cache_info(data: str | Path | None = None, **options) -> CacheInfo:
     """The stores of a cache (`fne cache info`), and how many of DATA's images each holds.
 
     Parameters

@@ -28,6 +28,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
@@ -212,7 +213,7 @@ def _prepare(p: Pipeline, out: Path, cache: str | None, say) -> dict[str, str]:
 @said_once()  # a warning each step would repeat (DATA's skipped rows, faint layers): once a run
 def run(path: str | Path, out: str | Path | None = None, cache: str | None = None, *, force: bool = False,
         dry_run: bool = False, report: bool | None = None, device: str | None = None,
-        workers: int | None = None, log=None, **options) -> dict:
+        workers: int | None = None, log: Callable[[str], object] | None = None, **options) -> dict:
     """Validate a pipeline file, then run every pending step and write the report.
 
     Parameters
