@@ -77,7 +77,7 @@ def int_or_auto(s: str) -> int | str:
 def auto_or_at_least(n: int) -> dict:
     """An integer option's bound that also takes auto (--batch-size, --save-every); numpy's
     integers are integers, as for every integer option (`batch_size=np.int64(4)` was refused)."""
-    return {"check": lambda v: v == "auto" or (isinstance(v, numbers.Integral) and v >= n), "bound": f">= {n} or auto",
+    return {"check": lambda v: v == "auto" or (isinstance(v, numbers.Integral) and int(v) >= n), "bound": f">= {n} or auto",
             "kind": "an integer"}
 
 
