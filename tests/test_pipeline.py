@@ -761,7 +761,7 @@ def test_file_level_mistakes_are_one_line_naming_file_and_line(tmp_path, text, w
 
 def test_a_binary_file_or_a_data_of_a_wrong_type_is_named_once(tmp_path):
     """`fne run photo.jpg` (an image for the pipeline file) ended in a UnicodeDecodeError traceback;
-    `data = 5` was reported twice, as of the wrong type and as missing."""
+    `data = 5` was reported twice, as of the wrong type and as missing, and so was `arch = 16`."""
     f = tmp_path / "photo.jpg"
     f.write_bytes(b"\xff\xd8\xff\xe0 not text")
     with pytest.raises(PipelineError) as e:
@@ -772,6 +772,10 @@ def test_a_binary_file_or_a_data_of_a_wrong_type_is_named_once(tmp_path):
     with pytest.raises(PipelineError) as e:
         load_pipeline(f)
     assert str(e.value) == f"{f}:5: datasets.digits.data: expected a string, got 5"
+    f = write(tmp_path, GOOD.replace('arch = "vgg16"', "arch = 16"))
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    assert str(e.value) == f"{f}:8: backbones[0].arch: expected a string, got 16"
     f = write(tmp_path, GOOD.replace("[[backbones]]", "[backbones]"))  # a table, not an array of tables
     with pytest.raises(PipelineError) as e:
         load_pipeline(f)

@@ -325,9 +325,10 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
     labels: dict[str, int] = {}
     for i, b in enumerate(bbs):
         path_ = ("backbones", i)
-        b = _check_table(b, SCHEMA["backbones[]"], path_, err)
-        if "arch" not in b:
-            err.add(path_, "missing key 'arch'")
+        given, b = b, _check_table(b, SCHEMA["backbones[]"], path_, err)
+        if "arch" not in b:  # absent, or of a wrong type (named by _check_table)
+            if "arch" not in given:
+                err.add(path_, "missing key 'arch'")
             continue
         if checks is not None and b["arch"] not in checks.archs:
             err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
