@@ -216,3 +216,46 @@ def test_the_readmes_load_block_runs_as_written(kind, digits_folder, warm_cache,
     clf = scope["clf"]
     assert scope["scores"].shape == (2, 4) and np.allclose(clf.decision_function(scope["pixels"]), scope["scores"])
     assert ("proba" in scope) == (kind == "train")
+
+
+def _odd_images(folder) -> list:
+    """Images whose decoding has rules: EXIF orientation, alpha, palette transparency, 16-bit grey, CMYK."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    d = load_digits().images
+    grey = [np.kron(np.clip(d[i] * 16, 0, 255).astype(np.uint8), np.ones((5, 4), np.uint8)) for i in range(6)]
+    rgb = Image.fromarray(np.stack([grey[0], grey[1], 255 - grey[0]], axis=2))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°
+    rgb.save(folder / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(np.stack([grey[1], grey[2], grey[3], grey[4]], axis=2), "RGBA").save(folder / "alpha.png")
+    p = Image.fromarray(grey[2]).convert("P")
+    p.info["transparency"] = 0
+    p.save(folder / "palette.png", transparency=0)
+    Image.fromarray(grey[3].astype(np.uint16) * 257).save(folder / "grey16.png")
+    Image.fromarray(grey[4]).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(grey[5]).save(folder / "grey.jpg")
+    return sorted(folder.iterdir())
+
+
+def test_decoding_rules_apply_to_paths_and_pil_images_as_to_predicts_files(digits_folder, warm_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    fne.fit(digits_folder, tmp_path / "run", features="block3,head", head="logreg", cache=str(cache), progress=False,
+            **FAST)
+    _odd_images(tmp_path / "odd")
+    fne.predict(tmp_path / "run", tmp_path / "odd", out=tmp_path / "p.csv", progress=False)
+    p = _csv(tmp_path / "p.csv")
+    paths = [tmp_path / "odd" / x for x in p["path"]]
+    assert len(paths) == 6
+    clf = fne.load(tmp_path / "run")
+    want = _scores(p, clf.classes_)
+    assert np.allclose(clf.decision_function(paths), want, rtol=1e-5, atol=1e-6)
+    assert np.allclose(clf.decision_function([Image.open(x) for x in paths]), want, rtol=1e-5, atol=1e-6)
+    rotated = p["path"].tolist().index("rotated.jpg")
+    raw = Image.open(paths[rotated]).convert("RGB")  # its pixels as stored, not turned upright
+    assert raw.size == (32, 40) and not np.allclose(clf.decision_function(np.asarray(raw)[None]), want[rotated:rotated + 1],
+                                                    rtol=1e-5, atol=1e-6)
+    turned = np.asarray(raw.transpose(Image.Transpose.ROTATE_270))[None]  # EXIF orientation 6: 90° clockwise
+    assert np.allclose(clf.decision_function(turned), want[rotated:rotated + 1], rtol=1e-5, atol=1e-6)
