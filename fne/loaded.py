@@ -26,7 +26,7 @@ from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset
 from fne.data.hdf5 import ArraySource, check_arrays
 from fne.data.images import upright_rgb
-from fne.errors import DataError, expect_path
+from fne.errors import DataError, FneError, expect_path
 from fne.options import ForwardOptions, PredictOptions
 from fne.progress import first_few
 
@@ -191,6 +191,10 @@ class _Head:
         self.what = f"{model['features']}+{model['head']} head"
         self.dev = resolve_device(device)
         self.jpegs = resolve_decode(spec.decode, self.dev) == "device"  # rows of device-decoded JPEGs
+        if self.jpegs and spec.prep_key() != s["preprocess"]:  # as `open_rows` refuses to extract them
+            raise FneError(f"{run_dir} was fitted on rows of JPEGs decoded on the device by another library than "
+                           f"this machine's ({s['preprocess']}, here {spec.prep_key()}): install that library to "
+                           f"score images with it")
         self.prep, self.dtype = spec.preprocess(), s["storage_dtype"]
         self.taps = [(t.name, t.channels) for t in spec.backbone().taps]
         self.batch = resolve_batch_size(batch_size, self.dev, self.prep.size, s["precision"], self.prep.views)

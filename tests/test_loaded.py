@@ -16,7 +16,9 @@ import fne
 import fne.extraction.taps
 import fne.training.apply
 from fne.backbones import registry as backbones
+from fne.cache.spec import DEVICE_SUFFIXES
 from fne.cli import main
+from fne.devices import device_decoder
 from fne.errors import DataError, FneError
 
 from .conftest import FAST, write_digits
@@ -141,6 +143,13 @@ def test_load_refuses_a_model_as_predict_does(digits_split, tmp_path):
     model["store"]["preprocess"] = "center224"
     joblib.dump(model, tmp_path / "run" / "model.joblib")
     with pytest.raises(FneError, match="an earlier fne's pixels, which this fne no longer makes"):
+        fne.load(tmp_path / "run")
+    here = device_decoder() or "torchvision"  # prep_key's where none decodes
+    other = next(s for lib, s in DEVICE_SUFFIXES.items() if lib != here)
+    model["store"].update(preprocess="center224-tv" + other, decode="device")  # nvJPEG's pixels, another library's
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    with pytest.raises(FneError, match=f"decoded on the device by another library than this machine's "
+                                       f"\\(center224-tv{other}, here center224-tv{DEVICE_SUFFIXES[here]}\\)"):
         fne.load(tmp_path / "run")
 
 
