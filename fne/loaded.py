@@ -13,6 +13,7 @@ memory only: no cache is read or written, and nothing is printed.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -86,7 +87,8 @@ class LoadedModel:
     array N×H×W×3 (N×H×W or N×H×W×1: grey), as `fne extract` reads an HDF5 file's ``images``.
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
-    this process, `batch_size` at a time; an unreadable one is a DataError naming it.
+    this process, `batch_size` at a time; an unreadable one is a DataError naming it. Calls from
+    several threads take turns (the network keeps a forward pass's outputs on itself).
 
     Attributes
     ----------
@@ -102,6 +104,7 @@ class LoadedModel:
         self.run_dir, self._scorer = run_dir, scorer
         self.kind = "train" if isinstance(scorer, _Network) else "fit"
         self.classes_ = np.array(scorer.names)
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"fne.load({str(self.run_dir)!r}): a `fne {self.kind}` run's {self._scorer.what}, " \
@@ -111,7 +114,9 @@ class LoadedModel:
         """The scores predictions.csv holds: (N, classes) in ``classes_`` order: a logreg head's
         probabilities, an svm head's decision margins (``[-m, m]`` with two classes), a train
         run's network's softmax."""
-        return self._scorer.scores(_dataset(images))
+        dataset = _dataset(images)
+        with self._lock:
+            return self._scorer.scores(dataset)
 
     def predict(self, images) -> np.ndarray:
         """The highest-scoring class of each image (predictions.csv's ``predicted``; on a tie, the
