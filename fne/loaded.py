@@ -29,7 +29,7 @@ from fne.data.hdf5 import ArraySource, check_arrays
 from fne.data.images import upright_rgb
 from fne.errors import DataError, FneError, expect_path
 from fne.options import ForwardOptions, PredictOptions
-from fne.progress import first_few
+from fne.progress import first_few, say_skipped
 
 # The keywords of `load`: where the network runs, images per forward pass, and where a weights
 # file a `fne fit` model was fitted on lies now (declared in fne.options, as the verbs' are).
@@ -44,7 +44,9 @@ def load(run_dir: str | Path, **options) -> LoadedModel:
     A `fne fit` model is refused here as `fne predict` refuses it: fitted on an earlier fne's
     pixels, on a weights file that changed or cannot be read (``moved_weights`` gives where it
     lies now), or on random weights this device would draw otherwise. Its backbone is built on
-    the first call that scores images; a train run's network is built here.
+    the first call that scores images; a train run's network is built here. A fit run's rows are
+    computed in memory, at the precision and storage dtype of the store it was fitted on: no cache
+    is read or written (a row the cache holds is computed again, the same to float rounding).
 
     Parameters
     ----------
@@ -87,8 +89,9 @@ class LoadedModel:
     array N×H×W×3 (N×H×W or N×H×W×1: grey), as `fne extract` reads an HDF5 file's ``images``.
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
-    this process, `batch_size` at a time; an unreadable one is a DataError naming it. Calls from
-    several threads take turns (the network keeps a forward pass's outputs on itself).
+    this process, `batch_size` at a time, and their rows kept in memory (no cache); an unreadable
+    one is a DataError naming it. Calls from several threads take turns (the network keeps a
+    forward pass's outputs on itself).
 
     Attributes
     ----------
@@ -111,16 +114,38 @@ class LoadedModel:
                f"{len(self.classes_)} classes"
 
     def decision_function(self, images) -> np.ndarray:
-        """The scores predictions.csv holds: (N, classes) in ``classes_`` order: a logreg head's
-        probabilities, an svm head's decision margins (``[-m, m]`` with two classes), a train
-        run's network's softmax."""
+        """The scores predictions.csv's ``score_<class>`` columns hold for `images`.
+
+        Parameters
+        ----------
+        images : str, Path, PIL image, list of them, or ndarray
+            As the class says.
+
+        Returns
+        -------
+        ndarray
+            float64 (N, classes) in ``classes_`` order: a logreg head's probabilities (not
+            scikit-learn's log-odds), an svm head's decision margins (``[-m, m]`` with two
+            classes), a train run's network's softmax.
+        """
         dataset = _dataset(images)
         with self._lock:
             return self._scorer.scores(dataset)
 
     def predict(self, images) -> np.ndarray:
-        """The highest-scoring class of each image (predictions.csv's ``predicted``; on a tie, the
-        first in ``classes_``), as an array of N class names."""
+        """The class of each of `images`.
+
+        Parameters
+        ----------
+        images : str, Path, PIL image, list of them, or ndarray
+            As the class says.
+
+        Returns
+        -------
+        ndarray of str
+            The N highest-scoring classes (predictions.csv's ``predicted``; on a tie, the first
+            in ``classes_``).
+        """
         scores = self.decision_function(images)
         return self.classes_[np.argmax(scores, axis=1)] if len(scores) else self.classes_[:0]
 
@@ -217,10 +242,12 @@ class _Head:
         loader = torch.utils.data.DataLoader(items, batch_size=self.batch, collate_fn=reader.collate)
         cols = parts.columns(self.taps)
         bad: list[tuple[str, str]] = []
+        notes: list[tuple[str, str]] = []  # what decoding an image warned of (a float image read black)
         batches = reader.assembled(iter(loader), self.dev, self.prep, jpegs=self.jpegs)
         try:
-            for _, (x, idx, _), unread in batches:
+            for batch, (x, idx, _), unread in batches:
                 bad += [(dataset.ids[i], why) for i, _, why in unread]
+                notes += batch["notes"]
                 if x is None or bad:
                     continue
                 rows, event = self.runner(x)
@@ -232,6 +259,7 @@ class _Head:
                 out[idx] = class_scores(self.pipe, X)
         finally:
             batches.close()
+            say_skipped(notes, skipped=False)  # one line for all such images, as `fne extract` says them
         if bad:
             raise _unreadable(bad)
         return out

@@ -171,6 +171,9 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
             clf.predict(images)
         assert len(str(e.value).splitlines()) == 1
     assert clf.predict([]).shape == (0,) and clf.decision_function([]).shape == (0, 4)
+    Image.fromarray(np.full((32, 32), 0.5, dtype=np.float32), mode="F").save(tmp_path / "float.tif")
+    with pytest.warns(UserWarning, match="float.tif: a float image with values in 0-1 is read as 0-255"):
+        assert clf.predict([tmp_path / "float.tif"]).shape == (1,)  # scored, and said, as fne extract says it
     with pytest.raises(FneError, match="does not exist"):
         fne.load(tmp_path / "absent")
     with pytest.raises(TypeError, match="unexpected keyword argument.*arch"):
