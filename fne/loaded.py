@@ -23,12 +23,11 @@ from PIL import Image
 
 from fne import option_handling as opts
 from fne.cache import parts
-from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset
 from fne.data.hdf5 import ArraySource, check_arrays
 from fne.data.images import upright_rgb
 from fne.errors import DataError, FneError, expect_path
-from fne.options import ForwardOptions, PredictOptions
+from fne.options import ForwardOptions, PredictOptions, StoreOptions
 from fne.progress import first_few, say_skipped
 
 # The keywords of `load`: where the network runs, images per forward pass, and where a weights
@@ -36,7 +35,7 @@ from fne.progress import first_few, say_skipped
 OPTIONS = ("device", "batch_size", "moved_weights")
 
 
-@opts.keywords(StoreSpec, ForwardOptions, PredictOptions, only=OPTIONS)
+@opts.keywords(StoreOptions, ForwardOptions, PredictOptions, only=OPTIONS)
 def load(run_dir: str | Path, **options) -> LoadedModel:
     """The model of a `fne fit` run (model.joblib) or a `fne train` run (model.pt), loaded once,
     to score images from Python as often as wanted (`LoadedModel`).
@@ -72,9 +71,8 @@ def load(run_dir: str | Path, **options) -> LoadedModel:
     from fne.linear.predict import run_folder
 
     expect_path(run_dir, "run_dir")
-    opts.unexpected(options, StoreSpec, ForwardOptions, PredictOptions, only=OPTIONS)
-    (forward,) = opts.resolve({"batch_size": options.get("batch_size", "auto")}, ForwardOptions)
-    device, moved = options.get("device", "auto"), options.get("moved_weights")
+    store, forward, given = opts.resolve(options, StoreOptions, ForwardOptions, PredictOptions, only=OPTIONS)
+    device, moved = store.device, given.moved_weights
     folder = run_folder(run_dir)
     if not (folder / "model.joblib").is_file() and (folder / "model.pt").is_file():
         return LoadedModel(folder, _Network(folder, device, forward.batch_size, moved))

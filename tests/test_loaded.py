@@ -19,7 +19,7 @@ from fne.backbones import registry as backbones
 from fne.cache.spec import DEVICE_SUFFIXES
 from fne.cli import main
 from fne.devices import device_decoder
-from fne.errors import DataError, FneError
+from fne.errors import DataError, FneError, OptionError
 
 from .conftest import FAST, write_digits
 from .test_api import _readme_python
@@ -178,6 +178,12 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
         fne.load(tmp_path / "absent")
     with pytest.raises(TypeError, match="unexpected keyword argument.*arch"):
         fne.load(tmp_path / "run", arch="vgg16")
+    with pytest.raises(TypeError, match="device must be a string, not NoneType"):
+        fne.load(tmp_path / "run", device=None)
+    with pytest.raises(OptionError, match="bad batch_size=0: batch_size must be >= 1 or auto"):
+        fne.load(tmp_path / "run", batch_size=0)
+    with pytest.raises(OptionError, match="bad device='tpu'"):
+        fne.load(tmp_path / "run", device="tpu")
 
 
 def test_predicts_summary_counts_the_images_it_skipped_as_unreadable(digits_folder, warm_cache, tmp_path, capsys):
