@@ -153,9 +153,10 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         (how many of DATA's images the head was fitted on, or a `fne train` run's own DATA's images
         other than its test images, a warning saying so where DATA has labels; None for other
         DATA of a train run, or a model saved before fit recorded them), ``n_skipped`` (DATA's
-        images left out as unreadable, each named in a warning), ``out`` and the ``store`` read. The accuracy covers only the images whose label is one of the
-        model's classes (the others it cannot get right; a warning names their labels); it is None
-        without labels or when no image has a known label. The CSV lists every image either way.
+        images left out as unreadable, each named in a warning), ``out`` and the ``store`` read.
+        The accuracy covers only the images whose label is one of the model's classes (the others
+        it cannot get right; a warning names their labels); it is None without labels or when no
+        image has a known label. The CSV lists every image either way.
 
     Raises
     ------
@@ -263,8 +264,8 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     label_key = _label_key(d.label_key, run.get("options", {}).get("label_key"), data, run_dir)
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
     dataset, classes, scores, idx, unread = predict_network(run_dir, dataset, device=options.get("device"),
-                                                       batch_size=o.batch_size, workers=o.workers,
-                                                       progress=o.progress, name=data)
+                                                            batch_size=o.batch_size, workers=o.workers,
+                                                            progress=o.progress, name=data)
     pred = _write(out, dataset, idx, classes, scores, p.top)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, None)
