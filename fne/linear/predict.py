@@ -195,9 +195,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, None)
-    return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored),
-            "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "n_skipped": src.n_skipped, "out": str(out),
-            "store": str(src.store.path)}
+    return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored), "n_skipped": src.n_skipped,
+            "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "out": str(out), "store": str(src.store.path)}
 
 
 def _cache_here(cache: str | None) -> str | None:
