@@ -82,7 +82,7 @@ def test_a_fit_runs_model_scores_images_as_predict_does(head, storage_dtype, dig
     assert np.allclose(clf.decision_function(_rgb(some)[..., 0]), got[::4], rtol=0, atol=1e-12)  # grey N×H×W
     assert np.allclose(clf.decision_function(paths[3]), got[3:4], rtol=0, atol=1e-12)  # one path
     assert builds == [1]  # the backbone built once, for every call
-    assert _listing(cache) == before  # in memory: the cache neither read into nor written
+    assert _listing(cache) == before  # rows in memory: nothing written into the cache
     if head == "logreg":
         assert np.allclose(clf.predict_proba(some), got[::4]) and np.allclose(got.sum(1), 1)
     else:
