@@ -4,7 +4,8 @@ The Python API has the CLI's verbs: `fne.extract(...)`, `fne.fit(...)`, `fne.pre
 `fne.export(...)`, `fne.train(...)`, `fne.run(...)`, `fne.report(...)`, `fne.advise(...)`;
 `fne.cache_info(...)`, `fne.cache_verify(...)`, `fne.cache_rm(...)` (`fne cache info / verify / rm`),
 `fne.list_backbones()` and `fne.describe_backbone(...)` (`fne backbones`); and `fne.load_rows(...)`:
-DATA's cached rows as numpy arrays in memory (X, y, ids), no file.
+DATA's cached rows as numpy arrays in memory (X, y, ids), no file; and `fne.load(RUN_DIR)`: a run's
+model loaded once, scoring images in memory (`predict`, `decision_function`, `predict_proba`).
 Verb modules are callable (``fne.extract(...)`` runs ``fne.extract.extract(...)``), so the
 module and the verb share one name, and nothing heavy is imported until a verb is used. A verb's
 keywords are its command's options, same names, same defaults: ``help(fne.fit)`` lists them.
@@ -42,8 +43,8 @@ _VERBS = {
 }
 
 # the API's other functions -> their module: `fne cache info / verify / rm` and `fne backbones`
-# (fne.cache and fne.backbones are subpackages), and load_rows, which no command has
-_FUNCTIONS = {"load_rows": "fne.linear.export",
+# (fne.cache and fne.backbones are subpackages), and load_rows and load, which no command has
+_FUNCTIONS = {"load_rows": "fne.linear.export", "load": "fne.loaded",
               "cache_info": "fne.cache.verbs", "cache_verify": "fne.cache.verbs", "cache_rm": "fne.cache.verbs",
               "list_backbones": "fne.backbones.catalog", "describe_backbone": "fne.backbones.catalog"}
 

@@ -120,7 +120,8 @@ def _cmd_predict(a) -> int:
     acc = f", accuracy {r['accuracy']:.4f}" if r.get("accuracy") is not None else ""
     if acc and r["n_scored"] < r["n"]:
         acc += f" over the {r['n_scored']} images whose label the model knows"
-    print(f"wrote {r['n']} predictions to {a.out}{acc}")
+    skipped = f", {r['n_skipped']} skipped (unreadable)" if r.get("n_skipped") else ""
+    print(f"wrote {r['n']} predictions to {a.out}{acc}{skipped}")
     return 0
 
 

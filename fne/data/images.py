@@ -53,8 +53,18 @@ def read_image(path: str | Path) -> Image.Image:
     """
     with Image.open(path) as img:
         img.load()  # decode now so truncation raises here, inside the reader
-        ImageOps.exif_transpose(img, in_place=True)  # no copy of an upright image
-        return to_rgb(img)
+        return upright_rgb(img, in_place=True)
+
+
+def upright_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
+    """A decoded image as `read_image` makes a file's: EXIF orientation applied, then 8-bit RGB
+    (`to_rgb`); `in_place`: the orientation applied to `img` itself (no copy of an upright image),
+    else to a copy where it has one (`img` left as it was)."""
+    if in_place:
+        ImageOps.exif_transpose(img, in_place=True)
+    else:
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
 
 
 def image_files(folder: str, left_out: list[str] | None = None,

@@ -74,6 +74,7 @@ class Source:
     spec: StoreSpec  # pinned to the store's precision and storage dtype
     extract_seconds: float | None  # measured, when this call extracted missing rows; None: cached
     labels_fingerprint: str | None = None  # of DATA's listing as given, unreadable images included
+    n_skipped: int = 0  # DATA's images left out as unreadable (each named in a warning)
 
 
 def load_data(data: str | Path | Dataset, cache: str | None, label_key: str | None = None) -> Dataset:
@@ -179,7 +180,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
         raise FneError(f"{data}: no readable images")
     if check is not None and len(keep) < len(keys):
         check(dataset)
-    return Source(dataset, store, spec.pinned(store), seconds, labelled)
+    return Source(dataset, store, spec.pinned(store), seconds, labelled, len(keys) - len(keep))
 
 
 def _fitted_elsewhere(root, fitted: tuple[str, str] | None) -> str:

@@ -50,7 +50,7 @@ def load_model(run_dir: str | Path) -> dict:
     return model
 
 
-def _run_folder(run_dir: str | Path) -> Path:
+def run_folder(run_dir: str | Path) -> Path:
     """The run folder `run_dir` names: itself, or the folder of the model file given in its place
     (`runs/a/model.joblib`); FneError for one that does not exist or another file."""
     path = Path(run_dir)
@@ -152,10 +152,11 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         ``n`` predictions, ``accuracy``, ``n_scored`` (the images it covers), ``n_fitted_on``
         (how many of DATA's images the head was fitted on, or a `fne train` run's own DATA's images
         other than its test images, a warning saying so where DATA has labels; None for other
-        DATA of a train run, or a model saved before fit recorded them), ``out``
-        and the ``store`` read. The accuracy covers only the images whose label is one of the
-        model's classes (the others it cannot get right; a warning names their labels); it is None
-        without labels or when no image has a known label. The CSV lists every image either way.
+        DATA of a train run, or a model saved before fit recorded them), ``n_skipped`` (DATA's
+        images left out as unreadable, each named in a warning), ``out`` and the ``store`` read.
+        The accuracy covers only the images whose label is one of the model's classes (the others
+        it cannot get right; a warning names their labels); it is None without labels or when no
+        image has a known label. The CSV lists every image either way.
 
     Raises
     ------
@@ -179,7 +180,7 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     if out.suffix.lower() != ".csv":  # `--out p.json`: a CSV under another format's name
         raise out_refused(out, f"fne predict writes a CSV{f', not {out.suffix}' if out.suffix else ''}: name the "
                                f"file .csv")
-    run_dir = _run_folder(run_dir)
+    run_dir = run_folder(run_dir)
     if not (run_dir / "model.joblib").is_file() and (run_dir / "model.pt").is_file():
         return _with_network(run_dir, data, out, options)
     model = load_model(run_dir)
@@ -190,12 +191,11 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     _check_top(p.top, model["classes"])
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
     src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir))
-    dataset = src.dataset
-    pipe, classes = model["pipeline"], model["classes"]
+    dataset, pipe, classes = src.dataset, model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, None)
-    return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored),
+    return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored), "n_skipped": src.n_skipped,
             "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "out": str(out), "store": str(src.store.path)}
 
 
@@ -256,21 +256,27 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
 
     check_device(options.get("device") or "auto", here=False)  # parsed before DATA is listed
     d, o, p = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
-    if p.moved_weights is not None:  # its network is its model.pt
-        raise opts.refusal(lambda py: f"{opts.named('moved_weights', py)}: {run_dir} is a `fne train` run, whose "
-                                      f"network is its model.pt; give it for a `fne fit` model", FneError)
+    if p.moved_weights is not None:
+        raise no_moved_weights(run_dir)
     run = read_run(run_dir)
     _check_top(p.top, run["classes"])
     label_key = _label_key(d.label_key, run.get("options", {}).get("label_key"), data, run_dir)
     dataset = load_dataset(data, label_key=label_key, cache=options.get("cache"))
-    dataset, classes, scores, idx, _ = predict_network(run_dir, dataset, device=options.get("device"),
-                                                       batch_size=o.batch_size, workers=o.workers,
-                                                       progress=o.progress, name=data)
+    dataset, classes, scores, idx, unread = predict_network(run_dir, dataset, device=options.get("device"),
+                                                            batch_size=o.batch_size, workers=o.workers,
+                                                            progress=o.progress, name=data)
     pred = _write(out, dataset, idx, classes, scores, p.top)
     labels = [dataset.labels[i] for i in idx] if dataset.labels else None
     acc, scored = _accuracy(pred, labels, classes, data) if labels else (None, None)
     return {"n": len(idx), "accuracy": acc, "n_scored": _count(scored),
-            "n_fitted_on": _trained_on(run_dir, data, dataset, idx, scored), "out": str(out), "store": None}
+            "n_fitted_on": _trained_on(run_dir, data, dataset, idx, scored), "n_skipped": len(unread),
+            "out": str(out), "store": None}
+
+
+def no_moved_weights(run_dir: Path) -> FneError:
+    """The refusal of ``moved_weights`` for a `fne train` run, whose network is its model.pt."""
+    return opts.refusal(lambda py: f"{opts.named('moved_weights', py)}: {run_dir} is a `fne train` run, whose "
+                                   f"network is its model.pt; give it for a `fne fit` model", FneError)
 
 
 def _trained_on(run_dir: Path, data, dataset: Dataset, idx, scored: np.ndarray | None = None) -> int | None:

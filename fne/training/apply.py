@@ -11,6 +11,7 @@ pass (`epochs.evaluate`), so the run's own test images get the scores of its pre
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch import nn
 from fne.backbones import registry as backbones
 from fne.backbones import zoo
 from fne.backbones.normalize import Normalize
+from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
 from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import FneError
@@ -92,29 +94,58 @@ def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
     return model.to(device).eval()
 
 
+@dataclass
+class Network:
+    """A train run's network, built once (`load_network`) and applied to any number of DATAs
+    (`apply_network`): its metrics.json (`run`), the module in eval mode on `device`, the
+    precision it runs at and the backbone whose preprocessing its test view takes."""
+
+    run: dict
+    model: nn.Module
+    device: torch.device
+    precision: str
+    backbone: backbones.Backbone
+
+
+def load_network(run_dir: str | Path, device: str | None = None) -> Network:
+    """The network of the train run `run_dir` on `device` (default auto), at the run's precision
+    on the kind of device it ran on, elsewhere at that device's own."""
+    m = read_run(run_dir)
+    dev = resolve_device(device or "auto")
+    ran_on = torch.device(m.get("device", "cpu")).type
+    precision = m["precision"] if ran_on == dev.type else resolve_precision("auto", dev)
+    return Network(m, network(run_dir, m, dev), dev, precision, _backbone(m))
+
+
+def apply_network(net: Network, dataset: Dataset, *, batch_size: int | str = "auto", workers: int | None = None,
+                  progress: bool = True, name: object = None, skipped: dict | None = None):
+    """(class names, softmax scores (N, classes) over `dataset`'s readable images, their dataset
+    indices, the unreadable images {id: why}) with `net`, through the run's test view; `name`:
+    DATA as given (default: the dataset's name), which a DataError says has no readable image;
+    `skipped`: the dict the unreadable images go into (the caller's: also when none is readable)."""
+    m, dev = net.run, net.device
+    labels = np.zeros(len(dataset), dtype=np.int64)  # the pass needs some; predict reads DATA's own
+    ctx = epochs.Ctx(dataset, labels, dev, net.precision, Normalize(net.backbone.mean, net.backbone.std).to(dev),
+                     None, progress, {} if skipped is None else skipped, data=_named(dataset if name is None else name))
+    view = epochs.transforms(int(m["image_size"]), False, net.backbone)[1]
+    size = int(m.get("batch_size") or 32) if batch_size == "auto" else int(batch_size)
+    with epochs.loaders(ctx, size, default_workers(dev) if workers is None else workers) as loader:
+        idx, _, scores = epochs.evaluate(net.model, loader(np.arange(len(dataset)), view), ctx,
+                                         f"predict {m['arch']} {m['mode']}")
+    return list(m["classes"]), scores, idx, dict(ctx.skipped)
+
+
 def predict_network(run_dir: str | Path, data, *, device: str | None = None, batch_size: int | str = "auto",
                     workers: int | None = None, progress: bool = True, name: object = None):
     """(dataset, class names, softmax scores (N, classes) over DATA's readable images, their
-    dataset indices, the unreadable images) with the network of the train run `run_dir`; `name`:
-    DATA as given (default `data`; a Dataset by its name), which a DataError says has no readable
-    image, as `fne fit` says it."""
-    m = read_run(run_dir)
-    dev = resolve_device(device or "auto")
-    # the run's precision on the kind of device it ran on; elsewhere that device's own
-    ran_on = torch.device(m.get("device", "cpu")).type
-    precision = m["precision"] if ran_on == dev.type else resolve_precision("auto", dev)
-    model = network(run_dir, m, dev)
-    b = _backbone(m)
+    dataset indices, the unreadable images) with the network of the train run `run_dir`
+    (`load_network`, then `apply_network`); `name`: DATA as given (default `data`; a Dataset by
+    its name), which a DataError says has no readable image, as `fne fit` says it."""
+    net = load_network(run_dir, device)
     dataset = data if not isinstance(data, (str, Path)) else load_dataset(data)
-    labels = np.zeros(len(dataset), dtype=np.int64)  # the pass needs some; predict reads DATA's own
-    ctx = epochs.Ctx(dataset, labels, dev, precision, Normalize(b.mean, b.std).to(dev), None, progress, {},
-                     data=_named(data if name is None else name))
-    view = epochs.transforms(int(m["image_size"]), False, b)[1]
-    size = int(m.get("batch_size") or 32) if batch_size == "auto" else int(batch_size)
-    with epochs.loaders(ctx, size, default_workers(dev) if workers is None else workers) as loader:
-        idx, _, scores = epochs.evaluate(model, loader(np.arange(len(dataset)), view), ctx,
-                                         f"predict {m['arch']} {m['mode']}")
-    return dataset, list(m["classes"]), scores, idx, dict(ctx.skipped)
+    classes, scores, idx, skipped = apply_network(net, dataset, batch_size=batch_size, workers=workers,
+                                                  progress=progress, name=data if name is None else name)
+    return dataset, classes, scores, idx, skipped
 
 
 def _named(data) -> str:

@@ -1,0 +1,299 @@
+"""`fne.load`: a run folder's model as a classifier object, to score images again and again.
+
+`fne predict` reads the model, builds the network and writes a CSV every call; a notebook, a
+service or an active-learning loop wants the model loaded once and scores back as arrays. A
+`fne fit` run's model (model.joblib) is applied through the backbone it was fitted on: the
+images' pixels are `fne extract`'s (`fne.extraction.reader.ImageItems`, `reader.assembled`),
+their rows the tap model's (`fne.extraction.taps.TapRunner`) at the store's precision and storage
+dtype, the head `fne predict`'s (`fne.linear.features.class_scores`). A `fne train` run's network
+(model.pt) is applied as `fne predict` applies it (`fne.training.apply`). The rows are kept in
+memory only: no cache is read or written, and nothing is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fne import option_handling as opts
+from fne.cache import parts
+from fne.data.dataset import Dataset
+from fne.data.hdf5 import ArraySource, check_arrays
+from fne.data.images import upright_rgb
+from fne.errors import DataError, FneError, expect_path
+from fne.options import ForwardOptions, PredictOptions, StoreOptions
+from fne.progress import first_few, say_skipped
+
+# The keywords of `load`: where the network runs, images per forward pass, and where a weights
+# file a `fne fit` model was fitted on lies now (declared in fne.options, as the verbs' are).
+OPTIONS = ("device", "batch_size", "moved_weights")
+
+
+@opts.keywords(StoreOptions, ForwardOptions, PredictOptions, only=OPTIONS)
+def load(run_dir: str | Path, **options) -> LoadedModel:
+    """The model of a `fne fit` run (model.joblib) or a `fne train` run (model.pt), loaded once,
+    to score images from Python as often as wanted (`LoadedModel`).
+
+    A `fne fit` model is refused here as `fne predict` refuses it: fitted on an earlier fne's
+    pixels, on a weights file that changed or cannot be read (``moved_weights`` gives where it
+    lies now), or on random weights this device would draw otherwise. Its backbone is built on
+    the first call that scores images; a train run's network is built here. A fit run's rows are
+    computed in memory, at the precision and storage dtype of the store it was fitted on: no cache
+    is read or written (a row the cache holds is computed again, the same to float rounding).
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A `fne fit` or `fne train` run folder (or its model.joblib / model.pt).
+    **options
+        ``device``, ``batch_size`` and ``moved_weights``, as `fne predict` takes them.
+
+    Returns
+    -------
+    LoadedModel
+        ``classes_``, ``predict``, ``decision_function``, and ``predict_proba`` for a logreg
+        head or a train run's network.
+
+    Raises
+    ------
+    FneError
+        ``run_dir`` is no `fne fit` or `fne train` run (or a direct mode one, which trains
+        nothing), or its model cannot be read or applied here (the refusals above).
+    WeightsError
+        The ImageNet weights of its backbone are not on this machine, and cannot be downloaded.
+    """
+    from fne.linear.predict import run_folder
+
+    expect_path(run_dir, "run_dir")
+    store, forward, given = opts.resolve(options, StoreOptions, ForwardOptions, PredictOptions, only=OPTIONS)
+    device, moved = store.device, given.moved_weights
+    folder = run_folder(run_dir)
+    if not (folder / "model.joblib").is_file() and (folder / "model.pt").is_file():
+        return LoadedModel(folder, _Network(folder, device, forward.batch_size, moved))
+    return LoadedModel(folder, _Head(folder, device, forward.batch_size, moved))
+
+
+class LoadedModel:
+    """A run folder's model (`load`), scoring images in memory: scikit-learn's classifier methods.
+
+    ``images``, for each method: one image file's path, a list of paths, a PIL image or a list of
+    them (their EXIF orientation applied, then 8-bit RGB, as a file's decoding does), or a uint8
+    array N×H×W×3 (N×H×W or N×H×W×1: grey), as `fne extract` reads an HDF5 file's ``images``.
+    Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
+    resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
+    this process, `batch_size` at a time, and their rows kept in memory (no cache); an unreadable
+    one is a DataError naming it. Calls from several threads take turns (the network keeps a
+    forward pass's outputs on itself).
+
+    Attributes
+    ----------
+    classes_ : ndarray of str
+        The model's classes, in the order of the score columns (predictions.csv's ``score_<class>``).
+    run_dir : Path
+        The run folder.
+    kind : str
+        ``fit`` (a head on the backbone's rows) or ``train`` (a trained network).
+    """
+
+    def __init__(self, run_dir: Path, scorer: _Head | _Network):
+        self.run_dir, self._scorer = run_dir, scorer
+        self.kind = "train" if isinstance(scorer, _Network) else "fit"
+        self.classes_ = np.array(scorer.names)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"fne.load({str(self.run_dir)!r}): a `fne {self.kind}` run's {self._scorer.what}, " \
+               f"{len(self.classes_)} classes"
+
+    def decision_function(self, images) -> np.ndarray:
+        """The scores predictions.csv's ``score_<class>`` columns hold for `images`.
+
+        Parameters
+        ----------
+        images : str, Path, PIL image, list of them, or ndarray
+            As the class says.
+
+        Returns
+        -------
+        ndarray
+            float64 (N, classes) in ``classes_`` order: a logreg head's probabilities (not
+            scikit-learn's log-odds), an svm head's decision margins (``[-m, m]`` with two
+            classes), a train run's network's softmax.
+        """
+        dataset = _dataset(images)
+        with self._lock:
+            return self._scorer.scores(dataset)
+
+    def predict(self, images) -> np.ndarray:
+        """The class of each of `images`.
+
+        Parameters
+        ----------
+        images : str, Path, PIL image, list of them, or ndarray
+            As the class says.
+
+        Returns
+        -------
+        ndarray of str
+            The N highest-scoring classes (predictions.csv's ``predicted``; on a tie, the first
+            in ``classes_``).
+        """
+        scores = self.decision_function(images)
+        return self.classes_[np.argmax(scores, axis=1)] if len(scores) else self.classes_[:0]
+
+    @property
+    def predict_proba(self):
+        """(N, classes) probabilities in ``classes_`` order: a logreg head's, or a train run's
+        network's softmax (`decision_function`'s scores); an svm head has none (AttributeError)."""
+        if not self._scorer.probabilities:
+            raise AttributeError(f"{self.run_dir}: its {self._scorer.what} gives no probabilities (no predict_proba); "
+                                 f"decision_function gives its margins")
+        return self.decision_function
+
+
+def _dataset(images) -> Dataset:
+    """`LoadedModel`'s ``images`` as a Dataset of image files or of arrays; a TypeError or
+    ValueError in one line for anything else."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    if isinstance(images, np.ndarray):
+        try:
+            check_arrays(images.shape, images.dtype, images.shape[:1])
+        except ValueError as e:
+            raise ValueError(f"images: {e}") from None
+        return _in_memory(images)
+    if not isinstance(images, (list, tuple)):
+        raise TypeError(f"images: expected a path, a list of paths, a PIL image or a list of them, or a uint8 array "
+                        f"N×H×W×3, not {type(images).__name__}")
+    if all(isinstance(x, Image.Image) for x in images):
+        return _in_memory([np.asarray(upright_rgb(x)) for x in images])
+    odd = next((i for i, x in enumerate(images) if not isinstance(x, (str, os.PathLike))), None)
+    if odd is not None:
+        raise TypeError(f"images[{odd}]: expected a path (or a list of PIL images only), not {type(images[odd]).__name__}")
+    paths = [os.fspath(p) for p in images]
+    for p in paths:
+        if not os.path.exists(p):
+            raise DataError(f"{p}: no such file")
+        if os.path.isdir(p):
+            raise DataError(f"{p}: is a folder; give image files (fne.predict scores a folder's images)")
+    return Dataset(name="images", ids=paths, labels=None, splits=None, classes=[], sources=paths)
+
+
+def _in_memory(arrays) -> Dataset:
+    """Images held in memory (an array, or a list of H×W×3 arrays of any sizes: an `ArraySource`
+    indexes either) as a Dataset, each named ``images[i]``."""
+    n = len(arrays)
+    return Dataset(name="images", ids=[f"images[{i}]" for i in range(n)], labels=None, splits=None, classes=[],
+                   sources=list(range(n)), array_source=ArraySource(array=arrays))
+
+
+def _unreadable(bad: list[tuple[str, str]]) -> DataError:
+    """The DataError of images that could not be read: ids and why, the first few."""
+    return DataError(f"{len(bad)} image(s) could not be read, so none was scored: "
+                     f"{first_few([f'{i} ({why})' for i, why in bad], 3)}")
+
+
+class _Head:
+    """A `fne fit` model: the backbone's taps -> the layers its head was fitted on -> its scores."""
+
+    def __init__(self, run_dir: Path, device: str, batch_size: int | str, moved_weights: str | None):
+        from fne.backbones.catalog import refuse_unobtainable
+        from fne.devices import check_device, resolve_batch_size, resolve_decode, resolve_device
+        from fne.extraction.taps import TapRunner
+        from fne.linear.predict import load_model, pinned_spec
+
+        model = load_model(run_dir)
+        check_device(device)
+        spec = pinned_spec(model, str(run_dir), device, moved_weights)  # fne predict's refusals
+        refuse_unobtainable(spec.arch, spec.weights)
+        s = model["store"]
+        self.pipe, self.layers = model["pipeline"], model["layers"]
+        self.names = [model["classes"][c] for c in self.pipe.classes_]
+        self.probabilities = hasattr(self.pipe, "predict_proba")  # as `class_scores` asks
+        self.what = f"{model['features']}+{model['head']} head"
+        self.dev = resolve_device(device)
+        self.jpegs = resolve_decode(spec.decode, self.dev) == "device"  # rows of device-decoded JPEGs
+        if self.jpegs and spec.prep_key() != s["preprocess"]:  # as `open_rows` refuses to extract them
+            raise FneError(f"{run_dir} was fitted on rows of JPEGs decoded on the device by another library than "
+                           f"this machine's ({s['preprocess']}, here {spec.prep_key()}): install that library to "
+                           f"score images with it")
+        self.prep, self.dtype = spec.preprocess(), s["storage_dtype"]
+        self.taps = [(t.name, t.channels) for t in spec.backbone().taps]
+        self.batch = resolve_batch_size(batch_size, self.dev, self.prep.size, s["precision"], self.prep.views)
+        out = torch.float16 if self.dtype == "float16" else torch.float32
+        self.runner = TapRunner(spec, self.dev, s["precision"], out)  # built by its first call
+
+    def scores(self, dataset: Dataset) -> np.ndarray:
+        from fne.extraction import reader
+        from fne.linear.features import class_scores
+
+        out = np.empty((len(dataset), len(self.names)))
+        if not len(dataset):
+            return out
+        items = reader.ImageItems(dataset, list(range(len(dataset))), self.prep, raw_jpeg=self.jpegs)
+        loader = torch.utils.data.DataLoader(items, batch_size=self.batch, collate_fn=reader.collate)
+        cols = parts.columns(self.taps)
+        bad: list[tuple[str, str]] = []
+        notes: list[tuple[str, str]] = []  # what decoding an image warned of (a float image read black)
+        batches = reader.assembled(iter(loader), self.dev, self.prep, jpegs=self.jpegs)
+        try:
+            for batch, (x, idx, _), unread in batches:
+                bad += [(dataset.ids[i], why) for i, _, why in unread]
+                notes += batch["notes"]
+                if x is None or bad:
+                    continue
+                rows, event = self.runner(x)
+                if event is not None:
+                    event.synchronize()
+                # as the store keeps them (float16 that overflows refused), then as `Store.read_rows` reads them
+                rows = parts.side_by_side(rows.numpy(), len(idx), self.prep.views, self.taps, self.dtype, "images")
+                X = np.concatenate([rows[:, :, slice(*cols[la])] for la in self.layers], axis=2, dtype=np.float32)
+                out[idx] = class_scores(self.pipe, X)
+        finally:
+            batches.close()
+            say_skipped(notes, skipped=False)  # one line for all such images, as `fne extract` says them
+        if bad:
+            raise _unreadable(bad)
+        return out
+
+
+class _Network:
+    """A `fne train` run's network (`fne.training.apply`), built once."""
+
+    def __init__(self, run_dir: Path, device: str, batch_size: int | str, moved_weights: str | None):
+        from fne.devices import check_device
+        from fne.linear.predict import no_moved_weights
+        from fne.training.apply import load_network
+
+        check_device(device)
+        if moved_weights is not None:
+            raise no_moved_weights(run_dir)
+        self.net, self.batch = load_network(run_dir, device), batch_size
+        self.names = list(self.net.run["classes"])
+        self.probabilities, self.what = True, f"{self.net.run['mode']} {self.net.run['arch']} network"
+
+    def scores(self, dataset: Dataset) -> np.ndarray:
+        from fne.training.apply import apply_network
+
+        if not len(dataset):
+            return np.empty((0, len(self.names)))
+        unread: dict[str, str] = {}
+        try:
+            with warnings.catch_warnings():  # the DataError below names them, as a fit run's does
+                warnings.filterwarnings("ignore", message="skipped ", module="fne.training.epochs")
+                _, scores, idx, _ = apply_network(self.net, dataset, batch_size=self.batch, workers=0,
+                                                  progress=False, name="images", skipped=unread)
+        except DataError:  # none readable
+            if not unread:
+                raise
+        if unread:
+            raise _unreadable(list(unread.items()))
+        out = np.empty((len(dataset), len(self.names)))
+        out[idx] = scores
+        return out

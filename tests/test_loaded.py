@@ -1,0 +1,279 @@
+"""`fne.load`: a run's model loaded once, scoring images in memory as `fne predict` scores them;
+and `fne predict`'s count of the images it skipped as unreadable."""
+
+from __future__ import annotations
+
+import shutil
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+import fne
+import fne.extraction.taps
+import fne.training.apply
+from fne.backbones import registry as backbones
+from fne.cache.spec import DEVICE_SUFFIXES
+from fne.cli import main
+from fne.devices import device_decoder
+from fne.errors import DataError, FneError, OptionError
+
+from .conftest import FAST, write_digits
+from .test_api import _readme_python
+
+
+def _listing(folder) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def _csv(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"path": str, "predicted": str, "true": str})
+
+
+def _scores(p: pd.DataFrame, classes) -> np.ndarray:
+    return p[[f"score_{c}" for c in classes]].to_numpy()
+
+
+def _rgb(paths) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+@pytest.fixture
+def builds(monkeypatch) -> list[int]:
+    """How many times a backbone's tap model was built."""
+    made: list[int] = []
+    real = fne.extraction.taps.build_tap_model
+
+    def counting(*a, **k):
+        made.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fne.extraction.taps, "build_tap_model", counting)
+    return made
+
+
+@pytest.mark.parametrize(("head", "storage_dtype"), [("logreg", "float32"), ("svm", "float16")])
+def test_a_fit_runs_model_scores_images_as_predict_does(head, storage_dtype, digits_folder, warm_cache, tmp_path,
+                                                        builds, one_torch_thread):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    store = dict(FAST, storage_dtype=storage_dtype)
+    fne.fit(digits_folder, tmp_path / "run", features="block3,head", head=head, cache=str(cache), extract_missing=True,
+            progress=False, **store)
+    with pytest.warns(UserWarning, match="are images .* was fitted on"):
+        fne.predict(tmp_path / "run", digits_folder, out=tmp_path / "p.csv", progress=False)
+    p = _csv(tmp_path / "p.csv")
+    paths = [digits_folder / x for x in p["path"]]
+    before = _listing(cache)
+    builds.clear()  # those of the extraction (float16 rows)
+    clf = fne.load(tmp_path / "run", batch_size=5)  # batches of another size than predict's
+    assert list(clf.classes_) == [c.removeprefix("score_") for c in p.columns if c.startswith("score_")]
+    want = _scores(p, clf.classes_)
+    assert len(np.unique(want.round(4), axis=0)) > 10  # scores that tell the images apart
+    got = clf.decision_function(paths)
+    assert got.shape == want.shape and np.allclose(got, want, rtol=1e-5, atol=1e-6)
+    some = paths[::4]  # the other forms on a few of them
+    assert list(clf.predict([str(x) for x in some])) == list(p["predicted"][::4])
+    assert np.allclose(clf.decision_function([Image.open(x) for x in some]), got[::4], rtol=0, atol=1e-12)
+    assert np.allclose(clf.decision_function(_rgb(some)), got[::4], rtol=0, atol=1e-12)
+    assert np.allclose(clf.decision_function(_rgb(some)[..., 0]), got[::4], rtol=0, atol=1e-12)  # grey N×H×W
+    assert np.allclose(clf.decision_function(paths[3]), got[3:4], rtol=0, atol=1e-12)  # one path
+    assert builds == [1]  # the backbone built once, for every call
+    assert _listing(cache) == before  # rows in memory: nothing written into the cache
+    if head == "logreg":
+        assert np.allclose(clf.predict_proba(some), got[::4]) and np.allclose(got.sum(1), 1)
+    else:
+        assert not hasattr(clf, "predict_proba")
+        with pytest.raises(AttributeError, match="svm head gives no probabilities"):
+            clf.predict_proba(paths)
+
+
+def test_a_train_runs_network_scores_images_as_predict_does(tmp_path, monkeypatch):
+    data = write_digits(tmp_path / "data", per_class=8, classes=3)
+    fne.train(data, "frozen", tmp_path / "run", arch="resnet18", weights="random", epochs=1, image_size=40,
+              batch_size=8, val_fraction=0.2, precision="fp32", workers=0, progress=False)
+    fne.predict(tmp_path / "run", data, out=tmp_path / "p.csv", workers=0, progress=False)
+    p = _csv(tmp_path / "p.csv")
+    paths = [data / x for x in p["path"]]
+    built: list[int] = []
+    real = fne.training.apply.network
+    monkeypatch.setattr(fne.training.apply, "network", lambda *a: built.append(1) or real(*a))
+    clf = fne.load(tmp_path / "run")
+    assert list(clf.classes_) == ["0", "1", "2"] and clf.kind == "train"
+    want = _scores(p, clf.classes_)
+    assert len(np.unique(want.round(4), axis=0)) > 10
+    got = clf.predict_proba(paths)
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-6) and np.allclose(clf.decision_function(paths), got)
+    assert list(clf.predict(paths)) == list(p["predicted"])
+    some = paths[::4]
+    assert np.allclose(clf.predict_proba([Image.open(x) for x in some]), got[::4], rtol=0, atol=1e-6)
+    assert np.allclose(clf.predict_proba(_rgb(some)), got[::4], rtol=0, atol=1e-6)
+    assert built == [1]
+    with pytest.raises(FneError, match="moved_weights: .* is a `fne train` run"):
+        fne.load(tmp_path / "run", moved_weights=str(tmp_path / "w.pt"))
+
+
+def test_load_refuses_a_model_as_predict_does(digits_split, tmp_path):
+    """Weights that moved (named by moved_weights=), weights that changed, an earlier fne's pixels."""
+    weights = tmp_path / "w.pt"
+    torch.save(backbones.load_backbone(FAST["arch"], "random", seed=1).state_dict(), weights)
+    fne.fit(digits_split, tmp_path / "run", features="last", extract_missing=True, arch=FAST["arch"],
+            weights=str(weights), precision="fp32", cache=str(tmp_path / "cache"), progress=False)
+    fne.predict(tmp_path / "run", digits_split, out=tmp_path / "p.csv", progress=False)
+    p = _csv(tmp_path / "p.csv")
+    paths = [digits_split / x for x in p["path"]]
+    weights.rename(tmp_path / "moved.pt")
+    with pytest.raises(FneError, match=r"run was fitted on weights .*w\.pt .*where the file moved, give its path: "
+                                       r"moved_weights='PATH'$"):
+        fne.load(tmp_path / "run")
+    clf = fne.load(tmp_path / "run", moved_weights=str(tmp_path / "moved.pt"))
+    assert np.allclose(clf.decision_function(paths), _scores(p, clf.classes_), rtol=1e-5, atol=1e-6)
+    torch.save(backbones.load_backbone(FAST["arch"], "random", seed=2).state_dict(), weights)
+    with pytest.raises(FneError, match="changed since"):
+        fne.load(tmp_path / "run")
+    with pytest.raises(FneError, match="moved_weights='.*other.pt' is not the weights"):
+        shutil.copy(weights, tmp_path / "other.pt")
+        fne.load(tmp_path / "run", moved_weights=str(tmp_path / "other.pt"))
+    weights.unlink()
+    (tmp_path / "moved.pt").rename(weights)
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    model["store"]["preprocess"] = "center224"
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    with pytest.raises(FneError, match="an earlier fne's pixels, which this fne no longer makes"):
+        fne.load(tmp_path / "run")
+    here = device_decoder() or "torchvision"  # prep_key's where none decodes
+    other = next(s for lib, s in DEVICE_SUFFIXES.items() if lib != here)
+    model["store"].update(preprocess="center224-tv" + other, decode="device")  # nvJPEG's pixels, another library's
+    joblib.dump(model, tmp_path / "run" / "model.joblib")
+    with pytest.raises(FneError, match=f"decoded on the device by another library than this machine's "
+                                       f"\\(center224-tv{other}, here center224-tv{DEVICE_SUFFIXES[here]}\\)"):
+        fne.load(tmp_path / "run")
+
+
+def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cache, tmp_path):
+    fne.fit(digits_folder, tmp_path / "run", features="last", cache=str(warm_cache), progress=False, **FAST)
+    clf = fne.load(tmp_path / "run")
+    good = sorted(digits_folder.rglob("*.png"))[:2]
+    (tmp_path / "bad.png").write_text("not an image")
+    cases = [(3, TypeError, "images: expected a path, a list of paths, a PIL image"),
+             ([good[0], 3], TypeError, r"images\[1\]: expected a path"),
+             (_rgb(good).astype(np.float32), ValueError, "images: images must be uint8"),
+             (_rgb(good).transpose(0, 3, 1, 2), ValueError, "images: images must be N×H×W.*channels first"),
+             ([tmp_path / "absent.png"], DataError, "absent.png: no such file"),
+             ([digits_folder], DataError, "is a folder; give image files"),
+             ([good[0], tmp_path / "bad.png"], DataError, r"1 image\(s\) could not be read, so none was scored: "
+                                                          r".*bad.png \(not an image file\)")]
+    for images, exc, said in cases:
+        with pytest.raises(exc, match=said) as e:
+            clf.predict(images)
+        assert len(str(e.value).splitlines()) == 1
+    assert clf.predict([]).shape == (0,) and clf.decision_function([]).shape == (0, 4)
+    Image.fromarray(np.full((32, 32), 0.5, dtype=np.float32), mode="F").save(tmp_path / "float.tif")
+    with pytest.warns(UserWarning, match="float.tif: a float image with values in 0-1 is read as 0-255"):
+        assert clf.predict([tmp_path / "float.tif"]).shape == (1,)  # scored, and said, as fne extract says it
+    with pytest.raises(FneError, match="does not exist"):
+        fne.load(tmp_path / "absent")
+    with pytest.raises(TypeError, match="unexpected keyword argument.*arch"):
+        fne.load(tmp_path / "run", arch="vgg16")
+    with pytest.raises(TypeError, match="device must be a string, not NoneType"):
+        fne.load(tmp_path / "run", device=None)
+    with pytest.raises(OptionError, match="bad batch_size=0: batch_size must be >= 1 or auto"):
+        fne.load(tmp_path / "run", batch_size=0)
+    with pytest.raises(OptionError, match="bad device='tpu'"):
+        fne.load(tmp_path / "run", device="tpu")
+
+
+def test_predicts_summary_counts_the_images_it_skipped_as_unreadable(digits_folder, warm_cache, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    data = tmp_path / "data"
+    shutil.copytree(digits_folder, data)
+    fne.fit(data, tmp_path / "run", features="last", cache=str(cache), progress=False, **FAST)
+    (data / "0" / "bad.png").write_text("not an image")
+    (data / "1" / "empty.png").write_bytes(b"")
+    for _ in range(2):  # extracted, then recorded as unreadable in the store
+        assert main(["predict", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "p.csv"),
+                     "--no-progress"]) == 0
+        out, err = capsys.readouterr()
+        assert out.rstrip().endswith(", 2 skipped (unreadable)") and "wrote 24 predictions" in out
+        assert "0/bad.png" in err and "1/empty.png" in err
+    (data / "0" / "bad.png").unlink()
+    (data / "1" / "empty.png").unlink()
+    r = fne.predict(tmp_path / "run", data, out=tmp_path / "p.csv", progress=False)
+    assert r["n_skipped"] == 0
+    main(["predict", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "p.csv"), "--no-progress"])
+    assert "skipped" not in capsys.readouterr().out
+
+
+def test_a_train_runs_predict_counts_the_images_it_skipped(tmp_path, capsys):
+    data = write_digits(tmp_path / "data", per_class=4, classes=2)
+    fne.train(data, "frozen", tmp_path / "run", arch="resnet18", weights="random", epochs=1, image_size=32,
+              batch_size=4, val_fraction=0.25, precision="fp32", workers=0, progress=False)
+    (data / "0" / "bad.png").write_text("not an image")
+    assert main(["predict", str(tmp_path / "run"), str(data), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 8 predictions" in out and out.rstrip().endswith(", 1 skipped (unreadable)")
+
+
+@pytest.mark.parametrize("kind", ["fit", "train"])
+def test_the_readmes_load_block_runs_as_written(kind, digits_folder, warm_cache, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if kind == "fit":
+        fne.fit(digits_folder, "runs/fne", features="fne", head="svm", cache=str(warm_cache), progress=False, **FAST)
+    else:
+        fne.train(digits_folder, "frozen", "runs/fne", arch="resnet18", weights="random", epochs=1, image_size=32,
+                  batch_size=8, val_fraction=0.25, precision="fp32", workers=0, progress=False)
+    a, b = sorted(digits_folder.rglob("*.png"))[:2]
+    code = _readme_python("fne.load(").replace('"new/a.png"', repr(str(a))).replace('"new/b.png"', repr(str(b)))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    clf = scope["clf"]
+    assert scope["scores"].shape == (2, 4) and np.allclose(clf.decision_function(scope["pixels"]), scope["scores"])
+    assert ("proba" in scope) == (kind == "train")
+
+
+def _odd_images(folder) -> list:
+    """Images whose decoding has rules: EXIF orientation, alpha, palette transparency, 16-bit grey, CMYK."""
+    from sklearn.datasets import load_digits
+
+    folder.mkdir()
+    d = load_digits().images
+    grey = [np.kron(np.clip(d[i] * 16, 0, 255).astype(np.uint8), np.ones((5, 4), np.uint8)) for i in range(6)]
+    rgb = Image.fromarray(np.stack([grey[0], grey[1], 255 - grey[0]], axis=2))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90°
+    rgb.save(folder / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(np.stack([grey[1], grey[2], grey[3], grey[4]], axis=2), "RGBA").save(folder / "alpha.png")
+    p = Image.fromarray(grey[2]).convert("P")
+    p.info["transparency"] = 0
+    p.save(folder / "palette.png", transparency=0)
+    Image.fromarray(grey[3].astype(np.uint16) * 257).save(folder / "grey16.png")
+    Image.fromarray(grey[4]).convert("CMYK").save(folder / "cmyk.jpg")
+    Image.fromarray(grey[5]).save(folder / "grey.jpg")
+    return sorted(folder.iterdir())
+
+
+def test_decoding_rules_apply_to_paths_and_pil_images_as_to_predicts_files(digits_folder, warm_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache, cache)
+    fne.fit(digits_folder, tmp_path / "run", features="block3,head", head="logreg", cache=str(cache), progress=False,
+            **FAST)
+    _odd_images(tmp_path / "odd")
+    fne.predict(tmp_path / "run", tmp_path / "odd", out=tmp_path / "p.csv", progress=False)
+    p = _csv(tmp_path / "p.csv")
+    paths = [tmp_path / "odd" / x for x in p["path"]]
+    assert len(paths) == 6
+    clf = fne.load(tmp_path / "run")
+    want = _scores(p, clf.classes_)
+    assert np.allclose(clf.decision_function(paths), want, rtol=1e-5, atol=1e-6)
+    assert np.allclose(clf.decision_function([Image.open(x) for x in paths]), want, rtol=1e-5, atol=1e-6)
+    rotated = p["path"].tolist().index("rotated.jpg")
+    raw = Image.open(paths[rotated]).convert("RGB")  # its pixels as stored, not turned upright
+    assert raw.size == (32, 40) and not np.allclose(clf.decision_function(np.asarray(raw)[None]), want[rotated:rotated + 1],
+                                                    rtol=1e-5, atol=1e-6)
+    turned = np.asarray(raw.transpose(Image.Transpose.ROTATE_270))[None]  # EXIF orientation 6: 90° clockwise
+    assert np.allclose(clf.decision_function(turned), want[rotated:rotated + 1], rtol=1e-5, atol=1e-6)
