@@ -405,6 +405,19 @@ def _html_row(r: dict, name: str, mark: str | None) -> str:
             + f"<td>{_e(images_str(r))}</td><td>{_e(r.get('n_splits') or '—')}</td></tr>")
 
 
+def _html_table(ds: dict) -> list[str]:
+    """report.html's table of a section, and under it the notes its rows share, marked on them."""
+    H = ["<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD) + "</tr></thead><tbody>"]
+    names, marks = _marked(ds)
+    H += [_html_row(r, name, marks.get(r.get("note"))) for r, name in zip(ds["rows"], names, strict=True)]
+    for name, p in ds["published"]["only"].items():
+        H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
+                 f"<td>—</td><td>—</td><td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
+                 "<td>—</td><td>—</td><td>—</td><td>—</td></tr>")
+    H.append("</tbody></table>")
+    return H + [f"<p class='mark'><small><sup>{_e(m)}</sup> {_e(note)}</small></p>" for note, m in marks.items()]
+
+
 def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
     H = ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
          "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -420,16 +433,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append(f"<h2>{_e(ds['dataset'])}</h2>")
         if ds.get("backbone"):
             H.append(f"<p class='backbone'>Backbone: {_e(ds['backbone'])}</p>")
-        H.append("<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD)
-                 + "</tr></thead><tbody>")
-        names, marks = _marked(ds)
-        H += [_html_row(r, name, marks.get(r.get("note"))) for r, name in zip(ds["rows"], names, strict=True)]
-        for name, p in ds["published"]["only"].items():
-            H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
-                     f"<td>—</td><td>—</td><td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
-                     "<td>—</td><td>—</td><td>—</td><td>—</td></tr>")
-        H.append("</tbody></table>")
-        H += [f"<p class='mark'><small><sup>{_e(m)}</sup> {_e(note)}</small></p>" for note, m in marks.items()]
+        H += _html_table(ds)
         src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
         H.append("<p><small>Highlighted: the best measured value of each column (highest accuracy, lowest "
                  "seconds), beyond noise or not (the verdict below says); rows scored on a subset of the classes (direct mode's class map) are not ranked. "
