@@ -59,7 +59,13 @@ def format_advice(a: dict) -> str:
          f"{a.get('n_images')} images")
     lines = [f"{a.get('dataset')} ({n}, {a.get('classes')} classes; "
              f"{a.get('arch')} {a.get('weights')} weights)",
-             f"recommendation: {a['recommendation']}: {a['text']}", "reasons:"]
+             f"recommendation: {a['recommendation']}: {a['text']}"]
+    if a.get("confidence"):  # absent from an advice.json written before 30 Nov 2026
+        c = a["confidence"]
+        lines.append(f"confidence: {c['level']}" + (f" ({'; '.join(c['doubts'])})" if c["doubts"] else
+                                                    " (size and similarity measured, clear of their thresholds)")
+                     + "; a rule of thumb: only the runs advised, compared by fne report, measure the methods")
+    lines.append("reasons:")
     lines += [f"  - {r}" for r in a.get("reasons", [])]
     if sim.get("judged"):
         tops = ", ".join(f"{t['class']} {t['share']:.0%}" for t in sim.get("top_source_classes", []))

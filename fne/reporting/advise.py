@@ -301,6 +301,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
     size = "large" if images_per_class >= large_per_class else "small"
     reasons = []
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
+    doubts = [f"the size is borderline ({images_per_class:g} a class against {large_per_class})"] if border else []
     reasons.append(
         f"{images_per_class:g} training images per class (median) is {size}: the threshold is "
         f"{large_per_class} per class" + (" (borderline: within a factor of 2)" if border else "")
@@ -311,6 +312,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         rec = UNJUDGED[size]
         similar = None
         reasons.append(f"similarity to the source task cannot be judged: {unjudged}")
+        doubts.append("the similarity was not judged: the size alone decides")
     else:
         similar = "similar" if msp >= similar_msp else "different"
         ent = f", normalised entropy {entropy:.2f}" if entropy is not None else ""
@@ -324,6 +326,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
                < 2 * msp_sem else "")
         )
         rec = RECOMMENDATIONS[(size, similar)]
+        doubts += [f"the similarity is borderline ({msp:.2f} against {similar_msp:.2f})"] * (abs(msp - similar_msp) < MSP_BORDER)
+        doubts += [f"the similarity is uncertain on {sample} images"] * (msp_sem is not None and abs(msp - similar_msp)
+                                                                           < 2 * msp_sem)
     if size == "small":
         reasons.append("course: with a small target set, fine-tuning risks overfitting; train the simplest "
                        "classifier on extracted features")
@@ -338,12 +343,21 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
                        f"handful of images (a random split tests it on fewer still, a third as many at the default "
                        f"--test-size): differences of a few points between methods can be noise; compare them over "
                        f"several splits or seeds, and let `fne report`'s paired test judge them")
+        doubts.append(f"{images_per_class:g} training images a class, few to tell methods apart")
     if similar == "different" and size == "small":
         reasons.append("course: early layers describe generic image characteristics; the full-network "
                        "embedding includes them and is the most robust when source and target differ "
                        "(FNE paper, table 2)")
     return {"recommendation": rec["code"], "text": rec["text"], "families": list(rec["families"]),
-            "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons}
+            "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons, "doubts": doubts}
+
+
+def confidence(doubts: list[str]) -> dict:
+    """How sure the advice is: ``level`` "moderate" where both factors were measured and are clear
+    of their thresholds (never more: the rule is a rule of thumb, which no run of the methods has
+    checked on DATA), "low" with one `doubts` (a factor borderline, uncertain or not judged, few
+    images a class, no split to score on), "very low" with more; ``doubts`` as given."""
+    return {"level": "moderate" if not doubts else "low" if len(doubts) == 1 else "very low", "doubts": list(doubts)}
 
 
 def _classified(data, dataset: Dataset) -> None:
@@ -430,6 +444,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "commands": [runnable(c, data_s, dataset.name, spec, data_o.label_key, None if dataset.has_split else o)
                      for c in d["commands"]],
         "reasons": d["reasons"],
+        "confidence": confidence(["no method can be scored on DATA as it is"] * bool(lonely) + d["doubts"]),
         "size": d["size"],
         "images_per_class": ipc["median"],
         "images_per_class_detail": ipc,
