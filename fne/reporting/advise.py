@@ -297,7 +297,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
     measured on; a threshold within two of them makes the similarity verdict uncertain.
 
     spread: the fewest and most training images of a class; said where a class has under half or
-    over twice the median, which then describes few of them."""
+    over twice the median, which then describes few of them.
+
+    The result's ``doubts``: what makes the advice less sure (`confidence`), one phrase each."""
     size = "large" if images_per_class >= large_per_class else "small"
     reasons = []
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
@@ -353,10 +355,21 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
 
 
 def confidence(doubts: list[str]) -> dict:
-    """How sure the advice is: ``level`` "moderate" where both factors were measured and are clear
-    of their thresholds (never more: the rule is a rule of thumb, which no run of the methods has
-    checked on DATA), "low" with one `doubts` (a factor borderline, uncertain or not judged, few
-    images a class, no split to score on), "very low" with more; ``doubts`` as given."""
+    """How sure the advice is, for its one line (`format_advice`).
+
+    Parameters
+    ----------
+    doubts : list of str
+        What weakens it, as `decide` lists them (a factor borderline, uncertain or not judged, few
+        images a class) and `advise` adds (no split to score a method on).
+
+    Returns
+    -------
+    dict
+        ``level``: "moderate" where there is no doubt (never more: the rule is a rule of thumb that
+        no run of the methods has checked on DATA), "low" with one, "very low" with more;
+        ``doubts`` as given.
+    """
     return {"level": "moderate" if not doubts else "low" if len(doubts) == 1 else "very low", "doubts": list(doubts)}
 
 
