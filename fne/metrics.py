@@ -350,7 +350,7 @@ def _versions() -> dict:
     distribution's; nothing is imported. With Pillow loaded, also the libjpeg-turbo it decodes with."""
     from fne import __version__
 
-    found = {"fne": __version__}
+    found = {"fne": __version__, "fne_code": code_hash()}
     for name in PACKAGES:
         module = sys.modules.get(MODULES.get(name, name))
         try:
@@ -366,6 +366,24 @@ def _versions() -> dict:
 
 # The folder holding the fne package: a git checkout's root where fne runs from one.
 FNE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def code_hash(package: Path = FNE_ROOT / "fne") -> str | None:
+    """A hash of the fne package's .py sources, their paths and bytes (sha256, its first 16 hex
+    digits): tells fne's code apart where its version (0.1.0 however the code changes) does not,
+    without git (an installed fne, a copied folder); None where no source is found. Read once a
+    process: about 3 ms for fne's 93 files, 1.1 MB.
+
+    Parameters
+    ----------
+    package : Path
+        The folder of the fne package.
+    """
+    h, files = hashlib.sha256(), sorted(package.rglob("*.py"))
+    for f in files:
+        h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16] if files else None
 
 
 @functools.cache

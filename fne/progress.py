@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 import re
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -116,9 +118,67 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", lea
         return _Off()
     if not _live_terminal():
         return _LogLines(total, desc, unit)
+    return _bar_class()(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
+
+
+@functools.cache
+def _bar_class() -> type:
+    """tqdm's bar which, from its start to its `close` (or its collection, after an exception),
+    keeps warnings off its line (`_hold`)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
+    class Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.held = _hold()
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                if getattr(self, "held", False):
+                    self.held = False
+                    _release()
+
+    return Bar
+
+
+# While a live bar is drawn from Python: how many are, and the warnings.showwarning they replaced.
+_LIVE: dict = {"bars": 0, "before": None, "hook": None}
+_LIVE_LOCK = threading.Lock()
+
+
+def _hold() -> bool:
+    """Count a live bar; the first one of a Python caller wraps `warnings.showwarning`, theirs
+    (a notebook's, `logging.captureWarnings`'), so that a warning is written on a line of its own
+    (`print_line`): Python's printer wrote it after the bar's text, on its line (``fit fne+svm:
+    40%|███▌ | 2/5 [00:03<00:04, 1.5s/splits]/…/fit.py:212: UserWarning: …``). The command line
+    has its own printer, which does so (`fne.cli`): nothing is wrapped there. -> whether it counted."""
+    if COMMAND_LINE.get():
+        return False
+    with _LIVE_LOCK:
+        _LIVE["bars"] += 1
+        if _LIVE["bars"] == 1:
+            before = warnings.showwarning
+
+            def show(message, category, filename, lineno, file=None, line=None) -> None:
+                with _bars_cleared(file or sys.stderr):
+                    before(message, category, filename, lineno, file, line)
+
+            _LIVE.update(before=before, hook=show)
+            warnings.showwarning = show
+    return True
+
+
+def _release() -> None:
+    """A live bar closed: after the last, the caller's `warnings.showwarning` is theirs again
+    (unless they set another meanwhile, which stays)."""
+    with _LIVE_LOCK:
+        _LIVE["bars"] -= 1
+        if _LIVE["bars"] == 0:
+            if warnings.showwarning is _LIVE["hook"]:
+                warnings.showwarning = _LIVE["before"]
+            _LIVE.update(before=None, hook=None)
 
 
 def progress_line(text: str, enabled: bool, stderr: bool = False) -> None:
@@ -139,9 +199,14 @@ def print_line(text: str, file) -> None:
     terminal a line written under a bar joined the bar's own (``test: 100%|██| 11/11 [00:02<00:00,
     3.07img/s]fne: warning: skipped 0/bad.png: …``); tqdm's bars on that terminal are cleared,
     the line written, and they are drawn again below it."""
-    bars = sys.modules.get("tqdm")  # no bar was ever drawn where tqdm is not imported
-    with bars.tqdm.external_write_mode(file=file) if bars else contextlib.nullcontext():
+    with _bars_cleared(file):
         print(text, file=file, flush=True)
+
+
+def _bars_cleared(file) -> contextlib.AbstractContextManager:
+    """tqdm's bars on `file`'s terminal cleared within it, drawn again after it."""
+    bars = sys.modules.get("tqdm")  # no bar was ever drawn where tqdm is not imported
+    return bars.tqdm.external_write_mode(file=file) if bars else contextlib.nullcontext()
 
 
 # True while `fne.cli.main` runs a verb: the lines it prints then name flags, not keywords (`said`).

@@ -154,9 +154,10 @@ def test_the_cli_prints_the_advice_as_text_and_writes_it_to_out(tmp_path, capsys
     text, a = capsys.readouterr().out, json.loads(out.read_text())
     lines = text.splitlines()
     assert lines[0] == "digits (1797 images, 10 classes; efficientnet_lite0 random weights)"
-    assert lines[1] == f"recommendation: {a['recommendation']}: {a['text']}" and lines[2] == "reasons:"
-    assert lines[3:3 + len(a["reasons"])] == [f"  - {r}" for r in a["reasons"]]
-    assert lines[-1] == "try: " + "; ".join(a["commands"]) and len(lines) == 4 + len(a["reasons"])
+    assert lines[1] == f"recommendation: {a['recommendation']}: {a['text']}" and lines[3] == "reasons:"
+    assert lines[2].startswith(f"confidence: {a['confidence']['level']} (")
+    assert lines[4:4 + len(a["reasons"])] == [f"  - {r}" for r in a["reasons"]]
+    assert lines[-1] == "try: " + "; ".join(a["commands"]) and len(lines) == 5 + len(a["reasons"])
 
 
 def test_data_of_one_class_is_one_line_not_advice_to_run_a_fit_that_stops(digits_folder, tmp_path, capsys):
@@ -516,3 +517,26 @@ def test_every_command_advised_parses_and_repeats_the_store_settings_advised_on(
         assert {k: got[k] for k in want} == want
     plain = A.runnable("fne fit {data} --features fne --head svm", "/d", "d", StoreSpec(arch="vgg16", weights="imagenet"))
     assert plain == "fne fit /d --features fne --head svm --arch vgg16 --weights imagenet --extract --out runs/d-fne-svm"
+
+
+def test_the_advice_says_how_sure_it_is_in_one_line(tmp_path):
+    """`fne advise` gave no overall confidence: its line says "moderate" at best (a rule of thumb
+    no run of the methods has checked), "low" with one doubt, "very low" with more: a factor
+    borderline, uncertain or not judged, few images a class."""
+    from tests.conftest import write_digits
+
+    assert A.confidence(A.decide(50, 0.8)["doubts"]) == {"level": "moderate", "doubts": []}
+    assert A.confidence(A.decide(50, None)["doubts"]) == {
+        "level": "low", "doubts": ["the similarity was not judged: the size alone decides"]}
+    assert A.decide(300, 0.35, msp_sem=0.05, sample=8)["doubts"] == [
+        "the size is borderline (300 a class against 200)", "the similarity is borderline (0.35 against 0.30)",
+        "the similarity is uncertain on 8 images"]
+    data = write_digits(tmp_path / "d", per_class=8, classes=4)
+    a = A.advise(str(data), arch="efficientnet_lite0", weights="random", cache=str(tmp_path / "cache"))
+    assert a["confidence"]["level"] == "very low"
+    assert A.format_advice(a).splitlines()[2] == (
+        "confidence: very low (the similarity was not judged: the size alone decides; 6 training images a class, "
+        "few to tell methods apart); a rule of thumb: only the runs advised, compared by fne report, measure the "
+        "methods")
+    assert "confidence: moderate (size and similarity measured, clear of their thresholds)" in A.format_advice(
+        {**a, "confidence": A.confidence([])})

@@ -168,10 +168,29 @@ def test_images_of_zeros_and_ones_are_said_to_come_out_black(tmp_path):
     with h5py.File(tmp_path / "bin.h5", "w") as f:
         f["images"], f["labels"] = (x > 127).astype(np.uint8), y
     for name in ("bin.npz", "bin.h5"):
-        with pytest.warns(UserWarning, match=rf"{name}: its images hold only the values 0 and 1, so they come out "
+        with pytest.warns(UserWarning, match=rf"{name}: its images' values reach only 1, so they come out near "
                                              r"black \(pixels are 0-255\); store images \* 255"):
             load_dataset(tmp_path / name)
     np.savez(tmp_path / "grey.npz", images=x, labels=y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # 0-255 images: no warning
         load_dataset(tmp_path / "grey.npz")
+
+
+def test_images_on_a_small_scale_are_said_to_come_out_dark(tmp_path):
+    """scikit-learn's digits as uint8 0-16 (not 0 / 1) were read silently as near-black 0-255
+    images; the warning names the largest value seen and the factor that stretches it."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    np.savez(tmp_path / "d16.npz", images=d.images.astype(np.uint8), labels=d.target)
+    with h5py.File(tmp_path / "d16.h5", "w") as f:
+        f["images"], f["labels"] = d.images.astype(np.uint8), d.target
+    for name in ("d16.npz", "d16.h5"):
+        with pytest.warns(UserWarning, match=rf"{name}: its images' values reach only 16, so they come out near "
+                                             r"black \(pixels are 0-255\); store images \* 15$"):
+            load_dataset(tmp_path / name)
+    np.savez(tmp_path / "d32.npz", images=(d.images * 2).astype(np.uint8), labels=d.target)  # 0-32: a dim photo
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(tmp_path / "d32.npz")

@@ -135,3 +135,49 @@ def test_a_warning_under_a_live_bar_is_a_line_of_its_own(monkeypatch):
     assert "\rfne: warning: skipped 0/bad.png: not an image file\n" in out
     assert "\repoch 1/1: loss 1.5\n" in out
     assert not re.search(r"[^\r\n](fne: warning|epoch 1/1)", out), out
+
+
+def test_a_python_caller_s_warning_under_a_live_bar_is_a_line_of_its_own_and_their_hook_stays(monkeypatch):
+    """From Python (fne.fit, fne.extract, fne.train...), a warning given while a bar was drawn on
+    a terminal was printed by Python after the bar's text, on its line; only the command line
+    kept it apart. While a bar is live the caller's own `warnings.showwarning` (a notebook's) is
+    called with the bar cleared, and is theirs again once the last bar is closed."""
+    import os
+    import re
+    import warnings
+
+    term = _Terminal()
+    monkeypatch.setattr(fp.sys, "stderr", term)
+    monkeypatch.setattr(fp.os, "get_terminal_size", lambda fd: os.terminal_size((80, 24)))
+    monkeypatch.setenv("TERM", "xterm-256color")
+    seen = []
+
+    def theirs(message, category, filename, lineno, file=None, line=None):
+        seen.append(str(message))
+        term.write(f"theirs: {message}\n")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = theirs
+        outer = fp.progress(5, "fit fne+svm", unit="splits")
+        outer.update(2)
+        inner = fp.progress(11, "extract")  # a bar within a bar (fit --extract): still theirs after both
+        inner.update(8)
+        inner.refresh()
+        warnings.warn("skipped 0/bad.png: not an image file", stacklevel=1)
+        inner.close()
+        warnings.warn("C=1 is the edge of the grid", stacklevel=1)
+        outer.close()
+        assert warnings.showwarning is theirs
+        out = term.getvalue()
+        assert seen == ["skipped 0/bad.png: not an image file", "C=1 is the edge of the grid"]
+        assert "8/11" in out and "\rtheirs: C=1 is the edge of the grid\n" in out
+        # each from a line's start: after a carriage return (tqdm moves up to the outer bar's line: \x1b[A)
+        assert len(re.findall(r"\r(?:\x1b\[A)?theirs: ", out)) == 2 and out.count("theirs: ") == 2, out
+        token = fp.COMMAND_LINE.set(True)  # the command line's printer keeps bars apart itself
+        try:
+            bar = fp.progress(3, "test")
+            assert warnings.showwarning is theirs
+            bar.close()
+        finally:
+            fp.COMMAND_LINE.reset(token)

@@ -1012,6 +1012,32 @@ def test_rows_pooled_over_seeds_get_the_interval_of_all_their_random_splits_or_n
     assert same["no_interval"] is None
 
 
+def test_a_pooled_row_whose_runs_all_gave_one_figure_names_runs_and_splits_truly(tmp_path):
+    """Two seeds' one-split runs that gave one accuracy: the interval's method said "each of the 2
+    splits gave this accuracy", untrue of one predefined split scored twice; it names the runs (and
+    that they shared their test images), or the splits and the runs they came from."""
+    runs = {f"p{seed}": fake_metrics("fc6+svm", 0.4, 0.0, 0.4, 0.0, seed=seed, split_protocol="predefined",
+                                     splits=_splits([0.4]), confusion=[[4, 6, 0], [0, 0, 0], [0, 0, 0]]) for seed in (0, 1)}
+    runs |= {f"r{seed}": fake_metrics("fc7+svm", 0.6, 0.0, 0.6, 0.0, seed=seed, split_protocol="1x stratified",
+                                      splits=[{**_splits([0.6])[0], "test_hash": f"h{seed}"}],
+                                      confusion=[[6, 4, 0], [0, 0, 0], [0, 0, 0]]) for seed in (0, 1)}
+    runs |= {f"k{seed}": fake_metrics("fne+svm", 0.7, 0.0, 0.7, 0.0, seed=seed, split_protocol="2x stratified",
+                                      splits=[{**s, "test_hash": f"k{seed}{i}"} for i, s in enumerate(_splits([0.7] * 2))])
+             for seed in (0, 1)}
+    ds, _, _ = _verdict_report(tmp_path, runs)
+    by = {row["method"]: row for row in ds["rows"]}
+    assert by["fc6+svm"]["accuracy_ci"]["method"] == (
+        "Wilson score interval over 10 test images (each of its 2 runs, scored on the same test images, gave this "
+        "accuracy: no spread for a t interval)")
+    assert by["fc6+svm"]["mean_class_accuracy_ci"]["method"].endswith(
+        ", of the first run's split (each of its 2 runs, scored on the same test images, gave this figure: no "
+        "spread for a t interval)")
+    assert by["fc7+svm"]["accuracy_ci"]["method"].endswith(
+        "(each of the 2 splits, one per run, gave this accuracy: no spread for a t interval)")
+    assert by["fne+svm"]["accuracy_ci"]["method"].endswith(
+        "(each of the 4 splits of its 2 runs gave this accuracy: no spread for a t interval)")
+
+
 def test_a_pooled_row_without_what_its_interval_needs_shows_none(tmp_path):
     """Pooled runs recorded without per-split sizes; runs of direct mode (no training image: the
     corrected t's n_test / n_train is undefined); runs whose splits all gave one mean class accuracy

@@ -127,8 +127,7 @@ def test_report_tex_of_a_study_fits_the_page_width_and_writes_a_shared_note_once
     assert "\\begin{tabular}{p{0.33\\linewidth}rrrrr}" in tex and "\\raggedright fne+svm [timm:vit" in tex
     assert tex.splitlines()[2] == ("% 28 rows: taller than a page; keep the rows the paper needs (report.csv holds "
                                    "them all), or set this table as a longtable")
-    md = (tmp_path / "rep" / "report.md").read_text()
-    assert md.count(note) == 4  # report.md keeps each row's name whole
+    assert (tmp_path / "rep" / "report.md").read_text().count(note) == 1  # as report.md writes it (test below)
 
 
 def _sets_within_a_page(tmp_path) -> None:
@@ -206,3 +205,17 @@ def test_the_bar_figure_writes_a_note_4_rows_share_once_under_it(tmp_path, monke
     assert sorted(t for t in ticks if t.endswith(" (a)")) == sorted(
         f"fne+svm [{arch} (imagenet)] (C=auto) (a)" for arch in ARCHS)
     assert texts == [f"(a) {AUTO_NOTE}"]
+
+
+def test_report_md_and_html_write_a_note_4_rows_share_once_under_the_table(tmp_path):
+    """report.md and report.html repeated "(auto chose fne+svm, C 1; the most frequent of 3 splits'
+    choices)" in each of the 4 auto rows' names; each is marked (a), the note written once under
+    the table. The label, which verdicts and report.json name the row by, keeps it."""
+    ds, md, html = _verdict_report(tmp_path, with_auto(study()))
+    assert md.count(AUTO_NOTE) == 1 and f"\n\n(a) {AUTO_NOTE}\n" in md
+    assert sorted(line.split(" | ")[0] for line in md.splitlines() if line.endswith("| 6 |") and "(a)" in line) == sorted(
+        f"| fne+svm \\[{arch} (imagenet)\\] (C=auto) (2 runs) (a)" for arch in ARCHS)
+    note = AUTO_NOTE.replace("'", "&#x27;")
+    assert html.count(note) == 1 and f"<p class='mark'><small><sup>a</sup> {note}</small></p>" in html
+    assert html.count("(C=auto) <small>(2 runs)</small><sup>a</sup></td>") == 4
+    assert sum(r["label"].endswith(f"(C=auto) ({AUTO_NOTE})") for r in ds["rows"]) == 4

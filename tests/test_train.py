@@ -1065,6 +1065,35 @@ def test_fne_run_takes_up_no_checkpoint_of_another_fne_release(resumable_run, so
     assert "resumed" in capsys.readouterr().out
 
 
+def test_resume_warns_of_a_checkpoint_written_by_other_fne_code(resumable_run, source, tmp_path, monkeypatch):
+    """fne's version is 0.1.0 whatever its code: --resume continued a checkpoint written by other
+    fne code in silence. The checkpoint and metrics.json record a hash of fne's sources; --resume
+    over another one continues (the user may have upgraded on purpose) and says so, naming both."""
+    import json
+    import shutil
+    import warnings
+
+    from fne.metrics import code_hash
+    from fne.training import checkpoint
+    from fne.training.train import train
+
+    data, run = resumable_run
+    here = code_hash()
+    assert here and checkpoint.read(run / "checkpoint.pt")["fne_code"] == here
+    assert json.loads((run / "metrics.json").read_text())["versions"]["fne_code"] == here
+    kw = dict(arch=ARCH, weights=str(source), epochs=2, save_every=1, image_size=32, workers=0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same code: no word
+        train(str(data), "frozen", shutil.copytree(run, tmp_path / "same"), resume=True, **kw)
+    monkeypatch.setattr(checkpoint, "code_hash", lambda: "0123456789abcdef")  # fne's code edited since
+    other = shutil.copytree(run, tmp_path / "other")
+    with pytest.warns(UserWarning, match=re.escape(
+            f"{other / 'checkpoint.pt'} was written by other fne code (source hash {here} there, 0123456789abcdef "
+            f"now): continuing it, its epochs so far trained by that code")):
+        train(str(data), "frozen", other, resume=True, **kw)
+    assert (other / "model.pt").is_file()
+
+
 def test_a_class_with_one_training_image_is_named_and_val_fraction_0_trains_it(tmp_path, capsys):
     """fne fit trains on a class with a single training image; fne train's validation part cannot
     hold it out, so it says which class, and --val-fraction 0 (the last epoch kept) trains."""

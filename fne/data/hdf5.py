@@ -225,6 +225,9 @@ def _npz_read(z, path: Path) -> tuple[np.ndarray, list[str], list[str] | None, l
     return images, labels, splits, names
 
 
+DARK_MAX = 31  # a 5-bit scale: 0-31 is 12% of 0-255, near black; a photo's brightest pixel lies far above it
+
+
 def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int, ...]) -> None:
     """Refuse, in one line saying how to store them, images other than uint8 N×H×W, N×H×W×1 or
     N×H×W×3 (channels-first, floats) and labels other than one per image (N, or N×1: Keras's
@@ -257,11 +260,22 @@ def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int
 
 
 def warn_dark(images: np.ndarray, path: Path) -> None:
-    """Warn where uint8 `images` (those of file `path`, or its first ones) hold only 0 and 1, as
-    binarised MNIST does: read as 0-255 they come out black, as a float image in 0-1 does."""
-    if images.size and int(images.max()) == 1:  # all 0: blank images, not a 0-1 scale
-        warnings.warn(f"{path}: its images hold only the values 0 and 1, so they come out black (pixels are "
-                      f"0-255); store images * 255", stacklevel=4)
+    """Warn where uint8 `images` (those of file `path`, or its first ones) reach only DARK_MAX: a
+    0-1 (binarised MNIST), 0-15 or 0-16 (scikit-learn's digits) scale read as 0-255 comes out near
+    black, as a float image in 0-1 does. Up to 256 images spread over the array are looked at.
+
+    Parameters
+    ----------
+    images
+        uint8 N×H×W(×C) images.
+    path
+        Their file, named in the warning.
+    """
+    step = max(1, len(images) // 256)  # 256 images: a large array's max costs no time worth noticing
+    top = int(images[::step].max()) if images.size else 0
+    if 0 < top <= DARK_MAX:  # all 0: blank images, not a small scale
+        warnings.warn(f"{path}: its images' values reach only {top}, so they come out near black (pixels are "
+                      f"0-255); store images * {255 // top}", stacklevel=4)
 
 
 def decode_value(v) -> str:

@@ -41,8 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -56,6 +54,7 @@ from fne.metrics import data_identity
 from fne.option_handling import keywords, named, refusal
 from fne.options import AdviseOptions, DataOptions, ForwardOptions, StoreOptions
 from fne.progress import first_few
+from fne.reporting.advice_text import format_advice, runnable
 
 if TYPE_CHECKING:
     from fne.cache.spec import StoreSpec
@@ -298,10 +297,13 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
     measured on; a threshold within two of them makes the similarity verdict uncertain.
 
     spread: the fewest and most training images of a class; said where a class has under half or
-    over twice the median, which then describes few of them."""
+    over twice the median, which then describes few of them.
+
+    The result's ``doubts``: what makes the advice less sure (`confidence`), one phrase each."""
     size = "large" if images_per_class >= large_per_class else "small"
     reasons = []
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
+    doubts = [f"the size is borderline ({images_per_class:g} a class against {large_per_class})"] if border else []
     reasons.append(
         f"{images_per_class:g} training images per class (median) is {size}: the threshold is "
         f"{large_per_class} per class" + (" (borderline: within a factor of 2)" if border else "")
@@ -312,6 +314,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         rec = UNJUDGED[size]
         similar = None
         reasons.append(f"similarity to the source task cannot be judged: {unjudged}")
+        doubts.append("the similarity was not judged: the size alone decides")
     else:
         similar = "similar" if msp >= similar_msp else "different"
         ent = f", normalised entropy {entropy:.2f}" if entropy is not None else ""
@@ -325,6 +328,9 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
                < 2 * msp_sem else "")
         )
         rec = RECOMMENDATIONS[(size, similar)]
+        doubts += [f"the similarity is borderline ({msp:.2f} against {similar_msp:.2f})"] * (abs(msp - similar_msp) < MSP_BORDER)
+        doubts += [f"the similarity is uncertain on {sample} images"] * (msp_sem is not None and abs(msp - similar_msp)
+                                                                           < 2 * msp_sem)
     if size == "small":
         reasons.append("course: with a small target set, fine-tuning risks overfitting; train the simplest "
                        "classifier on extracted features")
@@ -339,12 +345,32 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
                        f"handful of images (a random split tests it on fewer still, a third as many at the default "
                        f"--test-size): differences of a few points between methods can be noise; compare them over "
                        f"several splits or seeds, and let `fne report`'s paired test judge them")
+        doubts.append(f"{images_per_class:g} training images a class, few to tell methods apart")
     if similar == "different" and size == "small":
         reasons.append("course: early layers describe generic image characteristics; the full-network "
                        "embedding includes them and is the most robust when source and target differ "
                        "(FNE paper, table 2)")
     return {"recommendation": rec["code"], "text": rec["text"], "families": list(rec["families"]),
-            "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons}
+            "commands": list(rec["commands"]), "size": size, "similar": similar, "reasons": reasons, "doubts": doubts}
+
+
+def confidence(doubts: list[str]) -> dict:
+    """How sure the advice is, for its one line (`format_advice`).
+
+    Parameters
+    ----------
+    doubts : list of str
+        What weakens it, as `decide` lists them (a factor borderline, uncertain or not judged, few
+        images a class) and `advise` adds (no split to score a method on).
+
+    Returns
+    -------
+    dict
+        ``level``: "moderate" where there is no doubt (never more: the rule is a rule of thumb that
+        no run of the methods has checked on DATA), "low" with one, "very low" with more;
+        ``doubts`` as given.
+    """
+    return {"level": "moderate" if not doubts else "low" if len(doubts) == 1 else "very low", "doubts": list(doubts)}
 
 
 def _classified(data, dataset: Dataset) -> None:
@@ -431,6 +457,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "commands": [runnable(c, data_s, dataset.name, spec, data_o.label_key, None if dataset.has_split else o)
                      for c in d["commands"]],
         "reasons": d["reasons"],
+        "confidence": confidence(["no method can be scored on DATA as it is"] * bool(lonely) + d["doubts"]),
         "size": d["size"],
         "images_per_class": ipc["median"],
         "images_per_class_detail": ipc,
@@ -508,64 +535,6 @@ def _readable(dataset, unreadable: list[str], sampled: int) -> tuple:
             f"fne fit cannot learn {'it' if len(lost) == 1 else 'them'}" if lost else "")
     return readable, (f"{said} ({first_few(unreadable)}): left out of the counts, as fne fit leaves "
                       f"unreadable images out{unread}{gone}")
-
-
-def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
-             o: AdviseOptions | None = None) -> str:
-    """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
-    arch, weights, and the store settings other than the default that the verb takes: `fne train`
-    has no --crop nor --storage-dtype; --seed-weights of random weights), the random split the advice counted training
-    images of (`o`'s --train-per-class, else its --test-size where not the default; `o` None: DATA's
-    predefined split, which takes neither), and a run folder named after the data and the method;
-    a fit's `--extract` (and the `--cache` advised from), as the advice extracted a sample of DATA
-    at most. `fne fit` and `fne train` draw the same training images from these options."""
-    from fne.names import data_slug
-
-    what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
-    weights = _anywhere(spec.weights) if Path(spec.weights).is_file() else spec.weights  # not imagenet, random
-    words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch, "--weights", shlex.quote(weights)]
-    fit, seed = template.startswith("fne fit "), getattr(spec, "weights_seed", 0) if spec.weights == "random" else 0
-    store = {"--crop": (spec.crop, "center"), "--storage-dtype": (getattr(spec, "storage_dtype", "auto"), "auto"),
-             "--precision": (getattr(spec, "precision", "auto"), "auto"), "--seed-weights": (seed, 0)}
-    words += [w for flag, (value, default) in store.items() if value != default and (fit or flag in (
-        "--precision", "--seed-weights")) for w in (flag, str(value))]  # fne train takes neither crop nor storage
-    if label_key is not None:
-        words += ["--label-key", shlex.quote(label_key)]
-    if fit:  # the rows the advice's sample left out of the cache: computed first
-        words += ["--extract"] + (["--cache", shlex.quote(_anywhere(spec.cache, here=False))] if getattr(spec, "cache", None) else [])
-    if o is not None and o.train_per_class is not None:  # the split's training images: --test-size has no say
-        words += ["--train-per-class", str(o.train_per_class)]
-    elif o is not None and o.test_size != AdviseOptions().test_size:
-        words += ["--test-size", str(o.test_size)]
-    return " ".join([*words, "--out", shlex.quote(f"runs/{data_slug(data, name)}-{what}")])
-
-
-def _anywhere(path: object, here: bool = True) -> str:
-    """A local path of a command advised (DATA, a pattern of its shards, the cache, a weights file) made
-    absolute (a pattern `shards/a-{0..3}.tar` too), so that the command runs as printed from any folder;
-    a name (digits, hf:NAME, a Dataset's name: with `here`, what is neither here nor a pattern) or a URL as given."""
-    from fne.cache.fs import is_url
-
-    text = str(path)
-    if is_url(text) or text.startswith("hf:") or text == "digits" or here and not (
-            os.path.lexists(os.path.expanduser(text)) or any(c in text for c in "*?[{")):
-        return text
-    return os.path.abspath(os.path.expanduser(text))
-
-
-def format_advice(a: dict) -> str:
-    sim = a.get("similarity", {})
-    n = (f"{a['n_images']} readable of {a['n_images'] + a['unreadable']} images" if a.get("unreadable") else
-         f"{a.get('n_images')} images")
-    lines = [f"{a.get('dataset')} ({n}, {a.get('classes')} classes; "
-             f"{a.get('arch')} {a.get('weights')} weights)",
-             f"recommendation: {a['recommendation']}: {a['text']}", "reasons:"]
-    lines += [f"  - {r}" for r in a.get("reasons", [])]
-    if sim.get("judged"):
-        tops = ", ".join(f"{t['class']} {t['share']:.0%}" for t in sim.get("top_source_classes", []))
-        lines.append(f"most frequent source classes on the sample of {sim.get('sample')}: {tops}")
-    lines.append("try: " + "; ".join(a.get("commands", [])))
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ CLI

@@ -73,8 +73,8 @@ def pooled_intervals(runs: list[dict], splits: list[dict]) -> tuple[dict | None,
     shared = (True if protocol.startswith("predefined") or len(set(known)) < len(known)
               else False if protocol or len(known) == len(hashes) else None)  # None: unknown
     one = confusion_matrix(m0.get("confusion")) if len(m0.get("splits") or []) == 1 else None  # one split's matrix
-    acc, why_acc = _pooled("accuracy", splits, shared, one)
-    mca, why_mca = _pooled("mean_class_accuracy", splits, shared, one)
+    acc, why_acc = _pooled("accuracy", splits, shared, one, len(runs))
+    mca, why_mca = _pooled("mean_class_accuracy", splits, shared, one, len(runs))
     why = why_acc if why_acc == why_mca else "; ".join(
         f"{name}: {w}" for name, w in (("accuracy", why_acc), ("mean class accuracy", why_mca)) if w) or None
     return acc, mca, why
@@ -92,17 +92,16 @@ def confusion_matrix(v, classes=None) -> np.ndarray | None:
     return c if not isinstance(classes, list) or len(classes) == len(c) else None
 
 
-def _pooled(key: str, splits: list[dict], shared: bool | None, one) -> tuple[dict | None, str | None]:
-    """One figure's interval over the pooled splits, or (None, why)."""
+def _pooled(key: str, splits: list[dict], shared: bool | None, one, n_runs: int) -> tuple[dict | None, str | None]:
+    """One figure's interval over the pooled splits of `n_runs` runs, or (None, why)."""
     v = np.array([finite(s.get(key)) for s in splits], dtype=float)
     if np.isnan(v).any() or not all((finite(s.get("n_test")) or 0) > 0 for s in splits):
         return None, "not recorded for every split of its runs (the figure and its number of test images)"
     if np.ptp(v) <= 1e-12:  # every split of every seed gave one figure: one split's interval
-        if key == "accuracy":
-            return accuracy_interval(splits), None
-        if one is None:
+        if key != "accuracy" and one is None:
             return None, "every split gave one figure, and no single split's confusion matrix is recorded"
-        return mean_class_interval(splits, one), None
+        ci = accuracy_interval(splits) if key == "accuracy" else mean_class_interval(splits, one)
+        return {**ci, "method": _same_figure(ci["method"], len(splits), n_runs, shared)}, None
     if shared is None:
         return None, "its runs record neither their split protocol nor their test images: whether they share them is unknown"
     if shared:
@@ -134,6 +133,17 @@ def few_splits_note(rows: list[dict], labels: list[str]) -> str | None:
     return (f"2 splits ({', '.join(two)}): the 95% interval is the corrected t with 1 degree of freedom (t = {t:.1f}, "
             f"against {t5:.1f} over 5 splits), so wide by construction wherever the two splits differ, not by a fault; "
             f"use --splits 5 or more for an interval that tells methods apart.")
+
+
+def _same_figure(method: str, k: int, n_runs: int, shared: bool | None) -> str:
+    """`fne.metrics`' interval `method` of one run's `k` splits that all gave one figure, reworded
+    for `k` splits pooled over `n_runs` runs: "each of the 2 splits" was untrue of one predefined
+    split scored by two seeds' runs."""
+    same = ", scored on the same test images," if shared else ""
+    whose = (f"each of its {n_runs} runs{same}" if k == n_runs and shared else
+             f"each of the {k} splits, one per run," if k == n_runs else f"each of the {k} splits of its {n_runs} runs{same}")
+    method = method.replace(", of the first split (", ", of the first run's split (")  # pooled: runs > 1
+    return re.sub(r"each of the \d+ splits (?=gave this)", whose + " ", method)
 
 
 def _t_splits(ci) -> int | None:

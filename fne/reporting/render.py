@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import html
 import re
+from collections import Counter
 
 import numpy as np
 
 from fne.metrics import class_recalls
 from fne.reporting.intervals import few_splits_note
+from fne.reporting.notes import marked
 
 
 def pct(v: float | None, std: float | None = None) -> str:
@@ -190,6 +192,15 @@ def _few(ds: dict) -> str | None:
     return few_splits_note(ds["rows"], [label(r, ds["multi_backbone"]) for r in ds["rows"]])
 
 
+def _marked(ds: dict) -> tuple[list[str], dict[str, str]]:
+    """The section's table names and {note: mark} (`notes.marked`): a note several rows share (what
+    `--C auto` chose) written once under the table, marked on its rows, not repeated in every auto
+    row's name; a note of one row stays in its name; the label (verdicts, report.json) keeps it."""
+    shared = Counter(r.get("note") for r in ds["rows"])
+    return marked([{**r, "label": label(r, ds["multi_backbone"]), "note": r.get("note") if shared[r.get("note")] > 1
+                    else None} for r in ds["rows"]])
+
+
 def _md_cell(text: str, best: bool) -> str:
     return f"**{text}**" if best and text != "—" else text
 
@@ -206,10 +217,12 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
                                                      if ds.get("backbone") else [])
         L.append("| " + " | ".join(TABLE_HEAD) + " |")
         L.append("|" + "|".join(["---"] + ["---:"] * (len(TABLE_HEAD) - 1)) + "|")
-        for r in ds["rows"]:
+        names, marks = _marked(ds)
+        for r, name in zip(ds["rows"], names, strict=True):
             c = cells(r)
             L.append("| " + " | ".join([
-                md_text(label(r, ds["multi_backbone"])) + (f" ({r['runs']} runs)" if r["runs"] > 1 else ""),
+                md_text(name) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "")
+                + (f" ({marks[r['note']]})" if r.get("note") in marks else ""),
                 _md_cell(c["accuracy"], "accuracy" in r["best"]), c["accuracy_ci"],
                 _md_cell(c["mean_class_accuracy"], "mean_class_accuracy" in r["best"]), c["mean_class_accuracy_ci"],
                 (pub_str(r["published"]) + " (published)") if r.get("published") else "—",
@@ -219,6 +232,8 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             ]) + " |")
         for name, p in ds["published"]["only"].items():
             L.append(f"| {md_text(name)} (published only) | — | — | — | — | {pub_str(p)} (published) | — | — | — | — |")
+        for note, m in marks.items():
+            L += ["", f"({m}) {md_text(note)}"]
         L += ["", "Bold: the best measured value of each column (highest accuracy, lowest seconds), beyond noise "
               "or not (the verdict below says); rows "
               "scored on a subset of the classes (direct mode's class map) are not ranked. "
@@ -371,8 +386,9 @@ def _e(s) -> str:
     return html.escape(str(s))
 
 
-def _html_row(r: dict, multi: bool) -> str:
-    """One row of report.html's table; the best values of their columns highlighted."""
+def _html_row(r: dict, name: str, mark: str | None) -> str:
+    """One row of report.html's table, named `name` (marked `mark`: a note under the table); the
+    best values of their columns highlighted."""
     c = cells(r)
 
     def td(col):
@@ -382,10 +398,24 @@ def _html_row(r: dict, multi: bool) -> str:
     pub = (f"<td class='published'>{_e(pub_str(r['published']))} <small>(published)</small></td>"
            if r.get("published") else "<td>—</td>")
     runs = f" <small>({r['runs']} runs)</small>" if r["runs"] > 1 else ""
-    return (f"<tr><td class='method'>{_e(label(r, multi))}{runs}</td>"
+    sup = f"<sup>{_e(mark)}</sup>" if mark else ""
+    return (f"<tr><td class='method'>{_e(name)}{runs}{sup}</td>"
             + td("accuracy") + td("accuracy_ci") + td("mean_class_accuracy") + td("mean_class_accuracy_ci")
             + pub + td("seconds") + td("extract_seconds")
             + f"<td>{_e(images_str(r))}</td><td>{_e(r.get('n_splits') or '—')}</td></tr>")
+
+
+def _html_table(ds: dict) -> list[str]:
+    """report.html's table of a section, and under it the notes its rows share, marked on them."""
+    H = ["<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD) + "</tr></thead><tbody>"]
+    names, marks = _marked(ds)
+    H += [_html_row(r, name, marks.get(r.get("note"))) for r, name in zip(ds["rows"], names, strict=True)]
+    for name, p in ds["published"]["only"].items():
+        H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
+                 f"<td>—</td><td>—</td><td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
+                 "<td>—</td><td>—</td><td>—</td><td>—</td></tr>")
+    H.append("</tbody></table>")
+    return H + [f"<p class='mark'><small><sup>{_e(m)}</sup> {_e(note)}</small></p>" for note, m in marks.items()]
 
 
 def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
@@ -403,14 +433,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
         H.append(f"<h2>{_e(ds['dataset'])}</h2>")
         if ds.get("backbone"):
             H.append(f"<p class='backbone'>Backbone: {_e(ds['backbone'])}</p>")
-        H.append("<table class='results'><thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in TABLE_HEAD)
-                 + "</tr></thead><tbody>")
-        H += [_html_row(r, ds["multi_backbone"]) for r in ds["rows"]]
-        for name, p in ds["published"]["only"].items():
-            H.append(f"<tr class='published'><td class='method'>{_e(name)} <small>(published only)</small></td>"
-                     f"<td>—</td><td>—</td><td>—</td><td>—</td><td>{_e(pub_str(p))} <small>(published)</small></td>"
-                     "<td>—</td><td>—</td><td>—</td><td>—</td></tr>")
-        H.append("</tbody></table>")
+        H += _html_table(ds)
         src = f" Source: {_e(ds['published']['source'])}." if ds["published"]["source"] else ""
         H.append("<p><small>Highlighted: the best measured value of each column (highest accuracy, lowest "
                  "seconds), beyond noise or not (the verdict below says); rows scored on a subset of the classes (direct mode's class map) are not ranked. "

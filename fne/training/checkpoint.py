@@ -2,7 +2,8 @@
 
 RUN_DIR/checkpoint.pt holds model, optimizer, scheduler, scaler, epoch, rng, args (the run's
 TrainConfig), best, history, train_seconds, images (what DATA gave each part), ran_on (device,
-precision, where augmentation ran) and skipped (unreadable images). Every epoch reseeds all RNGs
+precision, where augmentation ran), skipped (unreadable images), fne (the version) and fne_code
+(a hash of fne's sources, `fne.metrics.code_hash`: --resume warns where it differs). Every epoch reseeds all RNGs
 from (seed, epoch) (`seed_epoch`), and each training image's random crop and flip come from
 (epoch seed, image) (`epochs.SeededItems`), so a resumed run is bit-identical to an
 uninterrupted one on CPU, with any number of loader workers.
@@ -15,6 +16,7 @@ import hashlib
 import json
 import random
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 from fne.backbones.registry import weights_file
 from fne.cache.fs import replace_file, through_file
 from fne.errors import FneError
+from fne.metrics import code_hash
 from fne.option_handling import named, refusal
 
 PROGRESS = ("epoch", "history", "best", "train_seconds")  # the run's progress, besides the parts
@@ -119,7 +122,7 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     from fne import __version__
 
     ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
-    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), fne=__version__, **about)
+    ckpt.update(progress, rng=rng_state(), args=asdict(cfg), fne=__version__, fne_code=code_hash(), **about)
     replace_file(path, through_file(lambda f: torch.save(ckpt, f)))  # a full disk: OSError
 
 
@@ -189,11 +192,17 @@ def resume(ckpt: dict, parts: dict) -> dict:
 def load(path: Path, cfg, images: dict | None = None, same_release: bool = False) -> dict:
     """The checkpoint dict, after checking that it is one and that it belongs to the run `cfg`
     describes, on the same `images` (`images()`; None: not checked), and with `same_release`
-    that this fne release wrote it."""
+    that this fne release wrote it. One written by other fne code (`fne.metrics.code_hash`: the
+    version stays 0.1.0 as the code changes) is continued, with a warning naming both: the user
+    may have upgraded on purpose, and its epochs so far ran the other code."""
     ckpt = read(path)
     if mismatch(ckpt, cfg, images, same_release=same_release):
         raise refusal(lambda py: f"{resume_flag(py)}: {path} belongs to another run: "
                                  + "; ".join(mismatch(ckpt, cfg, images, py, same_release)), FneError)
+    was, now = ckpt.get("fne_code"), code_hash()
+    if None not in (was, now) and was != now:  # None: written before 30 Nov 2026, or no source here
+        warnings.warn(f"{path} was written by other fne code (source hash {was} there, {now} now): continuing "
+                      f"it, its epochs so far trained by that code", stacklevel=2)
     return ckpt
 
 
