@@ -202,6 +202,70 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
     return np.sort(tr), np.sort(va), np.sort(te)
 
 
+def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.ndarray, ...]],
+                   kept: np.ndarray | None) -> tuple[list[tuple[np.ndarray, ...]], list[str]]:
+    """The splits drawn over DATA's listing with its unreadable images left out of every part.
+
+    A split is a function of DATA's listing, labels, seed and test size, not of which images
+    decode: `fne fit` (whose rows lack the unreadable images) and `fne train` (which skips them as
+    it reads) drop them from the parts of one split, which is the same split for both.
+
+    Parameters
+    ----------
+    classes : list of str
+        DATA's classes (`Dataset.classes`).
+    y : ndarray
+        Every listed image's class index (unreadable ones included).
+    split_list : list of tuple of ndarray
+        `make_splits`' (train, test) indices into the listing.
+    kept : ndarray or None
+        The readable images' listing indices, ascending; None: every image is readable.
+
+    Returns
+    -------
+    parts : list of tuple of ndarray
+        Each split's parts as indices among the readable images (`kept`'s positions), in the
+        splitter's order; `split_list` itself where `kept` is None.
+    notes : list of str
+        A line per split where a class that was drawn on both sides has readable images on one
+        side only: none in training (the head never learns it; its test images count as wrong)
+        or none to test (it is not scored).
+
+    Raises
+    ------
+    DataError
+        A split is left with no readable test image, or with readable training images of fewer
+        than 2 classes.
+    """
+    if kept is None:
+        return split_list, []
+    pos = np.full(len(y), -1, dtype=np.int64)
+    pos[kept] = np.arange(len(kept))
+    out, notes = [], []
+    for k, split in enumerate(split_list, 1):
+        parts = tuple(p[pos[p] >= 0] for p in split)
+        drawn, (tr, te) = [set(y[p].tolist()) for p in (split[0], split[-1])], (y[parts[0]], y[parts[-1]])
+        where = f"split {k} of {len(split_list)}" if len(split_list) > 1 else "the split"
+        if len(te) == 0 or len(np.unique(tr)) < 2:
+            raise DataError(f"{where}: with its unreadable images left out, it has {len(te)} test images and "
+                            f"training images of {len(np.unique(tr))} class(es); a head needs test images and "
+                            f"2 classes to learn")
+        both = drawn[0] & drawn[1]
+        untrained = [classes[c] for c in sorted(both - set(tr.tolist()))]
+        untested = [classes[c] for c in sorted(both - set(te.tolist()))]
+        said = [f"{len(untrained)} class(es) have no readable training image, so the head cannot predict them "
+                f"and their {int(np.isin(te, [classes.index(c) for c in untrained]).sum())} test image(s) count "
+                f"as wrong: {first_few(untrained)}"] if untrained else []
+        said += [f"{len(untested)} class(es) have no readable test image and are not scored: "
+                 f"{first_few(untested)}"] if untested else []
+        if said:
+            notes.append(f"{where}, drawn over DATA's listing as `fne train` draws it, with its "
+                         f"{int(sum(np.sum(pos[p] < 0) for p in split))} unreadable image(s) left out: "
+                         + "; ".join(said))
+        out.append(tuple(pos[p] for p in parts))
+    return out, notes
+
+
 def duplicate_notes(dataset: Dataset, keys: list[str],
                     split_list: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """What a fit should be told about images with the same bytes (one content key, one row).
