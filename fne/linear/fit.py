@@ -24,7 +24,13 @@ from fne.cache.cost import rows_cost
 from fne.cache.fs import check_run_folder, check_target, is_url, json_text, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset, key_digests
-from fne.data.splits import check_test_classes, duplicate_notes, make_splits, not_applied, readable_parts
+from fne.data.splits import (
+    check_test_classes,
+    duplicate_notes,
+    make_splits,
+    not_applied,
+    readable_parts,
+)
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features

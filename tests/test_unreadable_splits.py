@@ -1,0 +1,77 @@
+"""`fne fit` and `fne train` split DATA holding an unreadable image alike: a split is drawn over
+DATA's listing (its labels, seed and test size), not over the images that decode, and each verb
+leaves the unreadable images out of that split's parts, so `fne report` pairs their runs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fne.data.splits import readable_parts
+from fne.errors import DataError
+from fne.linear import compare
+
+from .conftest import FAST
+
+TRAIN = dict(mode="frozen", arch="efficientnet_lite0", weights="random", epochs=1, image_size=32, batch_size=32,
+             workers=0, val_fraction=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory, digits_folder):
+    """digits_folder (4 classes of 6) with a text file named like an image of class 1."""
+    root = tmp_path_factory.mktemp("unreadable") / "data"
+    shutil.copytree(digits_folder, root)
+    (root / "1" / "broken.png").write_bytes(b"not an image at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, broken):
+    """3-split fits (test size and 3 training images per class) and the frozen trains they pair with."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import fne
+
+    root = tmp_path_factory.mktemp("unreadable_runs")
+    kw = dict(features="last", extract_missing=True, progress=False, splits=3, **FAST)
+    m = {}
+    for name, verb, more in (("fit", fne.fit, kw), ("fit3", fne.fit, {**kw, "train_per_class": 3}),
+                             ("train", fne.train, TRAIN), ("train3", fne.train, {**TRAIN, "train_per_class": 3})):
+        with pytest.warns(UserWarning, match="skipped 1/broken.png: not an image file"):
+            m[name] = verb(broken, out=root / name, **{"cache": str(root / "cache"), **more})
+    return root, m
+
+
+@pytest.mark.parametrize("fit_run,train_run", [("fit", "train"), ("fit3", "train3")])
+def test_fit_and_train_split_data_with_an_unreadable_image_alike(runs, fit_run, train_run):
+    """Fit's first split is train's split, less the unreadable image (before, fit split the 24
+    readable images and train all 25: two unrelated test sets, and no paired test); both count
+    DATA's 25 images, name the unreadable one, and count only readable images on either side."""
+    _, m = runs
+    f, t = m[fit_run], m[train_run]
+    assert f["splits"][0]["test_hash"] == t["splits"][0]["test_hash"]
+    assert compare.shared_splits(f, t) == [(0, 0)] and compare.compare_runs(f, t)["test"].startswith("McNemar")
+    assert f["n_images"] == t["n_images"] == 25
+    assert f["skipped"] == t["skipped"] == {"1/broken.png": "not an image file"}
+    assert all(s["n_train"] + s["n_test"] == 24 for s in f["splits"])
+    assert t["n_train"] + t["n_test"] == 24
+
+
+def test_readable_parts_leaves_the_unreadable_out_and_names_one_sided_classes():
+    """Positions among the readable images, in the splitter's order; a class whose readable
+    images fell on one side is named, with what that means for its scores."""
+    y = np.array([0, 0, 1, 1, 2, 2, 0, 1])
+    split = [(np.array([6, 0, 2, 4]), np.array([1, 3, 5, 7]))]
+    assert readable_parts(["a", "b", "c"], y, split, None) == (split, [])
+    kept = np.array([0, 1, 3, 4, 6, 7])  # 2 (b's only training image) and 5 (c's only test image) unreadable
+    (tr, te), = readable_parts(["a", "b", "c"], y, split, kept)[0]
+    assert kept[tr].tolist() == [6, 0, 4] and kept[te].tolist() == [1, 3, 7]
+    notes = readable_parts(["a", "b", "c"], y, split, kept)[1]
+    assert notes == ["the split, drawn over DATA's listing as `fne train` draws it, with its 2 unreadable image(s) "
+                     "left out: 1 class(es) have no readable training image, so the head cannot predict them and "
+                     "their 2 test image(s) count as wrong: b; 1 class(es) have no readable test image and are not "
+                     "scored: c"]
+    with pytest.raises(DataError, match="0 test images"):
+        readable_parts(["a", "b", "c"], y, split, np.array([0, 2, 4, 6]))
