@@ -60,8 +60,9 @@ def test_fit_and_train_split_data_with_an_unreadable_image_alike(runs, fit_run, 
 
 
 def test_readable_parts_leaves_the_unreadable_out_and_names_one_sided_classes():
-    """Positions among the readable images, in the splitter's order; a class whose readable
-    images fell on one side is named, with what that means for its scores."""
+    """Positions among the readable images, in the splitter's order; a class left with test
+    images but no readable training image is named, with what that means for its scores (one
+    left with no readable test image is said with the recalls, `fne.metrics.class_recall`)."""
     y = np.array([0, 0, 1, 1, 2, 2, 0, 1])
     split = [(np.array([6, 0, 2, 4]), np.array([1, 3, 5, 7]))]
     assert readable_parts(["a", "b", "c"], y, split, None) == (split, [])
@@ -69,9 +70,11 @@ def test_readable_parts_leaves_the_unreadable_out_and_names_one_sided_classes():
     (tr, te), = readable_parts(["a", "b", "c"], y, split, kept)[0]
     assert kept[tr].tolist() == [6, 0, 4] and kept[te].tolist() == [1, 3, 7]
     notes = readable_parts(["a", "b", "c"], y, split, kept)[1]
-    assert notes == ["the split, drawn over DATA's listing as `fne train` draws it, with its 2 unreadable image(s) "
-                     "left out: 1 class(es) have no readable training image, so the head cannot predict them and "
-                     "their 2 test image(s) count as wrong: b; 1 class(es) have no readable test image and are not "
-                     "scored: c"]
+    assert notes == ["1 class(es) have test images but no readable training image in the split (drawn over DATA's "
+                     "listing, as `fne train` draws its split, less the unreadable images): the head cannot predict "
+                     "them there, and their 2 test image(s) count as wrong: 'b'"]
+    two = readable_parts(["a", "b", "c"], y, split * 2, kept)
+    assert [p[0].tolist() for p in two[0]] == [tr.tolist()] * 2 and "in 2 of 2 splits" in two[1][0]
+    assert two[1][0].endswith("their 4 test image(s) count as wrong: 'b' (split 1, 2)")
     with pytest.raises(DataError, match="0 test images"):
         readable_parts(["a", "b", "c"], y, split, np.array([0, 2, 4, 6]))

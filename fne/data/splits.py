@@ -208,7 +208,7 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
 
     A split is a function of DATA's listing, labels, seed and test size, not of which images
     decode: `fne fit` (whose rows lack the unreadable images) and `fne train` (which skips them as
-    it reads) drop them from the parts of one split, which is the same split for both.
+    it reads) leave them out of the parts of one split, which is the same split for both.
 
     Parameters
     ----------
@@ -227,9 +227,10 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
         Each split's parts as indices among the readable images (`kept`'s positions), in the
         splitter's order; `split_list` itself where `kept` is None.
     notes : list of str
-        A line per split where a class that was drawn on both sides has readable images on one
-        side only: none in training (the head never learns it; its test images count as wrong)
-        or none to test (it is not scored).
+        One line naming the classes left with test images but no readable training image in a
+        split (the head never learns them there, and their test images count as wrong); none
+        where no class is. A class left with no readable test image is said where recalls are
+        (`fne.metrics.class_recall`).
 
     Raises
     ------
@@ -241,29 +242,27 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
         return split_list, []
     pos = np.full(len(y), -1, dtype=np.int64)
     pos[kept] = np.arange(len(kept))
-    out, notes = [], []
+    out, untrained, wrong = [], {}, 0
     for k, split in enumerate(split_list, 1):
-        parts = tuple(p[pos[p] >= 0] for p in split)
-        drawn, (tr, te) = [set(y[p].tolist()) for p in (split[0], split[-1])], (y[parts[0]], y[parts[-1]])
+        parts = tuple(pos[p][pos[p] >= 0] for p in split)
+        tr, te = kept[parts[0]], kept[parts[-1]]
         where = f"split {k} of {len(split_list)}" if len(split_list) > 1 else "the split"
-        if len(te) == 0 or len(np.unique(tr)) < 2:
+        if len(te) == 0 or len(np.unique(y[tr])) < 2:
             raise DataError(f"{where}: with its unreadable images left out, it has {len(te)} test images and "
-                            f"training images of {len(np.unique(tr))} class(es); a head needs test images and "
+                            f"training images of {len(np.unique(y[tr]))} class(es); a head needs test images and "
                             f"2 classes to learn")
-        both = drawn[0] & drawn[1]
-        untrained = [classes[c] for c in sorted(both - set(tr.tolist()))]
-        untested = [classes[c] for c in sorted(both - set(te.tolist()))]
-        said = [f"{len(untrained)} class(es) have no readable training image, so the head cannot predict them "
-                f"and their {int(np.isin(te, [classes.index(c) for c in untrained]).sum())} test image(s) count "
-                f"as wrong: {first_few(untrained)}"] if untrained else []
-        said += [f"{len(untested)} class(es) have no readable test image and are not scored: "
-                 f"{first_few(untested)}"] if untested else []
-        if said:
-            notes.append(f"{where}, drawn over DATA's listing as `fne train` draws it, with its "
-                         f"{int(sum(np.sum(pos[p] < 0) for p in split))} unreadable image(s) left out: "
-                         + "; ".join(said))
-        out.append(tuple(pos[p] for p in parts))
-    return out, notes
+        for c in sorted(set(y[te].tolist()) - set(y[tr].tolist())):
+            untrained.setdefault(classes[c], []).append(k)
+            wrong += int(np.sum(y[te] == c))
+        out.append(parts)
+    if not untrained:
+        return out, []
+    n = len(split_list)
+    shown = [repr(c) if n == 1 else f"{c!r} (split {', '.join(map(str, ks))})" for c, ks in untrained.items()]
+    return out, [f"{len(untrained)} class(es) have test images but no readable training image "
+                 f"{'in the split' if n == 1 else f'in {len({k for ks in untrained.values() for k in ks})} of {n} splits'}"
+                 f" (drawn over DATA's listing, as `fne train` draws its split, less the unreadable images): the head cannot predict them there, and their {wrong} test image(s) count as wrong: "
+                 f"{first_few(shown)}"]
 
 
 def duplicate_notes(dataset: Dataset, keys: list[str],
