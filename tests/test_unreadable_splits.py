@@ -13,7 +13,7 @@ from fne.data.splits import readable_parts
 from fne.errors import DataError
 from fne.linear import compare
 
-from .conftest import FAST
+from .conftest import FAST, write_digits
 
 TRAIN = dict(mode="frozen", arch="efficientnet_lite0", weights="random", epochs=1, image_size=32, batch_size=32,
              workers=0, val_fraction=0, progress=False)
@@ -71,10 +71,30 @@ def test_readable_parts_leaves_the_unreadable_out_and_names_one_sided_classes():
     assert kept[tr].tolist() == [6, 0, 4] and kept[te].tolist() == [1, 3, 7]
     notes = readable_parts(["a", "b", "c"], y, split, kept)[1]
     assert notes == ["1 class(es) have test images but no readable training image in the split (drawn over DATA's "
-                     "listing, as `fne train` draws its split, less the unreadable images): the head cannot predict "
-                     "them there, and their 2 test image(s) count as wrong: 'b'"]
+                     "listing, as `fne fit` and `fne train` draw it, less the unreadable images): the head cannot "
+                     "predict them there, and their 2 test image(s) count as wrong: 'b'"]
     two = readable_parts(["a", "b", "c"], y, split * 2, kept)
     assert [p[0].tolist() for p in two[0]] == [tr.tolist()] * 2 and "in 2 of 2 splits" in two[1][0]
     assert two[1][0].endswith("their 4 test image(s) count as wrong: 'b' (split 1, 2)")
     with pytest.raises(DataError, match="0 test images"):
         readable_parts(["a", "b", "c"], y, split, np.array([0, 2, 4, 6]))
+
+
+def test_train_names_a_class_it_read_no_training_image_of(tmp_path):
+    """Train says what fit says of the same split, once its passes have found the unreadable
+    images; nothing where every image was read, nor in direct mode."""
+    from fne.data.datasets import load_dataset
+    from fne.training.parts import Split, untrained_notes
+
+    dataset = load_dataset(write_digits(tmp_path / "d", per_class=4, classes=3))
+    y = dataset.label_indices()
+    split = Split(np.array([0, 1, 4, 5, 8, 9]), np.array([], dtype=np.int64), np.array([2, 3, 6, 7, 10, 11]),
+                  list(dataset.classes))
+    assert y[split.train].tolist() == [0, 0, 1, 1, 2, 2]
+    unread = {dataset.ids[i]: "not an image file" for i in (4, 5)}  # class 1's training images
+    assert untrained_notes(dataset, split, {}) == []
+    assert untrained_notes(dataset, split, unread) == readable_parts(
+        dataset.classes, y, [(split.train, split.test)], np.setdiff1d(np.arange(12), [4, 5]))[1]
+    assert "their 2 test image(s) count as wrong: '1'" in untrained_notes(dataset, split, unread)[0]
+    split.cmap = {"0": [1], "1": [2]}  # direct mode learns nothing
+    assert untrained_notes(dataset, split, unread) == []

@@ -261,7 +261,7 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
     shown = [repr(c) if n == 1 else f"{c!r} (split {', '.join(map(str, ks))})" for c, ks in untrained.items()]
     return out, [f"{len(untrained)} class(es) have test images but no readable training image "
                  f"{'in the split' if n == 1 else f'in {len({k for ks in untrained.values() for k in ks})} of {n} splits'}"
-                 f" (drawn over DATA's listing, as `fne train` draws its split, less the unreadable images): the head cannot predict them there, and their {wrong} test image(s) count as wrong: "
+                 f" (drawn over DATA's listing, as `fne fit` and `fne train` draw it, less the unreadable images): the head cannot predict them there, and their {wrong} test image(s) count as wrong: "
                  f"{first_few(shown)}"]
 
 
