@@ -236,7 +236,7 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
     ------
     DataError
         A split is left with no readable test image, or with readable training images of fewer
-        than 2 classes.
+        than 2 classes (the line says what to do).
     """
     if kept is None:
         return split_list, []
@@ -248,9 +248,12 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
         tr, te = kept[parts[0]], kept[parts[-1]]
         where = f"split {k} of {len(split_list)}" if len(split_list) > 1 else "the split"
         if len(te) == 0 or len(np.unique(y[tr])) < 2:
-            raise DataError(f"{where}: with its unreadable images left out, it has {len(te)} test images and "
-                            f"training images of {len(np.unique(y[tr]))} class(es); a head needs test images and "
-                            f"2 classes to learn")
+            n, k = len(y) - len(kept), len(np.unique(y[tr]))
+            raise refusal(lambda py: f"{where}, drawn over DATA's listing, leaves {len(te)} readable test image(s) "
+                                     f"and readable training images of {k} class(es) once its {n} unreadable "
+                                     f"image(s) are left out; a head needs test images and 2 classes to learn: "
+                                     f"remove the unreadable images from DATA (each is named above), or draw "
+                                     f"another split ({named('seed', py)})", DataError)
         for c in sorted(set(y[te].tolist()) - set(y[tr].tolist())):
             untrained.setdefault(classes[c], []).append(k)
             wrong += int(np.sum(y[te] == c))
