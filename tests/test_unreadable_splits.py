@@ -77,7 +77,7 @@ def test_readable_parts_leaves_the_unreadable_out_and_names_one_sided_classes():
     assert [p[0].tolist() for p in two[0]] == [tr.tolist()] * 2 and "in 2 of 2 splits" in two[1][0]
     assert two[1][0].endswith("their 4 test image(s) count as wrong: 'b' (split 1, 2)")
     with pytest.raises(DataError, match=r"leaves 0 readable test image\(s\) and readable training images of 3 "
-                                        r"class\(es\) once its 4 unreadable image\(s\) are left out; .*remove the "
+                                        r"class\(es\) once DATA's 4 unreadable image\(s\) are left out; .*remove the "
                                         r"unreadable images from DATA \(each is named above\), or draw another split"):
         readable_parts(["a", "b", "c"], y, split, np.array([0, 2, 4, 6]))
 

@@ -248,12 +248,7 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
         tr, te = kept[parts[0]], kept[parts[-1]]
         where = f"split {k} of {len(split_list)}" if len(split_list) > 1 else "the split"
         if len(te) == 0 or len(np.unique(y[tr])) < 2:
-            n, k = len(y) - len(kept), len(np.unique(y[tr]))
-            raise refusal(lambda py: f"{where}, drawn over DATA's listing, leaves {len(te)} readable test image(s) "
-                                     f"and readable training images of {k} class(es) once its {n} unreadable "
-                                     f"image(s) are left out; a head needs test images and 2 classes to learn: "
-                                     f"remove the unreadable images from DATA (each is named above), or draw "
-                                     f"another split ({named('seed', py)})", DataError)
+            raise _unsplittable(where, len(te), len(np.unique(y[tr])), len(y) - len(kept))
         for c in sorted(set(y[te].tolist()) - set(y[tr].tolist())):
             untrained.setdefault(classes[c], []).append(k)
             wrong += int(np.sum(y[te] == c))
@@ -266,6 +261,16 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
                  f"{'in the split' if n == 1 else f'in {len({k for ks in untrained.values() for k in ks})} of {n} splits'}"
                  f" (drawn over DATA's listing, as `fne fit` and `fne train` draw it, less the unreadable images): the head cannot predict them there, and their {wrong} test image(s) count as wrong: "
                  f"{first_few(shown)}"]
+
+
+def _unsplittable(where: str, n_test: int, n_classes: int, n_bad: int) -> DataError:
+    """`readable_parts`' DataError: split `where` leaves `n_test` readable test images and readable
+    training images of `n_classes` classes once DATA's `n_bad` unreadable images are left out."""
+    return refusal(lambda py: f"{where}, drawn over DATA's listing, leaves {n_test} readable test image(s) and "
+                              f"readable training images of {n_classes} class(es) once DATA's {n_bad} unreadable "
+                              f"image(s) are left out; a head needs test images and 2 classes to learn: remove the "
+                              f"unreadable images from DATA (each is named above), or draw another split "
+                              f"({named('seed', py)})", DataError)
 
 
 def duplicate_notes(dataset: Dataset, keys: list[str],
