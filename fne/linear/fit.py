@@ -190,7 +190,8 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     ------
     DataError
         DATA is missing, cannot be read, is unlabelled, or has test classes with no training
-        images.
+        images; or a split of DATA's listing keeps no readable test image, or readable training
+        images of one class only, once the unreadable images are left out (`readable_parts`).
     WeightsError
         With ``extract_missing``: ``weights`` cannot be loaded or do not fit ``arch``.
     CacheError
