@@ -189,9 +189,8 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     Raises
     ------
     DataError
-        DATA is missing, cannot be read, is unlabelled, or has test classes with no training
-        images; or a split of DATA's listing keeps no readable test image, or readable training
-        images of one class only, once the unreadable images are left out (`readable_parts`).
+        DATA is missing, cannot be read, is unlabelled, has test classes with no training images,
+        or its unreadable images leave a split unusable (`fne.data.splits.readable_parts`).
     WeightsError
         With ``extract_missing``: ``weights`` cannot be loaded or do not fit ``arch``.
     CacheError
