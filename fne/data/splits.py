@@ -255,12 +255,12 @@ def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.
         out.append(parts)
     if not untrained:
         return out, []
-    n = len(split_list)
+    n, hit = len(split_list), len({k for ks in untrained.values() for k in ks})
     shown = [repr(c) if n == 1 else f"{c!r} (split {', '.join(map(str, ks))})" for c, ks in untrained.items()]
     return out, [f"{len(untrained)} class(es) have test images but no readable training image "
-                 f"{'in the split' if n == 1 else f'in {len({k for ks in untrained.values() for k in ks})} of {n} splits'}"
-                 f" (drawn over DATA's listing, as `fne fit` and `fne train` draw it, less the unreadable images): the head cannot predict them there, and their {wrong} test image(s) count as wrong: "
-                 f"{first_few(shown)}"]
+                 f"{'in the split' if n == 1 else f'in {hit} of {n} splits'} (drawn over DATA's listing, as "
+                 f"`fne fit` and `fne train` draw it, less the unreadable images): the head cannot predict them "
+                 f"there, and their {wrong} test image(s) count as wrong: {first_few(shown)}"]
 
 
 def _unsplittable(where: str, n_test: int, n_classes: int, n_bad: int) -> DataError:
