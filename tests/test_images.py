@@ -150,8 +150,8 @@ def test_fit_keeps_copies_of_an_image_on_one_side_of_each_random_split(tmp_path,
 
 
 def test_unreadable_images_left_out_are_all_counted(tmp_path, capsys):
-    root = tmp_path / "d"
-    for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
+    root = tmp_path / "d"  # 4 readable images a class: the split of DATA's listing trains on both classes
+    for c, seeds in (("a", (1, 2, 5, 6)), ("b", (3, 4, 7, 8))):
         for s in seeds:
             _png(root / c / f"{s}.png", s)
     for k in range(6):
@@ -234,8 +234,9 @@ def test_a_class_whose_images_are_all_unreadable_is_named(tmp_path, capsys):
     for c, seeds in (("a", (1, 2)), ("b", (3, 4))):
         for s in seeds:
             _png(root / c / f"{s}.png", s)
-    (root / "zzz").mkdir()
-    (root / "zzz" / "bad.jpg").write_text("not an image\n")
+    (root / "zzz").mkdir()  # 2 images: a class of 1 cannot be split (`fne train` refuses it, as fit does)
+    for k in range(2):
+        (root / "zzz" / f"bad{k}.jpg").write_text(f"not an image {k}\n")
     assert main(["fit", str(root), "--extract", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "run"),
                  "--splits", "1", "--test-size", "0.5", *CLI_FAST]) == 0
     err = capsys.readouterr().err

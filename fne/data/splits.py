@@ -202,6 +202,77 @@ def train_val_test(dataset: Dataset, y: np.ndarray, test_size: float, val_fracti
     return np.sort(tr), np.sort(va), np.sort(te)
 
 
+def readable_parts(classes: list[str], y: np.ndarray, split_list: list[tuple[np.ndarray, ...]],
+                   kept: np.ndarray | None) -> tuple[list[tuple[np.ndarray, ...]], list[str]]:
+    """The splits drawn over DATA's listing with its unreadable images left out of every part.
+
+    A split is a function of DATA's listing, labels, seed and test size, not of which images
+    decode: `fne fit` (whose rows lack the unreadable images) and `fne train` (which skips them as
+    it reads) leave them out of the parts of one split, which is the same split for both.
+
+    Parameters
+    ----------
+    classes : list of str
+        DATA's classes (`Dataset.classes`).
+    y : ndarray
+        Every listed image's class index (unreadable ones included).
+    split_list : list of tuple of ndarray
+        `make_splits`' (train, test) indices into the listing.
+    kept : ndarray or None
+        The readable images' listing indices, ascending; None: every image is readable.
+
+    Returns
+    -------
+    parts : list of tuple of ndarray
+        Each split's parts as indices among the readable images (`kept`'s positions), in the
+        splitter's order; `split_list` itself where `kept` is None.
+    notes : list of str
+        One line naming the classes left with test images but no readable training image in a
+        split (the head never learns them there, and their test images count as wrong); none
+        where no class is. A class left with no readable test image is said where recalls are
+        (`fne.metrics.class_recall`).
+
+    Raises
+    ------
+    DataError
+        A split is left with no readable test image, or with readable training images of fewer
+        than 2 classes (the line says what to do).
+    """
+    if kept is None:
+        return split_list, []
+    pos = np.full(len(y), -1, dtype=np.int64)
+    pos[kept] = np.arange(len(kept))
+    out, untrained, wrong = [], {}, 0
+    for k, split in enumerate(split_list, 1):
+        parts = tuple(pos[p][pos[p] >= 0] for p in split)
+        tr, te = kept[parts[0]], kept[parts[-1]]
+        where = f"split {k} of {len(split_list)}" if len(split_list) > 1 else "the split"
+        if len(te) == 0 or len(np.unique(y[tr])) < 2:
+            raise _unsplittable(where, len(te), len(np.unique(y[tr])), len(y) - len(kept))
+        for c in sorted(set(y[te].tolist()) - set(y[tr].tolist())):
+            untrained.setdefault(classes[c], []).append(k)
+            wrong += int(np.sum(y[te] == c))
+        out.append(parts)
+    if not untrained:
+        return out, []
+    n, hit = len(split_list), len({k for ks in untrained.values() for k in ks})
+    shown = [repr(c) if n == 1 else f"{c!r} (split {', '.join(map(str, ks))})" for c, ks in untrained.items()]
+    return out, [f"{len(untrained)} class(es) have test images but no readable training image "
+                 f"{'in the split' if n == 1 else f'in {hit} of {n} splits'} (drawn over DATA's listing, as "
+                 f"`fne fit` and `fne train` draw it, less the unreadable images): the head cannot predict them "
+                 f"there, and their {wrong} test image(s) count as wrong: {first_few(shown)}"]
+
+
+def _unsplittable(where: str, n_test: int, n_classes: int, n_bad: int) -> DataError:
+    """`readable_parts`' DataError: split `where` leaves `n_test` readable test images and readable
+    training images of `n_classes` classes once DATA's `n_bad` unreadable images are left out."""
+    return refusal(lambda py: f"{where}, drawn over DATA's listing, leaves {n_test} readable test image(s) and "
+                              f"readable training images of {n_classes} class(es) once DATA's {n_bad} unreadable "
+                              f"image(s) are left out; a head needs test images and 2 classes to learn: remove the "
+                              f"unreadable images from DATA (each is named above), or draw another split "
+                              f"({named('seed', py)})", DataError)
+
+
 def duplicate_notes(dataset: Dataset, keys: list[str],
                     split_list: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """What a fit should be told about images with the same bytes (one content key, one row).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,18 @@ class Source:
     spec: StoreSpec  # pinned to the store's precision and storage dtype
     extract_seconds: float | None  # measured, when this call extracted missing rows; None: cached
     labels_fingerprint: str | None = None  # of DATA's listing as given, unreadable images included
-    n_skipped: int = 0  # DATA's images left out as unreadable (each named in a warning)
+    listing: Dataset | None = None  # DATA as listed, unreadable images included (keys attached); None: `dataset`
+    kept: np.ndarray | None = None  # `dataset`'s images' indices in `listing`; None: every one
+    skipped: dict[str, str] = field(default_factory=dict)  # the unreadable images left out -> why
+
+    def listed(self) -> Dataset:
+        """DATA's listing, unreadable images included: what `fne fit` splits, as `fne train` does."""
+        return self.dataset if self.listing is None else self.listing
+
+    @property
+    def n_skipped(self) -> int:
+        """DATA's images left out as unreadable (each named in a warning)."""
+        return len(self.skipped)
 
 
 def load_data(data: str | Path | Dataset, cache: str | None, label_key: str | None = None) -> Dataset:
@@ -173,14 +184,18 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record
     keep = [i for i, k in enumerate(keys) if k in index or (k not in bad and dataset.ids[i] not in unread)]
     left = {dataset.ids[i]: bad[k] for i, k in enumerate(keys) if k not in index and k in bad}
-    say_skipped({**left, **{n: w for n, w in unread.items() if n not in left}}.items(), stacklevel=3)
+    skipped = {**left, **{n: w for n, w in unread.items() if n not in left}}
+    say_skipped(skipped.items(), stacklevel=3)
+    listing, kept, dropped = None, None, {}
     if len(keep) < len(keys):
-        dataset = dataset.subset(keep)
+        gone = sorted(set(range(len(keys))) - set(keep))
+        dropped = {dataset.ids[i]: skipped.get(dataset.ids[i], "unreadable") for i in gone}
+        listing, kept, dataset = dataset, np.array(keep, dtype=np.int64), dataset.subset(keep)
     if len(dataset) == 0:
         raise FneError(f"{data}: no readable images")
     if check is not None and len(keep) < len(keys):
         check(dataset)
-    return Source(dataset, store, spec.pinned(store), seconds, labelled, len(keys) - len(keep))
+    return Source(dataset, store, spec.pinned(store), seconds, labelled, listing, kept, dropped)
 
 
 def _fitted_elsewhere(root, fitted: tuple[str, str] | None) -> str:

@@ -24,7 +24,13 @@ from fne.cache.cost import rows_cost
 from fne.cache.fs import check_run_folder, check_target, is_url, json_text, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset, key_digests
-from fne.data.splits import check_test_classes, duplicate_notes, make_splits, not_applied
+from fne.data.splits import (
+    check_test_classes,
+    duplicate_notes,
+    make_splits,
+    not_applied,
+    readable_parts,
+)
 from fne.errors import FneError
 from fne.linear import compare, rowspace, selection
 from fne.linear.features import Rows, Source, open_rows, parse_features
@@ -183,8 +189,8 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     Raises
     ------
     DataError
-        DATA is missing, cannot be read, is unlabelled, or has test classes with no training
-        images.
+        DATA is missing, cannot be read, is unlabelled, has test classes with no training images,
+        or its unreadable images leave a split unusable (`fne.data.splits.readable_parts`).
     WeightsError
         With ``extract_missing``: ``weights`` cannot be loaded or do not fit ``arch``.
     CacheError
@@ -208,7 +214,7 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     dataset, store = src.dataset, src.store
     y = dataset.label_indices()
     rows = Rows(store, dataset.keys(), layers, o.stream_chunk)
-    split_list = _splits(data, dataset, y, o, auto)
+    split_list = _splits(data, src, y, o, auto)
     bar = progress(len(split_list), f"fit {o.features}+{o.head}", ext.progress, unit="splits")
     chosen: list[dict] = []  # --features/--head/--C auto: fne.linear.selection's record per split
     choose = selection.chooser(o.features, o.head, C, backbone, parse_features, y, o.seed, chosen,
@@ -245,7 +251,8 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
         **_scores(per_split, confusions, dataset.classes),
-        "n_images": len(dataset), "classes": dataset.classes, "labels_fingerprint": src.labels_fingerprint,
+        "n_images": len(src.listed()), "skipped": src.skipped,  # as train's: DATA's listing, the unreadable named
+        "classes": dataset.classes, "labels_fingerprint": src.labels_fingerprint,
         **store_identity(src),
         "features": final.features, "layers": final.layers, "embedding": final.kind, "head": final.head,
         "C": Cs[0] if len(set(Cs)) == 1 else Cs,
@@ -299,14 +306,21 @@ def _no_auto_with(head: str, autos: list[str]) -> FneError:
                               f"available with SGD heads ({named('head', py, head, plain=True)})")
 
 
-def _splits(data, dataset: Dataset, y: np.ndarray, o: FitOptions, auto: bool) -> list:
-    """The (train, test) splits (`make_splits`), with a warning per duplicate note; with auto
-    selection, FneError naming the classes with a single training image in a split: its k-fold
-    cross-validation (`fne.linear.selection.image_folds`) needs 2 of each; the options of random
-    splits given where DATA has its own are named (`not_applied`)."""
-    not_applied(dataset, o)
-    split_list = make_splits(dataset, y, o.splits, o.test_size, o.train_per_class, o.seed, dataset.keys())
-    for note in duplicate_notes(dataset, dataset.keys(), split_list):
+def _splits(data, src: Source, y: np.ndarray, o: FitOptions, auto: bool) -> list:
+    """The (train, test) splits of the readable images `src.dataset` (labels `y`): drawn over DATA's
+    listing, unreadable images included (`make_splits`), as `fne train` draws its split, then with
+    the unreadable images left out of each part (`readable_parts`, whose notes are warned, as is
+    each duplicate note); with auto selection, FneError naming the classes with a single training
+    image in a split: its k-fold cross-validation (`fne.linear.selection.image_folds`) needs 2 of
+    each; the options of random splits given where DATA has its own are named (`not_applied`)."""
+    dataset, listing = src.dataset, src.listed()
+    not_applied(listing, o)
+    y_listed = listing.label_indices()
+    split_list = make_splits(listing, y_listed, o.splits, o.test_size, o.train_per_class, o.seed, listing.keys())
+    for note in duplicate_notes(listing, listing.keys(), split_list):
+        warnings.warn(note, stacklevel=3)
+    split_list, notes = readable_parts(listing.classes, y_listed, split_list, src.kept)
+    for note in notes:
         warnings.warn(note, stacklevel=3)
     singles = [[dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr], minlength=len(dataset.classes)) == 1)]
                for tr, _ in (split_list if auto else [])]

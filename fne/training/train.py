@@ -2,7 +2,7 @@
 
 One run, in the order `train()` goes:
 
-1. `fne.data.splits`     which images train, validate and test (the split `fne fit` uses);
+1. `fne.training.parts`   which images train, validate and test (`fne.data.splits`: the split `fne fit` uses);
    `fne.training.class_map`  direct mode: the target classes read through the source classifier;
 2. `fne.training.transfer`   the network of the mode (direct / scratch / frozen / finetune): new layers,
                     imported weights, what learns;
@@ -20,7 +20,6 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +33,8 @@ from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_run_folder, check_target, json_text, replace_files, through_file
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
-from fne.data.manifest import attach_keys, known_keys, manifest_for
+from fne.data.manifest import known_keys, manifest_for
 from fne.data.parquet import hf_available
-from fne.data.splits import duplicate_notes, make_splits, not_applied, train_val_test
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -65,10 +63,9 @@ from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import (
     check_inline,
     direct_scores,
-    mapped_test_images,
-    read_class_map,
     recorded,
 )
+from fne.training.parts import Split, run_split, untrained_notes
 from fne.training.transfer import (
     build_model,
     describe_import,
@@ -109,19 +106,6 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
     if cfg.resume and cfg.mode == "direct":
         raise refusal(lambda py: f"{checkpoint.resume_flag(py)}: {named('mode', py, 'direct', plain=True)} "
                                  f"does not train, there is nothing to resume")
-
-
-@dataclass
-class _Split:
-    """The run's images: dataset indices of each part, and the classes scored on the test part."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-    classes: list[str]
-    cmap: dict[str, list[int]] | None = None  # direct: target class -> source indices
-    n_excluded: int = 0  # direct: test images of unmapped classes
-    images: dict | None = None  # `checkpoint.images` of the three parts
 
 
 # ---------------------------------------------------------------------- API
@@ -212,7 +196,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
                                  f"found {len(dataset.classes)} ({', '.join(dataset.classes)})", DataError)
     b = backbones.get(cfg.arch, cfg.weights or ("random" if cfg.mode == "scratch" else "imagenet"))
     ctx = _context(cfg, dataset, b)
-    split = _split(cfg, dataset, b, cache)
+    split = run_split(cfg, dataset, b, cache)
     ckpt, stale = _checkpoint(cfg, dataset, split, auto)  # before the model is built: a wrong one stops at once
     model, source = _model(cfg, len(dataset.classes), ctx.device, ckpt is not None)
     workers = _workers(cfg, ctx.device)
@@ -233,6 +217,8 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
+    for note in untrained_notes(dataset, split, ctx.skipped):  # as fit says it of the same split
+        warnings.warn(note, stacklevel=3)
     metrics = _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
     path = Path(cfg.out) / checkpoint.CHECKPOINT
     if stale is not None and checkpoint.identity(path) == stale:  # no save came: the run folder is this run's
@@ -240,7 +226,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     return metrics
 
 
-def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: _Split, auto: bool) -> tuple[dict | None, tuple | None]:
+def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: Split, auto: bool) -> tuple[dict | None, tuple | None]:
     """(the checkpoint --resume continues (checked against the run's settings and images), or None;
     with `auto`, the run folder's own checkpoint where it belongs to this run, the identity
     (`checkpoint.identity`) of a checkpoint left unused, or None). One left unused is said: it is
@@ -305,7 +291,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
         if unchecked is None:
             with warnings.catch_warnings():  # the run's own warnings (copies across the split), not the dry run's
                 warnings.simplefilter("ignore")
-                split = _split(cfg, dataset, backbones.get(cfg.arch), cache)
+                split = run_split(cfg, dataset, backbones.get(cfg.arch), cache)
             parts = {"train": split.train, "val": split.val, "test": split.test}
             images = checkpoint.images(dataset.ids, dataset.labels, parts, dataset.keys())
     except (FneError, OSError) as e:
@@ -369,42 +355,10 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bo
     return model, {"weights": weights, "report": report, "renew": renew, "imported": imported, "keep": keep}
 
 
-def _split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: str | None) -> _Split:
-    """The run's images; direct mode learns nothing and scores only test images of mapped classes.
-
-    Copies of one image (its content key) stay on one side of a random split, as in `fne fit`,
-    which draws the same split; DATA's own split is kept, and a copy across it is named. The keys
-    come from `cache`'s manifest (a stat per known file), which is read, not written."""
-    not_applied(dataset, cfg)  # --test-size, --train-per-class given where DATA has its own split
-    y = dataset.label_indices()
-    keys = attach_keys(dataset, cache, save=False).keys()
-    if cfg.mode != "direct":
-        try:
-            parts = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, keys=keys,
-                                   train_per_class=cfg.train_per_class)
-        except DataError:
-            tr = make_splits(dataset, y, 1, cfg.test_size, cfg.train_per_class, cfg.seed, keys)[0][0]
-            lonely = [dataset.classes[c] for c in np.flatnonzero(np.bincount(y[tr]) == 1)]
-            if not lonely:
-                raise
-            raise refusal(lambda py: f"{cfg.data}: {named('val_fraction', py, cfg.val_fraction)}: {len(lonely)} "
-                                     f"class(es) have a single training image ({', '.join(lonely[:5])}), which "
-                                     f"cannot also validate; add images, or give {named('val_fraction', py, 0)} "
-                                     f"(the last epoch is kept)", DataError) from None
-        for note in duplicate_notes(dataset, keys, [(np.concatenate(parts[:2]), parts[2])]):
-            warnings.warn(note, stacklevel=2)
-        return _Split(*parts, classes=list(dataset.classes))
-    cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
-    tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False, keys=keys,
-                                train_per_class=cfg.train_per_class)
-    te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
-    return _Split(tr, va, te, list(cmap), cmap, n_excluded)
-
-
 # ----------------------------------------------------------------- epochs
 
 
-def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict, split: _Split, loader,
+def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict, split: Split, loader,
          train_tf, eval_tf, ckpt: dict | None) -> dict:
     """The training epochs (continuing checkpoint `ckpt` where given); leaves the best epoch's
     weights in `model`; -> the run's progress (epoch, history, best, train_seconds)."""
@@ -484,7 +438,7 @@ def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple
 # ---------------------------------------------------------------- outputs
 
 
-def _test(model, ctx: epochs.Ctx, split: _Split, loader, direct_score: str):
+def _test(model, ctx: epochs.Ctx, split: Split, loader, direct_score: str):
     """(dataset indices, labels among split.classes, scores over split.classes) of the test images."""
     ids, yt, probs = epochs.evaluate(model, loader, ctx, "test")
     if split.cmap is None:
@@ -494,7 +448,7 @@ def _test(model, ctx: epochs.Ctx, split: _Split, loader, direct_score: str):
 
 
 def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, ctx: epochs.Ctx,
-                   split: _Split, source: dict, run: dict, test: dict, data_o: DataOptions) -> dict:
+                   split: Split, source: dict, run: dict, test: dict, data_o: DataOptions) -> dict:
     """predictions.csv, model.pt and metrics.json; -> metrics.json's dict."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -516,7 +470,7 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     return metrics
 
 
-def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: _Split, source: dict, run: dict,
+def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: Split, source: dict, run: dict,
              test: dict, pred: np.ndarray, data_o: DataOptions) -> dict:
     weights, report, renew = source["weights"], source["report"], source["renew"]
     direct = split.cmap is not None
