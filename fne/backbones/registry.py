@@ -59,7 +59,7 @@ class Backbone:
         return sum(t.channels for t in self.taps)
 
     def preprocess(self, crop: str = "center", size: int | None = None) -> Preprocess:
-        """The weights' own preprocessing; `size` (fne train --image-size) scales the resize too."""
+        """The weights' own preprocessing; `size` (--image-size of fne train and fne extract) scales the resize too."""
         size = size or self.input_size
         resize = self.resize
         if resize is not None and size != self.input_size:
