@@ -279,6 +279,12 @@ def _cmd_backbones(a) -> int:
     print(f"{d['arch']} ({d['source']}): {len(d['taps'])} taps, {d['dim']} features, last {d['last']}, "
           f"classifier {d['classifier']}")
     print("preprocess: " + ", ".join(f"{k} {v}" for k, v in d["preprocess"].items()))
+    if "weights_fit" in d:  # a weights file: whether it fits, in one line (the refusal as extract would give it)
+        from fne.backbones.fits import fit_of
+
+        fit = d["weights_fit"]
+        print(f"weights {fit['file']}: fits {d['arch']} (every tensor by name and shape, the classifier aside)"
+              if fit["fits"] else fit_of(a.arch, a.weights).cli)
     for t in d["taps"]:
         print(f"  {t['name']:40s} {t['module']:36s} {t['channels']:6d} {t['pool']}"
               + (f" (prefix tokens {t['prefix_tokens']})" if t["pool"] in ("cls", "mean_tokens") else ""))

@@ -248,7 +248,7 @@ def test_the_wait_for_another_extraction_is_a_progress_line(tmp_path, monkeypatc
 
 def test_a_failed_extraction_removes_the_cache_folder_it_made_not_one_that_was_there(tmp_path, capsys):
     """`fne extract` failing before its first row (weights it cannot read) into a cache folder it
-    made leaves no folder (it held DATA's manifest, the weights' hash and a lock file); into a
+    made leaves no folder (it held DATA's manifest and the weights' hash); into a
     folder that was there, what it wrote stays. A run that committed rows keeps its cache
     (test_faults' full disk)."""
     data = write_digits(tmp_path / "data", per_class=3, classes=2)
@@ -259,7 +259,8 @@ def test_a_failed_extraction_removes_the_cache_folder_it_made_not_one_that_was_t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "data"]  # nor a trash folder beside it
     (tmp_path / "old").mkdir()
     assert main([*args, "--cache", str(tmp_path / "old")]) == 2
-    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["locks", "manifests"]
+    # refused before the extraction's lock (`fne.backbones.fits`): DATA's manifest and the weights' hash stay
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["manifests"]
 
 
 @pytest.mark.parametrize("verb", ["fit", "export"])
@@ -276,7 +277,8 @@ def test_fit_or_export_extracting_into_a_new_cache_that_fails_leaves_no_folder(v
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "data"]
     (tmp_path / "old").mkdir()
     assert main([*args, "--cache", str(tmp_path / "old")]) == 2
-    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["locks", "manifests"]
+    # refused before the extraction's lock (`fne.backbones.fits`): DATA's manifest and the weights' hash stay
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["manifests"]
 
 
 def test_predict_interrupted_while_extracting_into_a_new_cache_leaves_no_folder(digits_folder, warm_cache, tmp_path,

@@ -43,14 +43,16 @@ def describe_backbone(arch: str, **options) -> dict:
         A registry name, a torchvision model name or timm:NAME[.TAG].
     weights : str, default 'imagenet'
         Whose preprocessing to show: imagenet, a torchvision weights name, random or a state
-        dict path; nothing is downloaded.
+        dict path (then also whether it fits ``arch``); nothing is downloaded.
 
     Returns
     -------
     dict
         ``arch``, ``source`` (registry, torchvision or timm), ``dim``, ``last``, ``classifier``,
         ``fc_layers``, ``taps`` (each: name, module, channels, pool, ...) and ``preprocess``
-        (resize, crop size, mean, std, interpolation).
+        (resize, crop size, mean, std, interpolation); with a weights file, ``weights_fit``:
+        ``file``, ``fits`` (whether its tensors' names and shapes are ``arch``'s, the source
+        classifier's aside) and ``why`` (the refusal `fne extract` would give, else None).
 
     Raises
     ------
@@ -66,7 +68,14 @@ def describe_backbone(arch: str, **options) -> dict:
         raise TypeError(f"arch must be a string, not {type(arch).__name__} {arch!r}")
     (o,) = resolve(options, StoreOptions, only=DESCRIBE_OPTIONS)
     registry.check_weights(arch, o.weights)  # weights="bogus": one line, as in every verb
-    return registry.get(arch, o.weights).describe()
+    d = registry.get(arch, o.weights).describe()
+    if o.weights not in (None, "imagenet", "random") and Path(o.weights).is_file():
+        from fne.backbones.fits import fit_of
+
+        error = fit_of(arch, o.weights)  # names and shapes only: nothing loaded
+        d["weights_fit"] = {"file": str(Path(o.weights).resolve()), "fits": error is None,
+                            "why": None if error is None else str(error)}
+    return d
 
 
 def _imagenet_source(arch: str, weights: str = "imagenet") -> tuple[str | None, dict, str | None] | None:

@@ -7,7 +7,11 @@ from __future__ import annotations
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+
+from fne.errors import WeightsError
+from fne.option_handling import named, refusal
 
 # torch.save's legacy (non-zip) format: a pickle (protocol 2) of this magic number first
 TORCH_LEGACY = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -18,6 +22,8 @@ PICKLED_OBJECTS = ("a torch.save file of Python objects besides tensors (a whole
 # where a checkpoint keeps its model's state dict: a `fne train` checkpoint's and torchvision's
 # references' `model`, timm's and Lightning's `state_dict`; taken in this order
 STATE_KEYS = ("model", "state_dict")
+
+Shapes = dict[str, tuple[int, ...]]  # tensor name -> shape (`misfit`)
 
 
 def torch_load(path: str | Path, device) -> object:
@@ -169,3 +175,68 @@ def prefix_hint(names: list[str], own: list[str], head: str) -> str:
     return (f"; its tensors under {' and '.join(map(repr, found))} are the network's: give a file of one network's "
             f"alone, without the prefix (with `state` the file's state dict: torch.save({{k.removeprefix({p!r}): v for "
             f"k, v in state.items() if k.startswith({p!r})}}, PATH))")
+
+
+def weights_refusal(weights: str | Path, said: str | Callable[[bool], str]) -> WeightsError:
+    """The WeightsError `WEIGHTS: said`, naming --weights as the caller did (`weights='x.pt'` in
+    Python, `--weights 'x.pt'` on the command line: `fne.option_handling.refusal`); `said` may be a text
+    of `python` too."""
+    return refusal(lambda py: f"{named('weights', py, str(weights))}: {said(py) if callable(said) else said}",
+                   WeightsError)
+
+
+def trained_as(weights: str | Path, arch: str, python: bool) -> str:
+    """'; RUN/metrics.json: trained as --arch X' where `weights` is the model.pt of a `fne train`
+    run of another architecture than `arch`, else '': what a refusal of weights that do not fit
+    `arch` adds."""
+    import json
+
+    p = Path(weights)
+    try:
+        m = json.loads((p.parent / "metrics.json").read_text()) if p.name == "model.pt" else None
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(m, dict) or m.get("kind") != "train" or m.get("arch") in (None, arch):
+        return ""
+    return f"; {p.parent / 'metrics.json'}: trained as {named('arch', python, m['arch'], plain=True)}"
+
+
+def misfit(arch: str, weights: str | Path, found: Shapes, own: Shapes, classifier: str) -> WeightsError | None:
+    """The refusal of a weights file whose tensors `found` (name -> shape) do not fit `arch`'s
+    `own`, else None. The source classifier's tensors (module path `classifier`) need not fit: a
+    new one is made for the target classes; BatchNorm's counter may be absent (older files).
+
+    Parameters
+    ----------
+    arch, weights : str
+        The architecture and the file, as the message names them.
+    found, own : dict
+        Tensor name -> shape: the file's, and the architecture's state dict's.
+    classifier : str
+        The module path of the architecture's source classifier.
+
+    Returns
+    -------
+    WeightsError or None
+        "does not fit --arch X (N of its tensors missing or mismatched, M in the file it does not
+        have; e.g. ...)", with what the file is where that is known (`trained_as`, `prefix_hint`).
+    """
+    head = classifier + "."
+    missing = []
+    for name, shape in own.items():
+        if name.startswith(head):
+            continue
+        if name not in found:
+            missing += [] if name.endswith(".num_batches_tracked") else [(name, "not in source")]
+        elif tuple(found[name]) != tuple(shape):
+            missing.append((name, f"shape {tuple(found[name])} in source, {tuple(shape)} here"))
+    extra = [n for n in found if n not in own and not n.startswith(head)]  # resnet34's in resnet18
+    if not missing and not extra:
+        return None
+    why = [f"{n}: {w}" for n, w in missing][:3]
+    why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
+    hint = prefix_hint(list(found), list(own), classifier)
+    return weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
+                                               f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
+                                               f"in the file it does not have; e.g. {'; '.join(why)})"
+                                               + (trained_as(weights, arch, py) or hint))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fne.backbones.filekind import trained_as, weights_refusal  # noqa: F401 (trained_as: read here by fne.training.transfer)
 from fne.backbones.preprocess import Preprocess
 from fne.backbones.tap import Tap
 from fne.errors import FneError, WeightsError
@@ -58,7 +59,7 @@ class Backbone:
         return sum(t.channels for t in self.taps)
 
     def preprocess(self, crop: str = "center", size: int | None = None) -> Preprocess:
-        """The weights' own preprocessing; `size` (fne train --image-size) scales the resize too."""
+        """The weights' own preprocessing; `size` (--image-size of fne train and fne extract) scales the resize too."""
         size = size or self.input_size
         resize = self.resize
         if resize is not None and size != self.input_size:
@@ -101,30 +102,6 @@ def get(name: str, weights: str | None = None) -> Backbone:
         raise refusal(lambda py: f"bad {named('arch', py, name)}")
     by_name = weights not in (None, "imagenet", "random") and not Path(weights).is_file()
     return _zoo_backbone(name, weights if by_name else "imagenet")
-
-
-def weights_refusal(weights: str | Path, said: str | Callable[[bool], str]) -> WeightsError:
-    """The WeightsError `WEIGHTS: said`, naming --weights as the caller did (`weights='x.pt'` in
-    Python, `--weights 'x.pt'` on the command line: `fne.option_handling.refusal`); `said` may be a text
-    of `python` too."""
-    return refusal(lambda py: f"{named('weights', py, str(weights))}: {said(py) if callable(said) else said}",
-                   WeightsError)
-
-
-def trained_as(weights: str | Path, arch: str, python: bool) -> str:
-    """'; RUN/metrics.json: trained as --arch X' where `weights` is the model.pt of a `fne train`
-    run of another architecture than `arch`, else '': what a refusal of weights that do not fit
-    `arch` adds."""
-    import json
-
-    p = Path(weights)
-    try:
-        m = json.loads((p.parent / "metrics.json").read_text()) if p.name == "model.pt" else None
-    except (OSError, ValueError):
-        return ""
-    if not isinstance(m, dict) or m.get("kind") != "train" or m.get("arch") in (None, arch):
-        return ""
-    return f"; {p.parent / 'metrics.json'}: trained as {named('arch', python, m['arch'], plain=True)}"
 
 
 def not_a_weights_file(weights: str | Path, said: str) -> WeightsError:
@@ -549,21 +526,13 @@ def load_backbone(arch: str, weights: str = "imagenet", seed: int = 0,
     if model is not None:
         return model.eval().to(dev)
     model = build()  # not an exact fit: import by name and shape, and say what is missing
-    report = import_matching(model, state)
-    head = b.classifier + "."
-    missing = [n for n, _ in report.skipped if not n.startswith(head)]
-    own = model.state_dict()
-    extra = [n for n in state if n not in own and not n.startswith(head)]  # resnet34's in resnet18
-    if missing or extra:
-        why = [f"{n}: {w}" for n, w in report.skipped if not n.startswith(head)][:3]
-        why += [f"{n}: not in {arch}" for n in extra[:4 - len(why)]]
-        from fne.backbones.filekind import prefix_hint
+    import_matching(model, state)
+    from fne.backbones.filekind import misfit
 
-        hint = prefix_hint(list(state), list(own), b.classifier)
-        raise weights_refusal(weights, lambda py: f"does not fit {named('arch', py, arch, plain=True)} "
-                                                  f"({len(missing)} of its tensors missing or mismatched, {len(extra)} "
-                                                  f"in the file it does not have; e.g. {'; '.join(why)})"
-                                                  + (trained_as(weights, arch, py) or hint))
+    error = misfit(arch, weights, {k: tuple(v.shape) for k, v in state.items()},
+                   {k: tuple(v.shape) for k, v in model.state_dict().items()}, b.classifier)
+    if error is not None:
+        raise error
     return model.eval().to(dev)
 
 

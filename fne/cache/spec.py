@@ -50,7 +50,7 @@ class StoreSpec(StoreOptions):
         return backbones.get(self.arch, self.weights)
 
     def preprocess(self) -> Preprocess:
-        return self.backbone().preprocess(self.crop)
+        return self.backbone().preprocess(self.crop, self.image_size)  # the key names the size
 
     def _check(self) -> None:
         opts.check(self)
@@ -124,6 +124,17 @@ class StoreSpec(StoreOptions):
             progress_line(f"fne {verb}: reading {held[id(best)]} rows from store {best.path.name} "
                           f"({_describe(best)}); also held: {others}", progress, stderr=True)
         return best
+
+
+def recorded_image_size(store: dict) -> int | None:
+    """The --image-size of the rows a model was fitted on, from the store its metrics.json records
+    (``crop`` and ``preprocess``, the preprocessing key: `center64-tv`): what `fne predict` passes
+    on, so that its rows are made at that size again; None where no key is recorded. The
+    backbone's own size is returned too: it names the same store as None."""
+    import re
+
+    found = re.match(rf"{re.escape(str(store.get('crop', 'center')))}(\d+)", str(store.get("preprocess") or ""))
+    return int(found.group(1)) if found else None
 
 
 def _describe(s: Store) -> str:

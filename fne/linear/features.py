@@ -104,6 +104,8 @@ def extract_command(data, spec: StoreSpec) -> str:
         parts.append(f"--seed-weights {spec.weights_seed}")
     if spec.crop != "center":
         parts.append(f"--crop {spec.crop}")
+    if spec.image_size is not None:
+        parts.append(f"--image-size {spec.image_size}")
     if spec.precision != "auto":
         parts.append(f"--precision {spec.precision}")
     if spec.storage_dtype not in ("auto", DEFAULT_DTYPE):

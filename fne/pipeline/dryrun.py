@@ -35,6 +35,9 @@ def extraction_line(step: Step, data: str | None, p: Pipeline, cache: str | None
     unread = len(found) - len(keys)
     new = (f"{unread} of {len(found)} images not read yet: the run hashes them and computes those not in the "
            f"cache {first}")
+    misfit = _misfit(b)
+    if misfit:
+        return head + misfit
     if not keys:
         return head + new
     if b.weights not in ("imagenet", "random"):  # a file (hashed on use) or imagenet-or-random
@@ -56,6 +59,23 @@ def extraction_line(step: Step, data: str | None, p: Pipeline, cache: str | None
     if not missing:
         return head + f"all {n} images cached: no forward pass"
     return head + f"{missing} of {n} images not in the cache: computed {first}"
+
+
+def _misfit(b: BackboneCfg) -> str:
+    """Where the backbone's weights are a file that does not fit its arch (names and shapes, read
+    without the data: `fne.backbones.fits`), or that cannot be read: the refusal the run would stop
+    at, as its extraction's line; else ''."""
+    from pathlib import Path
+
+    if b.weights in ("imagenet", "random", "imagenet-or-random") or not Path(b.weights).is_file():
+        return ""
+    from fne.backbones.fits import fit_of
+
+    try:
+        error = fit_of(b.arch, b.weights)
+    except FneError as e:  # WeightsError: unreadable
+        error = e
+    return "" if error is None else f"the run stops here: {error}"
 
 
 def plan_either(p: Pipeline, make: Callable[[], list[Step]]) -> list[Step]:

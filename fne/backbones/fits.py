@@ -1,0 +1,80 @@
+"""Whether a network takes what a command gives it, asked before any image is read: a --weights
+file's tensors against the architecture's (`misfit`: the comparison `registry.load_backbone` makes
+on the loaded tensors, and `refuse_unfit` on their names and shapes alone, no data read), and an
+--image-size against the architecture's forward (`refuse_size`, run on the meta device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fne.backbones.filekind import Shapes, misfit, weights_refusal
+from fne.errors import WeightsError
+from fne.option_handling import named, refusal
+
+
+def file_shapes(path: str | Path) -> Shapes:
+    """A weights file's tensor names and shapes, its data not read: a .pth/.pt file loaded onto
+    the meta device (memory-mapped), a .safetensors file's header. Errors as `read_state_dict`'s."""
+    from fne.backbones.registry import read_state_dict
+
+    if Path(path).suffix == ".safetensors" and Path(path).is_file():
+        try:
+            from safetensors import safe_open
+        except ImportError as e:
+            raise weights_refusal(path, "reading .safetensors needs `pip install safetensors`") from e
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        except Exception:  # unreadable: read_state_dict says why
+            return {k: tuple(v.shape) for k, v in read_state_dict(path, "cpu").items()}
+        return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in shapes.items()}
+    return {k: tuple(v.shape) for k, v in read_state_dict(path, "meta").items()}
+
+
+def model_shapes(arch: str, weights: str | None = None) -> tuple[Shapes, str]:
+    """`arch`'s tensor names and shapes (its model built on the meta device) and its source
+    classifier's module path."""
+    from fne.backbones import registry, zoo
+
+    b = registry.get(arch, weights)
+    own = zoo.meta_model(lambda: b.build(b.num_classes)).state_dict()
+    return {k: tuple(v.shape) for k, v in own.items()}, b.classifier
+
+
+def refuse_unfit(arch: str, weights: str) -> None:
+    """Raise now the WeightsError that loading the weights file `weights` into `arch` would raise
+    later (`registry.load_backbone`): before a command starts its loader workers and progress
+    line. Weights that are no file pass (`catalog.refuse_unobtainable` asks about those)."""
+    if weights in (None, "imagenet", "random") or not Path(weights).is_file():
+        return
+    error = fit_of(arch, weights)
+    if error is not None:
+        raise error
+
+
+def fit_of(arch: str, weights: str | Path) -> WeightsError | None:
+    """`misfit` of the weights file `weights` for `arch`, from names and shapes alone; an
+    unreadable file raises (`read_state_dict`'s refusal)."""
+    own, classifier = model_shapes(arch, str(weights))
+    return misfit(arch, weights, file_shapes(weights), own, classifier)
+
+
+def refuse_size(arch: str, weights: str, size: int | None) -> None:
+    """OptionError where `arch` cannot run at `size` x `size` (--image-size): a model built for one
+    input size (torchvision's and timm's ViTs), or a size its downsampling reduces to nothing
+    (VGG-16 below 32). Found by a forward on the meta device (no memory, no arithmetic)."""
+    from fne.backbones import registry, zoo
+
+    b = registry.get(arch, weights)
+    if size is None or size == b.input_size:
+        return
+    import torch
+
+    model = zoo.meta_model(lambda: b.build(b.num_classes))
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, 3, size, size, device="meta"))
+    except Exception as e:
+        said = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise refusal(lambda py: f"{named('image_size', py, size, plain=True)}: {arch} cannot run at {size} x {size} "
+                                 f"({said}); its own size is {b.input_size}") from None
