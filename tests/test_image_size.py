@@ -81,3 +81,21 @@ def test_the_size_is_passed_on_by_the_extract_hint_and_the_fitted_record():
     assert recorded_image_size({"crop": "center"}) is None  # a model that records no preprocessing
     s = {"crop": "center", "preprocess": "center224-tv"}
     assert StoreSpec(arch="vgg16", image_size=recorded_image_size(s)).prep_key() == s["preprocess"]
+
+
+def test_predict_and_advise_work_at_the_size(digits_folder, tmp_path, capsys):
+    """A model fitted on rows at a size is applied at that size (its store found, no earlier-pixels
+    refusal); advise measures at the size given and its advised commands carry it."""
+    cache = str(tmp_path / "c")
+    out = tmp_path / "fit"
+    assert main(["fit", str(digits_folder), "--out", str(out), "--image-size", "32", "--splits", "1",
+                 "--features", "last", *LITE0, "--cache", cache, "--extract"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(out), str(digits_folder), "--out", str(tmp_path / "p.csv")]) == 0
+    assert "wrote 24 predictions" in capsys.readouterr().out
+    assert main(["advise", str(digits_folder), "--image-size", "32", *LITE0, "--cache", cache]) == 0
+    said = capsys.readouterr().out
+    stores = sorted(p.name for p in (tmp_path / "c").iterdir() if "efficientnet_lite0" in p.name)
+    assert stores and all("center32-tv" in s for s in stores), stores
+    advised = [line for line in said.splitlines() if line.lstrip().startswith("try: fne ")]
+    assert advised and all("--image-size 32" in line for line in advised), said

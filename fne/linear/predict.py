@@ -18,7 +18,7 @@ import numpy as np
 from fne import option_handling as opts
 from fne import verb_module
 from fne.cache.fs import check_target, is_url, not_a_run_file, out_refused, replace_file
-from fne.cache.spec import DEVICE_SUFFIXES, StoreSpec
+from fne.cache.spec import DEVICE_SUFFIXES, StoreSpec, recorded_image_size
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset, key_digests
 from fne.data.datasets import load_dataset
@@ -75,7 +75,7 @@ def pinned_spec(model: dict, where: str, device: str | None = None, moved_weight
     spec = StoreSpec(arch=s["arch"], weights=moved_weights or s["weights"], crop=s["crop"], precision=s["precision"],
                      storage_dtype=s["storage_dtype"], cache=s["cache"],
                      weights_seed=s["weights_seed"] if s["weights"] == "random" else 0,  # recorded before it was refused
-                     decode=s["decode"], device=device or "auto")
+                     decode=s["decode"], device=device or "auto", image_size=recorded_image_size(s))
     made, key = s.get("preprocess"), spec.preprocess().key
     if made is not None and made not in (key, *(key + suffix for suffix in DEVICE_SUFFIXES.values())):
         raise FneError(f"{where} was fitted on rows of preprocessing {made}, an earlier fne's pixels, which this fne "

@@ -26,9 +26,10 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
     words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch, "--weights", shlex.quote(weights)]
     fit, seed = template.startswith("fne fit "), getattr(spec, "weights_seed", 0) if spec.weights == "random" else 0
     store = {"--crop": (spec.crop, "center"), "--storage-dtype": (getattr(spec, "storage_dtype", "auto"), "auto"),
-             "--precision": (getattr(spec, "precision", "auto"), "auto"), "--seed-weights": (seed, 0)}
+             "--precision": (getattr(spec, "precision", "auto"), "auto"), "--seed-weights": (seed, 0),
+             "--image-size": (getattr(spec, "image_size", None), None)}
     words += [w for flag, (value, default) in store.items() if value != default and (fit or flag in (
-        "--precision", "--seed-weights")) for w in (flag, str(value))]  # fne train takes neither crop nor storage
+        "--precision", "--seed-weights", "--image-size")) for w in (flag, str(value))]  # fne train takes neither crop nor storage
     if label_key is not None:
         words += ["--label-key", shlex.quote(label_key)]
     if fit:  # the rows the advice's sample left out of the cache: computed first

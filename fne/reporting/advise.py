@@ -240,7 +240,7 @@ def _classifier_logits(features: np.ndarray, arch: str, weights: str, weights_se
 
 def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cache=None, crop="center",
                        precision="auto", storage_dtype="float16", device="auto", weights_seed=0,
-                       batch_size="auto", workers=None, progress=True) -> dict:
+                       batch_size="auto", workers=None, progress=True, image_size=None) -> dict:
     """Source-classifier confidence on dataset[idx]; extracts missing rows into the cache first."""
     from fne.backbones import registry as backbones
     from fne.cache.spec import StoreSpec
@@ -251,7 +251,7 @@ def measure_similarity(dataset, idx: list[int], arch: str, weights: str, *, cach
     # cannot be read is named and left out: one bad file never stops the advice
     sub = attach_keys(dataset.subset(idx), cache, skip_unreadable=True)
     spec = StoreSpec(arch=arch, weights=weights, crop=crop, precision=precision, storage_dtype=storage_dtype,
-                     cache=cache, device=device, weights_seed=weights_seed)
+                     cache=cache, device=device, weights_seed=weights_seed, image_size=image_size)
     extract(sub, spec, batch_size=batch_size, workers=workers, progress=progress)
     store = spec.open()
     store.refresh()
@@ -488,7 +488,7 @@ def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[d
         stats = measure_similarity(dataset, idx, spec.arch, spec.weights, cache=spec.cache, crop=spec.crop,
                                    precision=spec.precision, storage_dtype=spec.storage_dtype, device=spec.device,
                                    weights_seed=spec.weights_seed, batch_size=fwd.batch_size, workers=fwd.workers,
-                                   progress=fwd.progress)
+                                   progress=fwd.progress, image_size=spec.image_size)
         similarity.update(stats, judged=True, sample=stats["n"])
         msp, entropy = stats["max_softmax_mean"], stats["entropy_norm_mean"]
         if spec.weights not in ("imagenet",):
