@@ -348,6 +348,9 @@ def test_a_damaged_field_skips_its_run_with_a_line_not_a_traceback(tmp_path, fie
     ("adv/advice.json", "commands", {"commands": 3}),
     ("pipeline.json", "datasets", {"datasets": {"pets": {"published": "x"}}}),
     ("pipeline.json", "name", {"name": ["t"]}),
+    ("pipeline.json", "notes", {"notes": 5}),  # TypeError: 'int' object is not iterable
+    ("pipeline.json", "notes", {"notes": "abc"}),  # three notes, "a", "b" and "c"
+    ("pipeline.json", "datasets", {"datasets": {"pets": {"published": {"source": 3, "values": {"fne+svm": 90}}}}}),
 ])
 def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, name, field, damage):
     """An advice.json or pipeline.json of other types than fne writes (hand-edited, damaged)
@@ -360,6 +363,22 @@ def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, nam
     pets = next(d for d in r["datasets"] if d["dataset"] == "pets")
     assert (pets["advice"] == []) == (name == "adv/advice.json")
     assert (pets["published"]["values"] == {}) == (name == "pipeline.json")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"extra_pipelines": ["x"]}, r"^extra_pipelines: expected a list of pipeline summaries .*, got a list holding str$"),
+    ({"extra_pipelines": "x"}, r"^extra_pipelines: expected a list of pipeline summaries .*, got str$"),
+    ({"extra_pipelines": [{"datasets": 3}]}, r"^extra_pipelines\[0\]: its datasets not as fne writes them$"),
+    ({"pipeline": 5}, r"^pipeline: expected a path"),
+    ({"run_dirs": 5}, r"^run_dirs: expected a path"),
+])
+def test_a_wrong_typed_argument_is_one_line_naming_it(tmp_path, kwargs, message):
+    """`fne.report(runs, extra_pipelines=["x"])` ended in AttributeError: 'str' object has no
+    attribute 'get'; `run_dirs=5` in "'int' object is not iterable"; `pipeline=5` named `path`."""
+    runs = make_runs(tmp_path / "runs")
+    with pytest.raises(TypeError, match=message):
+        report(**{"run_dirs": [runs], "out": tmp_path / "rep", "figures": False, **kwargs})
+    assert not (tmp_path / "rep").exists()  # refused before anything is written
 
 
 def test_cli(tmp_path, capsys):

@@ -44,6 +44,7 @@ from fne.pipeline.config import load_pipeline
 from fne.progress import say_skipped
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.inputs import (
+    given_pipelines,
     malformed_advice,
     malformed_pipeline,
     malformed_run,
@@ -513,14 +514,22 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     FneError
         No run folder given, one that does not exist, no metrics.json under them, or ``out``
         cannot be written or is (inside) a run's DATA folder.
+    TypeError
+        An argument of another type: ``run_dirs`` or ``pipeline`` not a path, ``figures`` not a
+        bool, ``extra_pipelines`` not a list of pipeline summaries as pipeline.json holds them.
     """
     expect_bools({"figures": figures})
-    out = check_target(out, folder=True)  # before any run is read
+    if not isinstance(run_dirs, (str, os.PathLike, list, tuple)):
+        expect_path(run_dirs, "run_dirs")  # a TypeError naming it, not "'int' object is not iterable"
+    if pipeline is not None:
+        expect_path(pipeline, "pipeline")
+    extra = given_pipelines(extra_pipelines)  # before any run is read, as out
+    out = check_target(out, folder=True)
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
     for data in dict.fromkeys(r["metrics"].get("data_resolved") for r in collected["runs"]):
         if data and os.path.isdir(data):  # figures inside a run's DATA folder would become its images
             check_target(out, folder=True, data=data)
-    collected["pipelines"] += list(extra_pipelines or [])
+    collected["pipelines"] += extra
     if pipeline is not None:  # its published values; its datasets need not be present
         collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())
     datasets = tabulate(collected)
