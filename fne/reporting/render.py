@@ -188,8 +188,11 @@ def label(r: dict, multi: bool) -> str:
 
 
 def _few(ds: dict) -> str | None:
-    """The section's note on intervals over 2 splits (`intervals.few_splits_note`), or None."""
-    return few_splits_note(ds["rows"], [label(r, ds["multi_backbone"]) for r in ds["rows"]])
+    """The section's note on intervals over 2 splits (`intervals.few_splits_note`), or None: its rows
+    named as the table names them (a note several rows share: their mark, `_marked`)."""
+    names, marks = _marked(ds)
+    return few_splits_note(ds["rows"], [name + (f" ({marks[r['note']]})" if r.get("note") in marks else "")
+                                        for r, name in zip(ds["rows"], names, strict=True)])
 
 
 def _marked(ds: dict) -> tuple[list[str], dict[str, str]]:
@@ -498,7 +501,10 @@ def table_text(datasets: list[dict]) -> str:
     L = []
     for ds in datasets:
         L.append(ds["dataset"] + (f", backbone {ds['backbone']}" if ds.get("backbone") else "") + ":")
-        names = [label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "") for r in ds["rows"]]
+        names, marks = _marked(ds)  # a note several rows share: written once under the table, marked on them
+        names = [name + (f" ({r['runs']} runs)" if r["runs"] > 1 else "")
+                 + (f" ({marks[r['note']]})" if r.get("note") in marks else "")
+                 for r, name in zip(ds["rows"], names, strict=True)]
         width = max([len(n) for n in names] + [6])
         L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
                  f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
@@ -511,6 +517,7 @@ def table_text(datasets: list[dict]) -> str:
         for name, p in ds["published"]["only"].items():
             L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>11}  {'—':>13}  {'—':>11}  "
                      f"{pub_str(p):>11}")
+        L += [f"  ({m}) {note}" for note, m in marks.items()]
         if ds["winner"]:
             lead, best, rest, versus = winner_sentences(ds)
             versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
