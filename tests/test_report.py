@@ -277,6 +277,26 @@ def test_advice_shown_with_match(built):
     assert "class='undecided'" in built["html"] and "does not match" not in pets
 
 
+def test_the_advice_shows_its_confidence_where_advice_json_records_it(tmp_path):
+    """`fne advise` prints "confidence: …"; the advice report.md / report.html show did not. An
+    advice.json written before fne advise recorded it still renders, without the line."""
+    from fne.reporting.advise import confidence
+
+    runs = make_runs(tmp_path / "runs")
+    old = report([runs], tmp_path / "old", figures=False)
+    assert "\n- confidence: " not in (tmp_path / "old" / "report.md").read_text() and old["datasets"][1]["advice"]
+    f = runs / "adv" / "advice.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "confidence": confidence(["6 training images a class"])}))
+    report([runs], tmp_path / "rep", figures=False)
+    line = ("confidence: low (6 training images a class); a rule of thumb: only the runs advised, compared by fne "
+            "report, measure the methods")
+    assert f"\n- {line}\n" in (tmp_path / "rep" / "report.md").read_text()
+    assert f"<li class='confidence'>{line}</li>" in (tmp_path / "rep" / "report.html").read_text()
+    f.write_text(json.dumps({**json.loads(f.read_text()), "confidence": "low"}))  # hand-edited: left out, named
+    with pytest.warns(UserWarning, match=f"^skipped {f}: its confidence not as fne writes them"):
+        report([runs], tmp_path / "rep", figures=False)
+
+
 def test_no_runs_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FneError, match="no run's metrics.json"):

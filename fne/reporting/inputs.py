@@ -42,6 +42,9 @@ def malformed_advice(a: dict) -> str | None:
     bad += ["similarity"] if "similarity" in a and not (isinstance(sim, dict) and all(
         isinstance(sim[k], (int, float)) for k in ("max_softmax_mean", "entropy_norm_mean") if k in sim)) else []
     bad += [k for k in ("recommendation", "text", "dataset", "dataset_key") if not isinstance(a.get(k), _TEXT)]
+    c = a.get("confidence")  # absent from an advice.json written before fne advise recorded it
+    bad += [] if c is None or isinstance(c, dict) and isinstance(c.get("level"), str) and _texts(c.get("doubts")) else [
+        "confidence"]
     return _said(bad)
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 
 from fne.metrics import class_recalls
+from fne.reporting.advice_text import confidence_line
 from fne.reporting.intervals import few_splits_note
 from fne.reporting.notes import marked
 
@@ -353,6 +354,7 @@ def _winner_lines(ds: dict) -> list[str]:
         sim = a.get("similarity") or {}
         L.append(f"Advice (`fne advise`, {md_text(a.get('arch'))} {md_text(a.get('weights'))}): "
                  f"**{md_text(a['recommendation'])}**: {md_text(a.get('text', ''))}")
+        L += [f"- {md_text(line)}" for line in [confidence_line(a)] if line]
         L += [f"- {md_text(r)}" for r in a.get("reasons", [])]
         L += [f"- computed for the labels: {md_text(a['labels'])}"] if a.get("labels") else []
         L.append(f"- measured: {_num(a.get('images_per_class'))} training images per class; similarity "
@@ -481,6 +483,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append("<div class='advice'>")
             H.append(f"<p><b>Advice</b> (fne advise, {_e(a.get('arch'))} {_e(a.get('weights'))}): "
                      f"<b>{_e(a['recommendation'])}</b>: {_e(a.get('text', ''))}</p><ul>")
+            H += [f"<li class='confidence'>{_e(line)}</li>" for line in [confidence_line(a)] if line]
             H += [f"<li>{_e(r)}</li>" for r in a.get("reasons", [])]
             H += [f"<li class='labels'>computed for the labels: {_e(a['labels'])}</li>"] if a.get("labels") else []
             H.append("</ul>")
