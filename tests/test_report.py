@@ -1497,3 +1497,32 @@ def test_a_rerun_on_a_copy_of_data_at_another_path_joins_the_run_it_repeats(tmp_
     names = [d["dataset"] for d in report([tmp_path / "colleague", tmp_path / "review"], tmp_path / "rep",
                                           figures=False)["datasets"]]
     assert names == ["pets (/colleague/pets)", "pets (/other/pets)"]
+
+
+def test_runs_of_one_data_under_other_names_are_one_section_named_once(tmp_path):
+    """A symlink to DATA (`fne fit link`, its runs record DATA resolved to the target) and a copy of
+    DATA in a folder of another name (the same images and labels: one `labels_fingerprint`) were each
+    a section of their own, `link` and `copy`: one section, named by the name most runs have, the
+    other names said. Other images under another name stay apart; so do two pipeline dataset keys
+    of one DATA (two subsets of it)."""
+    runs = tmp_path / "runs"
+    kw = dict(labels_fingerprint="aaaa", data_resolved="/data/pets")
+    write_run(runs, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, **kw))
+    write_run(runs, "b", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, **kw))
+    write_run(runs, "link", fake_metrics("last+svm", 0.7, 0.01, 0.7, 0.01, dataset="link", data="link", **kw))
+    write_run(runs, "copy", fake_metrics("fc6+svm", 0.6, 0.01, 0.6, 0.01, dataset="copy", data="/mnt/x/copy",
+                                         labels_fingerprint="aaaa", data_resolved="/mnt/x/copy"))
+    write_run(runs, "other", fake_metrics("fne+svm", 0.5, 0.01, 0.5, 0.01, dataset="other", data="/data/other",
+                                          labels_fingerprint="bbbb", data_resolved="/data/other"))
+    r = report([runs], tmp_path / "rep", figures=False)
+    assert [(d["dataset"], [row["method"] for row in d["rows"]]) for d in r["datasets"]] == [
+        ("other", ["fne+svm"]), ("pets", ["fne+svm", "fc7+svm", "last+svm", "fc6+svm"])]
+    note = ("The same images, given under other names (a link to DATA or a copy of it: one resolved folder, or the "
+            "same images and labels), are one section: copy (/mnt/x/copy); link (link); pets (/data/pets).")
+    assert r["datasets"][1]["names_note"] == note and r["datasets"][0]["names_note"] is None
+    assert f"**Note:** {note}" in (tmp_path / "rep" / "report.md").read_text() and f"  Note: {note}" in table_text(
+        r["datasets"])
+    for name, key in (("link", "pets-small"), ("a", "pets")):  # one DATA, two pipeline datasets: two sections
+        (runs / name / "step.json").write_text(json.dumps({"dataset_key": key}))
+    names = [d["dataset"] for d in report([runs], tmp_path / "rep", figures=False)["datasets"]]
+    assert names == ["copy", "other", "pets", "pets-small"]

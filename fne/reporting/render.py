@@ -251,7 +251,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             L += ["", f"Published values note: {md_text(ds['published']['note'])}"]
         if _few(ds):
             L += ["", f"**Note:** {md_text(_few(ds))}"]
-        for note in ("protocol_note", "repeats_note"):
+        for note in ("names_note", "protocol_note", "repeats_note"):
             L += ["", f"**Note:** {md_text(ds[note])}"] if ds.get(note) else []
         L.append("")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
@@ -451,7 +451,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
         if _few(ds):
             H.append(f"<div class='note intervals'>Note: {_e(_few(ds))}</div>")
-        for note in ("protocol_note", "repeats_note"):
+        for note in ("names_note", "protocol_note", "repeats_note"):
             H += [f"<div class='note {note[:-5]}'>Note: {_e(ds[note])}</div>"] if ds.get(note) else []
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
@@ -527,5 +527,5 @@ def table_text(datasets: list[dict]) -> str:
             L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
         if _few(ds):
             L.append(f"  Note: {_few(ds)}")
-        L += [f"  Note: {ds[note]}" for note in ("protocol_note", "repeats_note") if ds.get(note)]
+        L += [f"  Note: {ds[note]}" for note in ("names_note", "protocol_note", "repeats_note") if ds.get(note)]
     return "\n".join(L)

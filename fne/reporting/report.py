@@ -67,6 +67,7 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
+from fne.reporting.sections import dataset_key, dataset_keys, names_note
 from fne.reporting.settings import distinct, name_variants, pixels_note, repeats_note, settings
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 from fne.reporting.verdict import advice_check, shown, winner_verdict
@@ -139,26 +140,6 @@ def _skipped(path: Path, why: str | None, skipped: list[tuple[str, str]]) -> boo
 
 
 # ------------------------------------------------------------------ tabulating
-
-
-def dataset_key(run: dict) -> str:
-    return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
-
-
-def dataset_keys(runs: list[dict]) -> list[str]:
-    """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
-    runs of one name read other DATA (two folders both called `images`), or other labels of it
-    (`compare.run_task`), that DATA beside it, so that different images or labels are never
-    tabulated, ranked or tested together. A run that records no
-    DATA (an old run) keeps the plain name; one that records DATA as given only (`compare.run_tasks`)
-    joins the runs that resolved that DATA."""
-    of = [str(task or "") for task in compare.run_tasks([r["metrics"] for r in runs])]
-    data: dict[str, set[str]] = defaultdict(set)
-    for r, d in zip(runs, of, strict=True):
-        if d:
-            data[dataset_key(r)].add(d)
-    return [f"{dataset_key(r)} ({d})" if d and len(data[dataset_key(r)]) > 1 else dataset_key(r)
-            for r, d in zip(runs, of, strict=True)]
 
 
 def is_scratch(m: dict) -> bool:
@@ -319,7 +300,8 @@ def _references(key: str, runs: list[dict], published: dict[str, dict], advice: 
     dataset key: they go with the runs of its steps (step.json), and with runs of that dataset name
     where no other DATA shares it (the section is named `key` alone, `dataset_keys`); advice of
     `fne advise` alone goes by dataset name and, where the name is shared, by DATA."""
-    base = dataset_key(runs[0])
+    names = {dataset_key(r) for r in runs}  # a section of one DATA given under several names is named by one of them
+    base = key if key in names else dataset_key(runs[0])
     lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
     names = {str(r["metrics"].get("dataset")) for r in runs}
     data = {str(compare.run_data(r["metrics"])) for r in runs}
@@ -362,7 +344,8 @@ def _labels(a: dict, keys: set) -> dict:
 def tabulate(collected: dict) -> list[dict]:
     """Per dataset: rows, best values, published values, winner, advice."""
     groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r, key in zip(collected["runs"], dataset_keys(collected["runs"]), strict=True):
+    keys = dataset_keys(collected["runs"])
+    for r, key in zip(collected["runs"], keys, strict=True):
         m = r["metrics"]
         groups[key][(str(m.get("method")), m.get("arch"), weights_identity(m),
                      json.dumps(settings(r), sort_keys=True, default=str))].append(r)
@@ -411,6 +394,7 @@ def tabulate(collected: dict) -> list[dict]:
             "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
             "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
             "protocol_note": protocol_note(rows), "repeats_note": repeats_note(section),
+            "names_note": names_note([r for r, k in zip(collected["runs"], keys, strict=True) if k == key]),
         })
     return out
 
