@@ -331,14 +331,14 @@ def test_a_metrics_json_that_is_no_run_is_named_not_skipped_in_silence(tmp_path)
         r = report([runs / "a", tmp_path / "odd"], tmp_path / "rep", figures=False)
     lines = sorted(str(w.message) for w in said)
     odd = tmp_path / "odd"
-    assert lines == [f"skipped {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
+    assert lines == sorted([f"skipped {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
                      f"or `fne train` run",
-                     f"skipped {odd / 'list' / 'metrics.json'}: it holds a JSON list, not an object (a damaged or "
-                     f"foreign file)",
-                     f"skipped {odd / 'text' / 'metrics.json'}: it holds a JSON str, not an object (a damaged or "
-                     f"foreign file)",
+                     f"skipped 2 files (no JSON object in them: cut short (a full disk, a killed copy), damaged or "
+                     f"another program's): {odd / 'list' / 'metrics.json'} (it holds a JSON list, not an object (a "
+                     f"damaged or foreign file)), {odd / 'text' / 'metrics.json'} (it holds a JSON str, not an object "
+                     f"(a damaged or foreign file))",
                      f"skipped {odd / 'word' / 'metrics.json'}: its accuracy not as fne writes them (a damaged or "
-                     f"hand-edited file)"]
+                     f"hand-edited file)"])
     assert [d["dataset"] for d in r["datasets"]] == ["pets"]
     with pytest.warns(UserWarning, match="no accuracy"), pytest.raises(FneError, match="^no run's metrics.json under"):
         report([odd / "foreign"], tmp_path / "rep")
@@ -1526,3 +1526,34 @@ def test_runs_of_one_data_under_other_names_are_one_section_named_once(tmp_path)
         (runs / name / "step.json").write_text(json.dumps({"dataset_key": key}))
     names = [d["dataset"] for d in report([runs], tmp_path / "rep", figures=False)["datasets"]]
     assert names == ["copy", "other", "pets", "pets-small"]
+
+
+def test_several_damaged_files_and_pairs_on_other_test_images_are_one_line_each(tmp_path):
+    """Four metrics.json / step.json files cut short were a warning each, and so was each pair of runs
+    of one seed scored on other test images (DATA changed between them): one line per kind, counting
+    them and naming the first few (`progress.first_few`); one of a kind reads as before."""
+    def splits(tag):
+        return [{**s, "test_hash": f"h{i}{tag}", "correct": "1" * 9 + "0"} for i, s in enumerate(_splits([0.9] * 3))]
+
+    runs = tmp_path / "runs"
+    for method in ("fne+svm", "fc7+svm", "fc6+svm"):  # three rows, each of two runs of seed 0 on other test images
+        for tag in ("a", "b"):
+            write_run(runs, f"{method}/{tag}", fake_metrics(method, 0.9, 0.0, 0.9, 0.0, seed=0, n_splits=3,
+                                                           splits=splits(tag)))
+    for name in ("x1", "x2", "x3"):
+        write_run(runs, name, {}).joinpath("metrics.json").write_text('{"accuracy": 0.5, "method": ')
+    (runs / "fne+svm" / "a" / "step.json").write_text("[")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        report([runs], tmp_path / "rep", figures=False)
+    text = [str(w.message) for w in said]
+    (damaged,) = [t for t in text if "metrics.json" in t or "step.json" in t]
+    assert damaged.startswith("skipped 4 files (no JSON object in them: cut short (a full disk, a killed copy), "
+                              "damaged or another program's): ")
+    assert all(f"{runs / f} (unreadable (Expecting" in damaged for f in ("x1/metrics.json", "x3/metrics.json",
+                                                                         "fne+svm/a/step.json"))
+    (pairs,) = [t for t in text if "other test images" in t]
+    assert pairs.startswith("3 pairs of runs of one method, setting and seed, scored on other test images: DATA's "
+                            "images or labels changed between the two runs;")
+    assert pairs.endswith(", ".join(f"{runs / m / 'a'} and {runs / m / 'b'} (seed 0)" for m in ("fc6+svm", "fc7+svm",
+                                                                                                 "fne+svm")))

@@ -68,7 +68,14 @@ from fne.reporting.render import (
     worst_classes,
 )
 from fne.reporting.sections import dataset_key, dataset_keys, names_note
-from fne.reporting.settings import distinct, name_variants, pixels_note, repeats_note, settings
+from fne.reporting.settings import (
+    distinct,
+    name_variants,
+    pixels_note,
+    repeats_note,
+    say_pairs,
+    settings,
+)
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 from fne.reporting.verdict import advice_check, shown, winner_verdict
 
@@ -91,6 +98,7 @@ def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
     runs, advice, pipelines, seen, empty, unfinished = [], [], [], set(), [], []
     skipped: list[tuple[str, str]] = []  # (file, why): said once collected, a line per reason
+    damaged: list[tuple[str, str]] = []  # (file, why) of files that hold no JSON object: one line for all
     if not run_dirs:
         raise FneError("no RUN_DIR given")
     for d in run_dirs:
@@ -103,24 +111,25 @@ def collect(run_dirs: list[str | Path]) -> dict:
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())
-            m = read_json(p, warn=True)
+            m = read_json(p, skipped=damaged)
             if m is None:
                 continue
             if _skipped(p, malformed_run(m), skipped):
                 continue
-            step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
+            step = read_json(p.parent / "step.json", skipped=damaged) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
-            a = read_json(p, warn=True)
+            a = read_json(p, skipped=damaged)
             if a is not None and "recommendation" in a and not _skipped(p, malformed_advice(a), skipped):
                 advice.append({**a, "_path": str(p)})
         for p in _find(root, "pipeline.json"):
-            pj = read_json(p, warn=True)
+            pj = read_json(p, skipped=damaged)
             if pj is not None and not _skipped(p, malformed_pipeline(pj), skipped):
                 pipelines.append(pj)
         unfinished += unfinished_runs(root)
         if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
+    skipped += damaged if len(damaged) < 2 else [(f"{f} ({why})", DAMAGED) for f, why in damaged]
     say_skipped(skipped, noun="files")  # 1,000 runs of another program: one line, not 1,000
     say_skipped(unfinished, noun="run folders")  # a training cut short: not missing from its table without a word
     if not runs:
@@ -129,6 +138,9 @@ def collect(run_dirs: list[str | Path]) -> dict:
     if empty:  # a mistyped RUN_DIR: the report would lack its runs without a word
         warnings.warn(f"no run under {', '.join(empty)} (no metrics.json): left out of the report", stacklevel=2)
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
+
+
+DAMAGED = "no JSON object in them: cut short (a full disk, a killed copy), damaged or another program's"
 
 
 def _skipped(path: Path, why: str | None, skipped: list[tuple[str, str]]) -> bool:
@@ -350,9 +362,9 @@ def tabulate(collected: dict) -> list[dict]:
         groups[key][(str(m.get("method")), m.get("arch"), weights_identity(m),
                      json.dumps(settings(r), sort_keys=True, default=str))].append(r)
     published = published_for(collected["pipelines"])
-    out = []
+    out, pairs = [], []  # pairs of runs of one seed on other test images: one line for all (`say_pairs`)
     for key in sorted(groups):
-        groups[key] = {k: distinct(rs) for k, rs in groups[key].items()}
+        groups[key] = {k: distinct(rs, pairs) for k, rs in groups[key].items()}
         rows = [_row(rs) for rs in groups[key].values()]
         name_variants(rows)
         rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
@@ -396,6 +408,7 @@ def tabulate(collected: dict) -> list[dict]:
             "protocol_note": protocol_note(rows), "repeats_note": repeats_note(section),
             "names_note": names_note([r for r, k in zip(collected["runs"], keys, strict=True) if k == key]),
         })
+    say_pairs(pairs)
     return out
 
 
