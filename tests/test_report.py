@@ -390,7 +390,8 @@ def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, nam
     ({"extra_pipelines": "x"}, r"^extra_pipelines: expected a list of pipeline summaries .*, got str$"),
     ({"extra_pipelines": [{"datasets": 3}]}, r"^extra_pipelines\[0\]: its datasets not as fne writes them$"),
     ({"pipeline": 5}, r"^pipeline: expected a path"),
-    ({"run_dirs": 5}, r"^run_dirs: expected a path"),
+    ({"run_dirs": 5}, r"^run_dirs: expected a path or a list of paths, got int$"),  # was: 'int' object is not iterable
+    ({"run_dirs": [5]}, r"^run_dirs: expected a path \(str or os.PathLike\), got int$"),
 ])
 def test_a_wrong_typed_argument_is_one_line_naming_it(tmp_path, kwargs, message):
     """`fne.report(runs, extra_pipelines=["x"])` ended in AttributeError: 'str' object has no

@@ -30,6 +30,7 @@ import json
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -516,8 +517,8 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
         bool, ``extra_pipelines`` not a list of pipeline summaries as pipeline.json holds them.
     """
     expect_bools({"figures": figures})
-    if not isinstance(run_dirs, (str, os.PathLike, list, tuple)):
-        expect_path(run_dirs, "run_dirs")  # a TypeError naming it, not "'int' object is not iterable"
+    if not isinstance(run_dirs, (str, os.PathLike, Iterable)):
+        raise TypeError(f"run_dirs: expected a path or a list of paths, got {type(run_dirs).__name__}")
     if pipeline is not None:
         expect_path(pipeline, "pipeline")
     extra = given_pipelines(extra_pipelines)  # before any run is read, as out
