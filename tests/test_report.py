@@ -1558,3 +1558,16 @@ def test_several_damaged_files_and_pairs_on_other_test_images_are_one_line_each(
                             "images or labels changed between the two runs;")
     assert pairs.endswith(", ".join(f"{runs / m / 'a'} and {runs / m / 'b'} (seed 0)" for m in ("fc6+svm", "fc7+svm",
                                                                                                  "fne+svm")))
+
+
+def test_pairs_of_both_orders_are_one_line_too():
+    """Runs of one seed written before fne kept DATA's order beside today's: a line per pair (was a
+    warning each), one line for several."""
+    from fne.reporting.settings import say_pairs
+
+    with pytest.warns(UserWarning) as said:
+        say_pairs([("order", f"runs/old{i}", f"runs/new{i}", 0) for i in range(7)])
+    (line,) = [str(w.message) for w in said]
+    assert line.startswith("7 pairs of runs of one method, setting and seed, the first was written before fne listed ")
+    assert line.endswith(": runs/old0 and runs/new0 (seed 0), runs/old1 and runs/new1 (seed 0), runs/old2 and runs/new2 "
+                         "(seed 0), runs/old3 and runs/new3 (seed 0), runs/old4 and runs/new4 (seed 0) and 2 more")
