@@ -313,8 +313,8 @@ def _references(key: str, runs: list[dict], published: dict[str, dict], advice: 
     dataset key: they go with the runs of its steps (step.json), and with runs of that dataset name
     where no other DATA shares it (the section is named `key` alone, `dataset_keys`); advice of
     `fne advise` alone goes by dataset name and, where the name is shared, by DATA."""
-    names = {dataset_key(r) for r in runs}  # a section of one DATA given under several names is named by one of them
-    base = key if key in names else dataset_key(runs[0])
+    given = {dataset_key(r) for r in runs}  # a section of one DATA given under several names is named by one of them
+    base = key if key in given else dataset_key(runs[0])
     lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
     names = {str(r["metrics"].get("dataset")) for r in runs}
     data = {str(compare.run_data(r["metrics"])) for r in runs}
