@@ -161,10 +161,16 @@ def test_a_damaged_record_is_left_out_with_a_warning(tmp_path):
     (store.path / "records" / "00000000000000000001-1.json").write_text('{"kind": "extr')
     (store.path / "records" / "00000000000000000002-1.json").write_text("[1, 2]")
     _record(store, 5, 99.0, [{"not": "a name"}])
-    with pytest.warns(UserWarning, match=r"records/00000000000000000001-1\.json left out") as w:
+    with pytest.warns(UserWarning) as w:
         c = rows_cost(store, a)
-    assert any("00000000000000000002-1.json left out: holds a list" in str(x.message) for x in w)
+    (said,) = [str(x.message) for x in w if "records" in str(x.message)]  # one line for both (was a line each)
+    assert said.startswith(f"2 records of store {store.path} left out (no JSON object in them") and said.endswith(
+        "): records/00000000000000000001-1.json (Unterminated string starting at: line 1 column 10 (char 9)), "
+        "records/00000000000000000002-1.json (holds a list, not a JSON object)")
     assert (c["measured_images"], c["estimated_images"]) == (10, 0) and c["seconds"] == pytest.approx(20.0)
+    (store.path / "records" / "00000000000000000002-1.json").unlink()
+    with pytest.warns(UserWarning, match=r"^record .*/records/00000000000000000001-1\.json left out: Unterminated"):
+        rows_cost(store, a)
 
 
 def test_a_fit_that_extracts_its_rows_does_not_call_them_an_earlier_extraction(digits_folder, tmp_path):

@@ -567,6 +567,30 @@ def test_extraction_seconds_recorded_per_step(tmp_path):
     assert md.count(" (earlier) | ") == 2 and " | cached | " not in md
 
 
+def test_a_step_done_by_other_fne_code_says_so_and_is_still_skipped(tmp_path, monkeypatch):
+    """metrics.json records the hash of fne's sources that made it (versions.fne_code): `fne run
+    --dry-run` said "(done)" of a step made by other fne code without a word of it. The line says
+    so (the step is still skipped), and so does the run's "done before, skipped"; the same code
+    says nothing."""
+    import fne.metrics
+
+    f = write(tmp_path, TINY.split("[train]")[0].replace("[pipeline]", "[pipeline]\nadvise = false"))
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    was = json.loads(next(out.rglob("metrics.json")).read_text())["versions"]["fne_code"]
+
+    def lines(**kw) -> list[str]:
+        said: list[str] = []
+        P.run(f, out, cache, report=False, log=said.append, **kw)
+        return [s for s in said if "fit last+" in s]
+
+    assert len(lines(dry_run=True)) == 2 and all(s.endswith("(done)") for s in lines(dry_run=True))
+    monkeypatch.setattr(fne.metrics, "code_hash", lambda: "0123456789abcdef")  # fne's sources changed since
+    note = f"; made by other fne code (fne_code {was}, this fne's 0123456789abcdef): force=True reruns it with this code"
+    assert [s.endswith(f"(done{note})") for s in lines(dry_run=True)] == [True, True]
+    assert [s.endswith(f": done before, skipped{note}") for s in lines()] == [True, True]  # skipped, not rerun
+
+
 def test_changed_images_or_release_rerun_their_steps(tmp_path, monkeypatch):
     """Step identity holds the images' content (from the manifest) and the fne version."""
     import fne

@@ -277,6 +277,26 @@ def test_advice_shown_with_match(built):
     assert "class='undecided'" in built["html"] and "does not match" not in pets
 
 
+def test_the_advice_shows_its_confidence_where_advice_json_records_it(tmp_path):
+    """`fne advise` prints "confidence: …"; the advice report.md / report.html show did not. An
+    advice.json written before fne advise recorded it still renders, without the line."""
+    from fne.reporting.advise import confidence
+
+    runs = make_runs(tmp_path / "runs")
+    old = report([runs], tmp_path / "old", figures=False)
+    assert "\n- confidence: " not in (tmp_path / "old" / "report.md").read_text() and old["datasets"][1]["advice"]
+    f = runs / "adv" / "advice.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "confidence": confidence(["6 training images a class"])}))
+    report([runs], tmp_path / "rep", figures=False)
+    line = ("confidence: low (6 training images a class); a rule of thumb: only the runs advised, compared by fne "
+            "report, measure the methods")
+    assert f"\n- {line}\n" in (tmp_path / "rep" / "report.md").read_text()
+    assert f"<li class='confidence'>{line}</li>" in (tmp_path / "rep" / "report.html").read_text()
+    f.write_text(json.dumps({**json.loads(f.read_text()), "confidence": "low"}))  # hand-edited: left out, named
+    with pytest.warns(UserWarning, match=f"^skipped {f}: its confidence not as fne writes them"):
+        report([runs], tmp_path / "rep", figures=False)
+
+
 def test_no_runs_is_a_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FneError, match="no run's metrics.json"):
@@ -311,14 +331,14 @@ def test_a_metrics_json_that_is_no_run_is_named_not_skipped_in_silence(tmp_path)
         r = report([runs / "a", tmp_path / "odd"], tmp_path / "rep", figures=False)
     lines = sorted(str(w.message) for w in said)
     odd = tmp_path / "odd"
-    assert lines == [f"skipped {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
+    assert lines == sorted([f"skipped {odd / 'foreign' / 'metrics.json'}: no accuracy: not the metrics.json of a `fne fit` "
                      f"or `fne train` run",
-                     f"skipped {odd / 'list' / 'metrics.json'}: it holds a JSON list, not an object (a damaged or "
-                     f"foreign file)",
-                     f"skipped {odd / 'text' / 'metrics.json'}: it holds a JSON str, not an object (a damaged or "
-                     f"foreign file)",
+                     f"skipped 2 files (no JSON object in them: cut short (a full disk, a killed copy), damaged or "
+                     f"another program's): {odd / 'list' / 'metrics.json'} (it holds a JSON list, not an object (a "
+                     f"damaged or foreign file)), {odd / 'text' / 'metrics.json'} (it holds a JSON str, not an object "
+                     f"(a damaged or foreign file))",
                      f"skipped {odd / 'word' / 'metrics.json'}: its accuracy not as fne writes them (a damaged or "
-                     f"hand-edited file)"]
+                     f"hand-edited file)"])
     assert [d["dataset"] for d in r["datasets"]] == ["pets"]
     with pytest.warns(UserWarning, match="no accuracy"), pytest.raises(FneError, match="^no run's metrics.json under"):
         report([odd / "foreign"], tmp_path / "rep")
@@ -348,6 +368,9 @@ def test_a_damaged_field_skips_its_run_with_a_line_not_a_traceback(tmp_path, fie
     ("adv/advice.json", "commands", {"commands": 3}),
     ("pipeline.json", "datasets", {"datasets": {"pets": {"published": "x"}}}),
     ("pipeline.json", "name", {"name": ["t"]}),
+    ("pipeline.json", "notes", {"notes": 5}),  # TypeError: 'int' object is not iterable
+    ("pipeline.json", "notes", {"notes": "abc"}),  # three notes, "a", "b" and "c"
+    ("pipeline.json", "datasets", {"datasets": {"pets": {"published": {"source": 3, "values": {"fne+svm": 90}}}}}),
 ])
 def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, name, field, damage):
     """An advice.json or pipeline.json of other types than fne writes (hand-edited, damaged)
@@ -360,6 +383,23 @@ def test_a_damaged_advice_or_pipeline_json_is_left_out_with_a_line(tmp_path, nam
     pets = next(d for d in r["datasets"] if d["dataset"] == "pets")
     assert (pets["advice"] == []) == (name == "adv/advice.json")
     assert (pets["published"]["values"] == {}) == (name == "pipeline.json")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"extra_pipelines": ["x"]}, r"^extra_pipelines: expected a list of pipeline summaries .*, got a list holding str$"),
+    ({"extra_pipelines": "x"}, r"^extra_pipelines: expected a list of pipeline summaries .*, got str$"),
+    ({"extra_pipelines": [{"datasets": 3}]}, r"^extra_pipelines\[0\]: its datasets not as fne writes them$"),
+    ({"pipeline": 5}, r"^pipeline: expected a path"),
+    ({"run_dirs": 5}, r"^run_dirs: expected a path or a list of paths, got int$"),  # was: 'int' object is not iterable
+    ({"run_dirs": [5]}, r"^run_dirs: expected a path \(str or os.PathLike\), got int$"),
+])
+def test_a_wrong_typed_argument_is_one_line_naming_it(tmp_path, kwargs, message):
+    """`fne.report(runs, extra_pipelines=["x"])` ended in AttributeError: 'str' object has no
+    attribute 'get'; `run_dirs=5` in "'int' object is not iterable"; `pipeline=5` named `path`."""
+    runs = make_runs(tmp_path / "runs")
+    with pytest.raises(TypeError, match=message):
+        report(**{"run_dirs": [runs], "out": tmp_path / "rep", "figures": False, **kwargs})
+    assert not (tmp_path / "rep").exists()  # refused before anything is written
 
 
 def test_cli(tmp_path, capsys):
@@ -1458,3 +1498,76 @@ def test_a_rerun_on_a_copy_of_data_at_another_path_joins_the_run_it_repeats(tmp_
     names = [d["dataset"] for d in report([tmp_path / "colleague", tmp_path / "review"], tmp_path / "rep",
                                           figures=False)["datasets"]]
     assert names == ["pets (/colleague/pets)", "pets (/other/pets)"]
+
+
+def test_runs_of_one_data_under_other_names_are_one_section_named_once(tmp_path):
+    """A symlink to DATA (`fne fit link`, its runs record DATA resolved to the target) and a copy of
+    DATA in a folder of another name (the same images and labels: one `labels_fingerprint`) were each
+    a section of their own, `link` and `copy`: one section, named by the name most runs have, the
+    other names said. Other images under another name stay apart; so do two pipeline dataset keys
+    of one DATA (two subsets of it)."""
+    runs = tmp_path / "runs"
+    kw = dict(labels_fingerprint="aaaa", data_resolved="/data/pets")
+    write_run(runs, "a", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, **kw))
+    write_run(runs, "b", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, **kw))
+    write_run(runs, "link", fake_metrics("last+svm", 0.7, 0.01, 0.7, 0.01, dataset="link", data="link", **kw))
+    write_run(runs, "copy", fake_metrics("fc6+svm", 0.6, 0.01, 0.6, 0.01, dataset="copy", data="/mnt/x/copy",
+                                         labels_fingerprint="aaaa", data_resolved="/mnt/x/copy"))
+    write_run(runs, "other", fake_metrics("fne+svm", 0.5, 0.01, 0.5, 0.01, dataset="other", data="/data/other",
+                                          labels_fingerprint="bbbb", data_resolved="/data/other"))
+    r = report([runs], tmp_path / "rep", figures=False)
+    assert [(d["dataset"], [row["method"] for row in d["rows"]]) for d in r["datasets"]] == [
+        ("other", ["fne+svm"]), ("pets", ["fne+svm", "fc7+svm", "last+svm", "fc6+svm"])]
+    note = ("The same images, given under other names (a link to DATA or a copy of it: one resolved folder, or the "
+            "same images and labels), are one section: copy (/mnt/x/copy); link (link); pets (/data/pets).")
+    assert r["datasets"][1]["names_note"] == note and r["datasets"][0]["names_note"] is None
+    assert f"**Note:** {note}" in (tmp_path / "rep" / "report.md").read_text() and f"  Note: {note}" in table_text(
+        r["datasets"])
+    for name, key in (("link", "pets-small"), ("a", "pets")):  # one DATA, two pipeline datasets: two sections
+        (runs / name / "step.json").write_text(json.dumps({"dataset_key": key}))
+    names = [d["dataset"] for d in report([runs], tmp_path / "rep", figures=False)["datasets"]]
+    assert names == ["copy", "other", "pets", "pets-small"]
+
+
+def test_several_damaged_files_and_pairs_on_other_test_images_are_one_line_each(tmp_path):
+    """Four metrics.json / step.json files cut short were a warning each, and so was each pair of runs
+    of one seed scored on other test images (DATA changed between them): one line per kind, counting
+    them and naming the first few (`progress.first_few`); one of a kind reads as before."""
+    def splits(tag):
+        return [{**s, "test_hash": f"h{i}{tag}", "correct": "1" * 9 + "0"} for i, s in enumerate(_splits([0.9] * 3))]
+
+    runs = tmp_path / "runs"
+    for method in ("fne+svm", "fc7+svm", "fc6+svm"):  # three rows, each of two runs of seed 0 on other test images
+        for tag in ("a", "b"):
+            write_run(runs, f"{method}/{tag}", fake_metrics(method, 0.9, 0.0, 0.9, 0.0, seed=0, n_splits=3,
+                                                           splits=splits(tag)))
+    for name in ("x1", "x2", "x3"):
+        write_run(runs, name, {}).joinpath("metrics.json").write_text('{"accuracy": 0.5, "method": ')
+    (runs / "fne+svm" / "a" / "step.json").write_text("[")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        report([runs], tmp_path / "rep", figures=False)
+    text = [str(w.message) for w in said]
+    (damaged,) = [t for t in text if "metrics.json" in t or "step.json" in t]
+    assert damaged.startswith("skipped 4 files (no JSON object in them: cut short (a full disk, a killed copy), "
+                              "damaged or another program's): ")
+    assert all(f"{runs / f} (unreadable (Expecting" in damaged for f in ("x1/metrics.json", "x3/metrics.json",
+                                                                         "fne+svm/a/step.json"))
+    (pairs,) = [t for t in text if "other test images" in t]
+    assert pairs.startswith("3 pairs of runs of one method, setting and seed, scored on other test images: DATA's "
+                            "images or labels changed between the two runs;")
+    assert pairs.endswith(", ".join(f"{runs / m / 'a'} and {runs / m / 'b'} (seed 0)" for m in ("fc6+svm", "fc7+svm",
+                                                                                                 "fne+svm")))
+
+
+def test_pairs_of_both_orders_are_one_line_too():
+    """Runs of one seed written before fne kept DATA's order beside today's: a line per pair (was a
+    warning each), one line for several."""
+    from fne.reporting.settings import say_pairs
+
+    with pytest.warns(UserWarning) as said:
+        say_pairs([("order", f"runs/old{i}", f"runs/new{i}", 0) for i in range(7)])
+    (line,) = [str(w.message) for w in said]
+    assert line.startswith("7 pairs of runs of one method, setting and seed, the first was written before fne listed ")
+    assert line.endswith(": runs/old0 and runs/new0 (seed 0), runs/old1 and runs/new1 (seed 0), runs/old2 and runs/new2 "
+                         "(seed 0), runs/old3 and runs/new3 (seed 0), runs/old4 and runs/new4 (seed 0) and 2 more")

@@ -219,3 +219,28 @@ def test_report_md_and_html_write_a_note_4_rows_share_once_under_the_table(tmp_p
     assert html.count(note) == 1 and f"<p class='mark'><small><sup>a</sup> {note}</small></p>" in html
     assert html.count("(C=auto) <small>(2 runs)</small><sup>a</sup></td>") == 4
     assert sum(r["label"].endswith(f"(C=auto) ({AUTO_NOTE})") for r in ds["rows"]) == 4
+
+
+def test_the_console_table_and_its_few_splits_note_write_a_shared_note_once(tmp_path):
+    """`fne report`'s console table, and its note on intervals over 2 splits, repeated "(auto chose
+    fne+svm, C 1; the most frequent of 2 splits' choices)" in each auto row's name, as report.md
+    did before it marked the note: each is marked (a), the note written once under the table."""
+    from fne.metrics import accuracy_interval
+    from fne.reporting.render import table_text
+    from tests.test_report import _splits
+
+    runs, note = {}, "auto chose fne+svm, C 1; the most frequent of 2 splits' choices"
+    for i, arch in enumerate(ARCHS[:2]):
+        sp = _splits([0.6 + i / 10, 0.8])
+        runs[f"{arch}/svm"] = fake_metrics("fne+svm", 0.7 + i / 20, 0.1, 0.7, 0.1, arch=arch, splits=sp,
+                                           weights_fingerprint=f"fp-{arch}", accuracy_ci=accuracy_interval(sp))
+        runs[f"{arch}/auto"] = {**runs[f"{arch}/svm"], "C": [1.0, 10.0], "selection": {
+            "choice": {"features": "fne", "head": "svm", "C": 1.0}, "per_split_choices": ["1", "10"]}}
+    ds, md, html = _verdict_report(tmp_path, runs)
+    table = table_text([ds]).split("\n  Tie:")[0]  # the verdict names rows by their labels (report.json's)
+    assert table.count(note) == 1 and f"\n  (a) {note}" in table
+    assert sorted(line.split("  ")[1] for line in table.splitlines() if "(C=auto)" in line) == sorted(
+        f"fne+svm [{arch} (imagenet)] (C=auto) (a)" for arch in ARCHS[:2])
+    few = next(line for line in table_text([ds]).splitlines() if line.startswith("  Note: 2 splits ("))
+    assert note not in few and few.count("(C=auto) (a)") == 2
+    assert note not in next(line for line in md.splitlines() if line.startswith("**Note:** 2 splits ("))

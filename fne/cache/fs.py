@@ -284,18 +284,21 @@ def write_json(path: Path, obj) -> None:
     replace_file(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=1, default=str)))
 
 
-def read_json(path: Path, warn: bool = False) -> dict | None:
+def read_json(path: Path, warn: bool = False, skipped: list[tuple[str, str]] | None = None) -> dict | None:
     """The JSON object in `path`; None where the file is absent, unreadable or holds no object
-    (cut short by a full disk, say), with a warning naming it and why where `warn`."""
+    (cut short by a full disk, say), with a warning naming it and why where `warn`, or, given
+    `skipped`, (path, why) added to it, for the caller to say with others alike
+    (`fne.progress.say_skipped`)."""
     try:
         obj = json.loads(Path(path).read_text())
+        why = None if isinstance(obj, dict) else (f"it holds a JSON {type(obj).__name__}, not an object (a damaged "
+                                                  f"or foreign file)")
     except (OSError, ValueError) as e:
-        if warn:
-            warnings.warn(f"skipped {path}: unreadable ({e})", stacklevel=3)
-        return None
-    if not isinstance(obj, dict) and warn:
-        warnings.warn(f"skipped {path}: it holds a JSON {type(obj).__name__}, not an object "
-                      f"(a damaged or foreign file)", stacklevel=3)
+        obj, why = None, f"unreadable ({e})"
+    if why and skipped is not None:
+        skipped.append((str(path), why))
+    elif why and warn:
+        warnings.warn(f"skipped {path}: {why}", stacklevel=3)
     return obj if isinstance(obj, dict) else None
 
 

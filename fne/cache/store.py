@@ -380,8 +380,11 @@ class Store:
 
 def read_records(store: Store) -> list[dict]:
     """`store`'s run records (`Store.record`), oldest first; one that cannot be read or holds no
-    JSON object (damaged, edited by hand) is left out, with a warning naming it."""
-    out = []
+    JSON object (damaged, edited by hand) is left out, with a warning naming it (several: one
+    warning, counting them and naming the first few, `fne.progress.first_few`)."""
+    from fne.progress import first_few
+
+    out, bad = [], []
     for rel in store.files.list_json("records"):
         try:
             rec = store.read_json(rel)
@@ -390,8 +393,12 @@ def read_records(store: Store) -> list[dict]:
         if isinstance(rec, dict):
             out.append(rec)
         else:
-            why = rec if isinstance(rec, Exception) else f"holds a {type(rec).__name__}, not a JSON object"
-            warnings.warn(f"record {store.path}/{rel} left out: {why}", stacklevel=3)
+            bad.append((rel, rec if isinstance(rec, Exception) else f"holds a {type(rec).__name__}, not a JSON object"))
+    if len(bad) == 1:
+        warnings.warn(f"record {store.path}/{bad[0][0]} left out: {bad[0][1]}", stacklevel=3)
+    elif bad:
+        warnings.warn(f"{len(bad)} records of store {store.path} left out (no JSON object in them: cut short, damaged "
+                      f"or edited by hand): {first_few([f'{rel} ({why})' for rel, why in bad])}", stacklevel=3)
     return out
 
 

@@ -117,7 +117,7 @@ def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], ca
     for s in steps:
         done, why = s.status()
         if done and not force:
-            say(f"  {s.label}  ->  {s.dir}  ({why})")
+            say(f"  {s.label}  ->  {s.dir}  ({why}{s.code_note()})")
             continue
         to_run += 1
         pair = (s.dataset.key, s.backbone.label)

@@ -414,7 +414,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
             done, why = step.status()
             if not force and done:
                 skipped += 1
-                say(f"{tag}: done before, skipped" + why.removeprefix("done"))
+                say(f"{tag}: done before, skipped" + why.removeprefix("done") + step.code_note())
                 continue
             pair = (step.dataset.key, step.backbone.label)
             rows = needs_rows(step, bool(p.fit))

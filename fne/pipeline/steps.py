@@ -155,6 +155,19 @@ class Step:
             return False, f"its {rf.name} was changed after the step wrote it"
         return True, "done" if moved is None else f"done; DATA was {moved}, the same images and labels"
 
+    def code_note(self) -> str:
+        """For a step done: "; made by other fne code (…)", where its metrics.json records the hash
+        of fne's sources it was made by (``versions.fne_code``, `fne.metrics.code_hash`) and this fne's
+        differs (the step is still skipped: its settings are those of now); else ""."""
+        from fne.metrics import code_hash
+
+        m = read_json(self.result_file) if self.kind != "advise" and self.result_file.is_file() else None
+        was = (m.get("versions") or {}).get("fne_code") if isinstance(m, dict) and isinstance(m.get("versions"), dict) else None
+        now = code_hash()
+        if not isinstance(was, str) or now is None or was == now:
+            return ""
+        return f"; made by other fne code (fne_code {was}, this fne's {now}): {forced()} reruns it with this code"
+
     def mark_done(self, seconds: float, extract: dict | None = None) -> None:
         """step.json: the step's hash and its result's; `extract` is the extraction that computed
         the rows this step read in the same `fne run` (its measured seconds, rows computed)."""

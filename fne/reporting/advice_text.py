@@ -54,6 +54,18 @@ def _anywhere(path: object, here: bool = True) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def confidence_line(a: dict) -> str | None:
+    """The advice's confidence as `fne advise` prints it and `fne report` shows it beside the advice:
+    "confidence: low (…); a rule of thumb: …"; None for an advice.json written before fne advise
+    recorded it (30 Nov 2026)."""
+    c = a.get("confidence")
+    if not c:
+        return None
+    return (f"confidence: {c['level']}" + (f" ({'; '.join(c['doubts'])})" if c["doubts"] else
+                                           " (size and similarity measured, clear of their thresholds)")
+            + "; a rule of thumb: only the runs advised, compared by fne report, measure the methods")
+
+
 def format_advice(a: dict) -> str:
     sim = a.get("similarity", {})
     n = (f"{a['n_images']} readable of {a['n_images'] + a['unreadable']} images" if a.get("unreadable") else
@@ -61,11 +73,7 @@ def format_advice(a: dict) -> str:
     lines = [f"{a.get('dataset')} ({n}, {a.get('classes')} classes; "
              f"{a.get('arch')} {a.get('weights')} weights)",
              f"recommendation: {a['recommendation']}: {a['text']}"]
-    if a.get("confidence"):  # absent from an advice.json written before 30 Nov 2026
-        c = a["confidence"]
-        lines.append(f"confidence: {c['level']}" + (f" ({'; '.join(c['doubts'])})" if c["doubts"] else
-                                                    " (size and similarity measured, clear of their thresholds)")
-                     + "; a rule of thumb: only the runs advised, compared by fne report, measure the methods")
+    lines += [line for line in [confidence_line(a)] if line]
     lines.append("reasons:")
     lines += [f"  - {r}" for r in a.get("reasons", [])]
     if sim.get("judged"):

@@ -42,6 +42,9 @@ def malformed_advice(a: dict) -> str | None:
     bad += ["similarity"] if "similarity" in a and not (isinstance(sim, dict) and all(
         isinstance(sim[k], (int, float)) for k in ("max_softmax_mean", "entropy_norm_mean") if k in sim)) else []
     bad += [k for k in ("recommendation", "text", "dataset", "dataset_key") if not isinstance(a.get(k), _TEXT)]
+    c = a.get("confidence")  # absent from an advice.json written before fne advise recorded it
+    bad += [] if c is None or isinstance(c, dict) and isinstance(c.get("level"), str) and _texts(c.get("doubts")) else [
+        "confidence"]
     return _said(bad)
 
 
@@ -49,12 +52,36 @@ def malformed_pipeline(p: dict) -> str | None:
     """Why a pipeline.json cannot be read (its name, its datasets, or their published values, of
     other types than `fne run` writes); None where it can."""
     bad = [] if isinstance(p.get("name"), _TEXT) else ["name"]
+    bad += [] if p.get("notes") is None or _texts(p["notes"]) else ["notes"]
     datasets = p.get("datasets")
     if datasets is not None and not (isinstance(datasets, dict) and all(
-            isinstance(d, dict) and isinstance(d.get("published"), (dict, type(None)))
-            and isinstance((d.get("published") or {}).get("values"), (dict, type(None))) for d in datasets.values())):
+            isinstance(d, dict) and isinstance(d.get("published"), (dict, type(None))) and _published(d.get("published"))
+            for d in datasets.values())):
         bad.append("datasets")
     return _said(bad)
+
+
+def _published(pub: dict | None) -> bool:
+    """Whether a dataset's published values are as `fne run` writes them: their values a dict, their
+    source, note, arch and weights text."""
+    return pub is None or isinstance(pub.get("values"), (dict, type(None))) and all(
+        isinstance(pub.get(k), _TEXT) for k in ("source", "note", "arch", "weights"))
+
+
+def given_pipelines(extra: object) -> list[dict]:
+    """`fne.report`'s ``extra_pipelines`` checked: a list of pipeline summaries (pipeline.json's, as
+    `fne run` passes its own), else a TypeError naming the keyword and what is wrong."""
+    if extra is None:
+        return []
+    if not isinstance(extra, (list, tuple)) or not all(isinstance(p, dict) for p in extra):
+        raise TypeError("extra_pipelines: expected a list of pipeline summaries (dicts, as pipeline.json holds), got "
+                        + (f"a {type(extra).__name__} holding {type(next(p for p in extra if not isinstance(p, dict))).__name__}"
+                           if isinstance(extra, (list, tuple)) else type(extra).__name__))
+    for i, p in enumerate(extra):
+        why = malformed_pipeline(p)
+        if why:
+            raise TypeError(f"extra_pipelines[{i}]: {why.removesuffix(' (a damaged or hand-edited file)')}")
+    return list(extra)
 
 
 def _said(bad: list[str]) -> str | None:

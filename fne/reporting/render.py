@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 
 from fne.metrics import class_recalls
+from fne.reporting.advice_text import confidence_line
 from fne.reporting.intervals import few_splits_note
 from fne.reporting.notes import marked
 
@@ -188,8 +189,11 @@ def label(r: dict, multi: bool) -> str:
 
 
 def _few(ds: dict) -> str | None:
-    """The section's note on intervals over 2 splits (`intervals.few_splits_note`), or None."""
-    return few_splits_note(ds["rows"], [label(r, ds["multi_backbone"]) for r in ds["rows"]])
+    """The section's note on intervals over 2 splits (`intervals.few_splits_note`), or None: its rows
+    named as the table names them (a note several rows share: their mark, `_marked`)."""
+    names, marks = _marked(ds)
+    return few_splits_note(ds["rows"], [name + (f" ({marks[r['note']]})" if r.get("note") in marks else "")
+                                        for r, name in zip(ds["rows"], names, strict=True)])
 
 
 def _marked(ds: dict) -> tuple[list[str], dict[str, str]]:
@@ -247,7 +251,7 @@ def render_md(head: dict, datasets: list[dict], figures: dict) -> str:
             L += ["", f"Published values note: {md_text(ds['published']['note'])}"]
         if _few(ds):
             L += ["", f"**Note:** {md_text(_few(ds))}"]
-        for note in ("protocol_note", "repeats_note"):
+        for note in ("names_note", "protocol_note", "repeats_note"):
             L += ["", f"**Note:** {md_text(ds[note])}"] if ds.get(note) else []
         L.append("")
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
@@ -350,6 +354,7 @@ def _winner_lines(ds: dict) -> list[str]:
         sim = a.get("similarity") or {}
         L.append(f"Advice (`fne advise`, {md_text(a.get('arch'))} {md_text(a.get('weights'))}): "
                  f"**{md_text(a['recommendation'])}**: {md_text(a.get('text', ''))}")
+        L += [f"- {md_text(line)}" for line in [confidence_line(a)] if line]
         L += [f"- {md_text(r)}" for r in a.get("reasons", [])]
         L += [f"- computed for the labels: {md_text(a['labels'])}"] if a.get("labels") else []
         L.append(f"- measured: {_num(a.get('images_per_class'))} training images per class; similarity "
@@ -446,7 +451,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append(f"<p><small>Published values note: {_e(ds['published']['note'])}</small></p>")
         if _few(ds):
             H.append(f"<div class='note intervals'>Note: {_e(_few(ds))}</div>")
-        for note in ("protocol_note", "repeats_note"):
+        for note in ("names_note", "protocol_note", "repeats_note"):
             H += [f"<div class='note {note[:-5]}'>Note: {_e(ds[note])}</div>"] if ds.get(note) else []
         for key, alt in (("bars", "methods"), ("time", "accuracy against time"), ("confusion", "confusion matrix")):
             f = figures.get((ds["dataset"], key))
@@ -478,6 +483,7 @@ def render_html(head: dict, datasets: list[dict], figures: dict) -> str:
             H.append("<div class='advice'>")
             H.append(f"<p><b>Advice</b> (fne advise, {_e(a.get('arch'))} {_e(a.get('weights'))}): "
                      f"<b>{_e(a['recommendation'])}</b>: {_e(a.get('text', ''))}</p><ul>")
+            H += [f"<li class='confidence'>{_e(line)}</li>" for line in [confidence_line(a)] if line]
             H += [f"<li>{_e(r)}</li>" for r in a.get("reasons", [])]
             H += [f"<li class='labels'>computed for the labels: {_e(a['labels'])}</li>"] if a.get("labels") else []
             H.append("</ul>")
@@ -498,7 +504,10 @@ def table_text(datasets: list[dict]) -> str:
     L = []
     for ds in datasets:
         L.append(ds["dataset"] + (f", backbone {ds['backbone']}" if ds.get("backbone") else "") + ":")
-        names = [label(r, ds["multi_backbone"]) + (f" ({r['runs']} runs)" if r["runs"] > 1 else "") for r in ds["rows"]]
+        names, marks = _marked(ds)  # a note several rows share: written once under the table, marked on them
+        names = [name + (f" ({r['runs']} runs)" if r["runs"] > 1 else "")
+                 + (f" ({marks[r['note']]})" if r.get("note") in marks else "")
+                 for r, name in zip(ds["rows"], names, strict=True)]
         width = max([len(n) for n in names] + [6])
         L.append(f"  {'method':<{width}}  {'accuracy %':>13}  {'95% CI':>11}  {'mean class %':>13}  {'95% CI':>11}  "
                  f"{'published':>11}  {'fit/train s':>11}  {'extract s':>9}")
@@ -511,11 +520,12 @@ def table_text(datasets: list[dict]) -> str:
         for name, p in ds["published"]["only"].items():
             L.append(f"  {name + ' (published only)':<{width}}  {'—':>13}  {'—':>11}  {'—':>13}  {'—':>11}  "
                      f"{pub_str(p):>11}")
+        L += [f"  ({m}) {note}" for note, m in marks.items()]
         if ds["winner"]:
             lead, best, rest, versus = winner_sentences(ds)
             versus = versus and versus.removeprefix("no clear winner: ")  # the lead-in says so already
             L.append(f"  {lead} {best}{rest}" + (f" ({versus})" if versus else ""))
         if _few(ds):
             L.append(f"  Note: {_few(ds)}")
-        L += [f"  Note: {ds[note]}" for note in ("protocol_note", "repeats_note") if ds.get(note)]
+        L += [f"  Note: {ds[note]}" for note in ("names_note", "protocol_note", "repeats_note") if ds.get(note)]
     return "\n".join(L)

@@ -30,6 +30,7 @@ import json
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from fne.pipeline.config import load_pipeline
 from fne.progress import say_skipped
 from fne.reporting.figures import fig_bars, fig_confusion, fig_time
 from fne.reporting.inputs import (
+    given_pipelines,
     malformed_advice,
     malformed_pipeline,
     malformed_run,
@@ -66,7 +68,15 @@ from fne.reporting.render import (
     table_text,
     worst_classes,
 )
-from fne.reporting.settings import distinct, name_variants, pixels_note, repeats_note, settings
+from fne.reporting.sections import dataset_key, dataset_keys, names_note
+from fne.reporting.settings import (
+    distinct,
+    name_variants,
+    pixels_note,
+    repeats_note,
+    say_pairs,
+    settings,
+)
 from fne.reporting.table import CSV_COLUMNS, csv_rows, latex_tables
 from fne.reporting.verdict import advice_check, shown, winner_verdict
 
@@ -89,6 +99,7 @@ def collect(run_dirs: list[str | Path]) -> dict:
     """All runs, advice and pipeline files under run_dirs (each searched recursively)."""
     runs, advice, pipelines, seen, empty, unfinished = [], [], [], set(), [], []
     skipped: list[tuple[str, str]] = []  # (file, why): said once collected, a line per reason
+    damaged: list[tuple[str, str]] = []  # (file, why) of files that hold no JSON object: one line for all
     if not run_dirs:
         raise FneError("no RUN_DIR given")
     for d in run_dirs:
@@ -101,24 +112,25 @@ def collect(run_dirs: list[str | Path]) -> dict:
             if p.resolve() in seen:
                 continue
             seen.add(p.resolve())
-            m = read_json(p, warn=True)
+            m = read_json(p, skipped=damaged)
             if m is None:
                 continue
             if _skipped(p, malformed_run(m), skipped):
                 continue
-            step = read_json(p.parent / "step.json", warn=True) if (p.parent / "step.json").is_file() else None
+            step = read_json(p.parent / "step.json", skipped=damaged) if (p.parent / "step.json").is_file() else None
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
-            a = read_json(p, warn=True)
+            a = read_json(p, skipped=damaged)
             if a is not None and "recommendation" in a and not _skipped(p, malformed_advice(a), skipped):
                 advice.append({**a, "_path": str(p)})
         for p in _find(root, "pipeline.json"):
-            pj = read_json(p, warn=True)
+            pj = read_json(p, skipped=damaged)
             if pj is not None and not _skipped(p, malformed_pipeline(pj), skipped):
                 pipelines.append(pj)
         unfinished += unfinished_runs(root)
         if len(runs) + len(advice) == found and not files:  # a metrics.json skipped was named above
             empty.append(str(d))
+    skipped += damaged if len(damaged) < 2 else [(f"{f} ({why})", DAMAGED) for f, why in damaged]
     say_skipped(skipped, noun="files")  # 1,000 runs of another program: one line, not 1,000
     say_skipped(unfinished, noun="run folders")  # a training cut short: not missing from its table without a word
     if not runs:
@@ -127,6 +139,9 @@ def collect(run_dirs: list[str | Path]) -> dict:
     if empty:  # a mistyped RUN_DIR: the report would lack its runs without a word
         warnings.warn(f"no run under {', '.join(empty)} (no metrics.json): left out of the report", stacklevel=2)
     return {"runs": runs, "advice": advice, "pipelines": pipelines}
+
+
+DAMAGED = "no JSON object in them: cut short (a full disk, a killed copy), damaged or another program's"
 
 
 def _skipped(path: Path, why: str | None, skipped: list[tuple[str, str]]) -> bool:
@@ -138,26 +153,6 @@ def _skipped(path: Path, why: str | None, skipped: list[tuple[str, str]]) -> boo
 
 
 # ------------------------------------------------------------------ tabulating
-
-
-def dataset_key(run: dict) -> str:
-    return str(run["step"].get("dataset_key") or run["metrics"].get("dataset") or "?")
-
-
-def dataset_keys(runs: list[dict]) -> list[str]:
-    """Each run's dataset as the report's sections name it: its name (`dataset_key`), and where
-    runs of one name read other DATA (two folders both called `images`), or other labels of it
-    (`compare.run_task`), that DATA beside it, so that different images or labels are never
-    tabulated, ranked or tested together. A run that records no
-    DATA (an old run) keeps the plain name; one that records DATA as given only (`compare.run_tasks`)
-    joins the runs that resolved that DATA."""
-    of = [str(task or "") for task in compare.run_tasks([r["metrics"] for r in runs])]
-    data: dict[str, set[str]] = defaultdict(set)
-    for r, d in zip(runs, of, strict=True):
-        if d:
-            data[dataset_key(r)].add(d)
-    return [f"{dataset_key(r)} ({d})" if d and len(data[dataset_key(r)]) > 1 else dataset_key(r)
-            for r, d in zip(runs, of, strict=True)]
 
 
 def is_scratch(m: dict) -> bool:
@@ -318,7 +313,8 @@ def _references(key: str, runs: list[dict], published: dict[str, dict], advice: 
     dataset key: they go with the runs of its steps (step.json), and with runs of that dataset name
     where no other DATA shares it (the section is named `key` alone, `dataset_keys`); advice of
     `fne advise` alone goes by dataset name and, where the name is shared, by DATA."""
-    base = dataset_key(runs[0])
+    given = {dataset_key(r) for r in runs}  # a section of one DATA given under several names is named by one of them
+    base = key if key in given else dataset_key(runs[0])
     lookup = base if key == base or any(r["step"].get("dataset_key") == base for r in runs) else None
     names = {str(r["metrics"].get("dataset")) for r in runs}
     data = {str(compare.run_data(r["metrics"])) for r in runs}
@@ -361,14 +357,15 @@ def _labels(a: dict, keys: set) -> dict:
 def tabulate(collected: dict) -> list[dict]:
     """Per dataset: rows, best values, published values, winner, advice."""
     groups: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for r, key in zip(collected["runs"], dataset_keys(collected["runs"]), strict=True):
+    keys = dataset_keys(collected["runs"])
+    for r, key in zip(collected["runs"], keys, strict=True):
         m = r["metrics"]
         groups[key][(str(m.get("method")), m.get("arch"), weights_identity(m),
                      json.dumps(settings(r), sort_keys=True, default=str))].append(r)
     published = published_for(collected["pipelines"])
-    out = []
+    out, pairs = [], []  # pairs of runs of one seed on other test images: one line for all (`say_pairs`)
     for key in sorted(groups):
-        groups[key] = {k: distinct(rs) for k, rs in groups[key].items()}
+        groups[key] = {k: distinct(rs, pairs) for k, rs in groups[key].items()}
         rows = [_row(rs) for rs in groups[key].values()]
         name_variants(rows)
         rows.sort(key=lambda r: (r["partial"], -(r["accuracy"] if r["accuracy"] is not None else -1),
@@ -410,7 +407,9 @@ def tabulate(collected: dict) -> list[dict]:
             "multi_backbone": multi,  # else the one backbone, which the rows' labels leave out:
             "backbone": None if multi else next((r["backbone"] for r in rows if not r["scratch"]), rows[0]["backbone"]),
             "protocol_note": protocol_note(rows), "repeats_note": repeats_note(section),
+            "names_note": names_note([r for r, k in zip(collected["runs"], keys, strict=True) if k == key]),
         })
+    say_pairs(pairs)
     return out
 
 
@@ -513,14 +512,22 @@ def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: s
     FneError
         No run folder given, one that does not exist, no metrics.json under them, or ``out``
         cannot be written or is (inside) a run's DATA folder.
+    TypeError
+        An argument of another type: ``run_dirs`` or ``pipeline`` not a path, ``figures`` not a
+        bool, ``extra_pipelines`` not a list of pipeline summaries as pipeline.json holds them.
     """
     expect_bools({"figures": figures})
-    out = check_target(out, folder=True)  # before any run is read
+    if not isinstance(run_dirs, (str, os.PathLike, Iterable)):
+        raise TypeError(f"run_dirs: expected a path or a list of paths, got {type(run_dirs).__name__}")
+    if pipeline is not None:
+        expect_path(pipeline, "pipeline")
+    extra = given_pipelines(extra_pipelines)  # before any run is read, as out
+    out = check_target(out, folder=True)
     collected = collect([run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else list(run_dirs))
     for data in dict.fromkeys(r["metrics"].get("data_resolved") for r in collected["runs"]):
         if data and os.path.isdir(data):  # figures inside a run's DATA folder would become its images
             check_target(out, folder=True, data=data)
-    collected["pipelines"] += list(extra_pipelines or [])
+    collected["pipelines"] += extra
     if pipeline is not None:  # its published values; its datasets need not be present
         collected["pipelines"].append(load_pipeline(pipeline, check_data=False).summary())
     datasets = tabulate(collected)

@@ -134,13 +134,16 @@ def _grids(sel: dict) -> int:
                 if isinstance(c, dict) and isinstance(c.get("grid"), dict)), default=0)
 
 
-def distinct(runs: list[dict]) -> list[dict]:
+def distinct(runs: list[dict], pairs: list[tuple[str, str, str, object]] | None = None) -> list[dict]:
     """The runs of one row less those that repeat an earlier one (the same seed, and on every split
     the same test images each classified the same: one experiment run twice, which pooled would
     count its splits twice and pair with itself); the first of each is kept and names its repeats.
     Runs whose records list their test images in other orders (`compare.record_order`: one written
     before fne kept DATA's order) are compared only with runs of their order: another order is not
-    other test images, and a warning says where one seed has both."""
+    other test images. Two runs of one seed scored on other test images, or of both orders, are
+    said (`say_pairs`): added to `pairs` as (kind, run, other run, seed), said together by the
+    caller, or where `pairs` is None said here."""
+    found: list[tuple[str, str, str, object]] = [] if pairs is None else pairs
     kept: dict[object, dict] = {}
     drawn: dict[object, tuple] = {}  # (seed, order) -> (its runs' test images, the first run's folder)
     for r in runs:
@@ -151,29 +154,59 @@ def distinct(runs: list[dict]) -> list[dict]:
             tests, order = tuple(h for h, _ in key[1]), compare.record_order(m)
             first = drawn.setdefault((m.get("seed"), order), (tests, r["path"]))
             if first[0] != tests:
-                warnings.warn(f"{first[1]} and {r['path']}: one method, setting and seed ({m.get('seed')}), scored on "
-                              f"other test images: DATA's images or labels changed between the two runs; the report "
-                              f"pools them in one row as if two seeds (give it the runs of one version of DATA)",
-                              stacklevel=3)
+                found.append(("changed", first[1], r["path"], m.get("seed")))
             if first[1] == r["path"]:  # the first of its order: said once
-                _other_order(drawn, m.get("seed"), order, tests, r["path"])
+                found += _other_order(drawn, m.get("seed"), order, tests, r["path"])
         if key in kept:
             kept[key].setdefault("repeats", []).append(r["path"])
         else:
             kept[key] = {**r, "repeats": []}
+    if pairs is None:
+        say_pairs(found)
     return list(kept.values())
 
 
-def _other_order(drawn: dict, seed, order: str, tests: tuple, path: str) -> None:
-    """Warn where a run of `seed` lists its test images in the other order than an earlier run of that
-    seed (`distinct`'s `drawn`) and so cannot be checked for a repeat, nor paired image by image."""
+# what a pair of runs of one method, setting and seed is, by kind (`distinct`): what the line says after the pair
+PAIRS = {
+    "changed": ("scored on other test images: DATA's images or labels changed between the two runs; the report "
+                "pools them in one row as if two seeds (give it the runs of one version of DATA)"),
+    "order": ("the first was written before fne listed each split's test images in DATA's order, so the two cannot "
+              "be checked for a repeat nor compared image by image; the report pools them in one row as if two "
+              "seeds (run the first again)"),
+}
+
+
+def say_pairs(pairs: list[tuple[str, str, str, object]]) -> None:
+    """One warning per kind of pair (`distinct`, `PAIRS`), however many runs: a pair named with its
+    seed and why; several counted, the first few named (`progress.first_few`)."""
+    from fne.progress import first_few
+
+    for kind in PAIRS:
+        met = [(a, b, seed) for k, a, b, seed in pairs if k == kind]
+        if len(met) == 1 and kind == "changed":
+            (a, b, seed), = met
+            warnings.warn(f"{a} and {b}: one method, setting and seed ({seed}), {PAIRS[kind]}", stacklevel=3)
+        elif len(met) == 1:
+            (a, b, seed), = met
+            warnings.warn(f"{a} and {b}: one method, setting and seed ({seed}); {a} was written before fne listed each "
+                          f"split's test images in DATA's order, so the two cannot be checked for a repeat nor "
+                          f"compared image by image; the report pools them in one row as if two seeds (run {a} "
+                          f"again)", stacklevel=3)
+        elif met:
+            names = [f"{a} and {b} (seed {seed})" for a, b, seed in met]
+            warnings.warn(f"{len(met)} pairs of runs of one method, setting and seed, {PAIRS[kind]}: "
+                          f"{first_few(names)}", stacklevel=3)
+
+
+def _other_order(drawn: dict, seed, order: str, tests: tuple, path: str) -> list[tuple[str, str, str, object]]:
+    """[("order", the run of the old order, the other, seed)] where a run of `seed` lists its test
+    images in the other order than an earlier run of that seed (`distinct`'s `drawn`), and so cannot
+    be checked for a repeat, nor paired image by image; else []."""
     other = next((v for (s, o), v in drawn.items() if s == seed and o != order), None)
     if other is None or other[0] == tests:
-        return
+        return []
     old, new = (path, other[1]) if order == "drawn" else (other[1], path)
-    warnings.warn(f"{old} and {new}: one method, setting and seed ({seed}); {old} was written before fne listed each "
-                  f"split's test images in DATA's order, so the two cannot be checked for a repeat nor compared image "
-                  f"by image; the report pools them in one row as if two seeds (run {old} again)", stacklevel=4)
+    return [("order", old, new, seed)]
 
 
 def repeats_note(runs: list[dict]) -> str | None:

@@ -161,7 +161,7 @@ def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
         random = [r["label"] for r in ds["rows"] if str(r.get("weights")) == "random" and not r.get("scratch")]
         if random and random_warning:
             out.append(f"\\par\\smallskip{{\\footnotesize Warning: {_tex(random_warning)} ({_tex(', '.join(random))})}}")
-        out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"),
+        out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"), ds.get("names_note"),
                                                                              ds.get("protocol_note"), ds.get("repeats_note")) if n]
         out += ["\\end{table}", ""]
     return "\n".join(out)
