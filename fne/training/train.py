@@ -145,7 +145,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         and kept (default: $FNE_CACHE, else the default cache); fne train reads no cached rows.
     **kwargs
         The other options of `fne train`, under the same names with the same defaults: ``cache``,
-        ``label_key`` (`fne.options.DataOptions`) and the fields of `fne.options.TrainConfig`.
+        ``label_key`` (`fne.options.DataOptions`) and the fields of `fne.options.TrainConfig`;
+        numbers may be numpy's (recorded as Python's).
         An option the mode does not use, given other than None (``direct_score`` with
         ``mode="frozen"``), is an OptionError naming it.
 
@@ -184,6 +185,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg, set(kwargs))
+    cfg = opts.plain(cfg)  # numpy numbers as Python's (`resolve`'s): torch, random.seed and metrics.json take them
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key, cache=cache)
