@@ -5,12 +5,15 @@ Random EfficientNet-Lite0 weights at 32x32 on a few digits: the mechanics, not a
 
 from __future__ import annotations
 
+import errno
 import json
 
 import numpy as np
 import pytest
+import torch
 
-from fne.training import checkpoint
+from fne.cli import main
+from fne.training import checkpoint, epochs
 from fne.training.train import train
 
 from .conftest import write_digits
@@ -44,3 +47,73 @@ def test_train_takes_numpy_numbers_and_records_python_ones(two_classes, tmp_path
         if k != "save_every":  # the others are in metrics.json, as fit records its options
             assert type(m[k]) is kind and type(recorded[k]) is kind and recorded[k] == pytest.approx(float(v)), k
     assert m["seed"] == 4 and m["batch_size"] == 8 and m["image_size"] == 32 and m["epochs"] == 1
+
+
+def _no_space_for(name: str, monkeypatch) -> None:
+    """torch.save refuses `name` as a full disk does: Python's write, with no file named."""
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if str(getattr(f, "name", f)).endswith(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_at_a_short_runs_end_keeps_the_training_and_resume_writes_it(two_classes, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """`--save-every auto` in a short run saves no checkpoint; model.pt refused by a full disk lost
+    the whole run ("nothing was kept"). Now its last epoch is written to checkpoint.pt, the error
+    says so in one line, and --resume writes the run's files without training again: those an
+    uninterrupted run writes, and the checkpoint holds the last epoch's weights, as a save would."""
+    real, passes = epochs.evaluate, []
+
+    def evaluate(model, loader, ctx, what):  # each run's first validation right, its second wrong: best epoch 1
+        ids, y, p = real(model, loader, ctx, what)
+        if what == "val":
+            passes.append(1)
+            p = np.eye(2, dtype=p.dtype)[y if len(passes) % 2 else 1 - y]
+        return ids, y, p
+
+    monkeypatch.setattr(epochs, "evaluate", evaluate)
+    args = ["train", str(two_classes), "--mode", "scratch", "--arch", ARCH, "--epochs", "2", "--val-fraction", "0.25",
+            "--image-size", "32", "--workers", "0", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole"), "--save-every", "1"]) == 0  # its checkpoint: epoch 2's
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _no_space_for("model.pt", m)
+        assert main([*args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne train: error: no space left on device writing {out / 'model.pt'}: free space there or pass --out a "
+        f"folder on another disk; kept epoch 2 of 2 (the last one saved) in {out / 'checkpoint.pt'}; rerun the same "
+        f"command with --resume to continue from there")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no model.pt that looks complete
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["best_epoch"] == 1  # not the last
+    kept, last = (checkpoint.read(p / checkpoint.CHECKPOINT) for p in (out, tmp_path / "whole"))
+    assert kept["epoch"] == last["epoch"] == 2  # the last epoch's weights (not the best's): more epochs go on alike
+    assert all(torch.equal(kept["model"][k], last["model"][k]) for k in last["model"])
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert f"resumed {out / 'checkpoint.pt'} after epoch 2" in capsys.readouterr().out
+    assert len(passes) == 4  # nothing trained nor validated again
+    whole, resumed = (torch.load(p / "model.pt", weights_only=True) for p in (tmp_path / "whole", out))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole) and whole.keys() == resumed.keys()
+    assert (out / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
+    keep = ("accuracy", "history", "best_epoch", "n_train", "confusion")
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "whole", out))
+    assert [a[k] if k != "history" else [r["train_loss"] for r in a[k]] for k in keep] == \
+           [b[k] if k != "history" else [r["train_loss"] for r in b[k]] for k in keep]
+
+
+def test_a_full_disk_for_the_checkpoint_too_is_said_as_nothing_kept(two_classes, tmp_path, monkeypatch, capsys):
+    """No room for the checkpoint either: the same one line, saying nothing was kept, and no
+    file left behind (a half checkpoint would be taken up by --resume)."""
+    out = tmp_path / "run"
+    _no_space_for(".pt", monkeypatch)
+    assert main(["train", str(two_classes), "--mode", "scratch", "--arch", ARCH, "--epochs", "1", "--val-fraction",
+                 "0.25", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne train: error: no space left on device writing {out / 'model.pt'}: free space there or pass --out a "
+        f"folder on another disk; nothing was kept: no epoch was saved yet (--save-every auto); rerun the same "
+        f"command to start again")
+    assert list(out.iterdir()) == []
