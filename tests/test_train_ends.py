@@ -117,3 +117,22 @@ def test_a_full_disk_for_the_checkpoint_too_is_said_as_nothing_kept(two_classes,
         f"folder on another disk; nothing was kept: no epoch was saved yet (--save-every auto); rerun the same "
         f"command to start again")
     assert list(out.iterdir()) == []
+
+
+def test_each_unreadable_image_is_named_once_per_run_not_once_per_epoch(two_classes, tmp_path, capsys):
+    """Unreadable images among those trained and validated on, over 3 epochs with loader workers:
+    each is named once in the run's warnings (as the pass that met it ends), all of them in
+    metrics.json's skipped."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(two_classes, data)
+    bad = [f"{c}/bad{i}.png" for c in (0, 1) for i in range(2)]  # a warning names 5, then "and N more"
+    for name in bad:
+        (data / name).write_bytes(f"not an image {name}".encode())
+    assert main(["train", str(data), "--mode", "scratch", "--arch", ARCH, "--epochs", "3", "--val-fraction", "0.25",
+                 "--image-size", "32", "--workers", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(m["skipped"]) == bad
+    assert [err.count(name) for name in bad] == [1] * len(bad), err
