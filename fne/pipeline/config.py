@@ -69,7 +69,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
                                 "weights: the backbone they were measured with (shown beside its rows only)"),
     },
     "backbones[]": {
-        **schema(StoreOptions),  # arch, weights, crop, precision, storage_dtype, weights_seed
+        **schema(StoreOptions),  # arch, weights, crop, image_size, precision, storage_dtype, weights_seed
         "label": ("str", "folder name of this backbone's runs"),
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
@@ -95,13 +95,15 @@ class Checks:
 
     archs: the backbone names; features(spec, arch) and C(value) raise FneError saying why
     a feature spec does not apply to a backbone or a C does not parse; weights(name, arch): whether
-    `name` is a weights name of `arch` (IMAGENET1K_V2; without it, any name with no '/' is taken).
+    `name` is a weights name of `arch` (IMAGENET1K_V2; without it, any name with no '/' is taken);
+    image_size(arch, size) raises FneError where `arch` cannot run at `size` x `size`.
     """
 
     archs: Collection[str]
     features: Callable[[str, str], object]
     C: Callable[[str], object]
     weights: Callable[[str, str], object] | None = None
+    image_size: Callable[[str, int], object] | None = None
 
 
 # ------------------------------------------------------------------ the model
@@ -110,7 +112,9 @@ class Checks:
 @dataclass
 class BackboneCfg:
     """One `[[backbones]]` entry of a pipeline file: the store it reads (arch, weights, crop,
-    precision, storage dtype) and the features its fit steps use."""
+    image size, precision, storage dtype) and the features its fit steps use. `image_size`: the
+    side its steps' images are cropped to (extraction, fit and advice read that store; a train
+    step trains at it unless its [train] settings give their own); None, the backbone's own."""
 
     arch: str
     weights: str
@@ -118,6 +122,7 @@ class BackboneCfg:
     precision: str = "auto"
     storage_dtype: str = "float16"
     weights_seed: int = 0
+    image_size: int | None = None
     label: str = ""
     features: list[str] | None = None
     resolved_weights: str | None = None  # after imagenet-or-random
@@ -301,10 +306,12 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
             err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
             continue
         cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
-        for k in ("crop", "precision", "storage_dtype", "weights_seed", "features"):
+        for k in ("crop", "image_size", "precision", "storage_dtype", "weights_seed", "features"):
             if k in b:
                 setattr(cfg, k, b[k])
-        _add_problems(StoreOptions, b, path_, err)
+        refused = _add_problems(StoreOptions, b, path_, err)
+        if cfg.image_size is not None and "image_size" not in refused and checks and checks.image_size:
+            _check_call(checks.image_size, (cfg.arch, cfg.image_size), path_ + ("image_size",), err)
         if isinstance(cfg.weights_seed, int) and cfg.weights_seed != 0 and cfg.weights not in ("random",
                                                                                               "imagenet-or-random"):
             err.add(path_ + ("weights_seed",), f"applies to weights 'random' (or 'imagenet-or-random') only, "
@@ -320,7 +327,8 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
                                                   f"({wpath})")
                 cfg.weights = str(wpath)
         stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
-        cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}")
+        size = f"-{cfg.image_size}" if cfg.image_size is not None else ""  # a store of its own: a folder too
+        cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}{size}")
         if cfg.label in labels:
             err.add(path_, f"same folder label {cfg.label!r} as backbones[{labels[cfg.label]}]; give a distinct 'label'")
         labels[cfg.label] = i
