@@ -105,6 +105,19 @@ def test_a_full_disk_at_a_short_runs_end_keeps_the_training_and_resume_writes_it
            [b[k] if k != "history" else [r["train_loss"] for r in b[k]] for k in keep]
 
 
+def test_the_python_caller_of_a_run_whose_files_did_not_fit_is_told_what_was_kept(two_classes, tmp_path,
+                                                                                   monkeypatch):
+    out = tmp_path / "run"
+    _no_space_for("model.pt", monkeypatch)
+    with pytest.raises(OSError, match="No space left") as e:
+        train(str(two_classes), "scratch", out, arch=ARCH, epochs=1, val_fraction=0.25, image_size=32, workers=0,
+              progress=False)
+    assert e.value.filename == str(out / "model.pt")
+    assert e.value.__notes__ == [f"kept epoch 1 of 1 in {out / 'checkpoint.pt'}: resume=True writes the run's "
+                                 f"files without training again"]
+    assert checkpoint.read(out / checkpoint.CHECKPOINT)["epoch"] == 1
+
+
 def test_a_full_disk_for_the_checkpoint_too_is_said_as_nothing_kept(two_classes, tmp_path, monkeypatch, capsys):
     """No room for the checkpoint either: the same one line, saying nothing was kept, and no
     file left behind (a half checkpoint would be taken up by --resume)."""
