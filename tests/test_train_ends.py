@@ -49,6 +49,15 @@ def test_train_takes_numpy_numbers_and_records_python_ones(two_classes, tmp_path
     assert m["seed"] == 4 and m["batch_size"] == 8 and m["image_size"] == 32 and m["epochs"] == 1
 
 
+def test_a_class_maps_numpy_indices_are_taken_and_recorded_as_json(two_classes, tmp_path):
+    """Direct mode's dict with numpy source indices (np.argsort's, say) was refused as not
+    "ImageNet class names/indices"; now they are Python's in the check and in class_map.json."""
+    m = train(str(two_classes), "direct", tmp_path / "run", arch=ARCH, weights="random", image_size=32, workers=0,
+              progress=False, class_map={"0": [np.int64(1), np.int32(3)], "1": np.int64(2)})
+    assert json.loads((tmp_path / "run" / "class_map.json").read_text()) == {"0": [1, 3], "1": 2}
+    assert m["class_map"] == {"0": ["goldfish", "tiger shark"], "1": ["great white shark"]}
+
+
 def _no_space_for(name: str, monkeypatch) -> None:
     """torch.save refuses `name` as a full disk does: Python's write, with no file named."""
     real = torch.save

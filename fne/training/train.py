@@ -64,6 +64,7 @@ from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import (
     check_inline,
     direct_scores,
+    plain_indices,
     recorded,
 )
 from fne.training.parts import Split, run_split, untrained_notes
@@ -177,7 +178,8 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     cache = opts.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
     opts.unexpected(kwargs, DataOptions, TrainConfig)
     data_o = opts.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # a keyword left None is not given: its default
+    kwargs = {k: plain_indices(v) if k == "class_map" else v for k, v in kwargs.items()
+              if v is not None}  # a keyword left None is not given: its default
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
