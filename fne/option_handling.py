@@ -338,19 +338,19 @@ def not_in_pipelines(cls) -> tuple[str, ...]:
     return tuple(f.name for f, o in _opts(cls) if not o.pipeline)
 
 
-def _plain(obj):
+def plain(obj):
     """`obj` with numpy numbers as Python's and Paths as strings, as the command line gives them:
     what metrics.json, a checkpoint's arguments and the store's records write as JSON."""
-    plain = {}
+    changed = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, os.PathLike):
-            plain[f.name] = os.fspath(v)
+            changed[f.name] = os.fspath(v)
         elif isinstance(v, numbers.Integral) and not isinstance(v, int):
-            plain[f.name] = int(v)
+            changed[f.name] = int(v)
         elif isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
-            plain[f.name] = float(v)
-    return replace(obj, **plain) if plain else obj
+            changed[f.name] = float(v)
+    return replace(obj, **changed) if changed else obj
 
 
 def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[str] | None = None) -> list:
@@ -371,7 +371,7 @@ def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[st
             raise TypeError(f"expected a {cls.__name__}, not {type(base).__name__} {base!r}")
         obj = replace(base, **mine) if base is not None else cls(**mine)
         check(obj)
-        out.append(_plain(obj))
+        out.append(plain(obj))
     return out
 
 

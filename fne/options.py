@@ -166,7 +166,7 @@ class StoreOptions:
                                  "squash: resized to the crop size; ten: 10 crops", choices=CROPS)
     image_size: int | None = option(None, "side of the crop the network sees (default: the backbone's, 224 for "
                                           "most); the resize scales with it; rows in a store of their own",
-                                    pipeline=False, **IMAGE_SIZE)
+                                    **IMAGE_SIZE)
     precision: str = option("auto", "auto (default): extraction picks the machine's fastest; reading "
                                     "finds rows of any precision. A value pins the store.", choices=PRECISIONS)
     storage_dtype: str = option("auto", "how cached activations are stored; auto (default): float16 when "

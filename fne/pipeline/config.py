@@ -8,6 +8,7 @@ is passed in as `Checks` (fne.pipeline.runner builds the real ones); without it 
 A pipeline file declares datasets, backbones, the feature × head grid of `fne fit`, the
 modes of `fne train` and optional published reference numbers; see pipelines/*.toml and
 `SCHEMA` below. `load_pipeline` reports every mistake at once, each as `file:line: key: why`.
+A dataset's DATA, class map and published values are checked in fne.pipeline.config_data.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from pathlib import Path
 from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
 from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
-from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig, class_map_problem
+from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig
+from fne.pipeline.config_data import DatasetCfg, check_class_map, check_published, resolve_data
+from fne.pipeline.config_data import (
+    expand_vars as expand_vars,  # fne.pipeline.config.expand_vars, as before
+)
 from fne.pipeline.config_errors import Errors, Locator, PipelineError, dotted
 
 # key -> (type(s), description). Types: "str", "int", "float" (int accepted), "bool",
@@ -64,7 +69,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
                                 "weights: the backbone they were measured with (shown beside its rows only)"),
     },
     "backbones[]": {
-        **schema(StoreOptions),  # arch, weights, crop, precision, storage_dtype, weights_seed
+        **schema(StoreOptions),  # arch, weights, crop, image_size, precision, storage_dtype, weights_seed
         "label": ("str", "folder name of this backbone's runs"),
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
@@ -90,46 +95,26 @@ class Checks:
 
     archs: the backbone names; features(spec, arch) and C(value) raise FneError saying why
     a feature spec does not apply to a backbone or a C does not parse; weights(name, arch): whether
-    `name` is a weights name of `arch` (IMAGENET1K_V2; without it, any name with no '/' is taken).
+    `name` is a weights name of `arch` (IMAGENET1K_V2; without it, any name with no '/' is taken);
+    image_size(arch, size) raises FneError where `arch` cannot run at `size` x `size`.
     """
 
     archs: Collection[str]
     features: Callable[[str, str], object]
     C: Callable[[str], object]
     weights: Callable[[str, str], object] | None = None
+    image_size: Callable[[str, int], object] | None = None
 
 
 # ------------------------------------------------------------------ the model
 
 
 @dataclass
-class DatasetCfg:
-    """One `[datasets.KEY]` of a pipeline file: DATA, as resolved and as written, and its
-    protocol overrides (splits, test size, images per class, class map)."""
-
-    key: str
-    data: str  # resolved: "digits" or an absolute path
-    spec: str  # as written
-    optional: bool = False
-    max_per_class: int | None = None
-    splits: int | None = None
-    test_size: float | None = None
-    train_per_class: int | None = None
-    class_map: str | dict | None = None
-    protocol: str | None = None
-    note: str | None = None
-    published: dict | None = None
-    skipped: str | None = None  # why an optional dataset is not run
-    n_images: int | None = None
-    n_classes: int | None = None
-    n_train_split: int | None = None  # images in the predefined train split, if DATA has one
-    val_part: bool = False  # DATA's predefined split has a validation part (fne train validates on it)
-
-
-@dataclass
 class BackboneCfg:
     """One `[[backbones]]` entry of a pipeline file: the store it reads (arch, weights, crop,
-    precision, storage dtype) and the features its fit steps use."""
+    image size, precision, storage dtype) and the features its fit steps use. `image_size`: the
+    side its steps' images are cropped to (extraction, fit and advice read that store; a train
+    step trains at it unless its [train] settings give their own); None, the backbone's own."""
 
     arch: str
     weights: str
@@ -137,6 +122,7 @@ class BackboneCfg:
     precision: str = "auto"
     storage_dtype: str = "float16"
     weights_seed: int = 0
+    image_size: int | None = None
     label: str = ""
     features: list[str] | None = None
     resolved_weights: str | None = None  # after imagenet-or-random
@@ -231,20 +217,6 @@ def _check_table(tbl: dict, schema: dict, path: tuple, err: Errors) -> dict:
     return ok
 
 
-def expand_vars(spec: str) -> tuple[str, list[str]]:
-    """`spec` with ${VAR}s expanded, and the names of those not set (left as written)."""
-    unset = []
-
-    def sub(m):
-        name = m.group(1)
-        if name not in os.environ:
-            unset.append(name)
-            return m.group(0)
-        return os.environ[name]
-
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", sub, spec), unset
-
-
 def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks | None = None,
                   cache: str | None = None) -> Pipeline:
     """Parse and validate a pipeline file; raises PipelineError listing every problem.
@@ -288,7 +260,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     for key, d in dss.items():
         ds = _load_dataset(key, d, base, err)
         if ds is not None:
-            _resolve_data(ds, base, ("datasets", key), err, check_data, p.cache)
+            resolve_data(ds, base, ("datasets", key), err, check_data, p.cache)
             p.datasets.append(ds)
     if not p.fit and not p.train:
         err.add(("fit",), "nothing to run: give a [fit] grid or [train] modes")
@@ -334,10 +306,12 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
             err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
             continue
         cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
-        for k in ("crop", "precision", "storage_dtype", "weights_seed", "features"):
+        for k in ("crop", "image_size", "precision", "storage_dtype", "weights_seed", "features"):
             if k in b:
                 setattr(cfg, k, b[k])
-        _add_problems(StoreOptions, b, path_, err)
+        refused = _add_problems(StoreOptions, b, path_, err)
+        if cfg.image_size is not None and "image_size" not in refused and checks and checks.image_size:
+            _check_call(checks.image_size, (cfg.arch, cfg.image_size), path_ + ("image_size",), err)
         if isinstance(cfg.weights_seed, int) and cfg.weights_seed != 0 and cfg.weights not in ("random",
                                                                                               "imagenet-or-random"):
             err.add(path_ + ("weights_seed",), f"applies to weights 'random' (or 'imagenet-or-random') only, "
@@ -353,7 +327,8 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
                                                   f"({wpath})")
                 cfg.weights = str(wpath)
         stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
-        cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}")
+        size = f"-{cfg.image_size}" if cfg.image_size is not None else ""  # a store of its own: a folder too
+        cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}{size}")
         if cfg.label in labels:
             err.add(path_, f"same folder label {cfg.label!r} as backbones[{labels[cfg.label]}]; give a distinct 'label'")
         labels[cfg.label] = i
@@ -473,23 +448,10 @@ def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
         err.add(path_ + ("test_size",), f"must be in (0, 1), got {ds.test_size}")
         ds.test_size = None
     if "published" in d:
-        ds.published = _check_published(d["published"], path_ + ("published",), err)
+        ds.published = check_published(d["published"], path_ + ("published",), err)
     if "class_map" in d:
-        ds.class_map = _check_class_map(d["class_map"], base, path_ + ("class_map",), err)
+        ds.class_map = check_class_map(d["class_map"], base, path_ + ("class_map",), err)
     return ds
-
-
-def _check_class_map(cm, base: Path, path: tuple, err: Errors) -> str | dict:
-    if isinstance(cm, str):
-        cpath = Path(os.path.expanduser(cm))
-        cpath = cpath if cpath.is_absolute() else base / cpath
-        if not cpath.is_file():
-            err.add(path, f"no such file {cpath}")
-        return str(cpath)
-    problem = class_map_problem(cm)
-    if problem:
-        err.add(path, problem)
-    return dict(cm)
 
 
 def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
@@ -530,68 +492,3 @@ def _add_problems(cls, values: dict, path: tuple, err: Errors) -> list[str]:
     for k, why in found:
         err.add(path + (k,), why)
     return [k for k, _ in found]
-
-
-def _check_published(pub: dict, path: tuple, err: Errors) -> dict:
-    out = {"source": None, "note": None, "arch": None, "weights": None, "values": {}}
-    for k, v in pub.items():
-        if k in ("source", "note", "arch", "weights"):
-            if not isinstance(v, str):
-                err.add(path + (k,), f"expected a string, got {v!r}")
-            out[k] = v
-        elif (isinstance(v, (int, float)) and not isinstance(v, bool)) or (
-                isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)):
-            vals = v if isinstance(v, list) else [v]
-            if not all(0 <= x <= 100 for x in vals[:1]):
-                err.add(path + (k,), f"published accuracy is a percentage in [0, 100], got {v!r}")
-            out["values"][k] = {"mean": float(vals[0]), "std": float(vals[1]) if len(vals) == 2 else None}
-        else:
-            err.add(path + (k,), f"expected a percentage (93.3) or [mean, std], got {v!r}")
-    if out["values"] and not out["source"]:
-        err.add(path, "published values need a 'source' (where the numbers come from)")
-    return out
-
-
-def _resolve_data(ds: DatasetCfg, base: Path, path_: tuple, err: Errors, check_data: bool,
-                  cache: str | None) -> None:
-    from fne.data.containers import expand
-    from fne.data.datasets import load_dataset  # numpy only: no torch
-    from fne.data.parquet import hf_available
-    from fne.errors import DataError
-
-    if ds.spec == "digits":
-        ds.data = "digits"
-    elif ds.spec.startswith("hf:"):
-        ds.data = ds.spec
-        if not check_data or not hf_available(ds.spec, cache):
-            return  # loaded on first use; a dry run names the download it needs
-    else:
-        expanded, unset = expand_vars(ds.spec)
-        p = Path(os.path.expanduser(expanded))
-        p = p if p.is_absolute() else (base / p)
-        ds.data = str(p.resolve()) if p.exists() else str(p)
-        if not check_data:  # resolve only: the caller wants the file's settings, not the data
-            return
-        if not p.exists() and not any(Path(f).is_file() for f in expand(str(p))):  # a shard pattern
-            why = (f"{ds.spec!r}: environment variable{'s' * (len(unset) > 1)} {', '.join(unset)} "
-                   f"not set" if unset else f"path {p} does not exist")
-            if ds.optional:
-                ds.skipped = why
-            else:
-                err.add(path_ + ("data",), f"{why}; this dataset must be supplied by you (see the comments "
-                                           f"in the file), or mark it optional = true to skip it")
-            return
-    if not check_data:
-        return
-    try:
-        d = load_dataset(ds.data, cache=cache)
-    except DataError as e:
-        err.add(path_ + ("data",), str(e))
-        return
-    ds.n_images, ds.n_classes = len(d), len(d.classes)
-    if d.has_split:
-        ds.n_train_split, ds.val_part = int(d.in_train().sum()), d.has_val_part
-    if d.labels is None:
-        err.add(path_ + ("data",), "has no labels")
-
-

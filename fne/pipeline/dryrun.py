@@ -49,7 +49,7 @@ def extraction_line(step: Step, data: str | None, p: Pipeline, cache: str | None
     try:
         spec = StoreSpec(arch=b.arch, weights=b.weights, crop=b.crop, precision=b.precision,
                          storage_dtype=b.storage_dtype, weights_seed=b.seed_for(b.weights), cache=cache,
-                         device=p.device)
+                         device=p.device, image_size=b.image_size)
         missing = len(spec.find(keys, "run").missing(keys))
     except (FneError, WeightsError) as e:
         return head + f"{n} images; the cache cannot be read: {e}"

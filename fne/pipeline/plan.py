@@ -28,7 +28,7 @@ def checks() -> config.Checks:
     from fne.linear.heads import parse_C
 
     return config.Checks(archs=_Archs(), features=lambda spec, arch: parse_features(spec, bb.get(arch)),
-                         C=parse_C, weights=_weights_name)
+                         C=parse_C, weights=_weights_name, image_size=_runs_at)
 
 
 def _weights_name(name: str, arch: str) -> bool:
@@ -40,6 +40,17 @@ def _weights_name(name: str, arch: str) -> bool:
     except FneError:
         return False
     return True
+
+
+def _runs_at(arch: str, size: int) -> None:
+    """OptionError where `arch` cannot run at `size` x `size` (`fne.backbones.fits.refuse_size`:
+    a forward on the meta device, as `fne extract --image-size` checks it)."""
+    from fne.backbones.fits import refuse_size
+
+    try:
+        refuse_size(arch, "random", size)
+    except FneError as e:  # "image_size=16: vgg16 cannot run at ...", said at the file's key as its value
+        raise FneError(f"{size}: {str(e).split(': ', 1)[-1]}") from None
 
 
 class _Archs:
@@ -87,7 +98,13 @@ def _backbone_identity(b: BackboneCfg) -> dict:
             raise
         fp = None  # a dry run: weights are not resolved, nor required to be available
     return {"arch": b.arch, "weights": w, "fingerprint": fp, "crop": b.crop, "precision": b.precision,
-            "storage_dtype": b.storage_dtype, "weights_seed": b.weights_seed}
+            "storage_dtype": b.storage_dtype, "weights_seed": b.weights_seed, **_image_size(b)}
+
+
+def _image_size(b: BackboneCfg) -> dict:
+    """{"image_size": N} where the backbone gives one, else {}: the steps of a file that gives none
+    keep the identity (and store settings) they had before pipelines took it."""
+    return {"image_size": b.image_size} if b.image_size is not None else {}
 
 
 def fit_solver(solver: str, head: str, feat: str, b: BackboneCfg, ds: DatasetCfg, proto: dict) -> str:
@@ -128,7 +145,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
             root = out / slug(ds.key) / b.label
             w = b.resolved_weights or b.weights
             store = dict(arch=b.arch, weights=w, crop=b.crop, precision=b.precision,
-                         storage_dtype=b.storage_dtype, weights_seed=b.seed_for(w))
+                         storage_dtype=b.storage_dtype, weights_seed=b.seed_for(w), **_image_size(b))
             ident = {"v": STEP_FORMAT, "fne": fne.__version__, "dataset": {**_data_identity(ds), "content": content,
                                                                        "labels": labels},
                      "backbone": _backbone_identity(b)}
@@ -167,14 +184,15 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                     for k in ("test_size", "train_per_class"):  # the dataset's own split settings
                         if getattr(ds, k) is not None:
                             s[k] = getattr(ds, k)
+                    s = {**_image_size(b), **s}  # the backbone's size, unless [train] gives the step its own
                     # direct mode (no training) ignores the training settings: changing them does not rerun it
                     identity = {k: v for k, v in s.items() if k not in TRAIN_RUNTIME
                                 and (mode != "direct" or uses(TrainConfig, mode, k))}
                     cfg = {**ident, "kind": "train", "mode": mode, "seed": seed, "settings": identity,
                            "class_map": ds.class_map if mode == "direct" else None}
-                    if mode == "scratch":  # no imported weights: the backbone's weights do not matter
-                        cfg["backbone"] = {k: v for k, v in cfg["backbone"].items()
-                                           if k not in ("weights", "fingerprint")}
+                    # scratch imports no weights: the backbone's do not matter; the size trained at is a setting
+                    cfg["backbone"] = {k: v for k, v in cfg["backbone"].items() if k != "image_size" and (
+                        mode != "scratch" or k not in ("weights", "fingerprint"))}
                     steps.append(Step("train", ds, b, root / f"train-{mode}-s{seed}", cfg,
                                       dict(data=data, mode=mode, seed=seed, settings=s),
                                       f"{ds.key} {b.label} train {mode} seed {seed}"))

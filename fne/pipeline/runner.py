@@ -380,7 +380,7 @@ def _extract(step: Step, p: Pipeline, cache: str | None, data: str, say) -> dict
     r = extract_mod.extract(data, arch=b.arch, weights=b.resolved_weights, cache=cache, batch_size=p.batch_size,
                             device=p.device, precision=b.precision, crop=b.crop, workers=p.workers,
                             storage_dtype=b.storage_dtype, weights_seed=b.seed_for(b.resolved_weights),
-                            progress=p.progress)
+                            image_size=b.image_size, progress=p.progress)
     say(f"extract {step.dataset.key} with {b.label}: {r.n_computed} computed"
         + (f" at {r.images_per_s:.1f} img/s" if r.n_computed else "")
         + f", {r.n_cached} already cached ({time.perf_counter() - t:.1f} s)")

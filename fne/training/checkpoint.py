@@ -111,8 +111,8 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
-    """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None or with a
-    state dict), the run's `progress` (epoch, history, best, train_seconds) and what else is
+    """Write the checkpoint of `parts` (model, optimizer, scheduler, scaler: each None, with a
+    state dict, or the state dict itself), the run's `progress` (epoch, history, best, train_seconds) and what else is
     known `about` it (`images`: `images()`, which `load` checks; `ran_on`: device and precision;
     `skipped`: the unreadable images met so far; `weights_file`, `weights_fingerprint`: `weights_file()`,
     `weights_fingerprint()`).
@@ -121,7 +121,7 @@ def save(path: Path, cfg, parts: dict, progress: dict, **about) -> None:
     """
     from fne import __version__
 
-    ckpt = {k: (v.state_dict() if v is not None else None) for k, v in parts.items()}
+    ckpt = {k: (v if v is None or isinstance(v, dict) else v.state_dict()) for k, v in parts.items()}
     ckpt.update(progress, rng=rng_state(), args=asdict(cfg), fne=__version__, fne_code=code_hash(), **about)
     replace_file(path, through_file(lambda f: torch.save(ckpt, f)))  # a full disk: OSError
 

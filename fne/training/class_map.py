@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import numbers
 import reprlib
 from pathlib import Path
 
@@ -28,6 +29,19 @@ def refused(path: str | Path | dict, said: str) -> FneError:
     if isinstance(path, dict):
         return refusal(lambda py: f"{named('class_map', py)}={reprlib.repr(path)}: {said}")
     return refusal(lambda py: f"{named('class_map', py, str(path))}: {said}")
+
+
+def plain_indices(class_map):
+    """`class_map` with numpy integers among a dict's source indices as Python's (as every option
+    takes numpy numbers, `fne.option_handling.plain`), so that it is checked and recorded as JSON;
+    anything else as given."""
+    if not isinstance(class_map, dict):
+        return class_map
+
+    def plain(v):
+        return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, (int, np.bool_)) else v
+
+    return {k: [plain(x) for x in v] if isinstance(v, list) else plain(v) for k, v in class_map.items()}
 
 
 def check_inline(class_map: str | Path | dict | None) -> None:

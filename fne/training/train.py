@@ -20,6 +20,7 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import (
     check_inline,
     direct_scores,
+    plain_indices,
     recorded,
 )
 from fne.training.parts import Split, run_split, untrained_notes
@@ -145,7 +147,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
         and kept (default: $FNE_CACHE, else the default cache); fne train reads no cached rows.
     **kwargs
         The other options of `fne train`, under the same names with the same defaults: ``cache``,
-        ``label_key`` (`fne.options.DataOptions`) and the fields of `fne.options.TrainConfig`.
+        ``label_key`` (`fne.options.DataOptions`) and the fields of `fne.options.TrainConfig`;
+        numbers may be numpy's (recorded as Python's).
         An option the mode does not use, given other than None (``direct_score`` with
         ``mode="frozen"``), is an OptionError naming it.
 
@@ -175,7 +178,8 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     cache = opts.resolve({"cache": kwargs.pop("cache", None)}, StoreOptions, only=STORE_OPTIONS)[0].cache
     opts.unexpected(kwargs, DataOptions, TrainConfig)
     data_o = opts.resolve({"label_key": kwargs.pop("label_key", None)}, DataOptions)[0]
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}  # a keyword left None is not given: its default
+    kwargs = {k: plain_indices(v) if k == "class_map" else v for k, v in kwargs.items()
+              if v is not None}  # a keyword left None is not given: its default
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
@@ -184,6 +188,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg, set(kwargs))
+    cfg = opts.plain(cfg)  # numpy numbers as Python's (`resolve`'s): torch, random.seed and metrics.json take them
     check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
     check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key, cache=cache)
@@ -212,14 +217,19 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     # The loaders' workers end with each part, also on Ctrl-C: the training and validation
     # loaders' (kept across epochs) before the test pass, not idle beside its own.
     with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
-        run = _fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct" else _start()
+        run, unsaved = (_fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct"
+                        else (_start(), None))
     t0 = time.perf_counter()
     with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
         ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
     test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
     for note in untrained_notes(dataset, split, ctx.skipped):  # as fit says it of the same split
         warnings.warn(note, stacklevel=3)
-    metrics = _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
+    try:
+        metrics = _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
+    except OSError as e:  # a full disk: the training is kept where --resume finds it, not lost
+        _keep_unsaved(unsaved, e, cfg, run)
+        raise
     path = Path(cfg.out) / checkpoint.CHECKPOINT
     if stale is not None and checkpoint.identity(path) == stale:  # no save came: the run folder is this run's
         path.unlink(missing_ok=True)
@@ -359,20 +369,22 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bo
 
 
 def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict, split: Split, loader,
-         train_tf, eval_tf, ckpt: dict | None) -> dict:
+         train_tf, eval_tf, ckpt: dict | None) -> tuple[dict, Callable[[], None] | None]:
     """The training epochs (continuing checkpoint `ckpt` where given); leaves the best epoch's
-    weights in `model`; -> the run's progress (epoch, history, best, train_seconds)."""
+    weights in `model`; -> (the run's progress (epoch, history, best, train_seconds), what writes
+    the checkpoint of its last epoch where none holds it (`_unsaved`), else None)."""
     opt = epochs.optimizer(model, cfg.mode, cfg.lr, cfg.imported_lr_mult, cfg.momentum, cfg.weight_decay,
                            source["imported"])
     parts = {"model": model, "optimizer": opt, "scheduler": epochs.scheduler(opt, cfg.scheduler, cfg.epochs),
              "scaler": ctx.scaler}
     path = Path(cfg.out) / checkpoint.CHECKPOINT
-    run = _start()
+    run, saved = _start(), None  # saved: the epoch the run folder's checkpoint holds
     ran_on = {"device": str(ctx.device), "precision": ctx.precision, "augment_on": "device" if ctx.augment else "cpu"}
     if ckpt is not None:
         before = ckpt.get("ran_on", ran_on)
         ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
         run = checkpoint.resume(ckpt, parts)
+        saved = run["epoch"]
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         progress_line(f"resumed {path} after epoch {run['epoch']}", cfg.progress)
         if before != ran_on:  # another machine: a valid run, but not the one it would have been
@@ -382,17 +394,50 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     gen = torch.Generator()
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
     last_write = time.monotonic()
+
+    def save(states: dict) -> None:  # `parts`, or their state dicts
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)  # made by a first epoch that ran
+        checkpoint.save(path, cfg, states, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
+                        weights_file=checkpoint.weights_file(cfg.weights),
+                        weights_fingerprint=checkpoint.weights_fingerprint(cfg.weights))
+
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
-            Path(cfg.out).mkdir(parents=True, exist_ok=True)  # made by a first epoch that ran
-            checkpoint.save(path, cfg, parts, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
-                            weights_file=checkpoint.weights_file(cfg.weights),
-                            weights_fingerprint=checkpoint.weights_fingerprint(cfg.weights))
-            last_write = time.monotonic()
+            save(parts)
+            saved, last_write = epoch + 1, time.monotonic()
+    unsaved = _unsaved(model, cfg, parts, run, save) if saved != run["epoch"] else None
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
-    return run
+    return run, unsaved
+
+
+def _unsaved(model: torch.nn.Module, cfg: TrainConfig, parts: dict, run: dict,
+             save: Callable[[dict], None]) -> Callable[[], None] | None:
+    """What writes the checkpoint of the run's last epoch, which no checkpoint holds (`--save-every
+    auto` in a short run), should its files fail to be written (`_keep_unsaved`): the last epoch's
+    weights (the best epoch's are put in the model), else the training would be lost. None with
+    `--save-every 0` (no checkpoint wanted)."""
+    if cfg.save_every == 0:
+        return None
+    last = (run["best"]["state"] if run["best"]["epoch"] == run["epoch"] else
+            {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    return lambda: save({**parts, "model": last})
+
+
+def _keep_unsaved(unsaved: Callable[[], None] | None, e: OSError, cfg: TrainConfig, run: dict) -> None:
+    """Write the checkpoint of a run whose files could not be written (`e`), where no checkpoint
+    holds its last epoch (`unsaved`, from `_fit`), so that `--resume` writes them without training
+    again (the command line's error says it, `fne.stopped.how_to_resume`); a checkpoint the disk
+    has no room for either is left unwritten, as the run's files are."""
+    if unsaved is None:
+        return
+    try:
+        unsaved()
+    except OSError:
+        return
+    e.add_note(f"kept epoch {run['epoch']} of {cfg.epochs} in {Path(cfg.out) / checkpoint.CHECKPOINT}: "
+               f"resume=True writes the run's files without training again")
 
 
 def _on(ran_on: dict) -> str:

@@ -1,0 +1,160 @@
+"""`fne train`'s loose ends: numpy numbers as options, a full disk as the run's files are written.
+
+Random EfficientNet-Lite0 weights at 32x32 on a few digits: the mechanics, not accuracy.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fne.cli import main
+from fne.training import checkpoint, epochs
+from fne.training.train import train
+
+from .conftest import write_digits
+
+pytest.importorskip("efficientnet_lite_pytorch")
+
+ARCH = "efficientnet_lite0"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def two_classes(tmp_path_factory):
+    """10 digits of each of 2 classes as PNG files."""
+    return write_digits(tmp_path_factory.mktemp("ends") / "data", per_class=10, classes=2)
+
+
+def test_train_takes_numpy_numbers_and_records_python_ones(two_classes, tmp_path):
+    """Every numeric option as a numpy number (as `fne.fit` takes them): random.seed refused
+    np.int64 and torch's DataLoader np.int64 batch sizes; metrics.json and the checkpoint's
+    arguments hold Python numbers (a checkpoint of numpy scalars would not load weights-only)."""
+    given = dict(seed=np.int64(4), batch_size=np.int64(8), epochs=np.int64(1), lr=np.float32(0.01),
+                 momentum=np.float32(0.5), image_size=np.int32(32), workers=np.int64(0), save_every=np.int64(1),
+                 val_fraction=np.float32(0.25))
+    m = train(str(two_classes), "scratch", tmp_path / "run", arch=ARCH, progress=False, **given)
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    args = checkpoint.read(tmp_path / "run" / checkpoint.CHECKPOINT)["args"]
+    for k, v in given.items():
+        kind = int if isinstance(v, np.integer) else float
+        assert type(args[k]) is kind and args[k] == pytest.approx(float(v)), k
+        if k != "save_every":  # the others are in metrics.json, as fit records its options
+            assert type(m[k]) is kind and type(recorded[k]) is kind and recorded[k] == pytest.approx(float(v)), k
+    assert m["seed"] == 4 and m["batch_size"] == 8 and m["image_size"] == 32 and m["epochs"] == 1
+
+
+def test_a_class_maps_numpy_indices_are_taken_and_recorded_as_json(two_classes, tmp_path):
+    """Direct mode's dict with numpy source indices (np.argsort's, say) was refused as not
+    "ImageNet class names/indices"; now they are Python's in the check and in class_map.json."""
+    m = train(str(two_classes), "direct", tmp_path / "run", arch=ARCH, weights="random", image_size=32, workers=0,
+              progress=False, class_map={"0": [np.int64(1), np.int32(3)], "1": np.int64(2)})
+    assert json.loads((tmp_path / "run" / "class_map.json").read_text()) == {"0": [1, 3], "1": 2}
+    assert m["class_map"] == {"0": ["goldfish", "tiger shark"], "1": ["great white shark"]}
+
+
+def _no_space_for(name: str, monkeypatch) -> None:
+    """torch.save refuses `name` as a full disk does: Python's write, with no file named."""
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if str(getattr(f, "name", f)).endswith(name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_at_a_short_runs_end_keeps_the_training_and_resume_writes_it(two_classes, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """`--save-every auto` in a short run saves no checkpoint; model.pt refused by a full disk lost
+    the whole run ("nothing was kept"). Now its last epoch is written to checkpoint.pt, the error
+    says so in one line, and --resume writes the run's files without training again: those an
+    uninterrupted run writes, and the checkpoint holds the last epoch's weights, as a save would."""
+    real, passes = epochs.evaluate, []
+
+    def evaluate(model, loader, ctx, what):  # each run's first validation right, its second wrong: best epoch 1
+        ids, y, p = real(model, loader, ctx, what)
+        if what == "val":
+            passes.append(1)
+            p = np.eye(2, dtype=p.dtype)[y if len(passes) % 2 else 1 - y]
+        return ids, y, p
+
+    monkeypatch.setattr(epochs, "evaluate", evaluate)
+    args = ["train", str(two_classes), "--mode", "scratch", "--arch", ARCH, "--epochs", "2", "--val-fraction", "0.25",
+            "--image-size", "32", "--workers", "0", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "whole"), "--save-every", "1"]) == 0  # its checkpoint: epoch 2's
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _no_space_for("model.pt", m)
+        assert main([*args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne train: error: no space left on device writing {out / 'model.pt'}: free space there or pass --out a "
+        f"folder on another disk; kept epoch 2 of 2 (the last one saved) in {out / 'checkpoint.pt'}; rerun the same "
+        f"command with --resume to continue from there")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]  # no model.pt that looks complete
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["best_epoch"] == 1  # not the last
+    kept, last = (checkpoint.read(p / checkpoint.CHECKPOINT) for p in (out, tmp_path / "whole"))
+    assert kept["epoch"] == last["epoch"] == 2  # the last epoch's weights (not the best's): more epochs go on alike
+    assert all(torch.equal(kept["model"][k], last["model"][k]) for k in last["model"])
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert f"resumed {out / 'checkpoint.pt'} after epoch 2" in capsys.readouterr().out
+    assert len(passes) == 4  # nothing trained nor validated again
+    whole, resumed = (torch.load(p / "model.pt", weights_only=True) for p in (tmp_path / "whole", out))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole) and whole.keys() == resumed.keys()
+    assert (out / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
+    keep = ("accuracy", "history", "best_epoch", "n_train", "confusion")
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "whole", out))
+    assert [a[k] if k != "history" else [r["train_loss"] for r in a[k]] for k in keep] == \
+           [b[k] if k != "history" else [r["train_loss"] for r in b[k]] for k in keep]
+
+
+def test_the_python_caller_of_a_run_whose_files_did_not_fit_is_told_what_was_kept(two_classes, tmp_path,
+                                                                                   monkeypatch):
+    out = tmp_path / "run"
+    _no_space_for("model.pt", monkeypatch)
+    with pytest.raises(OSError, match="No space left") as e:
+        train(str(two_classes), "scratch", out, arch=ARCH, epochs=1, val_fraction=0.25, image_size=32, workers=0,
+              progress=False)
+    assert e.value.filename == str(out / "model.pt")
+    assert e.value.__notes__ == [f"kept epoch 1 of 1 in {out / 'checkpoint.pt'}: resume=True writes the run's "
+                                 f"files without training again"]
+    assert checkpoint.read(out / checkpoint.CHECKPOINT)["epoch"] == 1
+
+
+def test_a_full_disk_for_the_checkpoint_too_is_said_as_nothing_kept(two_classes, tmp_path, monkeypatch, capsys):
+    """No room for the checkpoint either: the same one line, saying nothing was kept, and no
+    file left behind (a half checkpoint would be taken up by --resume)."""
+    out = tmp_path / "run"
+    _no_space_for(".pt", monkeypatch)
+    assert main(["train", str(two_classes), "--mode", "scratch", "--arch", ARCH, "--epochs", "1", "--val-fraction",
+                 "0.25", "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne train: error: no space left on device writing {out / 'model.pt'}: free space there or pass --out a "
+        f"folder on another disk; nothing was kept: no epoch was saved yet (--save-every auto); rerun the same "
+        f"command to start again")
+    assert list(out.iterdir()) == []
+
+
+def test_each_unreadable_image_is_named_once_per_run_not_once_per_epoch(two_classes, tmp_path, capsys):
+    """Unreadable images among those trained and validated on, over 3 epochs with loader workers:
+    each is named once in the run's warnings (as the pass that met it ends), all of them in
+    metrics.json's skipped."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(two_classes, data)
+    bad = [f"{c}/bad{i}.png" for c in (0, 1) for i in range(2)]  # a warning names 5, then "and N more"
+    for name in bad:
+        (data / name).write_bytes(f"not an image {name}".encode())
+    assert main(["train", str(data), "--mode", "scratch", "--arch", ARCH, "--epochs", "3", "--val-fraction", "0.25",
+                 "--image-size", "32", "--workers", "1", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(m["skipped"]) == bad
+    assert [err.count(name) for name in bad] == [1] * len(bad), err
