@@ -68,6 +68,14 @@ def test_another_backbone_size_reruns_the_steps_at_it_and_not_a_train_step_of_it
     assert [s.dir.name for s in before] == [s.dir.name for s in after]
 
 
+def test_the_backbones_own_size_given_plans_as_none_given(tmp_path):
+    """image_size = 224 for a backbone whose size is 224 names its usual store (as on the command
+    line): the same folder and steps as a file without it, nothing run again."""
+    _, own = _steps(tmp_path, SIZED.replace("image_size = 64", "image_size = 224"), "own.toml")
+    _, none = _steps(tmp_path, SIZED.replace("image_size = 64\n", ""), "none.toml")
+    assert [(s.dir, s.hash) for s in own] == [(s.dir, s.hash) for s in none]
+
+
 def test_a_file_without_image_size_plans_its_steps_as_before(tmp_path):
     """No image_size key in any step's backbone identity or store keywords: the identities (and
     so the done steps) of files written before pipelines took it are unchanged."""

@@ -96,14 +96,15 @@ class Checks:
     archs: the backbone names; features(spec, arch) and C(value) raise FneError saying why
     a feature spec does not apply to a backbone or a C does not parse; weights(name, arch): whether
     `name` is a weights name of `arch` (IMAGENET1K_V2; without it, any name with no '/' is taken);
-    image_size(arch, size) raises FneError where `arch` cannot run at `size` x `size`.
+    image_size(arch, size, weights) raises FneError where `arch` cannot run at `size` x `size`, and
+    says whether `size` is the backbone's own (then the backbone gives none).
     """
 
     archs: Collection[str]
     features: Callable[[str, str], object]
     C: Callable[[str], object]
     weights: Callable[[str, str], object] | None = None
-    image_size: Callable[[str, int], object] | None = None
+    image_size: Callable[[str, int, str], object] | None = None
 
 
 # ------------------------------------------------------------------ the model
@@ -310,8 +311,6 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
             if k in b:
                 setattr(cfg, k, b[k])
         refused = _add_problems(StoreOptions, b, path_, err)
-        if cfg.image_size is not None and "image_size" not in refused and checks and checks.image_size:
-            _check_call(checks.image_size, (cfg.arch, cfg.image_size), path_ + ("image_size",), err)
         if isinstance(cfg.weights_seed, int) and cfg.weights_seed != 0 and cfg.weights not in ("random",
                                                                                               "imagenet-or-random"):
             err.add(path_ + ("weights_seed",), f"applies to weights 'random' (or 'imagenet-or-random') only, "
@@ -326,6 +325,9 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
                                                   f"a weights name of {cfg.arch}, nor an existing state dict file "
                                                   f"({wpath})")
                 cfg.weights = str(wpath)
+        if cfg.image_size is not None and "image_size" not in refused and checks and checks.image_size:
+            if _check_call(checks.image_size, (cfg.arch, cfg.image_size, cfg.weights), path_ + ("image_size",), err):
+                cfg.image_size = None  # the backbone's own size: its usual store, steps and folder, as on the CLI
         stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
         size = f"-{cfg.image_size}" if cfg.image_size is not None else ""  # a store of its own: a folder too
         cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}{size}")
@@ -362,11 +364,13 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
             _check_call(checks.features, (spec, cfg.arch), where, err, f"{spec!r} does not apply to {cfg.arch}: ")
 
 
-def _check_call(fn: Callable, args: tuple, path: tuple, err: Errors, prefix: str = "") -> None:
+def _check_call(fn: Callable, args: tuple, path: tuple, err: Errors, prefix: str = ""):
+    """`fn(*args)`'s value; None, and the problem added at `path`, where it raises FneError/ValueError."""
     try:
-        fn(*args)
+        return fn(*args)
     except (FneError, ValueError) as e:
         err.add(path, f"{prefix}{e}")
+        return None
 
 
 def _load_train(p: Pipeline, t: dict, err: Errors) -> None:

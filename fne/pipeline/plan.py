@@ -42,13 +42,17 @@ def _weights_name(name: str, arch: str) -> bool:
     return True
 
 
-def _runs_at(arch: str, size: int) -> None:
-    """OptionError where `arch` cannot run at `size` x `size` (`fne.backbones.fits.refuse_size`:
-    a forward on the meta device, as `fne extract --image-size` checks it)."""
+def _runs_at(arch: str, size: int, weights: str) -> bool:
+    """Whether `size` is `arch`'s own input size with `weights` (a ViT's SWAG weights run at 384);
+    FneError where `arch` cannot run at `size` x `size` (`fne.backbones.fits.refuse_size`: a
+    forward on the meta device, as `fne extract --image-size` checks it)."""
+    from fne.backbones import registry as bb
     from fne.backbones.fits import refuse_size
 
+    weights = "imagenet" if weights == "imagenet-or-random" else weights
     try:
-        refuse_size(arch, "random", size)
+        refuse_size(arch, weights, size)
+        return size == bb.get(arch, weights).input_size
     except FneError as e:  # "image_size=16: vgg16 cannot run at ...", said at the file's key as its value
         raise FneError(f"{size}: {str(e).split(': ', 1)[-1]}") from None
 
