@@ -65,7 +65,8 @@ def _synthetic(counts: dict[str, int], split: dict[str, int] | None = None) -> D
             splits += ["train"] * split[c] + ["test"] * (n - split[c])
     n = len(labels)
     return Dataset(name="syn", ids=[str(i) for i in range(n)], labels=labels,
-                   splits=splits if split is not None else None, classes=sorted(counts), sources=list(range(n)))
+                   splits=splits if split is not None else None, classes=sorted(counts), sources=list(range(n)),
+                   _keys=[f"k{i}" for i in range(n)])
 
 
 def test_training_images_per_class():
@@ -282,6 +283,39 @@ def test_images_per_class_are_counted_of_the_images_the_advice_could_read(tmp_pa
         f.write_bytes(b"not an image")
     assert A.advise(str(root), **kw)["reasons"][0].endswith(
         "; no image of class(es) 2 could be read: fne fit cannot learn it")
+
+
+def test_images_per_class_are_those_fit_trains_on_with_copies_and_unreadable_images(tmp_path, monkeypatch):
+    """DATA with copies of one image (one content key) and files that are not images: fit draws its
+    split over DATA's listing, unreadable images included, copies on one side, then leaves the
+    unreadable images out. The advice's counts are those of fit's first split, class by class."""
+    import shutil
+    import warnings
+    from collections import Counter
+
+    from fne.linear.fit import fit
+
+    from .conftest import write_digits
+
+    monkeypatch.setattr(A, "_classifier_logits", _always_class_7)
+    root = write_digits(tmp_path / "data", per_class=10, classes=3)  # drawn over the readable images without
+    for c, n in (("0", 4), ("2", 2)):  # their keys, the advice counted 24 (5 to 11 a class), fit 23 (5 to 9)  # copies under other names, in their class
+        for f in sorted((root / c).iterdir())[:n]:
+            shutil.copy(f, f.with_name("copy-" + f.name))
+    for f in sorted((root / "1").iterdir())[:3] + sorted((root / "2").iterdir())[-1:]:
+        f.write_bytes(b"not an image")
+    kw = dict(arch="efficientnet_lite0", weights="imagenet", cache=str(tmp_path / "cache"), precision="fp32",
+              storage_dtype="float32")
+    a = A.advise(str(root), workers=0, progress=False, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unreadable images, named
+        m = fit(root, out=tmp_path / "run", splits=1, extract_missing=True, progress=False, **kw)
+    readable = Counter(p.parent.name for p in root.rglob("*.png") if p.read_bytes() != b"not an image")
+    tested = Counter(line.split(",")[2] for line in (tmp_path / "run" / "predictions.csv").read_text().splitlines()[1:])
+    trained = np.array([readable[c] - tested[c] for c in ("0", "1", "2")])
+    ipc = a["images_per_class_detail"]
+    assert (ipc["total"], ipc["min"], ipc["max"], ipc["median"]) == (
+        m["splits"][0]["n_train"], trained.min(), trained.max(), np.median(trained))
 
 
 def test_similarity_on_a_small_sample_is_uncertain():

@@ -291,6 +291,28 @@ def test_walk_grid_goes_outward_while_the_score_improves():
         assert set(asked) == expect and asked[0] == 3
 
 
+def test_svm_candidates_walked_side_by_side_score_as_one_at_a_time(monkeypatch):
+    """Small data's candidates walk their grids in a pool of threads: its fold scores must be those
+    of one candidate after the other. liblinear seeds one generator per process for its coordinate
+    order, so two LinearSVC fits at once (unconverged at CV_SVM_TOL) drew each other's numbers and
+    scored other accuracies, in most runs at this size (random labels, 160 training rows of 600)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(200, 1, 600)).astype(np.float32), np.arange(200) % 5
+
+    def scores(cpus: int) -> list:
+        monkeypatch.setattr(selection.os, "cpu_count", lambda: cpus)
+        cands = [selection.Candidate(f, ["f"], "l2", "svm", Rows(FakeStore(X), [f"k{i}" for i in range(200)], ["f"]))
+                 for f in ("a", "b")]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a C at the grid's end
+            return [t["grid_folds"] for t in selection.select(cands, "auto", y, np.arange(200)).table]
+
+    one_at_a_time = scores(1)
+    assert one_at_a_time[0] == one_at_a_time[1]  # the same rows: the same scores
+    for _ in range(5):
+        assert scores(2) == one_at_a_time
+
+
 def test_rows_too_large_to_hold_are_streamed_per_fold_and_score_the_same(monkeypatch):
     """Past HOLD_BYTES the rows are not held for all folds: each fold streams its images and fits
     FNE's statistics on them alone. Same folds, same scores (two classes: the SVM's one-column

@@ -28,7 +28,8 @@ C already fitted on the same fold, and so does every torch-solved head (fne.line
 Small data: rows read from the store once for all folds (`_held`); with fewer training rows than
 features every head is fitted in the span of its fold's rows (fne.linear.rowspace, reduced rows
 built once per fold), on one BLAS thread, and all such candidates, whichever rows they read, run
-side by side in one pool of threads (`_walk`).
+side by side in one pool of threads (`_walk`), LinearSVC's fits one at a time (liblinear's random
+coordinate order comes from one generator per process).
 
 Racing (`_Race`): a C's folds are fitted one at a time, and once even perfect scores on its
 remaining folds could not lift its mean above the best of its side of the walk, its other folds
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.svm import LinearSVC
 
 from fne.data.splits import Copies
 from fne.errors import FneError
@@ -67,6 +70,11 @@ CV_SVM_TOL = 1e-2
 # the C path: see README "at scale" for the choices it makes against the exhaustive sklearn CV.
 CV_TORCH_TOL = 1e-3
 AUTO_HEADS = ("svm", "logreg")
+# liblinear (LinearSVC) draws its coordinate order from one random generator per process
+# (scikit-learn's newrand.h), seeded at the start of each fit: two fits at once in `_walk`'s
+# threads drew from it in turn, so each fit's order, and at CV_SVM_TOL its fold accuracy, hung
+# on how the threads interleaved. One LinearSVC fit at a time; the other heads run side by side.
+_LIBLINEAR = threading.Lock()
 
 
 @dataclass
@@ -242,7 +250,8 @@ class _Fold:
             if near is not None:
                 model.set_params(warm_start=True)
                 model.coef_, model.intercept_ = (a.copy() for a in self.coef[(head, near)])
-        model.fit(X_tr, self.y_tr)
+        with _LIBLINEAR if isinstance(model, LinearSVC) else contextlib.nullcontext():
+            model.fit(X_tr, self.y_tr)
         if head == "logreg" or used == "torch":
             self.coef[(head, C)] = (model.coef_, model.intercept_)
         return _view_accuracy(model, X_va, self.y_va, self.views)
@@ -256,7 +265,8 @@ def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: 
     one BLAS thread each and the candidates side by side, one per core: liblinear releases the GIL
     (two threads fitted pets37's folds 1.9x as fast as one). All candidates share one pool, whichever
     rows they read, so a core that finishes its candidate takes the next. Each candidate has its own scores, race
-    and warm starts, so the result does not depend on the order the threads run in.
+    and warm starts, and LinearSVC fits take turns (`_LIBLINEAR`: liblinear's one random generator),
+    so the result does not depend on the order the threads run in.
     `on_C(candidate name, C, mean CV accuracy)` is told of each C as its folds are scored.
     """
     def walk(job: tuple[Candidate, list[_Fold]]) -> None:

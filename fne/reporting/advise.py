@@ -57,6 +57,8 @@ from fne.progress import first_few
 from fne.reporting.advice_text import format_advice, runnable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fne.cache.spec import StoreSpec
     from fne.data.dataset import Dataset
 
@@ -139,30 +141,58 @@ def method_family(method: str) -> str:
 # ------------------------------------------------------------------ measuring
 
 
-def training_images_per_class(dataset, test_size: float = 0.25,
-                              train_per_class: int | None = None, seed: int = 0) -> dict:
-    """Per-class training counts: the train split if DATA has one, else the training images of the
-    first random split `fne fit` draws with these settings (`fne.data.splits.make_splits`); where
-    fit cannot draw it, each class's share, and ``refused``: fit's error, in the caller's words."""
-    from fne.data.splits import make_splits
+def training_images_per_class(dataset: Dataset, test_size: float = 0.25, train_per_class: int | None = None,
+                              seed: int = 0, unreadable: Sequence[str] = (), cache: str | None = None) -> dict:
+    """Per-class training images of the first split `fne fit` draws with these settings. Drawn as
+    fit draws it (`fne.linear.fit._splits`): DATA's own train split, else its first random
+    split over DATA's listing, unreadable images included, copies of one image (one content key,
+    from the manifest in `cache`) on one side (`fne.data.splits.make_splits`); then the images
+    `unreadable` names are left out of it (`readable_parts`). Only those: where the advice read a
+    sample of DATA, its other images count as readable. Where fit cannot draw the split, each
+    class's share, and ``refused``: fit's error, in the caller's words.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        DATA's listing, unreadable images included.
+    test_size, train_per_class, seed
+        fit's options of the same names.
+    unreadable : sequence of str
+        The ids of the images found unreadable.
+    cache : str, optional
+        The cache whose manifest holds DATA's content keys (only new files are hashed).
+
+    Returns
+    -------
+    dict
+        ``median``, ``mean``, ``min``, ``max``, ``total``, ``basis`` (in words), ``refused``.
+    """
+    from fne.data.manifest import attach_keys
+    from fne.data.splits import make_splits, readable_parts
     from fne.progress import said
 
     dataset.require_labels("fne advise")
-    refused = None
+    bad, refused = set(unreadable), None
+    kept = [i for i, k in enumerate(dataset.ids) if k not in bad]
+    readable = [dataset.labels[i] for i in kept]
     if dataset.has_split:
-        counts = Counter(lab for lab, t in zip(dataset.labels, dataset.in_train(), strict=True) if t)
+        train = dataset.in_train()
+        counts = Counter(dataset.labels[i] for i in kept if train[i])
         basis = "train split" + (f" (a cap of {train_per_class} training images per class is not applied to it, as fne fit does not)"
                                  if train_per_class is not None else "")
     else:
         basis = (f"random splits, {1 - test_size:.0%} of each class" if train_per_class is None else
                  f"random splits, {train_per_class} of each class") + f" for training (fne fit's first split, seed {seed})"
         try:  # a class too small to split: the share of each class instead (the advice names such classes)
-            counts = Counter(dataset.labels[i] for i in make_splits(
-                dataset, dataset.label_indices(), 1, test_size, train_per_class, seed)[0][0])
+            keys = attach_keys(dataset, cache).keys()  # a file that cannot be read: DataError, as fit's
+            y = dataset.label_indices()
+            drawn = make_splits(dataset, y, 1, test_size, train_per_class, seed, keys)
+            parts, _ = readable_parts(dataset.classes, y, drawn, np.array(kept, dtype=np.int64) if bad else None)
+            counts = Counter(readable[i] for i in parts[0][0])
         except FneError as e:
             words = {True: str(e), False: getattr(e, "cli", str(e))}  # Python's, the command line's
             refused = said(words.get)
-            counts = Counter({c: max(1, math.floor(n * (1 - test_size))) for c, n in Counter(dataset.labels).items()})
+            counts = Counter({c: max(1, math.floor(n * (1 - test_size))) for c, n in Counter(readable).items()})
             counts = Counter({c: min(n, train_per_class or n) for c, n in counts.items()})
     per = np.array([counts.get(c, 0) for c in dataset.classes], dtype=float)
     return {"median": float(np.median(per)), "mean": float(per.mean()), "min": int(per.min()),
@@ -433,8 +463,8 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     not_applied(dataset, o)  # --test-size, --train-per-class given where DATA has its own split
     similarity, msp, entropy = _similarity(dataset, spec, o, fwd)
     unreadable = similarity.pop("unreadable", [])
+    ipc = training_images_per_class(dataset, test_size, o.train_per_class, unreadable=unreadable, cache=spec.cache)
     dataset, unread = _readable(dataset, unreadable, similarity.get("sample", 0) + len(unreadable))
-    ipc = training_images_per_class(dataset, test_size, o.train_per_class)
     d = decide(ipc["median"], msp, entropy=entropy, msp_sem=similarity.get("max_softmax_sem"),
                sample=similarity.get("sample"), unjudged=similarity.pop("why_not_said", RANDOM_UNJUDGED),
                spread=(ipc["min"], ipc["max"]))
