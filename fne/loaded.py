@@ -81,14 +81,19 @@ def load(run_dir: str | Path, **options) -> LoadedModel:
 class LoadedModel:
     """A run folder's model (`load`), scoring images in memory: scikit-learn's classifier methods.
 
-    ``images``, for each method: one image file's path, a list of paths, a PIL image or a list of
-    them (their EXIF orientation applied, then 8-bit RGB, as a file's decoding does), or a uint8
-    array N×H×W×3 (N×H×W or N×H×W×1: grey), as `fne extract` reads an HDF5 file's ``images``.
+    ``images``, for each method: one image file's path, a list of paths (or a numpy array or
+    pandas Series of them), a PIL image or a list of them (their EXIF orientation applied, then
+    8-bit RGB, as a file's decoding does), or a uint8 array N×H×W×3 (N×H×W or N×H×W×1: grey), as
+    `fne extract` reads an HDF5 file's ``images`` (one H×W×3 image is refused: give it as
+    ``image[None]``).
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
-    this process, `batch_size` at a time, and their rows kept in memory (no cache); an unreadable
-    one is a DataError naming it. Calls from several threads take turns (the network keeps a
-    forward pass's outputs on itself).
+    this process, `batch_size` at a time, and their rows kept in memory (no cache). Images that
+    cannot be read are a DataError naming them, once the others are scored: its ``unreadable``
+    lists their positions in ``images``, its ``scores`` holds `decision_function`'s scores of all
+    (NaN rows for those). Calls from several threads take turns (the network keeps a forward
+    pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
+    another process too), it loads that run again.
 
     Attributes
     ----------
