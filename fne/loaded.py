@@ -74,22 +74,26 @@ def load(run_dir: str | Path, **options) -> LoadedModel:
     store, forward, given = opts.resolve(options, StoreOptions, ForwardOptions, PredictOptions, only=OPTIONS)
     device, moved = store.device, given.moved_weights
     folder = run_folder(run_dir)
-    if not (folder / "model.joblib").is_file() and (folder / "model.pt").is_file():
-        return LoadedModel(folder, _Network(folder, device, forward.batch_size, moved))
-    return LoadedModel(folder, _Head(folder, device, forward.batch_size, moved))
+    kind = _Network if not (folder / "model.joblib").is_file() and (folder / "model.pt").is_file() else _Head
+    return LoadedModel(folder, kind(folder, device, forward.batch_size, moved), options)
 
 
 class LoadedModel:
     """A run folder's model (`load`), scoring images in memory: scikit-learn's classifier methods.
 
-    ``images``, for each method: one image file's path, a list of paths, a PIL image or a list of
-    them (their EXIF orientation applied, then 8-bit RGB, as a file's decoding does), or a uint8
-    array N×H×W×3 (N×H×W or N×H×W×1: grey), as `fne extract` reads an HDF5 file's ``images``.
+    ``images``, for each method: one image file's path, a list of paths (or a numpy array or
+    pandas Series of them), a PIL image or a list of them (their EXIF orientation applied, then
+    8-bit RGB, as a file's decoding does), or a uint8 array N×H×W×3 (N×H×W or N×H×W×1: grey), as
+    `fne extract` reads an HDF5 file's ``images`` (one H×W×3 image is refused: give it as
+    ``image[None]``).
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
-    this process, `batch_size` at a time, and their rows kept in memory (no cache); an unreadable
-    one is a DataError naming it. Calls from several threads take turns (the network keeps a
-    forward pass's outputs on itself).
+    this process, `batch_size` at a time, and their rows kept in memory (no cache). Images that
+    cannot be read are a DataError naming them, once the others are scored: its ``unreadable``
+    lists their positions in ``images``, its ``scores`` holds `decision_function`'s scores of all
+    (NaN rows for those). Calls from several threads take turns (the network keeps a forward
+    pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
+    another process too), it loads that run again.
 
     Attributes
     ----------
@@ -101,8 +105,8 @@ class LoadedModel:
         ``fit`` (a head on the backbone's rows) or ``train`` (a trained network).
     """
 
-    def __init__(self, run_dir: Path, scorer: _Head | _Network):
-        self.run_dir, self._scorer = run_dir, scorer
+    def __init__(self, run_dir: Path, scorer: _Head | _Network, options: dict | None = None):
+        self.run_dir, self._scorer, self._options = run_dir, scorer, dict(options or {})
         self.kind = "train" if isinstance(scorer, _Network) else "fit"
         self.classes_ = np.array(scorer.names)
         self._lock = threading.Lock()
@@ -110,6 +114,11 @@ class LoadedModel:
     def __repr__(self) -> str:
         return f"fne.load({str(self.run_dir)!r}): a `fne {self.kind}` run's {self._scorer.what}, " \
                f"{len(self.classes_)} classes"
+
+    def __reduce__(self):
+        """Pickled as its run folder (absolute) and `load`'s keywords: unpickling loads the run again
+        (in another process too: joblib, multiprocessing), where that folder can be read."""
+        return _reload, (os.path.abspath(self.run_dir), self._options)
 
     def decision_function(self, images) -> np.ndarray:
         """The scores predictions.csv's ``score_<class>`` columns hold for `images`.
@@ -157,12 +166,24 @@ class LoadedModel:
         return self.decision_function
 
 
+def _reload(run_dir: str, options: dict) -> LoadedModel:
+    """A pickled `LoadedModel` again: `load` of its run folder with the same keywords."""
+    return load(run_dir, **options)
+
+
 def _dataset(images) -> Dataset:
     """`LoadedModel`'s ``images`` as a Dataset of image files or of arrays; a TypeError or
     ValueError in one line for anything else."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
+    if not isinstance(images, np.ndarray) and hasattr(images, "to_numpy"):  # a pandas Series or Index of paths
+        images = images.to_numpy()
+    if isinstance(images, np.ndarray) and images.dtype.kind in "OSU":  # an array of paths
+        images = images.tolist()
     if isinstance(images, np.ndarray):
+        if images.ndim == 3 and images.shape[-1] in (3, 4):  # one H×W×3 image would be H grey images
+            raise ValueError(f"images: an array of shape {images.shape} reads as {images.shape[0]} grey images "
+                             f"{images.shape[-1]} pixels wide; give one colour image as images[None] (1×H×W×3)")
         try:
             check_arrays(images.shape, images.dtype, images.shape[:1])
         except ValueError as e:
@@ -193,10 +214,16 @@ def _in_memory(arrays) -> Dataset:
                    sources=list(range(n)), array_source=ArraySource(array=arrays))
 
 
-def _unreadable(bad: list[tuple[str, str]]) -> DataError:
-    """The DataError of images that could not be read: ids and why, the first few."""
-    return DataError(f"{len(bad)} image(s) could not be read, so none was scored: "
-                     f"{first_few([f'{i} ({why})' for i, why in bad], 3)}")
+def _unreadable(dataset: Dataset, bad: dict[int, str], scores: np.ndarray) -> DataError:
+    """The DataError of images that could not be read (dataset index -> why), naming the first few,
+    with the others' scores: ``unreadable`` (their positions in the images given, ascending) and
+    ``scores`` (every image's, NaN rows for those), so that a caller can keep the rest."""
+    scores[list(bad)] = np.nan
+    e = DataError(f"{len(bad)} of {len(dataset)} image(s) could not be read: "
+                  f"{first_few([f'{dataset.ids[i]} ({why})' for i, why in sorted(bad.items())], 3)}; the error's "
+                  f"`scores` holds the others' scores (NaN rows for these), its `unreadable` their positions")
+    e.unreadable, e.scores = sorted(bad), scores
+    return e
 
 
 class _Head:
@@ -233,20 +260,20 @@ class _Head:
         from fne.extraction import reader
         from fne.linear.features import class_scores
 
-        out = np.empty((len(dataset), len(self.names)))
+        out = np.full((len(dataset), len(self.names)), np.nan)
         if not len(dataset):
             return out
         items = reader.ImageItems(dataset, list(range(len(dataset))), self.prep, raw_jpeg=self.jpegs)
         loader = torch.utils.data.DataLoader(items, batch_size=self.batch, collate_fn=reader.collate)
         cols = parts.columns(self.taps)
-        bad: list[tuple[str, str]] = []
+        bad: dict[int, str] = {}
         notes: list[tuple[str, str]] = []  # what decoding an image warned of (a float image read black)
         batches = reader.assembled(iter(loader), self.dev, self.prep, jpegs=self.jpegs)
         try:
             for batch, (x, idx, _), unread in batches:
-                bad += [(dataset.ids[i], why) for i, _, why in unread]
+                bad.update((i, why) for i, _, why in unread)
                 notes += batch["notes"]
-                if x is None or bad:
+                if x is None:
                     continue
                 rows, event = self.runner(x)
                 if event is not None:
@@ -259,7 +286,7 @@ class _Head:
             batches.close()
             say_skipped(notes, skipped=False)  # one line for all such images, as `fne extract` says them
         if bad:
-            raise _unreadable(bad)
+            raise _unreadable(dataset, bad, out)
         return out
 
 
@@ -292,8 +319,11 @@ class _Network:
         except DataError:  # none readable
             if not unread:
                 raise
+            idx, scores = [], None
+        out = np.full((len(dataset), len(self.names)), np.nan)
+        if len(idx):
+            out[idx] = scores
         if unread:
-            raise _unreadable(list(unread.items()))
-        out = np.empty((len(dataset), len(self.names)))
-        out[idx] = scores
+            positions = {i: unread[x] for i, x in enumerate(dataset.ids) if x in unread}
+            raise _unreadable(dataset, positions, out)
         return out

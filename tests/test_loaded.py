@@ -3,7 +3,9 @@ and `fne predict`'s count of the images it skipped as unreadable."""
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -164,8 +166,10 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
              (_rgb(good).transpose(0, 3, 1, 2), ValueError, "images: images must be N×H×W.*channels first"),
              ([tmp_path / "absent.png"], DataError, "absent.png: no such file"),
              ([digits_folder], DataError, "is a folder; give image files"),
-             ([good[0], tmp_path / "bad.png"], DataError, r"1 image\(s\) could not be read, so none was scored: "
-                                                          r".*bad.png \(not an image file\)")]
+             (_rgb(good)[0], ValueError, r"images: an array of shape \(\d+, \d+, 3\) reads as \d+ grey images 3 "
+                                         r"pixels wide; give one colour image as images\[None\]"),
+             ([good[0], tmp_path / "bad.png"], DataError, r"1 of 2 image\(s\) could not be read: "
+                                                          r".*bad.png \(not an image file\); the error's `scores`")]
     for images, exc, said in cases:
         with pytest.raises(exc, match=said) as e:
             clf.predict(images)
@@ -277,3 +281,59 @@ def test_decoding_rules_apply_to_paths_and_pil_images_as_to_predicts_files(digit
                                                     rtol=1e-5, atol=1e-6)
     turned = np.asarray(raw.transpose(Image.Transpose.ROTATE_270))[None]  # EXIF orientation 6: 90° clockwise
     assert np.allclose(clf.decision_function(turned), want[rotated:rotated + 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fit", "train"])
+def test_unreadable_images_are_named_and_the_others_scored(kind, digits_folder, warm_cache, tmp_path):
+    if kind == "fit":
+        fne.fit(digits_folder, tmp_path / "run", features="last", cache=str(warm_cache), progress=False, **FAST)
+    else:
+        fne.train(digits_folder, "frozen", tmp_path / "run", arch="resnet18", weights="random", epochs=1,
+                  image_size=32, batch_size=8, val_fraction=0.25, precision="fp32", workers=0, progress=False)
+    clf = fne.load(tmp_path / "run", batch_size=2)  # the bad ones in batches of their own and beside good ones
+    good = sorted(digits_folder.rglob("*.png"))[:3]
+    (tmp_path / "bad.png").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:60])
+    want = clf.decision_function(good)
+    with pytest.raises(DataError, match=r"^2 of 5 image\(s\) could not be read: .*bad.png .*cut.png") as e:
+        clf.predict([good[0], tmp_path / "bad.png", tmp_path / "cut.png", good[1], good[2]])
+    assert e.value.unreadable == [1, 2] and e.value.scores.shape == (5, 4)
+    assert np.isnan(e.value.scores[[1, 2]]).all() and np.allclose(e.value.scores[[0, 3, 4]], want, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"^1 of 1 image") as e:
+        clf.decision_function(tmp_path / "bad.png")
+    assert e.value.unreadable == [0] and np.isnan(e.value.scores).all()
+
+
+def test_it_pickles_as_its_run_folder_and_takes_paths_in_an_array_or_a_series(digits_folder, warm_cache, tmp_path,
+                                                                               monkeypatch):
+    import pickle
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    fne.fit(digits_folder, "run", features="last", head="logreg", cache=str(warm_cache), progress=False, **FAST)
+    clf = fne.load("run", batch_size=5)  # a relative folder: pickled absolute
+    paths = [str(p) for p in sorted(digits_folder.rglob("*.png"))[:6]]
+    want = clf.decision_function(paths)  # its backbone built
+    assert np.allclose(clf.decision_function(np.array(paths)), want, rtol=0, atol=1e-12)
+    assert np.allclose(clf.decision_function(pd.Series(paths)), want, rtol=0, atol=1e-12)
+    again = pickle.loads(pickle.dumps(clf))
+    assert again._scorer.batch == 5 and repr(again) == repr(clf).replace("'run'", repr(str(tmp_path / "run")))
+    assert np.allclose(again.predict_proba(paths), want, rtol=0, atol=1e-12)
+    (tmp_path / "clf.pkl").write_bytes(pickle.dumps(again))
+    code = ("import pickle, sys, numpy as np; clf = pickle.load(open('../clf.pkl', 'rb')); "
+            "np.save('got.npy', clf.decision_function(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(Path(fne.__file__).parents[1])}
+    subprocess.run([sys.executable, "-c", code, *paths], check=True, cwd=tmp_path / "run", env=env)  # another folder
+    assert np.allclose(np.load(tmp_path / "run" / "got.npy"), want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_fit_run_at_another_image_size_scores_at_that_size(digits_folder, tmp_path):
+    fne.fit(digits_folder, tmp_path / "run", features="last", image_size=64, cache=str(tmp_path / "cache"),
+            extract_missing=True, progress=False, **FAST)
+    fne.predict(tmp_path / "run", digits_folder, out=tmp_path / "p.csv", progress=False)
+    p = _csv(tmp_path / "p.csv")
+    clf = fne.load(tmp_path / "run")
+    assert clf._scorer.prep.size == 64
+    got = clf.decision_function([digits_folder / x for x in p["path"]])
+    assert np.allclose(got, _scores(p, clf.classes_), rtol=1e-5, atol=1e-6)
