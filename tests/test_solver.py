@@ -126,6 +126,54 @@ def test_chunks_give_the_same_model_and_int8_stays_int8(fne_rows, monkeypatch):
     np.testing.assert_allclose(small.coef_, one.coef_, atol=1e-4)
 
 
+def test_small_fits_run_on_one_thread_and_give_the_callers_count_back(fne_rows, monkeypatch):
+    """A CPU fit below ONE_THREAD_BELOW runs on one torch thread whatever the caller's count
+    (OpenMP threads waiting on a busy core: benchmarks/RESULTS.md), puts the caller's count back,
+    and reaches the optimum the caller's threads reach; a larger fit keeps the caller's threads."""
+    import torch
+
+    Xtr, ytr, _, _ = fne_rows
+    assert solver.small_on_cpu(600, 300, 6, torch.device("cpu"))
+    assert not solver.small_on_cpu(600, 300, 6, torch.device("cuda"))
+    assert not solver.small_on_cpu(4000, 12416, 10, torch.device("cpu"))
+    seen = []
+    real = solver._Problem.__call__
+
+    def spy(self, theta):
+        seen.append(torch.get_num_threads())
+        return real(self, theta)
+
+    monkeypatch.setattr(solver._Problem, "__call__", spy)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        small = TorchHead("svm", 0.01, device="cpu").fit(Xtr, ytr)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(solver, "ONE_THREAD_BELOW", 0)  # every fit "large": the caller's threads
+        many = TorchHead("svm", 0.01, device="cpu").fit(Xtr, ytr)
+        assert set(seen) == {2} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+    np.testing.assert_allclose(small.coef_, many.coef_, atol=1e-3 * np.abs(many.coef_).max())
+
+
+def test_one_thread_is_shared_by_fits_inside_at_once_and_restored_by_the_last_out():
+    import torch
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with solver.one_torch_thread():
+            with pytest.raises(RuntimeError), solver.one_torch_thread():  # a fit that fails inside
+                assert torch.get_num_threads() == 1
+                raise RuntimeError
+            assert torch.get_num_threads() == 1  # the other fit still inside
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("head", ["svm", "logreg"])
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 def test_float32_and_int8_matmuls_reach_the_float64_optimum(fne_rows, head, precision):

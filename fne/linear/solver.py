@@ -45,8 +45,10 @@ same whichever solver fitted it and predict / report / export never import torch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
+import threading
 import warnings
 from pathlib import Path
 
@@ -75,6 +77,17 @@ GPU_TORCH_ABOVE = 1.5e8
 CHUNK_BYTES = 64 << 20  # bytes of one converted chunk
 HISTORY = 20  # L-BFGS memory (pairs kept): O(HISTORY x features x classes)
 GTOL_FACTOR = 0.01  # gradient tolerance = GTOL_FACTOR * tol: see the module doc
+# A CPU fit of rows x features x classes (one matmul's multiply-adds) below ONE_THREAD_BELOW runs
+# on one torch thread (`one_torch_thread`): its L-BFGS steps are small matmuls and vector ops, and
+# OpenMP threads that spin-wait for each other lose badly once a core is taken by anything else.
+# On the 2-core development CPU under load (benchmarks/RESULTS.md, "The torch solver on a busy
+# CPU", 30 Nov 2026) two threads against one: 720 x 3,088 x 12 took 23-42 s against 1.9-2.2 s.
+# Above it the caller's threads are kept, where a quiet machine's second core pays (a quiet
+# machine could not be measured that session; on a busy one one thread won at every size
+# measured, up to 20,000 x 12,416 x 10: README says so).
+ONE_THREAD_BELOW = 1e8
+_one: list = [0, None]  # fits inside `one_torch_thread`, the caller's thread count they restore
+_one_lock = threading.Lock()
 
 
 def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_classes: int) -> str:
@@ -123,6 +136,33 @@ def torch_device(device: str = "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = resolve_device(device)
     return torch.device("cpu") if dev.type == "mps" else dev  # CPU: torch's thread pool, every core
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch's CPU threads set to one within, the caller's count put back after. The count is
+    process-wide: fits inside at once (threads of a pool) share one change, and the last one
+    out restores it."""
+    import torch
+
+    with _one_lock:
+        if not _one[0]:
+            _one[1] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _one[0] += 1
+    try:
+        yield
+    finally:
+        with _one_lock:
+            _one[0] -= 1
+            if not _one[0]:
+                torch.set_num_threads(_one[1])
+
+
+def small_on_cpu(n_rows: int, n_features: int, n_classes: int, device) -> bool:
+    """True for a CPU fit below ONE_THREAD_BELOW multiply-adds a matmul (fitted on one thread)."""
+    kout = 1 if n_classes == 2 else n_classes
+    return device.type == "cpu" and float(n_rows) * n_features * kout < ONE_THREAD_BELOW
 
 
 def resolve_precision(precision: str, dtype, device) -> str:
@@ -399,7 +439,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             param.grad = g
             return f
 
-        opt.step(closure)
+        with one_torch_thread() if small_on_cpu(n, d, k, dev) else contextlib.nullcontext():  # ONE_THREAD_BELOW
+            opt.step(closure)
         state = opt.state[param]
         self.n_iter_ = int(state.get("n_iter", 0))
         # L-BFGS ended at its iteration or evaluation budget, not at the gradient tolerance
