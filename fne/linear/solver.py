@@ -386,7 +386,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         TorchHead
             self, fitted: ``classes_``, ``coef_``, ``intercept_``, ``n_features_in_``, ``n_iter_``,
             ``stopped_`` (True where L-BFGS ended at ``max_iter`` iterations or its evaluation budget,
-            short of its gradient tolerance).
+            short of its gradient tolerance), ``threads_`` (torch's CPU threads the fit ran on:
+            one below ONE_THREAD_BELOW; None on a GPU).
         """
         if self.head not in ("svm", "logreg"):
             raise OptionError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
@@ -424,6 +425,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             return f
 
         with one_torch_thread() if small_on_cpu(n, d, k, dev) else contextlib.nullcontext():  # ONE_THREAD_BELOW
+            self.threads_ = torch.get_num_threads() if dev.type == "cpu" else None  # what it ran on
             opt.step(closure)
         state = opt.state[param]
         self.n_iter_ = int(state.get("n_iter", 0))
