@@ -694,6 +694,32 @@ def test_the_torch_solver_stopped_at_its_iteration_limit_says_so(digits_folder, 
     assert "stopped at" not in capsys.readouterr().err  # converged: nothing said
 
 
+@pytest.mark.parametrize("solver", ["sklearn", "torch"])
+def test_metrics_say_the_threads_the_saved_models_torch_fit_ran_on(digits_folder, warm_cache, tmp_path,
+                                                                    monkeypatch, solver):
+    """threads.torch is the caller's count; threads.torch_fit the torch threads the torch solver's
+    fit of the saved model ran on (one below ONE_THREAD_BELOW, the caller's above it; None for
+    scikit-learn's): metrics.json said 2 where a small fit ran on one."""
+    import torch
+
+    from fne.linear import solver as torch_solver
+
+    kw = dict(cache=str(warm_cache), features="last", head="logreg", splits=1, solver=solver, device="cpu",
+              progress=False, **FAST)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        small = fit(digits_folder, tmp_path / "small", **kw)
+        monkeypatch.setattr(torch_solver, "ONE_THREAD_BELOW", 0)  # every fit "large": the caller's threads
+        large = fit(digits_folder, tmp_path / "large", **kw)
+    finally:
+        torch.set_num_threads(n)
+    expected = (1, 2) if solver == "torch" else (None, None)
+    assert (small["threads"]["torch_fit"], large["threads"]["torch_fit"]) == expected
+    assert small["threads"]["torch"] == large["threads"]["torch"] == 2
+    assert json.loads((tmp_path / "small" / "metrics.json").read_text())["threads"] == small["threads"]
+
+
 def test_the_iteration_limit_warning_names_the_head_and_c_of_the_fits_that_stopped():
     """With --C auto (or --head auto) each split fits its own choice: the warning named the saved
     model's head and C alone (C=1.0 beside fits that stopped at C=100, and the svm limit beside

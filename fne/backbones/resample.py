@@ -27,13 +27,13 @@ import contextlib
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
 from itertools import groupby
 
 import numpy as np
 import torch
 
 from fne.backbones.preprocess import Preprocess, vertical_first
+from fne.held import Held, first
 
 PAD_PIXELS = 64 << 20  # padded pixels resized at once (768 MiB as float32 RGB)
 DTYPE = torch.float32  # of the matrix products (float64: Pillow's pixels exactly, at GPUs' fp64 speed)
@@ -301,31 +301,27 @@ def _resize(plans: list[_Plan], table: tuple, s: int, dev: torch.device) -> torc
 
 
 _MATMUL = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)  # each backend's fp32 precision
-_held: list = [0, None]  # threads inside `full_precision`, the process's settings they restore
-_lock = threading.Lock()
 
 
-@contextlib.contextmanager
-def full_precision() -> Iterator[None]:
+def _precisions() -> tuple[str, ...]:
+    return tuple(b.fp32_precision for b in _MATMUL)
+
+
+def _set_precisions(values: tuple[str, ...]) -> None:
+    for b, v in zip(_MATMUL, values, strict=True):
+        b.fp32_precision = v
+
+
+_precision = Held(_precisions, _set_precisions, first)  # one setting for the process: threads share it
+
+
+def full_precision() -> contextlib.AbstractContextManager[None]:
     """float32 products in full float32 inside ("ieee"), whatever the process asked for
     (``torch.set_float32_matmul_precision`` or the backends' ``fp32_precision``): in TF32
     (CUDA's "high"; operands rounded to 10-bit mantissas) 2.8 % of the values of pets37's center
     crops move, by up to two levels (TF32 emulated on a CPU). The settings are global, so the
-    threads inside at once share one change, and the last one out restores them."""
-    with _lock:
-        if not _held[0]:
-            _held[1] = [b.fp32_precision for b in _MATMUL]
-            for b in _MATMUL:
-                b.fp32_precision = "ieee"
-        _held[0] += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _held[0] -= 1
-            if not _held[0]:
-                for b, was in zip(_MATMUL, _held[1], strict=True):
-                    b.fp32_precision = was
+    threads inside at once share one change, and the last one out restores them (`fne.held.Held`)."""
+    return _precision(("ieee",) * len(_MATMUL))
 
 
 def _matrices(axes: list[tuple[int, list[int]]], table: tuple, width: int, dev: torch.device) -> torch.Tensor:

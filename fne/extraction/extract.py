@@ -55,6 +55,7 @@ from fne.devices import (
 from fne.errors import CacheError, FneError
 from fne.extraction import reader, slots, taps
 from fne.extraction.writer import Writer
+from fne.held import torch_threads
 from fne.metrics import provenance
 from fne.options import DataOptions, ExtractOptions
 from fne.progress import progress as progress_bar
@@ -355,18 +356,11 @@ def _device(device: str) -> torch.device:
     return dev
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
+def _threads(n: int | None) -> contextlib.AbstractContextManager[None]:
     """torch's CPU threads set to `n` within (None: left as they are), the caller's count put back
-    after: a notebook's later cells run with their own."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(max(1, n))
-    try:
-        yield
-    finally:
-        if n is not None:
-            torch.set_num_threads(before)
+    after: a notebook's later cells run with their own (`fne.held.torch_threads`: a block inside
+    that asks for fewer, a small solver fit's one thread, gets them)."""
+    return contextlib.nullcontext() if n is None else torch_threads(max(1, n))
 
 
 def _fill(result: ExtractResult, done: _Pass) -> None:

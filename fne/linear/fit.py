@@ -74,6 +74,7 @@ def _fit_in_memory(rows: Rows, kind: str, head: str, C: float, y: np.ndarray, id
     pipe = Pipeline([("embed", embed), ("head", clf.sklearn_model() if used == "torch" else clf)])
     pipe.solver_, pipe.solver_precision_ = used, getattr(clf, "precision_", None)
     pipe.torch_stopped_ = bool(getattr(clf, "stopped_", False)) if used == "torch" else False
+    pipe.torch_threads_ = getattr(clf, "threads_", None) if used == "torch" else None  # torch's CPU threads
     return pipe
 
 
@@ -247,7 +248,7 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
     """`fit`'s metrics.json (`options`: the resolved spec, data, fit and forward options; `out`: the
     run folder, for its ``command``)."""
     dataset, o = src.dataset, options[2]
-    return {
+    m = {
         "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
         **_scores(per_split, confusions, dataset.classes),
@@ -264,6 +265,9 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
         **provenance(*options, verb="fit", data=data, run_dir=out),
         "store_extractions": store_extractions(src.store.records()),  # who computed the rows read
     }
+    # the caller's count is provenance's "torch"; a small torch-solver fit ran on one (ONE_THREAD_BELOW)
+    m["threads"]["torch_fit"] = getattr(pipe, "torch_threads_", None)
+    return m
 
 
 def _rows_record(src: Source) -> dict:

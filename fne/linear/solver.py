@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import numbers
-import threading
 import warnings
 from pathlib import Path
 
@@ -61,6 +60,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fne.errors import DataError, FneError, OptionError
+from fne.held import torch_threads
 from fne.names import SOLVER_PRECISIONS, SOLVERS
 from fne.option_handling import named, refusal
 
@@ -86,8 +86,6 @@ GTOL_FACTOR = 0.01  # gradient tolerance = GTOL_FACTOR * tol: see the module doc
 # machine could not be measured that session; on a busy one one thread won at every size
 # measured, up to 20,000 x 12,416 x 10: README says so).
 ONE_THREAD_BELOW = 1e8
-_one: list = [0, None]  # fits inside `one_torch_thread`, the caller's thread count they restore
-_one_lock = threading.Lock()
 
 
 def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_classes: int) -> str:
@@ -138,25 +136,11 @@ def torch_device(device: str = "auto"):
     return torch.device("cpu") if dev.type == "mps" else dev  # CPU: torch's thread pool, every core
 
 
-@contextlib.contextmanager
-def one_torch_thread():
-    """torch's CPU threads set to one within, the caller's count put back after. The count is
-    process-wide: fits inside at once (threads of a pool) share one change, and the last one
-    out restores it."""
-    import torch
-
-    with _one_lock:
-        if not _one[0]:
-            _one[1] = torch.get_num_threads()
-            torch.set_num_threads(1)
-        _one[0] += 1
-    try:
-        yield
-    finally:
-        with _one_lock:
-            _one[0] -= 1
-            if not _one[0]:
-                torch.set_num_threads(_one[1])
+def one_torch_thread() -> contextlib.AbstractContextManager[None]:
+    """torch's CPU threads set to one within, the caller's count put back after
+    (`fne.held.torch_threads`: the calling thread's count; nested blocks share one change, the
+    fewest threads asked hold, so a fit inside a block that asked for four runs on one)."""
+    return torch_threads(1)
 
 
 def small_on_cpu(n_rows: int, n_features: int, n_classes: int, device) -> bool:
@@ -402,7 +386,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         TorchHead
             self, fitted: ``classes_``, ``coef_``, ``intercept_``, ``n_features_in_``, ``n_iter_``,
             ``stopped_`` (True where L-BFGS ended at ``max_iter`` iterations or its evaluation budget,
-            short of its gradient tolerance).
+            short of its gradient tolerance), ``threads_`` (torch's CPU threads the fit ran on:
+            one below ONE_THREAD_BELOW; None on a GPU).
         """
         if self.head not in ("svm", "logreg"):
             raise OptionError(f"the torch solver fits svm and logreg heads, not {self.head!r}")
@@ -440,6 +425,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             return f
 
         with one_torch_thread() if small_on_cpu(n, d, k, dev) else contextlib.nullcontext():  # ONE_THREAD_BELOW
+            self.threads_ = torch.get_num_threads() if dev.type == "cpu" else None  # what it ran on
             opt.step(closure)
         state = opt.state[param]
         self.n_iter_ = int(state.get("n_iter", 0))
