@@ -226,6 +226,13 @@ def _unreadable(dataset: Dataset, bad: dict[int, str], scores: np.ndarray) -> Da
     return e
 
 
+def _fitted_weights_only(python: bool) -> str:
+    """What a `load` user can do, once the ImageNet weights are in place (`refuse_unobtainable`'s
+    `instead`): `load` takes no weights, as the head fits the rows of those it was fitted on."""
+    return (f"then load the run again: its head fits the rows of these weights only "
+            f"({opts.named('moved_weights', python)} is for a model fitted on a weights file that moved)")
+
+
 class _Head:
     """A `fne fit` model: the backbone's taps -> the layers its head was fitted on -> its scores."""
 
@@ -238,7 +245,7 @@ class _Head:
         model = load_model(run_dir)
         check_device(device)
         spec = pinned_spec(model, str(run_dir), device, moved_weights)  # fne predict's refusals
-        refuse_unobtainable(spec.arch, spec.weights)
+        refuse_unobtainable(spec.arch, spec.weights, instead=_fitted_weights_only)
         s = model["store"]
         self.pipe, self.layers = model["pipeline"], model["layers"]
         self.names = [model["classes"][c] for c in self.pipe.classes_]
