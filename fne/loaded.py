@@ -89,7 +89,8 @@ class LoadedModel:
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
     this process, `batch_size` at a time, and their rows kept in memory (no cache). Images that
-    cannot be read are a DataError naming them, once the others are scored: its ``unreadable``
+    cannot be read (files that are not there too, unless none is) are a DataError naming them,
+    once the others are scored: its ``unreadable``
     lists their positions in ``images``, its ``scores`` holds `decision_function`'s scores of all
     (NaN rows for those). Calls from several threads take turns (the network keeps a forward
     pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
@@ -135,9 +136,15 @@ class LoadedModel:
             scikit-learn's log-odds), an svm head's decision margins (``[-m, m]`` with two
             classes), a train run's network's softmax.
         """
-        dataset = _dataset(images)
+        names, parts, bad = _images(images)
+        out = np.full((len(names), len(self.classes_)), np.nan)
         with self._lock:
-            return self._scorer.scores(dataset)
+            for where, dataset in parts:
+                out[where], unread = self._scorer.scores(dataset)
+                bad.update((where[i], why) for i, why in unread.items())
+        if bad:
+            raise _unreadable(names, bad, out)
+        return out
 
     def predict(self, images) -> np.ndarray:
         """The class of each of `images`.
@@ -171,9 +178,10 @@ def _reload(run_dir: str, options: dict) -> LoadedModel:
     return load(run_dir, **options)
 
 
-def _dataset(images) -> Dataset:
-    """`LoadedModel`'s ``images`` as a Dataset of image files or of arrays; a TypeError or
-    ValueError in one line for anything else."""
+def _images(images) -> tuple[list[str], list[tuple[list[int], Dataset]], dict[int, str]]:
+    """`LoadedModel`'s ``images``: what messages call each, the Datasets to score (each with the
+    positions of its images among them), and the images that are not there (position -> why);
+    a TypeError or ValueError in one line for anything else, a DataError where none is there."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     if not isinstance(images, np.ndarray) and hasattr(images, "to_numpy"):  # a pandas Series or Index of paths
@@ -188,39 +196,52 @@ def _dataset(images) -> Dataset:
             check_arrays(images.shape, images.dtype, images.shape[:1])
         except ValueError as e:
             raise ValueError(f"images: {e}") from None
-        return _in_memory(images)
+        where = list(range(len(images)))
+        return [f"images[{i}]" for i in where], [(where, _in_memory(images, where))], {}
     if not isinstance(images, (list, tuple)):
         raise TypeError(f"images: expected a path, a list of paths, a PIL image or a list of them, or a uint8 array "
                         f"N×H×W×3, not {type(images).__name__}")
     if all(isinstance(x, Image.Image) for x in images):
-        return _in_memory([np.asarray(upright_rgb(x)) for x in images])
+        where = list(range(len(images)))
+        return ([f"images[{i}]" for i in where],
+                [(where, _in_memory([np.asarray(upright_rgb(x)) for x in images], where))], {})
     odd = next((i for i, x in enumerate(images) if not isinstance(x, (str, os.PathLike))), None)
     if odd is not None:
         raise TypeError(f"images[{odd}]: expected a path (or a list of PIL images only), not {type(images[odd]).__name__}")
     paths = [os.fspath(p) for p in images]
+    return paths, *_files(paths)
+
+
+def _files(paths: list[str]) -> tuple[list[tuple[list[int], Dataset]], dict[int, str]]:
+    """The Dataset of the image files `paths` that are there (with their positions), and those
+    that are not (position -> why): read as an unreadable file is, unless none is there."""
     for p in paths:
-        if not os.path.exists(p):
-            raise DataError(f"{p}: no such file")
         if os.path.isdir(p):
             raise DataError(f"{p}: is a folder; give image files (fne.predict scores a folder's images)")
-    return Dataset(name="images", ids=paths, labels=None, splits=None, classes=[], sources=paths)
+    missing = {i: "no such file" for i, p in enumerate(paths) if not os.path.exists(p)}
+    if missing and len(missing) == len(paths):
+        others = f" (none of the {len(paths)} images is there)" if len(paths) > 1 else ""
+        raise DataError(f"{paths[0]}: no such file{others}")
+    where = [i for i in range(len(paths)) if i not in missing]
+    there = [paths[i] for i in where]
+    return [(where, Dataset(name="images", ids=there, labels=None, splits=None, classes=[], sources=there))], missing
 
 
-def _in_memory(arrays) -> Dataset:
+def _in_memory(arrays, where: list[int]) -> Dataset:
     """Images held in memory (an array, or a list of H×W×3 arrays of any sizes: an `ArraySource`
-    indexes either) as a Dataset, each named ``images[i]``."""
-    n = len(arrays)
-    return Dataset(name="images", ids=[f"images[{i}]" for i in range(n)], labels=None, splits=None, classes=[],
-                   sources=list(range(n)), array_source=ArraySource(array=arrays))
+    indexes either) as a Dataset, each named ``images[i]`` by its position `where` among the images given."""
+    return Dataset(name="images", ids=[f"images[{i}]" for i in where], labels=None, splits=None, classes=[],
+                   sources=list(range(len(arrays))), array_source=ArraySource(array=arrays))
 
 
-def _unreadable(dataset: Dataset, bad: dict[int, str], scores: np.ndarray) -> DataError:
-    """The DataError of images that could not be read (dataset index -> why), naming the first few,
-    with the others' scores: ``unreadable`` (their positions in the images given, ascending) and
-    ``scores`` (every image's, NaN rows for those), so that a caller can keep the rest."""
+def _unreadable(names: list[str], bad: dict[int, str], scores: np.ndarray) -> DataError:
+    """The DataError of images that could not be read (position -> why; `names`: what messages
+    call each image given), naming the first few, with the others' scores: ``unreadable`` (their
+    positions in the images given, ascending) and ``scores`` (every image's, NaN rows for those),
+    so that a caller can keep the rest."""
     scores[list(bad)] = np.nan
-    e = DataError(f"{len(bad)} of {len(dataset)} image(s) could not be read: "
-                  f"{first_few([f'{dataset.ids[i]} ({why})' for i, why in sorted(bad.items())], 3)}; the error's "
+    e = DataError(f"{len(bad)} of {len(names)} image(s) could not be read: "
+                  f"{first_few([f'{names[i]} ({why})' for i, why in sorted(bad.items())], 3)}; the error's "
                   f"`scores` holds the others' scores (NaN rows for these), its `unreadable` their positions")
     e.unreadable, e.scores = sorted(bad), scores
     return e
@@ -263,17 +284,19 @@ class _Head:
         out = torch.float16 if self.dtype == "float16" else torch.float32
         self.runner = TapRunner(spec, self.dev, s["precision"], out)  # built by its first call
 
-    def scores(self, dataset: Dataset) -> np.ndarray:
+    def scores(self, dataset: Dataset) -> tuple[np.ndarray, dict[int, str]]:
+        """The scores of `dataset`'s images (NaN rows for those it cannot read), and those
+        (position -> why)."""
         from fne.extraction import reader
         from fne.linear.features import class_scores
 
         out = np.full((len(dataset), len(self.names)), np.nan)
+        bad: dict[int, str] = {}
         if not len(dataset):
-            return out
+            return out, bad
         items = reader.ImageItems(dataset, list(range(len(dataset))), self.prep, raw_jpeg=self.jpegs)
         loader = torch.utils.data.DataLoader(items, batch_size=self.batch, collate_fn=reader.collate)
         cols = parts.columns(self.taps)
-        bad: dict[int, str] = {}
         notes: list[tuple[str, str]] = []  # what decoding an image warned of (a float image read black)
         batches = reader.assembled(iter(loader), self.dev, self.prep, jpegs=self.jpegs)
         try:
@@ -292,9 +315,7 @@ class _Head:
         finally:
             batches.close()
             say_skipped(notes, skipped=False)  # one line for all such images, as `fne extract` says them
-        if bad:
-            raise _unreadable(dataset, bad, out)
-        return out
+        return out, bad
 
 
 class _Network:
@@ -312,14 +333,15 @@ class _Network:
         self.names = list(self.net.run["classes"])
         self.probabilities, self.what = True, f"{self.net.run['mode']} {self.net.run['arch']} network"
 
-    def scores(self, dataset: Dataset) -> np.ndarray:
+    def scores(self, dataset: Dataset) -> tuple[np.ndarray, dict[int, str]]:
+        """As `_Head.scores`."""
         from fne.training.apply import apply_network
 
         if not len(dataset):
-            return np.empty((0, len(self.names)))
+            return np.empty((0, len(self.names))), {}
         unread: dict[str, str] = {}
         try:
-            with warnings.catch_warnings():  # the DataError below names them, as a fit run's does
+            with warnings.catch_warnings():  # `LoadedModel`'s DataError names them, as a fit run's does
                 warnings.filterwarnings("ignore", message="skipped ", module="fne.training.epochs")
                 _, scores, idx, _ = apply_network(self.net, dataset, batch_size=self.batch, workers=0,
                                                   progress=False, name="images", skipped=unread)
@@ -330,7 +352,4 @@ class _Network:
         out = np.full((len(dataset), len(self.names)), np.nan)
         if len(idx):
             out[idx] = scores
-        if unread:
-            positions = {i: unread[x] for i, x in enumerate(dataset.ids) if x in unread}
-            raise _unreadable(dataset, positions, out)
-        return out
+        return out, {i: unread[x] for i, x in enumerate(dataset.ids) if x in unread}

@@ -164,7 +164,9 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
              ([good[0], 3], TypeError, r"images\[1\]: expected a path"),
              (_rgb(good).astype(np.float32), ValueError, "images: images must be uint8"),
              (_rgb(good).transpose(0, 3, 1, 2), ValueError, "images: images must be N×H×W.*channels first"),
-             ([tmp_path / "absent.png"], DataError, "absent.png: no such file"),
+             ([tmp_path / "absent.png"], DataError, "absent.png: no such file$"),  # none there: no scores
+             ([tmp_path / "absent.png", tmp_path / "gone.png"], DataError,
+              r"absent.png: no such file \(none of the 2 images is there\)$"),
              ([digits_folder], DataError, "is a folder; give image files"),
              (_rgb(good)[0], ValueError, r"images: an array of shape \(\d+, \d+, 3\) reads as \d+ grey images 3 "
                                          r"pixels wide; give one colour image as images\[None\]"),
@@ -295,10 +297,15 @@ def test_unreadable_images_are_named_and_the_others_scored(kind, digits_folder, 
     (tmp_path / "bad.png").write_text("not an image")
     (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:60])
     want = clf.decision_function(good)
-    with pytest.raises(DataError, match=r"^2 of 5 image\(s\) could not be read: .*bad.png .*cut.png") as e:
-        clf.predict([good[0], tmp_path / "bad.png", tmp_path / "cut.png", good[1], good[2]])
-    assert e.value.unreadable == [1, 2] and e.value.scores.shape == (5, 4)
-    assert np.isnan(e.value.scores[[1, 2]]).all() and np.allclose(e.value.scores[[0, 3, 4]], want, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"^3 of 6 image\(s\) could not be read: .*bad.png .*cut.png .*"
+                                         r"absent.png \(no such file\); the error's `scores`") as e:
+        clf.predict([good[0], tmp_path / "bad.png", tmp_path / "cut.png", good[1], tmp_path / "absent.png", good[2]])
+    assert e.value.unreadable == [1, 2, 4] and e.value.scores.shape == (6, 4)
+    assert np.isnan(e.value.scores[[1, 2, 4]]).all()
+    assert np.allclose(e.value.scores[[0, 3, 5]], want, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"^1 of 2 image\(s\) could not be read: .*absent.png \(no such file\)") as e:
+        clf.predict([tmp_path / "absent.png", good[1]])  # a file that is not there, alone in its batch
+    assert e.value.unreadable == [0] and np.allclose(e.value.scores[1], want[1], rtol=0, atol=1e-6)
     with pytest.raises(DataError, match=r"^1 of 1 image") as e:
         clf.decision_function(tmp_path / "bad.png")
     assert e.value.unreadable == [0] and np.isnan(e.value.scores).all()
