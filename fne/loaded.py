@@ -85,7 +85,8 @@ class LoadedModel:
     pandas Series of them), a PIL image or a list of them (their EXIF orientation applied, then
     8-bit RGB, as a file's decoding does), or a uint8 array N×H×W×3 (N×H×W or N×H×W×1: grey), as
     `fne extract` reads an HDF5 file's ``images`` (one H×W×3 image is refused: give it as
-    ``image[None]``).
+    ``image[None]``). A list may mix paths, PIL images and uint8 arrays H×W×3 (H×W, H×W×1: grey),
+    each read as it is alone.
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
     this process, `batch_size` at a time, and their rows kept in memory (no cache). Images that
@@ -201,35 +202,53 @@ def _images(images) -> tuple[list[str], list[tuple[list[int], Dataset]], dict[in
     if not isinstance(images, (list, tuple)):
         raise TypeError(f"images: expected a path, a list of paths, a PIL image or a list of them, or a uint8 array "
                         f"N×H×W×3, not {type(images).__name__}")
-    if all(isinstance(x, Image.Image) for x in images):
-        where = list(range(len(images)))
-        return ([f"images[{i}]" for i in where],
-                [(where, _in_memory([np.asarray(upright_rgb(x)) for x in images], where))], {})
-    odd = next((i for i, x in enumerate(images) if not isinstance(x, (str, os.PathLike))), None)
-    if odd is not None:
-        raise TypeError(f"images[{odd}]: expected a path (or a list of PIL images only), not {type(images[odd]).__name__}")
-    paths = [os.fspath(p) for p in images]
-    return paths, *_files(paths)
+    names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"images[{i}]" for i, x in enumerate(images)]
+    files = [i for i, x in enumerate(images) if isinstance(x, (str, os.PathLike))]
+    arrays = {i: _one_image(x, i) for i, x in enumerate(images) if not isinstance(x, (str, os.PathLike))}
+    parts, missing = _files([names[i] for i in files]) if files else ([], {})
+    if files and len(missing) == len(names):
+        others = f" (none of the {len(names)} images is there)" if len(names) > 1 else ""
+        raise DataError(f"{names[0]}: no such file{others}")
+    parts = [([files[j] for j in at], dataset) for at, dataset in parts]
+    if arrays:
+        parts.append((list(arrays), _in_memory(list(arrays.values()), list(arrays))))
+    return names, parts, {files[j]: why for j, why in missing.items()}
+
+
+def _one_image(x, i: int) -> np.ndarray:
+    """Item `i` of a list of images, a PIL image or an array, as the uint8 H×W×3 (H×W: grey)
+    pixels its single form reads as; a TypeError or ValueError naming it for anything else."""
+    if isinstance(x, Image.Image):
+        return np.asarray(upright_rgb(x))
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"images[{i}]: expected a path, a PIL image or a uint8 array H×W×3, not {type(x).__name__}")
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3))):  # N×H×W grey or a batch: which?
+        raise ValueError(f"images[{i}]: an array in a list is one image, H×W×3 (H×W or H×W×1: grey), not of "
+                         f"shape {x.shape}; give several images as one array N×H×W×3, or a list of single ones")
+    try:
+        check_arrays(x[None].shape, x.dtype, (1,))
+    except ValueError as e:
+        raise ValueError(f"images[{i}]: {e}") from None
+    return x
 
 
 def _files(paths: list[str]) -> tuple[list[tuple[list[int], Dataset]], dict[int, str]]:
-    """The Dataset of the image files `paths` that are there (with their positions), and those
-    that are not (position -> why): read as an unreadable file is, unless none is there."""
+    """The Dataset of the image files `paths` that are there (with their positions among them),
+    and those that are not (position -> why), which are read as unreadable files are."""
     for p in paths:
         if os.path.isdir(p):
             raise DataError(f"{p}: is a folder; give image files (fne.predict scores a folder's images)")
     missing = {i: "no such file" for i, p in enumerate(paths) if not os.path.exists(p)}
-    if missing and len(missing) == len(paths):
-        others = f" (none of the {len(paths)} images is there)" if len(paths) > 1 else ""
-        raise DataError(f"{paths[0]}: no such file{others}")
     where = [i for i in range(len(paths)) if i not in missing]
     there = [paths[i] for i in where]
-    return [(where, Dataset(name="images", ids=there, labels=None, splits=None, classes=[], sources=there))], missing
+    dataset = Dataset(name="images", ids=there, labels=None, splits=None, classes=[], sources=there)
+    return ([(where, dataset)] if there else []), missing
 
 
 def _in_memory(arrays, where: list[int]) -> Dataset:
-    """Images held in memory (an array, or a list of H×W×3 arrays of any sizes: an `ArraySource`
-    indexes either) as a Dataset, each named ``images[i]`` by its position `where` among the images given."""
+    """Images held in memory (an array, or a list of H×W×3 or H×W arrays of any sizes: an
+    `ArraySource` indexes either) as a Dataset, each named ``images[i]`` by its position `where`
+    among the images given."""
     return Dataset(name="images", ids=[f"images[{i}]" for i in where], labels=None, splits=None, classes=[],
                    sources=list(range(len(arrays))), array_source=ArraySource(array=arrays))
 

@@ -161,7 +161,11 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
     good = sorted(digits_folder.rglob("*.png"))[:2]
     (tmp_path / "bad.png").write_text("not an image")
     cases = [(3, TypeError, "images: expected a path, a list of paths, a PIL image"),
-             ([good[0], 3], TypeError, r"images\[1\]: expected a path"),
+             ([good[0], 3], TypeError, r"images\[1\]: expected a path, a PIL image or a uint8 array H×W×3, not int"),
+             ([good[0], [good[1]]], TypeError, r"images\[1\]: expected a path.*not list"),
+             ([_rgb(good)], ValueError, r"images\[0\]: an array in a list is one image, H×W×3 .*not of shape "
+                                        r"\(2, \d+, \d+, 3\); give several images as one array N×H×W×3"),
+             ([good[0], _rgb(good)[0].astype(np.float32)], ValueError, r"images\[1\]: images must be uint8"),
              (_rgb(good).astype(np.float32), ValueError, "images: images must be uint8"),
              (_rgb(good).transpose(0, 3, 1, 2), ValueError, "images: images must be N×H×W.*channels first"),
              ([tmp_path / "absent.png"], DataError, "absent.png: no such file$"),  # none there: no scores
@@ -309,6 +313,27 @@ def test_unreadable_images_are_named_and_the_others_scored(kind, digits_folder, 
     with pytest.raises(DataError, match=r"^1 of 1 image") as e:
         clf.decision_function(tmp_path / "bad.png")
     assert e.value.unreadable == [0] and np.isnan(e.value.scores).all()
+
+
+def test_a_list_mixes_paths_pil_images_and_arrays_each_read_as_alone(digits_folder, warm_cache, tmp_path):
+    fne.fit(digits_folder, tmp_path / "run", features="last", cache=str(warm_cache), progress=False, **FAST)
+    clf = fne.load(tmp_path / "run", batch_size=2)
+    paths = sorted(digits_folder.rglob("*.png"))[:5]
+    grey = np.asarray(Image.open(paths[3]).convert("L"))
+    images = [paths[0], Image.open(paths[1]), _rgb(paths[2:3])[0], grey, grey[:, :, None], str(paths[4])]
+    alone = [clf.decision_function(paths[0]), clf.decision_function(Image.open(paths[1])),
+             clf.decision_function(_rgb(paths[2:3])), clf.decision_function(grey[None]),
+             clf.decision_function(grey[None, :, :, None]), clf.decision_function(str(paths[4]))]
+    got = clf.decision_function(images)
+    assert got.shape == (6, 4) and np.allclose(got, np.concatenate(alone), rtol=0, atol=1e-6)
+    assert list(clf.predict(images)) == list(clf.classes_[np.argmax(got, axis=1)])
+    assert np.allclose(clf.decision_function(list(_rgb(paths))), clf.decision_function(_rgb(paths)), rtol=0, atol=1e-6)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"^2 of 4 image\(s\) could not be read: .*absent.png \(no such file\), "
+                                        r".*bad.png \(not an image file\);") as e:
+        clf.predict([tmp_path / "absent.png", grey, tmp_path / "bad.png", Image.open(paths[1])])
+    assert e.value.unreadable == [0, 2]  # a path not there beside arrays: not every image is missing
+    assert np.allclose(e.value.scores[[1, 3]], got[[3, 1]], rtol=0, atol=1e-6)
 
 
 def test_it_pickles_as_its_run_folder_and_takes_paths_in_an_array_or_a_series(digits_folder, warm_cache, tmp_path,
