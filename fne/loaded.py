@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def load(run_dir: str | Path, **options) -> LoadedModel:
     Returns
     -------
     LoadedModel
-        ``classes_``, ``predict``, ``decision_function``, and ``predict_proba`` for a logreg
+        ``classes_``, ``predict``, ``decision_function``, ``score``, and ``predict_proba`` for a logreg
         head or a train run's network.
 
     Raises
@@ -93,7 +94,8 @@ class LoadedModel:
     cannot be read (files that are not there too, unless none is) are a DataError naming them,
     once the others are scored: its ``unreadable``
     lists their positions in ``images``, its ``scores`` holds `decision_function`'s scores of all
-    (NaN rows for those). Calls from several threads take turns (the network keeps a forward
+    (NaN rows for those). `score` is the mean accuracy against labels, as scikit-learn's
+    ``ClassifierMixin.score`` (labels compared as ``classes_`` are). Calls from several threads take turns (the network keeps a forward
     pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
     another process too), it loads that run again.
 
@@ -164,6 +166,42 @@ class LoadedModel:
         scores = self.decision_function(images)
         return self.classes_[np.argmax(scores, axis=1)] if len(scores) else self.classes_[:0]
 
+    def score(self, images, y, sample_weight=None) -> float:
+        """The mean accuracy of `predict` on `images` against the labels `y`, as scikit-learn's
+        ``ClassifierMixin.score``.
+
+        Parameters
+        ----------
+        images : str, Path, PIL image, list of them, or ndarray
+            As the class says.
+        y : sequence
+            One label per image (N, or N×1), compared as ``classes_`` are: as text, a whole
+            number as an integer (``3``, ``3.0`` and ``"3"`` are class ``3``), in Unicode NFC
+            (`fne predict`'s comparison); a label that is no class is a miss.
+        sample_weight : array-like, optional
+            A weight per image, as scikit-learn's.
+
+        Returns
+        -------
+        float
+            The fraction of images predicted right (weighted).
+
+        Raises
+        ------
+        ValueError
+            `y` is not one label per image, or a label is missing (None, NaN, empty).
+        DataError
+            Images that cannot be read, as `decision_function` raises it.
+        """
+        from sklearn.metrics import accuracy_score
+
+        truth = _labels(y)
+        pred = self.predict(images)
+        if len(truth) != len(pred):
+            raise ValueError(f"y: {len(truth)} label(s) for {len(pred)} image(s); give one label per image")
+        return float(accuracy_score(truth, [unicodedata.normalize("NFC", p) for p in pred],
+                                    sample_weight=sample_weight))
+
     @property
     def predict_proba(self):
         """(N, classes) probabilities in ``classes_`` order: a logreg head's, or a train run's
@@ -177,6 +215,23 @@ class LoadedModel:
 def _reload(run_dir: str, options: dict) -> LoadedModel:
     """A pickled `LoadedModel` again: `load` of its run folder with the same keywords."""
     return load(run_dir, **options)
+
+
+def _labels(y) -> list[str]:
+    """`LoadedModel.score`'s labels as class names (`label_text`), in NFC; a ValueError in one
+    line for a missing one or a shape other than N or N×1."""
+    from fne.data.labels import label_text
+
+    a = np.asarray(y, dtype=object)
+    if a.ndim == 2 and a.shape[1] == 1:  # a column: Keras's y, a one-column DataFrame's values
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"y: expected one label per image (shape N or N×1), got shape {a.shape}")
+    text = [label_text(v) for v in a]
+    gap = next((i for i, t in enumerate(text) if t is None), None)
+    if gap is not None:
+        raise ValueError(f"y[{gap}]: no label ({a[gap]!r}); give each image its class")
+    return [unicodedata.normalize("NFC", t) for t in text]
 
 
 def _images(images) -> tuple[list[str], list[tuple[list[int], Dataset]], dict[int, str]]:

@@ -336,6 +336,27 @@ def test_a_list_mixes_paths_pil_images_and_arrays_each_read_as_alone(digits_fold
     assert np.allclose(e.value.scores[[1, 3]], got[[3, 1]], rtol=0, atol=1e-6)
 
 
+def test_score_is_the_mean_accuracy_with_labels_compared_as_the_classes_are(digits_folder, warm_cache, tmp_path):
+    fne.fit(digits_folder, tmp_path / "run", features="last", cache=str(warm_cache), progress=False, **FAST)
+    clf = fne.load(tmp_path / "run")
+    paths = sorted(digits_folder.rglob("*.png"))
+    truth = [p.parent.name for p in paths]  # the class folders: 0 1 2 3
+    right = clf.predict(paths) == np.array(truth)
+    assert 0 < right.mean() < 1  # random weights: some right, some wrong, so a wrong comparison would show
+    assert clf.score(paths, truth) == pytest.approx(right.mean())
+    assert clf.score(paths, [int(t) for t in truth]) == pytest.approx(right.mean())  # 3 is class "3"
+    assert clf.score(paths, np.array(truth, dtype=float)[:, None]) == pytest.approx(right.mean())  # 3.0, N×1
+    w = np.arange(1, len(paths) + 1, dtype=float)
+    assert clf.score(paths, pd.Series(truth), sample_weight=w) == pytest.approx((w * right).sum() / w.sum())
+    assert clf.score(paths[:2], ["9", "9"]) == 0.0  # a label that is no class: a miss
+    with pytest.raises(ValueError, match=r"^y: 3 label\(s\) for 2 image\(s\); give one label per image$"):
+        clf.score(paths[:2], truth[:3])
+    with pytest.raises(ValueError, match=r"^y\[1\]: no label \(nan\); give each image its class$"):
+        clf.score(paths[:2], [1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"^y: expected one label per image \(shape N or N×1\), got shape \(2, 2\)$"):
+        clf.score(paths[:2], [[0, 1], [1, 0]])
+
+
 def test_it_pickles_as_its_run_folder_and_takes_paths_in_an_array_or_a_series(digits_folder, warm_cache, tmp_path,
                                                                                monkeypatch):
     import pickle
