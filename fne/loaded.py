@@ -92,10 +92,10 @@ class LoadedModel:
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
     this process, `batch_size` at a time, and their rows kept in memory (no cache). Images that
     cannot be read (files that are not there too, unless none is) are a DataError naming them,
-    once the others are scored: its ``unreadable``
-    lists their positions in ``images``, its ``scores`` holds `decision_function`'s scores of all
-    (NaN rows for those). `score` is the mean accuracy against labels, as scikit-learn's
-    ``ClassifierMixin.score`` (labels compared as ``classes_`` are). Calls from several threads take turns (the network keeps a forward
+    once the others are scored: its ``unreadable`` lists their positions in ``images``, its
+    ``scores`` holds `decision_function`'s scores of all (NaN rows for those). `score` is the
+    mean accuracy against labels, as scikit-learn's ``ClassifierMixin.score`` (labels compared as
+    ``classes_`` are). Calls from several threads take turns (the network keeps a forward
     pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
     another process too), it loads that run again.
 
