@@ -2,6 +2,7 @@
 
 import errno
 import os
+import sys
 from pathlib import Path
 
 
@@ -31,11 +32,20 @@ class CacheError(FneError):
     """A cache store is missing, incompatible or damaged."""
 
 
+def numpy_bool(value: object) -> bool:
+    """Whether `value` is a numpy bool (``np.bool_``: ``array.any()``, ``x > 0`` of a numpy scalar),
+    which the Python API takes as True or False; numpy not imported for it (the command line does
+    without): a numpy value means numpy is imported already."""
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, np.bool_)
+
+
 def expect_bools(values: dict[str, object], none: tuple[str, ...] = ()) -> None:
-    """A TypeError naming the first keyword of `values` whose value is not True or False (or None,
-    for those in `none`): the Python API's ``force="false"``, which a truth test takes for True."""
+    """A TypeError naming the first keyword of `values` whose value is not True or False (a numpy
+    bool too), or None for those in `none`: the Python API's ``force="false"``, which a truth test
+    takes for True."""
     for name, value in values.items():
-        if not (isinstance(value, bool) or (name in none and value is None)):
+        if not (isinstance(value, bool) or numpy_bool(value) or (name in none and value is None)):
             raise TypeError(f"{name} must be True or False{' or None' if name in none else ''}, not "
                             f"{type(value).__name__} {value!r}")
 

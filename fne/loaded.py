@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def load(run_dir: str | Path, **options) -> LoadedModel:
     Returns
     -------
     LoadedModel
-        ``classes_``, ``predict``, ``decision_function``, and ``predict_proba`` for a logreg
+        ``classes_``, ``predict``, ``decision_function``, ``score``, and ``predict_proba`` for a logreg
         head or a train run's network.
 
     Raises
@@ -85,13 +86,16 @@ class LoadedModel:
     pandas Series of them), a PIL image or a list of them (their EXIF orientation applied, then
     8-bit RGB, as a file's decoding does), or a uint8 array N×H×W×3 (N×H×W or N×H×W×1: grey), as
     `fne extract` reads an HDF5 file's ``images`` (one H×W×3 image is refused: give it as
-    ``image[None]``).
+    ``image[None]``). A list may mix paths, PIL images and uint8 arrays H×W×3 (H×W, H×W×1: grey),
+    each read as it is alone.
     Their pixels are those `fne extract` and `fne predict` make of the same images (the model's
     resize, crop and normalisation), so the scores are predictions.csv's. The images are read in
     this process, `batch_size` at a time, and their rows kept in memory (no cache). Images that
-    cannot be read are a DataError naming them, once the others are scored: its ``unreadable``
-    lists their positions in ``images``, its ``scores`` holds `decision_function`'s scores of all
-    (NaN rows for those). Calls from several threads take turns (the network keeps a forward
+    cannot be read (files that are not there too, unless none is) are a DataError naming them,
+    once the others are scored: its ``unreadable`` lists their positions in ``images``, its
+    ``scores`` holds `decision_function`'s scores of all (NaN rows for those). `score` is the
+    mean accuracy against labels, as scikit-learn's ``ClassifierMixin.score`` (labels compared as
+    ``classes_`` are). Calls from several threads take turns (the network keeps a forward
     pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
     another process too), it loads that run again.
 
@@ -135,9 +139,15 @@ class LoadedModel:
             scikit-learn's log-odds), an svm head's decision margins (``[-m, m]`` with two
             classes), a train run's network's softmax.
         """
-        dataset = _dataset(images)
+        names, parts, bad = _images(images)
+        out = np.full((len(names), len(self.classes_)), np.nan)
         with self._lock:
-            return self._scorer.scores(dataset)
+            for where, dataset in parts:
+                out[where], unread = self._scorer.scores(dataset)
+                bad.update((where[i], why) for i, why in unread.items())
+        if bad:
+            raise _unreadable(names, bad, out)
+        return out
 
     def predict(self, images) -> np.ndarray:
         """The class of each of `images`.
@@ -156,6 +166,42 @@ class LoadedModel:
         scores = self.decision_function(images)
         return self.classes_[np.argmax(scores, axis=1)] if len(scores) else self.classes_[:0]
 
+    def score(self, images, y, sample_weight=None) -> float:
+        """The mean accuracy of `predict` on `images` against the labels `y`, as scikit-learn's
+        ``ClassifierMixin.score``.
+
+        Parameters
+        ----------
+        images : str, Path, PIL image, list of them, or ndarray
+            As the class says.
+        y : sequence
+            One label per image (N, or N×1), compared as ``classes_`` are: as text, a whole
+            number as an integer (``3``, ``3.0`` and ``"3"`` are class ``3``), in Unicode NFC
+            (`fne predict`'s comparison); a label that is no class is a miss.
+        sample_weight : array-like, optional
+            A weight per image, as scikit-learn's.
+
+        Returns
+        -------
+        float
+            The fraction of images predicted right (weighted).
+
+        Raises
+        ------
+        ValueError
+            `y` is not one label per image, or a label is missing (None, NaN, empty).
+        DataError
+            Images that cannot be read, as `decision_function` raises it.
+        """
+        from sklearn.metrics import accuracy_score
+
+        truth = _labels(y)
+        pred = self.predict(images)
+        if len(truth) != len(pred):
+            raise ValueError(f"y: {len(truth)} label(s) for {len(pred)} image(s); give one label per image")
+        return float(accuracy_score(truth, [unicodedata.normalize("NFC", p) for p in pred],
+                                    sample_weight=sample_weight))
+
     @property
     def predict_proba(self):
         """(N, classes) probabilities in ``classes_`` order: a logreg head's, or a train run's
@@ -171,9 +217,27 @@ def _reload(run_dir: str, options: dict) -> LoadedModel:
     return load(run_dir, **options)
 
 
-def _dataset(images) -> Dataset:
-    """`LoadedModel`'s ``images`` as a Dataset of image files or of arrays; a TypeError or
-    ValueError in one line for anything else."""
+def _labels(y) -> list[str]:
+    """`LoadedModel.score`'s labels as class names (`label_text`), in NFC; a ValueError in one
+    line for a missing one or a shape other than N or N×1."""
+    from fne.data.labels import label_text
+
+    a = np.asarray(y, dtype=object)
+    if a.ndim == 2 and a.shape[1] == 1:  # a column: Keras's y, a one-column DataFrame's values
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"y: expected one label per image (shape N or N×1), got shape {a.shape}")
+    text = [label_text(v) for v in a]
+    gap = next((i for i, t in enumerate(text) if t is None), None)
+    if gap is not None:
+        raise ValueError(f"y[{gap}]: no label ({a[gap]!r}); give each image its class")
+    return [unicodedata.normalize("NFC", t) for t in text]
+
+
+def _images(images) -> tuple[list[str], list[tuple[list[int], Dataset]], dict[int, str]]:
+    """`LoadedModel`'s ``images``: what messages call each, the Datasets to score (each with the
+    positions of its images among them), and the images that are not there (position -> why);
+    a TypeError or ValueError in one line for anything else, a DataError where none is there."""
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     if not isinstance(images, np.ndarray) and hasattr(images, "to_numpy"):  # a pandas Series or Index of paths
@@ -188,42 +252,80 @@ def _dataset(images) -> Dataset:
             check_arrays(images.shape, images.dtype, images.shape[:1])
         except ValueError as e:
             raise ValueError(f"images: {e}") from None
-        return _in_memory(images)
+        where = list(range(len(images)))
+        return [f"images[{i}]" for i in where], [(where, _in_memory(images, where))], {}
     if not isinstance(images, (list, tuple)):
         raise TypeError(f"images: expected a path, a list of paths, a PIL image or a list of them, or a uint8 array "
                         f"N×H×W×3, not {type(images).__name__}")
-    if all(isinstance(x, Image.Image) for x in images):
-        return _in_memory([np.asarray(upright_rgb(x)) for x in images])
-    odd = next((i for i, x in enumerate(images) if not isinstance(x, (str, os.PathLike))), None)
-    if odd is not None:
-        raise TypeError(f"images[{odd}]: expected a path (or a list of PIL images only), not {type(images[odd]).__name__}")
-    paths = [os.fspath(p) for p in images]
+    names = [os.fspath(x) if isinstance(x, (str, os.PathLike)) else f"images[{i}]" for i, x in enumerate(images)]
+    files = [i for i, x in enumerate(images) if isinstance(x, (str, os.PathLike))]
+    arrays = {i: _one_image(x, i) for i, x in enumerate(images) if not isinstance(x, (str, os.PathLike))}
+    parts, missing = _files([names[i] for i in files]) if files else ([], {})
+    if files and len(missing) == len(names):
+        others = f" (none of the {len(names)} images is there)" if len(names) > 1 else ""
+        raise DataError(f"{names[0]}: no such file{others}")
+    parts = [([files[j] for j in at], dataset) for at, dataset in parts]
+    if arrays:
+        parts.append((list(arrays), _in_memory(list(arrays.values()), list(arrays))))
+    return names, parts, {files[j]: why for j, why in missing.items()}
+
+
+def _one_image(x, i: int) -> np.ndarray:
+    """Item `i` of a list of images, a PIL image or an array, as the uint8 H×W×3 (H×W: grey)
+    pixels its single form reads as; a TypeError or ValueError naming it for anything else."""
+    if isinstance(x, Image.Image):
+        return np.asarray(upright_rgb(x))
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"images[{i}]: expected a path, a PIL image or a uint8 array H×W×3, not {type(x).__name__}")
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3))):  # N×H×W grey or a batch: which?
+        raise ValueError(f"images[{i}]: an array in a list is one image, H×W×3 (H×W or H×W×1: grey), not of "
+                         f"shape {x.shape}; give several images as one array N×H×W×3, or a list of single ones")
+    try:
+        check_arrays(x[None].shape, x.dtype, (1,))
+    except ValueError as e:
+        raise ValueError(f"images[{i}]: {e}") from None
+    return x
+
+
+def _files(paths: list[str]) -> tuple[list[tuple[list[int], Dataset]], dict[int, str]]:
+    """The Dataset of the image files `paths` that are there (with their positions among them),
+    and those that are not (position -> why), which are read as unreadable files are."""
     for p in paths:
-        if not os.path.exists(p):
-            raise DataError(f"{p}: no such file")
         if os.path.isdir(p):
             raise DataError(f"{p}: is a folder; give image files (fne.predict scores a folder's images)")
-    return Dataset(name="images", ids=paths, labels=None, splits=None, classes=[], sources=paths)
+    missing = {i: "no such file" for i, p in enumerate(paths) if not os.path.exists(p)}
+    where = [i for i in range(len(paths)) if i not in missing]
+    there = [paths[i] for i in where]
+    dataset = Dataset(name="images", ids=there, labels=None, splits=None, classes=[], sources=there)
+    return ([(where, dataset)] if there else []), missing
 
 
-def _in_memory(arrays) -> Dataset:
-    """Images held in memory (an array, or a list of H×W×3 arrays of any sizes: an `ArraySource`
-    indexes either) as a Dataset, each named ``images[i]``."""
-    n = len(arrays)
-    return Dataset(name="images", ids=[f"images[{i}]" for i in range(n)], labels=None, splits=None, classes=[],
-                   sources=list(range(n)), array_source=ArraySource(array=arrays))
+def _in_memory(arrays, where: list[int]) -> Dataset:
+    """Images held in memory (an array, or a list of H×W×3 or H×W arrays of any sizes: an
+    `ArraySource` indexes either) as a Dataset, each named ``images[i]`` by its position `where`
+    among the images given."""
+    return Dataset(name="images", ids=[f"images[{i}]" for i in where], labels=None, splits=None, classes=[],
+                   sources=list(range(len(arrays))), array_source=ArraySource(array=arrays))
 
 
-def _unreadable(dataset: Dataset, bad: dict[int, str], scores: np.ndarray) -> DataError:
-    """The DataError of images that could not be read (dataset index -> why), naming the first few,
-    with the others' scores: ``unreadable`` (their positions in the images given, ascending) and
-    ``scores`` (every image's, NaN rows for those), so that a caller can keep the rest."""
+def _unreadable(names: list[str], bad: dict[int, str], scores: np.ndarray) -> DataError:
+    """The DataError of images that could not be read (position -> why; `names`: what messages
+    call each image given), naming the first few, with the others' scores: ``unreadable`` (their
+    positions in the images given, ascending) and ``scores`` (every image's, NaN rows for those),
+    so that a caller can keep the rest."""
     scores[list(bad)] = np.nan
-    e = DataError(f"{len(bad)} of {len(dataset)} image(s) could not be read: "
-                  f"{first_few([f'{dataset.ids[i]} ({why})' for i, why in sorted(bad.items())], 3)}; the error's "
+    e = DataError(f"{len(bad)} of {len(names)} image(s) could not be read: "
+                  f"{first_few([f'{names[i]} ({why})' for i, why in sorted(bad.items())], 3)}; the error's "
                   f"`scores` holds the others' scores (NaN rows for these), its `unreadable` their positions")
     e.unreadable, e.scores = sorted(bad), scores
     return e
+
+
+def _fitted_weights_only(python: bool) -> str:
+    """What a `load` user can do, once the ImageNet weights are in place (`refuse_unobtainable`'s
+    `instead`): `load` takes no weights, as the head fits the rows of those it was fitted on."""
+    return (f"then load the run again: its head fits the rows of these weights only "
+            f"({opts.named('moved_weights', python)} is for a model fitted on a weights file that moved)")
 
 
 class _Head:
@@ -238,7 +340,7 @@ class _Head:
         model = load_model(run_dir)
         check_device(device)
         spec = pinned_spec(model, str(run_dir), device, moved_weights)  # fne predict's refusals
-        refuse_unobtainable(spec.arch, spec.weights)
+        refuse_unobtainable(spec.arch, spec.weights, instead=_fitted_weights_only)
         s = model["store"]
         self.pipe, self.layers = model["pipeline"], model["layers"]
         self.names = [model["classes"][c] for c in self.pipe.classes_]
@@ -256,17 +358,19 @@ class _Head:
         out = torch.float16 if self.dtype == "float16" else torch.float32
         self.runner = TapRunner(spec, self.dev, s["precision"], out)  # built by its first call
 
-    def scores(self, dataset: Dataset) -> np.ndarray:
+    def scores(self, dataset: Dataset) -> tuple[np.ndarray, dict[int, str]]:
+        """The scores of `dataset`'s images (NaN rows for those it cannot read), and those
+        (position -> why)."""
         from fne.extraction import reader
         from fne.linear.features import class_scores
 
         out = np.full((len(dataset), len(self.names)), np.nan)
+        bad: dict[int, str] = {}
         if not len(dataset):
-            return out
+            return out, bad
         items = reader.ImageItems(dataset, list(range(len(dataset))), self.prep, raw_jpeg=self.jpegs)
         loader = torch.utils.data.DataLoader(items, batch_size=self.batch, collate_fn=reader.collate)
         cols = parts.columns(self.taps)
-        bad: dict[int, str] = {}
         notes: list[tuple[str, str]] = []  # what decoding an image warned of (a float image read black)
         batches = reader.assembled(iter(loader), self.dev, self.prep, jpegs=self.jpegs)
         try:
@@ -285,9 +389,7 @@ class _Head:
         finally:
             batches.close()
             say_skipped(notes, skipped=False)  # one line for all such images, as `fne extract` says them
-        if bad:
-            raise _unreadable(dataset, bad, out)
-        return out
+        return out, bad
 
 
 class _Network:
@@ -305,14 +407,15 @@ class _Network:
         self.names = list(self.net.run["classes"])
         self.probabilities, self.what = True, f"{self.net.run['mode']} {self.net.run['arch']} network"
 
-    def scores(self, dataset: Dataset) -> np.ndarray:
+    def scores(self, dataset: Dataset) -> tuple[np.ndarray, dict[int, str]]:
+        """As `_Head.scores`."""
         from fne.training.apply import apply_network
 
         if not len(dataset):
-            return np.empty((0, len(self.names)))
+            return np.empty((0, len(self.names))), {}
         unread: dict[str, str] = {}
         try:
-            with warnings.catch_warnings():  # the DataError below names them, as a fit run's does
+            with warnings.catch_warnings():  # `LoadedModel`'s DataError names them, as a fit run's does
                 warnings.filterwarnings("ignore", message="skipped ", module="fne.training.epochs")
                 _, scores, idx, _ = apply_network(self.net, dataset, batch_size=self.batch, workers=0,
                                                   progress=False, name="images", skipped=unread)
@@ -323,7 +426,4 @@ class _Network:
         out = np.full((len(dataset), len(self.names)), np.nan)
         if len(idx):
             out[idx] = scores
-        if unread:
-            positions = {i: unread[x] for i, x in enumerate(dataset.ids) if x in unread}
-            raise _unreadable(dataset, positions, out)
-        return out
+        return out, {i: unread[x] for i, x in enumerate(dataset.ids) if x in unread}

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, fields, replace
 
-from fne.errors import FneError, OptionError
+from fne.errors import FneError, OptionError, numpy_bool
 from fne.options import (
     AdviseOptions,
     CacheOptions,
@@ -194,14 +194,16 @@ def _wanted(v, o: Opt) -> str:
 
 
 def _of_type(v, hint) -> bool:
-    """Whether `v` is of the declared type: numpy integers count as int, a Path as str, a bool
-    is not a number."""
+    """Whether `v` is of the declared type: numpy integers count as int, numpy bools as bool, a
+    Path as str, a bool is not a number."""
     for k in [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]:
         k = typing.get_origin(k) or k  # tuple[int, int] -> tuple
         if k is str and isinstance(v, (str, os.PathLike)):
             return True
         if k in (int, float) and isinstance(v, numbers.Integral if k is int else numbers.Real):
             return not isinstance(v, bool)
+        if k is bool and numpy_bool(v):
+            return True
         if k not in (str, int, float) and isinstance(v, k):
             return True
     return False
@@ -339,13 +341,15 @@ def not_in_pipelines(cls) -> tuple[str, ...]:
 
 
 def plain(obj):
-    """`obj` with numpy numbers as Python's and Paths as strings, as the command line gives them:
+    """`obj` with numpy numbers and bools as Python's and Paths as strings, as the command line gives them:
     what metrics.json, a checkpoint's arguments and the store's records write as JSON."""
     changed = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
         if isinstance(v, os.PathLike):
             changed[f.name] = os.fspath(v)
+        elif numpy_bool(v):  # no numbers.Integral
+            changed[f.name] = bool(v)
         elif isinstance(v, numbers.Integral) and not isinstance(v, int):
             changed[f.name] = int(v)
         elif isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
@@ -356,8 +360,8 @@ def plain(obj):
 def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[str] | None = None) -> list:
     """Split a verb's keywords among its option classes; -> one checked instance per class.
 
-    given: class -> an instance to start from (e.g. the caller's StoreSpec); keywords override
-    its fields. A keyword no class declares (or, with `only`, none of those named there) is a
+    given: class -> an instance to start from (a verb's ``store`` keyword: the caller's StoreSpec, or
+    None); keywords override its fields. A keyword no class declares (or, with `only`, none of those named there) is a
     TypeError, as for any Python function; the other fields keep their defaults.
     """
     unexpected(kwargs, *classes, only=only)
@@ -368,7 +372,8 @@ def resolve(kwargs: dict, *classes, given: dict | None = None, only: Iterable[st
         mine = {n: left.pop(n) for n in [f.name for f in fields(cls)] if n in left}
         base = given.get(cls)
         if base is not None and not isinstance(base, cls):
-            raise TypeError(f"expected a {cls.__name__}, not {type(base).__name__} {base!r}")
+            raise TypeError(f"store must be a {cls.__module__}.{cls.__name__} or None, not {type(base).__name__} "
+                            f"{base!r}")
         obj = replace(base, **mine) if base is not None else cls(**mine)
         check(obj)
         out.append(plain(obj))

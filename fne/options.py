@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
 
+from fne.errors import numpy_bool
 from fne.names import (
     AUGMENT_ON,
     COMPILE,
@@ -200,7 +201,7 @@ class ForwardOptions:
                                  **at_least(1))
 
     def __post_init__(self) -> None:
-        if isinstance(self.compile, bool):  # the API also takes True / False
+        if isinstance(self.compile, bool) or numpy_bool(self.compile):  # the API also takes True / False
             self.compile = "on" if self.compile else "off"
 
 

@@ -19,6 +19,7 @@ from sklearn.svm import LinearSVC
 
 import fne
 import fne.options
+from fne import option_handling as opts
 from fne.cache.store import list_stores
 from fne.cli import build_parser, main
 from fne.data.datasets import load_dataset
@@ -134,6 +135,10 @@ def test_api_mistakes_are_named(digits_folder, warm_cache, tmp_path):
      "^resume must be True, False or 'auto', not str 'maybe'$"),
     (lambda t: fne.train("digits", mode="frozen", out=t / "r", resume=1), TypeError,
      "^resume must be True, False or 'auto', not int 1$"),
+    # the shared refusal of a `store` that is no StoreSpec said "expected a StoreSpec", naming no keyword
+    (lambda t: fne.advise(t / "d", store=5), TypeError, r"^store must be a fne\.cache\.spec\.StoreSpec or None, not int 5$"),
+    (lambda t: fne.extract(t / "d", store="vgg16"), TypeError, "^store must be a fne.cache.spec.StoreSpec or None, not str"),
+    (lambda t: fne.export(t / "d", out=t / "x.h5", store={}), TypeError, "^store must be a .*StoreSpec or None, not dict"),
 ])
 def test_api_arguments_that_are_no_paths_are_named_before_any_work(call, exc, said, tmp_path):
     """A Python caller's None (or a list) where a path goes: the keyword named, not a
@@ -647,6 +652,23 @@ def test_every_public_verb_documents_each_parameter_of_its_signature(name):
         raises = [line for line in sections.get("Raises", []) if line and not line.startswith(" ")]
         assert raises and set(raises) <= {"FneError", "OptionError", "DataError", "WeightsError", "CacheError",
                                           "PipelineError", "TypeError"}, (name, raises)
+
+
+def test_numpy_bools_are_taken_where_bools_are(digits_folder, warm_cache, tmp_path):
+    """np.bool_ (``(x > 0).any()``) was refused as "progress must be True or False, not bool
+    np.False_": taken as Python's bool, as numpy numbers are taken as Python's numbers."""
+    from fne.options import ExtractOptions
+
+    o = opts.resolve({"progress": np.False_, "retry_bad": np.True_, "compile": np.False_}, ExtractOptions)[0]
+    assert (o.progress, o.retry_bad, o.compile) == (False, True, "off") and type(o.progress) is bool
+    r = fne.extract(digits_folder, cache=str(warm_cache), progress=np.False_, **STORE)
+    assert r.n_cached == 24 and r.n_computed == 0
+    with pytest.raises(TypeError, match=r"^batch_size must be an integer or a string, not bool np.True_$"):
+        opts.resolve({"batch_size": np.True_}, ExtractOptions)  # a bool is no number, numpy's neither
+    with pytest.raises(DataError, match="does not exist"):  # past the keywords' checks, to DATA
+        fne.train(tmp_path / "absent", "frozen", tmp_path / "r", resume=np.True_)
+    with pytest.raises(FneError, match="p.toml"):  # past expect_bools, to the pipeline file
+        fne.run(tmp_path / "p.toml", force=np.False_, dry_run=np.True_, report=np.False_)
 
 
 def test_train_takes_numpy_integers_for_save_every():

@@ -343,7 +343,7 @@ def test_bad_fit_arguments(digits_folder, warm_cache, tmp_path, kwargs, msg):
     (dict(seed=1.5), TypeError, "seed must be an integer, not float 1.5"),
     (dict(splits=True), TypeError, "splits must be an integer"),
     (dict(extract_missing="no"), TypeError, "extract_missing must be True or False, not str 'no'"),
-    (dict(store={"arch": "vgg16"}), TypeError, "expected a StoreSpec, not dict"),
+    (dict(store={"arch": "vgg16"}), TypeError, r"^store must be a fne\.cache\.spec\.StoreSpec or None, not dict"),
     (dict(C=-1), ValueError, r"bad C=-1; must be > 0"),
     (dict(C=float("nan")), ValueError, "must be > 0"),
     (dict(C=float("inf")), ValueError, "bad C=inf; must be finite"),

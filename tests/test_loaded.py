@@ -161,10 +161,16 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
     good = sorted(digits_folder.rglob("*.png"))[:2]
     (tmp_path / "bad.png").write_text("not an image")
     cases = [(3, TypeError, "images: expected a path, a list of paths, a PIL image"),
-             ([good[0], 3], TypeError, r"images\[1\]: expected a path"),
+             ([good[0], 3], TypeError, r"images\[1\]: expected a path, a PIL image or a uint8 array H×W×3, not int"),
+             ([good[0], [good[1]]], TypeError, r"images\[1\]: expected a path.*not list"),
+             ([_rgb(good)], ValueError, r"images\[0\]: an array in a list is one image, H×W×3 .*not of shape "
+                                        r"\(2, \d+, \d+, 3\); give several images as one array N×H×W×3"),
+             ([good[0], _rgb(good)[0].astype(np.float32)], ValueError, r"images\[1\]: images must be uint8"),
              (_rgb(good).astype(np.float32), ValueError, "images: images must be uint8"),
              (_rgb(good).transpose(0, 3, 1, 2), ValueError, "images: images must be N×H×W.*channels first"),
-             ([tmp_path / "absent.png"], DataError, "absent.png: no such file"),
+             ([tmp_path / "absent.png"], DataError, "absent.png: no such file$"),  # none there: no scores
+             ([tmp_path / "absent.png", tmp_path / "gone.png"], DataError,
+              r"absent.png: no such file \(none of the 2 images is there\)$"),
              ([digits_folder], DataError, "is a folder; give image files"),
              (_rgb(good)[0], ValueError, r"images: an array of shape \(\d+, \d+, 3\) reads as \d+ grey images 3 "
                                          r"pixels wide; give one colour image as images\[None\]"),
@@ -295,13 +301,60 @@ def test_unreadable_images_are_named_and_the_others_scored(kind, digits_folder, 
     (tmp_path / "bad.png").write_text("not an image")
     (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:60])
     want = clf.decision_function(good)
-    with pytest.raises(DataError, match=r"^2 of 5 image\(s\) could not be read: .*bad.png .*cut.png") as e:
-        clf.predict([good[0], tmp_path / "bad.png", tmp_path / "cut.png", good[1], good[2]])
-    assert e.value.unreadable == [1, 2] and e.value.scores.shape == (5, 4)
-    assert np.isnan(e.value.scores[[1, 2]]).all() and np.allclose(e.value.scores[[0, 3, 4]], want, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"^3 of 6 image\(s\) could not be read: .*bad.png .*cut.png .*"
+                                         r"absent.png \(no such file\); the error's `scores`") as e:
+        clf.predict([good[0], tmp_path / "bad.png", tmp_path / "cut.png", good[1], tmp_path / "absent.png", good[2]])
+    assert e.value.unreadable == [1, 2, 4] and e.value.scores.shape == (6, 4)
+    assert np.isnan(e.value.scores[[1, 2, 4]]).all()
+    assert np.allclose(e.value.scores[[0, 3, 5]], want, rtol=0, atol=1e-6)
+    with pytest.raises(DataError, match=r"^1 of 2 image\(s\) could not be read: .*absent.png \(no such file\)") as e:
+        clf.predict([tmp_path / "absent.png", good[1]])  # a file that is not there, alone in its batch
+    assert e.value.unreadable == [0] and np.allclose(e.value.scores[1], want[1], rtol=0, atol=1e-6)
     with pytest.raises(DataError, match=r"^1 of 1 image") as e:
         clf.decision_function(tmp_path / "bad.png")
     assert e.value.unreadable == [0] and np.isnan(e.value.scores).all()
+
+
+def test_a_list_mixes_paths_pil_images_and_arrays_each_read_as_alone(digits_folder, warm_cache, tmp_path):
+    fne.fit(digits_folder, tmp_path / "run", features="last", cache=str(warm_cache), progress=False, **FAST)
+    clf = fne.load(tmp_path / "run", batch_size=2)
+    paths = sorted(digits_folder.rglob("*.png"))[:5]
+    grey = np.asarray(Image.open(paths[3]).convert("L"))
+    images = [paths[0], Image.open(paths[1]), _rgb(paths[2:3])[0], grey, grey[:, :, None], str(paths[4])]
+    alone = [clf.decision_function(paths[0]), clf.decision_function(Image.open(paths[1])),
+             clf.decision_function(_rgb(paths[2:3])), clf.decision_function(grey[None]),
+             clf.decision_function(grey[None, :, :, None]), clf.decision_function(str(paths[4]))]
+    got = clf.decision_function(images)
+    assert got.shape == (6, 4) and np.allclose(got, np.concatenate(alone), rtol=0, atol=1e-6)
+    assert list(clf.predict(images)) == list(clf.classes_[np.argmax(got, axis=1)])
+    assert np.allclose(clf.decision_function(list(_rgb(paths))), clf.decision_function(_rgb(paths)), rtol=0, atol=1e-6)
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(DataError, match=r"^2 of 4 image\(s\) could not be read: .*absent.png \(no such file\), "
+                                        r".*bad.png \(not an image file\);") as e:
+        clf.predict([tmp_path / "absent.png", grey, tmp_path / "bad.png", Image.open(paths[1])])
+    assert e.value.unreadable == [0, 2]  # a path not there beside arrays: not every image is missing
+    assert np.allclose(e.value.scores[[1, 3]], got[[3, 1]], rtol=0, atol=1e-6)
+
+
+def test_score_is_the_mean_accuracy_with_labels_compared_as_the_classes_are(digits_folder, warm_cache, tmp_path):
+    fne.fit(digits_folder, tmp_path / "run", features="last", cache=str(warm_cache), progress=False, **FAST)
+    clf = fne.load(tmp_path / "run")
+    paths = sorted(digits_folder.rglob("*.png"))
+    truth = [p.parent.name for p in paths]  # the class folders: 0 1 2 3
+    right = clf.predict(paths) == np.array(truth)
+    assert 0 < right.mean() < 1  # random weights: some right, some wrong, so a wrong comparison would show
+    assert clf.score(paths, truth) == pytest.approx(right.mean())
+    assert clf.score(paths, [int(t) for t in truth]) == pytest.approx(right.mean())  # 3 is class "3"
+    assert clf.score(paths, np.array(truth, dtype=float)[:, None]) == pytest.approx(right.mean())  # 3.0, N×1
+    w = np.arange(1, len(paths) + 1, dtype=float)
+    assert clf.score(paths, pd.Series(truth), sample_weight=w) == pytest.approx((w * right).sum() / w.sum())
+    assert clf.score(paths[:2], ["9", "9"]) == 0.0  # a label that is no class: a miss
+    with pytest.raises(ValueError, match=r"^y: 3 label\(s\) for 2 image\(s\); give one label per image$"):
+        clf.score(paths[:2], truth[:3])
+    with pytest.raises(ValueError, match=r"^y\[1\]: no label \(nan\); give each image its class$"):
+        clf.score(paths[:2], [1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"^y: expected one label per image \(shape N or N×1\), got shape \(2, 2\)$"):
+        clf.score(paths[:2], [[0, 1], [1, 0]])
 
 
 def test_it_pickles_as_its_run_folder_and_takes_paths_in_an_array_or_a_series(digits_folder, warm_cache, tmp_path,

@@ -277,3 +277,32 @@ def test_a_dry_run_names_the_weights_to_put_in_place(monkeypatch, tmp_path, hf_c
     said.clear()
     run(toml, tmp_path / "out", str(tmp_path / "c"), dry_run=True, log=said.append)
     assert not_here("vgg16") is None and not any(TV in s and "not here yet" in s for s in said)
+
+
+def test_fne_load_offline_says_where_the_weights_go_and_takes_no_other_weights(monkeypatch, tmp_path, digits_folder):
+    """`fne.load` of a model fitted on ImageNet weights that are no longer on this machine: the
+    refusal names torch hub's folder, and no `weights=` keyword (load takes none)."""
+    import torchvision
+
+    import fne
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    file = tmp_path / "torch" / "hub" / "checkpoints" / (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth")
+    file.parent.mkdir(parents=True)
+    torch.save(torchvision.models.get_model(TV, weights=None).state_dict(), file)
+    never_connect(monkeypatch)
+    fne.fit(digits_folder, tmp_path / "run", features="last", arch=TV, weights="imagenet", image_size=64,
+            precision="fp32", storage_dtype="float32", cache=str(tmp_path / "c"), extract_missing=True, progress=False)
+    file.rename(tmp_path / "kept.pth")
+    no_network(monkeypatch)
+    with pytest.raises(WeightsError) as e:
+        fne.load(tmp_path / "run")
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and msg.startswith(f"cannot load ImageNet weights for {TV} (download.pytorch.org")
+    assert f"Put {file.name} in {file.parent} (torch hub's cache" in msg
+    assert msg.endswith("then load the run again: its head fits the rows of these weights only (moved_weights is "
+                        "for a model fitted on a weights file that moved)")
+    assert "weights=PATH" not in msg and "weights='random'" not in msg
+    (tmp_path / "kept.pth").rename(file)  # as the message says: the file put in place, the run loads offline
+    never_connect(monkeypatch)
+    assert fne.load(tmp_path / "run").predict(sorted(digits_folder.rglob("*.png"))[:2]).shape == (2,)

@@ -858,6 +858,35 @@ def test_a_train_runs_network_given_to_another_arch_names_the_arch_it_was_traine
     assert not (run.parent / "x").exists()
 
 
+def test_extract_with_a_train_runs_network_at_another_size_notes_the_size_it_trained_at(resumable_run, tmp_path,
+                                                                                       capsys):
+    """`fne extract --weights RUN/model.pt` at a size other than the run's (32, metrics.json): one
+    note naming that size and --image-size; the rows are extracted all the same."""
+    from fne.extraction.extract import extract
+
+    data, run = resumable_run
+    model, cache = run / "model.pt", str(tmp_path / "cache")
+    args = ["extract", str(data), "--arch", ARCH, "--weights", str(model), "--cache", cache, "--precision", "fp32",
+            "--device", "cpu", "--workers", "0", "--no-progress"]
+    assert main(args) == 0  # its default size, 224
+    notes = [x for x in capsys.readouterr().out.splitlines() if x.startswith("note:")]
+    assert notes == [f"note: {model} is the network of a `fne train` run that trained at 32 x 32 "
+                     f"({run / 'metrics.json'}); these rows are at 224 x 224: give --image-size 32 to match"]
+    assert main([*args, "--image-size", "32"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    r = extract(data, arch=ARCH, weights=str(model), cache=cache, image_size=48, precision="fp32", device="cpu",
+                workers=0, progress=False)
+    assert r.n_computed == 48 and capsys.readouterr().out.splitlines() == [
+        f"note: {model} is the network of a `fne train` run that trained at 32 x 32 ({run / 'metrics.json'}); these "
+        f"rows are at 48 x 48: give image_size=32 to match"]
+    other = tmp_path / "other" / "model.pt"  # a model.pt of no fne train run (no metrics.json): no note
+    other.parent.mkdir()
+    other.write_bytes(model.read_bytes())
+    extract(data, arch=ARCH, weights=str(other), cache=cache, image_size=48, precision="fp32", device="cpu",
+            workers=0, progress=False)
+    assert "note:" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("case, expected", [
     ("truncated", "cannot read {ckpt}: truncated, damaged or not a torch file; start anew without --resume"),
     ("state dict", "{ckpt} is not a checkpoint of fne train (it lacks args, best, epoch"),

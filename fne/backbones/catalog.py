@@ -6,6 +6,7 @@ backbone's pretrained weights are on this machine, and where they go if not (`fn
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fne.option_handling import keywords, resolve
@@ -116,11 +117,12 @@ def not_here(arch: str, weights: str = "imagenet") -> str | None:
     return None if fetch.hub_file(url).is_file() else fetch.hub_where(url)
 
 
-def refuse_unobtainable(arch: str, weights: str) -> None:
+def refuse_unobtainable(arch: str, weights: str, instead: Callable[[bool], str] | None = None) -> None:
     """Raise now the `WeightsError` that loading `arch`'s ImageNet weights (``weights='imagenet'``)
     would raise later, where they are not on this machine and their host does not answer (or
     Hugging Face's offline mode is on): before a command starts its loader workers and progress
-    line. Nothing is downloaded; weights that are here, files and random weights pass."""
+    line. Nothing is downloaded; weights that are here, files and random weights pass. `instead`:
+    what else the caller can do, for one that takes no other weights (`fetch.hub_refusal`)."""
     from fne.backbones import fetch
     from fne.network import unreachable
 
@@ -129,4 +131,6 @@ def refuse_unobtainable(arch: str, weights: str) -> None:
     model_name, cfg, url = _imagenet_source(arch, weights)
     why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else unreachable(url)
     if why is not None:
-        raise fetch.timm_refusal(model_name, cfg, why) if model_name is not None else fetch.hub_refusal(arch, url, why)
+        more = {"instead": instead} if instead is not None else {}
+        raise (fetch.timm_refusal(model_name, cfg, why, **more) if model_name is not None
+               else fetch.hub_refusal(arch, url, why, **more))

@@ -14,6 +14,7 @@ that drops packets holds urllib for minutes. A load that cannot happen is one li
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,11 +53,12 @@ def hub_state(name: str, url: str) -> dict:
     raise hub_refusal(name, url, why) from None
 
 
-def hub_refusal(name: str, url: str, why: str) -> WeightsError:
+def hub_refusal(name: str, url: str, why: str, instead: Callable[[bool], str] = other_weights) -> WeightsError:
     """The one line for ImageNet weights of backbone `name` (from `url`) that could not be loaded:
-    why, where to put the file and how to get it."""
+    why, where to put the file and how to get it, then `instead(python)`: what else the caller can
+    do (other weights, for a command that takes them)."""
     return refusal(lambda py: f"cannot load ImageNet weights for {name} ({why}). {hub_where(url)}, "
-                              f"{other_weights(py)}", WeightsError)
+                              f"{instead(py)}", WeightsError)
 
 
 def hub_where(url: str, get: str | None = None) -> str:
@@ -126,11 +128,12 @@ def hf_unreachable() -> str | None:
             "the cache") if hf_offline() else unreachable(ENDPOINT)
 
 
-def timm_refusal(model_name: str, cfg: dict, why: str) -> WeightsError:
+def timm_refusal(model_name: str, cfg: dict, why: str,
+                 instead: Callable[[bool], str] = other_weights) -> WeightsError:
     """The one line for timm weights that could not be loaded: why, where to put which file and
-    how to get it."""
+    how to get it, then `instead(python)` (as `hub_refusal`'s)."""
     return refusal(lambda py: f"cannot load pretrained weights for timm:{model_name} ({why}). "
-                              f"{timm_where(model_name, cfg)}, {other_weights(py)}", WeightsError)
+                              f"{timm_where(model_name, cfg)}, {instead(py)}", WeightsError)
 
 
 def timm_where(model_name: str, cfg: dict) -> str:

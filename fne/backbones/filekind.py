@@ -185,20 +185,29 @@ def weights_refusal(weights: str | Path, said: str | Callable[[bool], str]) -> W
                    WeightsError)
 
 
+def train_run(weights: str | Path) -> tuple[Path, dict] | None:
+    """(its metrics.json, what that records) where `weights` is the model.pt of a `fne train` run;
+    else None (other weights, or a run folder whose metrics.json cannot be read)."""
+    import json
+
+    p = Path(weights)
+    if p.name != "model.pt":
+        return None
+    try:
+        m = json.loads((p.parent / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (p.parent / "metrics.json", m) if isinstance(m, dict) and m.get("kind") == "train" else None
+
+
 def trained_as(weights: str | Path, arch: str, python: bool) -> str:
     """'; RUN/metrics.json: trained as --arch X' where `weights` is the model.pt of a `fne train`
     run of another architecture than `arch`, else '': what a refusal of weights that do not fit
     `arch` adds."""
-    import json
-
-    p = Path(weights)
-    try:
-        m = json.loads((p.parent / "metrics.json").read_text()) if p.name == "model.pt" else None
-    except (OSError, ValueError):
+    run = train_run(weights)
+    if run is None or run[1].get("arch") in (None, arch):
         return ""
-    if not isinstance(m, dict) or m.get("kind") != "train" or m.get("arch") in (None, arch):
-        return ""
-    return f"; {p.parent / 'metrics.json'}: trained as {named('arch', python, m['arch'], plain=True)}"
+    return f"; {run[0]}: trained as {named('arch', python, run[1]['arch'], plain=True)}"
 
 
 def misfit(arch: str, weights: str | Path, found: Shapes, own: Shapes, classifier: str) -> WeightsError | None:

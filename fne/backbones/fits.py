@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fne.backbones.filekind import Shapes, misfit, weights_refusal
+from fne.backbones.filekind import Shapes, misfit, train_run, weights_refusal
 from fne.errors import WeightsError
 from fne.option_handling import named, refusal
 
@@ -78,3 +78,21 @@ def refuse_size(arch: str, weights: str, size: int | None) -> None:
         said = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise refusal(lambda py: f"{named('image_size', py, size, plain=True)}: {arch} cannot run at {size} x {size} "
                                  f"({said}); its own size is {b.input_size}") from None
+
+
+def note_trained_size(arch: str, weights: str, size: int | None) -> None:
+    """Print a note where `weights` is a `fne train` run's model.pt (its metrics.json read) that
+    trained at another image size than `size` (--image-size; None: `arch`'s own): its network
+    learnt that size's pixels, and rows at another one may be meant (a study of sizes), or not."""
+    from fne.backbones import registry
+    from fne.progress import said
+
+    run = train_run(weights)
+    trained = run[1].get("image_size") if run is not None else None
+    if not isinstance(trained, int):
+        return
+    size = size or registry.get(arch, weights).input_size
+    if size != trained:
+        print(said(lambda py: f"note: {weights} is the network of a `fne train` run that trained at {trained} x "
+                              f"{trained} ({run[0]}); these rows are at {size} x {size}: give "
+                              f"{named('image_size', py, trained, plain=True)} to match"), flush=True)

@@ -250,6 +250,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     if plan.todo:  # a weights file that does not fit, a size the network cannot take: cheap, before the workers
         fits.refuse_unfit(spec.arch, spec.weights)  # its names and shapes only (VGG-16's 528 MB: 0.02 s)
         fits.refuse_size(spec.arch, spec.weights, spec.image_size)
+        fits.note_trained_size(spec.arch, spec.weights, spec.image_size)  # another size may be meant: said, not refused
     done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
         try:
