@@ -9,6 +9,7 @@ One run, in the order `train()` goes:
 3. `fne.training.epochs`     passes over the images (read by `fne.extraction.reader`, as `fne extract` reads them):
                     SGD epochs with validation to pick the best epoch, then the test split once;
    `fne.training.checkpoint` `--save-every N` and `--resume`: a bit-identical continuation on CPU;
+   `fne.training.unsaved`   the last epoch no checkpoint holds yet, written as a run stops (Ctrl-C, SIGTERM);
 4. outputs: RUN_DIR/metrics.json, predictions.csv and model.pt (a state dict whose module
    names are the backbone's own, so `--weights RUN_DIR/model.pt` works in `fne extract`/`fne train`).
 """
@@ -408,7 +409,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
             save(parts, run)
             saved, last_write = epoch + 1, time.monotonic()
             kept.drop()
-        elif saved is None:  # no checkpoint of the run yet: this epoch's end, in memory
+        elif saved is None and epoch + 1 < cfg.epochs:  # no checkpoint of the run yet: this epoch's end, in memory
             kept.hold_epoch(save, model, parts, run)
     if saved != run["epoch"]:  # its weights before the best epoch's are put in the model
         kept.hold_epoch(save, model, parts, run, done=True)
