@@ -443,7 +443,8 @@ def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(sou
                                                                             capsys):
     """`--save-every auto` (the default) writes a checkpoint after each epoch that ends 5 minutes
     after the last one (here after every epoch); Ctrl-C then says to rerun with --resume, which
-    trains the epochs left. A short run writes none, and says so when interrupted."""
+    trains the epochs left. A short run saves none: interrupted in its first epoch it says that
+    nothing was kept; in a later one it keeps the last epoch that ended (it lost every epoch)."""
     import fne.training.checkpoint as ck
     import fne.training.epochs as ep
 
@@ -458,10 +459,17 @@ def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(sou
     out = tmp_path / "run"
     args = ["train", "digits", "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "2",
             "--image-size", "32", "--workers", "0", "--test-size", "0.9", "--no-progress", "--out", str(out)]
-    monkeypatch.setattr(ep, "train_one_epoch", second_epoch_interrupted)
-    assert main(args) == 130  # checkpoints 5 minutes apart: none in a run this short
+    monkeypatch.setattr(ep, "train_one_epoch", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(args) == 130  # checkpoints 5 minutes apart: none in a run this short, and no epoch ended
     assert ("nothing was kept: no epoch was saved yet (--save-every auto); rerun the same command to start again"
             in capsys.readouterr().err)
+    assert not out.exists()
+    monkeypatch.setattr(ep, "train_one_epoch", second_epoch_interrupted)
+    assert main(args) == 130  # epoch 1 ended: kept as the run stops
+    assert (f"kept epoch 1 of 2 (the last one saved) in {out / 'checkpoint.pt'}; rerun the same command with "
+            f"--resume to continue from there") in capsys.readouterr().err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    (out / "checkpoint.pt").unlink()
     monkeypatch.setattr(ck, "AUTO_EVERY_S", 0)
     assert main(args) == 130
     err = capsys.readouterr().err
@@ -1558,7 +1566,8 @@ def _train_process(data, out, *extra):
 def test_a_signalled_fne_train_says_which_epoch_it_kept_and_how_to_go_on(digits_split, tmp_path):
     """A SIGTERM'd `fne train` (a scheduler's preemption) said "rerun with --resume to continue
     after the epoch saved in PATH": not which epoch. Its last line now names the epoch kept, of
-    how many, and the checkpoint; Ctrl-C before any epoch was saved says that nothing was kept."""
+    how many, and the checkpoint. Ctrl-C before any epoch was saved lost the epochs that had ended
+    ("nothing was kept"); now the last of them is kept, and said in the same words."""
     import signal
     import time
 
@@ -1578,18 +1587,22 @@ def test_a_signalled_fne_train_says_which_epoch_it_kept_and_how_to_go_on(digits_
                                     f"{out / 'checkpoint.pt'}; rerun the same command with --resume to continue "
                                     f"from there")
 
-    p = _train_process(digits_split, tmp_path / "other")  # --save-every auto: no save in its first 5 minutes
+    other = tmp_path / "other"
+    p = _train_process(digits_split, other)  # --save-every auto: no save in its first 5 minutes
     try:
-        while "new layers" not in p.stdout.readline():  # training has begun
+        while not p.stdout.readline().startswith("epoch 3/500:"):  # epoch 2 ended and is held, none saved
             assert p.poll() is None, p.stderr.read()
+        assert not (other / "checkpoint.pt").exists()
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
     finally:
         p.kill()
     assert p.returncode == 130, err
-    assert err.splitlines()[-1] == ("fne train: interrupted; nothing was kept: no epoch was saved yet (--save-every "
-                                    "auto); rerun the same command to start again")
-    assert not (tmp_path / "other" / "checkpoint.pt").exists()
+    kept = torch.load(other / "checkpoint.pt", weights_only=True)  # the last epoch that ended, not a half one
+    assert kept["epoch"] >= 2 and [r["epoch"] for r in kept["history"]] == list(range(1, kept["epoch"] + 1))
+    assert err.splitlines()[-1] == (f"fne train: interrupted; kept epoch {kept['epoch']} of 500 (the last one saved) "
+                                    f"in {other / 'checkpoint.pt'}; rerun the same command with --resume to continue "
+                                    f"from there")
 
 
 def test_an_interrupted_train_that_saves_no_checkpoint_says_why_nothing_was_kept(tmp_path):

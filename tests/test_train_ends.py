@@ -158,3 +158,89 @@ def test_each_unreadable_image_is_named_once_per_run_not_once_per_epoch(two_clas
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert sorted(m["skipped"]) == bad
     assert [err.count(name) for name in bad] == [1] * len(bad), err
+
+
+def _args(data, out, *extra) -> list[str]:
+    return ["train", str(data), "--mode", "scratch", "--arch", ARCH, "--epochs", "2", "--val-fraction", "0.25",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("when", ["test pass", "model.pt"])
+def test_a_short_run_stopped_after_its_last_epoch_keeps_it_and_resume_writes_its_files(when, two_classes, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Ctrl-C during the test pass, or SIGTERM while the run's files are written, after the last
+    epoch of a run that saved no checkpoint (`--save-every auto`, a short run): the whole training
+    was lost ("nothing was kept"). Now the last epoch is written to checkpoint.pt, the line says
+    so, and --resume writes the files an uninterrupted run writes, training nothing again."""
+    from fne.cli import Terminated
+
+    assert main(_args(two_classes, tmp_path / "whole", "--save-every", "1")) == 0
+    out, real_eval, real_save, trained = tmp_path / "run", epochs.evaluate, torch.save, []
+
+    def evaluate(model, loader, ctx, what):
+        if what == "test" and when == "test pass":
+            raise KeyboardInterrupt
+        return real_eval(model, loader, ctx, what)
+
+    def save(obj, f, *a, **k):
+        if str(getattr(f, "name", f)).endswith("model.pt"):
+            raise Terminated
+        return real_save(obj, f, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(epochs, "evaluate", evaluate)
+        m.setattr(torch, "save", save if when == "model.pt" else real_save)
+        assert main(_args(two_classes, out)) == (130 if when == "test pass" else 143)
+    how = "interrupted" if when == "test pass" else "terminated"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"fne train: {how}; kept epoch 2 of 2 (the last one saved) in {out / 'checkpoint.pt'}; rerun the same "
+        f"command with --resume to continue from there")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    real_train = epochs.train_one_epoch
+    monkeypatch.setattr(epochs, "train_one_epoch", lambda *a, **k: (trained.append(1), real_train(*a, **k))[1])
+    assert main(_args(two_classes, out, "--resume")) == 0
+    assert trained == []  # nothing trained again
+    for name in ("model.pt", "predictions.csv"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "whole", out))
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    assert (a["best_epoch"], a["accuracy"]) == (b["best_epoch"], b["accuracy"])
+
+
+def test_a_short_run_stopped_mid_epoch_keeps_the_last_epoch_that_ended(two_classes, tmp_path, monkeypatch):
+    """Ctrl-C during epoch 3's validation (its training done, the schedule stepped) of a run that
+    saved no checkpoint yet: epoch 2's end is kept, not the half epoch's weights, optimizer or
+    schedule; the Python caller's KeyboardInterrupt says so, and resume=True trains on to the
+    weights an uninterrupted run ends with."""
+    kw = dict(arch=ARCH, epochs=4, val_fraction=0.25, image_size=32, workers=0, progress=False, lr=0.05,
+              scheduler="cosine")
+    train(str(two_classes), "scratch", tmp_path / "whole", **kw)
+    out, real, passes = tmp_path / "run", epochs.evaluate, []
+
+    def evaluate(model, loader, ctx, what):
+        passes.append(what)
+        if passes.count("val") == 3:
+            raise KeyboardInterrupt
+        return real(model, loader, ctx, what)
+
+    with monkeypatch.context() as m:
+        m.setattr(epochs, "evaluate", evaluate)
+        with pytest.raises(KeyboardInterrupt) as e:
+            train(str(two_classes), "scratch", out, **kw)
+    assert e.value.__notes__ == [f"kept epoch 2 of 4 in {out / 'checkpoint.pt'}: resume=True continues from there"]
+    kept = checkpoint.read(out / checkpoint.CHECKPOINT)
+    assert kept["epoch"] == 2 and [r["epoch"] for r in kept["history"]] == [1, 2]
+    assert kept["scheduler"]["last_epoch"] == 2
+    train(str(two_classes), "scratch", out, resume=True, **kw)
+    assert (out / "model.pt").read_bytes() == (tmp_path / "whole" / "model.pt").read_bytes()
+    a, b = (json.loads((p / "metrics.json").read_text()) for p in (tmp_path / "whole", out))
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_save_every_0_keeps_nothing_when_stopped(two_classes, tmp_path, monkeypatch):
+    """`--save-every 0` wants no checkpoint: a run stopped after its epochs writes none."""
+    monkeypatch.setattr(epochs, "evaluate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt) as e:
+        train(str(two_classes), "scratch", tmp_path / "run", arch=ARCH, epochs=1, val_fraction=0, image_size=32,
+              workers=0, progress=False, save_every=0)
+    assert not hasattr(e.value, "__notes__") and not (tmp_path / "run" / checkpoint.CHECKPOINT).exists()

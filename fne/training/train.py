@@ -9,6 +9,7 @@ One run, in the order `train()` goes:
 3. `fne.training.epochs`     passes over the images (read by `fne.extraction.reader`, as `fne extract` reads them):
                     SGD epochs with validation to pick the best epoch, then the test split once;
    `fne.training.checkpoint` `--save-every N` and `--resume`: a bit-identical continuation on CPU;
+   `fne.training.unsaved`   the last epoch no checkpoint holds yet, written as a run stops (Ctrl-C, SIGTERM);
 4. outputs: RUN_DIR/metrics.json, predictions.csv and model.pt (a state dict whose module
    names are the backbone's own, so `--weights RUN_DIR/model.pt` works in `fne extract`/`fne train`).
 """
@@ -20,7 +21,6 @@ import json
 import os
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ from fne.training.transfer import (
     kept_statistics,
     train_mode,
 )
+from fne.training.unsaved import Unsaved
 
 
 def _text(path):
@@ -214,21 +215,22 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
-    # The loaders' workers end with each part, also on Ctrl-C: the training and validation
-    # loaders' (kept across epochs) before the test pass, not idle beside its own.
-    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
-        run, unsaved = (_fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt) if cfg.mode != "direct"
-                        else (_start(), None))
-    t0 = time.perf_counter()
-    with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
-        ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
-    test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
-    for note in untrained_notes(dataset, split, ctx.skipped):  # as fit says it of the same split
-        warnings.warn(note, stacklevel=3)
+    kept = Unsaved(Path(cfg.out) / checkpoint.CHECKPOINT, cfg.save_every, cfg.epochs)
     try:
+        # The loaders' workers end with each part, also on Ctrl-C: the training and validation
+        # loaders' (kept across epochs) before the test pass, not idle beside its own.
+        with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
+            run = (_fit(model, cfg, ctx, source, split, loader, train_tf, eval_tf, ckpt, kept)
+                   if cfg.mode != "direct" else _start())
+        t0 = time.perf_counter()
+        with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
+            ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
+        test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
+        for note in untrained_notes(dataset, split, ctx.skipped):  # as fit says it of the same split
+            warnings.warn(note, stacklevel=3)
         metrics = _write_outputs(model, cfg, dataset, b, ctx, split, source, run, test, data_o)
-    except OSError as e:  # a full disk: the training is kept where --resume finds it, not lost
-        _keep_unsaved(unsaved, e, cfg, run)
+    except (OSError, KeyboardInterrupt) as e:  # a full disk, Ctrl-C, SIGTERM: the epochs trained are not lost
+        kept.keep(e)
         raise
     path = Path(cfg.out) / checkpoint.CHECKPOINT
     if stale is not None and checkpoint.identity(path) == stale:  # no save came: the run folder is this run's
@@ -369,10 +371,10 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bo
 
 
 def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict, split: Split, loader,
-         train_tf, eval_tf, ckpt: dict | None) -> tuple[dict, Callable[[], None] | None]:
+         train_tf, eval_tf, ckpt: dict | None, kept: Unsaved) -> dict:
     """The training epochs (continuing checkpoint `ckpt` where given); leaves the best epoch's
-    weights in `model`; -> (the run's progress (epoch, history, best, train_seconds), what writes
-    the checkpoint of its last epoch where none holds it (`_unsaved`), else None)."""
+    weights in `model`, and in `kept` the last epoch where no checkpoint holds it; -> the run's
+    progress (epoch, history, best, train_seconds)."""
     opt = epochs.optimizer(model, cfg.mode, cfg.lr, cfg.imported_lr_mult, cfg.momentum, cfg.weight_decay,
                            source["imported"])
     parts = {"model": model, "optimizer": opt, "scheduler": epochs.scheduler(opt, cfg.scheduler, cfg.epochs),
@@ -395,49 +397,25 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     loaders = (loader(split.train, train_tf, gen), loader(split.val, eval_tf) if len(split.val) else None)
     last_write = time.monotonic()
 
-    def save(states: dict) -> None:  # `parts`, or their state dicts
+    def save(states: dict, progress: dict) -> None:  # `parts`, or their state dicts
         Path(cfg.out).mkdir(parents=True, exist_ok=True)  # made by a first epoch that ran
-        checkpoint.save(path, cfg, states, run, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
+        checkpoint.save(path, cfg, states, progress, images=split.images, ran_on=ran_on, skipped=ctx.skipped,
                         weights_file=checkpoint.weights_file(cfg.weights),
                         weights_fingerprint=checkpoint.weights_fingerprint(cfg.weights))
 
     for epoch in range(run["epoch"], cfg.epochs):
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
-            save(parts)
+            save(parts, run)
             saved, last_write = epoch + 1, time.monotonic()
-    unsaved = _unsaved(model, cfg, parts, run, save) if saved != run["epoch"] else None
+            kept.drop()
+        elif saved is None and epoch + 1 < cfg.epochs:  # no checkpoint of the run yet: this epoch's end, in memory
+            kept.hold_epoch(save, model, parts, run)
+    if saved != run["epoch"]:  # its weights before the best epoch's are put in the model
+        kept.hold_epoch(save, model, parts, run, done=True)
     if run["best"]["state"] is not None:
         model.load_state_dict(run["best"]["state"])
-    return run, unsaved
-
-
-def _unsaved(model: torch.nn.Module, cfg: TrainConfig, parts: dict, run: dict,
-             save: Callable[[dict], None]) -> Callable[[], None] | None:
-    """What writes the checkpoint of the run's last epoch, which no checkpoint holds (`--save-every
-    auto` in a short run), should its files fail to be written (`_keep_unsaved`): the last epoch's
-    weights (the best epoch's are put in the model), else the training would be lost. None with
-    `--save-every 0` (no checkpoint wanted)."""
-    if cfg.save_every == 0:
-        return None
-    last = (run["best"]["state"] if run["best"]["epoch"] == run["epoch"] else
-            {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-    return lambda: save({**parts, "model": last})
-
-
-def _keep_unsaved(unsaved: Callable[[], None] | None, e: OSError, cfg: TrainConfig, run: dict) -> None:
-    """Write the checkpoint of a run whose files could not be written (`e`), where no checkpoint
-    holds its last epoch (`unsaved`, from `_fit`), so that `--resume` writes them without training
-    again (the command line's error says it, `fne.stopped.how_to_resume`); a checkpoint the disk
-    has no room for either is left unwritten, as the run's files are."""
-    if unsaved is None:
-        return
-    try:
-        unsaved()
-    except OSError:
-        return
-    e.add_note(f"kept epoch {run['epoch']} of {cfg.epochs} in {Path(cfg.out) / checkpoint.CHECKPOINT}: "
-               f"resume=True writes the run's files without training again")
+    return run
 
 
 def _on(ran_on: dict) -> str:
