@@ -221,6 +221,18 @@ def hpai(python: str, folder: Path, batch: int, workers: int) -> dict | None:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load": load()}
 
 
+def grid(a, n_dir: Path, x: torch.Tensor, workers: list[str], add) -> None:
+    """bf16 vs fp32 and the extraction batch size, side by side: per repetition, the bare forward in
+    both precisions, then `fne extract` at every batch of `a.grid` in bf16 and at `a.batch_size` in
+    fp32. CPU-seconds per image (the run record's) is the figure other jobs disturb least."""
+    for _rep in range(a.reps):
+        for prec in ("bf16", "fp32"):
+            add(f"bare {prec} batch {len(x)}", bare_forward(a.arch, prec, x, a.batches, taps=False))
+        for batch in a.grid:
+            add(f"extract bf16 batch {batch}", fne_extract(n_dir, a.arch, "bf16", batch, workers))
+        add(f"extract fp32 batch {a.batch_size}", fne_extract(n_dir, a.arch, "fp32", a.batch_size, workers))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "datasets" / "pets37"))
@@ -240,6 +252,9 @@ def main() -> int:
                    help="with --startup: also run `fne extract` of git revision REV, interleaved")
     p.add_argument("--sweep", action="store_true",
                    help="only compare decoding workers 0/1/2 and compute threads (interleaved)")
+    p.add_argument("--grid", type=int, nargs="+", default=None, metavar="BATCH",
+                   help="only: bare forward at --batch-size vs `fne extract` of N images at each BATCH "
+                        "(bf16) and at --batch-size (fp32), interleaved --reps times")
     p.add_argument("--hpai-python", default="/work/hpai-venv/bin/python")
     p.add_argument("--hpai-n", type=int, default=64)
     p.add_argument("--json", default=None)
@@ -268,7 +283,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fne-bench-"))
     data = Path(a.data)
     n_dir = subset(data, a.n, tmp / f"n{a.n}")
-    if not a.startup:  # the other modes' image sets
+    if not (a.startup or a.grid):  # the other modes' image sets
         n2_dir = subset(data, 2 * a.n, tmp / f"n{2 * a.n}")
         fp32_dir = subset(data, a.n_fp32, tmp / f"fp32_{a.n_fp32}") if a.n_fp32 else None
         hpai_dir = subset(data, a.hpai_n, tmp / f"hpai{a.hpai_n}")
@@ -303,6 +318,11 @@ def main() -> int:
                 r["wall_over_bare"] = r["wall_images_per_s"] / bare["images_per_s"]
                 r["run_over_bare"] = r["run_images_per_s"] / bare["images_per_s"]
                 add(f"extract {a.startup} at {a.old} (wall: process start included)", r)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1))
+        return 0
+    if a.grid:
+        grid(a, n_dir, x, workers, add)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1))
         return 0

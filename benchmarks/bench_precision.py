@@ -7,7 +7,8 @@ rows, which is what extraction does). Against fp32/float32 it reports
 * the share of discretised FNE values {-1, 0, 1} that change (standardised with training-split
   statistics, thresholds -0.25 / 0.15: the FullNetworkEmbedding of `fne fit`), overall and the
   worst layer;
-* the relative error of the raw pooled activations;
+* the relative error of the raw pooled activations: the mean, and per tap the largest error over
+  the largest value;
 * `fne fit` accuracy (FNE + linear SVM) with each store, and its difference.
 
     python benchmarks/bench_precision.py --data ../shared/datasets/flowers12 \
@@ -98,7 +99,7 @@ def main() -> int:
             if (prec, dtype) == ("fp32", "float32"):
                 continue
             changed, total, worst = 0, 0, ("", 0.0)
-            rel = []
+            rel, max_rel = [], {}
             for t, v in cur.items():
                 e = FullNetworkEmbedding().fit(v[tr]).transform(v)
                 c = int((e != emb_ref[t]).sum())
@@ -107,14 +108,19 @@ def main() -> int:
                     worst = (t, c / e.size)
                 scale = np.abs(ref[t]).mean()
                 rel.append(float(np.abs(v - ref[t]).mean() / scale) if scale > 0 else 0.0)
+                top = np.abs(ref[t]).max()  # the largest error against the tap's largest value
+                max_rel[t] = float(np.abs(v - ref[t]).max() / top) if top > 0 else 0.0
             name = f"{prec}/{dtype}"
             res[name] = {
                 "fne_values_changed": changed / total, "worst_layer": worst[0],
                 "worst_layer_changed": worst[1], "mean_relative_abs_error": float(np.mean(rel)),
                 "accuracy_delta": accs[(prec, dtype)] - accs[("fp32", "float32")],
+                "max_relative_error_per_tap": max_rel,
             }
+            worst_max = max(max_rel, key=max_rel.get)
             print(f"  vs fp32/float32, {name}: {100 * changed / total:.3f}% FNE values changed "
                   f"(worst {worst[0]} {100 * worst[1]:.3f}%), mean rel. error {np.mean(rel):.2e}, "
+                  f"max rel. error {max_rel[worst_max]:.2e} ({worst_max}), "
                   f"accuracy {accs[(prec, dtype)] - accs[('fp32', 'float32')]:+.4f}", flush=True)
         out["datasets"][Path(data).name] = res
     out["load_end"] = load()

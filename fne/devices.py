@@ -133,23 +133,24 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-# torch.compile pays off once the time it saves per image repays its compile time. Measured
-# (benchmarks/RESULTS.md) on 2 CPU cores: a cold compile of VGG-16 takes 60-100 s (a few
-# seconds once inductor's on-disk cache is warm) and saves 3 ms (AVX512-BF16) to 10 ms (AMX)
-# per image, so `compile="auto"` compiles from 20,000 images on a CPU. On CUDA the convolutions
-# are cuDNN's either way and a GPU extracts 20,000 images in seconds: auto compiles only for
-# very large runs there (an estimate; no GPU was measured).
-COMPILE_AUTO_MIN_IMAGES = {"cpu": 20_000, "cuda": 1_000_000}
+# torch.compile pays off once the time it saves per image repays its compile time. On a CPU it
+# never did for the tap model (benchmarks/RESULTS.md): VGG-16 bf16 with fne's taps compiled ran
+# +3% steady on AVX512-BF16 and 0.65-0.85x of eager on AMX, after a 50-100 s cold compile, though
+# the bare network gained there. So `compile="auto"` never compiles on a CPU. On CUDA the
+# convolutions are cuDNN's either way and a GPU extracts 20,000 images in seconds: auto compiles
+# only for very large runs there (an estimate; no GPU was measured). None: never.
+COMPILE_AUTO_MIN_IMAGES: dict[str, int | None] = {"cpu": None, "cuda": 1_000_000}
 
 
 def resolve_compile(compile: str, n_images: int, device: torch.device) -> bool:
     """Whether to `torch.compile`: `compile` as `fne.options.ForwardOptions` holds it (on / off, or
-    auto: for runs of at least `COMPILE_AUTO_MIN_IMAGES` images on `device`'s type); `FneError`
-    for another value."""
+    auto: for runs of at least `COMPILE_AUTO_MIN_IMAGES` images on `device`'s type, never on a
+    CPU); `FneError` for another value."""
     if compile in ("on", "off"):
         return compile == "on"
     if compile == "auto":
-        return n_images >= COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
+        threshold = COMPILE_AUTO_MIN_IMAGES.get(device.type, 1_000_000)
+        return threshold is not None and n_images >= threshold
     raise refusal(lambda py: f"bad {named('compile', py, compile)}; use auto, on or off")
 
 

@@ -193,7 +193,7 @@ class ForwardOptions:
                                            "CUDA (sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
                                        "CUDA, at most 16)", **WORKERS)
-    compile: str = option("auto", "torch.compile the network; auto: only for runs large enough to repay it",
+    compile: str = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
     chunk: int = option(1024, "rows per committed part", cli=False, pipeline=False, **at_least(1))
