@@ -321,18 +321,11 @@ def _unreadable(names: list[str], bad: dict[int, str], scores: np.ndarray) -> Da
     return e
 
 
-def _fitted_weights_only(python: bool) -> str:
-    """What a `load` user can do, once the ImageNet weights are in place (`refuse_unobtainable`'s
-    `instead`): `load` takes no weights, as the head fits the rows of those it was fitted on."""
-    return (f"then load the run again: its head fits the rows of these weights only "
-            f"({opts.named('moved_weights', python)} is for a model fitted on a weights file that moved)")
-
-
 class _Head:
     """A `fne fit` model: the backbone's taps -> the layers its head was fitted on -> its scores."""
 
     def __init__(self, run_dir: Path, device: str, batch_size: int | str, moved_weights: str | None):
-        from fne.backbones.catalog import refuse_unobtainable
+        from fne.backbones.catalog import fitted_weights_only, refuse_unobtainable
         from fne.devices import check_device, resolve_batch_size, resolve_decode, resolve_device
         from fne.extraction.taps import TapRunner
         from fne.linear.predict import load_model, pinned_spec
@@ -340,7 +333,7 @@ class _Head:
         model = load_model(run_dir)
         check_device(device)
         spec = pinned_spec(model, str(run_dir), device, moved_weights)  # fne predict's refusals
-        refuse_unobtainable(spec.arch, spec.weights, instead=_fitted_weights_only)
+        refuse_unobtainable(spec.arch, spec.weights, instead=fitted_weights_only("load the run again"))
         s = model["store"]
         self.pipe, self.layers = model["pipeline"], model["layers"]
         self.names = [model["classes"][c] for c in self.pipe.classes_]

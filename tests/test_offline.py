@@ -306,3 +306,38 @@ def test_fne_load_offline_says_where_the_weights_go_and_takes_no_other_weights(m
     (tmp_path / "kept.pth").rename(file)  # as the message says: the file put in place, the run loads offline
     never_connect(monkeypatch)
     assert fne.load(tmp_path / "run").predict(sorted(digits_folder.rglob("*.png"))[:2]).shape == (2,)
+
+
+def test_fne_predict_offline_on_new_images_says_where_the_weights_go_and_takes_no_other_weights(
+        monkeypatch, tmp_path, digits_folder, capsys):
+    """`fne predict` of a model fitted on ImageNet weights no longer on this machine, on images
+    whose rows it must compute: the refusal names torch hub's folder and `--moved-weights`, not
+    `--weights PATH`, which predict does not take (the model's head fits those weights' rows)."""
+    import shutil
+
+    import torchvision
+
+    import fne
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    file = tmp_path / "torch" / "hub" / "checkpoints" / (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth")
+    file.parent.mkdir(parents=True)
+    torch.save(torchvision.models.get_model(TV, weights=None).state_dict(), file)
+    never_connect(monkeypatch)
+    fne.fit(digits_folder, tmp_path / "run", features="last", arch=TV, weights="imagenet", image_size=64,
+            precision="fp32", storage_dtype="float32", cache=str(tmp_path / "c"), extract_missing=True, progress=False)
+    new = tmp_path / "new" / "0"
+    new.mkdir(parents=True)
+    shutil.copy(sorted(digits_folder.rglob("*.png"))[0], new / "a.png")
+    (new / "a.png").write_bytes((new / "a.png").read_bytes() + b"\0")  # other bytes: a row the cache lacks
+    file.rename(tmp_path / "kept.pth")
+    no_network(monkeypatch)
+    code = main(["predict", str(tmp_path / "run"), str(tmp_path / "new"), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"Put {file.name} in {file.parent} (torch hub's cache" in err[0]
+    assert err[0].endswith("then predict again: its head fits the rows of these weights only (--moved-weights is "
+                           "for a model fitted on a weights file that moved)")
+    assert "--weights PATH" not in err[0] and "--weights random" not in err[0]
+    assert not (tmp_path / "p.csv").exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fne.option_handling import keywords, resolve
+from fne.option_handling import keywords, named, resolve
 from fne.options import StoreOptions
 
 DESCRIBE_OPTIONS = ("weights",)  # the keywords of `describe_backbone`, declared in fne.options
@@ -115,6 +115,13 @@ def not_here(arch: str, weights: str = "imagenet") -> str | None:
         here = fetch.hf_cached(hub, cfg.get("hf_hub_filename")) is not None if hub else not url or fetch.hub_file(url).is_file()
         return None if here else fetch.timm_where(model_name, cfg)
     return None if fetch.hub_file(url).is_file() else fetch.hub_where(url)
+
+
+def fitted_weights_only(again: str) -> Callable[[bool], str]:
+    """`refuse_unobtainable`'s `instead` for a model fitted on the weights (`fne predict`,
+    `fne.load`), which takes no other weights: what to do once the file is in place (`again`)."""
+    return lambda python: (f"then {again}: its head fits the rows of these weights only "
+                           f"({named('moved_weights', python)} is for a model fitted on a weights file that moved)")
 
 
 def refuse_unobtainable(arch: str, weights: str, instead: Callable[[bool], str] | None = None) -> None:

@@ -165,6 +165,10 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
             raise _not_cached(data, shown, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
                                                  f"cache {store.path}{earlier_pixels(store, missing, spec.cache)}")
         extraction = extraction or ForwardOptions()
+        if verb == "predict":  # the model's weights, which no --weights replaces: said so before extract's refusal
+            from fne.backbones.catalog import fitted_weights_only, refuse_unobtainable
+
+            refuse_unobtainable(spec.arch, spec.weights, instead=fitted_weights_only("predict again"))
         progress_line(f"{who}: extracting {len(missing)} images missing from the cache {root} into its store "
                       f"{store.path.name}{_fitted_elsewhere(root, fitted)}", extraction.progress, stderr=True)
         from fne.extraction.extract import SKIPS_SAID_BY_CALLER, extract
