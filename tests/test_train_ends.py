@@ -244,3 +244,27 @@ def test_save_every_0_keeps_nothing_when_stopped(two_classes, tmp_path, monkeypa
         train(str(two_classes), "scratch", tmp_path / "run", arch=ARCH, epochs=1, val_fraction=0, image_size=32,
               workers=0, progress=False, save_every=0)
     assert not hasattr(e.value, "__notes__") and not (tmp_path / "run" / checkpoint.CHECKPOINT).exists()
+
+
+def test_no_epoch_is_copied_in_memory_while_another_runs_checkpoint_is_there(two_classes, tmp_path, monkeypatch):
+    """The per-epoch copy `Unsaved` holds until a run's first save is only written where no
+    checkpoint is there: over another run's it would never be written, so it is not taken (a
+    copy of every tensor each epoch, for nothing). Without one, the same run takes it."""
+    from fne.training import unsaved
+
+    kw = dict(arch=ARCH, epochs=3, val_fraction=0.25, image_size=32, workers=0, progress=False)
+    foreign = tmp_path / "foreign"
+    train(str(two_classes), "scratch", foreign, save_every=1, **{**kw, "epochs": 1})
+    assert (foreign / checkpoint.CHECKPOINT).is_file()
+    calls, real = [], unsaved.copied
+
+    def counted(state):
+        calls.append(1)
+        return real(state)
+
+    monkeypatch.setattr(unsaved, "copied", counted)
+    train(str(two_classes), "scratch", tmp_path / "fresh", **kw)  # --save-every auto: no save in 3 quick epochs
+    assert calls, "a run with no checkpoint in its folder holds each epoch's end"
+    calls.clear()
+    train(str(two_classes), "scratch", foreign, **kw)
+    assert calls == []

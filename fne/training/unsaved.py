@@ -60,8 +60,11 @@ class Unsaved:
         """Hold the state at the end of the epoch just ended, and `run`'s progress, for
         `save(states, progress)` to write should the run stop: a copy of the parts' state dicts
         (the parts themselves once no epoch is left: `done`); the model's weights are the best so
-        far where it is the best epoch (a copy already), else copied."""
-        if not self.wanted:
+        far where it is the best epoch (a copy already), else copied. Nothing is copied while
+        another run's checkpoint is there: `keep` would not write over it (the run's own first
+        save drops what is held, so a checkpoint there before the last epoch is not the run's)."""
+        if not self.wanted or (not done and self.path.exists()):
+            self.held = None
             return
         best = run["best"]
         states = dict(parts) if done else {k: copied(v.state_dict()) if v is not None else None
