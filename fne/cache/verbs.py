@@ -275,8 +275,8 @@ def cache_rm(stores: str | list[str], **options) -> CacheRemoval:
     Raises
     ------
     FneError
-        A name that matches no store, or a store a running extraction writes to: nothing is
-        removed.
+        A name that matches no store (with ``dry_run`` too: a typo shows before the real
+        removal), or a store a running extraction writes to: nothing is removed.
     """
     store_o, cache_o = resolve(options, StoreOptions, CacheOptions, only=RM_OPTIONS)
     patterns = [stores] if isinstance(stores, (str, Path)) else list(stores) if isinstance(stores, (list, tuple)) else []
