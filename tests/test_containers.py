@@ -582,6 +582,24 @@ def test_parquet_written_by_hugging_face_datasets(tmp_path):
     assert set(d.keys()) == set(load_dataset(src).keys())
 
 
+def test_the_hubs_data_layout_is_named_after_the_repo_not_data(tmp_path, monkeypatch):
+    """A Hub dataset's `REPO/data/train-00000-of-00001.parquet`, given as the repo, its data/
+    folder, a glob in it or one shard, is named REPO (summaries, reports and the run folders
+    `fne advise` proposes read the name), as a folder of images is; before, all but the first
+    were named `data` or `train-00000-of-00001`. A Parquet file or folder of another name keeps it."""
+    repo = tmp_path / "flowers12"
+    write_parquet(write_digits(tmp_path / "digits", per_class=2, classes=2), repo / "data")
+    shard = next((repo / "data").glob("*.parquet"))
+    for spec in (repo, repo / "data", f"{repo}/data/*.parquet", shard):
+        assert load_dataset(spec).name == "flowers12", spec
+    monkeypatch.chdir(repo / "data")
+    assert load_dataset("*.parquet").name == load_dataset(".").name == "flowers12"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(shard, mine / "petals.parquet")
+    assert load_dataset(mine).name == "mine" and load_dataset(mine / "petals.parquet").name == "petals"
+
+
 def test_hf_offline_says_what_to_download(tmp_path, monkeypatch, capsys):
     pytest.importorskip("datasets")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

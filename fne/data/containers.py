@@ -354,6 +354,24 @@ def takes_label_key(data: object) -> bool:
     return path.is_dir() and bool(find_containers(path))
 
 
+_HUB_SHARD = re.compile(r"-\d+-of-\d+$")  # the Hub's `train-00000-of-00003.parquet`
+
+
+def data_name(spec: str) -> str:
+    """The name of DATA given as tar or Parquet files (a file, a folder, a glob or brace pattern):
+    a file's stem, else its folder's name, as a folder of images is named. Where that folder is
+    the Hub's `data/` (a dataset repo's `REPO/data/train-*.parquet`), the repo's: a name every
+    Hub dataset would share names none of them. A Hub shard (`train-00000-of-00001.parquet`) is
+    named by its folder the same way."""
+    p = Path(os.path.expanduser(spec))
+    if p.is_file() and not _HUB_SHARD.search(p.stem):
+        return p.stem
+    folder = Path(os.path.abspath(p if p.is_dir() else p.parent))  # `*.parquet`: the current folder's name
+    if folder.name == "data" and folder.parent.name:
+        folder = folder.parent
+    return folder.name or "data"
+
+
 def find_containers(root: Path) -> list[Path]:
     """Tar or Parquet files in a folder, 3 levels deep (the Hub's data/ or CONFIG/ layouts); none when
     the folder holds images (an image folder with a stray .tar stays an image folder). Stops at

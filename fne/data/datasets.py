@@ -465,11 +465,9 @@ def no_images(data: str, n_files: int, kind: str, unread: list[str] | None = Non
 def _containers(spec: str, label_key: str | None, cache: str | Path | None,
                 found: list[Path] | None = None) -> Dataset:
     """DATA as tar shards or Parquet files (`_container_files`; `found`: a folder's)."""
-    p = Path(os.path.expanduser(spec))
     files, root, kind = _container_files(spec, found)
-    name = p.stem if p.is_file() else (p.name if p.is_dir() else Path(spec).parent.name or "data")
-    return _container_dataset(name, [str(f.resolve()) for f in files], kind, str(root.resolve()), label_key, cache,
-                              data=spec)
+    return _container_dataset(containers.data_name(spec), [str(f.resolve()) for f in files], kind,
+                              str(root.resolve()), label_key, cache, data=spec)
 
 
 def _listing(path: str, kind: str, label_key: str | None, cache: str | Path | None) -> containers.Listing:
