@@ -817,6 +817,28 @@ def test_two_steps_never_share_a_folder(tmp_path):
         P.plan(p, tmp_path / "out", {}, read=False)
 
 
+def test_dry_run_of_data_through_a_symlink_knows_the_rows_extracted_through_it(tmp_path, image_opens):
+    """DATA a symlink to a folder, extracted with `fne extract LINK`: `fne run` (which resolves
+    DATA) keys its files as the extraction did, so its dry run says the rows are cached, and the
+    run reads no image to hash it again. Before, the manifest keyed the files by the path they
+    were given under: the dry run said "6 of 6 images not read yet" and the run hashed them all."""
+    from fne.extraction.extract import extract
+
+    for png in write_digits(tmp_path / "real", per_class=3, classes=2).rglob("*.png"):
+        os.utime(png, (1e9, 1e9))  # not "just written": the manifest trusts the keys it hashes
+    (tmp_path / "images").symlink_to(tmp_path / "real", target_is_directory=True)
+    f = write(tmp_path, TINY.replace('data = "digits"\nmax_per_class = 4', 'data = "images"').split("[train]")[0])
+    out, cache = tmp_path / "out", str(tmp_path / "cache")
+    extract(str(tmp_path / "images"), arch="efficientnet_lite0", weights="random", precision="fp32",
+            storage_dtype="float32", cache=cache, workers=0, progress=False)
+    image_opens.clear()
+    lines: list[str] = []
+    P.run(f, out, cache, dry_run=True, log=lines.append)
+    assert lines[2] == "  extract digits with efficientnet_lite0-random: all 6 images cached: no forward pass"
+    P.run(f, out, cache, report=False, log=lambda s: None)
+    assert sum(image_opens.values()) == 0
+
+
 def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, capsys):
     """Before any run: the first fit's extraction of rows not in the cache; after a run, every step
     done; a changed setting: which steps rerun and why, and that the rows are cached."""

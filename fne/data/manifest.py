@@ -37,6 +37,9 @@ class Manifest:
 
     def __init__(self, root: str | Path, cache: str | Path | None = None):
         self.root = str(Path(root).resolve())
+        # a root given through a symlink keys its files as the resolved root does: `fne extract
+        # LINK` and `fne run` (which resolves DATA) share one manifest's entries, not two
+        self.given = os.path.abspath(root)
         name = hashlib.blake2b(self.root.encode(), digest_size=10).hexdigest()
         self.path = _local_dir(cache) / f"{self.PREFIX}{name}.json"
         self.entries: dict[str, list] = {}
@@ -50,8 +53,10 @@ class Manifest:
 
     def rel(self, path: str | Path) -> str:
         p = os.path.abspath(path)
-        prefix = self.root + os.sep  # the common case, without relpath's per-call cost
-        return p[len(prefix):] if p.startswith(prefix) else os.path.relpath(p, self.root)
+        for root in (self.root, self.given):  # the common cases, without relpath's per-call cost
+            if p.startswith(prefix := root + os.sep):
+                return p[len(prefix):]
+        return os.path.relpath(p, self.root)
 
     def lookup(self, path: str | Path, st: os.stat_result) -> str | None:
         e = self.entries.get(self.rel(path))
