@@ -282,6 +282,38 @@ def test_direct_mode_scores_are_summed_source_probabilities(tmp_path, capsys):
         capsys.readouterr().out)
 
 
+def test_a_direct_run_keeps_no_copy_of_the_source_network_and_says_so(tmp_path, capsys):
+    """A direct run trains nothing: it wrote model.pt, a copy of the source network (528 MB for
+    VGG-16) that `fne predict` then refused. Now no model.pt (an earlier run's in the folder is
+    not left beside this run's metrics.json), metrics.json's `network` names the source network,
+    the summary says so, and `fne predict`, `fne.load` and `fne fit --out` on the folder each say
+    in one line what it is."""
+    import fne
+
+    (tmp_path / "map.json").write_text(json.dumps({"0": ["tench"], "1": ["daisy"]}))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"an earlier run's network")
+    assert main(["train", "digits", "--mode", "direct", "--arch", ARCH, "--weights", "random", "--class-map",
+                 str(tmp_path / "map.json"), "--image-size", "32", "--workers", "0", "--no-progress",
+                 "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["network"].startswith(f"the source network, {ARCH} with weights 'random'")
+    assert capsys.readouterr().out.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
+                                            f"network is the source one, {ARCH} with weights 'random')\n")
+    said = (f"a --mode direct run trains nothing and keeps no model.pt (its network is the source one, "
+            f"metrics.json's arch and weights); score new images with `fne train DATA --mode direct --class-map "
+            f"MAP` (the run's class map, metrics.json's options)")
+    assert main(["predict", str(out), "digits", "--out", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err == f"fne predict: error: {out}: {said}\n"
+    with pytest.raises(FneError, match=re.escape(f"{out}: a mode='direct' run trains nothing and keeps no model.pt")):
+        fne.load(out)
+    assert main(["fit", "digits", "--arch", ARCH, "--weights", "random", "--out", str(out)]) == 2
+    assert "holds a `fne train --mode direct` run (its metrics.json)" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text()) == m
+
+
 def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_folder(digits, tmp_path):
     """fne.train(class_map={...}) was "TypeError: class_map must be a string, not dict", though a
     pipeline file takes a table: the dict scores as its JSON file does, and the run folder keeps it

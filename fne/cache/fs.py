@@ -187,13 +187,24 @@ def out_refused(path: str | Path, said: str) -> FneError:
 RUN_MODELS = {"fne fit": "model.joblib", "fne train": "model.pt"}
 
 
+def direct_run(folder: Path) -> bool:
+    """Whether `folder` holds a `fne train --mode direct` run, which trains nothing and so writes
+    no model.pt: its metrics.json alone marks it."""
+    m = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
+    return m is not None and m.get("kind") == "train" and m.get("mode") == "direct"
+
+
 def check_run_folder(out: Path, verb: str) -> Path:
-    """`out`, or an FneError when the run folder holds another verb's run (`RUN_MODELS`): writing
-    this verb's metrics.json there would replace that run's and leave its model beside another's."""
+    """`out`, or an FneError when the run folder holds another verb's run (`RUN_MODELS`, or a
+    direct mode train run's metrics.json): writing this verb's metrics.json there would replace
+    that run's and leave its model beside another's."""
     for other, model in RUN_MODELS.items():
         if other != verb and (out / model).is_file():
             raise out_refused(out, f"holds a `{other}` run ({model}); `{verb}` would replace its "
                                    f"metrics.json and leave the two models mixed: give another folder")
+    if verb != "fne train" and direct_run(out):
+        raise out_refused(out, f"holds a `fne train --mode direct` run (its metrics.json); `{verb}` would replace "
+                               f"it: give another folder")
     return out
 
 
@@ -210,7 +221,7 @@ def not_a_run_file(out: Path, writing: str) -> None:
     written there ("writing predictions")."""
     folder = out.parent
     run = ((folder / "metrics.json").is_file() and any((folder / m).is_file() for m in RUN_MODELS.values())
-           or (folder / "step.json").is_file())
+           or (folder / "step.json").is_file() or direct_run(folder))
     if out.name in RUN_FILES and run:
         raise out_refused(out, f"is the {out.name} of the run in {folder}; {writing} there would replace the "
                                f"run's own file: give another name")

@@ -17,7 +17,7 @@ import numpy as np
 
 from fne import option_handling as opts
 from fne import verb_module
-from fne.cache.fs import check_target, is_url, not_a_run_file, out_refused, replace_file
+from fne.cache.fs import check_target, direct_run, is_url, not_a_run_file, out_refused, replace_file
 from fne.cache.spec import DEVICE_SUFFIXES, StoreSpec, recorded_image_size
 from fne.data.containers import takes_label_key
 from fne.data.dataset import Dataset, key_digests
@@ -34,6 +34,10 @@ def load_model(run_dir: str | Path) -> dict:
     """A `fne fit` run folder's model.joblib (the pipeline, labels and the store it read);
     `FneError` naming the folder when it has none or one of another format."""
     path = Path(run_dir) / "model.joblib"
+    if not path.is_file() and direct_run(Path(run_dir)):
+        from fne.training.class_map import direct_run_refusal
+
+        raise direct_run_refusal(run_dir)
     if not path.is_file():
         raise FneError(f"{run_dir}: no model.joblib or model.pt (is it a `fne fit` or `fne train` run folder?)")
     try:

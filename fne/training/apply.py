@@ -27,6 +27,7 @@ from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import FneError
 from fne.names import MODES
 from fne.training import epochs
+from fne.training.class_map import direct_run_refusal
 from fne.training.transfer import _renew
 
 # What metrics.json of a train run must record to rebuild and apply its network.
@@ -43,8 +44,7 @@ def read_run(run_dir: str | Path) -> dict:
     if not isinstance(m, dict) or m.get("kind") != "train" or m.get("mode") not in MODES:
         raise FneError(f"{run_dir}/metrics.json: not a `fne train` run")
     if m["mode"] == "direct":
-        raise FneError(f"{run_dir}: a --mode direct run trains nothing; score new images with `fne train DATA "
-                       f"--mode direct` on them (its class map applies to the source classifier)")
+        raise direct_run_refusal(run_dir)
     lacks = [k for k in RUN_KEYS if k not in m]
     if lacks:
         raise FneError(f"{run_dir}/metrics.json: lacks {', '.join(lacks)}, which the network is rebuilt from; "

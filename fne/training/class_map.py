@@ -137,3 +137,13 @@ def direct_scores(probs: np.ndarray, cmap: dict[str, list[int]], how: str) -> np
     """Target score = sum (default) or max of the softmax of its source classes."""
     cols = [probs[:, src] for src in cmap.values()]
     return np.stack([c.sum(1) if how == "sum" else c.max(1) for c in cols], axis=1)
+
+
+def direct_run_refusal(run_dir: str | Path) -> FneError:
+    """`fne predict` / `fne.load` of a direct mode run: it trained nothing, so it keeps no network
+    (no model.pt): new images are scored by direct mode itself, with the same class map."""
+    return refusal(lambda py: (
+        f"{run_dir}: a {named('mode', py, 'direct', plain=True)} run trains nothing and keeps no model.pt (its "
+        f"network is the source one, metrics.json's arch and weights); score new images with "
+        + ("fne.train(DATA, 'direct', class_map=...)" if py else "`fne train DATA --mode direct --class-map MAP`")
+        + " (the run's class map, metrics.json's options)"), FneError)

@@ -122,7 +122,8 @@ STORE_OPTIONS = ("cache",)
 @opts.keywords(StoreOptions, only=STORE_OPTIONS)
 @opts.keywords(DataOptions, TrainConfig)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
-    """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt.
+    """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt (not in
+    direct mode, which trains nothing: its network is the source one, metrics.json's ``network``).
 
     Seeds the global RNGs (python, numpy, torch) like torchvision's reference scripts do, for
     the run only: the caller's generator states (and torch's deterministic-algorithms and cuDNN
@@ -472,24 +473,30 @@ def _test(model, ctx: epochs.Ctx, split: Split, loader, direct_score: str):
 
 def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, ctx: epochs.Ctx,
                    split: Split, source: dict, run: dict, test: dict, data_o: DataOptions) -> dict:
-    """predictions.csv, model.pt and metrics.json; -> metrics.json's dict."""
+    """predictions.csv, model.pt (a direct run's network is the source one: none) and metrics.json;
+    -> metrics.json's dict."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     inline = cfg.class_map
     cfg.class_map, map_file = recorded(inline, out)  # metrics.json's options name the file
     metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred, data_o)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
-                       direct_score=cfg.direct_score, n_excluded=split.n_excluded)
+                       direct_score=cfg.direct_score, n_excluded=split.n_excluded,
+                       network=f"the source network, {cfg.arch} with weights {metrics['weights']!r}: a direct run "
+                               f"trains nothing, and keeps no copy of it (no model.pt)")
     # together (`replace_files`): a failed write leaves the earlier run whole; metrics.json last
     predictions = predictions_csv(dataset, test["ids"], [split.classes[p] for p in pred],
                                   [f"score_{c}" for c in split.classes], test["scores"])
     written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
+    if split.cmap is None:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        written[out / "model.pt"] = through_file(lambda f: torch.save(weights, f))
     replace_files({**written, out / "predictions.csv": predictions,
-                   out / "model.pt": through_file(lambda f: torch.save(weights, f)),
                    out / "metrics.json": lambda f: f.write_text(json_text(metrics, indent=2))})
+    if split.cmap is not None:  # an earlier run's network beside this run's metrics.json: not this run's
+        (out / "model.pt").unlink(missing_ok=True)
     return metrics
 
 
@@ -570,7 +577,9 @@ def run_cli(args: argparse.Namespace) -> int:
     acc, mca = (f"{m[k]:.4f} ({100 * m[k + '_ci']['level']:g}% CI {m[k + '_ci']['low']:.4f}-{m[k + '_ci']['high']:.4f})"
                 for k in ("accuracy", "mean_class_accuracy"))
     print(f"{m['method']} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({how})")
-    print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt")
+    print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt" if m["mode"] != "direct" else
+          f"wrote {args.out}/metrics.json and predictions.csv (no model.pt: its network is the source one, "
+          f"{m['arch']} with weights {m['weights']!r})")
     return 0
 
 
