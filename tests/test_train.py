@@ -302,9 +302,9 @@ def test_a_direct_run_keeps_no_copy_of_the_source_network_and_says_so(tmp_path, 
     assert m["network"].startswith(f"the source network, {ARCH} with weights 'random'")
     assert capsys.readouterr().out.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
                                             f"network is the source one, {ARCH} with weights 'random')\n")
-    said = (f"a --mode direct run trains nothing and keeps no model.pt (its network is the source one, "
-            f"metrics.json's arch and weights); score new images with `fne train DATA --mode direct --class-map "
-            f"MAP` (the run's class map, metrics.json's options)")
+    said = ("a --mode direct run trains nothing and keeps no model.pt (its network is the source one, "
+            "metrics.json's arch and weights); score new images with `fne train DATA --mode direct --class-map "
+            "MAP` (the run's class map, metrics.json's options)")
     assert main(["predict", str(out), "digits", "--out", str(tmp_path / "p.csv")]) == 2
     assert capsys.readouterr().err == f"fne predict: error: {out}: {said}\n"
     with pytest.raises(FneError, match=re.escape(f"{out}: a mode='direct' run trains nothing and keeps no model.pt")):
