@@ -244,3 +244,35 @@ def test_the_console_table_and_its_few_splits_note_write_a_shared_note_once(tmp_
     few = next(line for line in table_text([ds]).splitlines() if line.startswith("  Note: 2 splits ("))
     assert note not in few and few.count("(C=auto) (a)") == 2
     assert note not in next(line for line in md.splitlines() if line.startswith("**Note:** 2 splits ("))
+
+
+def test_a_verdict_says_a_rows_note_once(tmp_path):
+    """`fne report` of a --C auto fit over 2 seeds and a fit of one: the verdict line named the auto
+    row 3 times with its note ("fne+svm (C=auto) (auto chose fne+svm, C 1; …) vs fne+svm (…; seed 1
+    of fne+svm (C=auto) (auto chose fne+svm, C 1; …))"). The note is said at the first mention;
+    later ones name the row without it, in the terminal's line as in report.md's and report.html's."""
+    from fne.reporting.render import table_text
+
+    runs = {k: m for k, m in with_auto(study()).items() if k.startswith("vgg16/") and k != "vgg16/fne+svm/1"
+            and k.split("/")[1] in ("auto", "fne+svm")}
+    runs = {k: {**m, "accuracy": 0.62, "splits": _splits([0.61, 0.62, 0.63])} if "/auto/" in k else m
+            for k, m in runs.items()}
+    ds, md, html = _verdict_report(tmp_path, runs)
+    auto = f"fne+svm (C=auto) ({AUTO_NOTE})"
+    assert [r["label"] for r in ds["rows"]] == [auto, "fne+svm"] and ds["verdict"]["text"].count(auto) == 2
+    line = next(x for x in table_text([ds]).splitlines() if x.startswith("  Highest accuracy"))
+    assert line.count(AUTO_NOTE) == 1 and line.startswith(f"  Highest accuracy, but no clear winner: {auto}, accuracy")
+    assert "(fne+svm (C=auto) vs fne+svm (" in line and line.endswith("seed 1 of fne+svm (C=auto))))")
+    verdict = md[md.index("Highest accuracy"):md.index("Winner vs runner-up")]
+    winner = md[md.index("Winner vs runner-up"):].splitlines()[0]
+    assert verdict.count(AUTO_NOTE) == 1 and AUTO_NOTE not in winner and "seed 1 of fne+svm (C=auto))" in winner
+    assert html[html.index("Winner vs runner-up"):].split("</p>")[0].count("auto chose") == 0
+
+
+def test_a_verdict_keeps_the_notes_that_tell_rows_apart():
+    """Rows that would read alike without their notes keep them at every mention."""
+    from fne.reporting.notes import said_once
+
+    rows = [{"label": "a (x)", "note": "x"}, {"label": "a (y)", "note": "y"}, {"label": "b (z)", "note": "z"}]
+    assert said_once(["a (x)", "a (x) vs a (y); b (z) of b (z)", None], rows) == [
+        "a (x)", "a (x) vs a (y); b (z) of b", None]
