@@ -318,3 +318,21 @@ def test_report_tex_of_28_rows_breaks_across_pages(tmp_path):
     _verdict_report(tmp_path, with_auto(study()))
     log = _sets_within_a_page(tmp_path, "booktabs,longtable")
     assert "(2 pages" in log, log[-1500:]
+
+
+def test_the_advice_verdict_says_a_rows_note_once(tmp_path):
+    """The advice's by-kind line named the best row with its note, then again in the test's words
+    ("seed 1 of fne+svm (auto chose …)"); the second mention is without it."""
+    sel = {"C": [1.0, 10.0, 1.0], "selection": {"choice": {"features": "fne", "head": "svm", "C": 1.0},
+                                                 "per_split_choices": ["1", "10", "1"]}}
+    runs = {f"a{s}": {**fake_metrics("fne+svm", 0.904, 0.01, 0.9, 0.01, seed=s,
+                                     splits=_splits([0.90, 0.91, 0.89, 0.90, 0.92])), **sel} for s in (0, 1)}
+    runs["b"] = fake_metrics("last+svm", 0.902, 0.01, 0.9, 0.01, seed=0, splits=_splits([0.91, 0.90, 0.90, 0.89, 0.91]))
+    runs["c"] = fake_metrics("train:finetune", 0.6, 0.01, 0.6, 0.01, kind="train", mode="finetune", seed=0,
+                             splits=_splits([0.60, 0.62, 0.58, 0.61, 0.59]))
+    ds, md, _ = _verdict_report(tmp_path, runs, advice=True)
+    b = ds["advice"][0]["by_kind"]
+    assert (b["best"], b["other"]) == (f"fne+svm ({AUTO_NOTE})", "train:finetune")
+    assert b["text"].endswith("(seed 0; left out, having no partner in the other row: seed 1 of fne+svm))")
+    line = next(x for x in md.splitlines() if x.startswith("- no clear winner (highest accuracy"))
+    assert line.count(AUTO_NOTE) == 1 and f"the best of the other kinds, fne+svm ({AUTO_NOTE}), beats" in line
