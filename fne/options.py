@@ -193,7 +193,7 @@ class ForwardOptions:
                                            "CUDA (sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
                                        "CUDA, at most 16)", **WORKERS)
-    compile: str = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
+    compile: str | bool = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
     chunk: int = option(1024, "rows per committed part", cli=False, pipeline=False, **at_least(1))
@@ -342,7 +342,7 @@ class TrainConfig:
                                            "(default): after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto, **auto_or_at_least(0),
                                    modes=TRAINED)
-    resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
+    resume: bool | str = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
                                  "--epochs extends a run without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
                                    "(default: they keep the imported statistics)", modes=("finetune",))

@@ -546,7 +546,7 @@ def test_every_command_advised_parses_and_repeats_the_store_settings_advised_on(
     assert {t.split()[1] for t in templates} == {"fit", "train"}
     for t in templates:
         got = vars(build_parser().parse_args(shlex.split(A.runnable(t, "/d", "d", spec))[1:]))
-        want = {"precision": "fp32", "weights_seed": 3}
+        want = {"precision": "fp32", "weights_seed": 0 if "--mode scratch" in t else 3}  # scratch: --seed draws it
         want |= {"crop": "squash", "storage_dtype": "float32"} if t.startswith("fne fit ") else {}
         assert {k: got[k] for k in want} == want
     plain = A.runnable("fne fit {data} --features fne --head svm", "/d", "d", StoreSpec(arch="vgg16", weights="imagenet"))
@@ -574,3 +574,96 @@ def test_the_advice_says_how_sure_it_is_in_one_line(tmp_path):
         "methods")
     assert "confidence: moderate (size and similarity measured, clear of their thresholds)" in A.format_advice(
         {**a, "confidence": A.confidence([])})
+
+
+class _Checked(Exception):
+    """fne train's argument checks passed: it was about to look at its --out folder."""
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "random"])
+def test_every_train_command_advised_passes_fne_trains_checks(weights, monkeypatch):
+    """A large set different from the source was advised `fne train DATA --mode scratch --arch …
+    --weights imagenet`, which fne train refuses ("--mode scratch trains from a random
+    initialisation; --weights 'imagenet' does not apply"), as it refuses --seed-weights 3 with
+    scratch. Every train command advised, of imagenet and of random weights (seed 3), now gets
+    through fne train's argument checks to the point where it would start work."""
+    from fne.cache.spec import StoreSpec
+    from fne.cli import build_parser
+    from fne.training import train as T
+
+    def reached(*a, **k):
+        raise _Checked
+
+    monkeypatch.setattr(T, "check_target", reached)
+    spec = StoreSpec(arch="efficientnet_lite0", weights=weights, weights_seed=3 * (weights == "random"), precision="fp32")
+    templates = {c for r in (*A.RECOMMENDATIONS.values(), *A.UNJUDGED.values()) for c in r["commands"]
+                 if c.startswith("fne train ")}
+    assert {c.split("--mode ")[1] for c in templates} == {"finetune", "scratch"}
+    for t in sorted(templates):
+        cmd = A.runnable(t, "digits", "digits", spec)
+        with pytest.raises(_Checked):
+            T.run_cli(build_parser().parse_args(shlex.split(cmd)[1:]))
+        assert ("--weights" in cmd) == ("--mode scratch" not in t), cmd
+
+
+def _large(monkeypatch, per_class: float, msp: float | None) -> None:
+    """advise() of digits as if each class had `per_class` training images and the source classifier's
+    mean max-softmax were `msp` (None: not judged): the large set's branches without a large set."""
+    def counted(dataset, *a, **k):
+        n = len(dataset.classes)
+        return {"median": per_class, "mean": per_class, "min": int(per_class) - 10, "max": int(per_class) + 10,
+                "total": int(per_class) * n, "basis": "random splits, 75% of each class for training", "refused": None}
+
+    def similarity(dataset, spec, o, fwd):
+        if msp is None:
+            return {"judged": False, "why_not": "random weights: no source task"}, None, None
+        return {"judged": True, "sample": 200, "max_softmax_mean": msp, "max_softmax_sem": 0.01,
+                "entropy_norm_mean": 0.5, "top_source_classes": [{"class": "tabby", "share": 0.4}]}, msp, 0.5
+
+    monkeypatch.setattr(A, "training_images_per_class", counted)
+    monkeypatch.setattr(A, "_similarity", similarity)
+
+
+@pytest.mark.parametrize("msp, code, modes, course", [
+    (0.8, "finetune", ["finetune"], "a large target set similar to the source: fine-tuning is expected to improve"),
+    (0.05, "train-all-from-pretrained", ["finetune", "scratch"],
+     "a large target set different from the source: train the whole network; initialising from the source weights"),
+    (None, "finetune", ["finetune"], None)])
+def test_the_advice_for_a_large_set(msp, code, modes, course, monkeypatch):
+    """The large set's advice, end to end (the size and similarity stood in for: digits has ~135
+    training images a class): its recommendation, the course's reason for it and none of the small
+    set's, the numbers it states, a moderate confidence where both factors are clear of their
+    thresholds, and the train commands it advises, which fne train's parser takes."""
+    from fne.cli import build_parser
+
+    weights = "random" if msp is None else "imagenet"
+    _large(monkeypatch, 1000.0, msp)
+    a = A.advise("digits", arch="efficientnet_lite0", weights=weights)
+    assert (a["recommendation"], a["size"], a["similarity"]["verdict"]) == (code, "large", None if msp is None else
+                                                               "similar" if msp >= A.SIMILAR_MSP else "different")
+    assert a["images_per_class"] == 1000.0 and a["thresholds"]["large_per_class"] == A.LARGE_PER_CLASS
+    reasons = " | ".join(a["reasons"])
+    assert f"1000 training images per class (median) is large: the threshold is {A.LARGE_PER_CLASS} per class" in reasons
+    assert "borderline" not in reasons and "overfitting" not in reasons and "noise" not in reasons
+    assert "unbalanced" not in reasons  # 990 to 1010 a class
+    if course:
+        assert f"course: {course}" in reasons and f"confidence on the target images is {msp:.2f}" in reasons
+        assert a["confidence"] == {"level": "moderate", "doubts": []}
+    else:
+        assert "course:" not in reasons and "similarity to the source task cannot be judged" in reasons
+        assert a["confidence"]["doubts"] == ["the similarity was not judged: the size alone decides"]
+    assert [c.split("--mode ")[1].split()[0] for c in a["commands"]] == modes
+    for c in a["commands"]:
+        assert c.startswith("fne train digits --mode ") and build_parser().parse_args(shlex.split(c)[1:]).data == "digits"
+    text = A.format_advice(a)
+    assert text.splitlines()[1] == f"recommendation: {code}: {a['text']}" and "try: fne train digits" in text
+
+
+def test_a_large_set_near_the_threshold_is_borderline(monkeypatch):
+    """300 images a class: large, within a factor of 2 of the threshold: said, and a doubt."""
+    _large(monkeypatch, 300.0, 0.8)
+    a = A.advise("digits", arch="efficientnet_lite0", weights="imagenet")
+    assert a["size"] == "large" and a["recommendation"] == "finetune"
+    assert any(r.endswith(f"the threshold is {A.LARGE_PER_CLASS} per class (borderline: within a factor of 2)")
+               for r in a["reasons"])
+    assert a["confidence"] == {"level": "low", "doubts": [f"the size is borderline (300 a class against {A.LARGE_PER_CLASS})"]}

@@ -117,27 +117,29 @@ def test_report_tex_of_a_study_fits_the_page_width_and_writes_a_shared_note_once
     (imagenet)] (C=auto) (auto chose fne+svm, C 1; …)") in an l column made each table 575 pt
     wider than the page, and the C=auto note was in every auto row. The name column wraps (a p
     column, smaller type), the note is written once under the table and marked on its rows, and a
-    table of more rows than a page holds says so in a comment above it."""
+    table of more rows than a page holds is a longtable, which a comment above it says."""
     _verdict_report(tmp_path, with_auto(study()))
     tex = (tmp_path / "rep" / "report.tex").read_text()
     note = AUTO_NOTE
     assert tex.count(note) == 1 and f"\\textsuperscript{{a}} {note}" in tex
     auto = [line for line in tex.splitlines() if "(C=auto)" in line]
     assert len(auto) == 4 and all(line.split(" & ")[0].endswith("(2 runs)\\textsuperscript{a}") for line in auto)
-    assert "\\begin{tabular}{p{0.33\\linewidth}rrrrr}" in tex and "\\raggedright fne+svm [timm:vit" in tex
-    assert tex.splitlines()[2] == ("% 28 rows: taller than a page; keep the rows the paper needs (report.csv holds "
-                                   "them all), or set this table as a longtable")
+    assert "\\begin{longtable}{p{0.33\\linewidth}rrrrr}" in tex and "\\raggedright fne+svm [timm:vit" in tex
+    assert tex.splitlines()[2] == ("% 28 rows, more than a page holds: a longtable, its header repeated on each page "
+                                   "(needs \\usepackage{longtable})")
     assert (tmp_path / "rep" / "report.md").read_text().count(note) == 1  # as report.md writes it (test below)
 
 
-def _sets_within_a_page(tmp_path) -> None:
-    """pdflatex sets rep/report.tex in an article: no line overfull, no float taller than a page."""
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+def _sets_within_a_page(tmp_path, packages: str = "booktabs") -> str:
+    """pdflatex sets rep/report.tex in an article: no line overfull, no float taller than a page; its log."""
+    (tmp_path / "doc.tex").write_text(f"\\documentclass{{article}}\n\\usepackage{{{packages}}}\n\\begin{{document}}\n"
                                       "\\input{rep/report.tex}\n\\end{document}\n")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert done.returncode == 0, done.stdout[-2000:]
+    for _ in range(2):  # a longtable sets its column widths on the second run
+        done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout[-2000:]
     assert "Overfull \\hbox" not in done.stdout and "Float too large" not in done.stdout
+    return done.stdout
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
@@ -244,3 +246,93 @@ def test_the_console_table_and_its_few_splits_note_write_a_shared_note_once(tmp_
     few = next(line for line in table_text([ds]).splitlines() if line.startswith("  Note: 2 splits ("))
     assert note not in few and few.count("(C=auto) (a)") == 2
     assert note not in next(line for line in md.splitlines() if line.startswith("**Note:** 2 splits ("))
+
+
+def test_a_verdict_says_a_rows_note_once(tmp_path):
+    """`fne report` of a --C auto fit over 2 seeds and a fit of one: the verdict line named the auto
+    row 3 times with its note ("fne+svm (C=auto) (auto chose fne+svm, C 1; …) vs fne+svm (…; seed 1
+    of fne+svm (C=auto) (auto chose fne+svm, C 1; …))"). The note is said at the first mention;
+    later ones name the row without it, in the terminal's line as in report.md's and report.html's."""
+    from fne.reporting.render import table_text
+
+    runs = {k: m for k, m in with_auto(study()).items() if k.startswith("vgg16/") and k != "vgg16/fne+svm/1"
+            and k.split("/")[1] in ("auto", "fne+svm")}
+    runs = {k: {**m, "accuracy": 0.62, "splits": _splits([0.61, 0.62, 0.63])} if "/auto/" in k else m
+            for k, m in runs.items()}
+    ds, md, html = _verdict_report(tmp_path, runs)
+    auto = f"fne+svm (C=auto) ({AUTO_NOTE})"
+    assert [r["label"] for r in ds["rows"]] == [auto, "fne+svm"] and ds["verdict"]["text"].count(auto) == 2
+    line = next(x for x in table_text([ds]).splitlines() if x.startswith("  Highest accuracy"))
+    assert line.count(AUTO_NOTE) == 1 and line.startswith(f"  Highest accuracy, but no clear winner: {auto}, accuracy")
+    assert "(fne+svm (C=auto) vs fne+svm (" in line and line.endswith("seed 1 of fne+svm (C=auto))))")
+    verdict = md[md.index("Highest accuracy"):md.index("Winner vs runner-up")]
+    winner = md[md.index("Winner vs runner-up"):].splitlines()[0]
+    assert verdict.count(AUTO_NOTE) == 1 and AUTO_NOTE not in winner and "seed 1 of fne+svm (C=auto))" in winner
+    assert html[html.index("Winner vs runner-up"):].split("</p>")[0].count("auto chose") == 0
+
+
+def test_a_verdict_keeps_the_notes_that_tell_rows_apart():
+    """Rows that would read alike without their notes keep them at every mention."""
+    from fne.reporting.notes import said_once
+
+    rows = [{"label": "a (x)", "note": "x"}, {"label": "a (y)", "note": "y"}, {"label": "b (z)", "note": "z"}]
+    assert said_once(["a (x)", "a (x) vs a (y); b (z) of b (z)", None], rows) == [
+        "a (x)", "a (x) vs a (y); b (z) of b", None]
+
+
+def test_report_tex_sets_a_table_taller_than_a_page_as_a_longtable(tmp_path):
+    """A study's 28 rows in a float ran off the page (pdflatex: "Float too large"); only a comment
+    said so. Such a table is a longtable: its caption and header first, the header again on each
+    later page (before \\endhead), "continued" at a page's foot, \\bottomrule at the last, every
+    row once; the first line names the package. A table a page holds stays a float."""
+    from tests.test_report_table import tex_problems
+
+    _verdict_report(tmp_path, with_auto(study()))
+    tex = (tmp_path / "rep" / "report.tex").read_text()
+    assert tex_problems(tex) == []
+    lines = tex.splitlines()
+    assert "\\usepackage{booktabs} and \\usepackage{longtable}" in lines[0] and "\\begin{table}" not in tex
+    begin, first, head, foot, last, end = (lines.index(x) for x in (
+        "\\begin{longtable}{p{0.33\\linewidth}rrrrr}", "\\endfirsthead", "\\endhead", "\\endfoot", "\\endlastfoot",
+        "\\end{longtable}"))
+    assert begin < first < head < foot < last < end
+    header = ["\\toprule", "method & accuracy & 95\\% CI & mean class & 95\\% CI & splits \\\\",
+              " & (\\%) & & acc. (\\%) & & \\\\", "\\midrule"]
+    assert lines[begin + 1].startswith("\\caption{pets") and lines[begin + 2:first] == header
+    assert lines[first + 1].startswith("\\caption[]{pets") and lines[first + 2:head] == header
+    assert "continued on the next page" in lines[foot - 1] and lines[last - 1] == "\\bottomrule"
+    assert len([x for x in lines[last + 1:end] if x.endswith("\\\\")]) == 28
+    assert lines[begin - 4:begin] == ["\\begingroup", "\\centering", "\\footnotesize", "\\setlength{\\tabcolsep}{4pt}"]
+    assert lines[lines.index("\\endgroup") - 1].startswith("\\par\\smallskip{\\footnotesize Note:")
+
+    short = {k: m for k, m in study().items() if k.startswith("vgg16/")}
+    _verdict_report(tmp_path / "short", short)
+    tex = (tmp_path / "short" / "rep" / "report.tex").read_text()
+    assert "longtable" not in tex and "\\begin{table}[ht]" in tex and tex_problems(tex) == []
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (CI has no LaTeX)")
+def test_report_tex_of_28_rows_breaks_across_pages(tmp_path):
+    """pdflatex sets the study's 28-row longtable over pages: no float too large, no line overfull,
+    the header repeated (the PDF has 2 pages)."""
+    _verdict_report(tmp_path, with_auto(study()))
+    log = _sets_within_a_page(tmp_path, "booktabs,longtable")
+    assert "(2 pages" in log, log[-1500:]
+
+
+def test_the_advice_verdict_says_a_rows_note_once(tmp_path):
+    """The advice's by-kind line named the best row with its note, then again in the test's words
+    ("seed 1 of fne+svm (auto chose …)"); the second mention is without it."""
+    sel = {"C": [1.0, 10.0, 1.0], "selection": {"choice": {"features": "fne", "head": "svm", "C": 1.0},
+                                                 "per_split_choices": ["1", "10", "1"]}}
+    runs = {f"a{s}": {**fake_metrics("fne+svm", 0.904, 0.01, 0.9, 0.01, seed=s,
+                                     splits=_splits([0.90, 0.91, 0.89, 0.90, 0.92])), **sel} for s in (0, 1)}
+    runs["b"] = fake_metrics("last+svm", 0.902, 0.01, 0.9, 0.01, seed=0, splits=_splits([0.91, 0.90, 0.90, 0.89, 0.91]))
+    runs["c"] = fake_metrics("train:finetune", 0.6, 0.01, 0.6, 0.01, kind="train", mode="finetune", seed=0,
+                             splits=_splits([0.60, 0.62, 0.58, 0.61, 0.59]))
+    ds, md, _ = _verdict_report(tmp_path, runs, advice=True)
+    b = ds["advice"][0]["by_kind"]
+    assert (b["best"], b["other"]) == (f"fne+svm ({AUTO_NOTE})", "train:finetune")
+    assert b["text"].endswith("(seed 0; left out, having no partner in the other row: seed 1 of fne+svm))")
+    line = next(x for x in md.splitlines() if x.startswith("- no clear winner (highest accuracy"))
+    assert line.count(AUTO_NOTE) == 1 and f"the best of the other kinds, fne+svm ({AUTO_NOTE}), beats" in line

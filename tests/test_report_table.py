@@ -224,7 +224,8 @@ def test_the_readme_names_every_column_of_report_csv():
 ODD = "a_b%c&d#e$f{g}h~i^j\\k é 数字 α≥ <x>|y\n\nz"  # a blank line ends a paragraph: \caption stopped at it
 TEX_COMMANDS = {"begin", "end", "centering", "caption", "toprule", "midrule", "bottomrule", "textbf", "textbackslash",
                 "textasciitilde", "textasciicircum", "textbar", "textless", "textgreater", "pm", "par", "smallskip",
-                "footnotesize", "fneuni", "setlength", "tabcolsep", "linewidth", "raggedright", "textsuperscript"}
+                "footnotesize", "fneuni", "setlength", "tabcolsep", "linewidth", "raggedright", "textsuperscript",
+                "begingroup", "endgroup", "endfirsthead", "endhead", "endfoot", "endlastfoot", "multicolumn"}
 _UNTEX = {"\\_": "_", "\\%": "%", "\\&": "&", "\\#": "#", "\\$": "$", "\\{": "{", "\\}": "}", "--": "–", "---": "—",
           "\\textasciitilde{}": "~", "\\textasciicircum{}": "^", "\\textbackslash{}": "\\", "\\textless{}": "<",
           "\\textgreater{}": ">", "\\textbar{}": "|", "$\\pm$": "±"}
@@ -255,12 +256,12 @@ def tex_problems(tex: str) -> list[str]:
                     env = tokens[i + 2] if i + 3 < len(tokens) and tokens[i + 1] == "{" else "?"
                     if t == "\\begin":
                         envs.append(env)
-                        if env == "tabular":  # its column spec, a p{width} column one
-                            spec = re.match(r"\\begin\{tabular\}\{((?:[^{}]|\{[^{}]*\})*)\}", line[line.index(t):])
+                        if env in ("tabular", "longtable"):  # its column spec, a p{width} column one
+                            spec = re.match(r"\\begin\{\w+\}\{((?:[^{}]|\{[^{}]*\})*)\}", line[line.index(t):])
                             cols = len(re.findall(r"[lrcp]", re.sub(r"\{[^{}]*\}", "", spec.group(1))))
                     elif not envs or envs.pop() != env:
                         problems.append(f"line {n}: \\end{{{env}}} closes no \\begin{{{env}}}")
-                    if t == "\\end" and env == "tabular":
+                    if t == "\\end" and env in ("tabular", "longtable"):
                         cols = None
             elif t in "{}":
                 depth += 1 if t == "{" else -1
@@ -277,7 +278,9 @@ def tex_problems(tex: str) -> list[str]:
                              and not (i >= 2 and tokens[i - 2] == "\\fneuni")]
         problems += [f"line {n}: braces do not balance"] if depth else []
         problems += [f"line {n}: $ not closed"] if math else []
-        if cols and line.endswith("\\\\") and cells != cols:
+        spans = re.match(r"\\multicolumn\{(\d+)\}", line)  # one cell over n columns
+        cells += int(spans.group(1)) - 1 if spans else 0
+        if cols and line.endswith("\\\\") and cells != cols and not line.startswith("\\caption"):  # a longtable's caption
             problems.append(f"line {n}: {cells} cells, the tabular has {cols} columns")
     return problems + [f"\\begin{{{e}}} never closed" for e in envs]
 
@@ -289,6 +292,10 @@ def test_tex_problems_finds_what_it_checks():
     for bad in (good.replace("a & b", "a & b & c"), good.replace("a & b", "a_b & c"), good.replace("a & b", "{a & b"),
                 good.replace("\\end{table}", ""), good.replace("a & b", "a\\k & b"), good.replace("a & b", "数 & b"),
                 good.replace("a & b", "50% & b"), good.replace("a & b", "$a & b")):
+        assert tex_problems(bad), bad
+    long = "% c\n\\providecommand{x}\n\\begin{longtable}{lr}\n\\caption{t} \\\\\n\\multicolumn{2}{r}{c} \\\\\na & b \\\\\n\\end{longtable}"
+    assert tex_problems(long) == []
+    for bad in (long.replace("a & b", "a & b & c"), long.replace("{2}{r}", "{3}{r}"), long.replace("\\end{longtable}", "")):
         assert tex_problems(bad), bad
 
 

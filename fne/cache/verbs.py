@@ -257,13 +257,13 @@ def _store_named(store: str | Path, root) -> str | Path:
 
 
 @keywords(StoreOptions, CacheOptions, only=RM_OPTIONS)
-def cache_rm(stores: str | list[str], **options) -> CacheRemoval:
+def cache_rm(stores: str | Path | list[str | Path] | tuple[str | Path, ...], **options) -> CacheRemoval:
     """Remove whole stores from the cache (`fne cache rm`): every row of a backbone, weights,
     preprocessing and precision.
 
     Parameters
     ----------
-    stores : str or list of str
+    stores : str or Path, or a list or tuple of them
         Store names as `cache_info` lists them (`StoreInfo.name`), or shell patterns
         (``"vgg16__random*"``); one string is one name.
 

@@ -13,7 +13,7 @@ from fne.options import AdviseOptions
 def runnable(template: str, data: str, name: str, spec, label_key: str | None = None,
              o: AdviseOptions | None = None) -> str:
     """A recommended command as it runs: DATA (and its --label-key), the backbone advised on (its
-    arch, weights, and the store settings other than the default that the verb takes: `fne train`
+    arch, weights (not for `--mode scratch`, which takes none), and the store settings other than the default that the verb takes: `fne train`
     has no --crop nor --storage-dtype; --seed-weights of random weights), the random split the advice counted training
     images of (`o`'s --train-per-class, else its --test-size where not the default; `o` None: DATA's
     predefined split, which takes neither), and a run folder named after the data and the method;
@@ -23,8 +23,13 @@ def runnable(template: str, data: str, name: str, spec, label_key: str | None = 
 
     what = "-".join(template.split("{data}", 1)[1].split()[1::2])  # its flags' values: fne-svm, finetune
     weights = _anywhere(spec.weights) if Path(spec.weights).is_file() else spec.weights  # not imagenet, random
-    words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch, "--weights", shlex.quote(weights)]
-    fit, seed = template.startswith("fne fit "), getattr(spec, "weights_seed", 0) if spec.weights == "random" else 0
+    # `--mode scratch` trains from a random initialisation drawn from --seed: fne train refuses --weights
+    # other than random, and --seed-weights, with it (the scratch run advised beside a fine-tuning stopped)
+    scratch = "--mode scratch" in template
+    words = [template.format(data=shlex.quote(_anywhere(data))), "--arch", spec.arch,
+             *([] if scratch else ["--weights", shlex.quote(weights)])]
+    fit = template.startswith("fne fit ")
+    seed = getattr(spec, "weights_seed", 0) if spec.weights == "random" and not scratch else 0
     store = {"--crop": (spec.crop, "center"), "--storage-dtype": (getattr(spec, "storage_dtype", "auto"), "auto"),
              "--precision": (getattr(spec, "precision", "auto"), "auto"), "--seed-weights": (seed, 0),
              "--image-size": (getattr(spec, "image_size", None), None)}

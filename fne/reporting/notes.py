@@ -5,6 +5,7 @@ written once under report.tex's table and the bar figure, and marked on its rows
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 from fne.linear import compare
@@ -54,3 +55,30 @@ def marked(rows: list[dict]) -> tuple[list[str], dict[str, str]]:
             marks[note] = marks.get(note) or MARKS[len(marks)]
         names.append(name)
     return names, marks
+
+
+def said_once(parts: list[str | None], rows: list[dict]) -> list[str | None]:
+    """The parts of one verdict (the best row's name, the sentence, the comparison with the runner-up)
+    with each row's note said at its first mention only: later mentions name the row by its label
+    less the note. "fne+auto (auto chose fne+svm, C 1; …) vs fne+svm (…; seed 1 of fne+auto (auto chose
+    fne+svm, C 1; …))" read the 80-character note 4 times in one line. Where two rows would then read
+    alike, their full labels stay."""
+    short = {}
+    for r in rows:
+        note, name = r.get("note"), str(r.get("label"))
+        if note and name.endswith(f" ({note})"):
+            short[name] = name.removesuffix(f" ({note})")
+    plain = {str(r.get("label")) for r in rows} - set(short)
+    short = {k: v for k, v in short.items() if v not in plain and list(short.values()).count(v) == 1}
+    seen, out = set(), []
+    for part in parts:
+        if part is None or not short:
+            out.append(part)
+            continue
+        pieces = re.split("(" + "|".join(map(re.escape, sorted(short, key=len, reverse=True))) + ")", part)
+        for i in range(1, len(pieces), 2):  # the odd pieces are the labels found
+            full = pieces[i]
+            pieces[i] = short[full] if full in seen else full
+            seen.add(full)
+        out.append("".join(pieces))
+    return out

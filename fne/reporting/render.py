@@ -14,7 +14,7 @@ import numpy as np
 from fne.metrics import class_recalls
 from fne.reporting.advice_text import confidence_line
 from fne.reporting.intervals import few_splits_note
-from fne.reporting.notes import marked
+from fne.reporting.notes import marked, said_once
 
 
 def pct(v: float | None, std: float | None = None) -> str:
@@ -285,12 +285,10 @@ def winner_sentences(ds: dict) -> tuple[str, str, str, str | None]:
     if v["kind"] == "single":
         return "Only one method was measured:", name, acc + "; nothing to compare it with", None
     if v["kind"] == "tie":
-        return "Tie:", "", v["text"], None
-    if v["kind"] == "unclear":
-        return "Highest accuracy, but no clear winner:", name, acc, v["text"]
-    if v["kind"] == "untested":  # a lead beyond the spread, which no test checked: not called a win
-        return "Highest accuracy, untested:", name, acc, v["text"]
-    return "Measured winner:", name, acc, v["text"] or None
+        return "Tie:", "", *said_once([v["text"]], ds["rows"]), None
+    lead = {"unclear": "Highest accuracy, but no clear winner:",
+            "untested": "Highest accuracy, untested:"}.get(v["kind"], "Measured winner:")  # untested: not called a win
+    return lead, *said_once([name, acc, v["text"] or None], ds["rows"])
 
 
 def _subject(ds: dict) -> str:

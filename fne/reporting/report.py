@@ -483,20 +483,20 @@ def _jsonable(datasets: list[dict]) -> list[dict]:
     return out
 
 
-def report(run_dirs: list[str | Path] | str | Path, out: str | Path, pipeline: str | Path | None = None,
-           extra_pipelines: list[dict] | None = None, figures: bool = True) -> dict:
+def report(run_dirs: Iterable[str | Path] | str | Path, out: str | Path, pipeline: str | Path | None = None,
+           extra_pipelines: list[dict] | tuple[dict, ...] | None = None, figures: bool = True) -> dict:
     """Write out/report.md, out/report.html (figures inline), out/report.json, report.csv and report.tex.
 
     Parameters
     ----------
-    run_dirs : list of str or Path, or one str or Path
+    run_dirs : iterable of str or Path (a list, a tuple, ...), or one str or Path
         Run folders of `fne fit` / `fne train` / `fne run` (their metrics.json), or folders
         holding them.
     out : str or Path
         The report folder.
     pipeline : str or Path, optional
         A pipeline file whose published reference values are shown beside the measured ones.
-    extra_pipelines : list of dict, optional
+    extra_pipelines : list or tuple of dict, optional
         Pipeline summaries (pipeline.json) to add, as `fne run` passes its own.
     figures : bool, default True
         Draw the figures (matplotlib); False writes the tables only.

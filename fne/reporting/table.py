@@ -115,7 +115,7 @@ PAGE_ROWS = {True: 20, False: 35}  # rows a table of wrapped (True) or one-line 
 
 
 def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
-    """report.tex: per dataset a LaTeX tabular (booktabs) of report.md's figures (`render.cells`:
+    """report.tex: per dataset a LaTeX table (booktabs) of report.md's figures (`render.cells`:
     percent with one decimal, mean ± std, the 95% CIs), the best of each column bold.
 
     Parameters
@@ -128,40 +128,59 @@ def latex_tables(datasets: list[dict], random_warning: str = "") -> str:
     Returns
     -------
     str
-        One `table` environment per dataset, for `\\input{}` in a document loading booktabs; under
-        its tabular, the random-weights warning and report.json's notes on 2-split intervals and
-        on rows scored on other test images.
+        Per dataset a `table` float, or where it has more rows than a page holds (PAGE_ROWS) a
+        `longtable`, which breaks across pages and repeats its header on each (a float taller
+        than a page ran off it); for `\\input{}` in a document loading booktabs (and longtable,
+        which the first line says where a table needs it). Under each table, the random-weights
+        warning and report.json's notes on 2-split intervals and on rows scored on other test images.
     """
-    cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
+    tables = [_latex_table(ds, random_warning) for ds in datasets]
+    long = any(t[0].startswith("% ") for t in tables)
     out = ["% fne report: accuracy and mean class accuracy in %, mean ± std over the splits, 95% CIs "
-           "(report.md says how each was computed); needs \\usepackage{booktabs}; a character pdflatex cannot typeset is "
+           "(report.md says how each was computed); needs \\usepackage{booktabs}"
+           + (" and \\usepackage{longtable} (a table taller than a page is a longtable)" if long else "")
+           + "; a character pdflatex cannot typeset is "
            "\\fneuni{CHARACTER}{CODE}: itself under xelatex / lualatex, [U+CODE] under pdflatex", UNICODE_MACRO]
-    for ds in datasets:
-        names, marks = marked(ds["rows"])
-        names = [n + (f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else "") for n, r in zip(names, ds["rows"], strict=True)]
-        wide = max(map(len, names), default=0) > WIDE_LABEL  # a 100-character label in an l column ran 2 pages wide
-        if len(ds["rows"]) > PAGE_ROWS[wide]:  # a float cannot break: say so where the table is, not in a LaTeX warning
-            out.append(f"% {len(ds['rows'])} rows: taller than a page; keep the rows the paper needs (report.csv "
-                       f"holds them all), or set this table as a longtable")
-        out += ["\\begin{table}[ht]", "\\centering", f"\\caption{{{_tex(ds['dataset'])}"
-                + (f"; backbone {_tex(ds['backbone'])}" if ds.get("backbone") else "") + "}",
-                *(["\\footnotesize"] if wide else []), "\\setlength{\\tabcolsep}{4pt}",  # 6 columns within a page
-                "\\begin{tabular}{" + ("p{0.33\\linewidth}" if wide else "l") + "rrrrr}", "\\toprule",
-                # the header on two lines: on one ("mean class acc. (%)") the table was 34 pt wider than the page
-                "method & accuracy & 95\\% CI & mean class & 95\\% CI & splits \\\\", " & (\\%) & & acc. (\\%) & & \\\\",
-                "\\midrule"]
-        for r, name in zip(ds["rows"], names, strict=True):
-            c = cells(r)
-            vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
-            mark = f"\\textsuperscript{{{marks[r['note']]}}}" if r.get("note") in marks else ""
-            out.append(" & ".join(["\\raggedright " * wide + _tex(name) + mark, *vals, _tex(r.get("n_splits") or "—")])
-                       + " \\\\")
-        out += ["\\bottomrule", "\\end{tabular}"]
-        out += [f"\\par\\smallskip{{\\footnotesize \\textsuperscript{{{m}}} {_tex(n)}}}" for n, m in marks.items()]
-        random = [r["label"] for r in ds["rows"] if str(r.get("weights")) == "random" and not r.get("scratch")]
-        if random and random_warning:
-            out.append(f"\\par\\smallskip{{\\footnotesize Warning: {_tex(random_warning)} ({_tex(', '.join(random))})}}")
-        out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"), ds.get("names_note"),
-                                                                             ds.get("protocol_note"), ds.get("repeats_note")) if n]
-        out += ["\\end{table}", ""]
-    return "\n".join(out)
+    return "\n".join(out + [line for t in tables for line in t])
+
+
+HEADER = ("\\toprule",  # on two lines: on one ("mean class acc. (%)") the table was 34 pt wider than the page
+          "method & accuracy & 95\\% CI & mean class & 95\\% CI & splits \\\\", " & (\\%) & & acc. (\\%) & & \\\\",
+          "\\midrule")
+
+
+def _latex_table(ds: dict, random_warning: str) -> list[str]:
+    """One dataset's lines of report.tex: a `table` float, or a `longtable` where its rows are more
+    than a page holds (PAGE_ROWS), preceded by a comment that says so."""
+    cols = ("accuracy", "accuracy_ci", "mean_class_accuracy", "mean_class_accuracy_ci")
+    names, marks = marked(ds["rows"])
+    names = [n + (f" ({r['runs']} runs)" if (r.get("runs") or 1) > 1 else "") for n, r in zip(names, ds["rows"], strict=True)]
+    wide = max(map(len, names), default=0) > WIDE_LABEL  # a 100-character label in an l column ran 2 pages wide
+    long = len(ds["rows"]) > PAGE_ROWS[wide]  # a float cannot break across pages: a longtable can
+    caption = _tex(ds["dataset"]) + (f"; backbone {_tex(ds['backbone'])}" if ds.get("backbone") else "")
+    spec = "{" + ("p{0.33\\linewidth}" if wide else "l") + "rrrrr}"
+    size = [*(["\\footnotesize"] if wide else []), "\\setlength{\\tabcolsep}{4pt}"]  # 6 columns within a page
+    if long:
+        out = [f"% {len(ds['rows'])} rows, more than a page holds: a longtable, its header repeated on each page "
+               f"(needs \\usepackage{{longtable}})", "\\begingroup", "\\centering", *size, f"\\begin{{longtable}}{spec}",
+               f"\\caption{{{caption}}} \\\\", *HEADER, "\\endfirsthead",
+               f"\\caption[]{{{caption} (continued)}} \\\\", *HEADER, "\\endhead",
+               "\\midrule", "\\multicolumn{6}{r}{continued on the next page} \\\\", "\\endfoot",
+               "\\bottomrule", "\\endlastfoot"]
+    else:
+        out = ["\\begin{table}[ht]", "\\centering", f"\\caption{{{caption}}}", *size,
+               f"\\begin{{tabular}}{spec}", *HEADER]
+    for r, name in zip(ds["rows"], names, strict=True):
+        c = cells(r)
+        vals = [f"\\textbf{{{_tex(c[k])}}}" if k in r.get("best", []) and c[k] != "—" else _tex(c[k]) for k in cols]
+        mark = f"\\textsuperscript{{{marks[r['note']]}}}" if r.get("note") in marks else ""
+        out.append(" & ".join(["\\raggedright " * wide + _tex(name) + mark, *vals, _tex(r.get("n_splits") or "—")])
+                   + " \\\\")
+    out += ["\\end{longtable}"] if long else ["\\bottomrule", "\\end{tabular}"]
+    out += [f"\\par\\smallskip{{\\footnotesize \\textsuperscript{{{m}}} {_tex(n)}}}" for n, m in marks.items()]
+    random = [r["label"] for r in ds["rows"] if str(r.get("weights")) == "random" and not r.get("scratch")]
+    if random and random_warning:
+        out.append(f"\\par\\smallskip{{\\footnotesize Warning: {_tex(random_warning)} ({_tex(', '.join(random))})}}")
+    out += [f"\\par\\smallskip{{\\footnotesize Note: {_tex(n)}}}" for n in (ds.get("few_splits_note"), ds.get("names_note"),
+                                                                           ds.get("protocol_note"), ds.get("repeats_note")) if n]
+    return out + ["\\endgroup" if long else "\\end{table}", ""]

@@ -9,6 +9,7 @@ import shlex
 
 from fne.linear import compare
 from fne.reporting.advise import method_family
+from fne.reporting.notes import said_once
 from fne.reporting.render import pct, secs
 
 
@@ -95,5 +96,7 @@ def _by_kind(families: list[str], rows: list[dict], metrics: dict) -> dict | Non
         return None
     pair = [r for r in ranked if r is ours or r is theirs]
     v = winner_verdict(pair, compare.winner_vs_runner_up(pair, metrics))
-    return {"matched": pair[0] is ours, "best": pair[0]["label"], "other": pair[1]["label"],
-            "text": v["text"][v["text"].find("beyond noise"):]} if v["kind"] == "clear" else None
+    if v["kind"] != "clear":
+        return None
+    best, other, text = said_once([pair[0]["label"], pair[1]["label"], v["text"][v["text"].find("beyond noise"):]], pair)
+    return {"matched": pair[0] is ours, "best": best, "other": other, "text": text}  # a row's note said once

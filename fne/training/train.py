@@ -185,7 +185,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     dataset = data if isinstance(data, Dataset) else None
     cfg = TrainConfig(data=dataset.name if dataset is not None else _text(data), mode=mode, out=_text(out),
                       **kwargs)
-    if not isinstance(cfg.resume, (bool, np.bool_)) and cfg.resume != "auto":  # declared a bool: the command line's flag
+    if not isinstance(cfg.resume, (bool, np.bool_)) and cfg.resume != "auto":  # not any string its hint (bool | str) admits
         raise TypeError(f"resume must be True, False or 'auto', not {type(cfg.resume).__name__} {cfg.resume!r}")
     auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
