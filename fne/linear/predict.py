@@ -17,6 +17,7 @@ import numpy as np
 
 from fne import option_handling as opts
 from fne import verb_module
+from fne.backbones.catalog import fitted_weights_only
 from fne.cache.fs import check_target, is_url, not_a_run_file, out_refused, replace_file
 from fne.cache.spec import DEVICE_SUFFIXES, StoreSpec, recorded_image_size
 from fne.data.containers import takes_label_key
@@ -190,7 +191,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     spec, d, ext, p = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     _check_top(p.top, model["classes"])
     label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
-    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir))
+    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir),
+                    instead=fitted_weights_only("predict again"))  # it takes no other weights
     dataset, pipe, classes = src.dataset, model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
