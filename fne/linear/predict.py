@@ -125,6 +125,8 @@ def _unreadable_weights(e: WeightsError, s: dict, where: str, weights: str, move
 # others (backbone, weights, preprocessing, ...) are the model's: its head only fits those rows.
 STORE_OPTIONS = ("cache", "device")
 OPTIONS = (DataOptions, ForwardOptions, PredictOptions)  # with STORE_OPTIONS: the keywords of `predict`, declared in fne.options
+# What its refusal of weights it cannot have offers: predict takes no other weights (the head fits these rows)
+NO_OTHER_WEIGHTS = fitted_weights_only("predict again")
 
 
 @opts.keywords(StoreSpec, only=STORE_OPTIONS)
@@ -201,9 +203,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         options = {**options, "cache": _cache_here(pinned.cache)}
     spec, d, ext, p = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     _check_top(p.top, model["classes"])
-    label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
-    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir),
-                    instead=fitted_weights_only("predict again"))  # it takes no other weights
+    fitted, label_key = _fitted_cache(model, run_dir), _label_key(d.label_key, model.get("label_key"), data, run_dir)
+    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=fitted, instead=NO_OTHER_WEIGHTS)
     dataset, pipe, classes = src.dataset, model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
