@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from fne import option_handling as opts
+from fne.backbones.fetch import loading
 from fne.cache import parts
 from fne.data.dataset import Dataset
 from fne.data.hdf5 import ArraySource, check_arrays
@@ -333,7 +334,9 @@ class _Head:
         model = load_model(run_dir)
         check_device(device)
         spec = pinned_spec(model, str(run_dir), device, moved_weights)  # fne predict's refusals
-        refuse_unobtainable(spec.arch, spec.weights, instead=fitted_weights_only("load the run again"))
+        self.instead = fitted_weights_only("load the run again")  # what a refusal offers: load takes no weights
+        with loading(self.instead):
+            refuse_unobtainable(spec.arch, spec.weights)
         s = model["store"]
         self.pipe, self.layers = model["pipeline"], model["layers"]
         self.names = [model["classes"][c] for c in self.pipe.classes_]
@@ -372,7 +375,8 @@ class _Head:
                 notes += batch["notes"]
                 if x is None:
                     continue
-                rows, event = self.runner(x)
+                with loading(self.instead):  # the first call builds the network: its download's refusal too
+                    rows, event = self.runner(x)
                 if event is not None:
                     event.synchronize()
                 # as the store keeps them (float16 that overflows refused), then as `Store.read_rows` reads them

@@ -118,6 +118,35 @@ def test_a_train_runs_network_scores_images_as_predict_does(tmp_path, monkeypatc
         fne.load(tmp_path / "run", moved_weights=str(tmp_path / "w.pt"))
 
 
+
+def test_a_torchvision_models_weights_file_gone_is_said_without_offering_weights(digits_folder, tmp_path, capsys):
+    """A model fitted on a weights file for a torchvision backbone, the file gone: `fne predict`
+    said "--weights 'W': no such file or squeezenet1_1 weights name; give imagenet, random, a
+    state dict path or one of: ...", offering the --weights it does not take (and no
+    --moved-weights); fne.load said it with weights=. Both name the file and moved_weights now."""
+    import torchvision
+
+    weights = tmp_path / "w.pth"
+    torch.save(torchvision.models.get_model("squeezenet1_1", weights=None).state_dict(), weights)
+    fne.fit(digits_folder, tmp_path / "run", features="last", arch="squeezenet1_1", weights=str(weights),
+            image_size=64, precision="fp32", cache=str(tmp_path / "c"), extract_missing=True, progress=False)
+    weights.unlink()
+    out = ["--out", str(tmp_path / "p.csv")]
+    assert main(["predict", str(tmp_path / "run"), str(digits_folder), *out]) == 2
+    err = capsys.readouterr().err.strip()
+    fitted = f"{tmp_path / 'run'} was fitted on weights {weights} (fingerprint file-"
+    assert err.startswith(f"fne predict: error: {fitted}") and len(err.splitlines()) == 1, err
+    assert err.endswith("which cannot be read now: no such file; where the file moved, give its path: "
+                        "--moved-weights PATH") and "--weights" not in err and "random" not in err
+    assert main(["predict", str(tmp_path / "run"), str(digits_folder), *out, "--moved-weights",
+                 str(tmp_path / "gone.pth")]) == 2
+    assert capsys.readouterr().err.strip() == f"fne predict: error: --moved-weights '{tmp_path / 'gone.pth'}': no such file"
+    with pytest.raises(FneError) as e:
+        fne.load(tmp_path / "run")
+    assert str(e.value).startswith(fitted) and str(e.value).endswith(
+        "which cannot be read now: no such file; where the file moved, give its path: moved_weights='PATH'")
+    assert not (tmp_path / "p.csv").exists()
+
 def test_load_refuses_a_model_as_predict_does(digits_split, tmp_path):
     """Weights that moved (named by moved_weights=), weights that changed, an earlier fne's pixels."""
     weights = tmp_path / "w.pt"

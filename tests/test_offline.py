@@ -279,9 +279,9 @@ def test_a_dry_run_names_the_weights_to_put_in_place(monkeypatch, tmp_path, hf_c
     assert not_here("vgg16") is None and not any(TV in s and "not here yet" in s for s in said)
 
 
-def test_fne_load_offline_says_where_the_weights_go_and_takes_no_other_weights(monkeypatch, tmp_path, digits_folder):
-    """`fne.load` of a model fitted on ImageNet weights that are no longer on this machine: the
-    refusal names torch hub's folder, and no `weights=` keyword (load takes none)."""
+def fitted_on_imagenet(monkeypatch, tmp_path, digits_folder):
+    """A `fne fit` run (tmp_path/run, cache tmp_path/c) on TV's ImageNet weights, a random state
+    dict put in torch hub's cache (TORCH_HOME in tmp_path) under their name; -> that file. Offline."""
     import torchvision
 
     import fne
@@ -293,6 +293,23 @@ def test_fne_load_offline_says_where_the_weights_go_and_takes_no_other_weights(m
     never_connect(monkeypatch)
     fne.fit(digits_folder, tmp_path / "run", features="last", arch=TV, weights="imagenet", image_size=64,
             precision="fp32", storage_dtype="float32", cache=str(tmp_path / "c"), extract_missing=True, progress=False)
+    return file
+
+
+def new_image(tmp_path, digits_folder):
+    """tmp_path/new: one image (in class folder 0) whose row the cache lacks; -> its path."""
+    new = tmp_path / "new" / "0"
+    new.mkdir(parents=True)
+    (new / "a.png").write_bytes(sorted(digits_folder.rglob("*.png"))[0].read_bytes() + b"\0")  # other bytes
+    return new / "a.png"
+
+
+def test_fne_load_offline_says_where_the_weights_go_and_takes_no_other_weights(monkeypatch, tmp_path, digits_folder):
+    """`fne.load` of a model fitted on ImageNet weights that are no longer on this machine: the
+    refusal names torch hub's folder, and no `weights=` keyword (load takes none)."""
+    import fne
+
+    file = fitted_on_imagenet(monkeypatch, tmp_path, digits_folder)
     file.rename(tmp_path / "kept.pth")
     no_network(monkeypatch)
     with pytest.raises(WeightsError) as e:
@@ -313,23 +330,8 @@ def test_fne_predict_offline_on_new_images_says_where_the_weights_go_and_takes_n
     """`fne predict` of a model fitted on ImageNet weights no longer on this machine, on images
     whose rows it must compute: the refusal names torch hub's folder and `--moved-weights`, not
     `--weights PATH`, which predict does not take (the model's head fits those weights' rows)."""
-    import shutil
-
-    import torchvision
-
-    import fne
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    file = tmp_path / "torch" / "hub" / "checkpoints" / (backbones.get(TV).imagenet_id().removeprefix("imagenet-") + ".pth")
-    file.parent.mkdir(parents=True)
-    torch.save(torchvision.models.get_model(TV, weights=None).state_dict(), file)
-    never_connect(monkeypatch)
-    fne.fit(digits_folder, tmp_path / "run", features="last", arch=TV, weights="imagenet", image_size=64,
-            precision="fp32", storage_dtype="float32", cache=str(tmp_path / "c"), extract_missing=True, progress=False)
-    new = tmp_path / "new" / "0"
-    new.mkdir(parents=True)
-    shutil.copy(sorted(digits_folder.rglob("*.png"))[0], new / "a.png")
-    (new / "a.png").write_bytes((new / "a.png").read_bytes() + b"\0")  # other bytes: a row the cache lacks
+    file = fitted_on_imagenet(monkeypatch, tmp_path, digits_folder)
+    new_image(tmp_path, digits_folder)
     file.rename(tmp_path / "kept.pth")
     no_network(monkeypatch)
     code = main(["predict", str(tmp_path / "run"), str(tmp_path / "new"), "--out", str(tmp_path / "p.csv"),
@@ -341,3 +343,138 @@ def test_fne_predict_offline_on_new_images_says_where_the_weights_go_and_takes_n
                            "for a model fitted on a weights file that moved)")
     assert "--weights PATH" not in err[0] and "--weights random" not in err[0]
     assert not (tmp_path / "p.csv").exists()
+
+
+def probes(monkeypatch, answer: str | None = None) -> list[str]:
+    """The reachability probe (`fne.network.unreachable`) answers `answer` (None: the host
+    answers); -> the addresses it was asked about. No connection is tried."""
+    import fne.network
+
+    asked: list[str] = []
+    monkeypatch.setattr(fne.network, "unreachable", lambda url, timeout=0: asked.append(url) or answer)
+    never_connect(monkeypatch)
+    return asked
+
+
+def download_fails(monkeypatch, error: Exception) -> None:
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(error))
+
+
+def test_fne_predict_asks_the_host_once_and_a_failed_download_says_what_predict_can_do(
+        monkeypatch, tmp_path, digits_folder, capsys):
+    """`fne predict` on an image whose row it must compute, the weights file gone and its host
+    answering: the host is asked once (open_rows asked, then extract, then the download: three
+    probes, each up to 5 s where it does not answer), and the download that then fails says
+    what the early refusal says, in predict's words: no `--weights PATH`, which predict does
+    not take."""
+    import urllib.error
+
+    file = fitted_on_imagenet(monkeypatch, tmp_path, digits_folder)
+    new_image(tmp_path, digits_folder)
+    file.unlink()
+    asked = probes(monkeypatch)
+    download_fails(monkeypatch, urllib.error.URLError("Connection reset by peer"))
+    code = main(["predict", str(tmp_path / "run"), str(tmp_path / "new"), "--out", str(tmp_path / "p.csv"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and asked == [f"https://download.pytorch.org/models/{file.name}"], (asked, err)
+    assert err[-1].startswith(f"fne predict: error: cannot load ImageNet weights for {TV} (downloading "
+                              f"https://download.pytorch.org/models/{file.name} failed: <urlopen error Connection "
+                              f"reset by peer>). Put {file.name} in {file.parent} (torch hub's cache"), err
+    assert err[-1].endswith("then predict again: its head fits the rows of these weights only (--moved-weights is "
+                            "for a model fitted on a weights file that moved)")
+    assert "--weights" not in err[-1] and not (tmp_path / "p.csv").exists()
+    asked.clear()  # the host does not answer: refused before the line saying that rows are extracted
+    probes(monkeypatch, "download.pytorch.org:443 unreachable: [Errno -2] Name or service not known")
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "new"), "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(download.pytorch.org:443 unreachable" in err[0] and "then predict again" in err[0]
+
+
+def test_fne_load_with_a_damaged_weights_file_says_what_load_can_do(monkeypatch, tmp_path, digits_folder):
+    """A truncated file in torch hub's cache (a copy cut short): `fne.load` passes (the file is
+    there), its first prediction fails to read it, and says so as load's early refusal does: no
+    `weights=PATH`, which load does not take."""
+    import fne
+
+    file = fitted_on_imagenet(monkeypatch, tmp_path, digits_folder)
+    file.write_bytes(file.read_bytes()[:1000])
+    model = fne.load(tmp_path / "run")
+    with pytest.raises(WeightsError) as e:
+        model.predict([new_image(tmp_path, digits_folder)])
+    msg = str(e.value)
+    assert msg.startswith(f"cannot load ImageNet weights for {TV} (loading https://download.pytorch.org/models/"
+                          f"{file.name} failed: ") and f"Put {file.name} in {file.parent}" in msg
+    assert msg.endswith("then load the run again: its head fits the rows of these weights only (moved_weights is "
+                        "for a model fitted on a weights file that moved)")
+    assert "weights=PATH" not in msg and "weights='random'" not in msg
+
+
+def test_fne_load_asks_the_host_and_a_failed_download_says_what_load_can_do(monkeypatch, tmp_path, digits_folder):
+    """The file gone, its host answering, the download failing (an OSError): said in load's words."""
+    import fne
+
+    file = fitted_on_imagenet(monkeypatch, tmp_path, digits_folder)
+    file.unlink()
+    asked = probes(monkeypatch)
+    download_fails(monkeypatch, OSError("No space left on device"))
+    model = fne.load(tmp_path / "run")
+    with pytest.raises(WeightsError) as e:
+        model.predict([new_image(tmp_path, digits_folder)])
+    msg = str(e.value)
+    assert "(downloading https://download.pytorch.org/models/" in msg and "No space left on device" in msg
+    assert msg.endswith("then load the run again: its head fits the rows of these weights only (moved_weights is "
+                        "for a model fitted on a weights file that moved)")
+    assert "weights=PATH" not in msg and len(asked) == 2  # at load, then at the first prediction that builds it
+
+
+def test_extract_and_fit_say_a_failed_download_as_before_naming_other_weights(monkeypatch, tmp_path, capsys,
+                                                                              digits_folder):
+    """`fne extract` and `fne fit --extract` take other weights: a download that fails after its
+    host answered names them, --weights on the command line and weights= in Python; one probe."""
+    import fne
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    asked = probes(monkeypatch)
+    download_fails(monkeypatch, OSError("Connection reset by peer"))
+    code = main(["extract", str(digits_folder), "--arch", TV, "--cache", str(tmp_path / "c"), "--workers", "0",
+                 *CLI_FAST])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith(f"fne extract: error: cannot load ImageNet weights for {TV} (downloading")
+    assert err[-1].endswith("or pass --weights PATH to a state dict (.pth/.pt/.safetensors), or --weights random for "
+                            "a test run.") and len(asked) == 1
+    with pytest.raises(WeightsError) as e:
+        fne.fit(digits_folder, tmp_path / "run", features="last", arch=TV, image_size=64, precision="fp32",
+                cache=str(tmp_path / "c"), extract_missing=True, progress=False)
+    assert "(downloading https://download.pytorch.org/models/" in str(e.value) and str(e.value).endswith(
+        "or pass weights=PATH to a state dict (.pth/.pt/.safetensors), or weights='random' for a test run.")
+    assert len(asked) == 2 and not (tmp_path / "run").exists()
+
+
+def test_a_failed_timm_download_is_said_in_the_words_of_the_loading_at_hand(monkeypatch, hf_cache):
+    """timm's weights, as torchvision's: within `fetch.loading` (predict's, load's) the refusal of
+    a download that failed after the hub answered names what that verb can do, the hub asked once
+    by the early check and the download together; outside one, other weights."""
+    import timm
+
+    from fne.backbones import fetch
+    from fne.backbones.catalog import fitted_weights_only, refuse_unobtainable
+
+    asked = probes(monkeypatch)
+    real = timm.create_model
+
+    def create(*a, pretrained=False, **k):
+        if pretrained:
+            raise OSError("Read timed out")
+        return real(*a, **k)
+
+    monkeypatch.setattr(timm, "create_model", create)
+    with fetch.loading(fitted_weights_only("predict again")), pytest.raises(WeightsError) as e:
+        refuse_unobtainable("timm:" + TIMM, "imagenet")  # the hub answers: passes
+        backbones.load_backbone("timm:" + TIMM, "imagenet")
+    assert all(s in e.value.cli for s in timm_says(hf_cache)) and "(OSError: Read timed out)" in e.value.cli
+    assert e.value.cli.endswith("then predict again: its head fits the rows of these weights only (--moved-weights "
+                                "is for a model fitted on a weights file that moved)") and len(asked) == 1
+    with pytest.raises(WeightsError) as e:
+        backbones.load_backbone("timm:" + TIMM, "imagenet")
+    assert str(e.value).endswith("or weights='random' for a test run.") and len(asked) == 2

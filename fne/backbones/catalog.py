@@ -118,26 +118,25 @@ def not_here(arch: str, weights: str = "imagenet") -> str | None:
 
 
 def fitted_weights_only(again: str) -> Callable[[bool], str]:
-    """`refuse_unobtainable`'s `instead` for a model fitted on the weights (`fne predict`,
-    `fne.load`), which takes no other weights: what to do once the file is in place (`again`)."""
+    """`fetch.loading`'s `instead` for a model fitted on the weights (`fne predict`, `fne.load`),
+    which takes no other weights: what to do once the file is in place (`again`)."""
     return lambda python: (f"then {again}: its head fits the rows of these weights only "
                            f"({named('moved_weights', python)} is for a model fitted on a weights file that moved)")
 
 
-def refuse_unobtainable(arch: str, weights: str, instead: Callable[[bool], str] | None = None) -> None:
+def refuse_unobtainable(arch: str, weights: str) -> None:
     """Raise now the `WeightsError` that loading `arch`'s ImageNet weights (``weights='imagenet'``)
     would raise later, where they are not on this machine and their host does not answer (or
     Hugging Face's offline mode is on): before a command starts its loader workers and progress
-    line. Nothing is downloaded; weights that are here, files and random weights pass. `instead`:
-    what else the caller can do, for one that takes no other weights (`fetch.hub_refusal`)."""
+    line. Nothing is downloaded; weights that are here, files and random weights pass. Within
+    `fetch.loading`, the refusal says what else the user can do in its words, and a host that
+    answered is not asked again when the download follows."""
     from fne.backbones import fetch
-    from fne.network import unreachable
 
     if weights == "random" or Path(weights).is_file() or not_here(arch, weights) is None:
         return
     model_name, cfg, url = _imagenet_source(arch, weights)
-    why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else unreachable(url)
+    why = fetch.hf_unreachable() if cfg.get("hf_hub_id") else fetch.probe(url)
     if why is not None:
-        more = {"instead": instead} if instead is not None else {}
-        raise (fetch.timm_refusal(model_name, cfg, why, **more) if model_name is not None
-               else fetch.hub_refusal(arch, url, why, **more))
+        raise (fetch.timm_refusal(model_name, cfg, why) if model_name is not None
+               else fetch.hub_refusal(arch, url, why))

@@ -8,21 +8,26 @@ there is downloaded only when the host it comes from (or the HTTPS proxy the env
 answers within `fne.network.PROBE_SECONDS`, and never when `HF_HUB_OFFLINE` (or `TRANSFORMERS_OFFLINE`) is
 set for a Hugging Face file: otherwise huggingface_hub retries for about a minute, and a firewall
 that drops packets holds urllib for minutes. A load that cannot happen is one line (a
-`WeightsError`) naming the backbone, the file, the folder to put it in and how to get it.
+`WeightsError`) naming the backbone, the file, the folder to put it in and how to get it, then
+what else the user can do, in the words of the verb at hand (`loading`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from fne import network
 from fne.backbones import zoo
 from fne.errors import WeightsError
-from fne.network import hf_offline, hub_cli, unreachable
+from fne.network import hf_offline, hub_cli
 from fne.option_handling import refusal
 
 
@@ -30,6 +35,55 @@ def other_weights(python: bool) -> str:
     """The advice that ends a failed download: other weights, as the caller names them."""
     path, random = ("weights=PATH", "weights='random'") if python else ("--weights PATH", "--weights random")
     return f"or pass {path} to a state dict (.pth/.pt/.safetensors), or {random} for a test run."
+
+
+@dataclass
+class _Loading:
+    """What the loads of one verb's weights share: what else its user can do where they cannot
+    be had (`instead(python)`), and the hosts that answered its probe (asked once, not again
+    when the download follows: two probes cost up to twice `PROBE_SECONDS`)."""
+
+    instead: Callable[[bool], str] = other_weights
+    answered: set[str] = field(default_factory=set)
+
+
+_LOADING: contextvars.ContextVar[_Loading | None] = contextvars.ContextVar("fne_weights_loading", default=None)
+
+
+@contextlib.contextmanager
+def loading(instead: Callable[[bool], str] | None = None) -> Iterator[None]:
+    """The loads of pretrained weights within: refused naming `instead(python)` (what else the
+    user can do: `fne predict` and `fne.load` take no other weights, `catalog.fitted_weights_only`),
+    each host probed once. Without `instead`, within another `loading`: that one's (`fne extract`
+    run by `fne predict`); else `other_weights`. Threads see it where they are started in a
+    copy of the context (`fne.extraction.taps.TapRunner`)."""
+    outer = _LOADING.get()
+    if instead is None and outer is not None:
+        yield
+        return
+    token = _LOADING.set(_Loading(instead or other_weights))
+    try:
+        yield
+    finally:
+        _LOADING.reset(token)
+
+
+def _instead(python: bool) -> str:
+    """What else the user can do, as the verb at hand says it (`loading`)."""
+    return (_LOADING.get() or _Loading()).instead(python)
+
+
+def probe(url: str) -> str | None:
+    """`fne.network.unreachable(url)`; within a `loading`, None without asking again where the
+    host answered already."""
+    now = _LOADING.get()
+    host = urllib.parse.urlsplit(url).netloc
+    if now is not None and host in now.answered:
+        return None
+    why = network.unreachable(url)
+    if why is None and now is not None:
+        now.answered.add(host)
+    return why
 
 
 # ------------------------------------------------------------------ torch hub (torchvision, VGG)
@@ -44,7 +98,7 @@ def hub_state(name: str, url: str) -> dict:
     """ImageNet weights of backbone `name` from torch hub's cache, downloaded from `url` (the
     hash in the file's name checked) where they are not there yet and its host answers."""
     file = hub_file(url)
-    why = None if file.is_file() else unreachable(url)
+    why = None if file.is_file() else probe(url)
     if why is None:
         try:
             return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True)
@@ -53,12 +107,12 @@ def hub_state(name: str, url: str) -> dict:
     raise hub_refusal(name, url, why) from None
 
 
-def hub_refusal(name: str, url: str, why: str, instead: Callable[[bool], str] = other_weights) -> WeightsError:
+def hub_refusal(name: str, url: str, why: str) -> WeightsError:
     """The one line for ImageNet weights of backbone `name` (from `url`) that could not be loaded:
-    why, where to put the file and how to get it, then `instead(python)`: what else the caller can
-    do (other weights, for a command that takes them)."""
+    why, where to put the file and how to get it, then what else the user can do (`loading`:
+    other weights, for a verb that takes them)."""
     return refusal(lambda py: f"cannot load ImageNet weights for {name} ({why}). {hub_where(url)}, "
-                              f"{instead(py)}", WeightsError)
+                              f"{_instead(py)}", WeightsError)
 
 
 def hub_where(url: str, get: str | None = None) -> str:
@@ -110,7 +164,7 @@ def timm_pretrained(model_name: str) -> nn.Module:
             return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=file)
         why = hf_unreachable()
     elif url and not hub_file(url).is_file():
-        why = unreachable(url)
+        why = probe(url)
     if why is None:
         try:
             return timm.create_model(model_name, pretrained=True)
@@ -125,15 +179,14 @@ def hf_unreachable() -> str | None:
     from huggingface_hub.constants import ENDPOINT
 
     return ("Hugging Face's offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and the file is not in "
-            "the cache") if hf_offline() else unreachable(ENDPOINT)
+            "the cache") if hf_offline() else probe(ENDPOINT)
 
 
-def timm_refusal(model_name: str, cfg: dict, why: str,
-                 instead: Callable[[bool], str] = other_weights) -> WeightsError:
+def timm_refusal(model_name: str, cfg: dict, why: str) -> WeightsError:
     """The one line for timm weights that could not be loaded: why, where to put which file and
-    how to get it, then `instead(python)` (as `hub_refusal`'s)."""
+    how to get it, then what else the user can do (as `hub_refusal`'s)."""
     return refusal(lambda py: f"cannot load pretrained weights for timm:{model_name} ({why}). "
-                              f"{timm_where(model_name, cfg)}, {instead(py)}", WeightsError)
+                              f"{timm_where(model_name, cfg)}, {_instead(py)}", WeightsError)
 
 
 def timm_where(model_name: str, cfg: dict) -> str:

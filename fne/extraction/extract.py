@@ -26,6 +26,7 @@ from fne import option_handling as opts
 from fne import verb_module
 from fne.backbones import fits
 from fne.backbones.catalog import refuse_unobtainable
+from fne.backbones.fetch import loading
 from fne.backbones.registry import weights_file
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec, earlier_pixels
@@ -160,6 +161,9 @@ OPTIONS = (StoreSpec, DataOptions, ExtractOptions)
 # Set by `fne.linear.features.open_rows` while it extracts the rows a verb misses: it names every
 # image left out itself (with those an earlier run found unreadable), so they are not said twice.
 SKIPS_SAID_BY_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_skips_said_by_caller", default=False)
+# Set by `open_rows` too: its line saying that it extracts them, said once the weights are known
+# to be obtainable (its refusal, in the caller's words: `fne.backbones.fetch.loading`).
+CALLER_SAYS: contextvars.ContextVar[str | None] = contextvars.ContextVar("fne_caller_says", default=None)
 
 
 @opts.keywords(*OPTIONS)
@@ -208,7 +212,7 @@ def extract(data: str | Path | Dataset, store: StoreSpec | None = None, **option
     require_main_script("fne.extract")
     spec, d, o = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     shard_t = shards.parse_shard(o.shard)  # before DATA is listed, as the command line's
-    with new_cache_removed_on_failure(cache_root(spec.cache)):  # a cache it made and left no row in goes
+    with new_cache_removed_on_failure(cache_root(spec.cache)), loading():  # a cache it made and left no row in goes
         return _extract(data, spec, d, o, shard_t)
 
 
@@ -246,7 +250,9 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
         # rows surely to compute (an empty store, or known contents it lacks): offline without the
         # weights, one line now, not after the workers and progress line start. Files the manifest
         # cannot vouch for yet may all be stored: the reader's hash decides, and the model loads then.
-        refuse_unobtainable(spec.arch, spec.weights)
+        refuse_unobtainable(spec.arch, spec.weights)  # in the words of the caller's `fetch.loading`
+    if CALLER_SAYS.get() is not None:  # its line after that refusal, the only line then
+        progress_line(CALLER_SAYS.get(), o.progress, stderr=True)
     if plan.todo:  # a weights file that does not fit, a size the network cannot take: cheap, before the workers
         fits.refuse_unfit(spec.arch, spec.weights)  # its names and shapes only (VGG-16's 528 MB: 0.02 s)
         fits.refuse_size(spec.arch, spec.weights, spec.image_size)

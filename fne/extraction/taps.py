@@ -6,6 +6,7 @@ activation map outlives its layer.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 import warnings
@@ -145,7 +146,9 @@ class TapRunner:
         be stuck (a download from a network that drops its packets)."""
         if self.model is None and self._building is None:
             self._building = Future()
-            threading.Thread(target=self._build_into, args=(self._building,), name="fne-model", daemon=True).start()
+            # in the caller's context: what a weights download that fails says (`fne.backbones.fetch.loading`)
+            threading.Thread(target=contextvars.copy_context().run, args=(self._build_into, self._building),
+                             name="fne-model", daemon=True).start()
 
     def close(self) -> None:
         """Wait for a build still running (a run whose images all turned out stored needed no

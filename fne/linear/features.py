@@ -31,7 +31,7 @@ from fne.linear.embedding import make_transform
 from fne.metrics import labels_fingerprint
 from fne.option_handling import named, refusal
 from fne.options import ForwardOptions
-from fne.progress import progress_line, said, say_skipped
+from fne.progress import said, say_skipped
 
 
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
@@ -120,7 +120,7 @@ def extract_command(data, spec: StoreSpec) -> str:
 def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool = False,
               extraction: ForwardOptions | None = None,
               check: Callable[[Dataset], None] | None = None, label_key: str | None = None,
-              fitted: tuple[str, str] | None = None) -> Source:
+              fitted: tuple[str, str] | None = None, instead: Callable[[bool], str] | None = None) -> Source:
     """DATA's images with rows: found in the cache, or extracted first when `extract_missing`.
 
     `check(dataset)` raises for a dataset the verb cannot use: it is called before the cache is
@@ -133,15 +133,17 @@ def open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_mi
     it holds only what the call left (`fne.cache.upkeep.remove_failed_new_cache`: manifests and
     free locks, no row), as `fne extract` does. The line saying that rows are extracted names the
     cache and the store they go to; `fitted` (predict: the run folder and the cache its model was
-    fitted from) adds that cache where it is another."""
+    fitted from) adds that cache where it is another. `instead(python)`: what else the user can do
+    where the weights cannot be had, for a verb that takes no other weights (`fne.backbones.fetch.loading`)."""
     root = cache_root(spec.cache)
     with new_cache_removed_on_failure(root, applies=extract_missing):  # also Ctrl-C
-        return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root, fitted)
+        return _open_rows(data, spec, verb, extract_missing, extraction, check, label_key, root, fitted, instead)
 
 
 def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_missing: bool,
                extraction: ForwardOptions | None, check: Callable[[Dataset], None] | None,
-               label_key: str | None, root, fitted: tuple[str, str] | None = None) -> Source:
+               label_key: str | None, root, fitted: tuple[str, str] | None = None,
+               instead: Callable[[bool], str] | None = None) -> Source:
     """`open_rows`' work (`root`: the cache's, `cache_root`'s)."""
     absent = not extract_missing and no_such_root(root)
     where = f"not in the cache {root}, a folder that does not exist"
@@ -165,13 +167,8 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
             raise _not_cached(data, shown, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
                                                  f"cache {store.path}{earlier_pixels(store, missing, spec.cache)}")
         extraction = extraction or ForwardOptions()
-        if verb == "predict":  # the model's weights, which no --weights replaces: said so before extract's refusal
-            from fne.backbones.catalog import fitted_weights_only, refuse_unobtainable
-
-            refuse_unobtainable(spec.arch, spec.weights, instead=fitted_weights_only("predict again"))
-        progress_line(f"{who}: extracting {len(missing)} images missing from the cache {root} into its store "
-                      f"{store.path.name}{_fitted_elsewhere(root, fitted)}", extraction.progress, stderr=True)
-        from fne.extraction.extract import SKIPS_SAID_BY_CALLER, extract
+        from fne.backbones.fetch import loading
+        from fne.extraction.extract import CALLER_SAYS, SKIPS_SAID_BY_CALLER, extract
 
         pinned = spec.pinned(store)
         if pinned.prep_key() != store.meta["preprocess"]:  # device-decoded by a library this machine lacks
@@ -181,9 +178,13 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                      f"machine's ({made}, here {here}): install that library, or extract them "
                                      f"with {named('decode', py, 'pil', plain=True)}", FneError)
         said = SKIPS_SAID_BY_CALLER.set(True)  # named below, with those an earlier run found unreadable
+        says = CALLER_SAYS.set(f"{who}: extracting {len(missing)} images missing from the cache {root} into its "
+                               f"store {store.path.name}{_fitted_elsewhere(root, fitted)}")
         try:
-            r = extract(dataset, pinned, **asdict(extraction))
+            with loading(instead):  # extract's refusal of weights it cannot have, in the verb's words
+                r = extract(dataset, pinned, **asdict(extraction))
         finally:
+            CALLER_SAYS.reset(says)
             SKIPS_SAID_BY_CALLER.reset(said)
         seconds, unread = r.seconds, r.skipped  # unread: also those with no key to record (an OSError)
         store.refresh()

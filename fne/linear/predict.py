@@ -17,6 +17,7 @@ import numpy as np
 
 from fne import option_handling as opts
 from fne import verb_module
+from fne.backbones.catalog import fitted_weights_only
 from fne.cache.fs import check_target, direct_run, is_url, not_a_run_file, out_refused, replace_file
 from fne.cache.spec import DEVICE_SUFFIXES, StoreSpec, recorded_image_size
 from fne.data.containers import takes_label_key
@@ -80,19 +81,14 @@ def pinned_spec(model: dict, where: str, device: str | None = None, moved_weight
                      storage_dtype=s["storage_dtype"], cache=s["cache"],
                      weights_seed=s["weights_seed"] if s["weights"] == "random" else 0,  # recorded before it was refused
                      decode=s["decode"], device=device or "auto", image_size=recorded_image_size(s))
+    try:  # before the preprocessing, whose backbone a torchvision model's missing file stops too
+        now = spec.fingerprint()
+    except WeightsError as e:
+        raise _unreadable_weights(e, s, where, spec.weights, moved_weights) from None
     made, key = s.get("preprocess"), spec.preprocess().key
     if made is not None and made not in (key, *(key + suffix for suffix in DEVICE_SUFFIXES.values())):
         raise FneError(f"{where} was fitted on rows of preprocessing {made}, an earlier fne's pixels, which this fne "
                        f"no longer makes ({key} now); its head fits those rows only: fit it again with `fne fit`")
-    try:
-        now = spec.fingerprint()
-    except WeightsError as e:
-        why = str(e)
-        moved = (lambda py: "") if moved_weights else (
-            lambda py: f"; where the file moved, give its path: {opts.named('moved_weights', py, 'PATH', plain=True)}")
-        raise opts.refusal(lambda py: f"{where} was fitted on weights {s['weights']} (fingerprint "
-                                      f"{s['weights_fingerprint']}), which cannot be read now: {why}{moved(py)}",
-                           FneError) from None
     then = s["weights_fingerprint"]
     if now != then and moved_weights is not None:
         raise opts.refusal(lambda py: f"{opts.named('moved_weights', py, moved_weights)} is not the weights {where} was "
@@ -113,10 +109,28 @@ def pinned_spec(model: dict, where: str, device: str | None = None, moved_weight
     return spec
 
 
+def _unreadable_weights(e: WeightsError, s: dict, where: str, weights: str, moved_weights: str | None) -> FneError:
+    """The refusal of the weights file a model was fitted on (the store record `s`), or of
+    `moved_weights`, that cannot be read (`e`: `weights`' error): in the words of `fne predict`
+    and `fne.load`, which take no --weights (no such file: said so, not the other weights that
+    `e` offers)."""
+    def why(py: bool) -> str:
+        said = str(e) if py else getattr(e, "cli", str(e))
+        return "no such file" if not Path(weights).exists() else said.removeprefix(f"{opts.named('weights', py, weights)}: ")
+
+    if moved_weights is not None:
+        return opts.refusal(lambda py: f"{opts.named('moved_weights', py, moved_weights)}: {why(py)}", FneError)
+    return opts.refusal(lambda py: f"{where} was fitted on weights {s['weights']} (fingerprint {s['weights_fingerprint']}), "
+                                   f"which cannot be read now: {why(py)}; where the file moved, give its path: "
+                                   f"{opts.named('moved_weights', py, 'PATH', plain=True)}", FneError)
+
+
 # The store options a prediction may change: where the cache is and where the network runs. The
 # others (backbone, weights, preprocessing, ...) are the model's: its head only fits those rows.
 STORE_OPTIONS = ("cache", "device")
 OPTIONS = (DataOptions, ForwardOptions, PredictOptions)  # with STORE_OPTIONS: the keywords of `predict`, declared in fne.options
+# What its refusal of weights it cannot have offers: predict takes no other weights (the head fits these rows)
+NO_OTHER_WEIGHTS = fitted_weights_only("predict again")
 
 
 @opts.keywords(StoreSpec, only=STORE_OPTIONS)
@@ -193,8 +207,8 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
         options = {**options, "cache": _cache_here(pinned.cache)}
     spec, d, ext, p = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
     _check_top(p.top, model["classes"])
-    label_key = _label_key(d.label_key, model.get("label_key"), data, run_dir)
-    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=_fitted_cache(model, run_dir))
+    fitted, label_key = _fitted_cache(model, run_dir), _label_key(d.label_key, model.get("label_key"), data, run_dir)
+    src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=fitted, instead=NO_OTHER_WEIGHTS)
     dataset, pipe, classes = src.dataset, model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
     pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
