@@ -121,6 +121,29 @@ def test_the_extract_command_with_workers_leaves_its_rows_output_and_no_shared_m
 
 
 
+def test_the_extract_verb_imports_zarr_only_to_read_or_write_a_part(digits_folder, tmp_path):
+    """`import fne`, the `fne extract` parser and `fne.extract` import neither zarr nor what it
+    brings (numcodecs, fsspec, yaml): 0.2-0.5 s of every fresh process, spent where a part is
+    first read or written (the writer's thread imports it as it starts); the rows are then written."""
+    import json
+    import subprocess
+
+    from .conftest import FAST
+
+    script = f"""
+import json, sys
+import fne, fne.cli
+from fne.extraction.extract import extract
+fne.cli.build_parser(["extract"])
+before = sorted({{m.split(".")[0] for m in sys.modules}} & {{"zarr", "numcodecs", "fsspec", "yaml"}})
+r = extract({str(digits_folder)!r}, cache={str(tmp_path / "c")!r}, workers=0, progress=False, **{FAST!r})
+print(json.dumps([before, r.n_computed, "zarr" in sys.modules]))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1]) == [[], 24, True]
+
+
 # ------------------------------------------------------------------ one declaration per verb
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
