@@ -488,7 +488,8 @@ def _exit(code: int) -> None:
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: no console (pythonw)
+                stream.flush()
         except (OSError, ValueError):  # ValueError: a stream a handler closed
             code = code or 120
     if os.name == "posix":  # a C extension's printf into a pipe or file
