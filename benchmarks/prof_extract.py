@@ -18,7 +18,13 @@ run. On the same JPEGs (`bench_gpu.make_images`):
   imported torchvision and what importing it afterwards took;
 * ``fresh``: the `fne extract` command in a fresh process on a fresh cache, its wall cut into
   the interpreter's start, the imports of torch and fne, the plan, the run (the model's load,
-  warm-up and the first forward's wait in it), and the end after the verb returned.
+  warm-up and the first forward's wait in it), and the end after the verb returned; and whether
+  the process held a CUDA context as it forked the loader's workers (the batch sized from free
+  memory makes one);
+* ``fresh-given-batch``: the same with ``--batch-size`` given, the size ``fresh`` chose (256
+  without it): nothing is sized, so no context is made before the fork; set against ``fresh``,
+  the ``device``, ``workers_start`` and ``model_start`` steps and the wall say what forking the
+  workers from a process with a context costs.
 
     python3 benchmarks/prof_extract.py                          # CUDA: 32,768 JPEGs, VGG-16 bf16
     python3 benchmarks/prof_extract.py --images 64 --arch mobilenet_v3_small --precision fp32   # a CPU
@@ -172,6 +178,11 @@ marks["torch"] = time.time()
 import fne.cli
 from fne.extraction import extract
 marks["fne"] = time.time()
+made = extract._loader
+def loader(*a, **k):  # whether the workers fork from a process with a CUDA context
+    marks["context"] = torch.cuda.is_initialized() and torch._C._cuda_hasPrimaryContext(torch.cuda.current_device())
+    return made(*a, **k)
+extract._loader = loader
 atexit.register(lambda: print("MARKS " + json.dumps({**marks, "returned": time.time()}), flush=True))
 sys.argv = ["fne", "extract", *json.loads(sys.argv[1])]
 fne.cli.run()
@@ -208,9 +219,17 @@ def fresh_run(imgs: Path, where: str, kw: dict) -> str:
             + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
             + f"; in the run: model load {st['model_load']:.2f}, warm-up {st.get('warm_up', 0.0):.2f}, "
             f"first forward waited {st.get('model_wait', 0.0):.2f}, first forward {st['first_forward']:.2f}, "
-            f"read wait {st['read_wait']:.2f}, after the last batch {st.get('finish', 0.0):.2f}; before the run: "
+            f"read wait {st['read_wait']:.2f}, after the last batch {st.get('finish', 0.0):.2f}; "
+            f"batch {rec['batch_size']}, a CUDA context as the workers forked: {'yes' if m.get('context') else 'no'}; "
+            "before the run: "
             + ", ".join(f"{k} {st[k]:.2f}" for k in SETUP if k in st)
             + f"; after it (manifest, counts, record): {verb - st['run'] - sum(st.get(k, 0.0) for k in SETUP):.2f}")
+
+
+def _chosen_batch(cache: Path) -> int:
+    """The batch size the ``fresh`` run's record shows (256, the CUDA default, without one)."""
+    recs = sorted(cache.glob("*/records/*.json"))
+    return json.loads(recs[-1].read_text())["batch_size"] if recs else 256
 
 
 def main(argv=None) -> int:
@@ -218,7 +237,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=32_768)
     ap.add_argument("--arch", default="vgg16")
     ap.add_argument("--precision", default="bf16")
-    ap.add_argument("--runs", default="defaults,rerun,high-priority,ahead4,pil,fresh-rerun,fresh",
+    ap.add_argument("--runs", default="defaults,rerun,high-priority,ahead4,pil,fresh-rerun,fresh,fresh-given-batch",
                     help="which runs, in order (default: all)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
     ap.add_argument("--out", default=None, help="append the profiles here (default: $OUT/prof.txt where set)")
@@ -234,15 +253,16 @@ def main(argv=None) -> int:
     print(f"{a.images:,} images in {time.perf_counter() - t:.1f} s", flush=True)
     kw = dict(arch=a.arch, weights="random", precision=a.precision)
     cache = {"defaults": "cache", "rerun": "cache", "fresh-rerun": "cache", "high-priority": "cache_hp",
-             "ahead4": "cache_a4", "pil": "cache_pil", "fresh": "cache_fresh"}
+             "ahead4": "cache_a4", "pil": "cache_pil", "fresh": "cache_fresh", "fresh-given-batch": "cache_given"}
     setting = {"high-priority": high_priority_streams, "ahead4": lambda: ahead(4)}
     for run in a.runs.split(","):
         if run not in cache:
             ap.error(f"unknown run {run!r}; choose from {', '.join(cache)}")
         where = str(work / cache[run])
-        if run == "fresh":
+        if run in ("fresh", "fresh-given-batch"):
             shutil.rmtree(where, ignore_errors=True)
-            _report(f"== fresh: {fresh_run(imgs, where, kw)}", out)
+            given = {"batch_size": _chosen_batch(work / cache["fresh"])} if run == "fresh-given-batch" else {}
+            _report(f"== {run}: {fresh_run(imgs, where, {**kw, **given})}", out)
             continue
         if run == "fresh-rerun":
             p = subprocess.run([sys.executable, "-c", FRESH, json.dumps([str(imgs), where, kw])], capture_output=True,

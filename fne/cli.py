@@ -8,7 +8,7 @@ exit 2; Ctrl-C (exit 130) and SIGTERM (`kill`, a batch scheduler's preemption or
 from __future__ import annotations
 
 import argparse
-import gc
+import atexit
 import importlib
 import os
 import signal
@@ -449,11 +449,10 @@ _ENDING = False  # set by `run`: the process ends when `main` returns
 def run() -> None:
     """The `fne` command (and ``python -m fne.cli``): `main` on the process's arguments, then exit.
 
-    The objects left are frozen out of the garbage collector first: the interpreter's last
-    collections would walk every object torch and the verb made, for nothing, since the process
-    ends (0.4-0.5 s of every command on the 2-core development machine; benchmarks/RESULTS.md).
-    Everything a verb writes is closed before it returns; Python does not promise finalizers at
-    exit in any case. In a process that goes on, call `main`.
+    A verb that returned ends as `_exit` says: what the interpreter's exit guarantees is done
+    (threads joined, atexit handlers run, output flushed), its finalisation is not (0.4-0.8 s of
+    every command on the 2-core development machine; benchmarks/RESULTS.md). Everything a verb
+    writes is closed before it returns. In a process that goes on, call `main`.
 
     An interrupted verb (Ctrl-C, SIGTERM) ends without the interpreter's finalisation: the model's
     build may still be running on its daemon thread inside torch (`TapRunner.prepare`), and
@@ -468,8 +467,36 @@ def run() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    gc.freeze()
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End the process with `code` as the interpreter's exit does, less its finalisation.
+
+    First what that exit does and a verb may rely on: the threads that are no daemons joined
+    (after `concurrent.futures`' pools are told to stop), the atexit handlers run (multiprocessing's:
+    its finalizers, children ended and joined; logging's flush; `weakref.finalize`'s: temporary
+    folders; zarr's event loop; a coverage tool's data), stdout and stderr flushed (C's buffers
+    too). Then `os._exit`: the finalisation left out tears down every module and object torch and
+    the verb made, and runs the C++ libraries' static destructors, for a process that ends anyway.
+    A flush that fails (a full disk under `> log`) exits 120, as Python's own exit does.
+    """
+    shutdown = getattr(threading, "_shutdown", None)  # what Py_Finalize calls first (CPython 3.11-3.13)
+    if shutdown is None:
+        sys.exit(code)
+    shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: no console (pythonw)
+                stream.flush()
+        except (OSError, ValueError):  # ValueError: a stream a handler closed
+            code = code or 120
+    if os.name == "posix":  # a C extension's printf into a pipe or file
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Python API and the pipeline schema; a CLI that behaves as a Unix filter."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -39,6 +40,108 @@ def test_the_command_leaves_complete_outputs_and_exits_with_mains_code(digits_fo
     bad = subprocess.run([sys.executable, "-m", "fne.cli", "fit", str(tmp_path / "absent"), "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "fne fit: error:" in bad.stderr
+
+
+
+def test_the_command_ends_with_what_the_interpreters_exit_guarantees(tmp_path):
+    """`fne.cli.run` after a verb returned (it ends with `os._exit`, without the interpreter's
+    finalisation): threads that are no daemons joined, atexit handlers, `weakref.finalize`'s and
+    logging's flush run, a non-daemon child joined, Python's and C's buffered output (into a
+    file) written, the verb's code the exit status."""
+    import subprocess
+
+    out = tmp_path / "out"
+    script = f"""
+import atexit, ctypes, logging, logging.handlers, multiprocessing, sys, threading, time, weakref
+import fne.cli
+OUT = {str(out)!r}
+def mark(name):
+    with open(f"{{OUT}}/{{name}}", "w") as f:
+        f.write(name)
+def late(name):
+    time.sleep(0.5)
+    mark(name)
+def verb(a):
+    global kept, target
+    print("the verb's line", end="")  # no newline: still in the buffer as the verb returns
+    sys.stderr.write("a note, unflushed")
+    ctypes.CDLL(None).printf(b"C's line")  # C's stdio buffer, into a file
+    threading.Thread(target=late, args=("thread",), daemon=False).start()
+    multiprocessing.get_context("fork").Process(target=late, args=("child",), daemon=False).start()
+    atexit.register(mark, "atexit")
+    kept = type("Kept", (), {{}})()
+    weakref.finalize(kept, mark, "weakref")
+    log = logging.getLogger("t")
+    target = logging.FileHandler(f"{{OUT}}/log")  # kept: logging's shutdown closes it after the memory handler
+    log.addHandler(logging.handlers.MemoryHandler(100, target=target))
+    log.warning("held until logging's shutdown")
+    return 3
+fne.cli._cmd_backbones = verb
+sys.argv = ["fne", "backbones"]
+fne.cli.run()
+"""
+    out.mkdir()
+    with open(tmp_path / "stdout", "w") as so, open(tmp_path / "stderr", "w") as se:
+        p = subprocess.run([sys.executable, "-c", script], stdout=so, stderr=se, timeout=300)
+    assert p.returncode == 3, (tmp_path / "stderr").read_text()
+    assert (tmp_path / "stdout").read_text() == "the verb's lineC's line"
+    assert (tmp_path / "stderr").read_text() == "a note, unflushed"
+    assert sorted(f.name for f in out.iterdir()) == ["atexit", "child", "log", "thread", "weakref"]
+    assert (out / "log").read_text() == "held until logging's shutdown\n"
+
+
+def test_the_extract_command_with_workers_leaves_its_rows_output_and_no_shared_memory(digits_folder, tmp_path):
+    """`fne extract` with two loader workers, its output into a file: exit 0, both lines there,
+    the store verifies with every image's row, no shared-memory segment left in /dev/shm and no
+    leaked-resource warning (the process ends with `os._exit` once its exit's duties are done)."""
+    import subprocess
+
+    from .conftest import FAST
+
+    shm = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    cache = tmp_path / "cache"
+    fast = [f"--{k.replace('_', '-')}={v}" for k, v in FAST.items()]
+    with open(tmp_path / "stdout", "w") as so:
+        p = subprocess.run([sys.executable, "-m", "fne.cli", "extract", str(digits_folder), "--cache", str(cache),
+                            "--workers", "2", "--batch-size", "4", "--no-progress", *fast],
+                           stdout=so, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = (tmp_path / "stdout").read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("24 images (24 unique): 0 already cached, 24 computed")
+    assert lines[1].startswith(f"store: {cache}")
+    assert "leaked" not in p.stderr and "Traceback" not in p.stderr
+    left = {n for n in (set(os.listdir("/dev/shm")) if shm else set()) - shm
+            if n.startswith(("torch_", "psm_", "sem.mp", "wnsm_"))}
+    assert not left
+    assert main(["cache", "verify", "--cache", str(cache)]) == 0
+    from fne.cache.store import list_stores
+
+    (store,) = list_stores(str(cache))
+    assert len(store) == 24
+
+
+
+def test_the_extract_verb_imports_zarr_only_to_read_or_write_a_part(digits_folder, tmp_path):
+    """`import fne`, the `fne extract` parser and `fne.extract` import neither zarr nor what it
+    brings (numcodecs, fsspec, yaml): 0.2-0.5 s of every fresh process, spent where a part is
+    first read or written (the writer's thread imports it as it starts); the rows are then written."""
+    import json
+    import subprocess
+
+    from .conftest import FAST
+
+    script = f"""
+import json, sys
+import fne, fne.cli
+from fne.extraction.extract import extract
+fne.cli.build_parser(["extract"])
+before = sorted({{m.split(".")[0] for m in sys.modules}} & {{"zarr", "numcodecs", "fsspec", "yaml"}})
+r = extract({str(digits_folder)!r}, cache={str(tmp_path / "c")!r}, workers=0, progress=False, **{FAST!r})
+print(json.dumps([before, r.n_computed, "zarr" in sys.modules]))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout.splitlines()[-1]) == [[], 24, True]
 
 
 # ------------------------------------------------------------------ one declaration per verb

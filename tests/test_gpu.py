@@ -267,6 +267,9 @@ def test_prof_extract_profiles_every_run(tmp_path, capsys):
     assert fresh["import torch s"] > 0 and fresh["torchvision imported by the rerun"] is True  # a torchvision arch
     wall = text.split("== fresh: ")[1].splitlines()[0]  # the command's wall, cut into its phases
     assert wall.startswith("wall ") and "for 24 images: interpreter start" in wall and "end (after the verb" in wall
+    assert "batch 32, a CUDA context as the workers forked: no" in wall  # a CPU: no context, its batch
+    given = text.split("== fresh-given-batch: ")[1].splitlines()[0]  # --batch-size as fresh chose it
+    assert given.startswith("wall ") and "batch 32, a CUDA context as the workers forked: no" in given
 
 
 # ---------------------------------------------------------------- CUDA only

@@ -27,8 +27,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-import zarr
-
 from fne.errors import CacheError, FneError, expect_path
 from fne.option_handling import named, refusal
 
@@ -454,6 +452,8 @@ class LocalFiles(_Common):
         os.replace(self.path / rel, self.path / to)
 
     def zarr_store(self, rel: str):
+        import zarr.storage  # where a part is read or written: `import fne` leaves zarr's 0.2-0.5 s to then
+
         return zarr.storage.LocalStore(self.path / rel)
 
     def size(self) -> int:
@@ -540,6 +540,8 @@ class UrlFiles(_Common):
                     raise CacheError(f"{self.url}: a cache on {type(self.fs).__name__} needs fsspec >= 2024.12 "
                                      f"(this is {fsspec.__version__}): pip install -U 'fsspec>=2024.12'") from None
                 self._afs = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+        import zarr.storage
+
         return zarr.storage.FsspecStore(self._afs, path=self.p(rel))
 
     def size(self) -> int:

@@ -16,7 +16,6 @@ import json
 import sys
 
 import numpy as np
-import zarr
 
 from fne.errors import CacheError
 from fne.option_handling import named, refusal
@@ -26,13 +25,16 @@ ROWS = "rows"
 # What real damage raises when a part is read: a file gone or cut short, bytes that do not
 # decode, metadata that does not parse. Anything else (MemoryError, a network timeout, an
 # interrupted read) propagates as what it is.
-DAMAGE = (FileNotFoundError, ValueError, KeyError, EOFError, json.JSONDecodeError, zarr.errors.BaseZarrError)
+# (zarr's own errors too: `is_damage`; zarr is imported where a part is read or written, not with fne)
+DAMAGE = (FileNotFoundError, ValueError, KeyError, EOFError, json.JSONDecodeError)
 
 
 def is_damage(e: BaseException) -> bool:
     """Whether `e`, raised reading a part, says its data is damaged (numcodecs reports a corrupt
     zstd frame of a format-1 part as a RuntimeError "Zstd decompression error")."""
-    return isinstance(e, DAMAGE) or (isinstance(e, RuntimeError) and "decompression error" in str(e).lower())
+    import zarr.errors  # imported already: a part was being read
+
+    return isinstance(e, (*DAMAGE, zarr.errors.BaseZarrError)) or (isinstance(e, RuntimeError) and "decompression error" in str(e).lower())
 
 
 class Damaged(Exception):
@@ -122,6 +124,8 @@ def write(zstore, keys: list[str], rows: np.ndarray) -> None:
     rows : ndarray
         (N, V, D), every tap side by side, already in the storage dtype.
     """
+    import zarr
+
     group = zarr.open_group(zstore, mode="w")
     k = key_bytes(keys)  # shape and dtype, then the values: zarr 3.0 has no create_array(data=)
     group.create_array("keys", shape=k.shape, dtype=k.dtype, attributes={"layout": ROWS},
@@ -134,12 +138,19 @@ def write(zstore, keys: list[str], rows: np.ndarray) -> None:
 def read_keys(zstore) -> tuple[list[str], str]:
     """A part's content keys and its layout ("rows" or "taps")."""
     try:
-        a = zarr.open_array(zstore, mode="r")
+        a = open_array(zstore)
         return key_strings(a[:]), a.attrs.get("layout", "taps")
     except Exception as e:
         if not is_damage(e):
             raise
         raise Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def open_array(zstore):
+    """One array of a part, to read."""
+    import zarr
+
+    return zarr.open_array(zstore, mode="r")
 
 
 def read(open_array, layout: str, cols: dict[str, tuple[int, int]], layers: list[str]) -> np.ndarray:

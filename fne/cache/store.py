@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from fne.cache import parts
 from fne.cache.fs import (
@@ -341,7 +340,7 @@ class Store:
         if name not in self._layouts:
             self._layouts[name] = parts.read_keys(self.files.zarr_store(f"parts/{name}/keys"))[1]
         cols = {n: tuple(lo_hi) for n, lo_hi in self.meta.get("columns", {}).items()} or parts.columns(self.taps)
-        return parts.read(lambda a: zarr.open_array(self.files.zarr_store(f"parts/{name}/{a}"), mode="r"),
+        return parts.read(lambda a: parts.open_array(self.files.zarr_store(f"parts/{name}/{a}")),
                           self._layouts[name], cols, layers)
 
     def read_rows(self, keys: list[str], layers: list[str]) -> np.ndarray:
