@@ -316,7 +316,10 @@ def end_workers(loader) -> None:
     it = getattr(loader, "_iterator", loader)  # a DataLoader keeps its persistent workers' iterator
     shutdown = getattr(it, "_shutdown_workers", None)  # torch's own, run when the iterator is collected
     if shutdown is not None:
-        shutdown()
+        from fne.handoff import held
+
+        with held():  # its queues and events: no Ctrl-C inside them (`fne.handoff`)
+            shutdown()
 
 
 def require_main_script(verb: str) -> None:

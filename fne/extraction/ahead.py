@@ -11,6 +11,8 @@ import types
 
 import torch
 
+from fne.handoff import POLL, held
+
 
 class Ahead:
     """`fn(item)` for each item of `items`, in order, computed on a thread of its own `ahead`
@@ -57,7 +59,11 @@ class Ahead:
         self._thread = threading.Thread(target=self._fill, args=(q,), daemon=True, name=self.name)
         self._thread.start()
         while True:
-            item = q.get()
+            with held():  # a Ctrl-C between waits, never inside the queue (`fne.handoff`)
+                try:
+                    item = q.get(timeout=POLL)
+                except queue.Empty:
+                    continue
             if item is _END:
                 return
             if isinstance(item, _Failed):
@@ -98,9 +104,13 @@ class Ahead:
     def close(self) -> None:
         """Stop the thread (if any) and wait for it, then close the `Ahead` (or generator) it
         maps: the loader may then be shut down."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        with held():
+            self._stop.set()
+        while self._thread is not None:
+            with held():
+                self._thread.join(POLL)
+                if not self._thread.is_alive():
+                    break
         if isinstance(self.items, (Ahead, types.GeneratorType)):  # a generator lets go of what its
             self.items.close()  # frame holds (the reader's: a batch's views of the workers' shared memory)
 

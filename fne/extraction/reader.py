@@ -34,6 +34,7 @@ from fne.data.datasets import read_image
 from fne.devices import decode_jpegs_rgb, device_decoder
 from fne.extraction.ahead import Ahead
 from fne.extraction.slots import POOL_BYTES, SlotPool, pixels_of, raw_of, shared_bytes, shm_free
+from fne.handoff import held
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -516,7 +517,12 @@ def decoding(batches, dev: torch.device, ahead: int = 0, split: bool = True, jpe
         if ahead > 0 and jpegs:  # on the thread: loading the decoder overlaps the first reads
             device_decoder()
 
-        for batch in batches:
+        it = iter(batches)
+        while True:
+            with held():  # the loader's own queues and events: no Ctrl-C inside them (`fne.handoff`)
+                batch = next(it, None)
+            if batch is None:
+                return
             raw = raw_jpegs(batch)
             todo = parts(batch.get("raw_sizes") if split else None, len(raw)) or [range(0)]
             for k, run in enumerate(todo):

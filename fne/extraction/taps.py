@@ -19,6 +19,7 @@ from fne.backbones import registry as backbones
 from fne.backbones.normalize import Normalize
 from fne.backbones.pooling import POOLS
 from fne.devices import autocast
+from fne.handoff import wait_future
 
 
 class TapModel(nn.Module):
@@ -191,7 +192,7 @@ class TapRunner:
             x = torch.cat([x, x.new_zeros((self.pad_to * views - n, *x.shape[1:]))])
         if self.model is None:
             t = time.perf_counter()
-            self.model = self._building.result() if self._building is not None else self._build()
+            self.model = wait_future(self._building) if self._building is not None else self._build()
             self.model_wait = time.perf_counter() - t
         t = time.perf_counter()
         self.model, pooled = forward(self.model, x, self.device, self.precision)

@@ -18,6 +18,7 @@ import torch
 
 from fne.cache.store import Store
 from fne.errors import DENIED, CacheError
+from fne.handoff import POLL, held, wait_event
 from fne.option_handling import named, refusal
 from fne.progress import said
 
@@ -51,13 +52,14 @@ class Writer(threading.Thread):
 
     def _put(self, item) -> bool:
         """Queue `item`, waiting for room, but never on a writer that has died (a full disk):
-        False then."""
+        False then. A Ctrl-C is raised between tries, never inside the queue (`fne.handoff`)."""
         while self.error is None:
-            try:
-                self.q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
+            with held():
+                try:
+                    self.q.put(item, timeout=POLL)
+                    return True
+                except queue.Full:
+                    pass
         return False
 
     def _flush(self):
@@ -115,7 +117,7 @@ class Writer(threading.Thread):
                 if not sent:
                     self._put(None)  # False, not queued: the writer has died (`finished` is set)
                     sent = True
-                self.finished.wait()
+                wait_event(self.finished)
                 break
             except KeyboardInterrupt as e:
                 if interrupted is not None:

@@ -1,0 +1,158 @@
+"""Ctrl-C and SIGTERM never raised inside the locks of the main thread's handoffs (fne.handoff).
+
+A signal's handler runs in the main thread at the next bytecode, and one such moment is right
+after `threading.Condition.__enter__` took its lock: the exception then leaves the lock taken,
+and the next `put`, `get` or `set` on it blocks for ever (`fne extract` was once seen hung so,
+its main and writer threads blocked on locks). These tests send the signal at exactly that moment: a Condition that
+raises it (`signal.raise_signal`, so the handler in place runs as for a real one) once its lock
+is taken.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from fne.cache.store import Store, StoreKey
+from fne.handoff import held, wait_event, wait_future
+
+
+class _Tripping(threading.Condition):
+    """A Condition that sends `signum` to the process once, just after its lock is taken."""
+
+    def __init__(self, lock, signum: int = signal.SIGINT):
+        super().__init__(lock)
+        self.signum, self.armed = signum, True
+
+    def __enter__(self):
+        took = super().__enter__()
+        if self.armed:
+            self.armed = False
+            signal.raise_signal(self.signum)
+        return took
+
+
+@pytest.fixture
+def ctrl_c():
+    """Python's own Ctrl-C handler in place (whatever the test runner set), restored after."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_signal_in_a_held_block_is_raised_as_it_ends(ctrl_c):
+    came = []
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            signal.raise_signal(signal.SIGINT)
+            came.append("after the signal")  # not raised inside the block
+    assert came == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_held_sigterm_goes_to_fne_clis_handler(ctrl_c):
+    from fne.cli import Terminated, _terminate
+
+    before = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with pytest.raises(Terminated):
+            with held():
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # a second SIGTERM ends the process
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_a_held_signal_that_was_ignored_stays_ignored():
+    """SIGINT ignored (a shell's background job, nohup): held, then ignored as before."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with held():
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_held_changes_nothing_off_the_main_thread():
+    seen = []
+
+    def run():
+        with held():
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert seen == [signal.getsignal(signal.SIGINT)]
+
+
+def test_a_ctrl_c_as_an_event_is_waited_for_leaves_its_lock_free(ctrl_c):
+    event = threading.Event()
+    event._cond = _Tripping(threading.Lock())
+    with pytest.raises(KeyboardInterrupt):
+        wait_event(event)
+    assert not event._cond._lock.locked()
+    event.set()  # would block for ever on a lock left taken
+    wait_event(event)
+
+
+def test_a_ctrl_c_as_the_model_is_awaited_leaves_the_future_usable(ctrl_c):
+    future = Future()
+    future._condition = _Tripping(threading.Lock())
+    with pytest.raises(KeyboardInterrupt):
+        wait_future(future)
+    assert not future._condition._lock.locked()
+    future.set_result("model")  # the build thread's hand-over
+    assert wait_future(future) == "model"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_inside_the_writers_queue_still_ends_the_run_with_its_rows(tmp_path, ctrl_c, signum):
+    """The signal comes as `Writer.put` has taken the queue's lock: the writer would then wait
+    for ever for that lock, and `Writer.close` too. It is raised once the batch is queued, and
+    close commits it."""
+    from fne.cli import Terminated, _terminate
+    from fne.extraction.writer import Writer
+
+    before = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+        keys = [f"{i:032x}" for i in range(4)]
+        w = Writer(store, chunk=100, taps=[("t", 3)])
+        w.start()
+        w.put(keys[:2], np.ones((2, 1, 3), np.float32), {})
+        w.q.not_full = _Tripping(w.q.mutex, signum)
+        with pytest.raises(Terminated if signum == signal.SIGTERM else KeyboardInterrupt) as stopped:
+            w.put(keys[2:], np.ones((2, 1, 3), np.float32), {})
+        assert not w.q.mutex.locked()
+        w.close(stopped.value)  # as `_run`'s finally does: it commits what is queued
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert not w.is_alive() and sorted(store.index()) == keys
+
+
+def test_a_ctrl_c_as_the_handlers_are_set_back_leaves_neither_held(ctrl_c, monkeypatch):
+    """A SIGINT handled right after its own handler is set back raises there; SIGTERM's is set
+    back all the same (else every later SIGTERM would go to the held block's list, unheard)."""
+    import fne.handoff as handoff
+
+    real, sigterm_before = signal.signal, signal.getsignal(signal.SIGTERM)
+
+    def setting(s, handler):
+        old = real(s, handler)
+        if s == signal.SIGINT and handler is signal.default_int_handler:  # the restore of SIGINT
+            signal.raise_signal(signal.SIGINT)
+        return old
+
+    monkeypatch.setattr(handoff.signal, "signal", setting)
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            pass
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before
