@@ -30,8 +30,11 @@ POLL = 0.2  # seconds: how late a held signal is raised at most, beyond the hand
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """SIGINT and SIGTERM deferred until the block ends, then handled as their handlers say
-    (`signal.default_int_handler`: KeyboardInterrupt; `fne.cli`'s: Terminated). In a thread
-    other than the main one (where no handler runs), nothing changes."""
+    (`signal.default_int_handler`: KeyboardInterrupt; `fne.cli`'s: Terminated). A second one
+    within the block is handled at once: a handoff that does not end (the loader's next batch
+    read from a mount that stopped answering) must not leave Ctrl-C unheard; the user who presses
+    it again takes that risk. In a thread other than the main one (where no handler runs),
+    nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -40,9 +43,17 @@ def held() -> Iterator[None]:
         return
     came: list[int] = []
     before: dict[int, object] = {}
+
+    def hold(signum: int, frame) -> None:
+        came.append(signum)
+        if len(came) > 1:  # again: now
+            came.clear()
+            _restore(list(before.items()))
+            _deliver(signum, before.get(signum, signal.SIG_DFL))
+
     try:
         for s in SIGNALS:
-            before[s] = signal.signal(s, lambda signum, frame: came.append(signum))
+            before[s] = signal.signal(s, hold)
         yield
     finally:
         _restore(list(before.items()))

@@ -156,3 +156,17 @@ def test_a_ctrl_c_as_the_handlers_are_set_back_leaves_neither_held(ctrl_c, monke
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is sigterm_before
+
+
+def test_a_second_signal_in_a_held_block_is_raised_at_once(ctrl_c):
+    """A handoff that never ends (a batch read from a mount that stopped answering) must not
+    leave Ctrl-C unheard: the second one is raised where it lands, and nothing is raised twice."""
+    came = []
+    with pytest.raises(KeyboardInterrupt):
+        with held():
+            signal.raise_signal(signal.SIGINT)
+            came.append("after the first")
+            signal.raise_signal(signal.SIGINT)
+            came.append("after the second")
+    assert came == ["after the first"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
