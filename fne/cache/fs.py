@@ -188,8 +188,8 @@ RUN_MODELS = {"fne fit": "model.joblib", "fne train": "model.pt"}
 def direct_run(folder: Path) -> bool:
     """Whether `folder` holds a `fne train --mode direct` run, which trains nothing and so writes
     no model.pt: its metrics.json alone marks it."""
-    m = read_json(folder / "metrics.json") if (folder / "metrics.json").is_file() else None
-    return m is not None and m.get("kind") == "train" and m.get("mode") == "direct"
+    m = read_json(folder / "metrics.json") or {}  # None where absent or unreadable
+    return m.get("kind") == "train" and m.get("mode") == "direct"
 
 
 def check_run_folder(out: Path, verb: str) -> Path:
