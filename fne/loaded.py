@@ -12,6 +12,7 @@ memory only: no cache is read or written, and nothing is printed.
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import unicodedata
@@ -98,7 +99,8 @@ class LoadedModel:
     mean accuracy against labels, as scikit-learn's ``ClassifierMixin.score`` (labels compared as
     ``classes_`` are). Calls from several threads take turns (the network keeps a forward
     pass's outputs on itself). It pickles as its run folder and `load`'s keywords: unpickled (in
-    another process too), it loads that run again.
+    another process too), it loads that run again. Those are its scikit-learn parameters
+    (`get_params`, `set_params`); `sklearn.base.clone` loads the run again with them.
 
     Attributes
     ----------
@@ -117,8 +119,62 @@ class LoadedModel:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"fne.load({str(self.run_dir)!r}): a `fne {self.kind}` run's {self._scorer.what}, " \
+        given = "".join(f", {k}={v!r}" for k, v in self._options.items())
+        return f"fne.load({str(self.run_dir)!r}{given}): a `fne {self.kind}` run's {self._scorer.what}, " \
                f"{len(self.classes_)} classes"
+
+    def get_params(self, deep: bool = True) -> dict:
+        """`load`'s arguments that made this model, its defaults included: scikit-learn's estimator
+        parameters (``run_dir``, ``device``, ``batch_size``, ``moved_weights``).
+
+        Parameters
+        ----------
+        deep : bool
+            Taken for scikit-learn's sake: the model holds no estimator of scikit-learn's to look into.
+
+        Returns
+        -------
+        dict
+            Each parameter's value.
+        """
+        defaults = {k: p.default for k, p in inspect.signature(load).parameters.items() if k != "run_dir"}
+        return {"run_dir": self.run_dir, **defaults, **self._options}
+
+    def set_params(self, **params) -> LoadedModel:
+        """Load the run again with other `get_params` values (``device="cpu"``, another ``run_dir``).
+
+        Parameters
+        ----------
+        **params
+            Parameters of `get_params`; another name is a ValueError naming the valid ones.
+
+        Returns
+        -------
+        LoadedModel
+            This model, now the run of the new values (a refusal leaves it as it was).
+        """
+        unknown = sorted(set(params) - set(self.get_params()))
+        if unknown:
+            raise ValueError(f"invalid parameter(s) {', '.join(map(repr, unknown))} for fne.load's model; valid: "
+                             f"{', '.join(self.get_params())}")
+        if params:
+            keywords = {**self._options, **{k: v for k, v in params.items() if k != "run_dir"}}
+            new = load(params.get("run_dir", self.run_dir), **keywords)  # built first: a refusal changes nothing
+            with self._lock:  # not in the middle of another thread's scoring
+                self.__dict__.update({k: v for k, v in new.__dict__.items() if k != "_lock"})
+        return self
+
+    def __sklearn_clone__(self) -> LoadedModel:
+        """`sklearn.base.clone`: the same run loaded again with the same keywords, an object of its
+        own (loading is what fits it: there is no unfitted state to give, and no `fit`)."""
+        return load(self.run_dir, **self._options)
+
+    def __sklearn_tags__(self):
+        """A classifier, fitted as loaded (scikit-learn's `is_classifier`, scorers)."""
+        from sklearn.utils import ClassifierTags, Tags, TargetTags
+
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), requires_fit=False)
 
     def __reduce__(self):
         """Pickled as its run folder (absolute) and `load`'s keywords: unpickling loads the run again

@@ -116,6 +116,11 @@ def test_a_train_runs_network_scores_images_as_predict_does(tmp_path, monkeypatc
     assert built == [1]
     with pytest.raises(FneError, match="moved_weights: .* is a `fne train` run"):
         fne.load(tmp_path / "run", moved_weights=str(tmp_path / "w.pt"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU machine, where this runs on a GPU one
+    for device, said in [("cuda", "CUDA is not"), ("cuda:1", "CUDA is not"), ("mps", "MPS .Apple's GPU. is not")]:
+        with pytest.raises(OptionError, match=f"^device='{device}': {said} available on this machine") as e:
+            fne.load(tmp_path / "run", device=device)  # a train run's network, built at load
+        assert len(str(e.value).splitlines()) == 1
 
 
 
@@ -419,3 +424,36 @@ def test_a_fit_run_at_another_image_size_scores_at_that_size(digits_folder, tmp_
     assert clf._scorer.prep.size == 64
     got = clf.decision_function([digits_folder / x for x in p["path"]])
     assert np.allclose(got, _scores(p, clf.classes_), rtol=1e-5, atol=1e-6)
+
+
+def test_a_loaded_model_clones_and_sets_its_params_as_scikit_learn_does(digits_folder, warm_cache, tmp_path,
+                                                                        monkeypatch):
+    from sklearn.base import clone, is_classifier
+    from sklearn.metrics import get_scorer
+
+    for head in ("svm", "logreg"):
+        fne.fit(digits_folder, tmp_path / head, features="last", head=head, cache=str(warm_cache), progress=False,
+                **FAST)
+    clf = fne.load(tmp_path / "svm", batch_size=5)
+    assert clf.get_params() == {"run_dir": tmp_path / "svm", "device": "auto", "batch_size": 5, "moved_weights": None}
+    assert repr(clf) == f"fne.load({str(tmp_path / 'svm')!r}, batch_size=5): a `fne fit` run's last+svm head, " \
+                        f"4 classes"
+    paths = sorted(digits_folder.rglob("*.png"))[::3]
+    want = clf.decision_function(paths)
+    twin = clone(clf)  # loaded again: an object of its own, scoring alike
+    assert twin is not clf and twin._scorer is not clf._scorer and twin.get_params() == clf.get_params()
+    assert np.allclose(twin.decision_function(paths), want, rtol=0, atol=1e-12)
+    assert is_classifier(clf)
+    truth = [p.parent.name for p in paths]
+    assert get_scorer("accuracy")(clf, paths, truth) == clf.score(paths, truth)
+    assert clf.set_params(run_dir=tmp_path / "logreg") is clf
+    assert "last+logreg head" in repr(clf) and clf._scorer.batch == 5 and hasattr(clf, "predict_proba")
+    assert not hasattr(twin, "predict_proba")  # the clone is still the svm head
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match="^device='cuda': CUDA is not available on this machine$"):
+        clf.set_params(device="cuda")
+    assert clf.get_params()["device"] == "auto" and "last+logreg" in repr(clf)  # refused: left as it was
+    with pytest.raises(ValueError, match="invalid parameter.*'C'.*valid: run_dir, device, batch_size, moved_weights"):
+        clf.set_params(C=2.0)
+    with pytest.raises(OptionError, match="^device='cuda': CUDA is not available on this machine$"):
+        fne.load(tmp_path / "svm", device="cuda")
