@@ -287,21 +287,29 @@ def test_a_direct_run_keeps_no_copy_of_the_source_network_and_says_so(tmp_path, 
     VGG-16) that `fne predict` then refused. Now no model.pt (an earlier run's in the folder is
     not left beside this run's metrics.json), metrics.json's `network` names the source network,
     the summary says so, and `fne predict`, `fne.load` and `fne fit --out` on the folder each say
-    in one line what it is."""
+    in one line what it is. An earlier run's checkpoint.pt was left too (a later --resume could
+    take it up over this run): it is removed as the run ends, as the run's first line says, as a
+    run of another mode removes one it did not replace. The "imported N tensors" line, about
+    weights imported into a new network, is not said: direct uses the source network as it is."""
     import fne
 
     (tmp_path / "map.json").write_text(json.dumps({"0": ["tench"], "1": ["daisy"]}))
     out = tmp_path / "run"
     out.mkdir()
     (out / "model.pt").write_bytes(b"an earlier run's network")
+    (out / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
     assert main(["train", "digits", "--mode", "direct", "--arch", ARCH, "--weights", "random", "--class-map",
                  str(tmp_path / "map.json"), "--image-size", "32", "--workers", "0", "--no-progress",
                  "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["network"].startswith(f"the source network, {ARCH} with weights 'random'")
-    assert capsys.readouterr().out.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
-                                            f"network is the source one, {ARCH} with weights 'random')\n")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"note: starting a new run; {out / 'checkpoint.pt'} is removed at the run's end "
+                              f"(another run's: --mode direct trains nothing and saves none)\n")
+    assert "imported" not in printed and "new layers" not in printed
+    assert printed.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
+                            f"network is the source one, {ARCH} with weights 'random')\n")
     said = ("a --mode direct run trains nothing and keeps no model.pt (its network is the source one, "
             "metrics.json's arch and weights); score new images with `fne train DATA --mode direct --class-map "
             "MAP` (the run's class map, metrics.json's options)")
