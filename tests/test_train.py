@@ -935,6 +935,43 @@ def test_extract_with_a_train_runs_network_at_another_size_notes_the_size_it_tra
     assert "note:" not in capsys.readouterr().out
 
 
+def test_the_trained_size_note_is_said_by_each_call_that_chooses_the_size_stored_rows_or_not(resumable_run,
+                                                                                             tmp_path, capsys):
+    """The note on rows at another size than a `fne train` network trained at was said only where
+    rows were computed: `fne extract` and `fne fit` on stored rows said nothing, and `fne predict`
+    said it (with "give --image-size 32", which predict does not take) for new images only. Now
+    extract and fit say it once a call, rows computed or stored (`fit --extract` once, not once
+    for fit and once for its extraction); predict, whose rows are at the fitted model's size (fit
+    said it), says it for no image."""
+    from PIL import Image, ImageOps
+
+    data, run = resumable_run
+    model = run / "model.pt"
+    said = (f"note: {model} is the network of a `fne train` run that trained at 32 x 32 ({run / 'metrics.json'}); "
+            f"these rows are at 48 x 48: give --image-size 32 to match")
+
+    def opts(cache):
+        return ["--arch", ARCH, "--weights", str(model), "--image-size", "48", "--cache", str(tmp_path / cache),
+                "--precision", "fp32", "--device", "cpu", "--workers", "0", "--no-progress"]
+
+    def notes():
+        return [x for x in capsys.readouterr().out.splitlines() if x.startswith("note:")]
+
+    fit = ["fit", str(data), "--features", "fne", "--splits", "1"]
+    assert main(["extract", str(data), *opts("c")]) == 0 and notes() == [said]
+    assert main(["extract", str(data), *opts("c")]) == 0 and notes() == [said]  # every row stored
+    assert main([*fit, *opts("c"), "--out", str(tmp_path / "fit")]) == 0 and notes() == [said]
+    assert main([*fit, *opts("fresh"), "--extract", "--out", str(tmp_path / "fit2")]) == 0 and notes() == [said]
+    new = tmp_path / "new" / "0"
+    new.mkdir(parents=True)
+    for f in sorted((data / "0").iterdir())[:3]:  # images the cache holds no row of
+        ImageOps.mirror(Image.open(f)).save(new / f.name)
+    for images in (new.parent, new.parent, data):  # rows computed, then stored; DATA's rows stored
+        assert main(["predict", str(tmp_path / "fit"), str(images), "--out", str(tmp_path / "p.csv"),
+                     "--workers", "0", "--no-progress"]) == 0
+        assert notes() == []
+
+
 @pytest.mark.parametrize("case, expected", [
     ("truncated", "cannot read {ckpt}: truncated, damaged or not a torch file; start anew without --resume"),
     ("state dict", "{ckpt} is not a checkpoint of fne train (it lacks args, best, epoch"),
