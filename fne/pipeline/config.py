@@ -309,7 +309,8 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
             continue
         cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
         line = err.loc.line(path_ + ("weights",))  # absent (imagenet by default): its [[backbones]] header's
-        cfg.weights_at = f"{err.file}, line {line} ({dotted(path_ + ('weights',) if 'weights' in b else path_)})"
+        cfg.weights_at = (f"{err.file}{f', line {line}' if line else ''} "
+                          f"({dotted(path_ + ('weights',) if 'weights' in b else path_)})")
         for k in ("crop", "image_size", "precision", "storage_dtype", "weights_seed", "features"):
             if k in b:
                 setattr(cfg, k, b[k])
