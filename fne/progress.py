@@ -283,16 +283,32 @@ def say_skipped(items: Iterable[tuple[str, str]], where: str = "", stacklevel: i
         warnings.warn(line, stacklevel=stacklevel + 1)
 
 
+# The notes (`note`) printed within the innermost `said_once`; None outside any.
+_NOTES_SAID: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("fne_notes_said", default=None)
+
+
+def note(text: str) -> None:
+    """Print `text`, a ``note: ...`` line, on stdout at once; within `said_once`, not again where
+    it was printed before (each step of `fne run` reading the same rows would say it again)."""
+    notes = _NOTES_SAID.get()
+    if notes is not None:
+        if text in notes:
+            return
+        notes.add(text)
+    print_line(text, sys.stdout)
+
+
 @contextlib.contextmanager
 def said_once() -> Iterator[None]:
     """Within it, each warning shown once: a repeat of one shown before (the same category and
-    text, from anywhere) is dropped. Around every verb of the command line (`fne.cli.main`) and
-    `fne.run`, whose steps each read the same DATA and rows, so each would say its skipped rows
-    and faint layers again, step after step; Python's own filters drop a repeat only from the
-    same line of code, and forget it when a filter changes. Nothing is hidden: what is dropped
-    was said."""
+    text, from anywhere) is dropped; so is a repeat of a `note`. Around every verb of the command
+    line (`fne.cli.main`) and `fne.run`, whose steps each read the same DATA and rows, so each
+    would say its skipped rows and faint layers again, step after step; Python's own filters drop
+    a repeat only from the same line of code, and forget it when a filter changes. Nothing is
+    hidden: what is dropped was said."""
     shown: set[tuple[type, str]] = set()
     before = warnings.showwarning
+    notes = _NOTES_SAID.set(set())
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         if (category, str(message)) not in shown:
@@ -304,3 +320,4 @@ def said_once() -> Iterator[None]:
         yield
     finally:
         warnings.showwarning = before
+        _NOTES_SAID.reset(notes)

@@ -478,3 +478,34 @@ def test_a_failed_timm_download_is_said_in_the_words_of_the_loading_at_hand(monk
     with pytest.raises(WeightsError) as e:
         backbones.load_backbone("timm:" + TIMM, "imagenet")
     assert str(e.value).endswith("or weights='random' for a test run.") and len(asked) == 2
+
+
+def test_fne_run_names_the_pipeline_files_weights_key_for_weights_it_cannot_have(monkeypatch, tmp_path, capsys,
+                                                                                 digits_folder):
+    """`fne run` refused pretrained weights it could not have in the Python API's words ("or pass
+    weights=PATH ..."), though its user writes a TOML file: it names the file's key and line, as
+    `fne extract` names --weights. Both where they are first loaded (a backbone's ImageNet weights,
+    before any step; the key absent: its [[backbones]] table) and where a step loads them (a named
+    torchvision weights enum, which is not loaded before the steps)."""
+    from fne.errors import FneError
+    from fne.pipeline.runner import run
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    no_network(monkeypatch)
+    head = f'[pipeline]\nname = "w"\n\n[datasets.d]\ndata = "{digits_folder}"\n\n[[backbones]]\narch = "vgg16"\n'
+    tail = '\n[fit]\nfeatures = ["fc7"]\nheads = ["logreg"]\n'
+    given, absent, named = tmp_path / "given.toml", tmp_path / "absent.toml", tmp_path / "named.toml"
+    given.write_text(head + 'weights = "imagenet"\n' + tail)  # weights on line 9
+    absent.write_text(head + tail)  # [[backbones]] on line 7
+    named.write_text(head + 'weights = "IMAGENET1K_V1"\n' + tail)
+    other = (' to a state dict (.pth/.pt/.safetensors) in {}, or weights = "random" for a test run.')
+    for toml, where in ((given, f"{given}, line 9 (backbones[0].weights)"), (absent, f"{absent}, line 7 (backbones[0])")):
+        assert main(["run", str(toml), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fne run: error: backbone vgg16-imagenet: cannot load ImageNet weights for vgg16")
+        assert err.endswith('or set weights = "PATH"' + other.format(where) + "\n") and "weights=PATH" not in err
+    with pytest.raises(FneError, match="2 of 2 step") as e:
+        run(named, tmp_path / "out2", str(tmp_path / "c"), progress=False, log=lambda s: None)
+    said = str(e.value)
+    assert said.count('or set weights = "PATH"' + other.format(f"{named}, line 9 (backbones[0].weights)")) == 2
+    assert "weights=PATH" not in said and "--weights" not in said

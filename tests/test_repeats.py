@@ -137,6 +137,19 @@ def test_said_once_drops_a_repeated_warning_from_anywhere_only_within():
     assert [str(w.message) for w in caught] == ["a", "b", "a", "a"]
 
 
+def test_said_once_drops_a_repeated_note_only_within(capsys):
+    """A `note` line (fne extract's of a `fne train` network at another size) is said by each step
+    of `fne run` that reads those rows: within `said_once` (a run, a command) once, after it again."""
+    from fne.progress import note, said_once
+
+    with said_once():
+        note("note: a")
+        note("note: a")
+        note("note: b")
+    note("note: a")
+    assert capsys.readouterr().out == "note: a\nnote: b\nnote: a\n"
+
+
 def test_fne_run_says_a_warning_each_step_would_repeat_once(tmp_path, capsys):
     """Each step of a pipeline reads DATA (and its rows) again: its rows with no label, and the
     faint layers of random weights, were said again at every step (6 and 4 times here)."""

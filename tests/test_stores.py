@@ -636,3 +636,37 @@ def test_cache_info_names_the_weights_file_each_store_was_read_from(tmp_path, di
     for f in files:
         fp = backbones.fingerprint("efficientnet_lite0", str(f))
         assert f"  arch efficientnet_lite0  weights {fp} (read from {f})  preprocess" in out
+
+
+def test_a_manifest_entry_older_fne_keyed_under_a_symlinked_root_is_used_not_hashed_again(digits_folder, tmp_path,
+                                                                                       monkeypatch):
+    """Older fne keyed a file under DATA given through a symlink by its path relative to the
+    resolved root (``../link/0/a.png``); the manifest now keys it as under the resolved root
+    (``0/a.png``), so those entries were not found: every file of DATA was read and hashed once
+    more, and the old entries stayed beside the new. An old entry is now taken up under its key
+    now: nothing is hashed, and the saved manifest holds each file once, under its key now."""
+    import json
+    import shutil
+
+    import fne.data.manifest as mf
+
+    real = shutil.copytree(digits_folder, tmp_path / "real")
+    age(real)
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    cache = tmp_path / "cache"
+    dataset = fne.data.datasets.load_dataset(tmp_path / "link")
+    old = mf.Manifest(dataset.root, cache)
+    for i, path in enumerate(dataset.sources):  # the entries as older fne wrote them
+        key, (size, mtime_ns, hashed_at) = mf._hash(dataset, i)
+        old.entries[rel := os.path.relpath(os.path.abspath(path), old.root)] = old._new[rel] = [size, mtime_ns, key,
+                                                                                            hashed_at]
+    old.save()
+    assert all(k.startswith("../link/") for k in json.loads(old.path.read_text())["files"])
+    hashed = []
+    monkeypatch.setattr(mf, "_hash", lambda d, i: hashed.append(i) or pytest.fail("hashed a file again"))
+    keys = mf.attach_keys(fne.data.datasets.load_dataset(tmp_path / "link"), cache).keys()
+    assert not hashed and None not in keys and len(keys) == len(dataset)
+    files = json.loads(old.path.read_text())["files"]
+    assert sorted(files) == sorted(os.path.relpath(p, tmp_path / "link") for p in dataset.sources)
+    assert [files[os.path.relpath(p, tmp_path / "link")][2] for p in dataset.sources] == keys
+    assert mf.attach_keys(fne.data.datasets.load_dataset(real), cache).keys() == keys  # the resolved root's too

@@ -287,21 +287,29 @@ def test_a_direct_run_keeps_no_copy_of_the_source_network_and_says_so(tmp_path, 
     VGG-16) that `fne predict` then refused. Now no model.pt (an earlier run's in the folder is
     not left beside this run's metrics.json), metrics.json's `network` names the source network,
     the summary says so, and `fne predict`, `fne.load` and `fne fit --out` on the folder each say
-    in one line what it is."""
+    in one line what it is. An earlier run's checkpoint.pt was left too (a later --resume could
+    take it up over this run): it is removed as the run ends, as the run's first line says, as a
+    run of another mode removes one it did not replace. The "imported N tensors" line, about
+    weights imported into a new network, is not said: direct uses the source network as it is."""
     import fne
 
     (tmp_path / "map.json").write_text(json.dumps({"0": ["tench"], "1": ["daisy"]}))
     out = tmp_path / "run"
     out.mkdir()
     (out / "model.pt").write_bytes(b"an earlier run's network")
+    (out / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
     assert main(["train", "digits", "--mode", "direct", "--arch", ARCH, "--weights", "random", "--class-map",
                  str(tmp_path / "map.json"), "--image-size", "32", "--workers", "0", "--no-progress",
                  "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["network"].startswith(f"the source network, {ARCH} with weights 'random'")
-    assert capsys.readouterr().out.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
-                                            f"network is the source one, {ARCH} with weights 'random')\n")
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"note: starting a new run; {out / 'checkpoint.pt'} is removed at the run's end "
+                              f"(another run's: --mode direct trains nothing and saves none)\n")
+    assert "imported" not in printed and "new layers" not in printed
+    assert printed.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
+                            f"network is the source one, {ARCH} with weights 'random')\n")
     said = ("a --mode direct run trains nothing and keeps no model.pt (its network is the source one, "
             "metrics.json's arch and weights); score new images with `fne train DATA --mode direct --class-map "
             "MAP` (the run's class map, metrics.json's options)")
@@ -925,6 +933,43 @@ def test_extract_with_a_train_runs_network_at_another_size_notes_the_size_it_tra
     extract(data, arch=ARCH, weights=str(other), cache=cache, image_size=48, precision="fp32", device="cpu",
             workers=0, progress=False)
     assert "note:" not in capsys.readouterr().out
+
+
+def test_the_trained_size_note_is_said_by_each_call_that_chooses_the_size_stored_rows_or_not(resumable_run,
+                                                                                             tmp_path, capsys):
+    """The note on rows at another size than a `fne train` network trained at was said only where
+    rows were computed: `fne extract` and `fne fit` on stored rows said nothing, and `fne predict`
+    said it (with "give --image-size 32", which predict does not take) for new images only. Now
+    extract and fit say it once a call, rows computed or stored (`fit --extract` once, not once
+    for fit and once for its extraction); predict, whose rows are at the fitted model's size (fit
+    said it), says it for no image."""
+    from PIL import Image, ImageOps
+
+    data, run = resumable_run
+    model = run / "model.pt"
+    said = (f"note: {model} is the network of a `fne train` run that trained at 32 x 32 ({run / 'metrics.json'}); "
+            f"these rows are at 48 x 48: give --image-size 32 to match")
+
+    def opts(cache):
+        return ["--arch", ARCH, "--weights", str(model), "--image-size", "48", "--cache", str(tmp_path / cache),
+                "--precision", "fp32", "--device", "cpu", "--workers", "0", "--no-progress"]
+
+    def notes():
+        return [x for x in capsys.readouterr().out.splitlines() if x.startswith("note:")]
+
+    fit = ["fit", str(data), "--features", "fne", "--splits", "1"]
+    assert main(["extract", str(data), *opts("c")]) == 0 and notes() == [said]
+    assert main(["extract", str(data), *opts("c")]) == 0 and notes() == [said]  # every row stored
+    assert main([*fit, *opts("c"), "--out", str(tmp_path / "fit")]) == 0 and notes() == [said]
+    assert main([*fit, *opts("fresh"), "--extract", "--out", str(tmp_path / "fit2")]) == 0 and notes() == [said]
+    new = tmp_path / "new" / "0"
+    new.mkdir(parents=True)
+    for f in sorted((data / "0").iterdir())[:3]:  # images the cache holds no row of
+        ImageOps.mirror(Image.open(f)).save(new / f.name)
+    for images in (new.parent, new.parent, data):  # rows computed, then stored; DATA's rows stored
+        assert main(["predict", str(tmp_path / "fit"), str(images), "--out", str(tmp_path / "p.csv"),
+                     "--workers", "0", "--no-progress"]) == 0
+        assert notes() == []
 
 
 @pytest.mark.parametrize("case, expected", [

@@ -85,7 +85,7 @@ def note_trained_size(arch: str, weights: str, size: int | None) -> None:
     trained at another image size than `size` (--image-size; None: `arch`'s own): its network
     learnt that size's pixels, and rows at another one may be meant (a study of sizes), or not."""
     from fne.backbones import registry
-    from fne.progress import said
+    from fne.progress import note, said
 
     run = train_run(weights)
     trained = run[1].get("image_size") if run is not None else None
@@ -93,6 +93,6 @@ def note_trained_size(arch: str, weights: str, size: int | None) -> None:
         return
     size = size or registry.get(arch, weights).input_size
     if size != trained:
-        print(said(lambda py: f"note: {weights} is the network of a `fne train` run that trained at {trained} x "
-                              f"{trained} ({run[0]}); these rows are at {size} x {size}: give "
-                              f"{named('image_size', py, trained, plain=True)} to match"), flush=True)
+        note(said(lambda py: f"note: {weights} is the network of a `fne train` run that trained at {trained} x "
+                             f"{trained} ({run[0]}); these rows are at {size} x {size}: give "
+                             f"{named('image_size', py, trained, plain=True)} to match"))  # once a run of steps

@@ -44,6 +44,7 @@ class Manifest:
         self.path = _local_dir(cache) / f"{self.PREFIX}{name}.json"
         self.entries: dict[str, list] = {}
         self._new: dict[str, list] = {}
+        self._moved: set[str] = set()  # older fne's keys of entries moved to their key now (`_keyed_before`)
         try:
             doc = json.loads(self.path.read_text())
             if doc.get("format") == FORMAT and doc.get("root") == self.root:
@@ -59,10 +60,28 @@ class Manifest:
         return os.path.relpath(p, self.root)
 
     def lookup(self, path: str | Path, st: os.stat_result) -> str | None:
-        e = self.entries.get(self.rel(path))
+        rel = self.rel(path)
+        e = self.entries.get(rel)
+        if e is None and self.given != self.root:
+            e = self._keyed_before(path, rel)
         if e is None or e[0] != st.st_size or e[1] != st.st_mtime_ns or st.st_mtime_ns > e[3] - RACY_NS:
             return None
         return e[2]
+
+    def _keyed_before(self, path: str | Path, rel: str) -> list | None:
+        """The entry an older fne wrote for a file under a root given through a symlink, keyed by
+        its path relative to the resolved root (``../link/a.jpg``), or None. Found, it moves to its
+        key now (`rel`) at the next save: the file is not hashed again (reading all of DATA once
+        more), and its old key does not stay beside it."""
+        p = os.path.abspath(path)
+        if not p.startswith(self.given + os.sep):
+            return None
+        old = os.path.relpath(p, self.root)
+        e = self.entries.get(old)
+        if e is not None and old != rel:
+            self.entries[rel] = self._new[rel] = e
+            self._moved.add(old)
+        return e
 
     def add(self, path: str | Path, size: int, mtime_ns: int, key: str, hashed_at_ns: int) -> None:
         entry = [size, mtime_ns, key, hashed_at_ns]
@@ -73,17 +92,18 @@ class Manifest:
         """Merge this process's entries into the file (other shards may have added theirs)."""
         if not self._new:
             return
-        new = self._new
+        new, moved = self._new, self._moved
 
         def merge(doc: dict | None) -> dict:
             files = doc["files"] if doc and doc.get("format") == FORMAT and doc.get("root") == self.root else {}
-            return {"format": FORMAT, "root": self.root, "files": {**files, **new}}
+            return {"format": FORMAT, "root": self.root,
+                    "files": {**{k: v for k, v in files.items() if k not in moved}, **new}}
 
         try:
             on_disk = merge_json(self.path, merge)["files"]
         except OSError:
             return  # a read-only cache (a shared one, read by fit): the files are hashed again next time
-        self.entries, self._new = on_disk, {}
+        self.entries, self._new, self._moved = on_disk, {}, set()
 
 
 class WeightsManifest(Manifest):

@@ -164,6 +164,9 @@ SKIPS_SAID_BY_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("fne
 # Set by `open_rows` too: its line saying that it extracts them, said once the weights are known
 # to be obtainable (its refusal, in the caller's words: `fne.backbones.fetch.loading`).
 CALLER_SAYS: contextvars.ContextVar[str | None] = contextvars.ContextVar("fne_caller_says", default=None)
+# Set by `open_rows` too: whether the rows' size is the one a `fne train` network trained at is the
+# verb's to say (`fits.note_trained_size`), whether or not rows are extracted; not said here.
+SIZE_SAID_BY_CALLER: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_size_said_by_caller", default=False)
 
 
 @opts.keywords(*OPTIONS)
@@ -256,7 +259,8 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     if plan.todo:  # a weights file that does not fit, a size the network cannot take: cheap, before the workers
         fits.refuse_unfit(spec.arch, spec.weights)  # its names and shapes only (VGG-16's 528 MB: 0.02 s)
         fits.refuse_size(spec.arch, spec.weights, spec.image_size)
-        fits.note_trained_size(spec.arch, spec.weights, spec.image_size)  # another size may be meant: said, not refused
+    if not SIZE_SAID_BY_CALLER.get():  # another size may be meant: said, not refused; each call, rows computed or not
+        fits.note_trained_size(spec.arch, spec.weights, spec.image_size)
     done = _Pass(stats=Stats(setup=laps.seconds))
     if plan.todo:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fne.backbones import fits
 from fne.backbones import registry as backbones
 from fne.cache.fs import is_url
 from fne.cache.spec import DEFAULT_DTYPE, StoreSpec, earlier_pixels
@@ -160,6 +161,8 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     store = spec.find(keys, verb, (extraction or ForwardOptions()).progress)
     missing = store.missing(keys)
     seconds, unread = None, {}
+    if verb != "predict" and (extract_missing or not missing):  # each call, rows computed or not; not predict's:
+        fits.note_trained_size(spec.arch, spec.weights, spec.image_size)  # its rows are at the fitted model's size
     if missing:
         who = f"fne.{verb}" if verb == "load_rows" else f"fne {verb}"
         if not extract_missing:  # the command fills the store read where it holds some rows, as --extract does
@@ -168,7 +171,12 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                                  f"cache {store.path}{earlier_pixels(store, missing, spec.cache)}")
         extraction = extraction or ForwardOptions()
         from fne.backbones.fetch import loading
-        from fne.extraction.extract import CALLER_SAYS, SKIPS_SAID_BY_CALLER, extract
+        from fne.extraction.extract import (
+            CALLER_SAYS,
+            SIZE_SAID_BY_CALLER,
+            SKIPS_SAID_BY_CALLER,
+            extract,
+        )
 
         pinned = spec.pinned(store)
         if pinned.prep_key() != store.meta["preprocess"]:  # device-decoded by a library this machine lacks
@@ -178,6 +186,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                      f"machine's ({made}, here {here}): install that library, or extract them "
                                      f"with {named('decode', py, 'pil', plain=True)}", FneError)
         said = SKIPS_SAID_BY_CALLER.set(True)  # named below, with those an earlier run found unreadable
+        size_said = SIZE_SAID_BY_CALLER.set(True)  # above (or, by fne predict, not at all)
         says = CALLER_SAYS.set(f"{who}: extracting {len(missing)} images missing from the cache {root} into its "
                                f"store {store.path.name}{_fitted_elsewhere(root, fitted)}")
         try:
@@ -186,6 +195,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
         finally:
             CALLER_SAYS.reset(says)
             SKIPS_SAID_BY_CALLER.reset(said)
+            SIZE_SAID_BY_CALLER.reset(size_said)
         seconds, unread = r.seconds, r.skipped  # unread: also those with no key to record (an OSError)
         store.refresh()
     bad, index = store.bad(), store.index()  # a row computed on a retry outranks an old bad record

@@ -127,6 +127,7 @@ class BackboneCfg:
     label: str = ""
     features: list[str] | None = None
     resolved_weights: str | None = None  # after imagenet-or-random
+    weights_at: str = ""  # where the file gives its weights ("FILE, line 9 (backbones[0].weights)"), for a refusal
 
     def seed_for(self, weights: str | None) -> int:
         """weights_seed where `weights` are random (it draws them), else 0: imagenet-or-random
@@ -165,7 +166,7 @@ class Pipeline:
             "datasets": {d.key: {"data": d.data, "optional": d.optional, "skipped": d.skipped,
                                  "max_per_class": d.max_per_class, "protocol": d.protocol, "note": d.note,
                                  "published": d.published} for d in self.datasets},
-            "backbones": [asdict(b) for b in self.backbones],
+            "backbones": [{k: v for k, v in asdict(b).items() if k != "weights_at"} for b in self.backbones],
             "fit": self.fit, "train": self.train, "seeds": self.seeds, "notes": list(self.notes),
         }
 
@@ -307,6 +308,9 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
             err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
             continue
         cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
+        line = err.loc.line(path_ + ("weights",))  # absent (imagenet by default): its [[backbones]] header's
+        cfg.weights_at = (f"{err.file}{f', line {line}' if line else ''} "
+                          f"({dotted(path_ + ('weights',) if 'weights' in b else path_)})")
         for k in ("crop", "image_size", "precision", "storage_dtype", "weights_seed", "features"):
             if k in b:
                 setattr(cfg, k, b[k])

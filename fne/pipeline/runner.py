@@ -85,6 +85,13 @@ def resolve_weights(b: BackboneCfg, say) -> None:
         b.resolved_weights = b.weights
 
 
+def weights_instead(b: BackboneCfg) -> Callable[[bool], str]:
+    """`fetch.loading`'s `instead` for a pipeline's backbone `b`: other weights as the pipeline
+    file gives them (its key and line), not as the Python API's keyword or a verb's flag."""
+    return lambda python: (f'or set weights = "PATH" to a state dict (.pth/.pt/.safetensors) in {b.weights_at}, '
+                           f'or weights = "random" for a test run.')
+
+
 def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, write: bool = True) -> str | None:
     """max_per_class: write the seeded subset as a DATA file (HDF5 for arrays, CSV for files).
 
@@ -196,8 +203,11 @@ def _summary_line(step: Step, r: dict) -> str:
 def _prepare(p: Pipeline, out: Path, cache: str | None, say) -> dict[str, str]:
     """Before the steps: each backbone's weights resolved (a fallback to random weights noted), OUT
     made and each dataset's subset written; -> the DATA each dataset's steps read, by key."""
+    from fne.backbones.fetch import loading
+
     for b in p.backbones:
-        resolve_weights(b, say)
+        with loading(weights_instead(b)):
+            resolve_weights(b, say)
         if b.resolved_weights == "random" and b.weights == "imagenet-or-random":
             p.notes.append(f"ImageNet weights for {b.arch} were not available: this run fell back to RANDOM "
                            f"weights, so its numbers say nothing about transfer learning")
@@ -404,6 +414,8 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
     run on; Ctrl-C and SIGTERM stop the run (finished steps are kept). A step runs under a lock
     beside its folder: another `fne run` of the same out folder waits for it, then skips it where
     it is done (two runs of one step would write one folder together)."""
+    from fne.backbones.fetch import loading
+
     ran = skipped = 0
     failed: list[tuple[str, str]] = []
     extracted: dict[tuple, dict | str] = {}  # (dataset, backbone) -> its extraction, or why it failed
@@ -419,16 +431,17 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
             pair = (step.dataset.key, step.backbone.label)
             rows = needs_rows(step, bool(p.fit))
             try:
-                if rows and pair not in extracted:
-                    try:
-                        extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
-                    except Exception as e:  # noqa: BLE001 -- its steps fail with it, the others run
-                        extracted[pair] = f"extraction failed: {_one_line(e)}"
-                if rows and isinstance(extracted[pair], str):
-                    raise FneError(extracted[pair])
-                say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
-                t = time.perf_counter()
-                result = run_step(step, p, cache, resume=not force)
+                with loading(weights_instead(step.backbone)):  # weights it cannot have: as the file gives them
+                    if rows and pair not in extracted:
+                        try:
+                            extracted[pair] = _extract(step, p, cache, data_for[step.dataset.key], say)
+                        except Exception as e:  # noqa: BLE001 -- its steps fail with it, the others run
+                            extracted[pair] = f"extraction failed: {_one_line(e)}"
+                    if rows and isinstance(extracted[pair], str):
+                        raise FneError(extracted[pair])
+                    say(f"{tag} ..." + (f" ({forced()})" if done else f" ({why})" if why != "new" else ""))
+                    t = time.perf_counter()
+                    result = run_step(step, p, cache, resume=not force)
             except Exception as e:  # noqa: BLE001 -- named, and in the report; the other steps still run
                 why = refused_write(e, {"--out": out, "--cache": cache}) or _one_line(e)  # a full disk: the user's
                 if not isinstance(e, FneError) and refused_write(e) is None:  # a bug: its traceback, for a report

@@ -244,7 +244,8 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: Split, auto: bool) ->
     with `auto`, the run folder's own checkpoint where it belongs to this run, the identity
     (`checkpoint.identity`) of a checkpoint left unused, or None). One left unused is said: it is
     replaced at the next save, or removed as the run ends without one (a later --resume would
-    take it for this run's); an interrupted run leaves it."""
+    take it for this run's); an interrupted run leaves it. A direct run saves none: any checkpoint
+    there is another run's, and is removed as the run ends."""
     split.images = checkpoint.images(dataset.ids, dataset.labels, {"train": split.train, "val": split.val,
                                                                    "test": split.test}, dataset.keys())
     path = Path(cfg.out) / checkpoint.CHECKPOINT
@@ -253,8 +254,11 @@ def _checkpoint(cfg: TrainConfig, dataset: Dataset, split: Split, auto: bool) ->
         cfg.resume = ckpt is not None
     else:
         ckpt = checkpoint.load(path, cfg, split.images) if cfg.resume else None
-    stale = checkpoint.identity(path) if ckpt is None and cfg.mode != "direct" and path.is_file() else None
-    if stale is not None:
+    stale = checkpoint.identity(path) if ckpt is None and path.is_file() else None
+    if stale is not None and cfg.mode == "direct":
+        print(said(lambda py: f"note: starting a new run; {path} is removed at the run's end (another run's: "
+                              f"{named('mode', py, 'direct', plain=True)} trains nothing and saves none)"), flush=True)
+    elif stale is not None:
         new = f"note: starting a new run; {path}"
         why = STARTS_OVER.get() or (lambda py: f"{checkpoint.resume_flag(py)} continues it")
         if not auto and _refused(path, cfg, split.images):
@@ -359,7 +363,8 @@ def _model(cfg: TrainConfig, num_classes: int, device: torch.device, resumed: bo
     model, report, renew = build_model(cfg.arch, cfg.mode, num_classes, weights, cfg.new_layers,
                                        cfg.seed, cfg.weights_seed, device)
     ckpt = str(Path(cfg.out) / checkpoint.CHECKPOINT) if resumed else None
-    for line in describe_import(report, renew, ckpt):  # a tensor not imported, and why, is a note: always said
+    # direct uses the source network as it is: no import into a new network to describe
+    for line in describe_import(report, renew, ckpt) if cfg.mode != "direct" else []:
         print(line, flush=True) if line.startswith("not imported") else progress_line(line, cfg.progress)
     imported = set(report.imported) if report is not None else set()
     freeze_imported(model, cfg.mode, imported)
