@@ -234,3 +234,52 @@ def test_a_second_ctrl_c_during_torchs_import_ends_it_at_once(tmp_path):
                                     ["extract", "digits", "--weights", "random", "--cache", str(tmp_path / "c")])
     assert (code, whole) == (130, False)
     assert err[-1].startswith("fne extract: interrupted;") and len(err) == 1
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_a_ctrl_c_as_the_writer_commits_waits_for_it_unless_it_is_the_second(tmp_path, ctrl_c, monkeypatch, again):
+    """A Ctrl-C as `Writer.close` commits, the first one (the run had ended) is raised once the
+    commit is done (the rows are kept); the second (`again`: the run was stopped by one, and
+    `_run` closes the writer with it) stops the wait at once, the commit left to finish on its own."""
+    import os
+
+    from fne.extraction.writer import Writer
+
+    from .conftest import main_thread_at, until
+
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    w, committing, go, failed = Writer(store, chunk=100, taps=[("t", 3)]), threading.Event(), threading.Event(), []
+    real = Writer._flush
+
+    def slow(self):
+        committing.set()
+        go.wait(600)
+        return real(self)
+
+    def press():
+        try:
+            until(committing.is_set, "the writer never began its commit")
+            until(lambda: main_thread_at(Writer.close, "sent"), "the main thread never waited in Writer.close")
+            os.kill(os.getpid(), signal.SIGINT)  # the commit blocks the wait
+            if again:  # the test lets the commit go on once close has returned
+                until(lambda: main_thread_at(Writer.close, "sent") is None, "Writer.close went on waiting", 120)
+            else:
+                until(lambda: main_thread_at(Writer.close, "interrupted") is not None,
+                      "Writer.close never took the Ctrl-C")
+                go.set()
+        except AssertionError as e:
+            failed.append(str(e))
+            go.set()
+
+    monkeypatch.setattr(Writer, "_flush", slow)
+    w.start()
+    w.put(["0" * 32], np.ones((1, 1, 3), np.float32), {})
+    first = KeyboardInterrupt() if again else None
+    threading.Thread(target=press, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as e:
+        w.close(first)
+    assert not failed, failed
+    assert e.value is not first and e.value is not None
+    assert w.finished.is_set() is not again  # waited for, or left
+    go.set()
+    assert w.finished.wait(600) and sorted(store.index()) == ["0" * 32]

@@ -131,6 +131,40 @@ def test_an_interrupted_extract_stops_its_workers_and_the_next_call_resumes(digi
     assert (r.n_cached, r.n_computed) == (8, 16) and leftovers(before) == ([], set())
 
 
+def test_a_second_ctrl_c_as_the_workers_stop_still_commits_the_writers_rows(digits, tmp_path, monkeypatch):
+    """Ctrl-C in the loop (the third batch's forward), then again as the loader's workers are
+    stopped: the second is not held for the workers, but the rows the writer holds (two batches,
+    in one part of up to 1000 rows) are still committed, and no writer is left waiting for rows;
+    the next call computes only the others."""
+    from fne.extraction import extract as ex
+    from fne.extraction import taps
+
+    real, real_end, calls = taps.TapRunner.__call__, ex.end_workers, []
+
+    def ctrl_c(self, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, x)
+
+    def ctrl_c_again(loader):
+        real_end(loader)
+        raise KeyboardInterrupt  # as `held` raises a second one
+
+    cache, before = str(tmp_path / "c"), threads()
+    monkeypatch.setattr(taps.TapRunner, "__call__", ctrl_c)
+    monkeypatch.setattr(ex, "end_workers", ctrl_c_again)
+    kept(lambda: fne.extract(digits, cache=cache, batch_size=4, chunk=1000, workers=2, progress=False, **FAST))
+    assert leftovers(before) == ([], set())
+    assert fne.cache_verify(cache=cache).ok
+    (store,) = fne.cache_info(digits, cache=cache).stores
+    assert store.rows == 8
+    monkeypatch.setattr(taps.TapRunner, "__call__", real)
+    monkeypatch.setattr(ex, "end_workers", real_end)
+    r = fne.extract(digits, cache=cache, batch_size=4, chunk=4, workers=2, progress=False, **FAST)
+    assert (r.n_cached, r.n_computed) == (8, 16) and leftovers(before) == ([], set())
+
+
 def test_ctrl_c_during_the_last_commit_waits_for_it(digits, tmp_path, monkeypatch):
     """A real SIGINT while the call waits for the writer's last commit: the commit finishes
     before KeyboardInterrupt is raised, so no writer outlives the call (one still committing
