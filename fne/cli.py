@@ -437,7 +437,9 @@ def _parsed(argv: list[str]) -> tuple[argparse.Namespace | None, KeyboardInterru
     return args, None
 
 
-_TORCHLESS = ("cache", "report")  # the verbs that import no torch (`fne cache info` answers at once)
+# The verbs that import torch only where they need it (`fne cache info` answers at once; `fne fit` and
+# `fne predict` on rows already cached need no network): their import of it is not held.
+_TORCHLESS = ("cache", "report", "fit", "predict")
 
 
 def _how(e: KeyboardInterrupt) -> str:
