@@ -399,31 +399,80 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
     option value's (`fne.option_handling.refusal`'s `cli`) names its flag, where Python's names its keyword."""
+    argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
+    in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        args, interrupted = _parsed(argv)
+        if args is None:  # a second Ctrl-C or SIGTERM before the verb was known
+            print(f"fne: {_how(interrupted)}", file=sys.stderr)
+            return _status(interrupted)
+        return _verb(args, interrupted)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _parsed(argv: list[str]) -> tuple[argparse.Namespace | None, KeyboardInterrupt | None]:
+    """`argv` parsed and the modules of its verb imported, torch's among them, with SIGINT and
+    SIGTERM held (`fne.handoff.held`) -> (the arguments, else None; the signal that came meanwhile).
+
+    A KeyboardInterrupt raised inside torch's import can pass through its C++ initialisation,
+    which then aborts the process (pybind11's ``error_already_set`` thrown where nothing catches
+    it: exit 134, no line), or be swallowed by a bare ``except`` of a module torch imports (the
+    command going on as if no Ctrl-C came); held, it is raised once the import is done, a second
+    one at once."""
+    from fne.handoff import held
+
+    args = None
+    try:
+        with held():
+            args, extra = build_parser(argv).parse_known_args(argv)
+            if extra:
+                _unrecognized(args, extra)
+            if args.command not in _TORCHLESS:
+                importlib.import_module("torch")
+    except KeyboardInterrupt as e:
+        return args, e
+    return args, None
+
+
+# The verbs that import torch only where they need it (`fne cache info` answers at once; `fne fit` and
+# `fne predict` on rows already cached need no network): their import of it is not held.
+_TORCHLESS = ("cache", "report", "fit", "predict")
+
+
+def _how(e: KeyboardInterrupt) -> str:
+    return "terminated" if isinstance(e, Terminated) else "interrupted"
+
+
+def _status(e: KeyboardInterrupt) -> int:
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def _verb(args: argparse.Namespace, interrupted: KeyboardInterrupt | None) -> int:
+    """Run the verb `args` name -> its exit status; `interrupted`: the Ctrl-C or SIGTERM that came
+    as its arguments were read, which stops it before it begins."""
     from fne.errors import FneError
     from fne.progress import COMMAND_LINE, said_once
     from fne.stopped import checkpoint_found, how_to_resume, ran_out
 
-    argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
-    args, extra = build_parser(argv).parse_known_args(argv)
-    if extra:
-        _unrecognized(args, extra)
     warnings.simplefilter("default")
     warnings.showwarning = _one_line
     buffered = _line_buffered(True)
-    in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
-    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
     found = checkpoint_found(args)  # train: an earlier run's checkpoint, told from this run's
     words = COMMAND_LINE.set(True)  # what the verb prints names flags (`fne.progress.said`)
     try:
+        if interrupted is not None:
+            raise interrupted
         with said_once():  # a warning the verb gives again (a split's, a step's) is one line
             return int(args.func(args) or 0)
     except FneError as e:
         print(f"fne {args.command}: error: {getattr(e, 'cli', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        how = "terminated" if isinstance(e, Terminated) else "interrupted"
-        print(f"fne {args.command}: {how}; {how_to_resume(args, found)}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        print(f"fne {args.command}: {_how(e)}; {how_to_resume(args, found)}", file=sys.stderr)
+        return _status(e)
     except BrokenPipeError:  # `fne ... | head` closed the pipe: stop quietly, as a filter does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 128 + getattr(signal, "SIGPIPE", 13)  # Windows has no SIGPIPE
@@ -439,8 +488,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         COMMAND_LINE.reset(words)
         _line_buffered(buffered)
-        if in_main:
-            signal.signal(signal.SIGTERM, before)
 
 
 _ENDING = False  # set by `run`: the process ends when `main` returns

@@ -211,3 +211,25 @@ def trains_alike_from_one_copy(loose_data: Path, packed_data: Path, tmp_path: Pa
 def shuffled_copies(tmp_path: Path) -> list[Path]:
     """The copies for shuffled reading in the cache `tmp_path / "fne-cache"`."""
     return sorted((tmp_path / "fne-cache" / "manifests" / "shuffled").glob("*"))
+
+
+def main_thread_at(function, local: str) -> object:
+    """The local `local` of `function` as the main thread runs it now (its innermost call), else
+    None: a test's helper thread waits on it for the moment to act (`until`), not on a time."""
+    import sys
+    import threading
+
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None and frame.f_code is not function.__code__:
+        frame = frame.f_back
+    return None if frame is None else frame.f_locals.get(local)
+
+
+def until(condition, what: str, seconds: float = 300) -> None:
+    """Wait for `condition()` (a generous bound: the tests run on busy machines); AssertionError
+    saying `what` did not happen where it does not."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} (not within {seconds:.0f} s)")
+        time.sleep(0.01)

@@ -170,3 +170,116 @@ def test_a_second_signal_in_a_held_block_is_raised_at_once(ctrl_c):
             came.append("after the second")
     assert came == ["after the first"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+_TRIPPED_CLI = """
+import signal, sys
+trips = {TRIPS}  # module -> the signal sent as its import begins (inside `import torch`)
+
+class Trip:
+    def find_spec(self, name, path, target=None):
+        if name in trips:
+            signal.raise_signal(trips.pop(name))
+
+sys.meta_path.insert(0, Trip())
+import fne.cli
+code = fne.cli.main({ARGV})
+print(code, "torch" in sys.modules)
+"""
+
+
+def _tripped_cli(tmp_path, trips: dict[str, int], argv: list[str]) -> tuple[int, bool, list[str]]:
+    """`fne.cli.main(argv)` in a fresh process that sends itself each signal of `trips` as torch's
+    import reaches that module -> (main's status, whether torch ended imported, stderr's lines)."""
+    import os
+    import subprocess
+    import sys
+
+    script = _TRIPPED_CLI.replace("{TRIPS}", repr({m: int(s) for m, s in trips.items()})).replace("{ARGV}", repr(argv))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job's SIG_IGN undone
+    assert p.returncode == 0, p.stderr[-2000:]
+    code, whole = p.stdout.split()[-2:]
+    return int(code), whole == "True", p.stderr.splitlines()
+
+
+def test_a_ctrl_c_during_torchs_import_is_raised_once_it_is_done(tmp_path):
+    """Raised inside torch's import, a KeyboardInterrupt can pass through its C++ initialisation,
+    which aborts the process (exit 134, no line), or be swallowed by a module it imports: held, it
+    stops the verb once torch is imported, with fne's one line."""
+    code, whole, err = _tripped_cli(tmp_path, {"torch.nn": signal.SIGINT},
+                                    ["extract", "digits", "--weights", "random", "--cache", str(tmp_path / "c")])
+    assert (code, whole) == (130, True)
+    assert err == ["fne extract: interrupted; the rows computed so far are committed to the cache; "
+                   "rerun the same command to compute the rest"]
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_sigterm_as_the_verbs_options_import_torch_ends_it_as_terminated(tmp_path):
+    """`fne train` imports torch as its options are read: a SIGTERM then (a scheduler's) ends it
+    with exit 143 and its line, not killed at once (its handler was set after the parse)."""
+    code, whole, err = _tripped_cli(tmp_path, {"torch.nn": signal.SIGTERM},
+                                    ["train", "digits", "--mode", "scratch", "--weights", "random",
+                                     "--out", str(tmp_path / "run")])
+    assert (code, whole) == (143, True)
+    assert len(err) == 1 and err[0].startswith("fne train: terminated; nothing was kept: no epoch was saved yet")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_second_ctrl_c_during_torchs_import_ends_it_at_once(tmp_path):
+    """The import is held for one signal only: a second one stops it where it is (the user who
+    presses Ctrl-C twice does not wait for torch)."""
+    code, whole, err = _tripped_cli(tmp_path, {"torch.nn": signal.SIGINT, "torch.optim": signal.SIGINT},
+                                    ["extract", "digits", "--weights", "random", "--cache", str(tmp_path / "c")])
+    assert (code, whole) == (130, False)
+    assert err[-1].startswith("fne extract: interrupted;") and len(err) == 1
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_a_ctrl_c_as_the_writer_commits_waits_for_it_unless_it_is_the_second(tmp_path, ctrl_c, monkeypatch, again):
+    """A Ctrl-C as `Writer.close` commits, the first one (the run had ended) is raised once the
+    commit is done (the rows are kept); the second (`again`: the run was stopped by one, and
+    `_run` closes the writer with it) stops the wait at once, the commit left to finish on its own."""
+    import os
+
+    from fne.extraction.writer import Writer
+
+    from .conftest import main_thread_at, until
+
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    w, committing, go, failed = Writer(store, chunk=100, taps=[("t", 3)]), threading.Event(), threading.Event(), []
+    real = Writer._flush
+
+    def slow(self):
+        committing.set()
+        go.wait(600)
+        return real(self)
+
+    def press():
+        try:
+            until(committing.is_set, "the writer never began its commit")
+            until(lambda: main_thread_at(Writer.close, "sent"), "the main thread never waited in Writer.close")
+            os.kill(os.getpid(), signal.SIGINT)  # the commit blocks the wait
+            if again:  # the test lets the commit go on once close has returned
+                until(lambda: main_thread_at(Writer.close, "sent") is None, "Writer.close went on waiting", 120)
+            else:
+                until(lambda: main_thread_at(Writer.close, "interrupted") is not None,
+                      "Writer.close never took the Ctrl-C")
+                go.set()
+        except AssertionError as e:
+            failed.append(str(e))
+            go.set()
+
+    monkeypatch.setattr(Writer, "_flush", slow)
+    w.start()
+    w.put(["0" * 32], np.ones((1, 1, 3), np.float32), {})
+    first = KeyboardInterrupt() if again else None
+    threading.Thread(target=press, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt) as e:
+        w.close(first)
+    assert not failed, failed
+    assert e.value is not first and e.value is not None
+    assert w.finished.is_set() is not again  # waited for, or left
+    go.set()
+    assert w.finished.wait(600) and sorted(store.index()) == ["0" * 32]

@@ -54,7 +54,7 @@ def leftovers(before: set[str]) -> tuple[list[int], set[str]]:
     """(child processes, threads not in `before`) once they have had a few seconds to end: a
     multiprocessing queue's feeder thread ends by itself shortly after the queue is closed, a
     leftover stays."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # generous: a busy machine is slow, and a clean call returns at once
     while (children() or threads() - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     return children(), threads() - before
@@ -131,6 +131,40 @@ def test_an_interrupted_extract_stops_its_workers_and_the_next_call_resumes(digi
     assert (r.n_cached, r.n_computed) == (8, 16) and leftovers(before) == ([], set())
 
 
+def test_a_second_ctrl_c_as_the_workers_stop_still_commits_the_writers_rows(digits, tmp_path, monkeypatch):
+    """Ctrl-C in the loop (the third batch's forward), then again as the loader's workers are
+    stopped: the second is not held for the workers, but the rows the writer holds (two batches,
+    in one part of up to 1000 rows) are still committed, and no writer is left waiting for rows;
+    the next call computes only the others."""
+    from fne.extraction import extract as ex
+    from fne.extraction import taps
+
+    real, real_end, calls = taps.TapRunner.__call__, ex.end_workers, []
+
+    def ctrl_c(self, x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, x)
+
+    def ctrl_c_again(loader):
+        real_end(loader)
+        raise KeyboardInterrupt  # as `held` raises a second one
+
+    cache, before = str(tmp_path / "c"), threads()
+    monkeypatch.setattr(taps.TapRunner, "__call__", ctrl_c)
+    monkeypatch.setattr(ex, "end_workers", ctrl_c_again)
+    kept(lambda: fne.extract(digits, cache=cache, batch_size=4, chunk=1000, workers=2, progress=False, **FAST))
+    assert leftovers(before) == ([], set())
+    assert fne.cache_verify(cache=cache).ok
+    (store,) = fne.cache_info(digits, cache=cache).stores
+    assert store.rows == 8
+    monkeypatch.setattr(taps.TapRunner, "__call__", real)
+    monkeypatch.setattr(ex, "end_workers", real_end)
+    r = fne.extract(digits, cache=cache, batch_size=4, chunk=4, workers=2, progress=False, **FAST)
+    assert (r.n_cached, r.n_computed) == (8, 16) and leftovers(before) == ([], set())
+
+
 def test_ctrl_c_during_the_last_commit_waits_for_it(digits, tmp_path, monkeypatch):
     """A real SIGINT while the call waits for the writer's last commit: the commit finishes
     before KeyboardInterrupt is raised, so no writer outlives the call (one still committing
@@ -139,25 +173,35 @@ def test_ctrl_c_during_the_last_commit_waits_for_it(digits, tmp_path, monkeypatc
 
     from fne.extraction import writer
 
-    real, started, go = writer.Writer._flush, threading.Event(), threading.Event()
+    from .conftest import main_thread_at, until
+
+    real, started, go, failed = writer.Writer._flush, threading.Event(), threading.Event(), []
 
     def slow_last(self):
         if self.q.empty() and self._keys and not started.is_set():  # the last commit, after the run's end
             started.set()
-            go.wait(30)
+            go.wait(600)
         return real(self)
 
-    def ctrl_c():
-        started.wait(30)
-        time.sleep(0.2)  # the main thread waits for the commit by now
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.2)
-        go.set()
+    def ctrl_c():  # each step waits for what it needs to see, never for a time (a busy machine is slow)
+        try:
+            until(started.is_set, "the last commit never began")
+            until(lambda: main_thread_at(writer.Writer.close, "sent"), "the main thread never waited for the commit")
+            os.kill(os.getpid(), signal.SIGINT)
+            until(lambda: main_thread_at(writer.Writer.close, "interrupted") is not None,
+                  "Writer.close never took the Ctrl-C")
+        except AssertionError as e:
+            failed.append(str(e))
+        finally:
+            go.set()
 
     monkeypatch.setattr(writer.Writer, "_flush", slow_last)
     threading.Thread(target=ctrl_c, daemon=True).start()
     cache = str(tmp_path / "c")
-    kept(lambda: fne.extract(digits, cache=cache, batch_size=8, chunk=1000, workers=0, progress=False, **FAST))
+    try:
+        kept(lambda: fne.extract(digits, cache=cache, batch_size=8, chunk=1000, workers=0, progress=False, **FAST))
+    finally:
+        assert not failed, failed[0]
     assert not [t for t in threading.enumerate() if isinstance(t, writer.Writer)]
     monkeypatch.setattr(writer.Writer, "_flush", real)
     r = fne.extract(digits, cache=cache, batch_size=8, workers=0, progress=False, **FAST)

@@ -509,11 +509,17 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         raise
     finally:
         t_end = time.perf_counter()
-        assembled.close()
-        end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
-        loader.dataset.unshare()  # nor its shared memory
-        bar.close()
-        writer.close(raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
+        late = None  # a Ctrl-C as the workers stop
+        try:
+            assembled.close()
+            end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
+            loader.dataset.unshare()  # nor its shared memory
+            bar.close()
+        except KeyboardInterrupt as e:  # raised at once where it is a second one: no worker that does not end
+            late = e  # is waited for; the rows the writer holds are computed, and committing them is quick
+        writer.close(late or raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
+        if late is not None:
+            raise late
     model.close()  # after a finished run only: an interrupted one does not wait for the build
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     st.finish = t_run + st.run - t_end

@@ -110,7 +110,8 @@ class Writer(threading.Thread):
         `raising`: the exception the caller is raising as it closes the writer (caught by its
         own ``except``: ``sys.exception()`` would also return one a caller of it is handling). A Ctrl-C, that one or one pressed here, stays the exception the
         caller sees: the writer's own error (a full disk) is then a warning, not raised in its
-        place. Every part committed before that error is kept."""
+        place. Every part committed before that error is kept. Where `raising` is a Ctrl-C, the
+        next one is the second: it stops the wait."""
         interrupted, sent = None, False
         while True:
             try:
@@ -120,7 +121,7 @@ class Writer(threading.Thread):
                 wait_event(self.finished)
                 break
             except KeyboardInterrupt as e:
-                if interrupted is not None:
+                if interrupted is not None or isinstance(raising, KeyboardInterrupt):  # the second
                     raise
                 interrupted = e
         self.join()  # its last instructions: the commit is done
