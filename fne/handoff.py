@@ -18,6 +18,7 @@ a loop that raises between waits), and raises the one that came once it is done.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -96,3 +97,12 @@ def wait_future(future: Future):
                 return future.result(POLL)
             except TimeoutError:
                 pass
+
+
+def imported(name: str):
+    """Module `name` imported with SIGINT and SIGTERM held: torch's import (3 s on a GPU host) runs
+    C++ initialisation that a KeyboardInterrupt raised inside it aborts (pybind11's
+    ``error_already_set`` thrown where nothing catches it: exit 134, no line; `fne.cli._parsed`);
+    held, the signal is raised once the import is done, a second one at once."""
+    with held():
+        return importlib.import_module(name)

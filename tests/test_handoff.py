@@ -283,3 +283,14 @@ def test_a_ctrl_c_as_the_writer_commits_waits_for_it_unless_it_is_the_second(tmp
     assert w.finished.is_set() is not again  # waited for, or left
     go.set()
     assert w.finished.wait(600) and sorted(store.index()) == ["0" * 32]
+
+
+def test_a_ctrl_c_as_fne_fit_imports_torch_to_extract_is_raised_once_it_is_done(tmp_path):
+    """`fne fit --extract` imports torch only once rows are missing (`fne.linear.features`): the
+    Ctrl-C during that import is held as the command line's is, so the fit stops with its one line."""
+    code, whole, err = _tripped_cli(tmp_path, {"torch.nn": signal.SIGINT},
+                                    ["fit", "digits", "--extract", "--weights", "random", "--cache",
+                                     str(tmp_path / "c"), "--out", str(tmp_path / "run")])
+    assert (code, whole) == (130, True)
+    assert len(err) == 1 and err[0].startswith("fne fit: interrupted"), err
+    assert not (tmp_path / "run" / "metrics.json").exists()

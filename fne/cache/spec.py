@@ -61,16 +61,19 @@ class StoreSpec(StoreOptions):
         key, decode = self.preprocess().key, self.decode
         if decode == "pil":
             return key
-        from fne.devices import device_decoder, resolve_decode, resolve_device
+        from fne.handoff import imported
 
-        if resolve_decode(decode, resolve_device(self.device)) == "pil":  # auto: device on CUDA
+        devices = imported("fne.devices")  # torch's import, a Ctrl-C held over it (`fne.handoff.imported`)
+        if devices.resolve_decode(decode, devices.resolve_device(self.device)) == "pil":  # auto: device on CUDA
             return key
-        return key + DEVICE_SUFFIXES[device_decoder() or "torchvision"]
+        return key + DEVICE_SUFFIXES[devices.device_decoder() or "torchvision"]
 
     def fingerprint(self) -> str:
         drawn = "cpu"
         if self.weights == "random" and self.device != "cpu":  # drawn on the device (load_backbone)
-            from fne import devices  # imports torch: a named CPU needs none
+            from fne.handoff import imported
+
+            devices = imported("fne.devices")  # imports torch (a Ctrl-C held over it): a named CPU needs none
 
             drawn = devices.random_draw(devices.resolve_device(self.device))
         # a weights file's hash is remembered in the manifests of the cache its rows go to

@@ -171,12 +171,11 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                                  f"cache {store.path}{earlier_pixels(store, missing, spec.cache)}")
         extraction = extraction or ForwardOptions()
         from fne.backbones.fetch import loading
-        from fne.extraction.extract import (
-            CALLER_SAYS,
-            SIZE_SAID_BY_CALLER,
-            SKIPS_SAID_BY_CALLER,
-            extract,
-        )
+        from fne.handoff import imported
+
+        ex = imported("fne.extraction.extract")  # torch's import, a Ctrl-C held over it (fit, predict)
+        CALLER_SAYS, SIZE_SAID_BY_CALLER, SKIPS_SAID_BY_CALLER = \
+            ex.CALLER_SAYS, ex.SIZE_SAID_BY_CALLER, ex.SKIPS_SAID_BY_CALLER
 
         pinned = spec.pinned(store)
         if pinned.prep_key() != store.meta["preprocess"]:  # device-decoded by a library this machine lacks
@@ -191,7 +190,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                f"store {store.path.name}{_fitted_elsewhere(root, fitted)}")
         try:
             with loading(instead):  # extract's refusal of weights it cannot have, in the verb's words
-                r = extract(dataset, pinned, **asdict(extraction))
+                r = ex.extract(dataset, pinned, **asdict(extraction))
         finally:
             CALLER_SAYS.reset(says)
             SKIPS_SAID_BY_CALLER.reset(said)

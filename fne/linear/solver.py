@@ -60,6 +60,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from fne.errors import DataError, FneError, OptionError
+from fne.handoff import imported
 from fne.held import torch_threads
 from fne.names import SOLVER_PRECISIONS, SOLVERS
 from fne.option_handling import named, refusal
@@ -118,7 +119,7 @@ def resolve_solver(solver: str, head: str, n_rows: int, n_features: int, n_class
 
 
 def _cuda() -> bool:
-    import torch
+    torch = imported("torch")  # fit's first import of it: a Ctrl-C held over it (`fne.handoff.imported`)
 
     return torch.cuda.is_available()
 
@@ -126,7 +127,7 @@ def _cuda() -> bool:
 def torch_device(device: str = "auto"):
     """The torch device for `device` ('auto': CUDA when present, else CPU with every core; the
     CPU for MPS, which has no float64 for the solver's parameters and sums)."""
-    import torch
+    torch = imported("torch")
 
     from fne.devices import resolve_device
 
