@@ -1276,6 +1276,34 @@ def test_a_class_map_table_is_recorded_in_its_direct_steps_folder(tmp_path):
     assert list((tmp_path / "out").rglob("class_map.json")) == [metrics.parent / "class_map.json"]
 
 
+def test_dry_run_says_a_direct_steps_folder_loses_an_earlier_runs_checkpoint(tmp_path):
+    """A direct step's folder holding an earlier run's checkpoint.pt: the run removes it at its end
+    (a direct run saves none; a later --resume would take it up), but --dry-run said nothing of
+    it. It now says so, with --force or without (the step not finished)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    text = (GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 6\nclass_map = {"0" = ["tench"], '
+                                            '"1" = ["daisy", 1]}')
+            .replace('arch = "vgg16"', 'arch = "efficientnet_lite0"')
+            .replace('modes = ["frozen"]\nepochs = 2', 'modes = ["direct"]\nimage_size = 32')
+            .replace('[fit]\nfeatures = ["fc7", "fne"]\nheads = ["svm"]\n', ''))
+    f, out, cache = write(tmp_path, text), tmp_path / "out", str(tmp_path / "cache")
+    P.run(f, out, cache=cache, report=False, device="cpu", workers=0)
+    (metrics,) = out.rglob("metrics.json")
+    (metrics.parent / "checkpoint.pt").write_bytes(b"an earlier run's checkpoint")
+
+    def dry(force: bool) -> str:  # the dry run's line of the direct step
+        lines: list[str] = []
+        P.run(f, out, cache, dry_run=True, force=force, log=lines.append)
+        return next(x for x in lines if "train direct" in x)
+
+    note = "; its checkpoint is another run's (a direct run trains nothing and saves none): the run removes it at its end)"
+    assert dry(force=True).endswith(note)
+    metrics.unlink()  # an unfinished step
+    assert dry(force=False).endswith(note)
+    (metrics.parent / "checkpoint.pt").unlink()
+    assert "checkpoint" not in dry(force=False)
+
+
 def test_a_datasets_train_per_class_reaches_its_train_steps(tmp_path):
     """`[datasets.X] train_per_class` set fit's training images per class, while the pipeline's
     train steps trained on the whole training share: it now reaches them (as its test_size does),

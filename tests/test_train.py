@@ -443,7 +443,8 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     import shutil
 
     from fne.data.manifest import attach_keys
-    from fne.training.train import rerun_note, train
+    from fne.training.rerun import rerun_note
+    from fne.training.train import train
 
     from .conftest import age
 
@@ -459,7 +460,7 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
         "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
     assert not image_opens
-    import fne.training.train as tr
+    import fne.training.rerun as tr
 
     with pytest.MonkeyPatch.context() as m:  # hf: DATA not downloaded: not fetched
         m.setattr(tr, "load_dataset", lambda *a, **k: pytest.fail("a dry run fetched hf: DATA"))
@@ -1158,7 +1159,8 @@ def test_fne_run_takes_up_no_checkpoint_of_another_fne_release(resumable_run, so
 
     import fne
     from fne.training import checkpoint
-    from fne.training.train import rerun_note, train
+    from fne.training.rerun import rerun_note
+    from fne.training.train import train
 
     data, run = resumable_run
     assert checkpoint.read(run / "checkpoint.pt")["fne"] == fne.__version__

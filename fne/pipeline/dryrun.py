@@ -130,18 +130,18 @@ def describe(steps: list[Step], p: Pipeline, data_for: dict[str, str | None], ca
 
 def checkpoint_note(step: Step, p: Pipeline, force: bool, cache: str | None) -> str:
     """A train step an interrupted run left a checkpoint of: whether the rerun resumes from it
-    (fne.training.train.rerun_note), after "; "; else ""."""
-    if step.kind != "train" or step.kwargs["mode"] == "direct" or not step.dir.is_dir():
+    (fne.training.rerun.rerun_note; a direct step removes it), after "; "; else ""."""
+    if step.kind != "train" or not step.dir.is_dir():
         return ""
-    from fne.training import train
+    from fne.training import rerun
     from fne.training.checkpoint import CHECKPOINT
 
-    if force:
+    if force and step.kwargs["mode"] != "direct":  # a direct run takes up none, --force or not
         return f"; {forced()} starts it over, leaving its checkpoint unused" if (step.dir / CHECKPOINT).is_file() else ""
     kwargs, note = train_arguments(step, p), None
     either = kwargs["weights"] == "imagenet-or-random"  # resolved when the run starts: either may be the checkpoint's
     for w in ("imagenet", "random") if either else (kwargs["weights"],):
-        note = train.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, cache=cache,
+        note = rerun.rerun_note(step.kwargs["data"], step.kwargs["mode"], step.dir, cache=cache,
                                 **{**kwargs, "weights": w})
         if note is not None and note.startswith("the rerun resumes"):
             note += f" if the weights resolve to {w} again" if either else ""
