@@ -301,22 +301,29 @@ def test_a_direct_run_keeps_no_copy_of_the_source_network_and_says_so(tmp_path, 
     assert main(["train", "digits", "--mode", "direct", "--arch", ARCH, "--weights", "random", "--class-map",
                  str(tmp_path / "map.json"), "--image-size", "32", "--workers", "0", "--no-progress",
                  "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "predictions.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["class_map.json", "metrics.json", "predictions.csv"]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["network"].startswith(f"the source network, {ARCH} with weights 'random'")
+    assert m["network"] == {"arch": ARCH, "weights": "random", "weights_fingerprint": m["weights_fingerprint"],
+                            "note": "the source network as it is: a direct run trains nothing, and keeps no copy "
+                                    "of it (no model.pt)"}
+    assert m["imported"] is None and m["not_imported"] is None  # nothing imported into a new network
     printed = capsys.readouterr().out
     assert printed.startswith(f"note: starting a new run; {out / 'checkpoint.pt'} is removed at the run's end "
                               f"(another run's: --mode direct trains nothing and saves none)\n")
     assert "imported" not in printed and "new layers" not in printed
-    assert printed.endswith(f"wrote {out}/metrics.json and predictions.csv (no model.pt: its "
+    assert printed.endswith(f"wrote {out}/metrics.json, predictions.csv and class_map.json (no model.pt: its "
                             f"network is the source one, {ARCH} with weights 'random')\n")
     said = ("a --mode direct run trains nothing and keeps no model.pt (its network is the source one, "
             "metrics.json's arch and weights); score new images with `fne train DATA --mode direct --class-map "
-            "MAP` (the run's class map, metrics.json's options)")
+            f"MAP` (the run's class map: {out / 'class_map.json'})")
     assert main(["predict", str(out), "digits", "--out", str(tmp_path / "p.csv")]) == 2
     assert capsys.readouterr().err == f"fne predict: error: {out}: {said}\n"
     with pytest.raises(FneError, match=re.escape(f"{out}: a mode='direct' run trains nothing and keeps no model.pt")):
         fne.load(out)
+    (out / "class_map.json").rename(tmp_path / "kept.json")  # a run written before it was kept from a file
+    assert main(["predict", str(out), "digits", "--out", str(tmp_path / "p.csv")]) == 2
+    assert capsys.readouterr().err.endswith("(the run's class map: metrics.json's options)\n")
+    (tmp_path / "kept.json").rename(out / "class_map.json")
     assert main(["fit", "digits", "--arch", ARCH, "--weights", "random", "--out", str(out)]) == 2
     assert "holds a `fne train --mode direct` run (its metrics.json)" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text()) == m
@@ -325,7 +332,9 @@ def test_a_direct_run_keeps_no_copy_of_the_source_network_and_says_so(tmp_path, 
 def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_folder(digits, tmp_path):
     """fne.train(class_map={...}) was "TypeError: class_map must be a string, not dict", though a
     pipeline file takes a table: the dict scores as its JSON file does, and the run folder keeps it
-    as class_map.json, which metrics.json's options name (a rerun from it scores the same)."""
+    as class_map.json, which metrics.json's options name (a rerun from it scores the same). A map
+    given as a file was not kept (README said a direct run writes class_map.json): the run folder
+    now holds the map as read, whatever becomes of the file; the options name the file given."""
     from fne.training.train import train
 
     cmap = {"0": [i for i in range(1000) if i != 985], "1": ["daisy"]}
@@ -334,8 +343,12 @@ def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_fol
     recorded = tmp_path / "inline" / "class_map.json"
     assert json.loads(recorded.read_text()) == cmap
     assert m["options"]["class_map"] == str(recorded) and m["class_map"]["1"] == ["daisy"]
-    again = train(digits, "direct", tmp_path / "from_file", class_map=m["options"]["class_map"], **kw)
-    assert not (tmp_path / "from_file" / "class_map.json").exists()  # a path is recorded as given
+    given = tmp_path / "given.json"
+    given.write_text(recorded.read_text())
+    again = train(digits, "direct", tmp_path / "from_file", class_map=str(given), **kw)
+    given.unlink()  # the run folder holds the map it was scored with
+    assert json.loads((tmp_path / "from_file" / "class_map.json").read_text()) == cmap
+    assert again["options"]["class_map"] == str(given)  # the path as given
     assert _csv(tmp_path / "inline" / "predictions.csv") == _csv(tmp_path / "from_file" / "predictions.csv")
     assert again["accuracy"] == m["accuracy"] and again["class_map"] == m["class_map"]
 

@@ -1,8 +1,8 @@
 """Direct mode's class map: target classes read through the source network's own classifier.
 
 A map is JSON {target class: [source index or name, ...]}, a file or (`fne.train`, a pipeline
-file) the dict itself, which the run records as RUN_DIR/class_map.json; a target's score is the
-sum (or max) of the softmax probabilities of its source classes.
+file) the dict itself, which the run records as RUN_DIR/class_map.json either way; a target's
+score is the sum (or max) of the softmax probabilities of its source classes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from fne.errors import FneError
 from fne.option_handling import named, refusal
 from fne.options import class_map_problem
 
-# where a run records a class map given as a dict (`recorded`)
+# where a run records the class map it scored with (`recorded`)
 MAP_FILE = "class_map.json"
 
 
@@ -52,28 +52,33 @@ def check_inline(class_map: str | Path | dict | None) -> None:
 
 
 def recorded(class_map: str | dict | None, out: str | Path) -> tuple[str | None, Path | None]:
-    """(the class map as the run records it, the file to write it to): a dict is recorded as
-    `out`/class_map.json (written with the run's outputs, so that the run folder names the map it
-    was scored with, as a path given names its file); a path, or None, as given, nothing to write."""
-    if not isinstance(class_map, dict):
-        return class_map, None
+    """(the class map as metrics.json's options record it, the file the run writes the map it read
+    to): `out`/class_map.json, so that the run folder holds the map it was scored with, whatever
+    becomes of a file given; a dict is recorded by that file's path, a path as given; None, none."""
+    if class_map is None:
+        return None, None
     path = Path(out) / MAP_FILE
-    return str(path), path
+    return (str(path) if isinstance(class_map, dict) else class_map), path
 
 
-def read_class_map(path: str | Path | dict, classes: list[str], categories: list[str]) -> dict[str, list[int]]:
-    """JSON {target class: [source index or name, ...]}, a file or the dict, -> {target: [source
-    indices]}, checked."""
+def given_map(path: str | Path | dict) -> object:
+    """The class map as given: the dict, or a file's JSON (any JSON: `read_class_map` checks it)."""
     if isinstance(path, dict):
         check_inline(path)
-        raw = path
-    else:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise refused(path, "no such file") from None
-        except (OSError, ValueError) as e:
-            raise refused(path, f"not readable JSON ({e})") from None
+        return path
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise refused(path, "no such file") from None
+    except (OSError, ValueError) as e:
+        raise refused(path, f"not readable JSON ({e})") from None
+
+
+def read_class_map(path: str | Path | dict, classes: list[str], categories: list[str],
+                   raw: object = None) -> dict[str, list[int]]:
+    """JSON {target class: [source index or name, ...]}, a file or the dict, -> {target: [source
+    indices]}, checked; `raw`: the map `given_map` read from `path`, where the caller has it."""
+    raw = given_map(path) if raw is None else raw
     if not isinstance(raw, dict) or not raw:
         raise refused(path, "expected a JSON object {target class: [source classes]}")
     unknown = [t for t in raw if t not in classes]
@@ -141,9 +146,12 @@ def direct_scores(probs: np.ndarray, cmap: dict[str, list[int]], how: str) -> np
 
 def direct_run_refusal(run_dir: str | Path) -> FneError:
     """`fne predict` / `fne.load` of a direct mode run: it trained nothing, so it keeps no network
-    (no model.pt): new images are scored by direct mode itself, with the same class map."""
+    (no model.pt): new images are scored by direct mode itself, with the same class map (the run's
+    class_map.json; a run written before 30 Nov 2026 from a file names that file in its options)."""
+    kept = Path(run_dir) / MAP_FILE
+    which = kept if kept.is_file() else "metrics.json's options"
     return refusal(lambda py: (
         f"{run_dir}: a {named('mode', py, 'direct', plain=True)} run trains nothing and keeps no model.pt (its "
         f"network is the source one, metrics.json's arch and weights); score new images with "
         + ("fne.train(DATA, 'direct', class_map=...)" if py else "`fne train DATA --mode direct --class-map MAP`")
-        + " (the run's class map, metrics.json's options)"), FneError)
+        + f" (the run's class map: {which})"), FneError)

@@ -25,7 +25,7 @@ from fne.data.splits import (
 from fne.errors import DataError
 from fne.option_handling import named, refusal
 from fne.options import TrainConfig
-from fne.training.class_map import mapped_test_images, read_class_map
+from fne.training.class_map import given_map, mapped_test_images, read_class_map
 
 
 @dataclass
@@ -38,6 +38,7 @@ class Split:
     classes: list[str]
     cmap: dict[str, list[int]] | None = None  # direct: target class -> source indices
     n_excluded: int = 0  # direct: test images of unmapped classes
+    given_map: dict | None = None  # direct: the class map as read (the dict, a file's JSON), which the run records
     images: dict | None = None  # `checkpoint.images` of the three parts
 
 
@@ -66,11 +67,12 @@ def run_split(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone, cache: 
         for note in duplicate_notes(dataset, keys, [(np.concatenate(parts[:2]), parts[2])]):
             warnings.warn(note, stacklevel=3)
         return Split(*parts, classes=list(dataset.classes))
-    cmap = read_class_map(cfg.class_map, dataset.classes, b.categories())
+    given = given_map(cfg.class_map)  # read once: the map recorded is the one scored with
+    cmap = read_class_map(cfg.class_map, dataset.classes, b.categories(), raw=given)
     tr, va, te = train_val_test(dataset, y, cfg.test_size, cfg.val_fraction, cfg.seed, need_val=False, keys=keys,
                                 train_per_class=cfg.train_per_class)
     te, n_excluded = mapped_test_images(te, y, dataset.classes, cmap, cfg.class_map)
-    return Split(tr, va, te, list(cmap), cmap, n_excluded)
+    return Split(tr, va, te, list(cmap), cmap, n_excluded, given)
 
 
 def untrained_notes(dataset: Dataset, split: Split, skipped: dict) -> list[str]:

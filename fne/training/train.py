@@ -426,18 +426,19 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     pred = test["scores"].argmax(1)
-    inline = cfg.class_map
-    cfg.class_map, map_file = recorded(inline, out)  # metrics.json's options name the file
+    cfg.class_map, map_file = recorded(cfg.class_map, out)  # a dict: metrics.json's options name the file
     metrics = _metrics(cfg, dataset, ctx, split, source, run, test, pred, data_o)
     if split.cmap is not None:
         metrics.update(class_map={c: [b.categories()[s] for s in src] for c, src in split.cmap.items()},
                        direct_score=cfg.direct_score, n_excluded=split.n_excluded,
-                       network=f"the source network, {cfg.arch} with weights {metrics['weights']!r}: a direct run "
-                               f"trains nothing, and keeps no copy of it (no model.pt)")
+                       network={"arch": cfg.arch, "weights": metrics["weights"],
+                                "weights_fingerprint": metrics["weights_fingerprint"],
+                                "note": "the source network as it is: a direct run trains nothing, and keeps no "
+                                        "copy of it (no model.pt)"})
     # together (`replace_files`): a failed write leaves the earlier run whole; metrics.json last
     predictions = predictions_csv(dataset, test["ids"], [split.classes[p] for p in pred],
                                   [f"score_{c}" for c in split.classes], test["scores"])
-    written = {map_file: lambda f: f.write_text(json.dumps(inline, indent=2))} if map_file else {}
+    written = {map_file: lambda f: f.write_text(json.dumps(split.given_map, indent=2))} if map_file else {}
     if split.cmap is None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         written[out / "model.pt"] = through_file(lambda f: torch.save(weights, f))
@@ -472,7 +473,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: Split, 
         "arch": cfg.arch, "weights": weights,
         "weights_fingerprint": backbones.fingerprint(cfg.arch, weights,
                                                      cfg.seed if cfg.mode == "scratch" else cfg.weights_seed),
-        "new_layers": list(renew) if cfg.mode != "scratch" else "all", **_imported(report),
+        "new_layers": list(renew) if cfg.mode != "scratch" else "all", **_imported(report, direct),
         "train_bn": cfg.mode == "scratch" or (cfg.mode == "finetune" and cfg.train_bn),
         "precision": ctx.precision, "crop": "center", "image_size": cfg.image_size or backbones.get(cfg.arch, weights).input_size,
         "augment": cfg.augment, "augment_on": ("device" if ctx.augment is not None else "cpu") if cfg.augment else None,
@@ -497,7 +498,11 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: Split, 
     }
 
 
-def _imported(report: ImportReport | None) -> dict:
+def _imported(report: ImportReport | None, direct: bool) -> dict:
+    """metrics.json's `imported` and `not_imported`: None for a direct run, which imports nothing
+    into a new network (it scores with the source one: its `network`)."""
+    if direct:
+        return {"imported": None, "not_imported": None}
     return {"imported": report.layers() if report is not None else [],
             "not_imported": {n: w for n, w in report.skipped if w != "renewed layer"} if report else {}}
 
@@ -526,7 +531,7 @@ def run_cli(args: argparse.Namespace) -> int:
                 for k in ("accuracy", "mean_class_accuracy"))
     print(f"{m['method']} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({how})")
     print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt" if m["mode"] != "direct" else
-          f"wrote {args.out}/metrics.json and predictions.csv (no model.pt: its network is the source one, "
+          f"wrote {args.out}/metrics.json, predictions.csv and class_map.json (no model.pt: its network is the source one, "
           f"{m['arch']} with weights {m['weights']!r})")
     return 0
 
