@@ -136,8 +136,8 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     out : str or Path
         The run folder (also holds checkpoint.pt: see ``save_every``).
     class_map : str, Path or dict, optional
-        Direct mode: a JSON file, or the dict, {target class: [ImageNet index or name, ...]}; a
-        dict is recorded as ``out``/class_map.json, which metrics.json's options then name.
+        Direct mode: a JSON file, or the dict, {target class: [ImageNet index or name, ...]}; the
+        map read is recorded as ``out``/class_map.json, which metrics.json's options name for a dict.
     resume : bool or "auto", default False
         Continue from ``out``/checkpoint.pt: the same settings and images (a larger ``epochs``
         extends a run without ``scheduler``); "auto": continue from it where it belongs to this
