@@ -39,13 +39,18 @@ def _clock(seconds: float) -> str:
 
 def _rate(n: int, seconds: float, unit: str) -> str:
     """How fast `n` `unit` in `seconds` went, readable however slow: ``43.3 img/s``, and below one
-    a second the time each takes (``2.5 s/img``, ``2m03s/splits``, where ``0.0 splits/s`` said
-    nothing of a fit whose splits take minutes); ``0.0 img/s`` before the first."""
+    a second the time each takes, per one (``2.5 s/img``, ``2m03s/split`` of unit "splits", where
+    ``0.0 splits/s`` said nothing of a fit whose splits take minutes); ``0.0 img/s`` before the first."""
     rate = n / max(seconds, 1e-9)
     if rate >= 1 or n == 0:
         return f"{rate:.1f} {unit}/s"
     each = 1 / rate
-    return f"{each:.1f} s/{unit}" if each < 60 else f"{_clock(each)}/{unit}"
+    return f"{each:.1f} s/{_one(unit)}" if each < 60 else f"{_clock(each)}/{_one(unit)}"
+
+
+def _one(unit: str) -> str:
+    """A unit counted in the plural ("splits") as it reads per one: "s/split"."""
+    return unit.removesuffix("s")
 
 
 class _LogLines:
@@ -118,7 +123,7 @@ def progress(total: int, desc: str, enabled: bool = True, unit: str = "img", lea
         return _Off()
     if not _live_terminal():
         return _LogLines(total, desc, unit)
-    return _bar_class()(total=total, unit=unit, desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
+    return _bar_class()(total=total, unit=_one(unit), desc=desc, file=sys.stderr, leave=leave, mininterval=0.1)
 
 
 @functools.cache
@@ -152,7 +157,7 @@ def _hold() -> bool:
     """Count a live bar; the first one of a Python caller wraps `warnings.showwarning`, theirs
     (a notebook's, `logging.captureWarnings`'), so that a warning is written on a line of its own
     (`print_line`): Python's printer wrote it after the bar's text, on its line (``fit fne+svm:
-    40%|███▌ | 2/5 [00:03<00:04, 1.5s/splits]/…/fit.py:212: UserWarning: …``). The command line
+    40%|███▌ | 2/5 [00:03<00:04, 1.5s/split]/…/fit.py:212: UserWarning: …``). The command line
     has its own printer, which does so (`fne.cli`): nothing is wrapped there. -> whether it counted."""
     if COMMAND_LINE.get():
         return False

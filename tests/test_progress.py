@@ -37,12 +37,12 @@ def test_the_last_line_is_not_written_twice(monkeypatch, capsys):
     clock[0] += 123
     bar.update(1)
     bar.close()
-    assert capsys.readouterr().err.splitlines() == ["fit fne+svm: 1/1 splits (2m03s/splits, 2m03s elapsed)"]
+    assert capsys.readouterr().err.splitlines() == ["fit fne+svm: 1/1 splits (2m03s/split, 2m03s elapsed)"]
     quick = fp.progress(1, "fit fne+svm", unit="splits")
     clock[0] += 2
     quick.update(1)
     quick.close()  # no line yet: the closing one is written
-    assert capsys.readouterr().err.splitlines() == ["fit fne+svm: 1/1 splits (2.0 s/splits, 2s elapsed)"]
+    assert capsys.readouterr().err.splitlines() == ["fit fne+svm: 1/1 splits (2.0 s/split, 2s elapsed)"]
 
 
 def test_a_slow_rate_says_the_time_each_takes(monkeypatch, capsys):
@@ -61,9 +61,10 @@ def test_a_slow_rate_says_the_time_each_takes(monkeypatch, capsys):
     bar.update(1)  # 3 splits in 135 s
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["fit fne+svm: 0/10 splits (0.0 splits/s, 31s elapsed, C=1.0)",
-                     "fit fne+svm: 2/10 splits (45.0 s/splits, 1m30s elapsed, C=1.0)",
-                     "fit fne+svm: 3/10 splits (45.0 s/splits, 2m15s elapsed, 5m15s left, C=1.0)"]
+                     "fit fne+svm: 2/10 splits (45.0 s/split, 1m30s elapsed, C=1.0)",
+                     "fit fne+svm: 3/10 splits (45.0 s/split, 2m15s elapsed, 5m15s left, C=1.0)"]
     assert fp._rate(3, 2.0, "img") == "1.5 img/s" and fp._rate(1, 1.0, "img") == "1.0 img/s"
+    assert fp._rate(1, 2.5, "img") == "2.5 s/img"  # per one: "s/split" of "splits", not "s/splits"
 
 
 def test_a_progress_line_reaches_a_log_file_at_once(monkeypatch):
@@ -172,6 +173,7 @@ def test_a_python_caller_s_warning_under_a_live_bar_is_a_line_of_its_own_and_the
         out = term.getvalue()
         assert seen == ["skipped 0/bad.png: not an image file", "C=1 is the edge of the grid"]
         assert "8/11" in out and "\rtheirs: C=1 is the edge of the grid\n" in out
+        assert re.search(r"split/s|s/split\]", out) and "splits" not in out  # tqdm's rate, per one split
         # each from a line's start: after a carriage return (tqdm moves up to the outer bar's line: \x1b[A)
         assert len(re.findall(r"\r(?:\x1b\[A)?theirs: ", out)) == 2 and out.count("theirs: ") == 2, out
         token = fp.COMMAND_LINE.set(True)  # the command line's printer keeps bars apart itself
