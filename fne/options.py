@@ -223,7 +223,7 @@ class RowsOptions:
     features: str = option("fne", "fne, fne:L1,L2, fc6, fc7, last, LAYER,... (L2-normalised); fit also takes "
                                   "auto (cross-validated)")
     stream_chunk: int = option(1024, "rows read from the cache at a time: memory follows this, not the "
-                                     "dataset (default 1024)", metavar="ROWS", pipeline=False, **at_least(1))
+                                     "dataset (default: 1024)", metavar="ROWS", pipeline=False, **at_least(1))
     extract_missing: bool = option(False, "extract rows missing from the cache first", flag="--extract",
                                    pipeline=False)
 
@@ -234,7 +234,7 @@ class FitOptions(RowsOptions):
 
     head: str = option("svm", "linear head; auto: svm or logreg, whichever cross-validates better",
                        choices=(*HEADS, "auto"))
-    C: str | float = option("1.0", "regularisation (default 1.0) or 'auto' (k-fold CV on the training images)",
+    C: str | float = option("1.0", "regularisation (default: 1.0) or 'auto' (k-fold CV on the training images)",
                             flag="--C")
     splits: int = option(5, "random stratified splits when DATA has no split", drawn=True, **SPLITS)
     test_size: float = option(0.25, "test fraction of each random split", drawn=True, **between(0, 1))

@@ -245,6 +245,13 @@ def test_the_readmes_commands_use_options_that_exist(capsys):
                 assert opt in offered, f"README: `fne {frag}` quotes {opt}, which fne {verb} does not offer"
 
 
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_a_help_says_its_default_as_every_other_does(verb):
+    """`(default: …)`, one way: --stream-chunk's help said "(default 1024)"."""
+    for dest, a in _actions(verb).items():
+        assert "(default " not in " ".join((a.help or "").split()), f"fne {verb} --{dest}: {a.help}"
+
+
 def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_store():
     from fne.linear.predict import STORE_OPTIONS
 
