@@ -34,7 +34,7 @@ def held() -> Iterator[None]:
     (`signal.default_int_handler`: KeyboardInterrupt; `fne.cli`'s: Terminated). A second one
     within the block is handled at once: a handoff that does not end (the loader's next batch
     read from a mount that stopped answering) must not leave Ctrl-C unheard; the user who presses
-    it again takes that risk. In a thread other than the main one (where no handler runs),
+    it again takes that risk. Two SIGTERMs end the process as SIGTERM's default does. In a thread other than the main one (where no handler runs),
     nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -48,9 +48,15 @@ def held() -> Iterator[None]:
     def hold(signum: int, frame) -> None:
         came.append(signum)
         if len(came) > 1:  # again: now
+            twice = came == [signal.SIGTERM, signal.SIGTERM]
             came.clear()
             _restore(list(before.items()))
-            _deliver(signum, before.get(signum, signal.SIG_DFL))
+            # a second SIGTERM ends the process as SIGTERM's default does (`fne.cli._terminate`
+            # has the second one do so), not by an exception raised inside the held work (torch's
+            # import, whose C++ initialisation aborts on it: exit 134 and a dump of modules)
+            if twice:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _deliver(signum, signal.SIG_DFL if twice else before.get(signum, signal.SIG_DFL))
 
     try:
         for s in SIGNALS:

@@ -38,6 +38,7 @@ from torch import nn
 
 from fne.backbones.tap import Tap
 from fne.errors import FneError
+from fne.handoff import imported
 from fne.option_handling import named, refusal
 
 TIMM_HINT = "pip install 'timm>=1.0' (or fne-toolkit[timm])"
@@ -356,7 +357,7 @@ TASKS = {"detection": "detection", "segmentation": "segmentation", "video": "vid
 
 def _other_task(name: str) -> str | None:
     """What a torchvision model that is not a classifier is for ('detection', 'video', ...)."""
-    import torchvision.models as tvm
+    tvm = imported("torchvision.models")  # a Ctrl-C held over torchvision's import (`fne.handoff.imported`)
 
     for task in TASKS:
         if name in tvm.list_models(module=getattr(tvm, task)):
@@ -375,8 +376,7 @@ def unknown(name: str, registry: list[str]) -> FneError:
     names = list(dict.fromkeys([*registry, *tv_names()]))  # torchvision also names vgg16, vgg19
     if name.startswith("timm:"):
         try:
-            import timm
-
+            timm = imported("timm")
             names = ["timm:" + n for n in timm.list_models()]
         except ImportError:
             pass
@@ -393,7 +393,7 @@ def unknown(name: str, registry: list[str]) -> FneError:
 
 @functools.cache
 def tv_names() -> list[str]:
-    import torchvision.models as tvm
+    tvm = imported("torchvision.models")
 
     return list(tvm.list_models(module=tvm))
 
@@ -402,7 +402,7 @@ def tv_names() -> list[str]:
 
 
 def _tv_enum(name: str):
-    import torchvision.models as tvm
+    tvm = imported("torchvision.models")
 
     try:
         return tvm.get_model_weights(name)
@@ -439,7 +439,7 @@ def tv_preprocess(w) -> dict:
 
 def tv_build(name: str, image_size: int | None = None) -> Callable[[int], nn.Module]:
     def build(num_classes: int = 1000) -> nn.Module:
-        import torchvision.models as tvm
+        tvm = imported("torchvision.models")
 
         kw = {"image_size": image_size} if image_size else {}
         if name in ("googlenet", "inception_v3"):  # the init torchvision picks anyway, said in a FutureWarning
@@ -482,7 +482,7 @@ def _prefix_tokens(model: nn.Module) -> int:
 
 def need_timm():
     try:
-        import timm
+        timm = imported("timm")  # a Ctrl-C held over its import (`fne.handoff.imported`)
     except ImportError as e:
         raise FneError(f"timm backbones need the timm package: {TIMM_HINT}") from e
     return timm
