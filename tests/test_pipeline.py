@@ -1256,16 +1256,20 @@ def test_a_step_refused_by_its_verb_names_the_pipeline_files_key_not_the_flag(tm
     assert "--weights" not in said.out + said.err
 
 
+# GOOD with one direct step (a class map table on digits, EfficientNet-Lite0 at 32) and no fit
+_DIRECT_STEP = (GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 6\nclass_map = {"0" = ["tench"], '
+                                                '"1" = ["daisy", 1]}')
+                .replace('arch = "vgg16"', 'arch = "efficientnet_lite0"')
+                .replace('modes = ["frozen"]\nepochs = 2', 'modes = ["direct"]\nimage_size = 32')
+                .replace('[fit]\nfeatures = ["fc7", "fne"]\nheads = ["svm"]\n', ''))
+
+
 def test_a_class_map_table_is_recorded_in_its_direct_steps_folder(tmp_path):
     """A dataset's inline class_map table is handed to fne.train as the dict, which records it as
     class_map.json in the step's own run folder (it was written once per dataset under
     OUT/<dataset>/data/, beside no run), and metrics.json's options name that file."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    text = (GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 6\nclass_map = {"0" = ["tench"], '
-                                            '"1" = ["daisy", 1]}')
-            .replace('arch = "vgg16"', 'arch = "efficientnet_lite0"')
-            .replace('modes = ["frozen"]\nepochs = 2', 'modes = ["direct"]\nimage_size = 32')
-            .replace('[fit]\nfeatures = ["fc7", "fne"]\nheads = ["svm"]\n', ''))
+    text = _DIRECT_STEP
     P.run(write(tmp_path, text), tmp_path / "out", cache=str(tmp_path / "cache"), report=False, device="cpu",
           workers=0)
     (metrics,) = (tmp_path / "out").rglob("metrics.json")
@@ -1281,11 +1285,7 @@ def test_dry_run_says_a_direct_steps_folder_loses_an_earlier_runs_checkpoint(tmp
     (a direct run saves none; a later --resume would take it up), but --dry-run said nothing of
     it. It now says so, with --force or without (the step not finished)."""
     pytest.importorskip("efficientnet_lite_pytorch")
-    text = (GOOD.replace('data = "digits"', 'data = "digits"\nmax_per_class = 6\nclass_map = {"0" = ["tench"], '
-                                            '"1" = ["daisy", 1]}')
-            .replace('arch = "vgg16"', 'arch = "efficientnet_lite0"')
-            .replace('modes = ["frozen"]\nepochs = 2', 'modes = ["direct"]\nimage_size = 32')
-            .replace('[fit]\nfeatures = ["fc7", "fne"]\nheads = ["svm"]\n', ''))
+    text = _DIRECT_STEP
     f, out, cache = write(tmp_path, text), tmp_path / "out", str(tmp_path / "cache")
     P.run(f, out, cache=cache, report=False, device="cpu", workers=0)
     (metrics,) = out.rglob("metrics.json")
