@@ -437,9 +437,10 @@ def _parsed(argv: list[str]) -> tuple[argparse.Namespace | None, KeyboardInterru
     return args, None
 
 
-# The verbs that import torch only where they need it (`fne cache info` answers at once; `fne fit` and
-# `fne predict` on rows already cached need no network): their import of it is not held.
-_TORCHLESS = ("cache", "report", "fit", "predict")
+# The verbs that import torch only where they need it (`fne cache info` answers at once; `fne fit`,
+# `fne predict` and `fne export` on rows already cached need no network): their first import of it is
+# held where it is made (`fne.handoff.imported`).
+_TORCHLESS = ("cache", "report", "fit", "predict", "export")
 
 
 def _how(e: KeyboardInterrupt) -> str:

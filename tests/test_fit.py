@@ -263,10 +263,10 @@ def test_predict_and_export_out_that_is_a_run_folders_own_file_are_refused(digit
                  "--cache", str(warm_cache), "--no-progress"]) == 0
 
 
-def test_fit_and_predict_on_cached_rows_import_no_torch(digits_folder, warm_cache, tmp_path):
+def test_fit_predict_and_export_on_cached_rows_import_no_torch(digits_folder, warm_cache, tmp_path):
     """A head fitted on rows already in the cache, and its predictions for those images, need no
-    network: `fne fit` and `fne predict` then import no torch (1.0 s of a 2.4 s fit on the 2-core
-    development machine, 4.5 s on the H200 machine), and still write what they write."""
+    network: `fne fit`, `fne predict` and `fne export` then import no torch (1.0 s of a 2.4 s fit on
+    the 2-core development machine, 4.5 s on the H200 machine), and still write what they write."""
     import subprocess
     import sys
 
@@ -275,10 +275,12 @@ def test_fit_and_predict_on_cached_rows_import_no_torch(digits_folder, warm_cach
                 "--device", "cpu", "--precision", "fp32", "--storage-dtype", "float32", "--splits", "2",
                 "--no-progress"]
     predict_args = ["predict", run, data, "--out", str(tmp_path / "p.csv"), "--cache", cache, "--device", "cpu"]
+    export_args = ["export", data, "--features", "fne", "--out", str(tmp_path / "e.h5"), *fit_args[4:-3]]
     code = ("import sys; from fne.cli import main; "
-            f"print(main({fit_args!r}), main({predict_args!r}), 'torch' in sys.modules)")
+            f"print(main({fit_args!r}), main({predict_args!r}), main({export_args!r}), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-3:] == ["0", "0", "False"], out.stderr
+    assert out.stdout.split()[-4:] == ["0", "0", "0", "False"], out.stderr
+    assert (tmp_path / "e.h5").stat().st_size > 0
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_splits"] == 2
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 24
 
