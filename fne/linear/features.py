@@ -173,9 +173,13 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
         from fne.backbones.fetch import loading
         from fne.handoff import imported
 
-        ex = imported("fne.extraction.extract")  # torch's import, a Ctrl-C held over it (fit, predict)
-        CALLER_SAYS, SIZE_SAID_BY_CALLER, SKIPS_SAID_BY_CALLER = \
-            ex.CALLER_SAYS, ex.SIZE_SAID_BY_CALLER, ex.SKIPS_SAID_BY_CALLER
+        imported("fne.extraction.extract")  # torch's import, a Ctrl-C held over it (fit, predict)
+        from fne.extraction.extract import (
+            CALLER_SAYS,
+            SIZE_SAID_BY_CALLER,
+            SKIPS_SAID_BY_CALLER,
+            extract,
+        )
 
         pinned = spec.pinned(store)
         if pinned.prep_key() != store.meta["preprocess"]:  # device-decoded by a library this machine lacks
@@ -190,7 +194,7 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
                                f"store {store.path.name}{_fitted_elsewhere(root, fitted)}")
         try:
             with loading(instead):  # extract's refusal of weights it cannot have, in the verb's words
-                r = ex.extract(dataset, pinned, **asdict(extraction))
+                r = extract(dataset, pinned, **asdict(extraction))
         finally:
             CALLER_SAYS.reset(says)
             SKIPS_SAID_BY_CALLER.reset(said)
