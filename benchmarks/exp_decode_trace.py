@@ -13,11 +13,16 @@ asks why, in one call:
   the forward in another process (the GPU time-sliced between two contexts, but no wait of one
   process's calls for the other's work); and calls of 64, 256 and 1,024 JPEGs beside the forward
   (a cost per call or per image).
+* ``threads``: 1, 2 and 4 threads decoding at once, each with a stream of its own, alone and
+  beside the forward: if each call waits for the device (the forward's kernels) rather than for
+  decoding work, the calls of several threads wait together and the total rate grows with the
+  threads. torchvision's calls take one lock (`decoderMutex` in `decode_jpegs_cuda.cpp`), so
+  there its rate can only stay; whether TorchCodec's calls overlap is what this shows.
 * ``green``: the forward confined to all but about 4, 12, 20 or 36 of the multiprocessors (a CUDA green
   context), the decode beside it on the whole GPU: whether room kept free lets the decode run
   at its own pace, and what the forward loses.
 
-    python3 benchmarks/exp_decode_trace.py [--parts trace,rates,green] [--seconds 3]
+    python3 benchmarks/exp_decode_trace.py [--parts trace,rates,threads,green] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -200,7 +205,7 @@ def other_process(arch: str, seconds: float):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", default="trace,rates,green")
+    ap.add_argument("--parts", default="trace,rates,threads,green")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--arch", default="vgg16")
     a = ap.parse_args(argv)
@@ -234,6 +239,33 @@ def main(argv=None) -> int:
                 n += len(jpegs)
         return n / (time.perf_counter() - t)
 
+    def decode_threads(jpegs, k: int, seconds: float) -> float:
+        """Total img/s of `k` threads decoding `jpegs` at once, each on a stream of its own."""
+        counts, stop, errors = [0] * k, threading.Event(), []
+
+        def run(i: int) -> None:
+            s = torch.cuda.Stream(dev)
+            try:
+                with torch.cuda.stream(s):
+                    while not stop.is_set():
+                        reader.decode_jpegs(jpegs, dev)
+                        s.synchronize()
+                        counts[i] += len(jpegs)
+            except Exception as e:  # noqa: BLE001 (raised below, in the caller's thread)
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(k)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        time.sleep(seconds)
+        stop.set()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return sum(counts) / (time.perf_counter() - t)
+
     libs = [lib for lib in ("torchcodec", "torchvision") if lib != "torchcodec" or devices._torchcodec()]
     made, b256 = devices._torchcodec, raw[:256]
     for lib in libs:
@@ -260,6 +292,13 @@ def main(argv=None) -> int:
                 with Load("forward", model, x, dev) as f:
                     r = decode(raw[:size], seconds=a.seconds)
                 print(f"[{lib}] calls of {size} beside the forward: {r:,.0f} img/s (forward {f.rate:,.0f})", flush=True)
+        if "threads" in a.parts:
+            for k in (1, 2, 4):
+                alone = decode_threads(b256, k, a.seconds)
+                with Load("forward", model, x, dev) as f:
+                    beside = decode_threads(b256, k, a.seconds)
+                print(f"[{lib}] {k} decoding threads: alone {alone:,.0f} img/s, beside the forward {beside:,.0f} "
+                      f"(forward {f.rate:,.0f})", flush=True)
         if "green" in a.parts:
             total = torch.cuda.get_device_properties(dev).multi_processor_count
             for sms in green_sizes(total):
