@@ -326,3 +326,57 @@ def test_a_sigterm_as_the_backbones_library_is_imported_ends_the_command_as_term
     assert code == 143
     assert err == ["fne extract: terminated; the rows computed so far are committed to the cache; "
                    "rerun the same command to compute the rest"]
+
+
+_TRIPPED_API = """
+import signal, sys
+from tests.conftest import FAST, write_digits
+
+calls, came = [], []  # C functions being called; the SIGINTs the caller's own handler took
+
+def profile(frame, event, arg):
+    # SIGINT as Python code runs inside torch._C._c10d_init (torch's import, in C++ through
+    # pybind11): raised there, the KeyboardInterrupt reaches C++, which aborts the process
+    if event == "c_call":
+        calls.append(getattr(arg, "__name__", ""))
+    elif event in ("c_return", "c_exception") and calls:
+        calls.pop()
+    elif event == "call" and calls and calls[-1] == "_c10d_init":
+        sys.setprofile(None)
+        signal.raise_signal(signal.SIGINT)
+
+def notebooks(signum, frame):  # the caller's own handler (a notebook kernel's), restored after
+    came.append(signum)
+    raise KeyboardInterrupt
+
+import fne
+signal.signal(signal.SIGINT, notebooks)
+data = write_digits(__import__("pathlib").Path("d"), per_class=2, classes=2)
+kw = dict(cache="c", progress=False, image_size=32, **FAST)
+sys.setprofile(profile)
+try:
+    fne.extract(data, **kw)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", came, "torch" in sys.modules, signal.getsignal(signal.SIGINT) is notebooks)
+sys.setprofile(None)
+print(fne.extract(data, **kw).n_computed)  # the next call, in the same process
+"""
+
+
+def test_a_ctrl_c_during_the_apis_import_of_torch_is_a_keyboardinterrupt_once_it_is_done(tmp_path):
+    """The Python API imports torch at its first call (`fne.extract`, `fne.train`, `fne.load`): a
+    Ctrl-C inside torch's C++ initialisation aborted the process (exit 134, "terminate called"; a
+    notebook's kernel died). Held, it reaches the caller's own SIGINT handler once torch is
+    imported (a KeyboardInterrupt, no exit), the handler is the caller's again, and the next call
+    runs."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", _TRIPPED_API], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([root, *sys.path])})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "terminate called" not in p.stderr
+    assert p.stdout.splitlines() == [f"KeyboardInterrupt [{int(signal.SIGINT)}] True True", "4"]
