@@ -380,3 +380,52 @@ def test_a_ctrl_c_during_the_apis_import_of_torch_is_a_keyboardinterrupt_once_it
     assert p.returncode == 0, p.stderr[-2000:]
     assert "terminate called" not in p.stderr
     assert p.stdout.splitlines() == [f"KeyboardInterrupt [{int(signal.SIGINT)}] True True", "4"]
+
+
+def test_a_second_ctrl_c_as_close_waits_for_room_in_the_writers_queue_leaves_no_writer_waiting(tmp_path, ctrl_c,
+                                                                                               monkeypatch):
+    """The queue full (the writer slow in a commit), `Writer.close` waits for room for its end
+    mark; a second Ctrl-C then stops that wait, and the mark is never queued. The writer still
+    commits every batch queued and ends (it was left waiting for ever on the queue, a notebook
+    keeping the thread and the store open); the store is sound."""
+    import os
+
+    from fne.cache.upkeep import verify
+    from fne.extraction.writer import Writer
+
+    from .conftest import main_thread_at, until
+
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    w, committing, go, failed = Writer(store, chunk=1, taps=[("t", 3)]), threading.Event(), threading.Event(), []
+    real = Writer._flush
+
+    def slow(self):
+        committing.set()
+        go.wait(600)
+        return real(self)
+
+    def press():
+        try:
+            until(lambda: main_thread_at(Writer._put, "self") is w, "Writer.close never waited for room")
+            os.kill(os.getpid(), signal.SIGINT)
+        except AssertionError as e:
+            failed.append(str(e))
+
+    monkeypatch.setattr(Writer, "_flush", slow)
+    keys = [f"{i:032x}" for i in range(1 + w.q.maxsize)]
+    w.start()
+    w.put(keys[:1], np.ones((1, 1, 3), np.float32), {})
+    until(committing.is_set, "the writer never began its commit")
+    for k in keys[1:]:  # the queue full behind the commit
+        w.put([k], np.ones((1, 1, 3), np.float32), {})
+    threading.Thread(target=press, daemon=True).start()
+    first = KeyboardInterrupt()  # the run was stopped by one: this one is the second
+    with pytest.raises(KeyboardInterrupt) as e:
+        w.close(first)
+    assert not failed, failed
+    assert e.value is not first
+    go.set()
+    assert w.finished.wait(120), "the writer was left waiting on its queue"
+    w.join(120)
+    assert not w.is_alive() and w.error is None
+    assert sorted(store.index()) == keys and verify(store).ok
