@@ -13,6 +13,7 @@ keywords are its command's options, same names, same defaults: ``help(fne.fit)``
 
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -59,7 +60,7 @@ def __getattr__(name: str):
     # The API's first import of torch is here (fne.extract, fne.train, fne.load import it with their
     # module): a Ctrl-C inside it can pass through torch's C++ initialisation, which aborts the process
     # (a notebook's kernel dies). Held, it is raised as KeyboardInterrupt once the import is done.
-    from fne.handoff import imported
+    imported = importlib.import_module("fne.handoff").imported  # loaded on first use, as the verbs are
 
     if name in _TORCH_AT_ONCE:
         imported("torch")
