@@ -22,7 +22,10 @@ import importlib
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, TimeoutError
+
+TYPE_CHECKING = False  # typing's own: 4 ms of the window before `fne.cli.main` holds Ctrl-C
+if TYPE_CHECKING:  # `fne.cli` imports this module before its Ctrl-C is held: kept light (no logging, re)
+    from concurrent.futures import Future
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL = 0.2  # seconds: how late a held signal is raised at most, beyond the handoff's own work
@@ -101,7 +104,7 @@ def wait_future(future: Future):
         with held():
             try:
                 return future.result(POLL)
-            except TimeoutError:
+            except TimeoutError:  # concurrent.futures' own since Python 3.11
                 pass
 
 

@@ -429,3 +429,41 @@ def test_a_second_ctrl_c_as_close_waits_for_room_in_the_writers_queue_leaves_no_
     w.join(120)
     assert not w.is_alive() and w.error is None
     assert sorted(store.index()) == keys and verify(store).ok
+
+
+_AT_MAINS_FIRST_IMPORT = """
+import signal, sys
+import fne.cli
+
+tripped = []
+
+class Trip:  # SIGINT as `main` imports its first module, whichever it is
+    def find_spec(self, name, path, target=None):
+        if not tripped:
+            tripped.append(name)
+            signal.raise_signal(signal.SIGINT)
+
+sys.meta_path.insert(0, Trip())
+code = fne.cli.main({ARGV})
+print(code, tripped)
+"""
+
+
+def test_a_ctrl_c_at_the_first_import_of_the_command_line_ends_it_with_its_line(tmp_path):
+    """A Ctrl-C as the command line begins (`main` importing what it needs: `fne.handoff` and the
+    logging, re and concurrent.futures it took, before its handlers were set) printed Python's
+    KeyboardInterrupt traceback. `main` now holds it from its first line: the verb ends with
+    its one line and 130. (Before `main`, the interpreter's start and `fne.cli`'s import, a few
+    light modules, remain: tens of ms, benchmarks/RESULTS.md.)"""
+    import os
+    import subprocess
+    import sys
+
+    script = _AT_MAINS_FIRST_IMPORT.replace("{ARGV}", repr(["cache", "info", "--cache", str(tmp_path / "c")]))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    code, tripped = p.stdout.split(maxsplit=1)
+    assert code == "130" and tripped.strip() != "[]"
+    assert p.stderr.splitlines() == ["fne cache: interrupted; rerun the same command"], p.stderr
