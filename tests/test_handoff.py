@@ -467,3 +467,20 @@ def test_a_ctrl_c_at_the_first_import_of_the_command_line_ends_it_with_its_line(
     code, tripped = p.stdout.split(maxsplit=1)
     assert code == "130" and tripped.strip() != "[]"
     assert p.stderr.splitlines() == ["fne cache: interrupted; rerun the same command"], p.stderr
+
+
+def test_the_apis_verbs_are_imported_with_ctrl_c_held(monkeypatch):
+    """Every verb and function of the API is imported through `fne.handoff.imported` (torch's import
+    with them: `fne.extract`, `fne.train`, `fne.load`), and `fne.run` and `fne.advise`, whose calls
+    import torch whatever they are given, import it there first, as the command line does."""
+    import fne
+    import fne.handoff
+
+    names = []
+    real = fne.handoff.imported
+    monkeypatch.setattr(fne.handoff, "imported", lambda name: names.append(name) or real(name))
+    assert fne.extract.extract and fne.train.train and fne.load and fne.cache_info
+    assert names == ["fne.extraction.extract", "fne.training.train", "fne.loaded", "fne.cache.verbs"]
+    names.clear()
+    assert callable(fne.run) and callable(fne.advise)
+    assert names == ["torch", "fne.pipeline.runner", "torch", "fne.reporting.advise"]
