@@ -111,7 +111,8 @@ def wait_future(future: Future):
 def imported(name: str):
     """Module `name` imported with SIGINT and SIGTERM held: torch's import (3 s on a GPU host) runs
     C++ initialisation that a KeyboardInterrupt raised inside it aborts (pybind11's
-    ``error_already_set`` thrown where nothing catches it: exit 134, no line; `fne.cli._parsed`);
-    held, the signal is raised once the import is done, a second one at once."""
+    ``error_already_set`` thrown where nothing catches it: exit 134, no line; `fne.cli._parsed`,
+    and the API's verbs: `fne.__getattr__`); held, the signal is raised once the import is done
+    (through the caller's own handler: a notebook's, a KeyboardInterrupt), a second one at once."""
     with held():
         return importlib.import_module(name)
