@@ -358,6 +358,8 @@ try:
     fne.extract(data, **kw)
 except KeyboardInterrupt:
     print("KeyboardInterrupt", came, "torch" in sys.modules, signal.getsignal(signal.SIGINT) is notebooks)
+else:
+    print("not tripped")  # a torch without torch.distributed runs no _c10d_init
 sys.setprofile(None)
 print(fne.extract(data, **kw).n_computed)  # the next call, in the same process
 """
@@ -379,6 +381,8 @@ def test_a_ctrl_c_during_the_apis_import_of_torch_is_a_keyboardinterrupt_once_it
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([root, *sys.path])})
     assert p.returncode == 0, p.stderr[-2000:]
     assert "terminate called" not in p.stderr
+    if p.stdout.startswith("not tripped"):
+        pytest.skip("this torch has no torch.distributed: its import runs no Python inside _c10d_init")
     assert p.stdout.splitlines() == [f"KeyboardInterrupt [{int(signal.SIGINT)}] True True", "4"]
 
 
