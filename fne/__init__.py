@@ -49,11 +49,20 @@ _FUNCTIONS = {"load_rows": "fne.linear.export", "load": "fne.loaded",
               "list_backbones": "fne.backbones.catalog", "describe_backbone": "fne.backbones.catalog"}
 
 
+# the verbs whose call imports torch whatever it is given (their modules import it inside the
+# call), as the command line does for them: the others import it where they need it, held there
+_TORCH_AT_ONCE = ("run", "advise")
+
+
 def __getattr__(name: str):
-    if name in _FUNCTIONS:
-        return getattr(importlib.import_module(_FUNCTIONS[name]), name)
-    if name == "run":  # the runner module is not named after its verb
-        return getattr(importlib.import_module(_VERBS[name]), name)
-    if name in _VERBS:
-        return importlib.import_module(_VERBS[name])
-    raise AttributeError(f"module 'fne' has no attribute {name!r}")
+    if name not in _FUNCTIONS and name not in _VERBS:
+        raise AttributeError(f"module 'fne' has no attribute {name!r}")
+    # The API's first import of torch is here (fne.extract, fne.train, fne.load import it with their
+    # module): a Ctrl-C inside it can pass through torch's C++ initialisation, which aborts the process
+    # (a notebook's kernel dies). Held, it is raised as KeyboardInterrupt once the import is done.
+    imported = importlib.import_module("fne.handoff").imported  # loaded on first use, as the verbs are
+
+    if name in _TORCH_AT_ONCE:
+        imported("torch")
+    module = imported(_FUNCTIONS.get(name) or _VERBS[name])
+    return module if name in _VERBS and name != "run" else getattr(module, name)  # run: its module is the runner

@@ -7,7 +7,6 @@ exit 2; Ctrl-C (exit 130) and SIGTERM (`kill`, a batch scheduler's preemption or
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import importlib
 import os
@@ -17,6 +16,11 @@ import threading
 import warnings
 
 import fne
+from fne.handoff import held  # light: main holds Ctrl-C from its first line, before any import
+
+TYPE_CHECKING = False  # typing's own costs 4 ms of the window before main holds Ctrl-C
+if TYPE_CHECKING:
+    import argparse  # imported by `build_parser`, under main's hold (gettext, re: 6 ms)
 
 
 # ----------------------------------------------------------------- extract
@@ -322,6 +326,8 @@ VERBS = {
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser for `argv`: every verb listed, the options of the verb in argv[0] only (all
     verbs' options when argv is None)."""
+    import argparse
+
     parser = argparse.ArgumentParser(prog="fne", description="transfer learning with full-network embeddings")
     parser.add_argument("--version", action="version", version=f"fne {fne.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -399,11 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run the `fne` command line on `argv` (default: `sys.argv[1:]`); -> the exit status.
     A user's mistake (`FneError`) is one line on stderr and status 2, never a traceback; a bad
     option value's (`fne.option_handling.refusal`'s `cli`) names its flag, where Python's names its keyword."""
-    argv = _joined_shard(sys.argv[1:] if argv is None else list(argv))
     in_main = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
-    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None  # first: no import before
     try:
-        args, interrupted = _parsed(argv)
+        args, interrupted = _parsed(sys.argv[1:] if argv is None else list(argv))
         if args is None:  # a second Ctrl-C or SIGTERM before the verb was known
             print(f"fne: {_how(interrupted)}", file=sys.stderr)
             return _status(interrupted)
@@ -422,11 +427,10 @@ def _parsed(argv: list[str]) -> tuple[argparse.Namespace | None, KeyboardInterru
     it: exit 134, no line), or be swallowed by a bare ``except`` of a module torch imports (the
     command going on as if no Ctrl-C came); held, it is raised once the import is done, a second
     one at once."""
-    from fne.handoff import held
-
     args = None
     try:
         with held():
+            argv = _joined_shard(argv)
             args, extra = build_parser(argv).parse_known_args(argv)
             if extra:
                 _unrecognized(args, extra)

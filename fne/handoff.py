@@ -22,7 +22,10 @@ import importlib
 import signal
 import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, TimeoutError
+
+TYPE_CHECKING = False  # typing's own: 4 ms of the window before `fne.cli.main` holds Ctrl-C
+if TYPE_CHECKING:  # `fne.cli` imports this module before its Ctrl-C is held: kept light (no logging, re)
+    from concurrent.futures import Future
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 POLL = 0.2  # seconds: how late a held signal is raised at most, beyond the handoff's own work
@@ -101,14 +104,15 @@ def wait_future(future: Future):
         with held():
             try:
                 return future.result(POLL)
-            except TimeoutError:
+            except TimeoutError:  # concurrent.futures' own since Python 3.11
                 pass
 
 
 def imported(name: str):
     """Module `name` imported with SIGINT and SIGTERM held: torch's import (3 s on a GPU host) runs
     C++ initialisation that a KeyboardInterrupt raised inside it aborts (pybind11's
-    ``error_already_set`` thrown where nothing catches it: exit 134, no line; `fne.cli._parsed`);
-    held, the signal is raised once the import is done, a second one at once."""
+    ``error_already_set`` thrown where nothing catches it: exit 134, no line; `fne.cli._parsed`,
+    and the API's verbs: `fne.__getattr__`); held, the signal is raised once the import is done
+    (through the caller's own handler: a notebook's, a KeyboardInterrupt), a second one at once."""
     with held():
         return importlib.import_module(name)

@@ -326,3 +326,165 @@ def test_a_sigterm_as_the_backbones_library_is_imported_ends_the_command_as_term
     assert code == 143
     assert err == ["fne extract: terminated; the rows computed so far are committed to the cache; "
                    "rerun the same command to compute the rest"]
+
+
+_TRIPPED_API = """
+import signal, sys
+from tests.conftest import FAST, write_digits
+
+calls, came = [], []  # C functions being called; the SIGINTs the caller's own handler took
+
+def profile(frame, event, arg):
+    # SIGINT as Python code runs inside torch._C._c10d_init (torch's import, in C++ through
+    # pybind11): raised there, the KeyboardInterrupt reaches C++, which aborts the process
+    if event == "c_call":
+        calls.append(getattr(arg, "__name__", ""))
+    elif event in ("c_return", "c_exception") and calls:
+        calls.pop()
+    elif event == "call" and calls and calls[-1] == "_c10d_init":
+        sys.setprofile(None)
+        signal.raise_signal(signal.SIGINT)
+
+def notebooks(signum, frame):  # the caller's own handler (a notebook kernel's), restored after
+    came.append(signum)
+    raise KeyboardInterrupt
+
+import fne
+signal.signal(signal.SIGINT, notebooks)
+data = write_digits(__import__("pathlib").Path("d"), per_class=2, classes=2)
+kw = dict(cache="c", progress=False, image_size=32, **FAST)
+sys.setprofile(profile)
+try:
+    fne.extract(data, **kw)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", came, "torch" in sys.modules, signal.getsignal(signal.SIGINT) is notebooks)
+else:
+    print("not tripped")  # a torch without torch.distributed runs no _c10d_init
+sys.setprofile(None)
+print(fne.extract(data, **kw).n_computed)  # the next call, in the same process
+"""
+
+
+def test_a_ctrl_c_during_the_apis_import_of_torch_is_a_keyboardinterrupt_once_it_is_done(tmp_path):
+    """The Python API imports torch at its first call (`fne.extract`, `fne.train`, `fne.load`): a
+    Ctrl-C inside torch's C++ initialisation aborted the process (exit 134, "terminate called"; a
+    notebook's kernel died). Held, it reaches the caller's own SIGINT handler once torch is
+    imported (a KeyboardInterrupt, no exit), the handler is the caller's again, and the next call
+    runs."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", _TRIPPED_API], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([root, *sys.path])})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "terminate called" not in p.stderr
+    if p.stdout.startswith("not tripped"):
+        pytest.skip("this torch has no torch.distributed: its import runs no Python inside _c10d_init")
+    assert p.stdout.splitlines() == [f"KeyboardInterrupt [{int(signal.SIGINT)}] True True", "4"]
+
+
+def test_a_second_ctrl_c_as_close_waits_for_room_in_the_writers_queue_leaves_no_writer_waiting(tmp_path, ctrl_c,
+                                                                                               monkeypatch):
+    """The queue full (the writer slow in a commit), `Writer.close` waits for room for its end
+    mark; a second Ctrl-C then stops that wait, and the mark is never queued. The writer still
+    commits every batch queued and ends (it was left waiting for ever on the queue, a notebook
+    keeping the thread and the store open); the store is sound."""
+    import os
+
+    from fne.cache.upkeep import verify
+    from fne.extraction.writer import Writer
+
+    from .conftest import main_thread_at, until
+
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    w, committing, go, failed = Writer(store, chunk=1, taps=[("t", 3)]), threading.Event(), threading.Event(), []
+    real = Writer._flush
+
+    def slow(self):
+        committing.set()
+        go.wait(600)
+        return real(self)
+
+    def press():
+        try:
+            until(lambda: main_thread_at(Writer._put, "self") is w, "Writer.close never waited for room")
+            os.kill(os.getpid(), signal.SIGINT)
+        except AssertionError as e:
+            failed.append(str(e))
+
+    monkeypatch.setattr(Writer, "_flush", slow)
+    keys = [f"{i:032x}" for i in range(1 + w.q.maxsize)]
+    w.start()
+    w.put(keys[:1], np.ones((1, 1, 3), np.float32), {})
+    until(committing.is_set, "the writer never began its commit")
+    for k in keys[1:]:  # the queue full behind the commit
+        w.put([k], np.ones((1, 1, 3), np.float32), {})
+    threading.Thread(target=press, daemon=True).start()
+    first = KeyboardInterrupt()  # the run was stopped by one: this one is the second
+    with pytest.raises(KeyboardInterrupt) as e:
+        w.close(first)
+    assert not failed, failed
+    assert e.value is not first
+    go.set()
+    assert w.finished.wait(120), "the writer was left waiting on its queue"
+    w.join(120)
+    assert not w.is_alive() and w.error is None
+    assert sorted(store.index()) == keys and verify(store).ok
+
+
+_AT_MAINS_FIRST_IMPORT = """
+import signal, sys
+import fne.cli
+
+tripped = []
+
+class Trip:  # SIGINT as `main` imports its first module, whichever it is
+    def find_spec(self, name, path, target=None):
+        if not tripped:
+            tripped.append(name)
+            signal.raise_signal(signal.SIGINT)
+
+sys.meta_path.insert(0, Trip())
+code = fne.cli.main({ARGV})
+print(code, tripped)
+"""
+
+
+def test_a_ctrl_c_at_the_first_import_of_the_command_line_ends_it_with_its_line(tmp_path):
+    """A Ctrl-C as the command line begins (`main` importing what it needs: `fne.handoff` and the
+    logging, re and concurrent.futures it took, before its handlers were set) printed Python's
+    KeyboardInterrupt traceback. `main` now holds it from its first line: the verb ends with
+    its one line and 130. (Before `main`, the interpreter's start and `fne.cli`'s import, a few
+    light modules, remain: tens of ms, benchmarks/RESULTS.md.)"""
+    import os
+    import subprocess
+    import sys
+
+    script = _AT_MAINS_FIRST_IMPORT.replace("{ARGV}", repr(["cache", "info", "--cache", str(tmp_path / "c")]))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    code, tripped = p.stdout.split(maxsplit=1)
+    assert code == "130" and tripped.strip() != "[]"
+    assert p.stderr.splitlines() == ["fne cache: interrupted; rerun the same command"], p.stderr
+
+
+def test_the_apis_verbs_are_imported_with_ctrl_c_held(monkeypatch):
+    """Every verb and function of the API is imported through `fne.handoff.imported` (torch's import
+    with them: `fne.extract`, `fne.train`, `fne.load`), and `fne.run` and `fne.advise`, whose calls
+    import torch whatever they are given, import it there first, as the command line does."""
+    import fne
+    import fne.handoff
+
+    names = []
+    real = fne.handoff.imported
+    monkeypatch.setattr(fne.handoff, "imported", lambda name: names.append(name) or real(name))
+    assert fne.extract.extract and fne.train.train and fne.load and fne.cache_info
+    assert names == ["fne.extraction.extract", "fne.training.train", "fne.loaded", "fne.cache.verbs"]
+    names.clear()
+    assert callable(fne.run) and callable(fne.advise)
+    assert names == ["torch", "fne.pipeline.runner", "torch", "fne.reporting.advise"]

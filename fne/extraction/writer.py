@@ -37,6 +37,7 @@ class Writer(threading.Thread):
         self.q: queue.Queue = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.finished = threading.Event()  # set as `run` ends, committed or failed
+        self.closing = threading.Event()  # set by `close`: no batch comes after those queued
         self.seconds = 0.0
         self.committed = 0
         self.parts: list[str] = []  # the parts it committed rows in (the run's record names them)
@@ -81,7 +82,7 @@ class Writer(threading.Thread):
             # the first batches are read, rather than on the way to the first commit
             importlib.import_module("zarr")
             while True:
-                item = self.q.get()
+                item = self._next()
                 if item is None:
                     self._flush()
                     return
@@ -99,11 +100,23 @@ class Writer(threading.Thread):
         finally:
             self.finished.set()
 
+    def _next(self):
+        """The next batch queued, None where there is none to come: the end mark `close` queued,
+        or an empty queue once `close` began (a second Ctrl-C stopped its wait for room for the
+        mark: the writer commits what was queued and ends, not left waiting for ever)."""
+        while True:
+            try:
+                return self.q.get(timeout=POLL)
+            except queue.Empty:
+                if self.closing.is_set():
+                    return None
+
     def close(self, raising: BaseException | None = None) -> None:
         """Commit what is queued and buffered, and wait for the thread. A Ctrl-C meanwhile is
         raised once that commit is done (at most `chunk` rows), so that no writer outlives the
         run, still committing while a rerun plans (or left waiting for rows that never come);
-        a second Ctrl-C stops the wait (the thread, a daemon, finishes the commit by itself).
+        a second Ctrl-C stops the wait (the thread, a daemon, commits what was queued by itself and
+        ends, also where the wait was for room for its end mark: `_next`).
         (It waits on `finished`, not `join`: Python < 3.13 takes a thread whose join was
         interrupted for ended.)
 
@@ -113,6 +126,7 @@ class Writer(threading.Thread):
         place. Every part committed before that error is kept. Where `raising` is a Ctrl-C, the
         next one is the second: it stops the wait."""
         interrupted, sent = None, False
+        self.closing.set()  # before the mark: it may never be queued
         while True:
             try:
                 if not sent:

@@ -269,6 +269,9 @@ def _fitted_on(model: dict, dataset: Dataset, run_dir: Path, scored: np.ndarray 
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     """`fne train`'s network (model.pt) applied to DATA's images (`fne.training.apply`); `cache`
     only keeps DATA's listings (no rows are read), `device` is where the network runs."""
+    from fne.handoff import imported
+
+    imported("fne.training.apply")  # torch's first import here: a Ctrl-C held over it (`fne.handoff.imported`)
     from fne.devices import check_device
     from fne.training.apply import predict_network, read_run
 
