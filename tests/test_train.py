@@ -96,6 +96,8 @@ def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_pa
     assert len(rows) == 40 and list(rows[0])[:2] == ["path", "predicted"] and list(rows[0])[-1] == "true"
     assert np.mean([r["predicted"] == r["true"] for r in rows]) == pytest.approx(m["accuracy"])
     backbones.load_backbone(ARCH, str(out / "model.pt"))
+    # the files fne.train's docstring and README's "Outputs" list (direct mode: test_a_direct_run_keeps_no_copy_...)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.pt", "predictions.csv"]
 
 
 def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tmp_path):
