@@ -312,6 +312,26 @@ def test_pipeline_schema_is_the_declared_options():
     assert pipeline_fields(O.ForwardOptions) <= set(SCHEMA["pipeline"])
 
 
+def test_the_pipeline_keys_say_their_defaults_as_the_options_do():
+    """The pipeline file's keys said their defaults another way ("(default [0])", "default true"):
+    `(default: …)`, as `--help` says them, and the default said is the one a file without the
+    key gets."""
+    import json
+    import re
+
+    from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA, Pipeline
+
+    described = [(f"{table}.{k}", d) for table, keys in (*SCHEMA.items(), ("train", TRAIN_SCHEMA))
+                 for k, (_, d) in keys.items()]
+    for key, d in described:
+        assert "(default " not in d and not d.startswith("default "), f"{key}: {d}"
+    said = {k: m[1] for k, (_, d) in SCHEMA["pipeline"].items() if (m := re.search(r"\(default: (.+)\)$", d))}
+    assert set(said) == {"seeds", "advise", "advise_sample", "report"}
+    got = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+           for f in dataclasses.fields(Pipeline) if f.name in said}
+    assert said == {k: json.dumps(v) for k, v in got.items()}  # TOML writes these as JSON does
+
+
 def test_a_bad_value_is_refused_alike_by_the_cli_and_a_pipeline(tmp_path, capsys):
     from fne.pipeline.config import load_pipeline
     from fne.pipeline.config_errors import PipelineError
