@@ -297,8 +297,8 @@ class TrainConfig:
 
     data: str = option(MISSING, DATA_HELP, cli=False, pipeline=False)
     mode: str = option(MISSING, "which experiment", choices=MODES, pipeline=False)
-    out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt "
-                               "(direct: class_map.json, no model.pt nor checkpoint.pt)", pipeline=False)
+    out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt (where one "
+                               "was saved); direct: metrics.json, predictions.csv, class_map.json", pipeline=False)
     arch: str = option("vgg16", ARCH_HELP, pipeline=False)
     weights: str | None = option(None, "imagenet (default; scratch: random), random (seeded) or a state dict "
                                        "/ checkpoint path", pipeline=False)
