@@ -247,9 +247,11 @@ def test_the_readmes_commands_use_options_that_exist(capsys):
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_a_help_says_its_default_as_every_other_does(verb):
-    """`(default: …)`, one way: --stream-chunk's help said "(default 1024)"."""
+    """`(default: …)`, one way: --stream-chunk's help said "(default 1024)", --arch's "vgg16 (default)",
+    --solver's "auto (default): …", train's --weights "imagenet (default; scratch: random)"."""
     for dest, a in _actions(verb).items():
-        assert "(default " not in " ".join((a.help or "").split()), f"fne {verb} --{dest}: {a.help}"
+        said = " ".join((a.help or "").split())
+        assert "(default " not in said and "(default)" not in said and "(default;" not in said, f"fne {verb} --{dest}: {said}"
 
 
 def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_store():
