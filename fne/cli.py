@@ -23,23 +23,38 @@ if TYPE_CHECKING:
     import argparse  # imported by `build_parser`, under main's hold (gettext, re: 6 ms)
 
 
-# ----------------------------------------------------------------- extract
-def _add_extract(p: argparse.ArgumentParser) -> None:
+def _add_data_verb(p: argparse.ArgumentParser, run, options: tuple, out: str | None = None) -> None:
+    """A verb on DATA: its argument, ``--out`` (help `out`; none where None) and the options of the
+    `fne.options` dataclasses `options`, which `run` reads back (`_options_given`): declared once."""
     from fne.option_handling import add_arguments
-    from fne.options import DATA_HELP, DataOptions, ExtractOptions, StoreOptions
+    from fne.options import DATA_HELP
 
     p.add_argument("data", help=DATA_HELP)
-    add_arguments(p, DataOptions, StoreOptions, ExtractOptions)
-    p.set_defaults(func=_cmd_extract)
+    if out is not None:
+        p.add_argument("--out", required=True, help=out)
+    add_arguments(p, *options)
+    p.set_defaults(func=run, option_classes=options)
+
+
+def _options_given(a) -> dict:
+    """The keywords of the verb's options (`_add_data_verb`), as the command line parsed them."""
+    from fne.option_handling import from_args
+
+    return from_args(a, *a.option_classes)
+
+
+# ----------------------------------------------------------------- extract
+def _add_extract(p: argparse.ArgumentParser) -> None:
+    from fne.options import DataOptions, ExtractOptions, StoreOptions
+
+    _add_data_verb(p, _cmd_extract, (DataOptions, StoreOptions, ExtractOptions))
 
 
 def _cmd_extract(a) -> int:
     from fne.data.shards import parse_shard, shard_from_env
     from fne.extraction.extract import extract
-    from fne.option_handling import from_args
-    from fne.options import DataOptions, ExtractOptions, StoreOptions
 
-    kw = from_args(a, StoreOptions, DataOptions, ExtractOptions)
+    kw = _options_given(a)
     # Only `fne extract` reads torchrun's RANK / WORLD_SIZE: no other verb shards implicitly.
     kw["shard"] = parse_shard(a.shard) if a.shard is not None else shard_from_env()  # before DATA is read
     r = extract(a.data, **kw)
@@ -57,22 +72,17 @@ def _cmd_extract(a) -> int:
 
 # --------------------------------------------------------------------- fit
 def _add_fit(p: argparse.ArgumentParser) -> None:
-    from fne.option_handling import add_arguments
-    from fne.options import DATA_HELP, DataOptions, FitOptions, ForwardOptions, StoreOptions
+    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions
 
-    p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, help="run folder for metrics.json, model.joblib and predictions.csv")
-    add_arguments(p, DataOptions, FitOptions, StoreOptions, ForwardOptions)
-    p.set_defaults(func=_cmd_fit)
+    _add_data_verb(p, _cmd_fit, (DataOptions, FitOptions, StoreOptions, ForwardOptions),
+                   out="run folder for metrics.json, model.joblib and predictions.csv")
 
 
 def _cmd_fit(a) -> int:
     from fne.linear.compare import choice_note
     from fne.linear.fit import fit
-    from fne.option_handling import from_args
-    from fne.options import DataOptions, FitOptions, ForwardOptions, StoreOptions
 
-    m = fit(a.data, a.out, **from_args(a, DataOptions, FitOptions, StoreOptions, ForwardOptions))
+    m = fit(a.data, a.out, **_options_given(a))
     chose = choice_note(m)  # with auto: what it chose, as metrics.json and the report say it
     method = f"{m['method']} ({chose})" if chose else m["method"]
     acc, mca = (f"{m[k]:.4f}" + (f" ± {m[k + '_std']:.4f}" if m["n_splits"] > 1 else "")  # one split: no spread
@@ -130,21 +140,15 @@ def _cmd_predict(a) -> int:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    from fne.option_handling import add_arguments
-    from fne.options import DATA_HELP, DataOptions, ForwardOptions, RowsOptions, StoreOptions
+    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions
 
-    p.add_argument("data", help=DATA_HELP)
-    p.add_argument("--out", required=True, help="FILE.h5")
-    add_arguments(p, DataOptions, RowsOptions, StoreOptions, ForwardOptions)
-    p.set_defaults(func=_cmd_export)
+    _add_data_verb(p, _cmd_export, (DataOptions, RowsOptions, StoreOptions, ForwardOptions), out="FILE.h5")
 
 
 def _cmd_export(a) -> int:
     from fne.linear.export import export
-    from fne.option_handling import from_args
-    from fne.options import DataOptions, ForwardOptions, RowsOptions, StoreOptions
 
-    r = export(a.data, a.out, **from_args(a, DataOptions, RowsOptions, StoreOptions, ForwardOptions))
+    r = export(a.data, a.out, **_options_given(a))
     print(f"wrote {r['n']} rows ({', '.join(r['datasets'])}) to {a.out}")
     return 0
 

@@ -37,11 +37,11 @@ from fne.names import (
 
 DATA_HELP = ("image folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, .tar shards (a file, a folder, "
              "'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], or 'digits'")
-ARCH_HELP = ("backbone: vgg16 (default), vgg19, efficientnet_lite0, any torchvision classification model "
+ARCH_HELP = ("backbone: vgg16, vgg19, efficientnet_lite0, any torchvision classification model "
              "(resnet50, convnext_tiny, vit_b_16, swin_t, ...) or timm:NAME[.TAG]; `fne backbones` lists them")
-WEIGHTS_HELP = ("imagenet (default: the model's default pretrained weights; downloads once), a torchvision "
-                "weights name (IMAGENET1K_V2), random (seeded, for tests) or a state dict path "
-                "(.pth/.pt/.safetensors)")
+WEIGHTS_HELP = ("imagenet (torchvision's DEFAULT weights / timm's default pretrained tag; downloads once), a "
+                "torchvision weights name (IMAGENET1K_V2), random (seeded, for tests) or a state dict path "
+                "(.pth/.pt/.safetensors) (default: imagenet)")
 
 
 @dataclass(frozen=True)
@@ -163,21 +163,21 @@ class StoreOptions:
 
     arch: str = option("vgg16", ARCH_HELP)
     weights: str = option("imagenet", WEIGHTS_HELP)
-    crop: str = option("center", "center: shorter side to the weights' resize, center crop (default); "
+    crop: str = option("center", "center: shorter side to the weights' resize, center crop; "
                                  "squash: resized to the crop size; ten: 10 crops", choices=CROPS)
-    image_size: int | None = option(None, "side of the crop the network sees (default: the backbone's, 224 for "
-                                          "most); the resize scales with it; rows in a store of their own",
+    image_size: int | None = option(None, "side of the crop the network sees; the resize scales with it; rows in a "
+                                          "store of their own (default: the backbone's, 224 for most)",
                                     **IMAGE_SIZE)
-    precision: str = option("auto", "auto (default): extraction picks the machine's fastest; reading "
-                                    "finds rows of any precision. A value pins the store.", choices=PRECISIONS)
-    storage_dtype: str = option("auto", "how cached activations are stored; auto (default): float16 when "
+    precision: str = option("auto", "auto: extraction picks the machine's fastest; reading "
+                                    "finds rows of any precision; a value pins the store", choices=PRECISIONS)
+    storage_dtype: str = option("auto", "how cached activations are stored; auto: float16 when "
                                         "extracting, any stored dtype when reading",
                                 choices=("auto", *STORAGE_DTYPES))
     cache: str | None = option(None, "cache folder or fsspec URL (default: $FNE_CACHE, else `fne cache info`)",
                                pipeline=False)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False, **DEVICE)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
-    decode: str = option("auto", "auto (default): extraction decodes JPEGs on the GPU on CUDA (a quarter of "
+    decode: str = option("auto", "auto: extraction decodes JPEGs on the GPU on CUDA (a quarter of "
                                  "PIL's CPU; with many cores per GPU pil can be faster) and with PIL elsewhere, "
                                  "reading finds rows of either; pil: PIL decodes in loader workers (a GPU fast in float64 "
                                  "resizes, to the same pixels); "
@@ -189,7 +189,7 @@ class StoreOptions:
 class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
-    batch_size: int | str = option("auto", "images per forward pass; auto (default): 32 on a CPU, up to 256 on "
+    batch_size: int | str = option("auto", "images per forward pass; auto: 32 on a CPU, up to 256 on "
                                            "CUDA (sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
                                        "CUDA, at most 16)", **WORKERS)
@@ -210,7 +210,7 @@ class ExtractOptions(ForwardOptions):
     """`fne extract`: the forward options, and which images to read."""
 
     shard: str | tuple[int, int] | None = option(
-        None, "I/N: process a deterministic 1/N of DATA (slurm arrays; default under torchrun: "
+        None, "I/N: process a deterministic 1/N of DATA (slurm arrays) (default: all of it; under torchrun "
               "RANK/WORLD_SIZE)", pipeline=False)
     retry_bad: bool = option(False, "read again the images recorded as unreadable (after a transient "
                                     "failure)", pipeline=False)
@@ -234,14 +234,14 @@ class FitOptions(RowsOptions):
 
     head: str = option("svm", "linear head; auto: svm or logreg, whichever cross-validates better",
                        choices=(*HEADS, "auto"))
-    C: str | float = option("1.0", "regularisation (default: 1.0) or 'auto' (k-fold CV on the training images)",
+    C: str | float = option("1.0", "regularisation, or 'auto' (k-fold CV on the training images)",
                             flag="--C")
     splits: int = option(5, "random stratified splits when DATA has no split", drawn=True, **SPLITS)
     test_size: float = option(0.25, "test fraction of each random split", drawn=True, **between(0, 1))
     train_per_class: int | None = option(None, "training images per class per split", drawn=True, **at_least(1))
     seed: int = option(0, "seed of the splits and the heads", pipeline=False, **SEED)
     solver: str = option("auto", "svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
-                                 "auto (default): scikit-learn while its copy of the rows fits in memory, torch "
+                                 "auto: scikit-learn while its copy of the rows fits in memory, torch "
                                  "above (fne.linear.solver)", choices=SOLVERS)
 
 
@@ -297,11 +297,11 @@ class TrainConfig:
 
     data: str = option(MISSING, DATA_HELP, cli=False, pipeline=False)
     mode: str = option(MISSING, "which experiment", choices=MODES, pipeline=False)
-    out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt",
-                      pipeline=False)
+    out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt (where one "
+                               "was saved); direct: metrics.json, predictions.csv, class_map.json", pipeline=False)
     arch: str = option("vgg16", ARCH_HELP, pipeline=False)
-    weights: str | None = option(None, "imagenet (default; scratch: random), random (seeded) or a state dict "
-                                       "/ checkpoint path", pipeline=False)
+    weights: str | None = option(None, "imagenet, random (seeded) or a state dict / checkpoint path "
+                                       "(default: imagenet; scratch: random)", pipeline=False)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", pipeline=False)
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
                                    "output), last only the output layer", choices=NEW_LAYERS,
@@ -309,7 +309,7 @@ class TrainConfig:
     class_map: str | dict | None = option(None, "direct: JSON {target class: [ImageNet index or name, ...]} (the "
                                                 "Python API also takes the dict; it is recorded as "
                                                 "RUN_DIR/class_map.json)", pipeline=False, modes=("direct",))
-    direct_score: str = option("sum", "direct: a target's score is the sum (default) or max of its source "
+    direct_score: str = option("sum", "direct: a target's score is the sum or max of its source "
                                       "softmax probabilities", choices=DIRECT_SCORES, modes=("direct",))
     epochs: int = option(10, "passes over the training images", modes=TRAINED, **at_least(1))
     batch_size: int = option(32, "training batch size", **at_least(1))
@@ -338,8 +338,8 @@ class TrainConfig:
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
                                        "core but one, at most 16, on CUDA)", **WORKERS)
-    save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto "
-                                           "(default): after each epoch that ends 5 minutes or more after the "
+    save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto: "
+                                           "after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto, **auto_or_at_least(0),
                                    modes=TRAINED)
     resume: bool | str = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fne.data.dataset import Dataset
+from fne.reporting import advice_rules as rules
 from fne.reporting import advise as A
 
 
@@ -102,11 +103,11 @@ def test_stratified_sample_balanced_and_seeded():
 
 
 def test_method_family():
-    assert A.method_family("fne+svm") == "feature-extraction"
-    assert A.method_family("fc7+logreg") == "feature-extraction"
-    assert A.method_family("train:finetune") == "fine-tuning"
-    assert A.method_family("train:scratch") == "scratch"
-    assert A.method_family("train:frozen") == "feature-extraction"
+    assert rules.method_family("fne+svm") == "feature-extraction"
+    assert rules.method_family("fc7+logreg") == "feature-extraction"
+    assert rules.method_family("train:finetune") == "fine-tuning"
+    assert rules.method_family("train:scratch") == "scratch"
+    assert rules.method_family("train:frozen") == "feature-extraction"
 
 
 def test_advise_digits_random_weights_end_to_end(capsys):
@@ -542,7 +543,7 @@ def test_every_command_advised_parses_and_repeats_the_store_settings_advised_on(
 
     spec = StoreSpec(arch="efficientnet_lite0", weights="random", crop="squash", precision="fp32",
                      storage_dtype="float32", weights_seed=3, cache="/c")
-    templates = {c for r in (*A.RECOMMENDATIONS.values(), *A.UNJUDGED.values()) for c in r["commands"]}
+    templates = {c for r in (*rules.RECOMMENDATIONS.values(), *rules.UNJUDGED.values()) for c in r["commands"]}
     assert {t.split()[1] for t in templates} == {"fit", "train"}
     for t in templates:
         got = vars(build_parser().parse_args(shlex.split(A.runnable(t, "/d", "d", spec))[1:]))
@@ -596,7 +597,7 @@ def test_every_train_command_advised_passes_fne_trains_checks(weights, monkeypat
 
     monkeypatch.setattr(T, "check_target", reached)
     spec = StoreSpec(arch="efficientnet_lite0", weights=weights, weights_seed=3 * (weights == "random"), precision="fp32")
-    templates = {c for r in (*A.RECOMMENDATIONS.values(), *A.UNJUDGED.values()) for c in r["commands"]
+    templates = {c for r in (*rules.RECOMMENDATIONS.values(), *rules.UNJUDGED.values()) for c in r["commands"]
                  if c.startswith("fne train ")}
     assert {c.split("--mode ")[1] for c in templates} == {"finetune", "scratch"}
     for t in sorted(templates):

@@ -247,9 +247,11 @@ def test_the_readmes_commands_use_options_that_exist(capsys):
 
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_a_help_says_its_default_as_every_other_does(verb):
-    """`(default: …)`, one way: --stream-chunk's help said "(default 1024)"."""
+    """`(default: …)`, one way: --stream-chunk's help said "(default 1024)", --arch's "vgg16 (default)",
+    --solver's "auto (default): …", train's --weights "imagenet (default; scratch: random)"."""
     for dest, a in _actions(verb).items():
-        assert "(default " not in " ".join((a.help or "").split()), f"fne {verb} --{dest}: {a.help}"
+        said = " ".join((a.help or "").split())
+        assert "(default " not in said and "(default)" not in said and "(default;" not in said, f"fne {verb} --{dest}: {said}"
 
 
 def test_predict_offers_the_forward_options_and_only_cache_and_device_of_the_store():
@@ -310,6 +312,28 @@ def test_pipeline_schema_is_the_declared_options():
     # the grid: lists of features and heads, each a FitOptions value
     assert set(SCHEMA["fit"]) - {"enabled", "heads"} == pipeline_fields(O.FitOptions) - {"head"}
     assert pipeline_fields(O.ForwardOptions) <= set(SCHEMA["pipeline"])
+
+
+def test_the_pipeline_keys_say_their_defaults_as_the_options_do():
+    """The pipeline file's keys said their defaults another way ("(default [0])", "default true"):
+    `(default: …)`, as `--help` says them, and the default said is the one a file without the
+    key gets."""
+    import json
+    import re
+
+    from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA, Pipeline
+
+    described = [(f"{table}.{k}", d) for table, keys in (*SCHEMA.items(), ("train", TRAIN_SCHEMA))
+                 for k, (_, d) in keys.items()]
+    for key, d in described:
+        assert not re.search(r"(^|\()default [^-]", d), f"{key}: {d}"  # "default --out": the flag it defaults
+    options = {f.name for c in (O.StoreOptions, O.ForwardOptions) for f in dataclasses.fields(c)}  # --help's
+    said = {k: m[1] for k, (_, d) in SCHEMA["pipeline"].items()
+            if k not in options and (m := re.search(r"\(default: (.+)\)$", d))}
+    assert set(said) == {"seeds", "advise", "advise_sample", "report"}
+    got = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+           for f in dataclasses.fields(Pipeline) if f.name in said}
+    assert said == {k: json.dumps(v) for k, v in got.items()}  # TOML writes these as JSON does
 
 
 def test_a_bad_value_is_refused_alike_by_the_cli_and_a_pipeline(tmp_path, capsys):

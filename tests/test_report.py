@@ -280,7 +280,7 @@ def test_advice_shown_with_match(built):
 def test_the_advice_shows_its_confidence_where_advice_json_records_it(tmp_path):
     """`fne advise` prints "confidence: …"; the advice report.md / report.html show did not. An
     advice.json written before fne advise recorded it still renders, without the line."""
-    from fne.reporting.advise import confidence
+    from fne.reporting.advice_rules import confidence
 
     runs = make_runs(tmp_path / "runs")
     old = report([runs], tmp_path / "old", figures=False)

@@ -76,7 +76,7 @@ def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_pa
     from fne.training.transfer import build_model
 
     out = tmp_path / "run"
-    m = train(digits, "frozen", out, weights=str(source), epochs=2, lr=0.01, **FAST)
+    m = train(digits, "frozen", out, weights=str(source), epochs=2, lr=0.01, save_every=1, **FAST)
     final = torch.load(out / "model.pt", weights_only=True)
     src = torch.load(source, weights_only=True)
     imported = [n for n in final if not n.startswith("_fc.")]
@@ -96,6 +96,9 @@ def test_frozen_keeps_every_imported_tensor_bit_identical(digits, source, tmp_pa
     assert len(rows) == 40 and list(rows[0])[:2] == ["path", "predicted"] and list(rows[0])[-1] == "true"
     assert np.mean([r["predicted"] == r["true"] for r in rows]) == pytest.approx(m["accuracy"])
     backbones.load_backbone(ARCH, str(out / "model.pt"))
+    # the files fne.train's docstring and README's "Outputs" list; checkpoint.pt where one was saved
+    # (save_every=1: each epoch; direct mode's files: test_a_direct_run_keeps_no_copy_...)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.json", "model.pt", "predictions.csv"]
 
 
 def test_finetune_moves_imported_parameters_far_less_than_new(digits, source, tmp_path):

@@ -229,10 +229,15 @@ def _count(scored: np.ndarray | None) -> int:
     return 0 if scored is None else int(scored.sum())
 
 
-def _counted_note(n: int, scored: np.ndarray, total: int) -> str:
-    """"3 of 12 images of DATA": of the `n` images a warning names, those the accuracy counts, of
-    those it is over (`scored`); "... whose label the model knows" where that is not all `total`."""
-    return f"{n} of {_count(scored)} images of DATA{' whose label the model knows' * (_count(scored) < total)}"
+def _seen(hit: np.ndarray, scored: np.ndarray | None, total: int, why: str) -> int:
+    """How many images `hit` marks (those the model learnt from, of the `total` predicted); a
+    warning where the accuracy counts any (`scored`, `_accuracy`'s mask): "3 of 12 images of DATA
+    `why`" ("... whose label the model knows" where it is not over all `total`)."""
+    counted = 0 if scored is None else int((hit & scored).sum())
+    if counted:
+        known = " whose label the model knows" * (_count(scored) < total)
+        warnings.warn(f"{counted} of {_count(scored)} images of DATA{known} {why}", stacklevel=4)
+    return int(hit.sum())
 
 
 def _fitted_cache(model: dict, run_dir: Path) -> tuple[str, str] | None:
@@ -258,12 +263,9 @@ def _fitted_on(model: dict, dataset: Dataset, run_dir: Path, scored: np.ndarray 
     if not isinstance(fitted, np.ndarray):  # a model saved when they were the keys themselves: matched none
         fitted = key_digests(list(fitted))
     hit = np.isin(key_digests(dataset.keys()), fitted)
-    counted = 0 if scored is None else int((hit & scored).sum())
-    if counted:
-        warnings.warn(f"{_counted_note(counted, scored, len(dataset))} are images {run_dir} was fitted on (the same bytes): "
-                      f"the accuracy counts them, so it is not a test accuracy; for one, predict on images it "
-                      f"was not fitted on (a predefined split's test part)", stacklevel=3)
-    return int(hit.sum())
+    return _seen(hit, scored, len(dataset), f"are images {run_dir} was fitted on (the same bytes): the accuracy "
+                                           f"counts them, so it is not a test accuracy; for one, predict on images "
+                                           f"it was not fitted on (a predefined split's test part)")
 
 
 def _with_network(run_dir, data, out: Path, options: dict) -> dict:
@@ -317,12 +319,9 @@ def _trained_on(run_dir: Path, data, dataset: Dataset, idx, scored: np.ndarray |
     except (OSError, KeyError, ValueError):
         return None
     untested = np.array([dataset.ids[i] not in tested for i in idx], dtype=bool)
-    counted = 0 if scored is None else int((untested & scored).sum())
-    if counted:
-        warnings.warn(f"{_counted_note(counted, scored, len(idx))} are not among the test images of {run_dir} (it trained, "
-                      f"or chose its epoch, on them): the accuracy counts them, so it is not a test accuracy; "
-                      f"its test accuracy is its metrics.json's", stacklevel=3)
-    return int(untested.sum())
+    return _seen(untested, scored, len(idx), f"are not among the test images of {run_dir} (it trained, or chose "
+                                             f"its epoch, on them): the accuracy counts them, so it is not a test "
+                                             f"accuracy; its test accuracy is its metrics.json's")
 
 
 def _label_key(given: str | None, fitted: str | None, data, run_dir) -> str | None:

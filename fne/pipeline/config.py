@@ -47,10 +47,10 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "description": ("str", "free text"),
         "out": ("str", "default --out (relative to the current folder)"),
         "cache": ("str", "default --cache"),
-        "seeds": ("list[int]", "seeds of fit's random splits and of training (default [0])"),
-        "advise": ("bool", "run fne advise per dataset and backbone (default true)"),
-        "advise_sample": ("int", "images the source classifier sees for the advice (default 200)"),
-        "report": ("bool", "write the report at the end (default true)"),
+        "seeds": ("list[int]", "seeds of fit's random splits and of training (default: [0])"),
+        "advise": ("bool", "run fne advise per dataset and backbone (default: true)"),
+        "advise_sample": ("int", "images the source classifier sees for the advice (default: 200)"),
+        "report": ("bool", "write the report at the end (default: true)"),
         **schema(StoreOptions, only=["device"]),
         **schema(ForwardOptions),  # batch_size, workers
     },
@@ -74,7 +74,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
     "fit": {
-        "enabled": ("bool", "default true"),
+        "enabled": ("bool", "run the feature x head grid (default: true)"),
         "features": ("list[str]", "fne, fc6, fc7, last, fne:L1,L2 or L1,L2"),
         "heads": ("list[str]", "svm, logreg, sgd-svm, sgd-logreg"),
         **schema(FitOptions, exclude=["features", "head"]),  # C, splits, test_size, train_per_class

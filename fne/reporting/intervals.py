@@ -1,7 +1,7 @@
 """The 95% confidence intervals of `fne report`'s rows: metrics.json's, or recomputed over pooled splits.
 
 A row of one run shows the `accuracy_ci` / `mean_class_accuracy_ci` its metrics.json records
-(`fne.metrics`); a row pooled over seeds (fne.reporting.report) gets them recomputed over all its
+(`fne.metrics`); a row pooled over seeds (fne.reporting.rows) gets them recomputed over all its
 runs' splits where that is the interval one run of those splits would have recorded, and none,
 with the reason, where it is not.
 """

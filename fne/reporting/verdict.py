@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 
 from fne.linear import compare
-from fne.reporting.advise import method_family
+from fne.reporting.advice_rules import method_family
 from fne.reporting.notes import said_once
 from fne.reporting.render import pct, secs
 

@@ -10,8 +10,10 @@ One run, in the order `train()` goes:
                     SGD epochs with validation to pick the best epoch, then the test split once;
    `fne.training.checkpoint` `--save-every N` and `--resume`: a bit-identical continuation on CPU;
    `fne.training.unsaved`   the last epoch no checkpoint holds yet, written as a run stops (Ctrl-C, SIGTERM);
-4. outputs: RUN_DIR/metrics.json, predictions.csv and model.pt (a state dict whose module
-   names are the backbone's own, so `--weights RUN_DIR/model.pt` works in `fne extract`/`fne train`).
+4. outputs: RUN_DIR/metrics.json, predictions.csv, model.pt (a state dict whose module
+   names are the backbone's own, so `--weights RUN_DIR/model.pt` works in `fne extract`/`fne train`)
+   and, where one was saved (`--save-every`), checkpoint.pt; direct mode: metrics.json, predictions.csv
+   and class_map.json.
 """
 
 from __future__ import annotations
@@ -120,8 +122,10 @@ STORE_OPTIONS = ("cache",)
 @opts.keywords(StoreOptions, only=STORE_OPTIONS)
 @opts.keywords(DataOptions, TrainConfig)
 def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> dict:
-    """Run one transfer experiment; writes metrics.json, predictions.csv and model.pt (not in
-    direct mode, which trains nothing: its network is the source one, metrics.json's ``network``).
+    """Run one transfer experiment; writes metrics.json, predictions.csv, model.pt and, where one
+    was saved (``save_every``), checkpoint.pt in ``out``; in direct mode, which trains nothing (its
+    network is the source one, metrics.json's ``network``), metrics.json, predictions.csv and
+    class_map.json.
 
     Seeds the global RNGs (python, numpy, torch) like torchvision's reference scripts do, for
     the run only: the caller's generator states (and torch's deterministic-algorithms and cuDNN
