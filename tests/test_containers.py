@@ -890,3 +890,23 @@ def test_a_tar_key_of_two_members_of_one_name_is_skipped_and_links_read_their_ta
         "unknown; keep one",
         "skipped s.tar:gone.png: a symbolic link to nowhere.png, which is no file before it in the tar"]
 
+
+def test_parquet_rows_without_image_bytes_are_skipped_by_every_verb(tmp_path, capsys):
+    """A null image cell, or a {bytes, path} cell of a path only: `fne extract` skipped them, but
+    `fne fit` (hashing every image) stopped with `cannot read p.parquet:0: image cell is empty`
+    at every run; now the listing skips them, named in one line a reason, and fit runs."""
+    items = _files(write_digits(tmp_path / "digits", per_class=3, classes=2))
+    cells = [f.read_bytes() for f, _, _ in items]
+    cells[0] = None
+    pq.write_table(pa.table({"image": cells, "label": [lab for _, lab, _ in items]}), tmp_path / "p.parquet")
+    structs = [{"bytes": c, "path": None} for c in cells[1:]] + [{"bytes": None, "path": "/x/1.png"}]
+    pq.write_table(pa.table({"image": structs, "label": [lab for _, lab, _ in items]}), tmp_path / "h.parquet")
+    for data, skipped, why in (("p.parquet", "p.parquet:0", "no image (an empty cell)"),
+                               ("h.parquet", "h.parquet:5", "no image bytes in the cell (a path only)")):
+        code = main(["fit", str(tmp_path / data), "--extract", "--features", "last", "--splits", "1",
+                     "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "runs" / data), "--no-progress", *CLI_FAST])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert f"fne: warning: skipped {skipped}: {why}\n" in err and "Traceback" not in err
+        assert json.loads((tmp_path / "runs" / data / "metrics.json").read_text())["n_train"] \
+            + json.loads((tmp_path / "runs" / data / "metrics.json").read_text())["n_test"] == 5
