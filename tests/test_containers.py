@@ -910,3 +910,22 @@ def test_parquet_rows_without_image_bytes_are_skipped_by_every_verb(tmp_path, ca
         assert f"fne: warning: skipped {skipped}: {why}\n" in err and "Traceback" not in err
         assert json.loads((tmp_path / "runs" / data / "metrics.json").read_text())["n_train"] \
             + json.loads((tmp_path / "runs" / data / "metrics.json").read_text())["n_test"] == 5
+
+
+def test_a_parquet_label_column_of_lists_is_no_class(tmp_path, capsys):
+    """A multi-label `labels` column (list<int64>, the Hub's Sequence(ClassLabel)) made classes
+    named `[0]` and `[0, 1]`, silently; now it is no label column: DATA is unlabelled (`fne
+    extract` reads it), `fne fit` stops in one line naming the column and its type, and
+    `--label-key` naming it stops so too."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    pq.write_table(pa.table({"image": [f.read_bytes() for f, _, _ in items], "labels": [[0], [0, 1], [1], [1]]}),
+                   tmp_path / "m.parquet")
+    d = load_dataset(tmp_path / "m.parquet")
+    assert d.labels is None and len(d) == 4
+    code = main(["fit", str(tmp_path / "m.parquet"), "--extract", "--cache", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "run"), "--no-progress", *CLI_FAST])
+    assert code == 2 and capsys.readouterr().err.endswith(
+        "its columns: image, labels (list<element: int64>: not one label an image)\n")
+    with pytest.raises(DataError, match=r"m\.parquet: label column 'labels' holds list<element: int64> values, not "
+                                        r"one label an image$"):
+        load_dataset(tmp_path / "m.parquet", label_key="labels")

@@ -80,7 +80,11 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                         f"{', '.join(schema.names)}")
     if label_key and label_key not in schema.names:
         raise DataError(f"{path}: no label column {label_key!r} (columns: {', '.join(schema.names)})")
-    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names), None)
+    if label_key and nested(schema.field(label_key).type):
+        raise DataError(f"{path}: label column {label_key!r} holds {schema.field(label_key).type} values, not one "
+                        f"label an image")
+    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names and not nested(schema.field(c).type)),
+                                  None)  # a multi-label `labels` list is no class: DATA unlabelled, its type named
     listing.column, listing.class_names = column, (_class_names(schema, label_col, path) if label_col else None)
     cols = [c for c in (label_col, "split") if c and c in schema.names]
     row = 0
@@ -107,6 +111,14 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                 listing.bad.append([name, str(e)])
         row += n
     return listing
+
+
+def nested(t) -> bool:
+    """Whether a column's type is a list, struct or map: a multi-label `labels` column (the Hub's
+    Sequence(ClassLabel)), whose cells would otherwise become classes named `[0, 3]`."""
+    import pyarrow as pa
+
+    return pa.types.is_nested(t)
 
 
 def _cells_without_bytes(pf, g: int, column: str) -> dict[int, str]:
