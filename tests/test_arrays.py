@@ -65,7 +65,7 @@ def test_npz_forms_read_as_the_hdf5_file_of_the_same_arrays(tmp_path):
 
 
 @pytest.mark.parametrize("case,expect", [
-    ("not_zip", "NumPy {p}: File is not a zip file"),
+    ("not_zip", "NumPy {p}: a damaged or cut-short .npz (File is not a zip file)"),
     ("one_array", "NumPy {p}: holds one array; save the images and labels together: "
                   "np.savez(file, images=images, labels=labels)"),
     ("npy", "DATA {p}: unsupported file type '.npy' (expected .csv, .h5, .npz, .tar or .parquet); save the "
@@ -194,3 +194,14 @@ def test_images_on_a_small_scale_are_said_to_come_out_dark(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dataset(tmp_path / "d32.npz")
+
+
+@pytest.mark.parametrize("content", [b"", b"label,file\na,x.png\n"])
+def test_a_file_named_npz_that_is_no_npz_is_said_to_be_none(tmp_path, content):
+    """An empty file, or a CSV saved as .npz, was `This file contains pickled (object) data. If you
+    trust the file you can load it unsafely using the allow_pickle= keyword argument` (np.load's
+    fallback for bytes it does not know): advice to unpickle a file that is not a pickle."""
+    (tmp_path / "d.npz").write_bytes(content)
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "d.npz")
+    assert str(e.value) == f"NumPy {tmp_path / 'd.npz'}: not a NumPy .npz file (a zip archive of arrays, as np.savez writes)"

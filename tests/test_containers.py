@@ -854,3 +854,78 @@ def test_a_long_parquet_row_group_is_decoded_a_slice_at_a_time(tmp_path, monkeyp
     random.Random(1).shuffle(order)  # `fne train`'s order, every group kept (under GROUP_CACHE_BYTES)
     assert all(d.read_bytes(i)[0] == rows[i] for i in order)
     assert spy.most == 4 and spy.total <= 2 * 40  # each group passed partly at most once, then read whole once
+
+
+def test_a_tar_key_of_two_members_of_one_name_is_skipped_and_links_read_their_target(tmp_path):
+    """A tar appended to holds `0000.png` + `0000.cls` twice: the first image was paired with the
+    second's label, silently (a mislabelled image); now that key is skipped, named. A hard link
+    (tar's second name of a hard-linked file) or a symbolic link to an image member before it
+    were dropped silently with their labels; now they read that member's bytes, and a link to no
+    file in the tar is skipped, named."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    (_, la, _), (b, lb, _) = items[0], items[-1]
+    assert la != lb
+    tar = tmp_path / "s.tar"
+    with tarfile.open(tar, "w") as tf:
+        for j, (f, lab, _) in enumerate(items):
+            tf.add(f, arcname=f"{j:04d}.png")
+            _add(tf, f"{j:04d}.cls", lab.encode())
+        for kind, name, target in ((tarfile.LNKTYPE, "hard.png", "0001.png"), (tarfile.SYMTYPE, "d/sym.png", "../0002.png"),
+                                   (tarfile.SYMTYPE, "gone.png", "nowhere.png")):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tf.addfile(info)
+            _add(tf, name.replace(".png", ".cls"), b"linked")
+        tf.add(b, arcname="0000.png")  # the tar appended to: 0000 again, another image and label
+        _add(tf, "0000.cls", lb.encode())
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(tar)
+    assert "s.tar:0000.png" not in d.ids and "s.tar:gone.png" not in d.ids
+    labels = dict(zip(d.ids, d.labels, strict=True))
+    assert labels["s.tar:hard.png"] == labels["s.tar:d/sym.png"] == "linked"
+    keys = dict(zip(d.ids, d.keys(), strict=True))
+    assert keys["s.tar:hard.png"] == keys["s.tar:0001.png"] and keys["s.tar:d/sym.png"] == keys["s.tar:0002.png"]
+    assert [str(w.message) for w in said] == [
+        "skipped s.tar:0000.png: the tar holds two members named 0000.png: which image goes with which label is "
+        "unknown; keep one",
+        "skipped s.tar:gone.png: a symbolic link to nowhere.png, which is no file before it in the tar"]
+
+
+def test_parquet_rows_without_image_bytes_are_skipped_by_every_verb(tmp_path, capsys):
+    """A null image cell, or a {bytes, path} cell of a path only: `fne extract` skipped them, but
+    `fne fit` (hashing every image) stopped with `cannot read p.parquet:0: image cell is empty`
+    at every run; now the listing skips them, named in one line a reason, and fit runs."""
+    items = _files(write_digits(tmp_path / "digits", per_class=3, classes=2))
+    cells = [f.read_bytes() for f, _, _ in items]
+    cells[0] = None
+    pq.write_table(pa.table({"image": cells, "label": [lab for _, lab, _ in items]}), tmp_path / "p.parquet")
+    structs = [{"bytes": c, "path": None} for c in cells[1:]] + [{"bytes": None, "path": "/x/1.png"}]
+    pq.write_table(pa.table({"image": structs, "label": [lab for _, lab, _ in items]}), tmp_path / "h.parquet")
+    for data, skipped, why in (("p.parquet", "p.parquet:0", "no image (an empty cell)"),
+                               ("h.parquet", "h.parquet:5", "no image bytes in the cell (a path only)")):
+        code = main(["fit", str(tmp_path / data), "--extract", "--features", "last", "--splits", "1",
+                     "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "runs" / data), "--no-progress", *CLI_FAST])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert f"fne: warning: skipped {skipped}: {why}\n" in err and "Traceback" not in err
+        assert json.loads((tmp_path / "runs" / data / "metrics.json").read_text())["n_train"] \
+            + json.loads((tmp_path / "runs" / data / "metrics.json").read_text())["n_test"] == 5
+
+
+def test_a_parquet_label_column_of_lists_is_no_class(tmp_path, capsys):
+    """A multi-label `labels` column (list<int64>, the Hub's Sequence(ClassLabel)) made classes
+    named `[0]` and `[0, 1]`, silently; now it is no label column: DATA is unlabelled (`fne
+    extract` reads it), `fne fit` stops in one line naming the column and its type, and
+    `--label-key` naming it stops so too."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    pq.write_table(pa.table({"image": [f.read_bytes() for f, _, _ in items], "labels": [[0], [0, 1], [1], [1]]}),
+                   tmp_path / "m.parquet")
+    d = load_dataset(tmp_path / "m.parquet")
+    assert d.labels is None and len(d) == 4
+    code = main(["fit", str(tmp_path / "m.parquet"), "--extract", "--cache", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "run"), "--no-progress", *CLI_FAST])
+    assert code == 2 and capsys.readouterr().err.endswith(
+        "its columns: image, labels (list<element: int64>: not one label an image)\n")
+    with pytest.raises(DataError, match=r"m\.parquet: label column 'labels' holds list<element: int64> values, not "
+                                        r"one label an image$"):
+        load_dataset(tmp_path / "m.parquet", label_key="labels")

@@ -391,3 +391,21 @@ def test_a_warning_from_elsewhere_while_an_image_decodes_is_not_named_after_it(m
         warnings.simplefilter("always")
         fr.named_decode(buf.getvalue(), "a/x.png")
     assert [str(w.message) for w in caught] == ["weights initialised the old way", "a Pillow-like warning"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_named_like_an_image_is_skipped_not_waited_on(tmp_path):
+    """A named pipe `a/pipe.png` (or a link to one) was listed as an image: hashing it opened it
+    and waited for a writer for ever (`fne fit --extract` hung). Now it is left out when listing,
+    named, as a link to nothing is."""
+    root = tmp_path / "d"
+    _png(root / "a" / "1.png", 1)
+    _png(root / "b" / "2.png", 2)
+    os.mkfifo(root / "a" / "pipe.png")
+    os.symlink(root / "a" / "pipe.png", root / "b" / "to-pipe.png")
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(root)
+    assert [str(w.message) for w in said] == [
+        f"skipped 2 images (not a regular file (a named pipe, a socket or a device)): {root / 'a' / 'pipe.png'}, "
+        f"{root / 'b' / 'to-pipe.png'}"]
+    assert d.ids == ["a/1.png", "b/2.png"] and d.left_out == [str(root / "a" / "pipe.png"), str(root / "b" / "to-pipe.png")]

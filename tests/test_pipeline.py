@@ -1421,3 +1421,15 @@ def test_a_backbones_weights_may_be_a_torchvision_weights_name(tmp_path):
     with pytest.raises(PipelineError, match=r"p\.toml:9: backbones\[0\]\.weights: 'IMAGENET1K_V9' is neither one of "
                                             r"imagenet, random, imagenet-or-random, a weights name of resnet18, nor"):
         load_pipeline(write(sub, text.replace("IMAGENET1K_V1", "IMAGENET1K_V9")))
+
+
+def test_a_backbone_of_refused_weights_and_an_image_size_is_named_once(tmp_path):
+    """`weights = "/nope.pth"` beside `image_size = 32` was two problems: the weights', and the
+    image size's own check of those weights on the next line (`backbones[0].image_size: 32: no
+    such file or resnet18 weights name`), which named a setting that was fine."""
+    text = GOOD.replace('arch = "vgg16"\nweights = "random"', 'arch = "resnet18"\nweights = "/nope.pth"\nimage_size = 32')
+    f = write(tmp_path, text.replace('"fc7", ', ""))
+    with pytest.raises(PipelineError) as e:
+        load_pipeline(f)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:9: backbones[0].weights: '/nope.pth' is neither one of ") and "\n" not in msg, msg

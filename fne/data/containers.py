@@ -32,7 +32,8 @@ from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.sidecar import merge_json
 from fne.errors import DataError
 
-FORMAT = 2  # 2: a member's split keeps its validation word (`val`), settled per DATA
+FORMAT = 3  # 2: a member's split keeps its validation word (`val`), settled per DATA; 3: a tar's links
+# read, a key with two members of one name skipped, a Parquet row without image bytes skipped
 # How a listing with ClassLabel names (Parquet) read them and its labels through them; one of an
 # earlier rule is listed again (its content keys kept, `save_listing`), no other listing. 2: names
 # stripped, empty or repeated ones refused, an index stored as a float (2.0) names its class.

@@ -18,7 +18,7 @@ from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ARRAY_SUFFIXES, ArraySource, PartsSource, array_file
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, label_text, missing_words
-from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, parse_hf
+from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, nested, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
@@ -551,7 +551,9 @@ def _columns(kind: str, files: list[str]) -> str:
         return ""
     for f in files:
         try:
-            return f"; its columns: {', '.join(random_access.open_pages(f).schema_arrow.names)}"
+            schema = random_access.open_pages(f).schema_arrow
+            return "; its columns: " + ", ".join(f"{c.name} ({c.type}: not one label an image)"
+                                                 if c.name in LABEL_COLUMNS and nested(c.type) else c.name for c in schema)
         except Exception:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
             continue
     return ""

@@ -180,13 +180,18 @@ def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, lis
 
     try:
         with open(path, "rb") as fh:
+            if not fh.read(6).startswith((b"PK", b"\x93NUMPY")):  # np.load would call it pickled data
+                raise ValueError("not a NumPy .npz file (a zip archive of arrays, as np.savez writes)")
+            fh.seek(0)
             z = np.load(fh, allow_pickle=False)
             if not isinstance(z, np.lib.npyio.NpzFile):  # a .npy saved under the name .npz
                 raise ValueError("holds one array; save the images and labels together: "
                                  "np.savez(file, images=images, labels=labels)")
             with z:
                 return _npz_read(z, path)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # not a zip, a damaged member
+    except zipfile.BadZipFile as e:
+        raise DataError(f"NumPy {path}: a damaged or cut-short .npz ({e})") from None
+    except (OSError, ValueError, EOFError) as e:  # a damaged member
         raise DataError(f"NumPy {path}: {e}") from None
 
 

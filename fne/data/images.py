@@ -72,7 +72,8 @@ def image_files(folder: str, left_out: list[str] | None = None,
     """Paths of the image files anywhere under `folder`, in `Path` order (component by
     component). Hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)
     are left out, as hidden class folders are; symlinked folders are followed (as torchvision's
-    `ImageFolder` does), each real folder once; a symlink to nothing is skipped, named in a warning
+    `ImageFolder` does), each real folder once; a symlink to nothing, or a named pipe, socket or
+    device named like an image (reading one would wait for ever), is skipped, named in a warning
     (one per reason, `say_skipped`; given `skipped`, added to it for the caller to say) and
     added to `left_out`. Directory entries only (a stat per folder and per
     symlink, none per regular file), which matters on a shared filesystem with a million
@@ -106,8 +107,9 @@ def image_files(folder: str, left_out: list[str] | None = None,
             if is_dir:
                 folders.append(e.path)
             elif os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS:
-                if e.is_symlink() and not e.is_file():
-                    skipped.append((e.path, "a symbolic link to nothing"))
+                if not e.is_file():  # a named pipe would be waited on for ever; d_type: no stat for a file
+                    skipped.append((e.path, "a symbolic link to nothing" if not os.path.exists(e.path) else
+                                    "not a regular file (a named pipe, a socket or a device)"))
                     if left_out is not None:
                         left_out.append(e.path)
                     continue

@@ -80,7 +80,11 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                         f"{', '.join(schema.names)}")
     if label_key and label_key not in schema.names:
         raise DataError(f"{path}: no label column {label_key!r} (columns: {', '.join(schema.names)})")
-    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names), None)
+    if label_key and nested(schema.field(label_key).type):
+        raise DataError(f"{path}: label column {label_key!r} holds {schema.field(label_key).type} values, not one "
+                        f"label an image")
+    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names and not nested(schema.field(c).type)),
+                                  None)  # a multi-label `labels` list is no class: DATA unlabelled, its type named
     listing.column, listing.class_names = column, (_class_names(schema, label_col, path) if label_col else None)
     cols = [c for c in (label_col, "split") if c and c in schema.names]
     row = 0
@@ -93,9 +97,12 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
             break
         labels = meta.get(label_col, [None] * n) if label_col else [None] * n
         splits = meta.get("split", [None] * n)
+        empty = _cells_without_bytes(pf, g, column)
         for k in range(n):
             name = str(row + k)
             try:
+                if k in empty:
+                    raise ValueError(empty[k])
                 split = None if splits[k] is None else normalise_split(splits[k])
                 if splits[k] is not None and split is None:
                     raise ValueError(f"split {splits[k]!r} is not train, test or validation")
@@ -104,6 +111,35 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                 listing.bad.append([name, str(e)])
         row += n
     return listing
+
+
+def nested(t) -> bool:
+    """Whether a column's type is a list, struct or map: a multi-label `labels` column (the Hub's
+    Sequence(ClassLabel)), whose cells would otherwise become classes named `[0, 3]`."""
+    import pyarrow as pa
+
+    return pa.types.is_nested(t)
+
+
+def _cells_without_bytes(pf, g: int, column: str) -> dict[int, str]:
+    """Rows of row group `g` whose image cell holds no bytes (null, or a `{bytes, path}` struct of
+    a path only) -> why: skipped at listing, as a bad label is, rather than stopping each verb
+    that reads every image's bytes. The column's statistics say where none is null, so the
+    image bytes are read here only for a group with nulls (or written without statistics)."""
+    rg = pf.metadata.row_group(g)
+    chunks = [rg.column(i) for i in range(rg.num_columns)
+              if rg.column(i).path_in_schema in (column, f"{column}.bytes")]
+    if chunks and all(c.is_stats_set and c.statistics.has_null_count and c.statistics.null_count == 0
+                      for c in chunks):
+        return {}
+    cells = pf.read_row_group(g, columns=[column]).column(0).to_pylist()
+    out = {}
+    for k, v in enumerate(cells):
+        if v is None:
+            out[k] = "no image (an empty cell)"
+        elif isinstance(v, dict) and v.get("bytes") is None:
+            out[k] = "no image bytes in the cell (a path only)"
+    return out
 
 
 def _label(v, names: list[str] | None) -> str | None:

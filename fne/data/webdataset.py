@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import tarfile
 from pathlib import Path
 
@@ -39,42 +40,73 @@ def open_tar(path: str) -> tarfile.TarFile:
 
 
 def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
-    """Read a tar's headers (and label members) once, front to back -> its `Listing`."""
+    """Read a tar's headers (and label members) once, front to back -> its `Listing`.
+
+    A hard or symbolic link to an image member earlier in the tar is that member's bytes (tar
+    stores a hard-linked file's second name so); a key with two members of one name (a tar
+    appended to) is skipped, named, not paired by chance with the other's label."""
     listing = Listing(path=path, kind="tar", size=st.st_size, mtime_ns=st.st_mtime_ns)
     samples: dict[str, dict] = {}
+    files: dict[str, tuple[int, int]] = {}  # regular member name -> (data offset, size), for links
+    seen: set[str] = set()
+    twice: dict[str, str] = {}  # key -> its member name seen twice
     tf = open_tar(path)
     last = None
     with tf:
         try:
             for info in tf:
-                if not info.isfile() or info.name.rpartition("/")[2].startswith("."):
+                if not (info.isfile() or info.issym() or info.islnk()) \
+                        or info.name.rpartition("/")[2].startswith("."):
                     continue  # hidden members (macOS's `._x.jpg`) are no samples, as for webdataset
                 if info.offset_data + info.size > st.st_size:
                     listing.broken = f"truncated inside member {info.name}"
                     break
                 key, ext = sample_key(info.name)
                 s = samples.setdefault(key, {})
+                if info.name in seen:
+                    twice.setdefault(key, info.name)
+                seen.add(info.name)
+                if info.isfile():
+                    files[info.name] = (info.offset_data, info.size)
                 if ext in LABEL_EXTENSIONS or ext in ("json", "split") or ext == (label_key or "").lower():
-                    if info.size <= LABEL_MAX_BYTES:
+                    if info.isfile() and info.size <= LABEL_MAX_BYTES:
                         s[ext] = tf.extractfile(info).read()
                 elif os.path.splitext(info.name)[1].lower() in IMAGE_EXTENSIONS and "image" not in s:
-                    s["image"] = (info.name, info.offset_data, info.size)
+                    s["image"] = (info.name, *_data_of(info, files))
                 last = info.name
         except (tarfile.TarError, OSError, EOFError) as e:
             listing.broken = f"truncated after member {last} ({e})" if last else f"unreadable ({e})"
         if listing.broken is None and not _ends_cleanly(path, tf.offset):
             listing.broken = f"truncated after member {last}" if last else "truncated"
-    for s in samples.values():
+    for key, s in samples.items():
         if "image" not in s:
             continue
         name, offset, size = s["image"]
         try:
+            if key in twice:
+                raise ValueError(f"the tar holds two members named {twice[key]}: which image goes with which "
+                                 f"label is unknown; keep one")
+            if offset is None:
+                raise ValueError(size)
             label, split = _label(s, label_key), _split(s)
         except ValueError as e:
             listing.bad.append([name, str(e)])
             continue
         listing.members.append([name, offset, size, label, split])
     return listing
+
+
+def _data_of(info: tarfile.TarInfo, files: dict[str, tuple[int, int]]) -> tuple[int | None, int | str]:
+    """(data offset, size) of an image member; of a link, its target's, a regular member before
+    it (as `tarfile.extractfile` follows it), else (None, why it has no bytes)."""
+    if info.isfile():
+        return info.offset_data, info.size
+    target = info.linkname if info.islnk() else \
+        posixpath.normpath(posixpath.join(posixpath.dirname(info.name), info.linkname))
+    if target in files:
+        return files[target]
+    kind = "hard" if info.islnk() else "symbolic"
+    return None, f"a {kind} link to {info.linkname}, which is no file before it in the tar"
 
 
 def _ends_cleanly(path: str, offset: int) -> bool:

@@ -328,8 +328,10 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
                     err.add(path_ + ("weights",), f"{cfg.weights!r} is neither one of {', '.join(WEIGHT_CHOICES)}, "
                                                   f"a weights name of {cfg.arch}, nor an existing state dict file "
                                                   f"({wpath})")
+                    refused.append("weights")  # named once: the image size's check would name it again
                 cfg.weights = str(wpath)
-        if cfg.image_size is not None and "image_size" not in refused and checks and checks.image_size:
+        if cfg.image_size is not None and not {"image_size", "weights"} & set(refused) and checks \
+                and checks.image_size:
             if _check_call(checks.image_size, (cfg.arch, cfg.image_size, cfg.weights), path_ + ("image_size",), err):
                 cfg.image_size = None  # the backbone's own size: its usual store, steps and folder, as on the CLI
         stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
