@@ -158,13 +158,13 @@ def test_ten_crop_rows_and_vote(digits_split, tmp_path, store_reads):
     csv = tmp_path / "small.csv"
     csv.write_text("path,label,split\n" + "".join(
         f"{full.sources[i]},{full.labels[i]},{full.splits[i]}\n" for i in idx))
-    fx.extract(csv, cache=cache, crop="ten", progress=False, **FAST)
+    fx.extract(csv, cache=cache, crop="ten", progress=False, image_size=32, **FAST)  # views, not size, tested
     store = _store(cache)
     assert store.views == 10
     rows = store.read(load_dataset(csv).keys()[:2], ["head"])["head"]
     assert rows.shape == (2, 10, 1280) and not np.allclose(rows[:, 0], rows[:, 5], rtol=1e-3, atol=0)  # mirrored differs
     kw = dict(features="fne", head="logreg", cache=cache, crop="ten", arch=FAST["arch"], weights="random",
-              precision="fp32", storage_dtype="float32")
+              precision="fp32", storage_dtype="float32", image_size=32)
     m = fit(csv, out=tmp_path / "run", **kw)
     assert m["n_train"] == 6 and m["n_test"] == 6 and 0 <= m["accuracy"] <= 1
     # --stream-chunk counts rows (views): 20 rows of a ten-crop store are 2 images per read,

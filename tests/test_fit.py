@@ -63,11 +63,11 @@ def test_progress_false_extracts_missing_rows_without_a_line(digits_split, tmp_p
     "extracting N images" line); `fne fit --extract --no-progress` keeps that line."""
     capsys.readouterr()
     fit(digits_split, out=tmp_path / "py", cache=str(tmp_path / "py-cache"), extract_missing=True, progress=False,
-        **STORE)
+        image_size=32, **STORE)  # the size changes no line
     assert capsys.readouterr() == ("", "")
     assert main(["fit", str(digits_split), "--out", str(tmp_path / "cli"), "--cache", str(tmp_path / "cli-cache"),
                  "--extract", "--no-progress", "--arch", STORE["arch"], "--weights", "random", "--precision", "fp32",
-                 "--storage-dtype", "float32"]) == 0
+                 "--storage-dtype", "float32", "--image-size", "32"]) == 0
     assert "fne fit: extracting 27 images missing from the cache" in capsys.readouterr().err
 
 

@@ -44,19 +44,19 @@ def test_store_extracted_at_fp32_is_found_by_a_default_fit(digits_folder, tmp_pa
 
 
 def test_several_stores_most_rows_then_highest_precision(digits_folder, tmp_path, capsys):
-    cache = str(tmp_path / "cache")
-    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False)
-    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="fp32", progress=False)
-    m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2)
+    cache = str(tmp_path / "cache")  # at 32 x 32 throughout: the store chosen does not depend on the size
+    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False, image_size=32)
+    fx.extract(digits_folder, arch=ARCH, weights="random", cache=cache, precision="fp32", progress=False, image_size=32)
+    m = fit(digits_folder, out=tmp_path / "run", cache=cache, arch=ARCH, weights="random", splits=2, image_size=32)
     assert m["precision"] == "fp32"  # both hold every row: the higher precision wins
     assert "reading 24 rows from store" in capsys.readouterr().err
-    fit(digits_folder, out=tmp_path / "quiet", cache=cache, arch=ARCH, weights="random", splits=2, progress=False)
+    fit(digits_folder, out=tmp_path / "quiet", cache=cache, arch=ARCH, weights="random", splits=2, progress=False, image_size=32)
     assert "reading" not in capsys.readouterr().err  # progress=False: which store, a progress line, is not said
     # A store holding more of the requested rows wins over a higher precision.
     extra = write_digits(tmp_path / "more", per_class=8, classes=4)
-    fx.extract(extra, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False)
+    fx.extract(extra, arch=ARCH, weights="random", cache=cache, precision="bf16", progress=False, image_size=32)
     m = fit(extra, out=tmp_path / "run2", cache=cache, arch=ARCH, weights="random", splits=2,
-            extract_missing=True)
+            extract_missing=True, image_size=32)
     assert m["precision"] == "bf16" and m["rows"] == "cached"
 
 
@@ -471,7 +471,7 @@ def test_model_records_a_moved_weights_and_its_cache_by_absolute_paths(digits_sp
     monkeypatch.chdir(tmp_path)
     cache = str(tmp_path / "cache")
     m = fit(digits_split, out=tmp_path / "run", cache="cache", arch=ARCH, weights="ckpt/model.pt",
-            precision="fp32", extract_missing=True)
+            precision="fp32", extract_missing=True, image_size=32)  # predict takes the model's size
     assert m["weights"] == "ckpt/model.pt" and m["cache"] == "cache"  # metrics.json: as given
     saved = joblib.load(tmp_path / "run" / "model.joblib")
     assert saved["store"]["weights"] == str(tmp_path / "ckpt" / "model.pt")
@@ -625,9 +625,10 @@ def test_cache_info_names_the_weights_file_each_store_was_read_from(tmp_path, di
         torch.save(backbones.load_backbone("efficientnet_lite0", "random", seed=seed).state_dict(), files[-1])
     cache = tmp_path / "cache"
     for f in files:
-        fx.extract(digits_folder, cache=str(cache), batch_size=8, progress=False,
+        fx.extract(digits_folder, cache=str(cache), batch_size=8, progress=False, image_size=32,
                    **{**FAST, "weights": str(f)})
-    fx.extract(digits_folder, cache=str(cache), batch_size=8, progress=False, **FAST)
+    # at 32 x 32: which file a store was read from does not depend on the size
+    fx.extract(digits_folder, cache=str(cache), batch_size=8, progress=False, image_size=32, **FAST)
     stores = {s.weights: s for s in cache_info(cache=str(cache)).stores}
     assert len(stores) == 3 and stores["random-seed0"].weights_files == []
     assert sorted(s.weights_files for w, s in stores.items() if w.startswith("file-")) == [[str(f)] for f in files]
