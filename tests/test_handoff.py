@@ -243,6 +243,23 @@ def test_a_second_ctrl_c_during_torchs_import_ends_it_at_once(tmp_path):
     assert err[-1].startswith("fne extract: interrupted;") and len(err) == 1
 
 
+def _slow_writer(tmp_path, monkeypatch, chunk: int):
+    """A writer on a new store whose commits wait for `go` (`committing` set as one begins) ->
+    (store, writer, committing, go)."""
+    from fne.extraction.writer import Writer
+
+    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
+    committing, go, real = threading.Event(), threading.Event(), Writer._flush
+
+    def slow(self):
+        committing.set()
+        go.wait(600)
+        return real(self)
+
+    monkeypatch.setattr(Writer, "_flush", slow)
+    return store, Writer(store, chunk=chunk, taps=[("t", 3)]), committing, go
+
+
 @pytest.mark.parametrize("again", [False, True])
 def test_a_ctrl_c_as_the_writer_commits_waits_for_it_unless_it_is_the_second(tmp_path, ctrl_c, monkeypatch, again):
     """A Ctrl-C as `Writer.close` commits, the first one (the run had ended) is raised once the
@@ -254,14 +271,8 @@ def test_a_ctrl_c_as_the_writer_commits_waits_for_it_unless_it_is_the_second(tmp
 
     from .conftest import main_thread_at, until
 
-    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
-    w, committing, go, failed = Writer(store, chunk=100, taps=[("t", 3)]), threading.Event(), threading.Event(), []
-    real = Writer._flush
-
-    def slow(self):
-        committing.set()
-        go.wait(600)
-        return real(self)
+    store, w, committing, go = _slow_writer(tmp_path, monkeypatch, chunk=100)
+    failed = []
 
     def press():
         try:
@@ -278,7 +289,6 @@ def test_a_ctrl_c_as_the_writer_commits_waits_for_it_unless_it_is_the_second(tmp
             failed.append(str(e))
             go.set()
 
-    monkeypatch.setattr(Writer, "_flush", slow)
     w.start()
     w.put(["0" * 32], np.ones((1, 1, 3), np.float32), {})
     first = KeyboardInterrupt() if again else None
@@ -399,14 +409,8 @@ def test_a_second_ctrl_c_as_close_waits_for_room_in_the_writers_queue_leaves_no_
 
     from .conftest import main_thread_at, until
 
-    store = Store.open(str(tmp_path / "c"), StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
-    w, committing, go, failed = Writer(store, chunk=1, taps=[("t", 3)]), threading.Event(), threading.Event(), []
-    real = Writer._flush
-
-    def slow(self):
-        committing.set()
-        go.wait(600)
-        return real(self)
+    store, w, committing, go = _slow_writer(tmp_path, monkeypatch, chunk=1)
+    failed = []
 
     def press():
         try:
@@ -416,7 +420,6 @@ def test_a_second_ctrl_c_as_close_waits_for_room_in_the_writers_queue_leaves_no_
             failed.append(str(e))
             go.set()  # the commit goes on, close's wait ends: the test fails, it does not hang
 
-    monkeypatch.setattr(Writer, "_flush", slow)
     keys = [f"{i:032x}" for i in range(1 + w.q.maxsize)]
     w.start()
     w.put(keys[:1], np.ones((1, 1, 3), np.float32), {})
