@@ -1140,9 +1140,11 @@ def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(res
     cli, py = shutil.copytree(run, tmp_path / "cli"), shutil.copytree(run, tmp_path / "py")
     assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "2",
                  "--image-size", "32", "--workers", "0", "--no-progress", "--save-every", "0", "--out", str(cli)]) == 0
+    out = capsys.readouterr().out
     assert (f"note: starting a new run; {cli / 'checkpoint.pt'} is replaced at the next save, or removed at the "
-            f"run's end if none comes (--resume continues it)") in capsys.readouterr().out
+            f"run's end if none comes (--resume continues it)") in out
     assert (cli / "model.pt").is_file() and not (cli / "checkpoint.pt").exists()
+    assert out.endswith(f"wrote {cli}/metrics.json, predictions.csv and model.pt\n")  # the files it left
     # --epochs 1 where it trained 2: --resume would refuse it, so it is not advised
     train(str(data), "frozen", py, arch=ARCH, weights=str(source), epochs=1, image_size=32, workers=0,
           progress=False, save_every=0)
@@ -1797,3 +1799,15 @@ def test_a_diverged_network_stops_the_run_in_one_line(digits, source, tmp_path, 
     assert len(err) == 1 and err[0].startswith("fne train: error: training diverged in epoch 1/3: the network's weights")
     assert err[0].endswith("start again with a lower --lr than 1e+30")
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_the_closing_line_names_the_checkpoint_a_run_kept(resumable_run, source, tmp_path, capsys):
+    """`fne train`'s last line names every file it left in the run folder: checkpoint.pt too
+    where one was saved (README: about three times model.pt, kept for --resume)."""
+    data, _ = resumable_run
+    out = tmp_path / "r"
+    assert main(["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "1",
+                 "--image-size", "32", "--workers", "0", "--no-progress", "--save-every", "1", "--out", str(out)]) == 0
+    assert (out / "checkpoint.pt").is_file()
+    assert capsys.readouterr().out.endswith(
+        f"wrote {out}/metrics.json, predictions.csv, model.pt and checkpoint.pt\n")

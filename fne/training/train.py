@@ -534,9 +534,12 @@ def run_cli(args: argparse.Namespace) -> int:
     acc, mca = (f"{m[k]:.4f} ({100 * m[k + '_ci']['level']:g}% CI {m[k + '_ci']['low']:.4f}-{m[k + '_ci']['high']:.4f})"
                 for k in ("accuracy", "mean_class_accuracy"))
     print(f"{m['method']} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({how})")
-    print(f"wrote {args.out}/metrics.json, predictions.csv and model.pt" if m["mode"] != "direct" else
-          f"wrote {args.out}/metrics.json, predictions.csv and class_map.json (no model.pt: its network is the source one, "
-          f"{m['arch']} with weights {m['weights']!r})")
+    if m["mode"] == "direct":
+        files, why = ["class_map.json"], f" (no model.pt: its network is the source one, {m['arch']} with weights {m['weights']!r})"
+    else:  # checkpoint.pt where one was saved (README: ~3x model.pt, kept for --resume)
+        files, why = ["model.pt"] + [checkpoint.CHECKPOINT] * (Path(args.out) / checkpoint.CHECKPOINT).is_file(), ""
+    files = ["metrics.json", "predictions.csv", *files]
+    print(f"wrote {args.out}/{', '.join(files[:-1])} and {files[-1]}{why}")
     return 0
 
 
