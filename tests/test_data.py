@@ -655,3 +655,23 @@ def test_data_that_cannot_be_listed_is_said_before_a_missing_cache(tmp_path, cap
         assert err.startswith(f"fne {verb}: error: DATA {parquet}: none of its 1 Parquet file(s) can be read "
                               f"({parquet}: ") and "\n" not in err
     assert not typo.exists()
+
+
+def test_a_csv_listing_a_file_on_two_lines_says_so_once(tmp_path):
+    """A CSV joined with itself, or a file listed twice: each line stays an image (as copies of one
+    image are), and one warning names the files and their lines (it was silent)."""
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "sub").mkdir()
+    rows = [f"{i}.png,{i % 2}" for i in range(4)] + ["0.png,0", "./3.png,1", "sub/../0.png,0"]
+    (tmp_path / "l.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.warns(UserWarning) as said:
+        d = load_dataset(tmp_path / "l.csv")
+    assert [str(w.message) for w in said] == [
+        f"CSV {tmp_path / 'l.csv'}: 2 file(s) listed on more than one line, each line an image (counted, and scored, "
+        f"as many times): 0.png (lines 2, 6, 8), 3.png (lines 5, 7)"]
+    assert len(d.ids) == 7
+    (tmp_path / "once.csv").write_text("path,label\n" + "\n".join(rows[:4]) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_dataset(tmp_path / "once.csv").ids) == 4

@@ -302,6 +302,12 @@ def _csv(path: Path) -> Dataset:
     absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
     if absent:
         raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {first_few(absent)}")
+    lines: dict[str, list[str]] = {}  # a file on several lines (a CSV joined with itself) counts once each
+    for k, f in enumerate(files):
+        lines.setdefault(os.path.normpath(f), []).append(str(k + 2))  # k + 2: the header is line 1
+    if twice := [f"{rows[int(ln[0]) - 2]['path']} (lines {', '.join(ln)})" for ln in lines.values() if len(ln) > 1]:
+        warnings.warn(f"CSV {path}: {len(twice)} file(s) listed on more than one line, each line an image (counted, "
+                      f"and scored, as many times): {first_few(twice)}", stacklevel=3)
     labels = [label_text(r["label"]) if "label" in cols else None for r in rows]
     splits = None
     if "split" in cols:
