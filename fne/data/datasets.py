@@ -302,12 +302,6 @@ def _csv(path: Path) -> Dataset:
     absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
     if absent:
         raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {first_few(absent)}")
-    lines: dict[str, list[str]] = {}  # a file on several lines (a CSV joined with itself) counts once each
-    for k, f in enumerate(files):
-        lines.setdefault(os.path.normpath(f), []).append(str(k + 2))  # k + 2: the header is line 1
-    if twice := [f"{rows[int(ln[0]) - 2]['path']} (lines {', '.join(ln)})" for ln in lines.values() if len(ln) > 1]:
-        warnings.warn(f"CSV {path}: {len(twice)} file(s) listed on more than one line, each line an image (counted, "
-                      f"and scored, as many times): {first_few(twice)}", stacklevel=3)
     labels = [label_text(r["label"]) if "label" in cols else None for r in rows]
     splits = None
     if "split" in cols:
@@ -323,6 +317,7 @@ def _csv(path: Path) -> Dataset:
     if labels is not None:
         missing_words(labels, ids, f"CSV {path}")
     keep = range(len(rows)) if labels is None else [k for k, lab in enumerate(labels) if lab is not None]
+    _repeated(path, [rows[k]["path"] for k in keep], [files[k] for k in keep], [k + 2 for k in keep])
     d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
                       None if splits is None else [splits[k] for k in keep])
     d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
@@ -331,6 +326,19 @@ def _csv(path: Path) -> Dataset:
         f"it has no label column (found: {', '.join(cols)})")
     d.split_from = f"the split column of {path}" if splits is not None else ""
     return d
+
+
+def _repeated(path: Path, given: list[str], files: list[Path], lines: list[int]) -> None:
+    """One warning for the files on several of a CSV's lines (`given` as written, at `lines`; a
+    CSV joined with itself): each line is an image, counted and scored as many times."""
+    at: dict[str, list[int]] = {}
+    for k, f in enumerate(files):
+        at.setdefault(os.path.normpath(f), []).append(k)
+    twice = [f"{given[ks[0]]} (lines {', '.join(str(lines[k]) for k in ks[:3])}{', …' * (len(ks) > 3)})"
+             for ks in at.values() if len(ks) > 1]
+    if twice:
+        warnings.warn(f"CSV {path}: {len(twice)} file(s) listed on more than one line, each line an image (counted, "
+                      f"and scored, as many times): {first_few(twice)}", stacklevel=4)
 
 
 def _arrays(path: Path, cache: str | Path | None) -> Dataset:
