@@ -32,10 +32,11 @@ from fne.cli import main
 from fne.errors import CacheError, FneError
 from fne.linear.fit import fit
 
-from .conftest import FAST, write_digits
+from .conftest import FAST32, write_digits
 
+# every extraction here at 32 x 32 (FAST32): no fault or mistake here depends on the input size
 CLI_FAST = ["--arch", "efficientnet_lite0", "--weights", "random", "--precision", "fp32",
-            "--storage-dtype", "float32", "--workers", "0"]
+            "--storage-dtype", "float32", "--image-size", "32", "--workers", "0"]
 
 
 def _store(cache) -> Store:
@@ -60,12 +61,12 @@ def test_full_disk_stops_clearly_and_keeps_committed_rows(digits_folder, tmp_pat
 
     monkeypatch.setattr(Store, "commit", fills_up)
     with pytest.raises(CacheError, match="no space left on device") as e:
-        fx.extract(digits_folder, cache=cache, batch_size=4, chunk=4, workers=0, progress=False, **FAST)
+        fx.extract(digits_folder, cache=cache, batch_size=4, chunk=4, workers=0, progress=False, **FAST32)
     assert cache in str(e.value)
     monkeypatch.setattr(Store, "commit", real_commit)
     store = _store(cache)
     assert verify(store).problems == [] and len(store) == 4  # the part committed before the disk filled
-    again = fx.extract(digits_folder, cache=cache, batch_size=4, workers=0, progress=False, **FAST)
+    again = fx.extract(digits_folder, cache=cache, batch_size=4, workers=0, progress=False, **FAST32)
     assert again.n_computed == 20 and len(_store(cache)) == 24
 
 
@@ -82,7 +83,7 @@ def test_full_disk_with_a_full_queue_does_not_hang(digits_folder, tmp_path, monk
     def run():
         try:
             fx.extract(digits_folder, cache=str(tmp_path / "c"), batch_size=1, chunk=1, workers=0,
-                       progress=False, **FAST)
+                       progress=False, **FAST32)
         except BaseException as e:  # noqa: BLE001 (what it raised is the assertion)
             outcome.append(e)
 
@@ -116,7 +117,7 @@ def test_ctrl_c_stays_the_exception_when_the_disk_filled_meanwhile(digits_folder
     cache = tmp_path / "cache"
     with pytest.warns(UserWarning, match=f"^the cache writer had stopped: no space left on device writing to the "
                                          f"cache {cache}"), pytest.raises(KeyboardInterrupt):
-        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=4, workers=0, progress=False, **FAST)
+        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=4, workers=0, progress=False, **FAST32)
     assert verify(_store(cache)).problems == [] and len(_store(cache)) == 4  # the part committed before
     monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())  # the command line's parts: 1024 rows
     batches.clear()
@@ -168,7 +169,7 @@ def test_a_full_disk_is_raised_for_a_caller_handling_a_ctrl_c_of_its_own(digits_
         raise KeyboardInterrupt
     except KeyboardInterrupt:
         with pytest.raises(CacheError, match="no space left on device"):
-            fx.extract(digits_folder, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+            fx.extract(digits_folder, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST32)
 
 
 def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
@@ -179,7 +180,7 @@ def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
     assert "Traceback" not in err
 
 
-def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, warm_cache, tmp_path, monkeypatch,
+def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, warm_cache32, tmp_path, monkeypatch,
                                                                capsys):
     """predictions.csv, metrics.json and model.joblib are written whole or not at all, together:
     the earlier run stays as it was, not new predictions beside its metrics; the error is one
@@ -187,7 +188,7 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     import fne.linear.fit as fl
 
     out = tmp_path / "run"
-    args = ["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), "--splits", "1", *CLI_FAST]
+    args = ["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), "--splits", "1", *CLI_FAST]
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(fl.joblib, "dump", lambda obj, f: (Path(f).write_bytes(b"half"), _enospc()))
@@ -214,12 +215,12 @@ def test_a_cache_under_a_folder_that_refuses_root_is_refused_before_any_image(di
     assert forward_images.n == 0
 
 
-def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache, tmp_path,
+def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_folder, warm_cache32, tmp_path,
                                                                       monkeypatch, capsys, forward_images):
     """A read-only cache still serves its rows (fne fit reads them); extracting new ones into it
     stops before the forward pass, naming the cache."""
     cache = tmp_path / "cache"
-    shutil.copytree(warm_cache, cache)
+    shutil.copytree(warm_cache32, cache)
     parts, real_access = _store(cache).path / "parts", os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != parts and real_access(p, mode))
     more = write_digits(tmp_path / "more", per_class=2, classes=2)
@@ -238,15 +239,15 @@ def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_fold
 
 
 # ------------------------------------------------------------------ 2. damaged part
-def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, tmp_path, capsys):
+def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache32, tmp_path, capsys):
     cache = tmp_path / "cache"
-    shutil.copytree(warm_cache, cache)
+    shutil.copytree(warm_cache32, cache)
     store = _store(cache)
     part = store.parts()[0]
     n_part = zarr.open_array(str(part / "keys"), mode="r").shape[0]
     chunk = next(p for p in (part / "rows").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[: len(chunk.read_bytes()) // 2])  # truncated
-    kw = dict(out=tmp_path / "run", cache=str(cache), splits=2, **FAST)
+    kw = dict(out=tmp_path / "run", cache=str(cache), splits=2, **FAST32)
     with pytest.raises(FneError, match=f"part {part.name} .* is damaged.*verify --clean"):
         fit(digits_folder, **kw)
     assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
@@ -255,15 +256,15 @@ def test_damaged_part_is_quarantined_then_recomputed(digits_folder, warm_cache, 
     assert (store.path / "quarantine" / part.name).is_dir() and not part.exists()  # kept, aside
     store.refresh()
     assert verify(store).problems == []
-    r = fx.extract(digits_folder, cache=str(cache), progress=False, **FAST)
+    r = fx.extract(digits_folder, cache=str(cache), progress=False, **FAST32)
     assert r.n_computed == n_part
     assert fit(digits_folder, **kw)["n_images"] == 24
 
 
 # ------------------------------------------------------------------ 3. live writer
-def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache, tmp_path):
+def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache32, tmp_path):
     cache = tmp_path / "cache"
-    shutil.copytree(warm_cache, cache)
+    shutil.copytree(warm_cache32, cache)
     store = _store(cache)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -288,13 +289,13 @@ def test_clean_spares_parts_of_live_writers(digits_folder, warm_cache, tmp_path)
 
 
 
-def test_clean_names_another_hosts_unfinished_parts_and_how_to_delete_them(warm_cache, tmp_path, capsys):
+def test_clean_names_another_hosts_unfinished_parts_and_how_to_delete_them(warm_cache32, tmp_path, capsys):
     """A node that died mid-commit leaves an unfinished part that `fne cache verify --clean` on
     another node keeps for an hour (its writer's pid cannot be asked about there): it said only
     "note: 1 unfinished part(s) ... kept by --clean: a running writer's". It now names the part,
     its host, and the command that deletes what that host left, which removes it and no other."""
     cache = tmp_path / "cache"
-    shutil.copytree(warm_cache, cache)
+    shutil.copytree(warm_cache32, cache)
     store = _store(cache)
     now = time.time_ns()
     theirs = [f".tmp-{now - 300 * 10**9:020d}-1-0badc0de-cccccccc", f".tmp-{now:020d}-7-0badc0de-eeeeeeee"]
@@ -314,13 +315,13 @@ def test_clean_names_another_hosts_unfinished_parts_and_how_to_delete_them(warm_
     assert verify(store).problems == [] and len(store) == 24
 
 
-def test_clean_counts_only_what_it_deleted_and_names_what_it_could_not(warm_cache, tmp_path, monkeypatch, capsys):
+def test_clean_counts_only_what_it_deleted_and_names_what_it_could_not(warm_cache32, tmp_path, monkeypatch, capsys):
     """On a read-only cache `fne cache verify --clean` printed "removed 1 unfinished part(s)"
     and then, for the same store, "1 unfinished part(s) left ... --clean removes them"."""
     from fne.cache.fs import LocalFiles
 
     cache = tmp_path / "cache"
-    shutil.copytree(warm_cache, cache)
+    shutil.copytree(warm_cache32, cache)
     store = _store(cache)
     dead = f".tmp-{time.time_ns() - 2 * 3600 * 10**9:020d}-1-0badc0de-dddddddd"
     (store.path / "parts" / dead).mkdir()
@@ -335,12 +336,12 @@ def test_clean_counts_only_what_it_deleted_and_names_what_it_could_not(warm_cach
     assert clean(store) == 1 and not (store.path / "parts" / dead).exists()
 
 
-def test_clean_says_what_it_removed_once_and_a_clean_cache_in_one_line(warm_cache, tmp_path, capsys):
+def test_clean_says_what_it_removed_once_and_a_clean_cache_in_one_line(warm_cache32, tmp_path, capsys):
     """`fne cache verify --clean` printed "STORE: removed 0 unfinished part(s) ..." for every store of
     a clean cache: a store's line is there only where something was removed, and one last line
     sums up."""
     cache = tmp_path / "cache"
-    shutil.copytree(warm_cache, cache)
+    shutil.copytree(warm_cache32, cache)
     store = _store(cache)
     capsys.readouterr()
     assert main(["cache", "verify", "--cache", str(cache), "--clean"]) == 0
@@ -369,9 +370,9 @@ def test_unreadable_file_is_not_recorded_and_read_next_time(tmp_path, monkeypatc
     with monkeypatch.context() as m:
         m.setattr("builtins.open", nfs_hiccup)
         with pytest.warns(UserWarning, match="cannot read: Input/output error"):
-            r = fx.extract(data, cache=cache, workers=0, progress=False, **FAST)
+            r = fx.extract(data, cache=cache, workers=0, progress=False, **FAST32)
     assert r.n_computed == 5 and r.n_skipped == 1 and _store(cache).bad() == {}
-    assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST).n_computed == 1
+    assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST32).n_computed == 1
 
 
 def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch, capsys):
@@ -389,16 +390,16 @@ def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as m:
         m.setattr(fne.extraction.reader, "read_image", lambda src: flaky(src) if _is(src, victim) else real_read(src))
         with pytest.warns(UserWarning, match="decoder hiccup"):
-            fx.extract(data, cache=cache, workers=0, progress=False, **FAST)
+            fx.extract(data, cache=cache, workers=0, progress=False, **FAST32)
     assert len(_store(cache).bad()) == 1
-    assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST).n_computed == 0  # recorded
+    assert fx.extract(data, cache=cache, workers=0, progress=False, **FAST32).n_computed == 0  # recorded
     capsys.readouterr()
     # progress=False: read again without a line; the command line says how many it reads again
-    assert fx.extract(data, cache=cache, workers=0, progress=False, retry_bad=True, **FAST).n_computed == 1
+    assert fx.extract(data, cache=cache, workers=0, progress=False, retry_bad=True, **FAST32).n_computed == 1
     assert capsys.readouterr() == ("", "") and len(_store(cache)) == 6
     code = main(["extract", str(data), "--cache", cache, "--retry-bad", *CLI_FAST])
     assert code == 0 and "fne extract: 0 image(s) recorded as unreadable will be read again" in capsys.readouterr().err
-    m = fit(data, out=tmp_path / "run", cache=cache, splits=1, test_size=0.5, **FAST)
+    m = fit(data, out=tmp_path / "run", cache=cache, splits=1, test_size=0.5, **FAST32)
     assert m["n_images"] == 6  # the old bad record no longer hides the row
 
 
@@ -489,7 +490,7 @@ def test_hdf5_grey_with_a_channel_axis_works_like_without(tmp_path):
         with h5py.File(path, "w") as f:
             f["images"] = arr
             f["labels"] = np.array([0, 1, 0, 1, 0, 1])
-        r = fx.extract(path, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST)
+        r = fx.extract(path, cache=str(tmp_path / "c"), workers=0, progress=False, **FAST32)
         assert r.n_computed == 6 and r.n_skipped == 0
         store = _store(tmp_path / "c")
         ds = fne.data.datasets.load_dataset(path)
@@ -535,7 +536,7 @@ def test_sigterm_stops_extraction_as_ctrl_c_does_keeping_its_rows(digits_folder,
                                     "rerun the same command to compute the rest")
     assert len(_store(cache)) == 4 and verify(_store(cache)).problems == []
     monkeypatch.setattr(TapRunner, "__call__", real_call)
-    assert fx.extract(digits_folder, cache=cache, workers=0, progress=False, **FAST).n_computed == 20
+    assert fx.extract(digits_folder, cache=cache, workers=0, progress=False, **FAST32).n_computed == 20
 
 
 WORKER = """
@@ -633,7 +634,7 @@ def test_a_loader_worker_killed_by_the_system_is_one_line_and_the_rows_before_ar
     assert err.startswith("fne extract: error: a loader worker was killed (DataLoader worker (pid")
     assert "the rows computed so far are committed to the cache" in err and "Traceback" not in err
     monkeypatch.setattr(fr, "read_image", real)
-    r = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST)
+    r = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST32)
     assert 0 < r.n_cached < len(files) and r.n_cached + r.n_computed == r.n_unique
 
 
@@ -662,12 +663,12 @@ def test_a_write_error_is_explained_wherever_it_lies_in_the_chain(tmp_path):
 
 
 # ------------------------------------------------------------------ running out: one line, what, where, what to do
-def test_an_export_the_file_size_limit_stops_is_one_line_and_leaves_nothing(digits_folder, warm_cache, tmp_path,
+def test_an_export_the_file_size_limit_stops_is_one_line_and_leaves_nothing(digits_folder, warm_cache32, tmp_path,
                                                                            file_size_limit, capsys):
     """h5py handed the refused write crashed the interpreter (SIGSEGV) after a traceback per open
     object, leaving its temporary file; now one line names the file, what stopped it and what to do."""
     out = tmp_path / "out" / "e.h5"
-    args = ["export", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), *CLI_FAST]
+    args = ["export", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), *CLI_FAST]
     with file_size_limit:
         code = main(args)
     err = capsys.readouterr().err
@@ -732,25 +733,25 @@ def test_a_refused_write_names_the_option_that_moves_it(tmp_path, where, flag):
     assert ran_out(args, OSError(errno.ENOENT, "No such file or directory", str(path)), None) is None  # a bug's
 
 
-def test_removing_from_a_read_only_cache_is_one_line(warm_cache, monkeypatch, capsys):
+def test_removing_from_a_read_only_cache_is_one_line(warm_cache32, monkeypatch, capsys):
     """`fne cache rm` on a cache mounted read-only: one line saying the cache must be writable,
     the store left as it was."""
     import fne.cache.upkeep as up
 
-    (store,) = list_stores(warm_cache)
+    (store,) = list_stores(warm_cache32)
 
     def read_only(src, dst):
         raise OSError(errno.EROFS, "Read-only file system", str(src))
 
     monkeypatch.setattr(up.os, "replace", read_only)
-    assert main(["cache", "rm", store.path.name, "--cache", str(warm_cache)]) == 2
+    assert main(["cache", "rm", store.path.name, "--cache", str(warm_cache32)]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"fne cache: error: cannot write {store.path} (Read-only file system): removing from a cache needs one you "
         f"can write to"]
-    assert verify(_store(warm_cache)).problems == []
+    assert verify(_store(warm_cache32)).problems == []
 
 
-def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, warm_cache, tmp_path, monkeypatch,
+def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, warm_cache32, tmp_path, monkeypatch,
                                                               capsys):
     """numpy's MemoryError (rows too many for RAM, or `ulimit -v`) was a traceback: one line saying
     what ran out and what uses less, the run folder left as it was."""
@@ -762,7 +763,7 @@ def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, war
 
     monkeypatch.setattr(fl, "open_rows", too_large)
     out = tmp_path / "run"
-    assert main(["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache), *CLI_FAST]) == 2
+    assert main(["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), *CLI_FAST]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "fne fit: error: the machine ran out of memory (Unable to allocate 17.0 MiB for an array with shape (720, 3088) "
         "and data type float64): free memory or raise the limit (ulimit -v), or rerun with a smaller --stream-chunk; "
@@ -804,9 +805,9 @@ def test_a_file_size_limit_on_the_cache_names_it_and_leaves_nothing_half_written
     without the limit computes the rows."""
     cache = tmp_path / "cache"
     with file_size_limit, pytest.raises(CacheError) as e:  # a part of 16 rows: 16 x 3,088 float32, past 64 KiB
-        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=16, workers=0, progress=False, **FAST)
+        fx.extract(digits_folder, cache=str(cache), batch_size=4, chunk=16, workers=0, progress=False, **FAST32)
     assert str(e.value).startswith(f"the file-size limit (ulimit -f) stopped writing to the cache {_store(cache).path}")
     found = verify(_store(cache))
     assert found.problems == [] and found.leftovers == [] and found.rows == 0
-    again = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST)
+    again = fx.extract(digits_folder, cache=str(cache), workers=0, progress=False, **FAST32)
     assert again.n_computed == 24 and len(_store(cache)) == 24

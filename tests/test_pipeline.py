@@ -35,6 +35,7 @@ arch = "efficientnet_lite0"
 weights = "random"
 precision = "fp32"
 storage_dtype = "float32"
+image_size = 32
 
 [fit]
 features = ["last"]
@@ -295,7 +296,7 @@ def test_interrupted_run_resumes_without_redoing_steps(tmp_path, monkeypatch, fo
 
     f = write(tmp_path, TINY)
     out, cache = tmp_path / "out", str(tmp_path / "cache")
-    root = out / "digits" / "efficientnet_lite0-random"
+    root = out / "digits" / "efficientnet_lite0-random-32"
 
     def interrupt(*a, **k):
         raise KeyboardInterrupt
@@ -374,10 +375,10 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
         m.setattr(ep, "train_one_epoch", second_epoch_interrupted)
         with pytest.raises(KeyboardInterrupt):
             P.run(f, out, cache, report=False, log=said.append)
-    step = out / "digits" / "efficientnet_lite0-random" / "train-frozen-s0"
+    step = out / "digits" / "efficientnet_lite0-random-32" / "train-frozen-s0"
     assert torch.load(step / "checkpoint.pt", weights_only=True)["epoch"] == 1
     # the run says what the training step it stopped kept
-    assert said[-1] == ("[4/4] digits efficientnet_lite0-random train frozen seed 0: stopped; the rerun resumes "
+    assert said[-1] == ("[4/4] digits efficientnet_lite0-random-32 train frozen seed 0: stopped; the rerun resumes "
                         "from its checkpoint after epoch 1 of 2")
 
     def dry(path, force=False):  # the dry run's line of the train step
@@ -554,7 +555,7 @@ def test_extraction_seconds_recorded_per_step(tmp_path):
     f = write(tmp_path, text)
     cache = str(tmp_path / "cache")
     P.run(f, tmp_path / "out", cache, log=lambda s: None)
-    step = json.loads((tmp_path / "out/digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0/step.json").read_text())
+    step = json.loads((tmp_path / "out/digits/efficientnet_lite0-random-32/fit-last-svm-C1.0-s0/step.json").read_text())
     assert step["extract"]["n_computed"] == 40 and step["extract"]["seconds"] > 0
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {r["extract_seconds"] for r in rep["datasets"][0]["rows"]} == {step["extract"]["seconds"]}
@@ -830,11 +831,11 @@ def test_dry_run_of_data_through_a_symlink_knows_the_rows_extracted_through_it(t
     f = write(tmp_path, TINY.replace('data = "digits"\nmax_per_class = 4', 'data = "images"').split("[train]")[0])
     out, cache = tmp_path / "out", str(tmp_path / "cache")
     extract(str(tmp_path / "images"), arch="efficientnet_lite0", weights="random", precision="fp32",
-            storage_dtype="float32", cache=cache, workers=0, progress=False)
+            storage_dtype="float32", image_size=32, cache=cache, workers=0, progress=False)
     image_opens.clear()
     lines: list[str] = []
     P.run(f, out, cache, dry_run=True, log=lines.append)
-    assert lines[2] == "  extract digits with efficientnet_lite0-random: all 6 images cached: no forward pass"
+    assert lines[2] == "  extract digits with efficientnet_lite0-random-32: all 6 images cached: no forward pass"
     P.run(f, out, cache, report=False, log=lambda s: None)
     assert sum(image_opens.values()) == 0
 
@@ -856,7 +857,7 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, cap
         return lines
 
     lines = dry()  # random weights: the advice reads no rows, the first fit extracts them
-    assert lines[2] == ("  extract digits with efficientnet_lite0-random: 6 of 6 images not read yet: the run hashes "
+    assert lines[2] == ("  extract digits with efficientnet_lite0-random-32: 6 of 6 images not read yet: the run hashes "
                         "them and computes those not in the cache before the first fit")
     assert [s.endswith("(to run: new)") for s in lines[1:2] + lines[3:5]] == [True] * 3
     assert lines[-1] == "3 step(s) to run, 0 done"
@@ -867,7 +868,7 @@ def test_dry_run_says_what_each_step_computes_and_why(tmp_path, image_opens, cap
     f.write_text(text.replace("splits = 2", "splits = 3"))
     lines = dry()
     assert lines[1].endswith("advice  (done)")
-    assert lines[2] == "  extract digits with efficientnet_lite0-random: all 6 images cached: no forward pass"
+    assert lines[2] == "  extract digits with efficientnet_lite0-random-32: all 6 images cached: no forward pass"
     assert lines[3].endswith("(to run: settings changed: splits 2 -> 3)")
     # the run itself says why a step reruns
     said: list[str] = []
@@ -914,7 +915,7 @@ def test_an_image_moved_to_another_class_reruns_the_steps_of_its_dataset(tmp_pat
     assert any(s.endswith("fit last+svm seed 0 (solver sklearn) ... "
                           "(settings changed: the images' names, labels or split changed)") for s in said)
     assert said[-1].startswith("2 step(s) run, 0 skipped as done")
-    assert json.loads((out / "digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0/metrics.json").read_text()
+    assert json.loads((out / "digits/efficientnet_lite0-random-32/fit-last-svm-C1.0-s0/metrics.json").read_text()
                       )["n_images"] == 8
     said.clear()
     P.run(f, out, cache, report=False, log=said.append)
@@ -940,7 +941,7 @@ def test_imagenet_weights_that_do_not_load_stop_the_run_naming_the_backbone(tmp_
     bb = dataclasses.replace(registry.REGISTRY["efficientnet_lite0"], imagenet=offline)
     monkeypatch.setitem(registry.REGISTRY, "efficientnet_lite0", bb)
     f = write(tmp_path, TINY.replace('weights = "random"', 'weights = "imagenet"').split("[train]")[0])
-    with pytest.raises(FneError, match=r"^backbone efficientnet_lite0-imagenet: cannot load ImageNet weights for "
+    with pytest.raises(FneError, match=r"^backbone efficientnet_lite0-imagenet-32: cannot load ImageNet weights for "
                                        r"efficientnet_lite0: no network$"):
         P.run(f, tmp_path / "out", str(tmp_path / "cache"), report=False, log=lambda s: None)
     assert not (tmp_path / "cache").exists()
@@ -1039,7 +1040,7 @@ def test_the_pipelines_own_files_are_written_whole_and_one_cut_short_is_written_
     f = write(tmp_path, TINY.split("[train]")[0])
     out, cache = tmp_path / "out", str(tmp_path / "cache")
     P.run(f, out, cache, report=False, log=lambda s: None)
-    advice = out / "digits" / "efficientnet_lite0-random" / "advice" / "advice.json"
+    advice = out / "digits" / "efficientnet_lite0-random-32" / "advice" / "advice.json"
     before = {p: p.read_text() for p in (out / "pipeline.json", advice)}
     write_text, stop_at = Path.write_text, []
 
@@ -1085,7 +1086,7 @@ def test_an_interrupted_step_says_so_in_the_dry_run_and_the_run(tmp_path, monkey
     lines: list[str] = []
     P.run(f, out, cache, dry_run=True, log=lines.append)
     assert lines[-2].endswith("fit last+svm seed 0 (solver sklearn)  ->  "
-                              f"{out}/digits/efficientnet_lite0-random/fit-last-svm-C1.0-s0  (to run: did not finish "
+                              f"{out}/digits/efficientnet_lite0-random-32/fit-last-svm-C1.0-s0  (to run: did not finish "
                               "last time)"), lines
     assert "all 40 images cached" in lines[1]  # the extraction before the fit was committed
     said: list[str] = []
@@ -1126,11 +1127,11 @@ def test_when_every_fit_and_train_step_fails_the_run_ends_naming_them(tmp_path, 
 
     monkeypatch.setattr(fne.linear.fit, "fit", failing)
     said: list[str] = []
-    with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit last\+svm "
+    with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random-32 fit last\+svm "
                                        r"seed 0 \(solver sklearn\): the svm could not be fitted\); the other "
                                        r"steps are done, and no report was written; fix the cause"):
         P.run(f, out, str(tmp_path / "cache"), log=said.append)
-    assert (out / "digits" / "efficientnet_lite0-random" / "advice" / "advice.json").is_file()
+    assert (out / "digits" / "efficientnet_lite0-random-32" / "advice" / "advice.json").is_file()
     assert "no step has a result yet: no report" in said and not (out / "report.md").exists()
 
 
@@ -1144,7 +1145,7 @@ def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_
     f = write(tmp_path, text)
     out, cache = tmp_path / "out", str(tmp_path / "cache")
     P.run(f, out, cache, log=lambda s: None)
-    svm = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    svm = out / "digits" / "efficientnet_lite0-random-32" / "fit-last-svm-C1.0-s0"
     old = json.loads((svm / "metrics.json").read_text())["accuracy"]
     f.write_text(text.replace("splits = 2", "splits = 3"))  # both fits rerun; the svm one fails
     real = fne.linear.fit.fit
@@ -1157,7 +1158,7 @@ def test_a_failed_step_is_named_the_others_run_and_its_old_result_stays_out(tmp_
     said: list[str] = []
     with monkeypatch.context() as m:
         m.setattr(fne.linear.fit, "fit", failing)
-        with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random fit "
+        with pytest.raises(FneError, match=r"^1 of 2 step\(s\) failed \(digits efficientnet_lite0-random-32 fit "
                                            r"last\+svm seed 0 \(solver sklearn\): the svm could not be fitted\); "
                                            r"the other steps are done and reported in .*report\.md; fix the cause"):
             P.run(f, out, cache, log=said.append)
@@ -1210,7 +1211,7 @@ def test_a_step_the_full_disk_stops_is_one_line_without_a_traceback(tmp_path, mo
     monkeypatch.setattr(fne.linear.fit, "fit", full)
     with pytest.raises(FneError) as e:
         P.run(f, out, str(tmp_path / "cache"), log=lambda s: None)
-    step = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    step = out / "digits" / "efficientnet_lite0-random-32" / "fit-last-svm-C1.0-s0"
     assert (f"(solver sklearn): no space left on device writing {step / 'model.joblib'}: free space there or pass "
             f"--out a folder on another disk)") in str(e.value)
     assert not list(out.rglob("traceback.txt"))
@@ -1357,7 +1358,7 @@ def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_
     f = write(tmp_path, TINY.split("[train]")[0].replace('heads = ["svm", "logreg"]', 'heads = ["svm"]'))
     out, cache = tmp_path / "out", str(tmp_path / "cache")
     P.run(f, out, cache, report=False, log=lambda s: None)
-    step = out / "digits" / "efficientnet_lite0-random" / "fit-last-svm-C1.0-s0"
+    step = out / "digits" / "efficientnet_lite0-random-32" / "fit-last-svm-C1.0-s0"
     go = tmp_path / "go"
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time, pathlib\nfrom fne.data.sidecar import locked\n"
@@ -1378,7 +1379,7 @@ def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_
     finally:
         go.touch()
         holder.wait(timeout=30)
-    label = "[2/2] digits efficientnet_lite0-random fit last+svm seed 0 (solver sklearn)"
+    label = "[2/2] digits efficientnet_lite0-random-32 fit last+svm seed 0 (solver sklearn)"
     assert said[said.index(f"{label}: another fne run is running this step; waiting for it") + 1] == (
         f"{label}: done before, skipped")
     assert said[-1].startswith("0 step(s) run, 2 skipped as done")

@@ -13,7 +13,7 @@ from fne.data.splits import readable_parts
 from fne.errors import DataError
 from fne.linear import compare
 
-from .conftest import FAST, write_digits
+from .conftest import FAST32, write_digits
 
 TRAIN = dict(mode="frozen", arch="efficientnet_lite0", weights="random", epochs=1, image_size=32, batch_size=32,
              workers=0, val_fraction=0, progress=False)
@@ -35,7 +35,7 @@ def runs(tmp_path_factory, broken):
     import fne
 
     root = tmp_path_factory.mktemp("unreadable_runs")
-    kw = dict(features="last", extract_missing=True, progress=False, splits=3, **FAST)
+    kw = dict(features="last", extract_missing=True, progress=False, splits=3, **FAST32)  # as TRAIN, at 32 x 32
     m = {}
     for name, verb, more in (("fit", fne.fit, kw), ("fit3", fne.fit, {**kw, "train_per_class": 3}),
                              ("train", fne.train, TRAIN), ("train3", fne.train, {**TRAIN, "train_per_class": 3})):
