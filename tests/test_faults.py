@@ -34,9 +34,11 @@ from fne.linear.fit import fit
 
 from .conftest import FAST32, write_digits
 
-# every extraction here at 32 x 32 (FAST32): no fault or mistake here depends on the input size
+# the options other test files import (test_containers, test_images: at the backbone's own size)
 CLI_FAST = ["--arch", "efficientnet_lite0", "--weights", "random", "--precision", "fp32",
-            "--storage-dtype", "float32", "--image-size", "32", "--workers", "0"]
+            "--storage-dtype", "float32", "--workers", "0"]
+# every extraction here at 32 x 32 (FAST32): no fault or mistake here depends on the input size
+CLI_FAST32 = [*CLI_FAST[:-2], "--image-size", "32", *CLI_FAST[-2:]]
 
 
 def _store(cache) -> Store:
@@ -122,7 +124,7 @@ def test_ctrl_c_stays_the_exception_when_the_disk_filled_meanwhile(digits_folder
     monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())  # the command line's parts: 1024 rows
     batches.clear()
     assert main(["extract", str(digits_folder), "--cache", str(tmp_path / "c2"), "--batch-size", "4",
-                 "--no-progress", *CLI_FAST]) == 130
+                 "--no-progress", *CLI_FAST32]) == 130
     err = capsys.readouterr().err
     assert "fne: warning: the cache writer had stopped: no space left on device" in err
     assert "fne extract: interrupted" in err
@@ -174,7 +176,7 @@ def test_a_full_disk_is_raised_for_a_caller_handling_a_ctrl_c_of_its_own(digits_
 
 def test_full_disk_cli_message(digits_folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Store, "commit", lambda *a, **k: _enospc())
-    code = main(["extract", str(digits_folder), "--cache", str(tmp_path / "c"), *CLI_FAST])
+    code = main(["extract", str(digits_folder), "--cache", str(tmp_path / "c"), *CLI_FAST32])
     err = capsys.readouterr().err
     assert code == 2 and "no space left on device" in err and str(tmp_path / "c") in err
     assert "Traceback" not in err
@@ -188,7 +190,7 @@ def test_a_full_disk_under_out_leaves_the_run_folder_as_it_was(digits_folder, wa
     import fne.linear.fit as fl
 
     out = tmp_path / "run"
-    args = ["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), "--splits", "1", *CLI_FAST]
+    args = ["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), "--splits", "1", *CLI_FAST32]
     assert main(args) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(fl.joblib, "dump", lambda obj, f: (Path(f).write_bytes(b"half"), _enospc()))
@@ -209,7 +211,7 @@ def test_a_cache_under_a_folder_that_refuses_root_is_refused_before_any_image(di
     """As root, `--cache /proc/x` passed the writability check (access(2) lets root write
     anywhere), every row was computed, and the commit failed with a FileNotFoundError traceback:
     a folder made and removed there now decides, before the forward pass."""
-    assert main(["extract", str(digits_folder), "--cache", "/proc/fne-no-such-cache", *CLI_FAST]) == 2
+    assert main(["extract", str(digits_folder), "--cache", "/proc/fne-no-such-cache", *CLI_FAST32]) == 2
     err = capsys.readouterr().err
     assert "cannot write to the cache /proc/fne-no-such-cache/" in err and "Traceback" not in err
     assert forward_images.n == 0
@@ -224,18 +226,18 @@ def test_an_unwritable_cache_is_refused_before_any_image_is_computed(digits_fold
     parts, real_access = _store(cache).path / "parts", os.access
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != parts and real_access(p, mode))
     more = write_digits(tmp_path / "more", per_class=2, classes=2)
-    assert main(["extract", str(more), "--cache", str(cache), *CLI_FAST]) == 2
+    assert main(["extract", str(more), "--cache", str(cache), *CLI_FAST32]) == 2
     err = capsys.readouterr().err
     assert f"cannot write to the cache {parts.parent}" in err and "pass --cache" in err
     assert forward_images.n == 0
     empty = tmp_path / "read-only"  # a new store, in a cache folder it cannot be made in
     empty.mkdir()
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != empty and real_access(p, mode))
-    assert main(["extract", str(more), "--cache", str(empty), *CLI_FAST]) == 2
+    assert main(["extract", str(more), "--cache", str(empty), *CLI_FAST32]) == 2
     assert "cannot write to the cache" in capsys.readouterr().err and forward_images.n == 0
     assert list(empty.iterdir()) == []
     assert main(["fit", str(digits_folder), "--out", str(tmp_path / "run"), "--cache", str(cache),
-                 "--splits", "1", *CLI_FAST]) == 0
+                 "--splits", "1", *CLI_FAST32]) == 0
 
 
 # ------------------------------------------------------------------ 2. damaged part
@@ -397,7 +399,7 @@ def test_retry_bad_reads_recorded_images_again(tmp_path, monkeypatch, capsys):
     # progress=False: read again without a line; the command line says how many it reads again
     assert fx.extract(data, cache=cache, workers=0, progress=False, retry_bad=True, **FAST32).n_computed == 1
     assert capsys.readouterr() == ("", "") and len(_store(cache)) == 6
-    code = main(["extract", str(data), "--cache", cache, "--retry-bad", *CLI_FAST])
+    code = main(["extract", str(data), "--cache", cache, "--retry-bad", *CLI_FAST32])
     assert code == 0 and "fne extract: 0 image(s) recorded as unreadable will be read again" in capsys.readouterr().err
     m = fit(data, out=tmp_path / "run", cache=cache, splits=1, test_size=0.5, **FAST32)
     assert m["n_images"] == 6  # the old bad record no longer hides the row
@@ -461,7 +463,7 @@ def test_hostile_files_one_clean_line_each(tmp_path, capsys):
     bad, good = _hostile(tmp_path / "data")
     for f in (tmp_path / "data").rglob("*"):  # old files: the manifest keeps their keys for the rerun
         os.utime(f, (time.time() - 60, time.time() - 60))
-    code = main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST])
+    code = main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST32])
     out, err = capsys.readouterr()
     assert code == 0
     warned = [line for line in err.splitlines() if line.startswith("fne: warning: ")]
@@ -474,7 +476,7 @@ def test_hostile_files_one_clean_line_each(tmp_path, capsys):
     assert len(progress_lines) == 1  # a log gets the final line only on a run this short
     assert f"{len(good)} computed" in out and f"{len(bad)} skipped" in out
     # a rerun does not read them again, and says so (they were missing from its counts)
-    assert main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    assert main(["extract", str(tmp_path / "data"), "--cache", str(tmp_path / "c"), *CLI_FAST32]) == 0
     out, err = capsys.readouterr()
     assert "fne: warning" not in err
     assert (f"{len(good)} already cached, 0 computed, 0 skipped, {len(bad)} recorded unreadable "
@@ -526,7 +528,7 @@ def test_sigterm_stops_extraction_as_ctrl_c_does_keeping_its_rows(digits_folder,
     cache = str(tmp_path / "c")
     before = signal.signal(signal.SIGTERM, _guard)
     try:
-        code = main(["extract", str(digits_folder), "--cache", cache, "--batch-size", "4", *CLI_FAST])
+        code = main(["extract", str(digits_folder), "--cache", cache, "--batch-size", "4", *CLI_FAST32])
         assert signal.getsignal(signal.SIGTERM) is _guard  # the CLI put back what it found
     finally:
         signal.signal(signal.SIGTERM, before)
@@ -598,7 +600,7 @@ def ctrl_c(self, j):
     started.wait(60)
     raise KeyboardInterrupt
 taps.build_tap_model, reader.ImageItems.__getitem__ = build, ctrl_c
-sys.argv = ["fne", "extract", {str(digits_folder)!r}, "--cache", {str(tmp_path / "c")!r}, *{CLI_FAST!r}]
+sys.argv = ["fne", "extract", {str(digits_folder)!r}, "--cache", {str(tmp_path / "c")!r}, *{CLI_FAST32!r}]
 fne.cli.run()
 """
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -627,7 +629,7 @@ def test_a_loader_worker_killed_by_the_system_is_one_line_and_the_rows_before_ar
 
     monkeypatch.setattr(fr, "read_image", read)
     cache = tmp_path / "c"
-    args = ["extract", str(digits_folder), "--cache", str(cache), *CLI_FAST[:-2], "--workers", "1",
+    args = ["extract", str(digits_folder), "--cache", str(cache), *CLI_FAST32[:-2], "--workers", "1",
             "--batch-size", "2"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -668,7 +670,7 @@ def test_an_export_the_file_size_limit_stops_is_one_line_and_leaves_nothing(digi
     """h5py handed the refused write crashed the interpreter (SIGSEGV) after a traceback per open
     object, leaving its temporary file; now one line names the file, what stopped it and what to do."""
     out = tmp_path / "out" / "e.h5"
-    args = ["export", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), *CLI_FAST]
+    args = ["export", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), *CLI_FAST32]
     with file_size_limit:
         code = main(args)
     err = capsys.readouterr().err
@@ -694,7 +696,7 @@ def test_dev_shm_running_out_in_a_loader_worker_is_one_line(digits_folder, tmp_p
                            f"No space left on device (28)")
 
     monkeypatch.setattr(torch.UntypedStorage, "_new_shared", staticmethod(full))
-    args = ["extract", str(digits_folder), *CLI_FAST[:-2], "--batch-size", "4"]
+    args = ["extract", str(digits_folder), *CLI_FAST32[:-2], "--batch-size", "4"]
     assert main([*args, "--cache", str(tmp_path / "pooled"), "--workers", "1"]) == 0  # every batch in the pool
     assert len(_store(tmp_path / "pooled")) == 24
     monkeypatch.setattr(reader.ImageItems, "share_slots", lambda self, *a, **k: None)
@@ -763,7 +765,7 @@ def test_the_machine_running_out_of_memory_in_fit_is_one_line(digits_folder, war
 
     monkeypatch.setattr(fl, "open_rows", too_large)
     out = tmp_path / "run"
-    assert main(["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), *CLI_FAST]) == 2
+    assert main(["fit", str(digits_folder), "--out", str(out), "--cache", str(warm_cache32), *CLI_FAST32]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "fne fit: error: the machine ran out of memory (Unable to allocate 17.0 MiB for an array with shape (720, 3088) "
         "and data type float64): free memory or raise the limit (ulimit -v), or rerun with a smaller --stream-chunk; "

@@ -79,7 +79,9 @@ def test_the_backbones_own_size_given_plans_as_none_given(tmp_path):
 def test_a_file_without_image_size_plans_its_steps_as_before(tmp_path):
     """No image_size key in any step's backbone identity or store keywords: the identities (and
     so the done steps) of files written before pipelines took it are unchanged."""
-    p, steps = _steps(tmp_path, TINY)
+    unsized = TINY.replace("image_size = 32\n", "", 1)  # the backbone's (TINY's first); [train]'s stays
+    assert "image_size" not in unsized.split("[fit]")[0]
+    p, steps = _steps(tmp_path, unsized)
     assert p.backbones[0].label == "efficientnet_lite0-random"
     for s in steps:
         assert list(s.config["backbone"]) == ["arch", "weights", "fingerprint", "crop", "precision",
