@@ -22,9 +22,10 @@ from PIL import Image
 from fne.data import containers
 from fne.data.hdf5 import ArraySource
 from fne.data.images import read_image, to_rgb
+from fne.data.labels import class_order
 from fne.errors import DataError
 
-__all__ = ["Dataset", "content_key", "file_key"]
+__all__ = ["Dataset", "content_key", "file_dataset", "file_key"]
 
 
 @dataclass
@@ -202,3 +203,24 @@ def file_key(path: str | Path) -> str:
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
     return h.hexdigest()
+
+
+def file_dataset(name: str, root: Path, files, labels, splits, classes=None) -> Dataset:
+    """A Dataset of image files (a folder's, a CSV's), its ids their paths relative to `root`; classes
+    sorted as strings (`labels.class_order`) unless given."""
+    sources = [str(f) for f in files]
+    prefix = os.path.join(str(root), "")
+    return Dataset(
+        name=name,
+        ids=[f[len(prefix):] if f.startswith(prefix) else _relative_id(f, root) for f in sources],
+        labels=labels,
+        splits=splits,
+        classes=classes or ([] if labels is None else class_order(labels, numeric=False)),
+        sources=sources,
+        root=str(root),
+    )
+
+
+def _relative_id(path: str, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path

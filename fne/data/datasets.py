@@ -4,7 +4,6 @@ to one `fne.data.dataset.Dataset` of images, labels and an optional split (`load
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 import warnings
@@ -13,11 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from fne.data import containers, random_access
-from fne.data.dataset import Dataset
+from fne.data.csv_list import csv_dataset
+from fne.data.dataset import Dataset, file_dataset
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ARRAY_SUFFIXES, ArraySource, PartsSource, array_file
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
-from fne.data.labels import class_order, label_text, missing_words
+from fne.data.labels import class_order, member_labels, missing_words
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, nested, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
@@ -94,7 +94,7 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".csv":
-            return _csv(path)
+            return csv_dataset(path)
         if suffix in ARRAY_SUFFIXES:
             return _arrays(path, cache)
         if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
@@ -197,25 +197,6 @@ def _class_folder(root: Path, left_out: list[str]) -> tuple[list[str], list[str]
     return files, labels
 
 
-def _file_dataset(name: str, root: Path, files, labels, splits, classes=None) -> Dataset:
-    sources = [str(f) for f in files]
-    prefix = os.path.join(str(root), "")
-    return Dataset(
-        name=name,
-        ids=[f[len(prefix):] if f.startswith(prefix) else _relative_id(f, root) for f in sources],
-        labels=labels,
-        splits=splits,
-        classes=classes or ([] if labels is None else class_order(labels, numeric=False)),
-        sources=sources,
-        root=str(root),
-    )
-
-
-def _relative_id(path: str, root: Path) -> str:
-    p = Path(path)
-    return str(p.relative_to(root)) if p.is_relative_to(root) else path
-
-
 def _folder(root: Path) -> Dataset:
     entries = list(os.scandir(root))
     has_dirs = any(e.is_dir() and not e.name.startswith(".") for e in entries)
@@ -239,7 +220,7 @@ def _folder(root: Path) -> Dataset:
                       f"{first_few(loose, 3)}", stacklevel=3)
     left_out: list[str] = list(loose)
     files, labels = _class_folder(root, left_out)
-    d = _file_dataset(root.name, root, files, labels, None)
+    d = file_dataset(root.name, root, files, labels, None)
     d.left_out = left_out
     return d
 
@@ -269,7 +250,7 @@ def _split_folder(root: Path) -> Dataset:
         files += f
         labels += lab
         splits += [word[part]] * len(f)
-    d = _file_dataset(root.name, root, files, labels, containers.settle_splits(splits, root, ", ".join(f"{n}/" for n in names if word[n] == "val")))
+    d = file_dataset(root.name, root, files, labels, containers.settle_splits(splits, root, ", ".join(f"{n}/" for n in names if word[n] == "val")))
     d.left_out = left_out
     d.split_from = f"its {_and([f'{n}/' for n in parts])} folders"
     return d
@@ -278,67 +259,6 @@ def _split_folder(root: Path) -> Dataset:
 def _and(words: list[str]) -> str:
     """"a", "a and b", "a, b and c"."""
     return " and ".join(filter(None, [", ".join(words[:-1]), words[-1]]))
-
-
-def _csv(path: Path) -> Dataset:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            if "path" not in cols:  # no label column: unlabelled images, for fne extract and predict
-                raise DataError(f"CSV {path}: missing column path (found: {', '.join(cols) or 'none'})")
-            if "label" not in cols and set(cols) - {"path", "split"}:  # `class`, say: read as no labels
-                warnings.warn(f"CSV {path}: no column label (found: {', '.join(cols)}): its images are read "
-                              f"unlabelled; name the column of their classes label", stacklevel=3)
-            rows = list(reader)
-    except UnicodeDecodeError as e:
-        raise DataError(f"CSV {path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
-    except csv.Error as e:
-        raise DataError(f"CSV {path}: unreadable CSV ({e})") from None
-    if not rows:
-        raise DataError(f"CSV {path}: has no rows")
-    base = path.parent
-    files = [base / (r["path"] or "") for r in rows]
-    absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
-    if absent:
-        raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {first_few(absent)}")
-    labels = [label_text(r["label"]) if "label" in cols else None for r in rows]
-    splits = None
-    if "split" in cols:
-        words = [(r["split"] or "").strip() for r in rows]
-        splits = [containers.normalise_split(w) for w in words]
-        bad = sorted({w for w, s in zip(words, splits) if s is None})
-        if bad:
-            raise DataError(f"CSV {path}: column split has values {bad}; allowed: train, test "
-                            f"and validation (or val, valid, dev)")
-        splits = containers.settle_splits(splits, path, "the split column")
-    ids = [f"{path.name}:{k + 2} ({r['path']})" for k, r in enumerate(rows)]  # k + 2: the header is line 1
-    labels = _member_labels(path.name, ids, labels)
-    if labels is not None:
-        missing_words(labels, ids, f"CSV {path}")
-    keep = range(len(rows)) if labels is None else [k for k, lab in enumerate(labels) if lab is not None]
-    _repeated(path, [rows[k]["path"] for k in keep], [files[k] for k in keep], [k + 2 for k in keep])
-    d = _file_dataset(path.stem, base, [files[k] for k in keep], None if labels is None else [labels[k] for k in keep],
-                      None if splits is None else [splits[k] for k in keep])
-    d.left_out = [ids[k] for k in range(len(rows)) if labels is not None and labels[k] is None]
-    d.unlabelled = "" if labels is not None else (
-        "every cell of its label column is empty" if "label" in cols else
-        f"it has no label column (found: {', '.join(cols)})")
-    d.split_from = f"the split column of {path}" if splits is not None else ""
-    return d
-
-
-def _repeated(path: Path, given: list[str], files: list[Path], lines: list[int]) -> None:
-    """One warning for the files on several of a CSV's lines (`given` as written, at `lines`; a
-    CSV joined with itself): each line is an image, counted and scored as many times."""
-    at: dict[str, list[int]] = {}
-    for k, f in enumerate(files):
-        at.setdefault(os.path.normpath(f), []).append(k)
-    twice = [f"{given[ks[0]]} (lines {', '.join(str(lines[k]) for k in ks[:3])}{', …' * (len(ks) > 3)})"
-             for ks in at.values() if len(ks) > 1]
-    if twice:
-        warnings.warn(f"CSV {path}: {len(twice)} file(s) listed on more than one line, each line an image (counted, "
-                      f"and scored, as many times): {first_few(twice)}", stacklevel=4)
 
 
 def _arrays(path: Path, cache: str | Path | None) -> Dataset:
@@ -527,7 +447,7 @@ def _container_dataset(name: str, files: list[str], kind: str, root: str, label_
     say_skipped(bad)  # one line per reason, however many members
     if not sources:
         raise no_images(data, len(files), kind, [f"{p}: {x.broken}" for p, x in listings.items() if x.broken])
-    labels = _member_labels(name, ids, labels)
+    labels = member_labels(ids, labels)
     if labels is not None and not class_names:  # ClassLabel names are the dataset's, not a missing value's text
         missing_words(labels, ids, f"DATA {data}")
     has_split = all(s is not None for s in splits)
@@ -571,14 +491,6 @@ def _columns(kind: str, files: list[str]) -> str:
         except Exception:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
             continue
     return ""
-
-
-def _member_labels(name: str, ids: list[str], labels: list) -> list | None:
-    """None when no member has a label (unlabelled DATA); else members without one are skipped."""
-    if all(lab is None for lab in labels):
-        return None
-    say_skipped(((ident, "no label") for ident, lab in zip(ids, labels, strict=True) if lab is None), stacklevel=3)
-    return labels
 
 
 def _hf(spec: str, label_key: str | None, cache: str | Path | None) -> Dataset:

@@ -22,7 +22,7 @@ import re
 import unicodedata
 import warnings
 
-from fne.progress import first_few
+from fne.progress import first_few, say_skipped
 
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: int() must read it ('²'.isdigit() is True)
 
@@ -150,3 +150,12 @@ def _warn_near_duplicates(classes: list[str]) -> None:
         shown = "; ".join(" and ".join(repr(c) for c in g) for g in twins[:3])
         warnings.warn(f"{len(twins)} group(s) of classes differ only in Unicode form, case, surrounding "
                       f"space or leading zeros, and are kept apart: {shown}{' ...' if len(twins) > 3 else ''}", stacklevel=4)
+
+
+def member_labels(ids: list[str], labels: list) -> list | None:
+    """None when no image of `ids` has a label (unlabelled DATA: tar members, Parquet rows, CSV
+    lines); else `labels`, the images without one skipped with a warning, one line for them all."""
+    if all(lab is None for lab in labels):
+        return None
+    say_skipped(((ident, "no label") for ident, lab in zip(ids, labels, strict=True) if lab is None), stacklevel=3)
+    return labels
