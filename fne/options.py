@@ -35,7 +35,8 @@ from fne.names import (
     STORAGE_DTYPES,
 )
 
-DATA_HELP = ("image folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, .tar shards (a file, a folder, "
+DATA_HELP = ("image folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, MNIST's idx files (their folder, "
+             "or one *-images-idx3-ubyte[.gz]), .tar shards (a file, a folder, "
              "'train-{000000..000127}.tar'), .parquet files, hf:NAME[:CONFIG][@SPLIT], or 'digits'")
 ARCH_HELP = ("backbone: vgg16, vgg19, efficientnet_lite0, any torchvision classification model "
              "(resnet50, convnext_tiny, vit_b_16, swin_t, ...) or timm:NAME[.TAG]; `fne backbones` lists them")

@@ -1,6 +1,6 @@
 """README's examples that no other test runs: the Python API's block of verbs, run as written
 but for the backbone's weights (offline: random) and a short training; the Fashion-MNIST block's
-idx reader."""
+commands on a folder of idx files."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-
-from fne.data.datasets import load_dataset
 
 from .conftest import FAST
 from .test_api import _readme_python
@@ -60,23 +58,28 @@ def _idx(path, a: np.ndarray) -> None:
         f.write(head + a.astype(np.uint8).tobytes())
 
 
-def test_the_readmes_fashion_mnist_block_writes_an_npz_fne_reads(tmp_path, monkeypatch):
-    """The block's idx reader and `np.savez` give DATA of its predefined split and class names,
-    on idx files of the layout it reads (the real ones need Debian's package)."""
+def test_the_readmes_fashion_mnist_commands_run_on_its_idx_folder(tmp_path, monkeypatch):
+    """The block's two `fne fit` commands, run as written but on a folder of idx files of the
+    layout Debian installs (the real ones are 70,000 images) with random weights at 32 × 32: the
+    first extracts and fits on the predefined split, the second fits the last layer from the cache."""
+    from fne.cli import main
+
     rng = np.random.default_rng(0)
     parts = {"train": (rng.integers(0, 256, (12, 28, 28)), np.arange(12) % 10),
              "t10k": (rng.integers(0, 256, (6, 28, 28)), np.arange(6) % 10)}
+    (data := tmp_path / "fashion-mnist").mkdir()
     for part, (x, y) in parts.items():
-        _idx(tmp_path / f"{part}-images-idx3-ubyte.gz", x)
-        _idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", y)
+        _idx(data / f"{part}-images-idx3-ubyte.gz", x)
+        _idx(data / f"{part}-labels-idx1-ubyte.gz", y)
     text = (Path(__file__).parents[1] / "README.md").read_text()
-    (code,) = re.findall(r"^python - <<'EOF'\n(.*?)^EOF$", text, re.S | re.M)
-    code = _swapped(code, [('"/usr/share/datasets/fashion-mnist", 1500, 500', f"{str(tmp_path)!r}, 10, 5")])
+    commands = re.findall(r"^fne fit /usr/share/datasets/fashion-mnist (.*)$", text, re.M)
+    assert len(commands) == 2 and "--extract" in commands[0], commands
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
-    with np.load(tmp_path / "fashion-mnist.npz") as f:
-        assert np.array_equal(f["x_train"], parts["train"][0][:10]) and np.array_equal(f["y_test"], parts["t10k"][1][:5])
-    d = load_dataset(tmp_path / "fashion-mnist.npz")
-    assert len(d) == 15 and sorted(set(d.splits)) == ["test", "train"]
-    assert set(d.labels) <= {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                             "Bag", "Ankle boot"} and "Trouser" in d.labels
+    fast = ["--weights", "random", "--image-size", "32", "--precision", "fp32", "--storage-dtype", "float32",
+            "--workers", "0", "--no-progress", "--cache", str(tmp_path / "cache")]
+    for args in commands:
+        assert main(["fit", str(data), *args.split(), *fast]) == 0
+    for run in ("fmnist-fne", "fmnist-last"):
+        saved = json.loads((tmp_path / "runs" / run / "metrics.json").read_text())
+        assert saved["n_train"] == 12 and saved["n_test"] == 6
+    assert json.loads((tmp_path / "runs/fmnist-last/metrics.json").read_text())["features"] == "last"

@@ -1,4 +1,4 @@
-"""DATA forms: a folder, CSV, HDF5, .npz, tar shards, Parquet files, `hf:` or `digits`, each resolved
+"""DATA forms: a folder, CSV, HDF5, .npz, idx files, tar shards, Parquet files, `hf:` or `digits`, each resolved
 to one `fne.data.dataset.Dataset` of images, labels and an optional split (`load_dataset`).
 """
 
@@ -16,6 +16,7 @@ from fne.data.csv_list import csv_dataset
 from fne.data.dataset import Dataset, file_dataset
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ARRAY_SUFFIXES, ArraySource, PartsSource, array_file
+from fne.data.idx import find_idx, idx_dataset, is_idx_file
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
 from fne.data.labels import class_order, member_labels, missing_words
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, nested, parse_hf
@@ -24,7 +25,7 @@ from fne.errors import DataError, expect_path
 from fne.option_handling import named, refusal
 from fne.progress import first_few, say_skipped
 
-_FORMS = "give a folder, a .csv, a .h5 or .npz file, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
+_FORMS = "give a folder, a .csv, a .h5 or .npz file, idx files, .tar shards, .parquet files, hf:NAME or 'digits'"  # what DATA may be
 __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
 
 
@@ -34,7 +35,8 @@ __all__ = ["IMAGE_EXTENSIONS", "load_dataset", "read_image", "to_rgb"]
 
 def load_dataset(spec: str | Path | Dataset, label_key: str | None = None,
                  cache: str | Path | None = None) -> Dataset:
-    """Resolve DATA: a folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, `digits`, WebDataset tar
+    """Resolve DATA: a folder, CSV, HDF5, NumPy .npz, folder of train.h5/test.h5, MNIST's idx files (a
+    folder of train-/t10k-images-idx3-ubyte[.gz] and their labels, or one images file), `digits`, WebDataset tar
     shards (a .tar, a folder of them, `train-{000000..000127}.tar`), Parquet files (a file, a
     folder, a glob) or `hf:NAME[:CONFIG][@SPLIT]`; a Dataset is returned as it is.
 
@@ -95,6 +97,8 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
         suffix = path.suffix.lower()
         if suffix == ".csv":
             return csv_dataset(path)
+        if is_idx_file(path.name):
+            return idx_dataset(path)
         if suffix in ARRAY_SUFFIXES:
             return _arrays(path, cache)
         if suffix in IMAGE_EXTENSIONS:  # `fne predict RUN photo.jpg`
@@ -107,6 +111,8 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
             else ""))
     if not path.is_dir():  # a device, a pipe, a socket
         raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
+    if find_idx(path):
+        return idx_dataset(path)
     if any((path / f"train{x}").is_file() for x in ARRAY_SUFFIXES) and _held_out(
             [n.rpartition(".")[0] for n in _array_names(path)]):
         return _array_parts(path, cache)

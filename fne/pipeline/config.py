@@ -443,7 +443,7 @@ def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
     given, d = d, _check_table(d, SCHEMA["datasets.*"], path_, err)
     if "data" not in d:  # absent, or of a wrong type (named by _check_table)
         if "data" not in given:
-            err.add(path_, "missing key 'data' (any DATA of `fne extract --help`: a folder, CSV, HDF5, .npz, tar, "
+            err.add(path_, "missing key 'data' (any DATA of `fne extract --help`: a folder, CSV, HDF5, .npz, idx, tar, "
                                "Parquet, hf:NAME or 'digits')")
         return None
     ds = DatasetCfg(key=key, data=d["data"], spec=d["data"], optional=d.get("optional", False))
