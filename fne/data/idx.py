@@ -71,7 +71,7 @@ def find_idx(folder: Path) -> list[tuple[str, Path, Path]]:
             there, kind, missing = (images, "labels-idx1", "labels") if labels is None else (labels, "images-idx3", "images")
             raise DataError(f"DATA {folder}: holds {there.name} and not its {missing} file ({part}-{kind}-ubyte[.gz])")
         found.append((word, images, labels))
-    others = sorted(e.name for e in os.scandir(folder) if e.is_file() and _IMAGES.fullmatch(e.name))
+    others = sorted(e.name for e in os.scandir(folder) if _IMAGES.fullmatch(e.name) and e.is_file())
     if others and not found:
         raise DataError(f"DATA {folder}: holds idx images files ({', '.join(others[:3])}{', …' * (len(others) > 3)}) and "
                         f"no train-images-idx3-ubyte[.gz]: give one images file as DATA (DATA {folder / others[0]})")
