@@ -68,7 +68,8 @@ def test_npz_forms_read_as_the_hdf5_file_of_the_same_arrays(tmp_path):
     ("not_zip", "NumPy {p}: a damaged or cut-short .npz (File is not a zip file)"),
     ("one_array", "NumPy {p}: holds one array; save the images and labels together: "
                   "np.savez(file, images=images, labels=labels)"),
-    ("npy", "DATA {p}: unsupported file type '.npy' (expected .csv, .h5, .npz, .tar or .parquet); save the "
+    ("npy", "DATA {p}: unsupported file type '.npy' (expected .csv, .h5, .npz, .tar, .parquet "
+            "or an idx file such as train-images-idx3-ubyte.gz); save the "
             "images and labels together: np.savez(file, images=images, labels=labels)"),
     ("names", "NumPy {p}: needs arrays images and labels (or x and y; optional split, class_names), or x_train, "
               "y_train, x_test, y_test (found: data, target)"),

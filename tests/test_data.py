@@ -528,7 +528,8 @@ def test_exif_orientation_applied(tmp_path):
     ("h5_float", "images must be uint8 (0-255), got float32; store (images * 255).round().astype(np.uint8) for "
                  "values in 0-1"),
     ("h5_onehot", "labels must be one per image (shape N), got shape (2, 3); one-hot? store labels.argmax(axis=1)"),
-    ("zip", "unsupported file type '.zip' (expected .csv, .h5, .npz, .tar or .parquet); unpack the archive and "
+    ("zip", "unsupported file type '.zip' (expected .csv, .h5, .npz, .tar, .parquet "
+            "or an idx file such as train-images-idx3-ubyte.gz); unpack the archive and "
             "give its folder"),
     ("one_image", "is one image; DATA holds images: give the folder holding it ({tmp}/photos: its images, "
                   "without class folders, are unlabelled DATA for fne extract and fne predict)"),

@@ -105,7 +105,8 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
             where = path.parent if path.parent != Path(".") else Path.cwd()
             raise DataError(f"DATA {path}: is one image; DATA holds images: give the folder holding it ({where}: "
                             f"its images, without class folders, are unlabelled DATA for fne extract and fne predict)")
-        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .npz, .tar or .parquet)" + (
+        raise DataError(f"DATA {path}: unsupported file type {suffix!r} (expected .csv, .h5, .npz, .tar, .parquet "
+                        f"or an idx file such as train-images-idx3-ubyte.gz)" + (
             "; unpack the archive and give its folder" if suffix in (".zip", ".gz", ".tgz", ".7z", ".rar", ".xz") else
             "; save the images and labels together: np.savez(file, images=images, labels=labels)" if suffix == ".npy"
             else ""))
