@@ -206,3 +206,20 @@ def test_the_installed_fashion_mnist_folder_is_data():
     raw = gzip.open(FASHION / "train-images-idx3-ubyte.gz").read()
     first = np.frombuffer(raw, np.uint8, 28 * 28, 16)
     assert int(np.asarray(d.load(0))[..., 0].sum()) == int(first.sum()) > 0
+
+
+def test_torchvisions_folder_of_an_idx_set_is_data(tmp_path):
+    """torchvision's datasets.FashionMNIST(root) downloads to root/FashionMNIST/raw/ (older versions
+    add processed/): that folder is DATA as its raw/ is, named as the set; beside another folder it
+    is a folder of class folders, as before."""
+    tv = tmp_path / "FashionMNIST"
+    tv.mkdir()
+    _folder(tv / "raw")
+    (tv / "processed").mkdir()
+    d = load_dataset(tv)
+    assert d.name == "FashionMNIST" and len(d) == 30
+    assert d.splits.count("train") == 20 and d.splits.count("test") == 10
+    assert d.keys() == load_dataset(tv / "raw").keys() and d.labels == load_dataset(tv / "raw").labels
+    (tv / "other").mkdir()
+    with pytest.raises(DataError, match="class folder"):
+        load_dataset(tv)

@@ -114,6 +114,10 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
         raise DataError(f"DATA {path}: neither a folder nor a file ({_FORMS})")
     if find_idx(path):
         return idx_dataset(path)
+    if _torchvision_idx(path):  # torchvision's MNIST/ and FashionMNIST/: raw/ holds the idx files
+        d = idx_dataset(path / "raw")
+        d.name = path.name
+        return d
     if any((path / f"train{x}").is_file() for x in ARRAY_SUFFIXES) and _held_out(
             [n.rpartition(".")[0] for n in _array_names(path)]):
         return _array_parts(path, cache)
@@ -127,6 +131,13 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
     if _is_split_folder([e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]):
         return _split_folder(path)
     return _folder(path)
+
+
+def _torchvision_idx(path: Path) -> bool:
+    """Whether `path` is torchvision's folder of an idx set (`root/MNIST`, `root/FashionMNIST`):
+    sub-folders raw/ (the idx files) and, from older torchvision, processed/, nothing else."""
+    subs = {e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")}
+    return "raw" in subs and subs <= {"raw", "processed"} and bool(find_idx(path / "raw"))
 
 
 def _is_split_folder(dirs: list[str]) -> bool:
