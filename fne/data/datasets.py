@@ -136,8 +136,10 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
 def _torchvision_idx(path: Path) -> bool:
     """Whether `path` is torchvision's folder of an idx set (`root/MNIST`, `root/FashionMNIST`):
     sub-folders raw/ (the idx files) and, from older torchvision, processed/, nothing else."""
+    if not (path / "raw").is_dir():  # one stat, not a scan, for every other folder
+        return False
     subs = {e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")}
-    return "raw" in subs and subs <= {"raw", "processed"} and bool(find_idx(path / "raw"))
+    return subs <= {"raw", "processed"} and bool(find_idx(path / "raw"))
 
 
 def _is_split_folder(dirs: list[str]) -> bool:
