@@ -1811,3 +1811,22 @@ def test_the_closing_line_names_the_checkpoint_a_run_kept(resumable_run, source,
     assert (out / "checkpoint.pt").is_file()
     assert capsys.readouterr().out.endswith(
         f"wrote {out}/metrics.json, predictions.csv, model.pt and checkpoint.pt\n")
+
+
+def test_the_closing_line_of_a_resumed_run_that_saved_none_does_not_say_it_wrote_the_checkpoint(
+        resumable_run, source, tmp_path, capsys):
+    """A run resumed from epoch 1 that trained its last epoch without a save (--save-every auto)
+    left the checkpoint of epoch 1 as it was, yet its last line said it wrote checkpoint.pt, as if
+    the file held the run's last epoch: it names the files it wrote, and the checkpoint as left."""
+    data, _ = resumable_run
+    out = tmp_path / "r"
+    common = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--image-size", "32",
+              "--workers", "0", "--no-progress", "--out", str(out)]
+    assert main([*common, "--epochs", "1", "--save-every", "1"]) == 0
+    kept = (out / "checkpoint.pt").read_bytes()
+    capsys.readouterr()
+    assert main([*common, "--epochs", "2", "--resume"]) == 0
+    assert (out / "checkpoint.pt").read_bytes() == kept  # epoch 1's, as saved by the first run
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
+    assert capsys.readouterr().out.endswith(
+        f"wrote {out}/metrics.json, predictions.csv and model.pt ({out}/checkpoint.pt, saved before, left as it was)\n")

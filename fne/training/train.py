@@ -524,6 +524,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """`fne train` from parsed arguments (`train`); prints its one-line summary; -> the exit status."""
     kw = opts.from_args(args, DataOptions, TrainConfig)
+    ckpt = Path(args.out) / checkpoint.CHECKPOINT
+    found = checkpoint.identity(ckpt)  # one a run resumed from and did not save over is not written by it
     m = train(args.data, kw.pop("mode"), kw.pop("out"), cache=args.cache, **kw)
     if m["mode"] == "direct":
         how = (f"no training, {len(m['classes'])} mapped classes, n_test {m['n_test']}, "
@@ -536,8 +538,10 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"{m['method']} on {m['dataset']}: accuracy {acc}, mean class accuracy {mca} ({how})")
     if m["mode"] == "direct":
         files, why = ["class_map.json"], f" (no model.pt: its network is the source one, {m['arch']} with weights {m['weights']!r})"
-    else:  # checkpoint.pt where one was saved (README: ~3x model.pt, kept for --resume)
-        files, why = ["model.pt"] + [checkpoint.CHECKPOINT] * (Path(args.out) / checkpoint.CHECKPOINT).is_file(), ""
+    else:  # checkpoint.pt where this run saved one (README: ~3x model.pt, kept for --resume)
+        now = checkpoint.identity(ckpt)
+        files = ["model.pt"] + [checkpoint.CHECKPOINT] * (now is not None and now != found)
+        why = f" ({args.out}/{checkpoint.CHECKPOINT}, saved before, left as it was)" if now and now == found else ""
     files = ["metrics.json", "predictions.csv", *files]
     print(f"wrote {args.out}/{', '.join(files[:-1])} and {files[-1]}{why}")
     return 0
