@@ -90,6 +90,23 @@ fne.cli.run()
     assert (out / "log").read_text() == "held until logging's shutdown\n"
 
 
+def _left_in_dev_shm(before: set[str], wait_s: float = 60.0) -> set[str]:
+    """The shared-memory segments (torch's, multiprocessing's) in /dev/shm that were not there
+    `before` and stay: a leaked one stays for ever; one of another test's extraction running beside
+    this one (pytest -n) goes with it, so the check waits for it to go rather than failing."""
+    import time
+
+    def new() -> set[str]:
+        now = set(os.listdir("/dev/shm")) if before else set()
+        return {n for n in now - before if n.startswith(("torch_", "psm_", "sem.mp", "wnsm_"))}
+
+    left, end = new(), time.monotonic() + wait_s
+    while left and time.monotonic() < end:
+        time.sleep(0.5)
+        left &= new()  # only those there all along: a segment made meanwhile is another's
+    return left
+
+
 def test_the_extract_command_with_workers_leaves_its_rows_output_and_no_shared_memory(digits_folder, tmp_path):
     """`fne extract` with two loader workers, its output into a file: exit 0, both lines there,
     the store verifies with every image's row, no shared-memory segment left in /dev/shm and no
@@ -110,9 +127,7 @@ def test_the_extract_command_with_workers_leaves_its_rows_output_and_no_shared_m
     assert len(lines) == 2 and lines[0].startswith("24 images (24 unique): 0 already cached, 24 computed")
     assert lines[1].startswith(f"store: {cache}")
     assert "leaked" not in p.stderr and "Traceback" not in p.stderr
-    left = {n for n in (set(os.listdir("/dev/shm")) if shm else set()) - shm
-            if n.startswith(("torch_", "psm_", "sem.mp", "wnsm_"))}
-    assert not left
+    assert not _left_in_dev_shm(shm)
     assert main(["cache", "verify", "--cache", str(cache)]) == 0
     from fne.cache.store import list_stores
 
