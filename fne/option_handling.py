@@ -331,7 +331,10 @@ def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) 
         if f.name in exclude or (only is not None and f.name not in only) or (only is None and not o.pipeline):
             continue
         kinds = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)]
-        out[f.name] = ("|".join(_SCHEMA_TYPES[k] for k in kinds), o.help or f"fne {flag(f)}")
+        text = o.help or f"fne {flag(f)}"
+        if kinds == [bool] and flag(f).startswith("--no-"):  # the help says what the flag, false, does
+            text = f"false: {text} (as {flag(f)})"
+        out[f.name] = ("|".join(_SCHEMA_TYPES[k] for k in kinds), text)
     return out
 
 

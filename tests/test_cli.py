@@ -217,6 +217,27 @@ def test_run_help_names_the_cache_and_devices_the_other_verbs_use():
     assert "mps" in run["device"].help and "mps" in _actions("fit")["device"].help
 
 
+def test_run_help_lists_every_key_a_pipeline_file_may_set(capsys):
+    """`fne run --help` lists the file's keys by table (SCHEMA, TRAIN_SCHEMA: what validation
+    takes), with their types; a key whose default in a file differs from its option's says so, and a
+    true/false key said by its --no- flag says what false does."""
+    import re
+
+    from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA
+
+    with pytest.raises(SystemExit):
+        build_parser(["run", "--help"]).parse_args(["run", "--help"])
+    text = capsys.readouterr().out.split("keys of a pipeline file")[1]
+    tables = re.split(r"^  (\S.*)$", text, flags=re.M)[1:]
+    listed = {title: set(re.findall(r"^    (\w+) \(", body, re.M)) for title, body in zip(tables[::2], tables[1::2])}
+    assert listed == {"[pipeline]": set(SCHEMA["pipeline"]), "[datasets.NAME]": set(SCHEMA["datasets.*"]),
+                      "[[backbones]]": set(SCHEMA["backbones[]"]), "[fit]": set(SCHEMA["fit"]),
+                      "[train], [train.MODE]": set(TRAIN_SCHEMA)}
+    flat = " ".join(text.split())
+    assert "(in a pipeline file, default: float16)" in flat and flat.count("(in a pipeline file") == 1
+    assert "augment (bool): false: train on center crops" in flat and "(as --no-augment)" in flat
+
+
 def _readme_commands() -> tuple[list[list[str]], list[str]]:
     """The README's `fne` commands: whole ones from its code blocks (argv after `fne`; torchrun's
     and srun's included), and the `fne VERB …` fragments quoted in its prose."""

@@ -19,7 +19,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from fne.errors import FneError, expect_path
@@ -87,6 +87,27 @@ TRAIN_SCHEMA: dict[str, tuple[str, str]] = {
     **schema(TrainConfig),
 }
 TRAIN_EXCLUDED = not_in_pipelines(TrainConfig)
+_TABLES = {"pipeline": "[pipeline]", "datasets.*": "[datasets.NAME]", "backbones[]": "[[backbones]]", "fit": "[fit]"}
+
+
+def keys_help(width: int = 100) -> str:
+    """Every key a pipeline file may set, by table, with its type and what it does (`SCHEMA`,
+    `TRAIN_SCHEMA`): the epilog of `fne run --help`. A backbone key whose default in a file
+    differs from the option's on the command line says so (`storage_dtype`: a file pins float16)."""
+    import textwrap
+
+    cli = {f.name: f.default for f in fields(StoreOptions)}
+    in_file = {f.name: f.default for f in fields(BackboneCfg)}
+    tables = [(_TABLES[t], SCHEMA[t]) for t in _TABLES] + [("[train], [train.MODE]", TRAIN_SCHEMA)]
+    lines = ["keys of a pipeline file (TOML; pipelines/*.toml are examples):"]
+    for title, keys in tables:
+        lines.append(f"  {title}")
+        for key, (kind, text) in keys.items():
+            if title == "[[backbones]]" and key in cli and in_file.get(key, MISSING) not in (MISSING, cli[key]):
+                text += f" (in a pipeline file, default: {in_file[key]})"
+            lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",
+                                   subsequent_indent="        ")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)

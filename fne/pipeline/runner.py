@@ -507,7 +507,9 @@ def _report(steps: list[Step], p: Pipeline, out: Path, say) -> dict | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`fne run`'s command-line arguments."""
+    """`fne run`'s command-line arguments; the pipeline file's keys under them (`config.keys_help`)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the keys' lines as written
+    parser.epilog = config.keys_help()
     parser.add_argument("pipeline", help="a pipelines/*.toml file")
     parser.add_argument("--out", default=None, help="run folder (default: the file's pipeline.out, else runs/NAME)")
     parser.add_argument("--cache", default=None, help="cache folder (default: the file's pipeline.cache, "
