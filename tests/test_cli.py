@@ -276,7 +276,7 @@ def test_the_readmes_commands_use_options_that_exist(capsys):
     for frag in fragments:
         verb = frag.split()[0].rstrip(":")
         if verb not in ("cache",) and not frag.startswith(f"{verb}:"):  # not an error message
-            offered = {s for a in _actions(verb).values() for s in a.option_strings}
+            offered = {s for a in _actions(verb).values() for s in a.option_strings} | {"--help"}
             for opt in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", frag):
                 assert opt in offered, f"README: `fne {frag}` quotes {opt}, which fne {verb} does not offer"
 
