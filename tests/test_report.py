@@ -1571,3 +1571,22 @@ def test_pairs_of_both_orders_are_one_line_too():
     assert line.startswith("7 pairs of runs of one method, setting and seed, the first was written before fne listed ")
     assert line.endswith(": runs/old0 and runs/new0 (seed 0), runs/old1 and runs/new1 (seed 0), runs/old2 and runs/new2 "
                          "(seed 0), runs/old3 and runs/new3 (seed 0), runs/old4 and runs/new4 (seed 0) and 2 more")
+
+
+@pytest.mark.parametrize("field, damage", [
+    ("data_resolved", lambda m: {**m, "data_resolved": 1.5}),  # TypeError: stat: path should be string ... not float
+    ("data", lambda m: {**m, "data": 3}),
+    ("classes", lambda m: {**m, "classes": 3}),  # TypeError: object of type 'int' has no len()
+    ("classes", lambda m: {**m, "classes": [{"a": 1}]}),
+    ("accuracy_std", lambda m: {**m, "accuracy_std": -0.1}),  # ValueError: 'xerr' must not contain negative values
+])
+def test_a_damaged_path_class_list_or_spread_skips_its_run_with_a_line(tmp_path, field, damage):
+    """A hand-edited metrics.json whose DATA paths or classes are of other types, or whose spread is
+    negative, raised a traceback in the report (stat of a float, len of an int, matplotlib's error
+    bars); it is left out with a line naming it and the field, as other damaged fields are."""
+    runs = make_runs(tmp_path / "runs")
+    write_run(tmp_path / "runs", "odd", damage(fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01, labels_fingerprint="a")))
+    with pytest.warns(UserWarning, match=f"^skipped {tmp_path / 'runs' / 'odd' / 'metrics.json'}: its {field} not as "
+                                         f"fne writes them"):
+        r = report([runs], tmp_path / "rep")
+    assert str(tmp_path / "runs" / "odd") not in json.dumps(r) and (tmp_path / "rep" / "report.html").is_file()

@@ -1830,3 +1830,38 @@ def test_the_closing_line_of_a_resumed_run_that_saved_none_does_not_say_it_wrote
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
     assert capsys.readouterr().out.endswith(
         f"wrote {out}/metrics.json, predictions.csv and model.pt ({out}/checkpoint.pt, saved before, left as it was)\n")
+
+
+def test_fne_predict_refuses_a_model_pt_of_another_run_of_the_same_network(resumable_run, source, tmp_path, capsys):
+    """A train run's model.pt and metrics.json were not tied together: model.pt copied from another
+    run of the same network and classes (another seed) loaded, and its scores were given this
+    run's class names and image size without a word. metrics.json records model.pt's fingerprint
+    (as a weights file's, `file-…`) and predict refuses other bytes in one line; a run written
+    before it was recorded is applied as before."""
+    import shutil
+
+    from fne.backbones.registry import file_fingerprint
+
+    data, _ = resumable_run
+    common = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "1",
+              "--image-size", "32", "--workers", "0", "--no-progress"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*common, "--out", str(a)]) == 0
+    assert main([*common, "--seed", "1", "--out", str(b)]) == 0
+    m = json.loads((a / "metrics.json").read_text())
+    assert m["model_fingerprint"] == "file-" + file_fingerprint(a / "model.pt")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(a, mixed)
+    shutil.copy(b / "model.pt", mixed / "model.pt")
+    capsys.readouterr()
+    assert main(["predict", str(mixed), str(data), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fne predict: error: {mixed / 'model.pt'}: not the network its metrics.json describes "
+                   f"(fingerprint file-{file_fingerprint(b / 'model.pt')}, metrics.json's {m['model_fingerprint']}): "
+                   f"a model.pt or metrics.json copied from another run? Put the run's own file back, or rerun "
+                   f"`fne train`")
+    assert not (tmp_path / "p.csv").exists()
+    assert main(["predict", str(a), str(data), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+    del m["model_fingerprint"]  # a run written before metrics.json recorded it: not checked
+    (mixed / "metrics.json").write_text(json.dumps(m))
+    assert main(["predict", str(mixed), str(data), "--out", str(tmp_path / "q.csv"), "--no-progress"]) == 0

@@ -22,8 +22,13 @@ def malformed_run(m: dict) -> str | None:
     if "accuracy" not in m:
         return "no accuracy: not the metrics.json of a `fne fit` or `fne train` run"
     bad = [] if m["accuracy"] is None or finite(m["accuracy"]) is not None else ["accuracy"]
-    bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "data",
-                        "data_resolved", "seed", "split_protocol", "labels_fingerprint") if isinstance(m.get(k), (list, dict))]
+    bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "seed",
+                        "split_protocol", "labels_fingerprint") if isinstance(m.get(k), (list, dict))]
+    bad += [k for k in ("data", "data_resolved") if not isinstance(m.get(k), _TEXT)]  # paths: compared, stat'ed
+    bad += [k for k in ("accuracy_std", "mean_class_accuracy_std") if (finite(m.get(k)) or 0.0) < 0]  # error bars
+    classes = m.get("classes")  # names of the confusion matrix's rows
+    bad += [] if classes is None or isinstance(classes, list) and all(
+        isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes) else ["classes"]
     bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int else ["n_splits"]
     splits, o = m.get("splits"), m.get("options")
     if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) and all(

@@ -85,6 +85,7 @@ def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
         from fne.backbones.filekind import unreadable
 
         raise FneError(f"{path}: {unreadable(path, e)}; rerun `fne train` to write it again") from None
+    _check_model_file(path, m)  # after: a damaged file is said as damaged
     try:
         model.load_state_dict(state, assign=meta)
     except Exception as e:  # noqa: BLE001 -- another network's tensors
@@ -92,6 +93,24 @@ def network(run_dir: str | Path, m: dict, device: torch.device) -> nn.Module:
         raise FneError(f"{path}: cannot be loaded into {m['arch']} with {len(m['classes'])} classes ({first})") \
             from None
     return model.to(device).eval()
+
+
+def _check_model_file(path: Path, m: dict) -> None:
+    """FneError where model.pt is not the file its metrics.json was written with (a model.pt or a
+    metrics.json copied from another run of the same network and number of classes, whose tensors
+    would load and be given this run's class names and image size). A run written before
+    metrics.json recorded `model_fingerprint` (30 Nov 2026) is not checked."""
+    want = m.get("model_fingerprint")
+    if not isinstance(want, str):
+        return
+    try:
+        have = "file-" + backbones.file_fingerprint(path)
+    except OSError as e:
+        raise FneError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if have != want:
+        raise FneError(f"{path}: not the network its metrics.json describes (fingerprint {have}, metrics.json's "
+                       f"{want}): a model.pt or metrics.json copied from another run? Put the run's own file back, "
+                       f"or rerun `fne train`")
 
 
 @dataclass

@@ -445,7 +445,12 @@ def _write_outputs(model, cfg: TrainConfig, dataset: Dataset, b: backbones.Backb
     written = {map_file: lambda f: f.write_text(json.dumps(split.given_map, indent=2))} if map_file else {}
     if split.cmap is None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        written[out / "model.pt"] = through_file(lambda f: torch.save(weights, f))
+
+        def save_model(tmp: Path) -> None:  # written before metrics.json, which records its bytes' hash
+            through_file(lambda f: torch.save(weights, f))(tmp)
+            metrics["model_fingerprint"] = "file-" + backbones.file_fingerprint(tmp)
+
+        written[out / "model.pt"] = save_model
     replace_files({**written, out / "predictions.csv": predictions,
                    out / "metrics.json": lambda f: f.write_text(json_text(metrics, indent=2))})
     if split.cmap is not None:  # an earlier run's network beside this run's metrics.json: not this run's
