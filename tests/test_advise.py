@@ -668,3 +668,10 @@ def test_a_large_set_near_the_threshold_is_borderline(monkeypatch):
     assert any(r.endswith(f"the threshold is {A.LARGE_PER_CLASS} per class (borderline: within a factor of 2)")
                for r in a["reasons"])
     assert a["confidence"] == {"level": "low", "doubts": [f"the size is borderline (300 a class against {A.LARGE_PER_CLASS})"]}
+
+
+def test_one_training_image_a_class_is_said_in_the_singular():
+    reasons = " | ".join(A.decide(1, 0.9)["reasons"])
+    assert "1 training image per class (median) is small" in reasons
+    assert "with 1 training image per class each method learns" in reasons
+    assert "training images per class (median)" in " | ".join(A.decide(2, 0.9)["reasons"])

@@ -104,7 +104,7 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
     border = large_per_class / 2 <= images_per_class < large_per_class * 2
     doubts = [f"the size is borderline ({images_per_class:g} a class against {large_per_class})"] if border else []
     reasons.append(
-        f"{images_per_class:g} training images per class (median) is {size}: the threshold is "
+        f"{images_per_class:g} training image{'s' * (images_per_class != 1)} per class (median) is {size}: the threshold is "
         f"{large_per_class} per class" + (" (borderline: within a factor of 2)" if border else "")
         + (f"; the classes are unbalanced: {spread[0]} to {spread[1]} training images a class" if spread and (
             spread[0] < images_per_class / 2 or spread[1] > images_per_class * 2) else "")
@@ -140,7 +140,8 @@ def decide(images_per_class: float, msp: float | None, *, entropy: float | None 
         reasons.append("course: a large target set different from the source: train the whole network; "
                        "initialising from the source weights usually trains better than random")
     if images_per_class < FEW_PER_CLASS:
-        reasons.append(f"with {images_per_class:g} training images per class each method learns a class from a "
+        reasons.append(f"with {images_per_class:g} training image{'s' * (images_per_class != 1)} per class each method "
+                       f"learns a class from a "
                        f"handful of images (a random split tests it on fewer still, a third as many at the default "
                        f"--test-size): differences of a few points between methods can be noise; compare them over "
                        f"several splits or seeds, and let `fne report`'s paired test judge them")
