@@ -194,6 +194,33 @@ def labels_fingerprint(keys: list[str], labels: list[str] | None) -> str | None:
     return hashlib.sha1("\n".join(pairs).encode()).hexdigest()[:16]
 
 
+# metrics.json's ``format``, which `fne fit` and `fne train` write. Raise it when they write a field
+# that an earlier fne would misread by passing over it (a new setting that changes the numbers: its
+# report would pool runs that differ in it; a field whose meaning changed): that fne then leaves such
+# a run out of its report and refuses to apply it (`unreadable_format`), rather than reading it as one
+# of its own. A field only shown or kept for provenance leaves it as it is. A metrics.json without it
+# was written before fne recorded it: format 1's fields.
+METRICS_FORMAT = 1
+
+
+def unreadable_format(m: dict) -> str | None:
+    """Why this fne cannot read a metrics.json `m` of a later format (written by a newer fne); None
+    where it can: its format is this fne's or earlier, or it records none (a run written before
+    fne recorded it). A format that is not a positive whole number is for the caller's check of
+    the fields' types."""
+    f = m.get("format")
+    if type(f) is int and f > METRICS_FORMAT:
+        return f"written by a newer fne: format {f}, this fne reads up to {METRICS_FORMAT}; upgrade fne"
+    return None
+
+
+def bad_format(m: dict) -> bool:
+    """Whether metrics.json's format is recorded as other than a positive whole number (a damaged or
+    hand-edited file; absent is an earlier run's)."""
+    f = m.get("format")
+    return f is not None and not (type(f) is int and f > 0)
+
+
 # metrics.json's ``test_order``: each split record (`split_record`) lists its test images in DATA's
 # order. Runs written before it (30 Nov 2026) listed fit's random stratified test images in the order
 # the splitter drew them (`fne.linear.compare.record_order`): their records pair only among themselves.

@@ -457,3 +457,33 @@ def test_a_loaded_model_clones_and_sets_its_params_as_scikit_learn_does(digits_f
         clf.set_params(C=2.0)
     with pytest.raises(OptionError, match="^device='cuda': CUDA is not available on this machine$"):
         fne.load(tmp_path / "svm", device="cuda")
+
+
+def test_a_run_a_newer_fne_wrote_is_refused_in_one_line_naming_both_formats(tmp_path, capsys):
+    """A train run's metrics.json, or a fit run's model.joblib, of a format a newer fne writes: a
+    train run was read as one of this fne's (its network rebuilt from fields that may mean other
+    things now), a fit run's model refused with "refit it", which would replace the newer fne's run.
+    fne.load and fne predict refuse both in one line naming the file and both formats (exit 2)."""
+    import json
+
+    from fne.linear.predict import MODEL_FORMAT
+    from fne.metrics import METRICS_FORMAT
+
+    data = write_digits(tmp_path / "data", per_class=2, classes=2)
+    train, fit = tmp_path / "train", tmp_path / "fit"
+    train.mkdir(), fit.mkdir()
+    (train / "model.pt").write_bytes(b"")
+    (train / "metrics.json").write_text(json.dumps({
+        "format": METRICS_FORMAT + 1, "kind": "train", "mode": "frozen", "arch": "resnet18", "weights": "random",
+        "classes": ["0", "1"], "image_size": 32, "precision": "fp32", "data_resolved": str(data)}))
+    joblib.dump({"format": MODEL_FORMAT + 1}, fit / "model.joblib")
+    for run, said in ((train, f"{train / 'metrics.json'}: written by a newer fne: format {METRICS_FORMAT + 1}, this "
+                              f"fne reads up to {METRICS_FORMAT}; upgrade fne"),
+                      (fit, f"{fit / 'model.joblib'}: written by a newer fne: model format {MODEL_FORMAT + 1}, this "
+                            f"fne reads {MODEL_FORMAT}; upgrade fne")):
+        with pytest.raises(FneError) as e:
+            fne.load(run)
+        assert str(e.value) == said
+        capsys.readouterr()
+        assert main(["predict", str(run), str(data), "--out", str(tmp_path / "p.csv")]) == 2
+        assert capsys.readouterr().err == f"fne predict: error: {said}\n" and not (tmp_path / "p.csv").exists()

@@ -151,3 +151,13 @@ def test_records_written_before_test_order_pair_only_among_themselves(runs, tmp_
     assert not any("DATA's images or labels changed" in t for t in text)
     older = [t for t in text if "was written before fne listed each split's test images in DATA's order" in t]
     assert len(older) == 1 and "runs/old and " in older[0] and "(run " in older[0]
+
+
+def test_fit_and_train_record_the_format_of_their_metrics_json(runs):
+    """Both verbs write metrics.json's format (`fne.metrics.METRICS_FORMAT`), by which an earlier
+    fne leaves out of its report, and refuses to apply, a run a newer fne wrote."""
+    from fne.metrics import METRICS_FORMAT
+
+    root, m = runs
+    assert all(m[k]["format"] == json.loads((root / k / "metrics.json").read_text())["format"] == METRICS_FORMAT
+               for k in ("fit5", "fit3", "train"))

@@ -38,6 +38,7 @@ from fne.linear.heads import make_head, parse_C
 from fne.linear.predict import MODEL_FORMAT  # one definition: fit writes what predict reads
 from fne.linear.solver import resolve_solver
 from fne.metrics import (
+    METRICS_FORMAT,
     TEST_ORDER,
     accuracy_interval,
     class_recall,
@@ -249,7 +250,7 @@ def _metrics(data, src: Source, final: _Final, per_split: list[dict], confusions
     run folder, for its ``command``)."""
     dataset, o = src.dataset, options[2]
     m = {
-        "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
+        "format": METRICS_FORMAT, "kind": "fit", "method": f"{o.features}+{o.head}", "dataset": dataset.name, "data": str(data),
         "data_resolved": data_identity(data),
         **_scores(per_split, confusions, dataset.classes),
         "n_images": len(src.listed()), "skipped": src.skipped,  # as train's: DATA's listing, the unreadable named

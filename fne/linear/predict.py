@@ -50,7 +50,10 @@ def load_model(run_dir: str | Path) -> dict:
                            f"refit it with `fne fit`") from None
         raise FneError(f"{path}: cannot be read ({type(e).__name__}{': ' * bool(said)}{said}); refit it with "
                        f"`fne fit`") from None
-    if not isinstance(model, dict) or model.get("format") != MODEL_FORMAT:
+    f = model.get("format") if isinstance(model, dict) else None
+    if type(f) is int and f > MODEL_FORMAT:  # refitting it with this fne would replace a newer fne's run
+        raise FneError(f"{path}: written by a newer fne: model format {f}, this fne reads {MODEL_FORMAT}; upgrade fne")
+    if not isinstance(model, dict) or f != MODEL_FORMAT:
         raise FneError(f"{path}: not a model written by this version of fne fit (refit it with `fne fit`)")
     return model
 

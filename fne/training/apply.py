@@ -25,6 +25,7 @@ from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
 from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import FneError
+from fne.metrics import unreadable_format
 from fne.names import MODES
 from fne.training import epochs
 from fne.training.class_map import direct_run_refusal
@@ -41,6 +42,8 @@ def read_run(run_dir: str | Path) -> dict:
         m = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
         raise FneError(f"{run_dir}: cannot read its metrics.json ({e}); is it a finished `fne train` run?") from None
+    if isinstance(m, dict) and unreadable_format(m) is not None:  # its network may be rebuilt otherwise
+        raise FneError(f"{run_dir}/metrics.json: {unreadable_format(m)}")
     if not isinstance(m, dict) or m.get("kind") != "train" or m.get("mode") not in MODES:
         raise FneError(f"{run_dir}/metrics.json: not a `fne train` run")
     if m["mode"] == "direct":

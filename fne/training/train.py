@@ -46,6 +46,7 @@ from fne.devices import (
 )
 from fne.errors import DataError, FneError
 from fne.metrics import (
+    METRICS_FORMAT,
     TEST_ORDER,
     accuracy_interval,
     class_recall,
@@ -471,7 +472,7 @@ def _metrics(cfg: TrainConfig, dataset: Dataset, ctx: epochs.Ctx, split: Split, 
     splits = [{"accuracy": acc, "mean_class_accuracy": mca, "n_train": n_train, "n_test": n_test,
                **split_record(dataset.ids, test["ids"], test["y"], pred)}]  # as fit's
     return {
-        "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
+        "format": METRICS_FORMAT, "kind": "train", "method": f"train:{cfg.mode}", "mode": cfg.mode,
         "dataset": dataset.name, "data": cfg.data, "data_resolved": data_identity(cfg.data),
         "accuracy": acc, "accuracy_std": 0.0, "mean_class_accuracy": mca, "mean_class_accuracy_std": 0.0,
         "accuracy_ci": accuracy_interval(splits), "mean_class_accuracy_ci": mean_class_interval(splits, confusion),
