@@ -1590,3 +1590,87 @@ def test_a_damaged_path_class_list_or_spread_skips_its_run_with_a_line(tmp_path,
                                          f"fne writes them"):
         r = report([runs], tmp_path / "rep")
     assert str(tmp_path / "runs" / "odd") not in json.dumps(r) and (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_a_run_of_a_newer_metrics_format_is_left_out_with_a_line_and_an_earlier_one_read_as_before(tmp_path):
+    """metrics.json records its format (`fne.metrics.METRICS_FORMAT`). A fit or train run a newer fne
+    wrote, whose fields this fne may misread (a setting it does not know, runs that differ in it
+    pooled into one row), was tabulated as one of its own; it is left out with one line naming the
+    files and both formats. A run without a format (written before fne recorded it), and one of
+    this format with a key fne does not write (a note of the user's), are read as before; a format
+    that is no whole number is a damaged field, left out as the others are."""
+    from fne.metrics import METRICS_FORMAT
+
+    runs, n = tmp_path / "runs", METRICS_FORMAT
+    write_run(runs, "earlier", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    write_run(runs, "now", fake_metrics("fc7+svm", 0.8, 0.01, 0.8, 0.01, format=n, note="a user's note"))
+    write_run(runs, "newer_fit", fake_metrics("fc6+svm", 0.7, 0.01, 0.7, 0.01, format=n + 1, future_setting="x"))
+    write_run(runs, "newer_train", fake_metrics("train:finetune", 0.6, 0.0, 0.6, 0.0, kind="train", format=n + 1))
+    write_run(runs, "odd", fake_metrics("fc8+svm", 0.6, 0.01, 0.6, 0.01, format="2"))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        r = report([runs], tmp_path / "rep", figures=False)
+    lines = [str(w.message) for w in said if "metrics.json" in str(w.message)]
+    assert len(lines) == 2 and set(lines) == {
+        f"skipped 2 files (written by a newer fne: format {n + 1}, this fne reads up to {n}; upgrade fne): "
+        f"{runs / 'newer_fit' / 'metrics.json'}, {runs / 'newer_train' / 'metrics.json'}",
+        f"skipped {runs / 'odd' / 'metrics.json'}: its format not as fne writes them (a damaged or hand-edited file)"}
+    assert sorted(row["method"] for ds in r["datasets"] for row in ds["rows"]) == ["fc7+svm", "fne+svm"]
+
+
+def test_a_report_without_figures_leaves_no_figures_folder(tmp_path):
+    """`fne report --no-figures` into the folder of a report with figures removed its figures but
+    left an empty report_files/; the folder goes with them, and stays where a file of the user's
+    is in it."""
+    runs = make_runs(tmp_path / "runs")
+    for name, keep in (("rep", None), ("kept", "mine.txt")):
+        out = tmp_path / name
+        report([runs], out)
+        assert {p.suffix for p in (out / "report_files").iterdir()} == {".png"}
+        if keep:
+            (out / "report_files" / keep).write_text("mine")
+        report([runs], out, figures=False)
+        assert not (out / "report_files").exists() if keep is None else [
+            p.name for p in (out / "report_files").iterdir()] == [keep]
+    report([runs], tmp_path / "fresh", figures=False)
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == [
+        "report.csv", "report.html", "report.json", "report.md", "report.tex"]
+
+
+@pytest.mark.parametrize("field, value", [
+    (f, v) for f in ("fit_seconds", "extract_seconds", "accuracy", "mean_class_accuracy", "accuracy_std", "n_test",
+                     "n_train")
+    for v in (1e308, -1e308, float("inf"), float("-inf"), float("nan"), -1.0)] + [
+    ("fit_seconds", 1e13), ("accuracy", 1.5), ("n_images", 2.5), ("extract_cost", {"seconds": 1e308}),
+    ("splits", [{"accuracy": 1e308, "mean_class_accuracy": 0.9, "n_train": 30, "n_test": 10}] * 2)])
+def test_a_number_no_run_measures_leaves_its_run_out_with_a_line_naming_the_field(tmp_path, field, value):
+    """metrics.json's numbers the report shows, draws and tests, edited to 1e308, an infinity, NaN
+    (json reads `Infinity`, `NaN`) or negative: 1e308 seconds ended the report in matplotlib's
+    traceback, a negative n_test or n_train in the t-test's (a math domain error), and a mean class
+    accuracy of NaN or 1e308 was shown without a word. fne writes none of these; the run is left out
+    with a line naming the file and the field, with figures and without, as other damaged fields are."""
+    runs = make_runs(tmp_path / "runs")
+    odd = runs / "a" / "fne" / "metrics.json"
+    odd.write_text(json.dumps({**json.loads(odd.read_text()), field: value}))  # Infinity, NaN: as Python writes them
+    for figures in (True, False):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            r = report([runs], tmp_path / f"rep{figures}", figures=figures)
+        assert [str(w.message) for w in said if str(odd) in str(w.message)] == [
+            f"skipped {odd}: its {field} not as fne writes them (a damaged or hand-edited file)"]
+        assert str(odd.parent) not in json.dumps([row["paths"] for ds in r["datasets"] for row in ds["rows"]])
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1e11])
+def test_numbers_at_the_edges_of_what_runs_measure_are_shown_as_they_are(tmp_path, value):
+    """Zero seconds, no accuracy, no spread, and a run of three years are numbers a run can record:
+    shown as they are, figures drawn."""
+    runs = make_runs(tmp_path / "runs")
+    odd = runs / "a" / "fne" / "metrics.json"
+    m = json.loads(odd.read_text())
+    odd.write_text(json.dumps({**m, "fit_seconds": value, "extract_seconds": value, "accuracy_std": 0.0,
+                               "accuracy": 0.0 if value == 0 else m["accuracy"]}))
+    r = report([runs], tmp_path / "rep")
+    (row,) = [row for ds in r["datasets"] for row in ds["rows"] if row["paths"] == [str(odd.parent)]]
+    assert (row["seconds"], row["extract_seconds"], row["accuracy_std"]) == (value, value, 0.0)
+    assert row["accuracy"] == (0.0 if value == 0 else m["accuracy"]) and (tmp_path / "rep" / "report_files").is_dir()

@@ -7,9 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fne.metrics import bad_format, unreadable_format
 from fne.reporting.intervals import finite
 
 _TEXT = (str, type(None))
+
+# The measured numbers a report shows, draws and tests, as fne writes them: accuracies and their
+# spread over splits are fractions from 0 to 1, seconds from 0 to SECONDS_MAX, image counts whole
+# numbers from 0 (fne writes no NaN or infinity: `fne.cache.fs.json_text`). Outside, a value measures
+# nothing (a damaged or hand-edited file); drawn or tested, it ended the report in a traceback
+# (1e308 seconds overflowed matplotlib's log axis, a negative n_test the t-test's square root).
+FRACTIONS = ("accuracy", "accuracy_std", "mean_class_accuracy", "mean_class_accuracy_std")
+SECONDS = ("fit_seconds", "train_seconds", "extract_seconds")
+SECONDS_MAX = 1e12  # 31,700 years: more than any run took; matplotlib's log axis fails before 1e290
+COUNTS = ("n_images", "n_train", "n_test")
 
 
 def _texts(v) -> bool:
@@ -18,25 +29,49 @@ def _texts(v) -> bool:
 
 def malformed_run(m: dict) -> str | None:
     """Why a metrics.json cannot be tabulated (no accuracy: another program's file, or fields of
-    other types than fne writes: a damaged or hand-edited file); None where it can."""
+    other types than fne writes: a damaged or hand-edited file; a later format: a newer fne's); None
+    where it can."""
+    newer = unreadable_format(m)  # its fields may mean what this fne cannot tell: read as its own, they would mislead
+    if newer is not None:
+        return newer
     if "accuracy" not in m:
         return "no accuracy: not the metrics.json of a `fne fit` or `fne train` run"
-    bad = [] if m["accuracy"] is None or finite(m["accuracy"]) is not None else ["accuracy"]
+    bad = out_of_range(m, FRACTIONS, 1.0) + out_of_range(m, SECONDS, SECONDS_MAX) + _not_counts(m)
     bad += [k for k in ("method", "kind", "mode", "arch", "weights", "weights_fingerprint", "dataset", "seed",
                         "split_protocol", "labels_fingerprint") if isinstance(m.get(k), (list, dict))]
     bad += [k for k in ("data", "data_resolved") if not isinstance(m.get(k), _TEXT)]  # paths: compared, stat'ed
-    bad += [k for k in ("accuracy_std", "mean_class_accuracy_std") if (finite(m.get(k)) or 0.0) < 0]  # error bars
     classes = m.get("classes")  # names of the confusion matrix's rows
     bad += [] if classes is None or isinstance(classes, list) and all(
         isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes) else ["classes"]
+    bad += ["format"] if bad_format(m) else []
     bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int else ["n_splits"]
     splits, o = m.get("splits"), m.get("options")
     if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) and all(
-            isinstance(s.get(k), _TEXT) for k in ("test_hash", "correct")) for s in splits)):
+            isinstance(s.get(k), _TEXT) for k in ("test_hash", "correct")) and not out_of_range(s, FRACTIONS, 1.0)
+            and not _not_counts(s) for s in splits)):  # a pooled row's values are its splits'
         bad.append("splits")
+    cost = m.get("extract_cost")  # the earlier extraction's seconds, drawn as a fit's cost
+    bad += ["extract_cost"] if isinstance(cost, dict) and out_of_range(cost, ("seconds",), SECONDS_MAX) else []
     if o is not None and not (isinstance(o, dict) and isinstance(o.get("label_key"), _TEXT)):
         bad.append("options")
     return _said(bad)
+
+
+def out_of_range(d: dict, keys: tuple[str, ...], top: float) -> list[str]:
+    """The `keys` of `d` whose value is recorded (not None) but is not a number from 0 to `top`."""
+    return [k for k in keys if d.get(k) is not None and not 0 <= (finite(d[k]) if finite(d[k]) is not None else -1) <= top]
+
+
+def _not_counts(d: dict) -> list[str]:
+    """The image counts of `d` (COUNTS) recorded as other than a whole number from 0."""
+    return [k for k in COUNTS if d.get(k) is not None and not (type(d[k]) is int and d[k] >= 0)]
+
+
+def malformed_step(step: dict) -> str | None:
+    """Why a step.json's record of the extraction that computed its run's rows (`fne run`'s) cannot
+    be read: its seconds not as fne writes them; None where it can."""
+    ex = step.get("extract")
+    return _said(["extract"]) if isinstance(ex, dict) and out_of_range(ex, ("seconds",), SECONDS_MAX) else None
 
 
 def malformed_advice(a: dict) -> str | None:

@@ -47,6 +47,7 @@ from fne.reporting.inputs import (
     malformed_advice,
     malformed_pipeline,
     malformed_run,
+    malformed_step,
     unfinished_runs,
 )
 from fne.reporting.intervals import few_splits_note, finite
@@ -111,6 +112,8 @@ def collect(run_dirs: list[str | Path]) -> dict:
             if _skipped(p, malformed_run(m), skipped):
                 continue
             step = read_json(p.parent / "step.json", skipped=damaged) if (p.parent / "step.json").is_file() else None
+            if step is not None and _skipped(p.parent / "step.json", malformed_step(step), skipped):
+                step = None  # the run is read as one without it, its extraction as metrics.json records it
             runs.append({"path": str(p.parent), "metrics": m, "step": step or {}})
         for p in _find(root, "advice.json"):
             a = read_json(p, skipped=damaged)
@@ -424,11 +427,14 @@ def report(run_dirs: Iterable[str | Path] | str | Path, out: str | Path, pipelin
 
 def _remove_stale_figures(fig_dir: Path, drawn: set[str]) -> None:
     """The figures an earlier report into the same folder drew that this one did not (a section
-    it no longer has, or ``figures=False``): left, they would pass for this report's."""
+    it no longer has, or ``figures=False``): left, they would pass for this report's. The folder
+    goes with them where nothing else is in it (a report without figures has none)."""
     if fig_dir.is_dir():
         for f in fig_dir.glob("*.png"):
             if f.stem.rsplit("-", 1)[-1] in _FIGURES and f"report_files/{f.name}" not in drawn:
                 f.unlink(missing_ok=True)
+        if not drawn and not any(fig_dir.iterdir()):
+            fig_dir.rmdir()
 
 
 _FIGURES = ("bars", "time", "confusion")
