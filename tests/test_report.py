@@ -1674,3 +1674,19 @@ def test_numbers_at_the_edges_of_what_runs_measure_are_shown_as_they_are(tmp_pat
     (row,) = [row for ds in r["datasets"] for row in ds["rows"] if row["paths"] == [str(odd.parent)]]
     assert (row["seconds"], row["extract_seconds"], row["accuracy_std"]) == (value, value, 0.0)
     assert row["accuracy"] == (0.0 if value == 0 else m["accuracy"]) and (tmp_path / "rep" / "report_files").is_dir()
+
+
+def test_a_step_json_whose_extraction_seconds_no_run_measures_is_left_out_and_its_run_kept(tmp_path):
+    """`fne run`'s step.json records the extraction that computed a fit's rows; 1e308 seconds there
+    ended the report in matplotlib's traceback too. That record is left out with a line naming the
+    file, and the run is read as one without it (its extraction as metrics.json records it)."""
+    runs = make_runs(tmp_path / "runs")
+    step = runs / "a" / "fne" / "step.json"
+    step.write_text(json.dumps({"dataset_key": "pets", "extract": {"seconds": 1e308, "n_computed": 40}}))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        r = report([runs], tmp_path / "rep")
+    assert [str(w.message) for w in said if "step.json" in str(w.message)] == [
+        f"skipped {step}: its extract not as fne writes them (a damaged or hand-edited file)"]
+    (row,) = [row for ds in r["datasets"] for row in ds["rows"] if row["paths"] == [str(step.parent)]]
+    assert row["extract_seconds"] == 40.0 and (tmp_path / "rep" / "report_files").is_dir()
