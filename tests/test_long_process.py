@@ -313,3 +313,30 @@ print(json.dumps(out + [r.n_computed]))
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads(p.stdout.splitlines()[-1]) == ["interrupted", 24]
+
+
+@pytest.mark.parametrize("verb", ["extract", "train"])
+def test_ctrl_c_as_a_loader_starts_its_workers_leaves_none(verb, digits, tmp_path, monkeypatch):
+    """Ctrl-C (a real SIGINT) while torch's loader iterator starts its workers: raised inside its
+    ``__init__``, it left the iterator half-built, its workers running with nothing to stop them
+    (its ``__del__`` fails: "no attribute '_workers_status'"), a process and its pipes left per
+    Ctrl-C for the notebook's lifetime; the loader starts with it held, then stops the workers."""
+    import signal
+
+    from torch.utils.data import dataloader
+
+    real, sent = dataloader._MultiProcessingDataLoaderIter._reset, []
+
+    def ctrl_c(self, loader, first_iter=False):
+        if not sent:  # the workers are started, their status not yet kept
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, loader, first_iter)
+
+    before = threads()
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_reset", ctrl_c)
+    if verb == "extract":
+        kept(lambda: fne.extract(digits, cache=str(tmp_path / "c"), batch_size=8, workers=2, progress=False, **FAST))
+    else:
+        kept(lambda: fne.train(digits, "frozen", tmp_path / "t", epochs=1, workers=2, **TRAIN))
+    assert sent and leftovers(before) == ([], set())
