@@ -322,6 +322,27 @@ def end_workers(loader) -> None:
             shutdown()
 
 
+class Loader(torch.utils.data.DataLoader):
+    """torch's DataLoader whose iterator starts (its workers forked, their queues filled) with
+    Ctrl-C held (`fne.handoff`): a KeyboardInterrupt raised inside torch's iterator
+    ``__init__`` left it half-built, workers started and nothing to stop them (its ``__del__``
+    fails on the attributes not yet set: "no attribute '_workers_status'"), so each such Ctrl-C in a
+    notebook left a worker process and its pipes until the kernel ended. Held, it is raised once
+    the iterator is whole, and its workers are stopped first."""
+
+    def __iter__(self):
+        from fne.handoff import held
+
+        it = None
+        try:
+            with held():  # bounded: the workers are started, not waited for
+                it = super().__iter__()
+        except BaseException:
+            end_workers(self if it is None else it)  # a persistent iterator is kept on the loader
+            raise
+        return it
+
+
 def require_main_script(verb: str) -> None:
     """FneError where `verb` is called while a process started by spawn (macOS's and Windows'
     start method) or forkserver re-runs the user's script to set itself up: a loader worker

@@ -277,3 +277,66 @@ def test_report_keeps_the_callers_matplotlib_backend(warm_cache, digits_folder, 
     r = fne.report([tmp_path / "run"], out=tmp_path / "report")
     assert "data:image/png;base64," in open(r["html"]).read()
     assert matplotlib.get_backend() == "svg" and plt.get_fignums() == open_figures
+
+
+def test_ctrl_c_in_the_first_meta_forwards_lazy_import_leaves_later_calls_working(digits, tmp_path):
+    """A forward on the meta device (the check that the backbone runs at `image_size`) imports
+    torch's symbolic shapes, and sympy with them (~900 modules, seconds), at its first shape check
+    in the process. A Ctrl-C inside that import left sympy half-imported, and every later call
+    of the process refused in one line ("efficientnet_lite0 cannot run at 32 x 32 (module 'sympy'
+    has no attribute 'logic')"); held over the import, it ends the call and the next one runs.
+    A fresh process: this one has imported them already."""
+    import json
+    import subprocess
+
+    from .conftest import FAST32
+
+    script = f"""
+import json, os, signal, sys
+import fne
+assert "sympy" not in sys.modules
+class CtrlC:  # SIGINT as sympy imports its polys package (its logic one imported), as a Ctrl-C could come
+    def find_spec(self, name, path=None, target=None):
+        if name == "sympy.polys":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, CtrlC())
+out = []
+try:
+    fne.extract({str(digits)!r}, cache={str(tmp_path / "c")!r}, workers=0, progress=False, **{FAST32!r})
+except KeyboardInterrupt:
+    out.append("interrupted")
+r = fne.extract({str(digits)!r}, cache={str(tmp_path / "c")!r}, workers=0, progress=False, **{FAST32!r})
+print(json.dumps(out + [r.n_computed]))
+"""
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.splitlines()[-1]) == ["interrupted", 24]
+
+
+@pytest.mark.parametrize("verb", ["extract", "train"])
+def test_ctrl_c_as_a_loader_starts_its_workers_leaves_none(verb, digits, tmp_path, monkeypatch):
+    """Ctrl-C (a real SIGINT) while torch's loader iterator starts its workers: raised inside its
+    ``__init__``, it left the iterator half-built, its workers running with nothing to stop them
+    (its ``__del__`` fails: "no attribute '_workers_status'"), a process and its pipes left per
+    Ctrl-C for the notebook's lifetime; the loader starts with it held, then stops the workers."""
+    import signal
+
+    from torch.utils.data import dataloader
+
+    real, sent = dataloader._MultiProcessingDataLoaderIter._reset, []
+
+    def ctrl_c(self, loader, first_iter=False):
+        if not sent:  # the workers are started, their status not yet kept
+            sent.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, loader, first_iter)
+
+    before = threads()
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "_reset", ctrl_c)
+    if verb == "extract":
+        kept(lambda: fne.extract(digits, cache=str(tmp_path / "c"), batch_size=8, workers=2, progress=False, **FAST))
+    else:
+        kept(lambda: fne.train(digits, "frozen", tmp_path / "t", epochs=1, workers=2, **TRAIN))
+    assert sent and leftovers(before) == ([], set())

@@ -70,10 +70,10 @@ def refuse_size(arch: str, weights: str, size: int | None) -> None:
         return
     import torch
 
-    model = zoo.meta_model(lambda: b.build(b.num_classes))
+    model, x = zoo.meta_model(lambda: b.build(b.num_classes)), zoo.meta_image(size)
     try:
         with torch.no_grad():
-            model(torch.empty(1, 3, size, size, device="meta"))
+            model(x)
     except Exception as e:
         said = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise refusal(lambda py: f"{named('image_size', py, size, plain=True)}: {arch} cannot run at {size} x {size} "

@@ -305,6 +305,18 @@ def meta_model(build: Callable[[], nn.Module]) -> nn.Module:
         return build().to("meta").eval()
 
 
+def meta_image(size: int) -> torch.Tensor:
+    """One size x size RGB image on the meta device: the input of a forward that finds shapes.
+
+    The first such forward in a process imports torch's symbolic shapes, sympy with them (~900
+    modules, 0.3-0.6 s), at its first shape check: a Ctrl-C inside that import left sympy
+    half-imported, and every later meta forward of the process failed (`module 'sympy' has no
+    attribute 'logic'`: `fne extract --image-size 32` refused its size). Imported here, with
+    Ctrl-C held until it is whole."""
+    imported("torch.fx.experimental.symbolic_shapes")
+    return torch.zeros(1, 3, size, size, device="meta")
+
+
 def build_assign(build: Callable[[], nn.Module], state: dict) -> nn.Module:
     """Build on the meta device and adopt `state`'s tensors (no random initialisation); a model
     that does not fit that way (non-persistent buffers, init code that needs real tensors) is
@@ -461,7 +473,7 @@ def tv_takes_half_norm(name: str) -> bool:
 @functools.cache
 def tv_discover(name: str, image_size: int | None = None) -> Discovered:
     model = meta_model(lambda: tv_build(name, image_size)(1000))
-    x = torch.zeros(1, 3, image_size or 224, image_size or 224, device="meta")
+    x = meta_image(image_size or 224)
     return discover(model, x, None, 1000, _prefix_tokens(model))
 
 
@@ -534,7 +546,7 @@ def timm_discover(model_name: str) -> Discovered:
     img = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img:
         size = img[0] if isinstance(img, (tuple, list)) else img
-    x = torch.zeros(1, 3, size, size, device="meta")
+    x = meta_image(size)
     clf = model.get_classifier()
     if isinstance(clf, (tuple, list)):  # distilled models (DeiT, LeViT): (head, head_dist)
         clf = clf[0]

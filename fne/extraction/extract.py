@@ -39,6 +39,7 @@ from fne.data.datasets import load_dataset
 from fne.data.lanes import container_batches
 from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
+    Loader,
     default_workers,
     end_workers,
     forks_workers,
@@ -451,7 +452,7 @@ def _loader(spec: StoreSpec, dataset: Dataset, todo: list[int], dev: torch.devic
     items.share_raw(batch_size, workers, in_flight=2 + 1, forked=forked)  # where /dev/shm lacks room: rgb off
     prefetch = 2 if items.rgb else 4  # decoded images are large: fewer batches ahead (15 workers keep 30)
     lanes = container_batches(dataset, todo, batch_size, workers)  # tar shards: a worker reads whole tars
-    return torch.utils.data.DataLoader(
+    return Loader(
         items, **({"batch_sampler": lanes} if lanes else {"batch_size": batch_size}), num_workers=workers,
         collate_fn=reader.collate, worker_init_fn=worker_init, multiprocessing_context=loader_context(workers),
         generator=torch.Generator(),  # its workers' seeds (nothing draws) from its own: torch's global RNG left as it was

@@ -17,7 +17,7 @@ from torch import nn
 
 from fne.backbones.preprocess import Preprocess
 from fne.data.dataset import Dataset
-from fne.devices import autocast, end_workers, loader_context, worker_init
+from fne.devices import Loader, autocast, end_workers, loader_context, worker_init
 from fne.errors import DataError
 from fne.extraction import reader
 from fne.extraction.ahead import Ahead
@@ -144,7 +144,7 @@ def loader(ctx: Ctx, idx: np.ndarray, prep, batch_size: int, workers: int, gen: 
     # Workers kept across epochs: a shuffled order and its crops' seeds come from `EpochOrder`;
     # the loader's own generator only seeds its workers' RNGs, which draw nothing of fne's
     order = EpochOrder(items, gen) if gen is not None else None
-    return torch.utils.data.DataLoader(
+    return Loader(
         items, batch_size=batch_size, sampler=order, generator=torch.Generator().manual_seed(0),
         num_workers=workers,
         drop_last=gen is not None and len(indices) % batch_size == 1 and len(indices) > 1,
