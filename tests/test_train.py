@@ -1865,3 +1865,21 @@ def test_fne_predict_refuses_a_model_pt_of_another_run_of_the_same_network(resum
     del m["model_fingerprint"]  # a run written before metrics.json recorded it: not checked
     (mixed / "metrics.json").write_text(json.dumps(m))
     assert main(["predict", str(mixed), str(data), "--out", str(tmp_path / "q.csv"), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("val_fraction, part", [(0.1, "val"), (0.0, "test")])
+def test_a_network_whose_scores_are_not_numbers_stops_the_run_in_one_line(digits, tmp_path, val_fraction, part):
+    """A learning rate too high left a ResNet-18's weights numbers but so large that it scored
+    every image NaN: the run reported the accuracy of argmax over NaN (the first class) and wrote
+    NaN scores to predictions.csv with no word. The pass that meets such scores stops the run,
+    naming the lr to lower; no metrics.json is written."""
+    from fne.training.train import train
+
+    with pytest.raises(OptionError) as e:
+        train(digits, "scratch", tmp_path / "run", arch="resnet18", image_size=32, batch_size=32, workers=0,
+              progress=False, epochs=1, lr=1e4, val_fraction=val_fraction)
+    said = str(e.value)
+    assert "\n" not in said and said.startswith("training diverged"), said
+    assert re.search(rf"the network scores \d+ of \d+ {part} images with values that are not numbers; "
+                     r"start again with a lower lr than 10000$", said), said
+    assert not (tmp_path / "run" / "metrics.json").exists()
