@@ -1883,3 +1883,35 @@ def test_a_network_whose_scores_are_not_numbers_stops_the_run_in_one_line(digits
     assert re.search(rf"the network scores \d+ of \d+ {part} images with values that are not numbers; "
                      r"start again with a lower lr than 10000$", said), said
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resume_refuses_a_checkpoint_whose_tensor_bytes_were_damaged(resumable_run, source, tmp_path, capsys):
+    """torch.load does not check the CRC-32 of the zip members torch.save writes: a checkpoint
+    whose tensor bytes were damaged (a disk's or a copy's fault), its size and layout kept,
+    resumed and trained on from weights no run left. It is refused in one line, as a truncated
+    one is, and `fne run` does not take it up."""
+    import shutil
+    import zipfile
+
+    from fne.training import checkpoint
+
+    data, run = resumable_run
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    ckpt = work / "checkpoint.pt"
+    with zipfile.ZipFile(ckpt) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)  # a tensor's bytes, stored uncompressed
+    raw = bytearray(ckpt.read_bytes())
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)  # past its local header
+    raw[start + 100:start + 164] = bytes(b ^ 0xFF for b in raw[start + 100:start + 164])
+    ckpt.write_bytes(bytes(raw))
+    torch.load(ckpt, weights_only=True)  # what torch itself takes without a word
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "3",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fne train: error: --resume: cannot read {ckpt}: truncated, damaged or not a torch file; " \
+                  "start anew without --resume"
+    cfg = checkpoint.read(run / "checkpoint.pt")["args"]  # the run's own, undamaged: its settings
+    assert checkpoint.resumable(ckpt, type("Cfg", (), cfg), None) is None
+    assert checkpoint.resumable(run / "checkpoint.pt", type("Cfg", (), cfg), None) is not None
