@@ -1915,3 +1915,19 @@ def test_resume_refuses_a_checkpoint_whose_tensor_bytes_were_damaged(resumable_r
     cfg = checkpoint.read(run / "checkpoint.pt")["args"]  # the run's own, undamaged: its settings
     assert checkpoint.resumable(ckpt, type("Cfg", (), cfg), None) is None
     assert checkpoint.resumable(run / "checkpoint.pt", type("Cfg", (), cfg), None) is not None
+
+
+@pytest.mark.parametrize("momentum", ["1", "2"])
+def test_a_momentum_of_1_or_more_is_one_line_before_any_work(momentum, tmp_path, capsys):
+    """SGD's velocity never decays at a momentum of 1 or more: --momentum 2 trained, its steps
+    growing each batch, and reported the accuracy of what it left. Momentum is in [0, 1)."""
+    from fne.training.train import train
+
+    args = ["train", "digits", "--mode", "scratch", "--arch", "resnet18", "--out", str(tmp_path / "run"),
+            "--image-size", "32", "--workers", "0", "--no-progress", "--momentum", momentum]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"fne train: error: bad --momentum {float(momentum)}: --momentum must be in [0, 1)"
+    with pytest.raises(OptionError, match=r"^bad momentum=1\.0: momentum must be in \[0, 1\)$"):
+        train("digits", "scratch", tmp_path / "run", arch="resnet18", momentum=1.0)
+    assert not (tmp_path / "run").exists()
