@@ -317,7 +317,7 @@ class TrainConfig:
     lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0", modes=TRAINED)
     imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this", modes=("finetune",),
                                      **at_least(0, "a number"))
-    momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **at_least(0, "a number"))
+    momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **between(0, 1, closed_lo=True))
     weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **at_least(0, "a number"))
     scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS, modes=TRAINED)
     image_size: int | None = option(None, "input size (default: the backbone's, 224)", **IMAGE_SIZE)

@@ -461,7 +461,7 @@ def test_data_a_shell_expanded_into_several_paths_is_named(tmp_path, capsys, mon
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--lr", "inf"],
      "bad --lr inf: --lr must be a finite number > 0"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--momentum", "inf"],
-     "bad --momentum inf: --momentum must be a finite number >= 0"),
+     "bad --momentum inf: --momentum must be a finite number in [0, 1)"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--weight-decay=-inf"],
      "bad --weight-decay -inf: --weight-decay must be a finite number >= 0"),
     (["fit", "DATA", "--out", ""], "--out '': is empty; give the folder to write"),

@@ -1865,3 +1865,69 @@ def test_fne_predict_refuses_a_model_pt_of_another_run_of_the_same_network(resum
     del m["model_fingerprint"]  # a run written before metrics.json recorded it: not checked
     (mixed / "metrics.json").write_text(json.dumps(m))
     assert main(["predict", str(mixed), str(data), "--out", str(tmp_path / "q.csv"), "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("val_fraction, part", [(0.1, "val"), (0.0, "test")])
+def test_a_network_whose_scores_are_not_numbers_stops_the_run_in_one_line(digits, tmp_path, val_fraction, part):
+    """A learning rate too high left a ResNet-18's weights numbers but so large that it scored
+    every image NaN: the run reported the accuracy of argmax over NaN (the first class) and wrote
+    NaN scores to predictions.csv with no word. The pass that meets such scores stops the run,
+    naming the lr to lower; no metrics.json is written."""
+    from fne.training.train import train
+
+    with pytest.raises(OptionError) as e:
+        train(digits, "scratch", tmp_path / "run", arch="resnet18", image_size=32, batch_size=32, workers=0,
+              progress=False, epochs=1, lr=1e4, val_fraction=val_fraction)
+    said = str(e.value)
+    assert "\n" not in said and said.startswith("training diverged"), said
+    assert re.search(rf"the network scores \d+ of \d+ {part} images with values that are not numbers; "
+                     r"start again with a lower lr than 10000$", said), said
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_resume_refuses_a_checkpoint_whose_tensor_bytes_were_damaged(resumable_run, source, tmp_path, capsys):
+    """torch.load does not check the CRC-32 of the zip members torch.save writes: a checkpoint
+    whose tensor bytes were damaged (a disk's or a copy's fault), its size and layout kept,
+    resumed and trained on from weights no run left. It is refused in one line, as a truncated
+    one is, and `fne run` does not take it up."""
+    import shutil
+    import zipfile
+
+    from fne.training import checkpoint
+
+    data, run = resumable_run
+    work = tmp_path / "run"
+    shutil.copytree(run, work)
+    ckpt = work / "checkpoint.pt"
+    with zipfile.ZipFile(ckpt) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)  # a tensor's bytes, stored uncompressed
+    raw = bytearray(ckpt.read_bytes())
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)  # past its local header
+    raw[start + 100:start + 164] = bytes(b ^ 0xFF for b in raw[start + 100:start + 164])
+    ckpt.write_bytes(bytes(raw))
+    torch.load(ckpt, weights_only=True)  # what torch itself takes without a word
+    args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "3",
+            "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"fne train: error: --resume: cannot read {ckpt}: truncated, damaged or not a torch file; " \
+                  "start anew without --resume"
+    cfg = checkpoint.read(run / "checkpoint.pt")["args"]  # the run's own, undamaged: its settings
+    assert checkpoint.resumable(ckpt, type("Cfg", (), cfg), None) is None
+    assert checkpoint.resumable(run / "checkpoint.pt", type("Cfg", (), cfg), None) is not None
+
+
+@pytest.mark.parametrize("momentum", ["1", "2"])
+def test_a_momentum_of_1_or_more_is_one_line_before_any_work(momentum, tmp_path, capsys):
+    """SGD's velocity never decays at a momentum of 1 or more: --momentum 2 trained, its steps
+    growing each batch, and reported the accuracy of what it left. Momentum is in [0, 1)."""
+    from fne.training.train import train
+
+    args = ["train", "digits", "--mode", "scratch", "--arch", "resnet18", "--out", str(tmp_path / "run"),
+            "--image-size", "32", "--workers", "0", "--no-progress", "--momentum", momentum]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == \
+        f"fne train: error: bad --momentum {float(momentum)}: --momentum must be in [0, 1)"
+    with pytest.raises(OptionError, match=r"^bad momentum=1\.0: momentum must be in \[0, 1\)$"):
+        train("digits", "scratch", tmp_path / "run", arch="resnet18", momentum=1.0)
+    assert not (tmp_path / "run").exists()

@@ -17,6 +17,7 @@ import json
 import random
 import time
 import warnings
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -219,6 +220,8 @@ def read(path: Path, mmap: bool = False) -> dict:
         raise refusal(lambda py: f"{resume_flag(py)}: no checkpoint {path} (a run writes one after an epoch: see "
                                  f"{named('save_every', py)})", FneError)
     try:
+        if not mmap:  # what is resumed from: mmap reads (a listing) take the arguments only
+            _check_crc(path)
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch's messages run over lines, or say only "(101)"
         why = e.strerror if isinstance(e, OSError) and e.strerror else "truncated, damaged or not a torch file"
@@ -230,6 +233,19 @@ def read(path: Path, mmap: bool = False) -> dict:
         raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train (it lacks {lacks})",
                       FneError)
     return ckpt
+
+
+def _check_crc(path: Path) -> None:
+    """ValueError where a member of the zip file torch.save wrote at `path` fails its CRC-32:
+    torch.load does not check them, and a checkpoint with damaged bytes in its tensors (a
+    disk's or a copy's fault) loaded and resumed, training on from weights no run left. A
+    file that is not a zip is left to torch.load to refuse."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise ValueError(f"{bad} fails its CRC")
 
 
 def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,

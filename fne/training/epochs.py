@@ -290,10 +290,32 @@ def _check_finite(model: nn.Module, optimizer, desc: str, loss: float) -> None:
     params = [p.detach() for p in model.parameters()]
     if not params or bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
         return
-    lr = max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
     raise refusal(lambda py: f"training diverged in epoch {desc.split()[-1]}: the network's weights are no longer "
                              f"numbers (mean loss {loss:.4g}); start again with a lower {named('lr', py)} than "
-                             f"{lr:g}")
+                             f"{base_lr(optimizer):g}")
+
+
+def base_lr(optimizer) -> float:
+    """The run's --lr: its new layers' learning rate before any schedule."""
+    return max(g.get("initial_lr", g["lr"]) for g in optimizer.param_groups)
+
+
+def check_scores(probs: np.ndarray, part: str, when: str, lr: float | None) -> None:
+    """An OptionError where the network scored images of `part` (val, test) with numbers that are
+    not (NaN): weights still numbers but grown so large (a learning rate too high) that the
+    activations overflow. Its accuracy would be that of argmax over NaN (the first class),
+    reported as if measured. `when`: the epoch's words (" in epoch 2/5"), or none; `lr`: the
+    run's --lr, None for a network it did not train (direct)."""
+    bad = int((~np.isfinite(probs)).any(axis=1).sum())
+    if not bad:
+        return
+
+    def text(py: bool) -> str:
+        said = f"the network scores {bad} of {len(probs)} {part} images with values that are not numbers"
+        if lr is None:
+            return f"{said}: its weights cannot score these images"
+        return f"training diverged{when}: {said}; start again with a lower {named('lr', py)} than {lr:g}"
+    raise refusal(text)
 
 
 # torch's words for a layer whose output would be empty: the input is too small for the network

@@ -228,7 +228,8 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
                    if cfg.mode != "direct" else _start())
         t0 = time.perf_counter()
         with epochs.loaders(ctx, cfg.batch_size, workers) as loader:
-            ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score)
+            ids, yt, scores = _test(model, ctx, split, loader(split.test, eval_tf), cfg.direct_score,
+                                   None if cfg.mode == "direct" else cfg.lr)
         test = {"ids": ids, "y": yt, "scores": scores, "eval_seconds": time.perf_counter() - t0}
         for note in untrained_notes(dataset, split, ctx.skipped):  # as fit says it of the same split
             warnings.warn(note, stacklevel=3)
@@ -396,6 +397,7 @@ def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple
         sched.step()
     if val_loader is not None:
         _, vy, vp = epochs.evaluate(model, val_loader, ctx, "val")
+        epochs.check_scores(vp, "val", f" in epoch {epoch + 1}/{cfg.epochs}", epochs.base_lr(opt))
         row["val_accuracy"] = float((vp.argmax(1) == vy).mean())
         row["val_loss"] = epochs.mean_loss(vy, vp)
     best = run["best"]
@@ -415,9 +417,11 @@ def _epoch(model, cfg: TrainConfig, ctx: epochs.Ctx, parts: dict, loaders: tuple
 # ---------------------------------------------------------------- outputs
 
 
-def _test(model, ctx: epochs.Ctx, split: Split, loader, direct_score: str):
-    """(dataset indices, labels among split.classes, scores over split.classes) of the test images."""
+def _test(model, ctx: epochs.Ctx, split: Split, loader, direct_score: str, lr: float | None):
+    """(dataset indices, labels among split.classes, scores over split.classes) of the test images;
+    `lr`: the run's --lr, which scores that are not numbers name (None: direct, trained nothing)."""
     ids, yt, probs = epochs.evaluate(model, loader, ctx, "test")
+    epochs.check_scores(probs, "test", "", lr)
     if split.cmap is None:
         return ids, yt, probs
     names = ctx.dataset.classes
