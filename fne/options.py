@@ -105,6 +105,8 @@ SEED = {"check": lambda v: 0 <= v < 2**32, "bound": "in [0, 2**32)", "kind": "an
 # ImageNet backbone's input (a few hundred pixels), and a batch of 32 at 4096 x 4096 is already
 # 6 GB of float32 input before any activation; --image-size 100000 went on to skip every image as a
 # decompression bomb (a warning each), then stopped with "val: no readable images".
+# --augment-on auto on CUDA: the device below this many loader workers (fne.training.augment.on_device)
+AUGMENT_DEVICE_BELOW_WORKERS = 8
 MAX_IMAGE_SIZE = 4096
 IMAGE_SIZE = {"check": lambda v: 8 <= v <= MAX_IMAGE_SIZE, "bound": f"in [8, {MAX_IMAGE_SIZE}]", "kind": "an integer"}
 
@@ -324,9 +326,10 @@ class TrainConfig:
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
                            flag="--no-augment", modes=TRAINED)
     augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
-                                     "on the GPU when training on CUDA (workers only read JPEG bytes), else "
-                                     "in the loader workers (with augmentation only: --no-augment decodes in "
-                                     "the workers)",
+                                     "on the GPU when training on CUDA with fewer than "
+                                     f"{AUGMENT_DEVICE_BELOW_WORKERS} loader workers (they would bound the epoch; "
+                                     "workers then only read JPEG bytes), else in the loader workers (with "
+                                     "augmentation only: --no-augment decodes in the workers)",
                              choices=AUGMENT_ON, modes=TRAINED)
     val_fraction: float = option(0.1, "stratified part of the training data that picks the best epoch",
                                  modes=TRAINED, **between(0, 1, closed_lo=True))

@@ -450,7 +450,7 @@ def test_train_one_epoch_on_cuda_with_device_augmentation(tmp_path):
     d = load_dataset("digits")
     d = d.subset(np.arange(200))
     m = train(d, "finetune", tmp_path / "run", arch="efficientnet_lite0", weights="random", epochs=1,
-              image_size=64, progress=False, device="cuda")
+              image_size=64, progress=False, device="cuda", augment_on="device")
     assert m["device"].startswith("cuda") and m["augment_on"] == "device"
     assert m["history"][0]["img_s"] > 0 and 0 <= m["accuracy"] <= 1
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["_fc.weight"].device.type == "cpu"

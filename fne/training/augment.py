@@ -1,6 +1,7 @@
 """Training augmentation as batched ops on the device: RandomResizedCrop + horizontal flip.
 
-With `--augment-on device` (the default on CUDA) the loader's workers do almost nothing: plain
+With `--augment-on device` (`auto`'s choice on CUDA where the loader has few workers:
+`on_device`) the loader's workers do almost nothing: plain
 JPEGs travel as their bytes (`reader.ImageItems(raw_jpeg=True)`) with their aspect ratio read
 from the header, and are decoded on the device (`torchvision.io.decode_jpeg`, batched nvjpeg on
 CUDA); other images (PNG, EXIF-rotated or CMYK JPEGs, arrays) are decoded in the workers and
@@ -28,9 +29,41 @@ from PIL import Image
 
 from fne.backbones.resample import resize_boxes
 from fne.data.datasets import read_image
+from fne.devices import resolve_decode
 from fne.extraction import reader
+from fne.options import AUGMENT_DEVICE_BELOW_WORKERS
 
 SQUASH = 1.5  # the workers' square side, in input sizes
+
+# `--augment-on auto` on CUDA augments on the device only where the loader has fewer workers than
+# `fne.options.AUGMENT_DEVICE_BELOW_WORKERS` (8). On the H200 (16 cores, 15 workers, 29 Nov 2026:
+# benchmarks/RESULTS.md) the workers' PIL augmentation fed 3,282 img/s alone, ~219 a worker, and
+# trained frozen EfficientNet-Lite0 at 2,569 img/s, where the device's nvJPEG, slowed beside the
+# training steps, gave 1,519 (28 Nov: 1,808): about 7-9 workers' worth. With fewer workers the
+# CPU bounds the epoch and the device pays.
+
+
+def on_device(augment_on: str, device: torch.device, workers: int) -> bool:
+    """Whether `--augment-on` puts the augmentation and the evaluation's JPEG decoding on `device`.
+
+    Parameters
+    ----------
+    augment_on : str
+        "device", "cpu" or "auto": the device on CUDA where a library decodes JPEGs there
+        (`fne.devices.resolve_decode`) and the loader has fewer than
+        `fne.options.AUGMENT_DEVICE_BELOW_WORKERS` workers; else the workers.
+    device : torch.device
+        Where the network trains.
+    workers : int
+        The loader's worker processes.
+
+    Returns
+    -------
+    bool
+    """
+    if augment_on == "auto":
+        return resolve_decode("auto", device) == "device" and workers < AUGMENT_DEVICE_BELOW_WORKERS
+    return augment_on == "device"
 
 
 class Squash:

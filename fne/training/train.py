@@ -40,7 +40,6 @@ from fne.devices import (
     default_workers,
     require_device_decoder,
     require_main_script,
-    resolve_decode,
     resolve_device,
     resolve_precision,
 )
@@ -211,8 +210,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     model, source = _model(cfg, len(dataset.classes), ctx.device, ckpt is not None)
     workers = _workers(cfg, ctx.device)
     size = cfg.image_size or b.input_size
-    # placed as extraction's decoding is: auto -> the device on CUDA where torchvision decodes there
-    on_device = cfg.augment and resolve_decode({"cpu": "pil"}.get(cfg.augment_on, cfg.augment_on), ctx.device) == "device"
+    on_device = cfg.augment and augment.on_device(cfg.augment_on, ctx.device, workers)
     if on_device:
         require_device_decoder("augment_on")
     train_tf, eval_tf = epochs.transforms(size, cfg.augment, b, on_device)
