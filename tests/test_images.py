@@ -409,3 +409,18 @@ def test_a_named_pipe_named_like_an_image_is_skipped_not_waited_on(tmp_path):
         f"skipped 2 images (not a regular file (a named pipe, a socket or a device)): {root / 'a' / 'pipe.png'}, "
         f"{root / 'b' / 'to-pipe.png'}"]
     assert d.ids == ["a/1.png", "b/2.png"] and d.left_out == [str(root / "a" / "pipe.png"), str(root / "b" / "to-pipe.png")]
+
+
+def test_12_bit_images_in_16_bit_files_are_said_once_for_the_run(tmp_path, capsys):
+    """`fne extract` of a microscope's 12-bit images in 16-bit PNGs made rows of near-black
+    images (0-16 of 255) without a word: now one line counts them and names the first few."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        for i in range(4):
+            (tmp_path / "d" / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 4096, (12, 10), dtype=np.uint16)).save(tmp_path / "d" / c / f"{i}.png")
+    _png(tmp_path / "d" / "a" / "8bit.png", 3)
+    assert main(["extract", str(tmp_path / "d"), "--cache", str(tmp_path / "c"), *CLI_FAST]) == 0
+    err = capsys.readouterr().err
+    assert err.count("14 bits or fewer") == 1 and "comes out dark" in err
+    assert "(8 images: a/0.png, a/1.png, a/2.png, a/3.png, b/0.png and 3 more)" in err and "8bit.png" not in err

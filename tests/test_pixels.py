@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +14,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from fne.backbones.preprocess import Preprocess
+from fne.data.images import LOW_BITS
 
 # Odd sizes, both orientations, and sizes where rounding and truncation differ:
 # 450x313 -> torchvision 367x256 (fne used to round to 368); odd (w - s) makes the crop offset round.
@@ -126,3 +132,92 @@ def test_resize_crop_equals_resize_then_crop(filt):
         want = np.asarray(img.resize((rw, rh), f).crop((x, y, x + s, y + s)))
         np.testing.assert_array_equal(np.asarray(resize_crop(img, (rw, rh), (x, y), s, f)), want,
                                       err_msg=f"{mode} {w}x{h} -> {rw}x{rh}, crop {s} at {x},{y}")
+
+
+# ------------------------------------------------------------- high bit depth: same pixels, now said
+
+
+def _decoded(img: Image.Image | bytes, fmt: str = "PNG") -> tuple[np.ndarray, list[str]]:
+    """The RGB pixels fne makes of `img` (saved as `fmt`) or of the file bytes, and what decoding
+    said of them (`named_decode`'s notes, as every verb gets them)."""
+    from fne.extraction.reader import named_decode
+
+    if isinstance(img, Image.Image):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        img = buf.getvalue()
+    notes: list[tuple[str, str]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" was all a NaN got
+        rgb = np.asarray(named_decode(img, "x", notes))
+    return rgb, [why for _, why in notes]
+
+
+def _png16_rgb(arr: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG (48 bits a pixel: Pillow reads it but cannot write it)."""
+    h, w, _ = arr.shape
+    rows = b"".join(b"\0" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_values_in_the_low_bits_are_said_to_come_out_dark(fmt):
+    """A 12-bit camera's image in a 16-bit file came out 0-16 of 255 and nothing was said: the
+    same pixels now, with a note; one using the full 16 bits is read as before, unsaid."""
+    ramp = np.linspace(0, 4095, 200).reshape(10, 20).astype(np.uint16)
+    rgb, said = _decoded(Image.fromarray(ramp), fmt)
+    assert int(rgb.max()) == 16 and int(rgb[0, 0, 0]) == 0  # 4095 / 65535 * 255, as before
+    assert said == [LOW_BITS]
+    rgb, said = _decoded(Image.fromarray((ramp.astype(np.uint32) * 16).astype(np.uint16)), fmt)
+    assert int(rgb.max()) == 255 and said == []
+    rgb, said = _decoded(Image.fromarray(np.full((4, 4), 16383, np.uint16)), fmt)  # 14 bits: 64 of 255
+    assert int(rgb.max()) == 64 and said == [LOW_BITS]
+    rgb, said = _decoded(Image.fromarray(np.full((4, 4), 16384, np.uint16)), fmt)
+    assert said == []
+    assert _decoded(Image.fromarray(np.zeros((4, 4), np.uint16)), fmt)[1] == []  # blank, not a small scale
+
+
+def test_16_bit_rgb_in_the_low_bits_is_said_too():
+    """Pillow reads a 48-bit PNG as 8-bit RGB (its high bytes): 12-bit values came out 0-15."""
+    rgb, said = _decoded(_png16_rgb(np.full((3, 5, 3), 4095, np.uint16)))
+    assert int(rgb.max()) == 15 and said == [LOW_BITS]
+    rgb, said = _decoded(_png16_rgb(np.full((3, 5, 3), 65535, np.uint16)))
+    assert int(rgb.max()) == 255 and said == []
+    rgb, said = _decoded(Image.fromarray(np.full((3, 5, 3), 15, np.uint8)))  # an 8-bit dark image: no 16 bits
+    assert int(rgb.max()) == 15 and said == []
+
+
+def test_32_bit_and_float_values_clipped_or_nan_are_said():
+    """Values over 65535 came out white, negative ones black, a NaN warned only as numpy's
+    "invalid value encountered in cast" (and one inf made the whole image black): the same
+    pixels, NaN 0, each said in a line of its own kind."""
+    big, said = _decoded(Image.fromarray(np.array([[0, 70000]], np.int32)), "TIFF")
+    assert big.tolist() == [[[0] * 3, [255] * 3]] and said == [
+        "its values exceed 65535, the most a 32-bit or float image is scaled from, so they come out white; "
+        "rescale them to 0-65535 or 0-255 first"]
+    neg, said = _decoded(Image.fromarray(np.array([[-100.0, 100.0]], np.float32)), "TIFF")
+    assert neg[..., 0].tolist() == [[0, 100]] and said == ["its negative values come out 0 (black); shift them "
+                                                            "to 0 or more first"]
+    nan, said_nan = _decoded(Image.fromarray(np.array([[np.nan, 100.0, 300.0]], np.float32)), "TIFF")
+    assert nan[..., 0].tolist() == [[0, 100, 255]] and len(said_nan) == 1 and said_nan[0].startswith(
+        "a float image with NaN or infinite values: NaN comes out 0, inf 255 and -inf 0")
+    inf, said = _decoded(Image.fromarray(np.array([[np.inf, 100.0]], np.float32)), "TIFF")
+    assert inf[..., 0].tolist() == [[255, 0]] and said == said_nan  # 100 / 65535: 0
+    assert _decoded(Image.fromarray(np.array([[0.0, 200.0]], np.float32)), "TIFF")[1] == []
+
+
+def test_a_multi_page_tiff_is_said_to_be_read_by_its_first_page():
+    """A stack of channels or planes as pages lost all but the first, unsaid; a one-page TIFF is quiet."""
+    pages = [Image.fromarray(np.full((4, 4), v, np.uint8)) for v in (10, 200, 90)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    rgb, said = _decoded(buf.getvalue())
+    assert int(rgb.max()) == 10 and said == ["a multi-page TIFF: only its first page is read (channels or planes "
+                                             "stored as pages are left out); save them as one image's channels, "
+                                             "or as images of their own"]
+    assert _decoded(pages[1], "TIFF")[1] == []

@@ -16,21 +16,52 @@ from fne.progress import say_skipped
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not come back half grey
 
 
+# A 16-bit image whose values all lie below this (14 bits or fewer: a 10-, 12- or 14-bit camera's)
+# comes out at most 64 of 255 once scaled from 0-65535: dark, and nothing in the rows says why.
+LOW_BITS_TOP = 1 << 14
+LOW_BITS = ("its values use 14 bits or fewer (a 10-, 12- or 14-bit camera's?) but are scaled from 0-65535, so it "
+            "comes out dark; rescale them to the full 16 bits or to 8 bits first")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB (16-bit and float scaled, palette/alpha/CMYK converted)."""
+    """Any PIL mode to 8-bit RGB (16-bit and float scaled, palette/alpha/CMYK converted); a
+    16-bit, 32-bit or float image that comes out dark, clipped or with NaN is warned of (`_say_depth`)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if img.mode == "F" and 0 < arr.max() <= 1:  # rows unchanged (as torchvision reads it), but said
-            warnings.warn("a float image with values in 0-1 is read as 0-255, so it comes out black; "
-                          "save it as an 8- or 16-bit image", stacklevel=2)
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        img = Image.fromarray(arr, mode="L")
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0  # NaN: 255, inf: 65535
+        _say_depth(arr, img.mode, top)
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255)
+        arr[np.isnan(arr)] = 0  # what the cast made of NaN on x86 and Arm, said once, not numpy's "invalid value"
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
+
+
+def _say_depth(arr: np.ndarray, mode: str, top: float) -> None:
+    """Warn (one message per kind, no numbers of its own, so that `say_skipped` says a run's
+    images of a kind in one line) where an I;16, I or F image `arr`, scaled from 0-`top`, comes
+    out wrong though its rows stay as they were: values in 0-1 (black), in 14 bits or fewer
+    (dark), over 65535 (white), negative (black), NaN or infinite (which also set the scale)."""
+    finite = np.isfinite(arr)
+    if not finite.all():  # float only: its scale came from the NaN or inf, whatever the other values
+        warnings.warn("a float image with NaN or infinite values: NaN comes out 0, inf 255 and -inf 0, and "
+                      "its other values are scaled from 0-255 where it holds NaN, from 0-65535 where inf; "
+                      "replace them first (numpy.nan_to_num)", stacklevel=3)
+        return
+    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if mode == "F" and 0 < high <= 1:  # rows unchanged (as torchvision reads it), but said
+        warnings.warn("a float image with values in 0-1 is read as 0-255, so it comes out black; "
+                      "save it as an 8- or 16-bit image", stacklevel=3)
+    elif top > 255 and 0 < high < LOW_BITS_TOP:
+        warnings.warn(LOW_BITS, stacklevel=3)
+    if high > 65535:
+        warnings.warn("its values exceed 65535, the most a 32-bit or float image is scaled from, so they come "
+                      "out white; rescale them to 0-65535 or 0-255 first", stacklevel=3)
+    if low < 0:
+        warnings.warn("its negative values come out 0 (black); shift them to 0 or more first", stacklevel=3)
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -52,8 +83,21 @@ def read_image(path: str | Path) -> Image.Image:
         When Pillow cannot read it whole (not an image, truncated, a decompression bomb).
     """
     with Image.open(path) as img:
+        wide = img.mode in ("RGB", "RGBA") and any(";16" in _rawmode(t) for t in img.tile)  # Pillow keeps the high byte
+        if img.format == "TIFF" and getattr(img, "is_animated", False):
+            warnings.warn("a multi-page TIFF: only its first page is read (channels or planes stored as pages are "
+                          "left out); save them as one image's channels, or as images of their own", stacklevel=1)
         img.load()  # decode now so truncation raises here, inside the reader
-        return upright_rgb(img, in_place=True)
+        rgb = upright_rgb(img, in_place=True)
+    if wide and 0 < max(hi for _, hi in rgb.getextrema()) < LOW_BITS_TOP >> 8:
+        warnings.warn(LOW_BITS, stacklevel=1)  # here, in fne.data: a decoding note (`named_decode`)
+    return rgb
+
+
+def _rawmode(tile) -> str:
+    """The raw mode a tile of an image not yet loaded decodes from ("RGB;16B": 16-bit RGB)."""
+    args = tile.args if hasattr(tile, "args") else tile[3]  # Pillow 11.1+: a named tuple
+    return str(args[0] if isinstance(args, tuple) else args)
 
 
 def upright_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
