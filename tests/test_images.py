@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tarfile
 import unicodedata
 from pathlib import Path
@@ -409,6 +410,51 @@ def test_a_named_pipe_named_like_an_image_is_skipped_not_waited_on(tmp_path):
         f"skipped 2 images (not a regular file (a named pipe, a socket or a device)): {root / 'a' / 'pipe.png'}, "
         f"{root / 'b' / 'to-pipe.png'}"]
     assert d.ids == ["a/1.png", "b/2.png"] and d.left_out == [str(root / "a" / "pipe.png"), str(root / "b" / "to-pipe.png")]
+
+
+def _tiff(arr: np.ndarray, sample_format: int) -> bytes:
+    """An uncompressed TIFF of H×W×C `arr` (C samples a pixel), one strip: layouts Pillow cannot
+    write (nor read: 2 samples of 16 bits, float RGB)."""
+    h, w, c = arr.shape
+    data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    bits = [arr.dtype.itemsize * 8] * c
+    tags = [(256, [w]), (257, [h]), (258, bits), (259, [1]), (262, [2 if c >= 3 else 1]), (273, [0]),
+            (277, [c]), (278, [h]), (279, [len(data)]), (284, [1]), (339, [sample_format] * c)]
+    extra_at = 8 + 2 + 12 * len(tags) + 4
+    extra = b"".join(struct.pack(f"<{len(v)}H", *v) for t, v in tags if t in (258, 339) and len(v) > 2)
+    data_at, entries, spill = extra_at + len(extra), b"", extra_at
+    for tag, v in tags:
+        if tag == 273:
+            v = [data_at]
+        typ = 4 if tag in (256, 257, 273, 278, 279) else 3
+        if len(v) > 2 and typ == 3:
+            entries += struct.pack("<HHII", tag, 3, len(v), spill)
+            spill += 2 * len(v)
+        else:
+            entries += struct.pack("<HHI", tag, typ, len(v)) + struct.pack(f"<{len(v)}{'I' if typ == 4 else 'H'}",
+                                                                           *v).ljust(4, b"\0")
+    return b"II*\0" + struct.pack("<IH", 8, len(tags)) + entries + b"\0\0\0\0" + extra + data
+
+
+def test_a_tiff_pillow_cannot_decode_is_skipped_saying_its_layout(tmp_path):
+    """A float RGB TIFF, or one of 2 samples a pixel, was skipped as "not an image file": now
+    named as the TIFF it is, with what Pillow cannot read in it."""
+    from fne.extraction.reader import why_unreadable
+
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "a" / "rgb.tif").write_bytes(_tiff(np.zeros((3, 4, 3), np.float32), 3))
+    (tmp_path / "d" / "a" / "two.tif").write_bytes(_tiff(np.zeros((3, 4, 2), np.uint16), 1))
+    (tmp_path / "d" / "a" / "junk.tif").write_bytes(b"II*\0" + b"\xff" * 40)  # tags unreadable too
+    _png(tmp_path / "d" / "a" / "ok.png", 1)
+    d = load_dataset(tmp_path / "d")
+    errors = {d.ids[i]: ImageItems(d, [i], Preprocess(16))[0][3] for i in range(len(d))}
+    assert errors == {
+        "a/junk.tif": "not an image file", "a/ok.png": None,
+        "a/rgb.tif": "a TIFF Pillow cannot decode (3 sample(s) per pixel of 32-bit float values); save it as 8- "
+                     "or 16-bit grey or RGB",
+        "a/two.tif": "a TIFF Pillow cannot decode (2 sample(s) per pixel of 16-bit unsigned values); save it as "
+                     "8- or 16-bit grey or RGB"}
+    assert why_unreadable(OSError("x"), b"II*\0") == "OSError: x"  # only Pillow's "cannot identify" is looked into
 
 
 def test_12_bit_images_in_16_bit_files_are_said_once_for_the_run(tmp_path, capsys):

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, TiffImagePlugin
 
 from fne.data.formats import IMAGE_EXTENSIONS
 from fne.progress import say_skipped
@@ -109,6 +110,31 @@ def upright_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
     else:
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)
+
+
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # little- and big-endian, classic and BigTIFF
+_SAMPLE_FORMATS = {1: "unsigned", 2: "signed", 3: "float"}
+
+
+def unreadable_tiff(data: bytes) -> str | None:
+    """Why Pillow cannot read the TIFF `data` (its samples per pixel, bits and format, as its first
+    page's tags give them: 2 samples, or float colour, which Pillow has no mode for); None for
+    anything not a TIFF, or one whose tags cannot be read either."""
+    if bytes(data[:4]) not in TIFF_MAGIC:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" of a damaged file: not news here
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(bytes(data[:8]))
+            fp = io.BytesIO(data)
+            fp.seek(ifd.next)
+            ifd.load(fp)
+        samples, bits = int(ifd[277]), tuple(ifd[258])
+        kind = _SAMPLE_FORMATS.get(int(tuple(ifd.get(339, (1,)))[0]), "unknown")
+    except Exception:  # tags as damaged as the image: Pillow's "not an image file" stands
+        return None
+    return (f"a TIFF Pillow cannot decode ({samples} sample(s) per pixel of {bits[0]}-bit {kind} values); "
+            f"save it as 8- or 16-bit grey or RGB")
 
 
 def image_files(folder: str, left_out: list[str] | None = None,

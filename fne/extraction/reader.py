@@ -31,6 +31,7 @@ from fne.backbones.preprocess import Preprocess
 from fne.backbones.resample import resize_views
 from fne.data.dataset import Dataset, content_key
 from fne.data.datasets import read_image
+from fne.data.images import unreadable_tiff
 from fne.devices import decode_jpegs_rgb, device_decoder
 from fne.extraction.ahead import Ahead
 from fne.extraction.slots import POOL_BYTES, SlotPool, pixels_of, raw_of, shared_bytes, shm_free
@@ -213,7 +214,9 @@ def why_unreadable(e: Exception, data: bytes | None = None) -> str:
     from PIL import UnidentifiedImageError
 
     if isinstance(e, UnidentifiedImageError):
-        return "empty file (0 bytes)" if data is not None and not data else "not an image file"
+        if data is not None and not data:
+            return "empty file (0 bytes)"
+        return (unreadable_tiff(data) if data is not None else None) or "not an image file"
     return f"{type(e).__name__}: {e}"
 
 
