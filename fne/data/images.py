@@ -29,10 +29,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     16-bit, 32-bit or float image that comes out dark, clipped or with NaN is warned of (`_say_depth`)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0  # NaN: 255, inf: 65535
-        _say_depth(arr, img.mode, top)
+        low, high = float(arr.min()), float(arr.max())  # NaN where it holds one, ±inf where it holds one
+        top = 65535.0 if img.mode.startswith("I;16") or high > 255 else 255.0  # NaN: 255, inf: 65535
+        _say_depth(img.mode, top, low, high)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255)
-        arr[np.isnan(arr)] = 0  # what the cast made of NaN on x86 and Arm, said once, not numpy's "invalid value"
+        if img.mode == "F":  # 0, what the cast made of NaN on x86 and Arm, said once, not numpy's "invalid value"
+            arr[np.isnan(arr)] = 0
         img = Image.fromarray(arr.astype(np.uint8), mode="L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
@@ -41,18 +43,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def _say_depth(arr: np.ndarray, mode: str, top: float) -> None:
+def _say_depth(mode: str, top: float, low: float, high: float) -> None:
     """Warn (one message per kind, no numbers of its own, so that `say_skipped` says a run's
-    images of a kind in one line) where an I;16, I or F image `arr`, scaled from 0-`top`, comes
-    out wrong though its rows stay as they were: values in 0-1 (black), in 14 bits or fewer
-    (dark), over 65535 (white), negative (black), NaN or infinite (which also set the scale)."""
-    finite = np.isfinite(arr)
-    if not finite.all():  # float only: its scale came from the NaN or inf, whatever the other values
+    images of a kind in one line) where an I;16, I or F image of values `low`-`high` (its min and
+    max), scaled from 0-`top`, comes out wrong though its rows stay as they were: values in 0-1
+    (black), in 14 bits or fewer (dark), over 65535 (white), negative (black), NaN or infinite
+    (which also set the scale)."""
+    if not (np.isfinite(low) and np.isfinite(high)):  # float only: its scale came from them
         warnings.warn("a float image with NaN or infinite values: NaN comes out 0, inf 255 and -inf 0, and "
                       "its other values are scaled from 0-255 where it holds NaN, from 0-65535 where inf; "
                       "replace them first (numpy.nan_to_num)", stacklevel=3)
         return
-    low, high = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
     if mode == "F" and 0 < high <= 1:  # rows unchanged (as torchvision reads it), but said
         warnings.warn("a float image with values in 0-1 is read as 0-255, so it comes out black; "
                       "save it as an 8- or 16-bit image", stacklevel=3)
