@@ -29,11 +29,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     16-bit, 32-bit or float image that comes out dark, clipped or with NaN is warned of (`_say_depth`)."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        low, high = float(arr.min()), float(arr.max())  # NaN where it holds one, ±inf where it holds one
+        high = float(arr.max())  # NaN where it holds one (as min is), inf where it holds one
+        low = 0.0 if img.mode.startswith("I;16") else float(arr.min())
         top = 65535.0 if img.mode.startswith("I;16") or high > 255 else 255.0  # NaN: 255, inf: 65535
         _say_depth(img.mode, top, low, high)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255)
-        if img.mode == "F":  # 0, what the cast made of NaN on x86 and Arm, said once, not numpy's "invalid value"
+        if np.isnan(high):  # 0, what the cast made of NaN on x86 and Arm, said once, not numpy's "invalid value"
             arr[np.isnan(arr)] = 0
         img = Image.fromarray(arr.astype(np.uint8), mode="L")
     if img.mode == "P" and "transparency" in img.info:
