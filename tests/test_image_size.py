@@ -72,6 +72,33 @@ def test_a_size_the_network_cannot_take_is_refused_before_the_loader(digits_fold
         assert said in err and err.endswith("; its own size is 224\n") and len(err.splitlines()) == 1
 
 
+
+@pytest.mark.parametrize("error", [AttributeError("module 'sympy' has no attribute 'logic'\nmore"),
+                                   RuntimeError("an op of the model's own code failed")])
+def test_an_error_of_the_size_check_itself_is_no_size_refusal(error, digits_folder, tmp_path, monkeypatch, capsys):
+    """The meta forward fails for a reason no size mends (a half-done import, a model's bug): one
+    line saying the check failed, with the error's first line, not "cannot run at"."""
+    from fne.backbones import vgg
+
+    def broken(self, x):
+        raise error
+
+    monkeypatch.setattr(vgg.VGG, "forward", broken)
+    monkeypatch.setattr(fx, "_loader", lambda *a, **k: pytest.fail("started the loader"))
+    assert main(["extract", str(digits_folder), "--arch", "vgg16", "--weights", "random", "--image-size", "64",
+                 "--cache", str(tmp_path / "c"), "--workers", "0", *ON_CPU]) == 2
+    err = capsys.readouterr().err
+    first = str(error).splitlines()[0]
+    assert err == (f"fne extract: error: --image-size 64: the check that vgg16 runs at 64 x 64 failed "
+                   f"({type(error).__name__}: {first}), which no other size mends\n")
+    from fne.backbones.fits import refuse_size
+    from fne.errors import FneError
+
+    with pytest.raises(FneError, match="^image_size=64: the check that vgg16 runs") as e:
+        refuse_size("vgg16", "random", 64)
+    assert not isinstance(e.value, OptionError)
+
+
 def test_the_size_is_passed_on_by_the_extract_hint_and_the_fitted_record():
     spec = StoreSpec(arch="vgg16", weights="random", image_size=64)
     assert extract_command("d", spec).endswith("--weights random --image-size 64")

@@ -340,3 +340,34 @@ def test_ctrl_c_as_a_loader_starts_its_workers_leaves_none(verb, digits, tmp_pat
     else:
         kept(lambda: fne.train(digits, "frozen", tmp_path / "t", epochs=1, workers=2, **TRAIN))
     assert sent and leftovers(before) == ([], set())
+
+
+@pytest.mark.parametrize("at", ["model", "bar"])
+def test_ctrl_c_as_extract_sets_up_its_model_leaves_no_worker(at, digits, tmp_path, monkeypatch):
+    """Ctrl-C (a real SIGINT) after the loader's workers started and before the loop: as the
+    model's build starts, or as the progress bar does (the writer started). The traceback kept
+    held the workers (and the writer) until it was cleared; now they end, and a rerun computes
+    every row."""
+    import signal
+
+    import fne.extraction.extract as fx
+
+    sent = []
+
+    def ctrl_c(real):
+        def wrapped(*a, **k):
+            if not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*a, **k)
+        return wrapped
+
+    if at == "model":
+        monkeypatch.setattr(fx.taps.TapRunner, "prepare", ctrl_c(fx.taps.TapRunner.prepare))
+    else:
+        monkeypatch.setattr(fx, "progress_bar", ctrl_c(fx.progress_bar))
+    before = threads()
+    cache = str(tmp_path / "c")
+    kept(lambda: fne.extract(digits, cache=cache, batch_size=8, workers=2, progress=False, **FAST))
+    assert sent and leftovers(before) == ([], set())
+    assert fne.extract(digits, cache=cache, batch_size=8, workers=0, progress=False, **FAST).n_computed == 24

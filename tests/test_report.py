@@ -1690,3 +1690,39 @@ def test_a_step_json_whose_extraction_seconds_no_run_measures_is_left_out_and_it
         f"skipped {step}: its extract not as fne writes them (a damaged or hand-edited file)"]
     (row,) = [row for ds in r["datasets"] for row in ds["rows"] if row["paths"] == [str(step.parent)]]
     assert row["extract_seconds"] == 40.0 and (tmp_path / "rep" / "report_files").is_dir()
+
+
+@pytest.mark.parametrize("field, value", [
+    (f, {**WILSON, **v}) for f in ("accuracy_ci", "mean_class_accuracy_ci")
+    for v in ({"low": -1.0}, {"high": 1.5}, {"low": 0.96}, {"level": 1.0}, {"level": 0.0}, {"level": float("inf")},
+              {"level": "95%"})] + [("n_splits", 0), ("n_splits", -1)])
+def test_an_interval_or_split_count_no_run_records_leaves_its_run_out_with_a_line_naming_the_field(tmp_path, field,
+                                                                                                  value):
+    """An interval whose low or high lies outside 0-1 or low above high, or whose level is not
+    in (0, 1), was shown (`-100.0–98.1 (inf%)`), and so was n_splits 0 or -1: the run is left out
+    with a line naming the file and the field, as other numbers no run measures are."""
+    runs = make_runs(tmp_path / "runs")
+    odd = runs / "a" / "fne" / "metrics.json"
+    odd.write_text(json.dumps({**json.loads(odd.read_text()), field: value}))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        r = report([runs], tmp_path / "rep", figures=False)
+    assert [str(w.message) for w in said if str(odd) in str(w.message)] == [
+        f"skipped {odd}: its {field} not as fne writes them (a damaged or hand-edited file)"]
+    assert str(odd.parent) not in json.dumps([row["paths"] for ds in r["datasets"] for row in ds["rows"]])
+
+
+def test_intervals_and_split_counts_at_their_edges_are_shown(tmp_path):
+    """An interval of no width at 0 or 1, at another level than 95%, and one split: what runs record."""
+    runs = make_runs(tmp_path / "runs")
+    odd = runs / "a" / "fne" / "metrics.json"
+    edge = {"low": 1.0, "high": 1.0, "level": 0.9, "method": "Wilson score interval over 10 test images"}
+    odd.write_text(json.dumps({**json.loads(odd.read_text()), "n_splits": 1, "accuracy_ci": edge,
+                               "mean_class_accuracy_ci": {**edge, "low": 0.0, "high": 0.0}}))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        r = report([runs], tmp_path / "rep", figures=False)
+    assert not [w for w in said if str(odd) in str(w.message)]
+    (row,) = [row for ds in r["datasets"] for row in ds["rows"] if row["paths"] == [str(odd.parent)]]
+    assert (row["accuracy_ci"]["low"], row["accuracy_ci"]["level"], row["mean_class_accuracy_ci"]["high"]) == (1.0, 0.9, 0.0)
+    assert "100.0–100.0 (90%)" in (tmp_path / "rep" / "report.md").read_text()

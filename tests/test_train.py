@@ -11,6 +11,7 @@ import errno
 import json
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1891,7 +1892,6 @@ def test_resume_refuses_a_checkpoint_whose_tensor_bytes_were_damaged(resumable_r
     resumed and trained on from weights no run left. It is refused in one line, as a truncated
     one is, and `fne run` does not take it up."""
     import shutil
-    import zipfile
 
     from fne.training import checkpoint
 
@@ -1899,12 +1899,7 @@ def test_resume_refuses_a_checkpoint_whose_tensor_bytes_were_damaged(resumable_r
     work = tmp_path / "run"
     shutil.copytree(run, work)
     ckpt = work / "checkpoint.pt"
-    with zipfile.ZipFile(ckpt) as z:
-        member = max(z.infolist(), key=lambda i: i.file_size)  # a tensor's bytes, stored uncompressed
-    raw = bytearray(ckpt.read_bytes())
-    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)  # past its local header
-    raw[start + 100:start + 164] = bytes(b ^ 0xFF for b in raw[start + 100:start + 164])
-    ckpt.write_bytes(bytes(raw))
+    _damage_tensor_bytes(ckpt)
     torch.load(ckpt, weights_only=True)  # what torch itself takes without a word
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", "3",
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume"]
@@ -1916,6 +1911,41 @@ def test_resume_refuses_a_checkpoint_whose_tensor_bytes_were_damaged(resumable_r
     assert checkpoint.resumable(ckpt, type("Cfg", (), cfg), None) is None
     assert checkpoint.resumable(run / "checkpoint.pt", type("Cfg", (), cfg), None) is not None
 
+
+
+def _damage_tensor_bytes(ckpt: Path) -> None:
+    """Flip 64 bytes inside the largest zip member (a tensor's, stored uncompressed) of `ckpt`,
+    its size and layout kept: a disk's or a copy's fault that torch.load does not see."""
+    import zipfile
+
+    with zipfile.ZipFile(ckpt) as z:
+        member = max(z.infolist(), key=lambda i: i.file_size)
+    raw = bytearray(ckpt.read_bytes())
+    start = member.header_offset + 30 + len(member.filename.encode()) + len(member.extra)  # past its local header
+    raw[start + 100:start + 164] = bytes(b ^ 0xFF for b in raw[start + 100:start + 164])
+    ckpt.write_bytes(bytes(raw))
+
+
+def test_the_dry_run_says_a_checkpoint_with_damaged_bytes_is_not_resumed(resumable_run, source, tmp_path, capsys):
+    """`fne run --dry-run` reads a train step's checkpoint memory-mapped (its arguments only) and
+    said the step resumes from one whose tensor bytes were damaged, while the run (which checks
+    their CRC) trained it anew. Where the note would say it resumes, the CRC is checked too."""
+    import shutil
+
+    from fne.training.rerun import rerun_note
+    from fne.training.train import train
+
+    data, run = resumable_run
+    kw = dict(arch=ARCH, weights=str(source), epochs=3, save_every=1, image_size=32, workers=0)
+    work = shutil.copytree(run, tmp_path / "run")
+    assert rerun_note(str(data), "frozen", work, **kw).startswith(  # DATA not hashed: "if DATA's images are its own"
+        "the rerun resumes from its checkpoint after epoch 2 of 3")
+    _damage_tensor_bytes(work / "checkpoint.pt")
+    assert rerun_note(str(data), "frozen", work, **kw) == (
+        "its checkpoint cannot be read (truncated, damaged or not a torch file): the rerun starts over")
+    train(str(data), "frozen", work, resume="auto", **kw)  # what the run does with it
+    out = capsys.readouterr().out
+    assert "resumed" not in out and "epoch 1" in out, out
 
 @pytest.mark.parametrize("momentum", ["1", "2"])
 def test_a_momentum_of_1_or_more_is_one_line_before_any_work(momentum, tmp_path, capsys):

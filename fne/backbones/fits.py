@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fne.backbones.filekind import Shapes, misfit, train_run, weights_refusal
-from fne.errors import WeightsError
+from fne.errors import FneError, WeightsError
 from fne.option_handling import named, refusal
 
 
@@ -59,10 +59,30 @@ def fit_of(arch: str, weights: str | Path) -> WeightsError | None:
     return misfit(arch, weights, file_shapes(weights), own, classifier)
 
 
+# What torch and timm say when a forward's shapes do not fit its input size (found by running
+# torchvision's and timm's CNNs and ViTs at 8, 16, 31, 33 and 225 on the meta device): only these
+# mean "not at this size"; any other error is of the check itself (a half-done import, a model's bug).
+SIZE_MISFITS = (
+    "Output size is too small",  # pooling below 1 x 1 (VGG-16 below 32)
+    "Kernel size can't be greater than actual input size",  # a convolution (EfficientNet, ConvNeXt)
+    "Wrong image height", "Wrong image width",  # torchvision's ViTs
+    "doesn't match model",  # timm's patch embedding ("Input height (160) doesn't match model (224).")
+    "is invalid for input of size",  # a view into windows or patches (MaxViT)
+    "Expected size for first two dimensions of batch",  # attention's bmm (LeViT, EfficientFormer)
+    "Attempting to broadcast a dimension",  # position biases on the meta device (PiT, LeViT)
+    "must match the size of tensor",  # the same off the meta device
+    "must have same reduction dim",  # a matmul or linear layer on flattened features
+    "Sizes of tensors must match",  # a concatenation of branches
+    "don't multiply up to the size",  # an unflatten
+)
+
+
 def refuse_size(arch: str, weights: str, size: int | None) -> None:
     """OptionError where `arch` cannot run at `size` x `size` (--image-size): a model built for one
     input size (torchvision's and timm's ViTs), or a size its downsampling reduces to nothing
-    (VGG-16 below 32). Found by a forward on the meta device (no memory, no arithmetic)."""
+    (VGG-16 below 32). Found by a forward on the meta device (no memory, no arithmetic). An error
+    of that forward that is no shape misfit (`SIZE_MISFITS`) raises FneError saying the check
+    failed, with its first line: shrinking or growing the size would not help."""
     from fne.backbones import registry, zoo
 
     b = registry.get(arch, weights)
@@ -75,9 +95,13 @@ def refuse_size(arch: str, weights: str, size: int | None) -> None:
         with torch.no_grad():
             model(x)
     except Exception as e:
-        said = (str(e).splitlines() or [type(e).__name__])[0][:200]
-        raise refusal(lambda py: f"{named('image_size', py, size, plain=True)}: {arch} cannot run at {size} x {size} "
-                                 f"({said}); its own size is {b.input_size}") from None
+        said, kind = (str(e).splitlines() or [""])[0][:200], type(e).__name__
+        if isinstance(e, (RuntimeError, AssertionError, ValueError)) and any(m in said for m in SIZE_MISFITS):
+            raise refusal(lambda py: f"{named('image_size', py, size, plain=True)}: {arch} cannot run at {size} x "
+                                     f"{size} ({said}); its own size is {b.input_size}") from None
+        raise refusal(lambda py: f"{named('image_size', py, size, plain=True)}: the check that {arch} runs at {size} "
+                                 f"x {size} failed ({kind}: {said or 'no message'}), which no other "
+                                 f"size mends", FneError) from None
 
 
 def note_trained_size(arch: str, weights: str, size: int | None) -> None:

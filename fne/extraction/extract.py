@@ -470,25 +470,27 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
     rgb = spec.decode == "pil" and resize_on_device(dev)  # the workers decode, the GPU resizes (the same pixels)
     laps = Laps(out.stats.setup)
     loader = _loader(spec, dataset, todo, dev, batch_size, workers, rgb)
-    batches = iter(loader)
-    laps.lap("workers_start")
-    dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
-    model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
-    model.prepare()
-    laps.lap("model_start")
-    fresh = _Fresh(store.index())
-    writer = Writer(store, chunk, [(tp.name, tp.channels) for tp in spec.backbone().taps])
-    writer.start()
-    laps.lap("writer_start")
-    st, prep = out.stats, spec.preprocess()
-    cpu0, t_run = _cpu_seconds(), time.perf_counter()
-    bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
-    # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
-    # resize on another, each two ahead, they overlap each other and this loop's work.
-    assembled = reader.assembled(batches, dev, prep, ahead=2 if spec.decode == "device" or loader.dataset.rgb else 0,
-                                 jpegs=spec.decode == "device")
-    raising = None  # what the loop raises (not `sys.exception()`: a caller's own handled Ctrl-C)
+    # From here every exit ends the workers and what else was started: a Ctrl-C as the model is
+    # set up (before the loop) left them to the traceback a notebook keeps, until it was cleared.
+    batches = assembled = writer = bar = raising = None  # raising: not `sys.exception()` (a caller's handled Ctrl-C)
     try:
+        batches = iter(loader)
+        laps.lap("workers_start")
+        dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
+        model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
+        model.prepare()
+        laps.lap("model_start")
+        fresh = _Fresh(store.index())
+        writer = Writer(store, chunk, [(tp.name, tp.channels) for tp in spec.backbone().taps])
+        writer.start()
+        laps.lap("writer_start")
+        st, prep = out.stats, spec.preprocess()
+        cpu0, t_run = _cpu_seconds(), time.perf_counter()
+        bar = progress_bar(len(todo), f"extract {spec.arch}", progress)
+        # Device decoding blocks its thread until a batch is decoded: on a thread of its own, and the
+        # resize on another, each two ahead, they overlap each other and this loop's work.
+        assembled = reader.assembled(batches, dev, prep, jpegs=spec.decode == "device",
+                                     ahead=2 if spec.decode == "device" or loader.dataset.rgb else 0)
         t = time.perf_counter()
         for batch, (x, idx, keys), bad in assembled:
             st.read_wait += time.perf_counter() - t
@@ -510,17 +512,7 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         raise
     finally:
         t_end = time.perf_counter()
-        late = None  # a Ctrl-C as the workers stop
-        try:
-            assembled.close()
-            end_workers(batches)  # now, also on Ctrl-C (a notebook keeps the traceback); CPU time counted below
-            loader.dataset.unshare()  # nor its shared memory
-            bar.close()
-        except KeyboardInterrupt as e:  # raised at once where it is a second one: no worker that does not end
-            late = e  # is waited for; the rows the writer holds are computed, and committing them is quick
-        writer.close(late or raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
-        if late is not None:
-            raise late
+        _end(loader, batches, assembled, bar, writer, raising)
     model.close()  # after a finished run only: an interrupted one does not wait for the build
     st.run, st.cpu_run = time.perf_counter() - t_run, _cpu_seconds() - cpu0
     st.finish = t_run + st.run - t_end
@@ -528,6 +520,25 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
                     "workers": workers, "compile": model.compiled, "threads": torch.get_num_threads(),
                     "decode": spec.decode, "stage_seconds": st.seconds(model, writer.seconds)}
     out.parts = writer.parts
+
+
+def _end(loader, batches, assembled, bar, writer: Writer | None, raising: BaseException | None) -> None:
+    """End what `_run` started (None: not started yet), also on Ctrl-C (a notebook keeps the
+    traceback, and with it what its frames hold); CPU time is counted after this."""
+    late = None  # a Ctrl-C as the workers stop
+    try:
+        if assembled is not None:
+            assembled.close()
+        end_workers(batches)  # None: no iterator, no workers (the loader starts them whole or stops them)
+        loader.dataset.unshare()  # nor its shared memory
+        if bar is not None:
+            bar.close()
+    except KeyboardInterrupt as e:  # raised at once where it is a second one: no worker that does not end
+        late = e  # is waited for; the rows the writer holds are computed, and committing them is quick
+    if writer is not None and writer.ident is not None:  # started (a Writer never started has nothing)
+        writer.close(late or raising)  # commits what is buffered, also on Ctrl-C (which stays the one raised)
+    if late is not None:
+        raise late
 
 
 class _Fresh:

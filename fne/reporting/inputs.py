@@ -44,7 +44,8 @@ def malformed_run(m: dict) -> str | None:
     bad += [] if classes is None or isinstance(classes, list) and all(
         isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes) else ["classes"]
     bad += ["format"] if bad_format(m) else []
-    bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int else ["n_splits"]
+    bad += [] if m.get("n_splits") is None or type(m["n_splits"]) is int and m["n_splits"] >= 1 else ["n_splits"]
+    bad += [k for k in ("accuracy_ci", "mean_class_accuracy_ci") if _bad_interval(m.get(k))]
     splits, o = m.get("splits"), m.get("options")
     if splits is not None and not (isinstance(splits, list) and all(isinstance(s, dict) and all(
             isinstance(s.get(k), _TEXT) for k in ("test_hash", "correct")) and not out_of_range(s, FRACTIONS, 1.0)
@@ -60,6 +61,19 @@ def malformed_run(m: dict) -> str | None:
 def out_of_range(d: dict, keys: tuple[str, ...], top: float) -> list[str]:
     """The `keys` of `d` whose value is recorded (not None) but is not a number from 0 to `top`."""
     return [k for k in keys if d.get(k) is not None and not 0 <= (finite(d[k]) if finite(d[k]) is not None else -1) <= top]
+
+
+def _bad_interval(ci) -> bool:
+    """Whether a recorded confidence interval ({low, high, level, method}) holds what no interval is:
+    its low or high outside 0-1 or low above high, its level outside (0, 1) (shown, `-100.0–98.1
+    (inf%)`). None, or no dict, is no interval recorded (a run before fne kept them): shown as none."""
+    if not isinstance(ci, dict):
+        return False
+    if out_of_range(ci, ("low", "high"), 1.0):
+        return True
+    low, high, level = ci.get("low"), ci.get("high"), ci.get("level")
+    return low is not None and high is not None and low > high or level is not None and not 0 < (
+        finite(level) if finite(level) is not None else 0) < 1
 
 
 def _not_counts(d: dict) -> list[str]:

@@ -1,5 +1,6 @@
 """What a rerun of `fne train` does with the checkpoint a run folder holds, in words, for
-`fne run --dry-run` (`fne.pipeline.dryrun`): the run's own checks, reading no image and no tensor.
+`fne run --dry-run` (`fne.pipeline.dryrun`): the run's own checks, reading no image, and the
+checkpoint's bytes (their CRC) only where the note would say that the run resumes from it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
 
     The same checks as the run's (`checkpoint.mismatch`: the settings, and the images of each
     part, from DATA's listing split as the run splits it, named by the pipeline file's keys), reading
-    no image and no tensor (the checkpoint is memory-mapped): for `fne run --dry-run`. The split
+    no image, and of the checkpoint (memory-mapped) only its arguments, then, where the rerun would
+    resume, its bytes' CRC, as the run does (`_whole`): for `fne run --dry-run`. The split
     keeps copies of an image together, so it needs every image's content key: where the cache's
     manifest does not know one (a file new or changed since it was hashed) or `hf:` DATA is not
     downloaded, the settings alone are compared and the note says it would check the images. A
@@ -45,7 +47,7 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     try:
         ckpt = checkpoint.read(path, mmap=True)
     except FneError as e:
-        return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
+        return _unreadable(e)
     done, images = f"checkpoint after epoch {ckpt['epoch']}", None
     try:
         if cfg.data.startswith("hf:") and not hf_available(cfg.data, cache):
@@ -60,14 +62,29 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
             parts = {"train": split.train, "val": split.val, "test": split.test}
             images = checkpoint.images(dataset.ids, dataset.labels, parts, dataset.keys())
     except (FneError, OSError) as e:
-        return f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
+        return _whole(path) or f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
     diff = checkpoint.mismatch(ckpt, cfg, images, python=True, same_release=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
     if unchecked is not None:
-        return (f"the rerun resumes from its {done} of {cfg.epochs} if DATA's images are its own (would check "
-                f"images: {unchecked})")
-    return f"the rerun resumes from its {done} of {cfg.epochs}"
+        return _whole(path) or (f"the rerun resumes from its {done} of {cfg.epochs} if DATA's images are its own "
+                                f"(would check images: {unchecked})")
+    return _whole(path) or f"the rerun resumes from its {done} of {cfg.epochs}"
+
+
+def _whole(path: Path) -> str | None:
+    """The note of a checkpoint whose bytes fail their CRC (the run reads it whole before it
+    resumes, and starts over); None where they pass. Asked only where the note would say that the
+    rerun resumes: its cost (every byte read) is paid only where the answer turns on it."""
+    try:
+        checkpoint.check_whole(path)
+    except FneError as e:
+        return _unreadable(e)
+    return None
+
+
+def _unreadable(e: FneError) -> str:
+    return f"its checkpoint cannot be read ({str(e).split(': ', 2)[-1].split(';')[0]}): the rerun starts over"
 
 
 def _unhashed(dataset: Dataset, cache: str | None) -> str | None:
