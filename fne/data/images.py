@@ -87,9 +87,14 @@ def read_image(path: str | Path) -> Image.Image:
     """
     with Image.open(path) as img:
         wide = img.mode in ("RGB", "RGBA") and any(";16" in _rawmode(t) for t in img.tile)  # Pillow keeps the high byte
-        if img.format == "TIFF" and getattr(img, "is_animated", False):
-            warnings.warn("a multi-page TIFF: only its first page is read (channels or planes stored as pages are "
-                          "left out); save them as one image's channels, or as images of their own", stacklevel=1)
+        if img.format == "TIFF":
+            # its EXIF read now: Pillow 10.0 closes a multi-page TIFF's file once a page is loaded, and
+            # `exif_transpose` then failed (AttributeError: 'NoneType' object has no attribute 'seek')
+            img.getexif()
+            if getattr(img, "is_animated", False):
+                warnings.warn("a multi-page TIFF: only its first page is read (channels or planes stored as pages "
+                              "are left out); save them as one image's channels, or as images of their own",
+                              stacklevel=1)
         img.load()  # decode now so truncation raises here, inside the reader
         rgb = upright_rgb(img, in_place=True)
     if wide and 0 < max(hi for _, hi in rgb.getextrema()) < LOW_BITS_TOP >> 8:
