@@ -60,7 +60,13 @@ def malformed_run(m: dict) -> str | None:
 
 def out_of_range(d: dict, keys: tuple[str, ...], top: float) -> list[str]:
     """The `keys` of `d` whose value is recorded (not None) but is not a number from 0 to `top`."""
-    return [k for k in keys if d.get(k) is not None and not 0 <= (finite(d[k]) if finite(d[k]) is not None else -1) <= top]
+    return [k for k in keys if d.get(k) is not None and not _between(d[k], 0.0, top)]
+
+
+def _between(v, low: float, high: float, closed: bool = True) -> bool:
+    """Whether `v` is a finite number from `low` to `high` (`closed`: both included, else neither)."""
+    x = finite(v)
+    return x is not None and (low <= x <= high if closed else low < x < high)
 
 
 def _bad_interval(ci) -> bool:
@@ -72,8 +78,8 @@ def _bad_interval(ci) -> bool:
     if out_of_range(ci, ("low", "high"), 1.0):
         return True
     low, high, level = ci.get("low"), ci.get("high"), ci.get("level")
-    return low is not None and high is not None and low > high or level is not None and not 0 < (
-        finite(level) if finite(level) is not None else 0) < 1
+    return low is not None and high is not None and low > high or level is not None and not _between(
+        level, 0.0, 1.0, closed=False)
 
 
 def _not_counts(d: dict) -> list[str]:

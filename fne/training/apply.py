@@ -42,8 +42,8 @@ def read_run(run_dir: str | Path) -> dict:
         m = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError) as e:
         raise FneError(f"{run_dir}: cannot read its metrics.json ({e}); is it a finished `fne train` run?") from None
-    if isinstance(m, dict) and unreadable_format(m) is not None:  # its network may be rebuilt otherwise
-        raise FneError(f"{run_dir}/metrics.json: {unreadable_format(m)}")
+    if isinstance(m, dict) and (newer := unreadable_format(m)) is not None:  # its network may be rebuilt otherwise
+        raise FneError(f"{run_dir}/metrics.json: {newer}")
     if not isinstance(m, dict) or m.get("kind") != "train" or m.get("mode") not in MODES:
         raise FneError(f"{run_dir}/metrics.json: not a `fne train` run")
     if m["mode"] == "direct":
