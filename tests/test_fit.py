@@ -824,3 +824,21 @@ def test_split_options_on_a_predefined_split_are_named_in_one_warning_line(digit
                 **STORE)
     assert m["split_protocol"] == "predefined" and m["n_test"] == 9
     assert main(cli[:-4]) == 0 and "not applied" not in capsys.readouterr().err  # none given: nothing said
+
+
+def test_a_solver_given_with_an_sgd_head_is_named_as_not_applied(digits_folder, warm_cache, tmp_path, capsys):
+    """`fne fit --head sgd-svm --solver torch` fitted SGDClassifier and said nothing of --solver, which
+    the user took for the solver of the figure; one line now says it is not applied."""
+    with pytest.warns(UserWarning, match=r"^solver='torch' is not applied: SGD heads \(head='sgd-svm'\) are fitted "
+                                         r"by scikit-learn's SGDClassifier"):
+        m = fit(digits_folder, out=tmp_path / "py", head="sgd-svm", solver="torch", splits=1, features="last",
+                cache=str(warm_cache), **STORE)
+    assert m["solver"] == "sklearn"
+    cli = ["fit", str(digits_folder), "--out", str(tmp_path / "cli"), "--cache", str(warm_cache), "--no-progress",
+           "--arch", STORE["arch"], "--weights", "random", "--precision", "fp32", "--storage-dtype", "float32",
+           "--features", "last", "--splits", "1", "--head", "sgd-logreg"]
+    assert main([*cli, "--solver", "sklearn"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "not applied" in line]
+    assert said == ["fne: warning: --solver sklearn is not applied: SGD heads (--head sgd-logreg) are fitted by "
+                    "scikit-learn's SGDClassifier, chunk by chunk (the solvers fit svm and logreg)"]
+    assert main(cli) == 0 and "not applied" not in capsys.readouterr().err  # the default: nothing said

@@ -1434,3 +1434,13 @@ def test_a_backbone_of_refused_weights_and_an_image_size_is_named_once(tmp_path)
         load_pipeline(f)
     msg = str(e.value)
     assert msg.startswith(f"{f}:9: backbones[0].weights: '/nope.pth' is neither one of ") and "\n" not in msg, msg
+
+
+def test_a_grid_with_sgd_heads_passes_the_solver_to_svm_and_logreg_alone(tmp_path):
+    """[fit] solver = "torch" over heads svm and sgd-svm gave the sgd-svm step's fne fit the solver too,
+    which it warns is not applied (an SGD head has none); the steps' settings keep it as given."""
+    text = TINY.replace('heads = ["svm", "logreg"]', 'heads = ["svm", "sgd-svm"]\nsolver = "torch"')
+    steps = [s for s in P.plan(load_pipeline(write(tmp_path, text)), tmp_path / "out", {"digits": "digits"},
+                               read=False) if s.kind == "fit"]
+    assert {s.kwargs["head"]: s.kwargs["solver"] for s in steps} == {"svm": "torch", "sgd-svm": "auto"}
+    assert [s.config["solver"] for s in steps] == ["torch", "torch"]  # identities, and folders, as before

@@ -51,7 +51,7 @@ from fne.metrics import (
 )
 from fne.option_handling import named, refusal
 from fne.options import DataOptions, FitOptions, ForwardOptions
-from fne.progress import first_few, progress
+from fne.progress import first_few, progress, said
 
 SGD_EPOCHS = 10
 
@@ -208,6 +208,10 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if auto and o.head.startswith("sgd"):
         raise _no_auto_with(o.head, [n for n, v in (("features", o.features), ("C", C)) if v == "auto"])
+    if o.head.startswith("sgd") and o.solver != "auto":  # silently unused, it read as the solver that fitted
+        warnings.warn(said(lambda py: f"{named('solver', py, o.solver, plain=True)} is not applied: SGD heads "
+                                      f"({named('head', py, o.head, plain=True)}) are fitted by scikit-learn's "
+                                      f"SGDClassifier, chunk by chunk (the solvers fit svm and logreg)"), stacklevel=2)
     out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)

@@ -178,7 +178,9 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                             name = f"fit-{slug(feat)}-{head}-C{slug(p.fit['C'])}-s{seed}"
                             steps.append(Step("fit", ds, b, root / name, cfg,
                                               dict(data=data, features=feat, head=head, C=p.fit["C"], seed=seed,
-                                                   solver=solver, **proto, **store),
+                                                   # an SGD head has no solver to choose (fne fit warns of one given)
+                                                   solver=solver if head in ("svm", "logreg") else "auto",
+                                                   **proto, **store),
                                               f"{ds.key} {b.label} fit {feat}+{head} seed {seed}{how}"))
             for mode, settings in p.train.items():
                 if mode == "direct" and not ds.class_map:
