@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from fne.errors import FneError
 from fne.linear import compare, selection
 from fne.linear.embedding import FullNetworkEmbedding
 from fne.linear.fit import Rows, fit
@@ -370,3 +371,27 @@ def test_a_C_chosen_at_an_end_of_the_grid_says_a_C_beyond_may_score_higher(monke
         notes = [str(w.message) for w in seen if "--C auto chose" in str(w.message)]
         assert chosen.C == best
         assert (notes == [f"--C auto chose {expect} to compare"]) if expect else not notes
+
+
+def test_a_class_with_one_training_image_is_offered_train_per_class_2_only_where_it_would_run(tmp_path):
+    """Auto selection's error for a class with 1 training image offered ``train_per_class=2`` where it
+    cannot help: on DATA's own split (which the option does not draw: the same error again) and
+    where a class holds 2 images (none left to test: another error)."""
+    from .conftest import FAST32, write_digits
+
+    common = dict(cache=str(tmp_path / "cache"), features="last", C="auto", progress=False, extract_missing=True,
+                  **FAST32)
+    pairs = write_digits(tmp_path / "pairs", per_class=2, classes=3)
+    own = write_digits(tmp_path / "own", per_class=6, classes=3, split=True)
+    for f in sorted((own / "train" / "2").iterdir())[1:]:
+        f.unlink()
+    with pytest.raises(FneError, match=r"1 training image in a split .*\('2'\): give C \(and features, head\) a "
+                                       r"value, or more images$"):
+        fit(own, tmp_path / "run", **common)
+    with pytest.raises(FneError, match=r"3 class\(es\) have 1 training image in a split .*: give C \(and features, "
+                                       r"head\) a value, or more images$"):
+        fit(pairs, tmp_path / "run", test_size=0.5, splits=1, **common)
+    three = write_digits(tmp_path / "three", per_class=3, classes=3)
+    with pytest.raises(FneError, match=r"a value, or train_per_class=2, or more images$"):
+        fit(three, tmp_path / "run", test_size=0.5, splits=1, **common)
+    assert fit(three, tmp_path / "run", train_per_class=2, splits=1, **common)["n_train"] == 6  # as offered: it runs

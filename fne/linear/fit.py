@@ -336,11 +336,16 @@ def _splits(data, src: Source, y: np.ndarray, o: FitOptions, auto: bool) -> list
     few = next((s for s in singles if s), None)
     if few:
         shown = ", ".join(map(repr, few[:5])) + (", ..." if len(few) > 5 else "")
+        counts = np.bincount(y, minlength=len(dataset.classes))
+        # 2 training images a class need a third to test, and DATA's own split draws none
+        per_class = not dataset.has_split and counts[counts > 0].min() >= 3
+
+        def fewer(py: bool) -> str:
+            return f"{named('train_per_class', py, 2)}, or " if per_class else ""
         raise refusal(lambda py: f"{data}: auto selection cross-validates on each split's training images and "
                                  f"needs 2 of every class; {len(few)} class(es) have 1 training image in a split "
                                  f"({shown}): give {named('C', py)} (and {named('features', py)}, "
-                                 f"{named('head', py)}) a value, or {named('train_per_class', py, 2)}, or more "
-                                 f"images", FneError)
+                                 f"{named('head', py)}) a value, or {fewer(py)}more images", FneError)
     return split_list
 
 
