@@ -106,9 +106,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    "softmax), true (where DATA has labels)")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions, PredictOptions)
-    cache = next(action for action in p._actions if action.dest == "cache")
-    cache.help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, where it is still "
-                  "there, else $FNE_CACHE, else `fne cache info`)")
+    said = {action.dest: action for action in p._actions}
+    said["cache"].help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, where it is "
+                          "still there, else $FNE_CACHE, else `fne cache info`)")
+    said["label_key"].help += " (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:)"
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
 
 

@@ -307,6 +307,10 @@ def test_predict_help_says_what_its_scores_are_and_that_the_cache_is_the_models(
     assert "path, predicted, score_<class>" in out and "probabilities" in out and "margins" in out
     assert "softmax" in out and "true" in out
     assert actions["cache"].help.startswith("cache folder or fsspec URL (default: the --cache the model was fitted")
+    # predict reads DATA's labels with the model's label key where none is given (predict._label_key)
+    assert actions["label_key"].help.endswith("(default: the one the model was fitted with, where DATA is tar "
+                                              "shards, Parquet or hf:)")
+    assert "default" not in _actions("fit")["label_key"].help  # the shared declaration is left as it is
 
 
 class _Reached(Exception):
