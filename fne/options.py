@@ -322,7 +322,7 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **between(0, 1, closed_lo=True))
     weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **at_least(0, "a number"))
     scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS, modes=TRAINED)
-    image_size: int | None = option(None, "input size (default: the backbone's, 224)", **IMAGE_SIZE)
+    image_size: int | None = option(None, "input size (default: the backbone's, 224 for most)", **IMAGE_SIZE)
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
                            flag="--no-augment", modes=TRAINED)
     augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
