@@ -303,8 +303,9 @@ class TrainConfig:
     out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt (where one "
                                "was saved); direct: metrics.json, predictions.csv, class_map.json", pipeline=False)
     arch: str = option("vgg16", ARCH_HELP, pipeline=False)
-    weights: str | None = option(None, "imagenet, random (seeded) or a state dict / checkpoint path "
-                                       "(default: imagenet; scratch: random)", pipeline=False)
+    weights: str | None = option(None, "imagenet, a torchvision weights name (IMAGENET1K_V2), random (seeded) or "
+                                       "a state dict / checkpoint path (default: imagenet; scratch: random)",
+                                 pipeline=False)
     weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", pipeline=False)
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
                                    "output), last only the output layer", choices=NEW_LAYERS,
