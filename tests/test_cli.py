@@ -236,6 +236,8 @@ def test_run_help_lists_every_key_a_pipeline_file_may_set(capsys):
     flat = " ".join(text.split())
     assert "(in a pipeline file, default: float16)" in flat and flat.count("(in a pipeline file") == 1
     assert "augment (bool): false: train on center crops" in flat and "(as --no-augment)" in flat
+    # a file takes a weights value the command line does not (fne.names.WEIGHT_CHOICES): its key says so
+    assert "weights (str): imagenet (" in flat and "in a file also imagenet-or-random" in flat
 
 
 def _readme_commands() -> tuple[list[list[str]], list[str]]:

@@ -70,6 +70,9 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     },
     "backbones[]": {
         **schema(StoreOptions),  # arch, weights, crop, image_size, precision, storage_dtype, weights_seed
+        "weights": ("str", f"{schema(StoreOptions, only=['weights'])['weights'][1]}; in a file also "
+                           "imagenet-or-random: ImageNet's where they load, else random, said in the console and "
+                           "the report"),
         "label": ("str", "folder name of this backbone's runs"),
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
@@ -105,8 +108,8 @@ def keys_help(width: int = 100) -> str:
         for key, (kind, text) in keys.items():
             if title == "[[backbones]]" and key in cli and in_file.get(key, MISSING) not in (MISSING, cli[key]):
                 text += f" (in a pipeline file, default: {in_file[key]})"
-            lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",
-                                   subsequent_indent="        ")
+            lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",  # a flag whole
+                                   subsequent_indent="        ", break_on_hyphens=False)
     return "\n".join(lines)
 
 
