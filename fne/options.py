@@ -244,7 +244,8 @@ class FitOptions(RowsOptions):
     train_per_class: int | None = option(None, "training images per class per split", drawn=True, **at_least(1))
     seed: int = option(0, "seed of the splits and the heads", pipeline=False, **SEED)
     solver: str = option("auto", "svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
-                                 "auto: scikit-learn while its copy of the rows fits in memory, torch "
+                                 "auto: scikit-learn below rows x features = 1e8 (its float64 copy of the "
+                                 "rows, ~2 GB) and, with CUDA, below rows x features x classes = 1.5e8; torch "
                                  "above (fne.linear.solver)", choices=SOLVERS)
 
 

@@ -595,3 +595,13 @@ def test_a_verbs_stdout_into_a_log_is_written_line_by_line(monkeypatch):
     assert main(["backbones"]) == 0
     assert seen == [True, b"a note\n"]
     assert out.line_buffering is False
+
+
+def test_solver_help_states_the_sizes_auto_switches_at():
+    """--solver auto's help said "scikit-learn while its copy of the rows fits in memory": auto
+    switches at fixed sizes (fne.linear.solver), whatever the machine's memory; the help names them."""
+    from fne.linear.solver import CPU_TORCH_ABOVE, GPU_TORCH_ABOVE
+
+    said = " ".join(_actions("fit")["solver"].help.split())
+    assert f"rows x features = {CPU_TORCH_ABOVE:.0e}".replace("e+0", "e") in said
+    assert f"rows x features x classes = {GPU_TORCH_ABOVE:.1e}".replace("e+0", "e") in said
