@@ -275,13 +275,19 @@ def _cmd_backbones(a) -> int:
 
     from fne.backbones.catalog import DESCRIBE_OPTIONS, describe_backbone, list_backbones
     from fne.backbones.registry import how_to_name
+    from fne.errors import FneError
 
     if a.arch is None:
         for b in list_backbones():
             print(f"{b['name']:20s} {b['taps']:3d} taps, {b['dim']:6d} features, last {b['last']}")
         print(f"\nother backbones by name: {how_to_name()}")
         return 0
-    d = describe_backbone(a.arch, **_given(a, DESCRIBE_OPTIONS))
+    try:
+        d = describe_backbone(a.arch, **_given(a, DESCRIBE_OPTIONS))
+    except FneError as e:  # ARCH is this verb's argument: it has no --arch flag
+        if getattr(e, "cli", "").startswith("unknown --arch "):
+            e.cli = "unknown ARCH " + e.cli.removeprefix("unknown --arch ")
+        raise
     if a.json:
         print(json.dumps(d, indent=1))
         return 0

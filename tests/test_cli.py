@@ -605,3 +605,16 @@ def test_solver_help_states_the_sizes_auto_switches_at():
     said = " ".join(_actions("fit")["solver"].help.split())
     assert f"rows x features = {CPU_TORCH_ABOVE:.0e}".replace("e+0", "e") in said
     assert f"rows x features x classes = {GPU_TORCH_ABOVE:.1e}".replace("e+0", "e") in said
+
+
+def test_backbones_names_an_unknown_arch_as_its_argument_not_a_flag(capsys):
+    """`fne backbones nope` said "unknown --arch 'nope'": the verb takes ARCH as its argument and has
+    no --arch; the Python API keeps its keyword's name."""
+    import fne
+    from fne.errors import OptionError
+
+    assert main(["backbones", "vgg61"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fne backbones: error: unknown ARCH 'vgg61'.") and "--arch" not in err
+    with pytest.raises(OptionError, match=r"^unknown arch='vgg61'\."):
+        fne.describe_backbone("vgg61")
