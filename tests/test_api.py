@@ -677,3 +677,10 @@ def test_train_takes_numpy_integers_for_save_every():
     check(fne.options.TrainConfig(**config, save_every=np.int64(2), batch_size=np.int64(8)))
     with pytest.raises(OptionError, match=r"^bad save_every=np.int64\(-1\): save_every must be >= 0 or auto$"):
         check(fne.options.TrainConfig(**config, save_every=np.int64(-1)))
+
+
+def test_a_switch_quoted_in_a_keywords_help_is_its_keyword_set_false():
+    """A help quoting a --no-NAME flag is documented by the keyword that flag sets: augment_on's
+    "--no-augment decodes in the workers" read "``augment`` decodes in the workers", the opposite."""
+    doc = " ".join(fne.train.train.__doc__.split())
+    assert "``augment=False`` decodes in the workers" in doc and "``augment`` decodes" not in doc
