@@ -193,9 +193,9 @@ class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
     batch_size: int | str = option("auto", "images per forward pass; auto: 32 on a CPU, up to 256 on "
-                                           "CUDA (sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
+                                           "a GPU (CUDA, MPS; sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
-                                       "CUDA, at most 16)", **WORKERS)
+                                       "a GPU (CUDA, MPS), at most 16)", **WORKERS)
     compile: str | bool = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
@@ -343,7 +343,7 @@ class TrainConfig:
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
-                                       "core but one, at most 16, on CUDA)", **WORKERS)
+                                       "core but one, at most 16, on a GPU (CUDA, MPS))", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto: "
                                            "after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto, **auto_or_at_least(0),
