@@ -618,3 +618,20 @@ def test_backbones_names_an_unknown_arch_as_its_argument_not_a_flag(capsys):
     assert err.startswith("fne backbones: error: unknown ARCH 'vgg61'.") and "--arch" not in err
     with pytest.raises(OptionError, match=r"^unknown arch='vgg61'\."):
         fne.describe_backbone("vgg61")
+
+
+def test_a_default_written_into_a_help_is_the_declared_one():
+    """A help that says its default itself (`add_arguments` then adds none) says the declared one:
+    --stream-chunk's "(default: 1024)" and --weights' "(default: imagenet)" are written by hand, and
+    would go on saying so after the declaration changed."""
+    import re
+
+    written = 0
+    for cls in (O.DataOptions, O.StoreOptions, O.ForwardOptions, O.ExtractOptions, O.RowsOptions, O.FitOptions,
+                O.PredictOptions, O.AdviseOptions, O.CacheOptions, O.TrainConfig):
+        for f in dataclasses.fields(cls):
+            said = re.search(r"\(default: ([^);]+)", f.metadata["opt"].help)
+            if said and f.default not in (dataclasses.MISSING, None, True, False):
+                written += 1
+                assert said[1] == str(f.default), f"{cls.__name__}.{f.name}: help says {said[1]!r}, declared {f.default!r}"
+    assert written >= 2  # --stream-chunk's and --weights' at least
