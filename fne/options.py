@@ -328,7 +328,7 @@ class TrainConfig:
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
                            flag="--no-augment", modes=TRAINED)
     augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
-                                     "on the GPU when training on CUDA with fewer than "
+                                     "on the GPU when training on CUDA (where a library decodes JPEGs there) with fewer than "
                                      f"{AUGMENT_DEVICE_BELOW_WORKERS} loader workers (they would bound the epoch; "
                                      "workers then only read JPEG bytes), else in the loader workers (with "
                                      "augmentation only: --no-augment decodes in the workers)",
