@@ -635,3 +635,16 @@ def test_a_default_written_into_a_help_is_the_declared_one():
                 written += 1
                 assert said[1] == str(f.default), f"{cls.__name__}.{f.name}: help says {said[1]!r}, declared {f.default!r}"
     assert written >= 2  # --stream-chunk's and --weights' at least
+
+
+def test_a_pipeline_fit_table_without_a_key_takes_fne_fits_default(tmp_path):
+    """`fne run --help` lists [fit]'s keys by fne fit's options and gives no defaults of its own:
+    a key left out is fne fit's default (they were copied by hand into the loader)."""
+    from fne.pipeline.config import load_pipeline
+
+    f = tmp_path / "p.toml"
+    f.write_text('[pipeline]\nname = "x"\n[datasets.d]\ndata = "digits"\n[[backbones]]\narch = "efficientnet_lite0"\n'
+                 'weights = "random"\n[fit]\n')
+    fit = {o.name: o.default for o in dataclasses.fields(O.FitOptions)}
+    assert load_pipeline(f).fit == {"features": [fit["features"]], "heads": [fit["head"]], "C": fit["C"],
+                                    **{k: fit[k] for k in ("splits", "test_size", "train_per_class", "solver")}}

@@ -371,10 +371,12 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
     if "fit" in top:
         f = _check_table(top["fit"], SCHEMA["fit"], ("fit",), err)
         if f.get("enabled", True):
-            p.fit = {"features": f.get("features", ["fne"]), "heads": f.get("heads", ["svm"]),
-                     "C": str(f.get("C", "1.0")), "splits": f.get("splits", 5),
-                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class"),
-                     "solver": f.get("solver", "auto")}
+            fit = {o.name: o.default for o in fields(FitOptions)}  # a key left out: fne fit's default
+            p.fit = {"features": f.get("features", [fit["features"]]), "heads": f.get("heads", [fit["head"]]),
+                     "C": str(f.get("C", fit["C"])), "splits": f.get("splits", fit["splits"]),
+                     "test_size": float(f.get("test_size", fit["test_size"])),
+                     "train_per_class": f.get("train_per_class", fit["train_per_class"]),
+                     "solver": f.get("solver", fit["solver"])}
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")
