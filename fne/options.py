@@ -349,7 +349,7 @@ class TrainConfig:
                                            "last write, so an interrupted run loses little", parse=int_or_auto, **auto_or_at_least(0),
                                    modes=TRAINED)
     resume: bool | str = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
-                                 "--epochs extends a run without --scheduler)", pipeline=False)
+                                 "--epochs extends a run that saved one, without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
                                    "(default: they keep the imported statistics)", modes=("finetune",))
     deterministic: bool = option(False, "deterministic algorithms only", modes=TRAINED)
