@@ -307,7 +307,8 @@ class TrainConfig:
     weights: str | None = option(None, "imagenet, a torchvision weights name (IMAGENET1K_V2), random (seeded) or "
                                        "a state dict / checkpoint path (default: imagenet; scratch: random)",
                                  pipeline=False)
-    weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", pipeline=False)
+    weights_seed: int = option(0, "seed of --weights random (--mode scratch draws its network from --seed)",
+                               flag="--seed-weights", pipeline=False)
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
                                    "output), last only the output layer", choices=NEW_LAYERS,
                              modes=("frozen", "finetune"))
