@@ -238,7 +238,8 @@ def _deep(name: str):
      "label_key='cls': applies to tar shards", "--label-key 'cls': applies to tar shards"),
     (lambda t: _deep("fne.data.splits.stratified")(np.arange(4), np.array([0, 1, 2, 3]), 0.25, 0, "test_size"),
      DataError, "cannot carve a stratified test_size=0.25 part", "cannot carve a stratified --test-size 0.25 part"),
-    (lambda t: _deep("fne.linear.features.parse_features")("auto", None), OptionError,
+    (lambda t: _deep("fne.linear.features.parse_features")(
+        "auto", importlib.import_module("fne.backbones.registry").get("efficientnet_lite0", "random")), OptionError,
      "features='auto' is `fne fit`'s cross-validated choice", "--features auto is `fne fit`'s"),
     (lambda t: _deep("fne.linear.features.parse_features")(  # its columns twice, weighted double without a word
         "last,head", importlib.import_module("fne.backbones.registry").get("efficientnet_lite0", "random")),
