@@ -353,5 +353,7 @@ class TrainConfig:
                                  "--epochs extends a run that saved one, without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
                                    "(default: they keep the imported statistics)", modes=("finetune",))
-    deterministic: bool = option(False, "deterministic algorithms only", modes=TRAINED)
+    deterministic: bool = option(False, "torch's deterministic algorithms where it has them (an op without one "
+                                        "runs with a warning naming it) and no cuDNN benchmarking",
+                                 modes=TRAINED)
     progress: bool = option(True, "no progress bars", flag="--no-progress")
