@@ -233,7 +233,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     out : str or Path, optional
         The output folder (default: the file's `out`, else runs/<name>).
     cache : str, optional
-        The cache (default: the file's `cache`, else fne's default).
+        The cache (default: the file's `cache`, else $FNE_CACHE, else fne's default), as ``fne run --cache``.
     force : bool, default False
         Rerun steps that are done.
     dry_run : bool, default False
