@@ -266,6 +266,9 @@ def _add_backbones(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME; "
                                                          "without it, the registry is listed")
     add_arguments(p, StoreOptions, only=DESCRIBE_OPTIONS)
+    weights = next(action for action in p._actions if action.dest == "weights")
+    weights.help = ("whose preprocessing to show: imagenet, a torchvision weights name (IMAGENET1K_V2), random or a "
+                    "state dict path (then also whether it fits ARCH); nothing is downloaded (default: imagenet)")
     p.add_argument("--json", action="store_true", help="print the taps and preprocessing as JSON")
     p.set_defaults(func=_cmd_backbones)
 

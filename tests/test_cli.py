@@ -648,3 +648,13 @@ def test_a_pipeline_fit_table_without_a_key_takes_fne_fits_default(tmp_path):
     fit = {o.name: o.default for o in dataclasses.fields(O.FitOptions)}
     assert load_pipeline(f).fit == {"features": [fit["features"]], "heads": [fit["head"]], "C": fit["C"],
                                     **{k: fit[k] for k in ("splits", "test_size", "train_per_class", "solver")}}
+
+
+def test_backbones_help_says_its_weights_download_nothing():
+    """`fne backbones --weights` shared the store verbs' help, "imagenet (...; downloads once)":
+    describe_backbone reads the weights' metadata and a file's names and shapes, and downloads nothing."""
+    parser = build_parser(["backbones"])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["backbones"]
+    (weights,) = [a for a in sub._actions if a.dest == "weights"]
+    assert "downloads" not in weights.help and "nothing is downloaded (default: imagenet)" in weights.help
+    assert weights.default == "imagenet"
