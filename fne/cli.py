@@ -106,9 +106,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                    "softmax), true (where DATA has labels)")
     add_arguments(p, StoreOptions, only=STORE_OPTIONS)
     add_arguments(p, DataOptions, ForwardOptions, PredictOptions)
-    cache = next(action for action in p._actions if action.dest == "cache")
-    cache.help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, where it is still "
-                  "there, else $FNE_CACHE, else `fne cache info`)")
+    said = {action.dest: action for action in p._actions}
+    said["cache"].help = ("cache folder or fsspec URL (default: the --cache the model was fitted with, where it is "
+                          "still there, else $FNE_CACHE, else `fne cache info`)")
+    said["label_key"].help += " (default: the one the model was fitted with, where DATA is tar shards, Parquet or hf:)"
     p.set_defaults(func=_cmd_predict, pinned=_pinned_by_the_model())
 
 
@@ -265,6 +266,9 @@ def _add_backbones(p: argparse.ArgumentParser) -> None:
     p.add_argument("arch", nargs="?", default=None, help="a registry name, torchvision model name or timm:NAME; "
                                                          "without it, the registry is listed")
     add_arguments(p, StoreOptions, only=DESCRIBE_OPTIONS)
+    weights = next(action for action in p._actions if action.dest == "weights")
+    weights.help = ("whose preprocessing to show: imagenet, a torchvision weights name (IMAGENET1K_V2), random or a "
+                    "state dict path (then also whether it fits ARCH); nothing is downloaded (default: imagenet)")
     p.add_argument("--json", action="store_true", help="print the taps and preprocessing as JSON")
     p.set_defaults(func=_cmd_backbones)
 
@@ -274,13 +278,19 @@ def _cmd_backbones(a) -> int:
 
     from fne.backbones.catalog import DESCRIBE_OPTIONS, describe_backbone, list_backbones
     from fne.backbones.registry import how_to_name
+    from fne.errors import FneError
 
     if a.arch is None:
         for b in list_backbones():
             print(f"{b['name']:20s} {b['taps']:3d} taps, {b['dim']:6d} features, last {b['last']}")
         print(f"\nother backbones by name: {how_to_name()}")
         return 0
-    d = describe_backbone(a.arch, **_given(a, DESCRIBE_OPTIONS))
+    try:
+        d = describe_backbone(a.arch, **_given(a, DESCRIBE_OPTIONS))
+    except FneError as e:  # ARCH is this verb's argument: it has no --arch flag
+        if getattr(e, "cli", "").startswith("unknown --arch "):
+            e.cli = "unknown ARCH " + e.cli.removeprefix("unknown --arch ")
+        raise
     if a.json:
         print(json.dumps(d, indent=1))
         return 0

@@ -134,7 +134,8 @@ def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str 
     written = {b.split(" : ")[0].strip(): b.rstrip("\n ") + "\n" for b in blocks}
     notes = "".join(textwrap.dedent(b.split("\n", 1)[1]).strip() for n, b in written.items() if n.startswith("**"))
     names = {f.name for f in added}
-    flags = {flag(f): f.name for cls in classes for f in fields(cls)}
+    flags = {flag(f): f.name + ("=False" if flag(f).startswith("--no-") else "")  # --no-augment: augment=False
+             for cls in classes for f in fields(cls)}
     entries = [b for n, b in written.items() if n not in names and not n.startswith("**")]
     entries += [written.get(f.name) or _entry(f, ind, flags) for f in added]
     doc = doc[:start] + "".join(entries) + ("\n" + doc[end:] if nxt else ind)

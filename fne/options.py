@@ -193,9 +193,9 @@ class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
     batch_size: int | str = option("auto", "images per forward pass; auto: 32 on a CPU, up to 256 on "
-                                           "CUDA (sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
+                                           "a GPU (CUDA, MPS; sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
-                                       "CUDA, at most 16)", **WORKERS)
+                                       "a GPU (CUDA, MPS), at most 16)", **WORKERS)
     compile: str | bool = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
                           choices=COMPILE, pipeline=False)
     progress: bool = option(True, "no progress bar", flag="--no-progress", pipeline=False)
@@ -244,7 +244,8 @@ class FitOptions(RowsOptions):
     train_per_class: int | None = option(None, "training images per class per split", drawn=True, **at_least(1))
     seed: int = option(0, "seed of the splits and the heads", pipeline=False, **SEED)
     solver: str = option("auto", "svm/logreg solver: torch (L-BFGS over streamed rows, on --device) or sklearn; "
-                                 "auto: scikit-learn while its copy of the rows fits in memory, torch "
+                                 "auto: scikit-learn below rows x features = 1e8 (its float64 copy of the "
+                                 "rows, ~2 GB) and, with CUDA, below rows x features x classes = 1.5e8; torch "
                                  "above (fne.linear.solver)", choices=SOLVERS)
 
 
@@ -303,9 +304,11 @@ class TrainConfig:
     out: str = option(MISSING, "run folder: metrics.json, predictions.csv, model.pt, checkpoint.pt (where one "
                                "was saved); direct: metrics.json, predictions.csv, class_map.json", pipeline=False)
     arch: str = option("vgg16", ARCH_HELP, pipeline=False)
-    weights: str | None = option(None, "imagenet, random (seeded) or a state dict / checkpoint path "
-                                       "(default: imagenet; scratch: random)", pipeline=False)
-    weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", pipeline=False)
+    weights: str | None = option(None, "imagenet, a torchvision weights name (IMAGENET1K_V2), random (seeded) or "
+                                       "a state dict / checkpoint path (default: imagenet; scratch: random)",
+                                 pipeline=False)
+    weights_seed: int = option(0, "seed of --weights random (--mode scratch draws its network from --seed)",
+                               flag="--seed-weights", pipeline=False)
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
                                    "output), last only the output layer", choices=NEW_LAYERS,
                              modes=("frozen", "finetune"))
@@ -322,11 +325,11 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **between(0, 1, closed_lo=True))
     weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **at_least(0, "a number"))
     scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS, modes=TRAINED)
-    image_size: int | None = option(None, "input size (default: the backbone's, 224)", **IMAGE_SIZE)
+    image_size: int | None = option(None, "input size (default: the backbone's, 224 for most)", **IMAGE_SIZE)
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
                            flag="--no-augment", modes=TRAINED)
     augment_on: str = option("auto", "where the augmentation and the evaluation's JPEG decoding run; auto: "
-                                     "on the GPU when training on CUDA with fewer than "
+                                     "on the GPU when training on CUDA (where a library decodes JPEGs there) with fewer than "
                                      f"{AUGMENT_DEVICE_BELOW_WORKERS} loader workers (they would bound the epoch; "
                                      "workers then only read JPEG bytes), else in the loader workers (with "
                                      "augmentation only: --no-augment decodes in the workers)",
@@ -341,14 +344,16 @@ class TrainConfig:
     precision: str = option("auto", "autocast precision", choices=PRECISIONS)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", **DEVICE)
     workers: int | None = option(None, "decoding processes (default: cores/2, at most 4, on a CPU; one per "
-                                       "core but one, at most 16, on CUDA)", **WORKERS)
+                                       "core but one, at most 16, on a GPU (CUDA, MPS))", **WORKERS)
     save_every: int | str = option("auto", "write RUN_DIR/checkpoint.pt every N epochs (0: never); auto: "
                                            "after each epoch that ends 5 minutes or more after the "
                                            "last write, so an interrupted run loses little", parse=int_or_auto, **auto_or_at_least(0),
                                    modes=TRAINED)
     resume: bool | str = option(False, "continue from RUN_DIR/checkpoint.pt: the same settings and images (a larger "
-                                 "--epochs extends a run without --scheduler)", pipeline=False)
+                                 "--epochs extends a run that saved one, without --scheduler)", pipeline=False)
     train_bn: bool = option(False, "finetune: imported BatchNorm layers use batch statistics and update them "
                                    "(default: they keep the imported statistics)", modes=("finetune",))
-    deterministic: bool = option(False, "deterministic algorithms only", modes=TRAINED)
+    deterministic: bool = option(False, "torch's deterministic algorithms where it has them (an op without one "
+                                        "runs with a warning naming it) and no cuDNN benchmarking",
+                                 modes=TRAINED)
     progress: bool = option(True, "no progress bars", flag="--no-progress")

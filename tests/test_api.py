@@ -238,7 +238,8 @@ def _deep(name: str):
      "label_key='cls': applies to tar shards", "--label-key 'cls': applies to tar shards"),
     (lambda t: _deep("fne.data.splits.stratified")(np.arange(4), np.array([0, 1, 2, 3]), 0.25, 0, "test_size"),
      DataError, "cannot carve a stratified test_size=0.25 part", "cannot carve a stratified --test-size 0.25 part"),
-    (lambda t: _deep("fne.linear.features.parse_features")("auto", None), OptionError,
+    (lambda t: _deep("fne.linear.features.parse_features")(
+        "auto", importlib.import_module("fne.backbones.registry").get("efficientnet_lite0", "random")), OptionError,
      "features='auto' is `fne fit`'s cross-validated choice", "--features auto is `fne fit`'s"),
     (lambda t: _deep("fne.linear.features.parse_features")(  # its columns twice, weighted double without a word
         "last,head", importlib.import_module("fne.backbones.registry").get("efficientnet_lite0", "random")),
@@ -677,3 +678,10 @@ def test_train_takes_numpy_integers_for_save_every():
     check(fne.options.TrainConfig(**config, save_every=np.int64(2), batch_size=np.int64(8)))
     with pytest.raises(OptionError, match=r"^bad save_every=np.int64\(-1\): save_every must be >= 0 or auto$"):
         check(fne.options.TrainConfig(**config, save_every=np.int64(-1)))
+
+
+def test_a_switch_quoted_in_a_keywords_help_is_its_keyword_set_false():
+    """A help quoting a --no-NAME flag is documented by the keyword that flag sets: augment_on's
+    "--no-augment decodes in the workers" read "``augment`` decodes in the workers", the opposite."""
+    doc = " ".join(fne.train.train.__doc__.split())
+    assert "``augment=False`` decodes in the workers" in doc and "``augment`` decodes" not in doc

@@ -236,6 +236,8 @@ def test_run_help_lists_every_key_a_pipeline_file_may_set(capsys):
     flat = " ".join(text.split())
     assert "(in a pipeline file, default: float16)" in flat and flat.count("(in a pipeline file") == 1
     assert "augment (bool): false: train on center crops" in flat and "(as --no-augment)" in flat
+    # a file takes a weights value the command line does not (fne.names.WEIGHT_CHOICES): its key says so
+    assert "weights (str): imagenet (" in flat and "in a file also imagenet-or-random" in flat
 
 
 def _readme_commands() -> tuple[list[list[str]], list[str]]:
@@ -307,6 +309,10 @@ def test_predict_help_says_what_its_scores_are_and_that_the_cache_is_the_models(
     assert "path, predicted, score_<class>" in out and "probabilities" in out and "margins" in out
     assert "softmax" in out and "true" in out
     assert actions["cache"].help.startswith("cache folder or fsspec URL (default: the --cache the model was fitted")
+    # predict reads DATA's labels with the model's label key where none is given (predict._label_key)
+    assert actions["label_key"].help.endswith("(default: the one the model was fitted with, where DATA is tar "
+                                              "shards, Parquet or hf:)")
+    assert "default" not in _actions("fit")["label_key"].help  # the shared declaration is left as it is
 
 
 class _Reached(Exception):
@@ -589,3 +595,66 @@ def test_a_verbs_stdout_into_a_log_is_written_line_by_line(monkeypatch):
     assert main(["backbones"]) == 0
     assert seen == [True, b"a note\n"]
     assert out.line_buffering is False
+
+
+def test_solver_help_states_the_sizes_auto_switches_at():
+    """--solver auto's help said "scikit-learn while its copy of the rows fits in memory": auto
+    switches at fixed sizes (fne.linear.solver), whatever the machine's memory; the help names them."""
+    from fne.linear.solver import CPU_TORCH_ABOVE, GPU_TORCH_ABOVE
+
+    said = " ".join(_actions("fit")["solver"].help.split())
+    assert f"rows x features = {CPU_TORCH_ABOVE:.0e}".replace("e+0", "e") in said
+    assert f"rows x features x classes = {GPU_TORCH_ABOVE:.1e}".replace("e+0", "e") in said
+
+
+def test_backbones_names_an_unknown_arch_as_its_argument_not_a_flag(capsys):
+    """`fne backbones nope` said "unknown --arch 'nope'": the verb takes ARCH as its argument and has
+    no --arch; the Python API keeps its keyword's name."""
+    import fne
+    from fne.errors import OptionError
+
+    assert main(["backbones", "vgg61"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fne backbones: error: unknown ARCH 'vgg61'.") and "--arch" not in err
+    with pytest.raises(OptionError, match=r"^unknown arch='vgg61'\."):
+        fne.describe_backbone("vgg61")
+
+
+def test_a_default_written_into_a_help_is_the_declared_one():
+    """A help that says its default itself (`add_arguments` then adds none) says the declared one:
+    --stream-chunk's "(default: 1024)" and --weights' "(default: imagenet)" are written by hand, and
+    would go on saying so after the declaration changed."""
+    import re
+
+    written = 0
+    for cls in (O.DataOptions, O.StoreOptions, O.ForwardOptions, O.ExtractOptions, O.RowsOptions, O.FitOptions,
+                O.PredictOptions, O.AdviseOptions, O.CacheOptions, O.TrainConfig):
+        for f in dataclasses.fields(cls):
+            said = re.search(r"\(default: ([^);]+)", f.metadata["opt"].help)
+            if said and f.default not in (dataclasses.MISSING, None, True, False):
+                written += 1
+                assert said[1] == str(f.default), f"{cls.__name__}.{f.name}: help says {said[1]!r}, declared {f.default!r}"
+    assert written >= 2  # --stream-chunk's and --weights' at least
+
+
+def test_a_pipeline_fit_table_without_a_key_takes_fne_fits_default(tmp_path):
+    """`fne run --help` lists [fit]'s keys by fne fit's options and gives no defaults of its own:
+    a key left out is fne fit's default (they were copied by hand into the loader)."""
+    from fne.pipeline.config import load_pipeline
+
+    f = tmp_path / "p.toml"
+    f.write_text('[pipeline]\nname = "x"\n[datasets.d]\ndata = "digits"\n[[backbones]]\narch = "efficientnet_lite0"\n'
+                 'weights = "random"\n[fit]\n')
+    fit = {o.name: o.default for o in dataclasses.fields(O.FitOptions)}
+    assert load_pipeline(f).fit == {"features": [fit["features"]], "heads": [fit["head"]], "C": fit["C"],
+                                    **{k: fit[k] for k in ("splits", "test_size", "train_per_class", "solver")}}
+
+
+def test_backbones_help_says_its_weights_download_nothing():
+    """`fne backbones --weights` shared the store verbs' help, "imagenet (...; downloads once)":
+    describe_backbone reads the weights' metadata and a file's names and shapes, and downloads nothing."""
+    parser = build_parser(["backbones"])
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["backbones"]
+    (weights,) = [a for a in sub._actions if a.dest == "weights"]
+    assert "downloads" not in weights.help and "nothing is downloaded (default: imagenet)" in weights.help
+    assert weights.default == "imagenet"

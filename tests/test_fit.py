@@ -326,7 +326,7 @@ def test_fne_over_chosen_layers(digits_folder, warm_cache, tmp_path):
                            r"\(here \w+\), fne:LAYER,… or layer names: "),
     (dict(features="fne,last"), r"^bad features='fne': the full-network embedding is no layer to list; give fne, "),
     (dict(features="Last"), r"has no layer 'Last' \(did you mean 'last'\?\)"),
-    (dict(features="fne:"), r"^bad features='fne:'; use fne, fc6, fc7, last or layer names$"),
+    (dict(features="fne:"), r"^bad features='fne:'; give fne, last \(here head\), fne:LAYER,… or layer names: block0, "),
     (dict(C="abc"), r"^bad C='abc'; give a positive number or 'auto'$"),
     (dict(head="tree"), "unknown head='tree'"),
     (dict(C="-1"), "must be > 0"),

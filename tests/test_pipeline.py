@@ -701,14 +701,16 @@ def test_dry_run_reads_no_image_and_writes_nothing(tmp_path, capsys, image_opens
     assert not cache.exists() and not out.exists()
 
 
-@pytest.mark.parametrize("in_file", [True, False])
-def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys, in_file):
+@pytest.mark.parametrize("in_file, dry", [(True, False), (False, False), (False, True)])
+def test_a_bad_device_stops_the_run_in_one_line_before_any_step(tmp_path, capsys, in_file, dry):
+    """--dry-run ("validate and list the steps") refuses it too: it listed the steps of `--device tpu`
+    as it refused `--workers -1`."""
     from fne.cli import main
 
     f = write(tmp_path, TINY.replace('workers = 0', 'workers = 0\ndevice = "tpu"', 1) if in_file else TINY)
     out = tmp_path / "out"
     code = main(["run", str(f), "--cache", str(tmp_path / "cache"), "--out", str(out),
-                 *([] if in_file else ["--device", "tpu"])])
+                 *([] if in_file else ["--device", "tpu"]), *(["--dry-run"] if dry else [])])
     err = capsys.readouterr().err.strip()
     said = "bad device='tpu': device" if in_file else "bad --device 'tpu': --device"  # the file's key, or the flag
     assert code == 2 and err == f"fne run: error: {said} must be auto, cpu, cuda[:i] or mps (the CPU takes no " \

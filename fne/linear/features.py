@@ -38,25 +38,27 @@ from fne.progress import said, say_skipped
 def parse_features(spec: str, backbone: backbones.Backbone) -> tuple[list[str], str]:
     """`fne` | `fne:L1,L2` -> (layers, "fne"); `last` | `fc7` | `L1,L2` -> (layers, "l2")."""
     spec = spec.strip()
+    layers = [t.name for t in backbone.taps]
     if spec == "fne":
-        return [t.name for t in backbone.taps], "fne"
+        return layers, "fne"
+    # what to give instead: this backbone's layers (fc6 and fc7 are VGG's)
+    takes = f"fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}"
     if spec == "auto":  # fit's model selection (fne.linear.selection): no layers to read
         raise refusal(lambda py: f"{named('features', py, 'auto', plain=True)} is `fne fit`'s cross-validated "
-                                 f"choice; here give fne, fc6, fc7, last or layer names")
+                                 f"choice; here give {takes}")
     kind, given = "l2", spec
     if spec.startswith("fne:"):
         kind, spec = "fne", spec[4:]
     names = [backbone.last if s.strip() == "last" else s.strip() for s in spec.split(",") if s.strip()]
     if not names:
-        raise refusal(lambda py: f"bad {named('features', py, given)}; use fne, fc6, fc7, last or layer names")
-    layers = [t.name for t in backbone.taps]
+        raise refusal(lambda py: f"bad {named('features', py, given)}; give {takes}")
     for n in names:
         if n not in layers:  # a typo (`lst`), or VGG's fc7 asked of another backbone
             close = [c for c in difflib.get_close_matches(n.lower(), ["fne", "last", *layers], n=1) if c != n]
             why = "the full-network embedding is no layer to list" if n == "fne" else f"{backbone.name} has no layer {n!r}"
             raise refusal(lambda py, n=n, why=why, close=close: (
                 f"bad {named('features', py, n)}: {why}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                + f"; give fne, last (here {backbone.last}), fne:LAYER,… or layer names: {', '.join(layers)}"))
+                + f"; give {takes}"))
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # its columns twice: weighted double in the embedding, without a word
         said_last = "last" in [s.strip() for s in spec.split(",")]

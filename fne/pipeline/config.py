@@ -70,6 +70,9 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     },
     "backbones[]": {
         **schema(StoreOptions),  # arch, weights, crop, image_size, precision, storage_dtype, weights_seed
+        "weights": ("str", f"{schema(StoreOptions, only=['weights'])['weights'][1]}; in a file also "
+                           "imagenet-or-random: ImageNet's where they load, else random, said in the console and "
+                           "the report"),
         "label": ("str", "folder name of this backbone's runs"),
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
@@ -105,8 +108,8 @@ def keys_help(width: int = 100) -> str:
         for key, (kind, text) in keys.items():
             if title == "[[backbones]]" and key in cli and in_file.get(key, MISSING) not in (MISSING, cli[key]):
                 text += f" (in a pipeline file, default: {in_file[key]})"
-            lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",
-                                   subsequent_indent="        ")
+            lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",  # a flag whole
+                                   subsequent_indent="        ", break_on_hyphens=False)
     return "\n".join(lines)
 
 
@@ -368,10 +371,12 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
     if "fit" in top:
         f = _check_table(top["fit"], SCHEMA["fit"], ("fit",), err)
         if f.get("enabled", True):
-            p.fit = {"features": f.get("features", ["fne"]), "heads": f.get("heads", ["svm"]),
-                     "C": str(f.get("C", "1.0")), "splits": f.get("splits", 5),
-                     "test_size": float(f.get("test_size", 0.25)), "train_per_class": f.get("train_per_class"),
-                     "solver": f.get("solver", "auto")}
+            fit = {o.name: o.default for o in fields(FitOptions)}  # a key left out: fne fit's default
+            p.fit = {"features": f.get("features", [fit["features"]]), "heads": f.get("heads", [fit["head"]]),
+                     "C": str(f.get("C", fit["C"])), "splits": f.get("splits", fit["splits"]),
+                     "test_size": float(f.get("test_size", fit["test_size"])),
+                     "train_per_class": f.get("train_per_class", fit["train_per_class"]),
+                     "solver": f.get("solver", fit["solver"])}
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")

@@ -233,7 +233,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     out : str or Path, optional
         The output folder (default: the file's `out`, else runs/<name>).
     cache : str, optional
-        The cache (default: the file's `cache`, else fne's default).
+        The cache (default: the file's `cache`, else $FNE_CACHE, else fne's default), as ``fne run --cache``.
     force : bool, default False
         Rerun steps that are done.
     dry_run : bool, default False
@@ -270,7 +270,7 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
         p.device = device
     forward = resolve({"workers": workers, **options}, ForwardOptions, only=("workers", *RUN_OPTIONS))[0]  # as fit's
     p.workers, p.progress = p.workers if workers is None else forward.workers, forward.progress
-    if not dry_run and p.device != "auto":  # a bad name would fail every step: one line, first
+    if p.device != "auto":  # a bad name would fail every step: one line, first (--dry-run validates it too)
         _check_device(p, False, device is None)
     with in_the_files_words(out is None and p.out is not None):
         out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
