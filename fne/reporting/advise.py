@@ -298,6 +298,10 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
     spec.backbone()  # unknown arch: FneError before any work
+    if spec.weights != "random":  # a device this machine lacks: before DATA's images are hashed for the sample
+        from fne.devices import check_device
+
+        check_device(spec.device)
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     _classified(data, dataset)
