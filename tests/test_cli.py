@@ -589,3 +589,14 @@ def test_a_verbs_stdout_into_a_log_is_written_line_by_line(monkeypatch):
     assert main(["backbones"]) == 0
     assert seen == [True, b"a note\n"]
     assert out.line_buffering is False
+
+
+def test_a_switch_is_named_as_typed_in_both_directions():
+    """A message naming a switch's value on the command line names the flag a user types: a
+    --no-NAME switch's False is `--no-NAME`, its True `without --no-NAME`, a store-true switch's
+    True its flag (it said `--augment False`, `--train-bn True`); in Python, the keyword."""
+    from fne.option_handling import named
+
+    assert [named("augment", False, v) for v in (False, True)] == ["--no-augment", "without --no-augment"]
+    assert [named("train_bn", False, v) for v in (True, False)] == ["--train-bn", "without --train-bn"]
+    assert named("augment", True, False) == "augment=False" and named("lr", False, 0.1) == "--lr 0.1"

@@ -996,6 +996,8 @@ def test_the_trained_size_note_is_said_by_each_call_that_chooses_the_size_stored
     ("fewer epochs", "--epochs 1 now, but it has trained 2 epochs"),
     ("other images", "DATA {data} gives other images (train 32 there, 34 now"),
     ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
+    # a switch as typed: it said `--augment True there, False now`, a flag no one can type
+    ("no augment", "belongs to another run: without --no-augment there, --no-augment now"),
     ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
     # the same names and labels, other bytes: `fne run` took such a finished run's checkpoint up as
     # the rerun of a step whose images changed, and only tested its old network on them
@@ -1043,7 +1045,7 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
     monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", epochs,
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
-            *(["--lr", "0.01"] if case == "other lr" else [])]
+            *(["--lr", "0.01"] if case == "other lr" else []), *(["--no-augment"] if case == "no augment" else [])]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
