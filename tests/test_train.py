@@ -495,6 +495,15 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "
         f"val 0 there, 0 now, test 6 there, 6 now)): the rerun starts over")
+    gone = tmp_path / "gone"  # DATA not listed: the run fails; it said "the rerun resumes ... if DATA is unchanged"
+    missing = f"DATA cannot be listed (DATA '{gone}' does not exist ("
+    note = rerun_note(str(gone), "frozen", out, epochs=3, **opts)
+    assert note.startswith(missing) and note.endswith(
+        "): the step fails before it trains, leaving its checkpoint after epoch 1 (of these settings; its images not "
+        "compared)") and "resumes" not in note
+    assert rerun_note(str(gone), "frozen", out, epochs=3, lr=0.01, **opts).endswith(
+        "the step fails before it trains, leaving its checkpoint after epoch 1 (of another run: lr=0.001 there, "
+        "0.01 now)")
 
 
 def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(source, tmp_path, monkeypatch,
