@@ -78,7 +78,9 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device("cpu")
     dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise refusal(lambda py: f"{named('device', py, device)}: CUDA is not available on this machine")
+        why = "no CUDA GPU found" if torch.backends.cuda.is_built() else "this torch was built without CUDA"
+        raise refusal(lambda py: f"{named('device', py, device)}: CUDA is not available on this machine ({why}); use "
+                                 f"{named('device', py, 'cpu', plain=True)} or {repr('auto') if py else 'auto'}")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         n = torch.cuda.device_count()
         raise refusal(lambda py: f"{named('device', py, device)}: this machine has {n} CUDA device{'s' * (n != 1)} "

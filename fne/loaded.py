@@ -331,7 +331,10 @@ def _one_image(x, i: int) -> np.ndarray:
     """Item `i` of a list of images, a PIL image or an array, as the uint8 H×W×3 (H×W: grey)
     pixels its single form reads as; a TypeError or ValueError naming it for anything else."""
     if isinstance(x, Image.Image):
-        return np.asarray(upright_rgb(x))
+        from fne.extraction.reader import naming
+
+        with naming(f"images[{i}]"):  # a depth note names the image, as a file's names its path
+            return np.asarray(upright_rgb(x))
     if not isinstance(x, np.ndarray):
         raise TypeError(f"images[{i}]: expected a path, a PIL image or a uint8 array H×W×3, not {type(x).__name__}")
     if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3))):  # N×H×W grey or a batch: which?

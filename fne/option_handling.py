@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import math
 import numbers
 import os
@@ -222,16 +223,25 @@ def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool =
     if python:
         name = f if isinstance(f, str) else f.name
         return name if value is MISSING else f"{name}={value!r}"
+    switch = _declared().get(f) if isinstance(f, str) else f
+    if isinstance(value, bool) and switch is not None and isinstance(switch.default, bool):
+        # a switch's value as typed: `--no-augment` (augment False), else `without --no-augment`
+        return flag(switch) if value != switch.default else f"without {flag(switch)}"
     name = _flag_of(f) if isinstance(f, str) else flag(f)
     return name if value is MISSING else f"{name} {value if plain else repr(value)}"
+
+
+@functools.cache
+def _declared() -> dict[str, dataclasses.Field]:
+    """The fields of the options a message may name, by name."""
+    return {f.name: f for cls in (StoreOptions, ExtractOptions, FitOptions, AdviseOptions, CacheOptions,
+                                  TrainConfig) for f in fields(cls)}
 
 
 def _flag_of(name: str) -> str:
     """The flag of the option `name` (its declared one, but for a --no-NAME switch: a value of
     NAME is said of --NAME), else --name with dashes."""
-    declared = {f.name: flag(f) for cls in (StoreOptions, ExtractOptions, FitOptions, AdviseOptions, CacheOptions,
-                                            TrainConfig) for f in fields(cls)}
-    given = declared.get(name, "")
+    given = flag(_declared()[name]) if name in _declared() else ""
     return given if given and not given.startswith("--no-") else "--" + name.replace("_", "-")
 
 

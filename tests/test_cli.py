@@ -658,3 +658,14 @@ def test_backbones_help_says_its_weights_download_nothing():
     (weights,) = [a for a in sub._actions if a.dest == "weights"]
     assert "downloads" not in weights.help and "nothing is downloaded (default: imagenet)" in weights.help
     assert weights.default == "imagenet"
+
+
+def test_a_switch_is_named_as_typed_in_both_directions():
+    """A message naming a switch's value on the command line names the flag a user types: a
+    --no-NAME switch's False is `--no-NAME`, its True `without --no-NAME`, a store-true switch's
+    True its flag (it said `--augment False`, `--train-bn True`); in Python, the keyword."""
+    from fne.option_handling import named
+
+    assert [named("augment", False, v) for v in (False, True)] == ["--no-augment", "without --no-augment"]
+    assert [named("train_bn", False, v) for v in (True, False)] == ["--train-bn", "without --train-bn"]
+    assert named("augment", True, False) == "augment=False" and named("lr", False, 0.1) == "--lr 0.1"

@@ -83,6 +83,30 @@ def test_idx_labels_are_classes_sorted_as_numbers(tmp_path):
     assert d.classes == [str(c) for c in range(12)]
 
 
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"]
+
+
+def test_a_classes_txt_beside_idx_files_names_the_labels(tmp_path):
+    """idx holds no class names: the labels were 0-9 whatever the set. A classes.txt beside the
+    files (line k naming label k, Fashion-MNIST's ten here) names them, in its order, for the
+    folder and for one images file; one with repeated names, or too few, stops in one line."""
+    x, y, xt, yt = _arrays()
+    data = _folder(tmp_path / "fashion")
+    (data / "classes.txt").write_text("\n".join(FASHION_NAMES) + "\n\n")
+    d = load_dataset(data)
+    assert d.classes == FASHION_NAMES and d.labels == [FASHION_NAMES[v] for v in [*y, *yt]]
+    assert load_dataset(data / "t10k-images-idx3-ubyte.gz").labels == [FASHION_NAMES[v] for v in yt]
+    assert d.keys() == load_dataset(_folder(tmp_path / "plain")).keys()  # the same rows: names are labels only
+    (data / "classes.txt").write_text("\n".join(FASHION_NAMES[:9]) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"DATA {data}: label '9' is not an index into the 9 names of "
+                                                  f"{data / 'classes.txt'}")):
+        load_dataset(data)
+    (data / "classes.txt").write_text("\n".join(["Bag", *FASHION_NAMES[1:]]) + "\n")
+    with pytest.raises(DataError, match=re.escape(f"{data / 'classes.txt'} has empty or repeated names")):
+        load_dataset(data)
+
+
 def test_fit_on_an_idx_folder_uses_its_split(tmp_path):
     """`fne extract DIR` then `fne fit DIR`: the 20 train images fit, the 10 t10k images score."""
     data, cache = _folder(tmp_path / "mnist"), str(tmp_path / "cache")

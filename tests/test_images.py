@@ -317,6 +317,25 @@ def test_a_float_image_in_0_1_is_said_to_come_out_black(tmp_path):
                                  "it as an 8- or 16-bit image"),)
 
 
+def test_a_32_bit_or_float_image_of_small_values_is_said_to_come_out_dark(tmp_path):
+    """A label mask or a 0-15 count image saved as a 32-bit or float TIFF is scaled from 0-255 and
+    comes out near black (rows unchanged): it was said of 0-1 floats and 16-bit images only; now
+    below 64 (the dark 16-bit note's bound) too. An I image using 0-255 is read without a note."""
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    counts = (np.arange(200) % 16).reshape(10, 20)
+    Image.fromarray(counts.astype(np.int32), mode="I").save(tmp_path / "d" / "a" / "mask.tif")
+    Image.fromarray((counts * 2.0).astype(np.float32)).save(tmp_path / "d" / "a" / "f.tif")
+    Image.fromarray((counts * 17).astype(np.int32), mode="I").save(tmp_path / "d" / "a" / "full.tif")
+    d = load_dataset(tmp_path / "d")
+    items = ImageItems(d, [0, 1, 2], Preprocess(16))
+    said = ("a 32-bit or float image with values all below 64 (a label mask or a count image?) is read as 0-255, so "
+            "it comes out dark; rescale its values to 0-255 first")
+    assert [items[j][3] for j in range(3)] == [None] * 3  # read, not skipped
+    notes = [n for j in range(3) for n in (items[j][5] if len(items[j]) > 5 else ())]  # an item with notes has 6 parts
+    assert notes == [("a/f.tif", said), ("a/mask.tif", said)]  # full.tif: none
+    assert int(items[2][2].max()) <= 15  # the pixels are as they were
+
+
 def test_a_deprecation_while_decoding_is_left_to_the_usual_filters(tmp_path, monkeypatch):
     """A library's deprecation is no news about an image: shown as the filters say, not per image."""
     import warnings

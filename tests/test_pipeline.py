@@ -749,7 +749,9 @@ def test_a_device_this_machine_lacks_stops_only_a_run_with_steps_to_do(tmp_path,
     assert main([*args, "--device", "cuda"]) == 0 and "0 step(s) run" in capsys.readouterr().out
     steps = sorted(p.name for p in out.iterdir())
     assert main([*args, "--device", "cuda", "--force"]) == 2
-    assert capsys.readouterr().err.strip() == "fne run: error: --device 'cuda': CUDA is not available on this machine"
+    why = "no CUDA GPU found" if torch.backends.cuda.is_built() else "this torch was built without CUDA"
+    assert capsys.readouterr().err.strip() == f"fne run: error: --device 'cuda': CUDA is not available on this machine " \
+                                              f"({why}); use --device cpu or auto"
     assert sorted(p.name for p in out.iterdir()) == steps
 
 

@@ -21,7 +21,7 @@ import torch
 from fne import devices
 from fne.errors import FneError
 
-from .conftest import write_digits
+from .conftest import FAST, write_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 SPAWN_ARGS = ["--arch", "efficientnet_lite0", "--weights", "random", "--precision", "fp32", "--workers", "1",
@@ -209,3 +209,37 @@ def test_torch_solver_runs_on_the_cpu_beside_mps(monkeypatch):
     _mps(monkeypatch, available=False)
     with pytest.raises(FneError, match="MPS"):
         torch_device("mps")
+
+
+# ----------------------------------------------------------------- CUDA absent (monkeypatched)
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_cuda_absent_is_one_line_saying_why_and_what_to_use_in_every_verb(monkeypatch, built, digits_folder,
+                                                                            warm_cache, tmp_path, capsys):
+    """`--device cuda` on a machine without CUDA: every verb that takes --device stops in one
+    line before any work, naming the argument, why (no GPU, or a torch built without CUDA) and
+    what to give instead; it said only "CUDA is not available on this machine"."""
+    from fne.cli import main
+    from fne.linear.fit import fit
+
+    run = tmp_path / "fit"
+    fit(digits_folder, out=run, features="last", head="logreg", cache=str(warm_cache), progress=False, **FAST)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: built)
+    why = "no CUDA GPU found" if built else "this torch was built without CUDA"
+    line = f"--device 'cuda': CUDA is not available on this machine ({why}); use --device cpu or auto"
+    new, cache = tmp_path / "new", str(tmp_path / "cache")  # rows not cached: the network must run
+    arch = ["--arch", "efficientnet_lite0", "--weights", "random"]
+    for verb, args in {"extract": [str(digits_folder), *arch, "--cache", cache],
+                       "fit": [str(digits_folder), *arch, "--cache", cache, "--extract", "--out", str(tmp_path / "f")],
+                       "advise": [str(digits_folder), "--arch", "efficientnet_lite0", "--cache", cache],  # random: no network
+                       "train": [str(digits_folder), "--mode", "frozen", *arch, "--out", str(new), "--epochs", "1"],
+                       "predict": [str(run), str(digits_folder), "--cache", cache, "--out", str(tmp_path / "p.csv")],
+                       }.items():
+        assert main([verb, *args, "--device", "cuda"]) == 2, verb
+        assert capsys.readouterr().err.strip() == f"fne {verb}: error: {line}"
+    assert not (tmp_path / "cache").exists() and not new.exists() and not (tmp_path / "p.csv").exists()
+    with pytest.raises(FneError, match=rf"^device='cuda': CUDA is not available on this machine \({why}\); "
+                                       rf"use device='cpu' or 'auto'$"):
+        devices.resolve_device("cuda")

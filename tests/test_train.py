@@ -495,6 +495,15 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "
         f"val 0 there, 0 now, test 6 there, 6 now)): the rerun starts over")
+    gone = tmp_path / "gone"  # DATA not listed: the run fails; it said "the rerun resumes ... if DATA is unchanged"
+    missing = f"DATA cannot be listed (DATA '{gone}' does not exist ("
+    note = rerun_note(str(gone), "frozen", out, epochs=3, **opts)
+    assert note.startswith(missing) and note.endswith(
+        "): the step fails before it trains, leaving its checkpoint after epoch 1 (of these settings; its images not "
+        "compared)") and "resumes" not in note
+    assert rerun_note(str(gone), "frozen", out, epochs=3, lr=0.01, **opts).endswith(
+        "the step fails before it trains, leaving its checkpoint after epoch 1 (of another run: lr=0.001 there, "
+        "0.01 now)")
 
 
 def test_an_interrupted_fne_train_keeps_its_last_epoch_and_says_how_to_go_on(source, tmp_path, monkeypatch,
@@ -996,6 +1005,8 @@ def test_the_trained_size_note_is_said_by_each_call_that_chooses_the_size_stored
     ("fewer epochs", "--epochs 1 now, but it has trained 2 epochs"),
     ("other images", "DATA {data} gives other images (train 32 there, 34 now"),
     ("other lr", "belongs to another run: --lr 0.001 there, 0.01 now"),
+    # a switch as typed: it said `--augment True there, False now`, a flag no one can type
+    ("no augment", "belongs to another run: without --no-augment there, --no-augment now"),
     ("older checkpoint", "belongs to another run: DATA '{was}' there, '{data}' now"),  # no images recorded
     # the same names and labels, other bytes: `fne run` took such a finished run's checkpoint up as
     # the rerun of a step whose images changed, and only tested its old network on them
@@ -1043,7 +1054,7 @@ def test_resume_refuses_another_run_or_a_bad_file_in_one_line_before_any_work(ca
     monkeypatch.setattr(tr, "_model", lambda *a: pytest.fail("the model was built before the checkpoint was read"))
     args = ["train", str(data), "--mode", "frozen", "--arch", ARCH, "--weights", str(source), "--epochs", epochs,
             "--image-size", "32", "--workers", "0", "--no-progress", "--out", str(work), "--resume",
-            *(["--lr", "0.01"] if case == "other lr" else [])]
+            *(["--lr", "0.01"] if case == "other lr" else []), *(["--no-augment"] if case == "no augment" else [])]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err

@@ -7,7 +7,8 @@ A folder holding `train-images-idx3-ubyte[.gz]` + `train-labels-idx1-ubyte[.gz]`
 `NAME-images-idx3-ubyte[.gz]` with `NAME-labels-idx1-ubyte[.gz]` beside it, is DATA of those
 images alone, without a split (EMNIST's sets, or the test file alone for `fne predict`). The
 images are held in an array and read as an `.npz`'s are (`fne.data.hdf5.ArraySource`): the same
-pixel checks, content keys and warnings; the labels are their digits as text.
+pixel checks, content keys and warnings; the labels are their digits as text, or the names a
+`classes.txt` beside the files gives them (line k naming label k).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _TYPES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "floa
 _IMAGES = re.compile(r"(?P<stem>.+)-images(?P<sep>[-.])idx3-ubyte(?P<gz>\.gz)?", re.IGNORECASE)
 _LABELS = re.compile(r"(?P<stem>.+)-labels(?P<sep>[-.])idx1-ubyte(?P<gz>\.gz)?", re.IGNORECASE)
 _PARTS = (("train", "train"), ("t10k", "test"))  # the file names' part, the split word
+CLASS_NAMES = "classes.txt"  # beside the idx files: one class name a line, line k naming label k
 
 
 def is_idx_file(name: str) -> bool:
@@ -127,6 +129,18 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, size, start).reshape(shape)
 
 
+def _class_names(path: Path) -> list[str] | None:
+    """The class names of `classes.txt` beside idx files (line k names label k; blank lines at
+    its end ignored), else None: idx holds no names, and none is guessed."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    return [line.strip() for line in text.rstrip().splitlines()]
+
+
 def _pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The images (N×H×W) and labels (N) of one idx pair, checked against each other."""
     images, labels = read_idx(images_path), read_idx(labels_path)
@@ -170,14 +184,15 @@ def idx_dataset(path: Path) -> Dataset:
     Returns
     -------
     Dataset
-        Its images in one array, labels "0", "1", ... sorted as numbers, and the split train / test
-        where the folder has both parts.
+        Its images in one array, labels "0", "1", ... sorted as numbers (or the names `classes.txt`
+        gives them, in its order), and the split train / test where the folder has both parts.
 
     Raises
     ------
     DataError
         Naming the file (`read_idx`, `_pair`); a labels file given as DATA, an images file without
-        its labels file beside it; a folder whose train and t10k images differ in size.
+        its labels file beside it; a folder whose train and t10k images differ in size; a
+        `classes.txt` with empty or repeated names, or too few for the labels.
     """
     parts, name = _parts(path)
     read = [_pair(images, labels) for _, images, labels in parts]
@@ -187,9 +202,12 @@ def idx_dataset(path: Path) -> Dataset:
                                                                        for n, s in sizes.items()) + "; give them one size")
     images = np.concatenate([x for x, _ in read])  # a writable copy of the read-only buffers
     split = np.repeat([w for w, *_ in parts], [len(x) for x, _ in read]) if len(parts) > 1 else None
+    names_file = (path if path.is_dir() else path.parent) / CLASS_NAMES
+    names = _class_names(names_file)
     try:
-        labels, splits, _ = read_labels(np.concatenate([y for _, y in read]), None, split, len(images), path, "idx", "")
-    except ValueError as e:  # no images: an idx file of 0 items
+        labels, splits, _ = read_labels(np.concatenate([y for _, y in read]), names, split, len(images), path, "idx",
+                                        str(names_file))
+    except ValueError as e:  # no images: an idx file of 0 items; a label classes.txt names no class of
         raise DataError(f"DATA {path}: {e}") from None
     warn_dark(images, path)
     return Dataset(
@@ -197,7 +215,7 @@ def idx_dataset(path: Path) -> Dataset:
         ids=[f"{p[1].name}:{i}" for p, (x, _) in zip(parts, read, strict=True) for i in range(len(x))],
         labels=labels,
         splits=splits,
-        classes=class_order(labels),
+        classes=class_order(labels, names),
         sources=list(range(len(images))),
         array_source=ArraySource(array=images),
         split_from=f"its files {' and '.join(p[1].name for p in parts)}" if splits is not None else "",

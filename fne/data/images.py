@@ -23,6 +23,11 @@ LOW_BITS_TOP = 1 << 14
 LOW_BITS = ("its values use 14 bits or fewer (a 10-, 12- or 14-bit camera's?) but are scaled from 0-65535, so it "
             "comes out dark; rescale them to the full 16 bits or to 8 bits first")
 
+# A 32-bit or float image whose values all lie below LOW_BITS_TOP >> 8 (a label mask, a count
+# image) is scaled from 0-255 as it is: it comes out at most 64 of 255, dark, as LOW_BITS's do.
+FEW_VALUES = ("a 32-bit or float image with values all below 64 (a label mask or a count image?) is read as 0-255, "
+              "so it comes out dark; rescale its values to 0-255 first")
+
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB (16-bit and float scaled, palette/alpha/CMYK converted); a
@@ -48,8 +53,8 @@ def _say_depth(mode: str, top: float, low: float, high: float) -> None:
     """Warn (one message per kind, no numbers of its own, so that `say_skipped` says a run's
     images of a kind in one line) where an I;16, I or F image of values `low`-`high` (its min and
     max), scaled from 0-`top`, comes out wrong though its rows stay as they were: values in 0-1
-    (black), in 14 bits or fewer (dark), over 65535 (white), negative (black), NaN or infinite
-    (which also set the scale)."""
+    (black), in 14 bits or fewer (dark), an I or F image's all below 64 (dark), over 65535
+    (white), negative (black), NaN or infinite (which also set the scale)."""
     if not (np.isfinite(low) and np.isfinite(high)):  # float only: its scale came from them
         warnings.warn("a float image with NaN or infinite values: NaN comes out 0, inf 255 and -inf 0, and "
                       "its other values are scaled from 0-255 where it holds NaN, from 0-65535 where inf; "
@@ -60,6 +65,8 @@ def _say_depth(mode: str, top: float, low: float, high: float) -> None:
                       "save it as an 8- or 16-bit image", stacklevel=3)
     elif top > 255 and 0 < high < LOW_BITS_TOP:
         warnings.warn(LOW_BITS, stacklevel=3)
+    elif top == 255 and 0 < high < LOW_BITS_TOP >> 8:  # I or F scaled from 0-255 (was silent)
+        warnings.warn(FEW_VALUES, stacklevel=3)
     if high > 65535:
         warnings.warn("its values exceed 65535, the most a 32-bit or float image is scaled from, so they come "
                       "out white; rescale them to 0-65535 or 0-255 first", stacklevel=3)

@@ -16,10 +16,12 @@ in float64 gives PIL's pixels exactly, so the rows are those of the workers' res
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -189,16 +191,25 @@ def named_decode(data: bytes, name: str, notes: list[tuple[str, str]] | None = N
     PIL.Image.Image
         The RGB image; a library's own deprecation warnings go on unnamed, once per process.
     """
+    with naming(name, notes):
+        return read_image(io.BytesIO(data))
+
+
+@contextlib.contextmanager
+def naming(name: str, notes: list[tuple[str, str]] | None = None) -> Iterator[None]:
+    """Inside: a warning Pillow or fne's decoding gives about one image (not a library's
+    deprecation) is given again as ``name: message`` (or, given `notes`, added to them as (name,
+    message)); any other goes on, a library's own once per process (`named_decode`)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        img = read_image(io.BytesIO(data))
+        yield
     for w in caught:
         # the image's: given by Pillow or fne's decoding, and not a library's deprecation; any
         # other (another thread's, caught here too: catch_warnings is process-wide) goes on as it was
         if w.filename.startswith(_DECODERS) and not issubclass(w.category, (DeprecationWarning,
                                                                              PendingDeprecationWarning)):
             if notes is None:
-                warnings.warn(f"{name}: {w.message}", w.category, stacklevel=2)
+                warnings.warn(f"{name}: {w.message}", w.category, stacklevel=4)  # past contextlib: the user's caller
             else:
                 notes.append((name, str(w.message)))
             continue
@@ -206,7 +217,6 @@ def named_decode(data: bytes, name: str, notes: list[tuple[str, str]] | None = N
         if where not in _LIBRARY_WARNINGS:  # once per process (catch_warnings resets the filters' memory)
             _LIBRARY_WARNINGS.add(where)
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return img
 
 
 def why_unreadable(e: Exception, data: bytes | None = None) -> str:

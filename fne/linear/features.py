@@ -242,7 +242,7 @@ def _not_cached(data, spec: StoreSpec, verb: str, what: str) -> FneError:
     """The error of rows `what` says are not in the cache: the command that adds them, or the
     verb's extract_missing (--extract) in the words of the API called."""
     def text(py: bool) -> str:
-        extract = named("extract_missing", py, True) if py else named("extract_missing", py)
+        extract = named("extract_missing", py, True)
         return (f"{what}; add them with:\n  {extract_command(data, spec)}\n(or pass {extract}, to let "
                 f"`fne{'.' if py else ' '}{verb}` run the network)")
 

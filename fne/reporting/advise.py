@@ -297,7 +297,7 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
     from fne.option_handling import resolve
 
     spec, data_o, o, fwd = resolve(options, StoreSpec, *OPTIONS[1:], given={StoreSpec: store})
-    spec.backbone()  # unknown arch: FneError before any work
+    _checked(spec)  # before any work
     arch, weights, test_size = spec.arch, spec.weights, o.test_size
     dataset = load_dataset(data, label_key=data_o.label_key, cache=spec.cache)
     _classified(data, dataset)
@@ -339,6 +339,16 @@ def advise(data: str | Path | Dataset, store: StoreSpec | None = None, **options
         "thresholds": {"large_per_class": LARGE_PER_CLASS, "similar_max_softmax": SIMILAR_MSP,
                        "borderline_max_softmax": MSP_BORDER},
     }
+
+
+def _checked(spec: StoreSpec) -> None:
+    """FneError for an unknown arch, or a device this machine lacks where a network runs (not on
+    random weights), before DATA's images are hashed for the sample."""
+    spec.backbone()
+    if spec.weights != "random":
+        from fne.devices import check_device
+
+        check_device(spec.device)
 
 
 def _similarity(dataset, spec, o: AdviseOptions, fwd: ForwardOptions) -> tuple[dict, float | None, float | None]:

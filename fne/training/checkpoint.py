@@ -209,7 +209,7 @@ def load(path: Path, cfg, images: dict | None = None, same_release: bool = False
 
 def resume_flag(python: bool) -> str:
     """--resume as the caller gives it (`fne.train(..., resume=True)`)."""
-    return named("resume", python, True) if python else named("resume", python)
+    return named("resume", python, True)
 
 
 def read(path: Path, mmap: bool = False) -> dict:
@@ -269,7 +269,7 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
     (None: not compared), one phrase a difference naming options as `fne.option_handling.named` does
     (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
     old = ckpt["args"]
-    diff = [f"{named(k, python, _value(k, old, old.get(k)))} there, {_value(k, vars(cfg), getattr(cfg, k))!r} now"
+    diff = [_there_now(k, python, _value(k, old, old.get(k)), _value(k, vars(cfg), getattr(cfg, k)))
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
         diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends "
@@ -295,6 +295,13 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
         if ckpt.get("fne") not in (None, __version__):  # None: written before 29 Nov 2026
             diff.append(f"written by fne {ckpt['fne']}, this is fne {__version__}")
     return diff
+
+
+def _there_now(k: str, python: bool, then, now) -> str:
+    """Option `k`'s value in the checkpoint, `then`, and in this run, `now`, as `named` says them
+    (a switch on the command line as typed: ``without --no-augment there, --no-augment now``)."""
+    said = named(k, python, now) if isinstance(now, bool) and not python else repr(now)
+    return f"{named(k, python, then)} there, {said} now"
 
 
 def weights_fingerprint(weights: str | None) -> str | None:

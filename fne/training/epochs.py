@@ -352,7 +352,7 @@ def _step_forward(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.T
                 what, fix = ("a training batch of one readable image (its others unreadable, named above)",
                              "remove the unreadable images")
             return (f"{what}: a BatchNorm layer that learns (scratch, "
-                    f"{named('train_bn', py, True) if py else '--train-bn'}) cannot train on one image it sees "
+                    f"{named('train_bn', py, True)}) cannot train on one image it sees "
                     f"at 1 x 1 (at {named('image_size', py, x.shape[-1])}); {fix}, or a larger "
                     f"{named('image_size', py)}")
 

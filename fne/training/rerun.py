@@ -34,8 +34,9 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
     resume, its bytes' CRC, as the run does (`_whole`): for `fne run --dry-run`. The split
     keeps copies of an image together, so it needs every image's content key: where the cache's
     manifest does not know one (a file new or changed since it was hashed) or `hf:` DATA is not
-    downloaded, the settings alone are compared and the note says it would check the images. A
-    direct run takes up none: it removes any (`DIRECT_NOTE`).
+    downloaded, the settings alone are compared and the note says it would check the images; where
+    DATA cannot be listed (missing, unreadable), the note says the step fails there, and whether the
+    checkpoint's settings are these. A direct run takes up none: it removes any (`DIRECT_NOTE`).
     """
     path = Path(out) / checkpoint.CHECKPOINT
     if not path.is_file():
@@ -61,8 +62,10 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
                 split = run_split(cfg, dataset, backbones.get(cfg.arch), cache)
             parts = {"train": split.train, "val": split.val, "test": split.test}
             images = checkpoint.images(dataset.ids, dataset.labels, parts, dataset.keys())
-    except (FneError, OSError) as e:
-        return _whole(path) or f"a {done} is there; the rerun resumes from it if DATA is unchanged (DATA not listed: {e})"
+    except (FneError, OSError) as e:  # the run stops there too: no resume to promise, its settings still compared
+        diff = checkpoint.mismatch(ckpt, cfg, None, python=True, same_release=True)
+        return (f"DATA cannot be listed ({e}): the step fails before it trains, leaving its {done} "
+                + (f"(of another run: {'; '.join(diff)})" if diff else "(of these settings; its images not compared)"))
     diff = checkpoint.mismatch(ckpt, cfg, images, python=True, same_release=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"

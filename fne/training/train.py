@@ -102,7 +102,7 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
                                  f"import weights)")
     if not cfg.augment and cfg.augment_on != "auto" and "augment_on" in given:
         raise refusal(lambda py: f"{named('augment_on', py, cfg.augment_on)} places the augmentation, and "
-                                 f"{named('augment', py, False) if py else '--no-augment'} trains without it: "
+                                 f"{named('augment', py, False)} trains without it: "
                                  f"give one of the two")
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
