@@ -206,12 +206,8 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     spec, d, o, ext = opts.resolve(options, *OPTIONS, given={StoreSpec: store})
     C = parse_C(o.C)
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
-    if auto and o.head.startswith("sgd"):
-        raise _no_auto_with(o.head, [n for n, v in (("features", o.features), ("C", C)) if v == "auto"])
-    if o.head.startswith("sgd") and o.solver != "auto":  # silently unused, it read as the solver that fitted
-        warnings.warn(said(lambda py: f"{named('solver', py, o.solver, plain=True)} is not applied: SGD heads "
-                                      f"({named('head', py, o.head, plain=True)}) are fitted by scikit-learn's "
-                                      f"SGDClassifier, chunk by chunk (the solvers fit svm and logreg)"), stacklevel=2)
+    if o.head.startswith("sgd"):
+        _check_sgd(o, C, auto)
     out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
@@ -307,6 +303,17 @@ def _check_trainable(data, dataset: Dataset) -> None:
         raise FneError(f"{where}: {n} readable images{part}{shown}, of {len(dataset.classes)}; "
                        f"a head needs at least 2 classes")
     check_test_classes(dataset)
+
+
+def _check_sgd(o: FitOptions, C, auto: bool) -> None:
+    """An SGD head's options: auto selection refused; a --solver given is warned as not applied
+    (silently unused, it read as the solver that fitted)."""
+    if auto:
+        raise _no_auto_with(o.head, [n for n, v in (("features", o.features), ("C", C)) if v == "auto"])
+    if o.solver != "auto":
+        warnings.warn(said(lambda py: f"{named('solver', py, o.solver, plain=True)} is not applied: SGD heads "
+                                      f"({named('head', py, o.head, plain=True)}) are fitted by scikit-learn's "
+                                      f"SGDClassifier, chunk by chunk (the solvers fit svm and logreg)"), stacklevel=4)
 
 
 def _no_auto_with(head: str, autos: list[str]) -> FneError:
