@@ -589,3 +589,21 @@ def test_a_verbs_stdout_into_a_log_is_written_line_by_line(monkeypatch):
     assert main(["backbones"]) == 0
     assert seen == [True, b"a note\n"]
     assert out.line_buffering is False
+
+
+@pytest.mark.parametrize("argv", [
+    ["extract", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--seed-weights", "99999999999999999999"],
+    ["extract", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--seed-weights", "-1"],
+    ["train", "digits", "--mode", "frozen", "--out", "RUN", "--weights", "random", "--seed-weights", "4294967296"],
+])
+def test_a_weights_seed_out_of_range_is_one_line(argv, tmp_path, capsys, monkeypatch):
+    """--seed-weights 99999999999999999999 reached torch.manual_seed as the network was built:
+    "ValueError: Overflow when unpacking long long", a traceback; -1 made a store of its own
+    (`random-seed-1`) of the weights torch also draws from 2**64 - 1. It takes the range of every
+    other seed, [0, 2**32), checked before any work."""
+    monkeypatch.chdir(tmp_path)
+    code = main([*argv, "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"bad --seed-weights {argv[-1]}: --seed-weights must be in [0, 2**32)" in err
+    assert list(tmp_path.iterdir()) == []
