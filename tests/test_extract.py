@@ -336,7 +336,7 @@ def test_compile_is_resolved_from_the_options_spellings_in_one_place():
 def test_a_batch_size_beyond_the_images_sizes_nothing_by_it(tmp_path, monkeypatch):
     """`--compile on --batch-size 1000000000` on 12 images padded each batch to 10^9 images ("the
     machine ran out of memory (could not allocate 2929687.5 MiB)"; CUDA's warm-up batch is sized
-    the same way): the run's batch is at most its images, the same batches, and the record says so."""
+    the same way): what is sized by the batch is sized by the images, the batch asked is recorded."""
     import torch
 
     from fne.extraction import taps
@@ -360,4 +360,4 @@ def test_a_batch_size_beyond_the_images_sizes_nothing_by_it(tmp_path, monkeypatc
                    **FAST32)
     assert r.compiled and r.n_computed == 6 and seen == [6]
     (store,) = list_stores(tmp_path / "c")
-    assert store.records()[-1]["batch_size"] == 6
+    assert store.records()[-1]["batch_size"] == 10**9

@@ -273,9 +273,6 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: Plan, shard:
                 torch.cuda.set_device(dev)  # events, streams and nvjpeg on this rank's GPU
             prep = spec.preprocess()
             batch_size = batch_size or resolve_batch_size("auto", dev, prep.size, store.meta["precision"], prep.views)
-            # the same batches; a larger size only sizes what is made ahead of them: a compiled run's
-            # padding, CUDA's warm-up batch (--batch-size 1000000000 on 12 images asked for 2.9 TB)
-            batch_size = min(batch_size, len(plan.todo))
             laps.lap("device")
             with _threads(o.threads):
                 _run(spec, store, dataset, plan.todo, dev, done, batch_size, o.workers, o.compile, o.chunk, o.progress)
@@ -400,7 +397,9 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         batches = iter(loader)
         laps.lap("workers_start")
         dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
-        model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
+        # no batch holds more than `todo`: what is sized by the batch (a compiled run's padding, CUDA's
+        # warm-up batch) at most that (--batch-size 1000000000 on 12 images asked for 2.9 TB)
+        model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, min(batch_size, len(todo)))
         model.prepare()
         laps.lap("model_start")
         fresh = _Fresh(store.index())
