@@ -179,7 +179,7 @@ class StoreOptions:
     cache: str | None = option(None, "cache folder or fsspec URL (default: $FNE_CACHE, else `fne cache info`)",
                                pipeline=False)
     device: str = option("auto", "auto, cpu, cuda[:i] or mps", pipeline=False, **DEVICE)
-    weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights")
+    weights_seed: int = option(0, "seed of --weights random", flag="--seed-weights", **SEED)
     decode: str = option("auto", "auto: extraction decodes JPEGs on the GPU on CUDA (a quarter of "
                                  "PIL's CPU; with many cores per GPU pil can be faster) and with PIL elsewhere, "
                                  "reading finds rows of either; pil: PIL decodes in loader workers (a GPU fast in float64 "
@@ -308,7 +308,7 @@ class TrainConfig:
                                        "a state dict / checkpoint path (default: imagenet; scratch: random)",
                                  pipeline=False)
     weights_seed: int = option(0, "seed of --weights random (--mode scratch draws its network from --seed)",
-                               flag="--seed-weights", pipeline=False)
+                               flag="--seed-weights", pipeline=False, **SEED)
     new_layers: str = option("fc", "frozen/finetune: fc renews the backbone's fc layers (vgg: fc6, fc7, "
                                    "output), last only the output layer", choices=NEW_LAYERS,
                              modes=("frozen", "finetune"))

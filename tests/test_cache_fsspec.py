@@ -53,7 +53,7 @@ def _store(cache) -> Store:
 
 
 def test_cache_root_keeps_urls():
-    assert cache_root("s3://bucket/x") == "s3://bucket/x"
+    assert cache_root("simplecache::memory://bucket/x") == "simplecache::memory://bucket/x"
     assert cache_root(URL) == URL
 
 
@@ -164,3 +164,30 @@ def test_info_verify_clean_and_rm_on_a_url_cache(digits):
     assert fx.extract(digits, cache=URL, progress=False, **FAST).n_computed == 18
     assert [s.name for s in fne.cache_rm(store.path.name, cache=URL).stores] == [store.path.name]
     assert list_stores(URL) == []
+
+
+def test_a_url_no_filesystem_here_opens_is_one_line_naming_the_cache(monkeypatch, tmp_path, capsys):
+    """--cache foo://x (no such fsspec protocol) and s3://... without s3fs ended in fsspec's
+    ValueError / ImportError traceback as the store opened; both are a CacheError naming --cache,
+    before DATA is read, and no cache is made."""
+    from fsspec.registry import known_implementations
+
+    from fne.cli import main
+    from fne.errors import CacheError
+
+    monkeypatch.setitem(known_implementations, "fnenone",
+                        {"class": "fne_no_such_module.FS", "err": "Install fnenonefs to access fnenone"})
+    with pytest.raises(CacheError, match=r"^cache='foo://x': fsspec knows no filesystem foo:// \(a typo\?\); "):
+        fx.extract("digits", cache="foo://x", progress=False, **FAST)
+    with pytest.raises(CacheError, match=r"^cache='simplecache::fnenone://b/c': fnenone:// needs a package this "
+                                         r"Python lacks: Install fnenonefs to access fnenone$"):
+        cache_root("simplecache::fnenone://b/c")
+    monkeypatch.setenv("FNE_CACHE", "foo://x")
+    with pytest.raises(CacheError, match=r"^\$FNE_CACHE foo://x: fsspec knows no filesystem foo://"):
+        cache_root()
+    monkeypatch.chdir(tmp_path)
+    assert main(["extract", "digits", "--cache", "foo://x", "--arch", "efficientnet_lite0", "--weights", "random",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fne extract: error: --cache 'foo://x': fsspec knows no filesystem foo://")
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []

@@ -669,3 +669,21 @@ def test_a_switch_is_named_as_typed_in_both_directions():
     assert [named("augment", False, v) for v in (False, True)] == ["--no-augment", "without --no-augment"]
     assert [named("train_bn", False, v) for v in (True, False)] == ["--train-bn", "without --train-bn"]
     assert named("augment", True, False) == "augment=False" and named("lr", False, 0.1) == "--lr 0.1"
+
+
+@pytest.mark.parametrize("argv", [
+    ["extract", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--seed-weights", "99999999999999999999"],
+    ["extract", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--seed-weights", "-1"],
+    ["train", "digits", "--mode", "frozen", "--out", "RUN", "--weights", "random", "--seed-weights", "4294967296"],
+])
+def test_a_weights_seed_out_of_range_is_one_line(argv, tmp_path, capsys, monkeypatch):
+    """--seed-weights 99999999999999999999 reached torch.manual_seed as the network was built:
+    "ValueError: Overflow when unpacking long long", a traceback; -1 made a store of its own
+    (`random-seed-1`) of the weights torch also draws from 2**64 - 1. It takes the range of every
+    other seed, [0, 2**32), checked before any work."""
+    monkeypatch.chdir(tmp_path)
+    code = main([*argv, "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"bad --seed-weights {argv[-1]}: --seed-weights must be in [0, 2**32)" in err
+    assert list(tmp_path.iterdir()) == []

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import fne.extraction.extract as fx
+import fne.extraction.plan as turns
 from fne.cache.cost import rows_cost
 from fne.cache.store import list_stores
 from fne.cache.upkeep import clean, verify
@@ -210,7 +211,7 @@ def test_whole_data_and_its_shards_take_turns(held, runs, tmp_path, capsys, forw
     first = tmp_path / "first"
     fx.extract(data, cache=str(first), progress=False, **FAST)  # what the other run leaves
     n_first, cache, results = forward_images.n, tmp_path / "cache", []
-    lock = fx.lock_file(StoreSpec(**FAST, cache=str(cache)).open(), load_dataset(data), held)
+    lock = turns.lock_file(StoreSpec(**FAST, cache=str(cache)).open(), load_dataset(data), held)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)  # the other process, at work
     assert holder.stdout.readline() == "held\n"
@@ -235,8 +236,8 @@ def test_data_reached_through_a_link_takes_the_same_turns(tmp_path):
     (tmp_path / "link").symlink_to(data, target_is_directory=True)
     store = StoreSpec(**FAST, cache=str(tmp_path / "cache")).open()
     for shard in (None, (1, 2)):
-        assert fx.lock_file(store, load_dataset(tmp_path / "link"), shard) == fx.lock_file(store, load_dataset(data), shard)
-    assert fx.lock_file(store, load_dataset(data), None) != fx.lock_file(store, load_dataset(data), (1, 2))
+        assert turns.lock_file(store, load_dataset(tmp_path / "link"), shard) == turns.lock_file(store, load_dataset(data), shard)
+    assert turns.lock_file(store, load_dataset(data), None) != turns.lock_file(store, load_dataset(data), (1, 2))
 
 
 def test_fit_while_shards_run_names_the_command_that_fills_the_store_it_read(tmp_path, capsys):

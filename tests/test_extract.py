@@ -331,3 +331,33 @@ def test_compile_is_resolved_from_the_options_spellings_in_one_place():
     assert [ForwardOptions(compile=c).compile for c in (True, False, "auto")] == ["on", "off", "auto"]
     with pytest.raises(FneError, match=r"^bad (--compile |compile=)'yes'; use auto, on or off$"):
         resolve_compile("yes", 1, cpu)
+
+
+def test_a_batch_size_beyond_the_images_sizes_nothing_by_it(tmp_path, monkeypatch):
+    """`--compile on --batch-size 1000000000` on 12 images padded each batch to 10^9 images ("the
+    machine ran out of memory (could not allocate 2929687.5 MiB)"; CUDA's warm-up batch is sized
+    the same way): what is sized by the batch is sized by the images, the batch asked is recorded."""
+    import torch
+
+    from fne.extraction import taps
+
+    from .conftest import FAST32, write_digits
+
+    seen = []
+
+    class Compiled(torch.nn.Module):  # torch.compile's result, without the minutes of a CPU build
+        def __init__(self, eager):
+            super().__init__()
+            self._orig_mod = eager
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return self._orig_mod(x)
+
+    monkeypatch.setattr(taps.torch, "compile", lambda model, **k: Compiled(model))
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    r = fx.extract(data, cache=str(tmp_path / "c"), compile="on", batch_size=10**9, workers=0, progress=False,
+                   **FAST32)
+    assert r.compiled and r.n_computed == 6 and seen == [6]
+    (store,) = list_stores(tmp_path / "c")
+    assert store.records()[-1]["batch_size"] == 10**9

@@ -16,6 +16,7 @@ import torch
 import fne.data.datasets
 import fne.devices
 import fne.extraction.extract as fx
+import fne.extraction.plan as turns
 from fne.backbones import registry as backbones
 from fne.cache.store import list_stores, lock_file
 from fne.cache.upkeep import verify
@@ -208,7 +209,7 @@ def test_a_second_extraction_of_the_same_images_waits_and_computes_nothing(tmp_p
     first = tmp_path / "first"
     fx.extract(data, cache=str(first), progress=False, **FAST)
     n_first, cache, results = forward_images.n, tmp_path / "cache", []
-    lock = fx.lock_file(StoreSpec(**FAST, cache=str(cache)).open(), load_dataset(data), None)
+    lock = turns.lock_file(StoreSpec(**FAST, cache=str(cache)).open(), load_dataset(data), None)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)  # the first process
     assert holder.stdout.readline() == "held\n"
@@ -237,10 +238,10 @@ def test_the_wait_for_another_extraction_is_a_progress_line(tmp_path, monkeypatc
         on_wait()
         yield True
 
-    monkeypatch.setattr(fx.sidecar, "locked", held_by_another)
+    monkeypatch.setattr(turns.sidecar, "locked", held_by_another)
     store, data = StoreSpec(**FAST, cache=str(tmp_path / "cache")).open(), load_dataset("digits")
     for progress, said in ((False, ""), (True, "fne extract: another process is computing rows of digits into ")):
-        with fx._one_at_a_time(store, data, None, progress) as waited:
+        with turns.one_at_a_time(store, data, None, progress) as waited:
             assert waited
         err = capsys.readouterr().err
         assert err.startswith(said) and "computing rows" in err if progress else err == ""

@@ -58,7 +58,8 @@ def default_cache() -> Path:
 def cache_root(cache: str | Path | None = None) -> Path | Url:
     """--cache, else $FNE_CACHE, else `default_cache()`. fsspec URLs stay as given.
 
-    A local root (a file:// URL's included) that a file stands in the way of is a CacheError
+    A local root (a file:// URL's included) that a file stands in the way of, or a URL that no
+    fsspec filesystem installed here opens (`foo://`, `s3://` without s3fs), is a CacheError
     naming where it was given, before anything is read or written."""
     given = "--cache"
     if cache is None:
@@ -73,15 +74,37 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
         local = Path(root.removeprefix("file://")) if root.startswith("file://") else None
     else:
         root = local = Path(cache).expanduser()
-    blocker = file_in_the_way(local) if local is not None else None
+    where = _no_filesystem(root) if is_url(root) else None  # not a folder's fault
+    blocker = file_in_the_way(local) if local is not None and where is None else None
     if blocker is not None:
-        where = "is a file, not a folder" if blocker == local and blocker.is_file() else in_the_way(blocker)
-    elif local is not None and (local / "store.json").is_file():  # the `store:` line extract prints, copied
-        where = f"is one store of a cache, not a cache: give the folder holding it, {local.parent}"
-    else:
+        where = ("is a file, not a folder" if blocker == local and blocker.is_file() else in_the_way(blocker)) + \
+            " (the cache is a folder of stores)"
+    elif where is None and local is not None and (local / "store.json").is_file():  # extract's `store:` line, copied
+        where = f"is one store of a cache, not a cache: give the folder holding it, {local.parent} (the cache is " \
+                f"a folder of stores)"
+    if where is None:
         return root
     raise refusal(lambda py: f"{named('cache', py, str(cache)) if given == '--cache' else f'$FNE_CACHE {cache}'}: "
-                             f"{where} (the cache is a folder of stores)", CacheError)
+                             f"{where}", CacheError)
+
+
+def _no_filesystem(url: str) -> str | None:
+    """Why fsspec has no filesystem for `url` (a chained one's protocols each), said before the
+    first store opens it (fsspec's own ValueError / ImportError was a traceback); None where it has."""
+    try:
+        import fsspec
+    except ImportError:
+        return "a cache at a URL needs fsspec: pip install 'fsspec>=2024.12' (and the filesystem's package)"
+    for part in url.split("::"):
+        protocol = part.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            return (f"fsspec knows no filesystem {protocol}:// (a typo?); give a folder or a URL such as "
+                    f"s3://bucket/cache, gs://..., memory://..., file://...")
+        except ImportError as e:  # a known protocol whose package is missing: fsspec names it (s3fs)
+            return f"{protocol}:// needs a package this Python lacks: {e}"
+    return None
 
 
 def no_such_root(root: Path | Url) -> bool:

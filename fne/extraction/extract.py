@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import glob
-import hashlib
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -31,13 +28,11 @@ from fne.backbones.registry import weights_file
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec, earlier_pixels
 from fne.cache.store import Store, cache_root
-from fne.cache.store import lock_file as store_lock_file
 from fne.cache.upkeep import new_cache_removed_on_failure
-from fne.data import shards, sidecar
+from fne.data import shards
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
 from fne.data.lanes import container_batches
-from fne.data.manifest import Manifest, known_keys, manifest_for
 from fne.devices import (
     Loader,
     default_workers,
@@ -56,6 +51,7 @@ from fne.devices import (
 )
 from fne.errors import CacheError, FneError
 from fne.extraction import reader, slots, taps
+from fne.extraction.plan import Plan, make_plan, one_at_a_time
 from fne.extraction.writer import Writer
 from fne.held import torch_threads
 from fne.metrics import provenance
@@ -118,42 +114,6 @@ class ExtractResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class _Plan:
-    """Which images this process reads: those of its shard without a known, stored row."""
-
-    todo: list[int]
-    members: list[int]
-    known: list[str | None]
-    manifest: Manifest | None
-    unreadable: int = 0  # distinct known contents recorded unreadable earlier (not in `todo`)
-
-
-def _plan(dataset: Dataset, store: Store, shard: tuple[int, int] | None, cache, retry_bad: bool,
-          progress: bool = True) -> _Plan:
-    members = shards.members(dataset, shard)
-    manifest = manifest_for(dataset, cache)
-    if dataset._keys is not None or dataset.array_source is not None:
-        known: list[str | None] = list(dataset.keys())
-    else:
-        known = known_keys(dataset, manifest)
-    if retry_bad:
-        n = store.forget_bad(known[i] for i in members if known[i] is not None)
-        progress_line(f"fne extract: {n} image(s) recorded as unreadable will be read again", progress, stderr=True)
-    index, bad = store.index(), store.bad()
-    todo, taken, unreadable = [], set(), set()
-    for i in members:
-        k = known[i]
-        if k is None:
-            todo.append(i)  # unknown content: the reader hashes it
-        elif k in bad:
-            unreadable.add(k)
-        elif k not in index and k not in taken:
-            taken.add(k)
-            todo.append(i)
-    return _Plan(todo, members, known, manifest, len(unreadable))
 
 
 # The keywords of `extract`, declared in fne.options (the command line's options are the same fields).
@@ -236,7 +196,7 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     # rerun that finds every row stored never starts the GPU).
     batch_size = None if o.batch_size in (None, "auto") else resolve_batch_size(o.batch_size, dev)
     laps.lap("open")
-    plan = _plan(dataset, store, shard_t, spec.cache, o.retry_bad, o.progress)
+    plan = make_plan(dataset, store, shard_t, spec.cache, o.retry_bad, o.progress)
     laps.lap("plan")
     result = ExtractResult(store=str(store.path), n_images=len(plan.members), n_unique=0, n_cached=0,
                            n_computed=0, n_skipped=0, n_left_out=len(getattr(dataset, "left_out", [])),
@@ -295,16 +255,16 @@ def _extract(data: str | Path | Dataset, spec: StoreSpec, d: DataOptions, o: Ext
     return result
 
 
-def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard: tuple[int, int] | None,
-             dev: torch.device, batch_size: int | None, o: ExtractOptions, done: _Pass) -> _Plan:
+def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: Plan, shard: tuple[int, int] | None,
+             dev: torch.device, batch_size: int | None, o: ExtractOptions, done: _Pass) -> Plan:
     """Compute the plan's missing rows into `done`; -> the plan carried out. One process at a
     time computes a DATA's shard into a store: another that finds it at work waits, then
     computes only what is still missing (two `fne fit --extract` on the same images compute
     them once). Returns at once, with the rows committed so far, on an error or an interrupt."""
-    with _one_at_a_time(store, dataset, shard, o.progress) as waited:
+    with one_at_a_time(store, dataset, shard, o.progress) as waited:
         if waited:
             store.refresh()
-            plan = _plan(dataset, store, shard, spec.cache, retry_bad=False)
+            plan = make_plan(dataset, store, shard, spec.cache, retry_bad=False)
         if not plan.todo:
             return plan
         try:
@@ -319,46 +279,6 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: _Plan, shard
         finally:
             _remember(done.reads, plan, dataset)
     return plan
-
-
-def lock_file(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> Path:
-    """The lock of (store, DATA, shard), in the cache's `locks/` folder: `<store>--<DATA>-all.lock`
-    for the whole DATA, `<store>--<DATA>-<I>of<N>.lock` for a shard (<DATA> a hash of its root and size;
-    the root with its links resolved, so that a user who reaches the folder through a link takes turns too)."""
-    root = os.path.realpath(dataset.root) if dataset.root else dataset.name
-    data = hashlib.blake2b(f"{root}\0{len(dataset)}".encode(), digest_size=8).hexdigest()
-    return store_lock_file(store, f"{data}-{'all' if shard is None else f'{shard[0]}of{shard[1]}'}")
-
-
-def _overlapping(store: Store, dataset: Dataset, shard: tuple[int, int] | None) -> list[Path]:
-    """The lock files of other extractions of the same DATA into `store` whose images this one's
-    include: every shard's for the whole DATA, the whole DATA's for a shard."""
-    if shard is not None:
-        return [lock_file(store, dataset, None)]
-    whole = lock_file(store, dataset, None)
-    return sorted(whole.parent.glob(f"{glob.escape(whole.name.removesuffix('all.lock'))}*of*.lock"))
-
-
-@contextlib.contextmanager
-def _one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None, progress: bool = True):
-    """`lock_file`'s lock (a local cache; none at a URL), held while this process computes rows;
-    -> whether it waited for another process. Before taking it, it waits for the extractions of
-    the same DATA whose images overlap (`_overlapping`: `fne fit --extract` while the shards of a
-    job array run), so that no row is computed twice. The wait is a progress line (`progress`:
-    `progress_line`'s `enabled`)."""
-    if store.url is not None:
-        yield False
-        return
-
-    def say() -> None:
-        progress_line(f"fne extract: another process is computing rows of {dataset.name} into {store.path.name}; "
-                      f"waiting for it, then computing only what it leaves", progress, stderr=True)
-
-    waited = False
-    for other in _overlapping(store, dataset, shard):
-        waited = sidecar.wait_for(other, on_wait=None if waited else say) or waited
-    with sidecar.locked(lock_file(store, dataset, shard), on_wait=None if waited else say, process=True) as w:
-        yield waited or w
 
 
 def _device(device: str) -> torch.device:
@@ -387,7 +307,7 @@ def _fill(result: ExtractResult, done: _Pass) -> None:
         result.steady_images_per_s = (done.computed - n0) / (st.run - t0)
 
 
-def _count(result: ExtractResult, plan: _Plan, store: Store) -> None:
+def _count(result: ExtractResult, plan: Plan, store: Store) -> None:
     """n_unique / n_cached over this process's images, now that every key read is known."""
     keys = {plan.known[i] for i in plan.members if plan.known[i] is not None}
     result.n_unique = len(keys)
@@ -477,7 +397,9 @@ def _run(spec: StoreSpec, store: Store, dataset: Dataset, todo: list[int], dev: 
         batches = iter(loader)
         laps.lap("workers_start")
         dtype = torch.float16 if store.meta["dtype"] == "float16" else torch.float32
-        model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, batch_size)
+        # no batch holds more than `todo`: what is sized by the batch (a compiled run's padding, CUDA's
+        # warm-up batch) at most that (--batch-size 1000000000 on 12 images asked for 2.9 TB)
+        model = taps.TapRunner(spec, dev, store.meta["precision"], dtype, use_compile, min(batch_size, len(todo)))
         model.prepare()
         laps.lap("model_start")
         fresh = _Fresh(store.index())
@@ -571,7 +493,7 @@ def _skip(bad: list, dataset: Dataset, skipped: dict[str, str]) -> dict[str, str
     return bad_keys
 
 
-def _remember(reads: list[tuple], plan: _Plan, dataset: Dataset) -> None:
+def _remember(reads: list[tuple], plan: Plan, dataset: Dataset) -> None:
     """Keys the reader computed: into the plan (counts) and the manifest (next runs)."""
     for i, key, stat in reads:
         plan.known[i] = key
