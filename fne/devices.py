@@ -17,7 +17,7 @@ import torch
 from fne.errors import FneError
 from fne.names import PRECISIONS
 from fne.option_handling import named, refusal
-from fne.options import DEVICES, device_parses
+from fne.options import DEVICES, device_parses, usable_cores
 
 _ALLOCATOR_TUNED = False
 
@@ -237,8 +237,7 @@ def default_workers(device: torch.device) -> int:
     benchmarks/RESULTS.md). On a GPU (CUDA, MPS) the CPU only decodes: one worker per core this
     rank owns but one.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    per_rank = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if device.type in ("cuda", "mps"):
         return min(16, max(1, per_rank - 1))
     return 1

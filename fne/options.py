@@ -88,6 +88,14 @@ def at_least(n: float, kind: str = "an integer") -> dict:
     return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS has one (a Slurm or
+    container share of a larger machine), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 # Loader workers: each a process holding a decoder and a batch; beyond a few per core they only
 # contend, and --workers 100000 forked processes until the machine ran out of memory.
 MAX_WORKERS = 4 * (os.cpu_count() or 1)

@@ -301,7 +301,7 @@ def test_svm_candidates_walked_side_by_side_score_as_one_at_a_time(monkeypatch):
     X, y = rng.normal(size=(200, 1, 600)).astype(np.float32), np.arange(200) % 5
 
     def scores(cpus: int) -> list:
-        monkeypatch.setattr(selection.os, "cpu_count", lambda: cpus)
+        monkeypatch.setattr(selection, "usable_cores", lambda: cpus)
         cands = [selection.Candidate(f, ["f"], "l2", "svm", Rows(FakeStore(X), [f"k{i}" for i in range(200)], ["f"]))
                  for f in ("a", "b")]
         with warnings.catch_warnings():

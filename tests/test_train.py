@@ -1990,3 +1990,20 @@ def test_augment_on_auto_takes_the_device_on_cuda_only_where_the_workers_are_few
     assert not on_device("auto", cpu, 1)
     monkeypatch.setattr(devices, "device_decoder", lambda: None)
     assert not on_device("auto", cuda, 1)
+
+
+def test_train_workers_on_a_cpu_count_the_cores_this_process_may_use(monkeypatch):
+    """A Slurm or container share of a large machine: `fne train`'s CPU default counted the
+    machine's cores (os.cpu_count: 4 workers on 1 allowed core of 128), where extract counts the
+    process's (its CPU affinity); both now count those."""
+    import os
+
+    from fne.training.train import TrainConfig, _workers
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    cfg = TrainConfig(data="digits", mode="frozen", out="x")
+    for allowed, workers in (({0}, 1), ({0, 1}, 1), (set(range(6)), 3), (set(range(64)), 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, allowed=allowed: allowed)
+        assert _workers(cfg, torch.device("cpu")) == workers

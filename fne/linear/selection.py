@@ -41,7 +41,6 @@ is never raced out (it is the best of its side or the centre, which always runs 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 import warnings
@@ -59,6 +58,7 @@ from fne.linear import compare, rowspace
 from fne.linear.embedding import make_transform
 from fne.linear.heads import C_GRID, make_head
 from fne.linear.solver import resolve_solver
+from fne.options import usable_cores
 
 FOLDS = 5
 CENTRE = 1.0  # the default C: the walk starts at it, and ties go to the C nearest it
@@ -281,7 +281,7 @@ def _walk(jobs: list[tuple[Candidate, list[_Fold]]], small: bool, grid, scores: 
 
         walk_grid(grid, evaluate)
 
-    workers = min(len(jobs), os.cpu_count() or 1) if small else 1
+    workers = min(len(jobs), usable_cores()) if small else 1
     with warnings.catch_warnings(), (rowspace.one_thread() if small else contextlib.nullcontext()):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message=MANY_CLASSES)

@@ -58,7 +58,7 @@ from fne.metrics import (
     split_scores,
 )
 from fne.option_handling import named, refusal
-from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig
+from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig, usable_cores
 from fne.progress import STARTS_OVER, progress_line, said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import (
@@ -287,7 +287,7 @@ def _workers(cfg: TrainConfig, dev: torch.device) -> int:
         return cfg.workers
     if dev.type in ("cuda", "mps"):
         return default_workers(dev)
-    return min(4, max(1, (os.cpu_count() or 2) // 2))
+    return min(4, max(1, usable_cores() // 2))
 
 
 def _context(cfg: TrainConfig, dataset: Dataset, b: backbones.Backbone) -> epochs.Ctx:
