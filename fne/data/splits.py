@@ -50,8 +50,10 @@ def make_splits(dataset: Dataset, y: np.ndarray, splits: int = 1, test_size: flo
         return copies.spread([(copies.firsts[a], copies.firsts[b]) for a, b in drawn])
     if counts[counts > 0].min() < 2:
         ones = [dataset.classes[c] for c in np.flatnonzero(counts == 1)]
+        # copies under two classes count once, under the first image's class: what a class lost, said
+        clash = "".join(f"; {note}" for note in duplicate_notes(dataset, keys, [])) if copies.any else ""
         raise FneError(f"DATA {dataset.as_given}: every class needs at least 2{distinct} images for a random split; "
-                       f"{len(ones)} class(es) have 1: {first_few(ones)}")
+                       f"{len(ones)} class(es) have 1: {first_few(ones)}{clash}")
     return copies.spread(stratified(copies.firsts, y[copies.firsts], test_size, seed, "test_size", splits))
 
 
