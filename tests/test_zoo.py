@@ -165,6 +165,9 @@ def test_bad_names_say_how_to_name_models(capsys):
         backbones.get("timm:vit_tiny_patch16_22")
     with pytest.raises(FneError, match="no pretrained tag 'nope'.*resnet18.a1_in1k"):
         backbones.get("timm:resnet18.nope")
+    with pytest.raises(FneError) as e:  # no name: every timm name begins with it (it offered timm:dla34, ...)
+        backbones.get("timm:")
+    assert "Did you mean" not in str(e.value) and "timm:NAME" in str(e.value)
     assert main(["backbones", "convnxt_tiny"]) == 2
     err = capsys.readouterr().err
     assert "Did you mean: convnext_tiny" in err and "Traceback" not in err

@@ -357,7 +357,10 @@ def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
 
 
 def _suggest(name: str, names: list[str]) -> str:
-    """Names that `name` begins (timm:vit_tiny -> timm:vit_tiny_patch16_224), then close ones."""
+    """Names that `name` begins (timm:vit_tiny -> timm:vit_tiny_patch16_224), then close ones; none
+    for `timm:` alone, which every timm name begins (its shortest were offered)."""
+    if not name.removeprefix("timm:").strip():
+        return ""
     longer = sorted((n for n in names if n.startswith(name) and n != name), key=len)[:2]
     close = list(dict.fromkeys([*longer, *difflib.get_close_matches(name, names, n=4, cutoff=0.6)]))[:4]
     return f" Did you mean: {', '.join(close)}?" if close else ""
