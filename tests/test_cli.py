@@ -211,9 +211,11 @@ def test_train_takes_the_cache_option_the_store_verbs_declare():
 
 def test_run_help_names_the_cache_and_devices_the_other_verbs_use():
     # `fne run` without --cache reads $FNE_CACHE, else the default root (fne.cache.store.cache_root),
-    # never a ./cache of the working directory; its --device takes what the other verbs' does
+    # never a ./cache of the working directory; it takes an fsspec URL as the other verbs' --cache
+    # (tests/test_cache_fsspec.py runs one); its --device takes what the other verbs' does
     run = _actions("run")
     assert "./cache" not in run["cache"].help and "fne cache info" in run["cache"].help
+    assert run["cache"].help.startswith("cache folder or fsspec URL (") and "fsspec URL" in _actions("fit")["cache"].help
     assert "mps" in run["device"].help and "mps" in _actions("fit")["device"].help
 
 

@@ -46,7 +46,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "name": ("str", "label of the experiment"),
         "description": ("str", "free text"),
         "out": ("str", "default --out (relative to the current folder)"),
-        "cache": ("str", "default --cache"),
+        "cache": ("str", "default --cache: a cache folder or fsspec URL"),
         "seeds": ("list[int]", "seeds of fit's random splits and of training (default: [0])"),
         "advise": ("bool", "run fne advise per dataset and backbone (default: true)"),
         "advise_sample": ("int", "images the source classifier sees for the advice (default: 200)"),
