@@ -349,6 +349,12 @@ def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) 
     return out
 
 
+def defaults(cls) -> dict[str, object]:
+    """Field name -> its declared default (MISSING where it has none), read at each call: a
+    pipeline file's key left out takes the option's default, whatever the declaration says now."""
+    return {f.name: f.default for f in fields(cls)}
+
+
 def not_in_pipelines(cls) -> tuple[str, ...]:
     """The fields of `cls` that a pipeline file does not set (the runner sets them per step)."""
     return tuple(f.name for f, o in _opts(cls) if not o.pipeline)

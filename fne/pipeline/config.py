@@ -24,8 +24,8 @@ from pathlib import Path
 
 from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
-from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
-from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig
+from fne.option_handling import defaults, not_in_pipelines, problems, schema, used_by, uses
+from fne.options import AdviseOptions, FitOptions, ForwardOptions, StoreOptions, TrainConfig
 from fne.pipeline.config_data import DatasetCfg, check_class_map, check_published, resolve_data
 from fne.pipeline.config_data import (
     expand_vars as expand_vars,  # fne.pipeline.config.expand_vars, as before
@@ -143,10 +143,10 @@ class BackboneCfg:
 
     arch: str
     weights: str
-    crop: str = "center"
-    precision: str = "auto"
-    storage_dtype: str = "float16"
-    weights_seed: int = 0
+    crop: str = field(default_factory=lambda: defaults(StoreOptions)["crop"])
+    precision: str = field(default_factory=lambda: defaults(StoreOptions)["precision"])
+    storage_dtype: str = "float16"  # not the option's auto: a file's store is pinned (README)
+    weights_seed: int = field(default_factory=lambda: defaults(StoreOptions)["weights_seed"])
     image_size: int | None = None
     label: str = ""
     features: list[str] | None = None
@@ -168,13 +168,14 @@ class Pipeline:
     description: str = ""
     out: str | None = None
     cache: str | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
+    # a key left out: the verbs' declared defaults (fne fit's seed; fne train's is the same)
+    seeds: list[int] = field(default_factory=lambda: [defaults(FitOptions)["seed"]])
     advise: bool = True
-    advise_sample: int = 200
+    advise_sample: int = field(default_factory=lambda: defaults(AdviseOptions)["sample"])
     report: bool = True
-    device: str = "auto"
-    workers: int | None = None
-    batch_size: int | str = "auto"
+    device: str = field(default_factory=lambda: defaults(StoreOptions)["device"])
+    workers: int | None = field(default_factory=lambda: defaults(ForwardOptions)["workers"])
+    batch_size: int | str = field(default_factory=lambda: defaults(ForwardOptions)["batch_size"])
     progress: bool = True  # not a file's key: `fne run --no-progress` (progress=False) turns every step's bars off
     datasets: list[DatasetCfg] = field(default_factory=list)
     backbones: list[BackboneCfg] = field(default_factory=list)
@@ -307,7 +308,7 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
     if "seeds" in head:
         if not head["seeds"]:
             err.add(("pipeline", "seeds"), "needs at least one seed")
-        p.seeds = head["seeds"] or [0]
+        p.seeds = head["seeds"] or p.seeds
     if "advise_sample" in head:
         if head["advise_sample"] < 1:
             err.add(("pipeline", "advise_sample"), f"must be >= 1, got {head['advise_sample']}")
@@ -331,7 +332,7 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
         if checks is not None and b["arch"] not in checks.archs:
             err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
             continue
-        cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
+        cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", defaults(StoreOptions)["weights"]))
         line = err.loc.line(path_ + ("weights",))  # absent (imagenet by default): its [[backbones]] header's
         cfg.weights_at = (f"{err.file}{f', line {line}' if line else ''} "
                           f"({dotted(path_ + ('weights',) if 'weights' in b else path_)})")
@@ -371,12 +372,8 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
     if "fit" in top:
         f = _check_table(top["fit"], SCHEMA["fit"], ("fit",), err)
         if f.get("enabled", True):
-            fit = {o.name: o.default for o in fields(FitOptions)}  # a key left out: fne fit's default
-            p.fit = {"features": f.get("features", [fit["features"]]), "heads": f.get("heads", [fit["head"]]),
-                     "C": str(f.get("C", fit["C"])), "splits": f.get("splits", fit["splits"]),
-                     "test_size": float(f.get("test_size", fit["test_size"])),
-                     "train_per_class": f.get("train_per_class", fit["train_per_class"]),
-                     "solver": f.get("solver", fit["solver"])}
+            p.fit = {**fit_defaults(), **{k: v for k, v in f.items() if k != "enabled"}}
+            p.fit["C"], p.fit["test_size"] = str(p.fit["C"]), float(p.fit["test_size"])
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")
@@ -394,6 +391,14 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
         where = ("backbones", i, "features") if cfg.features is not None else ("fit", "features")
         for spec in feats:
             _check_call(checks.features, (spec, cfg.arch), where, err, f"{spec!r} does not apply to {cfg.arch}: ")
+
+
+def fit_defaults() -> dict:
+    """The [fit] grid of a table that sets no key: `fne fit`'s declared defaults (FitOptions), read
+    at each call; a key the table gives replaces its entry."""
+    fit = defaults(FitOptions)
+    return {"features": [fit["features"]], "heads": [fit["head"]], "C": fit["C"], "splits": fit["splits"],
+            "test_size": fit["test_size"], "train_per_class": fit["train_per_class"], "solver": fit["solver"]}
 
 
 def _check_call(fn: Callable, args: tuple, path: tuple, err: Errors, prefix: str = ""):
@@ -506,14 +511,15 @@ def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
             where = key + ("test_size",) if ds.test_size is not None else ("fit", "test_size")
             err.add(where, f"{ds.key}: a test part of {ts} holds {math.ceil(ts * n)} of its ~{n} images, fewer "
                            f"than its {k} classes (a stratified split needs one per class)")
+    train = defaults(TrainConfig)  # a key left out: fne train's default
     for mode, settings in p.train.items():
         if mode == "direct":
             continue
-        ts = ds.test_size if ds.test_size is not None else settings.get("test_size", 0.25)
+        ts = ds.test_size if ds.test_size is not None else settings.get("test_size", train["test_size"])
         tpc = ds.train_per_class if ds.train_per_class is not None else settings.get("train_per_class")
         n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None
                    else tpc * k if tpc is not None else n - math.ceil(ts * n))
-        vf = settings.get("val_fraction", 0.1)
+        vf = settings.get("val_fraction", train["val_fraction"])
         if vf and not ds.val_part and math.ceil(vf * n_train) < k:
             where = ("train", mode, "val_fraction") if "val_fraction" in (p.train_raw.get(mode) or {}) else (
                 ("train", "val_fraction") if "val_fraction" in p.train_raw.get("", {}) else ("train", "modes"))

@@ -1,0 +1,66 @@
+"""A pipeline file's keys: what a key left out takes (the options' declarations, not copies of
+them), how `fne run --help` says the keys, and how `fne run` says a file's values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fne.options import AdviseOptions, FitOptions, ForwardOptions, StoreOptions, TrainConfig
+from fne.pipeline import config
+from fne.pipeline.plan import plan
+
+
+def _declare(monkeypatch, cls, **values) -> None:
+    """Change the declared defaults of `cls`' options (their dataclass fields), for this test."""
+    found = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        monkeypatch.setattr(found[name], "default", value)
+
+
+HEAD = """\
+[datasets.digits]
+data = "digits"
+
+[[backbones]]
+arch = "vgg16"
+weights = "random"
+"""
+
+
+def test_a_key_left_out_takes_its_options_declared_default(tmp_path, monkeypatch):
+    """The defaults of a file's keys are read from fne.options at each load (pipeline/plan.py had
+    its own 0.25 for the advice's test part): a changed declaration changes the file's default."""
+    _declare(monkeypatch, FitOptions, C="0.5", splits=3, test_size=0.4, train_per_class=7, solver="sklearn",
+             features="fc7", head="logreg", seed=4)
+    _declare(monkeypatch, AdviseOptions, sample=9, test_size=0.3, train_per_class=2)
+    _declare(monkeypatch, StoreOptions, crop="squash", precision="fp32", device="cpu", weights="random")
+    _declare(monkeypatch, ForwardOptions, batch_size=8, workers=0)
+    fit = tmp_path / "fit.toml"
+    fit.write_text(HEAD.replace('weights = "random"\n', "") + "[fit]\n")
+    p = config.load_pipeline(fit)
+    assert p.fit == {"features": ["fc7"], "heads": ["logreg"], "C": "0.5", "splits": 3, "test_size": 0.4,
+                     "train_per_class": 7, "solver": "sklearn"}
+    assert (p.seeds, p.advise_sample, p.device, p.batch_size, p.workers) == ([4], 9, "cpu", 8, 0)
+    b = p.backbones[0]
+    assert (b.weights, b.crop, b.precision) == ("random", "squash", "fp32")
+    advise, *fits = plan(p, tmp_path / "out", {}, read=False)
+    assert (advise.kind, advise.kwargs["test_size"], advise.kwargs["train_per_class"]) == ("advise", 0.4, 7)
+    assert [(s.kwargs["head"], s.kwargs["C"], s.kwargs["splits"], s.kwargs["seed"]) for s in fits] == [
+        ("logreg", "0.5", 3, 4)]
+    # without fits, the advice splits as fne advise does by default
+    train = tmp_path / "train.toml"
+    train.write_text(HEAD + '[train]\nmodes = ["frozen"]\n')
+    advise = plan(config.load_pipeline(train), tmp_path / "out", {}, read=False)[0]
+    assert (advise.kind, advise.kwargs["test_size"], advise.kwargs["train_per_class"]) == ("advise", 0.3, 2)
+
+
+def test_the_split_checks_take_fne_trains_declared_defaults(tmp_path, monkeypatch):
+    """A [train] that sets no test_size or val_fraction is checked with fne train's defaults."""
+    _declare(monkeypatch, TrainConfig, test_size=0.5, val_fraction=0.001)
+    f = tmp_path / "p.toml"
+    f.write_text(HEAD + '[train]\nmodes = ["frozen"]\n')
+    with pytest.raises(config.PipelineError, match=r"train\.modes: mode frozen on digits: a validation part of "
+                                                   r"0\.001 holds 1 of ~898 training images"):
+        config.load_pipeline(f)
