@@ -231,6 +231,30 @@ def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool =
     return name if value is MISSING else f"{name} {value if plain else repr(value)}"
 
 
+def toml_value(v) -> str:
+    """`v` as a TOML file writes it: true / false, a "quoted" string, a [list], an {inline = table};
+    None, which a file cannot write (it leaves the key out), as (unset)."""
+    import json
+
+    if v is None:
+        return "(unset)"
+    if isinstance(v, bool) or numpy_bool(v):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(toml_value, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k if str(k).isidentifier() else json.dumps(str(k))} = {toml_value(x)}"
+                               for k, x in v.items()) + "}"
+    if isinstance(v, numbers.Number):
+        return repr(int(v) if isinstance(v, numbers.Integral) else float(v))
+    return json.dumps(str(v), ensure_ascii=False)  # TOML's basic strings escape as JSON's do
+
+
+def keyed(name: str, value) -> str:
+    """Option `name` with `value` as a pipeline file writes it: ``augment = false``, ``lr = 0.01``."""
+    return f"{name} = {toml_value(value)}"
+
+
 @functools.cache
 def _declared() -> dict[str, dataclasses.Field]:
     """The fields of the options a message may name, by name."""

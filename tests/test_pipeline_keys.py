@@ -64,3 +64,29 @@ def test_the_split_checks_take_fne_trains_declared_defaults(tmp_path, monkeypatc
     with pytest.raises(config.PipelineError, match=r"train\.modes: mode frozen on digits: a validation part of "
                                                    r"0\.001 holds 1 of ~898 training images"):
         config.load_pipeline(f)
+
+
+def test_a_changed_setting_is_said_as_the_file_writes_it():
+    """`fne run` (and its --dry-run) says a step's changed settings in TOML's words: it said
+    `augment True -> False` and `features 'fne' -> 'fc7'`, values a file does not write."""
+    from fne.pipeline.steps import changes
+
+    old = {"settings": {"augment": True, "scheduler": "none", "splits": 2, "features": ["fne"]}}
+    new = {"settings": {"augment": False, "scheduler": "cosine", "splits": 3, "features": ["fne", "fc7"],
+                        "train_per_class": 5}}
+    assert changes(old, new, limit=5) == ('augment true -> false; features ["fne"] -> ["fne", "fc7"]; '
+                                          'scheduler "none" -> "cosine"; splits 2 -> 3; train_per_class (unset) -> 5')
+
+
+def test_a_checkpoint_of_other_settings_is_said_in_the_files_words():
+    """`fne run --dry-run` says why a train step's checkpoint is another run's in the file's terms
+    (fne.training.rerun.rerun_note): it said `augment=True there, False now`, Python's."""
+    from fne.training.checkpoint import mismatch
+
+    def cfg(**k):
+        return TrainConfig(data="d", mode="frozen", out="r", arch="efficientnet_lite0", weights="random", **k)
+
+    ckpt = {"args": dataclasses.asdict(cfg()), "epoch": 1}
+    assert mismatch(ckpt, cfg(augment=False, scheduler="cosine", lr=0.01), python=True, in_file=True) == [
+        "lr = 0.001 there, 0.01 now", 'scheduler = "none" there, "cosine" now', "augment = true there, false now"]
+    assert mismatch(ckpt, cfg(augment=False), python=True) == ["augment=True there, False now"]  # fne.train's
