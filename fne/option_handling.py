@@ -135,10 +135,9 @@ def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str 
     written = {b.split(" : ")[0].strip(): b.rstrip("\n ") + "\n" for b in blocks}
     notes = "".join(textwrap.dedent(b.split("\n", 1)[1]).strip() for n, b in written.items() if n.startswith("**"))
     names = {f.name for f in added}
-    flags = {flag(f): f.name + ("=False" if flag(f).startswith("--no-") else "")  # --no-augment: augment=False
-             for cls in classes for f in fields(cls)}
+    options = [f for cls in classes for f in fields(cls)]
     entries = [b for n, b in written.items() if n not in names and not n.startswith("**")]
-    entries += [written.get(f.name) or _entry(f, ind, flags) for f in added]
+    entries += [written.get(f.name) or _entry(f, ind, options) for f in added]
     doc = doc[:start] + "".join(entries) + ("\n" + doc[end:] if nxt else ind)
     raises = re.search(rf"^{ind}Raises\n{ind}-+\n", doc, re.M)
     if raises and not re.search(rf"^{ind}OptionError$", doc, re.M):  # what `check` raises, said once
@@ -148,16 +147,25 @@ def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str 
     return doc
 
 
-def _entry(f: dataclasses.Field, ind: str, flags: dict[str, str]) -> str:
-    """A numpydoc entry of option field `f`: ``name : type, default value`` and its help."""
+def as_keys(text: str, options: Iterable[dataclasses.Field], off: str, mark: str) -> str:
+    """`text` (an option's help) with each command-line flag of `options` said as its keyword
+    between `mark`s, a --no-NAME switch as NAME and `off`: in a docstring ``augment=False``
+    (`off` "=False"), in a pipeline file's key help `augment = false`."""
     import re
+
+    said = {flag(f): f.name + (off if flag(f).startswith("--no-") else "") for f in options}
+    return re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"{mark}{said[m.group()]}{mark}" if m.group() in said
+                  else m.group(), text)
+
+
+def _entry(f: dataclasses.Field, ind: str, options: list[dataclasses.Field]) -> str:
+    """A numpydoc entry of option field `f`: ``name : type, default value`` and its help."""
     import textwrap
 
     o = f.metadata.get("opt", Opt())
     kind = "{" + ", ".join(map(repr, o.choices)) + "}" if o.choices else str(f.type)
     default = "" if f.default is MISSING else f", default {f.default!r}"
-    text = re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"``{flags[m.group()]}``" if m.group() in flags else m.group(),
-                  o.help)
+    text = as_keys(o.help, options, "=False", "``")
     if f.default is True and flag(f).startswith("--no-"):  # the help says what the switch does
         text = f"False: {text}"
     if o.bound and o.bound.startswith(text):  # --device: the bound says it all
@@ -366,9 +374,10 @@ def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) 
         if f.name in exclude or (only is not None and f.name not in only) or (only is None and not o.pipeline):
             continue
         kinds = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)]
-        text = o.help or f"fne {flag(f)}"
-        if kinds == [bool] and flag(f).startswith("--no-"):  # the help says what the flag, false, does
-            text = f"false: {text} (as {flag(f)})"
+        # in the file's terms: the flags it names as keys (`augment = false`, not --no-augment)
+        text = as_keys(o.help, _declared().values(), " = false", "`") if o.help else f"fne {flag(f)}"
+        if kinds == [bool] and flag(f).startswith("--no-"):  # the help says what the switch, false, does
+            text = f"false: {text}"
         out[f.name] = ("|".join(_SCHEMA_TYPES[k] for k in kinds), text)
     return out
 

@@ -90,3 +90,53 @@ def test_a_checkpoint_of_other_settings_is_said_in_the_files_words():
     assert mismatch(ckpt, cfg(augment=False, scheduler="cosine", lr=0.01), python=True, in_file=True) == [
         "lr = 0.001 there, 0.01 now", 'scheduler = "none" there, "cosine" now', "augment = true there, false now"]
     assert mismatch(ckpt, cfg(augment=False), python=True) == ["augment=True there, False now"]  # fne.train's
+
+
+def _help_line(text: str, title: str, key: str) -> str:
+    """Key `key`'s entry under table `title` of `fne run --help`'s keys, on one line."""
+    import re
+
+    table = text.split(f"\n  {title}\n", 1)[1].split("\n  [", 1)[0]
+    entry = re.search(rf"^    {key} \(.*(?:\n        .*)*", table, re.M)
+    return " ".join(entry.group().split())
+
+
+def test_run_help_gives_each_fit_and_train_keys_declared_default(monkeypatch):
+    """`fne run --help` said no default of a [fit] or [train] key: it says that one left out takes
+    fne fit's / fne train's, each short one as the file writes it, from the declaration."""
+    _declare(monkeypatch, FitOptions, splits=7, head="logreg")
+    _declare(monkeypatch, TrainConfig, epochs=3, augment=False, scheduler="cosine")
+    text = config.keys_help()
+    assert "  [fit]\n    (a key left out takes `fne fit`'s default: `fne fit --help`)\n" in text
+    assert "  [train], [train.MODE]\n    (a key left out takes `fne train`'s default: `fne train --help`)\n" in text
+    assert _help_line(text, "[fit]", "splits").endswith("(default: 7)")
+    assert _help_line(text, "[fit]", "heads").endswith('(default: ["logreg"])')
+    assert _help_line(text, "[fit]", "C").endswith('(default: "1.0")')
+    assert _help_line(text, "[train], [train.MODE]", "epochs").endswith("(default: 3)")
+    assert _help_line(text, "[train], [train.MODE]", "scheduler").endswith('(default: "cosine")')
+    assert _help_line(text, "[train], [train.MODE]", "augment").endswith("(default: false)")
+    assert "default" not in _help_line(text, "[fit]", "train_per_class")  # none: every image
+
+
+def test_fit_enabled_says_what_a_file_without_fit_runs(tmp_path):
+    """`[fit] enabled` said "(default: true)", while a file with no [fit] table runs no fits: its
+    help says that a [fit] table runs its fits unless enabled = false, and no table none."""
+    line = _help_line(config.keys_help(), "[fit]", "enabled")
+    assert "(default: true)" not in line and "no [fit] table, no fits" in line
+    f = tmp_path / "p.toml"
+    for fit, runs in [("", None), ("[fit]\nenabled = false\n", None), ("[fit]\n", ["fne"])]:
+        f.write_text(HEAD + '[train]\nmodes = ["frozen"]\n' + fit)
+        p = config.load_pipeline(f)
+        assert (p.fit or {}).get("features") == runs and list(p.train) == ["frozen"]
+
+
+def test_a_key_from_a_no_switch_is_said_in_the_files_terms():
+    """A key whose option is a --no-NAME switch, or whose help names one, speaks as the file
+    writes it: `augment = false`, not --no-augment."""
+    text = config.keys_help()
+    assert _help_line(text, "[train], [train.MODE]", "augment").startswith(
+        "augment (bool): false: train on center crops instead of")
+    assert "`augment = false` decodes in the workers" in _help_line(text, "[train], [train.MODE]", "augment_on")
+    assert _help_line(text, "[train], [train.MODE]", "progress") == "progress (bool): false: no progress bars " \
+                                                                       "(default: true)"
+    assert "--no-" not in text

@@ -47,10 +47,10 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "description": ("str", "free text"),
         "out": ("str", "default --out (relative to the current folder)"),
         "cache": ("str", "default --cache: a cache folder or fsspec URL"),
-        "seeds": ("list[int]", "seeds of fit's random splits and of training (default: [0])"),
-        "advise": ("bool", "run fne advise per dataset and backbone (default: true)"),
-        "advise_sample": ("int", "images the source classifier sees for the advice (default: 200)"),
-        "report": ("bool", "write the report at the end (default: true)"),
+        "seeds": ("list[int]", "seeds of fit's random splits and of training"),
+        "advise": ("bool", "run fne advise per dataset and backbone"),
+        "advise_sample": ("int", "images the source classifier sees for the advice"),
+        "report": ("bool", "write the report at the end"),
         **schema(StoreOptions, only=["device"]),
         **schema(ForwardOptions),  # batch_size, workers
     },
@@ -77,7 +77,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
     "fit": {
-        "enabled": ("bool", "run the feature x head grid (default: true)"),
+        "enabled": ("bool", "false: the grid is not run (a [fit] table runs its fits unless enabled = false; no "
+                            "[fit] table, no fits)"),
         "features": ("list[str]", "fne, fc6, fc7, last, fne:L1,L2 or L1,L2"),
         "heads": ("list[str]", "svm, logreg, sgd-svm, sgd-logreg"),
         **schema(FitOptions, exclude=["features", "head"]),  # C, splits, test_size, train_per_class
@@ -95,19 +96,31 @@ _TABLES = {"pipeline": "[pipeline]", "datasets.*": "[datasets.NAME]", "backbones
 
 def keys_help(width: int = 100) -> str:
     """Every key a pipeline file may set, by table, with its type and what it does (`SCHEMA`,
-    `TRAIN_SCHEMA`): the epilog of `fne run --help`. A backbone key whose default in a file
-    differs from the option's on the command line says so (`storage_dtype`: a file pins float16)."""
+    `TRAIN_SCHEMA`): the epilog of `fne run --help`. A key left out takes a default, said as the
+    file writes it where it is short (its option's declared one: [fit]'s are fne fit's, [train]'s
+    fne train's); a backbone key whose default in a file differs from the option's on the
+    command line says so (`storage_dtype`: a file pins float16)."""
     import textwrap
 
-    cli = {f.name: f.default for f in fields(StoreOptions)}
-    in_file = {f.name: f.default for f in fields(BackboneCfg)}
+    from fne.option_handling import toml_value
+
+    cli, in_file = defaults(StoreOptions), defaults(BackboneCfg)
+    left_out = {"[pipeline]": {f.name: f.default_factory() if f.default is MISSING and f.default_factory is not MISSING
+                               else f.default for f in fields(Pipeline)},
+                "[fit]": fit_defaults(), "[train], [train.MODE]": defaults(TrainConfig)}
+    verbs = {"[fit]": "fne fit", "[train], [train.MODE]": "fne train"}
     tables = [(_TABLES[t], SCHEMA[t]) for t in _TABLES] + [("[train], [train.MODE]", TRAIN_SCHEMA)]
     lines = ["keys of a pipeline file (TOML; pipelines/*.toml are examples):"]
     for title, keys in tables:
         lines.append(f"  {title}")
+        if title in verbs:
+            lines.append(f"    (a key left out takes `{verbs[title]}`'s default: `{verbs[title]} --help`)")
         for key, (kind, text) in keys.items():
             if title == "[[backbones]]" and key in cli and in_file.get(key, MISSING) not in (MISSING, cli[key]):
                 text += f" (in a pipeline file, default: {in_file[key]})"
+            said = toml_value(left_out.get(title, {}).get(key))
+            if said not in ("(unset)", '""') and len(said) <= 16 and "default" not in text:
+                text += f" (default: {said})"
             lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",  # a flag whole
                                    subsequent_indent="        ", break_on_hyphens=False)
     return "\n".join(lines)
