@@ -135,10 +135,9 @@ def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str 
     written = {b.split(" : ")[0].strip(): b.rstrip("\n ") + "\n" for b in blocks}
     notes = "".join(textwrap.dedent(b.split("\n", 1)[1]).strip() for n, b in written.items() if n.startswith("**"))
     names = {f.name for f in added}
-    flags = {flag(f): f.name + ("=False" if flag(f).startswith("--no-") else "")  # --no-augment: augment=False
-             for cls in classes for f in fields(cls)}
+    options = [f for cls in classes for f in fields(cls)]
     entries = [b for n, b in written.items() if n not in names and not n.startswith("**")]
-    entries += [written.get(f.name) or _entry(f, ind, flags) for f in added]
+    entries += [written.get(f.name) or _entry(f, ind, options) for f in added]
     doc = doc[:start] + "".join(entries) + ("\n" + doc[end:] if nxt else ind)
     raises = re.search(rf"^{ind}Raises\n{ind}-+\n", doc, re.M)
     if raises and not re.search(rf"^{ind}OptionError$", doc, re.M):  # what `check` raises, said once
@@ -148,16 +147,25 @@ def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str 
     return doc
 
 
-def _entry(f: dataclasses.Field, ind: str, flags: dict[str, str]) -> str:
-    """A numpydoc entry of option field `f`: ``name : type, default value`` and its help."""
+def as_keys(text: str, options: Iterable[dataclasses.Field], off: str, mark: str) -> str:
+    """`text` (an option's help) with each command-line flag of `options` said as its keyword
+    between `mark`s, a --no-NAME switch as NAME and `off`: in a docstring ``augment=False``
+    (`off` "=False"), in a pipeline file's key help `augment = false`."""
     import re
+
+    said = {flag(f): f.name + (off if flag(f).startswith("--no-") else "") for f in options}
+    return re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"{mark}{said[m.group()]}{mark}" if m.group() in said
+                  else m.group(), text)
+
+
+def _entry(f: dataclasses.Field, ind: str, options: list[dataclasses.Field]) -> str:
+    """A numpydoc entry of option field `f`: ``name : type, default value`` and its help."""
     import textwrap
 
     o = f.metadata.get("opt", Opt())
     kind = "{" + ", ".join(map(repr, o.choices)) + "}" if o.choices else str(f.type)
     default = "" if f.default is MISSING else f", default {f.default!r}"
-    text = re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"``{flags[m.group()]}``" if m.group() in flags else m.group(),
-                  o.help)
+    text = as_keys(o.help, options, "=False", "``")
     if f.default is True and flag(f).startswith("--no-"):  # the help says what the switch does
         text = f"False: {text}"
     if o.bound and o.bound.startswith(text):  # --device: the bound says it all
@@ -229,6 +237,30 @@ def named(f: dataclasses.Field | str, python: bool, value=MISSING, plain: bool =
         return flag(switch) if value != switch.default else f"without {flag(switch)}"
     name = _flag_of(f) if isinstance(f, str) else flag(f)
     return name if value is MISSING else f"{name} {value if plain else repr(value)}"
+
+
+def toml_value(v) -> str:
+    """`v` as a TOML file writes it: true / false, a "quoted" string, a [list], an {inline = table};
+    None, which a file cannot write (it leaves the key out), as (unset)."""
+    import json
+
+    if v is None:
+        return "(unset)"
+    if isinstance(v, bool) or numpy_bool(v):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(map(toml_value, v)) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k if str(k).isidentifier() else json.dumps(str(k))} = {toml_value(x)}"
+                               for k, x in v.items()) + "}"
+    if isinstance(v, numbers.Number):
+        return repr(int(v) if isinstance(v, numbers.Integral) else float(v))
+    return json.dumps(str(v), ensure_ascii=False)  # TOML's basic strings escape as JSON's do
+
+
+def keyed(name: str, value) -> str:
+    """Option `name` with `value` as a pipeline file writes it: ``augment = false``, ``lr = 0.01``."""
+    return f"{name} = {toml_value(value)}"
 
 
 @functools.cache
@@ -342,11 +374,18 @@ def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) 
         if f.name in exclude or (only is not None and f.name not in only) or (only is None and not o.pipeline):
             continue
         kinds = [a for a in (typing.get_args(hints[f.name]) or (hints[f.name],)) if a is not type(None)]
-        text = o.help or f"fne {flag(f)}"
-        if kinds == [bool] and flag(f).startswith("--no-"):  # the help says what the flag, false, does
-            text = f"false: {text} (as {flag(f)})"
+        # in the file's terms: the flags it names as keys (`augment = false`, not --no-augment)
+        text = as_keys(o.help, _declared().values(), " = false", "`") if o.help else f"fne {flag(f)}"
+        if kinds == [bool] and flag(f).startswith("--no-"):  # the help says what the switch, false, does
+            text = f"false: {text}"
         out[f.name] = ("|".join(_SCHEMA_TYPES[k] for k in kinds), text)
     return out
+
+
+def defaults(cls) -> dict[str, object]:
+    """Field name -> its declared default (MISSING where it has none), read at each call: a
+    pipeline file's key left out takes the option's default, whatever the declaration says now."""
+    return {f.name: f.default for f in fields(cls)}
 
 
 def not_in_pipelines(cls) -> tuple[str, ...]:

@@ -147,6 +147,20 @@ def test_an_out_that_is_a_folder_is_one_line_before_the_forward_pass(tmp_path, c
     assert re.search(r"fne advise: error: --out .*: is a folder; give the file to write", capsys.readouterr().err)
 
 
+@pytest.mark.parametrize("name, said", [("advice.txt", "writes JSON, not .txt"), ("advice", "writes JSON")])
+def test_an_out_not_named_json_is_one_line_before_the_forward_pass(tmp_path, capsys, monkeypatch, name, said):
+    """`fne advise DATA --out advice.txt` wrote JSON under a text file's name, where `fne predict`
+    refuses an --out not named .csv: advise refuses one not named .json, naming it, and writes nothing."""
+    from fne.cli import main
+
+    monkeypatch.setattr(A, "advise", lambda *a, **k: pytest.fail("advise ran before --out was checked"))
+    assert main(["advise", "digits", "--arch", "efficientnet_lite0", "--weights", "random", "--out",
+                 str(tmp_path / name)]) == 2
+    assert capsys.readouterr().err == (f"fne advise: error: --out '{tmp_path / name}': fne advise {said}: name the "
+                                       f"file .json\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_cli_prints_the_advice_as_text_and_writes_it_to_out(tmp_path, capsys):
     from fne.cli import main
 

@@ -191,3 +191,43 @@ def test_a_url_no_filesystem_here_opens_is_one_line_naming_the_cache(monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("fne extract: error: --cache 'foo://x': fsspec knows no filesystem foo://")
     assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("in_file", [True, False])
+def test_a_pipeline_runs_on_a_url_cache_given_in_its_file_or_by_cache(digits, tmp_path, in_file):
+    """`fne run --cache URL` (or a file's `cache = "URL"`), as the other verbs' --cache: the
+    extraction's rows go to a store at the URL, the fit reads them there, and a forced rerun finds
+    them cached there."""
+    from fne.pipeline.runner import run
+
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(f"""\
+[pipeline]
+name = "url"
+workers = 0
+advise = false
+{f'cache = "{URL}"' if in_file else ''}
+
+[datasets.d]
+data = "{digits}"
+
+[[backbones]]
+arch = "{FAST['arch']}"
+weights = "random"
+precision = "fp32"
+storage_dtype = "float32"
+
+[fit]
+features = ["last"]
+heads = ["logreg"]
+splits = 2
+test_size = 0.5
+""")
+    said: list[str] = []
+    given = {} if in_file else {"cache": URL}
+    r = run(pipeline, tmp_path / "out", report=False, log=said.append, progress=False, **given)
+    assert r["ran"] == 1 and _store(URL).path.startswith(URL + "/") and len(_store(URL)) == 18
+    assert any(s.endswith(": 18 computed") or ": 18 computed at " in s for s in said), said
+    said.clear()
+    r = run(pipeline, tmp_path / "out", report=False, log=said.append, progress=False, force=True, **given)
+    assert r["ran"] == 1 and any("0 computed" in s and "18 already cached" in s for s in said), said

@@ -211,16 +211,18 @@ def test_train_takes_the_cache_option_the_store_verbs_declare():
 
 def test_run_help_names_the_cache_and_devices_the_other_verbs_use():
     # `fne run` without --cache reads $FNE_CACHE, else the default root (fne.cache.store.cache_root),
-    # never a ./cache of the working directory; its --device takes what the other verbs' does
+    # never a ./cache of the working directory; it takes an fsspec URL as the other verbs' --cache
+    # (tests/test_cache_fsspec.py runs one); its --device takes what the other verbs' does
     run = _actions("run")
     assert "./cache" not in run["cache"].help and "fne cache info" in run["cache"].help
+    assert run["cache"].help.startswith("cache folder or fsspec URL (") and "fsspec URL" in _actions("fit")["cache"].help
     assert "mps" in run["device"].help and "mps" in _actions("fit")["device"].help
 
 
 def test_run_help_lists_every_key_a_pipeline_file_may_set(capsys):
     """`fne run --help` lists the file's keys by table (SCHEMA, TRAIN_SCHEMA: what validation
     takes), with their types; a key whose default in a file differs from its option's says so, and a
-    true/false key said by its --no- flag says what false does."""
+    true/false key said by its --no- flag says what false does, in the file's terms."""
     import re
 
     from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA
@@ -235,7 +237,9 @@ def test_run_help_lists_every_key_a_pipeline_file_may_set(capsys):
                       "[train], [train.MODE]": set(TRAIN_SCHEMA)}
     flat = " ".join(text.split())
     assert "(in a pipeline file, default: float16)" in flat and flat.count("(in a pipeline file") == 1
-    assert "augment (bool): false: train on center crops" in flat and "(as --no-augment)" in flat
+    assert "augment (bool): false: train on center crops" in flat
+    # in the file's words: `augment = false`, not the command line's --no-augment
+    assert "(with augmentation only: `augment = false` decodes in the workers)" in flat and "--no-" not in text
     # a file takes a weights value the command line does not (fne.names.WEIGHT_CHOICES): its key says so
     assert "weights (str): imagenet (" in flat and "in a file also imagenet-or-random" in flat
 
@@ -359,23 +363,24 @@ def test_pipeline_schema_is_the_declared_options():
 def test_the_pipeline_keys_say_their_defaults_as_the_options_do():
     """The pipeline file's keys said their defaults another way ("(default [0])", "default true"):
     `(default: …)`, as `--help` says them, and the default said is the one a file without the
-    key gets."""
-    import json
+    key gets (written by `keys_help` from the defaults, as TOML writes them)."""
     import re
 
-    from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA, Pipeline
+    from fne.option_handling import toml_value
+    from fne.pipeline.config import SCHEMA, TRAIN_SCHEMA, Pipeline, keys_help
 
     described = [(f"{table}.{k}", d) for table, keys in (*SCHEMA.items(), ("train", TRAIN_SCHEMA))
                  for k, (_, d) in keys.items()]
     for key, d in described:
         assert not re.search(r"(^|\()default [^-]", d), f"{key}: {d}"  # "default --out": the flag it defaults
     options = {f.name for c in (O.StoreOptions, O.ForwardOptions) for f in dataclasses.fields(c)}  # --help's
-    said = {k: m[1] for k, (_, d) in SCHEMA["pipeline"].items()
-            if k not in options and (m := re.search(r"\(default: (.+)\)$", d))}
+    lines = keys_help(width=10_000).split("  [pipeline]\n")[1].split("\n  [")[0].splitlines()  # a key a line
+    said = {k: m[1] for line in lines for k in [line.split()[0]]
+            if k not in options and (m := re.search(r"\(default: (.+)\)$", line))}
     assert set(said) == {"seeds", "advise", "advise_sample", "report"}
     got = {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
            for f in dataclasses.fields(Pipeline) if f.name in said}
-    assert said == {k: json.dumps(v) for k, v in got.items()}  # TOML writes these as JSON does
+    assert said == {k: toml_value(v) for k, v in got.items()}
 
 
 def test_a_bad_value_is_refused_alike_by_the_cli_and_a_pipeline(tmp_path, capsys):

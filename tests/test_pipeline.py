@@ -390,7 +390,7 @@ def test_an_interrupted_training_step_goes_on_from_its_checkpoint(tmp_path, monk
     assert dry(f).endswith("(to run: did not finish last time; the rerun resumes from its checkpoint after "
                            "epoch 1 of 2)")
     other = write(tmp_path, TINY.replace("epochs = 1", "epochs = 2\nlr = 0.01"), "other.toml")
-    assert dry(other).endswith("its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the "
+    assert dry(other).endswith("its checkpoint after epoch 1 is of another run (lr = 0.001 there, 0.01 now): the "
                                "rerun starts over)")
     assert dry(f, force=True).endswith("(to run: did not finish last time; force=True starts it over, leaving its "
                                        "checkpoint unused)")  # fne.run's keyword; `fne run` says --force

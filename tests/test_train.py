@@ -475,7 +475,7 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
         "the rerun resumes from its checkpoint after epoch 1 of 3 if DATA's images are its own (would check "
         "images: 24 of 24 files not hashed yet)")
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
-        "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
+        "its checkpoint after epoch 1 is of another run (lr = 0.001 there, 0.01 now): the rerun starts over")
     assert not image_opens
     import fne.training.rerun as tr
 
@@ -490,7 +490,7 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
         "the rerun resumes from its checkpoint after epoch 1 of 3")
     assert not image_opens
     assert rerun_note(str(data), "frozen", out, epochs=3, lr=0.01, **opts) == (
-        "its checkpoint after epoch 1 is of another run (lr=0.001 there, 0.01 now): the rerun starts over")
+        "its checkpoint after epoch 1 is of another run (lr = 0.001 there, 0.01 now): the rerun starts over")
     next((data / "3").iterdir()).unlink()
     assert rerun_note(str(data), "frozen", out, epochs=3, **opts) == (
         f"its checkpoint after epoch 1 is of another run (DATA {data} gives other images (train 18 there, 17 now, "
@@ -502,7 +502,7 @@ def test_rerun_note_tells_a_checkpoint_taken_up_from_one_of_other_images(digits_
         "): the step fails before it trains, leaving its checkpoint after epoch 1 (of these settings; its images not "
         "compared)") and "resumes" not in note
     assert rerun_note(str(gone), "frozen", out, epochs=3, lr=0.01, **opts).endswith(
-        "the step fails before it trains, leaving its checkpoint after epoch 1 (of another run: lr=0.001 there, "
+        "the step fails before it trains, leaving its checkpoint after epoch 1 (of another run: lr = 0.001 there, "
         "0.01 now)")
 
 

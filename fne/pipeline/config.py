@@ -24,8 +24,8 @@ from pathlib import Path
 
 from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
-from fne.option_handling import not_in_pipelines, problems, schema, used_by, uses
-from fne.options import FitOptions, ForwardOptions, StoreOptions, TrainConfig
+from fne.option_handling import defaults, not_in_pipelines, problems, schema, used_by, uses
+from fne.options import AdviseOptions, FitOptions, ForwardOptions, StoreOptions, TrainConfig
 from fne.pipeline.config_data import DatasetCfg, check_class_map, check_published, resolve_data
 from fne.pipeline.config_data import (
     expand_vars as expand_vars,  # fne.pipeline.config.expand_vars, as before
@@ -46,11 +46,11 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "name": ("str", "label of the experiment"),
         "description": ("str", "free text"),
         "out": ("str", "default --out (relative to the current folder)"),
-        "cache": ("str", "default --cache"),
-        "seeds": ("list[int]", "seeds of fit's random splits and of training (default: [0])"),
-        "advise": ("bool", "run fne advise per dataset and backbone (default: true)"),
-        "advise_sample": ("int", "images the source classifier sees for the advice (default: 200)"),
-        "report": ("bool", "write the report at the end (default: true)"),
+        "cache": ("str", "default --cache: a cache folder or fsspec URL"),
+        "seeds": ("list[int]", "seeds of fit's random splits and of training"),
+        "advise": ("bool", "run fne advise per dataset and backbone"),
+        "advise_sample": ("int", "images the source classifier sees for the advice"),
+        "report": ("bool", "write the report at the end"),
         **schema(StoreOptions, only=["device"]),
         **schema(ForwardOptions),  # batch_size, workers
     },
@@ -77,7 +77,8 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "features": ("list[str]", "overrides fit.features for this backbone"),
     },
     "fit": {
-        "enabled": ("bool", "run the feature x head grid (default: true)"),
+        "enabled": ("bool", "false: the grid is not run (a [fit] table runs its fits unless enabled = false; no "
+                            "[fit] table, no fits)"),
         "features": ("list[str]", "fne, fc6, fc7, last, fne:L1,L2 or L1,L2"),
         "heads": ("list[str]", "svm, logreg, sgd-svm, sgd-logreg"),
         **schema(FitOptions, exclude=["features", "head"]),  # C, splits, test_size, train_per_class
@@ -95,19 +96,31 @@ _TABLES = {"pipeline": "[pipeline]", "datasets.*": "[datasets.NAME]", "backbones
 
 def keys_help(width: int = 100) -> str:
     """Every key a pipeline file may set, by table, with its type and what it does (`SCHEMA`,
-    `TRAIN_SCHEMA`): the epilog of `fne run --help`. A backbone key whose default in a file
-    differs from the option's on the command line says so (`storage_dtype`: a file pins float16)."""
+    `TRAIN_SCHEMA`): the epilog of `fne run --help`. A key left out takes a default, said as the
+    file writes it where it is short (its option's declared one: [fit]'s are fne fit's, [train]'s
+    fne train's); a backbone key whose default in a file differs from the option's on the
+    command line says so (`storage_dtype`: a file pins float16)."""
     import textwrap
 
-    cli = {f.name: f.default for f in fields(StoreOptions)}
-    in_file = {f.name: f.default for f in fields(BackboneCfg)}
+    from fne.option_handling import toml_value
+
+    cli, in_file = defaults(StoreOptions), defaults(BackboneCfg)
+    left_out = {"[pipeline]": {f.name: f.default_factory() if f.default is MISSING and f.default_factory is not MISSING
+                               else f.default for f in fields(Pipeline)},
+                "[fit]": fit_defaults(), "[train], [train.MODE]": defaults(TrainConfig)}
+    verbs = {"[fit]": "fne fit", "[train], [train.MODE]": "fne train"}
     tables = [(_TABLES[t], SCHEMA[t]) for t in _TABLES] + [("[train], [train.MODE]", TRAIN_SCHEMA)]
     lines = ["keys of a pipeline file (TOML; pipelines/*.toml are examples):"]
     for title, keys in tables:
         lines.append(f"  {title}")
+        if title in verbs:
+            lines.append(f"    (a key left out takes `{verbs[title]}`'s default: `{verbs[title]} --help`)")
         for key, (kind, text) in keys.items():
             if title == "[[backbones]]" and key in cli and in_file.get(key, MISSING) not in (MISSING, cli[key]):
                 text += f" (in a pipeline file, default: {in_file[key]})"
+            said = toml_value(left_out.get(title, {}).get(key))
+            if said not in ("(unset)", '""') and len(said) <= 16 and "default" not in text:
+                text += f" (default: {said})"
             lines += textwrap.wrap(f"{key} ({kind}): {text}", width, initial_indent="    ",  # a flag whole
                                    subsequent_indent="        ", break_on_hyphens=False)
     return "\n".join(lines)
@@ -143,10 +156,10 @@ class BackboneCfg:
 
     arch: str
     weights: str
-    crop: str = "center"
-    precision: str = "auto"
-    storage_dtype: str = "float16"
-    weights_seed: int = 0
+    crop: str = field(default_factory=lambda: defaults(StoreOptions)["crop"])
+    precision: str = field(default_factory=lambda: defaults(StoreOptions)["precision"])
+    storage_dtype: str = "float16"  # not the option's auto: a file's store is pinned (README)
+    weights_seed: int = field(default_factory=lambda: defaults(StoreOptions)["weights_seed"])
     image_size: int | None = None
     label: str = ""
     features: list[str] | None = None
@@ -168,13 +181,14 @@ class Pipeline:
     description: str = ""
     out: str | None = None
     cache: str | None = None
-    seeds: list[int] = field(default_factory=lambda: [0])
+    # a key left out: the verbs' declared defaults (fne fit's seed; fne train's is the same)
+    seeds: list[int] = field(default_factory=lambda: [defaults(FitOptions)["seed"]])
     advise: bool = True
-    advise_sample: int = 200
+    advise_sample: int = field(default_factory=lambda: defaults(AdviseOptions)["sample"])
     report: bool = True
-    device: str = "auto"
-    workers: int | None = None
-    batch_size: int | str = "auto"
+    device: str = field(default_factory=lambda: defaults(StoreOptions)["device"])
+    workers: int | None = field(default_factory=lambda: defaults(ForwardOptions)["workers"])
+    batch_size: int | str = field(default_factory=lambda: defaults(ForwardOptions)["batch_size"])
     progress: bool = True  # not a file's key: `fne run --no-progress` (progress=False) turns every step's bars off
     datasets: list[DatasetCfg] = field(default_factory=list)
     backbones: list[BackboneCfg] = field(default_factory=list)
@@ -307,7 +321,7 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
     if "seeds" in head:
         if not head["seeds"]:
             err.add(("pipeline", "seeds"), "needs at least one seed")
-        p.seeds = head["seeds"] or [0]
+        p.seeds = head["seeds"] or p.seeds
     if "advise_sample" in head:
         if head["advise_sample"] < 1:
             err.add(("pipeline", "advise_sample"), f"must be >= 1, got {head['advise_sample']}")
@@ -331,7 +345,7 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
         if checks is not None and b["arch"] not in checks.archs:
             err.add(path_ + ("arch",), f"unknown arch {b['arch']!r}; available: {', '.join(sorted(checks.archs))}")
             continue
-        cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", "imagenet"))
+        cfg = BackboneCfg(arch=b["arch"], weights=b.get("weights", defaults(StoreOptions)["weights"]))
         line = err.loc.line(path_ + ("weights",))  # absent (imagenet by default): its [[backbones]] header's
         cfg.weights_at = (f"{err.file}{f', line {line}' if line else ''} "
                           f"({dotted(path_ + ('weights',) if 'weights' in b else path_)})")
@@ -371,12 +385,8 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
     if "fit" in top:
         f = _check_table(top["fit"], SCHEMA["fit"], ("fit",), err)
         if f.get("enabled", True):
-            fit = {o.name: o.default for o in fields(FitOptions)}  # a key left out: fne fit's default
-            p.fit = {"features": f.get("features", [fit["features"]]), "heads": f.get("heads", [fit["head"]]),
-                     "C": str(f.get("C", fit["C"])), "splits": f.get("splits", fit["splits"]),
-                     "test_size": float(f.get("test_size", fit["test_size"])),
-                     "train_per_class": f.get("train_per_class", fit["train_per_class"]),
-                     "solver": f.get("solver", fit["solver"])}
+            p.fit = {**fit_defaults(), **{k: v for k, v in f.items() if k != "enabled"}}
+            p.fit["C"], p.fit["test_size"] = str(p.fit["C"]), float(p.fit["test_size"])
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")
@@ -394,6 +404,14 @@ def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> Non
         where = ("backbones", i, "features") if cfg.features is not None else ("fit", "features")
         for spec in feats:
             _check_call(checks.features, (spec, cfg.arch), where, err, f"{spec!r} does not apply to {cfg.arch}: ")
+
+
+def fit_defaults() -> dict:
+    """The [fit] grid of a table that sets no key: `fne fit`'s declared defaults (FitOptions), read
+    at each call; a key the table gives replaces its entry."""
+    fit = defaults(FitOptions)
+    return {"features": [fit["features"]], "heads": [fit["head"]], "C": fit["C"], "splits": fit["splits"],
+            "test_size": fit["test_size"], "train_per_class": fit["train_per_class"], "solver": fit["solver"]}
 
 
 def _check_call(fn: Callable, args: tuple, path: tuple, err: Errors, prefix: str = ""):
@@ -506,14 +524,15 @@ def _check_split_sizes(p: Pipeline, ds: DatasetCfg, err: Errors) -> None:
             where = key + ("test_size",) if ds.test_size is not None else ("fit", "test_size")
             err.add(where, f"{ds.key}: a test part of {ts} holds {math.ceil(ts * n)} of its ~{n} images, fewer "
                            f"than its {k} classes (a stratified split needs one per class)")
+    train = defaults(TrainConfig)  # a key left out: fne train's default
     for mode, settings in p.train.items():
         if mode == "direct":
             continue
-        ts = ds.test_size if ds.test_size is not None else settings.get("test_size", 0.25)
+        ts = ds.test_size if ds.test_size is not None else settings.get("test_size", train["test_size"])
         tpc = ds.train_per_class if ds.train_per_class is not None else settings.get("train_per_class")
         n_train = (min(ds.n_train_split, n) if ds.n_train_split is not None
                    else tpc * k if tpc is not None else n - math.ceil(ts * n))
-        vf = settings.get("val_fraction", 0.1)
+        vf = settings.get("val_fraction", train["val_fraction"])
         if vf and not ds.val_part and math.ceil(vf * n_train) < k:
             where = ("train", mode, "val_fraction") if "val_fraction" in (p.train_raw.get(mode) or {}) else (
                 ("train", "val_fraction") if "val_fraction" in p.train_raw.get("", {}) else ("train", "modes"))

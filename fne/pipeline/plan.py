@@ -12,8 +12,8 @@ from pathlib import Path
 import fne
 from fne.errors import FneError, WeightsError
 from fne.names import slug
-from fne.option_handling import uses
-from fne.options import TrainConfig
+from fne.option_handling import defaults, uses
+from fne.options import AdviseOptions, TrainConfig
 from fne.pipeline import config
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline, PipelineError
 from fne.pipeline.steps import STEP_FORMAT, Step, content_fingerprint, split_labels_fingerprint
@@ -154,10 +154,11 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                                                                        "labels": labels},
                      "backbone": _backbone_identity(b)}
             if p.advise:
+                split = p.fit or defaults(AdviseOptions)  # the fits' split, else fne advise's own default
                 cfg = {**ident, "kind": "advise", "sample": p.advise_sample,
-                       "test_size": ds.test_size if ds.test_size is not None else (p.fit or {}).get("test_size", 0.25),
+                       "test_size": ds.test_size if ds.test_size is not None else split["test_size"],
                        "train_per_class": ds.train_per_class if ds.train_per_class is not None
-                       else (p.fit or {}).get("train_per_class")}
+                       else split["train_per_class"]}
                 steps.append(Step("advise", ds, b, root / "advice", cfg,
                                   dict(data=data, sample=p.advise_sample, test_size=cfg["test_size"],
                                        train_per_class=cfg["train_per_class"], **store),
@@ -168,7 +169,7 @@ def plan(p: Pipeline, out: Path, data_for: dict[str, str], cache: str | None = N
                          "test_size": ds.test_size if ds.test_size is not None else p.fit["test_size"],
                          "train_per_class": ds.train_per_class if ds.train_per_class is not None
                          else p.fit["train_per_class"]}
-                solver = p.fit.get("solver", "auto")
+                solver = p.fit["solver"]
                 for feat in feats:
                     for head in p.fit["heads"]:
                         how = fit_solver(solver, head, feat, b, ds, proto)

@@ -512,7 +512,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = config.keys_help()
     parser.add_argument("pipeline", help="a pipelines/*.toml file")
     parser.add_argument("--out", default=None, help="run folder (default: the file's pipeline.out, else runs/NAME)")
-    parser.add_argument("--cache", default=None, help="cache folder (default: the file's pipeline.cache, "
+    parser.add_argument("--cache", default=None, help="cache folder or fsspec URL (default: the file's pipeline.cache, "
                                                       "else $FNE_CACHE, else `fne cache info`)")
     parser.add_argument("--force", action="store_true", help="rerun steps that are already done")
     parser.add_argument("--dry-run", action="store_true", help="validate and list the steps, run nothing")

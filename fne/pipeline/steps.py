@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fne.cache.fs import read_json, write_json
-from fne.option_handling import named, uses
+from fne.option_handling import named, toml_value, uses
 from fne.options import TrainConfig
 from fne.pipeline.config import BackboneCfg, DatasetCfg, Pipeline
 from fne.progress import said
@@ -60,7 +60,8 @@ def _flat(d, prefix: str = "") -> dict:
 
 
 def changes(old: dict, new: dict, limit: int = 4) -> str:
-    """What differs between two step configurations, in words: 'epochs 3 -> 5; the images changed'."""
+    """What differs between two step configurations, in words, each value as a pipeline file writes
+    it (`fne.option_handling.toml_value`): 'epochs 3 -> 5; augment true -> false; the images changed'."""
     a, b = _flat(old), _flat(new)
     words = []
     for k in sorted(set(a) | set(b), key=lambda k: (k.count("."), k)):
@@ -75,7 +76,7 @@ def changes(old: dict, new: dict, limit: int = 4) -> str:
         elif k == "fne":
             words.append(f"fne {a.get(k)} -> {b.get(k)}")
         else:
-            words.append(f"{name} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}")
+            words.append(f"{name} {toml_value(a.get(k))} -> {toml_value(b.get(k))}")  # absent: (unset)
     if len(words) > limit:
         words = words[:limit] + [f"{len(words) - limit} more"]
     return "; ".join(words)

@@ -428,17 +428,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", help=DATA_HELP)
     add_options(p, *OPTIONS)
     p.add_argument("--json", action="store_true", help="print the advice as JSON")
-    p.add_argument("--out", default=None, help="also write the advice to this JSON file")
+    p.add_argument("--out", default=None, help="also write the advice to this JSON file (.json)")
 
 
 def run_cli(args) -> int:
-    from fne.cache.fs import check_target, not_a_run_file, write_json
+    from fne.cache.fs import check_target, not_a_run_file, out_refused, write_json
     from fne.option_handling import from_args
 
     kw = from_args(args, *OPTIONS)
     out = None if args.out is None else check_target(args.out, folder=False, data=args.data)  # before the forward pass
     if out is not None:
         not_a_run_file(out, "writing the advice")
+        if out.suffix.lower() != ".json":  # `--out advice.txt`: JSON under another format's name, as predict refuses
+            raise out_refused(out, f"fne advise writes JSON{f', not {out.suffix}' if out.suffix else ''}: name the "
+                                   f"file .json")
     a = advise(args.data, **{**kw, "progress": kw["progress"] and not args.json})
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from fne.backbones.registry import weights_file
 from fne.cache.fs import replace_file, through_file
 from fne.errors import FneError
 from fne.metrics import code_hash
-from fne.option_handling import named, refusal
+from fne.option_handling import keyed, named, refusal, toml_value
 
 PROGRESS = ("epoch", "history", "best", "train_seconds")  # the run's progress, besides the parts
 
@@ -264,20 +264,25 @@ def _check_crc(path: Path) -> None:
 
 
 def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
-             same_release: bool = False) -> list[str]:
+             same_release: bool = False, in_file: bool = False) -> list[str]:
     """How checkpoint `ckpt` (from `read`) differs from the run `cfg` describes on `images`
     (None: not compared), one phrase a difference naming options as `fne.option_handling.named` does
-    (`python`: their keywords, else their flags); empty: `--resume` takes it up."""
+    (`python`: their keywords, else their flags; `in_file`: as a pipeline file writes them,
+    ``augment = false``, for `fne run --dry-run`); empty: `--resume` takes it up."""
     old = ckpt["args"]
-    diff = [_there_now(k, python, _value(k, old, old.get(k)), _value(k, vars(cfg), getattr(cfg, k)))
+
+    def said(k: str, value) -> str:
+        return keyed(k, value) if in_file else named(k, python, value)
+
+    diff = [_there_now(k, python, _value(k, old, old.get(k)), _value(k, vars(cfg), getattr(cfg, k)), in_file)
             for k in RUN_DEFINING if _differs(k, ckpt, cfg)]
     if cfg.scheduler != "none" and old.get("epochs") != cfg.epochs:
-        diff.append(f"{named('epochs', python, old.get('epochs'))} there, {cfg.epochs} now (the schedule depends "
-                    f"on it)")
+        diff.append(f"{said('epochs', old.get('epochs'))} there, {cfg.epochs} now (the schedule depends on it)")
     elif ckpt["epoch"] > cfg.epochs:
-        diff.append(f"{named('epochs', python, cfg.epochs)} now, but it has trained {ckpt['epoch']} epochs")
+        diff.append(f"{said('epochs', cfg.epochs)} now, but it has trained {ckpt['epoch']} epochs")
     if "images" not in ckpt and old.get("data") != cfg.data:  # written before images were recorded
-        diff.append(f"DATA {old.get('data')!r} there, {cfg.data!r} now")
+        value = toml_value if in_file else repr
+        diff.append(f"DATA {value(old.get('data'))} there, {value(cfg.data)} now")
     elif images is not None and "images" in ckpt and ckpt["images"]["sha256"] != images["sha256"]:
         sizes = ", ".join(f"{k} {ckpt['images'].get(k, '?')} there, {n} now" for k, n in images.items()
                           if k not in ("sha256", "content"))
@@ -287,7 +292,7 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
         diff.append(f"DATA {cfg.data}: its images changed since (the same names and labels, other contents)")
     was = ckpt.get("weights_fingerprint")
     if was is not None and not _differs("weights", ckpt, cfg) and (now := weights_fingerprint(cfg.weights)) != was:
-        diff.append(f"{named('weights', python, cfg.weights)}: the file changed since (fingerprint {was} there, "
+        diff.append(f"{said('weights', cfg.weights)}: the file changed since (fingerprint {was} there, "
                     f"{now or 'no such file'} now)")
     if same_release:
         from fne import __version__
@@ -297,9 +302,12 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
     return diff
 
 
-def _there_now(k: str, python: bool, then, now) -> str:
+def _there_now(k: str, python: bool, then, now, in_file: bool = False) -> str:
     """Option `k`'s value in the checkpoint, `then`, and in this run, `now`, as `named` says them
-    (a switch on the command line as typed: ``without --no-augment there, --no-augment now``)."""
+    (a switch on the command line as typed: ``without --no-augment there, --no-augment now``), or
+    `in_file` as a pipeline file writes them (``augment = true there, false now``)."""
+    if in_file:
+        return f"{keyed(k, then)} there, {toml_value(now)} now"
     said = named(k, python, now) if isinstance(now, bool) and not python else repr(now)
     return f"{named(k, python, then)} there, {said} now"
 

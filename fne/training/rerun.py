@@ -63,10 +63,10 @@ def rerun_note(data: str, mode: str, out: str | Path, **kwargs) -> str | None:
             parts = {"train": split.train, "val": split.val, "test": split.test}
             images = checkpoint.images(dataset.ids, dataset.labels, parts, dataset.keys())
     except (FneError, OSError) as e:  # the run stops there too: no resume to promise, its settings still compared
-        diff = checkpoint.mismatch(ckpt, cfg, None, python=True, same_release=True)
+        diff = checkpoint.mismatch(ckpt, cfg, None, python=True, same_release=True, in_file=True)
         return (f"DATA cannot be listed ({e}): the step fails before it trains, leaving its {done} "
                 + (f"(of another run: {'; '.join(diff)})" if diff else "(of these settings; its images not compared)"))
-    diff = checkpoint.mismatch(ckpt, cfg, images, python=True, same_release=True)
+    diff = checkpoint.mismatch(ckpt, cfg, images, python=True, same_release=True, in_file=True)
     if diff:
         return f"its {done} is of another run ({'; '.join(diff)}): the rerun starts over"
     if unchecked is not None:
