@@ -231,8 +231,8 @@ class ExtractOptions(ForwardOptions):
 class RowsOptions:
     """How fit and export read rows from the cache."""
 
-    features: str = option("fne", "fne, fne:L1,L2, fc6, fc7, last, LAYER,... (L2-normalised); fit also takes "
-                                  "auto (cross-validated)")
+    features: str = option("fne", "fne, fne:L1,L2, last or LAYER,... (L2-normalised; VGG's fc6, fc7; `fne backbones "
+                                  "ARCH` lists a backbone's layers); fit also takes auto (cross-validated)")
     stream_chunk: int = option(1024, "rows read from the cache at a time: memory follows this, not the "
                                      "dataset (default: 1024)", metavar="ROWS", pipeline=False, **at_least(1))
     extract_missing: bool = option(False, "extract rows missing from the cache first", flag="--extract",

@@ -79,7 +79,7 @@ SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
     "fit": {
         "enabled": ("bool", "false: the grid is not run (a [fit] table runs its fits unless enabled = false; no "
                             "[fit] table, no fits)"),
-        "features": ("list[str]", "fne, fc6, fc7, last, fne:L1,L2 or L1,L2"),
+        "features": ("list[str]", "fne, last, fne:L1,L2 or L1,L2 (VGG's fc6, fc7; `fne backbones ARCH` lists a backbone's layers)"),
         "heads": ("list[str]", "svm, logreg, sgd-svm, sgd-logreg"),
         **schema(FitOptions, exclude=["features", "head"]),  # C, splits, test_size, train_per_class
     },
