@@ -365,7 +365,20 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
     if paths and getattr(args, "data", None) is not None:  # `fne extract images/*`: the shell gave every file
         hint += (f"; DATA is one path, and {len(paths) + 1} were given (a shell's * gives each file it matches): "
                  f"give their folder, or quote a pattern of tar shards or Parquet files ('shards/*.tar')")
-    args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    _innermost(args).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+def _innermost(args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `args` chose: `fne cache rm`'s, not `fne cache`'s."""
+    import argparse
+
+    parser = args.verbs[args.command]
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[chosen]
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -692,3 +692,13 @@ def test_a_weights_seed_out_of_range_is_one_line(argv, tmp_path, capsys, monkeyp
     assert code == 2 and err.count("\n") == 1, err
     assert f"bad --seed-weights {argv[-1]}: --seed-weights must be in [0, 2**32)" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unrecognized_argument_of_a_cache_subcommand_is_said_by_its_parser(capsys):
+    """`fne cache rm --store x` said `fne cache: error:` with `fne cache`'s usage, which lists its
+    subcommands, not the options of `rm`; the subcommand's own parser says it, as a verb's does."""
+    with pytest.raises(SystemExit) as e:
+        main(["cache", "rm", "--store", "nope"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "usage: fne cache rm [-h]" in err and "fne cache rm: error: unrecognized arguments: --store" in err
