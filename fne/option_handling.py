@@ -150,12 +150,27 @@ def documented(doc: str | None, added: list[dataclasses.Field], classes) -> str 
 def as_keys(text: str, options: Iterable[dataclasses.Field], off: str, mark: str) -> str:
     """`text` (an option's help) with each command-line flag of `options` said as its keyword
     between `mark`s, a --no-NAME switch as NAME and `off`: in a docstring ``augment=False``
-    (`off` "=False"), in a pipeline file's key help `augment = false`."""
+    (`off` "=False"), in a pipeline file's key help `augment = false`. A text option's flag followed
+    by a value that option documents (one of its choices, or a word of its own help) is said with
+    it: `--weights random` as ``weights="random"`` / `weights = "random"`."""
     import re
 
-    said = {flag(f): f.name + (off if flag(f).startswith("--no-") else "") for f in options}
-    return re.sub(r"--[a-z][a-z0-9-]*", lambda m: f"{mark}{said[m.group()]}{mark}" if m.group() in said
-                  else m.group(), text)
+    by_flag = {flag(f): f for f in options}
+    eq = off.replace("False", "").replace("false", "")  # "=" in a docstring, " = " in a pipeline file
+
+    def said(m: re.Match) -> str:
+        f = by_flag.get(m[1])
+        if f is None:
+            return m[0]
+        if m[1].startswith("--no-"):
+            return f"{mark}{f.name}{off}{mark}{m[2] or ''}"
+        o = f.metadata.get("opt", Opt())
+        word = (m[2] or "").strip()
+        if word and "str" in str(f.type) and (word in (o.choices or ()) or re.search(rf"\b{word}\b", o.help)):
+            return f'{mark}{f.name}{eq}"{word}"{mark}'
+        return f"{mark}{f.name}{mark}{m[2] or ''}"
+
+    return re.sub(r"(--[a-z][a-z0-9-]*)( [a-z][a-z0-9-]*)?", said, text)
 
 
 def _entry(f: dataclasses.Field, ind: str, options: list[dataclasses.Field]) -> str:

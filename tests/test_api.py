@@ -685,3 +685,10 @@ def test_a_switch_quoted_in_a_keywords_help_is_its_keyword_set_false():
     "--no-augment decodes in the workers" read "``augment`` decodes in the workers", the opposite."""
     doc = " ".join(fne.train.train.__doc__.split())
     assert "``augment=False`` decodes in the workers" in doc and "``augment`` decodes" not in doc
+
+
+def test_a_flag_with_its_value_is_documented_as_the_keyword_set_to_it():
+    """"seed of --weights random (--mode scratch draws ...)" is documented as ``weights="random"`` and
+    ``mode="scratch"``, not as ``weights`` random."""
+    doc = " ".join(fne.train.train.__doc__.split())
+    assert 'seed of ``weights="random"`` (``mode="scratch"`` draws its network from ``seed``)' in doc

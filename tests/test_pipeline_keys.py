@@ -13,7 +13,15 @@ from fne.pipeline.plan import plan
 
 
 def _declare(monkeypatch, cls, **values) -> None:
-    """Change the declared defaults of `cls`' options (their dataclass fields), for this test."""
+    """Change the declared defaults of `cls`' options (their dataclass fields), for this test. The
+    verbs are imported first: a verb's signature takes its defaults when its module is imported, and
+    one first imported here kept the changed default for every later test in the process."""
+    import importlib
+
+    import fne
+
+    for module in fne._VERBS.values():
+        importlib.import_module(module)
     found = {f.name: f for f in dataclasses.fields(cls)}
     for name, value in values.items():
         monkeypatch.setattr(found[name], "default", value)
@@ -140,3 +148,18 @@ def test_a_key_from_a_no_switch_is_said_in_the_files_terms():
     assert _help_line(text, "[train], [train.MODE]", "progress") == "progress (bool): false: no progress bars " \
                                                                        "(default: true)"
     assert "--no-" not in text
+
+
+def test_a_flag_with_its_value_is_said_as_the_key_set_to_it():
+    """weights_seed's help, "seed of --weights random", read "seed of `weights` random" in the file's
+    terms: a text option's flag followed by a value it documents is said as the key set to it."""
+    text = config.keys_help()
+    assert _help_line(text, "[[backbones]]", "weights_seed").startswith(
+        'weights_seed (int): seed of `weights = "random"`')
+    # only a value the option documents goes inside; prose after a flag, or after a number's, stays out
+    from fne.option_handling import as_keys
+
+    fields = dataclasses.fields(TrainConfig)
+    said = as_keys("--weights random, --weights blue; --epochs extends; --no-augment decodes", fields,
+                   " = false", "`")
+    assert said == '`weights = "random"`, `weights` blue; `epochs` extends; `augment = false` decodes'
