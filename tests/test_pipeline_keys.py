@@ -163,3 +163,21 @@ def test_a_flag_with_its_value_is_said_as_the_key_set_to_it():
     said = as_keys("--weights random, --weights blue; --epochs extends; --no-augment decodes", fields,
                    " = false", "`")
     assert said == '`weights = "random"`, `weights` blue; `epochs` extends; `augment = false` decodes'
+
+
+@pytest.mark.parametrize("written", ['1', '1.0', '"1"', '"1.0"', '"1e0"', '"01"'])
+def test_one_C_written_several_ways_is_one_fit_step(tmp_path, written):
+    """C = 1, 1.0, "1" and "1e0" are one head's C: they named the folders fit-fne-svm-C1-s0,
+    ...-C1.0-s0 and ...-C1e0-s0, so writing it another way fitted it again beside the first."""
+    f = tmp_path / "p.toml"
+    f.write_text(HEAD + f"[fit]\nC = {written}\n")
+    p = config.load_pipeline(f)
+    fits = [s for s in plan(p, tmp_path / "out", {}, read=False) if s.kind == "fit"]
+    assert p.fit["C"] == "1.0" and [s.dir.name for s in fits] == ["fit-fne-svm-C1.0-s0"]
+
+
+@pytest.mark.parametrize("written,said", [('"AUTO"', "auto"), ("0.1", "0.1"), ('"1e-5"', "1e-05")])
+def test_C_is_said_one_way(tmp_path, written, said):
+    f = tmp_path / "p.toml"
+    f.write_text(HEAD + f"[fit]\nC = {written}\n")
+    assert config.load_pipeline(f).fit["C"] == said

@@ -381,12 +381,24 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
         p.backbones.append(cfg)
 
 
+def _same_C(C: object) -> str:
+    """C as one text per value, which names its fit steps' folders and settings: 1, 1.0, "1" and
+    "1e0" were four folders and four fits of one head; a C that is no number stays as given."""
+    text = str(C)
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        return repr(float(text)) if not isinstance(C, bool) else text
+    except ValueError:
+        return text
+
+
 def _load_fit(p: Pipeline, top: dict, err: Errors, checks: Checks | None) -> None:
     if "fit" in top:
         f = _check_table(top["fit"], SCHEMA["fit"], ("fit",), err)
         if f.get("enabled", True):
             p.fit = {**fit_defaults(), **{k: v for k, v in f.items() if k != "enabled"}}
-            p.fit["C"], p.fit["test_size"] = str(p.fit["C"]), float(p.fit["test_size"])
+            p.fit["C"], p.fit["test_size"] = _same_C(p.fit["C"]), float(p.fit["test_size"])
             for h in p.fit["heads"]:
                 if h not in HEADS:
                     err.add(("fit", "heads"), f"unknown head {h!r}; choose from {', '.join(HEADS)}")
