@@ -1726,3 +1726,29 @@ def test_intervals_and_split_counts_at_their_edges_are_shown(tmp_path):
     (row,) = [row for ds in r["datasets"] for row in ds["rows"] if row["paths"] == [str(odd.parent)]]
     assert (row["accuracy_ci"]["low"], row["accuracy_ci"]["level"], row["mean_class_accuracy_ci"]["high"]) == (1.0, 0.9, 0.0)
     assert "100.0–100.0 (90%)" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_font_list_without_matplotlibs_own_fonts_is_one_line(tmp_path, monkeypatch, capsys):
+    """A font list made by another install of matplotlib's release can lack the fonts it ships
+    (mathtext's STIX and cm): each report then logged 21 lines of `findfont: Font family
+    ['STIXGeneral'] not found. Falling back to DejaVu Sans.`; now one warning says what to remove."""
+    from matplotlib import font_manager
+
+    fm = font_manager.fontManager
+    monkeypatch.setattr(fm, "ttflist", [f for f in fm.ttflist if not f.name.startswith(("STIX", "cm"))])
+    fm._findfont_cached.cache_clear()
+    import matplotlib.mathtext
+
+    matplotlib.mathtext.MathTextParser._parse_cached.cache_clear()
+    try:
+        for run, method in (("a", "fne+svm"), ("b", "fc7+svm")):
+            write_run(tmp_path / "runs", run, fake_metrics(method, 0.9, 0.01, 0.9, 0.01, dataset="d"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report([tmp_path / "runs"], tmp_path / "rep")
+    finally:
+        fm._findfont_cached.cache_clear()
+        matplotlib.mathtext.MathTextParser._parse_cached.cache_clear()
+    said = [str(w.message) for w in caught if "font list" in str(w.message)]
+    assert len(said) == 1 and "STIXGeneral" in said[0] and "fontlist-*.json) for matplotlib to make it again" in said[0]
+    assert "findfont" not in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import math
@@ -35,9 +36,14 @@ def _any_script(draw):
 
         have = {f.name for f in font_manager.fontManager.ttflist}
         family = [*matplotlib.rcParams["font.family"], *(f for f in FALLBACK_FONTS if f in have)]
-        with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context({"font.family": family}):
+        with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context({"font.family": family}), \
+                _fonts_not_found() as absent:
             warnings.simplefilter("always")
             png = draw(ds)
+        if absent:
+            warnings.warn(f"report figures: matplotlib's font list lacks {', '.join(sorted(absent)[:4])}"
+                          f"{' …' if len(absent) > 4 else ''}, drawn in its default font instead; remove the list "
+                          f"({matplotlib.get_cachedir()}/fontlist-*.json) for matplotlib to make it again", stacklevel=2)
         missing = sorted({chr(int(m.group(1))) for w in caught if (m := _GLYPH.search(str(w.message)))})
         for w in caught:
             if not _GLYPH.search(str(w.message)):
@@ -50,6 +56,34 @@ def _any_script(draw):
                           f"for it to be found", stacklevel=2)
         return png
     return drawn
+
+
+@contextlib.contextmanager
+def _fonts_not_found():
+    """The font families matplotlib's `findfont` logs as not found while the block runs (a font list
+    made by another install of its release lacks the fonts it ships: mathtext's STIX and cm fonts),
+    its log lines held back: they were 21 lines of `findfont: Font family ... not found` a report."""
+    import logging
+
+    absent: set[str] = set()
+
+    class Held(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = re.match(r"findfont: Font family \[?'?([^'\]]+)'?\]? not found", record.getMessage())
+            if m:
+                absent.add(m.group(1))
+            else:
+                logging.getLogger("matplotlib").handle(record)  # any other line goes on as it would have
+
+    log = logging.getLogger("matplotlib.font_manager")
+    held, was = Held(), log.propagate
+    log.addHandler(held)
+    log.propagate = False
+    try:
+        yield absent
+    finally:
+        log.removeHandler(held)
+        log.propagate = was
 
 
 def _subplots(figsize: tuple[float, float]):
