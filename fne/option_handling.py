@@ -397,7 +397,7 @@ def schema(cls, only: Iterable[str] | None = None, exclude: Iterable[str] = ()) 
     return out
 
 
-def defaults(cls) -> dict[str, object]:
+def defaults(cls: type) -> dict[str, typing.Any]:
     """Field name -> its declared default (MISSING where it has none), read at each call: a
     pipeline file's key left out takes the option's default, whatever the declaration says now."""
     return {f.name: f.default for f in fields(cls)}

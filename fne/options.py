@@ -12,12 +12,12 @@ Pure Python (no torch, no scikit-learn): the CLI and the pipeline configuration 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import numbers
 import os
 import re
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field
+from typing import Any
 
 from fne.errors import numpy_bool
 from fne.names import (
@@ -63,8 +63,11 @@ class Opt:
     drawn: bool = False  # a setting of random splits, moot where DATA has its own (fne.data.splits.not_applied)
 
 
-def option(default=MISSING, help: str = "", **how) -> dataclasses.Field:
-    """A dataclass field declared with how it is offered (see `Opt`)."""
+def option(default: Any = MISSING, help: str = "", **how: Any) -> Any:
+    """A dataclass field declared with how it is offered (see `Opt`).
+
+    Returns ``Any``, as `dataclasses.field` does for a type checker, so that ``x: int = option(...)``
+    type-checks (a `dataclasses.Field` return type made every such field an error)."""
     return field(default=default, metadata={"opt": Opt(help=help, **how)})
 
 

@@ -119,7 +119,7 @@ def test_file_url_store(tmp_path):
     s = Store.open(url, StoreKey("a", "w", "p", "fp32", "float32"), [("t", 3)], 1)
     s.commit(["00" * 16, "11" * 16], {"t": np.ones((2, 1, 3))}, bad={"22" * 16: "unreadable"})
     (again,) = list_stores(url)
-    assert again.path == url + "/a__w__p__fp32__float32" and again.path.name == "a__w__p__fp32__float32"
+    assert again.path == tmp_path / "cache" / "a__w__p__fp32__float32"  # a file:// URL is the local folder
     assert len(again) == 2 and again.bad() == {"22" * 16: "unreadable"} and verify(again).problems == []
     assert (tmp_path / "cache" / "a__w__p__fp32__float32" / "store.json").exists()
     assert np.array_equal(again.read(["11" * 16], ["t"])["t"], np.ones((1, 1, 3), dtype=np.float32))
@@ -231,3 +231,20 @@ test_size = 0.5
     said.clear()
     r = run(pipeline, tmp_path / "out", report=False, log=said.append, progress=False, force=True, **given)
     assert r["ran"] == 1 and any("0 computed" in s and "18 already cached" in s for s in said), said
+
+
+def test_a_file_url_is_the_local_folder_it_names(digits, tmp_path):
+    """A cache written as a folder and then named by a file:// URL (or the other way round) is one
+    cache: its rows are read, and `fne cache verify --clean` keeps them (it removed every part of
+    a folder-written store as unfinished: they had no file:// commit marker)."""
+    from fne.cache.verbs import cache_verify
+
+    folder = tmp_path / "cache"
+    url = f"file://{folder}"
+    fx.extract(digits, cache=str(folder), progress=False, **FAST)
+    n = len(_store(folder))
+    assert n == len(load_dataset(digits)) and len(_store(url)) == n
+    cache_verify(cache=url, clean=True)
+    assert len(_store(folder)) == n
+    again = fx.extract(digits, cache=url, progress=False, **FAST)
+    assert again.n_computed == 0 and again.n_cached == n

@@ -569,5 +569,9 @@ class UrlFiles(_Common):
 
 
 def files_at(location: str | Path) -> LocalFiles | UrlFiles:
-    """The filesystem of a store at `location` (a local path or an fsspec URL)."""
+    """The filesystem of a store at `location` (a local path or an fsspec URL). A file:// URL is
+    the local folder it names: a store written through the folder's path commits its parts by
+    renaming them, which a URL reader would take for unfinished parts (and `clean` delete)."""
+    if is_url(location) and str(location).startswith("file://"):
+        return LocalFiles(str(location).removeprefix("file://"))
     return UrlFiles(str(location)) if is_url(location) else LocalFiles(location)
