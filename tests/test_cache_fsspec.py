@@ -3,6 +3,8 @@ marker object written last, readers ignore parts without one, and rows equal a l
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -248,3 +250,13 @@ def test_a_file_url_is_the_local_folder_it_names(digits, tmp_path):
     assert len(_store(folder)) == n
     again = fx.extract(digits, cache=url, progress=False, **FAST)
     assert again.n_computed == 0 and again.n_cached == n
+
+
+@pytest.mark.parametrize("url,folder", [("file:///srv/a%20b/c", "/srv/a b/c"), ("file://localhost/srv/x", "/srv/x"),
+                                        ("file:///srv/y", "/srv/y")])
+def test_a_file_url_names_its_folder_as_a_browser_does(url, folder):
+    """file:// URLs as written by a file manager: quoted characters and `localhost` name the folder."""
+    from fne.cache.fs import LocalFiles, files_at
+
+    f = files_at(url)
+    assert isinstance(f, LocalFiles) and f.path == Path(folder)

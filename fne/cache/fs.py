@@ -573,5 +573,10 @@ def files_at(location: str | Path) -> LocalFiles | UrlFiles:
     the local folder it names: a store written through the folder's path commits its parts by
     renaming them, which a URL reader would take for unfinished parts (and `clean` delete)."""
     if is_url(location) and str(location).startswith("file://"):
-        return LocalFiles(str(location).removeprefix("file://"))
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        url = urlsplit(str(location))
+        if url.netloc in ("", "localhost"):  # file:///a%20b and file://localhost/a are the folder /a b, /a
+            return LocalFiles(url2pathname(url.path))
     return UrlFiles(str(location)) if is_url(location) else LocalFiles(location)
