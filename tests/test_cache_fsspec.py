@@ -260,3 +260,4 @@ def test_a_file_url_names_its_folder_as_a_browser_does(url, folder):
 
     f = files_at(url)
     assert isinstance(f, LocalFiles) and f.path == Path(folder)
+    assert cache_root(url) == Path(folder)  # the cache's other files (manifests, removals) go there too

@@ -572,11 +572,19 @@ def files_at(location: str | Path) -> LocalFiles | UrlFiles:
     """The filesystem of a store at `location` (a local path or an fsspec URL). A file:// URL is
     the local folder it names: a store written through the folder's path commits its parts by
     renaming them, which a URL reader would take for unfinished parts (and `clean` delete)."""
-    if is_url(location) and str(location).startswith("file://"):
-        from urllib.parse import urlsplit
-        from urllib.request import url2pathname
-
-        url = urlsplit(str(location))
-        if url.netloc in ("", "localhost"):  # file:///a%20b and file://localhost/a are the folder /a b, /a
-            return LocalFiles(url2pathname(url.path))
+    folder = file_url_folder(location)
+    if folder is not None:
+        return LocalFiles(folder)
     return UrlFiles(str(location)) if is_url(location) else LocalFiles(location)
+
+
+def file_url_folder(location: str | Path) -> Path | None:
+    """The local folder a file:// URL names (file:///a%20b and file://localhost/a: /a b, /a), else
+    None. Such a cache is that folder, whichever way it is given."""
+    if not (is_url(location) and str(location).startswith("file://")):
+        return None
+    from urllib.parse import urlsplit
+    from urllib.request import url2pathname
+
+    url = urlsplit(str(location))
+    return Path(url2pathname(url.path)) if url.netloc in ("", "localhost") else None

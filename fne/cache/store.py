@@ -27,6 +27,7 @@ from fne.cache.fs import (
     Url,
     UrlFiles,
     file_in_the_way,
+    file_url_folder,
     files_at,
     in_the_way,
     is_url,
@@ -69,9 +70,10 @@ def cache_root(cache: str | Path | None = None) -> Path | Url:
     if not str(cache).strip():  # an unset shell variable (`--cache $CACHE`): not the current folder
         raise refusal(lambda py: f"{named('cache', py, str(cache))}: is empty; give the cache folder, or leave it out "
                                  f"for $FNE_CACHE or the default cache", CacheError)
-    if is_url(cache):
-        root = Url(str(cache))
-        local = Path(root.removeprefix("file://")) if root.startswith("file://") else None
+    if (folder := file_url_folder(cache)) is not None:  # the folder, whichever way it is given
+        root = local = folder
+    elif is_url(cache):
+        root, local = Url(str(cache)), None
     else:
         root = local = Path(cache).expanduser()
     where = _no_filesystem(root) if is_url(root) else None  # not a folder's fault
