@@ -929,3 +929,26 @@ def test_a_parquet_label_column_of_lists_is_no_class(tmp_path, capsys):
     with pytest.raises(DataError, match=r"m\.parquet: label column 'labels' holds list<element: int64> values, not "
                                         r"one label an image$"):
         load_dataset(tmp_path / "m.parquet", label_key="labels")
+
+
+def test_parquet_columns_named_twice_bytes_as_text_and_binary_view(tmp_path):
+    """An image or label column named twice stops in one line naming the file and the column
+    (was pyarrow's KeyError); a `{bytes, path}` struct whose bytes are text is no image column (was
+    a TypeError when its first image was read); a binary view column (Polars') is one."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    images, labels = [f.read_bytes() for f, _, _ in items], [lab for _, lab, _ in items]
+    for names, twice in ((["image", "image", "label"], "image"), (["image", "label", "label"], "label")):
+        cols = [pa.array(images), pa.array(images if names[1] == "image" else labels), pa.array(labels)]
+        pq.write_table(pa.Table.from_arrays(cols, names=names), tmp_path / "twice.parquet")
+        with pytest.raises(DataError, match=rf"twice\.parquet: 1 column name\(s\) appear more than once \({twice}\): "
+                                            rf"which column to read is unknown; rename or drop the copies$"):
+            load_dataset(tmp_path / "twice.parquet")
+    pq.write_table(pa.table({"image": [{"bytes": "x", "path": None}] * 4, "label": labels}), tmp_path / "text.parquet")
+    with pytest.raises(DataError, match=r"text\.parquet: no image column \(bytes, or a \{bytes, path\} struct\)"):
+        load_dataset(tmp_path / "text.parquet")
+    if not hasattr(pa, "binary_view"):
+        return
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary_view()), "label": labels}), tmp_path / "view.parquet")
+    d = load_dataset(tmp_path / "view.parquet")
+    assert d.labels == labels and [d.container.read(m) for m in d.sources] == images
+
