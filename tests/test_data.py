@@ -432,6 +432,10 @@ def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
     ("csv_field", "unreadable CSV (field larger than field limit (131072))"),
     ("blank", "DATA '' is empty (give a folder, a .csv"),
     ("fifo", "neither a folder nor a file (give a folder, a .csv"),
+    ("names_scalar", "labels.attrs['class_names'] must be a list of names, one per class, got shape ()"),
+    ("no_pixels", "images must be at least 1×1 pixels, got shape (2, 0, 8, 3)"),
+    ("damaged", "cannot read (Can't synchronously read data (filter returned failure during read)); the file is "
+                "damaged"),
 ])
 def test_more_bad_data_one_line_each(tmp_path, case, expect):
     """DATA that cannot be read stops in one DataError naming it (as `fne extract` prints it)."""
@@ -462,6 +466,12 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
         target.write_text('path,label\n"' + "x" * 200_000 + '",a\n')
     elif case == "blank":
         target = ""
+    elif case == "names_scalar":  # was a TypeError: 'numpy.int64' object is not iterable
+        _h5(target, np.array([0, 1]), class_names=5)
+    elif case == "no_pixels":  # was each image skipped alone: "ZeroDivisionError: division by zero"
+        _h5(target, np.array([0, 1]), images=np.zeros((2, 0, 8, 3), np.uint8))
+    elif case == "damaged":  # was h5py's OSError, a traceback
+        _damaged_h5(target, 2, 1)
     else:
         if not hasattr(os, "mkfifo"):  # Windows
             pytest.skip("no named pipes here")
@@ -471,6 +481,30 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
         load_dataset(target)
     assert expect in str(e.value) and "\n" not in str(e.value)
     assert case == "blank" or str(target) in str(e.value)
+
+
+def _damaged_h5(path: Path, n: int, bad: int) -> Path:
+    """An HDF5 DATA file of `n` 8×8 images in gzip chunks of one image, image `bad`'s chunk garbled."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=np.arange(n * 192).reshape(n, 8, 8, 3).astype(np.uint8), chunks=(1, 8, 8, 3),
+                         compression="gzip")
+        f["labels"] = np.arange(n) % 2
+    with h5py.File(path, "r") as f:  # where the chunk lies once the file is closed (not while it is written)
+        at = f["images"].id.get_chunk_info_by_coord((bad, 0, 0, 0))
+    with open(path, "r+b") as f:
+        f.seek(at.byte_offset)
+        garbled = bytes(b ^ 0x5A for b in f.read(at.size))
+        f.seek(at.byte_offset)
+        f.write(garbled)
+    return path
+
+
+def test_a_damaged_hdf5_chunk_stops_in_one_line_naming_the_file_and_image(tmp_path):
+    """A chunk that no longer decompresses, beyond the first 64 images (read when listing), stops
+    when the images are keyed, in one line naming the file and the image (was h5py's OSError)."""
+    d = load_dataset(_damaged_h5(tmp_path / "d.h5", 70, 68))
+    with pytest.raises(DataError, match=r"^HDF5 .*d\.h5: cannot read image 68 \(.*\); the file is damaged$"):
+        d.keys()
 
 
 def _png(h5path, i) -> bytes:
@@ -676,3 +710,4 @@ def test_a_csv_listing_a_file_on_two_lines_says_so_once(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(load_dataset(tmp_path / "once.csv").ids) == 4
+

@@ -57,7 +57,10 @@ class ArraySource:
         return np.asarray(self._data()[i])
 
     def key(self, i: int) -> str:
-        a = np.ascontiguousarray(self.get(i))
+        try:
+            a = np.ascontiguousarray(self.get(i))
+        except OSError as e:  # a damaged chunk of an HDF5 file, as `file_key` says a file it cannot read
+            raise DataError(f"HDF5 {self.h5_path}: cannot read image {i} ({e}); the file is damaged") from None
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
@@ -89,13 +92,15 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
         except ValueError as e:
             raise DataError(f"HDF5 {path}: {e}") from None
         n = images.shape[0]
-        split = f["split"][()] if "split" in f else None
         try:
+            split = f["split"][()] if "split" in f else None
             labels, splits, names = read_labels(raw[()], f["labels"].attrs.get("class_names"), split, n, path,
                                                 "dataset", "labels.attrs['class_names']")
+            warn_dark(images[:64], path)  # the first images only: a large file is not read here
+        except OSError as e:  # a damaged chunk: h5py's "filter returned failure during read"
+            raise DataError(f"HDF5 {path}: cannot read ({e}); the file is damaged") from None
         except ValueError as e:
             raise DataError(f"HDF5 {path}: {e}") from None
-        warn_dark(images[:64], path)  # the first images only: a large file is not read here
     return n, labels, splits, names
 
 
@@ -135,6 +140,8 @@ def read_labels(raw: np.ndarray, names, split: np.ndarray | None, n: int, path: 
         raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
                          f"{labels.index(None)}; give every image a label")
     if names is not None:
+        if np.ndim(names) != 1:  # a scalar was a TypeError (not iterable), a 2-D array names by rows
+            raise ValueError(f"{names_at} must be a list of names, one per class, got shape {np.shape(names)}")
         names = [label_text(v) for v in names]
         labels = by_index(labels, names, names_at)
     splits = None
@@ -254,6 +261,8 @@ def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int
         first = len(shape) == 4 and shape[1] in (1, 3)  # N×C×H×W, as torch stores images
         raise ValueError(f"images must be N×H×W, N×H×W×1 or N×H×W×3, got shape {shape}" + (
             "; channels first? store np.transpose(images, (0, 2, 3, 1))" if first else ""))
+    if 0 in shape[1:3]:  # each image was skipped alone, "ZeroDivisionError: division by zero"
+        raise ValueError(f"images must be at least 1×1 pixels, got shape {shape}")
     if dtype != np.uint8:  # Pillow would refuse every image, one by one
         hint = ("(images * 255).round().astype(np.uint8) for values in 0-1" if np.issubdtype(dtype, np.floating)
                 else "images.astype(np.uint8) if they lie in 0-255")
