@@ -436,10 +436,12 @@ def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
     ("no_pixels", "images must be at least 1×1 pixels, got shape (2, 0, 8, 3)"),
     ("damaged", "cannot read (Can't synchronously read data (filter returned failure during read)); the file is "
                 "damaged"),
+    ("long_name", "does not exist (give a folder, a .csv"),
+    ("csv_long_name", "1 listed file(s) do not exist: " + "a" * 300 + ".jpg"),
 ])
 def test_more_bad_data_one_line_each(tmp_path, case, expect):
     """DATA that cannot be read stops in one DataError naming it (as `fne extract` prints it)."""
-    target = tmp_path / ("d.h5" if case not in ("csv_header", "csv_field", "fifo") else "d.csv")
+    target = tmp_path / ("d.h5" if case not in ("csv_header", "csv_field", "fifo", "csv_long_name") else "d.csv")
     if case == "rgba":
         _h5(target, np.array([0, 1]), images=np.zeros((2, 8, 8, 4), np.uint8))
     elif case == "channels_first":  # a torch tensor's layout, N×C×H×W
@@ -472,6 +474,10 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
         _h5(target, np.array([0, 1]), images=np.zeros((2, 0, 8, 3), np.uint8))
     elif case == "damaged":  # was h5py's OSError, a traceback
         _damaged_h5(target, 2, 1)
+    elif case == "long_name":  # was OSError: [Errno 36] File name too long
+        target = tmp_path / ("a" * 300)
+    elif case == "csv_long_name":
+        target.write_text("path,label\n" + "a" * 300 + ".jpg,a\n")
     else:
         if not hasattr(os, "mkfifo"):  # Windows
             pytest.skip("no named pipes here")

@@ -339,7 +339,7 @@ def is_container_spec(spec: str) -> bool:
     if spec.startswith("hf:"):
         return True
     low = spec.lower()
-    return low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES) and (Path(spec).is_file() or "{" in spec
+    return low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES) and (os.path.isfile(spec) or "{" in spec
                                                                or glob.has_magic(spec))
 
 
