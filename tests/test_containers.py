@@ -952,3 +952,16 @@ def test_parquet_columns_named_twice_bytes_as_text_and_binary_view(tmp_path):
     d = load_dataset(tmp_path / "view.parquet")
     assert d.labels == labels and [d.container.read(m) for m in d.sources] == images
 
+
+def test_a_tar_member_named_in_latin1_has_its_name_escaped(tmp_path):
+    """A member whose name is not UTF-8 (a Latin-1 tar; `tarfile` holds it as surrogates) is read,
+    its id escaped (`caf\\xe9.png`), as a file's is: its raw name failed fit's records."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    with tarfile.open(tmp_path / "s.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for k, (f, lab, _) in enumerate(items):
+            stem = f"caf\udce9{k}" if k == 0 else f"{k}"  # written as the byte 0xE9 (surrogateescape)
+            _add(tf, f"{stem}.png", f.read_bytes())
+            _add(tf, f"{stem}.cls", lab.encode())
+    d = load_dataset(tmp_path / "s.tar")
+    assert d.ids[0] == "s.tar:caf\\xe90.png" and d.labels == [lab for _, lab, _ in items]
+    assert d.container.read(d.sources[0]) == items[0][0].read_bytes()

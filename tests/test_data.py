@@ -4,6 +4,7 @@ import io
 import os
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 from fne.cli import main
 from fne.data.datasets import load_dataset, read_image
 from fne.errors import DataError
+
+from .conftest import FAST32
 
 
 def test_folder_and_split_folder(digits_folder, digits_split):
@@ -717,3 +720,26 @@ def test_a_csv_listing_a_file_on_two_lines_says_so_once(tmp_path):
         warnings.simplefilter("error")
         assert len(load_dataset(tmp_path / "once.csv").ids) == 4
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="names must be bytes of any encoding (Linux); Windows and macOS file names are Unicode")
+def test_file_and_class_folder_names_not_utf8_are_read_and_written_escaped(digits_folder, tmp_path):
+    """A Latin-1 file name (`caf\\xe9.png`) and class folder are read, their names escaped in ids,
+    classes, metrics.json and predictions.csv: written as Python holds them (surrogates), `fne fit`
+    stopped with a UnicodeEncodeError once the images were extracted."""
+    import fne
+
+    root = tmp_path / "data"
+    for cls, new in (("0", b"caf\xe9"), ("1", b"b")):
+        src = sorted((digits_folder / cls).iterdir())[:4]
+        os.makedirs(os.fsencode(root) + b"/" + new)
+        for k, f in enumerate(src):
+            name = b"\xff%d.png" % k if new == b"b" else b"%d.png" % k
+            shutil.copy(f, os.fsencode(root) + b"/" + new + b"/" + name)
+    d = load_dataset(root)
+    assert d.classes == ["b", "caf\\xe9"] and d.ids[:2] == ["b/\\xff0.png", "b/\\xff1.png"]
+    m = fne.fit(root, tmp_path / "run", splits=1, extract_missing=True, cache=str(tmp_path / "c"), progress=False,
+                **FAST32)
+    assert m["n_images"] == 8
+    assert "caf\\\\xe9" in (tmp_path / "run" / "metrics.json").read_text(encoding="utf-8")
+    assert "0,b/\\xff0.png,b," in (tmp_path / "run" / "predictions.csv").read_text(encoding="utf-8")
