@@ -439,6 +439,8 @@ def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
     ("no_pixels", "images must be at least 1×1 pixels, got shape (2, 0, 8, 3)"),
     ("damaged", "cannot read (Can't synchronously read data (filter returned failure during read)); the file is "
                 "damaged"),
+    ("header", "cannot read (Unable to synchronously open object (bad object header version number)); the file is "
+               "damaged"),
     ("long_name", "does not exist (give a folder, a .csv"),
     ("csv_long_name", "1 listed file(s) do not exist: " + "a" * 300 + ".jpg"),
 ])
@@ -477,6 +479,13 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
         _h5(target, np.array([0, 1]), images=np.zeros((2, 0, 8, 3), np.uint8))
     elif case == "damaged":  # was h5py's OSError, a traceback
         _damaged_h5(target, 2, 1)
+    elif case == "header":  # images' object header garbled: was h5py's KeyError
+        _h5(target, np.array([0, 1]))
+        with h5py.File(target, "r") as f:
+            at = h5py.h5o.get_info(f["images"].id).addr
+        with open(target, "r+b") as f:
+            f.seek(at)
+            f.write(b"\x07")  # its version byte
     elif case == "long_name":  # was OSError: [Errno 36] File name too long
         target = tmp_path / ("a" * 300)
     elif case == "csv_long_name":

@@ -69,7 +69,8 @@ class ArraySource:
 
 def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
     """An HDF5 DATA file's image count, labels (text), split (train / test) and class names
-    (`labels.attrs["class_names"]`, or None); `DataError` naming the file when it is not one."""
+    (`labels.attrs["class_names"]`, or None); `DataError` naming the file when it is not one, or
+    is damaged."""
     import h5py
 
     try:
@@ -77,30 +78,36 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
     except OSError as e:
         raise DataError(f"HDF5 {path}: cannot open ({e})") from e
     with f:
-        if "images" not in f and "embedding" in f and "layers" in f:  # fne export's file, given back as DATA
-            raise DataError(f"HDF5 {path}: is a `fne export` file of features, not images; give the DATA it was "
-                            f"exported from (its attribute root: {f.attrs.get('root', '?')})")
-        for name in ("images", "labels"):
-            if name not in f:
-                raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
-        images, raw = f["images"], f["labels"]
-        for name, d in (("images", images), ("labels", raw)):
-            if not isinstance(d, h5py.Dataset):
-                raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
         try:
-            check_arrays(images.shape, images.dtype, raw.shape)
-        except ValueError as e:
-            raise DataError(f"HDF5 {path}: {e}") from None
+            return _h5_read(f, path)
+        except (OSError, KeyError, RuntimeError) as e:  # damaged: h5py's "bad object header version number" (a
+            # KeyError), "bad symbol table node signature" (RuntimeError), "filter returned failure during read"
+            raise DataError(f"HDF5 {path}: cannot read ({e.args[0] if e.args else e}); the file is damaged") from None
+
+
+def _h5_read(f, path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
+    """`h5_arrays`' reading of the open file `f`."""
+    import h5py
+
+    if "images" not in f and "embedding" in f and "layers" in f:  # fne export's file, given back as DATA
+        raise DataError(f"HDF5 {path}: is a `fne export` file of features, not images; give the DATA it was "
+                        f"exported from (its attribute root: {f.attrs.get('root', '?')})")
+    for name in ("images", "labels"):
+        if name not in f:
+            raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
+    images, raw = f["images"], f["labels"]
+    for name, d in (("images", images), ("labels", raw)):
+        if not isinstance(d, h5py.Dataset):
+            raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
+    try:
+        check_arrays(images.shape, images.dtype, raw.shape)
         n = images.shape[0]
-        try:
-            split = f["split"][()] if "split" in f else None
-            labels, splits, names = read_labels(raw[()], f["labels"].attrs.get("class_names"), split, n, path,
-                                                "dataset", "labels.attrs['class_names']")
-            warn_dark(images[:64], path)  # the first images only: a large file is not read here
-        except OSError as e:  # a damaged chunk: h5py's "filter returned failure during read"
-            raise DataError(f"HDF5 {path}: cannot read ({e}); the file is damaged") from None
-        except ValueError as e:
-            raise DataError(f"HDF5 {path}: {e}") from None
+        split = f["split"][()] if "split" in f else None
+        labels, splits, names = read_labels(raw[()], f["labels"].attrs.get("class_names"), split, n, path,
+                                            "dataset", "labels.attrs['class_names']")
+    except ValueError as e:
+        raise DataError(f"HDF5 {path}: {e}") from None
+    warn_dark(images[:64], path)  # the first images only: a large file is not read here
     return n, labels, splits, names
 
 
