@@ -965,3 +965,19 @@ def test_a_tar_member_named_in_latin1_has_its_name_escaped(tmp_path):
     d = load_dataset(tmp_path / "s.tar")
     assert d.ids[0] == "s.tar:caf\\xe90.png" and d.labels == [lab for _, lab, _ in items]
     assert d.container.read(d.sources[0]) == items[0][0].read_bytes()
+
+
+def test_a_damaged_parquet_page_header_is_said_in_one_line(tmp_path):
+    """pyarrow's text for a garbled page header spans lines and holds the byte it could not read;
+    the line that skips the file, and the refusal when no file is left, keep to one line."""
+    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), tmp_path / "p.parquet",
+                   compression="none")
+    label = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(0).column(1)
+    at = label.dictionary_page_offset or label.data_page_offset
+    raw = bytearray((tmp_path / "p.parquet").read_bytes())
+    raw[at:at + 8] = b"\xff" * 8
+    (tmp_path / "p.parquet").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning) as said, pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "p.parquet")
+    for text in (str(said[0].message), str(e.value)):
+        assert "unreadable from row 0 (Couldn't deserialize thrift" in text and text.isprintable()

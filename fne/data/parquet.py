@@ -32,8 +32,8 @@ def _pq():
 
 
 def _binary(t) -> bool:
-    """Whether an Arrow type holds bytes: binary, large binary, or binary view (pyarrow 14+; how
-    Polars writes a bytes column)."""
+    """Whether an Arrow type holds bytes: binary, large binary, or binary view (pyarrow 14+, which
+    `_image_column` did not take: "no image column")."""
     import pyarrow as pa
 
     view = getattr(pa.types, "is_binary_view", lambda _: False)
@@ -96,7 +96,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
-        listing.broken = f"unreadable Parquet file ({e})"
+        listing.broken = f"unreadable Parquet file ({_one_line(e)})"
         return listing
     column = _image_column(schema)
     if column is None:
@@ -118,7 +118,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
             meta = pf.read_row_group(g, columns=cols).to_pydict() if cols else {}
             n = pf.metadata.row_group(g).num_rows
         except Exception as e:
-            listing.broken = f"unreadable from row {row} ({e})"
+            listing.broken = f"unreadable from row {row} ({_one_line(e)})"
             break
         labels = meta.get(label_col, [None] * n) if label_col else [None] * n
         splits = meta.get("split", [None] * n)
@@ -136,6 +136,12 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                 listing.bad.append([name, str(e)])
         row += n
     return listing
+
+
+def _one_line(e: Exception) -> str:
+    """pyarrow's error text on one line: a damaged page header's spans lines and holds the byte it
+    could not read (`don't know what type: \\x0f`), which made fne's one-line refusal span lines."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(e)).split())
 
 
 def nested(t) -> bool:
