@@ -191,6 +191,7 @@ def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, lis
     HDF5 file, or `x_train`, `y_train`, `x_test`, `y_test` (Keras's `mnist.npz`), train then test;
     optional `class_names`, which integer labels index. `DataError` naming the file when it is not one."""
     import zipfile
+    import zlib
 
     try:
         with open(path, "rb") as fh:
@@ -203,7 +204,7 @@ def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, lis
                                  "np.savez(file, images=images, labels=labels)")
             with z:
                 return _npz_read(z, path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error) as e:  # zlib: a member of np.savez_compressed's garbled
         raise DataError(f"NumPy {path}: a damaged or cut-short .npz ({e})") from None
     except (OSError, ValueError, EOFError) as e:  # a damaged member
         raise DataError(f"NumPy {path}: {e}") from None
