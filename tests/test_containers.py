@@ -981,3 +981,19 @@ def test_a_damaged_parquet_page_header_is_said_in_one_line(tmp_path):
         load_dataset(tmp_path / "p.parquet")
     for text in (str(said[0].message), str(e.value)):
         assert "unreadable from row 0 (Couldn't deserialize thrift" in text and text.isprintable()
+
+
+def test_a_damaged_parquet_image_page_skips_its_rows_in_one_line(tmp_path):
+    """A garbled page of the image column (not read when listing: its statistics say no cell is
+    null) fails each of its rows when read, with pyarrow's text on one line (the skip's reason)."""
+    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), tmp_path / "p.parquet",
+                   compression="none")
+    image = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(0).column(0)
+    at = image.dictionary_page_offset or image.data_page_offset
+    raw = bytearray((tmp_path / "p.parquet").read_bytes())
+    raw[at:at + 8] = b"\xff" * 8
+    (tmp_path / "p.parquet").write_bytes(bytes(raw))
+    d = load_dataset(tmp_path / "p.parquet")
+    with pytest.raises(OSError) as e:
+        d.container.read(d.sources[0])
+    assert str(e.value).startswith("row group 0: ") and str(e.value).isprintable()

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from fne.data.containers import Listing, normalise_split
+from fne.data.containers import Listing, normalise_split, one_line
 from fne.data.labels import label_text
 from fne.errors import DataError
 from fne.network import hub_cli
@@ -96,7 +96,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
-        listing.broken = f"unreadable Parquet file ({_one_line(e)})"
+        listing.broken = f"unreadable Parquet file ({one_line(e)})"
         return listing
     column = _image_column(schema)
     if column is None:
@@ -118,7 +118,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
             meta = pf.read_row_group(g, columns=cols).to_pydict() if cols else {}
             n = pf.metadata.row_group(g).num_rows
         except Exception as e:
-            listing.broken = f"unreadable from row {row} ({_one_line(e)})"
+            listing.broken = f"unreadable from row {row} ({one_line(e)})"
             break
         labels = meta.get(label_col, [None] * n) if label_col else [None] * n
         splits = meta.get("split", [None] * n)
@@ -136,12 +136,6 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                 listing.bad.append([name, str(e)])
         row += n
     return listing
-
-
-def _one_line(e: Exception) -> str:
-    """pyarrow's error text on one line: a damaged page header's spans lines and holds the byte it
-    could not read (`don't know what type: \\x0f`), which made fne's one-line refusal span lines."""
-    return " ".join("".join(c if c.isprintable() else " " for c in str(e)).split())
 
 
 def nested(t) -> bool:
