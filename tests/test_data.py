@@ -752,3 +752,14 @@ def test_file_and_class_folder_names_not_utf8_are_read_and_written_escaped(digit
     assert m["n_images"] == 8
     assert "caf\\\\xe9" in (tmp_path / "run" / "metrics.json").read_text(encoding="utf-8")
     assert "0,b/\\xff0.png,b," in (tmp_path / "run" / "predictions.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="names must be bytes of any encoding (Linux); Windows and macOS file names are Unicode")
+def test_data_whose_own_path_is_not_utf8_stops_in_one_line(digits_folder, tmp_path):
+    """DATA's path keys its manifest and locks and names it in records: not UTF-8, it stops in one
+    line (was a UnicodeEncodeError when the manifest was named), where names inside it are escaped."""
+    root = os.fsdecode(os.fsencode(tmp_path) + b"/data\xe9")
+    shutil.copytree(digits_folder, root)
+    with pytest.raises(DataError, match=r"^DATA .*data\\xe9: its path is not UTF-8 text; rename its folders"):
+        load_dataset(root)
