@@ -206,3 +206,23 @@ def test_a_file_named_npz_that_is_no_npz_is_said_to_be_none(tmp_path, content):
     with pytest.raises(DataError) as e:
         load_dataset(tmp_path / "d.npz")
     assert str(e.value) == f"NumPy {tmp_path / 'd.npz'}: not a NumPy .npz file (a zip archive of arrays, as np.savez writes)"
+
+
+def test_a_garbled_member_of_a_compressed_npz_stops_in_one_line(tmp_path):
+    """np.savez_compressed's members are deflated: garbled, zlib says so (zlib.error, which was a
+    traceback), not zipfile; one line naming the file, as a cut-short .npz."""
+    import struct
+    import zipfile
+
+    x, y = _digits()
+    p = tmp_path / "d.npz"
+    np.savez_compressed(p, images=x, labels=y)
+    raw = bytearray(p.read_bytes())
+    at = zipfile.ZipFile(p).getinfo("images.npy").header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[at + 26:at + 30])  # the local header's, not the directory's
+    start = at + 30 + name_len + extra_len
+    raw[start + 20:start + 24] = b"\xff" * 4
+    p.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=r"^NumPy .*d\.npz: a damaged or cut-short \.npz \(Error -3 while decompressing "
+                                        r"data: [^\n]*\)$"):
+        load_dataset(p)

@@ -929,3 +929,71 @@ def test_a_parquet_label_column_of_lists_is_no_class(tmp_path, capsys):
     with pytest.raises(DataError, match=r"m\.parquet: label column 'labels' holds list<element: int64> values, not "
                                         r"one label an image$"):
         load_dataset(tmp_path / "m.parquet", label_key="labels")
+
+
+def test_parquet_columns_named_twice_bytes_as_text_and_binary_view(tmp_path):
+    """An image or label column named twice stops in one line naming the file and the column
+    (was pyarrow's KeyError); a `{bytes, path}` struct whose bytes are text is no image column (was
+    a TypeError when its first image was read); a binary view column (Polars') is one."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    images, labels = [f.read_bytes() for f, _, _ in items], [lab for _, lab, _ in items]
+    for names, twice in ((["image", "image", "label"], "image"), (["image", "label", "label"], "label")):
+        cols = [pa.array(images), pa.array(images if names[1] == "image" else labels), pa.array(labels)]
+        pq.write_table(pa.Table.from_arrays(cols, names=names), tmp_path / "twice.parquet")
+        with pytest.raises(DataError, match=rf"twice\.parquet: 1 column name\(s\) appear more than once \({twice}\): "
+                                            rf"which column to read is unknown; rename or drop the copies$"):
+            load_dataset(tmp_path / "twice.parquet")
+    pq.write_table(pa.table({"image": [{"bytes": "x", "path": None}] * 4, "label": labels}), tmp_path / "text.parquet")
+    with pytest.raises(DataError, match=r"text\.parquet: no image column \(bytes, or a \{bytes, path\} struct\)"):
+        load_dataset(tmp_path / "text.parquet")
+    if not hasattr(pa, "binary_view"):
+        return
+    pq.write_table(pa.table({"image": pa.array(images, pa.binary_view()), "label": labels}), tmp_path / "view.parquet")
+    d = load_dataset(tmp_path / "view.parquet")
+    assert d.labels == labels and [d.container.read(m) for m in d.sources] == images
+
+
+def test_a_tar_member_named_in_latin1_has_its_name_escaped(tmp_path):
+    """A member whose name is not UTF-8 (a Latin-1 tar; `tarfile` holds it as surrogates) is read,
+    its id escaped (`caf\\xe9.png`), as a file's is: its raw name failed fit's records."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    with tarfile.open(tmp_path / "s.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for k, (f, lab, _) in enumerate(items):
+            stem = f"caf\udce9{k}" if k == 0 else f"{k}"  # written as the byte 0xE9 (surrogateescape)
+            _add(tf, f"{stem}.png", f.read_bytes())
+            _add(tf, f"{stem}.cls", lab.encode())
+    d = load_dataset(tmp_path / "s.tar")
+    assert d.ids[0] == "s.tar:caf\\xe90.png" and d.labels == [lab for _, lab, _ in items]
+    assert d.container.read(d.sources[0]) == items[0][0].read_bytes()
+
+
+def test_a_damaged_parquet_page_header_is_said_in_one_line(tmp_path):
+    """pyarrow's text for a garbled page header spans lines and holds the byte it could not read;
+    the line that skips the file, and the refusal when no file is left, keep to one line."""
+    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), tmp_path / "p.parquet",
+                   compression="none")
+    label = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(0).column(1)
+    at = label.dictionary_page_offset or label.data_page_offset
+    raw = bytearray((tmp_path / "p.parquet").read_bytes())
+    raw[at:at + 8] = b"\xff" * 8
+    (tmp_path / "p.parquet").write_bytes(bytes(raw))
+    with pytest.warns(UserWarning) as said, pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "p.parquet")
+    for text in (str(said[0].message), str(e.value)):
+        assert "unreadable from row 0 (Couldn't deserialize thrift" in text and text.isprintable()
+
+
+def test_a_damaged_parquet_image_page_skips_its_rows_in_one_line(tmp_path):
+    """A garbled page of the image column (not read when listing: its statistics say no cell is
+    null) fails each of its rows when read, with pyarrow's text on one line (the skip's reason)."""
+    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), tmp_path / "p.parquet",
+                   compression="none")
+    image = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(0).column(0)
+    at = image.dictionary_page_offset or image.data_page_offset
+    raw = bytearray((tmp_path / "p.parquet").read_bytes())
+    raw[at:at + 8] = b"\xff" * 8
+    (tmp_path / "p.parquet").write_bytes(bytes(raw))
+    d = load_dataset(tmp_path / "p.parquet")
+    with pytest.raises(OSError) as e:
+        d.container.read(d.sources[0])
+    assert str(e.value).startswith("row group 0: ") and str(e.value).isprintable()

@@ -4,6 +4,7 @@ import io
 import os
 import re
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 from fne.cli import main
 from fne.data.datasets import load_dataset, read_image
 from fne.errors import DataError
+
+from .conftest import FAST32
 
 
 def test_folder_and_split_folder(digits_folder, digits_split):
@@ -432,10 +435,18 @@ def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
     ("csv_field", "unreadable CSV (field larger than field limit (131072))"),
     ("blank", "DATA '' is empty (give a folder, a .csv"),
     ("fifo", "neither a folder nor a file (give a folder, a .csv"),
+    ("names_scalar", "labels.attrs['class_names'] must be a list of names, one per class, got shape ()"),
+    ("no_pixels", "images must be at least 1×1 pixels, got shape (2, 0, 8, 3)"),
+    ("damaged", "cannot read (Can't synchronously read data (filter returned failure during read)); the file is "
+                "damaged"),
+    ("header", "cannot read (Unable to synchronously open object (bad object header version number)); the file is "
+               "damaged"),
+    ("long_name", "does not exist (give a folder, a .csv"),
+    ("csv_long_name", "1 listed file(s) do not exist: " + "a" * 300 + ".jpg"),
 ])
 def test_more_bad_data_one_line_each(tmp_path, case, expect):
     """DATA that cannot be read stops in one DataError naming it (as `fne extract` prints it)."""
-    target = tmp_path / ("d.h5" if case not in ("csv_header", "csv_field", "fifo") else "d.csv")
+    target = tmp_path / ("d.h5" if case not in ("csv_header", "csv_field", "fifo", "csv_long_name") else "d.csv")
     if case == "rgba":
         _h5(target, np.array([0, 1]), images=np.zeros((2, 8, 8, 4), np.uint8))
     elif case == "channels_first":  # a torch tensor's layout, N×C×H×W
@@ -462,6 +473,23 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
         target.write_text('path,label\n"' + "x" * 200_000 + '",a\n')
     elif case == "blank":
         target = ""
+    elif case == "names_scalar":  # was a TypeError: 'numpy.int64' object is not iterable
+        _h5(target, np.array([0, 1]), class_names=5)
+    elif case == "no_pixels":  # was each image skipped alone: "ZeroDivisionError: division by zero"
+        _h5(target, np.array([0, 1]), images=np.zeros((2, 0, 8, 3), np.uint8))
+    elif case == "damaged":  # was h5py's OSError, a traceback
+        _damaged_h5(target, 2, 1)
+    elif case == "header":  # images' object header garbled: was h5py's KeyError
+        _h5(target, np.array([0, 1]))
+        with h5py.File(target, "r") as f:
+            at = h5py.h5o.get_info(f["images"].id).addr
+        with open(target, "r+b") as f:
+            f.seek(at)
+            f.write(b"\x07")  # its version byte
+    elif case == "long_name":  # was OSError: [Errno 36] File name too long
+        target = tmp_path / ("a" * 300)
+    elif case == "csv_long_name":
+        target.write_text("path,label\n" + "a" * 300 + ".jpg,a\n")
     else:
         if not hasattr(os, "mkfifo"):  # Windows
             pytest.skip("no named pipes here")
@@ -471,6 +499,30 @@ def test_more_bad_data_one_line_each(tmp_path, case, expect):
         load_dataset(target)
     assert expect in str(e.value) and "\n" not in str(e.value)
     assert case == "blank" or str(target) in str(e.value)
+
+
+def _damaged_h5(path: Path, n: int, bad: int) -> Path:
+    """An HDF5 DATA file of `n` 8×8 images in gzip chunks of one image, image `bad`'s chunk garbled."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=np.arange(n * 192).reshape(n, 8, 8, 3).astype(np.uint8), chunks=(1, 8, 8, 3),
+                         compression="gzip")
+        f["labels"] = np.arange(n) % 2
+    with h5py.File(path, "r") as f:  # where the chunk lies once the file is closed (not while it is written)
+        at = f["images"].id.get_chunk_info_by_coord((bad, 0, 0, 0))
+    with open(path, "r+b") as f:
+        f.seek(at.byte_offset)
+        garbled = bytes(b ^ 0x5A for b in f.read(at.size))
+        f.seek(at.byte_offset)
+        f.write(garbled)
+    return path
+
+
+def test_a_damaged_hdf5_chunk_stops_in_one_line_naming_the_file_and_image(tmp_path):
+    """A chunk that no longer decompresses, beyond the first 64 images (read when listing), stops
+    when the images are keyed, in one line naming the file and the image (was h5py's OSError)."""
+    d = load_dataset(_damaged_h5(tmp_path / "d.h5", 70, 68))
+    with pytest.raises(DataError, match=r"^HDF5 .*d\.h5: cannot read image 68 \(.*\); the file is damaged$"):
+        d.keys()
 
 
 def _png(h5path, i) -> bytes:
@@ -676,3 +728,38 @@ def test_a_csv_listing_a_file_on_two_lines_says_so_once(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(load_dataset(tmp_path / "once.csv").ids) == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="names must be bytes of any encoding (Linux); Windows and macOS file names are Unicode")
+def test_file_and_class_folder_names_not_utf8_are_read_and_written_escaped(digits_folder, tmp_path):
+    """A Latin-1 file name (`caf\\xe9.png`) and class folder are read, their names escaped in ids,
+    classes, metrics.json and predictions.csv: written as Python holds them (surrogates), `fne fit`
+    stopped with a UnicodeEncodeError once the images were extracted."""
+    import fne
+
+    root = tmp_path / "data"
+    for cls, new in (("0", b"caf\xe9"), ("1", b"b")):
+        src = sorted((digits_folder / cls).iterdir())[:4]
+        os.makedirs(os.fsencode(root) + b"/" + new)
+        for k, f in enumerate(src):
+            name = b"\xff%d.png" % k if new == b"b" else b"%d.png" % k
+            shutil.copy(f, os.fsencode(root) + b"/" + new + b"/" + name)
+    d = load_dataset(root)
+    assert d.classes == ["b", "caf\\xe9"] and d.ids[:2] == ["b/\\xff0.png", "b/\\xff1.png"]
+    m = fne.fit(root, tmp_path / "run", splits=1, extract_missing=True, cache=str(tmp_path / "c"), progress=False,
+                **FAST32)
+    assert m["n_images"] == 8
+    assert "caf\\\\xe9" in (tmp_path / "run" / "metrics.json").read_text(encoding="utf-8")
+    assert "0,b/\\xff0.png,b," in (tmp_path / "run" / "predictions.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="names must be bytes of any encoding (Linux); Windows and macOS file names are Unicode")
+def test_data_whose_own_path_is_not_utf8_stops_in_one_line(digits_folder, tmp_path):
+    """DATA's path keys its manifest and locks and names it in records: not UTF-8, it stops in one
+    line (was a UnicodeEncodeError when the manifest was named), where names inside it are escaped."""
+    root = os.fsdecode(os.fsencode(tmp_path) + b"/data\xe9")
+    shutil.copytree(digits_folder, root)
+    with pytest.raises(DataError, match=r"^DATA .*data\\xe9: its path is not UTF-8 text; rename its folders"):
+        load_dataset(root)

@@ -290,7 +290,7 @@ class GroupReader:
                 self._starts.append(self._next)
                 self._next += batch.num_rows
         except Exception as e:
-            raise OSError(f"row group {self.group}: {e}") from e
+            raise OSError(f"row group {self.group}: {one_line(e)}") from e
 
     def _advance(self, row: int) -> None:
         """Decode forward until the slice kept holds `row`."""
@@ -304,7 +304,7 @@ class GroupReader:
                 self._chunks, self._starts = [batch.column(0)], [self._next]
                 self._next += batch.num_rows
         except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged page
-            raise OSError(f"row group {self.group}: {e}") from e
+            raise OSError(f"row group {self.group}: {one_line(e)}") from e
 
     def cell(self, row: int) -> bytes | dict | None:
         """Row `row`'s cell as Python (bytes, or Hugging Face's {bytes, path} dict)."""
@@ -339,7 +339,7 @@ def is_container_spec(spec: str) -> bool:
     if spec.startswith("hf:"):
         return True
     low = spec.lower()
-    return low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES) and (Path(spec).is_file() or "{" in spec
+    return low.endswith(TAR_SUFFIXES + PARQUET_SUFFIXES) and (os.path.isfile(spec) or "{" in spec
                                                                or glob.has_magic(spec))
 
 
@@ -444,6 +444,12 @@ def settle_splits(splits: list[str], data: object, part: str) -> list[str] | Non
     elif "val" in kinds and "train" not in kinds:
         splits = ["train" if s == "val" else s for s in splits]
     return splits if {"train", "test"} <= set(splits) else None
+
+
+def one_line(e: Exception) -> str:
+    """pyarrow's error text on one line: a damaged page header's spans lines and holds the byte it
+    could not read (`don't know what type: \\x0f`), which made fne's one-line refusals and skips span lines."""
+    return " ".join("".join(c if c.isprintable() else " " for c in str(e)).split())
 
 
 def cell_bytes(v) -> bytes:

@@ -54,7 +54,7 @@ def csv_dataset(path: Path) -> Dataset:
         raise DataError(f"CSV {path}: has no rows")
     base = path.parent
     files = [base / (r["path"] or "") for r in rows]
-    absent = [str(r["path"]) for r, p in zip(rows, files) if not p.is_file()]
+    absent = [str(r["path"]) for r, p in zip(rows, files) if not os.path.isfile(p)]  # False, not ENAMETOOLONG
     if absent:
         raise DataError(f"CSV {path}: {len(absent)} listed file(s) do not exist: {first_few(absent)}")
     labels = [label_text(r["label"]) if "label" in cols else None for r in rows]

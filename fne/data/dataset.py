@@ -22,7 +22,7 @@ from PIL import Image
 from fne.data import containers
 from fne.data.hdf5 import ArraySource
 from fne.data.images import read_image, to_rgb
-from fne.data.labels import class_order
+from fne.data.labels import class_order, utf8_names
 from fne.errors import DataError
 
 __all__ = ["Dataset", "content_key", "file_dataset", "file_key"]
@@ -48,6 +48,12 @@ class Dataset:
     unlabelled: str = field(default="", repr=False)  # why DATA has no labels, where it has none
     split_from: str = field(default="", repr=False)  # where its split is read from (train/ and test/ folders, ...)
     given: str = field(default="", repr=False)  # DATA as the user gave it (`load_dataset`): messages name it
+
+    def __post_init__(self) -> None:
+        # A name that is not UTF-8 is kept escaped (`utf8_names`); its file is read by its path, as it is.
+        self.ids = utf8_names(self.ids)
+        if self.labels is not None:
+            self.labels, self.classes = utf8_names(self.labels), utf8_names(self.classes)
 
     def __len__(self) -> int:
         return len(self.ids)

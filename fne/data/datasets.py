@@ -18,7 +18,7 @@ from fne.data.formats import IMAGE_EXTENSIONS
 from fne.data.hdf5 import ARRAY_SUFFIXES, ArraySource, PartsSource, array_file
 from fne.data.idx import find_idx, idx_dataset, is_idx_file
 from fne.data.images import image_files, no_image_files, read_image, to_rgb
-from fne.data.labels import class_order, member_labels, missing_words
+from fne.data.labels import class_order, member_labels, missing_words, utf8_names
 from fne.data.parquet import LABEL_COLUMNS, list_parquet, materialise_hf, nested, parse_hf
 from fne.data.webdataset import LABEL_EXTENSIONS, list_tar, open_tar
 from fne.errors import DataError, expect_path
@@ -84,9 +84,14 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
     path = Path(spec_s).expanduser()
     if path.name in ("", ".."):  # `.` or `..`: DATA named by its folder, not "" or ".." (reports group by name)
         spec_s = str(path := Path(os.path.abspath(path)))
-    if containers.is_container_spec(spec_s) and not path.is_dir():  # a folder `a[1].tar` is a folder
+    where = os.path.abspath(path)
+    if utf8_names([where])[0] != where:  # its path keys the manifest and the locks, and names DATA in records
+        raise DataError(f"DATA {utf8_names([where])[0]}: its path is not UTF-8 text; rename its folders (the names "
+                        f"inside it may be any bytes: they are read escaped)")
+    # os.path's tests, not Path's: those raised on a name too long for the file system (ENAMETOOLONG)
+    if containers.is_container_spec(spec_s) and not os.path.isdir(path):  # a folder `a[1].tar` is a folder
         return _containers(spec_s, label_key, cache)
-    if not path.exists():
+    if not os.path.exists(path):
         raise DataError(f"DATA {spec_s!r} does not exist ({_FORMS})")
     if path.is_dir() and (found := containers.find_containers(path)):
         return _containers(spec_s, label_key, cache, found)
@@ -360,7 +365,7 @@ def _container_files(spec: str, found: list[Path] | None = None) -> tuple[list[P
         files, root = found, Path(os.path.expanduser(spec))
     else:
         files = [Path(f) for f in containers.expand(spec)]
-        missing = [str(f) for f in files if not f.is_file()]
+        missing = [str(f) for f in files if not os.path.isfile(f)]
         if not files:
             raise DataError(f"DATA {spec!r}: the pattern matches no file")
         if missing:

@@ -57,7 +57,10 @@ class ArraySource:
         return np.asarray(self._data()[i])
 
     def key(self, i: int) -> str:
-        a = np.ascontiguousarray(self.get(i))
+        try:
+            a = np.ascontiguousarray(self.get(i))
+        except OSError as e:  # a damaged chunk of an HDF5 file, as `file_key` says a file it cannot read
+            raise DataError(f"HDF5 {self.h5_path}: cannot read image {i} ({e}); the file is damaged") from None
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(a.tobytes())
@@ -66,7 +69,8 @@ class ArraySource:
 
 def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
     """An HDF5 DATA file's image count, labels (text), split (train / test) and class names
-    (`labels.attrs["class_names"]`, or None); `DataError` naming the file when it is not one."""
+    (`labels.attrs["class_names"]`, or None); `DataError` naming the file when it is not one, or
+    is damaged."""
     import h5py
 
     try:
@@ -74,28 +78,36 @@ def h5_arrays(path: Path) -> tuple[int, list[str], list[str] | None, list[str] |
     except OSError as e:
         raise DataError(f"HDF5 {path}: cannot open ({e})") from e
     with f:
-        if "images" not in f and "embedding" in f and "layers" in f:  # fne export's file, given back as DATA
-            raise DataError(f"HDF5 {path}: is a `fne export` file of features, not images; give the DATA it was "
-                            f"exported from (its attribute root: {f.attrs.get('root', '?')})")
-        for name in ("images", "labels"):
-            if name not in f:
-                raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
-        images, raw = f["images"], f["labels"]
-        for name, d in (("images", images), ("labels", raw)):
-            if not isinstance(d, h5py.Dataset):
-                raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
         try:
-            check_arrays(images.shape, images.dtype, raw.shape)
-        except ValueError as e:
-            raise DataError(f"HDF5 {path}: {e}") from None
+            return _h5_read(f, path)
+        except (OSError, KeyError, RuntimeError) as e:  # damaged: h5py's "bad object header version number" (a
+            # KeyError), "bad symbol table node signature" (RuntimeError), "filter returned failure during read"
+            raise DataError(f"HDF5 {path}: cannot read ({e.args[0] if e.args else e}); the file is damaged") from None
+
+
+def _h5_read(f, path: Path) -> tuple[int, list[str], list[str] | None, list[str] | None]:
+    """`h5_arrays`' reading of the open file `f`."""
+    import h5py
+
+    if "images" not in f and "embedding" in f and "layers" in f:  # fne export's file, given back as DATA
+        raise DataError(f"HDF5 {path}: is a `fne export` file of features, not images; give the DATA it was "
+                        f"exported from (its attribute root: {f.attrs.get('root', '?')})")
+    for name in ("images", "labels"):
+        if name not in f:
+            raise DataError(f"HDF5 {path}: missing dataset {name!r} (found: {', '.join(f.keys())})")
+    images, raw = f["images"], f["labels"]
+    for name, d in (("images", images), ("labels", raw)):
+        if not isinstance(d, h5py.Dataset):
+            raise DataError(f"HDF5 {path}: {name!r} is a {type(d).__name__.lower()}, not a dataset")
+    try:
+        check_arrays(images.shape, images.dtype, raw.shape)
         n = images.shape[0]
         split = f["split"][()] if "split" in f else None
-        try:
-            labels, splits, names = read_labels(raw[()], f["labels"].attrs.get("class_names"), split, n, path,
-                                                "dataset", "labels.attrs['class_names']")
-        except ValueError as e:
-            raise DataError(f"HDF5 {path}: {e}") from None
-        warn_dark(images[:64], path)  # the first images only: a large file is not read here
+        labels, splits, names = read_labels(raw[()], f["labels"].attrs.get("class_names"), split, n, path,
+                                            "dataset", "labels.attrs['class_names']")
+    except ValueError as e:
+        raise DataError(f"HDF5 {path}: {e}") from None
+    warn_dark(images[:64], path)  # the first images only: a large file is not read here
     return n, labels, splits, names
 
 
@@ -135,6 +147,8 @@ def read_labels(raw: np.ndarray, names, split: np.ndarray | None, n: int, path: 
         raise ValueError(f"{labels.count(None)} image(s) have no label (empty or NaN), the first at index "
                          f"{labels.index(None)}; give every image a label")
     if names is not None:
+        if np.ndim(names) != 1:  # a scalar was a TypeError (not iterable), a 2-D array names by rows
+            raise ValueError(f"{names_at} must be a list of names, one per class, got shape {np.shape(names)}")
         names = [label_text(v) for v in names]
         labels = by_index(labels, names, names_at)
     splits = None
@@ -177,6 +191,7 @@ def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, lis
     HDF5 file, or `x_train`, `y_train`, `x_test`, `y_test` (Keras's `mnist.npz`), train then test;
     optional `class_names`, which integer labels index. `DataError` naming the file when it is not one."""
     import zipfile
+    import zlib
 
     try:
         with open(path, "rb") as fh:
@@ -189,7 +204,7 @@ def npz_arrays(path: Path) -> tuple[np.ndarray, list[str], list[str] | None, lis
                                  "np.savez(file, images=images, labels=labels)")
             with z:
                 return _npz_read(z, path)
-    except zipfile.BadZipFile as e:
+    except (zipfile.BadZipFile, zlib.error) as e:  # zlib: a member of np.savez_compressed's garbled
         raise DataError(f"NumPy {path}: a damaged or cut-short .npz ({e})") from None
     except (OSError, ValueError, EOFError) as e:  # a damaged member
         raise DataError(f"NumPy {path}: {e}") from None
@@ -254,6 +269,8 @@ def check_arrays(shape: tuple[int, ...], dtype: np.dtype, label_shape: tuple[int
         first = len(shape) == 4 and shape[1] in (1, 3)  # N×C×H×W, as torch stores images
         raise ValueError(f"images must be N×H×W, N×H×W×1 or N×H×W×3, got shape {shape}" + (
             "; channels first? store np.transpose(images, (0, 2, 3, 1))" if first else ""))
+    if 0 in shape[1:3]:  # each image was skipped alone, "ZeroDivisionError: division by zero"
+        raise ValueError(f"images must be at least 1×1 pixels, got shape {shape}")
     if dtype != np.uint8:  # Pillow would refuse every image, one by one
         hint = ("(images * 255).round().astype(np.uint8) for values in 0-1" if np.issubdtype(dtype, np.floating)
                 else "images.astype(np.uint8) if they lie in 0-255")

@@ -27,6 +27,28 @@ from fne.progress import first_few, say_skipped
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: int() must read it ('²'.isdigit() is True)
 
 
+def utf8_names(names: list[str]) -> list[str]:
+    """Names (file paths, tar members, class folders) as UTF-8 text: one whose bytes are not UTF-8
+    (a Latin-1 file name, which Python holds as surrogates) with those bytes escaped, `caf\\xe9.jpg`.
+
+    Parameters
+    ----------
+    names : list of str
+        Names as the file system or `tarfile` gave them.
+
+    Returns
+    -------
+    list of str
+        `names` itself where all are UTF-8 (one check for the list), else each escaped: written
+        as they were, they failed every record, CSV and JSON (UnicodeEncodeError) once extracted.
+    """
+    try:
+        "\n".join(names).encode("utf-8")
+        return names
+    except UnicodeEncodeError:
+        return [n.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for n in names]
+
+
 def label_text(value) -> str | None:
     """A label value as a class name (see the module docstring), or None for no label.
 

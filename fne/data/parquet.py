@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from fne.data.containers import Listing, normalise_split
+from fne.data.containers import Listing, normalise_split, one_line
 from fne.data.labels import label_text
 from fne.errors import DataError
 from fne.network import hub_cli
@@ -31,17 +31,41 @@ def _pq():
     return pq
 
 
+def _binary(t) -> bool:
+    """Whether an Arrow type holds bytes: binary, large binary, or binary view (pyarrow 14+, which
+    `_image_column` did not take: "no image column")."""
+    import pyarrow as pa
+
+    view = getattr(pa.types, "is_binary_view", lambda _: False)
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or view(t)
+
+
 def _image_column(schema) -> str | None:
     import pyarrow as pa
 
-    def holds_bytes(t) -> bool:
-        return pa.types.is_binary(t) or pa.types.is_large_binary(t) or (
-            pa.types.is_struct(t) and t.get_field_index("bytes") >= 0)
+    def holds_bytes(t) -> bool:  # a struct's `bytes` of text (not image bytes) is none: it was a TypeError when read
+        return _binary(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+                              and _binary(t.field("bytes").type))
 
     for name in IMAGE_COLUMNS:
-        if name in schema.names and holds_bytes(schema.field(name).type):
+        if any(f.name == name and holds_bytes(f.type) for f in schema):
             return name
     return next((f.name for f in schema if holds_bytes(f.type)), None)
+
+
+def _field_type(schema, name: str):
+    """The type of column `name`, its first where the file names two columns alike (`schema.field`
+    raises KeyError on those; `_repeated` refuses them where they are read)."""
+    return next(f.type for f in schema if f.name == name)
+
+
+def _repeated(schema, path: str, columns: tuple) -> None:
+    """`DataError` naming `path` where a column it reads (image, label, split) is named twice in it:
+    which of the two holds the images or labels is unknown."""
+    twice = [c for c in dict.fromkeys(columns) if c and schema.names.count(c) > 1]
+    if twice:
+        raise DataError(f"{path}: {len(twice)} column name(s) appear more than once ({', '.join(twice)}): which "
+                        f"column to read is unknown; rename or drop the copies")
 
 
 def _class_names(schema, column: str, path: str) -> list[str] | None:
@@ -72,7 +96,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
         pf = pq.ParquetFile(path)
         schema = pf.schema_arrow
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError on a damaged footer
-        listing.broken = f"unreadable Parquet file ({e})"
+        listing.broken = f"unreadable Parquet file ({one_line(e)})"
         return listing
     column = _image_column(schema)
     if column is None:
@@ -80,11 +104,12 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                         f"{', '.join(schema.names)}")
     if label_key and label_key not in schema.names:
         raise DataError(f"{path}: no label column {label_key!r} (columns: {', '.join(schema.names)})")
-    if label_key and nested(schema.field(label_key).type):
-        raise DataError(f"{path}: label column {label_key!r} holds {schema.field(label_key).type} values, not one "
+    if label_key and nested(_field_type(schema, label_key)):
+        raise DataError(f"{path}: label column {label_key!r} holds {_field_type(schema, label_key)} values, not one "
                         f"label an image")
-    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names and not nested(schema.field(c).type)),
+    label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names and not nested(_field_type(schema, c))),
                                   None)  # a multi-label `labels` list is no class: DATA unlabelled, its type named
+    _repeated(schema, path, (column, label_col, "split"))
     listing.column, listing.class_names = column, (_class_names(schema, label_col, path) if label_col else None)
     cols = [c for c in (label_col, "split") if c and c in schema.names]
     row = 0
@@ -93,7 +118,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
             meta = pf.read_row_group(g, columns=cols).to_pydict() if cols else {}
             n = pf.metadata.row_group(g).num_rows
         except Exception as e:
-            listing.broken = f"unreadable from row {row} ({e})"
+            listing.broken = f"unreadable from row {row} ({one_line(e)})"
             break
         labels = meta.get(label_col, [None] * n) if label_col else [None] * n
         splits = meta.get("split", [None] * n)
