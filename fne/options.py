@@ -76,11 +76,21 @@ def int_or_auto(s: str) -> int | str:
         raise argparse.ArgumentTypeError(f"an integer or auto, not {s!r}") from None
 
 
-def auto_or_at_least(n: int) -> dict:
-    """An integer option's bound that also takes auto (--batch-size, --save-every); numpy's
-    integers are integers, as for every integer option (`batch_size=np.int64(4)` was refused)."""
-    return {"check": lambda v: v == "auto" or (isinstance(v, numbers.Integral) and int(v) >= n), "bound": f">= {n} or auto",
+def auto_or_at_least(n: int, most: int | None = None) -> dict:
+    """An integer option's bound, >= n (and <= `most`), that also takes auto (--batch-size,
+    --save-every); numpy's integers are integers, as for every integer option
+    (`batch_size=np.int64(4)` was refused)."""
+    def check(v) -> bool:
+        return v == "auto" or (isinstance(v, numbers.Integral) and n <= int(v) <= (most if most is not None else int(v)))
+
+    return {"check": check, "bound": (f"in [{n}, {most}]" if most is not None else f">= {n}") + " or auto",
             "kind": "an integer"}
+
+
+# --batch-size: images in one tensor. Past sys.maxsize torch's sampler stopped with a traceback
+# (islice) once the first batch was drawn; 65536 images at 224 x 224 are already 39 GB of float32 input.
+MAX_BATCH = 65536
+BATCH = {"check": lambda v: 1 <= v <= MAX_BATCH, "bound": f"in [1, {MAX_BATCH}]", "kind": "an integer"}
 
 
 def at_least(n: float, kind: str = "an integer") -> dict:
@@ -195,7 +205,8 @@ class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
     batch_size: int | str = option("auto", "images per forward pass; auto: 32 on a CPU, up to 256 on "
-                                           "a GPU (CUDA, MPS; sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
+                                           "a GPU (CUDA, MPS; sized from free memory)", parse=int_or_auto,
+                                   **auto_or_at_least(1, MAX_BATCH))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
                                        "a GPU (CUDA, MPS), at most 16)", **WORKERS)
     compile: str | bool = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
@@ -320,7 +331,7 @@ class TrainConfig:
     direct_score: str = option("sum", "direct: a target's score is the sum or max of its source "
                                       "softmax probabilities", choices=DIRECT_SCORES, modes=("direct",))
     epochs: int = option(10, "passes over the training images", modes=TRAINED, **at_least(1))
-    batch_size: int = option(32, "training batch size", **at_least(1))
+    batch_size: int = option(32, "training batch size", **BATCH)
     lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0", modes=TRAINED)
     imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this", modes=("finetune",),
                                      **at_least(0, "a number"))
