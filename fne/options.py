@@ -93,6 +93,18 @@ MAX_BATCH = 65536
 BATCH = {"check": lambda v: 1 <= v <= MAX_BATCH, "bound": f"in [1, {MAX_BATCH}]", "kind": "an integer"}
 
 
+# SGD's learning rate and weight decay multiply float32 tensors: past float32's largest, --lr 1e308
+# stopped the first step with torch's "value cannot be converted to type float without overflow"
+# traceback (below it, too large a rate is `fne train`'s "training diverged" line).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def up_to_float32(lo: float, closed_lo: bool) -> dict:
+    """A rate's bound: (lo or [lo, float32's largest]."""
+    return {"check": lambda v: (lo <= v if closed_lo else lo < v) and v <= FLOAT32_MAX,
+            "bound": f"in {'[' if closed_lo else '('}{lo:g}, 3.4e38]", "kind": "a number"}
+
+
 def at_least(n: float, kind: str = "an integer") -> dict:
     """An option's bound: values >= n (`kind` names what it takes in the message)."""
     return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}
@@ -332,11 +344,11 @@ class TrainConfig:
                                       "softmax probabilities", choices=DIRECT_SCORES, modes=("direct",))
     epochs: int = option(10, "passes over the training images", modes=TRAINED, **at_least(1))
     batch_size: int = option(32, "training batch size", **BATCH)
-    lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0", modes=TRAINED)
+    lr: float = option(1e-3, "base learning rate (new layers)", modes=TRAINED, **up_to_float32(0, closed_lo=False))
     imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this", modes=("finetune",),
-                                     **at_least(0, "a number"))
+                                     **up_to_float32(0, closed_lo=True))
     momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **between(0, 1, closed_lo=True))
-    weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **at_least(0, "a number"))
+    weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **up_to_float32(0, closed_lo=True))
     scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS, modes=TRAINED)
     image_size: int | None = option(None, "input size (default: the backbone's, 224 for most)", **IMAGE_SIZE)
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",
