@@ -266,6 +266,13 @@ def test_a_shared_train_setting_goes_to_the_modes_that_use_it(tmp_path):
     assert list(given) == ["frozen", "direct", "finetune"]
 
 
+@pytest.mark.parametrize("path", ["", " "])
+def test_an_empty_pipeline_path_is_said_empty(path):
+    """`fne run ""` (an unset variable) said "pipeline file : is a folder" (Path('') is '.')."""
+    with pytest.raises(PipelineError, match=rf"^pipeline file '{path}': is empty; give a pipelines/\*\.toml file$"):
+        load_pipeline(path)
+
+
 @pytest.mark.parametrize("key", ["..", "."])
 def test_a_dataset_key_of_dots_names_a_folder_inside_the_run_folder(tmp_path, key):
     """[datasets.".."]: its steps wrote to OUT/../BACKBONE, outside the run folder (the dataset's

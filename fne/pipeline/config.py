@@ -267,6 +267,8 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     None skips them (enough to read settings and published values).
     """
     expect_path(path, "path")
+    if not str(path).strip():  # an unset shell variable: Path('') is the current folder
+        raise PipelineError(f"pipeline file {str(path)!r}: is empty; give a pipelines/*.toml file")
     file = Path(path)
     if not file.is_file():
         raise PipelineError(f"pipeline file {path}: {'is a folder' if file.is_dir() else 'no such file'}")
