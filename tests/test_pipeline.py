@@ -266,6 +266,14 @@ def test_a_shared_train_setting_goes_to_the_modes_that_use_it(tmp_path):
     assert list(given) == ["frozen", "direct", "finetune"]
 
 
+def test_a_pipeline_file_with_a_byte_order_mark_loads(tmp_path):
+    """A file saved with a UTF-8 byte-order mark (Windows Notepad) was "not valid TOML: Invalid
+    statement" at line 1."""
+    f = tmp_path / "p.toml"
+    f.write_bytes("\ufeff".encode() + GOOD.encode())
+    assert load_pipeline(f).name == "x"
+
+
 @pytest.mark.parametrize("path", ["", " "])
 def test_an_empty_pipeline_path_is_said_empty(path):
     """`fne run ""` (an unset variable) said "pipeline file : is a folder" (Path('') is '.')."""

@@ -273,7 +273,7 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     if not file.is_file():
         raise PipelineError(f"pipeline file {path}: {'is a folder' if file.is_dir() else 'no such file'}")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows Notepad) is no TOML statement
     except UnicodeDecodeError as e:  # an image, an HDF5 file, ... given for the pipeline file
         raise PipelineError(f"pipeline file {path}: not a TOML file (not UTF-8 text: {e.reason} at byte "
                             f"{e.start}); give a pipelines/*.toml file") from None
