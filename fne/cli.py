@@ -288,8 +288,10 @@ def _cmd_backbones(a) -> int:
     try:
         d = describe_backbone(a.arch, **_given(a, DESCRIBE_OPTIONS))
     except FneError as e:  # ARCH is this verb's argument: it has no --arch flag
-        if getattr(e, "cli", "").startswith("unknown --arch "):
-            e.cli = "unknown ARCH " + e.cli.removeprefix("unknown --arch ")
+        said = getattr(e, "cli", "")
+        for refused in ("unknown", "bad"):  # bad: an empty ARCH ('')
+            if said.startswith(f"{refused} --arch "):
+                e.cli = f"{refused} ARCH " + said.removeprefix(f"{refused} --arch ")
         raise
     if a.json:
         print(json.dumps(d, indent=1))

@@ -27,7 +27,8 @@ WEIGHT_CHOICES = ("imagenet", "random", "imagenet-or-random")
 
 def slug(s: str) -> str:
     """A file-name-safe form of `s`: runs of other characters become one '_'."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_") or "x"
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", s).strip("_")
+    return safe if safe.strip(".") else "x"  # '.' and '..' name no folder of their own
 
 
 def data_slug(data: str, name: str) -> str:

@@ -79,11 +79,33 @@ def int_or_auto(s: str) -> int | str:
         raise argparse.ArgumentTypeError(f"an integer or auto, not {s!r}") from None
 
 
-def auto_or_at_least(n: int) -> dict:
-    """An integer option's bound that also takes auto (--batch-size, --save-every); numpy's
-    integers are integers, as for every integer option (`batch_size=np.int64(4)` was refused)."""
-    return {"check": lambda v: v == "auto" or (isinstance(v, numbers.Integral) and int(v) >= n), "bound": f">= {n} or auto",
+def auto_or_at_least(n: int, most: int | None = None) -> dict:
+    """An integer option's bound, >= n (and <= `most`), that also takes auto (--batch-size,
+    --save-every); numpy's integers are integers, as for every integer option
+    (`batch_size=np.int64(4)` was refused)."""
+    def check(v) -> bool:
+        return v == "auto" or (isinstance(v, numbers.Integral) and n <= int(v) <= (most if most is not None else int(v)))
+
+    return {"check": check, "bound": (f"in [{n}, {most}]" if most is not None else f">= {n}") + " or auto",
             "kind": "an integer"}
+
+
+# --batch-size: images in one tensor. Past sys.maxsize torch's sampler stopped with a traceback
+# (islice) once the first batch was drawn; 65536 images at 224 x 224 are already 39 GB of float32 input.
+MAX_BATCH = 65536
+BATCH = {"check": lambda v: 1 <= v <= MAX_BATCH, "bound": f"in [1, {MAX_BATCH}]", "kind": "an integer"}
+
+
+# SGD's learning rate and weight decay multiply float32 tensors: past float32's largest, --lr 1e308
+# stopped the first step with torch's "value cannot be converted to type float without overflow"
+# traceback (below it, too large a rate is `fne train`'s "training diverged" line).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def up_to_float32(lo: float, closed_lo: bool) -> dict:
+    """A rate's bound: (lo or [lo, float32's largest]."""
+    return {"check": lambda v: (lo <= v if closed_lo else lo < v) and v <= FLOAT32_MAX,
+            "bound": f"in {'[' if closed_lo else '('}{lo:g}, 3.4e38]", "kind": "a number"}
 
 
 def at_least(n: float, kind: str = "an integer") -> dict:
@@ -135,18 +157,12 @@ DEVICES = "auto, cpu, cuda[:i] or mps (the CPU takes no index: torch runs on all
 
 
 def device_parses(device: str) -> bool:
-    """Whether --device `device` is `auto` or a device torch names (a CPU without an index),
-    whether or not this machine has it. The usual names are told without importing torch (`fne
-    fit` on cached rows runs without it)."""
-    if re.fullmatch(r"auto|cpu|(cuda|mps)(:(0|[1-9][0-9]*))?", device):
-        return True
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        return False
-    return not (dev.type == "cpu" and dev.index is not None)
+    """Whether --device `device` is one fne runs on (`DEVICES`), whether or not this machine has it:
+    told without importing torch (`fne fit` on cached rows runs without it). Another type torch
+    names (meta, xla, xpu, ...) passed this check and failed mid-run with torch's traceback
+    (`--device meta`: "unsupported autocast device_type" after the images were read); a CPU
+    takes no index (torch ignored cpu:1)."""
+    return re.fullmatch(r"auto|cpu|(cuda|mps)(:(0|[1-9][0-9]*))?", device) is not None
 
 
 DEVICE = {"check": device_parses, "bound": DEVICES, "kind": "a device:"}
@@ -204,7 +220,8 @@ class ForwardOptions:
     """How the network runs over images: `fne extract`, and `--extract` of fit, export, predict."""
 
     batch_size: int | str = option("auto", "images per forward pass; auto: 32 on a CPU, up to 256 on "
-                                           "a GPU (CUDA, MPS; sized from free memory)", parse=int_or_auto, **auto_or_at_least(1))
+                                           "a GPU (CUDA, MPS; sized from free memory)", parse=int_or_auto,
+                                   **auto_or_at_least(1, MAX_BATCH))
     workers: int | None = option(None, "decoding processes (default: 1 on a CPU, one per core but one on "
                                        "a GPU (CUDA, MPS), at most 16)", **WORKERS)
     compile: str | bool = option("auto", "torch.compile the network; auto: never on a CPU, on a GPU only for very large runs",
@@ -329,12 +346,12 @@ class TrainConfig:
     direct_score: str = option("sum", "direct: a target's score is the sum or max of its source "
                                       "softmax probabilities", choices=DIRECT_SCORES, modes=("direct",))
     epochs: int = option(10, "passes over the training images", modes=TRAINED, **at_least(1))
-    batch_size: int = option(32, "training batch size", **at_least(1))
-    lr: float = option(1e-3, "base learning rate (new layers)", check=lambda v: v > 0, bound="> 0", modes=TRAINED)
+    batch_size: int = option(32, "training batch size", **BATCH)
+    lr: float = option(1e-3, "base learning rate (new layers)", modes=TRAINED, **up_to_float32(0, closed_lo=False))
     imported_lr_mult: float = option(1e-3, "finetune: imported layers learn at lr * this", modes=("finetune",),
-                                     **at_least(0, "a number"))
+                                     **up_to_float32(0, closed_lo=True))
     momentum: float = option(0.9, "SGD momentum", modes=TRAINED, **between(0, 1, closed_lo=True))
-    weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **at_least(0, "a number"))
+    weight_decay: float = option(5e-4, "SGD weight decay", modes=TRAINED, **up_to_float32(0, closed_lo=True))
     scheduler: str = option("none", "per-epoch lr schedule", choices=SCHEDULERS, modes=TRAINED)
     image_size: int | None = option(None, "input size (default: the backbone's, 224 for most)", **IMAGE_SIZE)
     augment: bool = option(True, "train on center crops instead of RandomResizedCrop + horizontal flip",

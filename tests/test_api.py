@@ -185,6 +185,13 @@ DEVICES = "must be auto, cpu, cuda[:i] or mps (the CPU takes no index"
     ("train", dict(device="gpu"), ["--device", "gpu"], f"bad device='gpu': device {DEVICES}",
      f"bad --device 'gpu': --device {DEVICES}"),
     ("advise", dict(device="cuda:x"), ["--device", "cuda:x"], "bad device='cuda:x'", "bad --device 'cuda:x'"),
+    ("extract", dict(device="meta"), ["--device", "meta"], f"bad device='meta': device {DEVICES}",
+     f"bad --device 'meta': --device {DEVICES}"),
+    # past sys.maxsize torch's sampler raised a traceback once the first batch was drawn
+    ("extract", dict(batch_size=2**63), ["--batch-size", str(2**63)],
+     f"bad batch_size={2**63}: batch_size must be in [1, 65536] or auto", f"bad --batch-size {2**63}: --batch-size"),
+    ("train", dict(batch_size=65537), ["--batch-size", "65537"], "bad batch_size=65537: batch_size must be in [1, 65536]",
+     "bad --batch-size 65537: --batch-size must be in [1, 65536]"),
     ("extract", dict(shard=(1,)), ["--shard", "1"], "bad shard=(1,); expected (I, N), e.g. (0, 4)",
      "bad --shard '1'; expected I/N, e.g. 0/4"),
     ("train", dict(weights="bogus"), ["--weights", "bogus"], "weights='bogus': no such file",

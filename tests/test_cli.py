@@ -470,11 +470,13 @@ def test_data_a_shell_expanded_into_several_paths_is_named(tmp_path, capsys, mon
     (["advise", "DATA", "--seed", "4294967296"], "bad --seed 4294967296: --seed must be in [0, 2**32)"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--seed", "-1"], "bad --seed -1: --seed must be in"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--lr", "inf"],
-     "bad --lr inf: --lr must be a finite number > 0"),
+     "bad --lr inf: --lr must be a finite number in (0, 3.4e38]"),
+    # past float32's largest: torch's overflow traceback at the first step
+    (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--lr", "1e308"], "bad --lr 1e+308: --lr must be in (0, 3.4e38]"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--momentum", "inf"],
      "bad --momentum inf: --momentum must be a finite number in [0, 1)"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--weight-decay=-inf"],
-     "bad --weight-decay -inf: --weight-decay must be a finite number >= 0"),
+     "bad --weight-decay -inf: --weight-decay must be a finite number in [0, 3.4e38]"),
     (["fit", "DATA", "--out", ""], "--out '': is empty; give the folder to write"),
     (["train", "DATA", "--mode", "frozen", "--out", ""], "--out '': is empty; give the folder to write"),
     (["export", "DATA", "--out", ""], "--out '': is empty; give the file to write"),
@@ -528,16 +530,19 @@ def test_a_mistaken_option_or_path_is_one_line_naming_it(argv, said, tmp_path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["DATA"]
 
 
+@pytest.mark.parametrize("device", ["cpu:1", "meta", "xla"])
 @pytest.mark.parametrize("argv", [["extract", "--cache", "C"], ["train", "--mode", "frozen", "--out", "RUN"]])
-def test_a_cpu_with_an_index_is_refused_in_one_line(argv, digits_folder, tmp_path, capsys, monkeypatch):
+def test_a_cpu_with_an_index_is_refused_in_one_line(argv, device, digits_folder, tmp_path, capsys, monkeypatch):
     """torch ignores a CPU's index: `--device cpu:1` ran on the CPU as if it meant something. Refused
-    with the other options, before DATA is listed or anything written."""
+    with the other options, before DATA is listed or anything written; so is a device type torch
+    names but fne does not run on (`--device meta` passed and failed mid-run with torch's
+    "unsupported autocast device_type" traceback)."""
     monkeypatch.chdir(tmp_path)
     code = main([argv[0], str(digits_folder), *argv[1:], "--arch", "efficientnet_lite0", "--weights", "random",
-                 "--device", "cpu:1"])
+                 "--device", device])
     err = capsys.readouterr().err
-    assert code == 2 and err == f"fne {argv[0]}: error: bad --device 'cpu:1': --device must be auto, cpu, cuda[:i] " \
-                                "or mps (the CPU takes no index: torch runs on all its cores)\n"
+    assert code == 2 and err == f"fne {argv[0]}: error: bad --device '{device}': --device must be auto, cpu, " \
+                                "cuda[:i] or mps (the CPU takes no index: torch runs on all its cores)\n"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -623,6 +628,9 @@ def test_backbones_names_an_unknown_arch_as_its_argument_not_a_flag(capsys):
     assert err.startswith("fne backbones: error: unknown ARCH 'vgg61'.") and "--arch" not in err
     with pytest.raises(OptionError, match=r"^unknown arch='vgg61'\."):
         fne.describe_backbone("vgg61")
+    assert main(["backbones", ""]) == 2  # an empty ARCH is refused as "bad": named as the argument too
+    err = capsys.readouterr().err
+    assert err.startswith("fne backbones: error: bad ARCH ''") and "--arch" not in err
 
 
 def test_a_default_written_into_a_help_is_the_declared_one():

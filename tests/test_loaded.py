@@ -225,7 +225,7 @@ def test_images_it_cannot_score_are_refused_in_one_line(digits_folder, warm_cach
         fne.load(tmp_path / "run", arch="vgg16")
     with pytest.raises(TypeError, match="device must be a string, not NoneType"):
         fne.load(tmp_path / "run", device=None)
-    with pytest.raises(OptionError, match="bad batch_size=0: batch_size must be >= 1 or auto"):
+    with pytest.raises(OptionError, match=r"bad batch_size=0: batch_size must be in \[1, 65536\] or auto"):
         fne.load(tmp_path / "run", batch_size=0)
     with pytest.raises(OptionError, match="bad device='tpu'"):
         fne.load(tmp_path / "run", device="tpu")

@@ -147,8 +147,20 @@ def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
 @pytest.mark.parametrize("old, new, line, key, words", [
     ('modes = ["frozen"]', 'modes = "frozen"', 16, "train.modes", "expected a list of strings, got 'frozen'"),
     ('epochs = 2', 'epochs = 2\nfrozen = 3', 18, "train.frozen", "expected a table [train.frozen], got 3"),
-    ('data = "digits"', 'data = "digits"\ntest_size = 1.5', 6, "datasets.digits.test_size", "must be in (0, 1)"),
-    ('data = "digits"', 'data = "digits"\ntrain_per_class = 0', 6, "datasets.digits.train_per_class", "must be >= 1"),
+    ('data = "digits"', 'data = "digits"\ntest_size = 1.5', 6, "datasets.digits.test_size",
+     "1.5: expected a number in (0, 1)"),
+    ('data = "digits"', 'data = "digits"\ntrain_per_class = 0', 6, "datasets.digits.train_per_class",
+     "0: expected an integer >= 1"),
+    # a dataset's splits override fit's --splits within its bound (1000000 splits ran for ever)
+    ('data = "digits"', 'data = "digits"\nsplits = 1000', 6, "datasets.digits.splits",
+     "1000: expected an integer in [1, 100]"),
+    # the seeds of fit's splits and of training: --seed's bound (-1 passed the dry run)
+    ('name = "x"', 'name = "x"\nseeds = [0, -1]', 3, "pipeline.seeds", "seed -1: expected an integer in [0, 2**32)"),
+    # a backbone's label is its runs' folder under the dataset's: ../x or a/b wrote elsewhere
+    ('weights = "random"', 'weights = "random"\nlabel = "../x"', 10, "backbones[0].label",
+     "'../x' is not one folder name"),
+    ('weights = "random"', 'weights = "random"\nlabel = "a/b"', 10, "backbones[0].label",
+     "'a/b' is not one folder name"),
     ('epochs = 2', 'epochs = 2\ntest_size = 2.0', 18, "train.test_size", "expected a number in (0, 1)"),
 ])
 def test_a_refused_value_is_named_once_and_nothing_else(tmp_path, old, new, line, key, words):
@@ -252,6 +264,32 @@ def test_a_shared_train_setting_goes_to_the_modes_that_use_it(tmp_path):
     assert [{k: g[k] for k in shared if k in g} for g in given.values()] == [
         {"epochs": 2}, {"direct_score": "max"}, {"epochs": 2, "train_bn": True}]
     assert list(given) == ["frozen", "direct", "finetune"]
+
+
+def test_a_pipeline_file_with_a_byte_order_mark_loads(tmp_path):
+    """A file saved with a UTF-8 byte-order mark (Windows Notepad) was "not valid TOML: Invalid
+    statement" at line 1."""
+    f = tmp_path / "p.toml"
+    f.write_bytes("\ufeff".encode() + GOOD.encode())
+    assert load_pipeline(f).name == "x"
+
+
+@pytest.mark.parametrize("path", ["", " "])
+def test_an_empty_pipeline_path_is_said_empty(path):
+    """`fne run ""` (an unset variable) said "pipeline file : is a folder" (Path('') is '.')."""
+    with pytest.raises(PipelineError, match=rf"^pipeline file '{path}': is empty; give a pipelines/\*\.toml file$"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("key", ["..", "."])
+def test_a_dataset_key_of_dots_names_a_folder_inside_the_run_folder(tmp_path, key):
+    """[datasets.".."]: its steps wrote to OUT/../BACKBONE, outside the run folder (the dataset's
+    folder is its key's slug, which kept '..')."""
+    p = load_pipeline(write(tmp_path, GOOD.replace("[datasets.digits]", f'[datasets."{key}"]')))
+    out = tmp_path / "out"
+    steps = P.plan(p, out, {key: "digits"}, read=False)
+    assert steps and {Path(s.dir).relative_to(out).parts[0] for s in steps} == {"x"}
+    assert all(".." not in Path(s.dir).relative_to(out).parts for s in steps)
 
 
 def test_relative_paths_and_optional_datasets(tmp_path, monkeypatch):

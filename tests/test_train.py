@@ -580,6 +580,18 @@ def test_train_out_inside_data_is_refused_before_any_work(tmp_path, capsys):
     assert not (data / "runs").exists()
 
 
+def test_train_writes_the_out_folder_it_checked(digits, tmp_path, monkeypatch):
+    """out='~/run' was checked as $HOME/run (`check_target` expands it, as fit's, export's and
+    predict's) and written as ./~/run, a folder named '~' in the current one."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    from fne.training.train import train
+
+    m = train(digits, "frozen", "~/run", weights="random", epochs=1, new_layers="last", **FAST)
+    assert (tmp_path / "home" / "run" / "metrics.json").is_file() and not (tmp_path / "~").exists()
+    assert m["options"]["out"] == str(tmp_path / "home" / "run")
+
+
 def test_training_on_one_class_is_one_clear_line(tmp_path, capsys):
     from .conftest import write_digits
 

@@ -267,11 +267,13 @@ def load_pipeline(path: str | Path, *, check_data: bool = True, checks: Checks |
     None skips them (enough to read settings and published values).
     """
     expect_path(path, "path")
+    if not str(path).strip():  # an unset shell variable: Path('') is the current folder
+        raise PipelineError(f"pipeline file {str(path)!r}: is empty; give a pipelines/*.toml file")
     file = Path(path)
     if not file.is_file():
         raise PipelineError(f"pipeline file {path}: {'is a folder' if file.is_dir() else 'no such file'}")
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows Notepad) is no TOML statement
     except UnicodeDecodeError as e:  # an image, an HDF5 file, ... given for the pipeline file
         raise PipelineError(f"pipeline file {path}: not a TOML file (not UTF-8 text: {e.reason} at byte "
                             f"{e.start}); give a pipelines/*.toml file") from None
@@ -322,6 +324,9 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
         if not head["seeds"]:
             err.add(("pipeline", "seeds"), "needs at least one seed")
         p.seeds = head["seeds"] or p.seeds
+        for seed in head["seeds"]:  # fne fit's and fne train's --seed: its declared bound
+            for _, why in problems(FitOptions, {"seed": seed}):
+                err.add(("pipeline", "seeds"), f"seed {why}")
     if "advise_sample" in head:
         if head["advise_sample"] < 1:
             err.add(("pipeline", "advise_sample"), f"must be >= 1, got {head['advise_sample']}")
@@ -374,7 +379,11 @@ def _load_backbones(p: Pipeline, bbs, present: bool, base: Path, err: Errors, ch
                 cfg.image_size = None  # the backbone's own size: its usual store, steps and folder, as on the CLI
         stem = cfg.weights if cfg.weights in WEIGHT_CHOICES else Path(cfg.weights).stem
         size = f"-{cfg.image_size}" if cfg.image_size is not None else ""  # a store of its own: a folder too
-        cfg.label = b.get("label") or slug(f"{cfg.arch}-{stem}{size}")
+        label = b.get("label")
+        if label and (label != Path(label).name or "\\" in label or not label.strip(" .")):
+            # its runs' folder under the dataset's: ../x or a/b put them elsewhere
+            err.add(path_ + ("label",), f"{label!r} is not one folder name (no '/' or '\\', not '.' or '..')")
+        cfg.label = label or slug(f"{cfg.arch}-{stem}{size}")
         if cfg.label in labels:
             err.add(path_, f"same folder label {cfg.label!r} as backbones[{labels[cfg.label]}]; give a distinct 'label'")
         labels[cfg.label] = i
@@ -506,13 +515,13 @@ def _load_dataset(key: str, d, base: Path, err: Errors) -> DatasetCfg | None:
     for k in ("max_per_class", "splits", "test_size", "train_per_class", "protocol", "note"):
         if k in d:
             setattr(ds, k, d[k])
-    for k in ("max_per_class", "splits", "train_per_class"):
-        if getattr(ds, k) is not None and getattr(ds, k) < 1:
-            err.add(path_ + (k,), f"must be >= 1, got {getattr(ds, k)}")
-            setattr(ds, k, None)  # refused: the checks of the split sizes do not reckon with it
-    if ds.test_size is not None and not 0 < ds.test_size < 1:
-        err.add(path_ + ("test_size",), f"must be in (0, 1), got {ds.test_size}")
-        ds.test_size = None
+    if ds.max_per_class is not None and ds.max_per_class < 1:
+        err.add(path_ + ("max_per_class",), f"must be >= 1, got {ds.max_per_class}")
+        ds.max_per_class = None  # refused: the checks of the split sizes do not reckon with it
+    # fit's (and train's) own settings for this dataset: their declared bounds (splits at most 100)
+    overrides = {k: getattr(ds, k) for k in ("splits", "test_size", "train_per_class") if getattr(ds, k) is not None}
+    for k in _add_problems(FitOptions, overrides, path_, err):
+        setattr(ds, k, None)
     if "published" in d:
         ds.published = check_published(d["published"], path_ + ("published",), err)
     if "class_map" in d:

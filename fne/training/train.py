@@ -193,7 +193,9 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg, set(kwargs))
     cfg = opts.plain(cfg)  # numpy numbers as Python's (`resolve`'s): torch, random.seed and metrics.json take them
-    check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data)  # before any work
+    # before any work; the folder checked is the one written (~/runs was checked as $HOME/runs and
+    # written as ./~/runs, as fit, export and predict do not)
+    cfg.out = str(check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data))
     check_run_folder(Path(cfg.out), "fne train")
     dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key, cache=cache)
     dataset.require_labels("fne train", cfg.data)
