@@ -226,12 +226,19 @@ STARTS_OVER: contextvars.ContextVar[Callable[[bool], str] | None] = contextvars.
                                                                                         default=None)
 
 
+# Set while `fne run` runs a step (`fne.pipeline.runner.run_step`): the step's options come from the
+# pipeline file, whose keys are their keywords, so its lines name them so (``splits=1``), as the
+# file's refused values are (`fne.pipeline.config_errors.in_the_files_words`), not by flags no one typed.
+IN_A_FILE: contextvars.ContextVar[bool] = contextvars.ContextVar("fne_in_a_file", default=False)
+
+
 def said(text: Callable[[bool], str]) -> str:
     """A line a verb prints (a note, a step's progress) in the words of the API called, as
     `fne.option_handling.refusal` words an error: `text(python)`, which names options with
     `fne.option_handling.named(..., python)`, for a Python caller their keywords (``force=True``), on the
-    command line (`COMMAND_LINE`) their flags (``--force``)."""
-    return text(not COMMAND_LINE.get())
+    command line (`COMMAND_LINE`) their flags (``--force``), in a step of `fne run` (`IN_A_FILE`) the
+    file's keys (``splits=1``)."""
+    return text(not COMMAND_LINE.get() or IN_A_FILE.get())
 
 
 def first_few(names: Sequence[str], n: int = FEW) -> str:

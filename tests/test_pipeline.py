@@ -1486,3 +1486,19 @@ def test_a_grid_with_sgd_heads_passes_the_solver_to_svm_and_logreg_alone(tmp_pat
                                read=False) if s.kind == "fit"]
     assert {s.kwargs["head"]: s.kwargs["solver"] for s in steps} == {"svm": "torch", "sgd-svm": "auto"}
     assert [s.config["solver"] for s in steps] == ["torch", "torch"]  # identities, and folders, as before
+
+
+def test_a_steps_lines_name_the_files_keys_not_flags(tmp_path, capsys):
+    """`fne run` on DATA with its own split and `[fit] splits = 2`: the fit step warned "--splits 2 is
+    not applied", naming a flag no one typed (the file set it); it names the key now, as the file's
+    refused values are named."""
+    from fne.cli import main
+
+    data = write_digits(tmp_path / "d", split=True)
+    text = TINY.replace('data = "digits"\nmax_per_class = 4', f'data = "{data}"').replace(
+        'heads = ["svm", "logreg"]', 'heads = ["svm"]')
+    f = write(tmp_path, text)
+    assert main(["run", str(f), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "c"), "--no-report",
+                 "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "splits=2 and test_size=0.5 are not applied: DATA has its own split" in err and " --" not in err, err

@@ -52,7 +52,7 @@ from fne.pipeline.steps import (
     split_labels_fingerprint,
     train_arguments,
 )
-from fne.progress import STARTS_OVER, said_once
+from fne.progress import COMMAND_LINE, IN_A_FILE, STARTS_OVER, said_once
 
 __all__ = ["PipelineError", "Step", "load_pipeline", "materialise", "plan", "run", "run_step"]
 
@@ -157,7 +157,16 @@ def materialise(ds: DatasetCfg, out: Path, cache: str | None, seed: int = 0, wri
 
 def run_step(step: Step, p: Pipeline, cache: str | None, resume: bool = True) -> dict:
     """Run one step into step.dir; returns its result dict. `resume`: a training step goes on
-    from its own checkpoint, left by an interrupted run (not under --force)."""
+    from its own checkpoint, left by an interrupted run (not under --force). What the step says
+    names its options by the file's keys (`fne.progress.IN_A_FILE`)."""
+    in_a_file = IN_A_FILE.set(True)
+    try:
+        return _run_step(step, p, cache, resume)
+    finally:
+        IN_A_FILE.reset(in_a_file)
+
+
+def _run_step(step: Step, p: Pipeline, cache: str | None, resume: bool) -> dict:
     from fne.linear import fit as fit_mod
     from fne.reporting import advise as advise_mod
     from fne.training import train as train_mod
@@ -184,7 +193,9 @@ def run_step(step: Step, p: Pipeline, cache: str | None, resume: bool = True) ->
         kwargs["class_map"] = step.dataset.class_map
     # an interrupted step goes on from its checkpoint; one of other settings starts anew, as does
     # any under --force (which train's note names, fne run having no --resume)
-    starts_over = STARTS_OVER.set(None if resume else lambda py: f"{forced_as(py)} starts the step over")
+    # --force is fne run's own flag (on the command line), not a key of the file
+    starts_over = STARTS_OVER.set(None if resume else lambda py: f"{forced_as(not COMMAND_LINE.get())} starts the "
+                                                                 f"step over")
     try:
         return train_mod.train(k["data"], mode, str(step.dir), resume="auto" if resume else False, cache=cache,
                                **kwargs)
