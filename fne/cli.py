@@ -370,6 +370,11 @@ def _unrecognized(args: argparse.Namespace, extra: list[str]) -> None:
     _innermost(args).error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
+def _said_by(args: argparse.Namespace) -> str:
+    """The (sub)command an error is said by, as argparse's usage errors name it: `fne cache rm`."""
+    return _innermost(args).prog if hasattr(args, "verbs") else f"fne {args.command}"
+
+
 def _innermost(args: argparse.Namespace) -> argparse.ArgumentParser:
     """The parser of the (sub)command `args` chose: `fne cache rm`'s, not `fne cache`'s."""
     import argparse
@@ -502,7 +507,7 @@ def _verb(args: argparse.Namespace, interrupted: KeyboardInterrupt | None) -> in
         with said_once():  # a warning the verb gives again (a split's, a step's) is one line
             return int(args.func(args) or 0)
     except FneError as e:
-        print(f"fne {args.command}: error: {getattr(e, 'cli', e)}", file=sys.stderr)
+        print(f"{_said_by(args)}: error: {getattr(e, 'cli', e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"fne {args.command}: {_how(e)}; {how_to_resume(args, found)}", file=sys.stderr)
@@ -514,7 +519,7 @@ def _verb(args: argparse.Namespace, interrupted: KeyboardInterrupt | None) -> in
         line = ran_out(args, e, found)
         if line is None:
             raise
-        print(f"fne {args.command}: error: {line}", file=sys.stderr)
+        print(f"{_said_by(args)}: error: {line}", file=sys.stderr)
         if _ENDING:  # the process ends: what fails tearing down after this line (a DataLoader that
             sys.unraisablehook = lambda unraisable: None  # never started its workers, zarr's atexit) is noise
             warnings.simplefilter("ignore")

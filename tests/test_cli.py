@@ -710,3 +710,12 @@ def test_an_unrecognized_argument_of_a_cache_subcommand_is_said_by_its_parser(ca
     err = capsys.readouterr().err
     assert e.value.code == 2
     assert "usage: fne cache rm [-h]" in err and "fne cache rm: error: unrecognized arguments: --store" in err
+
+
+@pytest.mark.parametrize("sub", [["info"], ["verify"], ["rm", "x"]])
+def test_a_cache_subcommands_error_is_said_by_the_subcommand(sub, tmp_path, capsys):
+    """`fne cache info --cache FILE` said `fne cache: error: ...`, where its usage errors say
+    `fne cache info: error:`: one prefix for both."""
+    (tmp_path / "f").write_text("x")
+    assert main(["cache", *sub, "--cache", str(tmp_path / "f")]) == 2
+    assert capsys.readouterr().err.startswith(f"fne cache {sub[0]}: error: --cache ")

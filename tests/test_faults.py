@@ -748,7 +748,7 @@ def test_removing_from_a_read_only_cache_is_one_line(warm_cache32, monkeypatch, 
     monkeypatch.setattr(up.os, "replace", read_only)
     assert main(["cache", "rm", store.path.name, "--cache", str(warm_cache32)]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"fne cache: error: cannot write {store.path} (Read-only file system): removing from a cache needs one you "
+        f"fne cache rm: error: cannot write {store.path} (Read-only file system): removing from a cache needs one you "
         f"can write to"]
     assert verify(_store(warm_cache32)).problems == []
 

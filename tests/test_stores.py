@@ -518,7 +518,7 @@ def test_cache_rm_of_an_unknown_name_is_one_line_and_removes_nothing(warm_cache,
     cache, first, second = _two_stores(warm_cache, tmp_path)
     assert main(["cache", "rm", second, "vgg99*", "--cache", str(cache)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == f"fne cache: error: no store in {cache} is named 'vgg99*' (`fne cache info` lists them)"
+    assert err.strip() == f"fne cache rm: error: no store in {cache} is named 'vgg99*' (`fne cache info` lists them)"
     assert sorted(s.path.name for s in list_stores(cache)) == [first, second]
     # --dry-run says what the removal would: the same line and status, so a typo shows before the real rm
     assert main(["cache", "rm", second, "vgg99*", "--cache", str(cache), "--dry-run"]) == 2
