@@ -281,6 +281,20 @@ def test_an_empty_pipeline_path_is_said_empty(path):
         load_pipeline(path)
 
 
+@pytest.mark.parametrize("key", ["out", "cache"])
+def test_an_empty_out_or_cache_in_the_file_is_refused(tmp_path, key):
+    """`out = ""` ran into the default runs/NAME, `cache = ""` into the current folder, unsaid."""
+    f = write(tmp_path, TINY.replace('name = "tiny"', f'name = "tiny"\n{key} = ""'))
+    with pytest.raises(PipelineError, match=rf"p\.toml:3: pipeline\.{key}: is empty; give a folder, or leave the key"):
+        load_pipeline(f)
+
+
+def test_an_empty_out_on_the_command_line_is_refused(tmp_path):
+    """`fne run p.toml --out ""` (an unset variable) ran into the default folder; --out " " was refused."""
+    with pytest.raises(FneError, match=r"^out='': is empty; give the folder to write"):
+        P.run(write(tmp_path, TINY), out="", dry_run=True)
+
+
 @pytest.mark.parametrize("key", ["..", "."])
 def test_a_dataset_key_of_dots_names_a_folder_inside_the_run_folder(tmp_path, key):
     """[datasets.".."]: its steps wrote to OUT/../BACKBONE, outside the run folder (the dataset's

@@ -320,6 +320,9 @@ def _load_head(p: Pipeline, table: dict, err: Errors) -> None:
     for k in ("name", "description", "out", "cache", "advise", "report", "device", "workers", "batch_size"):
         if k in head:
             setattr(p, k, head[k])
+    for k in ("out", "cache"):  # "" was the current folder (cache) or the default folder (out), unsaid
+        if isinstance(head.get(k), str) and not head[k].strip():
+            err.add(("pipeline", k), "is empty; give a folder, or leave the key out for its default")
     if "seeds" in head:
         if not head["seeds"]:
             err.add(("pipeline", "seeds"), "needs at least one seed")

@@ -284,7 +284,8 @@ def run(path: str | Path, out: str | Path | None = None, cache: str | None = Non
     if p.device != "auto":  # a bad name would fail every step: one line, first (--dry-run validates it too)
         _check_device(p, False, device is None)
     with in_the_files_words(out is None and p.out is not None):
-        out = check_target(out or p.out or Path("runs") / slug(p.name), folder=True)  # before any work
+        # an --out given empty (an unset shell variable) is refused by check_target, not replaced by the default
+        out = check_target(out if out is not None else p.out or Path("runs") / slug(p.name), folder=True)
         for d in p.datasets:  # inside a dataset's folder, the steps' folders would become its data
             if not d.skipped:
                 check_target(out, folder=True, data=d.data)
