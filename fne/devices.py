@@ -17,7 +17,7 @@ import torch
 from fne.errors import FneError
 from fne.names import PRECISIONS
 from fne.option_handling import named, refusal
-from fne.options import DEVICES, device_parses, usable_cores
+from fne.options import DEVICES, MAX_BATCH, device_parses, usable_cores
 
 _ALLOCATOR_TUNED = False
 
@@ -224,8 +224,9 @@ def resolve_batch_size(batch_size: int | str | None, device: torch.device, image
         n = int(batch_size)
     except (TypeError, ValueError):
         n = 0
-    if n < 1 or str(n) != str(batch_size).strip():
-        raise refusal(lambda py: f"bad {named('batch_size', py, batch_size)}; expected an integer >= 1 or auto")
+    if not 1 <= n <= MAX_BATCH or str(n) != str(batch_size).strip():
+        raise refusal(lambda py: f"bad {named('batch_size', py, batch_size)}; expected an integer in [1, {MAX_BATCH}] "
+                                 f"or auto")
     return n
 
 

@@ -227,7 +227,7 @@ def _deep(name: str):
     (lambda t: _deep("fne.devices.resolve_precision")("fp8", None), OptionError,
      "unknown precision='fp8'; choose from", "unknown --precision 'fp8'; choose from"),
     (lambda t: _deep("fne.devices.resolve_batch_size")("many", None), OptionError,
-     "bad batch_size='many'; expected an integer >= 1 or auto", "bad --batch-size 'many'; expected"),
+     "bad batch_size='many'; expected an integer in [1, 65536] or auto", "bad --batch-size 'many'; expected"),
     (lambda t: _deep("fne.backbones.registry.get")("vgg17"), OptionError,
      "unknown arch='vgg17'. Did you mean", "unknown --arch 'vgg17'. Did you mean"),
     (lambda t: _deep("fne.backbones.registry.read_state_dict")(t / "w.pt"), WeightsError,
