@@ -178,6 +178,17 @@ def test_label_key_picks_the_json_field_and_missing_labels_are_named(tmp_path, c
         fne.load_rows(d, label_key="species", cache=str(tmp_path / "c"), **FAST)
 
 
+@pytest.mark.parametrize("key", ["png", "JPG", ".jpeg"])
+def test_a_label_key_naming_the_images_extension_is_refused(tmp_path, key):
+    """label_key="png" on tar shards read each image as its sample's label, then said "no images in its
+    1 tar file(s)", which did not say why."""
+    src = write_digits(tmp_path / "digits", per_class=2, classes=2)
+    write_shards(src, tmp_path / "tar", per_shard=4)
+    with pytest.raises(DataError, match=rf"label_key '{re.escape(key)}' is the images' extension: give the extension of "
+                                        r"the label members \(cls, txt, ...\)"):
+        load_dataset(tmp_path / "tar", label_key=key)
+
+
 def _two_labels(tmp_path: Path, per_class: int = 3) -> tuple[Path, Path]:
     """(an image folder of 2 digits, a tar of its images labelled c0 / c1 in .json `species` and
     0 / 1 in .cls)."""

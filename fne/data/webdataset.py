@@ -45,6 +45,9 @@ def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
     A hard or symbolic link to an image member earlier in the tar is that member's bytes (tar
     stores a hard-linked file's second name so); a key with two members of one name (a tar
     appended to) is skipped, named, not paired by chance with the other's label."""
+    if label_key and "." + label_key.lower().lstrip(".") in IMAGE_EXTENSIONS:  # every image read as a label
+        raise DataError(f"{path}: label_key {label_key!r} is the images' extension: give the extension of the "
+                        f"label members (cls, txt, ...) or a field of each sample's .json")
     listing = Listing(path=path, kind="tar", size=st.st_size, mtime_ns=st.st_mtime_ns)
     samples: dict[str, dict] = {}
     files: dict[str, tuple[int, int]] = {}  # regular member name -> (data offset, size), for links
