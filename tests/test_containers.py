@@ -178,6 +178,24 @@ def test_label_key_picks_the_json_field_and_missing_labels_are_named(tmp_path, c
         fne.load_rows(d, label_key="species", cache=str(tmp_path / "c"), **FAST)
 
 
+@pytest.mark.parametrize("kind", [tarfile.LNKTYPE, tarfile.SYMTYPE])
+def test_a_label_member_that_links_to_another_is_its_targets_label(tmp_path, kind):
+    """A .cls member that is a hard or symbolic link to an earlier sample's .cls read as "no label"
+    (the sample skipped), where an image member that is a link is its target's bytes."""
+    src = write_digits(tmp_path / "digits", per_class=1, classes=2)
+    path = tmp_path / "s.tar"
+    (f0, _, _), (f1, _, _) = _files(src)[:2]
+    with tarfile.open(path, "w") as tf:
+        tf.add(f0, arcname="a.png")
+        _add(tf, "a.cls", b"7")
+        tf.add(f1, arcname="b.png")
+        link = tarfile.TarInfo("b.cls")
+        link.type, link.linkname = kind, "a.cls"
+        tf.addfile(link)
+    d = load_dataset(path)
+    assert len(d) == 2 and d.labels == ["7", "7"]
+
+
 @pytest.mark.parametrize("key", ["png", "JPG", ".jpeg"])
 def test_a_label_key_naming_the_images_extension_is_refused(tmp_path, key):
     """label_key="png" on tar shards read each image as its sample's label, then said "no images in its

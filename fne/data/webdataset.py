@@ -72,8 +72,8 @@ def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
                 if info.isfile():
                     files[info.name] = (info.offset_data, info.size)
                 if ext in LABEL_EXTENSIONS or ext in ("json", "split") or ext == (label_key or "").lower():
-                    if info.isfile() and info.size <= LABEL_MAX_BYTES:
-                        s[ext] = tf.extractfile(info).read()
+                    if (text := _label_member(tf, info)) is not None:
+                        s[ext] = text
                 elif os.path.splitext(info.name)[1].lower() in IMAGE_EXTENSIONS and "image" not in s:
                     s["image"] = (info.name, *_data_of(info, files))
                 last = info.name
@@ -97,6 +97,20 @@ def list_tar(path: str, st: os.stat_result, label_key: str | None) -> Listing:
             continue
         listing.members.append([name, offset, size, label, split])
     return listing
+
+
+def _label_member(tf: tarfile.TarFile, info: tarfile.TarInfo) -> bytes | None:
+    """A label (or .json) member's bytes, at most `LABEL_MAX_BYTES`; a link's are its target's, as an
+    image member's are (`_data_of`): a label linked to another sample's read as "no label". None for
+    what is no such member (a folder, a link to a member not in the tar, a larger file)."""
+    if not (info.isfile() or info.islnk() or info.issym()):
+        return None
+    try:
+        f = tf.extractfile(info)  # a link: its target, read from where it is in the tar
+        data = f.read(LABEL_MAX_BYTES + 1) if f is not None else None
+    except (KeyError, tarfile.TarError, OSError):  # a link to a member not in the tar
+        return None
+    return data if data is not None and len(data) <= LABEL_MAX_BYTES else None
 
 
 def _data_of(info: tarfile.TarInfo, files: dict[str, tuple[int, int]]) -> tuple[int | None, int | str]:
