@@ -1382,6 +1382,17 @@ def test_fne_predict_and_load_refuse_a_train_runs_retyped_metrics_json_in_one_li
     assert str(e.value) == said
 
 
+def test_fne_predict_of_a_train_run_refuses_an_empty_device_as_a_fit_run_does(resumable_run, tmp_path):
+    """device="" ran a train run's network on the auto device (`"" or "auto"`), where a fit run's
+    predict, and fne.load, refuse it as no device: the same refusal for both kinds of run."""
+    import fne
+
+    data, run = resumable_run
+    with pytest.raises(OptionError, match=r"^bad device='': device must be auto, cpu, cuda\[:i\] or mps"):
+        fne.predict(run, data, out=tmp_path / "p.csv", device="", progress=False)
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_fne_predict_of_a_train_run_on_unreadable_images_names_data_as_fit_does(resumable_run, tmp_path, capsys):
     """A folder of unreadable images: `DATA: no readable images`, as a fit run's predict says it
     (it said `predict efficientnet_lite0 frozen: no readable images`)."""

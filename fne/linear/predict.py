@@ -325,7 +325,8 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     from fne.devices import check_device
     from fne.training.apply import predict_network, read_run
 
-    check_device(options.get("device") or "auto", here=False)  # parsed before DATA is listed
+    device = "auto" if options.get("device") is None else options["device"]  # "": refused, as for a fit run
+    check_device(device, here=False)  # parsed before DATA is listed
     d, o, p = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
     if p.moved_weights is not None:
         raise no_moved_weights(run_dir)
