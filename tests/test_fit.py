@@ -739,6 +739,40 @@ def test_the_iteration_limit_warning_names_the_head_and_c_of_the_fits_that_stopp
         _say_stopped([("svm", 1.0, False)])  # converged: nothing said
 
 
+def test_predict_and_load_refuse_a_damaged_model_joblib_in_one_line(digits_folder, warm_cache, tmp_path):
+    """A model.joblib that unpickles but lacks a field predict reads, or holds one of another type
+    (a damaged or edited file): each was a KeyError, IndexError or TypeError deep in predict or
+    `fne.load`; a layer its backbone has not was a KeyError reading the store's columns. Each is
+    now one line naming the file and the field, before any row is read or CSV written."""
+    import fne
+    from fne.linear.predict import predict
+
+    fit(digits_folder, features="last", splits=1, out=tmp_path / "r", cache=str(warm_cache), **STORE)
+    model = joblib.load(tmp_path / "r" / "model.joblib")
+    cases = [("pipeline", dict(pipeline=None)), ("classes", dict(classes=model["classes"][:2])),
+             ("classes", dict(classes="0123456789")), ("layers", dict(layers="layer4")), ("head", dict(head=None)),
+             ("store", dict(store=None)), ("store", dict(store={**model["store"], "storage_dtype": "int3"})),
+             ("store", {"store": {k: v for k, v in model["store"].items() if k != "cache"}}),
+             ("fitted_keys", dict(fitted_keys=5))]
+    for field, changed in cases:
+        joblib.dump({**model, **changed}, tmp_path / "r" / "model.joblib")
+        said = (f"{tmp_path / 'r' / 'model.joblib'}: its {field} not as `fne fit` writes them (a damaged or edited "
+                f"file); refit it with `fne fit`")
+        with pytest.raises(FneError) as e:
+            predict(tmp_path / "r", digits_folder, out=tmp_path / "p.csv")
+        assert str(e.value) == said, changed
+        with pytest.raises(FneError) as e:
+            fne.load(tmp_path / "r")
+        assert str(e.value) == said, changed
+    joblib.dump({**model, "layers": ["nosuch"]}, tmp_path / "r" / "model.joblib")
+    with pytest.raises(FneError, match=r"r: its model\.joblib's layers nosuch are no layers of .*; refit it with"):
+        predict(tmp_path / "r", digits_folder, out=tmp_path / "p.csv")
+    assert not (tmp_path / "p.csv").exists()
+    joblib.dump(model, tmp_path / "r" / "model.joblib")  # the model as fit wrote it: predicts
+    with pytest.warns(UserWarning, match="are images .* was fitted on"):
+        assert predict(tmp_path / "r", digits_folder, out=tmp_path / "p.csv", progress=False)["n"] > 0
+
+
 def test_rows_that_are_all_zero_are_one_line_not_a_scikit_learn_traceback(digits_folder, warm_cache, tmp_path,
                                                                             monkeypatch):
     """A dead layer (random weights, float16 underflow) gives rows of zeros: the embedding has

@@ -1366,6 +1366,45 @@ def test_fne_predict_with_a_train_run_it_cannot_apply_is_one_line(resumable_run,
     assert not (tmp_path / "p.csv").exists()
 
 
+@pytest.mark.parametrize("field, value", [("classes", "abc"), ("classes", [1, 2, 3, 4]), ("image_size", "32"),
+                                          ("image_size", 0), ("device", "tpu"), ("batch_size", -3), ("options", "x"),
+                                          ("precision", "bogus"), ("weights", None)])
+def test_fne_predict_and_load_refuse_a_train_runs_retyped_metrics_json_in_one_line(resumable_run, tmp_path, capsys,
+                                                                                 field, value):
+    """A metrics.json edited by hand (or damaged) with a value `fne train` never writes: classes
+    "abc" were scored as classes a, b, c and image_size 0 at another size, said as right; "32",
+    "tpu", -3, "x" ended in a traceback (int(), torch.device, the DataLoader's, .get). Each is one
+    line naming the file and the field, before any network is built or CSV written."""
+    import shutil
+
+    import fne
+
+    data, run = resumable_run
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    m = json.loads((run / "metrics.json").read_text())
+    (broken / "metrics.json").write_text(json.dumps({**m, field: value}))
+    said = (f"{broken}/metrics.json: its {field} not as `fne train` writes them (a damaged or hand-edited file); "
+            f"put the run's own metrics.json back, or rerun `fne train`")
+    assert main(["predict", str(broken), str(data), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"fne predict: error: {said}"
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(FneError) as e:
+        fne.load(broken)
+    assert str(e.value) == said
+
+
+def test_fne_predict_of_a_train_run_refuses_an_empty_device_as_a_fit_run_does(resumable_run, tmp_path):
+    """device="" ran a train run's network on the auto device (`"" or "auto"`), where a fit run's
+    predict, and fne.load, refuse it as no device: the same refusal for both kinds of run."""
+    import fne
+
+    data, run = resumable_run
+    with pytest.raises(OptionError, match=r"^bad device='': device must be auto, cpu, cuda\[:i\] or mps"):
+        fne.predict(run, data, out=tmp_path / "p.csv", device="", progress=False)
+    assert not (tmp_path / "p.csv").exists()
+
+
 def test_fne_predict_of_a_train_run_on_unreadable_images_names_data_as_fit_does(resumable_run, tmp_path, capsys):
     """A folder of unreadable images: `DATA: no readable images`, as a fit run's predict says it
     (it said `predict efficientnet_lite0 frozen: no readable images`)."""

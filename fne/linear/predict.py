@@ -26,6 +26,7 @@ from fne.data.datasets import load_dataset
 from fne.errors import FneError, WeightsError, expect_path
 from fne.linear.features import Rows, open_rows
 from fne.metrics import predictions_csv
+from fne.names import CROPS, DECODERS, PRECISIONS, STORAGE_DTYPES
 from fne.options import DataOptions, ForwardOptions, PredictOptions
 
 MODEL_FORMAT = 2
@@ -55,7 +56,47 @@ def load_model(run_dir: str | Path) -> dict:
         raise FneError(f"{path}: written by a newer fne: model format {f}, this fne reads {MODEL_FORMAT}; upgrade fne")
     if not isinstance(model, dict) or f != MODEL_FORMAT:
         raise FneError(f"{path}: not a model written by this version of fne fit (refit it with `fne fit`)")
+    bad = _malformed(model)
+    if bad:  # damaged or edited: a KeyError deep in predict, or scores under other class names
+        raise FneError(f"{path}: its {', '.join(bad)} not as `fne fit` writes them (a damaged or edited file); "
+                       f"refit it with `fne fit`")
     return model
+
+
+# model.joblib's store record: what `pinned_spec` rebuilds the store spec from (fne.linear.fit.store_identity)
+STORE_TEXT = ("arch", "weights", "weights_fingerprint", "crop", "decode", "precision", "storage_dtype")
+STORE_CHOICES = {"crop": CROPS, "decode": DECODERS, "precision": PRECISIONS, "storage_dtype": STORAGE_DTYPES}
+
+
+def _store_record(s) -> bool:
+    """Whether model.joblib's store record `s` holds each setting `pinned_spec` reads, as `fne fit`
+    writes it (`preprocess` may be absent: a model saved before fit recorded it)."""
+    return isinstance(s, dict) and all(isinstance(s.get(k), str) for k in STORE_TEXT) and all(
+        s[k] in choices for k, choices in STORE_CHOICES.items()) and "cache" in s and isinstance(
+        s["cache"], (str, type(None))) and type(s.get("weights_seed")) is int and isinstance(
+        s.get("preprocess"), (str, type(None)))
+
+
+def _malformed(model: dict) -> list[str]:
+    """The fields of a model.joblib `model` that predict reads and that hold what `fne fit` never
+    writes: a head without classes, class names that its classes do not index, layers that are no
+    list of names, a store record lacking a setting or of another type, ..."""
+    def texts(v) -> bool:
+        return isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)
+
+    pipe, classes, s = model.get("pipeline"), model.get("classes"), model.get("store")
+    index = getattr(pipe, "classes_", None)
+    scores = hasattr(pipe, "decision_function") or hasattr(pipe, "predict_proba")  # as `class_scores` asks
+    bad = [] if index is not None and scores else ["pipeline"]
+    if not texts(classes) or index is not None and not all(
+            isinstance(c, (int, np.integer)) and 0 <= c < len(classes) for c in index):
+        bad.append("classes")
+    bad += [] if texts(model.get("layers")) else ["layers"]
+    bad += [k for k in ("features", "head") if not isinstance(model.get(k), str)]  # what `fne.load` says it is
+    bad += [] if _store_record(s) else ["store"]
+    fitted = model.get("fitted_keys")
+    bad += [] if fitted is None or isinstance(fitted, (np.ndarray, list, tuple)) else ["fitted_keys"]
+    return bad
 
 
 def run_folder(run_dir: str | Path) -> Path:
@@ -92,6 +133,10 @@ def pinned_spec(model: dict, where: str, device: str | None = None, moved_weight
     if made is not None and made not in (key, *(key + suffix for suffix in DEVICE_SUFFIXES.values())):
         raise FneError(f"{where} was fitted on rows of preprocessing {made}, an earlier fne's pixels, which this fne "
                        f"no longer makes ({key} now); its head fits those rows only: fit it again with `fne fit`")
+    unknown = [la for la in model["layers"] if la not in {t.name for t in spec.backbone().taps}]
+    if unknown:  # (a layer its store has no columns of: a KeyError deep in reading them)
+        raise FneError(f"{where}: its model.joblib's layers {', '.join(unknown)} are no layers of {s['arch']}; "
+                       f"refit it with `fne fit`")
     then = s["weights_fingerprint"]
     if now != then and moved_weights is not None:
         raise opts.refusal(lambda py: f"{opts.named('moved_weights', py, moved_weights)} is not the weights {where} was "
@@ -280,7 +325,8 @@ def _with_network(run_dir, data, out: Path, options: dict) -> dict:
     from fne.devices import check_device
     from fne.training.apply import predict_network, read_run
 
-    check_device(options.get("device") or "auto", here=False)  # parsed before DATA is listed
+    device = "auto" if options.get("device") is None else options["device"]  # "": refused, as for a fit run
+    check_device(device, here=False)  # parsed before DATA is listed
     d, o, p = opts.resolve({k: v for k, v in options.items() if k not in STORE_OPTIONS}, *OPTIONS)
     if p.moved_weights is not None:
         raise no_moved_weights(run_dir)

@@ -26,7 +26,7 @@ from fne.data.datasets import load_dataset
 from fne.devices import default_workers, resolve_device, resolve_precision
 from fne.errors import FneError
 from fne.metrics import unreadable_format
-from fne.names import MODES
+from fne.names import MODES, PRECISIONS
 from fne.training import epochs
 from fne.training.class_map import direct_run_refusal
 from fne.training.transfer import _renew
@@ -52,9 +52,35 @@ def read_run(run_dir: str | Path) -> dict:
     if lacks:
         raise FneError(f"{run_dir}/metrics.json: lacks {', '.join(lacks)}, which the network is rebuilt from; "
                        f"is it a `fne train` run's own metrics.json?")
+    bad = _malformed(m)
+    if bad:  # a hand-edited or damaged file: its values would build another network, or a traceback
+        raise FneError(f"{run_dir}/metrics.json: its {', '.join(bad)} not as `fne train` writes them (a damaged or "
+                       f"hand-edited file); put the run's own metrics.json back, or rerun `fne train`")
     if not (run_dir / "model.pt").is_file():
         raise FneError(f"{run_dir}: no model.pt")
     return m
+
+
+def _malformed(m: dict) -> list[str]:
+    """The fields of a train run's metrics.json `m` that the network is rebuilt or applied from
+    and that hold what `fne train` never writes: classes not a list of distinct names, an image
+    size that is not a whole number of pixels, a device torch does not parse, ..."""
+    classes, size, batch = m["classes"], m["image_size"], m.get("batch_size")
+    bad = [k for k in ("arch", "weights") if not isinstance(m[k], str)]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes)):
+        bad.append("classes")
+    bad += [] if type(size) is int and size > 0 else ["image_size"]
+    bad += [] if m["precision"] in PRECISIONS[1:] else ["precision"]  # resolved: never auto
+    bad += [] if batch is None or type(batch) is int and batch > 0 else ["batch_size"]
+    try:  # the device it ran on, written as torch names it ("cuda:0")
+        torch.device(m.get("device", "cpu") if isinstance(m.get("device", "cpu"), str) else None)
+    except (RuntimeError, TypeError):
+        bad.append("device")
+    bad += [] if isinstance(m.get("options", {}), dict) else ["options"]
+    bad += [k for k in ("model_fingerprint", "weights_fingerprint", "data_resolved")
+            if not isinstance(m.get(k), (str, type(None)))]
+    return bad
 
 
 def _backbone(m: dict) -> backbones.Backbone:
