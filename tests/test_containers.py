@@ -982,6 +982,16 @@ def test_parquet_columns_named_twice_bytes_as_text_and_binary_view(tmp_path):
     assert d.labels == labels and [d.container.read(m) for m in d.sources] == images
 
 
+def test_a_parquet_split_column_of_bytes_is_read_as_its_text(tmp_path):
+    """A binary `split` column (b"train", b"test") refused every row: `str(b"train")` is "b'train'"."""
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    words = [b"train", b"test"] * (len(items) // 2)
+    pq.write_table(pa.table({"image": [f.read_bytes() for f, _, _ in items], "label": [lab for _, lab, _ in items],
+                             "split": pa.array(words, pa.binary())}), tmp_path / "b.parquet")
+    d = load_dataset(tmp_path / "b.parquet")
+    assert len(d) == len(items) and d.splits == [w.decode() for w in words]
+
+
 def test_a_tar_member_named_in_latin1_has_its_name_escaped(tmp_path):
     """A member whose name is not UTF-8 (a Latin-1 tar; `tarfile` holds it as surrogates) is read,
     its id escaped (`caf\\xe9.png`), as a file's is: its raw name failed fit's records."""

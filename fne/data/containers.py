@@ -411,6 +411,8 @@ def split_of_name(path: str, root: str | None = None) -> str | None:
 def normalise_split(value: str) -> str | None:
     """A split word as fne reads it (`train`, `Test`, `validation`, `dev`, ...) -> train, test or
     val (which `settle_splits` makes train or test); None for any other word."""
+    if isinstance(value, (bytes, bytearray)):  # a Parquet binary column, a tar's .split member: its text
+        value = bytes(value).decode("utf-8", "replace")
     return _SPLIT_WORDS.get(str(value).strip().lower())
 
 
