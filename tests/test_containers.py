@@ -304,6 +304,12 @@ def test_members_with_a_bad_label_or_split_are_skipped_naming_them(tmp_path):
                                               "skipped p.parquet:2: split 'bogus' is not train, test or validation"]
     assert (d.ids, d.labels, d.splits, d.classes) == (["p.parquet:0", "p.parquet:3"], ["a", "b"], ["train", "test"],
                                                       ["a", "b"])
+    # names written by hand as one string: the classes were its letters ("ab": a and b)
+    meta = {b"huggingface": json.dumps({"info": {"features": {
+        "label": {"_type": "ClassLabel", "names": "ab"}}}}).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), tmp_path / "s.parquet")
+    with pytest.raises(DataError, match=r"s\.parquet: the ClassLabel names of column 'label' are str 'ab', not a list"):
+        load_dataset(tmp_path / "s.parquet")
 
 
 def test_parquet_forms_and_refusals(tmp_path):

@@ -80,6 +80,9 @@ def _class_names(schema, column: str, path: str) -> list[str] | None:
         return None
     if not names:
         return None
+    if not isinstance(names, list):  # "ab" was the classes a and b
+        raise DataError(f"{path}: the ClassLabel names of column {column!r} are {type(names).__name__} "
+                        f"{str(names)[:40]!r}, not a list of names (one per index)")
     text = [label_text(n) for n in names]
     if None in text or len(set(text)) < len(text):
         bad = sorted({repr(str(n)) for n, t in zip(names, text) if t is None or text.count(t) > 1})
