@@ -338,7 +338,7 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     if ckpt is not None:
         before = ckpt.get("ran_on", ran_on)
         ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
-        run = checkpoint.resume(ckpt, parts)
+        run = checkpoint.resume(ckpt, parts, path)
         saved = run["epoch"]
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         progress_line(f"resumed {path} after epoch {run['epoch']}", cfg.progress)
