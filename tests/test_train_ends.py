@@ -314,3 +314,33 @@ def test_a_checkpoint_no_save_wrote_is_one_line_and_a_new_run_replaces_it(edit, 
     m = train(str(two_classes), "scratch", out, **kw)
     assert "note: starting a new run" in capsys.readouterr().out and m["epochs"] == 1
     assert checkpoint.read(path)["epoch"] == 1  # the new run's save replaced it
+
+
+def test_a_resumed_run_stopped_again_keeps_its_last_epoch_and_ends_as_an_uninterrupted_run(two_classes, tmp_path,
+                                                                                         monkeypatch):
+    """A run resumed from its checkpoint held no epoch in memory (the file there counted as a save,
+    and as another run's): stopped again after further epochs, it kept only the epoch it resumed
+    from, and the epochs since were lost. Now it keeps its last one, as a run not resumed does, and
+    resuming from it ends with an uninterrupted run's weights."""
+    from fne.training import train as train_module
+
+    kw = dict(arch=ARCH, epochs=5, val_fraction=0.25, image_size=32, workers=0, progress=False)
+    train(str(two_classes), "scratch", tmp_path / "whole", **kw)
+    real = train_module._epoch
+
+    def stop_at(n: int):  # Ctrl-C as epoch n (0-based) starts
+        return lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()) if a[7] == n else real(*a, **k)
+
+    out = tmp_path / "run"
+    path = out / checkpoint.CHECKPOINT
+    for stop, resume in ((1, False), (3, True)):
+        monkeypatch.setattr(train_module, "_epoch", stop_at(stop))
+        with pytest.raises(KeyboardInterrupt) as e:
+            train(str(two_classes), "scratch", out, resume=resume, **kw)
+        assert checkpoint.read(path)["epoch"] == stop
+        assert e.value.__notes__ == [f"kept epoch {stop} of 5 in {path}: resume=True continues from there"]
+    monkeypatch.setattr(train_module, "_epoch", real)
+    m = train(str(two_classes), "scratch", out, resume=True, **kw)
+    assert len(m["history"]) == 5
+    whole, resumed = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "whole", out))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
