@@ -344,3 +344,11 @@ def test_a_resumed_run_stopped_again_keeps_its_last_epoch_and_ends_as_an_uninter
     assert len(m["history"]) == 5
     whole, resumed = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "whole", out))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_checkpoint_file_that_is_no_dict_is_said_as_what_it_is(tmp_path):
+    """A torch file holding a list where checkpoint.pt lies was "(it lacks list, not a dict)"."""
+    path = tmp_path / checkpoint.CHECKPOINT
+    torch.save([1, 2], path)
+    with pytest.raises(FneError, match=r"is not a checkpoint of fne train \(it is a list, not a dict\)$"):
+        checkpoint.read(path)

@@ -236,9 +236,9 @@ def read(path: Path, mmap: bool = False) -> dict:
         raise _unreadable(path, e) from None
     keys = {"model", "optimizer", "args", "rng", *PROGRESS}
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
-        lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
-        raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train (it lacks {lacks})",
-                      FneError)
+        why = (f"it lacks {', '.join(sorted(keys - set(ckpt)))}" if isinstance(ckpt, dict)
+               else f"it is a {type(ckpt).__name__}, not a dict")  # "it lacks list, not a dict" was said
+        raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train ({why})", FneError)
     if (bad := _malformed(ckpt)) is not None:
         raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train (its {bad})", FneError)
     return ckpt
