@@ -364,6 +364,9 @@ def test_direct_mode_takes_the_class_map_as_a_dict_and_records_it_in_the_run_fol
     ('{"0": ["tench"], "1": [0]}', "source class 'tench' (0) is mapped to both '0' and '1'"),
     ('{"0": [3.5]}', "source class 3.5 is neither a name nor an index"),
     ('{"0": [1000]}', "source index 1000 out of range 0..999"),
+    # JSON keeps the last of a repeated key: the run scored {"0": [2]}, the file's "0": [1] dropped unsaid
+    ('{"0": [1], "1": [3], "0": [2]}', "target class '0' is written twice: give each class once, its source "
+                                       "classes in one list"),
 ])
 def test_a_class_map_file_that_does_not_fit_is_one_line_naming_it(tmp_path, text, words):
     from fne.training.class_map import read_class_map
@@ -375,6 +378,18 @@ def test_a_class_map_file_that_does_not_fit_is_one_line_naming_it(tmp_path, text
     with pytest.raises(OptionError) as e:
         read_class_map(str(path), ["0", "1", "2"], categories)
     assert str(e.value) == f"class_map='{path}': {words}"
+
+
+def test_a_class_map_file_with_a_byte_order_mark_is_read(tmp_path):
+    """A map saved by a Windows editor (UTF-8 with a byte-order mark, as Excel's CSVs, which fne
+    reads) was "not readable JSON (Unexpected UTF-8 BOM ...)"."""
+    from fne.training.class_map import read_class_map
+
+    path = tmp_path / "map.json"
+    path.write_bytes('\ufeff{"0": ["tench"], "1": [2]}'.encode())
+    categories = [f"class {k}" for k in range(1000)]
+    categories[0] = "tench"
+    assert read_class_map(str(path), ["0", "1", "2"], categories) == {"0": [0], "1": [2]}
 
 
 @pytest.mark.parametrize("cmap, expected", [

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fne.cli import main
+from fne.errors import FneError
 from fne.training import checkpoint, epochs
 from fne.training.train import train
 
@@ -268,3 +269,86 @@ def test_no_epoch_is_copied_in_memory_while_another_runs_checkpoint_is_there(two
     calls.clear()
     train(str(two_classes), "scratch", foreign, **kw)
     assert calls == []
+
+
+def _edited(key: str, value):
+    """A change to a checkpoint dict no fne save makes: `key` set to `value` (a callable: applied)."""
+    def edit(ckpt: dict) -> None:
+        ckpt[key] = value(ckpt[key]) if callable(value) else value
+    return edit
+
+
+@pytest.mark.parametrize("edit, said", [
+    (_edited("epoch", "two"), "is not a checkpoint of fne train (its epoch is 'two', not a count of epochs)"),
+    (_edited("epoch", -1), "is not a checkpoint of fne train (its epoch is -1, not a count of epochs)"),
+    (_edited("history", None), "is not a checkpoint of fne train (its history is not a list of its 1 epochs)"),
+    (_edited("best", {}), "is not a checkpoint of fne train (its best is not a dict of the best epoch"),
+    (_edited("model", lambda m: {k: v.reshape(-1)[:1] for k, v in m.items()}), ": its model state does not fit this run's "
+                                                                 "(RuntimeError: Error(s) in loading state_dict"),
+    (_edited("optimizer", {"state": {}}), ": its optimizer state does not fit this run's (KeyError: 'param_groups')"),
+    (_edited("rng", {}), ": its rng state does not fit this run's (KeyError: 'torch')"),
+])
+def test_a_checkpoint_no_save_wrote_is_one_line_and_a_new_run_replaces_it(edit, said, two_classes, tmp_path, capsys):
+    """A checkpoint.pt of this run's settings whose contents no fne save writes (whole CRCs: edited,
+    or put together by another tool) resumed into a TypeError, a ValueError, a KeyError at the run's
+    end or torch's many-line state-dict error; a TypeError also stopped a new run over it (without
+    resume). Now resume=True stops in one line naming the file and what does not fit, before any
+    epoch, and a new run starts, as over any checkpoint resume would refuse."""
+    kw = dict(arch=ARCH, epochs=1, val_fraction=0.25, image_size=32, workers=0, progress=False, save_every=1)
+    out = tmp_path / "run"
+    train(str(two_classes), "scratch", out, **kw)
+    path = out / checkpoint.CHECKPOINT
+    ckpt = checkpoint.read(path)
+    edit(ckpt)
+    torch.save(ckpt, path)
+    trained = []
+    real = epochs.train_one_epoch
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(epochs, "train_one_epoch", lambda *a, **k: (trained.append(1), real(*a, **k))[1])
+        with pytest.raises(FneError) as e:
+            train(str(two_classes), "scratch", out, resume=True, **kw)
+    assert str(e.value).startswith(f"resume=True: {path}") and said in str(e.value), str(e.value)
+    assert "\n" not in str(e.value) and str(e.value).endswith("start anew without resume=True") == (": its" in said)
+    assert trained == []
+    capsys.readouterr()
+    m = train(str(two_classes), "scratch", out, **kw)
+    assert "note: starting a new run" in capsys.readouterr().out and m["epochs"] == 1
+    assert checkpoint.read(path)["epoch"] == 1  # the new run's save replaced it
+
+
+def test_a_resumed_run_stopped_again_keeps_its_last_epoch_and_ends_as_an_uninterrupted_run(two_classes, tmp_path,
+                                                                                         monkeypatch):
+    """A run resumed from its checkpoint held no epoch in memory (the file there counted as a save,
+    and as another run's): stopped again after further epochs, it kept only the epoch it resumed
+    from, and the epochs since were lost. Now it keeps its last one, as a run not resumed does, and
+    resuming from it ends with an uninterrupted run's weights."""
+    from fne.training import train as train_module
+
+    kw = dict(arch=ARCH, epochs=5, val_fraction=0.25, image_size=32, workers=0, progress=False)
+    train(str(two_classes), "scratch", tmp_path / "whole", **kw)
+    real = train_module._epoch
+
+    def stop_at(n: int):  # Ctrl-C as epoch n (0-based) starts
+        return lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()) if a[7] == n else real(*a, **k)
+
+    out = tmp_path / "run"
+    path = out / checkpoint.CHECKPOINT
+    for stop, resume in ((1, False), (3, True)):
+        monkeypatch.setattr(train_module, "_epoch", stop_at(stop))
+        with pytest.raises(KeyboardInterrupt) as e:
+            train(str(two_classes), "scratch", out, resume=resume, **kw)
+        assert checkpoint.read(path)["epoch"] == stop
+        assert e.value.__notes__ == [f"kept epoch {stop} of 5 in {path}: resume=True continues from there"]
+    monkeypatch.setattr(train_module, "_epoch", real)
+    m = train(str(two_classes), "scratch", out, resume=True, **kw)
+    assert len(m["history"]) == 5
+    whole, resumed = (torch.load(d / "model.pt", weights_only=True) for d in (tmp_path / "whole", out))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_checkpoint_file_that_is_no_dict_is_said_as_what_it_is(tmp_path):
+    """A torch file holding a list where checkpoint.pt lies was "(it lacks list, not a dict)"."""
+    path = tmp_path / checkpoint.CHECKPOINT
+    torch.save([1, 2], path)
+    with pytest.raises(FneError, match=r"is not a checkpoint of fne train \(it is a list, not a dict\)$"):
+        checkpoint.read(path)

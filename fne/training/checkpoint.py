@@ -181,12 +181,21 @@ def resumable(path: Path, cfg, images: dict) -> dict | None:
         return None
 
 
-def resume(ckpt: dict, parts: dict) -> dict:
-    """Load checkpoint `ckpt` (from `load`) into `parts` and the RNGs; -> the run's progress."""
-    for k, v in parts.items():
-        if v is not None and ckpt.get(k):
-            v.load_state_dict(ckpt[k])
-    set_rng_state(ckpt["rng"])
+def resume(ckpt: dict, parts: dict, path: Path) -> dict:
+    """Load checkpoint `ckpt` (from `load`, read from `path`) into `parts` and the RNGs; -> the
+    run's progress. A part whose state does not fit the run's (a file of this run's settings that
+    no fne save wrote: edited, or assembled by another tool) is an FneError naming the file and the
+    part, before any epoch (torch's own errors ran over many lines, or were a bare KeyError)."""
+    for k, v in [*parts.items(), ("rng", None)]:
+        try:
+            if k == "rng":
+                set_rng_state(ckpt["rng"])
+            elif v is not None and ckpt.get(k):
+                v.load_state_dict(ckpt[k])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            what = f"its {k} state does not fit this run's ({' '.join(f'{type(e).__name__}: {e}'.split())[:300]})"
+            raise refusal(lambda py, what=what: f"{resume_flag(py)}: {path}: {what}; start anew without "
+                                                f"{resume_flag(py)}", FneError) from None
     return {k: ckpt[k] for k in PROGRESS}
 
 
@@ -227,10 +236,31 @@ def read(path: Path, mmap: bool = False) -> dict:
         raise _unreadable(path, e) from None
     keys = {"model", "optimizer", "args", "rng", *PROGRESS}
     if not isinstance(ckpt, dict) or not keys <= set(ckpt):
-        lacks = ", ".join(sorted(keys - set(ckpt))) if isinstance(ckpt, dict) else f"{type(ckpt).__name__}, not a dict"
-        raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train (it lacks {lacks})",
-                      FneError)
+        why = (f"it lacks {', '.join(sorted(keys - set(ckpt)))}" if isinstance(ckpt, dict)
+               else f"it is a {type(ckpt).__name__}, not a dict")  # "it lacks list, not a dict" was said
+        raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train ({why})", FneError)
+    if (bad := _malformed(ckpt)) is not None:
+        raise refusal(lambda py: f"{resume_flag(py)}: {path} is not a checkpoint of fne train (its {bad})", FneError)
     return ckpt
+
+
+def _malformed(ckpt: dict) -> str | None:
+    """What in checkpoint dict `ckpt` is not of the kind `save` writes, or None: a file no fne save
+    wrote (its CRCs whole) went on to a TypeError comparing its epoch, a ValueError seeding from
+    a negative one or a KeyError at the run's end, and stopped a new run over it as well."""
+    epoch, best = ckpt["epoch"], ckpt["best"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        return f"epoch is {epoch!r}, not a count of epochs"
+    if not isinstance(ckpt["history"], list) or len(ckpt["history"]) != epoch:
+        return f"history is not a list of its {epoch} epochs"
+    if not isinstance(best, dict) or not {"epoch", "val_accuracy", "val_loss", "state"} <= set(best):
+        return "best is not a dict of the best epoch (epoch, val_accuracy, val_loss, state)"
+    for k in ("model", "optimizer", "args", "rng"):
+        if not isinstance(ckpt[k], dict):
+            return f"{k} is {type(ckpt[k]).__name__}, not a dict"
+    if not isinstance(ckpt["train_seconds"], (int, float)):
+        return f"train_seconds is {ckpt['train_seconds']!r}, not a number"
+    return None
 
 
 def check_whole(path: Path) -> None:

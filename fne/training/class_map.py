@@ -62,16 +62,36 @@ def recorded(class_map: str | dict | None, out: str | Path) -> tuple[str | None,
 
 
 def given_map(path: str | Path | dict) -> object:
-    """The class map as given: the dict, or a file's JSON (any JSON: `read_class_map` checks it)."""
+    """The class map as given: the dict, or a file's JSON (any JSON: `read_class_map` checks it),
+    read as UTF-8 (a Windows editor's byte-order mark is fine, as in a CSV); a target class
+    written twice in one object is refused: JSON keeps the last silently, so the run scored a map
+    other than the file's (and recorded that one as class_map.json)."""
     if isinstance(path, dict):
         check_inline(path)
         return path
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8-sig"), object_pairs_hook=_once)
     except FileNotFoundError:
         raise refused(path, "no such file") from None
+    except _Repeated as e:
+        raise refused(path, f"target class {e.args[0]!r} is written twice: give each class once, "
+                            f"its source classes in one list") from None
     except (OSError, ValueError) as e:
         raise refused(path, f"not readable JSON ({e})") from None
+
+
+class _Repeated(Exception):
+    """A key written twice in one JSON object (its name: args[0])."""
+
+
+def _once(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: the object's dict, or _Repeated naming a key it writes twice."""
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise _Repeated(k)
+        seen[k] = v
+    return seen
 
 
 def read_class_map(path: str | Path | dict, classes: list[str], categories: list[str],

@@ -219,7 +219,8 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     if on_device:
         ctx.augment = augment.DeviceAugment(size, train_tf.side)
 
-    kept = Unsaved(Path(cfg.out) / checkpoint.CHECKPOINT, cfg.save_every, cfg.epochs)
+    path = Path(cfg.out) / checkpoint.CHECKPOINT
+    kept = Unsaved(path, cfg.save_every, cfg.epochs, own=checkpoint.identity(path) if ckpt is not None else None)
     try:
         # The loaders' workers end with each part, also on Ctrl-C: the training and validation
         # loaders' (kept across epochs) before the test pass, not idle beside its own.
@@ -237,7 +238,6 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     except (OSError, KeyboardInterrupt) as e:  # a full disk, Ctrl-C, SIGTERM: the epochs trained are not lost
         kept.keep(e)
         raise
-    path = Path(cfg.out) / checkpoint.CHECKPOINT
     if stale is not None and checkpoint.identity(path) == stale:  # no save came: the run folder is this run's
         path.unlink(missing_ok=True)
     return metrics
@@ -335,12 +335,12 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
     parts = {"model": model, "optimizer": opt, "scheduler": epochs.scheduler(opt, cfg.scheduler, cfg.epochs),
              "scaler": ctx.scaler}
     path = Path(cfg.out) / checkpoint.CHECKPOINT
-    run, saved = _start(), None  # saved: the epoch the run folder's checkpoint holds
+    run, saved, wrote = _start(), None, False  # saved: the epoch the run folder's checkpoint holds; wrote: by this run
     ran_on = {"device": str(ctx.device), "precision": ctx.precision, "augment_on": "device" if ctx.augment else "cpu"}
     if ckpt is not None:
         before = ckpt.get("ran_on", ran_on)
         ctx.skipped.update(ckpt.get("skipped", {}))  # named once, and counted even with no epoch left
-        run = checkpoint.resume(ckpt, parts)
+        run = checkpoint.resume(ckpt, parts, path)
         saved = run["epoch"]
         ckpt.clear()  # its tensors are copied into `parts`: their memory goes back now
         progress_line(f"resumed {path} after epoch {run['epoch']}", cfg.progress)
@@ -362,9 +362,9 @@ def _fit(model: torch.nn.Module, cfg: TrainConfig, ctx: epochs.Ctx, source: dict
         _epoch(model, cfg, ctx, parts, loaders, gen, source["keep"], epoch, run)
         if checkpoint.due(cfg.save_every, epoch, last_write):
             save(parts, run)
-            saved, last_write = epoch + 1, time.monotonic()
+            saved, wrote, last_write = epoch + 1, True, time.monotonic()
             kept.drop()
-        elif saved is None and epoch + 1 < cfg.epochs:  # no checkpoint of the run yet: this epoch's end, in memory
+        elif not wrote and epoch + 1 < cfg.epochs:  # no save yet (one resumed from is behind): this epoch's end, in memory
             kept.hold_epoch(save, model, parts, run)
     if saved != run["epoch"]:  # its weights before the best epoch's are put in the model
         kept.hold_epoch(save, model, parts, run, done=True)

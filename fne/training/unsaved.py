@@ -5,7 +5,8 @@
 disk lost every epoch trained, and so did one during the test pass or while the run's files were
 written, after the last epoch. `Unsaved` holds a copy of the state at the end of each completed
 epoch (what a save writes: the model, optimizer, scheduler and scaler, and the run's progress)
-until the run's first save, and the last epoch's as the epochs end; `keep` writes it to the run's
+until the run's first save (a resumed run's too: the checkpoint it resumed from is its own, which a
+Ctrl-C after further epochs replaced by none, losing them), and the last epoch's as the epochs end; `keep` writes it to the run's
 checkpoint as the run stops, and `--resume` goes on from that epoch as from a save (every epoch
 reseeds every generator, `checkpoint.seed_epoch`: the same weights as an uninterrupted run), or,
 after the last epoch, writes the run's files without training again.
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from fne.training import checkpoint
 from fne.training.checkpoint import PROGRESS
 
 
@@ -49,10 +51,13 @@ class Unsaved:
         `--save-every`: 0 keeps nothing.
     epochs : int
         The run's epochs, for the note that says what was kept.
+    own : tuple, optional
+        `checkpoint.identity` of the checkpoint the run resumed from: its own, which an epoch held
+        may replace (any other file there is left as it was).
     """
 
-    def __init__(self, path: Path, save_every: int | str, epochs: int) -> None:
-        self.path, self.wanted, self.epochs = path, save_every != 0, epochs
+    def __init__(self, path: Path, save_every: int | str, epochs: int, own: tuple | None = None) -> None:
+        self.path, self.wanted, self.epochs, self.own = path, save_every != 0, epochs, own
         self.held: tuple[Callable[[], None], int, bool] | None = None  # (its write, epoch, done)
 
     def hold_epoch(self, save: Callable[[dict, dict], None], model: torch.nn.Module, parts: dict, run: dict,
@@ -63,7 +68,7 @@ class Unsaved:
         far where it is the best epoch (a copy already), else copied. Nothing is copied while
         another run's checkpoint is there: `keep` would not write over it (the run's own first
         save drops what is held, so a checkpoint there before the last epoch is not the run's)."""
-        if not self.wanted or (not done and self.path.exists()):
+        if not self.wanted or (not done and self._foreign()):
             self.held = None
             return
         best = run["best"]
@@ -72,6 +77,10 @@ class Unsaved:
         states["model"] = best["state"] if best["epoch"] == run["epoch"] else copied(model.state_dict())
         progress = {**{k: run[k] for k in PROGRESS}, "history": list(run["history"]), "best": dict(best)}
         self.held = (lambda: save(states, progress)), run["epoch"], done  # one store: a Ctrl-C comes before or after
+
+    def _foreign(self) -> bool:
+        """Whether the run folder holds a checkpoint that is not the one this run resumed from."""
+        return self.path.exists() and (self.own is None or checkpoint.identity(self.path) != self.own)
 
     def drop(self) -> None:
         """A checkpoint holds the run's last epoch: nothing to keep."""
@@ -87,7 +96,7 @@ class Unsaved:
         if self.held is None:
             return
         write, epoch, done = self.held
-        if not done and self.path.exists():
+        if not done and self._foreign():
             return
         try:
             write()
