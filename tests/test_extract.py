@@ -356,8 +356,10 @@ def test_a_batch_size_beyond_the_images_sizes_nothing_by_it(tmp_path, monkeypatc
 
     monkeypatch.setattr(taps.torch, "compile", lambda model, **k: Compiled(model))
     data = write_digits(tmp_path / "data", per_class=3, classes=2)
-    r = fx.extract(data, cache=str(tmp_path / "c"), compile="on", batch_size=10**9, workers=0, progress=False,
+    from fne.options import MAX_BATCH  # the largest batch the option takes (10^9 is refused since)
+
+    r = fx.extract(data, cache=str(tmp_path / "c"), compile="on", batch_size=MAX_BATCH, workers=0, progress=False,
                    **FAST32)
     assert r.compiled and r.n_computed == 6 and seen == [6]
     (store,) = list_stores(tmp_path / "c")
-    assert store.records()[-1]["batch_size"] == 10**9
+    assert store.records()[-1]["batch_size"] == MAX_BATCH
