@@ -1012,16 +1012,20 @@ def test_a_tar_member_named_in_latin1_has_its_name_escaped(tmp_path):
     assert d.container.read(d.sources[0]) == items[0][0].read_bytes()
 
 
+def _garbled_parquet(path: Path, column: int) -> None:
+    """A Parquet file of 4 rows (image, label) at `path`, its `column`'s first page header garbled."""
+    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), path, compression="none")
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(column)
+    at = chunk.dictionary_page_offset or chunk.data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[at:at + 8] = b"\xff" * 8
+    path.write_bytes(bytes(raw))
+
+
 def test_a_damaged_parquet_page_header_is_said_in_one_line(tmp_path):
     """pyarrow's text for a garbled page header spans lines and holds the byte it could not read;
     the line that skips the file, and the refusal when no file is left, keep to one line."""
-    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), tmp_path / "p.parquet",
-                   compression="none")
-    label = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(0).column(1)
-    at = label.dictionary_page_offset or label.data_page_offset
-    raw = bytearray((tmp_path / "p.parquet").read_bytes())
-    raw[at:at + 8] = b"\xff" * 8
-    (tmp_path / "p.parquet").write_bytes(bytes(raw))
+    _garbled_parquet(tmp_path / "p.parquet", column=1)
     with pytest.warns(UserWarning) as said, pytest.raises(DataError) as e:
         load_dataset(tmp_path / "p.parquet")
     for text in (str(said[0].message), str(e.value)):
@@ -1031,13 +1035,7 @@ def test_a_damaged_parquet_page_header_is_said_in_one_line(tmp_path):
 def test_a_damaged_parquet_image_page_skips_its_rows_in_one_line(tmp_path):
     """A garbled page of the image column (not read when listing: its statistics say no cell is
     null) fails each of its rows when read, with pyarrow's text on one line (the skip's reason)."""
-    pq.write_table(pa.table({"image": [b"x" * 100] * 4, "label": ["a", "b"] * 2}), tmp_path / "p.parquet",
-                   compression="none")
-    image = pq.ParquetFile(tmp_path / "p.parquet").metadata.row_group(0).column(0)
-    at = image.dictionary_page_offset or image.data_page_offset
-    raw = bytearray((tmp_path / "p.parquet").read_bytes())
-    raw[at:at + 8] = b"\xff" * 8
-    (tmp_path / "p.parquet").write_bytes(bytes(raw))
+    _garbled_parquet(tmp_path / "p.parquet", column=0)
     d = load_dataset(tmp_path / "p.parquet")
     with pytest.raises(OSError) as e:
         d.container.read(d.sources[0])
