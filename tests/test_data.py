@@ -437,10 +437,11 @@ def test_named_classes_without_images_are_left_out_with_a_warning(tmp_path):
     ("fifo", "neither a folder nor a file (give a folder, a .csv"),
     ("names_scalar", "labels.attrs['class_names'] must be a list of names, one per class, got shape ()"),
     ("no_pixels", "images must be at least 1×1 pixels, got shape (2, 0, 8, 3)"),
-    ("damaged", "cannot read (Can't synchronously read data (filter returned failure during read)); the file is "
-                "damaged"),
-    ("header", "cannot read (Unable to synchronously open object (bad object header version number)); the file is "
-               "damaged"),
+    # h5py's own words inside the brackets differ by release (3.9: "Can't read data (inflate() failed)")
+    ("damaged", "d.h5: cannot read (Can't "),
+    ("damaged", "); the file is damaged"),
+    ("header", "d.h5: cannot read (Unable to "),
+    ("header", "); the file is damaged"),
     ("long_name", "does not exist (give a folder, a .csv"),
     ("csv_long_name", "1 listed file(s) do not exist: " + "a" * 300 + ".jpg"),
 ])
