@@ -222,8 +222,19 @@ class Store:
         self._materialise()
         self.files.write_json(rel, obj)
 
+    def removed(self) -> bool:
+        """Whether another process removed this local store (`fne cache rm`) since it was opened or
+        written: its store.json is gone. Such a removal waits for no extraction that has opened
+        the store but has not taken its lock yet (`fne.extraction.plan.one_at_a_time`)."""
+        return self.url is None and self._unwritten is None and not self.exists("store.json")
+
     def _materialise(self) -> None:
-        """Before the first write: make the store (see `open`) or upgrade a format-1 store.json."""
+        """Before the first write: make the store (see `open`) or upgrade a format-1 store.json;
+        make it anew where it was `removed`, so that no row is committed into a folder without
+        store.json, which no read sees and `fne cache verify` does not list."""
+        if self.removed():
+            self._unwritten = self.meta
+            self.refresh()
         if self._unwritten is not None:
             meta, self._unwritten = self._unwritten, None
             for d in ("parts", "bad", "records"):

@@ -262,7 +262,7 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: Plan, shard:
     computes only what is still missing (two `fne fit --extract` on the same images compute
     them once). Returns at once, with the rows committed so far, on an error or an interrupt."""
     with one_at_a_time(store, dataset, shard, o.progress) as waited:
-        if waited:
+        if waited or store.removed():  # rows another process computed, or removed, since the plan
             store.refresh()
             plan = make_plan(dataset, store, shard, spec.cache, retry_bad=False)
         if not plan.todo:
