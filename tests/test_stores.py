@@ -701,3 +701,24 @@ def test_a_store_removed_before_an_extraction_takes_its_lock_is_made_anew_whole(
     (store,) = list_stores(cache)
     assert store.path.name == name and len(store) == 32 and verify(store).ok
 
+
+def test_two_cache_rm_of_one_store_at_once_say_so_not_that_a_part_is_damaged(warm_cache, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Two `fne cache rm` of a store: the second, which had listed it, read its parts as the first
+    renamed it away and said `part … is damaged (FileNotFoundError …)`, which it was not."""
+    import fne.cache.upkeep as upkeep
+    import fne.cache.verbs as verbs
+
+    cache, first, second = _two_stores(warm_cache, tmp_path)
+    real = verbs._info
+
+    def other_rm_first(store):  # the other process's removal, between this one's listing and its own
+        upkeep.remove(list_stores(cache)[1])
+        return real(store)
+
+    monkeypatch.setattr(verbs, "_info", other_rm_first)
+    assert main(["cache", "rm", second, "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fne cache rm: error: {second}: another process removed it while this one was (another `fne "
+                   f"cache rm` of it?); nothing of it is left")
+    assert [s.path.name for s in list_stores(cache)] == [first] and verify(list_stores(cache)[0]).ok
