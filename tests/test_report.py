@@ -554,6 +554,21 @@ def test_a_report_into_an_earlier_reports_folder_leaves_none_of_its_figures(tmp_
     assert not list(out.rglob(".tmp-*"))
 
 
+
+def test_a_report_leaves_the_figures_another_report_into_its_folder_is_writing(tmp_path):
+    """Two `fne run` of one out folder write its report at the same time: the second's removal of
+    stale figures took the first's temporary figure (`.tmp-…-digits-bars.png`, a name ending in a
+    figure's) for one, and the first ended in a traceback (FileNotFoundError) as it renamed it."""
+    from fne.cache.fs import temp_path
+
+    write_run(tmp_path / "runs", "pets/fne", fake_metrics("fne+svm", 0.9, 0.01, 0.9, 0.01))
+    out = tmp_path / "rep"
+    (out / "report_files").mkdir(parents=True)
+    writing = temp_path(out / "report_files" / "digits-bars.png")  # its writer, this process, runs
+    writing.write_bytes(b"the other report's figure, not yet renamed into place")
+    report([tmp_path / "runs"], out)
+    assert writing.is_file() and (out / "report_files" / "pets-bars.png").is_file()
+
 def test_other_labels_of_one_data_are_another_task_in_a_section_of_its_own(tmp_path):
     """Two label columns of one Parquet file (`--label-key`) are two tasks: their runs were one
     section, ranked and tested image by image against each other; now each task is a section of its

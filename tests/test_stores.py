@@ -25,7 +25,7 @@ from fne.errors import FneError, OptionError
 from fne.linear.fit import fit
 from fne.linear.predict import predict
 
-from .conftest import FAST, age, says_it_waits, write_digits
+from .conftest import FAST, FAST32, age, says_it_waits, write_digits
 
 ARCH = FAST["arch"]
 
@@ -672,3 +672,53 @@ def test_a_manifest_entry_older_fne_keyed_under_a_symlinked_root_is_used_not_has
     assert sorted(files) == sorted(os.path.relpath(p, tmp_path / "link") for p in dataset.sources)
     assert [files[os.path.relpath(p, tmp_path / "link")][2] for p in dataset.sources] == keys
     assert mf.attach_keys(fne.data.datasets.load_dataset(real), cache).keys() == keys  # the resolved root's too
+
+
+def test_a_store_removed_before_an_extraction_takes_its_lock_is_made_anew_whole(warm_cache32, tmp_path, monkeypatch):
+    """`fne cache rm` refuses a store whose lock an extraction holds, but an extraction opens the
+    store and plans from its rows before it takes the lock (its network loads in between). A removal
+    there made the extraction commit its part into a folder without store.json, which no read and no
+    `fne cache verify` saw, and say that the removed rows were cached: now it plans again and
+    writes the store anew, every row of DATA in it."""
+    import contextlib
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache32, cache)
+    (name,) = [s.path.name for s in list_stores(cache)]
+    data = write_digits(tmp_path / "more", per_class=8, classes=4)  # 24 of its 32 images are cached
+    real = fx.one_at_a_time
+
+    @contextlib.contextmanager
+    def removed_first(store, *args, **kwargs):  # another process's `fne cache rm`, before this one's lock
+        assert main(["cache", "rm", name, "--cache", str(cache)]) == 0 and not (cache / name).exists()
+        with real(store, *args, **kwargs) as waited:
+            yield waited
+
+    monkeypatch.setattr(fx, "one_at_a_time", removed_first)
+    r = fx.extract(str(data), cache=str(cache), progress=False, **FAST32)
+    assert (r.n_cached, r.n_computed) == (0, 32)
+    (store,) = list_stores(cache)
+    assert store.path.name == name and len(store) == 32 and verify(store).ok
+
+
+def test_two_cache_rm_of_one_store_at_once_say_so_not_that_a_part_is_damaged(warm_cache, tmp_path, monkeypatch,
+                                                                            capsys):
+    """Two `fne cache rm` of a store: the second, which had listed it, read its parts as the first
+    renamed it away and said `part … is damaged (FileNotFoundError …)`, which it was not."""
+    import fne.cache.upkeep as upkeep
+    import fne.cache.verbs as verbs
+
+    cache, first, second = _two_stores(warm_cache, tmp_path)
+    real = verbs._info
+
+    def other_rm_first(store):  # the other process's removal, between this one's listing and its own
+        upkeep.remove(list_stores(cache)[1])
+        return real(store)
+
+    monkeypatch.setattr(verbs, "_info", other_rm_first)
+    assert main(["cache", "rm", second, "--cache", str(cache)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fne cache rm: error: {second}: another process removed it while this one was (another `fne "
+                   f"cache rm` of it?); nothing of it is left")
+    assert [s.path.name for s in list_stores(cache)] == [first] and verify(list_stores(cache)[0]).ok

@@ -223,9 +223,9 @@ class Store:
         self.files.write_json(rel, obj)
 
     def _materialise(self) -> None:
-        """Before the first write: make the store (see `open`) or upgrade a format-1 store.json."""
-        if self._unwritten is not None:
-            meta, self._unwritten = self._unwritten, None
+        """Before the first write: make the store (see `open`), anew where it was `removed`, or upgrade a format-1 one."""
+        if self._unwritten is not None or removed(self):  # never a part in a folder without store.json
+            meta, self._unwritten = self._unwritten or self.meta, None
             for d in ("parts", "bad", "records"):
                 self.files.makedirs(d)
             self.files.write_json("store.json", meta)  # concurrent writers: the same file, renamed
@@ -401,6 +401,14 @@ class Store:
     def size_bytes(self) -> int:
         return self.files.size()
 
+
+
+def removed(store: Store) -> bool:
+    """Whether another process removed the local store `store` (`fne cache rm`) since it was opened
+    or written: its store.json is gone. Such a removal waits for no extraction that has opened the
+    store but not yet taken its lock (`fne.extraction.plan.one_at_a_time`): its next write makes
+    the store anew (`Store._materialise`), so that no read and no `fne cache verify` misses its rows."""
+    return store.url is None and store._unwritten is None and not store.exists("store.json")
 
 def read_records(store: Store) -> list[dict]:
     """`store`'s run records (`Store.record`), oldest first; one that cannot be read or holds no

@@ -298,9 +298,16 @@ def cache_rm(stores: str | Path | list[str | Path] | tuple[str | Path, ...], **o
         upkeep.finish_removals(root)  # of an interrupted `fne cache rm`
     removal = CacheRemoval(root=str(root), dry_run=cache_o.dry_run)
     for name, s in sorted(chosen.items()):
-        removal.stores.append(_info(s) if isinstance(s, Store) else _unreadable_info(s, unreadable[name]))
-        if not cache_o.dry_run:
-            upkeep.remove(s)
+        try:
+            removal.stores.append(_info(s) if isinstance(s, Store) else _unreadable_info(s, unreadable[name]))
+            if not cache_o.dry_run:
+                upkeep.remove(s)
+        except (CacheError, FileNotFoundError):
+            path = getattr(s, "path", s)
+            if isinstance(path, Path) and not path.exists():  # not damaged: gone since it was listed
+                raise FneError(f"{name}: another process removed it while this one was (another `fne cache rm` "
+                               f"of it?); nothing of it is left") from None
+            raise
     return removal
 
 

@@ -27,7 +27,7 @@ from fne.backbones.fetch import loading
 from fne.backbones.registry import weights_file
 from fne.cache.fs import unwritable
 from fne.cache.spec import StoreSpec, earlier_pixels
-from fne.cache.store import Store, cache_root
+from fne.cache.store import Store, cache_root, removed
 from fne.cache.upkeep import new_cache_removed_on_failure
 from fne.data import shards
 from fne.data.dataset import Dataset
@@ -262,7 +262,7 @@ def _compute(spec: StoreSpec, store: Store, dataset: Dataset, plan: Plan, shard:
     computes only what is still missing (two `fne fit --extract` on the same images compute
     them once). Returns at once, with the rows committed so far, on an error or an interrupt."""
     with one_at_a_time(store, dataset, shard, o.progress) as waited:
-        if waited:
+        if waited or removed(store):  # rows another process computed, or removed, since the plan
             store.refresh()
             plan = make_plan(dataset, store, shard, spec.cache, retry_bad=False)
         if not plan.todo:

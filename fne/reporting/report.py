@@ -428,10 +428,13 @@ def report(run_dirs: Iterable[str | Path] | str | Path, out: str | Path, pipelin
 def _remove_stale_figures(fig_dir: Path, drawn: set[str]) -> None:
     """The figures an earlier report into the same folder drew that this one did not (a section
     it no longer has, or ``figures=False``): left, they would pass for this report's. The folder
-    goes with them where nothing else is in it (a report without figures has none)."""
+    goes with them where nothing else is in it (a report without figures has none). Hidden files
+    are passed over: the temporary figures of another report writing into the folder now (two `fne
+    run` of one out folder); `replace_files` removes those whose writer is dead."""
     if fig_dir.is_dir():
         for f in fig_dir.glob("*.png"):
-            if f.stem.rsplit("-", 1)[-1] in _FIGURES and f"report_files/{f.name}" not in drawn:
+            if not f.name.startswith(".") and f.stem.rsplit("-", 1)[-1] in _FIGURES \
+                    and f"report_files/{f.name}" not in drawn:
                 f.unlink(missing_ok=True)
         if not drawn and not any(fig_dir.iterdir()):
             fig_dir.rmdir()
