@@ -402,13 +402,13 @@ class Store:
         return self.files.size()
 
 
-
 def removed(store: Store) -> bool:
     """Whether another process removed the local store `store` (`fne cache rm`) since it was opened
     or written: its store.json is gone. Such a removal waits for no extraction that has opened the
     store but not yet taken its lock (`fne.extraction.plan.one_at_a_time`): its next write makes
     the store anew (`Store._materialise`), so that no read and no `fne cache verify` misses its rows."""
     return store.url is None and store._unwritten is None and not store.exists("store.json")
+
 
 def read_records(store: Store) -> list[dict]:
     """`store`'s run records (`Store.record`), oldest first; one that cannot be read or holds no
