@@ -108,6 +108,14 @@ def up_to_float32(lo: float, closed_lo: bool) -> dict:
             "bound": f"in {'[' if closed_lo else '('}{lo:g}, 3.4e38]", "kind": "a number"}
 
 
+def imported_lr_overflows(lr: float, imported_lr_mult: float) -> str | None:
+    """finetune's imported layers' rate, lr * imported_lr_mult, where it passes float32's largest
+    (each within its bound, --lr 1e30 --imported-lr-mult 1e20 stopped the first step with torch's
+    "cannot be converted to type float without overflow" traceback), as a message says it; else None."""
+    rate = lr * imported_lr_mult
+    return f"{rate:g}, past float32's largest (3.4e38)" if rate > FLOAT32_MAX else None
+
+
 def at_least(n: float, kind: str = "an integer") -> dict:
     """An option's bound: values >= n (`kind` names what it takes in the message)."""
     return {"check": lambda v: v >= n, "bound": f">= {n}", "kind": kind}

@@ -473,6 +473,10 @@ def test_data_a_shell_expanded_into_several_paths_is_named(tmp_path, capsys, mon
      "bad --lr inf: --lr must be a finite number in (0, 3.4e38]"),
     # past float32's largest: torch's overflow traceback at the first step
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--lr", "1e308"], "bad --lr 1e+308: --lr must be in (0, 3.4e38]"),
+    # each within its bound, their product past float32's: the same traceback at the first step
+    (["train", "DATA", "--mode", "finetune", "--out", "RUN", "--lr", "1e30", "--imported-lr-mult", "1e20"],
+     "--lr 1e+30 times --imported-lr-mult 1e+20 is the imported layers' learning rate, 1e+50, past float32's "
+     "largest (3.4e38): lower one of the two"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--momentum", "inf"],
      "bad --momentum inf: --momentum must be a finite number in [0, 1)"),
     (["train", "DATA", "--mode", "frozen", "--out", "RUN", "--weight-decay=-inf"],

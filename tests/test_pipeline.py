@@ -162,6 +162,11 @@ def test_errors_name_key_and_line(tmp_path, old, new, line, key, words):
     ('weights = "random"', 'weights = "random"\nlabel = "a/b"', 10, "backbones[0].label",
      "'a/b' is not one folder name"),
     ('epochs = 2', 'epochs = 2\ntest_size = 2.0', 18, "train.test_size", "expected a number in (0, 1)"),
+    # each rate within its bound, finetune's product of them past float32's largest: `fne train`'s
+    # refusal at the first step, said before any step runs, in the file's words
+    ('modes = ["frozen"]\nepochs = 2', 'modes = ["frozen", "finetune"]\nepochs = 2\nlr = 1e30\n\n[train.finetune]\n'
+     'imported_lr_mult = 1e20', 21, "train.finetune.imported_lr_mult",
+     "lr = 1e+30 times imported_lr_mult = 1e+20 is the imported layers' learning rate, 1e+50, past float32's largest"),
 ])
 def test_a_refused_value_is_named_once_and_nothing_else(tmp_path, old, new, line, key, words):
     """One problem, one line: no second report of it (train.modes), no traceback (a mode's

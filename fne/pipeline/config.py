@@ -24,8 +24,15 @@ from pathlib import Path
 
 from fne.errors import FneError, expect_path
 from fne.names import HEADS, MODES, WEIGHT_CHOICES, slug
-from fne.option_handling import defaults, not_in_pipelines, problems, schema, used_by, uses
-from fne.options import AdviseOptions, FitOptions, ForwardOptions, StoreOptions, TrainConfig
+from fne.option_handling import defaults, keyed, not_in_pipelines, problems, schema, used_by, uses
+from fne.options import (
+    AdviseOptions,
+    FitOptions,
+    ForwardOptions,
+    StoreOptions,
+    TrainConfig,
+    imported_lr_overflows,
+)
 from fne.pipeline.config_data import DatasetCfg, check_class_map, check_published, resolve_data
 from fne.pipeline.config_data import (
     expand_vars as expand_vars,  # fne.pipeline.config.expand_vars, as before
@@ -482,6 +489,12 @@ def _load_train(p: Pipeline, t: dict, err: Errors) -> None:
             if not any(f" {dotted(at)}: " in line for _, line in err.items):  # a shared [train] key: once
                 err.add(at, f"{p.train[m]['augment_on']!r} places the augmentation, and augment = false "
                             f"trains without it: give one of the two")
+        rates = {**defaults(TrainConfig), **p.train[m]}
+        past = imported_lr_overflows(rates["lr"], rates["imported_lr_mult"]) if m == "finetune" else None
+        if past:  # as `fne train` refuses it (fne.training.train._check), in the file's words
+            at = ("train", m, "imported_lr_mult") if "imported_lr_mult" in own else ("train", "imported_lr_mult")
+            err.add(at, f"{keyed('lr', rates['lr'])} times {keyed('imported_lr_mult', rates['imported_lr_mult'])} "
+                        f"is the imported layers' learning rate, {past}: lower one of the two")
         p.train_raw[m] = own
     p.train_raw[""] = common
 

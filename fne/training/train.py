@@ -58,7 +58,14 @@ from fne.metrics import (
     split_scores,
 )
 from fne.option_handling import named, refusal
-from fne.options import DATA_HELP, DataOptions, StoreOptions, TrainConfig, usable_cores
+from fne.options import (
+    DATA_HELP,
+    DataOptions,
+    StoreOptions,
+    TrainConfig,
+    imported_lr_overflows,
+    usable_cores,
+)
 from fne.progress import STARTS_OVER, progress_line, said
 from fne.training import augment, checkpoint, epochs
 from fne.training.class_map import (
@@ -104,6 +111,10 @@ def _check(cfg: TrainConfig, given: set[str]) -> None:
         raise refusal(lambda py: f"{named('augment_on', py, cfg.augment_on)} places the augmentation, and "
                                  f"{named('augment', py, False)} trains without it: "
                                  f"give one of the two")
+    past = imported_lr_overflows(cfg.lr, cfg.imported_lr_mult) if cfg.mode == "finetune" else None
+    if past:
+        raise refusal(lambda py: f"{named('lr', py, cfg.lr)} times {named('imported_lr_mult', py, cfg.imported_lr_mult)} "
+                                 f"is the imported layers' learning rate, {past}: lower one of the two")
     backbones.check_weights(cfg.arch, cfg.weights)
     backbones.check_weights_seed(cfg.weights, cfg.weights_seed, scratch=cfg.mode == "scratch")
     if cfg.resume and cfg.mode == "direct":
