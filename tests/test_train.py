@@ -1165,6 +1165,28 @@ def test_resume_takes_a_default_given_as_a_default_left_out():
     assert mismatch(ran, cfg(precision=other, device="cpu")) == [f"--precision 'auto' there, {other!r} now"]
 
 
+def test_resume_says_an_option_left_unset_as_its_absence():
+    """A checkpoint of a run without --train-per-class, resumed with it (or the other way round),
+    is refused saying the unset option as a person writes it: the flag's absence on the command
+    line, "not set" in Python and in a pipeline file's words (it read `--train-per-class None
+    there`, `train_per_class=None there`, `train_per_class = (unset) there`)."""
+    from dataclasses import asdict
+
+    from fne.options import TrainConfig
+    from fne.training.checkpoint import mismatch
+
+    def cfg(**k):
+        return TrainConfig(data="d", mode="frozen", out="r", arch=ARCH, **k)
+
+    unset, five = {"args": asdict(cfg()), "epoch": 1}, {"args": asdict(cfg(train_per_class=5)), "epoch": 1}
+    assert mismatch(unset, cfg(train_per_class=5)) == ["without --train-per-class there, --train-per-class 5 now"]
+    assert mismatch(five, cfg()) == ["--train-per-class 5 there, without --train-per-class now"]
+    assert mismatch(unset, cfg(train_per_class=5), python=True) == ["train_per_class not set there, 5 now"]
+    assert mismatch(five, cfg(), python=True) == ["train_per_class=5 there, not set now"]
+    assert mismatch(unset, cfg(train_per_class=5), python=True, in_file=True) == ["train_per_class not set there, 5 now"]
+    assert mismatch(five, cfg(), python=True, in_file=True) == ["train_per_class = 5 there, not set now"]
+
+
 def test_a_new_run_over_a_checkpoint_says_how_to_resume_in_the_callers_words(resumable_run, source, tmp_path,
                                                                              capsys):
     """The note of a run that starts anew where a checkpoint is: --resume on the command line,

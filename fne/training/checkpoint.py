@@ -335,7 +335,16 @@ def mismatch(ckpt: dict, cfg, images: dict | None = None, python: bool = False,
 def _there_now(k: str, python: bool, then, now, in_file: bool = False) -> str:
     """Option `k`'s value in the checkpoint, `then`, and in this run, `now`, as `named` says them
     (a switch on the command line as typed: ``without --no-augment there, --no-augment now``), or
-    `in_file` as a pipeline file writes them (``augment = true there, false now``)."""
+    `in_file` as a pipeline file writes them (``augment = true there, false now``). An option left
+    unset (None) is said as its absence: ``without --train-per-class there, --train-per-class 5
+    now``, ``train_per_class not set there, 5 now`` (it read ``train_per_class=None there``, and
+    in a pipeline file's message ``train_per_class = (unset) there``)."""
+    if then is None or now is None:
+        if not python and not in_file:  # the flag's absence, as a switch's is said
+            then_, now_ = (named(k, False, v) if v is not None else f"without {named(k, False)}" for v in (then, now))
+            return f"{then_} there, {now_} now"
+        first = f"{k} not set" if then is None else (keyed(k, then) if in_file else named(k, True, then))
+        return f"{first} there, {'not set' if now is None else toml_value(now) if in_file else repr(now)} now"
     if in_file:
         return f"{keyed(k, then)} there, {toml_value(now)} now"
     said = named(k, python, now) if isinstance(now, bool) and not python else repr(now)
