@@ -388,7 +388,7 @@ class _Head:
         from fne.backbones.catalog import fitted_weights_only, refuse_unobtainable
         from fne.devices import check_device, resolve_batch_size, resolve_decode, resolve_device
         from fne.extraction.taps import TapRunner
-        from fne.linear.predict import load_model, pinned_spec
+        from fne.linear.predict import load_model, pinned_spec, scored_classes
 
         model = load_model(run_dir)
         check_device(device)
@@ -398,7 +398,7 @@ class _Head:
             refuse_unobtainable(spec.arch, spec.weights)
         s = model["store"]
         self.pipe, self.layers = model["pipeline"], model["layers"]
-        self.names = [model["classes"][c] for c in self.pipe.classes_]
+        self.names = scored_classes(model)
         self.probabilities = hasattr(self.pipe, "predict_proba")  # as `class_scores` asks
         self.what = f"{model['features']}+{model['head']} head"
         self.dev = resolve_device(device)

@@ -582,6 +582,32 @@ def test_predict_top_k_names_each_images_best_classes_in_score_order(digits_fold
     assert not (tmp_path / "x.csv").exists()
 
 
+def test_a_class_the_head_never_learnt_is_said_and_bounds_top(digits_folder, warm_cache, tmp_path, capsys):
+    """A model.joblib naming more classes than its head scores (fit left a class out of the head:
+    none of its training images was readable) named the columns from the head's classes without a
+    word, and took `--top` up to the names' count, writing fewer predicted_K columns than asked.
+    Predict and `fne.load` now say which classes the head never learnt, and --top is bounded by
+    the classes it scores."""
+    import fne
+
+    fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
+        **STORE)
+    model = joblib.load(tmp_path / "run" / "model.joblib")
+    joblib.dump({**model, "classes": [*model["classes"], "zebra"]}, tmp_path / "run" / "model.joblib")
+    run, cache = str(tmp_path / "run"), str(warm_cache)
+    capsys.readouterr()
+    assert main(["predict", run, str(digits_folder), "--out", str(tmp_path / "x.csv"), "--cache", cache,
+                 "--top", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run' / 'model.joblib'}: its head learnt 4 of its 5 classes (no readable training image " \
+           "of 'zebra' when it was fitted): it scores no column for them and never predicts them" in err
+    assert err.strip().splitlines()[-1] == "fne predict: error: --top 5: the model has 4 classes"
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.warns(UserWarning, match="its head learnt 4 of its 5 classes"):
+        loaded = fne.load(run)
+    assert list(loaded.classes_) == model["classes"]
+
+
 def test_predict_accuracy_covers_the_labels_the_model_knows(digits_folder, warm_cache, tmp_path, capsys):
     fit(digits_folder, features="last", head="logreg", splits=1, out=tmp_path / "run", cache=str(warm_cache),
         **STORE)

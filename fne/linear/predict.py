@@ -28,6 +28,7 @@ from fne.linear.features import Rows, open_rows
 from fne.metrics import predictions_csv
 from fne.names import CROPS, DECODERS, PRECISIONS, STORAGE_DTYPES
 from fne.options import DataOptions, ForwardOptions, PredictOptions
+from fne.progress import first_few
 
 MODEL_FORMAT = 2
 
@@ -60,7 +61,19 @@ def load_model(run_dir: str | Path) -> dict:
     if bad:  # damaged or edited: a KeyError deep in predict, or scores under other class names
         raise FneError(f"{path}: its {', '.join(bad)} not as `fne fit` writes them (a damaged or edited file); "
                        f"refit it with `fne fit`")
+    learnt = set(map(int, model["pipeline"].classes_))
+    unlearnt = [c for i, c in enumerate(model["classes"]) if i not in learnt]
+    if unlearnt:  # fit warned of it; its scores had no column for them and --top stopped short without a word
+        warnings.warn(f"{path}: its head learnt {len(model['classes']) - len(unlearnt)} of its "
+                      f"{len(model['classes'])} classes (no readable training image of "
+                      f"{first_few(list(map(repr, unlearnt)))} when it was fitted): it scores no column for them "
+                      f"and never predicts them", stacklevel=2)
     return model
+
+
+def scored_classes(model: dict) -> list[str]:
+    """The classes a model.joblib's head scores, in its columns' order: those it learnt."""
+    return [model["classes"][c] for c in model["pipeline"].classes_]
 
 
 # model.joblib's store record: what `pinned_spec` rebuilds the store spec from (fne.linear.fit.store_identity)
@@ -254,12 +267,12 @@ def predict(run_dir: str | Path, data: str | Path | Dataset, out: str | Path, **
     if options.get("cache") is None:  # the cache the model was fitted from, where it is still there
         options = {**options, "cache": _cache_here(pinned.cache)}
     spec, d, ext, p = opts.resolve(options, StoreSpec, *OPTIONS, given={StoreSpec: pinned})
-    _check_top(p.top, model["classes"])
+    _check_top(p.top, scored_classes(model))
     fitted, label_key = _fitted_cache(model, run_dir), _label_key(d.label_key, model.get("label_key"), data, run_dir)
     src = open_rows(data, spec, "predict", True, ext, label_key=label_key, fitted=fitted, instead=NO_OTHER_WEIGHTS)
     dataset, pipe, classes = src.dataset, model["pipeline"], model["classes"]
     scores = Rows(src.store, dataset.keys(), model["layers"]).scores(pipe, np.arange(len(dataset)))
-    pred = _write(out, dataset, np.arange(len(dataset)), [classes[c] for c in pipe.classes_], scores, p.top)
+    pred = _write(out, dataset, np.arange(len(dataset)), scored_classes(model), scores, p.top)
     acc, scored = _accuracy(pred, dataset.labels, classes, data) if dataset.labels else (None, None)
     return {"n": len(dataset), "accuracy": acc, "n_scored": _count(scored), "n_skipped": src.n_skipped,
             "n_fitted_on": _fitted_on(model, dataset, run_dir, scored), "out": str(out), "store": str(src.store.path)}
