@@ -18,6 +18,7 @@ import pytest
 
 import fne
 import fne.data.containers
+import fne.data.parquet
 import fne.data.random_access
 import fne.extraction.taps
 import fne.network
@@ -996,6 +997,42 @@ def test_a_parquet_split_column_of_bytes_is_read_as_its_text(tmp_path):
                              "split": pa.array(words, pa.binary())}), tmp_path / "b.parquet")
     d = load_dataset(tmp_path / "b.parquet")
     assert len(d) == len(items) and d.splits == [w.decode() for w in words]
+
+
+def test_a_parquet_split_column_of_numbers_is_refused_in_one_line_naming_the_column(tmp_path, monkeypatch):
+    """A `split` column of integers (0/1): each row was skipped with its own "split 1 is not train,
+    test or validation" until DATA had no image left; a listing an earlier fne kept so is listed
+    again. A categorical (dictionary) column of the words is read as they are."""
+    from fne.data.containers import manifest_dir
+
+    items = _files(write_digits(tmp_path / "digits", per_class=2, classes=2))
+    images, labels = [f.read_bytes() for f, _, _ in items], [lab for _, lab, _ in items]
+    numbers = [k % 2 for k in range(len(items))]
+    path = tmp_path / "n.parquet"
+    pq.write_table(pa.table({"image": images, "label": labels, "split": numbers}), path)
+    said = (f"{path}: its split column holds int64 values, not split names: fne reads text such as train, test or "
+            f"validation there (or, without the column, the file names: train-00000-of-00003.parquet)")
+    with pytest.raises(DataError) as e:
+        load_dataset(path, cache=tmp_path / "cache")
+    assert str(e.value) == said
+    # a listing the rule before kept of it (every row skipped for its split) is listed again
+    old = tmp_path / "old.parquet"
+    pq.write_table(pa.table({"image": images, "label": labels, "split": numbers}), old)
+    os.utime(old, ns=(10**18, 10**18))  # listed long after it was written: not racy, so kept
+    with monkeypatch.context() as m:
+        m.setattr(fne.data.parquet, "_check_split_column", lambda schema, path: None)
+        with pytest.raises(DataError, match="no images"), pytest.warns(UserWarning, match="skipped 4 images .split 0 is"):
+            load_dataset(old, cache=tmp_path / "cache")
+    [f] = [f for f in (manifest_dir(tmp_path / "cache") / "containers").glob("*.json")
+           if json.loads(f.read_text())["path"] == str(old)]
+    doc = json.loads(f.read_text())
+    assert doc.pop("split_rule") == 2 and doc["bad"][0][1] == "split 0 is not train, test or validation"
+    f.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="its split column holds int64 values"):
+        load_dataset(old, cache=tmp_path / "cache")
+    words = pa.array(["train", "test"] * (len(items) // 2)).dictionary_encode()
+    pq.write_table(pa.table({"image": images, "label": labels, "split": words}), tmp_path / "c.parquet")
+    assert load_dataset(tmp_path / "c.parquet", cache=tmp_path / "cache").splits == ["train", "test"] * (len(items) // 2)
 
 
 def test_a_tar_member_named_in_latin1_has_its_name_escaped(tmp_path):

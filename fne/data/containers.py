@@ -38,6 +38,10 @@ FORMAT = 3  # 2: a member's split keeps its validation word (`val`), settled per
 # earlier rule is listed again (its content keys kept, `save_listing`), no other listing. 2: names
 # stripped, empty or repeated ones refused, an index stored as a float (2.0) names its class.
 CLASS_NAMES_RULE = 2
+# How a Parquet file's split column is read: a listing of an earlier rule whose rows were skipped
+# for their split is listed again, no other. 2: a column of numbers (0/1) is refused in one line
+# naming it (each row was skipped, "split 1 is not train, test or validation").
+SPLIT_RULE = 2
 RACY_NS = 2_000_000_000
 GROUP_CACHE_BYTES = 256 << 20  # Parquet row groups kept per reading process
 PARQUET_SLICE_ROWS = 256  # rows of a Parquet row group decoded at a time (see GroupReader)
@@ -86,7 +90,7 @@ class Listing:
     def to_json(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "kind", "size", "mtime_ns", "members", "bad", "broken",
                                            "column", "class_names", "keys", "listed_at_ns", "label_key")}
-        return {"format": FORMAT, "class_names_rule": CLASS_NAMES_RULE, **d}
+        return {"format": FORMAT, "class_names_rule": CLASS_NAMES_RULE, "split_rule": SPLIT_RULE, **d}
 
 
 # ----------------------------------------------------------------- the listing cache (manifest)
@@ -115,8 +119,10 @@ def cached_listing(path: str, st: os.stat_result, label_key: str | None,
     manifests of cache `cache` (see `manifest_dir`)."""
     try:
         doc = json.loads(_index_path(path, label_key, cache).read_text())
-        rule = doc.pop("class_names_rule", 1)
+        rule, split_rule = doc.pop("class_names_rule", 1), doc.pop("split_rule", 1)
         if doc.pop("format") != FORMAT or doc["path"] != path or (doc.get("class_names") and rule != CLASS_NAMES_RULE):
+            return None
+        if split_rule != SPLIT_RULE and any(why.startswith("split ") for _, why in doc.get("bad", [])):
             return None
         listing = Listing(**doc, cache=None if cache is None else str(cache))
     except (OSError, ValueError, KeyError, TypeError):

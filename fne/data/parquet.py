@@ -113,6 +113,7 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
     label_col = label_key or next((c for c in LABEL_COLUMNS if c in schema.names and not nested(_field_type(schema, c))),
                                   None)  # a multi-label `labels` list is no class: DATA unlabelled, its type named
     _repeated(schema, path, (column, label_col, "split"))
+    _check_split_column(schema, path)
     listing.column, listing.class_names = column, (_class_names(schema, label_col, path) if label_col else None)
     cols = [c for c in (label_col, "split") if c and c in schema.names]
     row = 0
@@ -139,6 +140,24 @@ def list_parquet(path: str, st: os.stat_result, label_key: str | None) -> Listin
                 listing.bad.append([name, str(e)])
         row += n
     return listing
+
+
+def _check_split_column(schema, path: str) -> None:
+    """`DataError` naming `path` where its `split` column holds no text (integers 0/1, floats,
+    booleans): which number is the test part is unknown, and each row was skipped with its own
+    "split 1 is not train, test or validation" until none was left."""
+    import pyarrow as pa
+
+    if "split" not in schema.names:
+        return
+    t = _field_type(schema, "split")
+    value = t.value_type if pa.types.is_dictionary(t) else t  # pandas' categorical column
+    if not (pa.types.is_null(value) or any(f(value) for f in (
+            pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary))
+            or str(value) in ("string_view", "binary_view")):
+        raise DataError(f"{path}: its split column holds {t} values, not split names: fne reads text such as "
+                        f"train, test or validation there (or, without the column, the file names: "
+                        f"train-00000-of-00003.parquet)")
 
 
 def nested(t) -> bool:
