@@ -731,6 +731,24 @@ def test_a_csv_listing_a_file_on_two_lines_says_so_once(tmp_path):
         assert len(load_dataset(tmp_path / "once.csv").ids) == 4
 
 
+@pytest.mark.parametrize("rows, line", [(["0.png,0", "1.png,0\x001"], 3), (["0.png\x00,0", "1.png,1"], 2),
+                                         (["0.png,0", "1.png,1", '"2.png",1\x00'], 4)])
+def test_a_csv_holding_a_nul_byte_is_refused_naming_its_line(tmp_path, capsys, rows, line):
+    """A NUL byte in a CSV list (Python's csv reads it since 3.11): in a label it made a class
+    named "0\x001", in a path a "do not exist" line printing the NUL. One line names the file and
+    the line it is on, as other bad CSV lines are named, before any image is read."""
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "l.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    said = f"CSV {tmp_path / 'l.csv'}: line {line} holds a NUL byte (\\x00), which no path, label or split has: " \
+           f"is it a text file?"
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path / "l.csv")
+    assert str(e.value) == said
+    assert main(["extract", str(tmp_path / "l.csv"), "--cache", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == f"fne extract: error: {said}"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
                     reason="names must be bytes of any encoding (Linux); Windows and macOS file names are Unicode")
 def test_file_and_class_folder_names_not_utf8_are_read_and_written_escaped(digits_folder, tmp_path):

@@ -4,6 +4,7 @@ image a line (`csv_dataset`)."""
 from __future__ import annotations
 
 import csv
+import io
 import os
 import warnings
 from pathlib import Path
@@ -38,6 +39,12 @@ def csv_dataset(path: Path) -> Dataset:
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
+            text = f.read()
+        if "\0" in text:  # csv reads it (Python >= 3.11): a class named "a\0b", a path that cannot exist
+            line = text.count("\n", 0, text.index("\0")) + 1
+            raise DataError(f"CSV {path}: line {line} holds a NUL byte (\\x00), which no path, label or split has: "
+                            f"is it a text file?")
+        with io.StringIO(text, newline="") as f:
             reader = csv.DictReader(f)
             cols = reader.fieldnames or []
             if "path" not in cols:  # no label column: unlabelled images, for fne extract and predict
