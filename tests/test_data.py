@@ -655,6 +655,7 @@ def test_shard_patterns_and_split_names():
 
     assert expand("d/train-{000008..000011}.tar") == [f"d/train-{k:06d}.tar" for k in range(8, 12)]
     assert expand("{train,test}-{0..1}.tar") == ["train-0.tar", "train-1.tar", "test-0.tar", "test-1.tar"]
+    assert expand("d/train-{٠..٣}.tar") == ["d/train-{٠..٣}.tar"]  # other digits: no range, the name as written
     assert is_container_spec("x/train-{000000..000003}.tar") and is_container_spec("hf:a/b@train")
     assert not is_container_spec("images/") and not is_container_spec("data.csv")
     for name, split in [("train-00000-of-00003.parquet", "train"), ("test-000001.tar", "test"),

@@ -329,7 +329,8 @@ class GroupReader:
 
 def expand(spec: str) -> list[str]:
     """Brace ranges and lists (`train-{000000..000127}.tar`, `{a,b}.tar`) and globs -> paths."""
-    m = re.search(r"\{(\d+)\.\.(\d+)\}|\{([^{}]*,[^{}]*)\}", spec)  # the leftmost group first
+    # the leftmost group first; ASCII digits only (\d took `{٠..٣}` as 0..3, names no one wrote)
+    m = re.search(r"\{([0-9]+)\.\.([0-9]+)\}|\{([^{}]*,[^{}]*)\}", spec)
     if m and m[1] is not None:
         lo, hi, width = int(m[1]), int(m[2]), len(m[1])
         return [p for k in range(lo, hi + 1) for p in expand(f"{spec[:m.start()]}{k:0{width}d}{spec[m.end():]}")]
