@@ -187,12 +187,13 @@ def image_opens(monkeypatch) -> Counter:
     return opened
 
 
-def says_it_waits(capsys, what: str = "the extraction") -> None:
-    """Until an extraction on another thread says it waits for another process's lock (its
-    progress line on stderr), for up to 10 s; else the test fails naming `what`."""
+def says_it_waits(capsys, what: str = "the extraction", line: str = "another process is computing rows") -> None:
+    """Until an extraction (a verb whose progress line holds `line`) on another thread says it
+    waits for another process's lock (its progress line on stderr), for up to 10 s; else the test
+    fails naming `what`."""
     for _ in range(200):
         time.sleep(0.05)
-        if "another process is computing rows" in capsys.readouterr().err:
+        if line in capsys.readouterr().err:
             return
     raise AssertionError(f"{what} did not wait for the other process")
 

@@ -234,8 +234,9 @@ def test_the_wait_for_another_extraction_is_a_progress_line(tmp_path, monkeypatc
     from fne.data.datasets import load_dataset
 
     @contextlib.contextmanager
-    def held_by_another(lockfile, on_wait=None, process=False):
-        on_wait()
+    def held_by_another(lockfile, on_wait=None, process=False, **kwargs):
+        if on_wait is not None:  # the DATA's lock (the store's, taken shared, waits without a word)
+            on_wait()
         yield True
 
     monkeypatch.setattr(turns.sidecar, "locked", held_by_another)
@@ -722,3 +723,56 @@ def test_two_cache_rm_of_one_store_at_once_say_so_not_that_a_part_is_damaged(war
     assert err == (f"fne cache rm: error: {second}: another process removed it while this one was (another `fne "
                    f"cache rm` of it?); nothing of it is left")
     assert [s.path.name for s in list_stores(cache)] == [first] and verify(list_stores(cache)[0]).ok
+
+
+# An extraction of argv[1] into the cache argv[2] (FAST32) that says "blocked" as it starts waiting
+# for another process's lock, then prints its (cached, computed) counts.
+BLOCKED_EXTRACTION = """
+import fcntl, sys
+real = fcntl.lockf
+def lockf(fd, op, *args):
+    if not op & fcntl.LOCK_NB:
+        print("blocked", flush=True)
+    return real(fd, op, *args)
+fcntl.lockf = lockf
+import fne.extraction.extract as fx
+r = fx.extract(sys.argv[1], cache=sys.argv[2], progress=False, arch="efficientnet_lite0", weights="random",
+               precision="fp32", storage_dtype="float32", image_size=32)
+print(r.n_cached, r.n_computed, flush=True)
+"""
+
+
+def test_an_extraction_starting_while_cache_rm_renames_its_store_waits_and_plans_from_none_of_its_rows(
+        warm_cache32, tmp_path, monkeypatch):
+    """`fne cache rm` checked the store's locks, then renamed it: an extraction taking its lock in
+    between planned from rows about to go and called them cached. The removal now holds the
+    store's locks (the store's own, which every extraction holds shared, too) from the check to
+    the rename: an extraction (a real process) starting then waits, and then computes every row."""
+    import os
+    import shutil
+
+    import fne.cache.upkeep as upkeep
+
+    cache = tmp_path / "cache"
+    shutil.copytree(warm_cache32, cache)
+    (name,) = [s.path.name for s in list_stores(cache)]
+    data = write_digits(tmp_path / "more", per_class=8, classes=4)  # 24 of its 32 images are cached
+    other = []
+
+    class RenameOnceTheExtractionWaits:
+        def __getattr__(self, attr):
+            return getattr(os, attr)
+
+        @staticmethod
+        def replace(src, dst):
+            other.append(subprocess.Popen([sys.executable, "-c", BLOCKED_EXTRACTION, str(data), str(cache)],
+                                          stdout=subprocess.PIPE, text=True))
+            assert other[0].stdout.readline() == "blocked\n"  # it planned 8 to compute, and waits for the lock
+            os.replace(src, dst)
+
+    monkeypatch.setattr(upkeep, "os", RenameOnceTheExtractionWaits())
+    assert main(["cache", "rm", name, "--cache", str(cache)]) == 0
+    out, _ = other[0].communicate(timeout=300)
+    assert out.split() == ["0", "32"]
+    (store,) = list_stores(cache)
+    assert store.path.name == name and len(store) == 32 and verify(store).ok

@@ -2095,3 +2095,47 @@ def test_train_workers_on_a_cpu_count_the_cores_this_process_may_use(monkeypatch
     for allowed, workers in (({0}, 1), ({0, 1}, 1), (set(range(6)), 3), (set(range(64)), 4)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, allowed=allowed: allowed)
         assert _workers(cfg, torch.device("cpu")) == workers
+
+
+def test_a_resume_into_a_folder_another_process_trains_into_waits_and_resumes_from_what_it_leaves(
+        resumable_run, source, tmp_path, capsys):
+    """Two `fne train --resume` into one folder read its checkpoint at once and trained side by
+    side, each overwriting the other's checkpoints. The second now waits for the first (a process
+    holding the folder's lock, which leaves a finished run there as it ends), then reads the
+    checkpoint: where it read before, resume=True found none in the empty folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    from fne.training.train import train
+
+    from .conftest import says_it_waits
+
+    data, first = resumable_run
+    run, results, errors = tmp_path / "run", [], []
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys\nfrom pathlib import Path\nfrom fne.data.sidecar import locked\n"
+        "with locked(Path(sys.argv[1]), process=True, remove=True):\n"
+        "    print('held', flush=True)\n    sys.stdin.readline()\n"), str(tmp_path / ".run.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def second() -> None:
+        try:
+            results.append(train(str(data), "frozen", run, resume=True, arch=ARCH, weights=str(source), epochs=2,
+                                 save_every=1, image_size=32, workers=0, progress=True))
+        except BaseException as e:  # noqa: BLE001 -- the test names it
+            errors.append(e)
+
+    worker = threading.Thread(target=second)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        worker.start()
+        says_it_waits(capsys, "the second train", line=f"fne train: another process is writing a run into {run}; "
+                                                       "waiting for it to end, then resuming from its checkpoint")
+        assert worker.is_alive() and not run.exists()
+        shutil.copytree(first, run)  # what the first process leaves: its finished run
+    finally:
+        holder.communicate("done\n", timeout=60)
+    worker.join(timeout=300)
+    assert errors == [] and f"resumed {run / 'checkpoint.pt'} after epoch 2\n" in capsys.readouterr().out
+    assert results[0]["epochs"] == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no lock file left

@@ -434,10 +434,17 @@ def read_records(store: Store) -> list[dict]:
     return out
 
 
-def lock_file(store: Store, what: str) -> Path:
-    """The lock file `what` of `store` (one per DATA and shard, held while a process computes
-    rows: `fne.extraction.extract`), in the cache's `locks/` folder."""
-    return store.path.parent / LOCKS / f"{store.path.name}--{what}.lock"
+def lock_file(store: Store | Path, what: str) -> Path:
+    """The lock file `what` of `store`, a Store or a local store's folder (one per DATA and shard,
+    held while a process computes rows: `fne.extraction.extract`; `STORE_LOCK`), in the cache's
+    `locks/` folder."""
+    path = getattr(store, "path", store)
+    return path.parent / LOCKS / f"{path.name}--{what}.lock"
+
+
+# `lock_file(store, STORE_LOCK)`: each extraction computing rows holds it shared, and `fne cache rm`
+# alone (`fne.cache.upkeep.remove`), so that no extraction plans from the rows of a store being removed.
+STORE_LOCK = "store"
 
 
 def lock_files(store: Store | Path) -> list[Path]:

@@ -25,7 +25,8 @@ from fne.cache.fs import (
     writer_alive,
     writer_elsewhere,
 )
-from fne.cache.store import LOCKS, Store, lock_files, no_such_root
+from fne.cache.store import LOCKS, STORE_LOCK, Store, lock_files, no_such_root
+from fne.cache.store import lock_file as store_lock_file
 from fne.data import sidecar
 from fne.errors import CacheError
 
@@ -167,8 +168,12 @@ def check_idle(store: Store | Path) -> None:
     `store`: a Store, or a local store's folder (one whose store.json cannot be read)."""
     busy = [f for f in lock_files(store) if sidecar.held(f)]
     if busy:
-        raise CacheError(f"{getattr(store, 'path', store).name}: a running extraction is writing to it (lock {busy[0]}); "
-                         f"remove it when that run has ended")
+        raise _busy(getattr(store, "path", store), busy[0])
+
+
+def _busy(path: Path, lock: Path | str) -> CacheError:
+    return CacheError(f"{path.name}: a running extraction is writing to it (lock {lock}); "
+                      f"remove it when that run has ended")
 
 
 def remove(store: Store | Path) -> None:
@@ -177,23 +182,32 @@ def remove(store: Store | Path) -> None:
 
     A local store is first renamed to a hidden name in its cache, so that an interrupted removal
     leaves no half store that reads would take for whole (`list_stores` skips hidden folders, and
-    the next removal finishes it).
+    the next removal finishes it). The store's locks are held from the check that no extraction
+    runs to the rename (`STORE_LOCK` too, which every extraction holds shared): an extraction
+    starting meanwhile waits, then finds the store gone, not rows about to go. None is waited
+    for, so no two processes can wait on each other.
 
     Raises
     ------
     CacheError
-        When a running extraction holds one of the store's locks (`check_idle`); nothing is removed.
+        When a running extraction holds one of the store's locks; nothing is removed.
     """
-    check_idle(store)
     if isinstance(store, Store) and store.url is not None:
+        check_idle(store)
         store.files.remove("store.json")  # first: what is left is no store
         store.files.remove("")
         return
     path = getattr(store, "path", store)
     trash = path.parent / f"{TRASH}{path.name}-{os.getpid()}"
-    os.replace(path, trash)
-    for f in lock_files(path):
-        f.unlink(missing_ok=True)
+    with contextlib.ExitStack() as held:
+        try:
+            for f in dict.fromkeys([store_lock_file(path, STORE_LOCK), *lock_files(path)]):
+                held.enter_context(sidecar.locked(f, process=True, wait=False))
+        except sidecar.Busy as e:
+            raise _busy(path, e) from None
+        os.replace(path, trash)
+        for f in lock_files(path):
+            f.unlink(missing_ok=True)  # held: one waiting on it locks the path's new file (`sidecar.locked`)
     err = _delete(trash)
     if err is not None:  # the store is gone (no reads see it); a part of its files stays for later
         warnings.warn(f"{path.name}: removed, but not every file of it could be deleted ({err.strerror or err}: "

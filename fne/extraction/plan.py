@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fne.cache.store import Store
+from fne.cache.store import STORE_LOCK, Store
 from fne.cache.store import lock_file as store_lock_file
 from fne.data import shards, sidecar
 from fne.data.dataset import Dataset
@@ -105,7 +105,9 @@ def one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None,
     -> whether it waited for another process. Before taking it, it waits for the extractions of
     the same DATA whose images overlap (`_overlapping`: `fne fit --extract` while the shards of a
     job array run), so that no row is computed twice. The wait is a progress line (`progress`:
-    `progress_line`'s `enabled`)."""
+    `progress_line`'s `enabled`). Around both it holds the store's lock shared (`STORE_LOCK`):
+    `fne cache rm` of the store is refused meanwhile, and one under way (a rename: a moment) is
+    waited for, after which the caller sees the store removed (`fne.cache.store.removed`)."""
     if store.url is not None:
         yield False
         return
@@ -115,7 +117,9 @@ def one_at_a_time(store: Store, dataset: Dataset, shard: tuple[int, int] | None,
                       f"waiting for it, then computing only what it leaves", progress, stderr=True)
 
     waited = False
-    for other in _overlapping(store, dataset, shard):
-        waited = sidecar.wait_for(other, on_wait=None if waited else say) or waited
-    with sidecar.locked(lock_file(store, dataset, shard), on_wait=None if waited else say, process=True) as w:
-        yield waited or w
+    # the store's lock first, as `fne cache rm` takes it: its removal waits for this one's, or this for its
+    with sidecar.locked(store_lock_file(store, STORE_LOCK), process=True, shared=True):
+        for other in _overlapping(store, dataset, shard):
+            waited = sidecar.wait_for(other, on_wait=None if waited else say) or waited
+        with sidecar.locked(lock_file(store, dataset, shard), on_wait=None if waited else say, process=True) as w:
+            yield waited or w

@@ -24,6 +24,7 @@ from fne.cache.cost import rows_cost
 from fne.cache.fs import check_run_folder, check_target, is_url, json_text, replace_files
 from fne.cache.spec import StoreSpec
 from fne.data.dataset import Dataset, key_digests
+from fne.data.sidecar import one_run_at_a_time
 from fne.data.splits import (
     check_test_classes,
     duplicate_notes,
@@ -174,7 +175,8 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     data : str, Path or Dataset
         Any DATA form with labels.
     out : str or Path
-        Run folder for metrics.json, model.joblib and predictions.csv.
+        Run folder for metrics.json, model.joblib and predictions.csv. A run another process
+        writes there is waited for, then replaced (`fne.data.sidecar.one_run_at_a_time`).
     store : StoreSpec, optional
         Which rows to read (backbone, weights, preprocessing, ...).
     **options
@@ -208,7 +210,14 @@ def fit(data: str | Path | Dataset, out: str | Path, store: StoreSpec | None = N
     auto = "auto" in (o.features, o.head, C)  # fne.linear.selection: k-fold CV on each split's training images
     if o.head.startswith("sgd"):
         _check_sgd(o, C, auto)
-    out = check_run_folder(check_target(out, folder=True, data=data), "fne fit")
+    out = check_target(out, folder=True, data=data)
+    with one_run_at_a_time(out, "fne fit", ext.progress, "fitting anew (its run is replaced)"):
+        return _fit(data, check_run_folder(out, "fne fit"), spec, d, o, ext, C, auto)
+
+
+def _fit(data: str | Path | Dataset, out: Path, spec: StoreSpec, d: DataOptions, o: FitOptions, ext: ForwardOptions,
+         C: float | str, auto: bool) -> dict:
+    """`fit`'s run into the run folder `out`, which it holds the lock of."""
     backbone = spec.backbone()
     layers, kind = parse_features("fne" if o.features == "auto" else o.features, backbone)
     src = open_rows(data, spec, "fit", o.extract_missing, ext, check=partial(_check_trainable, data),

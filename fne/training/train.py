@@ -36,6 +36,7 @@ from fne.backbones.registry import ImportReport
 from fne.cache.fs import check_run_folder, check_target, json_text, replace_files, through_file
 from fne.data.dataset import Dataset
 from fne.data.datasets import load_dataset
+from fne.data.sidecar import one_run_at_a_time
 from fne.devices import (
     default_workers,
     require_device_decoder,
@@ -149,7 +150,9 @@ def train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> d
     mode : {"direct", "scratch", "frozen", "finetune"}
         The experiment.
     out : str or Path
-        The run folder (also holds checkpoint.pt: see ``save_every``).
+        The run folder (also holds checkpoint.pt: see ``save_every``). A run another process
+        writes there is waited for (`fne.data.sidecar.one_run_at_a_time`); ``resume`` then reads
+        the checkpoint it left.
     class_map : str, Path or dict, optional
         Direct mode: a JSON file, or the dict, {target class: [ImageNet index or name, ...]}; the
         map read is recorded as ``out``/class_map.json, which metrics.json's options name for a dict.
@@ -207,8 +210,17 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
     # before any work; the folder checked is the one written (~/runs was checked as $HOME/runs and
     # written as ./~/runs, as fit, export and predict do not)
     cfg.out = str(check_target(cfg.out, folder=True, data=None if dataset is not None else cfg.data))
+    # the checkpoint to resume is read under the lock: the one a run writing there meanwhile leaves
+    then = "resuming from its checkpoint" + " where it is this run's" * auto if auto or cfg.resume else "training anew"
+    with one_run_at_a_time(Path(cfg.out), "fne train", cfg.progress, then):
+        return _train_into(cfg, data, data_o, cache, auto)
+
+
+def _train_into(cfg: TrainConfig, data: str | Path | Dataset, data_o: DataOptions, cache: str | None,
+                auto: bool) -> dict:
+    """`_train`'s run into the run folder cfg.out, which it holds the lock of (`auto`: ``resume="auto"``)."""
     check_run_folder(Path(cfg.out), "fne train")
-    dataset = load_dataset(cfg.data if dataset is None else dataset, label_key=data_o.label_key, cache=cache)
+    dataset = load_dataset(data if isinstance(data, Dataset) else cfg.data, label_key=data_o.label_key, cache=cache)
     dataset.require_labels("fne train", cfg.data)
     if len(dataset) == 0:
         raise DataError(f"{cfg.data}: fne train needs labelled images")
