@@ -1441,7 +1441,8 @@ def test_a_step_another_run_is_running_is_waited_for_then_skipped_when_done(tmp_
         go.touch()
         holder.wait(timeout=30)
     label = "[2/2] digits efficientnet_lite0-random-32 fit last+svm seed 0 (solver sklearn)"
-    assert said[said.index(f"{label}: another fne run is running this step; waiting for it") + 1] == (
+    waits = f"{label}: another process (fne run, fit or train) is writing this step's folder; waiting for it"
+    assert said[said.index(waits) + 1] == (
         f"{label}: done before, skipped")
     assert said[-1].startswith("0 step(s) run, 2 skipped as done")
 

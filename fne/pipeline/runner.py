@@ -434,7 +434,8 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
     for i, step in enumerate(steps, 1):
         tag = f"[{i}/{len(steps)}] {step.label}"
         with locked(step.dir.with_name(f".{step.dir.name}.lock"), process=True,
-                    on_wait=lambda tag=tag: say(f"{tag}: another fne run is running this step; waiting for it")):
+                    on_wait=lambda tag=tag: say(f"{tag}: another process (fne run, fit or train) is writing "
+                                                f"this step's folder; waiting for it")):
             done, why = step.status()
             if not force and done:
                 skipped += 1
