@@ -8,6 +8,7 @@ import hashlib
 import importlib.metadata
 import json
 import platform
+import re
 import sys
 import warnings
 from datetime import UTC, datetime
@@ -381,7 +382,7 @@ def _versions() -> dict:
     for name in PACKAGES:
         module = sys.modules.get(MODULES.get(name, name))
         try:
-            found[name] = getattr(module, "__version__", None) or importlib.metadata.version(name)
+            found[name] = getattr(module, "__version__", None) or _installed_version(name)
         except importlib.metadata.PackageNotFoundError:
             found[name] = None
     if "PIL" in sys.modules:
@@ -389,6 +390,21 @@ def _versions() -> dict:
 
         found["libjpeg-turbo"] = features.version("libjpeg_turbo")
     return found
+
+
+def _installed_version(name: str) -> str:
+    """An installed package's version as its module names it, without importing it: the literal
+    ``__version__`` of its ``version.py`` where it has one, which for torch and torchvision names
+    the build (`2.14.1+cu130`) that the distribution's metadata (`2.14.1`) leaves out, so a run
+    that never loads torch (a fit on cached rows) records what a run that loads it does; else the
+    metadata's. Raises `importlib.metadata.PackageNotFoundError` where it is not installed."""
+    dist = importlib.metadata.distribution(name)
+    try:
+        text = Path(dist.locate_file(f"{MODULES.get(name, name)}/version.py")).read_text()
+    except (OSError, UnicodeDecodeError):
+        return dist.version
+    found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    return found.group(1) if found else dist.version
 
 
 # The folder holding the fne package: a git checkout's root where fne runs from one.

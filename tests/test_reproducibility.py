@@ -287,6 +287,22 @@ def test_provenance_names_the_commit_fne_runs_from(tmp_path):
     assert _source.__wrapped__(tmp_path / "installed") is None
 
 
+def test_versions_name_the_build_whether_or_not_the_run_loaded_torch():
+    """A fit on cached rows never imports torch; its metrics.json recorded torch's distribution
+    version (`2.14.1`) where every run that loaded torch recorded its build (`2.14.1+cu130`), so one
+    environment's runs named two torches. Both now name what the loaded modules say."""
+    import subprocess
+    import sys
+
+    import torch
+    import torchvision
+
+    probe = ("import json, sys; from fne.metrics import provenance; v = provenance()['versions']; "
+             "print(json.dumps([v['torch'], v['torchvision'], 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [torch.__version__, torchvision.__version__, False]
+
+
 def test_provenance_names_the_runs_gpu_not_the_current_one(monkeypatch):
     """A run on cuda:1 recorded the name of torch's current device (cuda:0, another model on a
     mixed machine); a CPU run on a GPU machine recorded a GPU it never used."""

@@ -130,6 +130,26 @@ def test_a_read_only_verb_on_rows_no_store_holds_creates_no_store(digits_folder,
     assert not [d for d in cache.iterdir() if (d / "parts").exists()] if cache.exists() else True
 
 
+def test_rows_not_cached_are_counted_as_distinct_images_where_data_holds_copies(tmp_path, capsys):
+    """flowers12 (960 files, two of them one image) said `959 of 959 images of DATA are not in the
+    cache` where a cache folder was there, and `the 960 images` where none was: the count is of
+    distinct images, and the line now says so where DATA lists copies."""
+    from fne.cli import main
+
+    from .conftest import write_digits
+
+    data = write_digits(tmp_path / "data", per_class=3, classes=2)
+    first = sorted((data / "0").iterdir())[0]
+    shutil.copy(first, data / "0" / f"copy-{first.name}")  # 7 files, 6 distinct images
+    (tmp_path / "cache").mkdir()
+    args = ["--weights", "random", "--arch", FAST["arch"], "--cache", str(tmp_path / "cache")]
+    assert main(["fit", str(data), *args, "--out", str(tmp_path / "run")]) == 2
+    assert f"fne fit: error: 6 of 6 distinct images of {data} are not in the cache " in capsys.readouterr().err
+    (data / "0" / f"copy-{first.name}").unlink()
+    assert main(["fit", str(data), *args, "--out", str(tmp_path / "run")]) == 2
+    assert f"fne fit: error: 6 of 6 images of {data} are not in the cache " in capsys.readouterr().err
+
+
 def test_a_failed_fit_makes_no_cache_folder_and_keeps_an_existing_caches_listing(digits_folder, tmp_path, capsys):
     """`fne fit --cache /typo` said the images were not in /typo/<store>, after hashing every image
     into a new /typo/manifests/; it now says at once that the folder does not exist, and makes

@@ -168,8 +168,10 @@ def _open_rows(data: str | Path | Dataset, spec: StoreSpec, verb: str, extract_m
     if missing:
         who = f"fne.{verb}" if verb == "load_rows" else f"fne {verb}"
         if not extract_missing:  # the command fills the store read where it holds some rows, as --extract does
-            shown = spec.pinned(store) if len(missing) < len(set(keys)) else spec
-            raise _not_cached(data, shown, verb, f"{len(missing)} of {len(set(keys))} images of {data} are not in the "
+            distinct = len(set(keys))  # copies of one image are one row: say so where DATA lists more
+            shown = spec.pinned(store) if len(missing) < distinct else spec
+            of = f"{distinct} distinct" if distinct < len(keys) else distinct
+            raise _not_cached(data, shown, verb, f"{len(missing)} of {of} images of {data} are not in the "
                                                  f"cache {store.path}{earlier_pixels(store, missing, spec.cache)}")
         extraction = extraction or ForwardOptions()
         from fne.backbones.fetch import loading
