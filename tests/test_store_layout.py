@@ -10,13 +10,14 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import zarr
 
 from fne.cache import parts
-from fne.cache.spec import StoreSpec
+from fne.cache.spec import DEFAULT_DTYPE, StoreSpec
 from fne.cache.store import Store, list_stores, lock_file, lock_files
 from fne.cache.upkeep import quarantine, verify
 from fne.data.datasets import load_dataset
@@ -315,6 +316,28 @@ def test_a_timm_store_is_named_for_every_system_and_an_earlier_name_is_still_rea
     assert again.path.name == "timm:resnet18__random-seed0__center224-tv__fp32__float32"
     assert np.array_equal(again.read([k1], ["t"])["t"], np.ones((1, 1, 3), np.float32))
     assert [s.path.name for s in list_stores(str(old))] == [again.path.name]
+
+
+def test_a_damaged_store_that_a_verb_reads_is_said_once_as_its_error_and_another_as_a_warning(tmp_path):
+    """`fne fit` on rows of a store whose store.json is damaged said the damage twice: a warning
+    "store … left out: …" from the search of the cache, then the same words as its error. Now the
+    error alone; a damaged store the verb does not read is still a warning."""
+    cache, stored = str(tmp_path / "cache"), {**SPEC, "storage_dtype": DEFAULT_DTYPE}  # what `auto` opens
+    mine = StoreSpec(**stored, cache=cache)
+    other = StoreSpec(**{**stored, "weights_seed": 1}, cache=cache)
+    for spec in (mine, other):
+        store = spec.open()
+        store.commit(_keys(2), _rows(store, 2))
+    meta = mine.open().path / "store.json"
+    meta.write_text(meta.read_text()[:40])
+    auto = StoreSpec(**{**SPEC, "storage_dtype": "auto"}, cache=cache)  # the search of the cache
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CacheError, match=re.escape(f"{meta} is damaged: ")):
+            auto.find(_keys(2))
+    with pytest.warns(UserWarning, match=re.escape(f"store {meta.parent.name} left out: {meta} is damaged")):
+        found = StoreSpec(**{**SPEC, "weights_seed": 1, "storage_dtype": "auto"}, cache=cache).find(_keys(2))
+    assert found.path == other.open().path
 
 
 @pytest.mark.parametrize("damage", ["cut", "later"])

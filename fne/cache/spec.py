@@ -110,7 +110,8 @@ class StoreSpec(StoreOptions):
         fp, prep = self.fingerprint(), self.preprocess().key
         device = [prep + suffix for suffix in DEVICE_SUFFIXES.values()]
         preps = {"pil": [prep], "device": device}.get(self.decode, [prep, *device])
-        candidates = [s for s in list_stores(self.cache)
+        unreadable: dict[str, CacheError] = {}
+        candidates = [s for s in list_stores(self.cache, unreadable)
                       if s.meta["arch"] == b.name and s.meta["weights"] == fp and s.meta["preprocess"] in preps
                       and self.precision in ("auto", s.meta["precision"])
                       and self.storage_dtype in ("auto", s.meta["dtype"])]
@@ -118,7 +119,14 @@ class StoreSpec(StoreOptions):
         held = {id(s): sum(1 for k in s.index() if k in wanted) for s in candidates}
         candidates = [s for s in candidates if held[id(s)]]
         if not candidates:
-            return self.open()
+            try:
+                store = self.open()
+            except CacheError as e:  # this machine's own store is the damaged one: its error says it, once
+                _left_out(unreadable, but=str(e))
+                raise
+            _left_out(unreadable)
+            return store
+        _left_out(unreadable)
         best = max(candidates, key=lambda s: (held[id(s)], s.meta["preprocess"] == prep,
                                               PRECISION_RANK.get(s.meta["precision"], 0),
                                               DTYPE_RANK.get(s.meta["dtype"], 0)))
@@ -127,6 +135,16 @@ class StoreSpec(StoreOptions):
             progress_line(f"fne {verb}: reading {held[id(best)]} rows from store {best.path.name} "
                           f"({_describe(best)}); also held: {others}", progress, stderr=True)
         return best
+
+
+def _left_out(unreadable: dict[str, CacheError], but: str = "") -> None:
+    """A warning for each store `list_stores` could not read, but the one whose error (`but`) the
+    caller raises: `fne fit` said a damaged store.json twice, as a warning and as its error."""
+    import warnings
+
+    for name, e in unreadable.items():
+        if str(e) != but:
+            warnings.warn(f"store {name} left out: {e}", stacklevel=3)
 
 
 def recorded_image_size(store: dict) -> int | None:
