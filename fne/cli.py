@@ -268,7 +268,8 @@ def _add_backbones(p: argparse.ArgumentParser) -> None:
     add_arguments(p, StoreOptions, only=DESCRIBE_OPTIONS)
     weights = next(action for action in p._actions if action.dest == "weights")
     weights.help = ("whose preprocessing to show: imagenet, a torchvision weights name (IMAGENET1K_V2), random or a "
-                    "state dict path (then also whether it fits ARCH); nothing is downloaded (default: imagenet)")
+                    "state dict path (then also whether it fits ARCH: exit 1 where it does not); nothing is downloaded "
+                    "(default: imagenet)")
     p.add_argument("--json", action="store_true", help="print the taps and preprocessing as JSON")
     p.set_defaults(func=_cmd_backbones)
 
@@ -293,9 +294,10 @@ def _cmd_backbones(a) -> int:
             if said.startswith(f"{refused} --arch "):
                 e.cli = f"{refused} ARCH " + said.removeprefix(f"{refused} --arch ")
         raise
+    unfit = int(not d.get("weights_fit", {"fits": True})["fits"])  # exit 1, as `cache verify` on a problem
     if a.json:
         print(json.dumps(d, indent=1))
-        return 0
+        return unfit
     print(f"{d['arch']} ({d['source']}): {len(d['taps'])} taps, {d['dim']} features, last {d['last']}, "
           f"classifier {d['classifier']}")
     print("preprocess: " + ", ".join(f"{k} {v}" for k, v in d["preprocess"].items()))
@@ -308,7 +310,7 @@ def _cmd_backbones(a) -> int:
     for t in d["taps"]:
         print(f"  {t['name']:40s} {t['module']:36s} {t['channels']:6d} {t['pool']}"
               + (f" (prefix tokens {t['prefix_tokens']})" if t["pool"] in ("cls", "mean_tokens") else ""))
-    return 0
+    return unfit
 
 
 # ------------------------------------------------------------------ the verbs

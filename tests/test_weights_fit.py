@@ -5,6 +5,7 @@ with the words loading it gives (`registry.load_backbone`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,11 +66,13 @@ def test_backbones_says_whether_a_file_fits(r18, capsys):
     d = describe_backbone("efficientnet_lite0", weights=str(r18))
     assert d["weights_fit"]["fits"] is False and "does not fit arch='efficientnet_lite0'" in d["weights_fit"]["why"]
     assert "weights_fit" not in describe_backbone("resnet18", weights="random")
-    assert main(["backbones", "efficientnet_lite0", "--weights", str(r18)]) == 0
+    assert main(["backbones", "efficientnet_lite0", "--weights", str(r18)]) == 1  # a script's `&&` stops there
     lines = [s for s in capsys.readouterr().out.splitlines() if "does not fit" in s]
     assert len(lines) == 1 and lines[0].startswith(f"--weights '{r18}': does not fit --arch efficientnet_lite0 (")
     assert main(["backbones", "resnet18", "--weights", str(r18)]) == 0
     assert f"weights {r18.resolve()}: fits resnet18 (" in capsys.readouterr().out
+    assert main(["backbones", "efficientnet_lite0", "--weights", str(r18), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["weights_fit"]["fits"] is False
 
 
 def test_a_dry_run_says_the_file_does_not_fit(r18, digits_folder, tmp_path):
