@@ -726,9 +726,9 @@ def test_device_augment_crops_a_batch_of_any_sizes_in_one_call_as_pil_resizes_ea
     import io
 
     from PIL import Image
-    from torchvision.io import decode_jpeg
 
     from fne.backbones import resample
+    from fne.devices import decode_jpegs_rgb
     from fne.training import augment
 
     sizes = [(90, 60), (60, 90), (90, 60), (90, 60), (70, 50)]
@@ -749,9 +749,10 @@ def test_device_augment_crops_a_batch_of_any_sizes_in_one_call_as_pil_resizes_ea
     assert calls == [5] and idx == list(range(5)) and out.shape == (5, 3, 24, 24)
     assert 0 < int(flip.sum()) < 5
     for p, (w, h) in enumerate(sizes):
-        img = Image.fromarray(decode_jpeg(raw[p]).permute(1, 2, 0).numpy())
+        # decoded as DeviceAugment decodes (TorchCodec where installed: torchvision 0.29 deprecates its own)
+        img = Image.fromarray(decode_jpegs_rgb([raw[p]], torch.device("cpu"))[0].permute(1, 2, 0).numpy())
         box = tuple(float(v) for v in boxes[p].double() * torch.tensor([w, h, w, h], dtype=torch.float64))
-        want = np.asarray(img.resize((24, 24), Image.BILINEAR, box=box)).transpose(2, 0, 1)
+        want = np.array(img.resize((24, 24), Image.BILINEAR, box=box)).transpose(2, 0, 1)
         want = torch.from_numpy(want[..., ::-1].copy() if flip[p] else want).float()
         diff = (out[p] - want).abs()  # PIL holds the box in float32, and sums in integers
         assert diff.max() <= 1 and (diff > 0).float().mean() < 0.05

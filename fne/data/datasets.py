@@ -127,8 +127,7 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
             [n.rpartition(".")[0] for n in _array_names(path)]):
         return _array_parts(path, cache)
     arrays = _array_names(path)
-    if arrays and not any((e.is_dir() and not e.name.startswith(".")) or Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
-                          for e in os.scandir(path)):  # no class folder, no image: not a folder of images
+    if arrays and not _has_class_folder_or_image(path):  # not a folder of images
         raise DataError(f"DATA {path}: holds {', '.join(arrays)} and no class folders; a folder of array files is a "
                         f"predefined split, train.h5 + test.h5 (or .npz): give the file itself (DATA {path / arrays[0]}), "
                         f"or add its test file")
@@ -136,6 +135,12 @@ def _load(spec: str | Path | Dataset, label_key: str | None = None, cache: str |
     if _is_split_folder([e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]):
         return _split_folder(path)
     return _folder(path)
+
+
+def _has_class_folder_or_image(path: Path) -> bool:
+    with os.scandir(path) as entries:  # closed though any() stops early (else a ResourceWarning)
+        return any((e.is_dir() and not e.name.startswith(".")) or Path(e.name).suffix.lower() in IMAGE_EXTENSIONS
+                   for e in entries)
 
 
 def _torchvision_idx(path: Path) -> bool:
