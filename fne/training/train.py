@@ -203,7 +203,7 @@ def _train(data: str | Path | Dataset, mode: str, out: str | Path, **kwargs) -> 
                       **kwargs)
     if not isinstance(cfg.resume, (bool, np.bool_)) and cfg.resume != "auto":  # not any string its hint (bool | str) admits
         raise TypeError(f"resume must be True, False or 'auto', not {type(cfg.resume).__name__} {cfg.resume!r}")
-    auto = cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
+    auto = isinstance(cfg.resume, str) and cfg.resume == "auto"  # `fne run`: this run's own checkpoint is taken up, another one's is not
     cfg.resume = False if auto else cfg.resume  # decided once the run's images are known
     _check(cfg, set(kwargs))
     cfg = opts.plain(cfg)  # numpy numbers as Python's (`resolve`'s): torch, random.seed and metrics.json take them
