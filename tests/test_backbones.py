@@ -379,3 +379,16 @@ def test_a_safetensors_file_safetensors_cannot_read_is_named_as_such(tmp_path):
         with pytest.raises(WeightsError, match=re.escape(f"{name}.safetensors': safetensors cannot read it{said}")):
             backbones.read_state_dict(tmp_path / f"{name}.safetensors")
     assert torch.equal(backbones.read_state_dict(tmp_path / "ok.safetensors")["w"], state["w"])
+
+
+def test_a_tuple_output_is_pooled_by_its_first_element_and_pools_are_the_plain_means():
+    """A tapped module returning a tuple (hidden states, attention) is pooled by its hidden states;
+    each pool's figure by hand on a small tensor."""
+    from fne.backbones.pooling import pool
+
+    tokens = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # 2 images, class token + 2 patches
+    assert torch.equal(pool("mean_tokens", (tokens, torch.zeros(2, 5)), 1), (tokens[:, 1] + tokens[:, 2]) / 2)
+    assert torch.equal(pool("cls", [tokens], 1), tokens[:, 0])
+    maps = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]], [[0.0, 0.0], [0.0, 8.0]]]])  # (1, 2, 2, 2)
+    assert torch.equal(pool("mean_nchw", maps), torch.tensor([[3.0, 2.0]]))
+    assert torch.equal(pool("mean_nhwc", maps.permute(0, 2, 3, 1)), torch.tensor([[3.0, 2.0]]))

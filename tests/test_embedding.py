@@ -112,3 +112,17 @@ def test_l2_rows_of_tiny_norm_are_normalised_too():
         assert not np.allclose(Normalizer().fit(tiny).transform(tiny)[:5], big[:5], atol=1e-2)  # sklearn's: as they were
         out = l2.transform(tiny)
         assert out.dtype == dtype and np.allclose(out[:5], big[:5], rtol=1e-2, atol=2e-3) and not out[5].any()
+
+
+def test_values_are_standardised_about_the_training_mean_and_low_may_equal_high():
+    """Worked by hand: training values 8 and 12 have mean 10 and population std 2, so a value v
+    is z = (v - 10) / 2 against -0.25 and 0.15 (values exact in binary); 3 training rows in chunks of 2 leave one row in a
+    last chunk, and every row counts (0, 0, 3: mean 1, population std sqrt(2)). low == high is a
+    valid setting: the sign of z."""
+    fne = FullNetworkEmbedding().fit(np.array([[8.0], [12.0]]))
+    probe = np.array([[10.25], [10.5], [9.5], [9.25], [10.0], [20.0], [0.0]])  # z: 0.125, 0.25, -0.25, ...
+    assert fne.transform(probe)[:, 0].tolist() == [0, 1, 0, -1, 0, 1, -1]
+    chunked = FullNetworkEmbedding(chunk=2).fit(np.array([[0.0], [0.0], [3.0]]))
+    assert np.allclose(chunked.mean_, [1.0]) and np.allclose(chunked.std_, [np.sqrt(2.0)])
+    sign = FullNetworkEmbedding(low=0.0, high=0.0).fit(np.array([[-1.0], [1.0]]))
+    assert sign.transform(np.array([[-0.5], [0.0], [0.5]]))[:, 0].tolist() == [-1, 0, 1]

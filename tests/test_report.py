@@ -1128,8 +1128,8 @@ def test_report_json_keeps_the_winners_worst_classes_and_confused_pairs(built):
 
 
 @pytest.mark.parametrize("bad", ["abc", [[1, 2], [3]], [[1, 0], [0, 1]], [[float("nan")] * 3] * 3,
-                                 [[-1, 0, 0], [0, 1, 0], [0, 0, 1]], [[[1]]]],
-                         ids=["string", "ragged", "wrong shape", "nan", "negative", "3-d"])
+                                 [[-1, 0, 0], [0, 1, 0], [0, 0, 1]], [[[1]]], [[0, 0, 0]] * 3],
+                         ids=["string", "ragged", "wrong shape", "nan", "negative", "3-d", "no test image"])
 def test_a_corrupt_confusion_is_named_and_left_out_of_the_figures(tmp_path, bad):
     """A metrics.json whose confusion is no matrix of counts of its classes: one warning naming
     the file, the row's confusion taken from the other seed's run only, none where no run has one;

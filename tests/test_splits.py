@@ -94,7 +94,12 @@ def test_copies_of_one_image_stay_on_one_side_of_every_random_split(digits):
     grouped = make_splits(d, y, splits=5, test_size=0.25, seed=1, keys=keys)
     for tr, te in grouped:
         assert _one_side(keys, (tr, te)) and len(tr) + len(te) == len(y)
+        assert np.all(np.diff(tr) > 0) and np.all(np.diff(te) > 0)  # each part sorted, as without copies
         assert len(te) == pytest.approx(0.25 * len(y), abs=15)
+    # a split is a function of which images are copies, not of the keys' text (a hash): keys
+    # spelled otherwise, sorting in another order, draw the same splits
+    renamed = make_splits(d, y, splits=5, test_size=0.25, seed=1, keys=[k[::-1] + "x" for k in keys])
+    assert all(np.array_equal(p, q) for s, t in zip(grouped, renamed, strict=True) for p, q in zip(s, t, strict=True))
     for tr, te in make_splits(d, y, splits=3, train_per_class=20, seed=2, keys=keys):
         assert _one_side(keys, (tr, te)) and len(tr) + len(te) == len(y)
     parts = train_val_test(d, y, 0.25, 0.2, 4, keys=keys)
@@ -211,6 +216,18 @@ def test_train_per_class_gives_train_fits_first_split(digits):
     tr, va, te = train_val_test(d, y, 0.25, 0.1, 4, train_per_class=20)
     assert np.array_equal(np.sort(np.concatenate([tr, va])), np.sort(fit_train)) and len(fit_train) == 200
     assert np.array_equal(te, np.sort(fit_test)) and len(np.intersect1d(tr, va)) == 0
+
+
+def test_train_per_class_leaves_every_class_a_test_image_and_names_the_largest_that_does(digits):
+    """N training images a class of a class with N images leaves it none to test: refused, the
+    line naming the largest N that works (the smallest class's size less one)."""
+    d, y = digits
+    smallest = int(np.bincount(y).min())  # digits: 174 images of class 8
+    tr, te = make_splits(d, y, train_per_class=smallest - 1, seed=0)[0]
+    assert set(y[te].tolist()) == set(range(10)) and len(tr) == 10 * (smallest - 1)
+    with pytest.raises(FneError, match=rf"1 of 10 classes have {smallest} or fewer images, none left to test: "
+                                       rf"8; give train_per_class={smallest - 1} or less"):
+        make_splits(d, y, train_per_class=smallest, seed=0)
 
 
 def test_a_class_too_small_for_a_random_split_names_data_as_given(tmp_path, monkeypatch, capsys):

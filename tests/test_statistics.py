@@ -75,6 +75,22 @@ def test_the_verdict_names_the_test_its_sidedness_and_alpha():
     assert compare.describe(r, "a", "b", unit="folds").endswith("over 5 folds)")  # auto selection's CV folds
 
 
+def test_the_verdict_needs_a_higher_mean_and_p_strictly_below_alpha():
+    """"beats the runner-up" when its mean is higher and p < alpha (the module's rule): not at p =
+    alpha, not for a tie however small p."""
+    assert compare.verdict({"mean_diff": 0.02, "p": 0.049}) == "beats the runner-up beyond noise"
+    assert compare.verdict({"mean_diff": 0.02, "p": 0.05}) == "no clear winner"
+    assert compare.verdict({"mean_diff": 0.0, "p": 0.01}) == "no clear winner"
+    assert compare.verdict({"mean_diff": -0.02, "p": 0.01}) == "no clear winner"
+
+
+def test_fishers_test_counts_the_images_an_accuracy_stands_for_despite_float_rounding():
+    """0.29 * 100 is 28.999999999999996 and 0.57 * 100 is 56.99999999999999 in floats: the test is
+    of 29 and 57 right of 100 each, scipy's on that table."""
+    r = compare.fisher(0.29, 100, 0.57, 100)
+    assert r["p"] == stats.fisher_exact([[29, 71], [57, 43]]).pvalue and (r["n_a"], r["n_b"]) == (100, 100)
+
+
 def test_a_predefined_split_pairs_runs_whatever_their_seeds():
     """The seed draws random splits, not DATA's own: two runs of one predefined split are scored
     on the same test images (the hashes say so) and are compared; random splits of other seeds are not."""
@@ -227,6 +243,18 @@ def test_mean_class_interval_is_price_and_bonetts_on_one_split_and_a_corrected_t
     r = mean_class_interval(one * 3, conf)  # three splits of one figure: no spread, the first split's interval
     assert (r["low"], r["high"]) == (mean_class_interval(one, conf)["low"], mean_class_interval(one, conf)["high"])
     assert r["method"].endswith(", of the first split (each of the 3 splits gave this figure: no spread for a t interval)")
+
+
+def test_mean_class_interval_leaves_out_a_class_without_test_images():
+    """The figure is the mean of the recalls of the classes with test images (`class_recalls`'
+    nanmean), so its interval is over those classes too: worked by hand for 2 tested classes of 3
+    (4 and 2 test images, 3 and 2 right): p = (3 + 1) / (4 + 2) and (2 + 1) / (2 + 2), m = 2."""
+    conf = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    r = mean_class_interval([{"mean_class_accuracy": (3 / 4 + 2 / 2) / 2, "n_train": 10, "n_test": 6}], conf)
+    p1, p2 = 4 / 6, 3 / 4
+    half = 1.959963984540054 * np.sqrt(p1 * (1 - p1) / 6 + p2 * (1 - p2) / 4) / 2
+    assert np.isclose(r["low"], (p1 + p2) / 2 - half) and np.isclose(r["high"], (p1 + p2) / 2 + half)
+    assert "of 2 classes' recalls over 6 test images" in r["method"]
 
 
 def test_fit_and_train_record_the_mean_class_accuracy_of_an_unbalanced_test_set_and_the_report_shows_it(tmp_path):

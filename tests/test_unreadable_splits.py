@@ -80,6 +80,9 @@ def test_readable_parts_leaves_the_unreadable_out_and_names_one_sided_classes():
                                         r"class\(es\) once DATA's 4 unreadable image\(s\) are left out; .*remove the "
                                         r"unreadable images from DATA \(each is named above\), or draw another split"):
         readable_parts(["a", "b", "c"], y, split, np.array([0, 2, 4, 6]))
+    with pytest.raises(DataError, match=r"leaves 4 readable test image\(s\) and readable training images of 1 "
+                                        r"class\(es\) once DATA's 2 unreadable"):
+        readable_parts(["a", "b", "c"], y, split, np.array([0, 1, 3, 5, 6, 7]))  # training: 6 and 0, both a's
 
 
 def test_train_names_a_class_it_read_no_training_image_of(tmp_path):
