@@ -171,3 +171,20 @@ def test_a_run_folder_whose_lock_name_would_be_too_long_is_still_locked(tmp_path
     with sidecar.one_run_at_a_time(run, "fne fit", False, "fitting anew"):
         assert _held_elsewhere(lock)
     assert not lock.exists()
+
+
+def test_a_run_folder_whose_lock_cannot_be_made_runs_unlocked(tmp_path, monkeypatch):
+    """A folder it may write whose parent it may not (a mount point in a read-only folder): the
+    lock file cannot be made, and the run goes on unlocked (as where files cannot be locked), not
+    refused; the folders made for the lock go with it."""
+    real_open, run = sidecar.os.open, tmp_path / "a" / "run"
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(sidecar.run_lock(run)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sidecar.os, "open", refuse)
+    with sidecar.one_run_at_a_time(run, "fne fit", False, "fitting anew") as waited:
+        assert waited is False and not sidecar.run_lock(run).exists()
+    assert not (tmp_path / "a").exists()
