@@ -124,3 +124,67 @@ def test_locked_without_waiting_is_busy_where_another_holds_it(tmp_path):
         holder.communicate("done\n", timeout=60)
     with sidecar.locked(lock, process=True, wait=False) as waited:
         assert waited is False and sidecar.held(lock)
+
+
+def test_a_fit_into_dot_takes_the_folders_lock_and_waits_for_its_holder(warm_cache, digits_folder, tmp_path,
+                                                                         capsys, monkeypatch):
+    """`fne fit --out .` ended in a ValueError traceback (the lock was named from the path's empty
+    name), and `--out ..`'s lock was `....lock` in the current folder, not the folder's: a run
+    into `.` now takes the lock a run naming the folder takes, and waits for its holder."""
+    run, results, errors = tmp_path / "run", [], []
+    run.mkdir()
+    monkeypatch.chdir(run)
+    holder = _holder(tmp_path / ".run.lock")
+    try:
+        worker = threading.Thread(target=lambda: _keep(errors, results, lambda: fit(
+            digits_folder, ".", cache=str(warm_cache), splits=1, progress=True, **FAST)))
+        worker.start()
+        says_it_waits(capsys, "the fit into .", line="fne fit: another process is writing a run into .; waiting")
+        assert worker.is_alive() and not (run / "metrics.json").exists()
+    finally:
+        holder.communicate("done\n", timeout=60)
+    worker.join(timeout=300)
+    assert errors == [] and (run / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_each_way_of_naming_a_run_folder_names_one_lock(tmp_path, monkeypatch):
+    """`.`, `..`, `a/..`, a symlink to the folder and its path: one lock file beside the folder,
+    as two runs into it must take turns whichever way each names it."""
+    (tmp_path / "run" / "a").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    monkeypatch.chdir(tmp_path / "run" / "a")
+    lock = tmp_path / ".run.lock"
+    assert {sidecar.run_lock(Path(p)) for p in ("..", "../a/..", str(tmp_path / "link"), str(tmp_path / "run"))} == {lock}
+    monkeypatch.chdir(tmp_path / "run")
+    assert sidecar.run_lock(Path(".")) == lock
+    assert sidecar.run_lock(Path("/")) == Path("/.fne-run.lock")  # nothing beside root: its lock in it
+
+
+def test_a_run_folder_whose_lock_name_would_be_too_long_is_still_locked(tmp_path):
+    """`.NAME.lock` is 6 bytes longer than NAME: for a folder named 250 bytes or more it could not
+    be made (ENAMETOOLONG), and the run went unlocked. Its lock is now a shortened name that holds."""
+    run = tmp_path / ("a" * 252)
+    lock = sidecar.run_lock(run)
+    assert lock.parent == tmp_path and len(lock.name) <= 255
+    assert lock != sidecar.run_lock(tmp_path / ("a" * 251 + "b"))
+    with sidecar.one_run_at_a_time(run, "fne fit", False, "fitting anew"):
+        assert _held_elsewhere(lock)
+    assert not lock.exists()
+
+
+def test_a_run_folder_whose_lock_cannot_be_made_runs_unlocked(tmp_path, monkeypatch):
+    """A folder it may write whose parent it may not (a mount point in a read-only folder): the
+    lock file cannot be made, and the run goes on unlocked (as where files cannot be locked), not
+    refused; the folders made for the lock go with it."""
+    real_open, run = sidecar.os.open, tmp_path / "a" / "run"
+
+    def refuse(path, *args, **kwargs):
+        if str(path) == str(sidecar.run_lock(run)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sidecar.os, "open", refuse)
+    with sidecar.one_run_at_a_time(run, "fne fit", False, "fitting anew") as waited:
+        assert waited is False and not sidecar.run_lock(run).exists()
+    assert not (tmp_path / "a").exists()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import threading
@@ -203,24 +204,40 @@ def merge_json(path: Path, merge: Callable[[dict | None], dict]) -> dict:
     return doc
 
 
+def run_lock(folder: Path) -> Path:
+    """The lock file of the run folder `folder`: `.<name>.lock` beside it, named from its real
+    path, so that each way of writing one folder (``.``, ``..``, ``a/..``, a symlink to it) names
+    one lock; a name too long for a lock's own (NAME_MAX: 255 bytes) is shortened with a hash of
+    it. Root, with nothing beside it, holds its lock in itself."""
+    real = Path(os.path.realpath(folder))
+    if not real.name:
+        return real / ".fne-run.lock"
+    name = f".{real.name}.lock"
+    if len(os.fsencode(name)) > 255:
+        digest = hashlib.sha256(os.fsencode(real.name)).hexdigest()[:16]
+        name = f".{os.fsencode(real.name)[:200].decode(errors='ignore')}-{digest}.lock"
+    return real.with_name(name)
+
+
 @contextlib.contextmanager
 def one_run_at_a_time(out: Path, verb: str, progress: bool, then: str) -> Iterator[bool]:
-    """The lock of the run folder `out` (`.<name>.lock` beside it, as `fne run` locks a step's
-    folder), held while `verb` (``"fne fit"``) computes and writes a run there; -> whether it
+    """The lock of the run folder `out` (`run_lock`, as `fne run` locks a step's folder), held
+    while `verb` (``"fne fit"``) computes and writes a run there; -> whether it
     waited for another process, which it says in a progress line ending in `then` (what it does
     once the other has ended). Two runs into one folder one after the other, not side by side:
     the second acts on what the first left (`fne train --resume` resumes from its checkpoint).
     The lock file goes with the lock, and so do the folders above `out` made for it."""
     from fne.progress import progress_line
 
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # the nearest first
+    lockfile = run_lock(out)
+    made = [p for p in (lockfile.parent, *lockfile.parent.parents) if not p.exists()]  # the nearest first
 
     def say() -> None:
         progress_line(f"{verb}: another process is writing a run into {out}; waiting for it to end, then {then}",
                       progress, stderr=True)
 
     try:
-        with locked(out.with_name(f".{out.name}.lock"), on_wait=say, process=True, remove=True) as waited:
+        with locked(lockfile, on_wait=say, process=True, remove=True) as waited:
             yield waited
     finally:
         for folder in made:  # left where the run wrote into them (or another run's lock is there)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from fne.cache.fs import check_target, read_json, replace_file, write_csv, write_json
 from fne.cache.h5file import h5_writer
-from fne.data.sidecar import locked
+from fne.data.sidecar import locked, run_lock
 from fne.errors import FneError, WeightsError, expect_bools, refused_write
 from fne.names import slug
 from fne.option_handling import add_arguments as add_options
@@ -433,7 +433,7 @@ def _run_steps(steps: list[Step], p: Pipeline, cache: str | None, out: Path, dat
     extracted: dict[tuple, dict | str] = {}  # (dataset, backbone) -> its extraction, or why it failed
     for i, step in enumerate(steps, 1):
         tag = f"[{i}/{len(steps)}] {step.label}"
-        with locked(step.dir.with_name(f".{step.dir.name}.lock"), process=True,
+        with locked(run_lock(step.dir), process=True,
                     on_wait=lambda tag=tag: say(f"{tag}: another process (fne run, fit or train) is writing "
                                                 f"this step's folder; waiting for it")):
             done, why = step.status()
